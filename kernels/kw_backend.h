@@ -1,0 +1,229 @@
+/* kw_backend.h: the compute backend interface shared by the CPU and CUDA backends.
+ *
+ * Model code (model/, c2c/) talks to compute only through this header. The contract is written for a GPU:
+ *  - Tensor memory belongs to a backend and may live in device memory. Host code never dereferences
+ *    kw_tensor.data; it moves bytes with kw_backend_upload / kw_backend_download.
+ *  - Ops are enqueued on the backend's single in-order stream and may run asynchronously. An op returns after
+ *    enqueueing; errors it can detect up front (shapes, dtypes, support) are returned at once, errors found while
+ *    running surface at the next kw_backend_synchronize.
+ *  - Host memory passed to upload/download must stay valid and untouched until kw_backend_synchronize returns.
+ *    Only synchronize makes results visible to the host.
+ *  - Scalars an op needs (positions offset, eps, scale) are passed by value, never through host pointers.
+ *  - The CPU backend runs ops synchronously on its own thread pool; it obeys the same contract.
+ *
+ * Tensors are dense and row-major: ne[ndim-1] is the contiguous dimension. Shapes below are written outermost
+ * first, e.g. x (T, D) is T rows of D contiguous values.
+ *
+ * Every op has a plain-C oracle in kernels/ref (kw_ref_*), and tests/kernels compares each backend against it.
+ */
+#ifndef KW_BACKEND_H
+#define KW_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Element types. Numbers are stable (used in fixtures). */
+enum kw_dtype {
+    KW_DTYPE_F32 = 0,
+    KW_DTYPE_BF16 = 1,
+    KW_DTYPE_F16 = 2,
+    KW_DTYPE_I32 = 3,
+    KW_DTYPE_U8 = 4,
+    KW_DTYPE_COUNT = 5,
+};
+
+/* Bytes per element of a dtype (0 for an invalid value). */
+size_t kw_dtype_size(enum kw_dtype dtype);
+/* "f32", "bf16", ...; "?" for an invalid value. */
+const char *kw_dtype_name(enum kw_dtype dtype);
+
+/* The single list of ops; supports() answers per op and dtype. Keep kw_op_names in kw_backend.c in step
+ * (a _Static_assert checks the count). */
+enum kw_op {
+    KW_OP_GET_ROWS = 0,  /* embedding lookup */
+    KW_OP_MATMUL,        /* y = x W^T (+ b) */
+    KW_OP_RMS_NORM,      /* row RMSNorm (also per-head q/k norm) */
+    KW_OP_ROPE,          /* rotary embedding, "half" layout */
+    KW_OP_ATTENTION,     /* causal GQA attention over a KV cache */
+    KW_OP_KV_STORE,      /* write (T, H, D) rows into a (H, cap, D) cache */
+    KW_OP_KV_LOAD,       /* read cache rows back as (T, H, D) */
+    KW_OP_GLU,           /* act(gate) * up */
+    KW_OP_UNARY,         /* elementwise activation */
+    KW_OP_ADD,           /* elementwise add */
+    KW_OP_SCALE,         /* elementwise multiply by a scalar */
+    KW_OP_SOFTMAX,       /* row softmax */
+    KW_OP_ARGMAX,        /* row argmax, lowest index wins ties */
+    KW_OP_COPY,          /* copy with dtype conversion (round to nearest even) */
+    KW_OP_COUNT
+};
+
+const char *kw_op_name(enum kw_op op);
+
+/* A dense tensor. The struct is a plain value; the memory behind data belongs to whoever allocated it
+ * (kw_tensor_alloc: the tensor, to be released with kw_tensor_free; views and wrapped host memory: someone else). */
+typedef struct kw_tensor {
+    struct kw_backend *backend; /* the backend whose memory holds data */
+    void *data;                 /* device (or, on CPU, host) address; never dereferenced by host code */
+    enum kw_dtype dtype;
+    int32_t ndim;               /* 1..4 */
+    int64_t ne[4];              /* shape, outermost first; unused trailing entries are 1 */
+    int32_t owns_data;          /* 1 if kw_tensor_free must release data */
+} kw_tensor;
+
+/* Number of elements (product of ne[0..ndim-1]). */
+int64_t kw_tensor_nelem(const kw_tensor *t);
+/* Number of bytes of data. */
+size_t kw_tensor_nbytes(const kw_tensor *t);
+/* Number of rows when viewed as 2-D: product of all but the last dimension. */
+int64_t kw_tensor_nrows(const kw_tensor *t);
+
+typedef struct kw_backend kw_backend; /* opaque */
+
+enum kw_backend_kind { KW_BACKEND_CPU = 0, KW_BACKEND_CUDA = 1 };
+
+/* Creates the CPU backend with n_threads workers (0: one per online core). *out is owned by the caller. */
+int kw_backend_create_cpu(int n_threads, kw_backend **out);
+
+/* Creates the CUDA backend on a device. Returns KW_E_UNSUPPORTED when built without CUDA and KW_E_NO_DEVICE when
+ * no such device exists. */
+int kw_backend_create_cuda(int device, kw_backend **out);
+
+/* Waits for queued work, releases the backend. NULL is a no-op. All tensors allocated from it must be freed first. */
+void kw_backend_destroy(kw_backend *backend);
+
+enum kw_backend_kind kw_backend_kind(const kw_backend *backend);
+const char *kw_backend_name(const kw_backend *backend);
+
+/* 1 if the backend can run op with the given dtype for its weight/cache operand (the dtype that varies per op:
+ * matmul W, get_rows table, rms_norm weight, attention/kv cache, copy destination), else 0. A whitelist: anything
+ * not listed is unsupported. */
+int kw_backend_supports(const kw_backend *backend, enum kw_op op, enum kw_dtype dtype);
+
+/* Blocks until every queued op and transfer has finished. Returns the first asynchronous error, if any. */
+int kw_backend_synchronize(kw_backend *backend);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Memory
+ */
+
+/* Allocates a tensor of the given dtype and shape in backend memory (contents undefined). Release with
+ * kw_tensor_free. */
+int kw_tensor_alloc(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne);
+
+/* Frees memory owned by t (owns_data) and zeroes t. A zeroed tensor or NULL is a no-op. */
+void kw_tensor_free(kw_tensor *t);
+
+/* Makes t describe memory that must outlive it, with no ownership: on the CPU backend it aliases host_data
+ * (zero-copy, e.g. an mmapped safetensors file); on a device backend it allocates and uploads a copy (owns_data=1)
+ * and the host memory may be released after the next synchronize. */
+int kw_tensor_from_host(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
+                        const void *host_data);
+
+/* A view of rows [row0, row0+nrows) of the outermost dimension of src: same memory, no ownership. */
+int kw_tensor_view_rows(const kw_tensor *src, int64_t row0, int64_t nrows, kw_tensor *view);
+
+/* A view with another shape of the same number of elements: same memory, no ownership. */
+int kw_tensor_view_reshape(const kw_tensor *src, int32_t ndim, const int64_t *ne, kw_tensor *view);
+
+/* Copies bytes [offset, offset+size) of dst from host memory (asynchronous, see the header comment). */
+int kw_backend_upload(kw_backend *backend, kw_tensor *dst, size_t offset, const void *src, size_t size);
+
+/* Copies bytes [offset, offset+size) of src to host memory (asynchronous, see the header comment). */
+int kw_backend_download(kw_backend *backend, void *dst, const kw_tensor *src, size_t offset, size_t size);
+
+/* Sets every byte of t to zero. */
+int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Ops. All outputs are distinct from inputs unless "in place" is stated. Activations are f32 unless stated.
+ */
+
+/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16, ids (T) i32. Ids outside [0, V) are an error
+ * reported at synchronize (KW_E_TOKEN_ID) and leave the row zeroed. */
+int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
+
+/* out (M, N) f32 = x (M, K) f32 times w (N, K)^T, plus bias (N) if not NULL; w f32/bf16/f16, bias f32/bf16/f16.
+ * Accumulates in f32. */
+int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
+
+enum kw_rms_norm_flags {
+    KW_RMS_NORM_PLAIN = 0,
+    KW_RMS_NORM_UNIT_OFFSET = 1, /* multiply by (1 + w) as Gemma does, instead of w */
+};
+
+/* out (R, D) = x / sqrt(mean(x^2) + eps) * w, per row; w (D) f32/bf16/f16. x is viewed as rows of D = the last
+ * dimension, so per-head q/k norm is x (T, H, D) with w (D). out may equal x (in place). */
+int kw_op_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
+                   int flags);
+
+enum kw_rope_scaling { KW_ROPE_SCALING_NONE = 0, KW_ROPE_SCALING_LLAMA3 = 1, KW_ROPE_SCALING_LINEAR = 2 };
+
+typedef struct kw_rope_params {
+    double theta;                  /* rope_theta */
+    int32_t rotary_dim;            /* dims rotated (== head_dim for all supported models) */
+    enum kw_rope_scaling scaling;  /* how inv_freq is rescaled */
+    double factor;                 /* llama3 / linear factor */
+    double low_freq_factor;        /* llama3 */
+    double high_freq_factor;       /* llama3 */
+    double original_max_position;  /* llama3 original_max_position_embeddings */
+} kw_rope_params;
+
+/* In place on x (T, H, D) f32: rotate each head of token t by position pos[t] (pos (T) i32), non-interleaved
+ * "half" layout: x' = x*cos + rotate_half(x)*sin with rotate_half(x) = cat(-x[D/2:], x[:D/2]). */
+int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+
+typedef struct kw_attention_params {
+    int64_t q_pos0;         /* cache position of the first query row; query t sits at q_pos0 + t */
+    int64_t n_kv;           /* number of valid cache rows (>= q_pos0 + T) */
+    float scale;            /* score scale, usually 1/sqrt(D) */
+    int64_t sliding_window; /* 0: none; else query at p attends to positions > p - window */
+    const kw_tensor *kv_mask; /* optional (cap) u8 in backend memory: 0 = masked (padding), 1 = attend; NULL = all */
+} kw_attention_params;
+
+/* Causal GQA attention: out (T, Hq, D) f32; q (T, Hq, D) f32; k_cache, v_cache (Hkv, cap, D) f32/bf16. Query head h
+ * uses kv head h / (Hq / Hkv). Query t attends to cache rows [0, q_pos0 + t] (minus masked or out-of-window rows),
+ * softmax in f32. A query with no visible row produces zeros. */
+int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                    const kw_tensor *v_cache, const kw_attention_params *params);
+
+/* cache (H, cap, D) f32/bf16 rows [pos0, pos0+T) = src (T, H, D) f32, converted with round-to-nearest-even. */
+int kw_op_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
+
+/* out (T, H, D) f32 = cache (H, cap, D) f32/bf16 rows [pos0, pos0+T). */
+int kw_op_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
+
+enum kw_act {
+    KW_ACT_SILU = 0,      /* x * sigmoid(x) */
+    KW_ACT_GELU_ERF = 1,  /* 0.5 x (1 + erf(x / sqrt 2)), torch nn.GELU() */
+    KW_ACT_GELU_TANH = 2, /* torch gelu(approximate="tanh") */
+    KW_ACT_SIGMOID = 3,
+    KW_ACT_IDENTITY = 4,
+};
+
+/* out = act(gate) * up, elementwise; all f32, same shape. */
+int kw_op_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act);
+
+/* out = act(x), elementwise f32; out may equal x. */
+int kw_op_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act);
+
+/* out = a + b, elementwise f32, same shapes; out may equal a or b. */
+int kw_op_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b);
+
+/* out = x * s, elementwise f32; out may equal x. */
+int kw_op_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s);
+
+/* out (R, N) = softmax of each row of x (R, N), f32, max-subtracted; out may equal x. */
+int kw_op_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
+
+enum kw_argmax_flags {
+    KW_ARGMAX_PLAIN = 0,
+    KW_ARGMAX_ROUND_BF16 = 1, /* compare values rounded to bf16, as HF does with bf16 logits */
+};
+
+/* out (R) i32 = index of the maximum of each row of x (R, N) f32; ties go to the lowest index; NaN never wins. */
+int kw_op_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
+
+/* dst = src converted elementwise (same element count; f32/bf16/f16 both ways, round to nearest even). */
+int kw_op_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+
+#endif /* KW_BACKEND_H */

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# test.sh: installs dependencies, builds kvwire twice (optimised, and with AddressSanitizer + UndefinedBehaviorSanitizer)
+# and runs the whole test suite in both. Tests labelled `slow` run only with KW_TEST_SLOW=1; `gpu` tests skip
+# themselves (exit 77) where no CUDA device is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+
+exclude=slow
+if [ "${KW_TEST_SLOW:-0}" = 1 ]; then exclude='^$'; fi
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== build (optimised) =="
+./scripts/build.sh build
+echo "== test (optimised) =="
+(cd build && ctest --output-on-failure -j "$jobs" -LE "$exclude")
+
+echo "== build (ASan + UBSan) =="
+./scripts/build.sh build-asan -DKW_SANITIZE=ON -DKW_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug -DKW_TEST_TIMEOUT_MULTIPLIER=4
+echo "== test (ASan + UBSan) =="
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+(cd build-asan && ctest --output-on-failure -j "$jobs" -LE "$exclude|nosan")

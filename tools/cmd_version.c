@@ -1,0 +1,18 @@
+/* cmd_version.c: `kvwire version` prints the version and the build configuration. */
+#include "kw_commands.h"
+
+#include <stdio.h>
+
+const char kw_cmd_version_summary[] = "print the version and build configuration";
+
+int kw_cmd_version(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+#ifdef KW_HAVE_CUDA
+    const char *cuda = "yes";
+#else
+    const char *cuda = "no";
+#endif
+    printf("kvwire %s (CUDA backend: %s)\n", KW_VERSION, cuda);
+    return 0;
+}
