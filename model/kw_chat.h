@@ -1,0 +1,35 @@
+/* kw_chat.h: chat templates written in C, one per model family, byte-identical to
+ * transformers.apply_chat_template(messages, tokenize=False, add_generation_prompt=..., enable_thinking=...) with the
+ * real templates of Qwen3, Qwen2.5-Instruct and Llama-3.2-Instruct. No template engine. */
+#ifndef KW_CHAT_H
+#define KW_CHAT_H
+
+#include <stddef.h>
+
+enum kw_chat_family {
+    KW_CHAT_QWEN3 = 0,   /* Qwen3: no default system prompt; enable_thinking=false adds the empty think block */
+    KW_CHAT_QWEN25 = 1,  /* Qwen2.5-Instruct: default system prompt "You are Qwen, created by Alibaba Cloud. ..." */
+    KW_CHAT_LLAMA32 = 2, /* Llama-3.2-Instruct: system header with "Cutting Knowledge Date" and "Today Date" */
+};
+
+typedef struct kw_chat_message {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* UTF-8, NUL-terminated */
+} kw_chat_message;
+
+typedef struct kw_chat_options {
+    int add_generation_prompt; /* append the assistant header */
+    int enable_thinking;       /* Qwen3 only; 0 renders the empty <think></think> block */
+    const char *date_string;   /* Llama-3.2 only: "Today Date" text, e.g. "23 Nov 2026"; an explicit input */
+} kw_chat_options;
+
+/* Renders messages into a new NUL-terminated string (*out, owned by the caller, free()). KW_E_TEMPLATE for inputs
+ * the real template rejects (e.g. roles out of order where it raises). */
+int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
+                   const kw_chat_options *options, char **out, size_t *out_len);
+
+/* "qwen3", "qwen2.5", "llama3.2" <-> enum; parse returns KW_E_INVALID_ARG for unknown names. */
+const char *kw_chat_family_name(enum kw_chat_family family);
+int kw_chat_family_parse(const char *name, enum kw_chat_family *out);
+
+#endif /* KW_CHAT_H */

@@ -1,0 +1,40 @@
+/* kw_tokenizer.h: exact byte-level BPE tokenization from an HF tokenizer.json (Qwen2/Qwen2.5/Qwen3, Llama-3), giving
+ * the same ids as HF `tokenizers`: NFC normalizer, Split regex pre-tokenizer (PCRE2, UTF + UCP), ByteLevel mapping,
+ * merges by rank, added/special tokens matched in the text first, and decoding with optional skip of special tokens.
+ * A loaded tokenizer is immutable and may be shared by threads. */
+#ifndef KW_TOKENIZER_H
+#define KW_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kw_tokenizer kw_tokenizer; /* opaque */
+
+/* Loads path: a tokenizer.json file or a folder containing one. *out is owned by the caller (kw_tokenizer_free).
+ * Unsupported models/normalizers/pre-tokenizers are refused with KW_E_TOKENIZER and the reason. */
+int kw_tokenizer_load(const char *path, kw_tokenizer **out);
+
+/* NULL is a no-op. */
+void kw_tokenizer_free(kw_tokenizer *tok);
+
+/* Encodes len bytes of UTF-8 text with no BOS/EOS added (HF add_special_tokens=False); added and special tokens
+ * written in the text are recognised. *ids is a new array owned by the caller (free()), *n_ids its length.
+ * Invalid UTF-8 gives KW_E_UTF8. */
+int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n_ids);
+
+/* Decodes ids to UTF-8 (byte sequences that are not valid UTF-8 become U+FFFD, as HF does). skip_special drops the
+ * special added tokens. *text is NUL-terminated, owned by the caller (free()); *len excludes the NUL.
+ * Ids outside the vocabulary give KW_E_TOKEN_ID. */
+int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_ids, int skip_special, char **text,
+                        size_t *len);
+
+/* The id of a token string (vocabulary or added token, exact match of its surface form), or -1. */
+int32_t kw_tokenizer_token_id(const kw_tokenizer *tok, const char *token);
+
+/* Number of ids (base vocabulary plus added tokens; the largest id + 1). */
+int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok);
+
+/* 1 if id is a special added token (skipped by decode with skip_special). */
+int kw_tokenizer_is_special(const kw_tokenizer *tok, int32_t id);
+
+#endif /* KW_TOKENIZER_H */
