@@ -20,8 +20,8 @@ int kw_file_read_all(const char *path, size_t max_size, char **out, size_t *out_
     struct stat st;
     KW_CHECK_IF(fstat(fd, &st) != 0, KW_E_IO, "stat %s: %s", path, strerror(errno));
     KW_CHECK_IF(!S_ISREG(st.st_mode), KW_E_IO, "%s is not a regular file", path);
-    KW_CHECK_IF((unsigned long long)st.st_size > max_size, KW_E_LIMIT, "%s is %lld bytes, over the limit of %zu",
-                path, (long long)st.st_size, max_size);
+    KW_CHECK_IF((unsigned long long)st.st_size > max_size, KW_E_LIMIT, "%s is %lld bytes, over the limit of %zu", path,
+                (long long)st.st_size, max_size);
     const size_t size = (size_t)st.st_size;
     buf = malloc(size + 1);
     KW_CHECK_IF(!buf, KW_E_NOMEM, "out of memory reading %s (%zu bytes)", path, size);

@@ -24,7 +24,9 @@ KW_HD float kw_f32_from_bits(uint32_t u) {
     return f;
 }
 
-KW_HD float kw_bf16_to_f32(uint16_t h) { return kw_f32_from_bits((uint32_t)h << 16); }
+KW_HD float kw_bf16_to_f32(uint16_t h) {
+    return kw_f32_from_bits((uint32_t)h << 16);
+}
 
 KW_HD uint16_t kw_f32_to_bf16(float f) {
     const uint32_t u = kw_f32_bits(f);
@@ -34,7 +36,9 @@ KW_HD uint16_t kw_f32_to_bf16(float f) {
 }
 
 /* Rounds an fp32 value to the nearest bf16 and back: the value a bf16 tensor would hold. */
-KW_HD float kw_round_bf16(float f) { return kw_bf16_to_f32(kw_f32_to_bf16(f)); }
+KW_HD float kw_round_bf16(float f) {
+    return kw_bf16_to_f32(kw_f32_to_bf16(f));
+}
 
 KW_HD float kw_f16_to_f32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -60,7 +64,7 @@ KW_HD uint16_t kw_f32_to_f16(float f) {
     const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     const uint32_t abs = u & 0x7fffffffu;
     if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((abs >> 13) & 0x3ffu)); /* NaN, quiet */
-    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: Inf */
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);                         /* rounds to >= 65520: Inf */
     if (abs < 0x38800000u) {
         /* result is subnormal or zero: value / 2^-24, rounded to nearest even */
         if (abs < 0x33000000u) return sign; /* < 2^-25: rounds to zero */
@@ -79,6 +83,8 @@ KW_HD uint16_t kw_f32_to_f16(float f) {
     return (uint16_t)(sign | (rounded >> 13));
 }
 
-KW_HD float kw_round_f16(float f) { return kw_f16_to_f32(kw_f32_to_f16(f)); }
+KW_HD float kw_round_f16(float f) {
+    return kw_f16_to_f32(kw_f32_to_f16(f));
+}
 
 #endif /* KW_HALF_H */

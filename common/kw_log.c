@@ -29,7 +29,9 @@ int kw_log_parse_level(const char *text, enum kw_log_level *out) {
     KW_FAIL(KW_E_PARSE, "unknown log level '%s' (expected debug, info, warn, error or off)", text);
 }
 
-void kw_log_set_level(enum kw_log_level level) { kw_log_threshold = level; }
+void kw_log_set_level(enum kw_log_level level) {
+    kw_log_threshold = level;
+}
 
 void kw_log_init_from_env(void) {
     const char *env = getenv("KW_LOG_LEVEL");

@@ -7,19 +7,20 @@
 #ifndef KW_LOG_H
 #define KW_LOG_H
 
-enum kw_log_level { KW_LOG_LEVEL_DEBUG = 0,
+enum kw_log_level {
+    KW_LOG_LEVEL_DEBUG = 0,
     KW_LOG_LEVEL_INFO = 1,
     KW_LOG_LEVEL_WARN = 2,
     KW_LOG_LEVEL_ERROR = 3,
     KW_LOG_LEVEL_OFF = 4,
- };
+};
 
 /* A sink receives the level and the formatted message (no trailing newline). user_data is the pointer given to
  * kw_log_set_sink. Sinks may be called from any thread. */
 typedef void (*kw_log_sink_fn)(enum kw_log_level level, const char *message, void *user_data);
 
-/* The current threshold; messages below it are dropped. Starts at KW_LOG_LEVEL_INFO, or KW_LOG_LEVEL from the environment
- * (debug, info, warn, error, off) once kw_log_init_from_env has run. */
+/* The current threshold; messages below it are dropped. Starts at KW_LOG_LEVEL_INFO, or KW_LOG_LEVEL from the
+ * environment (debug, info, warn, error, off) once kw_log_init_from_env has run. */
 extern enum kw_log_level kw_log_threshold;
 
 void kw_log_set_level(enum kw_log_level level);
@@ -38,8 +39,8 @@ void kw_log_write(enum kw_log_level level, const char *fmt, ...) __attribute__((
         if ((level) >= kw_log_threshold) kw_log_write((level), __VA_ARGS__);                                           \
     } while (0)
 #define KW_LOG_DEBUG(...) KW_LOG(KW_LOG_LEVEL_DEBUG, __VA_ARGS__)
-#define KW_LOG_INFO(...) KW_LOG(KW_LOG_LEVEL_INFO, __VA_ARGS__)
-#define KW_LOG_WARN(...) KW_LOG(KW_LOG_LEVEL_WARN, __VA_ARGS__)
+#define KW_LOG_INFO(...)  KW_LOG(KW_LOG_LEVEL_INFO, __VA_ARGS__)
+#define KW_LOG_WARN(...)  KW_LOG(KW_LOG_LEVEL_WARN, __VA_ARGS__)
 #define KW_LOG_ERROR(...) KW_LOG(KW_LOG_LEVEL_ERROR, __VA_ARGS__)
 
 #endif /* KW_LOG_H */

@@ -39,6 +39,10 @@ int kw_error_set(int status, const char *fmt, ...) {
     return status;
 }
 
-const char *kw_error_detail(void) { return kw_error_detail_buf; }
+const char *kw_error_detail(void) {
+    return kw_error_detail_buf;
+}
 
-void kw_error_clear(void) { kw_error_detail_buf[0] = '\0'; }
+void kw_error_clear(void) {
+    kw_error_detail_buf[0] = '\0';
+}

@@ -14,62 +14,62 @@
 
 /* KW_STATUS_LIST(X): every status code as X(NAME, number, description). Add new codes here, in their module's
  * range; the enum and the string tables are generated from this list so they cannot drift apart. */
-#define KW_STATUS_LIST(X) \
-    X(KW_OK, 0, "success") \
-    /* generic: -1 .. -49 */ \
-    X(KW_E_NOMEM, -1, "an allocation failed") \
-    X(KW_E_INVALID_ARG, -2, "a caller passed an argument outside the documented contract") \
-    X(KW_E_IO, -3, "a read, write, open, stat or mmap failed (errno is in the detail)") \
-    X(KW_E_NOT_FOUND, -4, "a named file, key, tensor or token does not exist") \
-    X(KW_E_OVERFLOW, -5, "a size computation would overflow") \
-    X(KW_E_UNSUPPORTED, -6, "a valid request this build or device cannot serve") \
-    X(KW_E_PARSE, -7, "malformed text input (JSON, config, command line)") \
-    X(KW_E_LIMIT, -8, "a declared size or count exceeds a configured limit") \
-    X(KW_E_TRUNCATED, -9, "input ended before a complete structure") \
-    X(KW_E_INTERNAL, -10, "a broken invariant inside kvwire (a bug)") \
-    X(KW_E_BUFFER_TOO_SMALL, -11, "caller-provided output capacity is insufficient") \
-    X(KW_E_STATE, -12, "call not valid in the object's current state") \
-    X(KW_E_CANCELLED, -13, "the operation was cancelled") \
-    X(KW_E_TIMEOUT, -14, "the operation did not finish in time") \
-    X(KW_E_SHAPE, -15, "tensor shapes or dtypes do not match what the operation needs") \
-    /* wire/ (KVWire format): -100 .. -199 */ \
-    X(KW_E_WIRE_MAGIC, -100, "not a KVWire blob") \
-    X(KW_E_WIRE_VERSION, -101, "unsupported format version") \
-    X(KW_E_WIRE_RESERVED, -102, "a reserved field or bit is not zero") \
-    X(KW_E_WIRE_CHECKSUM, -103, "a checksum does not match") \
-    X(KW_E_WIRE_CORRUPT, -104, "inconsistent field values") \
-    X(KW_E_WIRE_CODEC, -105, "unknown codec, scale dtype, granularity or index encoding") \
-    X(KW_E_WIRE_LIMIT, -106, "a declared count or size exceeds a decoder limit") \
-    X(KW_E_WIRE_TRUNCATED, -107, "the blob ended early") \
-    X(KW_E_WIRE_TRAILING, -108, "bytes follow the end of the blob") \
-    X(KW_E_WIRE_ORDER, -109, "sections out of order or duplicated") \
-    X(KW_E_WIRE_INDICES, -110, "token indices not strictly increasing or out of range") \
-    X(KW_E_WIRE_COMPRESSION, -111, "a compressed section does not decompress to its declared size") \
-    X(KW_E_WIRE_NONFINITE, -112, "NaN or Inf in input that the policy refuses") \
-    /* model/ (safetensors, HF configs, tokenizer, forward): -200 .. -299 */ \
-    X(KW_E_MODEL_FORMAT, -200, "a safetensors/index file is malformed") \
-    X(KW_E_MODEL_DTYPE, -201, "a tensor has a dtype the loader does not accept") \
-    X(KW_E_MODEL_SHAPE, -202, "a tensor's shape does not match the config") \
-    X(KW_E_MODEL_MISSING, -203, "a required tensor is absent") \
-    X(KW_E_MODEL_CONFIG, -204, "config.json is missing a field or has an invalid value") \
-    X(KW_E_MODEL_ARCH, -205, "unsupported architecture") \
-    X(KW_E_MODEL_CONTEXT, -206, "the KV cache or context length is exhausted") \
-    X(KW_E_TOKENIZER, -220, "tokenizer.json is malformed or unsupported") \
-    X(KW_E_TOKEN_ID, -221, "a token id outside the vocabulary") \
-    X(KW_E_UTF8, -222, "invalid UTF-8 in text input") \
-    X(KW_E_TEMPLATE, -223, "chat template input is invalid (roles, order)") \
-    /* c2c/ (fuser checkpoints, projection, alignment): -300 .. -399 */ \
-    X(KW_E_PT_FORMAT, -300, "a torch zip archive is malformed") \
-    X(KW_E_PT_PICKLE, -301, "unsupported pickle opcode or global") \
-    X(KW_E_FUSER_CONFIG, -302, "fuser config or layer mapping invalid") \
-    X(KW_E_FUSER_TENSOR, -303, "a fuser tensor missing or with the wrong shape/dtype") \
-    X(KW_E_ALIGN, -304, "token alignment failed") \
-    /* kernels/ (backends): -400 .. -449 */ \
-    X(KW_E_BACKEND, -400, "a backend reported a failure") \
-    X(KW_E_CUDA, -401, "a CUDA runtime call failed") \
-    X(KW_E_CUBLAS, -402, "a cuBLAS call failed") \
-    X(KW_E_NO_DEVICE, -403, "no GPU device is available") \
-    X(KW_E_OP_UNSUPPORTED, -404, "the backend does not support this op/dtype combination") \
+#define KW_STATUS_LIST(X)                                                                                              \
+    X(KW_OK, 0, "success")                                                                                             \
+    /* generic: -1 .. -49 */                                                                                           \
+    X(KW_E_NOMEM, -1, "an allocation failed")                                                                          \
+    X(KW_E_INVALID_ARG, -2, "a caller passed an argument outside the documented contract")                             \
+    X(KW_E_IO, -3, "a read, write, open, stat or mmap failed (errno is in the detail)")                                \
+    X(KW_E_NOT_FOUND, -4, "a named file, key, tensor or token does not exist")                                         \
+    X(KW_E_OVERFLOW, -5, "a size computation would overflow")                                                          \
+    X(KW_E_UNSUPPORTED, -6, "a valid request this build or device cannot serve")                                       \
+    X(KW_E_PARSE, -7, "malformed text input (JSON, config, command line)")                                             \
+    X(KW_E_LIMIT, -8, "a declared size or count exceeds a configured limit")                                           \
+    X(KW_E_TRUNCATED, -9, "input ended before a complete structure")                                                   \
+    X(KW_E_INTERNAL, -10, "a broken invariant inside kvwire (a bug)")                                                  \
+    X(KW_E_BUFFER_TOO_SMALL, -11, "caller-provided output capacity is insufficient")                                   \
+    X(KW_E_STATE, -12, "call not valid in the object's current state")                                                 \
+    X(KW_E_CANCELLED, -13, "the operation was cancelled")                                                              \
+    X(KW_E_TIMEOUT, -14, "the operation did not finish in time")                                                       \
+    X(KW_E_SHAPE, -15, "tensor shapes or dtypes do not match what the operation needs")                                \
+    /* wire/ (KVWire format): -100 .. -199 */                                                                          \
+    X(KW_E_WIRE_MAGIC, -100, "not a KVWire blob")                                                                      \
+    X(KW_E_WIRE_VERSION, -101, "unsupported format version")                                                           \
+    X(KW_E_WIRE_RESERVED, -102, "a reserved field or bit is not zero")                                                 \
+    X(KW_E_WIRE_CHECKSUM, -103, "a checksum does not match")                                                           \
+    X(KW_E_WIRE_CORRUPT, -104, "inconsistent field values")                                                            \
+    X(KW_E_WIRE_CODEC, -105, "unknown codec, scale dtype, granularity or index encoding")                              \
+    X(KW_E_WIRE_LIMIT, -106, "a declared count or size exceeds a decoder limit")                                       \
+    X(KW_E_WIRE_TRUNCATED, -107, "the blob ended early")                                                               \
+    X(KW_E_WIRE_TRAILING, -108, "bytes follow the end of the blob")                                                    \
+    X(KW_E_WIRE_ORDER, -109, "sections out of order or duplicated")                                                    \
+    X(KW_E_WIRE_INDICES, -110, "token indices not strictly increasing or out of range")                                \
+    X(KW_E_WIRE_COMPRESSION, -111, "a compressed section does not decompress to its declared size")                    \
+    X(KW_E_WIRE_NONFINITE, -112, "NaN or Inf in input that the policy refuses")                                        \
+    /* model/ (safetensors, HF configs, tokenizer, forward): -200 .. -299 */                                           \
+    X(KW_E_MODEL_FORMAT, -200, "a safetensors/index file is malformed")                                                \
+    X(KW_E_MODEL_DTYPE, -201, "a tensor has a dtype the loader does not accept")                                       \
+    X(KW_E_MODEL_SHAPE, -202, "a tensor's shape does not match the config")                                            \
+    X(KW_E_MODEL_MISSING, -203, "a required tensor is absent")                                                         \
+    X(KW_E_MODEL_CONFIG, -204, "config.json is missing a field or has an invalid value")                               \
+    X(KW_E_MODEL_ARCH, -205, "unsupported architecture")                                                               \
+    X(KW_E_MODEL_CONTEXT, -206, "the KV cache or context length is exhausted")                                         \
+    X(KW_E_TOKENIZER, -220, "tokenizer.json is malformed or unsupported")                                              \
+    X(KW_E_TOKEN_ID, -221, "a token id outside the vocabulary")                                                        \
+    X(KW_E_UTF8, -222, "invalid UTF-8 in text input")                                                                  \
+    X(KW_E_TEMPLATE, -223, "chat template input is invalid (roles, order)")                                            \
+    /* c2c/ (fuser checkpoints, projection, alignment): -300 .. -399 */                                                \
+    X(KW_E_PT_FORMAT, -300, "a torch zip archive is malformed")                                                        \
+    X(KW_E_PT_PICKLE, -301, "unsupported pickle opcode or global")                                                     \
+    X(KW_E_FUSER_CONFIG, -302, "fuser config or layer mapping invalid")                                                \
+    X(KW_E_FUSER_TENSOR, -303, "a fuser tensor missing or with the wrong shape/dtype")                                 \
+    X(KW_E_ALIGN, -304, "token alignment failed")                                                                      \
+    /* kernels/ (backends): -400 .. -449 */                                                                            \
+    X(KW_E_BACKEND, -400, "a backend reported a failure")                                                              \
+    X(KW_E_CUDA, -401, "a CUDA runtime call failed")                                                                   \
+    X(KW_E_CUBLAS, -402, "a cuBLAS call failed")                                                                       \
+    X(KW_E_NO_DEVICE, -403, "no GPU device is available")                                                              \
+    X(KW_E_OP_UNSUPPORTED, -404, "the backend does not support this op/dtype combination")                             \
     /* net/ and proto/: -500 .. -599 (reserved for the transport issues) */
 
 enum kw_status {

@@ -27,7 +27,8 @@ static void test_alloc_aligned_and_distinct(void **state) {
     assert_true(p != q && q != r && p != r);
     assert_int_equal(a.bytes_in_use, 1010);
     int *z = kw_arena_calloc(&a, 100, sizeof(int));
-    for (int i = 0; i < 100; ++i) assert_int_equal(z[i], 0);
+    for (int i = 0; i < 100; ++i)
+        assert_int_equal(z[i], 0);
     assert_null(kw_arena_calloc(&a, SIZE_MAX / 2, 4));
     assert_null(kw_arena_alloc(&a, SIZE_MAX - 8));
     kw_arena_reset(&a);

@@ -52,11 +52,11 @@ static void test_f16_values(void **state) {
     assert_true(kw_f16_to_f32(0x0001) == ldexpf(1.0f, -24));
     assert_int_equal(kw_f32_to_f16(65519.0f), 0x7bff);
     assert_int_equal(kw_f32_to_f16(65520.0f), 0x7c00);
-    assert_int_equal(kw_f32_to_f16(ldexpf(1.0f, -25)), 0x0000);                  /* tie to even zero */
+    assert_int_equal(kw_f32_to_f16(ldexpf(1.0f, -25)), 0x0000);                   /* tie to even zero */
     assert_int_equal(kw_f32_to_f16(nextafterf(ldexpf(1.0f, -25), 1.0f)), 0x0001); /* above the tie */
-    assert_int_equal(kw_f32_to_f16(ldexpf(3.0f, -25)), 0x0002);                  /* 1.5 ulp: tie to even 2 */
-    assert_int_equal(kw_f32_to_f16(1.0f + ldexpf(1.0f, -11)), 0x3c00);           /* tie to even */
-    assert_int_equal(kw_f32_to_f16(1.0f + ldexpf(3.0f, -11)), 0x3c02);           /* tie to even, upward */
+    assert_int_equal(kw_f32_to_f16(ldexpf(3.0f, -25)), 0x0002);                   /* 1.5 ulp: tie to even 2 */
+    assert_int_equal(kw_f32_to_f16(1.0f + ldexpf(1.0f, -11)), 0x3c00);            /* tie to even */
+    assert_int_equal(kw_f32_to_f16(1.0f + ldexpf(3.0f, -11)), 0x3c02);            /* tie to even, upward */
     assert_int_equal(kw_f32_to_f16(-INFINITY), 0xfc00);
     /* every fp32 in a sweep rounds to the nearest fp16 (checked by distance, ties excluded) */
     for (float x = 1e-8f; x < 70000.0f; x *= 1.0137f) {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# check_layering.sh KVWIRE SOURCE_DIR BUILD_DIR: enforces the dependency arrows of DESIGN.md on #include lines.
+# A folder may include only headers of the folders listed for it below (and its own, and system headers).
+set -u
+src=$2
+declare -A allowed=(
+    [common]="common"
+    [kernels]="common kernels"
+    [wire]="common wire"
+    [model]="common kernels model"
+    [c2c]="common kernels model c2c"
+    [proto]="common proto"
+    [net]="common net"
+)
+status=0
+for dir in "${!allowed[@]}"; do
+    [ -d "$src/$dir" ] || continue
+    while IFS= read -r line; do
+        file=${line%%:*}
+        inc=$(echo "$line" | sed -E 's/.*#include *"([^"]+)".*/\1/')
+        top=${inc%%/*}
+        [ "$top" = "$inc" ] && continue # same-folder include without a path
+        ok=0
+        for a in ${allowed[$dir]}; do [ "$top" = "$a" ] && ok=1; done
+        if [ $ok = 0 ]; then
+            echo "layering violation: $file includes \"$inc\" ($dir/ may include only: ${allowed[$dir]})"
+            status=1
+        fi
+    done < <(grep -rnE '^\s*#\s*include\s*"' "$src/$dir" --include='*.c' --include='*.h' --include='*.cu' --include='*.cuh' | sed -E 's/^([^:]+):[0-9]+:/\1:/')
+done
+# sharer/ and receiver/ must never include each other.
+for pair in "sharer receiver" "receiver sharer"; do
+    set -- $pair
+    if [ -d "$src/$1" ] && grep -rqE "#\s*include\s*\"$2/" "$src/$1"; then
+        echo "layering violation: $1/ includes $2/"
+        status=1
+    fi
+done
+[ $status = 0 ] && echo "layering: ok"
+exit $status
