@@ -1,0 +1,960 @@
+/* kw_tokenizer.c: byte-level BPE tokenizer loaded from an HF tokenizer.json, giving the ids HF `tokenizers` gives.
+ *
+ * Pipeline of encode (the order HF uses): added tokens are found in the raw text first (leftmost, then longest); each
+ * stretch of text between them is normalized (NFC or nothing), cut into pre-tokens by the Split regex (PCRE2 with UTF
+ * and UCP; every match and every gap between matches is a piece), and each piece is mapped byte by byte to the
+ * ByteLevel alphabet and merged by rank, with HF's priority-queue order (lowest rank, then leftmost position).
+ *
+ * What it is not: a general tokenizer.json interpreter. Only the components that Qwen2/2.5/3 and Llama-3 declare are
+ * implemented; anything else is refused at load with KW_E_TOKENIZER and a reason naming the field. No offsets, no
+ * truncation or padding, no post-processor (ids are returned without BOS/EOS, as with add_special_tokens=False).
+ *
+ * Invariant: a loaded tokenizer is never written again, so encode/decode may run on many threads at once; all scratch
+ * memory is per call. */
+#include "model/kw_tokenizer.h"
+
+#include "common/kw_file.h"
+#include "common/kw_json.h"
+#include "common/kw_size.h"
+#include "common/kw_status.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <utf8proc.h>
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Limits on what a tokenizer.json may declare before anything is allocated from it. */
+#define KW_TOK_MAX_FILE   (256u << 20) /* bytes of tokenizer.json */
+#define KW_TOK_MAX_ID     (1 << 22)    /* ids must be below this (4M; real vocabularies are < 300k) */
+#define KW_TOK_MAX_ADDED  4096         /* added tokens */
+#define KW_TOK_MAX_PIECES (1u << 24)   /* bytes of one pre-token: far beyond any real word */
+
+enum {
+    KW_TOK_IN_VOCAB = 1, /* the id is in model.vocab */
+    KW_TOK_ADDED = 2,    /* the id is an added token (its text is matched before pre-tokenization) */
+    KW_TOK_SPECIAL = 4,  /* added token with "special": true (dropped by decode with skip_special) */
+};
+
+typedef struct kw_tok_entry {
+    uint32_t off, len;         /* surface form (as written in tokenizer.json) in tok->pool */
+    uint32_t dec_off, dec_len; /* bytes it decodes to (ByteLevel decoder) in tok->pool */
+    uint32_t flags;            /* KW_TOK_* */
+} kw_tok_entry;
+
+typedef struct kw_tok_merge {
+    uint64_t key; /* (left id << 32) | right id; UINT64_MAX = empty slot */
+    int32_t rank;
+    int32_t new_id;
+} kw_tok_merge;
+
+struct kw_tokenizer {
+    int32_t n_ids;         /* largest id + 1 */
+    kw_tok_entry *entries; /* (n_ids); entries with flags == 0 are holes in the id space */
+    char *pool;            /* all surface forms and decoded forms */
+    size_t pool_len, pool_cap;
+
+    int32_t *vocab_slots; /* open addressing over model.vocab: id + 1, 0 = empty */
+    size_t vocab_mask;
+    kw_tok_merge *merges; /* open addressing over merges */
+    size_t merge_mask;
+
+    int32_t *added; /* (n_added) ids of added tokens, in file order */
+    size_t n_added;
+    uint8_t added_first[256]; /* 1 if some added token starts with this byte */
+
+    int32_t byte_id[256];       /* id of the one-symbol token for each byte, -1 if absent */
+    char byte_char[256][3];     /* ByteLevel alphabet: UTF-8 of the code point standing for each byte */
+    uint8_t byte_char_len[256]; /* 1 or 2 */
+    int16_t char_byte[0x144];   /* inverse map: code point -> byte, -1 if not in the alphabet */
+    bool nfc;                   /* normalizer NFC */
+    bool ignore_merges;         /* a pre-token found whole in the vocab maps to that id */
+    pcre2_code *split_re;       /* the Split pre-tokenizer regex */
+    bool split_jit;             /* split_re was JIT-compiled */
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// UTF-8 helpers
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 if the bytes there are not one (the Rust/Unicode rules:
+ * no overlongs, no surrogates, nothing above U+10FFFF). When 0, *bad is the number of bytes that form the maximal
+ * invalid prefix (at least 1), which is what String::from_utf8_lossy replaces by one U+FFFD. */
+static size_t kw_tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
+    const uint8_t b = s[0];
+    size_t need;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (b < 0x80) return 1;
+    if (b >= 0xC2 && b <= 0xDF) {
+        need = 1;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+        need = 2;
+        if (b == 0xE0) lo = 0xA0;
+        if (b == 0xED) hi = 0x9F;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        need = 3;
+        if (b == 0xF0) lo = 0x90;
+        if (b == 0xF4) hi = 0x8F;
+    } else {
+        *bad = 1;
+        return 0;
+    }
+    size_t i = 1;
+    for (; i <= need; ++i) {
+        if (i >= n) break;
+        const uint8_t c = s[i];
+        if (c < lo || c > hi) break;
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    if (i == need + 1) return i;
+    *bad = i;
+    return 0;
+}
+
+/* Offset of the first invalid UTF-8 byte in s, or n if all of it is valid. */
+static size_t kw_tok_utf8_check(const uint8_t *s, size_t n) {
+    size_t i = 0, bad = 0;
+    while (i < n) {
+        if (s[i] < 0x80) {
+            ++i;
+            continue;
+        }
+        const size_t k = kw_tok_utf8_seq(s + i, n - i, &bad);
+        if (k == 0) return i;
+        i += k;
+    }
+    return n;
+}
+
+/* Decodes one code point from valid UTF-8; returns its length. */
+static size_t kw_tok_utf8_decode(const uint8_t *s, uint32_t *cp) {
+    if (s[0] < 0x80) {
+        *cp = s[0];
+        return 1;
+    }
+    if (s[0] < 0xE0) {
+        *cp = ((uint32_t)(s[0] & 0x1F) << 6) | (s[1] & 0x3F);
+        return 2;
+    }
+    if (s[0] < 0xF0) {
+        *cp = ((uint32_t)(s[0] & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        return 3;
+    }
+    *cp = ((uint32_t)(s[0] & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) | ((uint32_t)(s[2] & 0x3F) << 6) |
+          (s[3] & 0x3F);
+    return 4;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Growable buffers
+
+typedef struct kw_tok_ids {
+    int32_t *v;
+    size_t n, cap;
+} kw_tok_ids;
+
+static int kw_tok_ids_push(kw_tok_ids *a, int32_t id) {
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64, bytes;
+        KW_RETURN_IF(kw_size_mul(cap, sizeof(int32_t), &bytes) < 0, KW_E_OVERFLOW, "token array too large");
+        int32_t *v = realloc(a->v, bytes);
+        KW_RETURN_IF(!v, KW_E_NOMEM, "out of memory growing the token array to %zu ids", cap);
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = id;
+    return 0;
+}
+
+/* Appends n bytes to the string pool; *off receives where they start. */
+static int kw_tok_pool_add(kw_tokenizer *tok, const void *s, size_t n, uint32_t *off) {
+    size_t need;
+    KW_RETURN_IF(kw_size_add(tok->pool_len, n, &need) < 0 || need > UINT32_MAX, KW_E_LIMIT,
+                 "tokenizer strings exceed 4 GiB");
+    if (need > tok->pool_cap) {
+        size_t cap = tok->pool_cap ? tok->pool_cap : 1u << 20;
+        while (cap < need)
+            cap *= 2;
+        char *p = realloc(tok->pool, cap);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory for tokenizer strings (%zu bytes)", cap);
+        tok->pool = p;
+        tok->pool_cap = cap;
+    }
+    memcpy(tok->pool + tok->pool_len, s, n);
+    *off = (uint32_t)tok->pool_len;
+    tok->pool_len = need;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hash tables (open addressing, linear probing; sizes are powers of two at most half full)
+
+static uint64_t kw_tok_hash_bytes(const void *p, size_t n) {
+    const uint8_t *s = p;
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a, then a final mix */
+    for (size_t i = 0; i < n; ++i)
+        h = (h ^ s[i]) * 0x100000001b3ull;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
+}
+
+static uint64_t kw_tok_hash_u64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static int kw_tok_table_size(size_t n, size_t *out) {
+    size_t size = 16;
+    while (size < 2 * n) {
+        KW_RETURN_IF(size > (SIZE_MAX >> 2), KW_E_OVERFLOW, "hash table too large");
+        size *= 2;
+    }
+    *out = size;
+    return 0;
+}
+
+/* The model.vocab id of the string s[0..n), or -1. */
+static int32_t kw_tok_vocab_find(const kw_tokenizer *tok, const char *s, size_t n) {
+    size_t i = (size_t)kw_tok_hash_bytes(s, n) & tok->vocab_mask;
+    for (;; i = (i + 1) & tok->vocab_mask) {
+        const int32_t slot = tok->vocab_slots[i];
+        if (slot == 0) return -1;
+        const kw_tok_entry *e = &tok->entries[slot - 1];
+        if (e->len == n && memcmp(tok->pool + e->off, s, n) == 0) return slot - 1;
+    }
+}
+
+/* Inserts id (whose surface form is already in the pool); a repeated string keeps the later id, as a JSON object
+ * read into a map does. */
+static void kw_tok_vocab_insert(kw_tokenizer *tok, int32_t id) {
+    const kw_tok_entry *e = &tok->entries[id];
+    const char *s = tok->pool + e->off;
+    size_t i = (size_t)kw_tok_hash_bytes(s, e->len) & tok->vocab_mask;
+    for (;; i = (i + 1) & tok->vocab_mask) {
+        const int32_t slot = tok->vocab_slots[i];
+        if (slot == 0) break;
+        const kw_tok_entry *o = &tok->entries[slot - 1];
+        if (o->len == e->len && memcmp(tok->pool + o->off, s, e->len) == 0) break;
+    }
+    tok->vocab_slots[i] = id + 1;
+}
+
+static const kw_tok_merge *kw_tok_merge_find(const kw_tokenizer *tok, int32_t left, int32_t right) {
+    const uint64_t key = ((uint64_t)(uint32_t)left << 32) | (uint32_t)right;
+    size_t i = (size_t)kw_tok_hash_u64(key) & tok->merge_mask;
+    for (;; i = (i + 1) & tok->merge_mask) {
+        const kw_tok_merge *m = &tok->merges[i];
+        if (m->key == key) return m;
+        if (m->key == UINT64_MAX) return NULL;
+    }
+}
+
+/* A repeated pair keeps the later rank, as HF's merge map does. */
+static void kw_tok_merge_insert(kw_tokenizer *tok, int32_t left, int32_t right, int32_t rank, int32_t new_id) {
+    const uint64_t key = ((uint64_t)(uint32_t)left << 32) | (uint32_t)right;
+    size_t i = (size_t)kw_tok_hash_u64(key) & tok->merge_mask;
+    while (tok->merges[i].key != UINT64_MAX && tok->merges[i].key != key)
+        i = (i + 1) & tok->merge_mask;
+    tok->merges[i] = (kw_tok_merge){key, rank, new_id};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loading
+
+/* The GPT-2 ByteLevel alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes take the code points
+ * 256, 257, ... in byte order. */
+static void kw_tok_init_byte_level(kw_tokenizer *tok) {
+    uint32_t next = 256;
+    for (size_t i = 0; i < sizeof tok->char_byte / sizeof tok->char_byte[0]; ++i)
+        tok->char_byte[i] = -1;
+    for (int b = 0; b < 256; ++b) {
+        const bool self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        const uint32_t cp = self ? (uint32_t)b : next++;
+        tok->char_byte[cp] = (int16_t)b;
+        if (cp < 0x80) {
+            tok->byte_char[b][0] = (char)cp;
+            tok->byte_char_len[b] = 1;
+        } else {
+            tok->byte_char[b][0] = (char)(0xC0 | (cp >> 6));
+            tok->byte_char[b][1] = (char)(0x80 | (cp & 0x3F));
+            tok->byte_char_len[b] = 2;
+        }
+    }
+}
+
+/* Requires a JSON field to be absent/null or to equal one of the given strings (NULL-terminated list). */
+static int kw_tok_expect_str(const cJSON *obj, const char *key, const char *const *allowed, const char *where) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (cJSON_IsString(v))
+        for (const char *const *a = allowed; *a; ++a)
+            if (strcmp(v->valuestring, *a) == 0) return 0;
+    KW_FAIL(KW_E_TOKENIZER, "tokenizer.json: %s.%s has a value this tokenizer does not implement", where, key);
+}
+
+/* Requires a boolean field to be absent/null or equal to want. */
+static int kw_tok_expect_bool(const cJSON *obj, const char *key, int want, const char *where) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) return 0;
+    KW_RETURN_IF(!cJSON_IsBool(v), KW_E_TOKENIZER, "tokenizer.json: %s.%s must be a boolean", where, key);
+    KW_RETURN_IF(cJSON_IsTrue(v) != want, KW_E_TOKENIZER, "tokenizer.json: %s.%s = %s is not supported", where, key,
+                 want ? "false" : "true");
+    return 0;
+}
+
+static const char *kw_tok_type(const cJSON *obj) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(obj, "type");
+    return cJSON_IsString(t) ? t->valuestring : NULL;
+}
+
+static int kw_tok_load_normalizer(kw_tokenizer *tok, const cJSON *norm) {
+    if (!norm || cJSON_IsNull(norm)) return 0;
+    const char *type = kw_tok_type(norm);
+    KW_RETURN_IF(!type, KW_E_TOKENIZER, "tokenizer.json: normalizer has no type");
+    if (strcmp(type, "NFC") == 0) {
+        tok->nfc = true;
+        return 0;
+    }
+    KW_FAIL(KW_E_TOKENIZER, "tokenizer.json: normalizer type \"%s\" is not supported (only NFC or none)", type);
+}
+
+static int kw_tok_load_split(kw_tokenizer *tok, const cJSON *split) {
+    static const char *const isolated[] = {"Isolated", NULL};
+    KW_FORWARD(kw_tok_expect_str(split, "behavior", isolated, "pre_tokenizer Split"));
+    const cJSON *behavior = cJSON_GetObjectItemCaseSensitive(split, "behavior");
+    KW_RETURN_IF(!cJSON_IsString(behavior), KW_E_TOKENIZER, "tokenizer.json: Split.behavior is missing");
+    KW_FORWARD(kw_tok_expect_bool(split, "invert", 0, "pre_tokenizer Split"));
+    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(split, "pattern");
+    const cJSON *re = cJSON_GetObjectItemCaseSensitive(pattern, "Regex");
+    KW_RETURN_IF(!cJSON_IsString(re), KW_E_TOKENIZER,
+                 "tokenizer.json: Split.pattern must be {\"Regex\": ...} (String patterns are not supported)");
+    int err = 0;
+    PCRE2_SIZE at = 0;
+    tok->split_re =
+        pcre2_compile((PCRE2_SPTR)re->valuestring, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &at, NULL);
+    if (!tok->split_re) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        KW_FAIL(KW_E_TOKENIZER, "tokenizer.json: Split regex does not compile at offset %zu: %s", (size_t)at,
+                (const char *)msg);
+    }
+    tok->split_jit = pcre2_jit_compile(tok->split_re, PCRE2_JIT_COMPLETE) == 0;
+    return 0;
+}
+
+static int kw_tok_load_byte_level_pre(const cJSON *bl) {
+    KW_FORWARD(kw_tok_expect_bool(bl, "add_prefix_space", 0, "pre_tokenizer ByteLevel"));
+    KW_FORWARD(kw_tok_expect_bool(bl, "use_regex", 0, "pre_tokenizer ByteLevel"));
+    return 0;
+}
+
+/* Accepts Sequence[Split(regex, Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]. */
+static int kw_tok_load_pre_tokenizer(kw_tokenizer *tok, const cJSON *pre) {
+    const char *type = kw_tok_type(pre);
+    KW_RETURN_IF(!type, KW_E_TOKENIZER, "tokenizer.json: pre_tokenizer is missing or has no type");
+    KW_RETURN_IF(strcmp(type, "Sequence") != 0, KW_E_TOKENIZER,
+                 "tokenizer.json: pre_tokenizer type \"%s\" is not supported (expected Sequence[Split, ByteLevel])",
+                 type);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
+    KW_RETURN_IF(!cJSON_IsArray(list) || cJSON_GetArraySize(list) != 2, KW_E_TOKENIZER,
+                 "tokenizer.json: pre_tokenizer Sequence must hold exactly [Split, ByteLevel]");
+    const cJSON *split = cJSON_GetArrayItem(list, 0), *bl = cJSON_GetArrayItem(list, 1);
+    const char *t0 = kw_tok_type(split), *t1 = kw_tok_type(bl);
+    KW_RETURN_IF(!t0 || !t1 || strcmp(t0, "Split") != 0 || strcmp(t1, "ByteLevel") != 0, KW_E_TOKENIZER,
+                 "tokenizer.json: pre_tokenizer Sequence [%s, %s] is not supported (expected [Split, ByteLevel])",
+                 t0 ? t0 : "?", t1 ? t1 : "?");
+    KW_FORWARD(kw_tok_load_split(tok, split));
+    return kw_tok_load_byte_level_pre(bl);
+}
+
+static int kw_tok_load_decoder(const cJSON *dec) {
+    const char *type = kw_tok_type(dec);
+    KW_RETURN_IF(!type || strcmp(type, "ByteLevel") != 0, KW_E_TOKENIZER,
+                 "tokenizer.json: decoder \"%s\" is not supported (only ByteLevel)", type ? type : "(none)");
+    return 0;
+}
+
+/* Checks the BPE options; the byte-level vocabularies need none of unk/dropout/prefixes. */
+static int kw_tok_load_model_options(kw_tokenizer *tok, const cJSON *model) {
+    static const char *const bpe[] = {"BPE", NULL};
+    static const char *const empty[] = {"", NULL};
+    const char *type = kw_tok_type(model);
+    KW_RETURN_IF(!type, KW_E_TOKENIZER, "tokenizer.json: model has no type");
+    KW_FORWARD(kw_tok_expect_str(model, "type", bpe, "model"));
+    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+    KW_RETURN_IF(dropout && !cJSON_IsNull(dropout) && !(cJSON_IsNumber(dropout) && dropout->valuedouble == 0.0),
+                 KW_E_TOKENIZER, "tokenizer.json: model.dropout is not supported");
+    const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
+    KW_RETURN_IF(unk && !cJSON_IsNull(unk), KW_E_TOKENIZER,
+                 "tokenizer.json: model.unk_token is set; only byte-level BPE without unk is supported");
+    KW_FORWARD(kw_tok_expect_str(model, "continuing_subword_prefix", empty, "model"));
+    KW_FORWARD(kw_tok_expect_str(model, "end_of_word_suffix", empty, "model"));
+    KW_FORWARD(kw_tok_expect_bool(model, "byte_fallback", 0, "model"));
+    int ignore = 0;
+    KW_FORWARD(kw_json_opt_bool(model, "ignore_merges", 0, &ignore, "tokenizer.json model"));
+    tok->ignore_merges = ignore != 0;
+    return 0;
+}
+
+static int kw_tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON *added) {
+    KW_RETURN_IF(!cJSON_IsObject(vocab), KW_E_TOKENIZER, "tokenizer.json: model.vocab must be an object");
+    KW_RETURN_IF(added && !cJSON_IsNull(added) && !cJSON_IsArray(added), KW_E_TOKENIZER,
+                 "tokenizer.json: added_tokens must be an array");
+    /* First pass: the id range, so the entry table is allocated once. */
+    int64_t max_id = -1;
+    size_t n_vocab = 0;
+    for (const cJSON *it = vocab->child; it; it = it->next) {
+        int64_t id;
+        KW_RETURN_IF(kw_json_to_i64(it, 0, KW_TOK_MAX_ID - 1, &id) < 0, KW_E_TOKENIZER,
+                     "tokenizer.json: vocab id of \"%.40s\" is not an integer in [0, %d)", it->string ? it->string : "",
+                     KW_TOK_MAX_ID);
+        KW_RETURN_IF(!it->string, KW_E_TOKENIZER, "tokenizer.json: vocab entry without a key");
+        if (id > max_id) max_id = id;
+        ++n_vocab;
+    }
+    const int n_added = cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0;
+    KW_RETURN_IF(n_added > KW_TOK_MAX_ADDED, KW_E_LIMIT, "tokenizer.json: %d added tokens, over the limit of %d",
+                 n_added, KW_TOK_MAX_ADDED);
+    for (const cJSON *it = cJSON_IsArray(added) ? added->child : NULL; it; it = it->next) {
+        int64_t id;
+        KW_RETURN_IF(kw_json_get_i64(it, "id", 0, KW_TOK_MAX_ID - 1, &id, "tokenizer.json added_tokens") < 0,
+                     KW_E_TOKENIZER, "tokenizer.json: added token without a valid id: %s", kw_error_detail());
+        if (id > max_id) max_id = id;
+    }
+    KW_RETURN_IF(max_id < 255, KW_E_TOKENIZER, "tokenizer.json: vocabulary too small for a byte-level BPE");
+    tok->n_ids = (int32_t)(max_id + 1);
+    tok->entries = calloc((size_t)tok->n_ids, sizeof(kw_tok_entry));
+    KW_RETURN_IF(!tok->entries, KW_E_NOMEM, "out of memory for %d token entries", tok->n_ids);
+    size_t slots = 0;
+    KW_FORWARD(kw_tok_table_size(n_vocab, &slots));
+    tok->vocab_slots = calloc(slots, sizeof(int32_t));
+    KW_RETURN_IF(!tok->vocab_slots, KW_E_NOMEM, "out of memory for the vocabulary table");
+    tok->vocab_mask = slots - 1;
+
+    for (const cJSON *it = vocab->child; it; it = it->next) {
+        const int32_t id = (int32_t)it->valuedouble;
+        kw_tok_entry *e = &tok->entries[id];
+        KW_RETURN_IF(e->flags != 0, KW_E_TOKENIZER, "tokenizer.json: vocab id %d is used twice", id);
+        const size_t n = strlen(it->string);
+        KW_FORWARD(kw_tok_pool_add(tok, it->string, n, &e->off));
+        e->len = (uint32_t)n;
+        e->flags = KW_TOK_IN_VOCAB;
+        kw_tok_vocab_insert(tok, id);
+    }
+
+    tok->added = calloc(n_added ? (size_t)n_added : 1, sizeof(int32_t));
+    KW_RETURN_IF(!tok->added, KW_E_NOMEM, "out of memory for added tokens");
+    for (const cJSON *it = cJSON_IsArray(added) ? added->child : NULL; it; it = it->next) {
+        int64_t id = 0;
+        const char *content = NULL;
+        int special = 0;
+        KW_FORWARD(kw_json_get_i64(it, "id", 0, KW_TOK_MAX_ID - 1, &id, "tokenizer.json added_tokens"));
+        KW_FORWARD(kw_json_get_str(it, "content", &content, "tokenizer.json added_tokens"));
+        KW_FORWARD(kw_json_opt_bool(it, "special", 0, &special, "tokenizer.json added_tokens"));
+        KW_RETURN_IF(content[0] == '\0', KW_E_TOKENIZER, "tokenizer.json: added token %lld is empty", (long long)id);
+        /* HF's flags change where the token may match; these files set them all false, and nothing else is done. */
+        static const char *const flags[] = {"single_word", "lstrip", "rstrip", "normalized"};
+        for (size_t f = 0; f < sizeof flags / sizeof flags[0]; ++f) {
+            int v = 0;
+            KW_FORWARD(kw_json_opt_bool(it, flags[f], 0, &v, "tokenizer.json added_tokens"));
+            KW_RETURN_IF(v, KW_E_TOKENIZER,
+                         "tokenizer.json: added token \"%.40s\" sets %s=true, which is not supported", content,
+                         flags[f]);
+        }
+        kw_tok_entry *e = &tok->entries[id];
+        const size_t n = strlen(content);
+        if (e->flags & KW_TOK_IN_VOCAB) {
+            KW_RETURN_IF(e->len != n || memcmp(tok->pool + e->off, content, n) != 0, KW_E_TOKENIZER,
+                         "tokenizer.json: added token \"%.40s\" reuses vocab id %lld of another token", content,
+                         (long long)id);
+        } else {
+            KW_RETURN_IF(e->flags & KW_TOK_ADDED, KW_E_TOKENIZER, "tokenizer.json: added token id %lld is used twice",
+                         (long long)id);
+            KW_FORWARD(kw_tok_pool_add(tok, content, n, &e->off));
+            e->len = (uint32_t)n;
+        }
+        e->flags |= KW_TOK_ADDED | (special ? KW_TOK_SPECIAL : 0);
+        tok->added[tok->n_added++] = (int32_t)id;
+        tok->added_first[(uint8_t)content[0]] = 1;
+    }
+    return 0;
+}
+
+/* Reads one merge, either "a b" or ["a", "b"], into the two vocab ids. */
+static int kw_tok_merge_parts(const kw_tokenizer *tok, const cJSON *m, size_t rank, int32_t *a, int32_t *b) {
+    const char *s1, *s2;
+    size_t n1, n2;
+    if (cJSON_IsString(m)) {
+        const char *sp = strchr(m->valuestring, ' ');
+        KW_RETURN_IF(!sp, KW_E_TOKENIZER, "tokenizer.json: merge %zu \"%.40s\" has no space", rank, m->valuestring);
+        s1 = m->valuestring;
+        n1 = (size_t)(sp - s1);
+        s2 = sp + 1;
+        n2 = strlen(s2);
+    } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
+               cJSON_IsString(m->child->next)) {
+        s1 = m->child->valuestring;
+        n1 = strlen(s1);
+        s2 = m->child->next->valuestring;
+        n2 = strlen(s2);
+    } else {
+        KW_FAIL(KW_E_TOKENIZER, "tokenizer.json: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", rank);
+    }
+    *a = kw_tok_vocab_find(tok, s1, n1);
+    *b = kw_tok_vocab_find(tok, s2, n2);
+    KW_RETURN_IF(*a < 0 || *b < 0, KW_E_TOKENIZER, "tokenizer.json: merge %zu names a token missing from the vocab",
+                 rank);
+    return 0;
+}
+
+static int kw_tok_load_merges(kw_tokenizer *tok, const cJSON *merges) {
+    KW_RETURN_IF(!cJSON_IsArray(merges), KW_E_TOKENIZER, "tokenizer.json: model.merges must be an array");
+    size_t n = 0;
+    for (const cJSON *it = merges->child; it; it = it->next)
+        ++n;
+    KW_RETURN_IF(n >= (size_t)INT32_MAX, KW_E_LIMIT, "tokenizer.json: too many merges");
+    size_t slots = 0;
+    KW_FORWARD(kw_tok_table_size(n, &slots));
+    tok->merges = malloc(slots * sizeof(kw_tok_merge));
+    KW_RETURN_IF(!tok->merges, KW_E_NOMEM, "out of memory for %zu merges", n);
+    for (size_t i = 0; i < slots; ++i)
+        tok->merges[i].key = UINT64_MAX;
+    tok->merge_mask = slots - 1;
+
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    size_t rank = 0;
+    for (const cJSON *it = merges->child; it; it = it->next, ++rank) {
+        int32_t a = -1, b = -1;
+        KW_CHECK(kw_tok_merge_parts(tok, it, rank, &a, &b));
+        const kw_tok_entry *ea = &tok->entries[a], *eb = &tok->entries[b];
+        const size_t len = (size_t)ea->len + eb->len;
+        if (len > cap) {
+            cap = len * 2;
+            char *p = realloc(buf, cap);
+            KW_CHECK_IF(!p, KW_E_NOMEM, "out of memory reading merges");
+            buf = p;
+        }
+        memcpy(buf, tok->pool + ea->off, ea->len);
+        memcpy(buf + ea->len, tok->pool + eb->off, eb->len);
+        const int32_t merged = kw_tok_vocab_find(tok, buf, len);
+        KW_CHECK_IF(merged < 0, KW_E_TOKENIZER, "tokenizer.json: merge %zu gives \"%.*s\", which is not in the vocab",
+                    rank, (int)(len < 60 ? len : 60), buf);
+        kw_tok_merge_insert(tok, a, b, (int32_t)rank, merged);
+    }
+out:
+    free(buf);
+    return rc;
+}
+
+/* The bytes each token decodes to, as HF's ByteLevel decoder gives them: a token whose characters are all in the
+ * ByteLevel alphabet maps character by character; any other token (e.g. an added token with other characters)
+ * contributes its own UTF-8 bytes. */
+static int kw_tok_build_decoded(kw_tokenizer *tok) {
+    uint8_t *tmp = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (int32_t id = 0; id < tok->n_ids; ++id) {
+        kw_tok_entry *e = &tok->entries[id];
+        if (!e->flags) continue;
+        if (e->len > cap) {
+            cap = (size_t)e->len * 2;
+            uint8_t *p = realloc(tmp, cap);
+            KW_CHECK_IF(!p, KW_E_NOMEM, "out of memory decoding the vocabulary");
+            tmp = p;
+        }
+        const uint8_t *s = (const uint8_t *)tok->pool + e->off;
+        size_t n = 0, i = 0;
+        bool mapped = kw_tok_utf8_check(s, e->len) == e->len;
+        while (mapped && i < e->len) {
+            uint32_t cp;
+            i += kw_tok_utf8_decode(s + i, &cp);
+            if (cp >= sizeof tok->char_byte / sizeof tok->char_byte[0] || tok->char_byte[cp] < 0) {
+                mapped = false;
+                break;
+            }
+            tmp[n++] = (uint8_t)tok->char_byte[cp];
+        }
+        if (mapped) {
+            KW_CHECK(kw_tok_pool_add(tok, tmp, n, &e->dec_off));
+            e->dec_len = (uint32_t)n;
+        } else {
+            e->dec_off = e->off; /* the surface form itself */
+            e->dec_len = e->len;
+        }
+    }
+out:
+    free(tmp);
+    return rc;
+}
+
+static int kw_tok_load_json(kw_tokenizer *tok, const cJSON *root) {
+    KW_RETURN_IF(!cJSON_IsObject(root), KW_E_TOKENIZER, "tokenizer.json: top level is not an object");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    KW_RETURN_IF(!cJSON_IsObject(model), KW_E_TOKENIZER, "tokenizer.json: no model object");
+    KW_FORWARD(kw_tok_load_model_options(tok, model));
+    KW_FORWARD(kw_tok_load_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer")));
+    KW_FORWARD(kw_tok_load_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer")));
+    KW_FORWARD(kw_tok_load_decoder(cJSON_GetObjectItemCaseSensitive(root, "decoder")));
+    KW_FORWARD(kw_tok_load_vocab(tok, cJSON_GetObjectItemCaseSensitive(model, "vocab"),
+                                 cJSON_GetObjectItemCaseSensitive(root, "added_tokens")));
+    KW_FORWARD(kw_tok_load_merges(tok, cJSON_GetObjectItemCaseSensitive(model, "merges")));
+    kw_tok_init_byte_level(tok);
+    for (int b = 0; b < 256; ++b)
+        tok->byte_id[b] = kw_tok_vocab_find(tok, tok->byte_char[b], tok->byte_char_len[b]);
+    return kw_tok_build_decoded(tok);
+}
+
+int kw_tokenizer_load(const char *path, kw_tokenizer **out) {
+    KW_RETURN_IF(!path || !out, KW_E_INVALID_ARG, "kw_tokenizer_load: NULL argument");
+    *out = NULL;
+    int rc = 0;
+    char *file = NULL;
+    cJSON *root = NULL;
+    kw_tokenizer *tok = NULL;
+    if (kw_path_is_dir(path)) {
+        file = kw_path_join(path, "tokenizer.json");
+        KW_CHECK_IF(!file, KW_E_NOMEM, "out of memory");
+    }
+    const char *json_path = file ? file : path;
+    KW_CHECK(kw_json_load_file(json_path, KW_TOK_MAX_FILE, &root));
+    tok = calloc(1, sizeof *tok);
+    KW_CHECK_IF(!tok, KW_E_NOMEM, "out of memory");
+    rc = kw_tok_load_json(tok, root);
+    if (rc < 0) {
+        rc = kw_error_set(rc, "%s: %s", json_path, kw_error_detail());
+        goto out;
+    }
+    *out = tok;
+    tok = NULL;
+out:
+    kw_tokenizer_free(tok);
+    cJSON_Delete(root);
+    free(file);
+    return rc;
+}
+
+void kw_tokenizer_free(kw_tokenizer *tok) {
+    if (!tok) return;
+    free(tok->entries);
+    free(tok->pool);
+    free(tok->vocab_slots);
+    free(tok->merges);
+    free(tok->added);
+    pcre2_code_free(tok->split_re);
+    free(tok);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// BPE on one pre-token
+
+typedef struct kw_tok_symbol {
+    int32_t id;
+    int32_t prev, next; /* -1 at the ends */
+    int32_t alive;
+} kw_tok_symbol;
+
+typedef struct kw_tok_qitem {
+    int32_t rank, pos, new_id;
+} kw_tok_qitem;
+
+/* Per-call scratch memory. */
+typedef struct kw_tok_scratch {
+    kw_tok_symbol *sym;
+    kw_tok_qitem *heap;
+    size_t sym_cap, heap_cap, heap_n;
+    char *str;
+    size_t str_cap;
+    pcre2_match_data *md;
+} kw_tok_scratch;
+
+static void kw_tok_scratch_free(kw_tok_scratch *s) {
+    free(s->sym);
+    free(s->heap);
+    free(s->str);
+    pcre2_match_data_free(s->md);
+}
+
+/* a comes out of the queue before b: lower rank first, then lower position (HF's Merge ordering). */
+static bool kw_tok_q_before(const kw_tok_qitem *a, const kw_tok_qitem *b) {
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static int kw_tok_q_push(kw_tok_scratch *s, kw_tok_qitem item) {
+    if (s->heap_n == s->heap_cap) {
+        const size_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
+        kw_tok_qitem *h = realloc(s->heap, cap * sizeof *h);
+        KW_RETURN_IF(!h, KW_E_NOMEM, "out of memory in BPE");
+        s->heap = h;
+        s->heap_cap = cap;
+    }
+    size_t i = s->heap_n++;
+    while (i > 0) {
+        const size_t parent = (i - 1) / 2;
+        if (!kw_tok_q_before(&item, &s->heap[parent])) break;
+        s->heap[i] = s->heap[parent];
+        i = parent;
+    }
+    s->heap[i] = item;
+    return 0;
+}
+
+static kw_tok_qitem kw_tok_q_pop(kw_tok_scratch *s) {
+    const kw_tok_qitem top = s->heap[0];
+    const kw_tok_qitem last = s->heap[--s->heap_n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= s->heap_n) break;
+        if (c + 1 < s->heap_n && kw_tok_q_before(&s->heap[c + 1], &s->heap[c])) ++c;
+        if (!kw_tok_q_before(&s->heap[c], &last)) break;
+        s->heap[i] = s->heap[c];
+        i = c;
+    }
+    if (s->heap_n > 0) s->heap[i] = last;
+    return top;
+}
+
+static int kw_tok_q_pair(const kw_tokenizer *tok, kw_tok_scratch *s, int32_t pos) {
+    const kw_tok_symbol *a = &s->sym[pos];
+    if (a->next < 0) return 0;
+    const kw_tok_merge *m = kw_tok_merge_find(tok, a->id, s->sym[a->next].id);
+    if (!m) return 0;
+    return kw_tok_q_push(s, (kw_tok_qitem){m->rank, pos, m->new_id});
+}
+
+/* Appends the ids of one pre-token (raw bytes w[0..n)) to out. */
+static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t *w, size_t n, kw_tok_ids *out) {
+    KW_RETURN_IF(n > KW_TOK_MAX_PIECES, KW_E_LIMIT, "a pre-token of %zu bytes is over the limit", n);
+    if (n == 1 && tok->byte_id[w[0]] >= 0) return kw_tok_ids_push(out, tok->byte_id[w[0]]);
+    if (tok->ignore_merges) {
+        const size_t need = 2 * n;
+        if (need > s->str_cap) {
+            char *p = realloc(s->str, need);
+            KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory in BPE");
+            s->str = p;
+            s->str_cap = need;
+        }
+        size_t len = 0;
+        for (size_t i = 0; i < n; ++i) {
+            memcpy(s->str + len, tok->byte_char[w[i]], tok->byte_char_len[w[i]]);
+            len += tok->byte_char_len[w[i]];
+        }
+        const int32_t id = kw_tok_vocab_find(tok, s->str, len);
+        if (id >= 0) return kw_tok_ids_push(out, id);
+    }
+    if (n > s->sym_cap) {
+        kw_tok_symbol *p = realloc(s->sym, n * sizeof *p);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory in BPE");
+        s->sym = p;
+        s->sym_cap = n;
+    }
+    /* Bytes whose one-symbol token is absent are dropped, as HF does when there is no unk token. */
+    int32_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (tok->byte_id[w[i]] < 0) continue;
+        s->sym[m] = (kw_tok_symbol){tok->byte_id[w[i]], m - 1, m + 1, 1};
+        ++m;
+    }
+    if (m == 0) return 0;
+    s->sym[m - 1].next = -1;
+    s->heap_n = 0;
+    for (int32_t i = 0; i + 1 < m; ++i)
+        KW_FORWARD(kw_tok_q_pair(tok, s, i));
+    while (s->heap_n > 0) {
+        const kw_tok_qitem top = kw_tok_q_pop(s);
+        kw_tok_symbol *a = &s->sym[top.pos];
+        if (!a->alive || a->next < 0) continue;
+        kw_tok_symbol *b = &s->sym[a->next];
+        const kw_tok_merge *cur = kw_tok_merge_find(tok, a->id, b->id);
+        if (!cur || cur->new_id != top.new_id) continue; /* a stale entry */
+        a->id = top.new_id;
+        b->alive = 0;
+        a->next = b->next;
+        if (b->next >= 0) s->sym[b->next].prev = top.pos;
+        if (a->prev >= 0) KW_FORWARD(kw_tok_q_pair(tok, s, a->prev));
+        KW_FORWARD(kw_tok_q_pair(tok, s, top.pos));
+    }
+    for (int32_t i = 0; i >= 0; i = s->sym[i].next)
+        KW_FORWARD(kw_tok_ids_push(out, s->sym[i].id));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Encode
+
+/* Normalizes, pre-tokenizes and merges one stretch of text that holds no added token. */
+static int kw_tok_encode_segment(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t *text, size_t len,
+                                 kw_tok_ids *out) {
+    if (len == 0) return 0;
+    uint8_t *norm = NULL;
+    if (tok->nfc) {
+        bool ascii = true;
+        for (size_t i = 0; i < len && ascii; ++i)
+            ascii = text[i] < 0x80;
+        if (!ascii) {
+            const utf8proc_ssize_t r =
+                utf8proc_map(text, (utf8proc_ssize_t)len, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            KW_RETURN_IF(r < 0, r == UTF8PROC_ERROR_NOMEM ? KW_E_NOMEM : KW_E_UTF8, "NFC normalization failed: %s",
+                         utf8proc_errmsg(r));
+            text = norm;
+            len = (size_t)r;
+        }
+    }
+    int rc = 0;
+    size_t pos = 0;
+    while (pos < len) {
+        int r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK, s->md, NULL);
+        if (r == PCRE2_ERROR_JIT_STACKLIMIT)
+            r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, s->md, NULL);
+        if (r == PCRE2_ERROR_NOMATCH) {
+            KW_CHECK(kw_tok_bpe(tok, s, text + pos, len - pos, out));
+            break;
+        }
+        KW_CHECK_IF(r < 0, KW_E_INTERNAL, "pre-tokenizer regex failed with PCRE2 error %d", r);
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(s->md);
+        const size_t start = ov[0], end = ov[1];
+        if (start > pos) KW_CHECK(kw_tok_bpe(tok, s, text + pos, start - pos, out));
+        if (end > start) {
+            KW_CHECK(kw_tok_bpe(tok, s, text + start, end - start, out));
+            pos = end;
+        } else {
+            /* An empty match (impossible with the known patterns) contributes nothing; step over one character. */
+            size_t bad = 0, k = kw_tok_utf8_seq(text + start, len - start, &bad);
+            pos = start + (k ? k : 1);
+            if (pos > len) pos = len;
+        }
+    }
+out:
+    free(norm);
+    return rc;
+}
+
+/* Length of the longest added token at text[0..len), 0 if none; *id receives it. */
+static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size_t len, int32_t *id) {
+    size_t best = 0;
+    for (size_t k = 0; k < tok->n_added; ++k) {
+        const kw_tok_entry *e = &tok->entries[tok->added[k]];
+        if (e->len > best && e->len <= len && memcmp(tok->pool + e->off, text, e->len) == 0) {
+            best = e->len;
+            *id = tok->added[k];
+        }
+    }
+    return best;
+}
+
+int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n_ids) {
+    KW_RETURN_IF(!tok || (!text && len) || !ids || !n_ids, KW_E_INVALID_ARG, "kw_tokenizer_encode: NULL argument");
+    const uint8_t *t = (const uint8_t *)text;
+    const size_t bad = kw_tok_utf8_check(t, len);
+    KW_RETURN_IF(bad != len, KW_E_UTF8, "invalid UTF-8 at byte %zu of the text", bad);
+    int rc = 0;
+    kw_tok_ids out = {0};
+    kw_tok_scratch s = {0};
+    s.md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
+    KW_CHECK_IF(!s.md, KW_E_NOMEM, "out of memory for regex match data");
+    size_t seg = 0;
+    for (size_t i = 0; i < len;) {
+        int32_t id = -1;
+        const size_t k = tok->added_first[t[i]] ? kw_tok_added_at(tok, t + i, len - i, &id) : 0;
+        if (k == 0) {
+            ++i;
+            continue;
+        }
+        KW_CHECK(kw_tok_encode_segment(tok, &s, t + seg, i - seg, &out));
+        KW_CHECK(kw_tok_ids_push(&out, id));
+        i += k;
+        seg = i;
+    }
+    KW_CHECK(kw_tok_encode_segment(tok, &s, t + seg, len - seg, &out));
+    if (!out.v) {
+        out.v = malloc(sizeof(int32_t));
+        KW_CHECK_IF(!out.v, KW_E_NOMEM, "out of memory");
+    }
+    *ids = out.v;
+    *n_ids = out.n;
+    out.v = NULL;
+out:
+    free(out.v);
+    kw_tok_scratch_free(&s);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decode and lookups
+
+int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_ids, int skip_special, char **text,
+                        size_t *len) {
+    KW_RETURN_IF(!tok || (!ids && n_ids) || !text || !len, KW_E_INVALID_ARG, "kw_tokenizer_decode: NULL argument");
+    size_t raw_len = 0;
+    for (size_t i = 0; i < n_ids; ++i) {
+        const int32_t id = ids[i];
+        KW_RETURN_IF(id < 0 || id >= tok->n_ids || !tok->entries[id].flags, KW_E_TOKEN_ID,
+                     "token id %d (position %zu) is not in the vocabulary of %d ids", id, i, tok->n_ids);
+        if (skip_special && (tok->entries[id].flags & KW_TOK_SPECIAL)) continue;
+        KW_RETURN_IF(kw_size_add(raw_len, tok->entries[id].dec_len, &raw_len) < 0, KW_E_OVERFLOW, "decode too long");
+    }
+    /* Every invalid byte may become the 3 bytes of U+FFFD. */
+    size_t cap;
+    KW_RETURN_IF(kw_size_muladd(raw_len, 3, 1, &cap) < 0, KW_E_OVERFLOW, "decode too long");
+    uint8_t *raw = malloc(raw_len ? raw_len : 1);
+    char *res = malloc(cap);
+    if (!raw || !res) {
+        free(raw);
+        free(res);
+        KW_FAIL(KW_E_NOMEM, "out of memory decoding %zu ids", n_ids);
+    }
+    size_t r = 0;
+    for (size_t i = 0; i < n_ids; ++i) {
+        const kw_tok_entry *e = &tok->entries[ids[i]];
+        if (skip_special && (e->flags & KW_TOK_SPECIAL)) continue;
+        memcpy(raw + r, tok->pool + e->dec_off, e->dec_len);
+        r += e->dec_len;
+    }
+    /* String::from_utf8_lossy: each maximal invalid prefix becomes one U+FFFD. */
+    size_t o = 0;
+    for (size_t i = 0; i < raw_len;) {
+        size_t bad = 0;
+        const size_t k = raw[i] < 0x80 ? 1 : kw_tok_utf8_seq(raw + i, raw_len - i, &bad);
+        if (k) {
+            memcpy(res + o, raw + i, k);
+            o += k;
+            i += k;
+        } else {
+            memcpy(res + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += bad;
+        }
+    }
+    res[o] = '\0';
+    free(raw);
+    *text = res;
+    *len = o;
+    return 0;
+}
+
+int32_t kw_tokenizer_token_id(const kw_tokenizer *tok, const char *token) {
+    if (!tok || !token) return -1;
+    const size_t n = strlen(token);
+    for (size_t k = 0; k < tok->n_added; ++k) {
+        const kw_tok_entry *e = &tok->entries[tok->added[k]];
+        if (e->len == n && memcmp(tok->pool + e->off, token, n) == 0) return tok->added[k];
+    }
+    return kw_tok_vocab_find(tok, token, n);
+}
+
+int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok) {
+    return tok ? tok->n_ids : 0;
+}
+
+int kw_tokenizer_is_special(const kw_tokenizer *tok, int32_t id) {
+    if (!tok || id < 0 || id >= tok->n_ids) return 0;
+    return (tok->entries[id].flags & KW_TOK_SPECIAL) != 0;
+}

@@ -1,0 +1,153 @@
+/* test_tokenizer_fixtures.c: kw_tokenizer against reference jsonl files, row by row.
+ *
+ * Each row may hold "text" (or "text_hex" when the text contains U+0000, which cJSON strings cannot carry) with the
+ * expected "ids"; "ids" with "decoded" (skip_special off) and/or "decoded_skip" (skip_special on), or their *_hex
+ * forms. qwen3.jsonl and llama3.jsonl come from the JS port (shared fixtures, checked equal to HF when imported);
+ * hf_*.jsonl are written by tools/make_tokenizer_fixtures.py with HF `tokenizers`, the authority. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_json.h"
+#include "common/kw_status.h"
+#include "model/kw_tokenizer.h"
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* The bytes of field `key` (a string) or `key`_hex (lowercase hex); returns 0 if neither is present. *out is malloc'd.
+ */
+static int field_bytes(const cJSON *row, const char *key, char **out, size_t *len) {
+    char hex_key[64];
+    snprintf(hex_key, sizeof hex_key, "%s_hex", key);
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(row, hex_key);
+    if (cJSON_IsString(h)) {
+        const size_t n = strlen(h->valuestring);
+        assert_int_equal(n % 2, 0);
+        *out = malloc(n / 2 + 1);
+        assert_non_null(*out);
+        for (size_t i = 0; i < n / 2; ++i) {
+            const int a = hex_value(h->valuestring[2 * i]), b = hex_value(h->valuestring[2 * i + 1]);
+            assert_true(a >= 0 && b >= 0);
+            (*out)[i] = (char)(a * 16 + b);
+        }
+        (*out)[n / 2] = '\0';
+        *len = n / 2;
+        return 1;
+    }
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(row, key);
+    if (!cJSON_IsString(s)) return 0;
+    *len = strlen(s->valuestring);
+    *out = malloc(*len + 1);
+    assert_non_null(*out);
+    memcpy(*out, s->valuestring, *len + 1);
+    return 1;
+}
+
+static int32_t *field_ids(const cJSON *row, const char *key, size_t *n) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(row, key);
+    if (!cJSON_IsArray(a)) return NULL;
+    *n = (size_t)cJSON_GetArraySize(a);
+    int32_t *ids = malloc((*n + 1) * sizeof *ids);
+    assert_non_null(ids);
+    size_t i = 0;
+    for (const cJSON *it = a->child; it; it = it->next) {
+        int64_t v;
+        assert_int_equal(kw_json_to_i64(it, INT32_MIN, INT32_MAX, &v), 0);
+        ids[i++] = (int32_t)v;
+    }
+    return ids;
+}
+
+static void check_decode(const kw_tokenizer *tok, const cJSON *row, const int32_t *ids, size_t n, const char *key,
+                         int skip, size_t lineno, size_t *failures) {
+    char *want = NULL;
+    size_t want_len = 0;
+    if (!field_bytes(row, key, &want, &want_len)) return;
+    char *got = NULL;
+    size_t got_len = 0;
+    const int rc = kw_tokenizer_decode(tok, ids, n, skip, &got, &got_len);
+    if (rc != 0 || got_len != want_len || memcmp(got, want, want_len) != 0) {
+        print_error("line %zu: %s differs (rc %d: %s)\n  want: %.200s\n  got:  %.200s\n", lineno, key, rc,
+                    kw_error_detail(), want, got ? got : "(null)");
+        ++*failures;
+    }
+    free(got);
+    free(want);
+}
+
+static void run_fixture(const char *tokenizer_dir, const char *fixture) {
+    char path[1024];
+    kw_tokenizer *tok = NULL;
+    snprintf(path, sizeof path, "%s/%s", KW_SOURCE_DIR, tokenizer_dir);
+    const int lrc = kw_tokenizer_load(path, &tok);
+    if (lrc != 0) print_error("load %s: %s\n", path, kw_error_detail());
+    assert_int_equal(lrc, 0);
+    snprintf(path, sizeof path, "%s/tokenizer/%s", KW_TEST_DATA_DIR, fixture);
+    FILE *f = fopen(path, "rb");
+    if (!f) print_error("cannot open %s\n", path);
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, failures = 0, checked = 0;
+    ssize_t got_n;
+    while ((got_n = getline(&line, &cap, f)) > 0) {
+        ++lineno;
+        cJSON *row = NULL;
+        assert_int_equal(kw_json_parse(line, (size_t)got_n, &row), 0);
+        size_t n_want = 0;
+        int32_t *want = field_ids(row, "ids", &n_want);
+        char *text = NULL;
+        size_t text_len = 0;
+        if (field_bytes(row, "text", &text, &text_len)) {
+            assert_non_null(want);
+            int32_t *ids = NULL;
+            size_t n = 0;
+            const int rc = kw_tokenizer_encode(tok, text, text_len, &ids, &n);
+            if (rc != 0 || n != n_want || memcmp(ids, want, n * sizeof *ids) != 0) {
+                print_error("line %zu: ids differ (rc %d: %s) for %.200s\n", lineno, rc, kw_error_detail(), text);
+                ++failures;
+            }
+            free(ids);
+            free(text);
+            ++checked;
+        }
+        if (want) {
+            check_decode(tok, row, want, n_want, "decoded", 0, lineno, &failures);
+            check_decode(tok, row, want, n_want, "decoded_skip", 1, lineno, &failures);
+        }
+        free(want);
+        cJSON_Delete(row);
+    }
+    free(line);
+    fclose(f);
+    kw_tokenizer_free(tok);
+    assert_true(lineno > 0);
+    assert_int_equal(failures, 0);
+    (void)checked;
+}
+
+static void test_js_qwen3(void **state) {
+    (void)state;
+    run_fixture("models/tokenizers/qwen3", "qwen3.jsonl");
+}
+
+static void test_js_llama3(void **state) {
+    (void)state;
+    run_fixture("models/tokenizers/llama3", "llama3.jsonl");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_js_qwen3),
+        cmocka_unit_test(test_js_llama3),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
