@@ -46,6 +46,8 @@
     X(KW_E_WIRE_INDICES, -110, "token indices not strictly increasing or out of range")                                \
     X(KW_E_WIRE_COMPRESSION, -111, "a compressed section does not decompress to its declared size")                    \
     X(KW_E_WIRE_NONFINITE, -112, "NaN or Inf in input that the policy refuses")                                        \
+    X(KW_E_WIRE_RANGE, -113, "a value or scale cannot be represented by the chosen codec or scale dtype")              \
+    X(KW_E_WIRE_VALUE, -114, "a scale or code in a blob has a reserved or invalid value")                              \
     /* model/ (safetensors, HF configs, tokenizer, forward): -200 .. -299 */                                           \
     X(KW_E_MODEL_FORMAT, -200, "a safetensors/index file is malformed")                                                \
     X(KW_E_MODEL_DTYPE, -201, "a tensor has a dtype the loader does not accept")                                       \
