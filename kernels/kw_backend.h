@@ -40,20 +40,20 @@ const char *kw_dtype_name(enum kw_dtype dtype);
 /* The single list of ops; supports() answers per op and dtype. Keep kw_op_names in kw_backend.c in step
  * (a _Static_assert checks the count). */
 enum kw_op {
-    KW_OP_GET_ROWS = 0,  /* embedding lookup */
-    KW_OP_MATMUL,        /* y = x W^T (+ b) */
-    KW_OP_RMS_NORM,      /* row RMSNorm (also per-head q/k norm) */
-    KW_OP_ROPE,          /* rotary embedding, "half" layout */
-    KW_OP_ATTENTION,     /* causal GQA attention over a KV cache */
-    KW_OP_KV_STORE,      /* write (T, H, D) rows into a (H, cap, D) cache */
-    KW_OP_KV_LOAD,       /* read cache rows back as (T, H, D) */
-    KW_OP_GLU,           /* act(gate) * up */
-    KW_OP_UNARY,         /* elementwise activation */
-    KW_OP_ADD,           /* elementwise add */
-    KW_OP_SCALE,         /* elementwise multiply by a scalar */
-    KW_OP_SOFTMAX,       /* row softmax */
-    KW_OP_ARGMAX,        /* row argmax, lowest index wins ties */
-    KW_OP_COPY,          /* copy with dtype conversion (round to nearest even) */
+    KW_OP_GET_ROWS = 0, /* embedding lookup */
+    KW_OP_MATMUL,       /* y = x W^T (+ b) */
+    KW_OP_RMS_NORM,     /* row RMSNorm (also per-head q/k norm) */
+    KW_OP_ROPE,         /* rotary embedding, "half" layout */
+    KW_OP_ATTENTION,    /* causal GQA attention over a KV cache */
+    KW_OP_KV_STORE,     /* write (T, H, D) rows into a (H, cap, D) cache */
+    KW_OP_KV_LOAD,      /* read cache rows back as (T, H, D) */
+    KW_OP_GLU,          /* act(gate) * up */
+    KW_OP_UNARY,        /* elementwise activation */
+    KW_OP_ADD,          /* elementwise add */
+    KW_OP_SCALE,        /* elementwise multiply by a scalar */
+    KW_OP_SOFTMAX,      /* row softmax */
+    KW_OP_ARGMAX,       /* row argmax, lowest index wins ties */
+    KW_OP_COPY,         /* copy with dtype conversion (round to nearest even) */
     KW_OP_COUNT
 };
 
@@ -65,9 +65,9 @@ typedef struct kw_tensor {
     struct kw_backend *backend; /* the backend whose memory holds data */
     void *data;                 /* device (or, on CPU, host) address; never dereferenced by host code */
     enum kw_dtype dtype;
-    int32_t ndim;               /* 1..4 */
-    int64_t ne[4];              /* shape, outermost first; unused trailing entries are 1 */
-    int32_t owns_data;          /* 1 if kw_tensor_free must release data */
+    int32_t ndim;      /* 1..4 */
+    int64_t ne[4];     /* shape, outermost first; unused trailing entries are 1 */
+    int32_t owns_data; /* 1 if kw_tensor_free must release data */
 } kw_tensor;
 
 /* Number of elements (product of ne[0..ndim-1]). */
@@ -153,19 +153,18 @@ enum kw_rms_norm_flags {
 
 /* out (R, D) = x / sqrt(mean(x^2) + eps) * w, per row; w (D) f32/bf16/f16. x is viewed as rows of D = the last
  * dimension, so per-head q/k norm is x (T, H, D) with w (D). out may equal x (in place). */
-int kw_op_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
-                   int flags);
+int kw_op_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
 
 enum kw_rope_scaling { KW_ROPE_SCALING_NONE = 0, KW_ROPE_SCALING_LLAMA3 = 1, KW_ROPE_SCALING_LINEAR = 2 };
 
 typedef struct kw_rope_params {
-    double theta;                  /* rope_theta */
-    int32_t rotary_dim;            /* dims rotated (== head_dim for all supported models) */
-    enum kw_rope_scaling scaling;  /* how inv_freq is rescaled */
-    double factor;                 /* llama3 / linear factor */
-    double low_freq_factor;        /* llama3 */
-    double high_freq_factor;       /* llama3 */
-    double original_max_position;  /* llama3 original_max_position_embeddings */
+    double theta;                 /* rope_theta */
+    int32_t rotary_dim;           /* dims rotated (== head_dim for all supported models) */
+    enum kw_rope_scaling scaling; /* how inv_freq is rescaled */
+    double factor;                /* llama3 / linear factor */
+    double low_freq_factor;       /* llama3 */
+    double high_freq_factor;      /* llama3 */
+    double original_max_position; /* llama3 original_max_position_embeddings */
 } kw_rope_params;
 
 /* In place on x (T, H, D) f32: rotate each head of token t by position pos[t] (pos (T) i32), non-interleaved
@@ -173,12 +172,15 @@ typedef struct kw_rope_params {
 int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
 
 typedef struct kw_attention_params {
-    int64_t q_pos0;         /* cache position of the first query row; query t sits at q_pos0 + t */
-    int64_t n_kv;           /* number of valid cache rows (>= q_pos0 + T) */
-    float scale;            /* score scale, usually 1/sqrt(D) */
-    int64_t sliding_window; /* 0: none; else query at p attends to positions > p - window */
+    int64_t q_pos0;           /* cache position of the first query row; query t sits at q_pos0 + t */
+    int64_t n_kv;             /* number of valid cache rows (>= q_pos0 + T) */
+    float scale;              /* score scale, usually 1/sqrt(D) */
+    int64_t sliding_window;   /* 0: none; else query at p attends to positions > p - window */
     const kw_tensor *kv_mask; /* optional (cap) u8 in backend memory: 0 = masked (padding), 1 = attend; NULL = all */
 } kw_attention_params;
+
+/* Largest head dimension kw_op_attention accepts (backends keep a row of D accumulators on chip). */
+#define KW_ATTENTION_MAX_HEAD_DIM 512
 
 /* Causal GQA attention: out (T, Hq, D) f32; q (T, Hq, D) f32; k_cache, v_cache (Hkv, cap, D) f32/bf16. Query head h
  * uses kv head h / (Hq / Hkv). Query t attends to cache rows [0, q_pos0 + t] (minus masked or out-of-window rows),

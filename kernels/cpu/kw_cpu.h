@@ -1,0 +1,69 @@
+/* kw_cpu.h: internals of the CPU backend (kernels/cpu only).
+ *
+ * The backend runs every op synchronously on the calling thread plus an OpenMP team of n_threads. Kernels come in
+ * up to three flavours chosen once per backend from the CPU's features: AVX-512 (F, BW, VL, DQ with FMA and F16C),
+ * AVX2 (with FMA and F16C) and portable scalar C. The build never uses -march=native: each SIMD function carries
+ * its own __attribute__((target)), so the library runs on any x86-64 and picks the fastest path at run time.
+ * KW_CPU_ISA=scalar|avx2|avx512 in the environment lowers the choice (tests use it to exercise every path).
+ */
+#ifndef KW_CPU_H
+#define KW_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kw_backend_impl.h"
+
+enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 = 2 };
+
+#if defined(__x86_64__) || defined(__i386__)
+#define KW_CPU_X86       1
+#define KW_TARGET_AVX2   __attribute__((target("avx2,fma,f16c")))
+#define KW_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#else
+#define KW_CPU_X86 0
+#endif
+
+typedef struct kw_cpu_backend {
+    kw_backend base; /* first: a kw_backend * points here */
+    int n_threads;
+    enum kw_cpu_isa isa;
+    float *scratch; /* grows on demand; per-op temporary space (owned) */
+    size_t scratch_floats;
+} kw_cpu_backend;
+
+/* The backend's scratch buffer, at least n floats (64-byte aligned); valid until the next call. */
+int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out);
+
+const char *kw__cpu_isa_name(enum kw_cpu_isa isa);
+
+/* Op kernels (arguments validated by the generic layer). */
+int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
+int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                      const kw_tensor *v_cache, const kw_attention_params *params);
+int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
+int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
+int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+int kw__cpu_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
+int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
+int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act);
+int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act);
+int kw__cpu_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b);
+int kw__cpu_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s);
+int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
+int kw__cpu_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
+int kw__cpu_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+
+/* Converts n values of a f32/bf16/f16 array starting at element i0 to fp32 (vectorized where the ISA allows). */
+void kw__cpu_to_f32(enum kw_cpu_isa isa, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n);
+/* Converts n fp32 values to a f32/bf16/f16 array (round to nearest even, as kw_half.h). */
+void kw__cpu_from_f32(enum kw_cpu_isa isa, void *dst, enum kw_dtype dtype, const float *src, int64_t n);
+
+/* Work smaller than this many elements (or multiply-adds) stays on one thread. */
+#define KW_CPU_PARALLEL_MIN 32768
+
+static inline kw_cpu_backend *kw__cpu(kw_backend *backend) {
+    return (kw_cpu_backend *)backend;
+}
+
+#endif /* KW_CPU_H */

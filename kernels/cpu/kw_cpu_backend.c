@@ -1,0 +1,182 @@
+/* kw_cpu_backend.c: the CPU backend's function table, memory, ISA choice and support whitelist. The op kernels
+ * live in kw_cpu_matmul.c, kw_cpu_attention.c and kw_cpu_ops.c. Memory is host memory, so uploads and downloads
+ * are memcpy and every op has finished when it returns (synchronize only reports deferred errors). */
+#include "kernels/cpu/kw_cpu.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/kw_log.h"
+#include "common/kw_size.h"
+#include "common/kw_status.h"
+
+const char *kw__cpu_isa_name(enum kw_cpu_isa isa) {
+    switch (isa) {
+    case KW_CPU_ISA_AVX512:
+        return "avx512";
+    case KW_CPU_ISA_AVX2:
+        return "avx2";
+    case KW_CPU_ISA_SCALAR:
+        return "scalar";
+    }
+    return "?";
+}
+
+static enum kw_cpu_isa kw_cpu_detect_isa(void) {
+    enum kw_cpu_isa isa = KW_CPU_ISA_SCALAR;
+#if KW_CPU_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        isa = KW_CPU_ISA_AVX2;
+    if (isa == KW_CPU_ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        isa = KW_CPU_ISA_AVX512;
+#endif
+    const char *env = getenv("KW_CPU_ISA");
+    if (env && *env) {
+        enum kw_cpu_isa want = isa;
+        if (strcmp(env, "scalar") == 0)
+            want = KW_CPU_ISA_SCALAR;
+        else if (strcmp(env, "avx2") == 0)
+            want = KW_CPU_ISA_AVX2;
+        else if (strcmp(env, "avx512") == 0)
+            want = KW_CPU_ISA_AVX512;
+        else
+            KW_LOG_WARN("KW_CPU_ISA=%s is not scalar, avx2 or avx512; ignored", env);
+        if (want < isa) isa = want; /* only ever lower: the hardware decides the ceiling */
+    }
+    return isa;
+}
+
+int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out) {
+    if (n > cpu->scratch_floats) {
+        size_t bytes;
+        KW_RETURN_IF(kw_size_mul(n, sizeof(float), &bytes) < 0 || kw_size_align_up(bytes, 64, &bytes) < 0,
+                     KW_E_OVERFLOW, "cpu scratch of %zu floats overflows", n);
+        float *p = aligned_alloc(64, bytes);
+        KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu scratch: cannot allocate %zu bytes", bytes);
+        free(cpu->scratch);
+        cpu->scratch = p;
+        cpu->scratch_floats = n;
+    }
+    *out = cpu->scratch;
+    return 0;
+}
+
+static void kw_cpu_destroy(kw_backend *backend) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    free(cpu->scratch);
+    free(cpu);
+}
+
+/* The whitelist: exactly the (op, dtype) pairs the kernels in this folder implement. */
+static int kw_cpu_supports(const kw_backend *backend, enum kw_op op, enum kw_dtype dtype) {
+    (void)backend;
+    const int is_float = dtype == KW_DTYPE_F32 || dtype == KW_DTYPE_BF16 || dtype == KW_DTYPE_F16;
+    switch (op) {
+    case KW_OP_GET_ROWS:
+    case KW_OP_MATMUL:
+    case KW_OP_RMS_NORM:
+        return is_float;
+    case KW_OP_ATTENTION:
+    case KW_OP_KV_STORE:
+    case KW_OP_KV_LOAD:
+        return dtype == KW_DTYPE_F32 || dtype == KW_DTYPE_BF16;
+    case KW_OP_ROPE:
+    case KW_OP_GLU:
+    case KW_OP_UNARY:
+    case KW_OP_ADD:
+    case KW_OP_SCALE:
+    case KW_OP_SOFTMAX:
+    case KW_OP_ARGMAX:
+        return dtype == KW_DTYPE_F32;
+    case KW_OP_COPY:
+        return is_float || dtype == KW_DTYPE_I32 || dtype == KW_DTYPE_U8;
+    case KW_OP_COUNT:
+        break;
+    }
+    return 0;
+}
+
+static int kw_cpu_synchronize(kw_backend *backend) {
+    (void)backend;
+    return 0;
+}
+
+static int kw_cpu_alloc(kw_backend *backend, size_t size, void **data) {
+    (void)backend;
+    size_t bytes;
+    KW_RETURN_IF(kw_size_align_up(size, 64, &bytes) < 0, KW_E_OVERFLOW, "cpu alloc of %zu bytes overflows", size);
+    void *p = aligned_alloc(64, bytes);
+    KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
+    *data = p;
+    return 0;
+}
+
+static void kw_cpu_free(kw_backend *backend, void *data) {
+    (void)backend;
+    free(data);
+}
+
+static int kw_cpu_copy_bytes(kw_backend *backend, void *dst, const void *src, size_t size) {
+    (void)backend;
+    memcpy(dst, src, size);
+    return 0;
+}
+
+static int kw_cpu_memset_zero(kw_backend *backend, void *dst, size_t size) {
+    (void)backend;
+    memset(dst, 0, size);
+    return 0;
+}
+
+static const struct kw_backend_i kw_cpu_iface = {
+    .name = "cpu",
+    .kind = KW_BACKEND_CPU,
+    .host_memory = 1,
+    .destroy = kw_cpu_destroy,
+    .supports = kw_cpu_supports,
+    .synchronize = kw_cpu_synchronize,
+    .alloc = kw_cpu_alloc,
+    .free = kw_cpu_free,
+    .upload = kw_cpu_copy_bytes,
+    .download = kw_cpu_copy_bytes,
+    .memset_zero = kw_cpu_memset_zero,
+    .get_rows = kw__cpu_get_rows,
+    .matmul = kw__cpu_matmul,
+    .rms_norm = kw__cpu_rms_norm,
+    .rope = kw__cpu_rope,
+    .attention = kw__cpu_attention,
+    .kv_store = kw__cpu_kv_store,
+    .kv_load = kw__cpu_kv_load,
+    .glu = kw__cpu_glu,
+    .unary = kw__cpu_unary,
+    .add = kw__cpu_add,
+    .scale = kw__cpu_scale,
+    .softmax = kw__cpu_softmax,
+    .argmax = kw__cpu_argmax,
+    .copy = kw__cpu_copy,
+};
+
+int kw_backend_create_cpu(int n_threads, kw_backend **out) {
+    KW_RETURN_IF(out == NULL, KW_E_INVALID_ARG, "kw_backend_create_cpu: NULL out");
+    KW_RETURN_IF(n_threads < 0 || n_threads > 1024, KW_E_INVALID_ARG, "kw_backend_create_cpu: %d threads", n_threads);
+    if (n_threads == 0) {
+        const long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = online > 0 ? (int)(online < 1024 ? online : 1024) : 1;
+    }
+    kw_cpu_backend *cpu = calloc(1, sizeof *cpu);
+    KW_RETURN_IF(cpu == NULL, KW_E_NOMEM, "kw_backend_create_cpu: out of memory");
+    kw__backend_init(&cpu->base, &kw_cpu_iface);
+    cpu->n_threads = n_threads;
+    cpu->isa = kw_cpu_detect_isa();
+    /* The backend splits work across its own OpenMP team and calls OpenBLAS from inside it, one panel per thread;
+     * OpenBLAS's own threads would only compete for the same cores. */
+    openblas_set_num_threads(1);
+    KW_LOG_DEBUG("cpu backend: %d threads, %s kernels", n_threads, kw__cpu_isa_name(cpu->isa));
+    *out = &cpu->base;
+    return 0;
+}

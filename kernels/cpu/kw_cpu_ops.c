@@ -1,0 +1,257 @@
+/* kw_cpu_ops.c: the CPU backend's small ops: embedding lookup, RMSNorm, RoPE, KV cache store/load, activations,
+ * add, scale, softmax, argmax and copy. They are memory-bound and cheap next to matmul and attention, so they are
+ * plain C that follows HF's fp32 rounding steps (see kw_ref.h), with OpenMP over rows when a call is large and the
+ * bulk dtype conversions of kw_cpu_convert.c. Not here: matmul (kw_cpu_matmul.c), attention (kw_cpu_attention.c). */
+#include "kernels/cpu/kw_cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+
+/* Threads for a call touching n elements. */
+static int kw_threads_for(const kw_cpu_backend *cpu, int64_t n) {
+    return n >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1;
+}
+
+int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t T = kw_tensor_nelem(ids), V = table->ne[0], D = table->ne[1];
+    const int32_t *id = ids->data;
+    float *y = out->data;
+    int64_t bad = -1;
+    for (int64_t t = 0; t < T; ++t) {
+        if (id[t] < 0 || id[t] >= V) {
+            memset(y + t * D, 0, (size_t)D * sizeof(float));
+            if (bad < 0) bad = t;
+            continue;
+        }
+        kw__cpu_to_f32(cpu->isa, y + t * D, table->data, table->dtype, (int64_t)id[t] * D, D);
+    }
+    if (bad >= 0)
+        kw__backend_defer_error(backend, KW_E_TOKEN_ID, "get_rows: id %d at row %lld is outside [0, %lld)",
+                                (int)id[bad], (long long)bad, (long long)V);
+    return 0;
+}
+
+int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
+                     int flags) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t D = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    float *wf;
+    KW_FORWARD(kw__cpu_scratch(cpu, (size_t)D, &wf));
+    kw__cpu_to_f32(cpu->isa, wf, w->data, w->dtype, 0, D);
+    if (flags & KW_RMS_NORM_UNIT_OFFSET)
+        for (int64_t d = 0; d < D; ++d)
+            wf[d] = 1.0f + wf[d];
+    const float *xs = x->data;
+    float *ys = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, R *D)) schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+        const float *xr = xs + r * D;
+        float *yr = ys + r * D;
+        /* 8 partial sums: order-independent within the fp32 bound the tests derive, and vectorizable */
+        float part[8] = {0};
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+            for (int j = 0; j < 8; ++j)
+                part[j] += xr[d + j] * xr[d + j];
+        for (; d < D; ++d)
+            part[0] += xr[d] * xr[d];
+        const float ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        const float inv_rms = 1.0f / sqrtf(ss / (float)D + eps);
+        for (d = 0; d < D; ++d)
+            yr[d] = (xr[d] * inv_rms) * wf[d];
+    }
+    return 0;
+}
+
+int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2], half = params->rotary_dim / 2;
+    float inv_freq[KW_ROPE_MAX_DIM / 2];
+    kw__rope_inv_freq(params, inv_freq);
+    const int32_t *p = pos->data;
+    float *xs = x->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, T *H *D)) schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+        float cs[KW_ROPE_MAX_DIM / 2], sn[KW_ROPE_MAX_DIM / 2];
+        for (int64_t i = 0; i < half; ++i) {
+            /* the fp32 angle as HF forms it; cos/sin rounded once from double (HF's fp32 cos is within 1 ulp) */
+            const float angle = (float)p[t] * inv_freq[i];
+            cs[i] = (float)cos((double)angle);
+            sn[i] = (float)sin((double)angle);
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            float *xh = xs + (t * H + h) * D;
+            for (int64_t i = 0; i < half; ++i) {
+                const float x0 = xh[i], x1 = xh[i + half];
+                const float a0 = x0 * cs[i], b0 = x1 * sn[i];
+                const float a1 = x1 * cs[i], b1 = x0 * sn[i];
+                xh[i] = a0 - b0;
+                xh[i + half] = a1 + b1;
+            }
+        }
+    }
+    return 0;
+}
+
+int kw__cpu_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t T = src->ne[0], H = src->ne[1], D = src->ne[2], cap = cache->ne[1];
+    const size_t esize = kw_dtype_size(cache->dtype);
+    const float *s = src->data;
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h)
+            kw__cpu_from_f32(cpu->isa, (char *)cache->data + (size_t)((h * cap + pos0 + t) * D) * esize, cache->dtype,
+                             s + (t * H + h) * D, D);
+    return 0;
+}
+
+int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t T = out->ne[0], H = out->ne[1], D = out->ne[2], cap = cache->ne[1];
+    float *y = out->data;
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h)
+            kw__cpu_to_f32(cpu->isa, y + (t * H + h) * D, cache->data, cache->dtype, (h * cap + pos0 + t) * D, D);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Elementwise. The activations use the formulas torch's CPU kernels use, in fp32 with libm's expf/erff/tanhf.
+ */
+
+static inline float kw_act_f32(float x, enum kw_act act) {
+    switch (act) {
+    case KW_ACT_SILU:
+        return x / (1.0f + expf(-x));
+    case KW_ACT_GELU_ERF:
+        return (x * 0.5f) * (1.0f + erff(x * 0.70710678118654752440f));
+    case KW_ACT_GELU_TANH: {
+        const float inner = 0.79788456080286535588f * (x + 0.044715f * (x * x * x));
+        return (0.5f * x) * (1.0f + tanhf(inner));
+    }
+    case KW_ACT_SIGMOID:
+        return 1.0f / (1.0f + expf(-x));
+    case KW_ACT_IDENTITY:
+        return x;
+    }
+    return NAN;
+}
+
+int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    const float *g = gate->data, *u = up->data;
+    float *y = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+        y[i] = kw_act_f32(g[i], act) * u[i];
+    return 0;
+}
+
+int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    const float *xs = x->data;
+    float *y = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+        y[i] = kw_act_f32(xs[i], act);
+    return 0;
+}
+
+int kw__cpu_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    const float *as = a->data, *bs = b->data;
+    float *y = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+        y[i] = as[i] + bs[i];
+    return 0;
+}
+
+int kw__cpu_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    const float *xs = x->data;
+    float *y = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+        y[i] = xs[i] * s;
+    return 0;
+}
+
+int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    const float *xs = x->data;
+    float *ys = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, R *N / 8)) schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+        const float *xr = xs + r * N;
+        float *yr = ys + r * N;
+        float max = -INFINITY;
+        for (int64_t i = 0; i < N; ++i)
+            max = xr[i] > max ? xr[i] : max;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < N; ++i) {
+            yr[i] = expf(xr[i] - max);
+            sum += yr[i];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < N; ++i)
+            yr[i] *= inv;
+    }
+    return 0;
+}
+
+int kw__cpu_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    const float *xs = x->data;
+    int32_t *ys = out->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, R *N)) schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+        const float *xr = xs + r * N;
+        int64_t best = -1;
+        float best_v = 0.0f;
+        for (int64_t i = 0; i < N; ++i) {
+            const float v = (flags & KW_ARGMAX_ROUND_BF16) ? kw_round_bf16(xr[i]) : xr[i];
+            if (v != v) continue; /* NaN never wins */
+            if (best < 0 || v > best_v) {
+                best = i;
+                best_v = v;
+            }
+        }
+        ys[r] = best < 0 ? 0 : (int32_t)best;
+    }
+    return 0;
+}
+
+int kw__cpu_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t n = kw_tensor_nelem(src);
+    if (dst->dtype == src->dtype) {
+        memmove(dst->data, src->data, kw_tensor_nbytes(src));
+        return 0;
+    }
+    if (src->dtype == KW_DTYPE_F32) {
+        kw__cpu_from_f32(cpu->isa, dst->data, dst->dtype, src->data, n);
+    } else if (dst->dtype == KW_DTYPE_F32) {
+        kw__cpu_to_f32(cpu->isa, dst->data, src->data, src->dtype, 0, n);
+    } else {
+        /* bf16 <-> f16 through fp32, in chunks (the fp32 value is exact, so one rounding) */
+        float buf[1024];
+        const size_t dsize = kw_dtype_size(dst->dtype);
+        for (int64_t i = 0; i < n; i += 1024) {
+            const int64_t m = n - i < 1024 ? n - i : 1024;
+            kw__cpu_to_f32(cpu->isa, buf, src->data, src->dtype, i, m);
+            kw__cpu_from_f32(cpu->isa, (char *)dst->data + (size_t)i * dsize, dst->dtype, buf, m);
+        }
+    }
+    return 0;
+}

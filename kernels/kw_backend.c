@@ -1,0 +1,625 @@
+/* kw_backend.c: the generic layer of the backend interface: dtype and op tables, tensor bookkeeping, argument
+ * validation and dispatch to a backend's function table.
+ *
+ * Every public entry point checks its arguments here, once, and returns KW_E_INVALID_ARG (NULL pointers, tensors of
+ * another backend, bad enum values), KW_E_SHAPE (shapes, dtypes, ranges) or KW_E_OP_UNSUPPORTED (not on the
+ * backend's whitelist) with a reason in kw_error_detail(). Backends therefore never see invalid input. This file
+ * does no math except the RoPE frequency table, which every backend shares so that it matches HF in one place.
+ */
+#include "kernels/kw_backend_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/kw_log.h"
+#include "common/kw_size.h"
+#include "common/kw_status.h"
+
+/* ------------------------------------------------------------------------------------------------------------
+ * dtypes and ops
+ */
+
+static const size_t kw_dtype_sizes[KW_DTYPE_COUNT] = {4, 2, 2, 4, 1};
+static const char *const kw_dtype_names[KW_DTYPE_COUNT] = {"f32", "bf16", "f16", "i32", "u8"};
+
+size_t kw_dtype_size(enum kw_dtype dtype) {
+    return ((unsigned)dtype < KW_DTYPE_COUNT) ? kw_dtype_sizes[dtype] : 0;
+}
+
+const char *kw_dtype_name(enum kw_dtype dtype) {
+    return ((unsigned)dtype < KW_DTYPE_COUNT) ? kw_dtype_names[dtype] : "?";
+}
+
+static const char *const kw_op_names[] = {
+    "get_rows", "matmul", "rms_norm", "rope",  "attention", "kv_store", "kv_load",
+    "glu",      "unary",  "add",      "scale", "softmax",   "argmax",   "copy",
+};
+_Static_assert(KW_OP_COUNT == 14, "update kw_op_names and the dispatch below when adding an op");
+_Static_assert(sizeof kw_op_names / sizeof kw_op_names[0] == KW_OP_COUNT, "kw_op_names out of step with kw_op");
+
+const char *kw_op_name(enum kw_op op) {
+    return ((unsigned)op < KW_OP_COUNT) ? kw_op_names[op] : "?";
+}
+
+static int kw_dtype_is_float(enum kw_dtype dtype) {
+    return dtype == KW_DTYPE_F32 || dtype == KW_DTYPE_BF16 || dtype == KW_DTYPE_F16;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Tensors
+ */
+
+int64_t kw_tensor_nelem(const kw_tensor *t) {
+    int64_t n = 1;
+    for (int32_t i = 0; i < t->ndim && i < 4; ++i)
+        n *= t->ne[i];
+    return n;
+}
+
+size_t kw_tensor_nbytes(const kw_tensor *t) {
+    return (size_t)kw_tensor_nelem(t) * kw_dtype_size(t->dtype);
+}
+
+int64_t kw_tensor_nrows(const kw_tensor *t) {
+    int64_t n = 1;
+    for (int32_t i = 0; i + 1 < t->ndim && i < 4; ++i)
+        n *= t->ne[i];
+    return n;
+}
+
+static int64_t kw_tensor_last(const kw_tensor *t) {
+    return t->ne[t->ndim - 1];
+}
+
+/* "(2, 3, 4) bf16" for messages. */
+static const char *kw_shape_str(const kw_tensor *t, char *buf, size_t size) {
+    int n = snprintf(buf, size, "(");
+    for (int32_t i = 0; i < t->ndim && i < 4 && n > 0 && (size_t)n < size; ++i)
+        n += snprintf(buf + n, size - (size_t)n, i ? ", %lld" : "%lld", (long long)t->ne[i]);
+    if (n > 0 && (size_t)n < size) snprintf(buf + n, size - (size_t)n, ") %s", kw_dtype_name(t->dtype));
+    return buf;
+}
+
+#define KW_SHAPE(t) kw_shape_str((t), (char[96]){0}, 96)
+
+/* Checks a shape: 1..4 dims, each >= 1, element count and byte size without overflow. */
+static int kw_check_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, size_t *nbytes) {
+    KW_RETURN_IF((unsigned)dtype >= KW_DTYPE_COUNT, KW_E_INVALID_ARG, "invalid dtype %d", (int)dtype);
+    KW_RETURN_IF(ndim < 1 || ndim > 4, KW_E_SHAPE, "tensor rank %d is outside 1..4", (int)ndim);
+    size_t n = kw_dtype_size(dtype);
+    for (int32_t i = 0; i < ndim; ++i) {
+        size_t d;
+        KW_RETURN_IF(ne[i] < 1, KW_E_SHAPE, "dimension %d of a tensor is %lld (must be >= 1)", (int)i,
+                     (long long)ne[i]);
+        KW_RETURN_IF(kw_size_from_i64(ne[i], &d) < 0 || kw_size_mul(n, d, &n) < 0, KW_E_OVERFLOW,
+                     "tensor size overflows");
+    }
+    KW_RETURN_IF(n > (size_t)INT64_MAX, KW_E_OVERFLOW, "tensor size overflows");
+    if (nbytes) *nbytes = n;
+    return 0;
+}
+
+/* A tensor argument: present, allocated on this backend, well-formed. */
+static int kw_check_tensor(const kw_backend *backend, const kw_tensor *t, const char *op, const char *name) {
+    KW_RETURN_IF(t == NULL, KW_E_INVALID_ARG, "%s: tensor %s is NULL", op, name);
+    KW_RETURN_IF(t->data == NULL, KW_E_INVALID_ARG, "%s: tensor %s has no data", op, name);
+    KW_RETURN_IF(t->backend != backend, KW_E_INVALID_ARG, "%s: tensor %s belongs to another backend", op, name);
+    const int rc = kw_check_shape(t->dtype, t->ndim, t->ne, NULL);
+    if (rc < 0) KW_FAIL(rc, "%s: tensor %s: %s", op, name, kw_error_detail());
+    return 0;
+}
+
+static int kw_check_dtype(const kw_tensor *t, enum kw_dtype want, const char *op, const char *name) {
+    KW_RETURN_IF(t->dtype != want, KW_E_SHAPE, "%s: %s is %s, needs %s", op, name, KW_SHAPE(t), kw_dtype_name(want));
+    return 0;
+}
+
+static int kw_check_supported(const kw_backend *backend, enum kw_op op, enum kw_dtype dtype, int have_entry) {
+    KW_RETURN_IF(!have_entry || !backend->iface->supports(backend, op, dtype), KW_E_OP_UNSUPPORTED,
+                 "backend %s does not support %s with %s", backend->iface->name, kw_op_name(op), kw_dtype_name(dtype));
+    return 0;
+}
+
+static int kw_check_act(enum kw_act act, const char *op) {
+    KW_RETURN_IF((unsigned)act > KW_ACT_IDENTITY, KW_E_INVALID_ARG, "%s: invalid activation %d", op, (int)act);
+    return 0;
+}
+
+int kw_tensor_alloc(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne) {
+    KW_RETURN_IF(backend == NULL || t == NULL || ne == NULL, KW_E_INVALID_ARG, "kw_tensor_alloc: NULL argument");
+    size_t nbytes;
+    KW_FORWARD(kw_check_shape(dtype, ndim, ne, &nbytes));
+    void *data = NULL;
+    KW_FORWARD(backend->iface->alloc(backend, nbytes, &data));
+    memset(t, 0, sizeof *t);
+    t->backend = backend;
+    t->data = data;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    for (int32_t i = 0; i < 4; ++i)
+        t->ne[i] = i < ndim ? ne[i] : 1;
+    t->owns_data = 1;
+    ++backend->n_live_allocs;
+    return 0;
+}
+
+void kw_tensor_free(kw_tensor *t) {
+    if (t == NULL) return;
+    if (t->owns_data && t->data && t->backend) {
+        t->backend->iface->free(t->backend, t->data);
+        --t->backend->n_live_allocs;
+    }
+    memset(t, 0, sizeof *t);
+}
+
+int kw_tensor_from_host(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
+                        const void *host_data) {
+    KW_RETURN_IF(backend == NULL || t == NULL || ne == NULL || host_data == NULL, KW_E_INVALID_ARG,
+                 "kw_tensor_from_host: NULL argument");
+    if (!backend->iface->host_memory) {
+        KW_FORWARD(kw_tensor_alloc(backend, t, dtype, ndim, ne));
+        const int rc = kw_backend_upload(backend, t, 0, host_data, kw_tensor_nbytes(t));
+        if (rc < 0) kw_tensor_free(t);
+        return rc;
+    }
+    KW_FORWARD(kw_check_shape(dtype, ndim, ne, NULL));
+    memset(t, 0, sizeof *t);
+    t->backend = backend;
+    t->data = (void *)(uintptr_t)host_data; /* aliased, never owned; ops write only to their outputs */
+    t->dtype = dtype;
+    t->ndim = ndim;
+    for (int32_t i = 0; i < 4; ++i)
+        t->ne[i] = i < ndim ? ne[i] : 1;
+    return 0;
+}
+
+int kw_tensor_view_rows(const kw_tensor *src, int64_t row0, int64_t nrows, kw_tensor *view) {
+    KW_RETURN_IF(src == NULL || view == NULL || src->data == NULL, KW_E_INVALID_ARG, "kw_tensor_view_rows: NULL");
+    KW_FORWARD(kw_check_shape(src->dtype, src->ndim, src->ne, NULL));
+    KW_RETURN_IF(row0 < 0 || nrows < 1 || row0 > src->ne[0] || nrows > src->ne[0] - row0, KW_E_SHAPE,
+                 "kw_tensor_view_rows: rows [%lld, %lld) outside %s", (long long)row0, (long long)(row0 + nrows),
+                 KW_SHAPE(src));
+    const size_t row_bytes = kw_tensor_nbytes(src) / (size_t)src->ne[0];
+    kw_tensor v = *src;
+    v.data = (char *)src->data + (size_t)row0 * row_bytes;
+    v.ne[0] = nrows;
+    v.owns_data = 0;
+    *view = v;
+    return 0;
+}
+
+int kw_tensor_view_reshape(const kw_tensor *src, int32_t ndim, const int64_t *ne, kw_tensor *view) {
+    KW_RETURN_IF(src == NULL || view == NULL || ne == NULL || src->data == NULL, KW_E_INVALID_ARG,
+                 "kw_tensor_view_reshape: NULL");
+    KW_FORWARD(kw_check_shape(src->dtype, ndim, ne, NULL));
+    int64_t n = 1;
+    for (int32_t i = 0; i < ndim; ++i)
+        n *= ne[i];
+    KW_RETURN_IF(n != kw_tensor_nelem(src), KW_E_SHAPE, "kw_tensor_view_reshape: %lld elements cannot view %s",
+                 (long long)n, KW_SHAPE(src));
+    kw_tensor v = *src;
+    v.ndim = ndim;
+    for (int32_t i = 0; i < 4; ++i)
+        v.ne[i] = i < ndim ? ne[i] : 1;
+    v.owns_data = 0;
+    *view = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Backend lifetime, errors, transfers
+ */
+
+void kw__backend_init(kw_backend *backend, const struct kw_backend_i *iface) {
+    memset(backend, 0, sizeof *backend);
+    backend->iface = iface;
+}
+
+void kw__backend_defer_error(kw_backend *backend, int status, const char *fmt, ...) {
+    if (backend->deferred_status != 0) return;
+    backend->deferred_status = status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(backend->deferred_detail, sizeof backend->deferred_detail, fmt, ap);
+    va_end(ap);
+}
+
+void kw_backend_destroy(kw_backend *backend) {
+    if (backend == NULL) return;
+    const int rc = kw_backend_synchronize(backend);
+    if (rc < 0) KW_LOG_WARN("kw_backend_destroy(%s): pending error: %s", backend->iface->name, kw_error_detail());
+    if (backend->n_live_allocs != 0)
+        KW_LOG_WARN("kw_backend_destroy(%s): %lld tensors still allocated", backend->iface->name,
+                    (long long)backend->n_live_allocs);
+    backend->iface->destroy(backend);
+}
+
+enum kw_backend_kind kw_backend_kind(const kw_backend *backend) {
+    return backend->iface->kind;
+}
+
+const char *kw_backend_name(const kw_backend *backend) {
+    return backend->iface->name;
+}
+
+int kw_backend_supports(const kw_backend *backend, enum kw_op op, enum kw_dtype dtype) {
+    if (backend == NULL || (unsigned)op >= KW_OP_COUNT || (unsigned)dtype >= KW_DTYPE_COUNT) return 0;
+    return backend->iface->supports(backend, op, dtype) ? 1 : 0;
+}
+
+int kw_backend_synchronize(kw_backend *backend) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_synchronize: NULL backend");
+    const int rc = backend->iface->synchronize(backend);
+    if (backend->deferred_status != 0) {
+        const int status = backend->deferred_status;
+        backend->deferred_status = 0;
+        return kw_error_set(status, "%s", backend->deferred_detail);
+    }
+    return rc;
+}
+
+/* offset + size within t, without overflow. */
+static int kw_check_range(const kw_tensor *t, size_t offset, size_t size, const char *what) {
+    size_t end;
+    KW_RETURN_IF(kw_size_add(offset, size, &end) < 0 || end > kw_tensor_nbytes(t), KW_E_SHAPE,
+                 "%s: bytes [%zu, +%zu) outside tensor %s", what, offset, size, KW_SHAPE(t));
+    return 0;
+}
+
+int kw_backend_upload(kw_backend *backend, kw_tensor *dst, size_t offset, const void *src, size_t size) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_upload: NULL backend");
+    KW_FORWARD(kw_check_tensor(backend, dst, "upload", "dst"));
+    KW_FORWARD(kw_check_range(dst, offset, size, "upload"));
+    if (size == 0) return 0;
+    KW_RETURN_IF(src == NULL, KW_E_INVALID_ARG, "kw_backend_upload: NULL source");
+    return backend->iface->upload(backend, (char *)dst->data + offset, src, size);
+}
+
+int kw_backend_download(kw_backend *backend, void *dst, const kw_tensor *src, size_t offset, size_t size) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_download: NULL backend");
+    KW_FORWARD(kw_check_tensor(backend, src, "download", "src"));
+    KW_FORWARD(kw_check_range(src, offset, size, "download"));
+    if (size == 0) return 0;
+    KW_RETURN_IF(dst == NULL, KW_E_INVALID_ARG, "kw_backend_download: NULL destination");
+    return backend->iface->download(backend, dst, (const char *)src->data + offset, size);
+}
+
+int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_memset_zero: NULL backend");
+    KW_FORWARD(kw_check_tensor(backend, t, "memset_zero", "t"));
+    return backend->iface->memset_zero(backend, t->data, kw_tensor_nbytes(t));
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Ops: validation, then dispatch
+ */
+
+#define KW_CHECK_BACKEND(op) KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "%s: NULL backend", op)
+
+int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
+    static const char op[] = "get_rows";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, table, op, "table"));
+    KW_FORWARD(kw_check_tensor(backend, ids, op, "ids"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(ids, KW_DTYPE_I32, op, "ids"));
+    KW_RETURN_IF(table->ndim != 2 || !kw_dtype_is_float(table->dtype), KW_E_SHAPE,
+                 "%s: table %s must be (V, D) f32/bf16/f16", op, KW_SHAPE(table));
+    KW_RETURN_IF(kw_tensor_nrows(out) != kw_tensor_nelem(ids) || kw_tensor_last(out) != table->ne[1], KW_E_SHAPE,
+                 "%s: out %s must be (%lld, %lld) for ids %s and table %s", op, KW_SHAPE(out),
+                 (long long)kw_tensor_nelem(ids), (long long)table->ne[1], KW_SHAPE(ids), KW_SHAPE(table));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_GET_ROWS, table->dtype, backend->iface->get_rows != NULL));
+    return backend->iface->get_rows(backend, out, table, ids);
+}
+
+int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
+    static const char op[] = "matmul";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
+    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
+    KW_RETURN_IF(w->ndim != 2 || !kw_dtype_is_float(w->dtype), KW_E_SHAPE, "%s: w %s must be (N, K) f32/bf16/f16", op,
+                 KW_SHAPE(w));
+    KW_RETURN_IF(kw_tensor_last(x) != w->ne[1], KW_E_SHAPE, "%s: x %s and w %s disagree on K", op, KW_SHAPE(x),
+                 KW_SHAPE(w));
+    KW_RETURN_IF(kw_tensor_nrows(out) != kw_tensor_nrows(x) || kw_tensor_last(out) != w->ne[0], KW_E_SHAPE,
+                 "%s: out %s must be (%lld, %lld) for x %s and w %s", op, KW_SHAPE(out), (long long)kw_tensor_nrows(x),
+                 (long long)w->ne[0], KW_SHAPE(x), KW_SHAPE(w));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_MATMUL, w->dtype, backend->iface->matmul != NULL));
+    if (bias) {
+        KW_FORWARD(kw_check_tensor(backend, bias, op, "bias"));
+        KW_RETURN_IF(kw_tensor_nelem(bias) != w->ne[0] || !kw_dtype_is_float(bias->dtype), KW_E_SHAPE,
+                     "%s: bias %s must be (%lld) f32/bf16/f16", op, KW_SHAPE(bias), (long long)w->ne[0]);
+        KW_FORWARD(kw_check_supported(backend, KW_OP_MATMUL, bias->dtype, 1));
+    }
+    return backend->iface->matmul(backend, out, x, w, bias);
+}
+
+int kw_op_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags) {
+    static const char op[] = "rms_norm";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
+    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
+    KW_RETURN_IF(!kw_dtype_is_float(w->dtype) || kw_tensor_nelem(w) != kw_tensor_last(x), KW_E_SHAPE,
+                 "%s: w %s must be (%lld) f32/bf16/f16 for x %s", op, KW_SHAPE(w), (long long)kw_tensor_last(x),
+                 KW_SHAPE(x));
+    KW_RETURN_IF(kw_tensor_nelem(out) != kw_tensor_nelem(x) || kw_tensor_last(out) != kw_tensor_last(x), KW_E_SHAPE,
+                 "%s: out %s does not match x %s", op, KW_SHAPE(out), KW_SHAPE(x));
+    KW_RETURN_IF(!(eps >= 0.0f) || !isfinite(eps), KW_E_INVALID_ARG, "%s: eps %g must be finite and >= 0", op,
+                 (double)eps);
+    KW_RETURN_IF(flags != KW_RMS_NORM_PLAIN && flags != KW_RMS_NORM_UNIT_OFFSET, KW_E_INVALID_ARG,
+                 "%s: unknown flags 0x%x", op, (unsigned)flags);
+    KW_FORWARD(kw_check_supported(backend, KW_OP_RMS_NORM, w->dtype, backend->iface->rms_norm != NULL));
+    return backend->iface->rms_norm(backend, out, x, w, eps, flags);
+}
+
+static int kw_check_rope_params(const kw_rope_params *p, int64_t head_dim) {
+    static const char op[] = "rope";
+    KW_RETURN_IF(p == NULL, KW_E_INVALID_ARG, "%s: NULL params", op);
+    KW_RETURN_IF(!(p->theta > 0.0) || !isfinite(p->theta), KW_E_INVALID_ARG, "%s: theta %g must be > 0", op, p->theta);
+    KW_RETURN_IF(p->rotary_dim < 2 || p->rotary_dim % 2 != 0 || p->rotary_dim > head_dim ||
+                     p->rotary_dim > KW_ROPE_MAX_DIM,
+                 KW_E_SHAPE, "%s: rotary_dim %d must be even, in [2, min(head_dim %lld, %d)]", op, (int)p->rotary_dim,
+                 (long long)head_dim, KW_ROPE_MAX_DIM);
+    switch (p->scaling) {
+    case KW_ROPE_SCALING_NONE:
+        return 0;
+    case KW_ROPE_SCALING_LINEAR:
+        KW_RETURN_IF(!(p->factor > 0.0) || !isfinite(p->factor), KW_E_INVALID_ARG, "%s: linear factor %g", op,
+                     p->factor);
+        return 0;
+    case KW_ROPE_SCALING_LLAMA3:
+        KW_RETURN_IF(!(p->factor > 0.0) || !isfinite(p->factor) || !(p->low_freq_factor > 0.0) ||
+                         !(p->high_freq_factor > p->low_freq_factor) || !isfinite(p->high_freq_factor) ||
+                         !(p->original_max_position > 0.0) || !isfinite(p->original_max_position),
+                     KW_E_INVALID_ARG,
+                     "%s: llama3 scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                     "original_max_position > 0 (got %g, %g, %g, %g)",
+                     op, p->factor, p->low_freq_factor, p->high_freq_factor, p->original_max_position);
+        return 0;
+    }
+    KW_FAIL(KW_E_INVALID_ARG, "%s: unknown scaling %d", op, (int)p->scaling);
+}
+
+int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
+    static const char op[] = "rope";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
+    KW_FORWARD(kw_check_tensor(backend, pos, op, "pos"));
+    KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
+    KW_FORWARD(kw_check_dtype(pos, KW_DTYPE_I32, op, "pos"));
+    KW_RETURN_IF(x->ndim != 3, KW_E_SHAPE, "%s: x %s must be (T, H, D)", op, KW_SHAPE(x));
+    KW_RETURN_IF(kw_tensor_nelem(pos) != x->ne[0], KW_E_SHAPE, "%s: pos %s must hold %lld positions", op, KW_SHAPE(pos),
+                 (long long)x->ne[0]);
+    KW_FORWARD(kw_check_rope_params(params, x->ne[2]));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_ROPE, KW_DTYPE_F32, backend->iface->rope != NULL));
+    return backend->iface->rope(backend, x, pos, params);
+}
+
+int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                    const kw_tensor *v_cache, const kw_attention_params *params) {
+    static const char op[] = "attention";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, q, op, "q"));
+    KW_FORWARD(kw_check_tensor(backend, k_cache, op, "k_cache"));
+    KW_FORWARD(kw_check_tensor(backend, v_cache, op, "v_cache"));
+    KW_RETURN_IF(params == NULL, KW_E_INVALID_ARG, "%s: NULL params", op);
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(q, KW_DTYPE_F32, op, "q"));
+    KW_RETURN_IF(q->ndim != 3 || out->ndim != 3 || memcmp(q->ne, out->ne, sizeof q->ne) != 0, KW_E_SHAPE,
+                 "%s: q %s and out %s must both be (T, Hq, D)", op, KW_SHAPE(q), KW_SHAPE(out));
+    KW_RETURN_IF(k_cache->ndim != 3 || v_cache->ndim != 3 || k_cache->dtype != v_cache->dtype ||
+                     memcmp(k_cache->ne, v_cache->ne, sizeof k_cache->ne) != 0,
+                 KW_E_SHAPE, "%s: k_cache %s and v_cache %s must both be (Hkv, cap, D) of one dtype", op,
+                 KW_SHAPE(k_cache), KW_SHAPE(v_cache));
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
+    KW_RETURN_IF(k_cache->ne[2] != D, KW_E_SHAPE, "%s: cache %s head dim differs from q %s", op, KW_SHAPE(k_cache),
+                 KW_SHAPE(q));
+    KW_RETURN_IF(D > KW_ATTENTION_MAX_HEAD_DIM, KW_E_SHAPE, "%s: head dim %lld exceeds %d", op, (long long)D,
+                 KW_ATTENTION_MAX_HEAD_DIM);
+    KW_RETURN_IF(Hq % Hkv != 0, KW_E_SHAPE, "%s: %lld query heads are not a multiple of %lld kv heads", op,
+                 (long long)Hq, (long long)Hkv);
+    KW_RETURN_IF(params->q_pos0 < 0 || params->n_kv > cap || params->q_pos0 > params->n_kv - T, KW_E_SHAPE,
+                 "%s: need 0 <= q_pos0 (%lld), q_pos0 + T (%lld) <= n_kv (%lld) <= cap (%lld)", op,
+                 (long long)params->q_pos0, (long long)(params->q_pos0 + T), (long long)params->n_kv, (long long)cap);
+    KW_RETURN_IF(params->sliding_window < 0, KW_E_INVALID_ARG, "%s: sliding_window %lld < 0", op,
+                 (long long)params->sliding_window);
+    KW_RETURN_IF(!isfinite(params->scale), KW_E_INVALID_ARG, "%s: scale is not finite", op);
+    if (params->kv_mask) {
+        KW_FORWARD(kw_check_tensor(backend, params->kv_mask, op, "kv_mask"));
+        KW_RETURN_IF(params->kv_mask->dtype != KW_DTYPE_U8 || kw_tensor_nelem(params->kv_mask) < params->n_kv,
+                     KW_E_SHAPE, "%s: kv_mask %s must be u8 with at least n_kv = %lld entries", op,
+                     KW_SHAPE(params->kv_mask), (long long)params->n_kv);
+    }
+    KW_FORWARD(kw_check_supported(backend, KW_OP_ATTENTION, k_cache->dtype, backend->iface->attention != NULL));
+    return backend->iface->attention(backend, out, q, k_cache, v_cache, params);
+}
+
+/* Shared checks of kv_store / kv_load: cache (H, cap, D), rows (T, H, D) f32, pos0 + T <= cap. */
+static int kw_check_kv_rows(const kw_tensor *cache, const kw_tensor *rows, int64_t pos0, const char *op) {
+    KW_FORWARD(kw_check_dtype(rows, KW_DTYPE_F32, op, "rows"));
+    KW_RETURN_IF(cache->ndim != 3 || rows->ndim != 3 || rows->ne[1] != cache->ne[0] || rows->ne[2] != cache->ne[2],
+                 KW_E_SHAPE, "%s: cache %s must be (H, cap, D) and rows %s (T, H, D)", op, KW_SHAPE(cache),
+                 KW_SHAPE(rows));
+    KW_RETURN_IF(pos0 < 0 || pos0 > cache->ne[1] - rows->ne[0], KW_E_SHAPE,
+                 "%s: rows [%lld, %lld) outside the cache capacity %lld", op, (long long)pos0,
+                 (long long)(pos0 + rows->ne[0]), (long long)cache->ne[1]);
+    return 0;
+}
+
+int kw_op_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
+    static const char op[] = "kv_store";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
+    KW_FORWARD(kw_check_tensor(backend, src, op, "src"));
+    KW_FORWARD(kw_check_kv_rows(cache, src, pos0, op));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_KV_STORE, cache->dtype, backend->iface->kv_store != NULL));
+    return backend->iface->kv_store(backend, cache, src, pos0);
+}
+
+int kw_op_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
+    static const char op[] = "kv_load";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
+    KW_FORWARD(kw_check_kv_rows(cache, out, pos0, op));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_KV_LOAD, cache->dtype, backend->iface->kv_load != NULL));
+    return backend->iface->kv_load(backend, out, cache, pos0);
+}
+
+/* out and every input f32 with the same element count. */
+static int kw_check_elementwise(const kw_backend *backend, const kw_tensor *out, const kw_tensor *a, const kw_tensor *b,
+                                const char *op) {
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, a, op, "a"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(a, KW_DTYPE_F32, op, "input"));
+    KW_RETURN_IF(kw_tensor_nelem(out) != kw_tensor_nelem(a), KW_E_SHAPE, "%s: out %s and input %s differ in size", op,
+                 KW_SHAPE(out), KW_SHAPE(a));
+    if (b) {
+        KW_FORWARD(kw_check_tensor(backend, b, op, "b"));
+        KW_FORWARD(kw_check_dtype(b, KW_DTYPE_F32, op, "input"));
+        KW_RETURN_IF(kw_tensor_nelem(b) != kw_tensor_nelem(a), KW_E_SHAPE, "%s: inputs %s and %s differ in size", op,
+                     KW_SHAPE(a), KW_SHAPE(b));
+    }
+    return 0;
+}
+
+int kw_op_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
+    static const char op[] = "glu";
+    KW_CHECK_BACKEND(op);
+    KW_RETURN_IF(up == NULL, KW_E_INVALID_ARG, "%s: tensor up is NULL", op);
+    KW_FORWARD(kw_check_elementwise(backend, out, gate, up, op));
+    KW_FORWARD(kw_check_act(act, op));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_GLU, KW_DTYPE_F32, backend->iface->glu != NULL));
+    return backend->iface->glu(backend, out, gate, up, act);
+}
+
+int kw_op_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
+    static const char op[] = "unary";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_elementwise(backend, out, x, NULL, op));
+    KW_FORWARD(kw_check_act(act, op));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_UNARY, KW_DTYPE_F32, backend->iface->unary != NULL));
+    return backend->iface->unary(backend, out, x, act);
+}
+
+int kw_op_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
+    static const char op[] = "add";
+    KW_CHECK_BACKEND(op);
+    KW_RETURN_IF(b == NULL, KW_E_INVALID_ARG, "%s: tensor b is NULL", op);
+    KW_FORWARD(kw_check_elementwise(backend, out, a, b, op));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_ADD, KW_DTYPE_F32, backend->iface->add != NULL));
+    return backend->iface->add(backend, out, a, b);
+}
+
+int kw_op_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
+    static const char op[] = "scale";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_elementwise(backend, out, x, NULL, op));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_SCALE, KW_DTYPE_F32, backend->iface->scale != NULL));
+    return backend->iface->scale(backend, out, x, s);
+}
+
+int kw_op_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
+    static const char op[] = "softmax";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_elementwise(backend, out, x, NULL, op));
+    KW_RETURN_IF(kw_tensor_last(out) != kw_tensor_last(x), KW_E_SHAPE, "%s: out %s and x %s differ in row length", op,
+                 KW_SHAPE(out), KW_SHAPE(x));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_SOFTMAX, KW_DTYPE_F32, backend->iface->softmax != NULL));
+    return backend->iface->softmax(backend, out, x);
+}
+
+int kw_op_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags) {
+    static const char op[] = "argmax";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_I32, op, "out"));
+    KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
+    KW_RETURN_IF(kw_tensor_nelem(out) != kw_tensor_nrows(x), KW_E_SHAPE, "%s: out %s must hold one index per row of %s",
+                 op, KW_SHAPE(out), KW_SHAPE(x));
+    KW_RETURN_IF(kw_tensor_last(x) > INT32_MAX, KW_E_SHAPE, "%s: rows of x %s are too long for i32 indices", op,
+                 KW_SHAPE(x));
+    KW_RETURN_IF(flags != KW_ARGMAX_PLAIN && flags != KW_ARGMAX_ROUND_BF16, KW_E_INVALID_ARG, "%s: unknown flags 0x%x",
+                 op, (unsigned)flags);
+    KW_FORWARD(kw_check_supported(backend, KW_OP_ARGMAX, KW_DTYPE_F32, backend->iface->argmax != NULL));
+    return backend->iface->argmax(backend, out, x, flags);
+}
+
+int kw_op_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
+    static const char op[] = "copy";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, dst, op, "dst"));
+    KW_FORWARD(kw_check_tensor(backend, src, op, "src"));
+    KW_RETURN_IF(kw_tensor_nelem(dst) != kw_tensor_nelem(src), KW_E_SHAPE, "%s: dst %s and src %s differ in size", op,
+                 KW_SHAPE(dst), KW_SHAPE(src));
+    KW_RETURN_IF(dst->dtype != src->dtype && !(kw_dtype_is_float(dst->dtype) && kw_dtype_is_float(src->dtype)),
+                 KW_E_SHAPE, "%s: cannot convert %s to %s", op, KW_SHAPE(src), KW_SHAPE(dst));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_COPY, dst->dtype, backend->iface->copy != NULL));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_COPY, src->dtype, 1));
+    return backend->iface->copy(backend, dst, src);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * RoPE frequencies, as transformers 4.52 computes them (modeling_rope_utils.py), every step in fp32:
+ *   default: inv_freq = 1.0 / (base ** (arange(0, dim, 2).float() / dim))
+ *   linear:  inv_freq / factor (the "linear" type divides positions by factor; the product is the same angle up to
+ *            one rounding, and HF itself applies it to inv_freq)
+ *   llama3:  wavelen = 2*pi / inv_freq; low-frequency bands divided by factor, a smooth blend in between.
+ * Python scalars combined with fp32 tensors are rounded to fp32 first, as torch does.
+ */
+
+void kw__rope_inv_freq(const kw_rope_params *params, float *inv_freq) {
+    const int32_t dim = params->rotary_dim;
+    const float base = (float)params->theta;
+    for (int32_t i = 0; i < dim / 2; ++i) {
+        const float exponent = (float)(2 * i) / (float)dim;
+        /* torch.pow(float scalar, fp32 tensor) in fp32; powf is correctly rounded in glibc, as Sleef's is to 1 ulp */
+        const float denom = powf(base, exponent);
+        inv_freq[i] = 1.0f / denom;
+    }
+    if (params->scaling == KW_ROPE_SCALING_LINEAR) {
+        const float factor = (float)params->factor;
+        for (int32_t i = 0; i < dim / 2; ++i)
+            inv_freq[i] = inv_freq[i] / factor;
+    } else if (params->scaling == KW_ROPE_SCALING_LLAMA3) {
+        const float factor = (float)params->factor;
+        const float low = (float)params->low_freq_factor;
+        const float old_len = (float)params->original_max_position;
+        /* python floats: low_freq_wavelen = old_len / low, high_freq_wavelen = old_len / high (double), compared
+         * with fp32 tensors after rounding to fp32 */
+        const float low_freq_wavelen = (float)(params->original_max_position / params->low_freq_factor);
+        const float high_freq_wavelen = (float)(params->original_max_position / params->high_freq_factor);
+        const float two_pi = (float)(2.0 * 3.14159265358979323846);
+        const float band = (float)(params->high_freq_factor - params->low_freq_factor);
+        for (int32_t i = 0; i < dim / 2; ++i) {
+            const float f = inv_freq[i];
+            /* `scalar / tensor` is tensor.reciprocal() * scalar in torch */
+            const float wavelen = (1.0f / f) * two_pi;
+            const float f_llama = wavelen > low_freq_wavelen ? f / factor : f;
+            const float smooth = ((1.0f / wavelen) * old_len - low) / band;
+            const float smoothed = (1.0f - smooth) * f_llama / factor + smooth * f_llama;
+            const int medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+            inv_freq[i] = medium ? smoothed : f_llama;
+        }
+    }
+}
+
+#ifndef KW_HAVE_CUDA
+/* Built without the CUDA toolkit: kernels/cuda is not compiled and this is the whole CUDA backend. */
+int kw_backend_create_cuda(int device, kw_backend **out) {
+    (void)device;
+    if (out) *out = NULL;
+    KW_FAIL(KW_E_UNSUPPORTED, "kvwire was built without CUDA");
+}
+#endif

@@ -1,0 +1,84 @@
+/* kw_backend_impl.h: what a backend implements (internal to kernels/; model code includes kw_backend.h only).
+ *
+ * A backend is a table of function pointers (struct kw_backend_i, in the spirit of ggml_backend_i) plus a
+ * struct kw_backend placed first in the backend's own state. The generic layer (kw_backend.c) validates every
+ * argument once (pointers, owning backend, dtypes, shapes, bounds) and asks supports() before it dispatches, so an
+ * implementation may assume valid input and a supported dtype. supports() is a whitelist: it returns 1 only for
+ * (op, dtype) pairs the backend really runs; everything else, including ops added later, is unsupported.
+ *
+ * Entries marked (optional) may be NULL; the generic layer then answers KW_E_OP_UNSUPPORTED. supports() must never
+ * say yes for an op whose entry is NULL (the generic layer checks that too).
+ */
+#ifndef KW_BACKEND_IMPL_H
+#define KW_BACKEND_IMPL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include "kernels/kw_backend.h"
+
+struct kw_backend_i {
+    const char *name;
+    enum kw_backend_kind kind;
+    /* 1 if tensor data pointers are host addresses: kw_tensor_from_host then aliases host memory. */
+    int host_memory;
+
+    /* Releases the backend state (the generic layer has already synchronized). */
+    void (*destroy)(kw_backend *backend);
+    /* The whitelist (see kw_backend_supports in kw_backend.h). */
+    int (*supports)(const kw_backend *backend, enum kw_op op, enum kw_dtype dtype);
+    /* Waits for queued work; returns a failure of the wait itself (deferred op errors are kept by the generic
+     * layer, see kw__backend_defer_error). */
+    int (*synchronize)(kw_backend *backend);
+
+    /* Allocates size > 0 bytes of backend memory, aligned to at least 64 bytes. */
+    int (*alloc)(kw_backend *backend, size_t size, void **data);
+    /* Releases memory from alloc; data is never NULL. */
+    void (*free)(kw_backend *backend, void *data);
+    /* Host -> backend and backend -> host copies of size bytes (bounds already checked). */
+    int (*upload)(kw_backend *backend, void *dst, const void *src, size_t size);
+    int (*download)(kw_backend *backend, void *dst, const void *src, size_t size);
+    int (*memset_zero)(kw_backend *backend, void *dst, size_t size);
+
+    /* Ops, with the argument lists of kw_backend.h (validated). All (optional). */
+    int (*get_rows)(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
+    int (*matmul)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
+    int (*rms_norm)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
+    int (*rope)(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+    int (*attention)(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                     const kw_tensor *v_cache, const kw_attention_params *params);
+    int (*kv_store)(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
+    int (*kv_load)(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
+    int (*glu)(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act);
+    int (*unary)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act);
+    int (*add)(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b);
+    int (*scale)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s);
+    int (*softmax)(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
+    int (*argmax)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
+    int (*copy)(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+};
+
+/* The generic part of every backend; each backend's state struct starts with one. */
+struct kw_backend {
+    const struct kw_backend_i *iface;
+    int64_t n_live_allocs;     /* kw_tensor_alloc'd buffers not yet freed (checked by destroy) */
+    int deferred_status;       /* first error found while running ops since the last synchronize, or 0 */
+    char deferred_detail[256]; /* its human-readable reason */
+};
+
+/* Fills the generic part of a new backend. */
+void kw__backend_init(kw_backend *backend, const struct kw_backend_i *iface);
+
+/* Records an error found while running an op (e.g. a token id out of range); the first one since the last
+ * synchronize wins and is returned by it. Call from the thread that enqueued the op. */
+void kw__backend_defer_error(kw_backend *backend, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The rotary inverse frequencies inv_freq[i], i < rotary_dim / 2, exactly as HF computes them in fp32
+ * (default, linear and llama3 rope types). Parameters are validated by the generic layer. */
+void kw__rope_inv_freq(const kw_rope_params *params, float *inv_freq);
+
+/* Upper bound of rotary_dim accepted by kw_op_rope (keeps per-call tables on the stack). */
+#define KW_ROPE_MAX_DIM 1024
+
+#endif /* KW_BACKEND_IMPL_H */

@@ -1,0 +1,250 @@
+/* kw_ref.c: reference implementations of every backend op (see kw_ref.h). Slow and obvious on purpose: no SIMD, no
+ * threads, no blocking, sums in double. Where HF rounds an intermediate to fp32 (RMSNorm's normalized row, RoPE's
+ * products, GLU's activation), the oracle rounds it too, so a backend that follows HF can match it closely. */
+#include "kernels/ref/kw_ref.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+#include "kernels/kw_backend_impl.h"
+
+float kw_ref_load(const void *data, enum kw_dtype dtype, int64_t i) {
+    switch (dtype) {
+    case KW_DTYPE_F32:
+        return ((const float *)data)[i];
+    case KW_DTYPE_BF16:
+        return kw_bf16_to_f32(((const uint16_t *)data)[i]);
+    case KW_DTYPE_F16:
+        return kw_f16_to_f32(((const uint16_t *)data)[i]);
+    default:
+        return NAN;
+    }
+}
+
+void kw_ref_store(void *data, enum kw_dtype dtype, int64_t i, float v) {
+    switch (dtype) {
+    case KW_DTYPE_F32:
+        ((float *)data)[i] = v;
+        break;
+    case KW_DTYPE_BF16:
+        ((uint16_t *)data)[i] = kw_f32_to_bf16(v);
+        break;
+    case KW_DTYPE_F16:
+        ((uint16_t *)data)[i] = kw_f32_to_f16(v);
+        break;
+    default:
+        break;
+    }
+}
+
+int kw_ref_get_rows(float *out, const void *table, enum kw_dtype table_dtype, int64_t V, int64_t D, const int32_t *ids,
+                    int64_t T) {
+    int rc = 0;
+    for (int64_t t = 0; t < T; ++t) {
+        const int32_t id = ids[t];
+        for (int64_t d = 0; d < D; ++d)
+            out[t * D + d] = (id >= 0 && id < V) ? kw_ref_load(table, table_dtype, (int64_t)id * D + d) : 0.0f;
+        if (id < 0 || id >= V) rc = KW_E_TOKEN_ID;
+    }
+    return rc;
+}
+
+void kw_ref_matmul(float *out, const float *x, const void *w, enum kw_dtype w_dtype, const void *bias,
+                   enum kw_dtype bias_dtype, int64_t M, int64_t N, int64_t K) {
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; ++k)
+                acc += (double)x[m * K + k] * (double)kw_ref_load(w, w_dtype, n * K + k);
+            if (bias) acc += (double)kw_ref_load(bias, bias_dtype, n);
+            out[m * N + n] = (float)acc;
+        }
+    }
+}
+
+void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,
+                     int flags) {
+    for (int64_t r = 0; r < R; ++r) {
+        const float *xr = x + r * D;
+        double ss = 0.0;
+        for (int64_t d = 0; d < D; ++d)
+            ss += (double)xr[d] * (double)xr[d];
+        const float variance = (float)(ss / (double)D);
+        const float inv_rms = 1.0f / sqrtf(variance + eps); /* torch.rsqrt(variance + eps) */
+        for (int64_t d = 0; d < D; ++d) {
+            float wd = kw_ref_load(w, w_dtype, d);
+            if (flags & KW_RMS_NORM_UNIT_OFFSET) wd = 1.0f + wd;
+            const float normed = xr[d] * inv_rms;
+            out[r * D + d] = normed * wd;
+        }
+    }
+}
+
+void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params) {
+    float inv_freq[KW_ROPE_MAX_DIM / 2];
+    kw__rope_inv_freq(params, inv_freq);
+    const int64_t half = params->rotary_dim / 2;
+    for (int64_t t = 0; t < T; ++t) {
+        for (int64_t i = 0; i < half; ++i) {
+            const float angle = (float)pos[t] * inv_freq[i];
+            const float c = (float)cos((double)angle);
+            const float s = (float)sin((double)angle);
+            for (int64_t h = 0; h < H; ++h) {
+                float *xh = x + (t * H + h) * D;
+                const float x0 = xh[i], x1 = xh[i + half];
+                const float a0 = x0 * c, b0 = x1 * s; /* x*cos + rotate_half(x)*sin, rotate_half = (-x1, x0) */
+                const float a1 = x1 * c, b1 = x0 * s;
+                xh[i] = a0 - b0;
+                xh[i + half] = a1 + b1;
+            }
+        }
+    }
+}
+
+/* 1 if query at cache position p may see cache row j. */
+static int kw_ref_visible(int64_t j, int64_t p, const uint8_t *kv_mask, const kw_attention_params *params) {
+    if (j > p || j >= params->n_kv) return 0;
+    if (kv_mask && kv_mask[j] == 0) return 0;
+    if (params->sliding_window > 0 && j <= p - params->sliding_window) return 0;
+    return 1;
+}
+
+void kw_ref_attention(float *out, const float *q, const void *k_cache, const void *v_cache, enum kw_dtype cache_dtype,
+                      const uint8_t *kv_mask, int64_t T, int64_t Hq, int64_t Hkv, int64_t cap, int64_t D,
+                      const kw_attention_params *params) {
+    const int64_t group = Hq / Hkv;
+    for (int64_t t = 0; t < T; ++t) {
+        const int64_t p = params->q_pos0 + t;
+        for (int64_t h = 0; h < Hq; ++h) {
+            const float *qh = q + (t * Hq + h) * D;
+            float *oh = out + (t * Hq + h) * D;
+            const int64_t kvh = h / group;
+            double max_score = -INFINITY;
+            for (int64_t j = 0; j <= p; ++j) {
+                if (!kw_ref_visible(j, p, kv_mask, params)) continue;
+                double dot = 0.0;
+                for (int64_t d = 0; d < D; ++d)
+                    dot += (double)qh[d] * (double)kw_ref_load(k_cache, cache_dtype, (kvh * cap + j) * D + d);
+                const double score = dot * (double)params->scale;
+                if (score > max_score) max_score = score;
+            }
+            double denom = 0.0;
+            for (int64_t d = 0; d < D; ++d)
+                oh[d] = 0.0f;
+            if (max_score == -INFINITY) continue;   /* nothing visible: zeros */
+            double accp[KW_ATTENTION_MAX_HEAD_DIM]; /* D is at most this (checked by kw_op_attention) */
+            for (int64_t d = 0; d < D; ++d)
+                accp[d] = 0.0;
+            for (int64_t j = 0; j <= p; ++j) {
+                if (!kw_ref_visible(j, p, kv_mask, params)) continue;
+                double dot = 0.0;
+                for (int64_t d = 0; d < D; ++d)
+                    dot += (double)qh[d] * (double)kw_ref_load(k_cache, cache_dtype, (kvh * cap + j) * D + d);
+                const double e = exp(dot * (double)params->scale - max_score);
+                denom += e;
+                for (int64_t d = 0; d < D; ++d)
+                    accp[d] += e * (double)kw_ref_load(v_cache, cache_dtype, (kvh * cap + j) * D + d);
+            }
+            for (int64_t d = 0; d < D; ++d)
+                oh[d] = (float)(accp[d] / denom);
+        }
+    }
+}
+
+void kw_ref_kv_store(void *cache, enum kw_dtype cache_dtype, const float *src, int64_t T, int64_t H, int64_t cap,
+                     int64_t D, int64_t pos0) {
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h)
+            for (int64_t d = 0; d < D; ++d)
+                kw_ref_store(cache, cache_dtype, (h * cap + pos0 + t) * D + d, src[(t * H + h) * D + d]);
+}
+
+void kw_ref_kv_load(float *out, const void *cache, enum kw_dtype cache_dtype, int64_t T, int64_t H, int64_t cap,
+                    int64_t D, int64_t pos0) {
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h)
+            for (int64_t d = 0; d < D; ++d)
+                out[(t * H + h) * D + d] = kw_ref_load(cache, cache_dtype, (h * cap + pos0 + t) * D + d);
+}
+
+float kw_ref_act(float x, enum kw_act act) {
+    const double v = x;
+    switch (act) {
+    case KW_ACT_SILU:
+        return (float)(v / (1.0 + exp(-v)));
+    case KW_ACT_GELU_ERF:
+        return (float)(0.5 * v * (1.0 + erf(v / sqrt(2.0))));
+    case KW_ACT_GELU_TANH:
+        return (float)(0.5 * v * (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (v + 0.044715 * v * v * v))));
+    case KW_ACT_SIGMOID:
+        return (float)(1.0 / (1.0 + exp(-v)));
+    case KW_ACT_IDENTITY:
+        return x;
+    }
+    return NAN;
+}
+
+void kw_ref_glu(float *out, const float *gate, const float *up, int64_t n, enum kw_act act) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = kw_ref_act(gate[i], act) * up[i];
+}
+
+void kw_ref_unary(float *out, const float *x, int64_t n, enum kw_act act) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = kw_ref_act(x[i], act);
+}
+
+void kw_ref_add(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = a[i] + b[i];
+}
+
+void kw_ref_scale(float *out, const float *x, int64_t n, float s) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = x[i] * s;
+}
+
+void kw_ref_softmax(float *out, const float *x, int64_t R, int64_t N) {
+    for (int64_t r = 0; r < R; ++r) {
+        const float *xr = x + r * N;
+        float *yr = out + r * N;
+        double max = -INFINITY;
+        for (int64_t i = 0; i < N; ++i)
+            if (xr[i] > max) max = xr[i];
+        double sum = 0.0;
+        for (int64_t i = 0; i < N; ++i)
+            sum += exp((double)xr[i] - max);
+        for (int64_t i = 0; i < N; ++i)
+            yr[i] = (float)(exp((double)xr[i] - max) / sum);
+    }
+}
+
+void kw_ref_argmax(int32_t *out, const float *x, int64_t R, int64_t N, int flags) {
+    for (int64_t r = 0; r < R; ++r) {
+        int32_t best = 0;
+        float best_v = -INFINITY;
+        int found = 0;
+        for (int64_t i = 0; i < N; ++i) {
+            float v = x[r * N + i];
+            if (flags & KW_ARGMAX_ROUND_BF16) v = kw_round_bf16(v);
+            if (isnan(v)) continue;
+            if (!found || v > best_v) {
+                best = (int32_t)i;
+                best_v = v;
+                found = 1;
+            }
+        }
+        out[r] = best;
+    }
+}
+
+void kw_ref_copy(void *dst, enum kw_dtype dst_dtype, const void *src, enum kw_dtype src_dtype, int64_t n) {
+    if (dst_dtype == src_dtype) {
+        memcpy(dst, src, (size_t)n * kw_dtype_size(src_dtype));
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i)
+        kw_ref_store(dst, dst_dtype, i, kw_ref_load(src, src_dtype, i));
+}

@@ -1,0 +1,68 @@
+/* kw_ref.h: the plain-C reference oracles, one function per backend op, over host pointers.
+ *
+ * These are deliberately slow and obvious: straight loops, sums accumulated in double, transcendental functions in
+ * double and rounded once to fp32. They are what tests/kernels compares every backend against; nothing in the
+ * runtime path calls them. Shapes follow kw_backend.h (outermost first, last dimension contiguous); the caller
+ * guarantees sizes and pointers (the generic layer's checks do not run here). "Weight" operands take a dtype (f32,
+ * bf16 or f16, stored as raw bits) and are widened exactly to fp32.
+ */
+#ifndef KW_REF_H
+#define KW_REF_H
+
+#include <stdint.h>
+
+#include "kernels/kw_backend.h"
+
+/* Element i of a f32/bf16/f16 array, widened to fp32 (exact). */
+float kw_ref_load(const void *data, enum kw_dtype dtype, int64_t i);
+/* Stores v into element i of a f32/bf16/f16 array, rounding to nearest even. */
+void kw_ref_store(void *data, enum kw_dtype dtype, int64_t i, float v);
+
+/* out (T, D) = table (V, D)[ids[t]]. Returns 0, or KW_E_TOKEN_ID if an id is outside [0, V) (its row is zeroed,
+ * the others are still written). */
+int kw_ref_get_rows(float *out, const void *table, enum kw_dtype table_dtype, int64_t V, int64_t D, const int32_t *ids,
+                    int64_t T);
+
+/* out (M, N) = x (M, K) w (N, K)^T + bias (N, optional: NULL). */
+void kw_ref_matmul(float *out, const float *x, const void *w, enum kw_dtype w_dtype, const void *bias,
+                   enum kw_dtype bias_dtype, int64_t M, int64_t N, int64_t K);
+
+/* out (R, D) = x * (1 / sqrt(mean(x^2) + eps)) * w (or * (1 + w) with KW_RMS_NORM_UNIT_OFFSET), as HF writes it:
+ * the normalized row is formed in fp32 first, then multiplied by the weight. out may equal x. */
+void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,
+                     int flags);
+
+/* In place, x (T, H, D): for each dim pair (i, i + rd/2), i < rd/2 = rotary_dim/2, angle = fp32(pos[t] * inv_freq[i])
+ * with inv_freq from kw__rope_inv_freq; x'[i] = x[i] cos - x[i + rd/2] sin, x'[i + rd/2] = x[i + rd/2] cos + x[i] sin,
+ * each product rounded to fp32 as torch does. Dimensions past rotary_dim are unchanged. */
+void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params);
+
+/* Causal GQA attention, out (T, Hq, D), q (T, Hq, D), caches (Hkv, cap, D) f32/bf16; kv_mask (cap) u8 or NULL.
+ * Semantics of kw_op_attention. */
+void kw_ref_attention(float *out, const float *q, const void *k_cache, const void *v_cache, enum kw_dtype cache_dtype,
+                      const uint8_t *kv_mask, int64_t T, int64_t Hq, int64_t Hkv, int64_t cap, int64_t D,
+                      const kw_attention_params *params);
+
+/* cache (H, cap, D) rows [pos0, pos0 + T) = src (T, H, D). */
+void kw_ref_kv_store(void *cache, enum kw_dtype cache_dtype, const float *src, int64_t T, int64_t H, int64_t cap,
+                     int64_t D, int64_t pos0);
+/* out (T, H, D) = cache (H, cap, D) rows [pos0, pos0 + T). */
+void kw_ref_kv_load(float *out, const void *cache, enum kw_dtype cache_dtype, int64_t T, int64_t H, int64_t cap,
+                    int64_t D, int64_t pos0);
+
+/* act(x) in double, rounded to fp32. */
+float kw_ref_act(float x, enum kw_act act);
+/* out[i] = act(gate[i]) * up[i] (the activation rounded to fp32, then the product, as torch does). */
+void kw_ref_glu(float *out, const float *gate, const float *up, int64_t n, enum kw_act act);
+void kw_ref_unary(float *out, const float *x, int64_t n, enum kw_act act);
+void kw_ref_add(float *out, const float *a, const float *b, int64_t n);
+void kw_ref_scale(float *out, const float *x, int64_t n, float s);
+/* Row softmax of x (R, N), max-subtracted, in double. */
+void kw_ref_softmax(float *out, const float *x, int64_t R, int64_t N);
+/* out[r] = first index of the maximum of row r of x (R, N); NaN never wins (an all-NaN row gives 0); with
+ * KW_ARGMAX_ROUND_BF16 the values are rounded to bf16 before comparing. */
+void kw_ref_argmax(int32_t *out, const float *x, int64_t R, int64_t N, int flags);
+/* dst = src converted (f32/bf16/f16 both ways, round to nearest even; same dtype copies bytes of any dtype). */
+void kw_ref_copy(void *dst, enum kw_dtype dst_dtype, const void *src, enum kw_dtype src_dtype, int64_t n);
+
+#endif /* KW_REF_H */
