@@ -5,7 +5,8 @@
  * covering the data area exactly, nbytes == product(shape) * dtype size, overflow-checked). A sharded checkpoint is
  * opened through model.safetensors.index.json (its weight_map is validated the same way: every shard exists, every
  * listed tensor is present in its shard, no tensor appears twice). Tensor data stays in the mapping: pointers are
- * valid until kw_safetensors_close.
+ * valid until kw_safetensors_close. Tensor data is aligned to its element size (a file where it is not is refused:
+ * the HF writer always aligns it). Limits: a 100 MB header per file, 2^20 tensors, 4096 shards.
  */
 #ifndef KW_SAFETENSORS_H
 #define KW_SAFETENSORS_H
@@ -18,11 +19,11 @@
 #define KW_SAFETENSORS_MAX_DIMS 8
 
 typedef struct kw_st_tensor {
-    const char *name;                      /* owned by the kw_safetensors */
-    enum kw_dtype dtype;                   /* F32, BF16 or F16 (other dtypes are rejected: KW_E_MODEL_DTYPE) */
-    int32_t ndim;                          /* 0 (scalar) .. KW_SAFETENSORS_MAX_DIMS */
+    const char *name;    /* owned by the kw_safetensors */
+    enum kw_dtype dtype; /* F32, BF16 or F16 (other dtypes are rejected: KW_E_MODEL_DTYPE) */
+    int32_t ndim;        /* 0 (scalar) .. KW_SAFETENSORS_MAX_DIMS */
     int64_t shape[KW_SAFETENSORS_MAX_DIMS];
-    const void *data;                      /* little-endian elements inside the mapping */
+    const void *data; /* little-endian elements inside the mapping */
     size_t nbytes;
 } kw_st_tensor;
 
@@ -39,7 +40,8 @@ void kw_safetensors_close(kw_safetensors *st);
 /* The tensor called name, or NULL. The pointer is owned by st. */
 const kw_st_tensor *kw_safetensors_find(const kw_safetensors *st, const char *name);
 
-/* Number of tensors and access by index (in file order, shards in index order). */
+/* Number of tensors and access by index (in file order, i.e. by data offset, shards in order of first appearance
+ * in the index's weight_map). */
 size_t kw_safetensors_count(const kw_safetensors *st);
 const kw_st_tensor *kw_safetensors_at(const kw_safetensors *st, size_t i);
 
@@ -52,9 +54,28 @@ typedef struct kw_st_write_tensor {
     const void *data;
 } kw_st_write_tensor;
 
-/* Writes a single-file safetensors with the tensors in the given order (header keys sorted as the HF writer does,
- * data in the given order, header padded with spaces to a multiple of 8). metadata_json is NULL or a JSON object
- * text of string->string stored as "__metadata__". Written atomically. */
+/* Writes a single-file safetensors laid out exactly as the HF writer (safetensors.torch.save_file) lays it out, so
+ * the same tensors and metadata give the same bytes: tensors ordered by dtype (F32, then BF16, then F16) and then by
+ * name, header keys and data in that order, "__metadata__" first (keys sorted, compact JSON), the header padded with
+ * spaces to a multiple of 8 bytes. metadata_json is NULL or a JSON object text of string->string. Names must be
+ * unique. Written atomically (temporary file, fsync, rename). */
 int kw_safetensors_write(const char *path, const kw_st_write_tensor *tensors, size_t count, const char *metadata_json);
+
+/* Streaming writer, for files too large to hold twice in memory: open with the tensor descriptions (data ignored),
+ * then write the data area in file order (kw_st_writer_order(w, i) is the caller's index of the i-th tensor in the
+ * file) in chunks of any size, then finish. The file appears at path only when kw_st_writer_finish succeeds. */
+typedef struct kw_st_writer kw_st_writer; /* opaque */
+
+/* *out is owned by the caller (kw_st_writer_close). tensors and metadata_json are only read during the call. */
+int kw_st_writer_open(const char *path, const kw_st_write_tensor *tensors, size_t count, const char *metadata_json,
+                      kw_st_writer **out);
+/* The caller's index of the i-th tensor in file order ((size_t)-1 if i is out of range). */
+size_t kw_st_writer_order(const kw_st_writer *w, size_t i);
+/* Appends the next size bytes of the data area; more than the tensors declare is KW_E_INVALID_ARG. */
+int kw_st_writer_write(kw_st_writer *w, const void *data, size_t size);
+/* Checks every declared byte was written, flushes, fsyncs and renames into place (KW_E_STATE if bytes are missing). */
+int kw_st_writer_finish(kw_st_writer *w);
+/* Releases w; if it was not finished, the temporary file is removed. NULL is a no-op. */
+void kw_st_writer_close(kw_st_writer *w);
 
 #endif /* KW_SAFETENSORS_H */

@@ -1,0 +1,459 @@
+/* kw_config.c: config.json + generation_config.json -> kw_model_config for Qwen2, Qwen3 and Llama.
+ *
+ * Absent optional fields take the defaults of the matching transformers 4.52 config class (Qwen2Config, Qwen3Config,
+ * LlamaConfig), so a config HF loads means the same thing here. The shape fields (layers, hidden, heads,
+ * intermediate, vocab) are required: a config without them is not a real checkpoint's. Everything is range-checked;
+ * every failure names the field. This file does not look at weights (the model loader checks tensor shapes).
+ */
+#include "model/kw_config.h"
+
+#include "common/kw_file.h"
+#include "common/kw_json.h"
+#include "common/kw_status.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KW_CONFIG_MAX_FILE ((size_t)4 << 20)
+
+static const char *const kw_arch_names[] = {"qwen2", "qwen3", "llama", "gemma3"};
+
+const char *kw_arch_name(enum kw_arch arch) {
+    return (unsigned)arch < sizeof kw_arch_names / sizeof kw_arch_names[0] ? kw_arch_names[arch] : "?";
+}
+
+int kw_arch_parse(const char *name, enum kw_arch *out) {
+    for (unsigned i = 0; name && i < sizeof kw_arch_names / sizeof kw_arch_names[0]; ++i) {
+        if (strcmp(name, kw_arch_names[i]) == 0) {
+            *out = (enum kw_arch)i;
+            return 0;
+        }
+    }
+    KW_FAIL(KW_E_INVALID_ARG, "unknown architecture \"%s\" (qwen2, qwen3, llama, gemma3)", name ? name : "(null)");
+}
+
+int kw_config_is_eos(const kw_model_config *cfg, int32_t id) {
+    for (int32_t i = 0; cfg && i < cfg->n_eos; ++i)
+        if (cfg->eos_ids[i] == id) return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Architecture detection
+ */
+
+struct kw_arch_alias {
+    const char *name;
+    enum kw_arch arch;
+};
+
+static const struct kw_arch_alias kw_arch_classes[] = {
+    {"Qwen2ForCausalLM", KW_ARCH_QWEN2},
+    {"Qwen3ForCausalLM", KW_ARCH_QWEN3},
+    {"LlamaForCausalLM", KW_ARCH_LLAMA},
+    {"Gemma3ForCausalLM", KW_ARCH_GEMMA3},
+    {"Gemma3ForConditionalGeneration", KW_ARCH_GEMMA3},
+};
+
+static const struct kw_arch_alias kw_arch_model_types[] = {
+    {"qwen2", KW_ARCH_QWEN2},   {"qwen3", KW_ARCH_QWEN3},        {"llama", KW_ARCH_LLAMA},
+    {"gemma3", KW_ARCH_GEMMA3}, {"gemma3_text", KW_ARCH_GEMMA3},
+};
+
+static int kw_arch_lookup(const struct kw_arch_alias *table, size_t n, const char *name, enum kw_arch *out) {
+    for (size_t i = 0; i < n; ++i) {
+        if (strcmp(table[i].name, name) == 0) {
+            *out = table[i].arch;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int kw_config_arch(const cJSON *root, enum kw_arch *out) {
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *mtype = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    int have_class = 0, have_type = 0;
+    enum kw_arch from_class = KW_ARCH_QWEN2, from_type = KW_ARCH_QWEN2;
+    const char *class_name = NULL, *type_name = NULL;
+    if (archs && !cJSON_IsNull(archs)) {
+        KW_RETURN_IF(!cJSON_IsArray(archs) || cJSON_GetArraySize(archs) < 1 || !cJSON_IsString(archs->child),
+                     KW_E_MODEL_CONFIG, "config.json: \"architectures\" must be a non-empty array of strings");
+        class_name = archs->child->valuestring;
+        KW_RETURN_IF(kw_arch_lookup(kw_arch_classes, sizeof kw_arch_classes / sizeof kw_arch_classes[0], class_name,
+                                    &from_class) < 0,
+                     KW_E_MODEL_ARCH,
+                     "config.json: architecture %s is not supported (Qwen2ForCausalLM, Qwen3ForCausalLM, "
+                     "LlamaForCausalLM)",
+                     class_name);
+        have_class = 1;
+    }
+    if (mtype && !cJSON_IsNull(mtype)) {
+        KW_RETURN_IF(!cJSON_IsString(mtype), KW_E_MODEL_CONFIG, "config.json: \"model_type\" must be a string");
+        type_name = mtype->valuestring;
+        if (kw_arch_lookup(kw_arch_model_types, sizeof kw_arch_model_types / sizeof kw_arch_model_types[0], type_name,
+                           &from_type) == 0)
+            have_type = 1;
+        else
+            KW_RETURN_IF(!have_class, KW_E_MODEL_ARCH,
+                         "config.json: model_type \"%s\" is not supported (qwen2, qwen3, llama)", type_name);
+    }
+    KW_RETURN_IF(!have_class && !have_type, KW_E_MODEL_CONFIG,
+                 "config.json: neither \"architectures\" nor \"model_type\" names the architecture");
+    KW_RETURN_IF(have_class && have_type && from_class != from_type, KW_E_MODEL_CONFIG,
+                 "config.json: architectures[0] %s contradicts model_type \"%s\"", class_name, type_name);
+    *out = have_class ? from_class : from_type;
+    KW_RETURN_IF(*out == KW_ARCH_GEMMA3, KW_E_MODEL_ARCH,
+                 "config.json: Gemma3 (%s) is not supported yet (it needs GeGLU, 1+w RMSNorm, four norms per layer "
+                 "and sliding-window layers)",
+                 have_class ? class_name : type_name);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Field helpers: every JSON error becomes KW_E_MODEL_CONFIG with the field named.
+ */
+
+static int kw_cfg_status(int rc) {
+    return rc == KW_E_NOT_FOUND || rc == KW_E_PARSE ? KW_E_MODEL_CONFIG : rc;
+}
+
+/* Re-records the current detail under another status, with a prefix. The detail is copied first: it lives in the
+ * buffer kw_error_set writes to. */
+static int kw_cfg_wrap(int status, const char *prefix) {
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", kw_error_detail());
+    return kw_error_set(status, "%s%s", prefix, detail);
+}
+
+static int kw_cfg_req_i32(const cJSON *o, const char *key, int64_t min, int64_t max, int32_t *out, const char *what) {
+    int64_t v = 0;
+    const int rc = kw_json_get_i64(o, key, min, max, &v, what);
+    if (rc < 0) return kw_cfg_wrap(kw_cfg_status(rc), "");
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int kw_cfg_opt_i32(const cJSON *o, const char *key, int64_t min, int64_t max, int64_t def, int32_t *out,
+                          const char *what) {
+    int64_t v = 0;
+    const int rc = kw_json_opt_i64(o, key, min, max, def, &v, what);
+    if (rc < 0) return kw_cfg_wrap(kw_cfg_status(rc), "");
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int kw_cfg_opt_f64(const cJSON *o, const char *key, double def, double *out, const char *what) {
+    const int rc = kw_json_opt_f64(o, key, def, out, what);
+    if (rc < 0) return kw_cfg_wrap(kw_cfg_status(rc), "");
+    return 0;
+}
+
+static int kw_cfg_opt_bool(const cJSON *o, const char *key, int def, int32_t *out, const char *what) {
+    int v = 0;
+    const int rc = kw_json_opt_bool(o, key, def, &v, what);
+    if (rc < 0) return kw_cfg_wrap(kw_cfg_status(rc), "");
+    *out = v;
+    return 0;
+}
+
+static int kw_cfg_opt_str(const cJSON *o, const char *key, const char *def, const char **out, const char *what) {
+    const int rc = kw_json_opt_str(o, key, def, out, what);
+    if (rc < 0) return kw_cfg_wrap(kw_cfg_status(rc), "");
+    return 0;
+}
+
+/* A token id field: absent or null leaves *out (-1 means none); an integer must be in [0, 2^31). */
+static int kw_cfg_token_id(const cJSON *o, const char *key, int32_t *out, const char *what) {
+    const cJSON *item = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    if (!item || cJSON_IsNull(item)) return 0;
+    int64_t v = 0;
+    KW_RETURN_IF(kw_json_to_i64(item, 0, INT32_MAX, &v) < 0, KW_E_MODEL_CONFIG,
+                 "%s: \"%s\" must be a non-negative integer token id", what, key);
+    *out = (int32_t)v;
+    return 0;
+}
+
+/* eos_token_id: an integer or a list of them. Returns 1 if present (and fills cfg), 0 if absent. */
+static int kw_cfg_eos(const cJSON *o, kw_model_config *cfg, const char *what) {
+    const cJSON *item = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "eos_token_id") : NULL;
+    if (!item || cJSON_IsNull(item)) return 0;
+    int64_t v = 0;
+    if (cJSON_IsNumber(item)) {
+        KW_RETURN_IF(kw_json_to_i64(item, 0, INT32_MAX, &v) < 0, KW_E_MODEL_CONFIG,
+                     "%s: \"eos_token_id\" must be a non-negative integer or a list of them", what);
+        cfg->eos_ids[0] = (int32_t)v;
+        cfg->n_eos = 1;
+        return 1;
+    }
+    KW_RETURN_IF(!cJSON_IsArray(item), KW_E_MODEL_CONFIG,
+                 "%s: \"eos_token_id\" must be a non-negative integer or a list of them", what);
+    const int n = cJSON_GetArraySize(item);
+    KW_RETURN_IF(n > KW_CONFIG_MAX_EOS, KW_E_MODEL_CONFIG, "%s: \"eos_token_id\" lists %d ids (at most %d)", what, n,
+                 KW_CONFIG_MAX_EOS);
+    int32_t k = 0;
+    for (const cJSON *e = item->child; e; e = e->next) {
+        KW_RETURN_IF(kw_json_to_i64(e, 0, INT32_MAX, &v) < 0, KW_E_MODEL_CONFIG,
+                     "%s: \"eos_token_id\"[%d] is not a non-negative integer", what, (int)k);
+        cfg->eos_ids[k++] = (int32_t)v;
+    }
+    cfg->n_eos = k;
+    return 1;
+}
+
+static int kw_cfg_dtype(const cJSON *root, enum kw_dtype *out) {
+    const char *s = NULL;
+    KW_FORWARD(kw_cfg_opt_str(root, "torch_dtype", NULL, &s, "config.json"));
+    if (!s) KW_FORWARD(kw_cfg_opt_str(root, "dtype", NULL, &s, "config.json")); /* transformers >= 4.56 spelling */
+    if (!s || strcmp(s, "float32") == 0)
+        *out = KW_DTYPE_F32; /* HF's default */
+    else if (strcmp(s, "bfloat16") == 0)
+        *out = KW_DTYPE_BF16;
+    else if (strcmp(s, "float16") == 0)
+        *out = KW_DTYPE_F16;
+    else
+        KW_FAIL(KW_E_MODEL_CONFIG, "config.json: torch_dtype \"%s\" is not float32, bfloat16 or float16", s);
+    return 0;
+}
+
+/* rope_scaling: null/absent/"default" -> none; "linear" (factor); "llama3" (factor, low/high_freq_factor,
+ * original_max_position_embeddings). The type is read from "rope_type", or the legacy "type". */
+static int kw_cfg_rope(const cJSON *root, kw_rope_params *rope) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    rope->scaling = KW_ROPE_SCALING_NONE;
+    rope->factor = 1.0;
+    rope->low_freq_factor = 0.0;
+    rope->high_freq_factor = 0.0;
+    rope->original_max_position = 0.0;
+    if (!rs || cJSON_IsNull(rs)) return 0;
+    KW_RETURN_IF(!cJSON_IsObject(rs), KW_E_MODEL_CONFIG, "config.json: \"rope_scaling\" must be an object or null");
+    const char *type = NULL;
+    KW_FORWARD(kw_cfg_opt_str(rs, "rope_type", NULL, &type, "config.json rope_scaling"));
+    if (!type) KW_FORWARD(kw_cfg_opt_str(rs, "type", NULL, &type, "config.json rope_scaling"));
+    KW_RETURN_IF(!type, KW_E_MODEL_CONFIG, "config.json: rope_scaling has neither \"rope_type\" nor \"type\"");
+    if (strcmp(type, "default") == 0) return 0;
+    const char *what = "config.json rope_scaling";
+    double factor = 0;
+    if (strcmp(type, "linear") == 0) {
+        KW_FORWARD(kw_cfg_opt_f64(rs, "factor", NAN, &factor, what));
+        KW_RETURN_IF(!(factor >= 1.0 && factor <= 1e6), KW_E_MODEL_CONFIG,
+                     "config.json: rope_scaling.factor must be a number >= 1 for linear scaling");
+        rope->scaling = KW_ROPE_SCALING_LINEAR;
+        rope->factor = factor;
+        return 0;
+    }
+    KW_RETURN_IF(strcmp(type, "llama3") != 0, KW_E_MODEL_CONFIG,
+                 "config.json: rope_scaling type \"%s\" is not supported (default, linear, llama3)", type);
+    double low = 0, high = 0, orig = 0;
+    KW_FORWARD(kw_cfg_opt_f64(rs, "factor", NAN, &factor, what));
+    KW_FORWARD(kw_cfg_opt_f64(rs, "low_freq_factor", NAN, &low, what));
+    KW_FORWARD(kw_cfg_opt_f64(rs, "high_freq_factor", NAN, &high, what));
+    KW_FORWARD(kw_cfg_opt_f64(rs, "original_max_position_embeddings", NAN, &orig, what));
+    KW_RETURN_IF(!(factor >= 1.0 && factor <= 1e6), KW_E_MODEL_CONFIG,
+                 "config.json: rope_scaling.factor must be a number >= 1 for llama3 scaling");
+    KW_RETURN_IF(!(low > 0 && low <= 1e6), KW_E_MODEL_CONFIG,
+                 "config.json: rope_scaling.low_freq_factor must be a positive number");
+    KW_RETURN_IF(!(high > low && high <= 1e6), KW_E_MODEL_CONFIG,
+                 "config.json: rope_scaling.high_freq_factor must be a number > low_freq_factor");
+    KW_RETURN_IF(!(orig >= 1 && orig <= (double)(1 << 30) && orig == floor(orig)), KW_E_MODEL_CONFIG,
+                 "config.json: rope_scaling.original_max_position_embeddings must be a positive integer");
+    rope->scaling = KW_ROPE_SCALING_LLAMA3;
+    rope->factor = factor;
+    rope->low_freq_factor = low;
+    rope->high_freq_factor = high;
+    rope->original_max_position = orig;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Validation and parsing
+ */
+
+int kw_config_validate(const kw_model_config *c) {
+    KW_RETURN_IF(!c, KW_E_INVALID_ARG, "kw_config_validate: NULL config");
+    KW_RETURN_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA, KW_E_MODEL_ARCH,
+                 "architecture %s is not supported", kw_arch_name(c->arch));
+    KW_RETURN_IF(c->n_layers < 1 || c->n_layers > 1024, KW_E_MODEL_CONFIG, "num_hidden_layers %d is outside [1, 1024]",
+                 (int)c->n_layers);
+    KW_RETURN_IF(c->hidden < 1 || c->hidden > 65536, KW_E_MODEL_CONFIG, "hidden_size %d is outside [1, 65536]",
+                 (int)c->hidden);
+    KW_RETURN_IF(c->n_heads < 1 || c->n_heads > 1024, KW_E_MODEL_CONFIG, "num_attention_heads %d is outside [1, 1024]",
+                 (int)c->n_heads);
+    KW_RETURN_IF(c->n_kv_heads < 1 || c->n_kv_heads > c->n_heads, KW_E_MODEL_CONFIG,
+                 "num_key_value_heads %d is outside [1, num_attention_heads=%d]", (int)c->n_kv_heads, (int)c->n_heads);
+    KW_RETURN_IF(c->n_heads % c->n_kv_heads != 0, KW_E_MODEL_CONFIG,
+                 "num_attention_heads %d is not a multiple of num_key_value_heads %d", (int)c->n_heads,
+                 (int)c->n_kv_heads);
+    KW_RETURN_IF(c->head_dim < 2 || c->head_dim > 1024 || c->head_dim % 2 != 0, KW_E_MODEL_CONFIG,
+                 "head_dim %d must be even and in [2, 1024]", (int)c->head_dim);
+    KW_RETURN_IF((int64_t)c->n_heads * c->head_dim > 65536, KW_E_MODEL_CONFIG,
+                 "num_attention_heads x head_dim = %lld is larger than 65536", (long long)c->n_heads * c->head_dim);
+    KW_RETURN_IF(c->intermediate < 1 || c->intermediate > (1 << 18), KW_E_MODEL_CONFIG,
+                 "intermediate_size %d is outside [1, 262144]", (int)c->intermediate);
+    KW_RETURN_IF(c->vocab < 1 || c->vocab > (1 << 24), KW_E_MODEL_CONFIG, "vocab_size %d is outside [1, 16777216]",
+                 (int)c->vocab);
+    KW_RETURN_IF(c->max_positions < 1 || c->max_positions > (1 << 26), KW_E_MODEL_CONFIG,
+                 "max_position_embeddings %d is outside [1, 2^26]", (int)c->max_positions);
+    KW_RETURN_IF(!(c->rms_eps > 0.0f && c->rms_eps < 1.0f), KW_E_MODEL_CONFIG, "rms_norm_eps %g is outside (0, 1)",
+                 (double)c->rms_eps);
+    KW_RETURN_IF(!(c->rope.theta > 0.0 && c->rope.theta < 1e12), KW_E_MODEL_CONFIG,
+                 "rope_theta %g is outside (0, 1e12)", c->rope.theta);
+    KW_RETURN_IF(c->rope.rotary_dim != c->head_dim, KW_E_MODEL_CONFIG, "rotary dim %d differs from head_dim %d",
+                 (int)c->rope.rotary_dim, (int)c->head_dim);
+    KW_RETURN_IF(c->bos_id >= c->vocab, KW_E_MODEL_CONFIG, "bos_token_id %d is outside the vocabulary (%d)",
+                 (int)c->bos_id, (int)c->vocab);
+    KW_RETURN_IF(c->pad_id >= c->vocab, KW_E_MODEL_CONFIG, "pad_token_id %d is outside the vocabulary (%d)",
+                 (int)c->pad_id, (int)c->vocab);
+    KW_RETURN_IF(c->n_eos < 0 || c->n_eos > KW_CONFIG_MAX_EOS, KW_E_MODEL_CONFIG, "%d eos ids (at most %d)",
+                 (int)c->n_eos, KW_CONFIG_MAX_EOS);
+    for (int32_t i = 0; i < c->n_eos; ++i)
+        KW_RETURN_IF(c->eos_ids[i] < 0 || c->eos_ids[i] >= c->vocab, KW_E_MODEL_CONFIG,
+                     "eos_token_id %d is outside the vocabulary (%d)", (int)c->eos_ids[i], (int)c->vocab);
+    return 0;
+}
+
+static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_config *cfg) {
+    const char *w = "config.json";
+    KW_RETURN_IF(!cJSON_IsObject(root), KW_E_MODEL_CONFIG, "config.json is not a JSON object");
+    KW_RETURN_IF(gen && !cJSON_IsObject(gen), KW_E_MODEL_CONFIG, "generation_config.json is not a JSON object");
+    memset(cfg, 0, sizeof *cfg);
+    KW_FORWARD(kw_config_arch(root, &cfg->arch));
+    const int llama = cfg->arch == KW_ARCH_LLAMA;
+
+    KW_FORWARD(kw_cfg_req_i32(root, "num_hidden_layers", 1, 1024, &cfg->n_layers, w));
+    KW_FORWARD(kw_cfg_req_i32(root, "hidden_size", 1, 65536, &cfg->hidden, w));
+    KW_FORWARD(kw_cfg_req_i32(root, "num_attention_heads", 1, 1024, &cfg->n_heads, w));
+    KW_FORWARD(kw_cfg_opt_i32(root, "num_key_value_heads", 1, 1024, cfg->n_heads, &cfg->n_kv_heads, w));
+    KW_FORWARD(kw_cfg_req_i32(root, "intermediate_size", 1, 1 << 18, &cfg->intermediate, w));
+    KW_FORWARD(kw_cfg_req_i32(root, "vocab_size", 1, 1 << 24, &cfg->vocab, w));
+    KW_FORWARD(
+        kw_cfg_opt_i32(root, "max_position_embeddings", 1, 1 << 26, llama ? 2048 : 32768, &cfg->max_positions, w));
+
+    /* head_dim: explicit, else Qwen3Config's default of 128, else hidden / heads (as the HF modules compute it). */
+    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
+    if (hd && !cJSON_IsNull(hd)) {
+        KW_FORWARD(kw_cfg_req_i32(root, "head_dim", 1, 1024, &cfg->head_dim, w));
+    } else if (cfg->arch == KW_ARCH_QWEN3) {
+        cfg->head_dim = 128;
+    } else {
+        KW_RETURN_IF(cfg->hidden % cfg->n_heads != 0, KW_E_MODEL_CONFIG,
+                     "config.json: hidden_size %d is not a multiple of num_attention_heads %d and head_dim is absent",
+                     (int)cfg->hidden, (int)cfg->n_heads);
+        cfg->head_dim = cfg->hidden / cfg->n_heads;
+    }
+
+    double eps = 0, theta = 0, partial = 0;
+    KW_FORWARD(kw_cfg_opt_f64(root, "rms_norm_eps", 1e-6, &eps, w));
+    cfg->rms_eps = (float)eps;
+    KW_FORWARD(kw_cfg_opt_f64(root, "rope_theta", 10000.0, &theta, w));
+    KW_FORWARD(kw_cfg_opt_f64(root, "partial_rotary_factor", 1.0, &partial, w));
+    KW_RETURN_IF(partial != 1.0, KW_E_MODEL_CONFIG, "config.json: partial_rotary_factor %g is not supported (only 1)",
+                 partial);
+    cfg->rope.theta = theta;
+    cfg->rope.rotary_dim = cfg->head_dim;
+    KW_FORWARD(kw_cfg_rope(root, &cfg->rope));
+
+    KW_FORWARD(kw_cfg_opt_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, w));
+    const char *act = NULL;
+    KW_FORWARD(kw_cfg_opt_str(root, "hidden_act", "silu", &act, w));
+    KW_RETURN_IF(strcmp(act, "silu") != 0, KW_E_MODEL_CONFIG,
+                 "config.json: hidden_act \"%s\" is not supported (only silu)", act);
+    int32_t sliding = 0;
+    KW_FORWARD(kw_cfg_opt_bool(root, "use_sliding_window", 0, &sliding, w));
+    KW_RETURN_IF(sliding, KW_E_MODEL_CONFIG, "config.json: use_sliding_window=true is not supported");
+    int32_t tp = 1;
+    KW_FORWARD(kw_cfg_opt_i32(root, "pretraining_tp", 1, 1024, 1, &tp, w));
+    KW_RETURN_IF(tp != 1, KW_E_MODEL_CONFIG, "config.json: pretraining_tp %d is not supported (only 1)", (int)tp);
+
+    int32_t attn_bias = 0, mlp_bias = 0;
+    if (cfg->arch != KW_ARCH_QWEN2) KW_FORWARD(kw_cfg_opt_bool(root, "attention_bias", 0, &attn_bias, w));
+    if (llama) KW_FORWARD(kw_cfg_opt_bool(root, "mlp_bias", 0, &mlp_bias, w));
+    switch (cfg->arch) {
+    case KW_ARCH_QWEN2: /* q/k/v always carry a bias, o_proj never */
+        cfg->attention_bias = 1;
+        break;
+    case KW_ARCH_QWEN3: /* attention_bias applies to q, k, v and o alike */
+        cfg->attention_bias = attn_bias;
+        cfg->o_bias = attn_bias;
+        cfg->qk_norm = 1;
+        break;
+    default:
+        cfg->attention_bias = attn_bias;
+        cfg->o_bias = attn_bias;
+        cfg->mlp_bias = mlp_bias;
+        break;
+    }
+    KW_FORWARD(kw_cfg_dtype(root, &cfg->weight_dtype));
+
+    /* Special ids: generation_config.json wins, config.json is the fallback. */
+    cfg->bos_id = -1;
+    cfg->pad_id = -1;
+    KW_FORWARD(kw_cfg_token_id(root, "bos_token_id", &cfg->bos_id, w));
+    KW_FORWARD(kw_cfg_token_id(root, "pad_token_id", &cfg->pad_id, w));
+    int have_eos = 0;
+    if (gen) {
+        KW_FORWARD(kw_cfg_token_id(gen, "bos_token_id", &cfg->bos_id, "generation_config.json"));
+        KW_FORWARD(kw_cfg_token_id(gen, "pad_token_id", &cfg->pad_id, "generation_config.json"));
+        KW_FORWARD(have_eos = kw_cfg_eos(gen, cfg, "generation_config.json"));
+    }
+    if (!have_eos) KW_FORWARD(kw_cfg_eos(root, cfg, w));
+
+    const int rc = kw_config_validate(cfg);
+    if (rc < 0) return kw_cfg_wrap(rc, "config.json: ");
+    return 0;
+}
+
+int kw_config_parse(const char *config_json, const char *generation_json, kw_model_config *cfg) {
+    KW_RETURN_IF(!config_json || !cfg, KW_E_INVALID_ARG, "kw_config_parse: NULL argument");
+    int rc = 0;
+    cJSON *root = NULL, *gen = NULL;
+    rc = kw_json_parse(config_json, strlen(config_json), &root);
+    if (rc < 0) {
+        rc = kw_cfg_wrap(KW_E_MODEL_CONFIG, "config.json: ");
+        goto out;
+    }
+    if (generation_json) {
+        rc = kw_json_parse(generation_json, strlen(generation_json), &gen);
+        if (rc < 0) {
+            rc = kw_cfg_wrap(KW_E_MODEL_CONFIG, "generation_config.json: ");
+            goto out;
+        }
+    }
+    KW_CHECK(kw_config_parse_root(root, gen, cfg));
+out:
+    cJSON_Delete(root);
+    cJSON_Delete(gen);
+    return rc;
+}
+
+int kw_config_load(const char *dir, kw_model_config *cfg) {
+    KW_RETURN_IF(!dir || !cfg, KW_E_INVALID_ARG, "kw_config_load: NULL argument");
+    int rc = 0;
+    char *cpath = kw_path_join(dir, "config.json"), *gpath = kw_path_join(dir, "generation_config.json");
+    char *ctext = NULL, *gtext = NULL;
+    size_t n = 0;
+    KW_CHECK_IF(!cpath || !gpath, KW_E_NOMEM, "out of memory");
+    KW_CHECK(kw_file_read_all(cpath, KW_CONFIG_MAX_FILE, &ctext, &n));
+    KW_CHECK_IF(strlen(ctext) != n, KW_E_MODEL_CONFIG, "%s contains a NUL byte", cpath);
+    rc = kw_file_read_all(gpath, KW_CONFIG_MAX_FILE, &gtext, &n);
+    if (rc == KW_E_NOT_FOUND) {
+        rc = 0;
+        gtext = NULL;
+    }
+    KW_CHECK(rc);
+    KW_CHECK_IF(gtext && strlen(gtext) != n, KW_E_MODEL_CONFIG, "%s contains a NUL byte", gpath);
+    rc = kw_config_parse(ctext, gtext, cfg);
+    if (rc < 0) {
+        char prefix[512];
+        snprintf(prefix, sizeof prefix, "%s: ", dir);
+        rc = kw_cfg_wrap(rc, prefix);
+    }
+out:
+    free(cpath);
+    free(gpath);
+    free(ctext);
+    free(gtext);
+    return rc;
+}
