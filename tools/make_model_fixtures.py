@@ -187,8 +187,10 @@ def main():
                                  original_max_position_embeddings=32)),
           seed=13, out_dir=args.out, shard="150KB")
     build("qwen3_bf16", Qwen3Config, Qwen3ForCausalLM,
-          dict(common, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-               head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+          # a smaller init keeps HF's bf16 rounding error D small enough that HF's greedy margins exceed the
+          # derived bound (2 D) for most steps, so the bf16 greedy comparison in the test covers many steps
+          dict(common, initializer_range=0.05, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=1, head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
                attention_bias=False, torch_dtype="bfloat16"),
           seed=14, out_dir=args.out, dtype=torch.bfloat16)
 

@@ -1,0 +1,259 @@
+/* kw_kvcache.c: the per-layer KV cache (see kw_kvcache.h). Storage and bookkeeping only; the attention that reads
+ * it is a backend op, the forward pass that fills it is kw_model.c. */
+#include "model/kw_kvcache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_size.h"
+#include "common/kw_status.h"
+
+struct kw_kvcache {
+    kw_backend *backend; /* borrowed */
+    int32_t n_layers;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int64_t capacity;
+    enum kw_dtype dtype;
+    int64_t length;
+    kw_tensor *k; /* n_layers tensors (Hkv, capacity, head_dim) */
+    kw_tensor *v;
+    uint8_t *valid;   /* host mirror of the mask, capacity entries */
+    int64_t n_masked; /* number of zeros in valid */
+    kw_tensor mask;   /* (capacity) u8, allocated when a row is first masked */
+};
+
+int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
+                      enum kw_dtype dtype, kw_kvcache **out) {
+    KW_RETURN_IF(!backend || !out, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || capacity <= 0, KW_E_INVALID_ARG,
+                 "kvcache: bad geometry (%d layers, %d heads, head_dim %d, capacity %lld)", (int)n_layers,
+                 (int)n_kv_heads, (int)head_dim, (long long)capacity);
+    KW_RETURN_IF(dtype != KW_DTYPE_BF16 && dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
+                 "kvcache: dtype %s (only bf16 and f32 caches exist)", kw_dtype_name(dtype));
+    KW_RETURN_IF(!kw_backend_supports(backend, KW_OP_ATTENTION, dtype) ||
+                     !kw_backend_supports(backend, KW_OP_KV_STORE, dtype),
+                 KW_E_OP_UNSUPPORTED, "kvcache: backend %s has no %s cache support", kw_backend_name(backend),
+                 kw_dtype_name(dtype));
+    size_t bytes;
+    KW_RETURN_IF(kw_size_mul3((size_t)n_kv_heads, (size_t)head_dim, (size_t)capacity, &bytes) < 0 ||
+                     kw_size_mul(bytes, kw_dtype_size(dtype), &bytes) < 0,
+                 KW_E_OVERFLOW, "kvcache: size overflows");
+    int rc = 0;
+    kw_kvcache *c = calloc(1, sizeof *c);
+    KW_RETURN_IF(!c, KW_E_NOMEM, "kvcache: out of memory");
+    c->backend = backend;
+    c->n_layers = n_layers;
+    c->n_kv_heads = n_kv_heads;
+    c->head_dim = head_dim;
+    c->capacity = capacity;
+    c->dtype = dtype;
+    c->k = calloc((size_t)n_layers, sizeof *c->k);
+    c->v = calloc((size_t)n_layers, sizeof *c->v);
+    c->valid = malloc((size_t)capacity);
+    KW_CHECK_IF(!c->k || !c->v || !c->valid, KW_E_NOMEM, "kvcache: out of memory");
+    memset(c->valid, 1, (size_t)capacity);
+    const int64_t ne[3] = {n_kv_heads, capacity, head_dim};
+    for (int32_t l = 0; l < n_layers; ++l) {
+        KW_CHECK(kw_tensor_alloc(backend, &c->k[l], dtype, 3, ne));
+        KW_CHECK(kw_tensor_alloc(backend, &c->v[l], dtype, 3, ne));
+    }
+    *out = c;
+    c = NULL;
+out:
+    kw_kvcache_free(c);
+    return rc;
+}
+
+void kw_kvcache_free(kw_kvcache *cache) {
+    if (!cache) return;
+    if (cache->k || cache->v) kw_backend_synchronize(cache->backend);
+    for (int32_t l = 0; l < cache->n_layers; ++l) {
+        if (cache->k) kw_tensor_free(&cache->k[l]);
+        if (cache->v) kw_tensor_free(&cache->v[l]);
+    }
+    kw_tensor_free(&cache->mask);
+    free(cache->k);
+    free(cache->v);
+    free(cache->valid);
+    free(cache);
+}
+
+int32_t kw_kvcache_n_layers(const kw_kvcache *cache) {
+    return cache->n_layers;
+}
+int32_t kw_kvcache_n_kv_heads(const kw_kvcache *cache) {
+    return cache->n_kv_heads;
+}
+int32_t kw_kvcache_head_dim(const kw_kvcache *cache) {
+    return cache->head_dim;
+}
+int64_t kw_kvcache_capacity(const kw_kvcache *cache) {
+    return cache->capacity;
+}
+enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache) {
+    return cache->dtype;
+}
+kw_backend *kw_kvcache_backend(const kw_kvcache *cache) {
+    return cache->backend;
+}
+int64_t kw_kvcache_length(const kw_kvcache *cache) {
+    return cache->length;
+}
+
+kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer) {
+    return (layer >= 0 && layer < cache->n_layers) ? &cache->k[layer] : NULL;
+}
+
+kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer) {
+    return (layer >= 0 && layer < cache->n_layers) ? &cache->v[layer] : NULL;
+}
+
+const kw_tensor *kw_kvcache_mask(const kw_kvcache *cache) {
+    return cache->n_masked > 0 ? &cache->mask : NULL;
+}
+
+/* Sets valid[p0, p0+n) and mirrors the change to the backend mask. */
+static int kvcache_mark(kw_kvcache *c, int64_t p0, int64_t n, uint8_t value) {
+    int64_t changed = 0;
+    for (int64_t p = p0; p < p0 + n; ++p) {
+        if (c->valid[p] != value) {
+            c->n_masked += value ? -1 : 1;
+            c->valid[p] = value;
+            ++changed;
+        }
+    }
+    if (!changed) return 0;
+    if (!c->mask.data) {
+        if (c->n_masked == 0) return 0; /* nothing masked and no mask yet: attention needs none */
+        const int64_t ne[1] = {c->capacity};
+        KW_FORWARD(kw_tensor_alloc(c->backend, &c->mask, KW_DTYPE_U8, 1, ne));
+        KW_FORWARD(kw_backend_upload(c->backend, &c->mask, 0, c->valid, (size_t)c->capacity));
+    } else {
+        KW_FORWARD(kw_backend_upload(c->backend, &c->mask, (size_t)p0, c->valid + p0, (size_t)n));
+    }
+    /* valid is the source of an upload and changes on the next call: wait for the copy to finish */
+    return kw_backend_synchronize(c->backend);
+}
+
+int kw_kvcache_truncate(kw_kvcache *cache, int64_t new_length) {
+    KW_RETURN_IF(new_length < 0 || new_length > cache->length, KW_E_INVALID_ARG,
+                 "kvcache: truncate to %lld, length is %lld", (long long)new_length, (long long)cache->length);
+    const int64_t old = cache->length;
+    cache->length = new_length;
+    return kvcache_mark(cache, new_length, old - new_length, 1);
+}
+
+int kw_kvcache_reset(kw_kvcache *cache) {
+    cache->length = 0;
+    return cache->n_masked ? kvcache_mark(cache, 0, cache->capacity, 1) : 0;
+}
+
+int kw_kvcache_set_valid(kw_kvcache *cache, int64_t p0, int64_t n, int valid) {
+    KW_RETURN_IF(p0 < 0 || n < 0 || p0 > cache->capacity || n > cache->capacity - p0, KW_E_INVALID_ARG,
+                 "kvcache: rows [%lld, +%lld) outside capacity %lld", (long long)p0, (long long)n,
+                 (long long)cache->capacity);
+    return kvcache_mark(cache, p0, n, valid ? 1 : 0);
+}
+
+int kw_kvcache_append(kw_kvcache *cache, int64_t n, int64_t *row0) {
+    KW_RETURN_IF(n < 0, KW_E_INVALID_ARG, "kvcache: append %lld rows", (long long)n);
+    KW_RETURN_IF(n > cache->capacity - cache->length, KW_E_MODEL_CONTEXT,
+                 "kvcache: %lld rows do not fit (length %lld, capacity %lld)", (long long)n, (long long)cache->length,
+                 (long long)cache->capacity);
+    *row0 = cache->length;
+    cache->length += n;
+    return 0;
+}
+
+static int kvcache_check_rows(const kw_kvcache *c, int32_t layer, const kw_tensor *t, int64_t *rows) {
+    KW_RETURN_IF(layer < 0 || layer >= c->n_layers, KW_E_INVALID_ARG, "kvcache: layer %d of %d", (int)layer,
+                 (int)c->n_layers);
+    if (!t) return 0;
+    KW_RETURN_IF(t->dtype != KW_DTYPE_F32 || t->ndim != 3 || t->ne[1] != c->n_kv_heads || t->ne[2] != c->head_dim,
+                 KW_E_SHAPE, "kvcache: rows tensor must be f32 (T, %d, %d)", (int)c->n_kv_heads, (int)c->head_dim);
+    *rows = t->ne[0];
+    return 0;
+}
+
+int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor *k_out, kw_tensor *v_out) {
+    int64_t nk = -1, nv = -1;
+    KW_FORWARD(kvcache_check_rows(cache, layer, k_out, &nk));
+    KW_FORWARD(kvcache_check_rows(cache, layer, v_out, &nv));
+    const int64_t n = nk >= 0 ? nk : nv;
+    KW_RETURN_IF(nk >= 0 && nv >= 0 && nk != nv, KW_E_SHAPE, "kvcache: K and V row counts differ");
+    KW_RETURN_IF(p0 < 0 || n > cache->length - p0, KW_E_INVALID_ARG, "kvcache: rows [%lld, +%lld) beyond length %lld",
+                 (long long)p0, (long long)n, (long long)cache->length);
+    if (k_out) KW_FORWARD(kw_op_kv_load(cache->backend, k_out, &cache->k[layer], p0));
+    if (v_out) KW_FORWARD(kw_op_kv_load(cache->backend, v_out, &cache->v[layer], p0));
+    return 0;
+}
+
+int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw_tensor *k_src,
+                          const kw_tensor *v_src) {
+    int64_t nk = -1, nv = -1;
+    KW_FORWARD(kvcache_check_rows(cache, layer, k_src, &nk));
+    KW_FORWARD(kvcache_check_rows(cache, layer, v_src, &nv));
+    const int64_t n = nk >= 0 ? nk : nv;
+    KW_RETURN_IF(nk >= 0 && nv >= 0 && nk != nv, KW_E_SHAPE, "kvcache: K and V row counts differ");
+    KW_RETURN_IF(p0 < 0 || p0 > cache->length, KW_E_INVALID_ARG,
+                 "kvcache: store at row %lld leaves a gap (length %lld)", (long long)p0, (long long)cache->length);
+    KW_RETURN_IF(n > cache->capacity - p0, KW_E_MODEL_CONTEXT, "kvcache: rows [%lld, +%lld) beyond capacity %lld",
+                 (long long)p0, (long long)n, (long long)cache->capacity);
+    if (k_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->k[layer], k_src, p0));
+    if (v_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->v[layer], v_src, p0));
+    if (p0 + n > cache->length) cache->length = p0 + n;
+    return 0;
+}
+
+/* A temporary f32 (n, Hkv, D) backend tensor for the host copies. */
+static int kvcache_tmp(kw_kvcache *c, int64_t n, kw_tensor *t) {
+    KW_RETURN_IF(n <= 0, KW_E_INVALID_ARG, "kvcache: %lld rows", (long long)n);
+    const int64_t ne[3] = {n, c->n_kv_heads, c->head_dim};
+    return kw_tensor_alloc(c->backend, t, KW_DTYPE_F32, 3, ne);
+}
+
+int kw_kvcache_read_rows(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, float *k, float *v) {
+    KW_RETURN_IF(layer < 0 || layer >= cache->n_layers, KW_E_INVALID_ARG, "kvcache: layer %d", (int)layer);
+    KW_RETURN_IF(p0 < 0 || n < 0 || n > cache->length - p0, KW_E_INVALID_ARG,
+                 "kvcache: rows [%lld, +%lld) beyond length %lld", (long long)p0, (long long)n,
+                 (long long)cache->length);
+    if (n == 0) return 0;
+    int rc = 0;
+    kw_tensor tk = {0}, tv = {0};
+    if (k) KW_CHECK(kvcache_tmp(cache, n, &tk));
+    if (v) KW_CHECK(kvcache_tmp(cache, n, &tv));
+    KW_CHECK(kw_kvcache_load_rows(cache, layer, p0, k ? &tk : NULL, v ? &tv : NULL));
+    if (k) KW_CHECK(kw_backend_download(cache->backend, k, &tk, 0, kw_tensor_nbytes(&tk)));
+    if (v) KW_CHECK(kw_backend_download(cache->backend, v, &tv, 0, kw_tensor_nbytes(&tv)));
+out:;
+    const int sync = kw_backend_synchronize(cache->backend);
+    if (rc == 0) rc = sync;
+    kw_tensor_free(&tk);
+    kw_tensor_free(&tv);
+    return rc;
+}
+
+int kw_kvcache_write_rows(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, const float *k, const float *v) {
+    KW_RETURN_IF(layer < 0 || layer >= cache->n_layers, KW_E_INVALID_ARG, "kvcache: layer %d", (int)layer);
+    KW_RETURN_IF(n < 0, KW_E_INVALID_ARG, "kvcache: %lld rows", (long long)n);
+    if (n == 0) return 0;
+    int rc = 0;
+    kw_tensor tk = {0}, tv = {0};
+    if (k) {
+        KW_CHECK(kvcache_tmp(cache, n, &tk));
+        KW_CHECK(kw_backend_upload(cache->backend, &tk, 0, k, kw_tensor_nbytes(&tk)));
+    }
+    if (v) {
+        KW_CHECK(kvcache_tmp(cache, n, &tv));
+        KW_CHECK(kw_backend_upload(cache->backend, &tv, 0, v, kw_tensor_nbytes(&tv)));
+    }
+    KW_CHECK(kw_kvcache_store_rows(cache, layer, p0, k ? &tk : NULL, v ? &tv : NULL));
+out:;
+    const int sync = kw_backend_synchronize(cache->backend);
+    if (rc == 0) rc = sync;
+    kw_tensor_free(&tk);
+    kw_tensor_free(&tv);
+    return rc;
+}

@@ -1,0 +1,81 @@
+/* kw_kvcache.h: the per-layer key/value cache of one sequence, in backend memory.
+ *
+ * Each layer holds K and V as (Hkv, capacity, head_dim) tensors, bf16 (the default, what HF bf16 caches hold) or f32
+ * (for exact fp32 parity). Rows are positions: row p holds the K/V of the token at cache position p, K after RoPE (and
+ * after the per-head k_norm of Qwen3), exactly what HF DynamicCache stores. The cache has a length: rows [0, length)
+ * are in use; the forward pass appends at length. A per-position validity mask (1 = attend, 0 = padding) lets padded
+ * prompts (token alignment) hide rows from attention.
+ *
+ * Later stages use it directly: the C2C fuser reads a layer's rows (kw_kvcache_load_rows / kw_kvcache_read_rows) and
+ * overwrites them with fused values (kw_kvcache_store_rows / kw_kvcache_write_rows); the wire code reads rows to the
+ * host to quantize them. It is not thread-safe: one user at a time, on the backend's stream.
+ */
+#ifndef KW_KVCACHE_H
+#define KW_KVCACHE_H
+
+#include <stdint.h>
+
+#include "kernels/kw_backend.h"
+
+typedef struct kw_kvcache kw_kvcache; /* opaque */
+
+/* Creates an empty cache for n_layers layers of (n_kv_heads, capacity, head_dim) K and V in dtype (KW_DTYPE_BF16 or
+ * KW_DTYPE_F32) on backend (borrowed: it must outlive the cache). All positions start valid. *out is owned by the
+ * caller (kw_kvcache_free). */
+int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
+                      enum kw_dtype dtype, kw_kvcache **out);
+
+/* Releases the tensors and the cache. NULL is a no-op. */
+void kw_kvcache_free(kw_kvcache *cache);
+
+/* Geometry and state. */
+int32_t kw_kvcache_n_layers(const kw_kvcache *cache);
+int32_t kw_kvcache_n_kv_heads(const kw_kvcache *cache);
+int32_t kw_kvcache_head_dim(const kw_kvcache *cache);
+int64_t kw_kvcache_capacity(const kw_kvcache *cache);
+enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache);
+kw_backend *kw_kvcache_backend(const kw_kvcache *cache);
+/* Rows [0, length) are in use. */
+int64_t kw_kvcache_length(const kw_kvcache *cache);
+
+/* The K or V tensor (Hkv, capacity, head_dim) of a layer, owned by the cache (valid until kw_kvcache_free), or NULL
+ * for a layer out of range. Backend ops may read and write it; rows >= length are undefined. */
+kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer);
+kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer);
+
+/* The (capacity) u8 validity mask in backend memory, owned by the cache, or NULL while every row is valid (attention
+ * then needs no mask). Pass it as kw_attention_params.kv_mask. */
+const kw_tensor *kw_kvcache_mask(const kw_kvcache *cache);
+
+/* Forgets rows [length, old length): length becomes new_length (<= length, else KW_E_INVALID_ARG). The validity of
+ * the forgotten rows is reset to valid. */
+int kw_kvcache_truncate(kw_kvcache *cache, int64_t new_length);
+
+/* Empties the cache (length 0, every position valid). */
+int kw_kvcache_reset(kw_kvcache *cache);
+
+/* Marks rows [p0, p0 + n) valid (1) or masked (0). Rows may lie beyond length (a padded prompt can be marked before
+ * it is run). KW_E_INVALID_ARG when the range leaves [0, capacity). */
+int kw_kvcache_set_valid(kw_kvcache *cache, int64_t p0, int64_t n, int valid);
+
+/* Reserves rows [length, length + n) for the caller, who is about to write them with kv_store (the forward pass does
+ * this before each chunk): returns the first row in *row0 and grows length by n. KW_E_MODEL_CONTEXT when the
+ * capacity would be exceeded. */
+int kw_kvcache_append(kw_kvcache *cache, int64_t n, int64_t *row0);
+
+/* Backend-side row access for one layer: k_out, v_out are f32 (T, Hkv, head_dim) tensors of the cache's backend
+ * (owned by the caller) receiving rows [p0, p0 + T); T comes from their outermost dimension. Rows must lie in
+ * [0, length). Either output may be NULL. Asynchronous like every op. */
+int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor *k_out, kw_tensor *v_out);
+
+/* Overwrites rows [p0, p0 + T) of one layer from f32 (T, Hkv, head_dim) tensors (converted with round-to-nearest-even
+ * for a bf16 cache). p0 <= length; rows past length extend it (p0 + T <= capacity). Either source may be NULL. */
+int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw_tensor *k_src, const kw_tensor *v_src);
+
+/* Host copies: k and v (either may be NULL) are caller-owned f32 arrays of n * Hkv * head_dim values laid out
+ * (n, Hkv, head_dim), token-major. read_rows synchronizes the backend before returning; write_rows has the placement
+ * rules of store_rows and has finished with k and v when it returns. */
+int kw_kvcache_read_rows(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, float *k, float *v);
+int kw_kvcache_write_rows(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, const float *k, const float *v);
+
+#endif /* KW_KVCACHE_H */

@@ -1,0 +1,463 @@
+/* kw_model.c: loading a Qwen2/Qwen3/Llama checkpoint onto a backend and the transformer forward pass.
+ *
+ * Per layer (pre-norm, as in HF modeling_qwen2/qwen3/llama):
+ *   h = rms_norm(x, input_layernorm); q, k, v = h W^T (+ bias); [Qwen3: q, k = rms_norm per head]; rope(q, k)
+ *   cache[rows] = k, v; a = attention(q, cache); x += a Wo^T (+ bias)
+ *   h = rms_norm(x, post_attention_layernorm); x += down(silu(gate(h)) * up(h))
+ * then logits = rms_norm(x, norm) lm_head^T. Everything goes through kernels/kw_backend.h; host code never reads
+ * tensor data. Not here: the generation loop (kw_generate.c) and the cache bookkeeping (kw_kvcache.c).
+ */
+#include "model/kw_model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_size.h"
+#include "common/kw_status.h"
+#include "common/kw_time.h"
+#include "model/kw_safetensors.h"
+
+#define KW_MODEL_DEFAULT_BATCH 256
+/* Logits scratch is capped at this many floats (32 MiB): with a 152k vocab that is 55 rows per lm_head matmul. */
+#define KW_MODEL_LOGITS_SCRATCH (8u << 20)
+
+typedef struct kw_layer {
+    kw_tensor attn_norm, ffn_norm;
+    kw_tensor wq, wk, wv, wo;
+    kw_tensor bq, bk, bv, bo; /* zeroed (data NULL) when absent */
+    kw_tensor q_norm, k_norm; /* Qwen3 */
+    kw_tensor w_gate, w_up, w_down;
+    kw_tensor b_gate, b_up, b_down; /* Llama mlp_bias */
+} kw_layer;
+
+struct kw_model {
+    kw_model_config cfg;
+    kw_backend *backend; /* borrowed */
+    kw_safetensors *st;  /* owned: the mappings the CPU weight tensors alias */
+    kw_tensor embed, final_norm, lm_head;
+    int lm_head_tied;
+    kw_layer *layers;
+    size_t bytes_per_token;
+
+    int32_t max_batch;  /* scratch rows */
+    int32_t logit_rows; /* rows per lm_head matmul */
+    int32_t *pos_host;  /* max_batch positions staged for upload */
+    struct {
+        kw_tensor ids, pos;      /* (B) i32 */
+        kw_tensor x, h, o;       /* (B, hidden) */
+        kw_tensor q, att;        /* (B, Hq * D) */
+        kw_tensor k, v;          /* (B, Hkv * D) */
+        kw_tensor gate, up, act; /* (B, intermediate) */
+        kw_tensor logits;        /* (logit_rows, vocab) */
+        kw_tensor amax;          /* (logit_rows) i32 */
+    } s;
+
+    int profiling;
+    double prof_ms[KW_OP_COUNT];
+    int64_t prof_calls[KW_OP_COUNT];
+};
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Loading
+ */
+
+/* Binds tensor name (shape ne[0..ndim)) to t. Missing tensors: KW_E_MODEL_MISSING if required, else t stays zeroed.
+ * op is the op that consumes it (its dtype must be supported). */
+static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, int32_t ndim, const int64_t *ne,
+                      const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, int32_t ndim, const int64_t *ne,
+                      const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const kw_st_tensor *st = kw_safetensors_find(m->st, name);
+    if (!st) {
+        KW_RETURN_IF(required, KW_E_MODEL_MISSING, "model: tensor %s is missing", name);
+        return 0;
+    }
+    int same = st->ndim == ndim;
+    for (int32_t i = 0; same && i < ndim; ++i)
+        same = st->shape[i] == ne[i];
+    if (!same) {
+        char want[96] = "", have[96] = "";
+        for (int32_t i = 0; i < ndim; ++i)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "", (long long)ne[i]);
+        for (int32_t i = 0; i < st->ndim && i < 4; ++i)
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%lld", i ? "," : "", (long long)st->shape[i]);
+        KW_FAIL(KW_E_MODEL_SHAPE, "model: tensor %s has shape (%s), the config implies (%s)", name, have, want);
+    }
+    KW_RETURN_IF(!kw_backend_supports(m->backend, op, st->dtype), KW_E_OP_UNSUPPORTED,
+                 "model: backend %s cannot run %s with %s weights (%s)", kw_backend_name(m->backend), kw_op_name(op),
+                 kw_dtype_name(st->dtype), name);
+    KW_FORWARD(kw_tensor_from_host(m->backend, t, st->dtype, ndim, ne, st->data));
+    if (strcmp(name, "model.embed_tokens.weight") != 0) m->bytes_per_token += st->nbytes;
+    return 0;
+}
+
+static int model_bind_layer(kw_model *m, int32_t l) {
+    const kw_model_config *c = &m->cfg;
+    kw_layer *L = &m->layers[l];
+    const int64_t hid = c->hidden, qd = (int64_t)c->n_heads * c->head_dim, kd = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t inter = c->intermediate, hd = c->head_dim;
+    const char *p = "model.layers";
+    const int ab = c->attention_bias, ob = c->o_bias, mb = c->mlp_bias;
+#define KW_NE(...) ((const int64_t[]){__VA_ARGS__})
+    KW_FORWARD(model_bind(m, &L->attn_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "%s.%d.input_layernorm.weight", p, l));
+    KW_FORWARD(
+        model_bind(m, &L->ffn_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "%s.%d.post_attention_layernorm.weight", p, l));
+    KW_FORWARD(model_bind(m, &L->wq, KW_OP_MATMUL, 1, 2, KW_NE(qd, hid), "%s.%d.self_attn.q_proj.weight", p, l));
+    KW_FORWARD(model_bind(m, &L->wk, KW_OP_MATMUL, 1, 2, KW_NE(kd, hid), "%s.%d.self_attn.k_proj.weight", p, l));
+    KW_FORWARD(model_bind(m, &L->wv, KW_OP_MATMUL, 1, 2, KW_NE(kd, hid), "%s.%d.self_attn.v_proj.weight", p, l));
+    KW_FORWARD(model_bind(m, &L->wo, KW_OP_MATMUL, 1, 2, KW_NE(hid, qd), "%s.%d.self_attn.o_proj.weight", p, l));
+    if (ab) {
+        KW_FORWARD(model_bind(m, &L->bq, KW_OP_MATMUL, 1, 1, KW_NE(qd), "%s.%d.self_attn.q_proj.bias", p, l));
+        KW_FORWARD(model_bind(m, &L->bk, KW_OP_MATMUL, 1, 1, KW_NE(kd), "%s.%d.self_attn.k_proj.bias", p, l));
+        KW_FORWARD(model_bind(m, &L->bv, KW_OP_MATMUL, 1, 1, KW_NE(kd), "%s.%d.self_attn.v_proj.bias", p, l));
+    }
+    if (ob) KW_FORWARD(model_bind(m, &L->bo, KW_OP_MATMUL, 1, 1, KW_NE(hid), "%s.%d.self_attn.o_proj.bias", p, l));
+    if (c->qk_norm) {
+        KW_FORWARD(model_bind(m, &L->q_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hd), "%s.%d.self_attn.q_norm.weight", p, l));
+        KW_FORWARD(model_bind(m, &L->k_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hd), "%s.%d.self_attn.k_norm.weight", p, l));
+    }
+    KW_FORWARD(model_bind(m, &L->w_gate, KW_OP_MATMUL, 1, 2, KW_NE(inter, hid), "%s.%d.mlp.gate_proj.weight", p, l));
+    KW_FORWARD(model_bind(m, &L->w_up, KW_OP_MATMUL, 1, 2, KW_NE(inter, hid), "%s.%d.mlp.up_proj.weight", p, l));
+    KW_FORWARD(model_bind(m, &L->w_down, KW_OP_MATMUL, 1, 2, KW_NE(hid, inter), "%s.%d.mlp.down_proj.weight", p, l));
+    if (mb) {
+        KW_FORWARD(model_bind(m, &L->b_gate, KW_OP_MATMUL, 1, 1, KW_NE(inter), "%s.%d.mlp.gate_proj.bias", p, l));
+        KW_FORWARD(model_bind(m, &L->b_up, KW_OP_MATMUL, 1, 1, KW_NE(inter), "%s.%d.mlp.up_proj.bias", p, l));
+        KW_FORWARD(model_bind(m, &L->b_down, KW_OP_MATMUL, 1, 1, KW_NE(hid), "%s.%d.mlp.down_proj.bias", p, l));
+    }
+    return 0;
+}
+
+static int model_alloc2(kw_model *m, kw_tensor *t, enum kw_dtype dtype, int64_t rows, int64_t cols) {
+    const int64_t ne[2] = {rows, cols};
+    return kw_tensor_alloc(m->backend, t, dtype, cols > 0 ? 2 : 1, ne);
+}
+
+static int model_alloc_scratch(kw_model *m) {
+    const kw_model_config *c = &m->cfg;
+    const int64_t B = m->max_batch;
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim, kd = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t lr = (int64_t)(KW_MODEL_LOGITS_SCRATCH / (uint64_t)c->vocab);
+    if (lr < 1) lr = 1;
+    if (lr > B) lr = B;
+    m->logit_rows = (int32_t)lr;
+    m->pos_host = malloc((size_t)B * sizeof *m->pos_host);
+    KW_RETURN_IF(!m->pos_host, KW_E_NOMEM, "model: out of memory");
+    KW_FORWARD(model_alloc2(m, &m->s.ids, KW_DTYPE_I32, B, 0));
+    KW_FORWARD(model_alloc2(m, &m->s.pos, KW_DTYPE_I32, B, 0));
+    KW_FORWARD(model_alloc2(m, &m->s.x, KW_DTYPE_F32, B, c->hidden));
+    KW_FORWARD(model_alloc2(m, &m->s.h, KW_DTYPE_F32, B, c->hidden));
+    KW_FORWARD(model_alloc2(m, &m->s.o, KW_DTYPE_F32, B, c->hidden));
+    KW_FORWARD(model_alloc2(m, &m->s.q, KW_DTYPE_F32, B, qd));
+    KW_FORWARD(model_alloc2(m, &m->s.att, KW_DTYPE_F32, B, qd));
+    KW_FORWARD(model_alloc2(m, &m->s.k, KW_DTYPE_F32, B, kd));
+    KW_FORWARD(model_alloc2(m, &m->s.v, KW_DTYPE_F32, B, kd));
+    KW_FORWARD(model_alloc2(m, &m->s.gate, KW_DTYPE_F32, B, c->intermediate));
+    KW_FORWARD(model_alloc2(m, &m->s.up, KW_DTYPE_F32, B, c->intermediate));
+    KW_FORWARD(model_alloc2(m, &m->s.act, KW_DTYPE_F32, B, c->intermediate));
+    KW_FORWARD(model_alloc2(m, &m->s.logits, KW_DTYPE_F32, lr, c->vocab));
+    KW_FORWARD(model_alloc2(m, &m->s.amax, KW_DTYPE_I32, lr, 0));
+    return 0;
+}
+
+int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out) {
+    KW_RETURN_IF(!backend || !dir || !out, KW_E_INVALID_ARG, "model: NULL argument");
+    *out = NULL;
+    const int32_t max_batch = (opts && opts->max_batch > 0) ? opts->max_batch : KW_MODEL_DEFAULT_BATCH;
+    KW_RETURN_IF(max_batch > (1 << 20), KW_E_INVALID_ARG, "model: max_batch %d too large", (int)max_batch);
+    int rc = 0;
+    kw_model *m = calloc(1, sizeof *m);
+    KW_RETURN_IF(!m, KW_E_NOMEM, "model: out of memory");
+    m->backend = backend;
+    m->max_batch = max_batch;
+    KW_CHECK(kw_config_load(dir, &m->cfg));
+    kw_model_config *c = &m->cfg;
+    KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA, KW_E_MODEL_ARCH,
+                "model: architecture %s is not supported by the forward pass yet", kw_arch_name(c->arch));
+    KW_CHECK_IF(c->n_layers <= 0 || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 ||
+                    c->intermediate <= 0 || c->vocab <= 0 || c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0,
+                KW_E_MODEL_CONFIG, "model: inconsistent config (heads %d, kv heads %d, head_dim %d)", (int)c->n_heads,
+                (int)c->n_kv_heads, (int)c->head_dim);
+    if (c->rope.rotary_dim <= 0) c->rope.rotary_dim = c->head_dim;
+    KW_CHECK(kw_safetensors_open(dir, &m->st));
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    KW_CHECK_IF(!m->layers, KW_E_NOMEM, "model: out of memory");
+
+    const int64_t vocab = c->vocab, hid = c->hidden;
+    KW_CHECK(model_bind(m, &m->embed, KW_OP_GET_ROWS, 1, 2, KW_NE(vocab, hid), "model.embed_tokens.weight"));
+    KW_CHECK(model_bind(m, &m->final_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "model.norm.weight"));
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        KW_CHECK(model_bind_layer(m, l));
+    if (c->tie_embeddings) {
+        /* HF ties lm_head to embed_tokens and ignores a stored lm_head.weight */
+        KW_CHECK_IF(!kw_backend_supports(backend, KW_OP_MATMUL, m->embed.dtype), KW_E_OP_UNSUPPORTED,
+                    "model: backend cannot run matmul with %s embeddings", kw_dtype_name(m->embed.dtype));
+        m->lm_head = m->embed;
+        m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
+        m->lm_head_tied = 1;
+        m->bytes_per_token += kw_tensor_nbytes(&m->embed);
+    } else {
+        KW_CHECK(model_bind(m, &m->lm_head, KW_OP_MATMUL, 1, 2, KW_NE(vocab, hid), "lm_head.weight"));
+    }
+#undef KW_NE
+    KW_CHECK(model_alloc_scratch(m));
+    KW_CHECK(kw_backend_synchronize(backend)); /* device backends: uploads done, host mappings no longer needed */
+    *out = m;
+    m = NULL;
+out:
+    kw_model_free(m);
+    return rc;
+}
+
+static void model_free_layer(kw_layer *L) {
+    kw_tensor *ts[] = {&L->attn_norm, &L->ffn_norm, &L->wq,     &L->wk,     &L->wv,     &L->wo,
+                       &L->bq,        &L->bk,       &L->bv,     &L->bo,     &L->q_norm, &L->k_norm,
+                       &L->w_gate,    &L->w_up,     &L->w_down, &L->b_gate, &L->b_up,   &L->b_down};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; ++i)
+        kw_tensor_free(ts[i]);
+}
+
+void kw_model_free(kw_model *m) {
+    if (!m) return;
+    kw_backend_synchronize(m->backend);
+    kw_tensor *scratch[] = {&m->s.ids, &m->s.pos, &m->s.x,    &m->s.h,  &m->s.o,   &m->s.q,      &m->s.att,
+                            &m->s.k,   &m->s.v,   &m->s.gate, &m->s.up, &m->s.act, &m->s.logits, &m->s.amax};
+    for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; ++i)
+        kw_tensor_free(scratch[i]);
+    if (m->layers)
+        for (int32_t l = 0; l < m->cfg.n_layers; ++l)
+            model_free_layer(&m->layers[l]);
+    if (!m->lm_head_tied) kw_tensor_free(&m->lm_head);
+    kw_tensor_free(&m->embed);
+    kw_tensor_free(&m->final_norm);
+    free(m->layers);
+    free(m->pos_host);
+    kw_safetensors_close(m->st);
+    free(m);
+}
+
+const kw_model_config *kw_model_get_config(const kw_model *model) {
+    return &model->cfg;
+}
+kw_backend *kw_model_backend(const kw_model *model) {
+    return model->backend;
+}
+enum kw_dtype kw_model_logits_weight_dtype(const kw_model *model) {
+    return model->lm_head.dtype;
+}
+size_t kw_model_weight_bytes_per_token(const kw_model *model) {
+    return model->bytes_per_token;
+}
+
+int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out) {
+    return kw_kvcache_create(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads, model->cfg.head_dim, capacity,
+                             dtype, out);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Forward
+ */
+
+void kw_model_set_profiling(kw_model *model, int on) {
+    model->profiling = on;
+}
+
+void kw_model_profile(kw_model *model, double *ms, int64_t *calls, int reset) {
+    if (ms) memcpy(ms, model->prof_ms, sizeof model->prof_ms);
+    if (calls) memcpy(calls, model->prof_calls, sizeof model->prof_calls);
+    if (reset) {
+        memset(model->prof_ms, 0, sizeof model->prof_ms);
+        memset(model->prof_calls, 0, sizeof model->prof_calls);
+    }
+}
+
+/* Runs one op; with profiling on, waits for it and charges its time to op. */
+#define KW_MODEL_OP(m, op, expr)                                                                                       \
+    do {                                                                                                               \
+        const uint64_t kw_op_t0_ = (m)->profiling ? kw_time_now_ns() : 0;                                              \
+        KW_FORWARD(expr);                                                                                              \
+        if ((m)->profiling) {                                                                                          \
+            KW_FORWARD(kw_backend_synchronize((m)->backend));                                                          \
+            (m)->prof_ms[op] += kw_time_ms(kw_op_t0_, kw_time_now_ns());                                               \
+            (m)->prof_calls[op] += 1;                                                                                  \
+        }                                                                                                              \
+    } while (0)
+
+static const kw_tensor *opt_bias(const kw_tensor *b) {
+    return b->data ? b : NULL;
+}
+
+/* Views rows [0, T) of a scratch tensor, reshaped to (T, heads, dim) when heads > 0. */
+static int view_rows(const kw_tensor *src, int64_t T, int64_t heads, int64_t dim, kw_tensor *out) {
+    kw_tensor rows;
+    KW_FORWARD(kw_tensor_view_rows(src, 0, T, &rows));
+    if (heads <= 0) {
+        *out = rows;
+        return 0;
+    }
+    const int64_t ne[3] = {T, heads, dim};
+    return kw_tensor_view_reshape(&rows, 3, ne, out);
+}
+
+/* One layer over T tokens whose K/V go to cache rows [row0, row0 + T). */
+static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *cache, int64_t T, int64_t row0) {
+    const kw_model_config *c = &m->cfg;
+    kw_backend *be = m->backend;
+    const float eps = c->rms_eps;
+    kw_tensor x, h, o, q, k, v, q3, k3, v3, att, att3, gate, up, act, pos;
+    KW_FORWARD(view_rows(&m->s.x, T, 0, 0, &x));
+    KW_FORWARD(view_rows(&m->s.h, T, 0, 0, &h));
+    KW_FORWARD(view_rows(&m->s.o, T, 0, 0, &o));
+    KW_FORWARD(view_rows(&m->s.q, T, 0, 0, &q));
+    KW_FORWARD(view_rows(&m->s.k, T, 0, 0, &k));
+    KW_FORWARD(view_rows(&m->s.v, T, 0, 0, &v));
+    KW_FORWARD(view_rows(&m->s.q, T, c->n_heads, c->head_dim, &q3));
+    KW_FORWARD(view_rows(&m->s.k, T, c->n_kv_heads, c->head_dim, &k3));
+    KW_FORWARD(view_rows(&m->s.v, T, c->n_kv_heads, c->head_dim, &v3));
+    KW_FORWARD(view_rows(&m->s.att, T, 0, 0, &att));
+    KW_FORWARD(view_rows(&m->s.att, T, c->n_heads, c->head_dim, &att3));
+    KW_FORWARD(view_rows(&m->s.gate, T, 0, 0, &gate));
+    KW_FORWARD(view_rows(&m->s.up, T, 0, 0, &up));
+    KW_FORWARD(view_rows(&m->s.act, T, 0, 0, &act));
+    KW_FORWARD(view_rows(&m->s.pos, T, 0, 0, &pos));
+
+    /* attention block */
+    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->attn_norm, eps, KW_RMS_NORM_PLAIN));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &q, &h, &L->wq, opt_bias(&L->bq)));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &k, &h, &L->wk, opt_bias(&L->bk)));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &v, &h, &L->wv, opt_bias(&L->bv)));
+    if (c->qk_norm) {
+        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &q3, &q3, &L->q_norm, eps, KW_RMS_NORM_PLAIN));
+        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &k3, &k3, &L->k_norm, eps, KW_RMS_NORM_PLAIN));
+    }
+    KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &q3, &pos, &c->rope));
+    KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &k3, &pos, &c->rope));
+    KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_k(cache, l), &k3, row0));
+    KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_v(cache, l), &v3, row0));
+    const kw_attention_params ap = {
+        .q_pos0 = row0,
+        .n_kv = row0 + T,
+        .scale = (float)(1.0 / sqrt((double)c->head_dim)),
+        .sliding_window = 0,
+        .kv_mask = kw_kvcache_mask(cache),
+    };
+    KW_MODEL_OP(m, KW_OP_ATTENTION,
+                kw_op_attention(be, &att3, &q3, kw_kvcache_k(cache, l), kw_kvcache_v(cache, l), &ap));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &att, &L->wo, opt_bias(&L->bo)));
+    KW_MODEL_OP(m, KW_OP_ADD, kw_op_add(be, &x, &x, &o));
+
+    /* MLP block */
+    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->ffn_norm, eps, KW_RMS_NORM_PLAIN));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &gate, &h, &L->w_gate, opt_bias(&L->b_gate)));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &up, &h, &L->w_up, opt_bias(&L->b_up)));
+    KW_MODEL_OP(m, KW_OP_GLU, kw_op_glu(be, &act, &gate, &up, KW_ACT_SILU));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &act, &L->w_down, opt_bias(&L->b_down)));
+    KW_MODEL_OP(m, KW_OP_ADD, kw_op_add(be, &x, &x, &o));
+    return 0;
+}
+
+/* Final norm and lm_head for rows [r0, r0 + n) of the chunk's hidden states; logits/argmax written for output rows
+ * starting at out_row. */
+static int model_head(kw_model *m, const kw_forward_args *a, int64_t r0, int64_t n, int64_t out_row) {
+    kw_backend *be = m->backend;
+    const int64_t V = m->cfg.vocab;
+    for (int64_t done = 0; done < n;) {
+        const int64_t rows = (n - done < m->logit_rows) ? n - done : m->logit_rows;
+        kw_tensor xr, hr, lg, am;
+        KW_FORWARD(kw_tensor_view_rows(&m->s.x, r0 + done, rows, &xr));
+        KW_FORWARD(kw_tensor_view_rows(&m->s.h, 0, rows, &hr));
+        KW_FORWARD(kw_tensor_view_rows(&m->s.logits, 0, rows, &lg));
+        KW_FORWARD(kw_tensor_view_rows(&m->s.amax, 0, rows, &am));
+        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &hr, &xr, &m->final_norm, m->cfg.rms_eps, 0));
+        KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &lg, &hr, &m->lm_head, NULL));
+        if (a->logits) {
+            KW_FORWARD(kw_backend_download(be, a->logits + (size_t)(out_row + done) * (size_t)V, &lg, 0,
+                                           kw_tensor_nbytes(&lg)));
+        }
+        if (a->argmax) {
+            KW_MODEL_OP(m, KW_OP_ARGMAX, kw_op_argmax(be, &am, &lg, a->argmax_flags));
+            KW_FORWARD(kw_backend_download(be, a->argmax + out_row + done, &am, 0, kw_tensor_nbytes(&am)));
+        }
+        /* the logits scratch is reused by the next block: its downloads must land first */
+        if (done + rows < n) KW_FORWARD(kw_backend_synchronize(be));
+        done += rows;
+    }
+    return 0;
+}
+
+/* One chunk of T <= max_batch tokens starting at token index t0 of the call. */
+static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a, int64_t t0, int64_t T) {
+    kw_backend *be = m->backend;
+    int64_t row0;
+    KW_FORWARD(kw_kvcache_append(cache, T, &row0));
+    for (int64_t t = 0; t < T; ++t)
+        m->pos_host[t] = a->positions ? a->positions[t0 + t] : (int32_t)(row0 + t);
+    kw_tensor ids, pos, x;
+    KW_FORWARD(kw_tensor_view_rows(&m->s.ids, 0, T, &ids));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.pos, 0, T, &pos));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.x, 0, T, &x));
+    KW_FORWARD(kw_backend_upload(be, &ids, 0, a->ids + t0, (size_t)T * sizeof(int32_t)));
+    KW_FORWARD(kw_backend_upload(be, &pos, 0, m->pos_host, (size_t)T * sizeof(int32_t)));
+    KW_MODEL_OP(m, KW_OP_GET_ROWS, kw_op_get_rows(be, &x, &m->embed, &ids));
+    for (int32_t l = 0; l < m->cfg.n_layers; ++l)
+        KW_FORWARD(model_layer(m, &m->layers[l], l, cache, T, row0));
+    if (a->mode == KW_LOGITS_ALL) {
+        KW_FORWARD(model_head(m, a, 0, T, t0));
+    } else if (a->mode == KW_LOGITS_LAST && t0 + T == a->n) {
+        KW_FORWARD(model_head(m, a, T - 1, 1, 0));
+    }
+    /* pos_host and the scratch are reused by the next chunk */
+    return kw_backend_synchronize(be);
+}
+
+int kw_model_forward(kw_model *m, kw_kvcache *cache, const kw_forward_args *a) {
+    KW_RETURN_IF(!m || !cache || !a || !a->ids || a->n <= 0, KW_E_INVALID_ARG, "model: bad forward arguments");
+    KW_RETURN_IF(a->mode != KW_LOGITS_NONE && a->mode != KW_LOGITS_LAST && a->mode != KW_LOGITS_ALL, KW_E_INVALID_ARG,
+                 "model: logits mode %d", (int)a->mode);
+    KW_RETURN_IF(kw_kvcache_backend(cache) != m->backend || kw_kvcache_n_layers(cache) != m->cfg.n_layers ||
+                     kw_kvcache_n_kv_heads(cache) != m->cfg.n_kv_heads || kw_kvcache_head_dim(cache) != m->cfg.head_dim,
+                 KW_E_SHAPE, "model: the cache was not made for this model");
+    KW_RETURN_IF(a->n > kw_kvcache_capacity(cache) - kw_kvcache_length(cache), KW_E_MODEL_CONTEXT,
+                 "model: %lld tokens do not fit in the cache (length %lld, capacity %lld)", (long long)a->n,
+                 (long long)kw_kvcache_length(cache), (long long)kw_kvcache_capacity(cache));
+    KW_RETURN_IF(a->n + kw_kvcache_length(cache) > INT32_MAX, KW_E_LIMIT, "model: sequence too long");
+    for (int64_t t = 0; t < a->n; ++t) {
+        KW_RETURN_IF(a->ids[t] < 0 || a->ids[t] >= m->cfg.vocab, KW_E_TOKEN_ID,
+                     "model: token id %d at index %lld is outside the vocabulary (%d)", (int)a->ids[t], (long long)t,
+                     (int)m->cfg.vocab);
+        KW_RETURN_IF(a->positions && a->positions[t] < 0, KW_E_INVALID_ARG, "model: negative position at index %lld",
+                     (long long)t);
+    }
+    const int64_t len0 = kw_kvcache_length(cache);
+    int rc = 0;
+    for (int64_t t0 = 0; t0 < a->n && rc == 0; t0 += m->max_batch) {
+        const int64_t T = (a->n - t0 < m->max_batch) ? a->n - t0 : m->max_batch;
+        rc = model_chunk(m, cache, a, t0, T);
+    }
+    if (rc < 0) {
+        const int sync = kw_backend_synchronize(m->backend); /* keep rc's detail unless the wait itself fails */
+        (void)sync;
+        kw_kvcache_truncate(cache, len0);
+    }
+    return rc;
+}
+
+int kw_model_prefill(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n) {
+    const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_NONE};
+    return kw_model_forward(model, cache, &a);
+}
+
+int kw_model_decode_step(kw_model *model, kw_kvcache *cache, int32_t id, float *logits, int32_t *next,
+                         int argmax_flags) {
+    const kw_forward_args a = {
+        .ids = &id, .n = 1, .mode = KW_LOGITS_LAST, .logits = logits, .argmax = next, .argmax_flags = argmax_flags};
+    return kw_model_forward(model, cache, &a);
+}

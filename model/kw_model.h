@@ -1,0 +1,92 @@
+/* kw_model.h: a decoder-only transformer (Qwen2, Qwen3, Llama) bound to a compute backend, and its forward pass.
+ *
+ * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
+ * and binds every weight to a backend tensor with kw_tensor_from_host: on the CPU backend the tensors alias the
+ * read-only file mapping (zero copy, weights stay bf16/f16/f32 as stored); a device backend uploads them once.
+ * Activations are f32. The forward pass runs a range of tokens, appends their K/V to a kw_kvcache and optionally
+ * returns logits or greedy ids. All compute goes through kernels/kw_backend.h, so the same code drives every backend.
+ *
+ * Not here: tokenization (kw_tokenizer.h), the generation loop (kw_generate.h), sampling other than greedy.
+ * A kw_model is used by one thread at a time (it owns scratch activations); weights are read-only.
+ */
+#ifndef KW_MODEL_H
+#define KW_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kw_backend.h"
+#include "model/kw_config.h"
+#include "model/kw_kvcache.h"
+
+typedef struct kw_model kw_model; /* opaque */
+
+typedef struct kw_model_options {
+    int32_t max_batch; /* tokens per forward chunk; scratch activations are sized for it once. 0: 256 */
+} kw_model_options;
+
+/* Loads the model in folder dir onto backend (borrowed: it must outlive the model). opts may be NULL. *out is owned
+ * by the caller (kw_model_free). Errors: those of kw_config_load and kw_safetensors_open, KW_E_MODEL_ARCH (Gemma3 is
+ * not supported yet), KW_E_MODEL_MISSING (a required tensor absent, named in the detail), KW_E_MODEL_SHAPE,
+ * KW_E_OP_UNSUPPORTED (the backend cannot use a weight dtype). */
+int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out);
+
+/* Releases the scratch tensors, the weight bindings and the file mappings. NULL is a no-op. */
+void kw_model_free(kw_model *model);
+
+/* The configuration the model was loaded with, owned by the model. */
+const kw_model_config *kw_model_get_config(const kw_model *model);
+
+/* The backend the model runs on (borrowed). */
+kw_backend *kw_model_backend(const kw_model *model);
+
+/* The dtype of the output projection (lm_head), which decides the default logits rounding (bf16 models produce bf16
+ * logits in HF). */
+enum kw_dtype kw_model_logits_weight_dtype(const kw_model *model);
+
+/* Bytes of weights one decode step reads: every layer, the final norm and lm_head (the embedding table counts only if
+ * it is the tied lm_head). The numerator of the memory-bandwidth bound. */
+size_t kw_model_weight_bytes_per_token(const kw_model *model);
+
+/* Creates an empty KV cache shaped for this model (layers, kv heads, head_dim) on the model's backend. capacity is in
+ * positions; dtype KW_DTYPE_BF16 or KW_DTYPE_F32. *out is owned by the caller (kw_kvcache_free). */
+int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out);
+
+enum kw_logits_mode {
+    KW_LOGITS_NONE = 0, /* K/V only (prefill whose logits nobody reads: C2C receiver and sharer prefill) */
+    KW_LOGITS_LAST = 1, /* the last token's row */
+    KW_LOGITS_ALL = 2,  /* one row per token */
+};
+
+/* One forward call. The tokens are appended to the cache at rows [length, length + n). */
+typedef struct kw_forward_args {
+    const int32_t *ids;       /* n token ids in [0, vocab), borrowed */
+    int64_t n;                /* >= 1 */
+    const int32_t *positions; /* n RoPE positions >= 0, borrowed; NULL: position = cache row */
+    enum kw_logits_mode mode; /* which rows produce logits */
+    float *logits;            /* NULL, or caller-owned (rows, vocab) f32 receiving the logits rows */
+    int32_t *argmax;          /* NULL, or caller-owned (rows) receiving each row's argmax (lowest id on ties) */
+    int argmax_flags;         /* KW_ARGMAX_PLAIN or KW_ARGMAX_ROUND_BF16 */
+} kw_forward_args;
+
+/* Runs the tokens through every layer in chunks of at most max_batch, appending their K/V to cache (created by
+ * kw_model_create_cache for this model), and fills logits/argmax for the rows of args->mode. Returns after the
+ * backend has finished (results are on the host). On failure the cache is truncated back to its length before the
+ * call. Errors: KW_E_TOKEN_ID, KW_E_MODEL_CONTEXT (cache full), KW_E_INVALID_ARG, backend errors. */
+int kw_model_forward(kw_model *model, kw_kvcache *cache, const kw_forward_args *args);
+
+/* Prefill without logits: K/V of ids[0..n) at the next cache rows. */
+int kw_model_prefill(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n);
+
+/* One decode step for token id at the next cache row: logits (vocab, caller-owned, or NULL) and/or next (the argmax
+ * with argmax_flags, or NULL). */
+int kw_model_decode_step(kw_model *model, kw_kvcache *cache, int32_t id, float *logits, int32_t *next,
+                         int argmax_flags);
+
+/* Per-op profiling: when on, every op is followed by a synchronize and its wall time is added to a per-op total
+ * (slower; for benchmarks). kw_model_profile copies the totals (ms and call counts, indexed by enum kw_op; arrays of
+ * KW_OP_COUNT entries, caller-owned) and, if reset, zeroes them. */
+void kw_model_set_profiling(kw_model *model, int on);
+void kw_model_profile(kw_model *model, double *ms, int64_t *calls, int reset);
+
+#endif /* KW_MODEL_H */

@@ -1,0 +1,40 @@
+/* model_fixture.h: reader for the ref.kwfx reference files written by tools/make_model_fixtures.py (layout described
+ * at the top of that script), plus the comparison helpers the model tests share. Test-only code. */
+#ifndef KW_TEST_MODEL_FIXTURE_H
+#define KW_TEST_MODEL_FIXTURE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kwfx_array {
+    char name[64];
+    uint32_t dtype; /* 0 = f32, 3 = i32 */
+    uint32_t ndim;
+    int64_t shape[4];
+    int64_t count;    /* product of shape */
+    const void *data; /* owned copy, aligned */
+} kwfx_array;
+
+typedef struct kwfx {
+    char *bytes; /* the whole file, owned */
+    size_t size;
+    kwfx_array *arrays; /* owned */
+    uint32_t n;
+} kwfx;
+
+/* Reads and validates path (every length checked against the file size). 0 or a negative kw_status. */
+int kwfx_load(const char *path, kwfx *fx);
+void kwfx_free(kwfx *fx);
+
+/* The array called name with the given dtype, or NULL. */
+const kwfx_array *kwfx_get(const kwfx *fx, const char *name, uint32_t dtype);
+const float *kwfx_f32(const kwfx *fx, const char *name, int64_t *count);
+const int32_t *kwfx_i32(const kwfx *fx, const char *name, int64_t *count);
+
+/* max |a - b| / max |ref| over n values (ref = b). */
+double kwfx_rel_diff(const float *a, const float *b, int64_t n);
+
+/* max over rows of (max |a - b| / max |b|) for rows of width cols. */
+double kwfx_rel_diff_rows(const float *a, const float *b, int64_t rows, int64_t cols);
+
+#endif

@@ -1,0 +1,302 @@
+/* test_model_kvcache.c: the KV cache API (row read/write round trips in f32 and bf16, backend-side load/store,
+ * overwrite then attend, truncate/reset, the validity mask) and the forward pass's argument and capacity errors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/kw_file.h"
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_kvcache.h"
+#include "model/kw_model.h"
+#include "model/kw_safetensors.h"
+
+enum { L = 3, H = 2, D = 24, CAP = 40 };
+
+static float *random_rows(int64_t n, unsigned seed) {
+    float *p = malloc((size_t)(n * H * D) * sizeof *p);
+    assert_non_null(p);
+    srand(seed);
+    for (int64_t i = 0; i < n * H * D; ++i)
+        p[i] = (float)rand() / (float)RAND_MAX * 4.0f - 2.0f;
+    return p;
+}
+
+static void round_trip(enum kw_dtype dtype) {
+    kw_backend *be = NULL;
+    kw_kvcache *c = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_kvcache_create(be, L, H, D, CAP, dtype, &c), 0);
+    assert_int_equal(kw_kvcache_length(c), 0);
+    assert_int_equal(kw_kvcache_dtype(c), dtype);
+    float *k = random_rows(10, 1), *v = random_rows(10, 2);
+    float *rk = calloc(10 * H * D, sizeof *rk), *rv = calloc(10 * H * D, sizeof *rv);
+    assert_true(rk && rv);
+
+    /* rows past length are refused for reading; writing at length appends */
+    assert_int_equal(kw_kvcache_read_rows(c, 0, 0, 1, rk, rv), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_write_rows(c, 1, 1, 4, k, v), KW_E_INVALID_ARG); /* would leave a gap at row 0 */
+    assert_int_equal(kw_kvcache_write_rows(c, 1, 0, 10, k, v), 0);
+    assert_int_equal(kw_kvcache_length(c), 10);
+    assert_int_equal(kw_kvcache_read_rows(c, 1, 0, 10, rk, rv), 0);
+    for (int64_t i = 0; i < 10 * H * D; ++i) {
+        const float ek = dtype == KW_DTYPE_BF16 ? kw_round_bf16(k[i]) : k[i];
+        const float ev = dtype == KW_DTYPE_BF16 ? kw_round_bf16(v[i]) : v[i];
+        assert_true(rk[i] == ek && rv[i] == ev);
+    }
+
+    /* overwrite rows 3..5 of layer 1 with new values, K only; V and other rows unchanged */
+    float *k2 = random_rows(3, 3);
+    assert_int_equal(kw_kvcache_write_rows(c, 1, 3, 3, k2, NULL), 0);
+    assert_int_equal(kw_kvcache_length(c), 10);
+    assert_int_equal(kw_kvcache_read_rows(c, 1, 0, 10, rk, rv), 0);
+    for (int64_t i = 0; i < 10 * H * D; ++i) {
+        const int64_t row = i / (H * D);
+        const float src = (row >= 3 && row < 6) ? k2[i - 3 * H * D] : k[i];
+        assert_true(rk[i] == (dtype == KW_DTYPE_BF16 ? kw_round_bf16(src) : src));
+        assert_true(rv[i] == (dtype == KW_DTYPE_BF16 ? kw_round_bf16(v[i]) : v[i]));
+    }
+
+    /* backend-side: load rows 2..6 of layer 1 into tensors, store them into layer 2 at 0, read back */
+    kw_tensor tk = {0}, tv = {0};
+    const int64_t ne[3] = {5, H, D};
+    assert_int_equal(kw_tensor_alloc(be, &tk, KW_DTYPE_F32, 3, ne), 0);
+    assert_int_equal(kw_tensor_alloc(be, &tv, KW_DTYPE_F32, 3, ne), 0);
+    assert_int_equal(kw_kvcache_load_rows(c, 1, 2, &tk, &tv), 0);
+    assert_int_equal(kw_kvcache_load_rows(c, 1, 6, &tk, &tv), KW_E_INVALID_ARG); /* 6 + 5 > length */
+    assert_int_equal(kw_kvcache_store_rows(c, 2, 0, &tk, &tv), 0);
+    float *lk = calloc(5 * H * D, sizeof *lk), *lv = calloc(5 * H * D, sizeof *lv);
+    assert_true(lk && lv);
+    assert_int_equal(kw_kvcache_read_rows(c, 2, 0, 5, lk, lv), 0);
+    assert_memory_equal(lk, rk + 2 * H * D, 5 * H * D * sizeof *lk);
+    assert_memory_equal(lv, rv + 2 * H * D, 5 * H * D * sizeof *lv);
+    /* wrong shape */
+    kw_tensor bad = {0};
+    const int64_t nb[3] = {5, H + 1, D};
+    assert_int_equal(kw_tensor_alloc(be, &bad, KW_DTYPE_F32, 3, nb), 0);
+    assert_int_equal(kw_kvcache_store_rows(c, 2, 0, &bad, NULL), KW_E_SHAPE);
+    assert_int_equal(kw_kvcache_load_rows(c, L, 0, &tk, NULL), KW_E_INVALID_ARG);
+
+    /* truncate / append / reset */
+    assert_int_equal(kw_kvcache_truncate(c, 11), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_truncate(c, 4), 0);
+    assert_int_equal(kw_kvcache_length(c), 4);
+    int64_t row0 = -1;
+    assert_int_equal(kw_kvcache_append(c, CAP - 4 + 1, &row0), KW_E_MODEL_CONTEXT);
+    assert_int_equal(kw_kvcache_append(c, CAP - 4, &row0), 0);
+    assert_int_equal(row0, 4);
+    assert_int_equal(kw_kvcache_length(c), CAP);
+    assert_int_equal(kw_kvcache_reset(c), 0);
+    assert_int_equal(kw_kvcache_length(c), 0);
+
+    /* the mask exists only while a row is masked */
+    assert_null(kw_kvcache_mask(c));
+    assert_int_equal(kw_kvcache_set_valid(c, CAP - 1, 2, 0), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_set_valid(c, 5, 2, 0), 0);
+    assert_non_null(kw_kvcache_mask(c));
+    assert_int_equal(kw_kvcache_set_valid(c, 5, 2, 1), 0);
+    assert_null(kw_kvcache_mask(c));
+    assert_null(kw_kvcache_k(c, L));
+    assert_non_null(kw_kvcache_v(c, L - 1));
+
+    kw_tensor_free(&tk);
+    kw_tensor_free(&tv);
+    kw_tensor_free(&bad);
+    free(k);
+    free(v);
+    free(k2);
+    free(rk);
+    free(rv);
+    free(lk);
+    free(lv);
+    kw_kvcache_free(c);
+    kw_kvcache_free(NULL);
+    kw_backend_destroy(be);
+}
+
+static void test_round_trip_f32(void **state) {
+    (void)state;
+    round_trip(KW_DTYPE_F32);
+}
+
+static void test_round_trip_bf16(void **state) {
+    (void)state;
+    round_trip(KW_DTYPE_BF16);
+}
+
+static void test_create_errors(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_kvcache *c = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_kvcache_create(be, L, H, D, CAP, KW_DTYPE_F16, &c), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_create(be, 0, H, D, CAP, KW_DTYPE_F32, &c), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_create(be, L, H, D, 0, KW_DTYPE_F32, &c), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_create(be, L, H, D, INT64_MAX / 2, KW_DTYPE_F32, &c), KW_E_OVERFLOW);
+    assert_null(c);
+    kw_backend_destroy(be);
+}
+
+/* Overwriting a layer's rows changes what the next token attends to, and writing back the original rows restores
+ * the original logits bit for bit: the C2C fuser's write path reaches attention. */
+static void test_overwrite_reaches_attention(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    kw_kvcache *c = NULL;
+    assert_int_equal(kw_backend_create_cpu(2, &be), 0);
+    const int rc = kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m);
+    if (rc < 0) fail_msg("%s", kw_error_detail());
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t ids[8] = {5, 17, 300, 42, 42, 7, 511, 90};
+    const int64_t rows = 7, n = rows * cfg->n_kv_heads * cfg->head_dim, V = cfg->vocab;
+    float *base = malloc((size_t)V * sizeof *base), *other = malloc((size_t)V * sizeof *other);
+    float *k = malloc((size_t)n * sizeof *k), *v = malloc((size_t)n * sizeof *v);
+    float *z = calloc((size_t)n, sizeof *z);
+    assert_true(base && other && k && v && z);
+    for (int dt = 0; dt < 2; ++dt) {
+        assert_int_equal(kw_model_create_cache(m, 16, dt ? KW_DTYPE_BF16 : KW_DTYPE_F32, &c), 0);
+        assert_int_equal(kw_model_prefill(m, c, ids, rows), 0);
+        assert_int_equal(kw_kvcache_read_rows(c, 1, 0, rows, k, v), 0);
+        assert_int_equal(kw_model_decode_step(m, c, ids[7], base, NULL, 0), 0);
+        /* zero layer 1's V: the last token's output must change */
+        assert_int_equal(kw_kvcache_truncate(c, rows), 0);
+        assert_int_equal(kw_kvcache_write_rows(c, 1, 0, rows, NULL, z), 0);
+        assert_int_equal(kw_model_decode_step(m, c, ids[7], other, NULL, 0), 0);
+        double diff = 0;
+        for (int64_t i = 0; i < V; ++i)
+            diff = fmax(diff, fabs((double)other[i] - (double)base[i]));
+        assert_true(diff > 1e-3);
+        /* restore: identical again (bf16 values written back are exact) */
+        assert_int_equal(kw_kvcache_truncate(c, rows), 0);
+        assert_int_equal(kw_kvcache_write_rows(c, 1, 0, rows, k, v), 0);
+        assert_int_equal(kw_model_decode_step(m, c, ids[7], other, NULL, 0), 0);
+        assert_memory_equal(other, base, (size_t)V * sizeof *base);
+        kw_kvcache_free(c);
+        c = NULL;
+    }
+    free(base);
+    free(other);
+    free(k);
+    free(v);
+    free(z);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
+static void test_forward_errors(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL, *other = NULL;
+    kw_kvcache *c = NULL, *wrong = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen2_gqa2", NULL, &m), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/llama_gqa4", NULL, &other), 0);
+    assert_int_equal(kw_model_create_cache(m, 8, KW_DTYPE_F32, &c), 0);
+    assert_int_equal(kw_model_create_cache(other, 8, KW_DTYPE_F32, &wrong), 0);
+    const int32_t ids[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    assert_int_equal(kw_model_prefill(m, wrong, ids, 3), KW_E_SHAPE);
+    assert_int_equal(kw_model_prefill(m, c, ids, 5), 0);
+    assert_int_equal(kw_model_prefill(m, c, ids, 4), KW_E_MODEL_CONTEXT); /* 5 + 4 > 8 */
+    assert_int_equal(kw_kvcache_length(c), 5);
+    const int32_t bad[2] = {3, 512};
+    assert_int_equal(kw_model_prefill(m, c, bad, 2), KW_E_TOKEN_ID);
+    assert_int_equal(kw_kvcache_length(c), 5);
+    assert_int_equal(kw_model_prefill(m, c, ids, 0), KW_E_INVALID_ARG);
+    const int32_t neg[1] = {-1};
+    const kw_forward_args a = {.ids = ids, .n = 1, .positions = neg};
+    assert_int_equal(kw_model_forward(m, c, &a), KW_E_INVALID_ARG);
+    assert_int_equal(kw_model_prefill(m, c, ids, 3), 0);
+    assert_int_equal(kw_kvcache_length(c), 8);
+    kw_kvcache_free(c);
+    kw_kvcache_free(wrong);
+    kw_model_free(m);
+    kw_model_free(other);
+    kw_model_free(NULL);
+    kw_backend_destroy(be);
+}
+
+/* Writes dir/config.json (config text with one substring replaced) and dir/model.safetensors (the qwen2 fixture's
+ * tensors minus the one called drop). */
+static void write_variant(const char *dir, const char *from, const char *to, const char *drop) {
+    char *cfg = NULL;
+    size_t len = 0;
+    assert_int_equal(kw_file_read_all(KW_TEST_DATA_DIR "/model/hf/qwen2_gqa2/config.json", 1 << 20, &cfg, &len), 0);
+    char *at = strstr(cfg, from);
+    assert_non_null(at);
+    char *edited = malloc(len + strlen(to) + 1);
+    assert_non_null(edited);
+    snprintf(edited, len + strlen(to) + 1, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
+    char *path = kw_path_join(dir, "config.json");
+    assert_int_equal(kw_file_write_all(path, edited, strlen(edited)), 0);
+    free(path);
+    kw_safetensors *st = NULL;
+    assert_int_equal(kw_safetensors_open(KW_TEST_DATA_DIR "/model/hf/qwen2_gqa2", &st), 0);
+    const size_t n = kw_safetensors_count(st);
+    kw_st_write_tensor *w = calloc(n, sizeof *w);
+    assert_non_null(w);
+    size_t k = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const kw_st_tensor *t = kw_safetensors_at(st, i);
+        if (drop && strcmp(t->name, drop) == 0) continue;
+        w[k].name = t->name;
+        w[k].dtype = t->dtype;
+        w[k].ndim = t->ndim;
+        memcpy(w[k].shape, t->shape, sizeof w[k].shape);
+        w[k].data = t->data;
+        ++k;
+    }
+    path = kw_path_join(dir, "model.safetensors");
+    assert_int_equal(kw_safetensors_write(path, w, k, NULL), 0);
+    free(path);
+    free(w);
+    kw_safetensors_close(st);
+    free(cfg);
+    free(edited);
+}
+
+/* Loader errors: a missing folder, a missing tensor, a shape that disagrees with the config. */
+static void test_load_errors(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_true(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/does_not_exist", NULL, &m) < 0);
+    assert_null(m);
+    char dir[] = "/tmp/kw_model_test_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    write_variant(dir, "\"hidden_size\"", "\"hidden_size\"", "model.layers.1.self_attn.k_proj.bias");
+    assert_int_equal(kw_model_load(be, dir, NULL, &m), KW_E_MODEL_MISSING);
+    assert_non_null(strstr(kw_error_detail(), "model.layers.1.self_attn.k_proj.bias"));
+    write_variant(dir, "\"intermediate_size\": 160", "\"intermediate_size\": 150", NULL);
+    assert_int_equal(kw_model_load(be, dir, NULL, &m), KW_E_MODEL_SHAPE);
+    assert_non_null(strstr(kw_error_detail(), "mlp"));
+    write_variant(dir, "\"intermediate_size\": 160", "\"intermediate_size\": 160", NULL);
+    assert_int_equal(kw_model_load(be, dir, NULL, &m), 0);
+    kw_model_free(m);
+    char *p = kw_path_join(dir, "config.json");
+    remove(p);
+    free(p);
+    p = kw_path_join(dir, "model.safetensors");
+    remove(p);
+    free(p);
+    rmdir(dir);
+    kw_backend_destroy(be);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip_f32), cmocka_unit_test(test_round_trip_bf16),
+        cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_overwrite_reaches_attention),
+        cmocka_unit_test(test_forward_errors), cmocka_unit_test(test_load_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
