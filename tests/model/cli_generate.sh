@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# cli_generate.sh: the demo path end to end. `kvwire gen-model` writes tiny random models with the real tokenizers,
+# `kvwire generate --chat` renders the family's template, tokenizes it (ids checked against HF tokenizers for the
+# Qwen3 demo prompt), prefills, decodes greedily and prints the completion, the ids and the timings. Generation is
+# deterministic (two runs print the same), --max-new-tokens is obeyed, and bad invocations fail cleanly.
+# Arguments: kvwire binary, source dir, build dir.
+set -euo pipefail
+kvwire=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+"$kvwire" gen-model --arch qwen3 --preset tiny --seed 1 --tokenizer "$src/models/tokenizers/qwen3" \
+    --out "$tmp/tiny-qwen3" >/dev/null
+"$kvwire" generate --model "$tmp/tiny-qwen3" --prompt "What is the capital of France?" --chat \
+    --max-new-tokens 16 --threads 2 >"$tmp/out" 2>"$tmp/err"
+# transformers apply_chat_template(enable_thinking=False) + tokenizers encode, computed with HF:
+expected='prompt_ids: [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]'
+grep -qxF "$expected" "$tmp/out" || { echo "prompt ids differ:"; cat "$tmp/out"; exit 1; }
+gen=$(grep '^generated_ids: \[' "$tmp/out")
+n=$(echo "$gen" | tr -cd ',' | wc -c)
+[ "$n" -le 15 ] || { echo "more than 16 generated ids: $gen"; exit 1; }
+grep -q '^prefill: 19 tokens in .* ms' "$tmp/err" || { echo "no prefill timing:"; cat "$tmp/err"; exit 1; }
+grep -q '^decode: .* tok/s' "$tmp/err" || { echo "no decode timing:"; cat "$tmp/err"; exit 1; }
+"$kvwire" generate --model "$tmp/tiny-qwen3" --prompt "What is the capital of France?" --chat \
+    --max-new-tokens 16 --threads 1 >"$tmp/out2" 2>/dev/null
+diff -u "$tmp/out" "$tmp/out2"
+
+# The other families: Qwen2.5 and Llama-3.2 templates, f32 cache, fixed date; four new tokens exactly unless EOS.
+"$kvwire" gen-model --arch qwen2 --preset tiny --seed 2 --tokenizer "$src/models/tokenizers/qwen3" \
+    --out "$tmp/tiny-qwen2" >/dev/null
+"$kvwire" generate --model "$tmp/tiny-qwen2" --prompt "Hi" --chat --max-new-tokens 4 --cache f32 >"$tmp/q2" 2>/dev/null
+grep -q '^prompt_ids: \[151644, 8948, 198' "$tmp/q2" || { echo "no Qwen2.5 system block:"; cat "$tmp/q2"; exit 1; }
+"$kvwire" gen-model --arch llama --preset tiny --seed 3 --tokenizer "$src/models/tokenizers/llama3" \
+    --out "$tmp/tiny-llama" >/dev/null
+"$kvwire" generate --model "$tmp/tiny-llama" --prompt "Hi" --chat --date "23 Nov 2026" --max-new-tokens 4 \
+    >"$tmp/l1" 2>/dev/null
+grep -q '^prompt_ids: \[128000, 128006, 9125, 128007' "$tmp/l1" || { echo "no Llama header:"; cat "$tmp/l1"; exit 1; }
+"$kvwire" generate --model "$tmp/tiny-llama" --prompt "Hello world" --max-new-tokens 3 >"$tmp/l2" 2>/dev/null
+grep -qxF 'prompt_ids: [128000, 9906, 1917]' "$tmp/l2" || { echo "no BOS on a raw Llama prompt:"; cat "$tmp/l2"; exit 1; }
+
+# Bad invocations: usage errors exit 2, runtime errors exit 1 with a reason.
+set +e
+"$kvwire" generate --prompt x >/dev/null 2>&1
+[ $? -eq 2 ] || { echo "missing --model should exit 2"; exit 1; }
+"$kvwire" generate --model "$tmp/tiny-qwen3" --prompt x --max-new-tokens -1 >/dev/null 2>&1
+[ $? -eq 2 ] || { echo "negative --max-new-tokens should exit 2"; exit 1; }
+"$kvwire" generate --model "$tmp/nonexistent" --prompt x >/dev/null 2>"$tmp/e1"
+[ $? -eq 1 ] || { echo "a missing model should exit 1"; exit 1; }
+set -e
+grep -q 'load model' "$tmp/e1" || { echo "no reason given: $(cat "$tmp/e1")"; exit 1; }
+echo ok

@@ -1,0 +1,212 @@
+/* cmd_generate.c: `kvwire generate`: greedy completion of one prompt with a HF model folder on the CPU backend.
+ *
+ * stdout: the completion text (special tokens skipped), then the labelled lines "prompt_ids: [...]" and
+ * "generated_ids: [...]" (JSON arrays). stderr: the timings (prefill ms and tok/s, decode tok/s). Option parsing and
+ * printing only; the model, the cache and the generation loop are in model/. */
+#include "kw_commands.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_chat.h"
+#include "model/kw_generate.h"
+#include "model/kw_model.h"
+#include "model/kw_tokenizer.h"
+
+const char kw_cmd_generate_summary[] = "greedy completion of a prompt with a HF model folder (prints text and ids)";
+
+static void kw_generate_usage(FILE *f) {
+    fprintf(f,
+            "usage: kvwire generate --model DIR --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
+            "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache bf16|f32]\n"
+            "                       [--round auto|none|bf16]\n"
+            "  --chat            wrap the prompt in the model family's chat template (qwen3: Qwen3 with thinking\n"
+            "                    disabled; qwen2: Qwen2.5-Instruct; llama: Llama-3.2-Instruct, --date sets its\n"
+            "                    \"Today Date\", default today)\n"
+            "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
+            "  --threads         CPU threads (default: one per core)\n"
+            "  --tokenizer       folder with tokenizer.json (default: the model folder)\n"
+            "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
+            "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
+            "Without --chat, Llama prompts get <|begin_of_text|> prepended (HF add_special_tokens); Qwen has no BOS.\n"
+            "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
+}
+
+static int kw_generate_parse_int(const char *opt, const char *s, long min, long max, long *out) {
+    char *end = NULL;
+    errno = 0;
+    const long v = strtol(s, &end, 10);
+    if (errno || !end || *end || end == s || v < min || v > max) {
+        fprintf(stderr, "kvwire generate: %s wants an integer in [%ld, %ld], got '%s'\n", opt, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t n) {
+    printf("%s: [", label);
+    for (int64_t i = 0; i < n; ++i)
+        printf("%s%d", i ? ", " : "", (int)ids[i]);
+    printf("]\n");
+}
+
+int kw_cmd_generate(int argc, char **argv) {
+    const char *model_dir = NULL, *prompt = NULL, *tok_dir = NULL, *date = NULL, *system = NULL;
+    const char *cache_name = NULL, *round_name = "auto";
+    long max_new = 32, threads = 0;
+    int chat = 0;
+    for (int i = 1; i < argc; ++i) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            kw_generate_usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--chat") == 0) {
+            chat = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "kvwire generate: unknown option or missing value: %s\n", a);
+            kw_generate_usage(stderr);
+            return 2;
+        }
+        ++i;
+        if (strcmp(a, "--model") == 0) {
+            model_dir = v;
+        } else if (strcmp(a, "--prompt") == 0) {
+            prompt = v;
+        } else if (strcmp(a, "--tokenizer") == 0) {
+            tok_dir = v;
+        } else if (strcmp(a, "--date") == 0) {
+            date = v;
+        } else if (strcmp(a, "--system") == 0) {
+            system = v;
+        } else if (strcmp(a, "--cache") == 0) {
+            cache_name = v;
+        } else if (strcmp(a, "--round") == 0) {
+            round_name = v;
+        } else if (strcmp(a, "--max-new-tokens") == 0) {
+            if (kw_generate_parse_int(a, v, 0, 1 << 20, &max_new) < 0) return 2;
+        } else if (strcmp(a, "--threads") == 0) {
+            if (kw_generate_parse_int(a, v, 0, 1024, &threads) < 0) return 2;
+        } else {
+            fprintf(stderr, "kvwire generate: unknown option %s\n", a);
+            kw_generate_usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_dir || !prompt) {
+        fprintf(stderr, "kvwire generate: --model and --prompt are required\n");
+        kw_generate_usage(stderr);
+        return 2;
+    }
+    enum kw_logits_round round;
+    if (strcmp(round_name, "auto") == 0) {
+        round = KW_LOGITS_ROUND_AUTO;
+    } else if (strcmp(round_name, "none") == 0) {
+        round = KW_LOGITS_ROUND_NONE;
+    } else if (strcmp(round_name, "bf16") == 0) {
+        round = KW_LOGITS_ROUND_BF16;
+    } else {
+        fprintf(stderr, "kvwire generate: --round wants auto, none or bf16\n");
+        return 2;
+    }
+    if (cache_name && strcmp(cache_name, "bf16") != 0 && strcmp(cache_name, "f32") != 0) {
+        fprintf(stderr, "kvwire generate: --cache wants bf16 or f32\n");
+        return 2;
+    }
+
+    int rc = 0;
+    kw_backend *be = NULL;
+    kw_model *model = NULL;
+    kw_tokenizer *tok = NULL;
+    kw_kvcache *cache = NULL;
+    char *text = NULL, *completion = NULL;
+    int32_t *ids = NULL, *all = NULL;
+    size_t n_ids = 0, text_len = 0, completion_len = 0;
+    kw_generate_result res = {0};
+    const char *stage = "backend";
+
+    KW_CHECK(kw_backend_create_cpu((int)threads, &be));
+    stage = "load model";
+    KW_CHECK(kw_model_load(be, model_dir, NULL, &model));
+    const kw_model_config *cfg = kw_model_get_config(model);
+    stage = "load tokenizer";
+    KW_CHECK(kw_tokenizer_load(tok_dir ? tok_dir : model_dir, &tok));
+    KW_CHECK_IF(kw_tokenizer_vocab_size(tok) > cfg->vocab, KW_E_TOKENIZER,
+                "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
+                (int)cfg->vocab);
+
+    stage = "prompt";
+    const char *input = prompt;
+    if (chat) {
+        enum kw_chat_family family = cfg->arch == KW_ARCH_QWEN3   ? KW_CHAT_QWEN3
+                                     : cfg->arch == KW_ARCH_QWEN2 ? KW_CHAT_QWEN25
+                                                                  : KW_CHAT_LLAMA32;
+        KW_CHECK_IF(cfg->arch != KW_ARCH_QWEN3 && cfg->arch != KW_ARCH_QWEN2 && cfg->arch != KW_ARCH_LLAMA,
+                    KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(cfg->arch));
+        char today[32];
+        if (!date) {
+            const time_t now = time(NULL);
+            struct tm tm;
+            localtime_r(&now, &tm);
+            strftime(today, sizeof today, "%d %b %Y", &tm); /* the template's strftime_now("%d %b %Y") */
+            date = today;
+        }
+        kw_chat_message msgs[2];
+        size_t n_msgs = 0;
+        if (system) msgs[n_msgs++] = (kw_chat_message){.role = "system", .content = system};
+        msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = prompt};
+        const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
+        KW_CHECK(kw_chat_render(family, msgs, n_msgs, &co, &text, &text_len));
+        input = text;
+    } else if (system) {
+        KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
+    }
+    KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
+    const int add_bos = !chat && cfg->arch == KW_ARCH_LLAMA && cfg->bos_id >= 0;
+    const int64_t n_prompt = (int64_t)n_ids + add_bos;
+    KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
+    all = malloc((size_t)n_prompt * sizeof *all);
+    KW_CHECK_IF(!all, KW_E_NOMEM, "out of memory");
+    if (add_bos) all[0] = cfg->bos_id;
+    if (n_ids) memcpy(all + add_bos, ids, n_ids * sizeof *ids);
+
+    stage = "generate";
+    const enum kw_dtype cache_dtype =
+        cache_name ? (strcmp(cache_name, "f32") == 0 ? KW_DTYPE_F32 : KW_DTYPE_BF16)
+                   : (kw_model_logits_weight_dtype(model) == KW_DTYPE_BF16 ? KW_DTYPE_BF16 : KW_DTYPE_F32);
+    KW_CHECK(kw_model_create_cache(model, n_prompt + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
+    const kw_generate_options go = {.max_new_tokens = (int32_t)max_new, .round = round};
+    KW_CHECK(kw_generate_greedy(model, cache, all, n_prompt, &go, &res));
+    KW_CHECK(kw_tokenizer_decode(tok, res.ids, (size_t)res.n, 1, &completion, &completion_len));
+
+    fwrite(completion, 1, completion_len, stdout);
+    printf("\n");
+    kw_generate_print_ids("prompt_ids", all, n_prompt);
+    kw_generate_print_ids("generated_ids", res.ids, res.n);
+    fprintf(stderr, "prefill: %lld tokens in %.2f ms (%.1f tok/s)\n", (long long)n_prompt, res.prefill_ms,
+            res.prefill_ms > 0 ? (double)n_prompt / (res.prefill_ms * 1e-3) : 0.0);
+    fprintf(stderr, "decode: %lld steps in %.2f ms (%.1f tok/s)%s\n", (long long)res.n_decode, res.decode_ms,
+            res.decode_ms > 0 ? (double)res.n_decode / (res.decode_ms * 1e-3) : 0.0,
+            res.stopped_eos ? ", stopped at EOS" : "");
+out:
+    if (rc < 0) fprintf(stderr, "kvwire generate: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
+    kw_generate_result_free(&res);
+    free(completion);
+    free(all);
+    free(ids);
+    free(text);
+    kw_kvcache_free(cache);
+    kw_tokenizer_free(tok);
+    kw_model_free(model);
+    kw_backend_destroy(be);
+    return rc < 0 ? 1 : 0;
+}
