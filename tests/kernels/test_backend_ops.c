@@ -1,0 +1,355 @@
+/* test_backend_ops.c: every CPU backend flavour against the kw_ref oracles, plus the generic layer's argument
+ * checks, deferred errors and the RoPE frequencies against values computed by transformers.
+ *
+ * The case table and the derived tolerances are in kw_backend_cases.c. The CPU backend is run in each ISA flavour
+ * this machine has (KW_CPU_ISA lowers the choice) and with 1 and 2 threads, so the scalar fallback and the AVX2
+ * path are tested even on an AVX-512 host.
+ *
+ * `test_kernels_backend_ops --perf [reps]` times the same cases instead (no assertions).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "kernels/kw_backend_impl.h"
+#include "kw_backend_cases.h"
+
+/* Creates a CPU backend with the given ISA ceiling ("" = the best available). */
+static kw_backend *kw_make_cpu(const char *isa, int threads) {
+    if (isa[0])
+        setenv("KW_CPU_ISA", isa, 1);
+    else
+        unsetenv("KW_CPU_ISA");
+    kw_backend *b = NULL;
+    assert_int_equal(kw_backend_create_cpu(threads, &b), 0);
+    unsetenv("KW_CPU_ISA");
+    return b;
+}
+
+static void kw_run_all_cases(const char *isa, int threads) {
+    kw_backend *b = kw_make_cpu(isa, threads);
+    size_t failed = 0, run = 0;
+    char desc[160];
+    for (size_t i = 0; i < kw_n_cases; ++i) {
+        const enum kw_case_result r = kw_case_run(b, &kw_cases[i], 0, NULL);
+        if (r == KW_CASE_UNSUPPORTED) {
+            fprintf(stderr, "not supported on cpu: %s\n", kw_case_describe(&kw_cases[i], desc, sizeof desc));
+            continue;
+        }
+        ++run;
+        if (r == KW_CASE_FAIL) {
+            fprintf(stderr, "FAIL cpu(%s, %d threads): %s\n", isa[0] ? isa : "best", threads,
+                    kw_case_describe(&kw_cases[i], desc, sizeof desc));
+            ++failed;
+        }
+    }
+    kw_backend_destroy(b);
+    assert_int_equal(failed, 0);
+    assert_int_equal(run, kw_n_cases); /* the CPU backend supports every case in the table */
+}
+
+static void test_cases_cpu_best_2_threads(void **state) {
+    (void)state;
+    kw_run_all_cases("", 2);
+}
+
+static void test_cases_cpu_best_1_thread(void **state) {
+    (void)state;
+    kw_run_all_cases("", 1);
+}
+
+static void test_cases_cpu_avx2(void **state) {
+    (void)state;
+    kw_run_all_cases("avx2", 2);
+}
+
+static void test_cases_cpu_scalar(void **state) {
+    (void)state;
+    kw_run_all_cases("scalar", 2);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Deferred errors: a token id out of range is found while the op runs and reported by the next synchronize.
+ */
+
+static void test_get_rows_bad_id_reported_at_synchronize(void **state) {
+    (void)state;
+    kw_backend *b = kw_make_cpu("", 2);
+    const float table[3 * 2] = {1, 2, 3, 4, 5, 6};
+    const int32_t ids[4] = {2, 3, -1, 0};
+    float out[4 * 2];
+    memset(out, 0x55, sizeof out);
+    kw_tensor tt, ti, to;
+    assert_int_equal(kw_tensor_from_host(b, &tt, KW_DTYPE_F32, 2, (int64_t[]){3, 2}, table), 0);
+    assert_int_equal(kw_tensor_from_host(b, &ti, KW_DTYPE_I32, 1, (int64_t[]){4}, ids), 0);
+    assert_int_equal(kw_tensor_alloc(b, &to, KW_DTYPE_F32, 2, (int64_t[]){4, 2}), 0);
+    assert_int_equal(kw_op_get_rows(b, &to, &tt, &ti), 0); /* enqueued fine */
+    assert_int_equal(kw_backend_download(b, out, &to, 0, sizeof out), 0);
+    assert_int_equal(kw_backend_synchronize(b), KW_E_TOKEN_ID);
+    assert_non_null(strstr(kw_error_detail(), "id 3"));
+    const float want[8] = {5, 6, 0, 0, 0, 0, 1, 2}; /* bad rows zeroed, good rows written */
+    assert_memory_equal(out, want, sizeof want);
+    assert_int_equal(kw_backend_synchronize(b), 0); /* reported once */
+    kw_tensor_free(&to);
+    kw_tensor_free(&tt); /* aliases: no-op for the data */
+    kw_tensor_free(&ti);
+    kw_backend_destroy(b);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The generic layer's argument checks: each bad call is refused up front with the documented status.
+ */
+
+static void test_shape_rejections(void **state) {
+    (void)state;
+    kw_backend *b = kw_make_cpu("", 1), *b2 = kw_make_cpu("", 1);
+    kw_tensor x, w, w16, y, bad_y, ids, q, kc, vc, kc16, out3, pos, other, u8;
+    assert_int_equal(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){3, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &w, KW_DTYPE_BF16, 2, (int64_t[]){5, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &w16, KW_DTYPE_BF16, 2, (int64_t[]){5, 9}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){3, 5}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &bad_y, KW_DTYPE_F32, 2, (int64_t[]){3, 6}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &ids, KW_DTYPE_I32, 1, (int64_t[]){3}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &q, KW_DTYPE_F32, 3, (int64_t[]){2, 6, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &out3, KW_DTYPE_F32, 3, (int64_t[]){2, 6, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &kc, KW_DTYPE_F32, 3, (int64_t[]){4, 10, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &vc, KW_DTYPE_F32, 3, (int64_t[]){4, 10, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &kc16, KW_DTYPE_F16, 3, (int64_t[]){3, 10, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &pos, KW_DTYPE_I32, 1, (int64_t[]){2}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &u8, KW_DTYPE_U8, 1, (int64_t[]){4}), 0);
+    assert_int_equal(kw_tensor_alloc(b2, &other, KW_DTYPE_F32, 2, (int64_t[]){3, 8}), 0);
+    /* defined contents where ops read indices */
+    assert_int_equal(kw_backend_memset_zero(b, &ids), 0);
+    assert_int_equal(kw_backend_memset_zero(b, &pos), 0);
+
+    /* matmul */
+    assert_int_equal(kw_op_matmul(b, &y, &x, &w, NULL), 0);
+    assert_int_equal(kw_op_matmul(b, &y, &x, &w16, NULL), KW_E_SHAPE); /* K 8 vs 9 */
+    assert_non_null(strstr(kw_error_detail(), "disagree on K"));
+    assert_int_equal(kw_op_matmul(b, &bad_y, &x, &w, NULL), KW_E_SHAPE);       /* N 6 vs 5 */
+    assert_int_equal(kw_op_matmul(b, &y, &w, &w, NULL), KW_E_SHAPE);           /* x must be f32 */
+    assert_int_equal(kw_op_matmul(b, &y, &x, &w, &x), KW_E_SHAPE);             /* bias of 24 values */
+    assert_int_equal(kw_op_matmul(b, &y, &other, &w, NULL), KW_E_INVALID_ARG); /* another backend's tensor */
+    assert_int_equal(kw_op_matmul(b, &y, NULL, &w, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_op_matmul(NULL, &y, &x, &w, NULL), KW_E_INVALID_ARG);
+    /* get_rows: out rows must match ids, table must be 2-D float */
+    assert_int_equal(kw_op_get_rows(b, &x, &w, &ids), 0);
+    assert_int_equal(kw_op_get_rows(b, &y, &w, &ids), KW_E_SHAPE);
+    assert_int_equal(kw_op_get_rows(b, &x, &w, &x), KW_E_SHAPE); /* ids must be i32 */
+    /* rms_norm */
+    kw_tensor w8;
+    assert_int_equal(kw_tensor_view_reshape(&x, 1, (int64_t[]){24}, &w8), 0);
+    assert_int_equal(kw_op_rms_norm(b, &x, &x, &w8, 1e-6f, 0), KW_E_SHAPE); /* weight of 24 for D = 8 */
+    assert_int_equal(kw_tensor_view_rows(&x, 0, 1, &w8), 0);
+    assert_int_equal(kw_tensor_view_reshape(&w8, 1, (int64_t[]){8}, &w8), 0);
+    assert_int_equal(kw_op_rms_norm(b, &x, &x, &w8, 1e-6f, 0), 0);
+    assert_int_equal(kw_op_rms_norm(b, &x, &x, &w8, -1.0f, 0), KW_E_INVALID_ARG);
+    assert_int_equal(kw_op_rms_norm(b, &x, &x, &w8, 1e-6f, 7), KW_E_INVALID_ARG);
+    /* rope */
+    kw_rope_params rp = {.theta = 10000.0, .rotary_dim = 8, .scaling = KW_ROPE_SCALING_NONE};
+    assert_int_equal(kw_op_rope(b, &q, &pos, &rp), 0);
+    rp.rotary_dim = 7;
+    assert_int_equal(kw_op_rope(b, &q, &pos, &rp), KW_E_SHAPE);
+    rp.rotary_dim = 10;
+    assert_int_equal(kw_op_rope(b, &q, &pos, &rp), KW_E_SHAPE); /* more than head_dim */
+    rp.rotary_dim = 8;
+    rp.scaling = KW_ROPE_SCALING_LLAMA3;
+    rp.factor = 8.0, rp.low_freq_factor = 4.0, rp.high_freq_factor = 1.0, rp.original_max_position = 8192.0;
+    assert_int_equal(kw_op_rope(b, &q, &pos, &rp), KW_E_INVALID_ARG); /* high <= low */
+    rp.scaling = KW_ROPE_SCALING_NONE;
+    assert_int_equal(kw_op_rope(b, &x, &pos, &rp), KW_E_SHAPE); /* x not (T, H, D) */
+    assert_int_equal(kw_op_rope(b, &q, &ids, &rp), KW_E_SHAPE); /* 3 positions for T = 2 */
+    /* attention */
+    kw_attention_params ap = {.q_pos0 = 0, .n_kv = 2, .scale = 0.35f};
+    assert_int_equal(kw_op_attention(b, &out3, &q, &kc, &vc, &ap), KW_E_SHAPE); /* 6 q heads, 4 kv heads */
+    assert_non_null(strstr(kw_error_detail(), "multiple"));
+    kw_tensor q4, o4;
+    assert_int_equal(kw_tensor_view_reshape(&q, 3, (int64_t[]){2, 4, 12}, &q4), 0);
+    assert_int_equal(kw_tensor_view_reshape(&q, 3, (int64_t[]){2, 4, 12}, &o4), 0);
+    assert_int_equal(kw_op_attention(b, &o4, &q4, &kc, &vc, &ap), KW_E_SHAPE);              /* head dim 12 vs 8 */
+    assert_int_equal(kw_tensor_view_reshape(&q, 3, (int64_t[]){1, 4, 8}, &q4), KW_E_SHAPE); /* 32 != 96 */
+    kw_tensor qa, oa;
+    assert_int_equal(kw_tensor_alloc(b, &qa, KW_DTYPE_F32, 3, (int64_t[]){2, 8, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &oa, KW_DTYPE_F32, 3, (int64_t[]){2, 8, 8}), 0);
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), 0);
+    ap.n_kv = 11;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), KW_E_SHAPE); /* n_kv > cap */
+    ap.n_kv = 5, ap.q_pos0 = 4;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), KW_E_SHAPE); /* q_pos0 + T > n_kv */
+    ap.q_pos0 = -1;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), KW_E_SHAPE);
+    ap.q_pos0 = 0, ap.kv_mask = &u8;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), KW_E_SHAPE); /* mask shorter than n_kv */
+    ap.kv_mask = &ids;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), KW_E_SHAPE); /* mask not u8 */
+    ap.kv_mask = NULL, ap.sliding_window = -1;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &vc, &ap), KW_E_INVALID_ARG);
+    ap.sliding_window = 0;
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kc, &kc16, &ap), KW_E_SHAPE); /* k and v differ */
+    /* a whitelist: an f16 cache is not something the CPU backend runs */
+    kw_tensor kh, vh;
+    assert_int_equal(kw_tensor_alloc(b, &kh, KW_DTYPE_F16, 3, (int64_t[]){4, 10, 8}), 0);
+    assert_int_equal(kw_tensor_alloc(b, &vh, KW_DTYPE_F16, 3, (int64_t[]){4, 10, 8}), 0);
+    assert_int_equal(kw_op_attention(b, &oa, &qa, &kh, &vh, &ap), KW_E_OP_UNSUPPORTED);
+    assert_int_equal(kw_backend_supports(b, KW_OP_ATTENTION, KW_DTYPE_F16), 0);
+    assert_int_equal(kw_backend_supports(b, KW_OP_ATTENTION, KW_DTYPE_BF16), 1);
+    assert_int_equal(kw_backend_supports(b, KW_OP_COUNT, KW_DTYPE_F32), 0);
+    assert_int_equal(kw_backend_supports(b, KW_OP_MATMUL, KW_DTYPE_COUNT), 0);
+    assert_int_equal(kw_backend_supports(b, KW_OP_MATMUL, KW_DTYPE_I32), 0);
+    /* kv_store / kv_load */
+    kw_tensor rows;
+    assert_int_equal(kw_tensor_alloc(b, &rows, KW_DTYPE_F32, 3, (int64_t[]){3, 4, 8}), 0);
+    assert_int_equal(kw_op_kv_store(b, &kc, &rows, 7), 0);
+    assert_int_equal(kw_op_kv_store(b, &kc, &rows, 8), KW_E_SHAPE); /* past cap */
+    assert_int_equal(kw_op_kv_store(b, &kc, &rows, -1), KW_E_SHAPE);
+    assert_int_equal(kw_op_kv_load(b, &rows, &kc, 8), KW_E_SHAPE);
+    assert_int_equal(kw_op_kv_store(b, &kc16, &rows, 0), KW_E_SHAPE); /* 3 heads vs 4 */
+    /* elementwise */
+    assert_int_equal(kw_op_add(b, &y, &x, &x), KW_E_SHAPE);
+    assert_int_equal(kw_op_glu(b, &x, &x, &y, KW_ACT_SILU), KW_E_SHAPE);
+    assert_int_equal(kw_op_unary(b, &x, &x, (enum kw_act)99), KW_E_INVALID_ARG);
+    assert_int_equal(kw_op_scale(b, &x, &ids, 2.0f), KW_E_SHAPE);
+    assert_int_equal(kw_op_softmax(b, &x, &x), 0);
+    assert_int_equal(kw_op_argmax(b, &ids, &x, 0), 0);
+    assert_int_equal(kw_op_argmax(b, &pos, &x, 0), KW_E_SHAPE); /* 2 indices for 3 rows */
+    assert_int_equal(kw_op_argmax(b, &ids, &x, 4), KW_E_INVALID_ARG);
+    assert_int_equal(kw_op_copy(b, &ids, &x), KW_E_SHAPE); /* f32 -> i32 is no conversion we do */
+    assert_int_equal(kw_op_copy(b, &w, &y), KW_E_SHAPE);   /* 40 vs 15 elements */
+    /* memory */
+    kw_tensor t;
+    assert_int_equal(kw_tensor_alloc(b, &t, KW_DTYPE_F32, 2, (int64_t[]){0, 3}), KW_E_SHAPE);
+    assert_int_equal(kw_tensor_alloc(b, &t, KW_DTYPE_F32, 5, (int64_t[]){1, 1, 1, 1, 1}), KW_E_SHAPE);
+    assert_int_equal(kw_tensor_alloc(b, &t, (enum kw_dtype)9, 1, (int64_t[]){1}), KW_E_INVALID_ARG);
+    assert_int_equal(kw_tensor_alloc(b, &t, KW_DTYPE_F32, 3, (int64_t[]){INT64_MAX / 2, 4, 4}), KW_E_OVERFLOW);
+    float buf[32] = {0};
+    assert_int_equal(kw_backend_upload(b, &x, 0, buf, 24 * 4), 0);
+    assert_int_equal(kw_backend_upload(b, &x, 4, buf, 24 * 4), KW_E_SHAPE);
+    assert_int_equal(kw_backend_upload(b, &x, SIZE_MAX, buf, 2), KW_E_SHAPE);
+    assert_int_equal(kw_backend_download(b, buf, &x, 90, 8), KW_E_SHAPE);
+    assert_int_equal(kw_tensor_view_rows(&x, 2, 2, &t), KW_E_SHAPE);
+    assert_int_equal(kw_tensor_view_rows(&x, -1, 1, &t), KW_E_SHAPE);
+    assert_int_equal(kw_tensor_view_rows(&x, 1, 2, &t), 0);
+    assert_int_equal(t.ne[0], 2);
+    assert_int_equal(t.owns_data, 0);
+    assert_ptr_equal(t.data, (char *)x.data + 8 * 4);
+    kw_tensor_free(&t); /* a view: frees nothing */
+    kw_tensor_free(NULL);
+    assert_int_equal(kw_backend_synchronize(b), 0);
+
+    kw_tensor *all[] = {&x,  &w,    &w16, &y,  &bad_y, &ids, &q,  &out3, &kc,
+                        &vc, &kc16, &pos, &u8, &qa,    &oa,  &kh, &vh,   &rows};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i)
+        kw_tensor_free(all[i]);
+    kw_tensor_free(&other);
+    kw_backend_destroy(b);
+    kw_backend_destroy(b2);
+    kw_backend_destroy(NULL);
+}
+
+static void test_names_and_sizes(void **state) {
+    (void)state;
+    assert_int_equal(kw_dtype_size(KW_DTYPE_F32), 4);
+    assert_int_equal(kw_dtype_size(KW_DTYPE_BF16), 2);
+    assert_int_equal(kw_dtype_size(KW_DTYPE_U8), 1);
+    assert_int_equal(kw_dtype_size((enum kw_dtype)77), 0);
+    assert_string_equal(kw_dtype_name(KW_DTYPE_F16), "f16");
+    assert_string_equal(kw_dtype_name((enum kw_dtype) - 1), "?");
+    for (int op = 0; op < KW_OP_COUNT; ++op)
+        assert_string_not_equal(kw_op_name((enum kw_op)op), "?");
+    assert_string_equal(kw_op_name(KW_OP_ATTENTION), "attention");
+    assert_string_equal(kw_op_name(KW_OP_COUNT), "?");
+    kw_backend *b = kw_make_cpu("", 0);
+    assert_int_equal(kw_backend_kind(b), KW_BACKEND_CPU);
+    assert_string_equal(kw_backend_name(b), "cpu");
+    kw_backend_destroy(b);
+    kw_backend *c = (kw_backend *)0x1;
+    const int rc = kw_backend_create_cuda(0, &c);
+    assert_true(rc == KW_E_UNSUPPORTED || rc == KW_E_NO_DEVICE || rc == 0);
+    if (rc == 0)
+        kw_backend_destroy(c);
+    else
+        assert_null(c);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * RoPE frequencies, bit for bit against transformers' ROPE_INIT_FUNCTIONS (tools/gen_kernels_fixtures.py wrote
+ * tests/data/kernels/rope_inv_freq.txt: one line per config, "name theta dim scaling factor low high orig" and the
+ * fp32 bit patterns). "Bit for bit" up to torch's powf, which is not correctly rounded (see kw__rope_inv_freq).
+ */
+
+static void test_rope_inv_freq_matches_transformers(void **state) {
+    (void)state;
+    FILE *f = fopen(KW_TEST_DATA_DIR "/kernels/rope_inv_freq.txt", "r");
+    assert_non_null(f);
+    char name[64];
+    int configs = 0;
+    double theta, factor, low, high, orig;
+    int dim, scaling;
+    while (fscanf(f, "%63s %lf %d %d %lf %lf %lf %lf", name, &theta, &dim, &scaling, &factor, &low, &high, &orig) ==
+           8) {
+        const kw_rope_params p = {theta, dim, (enum kw_rope_scaling)scaling, factor, low, high, orig};
+        float got[KW_ROPE_MAX_DIM / 2];
+        kw__rope_inv_freq(&p, got);
+        /* torch's CPU pow is Sleef's powf (1.0 ulp); ours is correctly rounded: allow one ulp, on few entries */
+        int off_by_one = 0;
+        for (int i = 0; i < dim / 2; ++i) {
+            unsigned bits;
+            assert_int_equal(fscanf(f, "%x", &bits), 1);
+            const long diff = (long)kw_f32_bits(got[i]) - (long)bits;
+            if (diff != 0)
+                fprintf(stderr, "%s inv_freq[%d]: %.9g (0x%08x), transformers %.9g (0x%08x)\n", name, i, (double)got[i],
+                        kw_f32_bits(got[i]), (double)kw_f32_from_bits(bits), bits);
+            assert_true(diff >= -1 && diff <= 1);
+            off_by_one += diff != 0;
+        }
+        assert_true(off_by_one <= 2);
+        ++configs;
+    }
+    fclose(f);
+    assert_true(configs >= 4);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * --perf
+ */
+
+static int kw_perf_main(int reps) {
+    kw_backend *b = NULL;
+    if (kw_backend_create_cpu(0, &b) != 0) return 1;
+    char desc[160];
+    printf("%-80s %12s\n", "case (cpu, all threads)", "us/op");
+    for (size_t i = 0; i < kw_n_cases; ++i) {
+        double s = 0.0;
+        const enum kw_case_result r = kw_case_run(b, &kw_cases[i], reps, &s);
+        printf("%-80s %12.2f%s\n", kw_case_describe(&kw_cases[i], desc, sizeof desc), s * 1e6,
+               r == KW_CASE_FAIL          ? "  (FAILED parity)"
+               : r == KW_CASE_UNSUPPORTED ? "  (unsupported)"
+                                          : "");
+    }
+    kw_backend_destroy(b);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "--perf") == 0) return kw_perf_main(argc >= 3 ? atoi(argv[2]) : 20);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cases_cpu_best_2_threads),
+        cmocka_unit_test(test_cases_cpu_best_1_thread),
+        cmocka_unit_test(test_cases_cpu_avx2),
+        cmocka_unit_test(test_cases_cpu_scalar),
+        cmocka_unit_test(test_get_rows_bad_id_reported_at_synchronize),
+        cmocka_unit_test(test_shape_rejections),
+        cmocka_unit_test(test_names_and_sizes),
+        cmocka_unit_test(test_rope_inv_freq_matches_transformers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
