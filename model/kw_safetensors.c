@@ -365,7 +365,7 @@ static int kw_st_parse_file(kw_safetensors *st, uint32_t file, const char *path)
     }
 
     /* Coverage: sorted by offset, the tensors must tile the data area exactly. */
-    qsort(st->tensors + first, st->count - first, sizeof *st->tensors, kw_st_cmp_offset);
+    if (st->count > first) qsort(st->tensors + first, st->count - first, sizeof *st->tensors, kw_st_cmp_offset);
     size_t pos = 0;
     for (size_t i = first; i < st->count; ++i) {
         const kw_st_tensor *t = &st->tensors[i];
@@ -726,6 +726,7 @@ int kw_st_writer_write(kw_st_writer *w, const void *data, size_t size) {
     KW_RETURN_IF(!w || !w->fp || (size && !data), KW_E_INVALID_ARG, "kw_st_writer_write: bad argument");
     KW_RETURN_IF(size > w->data_total - w->data_written, KW_E_INVALID_ARG,
                  "safetensors writer: %zu bytes more than the tensors declare", size);
+    if (size == 0) return 0;
     KW_RETURN_IF(fwrite(data, 1, size, w->fp) != size, KW_E_IO, "write %s: %s", w->tmp_path, strerror(errno));
     w->data_written += size;
     return 0;
