@@ -1,0 +1,87 @@
+/* kw_cuda.cuh: internals of the CUDA backend (kernels/cuda only): the backend state, the error-conversion macros
+ * and the op launchers of kw_cuda_ops.cu. Everything runs on one stream per backend; host code never touches
+ * device memory. Not here: anything model-specific. */
+#ifndef KW_CUDA_CUH
+#define KW_CUDA_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "common/kw_status.h"
+#include "kernels/kw_backend_impl.h"
+}
+
+/* The device-side error record for ops that detect bad input while running (get_rows ids). */
+struct kw_cuda_err {
+    int flag; /* 0: none; set once with atomicCAS */
+    int row;
+    int id;
+};
+
+struct kw_cuda_backend {
+    kw_backend base; /* first: a kw_backend * points here */
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    kw_cuda_err *d_err; /* device */
+    kw_cuda_err *h_err; /* pinned host mirror, read at synchronize */
+    float *work;        /* f32 workspace for widened weight panels (stream-ordered allocation) */
+    size_t work_floats;
+};
+
+static inline kw_cuda_backend *kw_cuda(kw_backend *b) {
+    return (kw_cuda_backend *)b;
+}
+
+/* Converts a CUDA runtime failure into KW_E_CUDA with the call and cudaGetErrorString in the detail. */
+#define KW_CUDA_TRY(expr)                                                                                              \
+    do {                                                                                                               \
+        const cudaError_t kw_cuda_err_ = (expr);                                                                       \
+        if (kw_cuda_err_ != cudaSuccess)                                                                               \
+            return kw_error_set(KW_E_CUDA, "%s: %s", #expr, cudaGetErrorString(kw_cuda_err_));                         \
+    } while (0)
+
+#define KW_CUBLAS_TRY(expr)                                                                                            \
+    do {                                                                                                               \
+        const cublasStatus_t kw_cublas_st_ = (expr);                                                                   \
+        if (kw_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                                    \
+            return kw_error_set(KW_E_CUBLAS, "%s: %s", #expr, cublasGetStatusString(kw_cublas_st_));                   \
+    } while (0)
+
+/* After a kernel launch: a bad configuration is reported at once. */
+#define KW_CUDA_LAUNCHED() KW_CUDA_TRY(cudaGetLastError())
+
+/* x rows handled per streaming-matmul launch (registers per thread). */
+#define KW_CUDA_GEMV_ROWS 8
+
+/* Grows the backend's f32 workspace to at least n floats. */
+int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out);
+
+/* Widens n values of a bf16/f16/f32 device array starting at element i0 into dst (f32), on the stream. */
+int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n);
+
+/* The streaming matmul for small M (one warp per output row, weights read once). */
+int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M,
+                  int64_t N, int64_t K);
+/* y (M, N) += bias (N) */
+int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N);
+
+/* Op entries of the function table (validated arguments). */
+int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
+int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
+                      int flags);
+int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                       const kw_tensor *v_cache, const kw_attention_params *params);
+int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
+int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
+int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act);
+int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act);
+int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b);
+int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s);
+int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
+int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
+int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+
+#endif /* KW_CUDA_CUH */

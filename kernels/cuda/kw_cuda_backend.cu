@@ -1,0 +1,228 @@
+/* kw_cuda_backend.cu: the CUDA backend's lifetime, memory, transfers, support whitelist and matmul.
+ *
+ * One device, one stream, one cuBLAS handle per backend. Memory comes from the stream-ordered allocator
+ * (cudaMallocAsync), transfers are cudaMemcpyAsync on the stream, and kw_backend_synchronize waits for the stream
+ * and then reads the device error record that kernels fill when they meet bad input (token ids).
+ *
+ * Matmul keeps x in fp32 as the interface requires: cuBLAS's GemmEx has no f32-activation x bf16-weight form, so
+ * small M runs a streaming kernel (kw__cuda_gemv) that widens weights in registers, and larger M widens W panel by
+ * panel into an f32 workspace and calls cublasGemmEx with f32 operands and CUBLAS_COMPUTE_32F (no TF32). With f32
+ * weights GemmEx runs on W directly.
+ */
+#include "kernels/cuda/kw_cuda.cuh"
+
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "common/kw_log.h"
+#include "common/kw_size.h"
+}
+
+/* Rows of M at or below which the streaming kernel beats widening W. */
+#define KW_CUDA_GEMV_MAX_M 8
+/* Largest widened weight panel, in floats (64 MiB). */
+#define KW_CUDA_PANEL_FLOATS ((size_t)16 << 20)
+
+int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
+    if (n > cu->work_floats) {
+        if (cu->work) KW_CUDA_TRY(cudaFreeAsync(cu->work, cu->stream));
+        cu->work = NULL;
+        cu->work_floats = 0;
+        KW_CUDA_TRY(cudaMallocAsync((void **)&cu->work, n * sizeof(float), cu->stream));
+        cu->work_floats = n;
+    }
+    *out = cu->work;
+    return 0;
+}
+
+static void kw_cuda_destroy(kw_backend *backend) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    if (cu->work) cudaFreeAsync(cu->work, cu->stream);
+    if (cu->d_err) cudaFreeAsync(cu->d_err, cu->stream);
+    if (cu->stream) cudaStreamSynchronize(cu->stream);
+    if (cu->h_err) cudaFreeHost(cu->h_err);
+    if (cu->cublas) cublasDestroy(cu->cublas);
+    if (cu->stream) cudaStreamDestroy(cu->stream);
+    free(cu);
+}
+
+/* The whitelist: exactly what this folder implements. */
+static int kw_cuda_supports(const kw_backend *backend, enum kw_op op, enum kw_dtype dtype) {
+    (void)backend;
+    const int is_float = dtype == KW_DTYPE_F32 || dtype == KW_DTYPE_BF16 || dtype == KW_DTYPE_F16;
+    switch (op) {
+    case KW_OP_GET_ROWS:
+    case KW_OP_MATMUL:
+    case KW_OP_RMS_NORM:
+        return is_float;
+    case KW_OP_ATTENTION:
+    case KW_OP_KV_STORE:
+    case KW_OP_KV_LOAD:
+        return dtype == KW_DTYPE_F32 || dtype == KW_DTYPE_BF16;
+    case KW_OP_ROPE:
+    case KW_OP_GLU:
+    case KW_OP_UNARY:
+    case KW_OP_ADD:
+    case KW_OP_SCALE:
+    case KW_OP_SOFTMAX:
+    case KW_OP_ARGMAX:
+        return dtype == KW_DTYPE_F32;
+    case KW_OP_COPY:
+        return is_float || dtype == KW_DTYPE_I32 || dtype == KW_DTYPE_U8;
+    case KW_OP_COUNT:
+        break;
+    }
+    return 0;
+}
+
+static int kw_cuda_synchronize(kw_backend *backend) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_TRY(cudaMemcpyAsync(cu->h_err, cu->d_err, sizeof *cu->h_err, cudaMemcpyDeviceToHost, cu->stream));
+    KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
+    if (cu->h_err->flag) {
+        kw__backend_defer_error(backend, KW_E_TOKEN_ID, "get_rows: id %d at row %d is outside the table", cu->h_err->id,
+                                cu->h_err->row);
+        KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
+        KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
+    }
+    return 0;
+}
+
+static int kw_cuda_alloc(kw_backend *backend, size_t size, void **data) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const cudaError_t err = cudaMallocAsync(data, size, cu->stream);
+    KW_RETURN_IF(err == cudaErrorMemoryAllocation, KW_E_NOMEM, "cuda alloc of %zu bytes: %s", size,
+                 cudaGetErrorString(err));
+    KW_CUDA_TRY(err);
+    return 0;
+}
+
+static void kw_cuda_free(kw_backend *backend, void *data) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const cudaError_t err = cudaFreeAsync(data, cu->stream);
+    if (err != cudaSuccess) KW_LOG_WARN("cudaFreeAsync: %s", cudaGetErrorString(err));
+}
+
+static int kw_cuda_upload(kw_backend *backend, void *dst, const void *src, size_t size) {
+    KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyHostToDevice, kw_cuda(backend)->stream));
+    return 0;
+}
+
+static int kw_cuda_download(kw_backend *backend, void *dst, const void *src, size_t size) {
+    KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyDeviceToHost, kw_cuda(backend)->stream));
+    return 0;
+}
+
+static int kw_cuda_memset_zero(kw_backend *backend, void *dst, size_t size) {
+    KW_CUDA_TRY(cudaMemsetAsync(dst, 0, size, kw_cuda(backend)->stream));
+    return 0;
+}
+
+static cudaDataType_t kw_cuda_type(enum kw_dtype dtype) {
+    return dtype == KW_DTYPE_BF16 ? CUDA_R_16BF : dtype == KW_DTYPE_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+/* y (M, N) = x (M, K) w (N, K)^T: column-major, that is C (N x M) = W^T' x', so op(A) = T on W (K x N, ld K). */
+static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w,
+                          const kw_tensor *bias) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t M = kw_tensor_nrows(x), K = w->ne[1], N = w->ne[0];
+    KW_RETURN_IF(M > INT32_MAX || N > INT32_MAX || K > INT32_MAX, KW_E_UNSUPPORTED,
+                 "cuda matmul: dimensions beyond 32-bit cuBLAS sizes");
+    float *y = (float *)out->data;
+    const float *xs = (const float *)x->data;
+    if (M <= KW_CUDA_GEMV_MAX_M) {
+        KW_FORWARD(kw__cuda_gemv(cu, y, xs, w->data, w->dtype, M, N, K));
+    } else {
+        const float alpha = 1.0f, beta = 0.0f;
+        if (w->dtype == KW_DTYPE_F32) {
+            KW_CUBLAS_TRY(cublasGemmEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w->data,
+                                       kw_cuda_type(w->dtype), (int)K, xs, CUDA_R_32F, (int)K, &beta, y, CUDA_R_32F,
+                                       (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        } else {
+            int64_t nb = (int64_t)(KW_CUDA_PANEL_FLOATS / (size_t)K);
+            nb = nb < 1 ? 1 : nb > N ? N : nb;
+            float *panel;
+            KW_FORWARD(kw__cuda_workspace(cu, (size_t)(nb * K), &panel));
+            for (int64_t n0 = 0; n0 < N; n0 += nb) {
+                const int64_t rows = N - n0 < nb ? N - n0 : nb;
+                KW_FORWARD(kw__cuda_to_f32(cu, panel, w->data, w->dtype, n0 * K, rows * K));
+                KW_CUBLAS_TRY(cublasGemmEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)M, (int)K, &alpha,
+                                           panel, CUDA_R_32F, (int)K, xs, CUDA_R_32F, (int)K, &beta, y + n0, CUDA_R_32F,
+                                           (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
+        }
+    }
+    if (bias) KW_FORWARD(kw__cuda_add_bias(cu, y, bias->data, bias->dtype, M, N));
+    return 0;
+}
+
+static struct kw_backend_i kw_cuda_iface;
+
+static void kw_cuda_fill_iface(void) {
+    struct kw_backend_i *i = &kw_cuda_iface;
+    i->name = "cuda";
+    i->kind = KW_BACKEND_CUDA;
+    i->host_memory = 0;
+    i->destroy = kw_cuda_destroy;
+    i->supports = kw_cuda_supports;
+    i->synchronize = kw_cuda_synchronize;
+    i->alloc = kw_cuda_alloc;
+    i->free = kw_cuda_free;
+    i->upload = kw_cuda_upload;
+    i->download = kw_cuda_download;
+    i->memset_zero = kw_cuda_memset_zero;
+    i->get_rows = kw__cuda_get_rows;
+    i->matmul = kw_cuda_matmul;
+    i->rms_norm = kw__cuda_rms_norm;
+    i->rope = kw__cuda_rope;
+    i->attention = kw__cuda_attention;
+    i->kv_store = kw__cuda_kv_store;
+    i->kv_load = kw__cuda_kv_load;
+    i->glu = kw__cuda_glu;
+    i->unary = kw__cuda_unary;
+    i->add = kw__cuda_add;
+    i->scale = kw__cuda_scale;
+    i->softmax = kw__cuda_softmax;
+    i->argmax = kw__cuda_argmax;
+    i->copy = kw__cuda_copy;
+}
+
+/* The set-up steps after the state exists; on failure the caller destroys the partial state. */
+static int kw_cuda_init(kw_cuda_backend *cu) {
+    KW_CUDA_TRY(cudaSetDevice(cu->device));
+    KW_CUDA_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
+    KW_CUBLAS_TRY(cublasCreate(&cu->cublas));
+    KW_CUBLAS_TRY(cublasSetStream(cu->cublas, cu->stream));
+    KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_PEDANTIC_MATH)); /* fp32 means fp32: no TF32 */
+    KW_CUDA_TRY(cudaMallocHost((void **)&cu->h_err, sizeof *cu->h_err));
+    KW_CUDA_TRY(cudaMallocAsync((void **)&cu->d_err, sizeof *cu->d_err, cu->stream));
+    KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
+    KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
+    return 0;
+}
+
+extern "C" int kw_backend_create_cuda(int device, kw_backend **out) {
+    KW_RETURN_IF(out == NULL, KW_E_INVALID_ARG, "kw_backend_create_cuda: NULL out");
+    *out = NULL;
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    KW_RETURN_IF(err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver || (err == cudaSuccess && count == 0),
+                 KW_E_NO_DEVICE, "no CUDA device (%s)", err == cudaSuccess ? "count 0" : cudaGetErrorString(err));
+    KW_RETURN_IF(err != cudaSuccess, KW_E_NO_DEVICE, "cudaGetDeviceCount: %s", cudaGetErrorString(err));
+    KW_RETURN_IF(device < 0 || device >= count, KW_E_NO_DEVICE, "CUDA device %d does not exist (%d present)", device,
+                 count);
+    kw_cuda_fill_iface();
+    kw_cuda_backend *cu = (kw_cuda_backend *)calloc(1, sizeof *cu);
+    KW_RETURN_IF(cu == NULL, KW_E_NOMEM, "kw_backend_create_cuda: out of memory");
+    kw__backend_init(&cu->base, &kw_cuda_iface);
+    cu->device = device;
+    const int rc = kw_cuda_init(cu);
+    if (rc < 0) {
+        kw_cuda_destroy(&cu->base);
+        return rc;
+    }
+    *out = &cu->base;
+    return 0;
+}

@@ -1,0 +1,516 @@
+/* kw_cuda_ops.cu: the CUDA backend's kernels other than cuBLAS: streaming GEMV, weight widening, bias, embedding
+ * lookup, RMSNorm, RoPE, attention, KV store/load, activations, add, scale, softmax, argmax and copy.
+ *
+ * The numerics follow the CPU backend and kernels/ref: fp32 throughout, bf16/f16 conversions through the KW_HD
+ * helpers of common/kw_half.h (the exact code the CPU tests exercise), attention as a two-pass softmax (max, then
+ * exp and weighted sum, recomputing the scores) so that no rescaling error accumulates, and argmax with NaN
+ * skipped and the lowest index winning ties. Straightforward kernels: correct first; not tuned on real hardware
+ * (no GPU was available while writing them).
+ */
+#include "kernels/cuda/kw_cuda.cuh"
+
+#include <math.h>
+
+#include "common/kw_half.h"
+
+#define KW_BLOCK 256
+
+static inline unsigned kw_blocks(int64_t n, int per_block) {
+    const int64_t b = (n + per_block - 1) / per_block;
+    return (unsigned)(b < 65535 * 32 ? b : 65535 * 32);
+}
+
+__device__ __forceinline__ float kw_ld(const void *p, enum kw_dtype dtype, int64_t i) {
+    if (dtype == KW_DTYPE_BF16) return kw_bf16_to_f32(((const uint16_t *)p)[i]);
+    if (dtype == KW_DTYPE_F16) return kw_f16_to_f32(((const uint16_t *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+__device__ __forceinline__ void kw_st(void *p, enum kw_dtype dtype, int64_t i, float v) {
+    if (dtype == KW_DTYPE_BF16)
+        ((uint16_t *)p)[i] = kw_f32_to_bf16(v);
+    else if (dtype == KW_DTYPE_F16)
+        ((uint16_t *)p)[i] = kw_f32_to_f16(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+__device__ __forceinline__ float kw_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float kw_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Block-wide sum; every thread gets the result. blockDim.x is a multiple of 32, at most 1024. */
+__device__ float kw_block_sum(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = kw_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
+    return kw_warp_sum(s);
+}
+
+__device__ float kw_block_max(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = kw_warp_max(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    float s = lane < (int)(blockDim.x >> 5) ? part[lane] : -INFINITY;
+    return kw_warp_max(s);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Matmul helpers
+ */
+
+__global__ void kw_k_to_f32(float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = kw_ld(src, dtype, i0 + i);
+}
+
+int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
+    kw_k_to_f32<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst, src, dtype, i0, n);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* One warp per output row n: lanes stride over K, then a warp reduction; each x row is reread from L1/L2. */
+__global__ void kw_k_gemv(float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M, int64_t N,
+                          int64_t K) {
+    const int lane = threadIdx.x & 31;
+    const int64_t n = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N) return;
+    float acc[KW_CUDA_GEMV_ROWS];
+    for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m)
+        acc[m] = 0.0f;
+    for (int64_t k = lane; k < K; k += 32) {
+        const float wv = kw_ld(w, dtype, n * K + k);
+        for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m)
+            if (m < M) acc[m] += x[m * K + k] * wv;
+    }
+    for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m) {
+        if (m >= M) break;
+        const float s = kw_warp_sum(acc[m]);
+        if (lane == 0) y[m * N + n] = s;
+    }
+}
+
+int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M,
+                  int64_t N, int64_t K) {
+    for (int64_t m0 = 0; m0 < M; m0 += KW_CUDA_GEMV_ROWS) {
+        const int64_t rows = M - m0 < KW_CUDA_GEMV_ROWS ? M - m0 : KW_CUDA_GEMV_ROWS;
+        kw_k_gemv<<<(unsigned)((N + 7) / 8), 256, 0, cu->stream>>>(y + m0 * N, x + m0 * K, w, dtype, rows, N, K);
+        KW_CUDA_LAUNCHED();
+    }
+    return 0;
+}
+
+__global__ void kw_k_add_bias(float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += kw_ld(bias, dtype, i % N);
+}
+
+int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N) {
+    kw_k_add_bias<<<kw_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(y, bias, dtype, M, N);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * get_rows
+ */
+
+__global__ void kw_k_get_rows(float *out, const void *table, enum kw_dtype dtype, int64_t V, int64_t D,
+                              const int32_t *ids, kw_cuda_err *err) {
+    const int64_t t = blockIdx.x;
+    const int32_t id = ids[t];
+    const int bad = id < 0 || id >= V;
+    if (bad && threadIdx.x == 0 && atomicCAS(&err->flag, 0, 1) == 0) {
+        err->row = (int)t;
+        err->id = id;
+    }
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+        out[t * D + d] = bad ? 0.0f : kw_ld(table, dtype, id * D + d);
+}
+
+int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t T = kw_tensor_nelem(ids);
+    KW_RETURN_IF(T > INT32_MAX, KW_E_UNSUPPORTED, "cuda get_rows: too many ids");
+    kw_k_get_rows<<<(unsigned)T, 128, 0, cu->stream>>>((float *)out->data, table->data, table->dtype, table->ne[0],
+                                                       table->ne[1], (const int32_t *)ids->data, cu->d_err);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * rms_norm: one block per row
+ */
+
+__global__ void kw_k_rms_norm(float *out, const float *x, const void *w, enum kw_dtype dtype, int64_t D, float eps,
+                              int unit_offset) {
+    const float *xr = x + blockIdx.x * D;
+    float *yr = out + blockIdx.x * D;
+    float ss = 0.0f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+        ss += xr[d] * xr[d];
+    ss = kw_block_sum(ss);
+    const float inv_rms = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float wd = kw_ld(w, dtype, d);
+        if (unit_offset) wd = 1.0f + wd;
+        yr[d] = (xr[d] * inv_rms) * wd;
+    }
+}
+
+int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
+                      int flags) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t D = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda rms_norm: too many rows");
+    kw_k_rms_norm<<<(unsigned)R, D >= 256 ? 256 : 64, 0, cu->stream>>>(
+        (float *)out->data, (const float *)x->data, w->data, w->dtype, D, eps, flags & KW_RMS_NORM_UNIT_OFFSET);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * rope: one block per (token, head); the frequency table travels by value
+ */
+
+struct kw_rope_table {
+    float inv_freq[KW_ROPE_MAX_DIM / 2];
+};
+
+__global__ void kw_k_rope(float *x, const int32_t *pos, int64_t H, int64_t D, int64_t half, kw_rope_table tab) {
+    const int64_t t = blockIdx.x / H;
+    float *xh = x + blockIdx.x * D;
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+        const float angle = (float)pos[t] * tab.inv_freq[i];
+        float s, c;
+        sincosf(angle, &s, &c);
+        const float x0 = xh[i], x1 = xh[i + half];
+        const float a0 = x0 * c, b0 = x1 * s, a1 = x1 * c, b1 = x0 * s;
+        xh[i] = a0 - b0;
+        xh[i + half] = a1 + b1;
+    }
+}
+
+int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2];
+    KW_RETURN_IF(T * H > INT32_MAX, KW_E_UNSUPPORTED, "cuda rope: too many rows");
+    kw_rope_table tab;
+    kw__rope_inv_freq(params, tab.inv_freq);
+    kw_k_rope<<<(unsigned)(T * H), 64, 0, cu->stream>>>((float *)x->data, (const int32_t *)pos->data, H, D,
+                                                        params->rotary_dim / 2, tab);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * attention: one block of 4 warps per (token, query head). Pass 1 finds the maximum score, pass 2 sums
+ * exp(score - max) and the weighted V rows; warps stride over cache rows, lanes over the head dimension.
+ */
+
+#define KW_ATTN_WARPS    4
+#define KW_ATTN_PER_LANE (KW_ATTENTION_MAX_HEAD_DIM / 32)
+
+__device__ __forceinline__ int kw_visible(int64_t j, int64_t p, const uint8_t *mask, int64_t window) {
+    return !(mask && mask[j] == 0) && !(window > 0 && j <= p - window);
+}
+
+__global__ void kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype,
+                               const uint8_t *mask, int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0,
+                               int64_t n_kv, int64_t window, float scale) {
+    const int64_t t = blockIdx.x / Hq, h = blockIdx.x % Hq, kvh = h / group, p = q_pos0 + t;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *qh = q + blockIdx.x * D;
+    float *oh = out + blockIdx.x * D;
+    const int64_t hi = p < n_kv - 1 ? p : n_kv - 1;
+    const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    float qv[KW_ATTN_PER_LANE];
+    for (int i = 0; i < KW_ATTN_PER_LANE; ++i)
+        qv[i] = lane + 32 * i < D ? qh[lane + 32 * i] : 0.0f;
+    const int64_t base = kvh * cap * D;
+
+    float m = -INFINITY;
+    for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
+        if (!kw_visible(j, p, mask, window)) continue;
+        float dot = 0.0f;
+        for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
+            dot += qv[i] * kw_ld(kc, dtype, base + j * D + lane + 32 * i);
+        m = fmaxf(m, kw_warp_sum(dot) * scale);
+    }
+    m = kw_block_max(m);
+
+    float l = 0.0f, acc[KW_ATTN_PER_LANE];
+    for (int i = 0; i < KW_ATTN_PER_LANE; ++i)
+        acc[i] = 0.0f;
+    if (m != -INFINITY) {
+        for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
+            if (!kw_visible(j, p, mask, window)) continue;
+            float dot = 0.0f;
+            for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
+                dot += qv[i] * kw_ld(kc, dtype, base + j * D + lane + 32 * i);
+            const float e = expf(kw_warp_sum(dot) * scale - m);
+            l += e;
+            for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
+                acc[i] += e * kw_ld(vc, dtype, base + j * D + lane + 32 * i);
+        }
+    }
+    /* combine the warps */
+    __shared__ float s_acc[KW_ATTN_WARPS][KW_ATTENTION_MAX_HEAD_DIM];
+    __shared__ float s_l[KW_ATTN_WARPS];
+    for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
+        s_acc[warp][lane + 32 * i] = acc[i];
+    if (lane == 0) s_l[warp] = l;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < KW_ATTN_WARPS; ++w)
+        total += s_l[w];
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float s = 0.0f;
+        for (int w = 0; w < KW_ATTN_WARPS; ++w)
+            s += s_acc[w][d];
+        oh[d] = total > 0.0f ? s * (1.0f / total) : 0.0f;
+    }
+}
+
+int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                       const kw_tensor *v_cache, const kw_attention_params *params) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
+    KW_RETURN_IF(T * Hq > INT32_MAX, KW_E_UNSUPPORTED, "cuda attention: too many query rows");
+    const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
+    kw_k_attention<<<(unsigned)(T * Hq), 32 * KW_ATTN_WARPS, 0, cu->stream>>>(
+        (float *)out->data, (const float *)q->data, k_cache->data, v_cache->data, k_cache->dtype, mask, Hq, Hq / Hkv,
+        cap, D, params->q_pos0, params->n_kv, params->sliding_window, params->scale);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * KV cache rows: (T, H, D) <-> (H, cap, D) at pos0
+ */
+
+__global__ void kw_k_kv_store(void *cache, enum kw_dtype dtype, const float *src, int64_t T, int64_t H, int64_t cap,
+                              int64_t D, int64_t pos0) {
+    const int64_t n = T * H * D;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
+        kw_st(cache, dtype, (h * cap + pos0 + t) * D + d, src[i]);
+    }
+}
+
+__global__ void kw_k_kv_load(float *out, const void *cache, enum kw_dtype dtype, int64_t T, int64_t H, int64_t cap,
+                             int64_t D, int64_t pos0) {
+    const int64_t n = T * H * D;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
+        out[i] = kw_ld(cache, dtype, (h * cap + pos0 + t) * D + d);
+    }
+}
+
+int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t n = kw_tensor_nelem(src);
+    kw_k_kv_store<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+        cache->data, cache->dtype, (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    kw_k_kv_load<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+        (float *)out->data, cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Elementwise
+ */
+
+__device__ __forceinline__ float kw_act(float x, enum kw_act act) {
+    switch (act) {
+    case KW_ACT_SILU:
+        return x / (1.0f + expf(-x));
+    case KW_ACT_GELU_ERF:
+        return (x * 0.5f) * (1.0f + erff(x * 0.70710678118654752440f));
+    case KW_ACT_GELU_TANH: {
+        const float inner = 0.79788456080286535588f * (x + 0.044715f * (x * x * x));
+        return (0.5f * x) * (1.0f + tanhf(inner));
+    }
+    case KW_ACT_SIGMOID:
+        return 1.0f / (1.0f + expf(-x));
+    case KW_ACT_IDENTITY:
+        return x;
+    }
+    return NAN;
+}
+
+__global__ void kw_k_glu(float *y, const float *g, const float *u, int64_t n, enum kw_act act) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = kw_act(g[i], act) * u[i];
+}
+
+__global__ void kw_k_unary(float *y, const float *x, int64_t n, enum kw_act act) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = kw_act(x[i], act);
+}
+
+__global__ void kw_k_add(float *y, const float *a, const float *b, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(a[i], b[i]);
+}
+
+__global__ void kw_k_scale(float *y, const float *x, int64_t n, float s) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fmul_rn(x[i], s);
+}
+
+int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    kw_k_glu<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)gate->data,
+                                                                  (const float *)up->data, n, act);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    kw_k_unary<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, n, act);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    kw_k_add<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)a->data,
+                                                                  (const float *)b->data, n);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t n = kw_tensor_nelem(out);
+    kw_k_scale<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, n, s);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * softmax and argmax: one block per row
+ */
+
+__global__ void kw_k_softmax(float *out, const float *x, int64_t N) {
+    const float *xr = x + blockIdx.x * N;
+    float *yr = out + blockIdx.x * N;
+    float m = -INFINITY;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+        m = fmaxf(m, xr[i]);
+    m = kw_block_max(m);
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+        const float e = expf(xr[i] - m);
+        yr[i] = e;
+        s += e;
+    }
+    s = kw_block_sum(s);
+    const float inv = 1.0f / s;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+        yr[i] *= inv;
+}
+
+int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda softmax: too many rows");
+    kw_k_softmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, N);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* (value, index) pairs: a beats b if b is empty, or a is larger, or equal with a lower index. NaN never enters. */
+__device__ __forceinline__ void kw_argmax_merge(float *v, int64_t *i, float ov, int64_t oi) {
+    if (oi < 0) return;
+    if (*i < 0 || ov > *v || (ov == *v && oi < *i)) {
+        *v = ov;
+        *i = oi;
+    }
+}
+
+__global__ void kw_k_argmax(int32_t *out, const float *x, int64_t N, int round_bf16) {
+    const float *xr = x + blockIdx.x * N;
+    float best = 0.0f;
+    int64_t idx = -1;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+        const float v = round_bf16 ? kw_round_bf16(xr[i]) : xr[i];
+        if (v != v) continue;
+        kw_argmax_merge(&best, &idx, v, i);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const long long oi = __shfl_xor_sync(0xffffffffu, (long long)idx, o);
+        kw_argmax_merge(&best, &idx, ov, (int64_t)oi);
+    }
+    __shared__ float s_v[32];
+    __shared__ int64_t s_i[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) s_v[warp] = best, s_i[warp] = idx;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+            kw_argmax_merge(&best, &idx, s_v[w], s_i[w]);
+        out[blockIdx.x] = idx < 0 ? 0 : (int32_t)idx;
+    }
+}
+
+int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda argmax: too many rows");
+    kw_k_argmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((int32_t *)out->data, (const float *)x->data, N,
+                                                          flags & KW_ARGMAX_ROUND_BF16);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * copy
+ */
+
+__global__ void kw_k_convert(void *dst, enum kw_dtype ddt, const void *src, enum kw_dtype sdt, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        kw_st(dst, ddt, i, kw_ld(src, sdt, i));
+}
+
+int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    if (dst->dtype == src->dtype) {
+        KW_CUDA_TRY(cudaMemcpyAsync(dst->data, src->data, kw_tensor_nbytes(src), cudaMemcpyDeviceToDevice, cu->stream));
+        return 0;
+    }
+    const int64_t n = kw_tensor_nelem(src);
+    kw_k_convert<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst->data, dst->dtype, src->data, src->dtype, n);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
