@@ -32,10 +32,10 @@ const char *kw_dtype_name(enum kw_dtype dtype) {
 }
 
 static const char *const kw_op_names[] = {
-    "get_rows", "matmul", "rms_norm", "rope",  "attention", "kv_store", "kv_load",
-    "glu",      "unary",  "add",      "scale", "softmax",   "argmax",   "copy",
+    "get_rows", "matmul", "rms_norm", "rope",    "attention", "kv_store", "kv_load",        "glu",
+    "unary",    "add",    "scale",    "softmax", "argmax",    "copy",     "head_scale_add",
 };
-_Static_assert(KW_OP_COUNT == 14, "update kw_op_names and the dispatch below when adding an op");
+_Static_assert(KW_OP_COUNT == 15, "update kw_op_names and the dispatch below when adding an op");
 _Static_assert(sizeof kw_op_names / sizeof kw_op_names[0] == KW_OP_COUNT, "kw_op_names out of step with kw_op");
 
 const char *kw_op_name(enum kw_op op) {
@@ -568,6 +568,23 @@ int kw_op_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
     KW_FORWARD(kw_check_supported(backend, KW_OP_COPY, dst->dtype, backend->iface->copy != NULL));
     KW_FORWARD(kw_check_supported(backend, KW_OP_COPY, src->dtype, 1));
     return backend->iface->copy(backend, dst, src);
+}
+
+int kw_op_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
+                         const kw_tensor *w, float g) {
+    static const char op[] = "head_scale_add";
+    KW_CHECK_BACKEND(op);
+    KW_RETURN_IF(x == NULL || w == NULL, KW_E_INVALID_ARG, "%s: tensor x or w is NULL", op);
+    KW_FORWARD(kw_check_elementwise(backend, out, base, x, op));
+    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_FORWARD(kw_check_dtype(w, KW_DTYPE_F32, op, "w"));
+    KW_RETURN_IF(base->ndim != 3 || memcmp(base->ne, x->ne, sizeof x->ne) != 0 ||
+                     kw_tensor_nelem(w) != kw_tensor_nrows(x),
+                 KW_E_SHAPE, "%s: base %s and x %s must be (T, H, D) and w %s hold T * H values", op, KW_SHAPE(base),
+                 KW_SHAPE(x), KW_SHAPE(w));
+    KW_RETURN_IF(!isfinite(g), KW_E_INVALID_ARG, "%s: g is not finite", op);
+    KW_FORWARD(kw_check_supported(backend, KW_OP_HEAD_SCALE_ADD, KW_DTYPE_F32, backend->iface->head_scale_add != NULL));
+    return backend->iface->head_scale_add(backend, out, base, x, w, g);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ enum kw_op {
     KW_OP_SOFTMAX,      /* row softmax */
     KW_OP_ARGMAX,       /* row argmax, lowest index wins ties */
     KW_OP_COPY,         /* copy with dtype conversion (round to nearest even) */
+    /* base + (g * w[t, h]) * x[t, h, :]: the C2C fuser's per-head combine */
+    KW_OP_HEAD_SCALE_ADD,
     KW_OP_COUNT
 };
 
@@ -227,5 +229,12 @@ int kw_op_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int fl
 
 /* dst = src converted elementwise (same element count; f32/bf16/f16 both ways, round to nearest even). */
 int kw_op_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+
+/* out (T, H, D) = base + (g * w[t, h]) * x[t, h, :], all f32; base and x (T, H, D), w (T, H) (any shape of T * H
+ * elements, row-major). Evaluated as torch does `base + g * w * x` with fp32 tensors: the product g * w rounded to
+ * fp32, times x rounded to fp32, then the sum rounded to fp32 (no fused multiply-add), so every backend gives the
+ * same bits. out may equal base or x. This is the C2C projector's per-head combine (c2c_spec.md §2.3, §2.5). */
+int kw_op_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
+                         const kw_tensor *w, float g);
 
 #endif /* KW_BACKEND_H */

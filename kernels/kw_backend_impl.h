@@ -56,6 +56,8 @@ struct kw_backend_i {
     int (*softmax)(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
     int (*argmax)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
     int (*copy)(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+    int (*head_scale_add)(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
+                          const kw_tensor *w, float g);
 };
 
 /* The generic part of every backend; each backend's state struct starts with one. */

@@ -53,6 +53,8 @@ int kw__cpu_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float
 int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
 int kw__cpu_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
 int kw__cpu_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+int kw__cpu_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
+                           const kw_tensor *w, float g); /* kw_cpu_c2c.c */
 
 /* Converts n values of a f32/bf16/f16 array starting at element i0 to fp32 (vectorized where the ISA allows). */
 void kw__cpu_to_f32(enum kw_cpu_isa isa, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n);

@@ -92,6 +92,7 @@ static int kw_cpu_supports(const kw_backend *backend, enum kw_op op, enum kw_dty
     case KW_OP_SCALE:
     case KW_OP_SOFTMAX:
     case KW_OP_ARGMAX:
+    case KW_OP_HEAD_SCALE_ADD:
         return dtype == KW_DTYPE_F32;
     case KW_OP_COPY:
         return is_float || dtype == KW_DTYPE_I32 || dtype == KW_DTYPE_U8;
@@ -159,6 +160,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .softmax = kw__cpu_softmax,
     .argmax = kw__cpu_argmax,
     .copy = kw__cpu_copy,
+    .head_scale_add = kw__cpu_head_scale_add,
 };
 
 int kw_backend_create_cpu(int n_threads, kw_backend **out) {

@@ -65,4 +65,9 @@ void kw_ref_argmax(int32_t *out, const float *x, int64_t R, int64_t N, int flags
 /* dst = src converted (f32/bf16/f16 both ways, round to nearest even; same dtype copies bytes of any dtype). */
 void kw_ref_copy(void *dst, enum kw_dtype dst_dtype, const void *src, enum kw_dtype src_dtype, int64_t n);
 
+/* out (T, H, D) = base + (g * w[t, h]) * x[t, h, :], each step rounded to fp32 in that order (kw_ref_c2c.c). out may
+ * equal base or x. */
+void kw_ref_head_scale_add(float *out, const float *base, const float *x, const float *w, float g, int64_t T, int64_t H,
+                           int64_t D);
+
 #endif /* KW_REF_H */

@@ -120,6 +120,10 @@ const struct kw_case kw_cases[] = {
     {KW_OP_COPY, B16, {77, F16}, 105},
     {KW_OP_COPY, F32, {13, F32}, 106},
     {KW_OP_COPY, KW_DTYPE_I32, {13, KW_DTYPE_I32}, 107},
+    /* head_scale_add: T, H, D, g, in place (0 no, 1 out = base, 2 out = x) */
+    {KW_OP_HEAD_SCALE_ADD, F32, {23, 8, 128, 1, 0}, 110},
+    {KW_OP_HEAD_SCALE_ADD, F32, {1, 3, 17, 1, 1}, 111},
+    {KW_OP_HEAD_SCALE_ADD, F32, {300, 2, 64, 0, 2}, 112},
 };
 const size_t kw_n_cases = sizeof kw_cases / sizeof kw_cases[0];
 
@@ -140,6 +144,7 @@ const char *kw_case_describe(const struct kw_case *c, char *buf, size_t size) {
         [KW_OP_SOFTMAX] = {"R", "N"},
         [KW_OP_ARGMAX] = {"R", "N", "flags", "data"},
         [KW_OP_COPY] = {"n", "src"},
+        [KW_OP_HEAD_SCALE_ADD] = {"T", "H", "D", "g", "inplace"},
     };
     for (int i = 0; i < 9 && names[c->op][i] && n > 0 && (size_t)n < size; ++i)
         n += snprintf(buf + n, size - (size_t)n, " %s=%lld", names[c->op][i], (long long)c->a[i]);
@@ -761,6 +766,39 @@ out:
     return ok;
 }
 
+/* The C2C combine: defined by torch's fp32 rounding steps, which oracle and backends both perform one by one, so the
+ * comparison is bit-exact. g = 1 (an open gate) or 0 (closed: out must equal base exactly, Inf-free inputs). */
+static int kw_run_head_scale_add(kw_backend *b, const struct kw_case *c, kw_rng *r, kw_perf *perf) {
+    const int64_t T = c->a[0], H = c->a[1], D = c->a[2], inplace = c->a[4];
+    const float g = (float)c->a[3];
+    int ok = 1, sync_rc = 0;
+    float *base = kw_random_array(r, KW_DTYPE_F32, T * H * D, 4.0f);
+    float *x = kw_random_array(r, KW_DTYPE_F32, T * H * D, 4.0f);
+    float *w = kw_random_array(r, KW_DTYPE_F32, T * H, 1.0f);
+    float *want = kw_xmalloc((size_t)(T * H * D) * sizeof(float)), *got = NULL;
+    kw_ref_head_scale_add(want, base, x, w, g, T, H, D);
+    if (g == 0.0f && memcmp(want, base, (size_t)(T * H * D) * sizeof(float)) != 0) {
+        fprintf(stderr, "  oracle: a closed gate changed base\n");
+        ok = 0;
+    }
+    kw_tensor tb = {0}, tx = {0}, tw = {0}, to = {0};
+    const int64_t ne[3] = {T, H, D};
+    kw_put(b, &tb, KW_DTYPE_F32, 3, ne, base);
+    kw_put(b, &tx, KW_DTYPE_F32, 3, ne, x);
+    kw_put(b, &tw, KW_DTYPE_F32, 2, (int64_t[]){T, H}, w);
+    kw_put(b, &to, KW_DTYPE_F32, 3, ne, NULL);
+    kw_tensor *dst = inplace == 1 ? &tb : inplace == 2 ? &tx : &to;
+    KW_OP_OR_FAIL(kw_op_head_scale_add(b, dst, &tb, &tx, &tw, g));
+    got = kw_get(b, dst, &sync_rc);
+    KW_OP_OR_FAIL(sync_rc);
+    ok = kw_check_bytes("out", got, want, (size_t)(T * H * D) * sizeof(float)) && ok;
+    KW_PERF(perf, b, kw_op_head_scale_add(b, &to, &tb, &tx, &tw, g));
+out:
+    kw_tensor_free(&tb), kw_tensor_free(&tx), kw_tensor_free(&tw), kw_tensor_free(&to);
+    free(base), free(x), free(w), free(want), free(got);
+    return ok;
+}
+
 enum kw_case_result kw_case_run(kw_backend *backend, const struct kw_case *c, int perf_reps, double *perf_seconds) {
     enum kw_dtype probe = c->dtype;
     if (c->op == KW_OP_MATMUL && c->a[3] && !kw_backend_supports(backend, c->op, (enum kw_dtype)(c->a[3] - 1)))
@@ -802,6 +840,9 @@ enum kw_case_result kw_case_run(kw_backend *backend, const struct kw_case *c, in
         break;
     case KW_OP_COPY:
         ok = kw_run_copy(backend, c, &r, &perf);
+        break;
+    case KW_OP_HEAD_SCALE_ADD:
+        ok = kw_run_head_scale_add(backend, c, &r, &perf);
         break;
     case KW_OP_COUNT:
         break;

@@ -22,6 +22,7 @@
  *   GLU / UNARY  n, act               ADD / SCALE / SOFTMAX  R, N
  *   ARGMAX    R, N, flags, data (0 random, 1 ties, 2 NaN and +-Inf, 3 bf16-rounding ties)
  *   COPY      n, src dtype (dtype is the destination)
+ *   HEAD_SCALE_ADD  T, H, D, g, in place (0 no, 1 out = base, 2 out = x)
  * dtype is the operand supports() is asked about (weight, table, cache, copy destination). */
 struct kw_case {
     enum kw_op op;
