@@ -177,9 +177,69 @@ KW_TARGET_AVX512 static inline __m512 kw_ld16_avx512(const void *w, enum kw_dtyp
         }                                                                                                              \
     } while (0)
 
-KW_TARGET_AVX512 static void kw_gemv_avx512_bf16(float *y, const float *x, const void *w, int64_t M, int64_t N,
-                                                 int64_t K, int64_t n0, int64_t n1) {
-    KW_GEMV_AVX512_BODY(KW_DTYPE_BF16);
+/* bf16 on AVX-512 without a widening shuffle: a 64-byte load holds 32 bf16 values; as 16 fp32 lanes, the even
+ * elements are the lanes shifted left by 16 and the odd ones the lanes with the low half cleared. x is prepared once
+ * per call in the matching order (per 32-block: 16 even values, then 16 odd ones, zero-padded to Kp), so one load,
+ * one shift, one and and two FMAs cover 32 weights. Two accumulators per row keep the FMA chains short. */
+KW_TARGET_AVX512 static void kw_gemv_avx512_bf16_split(float *y, const float *xp, const uint16_t *w, int64_t M,
+                                                       int64_t N, int64_t K, int64_t Kp, int64_t n0, int64_t n1) {
+    const int64_t k_full = K & ~(int64_t)31;
+    const __mmask32 tail = (__mmask32)((K - k_full) ? ((1ull << (K - k_full)) - 1ull) : 0);
+    const __m512i hi_mask = _mm512_set1_epi32((int)0xffff0000u);
+#define KW_BF16_EVEN(v) _mm512_castsi512_ps(_mm512_slli_epi32((v), 16))
+#define KW_BF16_ODD(v)  _mm512_castsi512_ps(_mm512_and_si512((v), hi_mask))
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const uint16_t *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *xm = xp + m * Kp;
+            __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+            int64_t k = 0;
+            for (; k < k_full; k += 32) {
+                const __m512 xe = _mm512_loadu_ps(xm + k), xo = _mm512_loadu_ps(xm + k + 16);
+                const __m512i v0 = _mm512_loadu_si512(w0 + k), v1 = _mm512_loadu_si512(w1 + k);
+                const __m512i v2 = _mm512_loadu_si512(w2 + k), v3 = _mm512_loadu_si512(w3 + k);
+                a0 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v0), a0), b0 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v0), b0);
+                a1 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v1), a1), b1 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v1), b1);
+                a2 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v2), a2), b2 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v2), b2);
+                a3 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v3), a3), b3 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v3), b3);
+            }
+            if (tail) {
+                const __m512 xe = _mm512_loadu_ps(xm + k), xo = _mm512_loadu_ps(xm + k + 16);
+                const __m512i v0 = _mm512_maskz_loadu_epi16(tail, w0 + k), v1 = _mm512_maskz_loadu_epi16(tail, w1 + k);
+                const __m512i v2 = _mm512_maskz_loadu_epi16(tail, w2 + k), v3 = _mm512_maskz_loadu_epi16(tail, w3 + k);
+                a0 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v0), a0), b0 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v0), b0);
+                a1 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v1), a1), b1 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v1), b1);
+                a2 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v2), a2), b2 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v2), b2);
+                a3 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v3), a3), b3 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v3), b3);
+            }
+            y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
+            y[m * N + n + 1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));
+            y[m * N + n + 2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));
+            y[m * N + n + 3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
+        }
+    }
+    for (; n < n1; ++n) {
+        const uint16_t *w0 = w + n * K;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *xm = xp + m * Kp;
+            __m512 a0 = _mm512_setzero_ps(), b0 = a0;
+            int64_t k = 0;
+            for (; k < k_full; k += 32) {
+                const __m512i v0 = _mm512_loadu_si512(w0 + k);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), a0);
+                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), b0);
+            }
+            if (tail) {
+                const __m512i v0 = _mm512_maskz_loadu_epi16(tail, w0 + k);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), a0);
+                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), b0);
+            }
+            y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
+        }
+    }
+#undef KW_BF16_EVEN
+#undef KW_BF16_ODD
 }
 KW_TARGET_AVX512 static void kw_gemv_avx512_f16(float *y, const float *x, const void *w, int64_t M, int64_t N,
                                                 int64_t K, int64_t n0, int64_t n1) {
@@ -195,8 +255,8 @@ static void kw_gemv_rows(enum kw_cpu_isa isa, float *y, const float *x, const vo
                          int64_t N, int64_t K, int64_t n0, int64_t n1) {
 #if KW_CPU_X86
     if (isa == KW_CPU_ISA_AVX512) {
-        if (dtype == KW_DTYPE_BF16)
-            kw_gemv_avx512_bf16(y, x, w, M, N, K, n0, n1);
+        if (dtype == KW_DTYPE_BF16) /* normally served by kw_gemv_avx512_bf16_split */
+            kw_gemv_avx2_bf16(y, x, w, M, N, K, n0, n1);
         else if (dtype == KW_DTYPE_F16)
             kw_gemv_avx512_f16(y, x, w, M, N, K, n0, n1);
         else
@@ -230,6 +290,20 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
 
     if (M <= KW_GEMV_MAX_M) {
         const int nt = work_threads;
+        const int split_bf16 = KW_CPU_X86 && cpu->isa == KW_CPU_ISA_AVX512 && w->dtype == KW_DTYPE_BF16;
+        const int64_t Kp = (K + 31) & ~(int64_t)31;
+        float *xp = NULL;
+        if (split_bf16) {
+            KW_FORWARD(kw__cpu_scratch(cpu, (size_t)(M * Kp), &xp));
+            for (int64_t m = 0; m < M; ++m) {
+                float *dst = xp + m * Kp;
+                for (int64_t k = 0; k < Kp; ++k) {
+                    const int64_t blk = k & ~(int64_t)31, j = k & 31;
+                    const int64_t src = blk + (j < 16 ? 2 * j : 2 * (j - 16) + 1);
+                    dst[k] = src < K ? xs[m * K + src] : 0.0f;
+                }
+            }
+        }
 #pragma omp parallel num_threads(nt)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -237,7 +311,14 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
             const int64_t groups = (N + 3) / 4;
             const int64_t g0 = groups * tid / nth, g1 = groups * (tid + 1) / nth;
             const int64_t n0 = g0 * 4, n1 = g1 * 4 < N ? g1 * 4 : N;
-            if (n0 < n1) kw_gemv_rows(cpu->isa, y, xs, w->data, w->dtype, M, N, K, n0, n1);
+            if (n0 < n1) {
+#if KW_CPU_X86
+                if (split_bf16)
+                    kw_gemv_avx512_bf16_split(y, xp, w->data, M, N, K, Kp, n0, n1);
+                else
+#endif
+                    kw_gemv_rows(cpu->isa, y, xs, w->data, w->dtype, M, N, K, n0, n1);
+            }
         }
     } else {
         /* panels of NB rows of W, about 512 KiB of fp32 each (fits L2 with room for the x tile) */
