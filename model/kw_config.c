@@ -102,13 +102,13 @@ static int kw_config_arch(const cJSON *root, enum kw_arch *out) {
     }
     KW_RETURN_IF(!have_class && !have_type, KW_E_MODEL_CONFIG,
                  "config.json: neither \"architectures\" nor \"model_type\" names the architecture");
-    KW_RETURN_IF(have_class && have_type && from_class != from_type, KW_E_MODEL_CONFIG,
-                 "config.json: architectures[0] %s contradicts model_type \"%s\"", class_name, type_name);
     *out = have_class ? from_class : from_type;
     KW_RETURN_IF(*out == KW_ARCH_GEMMA3, KW_E_MODEL_ARCH,
                  "config.json: Gemma3 (%s) is not supported yet (it needs GeGLU, 1+w RMSNorm, four norms per layer "
                  "and sliding-window layers)",
                  have_class ? class_name : type_name);
+    KW_RETURN_IF(have_class && have_type && from_class != from_type, KW_E_MODEL_CONFIG,
+                 "config.json: architectures[0] %s contradicts model_type \"%s\"", class_name, type_name);
     return 0;
 }
 

@@ -494,8 +494,6 @@ int kw_genmodel_write(const kw_genmodel_options *opt, const char *out_dir) {
         KW_CHECK_IF(!ok, KW_E_NOT_FOUND, "gen-model: %s has no tokenizer.json", opt->tokenizer_dir);
     }
     KW_CHECK(kw_path_mkdir(out_dir));
-    KW_CHECK(kw_gen_write_text(out_dir, "config.json", config));
-    KW_CHECK(kw_gen_write_text(out_dir, "generation_config.json", generation));
 
     desc = calloc(list.n, sizeof *desc);
     buf = malloc(KW_GEN_CHUNK_ELEMS * 4);
@@ -517,6 +515,9 @@ int kw_genmodel_write(const kw_genmodel_options *opt, const char *out_dir) {
         KW_CHECK(kw_gen_copy(opt->tokenizer_dir, out_dir, "tokenizer.json"));
         KW_CHECK(kw_gen_copy(opt->tokenizer_dir, out_dir, "tokenizer_config.json"));
     }
+    /* config.json last: a folder without it is visibly incomplete */
+    KW_CHECK(kw_gen_write_text(out_dir, "generation_config.json", generation));
+    KW_CHECK(kw_gen_write_text(out_dir, "config.json", config));
     KW_CHECK(kw_gen_verify(out_dir, &cfg, list.n));
 out:
     kw_st_writer_close(w);

@@ -49,7 +49,8 @@ int kw_genmodel_generation_json(const kw_model_config *cfg, char **out);
 float kw_genmodel_value(uint64_t seed, const char *name, int is_norm, uint64_t index);
 
 /* Writes the model folder out_dir (created if missing, one level; existing files are replaced atomically).
- * model.safetensors is streamed: memory use is a small chunk buffer, whatever the model size. The written folder is
+ * model.safetensors is streamed: memory use is a small chunk buffer, whatever the model size. Each file is written
+ * atomically, config.json last (a first run that fails leaves no config.json). The written folder is
  * reloaded with kw_config_load and kw_safetensors_open as a final check. */
 int kw_genmodel_write(const kw_genmodel_options *opt, const char *out_dir);
 
