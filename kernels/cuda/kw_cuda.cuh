@@ -83,5 +83,7 @@ int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, floa
 int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
 int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
 int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
+                            const kw_tensor *w, float g);
 
 #endif /* KW_CUDA_CUH */

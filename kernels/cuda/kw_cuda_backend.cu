@@ -67,6 +67,7 @@ static int kw_cuda_supports(const kw_backend *backend, enum kw_op op, enum kw_dt
     case KW_OP_SCALE:
     case KW_OP_SOFTMAX:
     case KW_OP_ARGMAX:
+    case KW_OP_HEAD_SCALE_ADD:
         return dtype == KW_DTYPE_F32;
     case KW_OP_COPY:
         return is_float || dtype == KW_DTYPE_I32 || dtype == KW_DTYPE_U8;
@@ -187,6 +188,7 @@ static void kw_cuda_fill_iface(void) {
     i->softmax = kw__cuda_softmax;
     i->argmax = kw__cuda_argmax;
     i->copy = kw__cuda_copy;
+    i->head_scale_add = kw__cuda_head_scale_add;
 }
 
 /* The set-up steps after the state exists; on failure the caller destroys the partial state. */

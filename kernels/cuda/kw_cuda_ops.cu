@@ -514,3 +514,26 @@ int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
     KW_CUDA_LAUNCHED();
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * head_scale_add: explicit round-to-nearest intrinsics so nvcc cannot fuse the product into the sum
+ */
+
+__global__ void kw_k_head_scale_add(float *y, const float *base, const float *x, const float *w, float g, int64_t TH,
+                                    int64_t D) {
+    const int64_t n = TH * D;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float gw = __fmul_rn(g, w[i / D]);
+        y[i] = __fadd_rn(base[i], __fmul_rn(gw, x[i]));
+    }
+}
+
+int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
+                            const kw_tensor *w, float g) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    const int64_t TH = base->ne[0] * base->ne[1], D = base->ne[2];
+    kw_k_head_scale_add<<<kw_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+        (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH, D);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
