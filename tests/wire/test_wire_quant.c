@@ -1,0 +1,380 @@
+/* test_wire_quant.c: the per-value codec math of kw_wire_quant.h and common/kw_fp8.h against independent slow
+ * references: fp8 and NF4 rounding by brute-force nearest search with ties to the even code, scale choice against
+ * its definition computed in double, packing against hand-worked bytes, reserved codes and scale validity, and the
+ * per-element error bound of every codec (FORMAT.md §5.4), derived from the quantization step. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+
+#include "tests/wire/wire_test_util.h"
+#include "wire/kw_wire_quant.h"
+
+static uint32_t bits(float f) {
+    return kw_f32_bits(f);
+}
+
+/* A random finite f32 with a uniformly random exponent in [emin, emax] (unbiased exponents) and random sign. */
+static float rand_float(wt_rng *r, int emin, int emax) {
+    const int e = emin + (int)wt_below(r, (uint32_t)(emax - emin + 1));
+    const float m = 1.0f + (float)(wt_next(r) >> 41) * 0x1p-23f;
+    const float v = ldexpf(m, e);
+    return (wt_next(r) & 1) ? -v : v;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+static void test_rne_small(void **state) {
+    (void)state;
+    wt_rng r = {1};
+    for (int i = 0; i < 200000; ++i) {
+        float y = wt_uniform(&r) * 300.0f;
+        if (i % 4 == 0) y = floorf(y) + 0.5f; /* exact ties */
+        assert_true(kw_rne_small(y) == rintf(y));
+    }
+    assert_true(kw_rne_small(2.5f) == 2.0f && kw_rne_small(3.5f) == 4.0f && kw_rne_small(-2.5f) == -2.0f);
+    assert_true(kw_rne_small(-0.25f) == 0.0f && !signbit(kw_rne_small(-0.25f)));
+}
+
+/* Brute-force nearest code of y among the finite codes of an 8-bit float, ties to the even code. */
+static uint8_t nearest_fp8(float y, float (*dec)(uint8_t), int (*finite)(uint8_t)) {
+    int best = -1;
+    double bd = INFINITY;
+    for (int c = 0; c < 256; ++c) {
+        if (!finite((uint8_t)c)) continue;
+        const float v = dec((uint8_t)c);
+        if (signbit(v) != signbit(y)) continue; /* the sign is kept; +-0 differ by sign only */
+        const double dist = fabs((double)v - (double)y);
+        if (dist < bd || (dist == bd && (c & 1) == 0)) {
+            bd = dist;
+            best = c;
+        }
+    }
+    return (uint8_t)best;
+}
+
+static void check_fp8(float (*dec)(uint8_t), uint8_t (*enc)(float), int (*finite)(uint8_t), float max, int emin) {
+    /* every finite code round-trips */
+    for (int c = 0; c < 256; ++c) {
+        if (!finite((uint8_t)c)) continue;
+        assert_int_equal(enc(dec((uint8_t)c)), c);
+    }
+    /* midpoints between neighbours go to the even code, values just off them to the nearest */
+    for (int c = 0; c < 127; ++c) {
+        if (!finite((uint8_t)(c + 1))) break;
+        const float a = dec((uint8_t)c), b = dec((uint8_t)(c + 1));
+        const float mid = (a + b) * 0.5f; /* exact: two 4-bit significands */
+        assert_true((double)mid == ((double)a + (double)b) / 2);
+        assert_int_equal(enc(mid), (c & 1) ? c + 1 : c);
+        assert_int_equal(enc(-mid), 0x80 | ((c & 1) ? c + 1 : c));
+        assert_int_equal(enc(nextafterf(mid, 0.0f)), c);
+        assert_int_equal(enc(nextafterf(mid, INFINITY)), c + 1);
+    }
+    /* random values across the whole range, subnormals included */
+    wt_rng r = {7};
+    for (int i = 0; i < 100000; ++i) {
+        float y = rand_float(&r, emin - 4, (int)log2f(max));
+        if (fabsf(y) > max) y = copysignf(max, y);
+        assert_int_equal(enc(y), nearest_fp8(y, dec, finite));
+    }
+    /* saturation and NaN */
+    assert_int_equal(enc(max * 1.5f) & 0x7f, enc(max));
+    assert_int_equal(enc(-1e30f), 0x80 | enc(max));
+    assert_false(finite(enc(NAN)));
+}
+
+static int e4m3_finite(uint8_t c) {
+    return kw_e4m3_is_finite(c);
+}
+static int e5m2_finite(uint8_t c) {
+    return kw_e5m2_is_finite(c);
+}
+
+static void test_e4m3(void **state) {
+    (void)state;
+    check_fp8(kw_e4m3_to_f32, kw_f32_to_e4m3, e4m3_finite, 448.0f, -9);
+    assert_int_equal(kw_f32_to_e4m3(448.0f), 0x7e);
+    assert_int_equal(kw_f32_to_e4m3(1.0f), 0x38);
+    assert_int_equal(kw_f32_to_e4m3(0x1p-9f), 0x01);
+    assert_int_equal(kw_f32_to_e4m3(0x1p-6f), 0x08);
+    assert_int_equal(kw_f32_to_e4m3(0x1p-10f), 0x00); /* tie between 0 and 2^-9: even */
+    assert_true(kw_e4m3_to_f32(0x7e) == 448.0f && kw_e4m3_to_f32(0x01) == 0x1p-9f);
+    assert_true(isnan(kw_e4m3_to_f32(0x7f)) && isnan(kw_e4m3_to_f32(0xff)));
+}
+
+static void test_e5m2(void **state) {
+    (void)state;
+    check_fp8(kw_e5m2_to_f32, kw_f32_to_e5m2, e5m2_finite, 57344.0f, -16);
+    assert_int_equal(kw_f32_to_e5m2(57344.0f), 0x7b);
+    assert_int_equal(kw_f32_to_e5m2(1.0f), 0x3c);
+    assert_int_equal(kw_f32_to_e5m2(0x1p-16f), 0x01);
+    assert_true(isinf(kw_e5m2_to_f32(0x7c)) && isnan(kw_e5m2_to_f32(0x7d)));
+    /* e5m2 is the top byte of f16: check against the (exhaustively tested) f16 conversion for exact f16 values */
+    for (uint32_t h = 0; h < 0x7c00; h += 0x100)
+        assert_int_equal(kw_f32_to_e5m2(kw_f16_to_f32((uint16_t)h)), h >> 8);
+}
+
+static void test_e8m0(void **state) {
+    (void)state;
+    assert_true(kw_e8m0_to_f32(127) == 1.0f && kw_e8m0_to_f32(0) == 0x1p-127f && kw_e8m0_to_f32(254) == 0x1p127f);
+    assert_true(isnan(kw_e8m0_to_f32(255)));
+    wt_rng r = {3};
+    for (int i = 0; i < 100000; ++i) {
+        const float x = fabsf(rand_float(&r, -149, 127));
+        const uint8_t e = kw_e8m0_ceil(x);
+        if (e == 255) {
+            assert_true(x > 0x1p127f);
+            continue;
+        }
+        const float v = kw_e8m0_to_f32(e);
+        assert_true(v >= x);                      /* rounds up */
+        assert_true(e == 0 || (double)v / 2 < x); /* to the smallest such power of two */
+    }
+    assert_int_equal(kw_e8m0_ceil(0.0f), 0);
+    assert_int_equal(kw_e8m0_ceil(1.0f), 127);
+    assert_int_equal(kw_e8m0_ceil(nextafterf(1.0f, 2.0f)), 128);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+static void test_nf4(void **state) {
+    (void)state;
+    for (uint32_t i = 0; i < 15; ++i) {
+        const float a = kw_wire_nf4_value(i), b = kw_wire_nf4_value(i + 1);
+        assert_true(a < b);
+        /* the midpoint constants are exactly fl32((a + b) * 0.5) */
+        const float mid = (a + b) * 0.5f;
+        assert_int_equal(kw_wire_nf4_code(mid), (i & 1) ? i + 1 : i);
+        assert_int_equal(kw_wire_nf4_code(nextafterf(mid, -2.0f)), i);
+        assert_int_equal(kw_wire_nf4_code(nextafterf(mid, 2.0f)), i + 1);
+        assert_int_equal(kw_wire_nf4_code(a), i);
+    }
+    assert_int_equal(kw_wire_nf4_code(0.0f), 7);
+    assert_int_equal(kw_wire_nf4_code(-1.0f), 0);
+    assert_int_equal(kw_wire_nf4_code(1.0f), 15);
+    wt_rng r = {5};
+    for (int i = 0; i < 100000; ++i) {
+        const float y = wt_uniform(&r);
+        uint32_t best = 0;
+        for (uint32_t c = 1; c < 16; ++c)
+            if (fabsf(kw_wire_nf4_value(c) - y) < fabsf(kw_wire_nf4_value(best) - y)) best = c;
+        assert_int_equal(kw_wire_nf4_code(y), best);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+static const uint32_t kCodecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6,
+                                   KW_WIRE_CODEC_NF4,  KW_WIRE_CODEC_E4M3, KW_WIRE_CODEC_E5M2};
+static const uint32_t kScales[] = {KW_WIRE_SCALE_F16, KW_WIRE_SCALE_BF16, KW_WIRE_SCALE_F32, KW_WIRE_SCALE_E8M0};
+
+/* The scale rule of FORMAT.md §5.4 recomputed in double. */
+static void test_scale_choose(void **state) {
+    (void)state;
+    wt_rng r = {11};
+    for (size_t ci = 0; ci < sizeof kCodecs / sizeof kCodecs[0]; ++ci)
+        for (size_t si = 0; si < sizeof kScales / sizeof kScales[0]; ++si)
+            for (int i = 0; i < 20000; ++i) {
+                const uint32_t codec = kCodecs[ci], sd = kScales[si];
+                const float qmax = kw_wire_codec_qmax(codec);
+                const float amax = fabsf(rand_float(&r, -149, 127));
+                const float rr = (float)((double)amax / qmax); /* = fl32(amax / qmax): no double rounding for / */
+                uint32_t code = 0;
+                float s = -1.0f;
+                const int rc = kw_wire_scale_choose(amax, qmax, sd, &code, &s);
+                float expect; /* the scale before the range check */
+                switch (sd) {
+                case KW_WIRE_SCALE_F16:
+                    expect = kw_round_f16(rr);
+                    break;
+                case KW_WIRE_SCALE_BF16:
+                    expect = kw_round_bf16(rr);
+                    break;
+                case KW_WIRE_SCALE_F32:
+                    expect = rr;
+                    break;
+                default:
+                    expect = rr > 0x1p127f ? INFINITY : kw_e8m0_to_f32(kw_e8m0_ceil(rr));
+                    break;
+                }
+                if (isfinite(expect) && expect < kw_wire_scale_min(sd)) expect = kw_wire_scale_min(sd);
+                if (!isfinite(expect) || (double)qmax * expect > KW_WIRE_BF16_MAX) {
+                    assert_int_equal(rc, KW_E_WIRE_RANGE);
+                    continue;
+                }
+                assert_int_equal(rc, 0);
+                assert_true(s == expect);
+                if (sd == KW_WIRE_SCALE_E8M0) assert_true(s >= rr); /* never clips */
+                uint8_t stored[4];
+                kw_wire_scale_store(sd, code, stored);
+                assert_true(kw_wire_scale_load(sd, stored) == s);
+                assert_true(kw_wire_scale_valid(sd, stored, qmax));
+            }
+    uint32_t code;
+    float s;
+    assert_int_equal(kw_wire_scale_choose(0.0f, 127.0f, KW_WIRE_SCALE_E8M0, &code, &s), 0);
+    assert_true(s == 0.0f && code == 0);
+}
+
+static void test_scale_valid(void **state) {
+    (void)state;
+    const uint8_t f16_neg[] = {0x00, 0xbc}, f16_inf[] = {0x00, 0x7c}, f16_nan[] = {0x01, 0x7e}, f16_sub[] = {0x01, 0};
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_F16, f16_neg, 127));
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_F16, f16_inf, 127));
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_F16, f16_nan, 127));
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_F16, f16_sub, 127)); /* 2^-24 is f16's S_MIN */
+    const uint8_t bf_sub[] = {0x01, 0x00}, bf_min[] = {0x80, 0x00}, bf_big[] = {0x7f, 0x7f}, zero[] = {0, 0, 0, 0};
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_BF16, bf_sub, 127));
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_BF16, bf_min, 127));
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_BF16, bf_big, 127)); /* 127 * s overflows bf16 */
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_BF16, bf_big, 1));    /* nf4: qmax 1 */
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_F32, zero, 127));
+    const uint8_t f32_negzero[] = {0, 0, 0, 0x80};
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_F32, f32_negzero, 127));
+    const uint8_t e0 = 0, e254 = 254, e255 = 255, e247 = 247;
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_E8M0, &e0, 127));
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_E8M0, &e255, 1));
+    assert_false(kw_wire_scale_valid(KW_WIRE_SCALE_E8M0, &e254, 127));
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_E8M0, &e254, 1));
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_E8M0, &e247, 127)); /* 127 * 2^120 < BF16_MAX */
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+static void test_packing_bytes(void **state) {
+    (void)state;
+    const float x4[8] = {1, -1, 7, -7, 0, 3, -3, 2};
+    uint8_t b4[4];
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT4, x4, 8, 1.0f, b4);
+    const uint8_t e4[4] = {0xf1, 0x97, 0x30, 0x2d}; /* element 2j in the low nibble, two's complement */
+    assert_memory_equal(b4, e4, 4);
+    const float x6[8] = {1, 2, 3, -1, 31, -31, 0, 5};
+    uint8_t b6[6];
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT6, x6, 8, 1.0f, b6);
+    /* w0 = 1 | 2<<6 | 3<<12 | 63<<18 = 0xfc3081; w1 = 31 | 33<<6 | 0<<12 | 5<<18 = 0x14085f */
+    const uint8_t e6[6] = {0x81, 0x30, 0xfc, 0x5f, 0x08, 0x14};
+    assert_memory_equal(b6, e6, 6);
+    for (uint32_t i = 0; i < 8; ++i) {
+        assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT4, b4, i), (int)x4[i]);
+        assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT6, b6, i), (int)x6[i]);
+    }
+    const float x8[8] = {127, -127, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f}; /* ties to even */
+    uint8_t b8[8];
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT8, x8, 8, 1.0f, b8);
+    const uint8_t e8[8] = {127, 0x81, 0, 2, 2, 0, 0xfe, 0xfe};
+    assert_memory_equal(b8, e8, 8);
+    const float big[8] = {1000, -1000, 7.49f, -7.5f, 6.5f, 0, 0, 0}; /* clamped to +-qmax */
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT4, big, 8, 1.0f, b4);
+    assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT4, b4, 0), 7);
+    assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT4, b4, 1), -7);
+    assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT4, b4, 2), 7);
+    assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT4, b4, 3), -7);
+    assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT4, b4, 4), 6);
+    uint8_t z[8];
+    kw_wire_zero_row(KW_WIRE_CODEC_NF4, 16, z);
+    for (int i = 0; i < 8; ++i)
+        assert_int_equal(z[i], 0x77);
+}
+
+static void test_reserved_codes(void **state) {
+    (void)state;
+    float out[8];
+    uint8_t row[8];
+    for (int c = 0; c < 256; ++c) {
+        memset(row, 0, sizeof row);
+        row[3] = (uint8_t)c;
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_INT8, row, 8, 1.0f, out) < 0, c == 0x80);
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_E4M3, row, 8, 1.0f, out) < 0, (c & 0x7f) == 0x7f);
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_E5M2, row, 8, 1.0f, out) < 0, (c & 0x7c) == 0x7c);
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_INT4, row, 8, 1.0f, out) < 0,
+                         (c & 15) == 8 || (c >> 4) == 8);
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_NF4, row, 8, 1.0f, out), 0);
+    }
+    /* int6: code -32 (0x20) in each of the four slots of a triple */
+    for (int slot = 0; slot < 4; ++slot) {
+        const uint32_t w = 0x20u << (6 * slot);
+        const uint8_t r6[6] = {(uint8_t)w, (uint8_t)(w >> 8), (uint8_t)(w >> 16), 0, 0, 0};
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_INT6, r6, 8, 1.0f, out), KW_E_WIRE_VALUE);
+    }
+    const uint8_t inf_bf16[16] = {0, 0, 0x80, 0x7f}, inf_f16[16] = {0, 0x7c};
+    assert_int_equal(kw_wire_passthrough_row(KW_WIRE_CODEC_BF16, inf_bf16, 8, out), KW_E_WIRE_VALUE);
+    assert_int_equal(kw_wire_passthrough_row(KW_WIRE_CODEC_F16, inf_f16, 8, out), KW_E_WIRE_VALUE);
+}
+
+/* The per-element error bound of FORMAT.md §5.4 for one element: x input, xh decoded, s the stored scale, qmax. */
+static double element_bound(uint32_t codec, double x, double xh, double s, double qmax) {
+    const double y = fmin(fmax(x / s, -qmax), qmax);            /* the clamped scaled value */
+    const double clip = fabs(x) - qmax * s;                     /* > 0 only when the stored scale was rounded down */
+    const double mul = s * qmax * 0x1p-22 + fabs(xh) * 0x1p-24; /* fl32(x*inv) and fl32(q*s) rounding */
+    double step_half;                                           /* half the distance between neighbouring codes at y */
+    switch (codec) {
+    case KW_WIRE_CODEC_NF4: {
+        uint32_t i = 0;
+        while (i < 14 && kw_wire_nf4_value(i + 1) < y)
+            ++i;
+        step_half = (kw_wire_nf4_value(i + 1) - kw_wire_nf4_value(i)) / 2;
+        break;
+    }
+    case KW_WIRE_CODEC_E4M3:
+        step_half = fmax(fabs(y) * 0x1p-4, 0x1p-10);
+        break;
+    case KW_WIRE_CODEC_E5M2:
+        step_half = fmax(fabs(y) * 0x1p-3, 0x1p-17);
+        break;
+    default:
+        step_half = 0.5;
+        break;
+    }
+    return fmax(s * step_half, clip) + mul;
+}
+
+static void test_row_error_bounds(void **state) {
+    (void)state;
+    wt_rng r = {13};
+    float x[64], xh[64];
+    uint8_t packed[128];
+    for (size_t ci = 0; ci < sizeof kCodecs / sizeof kCodecs[0]; ++ci)
+        for (size_t si = 0; si < sizeof kScales / sizeof kScales[0]; ++si)
+            for (int it = 0; it < 3000; ++it) {
+                const uint32_t codec = kCodecs[ci], sd = kScales[si];
+                const float qmax = kw_wire_codec_qmax(codec);
+                const int e = (int)wt_below(&r, 40) - 20; /* magnitudes 2^-20 .. 2^20 */
+                float amax = 0;
+                for (int i = 0; i < 64; ++i) {
+                    x[i] = ldexpf(wt_bell(&r), e);
+                    if (it % 7 == 0 && i == 5) x[i] = ldexpf(50.0f, e); /* an outlier */
+                    amax = fmaxf(amax, fabsf(x[i]));
+                }
+                uint32_t code;
+                float s;
+                if (kw_wire_scale_choose(amax, qmax, sd, &code, &s) < 0) continue; /* f16 cannot reach 2^20 */
+                kw_wire_quantize_row(codec, x, 64, 1.0f / s, packed);
+                assert_int_equal(kw_wire_dequantize_row(codec, packed, 64, s, xh), 0);
+                for (int i = 0; i < 64; ++i) {
+                    const double err = fabs((double)x[i] - xh[i]);
+                    const double bound = element_bound(codec, x[i], xh[i], s, qmax);
+                    if (err > bound)
+                        fail_msg("%s/%s x=%a xh=%a s=%a err=%g bound=%g", kw_wire_codec_name(codec),
+                                 kw_wire_scale_name(sd), (double)x[i], (double)xh[i], (double)s, err, bound);
+                }
+            }
+    (void)bits;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rne_small),
+        cmocka_unit_test(test_e4m3),
+        cmocka_unit_test(test_e5m2),
+        cmocka_unit_test(test_e8m0),
+        cmocka_unit_test(test_nf4),
+        cmocka_unit_test(test_scale_choose),
+        cmocka_unit_test(test_scale_valid),
+        cmocka_unit_test(test_packing_bytes),
+        cmocka_unit_test(test_reserved_codes),
+        cmocka_unit_test(test_row_error_bounds),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,333 @@
+/* kw_wire.h: the KVWire v1 container (docs/FORMAT.md): an encoder that writes a blob section by section into caller
+ * buffers, a streaming decoder that accepts the blob in chunks of any size, a one-shot reader on top of it, exact
+ * size prediction, and the byte breakdown of a blob.
+ *
+ * wire/ is pure: no I/O, no global state, no threads. Every function returns 0 (or a documented non-negative value)
+ * or a negative kw_status with a reason in kw_error_detail(). Peer input never makes it abort. The per-value codec
+ * math lives in kw_wire_quant.h, shared with CUDA.
+ *
+ * Tensor layout. K and V of one layer are (H, T, D) per FORMAT.md §5.3: H = n_kv_heads, T = selected tokens, D =
+ * head_dim, D contiguous. Views carry a head stride and a token stride in elements, so both the Hugging Face cache
+ * layout (H, T, D) (head_stride = T*D, token_stride = D) and the kv_load layout (T, H, D) (head_stride = D,
+ * token_stride = H*D) are accepted without copies; an optional row map gathers selected tokens straight from a full
+ * cache.
+ */
+#ifndef KW_WIRE_H
+#define KW_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire/kw_wire_quant.h"
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Format constants (FORMAT.md §3, §4, §8, §9.1) */
+
+#define KW_WIRE_VERSION            1
+#define KW_WIRE_HEADER_BYTES       64
+#define KW_WIRE_SECTION_HEAD_BYTES 32
+#define KW_WIRE_GROUP_DESC_BYTES   12
+#define KW_WIRE_CHECKSUM_BYTES     8
+#define KW_WIRE_TRAILER_BYTES      24
+
+#define KW_WIRE_MAX_LAYERS            1024
+#define KW_WIRE_MAX_HEADS             256
+#define KW_WIRE_MAX_HEAD_DIM          1024
+#define KW_WIRE_MAX_POSITIONS         (1u << 24)
+#define KW_WIRE_MAX_GROUPS            4096
+#define KW_WIRE_MAX_SECTION_BYTES     0xffffffffu         /* raw body, format maximum (u32 field) */
+#define KW_WIRE_DEFAULT_SECTION_BYTES ((uint64_t)1 << 30) /* raw body, default decoder limit */
+
+/* Element dtypes of encoder inputs (and the header's src_dtype) and of decoder outputs. Numbers are on the wire. */
+enum kw_wire_dtype {
+    KW_WIRE_DTYPE_BF16 = 1,
+    KW_WIRE_DTYPE_F16 = 2, /* encoder input only */
+    KW_WIRE_DTYPE_F32 = 3,
+};
+
+/* Token position encodings (FORMAT.md §6). Numbers are on the wire, except AUTO. */
+enum kw_wire_index {
+    KW_WIRE_INDEX_FULL = 0,   /* positions 0..T-1, no bytes */
+    KW_WIRE_INDEX_RANGE = 1,  /* u32 start */
+    KW_WIRE_INDEX_U16 = 2,    /* T u16 */
+    KW_WIRE_INDEX_U32 = 3,    /* T u32 */
+    KW_WIRE_INDEX_BITMAP = 4, /* ceil(n_positions/8) bytes */
+    KW_WIRE_INDEX_VARINT = 5, /* LEB128 deltas */
+    KW_WIRE_INDEX_AUTO = 255, /* encoder policy: the smallest applicable encoding, ties to the lowest id */
+};
+#define KW_WIRE_INDEX_COUNT 6
+
+/* Vector code paths. AUTO picks the best the CPU supports; the others force one (tests compare them). All paths
+ * produce identical bytes and values. */
+enum kw_wire_isa {
+    KW_WIRE_ISA_AUTO = 0,
+    KW_WIRE_ISA_SCALAR = 1,
+    KW_WIRE_ISA_AVX2 = 2,
+    KW_WIRE_ISA_AVX512 = 3,
+};
+
+/* Returns the ISA that `isa` resolves to on this CPU (AUTO -> the best available; an unavailable request -> the best
+ * available below it). */
+enum kw_wire_isa kw_wire_isa_resolve(enum kw_wire_isa isa);
+const char *kw_wire_isa_name(enum kw_wire_isa isa);
+
+/* Names for printing ("int4", "token", "e8m0", "bitmap"); "?" for unknown ids. Static strings. */
+const char *kw_wire_codec_name(uint32_t codec);
+const char *kw_wire_gran_name(uint32_t gran);
+const char *kw_wire_scale_name(uint32_t scale_dtype);
+const char *kw_wire_index_name(uint32_t index_encoding);
+const char *kw_wire_dtype_name(uint32_t dtype);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Blob identity and codec choice */
+
+/* The fixed header's content (FORMAT.md §3), minus the constant and reserved fields. */
+typedef struct kw_wire_header {
+    uint16_t n_layers;    /* layers of the sharer model */
+    uint16_t n_sections;  /* sections the blob will carry, <= n_layers */
+    uint16_t n_kv_heads;  /* H */
+    uint16_t head_dim;    /* D, a multiple of 8 */
+    uint32_t n_positions; /* length of the sharer sequence; positions are < n_positions */
+    uint8_t src_dtype;    /* enum kw_wire_dtype of the encoder's inputs */
+    uint64_t model_id;    /* opaque sharer model identity */
+    uint32_t policy_id;   /* opaque policy identity */
+} kw_wire_header;
+
+/* The codec of one tensor of a token group (FORMAT.md §5.1). Passthrough codecs take granularity and scale dtype
+ * NONE; the others any granularity and scale dtype. group_log2 is log2(G) for KW_WIRE_GRAN_GROUP (G >= 4, G divides
+ * head_dim), else 0. */
+typedef struct kw_wire_codec_spec {
+    uint8_t codec;       /* enum kw_wire_codec */
+    uint8_t granularity; /* enum kw_wire_gran */
+    uint8_t scale_dtype; /* enum kw_wire_scale */
+    uint8_t group_log2;
+} kw_wire_codec_spec;
+
+/* A run of consecutive selected tokens sharing one codec for K and one for V. */
+typedef struct kw_wire_token_group {
+    uint32_t n_tokens;
+    kw_wire_codec_spec k, v;
+} kw_wire_token_group;
+
+/* How one section is encoded. */
+typedef struct kw_wire_policy {
+    kw_wire_codec_spec k, v;           /* the codecs of the single token group when n_groups == 0 */
+    uint32_t n_groups;                 /* 0: one group of all tokens; else the groups below */
+    const kw_wire_token_group *groups; /* borrowed; n_groups entries whose n_tokens sum to the section's tokens */
+    uint8_t index_encoding;            /* enum kw_wire_index; KW_WIRE_INDEX_AUTO for the smallest */
+    int zstd_level;                    /* 0: never compress; else the zstd level (1..22, or negative fast levels);
+                                          the body is compressed only if that makes it strictly smaller */
+} kw_wire_policy;
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Encoder */
+
+/* A borrowed read-only view of one layer's K or V: element (h, t, d) is at data[row(t) * token_stride +
+ * h * head_stride + d] where row(t) = rows ? rows[t] : t, in elements of dtype (the header's src_dtype). */
+typedef struct kw_wire_tensor_in {
+    const void *data;     /* borrowed */
+    size_t head_stride;   /* elements between heads */
+    size_t token_stride;  /* elements between rows */
+    const uint32_t *rows; /* borrowed, optional: T row numbers (gather) */
+} kw_wire_tensor_in;
+
+/* One layer's selected tokens. */
+typedef struct kw_wire_layer_in {
+    uint32_t layer;            /* < n_layers, greater than the previous section's */
+    uint32_t n_tokens;         /* T >= 1 */
+    const uint32_t *positions; /* borrowed: T strictly increasing positions < n_positions; NULL means 0..T-1 */
+    kw_wire_tensor_in k, v;
+} kw_wire_layer_in;
+
+/* Where the bytes of a blob go (FORMAT.md §7). total = header + indices + scales + payload + checksums - saved. */
+typedef struct kw_wire_breakdown {
+    uint64_t header;            /* blob header and trailer (without checksums), section heads, group tables */
+    uint64_t indices;           /* index blocks (before compression) */
+    uint64_t scales;            /* scale blocks (before compression) */
+    uint64_t payload;           /* code blocks (before compression) */
+    uint64_t checksums;         /* header, section and blob checksums */
+    uint64_t compression_saved; /* sum over compressed sections of raw_body_bytes - stored_body_bytes */
+    uint64_t total;             /* bytes of the blob so far */
+    uint32_t sections;
+    uint32_t compressed_sections;
+} kw_wire_breakdown;
+
+typedef struct kw_wire_encoder kw_wire_encoder;
+
+typedef struct kw_wire_encoder_options {
+    uint8_t isa; /* enum kw_wire_isa; 0 (AUTO) is right for everything but tests */
+} kw_wire_encoder_options;
+
+/* Creates an encoder for a blob with this header (validated against the format limits: KW_E_INVALID_ARG).
+ * opt may be NULL. The encoder owns its scratch buffers; free it with kw_wire_encoder_destroy. */
+int kw_wire_encoder_create(const kw_wire_header *hdr, const kw_wire_encoder_options *opt, kw_wire_encoder **out);
+
+/* Frees the encoder; NULL is a no-op. */
+void kw_wire_encoder_destroy(kw_wire_encoder *enc);
+
+/* The three writers append the next part of the blob to the caller's buffer dst (cap bytes) and set *written. They
+ * must be called in order: header once, then exactly n_sections sections, then the trailer (else KW_E_STATE).
+ * KW_E_BUFFER_TOO_SMALL if cap is short (use the size functions below). A failed call writes nothing the caller
+ * should use and leaves the encoder as it was, so it may be retried with another policy. */
+int kw_wire_encoder_write_header(kw_wire_encoder *enc, void *dst, size_t cap, size_t *written);
+
+/* Encodes one layer. Errors: KW_E_INVALID_ARG (layer order, positions, policy, views), KW_E_WIRE_NONFINITE (NaN or
+ * Inf in K or V), KW_E_WIRE_RANGE (a value or scale the chosen codec cannot represent), KW_E_BUFFER_TOO_SMALL
+ * (cap below kw_wire_section_size), KW_E_NOMEM. */
+int kw_wire_encoder_write_section(kw_wire_encoder *enc, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                                  void *dst, size_t cap, size_t *written);
+
+/* Writes the 24-byte trailer after the last section. */
+int kw_wire_encoder_write_trailer(kw_wire_encoder *enc, void *dst, size_t cap, size_t *written);
+
+/* The breakdown of everything written so far (owned by the encoder). */
+const kw_wire_breakdown *kw_wire_encoder_breakdown(const kw_wire_encoder *enc);
+
+/* Chooses the index encoding for T positions (FORMAT.md §6): the smallest applicable, ties to the lowest id; or
+ * validates a forced one (KW_E_INVALID_ARG if it cannot represent the positions). positions NULL means 0..T-1.
+ * Writes the encoding id and its size in bytes. */
+int kw_wire_index_choose(uint32_t n_positions, const uint32_t *positions, uint32_t n_tokens, uint8_t request,
+                         uint8_t *encoding, size_t *bytes);
+
+/* The exact size of the section this policy makes for these positions when the body is not compressed (a
+ * compressed section is strictly smaller). Validates the policy (KW_E_INVALID_ARG). */
+int kw_wire_section_size(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens,
+                         const uint32_t *positions, size_t *out);
+
+/* An upper bound of the section size for any T positions (the index block counted at min(4T, ceil(P/8)), or the
+ * forced encoding's worst case). */
+int kw_wire_section_bound(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens, size_t *out);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Decoder */
+
+/* Decoder limits (FORMAT.md §9.1); kw_wire_limits_default fills the format maxima and a 1 GiB section. */
+typedef struct kw_wire_limits {
+    uint32_t max_layers, max_heads, max_head_dim, max_positions, max_tokens, max_groups;
+    uint64_t max_section_bytes; /* raw (decompressed) body of one section */
+    uint64_t max_blob_bytes;    /* whole blob */
+} kw_wire_limits;
+
+void kw_wire_limits_default(kw_wire_limits *lim);
+
+/* An optional allocator for everything the decoder allocates (tests count and fail allocations with it). realloc_fn
+ * follows realloc semantics (ptr NULL allocates); free_fn accepts NULL. libzstd's own fixed-size context is
+ * allocated by libzstd. */
+typedef struct kw_wire_allocator {
+    void *(*realloc_fn)(void *user, void *ptr, size_t size);
+    void (*free_fn)(void *user, void *ptr);
+    void *user;
+} kw_wire_allocator;
+
+typedef struct kw_wire_decoder_options {
+    kw_wire_limits limits;          /* all zero: the defaults */
+    const kw_wire_allocator *alloc; /* borrowed, must outlive the decoder; NULL: malloc */
+    uint8_t isa;                    /* enum kw_wire_isa for dequantization */
+} kw_wire_decoder_options;
+
+/* One tensor of a token group inside a section: its codec, scales and packed codes (borrowed from the section). */
+typedef struct kw_wire_tensor_view {
+    kw_wire_codec_spec spec;
+    const uint8_t *scales;
+    const uint8_t *codes;
+    uint32_t scale_count, scale_bytes;
+    uint64_t code_bytes;
+} kw_wire_tensor_view;
+
+typedef struct kw_wire_group_view {
+    uint32_t first_token, n_tokens;
+    kw_wire_tensor_view k, v;
+} kw_wire_group_view;
+
+/* A validated section (structure, checksum, positions and scales checked). Every pointer borrows from the decoder or
+ * from the bytes given to the kw_wire_decoder_feed call that produced it: valid until the next feed, reset or
+ * destroy, and only while those bytes are unchanged. */
+typedef struct kw_wire_section {
+    uint32_t ordinal; /* 0-based section number in the blob */
+    uint32_t layer;
+    uint32_t n_tokens; /* T */
+    uint32_t n_groups;
+    uint32_t n_kv_heads, head_dim, n_positions;
+    uint8_t index_encoding; /* enum kw_wire_index */
+    bool compressed;
+    uint8_t isa;               /* the decoder's enum kw_wire_isa, used by kw_wire_section_dequantize */
+    const uint8_t *index_data; /* index block */
+    uint32_t index_bytes;
+    const kw_wire_group_view *groups; /* n_groups entries */
+    uint32_t raw_body_bytes, stored_body_bytes;
+    uint64_t offset;   /* of the section in the blob */
+    uint64_t size;     /* of the section on the wire: head + table + stored body + checksum */
+    uint64_t checksum; /* the verified section checksum */
+} kw_wire_section;
+
+/* Events returned by kw_wire_decoder_feed (non-negative). */
+enum kw_wire_event {
+    KW_WIRE_EVENT_NEED_MORE = 0, /* all input consumed, no event */
+    KW_WIRE_EVENT_HEADER = 1,    /* the header is verified: kw_wire_decoder_header */
+    KW_WIRE_EVENT_SECTION = 2,   /* a section is verified: kw_wire_decoder_section */
+    KW_WIRE_EVENT_END = 3,       /* the trailer is verified; the blob is complete */
+};
+
+typedef struct kw_wire_decoder kw_wire_decoder;
+
+/* Creates a streaming decoder. opt may be NULL (default limits, malloc, AUTO). Free with kw_wire_decoder_destroy. */
+int kw_wire_decoder_create(const kw_wire_decoder_options *opt, kw_wire_decoder **out);
+
+/* Frees the decoder and its buffers; NULL is a no-op. */
+void kw_wire_decoder_destroy(kw_wire_decoder *dec);
+
+/* Forgets the current blob (keeps buffers) so the decoder can read another one. */
+void kw_wire_decoder_reset(kw_wire_decoder *dec);
+
+/* Feeds size bytes of the blob. Consumes bytes up to and including the next event and returns it with *consumed
+ * set; call again with the rest. Returns KW_WIRE_EVENT_NEED_MORE once everything is consumed without an event. Never
+ * reads beyond data[size-1]. Errors are sticky: after one, every feed returns it. Bytes after the trailer are
+ * KW_E_WIRE_TRAILING. */
+int kw_wire_decoder_feed(kw_wire_decoder *dec, const void *data, size_t size, size_t *consumed);
+
+/* Declares the end of input: 0 if the blob was complete, KW_E_WIRE_TRUNCATED if not, or the sticky error. */
+int kw_wire_decoder_finish(kw_wire_decoder *dec);
+
+/* The verified header (after KW_WIRE_EVENT_HEADER), else NULL. Owned by the decoder. */
+const kw_wire_header *kw_wire_decoder_header(const kw_wire_decoder *dec);
+
+/* The section of the last KW_WIRE_EVENT_SECTION, else NULL. Owned by the decoder; see kw_wire_section. */
+const kw_wire_section *kw_wire_decoder_section(const kw_wire_decoder *dec);
+
+/* The breakdown of the sections verified so far (complete after KW_WIRE_EVENT_END). Owned by the decoder. */
+const kw_wire_breakdown *kw_wire_decoder_breakdown(const kw_wire_decoder *dec);
+
+/* Bytes consumed so far. */
+uint64_t kw_wire_decoder_offset(const kw_wire_decoder *dec);
+
+/* The decoder's peak buffer capacity in bytes (memory-bound tests). */
+size_t kw_wire_decoder_peak_bytes(const kw_wire_decoder *dec);
+
+/* One-shot decoding of a complete blob in memory, on the same state machine: open checks the header, next yields
+ * the sections in order (1 and *sec set; 0 after the trailer is verified and nothing follows it) or a negative
+ * status. The reader borrows blob (keep it alive and unchanged while sections are used). */
+typedef struct kw_wire_reader kw_wire_reader;
+int kw_wire_reader_open(const void *blob, size_t size, const kw_wire_decoder_options *opt, kw_wire_reader **out,
+                        const kw_wire_header **hdr);
+int kw_wire_reader_next(kw_wire_reader *r, const kw_wire_section **sec);
+const kw_wire_breakdown *kw_wire_reader_breakdown(const kw_wire_reader *r);
+/* Frees the reader; NULL is a no-op. */
+void kw_wire_reader_close(kw_wire_reader *r);
+
+/* Writes the section's T token positions to out (cap entries). */
+int kw_wire_section_positions(const kw_wire_section *sec, uint32_t *out, size_t cap);
+
+/* A borrowed writable view of a decoded K or V: element (h, t, d) goes to data[t * token_stride + h * head_stride +
+ * d], dtype KW_WIRE_DTYPE_F32 or KW_WIRE_DTYPE_BF16 (rounded to nearest even from the f32 value). */
+typedef struct kw_wire_tensor_out {
+    void *data;
+    uint8_t dtype;
+    size_t head_stride, token_stride;
+} kw_wire_tensor_out;
+
+/* Dequantizes every token group of K and V into the caller's views (either may be NULL to skip it). Returns 0, or
+ * KW_E_WIRE_VALUE if a reserved code is found (the output is then partially written). */
+int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
+
+#endif /* KW_WIRE_H */

@@ -1,0 +1,773 @@
+/* kw_wire_decode.c: the KVWire decoder (docs/FORMAT.md §9): a streaming state machine fed byte chunks of any size,
+ * the one-shot reader built on it, and dequantization of verified sections.
+ *
+ * Invariants. Every byte is checked to exist before it is read; every count and size from the blob is checked
+ * against the format maxima and the caller's limits, with overflow-safe 64-bit arithmetic, before anything is
+ * allocated for it; buffers grow only as bytes arrive, so memory is bounded by the bytes actually received (plus one
+ * decompressed body, itself within the limit). A section is handed out only after its checksum, structure,
+ * positions and scales are verified. Errors are sticky and never abort.
+ *
+ * A whole section that is present in the caller's chunk is used in place (no copy); the one-shot reader therefore
+ * copies nothing but compressed bodies.
+ */
+#include "wire/kw_wire_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#include "common/kw_bytes.h"
+
+enum { KW__ST_HEADER, KW__ST_SECTION, KW__ST_TRAILER, KW__ST_DONE, KW__ST_ERROR };
+
+struct kw_wire_decoder {
+    kw_wire_limits lim;
+    kw_wire_allocator alloc;
+    uint8_t isa;
+    int state, error;
+    uint64_t offset; /* bytes of the blob consumed */
+    kw__wire_hash hash;
+    uint8_t fixed[KW_WIRE_HEADER_BYTES]; /* header or trailer being assembled */
+    uint32_t fixed_len;
+    kw_wire_header hdr;
+    int have_hdr;
+    uint32_t sections_done;
+    int64_t last_layer;
+    /* the section being assembled */
+    int stage;     /* 0: need the head; 1: need the group table; 2: need the whole record */
+    uint64_t need; /* record bytes needed by the current stage */
+    uint32_t s_layer, s_tokens, s_index_bytes, s_raw, s_stored, s_groups;
+    uint8_t s_index_enc, s_flags;
+    uint8_t *rec;
+    size_t rec_len, rec_cap;
+    uint8_t *raw;
+    size_t raw_cap;
+    kw_wire_group_view *groups;
+    size_t groups_cap; /* entries */
+    ZSTD_DCtx *zd;
+    kw_wire_section sec;
+    int have_sec;
+    kw_wire_breakdown bd;
+    size_t peak;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Memory
+
+static void *kw__dec_realloc_default(void *user, void *ptr, size_t size) {
+    (void)user;
+    return realloc(ptr, size);
+}
+
+static void kw__dec_free_default(void *user, void *ptr) {
+    (void)user;
+    free(ptr);
+}
+
+/* Grows *buf to at least want bytes (and at most hard_max, the size the caller knows it will need). */
+static int kw__dec_grow(kw_wire_decoder *d, void **buf, size_t *cap, size_t want, size_t hard_max, const char *what) {
+    if (want <= *cap) return 0;
+    size_t n = *cap < 4096 ? 4096 : *cap * 2;
+    if (n > hard_max) n = hard_max;
+    if (n < want) n = want;
+    void *p = d->alloc.realloc_fn(d->alloc.user, *buf, n);
+    KW_RETURN_IF(!p, KW_E_NOMEM, "decoder %s buffer of %zu bytes", what, n);
+    d->peak += n - *cap;
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Lifecycle
+
+void kw_wire_limits_default(kw_wire_limits *lim) {
+    lim->max_layers = KW_WIRE_MAX_LAYERS;
+    lim->max_heads = KW_WIRE_MAX_HEADS;
+    lim->max_head_dim = KW_WIRE_MAX_HEAD_DIM;
+    lim->max_positions = KW_WIRE_MAX_POSITIONS;
+    lim->max_tokens = KW_WIRE_MAX_POSITIONS;
+    lim->max_groups = KW_WIRE_MAX_GROUPS;
+    lim->max_section_bytes = KW_WIRE_DEFAULT_SECTION_BYTES;
+    lim->max_blob_bytes = UINT64_MAX;
+}
+
+static uint64_t kw__min64(uint64_t a, uint64_t b) {
+    return a < b ? a : b;
+}
+
+int kw_wire_decoder_create(const kw_wire_decoder_options *opt, kw_wire_decoder **out) {
+    KW_RETURN_IF(!out, KW_E_INVALID_ARG, "no output pointer");
+    *out = NULL;
+    kw_wire_allocator alloc = {kw__dec_realloc_default, kw__dec_free_default, NULL};
+    if (opt && opt->alloc) {
+        KW_RETURN_IF(!opt->alloc->realloc_fn || !opt->alloc->free_fn, KW_E_INVALID_ARG, "incomplete allocator");
+        alloc = *opt->alloc;
+    }
+    kw_wire_decoder *d = alloc.realloc_fn(alloc.user, NULL, sizeof *d);
+    KW_RETURN_IF(!d, KW_E_NOMEM, "decoder allocation failed");
+    memset(d, 0, sizeof *d);
+    d->alloc = alloc;
+    kw_wire_limits def;
+    kw_wire_limits_default(&def);
+    const kw_wire_limits zero = {0};
+    d->lim = (opt && memcmp(&opt->limits, &zero, sizeof zero) != 0) ? opt->limits : def;
+    /* a caller's limit can only lower the format maxima */
+    d->lim.max_layers = (uint32_t)kw__min64(d->lim.max_layers, def.max_layers);
+    d->lim.max_heads = (uint32_t)kw__min64(d->lim.max_heads, def.max_heads);
+    d->lim.max_head_dim = (uint32_t)kw__min64(d->lim.max_head_dim, def.max_head_dim);
+    d->lim.max_positions = (uint32_t)kw__min64(d->lim.max_positions, def.max_positions);
+    d->lim.max_groups = (uint32_t)kw__min64(d->lim.max_groups, def.max_groups);
+    d->lim.max_section_bytes = kw__min64(d->lim.max_section_bytes, KW_WIRE_MAX_SECTION_BYTES);
+    d->isa = (uint8_t)kw_wire_isa_resolve(opt ? (enum kw_wire_isa)opt->isa : KW_WIRE_ISA_AUTO);
+    d->peak = sizeof *d;
+    kw_wire_decoder_reset(d);
+    *out = d;
+    return 0;
+}
+
+void kw_wire_decoder_reset(kw_wire_decoder *d) {
+    d->state = KW__ST_HEADER;
+    d->error = 0;
+    d->offset = 0;
+    kw__wire_hash_reset(&d->hash);
+    d->fixed_len = 0;
+    memset(&d->hdr, 0, sizeof d->hdr);
+    d->have_hdr = 0;
+    d->sections_done = 0;
+    d->last_layer = -1;
+    d->stage = 0;
+    d->need = KW_WIRE_SECTION_HEAD_BYTES;
+    d->rec_len = 0;
+    d->have_sec = 0;
+    memset(&d->bd, 0, sizeof d->bd);
+}
+
+void kw_wire_decoder_destroy(kw_wire_decoder *d) {
+    if (!d) return;
+    ZSTD_freeDCtx(d->zd);
+    d->alloc.free_fn(d->alloc.user, d->rec);
+    d->alloc.free_fn(d->alloc.user, d->raw);
+    d->alloc.free_fn(d->alloc.user, d->groups);
+    d->alloc.free_fn(d->alloc.user, d);
+}
+
+const kw_wire_header *kw_wire_decoder_header(const kw_wire_decoder *d) {
+    return d->have_hdr ? &d->hdr : NULL;
+}
+const kw_wire_section *kw_wire_decoder_section(const kw_wire_decoder *d) {
+    return d->have_sec ? &d->sec : NULL;
+}
+const kw_wire_breakdown *kw_wire_decoder_breakdown(const kw_wire_decoder *d) {
+    return &d->bd;
+}
+uint64_t kw_wire_decoder_offset(const kw_wire_decoder *d) {
+    return d->offset;
+}
+size_t kw_wire_decoder_peak_bytes(const kw_wire_decoder *d) {
+    return d->peak;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Header and trailer
+
+/* Checks the magic and version bytes in fixed[from, to) as soon as they arrive. */
+static int kw__dec_header_prefix(const kw_wire_decoder *d, uint32_t from, uint32_t to) {
+    for (uint32_t i = from; i < to && i < 8; ++i)
+        KW_RETURN_IF(d->fixed[i] != kw__wire_magic[i], KW_E_WIRE_MAGIC, "not a KVWire blob (byte %u is 0x%02x)", i,
+                     d->fixed[i]);
+    if (from < 10 && to >= 10) {
+        const uint16_t version = kw_load_le16(d->fixed + KW__HDR_VERSION);
+        KW_RETURN_IF(version != KW_WIRE_VERSION, KW_E_WIRE_VERSION, "KVWire version %u, this decoder reads %d", version,
+                     KW_WIRE_VERSION);
+    }
+    return 0;
+}
+
+static int kw__all_zero(const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+        if (p[i]) return 0;
+    return 1;
+}
+
+static int kw__dec_header(kw_wire_decoder *d) {
+    const uint8_t *p = d->fixed;
+    const uint64_t sum = kw__wire_hash_bytes(p, KW__HDR_CHECKSUM);
+    KW_RETURN_IF(sum != kw_load_le64(p + KW__HDR_CHECKSUM), KW_E_WIRE_CHECKSUM, "header checksum mismatch");
+    const uint16_t header_bytes = kw_load_le16(p + KW__HDR_HEADER_BYTES);
+    KW_RETURN_IF(header_bytes != KW_WIRE_HEADER_BYTES, KW_E_WIRE_CORRUPT, "header_bytes %u, expected %d", header_bytes,
+                 KW_WIRE_HEADER_BYTES);
+    KW_RETURN_IF(kw_load_le32(p + KW__HDR_FLAGS) != 0, KW_E_WIRE_RESERVED, "header flags 0x%08x are reserved",
+                 kw_load_le32(p + KW__HDR_FLAGS));
+    KW_RETURN_IF(!kw__all_zero(p + KW__HDR_RESERVED1, 3) || !kw__all_zero(p + KW__HDR_RESERVED2, 12),
+                 KW_E_WIRE_RESERVED, "reserved header bytes are not zero");
+    kw_wire_header *h = &d->hdr;
+    h->n_layers = kw_load_le16(p + KW__HDR_N_LAYERS);
+    h->n_sections = kw_load_le16(p + KW__HDR_N_SECTIONS);
+    h->n_kv_heads = kw_load_le16(p + KW__HDR_N_HEADS);
+    h->head_dim = kw_load_le16(p + KW__HDR_HEAD_DIM);
+    h->n_positions = kw_load_le32(p + KW__HDR_N_POSITIONS);
+    h->src_dtype = p[KW__HDR_SRC_DTYPE];
+    h->model_id = kw_load_le64(p + KW__HDR_MODEL_ID);
+    h->policy_id = kw_load_le32(p + KW__HDR_POLICY_ID);
+    KW_RETURN_IF(kw__wire_dtype_size(h->src_dtype) == 0, KW_E_WIRE_CODEC, "unknown src_dtype %u", h->src_dtype);
+    KW_RETURN_IF(h->n_layers == 0, KW_E_WIRE_CORRUPT, "n_layers is 0");
+    KW_RETURN_IF(h->n_layers > d->lim.max_layers, KW_E_WIRE_LIMIT, "n_layers %u > limit %u", h->n_layers,
+                 d->lim.max_layers);
+    KW_RETURN_IF(h->n_kv_heads == 0, KW_E_WIRE_CORRUPT, "n_kv_heads is 0");
+    KW_RETURN_IF(h->n_kv_heads > d->lim.max_heads, KW_E_WIRE_LIMIT, "n_kv_heads %u > limit %u", h->n_kv_heads,
+                 d->lim.max_heads);
+    KW_RETURN_IF(h->head_dim == 0 || h->head_dim % 8 != 0, KW_E_WIRE_CORRUPT,
+                 "head_dim %u is not a positive multiple of 8", h->head_dim);
+    KW_RETURN_IF(h->head_dim > d->lim.max_head_dim, KW_E_WIRE_LIMIT, "head_dim %u > limit %u", h->head_dim,
+                 d->lim.max_head_dim);
+    KW_RETURN_IF(h->n_positions == 0, KW_E_WIRE_CORRUPT, "n_positions is 0");
+    KW_RETURN_IF(h->n_positions > d->lim.max_positions, KW_E_WIRE_LIMIT, "n_positions %u > limit %u", h->n_positions,
+                 d->lim.max_positions);
+    KW_RETURN_IF(h->n_sections > h->n_layers, KW_E_WIRE_CORRUPT, "n_sections %u > n_layers %u", h->n_sections,
+                 h->n_layers);
+    return 0;
+}
+
+static int kw__dec_trailer(kw_wire_decoder *d) {
+    const uint8_t *p = d->fixed;
+    KW_RETURN_IF(memcmp(p, kw__wire_trailer_marker, 4) != 0, KW_E_WIRE_CORRUPT,
+                 "no trailer marker after the last section (offset %llu)", (unsigned long long)d->offset);
+    KW_RETURN_IF(!kw__all_zero(p + KW__TRL_RESERVED, 4), KW_E_WIRE_RESERVED, "reserved trailer bytes are not zero");
+    const uint64_t declared = kw_load_le64(p + KW__TRL_BLOB_BYTES);
+    KW_RETURN_IF(declared != d->offset + KW_WIRE_TRAILER_BYTES, KW_E_WIRE_CORRUPT,
+                 "trailer declares %llu blob bytes, the blob has %llu", (unsigned long long)declared,
+                 (unsigned long long)(d->offset + KW_WIRE_TRAILER_BYTES));
+    kw__wire_hash_update(&d->hash, p, KW__TRL_CHECKSUM);
+    KW_RETURN_IF(kw__wire_hash_digest(&d->hash) != kw_load_le64(p + KW__TRL_CHECKSUM), KW_E_WIRE_CHECKSUM,
+                 "blob checksum mismatch");
+    d->offset += KW_WIRE_TRAILER_BYTES;
+    d->bd.header += KW__TRL_CHECKSUM;
+    d->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
+    d->bd.total = d->offset;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sections
+
+/* Stage 0: the 32-byte section head. */
+static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
+    KW_RETURN_IF(memcmp(p, kw__wire_section_marker, 4) != 0, KW_E_WIRE_CORRUPT,
+                 "no section marker at offset %llu (section %u)", (unsigned long long)d->offset, d->sections_done);
+    d->s_flags = p[KW__SEC_FLAGS];
+    KW_RETURN_IF((d->s_flags & ~KW__SEC_FLAG_ZSTD) != 0 || !kw__all_zero(p + KW__SEC_RESERVED, 6), KW_E_WIRE_RESERVED,
+                 "section %u: reserved flags or bytes are set", d->sections_done);
+    const kw_wire_header *h = &d->hdr;
+    d->s_layer = kw_load_le16(p + KW__SEC_LAYER);
+    KW_RETURN_IF(d->s_layer >= h->n_layers, KW_E_WIRE_CORRUPT, "section %u: layer %u >= n_layers %u", d->sections_done,
+                 d->s_layer, h->n_layers);
+    KW_RETURN_IF((int64_t)d->s_layer <= d->last_layer, KW_E_WIRE_ORDER, "section %u: layer %u after layer %lld",
+                 d->sections_done, d->s_layer, (long long)d->last_layer);
+    d->s_index_enc = p[KW__SEC_INDEX_ENC];
+    KW_RETURN_IF(d->s_index_enc >= KW_WIRE_INDEX_COUNT, KW_E_WIRE_CODEC, "section %u: unknown index encoding %u",
+                 d->sections_done, d->s_index_enc);
+    d->s_tokens = kw_load_le32(p + KW__SEC_N_TOKENS);
+    KW_RETURN_IF(d->s_tokens == 0, KW_E_WIRE_CORRUPT, "section %u has no tokens", d->sections_done);
+    KW_RETURN_IF(d->s_tokens > d->lim.max_tokens, KW_E_WIRE_LIMIT, "section %u: %u tokens > limit %u", d->sections_done,
+                 d->s_tokens, d->lim.max_tokens);
+    KW_RETURN_IF(d->s_tokens > h->n_positions, KW_E_WIRE_INDICES, "section %u: %u tokens > %u positions",
+                 d->sections_done, d->s_tokens, h->n_positions);
+    d->s_groups = kw_load_le16(p + KW__SEC_N_GROUPS);
+    KW_RETURN_IF(d->s_groups == 0, KW_E_WIRE_CORRUPT, "section %u has no token groups", d->sections_done);
+    KW_RETURN_IF(d->s_groups > d->lim.max_groups, KW_E_WIRE_LIMIT, "section %u: %u token groups > limit %u",
+                 d->sections_done, d->s_groups, d->lim.max_groups);
+    KW_RETURN_IF(d->s_groups > d->s_tokens, KW_E_WIRE_CORRUPT, "section %u: %u groups for %u tokens", d->sections_done,
+                 d->s_groups, d->s_tokens);
+    d->s_index_bytes = kw_load_le32(p + KW__SEC_INDEX_BYTES);
+    if (d->s_index_enc == KW_WIRE_INDEX_VARINT) {
+        KW_RETURN_IF(d->s_index_bytes < d->s_tokens || d->s_index_bytes > 5ull * d->s_tokens, KW_E_WIRE_CORRUPT,
+                     "section %u: %u varint index bytes for %u tokens", d->sections_done, d->s_index_bytes,
+                     d->s_tokens);
+    } else {
+        KW_RETURN_IF(d->s_index_bytes != kw__wire_index_fixed_bytes(d->s_index_enc, d->s_tokens, h->n_positions),
+                     KW_E_WIRE_CORRUPT, "section %u: index_bytes %u wrong for %s encoding of %u tokens",
+                     d->sections_done, d->s_index_bytes, kw_wire_index_name(d->s_index_enc), d->s_tokens);
+    }
+    d->s_raw = kw_load_le32(p + KW__SEC_RAW_BYTES);
+    d->s_stored = kw_load_le32(p + KW__SEC_STORED_BYTES);
+    KW_RETURN_IF(d->s_raw > d->lim.max_section_bytes, KW_E_WIRE_LIMIT, "section %u: body of %u bytes > limit %llu",
+                 d->sections_done, d->s_raw, (unsigned long long)d->lim.max_section_bytes);
+    if (d->s_flags & KW__SEC_FLAG_ZSTD)
+        KW_RETURN_IF(d->s_stored >= d->s_raw, KW_E_WIRE_CORRUPT,
+                     "section %u: compressed body of %u bytes is not smaller than its %u raw bytes", d->sections_done,
+                     d->s_stored, d->s_raw);
+    else
+        KW_RETURN_IF(d->s_stored != d->s_raw, KW_E_WIRE_CORRUPT,
+                     "section %u: stored %u bytes differ from raw %u for an uncompressed body", d->sections_done,
+                     d->s_stored, d->s_raw);
+    const uint64_t total = KW_WIRE_SECTION_HEAD_BYTES + (uint64_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups + d->s_stored +
+                           KW_WIRE_CHECKSUM_BYTES;
+    KW_RETURN_IF(d->offset + total + KW_WIRE_TRAILER_BYTES > d->lim.max_blob_bytes, KW_E_WIRE_LIMIT,
+                 "section %u ends past the blob limit of %llu bytes", d->sections_done,
+                 (unsigned long long)d->lim.max_blob_bytes);
+    KW_RETURN_IF(total > SIZE_MAX, KW_E_WIRE_LIMIT, "section size exceeds the address space");
+    if (d->groups_cap < d->s_groups) {
+        void *g = d->alloc.realloc_fn(d->alloc.user, d->groups, d->s_groups * sizeof *d->groups);
+        KW_RETURN_IF(!g, KW_E_NOMEM, "group table of %u entries", d->s_groups);
+        d->peak += (d->s_groups - d->groups_cap) * sizeof *d->groups;
+        d->groups = g;
+        d->groups_cap = d->s_groups;
+    }
+    d->need = KW_WIRE_SECTION_HEAD_BYTES + (uint64_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups;
+    d->stage = 1;
+    return 0;
+}
+
+/* Stage 1: the group table; fills the group views with body offsets (pointers are set at stage 2). */
+static int kw__dec_section_table(kw_wire_decoder *d, const uint8_t *p) {
+    const kw_wire_header *h = &d->hdr;
+    uint64_t tokens = 0, at = d->s_index_bytes;
+    for (uint32_t g = 0; g < d->s_groups; ++g) {
+        const uint8_t *desc = p + KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * g;
+        kw_wire_group_view *gv = &d->groups[g];
+        memset(gv, 0, sizeof *gv);
+        gv->n_tokens = kw_load_le32(desc);
+        KW_RETURN_IF(gv->n_tokens == 0, KW_E_WIRE_CORRUPT, "section %u: token group %u is empty", d->sections_done, g);
+        KW_RETURN_IF(tokens + gv->n_tokens > d->s_tokens, KW_E_WIRE_CORRUPT,
+                     "section %u: token groups cover more than its %u tokens", d->sections_done, d->s_tokens);
+        gv->first_token = (uint32_t)tokens;
+        tokens += gv->n_tokens;
+        kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            const uint8_t *s = desc + 4 + 4 * kv;
+            kw_wire_codec_spec spec = {s[0], s[1], s[2], s[3]};
+            const int rc = kw__wire_spec_check(&spec, h->head_dim);
+            KW_RETURN_IF(rc < 0, rc, "section %u group %u: invalid %c descriptor %02x %02x %02x %02x", d->sections_done,
+                         g, kv ? 'V' : 'K', s[0], s[1], s[2], s[3]);
+            /* at most 256 heads * 2^24 tokens * 1024 channels * 4 bytes: no 64-bit overflow */
+            const uint64_t count = kw__wire_scale_count(&spec, h->n_kv_heads, gv->n_tokens, h->head_dim);
+            const uint64_t scale_bytes = count * kw_wire_scale_size(spec.scale_dtype);
+            const uint64_t code_bytes = kw__wire_code_bytes(&spec, h->n_kv_heads, gv->n_tokens, h->head_dim);
+            KW_RETURN_IF(at + scale_bytes + code_bytes > d->s_raw, KW_E_WIRE_CORRUPT,
+                         "section %u: token groups need more than the declared %u body bytes", d->sections_done,
+                         d->s_raw);
+            tv[kv]->spec = spec;
+            tv[kv]->scale_count = (uint32_t)count; /* < s_raw, a u32 */
+            tv[kv]->scale_bytes = (uint32_t)scale_bytes;
+            tv[kv]->code_bytes = code_bytes;
+            /* offsets are kept in the pointers until the body is known (stage 2) */
+            tv[kv]->scales = (const uint8_t *)(uintptr_t)at;
+            tv[kv]->codes = (const uint8_t *)(uintptr_t)(at + scale_bytes);
+            at += scale_bytes + code_bytes;
+        }
+    }
+    KW_RETURN_IF(tokens != d->s_tokens, KW_E_WIRE_CORRUPT, "section %u: token groups cover %llu of %u tokens",
+                 d->sections_done, (unsigned long long)tokens, d->s_tokens);
+    KW_RETURN_IF(at != d->s_raw, KW_E_WIRE_CORRUPT, "section %u: raw_body_bytes %u, the groups need %llu",
+                 d->sections_done, d->s_raw, (unsigned long long)at);
+    d->need = KW_WIRE_SECTION_HEAD_BYTES + (uint64_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups + d->s_stored +
+              KW_WIRE_CHECKSUM_BYTES;
+    d->stage = 2;
+    return 0;
+}
+
+/* Runs the stages the first vlen bytes of the record allow. Returns 1 when the record is complete, 0 if more bytes
+ * are needed. */
+static int kw__dec_section_stages(kw_wire_decoder *d, const uint8_t *view, size_t vlen) {
+    if (d->stage == 0) {
+        if (vlen < d->need) return 0;
+        KW_FORWARD(kw__dec_section_head(d, view));
+    }
+    if (d->stage == 1) {
+        if (vlen < d->need) return 0;
+        KW_FORWARD(kw__dec_section_table(d, view));
+    }
+    return vlen >= d->need ? 1 : 0;
+}
+
+static int kw__dec_check_scales(const kw_wire_decoder *d, const kw_wire_group_view *gv, uint32_t g) {
+    const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
+    for (int kv = 0; kv < 2; ++kv) {
+        const uint32_t dtype = tv[kv]->spec.scale_dtype;
+        if (dtype == KW_WIRE_SCALE_NONE) continue;
+        const float qmax = kw_wire_codec_qmax(tv[kv]->spec.codec);
+        const uint32_t ss = kw_wire_scale_size(dtype);
+        for (uint32_t i = 0; i < tv[kv]->scale_count; ++i)
+            KW_RETURN_IF(!kw_wire_scale_valid(dtype, tv[kv]->scales + (size_t)i * ss, qmax), KW_E_WIRE_VALUE,
+                         "section %u group %u: %c scale %u is invalid for %s (%s %g)", d->sections_done, g,
+                         kv ? 'V' : 'K', i, kw_wire_codec_name(tv[kv]->spec.codec), kw_wire_scale_name(dtype),
+                         (double)kw_wire_scale_load(dtype, tv[kv]->scales + (size_t)i * ss));
+    }
+    return 0;
+}
+
+/* Stage 2 complete: verify, decompress, validate and publish the record at view. */
+static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
+    const size_t table = KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups;
+    const size_t total = (size_t)d->need;
+    KW_RETURN_IF(kw__wire_hash_bytes(view, total - KW_WIRE_CHECKSUM_BYTES) !=
+                     kw_load_le64(view + total - KW_WIRE_CHECKSUM_BYTES),
+                 KW_E_WIRE_CHECKSUM, "section %u (layer %u): checksum mismatch", d->sections_done, d->s_layer);
+    const uint8_t *stored = view + table;
+    const uint8_t *body = stored;
+    if (d->s_flags & KW__SEC_FLAG_ZSTD) {
+        const unsigned long long fcs = ZSTD_getFrameContentSize(stored, d->s_stored);
+        KW_RETURN_IF(fcs != d->s_raw, KW_E_WIRE_COMPRESSION, "section %u: zstd frame content size %llu, expected %u",
+                     d->sections_done, fcs, d->s_raw);
+        const size_t fsz = ZSTD_findFrameCompressedSize(stored, d->s_stored);
+        KW_RETURN_IF(ZSTD_isError(fsz) || fsz != d->s_stored, KW_E_WIRE_COMPRESSION,
+                     "section %u: the stored body is not exactly one zstd frame", d->sections_done);
+        KW_FORWARD(kw__dec_grow(d, (void **)&d->raw, &d->raw_cap, d->s_raw, d->s_raw, "decompression"));
+        if (!d->zd) {
+            d->zd = ZSTD_createDCtx();
+            KW_RETURN_IF(!d->zd, KW_E_NOMEM, "ZSTD_createDCtx failed");
+        }
+        const size_t r = ZSTD_decompressDCtx(d->zd, d->raw, d->s_raw, stored, d->s_stored);
+        KW_RETURN_IF(ZSTD_isError(r) || r != d->s_raw, KW_E_WIRE_COMPRESSION, "section %u: zstd: %s", d->sections_done,
+                     ZSTD_isError(r) ? ZSTD_getErrorName(r) : "short output");
+        body = d->raw;
+    }
+    KW_FORWARD(kw__wire_index_decode(d->s_index_enc, body, d->s_index_bytes, d->s_tokens, d->hdr.n_positions, NULL));
+    uint64_t scale_bytes = 0, code_bytes = 0;
+    for (uint32_t g = 0; g < d->s_groups; ++g) {
+        kw_wire_group_view *gv = &d->groups[g];
+        kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            tv[kv]->scales = body + (uintptr_t)tv[kv]->scales;
+            tv[kv]->codes = body + (uintptr_t)tv[kv]->codes;
+            scale_bytes += tv[kv]->scale_bytes;
+            code_bytes += tv[kv]->code_bytes;
+        }
+        KW_FORWARD(kw__dec_check_scales(d, gv, g));
+    }
+
+    kw_wire_section *s = &d->sec;
+    memset(s, 0, sizeof *s);
+    s->ordinal = d->sections_done;
+    s->layer = d->s_layer;
+    s->n_tokens = d->s_tokens;
+    s->n_groups = d->s_groups;
+    s->n_kv_heads = d->hdr.n_kv_heads;
+    s->head_dim = d->hdr.head_dim;
+    s->n_positions = d->hdr.n_positions;
+    s->index_encoding = d->s_index_enc;
+    s->compressed = (d->s_flags & KW__SEC_FLAG_ZSTD) != 0;
+    s->isa = d->isa;
+    s->index_data = body;
+    s->index_bytes = d->s_index_bytes;
+    s->groups = d->groups;
+    s->raw_body_bytes = d->s_raw;
+    s->stored_body_bytes = d->s_stored;
+    s->offset = d->offset;
+    s->size = total;
+    s->checksum = kw_load_le64(view + total - KW_WIRE_CHECKSUM_BYTES);
+    d->have_sec = 1;
+
+    kw__wire_hash_update(&d->hash, view, total);
+    d->offset += total;
+    d->bd.header += table;
+    d->bd.indices += d->s_index_bytes;
+    d->bd.scales += scale_bytes;
+    d->bd.payload += code_bytes;
+    d->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
+    d->bd.sections += 1;
+    if (s->compressed) {
+        d->bd.compression_saved += d->s_raw - d->s_stored;
+        d->bd.compressed_sections += 1;
+    }
+    d->bd.total = d->offset;
+    d->last_layer = d->s_layer;
+    d->sections_done += 1;
+    d->stage = 0;
+    d->need = KW_WIRE_SECTION_HEAD_BYTES;
+    d->rec_len = 0;
+    d->state = d->sections_done == d->hdr.n_sections ? KW__ST_TRAILER : KW__ST_SECTION;
+    d->fixed_len = 0;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Feeding
+
+static int kw__dec_fail(kw_wire_decoder *d, int rc) {
+    d->state = KW__ST_ERROR;
+    d->error = rc;
+    d->have_sec = 0;
+    return rc;
+}
+
+/* Appends n bytes to the record buffer (n never takes it past the current need). */
+static int kw__dec_append(kw_wire_decoder *d, const uint8_t *p, size_t n) {
+    KW_FORWARD(kw__dec_grow(d, (void **)&d->rec, &d->rec_cap, d->rec_len + n, (size_t)d->need, "section"));
+    memcpy(d->rec + d->rec_len, p, n);
+    d->rec_len += n;
+    return 0;
+}
+
+int kw_wire_decoder_feed(kw_wire_decoder *d, const void *data, size_t size, size_t *consumed) {
+    size_t dummy;
+    if (!consumed) consumed = &dummy;
+    *consumed = 0;
+    KW_RETURN_IF(!d || (!data && size), KW_E_INVALID_ARG, "null argument");
+    if (d->state == KW__ST_ERROR) return d->error;
+    const uint8_t *p = data;
+    size_t used = 0;
+    int rc;
+    d->have_sec = 0;
+    for (;;) {
+        switch (d->state) {
+        case KW__ST_HEADER:
+        case KW__ST_TRAILER: {
+            const int header = d->state == KW__ST_HEADER;
+            const uint32_t want = header ? KW_WIRE_HEADER_BYTES : KW_WIRE_TRAILER_BYTES;
+            if (used == size) goto need_more;
+            const size_t take = size - used < want - d->fixed_len ? size - used : want - d->fixed_len;
+            memcpy(d->fixed + d->fixed_len, p + used, take);
+            used += take;
+            const uint32_t from = d->fixed_len;
+            d->fixed_len += (uint32_t)take;
+            if (header && (rc = kw__dec_header_prefix(d, from, d->fixed_len)) < 0) goto fail;
+            if (d->fixed_len < want) goto need_more;
+            d->fixed_len = 0;
+            if (!header) {
+                if ((rc = kw__dec_trailer(d)) < 0) goto fail;
+                d->state = KW__ST_DONE;
+                *consumed = used;
+                return KW_WIRE_EVENT_END;
+            }
+            if ((rc = kw__dec_header(d)) < 0) goto fail;
+            d->have_hdr = 1;
+            kw__wire_hash_update(&d->hash, d->fixed, KW_WIRE_HEADER_BYTES);
+            d->offset = KW_WIRE_HEADER_BYTES;
+            d->bd.header += KW__HDR_CHECKSUM;
+            d->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
+            d->bd.total = d->offset;
+            d->state = d->hdr.n_sections ? KW__ST_SECTION : KW__ST_TRAILER;
+            *consumed = used;
+            return KW_WIRE_EVENT_HEADER;
+        }
+        case KW__ST_SECTION:
+            if (used == size) goto need_more;
+            if (d->rec_len == 0) {
+                /* nothing buffered: try to use the caller's bytes in place */
+                rc = kw__dec_section_stages(d, p + used, size - used);
+                if (rc < 0) goto fail;
+                if (rc == 1) {
+                    if ((rc = kw__dec_section_finish(d, p + used)) < 0) goto fail;
+                    used += d->sec.size;
+                    *consumed = used;
+                    return KW_WIRE_EVENT_SECTION;
+                }
+                /* incomplete: everything left belongs to this record (it is shorter than the current need) */
+                if ((rc = kw__dec_append(d, p + used, size - used)) < 0) goto fail;
+                used = size;
+                goto need_more;
+            }
+            while (used < size) {
+                const size_t want = (size_t)d->need - d->rec_len;
+                const size_t take = size - used < want ? size - used : want;
+                if ((rc = kw__dec_append(d, p + used, take)) < 0) goto fail;
+                used += take;
+                rc = kw__dec_section_stages(d, d->rec, d->rec_len);
+                if (rc < 0) goto fail;
+                if (rc == 1) {
+                    if ((rc = kw__dec_section_finish(d, d->rec)) < 0) goto fail;
+                    *consumed = used;
+                    return KW_WIRE_EVENT_SECTION;
+                }
+            }
+            goto need_more;
+        case KW__ST_DONE:
+            if (used == size) {
+                *consumed = used;
+                return KW_WIRE_EVENT_END;
+            }
+            rc = kw_error_set(KW_E_WIRE_TRAILING, "%zu bytes after the end of the blob", size - used);
+            goto fail;
+        default:
+            return kw_error_set(KW_E_INTERNAL, "decoder in unknown state %d", d->state);
+        }
+    }
+need_more:
+    *consumed = used;
+    return KW_WIRE_EVENT_NEED_MORE;
+fail:
+    *consumed = used;
+    return kw__dec_fail(d, rc);
+}
+
+int kw_wire_decoder_finish(kw_wire_decoder *d) {
+    KW_RETURN_IF(!d, KW_E_INVALID_ARG, "null decoder");
+    if (d->state == KW__ST_ERROR) return d->error;
+    if (d->state == KW__ST_DONE) return 0;
+    const uint64_t got = d->offset + (d->state == KW__ST_SECTION ? d->rec_len : d->fixed_len);
+    return kw__dec_fail(d, kw_error_set(KW_E_WIRE_TRUNCATED, "the blob ended after %llu bytes, inside the %s",
+                                        (unsigned long long)got,
+                                        d->state == KW__ST_HEADER    ? "header"
+                                        : d->state == KW__ST_SECTION ? "sections"
+                                                                     : "trailer"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One-shot reader
+
+struct kw_wire_reader {
+    kw_wire_decoder *dec;
+    const uint8_t *blob;
+    size_t size, pos;
+    int done;
+};
+
+void kw_wire_reader_close(kw_wire_reader *r) {
+    if (!r) return;
+    kw_wire_decoder *d = r->dec;
+    kw_wire_allocator a = d->alloc;
+    kw_wire_decoder_destroy(d);
+    a.free_fn(a.user, r);
+}
+
+/* Feeds the rest of the blob up to the next event; NEED_MORE at the end of the blob means it was truncated. */
+static int kw__reader_step(kw_wire_reader *r) {
+    size_t used = 0;
+    const int ev = kw_wire_decoder_feed(r->dec, r->blob + r->pos, r->size - r->pos, &used);
+    r->pos += used;
+    if (ev == KW_WIRE_EVENT_NEED_MORE) return kw_wire_decoder_finish(r->dec);
+    return ev;
+}
+
+int kw_wire_reader_open(const void *blob, size_t size, const kw_wire_decoder_options *opt, kw_wire_reader **out,
+                        const kw_wire_header **hdr) {
+    KW_RETURN_IF(!out || (!blob && size), KW_E_INVALID_ARG, "null argument");
+    *out = NULL;
+    kw_wire_decoder *d;
+    KW_FORWARD(kw_wire_decoder_create(opt, &d));
+    kw_wire_reader *r = d->alloc.realloc_fn(d->alloc.user, NULL, sizeof *r);
+    if (!r) {
+        kw_wire_decoder_destroy(d);
+        KW_FAIL(KW_E_NOMEM, "reader allocation failed");
+    }
+    memset(r, 0, sizeof *r);
+    r->dec = d;
+    r->blob = blob;
+    r->size = size;
+    const int ev = kw__reader_step(r);
+    if (ev < 0) {
+        kw_wire_reader_close(r);
+        return ev;
+    }
+    if (hdr) *hdr = &d->hdr;
+    *out = r;
+    return 0;
+}
+
+int kw_wire_reader_next(kw_wire_reader *r, const kw_wire_section **sec) {
+    KW_RETURN_IF(!r || !sec, KW_E_INVALID_ARG, "null argument");
+    *sec = NULL;
+    if (r->done) return 0;
+    const int ev = kw__reader_step(r);
+    if (ev < 0) return ev;
+    if (ev == KW_WIRE_EVENT_SECTION) {
+        *sec = &r->dec->sec;
+        return 1;
+    }
+    /* END: nothing may follow the trailer */
+    if (r->pos < r->size) {
+        size_t used;
+        return kw_wire_decoder_feed(r->dec, r->blob + r->pos, r->size - r->pos, &used);
+    }
+    r->done = 1;
+    return 0;
+}
+
+const kw_wire_breakdown *kw_wire_reader_breakdown(const kw_wire_reader *r) {
+    return &r->dec->bd;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Section contents
+
+int kw_wire_section_positions(const kw_wire_section *sec, uint32_t *out, size_t cap) {
+    KW_RETURN_IF(!sec || !out, KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(cap < sec->n_tokens, KW_E_BUFFER_TOO_SMALL, "%u positions, room for %zu", sec->n_tokens, cap);
+    return kw__wire_index_decode(sec->index_encoding, sec->index_data, sec->index_bytes, sec->n_tokens,
+                                 sec->n_positions, out);
+}
+
+/* One passthrough row to f32 or bf16. */
+static int kw__dec_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t n, void *out, uint32_t out_dtype) {
+    if (out_dtype == KW_WIRE_DTYPE_F32) return kw_wire_passthrough_row(codec, src, n, (float *)out);
+    float tmp[256];
+    int rc = 0;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        const int r = kw_wire_passthrough_row(codec, src + 2 * (size_t)i, m, tmp);
+        rc = r ? r : rc;
+        for (uint32_t k = 0; k < m; ++k)
+            ((uint16_t *)out)[i + k] = kw_f32_to_bf16(tmp[k]);
+    }
+    return rc;
+}
+
+static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
+                          const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
+    const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
+    const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    const uint32_t gran = tv->spec.granularity, sdt = tv->spec.scale_dtype;
+    const size_t ss = kw_wire_scale_size(sdt);
+    const uint32_t G = gran == KW_WIRE_GRAN_GROUP ? 1u << tv->spec.group_log2 : D, per_row = D / G;
+    const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    int bad = 0;
+    for (uint32_t h = 0; h < H; ++h) {
+        for (uint32_t t = 0; t < tg; ++t) {
+            const size_t r = (size_t)h * tg + t;
+            const uint8_t *codes = tv->codes + r * row_bytes;
+            uint8_t *o = (uint8_t *)out->data +
+                         ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
+            if (gran == KW_WIRE_GRAN_NONE) {
+                bad |= kw__dec_passthrough_row(codec, codes, D, o, out->dtype) < 0;
+                continue;
+            }
+            for (uint32_t c = 0; c < per_row; ++c) {
+                size_t si;
+                switch (gran) {
+                case KW_WIRE_GRAN_LAYER:
+                    si = 0;
+                    break;
+                case KW_WIRE_GRAN_HEAD:
+                    si = h;
+                    break;
+                case KW_WIRE_GRAN_TOKEN:
+                    si = r;
+                    break;
+                default:
+                    si = r * per_row + c;
+                    break;
+                }
+                const float s = kw_wire_scale_load(sdt, tv->scales + si * ss);
+                bad |= k->dequantize(codec, codes + c * chunk_bytes, G, s, o + (size_t)c * G * es, out->dtype) < 0;
+            }
+        }
+    }
+    KW_RETURN_IF(bad, KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
+                 sec->layer, kw_wire_codec_name(codec));
+    return 0;
+}
+
+int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v) {
+    KW_RETURN_IF(!sec, KW_E_INVALID_ARG, "null section");
+    const kw_wire_tensor_out *outs[2] = {k, v};
+    for (int kv = 0; kv < 2; ++kv)
+        if (outs[kv])
+            KW_RETURN_IF(!outs[kv]->data ||
+                             (outs[kv]->dtype != KW_WIRE_DTYPE_F32 && outs[kv]->dtype != KW_WIRE_DTYPE_BF16),
+                         KW_E_INVALID_ARG, "output %c needs data and dtype f32 or bf16", kv ? 'V' : 'K');
+    const kw__wire_kernels *kern = kw__wire_kernels_get((enum kw_wire_isa)sec->isa);
+    int rc = 0;
+    for (uint32_t g = 0; g < sec->n_groups; ++g) {
+        const kw_wire_group_view *gv = &sec->groups[g];
+        const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            if (!outs[kv]) continue;
+            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], outs[kv]);
+            rc = rc ? rc : r;
+        }
+    }
+    return rc;
+}

@@ -1,0 +1,471 @@
+/* kw_wire_encode.c: the KVWire encoder (docs/FORMAT.md). It writes a blob as header, sections and trailer into caller
+ * buffers, one call each, so a sharer can put every section on the socket as soon as its layer is ready. Encoding is
+ * deterministic: the same header, inputs and policies give the same bytes (for one libzstd version when compression
+ * is on). It validates its inputs and never writes a blob a conforming decoder would reject.
+ *
+ * Not here: the per-value math (kw_wire_quant.h), the row kernels (kw_wire_kernels.c, kw_wire_simd_x86.c).
+ */
+#include "wire/kw_wire_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#include "common/kw_bytes.h"
+
+struct kw_wire_encoder {
+    kw_wire_header hdr;
+    const kw__wire_kernels *kernels;
+    int stage; /* 0: header due; 1: sections; 2: trailer written */
+    uint32_t sections;
+    int64_t last_layer;
+    uint64_t total; /* bytes written so far */
+    kw__wire_hash hash;
+    ZSTD_CCtx *zc;
+    uint8_t *scratch;
+    size_t scratch_cap;
+    kw_wire_breakdown bd;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Validation and sizes
+
+static int kw__enc_check_header(const kw_wire_header *h) {
+    KW_RETURN_IF(!h, KW_E_INVALID_ARG, "no header");
+    KW_RETURN_IF(h->n_layers < 1 || h->n_layers > KW_WIRE_MAX_LAYERS, KW_E_INVALID_ARG, "n_layers %u not in 1..%u",
+                 h->n_layers, KW_WIRE_MAX_LAYERS);
+    KW_RETURN_IF(h->n_sections > h->n_layers, KW_E_INVALID_ARG, "n_sections %u > n_layers %u", h->n_sections,
+                 h->n_layers);
+    KW_RETURN_IF(h->n_kv_heads < 1 || h->n_kv_heads > KW_WIRE_MAX_HEADS, KW_E_INVALID_ARG, "n_kv_heads %u not in 1..%u",
+                 h->n_kv_heads, KW_WIRE_MAX_HEADS);
+    KW_RETURN_IF(h->head_dim < 8 || h->head_dim > KW_WIRE_MAX_HEAD_DIM || h->head_dim % 8 != 0, KW_E_INVALID_ARG,
+                 "head_dim %u is not a multiple of 8 in 8..%u", h->head_dim, KW_WIRE_MAX_HEAD_DIM);
+    KW_RETURN_IF(h->n_positions < 1 || h->n_positions > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG,
+                 "n_positions %u not in 1..%u", h->n_positions, KW_WIRE_MAX_POSITIONS);
+    KW_RETURN_IF(kw__wire_dtype_size(h->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", h->src_dtype);
+    return 0;
+}
+
+/* Resolves a policy to its token groups (the single-group form is written to *single). */
+static int kw__enc_policy(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens,
+                          kw_wire_token_group *single, const kw_wire_token_group **groups, uint32_t *n_groups) {
+    KW_RETURN_IF(!pol, KW_E_INVALID_ARG, "no policy");
+    KW_RETURN_IF(n_tokens < 1, KW_E_INVALID_ARG, "a section needs at least one token");
+    if (pol->n_groups == 0) {
+        single->n_tokens = n_tokens;
+        single->k = pol->k;
+        single->v = pol->v;
+        *groups = single;
+        *n_groups = 1;
+    } else {
+        KW_RETURN_IF(!pol->groups, KW_E_INVALID_ARG, "n_groups %u without groups", pol->n_groups);
+        KW_RETURN_IF(pol->n_groups > KW_WIRE_MAX_GROUPS, KW_E_INVALID_ARG, "%u token groups > %u", pol->n_groups,
+                     KW_WIRE_MAX_GROUPS);
+        *groups = pol->groups;
+        *n_groups = pol->n_groups;
+    }
+    uint64_t sum = 0;
+    for (uint32_t g = 0; g < *n_groups; ++g) {
+        const kw_wire_token_group *tg = &(*groups)[g];
+        KW_RETURN_IF(tg->n_tokens < 1, KW_E_INVALID_ARG, "token group %u is empty", g);
+        sum += tg->n_tokens;
+        int rc = kw__wire_spec_check(&tg->k, hdr->head_dim);
+        KW_RETURN_IF(rc < 0, KW_E_INVALID_ARG, "group %u: invalid K codec (%s/%s/%s, G=2^%u) for head_dim %u", g,
+                     kw_wire_codec_name(tg->k.codec), kw_wire_gran_name(tg->k.granularity),
+                     kw_wire_scale_name(tg->k.scale_dtype), tg->k.group_log2, hdr->head_dim);
+        rc = kw__wire_spec_check(&tg->v, hdr->head_dim);
+        KW_RETURN_IF(rc < 0, KW_E_INVALID_ARG, "group %u: invalid V codec (%s/%s/%s, G=2^%u) for head_dim %u", g,
+                     kw_wire_codec_name(tg->v.codec), kw_wire_gran_name(tg->v.granularity),
+                     kw_wire_scale_name(tg->v.scale_dtype), tg->v.group_log2, hdr->head_dim);
+    }
+    KW_RETURN_IF(sum != n_tokens, KW_E_INVALID_ARG, "token groups cover %llu tokens, the section has %u",
+                 (unsigned long long)sum, n_tokens);
+    if (pol->zstd_level != 0)
+        KW_RETURN_IF(pol->zstd_level < ZSTD_minCLevel() || pol->zstd_level > ZSTD_maxCLevel(), KW_E_INVALID_ARG,
+                     "zstd level %d not in %d..%d", pol->zstd_level, ZSTD_minCLevel(), ZSTD_maxCLevel());
+    return 0;
+}
+
+/* Raw body bytes minus the index block. */
+static uint64_t kw__enc_tensors_bytes(const kw_wire_header *hdr, const kw_wire_token_group *groups, uint32_t n) {
+    uint64_t sum = 0;
+    for (uint32_t g = 0; g < n; ++g)
+        sum += kw__wire_tensor_bytes(&groups[g].k, hdr->n_kv_heads, groups[g].n_tokens, hdr->head_dim) +
+               kw__wire_tensor_bytes(&groups[g].v, hdr->n_kv_heads, groups[g].n_tokens, hdr->head_dim);
+    return sum;
+}
+
+static int kw__enc_total(uint32_t n_groups, uint64_t raw, size_t *out) {
+    KW_RETURN_IF(raw > KW_WIRE_MAX_SECTION_BYTES, KW_E_WIRE_LIMIT,
+                 "section body of %llu bytes exceeds the format "
+                 "maximum (4 GiB - 1)",
+                 (unsigned long long)raw);
+    const uint64_t total =
+        KW_WIRE_SECTION_HEAD_BYTES + (uint64_t)KW_WIRE_GROUP_DESC_BYTES * n_groups + raw + KW_WIRE_CHECKSUM_BYTES;
+    KW_RETURN_IF(total > SIZE_MAX, KW_E_OVERFLOW, "section size overflows size_t");
+    *out = (size_t)total;
+    return 0;
+}
+
+int kw_wire_section_size(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens,
+                         const uint32_t *positions, size_t *out) {
+    KW_FORWARD(kw__enc_check_header(hdr));
+    kw_wire_token_group single;
+    const kw_wire_token_group *groups;
+    uint32_t n_groups;
+    KW_FORWARD(kw__enc_policy(hdr, pol, n_tokens, &single, &groups, &n_groups));
+    uint8_t enc;
+    size_t index_bytes;
+    KW_FORWARD(kw_wire_index_choose(hdr->n_positions, positions, n_tokens, pol->index_encoding, &enc, &index_bytes));
+    return kw__enc_total(n_groups, index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups), out);
+}
+
+int kw_wire_section_bound(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens, size_t *out) {
+    KW_FORWARD(kw__enc_check_header(hdr));
+    kw_wire_token_group single;
+    const kw_wire_token_group *groups;
+    uint32_t n_groups;
+    KW_FORWARD(kw__enc_policy(hdr, pol, n_tokens, &single, &groups, &n_groups));
+    KW_RETURN_IF(n_tokens > hdr->n_positions, KW_E_INVALID_ARG, "%u tokens out of %u positions", n_tokens,
+                 hdr->n_positions);
+    const uint64_t bitmap = kw__wire_index_fixed_bytes(KW_WIRE_INDEX_BITMAP, n_tokens, hdr->n_positions);
+    uint64_t index;
+    switch (pol->index_encoding) {
+    case KW_WIRE_INDEX_AUTO:
+        index = 4ull * n_tokens < bitmap ? 4ull * n_tokens : bitmap;
+        break;
+    case KW_WIRE_INDEX_VARINT:
+        index = (uint64_t)n_tokens * kw__wire_varint_len(hdr->n_positions - 1);
+        break;
+    default:
+        KW_RETURN_IF(pol->index_encoding >= KW_WIRE_INDEX_COUNT, KW_E_INVALID_ARG, "unknown index encoding %u",
+                     pol->index_encoding);
+        index = kw__wire_index_fixed_bytes(pol->index_encoding, n_tokens, hdr->n_positions);
+        break;
+    }
+    return kw__enc_total(n_groups, index + kw__enc_tensors_bytes(hdr, groups, n_groups), out);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Lifecycle
+
+int kw_wire_encoder_create(const kw_wire_header *hdr, const kw_wire_encoder_options *opt, kw_wire_encoder **out) {
+    KW_RETURN_IF(!out, KW_E_INVALID_ARG, "no output pointer");
+    *out = NULL;
+    KW_FORWARD(kw__enc_check_header(hdr));
+    kw_wire_encoder *e = calloc(1, sizeof *e);
+    KW_RETURN_IF(!e, KW_E_NOMEM, "encoder allocation failed");
+    e->hdr = *hdr;
+    e->kernels = kw__wire_kernels_get(opt ? (enum kw_wire_isa)opt->isa : KW_WIRE_ISA_AUTO);
+    e->last_layer = -1;
+    kw__wire_hash_reset(&e->hash);
+    *out = e;
+    return 0;
+}
+
+void kw_wire_encoder_destroy(kw_wire_encoder *e) {
+    if (!e) return;
+    ZSTD_freeCCtx(e->zc);
+    free(e->scratch);
+    free(e);
+}
+
+const kw_wire_breakdown *kw_wire_encoder_breakdown(const kw_wire_encoder *e) {
+    return &e->bd;
+}
+
+/* Records n bytes just written at p as part of the blob. */
+static void kw__enc_commit(kw_wire_encoder *e, const uint8_t *p, size_t n) {
+    kw__wire_hash_update(&e->hash, p, n);
+    e->total += n;
+    e->bd.total = e->total;
+}
+
+int kw_wire_encoder_write_header(kw_wire_encoder *e, void *dst, size_t cap, size_t *written) {
+    KW_RETURN_IF(!e || !dst || !written, KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(e->stage != 0, KW_E_STATE, "the header was already written");
+    KW_RETURN_IF(cap < KW_WIRE_HEADER_BYTES, KW_E_BUFFER_TOO_SMALL, "header needs %d bytes, have %zu",
+                 KW_WIRE_HEADER_BYTES, cap);
+    uint8_t *p = dst;
+    memset(p, 0, KW_WIRE_HEADER_BYTES);
+    memcpy(p, kw__wire_magic, 8);
+    kw_store_le16(p + KW__HDR_VERSION, KW_WIRE_VERSION);
+    kw_store_le16(p + KW__HDR_HEADER_BYTES, KW_WIRE_HEADER_BYTES);
+    kw_store_le16(p + KW__HDR_N_LAYERS, e->hdr.n_layers);
+    kw_store_le16(p + KW__HDR_N_SECTIONS, e->hdr.n_sections);
+    kw_store_le16(p + KW__HDR_N_HEADS, e->hdr.n_kv_heads);
+    kw_store_le16(p + KW__HDR_HEAD_DIM, e->hdr.head_dim);
+    kw_store_le32(p + KW__HDR_N_POSITIONS, e->hdr.n_positions);
+    p[KW__HDR_SRC_DTYPE] = e->hdr.src_dtype;
+    kw_store_le64(p + KW__HDR_MODEL_ID, e->hdr.model_id);
+    kw_store_le32(p + KW__HDR_POLICY_ID, e->hdr.policy_id);
+    kw_store_le64(p + KW__HDR_CHECKSUM, kw__wire_hash_bytes(p, KW__HDR_CHECKSUM));
+    e->stage = 1;
+    e->bd.header += KW__HDR_CHECKSUM;
+    e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
+    kw__enc_commit(e, p, KW_WIRE_HEADER_BYTES);
+    *written = KW_WIRE_HEADER_BYTES;
+    return 0;
+}
+
+int kw_wire_encoder_write_trailer(kw_wire_encoder *e, void *dst, size_t cap, size_t *written) {
+    KW_RETURN_IF(!e || !dst || !written, KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(e->stage != 1 || e->sections != e->hdr.n_sections, KW_E_STATE,
+                 "trailer after %u of %u sections (stage %d)", e->sections, e->hdr.n_sections, e->stage);
+    KW_RETURN_IF(cap < KW_WIRE_TRAILER_BYTES, KW_E_BUFFER_TOO_SMALL, "trailer needs %d bytes, have %zu",
+                 KW_WIRE_TRAILER_BYTES, cap);
+    uint8_t *p = dst;
+    memset(p, 0, KW_WIRE_TRAILER_BYTES);
+    memcpy(p, kw__wire_trailer_marker, 4);
+    kw_store_le64(p + KW__TRL_BLOB_BYTES, e->total + KW_WIRE_TRAILER_BYTES);
+    kw__wire_hash_update(&e->hash, p, KW__TRL_CHECKSUM);
+    kw_store_le64(p + KW__TRL_CHECKSUM, kw__wire_hash_digest(&e->hash));
+    e->total += KW_WIRE_TRAILER_BYTES;
+    e->bd.total = e->total;
+    e->bd.header += KW__TRL_CHECKSUM;
+    e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
+    e->stage = 2;
+    *written = KW_WIRE_TRAILER_BYTES;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tensors
+
+static inline const uint8_t *kw__enc_row(const kw_wire_tensor_in *in, size_t es, uint32_t h, uint32_t t) {
+    const size_t r = in->rows ? in->rows[t] : t;
+    return (const uint8_t *)in->data + (r * in->token_stride + (size_t)h * in->head_stride) * es;
+}
+
+/* Passthrough rows: copy or convert to bf16/f16 (RNE), rejecting values the target cannot hold. */
+static int kw__enc_passthrough(const kw_wire_encoder *e, const kw_wire_tensor_in *in, uint32_t codec, uint32_t t0,
+                               uint32_t tg, uint8_t *dst, const char *what) {
+    const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype;
+    const size_t es = kw__wire_dtype_size(dt);
+    /* the magnitude from which RNE to the target dtype gives an infinity */
+    const uint32_t limit = codec == KW_WIRE_CODEC_BF16 ? 0x7f7f8000u : 0x477ff000u;
+    for (uint32_t h = 0; h < H; ++h) {
+        for (uint32_t t = 0; t < tg; ++t) {
+            const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
+            const uint32_t amax = e->kernels->amax(row, dt, D);
+            KW_RETURN_IF(amax >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h,
+                         t0 + t);
+            KW_RETURN_IF(amax >= limit, KW_E_WIRE_RANGE, "%s head %u token %u: |x| = %g overflows %s", what, h, t0 + t,
+                         (double)kw_f32_from_bits(amax), kw_wire_codec_name(codec));
+            uint8_t *o = dst + ((size_t)h * tg + t) * D * 2;
+            const uint16_t *x16 = (const uint16_t *)row;
+            for (uint32_t d = 0; d < D; ++d) {
+                float f;
+                if (dt == KW_WIRE_DTYPE_F32)
+                    memcpy(&f, row + 4 * (size_t)d, 4);
+                else
+                    f = dt == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(x16[d]) : kw_f16_to_f32(x16[d]);
+                kw_store_le16(o + 2 * (size_t)d, codec == KW_WIRE_CODEC_BF16 ? kw_f32_to_bf16(f) : kw_f32_to_f16(f));
+            }
+        }
+    }
+    return 0;
+}
+
+/* The scale for amax (bits): stores it and returns its value and inverse. */
+static int kw__enc_scale(const kw_wire_codec_spec *sp, uint32_t amax_bits, uint8_t *scale_dst, float *s, float *inv,
+                         const char *what, uint32_t h, uint32_t t) {
+    KW_RETURN_IF(amax_bits >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
+    uint32_t code;
+    const float amax = kw_f32_from_bits(amax_bits);
+    const int rc = kw_wire_scale_choose(amax, kw_wire_codec_qmax(sp->codec), sp->scale_dtype, &code, s);
+    KW_RETURN_IF(rc < 0, rc, "%s head %u token %u: absmax %g has no %s scale for %s", what, h, t, (double)amax,
+                 kw_wire_scale_name(sp->scale_dtype), kw_wire_codec_name(sp->codec));
+    kw_wire_scale_store(sp->scale_dtype, code, scale_dst);
+    *inv = *s != 0.0f ? 1.0f / *s : 0.0f;
+    return 0;
+}
+
+static inline void kw__enc_emit(const kw__wire_kernels *k, uint32_t codec, const uint8_t *x, uint32_t dt, uint32_t n,
+                                float s, float inv, uint8_t *dst) {
+    if (s == 0.0f)
+        kw_wire_zero_row(codec, n, dst);
+    else
+        k->quantize(codec, x, dt, n, inv, dst);
+}
+
+/* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). */
+static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
+                          uint32_t t0, uint32_t tg, uint8_t *dst, const char *what) {
+    if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
+    const kw__wire_kernels *k = e->kernels;
+    const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
+    const size_t es = kw__wire_dtype_size(dt);
+    const size_t ss = kw_wire_scale_size(sp->scale_dtype);
+    const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    uint8_t *scales = dst;
+    uint8_t *codes = dst + kw__wire_scale_count(sp, H, tg, D) * ss;
+    float s = 0.0f, inv = 0.0f;
+    switch (sp->granularity) {
+    case KW_WIRE_GRAN_LAYER:
+    case KW_WIRE_GRAN_HEAD: {
+        const int per_head = sp->granularity == KW_WIRE_GRAN_HEAD;
+        uint32_t amax = 0;
+        for (uint32_t h = 0; h < H; ++h) {
+            if (per_head) amax = 0;
+            for (uint32_t t = 0; t < tg; ++t) {
+                const uint32_t a = k->amax(kw__enc_row(in, es, h, t0 + t), dt, D);
+                amax = a > amax ? a : amax;
+            }
+            if (!per_head && h + 1 < H) continue;
+            /* scale of head h (per head), or of all heads once the last one is scanned (per layer) */
+            KW_FORWARD(kw__enc_scale(sp, amax, scales + (per_head ? h : 0) * ss, &s, &inv, what, h, t0));
+            for (uint32_t hh = per_head ? h : 0; hh <= h; ++hh)
+                for (uint32_t t = 0; t < tg; ++t)
+                    kw__enc_emit(k, codec, kw__enc_row(in, es, hh, t0 + t), dt, D, s, inv,
+                                 codes + ((size_t)hh * tg + t) * row_bytes);
+        }
+        return 0;
+    }
+    case KW_WIRE_GRAN_TOKEN:
+        for (uint32_t h = 0; h < H; ++h)
+            for (uint32_t t = 0; t < tg; ++t) {
+                const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
+                const size_t r = (size_t)h * tg + t;
+                KW_FORWARD(kw__enc_scale(sp, k->amax(row, dt, D), scales + r * ss, &s, &inv, what, h, t0 + t));
+                kw__enc_emit(k, codec, row, dt, D, s, inv, codes + r * row_bytes);
+            }
+        return 0;
+    case KW_WIRE_GRAN_GROUP: {
+        const uint32_t G = 1u << sp->group_log2, per_row = D / G;
+        const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
+        for (uint32_t h = 0; h < H; ++h)
+            for (uint32_t t = 0; t < tg; ++t) {
+                const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
+                const size_t r = (size_t)h * tg + t;
+                for (uint32_t c = 0; c < per_row; ++c) {
+                    const uint8_t *x = row + (size_t)c * G * es;
+                    KW_FORWARD(kw__enc_scale(sp, k->amax(x, dt, G), scales + (r * per_row + c) * ss, &s, &inv, what, h,
+                                             t0 + t));
+                    kw__enc_emit(k, codec, x, dt, G, s, inv, codes + r * row_bytes + c * chunk_bytes);
+                }
+            }
+        return 0;
+    }
+    default:
+        KW_FAIL(KW_E_INTERNAL, "unchecked granularity %u", sp->granularity);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sections
+
+static int kw__enc_compress(kw_wire_encoder *e, const uint8_t *body, size_t raw, int level, size_t *csize) {
+    const size_t bound = ZSTD_compressBound(raw);
+    if (!e->zc) {
+        e->zc = ZSTD_createCCtx();
+        KW_RETURN_IF(!e->zc, KW_E_NOMEM, "ZSTD_createCCtx failed");
+    }
+    if (e->scratch_cap < bound) {
+        uint8_t *p = realloc(e->scratch, bound);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "compression scratch of %zu bytes", bound);
+        e->scratch = p;
+        e->scratch_cap = bound;
+    }
+    const size_t r = ZSTD_compressCCtx(e->zc, e->scratch, bound, body, raw, level);
+    KW_RETURN_IF(ZSTD_isError(r), KW_E_INTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(r));
+    *csize = r;
+    return 0;
+}
+
+int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in, const kw_wire_policy *pol, void *dst,
+                                  size_t cap, size_t *written) {
+    KW_RETURN_IF(!e || !in || !dst || !written, KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(e->stage != 1 || e->sections >= e->hdr.n_sections, KW_E_STATE,
+                 "section %u of %u (stage %d): write the header first, and no more sections than declared", e->sections,
+                 e->hdr.n_sections, e->stage);
+    const kw_wire_header *hdr = &e->hdr;
+    KW_RETURN_IF(in->layer >= hdr->n_layers, KW_E_INVALID_ARG, "layer %u >= n_layers %u", in->layer, hdr->n_layers);
+    KW_RETURN_IF((int64_t)in->layer <= e->last_layer, KW_E_INVALID_ARG, "layer %u after layer %lld", in->layer,
+                 (long long)e->last_layer);
+    KW_RETURN_IF(!in->k.data || !in->v.data, KW_E_INVALID_ARG, "layer %u: K or V has no data", in->layer);
+    kw_wire_token_group single;
+    const kw_wire_token_group *groups;
+    uint32_t n_groups;
+    KW_FORWARD(kw__enc_policy(hdr, pol, in->n_tokens, &single, &groups, &n_groups));
+    uint8_t index_enc = 0;
+    size_t index_bytes = 0;
+    KW_FORWARD(kw_wire_index_choose(hdr->n_positions, in->positions, in->n_tokens, pol->index_encoding, &index_enc,
+                                    &index_bytes));
+    const uint64_t raw = index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups);
+    size_t size = 0;
+    KW_FORWARD(kw__enc_total(n_groups, raw, &size));
+    KW_RETURN_IF(cap < size, KW_E_BUFFER_TOO_SMALL, "section of layer %u needs %zu bytes, have %zu", in->layer, size,
+                 cap);
+
+    uint8_t *p = dst;
+    const size_t table = KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * n_groups;
+    uint8_t *body = p + table;
+    memset(p, 0, KW_WIRE_SECTION_HEAD_BYTES);
+    memcpy(p, kw__wire_section_marker, 4);
+    kw_store_le16(p + KW__SEC_LAYER, (uint16_t)in->layer);
+    p[KW__SEC_INDEX_ENC] = index_enc;
+    kw_store_le32(p + KW__SEC_N_TOKENS, in->n_tokens);
+    kw_store_le32(p + KW__SEC_INDEX_BYTES, (uint32_t)index_bytes);
+    kw_store_le32(p + KW__SEC_RAW_BYTES, (uint32_t)raw);
+    kw_store_le16(p + KW__SEC_N_GROUPS, (uint16_t)n_groups);
+    kw__wire_index_write(index_enc, in->positions, in->n_tokens, hdr->n_positions, body);
+
+    uint64_t scale_bytes = 0, code_bytes = 0;
+    size_t at = index_bytes;
+    uint32_t t0 = 0;
+    for (uint32_t g = 0; g < n_groups; ++g) {
+        const kw_wire_token_group *tg = &groups[g];
+        uint8_t *desc = p + KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * g;
+        kw_store_le32(desc, tg->n_tokens);
+        const kw_wire_codec_spec *kv_specs[2] = {&tg->k, &tg->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            uint8_t *d = desc + 4 + 4 * kv;
+            d[0] = kv_specs[kv]->codec;
+            d[1] = kv_specs[kv]->granularity;
+            d[2] = kv_specs[kv]->scale_dtype;
+            d[3] = kv_specs[kv]->group_log2;
+        }
+        const kw_wire_tensor_in *views[2] = {&in->k, &in->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            KW_FORWARD(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, body + at, kv ? "V" : "K"));
+            const uint64_t sb = kw__wire_scale_count(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim) *
+                                kw_wire_scale_size(kv_specs[kv]->scale_dtype);
+            const uint64_t cb = kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
+            scale_bytes += sb;
+            code_bytes += cb;
+            at += (size_t)(sb + cb);
+        }
+        t0 += tg->n_tokens;
+    }
+
+    size_t stored = (size_t)raw;
+    if (pol->zstd_level != 0) {
+        size_t csize = 0;
+        KW_FORWARD(kw__enc_compress(e, body, (size_t)raw, pol->zstd_level, &csize));
+        if (csize < raw) {
+            memcpy(body, e->scratch, csize);
+            stored = csize;
+            p[KW__SEC_FLAGS] = KW__SEC_FLAG_ZSTD;
+        }
+    }
+    kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)stored);
+    kw_store_le64(body + stored, kw__wire_hash_bytes(p, table + stored));
+    const size_t total = table + stored + KW_WIRE_CHECKSUM_BYTES;
+
+    e->bd.header += table;
+    e->bd.indices += index_bytes;
+    e->bd.scales += scale_bytes;
+    e->bd.payload += code_bytes;
+    e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
+    e->bd.sections += 1;
+    if (stored < raw) {
+        e->bd.compression_saved += raw - stored;
+        e->bd.compressed_sections += 1;
+    }
+    e->sections += 1;
+    e->last_layer = in->layer;
+    kw__enc_commit(e, p, total);
+    *written = total;
+    return 0;
+}

@@ -1,0 +1,137 @@
+/* kw_wire_internal.h: declarations shared by the wire/ sources and white-box tests, not part of the public API
+ * (kw__wire_ prefix). Field offsets of the on-wire structures, the row kernels and their ISA dispatch, the running
+ * checksum, codec-spec validation, size arithmetic and the token-position codec.
+ */
+#ifndef KW_WIRE_INTERNAL_H
+#define KW_WIRE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire/kw_wire.h"
+
+/* Magic and markers (FORMAT.md §3, §4.1, §8). */
+extern const uint8_t kw__wire_magic[8];
+extern const uint8_t kw__wire_section_marker[4];
+extern const uint8_t kw__wire_trailer_marker[4];
+
+/* Header field offsets (FORMAT.md §3). */
+enum {
+    KW__HDR_VERSION = 8,
+    KW__HDR_HEADER_BYTES = 10,
+    KW__HDR_FLAGS = 12,
+    KW__HDR_N_LAYERS = 16,
+    KW__HDR_N_SECTIONS = 18,
+    KW__HDR_N_HEADS = 20,
+    KW__HDR_HEAD_DIM = 22,
+    KW__HDR_N_POSITIONS = 24,
+    KW__HDR_SRC_DTYPE = 28,
+    KW__HDR_RESERVED1 = 29, /* 3 bytes */
+    KW__HDR_MODEL_ID = 32,
+    KW__HDR_POLICY_ID = 40,
+    KW__HDR_RESERVED2 = 44, /* 12 bytes */
+    KW__HDR_CHECKSUM = 56,
+};
+
+/* Section head field offsets (FORMAT.md §4.1). */
+enum {
+    KW__SEC_LAYER = 4,
+    KW__SEC_INDEX_ENC = 6,
+    KW__SEC_FLAGS = 7,
+    KW__SEC_N_TOKENS = 8,
+    KW__SEC_INDEX_BYTES = 12,
+    KW__SEC_RAW_BYTES = 16,
+    KW__SEC_STORED_BYTES = 20,
+    KW__SEC_N_GROUPS = 24,
+    KW__SEC_RESERVED = 26, /* 6 bytes */
+};
+#define KW__SEC_FLAG_ZSTD 0x01u
+
+/* Trailer field offsets (FORMAT.md §8). */
+enum { KW__TRL_RESERVED = 4, KW__TRL_BLOB_BYTES = 8, KW__TRL_CHECKSUM = 16 };
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Checksums: XXH3-64, seed 0. The running state lives inline in its owner (no allocation), aligned at use. */
+
+typedef struct kw__wire_hash {
+    unsigned char space[704]; /* an XXH3_state_t (576 bytes in xxHash 0.8) plus alignment slack */
+} kw__wire_hash;
+
+void kw__wire_hash_reset(kw__wire_hash *h);
+void kw__wire_hash_update(kw__wire_hash *h, const void *data, size_t size);
+uint64_t kw__wire_hash_digest(const kw__wire_hash *h);
+uint64_t kw__wire_hash_bytes(const void *data, size_t size);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Row kernels: one implementation per ISA, identical results (tests/wire/test_wire_simd.c). */
+
+typedef struct kw__wire_kernels {
+    enum kw_wire_isa isa;
+    /* The f32 bit pattern of max |x| over n elements of x in dtype (enum kw_wire_dtype). A result >= 0x7f800000
+     * means a NaN or Inf is present. */
+    uint32_t (*amax)(const void *x, uint32_t dtype, uint32_t n);
+    /* Quantizes n elements (n a multiple of 8) of x in dtype with inv = fl32(1/s), s != 0, into the packed row dst:
+     * kw_wire_quantize_row of the f32 values. */
+    void (*quantize)(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
+    /* Dequantizes the packed row src (n elements) with scale s into out (dtype F32 or BF16). Returns 0 or
+     * KW_E_WIRE_VALUE for a reserved code. */
+    int (*dequantize)(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
+} kw__wire_kernels;
+
+/* The kernels for an ISA (resolved first: never NULL). */
+const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
+
+/* Scalar implementations, also the fallback of the vector ones for cases they do not cover. */
+uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
+void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
+int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
+
+/* The vector kernel tables, NULL when the build or the CPU lacks them. */
+const kw__wire_kernels *kw__wire_kernels_avx2(void);
+const kw__wire_kernels *kw__wire_kernels_avx512(void);
+
+/* Bytes per element of an input dtype (2 or 4), 0 if unknown. */
+static inline size_t kw__wire_dtype_size(uint32_t dtype) {
+    return dtype == KW_WIRE_DTYPE_F32 ? 4 : (dtype == KW_WIRE_DTYPE_BF16 || dtype == KW_WIRE_DTYPE_F16) ? 2 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Codec specs and sizes */
+
+/* Validates a tensor descriptor for a head_dim: 0, KW_E_WIRE_CODEC (unknown id or forbidden combination, G not a
+ * divisor of head_dim or below 4) or KW_E_WIRE_RESERVED (group_log2 set without channel groups). */
+int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim);
+
+/* Scales per tensor of a group of n_tokens tokens. */
+uint64_t kw__wire_scale_count(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim);
+
+/* Code bytes of a tensor of a group. */
+uint64_t kw__wire_code_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim);
+
+/* Scale bytes + code bytes. */
+uint64_t kw__wire_tensor_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim);
+
+/* Size of a fixed-size index encoding (all but VARINT) for T tokens out of P positions. */
+uint64_t kw__wire_index_fixed_bytes(uint32_t encoding, uint32_t n_tokens, uint32_t n_positions);
+
+/* Bytes of the LEB128 varint of v. */
+static inline uint32_t kw__wire_varint_len(uint32_t v) {
+    uint32_t n = 1;
+    while (v >= 0x80u) {
+        v >>= 7;
+        ++n;
+    }
+    return n;
+}
+
+/* Writes the index block of `encoding` for the T positions (NULL: 0..T-1) into dst (exactly the size
+ * kw_wire_index_choose reported). */
+void kw__wire_index_write(uint32_t encoding, const uint32_t *positions, uint32_t n_tokens, uint32_t n_positions,
+                          uint8_t *dst);
+
+/* Decodes and validates an index block (FORMAT.md §6): T positions out of P, into out (T entries) unless out is
+ * NULL. Returns 0, KW_E_WIRE_INDICES, KW_E_WIRE_RESERVED (bitmap padding) or KW_E_WIRE_CORRUPT (size). */
+int kw__wire_index_decode(uint32_t encoding, const uint8_t *data, uint32_t bytes, uint32_t n_tokens,
+                          uint32_t n_positions, uint32_t *out);
+
+#endif /* KW_WIRE_INTERNAL_H */

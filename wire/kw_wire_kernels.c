@@ -1,0 +1,89 @@
+/* kw_wire_kernels.c: the scalar row kernels (absmax, quantize, dequantize) built directly on kw_wire_quant.h, and
+ * the choice of kernel table per ISA. The scalar kernels are the reference the vector ones must reproduce bit for
+ * bit; they are not tuned. */
+#include "wire/kw_wire_internal.h"
+
+#include <string.h>
+
+#include "common/kw_bytes.h"
+
+uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n) {
+    uint32_t m = 0;
+    if (dtype == KW_WIRE_DTYPE_F32) {
+        const uint8_t *p = (const uint8_t *)x;
+        for (uint32_t i = 0; i < n; ++i) {
+            uint32_t u;
+            memcpy(&u, p + 4 * (size_t)i, 4);
+            u &= 0x7fffffffu;
+            m = u > m ? u : m;
+        }
+        return m;
+    }
+    const uint16_t *h = (const uint16_t *)x;
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint32_t a = h[i] & 0x7fffu;
+        m = a > m ? a : m;
+    }
+    if (dtype == KW_WIRE_DTYPE_BF16) return m << 16;
+    return kw_f32_bits(kw_f16_to_f32((uint16_t)m)); /* f16 magnitudes order like their bit patterns */
+}
+
+/* Converts n input elements to f32. */
+static void kw__wire_load_f32(const void *x, uint32_t dtype, uint32_t n, float *out) {
+    const uint16_t *h = (const uint16_t *)x;
+    switch (dtype) {
+    case KW_WIRE_DTYPE_F32:
+        memcpy(out, x, (size_t)n * 4);
+        break;
+    case KW_WIRE_DTYPE_BF16:
+        for (uint32_t i = 0; i < n; ++i)
+            out[i] = kw_bf16_to_f32(h[i]);
+        break;
+    default:
+        for (uint32_t i = 0; i < n; ++i)
+            out[i] = kw_f16_to_f32(h[i]);
+        break;
+    }
+}
+
+void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst) {
+    float tmp[256];
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
+        kw_wire_quantize_row(codec, tmp, m, inv, dst + (size_t)i * kw_wire_codec_bits(codec) / 8);
+    }
+}
+
+int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
+    if (out_dtype == KW_WIRE_DTYPE_F32) return kw_wire_dequantize_row(codec, src, n, s, (float *)out);
+    float tmp[256];
+    int rc = 0;
+    uint16_t *o = (uint16_t *)out;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        const int r = kw_wire_dequantize_row(codec, src + (size_t)i * kw_wire_codec_bits(codec) / 8, m, s, tmp);
+        rc = r ? r : rc;
+        for (uint32_t k = 0; k < m; ++k)
+            o[i + k] = kw_f32_to_bf16(tmp[k]);
+    }
+    return rc;
+}
+
+static const kw__wire_kernels kw__wire_scalar_kernels = {
+    .isa = KW_WIRE_ISA_SCALAR,
+    .amax = kw__wire_amax_scalar,
+    .quantize = kw__wire_quantize_scalar,
+    .dequantize = kw__wire_dequantize_scalar,
+};
+
+const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {
+    switch (kw_wire_isa_resolve(isa)) {
+    case KW_WIRE_ISA_AVX512:
+        return kw__wire_kernels_avx512();
+    case KW_WIRE_ISA_AVX2:
+        return kw__wire_kernels_avx2();
+    default:
+        return &kw__wire_scalar_kernels;
+    }
+}

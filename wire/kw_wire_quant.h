@@ -1,0 +1,391 @@
+/* kw_wire_quant.h: the per-value and per-row math of the KVWire codecs (docs/FORMAT.md §5), shared by the CPU
+ * encoder/decoder and by CUDA kernels (every function is KW_HD: static inline on the host, __host__ __device__ under
+ * nvcc). This file IS the definition the format spec describes: scale choice, rounding, clamping, packing and the
+ * validity of codes. The SIMD paths in kw_wire_simd_x86.c must match it bit for bit (tests/wire/test_wire_simd.c).
+ *
+ * It is not the container format (kw_wire.h) and does no I/O or allocation. Rows are n values with n a multiple of 8
+ * (head_dim is; FORMAT.md §3), so packed rows are whole bytes. No expression here may be contracted into an FMA:
+ * wire/ builds with -ffp-contract=off, and a CUDA caller must not enable fast math for these functions.
+ */
+#ifndef KW_WIRE_QUANT_H
+#define KW_WIRE_QUANT_H
+
+#include <stdint.h>
+
+#include "common/kw_fp8.h"
+#include "common/kw_half.h"
+#include "common/kw_hd.h"
+#include "common/kw_status.h"
+
+/* Codec ids (FORMAT.md §5.2); the numbers are on the wire. */
+enum kw_wire_codec {
+    KW_WIRE_CODEC_BF16 = 1, /* passthrough bf16 */
+    KW_WIRE_CODEC_F16 = 2,  /* passthrough IEEE f16 */
+    KW_WIRE_CODEC_INT8 = 3, /* -127..127 */
+    KW_WIRE_CODEC_INT4 = 4, /* -7..7, two per byte, element 2j in the low nibble */
+    KW_WIRE_CODEC_INT6 = 5, /* -31..31, four in three bytes, little-endian bit stream */
+    KW_WIRE_CODEC_NF4 = 6,  /* index into the QLoRA NF4 table, packed like int4 */
+    KW_WIRE_CODEC_E4M3 = 7, /* OCP FP8 E4M3FN */
+    KW_WIRE_CODEC_E5M2 = 8, /* OCP FP8 E5M2 */
+};
+#define KW_WIRE_CODEC_COUNT 9 /* ids are 1..KW_WIRE_CODEC_COUNT-1 */
+
+/* Scale granularity ids (FORMAT.md §5.4). */
+enum kw_wire_gran {
+    KW_WIRE_GRAN_NONE = 0,  /* passthrough codecs only */
+    KW_WIRE_GRAN_LAYER = 1, /* one scale per tensor of a token group */
+    KW_WIRE_GRAN_HEAD = 2,  /* one per head */
+    KW_WIRE_GRAN_TOKEN = 3, /* one per (head, token) row */
+    KW_WIRE_GRAN_GROUP = 4, /* one per G channels of a row */
+};
+
+/* Scale dtype ids (FORMAT.md §5.4). */
+enum kw_wire_scale {
+    KW_WIRE_SCALE_NONE = 0,
+    KW_WIRE_SCALE_F16 = 1,
+    KW_WIRE_SCALE_BF16 = 2,
+    KW_WIRE_SCALE_F32 = 3,
+    KW_WIRE_SCALE_E8M0 = 4, /* 2^(e-127) */
+};
+
+/* The largest finite bf16, 0x1.FEp127: every decoded value is at most this in magnitude (FORMAT.md §5.4). */
+#define KW_WIRE_BF16_MAX 3.38953138925153547590470800371487866880e+38f
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Codec properties */
+
+/* Bits per element, or 0 for an unknown codec. */
+KW_HD uint32_t kw_wire_codec_bits(uint32_t codec) {
+    switch (codec) {
+    case KW_WIRE_CODEC_BF16:
+    case KW_WIRE_CODEC_F16:
+        return 16;
+    case KW_WIRE_CODEC_INT8:
+    case KW_WIRE_CODEC_E4M3:
+    case KW_WIRE_CODEC_E5M2:
+        return 8;
+    case KW_WIRE_CODEC_INT6:
+        return 6;
+    case KW_WIRE_CODEC_INT4:
+    case KW_WIRE_CODEC_NF4:
+        return 4;
+    default:
+        return 0;
+    }
+}
+
+/* 1 for the passthrough codecs (no scale). */
+KW_HD int kw_wire_codec_is_passthrough(uint32_t codec) {
+    return codec == KW_WIRE_CODEC_BF16 || codec == KW_WIRE_CODEC_F16;
+}
+
+/* The largest code value magnitude (qmax of FORMAT.md §5.2), 0 for passthrough or unknown codecs. */
+KW_HD float kw_wire_codec_qmax(uint32_t codec) {
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8:
+        return 127.0f;
+    case KW_WIRE_CODEC_INT4:
+        return 7.0f;
+    case KW_WIRE_CODEC_INT6:
+        return 31.0f;
+    case KW_WIRE_CODEC_NF4:
+        return 1.0f;
+    case KW_WIRE_CODEC_E4M3:
+        return KW_E4M3_MAX;
+    case KW_WIRE_CODEC_E5M2:
+        return KW_E5M2_MAX;
+    default:
+        return 0.0f;
+    }
+}
+
+/* Bytes per stored scale, or 0 for KW_WIRE_SCALE_NONE and unknown ids. */
+KW_HD uint32_t kw_wire_scale_size(uint32_t scale_dtype) {
+    switch (scale_dtype) {
+    case KW_WIRE_SCALE_F16:
+    case KW_WIRE_SCALE_BF16:
+        return 2;
+    case KW_WIRE_SCALE_F32:
+        return 4;
+    case KW_WIRE_SCALE_E8M0:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* S_MIN of FORMAT.md §5.4: the smallest non-zero stored scale. */
+KW_HD float kw_wire_scale_min(uint32_t scale_dtype) {
+    switch (scale_dtype) {
+    case KW_WIRE_SCALE_F16:
+        return kw_f32_from_bits(0x33800000u); /* 2^-24 */
+    case KW_WIRE_SCALE_E8M0:
+        return kw_f32_from_bits(0x00400000u); /* 2^-127 */
+    default:
+        return kw_f32_from_bits(0x00800000u); /* 2^-126 */
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Scales */
+
+/* Loads a stored scale (little-endian bytes at p, kw_wire_scale_size(dtype) of them) as f32, without validation. */
+KW_HD float kw_wire_scale_load(uint32_t scale_dtype, const uint8_t *p) {
+    switch (scale_dtype) {
+    case KW_WIRE_SCALE_F16:
+        return kw_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+    case KW_WIRE_SCALE_BF16:
+        return kw_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
+    case KW_WIRE_SCALE_F32:
+        return kw_f32_from_bits((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+    case KW_WIRE_SCALE_E8M0:
+        return kw_e8m0_to_f32(p[0]);
+    default:
+        return 0.0f;
+    }
+}
+
+/* Stores the scale code (the raw f16/bf16/f32 bits or the e8m0 byte) little-endian at p. */
+KW_HD void kw_wire_scale_store(uint32_t scale_dtype, uint32_t code, uint8_t *p) {
+    const uint32_t n = kw_wire_scale_size(scale_dtype);
+    for (uint32_t i = 0; i < n; ++i)
+        p[i] = (uint8_t)(code >> (8 * i));
+}
+
+/* 1 if the stored scale at p is valid for a codec with this qmax (FORMAT.md §5.4): finite, sign clear, zero or at
+ * least S_MIN, and qmax * s at most KW_WIRE_BF16_MAX. */
+KW_HD int kw_wire_scale_valid(uint32_t scale_dtype, const uint8_t *p, float qmax) {
+    if (scale_dtype == KW_WIRE_SCALE_E8M0) {
+        if (p[0] == 255) return 0;
+    } else {
+        const uint32_t size = kw_wire_scale_size(scale_dtype);
+        if ((p[size - 1] & 0x80u) != 0) return 0; /* sign bit (NaN/Inf are caught below) */
+    }
+    const float s = kw_wire_scale_load(scale_dtype, p);
+    if (!(s <= KW_WIRE_BF16_MAX)) return 0; /* Inf, NaN */
+    if (s != 0.0f && s < kw_wire_scale_min(scale_dtype)) return 0;
+    return qmax * s <= KW_WIRE_BF16_MAX;
+}
+
+/* Chooses the stored scale for a set of values whose largest magnitude is amax (finite, >= 0), following the encoder
+ * rule of FORMAT.md §5.4 steps 1-4. Writes the scale code (*code, for kw_wire_scale_store) and its f32 value (*s;
+ * 0 when amax is 0, in which case every code must be the zero code). Returns 0, or KW_E_WIRE_RANGE when the scale
+ * dtype cannot represent a scale for amax. */
+KW_HD int kw_wire_scale_choose(float amax, float qmax, uint32_t scale_dtype, uint32_t *code, float *s) {
+    if (amax == 0.0f) {
+        *code = 0;
+        *s = 0.0f;
+        return 0;
+    }
+    const float r = amax / qmax;
+    float v;
+    uint32_t c;
+    switch (scale_dtype) {
+    case KW_WIRE_SCALE_F16:
+        c = kw_f32_to_f16(r);
+        if (c >= 0x7c00u) return KW_E_WIRE_RANGE;
+        if (c < 0x0001u) c = 0x0001u;
+        v = kw_f16_to_f32((uint16_t)c);
+        break;
+    case KW_WIRE_SCALE_BF16:
+        c = kw_f32_to_bf16(r);
+        if (c >= 0x7f80u) return KW_E_WIRE_RANGE;
+        if (c < 0x0080u) c = 0x0080u;
+        v = kw_bf16_to_f32((uint16_t)c);
+        break;
+    case KW_WIRE_SCALE_F32:
+        c = kw_f32_bits(r);
+        if (c >= 0x7f800000u) return KW_E_WIRE_RANGE;
+        if (c < 0x00800000u) c = 0x00800000u;
+        v = kw_f32_from_bits(c);
+        break;
+    case KW_WIRE_SCALE_E8M0:
+        c = kw_e8m0_ceil(r);
+        if (c == 255) return KW_E_WIRE_RANGE;
+        v = kw_e8m0_to_f32((uint8_t)c);
+        break;
+    default:
+        return KW_E_WIRE_RANGE;
+    }
+    if (!(qmax * v <= KW_WIRE_BF16_MAX)) return KW_E_WIRE_RANGE;
+    *code = c;
+    *s = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Values */
+
+/* The NF4 table entry for code c (0..15), FORMAT.md §5.6. */
+KW_HD float kw_wire_nf4_value(uint32_t c) {
+    const uint32_t bits[16] = {0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu,
+                               0xbdba7871u, 0x00000000u, 0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au,
+                               0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u};
+    return kw_f32_from_bits(bits[c & 15u]);
+}
+
+/* The NF4 code of y (already clamped to [-1, 1]): the number of midpoints below y, ties to the even code. The
+ * midpoints are fl32((NF4[i] + NF4[i+1]) * 0.5), listed here as bits (tests recompute them). */
+KW_HD uint32_t kw_wire_nf4_code(float y) {
+    const uint32_t mid[15] = {0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu,
+                              0xbe0d38bcu, 0xbd3a7871u, 0x3d22faffu, 0x3df64862u, 0x3e5067e0u,
+                              0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau};
+    uint32_t c = 0;
+    for (uint32_t i = 0; i < 15; ++i)
+        c += y > kw_f32_from_bits(mid[i]) ? 1u : 0u;
+    if (c < 15 && y == kw_f32_from_bits(mid[c]) && (c & 1u)) ++c; /* tie between c and c+1: take the even one */
+    return c;
+}
+
+/* y = clamp(fl32(x * inv), -qmax, qmax): step 5 of the encoder rule. */
+KW_HD float kw_wire_scaled(float x, float inv, float qmax) {
+    float y = x * inv;
+    y = y < -qmax ? -qmax : y;
+    y = y > qmax ? qmax : y;
+    return y;
+}
+
+/* The code of one value x for a quantizing codec, given inv = fl32(1/s). Integer codecs return the signed value;
+ * nf4 the table index; fp8 the byte. */
+KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
+    const float y = kw_wire_scaled(x, inv, kw_wire_codec_qmax(codec));
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8:
+    case KW_WIRE_CODEC_INT4:
+    case KW_WIRE_CODEC_INT6:
+        return (int32_t)kw_rne_small(y);
+    case KW_WIRE_CODEC_NF4:
+        return (int32_t)kw_wire_nf4_code(y);
+    case KW_WIRE_CODEC_E4M3:
+        return kw_f32_to_e4m3(y);
+    case KW_WIRE_CODEC_E5M2:
+        return kw_f32_to_e5m2(y);
+    default:
+        return 0;
+    }
+}
+
+/* The unscaled value of a code (the inverse of kw_wire_quantize_value before the scale), and whether the code is
+ * valid (*ok set to 0 for reserved codes, left untouched otherwise). */
+KW_HD float kw_wire_code_value(uint32_t codec, int32_t code, int *ok) {
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8:
+        if (code == -128) *ok = 0;
+        return (float)code;
+    case KW_WIRE_CODEC_INT4:
+        if (code == -8) *ok = 0;
+        return (float)code;
+    case KW_WIRE_CODEC_INT6:
+        if (code == -32) *ok = 0;
+        return (float)code;
+    case KW_WIRE_CODEC_NF4:
+        return kw_wire_nf4_value((uint32_t)code);
+    case KW_WIRE_CODEC_E4M3:
+        if (!kw_e4m3_is_finite((uint8_t)code)) *ok = 0;
+        return kw_e4m3_to_f32((uint8_t)code);
+    case KW_WIRE_CODEC_E5M2:
+        if (!kw_e5m2_is_finite((uint8_t)code)) *ok = 0;
+        return kw_e5m2_to_f32((uint8_t)code);
+    default:
+        *ok = 0;
+        return 0.0f;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Packing: element i of a row occupies bits [i*b, (i+1)*b) of a little-endian bit stream (FORMAT.md §5.3). */
+
+/* The code of element i of a packed row, sign-extended for the integer codecs (nf4 and fp8 codes are unsigned). */
+KW_HD int32_t kw_wire_unpack_code(uint32_t codec, const uint8_t *row, uint32_t i) {
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8:
+        return (int8_t)row[i];
+    case KW_WIRE_CODEC_E4M3:
+    case KW_WIRE_CODEC_E5M2:
+        return row[i];
+    case KW_WIRE_CODEC_INT4: {
+        const int32_t nib = (row[i >> 1] >> ((i & 1u) * 4u)) & 15;
+        return (nib ^ 8) - 8;
+    }
+    case KW_WIRE_CODEC_NF4:
+        return (row[i >> 1] >> ((i & 1u) * 4u)) & 15;
+    case KW_WIRE_CODEC_INT6: {
+        const uint8_t *p = row + 3u * (i >> 2);
+        const uint32_t w = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+        const int32_t v = (int32_t)((w >> (6u * (i & 3u))) & 63u);
+        return (v ^ 32) - 32;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Quantizes the n values x[0..n) (n a multiple of 8) with one scale, inv = fl32(1/s), into the packed row dst
+ * (n * bits / 8 bytes). s must be non-zero: a zero scale means all-zero codes (kw_wire_zero_row). */
+KW_HD void kw_wire_quantize_row(uint32_t codec, const float *x, uint32_t n, float inv, uint8_t *dst) {
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8:
+    case KW_WIRE_CODEC_E4M3:
+    case KW_WIRE_CODEC_E5M2:
+        for (uint32_t i = 0; i < n; ++i)
+            dst[i] = (uint8_t)kw_wire_quantize_value(codec, x[i], inv);
+        break;
+    case KW_WIRE_CODEC_INT4:
+    case KW_WIRE_CODEC_NF4:
+        for (uint32_t i = 0; i < n; i += 2) {
+            const uint32_t lo = (uint32_t)kw_wire_quantize_value(codec, x[i], inv) & 15u;
+            const uint32_t hi = (uint32_t)kw_wire_quantize_value(codec, x[i + 1], inv) & 15u;
+            dst[i >> 1] = (uint8_t)(lo | hi << 4);
+        }
+        break;
+    case KW_WIRE_CODEC_INT6:
+        for (uint32_t i = 0; i < n; i += 4) {
+            uint32_t w = 0;
+            for (uint32_t k = 0; k < 4; ++k)
+                w |= ((uint32_t)kw_wire_quantize_value(codec, x[i + k], inv) & 63u) << (6 * k);
+            uint8_t *p = dst + 3u * (i >> 2);
+            p[0] = (uint8_t)w;
+            p[1] = (uint8_t)(w >> 8);
+            p[2] = (uint8_t)(w >> 16);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Writes the all-zero-value row of n elements (the codes of +0) for a quantizing codec: what a zero scale means. */
+KW_HD void kw_wire_zero_row(uint32_t codec, uint32_t n, uint8_t *dst) {
+    const uint32_t bytes = n * kw_wire_codec_bits(codec) / 8u;
+    const uint8_t fill = codec == KW_WIRE_CODEC_NF4 ? 0x77u : 0x00u;
+    for (uint32_t i = 0; i < bytes; ++i)
+        dst[i] = fill;
+}
+
+/* Dequantizes the packed row src of n elements with scale s into out[0..n) (f32). Returns 0, or KW_E_WIRE_VALUE
+ * if a reserved code was found (out is fully written either way). */
+KW_HD int kw_wire_dequantize_row(uint32_t codec, const uint8_t *src, uint32_t n, float s, float *out) {
+    int ok = 1;
+    for (uint32_t i = 0; i < n; ++i)
+        out[i] = kw_wire_code_value(codec, kw_wire_unpack_code(codec, src, i), &ok) * s;
+    return ok ? 0 : KW_E_WIRE_VALUE;
+}
+
+/* Decodes a passthrough row (bf16 or f16 codes, little-endian) into f32. Returns KW_E_WIRE_VALUE if a value is
+ * not finite. */
+KW_HD int kw_wire_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t n, float *out) {
+    int ok = 1;
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint16_t h = (uint16_t)(src[2 * i] | src[2 * i + 1] << 8);
+        if (codec == KW_WIRE_CODEC_BF16) {
+            ok &= (h & 0x7f80u) != 0x7f80u;
+            out[i] = kw_bf16_to_f32(h);
+        } else {
+            ok &= (h & 0x7c00u) != 0x7c00u;
+            out[i] = kw_f16_to_f32(h);
+        }
+    }
+    return ok ? 0 : KW_E_WIRE_VALUE;
+}
+
+#endif /* KW_WIRE_QUANT_H */
