@@ -501,6 +501,13 @@ out:
     return rc;
 }
 
+/* A path naming an index file directly ("....safetensors.index.json"). */
+static int kw_st_is_index_path(const char *path) {
+    static const char suffix[] = ".safetensors.index.json";
+    const size_t n = strlen(path), k = sizeof suffix - 1;
+    return n >= k && strcmp(path + n - k, suffix) == 0;
+}
+
 int kw_safetensors_open(const char *path, kw_safetensors **out) {
     KW_RETURN_IF(!path || !out, KW_E_INVALID_ARG, "kw_safetensors_open: NULL argument");
     *out = NULL;
@@ -520,6 +527,11 @@ int kw_safetensors_open(const char *path, kw_safetensors **out) {
             KW_CHECK(kw_st_add_map(st, single));
             KW_CHECK(kw_st_build_name_index(st, NULL));
         }
+    } else if (kw_st_is_index_path(path)) {
+        const char *slash = strrchr(path, '/');
+        index = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup("./");
+        KW_CHECK_IF(!index, KW_E_NOMEM, "out of memory");
+        KW_CHECK(kw_st_open_sharded(st, index, path));
     } else {
         KW_CHECK(kw_st_add_map(st, path));
         KW_CHECK(kw_st_build_name_index(st, NULL));

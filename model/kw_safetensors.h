@@ -29,9 +29,10 @@ typedef struct kw_st_tensor {
 
 typedef struct kw_safetensors kw_safetensors; /* opaque: the mappings and the tensor table */
 
-/* Opens path: a .safetensors file, or a directory holding model.safetensors.index.json (sharded) or
- * model.safetensors. *out is owned by the caller (kw_safetensors_close). Errors: KW_E_NOT_FOUND, KW_E_IO,
- * KW_E_MODEL_FORMAT (with the offending field in kw_error_detail()), KW_E_MODEL_DTYPE, KW_E_LIMIT. */
+/* Opens path: a .safetensors file, an index file (*.safetensors.index.json, shards beside it), or a directory holding
+ * model.safetensors.index.json (sharded) or model.safetensors. *out is owned by the caller (kw_safetensors_close).
+ * Errors: KW_E_NOT_FOUND, KW_E_IO, KW_E_MODEL_FORMAT (with the offending field in kw_error_detail()), KW_E_MODEL_DTYPE,
+ * KW_E_LIMIT. */
 int kw_safetensors_open(const char *path, kw_safetensors **out);
 
 /* Unmaps everything. NULL is a no-op. */

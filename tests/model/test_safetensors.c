@@ -414,6 +414,10 @@ static void test_python_sharded(void **state) {
     assert_non_null(kw_safetensors_find(sh, "model.layers.1.self_attn.k_norm.weight"));
     assert_non_null(kw_safetensors_find(sh, "lm_head.weight"));
     kw_safetensors_close(sh);
+    /* the index file named directly */
+    assert_int_equal(kw_safetensors_open(FIXTURES "/sharded/model.safetensors.index.json", &sh), 0);
+    assert_int_equal(kw_safetensors_count(sh), kw_safetensors_count(one));
+    kw_safetensors_close(sh);
     kw_safetensors_close(one);
 }
 
