@@ -83,7 +83,9 @@ typedef struct kw_backend kw_backend; /* opaque */
 
 enum kw_backend_kind { KW_BACKEND_CPU = 0, KW_BACKEND_CUDA = 1 };
 
-/* Creates the CPU backend with n_threads workers (0: one per online core). *out is owned by the caller. */
+/* Creates the CPU backend with n_threads workers (0: one per online core). *out is owned by the caller. The SIMD
+ * level (AVX-512, AVX2+FMA+F16C or scalar) is detected at run time; KW_CPU_ISA=scalar|avx2|avx512 in the environment
+ * caps it (never raises it). */
 int kw_backend_create_cpu(int n_threads, kw_backend **out);
 
 /* Creates the CUDA backend on a device. Returns KW_E_UNSUPPORTED when built without CUDA and KW_E_NO_DEVICE when
