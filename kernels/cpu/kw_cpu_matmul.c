@@ -1,11 +1,12 @@
 /* kw_cpu_matmul.c: y (M, N) = x (M, K) w (N, K)^T (+ bias) on the CPU, w f32/bf16/f16, fp32 accumulation.
  *
  * Two regimes:
- *  - small M (decode, M <= KW_GEMV_MAX_M): memory-bound. Each thread streams its own contiguous slice of W's rows
- *    exactly once, widening bf16/f16 to fp32 in registers, and keeps four rows in flight against every x row.
+ *  - small M (decode, and on AVX-512 anything up to M = 32..64, see kw_gemv_max_m): each thread streams its own
+ *    contiguous slice of W's rows exactly once, widening bf16/f16 to fp32 in registers, four W rows in flight
+ *    against every x row. At M = 1 this is memory-bound and reads each weight byte once.
  *  - larger M (prefill): compute-bound. W is widened panel by panel into per-thread fp32 buffers and multiplied with
- *    OpenBLAS sgemm (single-threaded, one panel per OpenMP thread), which measured faster here than our own kernel
- *    for the shapes that matter (docs/BENCHMARKS.md, ### Kernels).
+ *    OpenBLAS sgemm (single-threaded, one panel per OpenMP thread): about 75 GFLOP/s per core at M = 128, just
+ *    ahead of the streaming kernel (docs/BENCHMARKS.md, ### Kernels).
  * Summation order differs from the oracle (16 lanes then a tree, or sgemm's blocking); the tests bound the
  * difference by the fp32 error of a K-term dot product.
  */
@@ -22,8 +23,14 @@
 #include <immintrin.h>
 #endif
 
-/* Largest M served by the streaming kernel. */
-#define KW_GEMV_MAX_M 4
+/* Largest M served by the streaming kernels. On AVX-512 they keep 65-72 GFLOP/s per core for any M (W stays in L1
+ * across the x rows), which beats widening W and calling sgemm until M reaches about 64 for bf16 and 32 for f16/f32
+ * (thread CPU time, N=3072, K=1024, EPYC Zen 4); the AVX2 and scalar kernels convert W once per x row, so they hand
+ * over to sgemm early. */
+static int64_t kw_gemv_max_m(enum kw_cpu_isa isa, enum kw_dtype dtype) {
+    if (isa == KW_CPU_ISA_AVX512) return dtype == KW_DTYPE_BF16 ? 64 : 32;
+    return 4;
+}
 
 /* ------------------------------------------------------------------------------------------------------------
  * Streaming kernels, rows [n0, n1) of W
@@ -288,7 +295,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     float *y = out->data;
     const int work_threads = (M * N * K >= KW_CPU_PARALLEL_MIN * 4 && N >= 8) ? cpu->n_threads : 1;
 
-    if (M <= KW_GEMV_MAX_M) {
+    if (M <= kw_gemv_max_m(cpu->isa, w->dtype) || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
         const int nt = work_threads;
         const int split_bf16 = KW_CPU_X86 && cpu->isa == KW_CPU_ISA_AVX512 && w->dtype == KW_DTYPE_BF16;
         const int64_t Kp = (K + 31) & ~(int64_t)31;

@@ -60,7 +60,10 @@ const struct kw_case kw_cases[] = {
     {KW_OP_MATMUL, B16, {1, 9, 32, 0}, 24},  /* K a whole 32-block: no tail in the split bf16 kernel */
     {KW_OP_MATMUL, B16, {3, 41, 47, 0}, 25}, /* tail of 15 */
     {KW_OP_MATMUL, B16, {1, 3, 1, 1 + F16}, 26},
-    {KW_OP_MATMUL, B16, {5, 70, 96, 0}, 27}, /* the smallest M of the panel path */
+    {KW_OP_MATMUL, B16, {5, 70, 96, 0}, 27},        /* the panel path without AVX-512, streaming with it */
+    {KW_OP_MATMUL, F32, {40, 50, 70, 1 + F32}, 28}, /* M past the AVX-512 streaming limits: the panel path */
+    {KW_OP_MATMUL, F16, {48, 33, 65, 0}, 29},
+    {KW_OP_MATMUL, B16, {65, 20, 40, 1 + B16}, 30},
     /* rms_norm: R, D, flags */
     {KW_OP_RMS_NORM, F32, {5, 64, 0}, 30},
     {KW_OP_RMS_NORM, B16, {3, 1024, 0}, 31},
