@@ -181,12 +181,31 @@ static void check_generation(fx_case *c, enum kw_dtype cache_dtype, const char *
     kw_kvcache_free(cache);
 }
 
+/* The C2C shape of a generation: prefill positions 0..P-2 without logits, then generate from the last prompt token
+ * on the cache that already holds the prefix. Same tokens as HF's generate over the whole prompt. */
+static void check_prefix_generation(fx_case *c) {
+    int64_t G = 0;
+    const int32_t *gen = kwfx_i32(&c->fx, "gen_ids", &G);
+    const int32_t *meta = kwfx_i32(&c->fx, "meta", NULL);
+    kw_kvcache *cache = new_cache(c, KW_DTYPE_F32);
+    assert_int_equal(kw_model_prefill(c->model, cache, c->prompt, c->P - 1), 0);
+    assert_int_equal(kw_kvcache_length(cache), c->P - 1);
+    const kw_generate_options go = {.max_new_tokens = meta[1], .round = KW_LOGITS_ROUND_NONE};
+    kw_generate_result r;
+    assert_int_equal(kw_generate_greedy(c->model, cache, c->prompt + c->P - 1, 1, &go, &r), 0);
+    assert_int_equal(r.n, G);
+    assert_memory_equal(r.ids, gen, (size_t)G * sizeof *gen);
+    kw_generate_result_free(&r);
+    kw_kvcache_free(cache);
+}
+
 static void parity_fp32(const char *name) {
     fx_case c;
     case_open(&c, name, 0);
     print_message("  %s\n", name);
     check_prefill(&c, KW_DTYPE_F32, "", FP32_TOL, FP32_TOL);
     check_generation(&c, KW_DTYPE_F32, "", FP32_TOL, KW_LOGITS_ROUND_NONE);
+    check_prefix_generation(&c);
     case_close(&c);
 }
 
