@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *kw_strerror(int status) {
     switch (status) {
@@ -32,10 +33,13 @@ const char *kw_status_name(int status) {
 static _Thread_local char kw_error_detail_buf[512];
 
 int kw_error_set(int status, const char *fmt, ...) {
+    /* Format into a scratch buffer first: callers may pass kw_error_detail() itself as an argument to add context. */
+    char formatted[sizeof kw_error_detail_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(kw_error_detail_buf, sizeof kw_error_detail_buf, fmt, ap);
+    vsnprintf(formatted, sizeof formatted, fmt, ap);
     va_end(ap);
+    memcpy(kw_error_detail_buf, formatted, sizeof formatted);
     return status;
 }
 

@@ -39,6 +39,9 @@ static void test_detail(void **state) {
     assert_int_equal(fails_with_detail(2), 0);
     assert_int_equal(fails_with_detail(7), KW_E_LIMIT);
     assert_string_equal(kw_error_detail(), "value 7 over 3");
+    /* adding context to the current detail (the detail is both output and argument) */
+    assert_int_equal(kw_error_set(KW_E_IO, "reading x: %s", kw_error_detail()), KW_E_IO);
+    assert_string_equal(kw_error_detail(), "reading x: value 7 over 3");
 }
 
 int main(void) {
