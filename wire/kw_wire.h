@@ -46,17 +46,18 @@ enum kw_wire_dtype {
     KW_WIRE_DTYPE_F32 = 3,
 };
 
-/* Token position encodings (FORMAT.md §6). Numbers are on the wire, except AUTO. */
+/* Token position encodings (FORMAT.md §6). Numbers are on the wire; 0 is never on the wire and means "choose" in a
+ * policy, so a zeroed policy picks the smallest encoding. */
 enum kw_wire_index {
-    KW_WIRE_INDEX_FULL = 0,   /* positions 0..T-1, no bytes */
-    KW_WIRE_INDEX_RANGE = 1,  /* u32 start */
-    KW_WIRE_INDEX_U16 = 2,    /* T u16 */
-    KW_WIRE_INDEX_U32 = 3,    /* T u32 */
-    KW_WIRE_INDEX_BITMAP = 4, /* ceil(n_positions/8) bytes */
-    KW_WIRE_INDEX_VARINT = 5, /* LEB128 deltas */
-    KW_WIRE_INDEX_AUTO = 255, /* encoder policy: the smallest applicable encoding, ties to the lowest id */
+    KW_WIRE_INDEX_AUTO = 0,   /* encoder policy: the smallest applicable encoding, ties to the lowest id */
+    KW_WIRE_INDEX_FULL = 1,   /* positions 0..T-1, no bytes */
+    KW_WIRE_INDEX_RANGE = 2,  /* u32 start */
+    KW_WIRE_INDEX_U16 = 3,    /* T u16 */
+    KW_WIRE_INDEX_U32 = 4,    /* T u32 */
+    KW_WIRE_INDEX_BITMAP = 5, /* ceil(n_positions/8) bytes */
+    KW_WIRE_INDEX_VARINT = 6, /* LEB128 deltas */
 };
-#define KW_WIRE_INDEX_COUNT 6
+#define KW_WIRE_INDEX_COUNT 7 /* wire ids are 1..KW_WIRE_INDEX_COUNT-1 */
 
 /* Vector code paths. AUTO picks the best the CPU supports; the others force one (tests compare them). All paths
  * produce identical bytes and values. */

@@ -38,8 +38,7 @@ const char *kw_wire_scale_name(uint32_t scale_dtype) {
 }
 
 const char *kw_wire_index_name(uint32_t index_encoding) {
-    static const char *const names[] = {"full", "range", "u16", "u32", "bitmap", "varint"};
-    if (index_encoding == KW_WIRE_INDEX_AUTO) return "auto";
+    static const char *const names[] = {"auto", "full", "range", "u16", "u32", "bitmap", "varint"};
     return index_encoding < sizeof names / sizeof names[0] ? names[index_encoding] : "?";
 }
 
@@ -189,7 +188,9 @@ int kw_wire_index_choose(uint32_t n_positions, const uint32_t *positions, uint32
     const int contiguous = last - first == n_tokens - 1;
     uint64_t size[KW_WIRE_INDEX_COUNT];
     int usable[KW_WIRE_INDEX_COUNT];
-    for (uint32_t e = 0; e < KW_WIRE_INDEX_COUNT; ++e) {
+    size[0] = 0;
+    usable[0] = 0;
+    for (uint32_t e = 1; e < KW_WIRE_INDEX_COUNT; ++e) {
         size[e] = e == KW_WIRE_INDEX_VARINT ? varint : kw__wire_index_fixed_bytes(e, n_tokens, n_positions);
         usable[e] = 1;
     }
@@ -205,7 +206,7 @@ int kw_wire_index_choose(uint32_t n_positions, const uint32_t *positions, uint32
         return 0;
     }
     uint32_t best = KW_WIRE_INDEX_U32;
-    for (uint32_t e = 0; e < KW_WIRE_INDEX_COUNT; ++e)
+    for (uint32_t e = 1; e < KW_WIRE_INDEX_COUNT; ++e)
         if (usable[e] && (size[e] < size[best] || (size[e] == size[best] && e < best))) best = e;
     *encoding = (uint8_t)best;
     *bytes = (size_t)size[best];

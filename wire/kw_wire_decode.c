@@ -265,8 +265,8 @@ static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
     KW_RETURN_IF((int64_t)d->s_layer <= d->last_layer, KW_E_WIRE_ORDER, "section %u: layer %u after layer %lld",
                  d->sections_done, d->s_layer, (long long)d->last_layer);
     d->s_index_enc = p[KW__SEC_INDEX_ENC];
-    KW_RETURN_IF(d->s_index_enc >= KW_WIRE_INDEX_COUNT, KW_E_WIRE_CODEC, "section %u: unknown index encoding %u",
-                 d->sections_done, d->s_index_enc);
+    KW_RETURN_IF(d->s_index_enc == 0 || d->s_index_enc >= KW_WIRE_INDEX_COUNT, KW_E_WIRE_CODEC,
+                 "section %u: unknown index encoding %u", d->sections_done, d->s_index_enc);
     d->s_tokens = kw_load_le32(p + KW__SEC_N_TOKENS);
     KW_RETURN_IF(d->s_tokens == 0, KW_E_WIRE_CORRUPT, "section %u has no tokens", d->sections_done);
     KW_RETURN_IF(d->s_tokens > d->lim.max_tokens, KW_E_WIRE_LIMIT, "section %u: %u tokens > limit %u", d->sections_done,

@@ -388,7 +388,7 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
     const kw_wire_token_group *groups;
     uint32_t n_groups;
     KW_FORWARD(kw__enc_policy(hdr, pol, in->n_tokens, &single, &groups, &n_groups));
-    uint8_t index_enc = 0;
+    uint8_t index_enc = KW_WIRE_INDEX_AUTO;
     size_t index_bytes = 0;
     KW_FORWARD(kw_wire_index_choose(hdr->n_positions, in->positions, in->n_tokens, pol->index_encoding, &index_enc,
                                     &index_bytes));

@@ -303,33 +303,6 @@ static void test_reserved_codes(void **state) {
     assert_int_equal(kw_wire_passthrough_row(KW_WIRE_CODEC_F16, inf_f16, 8, out), KW_E_WIRE_VALUE);
 }
 
-/* The per-element error bound of FORMAT.md §5.4 for one element: x input, xh decoded, s the stored scale, qmax. */
-static double element_bound(uint32_t codec, double x, double xh, double s, double qmax) {
-    const double y = fmin(fmax(x / s, -qmax), qmax);            /* the clamped scaled value */
-    const double clip = fabs(x) - qmax * s;                     /* > 0 only when the stored scale was rounded down */
-    const double mul = s * qmax * 0x1p-22 + fabs(xh) * 0x1p-24; /* fl32(x*inv) and fl32(q*s) rounding */
-    double step_half;                                           /* half the distance between neighbouring codes at y */
-    switch (codec) {
-    case KW_WIRE_CODEC_NF4: {
-        uint32_t i = 0;
-        while (i < 14 && kw_wire_nf4_value(i + 1) < y)
-            ++i;
-        step_half = (kw_wire_nf4_value(i + 1) - kw_wire_nf4_value(i)) / 2;
-        break;
-    }
-    case KW_WIRE_CODEC_E4M3:
-        step_half = fmax(fabs(y) * 0x1p-4, 0x1p-10);
-        break;
-    case KW_WIRE_CODEC_E5M2:
-        step_half = fmax(fabs(y) * 0x1p-3, 0x1p-17);
-        break;
-    default:
-        step_half = 0.5;
-        break;
-    }
-    return fmax(s * step_half, clip) + mul;
-}
-
 static void test_row_error_bounds(void **state) {
     (void)state;
     wt_rng r = {13};
@@ -354,7 +327,7 @@ static void test_row_error_bounds(void **state) {
                 assert_int_equal(kw_wire_dequantize_row(codec, packed, 64, s, xh), 0);
                 for (int i = 0; i < 64; ++i) {
                     const double err = fabs((double)x[i] - xh[i]);
-                    const double bound = element_bound(codec, x[i], xh[i], s, qmax);
+                    const double bound = wt_element_bound(codec, x[i], xh[i], s, qmax);
                     if (err > bound)
                         fail_msg("%s/%s x=%a xh=%a s=%a err=%g bound=%g", kw_wire_codec_name(codec),
                                  kw_wire_scale_name(sd), (double)x[i], (double)xh[i], (double)s, err, bound);

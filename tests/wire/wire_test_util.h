@@ -5,6 +5,7 @@
 #ifndef KW_WIRE_TEST_UTIL_H
 #define KW_WIRE_TEST_UTIL_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,64 @@ static inline int wt_blob_out_equal(const wt_blob_out *a, const wt_blob_out *b) 
             return 0;
     }
     return 1;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Independent statements of the scale rule and the error bound (FORMAT.md §5.4)
+
+/* The stored scale for amax, recomputed in double from the rule's definition: 0 and *s, or KW_E_WIRE_RANGE. */
+static inline int wt_expected_scale(float amax, float qmax, uint32_t sd, float *s) {
+    if (amax == 0.0f) {
+        *s = 0.0f;
+        return 0;
+    }
+    const float rr = (float)((double)amax / qmax); /* = fl32(amax / qmax): double rounding is exact for division */
+    float e;
+    switch (sd) {
+    case KW_WIRE_SCALE_F16:
+        e = kw_round_f16(rr);
+        break;
+    case KW_WIRE_SCALE_BF16:
+        e = kw_round_bf16(rr);
+        break;
+    case KW_WIRE_SCALE_F32:
+        e = rr;
+        break;
+    default:
+        e = rr > 0x1p127f ? INFINITY : kw_e8m0_to_f32(kw_e8m0_ceil(rr));
+        break;
+    }
+    if (isfinite(e) && e < kw_wire_scale_min(sd)) e = kw_wire_scale_min(sd);
+    if (!isfinite(e) || (double)qmax * e > KW_WIRE_BF16_MAX) return KW_E_WIRE_RANGE;
+    *s = e;
+    return 0;
+}
+
+/* The per-element error bound for a quantizing codec: x input, xh decoded (f32), s the stored scale. */
+static inline double wt_element_bound(uint32_t codec, double x, double xh, double s, double qmax) {
+    const double y = fmin(fmax(x / s, -qmax), qmax);            /* the clamped scaled value */
+    const double clip = fabs(x) - qmax * s;                     /* > 0 only when the stored scale was rounded down */
+    const double mul = s * qmax * 0x1p-22 + fabs(xh) * 0x1p-24; /* fl32(x*inv) and fl32(q*s) rounding */
+    double step_half;                                           /* half the distance between neighbouring codes */
+    switch (codec) {
+    case KW_WIRE_CODEC_NF4: {
+        uint32_t i = 0;
+        while (i < 14 && kw_wire_nf4_value(i + 1) < y)
+            ++i;
+        step_half = (kw_wire_nf4_value(i + 1) - kw_wire_nf4_value(i)) / 2;
+        break;
+    }
+    case KW_WIRE_CODEC_E4M3:
+        step_half = fmax(fabs(y) * 0x1p-4, 0x1p-10);
+        break;
+    case KW_WIRE_CODEC_E5M2:
+        step_half = fmax(fabs(y) * 0x1p-3, 0x1p-17);
+        break;
+    default:
+        step_half = 0.5;
+        break; /* integer codecs: half a step of s */
+    }
+    return fmax(s * step_half, clip) + mul;
 }
 
 #endif /* KW_WIRE_TEST_UTIL_H */
