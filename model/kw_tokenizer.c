@@ -23,6 +23,7 @@
 #include <utf8proc.h>
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -265,6 +266,158 @@ static void kw_tok_merge_insert(kw_tokenizer *tok, int32_t left, int32_t right, 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Unicode version differences with HF
+//
+// HF `tokenizers` (0.21) runs the Split regex on Oniguruma with Unicode 16 tables and normalizes NFC with tables of
+// about Unicode 10; Debian 12's PCRE2 10.42 has Unicode 14 and utf8proc 2.8 has Unicode 15. The tables below close
+// those gaps. They were measured against HF on every code point by tools/make_tokenizer_fixtures.py
+// (--unicode-tables prints them, --exhaustive re-checks the whole code space against a kvwire binary), and the
+// committed fixtures hold every code point they name.
+
+/* Letters and numbers that HF's Oniguruma knows (assigned in Unicode 15.0-16.0) and PCRE2 10.42 does not: the
+ * Split regex's \p{L} and \p{N} are widened with them (a no-op with a newer PCRE2). */
+static const uint32_t kw_tok_extra_letters[][2] = {
+    {0x1C89, 0x1C8A},   {0xA7CB, 0xA7CD},   {0xA7DA, 0xA7DC},   {0x105C0, 0x105F3}, {0x10D4A, 0x10D65},
+    {0x10D6F, 0x10D85}, {0x10EC2, 0x10EC4}, {0x1123F, 0x11240}, {0x11380, 0x11389}, {0x1138B, 0x1138B},
+    {0x1138E, 0x1138E}, {0x11390, 0x113B5}, {0x113B7, 0x113B7}, {0x113D1, 0x113D1}, {0x113D3, 0x113D3},
+    {0x11BC0, 0x11BE0}, {0x11F02, 0x11F02}, {0x11F04, 0x11F10}, {0x11F12, 0x11F33}, {0x1342F, 0x1342F},
+    {0x13441, 0x13446}, {0x13460, 0x143FA}, {0x16100, 0x1611D}, {0x16D40, 0x16D6C}, {0x18CFF, 0x18CFF},
+    {0x1B132, 0x1B132}, {0x1B155, 0x1B155}, {0x1DF25, 0x1DF2A}, {0x1E030, 0x1E06D}, {0x1E4D0, 0x1E4EB},
+    {0x1E5D0, 0x1E5ED}, {0x1E5F0, 0x1E5F0}, {0x2B739, 0x2B739}, {0x2EBF0, 0x2EE5D}, {0x31350, 0x323AF},
+};
+static const uint32_t kw_tok_extra_numbers[][2] = {
+    {0x10D40, 0x10D49}, {0x116D0, 0x116E3}, {0x11BF0, 0x11BF9}, {0x11F50, 0x11F59}, {0x16130, 0x16139},
+    {0x16D70, 0x16D79}, {0x1CCF0, 0x1CCF9}, {0x1D2C0, 0x1D2D3}, {0x1E4F0, 0x1E4F9}, {0x1E5F1, 0x1E5FA},
+};
+
+/* Oniguruma's \s: the White_Space property exactly. PCRE2's UCP \s adds U+180E, which HF does not treat as space, so
+ * \s and \S are replaced by this explicit class. */
+static const char kw_tok_space_class[] =
+    "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}";
+
+/* Code points whose NFC behaviour utf8proc knows (combining class, composition) and HF's normalizer does not: to HF
+ * they are plain starters that never compose, so the text is normalized in pieces between them and they are kept. */
+static const uint32_t kw_tok_nfc_unknown[][2] = {
+    {0x7FD, 0x7FD},     {0x898, 0x89F},     {0x8CA, 0x8D3},     {0x9FE, 0x9FE},     {0xC3C, 0xC3C},
+    {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},   {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},
+    {0xA82C, 0xA82C},   {0x10D24, 0x10D27}, {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50},
+    {0x10F82, 0x10F85}, {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11938, 0x11938}, {0x1193D, 0x1193E}, {0x11943, 0x11943}, {0x119E0, 0x119E0}, {0x11A34, 0x11A34},
+    {0x11A47, 0x11A47}, {0x11A99, 0x11A99}, {0x11D42, 0x11D42}, {0x11D44, 0x11D45}, {0x11D97, 0x11D97},
+    {0x11F41, 0x11F42}, {0x16FF0, 0x16FF1}, {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE},
+    {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF},
+};
+
+static bool kw_tok_nfc_is_unknown(uint32_t cp) {
+    size_t lo = 0, hi = sizeof kw_tok_nfc_unknown / sizeof kw_tok_nfc_unknown[0];
+    if (cp < kw_tok_nfc_unknown[0][0]) return false;
+    while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (cp < kw_tok_nfc_unknown[mid][0])
+            hi = mid;
+        else if (cp > kw_tok_nfc_unknown[mid][1])
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
+typedef struct kw_tok_str {
+    char *p;
+    size_t len, cap;
+} kw_tok_str;
+
+static int kw_tok_str_put(kw_tok_str *b, const char *s, size_t n) {
+    size_t need;
+    KW_RETURN_IF(kw_size_add(b->len, n, &need) < 0 || kw_size_add(need, 1, &need) < 0, KW_E_OVERFLOW,
+                 "string too long");
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < need) {
+            KW_RETURN_IF(cap > SIZE_MAX / 2, KW_E_OVERFLOW, "string too long");
+            cap *= 2;
+        }
+        char *p = realloc(b->p, cap);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory (%zu bytes)", cap);
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static int kw_tok_put_ranges(kw_tok_str *b, const uint32_t (*r)[2], size_t n) {
+    char tmp[40];
+    for (size_t i = 0; i < n; ++i) {
+        const int k = snprintf(tmp, sizeof tmp, "\\x{%X}-\\x{%X}", (unsigned)r[i][0], (unsigned)r[i][1]);
+        KW_FORWARD(kw_tok_str_put(b, tmp, (size_t)k));
+    }
+    return 0;
+}
+
+/* Rewrites an HF Split pattern for PCRE2: \p{L} and \p{N} gain the extra ranges, \s and \S become the explicit
+ * White_Space class. Character classes are tracked so that the additions go inside an enclosing [...] or get
+ * brackets of their own. */
+static int kw_tok_rewrite_regex(const char *re, kw_tok_str *out) {
+    bool in_class = false;
+    for (size_t i = 0; re[i];) {
+        const char c = re[i];
+        if (c == '\\') {
+            KW_RETURN_IF(!re[i + 1], KW_E_TOKENIZER, "Split regex ends with a backslash");
+            const bool is_l = strncmp(re + i, "\\p{L}", 5) == 0, is_n = strncmp(re + i, "\\p{N}", 5) == 0;
+            if (is_l || is_n) {
+                if (!in_class) KW_FORWARD(kw_tok_str_put(out, "[", 1));
+                KW_FORWARD(kw_tok_str_put(out, re + i, 5));
+                if (is_l)
+                    KW_FORWARD(kw_tok_put_ranges(out, kw_tok_extra_letters,
+                                                 sizeof kw_tok_extra_letters / sizeof kw_tok_extra_letters[0]));
+                else
+                    KW_FORWARD(kw_tok_put_ranges(out, kw_tok_extra_numbers,
+                                                 sizeof kw_tok_extra_numbers / sizeof kw_tok_extra_numbers[0]));
+                if (!in_class) KW_FORWARD(kw_tok_str_put(out, "]", 1));
+                i += 5;
+            } else if (re[i + 1] == 's' || re[i + 1] == 'S') {
+                const bool neg = re[i + 1] == 'S';
+                KW_RETURN_IF(in_class && neg, KW_E_TOKENIZER,
+                             "Split regex: \\S inside a character class is not supported");
+                if (!in_class) KW_FORWARD(kw_tok_str_put(out, neg ? "[^" : "[", neg ? 2 : 1));
+                KW_FORWARD(kw_tok_str_put(out, kw_tok_space_class, strlen(kw_tok_space_class)));
+                if (!in_class) KW_FORWARD(kw_tok_str_put(out, "]", 1));
+                i += 2;
+            } else {
+                KW_RETURN_IF(re[i + 1] == 'Q', KW_E_TOKENIZER, "Split regex: \\Q...\\E quoting is not supported");
+                KW_FORWARD(kw_tok_str_put(out, re + i, 2));
+                i += 2;
+            }
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = true;
+            size_t k = 1;
+            if (re[i + k] == '^') ++k;
+            if (re[i + k] == ']') ++k; /* a leading ] is a literal */
+            KW_FORWARD(kw_tok_str_put(out, re + i, k));
+            i += k;
+            continue;
+        }
+        if (in_class && c == '[' && re[i + 1] == ':') {
+            const char *end = strstr(re + i, ":]");
+            KW_RETURN_IF(!end, KW_E_TOKENIZER, "Split regex: unterminated POSIX class");
+            KW_FORWARD(kw_tok_str_put(out, re + i, (size_t)(end + 2 - (re + i))));
+            i = (size_t)(end + 2 - re);
+            continue;
+        }
+        if (in_class && c == ']') in_class = false;
+        KW_FORWARD(kw_tok_str_put(out, re + i, 1));
+        ++i;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Loading
 
 /* The GPT-2 ByteLevel alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes take the code points
@@ -330,18 +483,25 @@ static int kw_tok_load_split(kw_tokenizer *tok, const cJSON *split) {
     const cJSON *behavior = cJSON_GetObjectItemCaseSensitive(split, "behavior");
     KW_RETURN_IF(!cJSON_IsString(behavior), KW_E_TOKENIZER, "tokenizer.json: Split.behavior is missing");
     KW_FORWARD(kw_tok_expect_bool(split, "invert", 0, "pre_tokenizer Split"));
-    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(split, "pattern");
-    const cJSON *re = cJSON_GetObjectItemCaseSensitive(pattern, "Regex");
+    const cJSON *pattern_obj = cJSON_GetObjectItemCaseSensitive(split, "pattern");
+    const cJSON *re = cJSON_GetObjectItemCaseSensitive(pattern_obj, "Regex");
     KW_RETURN_IF(!cJSON_IsString(re), KW_E_TOKENIZER,
                  "tokenizer.json: Split.pattern must be {\"Regex\": ...} (String patterns are not supported)");
+    kw_tok_str pattern = {0};
+    int rc = kw_tok_rewrite_regex(re->valuestring, &pattern);
+    if (rc < 0) {
+        free(pattern.p);
+        return kw_error_set(rc, "tokenizer.json: %s", kw_error_detail());
+    }
     int err = 0;
     PCRE2_SIZE at = 0;
-    tok->split_re =
-        pcre2_compile((PCRE2_SPTR)re->valuestring, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &at, NULL);
+    tok->split_re = pcre2_compile((PCRE2_SPTR)pattern.p, pattern.len, PCRE2_UTF | PCRE2_UCP, &err, &at, NULL);
+    free(pattern.p);
     if (!tok->split_re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(err, msg, sizeof msg);
-        KW_FAIL(KW_E_TOKENIZER, "tokenizer.json: Split regex does not compile at offset %zu: %s", (size_t)at,
+        KW_FAIL(KW_E_TOKENIZER,
+                "tokenizer.json: Split regex does not compile (offset %zu of the rewritten pattern): %s", (size_t)at,
                 (const char *)msg);
     }
     tok->split_jit = pcre2_jit_compile(tok->split_re, PCRE2_JIT_COMPLETE) == 0;
@@ -672,14 +832,12 @@ typedef struct kw_tok_scratch {
     size_t sym_cap, heap_cap, heap_n;
     char *str;
     size_t str_cap;
-    pcre2_match_data *md;
 } kw_tok_scratch;
 
 static void kw_tok_scratch_free(kw_tok_scratch *s) {
     free(s->sym);
     free(s->heap);
     free(s->str);
-    pcre2_match_data_free(s->md);
 }
 
 /* a comes out of the queue before b: lower rank first, then lower position (HF's Merge ordering). */
@@ -790,9 +948,54 @@ static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t 
 // ---------------------------------------------------------------------------------------------------------------
 // Encode
 
-/* Normalizes, pre-tokenizes and merges one stretch of text that holds no added token. */
-static int kw_tok_encode_segment(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t *text, size_t len,
-                                 kw_tok_ids *out) {
+/* Appends utf8proc's NFC of s[0..n) to b. */
+static int kw_tok_nfc_piece(kw_tok_str *b, const uint8_t *s, size_t n) {
+    if (n == 0) return 0;
+    utf8proc_uint8_t *norm = NULL;
+    const utf8proc_ssize_t r = utf8proc_map(s, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    KW_RETURN_IF(r < 0, r == UTF8PROC_ERROR_NOMEM ? KW_E_NOMEM : KW_E_UTF8, "NFC normalization failed: %s",
+                 utf8proc_errmsg(r));
+    const int rc = kw_tok_str_put(b, (const char *)norm, (size_t)r);
+    free(norm);
+    return rc;
+}
+
+/* NFC as HF's normalizer computes it: utf8proc NFC on the stretches between the code points HF's tables do not know
+ * (kw_tok_nfc_unknown), which are kept as they are. *out is malloc'd, NUL-terminated. */
+static int kw_tok_nfc(const uint8_t *text, size_t len, uint8_t **out, size_t *out_len) {
+    kw_tok_str b = {0};
+    int rc = 0;
+    size_t start = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        const size_t k = kw_tok_utf8_decode(text + i, &cp);
+        if (kw_tok_nfc_is_unknown(cp)) {
+            KW_CHECK(kw_tok_nfc_piece(&b, text + start, i - start));
+            KW_CHECK(kw_tok_str_put(&b, (const char *)text + i, k));
+            start = i + k;
+        }
+        i += k;
+    }
+    KW_CHECK(kw_tok_nfc_piece(&b, text + start, len - start));
+    if (!b.p) KW_CHECK(kw_tok_str_put(&b, "", 0));
+    *out = (uint8_t *)b.p;
+    *out_len = b.len;
+    b.p = NULL;
+out:
+    free(b.p);
+    return rc;
+}
+
+/* Receives the pieces of a text in order: an added token (added_id >= 0) or one pre-token of bytes s[0..n) of the
+ * normalized text (added_id = -1). */
+typedef struct kw_tok_sink kw_tok_sink;
+struct kw_tok_sink {
+    int (*piece)(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id);
+};
+
+/* Normalizes and pre-tokenizes one stretch of text that holds no added token. */
+static int kw_tok_walk_segment(const kw_tokenizer *tok, pcre2_match_data *md, const uint8_t *text, size_t len,
+                               kw_tok_sink *sink) {
     if (len == 0) return 0;
     uint8_t *norm = NULL;
     if (tok->nfc) {
@@ -800,30 +1003,29 @@ static int kw_tok_encode_segment(const kw_tokenizer *tok, kw_tok_scratch *s, con
         for (size_t i = 0; i < len && ascii; ++i)
             ascii = text[i] < 0x80;
         if (!ascii) {
-            const utf8proc_ssize_t r =
-                utf8proc_map(text, (utf8proc_ssize_t)len, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-            KW_RETURN_IF(r < 0, r == UTF8PROC_ERROR_NOMEM ? KW_E_NOMEM : KW_E_UTF8, "NFC normalization failed: %s",
-                         utf8proc_errmsg(r));
+            size_t norm_len = 0;
+            KW_FORWARD(kw_tok_nfc(text, len, &norm, &norm_len));
             text = norm;
-            len = (size_t)r;
+            len = norm_len;
         }
     }
     int rc = 0;
     size_t pos = 0;
     while (pos < len) {
-        int r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK, s->md, NULL);
+        int r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
         if (r == PCRE2_ERROR_JIT_STACKLIMIT)
-            r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, s->md, NULL);
+            r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
         if (r == PCRE2_ERROR_NOMATCH) {
-            KW_CHECK(kw_tok_bpe(tok, s, text + pos, len - pos, out));
+            KW_CHECK(sink->piece(sink, text + pos, len - pos, -1));
             break;
         }
-        KW_CHECK_IF(r < 0, KW_E_INTERNAL, "pre-tokenizer regex failed with PCRE2 error %d", r);
-        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(s->md);
+        KW_CHECK_IF(r < 0, KW_E_LIMIT, "pre-tokenizer regex failed with PCRE2 error %d", r);
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         const size_t start = ov[0], end = ov[1];
-        if (start > pos) KW_CHECK(kw_tok_bpe(tok, s, text + pos, start - pos, out));
+        /* Isolated: the gap before a match and the match are pieces of their own. */
+        if (start > pos) KW_CHECK(sink->piece(sink, text + pos, start - pos, -1));
         if (end > start) {
-            KW_CHECK(kw_tok_bpe(tok, s, text + start, end - start, out));
+            KW_CHECK(sink->piece(sink, text + start, end - start, -1));
             pos = end;
         } else {
             /* An empty match (impossible with the known patterns) contributes nothing; step over one character. */
@@ -850,16 +1052,14 @@ static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size
     return best;
 }
 
-int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n_ids) {
-    KW_RETURN_IF(!tok || (!text && len) || !ids || !n_ids, KW_E_INVALID_ARG, "kw_tokenizer_encode: NULL argument");
+/* Splits text into added tokens (leftmost, then longest, in the raw text) and pre-tokens, in order. */
+static int kw_tok_walk(const kw_tokenizer *tok, const char *text, size_t len, kw_tok_sink *sink) {
     const uint8_t *t = (const uint8_t *)text;
     const size_t bad = kw_tok_utf8_check(t, len);
     KW_RETURN_IF(bad != len, KW_E_UTF8, "invalid UTF-8 at byte %zu of the text", bad);
     int rc = 0;
-    kw_tok_ids out = {0};
-    kw_tok_scratch s = {0};
-    s.md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
-    KW_CHECK_IF(!s.md, KW_E_NOMEM, "out of memory for regex match data");
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
+    KW_RETURN_IF(!md, KW_E_NOMEM, "out of memory for regex match data");
     size_t seg = 0;
     for (size_t i = 0; i < len;) {
         int32_t id = -1;
@@ -868,22 +1068,94 @@ int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, i
             ++i;
             continue;
         }
-        KW_CHECK(kw_tok_encode_segment(tok, &s, t + seg, i - seg, &out));
-        KW_CHECK(kw_tok_ids_push(&out, id));
+        KW_CHECK(kw_tok_walk_segment(tok, md, t + seg, i - seg, sink));
+        KW_CHECK(sink->piece(sink, t + i, k, id));
         i += k;
         seg = i;
     }
-    KW_CHECK(kw_tok_encode_segment(tok, &s, t + seg, len - seg, &out));
-    if (!out.v) {
-        out.v = malloc(sizeof(int32_t));
-        KW_CHECK_IF(!out.v, KW_E_NOMEM, "out of memory");
-    }
-    *ids = out.v;
-    *n_ids = out.n;
-    out.v = NULL;
+    KW_CHECK(kw_tok_walk_segment(tok, md, t + seg, len - seg, sink));
 out:
-    free(out.v);
-    kw_tok_scratch_free(&s);
+    pcre2_match_data_free(md);
+    return rc;
+}
+
+typedef struct kw_tok_encode_sink {
+    kw_tok_sink base;
+    const kw_tokenizer *tok;
+    kw_tok_scratch scratch;
+    kw_tok_ids ids;
+} kw_tok_encode_sink;
+
+static int kw_tok_encode_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id) {
+    kw_tok_encode_sink *e = (kw_tok_encode_sink *)sink;
+    if (added_id >= 0) return kw_tok_ids_push(&e->ids, added_id);
+    return kw_tok_bpe(e->tok, &e->scratch, s, n, &e->ids);
+}
+
+int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n_ids) {
+    KW_RETURN_IF(!tok || (!text && len) || !ids || !n_ids, KW_E_INVALID_ARG, "kw_tokenizer_encode: NULL argument");
+    kw_tok_encode_sink e = {.base = {kw_tok_encode_piece}, .tok = tok};
+    int rc = 0;
+    KW_CHECK(kw_tok_walk(tok, text, len, &e.base));
+    if (!e.ids.v) {
+        e.ids.v = malloc(sizeof(int32_t));
+        KW_CHECK_IF(!e.ids.v, KW_E_NOMEM, "out of memory");
+    }
+    *ids = e.ids.v;
+    *n_ids = e.ids.n;
+    e.ids.v = NULL;
+out:
+    free(e.ids.v);
+    kw_tok_scratch_free(&e.scratch);
+    return rc;
+}
+
+typedef struct kw_tok_piece_sink {
+    kw_tok_sink base;
+    kw_tok_str text;
+    size_t *bounds;
+    size_t n, cap;
+} kw_tok_piece_sink;
+
+static int kw_tok_record_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id) {
+    (void)added_id;
+    kw_tok_piece_sink *p = (kw_tok_piece_sink *)sink;
+    if (p->n == p->cap) {
+        const size_t cap = p->cap ? p->cap * 2 : 64;
+        KW_RETURN_IF(cap > SIZE_MAX / (2 * sizeof(size_t)), KW_E_OVERFLOW, "too many pieces");
+        size_t *b = realloc(p->bounds, cap * 2 * sizeof(size_t));
+        KW_RETURN_IF(!b, KW_E_NOMEM, "out of memory");
+        p->bounds = b;
+        p->cap = cap;
+    }
+    p->bounds[2 * p->n] = p->text.len;
+    KW_FORWARD(kw_tok_str_put(&p->text, (const char *)s, n));
+    p->bounds[2 * p->n + 1] = p->text.len;
+    ++p->n;
+    return 0;
+}
+
+int kw_tokenizer_pre_tokenize(const kw_tokenizer *tok, const char *text, size_t len, char **norm, size_t *norm_len,
+                              size_t **bounds, size_t *n_pieces) {
+    KW_RETURN_IF(!tok || (!text && len) || !norm || !norm_len || !bounds || !n_pieces, KW_E_INVALID_ARG,
+                 "kw_tokenizer_pre_tokenize: NULL argument");
+    kw_tok_piece_sink p = {.base = {kw_tok_record_piece}};
+    int rc = 0;
+    KW_CHECK(kw_tok_walk(tok, text, len, &p.base));
+    if (!p.text.p) KW_CHECK(kw_tok_str_put(&p.text, "", 0));
+    if (!p.bounds) {
+        p.bounds = malloc(2 * sizeof(size_t));
+        KW_CHECK_IF(!p.bounds, KW_E_NOMEM, "out of memory");
+    }
+    *norm = p.text.p;
+    *norm_len = p.text.len;
+    *bounds = p.bounds;
+    *n_pieces = p.n;
+    p.text.p = NULL;
+    p.bounds = NULL;
+out:
+    free(p.text.p);
+    free(p.bounds);
     return rc;
 }
 

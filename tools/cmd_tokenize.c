@@ -1,6 +1,7 @@
 /* cmd_tokenize.c: `kvwire tokenize --tokenizer DIR [--decode] [--skip-special]`.
  *
- * Encode mode reads one JSON string per line on stdin and writes one JSON array of ids per line (no BOS/EOS).
+ * Encode mode reads one JSON string per line on stdin and writes one JSON array of ids per line (no BOS/EOS); with
+ * --pieces it writes the pre-tokenized pieces instead (a debugging aid, compared with HF by the fixture script).
  * Decode mode reads one JSON array of ids per line and writes one JSON string per line. The first bad line stops the
  * run with an error naming its number and a non-zero exit status; lines before it have been written.
  * The JSON string reader is local so that texts holding U+0000 survive (cJSON strings end at the first NUL). */
@@ -21,7 +22,8 @@ static void kw_tokenize_usage(FILE *f) {
     fprintf(f, "usage: kvwire tokenize --tokenizer DIR|FILE [--decode] [--skip-special]\n"
                "  encode: stdin has one JSON string per line; stdout gets one JSON array of ids per line (no BOS)\n"
                "  --decode: stdin has one JSON array of ids per line; stdout gets one JSON string per line\n"
-               "  --skip-special: with --decode, drop special added tokens\n");
+               "  --skip-special: with --decode, drop special added tokens\n"
+               "  --pieces: instead of ids, write the pre-tokenized pieces (normalized text) as a JSON array\n");
 }
 
 static int kw_tokenize_hex4(const char *p, uint32_t *v) {
@@ -151,6 +153,33 @@ out:
     return rc;
 }
 
+/* --pieces: the pre-tokenized pieces (normalized text) as a JSON array of strings. */
+static int kw_tokenize_pieces_line(const kw_tokenizer *tok, const char *line, size_t len, FILE *out) {
+    int rc = 0;
+    size_t text_len = 0, norm_len = 0, n = 0, json_len = 0, json_cap = 0;
+    char *norm = NULL, *json = NULL;
+    size_t *bounds = NULL;
+    char *text = malloc(len + 1);
+    KW_CHECK_IF(!text, KW_E_NOMEM, "out of memory");
+    KW_CHECK(kw_tokenize_parse_string(line, len, text, &text_len));
+    KW_CHECK(kw_tokenizer_pre_tokenize(tok, text, text_len, &norm, &norm_len, &bounds, &n));
+    fputc('[', out);
+    for (size_t i = 0; i < n; ++i) {
+        json_len = 0;
+        KW_CHECK(kw_json_append_string(&json, &json_len, &json_cap, norm + bounds[2 * i],
+                                       bounds[2 * i + 1] - bounds[2 * i]));
+        if (i) fputc(',', out);
+        fwrite(json, 1, json_len, out);
+    }
+    fputs("]\n", out);
+out:
+    free(json);
+    free(bounds);
+    free(norm);
+    free(text);
+    return rc;
+}
+
 static int kw_tokenize_decode_line(const kw_tokenizer *tok, const char *line, size_t len, int skip_special, FILE *out) {
     int rc = 0;
     cJSON *root = NULL;
@@ -183,12 +212,14 @@ out:
 
 int kw_cmd_tokenize(int argc, char **argv) {
     const char *dir = NULL;
-    int decode = 0, skip_special = 0;
+    int decode = 0, skip_special = 0, pieces = 0;
     for (int i = 1; i < argc; ++i) {
         if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) {
             dir = argv[++i];
         } else if (strcmp(argv[i], "--decode") == 0) {
             decode = 1;
+        } else if (strcmp(argv[i], "--pieces") == 0) {
+            pieces = 1;
         } else if (strcmp(argv[i], "--skip-special") == 0) {
             skip_special = 1;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -203,6 +234,10 @@ int kw_cmd_tokenize(int argc, char **argv) {
     if (!dir) {
         fprintf(stderr, "kvwire tokenize: --tokenizer is required\n");
         kw_tokenize_usage(stderr);
+        return 2;
+    }
+    if (pieces && decode) {
+        fprintf(stderr, "kvwire tokenize: --pieces and --decode exclude each other\n");
         return 2;
     }
     if (skip_special && !decode) {
@@ -224,8 +259,12 @@ int kw_cmd_tokenize(int argc, char **argv) {
         size_t len = (size_t)got;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             --len;
-        rc = decode ? kw_tokenize_decode_line(tok, line, len, skip_special, stdout)
-                    : kw_tokenize_encode_line(tok, line, len, stdout);
+        if (decode)
+            rc = kw_tokenize_decode_line(tok, line, len, skip_special, stdout);
+        else if (pieces)
+            rc = kw_tokenize_pieces_line(tok, line, len, stdout);
+        else
+            rc = kw_tokenize_encode_line(tok, line, len, stdout);
         if (rc < 0) {
             fflush(stdout);
             fprintf(stderr, "kvwire tokenize: stdin line %zu: %s: %s\n", lineno, kw_status_name(rc), kw_error_detail());
