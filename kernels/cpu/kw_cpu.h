@@ -61,6 +61,9 @@ void kw__cpu_to_f32(enum kw_cpu_isa isa, float *dst, const void *src, enum kw_dt
 /* Converts n fp32 values to a f32/bf16/f16 array (round to nearest even, as kw_half.h). */
 void kw__cpu_from_f32(enum kw_cpu_isa isa, void *dst, enum kw_dtype dtype, const float *src, int64_t n);
 
+/* y[i] = exp(x[i]) for n values (y may equal x); the AVX-512 path is within 2 ulp of the correctly rounded result. */
+void kw__cpu_exp_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+
 /* Work smaller than this many elements (or multiply-adds) stays on one thread. */
 #define KW_CPU_PARALLEL_MIN 32768
 

@@ -90,7 +90,8 @@ KW_TARGET_AVX2 static void kw_axpy_avx2(float *acc, float e, const void *v, enum
         acc[d] += e * (dtype == KW_DTYPE_BF16 ? kw_bf16_to_f32(((const uint16_t *)v)[d]) : ((const float *)v)[d]);
 }
 
-KW_TARGET_AVX512 static inline __m512 kw_attn_ld16_avx512(const void *p, enum kw_dtype dtype, int64_t d, __mmask16 m) {
+KW_TARGET_AVX512 static inline __attribute__((always_inline)) __m512
+kw_attn_ld16_avx512(const void *p, enum kw_dtype dtype, int64_t d, __mmask16 m) {
     if (dtype == KW_DTYPE_BF16)
         return _mm512_castsi512_ps(
             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + d)), 16));
@@ -113,6 +114,126 @@ KW_TARGET_AVX512 static void kw_axpy_avx512(float *acc, float e, const void *v, 
         const __m512 r = _mm512_fmadd_ps(ev, kw_attn_ld16_avx512(v, dtype, d, m), _mm512_maskz_loadu_ps(m, acc + d));
         _mm512_mask_storeu_ps(acc + d, m, r);
     }
+}
+
+/* One (token, kv head) item on AVX-512 for the nh query heads of a group, D a multiple of 16. Scores: 4 K rows x 2
+ * query heads per step (8 independent FMA chains, each K chunk widened once); masked rows get -inf, so their exp is
+ * 0. Then per head: max, exp vectorized over the score row, sum, and the weighted V sum with up to 8 chunks (128
+ * dims) of output in registers. Same two-pass numerics as the portable path. dtype is a constant after inlining. */
+#define KW_AVX512_INLINE KW_TARGET_AVX512 static inline __attribute__((always_inline))
+
+KW_AVX512_INLINE void kw_attn_scores_avx512(float *scores, const float *q, int64_t nh, const char *kbase,
+                                            enum kw_dtype dtype, int64_t D, int64_t lo, int64_t hi, const uint8_t *mask,
+                                            float scale, int64_t n_kv) {
+    const size_t row_bytes = (size_t)D * kw_dtype_size(dtype);
+    for (int64_t g = 0; g < nh; g += 2) {
+        const int two = nh - g >= 2;
+        const float *q0 = q + g * D, *q1 = two ? q0 + D : q0;
+        float *s0 = scores + g * n_kv, *s1 = two ? s0 + n_kv : s0;
+        int64_t j = lo;
+        for (; j + 4 <= hi + 1; j += 4) {
+            __m512 acc[4][2];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; ++r)
+                acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m512 x0 = _mm512_loadu_ps(q0 + d), x1 = _mm512_loadu_ps(q1 + d);
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; ++r) {
+                    const __m512 kv = kw_attn_ld16_avx512(kbase + (size_t)(j + r) * row_bytes, dtype, d, 0xffff);
+                    acc[r][0] = _mm512_fmadd_ps(x0, kv, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(x1, kv, acc[r][1]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; ++r) {
+                const int masked = mask && mask[j + r] == 0;
+                s0[j + r] = masked ? -INFINITY : _mm512_reduce_add_ps(acc[r][0]) * scale;
+                s1[j + r] = masked ? -INFINITY : _mm512_reduce_add_ps(acc[r][1]) * scale;
+            }
+        }
+        for (; j <= hi; ++j) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m512 kv = kw_attn_ld16_avx512(kbase + (size_t)j * row_bytes, dtype, d, 0xffff);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), kv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), kv, a1);
+            }
+            const int masked = mask && mask[j] == 0;
+            s0[j] = masked ? -INFINITY : _mm512_reduce_add_ps(a0) * scale;
+            s1[j] = masked ? -INFINITY : _mm512_reduce_add_ps(a1) * scale;
+        }
+    }
+}
+
+/* o[c0*16 .. (c0+B)*16) = inv * sum_j e_j v_j for B chunks of 16 dims, accumulators in registers. */
+#define KW_ATTN_V_BLOCK(B)                                                                                             \
+    do {                                                                                                               \
+        __m512 a[B];                                                                                                   \
+        _Pragma("GCC unroll 8") for (int c = 0; c < (B); ++c) a[c] = _mm512_setzero_ps();                              \
+        for (int64_t j = 0; j < n; ++j) {                                                                              \
+            const float e = e_row[j];                                                                                  \
+            if (e == 0.0f) continue; /* masked rows and underflow contribute nothing */                                \
+            const __m512 ev = _mm512_set1_ps(e);                                                                       \
+            const char *vrow = vbase + (size_t)(lo + j) * row_bytes;                                                   \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (B); ++c) a[c] =                                               \
+                _mm512_fmadd_ps(ev, kw_attn_ld16_avx512(vrow, dtype, (c0 + c) * 16, 0xffff), a[c]);                    \
+        }                                                                                                              \
+        _Pragma("GCC unroll 8") for (int c = 0; c < (B); ++c)                                                          \
+            _mm512_storeu_ps(o + (c0 + c) * 16, _mm512_mul_ps(a[c], iv));                                              \
+        c0 += (B);                                                                                                     \
+    } while (0)
+
+KW_AVX512_INLINE void kw_attn_item_avx512_impl(float *out, const float *q, int64_t nh, const char *kbase,
+                                               const char *vbase, enum kw_dtype dtype, int64_t D, int64_t lo,
+                                               int64_t hi, const uint8_t *mask, float scale, float *scores,
+                                               int64_t n_kv) {
+    const size_t row_bytes = (size_t)D * kw_dtype_size(dtype);
+    const int64_t n = hi - lo + 1, nc = D / 16;
+    kw_attn_scores_avx512(scores, q, nh, kbase, dtype, D, lo, hi, mask, scale, n_kv);
+    for (int64_t g = 0; g < nh; ++g) {
+        float *e_row = scores + g * n_kv + lo;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int64_t i = 0; i < n; i += 16) {
+            const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, e_row + i));
+        }
+        const float max = _mm512_reduce_max_ps(mx);
+        float *o = out + g * D;
+        if (max == -INFINITY) { /* nothing visible */
+            memset(o, 0, (size_t)D * sizeof(float));
+            continue;
+        }
+        const __m512 mv = _mm512_set1_ps(max);
+        for (int64_t i = 0; i < n; i += 16) {
+            const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+            _mm512_mask_storeu_ps(e_row + i, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, e_row + i), mv));
+        }
+        kw__cpu_exp_f32(KW_CPU_ISA_AVX512, e_row, e_row, n);
+        __m512 sv = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; i += 16) {
+            const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+            sv = _mm512_add_ps(sv, _mm512_maskz_loadu_ps(m, e_row + i));
+        }
+        const __m512 iv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sv));
+        int64_t c0 = 0;
+        while (nc - c0 >= 8)
+            KW_ATTN_V_BLOCK(8);
+        while (nc - c0 >= 4)
+            KW_ATTN_V_BLOCK(4);
+        while (nc - c0 >= 1)
+            KW_ATTN_V_BLOCK(1);
+    }
+}
+
+KW_TARGET_AVX512 static void kw_attn_item_avx512(float *out, const float *q, int64_t nh, const char *kbase,
+                                                 const char *vbase, enum kw_dtype dtype, int64_t D, int64_t lo,
+                                                 int64_t hi, const uint8_t *mask, float scale, float *scores,
+                                                 int64_t n_kv) {
+    if (dtype == KW_DTYPE_BF16)
+        kw_attn_item_avx512_impl(out, q, nh, kbase, vbase, KW_DTYPE_BF16, D, lo, hi, mask, scale, scores, n_kv);
+    else
+        kw_attn_item_avx512_impl(out, q, nh, kbase, vbase, KW_DTYPE_F32, D, lo, hi, mask, scale, scores, n_kv);
 }
 #endif
 
@@ -177,6 +298,16 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
         const char *vbase = (const char *)v_cache->data + (size_t)(kvh * cap * D) * esize;
         for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
             const int64_t nh = (kvh + 1) * group - h0 < chunk ? (kvh + 1) * group - h0 : chunk;
+#if KW_CPU_X86
+            if (cpu->isa == KW_CPU_ISA_AVX512 && D % 16 == 0) {
+                if (lo <= hi)
+                    kw_attn_item_avx512(os + (t * Hq + h0) * D, qs + (t * Hq + h0) * D, nh, kbase, vbase, dtype, D, lo,
+                                        hi, mask, scale, scores, n_kv);
+                else
+                    memset(os + (t * Hq + h0) * D, 0, (size_t)(nh * D) * sizeof(float));
+                continue;
+            }
+#endif
             float maxs[KW_ATTN_MAX_GROUP], sums[KW_ATTN_MAX_GROUP];
             for (int64_t g = 0; g < nh; ++g)
                 maxs[g] = -INFINITY, sums[g] = 0.0f;

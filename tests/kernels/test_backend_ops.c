@@ -21,6 +21,7 @@
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "kernels/kw_backend_impl.h"
+#include "kernels/cpu/kw_cpu.h"
 #include "kw_backend_cases.h"
 
 /* Creates a CPU backend with the given ISA ceiling ("" = the best available). */
@@ -319,6 +320,60 @@ static void test_rope_inv_freq_matches_transformers(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------
+ * The CPU backend's vector exp (used by attention) against the correctly rounded exp: a sweep over every 61st fp32
+ * bit pattern of [-104, 89] (about 35 million inputs, both signs, subnormal results included) plus the edges. The
+ * attention tolerance in kw_backend_cases.c assumes at most 2 ulp.
+ */
+
+static double kw_ulp_error(float got, double exact) {
+    if (exact == 0.0) return got == 0.0f ? 0.0 : INFINITY;
+    const float fe = (float)exact;
+    if (isinf(fe)) return isinf(got) ? 0.0 : INFINITY;
+    int e;
+    frexp(exact, &e);
+    /* one ulp of a float with the exact value's exponent (subnormals: the fixed 2^-149 spacing) */
+    const double ulp = ldexp(1.0, (e - 24) < -149 ? -149 : e - 24);
+    return fabs((double)got - exact) / ulp;
+}
+
+static void test_cpu_exp_within_2_ulp(void **state) {
+    (void)state;
+    enum { CHUNK = 4096 };
+    static float x[CHUNK], y[CHUNK];
+    kw_backend *be = kw_make_cpu("", 1); /* the best ISA this machine has */
+    const enum kw_cpu_isa isa = kw__cpu(be)->isa;
+    kw_backend_destroy(be);
+    double worst = 0.0;
+    float worst_x = 0.0f;
+    int n = 0;
+    const uint32_t ranges[2][2] = {{0x00000000u, 0x42b20000u}, {0x80000000u, 0xc2d00000u}}; /* [0, 89], [-0, -104] */
+    for (int r = 0; r < 2; ++r) {
+        for (uint64_t b = ranges[r][0]; b <= ranges[r][1]; b += 61) {
+            x[n++] = kw_f32_from_bits((uint32_t)b);
+            if (n == CHUNK || b + 61 > ranges[r][1]) {
+                kw__cpu_exp_f32(isa, y, x, n);
+                for (int i = 0; i < n; ++i) {
+                    const double err = kw_ulp_error(y[i], exp((double)x[i]));
+                    if (err > worst) worst = err, worst_x = x[i];
+                }
+                n = 0;
+            }
+        }
+    }
+    const float edges[] = {88.72283f, 88.7229f, 100.0f, -87.33654f, -103.97f, -104.0f, -200.0f, INFINITY, -INFINITY};
+    kw__cpu_exp_f32(isa, y, edges, 9);
+    assert_true(isinf(y[1]) && isinf(y[2]) && isinf(y[7]));
+    assert_true(y[5] == 0.0f && y[6] == 0.0f && y[8] == 0.0f);
+    for (int i = 0; i < 9; ++i)
+        if (isfinite(edges[i])) assert_true(kw_ulp_error(y[i], exp((double)edges[i])) <= 2.0);
+    const float nan_in = NAN;
+    kw__cpu_exp_f32(isa, y, &nan_in, 1);
+    assert_true(isnan(y[0]));
+    fprintf(stderr, "cpu exp (%s): worst error %.3f ulp at x = %.9g\n", kw__cpu_isa_name(isa), worst, (double)worst_x);
+    assert_true(worst <= 2.0);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
  * --perf
  */
 
@@ -350,6 +405,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_shape_rejections),
         cmocka_unit_test(test_names_and_sizes),
         cmocka_unit_test(test_rope_inv_freq_matches_transformers),
+        cmocka_unit_test(test_cpu_exp_within_2_ulp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
