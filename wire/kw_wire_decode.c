@@ -371,6 +371,9 @@ static int kw__dec_section_table(kw_wire_decoder *d, const uint8_t *p) {
  * are needed. */
 static int kw__dec_section_stages(kw_wire_decoder *d, const uint8_t *view, size_t vlen) {
     if (d->stage == 0) {
+        /* the marker is checked as soon as it is there, so misframed bytes fail fast */
+        KW_RETURN_IF(vlen >= 4 && memcmp(view, kw__wire_section_marker, 4) != 0, KW_E_WIRE_CORRUPT,
+                     "no section marker at offset %llu (section %u)", (unsigned long long)d->offset, d->sections_done);
         if (vlen < d->need) return 0;
         KW_FORWARD(kw__dec_section_head(d, view));
     }
@@ -523,6 +526,11 @@ int kw_wire_decoder_feed(kw_wire_decoder *d, const void *data, size_t size, size
             const uint32_t from = d->fixed_len;
             d->fixed_len += (uint32_t)take;
             if (header && (rc = kw__dec_header_prefix(d, from, d->fixed_len)) < 0) goto fail;
+            if (!header && from < 4 && d->fixed_len >= 4 && memcmp(d->fixed, kw__wire_trailer_marker, 4) != 0) {
+                rc = kw_error_set(KW_E_WIRE_CORRUPT, "no trailer marker after the last section (offset %llu)",
+                                  (unsigned long long)d->offset);
+                goto fail;
+            }
             if (d->fixed_len < want) goto need_more;
             d->fixed_len = 0;
             if (!header) {

@@ -1,0 +1,243 @@
+/* wire_mutate.h: a fixed three-section base blob and a catalogue of single-fault mutations of it, each with the
+ * status code a conforming decoder must report (FORMAT.md §9.2). Shared by test_wire_corrupt.c and the golden-blob
+ * generator (tests/golden/gen_wire_golden.c). Mutations that damage a field re-seal every checksum afterwards, so the
+ * field check itself is what fails; mutations aimed at checksums do not. Test code: aborts on misuse. */
+#ifndef KW_WIRE_MUTATE_H
+#define KW_WIRE_MUTATE_H
+
+#include "tests/wire/wire_test_util.h"
+#include "common/kw_bytes.h"
+
+/* XXH3-64 from the library's own wrapper, so tests use exactly the format's checksum. */
+#include "wire/kw_wire_internal.h"
+
+// ---------------------------------------------------------------------------------------------------------------
+// The base blob: P = 61 positions (not a multiple of 8), H = 2, D = 16, n_layers = 8, three sections:
+//   s0: layer 1, 9 tokens, bitmap index, K int8/token/f16, V int4/head/bf16
+//   s1: layer 3, 20 tokens, range index, K and V int8/layer/f32 on constant values, zstd-compressed
+//   s2: layer 6, 12 tokens, varint index, groups {5: K nf4/group8/e8m0, V e4m3/token/f32},
+//                                                  {7: K bf16 passthrough, V int6/token/f16}
+
+enum { WM_H = 2, WM_D = 16, WM_P = 61, WM_LAYERS = 8 };
+
+typedef struct wm_blob {
+    uint8_t *data;
+    size_t size;
+    size_t sec[3];  /* section offsets */
+    size_t body[3]; /* body offsets (after the group table) */
+    size_t trailer; /* trailer offset */
+} wm_blob;
+
+static inline void wm_fill(wt_rng *r, float *v, size_t n, int constant) {
+    for (size_t i = 0; i < n; ++i)
+        v[i] = kw_round_bf16(constant ? 0.75f - (float)(i % WM_D) / 16 : wt_bell(r));
+}
+
+/* Builds the base blob (deterministic bytes for a given libzstd). */
+static inline void wm_base(wm_blob *b) {
+    wt_rng r = {0x5eed};
+    static const uint32_t T[3] = {9, 20, 12}, layers[3] = {1, 3, 6};
+    uint32_t pos[3][20];
+    wt_sample_positions(&r, WM_P, T[0], pos[0]);
+    for (uint32_t t = 0; t < T[1]; ++t)
+        pos[1][t] = 30 + t;
+    wt_sample_positions(&r, WM_P, T[2], pos[2]);
+    uint16_t *kv[3][2];
+    kw_wire_layer_in in[3];
+    for (int s = 0; s < 3; ++s) {
+        const size_t n = (size_t)WM_H * T[s] * WM_D;
+        float *tmp = wt_xmalloc(n * 4);
+        for (int k = 0; k < 2; ++k) {
+            wm_fill(&r, tmp, n, s == 1);
+            kv[s][k] = wt_xmalloc(n * 2);
+            for (size_t i = 0; i < n; ++i)
+                kv[s][k][i] = kw_f32_to_bf16(tmp[i]);
+        }
+        free(tmp);
+        in[s] = (kw_wire_layer_in){.layer = layers[s], .n_tokens = T[s], .positions = pos[s]};
+        in[s].k = (kw_wire_tensor_in){kv[s][0], (size_t)T[s] * WM_D, WM_D, NULL};
+        in[s].v = (kw_wire_tensor_in){kv[s][1], (size_t)T[s] * WM_D, WM_D, NULL};
+    }
+    static const kw_wire_token_group g2[2] = {
+        {5,
+         {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_E8M0, 3},
+         {KW_WIRE_CODEC_E4M3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0}},
+        {7, {KW_WIRE_CODEC_BF16, 0, 0, 0}, {KW_WIRE_CODEC_INT6, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0}},
+    };
+    const kw_wire_policy pol[3] = {
+        {.k = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+         .v = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_BF16, 0},
+         .index_encoding = KW_WIRE_INDEX_BITMAP},
+        {.k = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_F32, 0},
+         .v = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_F32, 0},
+         .zstd_level = 19},
+        {.n_groups = 2, .groups = g2, .index_encoding = KW_WIRE_INDEX_VARINT},
+    };
+    const kw_wire_header hdr = {.n_layers = WM_LAYERS,
+                                .n_sections = 3,
+                                .n_kv_heads = WM_H,
+                                .head_dim = WM_D,
+                                .n_positions = WM_P,
+                                .src_dtype = KW_WIRE_DTYPE_BF16,
+                                .model_id = 0xfeedface,
+                                .policy_id = 7};
+    if (wt_encode_blob(&hdr, in, pol, 3, 0, &b->data, &b->size) < 0) {
+        fprintf(stderr, "wm_base: %s\n", kw_error_detail());
+        abort();
+    }
+    for (int s = 0; s < 3; ++s)
+        free(kv[s][0]), free(kv[s][1]);
+    size_t at = KW_WIRE_HEADER_BYTES;
+    for (int s = 0; s < 3; ++s) {
+        b->sec[s] = at;
+        const uint32_t groups = kw_load_le16(b->data + at + KW__SEC_N_GROUPS);
+        b->body[s] = at + KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * groups;
+        at = b->body[s] + kw_load_le32(b->data + at + KW__SEC_STORED_BYTES) + KW_WIRE_CHECKSUM_BYTES;
+    }
+    b->trailer = at;
+    if (!(b->data[b->sec[1] + KW__SEC_FLAGS] & 1) || at + KW_WIRE_TRAILER_BYTES != b->size) {
+        fprintf(stderr, "wm_base: unexpected layout\n");
+        abort();
+    }
+}
+
+/* Recomputes the header checksum. */
+static inline void wm_seal_header(uint8_t *p) {
+    kw_store_le64(p + KW__HDR_CHECKSUM, kw__wire_hash_bytes(p, KW__HDR_CHECKSUM));
+}
+
+/* Recomputes every checksum of a blob with the base layout (section sizes unchanged). */
+static inline void wm_seal_all(const wm_blob *b, uint8_t *p, size_t size) {
+    wm_seal_header(p);
+    for (int s = 0; s < 3; ++s) {
+        const size_t end = b->body[s] + kw_load_le32(p + b->sec[s] + KW__SEC_STORED_BYTES);
+        if (end + 8 > size) return;
+        kw_store_le64(p + end, kw__wire_hash_bytes(p + b->sec[s], end - b->sec[s]));
+    }
+    if (b->trailer + KW_WIRE_TRAILER_BYTES <= size)
+        kw_store_le64(p + b->trailer + KW__TRL_CHECKSUM, kw__wire_hash_bytes(p, b->trailer + KW__TRL_CHECKSUM));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The catalogue
+
+typedef struct wm_case {
+    const char *name;
+    int expect; /* status a decoder must return (dequantizing every section) */
+    int seal;   /* 1: recompute all checksums after the change; 2: the header checksum only */
+    size_t off; /* byte to change: an offset from `base` */
+    int base;   /* 0 blob start, 1..3 section s-1 start, 4..6 section body s-4, 7 trailer */
+    int width;  /* 1, 2 or 4 bytes little-endian; 0: xor the byte with value */
+    uint32_t value;
+} wm_case;
+
+#define WM_HDR     0
+#define WM_SEC(s)  (1 + (s))
+#define WM_BODY(s) (4 + (s))
+#define WM_TRL     7
+
+/* s0 body: bitmap (8 bytes) | K scales f16 (2*9*2 = 36) | K int8 codes (288) | V scales bf16 (4) | V int4 (144).
+ * s1 body (raw, compressed on the wire): range start (4) | ...; s2 body: varint (12+) | ... */
+static const wm_case wm_cases[] = {
+    {"magic", KW_E_WIRE_MAGIC, 0, 0, WM_HDR, 0, 0x01},
+    {"magic_last_byte", KW_E_WIRE_MAGIC, 0, 7, WM_HDR, 0, 0x40},
+    {"version_future", KW_E_WIRE_VERSION, 0, KW__HDR_VERSION, WM_HDR, 2, 2},
+    {"version_zero", KW_E_WIRE_VERSION, 0, KW__HDR_VERSION, WM_HDR, 2, 0},
+    {"header_checksum", KW_E_WIRE_CHECKSUM, 0, KW__HDR_CHECKSUM + 3, WM_HDR, 0, 0x10},
+    {"header_field_unsealed", KW_E_WIRE_CHECKSUM, 0, KW__HDR_N_HEADS, WM_HDR, 0, 0x01},
+    {"header_bytes", KW_E_WIRE_CORRUPT, 1, KW__HDR_HEADER_BYTES, WM_HDR, 2, 65},
+    {"header_flags", KW_E_WIRE_RESERVED, 1, KW__HDR_FLAGS, WM_HDR, 4, 1},
+    {"header_reserved1", KW_E_WIRE_RESERVED, 1, KW__HDR_RESERVED1 + 1, WM_HDR, 1, 1},
+    {"header_reserved2", KW_E_WIRE_RESERVED, 1, KW__HDR_RESERVED2 + 11, WM_HDR, 1, 0x80},
+    {"src_dtype_zero", KW_E_WIRE_CODEC, 1, KW__HDR_SRC_DTYPE, WM_HDR, 1, 0},
+    {"src_dtype_unknown", KW_E_WIRE_CODEC, 1, KW__HDR_SRC_DTYPE, WM_HDR, 1, 4},
+    {"layers_zero", KW_E_WIRE_CORRUPT, 1, KW__HDR_N_LAYERS, WM_HDR, 2, 0},
+    {"layers_over_limit", KW_E_WIRE_LIMIT, 1, KW__HDR_N_LAYERS, WM_HDR, 2, 2000},
+    {"heads_zero", KW_E_WIRE_CORRUPT, 1, KW__HDR_N_HEADS, WM_HDR, 2, 0},
+    {"heads_over_limit", KW_E_WIRE_LIMIT, 1, KW__HDR_N_HEADS, WM_HDR, 2, 300},
+    {"head_dim_not_multiple_of_8", KW_E_WIRE_CORRUPT, 1, KW__HDR_HEAD_DIM, WM_HDR, 2, 12},
+    {"head_dim_over_limit", KW_E_WIRE_LIMIT, 1, KW__HDR_HEAD_DIM, WM_HDR, 2, 2048},
+    {"positions_zero", KW_E_WIRE_CORRUPT, 1, KW__HDR_N_POSITIONS, WM_HDR, 4, 0},
+    {"positions_over_limit", KW_E_WIRE_LIMIT, 1, KW__HDR_N_POSITIONS, WM_HDR, 4, (1u << 24) + 1},
+    {"sections_over_layers", KW_E_WIRE_CORRUPT, 1, KW__HDR_N_SECTIONS, WM_HDR, 2, 9},
+    {"sections_fewer", KW_E_WIRE_CORRUPT, 1, KW__HDR_N_SECTIONS, WM_HDR, 2, 2},
+    {"sections_more", KW_E_WIRE_CORRUPT, 1, KW__HDR_N_SECTIONS, WM_HDR, 2, 4},
+    {"model_id_header_sealed", KW_E_WIRE_CHECKSUM, 2, KW__HDR_MODEL_ID, WM_HDR, 0, 0x01},
+    {"section_marker", KW_E_WIRE_CORRUPT, 1, 1, WM_SEC(0), 0, 0x20},
+    {"section_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 2},
+    {"section_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_RESERVED + 5, WM_SEC(2), 1, 1},
+    {"layer_out_of_range", KW_E_WIRE_CORRUPT, 1, KW__SEC_LAYER, WM_SEC(2), 2, WM_LAYERS},
+    {"layer_repeated", KW_E_WIRE_ORDER, 1, KW__SEC_LAYER, WM_SEC(1), 2, 1},
+    {"layer_decreasing", KW_E_WIRE_ORDER, 1, KW__SEC_LAYER, WM_SEC(2), 2, 2},
+    {"index_encoding_zero", KW_E_WIRE_CODEC, 1, KW__SEC_INDEX_ENC, WM_SEC(0), 1, 0},
+    {"index_encoding_unknown", KW_E_WIRE_CODEC, 1, KW__SEC_INDEX_ENC, WM_SEC(0), 1, 7},
+    {"tokens_zero", KW_E_WIRE_CORRUPT, 1, KW__SEC_N_TOKENS, WM_SEC(0), 4, 0},
+    {"tokens_over_positions", KW_E_WIRE_INDICES, 1, KW__SEC_N_TOKENS, WM_SEC(0), 4, WM_P + 1},
+    {"tokens_over_limit", KW_E_WIRE_LIMIT, 1, KW__SEC_N_TOKENS, WM_SEC(0), 4, 0x7fffffff},
+    {"groups_zero", KW_E_WIRE_CORRUPT, 1, KW__SEC_N_GROUPS, WM_SEC(0), 2, 0},
+    {"groups_over_limit", KW_E_WIRE_LIMIT, 1, KW__SEC_N_GROUPS, WM_SEC(1), 2, 5000},
+    {"groups_over_tokens", KW_E_WIRE_CORRUPT, 1, KW__SEC_N_GROUPS, WM_SEC(0), 2, 10},
+    {"groups_sum_short", KW_E_WIRE_CORRUPT, 1, KW__SEC_N_GROUPS, WM_SEC(2), 2, 1},
+    {"index_bytes_wrong", KW_E_WIRE_CORRUPT, 1, KW__SEC_INDEX_BYTES, WM_SEC(0), 4, 9},
+    {"varint_index_bytes_impossible", KW_E_WIRE_CORRUPT, 1, KW__SEC_INDEX_BYTES, WM_SEC(2), 4, 61},
+    {"raw_bytes_over_limit", KW_E_WIRE_LIMIT, 1, KW__SEC_RAW_BYTES, WM_SEC(0), 4, 0xffffffffu},
+    {"raw_bytes_mismatch", KW_E_WIRE_CORRUPT, 1, KW__SEC_RAW_BYTES, WM_SEC(0), 0, 0x01},
+    {"stored_bytes_mismatch", KW_E_WIRE_CORRUPT, 1, KW__SEC_STORED_BYTES, WM_SEC(0), 0, 0x01},
+    {"compressed_not_smaller", KW_E_WIRE_CORRUPT, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 1},
+    {"group_tokens_zero", KW_E_WIRE_CORRUPT, 1, 32, WM_SEC(2), 4, 0},
+    {"group_tokens_sum", KW_E_WIRE_CORRUPT, 1, 32, WM_SEC(2), 4, 6},
+    {"codec_zero", KW_E_WIRE_CODEC, 1, 36, WM_SEC(0), 1, 0},
+    {"codec_unknown", KW_E_WIRE_CODEC, 1, 40, WM_SEC(0), 1, 9},
+    {"passthrough_with_scale", KW_E_WIRE_CODEC, 1, 50, WM_SEC(2), 1, KW_WIRE_SCALE_F16},
+    {"granularity_unknown", KW_E_WIRE_CODEC, 1, 37, WM_SEC(0), 1, 5},
+    {"scale_dtype_unknown", KW_E_WIRE_CODEC, 1, 38, WM_SEC(0), 1, 5},
+    {"group_log2_reserved", KW_E_WIRE_RESERVED, 1, 39, WM_SEC(0), 1, 3},
+    {"group_size_not_divisor", KW_E_WIRE_CODEC, 1, 39, WM_SEC(2), 1, 5},
+    {"section_checksum", KW_E_WIRE_CHECKSUM, 0, 100, WM_BODY(0), 0, 0x04},
+    {"compressed_checksum", KW_E_WIRE_CHECKSUM, 0, 10, WM_BODY(1), 0, 0x04},
+    {"bitmap_padding", KW_E_WIRE_RESERVED, 1, 7, WM_BODY(0), 0, 0x80},
+    {"bitmap_extra_position", KW_E_WIRE_INDICES, 1, 0, WM_BODY(0), 0, 0x01},
+    {"varint_runs_past_block", KW_E_WIRE_INDICES, 1, 11, WM_BODY(2), 0, 0x80},
+    {"varint_position_out_of_range", KW_E_WIRE_INDICES, 1, 0, WM_BODY(2), 1, 60},
+    {"scale_negative", KW_E_WIRE_VALUE, 1, 8 + 1, WM_BODY(0), 0, 0x80},
+    {"scale_infinite", KW_E_WIRE_VALUE, 1, 8 + 2, WM_BODY(0), 2, 0x7c00},
+    {"scale_nan_bf16", KW_E_WIRE_VALUE, 1, 8 + 36 + 288, WM_BODY(0), 2, 0x7fc0},
+    {"code_int8_minus_128", KW_E_WIRE_VALUE, 1, 8 + 36 + 17, WM_BODY(0), 1, 0x80},
+    {"code_int4_minus_8", KW_E_WIRE_VALUE, 1, 8 + 36 + 288 + 4 + 3, WM_BODY(0), 1, 0x38},
+    {"zstd_frame_damaged", KW_E_WIRE_COMPRESSION, 1, 0, WM_BODY(1), 0, 0xff},
+    {"trailer_marker", KW_E_WIRE_CORRUPT, 1, 0, WM_TRL, 0, 0x01},
+    {"trailer_reserved", KW_E_WIRE_RESERVED, 1, KW__TRL_RESERVED, WM_TRL, 1, 1},
+    {"trailer_blob_bytes", KW_E_WIRE_CORRUPT, 1, KW__TRL_BLOB_BYTES, WM_TRL, 0, 0x01},
+    {"trailer_checksum", KW_E_WIRE_CHECKSUM, 0, KW__TRL_CHECKSUM + 7, WM_TRL, 0, 0x01},
+};
+#define WM_N_CASES (sizeof wm_cases / sizeof wm_cases[0])
+
+/* A copy of the base blob with case c applied (caller frees). */
+static inline uint8_t *wm_apply(const wm_blob *b, const wm_case *c, size_t *size) {
+    uint8_t *p = wt_xmalloc(b->size);
+    memcpy(p, b->data, b->size);
+    *size = b->size;
+    size_t at = c->off;
+    if (c->base >= 1 && c->base <= 3) at += b->sec[c->base - 1];
+    if (c->base >= 4 && c->base <= 6) at += b->body[c->base - 4];
+    if (c->base == 7) at += b->trailer;
+    switch (c->width) {
+    case 0:
+        p[at] ^= (uint8_t)c->value;
+        break;
+    case 1:
+        p[at] = (uint8_t)c->value;
+        break;
+    case 2:
+        kw_store_le16(p + at, (uint16_t)c->value);
+        break;
+    default:
+        kw_store_le32(p + at, c->value);
+        break;
+    }
+    if (c->seal == 1) wm_seal_all(b, p, *size);
+    if (c->seal == 2) wm_seal_header(p);
+    return p;
+}
+
+#endif /* KW_WIRE_MUTATE_H */
