@@ -1,0 +1,4 @@
+# tests/c2c/fusion.cmake: the C2C compute path (projector forward, fusion pipeline, transfer hook, kvwire c2c),
+# included from tests/c2c/CMakeLists.txt. Fixtures: tests/data/c2c/fusion (tools/make_c2c_fixtures.py).
+kw_test(NAME test_c2c_projector SOURCES test_projector.c ../model/model_fixture.c LIBS kw_c2c kw_model kw_kernels
+        LABELS c2c golden)
