@@ -12,9 +12,11 @@ in the layout of recipe/train_recipe/C2C_0.6+0.5.json. Result (the released layo
 Projectors 0 and 1 are bf16; projector 2 is float32 (the loader converts it). Gates: projector 0 both open,
 projector 1 both closed (0.0 exactly and negative), projector 2 key only.
 
-The reference code is NOT part of this repository: pass its checkout with --c2c.
+The reference code is NOT part of this repository: pass its checkout with --c2c. The committed folder was written
+with torch 2.6.0 (the reference's pinned version; its archives differ from newer torch: no .format_version or
+.storage_alignment records, storages in lexicographic key order), e.g. with a torch 2.6 installed under DIR:
 
-    python3 tools/make_fuser_fixtures.py --c2c /path/to/C2C [--out tests/data/c2c/fuser_ref]
+    PYTHONPATH=DIR python3 tools/make_fuser_fixtures.py --c2c /path/to/C2C [--out tests/data/c2c/fuser_ref]
 """
 import argparse
 import ast
@@ -73,7 +75,7 @@ def main():
         json.dump(recipe, f, indent=4)
 
     torch.manual_seed(20260514)
-    manifest = {"dims": dict(DIMS, hidden_dim=PARAMS["hidden_dim"], intermediate_dim=PARAMS["intermediate_dim"],
+    manifest = {"torch": torch.__version__, "dims": dict(DIMS, hidden_dim=PARAMS["hidden_dim"], intermediate_dim=PARAMS["intermediate_dim"],
                              num_layers=PARAMS["num_layers"]), "projectors": []}
     for i in range(RECEIVER_LAYERS):
         dtype = torch.float32 if i == 2 else torch.bfloat16

@@ -9,15 +9,19 @@ without torch's 64-byte alignment); the must-reject files are torch.save outputs
 structure was altered here. The projector file is the state_dict of the reference C2CProjector (tiny dimensions),
 built from the C2C reference code, which is not part of this repository: pass its checkout with --c2c.
 
-    python3 tools/make_torchzip_fixtures.py --c2c /path/to/C2C [--out tests/data/c2c/pt]
+    python3 tools/make_torchzip_fixtures.py --c2c /path/to/C2C [--torch26 DIR] [--out tests/data/c2c/pt]
+
+With --torch26 DIR (a directory holding torch 2.6.0, the reference's pinned version, importable with PYTHONPATH=DIR),
+two more accepted files are written by that torch in a subprocess: its archives have no .format_version or
+.storage_alignment records and store the storages in lexicographic key order.
 """
 import argparse
 import collections
 import io
 import json
 import os
-import pickle
 import struct
+import subprocess
 import sys
 import zipfile
 import zlib
@@ -52,6 +56,7 @@ def replace_entry(entries, suffix, data):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--c2c", required=True, help="checkout of github.com/thu-nics/C2C (for C2CProjector)")
+    ap.add_argument("--torch26", help="directory with torch 2.6 (PYTHONPATH) to write the legacy-layout files")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "c2c", "pt"))
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.c2c))
@@ -120,6 +125,30 @@ def main():
     for i in range(120):
         many[f"t{i}"] = torch.full((2,), float(i), dtype=torch.bfloat16)
     save_accept("shared_and_many.pt", many)
+
+    # Files written by torch 2.6 (the reference's version), if available: the reference projector and a mixed dict.
+    if args.torch26:
+        code = f"""
+import sys, collections, torch
+sys.path.insert(0, {os.path.abspath(args.c2c)!r})
+from rosetta.model.projector import C2CProjector
+assert torch.__version__.startswith("2.6."), torch.__version__
+torch.manual_seed(11)
+p = C2CProjector(source_dim=4, target_dim=8, source_num_heads=2, target_num_heads=2, hidden_dim=16,
+                 intermediate_dim=12, num_layers=4, dtype=torch.bfloat16)
+torch.save(p.state_dict(), {os.path.join(args.out, "torch26_projector.pt")!r})
+b = torch.randn(3, 5).to(torch.bfloat16)
+torch.save(collections.OrderedDict([("b", b), ("row", b[1]), ("f", torch.randn(2, 2)), ("s", torch.tensor(3.0))]
+                                   + [(f"k{{i}}", torch.full((1,), float(i))) for i in range(12)]),
+           {os.path.join(args.out, "torch26_mixed.pt")!r})
+"""
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(args.torch26))
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        for fname in ("torch26_projector.pt", "torch26_mixed.pt"):
+            back = torch.load(os.path.join(args.out, fname), weights_only=True)
+            names = [i.filename for i in zipfile.ZipFile(os.path.join(args.out, fname)).infolist()]
+            assert not any(n.endswith(".format_version") for n in names), names
+            accept.append({"file": fname, "tensors": [tensor_record(k, v) for k, v in back.items()]})
 
     # The same bf16 archive re-written by zipfile: unaligned storages, no torch records except byteorder.
     entries = read_entries(os.path.join(args.out, "bf16.pt"))
