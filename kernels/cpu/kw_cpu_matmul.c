@@ -2,8 +2,8 @@
  *
  * Two regimes:
  *  - small M (decode, and on AVX-512 anything up to M = 32..64, see kw_gemv_max_m): each thread streams its own
- *    contiguous slice of W's rows exactly once, widening bf16/f16 to fp32 in registers, four W rows in flight
- *    against every x row. At M = 1 this is memory-bound and reads each weight byte once.
+ *    contiguous slice of W's rows exactly once, in memory order, widening bf16/f16 to fp32 in registers; every x
+ *    row is applied to a W row while it sits in L1. At M = 1 this is memory-bound and reads each weight byte once.
  *  - larger M (prefill): compute-bound. W is widened panel by panel into per-thread fp32 buffers and multiplied with
  *    OpenBLAS sgemm (single-threaded, one panel per OpenMP thread): about 75 GFLOP/s per core at M = 128, just
  *    ahead of the streaming kernel (docs/BENCHMARKS.md, ### Kernels).
@@ -23,13 +23,15 @@
 #include <immintrin.h>
 #endif
 
-/* Largest M served by the streaming kernels. On AVX-512 they keep 65-72 GFLOP/s per core for any M (W stays in L1
- * across the x rows), which beats widening W and calling sgemm until M reaches about 64 for bf16 and 32 for f16/f32
- * (thread CPU time, N=3072, K=1024, EPYC Zen 4); the AVX2 and scalar kernels convert W once per x row, so they hand
- * over to sgemm early. */
-static int64_t kw_gemv_max_m(enum kw_cpu_isa isa, enum kw_dtype dtype) {
-    if (isa == KW_CPU_ISA_AVX512) return dtype == KW_DTYPE_BF16 ? 64 : 32;
-    return 4;
+/* Largest M served by the streaming kernels, from thread-CPU-time measurements on this machine (EPYC Zen 4,
+ * N = 1024..3072, K = 1024 and 3072): the AVX-512 bf16 kernel applies four x rows to each W row at 75-85 GFLOP/s
+ * while those four rows fit L1 (K <= 2048), about 45 beyond; widen + sgemm gives 70-85 at M >= 64 but only 28-57
+ * at M = 16..64. The f16/f32 AVX-512 kernels run at 40-56 for M <= 32. The AVX2 and scalar kernels hand over
+ * early. */
+static int64_t kw_gemv_max_m(enum kw_cpu_isa isa, enum kw_dtype dtype, int64_t K) {
+    if (isa != KW_CPU_ISA_AVX512) return 4;
+    if (dtype == KW_DTYPE_BF16) return K <= 2048 ? 64 : 32;
+    return 32;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -141,45 +143,30 @@ KW_TARGET_AVX512 static inline __m512 kw_ld16_avx512(const void *w, enum kw_dtyp
     return _mm512_maskz_loadu_ps(m, (const float *)w + i);
 }
 
+/* One W row at a time in memory order (see kw_gemv_avx512_bf16_split), four accumulators over 64 values. */
 #define KW_GEMV_AVX512_BODY(DTYPE)                                                                                     \
     do {                                                                                                               \
-        const int64_t k_full = K & ~(int64_t)15;                                                                       \
-        const __mmask16 tail = (__mmask16)((1u << (K - k_full)) - 1u);                                                 \
-        int64_t n = n0;                                                                                                \
-        for (; n + 4 <= n1; n += 4) {                                                                                  \
+        const int64_t k64 = K & ~(int64_t)63;                                                                          \
+        for (int64_t n = n0; n < n1; ++n) {                                                                            \
             for (int64_t m = 0; m < M; ++m) {                                                                          \
                 const float *xm = x + m * K;                                                                           \
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                            \
-                for (int64_t k = 0; k < k_full; k += 16) {                                                             \
-                    const __m512 xv = _mm512_loadu_ps(xm + k);                                                         \
-                    a0 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 0) * K + k, 0xffff), a0);                   \
-                    a1 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 1) * K + k, 0xffff), a1);                   \
-                    a2 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 2) * K + k, 0xffff), a2);                   \
-                    a3 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 3) * K + k, 0xffff), a3);                   \
+                const int64_t r = n * K;                                                                               \
+                __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;                                                   \
+                int64_t k = 0;                                                                                         \
+                for (; k < k64; k += 64) {                                                                             \
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), kw_ld16_avx512(w, DTYPE, r + k, 0xffff), a);          \
+                    b = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), kw_ld16_avx512(w, DTYPE, r + k + 16, 0xffff),    \
+                                        b);                                                                            \
+                    c = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 32), kw_ld16_avx512(w, DTYPE, r + k + 32, 0xffff),    \
+                                        c);                                                                            \
+                    d = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 48), kw_ld16_avx512(w, DTYPE, r + k + 48, 0xffff),    \
+                                        d);                                                                            \
                 }                                                                                                      \
-                if (tail) {                                                                                            \
-                    const __m512 xv = _mm512_maskz_loadu_ps(tail, xm + k_full);                                        \
-                    a0 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 0) * K + k_full, tail), a0);                \
-                    a1 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 1) * K + k_full, tail), a1);                \
-                    a2 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 2) * K + k_full, tail), a2);                \
-                    a3 = _mm512_fmadd_ps(xv, kw_ld16_avx512(w, DTYPE, (n + 3) * K + k_full, tail), a3);                \
+                for (; k < K; k += 16) {                                                                               \
+                    const __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1u);          \
+                    a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, xm + k), kw_ld16_avx512(w, DTYPE, r + k, mk), a);    \
                 }                                                                                                      \
-                y[m * N + n] = _mm512_reduce_add_ps(a0);                                                               \
-                y[m * N + n + 1] = _mm512_reduce_add_ps(a1);                                                           \
-                y[m * N + n + 2] = _mm512_reduce_add_ps(a2);                                                           \
-                y[m * N + n + 3] = _mm512_reduce_add_ps(a3);                                                           \
-            }                                                                                                          \
-        }                                                                                                              \
-        for (; n < n1; ++n) {                                                                                          \
-            for (int64_t m = 0; m < M; ++m) {                                                                          \
-                const float *xm = x + m * K;                                                                           \
-                __m512 a0 = _mm512_setzero_ps();                                                                       \
-                for (int64_t k = 0; k < k_full; k += 16)                                                               \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), kw_ld16_avx512(w, DTYPE, n * K + k, 0xffff), a0);    \
-                if (tail)                                                                                              \
-                    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + k_full),                                     \
-                                         kw_ld16_avx512(w, DTYPE, n * K + k_full, tail), a0);                          \
-                y[m * N + n] = _mm512_reduce_add_ps(a0);                                                               \
+                y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));          \
             }                                                                                                          \
         }                                                                                                              \
     } while (0)
@@ -187,62 +174,74 @@ KW_TARGET_AVX512 static inline __m512 kw_ld16_avx512(const void *w, enum kw_dtyp
 /* bf16 on AVX-512 without a widening shuffle: a 64-byte load holds 32 bf16 values; as 16 fp32 lanes, the even
  * elements are the lanes shifted left by 16 and the odd ones the lanes with the low half cleared. x is prepared once
  * per call in the matching order (per 32-block: 16 even values, then 16 odd ones, zero-padded to Kp), so one load,
- * one shift, one and and two FMAs cover 32 weights. Two accumulators per row keep the FMA chains short. */
+ * one shift, one and and two FMAs cover 32 weights.
+ * W is read strictly in memory order, one row at a time (four accumulators over 64 weights per step): measured on
+ * this machine, a single sequential stream runs at the memory-read baseline, while four interleaved row streams
+ * (with or without software prefetching) reached less than half of it. Other x rows reuse the row from L1, four at
+ * a time. */
 KW_TARGET_AVX512 static void kw_gemv_avx512_bf16_split(float *y, const float *xp, const uint16_t *w, int64_t M,
                                                        int64_t N, int64_t K, int64_t Kp, int64_t n0, int64_t n1) {
-    const int64_t k_full = K & ~(int64_t)31;
-    const __mmask32 tail = (__mmask32)((K - k_full) ? ((1ull << (K - k_full)) - 1ull) : 0);
+    const int64_t k64 = K & ~(int64_t)63, k32 = K & ~(int64_t)31;
+    const __mmask32 tail = (__mmask32)((K - k32) ? ((1ull << (K - k32)) - 1ull) : 0);
     const __m512i hi_mask = _mm512_set1_epi32((int)0xffff0000u);
 #define KW_BF16_EVEN(v) _mm512_castsi512_ps(_mm512_slli_epi32((v), 16))
 #define KW_BF16_ODD(v)  _mm512_castsi512_ps(_mm512_and_si512((v), hi_mask))
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const uint16_t *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        for (int64_t m = 0; m < M; ++m) {
-            const float *xm = xp + m * Kp;
-            __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
-            int64_t k = 0;
-            for (; k < k_full; k += 32) {
-                const __m512 xe = _mm512_loadu_ps(xm + k), xo = _mm512_loadu_ps(xm + k + 16);
-                const __m512i v0 = _mm512_loadu_si512(w0 + k), v1 = _mm512_loadu_si512(w1 + k);
-                const __m512i v2 = _mm512_loadu_si512(w2 + k), v3 = _mm512_loadu_si512(w3 + k);
-                a0 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v0), a0), b0 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v0), b0);
-                a1 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v1), a1), b1 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v1), b1);
-                a2 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v2), a2), b2 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v2), b2);
-                a3 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v3), a3), b3 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v3), b3);
+    const int64_t m4 = M & ~(int64_t)3;
+    /* W in blocks of 64 rows (128 KiB at K = 1024, L2-resident) so that with many x rows each W row comes from
+     * DRAM once and each group of four x rows stays in L1 across the block */
+    for (int64_t nb0 = n0; nb0 < n1; nb0 += 64) {
+        const int64_t nb1 = n1 - nb0 < 64 ? n1 : nb0 + 64;
+        /* four x rows per pass over a W row: each widened chunk feeds eight independent FMA chains */
+        for (int64_t m = 0; m < m4; m += 4) {
+            const float *x0 = xp + m * Kp, *x1 = x0 + Kp, *x2 = x1 + Kp, *x3 = x2 + Kp;
+            for (int64_t n = nb0; n < nb1; ++n) {
+                const uint16_t *wr = w + n * K;
+                __m512 e0 = _mm512_setzero_ps(), o0 = e0, e1 = e0, o1 = e0, e2 = e0, o2 = e0, e3 = e0, o3 = e0;
+                for (int64_t k = 0; k < Kp; k += 32) {
+                    const __m512i v = k < k32 ? _mm512_loadu_si512(wr + k) : _mm512_maskz_loadu_epi16(tail, wr + k);
+                    const __m512 we = KW_BF16_EVEN(v), wo = KW_BF16_ODD(v);
+                    e0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + k), we, e0);
+                    o0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + k + 16), wo, o0);
+                    e1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + k), we, e1);
+                    o1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + k + 16), wo, o1);
+                    e2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + k), we, e2);
+                    o2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + k + 16), wo, o2);
+                    e3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + k), we, e3);
+                    o3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + k + 16), wo, o3);
+                }
+                y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(e0, o0));
+                y[(m + 1) * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(e1, o1));
+                y[(m + 2) * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(e2, o2));
+                y[(m + 3) * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(e3, o3));
             }
-            if (tail) {
-                const __m512 xe = _mm512_loadu_ps(xm + k), xo = _mm512_loadu_ps(xm + k + 16);
-                const __m512i v0 = _mm512_maskz_loadu_epi16(tail, w0 + k), v1 = _mm512_maskz_loadu_epi16(tail, w1 + k);
-                const __m512i v2 = _mm512_maskz_loadu_epi16(tail, w2 + k), v3 = _mm512_maskz_loadu_epi16(tail, w3 + k);
-                a0 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v0), a0), b0 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v0), b0);
-                a1 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v1), a1), b1 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v1), b1);
-                a2 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v2), a2), b2 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v2), b2);
-                a3 = _mm512_fmadd_ps(xe, KW_BF16_EVEN(v3), a3), b3 = _mm512_fmadd_ps(xo, KW_BF16_ODD(v3), b3);
-            }
-            y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
-            y[m * N + n + 1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));
-            y[m * N + n + 2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));
-            y[m * N + n + 3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
         }
-    }
-    for (; n < n1; ++n) {
-        const uint16_t *w0 = w + n * K;
-        for (int64_t m = 0; m < M; ++m) {
+        /* the remaining x rows (all of them at M = 1): one row, four accumulators over 64 weights per step */
+        for (int64_t m = m4; m < M; ++m) {
             const float *xm = xp + m * Kp;
-            __m512 a0 = _mm512_setzero_ps(), b0 = a0;
-            int64_t k = 0;
-            for (; k < k_full; k += 32) {
-                const __m512i v0 = _mm512_loadu_si512(w0 + k);
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), a0);
-                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), b0);
+            for (int64_t n = nb0; n < nb1; ++n) {
+                const uint16_t *wr = w + n * K;
+                __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+                int64_t k = 0;
+                for (; k < k64; k += 64) {
+                    const __m512i v0 = _mm512_loadu_si512(wr + k), v1 = _mm512_loadu_si512(wr + k + 32);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), a);
+                    b = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), b);
+                    c = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 32), KW_BF16_EVEN(v1), c);
+                    d = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 48), KW_BF16_ODD(v1), d);
+                }
+                if (k < k32) {
+                    const __m512i v0 = _mm512_loadu_si512(wr + k);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), a);
+                    b = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), b);
+                    k += 32;
+                }
+                if (tail) {
+                    const __m512i v0 = _mm512_maskz_loadu_epi16(tail, wr + k);
+                    c = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), c);
+                    d = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), d);
+                }
+                y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
             }
-            if (tail) {
-                const __m512i v0 = _mm512_maskz_loadu_epi16(tail, w0 + k);
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k), KW_BF16_EVEN(v0), a0);
-                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + k + 16), KW_BF16_ODD(v0), b0);
-            }
-            y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
         }
     }
 #undef KW_BF16_EVEN
@@ -295,7 +294,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     float *y = out->data;
     const int work_threads = (M * N * K >= KW_CPU_PARALLEL_MIN * 4 && N >= 8) ? cpu->n_threads : 1;
 
-    if (M <= kw_gemv_max_m(cpu->isa, w->dtype) || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
+    if (M <= kw_gemv_max_m(cpu->isa, w->dtype, K) || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
         const int nt = work_threads;
         const int split_bf16 = KW_CPU_X86 && cpu->isa == KW_CPU_ISA_AVX512 && w->dtype == KW_DTYPE_BF16;
         const int64_t Kp = (K + 31) & ~(int64_t)31;
