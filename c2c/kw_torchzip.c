@@ -117,7 +117,7 @@ struct kw_torchzip {
     kw_arena arena;
     kw_zip_entry *entries;
     size_t n_entries;
-    const char *prefix; /* "<arch>/" */
+    const char *prefix; /* "<arch>/": the first prefix_len bytes (not NUL-terminated there) */
     size_t prefix_len;
     kw_pt_storage *storages;
     size_t n_storages, cap_storages;
@@ -604,7 +604,8 @@ static int kw_pk_persistent(kw_pk_vm *vm) {
         memcpy(suffix, "data/", 5);
         memcpy(suffix + 5, f[2]->s, f[2]->n + 1);
         const kw_zip_entry *e = kw_zip_lookup(tz, suffix);
-        KW_RETURN_IF(!e, KW_E_PT_FORMAT, "%s: storage record %s%s is missing", tz->what, tz->prefix, suffix);
+        KW_RETURN_IF(!e, KW_E_PT_FORMAT, "%s: storage record %.*s%s is missing", tz->what, (int)tz->prefix_len,
+                     tz->prefix, suffix);
         size_t nbytes = 0;
         KW_RETURN_IF(kw_size_mul((size_t)f[4]->i, kw_tz_elem_size(dtype), &nbytes) < 0 || nbytes != e->size,
                      KW_E_PT_FORMAT, "%s: storage %s: %lld elements of %zu bytes, but the record has %llu bytes",

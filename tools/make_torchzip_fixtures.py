@@ -49,6 +49,30 @@ def rezip(path, entries, compression=zipfile.ZIP_STORED):
             z.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
 
 
+def zip64_archive(entries, short_extra=False):
+    """A stored zip written by hand with every size and offset in zip64 form: saturated 32-bit fields, zip64 extra
+    fields in the local and central headers, zip64 end records (what torch's miniz does for archives past 4 GiB)."""
+    out, cds = bytearray(), []
+    for name, data in entries:
+        nb, crc, off = name.encode(), zlib.crc32(data), len(out)
+        extra = struct.pack("<HHQQ", 1, 16, len(data), len(data))
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(nb),
+                           len(extra)) + nb + extra + data
+        cds.append((nb, crc, len(data), off))
+    cd_off = len(out)
+    for nb, crc, size, off in cds:
+        extra = struct.pack("<HHQQQ", 1, 24, size, size, off)
+        if short_extra:
+            extra = struct.pack("<HHQQ", 1, 16, size, size)  # the offset is saturated but missing here
+        out += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                           len(nb), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + nb + extra
+    cd_size, z64, n = len(out) - cd_off, len(out), len(cds)
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, cd_size, cd_off)
+    out += struct.pack("<IIQI", 0x07064B50, 0, z64, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return bytes(out)
+
+
 def replace_entry(entries, suffix, data):
     return [(n, data if n.endswith(suffix) else d) for n, d in entries]
 
@@ -156,7 +180,17 @@ torch.save(collections.OrderedDict([("b", b), ("row", b[1]), ("f", torch.randn(2
     rezip(os.path.join(args.out, "rezipped.pt"), kept)
     accept.append({"file": "rezipped.pt", "tensors": accept[0]["tensors"]})
 
+    # f32.pt in full zip64 form; torch must read it too.
+    z64_path = os.path.join(args.out, "zip64.pt")
+    open(z64_path, "wb").write(zip64_archive(read_entries(os.path.join(args.out, "f32.pt"))))
+    back = torch.load(z64_path, weights_only=True)
+    accept.append({"file": "zip64.pt", "tensors": [tensor_record(k, v) for k, v in back.items()]})
+    assert accept[-1]["tensors"] == accept[1]["tensors"]
+
     # --- must reject --------------------------------------------------------------------------------------------
+    open(os.path.join(args.out, "zip64_short_extra.pt"), "wb").write(
+        zip64_archive(read_entries(os.path.join(args.out, "f32.pt")), short_extra=True))
+    reject.append({"file": "zip64_short_extra.pt", "error": "KW_E_PT_FORMAT"})
     save_reject("int64.pt", {"i": torch.arange(4)}, "KW_E_PT_PICKLE")                 # torch.LongStorage
     save_reject("bool.pt", {"m": torch.tensor([True, False])}, "KW_E_PT_PICKLE")      # torch.BoolStorage
     save_reject("parameter.pt", module.state_dict(keep_vars=True), "KW_E_PT_PICKLE")  # _rebuild_parameter
@@ -187,10 +221,11 @@ torch.save(collections.OrderedDict([("b", b), ("row", b[1]), ("f", torch.randn(2
     reject.append({"file": "short_storage.pt", "error": "KW_E_PT_FORMAT"})
     rezip(os.path.join(args.out, "missing_storage.pt"), [(n, d) for n, d in good if not n.endswith("/data/1")])
     reject.append({"file": "missing_storage.pt", "error": "KW_E_PT_FORMAT"})
-    # Shape larger than the storage: size tuple (4, 3) of "w" changed to (4, 4) in the pickle.
+    # Shape larger than the storage: "w" of size (4, 3), stride (3, 1) becomes size (4, 4), stride (4, 1).
     i = pkl.index(b"K\x04K\x03\x86")
-    rezip(os.path.join(args.out, "shape_mismatch.pt"),
-          replace_entry(good, "data.pkl", pkl[:i] + b"K\x04K\x04\x86" + pkl[i + 5:]))
+    j = pkl.index(b"K\x03K\x01\x86", i)
+    bad = pkl[:i] + b"K\x04K\x04\x86" + pkl[i + 5:j] + b"K\x04K\x01\x86" + pkl[j + 5:]
+    rezip(os.path.join(args.out, "shape_mismatch.pt"), replace_entry(good, "data.pkl", bad))
     reject.append({"file": "shape_mismatch.pt", "error": "KW_E_PT_FORMAT"})
     # Compressed entries, big-endian byteorder, no data.pkl.
     rezip(os.path.join(args.out, "deflated.pt"), good, compression=zipfile.ZIP_DEFLATED)

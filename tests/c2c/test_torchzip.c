@@ -160,6 +160,7 @@ static void test_damage_sweep(void **state) {
     sweep("f32.pt");
     sweep("module.pt");
     sweep("rezipped.pt");
+    sweep("zip64.pt");
 }
 
 static void test_write_roundtrip(void **state) {
