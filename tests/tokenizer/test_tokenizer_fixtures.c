@@ -1,8 +1,9 @@
 /* test_tokenizer_fixtures.c: kw_tokenizer against reference jsonl files, row by row.
  *
- * Each row may hold "text" (or "text_hex" when the text contains U+0000, which cJSON strings cannot carry) with the
- * expected "ids"; "ids" with "decoded" (skip_special off) and/or "decoded_skip" (skip_special on), or their *_hex
- * forms. qwen3.jsonl and llama3.jsonl come from the JS port (shared fixtures, checked equal to HF when imported);
+ * A row holds "ids" and: "text" (or "text_hex" when the text contains U+0000, which cJSON strings cannot carry), the
+ * text those ids encode; "decoded" (skip_special off; absent = the text) and "decoded_skip" (skip_special on; absent =
+ * "decoded"), or their _hex forms. A row {"single_decode_fnv1a64", "n_ids"} checks decode([id]) of every id at once.
+ * qwen3.jsonl and llama3.jsonl come from the JS port (shared fixtures, equal to HF, see make_tokenizer_fixtures.py);
  * hf_*.jsonl are written by tools/make_tokenizer_fixtures.py with HF `tokenizers`, the authority. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -67,11 +68,30 @@ static int32_t *field_ids(const cJSON *row, const char *key, size_t *n) {
     return ids;
 }
 
+/* FNV-1a 64 over decode([id]) of every id, each preceded by its length (4 bytes, little-endian). */
+static uint64_t single_decode_hash(const kw_tokenizer *tok) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int32_t id = 0; id < kw_tokenizer_vocab_size(tok); ++id) {
+        char *text = NULL;
+        size_t len = 0;
+        assert_int_equal(kw_tokenizer_decode(tok, &id, 1, 0, &text, &len), 0);
+        uint8_t pre[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16), (uint8_t)(len >> 24)};
+        for (size_t i = 0; i < 4; ++i)
+            h = (h ^ pre[i]) * 0x100000001b3ull;
+        for (size_t i = 0; i < len; ++i)
+            h = (h ^ (uint8_t)text[i]) * 0x100000001b3ull;
+        free(text);
+    }
+    return h;
+}
+
 static void check_decode(const kw_tokenizer *tok, const cJSON *row, const int32_t *ids, size_t n, const char *key,
-                         int skip, size_t lineno, size_t *failures) {
+                         const char *fallback1, const char *fallback2, int skip, size_t lineno, size_t *failures) {
     char *want = NULL;
     size_t want_len = 0;
-    if (!field_bytes(row, key, &want, &want_len)) return;
+    if (!field_bytes(row, key, &want, &want_len) && !(fallback1 && field_bytes(row, fallback1, &want, &want_len)) &&
+        !(fallback2 && field_bytes(row, fallback2, &want, &want_len)))
+        return;
     char *got = NULL;
     size_t got_len = 0;
     const int rc = kw_tokenizer_decode(tok, ids, n, skip, &got, &got_len);
@@ -84,7 +104,8 @@ static void check_decode(const kw_tokenizer *tok, const cJSON *row, const int32_
     free(want);
 }
 
-static void run_fixture(const char *tokenizer_dir, const char *fixture) {
+/* implicit: absent "decoded"/"decoded_skip" mean the text/"decoded" (hf_*.jsonl); otherwise absent = unchecked. */
+static void run_fixture(const char *tokenizer_dir, const char *fixture, int implicit) {
     char path[1024];
     kw_tokenizer *tok = NULL;
     snprintf(path, sizeof path, "%s/%s", KW_SOURCE_DIR, tokenizer_dir);
@@ -120,8 +141,23 @@ static void run_fixture(const char *tokenizer_dir, const char *fixture) {
             ++checked;
         }
         if (want) {
-            check_decode(tok, row, want, n_want, "decoded", 0, lineno, &failures);
-            check_decode(tok, row, want, n_want, "decoded_skip", 1, lineno, &failures);
+            check_decode(tok, row, want, n_want, "decoded", implicit ? "text" : NULL, NULL, 0, lineno, &failures);
+            check_decode(tok, row, want, n_want, "decoded_skip", implicit ? "decoded" : NULL, implicit ? "text" : NULL,
+                         1, lineno, &failures);
+        }
+        const cJSON *hash = cJSON_GetObjectItemCaseSensitive(row, "single_decode_fnv1a64");
+        if (cJSON_IsString(hash)) {
+            int64_t n_ids = 0;
+            assert_int_equal(kw_json_get_i64(row, "n_ids", 0, INT32_MAX, &n_ids, "row"), 0);
+            assert_int_equal(kw_tokenizer_vocab_size(tok), n_ids);
+            char got_hex[17];
+            snprintf(got_hex, sizeof got_hex, "%016llx", (unsigned long long)single_decode_hash(tok));
+            if (strcmp(got_hex, hash->valuestring) != 0) {
+                print_error("line %zu: decode([id]) over all %lld ids hashes to %s, HF to %s\n", lineno,
+                            (long long)n_ids, got_hex, hash->valuestring);
+                ++failures;
+            }
+            ++checked;
         }
         free(want);
         cJSON_Delete(row);
@@ -131,23 +167,35 @@ static void run_fixture(const char *tokenizer_dir, const char *fixture) {
     kw_tokenizer_free(tok);
     assert_true(lineno > 0);
     assert_int_equal(failures, 0);
-    (void)checked;
+    assert_true(checked > 0);
 }
 
 static void test_js_qwen3(void **state) {
     (void)state;
-    run_fixture("models/tokenizers/qwen3", "qwen3.jsonl");
+    run_fixture("models/tokenizers/qwen3", "qwen3.jsonl", 0);
 }
 
 static void test_js_llama3(void **state) {
     (void)state;
-    run_fixture("models/tokenizers/llama3", "llama3.jsonl");
+    run_fixture("models/tokenizers/llama3", "llama3.jsonl", 0);
+}
+
+static void test_hf_qwen3(void **state) {
+    (void)state;
+    run_fixture("models/tokenizers/qwen3", "hf_qwen3.jsonl", 1);
+}
+
+static void test_hf_llama3(void **state) {
+    (void)state;
+    run_fixture("models/tokenizers/llama3", "hf_llama3.jsonl", 1);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_js_qwen3),
         cmocka_unit_test(test_js_llama3),
+        cmocka_unit_test(test_hf_qwen3),
+        cmocka_unit_test(test_hf_llama3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
