@@ -1,8 +1,8 @@
 /* kw_cpu_matmul.c: y (M, N) = x (M, K) w (N, K)^T (+ bias) on the CPU, w f32/bf16/f16, fp32 accumulation.
  *
  * Two regimes:
- *  - small M (decode, and on AVX-512 anything up to M = 32..64, see kw_gemv_max_m): each thread streams its own
- *    contiguous slice of W's rows exactly once, in memory order, widening bf16/f16 to fp32 in registers; every x
+ *  - small M (decode, and on AVX-512 anything up to M = 32..64, see kw_gemv_max_m): threads take blocks of 64 W
+ *    rows and stream each exactly once, in memory order, widening bf16/f16 to fp32 in registers; every x
  *    row is applied to a W row while it sits in L1. At M = 1 this is memory-bound and reads each weight byte once.
  *  - larger M (prefill): compute-bound. W is widened panel by panel into per-thread fp32 buffers and multiplied with
  *    OpenBLAS sgemm (single-threaded, one panel per OpenMP thread): about 75 GFLOP/s per core at M = 128, just
@@ -310,21 +310,18 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
                 }
             }
         }
-#pragma omp parallel num_threads(nt)
-        {
-            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-            /* contiguous slices of whole 4-row groups, so each thread streams one region of W */
-            const int64_t groups = (N + 3) / 4;
-            const int64_t g0 = groups * tid / nth, g1 = groups * (tid + 1) / nth;
-            const int64_t n0 = g0 * 4, n1 = g1 * 4 < N ? g1 * 4 : N;
-            if (n0 < n1) {
+        /* Blocks of 64 W rows handed out dynamically: each block is one sequential stream, and a thread that loses
+         * its core to another process (the daemons share the machine) does not hold the others back. */
+        const int64_t blocks = (N + 63) / 64;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+            const int64_t n0 = blk * 64, n1 = n0 + 64 < N ? n0 + 64 : N;
 #if KW_CPU_X86
-                if (split_bf16)
-                    kw_gemv_avx512_bf16_split(y, xp, w->data, M, N, K, Kp, n0, n1);
-                else
+            if (split_bf16)
+                kw_gemv_avx512_bf16_split(y, xp, w->data, M, N, K, Kp, n0, n1);
+            else
 #endif
-                    kw_gemv_rows(cpu->isa, y, xs, w->data, w->dtype, M, N, K, n0, n1);
-            }
+                kw_gemv_rows(cpu->isa, y, xs, w->data, w->dtype, M, N, K, n0, n1);
         }
     } else {
         /* panels of NB rows of W, about 512 KiB of fp32 each (fits L2 with room for the x tile) */
