@@ -1,0 +1,282 @@
+/* bench_kernels.c: `kvwire bench kernels`: CPU backend matmul speed against baselines measured in the same run.
+ *
+ * Decode (M = 1) matmul streams every weight once, so its ceiling is memory bandwidth. The baseline is a read of a
+ * buffer far larger than the last-level cache (an AVX2 sum, so the read is not compute-bound) and memcpy, both on
+ * the same number of threads as the matmul. To keep the weights out of cache too, each shape is allocated in
+ * enough copies to exceed 512 MiB and the timed loop cycles through them, as a decode step cycles through layers.
+ * Reported: GB/s of weights streamed and the ratio to the read baseline.
+ *
+ * Prefill (M = 128) is compute-bound: reported in GFLOP/s (2 M N K per call) with, as baseline, OpenBLAS sgemm on
+ * the same shape with f32 weights (the bf16 path widens W and then runs sgemm, so this is its ceiling).
+ *
+ * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers).
+ */
+#include "kw_benches.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+#include "common/kw_time.h"
+#include "kernels/kw_backend.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* OpenBLAS is linked through kw_kernels, but its include path is private to that library: the two entry points the
+ * baseline needs are declared here with the CBLAS ABI (enums are ints: RowMajor 101, NoTrans 111, Trans 112). */
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc);
+void openblas_set_num_threads(int num_threads);
+#define KW_CBLAS_ROW_MAJOR 101
+#define KW_CBLAS_NO_TRANS  111
+#define KW_CBLAS_TRANS     112
+
+const char kw_bench_kernels_summary[] = "CPU matmul: bf16 GEMV GB/s vs memory bandwidth, prefill GFLOP/s vs sgemm";
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Baselines
+ */
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static double kw_sum_avx2(const float *p, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    double s = 0.0;
+    for (int k = 0; k < 8; ++k)
+        s += t[k];
+    for (; i < n; ++i)
+        s += p[i];
+    return s;
+}
+#endif
+
+static double kw_sum_plain(const float *p, size_t n) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) return kw_sum_avx2(p, n);
+#endif
+    double s = 0.0;
+    for (size_t i = 0; i < n; ++i)
+        s += p[i];
+    return s;
+}
+
+/* Best-of-reps read bandwidth of a buffer of n floats split across threads, in GB/s. */
+static double kw_read_bw(const float *buf, size_t n, int threads, int reps, double *sink) {
+    double best = 0.0;
+    for (int r = 0; r < reps; ++r) {
+        double total = 0.0;
+        const uint64_t t0 = kw_time_now_ns();
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+        {
+            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            const size_t a = n * (size_t)tid / (size_t)nth, b = n * (size_t)(tid + 1) / (size_t)nth;
+            total += kw_sum_plain(buf + a, b - a);
+        }
+        const double s = kw_time_seconds(t0, kw_time_now_ns());
+        *sink += total;
+        const double gbs = (double)n * sizeof(float) / s / 1e9;
+        best = gbs > best ? gbs : best;
+    }
+    return best;
+}
+
+/* memcpy of half the buffer onto the other half; counts bytes read + written. */
+static double kw_memcpy_bw(float *buf, size_t n, int threads, int reps) {
+    double best = 0.0;
+    const size_t half = n / 2;
+    for (int r = 0; r < reps; ++r) {
+        const uint64_t t0 = kw_time_now_ns();
+#pragma omp parallel num_threads(threads)
+        {
+            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            const size_t a = half * (size_t)tid / (size_t)nth, b = half * (size_t)(tid + 1) / (size_t)nth;
+            memcpy(buf + half + a, buf + a, (b - a) * sizeof(float));
+        }
+        const double s = kw_time_seconds(t0, kw_time_now_ns());
+        const double gbs = 2.0 * (double)half * sizeof(float) / s / 1e9;
+        best = gbs > best ? gbs : best;
+    }
+    return best;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Matmul timing
+ */
+
+struct kw_shape {
+    const char *name;
+    int64_t N, K;
+};
+
+static const struct kw_shape kw_decode_shapes[] = {
+    {"q_proj 1024->2048", 2048, 1024},  {"kv_proj 1024->1024", 1024, 1024}, {"o_proj 2048->1024", 1024, 2048},
+    {"gate/up 1024->3072", 3072, 1024}, {"down 3072->1024", 1024, 3072},    {"lm_head 1024->151936", 151936, 1024},
+};
+
+static void kw_fill_random(void *p, enum kw_dtype dtype, size_t n, uint32_t seed) {
+    uint32_t s = seed * 2654435761u + 1u;
+    for (size_t i = 0; i < n; ++i) {
+        s = s * 1664525u + 1013904223u;
+        const float v = (float)((int32_t)(s >> 8) - (1 << 23)) / (float)(1 << 23);
+        if (dtype == KW_DTYPE_F32)
+            ((float *)p)[i] = v;
+        else
+            ((uint16_t *)p)[i] = kw_f32_to_bf16(v);
+    }
+}
+
+/* Times M x (N, K) matmuls cycling over copies of W totalling at least min_bytes. Returns seconds per call. */
+static int kw_time_matmul(kw_backend *b, int64_t M, int64_t N, int64_t K, enum kw_dtype dtype, size_t min_bytes,
+                          int reps, double *sec_per_call, size_t *w_bytes) {
+    int rc = 0;
+    const size_t wb = (size_t)(N * K) * kw_dtype_size(dtype);
+    int copies = (int)((min_bytes + wb - 1) / wb);
+    copies = copies < 1 ? 1 : copies > 256 ? 256 : copies;
+    kw_tensor *ws = calloc((size_t)copies, sizeof *ws);
+    kw_tensor x = {0}, y = {0};
+    if (!ws) return KW_E_NOMEM;
+    for (int c = 0; c < copies; ++c) {
+        KW_CHECK(kw_tensor_alloc(b, &ws[c], dtype, 2, (int64_t[]){N, K}));
+        /* the backend is the CPU: tensor memory is host memory, filled in place to avoid a second copy */
+        kw_fill_random(ws[c].data, dtype, (size_t)(N * K), (uint32_t)c + 1);
+    }
+    KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){M, K}));
+    KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){M, N}));
+    kw_fill_random(x.data, KW_DTYPE_F32, (size_t)(M * K), 99);
+    KW_CHECK(kw_op_matmul(b, &y, &x, &ws[0], NULL)); /* warm-up (page faults, thread team) */
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const uint64_t t0 = kw_time_now_ns();
+        for (int c = 0; c < copies; ++c)
+            KW_CHECK(kw_op_matmul(b, &y, &x, &ws[c], NULL));
+        KW_CHECK(kw_backend_synchronize(b));
+        const double s = kw_time_seconds(t0, kw_time_now_ns()) / copies;
+        best = s < best ? s : best;
+    }
+    *sec_per_call = best;
+    *w_bytes = wb;
+out:
+    for (int c = 0; c < copies; ++c)
+        kw_tensor_free(&ws[c]);
+    free(ws);
+    kw_tensor_free(&x);
+    kw_tensor_free(&y);
+    return rc;
+}
+
+/* The sgemm baseline for prefill: x (M, K) times an f32 W (N, K)^T, OpenBLAS with `threads` threads. */
+static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int reps) {
+    float *x = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(N * K) * sizeof(float));
+    float *y = malloc((size_t)(M * N) * sizeof(float));
+    double best = 1e30;
+    if (x && w && y) {
+        kw_fill_random(x, KW_DTYPE_F32, (size_t)(M * K), 7);
+        kw_fill_random(w, KW_DTYPE_F32, (size_t)(N * K), 8);
+        openblas_set_num_threads(threads);
+        for (int r = 0; r <= reps; ++r) {
+            const uint64_t t0 = kw_time_now_ns();
+            cblas_sgemm(KW_CBLAS_ROW_MAJOR, KW_CBLAS_NO_TRANS, KW_CBLAS_TRANS, (int)M, (int)N, (int)K, 1.0f, x, (int)K,
+                        w, (int)K, 0.0f, y, (int)N);
+            const double s = kw_time_seconds(t0, kw_time_now_ns());
+            if (r > 0) best = s < best ? s : best; /* first run is warm-up */
+        }
+        openblas_set_num_threads(1);
+    }
+    free(x), free(w), free(y);
+    return best;
+}
+
+int kw_bench_kernels(int argc, char **argv) {
+    int thread_list[2] = {1, 2}, n_thread_list = 2, reps = 5, quick = 0;
+    for (int i = 1; i < argc; ++i) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            thread_list[0] = atoi(argv[++i]);
+            n_thread_list = 1;
+        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+            reps = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--quick") == 0) {
+            quick = 1;
+        } else {
+            fprintf(stderr, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick]\n");
+            return 2;
+        }
+    }
+    if (reps < 1) reps = 1;
+    const size_t big_bytes = quick ? ((size_t)128 << 20) : ((size_t)1 << 30);
+    const size_t min_w_bytes = quick ? ((size_t)64 << 20) : ((size_t)512 << 20);
+    const size_t n = big_bytes / sizeof(float);
+    float *buf = malloc(big_bytes);
+    if (!buf) {
+        fprintf(stderr, "bench kernels: cannot allocate %zu bytes\n", big_bytes);
+        return 1;
+    }
+    kw_fill_random(buf, KW_DTYPE_F32, n, 1);
+    double sink = 0.0;
+
+    for (int ti = 0; ti < n_thread_list; ++ti) {
+        const int threads = thread_list[ti];
+        kw_backend *b = NULL;
+        if (kw_backend_create_cpu(threads, &b) != 0) {
+            fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+            free(buf);
+            return 1;
+        }
+        const double read_bw = kw_read_bw(buf, n, threads, reps, &sink);
+        const double copy_bw = kw_memcpy_bw(buf, n, threads, reps);
+        printf("== %d thread%s: baseline read %.2f GB/s (sum over %zu MiB), memcpy %.2f GB/s (read+write)\n", threads,
+               threads > 1 ? "s" : "", read_bw, big_bytes >> 20, copy_bw);
+        printf("%-24s %6s %12s %10s %12s\n", "decode M=1", "dtype", "us/call", "GB/s", "vs read bw");
+        for (size_t s = 0; s < sizeof kw_decode_shapes / sizeof kw_decode_shapes[0]; ++s) {
+            if (quick && s != 3 && s != 4) continue;
+            for (int d = 0; d < 2; ++d) {
+                const enum kw_dtype dtype = d == 0 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+                if (dtype == KW_DTYPE_F32 && s != 3) continue; /* one f32 shape for comparison */
+                double sec = 0.0;
+                size_t wb = 0;
+                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, min_w_bytes, reps, &sec,
+                                   &wb) != 0) {
+                    fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+                    continue;
+                }
+                const double gbs = (double)wb / sec / 1e9;
+                printf("%-24s %6s %12.1f %10.2f %11.0f%%\n", kw_decode_shapes[s].name, kw_dtype_name(dtype), sec * 1e6,
+                       gbs, 100.0 * gbs / read_bw);
+            }
+        }
+        printf("%-24s %6s %12s %10s %12s\n", "prefill M=128", "dtype", "ms/call", "GFLOP/s", "vs sgemm f32");
+        for (size_t s = 0; s < 5; ++s) {
+            if (quick && s != 3) continue;
+            const int64_t M = 128, N = kw_decode_shapes[s].N, K = kw_decode_shapes[s].K;
+            const double flops = 2.0 * (double)M * (double)N * (double)K;
+            const double base = kw_time_sgemm(M, N, K, threads, reps);
+            for (int d = 0; d < 2; ++d) {
+                const enum kw_dtype dtype = d == 0 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+                double sec = 0.0;
+                size_t wb = 0;
+                if (kw_time_matmul(b, M, N, K, dtype, 0, reps, &sec, &wb) != 0) {
+                    fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+                    continue;
+                }
+                printf("%-24s %6s %12.3f %10.1f %11.0f%%   (sgemm f32 %.1f GFLOP/s)\n", kw_decode_shapes[s].name,
+                       kw_dtype_name(dtype), sec * 1e3, flops / sec / 1e9, 100.0 * base / sec, flops / base / 1e9);
+            }
+        }
+        kw_backend_destroy(b);
+    }
+    free(buf);
+    if (sink == 12345.678) printf(" "); /* keeps the baseline sums alive */
+    return 0;
+}
