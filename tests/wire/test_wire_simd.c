@@ -1,0 +1,210 @@
+/* test_wire_simd.c: the AVX2 and AVX-512 row kernels must equal the scalar reference of kw_wire_quant.h bit for bit:
+ * absmax (with NaN, Inf, -0 and subnormals), quantization (random rows, exact rounding ties, clamping, every row
+ * length and alignment), dequantization of arbitrary bytes (reserved codes included) to f32 and bf16, and whole blobs
+ * encoded and decoded through each ISA. ISAs the CPU lacks are reported and skipped. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+
+#include "tests/wire/wire_test_util.h"
+#include "wire/kw_wire_internal.h"
+
+static const kw__wire_kernels *g_isas[3];
+static int g_n_isas;
+
+static int setup(void **state) {
+    (void)state;
+    g_isas[g_n_isas++] = kw__wire_kernels_get(KW_WIRE_ISA_SCALAR);
+    if (kw__wire_kernels_avx2())
+        g_isas[g_n_isas++] = kw__wire_kernels_avx2();
+    else
+        print_message("AVX2 not available: skipped\n");
+    if (kw__wire_kernels_avx512())
+        g_isas[g_n_isas++] = kw__wire_kernels_avx512();
+    else
+        print_message("AVX-512 not available: skipped\n");
+    return 0;
+}
+
+static const uint32_t kLens[] = {8, 16, 24, 32, 48, 64, 96, 128, 136, 256, 1024};
+
+/* Fills n elements of dtype; special != 0 mixes in edge values. */
+static void fill(wt_rng *r, uint8_t *buf, uint32_t dtype, uint32_t n, int special, float scale) {
+    for (uint32_t i = 0; i < n; ++i) {
+        float v = wt_bell(r) * scale;
+        if (special) {
+            switch (wt_below(r, 12)) {
+            case 0:
+                v = -0.0f;
+                break;
+            case 1:
+                v = 0x1p-140f * (float)wt_below(r, 100);
+                break; /* f32 subnormal */
+            case 2:
+                v = (float)((int)wt_below(r, 15) - 7) + 0.5f;
+                break; /* ties when inv = 1 */
+            case 3:
+                v = 1e5f;
+                break; /* clamped */
+            default:
+                break;
+            }
+        }
+        if (dtype == KW_WIRE_DTYPE_F32)
+            memcpy(buf + 4 * (size_t)i, &v, 4);
+        else {
+            const uint16_t h = dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(v) : kw_f32_to_f16(v);
+            memcpy(buf + 2 * (size_t)i, &h, 2);
+        }
+    }
+}
+
+static void test_amax(void **state) {
+    (void)state;
+    wt_rng r = {1};
+    uint8_t buf[1024 * 4 + 4];
+    for (int it = 0; it < 3000; ++it)
+        for (uint32_t dtype = 1; dtype <= 3; ++dtype) {
+            const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
+            const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype); /* misaligned rows */
+            fill(&r, buf + off, dtype, n, it % 2, ldexpf(1.0f, (int)wt_below(&r, 20) - 10));
+            if (it % 5 == 0) { /* a NaN or Inf somewhere */
+                const uint32_t at = wt_below(&r, n);
+                const float bad = it % 10 ? INFINITY : NAN;
+                if (dtype == KW_WIRE_DTYPE_F32)
+                    memcpy(buf + off + 4 * at, &bad, 4);
+                else {
+                    const uint16_t h = dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(bad) : kw_f32_to_f16(bad);
+                    memcpy(buf + off + 2 * at, &h, 2);
+                }
+            }
+            const uint32_t want = g_isas[0]->amax(buf + off, dtype, n);
+            for (int k = 1; k < g_n_isas; ++k)
+                assert_int_equal(g_isas[k]->amax(buf + off, dtype, n), want);
+        }
+}
+
+static void test_quantize(void **state) {
+    (void)state;
+    wt_rng r = {2};
+    uint8_t buf[1024 * 4 + 4], want[1024 + 16], got[1024 + 16];
+    for (int it = 0; it < 2000; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT; ++codec)
+            for (uint32_t dtype = 1; dtype <= 3; ++dtype) {
+                if (codec > KW_WIRE_CODEC_INT4 && it % 20 != 0) continue; /* scalar fallbacks: fewer rounds */
+                const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
+                const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+                fill(&r, buf + off, dtype, n, it % 3 == 0, 1.0f);
+                float inv = 1.0f; /* exact ties for the special values */
+                if (it % 3) {
+                    uint32_t code;
+                    float s;
+                    const float amax = kw_f32_from_bits(g_isas[0]->amax(buf + off, dtype, n));
+                    if (!(amax > 0) ||
+                        kw_wire_scale_choose(amax, kw_wire_codec_qmax(codec), 1 + wt_below(&r, 4), &code, &s) < 0)
+                        continue;
+                    inv = 1.0f / s;
+                }
+                const size_t bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
+                g_isas[0]->quantize(codec, buf + off, dtype, n, inv, want);
+                for (int k = 1; k < g_n_isas; ++k) {
+                    memset(got, 0xa5, sizeof got);
+                    g_isas[k]->quantize(codec, buf + off, dtype, n, inv, got);
+                    if (memcmp(got, want, bytes) != 0)
+                        fail_msg("%s %s n=%u: quantized bytes differ from scalar", kw_wire_isa_name(g_isas[k]->isa),
+                                 kw_wire_codec_name(codec), n);
+                    assert_int_equal(got[bytes], 0xa5); /* nothing written past the row */
+                }
+            }
+}
+
+static void test_dequantize(void **state) {
+    (void)state;
+    wt_rng r = {3};
+    uint8_t src[1024 + 1];
+    float want[1024], got[1024 + 1];
+    uint16_t wantb[1024], gotb[1024 + 1];
+    for (int it = 0; it < 3000; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT; ++codec) {
+            if (codec > KW_WIRE_CODEC_INT4 && it % 20 != 0) continue;
+            const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
+            const uint32_t off = wt_below(&r, 2);
+            for (size_t i = 0; i < sizeof src; ++i) {
+                src[i] = (uint8_t)wt_next(&r);
+                if (it % 2 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1; /* valid */
+            }
+            const float s = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+            const int rc = g_isas[0]->dequantize(codec, src + off, n, s, want, KW_WIRE_DTYPE_F32);
+            const int rcb = g_isas[0]->dequantize(codec, src + off, n, s, wantb, KW_WIRE_DTYPE_BF16);
+            assert_int_equal(rc, rcb);
+            for (int k = 1; k < g_n_isas; ++k) {
+                got[n] = 42.0f;
+                gotb[n] = 42;
+                assert_int_equal(g_isas[k]->dequantize(codec, src + off, n, s, got, KW_WIRE_DTYPE_F32), rc);
+                assert_int_equal(g_isas[k]->dequantize(codec, src + off, n, s, gotb, KW_WIRE_DTYPE_BF16), rc);
+                assert_memory_equal(got, want, (size_t)n * 4);
+                assert_memory_equal(gotb, wantb, (size_t)n * 2);
+                assert_true(got[n] == 42.0f && gotb[n] == 42);
+            }
+        }
+}
+
+/* Whole blobs: every ISA encodes the same bytes and decodes the same values. */
+static void test_blobs(void **state) {
+    (void)state;
+    wt_rng r = {4};
+    for (int it = 0; it < 40; ++it) {
+        const uint16_t H = (uint16_t)(1 + wt_below(&r, 8)), D = (uint16_t)(16 * (1 + wt_below(&r, 8)));
+        const uint32_t T = 1 + wt_below(&r, 64);
+        const uint8_t dtype = it % 2 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+        const kw_wire_header hdr = {
+            .n_layers = 2, .n_sections = 1, .n_kv_heads = H, .head_dim = D, .n_positions = T, .src_dtype = dtype};
+        uint8_t *data = wt_xmalloc((size_t)H * T * D * 4);
+        fill(&r, data, dtype, H * T * D, it % 3 == 0, 0.1f);
+        const uint8_t codec = it % 4 < 2 ? KW_WIRE_CODEC_INT8 : KW_WIRE_CODEC_INT4;
+        const uint8_t gran = (uint8_t)(1 + wt_below(&r, 4));
+        kw_wire_policy pol = {.k = {codec, gran, (uint8_t)(1 + wt_below(&r, 4)), gran == 4 ? 4 : 0}};
+        pol.v = pol.k;
+        kw_wire_layer_in in = {.layer = 1, .n_tokens = T};
+        in.k = (kw_wire_tensor_in){data, (size_t)T * D, D, NULL};
+        in.v = (kw_wire_tensor_in){data, D, (size_t)H * D, NULL}; /* the same bytes seen as (T, H, D) */
+        uint8_t *ref = NULL;
+        size_t ref_size = 0;
+        wt_blob_out ref_out = {0};
+        for (uint8_t isa = KW_WIRE_ISA_SCALAR; isa <= KW_WIRE_ISA_AVX512; ++isa) {
+            uint8_t *blob = NULL;
+            size_t size = 0;
+            assert_int_equal(wt_encode_blob(&hdr, &in, &pol, 1, isa, &blob, &size), 0);
+            const kw_wire_decoder_options opt = {.isa = isa};
+            wt_blob_out o;
+            assert_int_equal(wt_decode_oneshot(blob, size, &opt, &o), 0);
+            if (!ref) {
+                ref = blob;
+                ref_size = size;
+                ref_out = o;
+                continue;
+            }
+            assert_int_equal(size, ref_size);
+            assert_memory_equal(blob, ref, size);
+            assert_true(wt_blob_out_equal(&o, &ref_out));
+            wt_blob_out_free(&o);
+            free(blob);
+        }
+        wt_blob_out_free(&ref_out);
+        free(ref);
+        free(data);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_amax),
+        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_dequantize),
+        cmocka_unit_test(test_blobs),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
