@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "c2c/kw_fuser_load.h"
 #include "common/kw_half.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
@@ -236,6 +237,41 @@ int kw_projector_create(kw_backend *backend, const kw_projector_dims *dims, kw_p
 out:
     kw_projector_free(p);
     return rc;
+}
+
+/* Name lookup over one loaded projector's tensor table. */
+static int kw_proj_fuser_find(void *user, const char *name, kw_projector_tensor *out) {
+    const kw_fuser_projector *fp = user;
+    for (size_t i = 0; i < fp->n_tensors; ++i) {
+        const kw_fuser_tensor *t = &fp->tensors[i];
+        if (strcmp(t->name, name) != 0) continue;
+        memset(out, 0, sizeof *out);
+        out->dtype = t->dtype;
+        out->ndim = t->ndim;
+        for (int32_t d = 0; d < t->ndim && d < 2; ++d)
+            out->shape[d] = t->shape[d];
+        out->data = t->data;
+        return 0;
+    }
+    return KW_E_NOT_FOUND;
+}
+
+int kw_projector_create_from_fuser(kw_backend *backend, const struct kw_fuser *fuser, int32_t index,
+                                   kw_projector **out) {
+    KW_RETURN_IF(fuser == NULL || out == NULL, KW_E_INVALID_ARG, "kw_projector_create_from_fuser: NULL");
+    KW_RETURN_IF(index < 0 || index >= fuser->n_projectors, KW_E_INVALID_ARG,
+                 "kw_projector_create_from_fuser: projector %d of %d", (int)index, (int)fuser->n_projectors);
+    const kw_fuser_dims *fd = &fuser->dims;
+    const kw_projector_dims d = {.src_heads = fd->source_heads,
+                                 .src_head_dim = fd->source_dim,
+                                 .tgt_heads = fd->target_heads,
+                                 .tgt_head_dim = fd->target_dim,
+                                 .hidden = fd->hidden_dim,
+                                 .intermediate = fd->intermediate_dim,
+                                 .num_layers = fd->num_layers};
+    const int rc = kw_projector_create(backend, &d, kw_proj_fuser_find, (void *)&fuser->projectors[index], out);
+    if (rc < 0) KW_FAIL(rc, "projector_%d: %s", (int)index, kw_error_detail());
+    return 0;
 }
 
 void kw_projector_free(kw_projector *p) {

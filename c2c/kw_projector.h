@@ -78,6 +78,13 @@ enum kw_projector_numerics {
 int kw_projector_create(kw_backend *backend, const kw_projector_dims *dims, kw_projector_lookup_fn lookup, void *user,
                         kw_projector **out);
 
+struct kw_fuser;
+
+/* Binds projector number index of a fuser loaded by kw_fuser_load (c2c/kw_fuser_load.h), which is borrowed and must
+ * outlive the projector. Errors: KW_E_INVALID_ARG (index out of range), then as kw_projector_create. */
+int kw_projector_create_from_fuser(kw_backend *backend, const struct kw_fuser *fuser, int32_t index,
+                                   kw_projector **out);
+
 /* Releases the bindings and the owned copies. NULL is a no-op. */
 void kw_projector_free(kw_projector *p);
 
@@ -107,7 +114,8 @@ size_t kw_projector_ws_bytes(const kw_projector_ws *ws);
 /* One forward call over T positions. All tensors are f32 on the projector's backend; the sources are (T, Hs, Ds)
  * and the targets and outputs (T, Ht, Dt), token-major (what kw_kvcache_load_rows produces). An output may be NULL
  * (that branch is not run) and may be the same tensor as its target (updated in place). A closed branch with an
- * output copies the target there unchanged. Asynchronous like every backend op: results are visible after
+ * output copies the target there unchanged (in BF16 mode too: the inputs are expected to be bf16 values, as a bf16
+ * cache holds them; the open branches round them anyway). Asynchronous like every backend op: results are visible after
  * kw_backend_synchronize. Errors: KW_E_INVALID_ARG, KW_E_SHAPE, backend errors. */
 typedef struct kw_projector_io {
     const kw_tensor *src_k, *src_v; /* sharer rows */

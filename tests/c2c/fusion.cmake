@@ -2,3 +2,5 @@
 # included from tests/c2c/CMakeLists.txt. Fixtures: tests/data/c2c/fusion (tools/make_c2c_fixtures.py).
 kw_test(NAME test_c2c_projector SOURCES test_projector.c ../model/model_fixture.c LIBS kw_c2c kw_model kw_kernels
         LABELS c2c golden)
+kw_test(NAME test_c2c_fusion SOURCES test_fusion.c ../model/model_fixture.c LIBS kw_c2c kw_model kw_kernels
+        LABELS c2c golden)

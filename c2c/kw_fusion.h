@@ -1,0 +1,146 @@
+/* kw_fusion.h: the C2C fusion pipeline in one process (c2c_spec.md §1): receiver prefill, sharer prefill, per-layer
+ * projection of the sharer KV into the receiver cache, then the last prompt token and greedy decoding with the
+ * receiver alone. This is the reference the two daemons reproduce over the network.
+ *
+ * The prompt is cut into sections, as the reference's kv_cache_index list (§1.2, §1.3 at commit d03cc7b). For each
+ * section [start, end) but the last:
+ *   1. the receiver runs the section on its cache (rows start..end-1, unfused: the whole section through every layer);
+ *   2. every sharer runs the same token ids on its own cache, whether selected or not (its cache must hold the
+ *      earlier sections for later ones);
+ *   3. if the section's index value is > 0 it is a bitmask of sharers (bit k selects sharers[k]); for each selected
+ *      sharer, the rows of the sharer layers the fuser maps to are handed to the transfer hook (if any), then every
+ *      receiver layer t with an open gate gets rows start..end-1 replaced by Projector_t(sharer rows, receiver rows).
+ *      Sequential mode applies the sharers one after the other (sharer k+1 sees the rows fused by sharer k, as the
+ *      cache holds them); parallel mode projects every sharer from the clean rows and writes
+ *      base + sum_s (proj_s(base) - base), summed in fp32 (§1.8).
+ * The last section is never fused, whatever its index value: the receiver runs it on the fused cache (its last row
+ * gives the first token's logits) and decodes greedily (kw_generate_greedy: EOS list, max_new_tokens). Layers whose
+ * projector has both gates closed are skipped (reported); a closed branch leaves its K or V rows untouched.
+ *
+ * Not here: token alignment for sharers with another tokenizer (the sharer gets the receiver's ids), the
+ * include_response mode (§1.6), sampling. The wire codecs are not called from here (c2c/ does not depend on wire/):
+ * the transfer hook is where a caller plugs them in.
+ */
+#ifndef KW_FUSION_H
+#define KW_FUSION_H
+
+#include <stdint.h>
+
+#include "c2c/kw_fuser_load.h"
+#include "c2c/kw_projector.h"
+#include "model/kw_generate.h"
+#include "model/kw_kvcache.h"
+#include "model/kw_model.h"
+
+/* Most sharers one fusion can hold (a section's bitmask has one bit per sharer). */
+#define KW_FUSION_MAX_SHARERS 8
+
+/* One section of the prompt: a kv_cache_index entry. */
+typedef struct kw_fusion_section {
+    int64_t length; /* tokens, >= 1 */
+    int32_t index;  /* > 0: bitmask of sharers to fuse from (bit k = sharers[k]); <= 0 (-1, 0): no projection */
+} kw_fusion_section;
+
+/* The standard split (§1.2): [n_prompt - 1 tokens with index mask][1 token, never fused]; with n_prompt == 1 a single
+ * section. out needs 2 entries; *n_out receives the count. */
+int kw_fusion_sections_standard(int64_t n_prompt, int32_t mask, kw_fusion_section *out, int32_t *n_out);
+
+enum kw_fusion_order {
+    KW_FUSION_FRONT = 0, /* the fused tokens first */
+    KW_FUSION_BACK = 1,  /* the fused tokens last (just before the final token) */
+};
+
+/* The cache-length setting of the reference evaluator (create_segmented_kv_cache_index, latentwire_spec.md §1.3):
+ * of the instruction's n_prompt - 1 tokens, pos = floor((n_prompt - 1) * proportion) get index mask and the others
+ * -1, in front or back order, then the final token (-1); the per-token list is cut into runs of equal value, so
+ * with front order the unfused tokens join the final section (the sharer never sees them). proportion in [0, 1].
+ * out needs 3 entries. */
+int kw_fusion_sections_proportion(int64_t n_prompt, double proportion, enum kw_fusion_order order, int32_t mask,
+                                  kw_fusion_section *out, int32_t *n_out);
+
+enum kw_fusion_mode {
+    KW_FUSION_SEQUENTIAL = 0, /* the evaluation default (load_rosetta_model) */
+    KW_FUSION_PARALLEL = 1,
+};
+
+/* What the transfer hook sees: the selected sharer K and V rows of one sharer layer for one section, i.e. what the
+ * sharer would send. k and v are host arrays (n_tokens, n_heads, head_dim), token-major, f32 (exact bf16 values when
+ * the sharer cache is bf16), owned by the pipeline and valid during the call. The hook may overwrite them (what the
+ * receiver would get over the wire); they are then used for every receiver layer mapped to that sharer layer. */
+typedef struct kw_fusion_transfer {
+    int32_t sharer;            /* index into the sharer list */
+    int32_t source_layer;      /* sharer layer */
+    int32_t section;           /* section index */
+    int64_t pos0;              /* first position of the section */
+    int64_t n_tokens;          /* rows */
+    int32_t n_heads;           /* sharer kv heads */
+    int32_t head_dim;          /* sharer head_dim */
+    enum kw_dtype cache_dtype; /* the sharer cache's dtype */
+    float *k, *v;
+    int64_t wire_bytes; /* set by the hook: bytes it transferred for this layer (e.g. a KVWire blob), 0 if none */
+} kw_fusion_transfer;
+
+/* Called once per (fused section, selected sharer, needed sharer layer), in that order, after the sharers' prefill and
+ * before projection. A negative return aborts the run with that status. */
+typedef int (*kw_fusion_hook_fn)(void *user, kw_fusion_transfer *t);
+
+typedef struct kw_fusion_sharer {
+    kw_model *model;       /* borrowed; on the receiver's backend */
+    const kw_fuser *fuser; /* borrowed; its mapping targets the receiver and sources this sharer */
+} kw_fusion_sharer;
+
+typedef struct kw_fusion kw_fusion; /* opaque: the models (borrowed), projector bindings and scratch (owned) */
+
+/* Binds every projector of every sharer's fuser on the receiver's backend and checks the fusers against the models
+ * (kw_fuser_check_models). All models must share one backend. Models and fusers are borrowed and must outlive the
+ * fusion. max_rows: positions per projector GEMM chunk (0: 256). *out is owned by the caller (kw_fusion_free).
+ * Errors: KW_E_INVALID_ARG, KW_E_FUSER_CONFIG (dims or layers that do not fit the models), kw_projector_create's. */
+int kw_fusion_create(kw_model *receiver, const kw_fusion_sharer *sharers, int32_t n_sharers, int64_t max_rows,
+                     kw_fusion **out);
+
+/* Releases the bindings and scratch. NULL is a no-op. */
+void kw_fusion_free(kw_fusion *f);
+
+typedef struct kw_fusion_options {
+    const kw_fusion_section *sections; /* borrowed; lengths sum to the prompt length */
+    int32_t n_sections;
+    enum kw_fusion_mode mode;
+    enum kw_projector_numerics numerics;
+    enum kw_dtype sharer_cache_dtype; /* KW_DTYPE_BF16 (as HF bf16 caches) or KW_DTYPE_F32 */
+    kw_generate_options gen;          /* max_new_tokens, EOS ids (NULL: the receiver's), logits rounding */
+    kw_fusion_hook_fn hook;           /* NULL: no transfer step */
+    void *hook_user;
+} kw_fusion_options;
+
+typedef struct kw_fusion_stats {
+    double receiver_prefill_ms; /* receiver forward over the non-last sections */
+    double sharer_prefill_ms;   /* every sharer over the non-last sections */
+    double transfer_ms;         /* reading the sharer rows to the host, the hook, uploading them back */
+    double projection_ms;       /* projector forwards and cache reads/writes, synchronized */
+    double last_prompt_ms;      /* the last section up to the first token's logits */
+    double decode_ms;           /* the decode steps after the first token */
+    int64_t n_decode;           /* decode steps timed in decode_ms */
+    int64_t tokens_fused;       /* receiver positions overwritten (sum of fused section lengths) */
+    int32_t layers_fused;       /* (sharer, receiver layer) pairs projected at least once */
+    int32_t layers_skipped;     /* pairs of selected sharers skipped: both gates closed or layer not mapped */
+    int64_t sharer_kv_bytes;    /* bytes of the sharer K/V rows handed to projection, at the sharer cache's dtype */
+    int64_t wire_bytes;         /* sum of the hook's wire_bytes */
+    int32_t hook_calls;
+} kw_fusion_stats;
+
+typedef struct kw_fusion_result {
+    kw_generate_result gen; /* the new tokens (owned: kw_fusion_result_free) and the generate timings */
+    kw_fusion_stats stats;
+} kw_fusion_result;
+
+/* Runs the pipeline on prompt ids[0..n) (the receiver's token ids; the sharers get the same ids) with an empty
+ * receiver cache (created by kw_model_create_cache for the receiver; capacity >= n + max_new_tokens). On return the
+ * cache holds the prompt (fused rows included) and the generated tokens but the last; sharer caches are internal.
+ * On failure *out is zeroed. Errors: KW_E_INVALID_ARG (sections, masks, cache), the model's and the hook's. */
+int kw_fusion_run(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n, const kw_fusion_options *opt,
+                  kw_fusion_result *out);
+
+/* Releases out->gen.ids and zeroes *out. NULL is a no-op. */
+void kw_fusion_result_free(kw_fusion_result *out);
+
+#endif /* KW_FUSION_H */
