@@ -115,7 +115,8 @@ struct kw_torchzip {
     const unsigned char *base;
     size_t size;
     kw_arena arena;
-    kw_zip_entry *entries;
+    kw_zip_entry *entries; /* central directory order */
+    kw_zip_entry *by_name; /* the same entries sorted by name */
     size_t n_entries;
     const char *prefix; /* "<arch>/": the first prefix_len bytes (not NUL-terminated there) */
     size_t prefix_len;
@@ -321,7 +322,7 @@ static int kw_zip_read_directory(kw_torchzip *tz, unsigned flags) {
     tz->n_entries = (size_t)n_entries;
 
     /* Entries must not overlap (each one's header and data end before the next header) and names must be unique. */
-    kw_zip_entry *sorted = malloc(tz->n_entries * sizeof *sorted);
+    kw_zip_entry *sorted = kw_arena_alloc(&tz->arena, tz->n_entries * sizeof *sorted);
     KW_RETURN_IF(!sorted, KW_E_NOMEM, "%s: entry sort", tz->what);
     memcpy(sorted, tz->entries, tz->n_entries * sizeof *sorted);
     qsort(sorted, tz->n_entries, sizeof *sorted, kw_zip_cmp_offset);
@@ -337,8 +338,8 @@ static int kw_zip_read_directory(kw_torchzip *tz, unsigned flags) {
             if (kw_zip_cmp_name(&sorted[i], &sorted[i + 1]) == 0)
                 rc = kw_error_set(KW_E_PT_FORMAT, "%s: duplicate entry %s", tz->what, sorted[i].name);
     }
-    free(sorted);
     KW_FORWARD(rc);
+    tz->by_name = sorted; /* kept for the binary searches of kw_zip_lookup */
 
     if (!(flags & KW_TORCHZIP_NO_CRC)) {
         for (size_t i = 0; i < tz->n_entries; ++i) {
@@ -351,15 +352,15 @@ static int kw_zip_read_directory(kw_torchzip *tz, unsigned flags) {
     return 0;
 }
 
+/* The entry named <arch>/<suffix>, by binary search over the name-sorted table, or NULL. */
 static const kw_zip_entry *kw_zip_lookup(const kw_torchzip *tz, const char *suffix) {
+    char name[2 * KW_TORCHZIP_MAX_NAME + 16];
     const size_t n = strlen(suffix);
-    for (size_t i = 0; i < tz->n_entries; ++i) {
-        const kw_zip_entry *e = &tz->entries[i];
-        if (e->name_len == tz->prefix_len + n && memcmp(e->name, tz->prefix, tz->prefix_len) == 0 &&
-            memcmp(e->name + tz->prefix_len, suffix, n) == 0)
-            return e;
-    }
-    return NULL;
+    if (tz->prefix_len + n >= sizeof name) return NULL;
+    memcpy(name, tz->prefix, tz->prefix_len);
+    memcpy(name + tz->prefix_len, suffix, n);
+    const kw_zip_entry key = {.name = name, .name_len = tz->prefix_len + n};
+    return bsearch(&key, tz->by_name, tz->n_entries, sizeof *tz->by_name, kw_zip_cmp_name);
 }
 
 /* Finds the single "<arch>/data.pkl" and sets the prefix; checks the byteorder record. */
@@ -403,6 +404,7 @@ typedef struct kw_pk_vm {
     size_t n_marks, marks_cap;
     kw_pk_value **memo;
     size_t memo_cap;
+    size_t n_values; /* values created so far */
 } kw_pk_vm;
 
 #define KW_PK_FAIL(vm, ...) return kw_pk_fail_at((vm), __VA_ARGS__)
@@ -416,14 +418,24 @@ __attribute__((format(printf, 2, 3))) static int kw_pk_fail_at(const kw_pk_vm *v
     return kw_error_set(KW_E_PT_PICKLE, "%s: data.pkl offset %zu: %s", vm->tz->what, vm->op_at, msg);
 }
 
+/* A new value, or NULL (reported as KW_E_NOMEM by the caller) when out of memory or past KW_TORCHZIP_MAX_VALUES:
+ * the count bounds the arena whatever the pickle does (values replaced in a dict are not reclaimed). */
 static kw_pk_value *kw_pk_new(kw_pk_vm *vm, enum kw_pk_kind kind) {
+    if (++vm->n_values > KW_TORCHZIP_MAX_VALUES) return NULL;
     kw_pk_value *v = kw_arena_calloc(&vm->tz->arena, 1, sizeof *v);
     if (v) v->kind = kind;
     return v;
 }
 
+/* The status for a kw_pk_new that returned NULL. */
+static int kw_pk_no_value(const kw_pk_vm *vm) {
+    if (vm->n_values > KW_TORCHZIP_MAX_VALUES)
+        return kw_error_set(KW_E_LIMIT, "%s: pickle creates more than %u values", vm->tz->what, KW_TORCHZIP_MAX_VALUES);
+    return kw_error_set(KW_E_NOMEM, "%s: pickle value", vm->tz->what);
+}
+
 static int kw_pk_push(kw_pk_vm *vm, kw_pk_value *v) {
-    KW_RETURN_IF(!v, KW_E_NOMEM, "pickle value");
+    if (!v) return kw_pk_no_value(vm);
     if (vm->sp == vm->stack_cap) {
         const size_t cap = vm->stack_cap ? vm->stack_cap * 2 : 64;
         KW_RETURN_IF(cap > (1u << 20), KW_E_LIMIT, "%s: pickle stack deeper than %u", vm->tz->what, 1u << 20);
@@ -464,7 +476,7 @@ static int kw_pk_need(kw_pk_vm *vm, size_t k, const char *op) {
 
 static int kw_pk_tuple(kw_pk_vm *vm, kw_pk_value **items, size_t n) {
     kw_pk_value *t = kw_pk_new(vm, KW_PK_TUPLE);
-    KW_RETURN_IF(!t, KW_E_NOMEM, "pickle tuple");
+    if (!t) return kw_pk_no_value(vm);
     if (n) {
         t->items = kw_arena_alloc(&vm->tz->arena, n * sizeof *t->items);
         KW_RETURN_IF(!t->items, KW_E_NOMEM, "pickle tuple");
@@ -504,6 +516,7 @@ static int kw_pk_dict_set(kw_pk_vm *vm, kw_pk_value *d, kw_pk_value *key, kw_pk_
             return 0;
         }
     }
+    if (d->n >= KW_TORCHZIP_MAX_ITEMS) KW_PK_FAIL(vm, "dict with more than %u entries", KW_TORCHZIP_MAX_ITEMS);
     KW_FORWARD(kw_pk_reserve(vm, d, 2 * (d->n + 1)));
     d->items[2 * d->n] = key;
     d->items[2 * d->n + 1] = value;
@@ -535,7 +548,7 @@ static int kw_pk_global(kw_pk_vm *vm) {
         if (strlen(allowed[i].module) == mlen && memcmp(allowed[i].module, s, mlen) == 0 &&
             strlen(allowed[i].name) == nlen && memcmp(allowed[i].name, nl1 + 1, nlen) == 0) {
             kw_pk_value *v = kw_pk_new(vm, KW_PK_GLOBAL);
-            KW_RETURN_IF(!v, KW_E_NOMEM, "pickle global");
+            if (!v) return kw_pk_no_value(vm);
             v->i = allowed[i].g;
             return kw_pk_push(vm, v);
         }
@@ -546,7 +559,7 @@ static int kw_pk_global(kw_pk_vm *vm) {
 
 static int kw_pk_int(kw_pk_vm *vm, int64_t value) {
     kw_pk_value *v = kw_pk_new(vm, KW_PK_INT);
-    KW_RETURN_IF(!v, KW_E_NOMEM, "pickle int");
+    if (!v) return kw_pk_no_value(vm);
     v->i = value;
     return kw_pk_push(vm, v);
 }
@@ -619,6 +632,8 @@ static int kw_pk_persistent(kw_pk_vm *vm) {
             memcpy(copy, data, nbytes);
             data = copy;
         }
+        KW_RETURN_IF(tz->n_storages >= KW_TORCHZIP_MAX_ITEMS, KW_E_LIMIT, "%s: more than %u storages", tz->what,
+                     KW_TORCHZIP_MAX_ITEMS);
         if (tz->n_storages == tz->cap_storages) {
             const size_t cap = tz->cap_storages ? tz->cap_storages * 2 : 64;
             kw_pt_storage *s = kw_arena_alloc(&tz->arena, cap * sizeof *s);
@@ -631,7 +646,7 @@ static int kw_pk_persistent(kw_pk_vm *vm) {
         tz->n_storages++;
     }
     kw_pk_value *v = kw_pk_new(vm, KW_PK_STORAGE);
-    KW_RETURN_IF(!v, KW_E_NOMEM, "pickle storage");
+    if (!v) return kw_pk_no_value(vm);
     v->i = (int64_t)idx;
     return kw_pk_push(vm, v);
 }
@@ -678,6 +693,8 @@ static int kw_pk_rebuild_tensor(kw_pk_vm *vm, const kw_pk_value *args) {
     t.nbytes = numel * es;
     t.data = numel ? st->data + (size_t)a[1]->i * es : NULL;
 
+    KW_RETURN_IF(tz->n_tensors >= KW_TORCHZIP_MAX_ITEMS, KW_E_LIMIT, "%s: more than %u tensors", tz->what,
+                 KW_TORCHZIP_MAX_ITEMS);
     if (tz->n_tensors == tz->cap_tensors) {
         const size_t cap = tz->cap_tensors ? tz->cap_tensors * 2 : 64;
         kw_torchzip_tensor *ts = kw_arena_alloc(&tz->arena, cap * sizeof *ts);
@@ -688,7 +705,7 @@ static int kw_pk_rebuild_tensor(kw_pk_vm *vm, const kw_pk_value *args) {
     }
     tz->tensors[tz->n_tensors] = t;
     kw_pk_value *v = kw_pk_new(vm, KW_PK_TENSOR);
-    KW_RETURN_IF(!v, KW_E_NOMEM, "pickle tensor");
+    if (!v) return kw_pk_no_value(vm);
     v->i = (int64_t)tz->n_tensors++;
     return kw_pk_push(vm, v);
 }
@@ -834,6 +851,7 @@ static int kw_pk_run(kw_pk_vm *vm, kw_pk_value **result) {
             if (vm->sp <= kw_pk_floor(vm) || vm->stack[vm->sp - 1]->kind != KW_PK_LIST)
                 KW_PK_FAIL(vm, "APPENDS target is not a list");
             v = vm->stack[vm->sp - 1];
+            if (v->n + n > KW_TORCHZIP_MAX_ITEMS) KW_PK_FAIL(vm, "list with more than %u items", KW_TORCHZIP_MAX_ITEMS);
             KW_FORWARD(kw_pk_reserve(vm, v, v->n + n));
             memcpy(v->items + v->n, items, n * sizeof *items);
             v->n += n;
@@ -847,7 +865,8 @@ static int kw_pk_run(kw_pk_vm *vm, kw_pk_value **result) {
             if (memchr(vm->p + vm->pos, 0, len)) KW_PK_FAIL(vm, "NUL inside a string");
             v = kw_pk_new(vm, KW_PK_STR);
             char *s = kw_arena_alloc(&vm->tz->arena, (size_t)len + 1);
-            KW_RETURN_IF(!v || !s, KW_E_NOMEM, "pickle string");
+            if (!v) return kw_pk_no_value(vm);
+            KW_RETURN_IF(!s, KW_E_NOMEM, "pickle string");
             memcpy(s, vm->p + vm->pos, len);
             s[len] = '\0';
             v->s = s;
@@ -889,7 +908,7 @@ static int kw_pk_run(kw_pk_vm *vm, kw_pk_value **result) {
         case 0x88:
         case 0x89: /* NEWTRUE, NEWFALSE */
             v = kw_pk_new(vm, KW_PK_BOOL);
-            KW_RETURN_IF(!v, KW_E_NOMEM, "pickle bool");
+            if (!v) return kw_pk_no_value(vm);
             v->i = op == 0x88;
             KW_FORWARD(kw_pk_push(vm, v));
             break;

@@ -37,8 +37,10 @@
 /* Limits checked before anything is allocated. */
 #define KW_TORCHZIP_MAX_ENTRIES (1u << 16)  /* zip entries */
 #define KW_TORCHZIP_MAX_NAME    4096        /* bytes in an entry name or a pickled string */
-#define KW_TORCHZIP_MAX_PICKLE  (64u << 20) /* bytes of data.pkl */
+#define KW_TORCHZIP_MAX_PICKLE  (16u << 20) /* bytes of data.pkl */
 #define KW_TORCHZIP_MAX_MEMO    (1u << 20)  /* pickle memo slots */
+#define KW_TORCHZIP_MAX_ITEMS   (1u << 14)  /* entries of a pickled dict or list; tensors; storages */
+#define KW_TORCHZIP_MAX_VALUES  (1u << 21)  /* pickle values in all (bounds the memory a pickle can claim) */
 
 typedef struct kw_torchzip_tensor {
     const char *name;    /* state-dict key; owned by the kw_torchzip */

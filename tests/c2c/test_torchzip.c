@@ -224,10 +224,215 @@ static void test_crc32(void **state) {
     assert_int_equal(kw_torchzip_crc32(part, "6789", 4), 0xcbf43926u);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Hand-built archives around crafted pickles (limits and pickle semantics the fixtures do not reach)
+
+typedef struct buf {
+    unsigned char *p;
+    size_t n, cap;
+} buf;
+
+static void put(buf *b, const void *data, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2;
+        b->p = realloc(b->p, b->cap);
+        assert_non_null(b->p);
+    }
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
+}
+
+static void put16(buf *b, uint16_t v) {
+    put(b, (unsigned char[2]){(unsigned char)v, (unsigned char)(v >> 8)}, 2);
+}
+
+static void put32(buf *b, uint32_t v) {
+    put16(b, (uint16_t)v);
+    put16(b, (uint16_t)(v >> 16));
+}
+
+/* A stored zip of "a/data.pkl" = pickle and "a/data/0" = 8 bytes of f32 storage (two elements). */
+static buf archive(const buf *pickle) {
+    static const float storage[2] = {1.0f, 2.0f};
+    const char *names[2] = {"a/data.pkl", "a/data/0"};
+    const void *datas[2] = {pickle->p, storage};
+    const size_t sizes[2] = {pickle->n, sizeof storage};
+    uint32_t offs[2];
+    buf z = {0};
+    for (int i = 0; i < 2; ++i) {
+        offs[i] = (uint32_t)z.n;
+        put32(&z, 0x04034b50u);
+        put16(&z, 20), put16(&z, 0), put16(&z, 0), put32(&z, 0);
+        put32(&z, kw_torchzip_crc32(0, datas[i], sizes[i]));
+        put32(&z, (uint32_t)sizes[i]), put32(&z, (uint32_t)sizes[i]);
+        put16(&z, (uint16_t)strlen(names[i])), put16(&z, 0);
+        put(&z, names[i], strlen(names[i]));
+        put(&z, datas[i], sizes[i]);
+    }
+    const uint32_t cd = (uint32_t)z.n;
+    for (int i = 0; i < 2; ++i) {
+        put32(&z, 0x02014b50u);
+        put16(&z, 20), put16(&z, 20), put16(&z, 0), put16(&z, 0), put32(&z, 0);
+        put32(&z, kw_torchzip_crc32(0, datas[i], sizes[i]));
+        put32(&z, (uint32_t)sizes[i]), put32(&z, (uint32_t)sizes[i]);
+        put16(&z, (uint16_t)strlen(names[i])), put16(&z, 0), put16(&z, 0), put16(&z, 0), put16(&z, 0);
+        put32(&z, 0), put32(&z, offs[i]);
+        put(&z, names[i], strlen(names[i]));
+    }
+    const uint32_t cd_size = (uint32_t)z.n - cd;
+    put32(&z, 0x06054b50u);
+    put32(&z, 0), put16(&z, 2), put16(&z, 2), put32(&z, cd_size), put32(&z, cd), put16(&z, 0);
+    return z;
+}
+
+static int open_pickle(const buf *pickle, kw_torchzip **tz) {
+    buf z = archive(pickle);
+    const int rc = kw_torchzip_open_buffer(z.p, z.n, 0, tz);
+    if (rc == 0) {
+        /* keep z alive as long as tz: the test closes tz right away */
+        kw_torchzip_close(*tz);
+        *tz = NULL;
+    }
+    free(z.p);
+    return rc;
+}
+
+#define PK(b, lit) put((b), (lit), sizeof(lit) - 1)
+#define PL(lit)    (lit), sizeof(lit) - 1
+
+/* The tensor "t" = _rebuild_tensor_v2(storage 0 of `numel` floats, offset, (size,), (1,), False, OrderedDict()). */
+static void pk_tensor(buf *b, const char *name, uint8_t numel, uint8_t offset, uint8_t size) {
+    PK(b, "X");
+    put32(b, (uint32_t)strlen(name));
+    put(b, name, strlen(name));
+    PK(b, "ctorch._utils\n_rebuild_tensor_v2\n((");
+    PK(b, "X\x07\x00\x00\x00"
+          "storage");
+    PK(b, "ctorch\nFloatStorage\n");
+    PK(b, "X\x01\x00\x00\x00"
+          "0");
+    PK(b, "X\x03\x00\x00\x00"
+          "cpu");
+    PK(b, "K");
+    put(b, &numel, 1);
+    PK(b, "tQK");
+    put(b, &offset, 1);
+    PK(b, "K");
+    put(b, &size, 1);
+    PK(b, "\x85K\x01\x85\x89");
+    PK(b, "ccollections\nOrderedDict\n)RtR");
+}
+
+static void test_crafted_pickles(void **state) {
+    (void)state;
+    kw_torchzip *tz = NULL;
+    /* A plain dict, one tensor, a view with offset 1; then the same key again (Python keeps the first position
+     * and the last value). */
+    buf p = {0};
+    PK(&p, "\x80\x02}(");
+    pk_tensor(&p, "t", 2, 0, 2);
+    pk_tensor(&p, "u", 2, 1, 1);
+    pk_tensor(&p, "t", 2, 1, 1);
+    PK(&p, "u.");
+    buf z = archive(&p);
+    assert_int_equal(kw_torchzip_open_buffer(z.p, z.n, 0, &tz), 0);
+    assert_int_equal(kw_torchzip_count(tz), 2);
+    assert_string_equal(kw_torchzip_at(tz, 0)->name, "t");
+    assert_true(kw_torchzip_at(tz, 0)->shape[0] == 1 && element(kw_torchzip_at(tz, 0), 0) == 2.0f);
+    assert_string_equal(kw_torchzip_at(tz, 1)->name, "u");
+    kw_torchzip_close(tz);
+    free(z.p);
+    free(p.p);
+
+    /* Offset + size beyond the storage; numel disagreeing with the record; a second storage class for one key. */
+    p = (buf){0};
+    PK(&p, "\x80\x02}(");
+    pk_tensor(&p, "t", 2, 1, 2);
+    PK(&p, "u.");
+    assert_int_equal(open_pickle(&p, &tz), KW_E_PT_FORMAT);
+    free(p.p);
+    p = (buf){0};
+    PK(&p, "\x80\x02}(");
+    pk_tensor(&p, "t", 3, 0, 2);
+    PK(&p, "u.");
+    assert_int_equal(open_pickle(&p, &tz), KW_E_PT_FORMAT);
+    free(p.p);
+
+    /* Structural errors. */
+    static const struct {
+        const char *pickle;
+        size_t len;
+        int rc;
+    } bad[] = {
+        {PL("\x80\x02}."), 0},                     /* an empty dict is a valid (empty) state dict */
+        {PL("\x80\x02N."), KW_E_PT_PICKLE},        /* not a dict */
+        {PL("\x80\x02}K\x01s."), KW_E_PT_PICKLE},  /* stack underflow under SETITEM */
+        {PL("\x80\x02}(K\x01u."), KW_E_PT_PICKLE}, /* odd SETITEMS */
+        {PL("\x80\x02}(."), KW_E_PT_PICKLE},       /* STOP with an open MARK */
+        {PL("\x80\x02}}."), KW_E_PT_PICKLE},       /* two values at STOP */
+        {PL("\x80\x02h\x05."), KW_E_PT_PICKLE},    /* GET of an unset memo slot */
+        {PL("\x80\x02}X\x01\x00\x00\x00"
+            "a\x8a\x09"
+            "123456789s."),
+         KW_E_PT_PICKLE},                           /* LONG1 of 9 bytes */
+        {PL("\x80\x02}t."), KW_E_PT_PICKLE},        /* TUPLE without MARK */
+        {PL("\x80\x02\x80\x02}."), KW_E_PT_PICKLE}, /* PROTO twice */
+        {PL("\x80\x09}."), KW_E_PT_PICKLE},         /* protocol 9 */
+        {PL("\x80\x02"
+            "ccollections\nOrderedDict\nK\x01\x85R."),
+         KW_E_PT_PICKLE}, /* OrderedDict(1) */
+        {PL("\x80\x02"
+            "ctorch\nFloatStorage\n)R."),
+         KW_E_PT_PICKLE}, /* calling a storage class */
+        {PL("\x80\x02}X\x02\x00\x00\x00"
+            "a"
+            "\x00K\x01s."),
+         KW_E_PT_PICKLE},                      /* NUL in a string */
+        {PL("\x80\x02}N]b."), KW_E_PT_PICKLE}, /* BUILD on a list */
+        {PL("\x80\x02}}b."), 0},               /* BUILD of an OrderedDict's __dict__ */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+        p = (buf){0};
+        put(&p, bad[i].pickle, bad[i].len);
+        const int rc = open_pickle(&p, &tz);
+        if (rc != bad[i].rc) fprintf(stderr, "case %zu: %s (%s)\n", i, kw_status_name(rc), kw_error_detail());
+        assert_int_equal(rc, bad[i].rc);
+        free(p.p);
+    }
+
+    /* Limits: a dict past KW_TORCHZIP_MAX_ITEMS entries, a pickle creating too many values, a too deep stack. */
+    p = (buf){0};
+    PK(&p, "\x80\x02}(");
+    for (uint32_t i = 0; i <= KW_TORCHZIP_MAX_ITEMS; ++i) {
+        PK(&p, "M");
+        put16(&p, (uint16_t)i);
+        PK(&p, "N");
+    }
+    PK(&p, "u.");
+    assert_int_equal(open_pickle(&p, &tz), KW_E_PT_PICKLE);
+    assert_non_null(strstr(kw_error_detail(), "more than"));
+    free(p.p);
+    p = (buf){0};
+    PK(&p, "\x80\x02}");
+    for (uint32_t i = 0; i <= KW_TORCHZIP_MAX_VALUES / 2; ++i)
+        PK(&p, "K\x01K\x01s");
+    PK(&p, ".");
+    assert_int_equal(open_pickle(&p, &tz), KW_E_LIMIT);
+    free(p.p);
+    p = (buf){0};
+    PK(&p, "\x80\x02");
+    for (uint32_t i = 0; i <= (1u << 20); ++i)
+        PK(&p, "N");
+    PK(&p, ".");
+    assert_int_equal(open_pickle(&p, &tz), KW_E_LIMIT);
+    free(p.p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_crc32),           cmocka_unit_test(test_accept),       cmocka_unit_test(test_reject),
-        cmocka_unit_test(test_write_roundtrip), cmocka_unit_test(test_damage_sweep),
+        cmocka_unit_test(test_crc32),        cmocka_unit_test(test_accept),
+        cmocka_unit_test(test_reject),       cmocka_unit_test(test_write_roundtrip),
+        cmocka_unit_test(test_damage_sweep), cmocka_unit_test(test_crafted_pickles),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
