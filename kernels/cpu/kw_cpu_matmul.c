@@ -78,45 +78,29 @@ KW_TARGET_AVX2 static inline float kw_hsum_avx2(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* One W row at a time in memory order (see kw_gemv_avx512_bf16_split for why), four accumulators over 32 values,
+ * scalar tail. */
 #define KW_GEMV_AVX2_BODY(DTYPE)                                                                                       \
     do {                                                                                                               \
-        int64_t n = n0;                                                                                                \
-        for (; n + 4 <= n1; n += 4) {                                                                                  \
+        const int64_t k32 = K & ~(int64_t)31;                                                                          \
+        for (int64_t n = n0; n < n1; ++n) {                                                                            \
+            const int64_t r = n * K;                                                                                   \
             for (int64_t m = 0; m < M; ++m) {                                                                          \
                 const float *xm = x + m * K;                                                                           \
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                            \
+                __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;                                                   \
                 int64_t k = 0;                                                                                         \
-                for (; k + 8 <= K; k += 8) {                                                                           \
-                    const __m256 xv = _mm256_loadu_ps(xm + k);                                                         \
-                    a0 = _mm256_fmadd_ps(xv, kw_ld8_avx2(w, DTYPE, (n + 0) * K + k), a0);                              \
-                    a1 = _mm256_fmadd_ps(xv, kw_ld8_avx2(w, DTYPE, (n + 1) * K + k), a1);                              \
-                    a2 = _mm256_fmadd_ps(xv, kw_ld8_avx2(w, DTYPE, (n + 2) * K + k), a2);                              \
-                    a3 = _mm256_fmadd_ps(xv, kw_ld8_avx2(w, DTYPE, (n + 3) * K + k), a3);                              \
+                for (; k < k32; k += 32) {                                                                             \
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k), kw_ld8_avx2(w, DTYPE, r + k), a);                     \
+                    b = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k + 8), kw_ld8_avx2(w, DTYPE, r + k + 8), b);             \
+                    c = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k + 16), kw_ld8_avx2(w, DTYPE, r + k + 16), c);           \
+                    d = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k + 24), kw_ld8_avx2(w, DTYPE, r + k + 24), d);           \
                 }                                                                                                      \
-                float s0 = kw_hsum_avx2(a0), s1 = kw_hsum_avx2(a1), s2 = kw_hsum_avx2(a2), s3 = kw_hsum_avx2(a3);      \
-                for (; k < K; ++k) {                                                                                   \
-                    s0 += xm[k] * kw_w_scalar(w, DTYPE, (n + 0) * K + k);                                              \
-                    s1 += xm[k] * kw_w_scalar(w, DTYPE, (n + 1) * K + k);                                              \
-                    s2 += xm[k] * kw_w_scalar(w, DTYPE, (n + 2) * K + k);                                              \
-                    s3 += xm[k] * kw_w_scalar(w, DTYPE, (n + 3) * K + k);                                              \
-                }                                                                                                      \
-                y[m * N + n] = s0;                                                                                     \
-                y[m * N + n + 1] = s1;                                                                                 \
-                y[m * N + n + 2] = s2;                                                                                 \
-                y[m * N + n + 3] = s3;                                                                                 \
-            }                                                                                                          \
-        }                                                                                                              \
-        for (; n < n1; ++n) {                                                                                          \
-            for (int64_t m = 0; m < M; ++m) {                                                                          \
-                const float *xm = x + m * K;                                                                           \
-                __m256 a0 = _mm256_setzero_ps();                                                                       \
-                int64_t k = 0;                                                                                         \
                 for (; k + 8 <= K; k += 8)                                                                             \
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k), kw_ld8_avx2(w, DTYPE, n * K + k), a0);               \
-                float s0 = kw_hsum_avx2(a0);                                                                           \
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k), kw_ld8_avx2(w, DTYPE, r + k), a);                     \
+                float sum = kw_hsum_avx2(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));                     \
                 for (; k < K; ++k)                                                                                     \
-                    s0 += xm[k] * kw_w_scalar(w, DTYPE, n * K + k);                                                    \
-                y[m * N + n] = s0;                                                                                     \
+                    sum += xm[k] * kw_w_scalar(w, DTYPE, r + k);                                                       \
+                y[m * N + n] = sum;                                                                                    \
             }                                                                                                          \
         }                                                                                                              \
     } while (0)
