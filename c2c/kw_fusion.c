@@ -220,6 +220,13 @@ typedef struct kw_fusion_run_state {
     uint8_t *pair_fused, *pair_skipped; /* (sharer, receiver layer) flags */
 } kw_fusion_run_state;
 
+/* 1 if some receiver layer with an open gate takes its rows from sharer layer l. */
+static int kw_fusion_layer_needed(const kw_fusion *f, const kw_fusion_sh *s, int32_t l) {
+    for (int32_t t = 0; t < f->n_layers; ++t)
+        if (s->tgt_src[t] == l && s->tgt_open[t] != 0) return 1;
+    return 0;
+}
+
 /* The transfer phase: sharer rows [start, start + T) of every needed sharer layer into backend tensors. */
 static int kw_fusion_do_transfer(kw_fusion_run_state *st, kw_fusion_scratch *sc, int32_t section, int64_t start,
                                  int64_t T, int32_t mask) {
@@ -230,11 +237,11 @@ static int kw_fusion_do_transfer(kw_fusion_run_state *st, kw_fusion_scratch *sc,
         sc->src_k[i] = calloc((size_t)s->n_layers, sizeof(kw_tensor));
         sc->src_v[i] = calloc((size_t)s->n_layers, sizeof(kw_tensor));
         KW_RETURN_IF(!sc->src_k[i] || !sc->src_v[i], KW_E_NOMEM, "fusion: out of memory");
+        int32_t n_sent = 0, sent = 0;
+        for (int32_t l = 0; l < s->n_layers; ++l)
+            n_sent += kw_fusion_layer_needed(f, s, l);
         for (int32_t l = 0; l < s->n_layers; ++l) {
-            int needed = 0;
-            for (int32_t t = 0; t < f->n_layers && !needed; ++t)
-                needed = s->tgt_src[t] == l && s->tgt_open[t] != 0;
-            if (!needed) continue;
+            if (!kw_fusion_layer_needed(f, s, l)) continue;
             const int64_t ne[3] = {T, s->n_heads, s->head_dim};
             KW_FORWARD(kw_tensor_alloc(f->backend, &sc->src_k[i][l], KW_DTYPE_F32, 3, ne));
             KW_FORWARD(kw_tensor_alloc(f->backend, &sc->src_v[i][l], KW_DTYPE_F32, 3, ne));
@@ -253,6 +260,9 @@ static int kw_fusion_do_transfer(kw_fusion_run_state *st, kw_fusion_scratch *sc,
             KW_FORWARD(kw_kvcache_read_rows(st->scache[i], l, start, T, sc->host_k, sc->host_v));
             kw_fusion_transfer xfer = {.sharer = i,
                                        .source_layer = l,
+                                       .n_source_layers = s->n_layers,
+                                       .layer_index = sent++,
+                                       .n_layers_sent = n_sent,
                                        .section = section,
                                        .pos0 = start,
                                        .n_tokens = T,

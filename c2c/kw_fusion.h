@@ -70,6 +70,9 @@ enum kw_fusion_mode {
 typedef struct kw_fusion_transfer {
     int32_t sharer;            /* index into the sharer list */
     int32_t source_layer;      /* sharer layer */
+    int32_t n_source_layers;   /* layers of the sharer model */
+    int32_t layer_index;       /* this call is number layer_index (from 0) of the n_layers_sent calls that hand */
+    int32_t n_layers_sent;     /* over this sharer's rows for this section, in increasing source_layer order */
     int32_t section;           /* section index */
     int64_t pos0;              /* first position of the section */
     int64_t n_tokens;          /* rows */
@@ -81,7 +84,8 @@ typedef struct kw_fusion_transfer {
 } kw_fusion_transfer;
 
 /* Called once per (fused section, selected sharer, needed sharer layer), in that order, after the sharers' prefill and
- * before projection. A negative return aborts the run with that status. */
+ * before projection; the layer_index / n_layers_sent pair lets a hook frame one message (e.g. one KVWire blob) per
+ * section and sharer. A negative return aborts the run with that status. */
 typedef int (*kw_fusion_hook_fn)(void *user, kw_fusion_transfer *t);
 
 typedef struct kw_fusion_sharer {

@@ -411,7 +411,9 @@ static int hook(void *user, kw_fusion_transfer *t) {
     if (h->fail_at && h->calls == h->fail_at) return kw_error_set(KW_E_WIRE_CORRUPT, "test hook: injected failure");
     h->layers_seen |= 1 << t->source_layer;
     h->tokens = t->n_tokens;
-    if (t->sharer != 0 || t->n_heads != 2 || t->head_dim != 8 || t->pos0 != 0 || t->section != 0) ++h->bad_shape;
+    if (t->sharer != 0 || t->n_heads != 2 || t->head_dim != 8 || t->pos0 != 0 || t->section != 0 ||
+        t->n_source_layers != 3 || t->n_layers_sent != 3 || t->layer_index != t->source_layer)
+        ++h->bad_shape;
     for (int64_t i = 0; i < t->n_tokens * t->n_heads * t->head_dim; ++i)
         t->k[i] *= h->scale;
     t->wire_bytes = 1000 + t->source_layer;
