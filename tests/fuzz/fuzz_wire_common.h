@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_bytes.h"
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_internal.h"
 
 #define FUZZ_CHECK(cond)                                                                                               \
     do {                                                                                                               \
@@ -119,6 +121,27 @@ static inline int fuzz_wire_oneshot(const uint8_t *data, size_t size, fuzz_diges
     }
     kw_wire_reader_close(r);
     return rc;
+}
+
+/* Rewrites every checksum of a (possibly malformed) blob that the structure lets us locate: the header, each section
+ * (walking the declared sizes) and the trailer. Without this nearly every mutation dies at the header checksum and
+ * the fuzzer never reaches the section and body checks; the library itself has no fuzzing mode. */
+static inline void fuzz_wire_reseal(uint8_t *p, size_t size) {
+    if (size < KW_WIRE_HEADER_BYTES) return;
+    kw_store_le64(p + KW__HDR_CHECKSUM, kw__wire_hash_bytes(p, KW__HDR_CHECKSUM));
+    const uint32_t n = kw_load_le16(p + KW__HDR_N_SECTIONS);
+    size_t at = KW_WIRE_HEADER_BYTES;
+    for (uint32_t s = 0; s < n; ++s) {
+        if (size - at < KW_WIRE_SECTION_HEAD_BYTES) return;
+        const uint64_t len = KW_WIRE_SECTION_HEAD_BYTES +
+                             (uint64_t)KW_WIRE_GROUP_DESC_BYTES * kw_load_le16(p + at + KW__SEC_N_GROUPS) +
+                             kw_load_le32(p + at + KW__SEC_STORED_BYTES);
+        if (len + KW_WIRE_CHECKSUM_BYTES > size - at) return;
+        kw_store_le64(p + at + len, kw__wire_hash_bytes(p + at, (size_t)len));
+        at += (size_t)len + KW_WIRE_CHECKSUM_BYTES;
+    }
+    if (size - at < KW_WIRE_TRAILER_BYTES) return;
+    kw_store_le64(p + at + KW__TRL_CHECKSUM, kw__wire_hash_bytes(p, at + KW__TRL_CHECKSUM));
 }
 
 #endif /* KW_FUZZ_WIRE_COMMON_H */

@@ -1,5 +1,6 @@
 /* fuzz_wire_stream.c: libFuzzer target for the streaming KVWire decoder. The first 8 input bytes choose the chunk
- * sizes (1 to 64 bytes, or a large chunk); the rest is the blob. Each chunk is fed from its own exact-size copy, so a
+ * sizes (1 to 64 bytes, or a large chunk) and, by their lowest bit, whether the blob's checksums are resealed first;
+ * the rest is the blob. Each chunk is fed from its own exact-size copy, so a
  * read past it is caught, and the result (status, sections, decoded values) must equal the one-shot decode of the
  * same blob. */
 #include "tests/fuzz/fuzz_wire_common.h"
@@ -10,8 +11,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 8) return 0;
     uint64_t seed;
     memcpy(&seed, data, 8);
-    data += 8;
     size -= 8;
+    uint8_t *blob = malloc(size ? size : 1); /* resealed copy: see fuzz_wire_reseal */
+    FUZZ_CHECK(blob);
+    memcpy(blob, data + 8, size);
+    if (seed & 1) fuzz_wire_reseal(blob, size);
+    data = blob;
     fuzz_digest one = {0}, str = {0};
     const int rc_one = fuzz_wire_oneshot(data, size, &one);
 
@@ -51,5 +56,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* same verdict, same sections, same values as the one-shot reader */
     FUZZ_CHECK(rc == rc_one);
     FUZZ_CHECK(str.sections == one.sections && str.h == one.h);
+    free(blob);
     return 0;
 }
