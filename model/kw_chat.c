@@ -265,7 +265,7 @@ static int kw_chat_llama32(kw_chat_buf *b, const kw_chat_message *m, size_t n, c
 int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
                    const kw_chat_options *options, char **out, size_t *out_len) {
     KW_RETURN_IF(!out || !out_len || (!messages && n_messages), KW_E_INVALID_ARG, "kw_chat_render: NULL argument");
-    const kw_chat_options defaults = {.add_generation_prompt = 1, .enable_thinking = 1, .date_string = NULL};
+    const kw_chat_options defaults = {.add_generation_prompt = 0, .enable_thinking = 1, .date_string = NULL};
     const kw_chat_options *o = options ? options : &defaults;
     KW_FORWARD(kw_chat_check(messages, n_messages));
     kw_chat_buf b = {0};

@@ -24,7 +24,10 @@ typedef struct kw_chat_options {
 } kw_chat_options;
 
 /* Renders messages into a new NUL-terminated string (*out, owned by the caller, free()). KW_E_TEMPLATE for inputs
- * the real template rejects (e.g. roles out of order where it raises). */
+ * the real template rejects (an empty message list) and for what the C renderers do not implement: roles other than
+ * system/user/assistant (the templates' tool branches). KW_E_INVALID_ARG for a NULL role or content, an unknown
+ * family, or Llama-3.2 without options->date_string. options NULL = transformers' defaults: no generation prompt,
+ * enable_thinking not passed (same as 1), no date. */
 int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
                    const kw_chat_options *options, char **out, size_t *out_len);
 

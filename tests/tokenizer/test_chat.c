@@ -121,6 +121,22 @@ static void test_c2c_prompt_qwen3(void **state) {
     free(text);
 }
 
+static void test_null_options(void **state) {
+    (void)state;
+    /* NULL options: transformers' defaults (no generation prompt, enable_thinking not passed). */
+    const kw_chat_message m[] = {{"user", "hi"}, {"assistant", "<think>t</think>a"}};
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(kw_chat_render(KW_CHAT_QWEN3, m, 2, NULL, &text, &len), 0);
+    assert_string_equal(text,
+                        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\nt\n</think>\n\na<|im_end|>\n");
+    free(text);
+    assert_int_equal(kw_chat_render(KW_CHAT_QWEN25, m, 1, NULL, &text, &len), 0);
+    assert_string_equal(text, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+                              "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n");
+    free(text);
+}
+
 static void test_refusals(void **state) {
     (void)state;
     char *text = NULL;
@@ -152,9 +168,10 @@ static void test_family_names(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_qwen3),    cmocka_unit_test(test_qwen25),
-        cmocka_unit_test(test_llama32),  cmocka_unit_test(test_c2c_prompt_qwen3),
-        cmocka_unit_test(test_refusals), cmocka_unit_test(test_family_names),
+        cmocka_unit_test(test_qwen3),        cmocka_unit_test(test_qwen25),
+        cmocka_unit_test(test_llama32),      cmocka_unit_test(test_c2c_prompt_qwen3),
+        cmocka_unit_test(test_refusals),     cmocka_unit_test(test_null_options),
+        cmocka_unit_test(test_family_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
