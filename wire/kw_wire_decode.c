@@ -700,6 +700,19 @@ int kw_wire_section_positions(const kw_wire_section *sec, uint32_t *out, size_t 
 /* One passthrough row to f32 or bf16. */
 static int kw__dec_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t n, void *out, uint32_t out_dtype) {
     if (out_dtype == KW_WIRE_DTYPE_F32) return kw_wire_passthrough_row(codec, src, n, (float *)out);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (codec == KW_WIRE_CODEC_BF16) {
+        /* bf16 to bf16: a copy, after checking that every value is finite */
+        uint16_t bad = 0;
+        for (uint32_t i = 0; i < n; ++i) {
+            uint16_t h;
+            memcpy(&h, src + 2 * (size_t)i, 2);
+            bad |= (uint16_t)((h & 0x7f80u) == 0x7f80u);
+        }
+        memcpy(out, src, (size_t)n * 2);
+        return bad ? KW_E_WIRE_VALUE : 0;
+    }
+#endif
     float tmp[256];
     int rc = 0;
     for (uint32_t i = 0; i < n; i += 256) {

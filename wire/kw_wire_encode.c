@@ -254,6 +254,13 @@ static int kw__enc_passthrough(const kw_wire_encoder *e, const kw_wire_tensor_in
                          (double)kw_f32_from_bits(amax), kw_wire_codec_name(codec));
             uint8_t *o = dst + ((size_t)h * tg + t) * D * 2;
             const uint16_t *x16 = (const uint16_t *)row;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            if ((dt == KW_WIRE_DTYPE_BF16 && codec == KW_WIRE_CODEC_BF16) ||
+                (dt == KW_WIRE_DTYPE_F16 && codec == KW_WIRE_CODEC_F16)) {
+                memcpy(o, row, (size_t)D * 2); /* same dtype: the bytes are the codes */
+                continue;
+            }
+#endif
             for (uint32_t d = 0; d < D; ++d) {
                 float f;
                 if (dt == KW_WIRE_DTYPE_F32)

@@ -230,9 +230,11 @@ KW_HD uint32_t kw_wire_nf4_code(float y) {
     const uint32_t mid[15] = {0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu,
                               0xbe0d38bcu, 0xbd3a7871u, 0x3d22faffu, 0x3df64862u, 0x3e5067e0u,
                               0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau};
-    uint32_t c = 0;
-    for (uint32_t i = 0; i < 15; ++i)
-        c += y > kw_f32_from_bits(mid[i]) ? 1u : 0u;
+    /* branchless binary search for the number of midpoints below y */
+    uint32_t c = y > kw_f32_from_bits(mid[7]) ? 8u : 0u;
+    c += y > kw_f32_from_bits(mid[c + 3]) ? 4u : 0u;
+    c += y > kw_f32_from_bits(mid[c + 1]) ? 2u : 0u;
+    c += y > kw_f32_from_bits(mid[c]) ? 1u : 0u;
     if (c < 15 && y == kw_f32_from_bits(mid[c]) && (c & 1u)) ++c; /* tie between c and c+1: take the even one */
     return c;
 }
