@@ -1,0 +1,295 @@
+/* bench_codec.c: `kvwire bench codec` measures KVWire encode and decode throughput per codec and granularity on one
+ * core for a realistic shape (default Qwen3-0.6B: 28 layers x 8 kv heads x 128 dims, 512 tokens), as GB/s of bf16
+ * input and as a ratio to memcpy of the same bf16 buffer measured in the same run, and the bytes per KV element of
+ * the real blob (payload + scales + indices + headers + checksums) against the payload-only ideal. Best of --reps
+ * runs. It measures the library as the daemons use it: whole blobs through the encoder and the one-shot reader. */
+#include "kw_benches.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "common/kw_time.h"
+#include "wire/kw_wire.h"
+
+const char kw_bench_codec_summary[] = "KVWire encode/decode GB/s per codec vs memcpy, and bytes per KV element";
+
+typedef struct kw__bench_cfg {
+    const char *name;
+    kw_wire_codec_spec spec;
+    int zstd;
+} kw__bench_cfg;
+
+#define Q(c, g, s, l)                                                                                                  \
+    { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s, l }
+static const kw__bench_cfg kw__bench_cfgs[] = {
+    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0},
+    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0},
+    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0},
+    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0},
+    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0},
+    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0},
+    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0},
+    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0},
+    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0},
+    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0},
+    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0},
+    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0},
+    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0},
+    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3},
+    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3},
+};
+#undef Q
+
+static uint64_t kw__bench_rng(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* KV-like values: per-head scale, bell-shaped, a few outlier channels (as in real K caches). */
+static void kw__bench_fill(uint16_t *x, uint32_t H, uint32_t T, uint32_t D, uint64_t seed) {
+    uint64_t s = seed;
+    for (uint32_t h = 0; h < H; ++h) {
+        const float mag = 0.05f + (float)(kw__bench_rng(&s) % 1000) / 250.0f;
+        for (uint32_t t = 0; t < T; ++t)
+            for (uint32_t d = 0; d < D; ++d) {
+                float v = 0;
+                for (int k = 0; k < 4; ++k)
+                    v += (float)((int32_t)(kw__bench_rng(&s) >> 41) - (1 << 22)) * 0x1p-22f;
+                if (d % 37 == 5) v *= 8.0f;
+                x[((size_t)h * T + t) * D + d] = kw_f32_to_bf16(v * mag);
+            }
+    }
+}
+
+static double kw__best(double a, double b) {
+    return a < b ? a : b;
+}
+
+typedef struct kw__bench_ctx {
+    const kw_wire_header *hdr;
+    uint32_t L, T, D;
+    size_t per;
+    const uint16_t *kv;
+    uint16_t *out_bf16;
+    float *out_f32;
+    uint8_t *blob;
+    size_t cap;
+    enum kw_wire_isa isa;
+} kw__bench_ctx;
+
+/* Encodes all layers into c->blob; returns the seconds taken (a failure is in *rc). */
+static double kw__bench_encode(const kw__bench_ctx *c, const kw_wire_policy *pol, size_t *size, kw_wire_breakdown *bd,
+                               int *rc) {
+    const kw_wire_encoder_options eopt = {.isa = (uint8_t)c->isa};
+    kw_wire_encoder *enc;
+    if ((*rc = kw_wire_encoder_create(c->hdr, &eopt, &enc)) < 0) return 0;
+    const uint64_t t0 = kw_time_now_ns();
+    size_t at = 0, w = 0;
+    *rc = kw_wire_encoder_write_header(enc, c->blob, c->cap, &w);
+    at += w;
+    for (uint32_t l = 0; l < c->L && *rc == 0; ++l) {
+        kw_wire_layer_in in = {.layer = l, .n_tokens = c->T};
+        in.k = (kw_wire_tensor_in){c->kv + (2 * (size_t)l) * c->per, (size_t)c->T * c->D, c->D, NULL};
+        in.v = (kw_wire_tensor_in){c->kv + (2 * (size_t)l + 1) * c->per, (size_t)c->T * c->D, c->D, NULL};
+        *rc = kw_wire_encoder_write_section(enc, &in, pol, c->blob + at, c->cap - at, &w);
+        at += w;
+    }
+    if (*rc == 0) *rc = kw_wire_encoder_write_trailer(enc, c->blob + at, c->cap - at, &w);
+    at += w;
+    const double t = kw_time_seconds(t0, kw_time_now_ns());
+    *size = at;
+    *bd = *kw_wire_encoder_breakdown(enc);
+    kw_wire_encoder_destroy(enc);
+    return t;
+}
+
+/* Decodes c->blob (size bytes) into the f32 or bf16 output with the one-shot reader; returns the seconds taken. */
+static double kw__bench_decode(const kw__bench_ctx *c, size_t size, int f32, int *rc) {
+    const kw_wire_decoder_options dopt = {.isa = (uint8_t)c->isa};
+    const uint64_t t0 = kw_time_now_ns();
+    kw_wire_reader *rd;
+    const kw_wire_header *h;
+    if ((*rc = kw_wire_reader_open(c->blob, size, &dopt, &rd, &h)) < 0) return 0;
+    const kw_wire_section *s;
+    uint32_t l = 0;
+    int r;
+    while ((r = kw_wire_reader_next(rd, &s)) == 1) {
+        void *base =
+            f32 ? (void *)(c->out_f32 + 2 * (size_t)l * c->per) : (void *)(c->out_bf16 + 2 * (size_t)l * c->per);
+        const size_t es = f32 ? 4 : 2;
+        const kw_wire_tensor_out ko = {base, f32 ? KW_WIRE_DTYPE_F32 : KW_WIRE_DTYPE_BF16, (size_t)c->T * c->D, c->D};
+        const kw_wire_tensor_out vo = {(uint8_t *)base + c->per * es, ko.dtype, (size_t)c->T * c->D, c->D};
+        if ((r = kw_wire_section_dequantize(s, &ko, &vo)) < 0) break;
+        ++l;
+    }
+    kw_wire_reader_close(rd);
+    *rc = r;
+    return kw_time_seconds(t0, kw_time_now_ns());
+}
+
+int kw_bench_codec(int argc, char **argv) {
+    uint32_t L = 28, H = 8, D = 128, T = 512, reps = 5;
+    enum kw_wire_isa isa = KW_WIRE_ISA_AUTO;
+    const char *only = NULL;
+    for (int i = 1; i < argc; ++i) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--layers") && v)
+            L = (uint32_t)atoi(v), ++i;
+        else if (!strcmp(a, "--heads") && v)
+            H = (uint32_t)atoi(v), ++i;
+        else if (!strcmp(a, "--dim") && v)
+            D = (uint32_t)atoi(v), ++i;
+        else if (!strcmp(a, "--tokens") && v)
+            T = (uint32_t)atoi(v), ++i;
+        else if (!strcmp(a, "--reps") && v)
+            reps = (uint32_t)atoi(v), ++i;
+        else if (!strcmp(a, "--only") && v)
+            only = v, ++i;
+        else if (!strcmp(a, "--isa") && v) {
+            isa = !strcmp(v, "scalar")   ? KW_WIRE_ISA_SCALAR
+                  : !strcmp(v, "avx2")   ? KW_WIRE_ISA_AVX2
+                  : !strcmp(v, "avx512") ? KW_WIRE_ISA_AVX512
+                                         : KW_WIRE_ISA_AUTO;
+            ++i;
+        } else {
+            fprintf(stderr,
+                    "usage: kvwire bench codec [--layers 28] [--heads 8] [--dim 128] [--tokens 512] [--reps 5]\n"
+                    "                          [--isa auto|scalar|avx2|avx512] [--only SUBSTRING]\n");
+            return 2;
+        }
+    }
+    if (!L || !H || !D || !T || !reps || L > KW_WIRE_MAX_LAYERS || H > KW_WIRE_MAX_HEADS || D % 8 ||
+        D > KW_WIRE_MAX_HEAD_DIM || T > KW_WIRE_MAX_POSITIONS) {
+        fprintf(stderr, "kvwire bench codec: shape out of range\n");
+        return 2;
+    }
+    const size_t per = (size_t)H * T * D;    /* elements of one K or V */
+    const size_t in_bytes = 2 * per * 2 * L; /* bf16 K and V of every layer */
+    uint16_t *kv = malloc(in_bytes), *out_bf16 = malloc(in_bytes), *copy = malloc(in_bytes);
+    float *out_f32 = malloc(in_bytes * 2);
+    if (!kv || !out_bf16 || !copy || !out_f32) {
+        fprintf(stderr, "kvwire bench codec: out of memory\n");
+        return 1;
+    }
+    for (uint32_t l = 0; l < 2 * L; ++l)
+        kw__bench_fill(kv + l * per, H, T, D, 1000 + l);
+    memset(out_bf16, 0, in_bytes);
+    memset(copy, 0, in_bytes);
+    memset(out_f32, 0, in_bytes * 2);
+
+    double gbs_memcpy_best = 0;
+    printf("KVWire codecs: %u layers x %u kv heads x %u dims x %u tokens, bf16 input %.1f MB, one core, isa %s, "
+           "best of %u\n",
+           L, H, D, T, (double)in_bytes * 1e-6, kw_wire_isa_name(kw_wire_isa_resolve(isa)), reps);
+    printf("%-22s %6s %9s %6s %9s %6s %9s %6s %11s %8s %7s %8s\n", "codec/granularity/scale", "memcpy", "enc GB/s",
+           "x mcpy", "dec->bf16", "x mcpy", "dec->f32", "x mcpy", "blob bytes", "B/elem", "ideal", "hdr+idx");
+
+    kw_wire_header hdr = {.n_layers = (uint16_t)L,
+                          .n_sections = (uint16_t)L,
+                          .n_kv_heads = (uint16_t)H,
+                          .head_dim = (uint16_t)D,
+                          .n_positions = T,
+                          .src_dtype = KW_WIRE_DTYPE_BF16};
+    uint8_t *blob = NULL;
+    size_t blob_cap = 0;
+    int rc = 0;
+    double worst_goal = 1e30;
+    for (size_t c = 0; c < sizeof kw__bench_cfgs / sizeof kw__bench_cfgs[0] && rc == 0; ++c) {
+        const kw__bench_cfg *cfg = &kw__bench_cfgs[c];
+        if (only && !strstr(cfg->name, only)) continue;
+        const kw_wire_policy pol = {.k = cfg->spec, .v = cfg->spec, .zstd_level = cfg->zstd};
+        size_t sec;
+        if ((rc = kw_wire_section_size(&hdr, &pol, T, NULL, &sec)) < 0) break;
+        const size_t cap = KW_WIRE_HEADER_BYTES + (size_t)L * sec + KW_WIRE_TRAILER_BYTES;
+        if (cap > blob_cap) {
+            free(blob);
+            blob = malloc(cap);
+            if (!blob) return 1;
+            memset(blob, 0, cap);
+            blob_cap = cap;
+        }
+        const kw__bench_ctx ctx = {&hdr, L, T, D, per, kv, out_bf16, out_f32, blob, cap, isa};
+        /* memcpy is timed in every repetition, next to the codec, so the ratio compares like with like on a busy
+         * machine; each figure is the best of reps */
+        double t_enc = 1e30, t_dec16 = 1e30, t_dec32 = 1e30, t_cpy = 1e30;
+        size_t size = 0;
+        kw_wire_breakdown bd = {0};
+        for (uint32_t r = 0; r < reps && rc == 0; ++r) {
+            const uint64_t t0 = kw_time_now_ns();
+            memcpy(copy, kv, in_bytes);
+            t_cpy = kw__best(t_cpy, kw_time_seconds(t0, kw_time_now_ns()));
+            t_enc = kw__best(t_enc, kw__bench_encode(&ctx, &pol, &size, &bd, &rc));
+            if (rc == 0) t_dec16 = kw__best(t_dec16, kw__bench_decode(&ctx, size, 0, &rc));
+            if (rc == 0) t_dec32 = kw__best(t_dec32, kw__bench_decode(&ctx, size, 1, &rc));
+        }
+        const double gbs_memcpy = (double)in_bytes / t_cpy * 1e-9;
+        gbs_memcpy_best = gbs_memcpy > gbs_memcpy_best ? gbs_memcpy : gbs_memcpy_best;
+        if (rc < 0) break;
+        const double enc_gbs = (double)in_bytes / t_enc * 1e-9, d16 = (double)in_bytes / t_dec16 * 1e-9,
+                     d32 = (double)in_bytes / t_dec32 * 1e-9;
+        const double elems = 2.0 * (double)per * L;
+        const double ideal = kw_wire_codec_bits(cfg->spec.codec) / 8.0;
+        printf("%-22s %6.2f %9.2f %6.2f %9.2f %6.2f %9.2f %6.2f %11zu %8.4f %7.4f %7.3f%%\n", cfg->name, gbs_memcpy,
+               enc_gbs, enc_gbs / gbs_memcpy, d16, d16 / gbs_memcpy, d32, d32 / gbs_memcpy, size, (double)size / elems,
+               ideal, 100.0 * (double)(bd.header + bd.indices + bd.checksums) / (double)size);
+        if ((cfg->spec.codec == KW_WIRE_CODEC_INT8 || cfg->spec.codec == KW_WIRE_CODEC_INT4) && !cfg->zstd &&
+            cfg->spec.granularity == KW_WIRE_GRAN_TOKEN) {
+            worst_goal = kw__best(worst_goal, kw__best(enc_gbs, d16) / gbs_memcpy);
+        }
+    }
+    /* Overhead with a sparse selection: a quarter of the positions, scattered, int4 per token: real blobs, measured */
+    for (int k = 0; k < 2 && rc == 0 && !only; ++k) {
+        const uint32_t sel = k ? T / 4 : T / 16;
+        if (sel == 0) break;
+        uint32_t *pos = malloc(sel * sizeof *pos);
+        if (!pos) return 1;
+        uint64_t s = 7;
+        for (uint32_t p = 0, i = 0, need = sel; p < T && need; ++p) /* uniform sample, sorted */
+            if (kw__bench_rng(&s) % (T - p) < need) pos[i++] = p, --need;
+        const kw_wire_policy pol = {.k = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+                                    .v = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0}};
+        kw_wire_encoder *enc;
+        if ((rc = kw_wire_encoder_create(&hdr, NULL, &enc)) < 0) break;
+        size_t at = 0, w = 0;
+        rc = kw_wire_encoder_write_header(enc, blob, blob_cap, &w);
+        at += w;
+        for (uint32_t l = 0; l < L && rc == 0; ++l) {
+            kw_wire_layer_in in = {.layer = l, .n_tokens = sel, .positions = pos};
+            in.k = (kw_wire_tensor_in){kv + (2 * (size_t)l) * per, (size_t)T * D, D, pos}; /* gather rows */
+            in.v = (kw_wire_tensor_in){kv + (2 * (size_t)l + 1) * per, (size_t)T * D, D, pos};
+            rc = kw_wire_encoder_write_section(enc, &in, &pol, blob + at, blob_cap - at, &w);
+            at += w;
+        }
+        if (rc == 0) rc = kw_wire_encoder_write_trailer(enc, blob + at, blob_cap - at, &w);
+        at += w;
+        const kw_wire_breakdown bd = *kw_wire_encoder_breakdown(enc);
+        kw_wire_encoder_destroy(enc);
+        free(pos);
+        if (rc < 0) break;
+        printf("%s%u of %u positions selected (int4 token f16): blob %zu bytes, %.4f B/elem, header+index+checksums "
+               "%.3f%% (index blocks %llu bytes)\n",
+               k ? "" : "\n", sel, T, at, (double)at / (2.0 * L * H * D * sel),
+               100.0 * (double)(bd.header + bd.indices + bd.checksums) / (double)at, (unsigned long long)bd.indices);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "kvwire bench codec: %s: %s\n", kw_status_name(rc), kw_error_detail());
+    } else if (worst_goal < 1e29) {
+        printf(
+            "\nGB/s count bf16 input bytes (2 per KV element) for encode and decode alike. B/elem = blob bytes per K "
+            "or V element\n(payload + scales + indices + headers + checksums); ideal = payload only. hdr+idx = "
+            "header, section heads,\ngroup tables, index blocks and checksums as a share of the blob.\n");
+        printf("goal: int8 and int4 (per-token scales) encode and decode >= 0.5x memcpy: worst %.2fx, %s\n", worst_goal,
+               worst_goal >= 0.5 ? "met" : "NOT met");
+    }
+    free(kv);
+    free(out_bf16);
+    free(out_f32);
+    free(copy);
+    free(blob);
+    return rc < 0 ? 1 : 0;
+}
