@@ -6,8 +6,9 @@
  * ByteLevel alphabet and merged by rank, with HF's priority-queue order (lowest rank, then leftmost position).
  *
  * What it is not: a general tokenizer.json interpreter. Only the components that Qwen2/2.5/3 and Llama-3 declare are
- * implemented; anything else is refused at load with KW_E_TOKENIZER and a reason naming the field. No offsets, no
- * truncation or padding, no post-processor (ids are returned without BOS/EOS, as with add_special_tokens=False).
+ * implemented; anything else is refused at load with KW_E_TOKENIZER and a reason naming the field. No truncation or
+ * padding, no post-processor (ids are returned without BOS/EOS, as with add_special_tokens=False). Offsets into the
+ * original text (HF's return_offsets_mapping) come from kw_tokenizer_encode_offsets, at the end of this file.
  *
  * Invariant: a loaded tokenizer is never written again, so encode/decode may run on many threads at once; all scratch
  * memory is per call. */
@@ -991,12 +992,17 @@ out:
 typedef struct kw_tok_sink kw_tok_sink;
 struct kw_tok_sink {
     int (*piece)(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id);
+    /* Optional (NULL): called before the pieces of each stretch between added tokens with the original bytes and
+     * the normalized ones the pieces point into (norm == orig when normalization changed nothing). */
+    int (*segment)(kw_tok_sink *sink, const uint8_t *orig, size_t orig_len, const uint8_t *norm, size_t norm_len);
 };
 
 /* Normalizes and pre-tokenizes one stretch of text that holds no added token. */
 static int kw_tok_walk_segment(const kw_tokenizer *tok, pcre2_match_data *md, const uint8_t *text, size_t len,
                                kw_tok_sink *sink) {
     if (len == 0) return 0;
+    const uint8_t *orig = text;
+    const size_t orig_len = len;
     uint8_t *norm = NULL;
     if (tok->nfc) {
         bool ascii = true;
@@ -1010,6 +1016,7 @@ static int kw_tok_walk_segment(const kw_tokenizer *tok, pcre2_match_data *md, co
         }
     }
     int rc = 0;
+    if (sink->segment) KW_CHECK(sink->segment(sink, orig, orig_len, text, len));
     size_t pos = 0;
     while (pos < len) {
         int r = pcre2_match(tok->split_re, text, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
@@ -1229,4 +1236,273 @@ int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok) {
 int kw_tokenizer_is_special(const kw_tokenizer *tok, int32_t id) {
     if (!tok || id < 0 || id >= tok->n_ids) return 0;
     return (tok->entries[id].flags & KW_TOK_SPECIAL) != 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Offsets (HF return_offsets_mapping)
+//
+// HF keeps, for every byte of the normalized text, the range of the original character it came from, and maps a
+// token's normalized bytes [a, b) to [align[a].start, align[b-1].end). Byte-level BPE tokens that hold part of a
+// multi-byte character therefore get the whole character's range. NFC (tokenizers' NormalizedString::nfc over
+// unicode-normalization-alignments) yields each normalized character with a change count, and the alignment follows
+// from the counts alone: a character with change c <= 0 takes the range of the next original character and skips -c
+// more; a character with c > 0 was inserted and takes the range of the last original character consumed. The counts
+// come from the normalization steps: every original character decomposes into pieces (the first with change 0, the
+// others +1), non-starter runs are sorted by combining class (counts travel with the characters), and composing a
+// starter with a later piece adds that piece's count minus one to the starter's. kw_tok_nfc_trace replays those
+// steps with utf8proc's data; if its result is not the normalized text the tokenizer used (which never happened on
+// the fixtures), the first normalized character absorbs the difference in length and the rest map one to one.
+
+typedef struct kw_tok_nfc_item {
+    uint32_t cp;
+    int32_t change;
+    int16_t ccc;
+} kw_tok_nfc_item;
+
+/* The primary composite of a (a starter, maybe composed) and b, or 0. */
+static uint32_t kw_tok_compose_pair(uint32_t a, uint32_t b) {
+    if (a >= 0x1100 && a <= 0x1112 && b >= 0x1161 && b <= 0x1175)
+        return 0xAC00 + ((a - 0x1100) * 21 + (b - 0x1161)) * 28;
+    if (a >= 0xAC00 && a <= 0xD7A3 && (a - 0xAC00) % 28 == 0 && b >= 0x11A8 && b <= 0x11C2) return a + (b - 0x11A7);
+    if (kw_tok_nfc_is_unknown(a) || kw_tok_nfc_is_unknown(b)) return 0;
+    const utf8proc_property_t *pb = utf8proc_get_property((utf8proc_int32_t)b);
+    if (pb->comb_index == UINT16_MAX || pb->comb_index < 0x8000) return 0; /* b is never the second of a pair */
+    utf8proc_int32_t in[2] = {(utf8proc_int32_t)a, (utf8proc_int32_t)b};
+    const utf8proc_ssize_t n = utf8proc_normalize_utf32(in, 2, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    return n == 1 ? (uint32_t)in[0] : 0;
+}
+
+/* Replays NFC on the n original characters cps[0..n) into items (capacity cap), *m receiving the count. Returns 0,
+ * or -1 when cap is too small. */
+static int kw_tok_nfc_trace(const uint32_t *cps, size_t n, kw_tok_nfc_item *items, size_t cap, size_t *m) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; ++i) {
+        utf8proc_int32_t d[32];
+        int last = 0;
+        utf8proc_ssize_t nd = 1;
+        d[0] = (utf8proc_int32_t)cps[i];
+        if (!kw_tok_nfc_is_unknown(cps[i])) {
+            nd = utf8proc_decompose_char((utf8proc_int32_t)cps[i], d, 32, UTF8PROC_DECOMPOSE, &last);
+            if (nd < 1 || nd > 32) {
+                nd = 1;
+                d[0] = (utf8proc_int32_t)cps[i];
+            }
+        }
+        for (utf8proc_ssize_t j = 0; j < nd; ++j) {
+            if (k == cap) return -1;
+            const uint32_t c = (uint32_t)d[j];
+            items[k++] = (kw_tok_nfc_item){
+                c, j > 0 ? 1 : 0,
+                kw_tok_nfc_is_unknown(c) ? 0 : utf8proc_get_property((utf8proc_int32_t)c)->combining_class};
+        }
+    }
+    /* canonical ordering: stable sort of each run of non-starters by class */
+    for (size_t i = 1; i < k; ++i) {
+        const kw_tok_nfc_item x = items[i];
+        if (x.ccc == 0) continue;
+        size_t j = i;
+        while (j > 0 && items[j - 1].ccc > x.ccc)
+            items[j] = items[j - 1], --j;
+        items[j] = x;
+    }
+    /* canonical composition */
+    size_t out = 0, starter = SIZE_MAX;
+    int last_ccc = -1;
+    for (size_t i = 0; i < k; ++i) {
+        const kw_tok_nfc_item x = items[i];
+        if (starter != SIZE_MAX && (last_ccc == 0 ? out == starter + 1 : last_ccc < x.ccc)) {
+            const uint32_t c = kw_tok_compose_pair(items[starter].cp, x.cp);
+            if (c != 0) {
+                items[starter].cp = c;
+                items[starter].change += x.change - 1;
+                continue;
+            }
+        }
+        if (x.ccc == 0) starter = out;
+        last_ccc = x.ccc;
+        items[out++] = x;
+    }
+    *m = out;
+    return 0;
+}
+
+typedef struct kw_tok_offsets_sink {
+    kw_tok_sink base;
+    const kw_tokenizer *tok;
+    kw_tok_scratch scratch;
+    kw_tok_ids ids;
+    size_t *off; /* 2 per id: original byte range */
+    size_t off_cap;
+    const uint8_t *text; /* the original text */
+    size_t len;
+    const uint8_t *norm; /* the current stretch's normalized bytes */
+    size_t *al;          /* 2 per normalized byte: original byte range (unused when identity) */
+    size_t al_cap;
+    bool identity;  /* the stretch is its own normalization */
+    size_t *ranges; /* scratch: original character ranges of a stretch, then the byte -> character map */
+    size_t ranges_cap;
+    uint32_t *cps;        /* scratch: original code points of a stretch */
+    kw_tok_nfc_item *nfc; /* scratch: the replayed normalization */
+    size_t cps_cap, nfc_cap;
+} kw_tok_offsets_sink;
+
+static int kw_tok_grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 64, bytes;
+    while (n < need)
+        KW_RETURN_IF(kw_size_mul(n, 2, &n) < 0, KW_E_OVERFLOW, "offsets: too large");
+    KW_RETURN_IF(kw_size_mul(n, elem, &bytes) < 0, KW_E_OVERFLOW, "offsets: too large");
+    void *q = realloc(*p, bytes);
+    KW_RETURN_IF(!q, KW_E_NOMEM, "offsets: out of memory");
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static int kw_tok_offsets_segment(kw_tok_sink *sink, const uint8_t *orig, size_t orig_len, const uint8_t *norm,
+                                  size_t norm_len) {
+    kw_tok_offsets_sink *o = (kw_tok_offsets_sink *)sink;
+    o->norm = norm;
+    o->identity = norm == orig;
+    if (o->identity) return 0;
+    const size_t base = (size_t)(orig - o->text);
+    size_t k = 0, m = 0, nfc_need;
+    KW_FORWARD(kw_tok_grow((void **)&o->ranges, &o->ranges_cap, 2 * orig_len, sizeof(size_t)));
+    KW_FORWARD(kw_tok_grow((void **)&o->cps, &o->cps_cap, orig_len, sizeof(uint32_t)));
+    KW_FORWARD(kw_tok_grow((void **)&o->al, &o->al_cap, 2 * norm_len + 2, sizeof(size_t)));
+    for (size_t i = 0; i < orig_len; ++k) {
+        const size_t n = kw_tok_utf8_decode(orig + i, &o->cps[k]);
+        o->ranges[2 * k] = base + i;
+        o->ranges[2 * k + 1] = base + i + n;
+        i += n;
+    }
+    KW_RETURN_IF(kw_size_mul(k, 18, &nfc_need) < 0, KW_E_OVERFLOW, "offsets: too large"); /* <= 18 pieces each */
+    KW_FORWARD(kw_tok_grow((void **)&o->nfc, &o->nfc_cap, nfc_need, sizeof(kw_tok_nfc_item)));
+    bool traced = kw_tok_nfc_trace(o->cps, k, o->nfc, o->nfc_cap, &m) == 0;
+    /* the replay must give the normalized text */
+    size_t b = 0;
+    for (size_t j = 0; traced && j < m; ++j) {
+        uint32_t cp = 0;
+        traced = b < norm_len;
+        if (traced) b += kw_tok_utf8_decode(norm + b, &cp);
+        traced = traced && cp == o->nfc[j].cp && b <= norm_len;
+    }
+    traced = traced && b == norm_len;
+    size_t cur = 0, start = o->ranges[0], end = o->ranges[1];
+    b = 0;
+    for (size_t j = 0; b < norm_len; ++j) {
+        uint32_t cp;
+        const size_t n = kw_tok_utf8_decode(norm + b, &cp);
+        if (traced) {
+            const int32_t c = o->nfc[j].change;
+            if (c <= 0 && cur < k) {
+                start = o->ranges[2 * cur];
+                end = o->ranges[2 * cur + 1];
+                cur += (size_t)1 + (size_t)(-(int64_t)c);
+            } else if (c > 0 && cur > 0) { /* inserted: the last consumed original character's range */
+                start = o->ranges[2 * (cur < k ? cur : k) - 2];
+                end = o->ranges[2 * (cur < k ? cur : k) - 1];
+            }
+        } else if (cur < k) { /* fallback: the first character absorbs the difference */
+            start = o->ranges[2 * cur];
+            end = o->ranges[2 * cur + 1];
+            cur += 1;
+            if (j == 0) {
+                size_t mm = 0;
+                for (size_t i = 0; i < norm_len; ++i)
+                    mm += (norm[i] & 0xC0) != 0x80;
+                cur += mm < k ? k - mm : 0;
+            }
+        }
+        for (size_t i = 0; i < n; ++i) {
+            o->al[2 * (b + i)] = start;
+            o->al[2 * (b + i) + 1] = end;
+        }
+        b += n;
+    }
+    return 0;
+}
+
+/* The original range of normalized bytes [a, a + n) of the current stretch (n >= 1). */
+static void kw_tok_offsets_map(const kw_tok_offsets_sink *o, size_t a, size_t n, size_t *start, size_t *end) {
+    if (!o->identity) {
+        *start = o->al[2 * a];
+        *end = o->al[2 * (a + n - 1) + 1];
+        return;
+    }
+    /* identity: widen to whole characters */
+    size_t s = (size_t)(o->norm - o->text) + a, e = s + n;
+    while (s > 0 && (o->text[s] & 0xC0) == 0x80)
+        --s;
+    while (e < o->len && (o->text[e] & 0xC0) == 0x80)
+        ++e;
+    *start = s;
+    *end = e;
+}
+
+static int kw_tok_offsets_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id) {
+    kw_tok_offsets_sink *o = (kw_tok_offsets_sink *)sink;
+    const size_t first = o->ids.n;
+    if (added_id >= 0)
+        KW_FORWARD(kw_tok_ids_push(&o->ids, added_id));
+    else
+        KW_FORWARD(kw_tok_bpe(o->tok, &o->scratch, s, n, &o->ids));
+    KW_FORWARD(kw_tok_grow((void **)&o->off, &o->off_cap, 2 * o->ids.n, sizeof(size_t)));
+    if (added_id >= 0) {
+        o->off[2 * first] = (size_t)(s - o->text);
+        o->off[2 * first + 1] = (size_t)(s - o->text) + n;
+        return 0;
+    }
+    size_t pos = (size_t)(s - o->norm);
+    const size_t stop = pos + n;
+    for (size_t i = first; i < o->ids.n; ++i) {
+        const size_t k = o->tok->entries[o->ids.v[i]].dec_len;
+        KW_RETURN_IF(k == 0 || k > stop - pos, KW_E_INTERNAL, "offsets: token %d does not cover its piece's bytes",
+                     o->ids.v[i]);
+        kw_tok_offsets_map(o, pos, k, &o->off[2 * i], &o->off[2 * i + 1]);
+        pos += k;
+    }
+    KW_RETURN_IF(pos != stop, KW_E_INTERNAL, "offsets: the tokens of a piece do not cover its %zu bytes", n);
+    return 0;
+}
+
+int kw_tokenizer_encode_offsets(const kw_tokenizer *tok, const char *text, size_t len, int chars, int32_t **ids,
+                                size_t **offsets, size_t *n_ids) {
+    KW_RETURN_IF(!tok || (!text && len) || !ids || !offsets || !n_ids, KW_E_INVALID_ARG,
+                 "kw_tokenizer_encode_offsets: NULL argument");
+    kw_tok_offsets_sink o = {
+        .base = {kw_tok_offsets_piece, kw_tok_offsets_segment}, .tok = tok, .text = (const uint8_t *)text, .len = len};
+    int rc = 0;
+    KW_CHECK(kw_tok_walk(tok, text, len, &o.base));
+    KW_CHECK(kw_tok_grow((void **)&o.off, &o.off_cap, 2 * o.ids.n + 2, sizeof(size_t)));
+    if (!o.ids.v) {
+        o.ids.v = malloc(sizeof(int32_t));
+        KW_CHECK_IF(!o.ids.v, KW_E_NOMEM, "out of memory");
+    }
+    if (chars) {
+        /* byte offsets (always at character boundaries) -> code point indices */
+        KW_CHECK(kw_tok_grow((void **)&o.ranges, &o.ranges_cap, len + 1, sizeof(size_t)));
+        size_t c = 0;
+        for (size_t i = 0; i < len; ++i) {
+            o.ranges[i] = c;
+            c += (o.text[i] & 0xC0) != 0x80;
+        }
+        o.ranges[len] = c;
+        for (size_t i = 0; i < 2 * o.ids.n; ++i)
+            o.off[i] = o.ranges[o.off[i]];
+    }
+    *ids = o.ids.v;
+    *offsets = o.off;
+    *n_ids = o.ids.n;
+    o.ids.v = NULL;
+    o.off = NULL;
+out:
+    free(o.ids.v);
+    free(o.off);
+    free(o.al);
+    free(o.ranges);
+    free(o.cps);
+    free(o.nfc);
+    kw_tok_scratch_free(&o.scratch);
+    return rc;
 }

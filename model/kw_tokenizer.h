@@ -22,6 +22,14 @@ void kw_tokenizer_free(kw_tokenizer *tok);
  * Invalid UTF-8 gives KW_E_UTF8. */
 int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n_ids);
 
+/* kw_tokenizer_encode plus the offsets HF gives with return_offsets_mapping=True: token i covers
+ * [(*offsets)[2i], (*offsets)[2i+1]) of the ORIGINAL text, in bytes (chars == 0) or in code points (chars != 0, the
+ * character offsets Python shows). As in HF, a token holding part of a multi-byte character gets the whole
+ * character's range, and NFC maps a composed character to the first original character it came from. *ids and
+ * *offsets (2 * *n_ids entries) are new arrays owned by the caller (free()). Invalid UTF-8 gives KW_E_UTF8. */
+int kw_tokenizer_encode_offsets(const kw_tokenizer *tok, const char *text, size_t len, int chars, int32_t **ids,
+                                size_t **offsets, size_t *n_ids);
+
 /* Decodes ids to UTF-8 (byte sequences that are not valid UTF-8 become U+FFFD, as HF does). skip_special drops the
  * special added tokens. *text is NUL-terminated, owned by the caller (free()); *len excludes the NUL.
  * Ids outside the vocabulary give KW_E_TOKEN_ID. */
