@@ -462,7 +462,7 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     s->checksum = kw_load_le64(view + total - KW_WIRE_CHECKSUM_BYTES);
     d->have_sec = 1;
 
-    kw__wire_hash_update(&d->hash, view, total);
+    kw__wire_hash_update(&d->hash, view + total - KW_WIRE_CHECKSUM_BYTES, KW_WIRE_CHECKSUM_BYTES); /* FORMAT.md §8 */
     d->offset += total;
     d->bd.header += table;
     d->bd.indices += d->s_index_bytes;

@@ -174,9 +174,13 @@ const kw_wire_breakdown *kw_wire_encoder_breakdown(const kw_wire_encoder *e) {
     return &e->bd;
 }
 
-/* Records n bytes just written at p as part of the blob. */
-static void kw__enc_commit(kw_wire_encoder *e, const uint8_t *p, size_t n) {
-    kw__wire_hash_update(&e->hash, p, n);
+/* Records n bytes just written at p as part of the blob; hashed (the blob checksum of FORMAT.md §8) are the header
+ * and each section's checksum, the last 8 of its bytes. */
+static void kw__enc_commit(kw_wire_encoder *e, const uint8_t *p, size_t n, int section) {
+    if (section)
+        kw__wire_hash_update(&e->hash, p + n - KW_WIRE_CHECKSUM_BYTES, KW_WIRE_CHECKSUM_BYTES);
+    else
+        kw__wire_hash_update(&e->hash, p, n);
     e->total += n;
     e->bd.total = e->total;
 }
@@ -203,7 +207,7 @@ int kw_wire_encoder_write_header(kw_wire_encoder *e, void *dst, size_t cap, size
     e->stage = 1;
     e->bd.header += KW__HDR_CHECKSUM;
     e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
-    kw__enc_commit(e, p, KW_WIRE_HEADER_BYTES);
+    kw__enc_commit(e, p, KW_WIRE_HEADER_BYTES, 0);
     *written = KW_WIRE_HEADER_BYTES;
     return 0;
 }
@@ -472,7 +476,7 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
     }
     e->sections += 1;
     e->last_layer = in->layer;
-    kw__enc_commit(e, p, total);
+    kw__enc_commit(e, p, total, 1);
     *written = total;
     return 0;
 }

@@ -61,6 +61,12 @@ void kw__wire_hash_reset(kw__wire_hash *h);
 void kw__wire_hash_update(kw__wire_hash *h, const void *data, size_t size);
 uint64_t kw__wire_hash_digest(const kw__wire_hash *h);
 uint64_t kw__wire_hash_bytes(const void *data, size_t size);
+/* The same hash built for one ISA each (kw_wire_hash_avx2.c, kw_wire_hash_avx512.c); kw__wire_hash_bytes picks one. */
+uint64_t kw__wire_hash_bytes_sse2(const void *data, size_t size);
+uint64_t kw__wire_hash_bytes_avx2(const void *data, size_t size);
+uint64_t kw__wire_hash_bytes_avx512(const void *data, size_t size);
+int kw__wire_hash_has_avx2(void);   /* 1 if this build has the AVX2 variant */
+int kw__wire_hash_has_avx512(void); /* 1 if this build has the AVX-512 variant */
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Row kernels: one implementation per ISA, identical results (tests/wire/test_wire_simd.c). */

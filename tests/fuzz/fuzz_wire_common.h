@@ -129,6 +129,9 @@ static inline int fuzz_wire_oneshot(const uint8_t *data, size_t size, fuzz_diges
 static inline void fuzz_wire_reseal(uint8_t *p, size_t size) {
     if (size < KW_WIRE_HEADER_BYTES) return;
     kw_store_le64(p + KW__HDR_CHECKSUM, kw__wire_hash_bytes(p, KW__HDR_CHECKSUM));
+    kw__wire_hash blob;
+    kw__wire_hash_reset(&blob);
+    kw__wire_hash_update(&blob, p, KW_WIRE_HEADER_BYTES);
     const uint32_t n = kw_load_le16(p + KW__HDR_N_SECTIONS);
     size_t at = KW_WIRE_HEADER_BYTES;
     for (uint32_t s = 0; s < n; ++s) {
@@ -138,10 +141,12 @@ static inline void fuzz_wire_reseal(uint8_t *p, size_t size) {
                              kw_load_le32(p + at + KW__SEC_STORED_BYTES);
         if (len + KW_WIRE_CHECKSUM_BYTES > size - at) return;
         kw_store_le64(p + at + len, kw__wire_hash_bytes(p + at, (size_t)len));
+        kw__wire_hash_update(&blob, p + at + len, KW_WIRE_CHECKSUM_BYTES);
         at += (size_t)len + KW_WIRE_CHECKSUM_BYTES;
     }
     if (size - at < KW_WIRE_TRAILER_BYTES) return;
-    kw_store_le64(p + at + KW__TRL_CHECKSUM, kw__wire_hash_bytes(p, at + KW__TRL_CHECKSUM));
+    kw__wire_hash_update(&blob, p + at, KW__TRL_CHECKSUM);
+    kw_store_le64(p + at + KW__TRL_CHECKSUM, kw__wire_hash_digest(&blob));
 }
 
 #endif /* KW_FUZZ_WIRE_COMMON_H */

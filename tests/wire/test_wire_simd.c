@@ -199,12 +199,41 @@ static void test_blobs(void **state) {
     }
 }
 
+/* The XXH3 builds for each ISA give the same hash, and that hash is XXH3-64 (a known value). */
+static void test_hash_variants(void **state) {
+    (void)state;
+    wt_rng r = {5};
+    uint8_t *buf = wt_xmalloc(1 << 20);
+    for (size_t i = 0; i < (1 << 20); ++i)
+        buf[i] = (uint8_t)wt_next(&r);
+    for (int it = 0; it < 300; ++it) {
+        const size_t n = it < 100 ? (size_t)it * 37 : wt_below(&r, 1 << 20);
+        const size_t off = wt_below(&r, 64);
+        const uint64_t want = kw__wire_hash_bytes_sse2(buf + off, n > (1u << 20) - off ? (1u << 20) - off : n);
+        const size_t m = n > (1u << 20) - off ? (1u << 20) - off : n;
+        assert_true(kw__wire_hash_bytes(buf + off, m) == want);
+        if (kw__wire_hash_has_avx2() && __builtin_cpu_supports("avx2"))
+            assert_true(kw__wire_hash_bytes_avx2(buf + off, m) == want);
+        if (kw__wire_hash_has_avx512() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+            assert_true(kw__wire_hash_bytes_avx512(buf + off, m) == want);
+        kw__wire_hash h; /* streaming in pieces = one shot */
+        kw__wire_hash_reset(&h);
+        for (size_t a = 0; a < m;) {
+            const size_t k = 1 + wt_below(&r, 5000);
+            kw__wire_hash_update(&h, buf + off + a, a + k > m ? m - a : k);
+            a += k;
+        }
+        assert_true(kw__wire_hash_digest(&h) == want);
+    }
+    /* XXH3-64 of the empty input with seed 0 (xxHash reference value) */
+    assert_true(kw__wire_hash_bytes("", 0) == 0x2D06800538D394C2ull);
+    free(buf);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),
-        cmocka_unit_test(test_quantize),
-        cmocka_unit_test(test_dequantize),
-        cmocka_unit_test(test_blobs),
+        cmocka_unit_test(test_amax),  cmocka_unit_test(test_quantize),      cmocka_unit_test(test_dequantize),
+        cmocka_unit_test(test_blobs), cmocka_unit_test(test_hash_variants),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -106,6 +106,17 @@ static inline void wm_seal_header(uint8_t *p) {
     kw_store_le64(p + KW__HDR_CHECKSUM, kw__wire_hash_bytes(p, KW__HDR_CHECKSUM));
 }
 
+/* The blob checksum (FORMAT.md §8): header, the section checksums, trailer bytes 0..15. */
+static inline uint64_t wm_blob_sum(const wm_blob *b, const uint8_t *p) {
+    kw__wire_hash h;
+    kw__wire_hash_reset(&h);
+    kw__wire_hash_update(&h, p, KW_WIRE_HEADER_BYTES);
+    for (int s = 0; s < 3; ++s)
+        kw__wire_hash_update(&h, p + (s < 2 ? b->sec[s + 1] : b->trailer) - 8, 8);
+    kw__wire_hash_update(&h, p + b->trailer, KW__TRL_CHECKSUM);
+    return kw__wire_hash_digest(&h);
+}
+
 /* Recomputes every checksum of a blob with the base layout (section sizes unchanged). */
 static inline void wm_seal_all(const wm_blob *b, uint8_t *p, size_t size) {
     wm_seal_header(p);
@@ -114,8 +125,7 @@ static inline void wm_seal_all(const wm_blob *b, uint8_t *p, size_t size) {
         if (end + 8 > size) return;
         kw_store_le64(p + end, kw__wire_hash_bytes(p + b->sec[s], end - b->sec[s]));
     }
-    if (b->trailer + KW_WIRE_TRAILER_BYTES <= size)
-        kw_store_le64(p + b->trailer + KW__TRL_CHECKSUM, kw__wire_hash_bytes(p, b->trailer + KW__TRL_CHECKSUM));
+    if (b->trailer + KW_WIRE_TRAILER_BYTES <= size) kw_store_le64(p + b->trailer + KW__TRL_CHECKSUM, wm_blob_sum(b, p));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
