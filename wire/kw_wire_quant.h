@@ -216,26 +216,126 @@ KW_HD int kw_wire_scale_choose(float amax, float qmax, uint32_t scale_dtype, uin
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Values */
 
-/* The NF4 table entry for code c (0..15), FORMAT.md §5.6. */
+/* The NF4 table entry for code c (0..15), FORMAT.md §5.6. (A switch rather than a local array: compilers turn it
+ * into a read-only table instead of building an array on the stack at every call, and it is legal device code.) */
 KW_HD float kw_wire_nf4_value(uint32_t c) {
-    const uint32_t bits[16] = {0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu,
-                               0xbdba7871u, 0x00000000u, 0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au,
-                               0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u};
-    return kw_f32_from_bits(bits[c & 15u]);
+    uint32_t b;
+    switch (c & 15u) {
+    case 0:
+        b = 0xbf800000u;
+        break;
+    case 1:
+        b = 0xbf3239b1u;
+        break;
+    case 2:
+        b = 0xbf066b30u;
+        break;
+    case 3:
+        b = 0xbeca32a0u;
+        break;
+    case 4:
+        b = 0xbe91a24du;
+        break;
+    case 5:
+        b = 0xbe3d353fu;
+        break;
+    case 6:
+        b = 0xbdba7871u;
+        break;
+    case 7:
+        b = 0x00000000u;
+        break;
+    case 8:
+        b = 0x3da2faffu;
+        break;
+    case 9:
+        b = 0x3e24cae3u;
+        break;
+    case 10:
+        b = 0x3e7c04ddu;
+        break;
+    case 11:
+        b = 0x3ead033au;
+        break;
+    case 12:
+        b = 0x3ee1a4b8u;
+        break;
+    case 13:
+        b = 0x3f1007abu;
+        break;
+    case 14:
+        b = 0x3f3913b3u;
+        break;
+    default:
+        b = 0x3f800000u;
+        break;
+    }
+    return kw_f32_from_bits(b);
 }
 
-/* The NF4 code of y (already clamped to [-1, 1]): the number of midpoints below y, ties to the even code. The
- * midpoints are fl32((NF4[i] + NF4[i+1]) * 0.5), listed here as bits (tests recompute them). */
+/* Midpoint i (0..14) between NF4 codes i and i+1: fl32((NF4[i] + NF4[i+1]) * 0.5), as bits (tests recompute them). */
+KW_HD float kw_wire_nf4_mid(uint32_t i) {
+    uint32_t b;
+    switch (i) {
+    case 0:
+        b = 0xbf591cd8u;
+        break;
+    case 1:
+        b = 0xbf1c5270u;
+        break;
+    case 2:
+        b = 0xbeeb8480u;
+        break;
+    case 3:
+        b = 0xbeadea76u;
+        break;
+    case 4:
+        b = 0xbe703cecu;
+        break;
+    case 5:
+        b = 0xbe0d38bcu;
+        break;
+    case 6:
+        b = 0xbd3a7871u;
+        break;
+    case 7:
+        b = 0x3d22faffu;
+        break;
+    case 8:
+        b = 0x3df64862u;
+        break;
+    case 9:
+        b = 0x3e5067e0u;
+        break;
+    case 10:
+        b = 0x3e9582d4u;
+        break;
+    case 11:
+        b = 0x3ec753f9u;
+        break;
+    case 12:
+        b = 0x3f006d04u;
+        break;
+    case 13:
+        b = 0x3f248dafu;
+        break;
+    default:
+        b = 0x3f5c89dau;
+        break;
+    }
+    return kw_f32_from_bits(b);
+}
+
+/* The NF4 code of y (already clamped to [-1, 1]): the number of midpoints below y, ties to the even code. */
 KW_HD uint32_t kw_wire_nf4_code(float y) {
-    const uint32_t mid[15] = {0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu,
-                              0xbe0d38bcu, 0xbd3a7871u, 0x3d22faffu, 0x3df64862u, 0x3e5067e0u,
-                              0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau};
-    /* branchless binary search for the number of midpoints below y */
-    uint32_t c = y > kw_f32_from_bits(mid[7]) ? 8u : 0u;
-    c += y > kw_f32_from_bits(mid[c + 3]) ? 4u : 0u;
-    c += y > kw_f32_from_bits(mid[c + 1]) ? 2u : 0u;
-    c += y > kw_f32_from_bits(mid[c]) ? 1u : 0u;
-    if (c < 15 && y == kw_f32_from_bits(mid[c]) && (c & 1u)) ++c; /* tie between c and c+1: take the even one */
+    /* 15 compares against constants (written out so they fold to immediates), no data-dependent branch: a binary
+     * search mispredicts on real data */
+#define KW__NF4_ABOVE(i) (y > kw_wire_nf4_mid(i) ? 1u : 0u)
+    uint32_t c = KW__NF4_ABOVE(0) + KW__NF4_ABOVE(1) + KW__NF4_ABOVE(2) + KW__NF4_ABOVE(3) + KW__NF4_ABOVE(4) +
+                 KW__NF4_ABOVE(5) + KW__NF4_ABOVE(6) + KW__NF4_ABOVE(7) + KW__NF4_ABOVE(8) + KW__NF4_ABOVE(9) +
+                 KW__NF4_ABOVE(10) + KW__NF4_ABOVE(11) + KW__NF4_ABOVE(12) + KW__NF4_ABOVE(13) + KW__NF4_ABOVE(14);
+#undef KW__NF4_ABOVE
+    if (c < 15 && y == kw_wire_nf4_mid(c) && (c & 1u)) ++c; /* tie between c and c+1: take the even one */
     return c;
 }
 
