@@ -434,6 +434,9 @@ int kw_fusion_run(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n
     if (prefix > 0)
         for (int32_t i = 0; i < f->n_sharers; ++i)
             KW_CHECK(kw_model_create_cache(f->sh[i].model, prefix, opt->sharer_cache_dtype, &st.scache[i]));
+    for (int32_t i = 0; i < f->n_sharers && prefix > 0 && opt->sharer_pad; ++i)
+        for (int64_t p = 0; opt->sharer_pad[i] && p < prefix; ++p)
+            if (opt->sharer_pad[i][p]) KW_CHECK(kw_kvcache_set_valid(st.scache[i], p, 1, 0));
 
     int64_t start = 0;
     for (int32_t sec = 0; sec + 1 < opt->n_sections; ++sec) {
@@ -443,7 +446,8 @@ int kw_fusion_run(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n
         uint64_t t1 = kw_time_now_ns();
         out->stats.receiver_prefill_ms += kw_time_ms(t0, t1);
         for (int32_t i = 0; i < f->n_sharers; ++i)
-            KW_CHECK(kw_model_prefill(f->sh[i].model, st.scache[i], ids + start, len));
+            KW_CHECK(kw_model_prefill(f->sh[i].model, st.scache[i],
+                                      (opt->sharer_ids && opt->sharer_ids[i] ? opt->sharer_ids[i] : ids) + start, len));
         out->stats.sharer_prefill_ms += kw_time_ms(t1, kw_time_now_ns());
         if (opt->sections[sec].index > 0)
             KW_CHECK(kw_fusion_section_fuse(&st, sec, start, len, opt->sections[sec].index));

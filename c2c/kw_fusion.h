@@ -17,9 +17,11 @@
  * gives the first token's logits) and decodes greedily (kw_generate_greedy: EOS list, max_new_tokens). Layers whose
  * projector has both gates closed are skipped (reported); a closed branch leaves its K or V rows untouched.
  *
- * Not here: token alignment for sharers with another tokenizer (the sharer gets the receiver's ids), the
- * include_response mode (§1.6), sampling. The wire codecs are not called from here (c2c/ does not depend on wire/):
- * the transfer hook is where a caller plugs them in.
+ * Sharers with another tokenizer (token alignment, c2c/kw_align.h, §4) get their own ids and padding flags through
+ * the options; the caller hides the receiver's padding rows with kw_kvcache_set_valid on the receiver cache. Positions
+ * are the cache rows, the same for every model, pads included. Not here: the include_response mode (§1.6), sampling.
+ * The wire codecs are not called from here (c2c/ does not depend on wire/): the transfer hook is where a caller plugs
+ * them in.
  */
 #ifndef KW_FUSION_H
 #define KW_FUSION_H
@@ -114,6 +116,8 @@ typedef struct kw_fusion_options {
     kw_generate_options gen;          /* max_new_tokens, EOS ids (NULL: the receiver's), logits rounding */
     kw_fusion_hook_fn hook;           /* NULL: no transfer step */
     void *hook_user;
+    const int32_t *const *sharer_ids; /* NULL, or per sharer NULL / its own n ids (token alignment); else ids */
+    const uint8_t *const *sharer_pad; /* NULL, or per sharer NULL / n flags: 1 = padding, hidden from its attention */
 } kw_fusion_options;
 
 typedef struct kw_fusion_stats {
@@ -137,8 +141,9 @@ typedef struct kw_fusion_result {
     kw_fusion_stats stats;
 } kw_fusion_result;
 
-/* Runs the pipeline on prompt ids[0..n) (the receiver's token ids; the sharers get the same ids) with an empty
- * receiver cache (created by kw_model_create_cache for the receiver; capacity >= n + max_new_tokens). On return the
+/* Runs the pipeline on prompt ids[0..n) (the receiver's token ids; the sharers get the same ids unless
+ * opt->sharer_ids) with an empty receiver cache (created by kw_model_create_cache for the receiver; capacity >= n +
+ * max_new_tokens; its validity mask is respected, so padding rows may be marked before the run). On return the
  * cache holds the prompt (fused rows included) and the generated tokens but the last; sharer caches are internal.
  * On failure *out is zeroed. Errors: KW_E_INVALID_ARG (sections, masks, cache), the model's and the hook's. */
 int kw_fusion_run(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n, const kw_fusion_options *opt,
