@@ -34,19 +34,29 @@ static inline kw_cuda_backend *kw_cuda(kw_backend *b) {
     return (kw_cuda_backend *)b;
 }
 
-/* Converts a CUDA runtime failure into KW_E_CUDA with the call and cudaGetErrorString in the detail. */
+/* Turns a failed runtime call into KW_E_CUDA with the call and cudaGetErrorString in the detail. It also clears the
+ * runtime's per-thread "last error": a failure the caller handles (an allocation answered with KW_E_NOMEM, say)
+ * would otherwise be returned by the cudaGetLastError after the next, unrelated kernel launch. Sticky errors (a
+ * kernel fault) cannot be cleared and keep being reported, which is right: the context is unusable. */
+static inline int kw__cuda_fail(cudaError_t err, const char *what) {
+    (void)cudaGetLastError();
+    return kw_error_set(KW_E_CUDA, "%s: %s", what, cudaGetErrorString(err));
+}
+
 #define KW_CUDA_TRY(expr)                                                                                              \
     do {                                                                                                               \
         const cudaError_t kw_cuda_err_ = (expr);                                                                       \
-        if (kw_cuda_err_ != cudaSuccess)                                                                               \
-            return kw_error_set(KW_E_CUDA, "%s: %s", #expr, cudaGetErrorString(kw_cuda_err_));                         \
+        if (kw_cuda_err_ != cudaSuccess) return kw__cuda_fail(kw_cuda_err_, #expr);                                    \
     } while (0)
 
+/* The same for cuBLAS (whose failed internal launches can leave a runtime error behind too). */
 #define KW_CUBLAS_TRY(expr)                                                                                            \
     do {                                                                                                               \
         const cublasStatus_t kw_cublas_st_ = (expr);                                                                   \
-        if (kw_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                                    \
+        if (kw_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                                                  \
+            (void)cudaGetLastError();                                                                                  \
             return kw_error_set(KW_E_CUBLAS, "%s: %s", #expr, cublasGetStatusString(kw_cublas_st_));                   \
+        }                                                                                                              \
     } while (0)
 
 /* After a kernel launch: a bad configuration is reported at once. */

@@ -93,8 +93,10 @@ static int kw_cuda_synchronize(kw_backend *backend) {
 static int kw_cuda_alloc(kw_backend *backend, size_t size, void **data) {
     kw_cuda_backend *cu = kw_cuda(backend);
     const cudaError_t err = cudaMallocAsync(data, size, cu->stream);
-    KW_RETURN_IF(err == cudaErrorMemoryAllocation, KW_E_NOMEM, "cuda alloc of %zu bytes: %s", size,
-                 cudaGetErrorString(err));
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* handled here: not an error of the next launch */
+        KW_FAIL(KW_E_NOMEM, "cuda alloc of %zu bytes: %s", size, cudaGetErrorString(err));
+    }
     KW_CUDA_TRY(err);
     return 0;
 }
@@ -102,7 +104,10 @@ static int kw_cuda_alloc(kw_backend *backend, size_t size, void **data) {
 static void kw_cuda_free(kw_backend *backend, void *data) {
     kw_cuda_backend *cu = kw_cuda(backend);
     const cudaError_t err = cudaFreeAsync(data, cu->stream);
-    if (err != cudaSuccess) KW_LOG_WARN("cudaFreeAsync: %s", cudaGetErrorString(err));
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        KW_LOG_WARN("cudaFreeAsync: %s", cudaGetErrorString(err));
+    }
 }
 
 static int kw_cuda_upload(kw_backend *backend, void *dst, const void *src, size_t size) {
@@ -210,6 +215,7 @@ extern "C" int kw_backend_create_cuda(int device, kw_backend **out) {
     *out = NULL;
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) (void)cudaGetLastError();
     KW_RETURN_IF(err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver || (err == cudaSuccess && count == 0),
                  KW_E_NO_DEVICE, "no CUDA device (%s)", err == cudaSuccess ? "count 0" : cudaGetErrorString(err));
     KW_RETURN_IF(err != cudaSuccess, KW_E_NO_DEVICE, "cudaGetDeviceCount: %s", cudaGetErrorString(err));
