@@ -59,6 +59,14 @@ static inline int kw__cuda_fail(cudaError_t err, const char *what) {
         }                                                                                                              \
     } while (0)
 
+/* Opens every entry point that returns a status: cu is the backend state, and the backend's device is made current.
+ * The current device is per host thread: the backend may be driven from a thread other than the one that created
+ * it (DESIGN: one compute thread per device), or share a thread with a backend on another GPU, and kernel launches,
+ * cuBLAS calls and cudaMallocAsync all act on the current device. */
+#define KW_CUDA_ENTER(cu, backend)                                                                                     \
+    kw_cuda_backend *const cu = kw_cuda(backend);                                                                      \
+    KW_CUDA_TRY(cudaSetDevice(cu->device))
+
 /* After a kernel launch: a bad configuration is reported at once. */
 #define KW_CUDA_LAUNCHED() KW_CUDA_TRY(cudaGetLastError())
 

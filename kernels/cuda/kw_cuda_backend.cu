@@ -38,6 +38,7 @@ int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
 
 static void kw_cuda_destroy(kw_backend *backend) {
     kw_cuda_backend *cu = kw_cuda(backend);
+    if (cudaSetDevice(cu->device) != cudaSuccess) (void)cudaGetLastError();
     if (cu->work) cudaFreeAsync(cu->work, cu->stream);
     if (cu->d_err) cudaFreeAsync(cu->d_err, cu->stream);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
@@ -78,7 +79,7 @@ static int kw_cuda_supports(const kw_backend *backend, enum kw_op op, enum kw_dt
 }
 
 static int kw_cuda_synchronize(kw_backend *backend) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     KW_CUDA_TRY(cudaMemcpyAsync(cu->h_err, cu->d_err, sizeof *cu->h_err, cudaMemcpyDeviceToHost, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     if (cu->h_err->flag) {
@@ -91,7 +92,7 @@ static int kw_cuda_synchronize(kw_backend *backend) {
 }
 
 static int kw_cuda_alloc(kw_backend *backend, size_t size, void **data) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const cudaError_t err = cudaMallocAsync(data, size, cu->stream);
     if (err == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError(); /* handled here: not an error of the next launch */
@@ -103,7 +104,8 @@ static int kw_cuda_alloc(kw_backend *backend, size_t size, void **data) {
 
 static void kw_cuda_free(kw_backend *backend, void *data) {
     kw_cuda_backend *cu = kw_cuda(backend);
-    const cudaError_t err = cudaFreeAsync(data, cu->stream);
+    cudaError_t err = cudaSetDevice(cu->device);
+    if (err == cudaSuccess) err = cudaFreeAsync(data, cu->stream);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
         KW_LOG_WARN("cudaFreeAsync: %s", cudaGetErrorString(err));
@@ -111,17 +113,20 @@ static void kw_cuda_free(kw_backend *backend, void *data) {
 }
 
 static int kw_cuda_upload(kw_backend *backend, void *dst, const void *src, size_t size) {
-    KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyHostToDevice, kw_cuda(backend)->stream));
+    KW_CUDA_ENTER(cu, backend);
+    KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyHostToDevice, cu->stream));
     return 0;
 }
 
 static int kw_cuda_download(kw_backend *backend, void *dst, const void *src, size_t size) {
-    KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyDeviceToHost, kw_cuda(backend)->stream));
+    KW_CUDA_ENTER(cu, backend);
+    KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyDeviceToHost, cu->stream));
     return 0;
 }
 
 static int kw_cuda_memset_zero(kw_backend *backend, void *dst, size_t size) {
-    KW_CUDA_TRY(cudaMemsetAsync(dst, 0, size, kw_cuda(backend)->stream));
+    KW_CUDA_ENTER(cu, backend);
+    KW_CUDA_TRY(cudaMemsetAsync(dst, 0, size, cu->stream));
     return 0;
 }
 
@@ -132,7 +137,7 @@ static cudaDataType_t kw_cuda_type(enum kw_dtype dtype) {
 /* y (M, N) = x (M, K) w (N, K)^T: column-major, that is C (N x M) = W^T' x', so op(A) = T on W (K x N, ld K). */
 static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w,
                           const kw_tensor *bias) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t M = kw_tensor_nrows(x), K = w->ne[1], N = w->ne[0];
     KW_RETURN_IF(M > INT32_MAX || N > INT32_MAX || K > INT32_MAX, KW_E_UNSUPPORTED,
                  "cuda matmul: dimensions beyond 32-bit cuBLAS sizes");

@@ -145,7 +145,7 @@ __global__ void kw_k_get_rows(float *out, const void *table, enum kw_dtype dtype
 }
 
 int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t T = kw_tensor_nelem(ids);
     KW_RETURN_IF(T > INT32_MAX, KW_E_UNSUPPORTED, "cuda get_rows: too many ids");
     kw_k_get_rows<<<(unsigned)T, 128, 0, cu->stream>>>((float *)out->data, table->data, table->dtype, table->ne[0],
@@ -176,7 +176,7 @@ __global__ void kw_k_rms_norm(float *out, const float *x, const void *w, enum kw
 
 int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
                       int flags) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t D = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda rms_norm: too many rows");
     kw_k_rms_norm<<<(unsigned)R, D >= 256 ? 256 : 64, 0, cu->stream>>>(
@@ -208,7 +208,7 @@ __global__ void kw_k_rope(float *x, const int32_t *pos, int64_t H, int64_t D, in
 }
 
 int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2];
     KW_RETURN_IF(T * H > INT32_MAX, KW_E_UNSUPPORTED, "cuda rope: too many rows");
     kw_rope_table tab;
@@ -290,7 +290,7 @@ __global__ void kw_k_attention(float *out, const float *q, const void *kc, const
 
 int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                        const kw_tensor *v_cache, const kw_attention_params *params) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
     KW_RETURN_IF(T * Hq > INT32_MAX, KW_E_UNSUPPORTED, "cuda attention: too many query rows");
     const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
@@ -324,7 +324,7 @@ __global__ void kw_k_kv_load(float *out, const void *cache, enum kw_dtype dtype,
 }
 
 int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(src);
     kw_k_kv_store<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
         cache->data, cache->dtype, (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
@@ -333,7 +333,7 @@ int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *sr
 }
 
 int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
     kw_k_kv_load<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
         (float *)out->data, cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
@@ -384,7 +384,7 @@ __global__ void kw_k_scale(float *y, const float *x, int64_t n, float s) {
 }
 
 int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
     kw_k_glu<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)gate->data,
                                                                   (const float *)up->data, n, act);
@@ -393,7 +393,7 @@ int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, con
 }
 
 int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
     kw_k_unary<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, n, act);
     KW_CUDA_LAUNCHED();
@@ -401,7 +401,7 @@ int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum
 }
 
 int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
     kw_k_add<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)a->data,
                                                                   (const float *)b->data, n);
@@ -410,7 +410,7 @@ int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const 
 }
 
 int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
     kw_k_scale<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, n, s);
     KW_CUDA_LAUNCHED();
@@ -441,7 +441,7 @@ __global__ void kw_k_softmax(float *out, const float *x, int64_t N) {
 }
 
 int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda softmax: too many rows");
     kw_k_softmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, N);
@@ -485,7 +485,7 @@ __global__ void kw_k_argmax(int32_t *out, const float *x, int64_t N, int round_b
 }
 
 int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda argmax: too many rows");
     kw_k_argmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((int32_t *)out->data, (const float *)x->data, N,
@@ -504,7 +504,7 @@ __global__ void kw_k_convert(void *dst, enum kw_dtype ddt, const void *src, enum
 }
 
 int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     if (dst->dtype == src->dtype) {
         KW_CUDA_TRY(cudaMemcpyAsync(dst->data, src->data, kw_tensor_nbytes(src), cudaMemcpyDeviceToDevice, cu->stream));
         return 0;
@@ -530,7 +530,7 @@ __global__ void kw_k_head_scale_add(float *y, const float *base, const float *x,
 
 int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
                             const kw_tensor *w, float g) {
-    kw_cuda_backend *cu = kw_cuda(backend);
+    KW_CUDA_ENTER(cu, backend);
     const int64_t TH = base->ne[0] * base->ne[1], D = base->ne[2];
     kw_k_head_scale_add<<<kw_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
         (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH, D);
