@@ -23,6 +23,7 @@ struct kw_cuda_backend {
     kw_backend base; /* first: a kw_backend * points here */
     int device;
     cudaStream_t stream;
+    cudaMemPool_t pool; /* the backend's own stream-ordered pool; keeps freed memory until destroy */
     cublasHandle_t cublas;
     kw_cuda_err *d_err; /* device */
     kw_cuda_err *h_err; /* pinned host mirror, read at synchronize */
@@ -62,7 +63,7 @@ static inline int kw__cuda_fail(cudaError_t err, const char *what) {
 /* Opens every entry point that returns a status: cu is the backend state, and the backend's device is made current.
  * The current device is per host thread: the backend may be driven from a thread other than the one that created
  * it (DESIGN: one compute thread per device), or share a thread with a backend on another GPU, and kernel launches,
- * cuBLAS calls and cudaMallocAsync all act on the current device. */
+ * cuBLAS calls and stream-ordered frees all act on the current device. */
 #define KW_CUDA_ENTER(cu, backend)                                                                                     \
     kw_cuda_backend *const cu = kw_cuda(backend);                                                                      \
     KW_CUDA_TRY(cudaSetDevice(cu->device))
@@ -72,6 +73,10 @@ static inline int kw__cuda_fail(cudaError_t err, const char *what) {
 
 /* x rows handled per streaming-matmul launch (registers per thread). */
 #define KW_CUDA_GEMV_ROWS 8
+
+/* size bytes of device memory from the backend's pool, usable in stream order (every allocation here goes through
+ * it; release with cudaFreeAsync on cu->stream). */
+int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out);
 
 /* Grows the backend's f32 workspace to at least n floats. */
 int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out);

@@ -1,8 +1,11 @@
 /* kw_cuda_backend.cu: the CUDA backend's lifetime, memory, transfers, support whitelist and matmul.
  *
- * One device, one stream, one cuBLAS handle per backend. Memory comes from the stream-ordered allocator
- * (cudaMallocAsync), transfers are cudaMemcpyAsync on the stream, and kw_backend_synchronize waits for the stream
- * and then reads the device error record that kernels fill when they meet bad input (token ids).
+ * One device, one stream, one cuBLAS handle per backend. Memory comes from the stream-ordered allocator, from a
+ * pool the backend owns: the device's default pool has a release threshold of 0, so every synchronize would hand
+ * all freed memory back to the driver and the next forward pass would map it again; this pool keeps it (threshold
+ * UINT64_MAX) and gives everything back at destroy, without changing the process-wide default pool other code may
+ * use. Transfers are cudaMemcpyAsync on the stream, and kw_backend_synchronize waits for the stream and then reads
+ * the device error record that kernels fill when they meet bad input (token ids).
  *
  * Matmul keeps x in fp32 as the interface requires: cuBLAS's GemmEx has no f32-activation x bf16-weight form, so
  * small M runs a streaming kernel (kw__cuda_gemv) that widens weights in registers, and larger M widens W panel by
@@ -24,12 +27,22 @@ extern "C" {
 /* Largest widened weight panel, in floats (64 MiB). */
 #define KW_CUDA_PANEL_FLOATS ((size_t)16 << 20)
 
+int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out) {
+    const cudaError_t err = cudaMallocFromPoolAsync(out, size, cu->pool, cu->stream);
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* handled here: not an error of the next launch */
+        KW_FAIL(KW_E_NOMEM, "cuda alloc of %zu bytes on device %d: %s", size, cu->device, cudaGetErrorString(err));
+    }
+    KW_CUDA_TRY(err);
+    return 0;
+}
+
 int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
     if (n > cu->work_floats) {
         if (cu->work) KW_CUDA_TRY(cudaFreeAsync(cu->work, cu->stream));
         cu->work = NULL;
         cu->work_floats = 0;
-        KW_CUDA_TRY(cudaMallocAsync((void **)&cu->work, n * sizeof(float), cu->stream));
+        KW_FORWARD(kw__cuda_malloc(cu, n * sizeof(float), (void **)&cu->work));
         cu->work_floats = n;
     }
     *out = cu->work;
@@ -42,6 +55,7 @@ static void kw_cuda_destroy(kw_backend *backend) {
     if (cu->work) cudaFreeAsync(cu->work, cu->stream);
     if (cu->d_err) cudaFreeAsync(cu->d_err, cu->stream);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
+    if (cu->pool) cudaMemPoolDestroy(cu->pool); /* tensors still allocated keep it alive until they are freed */
     if (cu->h_err) cudaFreeHost(cu->h_err);
     if (cu->cublas) cublasDestroy(cu->cublas);
     if (cu->stream) cudaStreamDestroy(cu->stream);
@@ -93,13 +107,7 @@ static int kw_cuda_synchronize(kw_backend *backend) {
 
 static int kw_cuda_alloc(kw_backend *backend, size_t size, void **data) {
     KW_CUDA_ENTER(cu, backend);
-    const cudaError_t err = cudaMallocAsync(data, size, cu->stream);
-    if (err == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError(); /* handled here: not an error of the next launch */
-        KW_FAIL(KW_E_NOMEM, "cuda alloc of %zu bytes: %s", size, cudaGetErrorString(err));
-    }
-    KW_CUDA_TRY(err);
-    return 0;
+    return kw__cuda_malloc(cu, size, data);
 }
 
 static void kw_cuda_free(kw_backend *backend, void *data) {
@@ -204,12 +212,25 @@ static void kw_cuda_fill_iface(void) {
 /* The set-up steps after the state exists; on failure the caller destroys the partial state. */
 static int kw_cuda_init(kw_cuda_backend *cu) {
     KW_CUDA_TRY(cudaSetDevice(cu->device));
+    int pools = 0;
+    KW_CUDA_TRY(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, cu->device));
+    KW_RETURN_IF(!pools, KW_E_UNSUPPORTED, "CUDA device %d has no stream-ordered memory pools (cudaMallocAsync)",
+                 cu->device);
+    cudaMemPoolProps props;
+    memset(&props, 0, sizeof props);
+    props.allocType = cudaMemAllocationTypePinned;
+    props.handleTypes = cudaMemHandleTypeNone;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = cu->device;
+    KW_CUDA_TRY(cudaMemPoolCreate(&cu->pool, &props));
+    uint64_t keep = UINT64_MAX;
+    KW_CUDA_TRY(cudaMemPoolSetAttribute(cu->pool, cudaMemPoolAttrReleaseThreshold, &keep));
     KW_CUDA_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
     KW_CUBLAS_TRY(cublasCreate(&cu->cublas));
     KW_CUBLAS_TRY(cublasSetStream(cu->cublas, cu->stream));
     KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_PEDANTIC_MATH)); /* fp32 means fp32: no TF32 */
     KW_CUDA_TRY(cudaMallocHost((void **)&cu->h_err, sizeof *cu->h_err));
-    KW_CUDA_TRY(cudaMallocAsync((void **)&cu->d_err, sizeof *cu->d_err, cu->stream));
+    KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_err, (void **)&cu->d_err));
     KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     return 0;
