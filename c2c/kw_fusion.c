@@ -409,7 +409,8 @@ static int kw_fusion_check_options(const kw_fusion *f, kw_kvcache *cache, const 
         KW_RETURN_IF(s->length < 1 || s->length > n - total, KW_E_INVALID_ARG,
                      "kw_fusion_run: section %d has length %lld (the sections must cover the %lld prompt tokens)",
                      (int)i, (long long)s->length, (long long)n);
-        KW_RETURN_IF(s->index > 0 && (s->index >> f->n_sharers) != 0, KW_E_INVALID_ARG,
+        /* the last section's value is never read (as in the reference), so only the others must fit the sharers */
+        KW_RETURN_IF(i + 1 < opt->n_sections && s->index > 0 && (s->index >> f->n_sharers) != 0, KW_E_INVALID_ARG,
                      "kw_fusion_run: section %d selects sharer bits 0x%x but there are %d sharers", (int)i,
                      (unsigned)s->index, (int)f->n_sharers);
         total += s->length;

@@ -68,7 +68,8 @@ enum kw_fusion_mode {
 /* What the transfer hook sees: the selected sharer K and V rows of one sharer layer for one section, i.e. what the
  * sharer would send. k and v are host arrays (n_tokens, n_heads, head_dim), token-major, f32 (exact bf16 values when
  * the sharer cache is bf16), owned by the pipeline and valid during the call. The hook may overwrite them (what the
- * receiver would get over the wire); they are then used for every receiver layer mapped to that sharer layer. */
+ * receiver would get over the wire); they are then used for every receiver layer mapped to that sharer layer (with
+ * BF16 numerics the projector rounds them to bf16 first, as the reference casts decoded values to the model dtype). */
 typedef struct kw_fusion_transfer {
     int32_t sharer;            /* index into the sharer list */
     int32_t source_layer;      /* sharer layer */

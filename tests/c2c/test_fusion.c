@@ -519,6 +519,9 @@ static void test_bad_input(void **state) {
     assert_non_null(strstr(kw_error_detail(), "sharer"));
     kw_kvcache_free(o.cache);
     s = fixture_scenario("std");
+    s.sections[1].index = 6; /* the last section's value is never read */
+    assert_int_equal(run_ex(&s, KW_DTYPE_F32, KW_PROJECTOR_FP32, NULL, NULL, &o), 0);
+    run_free(&o);
     s.sections[1].length = 0;
     assert_int_equal(run_ex(&s, KW_DTYPE_F32, KW_PROJECTOR_FP32, NULL, NULL, &o), KW_E_INVALID_ARG);
     kw_kvcache_free(o.cache);
