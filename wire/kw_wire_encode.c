@@ -279,8 +279,8 @@ static int kw__enc_passthrough(const kw_wire_encoder *e, const kw_wire_tensor_in
 }
 
 /* The scale for amax (bits): stores it and returns its value and inverse. */
-static int kw__enc_scale(const kw_wire_codec_spec *sp, uint32_t amax_bits, uint8_t *scale_dst, float *s, float *inv,
-                         const char *what, uint32_t h, uint32_t t) {
+static inline int kw__enc_scale(const kw_wire_codec_spec *sp, uint32_t amax_bits, uint8_t *scale_dst, float *s,
+                                float *inv, const char *what, uint32_t h, uint32_t t) {
     KW_RETURN_IF(amax_bits >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
     uint32_t code;
     const float amax = kw_f32_from_bits(amax_bits);
@@ -333,15 +333,26 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         }
         return 0;
     }
-    case KW_WIRE_GRAN_TOKEN:
+    case KW_WIRE_GRAN_TOKEN: {
+        /* rows in blocks: all absmaxes, then all scales, then all codes, so the scale arithmetic (a division and a
+         * dtype conversion per row) pipelines instead of sitting between the vector loops */
+        enum { B = 64 };
+        uint32_t am[B];
+        float sv[B], iv[B];
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t t = 0; t < tg; ++t) {
-                const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
-                const size_t r = (size_t)h * tg + t;
-                KW_FORWARD(kw__enc_scale(sp, k->amax(row, dt, D), scales + r * ss, &s, &inv, what, h, t0 + t));
-                kw__enc_emit(k, codec, row, dt, D, s, inv, codes + r * row_bytes);
+            for (uint32_t tb = 0; tb < tg; tb += B) {
+                const uint32_t nb = tg - tb < B ? tg - tb : B;
+                const size_t r0 = (size_t)h * tg + tb;
+                for (uint32_t i = 0; i < nb; ++i)
+                    am[i] = k->amax(kw__enc_row(in, es, h, t0 + tb + i), dt, D);
+                for (uint32_t i = 0; i < nb; ++i)
+                    KW_FORWARD(kw__enc_scale(sp, am[i], scales + (r0 + i) * ss, &sv[i], &iv[i], what, h, t0 + tb + i));
+                for (uint32_t i = 0; i < nb; ++i)
+                    kw__enc_emit(k, codec, kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
+                                 codes + (r0 + i) * row_bytes);
             }
         return 0;
+    }
     case KW_WIRE_GRAN_GROUP: {
         const uint32_t G = 1u << sp->group_log2, per_row = D / G;
         const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
@@ -349,12 +360,16 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
             for (uint32_t t = 0; t < tg; ++t) {
                 const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
                 const size_t r = (size_t)h * tg + t;
-                for (uint32_t c = 0; c < per_row; ++c) {
-                    const uint8_t *x = row + (size_t)c * G * es;
-                    KW_FORWARD(kw__enc_scale(sp, k->amax(x, dt, G), scales + (r * per_row + c) * ss, &s, &inv, what, h,
-                                             t0 + t));
-                    kw__enc_emit(k, codec, x, dt, G, s, inv, codes + r * row_bytes + c * chunk_bytes);
-                }
+                uint32_t am[256]; /* D / G <= 1024 / 4 */
+                float sv[256], iv[256];
+                for (uint32_t c = 0; c < per_row; ++c)
+                    am[c] = k->amax(row + (size_t)c * G * es, dt, G);
+                for (uint32_t c = 0; c < per_row; ++c)
+                    KW_FORWARD(
+                        kw__enc_scale(sp, am[c], scales + (r * per_row + c) * ss, &sv[c], &iv[c], what, h, t0 + t));
+                for (uint32_t c = 0; c < per_row; ++c)
+                    kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[c], iv[c],
+                                 codes + r * row_bytes + c * chunk_bytes);
             }
         return 0;
     }
