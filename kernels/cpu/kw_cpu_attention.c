@@ -14,6 +14,7 @@
 
 #include "common/kw_half.h"
 #include "common/kw_status.h"
+#include "kernels/kw_op_math.h"
 
 #if KW_CPU_X86
 #include <immintrin.h>
@@ -77,7 +78,7 @@ KW_TARGET_AVX2 static float kw_dot_avx2(const float *q, const void *k, enum kw_d
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     float r = _mm_cvtss_f32(s);
     for (; d < D; ++d)
-        r += q[d] * (dtype == KW_DTYPE_BF16 ? kw_bf16_to_f32(((const uint16_t *)k)[d]) : ((const float *)k)[d]);
+        r += q[d] * kw_opm_load(k, dtype, d);
     return r;
 }
 
@@ -87,7 +88,7 @@ KW_TARGET_AVX2 static void kw_axpy_avx2(float *acc, float e, const void *v, enum
     for (; d + 8 <= D; d += 8)
         _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(ev, kw_attn_ld8_avx2(v, dtype, d), _mm256_loadu_ps(acc + d)));
     for (; d < D; ++d)
-        acc[d] += e * (dtype == KW_DTYPE_BF16 ? kw_bf16_to_f32(((const uint16_t *)v)[d]) : ((const float *)v)[d]);
+        acc[d] += e * kw_opm_load(v, dtype, d);
 }
 
 KW_TARGET_AVX512 static inline __attribute__((always_inline)) __m512
@@ -147,7 +148,7 @@ KW_AVX512_INLINE void kw_attn_scores_avx512(float *scores, const float *q, int64
             }
 #pragma GCC unroll 4
             for (int r = 0; r < 4; ++r) {
-                const int masked = mask && mask[j + r] == 0;
+                const int masked = kw_opm_attn_masked(mask, j + r);
                 s0[j + r] = masked ? -INFINITY : _mm512_reduce_add_ps(acc[r][0]) * scale;
                 s1[j + r] = masked ? -INFINITY : _mm512_reduce_add_ps(acc[r][1]) * scale;
             }
@@ -159,7 +160,7 @@ KW_AVX512_INLINE void kw_attn_scores_avx512(float *scores, const float *q, int64
                 a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), kv, a0);
                 a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), kv, a1);
             }
-            const int masked = mask && mask[j] == 0;
+            const int masked = kw_opm_attn_masked(mask, j);
             s0[j] = masked ? -INFINITY : _mm512_reduce_add_ps(a0) * scale;
             s1[j] = masked ? -INFINITY : _mm512_reduce_add_ps(a1) * scale;
         }
@@ -292,8 +293,8 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
         const int64_t t = it / Hkv, kvh = it % Hkv, p = q_pos0 + t;
         float *scores = scratch + per_thread * (size_t)omp_get_thread_num();
         float *acc = scores + chunk * n_kv;
-        const int64_t hi = p < n_kv - 1 ? p : n_kv - 1;
-        const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+        int64_t lo, hi; /* the rows the query sees before the mask, as the GPU computes them */
+        kw_opm_attn_span(p, n_kv, window, &lo, &hi);
         const char *kbase = (const char *)k_cache->data + (size_t)(kvh * cap * D) * esize;
         const char *vbase = (const char *)v_cache->data + (size_t)(kvh * cap * D) * esize;
         for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
@@ -313,7 +314,7 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
                 maxs[g] = -INFINITY, sums[g] = 0.0f;
             /* scores: each K row once for the nh query heads */
             for (int64_t j = lo; j <= hi; ++j) {
-                if (mask && mask[j] == 0) continue;
+                if (kw_opm_attn_masked(mask, j)) continue;
                 const void *krow = kbase + (size_t)(j * D) * esize;
                 for (int64_t g = 0; g < nh; ++g) {
                     const float s = kw_dot(cpu->isa, qs + (t * Hq + h0 + g) * D, krow, dtype, D) * scale;
@@ -323,7 +324,7 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
             }
             memset(acc, 0, (size_t)(nh * D) * sizeof(float));
             for (int64_t j = lo; j <= hi; ++j) {
-                if (mask && mask[j] == 0) continue;
+                if (kw_opm_attn_masked(mask, j)) continue;
                 const void *vrow = vbase + (size_t)(j * D) * esize;
                 for (int64_t g = 0; g < nh; ++g) {
                     const float e = expf(scores[g * n_kv + j] - maxs[g]);

@@ -16,8 +16,8 @@
 #include <omp.h>
 #include <string.h>
 
-#include "common/kw_half.h"
 #include "common/kw_status.h"
+#include "kernels/kw_op_math.h"
 
 #if KW_CPU_X86
 #include <immintrin.h>
@@ -38,12 +38,6 @@ static int64_t kw_gemv_max_m(enum kw_cpu_isa isa, enum kw_dtype dtype, int64_t K
  * Streaming kernels, rows [n0, n1) of W
  */
 
-static float kw_w_scalar(const void *w, enum kw_dtype dtype, int64_t i) {
-    if (dtype == KW_DTYPE_BF16) return kw_bf16_to_f32(((const uint16_t *)w)[i]);
-    if (dtype == KW_DTYPE_F16) return kw_f16_to_f32(((const uint16_t *)w)[i]);
-    return ((const float *)w)[i];
-}
-
 static void kw_gemv_scalar(float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M, int64_t N,
                            int64_t K, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
@@ -53,9 +47,9 @@ static void kw_gemv_scalar(float *y, const float *x, const void *w, enum kw_dtyp
             int64_t k = 0;
             for (; k + 8 <= K; k += 8)
                 for (int j = 0; j < 8; ++j)
-                    part[j] += xm[k + j] * kw_w_scalar(w, dtype, n * K + k + j);
+                    part[j] += xm[k + j] * kw_opm_load(w, dtype, n * K + k + j);
             for (; k < K; ++k)
-                part[0] += xm[k] * kw_w_scalar(w, dtype, n * K + k);
+                part[0] += xm[k] * kw_opm_load(w, dtype, n * K + k);
             y[m * N + n] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         }
     }
@@ -99,7 +93,7 @@ KW_TARGET_AVX2 static inline float kw_hsum_avx2(__m256 v) {
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k), kw_ld8_avx2(w, DTYPE, r + k), a);                     \
                 float sum = kw_hsum_avx2(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));                     \
                 for (; k < K; ++k)                                                                                     \
-                    sum += xm[k] * kw_w_scalar(w, DTYPE, r + k);                                                       \
+                    sum += xm[k] * kw_opm_load(w, DTYPE, r + k);                                                       \
                 y[m * N + n] = sum;                                                                                    \
             }                                                                                                          \
         }                                                                                                              \

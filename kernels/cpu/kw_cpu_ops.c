@@ -9,6 +9,7 @@
 
 #include "common/kw_half.h"
 #include "common/kw_status.h"
+#include "kernels/kw_op_math.h"
 
 /* Threads for a call touching n elements. */
 static int kw_threads_for(const kw_cpu_backend *cpu, int64_t n) {
@@ -60,7 +61,7 @@ int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, co
         for (; d < D; ++d)
             part[0] += xr[d] * xr[d];
         const float ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-        const float inv_rms = 1.0f / sqrtf(ss / (float)D + eps);
+        const float inv_rms = kw_opm_rms_scale(ss, D, eps);
         for (d = 0; d < D; ++d)
             yr[d] = (xr[d] * inv_rms) * wf[d];
     }
@@ -79,19 +80,14 @@ int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const 
         float cs[KW_ROPE_MAX_DIM / 2], sn[KW_ROPE_MAX_DIM / 2];
         for (int64_t i = 0; i < half; ++i) {
             /* the fp32 angle as HF forms it; cos/sin rounded once from double (HF's fp32 cos is within 1 ulp) */
-            const float angle = (float)p[t] * inv_freq[i];
+            const float angle = kw_opm_rope_angle(p[t], inv_freq[i]);
             cs[i] = (float)cos((double)angle);
             sn[i] = (float)sin((double)angle);
         }
         for (int64_t h = 0; h < H; ++h) {
             float *xh = xs + (t * H + h) * D;
-            for (int64_t i = 0; i < half; ++i) {
-                const float x0 = xh[i], x1 = xh[i + half];
-                const float a0 = x0 * cs[i], b0 = x1 * sn[i];
-                const float a1 = x1 * cs[i], b1 = x0 * sn[i];
-                xh[i] = a0 - b0;
-                xh[i + half] = a1 + b1;
-            }
+            for (int64_t i = 0; i < half; ++i)
+                kw_opm_rope_rotate(&xh[i], &xh[i + half], cs[i], sn[i]);
         }
     }
     return 0;
@@ -104,8 +100,8 @@ int kw__cpu_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src
     const float *s = src->data;
     for (int64_t t = 0; t < T; ++t)
         for (int64_t h = 0; h < H; ++h)
-            kw__cpu_from_f32(cpu->isa, (char *)cache->data + (size_t)((h * cap + pos0 + t) * D) * esize, cache->dtype,
-                             s + (t * H + h) * D, D);
+            kw__cpu_from_f32(cpu->isa, (char *)cache->data + (size_t)kw_opm_kv_offset(h, t, cap, pos0, D) * esize,
+                             cache->dtype, s + (t * H + h) * D, D);
     return 0;
 }
 
@@ -115,31 +111,14 @@ int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache,
     float *y = out->data;
     for (int64_t t = 0; t < T; ++t)
         for (int64_t h = 0; h < H; ++h)
-            kw__cpu_to_f32(cpu->isa, y + (t * H + h) * D, cache->data, cache->dtype, (h * cap + pos0 + t) * D, D);
+            kw__cpu_to_f32(cpu->isa, y + (t * H + h) * D, cache->data, cache->dtype,
+                           kw_opm_kv_offset(h, t, cap, pos0, D), D);
     return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * Elementwise. The activations use the formulas torch's CPU kernels use, in fp32 with libm's expf/erff/tanhf.
+ * Elementwise: the activation formulas are kw_opm_act (kernels/kw_op_math.h), the same lines the GPU runs.
  */
-
-static inline float kw_act_f32(float x, enum kw_act act) {
-    switch (act) {
-    case KW_ACT_SILU:
-        return x / (1.0f + expf(-x));
-    case KW_ACT_GELU_ERF:
-        return (x * 0.5f) * (1.0f + erff(x * 0.70710678118654752440f));
-    case KW_ACT_GELU_TANH: {
-        const float inner = 0.79788456080286535588f * (x + 0.044715f * (x * x * x));
-        return (0.5f * x) * (1.0f + tanhf(inner));
-    }
-    case KW_ACT_SIGMOID:
-        return 1.0f / (1.0f + expf(-x));
-    case KW_ACT_IDENTITY:
-        return x;
-    }
-    return NAN;
-}
 
 int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
     kw_cpu_backend *cpu = kw__cpu(backend);
@@ -148,7 +127,7 @@ int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, cons
     float *y = out->data;
 #pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        y[i] = kw_act_f32(g[i], act) * u[i];
+        y[i] = kw_opm_act(g[i], act) * u[i];
     return 0;
 }
 
@@ -159,7 +138,7 @@ int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum 
     float *y = out->data;
 #pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
     for (int64_t i = 0; i < n; ++i)
-        y[i] = kw_act_f32(xs[i], act);
+        y[i] = kw_opm_act(xs[i], act);
     return 0;
 }
 
@@ -220,9 +199,8 @@ int kw__cpu_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int 
         int64_t best = -1;
         float best_v = 0.0f;
         for (int64_t i = 0; i < N; ++i) {
-            const float v = (flags & KW_ARGMAX_ROUND_BF16) ? kw_round_bf16(xr[i]) : xr[i];
-            if (v != v) continue; /* NaN never wins */
-            if (best < 0 || v > best_v) {
+            const float v = kw_opm_argmax_value(xr[i], flags);
+            if (kw_opm_argmax_wins(v, i, best_v, best)) { /* NaN never wins, the first maximum does */
                 best = i;
                 best_v = v;
             }
