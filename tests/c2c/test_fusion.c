@@ -547,6 +547,43 @@ static void test_bad_input(void **state) {
     kw_fusion_result_free(NULL);
 }
 
+/* Two sharers: the hook is called per sharer with that sharer's geometry and layer count, in order. */
+typedef struct hook2_log {
+    int calls[2];
+    int order_ok;
+    int last_sharer;
+} hook2_log;
+
+static int hook2(void *user, kw_fusion_transfer *t) {
+    hook2_log *h = user;
+    if (t->sharer < 0 || t->sharer > 1 || t->sharer < h->last_sharer) h->order_ok = 0;
+    h->last_sharer = t->sharer;
+    const int want_layers = t->sharer == 0 ? 3 : 2, want_sent = t->sharer == 0 ? 3 : 1;
+    const int want_heads = t->sharer == 0 ? 2 : 1;
+    if (t->n_source_layers != want_layers || t->n_layers_sent != want_sent || t->n_heads != want_heads ||
+        t->layer_index != h->calls[t->sharer])
+        h->order_ok = 0;
+    ++h->calls[t->sharer];
+    return 0;
+}
+
+static void test_transfer_hook_two_sharers(void **state) {
+    (void)state;
+    const scenario s = fixture_scenario("seq2");
+    run_out plain, hooked;
+    run(&s, KW_DTYPE_F32, NULL, NULL, &plain);
+    hook2_log h = {.order_ok = 1};
+    run(&s, KW_DTYPE_F32, hook2, &h, &hooked);
+    /* fuser_llama maps receiver layers 0-2 to llama layer 0 and layer 3 (closed) to layer 1: one layer travels */
+    assert_int_equal(h.calls[0], 3);
+    assert_int_equal(h.calls[1], 1);
+    assert_true(h.order_ok);
+    assert_int_equal(hooked.res.stats.hook_calls, 4);
+    assert_memory_equal(hooked.res.gen.ids, plain.res.gen.ids, (size_t)plain.res.gen.n * 4);
+    run_free(&plain);
+    run_free(&hooked);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parity_receiver_only),
@@ -559,6 +596,7 @@ int main(void) {
         cmocka_unit_test(test_parallel_equals_sequential_one_sharer),
         cmocka_unit_test(test_section_builders),
         cmocka_unit_test(test_transfer_hook),
+        cmocka_unit_test(test_transfer_hook_two_sharers),
         cmocka_unit_test(test_bf16_pipeline_near_reference),
         cmocka_unit_test(test_bad_input),
     };
