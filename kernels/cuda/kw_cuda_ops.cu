@@ -1,73 +1,60 @@
 /* kw_cuda_ops.cu: the CUDA backend's kernels other than cuBLAS: streaming GEMV, weight widening, bias, embedding
  * lookup, RMSNorm, RoPE, attention, KV store/load, activations, add, scale, softmax, argmax and copy.
  *
- * The numerics follow the CPU backend and kernels/ref: fp32 throughout, bf16/f16 conversions through the KW_HD
- * helpers of common/kw_half.h (the exact code the CPU tests exercise), attention as a two-pass softmax (max, then
- * exp and weighted sum, recomputing the scores) so that no rescaling error accumulates, and argmax with NaN
- * skipped and the lowest index winning ties. Straightforward kernels: correct first; not tuned on real hardware
- * (no GPU was available while writing them).
+ * The numerics follow the CPU backend and kernels/ref: fp32 throughout; the per-element rules (dtype loads and
+ * stores, activations, RMSNorm's scale, the RoPE rotation, the attention span, argmax's candidate order, KV
+ * indexing) and the grid arithmetic are the KW_HD functions of kernels/kw_op_math.h, the lines the CPU backend runs
+ * and tests/kernels/test_op_math.c checks; attention is a two-pass softmax (max, then exp and weighted sum,
+ * recomputing the scores) so that no rescaling error accumulates. Straightforward kernels: correct first; not tuned on
+ * real hardware (no GPU was available while writing them).
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
 #include <math.h>
 
-#include "common/kw_half.h"
+#include "kernels/kw_op_math.h"
 
 #define KW_BLOCK 256
 
-static inline unsigned kw_blocks(int64_t n, int per_block) {
-    const int64_t b = (n + per_block - 1) / per_block;
-    return (unsigned)(b < 65535 * 32 ? b : 65535 * 32);
+/* Reductions. Every lane of a warp must call the warp ones (full mask); every thread of a block must call the block
+ * ones, from uniform control flow (they contain __syncthreads). blockDim.x is a multiple of 32, at most 1024. */
+struct kw_sum_op {
+    static __device__ __forceinline__ float identity() { return 0.0f; }
+    static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
+};
+
+struct kw_max_op { /* fmaxf: a NaN operand is ignored, as the oracles' `v > max` comparisons ignore it */
+    static __device__ __forceinline__ float identity() { return -INFINITY; }
+    static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+};
+
+template <typename Op> __device__ __forceinline__ float kw_warp_reduce(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
 }
 
-__device__ __forceinline__ float kw_ld(const void *p, enum kw_dtype dtype, int64_t i) {
-    if (dtype == KW_DTYPE_BF16) return kw_bf16_to_f32(((const uint16_t *)p)[i]);
-    if (dtype == KW_DTYPE_F16) return kw_f16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-__device__ __forceinline__ void kw_st(void *p, enum kw_dtype dtype, int64_t i, float v) {
-    if (dtype == KW_DTYPE_BF16)
-        ((uint16_t *)p)[i] = kw_f32_to_bf16(v);
-    else if (dtype == KW_DTYPE_F16)
-        ((uint16_t *)p)[i] = kw_f32_to_f16(v);
-    else
-        ((float *)p)[i] = v;
+/* Block-wide reduction; every thread gets the result. The first barrier keeps a second call in the same kernel
+ * from overwriting part[] while a slow warp still reads the first call's values. */
+template <typename Op> __device__ float kw_block_reduce(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = kw_warp_reduce<Op>(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    const float s = lane < (int)(blockDim.x >> 5) ? part[lane] : Op::identity();
+    return kw_warp_reduce<Op>(s);
 }
 
 __device__ __forceinline__ float kw_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    return kw_warp_reduce<kw_sum_op>(v);
 }
-
-__device__ __forceinline__ float kw_warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+__device__ __forceinline__ float kw_block_sum(float v) {
+    return kw_block_reduce<kw_sum_op>(v);
 }
-
-/* Block-wide sum; every thread gets the result. blockDim.x is a multiple of 32, at most 1024. */
-__device__ float kw_block_sum(float v) {
-    __shared__ float part[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = kw_warp_sum(v);
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
-    return kw_warp_sum(s);
-}
-
-__device__ float kw_block_max(float v) {
-    __shared__ float part[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = kw_warp_max(v);
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    float s = lane < (int)(blockDim.x >> 5) ? part[lane] : -INFINITY;
-    return kw_warp_max(s);
+__device__ __forceinline__ float kw_block_max(float v) {
+    return kw_block_reduce<kw_max_op>(v);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -76,11 +63,11 @@ __device__ float kw_block_max(float v) {
 
 __global__ void kw_k_to_f32(float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = kw_ld(src, dtype, i0 + i);
+        dst[i] = kw_opm_load(src, dtype, i0 + i);
 }
 
 int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
-    kw_k_to_f32<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst, src, dtype, i0, n);
+    kw_k_to_f32<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst, src, dtype, i0, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -95,7 +82,7 @@ __global__ void kw_k_gemv(float *y, const float *x, const void *w, enum kw_dtype
     for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m)
         acc[m] = 0.0f;
     for (int64_t k = lane; k < K; k += 32) {
-        const float wv = kw_ld(w, dtype, n * K + k);
+        const float wv = kw_opm_load(w, dtype, n * K + k);
         for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m)
             if (m < M) acc[m] += x[m * K + k] * wv;
     }
@@ -118,11 +105,11 @@ int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, 
 
 __global__ void kw_k_add_bias(float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] += kw_ld(bias, dtype, i % N);
+        y[i] += kw_opm_load(bias, dtype, i % N);
 }
 
 int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N) {
-    kw_k_add_bias<<<kw_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(y, bias, dtype, M, N);
+    kw_k_add_bias<<<kw_opm_grid_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(y, bias, dtype, M, N);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -141,7 +128,7 @@ __global__ void kw_k_get_rows(float *out, const void *table, enum kw_dtype dtype
         err->id = id;
     }
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-        out[t * D + d] = bad ? 0.0f : kw_ld(table, dtype, id * D + d);
+        out[t * D + d] = bad ? 0.0f : kw_opm_load(table, dtype, id * D + d);
 }
 
 int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
@@ -166,9 +153,9 @@ __global__ void kw_k_rms_norm(float *out, const float *x, const void *w, enum kw
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
         ss += xr[d] * xr[d];
     ss = kw_block_sum(ss);
-    const float inv_rms = 1.0f / sqrtf(ss / (float)D + eps);
+    const float inv_rms = kw_opm_rms_scale(ss, D, eps);
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float wd = kw_ld(w, dtype, d);
+        float wd = kw_opm_load(w, dtype, d);
         if (unit_offset) wd = 1.0f + wd;
         yr[d] = (xr[d] * inv_rms) * wd;
     }
@@ -197,13 +184,9 @@ __global__ void kw_k_rope(float *x, const int32_t *pos, int64_t H, int64_t D, in
     const int64_t t = blockIdx.x / H;
     float *xh = x + blockIdx.x * D;
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-        const float angle = (float)pos[t] * tab.inv_freq[i];
         float s, c;
-        sincosf(angle, &s, &c);
-        const float x0 = xh[i], x1 = xh[i + half];
-        const float a0 = x0 * c, b0 = x1 * s, a1 = x1 * c, b1 = x0 * s;
-        xh[i] = a0 - b0;
-        xh[i + half] = a1 + b1;
+        sincosf(kw_opm_rope_angle(pos[t], tab.inv_freq[i]), &s, &c); /* within 2 ulp over the whole range */
+        kw_opm_rope_rotate(&xh[i], &xh[i + half], c, s);
     }
 }
 
@@ -227,10 +210,6 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
 #define KW_ATTN_WARPS    4
 #define KW_ATTN_PER_LANE (KW_ATTENTION_MAX_HEAD_DIM / 32)
 
-__device__ __forceinline__ int kw_visible(int64_t j, int64_t p, const uint8_t *mask, int64_t window) {
-    return !(mask && mask[j] == 0) && !(window > 0 && j <= p - window);
-}
-
 __global__ void kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype,
                                const uint8_t *mask, int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0,
                                int64_t n_kv, int64_t window, float scale) {
@@ -238,8 +217,8 @@ __global__ void kw_k_attention(float *out, const float *q, const void *kc, const
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float *qh = q + blockIdx.x * D;
     float *oh = out + blockIdx.x * D;
-    const int64_t hi = p < n_kv - 1 ? p : n_kv - 1;
-    const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    int64_t lo, hi;
+    kw_opm_attn_span(p, n_kv, window, &lo, &hi);
     float qv[KW_ATTN_PER_LANE];
     for (int i = 0; i < KW_ATTN_PER_LANE; ++i)
         qv[i] = lane + 32 * i < D ? qh[lane + 32 * i] : 0.0f;
@@ -247,10 +226,10 @@ __global__ void kw_k_attention(float *out, const float *q, const void *kc, const
 
     float m = -INFINITY;
     for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
-        if (!kw_visible(j, p, mask, window)) continue;
+        if (kw_opm_attn_masked(mask, j)) continue;
         float dot = 0.0f;
         for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
-            dot += qv[i] * kw_ld(kc, dtype, base + j * D + lane + 32 * i);
+            dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
         m = fmaxf(m, kw_warp_sum(dot) * scale);
     }
     m = kw_block_max(m);
@@ -260,14 +239,14 @@ __global__ void kw_k_attention(float *out, const float *q, const void *kc, const
         acc[i] = 0.0f;
     if (m != -INFINITY) {
         for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
-            if (!kw_visible(j, p, mask, window)) continue;
+            if (kw_opm_attn_masked(mask, j)) continue;
             float dot = 0.0f;
             for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
-                dot += qv[i] * kw_ld(kc, dtype, base + j * D + lane + 32 * i);
+                dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
             const float e = expf(kw_warp_sum(dot) * scale - m);
             l += e;
             for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
-                acc[i] += e * kw_ld(vc, dtype, base + j * D + lane + 32 * i);
+                acc[i] += e * kw_opm_load(vc, dtype, base + j * D + lane + 32 * i);
         }
     }
     /* combine the warps */
@@ -309,8 +288,9 @@ __global__ void kw_k_kv_store(void *cache, enum kw_dtype dtype, const float *src
                               int64_t D, int64_t pos0) {
     const int64_t n = T * H * D;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
-        kw_st(cache, dtype, (h * cap + pos0 + t) * D + d, src[i]);
+        int64_t t, h, d;
+        kw_opm_split3(i, H, D, &t, &h, &d);
+        kw_opm_store(cache, dtype, kw_opm_kv_offset(h, t, cap, pos0, D) + d, src[i]);
     }
 }
 
@@ -318,15 +298,16 @@ __global__ void kw_k_kv_load(float *out, const void *cache, enum kw_dtype dtype,
                              int64_t D, int64_t pos0) {
     const int64_t n = T * H * D;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
-        out[i] = kw_ld(cache, dtype, (h * cap + pos0 + t) * D + d);
+        int64_t t, h, d;
+        kw_opm_split3(i, H, D, &t, &h, &d);
+        out[i] = kw_opm_load(cache, dtype, kw_opm_kv_offset(h, t, cap, pos0, D) + d);
     }
 }
 
 int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(src);
-    kw_k_kv_store<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+    kw_k_kv_store<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
         cache->data, cache->dtype, (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
     KW_CUDA_LAUNCHED();
     return 0;
@@ -335,7 +316,7 @@ int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *sr
 int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_kv_load<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+    kw_k_kv_load<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
         (float *)out->data, cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
     KW_CUDA_LAUNCHED();
     return 0;
@@ -345,32 +326,14 @@ int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache
  * Elementwise
  */
 
-__device__ __forceinline__ float kw_act(float x, enum kw_act act) {
-    switch (act) {
-    case KW_ACT_SILU:
-        return x / (1.0f + expf(-x));
-    case KW_ACT_GELU_ERF:
-        return (x * 0.5f) * (1.0f + erff(x * 0.70710678118654752440f));
-    case KW_ACT_GELU_TANH: {
-        const float inner = 0.79788456080286535588f * (x + 0.044715f * (x * x * x));
-        return (0.5f * x) * (1.0f + tanhf(inner));
-    }
-    case KW_ACT_SIGMOID:
-        return 1.0f / (1.0f + expf(-x));
-    case KW_ACT_IDENTITY:
-        return x;
-    }
-    return NAN;
-}
-
 __global__ void kw_k_glu(float *y, const float *g, const float *u, int64_t n, enum kw_act act) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = kw_act(g[i], act) * u[i];
+        y[i] = kw_opm_act(g[i], act) * u[i];
 }
 
 __global__ void kw_k_unary(float *y, const float *x, int64_t n, enum kw_act act) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = kw_act(x[i], act);
+        y[i] = kw_opm_act(x[i], act);
 }
 
 __global__ void kw_k_add(float *y, const float *a, const float *b, int64_t n) {
@@ -386,8 +349,8 @@ __global__ void kw_k_scale(float *y, const float *x, int64_t n, float s) {
 int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_glu<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)gate->data,
-                                                                  (const float *)up->data, n, act);
+    kw_k_glu<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+        (float *)out->data, (const float *)gate->data, (const float *)up->data, n, act);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -395,7 +358,8 @@ int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, con
 int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_unary<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, n, act);
+    kw_k_unary<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data,
+                                                                             n, act);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -403,8 +367,8 @@ int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum
 int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_add<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)a->data,
-                                                                  (const float *)b->data, n);
+    kw_k_add<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)a->data,
+                                                                           (const float *)b->data, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -412,7 +376,8 @@ int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const 
 int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_scale<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, n, s);
+    kw_k_scale<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data,
+                                                                             n, s);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -449,23 +414,22 @@ int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
     return 0;
 }
 
-/* (value, index) pairs: a beats b if b is empty, or a is larger, or equal with a lower index. NaN never enters. */
+/* Folds the candidate (ov, oi) into the best so far (*v, *i) by kw_opm_argmax_wins (NaN never wins, the lower
+ * index wins ties, oi < 0 is "nothing"): a total order, so the butterfly and the warp merge give the first maximum,
+ * as the replay in test_op_math.c checks. */
 __device__ __forceinline__ void kw_argmax_merge(float *v, int64_t *i, float ov, int64_t oi) {
-    if (oi < 0) return;
-    if (*i < 0 || ov > *v || (ov == *v && oi < *i)) {
+    if (kw_opm_argmax_wins(ov, oi, *v, *i)) {
         *v = ov;
         *i = oi;
     }
 }
 
-__global__ void kw_k_argmax(int32_t *out, const float *x, int64_t N, int round_bf16) {
+__global__ void kw_k_argmax(int32_t *out, const float *x, int64_t N, int flags) {
     const float *xr = x + blockIdx.x * N;
     float best = 0.0f;
     int64_t idx = -1;
     for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-        const float v = round_bf16 ? kw_round_bf16(xr[i]) : xr[i];
-        if (v != v) continue;
-        kw_argmax_merge(&best, &idx, v, i);
+        kw_argmax_merge(&best, &idx, kw_opm_argmax_value(xr[i], flags), i);
     }
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, o);
@@ -488,8 +452,7 @@ int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int
     KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda argmax: too many rows");
-    kw_k_argmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((int32_t *)out->data, (const float *)x->data, N,
-                                                          flags & KW_ARGMAX_ROUND_BF16);
+    kw_k_argmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((int32_t *)out->data, (const float *)x->data, N, flags);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -500,7 +463,7 @@ int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int
 
 __global__ void kw_k_convert(void *dst, enum kw_dtype ddt, const void *src, enum kw_dtype sdt, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        kw_st(dst, ddt, i, kw_ld(src, sdt, i));
+        kw_opm_store(dst, ddt, i, kw_opm_load(src, sdt, i));
 }
 
 int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
@@ -510,7 +473,8 @@ int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
         return 0;
     }
     const int64_t n = kw_tensor_nelem(src);
-    kw_k_convert<<<kw_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst->data, dst->dtype, src->data, src->dtype, n);
+    kw_k_convert<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst->data, dst->dtype, src->data,
+                                                                               src->dtype, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -532,7 +496,7 @@ int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor
                             const kw_tensor *w, float g) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t TH = base->ne[0] * base->ne[1], D = base->ne[2];
-    kw_k_head_scale_add<<<kw_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
+    kw_k_head_scale_add<<<kw_opm_grid_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
         (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH, D);
     KW_CUDA_LAUNCHED();
     return 0;
