@@ -189,6 +189,75 @@ out:
     return rc;
 }
 
+/* Milliseconds per call of the projector's elementwise ops on one (R, 1024) chunk, next to one GEMM of that chunk:
+ * where a pass spends what its GEMMs do not. */
+static int kw_bp_time_small_ops(kw_backend *be, int64_t R, int reps) {
+    kw_tensor x = {0}, y = {0}, w = {0}, n = {0}, h = {0}, s16 = {0}, w8 = {0};
+    uint16_t *wh = calloc((size_t)1024 * 1024, sizeof *wh);
+    int rc;
+    KW_CHECK_IF(wh == NULL, KW_E_NOMEM, "bench projector: out of memory");
+    KW_CHECK(kw_bp_fill(be, &x, R, 1, 1024, 31));
+    KW_CHECK(kw_tensor_alloc(be, &y, KW_DTYPE_F32, 3, (int64_t[]){R, 1, 1024}));
+    KW_CHECK(kw_tensor_alloc(be, &h, KW_DTYPE_F32, 3, (int64_t[]){R, 8, 128}));
+    KW_CHECK(kw_tensor_alloc(be, &s16, KW_DTYPE_BF16, 3, (int64_t[]){R, 1, 1024}));
+    KW_CHECK(kw_tensor_alloc(be, &n, KW_DTYPE_F32, 1, (int64_t[]){1024}));
+    KW_CHECK(kw_backend_memset_zero(be, &n));
+    KW_CHECK(kw_tensor_from_host(be, &w, KW_DTYPE_BF16, 2, (int64_t[]){1024, 1024}, wh));
+    kw_tensor x2, y2;
+    KW_CHECK(kw_tensor_view_reshape(&x, 2, (int64_t[]){R, 1024}, &x2));
+    KW_CHECK(kw_tensor_view_reshape(&y, 2, (int64_t[]){R, 1024}, &y2));
+    KW_CHECK(kw_tensor_alloc(be, &w8, KW_DTYPE_F32, 2, (int64_t[]){R, 8}));
+    KW_CHECK(kw_backend_memset_zero(be, &w8));
+    const char *names[6] = {"matmul 1024x1024 bf16", "gelu (erf)",    "rms_norm", "sigmoid",
+                            "bf16 round (2 copies)", "head_scale_add"};
+    double best[6];
+    for (int op = 0; op < 6; ++op) {
+        best[op] = 1e30;
+        for (int r = -1; r < reps; ++r) {
+            const uint64_t t0 = kw_time_now_ns();
+            for (int c = 0; c < 8; ++c) {
+                switch (op) {
+                case 0:
+                    KW_CHECK(kw_op_matmul(be, &y2, &x2, &w, NULL));
+                    break;
+                case 1:
+                    KW_CHECK(kw_op_unary(be, &y, &x, KW_ACT_GELU_ERF));
+                    break;
+                case 2:
+                    KW_CHECK(kw_op_rms_norm(be, &y, &x, &n, 1e-6f, KW_RMS_NORM_PLAIN));
+                    break;
+                case 3:
+                    KW_CHECK(kw_op_unary(be, &y, &x, KW_ACT_SIGMOID));
+                    break;
+                case 4:
+                    KW_CHECK(kw_op_copy(be, &s16, &x));
+                    KW_CHECK(kw_op_copy(be, &y, &s16));
+                    break;
+                default: {
+                    kw_tensor x3;
+                    KW_CHECK(kw_tensor_view_reshape(&x, 3, (int64_t[]){R, 8, 128}, &x3));
+                    KW_CHECK(kw_op_head_scale_add(be, &h, &x3, &x3, &w8, 1.0f));
+                    break;
+                }
+                }
+            }
+            KW_CHECK(kw_backend_synchronize(be));
+            const double ms = kw_time_ms(t0, kw_time_now_ns()) / 8;
+            if (r >= 0 && ms < best[op]) best[op] = ms;
+        }
+    }
+    printf("per call on a (%lld, 1024) chunk:", (long long)R);
+    for (int op = 0; op < 6; ++op)
+        printf("%s %s %.3f ms", op ? "," : "", names[op], best[op]);
+    printf("\n(a branch runs 7 GEMMs, one of K = 128 and one of N = 8, 3 GELUs, 3 RMSNorms, one sigmoid on (R, 8), "
+           "~20 bf16 rounds in bf16 mode and one head_scale_add per chunk)\n");
+out:
+    kw_tensor_free(&x), kw_tensor_free(&y), kw_tensor_free(&w), kw_tensor_free(&n), kw_tensor_free(&h);
+    kw_tensor_free(&s16), kw_tensor_free(&w8);
+    free(wh);
+    return rc;
+}
+
 static int kw_bp_parse(const char *opt, const char *s, long min, long max, long *out) {
     char *end = NULL;
     errno = 0;
@@ -283,6 +352,7 @@ int kw_bench_projector(int argc, char **argv) {
                    sec * 1e3, (double)T / sec, gf, mm, 100.0 * gf / mm);
         }
     }
+    KW_CHECK(kw_bp_time_small_ops(be, token_list[0] < 256 ? token_list[0] : 256, (int)reps));
 out:
     if (rc < 0) fprintf(stderr, "kvwire bench projector: %s (%s)\n", kw_strerror(rc), kw_error_detail());
     for (long l = 0; proj && l < layers; ++l)
