@@ -12,11 +12,15 @@ extern "C" {
 #include "kernels/kw_backend_impl.h"
 }
 
-/* The device-side error record for ops that detect bad input while running (get_rows ids). */
+/* The device-side record of get_rows' bad ids, read at synchronize; all zero means none. Launches on the stream run
+ * one after another, so the first faulting launch claims `launch` with atomicCAS and only its blocks update `key`
+ * (kw_opm_bad_id_key under atomicMax: its lowest bad row and that row's id) and `table_rows`. The report is the
+ * CPU backend's: the first bad row of the first faulting call. */
 struct kw_cuda_err {
-    int flag; /* 0: none; set once with atomicCAS */
-    int row;
-    int id;
+    unsigned int launch;    /* sequence number of the faulting launch, 0: none */
+    unsigned int unused;    /* keeps key 8-byte aligned explicitly */
+    unsigned long long key; /* kw_opm_bad_id_key(row, id) */
+    long long table_rows;   /* V of the faulting launch */
 };
 
 struct kw_cuda_backend {
@@ -25,9 +29,10 @@ struct kw_cuda_backend {
     cudaStream_t stream;
     cudaMemPool_t pool; /* the backend's own stream-ordered pool; keeps freed memory until destroy */
     cublasHandle_t cublas;
-    kw_cuda_err *d_err; /* device */
-    kw_cuda_err *h_err; /* pinned host mirror, read at synchronize */
-    float *work;        /* f32 workspace for widened weight panels (stream-ordered allocation) */
+    kw_cuda_err *d_err;             /* device */
+    kw_cuda_err *h_err;             /* pinned host mirror, read at synchronize */
+    unsigned int get_rows_launches; /* numbers get_rows launches for kw_cuda_err (never 0) */
+    float *work;                    /* f32 workspace for widened weight panels (stream-ordered allocation) */
     size_t work_floats;
 };
 

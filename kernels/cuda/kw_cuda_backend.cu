@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kw_op_math.h"
+
 extern "C" {
 #include "common/kw_log.h"
 #include "common/kw_size.h"
@@ -96,9 +98,11 @@ static int kw_cuda_synchronize(kw_backend *backend) {
     KW_CUDA_ENTER(cu, backend);
     KW_CUDA_TRY(cudaMemcpyAsync(cu->h_err, cu->d_err, sizeof *cu->h_err, cudaMemcpyDeviceToHost, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
-    if (cu->h_err->flag) {
-        kw__backend_defer_error(backend, KW_E_TOKEN_ID, "get_rows: id %d at row %d is outside the table", cu->h_err->id,
-                                cu->h_err->row);
+    if (cu->h_err->launch != 0) {
+        const uint64_t key = cu->h_err->key;
+        kw__backend_defer_error(backend, KW_E_TOKEN_ID, "get_rows: id %d at row %lld is outside [0, %lld)",
+                                (int)kw_opm_bad_id_id(key), (long long)kw_opm_bad_id_row(key),
+                                (long long)cu->h_err->table_rows);
         KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
         KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     }

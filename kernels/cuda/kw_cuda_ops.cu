@@ -118,25 +118,31 @@ int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_d
  * get_rows
  */
 
+/* One block per id. A bad id zeroes its row and is recorded in err (see kw_cuda_err) for synchronize. */
 __global__ void kw_k_get_rows(float *out, const void *table, enum kw_dtype dtype, int64_t V, int64_t D,
-                              const int32_t *ids, kw_cuda_err *err) {
+                              const int32_t *ids, kw_cuda_err *err, unsigned int launch) {
     const int64_t t = blockIdx.x;
     const int32_t id = ids[t];
     const int bad = id < 0 || id >= V;
-    if (bad && threadIdx.x == 0 && atomicCAS(&err->flag, 0, 1) == 0) {
-        err->row = (int)t;
-        err->id = id;
+    if (bad && threadIdx.x == 0) {
+        const unsigned int owner = atomicCAS(&err->launch, 0u, launch);
+        if (owner == 0u || owner == launch) {
+            atomicMax(&err->key, (unsigned long long)kw_opm_bad_id_key(t, id));
+            err->table_rows = V; /* the same value from every block of the launch */
+        }
     }
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-        out[t * D + d] = bad ? 0.0f : kw_opm_load(table, dtype, id * D + d);
+        out[t * D + d] = bad ? 0.0f : kw_opm_load(table, dtype, (int64_t)id * D + d);
 }
 
 int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t T = kw_tensor_nelem(ids);
     KW_RETURN_IF(T > INT32_MAX, KW_E_UNSUPPORTED, "cuda get_rows: too many ids");
+    if (++cu->get_rows_launches == 0) ++cu->get_rows_launches;
     kw_k_get_rows<<<(unsigned)T, 128, 0, cu->stream>>>((float *)out->data, table->data, table->dtype, table->ne[0],
-                                                       table->ne[1], (const int32_t *)ids->data, cu->d_err);
+                                                       table->ne[1], (const int32_t *)ids->data, cu->d_err,
+                                                       cu->get_rows_launches);
     KW_CUDA_LAUNCHED();
     return 0;
 }

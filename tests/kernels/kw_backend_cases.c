@@ -807,6 +807,43 @@ out:
     return ok;
 }
 
+int kw_case_bad_ids(kw_backend *b) {
+    const float table[3 * 2] = {1, 2, 3, 4, 5, 6};
+    const int32_t ids1[4] = {2, 3, -1, 0}, ids2[2] = {7, 0}; /* first bad row: 1 (id 3) of the first call */
+    float out1[4 * 2], out2[2 * 2];
+    memset(out1, 0x55, sizeof out1);
+    memset(out2, 0x55, sizeof out2);
+    int ok = 1, rc;
+    kw_tensor tt = {0}, ti1 = {0}, ti2 = {0}, to1 = {0}, to2 = {0};
+    kw_put(b, &tt, KW_DTYPE_F32, 2, (int64_t[]){3, 2}, table);
+    kw_put(b, &ti1, KW_DTYPE_I32, 1, (int64_t[]){4}, ids1);
+    kw_put(b, &ti2, KW_DTYPE_I32, 1, (int64_t[]){2}, ids2);
+    kw_put(b, &to1, KW_DTYPE_F32, 2, (int64_t[]){4, 2}, NULL);
+    kw_put(b, &to2, KW_DTYPE_F32, 2, (int64_t[]){2, 2}, NULL);
+    KW_OP_OR_FAIL(kw_op_get_rows(b, &to1, &tt, &ti1)); /* enqueued fine: the ids are only read on the backend */
+    KW_OP_OR_FAIL(kw_op_get_rows(b, &to2, &tt, &ti2));
+    KW_OP_OR_FAIL(kw_backend_download(b, out1, &to1, 0, sizeof out1));
+    KW_OP_OR_FAIL(kw_backend_download(b, out2, &to2, 0, sizeof out2));
+    rc = kw_backend_synchronize(b);
+    if (rc != KW_E_TOKEN_ID || strcmp(kw_error_detail(), "get_rows: id 3 at row 1 is outside [0, 3)") != 0) {
+        fprintf(stderr, "  bad ids: synchronize gave %s (%s)\n", kw_status_name(rc), kw_error_detail());
+        ok = 0;
+    }
+    const float want1[8] = {5, 6, 0, 0, 0, 0, 1, 2}, want2[4] = {0, 0, 1, 2};
+    ok = kw_check_bytes("rows of the first call", out1, want1, sizeof want1) && ok;
+    ok = kw_check_bytes("rows of the second call", out2, want2, sizeof want2) && ok;
+    KW_OP_OR_FAIL(kw_backend_synchronize(b));          /* reported once */
+    KW_OP_OR_FAIL(kw_op_get_rows(b, &to2, &tt, &ti2)); /* a later bad call is reported on its own */
+    rc = kw_backend_synchronize(b);
+    if (rc != KW_E_TOKEN_ID || strcmp(kw_error_detail(), "get_rows: id 7 at row 0 is outside [0, 3)") != 0) {
+        fprintf(stderr, "  bad ids, second round: synchronize gave %s (%s)\n", kw_status_name(rc), kw_error_detail());
+        ok = 0;
+    }
+out:
+    kw_tensor_free(&tt), kw_tensor_free(&ti1), kw_tensor_free(&ti2), kw_tensor_free(&to1), kw_tensor_free(&to2);
+    return ok;
+}
+
 enum kw_case_result kw_case_run(kw_backend *backend, const struct kw_case *c, int perf_reps, double *perf_seconds) {
     enum kw_dtype probe = c->dtype;
     if (c->op == KW_OP_MATMUL && c->a[3] && !kw_backend_supports(backend, c->op, (enum kw_dtype)(c->a[3] - 1)))

@@ -44,4 +44,9 @@ enum kw_case_result { KW_CASE_PASS = 0, KW_CASE_FAIL = 1, KW_CASE_UNSUPPORTED = 
  * seconds per run in *perf_seconds. */
 enum kw_case_result kw_case_run(kw_backend *backend, const struct kw_case *c, int perf_reps, double *perf_seconds);
 
+/* The deferred get_rows error on backend: two calls with bad ids before one synchronize report the first bad row of
+ * the first call, with the message the CPU backend writes, once; bad rows are zeroed, good rows written. Returns 1 if
+ * all of that holds (prints what did not to stderr). */
+int kw_case_bad_ids(kw_backend *backend);
+
 #endif /* KW_BACKEND_CASES_H */

@@ -1,6 +1,7 @@
 /* test_backend_cuda.c: the op parity case table (kw_backend_cases.c) on the CUDA backend, against the same kw_ref
  * oracles and tolerances as the CPU. Exits 77 (skipped) when kvwire was built without CUDA or no device exists.
- * Cases whose (op, dtype) the CUDA backend does not list in supports() are reported, not failed. */
+ * Cases whose (op, dtype) the CUDA backend does not list in supports() are reported, not failed. Then the deferred
+ * get_rows error (kw_case_bad_ids): the device record must report what the CPU backend reports. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -34,6 +35,11 @@ int main(void) {
             fprintf(stderr, "FAIL cuda: %s\n", desc);
             ++failed;
         }
+    }
+    ++run;
+    if (!kw_case_bad_ids(b)) {
+        fprintf(stderr, "FAIL cuda: get_rows bad ids reported at synchronize\n");
+        ++failed;
     }
     kw_backend_destroy(b);
     printf("cuda: %zu cases run, %zu failed, %zu unsupported\n", run, failed, unsupported);

@@ -106,6 +106,14 @@ static void test_get_rows_bad_id_reported_at_synchronize(void **state) {
     kw_backend_destroy(b);
 }
 
+/* The same contract as the CUDA runner checks it: first bad row of the first call, the exact message, once. */
+static void test_get_rows_bad_ids_first_row_of_first_call(void **state) {
+    (void)state;
+    kw_backend *b = kw_make_cpu("", 2);
+    assert_true(kw_case_bad_ids(b));
+    kw_backend_destroy(b);
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * The generic layer's argument checks: each bad call is refused up front with the documented status.
  */
@@ -402,6 +410,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_cases_cpu_avx2),
         cmocka_unit_test(test_cases_cpu_scalar),
         cmocka_unit_test(test_get_rows_bad_id_reported_at_synchronize),
+        cmocka_unit_test(test_get_rows_bad_ids_first_row_of_first_call),
         cmocka_unit_test(test_shape_rejections),
         cmocka_unit_test(test_names_and_sizes),
         cmocka_unit_test(test_rope_inv_freq_matches_transformers),
