@@ -210,55 +210,70 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
 
 /* ------------------------------------------------------------------------------------------------------------
  * attention: one block of 4 warps per (token, query head). Pass 1 finds the maximum score, pass 2 sums
- * exp(score - max) and the weighted V rows; warps stride over cache rows, lanes over the head dimension.
+ * exp(score - max) and the weighted V rows; warps stride over cache rows, lanes over the head dimension, NPL
+ * dimensions per lane in registers (kw_opm_attn_dims_per_lane: the smallest power of two with 32 NPL >= D, so
+ * D = 128 keeps 4 accumulators per lane instead of the 16 that D = 512 needs). The rows are those of
+ * kw_opm_attn_span minus kw_opm_attn_masked, the CPU backend's rule. A query that sees no row (the block-wide
+ * maximum stays -inf) writes zeros; NaN scores propagate to NaN outputs as in the oracle.
  */
 
-#define KW_ATTN_WARPS    4
-#define KW_ATTN_PER_LANE (KW_ATTENTION_MAX_HEAD_DIM / 32)
+#define KW_ATTN_WARPS 4
 
-__global__ void kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype,
-                               const uint8_t *mask, int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0,
-                               int64_t n_kv, int64_t window, float scale) {
+template <int NPL>
+__global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
+    kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype, const uint8_t *mask,
+                   int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window,
+                   float scale) {
     const int64_t t = blockIdx.x / Hq, h = blockIdx.x % Hq, kvh = h / group, p = q_pos0 + t;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float *qh = q + blockIdx.x * D;
     float *oh = out + blockIdx.x * D;
     int64_t lo, hi;
     kw_opm_attn_span(p, n_kv, window, &lo, &hi);
-    float qv[KW_ATTN_PER_LANE];
-    for (int i = 0; i < KW_ATTN_PER_LANE; ++i)
+    float qv[NPL];
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
         qv[i] = lane + 32 * i < D ? qh[lane + 32 * i] : 0.0f;
     const int64_t base = kvh * cap * D;
 
+    /* pass 1: the maximum score. The branch on the mask depends on j only, so whole warps take it together and
+     * every lane reaches the shuffles of kw_warp_sum. */
     float m = -INFINITY;
     for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
         if (kw_opm_attn_masked(mask, j)) continue;
         float dot = 0.0f;
-        for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
-            dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
+#pragma unroll
+        for (int i = 0; i < NPL; ++i)
+            if (lane + 32 * i < D) dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
         m = fmaxf(m, kw_warp_sum(dot) * scale);
     }
-    m = kw_block_max(m);
+    m = kw_block_max(m); /* every thread: uniform control flow */
 
-    float l = 0.0f, acc[KW_ATTN_PER_LANE];
-    for (int i = 0; i < KW_ATTN_PER_LANE; ++i)
+    /* pass 2: exp(score - m) and the weighted V sum (m is the same in every thread, so is the branch) */
+    float l = 0.0f, acc[NPL];
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
         acc[i] = 0.0f;
     if (m != -INFINITY) {
         for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
             if (kw_opm_attn_masked(mask, j)) continue;
             float dot = 0.0f;
-            for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
-                dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
+#pragma unroll
+            for (int i = 0; i < NPL; ++i)
+                if (lane + 32 * i < D) dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
             const float e = expf(kw_warp_sum(dot) * scale - m);
             l += e;
-            for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
-                acc[i] += e * kw_opm_load(vc, dtype, base + j * D + lane + 32 * i);
+#pragma unroll
+            for (int i = 0; i < NPL; ++i)
+                if (lane + 32 * i < D) acc[i] += e * kw_opm_load(vc, dtype, base + j * D + lane + 32 * i);
         }
     }
+
     /* combine the warps */
-    __shared__ float s_acc[KW_ATTN_WARPS][KW_ATTENTION_MAX_HEAD_DIM];
+    __shared__ float s_acc[KW_ATTN_WARPS][32 * NPL];
     __shared__ float s_l[KW_ATTN_WARPS];
-    for (int i = 0; i < KW_ATTN_PER_LANE && lane + 32 * i < D; ++i)
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
         s_acc[warp][lane + 32 * i] = acc[i];
     if (lane == 0) s_l[warp] = l;
     __syncthreads();
@@ -269,7 +284,7 @@ __global__ void kw_k_attention(float *out, const float *q, const void *kc, const
         float s = 0.0f;
         for (int w = 0; w < KW_ATTN_WARPS; ++w)
             s += s_acc[w][d];
-        oh[d] = total > 0.0f ? s * (1.0f / total) : 0.0f;
+        oh[d] = m == -INFINITY ? 0.0f : s * (1.0f / total);
     }
 }
 
@@ -279,9 +294,30 @@ int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, 
     const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
     KW_RETURN_IF(T * Hq > INT32_MAX, KW_E_UNSUPPORTED, "cuda attention: too many query rows");
     const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
-    kw_k_attention<<<(unsigned)(T * Hq), 32 * KW_ATTN_WARPS, 0, cu->stream>>>(
-        (float *)out->data, (const float *)q->data, k_cache->data, v_cache->data, k_cache->dtype, mask, Hq, Hq / Hkv,
-        cap, D, params->q_pos0, params->n_kv, params->sliding_window, params->scale);
+#define KW_ATTN_LAUNCH(NPL)                                                                                            \
+    kw_k_attention<NPL><<<(unsigned)(T * Hq), 32 * KW_ATTN_WARPS, 0, cu->stream>>>(                                    \
+        (float *)out->data, (const float *)q->data, k_cache->data, v_cache->data, k_cache->dtype, mask, Hq, Hq / Hkv,  \
+        cap, D, params->q_pos0, params->n_kv, params->sliding_window, params->scale)
+    switch (kw_opm_attn_dims_per_lane(D)) {
+    case 1:
+        KW_ATTN_LAUNCH(1);
+        break;
+    case 2:
+        KW_ATTN_LAUNCH(2);
+        break;
+    case 4:
+        KW_ATTN_LAUNCH(4);
+        break;
+    case 8:
+        KW_ATTN_LAUNCH(8);
+        break;
+    case 16:
+        KW_ATTN_LAUNCH(16);
+        break;
+    default:
+        KW_FAIL(KW_E_SHAPE, "cuda attention: head dim %lld outside 1..%d", (long long)D, KW_ATTENTION_MAX_HEAD_DIM);
+    }
+#undef KW_ATTN_LAUNCH
     KW_CUDA_LAUNCHED();
     return 0;
 }
