@@ -151,11 +151,12 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
                           const kw_tensor *bias) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t M = kw_tensor_nrows(x), K = w->ne[1], N = w->ne[0];
-    KW_RETURN_IF(M > INT32_MAX || N > INT32_MAX || K > INT32_MAX, KW_E_UNSUPPORTED,
-                 "cuda matmul: dimensions beyond 32-bit cuBLAS sizes");
     float *y = (float *)out->data;
     const float *xs = (const float *)x->data;
-    if (M <= KW_CUDA_GEMV_MAX_M) {
+    /* cuBLAS takes int sizes; beyond them the streaming kernel (64-bit indexing, 8 rows of x per launch) serves,
+     * slowly but correctly, as the CPU backend does */
+    const int cublas_sizes = M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX;
+    if (M <= KW_CUDA_GEMV_MAX_M || !cublas_sizes) {
         KW_FORWARD(kw__cuda_gemv(cu, y, xs, w->data, w->dtype, M, N, K));
     } else {
         const float alpha = 1.0f, beta = 0.0f;
@@ -181,10 +182,11 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
     return 0;
 }
 
-static struct kw_backend_i kw_cuda_iface;
-
-static void kw_cuda_fill_iface(void) {
-    struct kw_backend_i *i = &kw_cuda_iface;
+/* The function table (C++ has no designated initializers before C++20, so it is filled by a function). */
+static struct kw_backend_i kw_cuda_make_iface(void) {
+    struct kw_backend_i iface;
+    memset(&iface, 0, sizeof iface);
+    struct kw_backend_i *i = &iface;
     i->name = "cuda";
     i->kind = KW_BACKEND_CUDA;
     i->host_memory = 0;
@@ -211,6 +213,7 @@ static void kw_cuda_fill_iface(void) {
     i->argmax = kw__cuda_argmax;
     i->copy = kw__cuda_copy;
     i->head_scale_add = kw__cuda_head_scale_add;
+    return iface;
 }
 
 /* The set-up steps after the state exists; on failure the caller destroys the partial state. */
@@ -251,7 +254,9 @@ extern "C" int kw_backend_create_cuda(int device, kw_backend **out) {
     KW_RETURN_IF(err != cudaSuccess, KW_E_NO_DEVICE, "cudaGetDeviceCount: %s", cudaGetErrorString(err));
     KW_RETURN_IF(device < 0 || device >= count, KW_E_NO_DEVICE, "CUDA device %d does not exist (%d present)", device,
                  count);
-    kw_cuda_fill_iface();
+    /* initialized once, thread-safely (a function-local static); read-only afterwards, so backends created
+     * concurrently on several threads share it without a data race */
+    static const struct kw_backend_i kw_cuda_iface = kw_cuda_make_iface();
     kw_cuda_backend *cu = (kw_cuda_backend *)calloc(1, sizeof *cu);
     KW_RETURN_IF(cu == NULL, KW_E_NOMEM, "kw_backend_create_cuda: out of memory");
     kw__backend_init(&cu->base, &kw_cuda_iface);

@@ -95,6 +95,7 @@ __global__ void kw_k_gemv(float *y, const float *x, const void *w, enum kw_dtype
 
 int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M,
                   int64_t N, int64_t K) {
+    KW_RETURN_IF((N + 7) / 8 > INT32_MAX, KW_E_UNSUPPORTED, "cuda matmul: %lld output columns", (long long)N);
     for (int64_t m0 = 0; m0 < M; m0 += KW_CUDA_GEMV_ROWS) {
         const int64_t rows = M - m0 < KW_CUDA_GEMV_ROWS ? M - m0 : KW_CUDA_GEMV_ROWS;
         kw_k_gemv<<<(unsigned)((N + 7) / 8), 256, 0, cu->stream>>>(y + m0 * N, x + m0 * K, w, dtype, rows, N, K);
@@ -511,7 +512,11 @@ __global__ void kw_k_convert(void *dst, enum kw_dtype ddt, const void *src, enum
 int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
     KW_CUDA_ENTER(cu, backend);
     if (dst->dtype == src->dtype) {
-        KW_CUDA_TRY(cudaMemcpyAsync(dst->data, src->data, kw_tensor_nbytes(src), cudaMemcpyDeviceToDevice, cu->stream));
+        /* cudaMemcpy is undefined for overlapping ranges (the CPU's memmove is not); a tensor copied onto itself is
+         * the one overlap the interface lets through */
+        if (dst->data != src->data)
+            KW_CUDA_TRY(
+                cudaMemcpyAsync(dst->data, src->data, kw_tensor_nbytes(src), cudaMemcpyDeviceToDevice, cu->stream));
         return 0;
     }
     const int64_t n = kw_tensor_nelem(src);
