@@ -443,8 +443,15 @@ int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, con
     return backend->iface->attention(backend, out, q, k_cache, v_cache, params);
 }
 
-/* Shared checks of kv_store / kv_load: cache (H, cap, D), rows (T, H, D) f32, pos0 + T <= cap. */
-static int kw_check_kv_rows(const kw_tensor *cache, const kw_tensor *rows, int64_t pos0, const char *op) {
+/* The checks kv_store and kv_load share (after the backend's): cache (H, cap, D) and rows (T, H, D) f32 on this
+ * backend, pos0 + T <= cap, the cache dtype on the whitelist. */
+static int kw_check_kv_op(const kw_backend *backend, enum kw_op id, const kw_tensor *cache, const kw_tensor *rows,
+                          int64_t pos0, int have_entry) {
+    const char *op = kw_op_name(id);
+    KW_FORWARD(
+        kw_check_tensor(backend, id == KW_OP_KV_STORE ? cache : rows, op, id == KW_OP_KV_STORE ? "cache" : "out"));
+    KW_FORWARD(
+        kw_check_tensor(backend, id == KW_OP_KV_STORE ? rows : cache, op, id == KW_OP_KV_STORE ? "src" : "cache"));
     KW_FORWARD(kw_check_dtype(rows, KW_DTYPE_F32, op, "rows"));
     KW_RETURN_IF(cache->ndim != 3 || rows->ndim != 3 || rows->ne[1] != cache->ne[0] || rows->ne[2] != cache->ne[2],
                  KW_E_SHAPE, "%s: cache %s must be (H, cap, D) and rows %s (T, H, D)", op, KW_SHAPE(cache),
@@ -452,26 +459,18 @@ static int kw_check_kv_rows(const kw_tensor *cache, const kw_tensor *rows, int64
     KW_RETURN_IF(pos0 < 0 || pos0 > cache->ne[1] - rows->ne[0], KW_E_SHAPE,
                  "%s: rows [%lld, %lld) outside the cache capacity %lld", op, (long long)pos0,
                  (long long)(pos0 + rows->ne[0]), (long long)cache->ne[1]);
-    return 0;
+    return kw_check_supported(backend, id, cache->dtype, have_entry);
 }
 
 int kw_op_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
-    static const char op[] = "kv_store";
-    KW_CHECK_BACKEND(op);
-    KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
-    KW_FORWARD(kw_check_tensor(backend, src, op, "src"));
-    KW_FORWARD(kw_check_kv_rows(cache, src, pos0, op));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_KV_STORE, cache->dtype, backend->iface->kv_store != NULL));
+    KW_CHECK_BACKEND("kv_store");
+    KW_FORWARD(kw_check_kv_op(backend, KW_OP_KV_STORE, cache, src, pos0, backend->iface->kv_store != NULL));
     return backend->iface->kv_store(backend, cache, src, pos0);
 }
 
 int kw_op_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
-    static const char op[] = "kv_load";
-    KW_CHECK_BACKEND(op);
-    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
-    KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
-    KW_FORWARD(kw_check_kv_rows(cache, out, pos0, op));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_KV_LOAD, cache->dtype, backend->iface->kv_load != NULL));
+    KW_CHECK_BACKEND("kv_load");
+    KW_FORWARD(kw_check_kv_op(backend, KW_OP_KV_LOAD, cache, out, pos0, backend->iface->kv_load != NULL));
     return backend->iface->kv_load(backend, out, cache, pos0);
 }
 
@@ -493,49 +492,47 @@ static int kw_check_elementwise(const kw_backend *backend, const kw_tensor *out,
     return 0;
 }
 
+/* The checks of the f32 elementwise ops (after the backend's): kw_check_elementwise over out, a and, for the binary
+ * ones (glu, add), b; a valid activation for glu and unary; equal row lengths for softmax; f32 on the whitelist. */
+static int kw_check_f32_op(const kw_backend *backend, enum kw_op id, const kw_tensor *out, const kw_tensor *a,
+                           const kw_tensor *b, enum kw_act act, int have_entry) {
+    const char *op = kw_op_name(id);
+    const int binary = id == KW_OP_GLU || id == KW_OP_ADD;
+    KW_RETURN_IF(binary && b == NULL, KW_E_INVALID_ARG, "%s: tensor %s is NULL", op, id == KW_OP_GLU ? "up" : "b");
+    KW_FORWARD(kw_check_elementwise(backend, out, a, binary ? b : NULL, op));
+    if (id == KW_OP_GLU || id == KW_OP_UNARY) KW_FORWARD(kw_check_act(act, op));
+    KW_RETURN_IF(id == KW_OP_SOFTMAX && kw_tensor_last(out) != kw_tensor_last(a), KW_E_SHAPE,
+                 "%s: out %s and x %s differ in row length", op, KW_SHAPE(out), KW_SHAPE(a));
+    return kw_check_supported(backend, id, KW_DTYPE_F32, have_entry);
+}
+
 int kw_op_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
-    static const char op[] = "glu";
-    KW_CHECK_BACKEND(op);
-    KW_RETURN_IF(up == NULL, KW_E_INVALID_ARG, "%s: tensor up is NULL", op);
-    KW_FORWARD(kw_check_elementwise(backend, out, gate, up, op));
-    KW_FORWARD(kw_check_act(act, op));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_GLU, KW_DTYPE_F32, backend->iface->glu != NULL));
+    KW_CHECK_BACKEND("glu");
+    KW_FORWARD(kw_check_f32_op(backend, KW_OP_GLU, out, gate, up, act, backend->iface->glu != NULL));
     return backend->iface->glu(backend, out, gate, up, act);
 }
 
 int kw_op_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
-    static const char op[] = "unary";
-    KW_CHECK_BACKEND(op);
-    KW_FORWARD(kw_check_elementwise(backend, out, x, NULL, op));
-    KW_FORWARD(kw_check_act(act, op));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_UNARY, KW_DTYPE_F32, backend->iface->unary != NULL));
+    KW_CHECK_BACKEND("unary");
+    KW_FORWARD(kw_check_f32_op(backend, KW_OP_UNARY, out, x, NULL, act, backend->iface->unary != NULL));
     return backend->iface->unary(backend, out, x, act);
 }
 
 int kw_op_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
-    static const char op[] = "add";
-    KW_CHECK_BACKEND(op);
-    KW_RETURN_IF(b == NULL, KW_E_INVALID_ARG, "%s: tensor b is NULL", op);
-    KW_FORWARD(kw_check_elementwise(backend, out, a, b, op));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_ADD, KW_DTYPE_F32, backend->iface->add != NULL));
+    KW_CHECK_BACKEND("add");
+    KW_FORWARD(kw_check_f32_op(backend, KW_OP_ADD, out, a, b, KW_ACT_IDENTITY, backend->iface->add != NULL));
     return backend->iface->add(backend, out, a, b);
 }
 
 int kw_op_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
-    static const char op[] = "scale";
-    KW_CHECK_BACKEND(op);
-    KW_FORWARD(kw_check_elementwise(backend, out, x, NULL, op));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_SCALE, KW_DTYPE_F32, backend->iface->scale != NULL));
+    KW_CHECK_BACKEND("scale");
+    KW_FORWARD(kw_check_f32_op(backend, KW_OP_SCALE, out, x, NULL, KW_ACT_IDENTITY, backend->iface->scale != NULL));
     return backend->iface->scale(backend, out, x, s);
 }
 
 int kw_op_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
-    static const char op[] = "softmax";
-    KW_CHECK_BACKEND(op);
-    KW_FORWARD(kw_check_elementwise(backend, out, x, NULL, op));
-    KW_RETURN_IF(kw_tensor_last(out) != kw_tensor_last(x), KW_E_SHAPE, "%s: out %s and x %s differ in row length", op,
-                 KW_SHAPE(out), KW_SHAPE(x));
-    KW_FORWARD(kw_check_supported(backend, KW_OP_SOFTMAX, KW_DTYPE_F32, backend->iface->softmax != NULL));
+    KW_CHECK_BACKEND("softmax");
+    KW_FORWARD(kw_check_f32_op(backend, KW_OP_SOFTMAX, out, x, NULL, KW_ACT_IDENTITY, backend->iface->softmax != NULL));
     return backend->iface->softmax(backend, out, x);
 }
 
