@@ -124,6 +124,18 @@ static void kw_cuda_free(kw_backend *backend, void *data) {
     }
 }
 
+/* Transfers. The interface's rule (host memory valid and untouched until kw_backend_synchronize, results visible only
+ * after it) is what callers must follow; what CUDA actually does with cudaMemcpyAsync is stricter for pageable
+ * (ordinary malloc'd or mmapped) memory, per the runtime's "API synchronization behavior":
+ *  - host -> device from pageable memory: the call may first wait for the stream's earlier work, and returns once
+ *    the bytes are staged, so the source could already be reused on return (the transfer itself is still ordered
+ *    on the stream). From pinned memory (cudaMallocHost, cudaHostRegister) it is truly asynchronous: the source
+ *    must stay untouched until synchronize, exactly the interface's rule.
+ *  - device -> host into pageable memory: the call returns only when the copy has completed, which means the host
+ *    has waited for everything queued before it; into pinned memory it is asynchronous and the bytes are there
+ *    after synchronize.
+ * So code written for the interface is correct either way, and must not rely on the early completion: with pinned
+ * buffers (a possible optimization for per-token ids and logits) it would read stale bytes. */
 static int kw_cuda_upload(kw_backend *backend, void *dst, const void *src, size_t size) {
     KW_CUDA_ENTER(cu, backend);
     KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyHostToDevice, cu->stream));

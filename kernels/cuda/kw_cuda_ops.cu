@@ -220,6 +220,18 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
 
 #define KW_ATTN_WARPS 4
 
+/* q . k_j for the row at k + row (element offset of its first value), summed over the warp: every lane of the warp
+ * must call it (full-mask shuffles). Lane l holds dimensions l, l + 32, ... of q in qv. */
+template <int NPL>
+__device__ __forceinline__ float kw_attn_dot(const float (&qv)[NPL], const void *k, enum kw_dtype dtype, int64_t row,
+                                             int64_t D, int lane) {
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
+        if (lane + 32 * i < D) dot += qv[i] * kw_opm_load(k, dtype, row + lane + 32 * i);
+    return kw_warp_sum(dot);
+}
+
 template <int NPL>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
     kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype, const uint8_t *mask,
@@ -242,11 +254,7 @@ __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
     float m = -INFINITY;
     for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
         if (kw_opm_attn_masked(mask, j)) continue;
-        float dot = 0.0f;
-#pragma unroll
-        for (int i = 0; i < NPL; ++i)
-            if (lane + 32 * i < D) dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
-        m = fmaxf(m, kw_warp_sum(dot) * scale);
+        m = fmaxf(m, kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale);
     }
     m = kw_block_max(m); /* every thread: uniform control flow */
 
@@ -258,11 +266,9 @@ __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
     if (m != -INFINITY) {
         for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
             if (kw_opm_attn_masked(mask, j)) continue;
-            float dot = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NPL; ++i)
-                if (lane + 32 * i < D) dot += qv[i] * kw_opm_load(kc, dtype, base + j * D + lane + 32 * i);
-            const float e = expf(kw_warp_sum(dot) * scale - m);
+            /* the score as pass 1 computed it (the same inlined code); were it an ulp off, e would exceed 1 by as
+             * little, which the normalization absorbs */
+            const float e = expf(kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale - m);
             l += e;
 #pragma unroll
             for (int i = 0; i < NPL; ++i)
