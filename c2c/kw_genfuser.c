@@ -4,6 +4,7 @@
 #include "c2c/kw_genfuser.h"
 
 #include "c2c/kw_torchzip.h"
+#include "common/kw_buf.h"
 #include "common/kw_file.h"
 #include "common/kw_half.h"
 #include "common/kw_size.h"
@@ -12,7 +13,6 @@
 #include "model/kw_safetensors.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,56 +33,25 @@ int32_t kw_genfuser_last_aligned(int32_t recv_layers, int32_t sharer_layers, int
 // ---------------------------------------------------------------------------------------------------------------
 // Text output
 
-typedef struct kw_gf_text {
-    char *data;
-    size_t len, cap;
-    int failed;
-} kw_gf_text;
-
-__attribute__((format(printf, 2, 3))) static void kw_gf_printf(kw_gf_text *t, const char *fmt, ...) {
-    if (t->failed) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        const int n = vsnprintf(t->data ? t->data + t->len : NULL, t->data ? t->cap - t->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = 1;
-            return;
-        }
-        if (t->data && (size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? t->cap * 2 : 1024;
-        while (cap < t->len + (size_t)n + 1)
-            cap *= 2;
-        char *p = realloc(t->data, cap);
-        if (!p) {
-            t->failed = 1;
-            return;
-        }
-        t->data = p;
-        t->cap = cap;
-    }
-}
+/* The texts are built in a kw_buf, whose first failure sticks: appends are not checked one by one, kw_gf_write_text
+ * reports it. */
 
 /* A JSON string literal (the names come from the command line). */
-static void kw_gf_json_str(kw_gf_text *t, const char *s) {
-    kw_gf_printf(t, "\"");
+static void kw_gf_json_str(kw_buf *t, const char *s) {
+    kw_buf_printf(t, "\"");
     for (const unsigned char *p = (const unsigned char *)s; *p; ++p) {
         if (*p == '"' || *p == '\\')
-            kw_gf_printf(t, "\\%c", *p);
+            kw_buf_printf(t, "\\%c", *p);
         else if (*p < 0x20)
-            kw_gf_printf(t, "\\u%04x", *p);
+            kw_buf_printf(t, "\\u%04x", *p);
         else
-            kw_gf_printf(t, "%c", *p);
+            kw_buf_printf(t, "%c", *p);
     }
-    kw_gf_printf(t, "\"");
+    kw_buf_printf(t, "\"");
 }
 
-static int kw_gf_write_text(const char *path, kw_gf_text *t) {
-    KW_RETURN_IF(t->failed, KW_E_NOMEM, "text for %s", path);
+static int kw_gf_write_text(const char *path, const kw_buf *t) {
+    if (t->status < 0) return kw_error_set(t->status, "text for %s: %s", path, kw_error_detail());
     return kw_file_write_all(path, t->data, t->len);
 }
 
@@ -190,56 +159,56 @@ out:
 }
 
 static int kw_gf_projector_json(const kw_genfuser_options *o, const char *path) {
-    kw_gf_text t = {0};
+    kw_buf t = KW_BUF_INIT;
     const kw_fuser_dims *d = &o->dims;
     /* The keyword arguments in SFT_train.py's order, then the recipe params (registry.save_object, indent=2). */
-    kw_gf_printf(&t,
-                 "{\n  \"class\": \"C2CProjector\",\n  \"init_args\": {\n    \"source_dim\": %d,\n"
-                 "    \"target_dim\": %d,\n    \"source_num_heads\": %d,\n    \"target_num_heads\": %d,\n"
-                 "    \"hidden_dim\": %d,\n    \"intermediate_dim\": %d,\n    \"num_layers\": %d,\n"
-                 "    \"dropout\": 0.1,\n    \"initial_temperature\": 1.0,\n    \"final_temperature\": 0.001,\n"
-                 "    \"anneal_steps\": 1929,\n    \"dtype\": {\n      \"__type__\": \"torch.dtype\",\n"
-                 "      \"value\": \"%s\"\n    }\n  }\n}",
-                 d->source_dim, d->target_dim, d->source_heads, d->target_heads, d->hidden_dim, d->intermediate_dim,
-                 d->num_layers, o->dtype == KW_DTYPE_F32 ? "float32" : "bfloat16");
+    kw_buf_printf(&t,
+                  "{\n  \"class\": \"C2CProjector\",\n  \"init_args\": {\n    \"source_dim\": %d,\n"
+                  "    \"target_dim\": %d,\n    \"source_num_heads\": %d,\n    \"target_num_heads\": %d,\n"
+                  "    \"hidden_dim\": %d,\n    \"intermediate_dim\": %d,\n    \"num_layers\": %d,\n"
+                  "    \"dropout\": 0.1,\n    \"initial_temperature\": 1.0,\n    \"final_temperature\": 0.001,\n"
+                  "    \"anneal_steps\": 1929,\n    \"dtype\": {\n      \"__type__\": \"torch.dtype\",\n"
+                  "      \"value\": \"%s\"\n    }\n  }\n}",
+                  d->source_dim, d->target_dim, d->source_heads, d->target_heads, d->hidden_dim, d->intermediate_dim,
+                  d->num_layers, o->dtype == KW_DTYPE_F32 ? "float32" : "bfloat16");
     const int rc = kw_gf_write_text(path, &t);
-    free(t.data);
+    kw_buf_free(&t);
     return rc;
 }
 
 static int kw_gf_mapping_json(const kw_genfuser_options *o, const char *path) {
-    kw_gf_text t = {0};
-    kw_gf_printf(&t, "{\"0\": {\"1\": {");
+    kw_buf t = KW_BUF_INIT;
+    kw_buf_printf(&t, "{\"0\": {\"1\": {");
     for (int32_t l = 0; l < o->recv_layers; ++l)
-        kw_gf_printf(&t, "%s\"%d\": [[%d, %d]]", l ? ", " : "", l,
-                     kw_genfuser_last_aligned(o->recv_layers, o->sharer_layers, l), l);
-    kw_gf_printf(&t, "}}}");
+        kw_buf_printf(&t, "%s\"%d\": [[%d, %d]]", l ? ", " : "", l,
+                      kw_genfuser_last_aligned(o->recv_layers, o->sharer_layers, l), l);
+    kw_buf_printf(&t, "}}}");
     const int rc = kw_gf_write_text(path, &t);
-    free(t.data);
+    kw_buf_free(&t);
     return rc;
 }
 
 static int kw_gf_recipe_json(const kw_genfuser_options *o, const char *path) {
-    kw_gf_text t = {0};
-    kw_gf_printf(&t, "{\n    \"model\": {\n        \"base_model\": ");
+    kw_buf t = KW_BUF_INIT;
+    kw_buf_printf(&t, "{\n    \"model\": {\n        \"base_model\": ");
     kw_gf_json_str(&t, o->base_model ? o->base_model : "");
-    kw_gf_printf(&t, ",\n        \"teacher_model\": ");
+    kw_buf_printf(&t, ",\n        \"teacher_model\": ");
     kw_gf_json_str(&t, o->teacher_model ? o->teacher_model : "");
-    kw_gf_printf(&t,
-                 ",\n        \"include_response\": false,\n        \"is_do_alignment\": %s,\n"
-                 "        \"alignment_strategy\": \"%s\",\n        \"projector\": {\n"
-                 "            \"type\": \"C2CProjector\",\n            \"params\": {\n"
-                 "                \"hidden_dim\": %d,\n                \"intermediate_dim\": %d,\n"
-                 "                \"num_layers\": %d,\n                \"dropout\": 0.1,\n"
-                 "                \"initial_temperature\": 1.0,\n                \"final_temperature\": 0.001,\n"
-                 "                \"anneal_steps\": 1929\n            }\n        },\n"
-                 "        \"mapping\": \"last_aligned\"\n    },\n    \"kvwire\": {\n"
-                 "        \"generator\": \"kvwire gen-fuser\",\n        \"seed\": %llu,\n"
-                 "        \"note\": \"random weights, not a trained fuser\"\n    }\n}\n",
-                 o->is_do_alignment ? "true" : "false", o->is_do_alignment ? "longest" : "first", o->dims.hidden_dim,
-                 o->dims.intermediate_dim, o->dims.num_layers, (unsigned long long)o->seed);
+    kw_buf_printf(&t,
+                  ",\n        \"include_response\": false,\n        \"is_do_alignment\": %s,\n"
+                  "        \"alignment_strategy\": \"%s\",\n        \"projector\": {\n"
+                  "            \"type\": \"C2CProjector\",\n            \"params\": {\n"
+                  "                \"hidden_dim\": %d,\n                \"intermediate_dim\": %d,\n"
+                  "                \"num_layers\": %d,\n                \"dropout\": 0.1,\n"
+                  "                \"initial_temperature\": 1.0,\n                \"final_temperature\": 0.001,\n"
+                  "                \"anneal_steps\": 1929\n            }\n        },\n"
+                  "        \"mapping\": \"last_aligned\"\n    },\n    \"kvwire\": {\n"
+                  "        \"generator\": \"kvwire gen-fuser\",\n        \"seed\": %llu,\n"
+                  "        \"note\": \"random weights, not a trained fuser\"\n    }\n}\n",
+                  o->is_do_alignment ? "true" : "false", o->is_do_alignment ? "longest" : "first", o->dims.hidden_dim,
+                  o->dims.intermediate_dim, o->dims.num_layers, (unsigned long long)o->seed);
     const int rc = kw_gf_write_text(path, &t);
-    free(t.data);
+    kw_buf_free(&t);
     return rc;
 }
 

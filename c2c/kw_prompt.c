@@ -5,7 +5,7 @@
  */
 #include "c2c/kw_prompt.h"
 
-#include "common/kw_size.h"
+#include "common/kw_buf.h"
 #include "common/kw_status.h"
 
 #include <stdlib.h>
@@ -51,56 +51,18 @@ static const char kw_prompt_template_math[] =
     "\"Answer:\", and you do not need to use a \\boxed command.";
 
 // ---------------------------------------------------------------------------------------------------------------
-// A growing string
-
-typedef struct kw_prompt_buf {
-    char *data;
-    size_t len;
-    size_t cap;
-} kw_prompt_buf;
-
-static int kw_prompt_buf_append(kw_prompt_buf *b, const char *s, size_t n) {
-    size_t need = 0;
-    KW_RETURN_IF(kw_size_add(b->len, n, &need) < 0 || kw_size_add(need, 1, &need) < 0, KW_E_OVERFLOW,
-                 "prompt too long");
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need) {
-            KW_RETURN_IF(kw_size_mul(cap, 2, &cap) < 0, KW_E_OVERFLOW, "prompt too long");
-        }
-        char *p = realloc(b->data, cap);
-        KW_RETURN_IF(!p, KW_E_NOMEM, "prompt buffer of %zu bytes", cap);
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-static int kw_prompt_buf_str(kw_prompt_buf *b, const char *s) {
-    return kw_prompt_buf_append(b, s, strlen(s));
-}
-
-/* Hands the buffer to *out (an empty buffer becomes ""). */
-static int kw_prompt_buf_finish(kw_prompt_buf *b, char **out) {
-    KW_FORWARD(kw_prompt_buf_append(b, "", 0));
-    *out = b->data;
-    b->data = NULL;
-    return 0;
-}
+// String building
 
 /* Appends text with every occurrence of needle replaced by repl, scanning left to right without overlaps (Python
  * str.replace). */
-static int kw_prompt_buf_replace(kw_prompt_buf *b, const char *text, const char *needle, const char *repl) {
+static int kw_prompt_buf_replace(kw_buf *b, const char *text, const char *needle, const char *repl) {
     const size_t nlen = strlen(needle);
     const char *p = text;
     for (const char *hit; (hit = strstr(p, needle)) != NULL; p = hit + nlen) {
-        KW_FORWARD(kw_prompt_buf_append(b, p, (size_t)(hit - p)));
-        KW_FORWARD(kw_prompt_buf_str(b, repl));
+        KW_FORWARD(kw_buf_append(b, p, (size_t)(hit - p)));
+        KW_FORWARD(kw_buf_append_str(b, repl));
     }
-    return kw_prompt_buf_str(b, p);
+    return kw_buf_append_str(b, p);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -110,54 +72,54 @@ int kw_prompt_choices(const char *const *options, size_t n_options, int skip_emp
     KW_RETURN_IF(!out || (n_options && !options), KW_E_INVALID_ARG, "kw_prompt_choices: NULL argument");
     KW_RETURN_IF(n_options > KW_PROMPT_MAX_OPTIONS, KW_E_LIMIT, "%zu options (at most %d)", n_options,
                  KW_PROMPT_MAX_OPTIONS);
-    kw_prompt_buf b = {0};
+    kw_buf b = KW_BUF_INIT;
     int rc = 0;
     for (size_t i = 0; i < n_options; ++i) {
         KW_CHECK_IF(!options[i], KW_E_INVALID_ARG, "option %zu is NULL", i);
         if (skip_empty && options[i][0] == '\0') continue;
         const char label[4] = {(char)('A' + i), '.', ' ', '\0'};
-        KW_CHECK(kw_prompt_buf_str(&b, label));
-        KW_CHECK(kw_prompt_buf_str(&b, options[i]));
-        KW_CHECK(kw_prompt_buf_str(&b, "\n"));
+        KW_CHECK(kw_buf_append_str(&b, label));
+        KW_CHECK(kw_buf_append_str(&b, options[i]));
+        KW_CHECK(kw_buf_append_str(&b, "\n"));
     }
-    KW_CHECK(kw_prompt_buf_finish(&b, out));
+    KW_CHECK(kw_buf_take(&b, out, NULL));
 out:
-    free(b.data);
+    kw_buf_free(&b);
     return rc;
 }
 
 int kw_prompt_mc(const char *question, const char *choices, int use_cot, int use_template, char **out) {
     KW_RETURN_IF(!question || !choices || !out, KW_E_INVALID_ARG, "kw_prompt_mc: NULL argument");
-    kw_prompt_buf b = {0};
+    kw_buf b = KW_BUF_INIT;
     int rc = 0;
     if (!use_template) {
-        KW_CHECK(kw_prompt_buf_str(&b, question));
-        KW_CHECK(kw_prompt_buf_str(&b, "\n\nChoices:\n"));
-        KW_CHECK(kw_prompt_buf_str(&b, choices));
+        KW_CHECK(kw_buf_append_str(&b, question));
+        KW_CHECK(kw_buf_append_str(&b, "\n\nChoices:\n"));
+        KW_CHECK(kw_buf_append_str(&b, choices));
     } else {
         /* Two passes, as the reference: the question goes in first, then every "{{choices}}" of the result is
          * replaced, including any the question brought in. */
-        kw_prompt_buf step = {0};
+        kw_buf step = KW_BUF_INIT;
         rc = kw_prompt_buf_replace(&step, use_cot ? kw_prompt_template_cot : kw_prompt_template_plain, "{{question}}",
                                    question);
         if (rc == 0) rc = kw_prompt_buf_replace(&b, step.data, "{{choices}}", choices);
-        free(step.data);
+        kw_buf_free(&step);
         if (rc < 0) goto out;
     }
-    KW_CHECK(kw_prompt_buf_finish(&b, out));
+    KW_CHECK(kw_buf_take(&b, out, NULL));
 out:
-    free(b.data);
+    kw_buf_free(&b);
     return rc;
 }
 
 int kw_prompt_math(const char *question, char **out) {
     KW_RETURN_IF(!question || !out, KW_E_INVALID_ARG, "kw_prompt_math: NULL argument");
-    kw_prompt_buf b = {0};
+    kw_buf b = KW_BUF_INIT;
     int rc = 0;
     KW_CHECK(kw_prompt_buf_replace(&b, kw_prompt_template_math, "{question}", question));
-    KW_CHECK(kw_prompt_buf_finish(&b, out));
+    KW_CHECK(kw_buf_take(&b, out, NULL));
 out:
-    free(b.data);
+    kw_buf_free(&b);
     return rc;
 }
 
@@ -211,7 +173,7 @@ static int kw_prompt_lettered_item(const cJSON *item, int ceval, int use_cot, in
     static const char *const keys[4] = {"A", "B", "C", "D"};
     const char *question = NULL;
     KW_FORWARD(kw_prompt_field(item, ceval ? "question" : "Question", ceval ? "" : NULL, &question));
-    kw_prompt_buf b = {0};
+    kw_buf b = KW_BUF_INIT;
     char *block = NULL;
     int rc = 0;
     for (size_t i = 0; i < 4; ++i) {
@@ -219,15 +181,15 @@ static int kw_prompt_lettered_item(const cJSON *item, int ceval, int use_cot, in
         if (!v || (ceval && cJSON_IsNull(v))) continue;
         KW_CHECK_IF(!cJSON_IsString(v), KW_E_PARSE, "option \"%s\" is not a string", keys[i]);
         if (ceval && v->valuestring[0] == '\0') continue;
-        KW_CHECK(kw_prompt_buf_str(&b, keys[i]));
-        KW_CHECK(kw_prompt_buf_str(&b, ". "));
-        KW_CHECK(kw_prompt_buf_str(&b, v->valuestring));
-        KW_CHECK(kw_prompt_buf_str(&b, "\n"));
+        KW_CHECK(kw_buf_append_str(&b, keys[i]));
+        KW_CHECK(kw_buf_append_str(&b, ". "));
+        KW_CHECK(kw_buf_append_str(&b, v->valuestring));
+        KW_CHECK(kw_buf_append_str(&b, "\n"));
     }
-    KW_CHECK(kw_prompt_buf_finish(&b, &block));
+    KW_CHECK(kw_buf_take(&b, &block, NULL));
     rc = kw_prompt_mc(question, block, use_cot, use_template, out);
 out:
-    free(b.data);
+    kw_buf_free(&b);
     free(block);
     return rc;
 }

@@ -9,6 +9,7 @@
  */
 #include "c2c/kw_torchzip.h"
 
+#include "common/kw_buf.h"
 #include "common/kw_bytes.h"
 #include "common/kw_file.h"
 #include "common/kw_size.h"
@@ -18,79 +19,54 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct kw_wbuf {
-    unsigned char *data;
-    size_t len, cap;
-} kw_wbuf;
-
-static int kw_wbuf_reserve(kw_wbuf *b, size_t extra) {
-    size_t need = 0;
-    KW_RETURN_IF(kw_size_add(b->len, extra, &need) < 0, KW_E_OVERFLOW, "archive too large");
-    if (need <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < need)
-        KW_RETURN_IF(kw_size_mul(cap, 2, &cap) < 0, KW_E_OVERFLOW, "archive too large");
-    unsigned char *p = realloc(b->data, cap);
-    KW_RETURN_IF(!p, KW_E_NOMEM, "archive buffer of %zu bytes", cap);
-    b->data = p;
-    b->cap = cap;
-    return 0;
+/* Fixed-width fields (little-endian) appended to a kw_buf. */
+static int kw_tzw_u8(kw_buf *b, uint8_t v) {
+    return kw_buf_append(b, &v, 1);
 }
 
-static int kw_wbuf_put(kw_wbuf *b, const void *p, size_t n) {
-    KW_FORWARD(kw_wbuf_reserve(b, n));
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static int kw_wbuf_u8(kw_wbuf *b, uint8_t v) {
-    return kw_wbuf_put(b, &v, 1);
-}
-
-static int kw_wbuf_le16(kw_wbuf *b, uint16_t v) {
+static int kw_tzw_le16(kw_buf *b, uint16_t v) {
     unsigned char t[2];
     kw_store_le16(t, v);
-    return kw_wbuf_put(b, t, 2);
+    return kw_buf_append(b, t, 2);
 }
 
-static int kw_wbuf_le32(kw_wbuf *b, uint32_t v) {
+static int kw_tzw_le32(kw_buf *b, uint32_t v) {
     unsigned char t[4];
     kw_store_le32(t, v);
-    return kw_wbuf_put(b, t, 4);
+    return kw_buf_append(b, t, 4);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Pickle
 
-static int kw_pkw_str(kw_wbuf *b, const char *s) {
+static int kw_pkw_str(kw_buf *b, const char *s) {
     const size_t n = strlen(s);
-    KW_FORWARD(kw_wbuf_u8(b, 'X'));
-    KW_FORWARD(kw_wbuf_le32(b, (uint32_t)n));
-    return kw_wbuf_put(b, s, n);
+    KW_FORWARD(kw_tzw_u8(b, 'X'));
+    KW_FORWARD(kw_tzw_le32(b, (uint32_t)n));
+    return kw_buf_append(b, s, n);
 }
 
-static int kw_pkw_global(kw_wbuf *b, const char *module, const char *name) {
-    KW_FORWARD(kw_wbuf_u8(b, 'c'));
-    KW_FORWARD(kw_wbuf_put(b, module, strlen(module)));
-    KW_FORWARD(kw_wbuf_u8(b, '\n'));
-    KW_FORWARD(kw_wbuf_put(b, name, strlen(name)));
-    return kw_wbuf_u8(b, '\n');
+static int kw_pkw_global(kw_buf *b, const char *module, const char *name) {
+    KW_FORWARD(kw_tzw_u8(b, 'c'));
+    KW_FORWARD(kw_buf_append(b, module, strlen(module)));
+    KW_FORWARD(kw_tzw_u8(b, '\n'));
+    KW_FORWARD(kw_buf_append(b, name, strlen(name)));
+    return kw_tzw_u8(b, '\n');
 }
 
 /* A non-negative int the way pickle protocol 2 writes it. */
-static int kw_pkw_int(kw_wbuf *b, uint64_t v) {
+static int kw_pkw_int(kw_buf *b, uint64_t v) {
     if (v < 0x100) {
-        KW_FORWARD(kw_wbuf_u8(b, 'K'));
-        return kw_wbuf_u8(b, (uint8_t)v);
+        KW_FORWARD(kw_tzw_u8(b, 'K'));
+        return kw_tzw_u8(b, (uint8_t)v);
     }
     if (v < 0x10000) {
-        KW_FORWARD(kw_wbuf_u8(b, 'M'));
-        return kw_wbuf_le16(b, (uint16_t)v);
+        KW_FORWARD(kw_tzw_u8(b, 'M'));
+        return kw_tzw_le16(b, (uint16_t)v);
     }
     if (v < 0x80000000u) {
-        KW_FORWARD(kw_wbuf_u8(b, 'J'));
-        return kw_wbuf_le32(b, (uint32_t)v);
+        KW_FORWARD(kw_tzw_u8(b, 'J'));
+        return kw_tzw_le32(b, (uint32_t)v);
     }
     /* LONG1: minimal little-endian two's complement, so a set top bit needs one more zero byte. */
     unsigned char bytes[9];
@@ -98,17 +74,17 @@ static int kw_pkw_int(kw_wbuf *b, uint64_t v) {
     for (uint64_t r = v; r; r >>= 8)
         bytes[n++] = (unsigned char)r;
     if (bytes[n - 1] & 0x80) bytes[n++] = 0;
-    KW_FORWARD(kw_wbuf_u8(b, 0x8a));
-    KW_FORWARD(kw_wbuf_u8(b, (uint8_t)n));
-    return kw_wbuf_put(b, bytes, n);
+    KW_FORWARD(kw_tzw_u8(b, 0x8a));
+    KW_FORWARD(kw_tzw_u8(b, (uint8_t)n));
+    return kw_buf_append(b, bytes, n);
 }
 
-static int kw_pkw_int_tuple(kw_wbuf *b, const uint64_t *v, int32_t n) {
-    if (n == 0) return kw_wbuf_u8(b, ')');
-    if (n > 3) KW_FORWARD(kw_wbuf_u8(b, '('));
+static int kw_pkw_int_tuple(kw_buf *b, const uint64_t *v, int32_t n) {
+    if (n == 0) return kw_tzw_u8(b, ')');
+    if (n > 3) KW_FORWARD(kw_tzw_u8(b, '('));
     for (int32_t i = 0; i < n; ++i)
         KW_FORWARD(kw_pkw_int(b, v[i]));
-    return kw_wbuf_u8(b, n > 3 ? 't' : (uint8_t)(0x84 + n)); /* TUPLE1..3 are 0x85..0x87 */
+    return kw_tzw_u8(b, n > 3 ? 't' : (uint8_t)(0x84 + n)); /* TUPLE1..3 are 0x85..0x87 */
 }
 
 static const char *kw_pkw_storage_class(enum kw_dtype dtype) {
@@ -124,7 +100,7 @@ static const char *kw_pkw_storage_class(enum kw_dtype dtype) {
     }
 }
 
-static int kw_pkw_tensor(kw_wbuf *b, const kw_torchzip_write_tensor *t, size_t key, uint64_t numel) {
+static int kw_pkw_tensor(kw_buf *b, const kw_torchzip_write_tensor *t, size_t key, uint64_t numel) {
     char key_text[24];
     snprintf(key_text, sizeof key_text, "%zu", key);
     uint64_t size[KW_TORCHZIP_MAX_DIMS], stride[KW_TORCHZIP_MAX_DIMS];
@@ -136,24 +112,24 @@ static int kw_pkw_tensor(kw_wbuf *b, const kw_torchzip_write_tensor *t, size_t k
     }
     KW_FORWARD(kw_pkw_str(b, t->name));
     KW_FORWARD(kw_pkw_global(b, "torch._utils", "_rebuild_tensor_v2"));
-    KW_FORWARD(kw_wbuf_u8(b, '('));
-    KW_FORWARD(kw_wbuf_u8(b, '('));
+    KW_FORWARD(kw_tzw_u8(b, '('));
+    KW_FORWARD(kw_tzw_u8(b, '('));
     KW_FORWARD(kw_pkw_str(b, "storage"));
     KW_FORWARD(kw_pkw_global(b, "torch", kw_pkw_storage_class(t->dtype)));
     KW_FORWARD(kw_pkw_str(b, key_text));
     KW_FORWARD(kw_pkw_str(b, "cpu"));
     KW_FORWARD(kw_pkw_int(b, numel));
-    KW_FORWARD(kw_wbuf_u8(b, 't'));
-    KW_FORWARD(kw_wbuf_u8(b, 'Q'));
+    KW_FORWARD(kw_tzw_u8(b, 't'));
+    KW_FORWARD(kw_tzw_u8(b, 'Q'));
     KW_FORWARD(kw_pkw_int(b, 0)); /* storage offset */
     KW_FORWARD(kw_pkw_int_tuple(b, size, t->ndim));
     KW_FORWARD(kw_pkw_int_tuple(b, stride, t->ndim));
-    KW_FORWARD(kw_wbuf_u8(b, 0x89)); /* requires_grad = False */
+    KW_FORWARD(kw_tzw_u8(b, 0x89)); /* requires_grad = False */
     KW_FORWARD(kw_pkw_global(b, "collections", "OrderedDict"));
-    KW_FORWARD(kw_wbuf_u8(b, ')'));
-    KW_FORWARD(kw_wbuf_u8(b, 'R')); /* backward_hooks = OrderedDict() */
-    KW_FORWARD(kw_wbuf_u8(b, 't'));
-    return kw_wbuf_u8(b, 'R');
+    KW_FORWARD(kw_tzw_u8(b, ')'));
+    KW_FORWARD(kw_tzw_u8(b, 'R')); /* backward_hooks = OrderedDict() */
+    KW_FORWARD(kw_tzw_u8(b, 't'));
+    return kw_tzw_u8(b, 'R');
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -167,7 +143,7 @@ typedef struct kw_zrec {
     size_t offset; /* of the local header */
 } kw_zrec;
 
-static int kw_zip_put_local(kw_wbuf *b, kw_zrec *r) {
+static int kw_zip_put_local(kw_buf *b, kw_zrec *r) {
     const size_t nlen = strlen(r->name);
     r->offset = b->len;
     r->crc = kw_torchzip_crc32(0, r->data, r->size);
@@ -175,44 +151,44 @@ static int kw_zip_put_local(kw_wbuf *b, kw_zrec *r) {
     const size_t pad = (64 - (b->len + 30 + nlen + 4) % 64) % 64;
     KW_RETURN_IF(r->size > 0xfffffffeu || b->len > 0xfffffffeu, KW_E_LIMIT,
                  "archive reaches 4 GiB (zip64 output is not implemented)");
-    KW_FORWARD(kw_wbuf_le32(b, 0x04034b50u));
-    KW_FORWARD(kw_wbuf_le16(b, 20));     /* version needed */
-    KW_FORWARD(kw_wbuf_le16(b, 0x0800)); /* UTF-8 names */
-    KW_FORWARD(kw_wbuf_le16(b, 0));      /* stored */
-    KW_FORWARD(kw_wbuf_le32(b, 0));      /* time, date */
-    KW_FORWARD(kw_wbuf_le32(b, r->crc));
-    KW_FORWARD(kw_wbuf_le32(b, (uint32_t)r->size));
-    KW_FORWARD(kw_wbuf_le32(b, (uint32_t)r->size));
-    KW_FORWARD(kw_wbuf_le16(b, (uint16_t)nlen));
-    KW_FORWARD(kw_wbuf_le16(b, (uint16_t)(4 + pad)));
-    KW_FORWARD(kw_wbuf_put(b, r->name, nlen));
-    KW_FORWARD(kw_wbuf_le16(b, 0x4246)); /* "FB" */
-    KW_FORWARD(kw_wbuf_le16(b, (uint16_t)pad));
-    KW_FORWARD(kw_wbuf_reserve(b, pad));
-    memset(b->data + b->len, 'Z', pad);
-    b->len += pad;
-    return kw_wbuf_put(b, r->data, r->size);
+    KW_FORWARD(kw_tzw_le32(b, 0x04034b50u));
+    KW_FORWARD(kw_tzw_le16(b, 20));     /* version needed */
+    KW_FORWARD(kw_tzw_le16(b, 0x0800)); /* UTF-8 names */
+    KW_FORWARD(kw_tzw_le16(b, 0));      /* stored */
+    KW_FORWARD(kw_tzw_le32(b, 0));      /* time, date */
+    KW_FORWARD(kw_tzw_le32(b, r->crc));
+    KW_FORWARD(kw_tzw_le32(b, (uint32_t)r->size));
+    KW_FORWARD(kw_tzw_le32(b, (uint32_t)r->size));
+    KW_FORWARD(kw_tzw_le16(b, (uint16_t)nlen));
+    KW_FORWARD(kw_tzw_le16(b, (uint16_t)(4 + pad)));
+    KW_FORWARD(kw_buf_append(b, r->name, nlen));
+    KW_FORWARD(kw_tzw_le16(b, 0x4246)); /* "FB" */
+    KW_FORWARD(kw_tzw_le16(b, (uint16_t)pad));
+    char z[64];
+    memset(z, 'Z', pad);
+    KW_FORWARD(kw_buf_append(b, z, pad));
+    return kw_buf_append(b, r->data, r->size);
 }
 
-static int kw_zip_put_central(kw_wbuf *b, const kw_zrec *r) {
+static int kw_zip_put_central(kw_buf *b, const kw_zrec *r) {
     const size_t nlen = strlen(r->name);
-    KW_FORWARD(kw_wbuf_le32(b, 0x02014b50u));
-    KW_FORWARD(kw_wbuf_le16(b, 0x031e)); /* made by: unix, 3.0 */
-    KW_FORWARD(kw_wbuf_le16(b, 20));
-    KW_FORWARD(kw_wbuf_le16(b, 0x0800));
-    KW_FORWARD(kw_wbuf_le16(b, 0));
-    KW_FORWARD(kw_wbuf_le32(b, 0));
-    KW_FORWARD(kw_wbuf_le32(b, r->crc));
-    KW_FORWARD(kw_wbuf_le32(b, (uint32_t)r->size));
-    KW_FORWARD(kw_wbuf_le32(b, (uint32_t)r->size));
-    KW_FORWARD(kw_wbuf_le16(b, (uint16_t)nlen));
-    KW_FORWARD(kw_wbuf_le16(b, 0)); /* extra */
-    KW_FORWARD(kw_wbuf_le16(b, 0)); /* comment */
-    KW_FORWARD(kw_wbuf_le16(b, 0)); /* disk */
-    KW_FORWARD(kw_wbuf_le16(b, 0)); /* internal attributes */
-    KW_FORWARD(kw_wbuf_le32(b, 0)); /* external attributes */
-    KW_FORWARD(kw_wbuf_le32(b, (uint32_t)r->offset));
-    return kw_wbuf_put(b, r->name, nlen);
+    KW_FORWARD(kw_tzw_le32(b, 0x02014b50u));
+    KW_FORWARD(kw_tzw_le16(b, 0x031e)); /* made by: unix, 3.0 */
+    KW_FORWARD(kw_tzw_le16(b, 20));
+    KW_FORWARD(kw_tzw_le16(b, 0x0800));
+    KW_FORWARD(kw_tzw_le16(b, 0));
+    KW_FORWARD(kw_tzw_le32(b, 0));
+    KW_FORWARD(kw_tzw_le32(b, r->crc));
+    KW_FORWARD(kw_tzw_le32(b, (uint32_t)r->size));
+    KW_FORWARD(kw_tzw_le32(b, (uint32_t)r->size));
+    KW_FORWARD(kw_tzw_le16(b, (uint16_t)nlen));
+    KW_FORWARD(kw_tzw_le16(b, 0)); /* extra */
+    KW_FORWARD(kw_tzw_le16(b, 0)); /* comment */
+    KW_FORWARD(kw_tzw_le16(b, 0)); /* disk */
+    KW_FORWARD(kw_tzw_le16(b, 0)); /* internal attributes */
+    KW_FORWARD(kw_tzw_le32(b, 0)); /* external attributes */
+    KW_FORWARD(kw_tzw_le32(b, (uint32_t)r->offset));
+    return kw_buf_append(b, r->name, nlen);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -252,23 +228,23 @@ int kw_torchzip_write_buffer(const char *archive_name, const kw_torchzip_write_t
     KW_RETURN_IF(!out || !out_size, KW_E_INVALID_ARG, "kw_torchzip_write_buffer: NULL output");
     uint64_t *numels = calloc(count ? count : 1, sizeof *numels);
     kw_zrec *recs = calloc(count + 6, sizeof *recs);
-    kw_wbuf pk = {0}, zip = {0};
+    kw_buf pk = KW_BUF_INIT, zip = KW_BUF_INIT;
     int rc = 0;
     KW_CHECK_IF(!numels || !recs, KW_E_NOMEM, "archive tables");
     KW_CHECK(kw_tzw_check(archive_name, tensors, count, numels));
 
-    KW_CHECK(kw_wbuf_u8(&pk, 0x80));
-    KW_CHECK(kw_wbuf_u8(&pk, 2));
+    KW_CHECK(kw_tzw_u8(&pk, 0x80));
+    KW_CHECK(kw_tzw_u8(&pk, 2));
     KW_CHECK(kw_pkw_global(&pk, "collections", "OrderedDict"));
-    KW_CHECK(kw_wbuf_u8(&pk, ')'));
-    KW_CHECK(kw_wbuf_u8(&pk, 'R'));
+    KW_CHECK(kw_tzw_u8(&pk, ')'));
+    KW_CHECK(kw_tzw_u8(&pk, 'R'));
     for (size_t i = 0; i < count; i += 1000) { /* pickle batches SETITEMS by 1000 */
-        KW_CHECK(kw_wbuf_u8(&pk, '('));
+        KW_CHECK(kw_tzw_u8(&pk, '('));
         for (size_t j = i; j < count && j < i + 1000; ++j)
             KW_CHECK(kw_pkw_tensor(&pk, &tensors[j], j, numels[j]));
-        KW_CHECK(kw_wbuf_u8(&pk, 'u'));
+        KW_CHECK(kw_tzw_u8(&pk, 'u'));
     }
-    KW_CHECK(kw_wbuf_u8(&pk, '.'));
+    KW_CHECK(kw_tzw_u8(&pk, '.'));
 
     size_t n = 0;
     snprintf(recs[n].name, sizeof recs[n].name, "%s/data.pkl", archive_name);
@@ -294,19 +270,19 @@ int kw_torchzip_write_buffer(const char *archive_name, const kw_torchzip_write_t
         KW_CHECK(kw_zip_put_central(&zip, &recs[i]));
     const size_t cd_size = zip.len - cd_offset;
     KW_CHECK_IF(zip.len > 0xfffffff0u, KW_E_LIMIT, "archive reaches 4 GiB (zip64 output is not implemented)");
-    KW_CHECK(kw_wbuf_le32(&zip, 0x06054b50u));
-    KW_CHECK(kw_wbuf_le32(&zip, 0)); /* disk numbers */
-    KW_CHECK(kw_wbuf_le16(&zip, (uint16_t)n));
-    KW_CHECK(kw_wbuf_le16(&zip, (uint16_t)n));
-    KW_CHECK(kw_wbuf_le32(&zip, (uint32_t)cd_size));
-    KW_CHECK(kw_wbuf_le32(&zip, (uint32_t)cd_offset));
-    KW_CHECK(kw_wbuf_le16(&zip, 0)); /* comment */
-    *out = zip.data;
-    *out_size = zip.len;
-    zip.data = NULL;
+    KW_CHECK(kw_tzw_le32(&zip, 0x06054b50u));
+    KW_CHECK(kw_tzw_le32(&zip, 0)); /* disk numbers */
+    KW_CHECK(kw_tzw_le16(&zip, (uint16_t)n));
+    KW_CHECK(kw_tzw_le16(&zip, (uint16_t)n));
+    KW_CHECK(kw_tzw_le32(&zip, (uint32_t)cd_size));
+    KW_CHECK(kw_tzw_le32(&zip, (uint32_t)cd_offset));
+    KW_CHECK(kw_tzw_le16(&zip, 0)); /* comment */
+    char *bytes = NULL;
+    KW_CHECK(kw_buf_take(&zip, &bytes, out_size));
+    *out = (unsigned char *)bytes;
 out:
-    free(zip.data);
-    free(pk.data);
+    kw_buf_free(&zip);
+    kw_buf_free(&pk);
     free(recs);
     free(numels);
     return rc;

@@ -7,45 +7,16 @@
  * an empty message list, on which all three templates raise. */
 #include "model/kw_chat.h"
 
-#include "common/kw_size.h"
+#include "common/kw_buf.h"
 #include "common/kw_status.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 // ---------------------------------------------------------------------------------------------------------------
 // String building and the few Python string methods the templates use
-
-typedef struct kw_chat_buf {
-    char *p;
-    size_t len, cap;
-} kw_chat_buf;
-
-static int kw_chat_put(kw_chat_buf *b, const char *s, size_t n) {
-    size_t need;
-    KW_RETURN_IF(kw_size_add(b->len, n, &need) < 0 || kw_size_add(need, 1, &need) < 0, KW_E_OVERFLOW,
-                 "chat text too long");
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need) {
-            KW_RETURN_IF(cap > SIZE_MAX / 2, KW_E_OVERFLOW, "chat text too long");
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory rendering a chat template (%zu bytes)", cap);
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-static int kw_chat_puts(kw_chat_buf *b, const char *s) {
-    return kw_chat_put(b, s, strlen(s));
-}
 
 /* A view of part of a string: Python slicing without copies. */
 typedef struct kw_chat_str {
@@ -57,8 +28,17 @@ static kw_chat_str kw_chat_view(const char *s) {
     return (kw_chat_str){s, strlen(s)};
 }
 
-static int kw_chat_put_str(kw_chat_buf *b, kw_chat_str s) {
-    return kw_chat_put(b, s.p, s.n);
+static int kw_chat_put_str(kw_buf *b, kw_chat_str s) {
+    return kw_buf_append(b, s.p, s.n);
+}
+
+/* One ChatML turn as the Qwen templates write it: "<|im_start|>" role "\n" content "<|im_end|>\n". */
+static int kw_chat_im_turn(kw_buf *b, const char *role, const char *content) {
+    KW_FORWARD(kw_buf_append_str(b, "<|im_start|>"));
+    KW_FORWARD(kw_buf_append_str(b, role));
+    KW_FORWARD(kw_buf_append_str(b, "\n"));
+    KW_FORWARD(kw_buf_append_str(b, content));
+    return kw_buf_append_str(b, "<|im_end|>\n");
 }
 
 /* str.lstrip('\n') / str.rstrip('\n'). */
@@ -154,12 +134,10 @@ static int kw_chat_check(const kw_chat_message *messages, size_t n) {
 }
 
 /* Qwen3 (tokenizer_config.json of Qwen/Qwen3-*), tools absent. */
-static int kw_chat_qwen3(kw_chat_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
+static int kw_chat_qwen3(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
     size_t first = 0;
     if (strcmp(m[0].role, "system") == 0) {
-        KW_FORWARD(kw_chat_puts(b, "<|im_start|>system\n"));
-        KW_FORWARD(kw_chat_puts(b, m[0].content));
-        KW_FORWARD(kw_chat_puts(b, "<|im_end|>\n"));
+        KW_FORWARD(kw_chat_im_turn(b, "system", m[0].content));
         first = 1;
     }
     /* ns.last_query_index: the last user message that is not a wrapped tool response (default: the last index). */
@@ -174,11 +152,7 @@ static int kw_chat_qwen3(kw_chat_buf *b, const kw_chat_message *m, size_t n, con
     }
     for (size_t i = first; i < n; ++i) {
         if (strcmp(m[i].role, "assistant") != 0) { /* user, or system not first */
-            KW_FORWARD(kw_chat_puts(b, "<|im_start|>"));
-            KW_FORWARD(kw_chat_puts(b, m[i].role));
-            KW_FORWARD(kw_chat_puts(b, "\n"));
-            KW_FORWARD(kw_chat_puts(b, m[i].content));
-            KW_FORWARD(kw_chat_puts(b, "<|im_end|>\n"));
+            KW_FORWARD(kw_chat_im_turn(b, m[i].role, m[i].content));
             continue;
         }
         kw_chat_str content = kw_chat_view(m[i].content), reasoning = {"", 0};
@@ -196,48 +170,41 @@ static int kw_chat_qwen3(kw_chat_buf *b, const kw_chat_message *m, size_t n, con
         }
         const bool is_last = i + 1 == n;
         if (i > last_query && (is_last || reasoning.n > 0)) {
-            KW_FORWARD(kw_chat_puts(b, "<|im_start|>assistant\n<think>\n"));
+            KW_FORWARD(kw_buf_append_str(b, "<|im_start|>assistant\n<think>\n"));
             KW_FORWARD(kw_chat_put_str(b, kw_chat_rstrip_nl(kw_chat_lstrip_nl(reasoning))));
-            KW_FORWARD(kw_chat_puts(b, "\n</think>\n\n"));
+            KW_FORWARD(kw_buf_append_str(b, "\n</think>\n\n"));
             KW_FORWARD(kw_chat_put_str(b, kw_chat_lstrip_nl(content)));
         } else {
-            KW_FORWARD(kw_chat_puts(b, "<|im_start|>assistant\n"));
+            KW_FORWARD(kw_buf_append_str(b, "<|im_start|>assistant\n"));
             KW_FORWARD(kw_chat_put_str(b, content));
         }
-        KW_FORWARD(kw_chat_puts(b, "<|im_end|>\n"));
+        KW_FORWARD(kw_buf_append_str(b, "<|im_end|>\n"));
     }
     if (o->add_generation_prompt) {
-        KW_FORWARD(kw_chat_puts(b, "<|im_start|>assistant\n"));
-        if (!o->enable_thinking) KW_FORWARD(kw_chat_puts(b, "<think>\n\n</think>\n\n"));
+        KW_FORWARD(kw_buf_append_str(b, "<|im_start|>assistant\n"));
+        if (!o->enable_thinking) KW_FORWARD(kw_buf_append_str(b, "<think>\n\n</think>\n\n"));
     }
     return 0;
 }
 
 /* Qwen2.5-Instruct (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), tools absent and no tool_calls. */
-static int kw_chat_qwen25(kw_chat_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
+static int kw_chat_qwen25(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
     size_t first = 0;
     if (strcmp(m[0].role, "system") == 0) {
-        KW_FORWARD(kw_chat_puts(b, "<|im_start|>system\n"));
-        KW_FORWARD(kw_chat_puts(b, m[0].content));
-        KW_FORWARD(kw_chat_puts(b, "<|im_end|>\n"));
+        KW_FORWARD(kw_chat_im_turn(b, "system", m[0].content));
         first = 1;
     } else {
-        KW_FORWARD(kw_chat_puts(
+        KW_FORWARD(kw_buf_append_str(
             b, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"));
     }
-    for (size_t i = first; i < n; ++i) {
-        KW_FORWARD(kw_chat_puts(b, "<|im_start|>"));
-        KW_FORWARD(kw_chat_puts(b, m[i].role));
-        KW_FORWARD(kw_chat_puts(b, "\n"));
-        KW_FORWARD(kw_chat_puts(b, m[i].content));
-        KW_FORWARD(kw_chat_puts(b, "<|im_end|>\n"));
-    }
-    if (o->add_generation_prompt) KW_FORWARD(kw_chat_puts(b, "<|im_start|>assistant\n"));
+    for (size_t i = first; i < n; ++i)
+        KW_FORWARD(kw_chat_im_turn(b, m[i].role, m[i].content));
+    if (o->add_generation_prompt) KW_FORWARD(kw_buf_append_str(b, "<|im_start|>assistant\n"));
     return 0;
 }
 
 /* Llama-3.2-Instruct (tokenizer_config.json of meta-llama/Llama-3.2-*-Instruct), tools absent. */
-static int kw_chat_llama32(kw_chat_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
+static int kw_chat_llama32(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
     KW_RETURN_IF(!o->date_string, KW_E_INVALID_ARG, "the Llama-3.2 template needs options.date_string");
     kw_chat_str system = {"", 0};
     size_t first = 0;
@@ -245,20 +212,20 @@ static int kw_chat_llama32(kw_chat_buf *b, const kw_chat_message *m, size_t n, c
         system = kw_chat_trim(kw_chat_view(m[0].content));
         first = 1;
     }
-    KW_FORWARD(kw_chat_puts(b, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-                               "Cutting Knowledge Date: December 2023\nToday Date: "));
-    KW_FORWARD(kw_chat_puts(b, o->date_string));
-    KW_FORWARD(kw_chat_puts(b, "\n\n"));
+    KW_FORWARD(kw_buf_append_str(b, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                                    "Cutting Knowledge Date: December 2023\nToday Date: "));
+    KW_FORWARD(kw_buf_append_str(b, o->date_string));
+    KW_FORWARD(kw_buf_append_str(b, "\n\n"));
     KW_FORWARD(kw_chat_put_str(b, system));
-    KW_FORWARD(kw_chat_puts(b, "<|eot_id|>"));
+    KW_FORWARD(kw_buf_append_str(b, "<|eot_id|>"));
     for (size_t i = first; i < n; ++i) {
-        KW_FORWARD(kw_chat_puts(b, "<|start_header_id|>"));
-        KW_FORWARD(kw_chat_puts(b, m[i].role));
-        KW_FORWARD(kw_chat_puts(b, "<|end_header_id|>\n\n"));
+        KW_FORWARD(kw_buf_append_str(b, "<|start_header_id|>"));
+        KW_FORWARD(kw_buf_append_str(b, m[i].role));
+        KW_FORWARD(kw_buf_append_str(b, "<|end_header_id|>\n\n"));
         KW_FORWARD(kw_chat_put_str(b, kw_chat_trim(kw_chat_view(m[i].content))));
-        KW_FORWARD(kw_chat_puts(b, "<|eot_id|>"));
+        KW_FORWARD(kw_buf_append_str(b, "<|eot_id|>"));
     }
-    if (o->add_generation_prompt) KW_FORWARD(kw_chat_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    if (o->add_generation_prompt) KW_FORWARD(kw_buf_append_str(b, "<|start_header_id|>assistant<|end_header_id|>\n\n"));
     return 0;
 }
 
@@ -268,7 +235,7 @@ int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, 
     const kw_chat_options defaults = {.add_generation_prompt = 0, .enable_thinking = 1, .date_string = NULL};
     const kw_chat_options *o = options ? options : &defaults;
     KW_FORWARD(kw_chat_check(messages, n_messages));
-    kw_chat_buf b = {0};
+    kw_buf b = KW_BUF_INIT;
     int rc;
     switch (family) {
     case KW_CHAT_QWEN3:
@@ -284,14 +251,11 @@ int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, 
         rc = kw_error_set(KW_E_INVALID_ARG, "unknown chat family %d", (int)family);
         break;
     }
-    if (rc == 0 && !b.p) rc = kw_chat_put(&b, "", 0);
     if (rc < 0) {
-        free(b.p);
+        kw_buf_free(&b);
         return rc;
     }
-    *out = b.p;
-    *out_len = b.len;
-    return 0;
+    return kw_buf_take(&b, out, out_len);
 }
 
 const char *kw_chat_family_name(enum kw_chat_family family) {

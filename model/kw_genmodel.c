@@ -2,6 +2,7 @@
  * weight formula and why it is machine-independent). It writes HF-layout folders; it does not train or run models. */
 #include "model/kw_genmodel.h"
 
+#include "common/kw_buf.h"
 #include "common/kw_file.h"
 #include "common/kw_half.h"
 #include "common/kw_status.h"
@@ -139,39 +140,8 @@ int kw_genmodel_fit_special_ids(kw_model_config *c) {
  * JSON texts
  */
 
-typedef struct kw_gen_buf {
-    char *p;
-    size_t len, cap;
-    int failed;
-} kw_gen_buf;
-
-static void kw_gen_printf(kw_gen_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void kw_gen_printf(kw_gen_buf *b, const char *fmt, ...) {
-    if (b->failed) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        const int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = 1;
-            return;
-        }
-        if (b->p && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        const size_t cap = (b->cap ? b->cap * 2 : 1024) + (size_t)n;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-}
+/* The texts are built in a kw_buf, whose first failure sticks: the appends below are not checked one by one, the final
+ * kw_buf_take reports it. */
 
 /* Integral values as "1000000.0" (so float fields stay floats), others as the shortest %g text that reads back as
  * the same double (as Python's repr). */
@@ -198,33 +168,24 @@ static const char *kw_gen_torch_dtype(enum kw_dtype d) {
     return d == KW_DTYPE_F32 ? "float32" : d == KW_DTYPE_F16 ? "float16" : "bfloat16";
 }
 
-static void kw_gen_eos(kw_gen_buf *b, const kw_model_config *c, int list) {
+static void kw_gen_eos(kw_buf *b, const kw_model_config *c, int list) {
     if (c->n_eos == 0) {
-        kw_gen_printf(b, "null");
+        kw_buf_printf(b, "null");
     } else if (!list || c->n_eos == 1) {
-        kw_gen_printf(b, "%d", (int)c->eos_ids[0]);
+        kw_buf_printf(b, "%d", (int)c->eos_ids[0]);
     } else {
-        kw_gen_printf(b, "[");
+        kw_buf_printf(b, "[");
         for (int32_t i = 0; i < c->n_eos; ++i)
-            kw_gen_printf(b, "%s%d", i ? ", " : "", (int)c->eos_ids[i]);
-        kw_gen_printf(b, "]");
+            kw_buf_printf(b, "%s%d", i ? ", " : "", (int)c->eos_ids[i]);
+        kw_buf_printf(b, "]");
     }
 }
 
-static void kw_gen_id(kw_gen_buf *b, const char *key, int32_t id, const char *sep) {
+static void kw_gen_id(kw_buf *b, const char *key, int32_t id, const char *sep) {
     if (id >= 0)
-        kw_gen_printf(b, "  \"%s\": %d%s\n", key, (int)id, sep);
+        kw_buf_printf(b, "  \"%s\": %d%s\n", key, (int)id, sep);
     else
-        kw_gen_printf(b, "  \"%s\": null%s\n", key, sep);
-}
-
-static int kw_gen_finish(kw_gen_buf *b, char **out) {
-    if (b->failed) {
-        free(b->p);
-        KW_FAIL(KW_E_NOMEM, "out of memory writing a config");
-    }
-    *out = b->p;
-    return 0;
+        kw_buf_printf(b, "  \"%s\": null%s\n", key, sep);
 }
 
 int kw_genmodel_config_json(const kw_model_config *c, enum kw_dtype dtype, char **out) {
@@ -235,62 +196,62 @@ int kw_genmodel_config_json(const kw_model_config *c, enum kw_dtype dtype, char 
     static const char *const classes[] = {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM"};
     const int qwen2 = c->arch == KW_ARCH_QWEN2, qwen3 = c->arch == KW_ARCH_QWEN3, llama = c->arch == KW_ARCH_LLAMA;
     char num[64];
-    kw_gen_buf b = {0};
-    kw_gen_printf(&b, "{\n  \"architectures\": [\n    \"%s\"\n  ],\n", classes[c->arch]);
-    if (!qwen2) kw_gen_printf(&b, "  \"attention_bias\": %s,\n", c->attention_bias ? "true" : "false");
-    kw_gen_printf(&b, "  \"attention_dropout\": 0.0,\n");
+    kw_buf b = KW_BUF_INIT;
+    kw_buf_printf(&b, "{\n  \"architectures\": [\n    \"%s\"\n  ],\n", classes[c->arch]);
+    if (!qwen2) kw_buf_printf(&b, "  \"attention_bias\": %s,\n", c->attention_bias ? "true" : "false");
+    kw_buf_printf(&b, "  \"attention_dropout\": 0.0,\n");
     kw_gen_id(&b, "bos_token_id", c->bos_id, ",");
-    kw_gen_printf(&b, "  \"eos_token_id\": ");
+    kw_buf_printf(&b, "  \"eos_token_id\": ");
     kw_gen_eos(&b, c, llama); /* Qwen configs name one eos; Llama-3.2 lists all three */
-    kw_gen_printf(&b, ",\n");
-    if (!qwen2 || c->head_dim * c->n_heads != c->hidden) kw_gen_printf(&b, "  \"head_dim\": %d,\n", (int)c->head_dim);
-    kw_gen_printf(&b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n", (int)c->hidden);
-    kw_gen_printf(&b, "  \"initializer_range\": 0.02,\n  \"intermediate_size\": %d,\n", (int)c->intermediate);
-    kw_gen_printf(&b, "  \"max_position_embeddings\": %d,\n", (int)c->max_positions);
-    if (!llama) kw_gen_printf(&b, "  \"max_window_layers\": %d,\n", (int)c->n_layers);
-    if (llama) kw_gen_printf(&b, "  \"mlp_bias\": %s,\n", c->mlp_bias ? "true" : "false");
-    kw_gen_printf(&b, "  \"model_type\": \"%s\",\n", kw_arch_name(c->arch));
-    kw_gen_printf(&b, "  \"num_attention_heads\": %d,\n  \"num_hidden_layers\": %d,\n", (int)c->n_heads,
+    kw_buf_printf(&b, ",\n");
+    if (!qwen2 || c->head_dim * c->n_heads != c->hidden) kw_buf_printf(&b, "  \"head_dim\": %d,\n", (int)c->head_dim);
+    kw_buf_printf(&b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n", (int)c->hidden);
+    kw_buf_printf(&b, "  \"initializer_range\": 0.02,\n  \"intermediate_size\": %d,\n", (int)c->intermediate);
+    kw_buf_printf(&b, "  \"max_position_embeddings\": %d,\n", (int)c->max_positions);
+    if (!llama) kw_buf_printf(&b, "  \"max_window_layers\": %d,\n", (int)c->n_layers);
+    if (llama) kw_buf_printf(&b, "  \"mlp_bias\": %s,\n", c->mlp_bias ? "true" : "false");
+    kw_buf_printf(&b, "  \"model_type\": \"%s\",\n", kw_arch_name(c->arch));
+    kw_buf_printf(&b, "  \"num_attention_heads\": %d,\n  \"num_hidden_layers\": %d,\n", (int)c->n_heads,
                   (int)c->n_layers);
-    kw_gen_printf(&b, "  \"num_key_value_heads\": %d,\n", (int)c->n_kv_heads);
-    if (llama) kw_gen_printf(&b, "  \"pretraining_tp\": 1,\n");
+    kw_buf_printf(&b, "  \"num_key_value_heads\": %d,\n", (int)c->n_kv_heads);
+    if (llama) kw_buf_printf(&b, "  \"pretraining_tp\": 1,\n");
     kw_gen_fmt_float(num, sizeof num, c->rms_eps);
-    kw_gen_printf(&b, "  \"rms_norm_eps\": %s,\n", num);
+    kw_buf_printf(&b, "  \"rms_norm_eps\": %s,\n", num);
     if (c->rope.scaling == KW_ROPE_SCALING_LLAMA3) {
-        kw_gen_printf(&b, "  \"rope_scaling\": {\n");
+        kw_buf_printf(&b, "  \"rope_scaling\": {\n");
         kw_gen_fmt_double(num, sizeof num, c->rope.factor);
-        kw_gen_printf(&b, "    \"factor\": %s,\n", num);
+        kw_buf_printf(&b, "    \"factor\": %s,\n", num);
         kw_gen_fmt_double(num, sizeof num, c->rope.high_freq_factor);
-        kw_gen_printf(&b, "    \"high_freq_factor\": %s,\n", num);
+        kw_buf_printf(&b, "    \"high_freq_factor\": %s,\n", num);
         kw_gen_fmt_double(num, sizeof num, c->rope.low_freq_factor);
-        kw_gen_printf(&b, "    \"low_freq_factor\": %s,\n", num);
-        kw_gen_printf(&b, "    \"original_max_position_embeddings\": %d,\n", (int)c->rope.original_max_position);
-        kw_gen_printf(&b, "    \"rope_type\": \"llama3\"\n  },\n");
+        kw_buf_printf(&b, "    \"low_freq_factor\": %s,\n", num);
+        kw_buf_printf(&b, "    \"original_max_position_embeddings\": %d,\n", (int)c->rope.original_max_position);
+        kw_buf_printf(&b, "    \"rope_type\": \"llama3\"\n  },\n");
     } else {
-        kw_gen_printf(&b, "  \"rope_scaling\": null,\n");
+        kw_buf_printf(&b, "  \"rope_scaling\": null,\n");
     }
     kw_gen_fmt_double(num, sizeof num, c->rope.theta);
-    kw_gen_printf(&b, "  \"rope_theta\": %s,\n", num);
-    if (!llama) kw_gen_printf(&b, "  \"sliding_window\": null,\n");
-    kw_gen_printf(&b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");
-    kw_gen_printf(&b, "  \"torch_dtype\": \"%s\",\n", kw_gen_torch_dtype(dtype));
-    kw_gen_printf(&b, "  \"transformers_version\": \"4.52.4\",\n  \"use_cache\": true,\n");
-    if (qwen2 || qwen3) kw_gen_printf(&b, "  \"use_sliding_window\": false,\n");
-    kw_gen_printf(&b, "  \"vocab_size\": %d\n}\n", (int)c->vocab);
-    return kw_gen_finish(&b, out);
+    kw_buf_printf(&b, "  \"rope_theta\": %s,\n", num);
+    if (!llama) kw_buf_printf(&b, "  \"sliding_window\": null,\n");
+    kw_buf_printf(&b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");
+    kw_buf_printf(&b, "  \"torch_dtype\": \"%s\",\n", kw_gen_torch_dtype(dtype));
+    kw_buf_printf(&b, "  \"transformers_version\": \"4.52.4\",\n  \"use_cache\": true,\n");
+    if (qwen2 || qwen3) kw_buf_printf(&b, "  \"use_sliding_window\": false,\n");
+    kw_buf_printf(&b, "  \"vocab_size\": %d\n}\n", (int)c->vocab);
+    return kw_buf_take(&b, out, NULL); /* reports the first failed append */
 }
 
 int kw_genmodel_generation_json(const kw_model_config *c, char **out) {
     KW_RETURN_IF(!c || !out, KW_E_INVALID_ARG, "kw_genmodel_generation_json: NULL argument");
-    kw_gen_buf b = {0};
-    kw_gen_printf(&b, "{\n");
+    kw_buf b = KW_BUF_INIT;
+    kw_buf_printf(&b, "{\n");
     kw_gen_id(&b, "bos_token_id", c->bos_id, ",");
-    kw_gen_printf(&b, "  \"do_sample\": false,\n  \"eos_token_id\": ");
+    kw_buf_printf(&b, "  \"do_sample\": false,\n  \"eos_token_id\": ");
     kw_gen_eos(&b, c, 1);
-    kw_gen_printf(&b, ",\n");
+    kw_buf_printf(&b, ",\n");
     if (c->pad_id >= 0) kw_gen_id(&b, "pad_token_id", c->pad_id, ",");
-    kw_gen_printf(&b, "  \"transformers_version\": \"4.52.4\"\n}\n");
-    return kw_gen_finish(&b, out);
+    kw_buf_printf(&b, "  \"transformers_version\": \"4.52.4\"\n}\n");
+    return kw_buf_take(&b, out, NULL); /* reports the first failed append */
 }
 
 /* ------------------------------------------------------------------------------------------------------------

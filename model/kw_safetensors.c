@@ -8,6 +8,7 @@
  */
 #include "model/kw_safetensors.h"
 
+#include "common/kw_buf.h"
 #include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_size.h"
@@ -559,29 +560,15 @@ struct kw_st_writer {
     int finished;
 };
 
-static int kw_st_append(char **buf, size_t *len, size_t *cap, const char *s) {
-    const size_t n = strlen(s);
-    if (*cap - *len <= n) {
-        size_t want = *cap ? *cap : 256;
-        while (want - *len <= n)
-            want *= 2;
-        char *p = realloc(*buf, want);
-        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory building a safetensors header");
-        *buf = p;
-        *cap = want;
-    }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
-    return 0;
-}
-
-static int kw_st_append_str(char **buf, size_t *len, size_t *cap, const char *s) {
-    KW_RETURN_IF(kw_json_append_string(buf, len, cap, s, strlen(s)) < 0, KW_E_NOMEM, "out of memory");
+/* s as a JSON string literal: kw_json_append_string grows the buffer's own (data, len, cap) triple, with the same
+ * malloc ownership and terminator. */
+static int kw_st_append_str(kw_buf *b, const char *s) {
+    KW_RETURN_IF(kw_json_append_string(&b->data, &b->len, &b->cap, s, strlen(s)) < 0, KW_E_NOMEM, "out of memory");
     return 0;
 }
 
 /* The metadata object, re-emitted compactly with keys sorted (string->string only). */
-static int kw_st_append_metadata(char **buf, size_t *len, size_t *cap, const char *metadata_json) {
+static int kw_st_append_metadata(kw_buf *b, const char *metadata_json) {
     int rc = 0;
     cJSON *root = NULL;
     const char **keys = NULL;
@@ -606,14 +593,14 @@ static int kw_st_append_metadata(char **buf, size_t *len, size_t *cap, const cha
     for (const cJSON *c = root->child; c; c = c->next)
         keys[n++] = c->string;
     qsort(keys, n, sizeof *keys, kw_st_cmp_str_ptr);
-    KW_CHECK(kw_st_append(buf, len, cap, "\"__metadata__\":{"));
+    KW_CHECK(kw_buf_append_str(b, "\"__metadata__\":{"));
     for (size_t i = 0; i < n; ++i) {
-        if (i) KW_CHECK(kw_st_append(buf, len, cap, ","));
-        KW_CHECK(kw_st_append_str(buf, len, cap, keys[i]));
-        KW_CHECK(kw_st_append(buf, len, cap, ":"));
-        KW_CHECK(kw_st_append_str(buf, len, cap, cJSON_GetObjectItemCaseSensitive(root, keys[i])->valuestring));
+        if (i) KW_CHECK(kw_buf_append_str(b, ","));
+        KW_CHECK(kw_st_append_str(b, keys[i]));
+        KW_CHECK(kw_buf_append_str(b, ":"));
+        KW_CHECK(kw_st_append_str(b, cJSON_GetObjectItemCaseSensitive(root, keys[i])->valuestring));
     }
-    KW_CHECK(kw_st_append(buf, len, cap, "}"));
+    KW_CHECK(kw_buf_append_str(b, "}"));
 out:
     free(keys);
     cJSON_Delete(root);
@@ -655,8 +642,7 @@ int kw_st_writer_open(const char *path, const kw_st_write_tensor *tensors, size_
     KW_RETURN_IF(count > KW_ST_MAX_TENSORS, KW_E_LIMIT, "safetensors writer: %zu tensors (at most %zu)", count,
                  KW_ST_MAX_TENSORS);
     int rc = 0;
-    char *hdr = NULL;
-    size_t len = 0, cap = 0;
+    kw_buf hdr = KW_BUF_INIT;
     struct kw_st_name *sorted = NULL;
     kw_st_writer *w = calloc(1, sizeof *w);
     KW_RETURN_IF(!w, KW_E_NOMEM, "out of memory");
@@ -681,31 +667,26 @@ int kw_st_writer_open(const char *path, const kw_st_write_tensor *tensors, size_
     for (size_t i = 0; i < count; ++i)
         w->order[i] = sorted[i].idx;
 
-    KW_CHECK(kw_st_append(&hdr, &len, &cap, "{"));
-    if (metadata_json) KW_CHECK(kw_st_append_metadata(&hdr, &len, &cap, metadata_json));
+    KW_CHECK(kw_buf_append_str(&hdr, "{"));
+    if (metadata_json) KW_CHECK(kw_st_append_metadata(&hdr, metadata_json));
     uint64_t offset = 0;
     for (size_t i = 0; i < count; ++i) {
         const kw_st_write_tensor *t = &tensors[w->order[i]];
         size_t nbytes = 0;
         KW_CHECK(kw_st_tensor_bytes(t, &nbytes));
-        char num[64];
-        if (i || metadata_json) KW_CHECK(kw_st_append(&hdr, &len, &cap, ","));
-        KW_CHECK(kw_st_append_str(&hdr, &len, &cap, t->name));
-        KW_CHECK(kw_st_append(&hdr, &len, &cap, ":{\"dtype\":\""));
-        KW_CHECK(kw_st_append(&hdr, &len, &cap, kw_st_dtype_name(t->dtype)));
-        KW_CHECK(kw_st_append(&hdr, &len, &cap, "\",\"shape\":["));
-        for (int32_t k = 0; k < t->ndim; ++k) {
-            snprintf(num, sizeof num, "%s%lld", k ? "," : "", (long long)t->shape[k]);
-            KW_CHECK(kw_st_append(&hdr, &len, &cap, num));
-        }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
-                 (unsigned long long)(offset + nbytes));
-        KW_CHECK(kw_st_append(&hdr, &len, &cap, num));
+        if (i || metadata_json) KW_CHECK(kw_buf_append_str(&hdr, ","));
+        KW_CHECK(kw_st_append_str(&hdr, t->name));
+        KW_CHECK(kw_buf_printf(&hdr, ":{\"dtype\":\"%s\",\"shape\":[", kw_st_dtype_name(t->dtype)));
+        for (int32_t k = 0; k < t->ndim; ++k)
+            KW_CHECK(kw_buf_printf(&hdr, "%s%lld", k ? "," : "", (long long)t->shape[k]));
+        KW_CHECK(kw_buf_printf(&hdr, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                               (unsigned long long)(offset + nbytes)));
         offset += nbytes;
     }
-    KW_CHECK(kw_st_append(&hdr, &len, &cap, "}"));
-    while (len % 8)
-        KW_CHECK(kw_st_append(&hdr, &len, &cap, " "));
+    KW_CHECK(kw_buf_append_str(&hdr, "}"));
+    while (hdr.len % 8)
+        KW_CHECK(kw_buf_append_str(&hdr, " "));
+    const size_t len = hdr.len;
     KW_CHECK_IF(len > KW_ST_MAX_HEADER, KW_E_LIMIT, "safetensors writer: header of %zu bytes is too large", len);
     w->data_total = offset;
 
@@ -719,12 +700,12 @@ int kw_st_writer_open(const char *path, const kw_st_write_tensor *tensors, size_
     unsigned char lenbuf[8];
     for (int i = 0; i < 8; ++i)
         lenbuf[i] = (unsigned char)((uint64_t)len >> (8 * i));
-    KW_CHECK_IF(fwrite(lenbuf, 1, 8, w->fp) != 8 || fwrite(hdr, 1, len, w->fp) != len, KW_E_IO, "write %s: %s",
+    KW_CHECK_IF(fwrite(lenbuf, 1, 8, w->fp) != 8 || fwrite(hdr.data, 1, len, w->fp) != len, KW_E_IO, "write %s: %s",
                 w->tmp_path, strerror(errno));
     *out = w;
     w = NULL;
 out:
-    free(hdr);
+    kw_buf_free(&hdr);
     free(sorted);
     kw_st_writer_close(w);
     return rc;
