@@ -177,4 +177,37 @@ static inline int kw_opm_attn_dims_per_lane(int64_t D) {
     return n;
 }
 
+/* cublasGemmEx's arguments for rows [n0, n0 + rows) of y (M, N) = x (M, K) W (N, K)^T, all row-major. cuBLAS is
+ * column-major, where a row-major (r, c) matrix reads as its (c, r) transpose with leading dimension c: the product
+ * is y^T (N x M, ld N) = W (N x K) x^T (K x M), that is op(A) = A^T with A = W^T as stored (K x rows, lda K, starting
+ * at W + a_offset), op(B) = B with B = x^T (K x M, ldb K), and C = y + c_offset (rows x M, ldc N). */
+typedef struct kw_opm_gemm {
+    int trans_a, trans_b;       /* 1: CUBLAS_OP_T, 0: CUBLAS_OP_N */
+    int64_t m, n, k;            /* op(A) is m x k, op(B) k x n, C m x n */
+    int64_t lda, ldb, ldc;      /* leading dimensions */
+    int64_t a_offset, c_offset; /* elements from W and y to A and C */
+} kw_opm_gemm;
+
+static inline kw_opm_gemm kw_opm_gemm_rows(int64_t M, int64_t N, int64_t K, int64_t n0, int64_t rows) {
+    kw_opm_gemm g;
+    g.trans_a = 1;
+    g.trans_b = 0;
+    g.m = rows;
+    g.n = M;
+    g.k = K;
+    g.lda = K;
+    g.ldb = K;
+    g.ldc = N;
+    g.a_offset = n0 * K;
+    g.c_offset = n0;
+    return g;
+}
+
+/* Rows of W per widened fp32 panel when at most max_floats fit: in [1, N], and rows * K <= max_floats unless a single
+ * row is already larger. */
+static inline int64_t kw_opm_panel_rows(int64_t N, int64_t K, int64_t max_floats) {
+    const int64_t nb = max_floats / K;
+    return nb < 1 ? 1 : nb > N ? N : nb;
+}
+
 #endif /* KW_OP_MATH_H */

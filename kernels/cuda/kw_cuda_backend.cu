@@ -27,7 +27,7 @@ extern "C" {
 /* Rows of M at or below which the streaming kernel beats widening W. */
 #define KW_CUDA_GEMV_MAX_M 8
 /* Largest widened weight panel, in floats (64 MiB). */
-#define KW_CUDA_PANEL_FLOATS ((size_t)16 << 20)
+#define KW_CUDA_PANEL_FLOATS ((int64_t)16 << 20)
 
 int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out) {
     const cudaError_t err = cudaMallocFromPoolAsync(out, size, cu->pool, cu->stream);
@@ -154,11 +154,19 @@ static int kw_cuda_memset_zero(kw_backend *backend, void *dst, size_t size) {
     return 0;
 }
 
-static cudaDataType_t kw_cuda_type(enum kw_dtype dtype) {
-    return dtype == KW_DTYPE_BF16 ? CUDA_R_16BF : dtype == KW_DTYPE_F16 ? CUDA_R_16F : CUDA_R_32F;
+/* cublasGemmEx over rows of W given as fp32 A (already offset by g->a_offset), with the arguments of kw_opm_gemm_rows
+ * (tests/kernels/test_op_math.c runs them through a column-major reference GEMM on the CPU). */
+static int kw_cuda_gemm(kw_cuda_backend *cu, const kw_opm_gemm *g, const void *a, cudaDataType_t a_type, const float *x,
+                        float *y) {
+    const float alpha = 1.0f, beta = 0.0f;
+    KW_CUBLAS_TRY(cublasGemmEx(cu->cublas, g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n, (int)g->k, &alpha, a,
+                               a_type, (int)g->lda, x, CUDA_R_32F, (int)g->ldb, &beta, y + g->c_offset, CUDA_R_32F,
+                               (int)g->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
 }
 
-/* y (M, N) = x (M, K) w (N, K)^T: column-major, that is C (N x M) = W^T' x', so op(A) = T on W (K x N, ld K). */
+/* y (M, N) = x (M, K) w (N, K)^T (+ bias): the streaming kernel for small M, else cuBLAS (see the file comment). */
 static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w,
                           const kw_tensor *bias) {
     KW_CUDA_ENTER(cu, backend);
@@ -171,22 +179,19 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
     if (M <= KW_CUDA_GEMV_MAX_M || !cublas_sizes) {
         KW_FORWARD(kw__cuda_gemv(cu, y, xs, w->data, w->dtype, M, N, K));
     } else {
-        const float alpha = 1.0f, beta = 0.0f;
         if (w->dtype == KW_DTYPE_F32) {
-            KW_CUBLAS_TRY(cublasGemmEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w->data,
-                                       kw_cuda_type(w->dtype), (int)K, xs, CUDA_R_32F, (int)K, &beta, y, CUDA_R_32F,
-                                       (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, 0, N);
+            KW_FORWARD(kw_cuda_gemm(cu, &g, (const float *)w->data + g.a_offset, CUDA_R_32F, xs, y));
         } else {
-            int64_t nb = (int64_t)(KW_CUDA_PANEL_FLOATS / (size_t)K);
-            nb = nb < 1 ? 1 : nb > N ? N : nb;
+            const int64_t nb = kw_opm_panel_rows(N, K, KW_CUDA_PANEL_FLOATS);
             float *panel;
             KW_FORWARD(kw__cuda_workspace(cu, (size_t)(nb * K), &panel));
             for (int64_t n0 = 0; n0 < N; n0 += nb) {
                 const int64_t rows = N - n0 < nb ? N - n0 : nb;
-                KW_FORWARD(kw__cuda_to_f32(cu, panel, w->data, w->dtype, n0 * K, rows * K));
-                KW_CUBLAS_TRY(cublasGemmEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)M, (int)K, &alpha,
-                                           panel, CUDA_R_32F, (int)K, xs, CUDA_R_32F, (int)K, &beta, y + n0, CUDA_R_32F,
-                                           (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, n0, rows);
+                /* the panel holds W's rows [n0, n0 + rows) widened: it is A itself, no offset */
+                KW_FORWARD(kw__cuda_to_f32(cu, panel, w->data, w->dtype, g.a_offset, rows * K));
+                KW_FORWARD(kw_cuda_gemm(cu, &g, panel, CUDA_R_32F, xs, y));
             }
         }
     }

@@ -6,7 +6,9 @@
  *  - the attention span plus mask equal to the causal / window / n_kv visibility rule, row by row;
  *  - argmax's candidate order: the CUDA kernel's reduction (strided per-thread scans, xor butterflies within a
  *    warp, a serial merge of warp results) replayed on the CPU gives kw_ref_argmax on ties, NaN, +-Inf and +-0;
- *  - get_rows' device error key (order, round trip, never 0) and the CUDA grid arithmetic.
+ *  - get_rows' device error key (order, round trip, never 0) and the CUDA grid arithmetic;
+ *  - the cublasGemmEx arguments of the CUDA matmul (row-major y = x W^T through column-major cuBLAS, whole and in
+ *    widened panels) run through a column-major reference GEMM.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -348,6 +350,55 @@ static void test_attn_dims_per_lane(void **state) {
     assert_int_equal(kw_opm_attn_dims_per_lane(512), 16);
 }
 
+/* cuBLAS's definition, column-major: C[i + j ldc] = sum_p op(A)(i, p) op(B)(p, j), op(A)(i, p) = A[p + i lda] when
+ * transposed, else A[i + p lda]; likewise B. Also checks the leading-dimension rules cuBLAS enforces and that every
+ * write stays inside the c_len elements from c on. Sums in double, in p order. */
+static void kw_colmajor_gemm(const kw_opm_gemm *g, const float *a, const float *b, float *c, int64_t c_len) {
+    assert_true(g->lda >= (g->trans_a ? g->k : g->m) && g->ldb >= (g->trans_b ? g->n : g->k) && g->ldc >= g->m);
+    for (int64_t i = 0; i < g->m; ++i)
+        for (int64_t j = 0; j < g->n; ++j) {
+            double s = 0.0;
+            for (int64_t p = 0; p < g->k; ++p) {
+                const float av = g->trans_a ? a[p + i * g->lda] : a[i + p * g->lda];
+                const float bv = g->trans_b ? b[j + p * g->ldb] : b[p + j * g->ldb];
+                s += (double)av * (double)bv;
+            }
+            assert_true(i + j * g->ldc < c_len);
+            c[i + j * g->ldc] = (float)s;
+        }
+}
+
+/* The cuBLAS arguments of the CUDA matmul, whole and in panels of every height, give y = x W^T exactly (same
+ * double sums in the same order) and write each element of y once. */
+static void test_gemm_args_give_x_wt(void **state) {
+    (void)state;
+    enum { M = 5, N = 7, K = 3 };
+    float x[M * K], w[N * K], want[M * N], y[M * N];
+    for (int i = 0; i < M * K; ++i)
+        x[i] = kw_uniform();
+    for (int i = 0; i < N * K; ++i)
+        w[i] = kw_uniform();
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            double s = 0.0;
+            for (int k = 0; k < K; ++k)
+                s += (double)x[m * K + k] * (double)w[n * K + k];
+            want[m * N + n] = (float)s;
+        }
+    for (int64_t max_floats = 1; max_floats <= (N + 1) * K; ++max_floats) {
+        const int64_t nb = kw_opm_panel_rows(N, K, max_floats);
+        assert_true(nb >= 1 && nb <= N && (nb == 1 || nb * K <= max_floats));
+        for (int i = 0; i < M * N; ++i)
+            y[i] = NAN;
+        for (int64_t n0 = 0; n0 < N; n0 += nb) {
+            const int64_t rows = N - n0 < nb ? N - n0 : nb;
+            const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, n0, rows);
+            kw_colmajor_gemm(&g, w + g.a_offset, x, y + g.c_offset, M * N - g.c_offset);
+        }
+        assert_memory_equal(y, want, sizeof want);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_store_match_ref),
@@ -360,6 +411,7 @@ int main(void) {
         cmocka_unit_test(test_bad_id_key),
         cmocka_unit_test(test_grid_blocks),
         cmocka_unit_test(test_attn_dims_per_lane),
+        cmocka_unit_test(test_gemm_args_give_x_wt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
