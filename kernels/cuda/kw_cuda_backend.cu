@@ -184,7 +184,7 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
             KW_FORWARD(kw_cuda_gemm(cu, &g, (const float *)w->data + g.a_offset, CUDA_R_32F, xs, y));
         } else {
             const int64_t nb = kw_opm_panel_rows(N, K, KW_CUDA_PANEL_FLOATS);
-            float *panel;
+            float *panel = NULL;
             KW_FORWARD(kw__cuda_workspace(cu, (size_t)(nb * K), &panel));
             for (int64_t n0 = 0; n0 < N; n0 += nb) {
                 const int64_t rows = N - n0 < nb ? N - n0 : nb;
