@@ -4,6 +4,9 @@
 #include "kernels/cpu/kw_cpu.h"
 
 #include <cblas.h>
+#if KW_CPU_X86
+#include <cpuid.h>
+#endif
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,12 +28,19 @@ const char *kw__cpu_isa_name(enum kw_cpu_isa isa) {
     return "?";
 }
 
+#if KW_CPU_X86
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c". */
+static int kw_cpu_has_f16c(void) {
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
+#endif
+
 static enum kw_cpu_isa kw_cpu_detect_isa(void) {
     enum kw_cpu_isa isa = KW_CPU_ISA_SCALAR;
 #if KW_CPU_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        isa = KW_CPU_ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && kw_cpu_has_f16c()) isa = KW_CPU_ISA_AVX2;
     if (isa == KW_CPU_ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         isa = KW_CPU_ISA_AVX512;
