@@ -22,7 +22,8 @@
  * The fusion sections (kv_cache_index) are cut where message_mask changes: message runs are fused, template runs
  * are not; the last run (the generation prompt) is the last section, run by the receiver alone.
  *
- * Not here: the model runs (kw_align_run drives c2c/kw_fusion.h), Gemma's template, tool calls.
+ * kw_align_run hands the aligned streams to c2c/kw_fusion.h, which runs the models. Not here: Gemma's template, tool
+ * calls, several aligned sharers at once.
  * A kw_aligner caches align_tokens per receiver id, so it is used by one thread at a time; the tokenizers it borrows
  * are read-only and may be shared.
  */
@@ -137,11 +138,13 @@ enum kw_align_decode_pads {
     KW_ALIGN_PADS_MASKED = 1,    /* pads stay masked for the whole generation */
 };
 
-/* Runs C2C on an aligned prompt with a fusion of ONE sharer (the aligned one): sections from
+/* Runs C2C on an aligned prompt. The fusion's sharer 0 is the aligned sharer (a fusion of one sharer, as the
+ * reference evaluator builds; further sharers would get the receiver's ids and are not selected): sections from
  * kw_align_fusion_sections(r, 1), the receiver's pads masked in cache (empty, capacity >= r->n + max_new_tokens), the
  * sharer's ids and pads through the fusion options, positions = cache rows for both models, then greedy decoding
- * with pads as `pads` says. base supplies mode, numerics, sharer_cache_dtype, gen, hook (its sections, n_sections,
- * sharer_ids and sharer_pad must be unset). Results and errors as kw_fusion_run. */
+ * with pads as `pads` says (chained before base->gen.on_token). base supplies mode, numerics, sharer_cache_dtype,
+ * gen, hook (its sections, n_sections, sharer_ids and sharer_pad must be unset). Results and errors as kw_fusion_run.
+ */
 int kw_align_run(kw_fusion *f, kw_kvcache *cache, const kw_align_result *r, const kw_fusion_options *base,
                  enum kw_align_decode_pads pads, kw_fusion_result *out);
 
