@@ -43,6 +43,7 @@ import functools
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,7 @@ def main():
         json.dump(out, f, ensure_ascii=False)
         f.write("\n")
     print(f"wrote {args.out}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
