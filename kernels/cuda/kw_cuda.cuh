@@ -73,7 +73,10 @@ static inline int kw__cuda_fail(cudaError_t err, const char *what) {
     kw_cuda_backend *const cu = kw_cuda(backend);                                                                      \
     KW_CUDA_TRY(cudaSetDevice(cu->device))
 
-/* After a kernel launch: a bad configuration is reported at once. */
+/* After a kernel launch: a bad configuration (grid, block, shared memory) is reported at once. A fault while a kernel
+ * runs (an illegal address, say) is sticky: the next runtime call reports it, the launch check of a later op or
+ * synchronize, as KW_E_CUDA, and the backend cannot be used afterwards (destroy it). The only errors the device
+ * reports as data, at synchronize, are get_rows' bad ids (kw_cuda_err). */
 #define KW_CUDA_LAUNCHED() KW_CUDA_TRY(cudaGetLastError())
 
 /* x rows handled per streaming-matmul launch (registers per thread). */
