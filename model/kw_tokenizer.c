@@ -1101,7 +1101,7 @@ static int kw_tok_encode_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, in
 
 int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n_ids) {
     KW_RETURN_IF(!tok || (!text && len) || !ids || !n_ids, KW_E_INVALID_ARG, "kw_tokenizer_encode: NULL argument");
-    kw_tok_encode_sink e = {.base = {kw_tok_encode_piece}, .tok = tok};
+    kw_tok_encode_sink e = {.base = {.piece = kw_tok_encode_piece}, .tok = tok};
     int rc = 0;
     KW_CHECK(kw_tok_walk(tok, text, len, &e.base));
     if (!e.ids.v) {
@@ -1146,7 +1146,7 @@ int kw_tokenizer_pre_tokenize(const kw_tokenizer *tok, const char *text, size_t 
                               size_t **bounds, size_t *n_pieces) {
     KW_RETURN_IF(!tok || (!text && len) || !norm || !norm_len || !bounds || !n_pieces, KW_E_INVALID_ARG,
                  "kw_tokenizer_pre_tokenize: NULL argument");
-    kw_tok_piece_sink p = {.base = {kw_tok_record_piece}};
+    kw_tok_piece_sink p = {.base = {.piece = kw_tok_record_piece}};
     int rc = 0;
     KW_CHECK(kw_tok_walk(tok, text, len, &p.base));
     if (!p.text.p) KW_CHECK(kw_tok_str_put(&p.text, "", 0));
