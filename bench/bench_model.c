@@ -22,6 +22,7 @@
 #include "kernels/kw_backend.h"
 #include "model/kw_genmodel.h"
 #include "model/kw_model.h"
+#include "tools/kw_cli.h"
 
 const char kw_bench_model_summary[] =
     "prefill/decode tok/s of a real-shaped random model vs the memory-bandwidth bound";
@@ -35,18 +36,6 @@ static void kw_bench_model_usage(FILE *f) {
                "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
                "  --reps       measured repetitions, best is reported (default 3)\n"
                "  --profile    also print per-op times of one prefill and one decode run\n");
-}
-
-static int kw_bench_model_int(const char *opt, const char *s, long min, long max, long *out) {
-    char *end = NULL;
-    errno = 0;
-    const long v = strtol(s, &end, 10);
-    if (errno || !end || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "kvwire bench model: %s wants an integer in [%ld, %ld], got '%s'\n", opt, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* Streaming-read bandwidth in bytes/s: best of several passes reading a 512 MiB buffer (far larger than the caches)
@@ -103,48 +92,20 @@ static void kw_bench_remove_model(const char *dir) {
 }
 
 int kw_bench_model(int argc, char **argv) {
-    long threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
-    const char *arch_name = "qwen3", *model_dir = NULL;
-    int profile = 0;
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            kw_bench_model_usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--profile") == 0) {
-            profile = 1;
-            continue;
-        }
-        if (!v) {
-            kw_bench_model_usage(stderr);
-            return 2;
-        }
-        ++i;
-        if (strcmp(a, "--threads") == 0) {
-            if (kw_bench_model_int(a, v, 1, 256, &threads) < 0) return 2;
-        } else if (strcmp(a, "--prompt-len") == 0) {
-            if (kw_bench_model_int(a, v, 1, 8192, &prompt_len) < 0) return 2;
-        } else if (strcmp(a, "--decode") == 0) {
-            if (kw_bench_model_int(a, v, 1, 8192, &n_decode) < 0) return 2;
-        } else if (strcmp(a, "--reps") == 0) {
-            if (kw_bench_model_int(a, v, 1, 100, &reps) < 0) return 2;
-        } else if (strcmp(a, "--arch") == 0) {
-            arch_name = v;
-        } else if (strcmp(a, "--model-dir") == 0) {
-            model_dir = v;
-        } else {
-            kw_bench_model_usage(stderr);
-            return 2;
-        }
-    }
-    const char *preset = strcmp(arch_name, "qwen3") == 0   ? "qwen3-0.6b"
-                         : strcmp(arch_name, "qwen2") == 0 ? "qwen2.5-0.5b"
-                         : strcmp(arch_name, "llama") == 0 ? "llama-3.2-1b"
-                                                           : NULL;
-    if (!preset) {
-        fprintf(stderr, "kvwire bench model: --arch wants qwen3, qwen2 or llama\n");
-        return 2;
-    }
+    int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
+    static const char *const archs[] = {"qwen3", "qwen2", "llama", NULL};
+    static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b"};
+    const char *model_dir = NULL;
+    int arch = 0, profile = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_INT("--threads", &threads, 1, 256),  KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
+        KW_CLI_INT("--decode", &n_decode, 1, 8192), KW_CLI_INT("--reps", &reps, 1, 100),
+        KW_CLI_CHOICE("--arch", &arch, archs),      KW_CLI_STR("--model-dir", &model_dir),
+        KW_CLI_FLAG("--profile", &profile),
+    };
+    const int st = KW_CLI_PARSE("kvwire bench model", argc, argv, opts, kw_bench_model_usage);
+    if (st != KW_CLI_RUN) return st;
+    const char *preset = presets[arch];
 
     int rc = 0;
     kw_backend *be = NULL;
@@ -186,7 +147,7 @@ int kw_bench_model(int argc, char **argv) {
     const kw_model_config *cfg = kw_model_get_config(model);
     ids = malloc((size_t)(prompt_len + n_decode) * sizeof *ids);
     KW_CHECK_IF(!ids, KW_E_NOMEM, "out of memory");
-    for (long i = 0; i < prompt_len; ++i)
+    for (int64_t i = 0; i < prompt_len; ++i)
         ids[i] = (int32_t)(((uint64_t)i * 2654435761u) % (uint64_t)cfg->vocab);
     KW_CHECK(kw_model_create_cache(model, prompt_len + n_decode + 1, KW_DTYPE_BF16, &cache));
 
@@ -199,7 +160,7 @@ int kw_bench_model(int argc, char **argv) {
 
     stage = "measure";
     double best_prefill = 1e30, best_decode = 1e30;
-    for (long r = 0; r < reps; ++r) {
+    for (int64_t r = 0; r < reps; ++r) {
         KW_CHECK(kw_kvcache_reset(cache));
         const kw_forward_args a = {
             .ids = ids, .n = prompt_len, .mode = KW_LOGITS_LAST, .argmax = &next, .argmax_flags = 1};
@@ -207,7 +168,7 @@ int kw_bench_model(int argc, char **argv) {
         KW_CHECK(kw_model_forward(model, cache, &a));
         const double pre = kw_time_seconds(t0, kw_time_now_ns());
         t0 = kw_time_now_ns();
-        for (long i = 0; i < n_decode; ++i)
+        for (int64_t i = 0; i < n_decode; ++i)
             KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, KW_ARGMAX_ROUND_BF16));
         const double dec = kw_time_seconds(t0, kw_time_now_ns());
         if (pre < best_prefill) best_prefill = pre;
@@ -222,15 +183,15 @@ int kw_bench_model(int argc, char **argv) {
     printf("model: %s shape (%d layers, hidden %d, %d/%d heads x %d, intermediate %d, vocab %d), bf16 weights, "
            "bf16 KV cache, %ld threads\n",
            preset, (int)cfg->n_layers, (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim,
-           (int)cfg->intermediate, (int)cfg->vocab, threads);
+           (int)cfg->intermediate, (int)cfg->vocab, (long)threads);
     printf("load (mmap, zero-copy): %.1f ms\n", load_ms);
-    printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", prompt_len, best_prefill * 1e3,
-           (double)prompt_len / best_prefill, reps);
-    printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", n_decode,
-           best_decode * 1e3, decode_tps, best_decode * 1e3 / (double)n_decode, reps);
+    printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
+           (double)prompt_len / best_prefill, (long)reps);
+    printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,
+           best_decode * 1e3, decode_tps, best_decode * 1e3 / (double)n_decode, (long)reps);
     printf("baseline: streaming read %.2f GB/s (%ld threads, best of before/after the runs); weights read per token "
            "%.1f MB\n",
-           bw * 1e-9, threads, (double)wbytes * 1e-6);
+           bw * 1e-9, (long)threads, (double)wbytes * 1e-6);
     printf("decode bound = bandwidth / bytes per token = %.2f tok/s; achieved/bound = %.2f\n", bound_tps,
            decode_tps / bound_tps);
     printf("peak RSS: %.1f MB (model phase; the bandwidth buffer is smaller)\n", rss * 1e-6);
@@ -247,7 +208,7 @@ int kw_bench_model(int argc, char **argv) {
         KW_CHECK(kw_model_forward(model, cache, &a));
         kw_model_profile(model, ms, calls, 1);
         kw_bench_print_profile("prefill", ms, calls);
-        for (long i = 0; i < n_decode; ++i)
+        for (int64_t i = 0; i < n_decode; ++i)
             KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, KW_ARGMAX_ROUND_BF16));
         kw_model_profile(model, ms, calls, 1);
         kw_bench_print_profile("decode", ms, calls);

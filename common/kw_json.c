@@ -165,3 +165,103 @@ int kw_json_append_string(char **buf, size_t *len, size_t *cap, const char *s, s
     *len = (size_t)(o - *buf);
     return 0;
 }
+
+/* The 4 hex digits at p (the caller checked that they are there). */
+static int kw_json_hex4(const char *p, uint32_t *out) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) {
+        const char c = p[i];
+        uint32_t d;
+        if (c >= '0' && c <= '9')
+            d = (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            d = (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            d = (uint32_t)(c - 'A' + 10);
+        else
+            return KW_E_PARSE;
+        v = v << 4 | d;
+    }
+    *out = v;
+    return 0;
+}
+
+static int kw_json_is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* The escape sequence at text[*i] (just after the backslash) appended at out + *o. An escape is at least 2 input
+ * bytes and gives at most 4 output bytes for its 6 (or 12, a surrogate pair), so out never outgrows the input. */
+static int kw_json_decode_escape(const char *text, size_t len, size_t *i, char *out, size_t *o) {
+    KW_RETURN_IF(*i >= len, KW_E_PARSE, "unterminated escape");
+    const char e = text[(*i)++];
+    static const char plain[] = "\"\\/bfnrt", value[] = "\"\\/\b\f\n\r\t";
+    const char *hit = e ? strchr(plain, e) : NULL;
+    if (hit) {
+        out[(*o)++] = value[hit - plain];
+        return 0;
+    }
+    KW_RETURN_IF(e != 'u', KW_E_PARSE, "unknown escape \\%c", e);
+    uint32_t cp = 0;
+    KW_RETURN_IF(len - *i < 4 || kw_json_hex4(text + *i, &cp) < 0, KW_E_PARSE, "bad \\u escape");
+    *i += 4;
+    KW_RETURN_IF(cp >= 0xDC00 && cp <= 0xDFFF, KW_E_UTF8, "lone low surrogate \\u%04X", cp);
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        uint32_t lo = 0;
+        KW_RETURN_IF(len - *i < 6 || text[*i] != '\\' || text[*i + 1] != 'u' || kw_json_hex4(text + *i + 2, &lo) < 0 ||
+                         lo < 0xDC00 || lo > 0xDFFF,
+                     KW_E_UTF8, "lone high surrogate \\u%04X", cp);
+        *i += 6;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    }
+    char *p = out + *o;
+    if (cp < 0x80) {
+        *p++ = (char)cp;
+    } else if (cp < 0x800) {
+        *p++ = (char)(0xC0 | cp >> 6);
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *p++ = (char)(0xE0 | cp >> 12);
+        *p++ = (char)(0x80 | (cp >> 6 & 0x3F));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *p++ = (char)(0xF0 | cp >> 18);
+        *p++ = (char)(0x80 | (cp >> 12 & 0x3F));
+        *p++ = (char)(0x80 | (cp >> 6 & 0x3F));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    }
+    *o = (size_t)(p - out);
+    return 0;
+}
+
+int kw_json_decode_string(const char *text, size_t len, char **out, size_t *out_len) {
+    KW_RETURN_IF(!out || !out_len || (len && !text), KW_E_INVALID_ARG, "kw_json_decode_string: NULL argument");
+    size_t i = 0, o = 0;
+    while (i < len && kw_json_is_space(text[i]))
+        ++i;
+    KW_RETURN_IF(i == len || text[i] != '"', KW_E_PARSE, "expected a JSON string");
+    ++i;
+    char *s = malloc(len + 1); /* decoding never makes the text longer */
+    KW_RETURN_IF(!s, KW_E_NOMEM, "out of memory decoding a %zu-byte JSON string", len);
+    int rc = 0;
+    for (;;) {
+        KW_CHECK_IF(i >= len, KW_E_PARSE, "unterminated JSON string");
+        const unsigned char c = (unsigned char)text[i++];
+        if (c == '"') break;
+        KW_CHECK_IF(c < 0x20, KW_E_PARSE, "raw control character 0x%02x in a JSON string", c);
+        if (c == '\\')
+            KW_CHECK(kw_json_decode_escape(text, len, &i, s, &o));
+        else
+            s[o++] = (char)c;
+    }
+    while (i < len && kw_json_is_space(text[i]))
+        ++i;
+    KW_CHECK_IF(i != len, KW_E_PARSE, "trailing characters after the JSON string");
+    s[o] = '\0';
+    *out = s;
+    *out_len = o;
+    s = NULL;
+out:
+    free(s);
+    return rc;
+}

@@ -39,4 +39,12 @@ int kw_json_opt_str(const cJSON *obj, const char *key, const char *def, const ch
  * track it. Returns 0 or KW_E_NOMEM. */
 int kw_json_append_string(char **buf, size_t *len, size_t *cap, const char *s, size_t n);
 
+/* Decodes text[0..len), which must hold exactly one JSON string literal with optional JSON whitespace (space, tab,
+ * CR, LF) around it, into a new NUL-terminated buffer *out of *out_len bytes (owned by the caller, free()). Unlike a
+ * cJSON string, the result keeps an escaped U+0000 as a NUL byte (counted in *out_len). Escapes follow RFC 8259 and a
+ * \u surrogate pair becomes one 4-byte UTF-8 sequence; other bytes are copied as they are (not checked to be UTF-8).
+ * @return 0; KW_E_PARSE for text that is not one well-formed literal (raw control character, unknown escape, bad
+ * \u digits, trailing text); KW_E_UTF8 for a lone surrogate escape; KW_E_NOMEM. *out is untouched on failure. */
+int kw_json_decode_string(const char *text, size_t len, char **out, size_t *out_len);
+
 #endif /* KW_JSON_H */

@@ -2,12 +2,10 @@
  * (default) or torch zip archives (c2c/kw_fuser_load.h kw_fuser_convert). Option parsing only. */
 #include "c2c/kw_fuser_load.h"
 #include "common/kw_status.h"
+#include "tools/kw_cli.h"
 #include "kw_commands.h"
 
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
 
 const char kw_cmd_convert_fuser_summary[] = "rewrite a C2C fuser folder with safetensors (or .pt) projector weights";
 
@@ -20,45 +18,21 @@ static void kw_convert_fuser_usage(FILE *out) {
 }
 
 int kw_cmd_convert_fuser(int argc, char **argv) {
-    const char *in = NULL, *out = NULL, *format = "safetensors";
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            kw_convert_fuser_usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "kvwire convert-fuser: %s needs a value (or is unknown)\n\n", a);
-            kw_convert_fuser_usage(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        if (strcmp(a, "--in") == 0)
-            in = v;
-        else if (strcmp(a, "--out") == 0)
-            out = v;
-        else if (strcmp(a, "--format") == 0)
-            format = v;
-        else {
-            fprintf(stderr, "kvwire convert-fuser: unknown option %s\n\n", a);
-            kw_convert_fuser_usage(stderr);
-            return 2;
-        }
-    }
-    if (!in || !out) {
-        fprintf(stderr, "kvwire convert-fuser: --in and --out are required\n\n");
-        kw_convert_fuser_usage(stderr);
-        return 2;
-    }
-    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0) {
-        fprintf(stderr, "kvwire convert-fuser: --format must be safetensors or pt, got '%s'\n", format);
-        return 2;
-    }
-    const int rc = kw_fuser_convert(in, out, strcmp(format, "safetensors") == 0);
+    const char *in = NULL, *out = NULL;
+    static const char *const formats[] = {"safetensors", "pt", NULL};
+    int format = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_STR_REQUIRED("--in", &in),
+        KW_CLI_STR_REQUIRED("--out", &out),
+        KW_CLI_CHOICE("--format", &format, formats),
+    };
+    const int st = KW_CLI_PARSE("kvwire convert-fuser", argc, argv, opts, kw_convert_fuser_usage);
+    if (st != KW_CLI_RUN) return st;
+    const int rc = kw_fuser_convert(in, out, format == 0);
     if (rc < 0) {
         fprintf(stderr, "kvwire convert-fuser: %s (%s)\n", kw_error_detail(), kw_status_name(rc));
         return 1;
     }
-    printf("wrote %s (%s weights)\n", out, format);
+    printf("wrote %s (%s weights)\n", out, formats[format]);
     return 0;
 }

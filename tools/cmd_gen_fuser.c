@@ -4,13 +4,13 @@
 #include "c2c/kw_genfuser.h"
 #include "common/kw_status.h"
 #include "model/kw_config.h"
+#include "tools/kw_cli.h"
 #include "kw_commands.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 const char kw_cmd_gen_fuser_summary[] = "write a deterministic random C2C fuser folder for a receiver/sharer pair";
 
@@ -27,18 +27,6 @@ static void kw_gen_fuser_usage(FILE *out) {
             "(key logit exactly 0); k-only/v-only layers open one branch. Without any gate option the last layer\n"
             "is k-only and every layer t with t %% 3 == 2 is closed; with one, unlisted layers are open.\n"
             "The same inputs and seed give the same bytes.\n");
-}
-
-static int kw_gen_fuser_int(const char *opt, const char *s, long long min, long long max, long long *out) {
-    char *end = NULL;
-    errno = 0;
-    const long long v = strtoll(s, &end, 10);
-    if (errno || !end || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "kvwire gen-fuser: %s wants an integer in [%lld, %lld], got '%s'\n", opt, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* Marks the layers of a comma-separated list with kind; each must be below n and not already marked. */
@@ -65,86 +53,32 @@ static int kw_gen_fuser_list(const char *opt, const char *list, int32_t n, uint8
     return 0;
 }
 
-static void kw_gen_fuser_mkdirs(const char *dir) {
-    char *p = strdup(dir);
-    if (!p) return;
-    for (char *s = p + 1; *s; ++s) {
-        if (*s != '/') continue;
-        *s = '\0';
-        mkdir(p, 0755);
-        *s = '/';
-    }
-    free(p);
-}
-
 int kw_cmd_gen_fuser(int argc, char **argv) {
-    const char *recv_dir = NULL, *sharer_dir = NULL, *out = NULL, *dtype = "bf16", *format = "pt";
+    const char *recv_dir = NULL, *sharer_dir = NULL, *out = NULL;
     const char *lists[3] = {NULL, NULL, NULL}; /* closed, k-only, v-only */
-    long long seed = 0, hidden = 1024, inter = 1024, num_layers = 3;
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            kw_gen_fuser_usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "kvwire gen-fuser: %s needs a value (or is unknown)\n\n", a);
-            kw_gen_fuser_usage(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        int bad = 0;
-        if (strcmp(a, "--receiver") == 0)
-            recv_dir = v;
-        else if (strcmp(a, "--sharer") == 0)
-            sharer_dir = v;
-        else if (strcmp(a, "--out") == 0)
-            out = v;
-        else if (strcmp(a, "--dtype") == 0)
-            dtype = v;
-        else if (strcmp(a, "--format") == 0)
-            format = v;
-        else if (strcmp(a, "--closed-layers") == 0)
-            lists[0] = v;
-        else if (strcmp(a, "--k-only-layers") == 0)
-            lists[1] = v;
-        else if (strcmp(a, "--v-only-layers") == 0)
-            lists[2] = v;
-        else if (strcmp(a, "--seed") == 0)
-            bad = kw_gen_fuser_int(a, v, 0, INT64_MAX, &seed);
-        else if (strcmp(a, "--hidden") == 0)
-            bad = kw_gen_fuser_int(a, v, 1, 65536, &hidden);
-        else if (strcmp(a, "--intermediate") == 0)
-            bad = kw_gen_fuser_int(a, v, 1, 65536, &inter);
-        else if (strcmp(a, "--num-layers") == 0)
-            bad = kw_gen_fuser_int(a, v, 3, 64, &num_layers);
-        else {
-            fprintf(stderr, "kvwire gen-fuser: unknown option %s\n\n", a);
-            kw_gen_fuser_usage(stderr);
-            return 2;
-        }
-        if (bad) return 2;
-    }
-    if (!recv_dir || !sharer_dir || !out) {
-        fprintf(stderr, "kvwire gen-fuser: --receiver, --sharer and --out are required\n\n");
-        kw_gen_fuser_usage(stderr);
-        return 2;
-    }
+    int64_t seed = 0, hidden = 1024, inter = 1024, num_layers = 3;
+    static const char *const dtypes[] = {"bf16", "f32", NULL}, *const formats[] = {"pt", "safetensors", NULL};
+    int dtype = 0, format = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_STR_REQUIRED("--receiver", &recv_dir),
+        KW_CLI_STR_REQUIRED("--sharer", &sharer_dir),
+        KW_CLI_STR_REQUIRED("--out", &out),
+        KW_CLI_CHOICE("--dtype", &dtype, dtypes),
+        KW_CLI_CHOICE("--format", &format, formats),
+        KW_CLI_STR("--closed-layers", &lists[0]),
+        KW_CLI_STR("--k-only-layers", &lists[1]),
+        KW_CLI_STR("--v-only-layers", &lists[2]),
+        KW_CLI_INT("--seed", &seed, 0, INT64_MAX),
+        KW_CLI_INT("--hidden", &hidden, 1, 65536),
+        KW_CLI_INT("--intermediate", &inter, 1, 65536),
+        KW_CLI_INT("--num-layers", &num_layers, 3, 64),
+    };
+    const int st = KW_CLI_PARSE("kvwire gen-fuser", argc, argv, opts, kw_gen_fuser_usage);
+    if (st != KW_CLI_RUN) return st;
     kw_genfuser_options o;
     memset(&o, 0, sizeof o);
-    if (strcmp(dtype, "bf16") == 0)
-        o.dtype = KW_DTYPE_BF16;
-    else if (strcmp(dtype, "f32") == 0)
-        o.dtype = KW_DTYPE_F32;
-    else {
-        fprintf(stderr, "kvwire gen-fuser: --dtype must be bf16 or f32, got '%s'\n", dtype);
-        return 2;
-    }
-    if (strcmp(format, "pt") != 0 && strcmp(format, "safetensors") != 0) {
-        fprintf(stderr, "kvwire gen-fuser: --format must be pt or safetensors, got '%s'\n", format);
-        return 2;
-    }
-    o.safetensors = strcmp(format, "safetensors") == 0;
+    o.dtype = dtype == 0 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+    o.safetensors = format == 1;
 
     kw_model_config rc_cfg, sc_cfg;
     int rc = kw_config_load(recv_dir, &rc_cfg);
@@ -185,7 +119,7 @@ int kw_cmd_gen_fuser(int argc, char **argv) {
         o.gates = gates;
     }
 
-    kw_gen_fuser_mkdirs(out);
+    kw_cli_make_parents(out);
     rc = kw_genfuser_write(&o, out);
     if (rc < 0) {
         fprintf(stderr, "kvwire gen-fuser: %s (%s)\n", kw_error_detail(), kw_status_name(rc));
@@ -200,7 +134,7 @@ int kw_cmd_gen_fuser(int argc, char **argv) {
            "intermediate %d, num_layers %d, %s %s, seed %llu\ngates:",
            out, (int)o.recv_layers, (int)o.recv_layers, (int)o.dims.target_heads, (int)o.dims.target_dim,
            (int)o.sharer_layers, (int)o.dims.source_heads, (int)o.dims.source_dim, (int)hidden, (int)inter,
-           (int)num_layers, dtype, format, (unsigned long long)o.seed);
+           (int)num_layers, dtypes[dtype], formats[format], (unsigned long long)o.seed);
     static const char *const kind_names[4] = {"open", "closed", "k-only", "v-only"};
     for (int32_t l = 0; l < o.recv_layers; ++l)
         printf(" %d:%s", (int)l, kind_names[shown[l]]);

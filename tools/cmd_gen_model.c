@@ -4,13 +4,12 @@
 #include "common/kw_status.h"
 #include "model/kw_config.h"
 #include "model/kw_genmodel.h"
+#include "tools/kw_cli.h"
 #include "kw_commands.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 const char kw_cmd_gen_model_summary[] = "write a deterministic random HF model folder (tiny demo or real shapes)";
 
@@ -29,89 +28,31 @@ static void kw_gen_model_usage(FILE *out) {
             "--vocab are moved inside it.\n");
 }
 
-/* Parses a decimal integer in [min, max]. */
-static int kw_gen_model_int(const char *opt, const char *s, long long min, long long max, long long *out) {
-    char *end = NULL;
-    errno = 0;
-    const long long v = strtoll(s, &end, 10);
-    if (errno || !end || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "kvwire gen-model: %s wants an integer in [%lld, %lld], got '%s'\n", opt, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* mkdir -p for the parents of dir (the generator creates dir itself). */
-static void kw_gen_model_mkdirs(const char *dir) {
-    char *p = strdup(dir);
-    if (!p) return;
-    for (char *s = p + 1; *s; ++s) {
-        if (*s != '/') continue;
-        *s = '\0';
-        mkdir(p, 0755);
-        *s = '/';
-    }
-    free(p);
-}
-
 int kw_cmd_gen_model(int argc, char **argv) {
-    const char *arch_name = NULL, *out = NULL, *preset = "tiny", *dtype = "bf16", *tokenizer = NULL;
-    long long seed = 0, layers = -1, hidden = -1, heads = -1, kv = -1, head_dim = -1, inter = -1, vocab = -1;
-    long long tied = -1;
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            kw_gen_model_usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "kvwire gen-model: %s needs a value (or is unknown)\n\n", a);
-            kw_gen_model_usage(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        int bad = 0;
-        if (strcmp(a, "--arch") == 0)
-            arch_name = v;
-        else if (strcmp(a, "--out") == 0)
-            out = v;
-        else if (strcmp(a, "--preset") == 0)
-            preset = v;
-        else if (strcmp(a, "--dtype") == 0)
-            dtype = v;
-        else if (strcmp(a, "--tokenizer") == 0)
-            tokenizer = v;
-        else if (strcmp(a, "--seed") == 0)
-            bad = kw_gen_model_int(a, v, 0, INT64_MAX, &seed);
-        else if (strcmp(a, "--layers") == 0)
-            bad = kw_gen_model_int(a, v, 1, 1024, &layers);
-        else if (strcmp(a, "--hidden") == 0)
-            bad = kw_gen_model_int(a, v, 1, 65536, &hidden);
-        else if (strcmp(a, "--heads") == 0)
-            bad = kw_gen_model_int(a, v, 1, 1024, &heads);
-        else if (strcmp(a, "--kv-heads") == 0)
-            bad = kw_gen_model_int(a, v, 1, 1024, &kv);
-        else if (strcmp(a, "--head-dim") == 0)
-            bad = kw_gen_model_int(a, v, 2, 1024, &head_dim);
-        else if (strcmp(a, "--intermediate") == 0)
-            bad = kw_gen_model_int(a, v, 1, 1 << 18, &inter);
-        else if (strcmp(a, "--vocab") == 0)
-            bad = kw_gen_model_int(a, v, 1, 1 << 24, &vocab);
-        else if (strcmp(a, "--tied") == 0)
-            bad = kw_gen_model_int(a, v, 0, 1, &tied);
-        else {
-            fprintf(stderr, "kvwire gen-model: unknown option %s\n\n", a);
-            kw_gen_model_usage(stderr);
-            return 2;
-        }
-        if (bad) return 2;
-    }
-    if (!out) {
-        fprintf(stderr, "kvwire gen-model: --out DIR is required\n\n");
-        kw_gen_model_usage(stderr);
-        return 2;
-    }
+    const char *arch_name = NULL, *out = NULL, *preset = "tiny", *tokenizer = NULL;
+    int64_t seed = 0, layers = -1, hidden = -1, heads = -1, kv = -1, head_dim = -1, inter = -1, vocab = -1;
+    int64_t tied = -1;
+    static const char *const dtypes[] = {"bf16", "f32", "f16", NULL};
+    static const enum kw_dtype dtype_values[] = {KW_DTYPE_BF16, KW_DTYPE_F32, KW_DTYPE_F16};
+    int dtype = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_STR("--arch", &arch_name),
+        KW_CLI_STR_REQUIRED("--out", &out),
+        KW_CLI_STR("--preset", &preset),
+        KW_CLI_CHOICE("--dtype", &dtype, dtypes),
+        KW_CLI_STR("--tokenizer", &tokenizer),
+        KW_CLI_INT("--seed", &seed, 0, INT64_MAX),
+        KW_CLI_INT("--layers", &layers, 1, 1024),
+        KW_CLI_INT("--hidden", &hidden, 1, 65536),
+        KW_CLI_INT("--heads", &heads, 1, 1024),
+        KW_CLI_INT("--kv-heads", &kv, 1, 1024),
+        KW_CLI_INT("--head-dim", &head_dim, 2, 1024),
+        KW_CLI_INT("--intermediate", &inter, 1, 1 << 18),
+        KW_CLI_INT("--vocab", &vocab, 1, 1 << 24),
+        KW_CLI_INT("--tied", &tied, 0, 1),
+    };
+    const int st = KW_CLI_PARSE("kvwire gen-model", argc, argv, opts, kw_gen_model_usage);
+    if (st != KW_CLI_RUN) return st;
 
     kw_genmodel_options opt;
     memset(&opt, 0, sizeof opt);
@@ -148,16 +89,7 @@ int kw_cmd_gen_model(int argc, char **argv) {
     if (kw_genmodel_fit_special_ids(c))
         fprintf(stderr, "kvwire gen-model: special token ids moved inside the %d-token vocabulary\n", (int)c->vocab);
 
-    if (strcmp(dtype, "bf16") == 0)
-        opt.dtype = KW_DTYPE_BF16;
-    else if (strcmp(dtype, "f32") == 0)
-        opt.dtype = KW_DTYPE_F32;
-    else if (strcmp(dtype, "f16") == 0)
-        opt.dtype = KW_DTYPE_F16;
-    else {
-        fprintf(stderr, "kvwire gen-model: --dtype must be bf16, f32 or f16, got '%s'\n", dtype);
-        return 2;
-    }
+    opt.dtype = dtype_values[dtype];
     opt.seed = (uint64_t)seed;
     opt.tokenizer_dir = tokenizer;
 
@@ -166,7 +98,7 @@ int kw_cmd_gen_model(int argc, char **argv) {
         fprintf(stderr, "kvwire gen-model: invalid model shape: %s\n", kw_error_detail());
         return 2;
     }
-    kw_gen_model_mkdirs(out);
+    kw_cli_make_parents(out);
     rc = kw_genmodel_write(&opt, out);
     if (rc < 0) {
         fprintf(stderr, "kvwire gen-model: %s (%s)\n", kw_error_detail(), kw_status_name(rc));
@@ -174,6 +106,6 @@ int kw_cmd_gen_model(int argc, char **argv) {
     }
     printf("wrote %s: %s, %d layers, hidden %d, heads %d/%d x %d, intermediate %d, vocab %d, %s, seed %llu\n", out,
            kw_arch_name(c->arch), (int)c->n_layers, (int)c->hidden, (int)c->n_heads, (int)c->n_kv_heads,
-           (int)c->head_dim, (int)c->intermediate, (int)c->vocab, dtype, (unsigned long long)opt.seed);
+           (int)c->head_dim, (int)c->intermediate, (int)c->vocab, dtypes[dtype], (unsigned long long)opt.seed);
     return 0;
 }

@@ -5,7 +5,6 @@
  * printing only; the model, the cache and the generation loop are in model/. */
 #include "kw_commands.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +17,7 @@
 #include "model/kw_generate.h"
 #include "model/kw_model.h"
 #include "model/kw_tokenizer.h"
+#include "tools/kw_cli.h"
 
 const char kw_cmd_generate_summary[] = "greedy completion of a prompt with a HF model folder (prints text and ids)";
 
@@ -38,18 +38,6 @@ static void kw_generate_usage(FILE *f) {
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
-static int kw_generate_parse_int(const char *opt, const char *s, long min, long max, long *out) {
-    char *end = NULL;
-    errno = 0;
-    const long v = strtol(s, &end, 10);
-    if (errno || !end || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "kvwire generate: %s wants an integer in [%ld, %ld], got '%s'\n", opt, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t n) {
     printf("%s: [", label);
     for (int64_t i = 0; i < n; ++i)
@@ -59,69 +47,28 @@ static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t
 
 int kw_cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *tok_dir = NULL, *date = NULL, *system = NULL;
-    const char *cache_name = NULL, *round_name = "auto";
-    long max_new = 32, threads = 0;
+    int64_t max_new = 32, threads = 0;
     int chat = 0;
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            kw_generate_usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--chat") == 0) {
-            chat = 1;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, "kvwire generate: unknown option or missing value: %s\n", a);
-            kw_generate_usage(stderr);
-            return 2;
-        }
-        ++i;
-        if (strcmp(a, "--model") == 0) {
-            model_dir = v;
-        } else if (strcmp(a, "--prompt") == 0) {
-            prompt = v;
-        } else if (strcmp(a, "--tokenizer") == 0) {
-            tok_dir = v;
-        } else if (strcmp(a, "--date") == 0) {
-            date = v;
-        } else if (strcmp(a, "--system") == 0) {
-            system = v;
-        } else if (strcmp(a, "--cache") == 0) {
-            cache_name = v;
-        } else if (strcmp(a, "--round") == 0) {
-            round_name = v;
-        } else if (strcmp(a, "--max-new-tokens") == 0) {
-            if (kw_generate_parse_int(a, v, 0, 1 << 20, &max_new) < 0) return 2;
-        } else if (strcmp(a, "--threads") == 0) {
-            if (kw_generate_parse_int(a, v, 0, 1024, &threads) < 0) return 2;
-        } else {
-            fprintf(stderr, "kvwire generate: unknown option %s\n", a);
-            kw_generate_usage(stderr);
-            return 2;
-        }
-    }
-    if (!model_dir || !prompt) {
-        fprintf(stderr, "kvwire generate: --model and --prompt are required\n");
-        kw_generate_usage(stderr);
-        return 2;
-    }
-    enum kw_logits_round round;
-    if (strcmp(round_name, "auto") == 0) {
-        round = KW_LOGITS_ROUND_AUTO;
-    } else if (strcmp(round_name, "none") == 0) {
-        round = KW_LOGITS_ROUND_NONE;
-    } else if (strcmp(round_name, "bf16") == 0) {
-        round = KW_LOGITS_ROUND_BF16;
-    } else {
-        fprintf(stderr, "kvwire generate: --round wants auto, none or bf16\n");
-        return 2;
-    }
-    if (cache_name && strcmp(cache_name, "bf16") != 0 && strcmp(cache_name, "f32") != 0) {
-        fprintf(stderr, "kvwire generate: --cache wants bf16 or f32\n");
-        return 2;
-    }
+    static const char *const rounds[] = {"auto", "none", "bf16", NULL}, *const caches[] = {"bf16", "f32", NULL};
+    static const enum kw_logits_round round_values[] = {KW_LOGITS_ROUND_AUTO, KW_LOGITS_ROUND_NONE,
+                                                        KW_LOGITS_ROUND_BF16};
+    static const enum kw_dtype cache_values[] = {KW_DTYPE_BF16, KW_DTYPE_F32};
+    int round_i = 0, cache_i = -1; /* cache -1: by the model's logits weight dtype */
+    const kw_cli_option opts[] = {
+        KW_CLI_STR_REQUIRED("--model", &model_dir),
+        KW_CLI_STR_REQUIRED("--prompt", &prompt),
+        KW_CLI_FLAG("--chat", &chat),
+        KW_CLI_STR("--tokenizer", &tok_dir),
+        KW_CLI_STR("--date", &date),
+        KW_CLI_STR("--system", &system),
+        KW_CLI_CHOICE("--cache", &cache_i, caches),
+        KW_CLI_CHOICE("--round", &round_i, rounds),
+        KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
+        KW_CLI_INT("--threads", &threads, 0, 1024),
+    };
+    const int st = KW_CLI_PARSE("kvwire generate", argc, argv, opts, kw_generate_usage);
+    if (st != KW_CLI_RUN) return st;
+    const enum kw_logits_round round = round_values[round_i];
 
     int rc = 0;
     kw_backend *be = NULL;
@@ -181,8 +128,8 @@ int kw_cmd_generate(int argc, char **argv) {
 
     stage = "generate";
     const enum kw_dtype cache_dtype =
-        cache_name ? (strcmp(cache_name, "f32") == 0 ? KW_DTYPE_F32 : KW_DTYPE_BF16)
-                   : (kw_model_logits_weight_dtype(model) == KW_DTYPE_BF16 ? KW_DTYPE_BF16 : KW_DTYPE_F32);
+        cache_i >= 0 ? cache_values[cache_i]
+                     : (kw_model_logits_weight_dtype(model) == KW_DTYPE_BF16 ? KW_DTYPE_BF16 : KW_DTYPE_F32);
     KW_CHECK(kw_model_create_cache(model, n_prompt + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
     const kw_generate_options go = {.max_new_tokens = (int32_t)max_new, .round = round};
     KW_CHECK(kw_generate_greedy(model, cache, all, n_prompt, &go, &res));

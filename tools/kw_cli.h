@@ -1,0 +1,76 @@
+/* kw_cli.h: what the kvwire commands (tools/cmd_*.c, bench/bench_*.c) share: a table-driven option parser (strings,
+ * range-checked integers, fixed choices, flags) with one wording for every usage error, a loop over stdin lines for
+ * the commands that read one JSON value per line, and mkdir -p for output folders.
+ *
+ * For the command-line program only: these functions print to stdout/stderr and return exit statuses (0 success,
+ * 1 failure, 2 usage error), not kw_status codes. Nothing here belongs in a daemon.
+ */
+#ifndef KW_CLI_H
+#define KW_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum kw_cli_kind {
+    KW_CLI_STRING, /* --name VALUE; out is const char ** (pointing into argv) */
+    KW_CLI_INT,    /* --name N; out is int64_t *, N decimal (strtoll) in [min, max] */
+    KW_CLI_CHOICE, /* --name WORD; out is int *, the index of WORD in choices */
+    KW_CLI_FLAG,   /* --name; out is int *, set to 1 */
+};
+
+/* One option. out is written only when the option is given, so it holds the default beforehand (NULL for a required
+ * string). */
+typedef struct kw_cli_option {
+    const char *name; /* "--out" */
+    enum kw_cli_kind kind;
+    void *out;
+    int required;               /* KW_CLI_STRING only: *out must not be NULL after parsing */
+    int64_t min, max;           /* KW_CLI_INT: the accepted range, inclusive */
+    const char *const *choices; /* KW_CLI_CHOICE: the accepted words, NULL-terminated */
+} kw_cli_option;
+
+/* Table entries. The conditional expressions make the compiler check the type of out. */
+#define KW_CLI_STR(name, out)                                                                                          \
+    { (name), KW_CLI_STRING, (1 ? (out) : (const char **)NULL), 0, 0, 0, NULL }
+#define KW_CLI_STR_REQUIRED(name, out)                                                                                 \
+    { (name), KW_CLI_STRING, (1 ? (out) : (const char **)NULL), 1, 0, 0, NULL }
+#define KW_CLI_INT(name, out, min, max)                                                                                \
+    { (name), KW_CLI_INT, (1 ? (out) : (int64_t *)NULL), 0, (min), (max), NULL }
+#define KW_CLI_CHOICE(name, out, choices)                                                                              \
+    { (name), KW_CLI_CHOICE, (1 ? (out) : (int *)NULL), 0, 0, 0, (choices) }
+#define KW_CLI_FLAG(name, out)                                                                                         \
+    { (name), KW_CLI_FLAG, (1 ? (out) : (int *)NULL), 0, 0, 0, NULL }
+
+/* kw_cli_parse's "go on" result (any other result is an exit status). */
+#define KW_CLI_RUN (-1)
+
+/* Parses argv[1..argc) (argv[0] is the command's name) against opts[0..n_opts). Options come in any order, a later one
+ * overrides an earlier one, and an option's value is the next argument whatever it looks like. "--help" or "-h" prints
+ * usage(stdout). Errors go to stderr as "<prog>: <reason>": an unknown option, a missing value or a missing required
+ * option is followed by usage(stderr); a bad value (integer out of range, word not among the choices) says what is
+ * wanted instead. prog is how messages name the command ("kvwire gen-model").
+ * @return KW_CLI_RUN when the command should run; otherwise the exit status to return at once: 0 after --help, 2 after
+ * a usage error. */
+int kw_cli_parse(const char *prog, int argc, char **argv, const kw_cli_option *opts, size_t n_opts,
+                 void (*usage)(FILE *out));
+
+/* kw_cli_parse over a table that is an array in scope (its length taken with sizeof). */
+#define KW_CLI_PARSE(prog, argc, argv, opts, usage)                                                                    \
+    kw_cli_parse((prog), (argc), (argv), (opts), sizeof(opts) / sizeof((opts)[0]), (usage))
+
+/* Called for one line; line[0..len) has no line terminator and is not NUL-terminated. Returns 0 or a negative
+ * kw_status with its reason in kw_error_detail(). */
+typedef int (*kw_cli_line_fn)(void *user, const char *line, size_t len);
+
+/* Calls fn on every line of in, in order, with the trailing CR and LF bytes cut off. The first failing line stops the
+ * loop: stdout is flushed (what the lines before it wrote stays written) and "<prog>: stdin line N: <reason> (<status
+ * name>)" goes to stderr. A read error on in and a failed write to stdout are reported as well.
+ * @return the exit status: 0 when every line was handled and stdout flushed, 1 otherwise. */
+int kw_cli_each_line(const char *prog, FILE *in, kw_cli_line_fn fn, void *user);
+
+/* Creates the missing parent folders of path (mkdir -p of its dirname, mode 0755). Failures are ignored: whatever then
+ * writes path reports them with the path in its message. */
+void kw_cli_make_parents(const char *path);
+
+#endif /* KW_CLI_H */
