@@ -4,10 +4,10 @@
  * KW_HD functions are static inline in C and __host__ __device__ under nvcc, so the GPU runs exactly the lines the
  * CPU backend runs and tests/kernels/test_op_math.c checks on any machine. What belongs here: rules both backends
  * must apply identically (dtype loads and stores, the activation formulas, RMSNorm's scale, the RoPE rotation,
- * which cache rows a query sees, argmax's NaN and tie rule, the get_rows error key) and the arithmetic of CUDA grids
- * (block counts, per-lane widths), which would otherwise only be exercised on a GPU. What does not: loops, SIMD,
- * cross-thread reductions, and the kw_ref oracles, which stay independent so that a mistake here shows up as a
- * parity failure instead of being copied into the reference.
+ * which cache rows a query sees, argmax's NaN and tie rule, the get_rows error key) and the CUDA launch arithmetic
+ * (block counts, per-lane widths, cuBLAS arguments and panel heights), which would otherwise only meet a test on a
+ * GPU. What does not: loops, SIMD, cross-thread reductions, and the kw_ref oracles, which stay independent so that
+ * a mistake here shows up as a parity failure instead of being copied into the reference.
  *
  * Rounding: the helpers are written as separate fp32 operations. The CPU library is ISO C11 (GCC does not contract
  * a * b + c into an FMA there); nvcc contracts by default, which the parity tolerances allow wherever it can happen
