@@ -10,41 +10,23 @@
 #include <string.h>
 
 #include "c2c/kw_answer.h"
-#include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
-
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
+#include "tests/kw_test_util.h"
 
 static void test_reference_vectors(void **state) {
     (void)state;
-    char *text = NULL;
-    size_t size = 0;
-    assert_int_equal(kw_file_read_all(KW_TEST_DATA_DIR "/c2c/answer_vectors.jsonl", 1 << 22, &text, &size), 0);
+    kw_test_jsonl rows;
+    kw_test_jsonl_open(&rows, KW_TEST_DATA_DIR "/c2c/answer_vectors.jsonl");
     size_t n = 0, failures = 0, spec_letters = 0;
-    for (char *line = text; line < text + size;) {
-        char *nl = memchr(line, '\n', (size_t)(text + size - line));
-        const size_t len = nl ? (size_t)(nl - line) : (size_t)(text + size - line);
-        cJSON *v = NULL;
-        assert_int_equal(kw_json_parse(line, len, &v), 0);
+    for (const cJSON *v; (v = kw_test_jsonl_next(&rows)) != NULL;) {
         const cJSON *hex = cJSON_GetObjectItemCaseSensitive(v, "hex");
         const cJSON *expected = cJSON_GetObjectItemCaseSensitive(v, "expected");
         assert_true(cJSON_IsString(hex));
-        const size_t hlen = strlen(hex->valuestring);
-        assert_int_equal(hlen % 2, 0);
-        char *bytes = malloc(hlen / 2 + 1);
-        assert_non_null(bytes);
-        for (size_t i = 0; i < hlen / 2; ++i) {
-            const int hi = hex_value(hex->valuestring[2 * i]), lo = hex_value(hex->valuestring[2 * i + 1]);
-            assert_true(hi >= 0 && lo >= 0);
-            bytes[i] = (char)(hi << 4 | lo);
-        }
+        size_t n_bytes = 0;
+        char *bytes = kw_test_hex_decode(hex->valuestring, &n_bytes);
         char got = 'X';
-        assert_int_equal(kw_answer_extract(bytes, hlen / 2, &got), 0);
+        assert_int_equal(kw_answer_extract(bytes, n_bytes, &got), 0);
         const char want = cJSON_IsString(expected) ? expected->valuestring[0] : 0;
         if (!cJSON_IsString(expected)) assert_true(cJSON_IsNull(expected));
         if (got != want) {
@@ -54,11 +36,9 @@ static void test_reference_vectors(void **state) {
         }
         spec_letters += want != 0;
         free(bytes);
-        cJSON_Delete(v);
         ++n;
-        line += len + 1;
     }
-    free(text);
+    kw_test_jsonl_close(&rows);
     assert_int_equal(failures, 0);
     assert_true(n >= 22 + 60);       /* the spec's 22 and at least 60 of our own */
     assert_true(spec_letters > 100); /* a mix of letters and None, not a degenerate file */

@@ -10,7 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,15 +22,11 @@
 #include "common/kw_half.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
+#include "tests/kw_test_util.h"
 
 #define REF_DIR KW_TEST_DATA_DIR "/c2c/fuser_ref"
 
 static char g_tmp[256];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
 
 static int setup(void **state) {
     (void)state;
@@ -41,7 +36,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    return nftw(g_tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return kw_test_remove_tree(g_tmp);
 }
 
 static char *tmp_path(const char *name) {

@@ -10,21 +10,16 @@
 #include <string.h>
 
 #include "c2c/kw_prompt.h"
-#include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
+#include "tests/kw_test_util.h"
 
 static void test_reference_prompts(void **state) {
     (void)state;
-    char *text = NULL;
-    size_t size = 0;
-    assert_int_equal(kw_file_read_all(KW_TEST_DATA_DIR "/c2c/prompts.jsonl", 1 << 22, &text, &size), 0);
+    kw_test_jsonl rows;
+    kw_test_jsonl_open(&rows, KW_TEST_DATA_DIR "/c2c/prompts.jsonl");
     size_t n = 0, datasets = 0;
-    for (char *line = text; line < text + size;) {
-        char *nl = memchr(line, '\n', (size_t)(text + size - line));
-        const size_t len = nl ? (size_t)(nl - line) : (size_t)(text + size - line);
-        cJSON *v = NULL;
-        assert_int_equal(kw_json_parse(line, len, &v), 0);
+    for (const cJSON *v; (v = kw_test_jsonl_next(&rows)) != NULL;) {
         const char *dataset = cJSON_GetObjectItemCaseSensitive(v, "dataset")->valuestring;
         const int cot = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(v, "use_cot"));
         const int tmpl = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(v, "use_template"));
@@ -42,11 +37,9 @@ static void test_reference_prompts(void **state) {
         if (strcmp(got, want) != 0) fprintf(stderr, "case %zu (%s): got\n%s\n--- want\n%s\n", n, dataset, got, want);
         assert_string_equal(got, want);
         free(got);
-        cJSON_Delete(v);
         ++n;
-        line += len + 1;
     }
-    free(text);
+    kw_test_jsonl_close(&rows);
     assert_true(n >= 90);
     assert_true(datasets >= 60);
 }

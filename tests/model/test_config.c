@@ -16,6 +16,7 @@
 #include "common/kw_file.h"
 #include "common/kw_status.h"
 #include "model/kw_config.h"
+#include "tests/kw_test_util.h"
 
 #define CONFIGS KW_TEST_DATA_DIR "/model/configs"
 
@@ -353,9 +354,7 @@ static void test_load_errors(void **state) {
     assert_int_equal(c.n_eos, 2);
     assert_int_equal(kw_file_write_all(p, "{\"a\":1}\0x", 9), 0);
     assert_int_equal(kw_config_load(dir, &c), KW_E_MODEL_CONFIG);
-    unlink(p);
-    unlink(g);
-    rmdir(dir);
+    kw_test_remove_tree(dir);
 }
 
 static void test_arch_names(void **state) {

@@ -18,6 +18,7 @@
 #include "model/kw_config.h"
 #include "model/kw_genmodel.h"
 #include "model/kw_safetensors.h"
+#include "tests/kw_test_util.h"
 
 static char g_dir[64];
 
@@ -30,25 +31,9 @@ static int setup(void **state) {
 static const char *const g_files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                                       "tokenizer_config.json"};
 
-static void remove_model(const char *dir) {
-    char p[256];
-    for (size_t i = 0; i < sizeof g_files / sizeof g_files[0]; ++i) {
-        snprintf(p, sizeof p, "%s/%s", dir, g_files[i]);
-        unlink(p);
-    }
-    rmdir(dir);
-}
-
-static const char *const g_subdirs[] = {"a", "b", "c", "d", "e", "f", "g", "h"};
-
 static int teardown(void **state) {
     (void)state;
-    char p[128];
-    for (size_t i = 0; i < sizeof g_subdirs / sizeof g_subdirs[0]; ++i) {
-        snprintf(p, sizeof p, "%s/%s", g_dir, g_subdirs[i]);
-        remove_model(p);
-    }
-    rmdir(g_dir);
+    kw_test_remove_tree(g_dir);
     return 0;
 }
 
@@ -200,7 +185,7 @@ static void test_demo_models_pinned(void **state) {
             fail_msg("%s seed %llu: digest %016llx, pinned %016llx", kw_arch_name(cases[i].arch),
                      (unsigned long long)cases[i].seed, (unsigned long long)h, (unsigned long long)cases[i].digest);
         free(m);
-        remove_model(dir);
+        kw_test_remove_tree(dir);
     }
 }
 
@@ -365,7 +350,7 @@ static void test_reload_variants(void **state) {
         const int rc = kw_genmodel_write(&o, dir);
         if (rc) fail_msg("case %zu: %s", i, kw_error_detail());
         check_reload(dir, &o.cfg, o.dtype, o.seed);
-        remove_model(dir);
+        kw_test_remove_tree(dir);
     }
 }
 

@@ -20,6 +20,7 @@
 #include "model/kw_model.h"
 #include "model/kw_safetensors.h"
 #include "model_fixture.h"
+#include "tests/kw_test_util.h"
 
 #define SAME_BACKEND_TOL 1e-5
 
@@ -78,16 +79,6 @@ static void write_model(const char *src, const char *dst, enum kw_dtype dtype, i
     kw_safetensors_close(st);
 }
 
-static void remove_model(const char *dir) {
-    const char *files[] = {"config.json", "generation_config.json", "model.safetensors"};
-    for (size_t i = 0; i < 3; ++i) {
-        char *p = kw_path_join(dir, files[i]);
-        remove(p);
-        free(p);
-    }
-    rmdir(dir);
-}
-
 static float *prompt_logits(kw_backend *be, const char *dir, const int32_t *ids, int64_t n, int64_t *vocab,
                             enum kw_dtype *lm_dtype) {
     kw_model *m = NULL;
@@ -129,8 +120,8 @@ static void check(const char *name, enum kw_dtype dtype) {
     free(ln);
     free(lw);
     kw_backend_destroy(be);
-    remove_model(narrow);
-    remove_model(wide);
+    kw_test_remove_tree(narrow);
+    kw_test_remove_tree(wide);
 }
 
 static void test_f16_weights(void **state) {

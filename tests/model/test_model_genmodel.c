@@ -20,17 +20,7 @@
 #include "model/kw_genmodel.h"
 #include "model/kw_model.h"
 #include "model_fixture.h"
-
-static void remove_dir(const char *dir) {
-    const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                           "tokenizer_config.json"};
-    char path[1024];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        remove(path);
-    }
-    rmdir(dir);
-}
+#include "tests/kw_test_util.h"
 
 static int32_t host_argmax_bf16(const float *row, int64_t V) {
     int32_t best = 0;
@@ -113,7 +103,7 @@ static void run_arch(enum kw_arch arch) {
     free(step);
     kw_model_free(m);
     kw_backend_destroy(be);
-    remove_dir(dir);
+    kw_test_remove_tree(dir);
 }
 
 static void test_genmodel_qwen3(void **state) {

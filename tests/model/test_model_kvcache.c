@@ -18,6 +18,7 @@
 #include "model/kw_kvcache.h"
 #include "model/kw_model.h"
 #include "model/kw_safetensors.h"
+#include "tests/kw_test_util.h"
 
 enum { L = 3, H = 2, D = 24, CAP = 40 };
 
@@ -282,13 +283,7 @@ static void test_load_errors(void **state) {
     write_variant(dir, "\"intermediate_size\": 160", "\"intermediate_size\": 160", NULL);
     assert_int_equal(kw_model_load(be, dir, NULL, &m), 0);
     kw_model_free(m);
-    char *p = kw_path_join(dir, "config.json");
-    remove(p);
-    free(p);
-    p = kw_path_join(dir, "model.safetensors");
-    remove(p);
-    free(p);
-    rmdir(dir);
+    kw_test_remove_tree(dir);
     kw_backend_destroy(be);
 }
 

@@ -7,7 +7,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +17,7 @@
 #include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "model/kw_safetensors.h"
+#include "tests/kw_test_util.h"
 
 #define FIXTURES KW_TEST_DATA_DIR "/model/safetensors"
 
@@ -31,23 +31,6 @@ static char *tmp_path(const char *name) {
     return buf[k];
 }
 
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (!d) {
-        unlink(path);
-        return;
-    }
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        char sub[1024];
-        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-        remove_tree(sub);
-    }
-    closedir(d);
-    rmdir(path);
-}
-
 static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/kw_test_st_XXXXXX");
@@ -56,7 +39,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    remove_tree(g_dir);
+    kw_test_remove_tree(g_dir);
     return 0;
 }
 

@@ -14,6 +14,7 @@
 #include "common/kw_status.h"
 #include "model/kw_chat.h"
 #include "model/kw_tokenizer.h"
+#include "tests/kw_test_util.h"
 
 static void run_chat_fixture(enum kw_chat_family family, const char *fixture, const char *tokenizer_dir) {
     char path[1024];
@@ -21,16 +22,10 @@ static void run_chat_fixture(enum kw_chat_family family, const char *fixture, co
     snprintf(path, sizeof path, "%s/%s", KW_SOURCE_DIR, tokenizer_dir);
     assert_int_equal(kw_tokenizer_load(path, &tok), 0);
     snprintf(path, sizeof path, "%s/tokenizer/%s", KW_TEST_DATA_DIR, fixture);
-    FILE *f = fopen(path, "rb");
-    if (!f) print_error("cannot open %s\n", path);
-    assert_non_null(f);
-    char *line = NULL;
-    size_t cap = 0, lineno = 0, failures = 0, n_errors = 0;
-    ssize_t got_n;
-    while ((got_n = getline(&line, &cap, f)) > 0) {
-        ++lineno;
-        cJSON *row = NULL;
-        assert_int_equal(kw_json_parse(line, (size_t)got_n, &row), 0);
+    kw_test_jsonl rows;
+    kw_test_jsonl_open(&rows, path);
+    size_t failures = 0, n_errors = 0;
+    for (const cJSON *row; (row = kw_test_jsonl_next(&rows)) != NULL;) {
         const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, "messages");
         assert_true(cJSON_IsArray(msgs));
         const size_t n = (size_t)cJSON_GetArraySize(msgs);
@@ -53,8 +48,8 @@ static void run_chat_fixture(enum kw_chat_family family, const char *fixture, co
         const cJSON *want = cJSON_GetObjectItemCaseSensitive(row, "text");
         if (cJSON_IsString(want)) {
             if (rc != 0 || len != strlen(want->valuestring) || memcmp(text, want->valuestring, len) != 0) {
-                print_error("%s line %zu: rendering differs (rc %d: %s)\n  want: %s\n  got:  %s\n", fixture, lineno, rc,
-                            kw_error_detail(), want->valuestring, text ? text : "(null)");
+                print_error("%s line %zu: rendering differs (rc %d: %s)\n  want: %s\n  got:  %s\n", fixture,
+                            rows.lineno, rc, kw_error_detail(), want->valuestring, text ? text : "(null)");
                 ++failures;
             } else {
                 size_t n_want = 0, n_ids = 0;
@@ -67,7 +62,7 @@ static void run_chat_fixture(enum kw_chat_family family, const char *fixture, co
                 for (const cJSON *it = ids_json->child; it && same; it = it->next, ++k)
                     same = it->valuedouble == (double)ids[k];
                 if (!same) {
-                    print_error("%s line %zu: ids of the rendered text differ\n", fixture, lineno);
+                    print_error("%s line %zu: ids of the rendered text differ\n", fixture, rows.lineno);
                     ++failures;
                 }
                 free(ids);
@@ -76,19 +71,18 @@ static void run_chat_fixture(enum kw_chat_family family, const char *fixture, co
             /* The template raised in Python: the C renderer must refuse too. */
             assert_non_null(cJSON_GetObjectItemCaseSensitive(row, "error"));
             if (rc != KW_E_TEMPLATE) {
-                print_error("%s line %zu: expected KW_E_TEMPLATE, got %d\n", fixture, lineno, rc);
+                print_error("%s line %zu: expected KW_E_TEMPLATE, got %d\n", fixture, rows.lineno, rc);
                 ++failures;
             }
             ++n_errors;
         }
         free(text);
         free(m);
-        cJSON_Delete(row);
     }
-    free(line);
-    fclose(f);
+    const size_t n_rows = rows.lineno;
+    kw_test_jsonl_close(&rows);
     kw_tokenizer_free(tok);
-    assert_true(lineno > 100);
+    assert_true(n_rows > 100);
     assert_true(n_errors > 0);
     assert_int_equal(failures, 0);
 }

@@ -17,12 +17,7 @@
 #include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "model/kw_tokenizer.h"
-
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
+#include "tests/kw_test_util.h"
 
 /* The bytes of field `key` (a string) or `key`_hex (lowercase hex); returns 0 if neither is present. *out is malloc'd.
  */
@@ -31,17 +26,7 @@ static int field_bytes(const cJSON *row, const char *key, char **out, size_t *le
     snprintf(hex_key, sizeof hex_key, "%s_hex", key);
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(row, hex_key);
     if (cJSON_IsString(h)) {
-        const size_t n = strlen(h->valuestring);
-        assert_int_equal(n % 2, 0);
-        *out = malloc(n / 2 + 1);
-        assert_non_null(*out);
-        for (size_t i = 0; i < n / 2; ++i) {
-            const int a = hex_value(h->valuestring[2 * i]), b = hex_value(h->valuestring[2 * i + 1]);
-            assert_true(a >= 0 && b >= 0);
-            (*out)[i] = (char)(a * 16 + b);
-        }
-        (*out)[n / 2] = '\0';
-        *len = n / 2;
+        *out = kw_test_hex_decode(h->valuestring, len);
         return 1;
     }
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(row, key);
@@ -113,16 +98,11 @@ static void run_fixture(const char *tokenizer_dir, const char *fixture, int impl
     if (lrc != 0) print_error("load %s: %s\n", path, kw_error_detail());
     assert_int_equal(lrc, 0);
     snprintf(path, sizeof path, "%s/tokenizer/%s", KW_TEST_DATA_DIR, fixture);
-    FILE *f = fopen(path, "rb");
-    if (!f) print_error("cannot open %s\n", path);
-    assert_non_null(f);
-    char *line = NULL;
-    size_t cap = 0, lineno = 0, failures = 0, checked = 0;
-    ssize_t got_n;
-    while ((got_n = getline(&line, &cap, f)) > 0) {
-        ++lineno;
-        cJSON *row = NULL;
-        assert_int_equal(kw_json_parse(line, (size_t)got_n, &row), 0);
+    kw_test_jsonl rows;
+    kw_test_jsonl_open(&rows, path);
+    size_t failures = 0, checked = 0;
+    for (const cJSON *row; (row = kw_test_jsonl_next(&rows)) != NULL;) {
+        const size_t lineno = rows.lineno;
         size_t n_want = 0;
         int32_t *want = field_ids(row, "ids", &n_want);
         char *text = NULL;
@@ -160,12 +140,11 @@ static void run_fixture(const char *tokenizer_dir, const char *fixture, int impl
             ++checked;
         }
         free(want);
-        cJSON_Delete(row);
     }
-    free(line);
-    fclose(f);
+    const size_t n_rows = rows.lineno;
+    kw_test_jsonl_close(&rows);
     kw_tokenizer_free(tok);
-    assert_true(lineno > 0);
+    assert_true(n_rows > 0);
     assert_int_equal(failures, 0);
     assert_true(checked > 0);
 }
