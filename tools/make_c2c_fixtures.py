@@ -26,7 +26,7 @@ What it writes (tiny random models, cut-down vocabulary of 512, everything deter
   projector.kwfx   projector-level references (see below)
   pipeline.kwfx    RosettaModel references (see below)
 
-kwfx layout (the format of tools/make_model_fixtures.py, read by tests/model/model_fixture.c): "KWFX", u32 version 1,
+kwfx layout (written by tools/kw_fixtures.py, read by tests/model/model_fixture.c): "KWFX", u32 version 1,
 u32 n_arrays, u32 0; then per array u32 name_len, name, u32 dtype (0 f32, 3 i32), u32 ndim, i64 shape[ndim], data.
 Cache tensors are stored token-major (N, H, D) in projector.kwfx and HF-style (H, L, D) in pipeline.kwfx.
 
@@ -66,13 +66,14 @@ import importlib.util
 import json
 import os
 import shutil
-import struct
 import sys
 
 import numpy as np
 import torch
 from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
+
+from kw_fixtures import randomize_norms_and_biases, write_kwfx  # tools/kw_fixtures.py
 
 VOCAB = 512
 PROMPT_LEN = 24
@@ -81,41 +82,10 @@ PROJ_HIDDEN = 64
 PROJ_INTER = 80
 
 
-def write_kwfx(path, arrays):
-    with open(path, "wb") as f:
-        f.write(b"KWFX" + struct.pack("<III", 1, len(arrays), 0))
-        for name, arr in arrays:
-            arr = np.asarray(arr)
-            if arr.dtype == np.float32:
-                code = 0
-            elif arr.dtype == np.int32:
-                code = 3
-            else:
-                raise ValueError(f"{name}: dtype {arr.dtype}")
-            if arr.ndim == 0:
-                arr = arr.reshape(1)
-            nb = name.encode("ascii")
-            assert len(nb) < 64, name
-            f.write(struct.pack("<I", len(nb)) + nb + struct.pack("<II", code, arr.ndim))
-            f.write(struct.pack("<%dq" % arr.ndim, *arr.shape))
-            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
-
-
-def randomize_model(model, seed):
-    """Norm weights uniform in [0.5, 1.5] and biases N(0, 0.1), so that a missing norm weight or bias shows."""
-    g = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-
-
 def make_model(cfg_cls, model_cls, kwargs, seed):
     torch.manual_seed(seed)
     model = model_cls(cfg_cls(**kwargs)).eval()
-    randomize_model(model, seed)
+    randomize_norms_and_biases(model, seed)
     return model
 
 

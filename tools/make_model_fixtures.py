@@ -38,43 +38,17 @@ import argparse
 import json
 import os
 import shutil
-import struct
 
 import numpy as np
 import torch
 from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
+from kw_fixtures import randomize_norms_and_biases, write_kwfx  # tools/kw_fixtures.py
+
 VOCAB = 512
 PROMPT_LEN = 32
 MAX_NEW = 32
-
-
-def randomize(model, seed):
-    """Redraws norm weights and biases so that each of them matters."""
-    g = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-
-
-def write_kwfx(path, arrays):
-    with open(path, "wb") as f:
-        f.write(b"KWFX" + struct.pack("<III", 1, len(arrays), 0))
-        for name, arr in arrays:
-            if arr.dtype == np.float32:
-                code = 0
-            elif arr.dtype == np.int32:
-                code = 3
-            else:
-                raise ValueError(f"{name}: dtype {arr.dtype}")
-            nb = name.encode("ascii")
-            f.write(struct.pack("<I", len(nb)) + nb + struct.pack("<II", code, arr.ndim))
-            f.write(struct.pack("<%dq" % arr.ndim, *arr.shape))
-            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
 
 
 def reference(model, prompt, prefix=""):
@@ -113,7 +87,7 @@ def build(name, cfg_cls, model_cls, cfg_kwargs, seed, out_dir, dtype=torch.float
     torch.manual_seed(seed)
     cfg = cfg_cls(**cfg_kwargs)
     model = model_cls(cfg).eval()
-    randomize(model, seed)
+    randomize_norms_and_biases(model, seed)
     if dtype != torch.float32:
         model = model.to(dtype)
     g = torch.Generator().manual_seed(seed + 7)
