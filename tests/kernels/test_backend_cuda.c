@@ -1,13 +1,84 @@
 /* test_backend_cuda.c: the op parity case table (kw_backend_cases.c) on the CUDA backend, against the same kw_ref
  * oracles and tolerances as the CPU. Exits 77 (skipped) when kvwire was built without CUDA or no device exists.
- * Cases whose (op, dtype) the CUDA backend does not list in supports() are reported, not failed. Then the deferred
- * get_rows error (kw_case_bad_ids): the device record must report what the CPU backend reports. */
+ * Cases whose (op, dtype) the CUDA backend does not list in supports() are reported, not failed. Then the backend's
+ * own contract:
+ *  - the deferred get_rows error (kw_case_bad_ids): the device record must report what the CPU backend reports;
+ *  - a refused allocation (far beyond any GPU's memory) must not make the next op fail (the runtime's last error);
+ *  - two backends on one device, used alternately (separate streams, pools and error records), and a backend driven
+ *    from a thread other than the one that created it (the current device is per thread).
+ */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "kw_backend_cases.h"
+
+static size_t failed = 0, run = 0;
+
+static void kw_expect(int ok, const char *what) {
+    ++run;
+    if (!ok) {
+        fprintf(stderr, "FAIL cuda: %s\n", what);
+        ++failed;
+    }
+}
+
+/* The first n supported cases of the table on b; 1 if all pass. */
+static int kw_some_cases(kw_backend *b, size_t n) {
+    int ok = 1;
+    for (size_t i = 0; i < kw_n_cases && n > 0; ++i) {
+        const enum kw_case_result r = kw_case_run(b, &kw_cases[i], 0, NULL);
+        if (r == KW_CASE_UNSUPPORTED) continue;
+        ok = ok && r == KW_CASE_PASS;
+        --n;
+    }
+    return ok;
+}
+
+static int kw_refused_alloc_then_op(kw_backend *b) {
+    kw_tensor huge = {0};
+    const int rc =
+        kw_tensor_alloc(b, &huge, KW_DTYPE_F32, 2, (int64_t[]){(int64_t)1 << 20, (int64_t)1 << 18}); /* 1 TiB */
+    if (rc == 0) {
+        kw_tensor_free(&huge);
+        fprintf(stderr, "  a 1 TiB allocation succeeded\n");
+        return 0;
+    }
+    printf("1 TiB allocation refused: %s (%s)\n", kw_status_name(rc), kw_error_detail());
+    return (rc == KW_E_NOMEM || rc == KW_E_CUDA) && kw_some_cases(b, 3) && kw_backend_synchronize(b) == 0;
+}
+
+static int kw_two_backends(kw_backend *b) {
+    kw_backend *b2 = NULL;
+    if (kw_backend_create_cuda(0, &b2) != 0) {
+        fprintf(stderr, "  second backend: %s\n", kw_error_detail());
+        return 0;
+    }
+    int ok = 1;
+    for (size_t i = 0; i < kw_n_cases && i < 20; ++i) {
+        const enum kw_case_result r1 = kw_case_run(b, &kw_cases[i], 0, NULL);
+        const enum kw_case_result r2 = kw_case_run(b2, &kw_cases[i], 0, NULL);
+        ok = ok && r1 != KW_CASE_FAIL && r2 != KW_CASE_FAIL;
+    }
+    ok = ok && kw_case_bad_ids(b2) && kw_backend_synchronize(b) == 0; /* b2's error stays b2's */
+    kw_backend_destroy(b2);
+    return ok;
+}
+
+static void *kw_thread_cases(void *arg) {
+    static int ok;
+    ok = kw_some_cases((kw_backend *)arg, 10);
+    return &ok;
+}
+
+static int kw_other_thread(kw_backend *b) {
+    pthread_t th;
+    void *res = NULL;
+    if (pthread_create(&th, NULL, kw_thread_cases, b) != 0 || pthread_join(th, &res) != 0) return 0;
+    return *(int *)res;
+}
 
 int main(void) {
     kw_backend *b = NULL;
@@ -20,7 +91,7 @@ int main(void) {
         fprintf(stderr, "kw_backend_create_cuda: %s (%s)\n", kw_status_name(rc), kw_error_detail());
         return 1;
     }
-    size_t failed = 0, run = 0, unsupported = 0;
+    size_t unsupported = 0;
     char desc[160];
     for (size_t i = 0; i < kw_n_cases; ++i) {
         const enum kw_case_result r = kw_case_run(b, &kw_cases[i], 0, NULL);
@@ -30,18 +101,13 @@ int main(void) {
             ++unsupported;
             continue;
         }
-        ++run;
-        if (r == KW_CASE_FAIL) {
-            fprintf(stderr, "FAIL cuda: %s\n", desc);
-            ++failed;
-        }
+        kw_expect(r == KW_CASE_PASS, desc);
     }
-    ++run;
-    if (!kw_case_bad_ids(b)) {
-        fprintf(stderr, "FAIL cuda: get_rows bad ids reported at synchronize\n");
-        ++failed;
-    }
+    kw_expect(kw_case_bad_ids(b), "get_rows bad ids reported at synchronize");
+    kw_expect(kw_refused_alloc_then_op(b), "ops after a refused allocation");
+    kw_expect(kw_two_backends(b), "two backends on one device, alternately");
+    kw_expect(kw_other_thread(b), "a backend driven from another thread");
     kw_backend_destroy(b);
-    printf("cuda: %zu cases run, %zu failed, %zu unsupported\n", run, failed, unsupported);
+    printf("cuda: %zu checks run, %zu failed, %zu unsupported cases\n", run, failed, unsupported);
     return failed == 0 && run > 0 ? 0 : 1;
 }
