@@ -71,13 +71,8 @@ static void test_spot_checks(void **state) {
 
 static void test_invalid_input(void **state) {
     (void)state;
-    static const char *const bad[] = {"\xff",
-                                      "A\xc3",
-                                      "\xc0\xaf"
-                                      "B",
-                                      "\xed\xa0\x80",
-                                      "\xf4\x90\x80\x80",
-                                      "\x80"};
+    static const char *const bad[] = {
+        "\xff", "A\xc3", "\xc0\xaf\x42" /* overlong '/' then 'B' */, "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
         char got = 'X';
         assert_int_equal(kw_answer_extract(bad[i], strlen(bad[i]), &got), KW_E_UTF8);
