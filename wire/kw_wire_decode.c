@@ -633,7 +633,8 @@ void kw_wire_reader_close(kw_wire_reader *r) {
 /* Feeds the rest of the blob up to the next event; NEED_MORE at the end of the blob means it was truncated. */
 static int kw__reader_step(kw_wire_reader *r) {
     size_t used = 0;
-    const int ev = kw_wire_decoder_feed(r->dec, r->blob + r->pos, r->size - r->pos, &used);
+    const uint8_t *rest = r->blob ? r->blob + r->pos : NULL; /* an empty blob may have no address */
+    const int ev = kw_wire_decoder_feed(r->dec, rest, r->size - r->pos, &used);
     r->pos += used;
     if (ev == KW_WIRE_EVENT_NEED_MORE) return kw_wire_decoder_finish(r->dec);
     return ev;
