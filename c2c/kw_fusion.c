@@ -399,7 +399,7 @@ static int kw_fusion_check_options(const kw_fusion *f, kw_kvcache *cache, const 
     KW_RETURN_IF(opt->sections == NULL || opt->n_sections < 1, KW_E_INVALID_ARG, "kw_fusion_run: no sections");
     KW_RETURN_IF(opt->mode != KW_FUSION_SEQUENTIAL && opt->mode != KW_FUSION_PARALLEL, KW_E_INVALID_ARG,
                  "kw_fusion_run: unknown mode %d", (int)opt->mode);
-    KW_RETURN_IF(opt->numerics != KW_PROJECTOR_FP32 && opt->numerics != KW_PROJECTOR_BF16, KW_E_INVALID_ARG,
+    KW_RETURN_IF(kw_projector_numerics_name(opt->numerics) == NULL, KW_E_INVALID_ARG,
                  "kw_fusion_run: unknown numerics %d", (int)opt->numerics);
     KW_RETURN_IF(opt->sharer_cache_dtype != KW_DTYPE_BF16 && opt->sharer_cache_dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
                  "kw_fusion_run: sharer caches are bf16 or f32, not %s", kw_dtype_name(opt->sharer_cache_dtype));

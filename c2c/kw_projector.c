@@ -8,7 +8,10 @@
  *   cur = ha; cur = block(cur, proj_mlp2[i]) ping-ponging through h / hb;  p = cur Wout^T + bout   (R, Ht*Dt)
  *   out = xt + (1 * s) * p                   kw_op_head_scale_add, fp32
  * where block(x) = x + W2(GELU(W1(RMSNorm(x)))) uses n (R, hidden) and a (R, max(inter, hidden)). In bf16 mode each
- * rounding point goes through a bf16 scratch tensor with two kw_op_copy calls (f32 -> bf16 -> f32).
+ * rounding point goes through a bf16 scratch tensor with two kw_op_copy calls (f32 -> bf16 -> f32). The two-rounding
+ * RMSNorm (KW_PROJECTOR_BF16) is built from backend ops too: kw_op_rms_norm with a weight of ones gives x * r exactly,
+ * rounded; the weight rows are replicated with kw_op_get_rows (all ids 0) and kw_op_head_scale_add with D = 1 and a
+ * zero base forms 0 + (1 * w) * n, which is the exact fp32 product of two bf16 values; rounded again.
  * Not here: which rows to project (kw_fusion.c).
  */
 #include "c2c/kw_projector.h"
@@ -22,8 +25,10 @@
 #include "common/kw_size.h"
 #include "common/kw_status.h"
 
-#define KW_PROJ_NORM_EPS   1e-6f
-#define KW_PROJ_MAX_LAYERS 64
+#define KW_PROJ_NORM_EPS 1e-6f
+/* torch <= 2.6 holds rms_norm's eps in the input dtype: bf16(1e-6) = 0x3586 */
+#define KW_PROJ_NORM_EPS_BF16 9.98377799987793e-07f
+#define KW_PROJ_MAX_LAYERS    64
 
 /* A residual FFN block's weights. */
 typedef struct kw_proj_ffn {
@@ -46,6 +51,8 @@ struct kw_projector {
     kw_backend *backend;
     kw_projector_dims dims;
     kw_proj_branch key, value;
+    kw_tensor ones;   /* (hidden) f32 ones: the weight of the two-rounding RMSNorm's first step */
+    float *ones_host; /* owned host data behind ones */
 };
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -232,6 +239,11 @@ int kw_projector_create(kw_backend *backend, const kw_projector_dims *dims, kw_p
     int rc;
     KW_CHECK(kw_proj_bind_branch(p, lookup, user, "key", &p->key));
     KW_CHECK(kw_proj_bind_branch(p, lookup, user, "value", &p->value));
+    p->ones_host = malloc((size_t)dims->hidden * sizeof *p->ones_host);
+    if (p->ones_host == NULL) KW_CHECK(kw_error_set(KW_E_NOMEM, "kw_projector_create: out of memory"));
+    for (int32_t i = 0; i < dims->hidden; ++i)
+        p->ones_host[i] = 1.0f;
+    KW_CHECK(kw_tensor_from_host(backend, &p->ones, KW_DTYPE_F32, 1, (int64_t[]){dims->hidden}, p->ones_host));
     *out = p;
     return 0;
 out:
@@ -278,7 +290,21 @@ void kw_projector_free(kw_projector *p) {
     if (p == NULL) return;
     kw_proj_free_branch(&p->key);
     kw_proj_free_branch(&p->value);
+    kw_tensor_free(&p->ones);
+    free(p->ones_host);
     free(p);
+}
+
+const char *kw_projector_numerics_name(enum kw_projector_numerics numerics) {
+    switch (numerics) {
+    case KW_PROJECTOR_FP32:
+        return "fp32";
+    case KW_PROJECTOR_BF16:
+        return "bf16";
+    case KW_PROJECTOR_BF16_FUSED_NORM:
+        return "bf16-fused-norm";
+    }
+    return NULL;
 }
 
 const kw_projector_dims *kw_projector_get_dims(const kw_projector *p) {
@@ -304,12 +330,29 @@ int64_t kw_projector_branch_macs(const kw_projector_dims *d) {
  * Workspace
  */
 
-enum { KW_WS_XS, KW_WS_XT, KW_WS_H, KW_WS_HA, KW_WS_HB, KW_WS_N, KW_WS_A, KW_WS_P, KW_WS_S, KW_WS_R16, KW_WS_COUNT };
+/* NW (replicated norm weight), NZ (zeros) and NID (i32 zero ids) serve the two-rounding RMSNorm only */
+enum {
+    KW_WS_XS,
+    KW_WS_XT,
+    KW_WS_H,
+    KW_WS_HA,
+    KW_WS_HB,
+    KW_WS_N,
+    KW_WS_A,
+    KW_WS_P,
+    KW_WS_S,
+    KW_WS_R16,
+    KW_WS_NW,
+    KW_WS_NZ,
+    KW_WS_NID,
+    KW_WS_COUNT
+};
 
 struct kw_projector_ws {
     kw_backend *backend;
     int64_t max_rows;
-    kw_tensor buf[KW_WS_COUNT]; /* 1-D, grown on demand; KW_WS_R16 is bf16, the others f32 */
+    kw_tensor buf[KW_WS_COUNT]; /* 1-D, grown on demand; KW_WS_R16 is bf16, KW_WS_NID i32, the others f32; KW_WS_NZ
+                                   and KW_WS_NID are zeroed when allocated and never written */
     int64_t cap[KW_WS_COUNT];   /* elements */
 };
 
@@ -349,7 +392,15 @@ static int kw_ws_reserve(kw_projector_ws *ws, int i, int64_t n) {
     }
     ws->cap[i] = 0;
     const int64_t ne[1] = {n};
-    KW_FORWARD(kw_tensor_alloc(ws->backend, &ws->buf[i], i == KW_WS_R16 ? KW_DTYPE_BF16 : KW_DTYPE_F32, 1, ne));
+    const enum kw_dtype dt = i == KW_WS_R16 ? KW_DTYPE_BF16 : i == KW_WS_NID ? KW_DTYPE_I32 : KW_DTYPE_F32;
+    KW_FORWARD(kw_tensor_alloc(ws->backend, &ws->buf[i], dt, 1, ne));
+    if (i == KW_WS_NZ || i == KW_WS_NID) {
+        const int rc = kw_backend_memset_zero(ws->backend, &ws->buf[i]);
+        if (rc < 0) {
+            kw_tensor_free(&ws->buf[i]);
+            return rc;
+        }
+    }
     ws->cap[i] = n;
     return 0;
 }
@@ -370,7 +421,8 @@ typedef struct kw_proj_run {
     kw_projector_ws *ws;
     kw_backend *be;
     int bf16;
-    int64_t rows; /* rows of the current chunk */
+    int norm_twice; /* the torch <= 2.6 RMSNorm (KW_PROJECTOR_BF16) */
+    int64_t rows;   /* rows of the current chunk */
 } kw_proj_run;
 
 /* In bf16 mode, rounds t (f32) to bf16 values in place: f32 -> bf16 scratch -> f32. */
@@ -382,14 +434,34 @@ static int kw_proj_round(kw_proj_run *r, kw_tensor *t) {
     return kw_op_copy(r->be, t, &s);
 }
 
+/* n = RMSNorm(x) with weight w, (R, hidden): one rounding (fp32 and the fused rule), or torch <= 2.6's two. */
+static int kw_proj_norm(kw_proj_run *r, const kw_tensor *w, const kw_tensor *x, kw_tensor *n) {
+    if (!r->norm_twice) {
+        KW_FORWARD(kw_op_rms_norm(r->be, n, x, w, KW_PROJ_NORM_EPS, KW_RMS_NORM_PLAIN));
+        return kw_proj_round(r, n);
+    }
+    const int64_t R = r->rows, hidden = r->p->dims.hidden;
+    KW_FORWARD(kw_op_rms_norm(r->be, n, x, &r->p->ones, KW_PROJ_NORM_EPS_BF16, KW_RMS_NORM_PLAIN)); /* (x * r) * 1 */
+    KW_FORWARD(kw_proj_round(r, n));
+    kw_tensor table, ids, wrep, zero, zero3, n3;
+    KW_FORWARD(kw_tensor_view_reshape(w, 2, (int64_t[]){1, hidden}, &table));
+    KW_FORWARD(kw_tensor_view_rows(&r->ws->buf[KW_WS_NID], 0, R, &ids));
+    KW_FORWARD(kw_ws_view(r->ws, KW_WS_NW, R, hidden, &wrep));
+    KW_FORWARD(kw_op_get_rows(r->be, &wrep, &table, &ids)); /* every row = w, widened exactly */
+    KW_FORWARD(kw_tensor_view_rows(&r->ws->buf[KW_WS_NZ], 0, R * hidden, &zero));
+    KW_FORWARD(kw_tensor_view_reshape(&zero, 3, (int64_t[]){R, hidden, 1}, &zero3));
+    KW_FORWARD(kw_tensor_view_reshape(n, 3, (int64_t[]){R, hidden, 1}, &n3));
+    KW_FORWARD(kw_op_head_scale_add(r->be, &n3, &zero3, &n3, &wrep, 1.0f)); /* 0 + (1 * w) * n: exact */
+    return kw_proj_round(r, n);
+}
+
 /* out = x + W2(GELU(W1(RMSNorm(x)))), every intermediate rounded in bf16 mode; out != x. */
 static int kw_proj_block(kw_proj_run *r, const kw_proj_ffn *f, const kw_tensor *x, kw_tensor *out) {
     const int64_t R = r->rows, hidden = r->p->dims.hidden;
     kw_tensor n, a;
     KW_FORWARD(kw_ws_view(r->ws, KW_WS_N, R, hidden, &n));
     KW_FORWARD(kw_ws_view(r->ws, KW_WS_A, R, f->inter, &a));
-    KW_FORWARD(kw_op_rms_norm(r->be, &n, x, &f->norm, KW_PROJ_NORM_EPS, KW_RMS_NORM_PLAIN));
-    KW_FORWARD(kw_proj_round(r, &n));
+    KW_FORWARD(kw_proj_norm(r, &f->norm, x, &n));
     KW_FORWARD(kw_op_matmul(r->be, &a, &n, &f->w1, NULL));
     KW_FORWARD(kw_proj_round(r, &a));
     KW_FORWARD(kw_op_unary(r->be, &a, &a, KW_ACT_GELU_ERF));
@@ -494,8 +566,9 @@ int kw_projector_forward(const kw_projector *p, kw_projector_ws *ws, enum kw_pro
                          const kw_projector_io *io) {
     KW_RETURN_IF(p == NULL || ws == NULL || io == NULL, KW_E_INVALID_ARG, "kw_projector_forward: NULL argument");
     KW_RETURN_IF(ws->backend != p->backend, KW_E_INVALID_ARG, "kw_projector_forward: workspace on another backend");
-    KW_RETURN_IF(numerics != KW_PROJECTOR_FP32 && numerics != KW_PROJECTOR_BF16, KW_E_INVALID_ARG,
+    KW_RETURN_IF(kw_projector_numerics_name(numerics) == NULL, KW_E_INVALID_ARG,
                  "kw_projector_forward: unknown numerics %d", (int)numerics);
+    const int bf16 = numerics != KW_PROJECTOR_FP32, norm_twice = numerics == KW_PROJECTOR_BF16;
     const kw_projector_dims *d = &p->dims;
     const int run_k = io->out_k != NULL, run_v = io->out_v != NULL;
     if (!run_k && !run_v) return 0;
@@ -520,10 +593,15 @@ int kw_projector_forward(const kw_projector *p, kw_projector_ws *ws, enum kw_pro
     const int64_t wide = d->intermediate > hidden ? d->intermediate : hidden;
     int64_t r16 = wide > in_t ? wide : in_t;
     r16 = r16 > in_s ? r16 : in_s;
-    if (numerics == KW_PROJECTOR_BF16) {
+    if (bf16) {
         KW_FORWARD(kw_ws_reserve(ws, KW_WS_XS, R * in_s));
         KW_FORWARD(kw_ws_reserve(ws, KW_WS_XT, R * in_t));
         KW_FORWARD(kw_ws_reserve(ws, KW_WS_R16, R * r16));
+    }
+    if (norm_twice) {
+        KW_FORWARD(kw_ws_reserve(ws, KW_WS_NW, R * hidden));
+        KW_FORWARD(kw_ws_reserve(ws, KW_WS_NZ, R * hidden));
+        KW_FORWARD(kw_ws_reserve(ws, KW_WS_NID, R));
     }
     KW_FORWARD(kw_ws_reserve(ws, KW_WS_H, R * hidden));
     KW_FORWARD(kw_ws_reserve(ws, KW_WS_HA, R * hidden));
@@ -533,7 +611,7 @@ int kw_projector_forward(const kw_projector *p, kw_projector_ws *ws, enum kw_pro
     KW_FORWARD(kw_ws_reserve(ws, KW_WS_P, R * in_t));
     KW_FORWARD(kw_ws_reserve(ws, KW_WS_S, R * d->tgt_heads));
 
-    kw_proj_run r = {.p = p, .ws = ws, .be = p->backend, .bf16 = numerics == KW_PROJECTOR_BF16};
+    kw_proj_run r = {.p = p, .ws = ws, .be = p->backend, .bf16 = bf16, .norm_twice = norm_twice};
     if (run_k) KW_FORWARD(kw_proj_branch_run(&r, &p->key, io->src_k, io->tgt_k, io->out_k));
     if (run_v) KW_FORWARD(kw_proj_branch_run(&r, &p->value, io->src_v, io->tgt_v, io->out_v));
     return 0;

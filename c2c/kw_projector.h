@@ -16,11 +16,19 @@
  *    fp32: parity within 1e-4 relative).
  *  - BF16: emulates torch running the projector in bf16 (as the reference does): the inputs are rounded to bf16,
  *    and so is each Linear output (fp32 accumulation plus bias, one rounding), the GELU and sigmoid outputs, the
- *    residual sums and the RMSNorm output (normalized and weighted in fp32, one rounding, as torch >= 2.7's fused
- *    rms_norm; torch 2.4-2.6 rounded the normalized row before the weight product, at most 1 bf16 ulp apart). The
- *    final combine stays fp32, as in torch (the gate is an fp32 tensor): the result is rounded to bf16 only when a
- *    bf16 cache stores it. Summation order differs from torch's, so a value can land on the other side of a bf16
- *    rounding boundary; tests/c2c/test_projector.c derives the resulting tolerance.
+ *    residual sums and the RMSNorm output. The final combine stays fp32, as in torch (the gate is an fp32 tensor):
+ *    the result is rounded to bf16 only when a bf16 cache stores it. Two RMSNorm rules exist, because torch changed
+ *    its bf16 rms_norm; r = 1 / sqrt(mean(x^2) + eps), all in fp32 from the bf16 row x, w the bf16 weight:
+ *      KW_PROJECTOR_BF16 (the default): y = bf16(bf16(x * r) * w) with eps = bf16(1e-6) = 9.98377799987793e-07,
+ *        torch's composite rms_norm up to 2.6 (nn.RMSNorm exists since 2.4): the normalized row is rounded to bf16,
+ *        the weight product is a bf16 op (rounded again), and eps is held in the input dtype. This is what the C2C
+ *        reference (pinned to torch 2.6.0) and its released results used. Verified bit for bit against torch 2.6.0.
+ *      KW_PROJECTOR_BF16_FUSED_NORM: y = bf16(x * r * w) with eps = 1e-6 in fp32, one rounding: newer torch
+ *        (c2c_spec.md §2.5 places the change at 2.7; verified bit for bit against torch 2.15.0 only).
+ *    The two differ by one bf16 step in about a quarter of the norm outputs on random rows, which changes most
+ *    projector outputs by up to one or two bf16 steps of the fused change (tests/c2c/test_projector_bf16.c).
+ *    Summation order differs from torch's, so a value can still land on the other side of a bf16 rounding boundary;
+ *    tests/c2c/test_projector.c and tests/c2c/test_projector_bf16.c derive the resulting tolerances.
  * The in-Linear is run as two GEMMs over its source and target column blocks (sums added in fp32, then rounded),
  * which is why the projector keeps its own copy of that weight split in two.
  *
@@ -65,16 +73,20 @@ typedef struct kw_projector kw_projector; /* opaque: weight bindings (read-only 
 
 enum kw_projector_numerics {
     KW_PROJECTOR_FP32 = 0,
-    KW_PROJECTOR_BF16 = 1,
+    KW_PROJECTOR_BF16 = 1,            /* bf16, RMSNorm rounded twice as torch <= 2.6 (the reference's) */
+    KW_PROJECTOR_BF16_FUSED_NORM = 2, /* bf16, RMSNorm rounded once as torch >= 2.7 */
 };
 
+/* "fp32", "bf16" or "bf16-fused-norm"; NULL for a value outside the enum (how callers validate one). */
+const char *kw_projector_numerics_name(enum kw_projector_numerics numerics);
+
 /* Binds the 26 + 6 * (num_layers - 2) learned tensors of one projector, found by name through lookup, to backend
- * tensors (zero copy on the CPU backend, except the split in-Linear weight, which the projector copies and owns).
- * Every tensor must exist with exactly the shape dims imply; the gate logits may be 0-dim or hold one element.
- * backend is borrowed and must outlive the projector; so must the tensors' host data. *out is owned by the caller
- * (kw_projector_free). Errors: KW_E_INVALID_ARG (dims out of range), KW_E_FUSER_TENSOR (a tensor missing, misshaped
- * or of another dtype, named in the detail), KW_E_OP_UNSUPPORTED (the backend cannot use a weight dtype), KW_E_NOMEM,
- * backend errors. */
+ * tensors (zero copy on the CPU backend, except the split in-Linear weight, which the projector copies and owns, as it
+ * owns a row of hidden ones the two-rounding RMSNorm uses). Every tensor must exist with exactly the shape dims imply;
+ * the gate logits may be 0-dim or hold one element. backend is borrowed and must outlive the projector; so must the
+ * tensors' host data. *out is owned by the caller (kw_projector_free). Errors: KW_E_INVALID_ARG (dims out of range),
+ * KW_E_FUSER_TENSOR (a tensor missing, misshaped or of another dtype, named in the detail), KW_E_OP_UNSUPPORTED (the
+ * backend cannot use a weight dtype), KW_E_NOMEM, backend errors. */
 int kw_projector_create(kw_backend *backend, const kw_projector_dims *dims, kw_projector_lookup_fn lookup, void *user,
                         kw_projector **out);
 
