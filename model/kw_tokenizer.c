@@ -14,6 +14,7 @@
  * memory is per call. */
 #include "model/kw_tokenizer.h"
 
+#include "common/kw_buf.h"
 #include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_size.h"
@@ -55,8 +56,7 @@ typedef struct kw_tok_merge {
 struct kw_tokenizer {
     int32_t n_ids;         /* largest id + 1 */
     kw_tok_entry *entries; /* (n_ids); entries with flags == 0 are holes in the id space */
-    char *pool;            /* all surface forms and decoded forms */
-    size_t pool_len, pool_cap;
+    kw_buf pool;           /* all surface forms and decoded forms */
 
     int32_t *vocab_slots; /* open addressing over model.vocab: id + 1, 0 = empty */
     size_t vocab_mask;
@@ -173,21 +173,11 @@ static int kw_tok_ids_push(kw_tok_ids *a, int32_t id) {
 /* Appends n bytes to the string pool; *off receives where they start. */
 static int kw_tok_pool_add(kw_tokenizer *tok, const void *s, size_t n, uint32_t *off) {
     size_t need;
-    KW_RETURN_IF(kw_size_add(tok->pool_len, n, &need) < 0 || need > UINT32_MAX, KW_E_LIMIT,
+    KW_RETURN_IF(kw_size_add(tok->pool.len, n, &need) < 0 || need > UINT32_MAX, KW_E_LIMIT,
                  "tokenizer strings exceed 4 GiB");
-    if (need > tok->pool_cap) {
-        size_t cap = tok->pool_cap ? tok->pool_cap : 1u << 20;
-        while (cap < need)
-            cap *= 2;
-        char *p = realloc(tok->pool, cap);
-        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory for tokenizer strings (%zu bytes)", cap);
-        tok->pool = p;
-        tok->pool_cap = cap;
-    }
-    memcpy(tok->pool + tok->pool_len, s, n);
-    *off = (uint32_t)tok->pool_len;
-    tok->pool_len = need;
-    return 0;
+    if (tok->pool.cap == 0) KW_FORWARD(kw_buf_reserve(&tok->pool, (size_t)1 << 20)); /* real vocabularies: MBs */
+    *off = (uint32_t)tok->pool.len;
+    return kw_buf_append(&tok->pool, s, n);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -228,7 +218,7 @@ static int32_t kw_tok_vocab_find(const kw_tokenizer *tok, const char *s, size_t 
         const int32_t slot = tok->vocab_slots[i];
         if (slot == 0) return -1;
         const kw_tok_entry *e = &tok->entries[slot - 1];
-        if (e->len == n && memcmp(tok->pool + e->off, s, n) == 0) return slot - 1;
+        if (e->len == n && memcmp(tok->pool.data + e->off, s, n) == 0) return slot - 1;
     }
 }
 
@@ -236,13 +226,13 @@ static int32_t kw_tok_vocab_find(const kw_tokenizer *tok, const char *s, size_t 
  * read into a map does. */
 static void kw_tok_vocab_insert(kw_tokenizer *tok, int32_t id) {
     const kw_tok_entry *e = &tok->entries[id];
-    const char *s = tok->pool + e->off;
+    const char *s = tok->pool.data + e->off;
     size_t i = (size_t)kw_tok_hash_bytes(s, e->len) & tok->vocab_mask;
     for (;; i = (i + 1) & tok->vocab_mask) {
         const int32_t slot = tok->vocab_slots[i];
         if (slot == 0) break;
         const kw_tok_entry *o = &tok->entries[slot - 1];
-        if (o->len == e->len && memcmp(tok->pool + o->off, s, e->len) == 0) break;
+        if (o->len == e->len && memcmp(tok->pool.data + o->off, s, e->len) == 0) break;
     }
     tok->vocab_slots[i] = id + 1;
 }
@@ -324,37 +314,11 @@ static bool kw_tok_nfc_is_unknown(uint32_t cp) {
     return false;
 }
 
-typedef struct kw_tok_str {
-    char *p;
-    size_t len, cap;
-} kw_tok_str;
-
-static int kw_tok_str_put(kw_tok_str *b, const char *s, size_t n) {
-    size_t need;
-    KW_RETURN_IF(kw_size_add(b->len, n, &need) < 0 || kw_size_add(need, 1, &need) < 0, KW_E_OVERFLOW,
-                 "string too long");
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need) {
-            KW_RETURN_IF(cap > SIZE_MAX / 2, KW_E_OVERFLOW, "string too long");
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory (%zu bytes)", cap);
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-static int kw_tok_put_ranges(kw_tok_str *b, const uint32_t (*r)[2], size_t n) {
+static int kw_tok_put_ranges(kw_buf *b, const uint32_t (*r)[2], size_t n) {
     char tmp[40];
     for (size_t i = 0; i < n; ++i) {
         const int k = snprintf(tmp, sizeof tmp, "\\x{%X}-\\x{%X}", (unsigned)r[i][0], (unsigned)r[i][1]);
-        KW_FORWARD(kw_tok_str_put(b, tmp, (size_t)k));
+        KW_FORWARD(kw_buf_append(b, tmp, (size_t)k));
     }
     return 0;
 }
@@ -362,7 +326,7 @@ static int kw_tok_put_ranges(kw_tok_str *b, const uint32_t (*r)[2], size_t n) {
 /* Rewrites an HF Split pattern for PCRE2: \p{L} and \p{N} gain the extra ranges, \s and \S become the explicit
  * White_Space class. Character classes are tracked so that the additions go inside an enclosing [...] or get
  * brackets of their own. */
-static int kw_tok_rewrite_regex(const char *re, kw_tok_str *out) {
+static int kw_tok_rewrite_regex(const char *re, kw_buf *out) {
     bool in_class = false;
     for (size_t i = 0; re[i];) {
         const char c = re[i];
@@ -370,27 +334,27 @@ static int kw_tok_rewrite_regex(const char *re, kw_tok_str *out) {
             KW_RETURN_IF(!re[i + 1], KW_E_TOKENIZER, "Split regex ends with a backslash");
             const bool is_l = strncmp(re + i, "\\p{L}", 5) == 0, is_n = strncmp(re + i, "\\p{N}", 5) == 0;
             if (is_l || is_n) {
-                if (!in_class) KW_FORWARD(kw_tok_str_put(out, "[", 1));
-                KW_FORWARD(kw_tok_str_put(out, re + i, 5));
+                if (!in_class) KW_FORWARD(kw_buf_append(out, "[", 1));
+                KW_FORWARD(kw_buf_append(out, re + i, 5));
                 if (is_l)
                     KW_FORWARD(kw_tok_put_ranges(out, kw_tok_extra_letters,
                                                  sizeof kw_tok_extra_letters / sizeof kw_tok_extra_letters[0]));
                 else
                     KW_FORWARD(kw_tok_put_ranges(out, kw_tok_extra_numbers,
                                                  sizeof kw_tok_extra_numbers / sizeof kw_tok_extra_numbers[0]));
-                if (!in_class) KW_FORWARD(kw_tok_str_put(out, "]", 1));
+                if (!in_class) KW_FORWARD(kw_buf_append(out, "]", 1));
                 i += 5;
             } else if (re[i + 1] == 's' || re[i + 1] == 'S') {
                 const bool neg = re[i + 1] == 'S';
                 KW_RETURN_IF(in_class && neg, KW_E_TOKENIZER,
                              "Split regex: \\S inside a character class is not supported");
-                if (!in_class) KW_FORWARD(kw_tok_str_put(out, neg ? "[^" : "[", neg ? 2 : 1));
-                KW_FORWARD(kw_tok_str_put(out, kw_tok_space_class, strlen(kw_tok_space_class)));
-                if (!in_class) KW_FORWARD(kw_tok_str_put(out, "]", 1));
+                if (!in_class) KW_FORWARD(kw_buf_append(out, neg ? "[^" : "[", neg ? 2 : 1));
+                KW_FORWARD(kw_buf_append(out, kw_tok_space_class, strlen(kw_tok_space_class)));
+                if (!in_class) KW_FORWARD(kw_buf_append(out, "]", 1));
                 i += 2;
             } else {
                 KW_RETURN_IF(re[i + 1] == 'Q', KW_E_TOKENIZER, "Split regex: \\Q...\\E quoting is not supported");
-                KW_FORWARD(kw_tok_str_put(out, re + i, 2));
+                KW_FORWARD(kw_buf_append(out, re + i, 2));
                 i += 2;
             }
             continue;
@@ -400,19 +364,19 @@ static int kw_tok_rewrite_regex(const char *re, kw_tok_str *out) {
             size_t k = 1;
             if (re[i + k] == '^') ++k;
             if (re[i + k] == ']') ++k; /* a leading ] is a literal */
-            KW_FORWARD(kw_tok_str_put(out, re + i, k));
+            KW_FORWARD(kw_buf_append(out, re + i, k));
             i += k;
             continue;
         }
         if (in_class && c == '[' && re[i + 1] == ':') {
             const char *end = strstr(re + i, ":]");
             KW_RETURN_IF(!end, KW_E_TOKENIZER, "Split regex: unterminated POSIX class");
-            KW_FORWARD(kw_tok_str_put(out, re + i, (size_t)(end + 2 - (re + i))));
+            KW_FORWARD(kw_buf_append(out, re + i, (size_t)(end + 2 - (re + i))));
             i = (size_t)(end + 2 - re);
             continue;
         }
         if (in_class && c == ']') in_class = false;
-        KW_FORWARD(kw_tok_str_put(out, re + i, 1));
+        KW_FORWARD(kw_buf_append(out, re + i, 1));
         ++i;
     }
     return 0;
@@ -488,16 +452,16 @@ static int kw_tok_load_split(kw_tokenizer *tok, const cJSON *split) {
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(pattern_obj, "Regex");
     KW_RETURN_IF(!cJSON_IsString(re), KW_E_TOKENIZER,
                  "tokenizer.json: Split.pattern must be {\"Regex\": ...} (String patterns are not supported)");
-    kw_tok_str pattern = {0};
+    kw_buf pattern = KW_BUF_INIT;
     int rc = kw_tok_rewrite_regex(re->valuestring, &pattern);
     if (rc < 0) {
-        free(pattern.p);
+        kw_buf_free(&pattern);
         return kw_error_set(rc, "tokenizer.json: %s", kw_error_detail());
     }
     int err = 0;
     PCRE2_SIZE at = 0;
-    tok->split_re = pcre2_compile((PCRE2_SPTR)pattern.p, pattern.len, PCRE2_UTF | PCRE2_UCP, &err, &at, NULL);
-    free(pattern.p);
+    tok->split_re = pcre2_compile((PCRE2_SPTR)pattern.data, pattern.len, PCRE2_UTF | PCRE2_UCP, &err, &at, NULL);
+    kw_buf_free(&pattern);
     if (!tok->split_re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -631,7 +595,7 @@ static int kw_tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON 
         kw_tok_entry *e = &tok->entries[id];
         const size_t n = strlen(content);
         if (e->flags & KW_TOK_IN_VOCAB) {
-            KW_RETURN_IF(e->len != n || memcmp(tok->pool + e->off, content, n) != 0, KW_E_TOKENIZER,
+            KW_RETURN_IF(e->len != n || memcmp(tok->pool.data + e->off, content, n) != 0, KW_E_TOKENIZER,
                          "tokenizer.json: added token \"%.40s\" reuses vocab id %lld of another token", content,
                          (long long)id);
         } else {
@@ -703,8 +667,8 @@ static int kw_tok_load_merges(kw_tokenizer *tok, const cJSON *merges) {
             KW_CHECK_IF(!p, KW_E_NOMEM, "out of memory reading merges");
             buf = p;
         }
-        memcpy(buf, tok->pool + ea->off, ea->len);
-        memcpy(buf + ea->len, tok->pool + eb->off, eb->len);
+        memcpy(buf, tok->pool.data + ea->off, ea->len);
+        memcpy(buf + ea->len, tok->pool.data + eb->off, eb->len);
         const int32_t merged = kw_tok_vocab_find(tok, buf, len);
         KW_CHECK_IF(merged < 0, KW_E_TOKENIZER, "tokenizer.json: merge %zu gives \"%.*s\", which is not in the vocab",
                     rank, (int)(len < 60 ? len : 60), buf);
@@ -731,7 +695,7 @@ static int kw_tok_build_decoded(kw_tokenizer *tok) {
             KW_CHECK_IF(!p, KW_E_NOMEM, "out of memory decoding the vocabulary");
             tmp = p;
         }
-        const uint8_t *s = (const uint8_t *)tok->pool + e->off;
+        const uint8_t *s = (const uint8_t *)tok->pool.data + e->off;
         size_t n = 0, i = 0;
         bool mapped = kw_tok_utf8_check(s, e->len) == e->len;
         while (mapped && i < e->len) {
@@ -805,7 +769,7 @@ out:
 void kw_tokenizer_free(kw_tokenizer *tok) {
     if (!tok) return;
     free(tok->entries);
-    free(tok->pool);
+    kw_buf_free(&tok->pool);
     free(tok->vocab_slots);
     free(tok->merges);
     free(tok->added);
@@ -950,13 +914,13 @@ static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t 
 // Encode
 
 /* Appends utf8proc's NFC of s[0..n) to b. */
-static int kw_tok_nfc_piece(kw_tok_str *b, const uint8_t *s, size_t n) {
+static int kw_tok_nfc_piece(kw_buf *b, const uint8_t *s, size_t n) {
     if (n == 0) return 0;
     utf8proc_uint8_t *norm = NULL;
     const utf8proc_ssize_t r = utf8proc_map(s, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
     KW_RETURN_IF(r < 0, r == UTF8PROC_ERROR_NOMEM ? KW_E_NOMEM : KW_E_UTF8, "NFC normalization failed: %s",
                  utf8proc_errmsg(r));
-    const int rc = kw_tok_str_put(b, (const char *)norm, (size_t)r);
+    const int rc = kw_buf_append(b, (const char *)norm, (size_t)r);
     free(norm);
     return rc;
 }
@@ -964,7 +928,7 @@ static int kw_tok_nfc_piece(kw_tok_str *b, const uint8_t *s, size_t n) {
 /* NFC as HF's normalizer computes it: utf8proc NFC on the stretches between the code points HF's tables do not know
  * (kw_tok_nfc_unknown), which are kept as they are. *out is malloc'd, NUL-terminated. */
 static int kw_tok_nfc(const uint8_t *text, size_t len, uint8_t **out, size_t *out_len) {
-    kw_tok_str b = {0};
+    kw_buf b = KW_BUF_INIT;
     int rc = 0;
     size_t start = 0;
     for (size_t i = 0; i < len;) {
@@ -972,18 +936,17 @@ static int kw_tok_nfc(const uint8_t *text, size_t len, uint8_t **out, size_t *ou
         const size_t k = kw_tok_utf8_decode(text + i, &cp);
         if (kw_tok_nfc_is_unknown(cp)) {
             KW_CHECK(kw_tok_nfc_piece(&b, text + start, i - start));
-            KW_CHECK(kw_tok_str_put(&b, (const char *)text + i, k));
+            KW_CHECK(kw_buf_append(&b, (const char *)text + i, k));
             start = i + k;
         }
         i += k;
     }
     KW_CHECK(kw_tok_nfc_piece(&b, text + start, len - start));
-    if (!b.p) KW_CHECK(kw_tok_str_put(&b, "", 0));
-    *out = (uint8_t *)b.p;
-    *out_len = b.len;
-    b.p = NULL;
+    char *norm = NULL;
+    KW_CHECK(kw_buf_take(&b, &norm, out_len));
+    *out = (uint8_t *)norm;
 out:
-    free(b.p);
+    kw_buf_free(&b);
     return rc;
 }
 
@@ -1051,7 +1014,7 @@ static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size
     size_t best = 0;
     for (size_t k = 0; k < tok->n_added; ++k) {
         const kw_tok_entry *e = &tok->entries[tok->added[k]];
-        if (e->len > best && e->len <= len && memcmp(tok->pool + e->off, text, e->len) == 0) {
+        if (e->len > best && e->len <= len && memcmp(tok->pool.data + e->off, text, e->len) == 0) {
             best = e->len;
             *id = tok->added[k];
         }
@@ -1080,7 +1043,7 @@ static int kw_tok_walk(const kw_tokenizer *tok, const char *text, size_t len, kw
         i += k;
         seg = i;
     }
-    KW_CHECK(kw_tok_walk_segment(tok, md, t + seg, len - seg, sink));
+    if (seg < len) KW_CHECK(kw_tok_walk_segment(tok, md, t + seg, len - seg, sink));
 out:
     pcre2_match_data_free(md);
     return rc;
@@ -1119,7 +1082,7 @@ out:
 
 typedef struct kw_tok_piece_sink {
     kw_tok_sink base;
-    kw_tok_str text;
+    kw_buf text;
     size_t *bounds;
     size_t n, cap;
 } kw_tok_piece_sink;
@@ -1136,7 +1099,7 @@ static int kw_tok_record_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, in
         p->cap = cap;
     }
     p->bounds[2 * p->n] = p->text.len;
-    KW_FORWARD(kw_tok_str_put(&p->text, (const char *)s, n));
+    KW_FORWARD(kw_buf_append(&p->text, (const char *)s, n));
     p->bounds[2 * p->n + 1] = p->text.len;
     ++p->n;
     return 0;
@@ -1149,19 +1112,16 @@ int kw_tokenizer_pre_tokenize(const kw_tokenizer *tok, const char *text, size_t 
     kw_tok_piece_sink p = {.base = {.piece = kw_tok_record_piece}};
     int rc = 0;
     KW_CHECK(kw_tok_walk(tok, text, len, &p.base));
-    if (!p.text.p) KW_CHECK(kw_tok_str_put(&p.text, "", 0));
     if (!p.bounds) {
         p.bounds = malloc(2 * sizeof(size_t));
         KW_CHECK_IF(!p.bounds, KW_E_NOMEM, "out of memory");
     }
-    *norm = p.text.p;
-    *norm_len = p.text.len;
+    KW_CHECK(kw_buf_take(&p.text, norm, norm_len));
     *bounds = p.bounds;
     *n_pieces = p.n;
-    p.text.p = NULL;
     p.bounds = NULL;
 out:
-    free(p.text.p);
+    kw_buf_free(&p.text);
     free(p.bounds);
     return rc;
 }
@@ -1194,7 +1154,7 @@ int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_id
     for (size_t i = 0; i < n_ids; ++i) {
         const kw_tok_entry *e = &tok->entries[ids[i]];
         if (skip_special && (e->flags & KW_TOK_SPECIAL)) continue;
-        memcpy(raw + r, tok->pool + e->dec_off, e->dec_len);
+        memcpy(raw + r, tok->pool.data + e->dec_off, e->dec_len);
         r += e->dec_len;
     }
     /* String::from_utf8_lossy: each maximal invalid prefix becomes one U+FFFD. */
@@ -1224,7 +1184,7 @@ int32_t kw_tokenizer_token_id(const kw_tokenizer *tok, const char *token) {
     const size_t n = strlen(token);
     for (size_t k = 0; k < tok->n_added; ++k) {
         const kw_tok_entry *e = &tok->entries[tok->added[k]];
-        if (e->len == n && memcmp(tok->pool + e->off, token, n) == 0) return tok->added[k];
+        if (e->len == n && memcmp(tok->pool.data + e->off, token, n) == 0) return tok->added[k];
     }
     return kw_tok_vocab_find(tok, token, n);
 }
@@ -1236,6 +1196,18 @@ int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok) {
 int kw_tokenizer_is_special(const kw_tokenizer *tok, int32_t id) {
     if (!tok || id < 0 || id >= tok->n_ids) return 0;
     return (tok->entries[id].flags & KW_TOK_SPECIAL) != 0;
+}
+
+int kw_tokenizer_same_ids(const kw_tokenizer *a, const kw_tokenizer *b) {
+    if (!a || !b) return 0;
+    const int32_t n = a->n_ids < b->n_ids ? a->n_ids : b->n_ids;
+    for (int32_t id = 0; id < n; ++id) {
+        const kw_tok_entry *ea = &a->entries[id], *eb = &b->entries[id];
+        if ((ea->flags == 0) != (eb->flags == 0) || ea->len != eb->len ||
+            (ea->len && memcmp(a->pool.data + ea->off, b->pool.data + eb->off, ea->len) != 0))
+            return 0;
+    }
+    return 1;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -52,4 +52,10 @@ int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok);
 /* 1 if id is a special added token (skipped by decode with skip_special). */
 int kw_tokenizer_is_special(const kw_tokenizer *tok, int32_t id);
 
+/* 1 if every id below both vocabulary sizes stands for the same token in a and b (the same surface form, or
+ * unassigned in both), else 0 (also for NULL). Ids of one tokenizer then mean the same to a model of the other, as
+ * the C2C reference assumes when it feeds Qwen3 ids to Qwen2.5: a tokenizer that only adds tokens above the other's
+ * ids agrees with it. Whether special flags or merges agree is not looked at. */
+int kw_tokenizer_same_ids(const kw_tokenizer *a, const kw_tokenizer *b);
+
 #endif /* KW_TOKENIZER_H */

@@ -1,6 +1,7 @@
 /* test_tokenizer_api.c: kw_tokenizer behaviour that the HF fixtures do not reach: a small synthetic tokenizer.json
  * (both merge forms, ignore_merges, overlapping added tokens, holes in the id space), every refusal of the loader,
- * invalid UTF-8 and bad ids, lookups, pre-tokenization pieces, and very long inputs. */
+ * invalid UTF-8 and bad ids, lookups, pre-tokenization pieces, very long inputs, and whether two tokenizers' ids
+ * agree. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -366,6 +367,41 @@ static void test_real_lookups(void **state) {
     kw_tokenizer_free(l);
 }
 
+/* kw_tokenizer_same_ids: ids agree when every shared id has the same token; added tokens above the other's ids (as
+ * Qwen3's over Qwen2.5's) do not matter, a changed token or a hole where the other has a token does. */
+static void test_same_ids(void **state) {
+    (void)state;
+    kw_tokenizer *base = load_synth(&(synth){0});
+    kw_tokenizer *fewer = load_synth(&(synth){.added = "[{\"id\": 260, \"content\": \"<x>\", \"special\": false}]"});
+    kw_tokenizer *renamed = load_synth(&(synth){
+        .added = "[{\"id\": 260, \"content\": \"<x>\", \"special\": false}, {\"id\": 261, \"content\": \"<x>y\", "
+                 "\"special\": false}, {\"id\": 262, \"content\": \"x>y\", \"special\": false}, {\"id\": 263, "
+                 "\"content\": \"<t>\", \"special\": true}]"});
+    kw_tokenizer *holes = load_synth(&(synth){.added = "[{\"id\": 300, \"content\": \"<far>\", \"special\": true}]"});
+    assert_int_equal(kw_tokenizer_vocab_size(fewer), 261);
+    assert_int_equal(kw_tokenizer_same_ids(base, base), 1);
+    assert_int_equal(kw_tokenizer_same_ids(base, fewer), 1);
+    assert_int_equal(kw_tokenizer_same_ids(fewer, base), 1);
+    assert_int_equal(kw_tokenizer_same_ids(base, renamed), 0);
+    assert_int_equal(kw_tokenizer_same_ids(renamed, fewer), 1);
+    assert_int_equal(kw_tokenizer_same_ids(base, holes), 0); /* 260-263 are tokens in one, unassigned in the other */
+    assert_int_equal(kw_tokenizer_same_ids(holes, fewer), 0);
+    assert_int_equal(kw_tokenizer_same_ids(NULL, base), 0);
+    assert_int_equal(kw_tokenizer_same_ids(base, NULL), 0);
+    kw_tokenizer *q = load_real("qwen3"), *q2 = load_real("qwen3"), *l = load_real("llama3");
+    assert_int_equal(kw_tokenizer_same_ids(q, q2), 1);
+    assert_int_equal(kw_tokenizer_same_ids(q, l), 0);
+    assert_int_equal(kw_tokenizer_same_ids(l, q), 0);
+    assert_int_equal(kw_tokenizer_same_ids(q, base), 0);
+    kw_tokenizer_free(base);
+    kw_tokenizer_free(fewer);
+    kw_tokenizer_free(renamed);
+    kw_tokenizer_free(holes);
+    kw_tokenizer_free(q);
+    kw_tokenizer_free(q2);
+    kw_tokenizer_free(l);
+}
+
 static void test_pre_tokenize(void **state) {
     (void)state;
     kw_tokenizer *q = load_real("qwen3");
@@ -419,7 +455,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_synth_merges),   cmocka_unit_test(test_synth_added), cmocka_unit_test(test_synth_holes),
         cmocka_unit_test(test_synth_refusals), cmocka_unit_test(test_load_errors), cmocka_unit_test(test_real_lookups),
-        cmocka_unit_test(test_pre_tokenize),   cmocka_unit_test(test_long_inputs),
+        cmocka_unit_test(test_pre_tokenize),   cmocka_unit_test(test_long_inputs), cmocka_unit_test(test_same_ids),
     };
     const int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char path[256];
