@@ -12,6 +12,7 @@
 
 #include "common/kw_half.h"
 #include "common/kw_time.h"
+#include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
 
 const char kw_bench_codec_summary[] = "KVWire encode/decode GB/s per codec vs memcpy, and bytes per KV element";
@@ -132,37 +133,31 @@ static double kw__bench_decode(const kw__bench_ctx *c, size_t size, int f32, int
     return kw_time_seconds(t0, kw_time_now_ns());
 }
 
+static void kw__bench_codec_usage(FILE *f) {
+    fprintf(f, "usage: kvwire bench codec [--layers 28] [--heads 8] [--dim 128] [--tokens 512] [--reps 5]\n"
+               "                          [--isa auto|scalar|avx2|avx512] [--only SUBSTRING]\n");
+}
+
 int kw_bench_codec(int argc, char **argv) {
-    uint32_t L = 28, H = 8, D = 128, T = 512, reps = 5;
-    enum kw_wire_isa isa = KW_WIRE_ISA_AUTO;
+    static const char *const isa_names[] = {"auto", "scalar", "avx2", "avx512", NULL};
+    static const enum kw_wire_isa isas[] = {KW_WIRE_ISA_AUTO, KW_WIRE_ISA_SCALAR, KW_WIRE_ISA_AVX2, KW_WIRE_ISA_AVX512};
+    int64_t layers = 28, heads = 8, dim = 128, tokens = 512, n_reps = 5;
+    int isa_index = 0;
     const char *only = NULL;
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--layers") && v)
-            L = (uint32_t)atoi(v), ++i;
-        else if (!strcmp(a, "--heads") && v)
-            H = (uint32_t)atoi(v), ++i;
-        else if (!strcmp(a, "--dim") && v)
-            D = (uint32_t)atoi(v), ++i;
-        else if (!strcmp(a, "--tokens") && v)
-            T = (uint32_t)atoi(v), ++i;
-        else if (!strcmp(a, "--reps") && v)
-            reps = (uint32_t)atoi(v), ++i;
-        else if (!strcmp(a, "--only") && v)
-            only = v, ++i;
-        else if (!strcmp(a, "--isa") && v) {
-            isa = !strcmp(v, "scalar")   ? KW_WIRE_ISA_SCALAR
-                  : !strcmp(v, "avx2")   ? KW_WIRE_ISA_AVX2
-                  : !strcmp(v, "avx512") ? KW_WIRE_ISA_AVX512
-                                         : KW_WIRE_ISA_AUTO;
-            ++i;
-        } else {
-            fprintf(stderr,
-                    "usage: kvwire bench codec [--layers 28] [--heads 8] [--dim 128] [--tokens 512] [--reps 5]\n"
-                    "                          [--isa auto|scalar|avx2|avx512] [--only SUBSTRING]\n");
-            return 2;
-        }
-    }
+    const kw_cli_option opts[] = {
+        KW_CLI_INT("--layers", &layers, 0, UINT32_MAX),
+        KW_CLI_INT("--heads", &heads, 0, UINT32_MAX),
+        KW_CLI_INT("--dim", &dim, 0, UINT32_MAX),
+        KW_CLI_INT("--tokens", &tokens, 0, UINT32_MAX),
+        KW_CLI_INT("--reps", &n_reps, 0, UINT32_MAX),
+        KW_CLI_CHOICE("--isa", &isa_index, isa_names),
+        KW_CLI_STR("--only", &only),
+    };
+    const int st = KW_CLI_PARSE("kvwire bench codec", argc, argv, opts, kw__bench_codec_usage);
+    if (st != KW_CLI_RUN) return st;
+    const uint32_t L = (uint32_t)layers, H = (uint32_t)heads, D = (uint32_t)dim, T = (uint32_t)tokens,
+                   reps = (uint32_t)n_reps;
+    const enum kw_wire_isa isa = isas[isa_index];
     if (!L || !H || !D || !T || !reps || L > KW_WIRE_MAX_LAYERS || H > KW_WIRE_MAX_HEADS || D % 8 ||
         D > KW_WIRE_MAX_HEAD_DIM || T > KW_WIRE_MAX_POSITIONS) {
         fprintf(stderr, "kvwire bench codec: shape out of range\n");

@@ -22,6 +22,7 @@
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
+#include "tools/kw_cli.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -199,22 +200,25 @@ static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int re
     return best;
 }
 
+static void kw_bench_kernels_usage(FILE *f) {
+    fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick]\n");
+}
+
 int kw_bench_kernels(int argc, char **argv) {
-    int thread_list[2] = {1, 2}, n_thread_list = 2, reps = 5, quick = 0;
-    for (int i = 1; i < argc; ++i) {
-        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-            thread_list[0] = atoi(argv[++i]);
-            n_thread_list = 1;
-        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
-            reps = atoi(argv[++i]);
-        } else if (strcmp(argv[i], "--quick") == 0) {
-            quick = 1;
-        } else {
-            fprintf(stderr, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick]\n");
-            return 2;
-        }
+    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0;
+    int64_t threads_opt = -1, reps_opt = 5;
+    const kw_cli_option opts[] = {
+        KW_CLI_INT("--threads", &threads_opt, 0, 1024),
+        KW_CLI_INT("--reps", &reps_opt, 0, 1000),
+        KW_CLI_FLAG("--quick", &quick),
+    };
+    const int st = KW_CLI_PARSE("kvwire bench kernels", argc, argv, opts, kw_bench_kernels_usage);
+    if (st != KW_CLI_RUN) return st;
+    if (threads_opt >= 0) { /* one thread count instead of 1 and 2 */
+        thread_list[0] = (int)threads_opt;
+        n_thread_list = 1;
     }
-    if (reps < 1) reps = 1;
+    const int reps = reps_opt < 1 ? 1 : (int)reps_opt;
     const size_t big_bytes = quick ? ((size_t)128 << 20) : ((size_t)1 << 30);
     const size_t min_w_bytes = quick ? ((size_t)64 << 20) : ((size_t)512 << 20);
     const size_t n = big_bytes / sizeof(float);

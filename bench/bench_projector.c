@@ -12,11 +12,11 @@
  * speed survives the projector's small ops (RMSNorm, GELU, sigmoid, bf16 rounding copies, the combine).
  *
  * Options: --tokens N (default 128 and 512), --threads N (default 2), --layers N (default 28), --reps N (default 3),
- * --numerics bf16|fp32|both (default both), --quick (T = 64, 4 layers, 1 rep).
+ * --numerics bf16|fp32|both (default both), --quick (T = 64, 4 layers, 1 rep, where --tokens, --layers, --reps are
+ * not given).
  */
 #include "kw_benches.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +28,7 @@
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
+#include "tools/kw_cli.h"
 
 const char kw_bench_projector_summary[] = "C2C projector: fused tokens/s on the real fuser dims vs the matmul peak";
 
@@ -258,55 +259,29 @@ out:
     return rc;
 }
 
-static int kw_bp_parse(const char *opt, const char *s, long min, long max, long *out) {
-    char *end = NULL;
-    errno = 0;
-    const long v = strtol(s, &end, 10);
-    if (errno || !end || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "kvwire bench projector: %s wants an integer in [%ld, %ld]\n", opt, min, max);
-        return -1;
-    }
-    *out = v;
-    return 0;
+static void kw_bp_usage(FILE *f) {
+    fprintf(f, "usage: kvwire bench projector [--tokens N] [--threads N] [--layers N] [--reps N] "
+               "[--numerics bf16|fp32|both] [--quick]\n");
 }
 
 int kw_bench_projector(int argc, char **argv) {
-    long threads = 2, layers = 28, reps = 3, tokens = 0;
-    const char *numerics = "both";
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--quick") == 0) {
-            tokens = 64, layers = 4, reps = 1;
-            continue;
-        }
-        if (strcmp(a, "--help") == 0 || !v) {
-            fprintf(strcmp(a, "--help") == 0 ? stdout : stderr,
-                    "usage: kvwire bench projector [--tokens N] [--threads N] [--layers N] [--reps N] "
-                    "[--numerics bf16|fp32|both] [--quick]\n");
-            return strcmp(a, "--help") == 0 ? 0 : 2;
-        }
-        ++i;
-        if (strcmp(a, "--tokens") == 0) {
-            if (kw_bp_parse(a, v, 1, 1 << 16, &tokens) < 0) return 2;
-        } else if (strcmp(a, "--threads") == 0) {
-            if (kw_bp_parse(a, v, 1, 1024, &threads) < 0) return 2;
-        } else if (strcmp(a, "--layers") == 0) {
-            if (kw_bp_parse(a, v, 1, 28, &layers) < 0) return 2;
-        } else if (strcmp(a, "--reps") == 0) {
-            if (kw_bp_parse(a, v, 1, 1000, &reps) < 0) return 2;
-        } else if (strcmp(a, "--numerics") == 0) {
-            numerics = v;
-        } else {
-            fprintf(stderr, "kvwire bench projector: unknown option %s\n", a);
-            return 2;
-        }
-    }
-    const int do_bf16 = strcmp(numerics, "bf16") == 0 || strcmp(numerics, "both") == 0;
-    const int do_fp32 = strcmp(numerics, "fp32") == 0 || strcmp(numerics, "both") == 0;
-    if (!do_bf16 && !do_fp32) {
-        fprintf(stderr, "kvwire bench projector: --numerics wants bf16, fp32 or both\n");
-        return 2;
-    }
+    static const char *const numerics_names[] = {"bf16", "fp32", "both", NULL};
+    int64_t threads_opt = 2, layers_opt = -1, reps_opt = -1, tokens_opt = -1;
+    int numerics = 2, quick = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_INT("--tokens", &tokens_opt, 1, 1 << 16),
+        KW_CLI_INT("--threads", &threads_opt, 1, 1024),
+        KW_CLI_INT("--layers", &layers_opt, 1, 28),
+        KW_CLI_INT("--reps", &reps_opt, 1, 1000),
+        KW_CLI_CHOICE("--numerics", &numerics, numerics_names),
+        KW_CLI_FLAG("--quick", &quick),
+    };
+    const int st = KW_CLI_PARSE("kvwire bench projector", argc, argv, opts, kw_bp_usage);
+    if (st != KW_CLI_RUN) return st;
+    const long threads = (long)threads_opt, tokens = tokens_opt > 0 ? (long)tokens_opt : quick ? 64 : 0;
+    const long layers = layers_opt > 0 ? (long)layers_opt : quick ? 4 : 28;
+    const long reps = reps_opt > 0 ? (long)reps_opt : quick ? 1 : 3;
+    const int do_bf16 = numerics != 1, do_fp32 = numerics != 0;
     const int64_t token_list[2] = {tokens ? tokens : 128, 512};
     const int n_tokens = tokens ? 1 : 2;
 

@@ -18,6 +18,7 @@
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "model/kw_tokenizer.h"
+#include "tools/kw_cli.h"
 
 const char kw_bench_tokenizer_summary[] = "tokenizer load time and encode/decode MB/s vs the pre-tokenizer alone";
 
@@ -103,23 +104,23 @@ static int kw_bench_tok_one(const char *dir, const char *text, size_t len, int r
     return 0;
 }
 
+static void kw_bench_tok_usage(FILE *f) {
+    fprintf(f, "usage: kvwire bench tokenizer [--tokenizer DIR]... [--file PATH] [--reps N]\n");
+}
+
 int kw_bench_tokenizer(int argc, char **argv) {
     const char *dirs[8];
-    int n_dirs = 0, reps = 3;
+    int n_dirs = 0;
+    int64_t reps_opt = 3;
     const char *file = NULL;
-    for (int i = 1; i < argc; ++i) {
-        if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc && n_dirs < 8) {
-            dirs[n_dirs++] = argv[++i];
-        } else if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) {
-            file = argv[++i];
-        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
-            reps = atoi(argv[++i]);
-            if (reps < 1) reps = 1;
-        } else {
-            fprintf(stderr, "usage: kvwire bench tokenizer [--tokenizer DIR]... [--file PATH] [--reps N]\n");
-            return 2;
-        }
-    }
+    const kw_cli_option opts[] = {
+        KW_CLI_LIST("--tokenizer", dirs, &n_dirs, 8),
+        KW_CLI_STR("--file", &file),
+        KW_CLI_INT("--reps", &reps_opt, 0, 1000),
+    };
+    const int st = KW_CLI_PARSE("kvwire bench tokenizer", argc, argv, opts, kw_bench_tok_usage);
+    if (st != KW_CLI_RUN) return st;
+    const int reps = reps_opt < 1 ? 1 : (int)reps_opt;
     if (n_dirs == 0) {
         dirs[n_dirs++] = "models/tokenizers/qwen3";
         dirs[n_dirs++] = "models/tokenizers/llama3";

@@ -14,6 +14,7 @@
 #include "common/kw_bytes.h"
 #include "common/kw_file.h"
 #include "common/kw_status.h"
+#include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
 
 const char kw_cmd_inspect_summary[] = "verify a KVWire blob and print its header, sections and byte breakdown";
@@ -72,23 +73,12 @@ static int kw__check_values(const kw_wire_section *s, float **scratch, size_t *c
 int kw_cmd_inspect(int argc, char **argv) {
     const char *path = NULL;
     int json = 0;
-    for (int i = 1; i < argc; ++i) {
-        if (!strcmp(argv[i], "--json")) {
-            json = 1;
-        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            kw__inspect_usage(stdout);
-            return 0;
-        } else if (argv[i][0] == '-' || path) {
-            kw__inspect_usage(stderr);
-            return 2;
-        } else {
-            path = argv[i];
-        }
-    }
-    if (!path) {
-        kw__inspect_usage(stderr);
-        return 2;
-    }
+    const kw_cli_option opts[] = {
+        KW_CLI_ARG_REQUIRED("BLOB", &path),
+        KW_CLI_FLAG("--json", &json),
+    };
+    const int st = KW_CLI_PARSE("kvwire inspect", argc, argv, opts, kw__inspect_usage);
+    if (st != KW_CLI_RUN) return st;
     kw_file_map map = {0};
     int rc = kw_file_map_open(path, &map);
     if (rc < 0) {

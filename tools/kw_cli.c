@@ -4,6 +4,7 @@
 #include "common/kw_status.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,7 +12,14 @@
 
 static const kw_cli_option *kw_cli_find(const kw_cli_option *opts, size_t n_opts, const char *name) {
     for (size_t k = 0; k < n_opts; ++k)
-        if (strcmp(opts[k].name, name) == 0) return &opts[k];
+        if (opts[k].kind != KW_CLI_ARG && strcmp(opts[k].name, name) == 0) return &opts[k];
+    return NULL;
+}
+
+/* The n-th (from 0) positional entry of the table, or NULL. */
+static const kw_cli_option *kw_cli_positional(const kw_cli_option *opts, size_t n_opts, size_t n) {
+    for (size_t k = 0; k < n_opts; ++k)
+        if (opts[k].kind == KW_CLI_ARG && n-- == 0) return &opts[k];
     return NULL;
 }
 
@@ -49,14 +57,31 @@ static int kw_cli_store(const char *prog, const kw_cli_option *o, const char *v)
         kw_cli_print_choices(stderr, o->choices);
         fprintf(stderr, ", got '%s'\n", v);
         return -1;
+    case KW_CLI_REAL: {
+        char *end = NULL;
+        errno = 0;
+        const double x = strtod(v, &end);
+        if (errno || !end || *end || end == v || !isfinite(x) || !(x >= o->real_min && x <= o->real_max)) {
+            fprintf(stderr, "%s: %s wants a number in [%g, %g], got '%s'\n", prog, o->name, o->real_min, o->real_max,
+                    v);
+            return -1;
+        }
+        *(double *)o->out = x;
+        return 0;
+    }
+    case KW_CLI_LIST:
+        ((const char **)o->out)[(*o->count)++] = v; /* room checked by the caller */
+        return 0;
+    case KW_CLI_ARG:
     case KW_CLI_FLAG:
         break;
     }
-    return -1; /* flags take no value: not reached */
+    return -1; /* flags and positionals take no value: not reached */
 }
 
 int kw_cli_parse(const char *prog, int argc, char **argv, const kw_cli_option *opts, size_t n_opts,
                  void (*usage)(FILE *out)) {
+    size_t n_positional = 0;
     for (int i = 1; i < argc; ++i) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -64,6 +89,16 @@ int kw_cli_parse(const char *prog, int argc, char **argv, const kw_cli_option *o
             return 0;
         }
         const kw_cli_option *o = kw_cli_find(opts, n_opts, a);
+        if (!o && a[0] != '-') {
+            const kw_cli_option *p = kw_cli_positional(opts, n_opts, n_positional++);
+            if (!p) {
+                fprintf(stderr, "%s: unexpected argument %s\n\n", prog, a);
+                usage(stderr);
+                return 2;
+            }
+            *(const char **)p->out = a;
+            continue;
+        }
         if (!o) {
             fprintf(stderr, "%s: unknown option %s\n\n", prog, a);
             usage(stderr);
@@ -78,11 +113,17 @@ int kw_cli_parse(const char *prog, int argc, char **argv, const kw_cli_option *o
             usage(stderr);
             return 2;
         }
+        if (o->kind == KW_CLI_LIST && *o->count >= o->max) {
+            fprintf(stderr, "%s: %s may be given at most %lld times\n\n", prog, a, (long long)o->max);
+            usage(stderr);
+            return 2;
+        }
         if (kw_cli_store(prog, o, argv[++i]) < 0) return 2;
     }
     int missing = 0;
     for (size_t k = 0; k < n_opts; ++k)
-        if (opts[k].required && *(const char *const *)opts[k].out == NULL) {
+        if (opts[k].required &&
+            (opts[k].kind == KW_CLI_LIST ? *opts[k].count == 0 : *(const char *const *)opts[k].out == NULL)) {
             fprintf(stderr, "%s: %s is required\n", prog, opts[k].name);
             missing = 1;
         }

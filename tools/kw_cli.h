@@ -1,5 +1,6 @@
 /* kw_cli.h: what the kvwire commands (tools/cmd_*.c, bench/bench_*.c) share: a table-driven option parser (strings,
- * range-checked integers, fixed choices, flags) with one wording for every usage error, a loop over stdin lines for
+ * range-checked integers and numbers, fixed choices, flags, repeatable options, positional arguments) with one wording
+ * for every usage error, a loop over stdin lines for
  * the commands that read one JSON value per line, and mkdir -p for output folders.
  *
  * For the command-line program only: these functions print to stdout/stderr and return exit statuses (0 success,
@@ -17,6 +18,9 @@ enum kw_cli_kind {
     KW_CLI_INT,    /* --name N; out is int64_t *, N decimal (strtoll) in [min, max] */
     KW_CLI_CHOICE, /* --name WORD; out is int *, the index of WORD in choices */
     KW_CLI_FLAG,   /* --name; out is int *, set to 1 */
+    KW_CLI_REAL,   /* --name X; out is double *, X a finite number (strtod) in [real_min, real_max] */
+    KW_CLI_LIST,   /* --name VALUE, repeatable; out is const char ** (an array of max entries), *count the values */
+    KW_CLI_ARG,    /* a positional argument; out is const char **; name says what it is in messages ("BLOB") */
 };
 
 /* One option. out is written only when the option is given, so it holds the default beforehand (NULL for a required
@@ -25,31 +29,50 @@ typedef struct kw_cli_option {
     const char *name; /* "--out" */
     enum kw_cli_kind kind;
     void *out;
-    int required;               /* KW_CLI_STRING only: *out must not be NULL after parsing */
-    int64_t min, max;           /* KW_CLI_INT: the accepted range, inclusive */
+    int required;               /* STRING, ARG: *out must not be NULL after parsing; LIST: at least one value */
+    int64_t min, max;           /* KW_CLI_INT: the accepted range, inclusive; KW_CLI_LIST: max = most values */
     const char *const *choices; /* KW_CLI_CHOICE: the accepted words, NULL-terminated */
+    double real_min, real_max;  /* KW_CLI_REAL: the accepted range, inclusive */
+    int *count;                 /* KW_CLI_LIST: values stored in out[0..*count) (start it at 0) */
 } kw_cli_option;
 
 /* Table entries. The conditional expressions make the compiler check the type of out. */
-#define KW_CLI_STR(name, out)                                                                                          \
-    { (name), KW_CLI_STRING, (1 ? (out) : (const char **)NULL), 0, 0, 0, NULL }
-#define KW_CLI_STR_REQUIRED(name, out)                                                                                 \
-    { (name), KW_CLI_STRING, (1 ? (out) : (const char **)NULL), 1, 0, 0, NULL }
-#define KW_CLI_INT(name, out, min, max)                                                                                \
-    { (name), KW_CLI_INT, (1 ? (out) : (int64_t *)NULL), 0, (min), (max), NULL }
-#define KW_CLI_CHOICE(name, out, choices)                                                                              \
-    { (name), KW_CLI_CHOICE, (1 ? (out) : (int *)NULL), 0, 0, 0, (choices) }
-#define KW_CLI_FLAG(name, out)                                                                                         \
-    { (name), KW_CLI_FLAG, (1 ? (out) : (int *)NULL), 0, 0, 0, NULL }
+#define KW_CLI_STR(name_, out_)                                                                                        \
+    { .name = (name_), .kind = KW_CLI_STRING, .out = (1 ? (out_) : (const char **)NULL) }
+#define KW_CLI_STR_REQUIRED(name_, out_)                                                                               \
+    { .name = (name_), .kind = KW_CLI_STRING, .out = (1 ? (out_) : (const char **)NULL), .required = 1 }
+#define KW_CLI_INT(name_, out_, min_, max_)                                                                            \
+    { .name = (name_), .kind = KW_CLI_INT, .out = (1 ? (out_) : (int64_t *)NULL), .min = (min_), .max = (max_) }
+#define KW_CLI_CHOICE(name_, out_, choices_)                                                                           \
+    { .name = (name_), .kind = KW_CLI_CHOICE, .out = (1 ? (out_) : (int *)NULL), .choices = (choices_) }
+#define KW_CLI_FLAG(name_, out_)                                                                                       \
+    { .name = (name_), .kind = KW_CLI_FLAG, .out = (1 ? (out_) : (int *)NULL) }
+#define KW_CLI_REAL(name_, out_, min_, max_)                                                                           \
+    {                                                                                                                  \
+        .name = (name_), .kind = KW_CLI_REAL, .out = (1 ? (out_) : (double *)NULL), .real_min = (min_),                \
+        .real_max = (max_)                                                                                             \
+    }
+/* array: const char *array[N]; count: int *, N values at most */
+#define KW_CLI_LIST(name_, array_, count_, n_)                                                                         \
+    {                                                                                                                  \
+        .name = (name_), .kind = KW_CLI_LIST, .out = (1 ? (array_) : (const char **)NULL), .max = (n_),                \
+        .count = (1 ? (count_) : (int *)NULL)                                                                          \
+    }
+#define KW_CLI_ARG(name_, out_)                                                                                        \
+    { .name = (name_), .kind = KW_CLI_ARG, .out = (1 ? (out_) : (const char **)NULL) }
+#define KW_CLI_ARG_REQUIRED(name_, out_)                                                                               \
+    { .name = (name_), .kind = KW_CLI_ARG, .out = (1 ? (out_) : (const char **)NULL), .required = 1 }
 
 /* kw_cli_parse's "go on" result (any other result is an exit status). */
 #define KW_CLI_RUN (-1)
 
 /* Parses argv[1..argc) (argv[0] is the command's name) against opts[0..n_opts). Options come in any order, a later one
- * overrides an earlier one, and an option's value is the next argument whatever it looks like. "--help" or "-h" prints
- * usage(stdout). Errors go to stderr as "<prog>: <reason>": an unknown option, a missing value or a missing required
- * option is followed by usage(stderr); a bad value (integer out of range, word not among the choices) says what is
- * wanted instead. prog is how messages name the command ("kvwire gen-model").
+ * overrides an earlier one (a KW_CLI_LIST one adds a value), and an option's value is the next argument whatever it
+ * looks like. An argument that is no option name and does not start with '-' fills the next KW_CLI_ARG entry, in table
+ * order. "--help" or "-h" prints usage(stdout). Errors go to stderr as "<prog>: <reason>": an unknown option, a
+ * missing value, a missing required option or argument, a surplus argument and a list given too often are followed by
+ * usage(stderr); a bad value (number out of range, word not among the choices) says what is wanted instead. prog is
+ * how messages name the command ("kvwire gen-model").
  * @return KW_CLI_RUN when the command should run; otherwise the exit status to return at once: 0 after --help, 2 after
  * a usage error. */
 int kw_cli_parse(const char *prog, int argc, char **argv, const kw_cli_option *opts, size_t n_opts,
