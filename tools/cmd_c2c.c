@@ -1,25 +1,31 @@
-/* cmd_c2c.c: `kvwire c2c`: one C2C request in one process: the receiver's chat prompt, receiver and sharer prefill,
- * projection into the receiver cache, greedy decoding (c2c/kw_fusion.h), and optionally the selected sharer KV
- * through a KVWire encode -> decode round trip on the way (what a receiver would get over the network).
+/* cmd_c2c.c: `kvwire c2c`: one C2C request in one process: the chat prompt, receiver and sharer prefill, projection
+ * into the receiver cache, greedy decoding (c2c/kw_fusion.h). A sharer with another tokenizer goes through token
+ * alignment (c2c/kw_align.h: both chat templates, padded id streams, sections cut at the message boundaries), which is
+ * on when the fuser's config.json says is_do_alignment (with its alignment_strategy) or when the sharer's tokenizer
+ * gives other tokens to the receiver's ids (kw_tokenizer_same_ids); --align overrides. Optionally the selected sharer
+ * KV goes through a KVWire encode -> decode round trip on the way (what a receiver would get over the network).
  *
  * stdout, one "key: value" line each: answer (the completion, specials skipped, newlines escaped as \n), letter (the
- * reference extractor's A-D or null), prompt_tokens, tokens_fused, generated_tokens, layers_fused, layers_skipped,
- * sharer_kv_bytes, with --wire: wire_codec, wire_blobs and wire_bytes (measured blob length) and wire_ratio, then
- * timing_ms with the stages. Option parsing, prompt building and the wire glue only: the pipeline is in c2c/. */
+ * reference extractor's A-D or null), prompt_tokens (with alignment: the padded length), alignment (off or the
+ * strategy, and why), with alignment: align_sections (the merged template/message sections with their pads),
+ * recv_pads, sharer_pads and decode_pads; then sections (length:fused|receiver), tokens_fused, generated_tokens,
+ * generated_ids, layers_fused, layers_skipped, sharer_kv_bytes, with --wire: wire_codec, wire_blobs and wire_bytes
+ * (measured blob length) and wire_ratio, with --print-alignment and alignment: recv_ids, sharer_ids, message_mask,
+ * recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option parsing, prompt building, the wire glue
+ * and printing only: the pipeline is in c2c/. */
 #include "kw_commands.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "c2c/kw_align.h"
 #include "c2c/kw_answer.h"
 #include "c2c/kw_fuser_load.h"
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_prompt.h"
-#include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
@@ -27,10 +33,11 @@
 #include "model/kw_generate.h"
 #include "model/kw_model.h"
 #include "model/kw_tokenizer.h"
+#include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
 
-const char kw_cmd_c2c_summary[] = "run one C2C request: prefill both models, fuse the sharer KV, decode (answer, "
-                                  "letter, timings, KV bytes)";
+const char kw_cmd_c2c_summary[] = "run one C2C request: prefill both models (token alignment for a sharer of another "
+                                  "tokenizer), fuse the sharer KV, decode (answer, letter, timings, KV bytes)";
 
 static void kw_c2c_usage(FILE *f) {
     fprintf(
@@ -39,12 +46,15 @@ static void kw_c2c_usage(FILE *f) {
         "                  [--proportion P --order front|back] [--max-new-tokens N] [--fp32]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L]]\n"
         "                  [--mode sequential|parallel] [--dataset NAME] [--raw] [--tokenizer DIR] [--threads N]\n"
-        "                  [--date \"23 Nov 2026\"]\n"
+        "                  [--date \"23 Nov 2026\"] [--system TEXT]\n"
+        "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
+        "                  [--print-alignment]\n"
         "  --sharer/--fuser  may be repeated in pairs for several sharers (every one is selected)\n"
         "  --prompt TEXT     a user message; it is wrapped in the receiver's chat template (Qwen3: thinking\n"
         "                    disabled), unless --raw\n"
         "  --mc-json ITEM    a multiple-choice item {\"question\": ..., \"choices\": [...]} (or @FILE holding one):\n"
         "                    the reference's non-CoT prompt for --dataset (default mmlu-redux), then the template\n"
+        "  --system TEXT     a system message before the user message\n"
         "  --proportion P    fuse the first (front) or last (back) floor((L-1) * P) prompt tokens (default 1)\n"
         "  --max-new-tokens  default 64 (the evaluation recipe); decoding also stops at the receiver's EOS ids\n"
         "  --fp32            f32 caches, fp32 projector and fp32 logits (default: bf16 caches, bf16-emulating\n"
@@ -52,19 +62,21 @@ static void kw_c2c_usage(FILE *f) {
         "  --wire CODEC      pass the sharer KV through KVWire: bf16, f16, int8, int6, int4, nf4, e4m3, e5m2\n"
         "                    (--wire-gran layer|head|token|groupN, default token; --wire-scale f16|bf16|f32|e8m0,\n"
         "                    default f32; --wire-zstd LEVEL, default 0 = off); one blob per fused section and\n"
-        "                    sharer, wire_bytes is its measured length\n");
-}
-
-static int kw_c2c_parse_long(const char *opt, const char *s, long min, long max, long *out) {
-    char *end = NULL;
-    errno = 0;
-    const long v = strtol(s, &end, 10);
-    if (errno || !end || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "kvwire c2c: %s wants an integer in [%ld, %ld], got '%s'\n", opt, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+        "                    sharer, wire_bytes is its measured length\n"
+        "  --date            Llama-3.2's \"Today Date\" in its chat template (default: today)\n"
+        "  Token alignment (a sharer with another tokenizer, one sharer): both prompts are rendered with each model's\n"
+        "  chat template and aligned as the C2C reference's TokenAligner does: template sections padded to the\n"
+        "  longer side, message tokens mapped 1:1 from the receiver's; message sections are fused, the generation\n"
+        "  prompt runs on the receiver only (so not with --raw, --proportion or --order). It is on when the\n"
+        "  fuser's config.json says is_do_alignment (its alignment_strategy), or with strategy longest when the\n"
+        "  sharer's tokenizer gives other tokens to the receiver's ids.\n"
+        "  --align           first or longest: align with that strategy; off: never align\n"
+        "  --sharer-tokenizer  the sharer's tokenizer folder (default: the sharer folder; a sharer folder without\n"
+        "                    one is taken to share the receiver's ids unless the fuser asks for alignment)\n"
+        "  --decode-pads     reference (default): the receiver's pads become visible after the first generated\n"
+        "                    token, as RosettaModel.generate does; masked: they stay hidden\n"
+        "  --print-alignment with alignment, also print the aligned streams (recv_ids, sharer_ids, message_mask,\n"
+        "                    recv_pad, sharer_pad)\n");
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -234,6 +246,79 @@ static int kw_c2c_mc_prompt(const char *item_arg, const char *dataset, char **ou
     return rc;
 }
 
+/* The chat template of a model family. */
+static int kw_c2c_family(const kw_model_config *c, enum kw_chat_family *out) {
+    switch (c->arch) {
+    case KW_ARCH_QWEN3:
+        *out = KW_CHAT_QWEN3;
+        return 0;
+    case KW_ARCH_QWEN2:
+        *out = KW_CHAT_QWEN25;
+        return 0;
+    case KW_ARCH_LLAMA:
+        *out = KW_CHAT_LLAMA32;
+        return 0;
+    default:
+        KW_FAIL(KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(c->arch));
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Token alignment: on or off, and why
+ */
+
+enum { KW_C2C_ALIGN_AUTO, KW_C2C_ALIGN_OFF, KW_C2C_ALIGN_FIRST, KW_C2C_ALIGN_LONGEST };
+
+typedef struct kw_c2c_align_plan {
+    int on;                          /* sharer 0 is aligned */
+    enum kw_align_strategy strategy; /* when on */
+    char reason[160];                /* why on or off */
+} kw_c2c_align_plan;
+
+/* Decides for sharer i whether it needs alignment. choice: KW_C2C_ALIGN_*; stok: its tokenizer or NULL (none found).
+ */
+static int kw_c2c_plan_sharer(int choice, int i, const kw_fuser *fuser, const kw_tokenizer *rtok,
+                              const kw_tokenizer *stok, kw_c2c_align_plan *plan) {
+    memset(plan, 0, sizeof *plan);
+    if (choice == KW_C2C_ALIGN_OFF) {
+        snprintf(plan->reason, sizeof plan->reason, "--align off");
+        return 0;
+    }
+    if (choice == KW_C2C_ALIGN_FIRST || choice == KW_C2C_ALIGN_LONGEST) {
+        plan->on = 1;
+        plan->strategy = choice == KW_C2C_ALIGN_FIRST ? KW_ALIGN_FIRST : KW_ALIGN_LONGEST;
+        snprintf(plan->reason, sizeof plan->reason, "--align");
+        return 0;
+    }
+    const kw_fuser_recipe *r = &fuser->recipe;
+    if (r->present && r->is_do_alignment) {
+        const char *s = r->alignment_strategy ? r->alignment_strategy : "first";
+        KW_RETURN_IF(strcmp(s, "first") != 0 && strcmp(s, "longest") != 0, KW_E_FUSER_CONFIG,
+                     "fuser %d: config.json alignment_strategy \"%s\" is neither first nor longest", i, s);
+        plan->on = 1;
+        plan->strategy = s[0] == 'f' ? KW_ALIGN_FIRST : KW_ALIGN_LONGEST;
+        snprintf(plan->reason, sizeof plan->reason, "fuser config.json: is_do_alignment, alignment_strategy %s", s);
+        KW_RETURN_IF(stok == NULL, KW_E_NOT_FOUND,
+                     "fuser %d asks for token alignment, but sharer %d has no tokenizer.json (--sharer-tokenizer DIR)",
+                     i, i);
+        return 0;
+    }
+    if (stok && !kw_tokenizer_same_ids(rtok, stok)) {
+        plan->on = 1;
+        plan->strategy = KW_ALIGN_LONGEST;
+        snprintf(plan->reason, sizeof plan->reason, "the tokenizers differ%s",
+                 r->present ? " (fuser config.json: is_do_alignment false)" : "");
+        return 0;
+    }
+    snprintf(plan->reason, sizeof plan->reason, "%s",
+             stok ? "the tokenizers give the same ids" : "no sharer tokenizer: it takes the receiver's ids");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Printing
+ */
+
 static void kw_c2c_print_escaped(const char *label, const char *s, size_t n) {
     printf("%s: ", label);
     for (size_t i = 0; i < n; ++i) {
@@ -247,110 +332,109 @@ static void kw_c2c_print_escaped(const char *label, const char *s, size_t n) {
     putchar('\n');
 }
 
+static void kw_c2c_print_ids(const char *label, const int32_t *v, int64_t n) {
+    printf("%s: [", label);
+    for (int64_t i = 0; i < n; ++i)
+        printf(i ? ",%d" : "%d", (int)v[i]);
+    printf("]\n");
+}
+
+static void kw_c2c_print_flags(const char *label, const uint8_t *v, int64_t n) {
+    printf("%s: [", label);
+    for (int64_t i = 0; i < n; ++i)
+        printf(i ? ",%d" : "%d", (int)v[i]);
+    printf("]\n");
+}
+
+/* align_sections, recv_pads, sharer_pads. */
+static void kw_c2c_print_aligned(const kw_align_result *ar) {
+    int64_t rp = 0, sp = 0;
+    printf("align_sections:");
+    for (int32_t s = 0; s < ar->n_sections; ++s) {
+        const kw_align_section *sec = &ar->sections[s];
+        int64_t r = 0, p = 0;
+        for (int64_t i = sec->start; i < sec->end; ++i)
+            r += ar->recv_pad[i], p += ar->sharer_pad[i];
+        printf(" %lld:%s", (long long)(sec->end - sec->start), sec->type == KW_ALIGN_MESSAGE ? "message" : "template");
+        if (r || p) printf("(recv_pads=%lld,sharer_pads=%lld)", (long long)r, (long long)p);
+        rp += r, sp += p;
+    }
+    printf("\nrecv_pads: %lld\nsharer_pads: %lld\n", (long long)rp, (long long)sp);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The command
+ */
+
+/* Options that cannot go together, or NULL. forced_align: --align first|longest; cut: --proportion or --order. */
+static const char *kw_c2c_conflict(int raw, int system, int forced_align, int n_sharers, int cut, int sharer_tok) {
+    if (raw && system) return "--system needs the chat template (not with --raw)";
+    if (sharer_tok && n_sharers > 1) return "--sharer-tokenizer takes one sharer";
+    if (!forced_align) return NULL;
+    if (n_sharers > 1) return "token alignment takes one sharer";
+    if (raw) return "token alignment renders the chat templates: not with --raw";
+    if (cut) return "token alignment fuses the message sections: not with --proportion or --order";
+    return NULL;
+}
+
 #define KW_C2C_MAX_SHARERS KW_FUSION_MAX_SHARERS
 
 int kw_cmd_c2c(int argc, char **argv) {
-    const char *recv_dir = NULL, *tok_dir = NULL, *prompt = NULL, *mc = NULL, *dataset = "mmlu-redux", *date = NULL;
+    static const char *const orders[] = {"front", "back", NULL};
+    static const char *const modes[] = {"sequential", "parallel", NULL};
+    static const char *const aligns[] = {"auto", "off", "first", "longest", NULL};
+    static const char *const pads_names[] = {"reference", "masked", NULL};
+    const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
+    const char *dataset = "mmlu-redux", *date = NULL, *system_msg = NULL;
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
-    int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0;
-    const char *order_name = "front", *mode_name = "sequential", *wire_codec = NULL, *wire_gran = "token",
-               *wire_scale = "f32";
-    double proportion = 1.0;
-    int have_proportion = 0;
-    long max_new = 64, threads = 0, wire_zstd = 0;
-    for (int i = 1; i < argc; ++i) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            kw_c2c_usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--fp32") == 0) {
-            fp32 = 1;
-            continue;
-        } else if (strcmp(a, "--raw") == 0) {
-            raw = 1;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, "kvwire c2c: unknown option or missing value: %s\n", a);
-            kw_c2c_usage(stderr);
-            return 2;
-        }
-        ++i;
-        if (strcmp(a, "--receiver") == 0) {
-            recv_dir = v;
-        } else if (strcmp(a, "--sharer") == 0 || strcmp(a, "--fuser") == 0) {
-            const int is_sharer = a[2] == 's';
-            int *n = is_sharer ? &n_sharer_dirs : &n_fuser_dirs;
-            if (*n == KW_C2C_MAX_SHARERS) {
-                fprintf(stderr, "kvwire c2c: at most %d sharers\n", KW_C2C_MAX_SHARERS);
-                return 2;
-            }
-            (is_sharer ? sharer_dirs : fuser_dirs)[(*n)++] = v;
-        } else if (strcmp(a, "--prompt") == 0) {
-            prompt = v;
-        } else if (strcmp(a, "--mc-json") == 0) {
-            mc = v;
-        } else if (strcmp(a, "--dataset") == 0) {
-            dataset = v;
-        } else if (strcmp(a, "--tokenizer") == 0) {
-            tok_dir = v;
-        } else if (strcmp(a, "--date") == 0) {
-            date = v;
-        } else if (strcmp(a, "--order") == 0) {
-            order_name = v;
-        } else if (strcmp(a, "--mode") == 0) {
-            mode_name = v;
-        } else if (strcmp(a, "--proportion") == 0) {
-            char *end = NULL;
-            proportion = strtod(v, &end);
-            if (!end || *end || end == v || !(proportion >= 0.0 && proportion <= 1.0)) {
-                fprintf(stderr, "kvwire c2c: --proportion wants a number in [0, 1], got '%s'\n", v);
-                return 2;
-            }
-            have_proportion = 1;
-        } else if (strcmp(a, "--max-new-tokens") == 0) {
-            if (kw_c2c_parse_long(a, v, 0, 1 << 20, &max_new) < 0) return 2;
-        } else if (strcmp(a, "--threads") == 0) {
-            if (kw_c2c_parse_long(a, v, 0, 1024, &threads) < 0) return 2;
-        } else if (strcmp(a, "--wire") == 0) {
-            wire_codec = v;
-        } else if (strcmp(a, "--wire-gran") == 0) {
-            wire_gran = v;
-        } else if (strcmp(a, "--wire-scale") == 0) {
-            wire_scale = v;
-        } else if (strcmp(a, "--wire-zstd") == 0) {
-            if (kw_c2c_parse_long(a, v, -7, 22, &wire_zstd) < 0) return 2;
-        } else {
-            fprintf(stderr, "kvwire c2c: unknown option %s\n", a);
-            kw_c2c_usage(stderr);
-            return 2;
-        }
-    }
+    int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
+    int order_i = -1, mode_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0;
+    const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32";
+    double proportion = -1.0; /* < 0: not given */
+    int64_t max_new = 64, threads = 0, wire_zstd = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_STR("--receiver", &recv_dir),
+        KW_CLI_LIST("--sharer", sharer_dirs, &n_sharer_dirs, KW_C2C_MAX_SHARERS),
+        KW_CLI_LIST("--fuser", fuser_dirs, &n_fuser_dirs, KW_C2C_MAX_SHARERS),
+        KW_CLI_STR("--prompt", &prompt),
+        KW_CLI_STR("--mc-json", &mc),
+        KW_CLI_STR("--system", &system_msg),
+        KW_CLI_STR("--dataset", &dataset),
+        KW_CLI_STR("--tokenizer", &tok_dir),
+        KW_CLI_STR("--sharer-tokenizer", &sharer_tok_dir),
+        KW_CLI_STR("--date", &date),
+        KW_CLI_CHOICE("--order", &order_i, orders),
+        KW_CLI_CHOICE("--mode", &mode_i, modes),
+        KW_CLI_CHOICE("--align", &align_choice, aligns),
+        KW_CLI_CHOICE("--decode-pads", &pads_i, pads_names),
+        KW_CLI_REAL("--proportion", &proportion, 0.0, 1.0),
+        KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
+        KW_CLI_INT("--threads", &threads, 0, 1024),
+        KW_CLI_STR("--wire", &wire_codec),
+        KW_CLI_STR("--wire-gran", &wire_gran),
+        KW_CLI_STR("--wire-scale", &wire_scale),
+        KW_CLI_INT("--wire-zstd", &wire_zstd, -7, 22),
+        KW_CLI_FLAG("--fp32", &fp32),
+        KW_CLI_FLAG("--raw", &raw),
+        KW_CLI_FLAG("--print-alignment", &print_alignment),
+    };
+    const int st = KW_CLI_PARSE("kvwire c2c", argc, argv, opts, kw_c2c_usage);
+    if (st != KW_CLI_RUN) return st;
     if (!recv_dir || n_sharer_dirs == 0 || n_sharer_dirs != n_fuser_dirs || (!prompt) == (!mc)) {
         fprintf(stderr, "kvwire c2c: --receiver, matching --sharer/--fuser pairs and one of --prompt or --mc-json "
                         "are required\n");
         kw_c2c_usage(stderr);
         return 2;
     }
-    enum kw_fusion_order order;
-    if (strcmp(order_name, "front") == 0) {
-        order = KW_FUSION_FRONT;
-    } else if (strcmp(order_name, "back") == 0) {
-        order = KW_FUSION_BACK;
-    } else {
-        fprintf(stderr, "kvwire c2c: --order wants front or back\n");
+    const int have_proportion = proportion >= 0.0, forced_align = align_choice >= KW_C2C_ALIGN_FIRST;
+    const char *usage_error = kw_c2c_conflict(raw, system_msg != NULL, forced_align, n_sharer_dirs,
+                                              have_proportion || order_i >= 0, sharer_tok_dir != NULL);
+    if (usage_error) {
+        fprintf(stderr, "kvwire c2c: %s\n", usage_error);
         return 2;
     }
-    enum kw_fusion_mode mode;
-    if (strcmp(mode_name, "sequential") == 0) {
-        mode = KW_FUSION_SEQUENTIAL;
-    } else if (strcmp(mode_name, "parallel") == 0) {
-        mode = KW_FUSION_PARALLEL;
-    } else {
-        fprintf(stderr, "kvwire c2c: --mode wants sequential or parallel\n");
-        return 2;
-    }
+    const enum kw_fusion_order order = order_i == 1 ? KW_FUSION_BACK : KW_FUSION_FRONT;
+    const enum kw_fusion_mode mode = mode_i == 1 ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;
 
     int rc = 0;
     const char *stage = "options";
@@ -358,16 +442,20 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_model *recv = NULL, *sharers[KW_C2C_MAX_SHARERS] = {0};
     kw_fuser *fusers[KW_C2C_MAX_SHARERS] = {0};
     kw_fusion *fusion = NULL;
-    kw_tokenizer *tok = NULL;
+    kw_tokenizer *tok = NULL, *stoks[KW_C2C_MAX_SHARERS] = {0};
+    kw_aligner *aligner = NULL;
     kw_kvcache *cache = NULL;
     char *user_msg = NULL, *text = NULL, *completion = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0, text_len = 0, completion_len = 0;
+    kw_align_result ar = {0};
+    kw_fusion_section *aligned_sections = NULL;
     kw_fusion_result res = {0};
     kw_c2c_wire wire = {0};
+    kw_c2c_align_plan plan = {0};
 
     if (wire_codec) {
-        KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, wire_zstd, &wire.pol));
+        KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire.pol));
         KW_CHECK(kw_wire_decoder_create(NULL, &wire.dec));
     }
     stage = "backend";
@@ -390,103 +478,166 @@ int kw_cmd_c2c(int argc, char **argv) {
     KW_CHECK_IF(kw_tokenizer_vocab_size(tok) > cfg->vocab, KW_E_TOKENIZER,
                 "the tokenizer has %d ids, the receiver's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
                 (int)cfg->vocab);
-    for (int i = 0; i < n_sharer_dirs; ++i)
-        KW_CHECK_IF(kw_model_get_config(sharers[i])->vocab < kw_tokenizer_vocab_size(tok), KW_E_UNSUPPORTED,
-                    "sharer %d has a smaller vocabulary than the receiver's tokenizer: token alignment is not "
-                    "implemented",
-                    i);
+
+    /* alignment: the sharers' tokenizers (a sharer folder without one shares the receiver's ids, unless the fuser or
+     * --align says otherwise) */
+    stage = "load sharer tokenizer";
+    for (int i = 0; i < n_sharer_dirs && align_choice != KW_C2C_ALIGN_OFF; ++i) {
+        rc = kw_tokenizer_load(sharer_tok_dir ? sharer_tok_dir : sharer_dirs[i], &stoks[i]);
+        if (rc == KW_E_NOT_FOUND && !sharer_tok_dir && !forced_align) rc = 0; /* no tokenizer.json there */
+        if (rc < 0 && !forced_align)                                          /* needed only to compare the ids */
+            rc = kw_error_set(rc, "%s (--align off gives sharer %d the receiver's ids)", kw_error_detail(), i);
+        KW_CHECK(rc);
+        KW_CHECK_IF(stoks[i] && kw_tokenizer_vocab_size(stoks[i]) > kw_model_get_config(sharers[i])->vocab,
+                    KW_E_TOKENIZER, "sharer %d's tokenizer has %d ids, its vocabulary only %d", i,
+                    (int)kw_tokenizer_vocab_size(stoks[i]), (int)kw_model_get_config(sharers[i])->vocab);
+    }
+    stage = "alignment";
+    for (int i = 0; i < n_sharer_dirs; ++i) {
+        kw_c2c_align_plan p;
+        KW_CHECK(kw_c2c_plan_sharer(align_choice, i, fusers[i], tok, stoks[i], &p));
+        if (i == 0) plan = p;
+        KW_CHECK_IF(p.on && n_sharer_dirs > 1, KW_E_UNSUPPORTED,
+                    "sharer %d needs token alignment (%s), which takes one sharer", i, p.reason);
+        KW_CHECK_IF(p.on && stoks[i] == NULL, KW_E_NOT_FOUND, "sharer %d has no tokenizer (--sharer-tokenizer DIR)", i);
+        KW_CHECK_IF(!p.on && kw_model_get_config(sharers[i])->vocab < kw_tokenizer_vocab_size(tok), KW_E_UNSUPPORTED,
+                    "sharer %d has a smaller vocabulary than the receiver's tokenizer, so it cannot take the "
+                    "receiver's ids: token alignment is off (%s)",
+                    i, p.reason);
+    }
+    KW_CHECK_IF(plan.on && raw, KW_E_INVALID_ARG,
+                "token alignment (%s) renders the chat templates: --raw cannot be used", plan.reason);
+    KW_CHECK_IF(plan.on && (have_proportion || order_i >= 0), KW_E_INVALID_ARG,
+                "token alignment (%s) fuses the message sections: --proportion and --order cannot be used",
+                plan.reason);
 
     stage = "prompt";
     if (mc) KW_CHECK(kw_c2c_mc_prompt(mc, dataset, &user_msg));
-    const char *message = mc ? user_msg : prompt;
-    const char *input = message;
-    if (!raw) {
-        KW_CHECK_IF(cfg->arch != KW_ARCH_QWEN3 && cfg->arch != KW_ARCH_QWEN2 && cfg->arch != KW_ARCH_LLAMA,
-                    KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(cfg->arch));
-        const enum kw_chat_family family = cfg->arch == KW_ARCH_QWEN3   ? KW_CHAT_QWEN3
-                                           : cfg->arch == KW_ARCH_QWEN2 ? KW_CHAT_QWEN25
-                                                                        : KW_CHAT_LLAMA32;
-        char today[32];
-        if (!date) { /* Llama-3.2's "Today Date", as the template's strftime_now("%d %b %Y") */
-            const time_t now = time(NULL);
-            struct tm tm;
-            localtime_r(&now, &tm);
-            strftime(today, sizeof today, "%d %b %Y", &tm);
-            date = today;
-        }
-        const kw_chat_message msg = {.role = "user", .content = message};
-        const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
-        KW_CHECK(kw_chat_render(family, &msg, 1, &co, &text, &text_len));
-        input = text;
+    kw_chat_message msgs[2];
+    size_t n_msgs = 0;
+    if (system_msg) msgs[n_msgs++] = (kw_chat_message){.role = "system", .content = system_msg};
+    msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = mc ? user_msg : prompt};
+    char today[32];
+    if (!date) { /* Llama-3.2's "Today Date", as the template's strftime_now("%d %b %Y") */
+        const time_t now = time(NULL);
+        struct tm tm;
+        localtime_r(&now, &tm);
+        strftime(today, sizeof today, "%d %b %Y", &tm);
+        date = today;
     }
-    KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    KW_CHECK_IF(n_ids == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
+    enum kw_chat_family family = KW_CHAT_QWEN3;
+    if (!raw) KW_CHECK(kw_c2c_family(cfg, &family));
+    if (plan.on) {
+        enum kw_chat_family sharer_family = KW_CHAT_QWEN3;
+        KW_CHECK(kw_c2c_family(kw_model_get_config(sharers[0]), &sharer_family));
+        kw_align_side rs, ss;
+        KW_CHECK(kw_align_side_init(tok, family, &rs));
+        KW_CHECK(kw_align_side_init(stoks[0], sharer_family, &ss));
+        KW_CHECK(kw_aligner_create(&rs, &ss, plan.strategy, &aligner));
+        const kw_align_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
+        KW_CHECK(kw_aligner_align_chat(aligner, msgs, n_msgs, &co, &ar));
+        n_ids = (size_t)ar.n;
+    } else {
+        const char *input = msgs[n_msgs - 1].content;
+        if (!raw) {
+            const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
+            KW_CHECK(kw_chat_render(family, msgs, n_msgs, &co, &text, &text_len));
+            input = text;
+        }
+        KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
+        KW_CHECK_IF(n_ids == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
+    }
 
     stage = "c2c";
-    kw_fusion_section sections[3];
-    int32_t n_sections = 0;
-    const int32_t mask = (int32_t)((1u << n_sharer_dirs) - 1);
-    if (have_proportion)
-        KW_CHECK(kw_fusion_sections_proportion((int64_t)n_ids, proportion, order, mask, sections, &n_sections));
-    else
-        KW_CHECK(kw_fusion_sections_standard((int64_t)n_ids, mask, sections, &n_sections));
     const enum kw_dtype cache_dtype = fp32 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
     KW_CHECK(kw_model_create_cache(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
-    const kw_fusion_options opt = {
-        .sections = sections,
-        .n_sections = n_sections,
+    kw_fusion_options opt = {
         .mode = mode,
         .numerics = fp32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
         .sharer_cache_dtype = cache_dtype,
         .gen = {.max_new_tokens = (int32_t)max_new, .round = fp32 ? KW_LOGITS_ROUND_NONE : KW_LOGITS_ROUND_AUTO},
         .hook = wire_codec ? kw_c2c_wire_hook : NULL,
         .hook_user = &wire};
-    KW_CHECK(kw_fusion_run(fusion, cache, ids, (int64_t)n_ids, &opt, &res));
+    kw_fusion_section sections[3];
+    const kw_fusion_section *secs = sections;
+    int32_t n_sections = 0;
+    if (plan.on) {
+        KW_CHECK(
+            kw_align_run(fusion, cache, &ar, &opt, pads_i == 1 ? KW_ALIGN_PADS_MASKED : KW_ALIGN_PADS_REFERENCE, &res));
+        KW_CHECK(kw_align_fusion_sections(&ar, 1, &aligned_sections, &n_sections));
+        secs = aligned_sections;
+    } else {
+        const int32_t mask = (int32_t)((1u << n_sharer_dirs) - 1);
+        if (have_proportion)
+            KW_CHECK(kw_fusion_sections_proportion((int64_t)n_ids, proportion, order, mask, sections, &n_sections));
+        else
+            KW_CHECK(kw_fusion_sections_standard((int64_t)n_ids, mask, sections, &n_sections));
+        opt.sections = sections;
+        opt.n_sections = n_sections;
+        KW_CHECK(kw_fusion_run(fusion, cache, ids, (int64_t)n_ids, &opt, &res));
+    }
     KW_CHECK(kw_tokenizer_decode(tok, res.gen.ids, (size_t)res.gen.n, 1, &completion, &completion_len));
     char letter = 0;
     stage = "answer";
     KW_CHECK(kw_answer_extract(completion, completion_len, &letter));
 
-    const kw_fusion_stats *st = &res.stats;
+    const kw_fusion_stats *stats = &res.stats;
     kw_c2c_print_escaped("answer", completion, completion_len);
     if (letter)
         printf("letter: %c\n", letter);
     else
         printf("letter: null\n");
     printf("prompt_tokens: %zu\n", n_ids);
+    printf("alignment: %s (%s)\n", plan.on ? (plan.strategy == KW_ALIGN_FIRST ? "first" : "longest") : "off",
+           plan.reason);
+    if (plan.on) {
+        kw_c2c_print_aligned(&ar);
+        printf("decode_pads: %s\n", pads_names[pads_i]);
+    }
     printf("sections:");
     for (int32_t i = 0; i < n_sections; ++i)
-        printf(" %lld:%s", (long long)sections[i].length,
-               sections[i].index > 0 && i + 1 < n_sections ? "fused" : "receiver");
+        printf(" %lld:%s", (long long)secs[i].length, secs[i].index > 0 && i + 1 < n_sections ? "fused" : "receiver");
     printf("\n");
-    printf("tokens_fused: %lld\n", (long long)st->tokens_fused);
+    printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
     printf("generated_tokens: %lld%s\n", (long long)res.gen.n, res.gen.stopped_eos ? " (stopped at EOS)" : "");
-    printf("layers_fused: %d\n", (int)st->layers_fused);
-    printf("layers_skipped: %d\n", (int)st->layers_skipped);
-    printf("sharer_kv_bytes: %lld (%s)\n", (long long)st->sharer_kv_bytes, kw_dtype_name(cache_dtype));
+    kw_c2c_print_ids("generated_ids", res.gen.ids, res.gen.n);
+    printf("layers_fused: %d\n", (int)stats->layers_fused);
+    printf("layers_skipped: %d\n", (int)stats->layers_skipped);
+    printf("sharer_kv_bytes: %lld (%s)\n", (long long)stats->sharer_kv_bytes, kw_dtype_name(cache_dtype));
     if (wire_codec) {
-        printf("wire_codec: %s gran %s scale %s zstd %ld\n", wire_codec, wire.pol.k.granularity ? wire_gran : "none",
-               kw_wire_scale_name(wire.pol.k.scale_dtype), wire_zstd);
+        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec, wire.pol.k.granularity ? wire_gran : "none",
+               kw_wire_scale_name(wire.pol.k.scale_dtype), (long long)wire_zstd);
         printf("wire_blobs: %d\n", (int)wire.blobs);
         printf("wire_bytes: %lld\n", (long long)wire.blob_bytes);
         printf("wire_ratio: %.4f (blob bytes / sharer KV bytes)\n",
-               st->sharer_kv_bytes > 0 ? (double)wire.blob_bytes / (double)st->sharer_kv_bytes : 0.0);
+               stats->sharer_kv_bytes > 0 ? (double)wire.blob_bytes / (double)stats->sharer_kv_bytes : 0.0);
+    }
+    if (print_alignment && plan.on) {
+        kw_c2c_print_ids("recv_ids", ar.recv_ids, ar.n);
+        kw_c2c_print_ids("sharer_ids", ar.sharer_ids, ar.n);
+        kw_c2c_print_flags("message_mask", ar.message_mask, ar.n);
+        kw_c2c_print_flags("recv_pad", ar.recv_pad, ar.n);
+        kw_c2c_print_flags("sharer_pad", ar.sharer_pad, ar.n);
     }
     printf("timing_ms: receiver_prefill %.3f sharer_prefill %.3f transfer %.3f projection %.3f last_prompt %.3f "
            "decode %.3f (%lld steps)\n",
-           st->receiver_prefill_ms, st->sharer_prefill_ms, st->transfer_ms, st->projection_ms, st->last_prompt_ms,
-           st->decode_ms, (long long)st->n_decode);
+           stats->receiver_prefill_ms, stats->sharer_prefill_ms, stats->transfer_ms, stats->projection_ms,
+           stats->last_prompt_ms, stats->decode_ms, (long long)stats->n_decode);
 out:
     if (rc < 0) fprintf(stderr, "kvwire c2c: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
     kw_fusion_result_free(&res);
+    kw_align_result_free(&ar);
+    free(aligned_sections);
     free(completion);
     free(ids);
     free(text);
     free(user_msg);
     kw_kvcache_free(cache);
+    kw_aligner_free(aligner);
     kw_tokenizer_free(tok);
     kw_fusion_free(fusion);
     for (int i = 0; i < KW_C2C_MAX_SHARERS; ++i) {
+        kw_tokenizer_free(stoks[i]);
         kw_fuser_free(fusers[i]);
         kw_model_free(sharers[i]);
     }

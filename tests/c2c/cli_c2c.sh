@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # cli_c2c.sh: `kvwire c2c` end to end on models made by `kvwire gen-model` (real Qwen tokenizer) and a fuser made by
 # `kvwire gen-fuser`: the printed record (answer, letter, sections, fused tokens, layer counts, sharer KV bytes by
-# the formula), determinism, cache proportion with back order, the KVWire round trip (a bf16 passthrough blob gives
-# the same answer as no wire, int8 is smaller than the KV it carries), fp32 mode, and clean refusals.
+# the formula), no token alignment for one tokenizer, without a sharer tokenizer or with --align off, determinism,
+# cache proportion with back order, the KVWire round trip (a bf16 passthrough blob gives the same answer as no wire,
+# int8 is smaller than the KV it carries), fp32 mode, and clean refusals.
 # Arguments: kvwire binary, source dir, build dir.
 set -euo pipefail
 kvwire=$1
@@ -41,11 +42,24 @@ if [ -z "$hd" ]; then
 fi
 [ "$(field sharer_kv_bytes a.txt)" = "$((2 * 2 * (n - 1) * hs * hd * 2)) (bf16)" ] || fail "sharer_kv_bytes"
 grep -Eq '^letter: ([ABCD]|null)$' a.txt || fail "letter line"
+# one tokenizer for both: no token alignment, and the fuser's config.json does not ask for it
+[ "$(field alignment a.txt)" = "off (the tokenizers give the same ids)" ] || fail "alignment: $(field alignment a.txt)"
 grep -q '^answer: ' a.txt || fail "answer line"
 g=$(field generated_tokens a.txt | cut -d' ' -f1)
 [ "$g" -ge 1 ] && [ "$g" -le 8 ] || fail "generated_tokens $g"
+[ "$(field generated_ids a.txt | tr ',' '\n' | wc -l)" = "$g" ] || fail "generated_ids: $(field generated_ids a.txt)"
 grep -Eq '^timing_ms: receiver_prefill [0-9.]+ sharer_prefill [0-9.]+ transfer [0-9.]+ projection [0-9.]+ last_prompt [0-9.]+ decode [0-9.]+' a.txt \
     || fail "timing line"
+# a sharer folder without a tokenizer takes the receiver's ids, as does --align off
+cp -r shar shar_notok
+rm shar_notok/tokenizer.json
+"$kvwire" c2c --receiver recv --sharer shar_notok --fuser fuser --threads 2 --mc-json "$item" --max-new-tokens 8 >nt.txt
+diff <(grep -E '^(answer|generated_ids):' a.txt) <(grep -E '^(answer|generated_ids):' nt.txt) || fail "no tokenizer"
+[ "$(field alignment nt.txt)" = "off (no sharer tokenizer: it takes the receiver's ids)" ] || fail "no tokenizer line"
+run --mc-json "$item" --max-new-tokens 8 --align off >off.txt
+diff <(grep -E '^(answer|generated_ids):' a.txt) <(grep -E '^(answer|generated_ids):' off.txt) || fail "--align off"
+[ "$(field alignment off.txt)" = "off (--align off)" ] || fail "--align off line"
+
 # deterministic (timings aside), also with another thread count
 run --mc-json "$item" --max-new-tokens 8 --threads 1 >b.txt
 diff <(grep -v '^timing_ms' a.txt) <(grep -v '^timing_ms' b.txt) || fail "two runs differ"
