@@ -2,12 +2,18 @@
 
   write_kwfx(path, arrays)                the KWFX reference-array file that tests/model/model_fixture.c reads
   randomize_norms_and_biases(model, seed) redraws the parameters HF initialises to constants, so each one matters
+  add_reference_args(parser)              --c2c-src and --wrapper, for the scripts that run the C2C reference
+  load_reference_wrapper(c2c_src, path)   puts the reference checkout on sys.path, imports its d03cc7b wrapper.py
+  relative_top2_margin(rows)              the smallest top-2 logit gap over generation steps, relative to the step
 
 KWFX layout (all little-endian): "KWFX", u32 version 1, u32 n_arrays, u32 0; then per array: u32 name_len, the ASCII
 name (no NUL, shorter than 64 bytes), u32 dtype (0 = f32, 3 = i32, as enum kw_dtype), u32 ndim, i64 shape[ndim]
 (outermost first), then the row-major data. A 0-d array is stored with shape (1,).
 """
+import importlib.util
+import os
 import struct
+import sys
 
 import numpy as np
 
@@ -45,3 +51,27 @@ def randomize_norms_and_biases(model, seed):
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)
             elif name.endswith(".bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def add_reference_args(parser):
+    """The arguments of the scripts that run the C2C reference (github.com/thu-nics/C2C, package `rosetta`): a checkout
+    OUTSIDE this repository, and its rosetta/model/wrapper.py as of commit d03cc7b, whose standard
+    (include_response=False) path behaves as intended (c2c_spec.md §1.3: at HEAD that path raises)."""
+    parser.add_argument("--c2c-src", required=True, help="checkout of github.com/thu-nics/C2C (outside this repo)")
+    parser.add_argument("--wrapper", required=True, help="rosetta/model/wrapper.py as of commit d03cc7b")
+
+
+def load_reference_wrapper(c2c_src, wrapper_path):
+    """Puts the checkout c2c_src first on sys.path (so that `rosetta` imports from it) and imports wrapper_path as the
+    module rosetta_wrapper_d03cc7b; returns that module (its RosettaModel is what the scripts call)."""
+    sys.path.insert(0, os.path.abspath(c2c_src))
+    spec = importlib.util.spec_from_file_location("rosetta_wrapper_d03cc7b", wrapper_path)
+    wrapper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wrapper)
+    return wrapper
+
+
+def relative_top2_margin(rows):
+    """min over the 1-D logit arrays in rows of (top-1 - top-2) / max |logit|: fp32 summation-order differences on
+    the C side (~1e-6 relative) can only flip a greedy token where this is of that order."""
+    return min(float((np.sort(s)[-1] - np.sort(s)[-2]) / np.abs(s).max()) for s in rows)

@@ -40,7 +40,6 @@ it is well above that)}]}
 """
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -48,13 +47,13 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import make_chat_fixtures  # noqa: E402  (the Llama-3.2-Instruct template)
+from kw_fixtures import add_reference_args, load_reference_wrapper, relative_top2_margin  # noqa: E402
 
 DATE = "23 Nov 2026"
 MAX_NEW = 32
@@ -102,17 +101,13 @@ SCENARIOS = [
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kvwire", required=True)
-    ap.add_argument("--c2c-src", required=True)
-    ap.add_argument("--wrapper", required=True, help="rosetta/model/wrapper.py as of commit d03cc7b")
+    add_reference_args(ap)
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "c2c", "align", "c2c_llama.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    sys.path.insert(0, os.path.abspath(args.c2c_src))
+    wrapper = load_reference_wrapper(args.c2c_src, args.wrapper)
     from rosetta.model.aligner import TokenAligner
     from rosetta.model.projector import load_projector
-    spec = importlib.util.spec_from_file_location("rosetta_wrapper_d03cc7b", args.wrapper)
-    wrapper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wrapper)
 
     tmp = tempfile.mkdtemp(prefix="kw_align_c2c_")
     dirs = {k: os.path.join(tmp, k) for k in ("receiver", "sharer", "fuser")}
@@ -207,7 +202,7 @@ def main():
         inp, d, kv = inputs(messages, strategy)
         ids, scores = generate(inp, pads, eos)
         assert len(ids) == MAX_NEW, (name, ids)
-        margin = min(float((np.sort(s)[-1] - np.sort(s)[-2]) / np.abs(s).max()) for s in scores)
+        margin = relative_top2_margin(scores)
         rows.append({"name": name, "messages": messages, "strategy": strategy, "decode_pads": pads,
                      "n_prompt": len(d["slm_ids_padded"]), "kv": [list(x) for x in kv],
                      "recv_pads": int(sum(d["slm_padding_mask"])), "sharer_pads": int(sum(d["llm_padding_mask"])),

@@ -62,18 +62,18 @@ Usage: python3 tools/make_c2c_fixtures.py --c2c-src DIR --wrapper FILE [--out te
 """
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import torch
 from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
-from kw_fixtures import randomize_norms_and_biases, write_kwfx  # tools/kw_fixtures.py
+# tools/kw_fixtures.py
+from kw_fixtures import (add_reference_args, load_reference_wrapper, randomize_norms_and_biases, relative_top2_margin,
+                         write_kwfx)
 
 VOCAB = 512
 PROMPT_LEN = 24
@@ -196,19 +196,14 @@ def projector_case(prefix, p16, sk, sv, tk, tv):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--c2c-src", required=True, help="checkout of github.com/thu-nics/C2C (outside this repo)")
-    ap.add_argument("--wrapper", required=True, help="rosetta/model/wrapper.py as of commit d03cc7b")
+    add_reference_args(ap)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "c2c", "fusion"))
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    sys.path.insert(0, os.path.abspath(args.c2c_src))
+    RosettaModel = load_reference_wrapper(args.c2c_src, args.wrapper).RosettaModel
     from rosetta.model.projector import C2CProjector
     from rosetta.utils.registry import save_object
-    spec = importlib.util.spec_from_file_location("rosetta_wrapper_d03cc7b", args.wrapper)
-    wrapper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wrapper)
-    RosettaModel = wrapper.RosettaModel
 
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
@@ -271,10 +266,7 @@ def main():
             fwd = rm.forward(kv_cache_index=kv_index, input_ids=ids, use_cache=True)
             gen = rm.generate(kv_cache_index=kv_index, input_ids=ids, max_new_tokens=MAX_NEW, do_sample=False,
                               eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
-        # smallest top-1 minus top-2 logit gap over the steps, relative to the largest |logit| of the step: the C
-        # side (fp32, another summation order, ~1e-6 relative) can only flip a token if this is of that order
-        margin = min(float((np.sort(s[0].numpy())[-1] - np.sort(s[0].numpy())[-2]) / np.abs(s[0].numpy()).max())
-                     for s in gen.scores)
+        margin = relative_top2_margin(s[0].numpy() for s in gen.scores)
         return fwd, gen.sequences[0, L:].tolist(), margin
 
     # The prompt: the first seed whose runs all keep a relative top-2 margin >= 1e-4 at every step (without EOS), so

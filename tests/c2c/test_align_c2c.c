@@ -16,7 +16,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +27,7 @@
 #include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "model/kw_genmodel.h"
+#include "tests/kw_test_util.h"
 
 typedef struct env {
     char tmp[256], recv_dir[300], shar_dir[300], fuser_dir[300];
@@ -107,11 +107,6 @@ static void expect_hash(const char *dir, const char *model, const char *file) {
                  want->valuestring);
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static int setup(void **state) {
     (void)state;
     memset(&E, 0, sizeof E);
@@ -154,7 +149,7 @@ static int teardown(void **state) {
     kw_tokenizer_free(E.qwen);
     kw_tokenizer_free(E.llama);
     cJSON_Delete(E.fx);
-    if (E.tmp[0]) nftw(E.tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (E.tmp[0]) kw_test_remove_tree(E.tmp);
     return 0;
 }
 

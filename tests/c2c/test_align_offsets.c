@@ -12,10 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/kw_file.h"
-#include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "model/kw_tokenizer.h"
+#include "tests/kw_test_util.h"
 
 static kw_tokenizer *load_tok(const char *name) {
     char path[1024];
@@ -37,15 +36,10 @@ static void check_file(const char *tok_name, const char *file) {
     kw_tokenizer *tok = load_tok(tok_name);
     char path[1024];
     snprintf(path, sizeof path, "%s/tokenizer/%s", KW_TEST_DATA_DIR, file);
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
+    kw_test_jsonl rows_in;
+    kw_test_jsonl_open(&rows_in, path);
     int rows = 0, failures = 0;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        cJSON *row = NULL;
-        assert_int_equal(kw_json_parse(line, (size_t)n, &row), 0);
+    for (const cJSON *row; (row = kw_test_jsonl_next(&rows_in)) != NULL;) {
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(row, "text");
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(row, "ids");
         const cJSON *offs = cJSON_GetObjectItemCaseSensitive(row, "offsets");
@@ -83,11 +77,9 @@ static void check_file(const char *tok_name, const char *file) {
         free(gotb);
         free(boff);
         free(plain);
-        cJSON_Delete(row);
         ++rows;
     }
-    free(line);
-    fclose(f);
+    kw_test_jsonl_close(&rows_in);
     printf("%s: %d rows, %d failures\n", file, rows, failures);
     assert_true(rows > 900);
     assert_int_equal(failures, 0);
