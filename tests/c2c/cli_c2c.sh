@@ -3,7 +3,8 @@
 # `kvwire gen-fuser`: the printed record (answer, letter, sections, fused tokens, layer counts, sharer KV bytes by
 # the formula), no token alignment for one tokenizer, without a sharer tokenizer or with --align off, determinism,
 # cache proportion with back order, the KVWire round trip (a bf16 passthrough blob gives the same answer as no wire,
-# int8 is smaller than the KV it carries), fp32 mode, and clean refusals.
+# int8 is smaller than the KV it carries, --wire-dump blobs are the measured ones and valid), fp32 mode, and clean
+# refusals.
 # Arguments: kvwire binary, source dir, build dir.
 set -euo pipefail
 kvwire=$1
@@ -73,6 +74,13 @@ run --mc-json "$item" --max-new-tokens 8 --wire int8 --wire-gran group8 --wire-z
 wb=$(field wire_bytes w8.txt)
 kb=$(field sharer_kv_bytes w8.txt | cut -d' ' -f1)
 [ "$wb" -gt 0 ] && [ "$wb" -lt "$kb" ] || fail "int8 blob $wb bytes vs $kb bytes of KV"
+# --wire-dump writes the very blobs that were measured: their sizes add up to wire_bytes and inspect verifies them
+run --mc-json "$item" --max-new-tokens 8 --wire int4 --wire-gran head --wire-dump dump >w4.txt
+[ -f dump.0.kvw ] && [ ! -e dump.1.kvw ] || fail "--wire-dump: expected exactly dump.0.kvw"
+[ "$(stat -c %s dump.0.kvw)" = "$(field wire_bytes w4.txt)" ] || fail "dumped blob size != wire_bytes"
+"$kvwire" inspect dump.0.kvw >inspect.txt || fail "inspect rejected the dumped blob: $(cat inspect.txt)"
+grep -q "int4/head" inspect.txt || fail "inspect does not show the int4/head codec"
+run --prompt "Hi" --wire-dump nowire >/dev/null 2>&1 && fail "--wire-dump without --wire accepted"
 
 # cache proportion, back order: [unfused][fused][last]
 run --prompt "Tell me a story about a dragon and a knight." --proportion 0.5 --order back --max-new-tokens 4 >p.txt
