@@ -8,7 +8,8 @@
  * stdout, one "key: value" line each: answer (the completion, specials skipped, newlines escaped as \n), letter (the
  * reference extractor's A-D or null), prompt_tokens (with alignment: the padded length), alignment (off or the
  * strategy, and why), with alignment: align_sections (the merged template/message sections with their pads),
- * recv_pads, sharer_pads and decode_pads; then sections (length:fused|receiver), tokens_fused, generated_tokens,
+ * recv_pads, sharer_pads and decode_pads; then sections (length:fused|receiver), projector_numerics (fp32, bf16 or
+ * bf16-fused-norm, c2c/kw_projector.h), tokens_fused, generated_tokens,
  * generated_ids, layers_fused, layers_skipped, sharer_kv_bytes, with --wire: wire_codec, wire_blobs and wire_bytes
  * (measured blob length) and wire_ratio, with --print-alignment and alignment: recv_ids, sharer_ids, message_mask,
  * recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option parsing, prompt building, the wire glue
@@ -43,7 +44,7 @@ static void kw_c2c_usage(FILE *f) {
     fprintf(
         f,
         "usage: kvwire c2c --receiver DIR --sharer DIR --fuser DIR (--prompt TEXT | --mc-json ITEM)\n"
-        "                  [--proportion P --order front|back] [--max-new-tokens N] [--fp32]\n"
+        "                  [--proportion P --order front|back] [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L]]\n"
         "                  [--mode sequential|parallel] [--dataset NAME] [--raw] [--tokenizer DIR] [--threads N]\n"
         "                  [--date \"23 Nov 2026\"] [--system TEXT]\n"
@@ -59,6 +60,9 @@ static void kw_c2c_usage(FILE *f) {
         "  --max-new-tokens  default 64 (the evaluation recipe); decoding also stops at the receiver's EOS ids\n"
         "  --fp32            f32 caches, fp32 projector and fp32 logits (default: bf16 caches, bf16-emulating\n"
         "                    projector, logits rounded as HF does for the receiver's weight dtype)\n"
+        "  --rmsnorm-rounding  twice or once: the bf16 projector's RMSNorm rounds the normalized row to bf16 and\n"
+        "                    then the weight product (twice, the default: torch <= 2.6, which the C2C reference\n"
+        "                    used) or only the weighted row (once: torch >= 2.7)\n"
         "  --wire CODEC      pass the sharer KV through KVWire: bf16, f16, int8, int6, int4, nf4, e4m3, e5m2\n"
         "                    (--wire-gran layer|head|token|groupN, default token; --wire-scale f16|bf16|f32|e8m0,\n"
         "                    default f32; --wire-zstd LEVEL, default 0 = off); one blob per fused section and\n"
@@ -384,11 +388,12 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const modes[] = {"sequential", "parallel", NULL};
     static const char *const aligns[] = {"auto", "off", "first", "longest", NULL};
     static const char *const pads_names[] = {"reference", "masked", NULL};
+    static const char *const norm_roundings[] = {"twice", "once", NULL};
     const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
     const char *dataset = "mmlu-redux", *date = NULL, *system_msg = NULL;
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
     int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
-    int order_i = -1, mode_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0;
+    int order_i = -1, mode_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32";
     double proportion = -1.0; /* < 0: not given */
     int64_t max_new = 64, threads = 0, wire_zstd = 0;
@@ -407,6 +412,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_CHOICE("--mode", &mode_i, modes),
         KW_CLI_CHOICE("--align", &align_choice, aligns),
         KW_CLI_CHOICE("--decode-pads", &pads_i, pads_names),
+        KW_CLI_CHOICE("--rmsnorm-rounding", &norm_i, norm_roundings),
         KW_CLI_REAL("--proportion", &proportion, 0.0, 1.0),
         KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
         KW_CLI_INT("--threads", &threads, 0, 1024),
@@ -431,6 +437,10 @@ int kw_cmd_c2c(int argc, char **argv) {
                                               have_proportion || order_i >= 0, sharer_tok_dir != NULL);
     if (usage_error) {
         fprintf(stderr, "kvwire c2c: %s\n", usage_error);
+        return 2;
+    }
+    if (fp32 && norm_i >= 0) {
+        fprintf(stderr, "kvwire c2c: --rmsnorm-rounding sets the bf16 projector's rule: not with --fp32\n");
         return 2;
     }
     const enum kw_fusion_order order = order_i == 1 ? KW_FUSION_BACK : KW_FUSION_FRONT;
@@ -553,7 +563,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     KW_CHECK(kw_model_create_cache(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
     kw_fusion_options opt = {
         .mode = mode,
-        .numerics = fp32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
+        .numerics = fp32          ? KW_PROJECTOR_FP32
+                    : norm_i == 1 ? KW_PROJECTOR_BF16_FUSED_NORM
+                                  : KW_PROJECTOR_BF16,
         .sharer_cache_dtype = cache_dtype,
         .gen = {.max_new_tokens = (int32_t)max_new, .round = fp32 ? KW_LOGITS_ROUND_NONE : KW_LOGITS_ROUND_AUTO},
         .hook = wire_codec ? kw_c2c_wire_hook : NULL,
@@ -598,6 +610,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     for (int32_t i = 0; i < n_sections; ++i)
         printf(" %lld:%s", (long long)secs[i].length, secs[i].index > 0 && i + 1 < n_sections ? "fused" : "receiver");
     printf("\n");
+    printf("projector_numerics: %s\n", kw_projector_numerics_name(opt.numerics));
     printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
     printf("generated_tokens: %lld%s\n", (long long)res.gen.n, res.gen.stopped_eos ? " (stopped at EOS)" : "");
     kw_c2c_print_ids("generated_ids", res.gen.ids, res.gen.n);
