@@ -17,6 +17,7 @@
 #include "kw_commands.h"
 
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +46,7 @@ static void kw_c2c_usage(FILE *f) {
         f,
         "usage: kvwire c2c --receiver DIR --sharer DIR --fuser DIR (--prompt TEXT | --mc-json ITEM)\n"
         "                  [--proportion P --order front|back] [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R]\n"
-        "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L]]\n"
+        "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--mode sequential|parallel] [--dataset NAME] [--raw] [--tokenizer DIR] [--threads N]\n"
         "                  [--date \"23 Nov 2026\"] [--system TEXT]\n"
         "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
@@ -66,7 +67,8 @@ static void kw_c2c_usage(FILE *f) {
         "  --wire CODEC      pass the sharer KV through KVWire: bf16, f16, int8, int6, int4, nf4, e4m3, e5m2\n"
         "                    (--wire-gran layer|head|token|groupN, default token; --wire-scale f16|bf16|f32|e8m0,\n"
         "                    default f32; --wire-zstd LEVEL, default 0 = off); one blob per fused section and\n"
-        "                    sharer, wire_bytes is its measured length\n"
+        "                    sharer, wire_bytes is its measured length; --wire-dump PREFIX also writes each blob\n"
+        "                    to PREFIX.<n>.kvw (kvwire inspect reads them)\n"
         "  --date            Llama-3.2's \"Today Date\" in its chat template (default: today)\n"
         "  Token alignment (a sharer with another tokenizer, one sharer): both prompts are rendered with each model's\n"
         "  chat template and aligned as the C2C reference's TokenAligner does: template sections padded to the\n"
@@ -98,7 +100,30 @@ typedef struct kw_c2c_wire {
     size_t n_positions_cap;
     int64_t blob_bytes; /* all blobs */
     int32_t blobs;
+    const char *dump_prefix; /* --wire-dump: each blob is also written to <prefix>.<n>.kvw (borrowed; NULL: off) */
+    FILE *dump;              /* the blob being written, owned */
 } kw_c2c_wire;
+
+/* With --wire-dump, appends n bytes of the current blob to its file; the file opens with the header. */
+static int kw_c2c_wire_dump(kw_c2c_wire *w, size_t n, int opens, int closes) {
+    if (!w->dump_prefix) return 0;
+    if (opens) {
+        char path[4096];
+        const int len = snprintf(path, sizeof path, "%s.%d.kvw", w->dump_prefix, (int)w->blobs);
+        KW_RETURN_IF(len < 0 || (size_t)len >= sizeof path, KW_E_INVALID_ARG, "--wire-dump: path too long");
+        if (w->dump) fclose(w->dump);
+        w->dump = fopen(path, "wb");
+        KW_RETURN_IF(!w->dump, KW_E_IO, "--wire-dump: cannot create %s: %s", path, strerror(errno));
+    }
+    KW_RETURN_IF(!w->dump, KW_E_STATE, "--wire-dump: blob part before its header");
+    KW_RETURN_IF(fwrite(w->buf, 1, n, w->dump) != n, KW_E_IO, "--wire-dump: write failed: %s", strerror(errno));
+    if (closes) {
+        const int bad = fclose(w->dump) != 0;
+        w->dump = NULL;
+        KW_RETURN_IF(bad, KW_E_IO, "--wire-dump: close failed: %s", strerror(errno));
+    }
+    return 0;
+}
 
 static int kw_c2c_wire_reserve(kw_c2c_wire *w, size_t n) {
     if (n <= w->cap) return 0;
@@ -145,6 +170,7 @@ static int kw_c2c_wire_hook(void *user, kw_fusion_transfer *t) {
         KW_FORWARD(kw_wire_encoder_write_header(w->enc, w->buf, w->cap, &written));
         kw_wire_decoder_reset(w->dec);
         KW_FORWARD(kw_c2c_wire_feed(w, written, KW_WIRE_EVENT_HEADER));
+        KW_FORWARD(kw_c2c_wire_dump(w, written, 1, 0));
         total += written;
     }
     KW_RETURN_IF(w->enc == NULL, KW_E_STATE, "wire: section before header");
@@ -167,6 +193,7 @@ static int kw_c2c_wire_hook(void *user, kw_fusion_transfer *t) {
     KW_FORWARD(kw_c2c_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
     KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &w->pol, w->buf, w->cap, &written));
     KW_FORWARD(kw_c2c_wire_feed(w, written, KW_WIRE_EVENT_SECTION));
+    KW_FORWARD(kw_c2c_wire_dump(w, written, 0, 0));
     total += written;
     /* what the receiver decodes replaces the sharer rows */
     const kw_wire_section *sec = kw_wire_decoder_section(w->dec);
@@ -179,6 +206,7 @@ static int kw_c2c_wire_hook(void *user, kw_fusion_transfer *t) {
         KW_FORWARD(kw_wire_encoder_write_trailer(w->enc, w->buf, w->cap, &written));
         KW_FORWARD(kw_c2c_wire_feed(w, written, KW_WIRE_EVENT_END));
         KW_FORWARD(kw_wire_decoder_finish(w->dec));
+        KW_FORWARD(kw_c2c_wire_dump(w, written, 0, 1));
         total += written;
         ++w->blobs;
     }
@@ -188,6 +216,7 @@ static int kw_c2c_wire_hook(void *user, kw_fusion_transfer *t) {
 }
 
 static void kw_c2c_wire_free(kw_c2c_wire *w) {
+    if (w->dump) fclose(w->dump);
     kw_wire_encoder_destroy(w->enc);
     kw_wire_decoder_destroy(w->dec);
     free(w->buf);
@@ -394,7 +423,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
     int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
     int order_i = -1, mode_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
-    const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32";
+    const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     double proportion = -1.0; /* < 0: not given */
     int64_t max_new = 64, threads = 0, wire_zstd = 0;
     const kw_cli_option opts[] = {
@@ -420,6 +449,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_STR("--wire-gran", &wire_gran),
         KW_CLI_STR("--wire-scale", &wire_scale),
         KW_CLI_INT("--wire-zstd", &wire_zstd, -7, 22),
+        KW_CLI_STR("--wire-dump", &wire_dump),
         KW_CLI_FLAG("--fp32", &fp32),
         KW_CLI_FLAG("--raw", &raw),
         KW_CLI_FLAG("--print-alignment", &print_alignment),
@@ -467,6 +497,10 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (wire_codec) {
         KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire.pol));
         KW_CHECK(kw_wire_decoder_create(NULL, &wire.dec));
+        wire.dump_prefix = wire_dump;
+    } else if (wire_dump) {
+        fprintf(stderr, "kvwire c2c: --wire-dump needs --wire CODEC\n");
+        return 2;
     }
     stage = "backend";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
