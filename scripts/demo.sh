@@ -31,4 +31,8 @@ echo
 echo "== 4. C2C: sharer KV -> KVWire int4 blob -> projector -> fused receiver cache -> decode =="
 "$kvwire" c2c --receiver "$out/tiny-qwen3" --sharer "$out/tiny-qwen2" --fuser "$out/tiny-fuser" \
     --mc-json '{"question": "Which planet is known as the red planet?", "choices": ["Venus", "Mars", "Jupiter", "Saturn"]}' \
-    --max-new-tokens 16 --wire int4 --wire-gran head
+    --max-new-tokens 16 --wire int4 --wire-gran head --wire-dump "$out/blob"
+
+echo
+echo "== 5. the blob that crossed the (in-process) wire, verified byte by byte =="
+"$kvwire" inspect "$out/blob.0.kvw"
