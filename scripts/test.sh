@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# test.sh: installs dependencies, builds kvwire twice (optimised, and with AddressSanitizer + UndefinedBehaviorSanitizer)
-# and runs the whole test suite in both. Tests labelled `slow` run only with KW_TEST_SLOW=1; `gpu` tests skip
+# test.sh: installs dependencies, builds kvwire three times (gcc optimised with the CUDA backend where nvcc exists;
+# gcc with AddressSanitizer + LeakSanitizer + UndefinedBehaviorSanitizer; clang with its UndefinedBehaviorSanitizer,
+# which catches cases gcc's does not, e.g. arithmetic on NULL) and runs the whole test suite in each. Tests labelled `slow` run only with KW_TEST_SLOW=1; `gpu` tests skip
 # themselves (exit 77) where no CUDA device is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +22,10 @@ echo "== test (ASan + UBSan) =="
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure -j "$jobs" -LE "$exclude|nosan")
+
+echo "== build (clang + UBSan) =="
+CC=clang ./scripts/build.sh build-ubsan -DKW_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug -DKW_TEST_TIMEOUT_MULTIPLIER=4 \
+    "-DCMAKE_C_FLAGS=-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+    -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=undefined
+echo "== test (clang + UBSan) =="
+(cd build-ubsan && ctest --output-on-failure -j "$jobs" -LE "$exclude|nosan")
