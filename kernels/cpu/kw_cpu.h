@@ -63,6 +63,13 @@ void kw__cpu_from_f32(enum kw_cpu_isa isa, void *dst, enum kw_dtype dtype, const
 
 /* y[i] = exp(x[i]) for n values (y may equal x); the AVX-512 path is within 2 ulp of the correctly rounded result. */
 void kw__cpu_exp_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+/* y[i] = kw_opm_act(x[i], KW_ACT_SIGMOID) for n values (y may equal x), with kw__cpu_exp_f32's exp on AVX-512. */
+void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+/* y[i] = erf(x[i]) for n values (y may equal x): erff on the scalar ISA, a vector polynomial on AVX2 and AVX-512
+ * (error bound checked by test_kernels_backend_ops' sweep). */
+void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+/* y[i] = kw_opm_act(x[i], KW_ACT_GELU_ERF) for n values (y may equal x), with kw__cpu_erf_f32's erf. */
+void kw__cpu_gelu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 
 /* Work smaller than this many elements (or multiply-adds) stays on one thread. */
 #define KW_CPU_PARALLEL_MIN 32768

@@ -117,14 +117,31 @@ int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache,
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * Elementwise: the activation formulas are kw_opm_act (kernels/kw_op_math.h), the same lines the GPU runs.
+ * Elementwise: the activation formulas are kw_opm_act (kernels/kw_op_math.h), the same lines the GPU runs. The
+ * exact-erf GELU on AVX2/AVX-512 is the same expression with the vector erf of kw_cpu_math.c (blocks of
+ * KW_CPU_ACT_BLOCK values per call), and so is the sigmoid on AVX-512 with its vector exp; the scalar ISA keeps
+ * libm's erff and expf.
  */
+
+#define KW_CPU_ACT_BLOCK 1024
 
 int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t n = kw_tensor_nelem(out);
     const float *g = gate->data, *u = up->data;
     float *y = out->data;
+    if (act == KW_ACT_GELU_ERF && cpu->isa != KW_CPU_ISA_SCALAR) {
+        const int64_t n_blocks = (n + KW_CPU_ACT_BLOCK - 1) / KW_CPU_ACT_BLOCK;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
+        for (int64_t b = 0; b < n_blocks; ++b) {
+            float buf[KW_CPU_ACT_BLOCK];
+            const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = n - i0 < KW_CPU_ACT_BLOCK ? n - i0 : KW_CPU_ACT_BLOCK;
+            kw__cpu_gelu_erf_f32(cpu->isa, buf, g + i0, m);
+            for (int64_t i = 0; i < m; ++i)
+                y[i0 + i] = buf[i] * u[i0 + i];
+        }
+        return 0;
+    }
 #pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
     for (int64_t i = 0; i < n; ++i)
         y[i] = kw_opm_act(g[i], act) * u[i];
@@ -136,6 +153,19 @@ int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum 
     const int64_t n = kw_tensor_nelem(out);
     const float *xs = x->data;
     float *y = out->data;
+    const int vec_gelu = act == KW_ACT_GELU_ERF && cpu->isa != KW_CPU_ISA_SCALAR;
+    if (vec_gelu || (act == KW_ACT_SIGMOID && cpu->isa == KW_CPU_ISA_AVX512)) {
+        const int64_t n_blocks = (n + KW_CPU_ACT_BLOCK - 1) / KW_CPU_ACT_BLOCK;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
+        for (int64_t b = 0; b < n_blocks; ++b) {
+            const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = n - i0 < KW_CPU_ACT_BLOCK ? n - i0 : KW_CPU_ACT_BLOCK;
+            if (vec_gelu)
+                kw__cpu_gelu_erf_f32(cpu->isa, y + i0, xs + i0, m);
+            else
+                kw__cpu_sigmoid_f32(cpu->isa, y + i0, xs + i0, m);
+        }
+        return 0;
+    }
 #pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
     for (int64_t i = 0; i < n; ++i)
         y[i] = kw_opm_act(xs[i], act);
