@@ -14,8 +14,12 @@ mkdir -p "$out"
 
 echo
 echo "== 1. tiny models: receiver (Qwen3-style), sharer (Qwen2-style), fuser (C2C layout, .pt files) =="
-"$kvwire" gen-model --arch qwen3 --preset tiny --seed 1 --tokenizer models/tokenizers/qwen3 --out "$out/tiny-qwen3"
-"$kvwire" gen-model --arch qwen2 --preset tiny --seed 2 --tokenizer models/tokenizers/qwen3 --out "$out/tiny-qwen2"
+# Untied output embeddings (--tied 0): a tiny random model with tied ones mostly repeats its last input token, which
+# hides the data path; untied, its (meaningless) tokens change with the cache, so fusion visibly changes the output.
+"$kvwire" gen-model --arch qwen3 --preset tiny --tied 0 --seed 1 --tokenizer models/tokenizers/qwen3 \
+    --out "$out/tiny-qwen3"
+"$kvwire" gen-model --arch qwen2 --preset tiny --tied 0 --seed 2 --tokenizer models/tokenizers/qwen3 \
+    --out "$out/tiny-qwen2"
 "$kvwire" gen-fuser --receiver "$out/tiny-qwen3" --sharer "$out/tiny-qwen2" --out "$out/tiny-fuser" --seed 3 \
     --hidden 64 --intermediate 64
 
