@@ -179,11 +179,7 @@ static void cache_rows(kw_kvcache *c, int32_t l, float *k, float *v) {
 }
 
 static const float *ref_f32(const char *name, int64_t expect) {
-    int64_t n = 0;
-    const float *p = kwfx_f32(&E.fx, name, &n);
-    if (!p) fail_msg("fixture has no %s", name);
-    assert_int_equal(n, expect);
-    return p;
+    return kwfx_f32_expect(&E.fx, name, expect);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

@@ -56,11 +56,7 @@ static const kwfx *fixture(void) {
 static const float *fx_f32(const char *prefix, const char *name, int64_t expect) {
     char full[96];
     snprintf(full, sizeof full, "%s.%s", prefix, name);
-    int64_t n = 0;
-    const float *p = kwfx_f32(fixture(), full, &n);
-    if (!p) fail_msg("fixture has no %s", full);
-    assert_int_equal(n, expect);
-    return p;
+    return kwfx_f32_expect(fixture(), full, expect);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

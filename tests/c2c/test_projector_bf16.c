@@ -75,11 +75,7 @@ static const kwfx *proj_fx(void) {
 static const float *px_f32(const char *prefix, const char *name, int64_t expect) {
     char full[96];
     snprintf(full, sizeof full, "%s.%s", prefix, name);
-    int64_t n = 0;
-    const float *p = kwfx_f32(proj_fx(), full, &n);
-    if (!p) fail_msg("fixture has no %s", full);
-    assert_int_equal(n, expect);
-    return p;
+    return kwfx_f32_expect(proj_fx(), full, expect);
 }
 
 /* 1 if the fixture holds the newer torch's results (out16new) */
@@ -512,11 +508,7 @@ static void pipe_close(pipe_env *e) {
 static const float *pl_f32(const pipe_env *e, const char *scen, const char *name, int64_t expect) {
     char full[96];
     snprintf(full, sizeof full, "%s.%s", scen, name);
-    int64_t n = 0;
-    const float *p = kwfx_f32(&e->fx, full, &n);
-    if (!p) fail_msg("fixture has no %s", full);
-    assert_int_equal(n, expect);
-    return p;
+    return kwfx_f32_expect(&e->fx, full, expect);
 }
 
 /* Rows [0, L) of layer l as (H, L, D), the fixture's layout. */

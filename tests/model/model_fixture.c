@@ -1,6 +1,11 @@
 /* model_fixture.c: ref.kwfx reader and comparison helpers for the model tests (see model_fixture.h). */
 #include "model_fixture.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +82,14 @@ const float *kwfx_f32(const kwfx *fx, const char *name, int64_t *count) {
     if (!a) return NULL;
     if (count) *count = a->count;
     return (const float *)a->data;
+}
+
+const float *kwfx_f32_expect(const kwfx *fx, const char *name, int64_t expect) {
+    int64_t n = 0;
+    const float *p = kwfx_f32(fx, name, &n);
+    if (!p) fail_msg("fixture has no %s", name);
+    assert_int_equal(n, expect);
+    return p;
 }
 
 const int32_t *kwfx_i32(const kwfx *fx, const char *name, int64_t *count) {

@@ -31,6 +31,9 @@ const kwfx_array *kwfx_get(const kwfx *fx, const char *name, uint32_t dtype);
 const float *kwfx_f32(const kwfx *fx, const char *name, int64_t *count);
 const int32_t *kwfx_i32(const kwfx *fx, const char *name, int64_t *count);
 
+/* For cmocka tests: the f32 array called name, failing the test if it is absent or does not hold expect values. */
+const float *kwfx_f32_expect(const kwfx *fx, const char *name, int64_t expect);
+
 /* max |a - b| / max |ref| over n values (ref = b). */
 double kwfx_rel_diff(const float *a, const float *b, int64_t n);
 

@@ -64,11 +64,7 @@ static void case_close(fx_case *c) {
 static const float *ref_f32(const fx_case *c, const char *prefix, const char *name, int64_t expect) {
     char full[96];
     snprintf(full, sizeof full, "%s%s", prefix, name);
-    int64_t n = 0;
-    const float *p = kwfx_f32(&c->fx, full, &n);
-    if (!p) fail_msg("fixture has no %s", full);
-    assert_int_equal(n, expect);
-    return p;
+    return kwfx_f32_expect(&c->fx, full, expect);
 }
 
 static kw_kvcache *new_cache(const fx_case *c, enum kw_dtype dtype) {
