@@ -18,12 +18,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "common/kw_file.h"
 #include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_generate.h"
 #include "model/kw_model.h"
+#include "model/kw_safetensors.h"
 #include "model_fixture.h"
+#include "tests/kw_test_util.h"
 
 #define FP32_TOL 1e-4
 /* chunked vs one-shot prefill and decode vs prefill run the same kernels on the same backend; only matmul blocking
@@ -279,6 +284,91 @@ static double margin_rel(const float *row, int64_t V) {
     return (double)(a - b) / (double)mx;
 }
 
+/* gemma3_bias rewritten as a multimodal Gemma 3 checkpoint: config.json a "gemma3" config holding the text config in
+ * text_config, the text weights renamed under text_prefix ("language_model.model." as the published files, or
+ * "model.language_model." as transformers >= 4.52 saves), lm_head under lm_name, plus a vision tensor that must be
+ * ignored. Loading it gives the same logits as the plain checkpoint. */
+static void multimodal_layout(const char *text_prefix, const char *lm_name) {
+    char src[1024], dir[] = "/tmp/kw_test_gemma_mm_XXXXXX", path[1200];
+    snprintf(src, sizeof src, "%s/model/hf/gemma3_bias", KW_TEST_DATA_DIR);
+    assert_non_null(mkdtemp(dir));
+    kw_safetensors *st = NULL;
+    assert_int_equal(kw_safetensors_open(src, &st), 0);
+    const size_t n = kw_safetensors_count(st);
+    kw_st_write_tensor *w = calloc(n + 1, sizeof *w);
+    char(*names)[160] = calloc(n, sizeof *names);
+    assert_true(w && names);
+    for (size_t i = 0; i < n; ++i) {
+        const kw_st_tensor *t = kw_safetensors_at(st, i);
+        if (strncmp(t->name, "model.", 6) == 0)
+            snprintf(names[i], sizeof names[i], "%s%s", text_prefix, t->name + 6);
+        else
+            snprintf(names[i], sizeof names[i], "%s", strcmp(t->name, "lm_head.weight") == 0 ? lm_name : t->name);
+        w[i] = (kw_st_write_tensor){.name = names[i], .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        memcpy(w[i].shape, t->shape, sizeof w[i].shape);
+    }
+    static const float vision[4] = {1, 2, 3, 4};
+    w[n] = (kw_st_write_tensor){
+        .name = "vision_tower.patch.weight", .dtype = KW_DTYPE_F32, .ndim = 1, .shape = {4}, .data = vision};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_int_equal(kw_safetensors_write(path, w, n + 1, NULL), 0);
+    kw_safetensors_close(st);
+    free(w);
+    free(names);
+
+    char *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/config.json", src);
+    assert_int_equal(kw_file_read_all(path, 1 << 20, &text, &len), 0);
+    cJSON *inner = cJSON_Parse(text), *root = cJSON_CreateObject();
+    free(text);
+    assert_true(inner && root);
+    cJSON_AddItemToObject(root, "architectures",
+                          cJSON_CreateStringArray((const char *[]){"Gemma3ForConditionalGeneration"}, 1));
+    cJSON_AddStringToObject(root, "model_type", "gemma3");
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    cJSON_DeleteItemFromObject(inner, "architectures");
+    cJSON_AddItemToObject(root, "text_config", inner);
+    text = cJSON_Print(root);
+    cJSON_Delete(root);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    assert_int_equal(kw_file_write_all(path, text, strlen(text)), 0);
+    free(text);
+    snprintf(path, sizeof path, "%s/generation_config.json", src);
+    assert_int_equal(kw_file_read_all(path, 1 << 20, &text, &len), 0);
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    assert_int_equal(kw_file_write_all(path, text, len), 0);
+    free(text);
+
+    fx_case c;
+    case_open(&c, "gemma3_bias", 0);
+    kw_model *mm = NULL;
+    int rc = kw_model_load(c.be, dir, NULL, &mm);
+    if (rc < 0) fail_msg("load %s: %s", dir, kw_error_detail());
+    assert_int_equal(kw_model_get_config(mm)->arch, KW_ARCH_GEMMA3);
+    const int64_t V = c.cfg->vocab;
+    float *logits = malloc((size_t)(c.P * V) * sizeof *logits);
+    assert_non_null(logits);
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(mm, c.P, KW_DTYPE_F32, &cache), 0);
+    const kw_forward_args a = {.ids = c.prompt, .n = c.P, .mode = KW_LOGITS_ALL, .logits = logits};
+    assert_int_equal(kw_model_forward(mm, cache, &a), 0);
+    const double d = kwfx_rel_diff_rows(logits, ref_f32(&c, "", "logits", c.P * V), c.P, V);
+    print_message("  %s + %s: logits rel diff %.3g\n", text_prefix, lm_name, d);
+    assert_true(d <= FP32_TOL);
+    kw_kvcache_free(cache);
+    kw_model_free(mm);
+    free(logits);
+    case_close(&c);
+    kw_test_remove_tree(dir);
+}
+
+static void test_gemma3_multimodal_layout(void **state) {
+    (void)state;
+    multimodal_layout("language_model.model.", "language_model.lm_head.weight");
+    multimodal_layout("model.language_model.", "lm_head.weight");
+}
+
 static void parity_bf16(const char *name) {
     fx_case c;
     case_open(&c, name, 0);
@@ -520,6 +610,7 @@ int main(void) {
         cmocka_unit_test(test_parity_gemma3_bias),
         cmocka_unit_test(test_parity_gemma3_bf16),
         cmocka_unit_test(test_gemma3_cache_windows),
+        cmocka_unit_test(test_gemma3_multimodal_layout),
         cmocka_unit_test(test_chunked_prefill_f32),
         cmocka_unit_test(test_chunked_prefill_bf16),
         cmocka_unit_test(test_chunked_prefill_gemma3),
