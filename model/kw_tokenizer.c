@@ -556,7 +556,7 @@ int kw__tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON *added
         tok->added[tok->n_added++] = (int32_t)id;
         tok->added_first[(uint8_t)content[0]] = 1;
     }
-    return 0;
+    return kw__tok_index_added(tok);
 }
 
 /* Reads one merge, either "a b" or ["a", "b"], into the two vocab ids. */
@@ -722,6 +722,8 @@ void kw_tokenizer_free(kw_tokenizer *tok) {
     free(tok->vocab_slots);
     free(tok->merges);
     free(tok->added);
+    free(tok->added_slots);
+    free(tok->added_lens);
     pcre2_code_free(tok->split_re);
     kw__tok_spm_free(tok->spm);
     free(tok);
@@ -937,17 +939,60 @@ out:
     return rc;
 }
 
-/* Length of the longest added token at text[0..len), 0 if none; *id receives it. */
-static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size_t len, int32_t *id) {
-    size_t best = 0;
+/* The added token whose text is s[0..n), or -1. */
+static int32_t kw_tok_added_find(const kw_tokenizer *tok, const uint8_t *s, size_t n) {
+    size_t i = (size_t)kw_tok_hash_bytes(s, n) & tok->added_mask;
+    for (;; i = (i + 1) & tok->added_mask) {
+        const int32_t slot = tok->added_slots[i];
+        if (slot == 0) return -1;
+        const kw_tok_entry *e = &tok->entries[slot - 1];
+        if (e->len == n && memcmp(tok->pool.data + e->off, s, n) == 0) return slot - 1;
+    }
+}
+
+int kw__tok_index_added(kw_tokenizer *tok) {
+    size_t slots = 0;
+    KW_FORWARD(kw__tok_table_size(tok->n_added, &slots));
+    free(tok->added_slots);
+    free(tok->added_lens);
+    tok->added_slots = calloc(slots, sizeof *tok->added_slots);
+    tok->added_lens = malloc((tok->n_added ? tok->n_added : 1) * sizeof *tok->added_lens);
+    KW_RETURN_IF(!tok->added_slots || !tok->added_lens, KW_E_NOMEM, "out of memory indexing added tokens");
+    tok->added_mask = slots - 1;
+    tok->n_added_lens = 0;
     for (size_t k = 0; k < tok->n_added; ++k) {
-        const kw_tok_entry *e = &tok->entries[tok->added[k]];
-        if (e->len > best && e->len <= len && memcmp(tok->pool.data + e->off, text, e->len) == 0) {
-            best = e->len;
-            *id = tok->added[k];
+        const int32_t id = tok->added[k];
+        const kw_tok_entry *e = &tok->entries[id];
+        const uint8_t *s = (const uint8_t *)tok->pool.data + e->off;
+        if (kw_tok_added_find(tok, s, e->len) >= 0) continue; /* the same text twice: the first one matches */
+        size_t i = (size_t)kw_tok_hash_bytes(s, e->len) & tok->added_mask;
+        while (tok->added_slots[i] != 0)
+            i = (i + 1) & tok->added_mask;
+        tok->added_slots[i] = id + 1;
+        size_t j = 0; /* insert the length, keeping the list distinct and descending */
+        while (j < tok->n_added_lens && tok->added_lens[j] > e->len)
+            ++j;
+        if (j < tok->n_added_lens && tok->added_lens[j] == e->len) continue;
+        memmove(tok->added_lens + j + 1, tok->added_lens + j, (tok->n_added_lens - j) * sizeof *tok->added_lens);
+        tok->added_lens[j] = e->len;
+        ++tok->n_added_lens;
+    }
+    return 0;
+}
+
+/* Length of the longest added token at text[0..len), 0 if none; *id receives it. One hash lookup per distinct added
+ * token length, longest first. */
+static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size_t len, int32_t *id) {
+    for (size_t k = 0; k < tok->n_added_lens; ++k) {
+        const size_t n = tok->added_lens[k];
+        if (n > len) continue;
+        const int32_t found = kw_tok_added_find(tok, text, n);
+        if (found >= 0) {
+            *id = found;
+            return n;
         }
     }
-    return best;
+    return 0;
 }
 
 /* The stretch text[at, at + len) between added tokens, through the tokenizer's normalizer and pre-tokenizer. */
@@ -1122,11 +1167,8 @@ int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_id
 int32_t kw_tokenizer_token_id(const kw_tokenizer *tok, const char *token) {
     if (!tok || !token) return -1;
     const size_t n = strlen(token);
-    for (size_t k = 0; k < tok->n_added; ++k) {
-        const kw_tok_entry *e = &tok->entries[tok->added[k]];
-        if (e->len == n && memcmp(tok->pool.data + e->off, token, n) == 0) return tok->added[k];
-    }
-    return kw__tok_vocab_find(tok, token, n);
+    const int32_t added = kw_tok_added_find(tok, (const uint8_t *)token, n);
+    return added >= 0 ? added : kw__tok_vocab_find(tok, token, n);
 }
 
 int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok) {

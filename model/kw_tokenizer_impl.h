@@ -59,6 +59,10 @@ struct kw_tokenizer {
     int32_t *added; /* (n_added) ids of added tokens, in file order */
     size_t n_added;
     uint8_t added_first[256]; /* 1 if some added token starts with this byte */
+    int32_t *added_slots;     /* open addressing over the added tokens' text: id + 1, 0 = empty (first one kept) */
+    size_t added_mask;
+    uint32_t *added_lens; /* the distinct byte lengths of added tokens, longest first */
+    size_t n_added_lens;
 
     int32_t byte_id[256];       /* id of the one-symbol token for each byte, -1 if absent */
     char byte_char[256][3];     /* ByteLevel alphabet: UTF-8 of the code point standing for each byte */
@@ -140,6 +144,10 @@ const char *kw__tok_type(const cJSON *obj);
  * table. */
 int kw__tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON *added);
 int kw__tok_load_merges(kw_tokenizer *tok, const cJSON *merges);
+
+/* Indexes the added tokens (tok->added) for matching: the hash of their text and their lengths. Call once they are
+ * all in. */
+int kw__tok_index_added(kw_tokenizer *tok);
 
 void kw__tok_scratch_free(kw_tok_scratch *s);
 /* Merges the m symbols s->sym[0..m) (linked in order, alive) by rank with HF's priority-queue order (lowest rank,

@@ -845,6 +845,7 @@ static int kw_spm_vocab_from_arrays(kw_tokenizer *tok, const kw_tokenizer_spm_vo
             tok->added_first[(uint8_t)piece.data[0]] = 1;
         }
     }
+    KW_CHECK(kw__tok_index_added(tok));
 out:
     kw_buf_free(&piece);
     return rc;
