@@ -87,9 +87,12 @@ int kw_cmd_generate(int argc, char **argv) {
     const kw_model_config *cfg = kw_model_get_config(model);
     stage = "load tokenizer";
     KW_CHECK(kw_tokenizer_load(tok_dir ? tok_dir : model_dir, &tok));
-    KW_CHECK_IF(kw_tokenizer_vocab_size(tok) > cfg->vocab, KW_E_TOKENIZER,
-                "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
-                (int)cfg->vocab);
+    /* ids past the model's vocabulary are tolerated only as special tokens (Gemma 3's tokenizer adds
+     * <image_soft_token> at 262144, past the 262144 rows of its text models); any other would be a mismatch */
+    for (int32_t id = cfg->vocab; id < kw_tokenizer_vocab_size(tok); ++id)
+        KW_CHECK_IF(!kw_tokenizer_is_special(tok, id), KW_E_TOKENIZER,
+                    "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
+                    (int)cfg->vocab);
 
     stage = "prompt";
     const char *input = prompt;
