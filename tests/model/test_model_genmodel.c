@@ -1,7 +1,8 @@
 /* test_model_genmodel.c: the forward pass and greedy generation on `kvwire gen-model` tiny models with the real
- * vocabularies (151936 / 128256 / 262144 rows, bf16 weights; Gemma3's 70 rows also cross its window of 16): all-rows logits over more rows than one lm_head block holds
- * (the logits scratch is split), equal to token-by-token decode; generation with the automatic bf16 logits rounding
- * equal to a host argmax over bf16-rounded logits with the lowest id on ties; deterministic. */
+ * vocabularies (151936 / 128256 / 262144 rows, bf16 weights; Gemma3's 70 rows also cross its window of 16): all-rows
+ * logits over more rows than one lm_head block holds (the logits scratch is split), equal to token-by-token decode;
+ * generation with the automatic bf16 logits rounding equal to a host argmax over bf16-rounded logits with the lowest id
+ * on ties; deterministic. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
