@@ -293,8 +293,10 @@ static int kw_config_validate_gemma3(const kw_model_config *c) {
                      (int)c->n_layers);
         sliding |= c->layer_sliding[l];
     }
+    KW_RETURN_IF(c->norm_plus_one != 0 && c->norm_plus_one != 1, KW_E_MODEL_CONFIG, "norm_plus_one %d is not 0 or 1",
+                 (int)c->norm_plus_one);
     KW_RETURN_IF(!gemma && (sliding || c->sliding_window != 0 || c->act != KW_ACT_SILU ||
-                            c->query_pre_attn_scalar != 0 || c->final_logit_softcap != 0),
+                            c->query_pre_attn_scalar != 0 || c->final_logit_softcap != 0 || c->norm_plus_one != 0),
                  KW_E_MODEL_CONFIG, "%s takes no sliding window, activation, attention scalar or softcap settings",
                  kw_arch_name(c->arch));
     KW_RETURN_IF(c->act != KW_ACT_SILU && c->act != KW_ACT_GELU_TANH, KW_E_MODEL_CONFIG,
@@ -378,6 +380,7 @@ static int kw_config_parse_gemma3(const cJSON *t, kw_model_config *cfg) {
     KW_RETURN_IF(strcmp(act, "gelu_pytorch_tanh") != 0, KW_E_MODEL_CONFIG,
                  "config.json: hidden_activation \"%s\" is not supported (only gelu_pytorch_tanh)", act);
     cfg->act = KW_ACT_GELU_TANH;
+    cfg->norm_plus_one = 1; /* HF's Gemma3RMSNorm */
     KW_FORWARD(kw_cfg_opt_f64(t, "query_pre_attn_scalar", 256.0, &cfg->query_pre_attn_scalar, w));
     /* NAN when absent or null (no softcap); a present value must be positive (HF divides by it) */
     double cap = NAN;

@@ -51,6 +51,8 @@ typedef struct kw_model_config {
     kw_rope_params rope_local;                   /* RoPE of the sliding layers (rope_local_base_freq, no scaling) */
     double query_pre_attn_scalar; /* attention scale is query_pre_attn_scalar^-0.5; 0: head_dim (the others) */
     double final_logit_softcap;   /* final_logit_softcapping: logits = cap * tanh(logits / cap); 0: none */
+    int32_t norm_plus_one; /* Gemma3: 1 = RMSNorm weights are HF's w, applied as 1 + w; 0 = they already hold 1 + w
+                              (llama.cpp's GGUF converter adds the 1), applied as they are */
 } kw_model_config;
 
 /* Reads dir/config.json and, if present, dir/generation_config.json. Unknown architectures give KW_E_MODEL_ARCH;

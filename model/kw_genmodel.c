@@ -81,6 +81,7 @@ static void kw_gen_shape(kw_model_config *c, enum kw_arch arch, int32_t layers, 
         c->rope.theta = 1000000.0;
         c->qk_norm = 1;
         c->act = KW_ACT_GELU_TANH;
+        c->norm_plus_one = 1;
         c->query_pre_attn_scalar = head_dim;
         c->rope_local = c->rope;
         c->rope_local.theta = 10000.0;

@@ -9,7 +9,8 @@
  * Gemma3 (HF modeling_gemma3, transformers 4.52) differs in these places, and nowhere else:
  *   x = embed[ids] * sqrt(hidden), computed in the embedding's dtype as HF does (the scale rounded to that dtype,
  *       the product rounded to it: exact in fp32 for bf16 and f16 tables, then one rounding);
- *   every RMSNorm multiplies by (1 + w) (KW_RMS_NORM_UNIT_OFFSET), q/k norm included;
+ *   every RMSNorm multiplies by (1 + w) (KW_RMS_NORM_UNIT_OFFSET), q/k norm included (cfg.norm_plus_one; a GGUF
+ *       file's weights already hold 1 + w);
  *   x += rms_norm(attention out, post_attention_layernorm); h = rms_norm(x, pre_feedforward_layernorm);
  *   x += rms_norm(down(gelu_tanh(gate(h)) * up(h)), post_feedforward_layernorm);
  *   sliding layers attend over the last sliding_window positions and rotate with rope_local_base_freq, global layers
@@ -53,7 +54,7 @@ struct kw_model {
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
     char prefix[32];   /* the text model's tensor names start with it: "model." or a multimodal checkpoint's */
-    int norm_flags;    /* KW_RMS_NORM_UNIT_OFFSET for Gemma3 */
+    int norm_flags;    /* KW_RMS_NORM_UNIT_OFFSET for HF Gemma3 weights */
     float embed_scale; /* Gemma3: sqrt(hidden) rounded to the embedding dtype; 0: no scaling */
     kw_layer *layers;
     size_t bytes_per_token;
@@ -247,7 +248,7 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     KW_CHECK_IF(!m->layers, KW_E_NOMEM, "model: out of memory");
     KW_CHECK(model_find_prefix(m));
-    m->norm_flags = c->arch == KW_ARCH_GEMMA3 ? KW_RMS_NORM_UNIT_OFFSET : KW_RMS_NORM_PLAIN;
+    m->norm_flags = c->norm_plus_one ? KW_RMS_NORM_UNIT_OFFSET : KW_RMS_NORM_PLAIN;
 
     const int64_t vocab = c->vocab, hid = c->hidden;
     const char *pre = m->prefix;

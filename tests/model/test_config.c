@@ -129,6 +129,7 @@ static void test_gemma_3_270m(void **state) {
     assert_int_equal(c.o_bias, 0);
     assert_int_equal(c.qk_norm, 1);
     assert_int_equal(c.act, KW_ACT_GELU_TANH);
+    assert_int_equal(c.norm_plus_one, 1);
     assert_true(c.rope.theta == 1e6);
     assert_int_equal(c.rope.scaling, KW_ROPE_SCALING_NONE);
     assert_true(c.rope_local.theta == 10000.0);
@@ -492,6 +493,11 @@ static void test_gemma_fields(void **state) {
     assert_int_equal(kw_config_parse(g_gemma, NULL, &c), 0);
     c.layer_sliding[8] = 1; /* past the last layer */
     assert_int_equal(kw_config_validate(&c), KW_E_MODEL_CONFIG);
+    c.layer_sliding[8] = 0;
+    c.norm_plus_one = 2;
+    assert_int_equal(kw_config_validate(&c), KW_E_MODEL_CONFIG);
+    c.norm_plus_one = 0; /* GGUF-style weights that already hold 1 + w */
+    assert_int_equal(kw_config_validate(&c), 0);
     assert_int_equal(kw_config_set_sliding_pattern(&c, 0), KW_E_MODEL_CONFIG);
     assert_int_equal(kw_config_set_sliding_pattern(&c, 4), 0);
     assert_int_equal(kw_config_validate(&c), 0);
