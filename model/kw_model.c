@@ -36,7 +36,7 @@ typedef struct kw_layer {
 struct kw_model {
     kw_model_config cfg;
     kw_backend *backend; /* borrowed */
-    kw_safetensors *st;  /* owned: the mappings the CPU weight tensors alias */
+    kw_safetensors *st;  /* owned: the mappings the CPU's unpacked weight tensors alias */
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
     kw_layer *layers;
@@ -63,6 +63,18 @@ struct kw_model {
 /* ------------------------------------------------------------------------------------------------------------
  * Loading
  */
+
+/* Replaces the matmul weight t (bound from st) by the backend's packed form (kw_tensor_pack_weight). When that is a
+ * copy (the CPU's panel layout), the file pages it was read from are dropped from the resident set. */
+static int model_pack(kw_model *m, kw_tensor *t, const kw_st_tensor *st) {
+    kw_tensor packed;
+    KW_FORWARD(kw_tensor_pack_weight(m->backend, t, &packed));
+    if (packed.data == t->data) return 0; /* a view: the backend reads the row-major weight itself */
+    kw_tensor_free(t);
+    *t = packed;
+    if (st) kw_safetensors_release(m->st, st);
+    return 0;
+}
 
 /* Binds tensor name (shape ne[0..ndim)) to t. Missing tensors: KW_E_MODEL_MISSING if required, else t stays zeroed.
  * op is the op that consumes it (its dtype must be supported). */
@@ -96,6 +108,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
                  "model: backend %s cannot run %s with %s weights (%s)", kw_backend_name(m->backend), kw_op_name(op),
                  kw_dtype_name(st->dtype), name);
     KW_FORWARD(kw_tensor_from_host(m->backend, t, st->dtype, ndim, ne, st->data));
+    if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, st));
     if (strcmp(name, "model.embed_tokens.weight") != 0) m->bytes_per_token += st->nbytes;
     return 0;
 }
@@ -194,12 +207,14 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     const int64_t vocab = c->vocab, hid = c->hidden;
     KW_CHECK(model_bind(m, &m->embed, KW_OP_GET_ROWS, 1, 2, KW_NE(vocab, hid), "model.embed_tokens.weight"));
     KW_CHECK(model_bind(m, &m->final_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "model.norm.weight"));
-    for (int32_t l = 0; l < c->n_layers; ++l)
-        KW_CHECK(model_bind_layer(m, l));
+    /* the tied table is packed first, while no other packed copy exists: its file pages and its packed copy are the
+     * largest pair that is ever resident at once, and the peak stays near the model's size */
     if (c->tie_embeddings) {
         /* HF ties lm_head to embed_tokens and ignores a stored lm_head.weight */
         KW_CHECK_IF(!kw_backend_supports(backend, KW_OP_MATMUL, m->embed.dtype), KW_E_OP_UNSUPPORTED,
                     "model: backend cannot run matmul with %s embeddings", kw_dtype_name(m->embed.dtype));
+        /* one packed table serves both: get_rows reads the packed layout too */
+        KW_CHECK(model_pack(m, &m->embed, kw_safetensors_find(m->st, "model.embed_tokens.weight")));
         m->lm_head = m->embed;
         m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
         m->lm_head_tied = 1;
@@ -207,6 +222,8 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     } else {
         KW_CHECK(model_bind(m, &m->lm_head, KW_OP_MATMUL, 1, 2, KW_NE(vocab, hid), "lm_head.weight"));
     }
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        KW_CHECK(model_bind_layer(m, l));
 #undef KW_NE
     KW_CHECK(model_alloc_scratch(m));
     KW_CHECK(kw_backend_synchronize(backend)); /* device backends: uploads done, host mappings no longer needed */

@@ -1,10 +1,13 @@
 /* kw_model.h: a decoder-only transformer (Qwen2, Qwen3, Llama) bound to a compute backend, and its forward pass.
  *
  * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
- * and binds every weight to a backend tensor with kw_tensor_from_host: on the CPU backend the tensors alias the
- * read-only file mapping (zero copy, weights stay bf16/f16/f32 as stored); a device backend uploads them once.
- * Activations are f32. The forward pass runs a range of tokens, appends their K/V to a kw_kvcache and optionally
- * returns logits or greedy ids. All compute goes through kernels/kw_backend.h, so the same code drives every backend.
+ * and binds every weight to a backend tensor with kw_tensor_from_host: on the CPU backend norms and biases alias the
+ * read-only file mapping (zero copy, bf16/f16/f32 as stored) and the matmul weights (and a tied embedding table) are
+ * packed once into the CPU's panel layout (kw_tensor_pack_weight: same dtype and size, one sequential stream per
+ * panel; their file pages are then released); a device backend uploads them once. Activations are f32. Results do not
+ * depend on how the tokens are split into calls or chunks, the thread count or the CPU's ISA (bit for bit). The forward
+ * pass runs a range of tokens, appends their K/V to a kw_kvcache and optionally returns logits or greedy ids. All
+ * compute goes through kernels/kw_backend.h, so the same code drives every backend.
  *
  * Not here: tokenization (kw_tokenizer.h), the generation loop (kw_generate.h), sampling other than greedy.
  * A kw_model is used by one thread at a time (it owns scratch activations); weights are read-only.
