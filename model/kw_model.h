@@ -78,6 +78,18 @@ typedef struct kw_forward_args {
  * call. Errors: KW_E_TOKEN_ID, KW_E_MODEL_CONTEXT (cache full), KW_E_INVALID_ARG, backend errors. */
 int kw_model_forward(kw_model *model, kw_kvcache *cache, const kw_forward_args *args);
 
+/* Called by kw_model_forward_layers once a layer's K/V rows [row0, row0 + n) are in the cache (the backend has
+ * finished them). A negative return stops the forward with that status. */
+typedef int (*kw_model_layer_fn)(void *user, int32_t layer, int64_t row0, int64_t n);
+
+/* Prefill without logits, layer by layer: every token through layer 0 (in chunks of max_batch), then through layer 1,
+ * ..., calling on_layer (may be NULL) after each layer, so that a layer's K/V can be used (e.g. streamed to a
+ * receiver) while the next ones run. The cache rows are bit-identical to kw_model_forward's (every op computes a row
+ * independently of the others). positions NULL: position = cache row. Holds the hidden states of all n tokens
+ * (n x hidden f32) during the call. On failure the cache is truncated back. */
+int kw_model_forward_layers(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n, const int32_t *positions,
+                            kw_model_layer_fn on_layer, void *user);
+
 /* Prefill without logits: K/V of ids[0..n) at the next cache rows. */
 int kw_model_prefill(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n);
 
