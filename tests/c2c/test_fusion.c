@@ -5,7 +5,10 @@
  * sections selecting sharer 2 then sharer 1) the 32 greedy tokens must be identical and the receiver cache after the
  * prompt (fused rows and the last token's) within the fp32 tolerance. Then: closed gates leave rows bit-identical,
  * parallel equals sequential for one sharer, the section builders, the transfer hook (identity: same bits;
- * perturbation: a different result; failure: reported), and bad input.
+ * perturbation: a different result; failure: reported), and bad input. The step-by-step session API (what the
+ * receiver half drives): a selection of positions gets exactly the fully fused rows there and the receiver's own rows
+ * elsewhere; rows arriving out of order (layers reversed, sharer 1 before sharer 0) give kw_fusion_run's bits;
+ * parallel mode refuses sharers that sent other positions; misuse is refused.
  *
  * Tolerance: everything is fp32 on both sides (fp32 models, fp32 projectors from the bf16 weights, f32 caches); what
  * differs is summation order, ~1e-6 relative (see tests/model/test_model_parity.c), so max |ours - ref| / max |ref|
@@ -69,7 +72,7 @@ static int setup(void **state) {
     E.sh_b = load_model("sharer_llama");
     E.fu_a = load_fuser("fuser_qwen2");
     E.fu_b = load_fuser("fuser_llama");
-    const kw_fusion_sharer sh[2] = {{E.sh_a, E.fu_a}, {E.sh_b, E.fu_b}};
+    const kw_fusion_sharer sh[2] = {{.model = E.sh_a, .fuser = E.fu_a}, {.model = E.sh_b, .fuser = E.fu_b}};
     int rc = kw_fusion_create(E.recv, sh, 1, 0, &E.one);
     if (rc == 0) rc = kw_fusion_create(E.recv, sh, 2, 0, &E.two);
     if (rc < 0) fail_msg("fusion: %s (%s)", kw_status_name(rc), kw_error_detail());
@@ -535,7 +538,7 @@ static void test_bad_input(void **state) {
     assert_int_equal(kw_fusion_run(E.one, c, E.prompt, E.L, &opt, &r), KW_E_INVALID_ARG);
     kw_kvcache_free(c);
     /* a fuser that does not fit: fuser_llama's sharer dims against the qwen2 sharer */
-    const kw_fusion_sharer wrong = {E.sh_a, E.fu_b};
+    const kw_fusion_sharer wrong = {.model = E.sh_a, .fuser = E.fu_b};
     kw_fusion *f = NULL;
     assert_int_equal(kw_fusion_create(E.recv, &wrong, 1, 0, &f), KW_E_FUSER_CONFIG);
     assert_null(f);
@@ -580,8 +583,210 @@ static void test_transfer_hook_two_sharers(void **state) {
     run_free(&hooked);
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * The session API: rows that arrive out of order, selections of positions, and misuse
+ */
+
+/* A sharer's K/V rows of every layer after prefilling the first n prompt tokens, (n, H, D) per layer. */
+typedef struct sharer_rows {
+    int32_t n_layers;
+    int64_t per_layer; /* floats per layer */
+    float *k, *v;
+} sharer_rows;
+
+static void sharer_rows_get(kw_model *m, int64_t n, sharer_rows *out) {
+    const kw_model_config *c = kw_model_get_config(m);
+    kw_kvcache *sc = NULL;
+    assert_int_equal(kw_model_create_cache(m, n, KW_DTYPE_F32, &sc), 0);
+    assert_int_equal(kw_model_prefill(m, sc, E.prompt, n), 0);
+    out->n_layers = c->n_layers;
+    out->per_layer = n * c->n_kv_heads * c->head_dim;
+    out->k = malloc((size_t)(out->per_layer * c->n_layers) * sizeof(float));
+    out->v = malloc((size_t)(out->per_layer * c->n_layers) * sizeof(float));
+    assert_true(out->k && out->v);
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        assert_int_equal(kw_kvcache_read_rows(sc, l, 0, n, out->k + l * out->per_layer, out->v + l * out->per_layer),
+                         0);
+    kw_kvcache_free(sc);
+}
+
+/* The rows of the positions in pos (NULL: all n) of one sharer layer, gathered into k, v. */
+static void gather(const sharer_rows *r, int32_t l, const int64_t *pos, int64_t n_sel, int64_t row_floats, float *k,
+                   float *v) {
+    for (int64_t i = 0; i < n_sel; ++i) {
+        const int64_t p = pos ? pos[i] : i;
+        memcpy(k + i * row_floats, r->k + l * r->per_layer + p * row_floats, (size_t)row_floats * sizeof(float));
+        memcpy(v + i * row_floats, r->v + l * r->per_layer + p * row_floats, (size_t)row_floats * sizeof(float));
+    }
+}
+
+static void put_layer(kw_fusion_session *ss, const sharer_rows *r, int32_t sharer, int32_t l, const int64_t *pos,
+                      int64_t n_sel, int64_t row_floats) {
+    float *k = malloc((size_t)(n_sel * row_floats) * sizeof(float)), *v = malloc((size_t)(n_sel * row_floats) * 4);
+    assert_true(k && v);
+    gather(r, l, pos, n_sel, row_floats, k, v);
+    const kw_fusion_rows rows = {
+        .sharer = sharer, .section = 0, .source_layer = l, .n_rows = n_sel, .positions = pos, .k = k, .v = v};
+    const int rc = kw_fusion_put(ss, &rows);
+    if (rc < 0) fail_msg("put: %s (%s)", kw_status_name(rc), kw_error_detail());
+    free(k), free(v);
+}
+
+/* Fusing every third position of the section (and its first and last) gives those positions exactly the rows of a
+ * full fusion and leaves the others exactly as the receiver computed them; the sharer layers arrive in reverse. */
+static void test_session_selected_positions(void **state) {
+    (void)state;
+    const scenario recv = fixture_scenario("recv"), std = fixture_scenario("std");
+    run_out full, alone;
+    run(&std, KW_DTYPE_F32, NULL, NULL, &full);
+    run(&recv, KW_DTYPE_F32, NULL, NULL, &alone);
+    const int64_t L1 = E.L - 1;
+    sharer_rows r;
+    sharer_rows_get(E.sh_a, L1, &r);
+    int64_t pos[64], n_sel = 0;
+    for (int64_t p = 0; p < L1; ++p)
+        if (p % 3 == 0 || p == L1 - 1) pos[n_sel++] = p;
+    assert_true(n_sel < 64);
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, KW_DTYPE_F32, &cache), 0);
+    const kw_fusion_options opt = {.sections = std.sections,
+                                   .n_sections = std.n_sections,
+                                   .numerics = KW_PROJECTOR_FP32,
+                                   .gen = {.max_new_tokens = 2, .round = KW_LOGITS_ROUND_NONE}};
+    kw_fusion_session *ss = NULL;
+    assert_int_equal(kw_fusion_begin(E.one, cache, E.prompt, E.L, &opt, &ss), 0);
+    int32_t layers[8], n_layers = 0;
+    assert_int_equal(kw_fusion_needed_layers(E.one, 0, layers, 8, &n_layers), 0);
+    assert_int_equal(n_layers, 3); /* sharer layers 0, 1, 2 feed the open receiver layers */
+    const kw_model_config *sc = kw_model_get_config(E.sh_a);
+    const int64_t row_floats = (int64_t)sc->n_kv_heads * sc->head_dim;
+    /* rows before their section is prefilled are refused */
+    const kw_fusion_rows early = {.sharer = 0, .section = 0, .source_layer = 0, .n_rows = 1, .k = r.k, .v = r.v};
+    assert_int_equal(kw_fusion_put(ss, &early), KW_E_STATE);
+    assert_int_equal(kw_fusion_prefill(ss, 0), 0);
+    for (int32_t i = n_layers - 1; i >= 0; --i)
+        put_layer(ss, &r, 0, layers[i], pos, n_sel, row_floats);
+    assert_int_equal(kw_fusion_end_section(ss, 0), 0);
+    kw_fusion_result res;
+    assert_int_equal(kw_fusion_generate(ss, &res), 0);
+    assert_int_equal(res.stats.tokens_fused, n_sel);
+    assert_int_equal(res.stats.layers_fused, 3);
+    const int64_t cnt = E.n_heads * E.L * E.head_dim;
+    float *k = malloc((size_t)cnt * 4), *v = malloc((size_t)cnt * 4), *kf = malloc((size_t)cnt * 4),
+          *vf = malloc((size_t)cnt * 4), *ka = malloc((size_t)cnt * 4), *va = malloc((size_t)cnt * 4);
+    for (int32_t l = 0; l < E.n_layers; ++l) {
+        cache_rows(cache, l, k, v);
+        cache_rows(full.cache, l, kf, vf);
+        cache_rows(alone.cache, l, ka, va);
+        for (int64_t h = 0; h < E.n_heads; ++h)
+            for (int64_t p = 0, j = 0; p < L1; ++p) {
+                const int sel = j < n_sel && pos[j] == p;
+                j += sel;
+                const size_t off = (size_t)((h * E.L + p) * E.head_dim), bytes = (size_t)E.head_dim * 4;
+                assert_memory_equal(k + off, (sel ? kf : ka) + off, bytes);
+                assert_memory_equal(v + off, (sel ? vf : va) + off, bytes);
+            }
+    }
+    free(k), free(v), free(kf), free(vf), free(ka), free(va);
+    free(r.k), free(r.v);
+    kw_fusion_result_free(&res);
+    kw_fusion_session_free(ss);
+    kw_kvcache_free(cache);
+    run_free(&full);
+    run_free(&alone);
+}
+
+/* Two sharers, sequential: sharer 1's rows arriving before sharer 0's wait for them, and the cache ends up the same
+ * bits as kw_fusion_run's. Parallel mode refuses sharers that sent other positions. Misuse is refused. */
+static void test_session_two_sharers_out_of_order(void **state) {
+    (void)state;
+    const scenario seq2 = fixture_scenario("seq2");
+    run_out ref;
+    run(&seq2, KW_DTYPE_F32, NULL, NULL, &ref);
+    const int64_t L1 = seq2.sections[0].length;
+    sharer_rows ra, rb;
+    sharer_rows_get(E.sh_a, L1, &ra);
+    sharer_rows_get(E.sh_b, L1, &rb);
+    const kw_model_config *ca = kw_model_get_config(E.sh_a), *cb = kw_model_get_config(E.sh_b);
+    const int64_t fa = (int64_t)ca->n_kv_heads * ca->head_dim, fb = (int64_t)cb->n_kv_heads * cb->head_dim;
+    int32_t la[8], lb[8], na = 0, nb = 0;
+    assert_int_equal(kw_fusion_needed_layers(E.two, 0, la, 8, &na), 0);
+    assert_int_equal(kw_fusion_needed_layers(E.two, 1, lb, 8, &nb), 0);
+    for (int parallel = 0; parallel <= 1; ++parallel) {
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, KW_DTYPE_F32, &cache), 0);
+        const kw_fusion_options opt = {.sections = seq2.sections,
+                                       .n_sections = seq2.n_sections,
+                                       .mode = parallel ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL,
+                                       .numerics = KW_PROJECTOR_FP32,
+                                       .gen = {.max_new_tokens = (int32_t)E.G, .round = KW_LOGITS_ROUND_NONE}};
+        kw_fusion_session *ss = NULL;
+        assert_int_equal(kw_fusion_begin(E.two, cache, E.prompt, E.L, &opt, &ss), 0);
+        assert_int_equal(kw_fusion_prefill(ss, 1), KW_E_STATE); /* out of order */
+        assert_int_equal(kw_fusion_prefill(ss, 0), 0);
+        if (parallel) { /* sharer 1 sends the first half only: not what sharer 0 sends */
+            int64_t half[32];
+            for (int64_t p = 0; p < L1 / 2; ++p)
+                half[p] = p;
+            for (int32_t i = 0; i < nb; ++i)
+                put_layer(ss, &rb, 1, lb[i], half, L1 / 2, fb);
+            int rc = 0;
+            for (int32_t i = 0; i < na && rc == 0; ++i) {
+                float *k = malloc((size_t)(L1 * fa) * 4), *v = malloc((size_t)(L1 * fa) * 4);
+                gather(&ra, la[i], NULL, L1, fa, k, v);
+                const kw_fusion_rows rows = {
+                    .sharer = 0, .section = 0, .source_layer = la[i], .n_rows = L1, .k = k, .v = v};
+                rc = kw_fusion_put(ss, &rows);
+                free(k), free(v);
+            }
+            assert_int_equal(rc, KW_E_UNSUPPORTED);
+            kw_fusion_session_free(ss);
+            kw_kvcache_free(cache);
+            continue;
+        }
+        for (int32_t i = 0; i < nb; ++i) /* sharer 1 first: it must wait for sharer 0 at every layer */
+            put_layer(ss, &rb, 1, lb[i], NULL, L1, fb);
+        for (int32_t i = 0; i < na; ++i)
+            put_layer(ss, &ra, 0, la[i], NULL, L1, fa);
+        /* misuse: a layer twice, a layer fusion does not use, a sharer the section does not select */
+        const kw_fusion_rows dup = {
+            .sharer = 0, .section = 0, .source_layer = la[0], .n_rows = L1, .k = ra.k, .v = ra.v};
+        assert_int_equal(kw_fusion_put(ss, &dup), KW_E_INVALID_ARG);
+        const kw_fusion_rows unused = {
+            .sharer = 1, .section = 0, .source_layer = 1, .n_rows = L1, .k = rb.k, .v = rb.v};
+        assert_int_equal(kw_fusion_put(ss, &unused), KW_E_INVALID_ARG);
+        const int64_t bad_pos[2] = {3, 3};
+        const kw_fusion_rows unsorted = {
+            .sharer = 0, .section = 0, .source_layer = 0, .n_rows = 2, .positions = bad_pos, .k = ra.k, .v = ra.v};
+        assert_int_equal(kw_fusion_put(ss, &unsorted), KW_E_INVALID_ARG);
+        assert_int_equal(kw_fusion_end_section(ss, 0), 0);
+        assert_int_equal(kw_fusion_end_section(ss, 0), KW_E_STATE);
+        kw_fusion_result res;
+        assert_int_equal(kw_fusion_generate(ss, &res), 0);
+        assert_int_equal(res.gen.n, ref.res.gen.n);
+        assert_memory_equal(res.gen.ids, ref.res.gen.ids, (size_t)res.gen.n * 4);
+        const int64_t cnt = E.n_heads * E.L * E.head_dim;
+        float *k = malloc((size_t)cnt * 4), *v = malloc((size_t)cnt * 4), *kr = malloc((size_t)cnt * 4),
+              *vr = malloc((size_t)cnt * 4);
+        for (int32_t l = 0; l < E.n_layers; ++l) {
+            cache_rows(cache, l, k, v);
+            cache_rows(ref.cache, l, kr, vr);
+            assert_memory_equal(k, kr, (size_t)cnt * 4);
+            assert_memory_equal(v, vr, (size_t)cnt * 4);
+        }
+        free(k), free(v), free(kr), free(vr);
+        kw_fusion_result_free(&res);
+        kw_fusion_session_free(ss);
+        kw_kvcache_free(cache);
+    }
+    free(ra.k), free(ra.v), free(rb.k), free(rb.v);
+    run_free(&ref);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_session_selected_positions),
+        cmocka_unit_test(test_session_two_sharers_out_of_order),
         cmocka_unit_test(test_parity_receiver_only),
         cmocka_unit_test(test_parity_standard),
         cmocka_unit_test(test_parity_parallel_one_sharer),
