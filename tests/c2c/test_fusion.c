@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_share.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "../model/model_fixture.h"
@@ -783,8 +784,161 @@ static void test_session_two_sharers_out_of_order(void **state) {
     run_free(&ref);
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * The split pipeline: kw_share_run (sharer side, layer by layer) joined in memory to the session (receiver side)
+ */
+
+/* Every layer kw_share_run handed over, copied. */
+typedef struct share_log {
+    int32_t n;
+    struct {
+        int32_t sharer, section, layer;
+        int64_t n_rows, *positions;
+        float *k, *v;
+    } e[64];
+    int32_t sharer; /* the sharer being run */
+} share_log;
+
+static int share_collect(void *user, const kw_share_layer *l) {
+    share_log *log = user;
+    assert_true(log->n < 64);
+    const size_t floats = (size_t)(l->n_rows * l->n_heads * l->head_dim);
+    log->e[log->n].sharer = log->sharer;
+    log->e[log->n].section = l->section;
+    log->e[log->n].layer = l->layer;
+    log->e[log->n].n_rows = l->n_rows;
+    log->e[log->n].positions = malloc((size_t)l->n_rows * sizeof(int64_t));
+    log->e[log->n].k = malloc(floats * 4);
+    log->e[log->n].v = malloc(floats * 4);
+    memcpy(log->e[log->n].positions, l->positions, (size_t)l->n_rows * sizeof(int64_t));
+    memcpy(log->e[log->n].k, l->k, floats * 4);
+    memcpy(log->e[log->n].v, l->v, floats * 4);
+    ++log->n;
+    return 0;
+}
+
+static void share_log_free(share_log *log) {
+    for (int32_t i = 0; i < log->n; ++i)
+        free(log->e[i].positions), free(log->e[i].k), free(log->e[i].v);
+    log->n = 0;
+}
+
+/* Runs scenario s split: each sharer's kw_share_run, then the session fed from the log. */
+static void run_split(const scenario *s, const kw_select_policy *sel, enum kw_dtype cd, run_out *o, share_log *log) {
+    kw_fusion *f = s->n_sharers == 2 ? E.two : E.one;
+    kw_model *models[2] = {E.sh_a, E.sh_b};
+    int64_t prefix = E.L - s->sections[s->n_sections - 1].length;
+    memset(log, 0, sizeof *log);
+    for (int32_t i = 0; i < s->n_sharers; ++i) {
+        int32_t layers[8], n_layers = 0;
+        assert_int_equal(kw_fusion_needed_layers(f, i, layers, 8, &n_layers), 0);
+        /* a sharer is sent the sections that select it */
+        kw_fusion_section mine[8];
+        for (int32_t j = 0; j < s->n_sections; ++j)
+            mine[j] = (kw_fusion_section){s->sections[j].length,
+                                          (s->sections[j].index > 0 && (s->sections[j].index & (1 << i))) ? 1 : -1};
+        const kw_share_options so = {.sections = mine,
+                                     .n_sections = s->n_sections,
+                                     .layers = layers,
+                                     .n_layers = n_layers,
+                                     .select = *sel,
+                                     .cache_dtype = cd,
+                                     .on_layer = share_collect,
+                                     .user = log};
+        log->sharer = i;
+        kw_share_stats st;
+        const int rc = kw_share_run(models[i], E.prompt, prefix, &so, &st);
+        if (rc < 0) fail_msg("share: %s (%s)", kw_status_name(rc), kw_error_detail());
+    }
+    memset(o, 0, sizeof *o);
+    assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, cd, &o->cache), 0);
+    const kw_fusion_options opt = {.sections = s->sections,
+                                   .n_sections = s->n_sections,
+                                   .mode = s->mode,
+                                   .numerics = cd == KW_DTYPE_F32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
+                                   .gen = {.max_new_tokens = (int32_t)E.G,
+                                           .round = cd == KW_DTYPE_F32 ? KW_LOGITS_ROUND_NONE : KW_LOGITS_ROUND_AUTO}};
+    kw_fusion_session *ss = NULL;
+    assert_int_equal(kw_fusion_begin(f, o->cache, E.prompt, E.L, &opt, &ss), 0);
+    for (int32_t sec = 0; sec + 1 < s->n_sections; ++sec) {
+        assert_int_equal(kw_fusion_prefill(ss, sec), 0);
+        for (int32_t j = 0; j < log->n; ++j) {
+            if (log->e[j].section != sec) continue;
+            const kw_fusion_rows rows = {.sharer = log->e[j].sharer,
+                                         .section = sec,
+                                         .source_layer = log->e[j].layer,
+                                         .n_rows = log->e[j].n_rows,
+                                         .positions = log->e[j].positions,
+                                         .k = log->e[j].k,
+                                         .v = log->e[j].v};
+            const int rc = kw_fusion_put(ss, &rows);
+            if (rc < 0) fail_msg("put: %s (%s)", kw_status_name(rc), kw_error_detail());
+        }
+        assert_int_equal(kw_fusion_end_section(ss, sec), 0);
+    }
+    assert_int_equal(kw_fusion_generate(ss, &o->res), 0);
+    kw_fusion_session_free(ss);
+}
+
+/* With every position sent, the split pipeline gives kw_fusion_run's tokens and the same cache bits, in every
+ * scenario of the fixture and with both cache dtypes. */
+static void test_split_equals_in_process(void **state) {
+    (void)state;
+    static const char *const names[] = {"std", "par1", "front50", "back30", "general", "seq2", "par2", "mask21"};
+    const kw_select_policy full = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
+    for (int dt = 0; dt < 2; ++dt) {
+        const enum kw_dtype cd = dt ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; ++i) {
+            const scenario s = fixture_scenario(names[i]);
+            run_out a, b;
+            share_log log;
+            run(&s, cd, NULL, NULL, &a);
+            run_split(&s, &full, cd, &b, &log);
+            assert_int_equal(a.res.gen.n, b.res.gen.n);
+            assert_memory_equal(a.res.gen.ids, b.res.gen.ids, (size_t)a.res.gen.n * 4);
+            const int64_t cnt = E.n_heads * E.L * E.head_dim;
+            float *ka = malloc((size_t)cnt * 4), *va = malloc((size_t)cnt * 4), *kb = malloc((size_t)cnt * 4),
+                  *vb = malloc((size_t)cnt * 4);
+            for (int32_t l = 0; l < E.n_layers; ++l) {
+                cache_rows(a.cache, l, ka, va);
+                cache_rows(b.cache, l, kb, vb);
+                if (memcmp(ka, kb, (size_t)cnt * 4) != 0 || memcmp(va, vb, (size_t)cnt * 4) != 0)
+                    fail_msg("%s, %s cache: layer %d differs between the split and the in-process pipeline", names[i],
+                             kw_dtype_name(cd), (int)l);
+            }
+            assert_int_equal(a.res.stats.tokens_fused, b.res.stats.tokens_fused);
+            assert_int_equal(a.res.stats.layers_fused, b.res.stats.layers_fused);
+            free(ka), free(va), free(kb), free(vb);
+            share_log_free(&log);
+            run_free(&a);
+            run_free(&b);
+        }
+    }
+}
+
+/* A selection sends fewer rows per layer (vnorm per sharer layer), the positions are the selection's, and the run
+ * still decodes. */
+static void test_split_with_selection(void **state) {
+    (void)state;
+    const scenario s = fixture_scenario("std");
+    const kw_select_policy sel = {.mode = KW_SELECT_VNORM, .proportion = 0.25, .min_tokens = 1};
+    run_out o;
+    share_log log;
+    run_split(&s, &sel, KW_DTYPE_F32, &o, &log);
+    const int64_t L1 = s.sections[0].length, k = (int64_t)nearbyint((double)L1 * 0.25);
+    assert_int_equal(log.n, 3);
+    for (int32_t i = 0; i < log.n; ++i)
+        assert_int_equal(log.e[i].n_rows, k);
+    assert_true(o.res.stats.tokens_fused >= k && o.res.stats.tokens_fused <= 3 * k);
+    assert_true(o.res.gen.n >= 1 && o.res.gen.n <= E.G);
+    share_log_free(&log);
+    run_free(&o);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_split_equals_in_process),
+        cmocka_unit_test(test_split_with_selection),
         cmocka_unit_test(test_session_selected_positions),
         cmocka_unit_test(test_session_two_sharers_out_of_order),
         cmocka_unit_test(test_parity_receiver_only),
