@@ -77,8 +77,10 @@ int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_id
                         size_t *len);
 
 /* Pre-tokenization only, for tests and tools: the text cut the way HF cuts it before BPE (added tokens first, then
- * the normalizer and the Split regex on the text between them). *norm (NUL-terminated, owned by the caller, free())
- * is the concatenation of all pieces, i.e. the normalized text with the added tokens kept; piece i is bytes
+ * the normalizer and the pre-tokenizer on the text between them: the Split regex for byte-level BPE; for
+ * SentencePiece-style the "▁" replacement and its Split or Metaspace, usually one piece per stretch). *norm
+ * (NUL-terminated, owned by the caller, free()) is the concatenation of all pieces, i.e. the normalized text with the
+ * added tokens kept; piece i is bytes
  * [(*bounds)[2i], (*bounds)[2i+1]) of it. *bounds is owned by the caller (free()). Invalid UTF-8 gives KW_E_UTF8. */
 int kw_tokenizer_pre_tokenize(const kw_tokenizer *tok, const char *text, size_t len, char **norm, size_t *norm_len,
                               size_t **bounds, size_t *n_pieces);
