@@ -78,7 +78,8 @@
     X(KW_E_SHARE_LAYER, -601, "a sharer sent a layer the request did not ask for")                                     \
     X(KW_E_SHARE_POSITIONS, -602, "a sharer sent positions outside the section, or other positions per layer")         \
     X(KW_E_SHARE_INCOMPLETE, -603, "a section ended before the sharer's blob did")                                     \
-    X(KW_E_SHARE_MODE, -604, "the request's mode cannot be served by this pair of models")
+    X(KW_E_SHARE_MODE, -604, "the request's mode cannot be served by this pair of models")                             \
+    X(KW_E_SHARE_BUSY, -605, "the request queue is full; retry later")
 
 enum kw_status {
 #define KW_STATUS_ENUM_ENTRY_(name, value, text) name = value,
