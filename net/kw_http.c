@@ -1,21 +1,20 @@
-/* kw_http.c: the HTTP/1.1 server front: http-parser callbacks that collect a request under the configured caps,
- * one request in flight per connection (pipelined bytes wait in the connection, which stops reading), responses
- * complete or chunked, keep-alive, and the timeouts against slow clients.
+/* kw_http.c: the HTTP/1.1 server front: connections that feed the request reader (kw_http_reader.c), one request
+ * in flight per connection (pipelined bytes wait in the connection, which stops reading), responses complete or
+ * chunked, keep-alive, and the timeouts against slow clients.
  *
- * Not here: any parsing of HTTP syntax of our own (http-parser does it all) or routing (receiver/).
+ * Not here: collecting requests from bytes (kw_http_reader.c, over http-parser) or routing (receiver/).
  * Timeouts use the connection's request deadline: a request's first byte starts the header timeout, the end of its
  * headers the body timeout, and a complete request marks the connection busy with no limit until the response is
  * completed (so the idle timeout and a graceful shutdown wait for the handler).
  */
-#include "net/kw_http.h"
-
-#include <http_parser.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "common/kw_buf.h"
 #include "common/kw_status.h"
+#include "net/kw_http_internal.h"
 
 struct kw_http_server {
     kw_net_server *net;
@@ -26,39 +25,12 @@ struct kw_http_server {
     void *done_user;
 };
 
-typedef struct kw__http_conn kw__http_conn;
-
-typedef struct kw__http_req {
-    kw_http_request pub;     /* first member: a kw_http_request * is a kw__http_req * */
-    kw__http_conn *hc;       /* NULL once the connection is gone */
-    char *text;              /* owned: target, header names and values, NUL-separated */
-    uint8_t *body;           /* owned */
-    kw_http_header *headers; /* owned array; strings point into text */
-    char *path;              /* owned copy of the target before '?' */
-    bool head_only;          /* HEAD: no body in the response */
-    bool started, chunked, close_after;
-    void (*on_abort)(kw_http_request *req, void *user);
-    void (*on_drain)(kw_http_request *req, void *user);
-    void *watch_user;
-} kw__http_req;
-
-enum kw__http_last { KW__HTTP_URL, KW__HTTP_FIELD, KW__HTTP_VALUE };
-
-struct kw__http_conn {
+typedef struct kw__http_conn {
     kw_net_conn *conn;
     kw_http_server *server;
-    http_parser parser; /* parser.data is the connection */
-    /* the request being read */
-    kw_buf text, body;
-    size_t *name_off, *value_off; /* max_headers entries each */
-    size_t n_headers;
-    enum kw__http_last last;
-    int reject;            /* HTTP status to answer the request with instead of handling it */
-    int reject_status;     /* the kw_status the connection closes with after the rejection */
+    kw__http_reader reader;
     kw__http_req *current; /* the request being handled */
-};
-
-static const http_parser_settings kw__http_settings;
+} kw__http_conn;
 
 const char *kw_http_status_text(int status) {
     switch (status) {
@@ -166,11 +138,7 @@ static void kw__http_head(kw_buf *b, const kw__http_req *r, int status, const ch
 static void kw__http_complete(kw__http_req *r) {
     kw__http_conn *hc = r->hc;
     const bool close_after = r->close_after;
-    free(r->text);
-    free(r->body);
-    free(r->headers);
-    free(r->path);
-    free(r);
+    kw__http_req_free(r);
     if (!hc) return;
     hc->current = NULL;
     if (close_after) {
@@ -277,155 +245,27 @@ void kw_http_request_watch(kw_http_request *req, void (*on_abort)(kw_http_reques
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Parsing
+// Connections
 
-static void kw__http_reset(kw__http_conn *hc) {
-    kw_buf_free(&hc->text);
-    kw_buf_free(&hc->body);
-    hc->n_headers = 0;
-    hc->last = KW__HTTP_URL;
-}
-
-/* Rejects the request being read: the status goes out, then the connection closes. */
-static int kw__http_reject(kw__http_conn *hc, int http_status, int status) {
-    if (!hc->reject) {
-        hc->reject = http_status;
-        hc->reject_status = status;
-    }
-    return -1; /* stops http-parser */
-}
-
-static int kw__http_append(kw__http_conn *hc, kw_buf *b, const char *at, size_t len, size_t cap) {
-    if (b->len + len > cap) return kw__http_reject(hc, b == &hc->body ? 413 : 431, KW_E_NET_HTTP_LIMIT);
-    if (kw_buf_append(b, at, len) < 0) return kw__http_reject(hc, 500, KW_E_NOMEM);
-    return 0;
-}
-
-static int kw__http_on_message_begin(http_parser *p) {
-    kw__http_conn *hc = p->data;
-    kw__http_reset(hc);
-    kw_net_conn_deadline_start(hc->conn, hc->server->cfg.header_timeout_ms);
-    return 0;
-}
-
-static int kw__http_on_url(http_parser *p, const char *at, size_t len) {
-    kw__http_conn *hc = p->data;
-    return kw__http_append(hc, &hc->text, at, len, hc->server->cfg.max_header_bytes);
-}
-
-static int kw__http_on_header_field(http_parser *p, const char *at, size_t len) {
-    kw__http_conn *hc = p->data;
-    const size_t cap = hc->server->cfg.max_header_bytes;
-    if (hc->last != KW__HTTP_FIELD) {
-        if (hc->n_headers == hc->server->cfg.max_headers) return kw__http_reject(hc, 431, KW_E_NET_HTTP_LIMIT);
-        if (kw__http_append(hc, &hc->text, "", 1, cap)) return -1; /* ends the target or the previous value */
-        hc->name_off[hc->n_headers] = hc->text.len;
-        hc->value_off[hc->n_headers] = 0;
-        ++hc->n_headers;
-        hc->last = KW__HTTP_FIELD;
-    }
-    return kw__http_append(hc, &hc->text, at, len, cap);
-}
-
-static int kw__http_on_header_value(http_parser *p, const char *at, size_t len) {
-    kw__http_conn *hc = p->data;
-    const size_t cap = hc->server->cfg.max_header_bytes;
-    if (hc->last != KW__HTTP_VALUE) {
-        if (kw__http_append(hc, &hc->text, "", 1, cap)) return -1; /* ends the name */
-        hc->value_off[hc->n_headers - 1] = hc->text.len;
-        hc->last = KW__HTTP_VALUE;
-    }
-    return kw__http_append(hc, &hc->text, at, len, cap);
-}
-
-static int kw__http_on_headers_complete(http_parser *p) {
-    kw__http_conn *hc = p->data;
+/* The reader's phases drive the connection's deadline: the header timeout from a request's first byte, the body
+ * timeout from the end of its headers. */
+static void kw__http_on_phase(void *user, enum kw__http_phase phase) {
+    kw__http_conn *hc = user;
     const kw_http_server_config *cfg = &hc->server->cfg;
-    if (kw__http_append(hc, &hc->text, "", 1, cfg->max_header_bytes + 1)) return -1;
-    if ((p->flags & F_CONTENTLENGTH) && p->content_length > cfg->max_body_bytes)
-        return kw__http_reject(hc, 413, KW_E_NET_HTTP_LIMIT);
-    if (p->upgrade || p->method == HTTP_CONNECT) return kw__http_reject(hc, 501, KW_E_NET_HTTP);
+    if (phase == KW__HTTP_PHASE_HEADERS) {
+        kw_net_conn_deadline_start(hc->conn, cfg->header_timeout_ms);
+        return;
+    }
     kw_net_conn_deadline_start(hc->conn, cfg->body_timeout_ms);
-    /* curl sends Expect: 100-continue before bodies over 1 KiB and waits a second unless told to go on */
-    for (size_t i = 0; i < hc->n_headers; ++i) {
-        const char *name = hc->text.data + hc->name_off[i];
-        const char *value = hc->value_off[i] ? hc->text.data + hc->value_off[i] : "";
-        if (strcasecmp(name, "expect") == 0 && strcasecmp(value, "100-continue") == 0 && p->http_minor >= 1) {
-            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-            kw_net_conn_write(hc->conn, cont, sizeof cont - 1, NULL, 0, NULL, NULL);
-        }
+    if (phase == KW__HTTP_PHASE_BODY_CONTINUE) {
+        /* curl sends Expect: 100-continue before bodies over 1 KiB and waits a second unless told to go on */
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        kw_net_conn_write(hc->conn, cont, sizeof cont - 1, NULL, 0, NULL, NULL);
     }
-    return 0;
-}
-
-static int kw__http_on_body(http_parser *p, const char *at, size_t len) {
-    kw__http_conn *hc = p->data;
-    return kw__http_append(hc, &hc->body, at, len, hc->server->cfg.max_body_bytes);
-}
-
-static int kw__http_on_message_complete(http_parser *p) {
-    http_parser_pause(p, 1); /* one request at a time: the read loop hands it over */
-    return 0;
-}
-
-static const http_parser_settings kw__http_settings = {
-    .on_message_begin = kw__http_on_message_begin,
-    .on_url = kw__http_on_url,
-    .on_header_field = kw__http_on_header_field,
-    .on_header_value = kw__http_on_header_value,
-    .on_headers_complete = kw__http_on_headers_complete,
-    .on_body = kw__http_on_body,
-    .on_message_complete = kw__http_on_message_complete,
-};
-
-/* Builds the request from the parser state and hands it to the handler. */
-static int kw__http_dispatch(kw__http_conn *hc) {
-    kw__http_req *r = calloc(1, sizeof *r);
-    KW_RETURN_IF(!r, KW_E_NOMEM, "HTTP: out of memory");
-    const http_parser *p = &hc->parser;
-    size_t text_len = 0, body_len = 0;
-    int rc = kw_buf_take(&hc->text, &r->text, &text_len);
-    if (rc == 0) rc = kw_buf_take(&hc->body, (char **)&r->body, &body_len);
-    r->headers = calloc(hc->n_headers ? hc->n_headers : 1, sizeof *r->headers);
-    if (rc == 0 && r->headers) {
-        for (size_t i = 0; i < hc->n_headers; ++i) {
-            r->headers[i].name = r->text + hc->name_off[i];
-            r->headers[i].value = hc->value_off[i] ? r->text + hc->value_off[i] : "";
-        }
-        const char *q = strchr(r->text, '?');
-        r->path = q ? strndup(r->text, (size_t)(q - r->text)) : strdup(r->text);
-        r->pub.query = q ? q + 1 : "";
-    }
-    if (rc < 0 || !r->headers || !r->path) {
-        free(r->text);
-        free(r->body);
-        free(r->headers);
-        free(r->path);
-        free(r);
-        KW_FAIL(KW_E_NOMEM, "HTTP: out of memory");
-    }
-    r->pub.method = http_method_str((enum http_method)p->method);
-    r->pub.target = r->text;
-    r->pub.path = r->path;
-    r->pub.headers = r->headers;
-    r->pub.n_headers = hc->n_headers;
-    r->pub.body = r->body;
-    r->pub.body_len = body_len;
-    r->pub.version_minor = p->http_minor;
-    r->pub.keep_alive = http_should_keep_alive(p) != 0;
-    r->close_after = !r->pub.keep_alive;
-    r->head_only = p->method == HTTP_HEAD;
-    r->hc = hc;
-    hc->current = r;
-    hc->n_headers = 0;
-    hc->last = KW__HTTP_URL;
-    kw_net_conn_deadline_start(hc->conn, 0); /* busy, no limit: the handler owns the request now */
-    hc->server->handler(&r->pub, hc->server->user);
-    return 0;
 }
 
 static void kw__http_send_reject(kw__http_conn *hc) {
-    const int status = hc->reject;
+    const int status = hc->reader.reject;
     char head[160];
     const int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                            status, kw_http_status_text(status));
@@ -434,28 +274,30 @@ static void kw__http_send_reject(kw__http_conn *hc) {
         const kw_net_buf buf = {copy, (size_t)n};
         if (kw_net_conn_write(hc->conn, NULL, 0, &buf, 1, kw__http_free_done, copy) < 0) free(copy);
     }
-    kw_error_set(hc->reject_status, "HTTP request rejected with %d %s", status, kw_http_status_text(status));
-    kw_net_conn_close(hc->conn, hc->reject_status);
+    kw_error_set(hc->reader.reject_status, "HTTP request rejected with %d %s", status, kw_http_status_text(status));
+    kw_net_conn_close(hc->conn, hc->reader.reject_status);
 }
 
 static int kw__http_on_read(kw_net_conn *c, const uint8_t *data, size_t len, size_t *used) {
     kw__http_conn *hc = kw_net_conn_user(c);
     size_t at = 0;
     while (at < len && !hc->current) {
-        const size_t n = http_parser_execute(&hc->parser, &kw__http_settings, (const char *)data + at, len - at);
+        size_t n = 0;
+        const int rc = kw__http_reader_feed(&hc->reader, data + at, len - at, &n);
         at += n;
-        const enum http_errno err = HTTP_PARSER_ERRNO(&hc->parser);
-        if (err == HPE_PAUSED) {
-            http_parser_pause(&hc->parser, 0);
-            KW_FORWARD(kw__http_dispatch(hc));
-            continue;
-        }
-        if (err != HPE_OK || hc->parser.upgrade) {
-            if (!hc->reject) kw__http_reject(hc, hc->parser.upgrade ? 501 : 400, KW_E_NET_HTTP);
+        if (rc < 0) {
+            if (rc == KW_E_NOMEM && !hc->reader.reject) return rc;
             kw__http_send_reject(hc);
             *used = len;
             return 0;
         }
+        if (rc != KW__HTTP_REQUEST) break;
+        kw__http_req *r;
+        KW_FORWARD(kw__http_reader_take(&hc->reader, &r));
+        r->hc = hc;
+        hc->current = r;
+        kw_net_conn_deadline_start(c, 0); /* busy, no limit: the handler owns the request now */
+        hc->server->handler(&r->pub, hc->server->user);
     }
     *used = at; /* less than len while a request is in flight: the connection keeps the rest */
     return 0;
@@ -475,9 +317,7 @@ static void kw__http_on_close(kw_net_conn *c, int status) {
         r->hc = NULL;
         if (r->on_abort) r->on_abort(&r->pub, r->watch_user);
     }
-    kw__http_reset(hc);
-    free(hc->name_off);
-    free(hc->value_off);
+    kw__http_reader_free(&hc->reader);
     free(hc);
 }
 
@@ -485,16 +325,8 @@ static void kw__http_on_accept(kw_net_server *ns, kw_net_conn *c, void *user) {
     kw_http_server *s = user;
     (void)ns;
     kw__http_conn *hc = calloc(1, sizeof *hc);
-    const size_t n = s->cfg.max_headers ? s->cfg.max_headers : 1;
-    if (hc) {
-        hc->name_off = calloc(n, sizeof *hc->name_off);
-        hc->value_off = calloc(n, sizeof *hc->value_off);
-    }
-    if (!hc || !hc->name_off || !hc->value_off) {
-        if (hc) {
-            free(hc->name_off);
-            free(hc->value_off);
-        }
+    const kw__http_limits lim = {s->cfg.max_header_bytes, s->cfg.max_headers, s->cfg.max_body_bytes};
+    if (!hc || kw__http_reader_init(&hc->reader, &lim, kw__http_on_phase, hc) < 0) {
         free(hc);
         kw_error_set(KW_E_NOMEM, "HTTP: out of memory");
         kw_net_conn_abort(c, KW_E_NOMEM);
@@ -502,8 +334,6 @@ static void kw__http_on_accept(kw_net_server *ns, kw_net_conn *c, void *user) {
     }
     hc->conn = c;
     hc->server = s;
-    http_parser_init(&hc->parser, HTTP_REQUEST);
-    hc->parser.data = hc;
     static const kw_net_conn_callbacks cb = {
         .on_read = kw__http_on_read,
         .on_drain = kw__http_on_drain,

@@ -55,6 +55,19 @@ int kw_net_tls_create(const kw_net_tls_config *cfg, bool server, kw_net_tls **ou
 /* Frees the context; NULL is a no-op. */
 void kw_net_tls_free(kw_net_tls *tls);
 
+/* A private PKI for deployments, tests and benchmarks (kvwire gen-certs): one CA, a server certificate, a client
+ * certificate for mutual TLS; EC P-256, SHA-256. */
+typedef struct kw_net_pki_options {
+    const char *server_san; /* subjectAltName of the server certificate; NULL: "DNS:localhost,IP:127.0.0.1" */
+    const char *ca_name;    /* the CA's common name; NULL: "kvwire CA" */
+    uint32_t days;          /* validity; 0: 365 */
+} kw_net_pki_options;
+
+/* Writes dir/ca.pem, ca.key, server.pem, server.key, client.pem, client.key (keys mode 0600) into the existing
+ * folder dir, replacing files of those names. opt may be NULL. @return 0, KW_E_IO, KW_E_NET_TLS (OpenSSL refused a
+ * step, e.g. a malformed server_san), KW_E_INVALID_ARG or KW_E_NOMEM. */
+int kw_net_pki_generate(const char *dir, const kw_net_pki_options *opt);
+
 // ---------------------------------------------------------------------------------------------------------------
 // Connections
 
@@ -217,7 +230,8 @@ typedef struct kw_net_signals kw_net_signals;
 
 /* Calls on_signal(signum, user) on the loop thread when SIGTERM or SIGINT arrives (libuv signal handles: the
  * handler itself only wakes the loop). Also sets SIGPIPE to be ignored, process-wide: a write to a peer that went
- * away must fail with EPIPE instead of killing the daemon (a program that does not call this must do it). Owned by the caller: kw_net_signals_close. @return 0 or KW_E_NOMEM/KW_E_IO. */
+ * away must fail with EPIPE instead of killing the daemon (a program that does not call this must do it). Owned by the
+ * caller: kw_net_signals_close. @return 0 or KW_E_NOMEM/KW_E_IO. */
 int kw_net_signals_watch(uv_loop_t *loop, void (*on_signal)(int signum, void *user), void *user, kw_net_signals **out);
 
 /* Stops watching; the watcher frees itself once its handles are closed. NULL is a no-op. */

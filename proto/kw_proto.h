@@ -100,10 +100,10 @@ int kw_proto_message_frame_pack(uint32_t type, const ProtobufCMessage *msg, uint
 /* Decoding messages */
 
 /* Unpacks the payload of a message frame of this type and validates it (PROTOCOL.md §4): len within
- * max_message_bytes, protobuf-c decoding within max_unpacked_bytes of memory, no unknown fields (outside Hello and
- * HelloReply), enum values known, strings valid UTF-8, and the per-message rules (lengths, ranges, ordering).
- * lim NULL means the defaults. On success *out is a new message of type's descriptor, owned by the caller
- * (kw_proto_message_free); cast it to the generated type (Kwctl__Hello *, ...).
+ * max_message_bytes, protobuf-c decoding within max_unpacked_bytes of memory, no unknown fields (Hello and
+ * HelloReply tolerate them and drop them), enum values known, strings valid UTF-8, and the per-message rules (lengths,
+ * ranges, ordering). lim NULL means the defaults. On success *out is a new message of type's descriptor, owned by the
+ * caller (kw_proto_message_free); cast it to the generated type (Kwctl__Hello *, ...).
  * @return 0, KW_E_PROTO_FRAME_TYPE (raw or invalid type), KW_E_PROTO_FRAME_SIZE, KW_E_PROTO_MESSAGE (not
  * protobuf), KW_E_LIMIT (over the memory budget) or KW_E_PROTO_FIELD (a rule is broken; the detail names the
  * field). */

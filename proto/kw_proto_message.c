@@ -141,6 +141,31 @@ static int kw__proto_walk(const ProtobufCMessage *msg, bool allow_unknown) {
     return 0;
 }
 
+/* Drops the unknown fields of msg and of everything nested in it (Hello and HelloReply tolerate them: a later
+ * version's additions are ignored, not kept, so what is unpacked packs back to exactly the fields this version
+ * knows). The memory came from malloc through the budget allocator. */
+static void kw__proto_drop_unknown(ProtobufCMessage *msg) {
+    for (unsigned i = 0; i < msg->n_unknown_fields; ++i)
+        free(msg->unknown_fields[i].data);
+    free(msg->unknown_fields);
+    msg->unknown_fields = NULL;
+    msg->n_unknown_fields = 0;
+    const ProtobufCMessageDescriptor *desc = msg->descriptor;
+    for (unsigned i = 0; i < desc->n_fields; ++i) {
+        const ProtobufCFieldDescriptor *f = &desc->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        char *member = (char *)msg + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            const size_t count = *(const size_t *)((const char *)msg + f->quantifier_offset);
+            ProtobufCMessage **subs = *(ProtobufCMessage ***)member;
+            for (size_t k = 0; k < count; ++k)
+                kw__proto_drop_unknown(subs[k]);
+        } else if (*(ProtobufCMessage **)member) {
+            kw__proto_drop_unknown(*(ProtobufCMessage **)member);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Per-message rules
 
@@ -403,7 +428,10 @@ int kw_proto_message_unpack(const kw_proto_limits *lim_in, uint32_t type, const 
                      desc->short_name, len, (unsigned long long)lim.max_unpacked_bytes);
         KW_FAIL(KW_E_PROTO_MESSAGE, "%s: %zu bytes are not a valid protobuf encoding", desc->short_name, len);
     }
+    /* validate, then forget what this version does not know */
     const int rc = kw_proto_message_check(&lim, msg);
+    if (rc == 0 && (desc == &kwctl__hello__descriptor || desc == &kwctl__hello_reply__descriptor))
+        kw__proto_drop_unknown(msg);
     if (rc < 0) {
         protobuf_c_message_free_unpacked(msg, NULL);
         return rc;

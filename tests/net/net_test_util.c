@@ -5,12 +5,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/kw_status.h"
 
@@ -122,7 +120,7 @@ void nt_client_free(nt_client *c) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Certificates
+// Certificates (net/kw_net_pki.c makes them)
 
 const char *nt_path(const char *dir, const char *name) {
     static char buf[512];
@@ -136,76 +134,11 @@ char *nt_tempdir(void) {
     return strdup(tmpl);
 }
 
-static void nt_ext(X509 *x, X509 *issuer, int nid, const char *value) {
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    assert_non_null(e);
-    assert_int_equal(X509_add_ext(x, e, -1), 1);
-    X509_EXTENSION_free(e);
-}
-
-/* A certificate for key, named cn, signed by issuer (NULL: self-signed). */
-static X509 *nt_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, bool ca, const char *san) {
-    static long serial = 1;
-    X509 *x = X509_new();
-    assert_non_null(x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 30);
-    X509_set_pubkey(x, key);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
-    X509 *signer = issuer ? issuer : x;
-    nt_ext(x, signer, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-    nt_ext(x, signer, NID_key_usage, ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
-    if (!ca) nt_ext(x, signer, NID_ext_key_usage, "serverAuth,clientAuth");
-    nt_ext(x, signer, NID_subject_key_identifier, "hash");
-    nt_ext(x, signer, NID_authority_key_identifier, "keyid:always");
-    if (san) nt_ext(x, signer, NID_subject_alt_name, san);
-    assert_true(X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
-    return x;
-}
-
-static void nt_write(const char *dir, const char *name, X509 *x, EVP_PKEY *key) {
-    FILE *f = fopen(nt_path(dir, name), "w");
-    assert_non_null(f);
-    if (x) assert_int_equal(PEM_write_X509(f, x), 1);
-    if (key) assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
-    fclose(f);
-}
-
 void nt_certs_make(const char *dir) {
-    EVP_PKEY *ca_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    EVP_PKEY *server_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    EVP_PKEY *client_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    EVP_PKEY *rogue_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    EVP_PKEY *rogue_client_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    assert_true(ca_key && server_key && client_key && rogue_key && rogue_client_key);
-    X509 *ca = nt_cert(ca_key, "kvwire test CA", NULL, NULL, true, NULL);
-    X509 *server = nt_cert(server_key, "localhost", ca, ca_key, false, "DNS:localhost,IP:127.0.0.1");
-    X509 *client = nt_cert(client_key, "kvwire test receiver", ca, ca_key, false, NULL);
-    X509 *rogue = nt_cert(rogue_key, "rogue CA", NULL, NULL, true, NULL);
-    X509 *rogue_client = nt_cert(rogue_client_key, "rogue receiver", rogue, rogue_key, false, NULL);
-    nt_write(dir, "ca.pem", ca, NULL);
-    nt_write(dir, "server.pem", server, NULL);
-    nt_write(dir, "server.key", NULL, server_key);
-    nt_write(dir, "client.pem", client, NULL);
-    nt_write(dir, "client.key", NULL, client_key);
-    nt_write(dir, "rogue_ca.pem", rogue, NULL);
-    nt_write(dir, "rogue_client.pem", rogue_client, NULL);
-    nt_write(dir, "rogue_client.key", NULL, rogue_client_key);
-    X509_free(ca);
-    X509_free(server);
-    X509_free(client);
-    X509_free(rogue);
-    X509_free(rogue_client);
-    EVP_PKEY_free(ca_key);
-    EVP_PKEY_free(server_key);
-    EVP_PKEY_free(client_key);
-    EVP_PKEY_free(rogue_key);
-    EVP_PKEY_free(rogue_client_key);
+    assert_int_equal(kw_net_pki_generate(dir, NULL), 0);
+    char rogue[512];
+    snprintf(rogue, sizeof rogue, "%s/rogue", dir);
+    assert_int_equal(mkdir(rogue, 0700), 0);
+    const kw_net_pki_options opt = {.ca_name = "rogue CA"};
+    assert_int_equal(kw_net_pki_generate(rogue, &opt), 0);
 }

@@ -42,8 +42,8 @@ void nt_client_connect(uv_loop_t *loop, nt_client *c, const char *host, uint16_t
 /* Frees what the client collected (after it closed). */
 void nt_client_free(nt_client *c);
 
-/* Test PKI written into dir: ca.pem, server.pem/server.key (CN and SAN localhost and 127.0.0.1, signed by ca),
- * client.pem/client.key (signed by ca), rogue_ca.pem, rogue_client.pem/rogue_client.key (signed by rogue_ca). */
+/* Test PKI written into dir by kw_net_pki_generate: ca.pem, server.pem/server.key (SAN localhost and 127.0.0.1),
+ * client.pem/client.key; and a second, unrelated one in dir/rogue/ (rogue/ca.pem, rogue/client.pem, ...). */
 void nt_certs_make(const char *dir);
 
 /* dir/name in a static buffer (one call at a time). */

@@ -201,7 +201,7 @@ static void test_server_refused(void **state) {
     kw_net_tls *ct = client_tls("ca.pem", NULL, NULL);
     assert_int_equal(connect_expect_fail(&loop, port, ct, "sharer.example", true), KW_E_NET_TLS_VERIFY);
     /* a server certificate from a CA the client does not trust */
-    kw_net_tls *rogue = client_tls("rogue_ca.pem", NULL, NULL);
+    kw_net_tls *rogue = client_tls("rogue/ca.pem", NULL, NULL);
     assert_int_equal(connect_expect_fail(&loop, port, rogue, "localhost", true), KW_E_NET_TLS_VERIFY);
     /* the server saw a failed handshake each time, and nothing else happened */
     for (int i = 0; i < 2; ++i) {
@@ -232,7 +232,7 @@ static void test_mutual_tls(void **state) {
     assert_true(es.conns[0].opened);
     /* refused: a certificate from another CA. Under TLS 1.3 the client finishes its side of the handshake before
      * the server checks the certificate, so the client may open; either way it gets no data and fails. */
-    kw_net_tls *rogue = client_tls("ca.pem", "rogue_client.pem", "rogue_client.key");
+    kw_net_tls *rogue = client_tls("ca.pem", "rogue/client.pem", "rogue/client.key");
     const int rc = connect_expect_fail(&loop, port, rogue, "localhost", false);
     assert_true(rc == KW_E_NET_TLS_VERIFY || rc == KW_E_NET_TLS || rc == KW_E_NET_CLOSED);
     nt_run_until(&loop, &es.conns[1].closed, 5000);
