@@ -47,6 +47,8 @@ static void kw__net_conn_release(kw_net_conn *c) {
         c->cb.on_close(c, c->close_status);
     }
     c->tr->detach(c);
+    for (int i = 0; i < 2; ++i)
+        free(c->spare[i]);
     free(c->rbuf);
     free(c->held);
     free(c->server_name);
@@ -350,7 +352,7 @@ static void kw__net_write_cb(uv_write_t *req, int status) {
         result = KW_E_NET_IO;
     }
     if (w->done) w->done(c, result, w->user);
-    free(w->cipher);
+    kw__net_buffer_put(c, w->cipher, w->cipher_cap);
     free(w);
     if (status < 0) {
         if (c->state != KW__NET_CLOSED) {
@@ -366,12 +368,45 @@ static void kw__net_write_cb(uv_write_t *req, int status) {
     if (c->state == KW__NET_CLOSING) kw__net_maybe_shutdown(c);
 }
 
-int kw__net_socket_write(kw_net_conn *c, kw__net_write *w, uint8_t *buf, size_t len) {
+uint8_t *kw__net_buffer_get(kw_net_conn *c, size_t want, size_t *cap) {
+    for (int i = 0; i < KW__NET_SPARES; ++i)
+        if (c->spare[i] && c->spare_cap[i] >= want) {
+            uint8_t *b = c->spare[i];
+            *cap = c->spare_cap[i];
+            c->spare[i] = NULL;
+            return b;
+        }
+    *cap = want;
+    return malloc(want ? want : 1);
+}
+
+void kw__net_buffer_put(kw_net_conn *c, uint8_t *buf, size_t cap) {
+    if (!buf) return;
+    /* an empty slot, else the smallest kept buffer if this one is larger: large buffers are the ones whose
+     * allocation costs (mmap, page faults) */
+    int slot = 0;
+    for (int i = 0; i < KW__NET_SPARES; ++i) {
+        if (!c->spare[i]) {
+            slot = i;
+            break;
+        }
+        if (c->spare_cap[i] < c->spare_cap[slot]) slot = i;
+    }
+    if (c->spare[slot] && c->spare_cap[slot] >= cap) {
+        free(buf);
+        return;
+    }
+    free(c->spare[slot]);
+    c->spare[slot] = buf;
+    c->spare_cap[slot] = cap;
+}
+
+int kw__net_socket_write(kw_net_conn *c, kw__net_write *w, uint8_t *buf, size_t len, size_t cap) {
     const bool internal = !w;
     if (internal) {
         w = calloc(1, sizeof *w);
         if (!w) {
-            free(buf);
+            kw__net_buffer_put(c, buf, cap);
             KW_FAIL(KW_E_NOMEM, "cannot queue a %zu-byte write", len);
         }
         w->conn = c;
@@ -382,6 +417,7 @@ int kw__net_socket_write(kw_net_conn *c, kw__net_write *w, uint8_t *buf, size_t 
     w->socket_bytes = 0;
     if (buf) {
         w->cipher = buf;
+        w->cipher_cap = cap;
         one = uv_buf_init((char *)buf, (unsigned)len);
         bufs = &one;
         n = 1;
@@ -394,7 +430,7 @@ int kw__net_socket_write(kw_net_conn *c, kw__net_write *w, uint8_t *buf, size_t 
     const int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, kw__net_write_cb);
     if (rc < 0) {
         if (internal) { /* else the caller frees w and w->cipher */
-            free(w->cipher);
+            kw__net_buffer_put(c, w->cipher, w->cipher_cap);
             free(w);
         }
         KW_FAIL(KW_E_NET_IO, "write: %s", uv_strerror(rc));
@@ -437,7 +473,7 @@ int kw_net_conn_write(kw_net_conn *c, const void *head, size_t head_len, const k
     }
     const int rc = c->tr->write(c, w);
     if (rc < 0) {
-        free(w->cipher);
+        kw__net_buffer_put(c, w->cipher, w->cipher_cap);
         free(w);
         return rc;
     }

@@ -15,6 +15,8 @@
 
 typedef struct kw__net_write kw__net_write;
 
+#define KW__NET_SPARES 4 /* ciphertext buffers a connection keeps: enough for the writes in flight at high water */
+
 typedef struct kw__net_transport {
     const char *name;
     /* Per-connection state (TLS: the SSL object and its memory BIOs). tls is the context the connection uses. */
@@ -52,7 +54,8 @@ struct kw__net_write {
     void *user;
     size_t socket_bytes; /* bytes this write puts on the socket (counted in the queue until it completes) */
     size_t app_bytes;
-    uint8_t *cipher; /* TLS: owned ciphertext */
+    uint8_t *cipher; /* TLS: owned ciphertext (from kw__net_buffer_get) */
+    size_t cipher_cap;
     size_t n_bufs;
     uv_buf_t bufs[1 + KW_NET_WRITE_MAX_BUFS];
     uint8_t head[KW_NET_WRITE_HEAD_MAX];
@@ -74,7 +77,15 @@ struct kw_net_conn {
 
     const kw__net_transport *tr;
     SSL *ssl;         /* TLS transport state (NULL for TCP) */
-    BIO *rbio, *wbio; /* owned by ssl: ciphertext in, ciphertext out */
+    BIO *bio;         /* owned by ssl: the byte layer under it, in both directions (kw_net_tls.c) */
+    uint8_t *tls_out; /* ciphertext OpenSSL wrote and nobody has sent yet (owned), tls_out_len of tls_out_cap */
+    size_t tls_out_len, tls_out_cap;
+    const uint8_t *tls_in; /* ciphertext not yet read by OpenSSL: borrowed from rbuf during a read callback, or
+                              tls_in_held after it */
+    size_t tls_in_len;
+    uint8_t *tls_in_held;           /* owned copy of ciphertext kept across a pause */
+    uint8_t *spare[KW__NET_SPARES]; /* ciphertext buffers kept for reuse (large ones would be mmap'ed each time) */
+    size_t spare_cap[KW__NET_SPARES];
 
     kw_net_conn_options opt;
     kw_net_conn_callbacks cb;
@@ -116,9 +127,15 @@ int kw__net_deliver(kw_net_conn *c, const uint8_t *data, size_t len);
 int kw__net_read_start(kw_net_conn *c);
 /* The connection became usable. */
 void kw__net_opened(kw_net_conn *c);
-/* Puts bytes the transport owns (cipher, from w) on the socket; w may be NULL for internal bytes (TLS handshake,
- * alerts), in which case buf is taken over and freed after the write. */
-int kw__net_socket_write(kw_net_conn *c, kw__net_write *w, uint8_t *buf, size_t len);
+/* Puts bytes the transport owns on the socket: buf (len bytes of a cap-byte buffer from kw__net_buffer_get) is taken
+ * over and released when the write completes. w is the user write they belong to, or NULL for internal bytes (TLS
+ * handshake, alerts). buf NULL: w's own buffers go out as they are (TCP). */
+int kw__net_socket_write(kw_net_conn *c, kw__net_write *w, uint8_t *buf, size_t len, size_t cap);
+/* A buffer of at least want bytes (a kept one when it is large enough), its capacity in *cap; NULL when out of
+ * memory. */
+uint8_t *kw__net_buffer_get(kw_net_conn *c, size_t want, size_t *cap);
+/* Keeps buf for reuse or frees it; NULL is a no-op. */
+void kw__net_buffer_put(kw_net_conn *c, uint8_t *buf, size_t cap);
 /* Whether on_read may be called now (open or closing, not paused). */
 bool kw__net_can_deliver(const kw_net_conn *c);
 

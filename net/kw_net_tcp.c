@@ -22,7 +22,7 @@ static int kw__net_tcp_on_socket_bytes(kw_net_conn *c, const uint8_t *data, size
 }
 
 static int kw__net_tcp_write(kw_net_conn *c, kw__net_write *w) {
-    return kw__net_socket_write(c, w, NULL, 0);
+    return kw__net_socket_write(c, w, NULL, 0, 0);
 }
 
 static int kw__net_tcp_pump(kw_net_conn *c) {
