@@ -47,7 +47,7 @@ static void kw__net_conn_release(kw_net_conn *c) {
         c->cb.on_close(c, c->close_status);
     }
     c->tr->detach(c);
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < KW__NET_SPARES; ++i)
         free(c->spare[i]);
     free(c->rbuf);
     free(c->held);

@@ -24,4 +24,13 @@ static inline uint64_t fuzz_hash(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
+/* The next chunk size of a stream fed in pieces: one time in eight `big` bytes, else 1..small, never more than
+ * left. Advances *seed (a 64-bit LCG), so the same input always gives the same chunking. */
+static inline size_t fuzz_next_chunk(uint64_t *seed, size_t small, size_t big, size_t left) {
+    *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+    const uint32_t pick = (uint32_t)(*seed >> 33);
+    const size_t n = (pick & 7) == 0 ? big : 1 + (pick >> 3) % small;
+    return n < left ? n : left;
+}
+
 #endif /* KW_FUZZ_CHECK_H */

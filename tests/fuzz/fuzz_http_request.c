@@ -78,12 +78,7 @@ static void fuzz_http_run(const uint8_t *data, size_t size, uint64_t seed, bool 
     size_t at = 0;
     while (res->rc == 0 && at < size) {
         size_t n = size - at;
-        if (chunked) {
-            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-            const uint32_t pick = (uint32_t)(seed >> 33);
-            n = (pick & 7) == 0 ? 512 : 1 + (pick >> 3) % 16;
-            if (n > size - at) n = size - at;
-        }
+        if (chunked) n = fuzz_next_chunk(&seed, 16, 512, size - at);
         uint8_t *chunk = malloc(n);
         FUZZ_CHECK(chunk);
         memcpy(chunk, data + at, n);

@@ -79,12 +79,7 @@ static void fuzz_decode(const uint8_t *data, size_t size, bool stream_raw, uint6
     size_t at = 0;
     while (st->rc == 0 && at < size) {
         size_t n = size - at;
-        if (chunked) {
-            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-            const uint32_t pick = (uint32_t)(seed >> 33);
-            n = (pick & 7) == 0 ? 4096 : 1 + (pick >> 3) % 64;
-            if (n > size - at) n = size - at;
-        }
+        if (chunked) n = fuzz_next_chunk(&seed, 64, 4096, size - at);
         uint8_t *chunk = malloc(n);
         FUZZ_CHECK(chunk);
         memcpy(chunk, data + at, n);

@@ -108,10 +108,56 @@ static void app_done(kw_http_server *s, void *user) {
 }
 
 static void app_stop(app *a) {
-    kw_http_server_shutdown(a->server, 2000, app_done, a);
-    nt_run_until(a->loop, &a->done, 5000);
+    if (!a->done) {
+        kw_http_server_shutdown(a->server, 2000, app_done, a);
+        nt_run_until(a->loop, &a->done, 5000);
+    }
     kw_http_server_free(a->server);
     uv_close((uv_handle_t *)&a->timer, NULL);
+}
+
+/* Every test runs against a fresh loop and server: the fixture (state) of the setup functions below. */
+typedef struct fixture {
+    uv_loop_t loop;
+    app a;
+} fixture;
+
+static int fixture_up(void **state, const kw_http_server_config *cfg) {
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    uv_loop_init(&f->loop);
+    app_start(&f->loop, &f->a, cfg);
+    *state = f;
+    return 0;
+}
+
+static int setup_default(void **state) {
+    return fixture_up(state, NULL);
+}
+
+static int setup_limits(void **state) {
+    kw_http_server_config cfg;
+    kw_http_server_config_default(&cfg);
+    cfg.max_header_bytes = 256;
+    cfg.max_headers = 4;
+    cfg.max_body_bytes = 100;
+    return fixture_up(state, &cfg);
+}
+
+static int setup_slowloris(void **state) {
+    kw_http_server_config cfg;
+    kw_http_server_config_default(&cfg);
+    cfg.header_timeout_ms = 150;
+    cfg.body_timeout_ms = 150;
+    return fixture_up(state, &cfg);
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    app_stop(&f->a);
+    nt_loop_finish(&f->loop);
+    free(f);
+    return 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -235,20 +281,18 @@ static void finish_client(uv_loop_t *loop, nt_client *c) {
 // Tests
 
 static void test_basic_keepalive(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    app a;
-    app_start(&loop, &a, NULL);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     responses rs;
-    request(&loop, &c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 1, &rs);
+    request(loop, &c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 1, &rs);
     static const char want[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
     assert_int_equal(c.len, sizeof want - 1);
     assert_memory_equal(c.data, want, sizeof want - 1);
     /* the connection stays open: a second request on it, with a body, a header and a query */
-    request(&loop, &c,
+    request(loop, &c,
             "POST /echo?k=v HTTP/1.1\r\nHost: x\r\nX-Test: abc\r\nX-Empty:\r\nContent-Length: 11\r\n\r\nhello world", 2,
             &rs);
     assert_int_equal(rs.n, 2);
@@ -258,34 +302,30 @@ static void test_basic_keepalive(void **state) {
     assert_non_null(strstr(rs.r[1].headers, "x-test: abc\n"));
     assert_non_null(strstr(rs.r[1].headers, "x-query: k=v\n"));
     /* an unknown path, then Connection: close ends the connection after the response */
-    request(&loop, &c, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 3, &rs);
+    request(loop, &c, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 3, &rs);
     assert_int_equal(rs.r[2].status, 404);
     assert_non_null(strstr(rs.r[2].headers, "connection: close\n"));
-    nt_run_until(&loop, &c.closed, 5000);
+    nt_run_until(loop, &c.closed, 5000);
     assert_int_equal(c.close_status, KW_E_NET_CLOSED);
-    assert_int_equal(a.requests, 3);
+    assert_int_equal(a->requests, 3);
     nt_client_free(&c);
     /* HTTP/1.0: no keep-alive unless asked, the answer is HTTP/1.0 */
-    connect_client(&loop, &c, &a);
-    request(&loop, &c, "GET /hello HTTP/1.0\r\n\r\n", 1, &rs);
-    nt_run_until(&loop, &c.closed, 5000);
+    connect_client(loop, &c, a);
+    request(loop, &c, "GET /hello HTTP/1.0\r\n\r\n", 1, &rs);
+    nt_run_until(loop, &c.closed, 5000);
     assert_memory_equal(c.data, "HTTP/1.0 200 OK\r\n", 17);
     nt_client_free(&c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
 }
 
 static void test_pipelining(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    app a;
-    app_start(&loop, &a, NULL);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     /* three requests in one write; the first is answered later from a timer: the others wait their turn */
     responses rs;
-    request(&loop, &c,
+    request(loop, &c,
             "GET /async HTTP/1.1\r\nHost: x\r\n\r\n"
             "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nchunk\r\n3\r\ned!\r\n0\r\n\r\n"
             "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -296,40 +336,34 @@ static void test_pipelining(void **state) {
     assert_memory_equal(rs.r[1].body, "chunked!", 8);
     assert_memory_equal(rs.r[2].body, "hello", 5);
     /* the same, one byte per write */
-    finish_client(&loop, &c);
-    connect_client(&loop, &c, &a);
+    finish_client(loop, &c);
+    connect_client(loop, &c, a);
     static const char two[] = "GET /async HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
     for (size_t i = 0; i < sizeof two - 1; ++i)
         assert_int_equal(kw_net_conn_write(c.conn, &two[i], 1, NULL, 0, NULL, NULL), 0);
-    request(&loop, &c, NULL, 2, &rs);
+    request(loop, &c, NULL, 2, &rs);
     assert_memory_equal(rs.r[0].body, "later", 5);
     assert_memory_equal(rs.r[1].body, "hello", 5);
-    finish_client(&loop, &c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
+    finish_client(loop, &c);
 }
 
 static void test_expect_continue(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    app a;
-    app_start(&loop, &a, NULL);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     static const char head[] = "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
     assert_int_equal(kw_net_conn_write(c.conn, NULL, 0, &(kw_net_buf){head, sizeof head - 1}, 1, NULL, NULL), 0);
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     while (c.len < sizeof cont - 1)
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(loop, UV_RUN_ONCE);
     assert_memory_equal(c.data, cont, sizeof cont - 1);
     responses rs;
-    request(&loop, &c, "body", 2, &rs); /* the interim 100 and the 200 */
+    request(loop, &c, "body", 2, &rs); /* the interim 100 and the 200 */
     assert_int_equal(rs.r[rs.n - 1].status, 200);
     assert_memory_equal(rs.r[rs.n - 1].body, "body", 4);
-    finish_client(&loop, &c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
+    finish_client(loop, &c);
 }
 
 /* Sends text on a new connection and expects one response with status, then the close; the handler never runs. */
@@ -349,44 +383,35 @@ static void expect_rejected(uv_loop_t *loop, app *a, const char *text, int statu
 }
 
 static void test_limits(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    kw_http_server_config cfg;
-    kw_http_server_config_default(&cfg);
-    cfg.max_header_bytes = 256;
-    cfg.max_headers = 4;
-    cfg.max_body_bytes = 100;
-    app a;
-    app_start(&loop, &a, &cfg);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     char big[600];
     snprintf(big, sizeof big, "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: %0400d\r\n\r\n", 0);
-    expect_rejected(&loop, &a, big, 431);
+    expect_rejected(loop, a, big, 431);
     char url[400];
     snprintf(url, sizeof url, "GET /%0300d HTTP/1.1\r\n\r\n", 0);
-    expect_rejected(&loop, &a, url, 431);
-    expect_rejected(&loop, &a, "GET /hello HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n", 431);
-    expect_rejected(&loop, &a, "POST /echo HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413);
+    expect_rejected(loop, a, url, 431);
+    expect_rejected(loop, a, "GET /hello HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n", 431);
+    expect_rejected(loop, a, "POST /echo HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413);
     char chunked[400];
     snprintf(chunked, sizeof chunked,
              "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n%080d\r\n50\r\n%080d\r\n0\r\n\r\n", 0, 0);
-    expect_rejected(&loop, &a, chunked, 413);
-    expect_rejected(&loop, &a, "GARBAGE\r\n\r\n", 400);
-    expect_rejected(&loop, &a, "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", 400);
-    expect_rejected(&loop, &a, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501);
-    expect_rejected(&loop, &a, "CONNECT example.com:443 HTTP/1.1\r\n\r\n", 501);
+    expect_rejected(loop, a, chunked, 413);
+    expect_rejected(loop, a, "GARBAGE\r\n\r\n", 400);
+    expect_rejected(loop, a, "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", 400);
+    expect_rejected(loop, a, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501);
+    expect_rejected(loop, a, "CONNECT example.com:443 HTTP/1.1\r\n\r\n", 501);
     /* exactly at the limits is fine */
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     char body[200];
     snprintf(body, sizeof body, "POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n%0100d", 0);
     responses rs;
-    request(&loop, &c, body, 1, &rs);
+    request(loop, &c, body, 1, &rs);
     assert_int_equal(rs.r[0].status, 200);
     assert_int_equal(rs.r[0].body_len, 100);
-    finish_client(&loop, &c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
+    finish_client(loop, &c);
 }
 
 typedef struct trickle {
@@ -404,57 +429,47 @@ static void trickle_cb(uv_timer_t *t) {
 }
 
 static void test_slowloris(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    kw_http_server_config cfg;
-    kw_http_server_config_default(&cfg);
-    cfg.header_timeout_ms = 150;
-    cfg.body_timeout_ms = 150;
-    app a;
-    app_start(&loop, &a, &cfg);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     /* headers started and never finished */
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     static const char part[] = "GET /hello HTTP/1.1\r\nHost: x\r\n";
     assert_int_equal(kw_net_conn_write(c.conn, part, sizeof part - 1, NULL, 0, NULL, NULL), 0);
-    nt_run_until(&loop, &c.closed, 5000);
+    nt_run_until(loop, &c.closed, 5000);
     assert_int_equal(c.len, 0);
     nt_client_free(&c);
     /* headers trickled a byte every 20 ms: activity does not help, the deadline counts from the first byte */
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     trickle tr = {&c,
                   .text = "GET /hello HTTP/1.1\r\nHost: example\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"};
-    uv_timer_init(&loop, &tr.timer);
+    uv_timer_init(loop, &tr.timer);
     tr.timer.data = &tr;
     uv_timer_start(&tr.timer, trickle_cb, 0, 0);
-    nt_run_until(&loop, &c.closed, 5000);
+    nt_run_until(loop, &c.closed, 5000);
     assert_true(tr.text[tr.at] != 0); /* closed before the headers were complete */
     assert_int_equal(c.len, 0);
-    assert_int_equal(a.requests, 0);
+    assert_int_equal(a->requests, 0);
     uv_close((uv_handle_t *)&tr.timer, NULL);
     nt_client_free(&c);
     /* a body promised and not sent */
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     static const char nobody[] = "POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
     assert_int_equal(kw_net_conn_write(c.conn, nobody, sizeof nobody - 1, NULL, 0, NULL, NULL), 0);
-    nt_run_until(&loop, &c.closed, 5000);
+    nt_run_until(loop, &c.closed, 5000);
     assert_int_equal(c.len, 0);
     nt_client_free(&c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
 }
 
 static void test_sse(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    app a;
-    app_start(&loop, &a, NULL);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     responses rs;
-    request(&loop, &c, "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", 1, &rs);
+    request(loop, &c, "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", 1, &rs);
     assert_int_equal(rs.r[0].status, 200);
     assert_non_null(strstr(rs.r[0].headers, "content-type: text/event-stream\n"));
     assert_non_null(strstr(rs.r[0].headers, "transfer-encoding: chunked\n"));
@@ -463,74 +478,67 @@ static void test_sse(void **state) {
     assert_int_equal(rs.r[0].body_len, sizeof events - 1);
     assert_memory_equal(rs.r[0].body, events, sizeof events - 1);
     /* keep-alive after a chunked response */
-    request(&loop, &c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 2, &rs);
+    request(loop, &c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 2, &rs);
     assert_memory_equal(rs.r[1].body, "hello", 5);
-    finish_client(&loop, &c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
+    finish_client(loop, &c);
 }
 
 static void test_client_gone(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    app a;
-    app_start(&loop, &a, NULL);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     nt_client c;
-    connect_client(&loop, &c, &a);
+    connect_client(loop, &c, a);
     assert_int_equal(kw_net_conn_write(c.conn, "GET /slow HTTP/1.1\r\n\r\n", 22, NULL, 0, NULL, NULL), 0);
-    while (!a.slow)
-        uv_run(&loop, UV_RUN_ONCE);
+    while (!a->slow)
+        uv_run(loop, UV_RUN_ONCE);
     kw_net_conn_abort(c.conn, 0);
-    nt_run_until(&loop, &c.closed, 5000);
-    while (a.aborts == 0)
-        uv_run(&loop, UV_RUN_ONCE);
+    nt_run_until(loop, &c.closed, 5000);
+    while (a->aborts == 0)
+        uv_run(loop, UV_RUN_ONCE);
     /* the handler completes the request anyway: told the client is gone, the request is freed */
-    assert_int_equal(kw_http_respond(a.slow, 200, NULL, NULL, 0, "x", 1), KW_E_NET_CLOSED);
+    assert_int_equal(kw_http_respond(a->slow, 200, NULL, NULL, 0, "x", 1), KW_E_NET_CLOSED);
     nt_client_free(&c);
-    app_stop(&a);
-    nt_loop_finish(&loop);
 }
 
 static void test_shutdown_in_flight(void **state) {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    app a;
-    app_start(&loop, &a, NULL);
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
     nt_client busy, idle;
-    connect_client(&loop, &busy, &a);
-    connect_client(&loop, &idle, &a);
+    connect_client(loop, &busy, a);
+    connect_client(loop, &idle, a);
     responses rs;
-    request(&loop, &idle, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 1, &rs); /* idle, kept alive */
+    request(loop, &idle, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 1, &rs); /* idle, kept alive */
     assert_int_equal(kw_net_conn_write(busy.conn, "GET /slow HTTP/1.1\r\n\r\n", 22, NULL, 0, NULL, NULL), 0);
-    while (!a.slow)
-        uv_run(&loop, UV_RUN_ONCE);
-    kw_http_server_shutdown(a.server, 5000, app_done, &a);
-    nt_run_until(&loop, &idle.closed, 5000); /* the idle connection goes at once */
+    while (!a->slow)
+        uv_run(loop, UV_RUN_ONCE);
+    kw_http_server_shutdown(a->server, 5000, app_done, a);
+    nt_run_until(loop, &idle.closed, 5000); /* the idle connection goes at once */
     assert_false(busy.closed);
-    assert_false(a.done);
+    assert_false(a->done);
     /* the request in flight completes: its response arrives, then its connection closes, then the server is done */
-    assert_int_equal(kw_http_respond(a.slow, 200, "text/plain", NULL, 0, "finally", 7), 0);
-    nt_run_until(&loop, &busy.closed, 5000);
+    assert_int_equal(kw_http_respond(a->slow, 200, "text/plain", NULL, 0, "finally", 7), 0);
+    nt_run_until(loop, &busy.closed, 5000);
     parse_responses(busy.data, busy.len, true, &rs);
     assert_int_equal(rs.n, 1);
     assert_memory_equal(rs.r[0].body, "finally", 7);
-    nt_run_until(&loop, &a.done, 5000);
-    kw_http_server_free(a.server);
-    uv_close((uv_handle_t *)&a.timer, NULL);
+    nt_run_until(loop, &a->done, 5000);
     nt_client_free(&busy);
     nt_client_free(&idle);
-    nt_loop_finish(&loop);
 }
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_basic_keepalive), cmocka_unit_test(test_pipelining),
-        cmocka_unit_test(test_expect_continue), cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_slowloris),       cmocka_unit_test(test_sse),
-        cmocka_unit_test(test_client_gone),     cmocka_unit_test(test_shutdown_in_flight),
+        cmocka_unit_test_setup_teardown(test_basic_keepalive, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelining, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(test_expect_continue, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(test_limits, setup_limits, teardown),
+        cmocka_unit_test_setup_teardown(test_slowloris, setup_slowloris, teardown),
+        cmocka_unit_test_setup_teardown(test_sse, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(test_client_gone, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_in_flight, setup_default, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
