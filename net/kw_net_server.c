@@ -64,12 +64,26 @@ bool kw__net_server_shutting_down(const kw_net_server *s) {
     return s->shutting_down;
 }
 
+static void kw__net_free_handle(uv_handle_t *h) {
+    free(h);
+}
+
 static void kw__net_server_on_connection(uv_stream_t *listener, int status) {
     kw_net_server *s = listener->data;
     if (status < 0 || s->shutting_down) return;
     kw_net_conn *c =
         kw__net_conn_new(s->loop, &s->cfg.conn, s->cfg.tls ? &kw__net_transport_tls : &kw__net_transport_tcp);
-    if (!c) return; /* the pending connection stays in the backlog and is retried on the next event */
+    if (!c) {
+        /* libuv holds the accepted socket until uv_accept and stops listening meanwhile: take it and drop it */
+        uv_tcp_t *drop = malloc(sizeof *drop);
+        if (!drop || uv_tcp_init(s->loop, drop) != 0) {
+            free(drop);
+            return;
+        }
+        uv_accept(listener, (uv_stream_t *)drop);
+        uv_close((uv_handle_t *)drop, kw__net_free_handle);
+        return;
+    }
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
         kw_net_conn_abort(c, KW_E_NET_IO);
         return;
