@@ -211,65 +211,91 @@ static int kw_receive_layer_expected(const kw_receive_peer *p, uint32_t layer) {
 }
 
 /* kv_direct: the rows become the receiver's own, layer by layer, with the same positions in every layer. */
-static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T) {
+static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int64_t *pos, const float *k,
+                             const float *v) {
+    KW_RETURN_IF(r->layer_seen[layer], KW_E_SHARE_LAYER, "receive: kv_direct layer %d arrived twice", (int)layer);
     if (r->direct_n < 0) {
         free(r->direct_pos);
         r->direct_pos = malloc((size_t)T * sizeof *r->direct_pos);
         KW_RETURN_IF(r->direct_pos == NULL, KW_E_NOMEM, "receive: out of memory");
-        memcpy(r->direct_pos, r->pos, (size_t)T * sizeof *r->pos);
+        memcpy(r->direct_pos, pos, (size_t)T * sizeof *pos);
         r->direct_n = T;
     }
-    KW_RETURN_IF(T != r->direct_n || memcmp(r->pos, r->direct_pos, (size_t)T * sizeof *r->pos) != 0,
-                 KW_E_SHARE_POSITIONS, "receive: kv_direct layer %d carries other positions than the first layer",
-                 (int)layer);
+    KW_RETURN_IF(T != r->direct_n || memcmp(pos, r->direct_pos, (size_t)T * sizeof *pos) != 0, KW_E_SHARE_POSITIONS,
+                 "receive: kv_direct layer %d carries other positions than the first layer", (int)layer);
+    for (int64_t i = 1; i < T; ++i)
+        KW_RETURN_IF(pos[i] <= pos[i - 1], KW_E_SHARE_POSITIONS, "receive: kv_direct positions are not increasing");
     const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
     for (int64_t i = 0; i < T;) {
         int64_t len = 1;
-        while (i + len < T && r->pos[i + len] == r->pos[i] + len)
+        while (i + len < T && pos[i + len] == pos[i] + len)
             ++len;
-        KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, r->pos[i], len, r->k + i * row, r->v + i * row));
+        KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, pos[i], len, k + i * row, v + i * row));
         i += len;
     }
     r->layer_seen[layer] = 1;
     return 0;
 }
 
+/* Applies T rows of one sharer layer at positions pos (validated here) from k, v. */
+static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_t T, const int64_t *pos, const float *k,
+                            const float *v) {
+    const kw_receive_peer *p = &r->peers[sharer];
+    KW_RETURN_IF(layer < 0 || !kw_receive_layer_expected(p, (uint32_t)layer), KW_E_SHARE_LAYER,
+                 "receive: sharer %d sent layer %d, which the request did not ask for", (int)sharer, (int)layer);
+    for (int64_t i = 0; i < T; ++i)
+        KW_RETURN_IF(pos[i] < r->cur_start || pos[i] >= r->cur_start + r->cur_len, KW_E_SHARE_POSITIONS,
+                     "receive: sharer %d layer %d: position %lld is outside the section [%lld, %lld)", (int)sharer,
+                     (int)layer, (long long)pos[i], (long long)r->cur_start, (long long)(r->cur_start + r->cur_len));
+    const uint64_t t0 = kw_time_now_ns();
+    if (r->mode == KW_RECEIVE_C2C) {
+        const kw_fusion_rows rows = {.sharer = sharer,
+                                     .section = r->current,
+                                     .source_layer = layer,
+                                     .n_rows = T,
+                                     .positions = pos,
+                                     .k = k,
+                                     .v = v};
+        KW_FORWARD(kw_fusion_put(r->session, &rows));
+    } else {
+        KW_FORWARD(kw_receive_direct(r, layer, T, pos, k, v));
+    }
+    r->stats.apply_ms += kw_time_ms(t0, kw_time_now_ns());
+    r->stats.rows += T;
+    ++r->stats.sections;
+    return 0;
+}
+
 static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_section *sec) {
     const kw_receive_peer *p = &r->peers[sharer];
-    KW_RETURN_IF(!kw_receive_layer_expected(p, sec->layer), KW_E_SHARE_LAYER,
-                 "receive: sharer %d sent layer %u, which the request did not ask for", (int)sharer, sec->layer);
     const int64_t T = sec->n_tokens, row = (int64_t)p->n_heads * p->head_dim;
     KW_FORWARD(kw_receive_reserve(r, (size_t)(T * row), (size_t)T));
     const uint64_t t0 = kw_time_now_ns();
     KW_FORWARD(kw_wire_section_positions(sec, r->pos32, r->pos_cap));
-    for (int64_t i = 0; i < T; ++i) {
+    for (int64_t i = 0; i < T; ++i)
         r->pos[i] = r->pos32[i];
-        KW_RETURN_IF(r->pos[i] < r->cur_start || r->pos[i] >= r->cur_start + r->cur_len, KW_E_SHARE_POSITIONS,
-                     "receive: sharer %d layer %u: position %lld is outside the section [%lld, %lld)", (int)sharer,
-                     sec->layer, (long long)r->pos[i], (long long)r->cur_start, (long long)(r->cur_start + r->cur_len));
-    }
     const kw_wire_tensor_out ko = {
         .data = r->k, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
     const kw_wire_tensor_out vo = {
         .data = r->v, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
     KW_FORWARD(kw_wire_section_dequantize(sec, &ko, &vo));
-    const uint64_t t1 = kw_time_now_ns();
-    r->stats.decode_ms += kw_time_ms(t0, t1);
-    if (r->mode == KW_RECEIVE_C2C) {
-        const kw_fusion_rows rows = {.sharer = sharer,
-                                     .section = r->current,
-                                     .source_layer = (int32_t)sec->layer,
-                                     .n_rows = T,
-                                     .positions = r->pos,
-                                     .k = r->k,
-                                     .v = r->v};
-        KW_FORWARD(kw_fusion_put(r->session, &rows));
-    } else {
-        KW_FORWARD(kw_receive_direct(r, (int32_t)sec->layer, T));
-    }
-    r->stats.apply_ms += kw_time_ms(t1, kw_time_now_ns());
-    r->stats.rows += T;
-    ++r->stats.sections;
+    r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
+    return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, r->k, r->v);
+}
+
+int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows, const int64_t *positions,
+                    const float *k, const float *v) {
+    KW_RETURN_IF(r == NULL || positions == NULL || k == NULL || v == NULL || n_rows < 1, KW_E_INVALID_ARG,
+                 "kw_receive_rows: bad argument");
+    KW_RETURN_IF(r->current < 0, KW_E_STATE, "kw_receive_rows: no section is open");
+    KW_RETURN_IF(sharer < 0 || sharer >= r->n_peers || !r->peers[sharer].expecting, KW_E_STATE,
+                 "kw_receive_rows: section %d expects nothing from sharer %d", (int)r->current, (int)sharer);
+    return kw_receive_apply(r, sharer, layer, n_rows, positions, k, v);
+}
+
+int kw_receive_rows_done(kw_receive *r, int32_t sharer) {
+    KW_RETURN_IF(r == NULL || sharer < 0 || sharer >= r->n_peers, KW_E_INVALID_ARG, "kw_receive_rows_done: no sharer");
+    r->peers[sharer].done = 1;
     return 0;
 }
 

@@ -59,6 +59,13 @@ int kw_receive_prefill(kw_receive *r, int32_t section);
  * are verified; *done is set to 1 once the blob's trailer is verified (bytes after it are an error). */
 int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, int *done);
 
+/* The in-memory transport without a codec (`kvwire c2c` without --wire): n_rows rows of one sharer layer at the given
+ * ascending positions, k and v (n_rows, heads, head_dim) f32, applied exactly as a decoded KVWire section would be;
+ * then kw_receive_rows_done says that sharer sent everything for the section. */
+int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows, const int64_t *positions,
+                    const float *k, const float *v);
+int kw_receive_rows_done(kw_receive *r, int32_t sharer);
+
 /* Ends the current section: every sent blob must be complete (KW_E_SHARE_INCOMPLETE otherwise); kv_direct: every layer
  * must have arrived, and the selected positions become visible. */
 int kw_receive_end_section(kw_receive *r, int32_t section);
