@@ -78,8 +78,8 @@ static int kw__cfg_set_value(const kw_cfg_key *k, void *obj, const char *full, c
         char *end = NULL;
         errno = 0;
         const long long x = strtoll(value, &end, 0);
-        KW_RETURN_IF(value[0] == '\0' || *end != '\0' || errno, KW_E_PARSE, "config: %s: '%s' is not an integer",
-                     full, value);
+        KW_RETURN_IF(value[0] == '\0' || *end != '\0' || errno, KW_E_PARSE, "config: %s: '%s' is not an integer", full,
+                     value);
         KW_RETURN_IF(x < k->min || x > k->max, KW_E_LIMIT, "config: %s: %lld is outside [%lld, %lld]", full, x,
                      (long long)k->min, (long long)k->max);
         *(int64_t *)((char *)obj + k->offset) = x;
@@ -391,8 +391,8 @@ static void kw__cfg_help_key(const kw_cfg_key *k, const char *prefix, FILE *out)
 }
 
 void kw_cfg_print_help(const kw_cfg_table *t, FILE *out) {
-    fprintf(out, "usage: %s [--config FILE] [--KEY=VALUE | --KEY VALUE]... [--print-config] [--help]\n%s\n\n", t->program,
-            t->summary);
+    fprintf(out, "usage: %s [--config FILE] [--KEY=VALUE | --KEY VALUE]... [--print-config] [--help]\n%s\n\n",
+            t->program, t->summary);
     fprintf(out, "Keys (YAML: nested mappings give the dotted names; a list is a sequence of mappings; on the command\n"
                  "line a list element's key is LIST.N.KEY; paths in a file are relative to the file's folder):\n");
     for (size_t i = 0; i < t->n_keys; ++i) {

@@ -37,9 +37,9 @@ typedef struct kw_cfg_key {
     const char *name; /* "http.port"; inside a list's table, relative to the element ("host") */
     enum kw_cfg_type type;
     size_t offset;
-    const char *def;  /* the default as text; NULL: unset (strings NULL, numbers 0) */
-    const char *help; /* one line */
-    int64_t min, max; /* INT */
+    const char *def;              /* the default as text; NULL: unset (strings NULL, numbers 0) */
+    const char *help;             /* one line */
+    int64_t min, max;             /* INT */
     double dmin, dmax;            /* DOUBLE */
     const char *const *choices;   /* ENUM: NULL-terminated */
     const struct kw_cfg_key *sub; /* LIST: the element's keys */

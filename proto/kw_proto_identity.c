@@ -38,7 +38,8 @@ bool kw_proto_fuser_fits(const Kwctl__FuserIdentity *f, const Kwctl__ModelIdenti
         return false;
     }
     const Kwctl__ModelDigest *pin = f->sharer;
-    const bool pinned = pin && (kw__proto_digest_set(&pin->config_sha256) || kw__proto_digest_set(&pin->weights_sha256));
+    const bool pinned =
+        pin && (kw__proto_digest_set(&pin->config_sha256) || kw__proto_digest_set(&pin->weights_sha256));
     if (pinned) {
         const Kwctl__ModelDigest *d = m->digest;
         const bool ok = d &&

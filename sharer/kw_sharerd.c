@@ -236,8 +236,8 @@ static kw_wire_codec_spec kw__sd_spec(const Kwctl__CodecSpec *c) {
 }
 
 /* The request as the sharer half's options. layers, mine (n_sections + 1) and overrides are the caller's buffers. */
-static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, const kw__sd_model *m,
-                           int32_t *layers, int32_t *n_layers, kw_fusion_section *mine, kw_wire_policy *wire,
+static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, const kw__sd_model *m, int32_t *layers,
+                           int32_t *n_layers, kw_fusion_section *mine, kw_wire_policy *wire,
                            kw_share_layer_codec *overrides, kw_share_request_options *o) {
     const Kwctl__SharePolicy *p = req->policy;
     *n_layers = 0;
@@ -587,7 +587,8 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
         }
     }
     *kv = (Kwctl__KvShape)KWCTL__KV_SHAPE__INIT;
-    kv->n_layers = (uint32_t)m->n_layers, kv->n_kv_heads = (uint32_t)m->n_kv_heads, kv->head_dim = (uint32_t)m->head_dim;
+    kv->n_layers = (uint32_t)m->n_layers, kv->n_kv_heads = (uint32_t)m->n_kv_heads,
+    kv->head_dim = (uint32_t)m->head_dim;
     h->layers = layers;
     h->n_layers = n_layers;
     h->tokens_kept = kept > req->n_token_ids ? (uint32_t)req->n_token_ids : (uint32_t)kept;
@@ -854,10 +855,9 @@ static void kw__sd_accept(kw_net_server *s, kw_net_conn *conn, void *user) {
     (void)s;
     static const kw_net_conn_callbacks cb = {.on_read = kw__sd_conn_read, .on_close = kw__sd_conn_close};
     kw__sd_conn *c = calloc(1, sizeof *c);
-    const kw_proto_decoder_options dopt = {
-        .limits = {.max_message_bytes = (uint32_t)d->cfg->max_message_bytes,
-                   .max_raw_bytes = 1, /* a receiver never sends WIRE frames */
-                   .max_tokens = (uint32_t)d->cfg->max_tokens}};
+    const kw_proto_decoder_options dopt = {.limits = {.max_message_bytes = (uint32_t)d->cfg->max_message_bytes,
+                                                      .max_raw_bytes = 1, /* a receiver never sends WIRE frames */
+                                                      .max_tokens = (uint32_t)d->cfg->max_tokens}};
     if (!c || kw_proto_decoder_create(&dopt, &c->dec) < 0) {
         free(c);
         kw_net_conn_set_callbacks(conn, &(kw_net_conn_callbacks){0}, NULL);
@@ -943,7 +943,8 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
     for (int32_t i = 0; i < cfg->n_models; ++i) {
         for (int32_t k = 0; k < i; ++k)
-            KW_CHECK_IF(cfg->models[i].name && cfg->models[k].name && strcmp(cfg->models[i].name, cfg->models[k].name) == 0,
+            KW_CHECK_IF(cfg->models[i].name && cfg->models[k].name &&
+                            strcmp(cfg->models[i].name, cfg->models[k].name) == 0,
                         KW_E_INVALID_ARG, "sharerd: two models are named %s", cfg->models[i].name);
         KW_CHECK(kw__sd_load_model(d, &cfg->models[i], &d->models[i]));
         d->n_models = i + 1;
