@@ -317,7 +317,15 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(b, "socket_in", (double)j->share.socket_in);
     cJSON_AddNumberToObject(b, "socket_out", (double)j->share.socket_out);
     cJSON_AddNumberToObject(b, "text", (double)j->share.text_len);
+    cJSON_AddNumberToObject(b, "transport_in", (double)j->share.transport_in);
+    cJSON_AddNumberToObject(b, "transport_out", (double)j->share.transport_out);
+    cJSON *fr = cJSON_AddObjectToObject(b, "frames_in");
+    cJSON_AddNumberToObject(fr, "wire", (double)j->share.wire_frames);
+    cJSON_AddNumberToObject(fr, "wire_header_bytes", (double)(j->share.wire_frames * KW_PROTO_FRAME_HEADER_BYTES));
+    cJSON_AddNumberToObject(fr, "control_bytes", (double)j->share.control_in);
+    cJSON_AddNumberToObject(fr, "total_bytes", (double)j->share.frames_in);
     cJSON *c = cJSON_AddObjectToObject(k, "codec");
+    cJSON_AddNumberToObject(c, "blobs", j->blobs);
     cJSON_AddNumberToObject(c, "sections", e ? e->sections : 0);
     cJSON_AddNumberToObject(c, "compressed_sections", e ? e->compressed_sections : 0);
     cJSON *bd = cJSON_AddObjectToObject(c, "breakdown");
@@ -630,8 +638,19 @@ static int kw__rd_resolve(kw_receiverd *d, kw_rd_job *j, int *http, char *err, s
     size_t n = 0;
     Kwctl__ModelIdentity *const *models = kw_rd_link_models(l, &n);
     const Kwctl__ModelIdentity *m = NULL;
-    for (size_t i = 0; i < n && !m; ++i)
-        if (!s->sharer_model || strcmp(models[i]->name, s->sharer_model) == 0) m = models[i];
+    char why[512];
+    for (size_t i = 0; i < n && !m; ++i) {
+        if (s->sharer_model) {
+            if (strcmp(models[i]->name, s->sharer_model) == 0) m = models[i];
+        } else if (s->mode == KW_RD_MODE_KV_DIRECT) { /* by default the model that is the receiver's own */
+            if (kw_proto_same_model(&d->id_digest, models[i]->digest)) m = models[i];
+        } else if (s->mode == KW_RD_MODE_C2C) { /* by default the first one a fuser takes */
+            if (kw_rd_find_fuser(d, index, models[i], why, sizeof why) >= 0) m = models[i];
+        } else {
+            m = models[i];
+        }
+    }
+    if (!m && !s->sharer_model && n > 0) m = models[0]; /* the checks below say why it cannot serve */
     if (!m) {
         snprintf(err, cap, "kvwire.sharer_model: sharer %s serves no model named \"%s\"", kw_rd_link_name(l),
                  s->sharer_model ? s->sharer_model : "");
@@ -643,7 +662,6 @@ static int kw__rd_resolve(kw_receiverd *d, kw_rd_job *j, int *http, char *err, s
         return KW_E_SHARE_MODE;
     }
     if (s->mode == KW_RD_MODE_C2C) {
-        char why[512];
         j->fuser_index = kw_rd_find_fuser(d, index, m, why, sizeof why);
         if (j->fuser_index < 0) {
             snprintf(err, cap, "c2c from sharer model %s: %s", m->name, why);

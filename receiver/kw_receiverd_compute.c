@@ -516,6 +516,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         KW_CHECK(kw_receive_generate(r, &res));
         const kw_receive_stats *rs = kw_receive_get_stats(r);
         j->blob_bytes = rs->blob_bytes;
+        j->blobs = rs->blobs;
         j->ms_receiver_prefill = rs->prefill_ms;
         j->ms_decode_wire = rs->decode_ms;
         if (kv_direct) {

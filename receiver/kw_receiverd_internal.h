@@ -128,9 +128,14 @@ typedef struct kw_rd_share {
     size_t text_len;
     uint32_t text_tokens;
     bool text_truncated;
-    uint64_t socket_in, socket_out; /* frame bytes of this share read / written */
-    uint64_t t_sent, t_last_wire;   /* ShareRequest queued; last WIRE byte read */
-    uint64_t wire_frames;
+    uint64_t frames_in;                   /* bytes of this share's frames read, headers included (frame by frame) */
+    uint64_t control_in;                  /* of which the control frames (ShareHeader, ShareText, ShareEnd, Error) */
+    uint64_t wire_frames;                 /* WIRE frames read */
+    uint64_t socket_in, socket_out;       /* the connection's application bytes during the share, each way (measured by
+                                             the transport: equal to the frames, under TLS the plaintext) */
+    uint64_t transport_in, transport_out; /* bytes on the socket during the share (TLS records included) */
+    kw_net_conn_stats at_start;           /* the connection's counters when the request was queued */
+    uint64_t t_sent, t_last_wire;         /* ShareRequest queued; last WIRE byte read */
 } kw_rd_share;
 
 typedef struct kw_rd_chunk {
@@ -198,6 +203,7 @@ struct kw_rd_job {
     int32_t *layers_sent; /* the sharer layers asked for (owned) */
     int32_t n_layers_sent;
     uint64_t blob_bytes;
+    int32_t blobs;
     int64_t tokens_fused;
     int32_t layers_fused, layers_skipped;
     double ms_queue, ms_tokenize, ms_receiver_prefill, ms_decode_wire, ms_project, ms_fuse, ms_first_token, ms_decode,

@@ -87,6 +87,18 @@ static void kw__rd_share_finish(kw_rd_job *j, int status, int http, const char *
 
 static void kw__rd_link_pump(kw_rd_link *l);
 
+/* The connection's byte counters since the share's request was queued, measured by the transport. */
+static void kw__rd_link_count(kw_net_conn *c, kw_rd_job *j) {
+    kw_net_conn_stats st;
+    kw_net_conn_get_stats(c, &st);
+    uv_mutex_lock(&j->mu);
+    j->share.socket_in = st.app_bytes_in - j->share.at_start.app_bytes_in;
+    j->share.socket_out = st.app_bytes_out - j->share.at_start.app_bytes_out;
+    j->share.transport_in = st.socket_bytes_in - j->share.at_start.socket_bytes_in;
+    j->share.transport_out = st.socket_bytes_out - j->share.at_start.socket_bytes_out;
+    uv_mutex_unlock(&j->mu);
+}
+
 /* The share in flight is over: the next waiting request may go. */
 static void kw__rd_link_done(kw_rd_link *l) {
     kw_rd_job *j = l->active;
@@ -112,6 +124,8 @@ static void kw__rd_link_pump(kw_rd_link *l) {
         uint8_t *frame = j->request_frame;
         const size_t len = j->request_len;
         j->request_frame = NULL;
+        kw_net_conn_stats at_start;
+        kw_net_conn_get_stats(l->conn, &at_start);
         const int rc = kw_net_conn_write_owned(l->conn, frame, len);
         if (rc < 0) {
             char msg[256];
@@ -123,7 +137,7 @@ static void kw__rd_link_pump(kw_rd_link *l) {
         }
         uv_mutex_lock(&j->mu);
         j->share.t_sent = kw_time_now_ns();
-        j->share.socket_out += len;
+        j->share.at_start = at_start;
         uv_mutex_unlock(&j->mu);
         j->share_active = true;
         l->active = j; /* the waiting list's reference becomes the active one's */
@@ -242,10 +256,10 @@ static int kw__rd_link_wire(kw_rd_link *l, const kw_proto_frame *f) {
     bool pause = false;
     uv_mutex_lock(&j->mu);
     if (f->offset == 0) {
-        j->share.socket_in += KW_PROTO_FRAME_HEADER_BYTES;
+        j->share.frames_in += KW_PROTO_FRAME_HEADER_BYTES;
         ++j->share.wire_frames;
     }
-    j->share.socket_in += f->data_len;
+    j->share.frames_in += f->data_len;
     j->share.t_last_wire = kw_time_now_ns();
     if (!j->discard && f->data_len) {
         kw_rd_chunk *c = malloc(sizeof *c + f->data_len);
@@ -329,7 +343,8 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         return KW_PROTO_PAUSE;
     }
     uv_mutex_lock(&j->mu);
-    j->share.socket_in += frame_bytes;
+    j->share.frames_in += frame_bytes;
+    j->share.control_in += frame_bytes;
     if (f->type == KW_PROTO_FRAME_SHARE_HEADER) {
         j->share.header = true;
     } else if (f->type == KW_PROTO_FRAME_SHARE_TEXT) {
@@ -350,6 +365,7 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
     }
     uv_mutex_unlock(&j->mu);
     if (f->type == KW_PROTO_FRAME_SHARE_END) {
+        kw__rd_link_count(l->conn, j);
         kw__rd_share_finish(j, 0, 0, NULL);
         kw__rd_link_done(l);
     } else if (f->type == KW_PROTO_FRAME_ERROR) {
@@ -357,6 +373,7 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         char msg[1100];
         snprintf(msg, sizeof msg, "sharer %s: %s", l->cfg->name, e->message);
         const int http = e->status == KW_E_SHARE_BUSY ? 429 : e->status == KW_E_SHARE_MODE ? 400 : 502;
+        kw__rd_link_count(l->conn, j);
         kw__rd_share_finish(j, e->status, http, msg);
         kw__rd_link_done(l);
     }
@@ -428,6 +445,7 @@ static void kw__rd_link_close(kw_net_conn *c, int status) {
     if (was_ready || status != KW_E_NET_CONNECT)
         KW_LOG_INFO("receiverd: sharer %s: disconnected: %s", l->cfg->name, l->reason);
     /* the share in flight and the waiting ones fail */
+    if (l->active) kw__rd_link_count(c, l->active);
     if (l->active) {
         char msg[1200];
         const bool timeout = status == KW_E_NET_REQUEST_TIMEOUT;
