@@ -35,6 +35,7 @@ struct kw_rd_link {
     kw_rd_job *active;
     kw_rd_job *wait_head, *wait_tail;
     bool read_paused;
+    bool reason_set; /* this connection attempt recorded its own reason (a refusal) */
 };
 
 /* Copies src into dst (cap bytes), cut if longer, always terminated. */
@@ -192,6 +193,7 @@ void kw_rd_link_resume(kw_rd_link *l) {
 static void kw__rd_link_fail(kw_rd_link *l, int status, const char *why) {
     KW_LOG_WARN("receiverd: sharer %s: %s (%s)", l->cfg->name, why, kw_status_name(status));
     kw__rd_copy(l->reason, sizeof l->reason, why);
+    l->reason_set = true;
     Kwctl__Error e = KWCTL__ERROR__INIT;
     e.status = status;
     char msg[1024];
@@ -230,6 +232,7 @@ static int kw__rd_link_hello_reply(kw_rd_link *l, Kwctl__HelloReply *r) {
     if (!r->accepted) {
         snprintf(l->reason, sizeof l->reason, "the sharer refused the hello: %s (%s)", r->reason,
                  kw_status_name(r->status));
+        l->reason_set = true;
         KW_LOG_WARN("receiverd: sharer %s: %s", l->cfg->name, l->reason);
         kw_net_conn_close(l->conn, KW_E_PROTO_REFUSED);
         return KW_PROTO_PAUSE;
@@ -323,6 +326,7 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
             char why[1100];
             snprintf(why, sizeof why, "the sharer closed the connection: %s", ((Kwctl__Error *)m)->message);
             kw__rd_copy(l->reason, sizeof l->reason, why);
+            l->reason_set = true;
             kw_proto_message_free(m);
             kw_net_conn_close(l->conn, KW_E_NET_CLOSED);
             return KW_PROTO_PAUSE;
@@ -439,7 +443,7 @@ static void kw__rd_link_close(kw_net_conn *c, int status) {
     l->state = KW__LINK_DOWN;
     l->conn = NULL;
     l->read_paused = false;
-    if (!l->reason[0] || was_ready)
+    if (!l->reason_set)
         snprintf(l->reason, sizeof l->reason, "%s (%s)", kw_error_detail()[0] ? kw_error_detail() : kw_strerror(status),
                  kw_status_name(status));
     if (was_ready || status != KW_E_NET_CONNECT)
@@ -485,6 +489,7 @@ static void kw__rd_link_connect(kw_rd_link *l) {
     static const kw_net_conn_callbacks cb = {
         .on_open = kw__rd_link_open, .on_read = kw__rd_link_read, .on_close = kw__rd_link_close};
     l->state = KW__LINK_CONNECTING;
+    l->reason_set = false;
     const int rc = kw_net_connect(&l->d->loop, &cc, &cb, l, &l->conn);
     if (rc < 0) {
         l->conn = NULL;

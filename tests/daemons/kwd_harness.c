@@ -77,6 +77,8 @@ void kwd_start(const char *program, const char *const *args, kwd_proc *out) {
     if (pid == 0) {
         const int fd = open(out->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) dup2(fd, 2), dup2(fd, 1), close(fd);
+        for (int other = 3; other < 1024; ++other) /* sockets of this test (a fake sharer's port) stay here */
+            close(other);
         execv(path, (char *const *)argv);
         _exit(127);
     }
