@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
@@ -184,6 +185,42 @@ typedef struct kw__cfg_walk {
 
 static int kw__cfg_walk_node(kw__cfg_walk *w, yaml_node_t *node, char *name, size_t name_len, int depth);
 
+/* A plain null, ~ or empty scalar: the key goes back to its default (unset for strings), as --print-config writes an
+ * unset key. */
+static bool kw__cfg_is_null(const yaml_node_t *n) {
+    const char *v = (const char *)n->data.scalar.value;
+    return n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+           (v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 || strcmp(v, "Null") == 0 ||
+            strcmp(v, "NULL") == 0);
+}
+
+/* Values are C strings: a NUL inside one would silently cut it. */
+static int kw__cfg_scalar_check(const yaml_node_t *n, const char *name) {
+    KW_RETURN_IF(memchr(n->data.scalar.value, '\0', n->data.scalar.length) != NULL, KW_E_PARSE,
+                 "config: line %zu: %s holds a NUL character", (size_t)n->start_mark.line + 1, name);
+    return 0;
+}
+
+/* Resets a scalar key (or a list element's key, with elem) to its default. */
+static int kw__cfg_unset_key(const kw_cfg_key *k, void *obj) {
+    if (k->type == KW_CFG_STRING || k->type == KW_CFG_PATH) {
+        free(*kw__cfg_str(obj, k));
+        *kw__cfg_str(obj, k) = NULL;
+    }
+    if (k->def) return kw__cfg_set_value(k, obj, k->name, k->def, NULL);
+    if (k->type == KW_CFG_INT) *(int64_t *)((char *)obj + k->offset) = 0;
+    if (k->type == KW_CFG_DOUBLE) *(double *)((char *)obj + k->offset) = 0;
+    if (k->type == KW_CFG_BOOL || k->type == KW_CFG_ENUM) *(int *)((char *)obj + k->offset) = 0;
+    return 0;
+}
+
+static int kw__cfg_unset(const kw_cfg_table *t, void *obj, const char *name) {
+    const kw_cfg_key *k = kw__cfg_find(t->keys, t->n_keys, name, strlen(name));
+    KW_RETURN_IF(k == NULL, KW_E_NOT_FOUND, "config: unknown key %s (--help lists the keys)", name);
+    KW_RETURN_IF(k->type == KW_CFG_LIST, KW_E_PARSE, "config: %s is a list", name);
+    return kw__cfg_unset_key(k, obj);
+}
+
 static int kw__cfg_budget(kw__cfg_walk *w, int depth, const yaml_node_t *node) {
     KW_RETURN_IF(++w->visited > KW__CFG_MAX_NODES || depth > KW__CFG_MAX_DEPTH, KW_E_LIMIT,
                  "config: line %zu: the document nests too deep or holds too many nodes",
@@ -217,7 +254,11 @@ static int kw__cfg_walk_list(kw__cfg_walk *w, yaml_node_t *node, char *name, siz
                          (size_t)key->start_mark.line + 1, name, i, kname);
             char full[KW__CFG_MAX_NAME];
             snprintf(full, sizeof full, "%s.%zu.%s", name, i, kname);
-            KW_FORWARD(kw__cfg_set_value(sub, elem, full, (const char *)val->data.scalar.value, w->base_dir));
+            KW_FORWARD(kw__cfg_scalar_check(val, full));
+            if (kw__cfg_is_null(val))
+                KW_FORWARD(kw__cfg_unset_key(sub, elem));
+            else
+                KW_FORWARD(kw__cfg_set_value(sub, elem, full, (const char *)val->data.scalar.value, w->base_dir));
         }
     }
     return 0;
@@ -228,6 +269,8 @@ static int kw__cfg_walk_node(kw__cfg_walk *w, yaml_node_t *node, char *name, siz
     switch (node->type) {
     case YAML_SCALAR_NODE:
         KW_RETURN_IF(name_len == 0, KW_E_PARSE, "config: the document is a scalar, not a mapping of keys");
+        KW_FORWARD(kw__cfg_scalar_check(node, name));
+        if (kw__cfg_is_null(node)) return kw__cfg_unset(w->t, w->obj, name);
         return kw_cfg_set(w->t, w->obj, name, (const char *)node->data.scalar.value, w->base_dir);
     case YAML_SEQUENCE_NODE:
         return kw__cfg_walk_list(w, node, name, name_len, depth);
