@@ -452,17 +452,42 @@ void kw_cfg_print_help(const kw_cfg_table *t, FILE *out) {
     }
 }
 
-/* Writes a YAML scalar, quoted (JSON-style escapes are valid YAML double-quoted strings). */
-static void kw__cfg_print_string(const char *s, FILE *out) {
+/* Writes a YAML double-quoted scalar that loads back to the same bytes: quotes, backslashes, control characters and
+ * the characters YAML does not take raw or reads as line breaks (DEL, C1 controls, U+0085, U+2028, U+2029, U+FEFF)
+ * are escaped; other UTF-8 goes as it is. */
+static void kw__cfg_print_string(const char *str, FILE *out) {
+    const unsigned char *s = (const unsigned char *)str;
     fputc('"', out);
-    for (; *s; ++s) {
-        const unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
+    while (*s) {
+        const unsigned char c = *s;
+        if (c == '"' || c == '\\') {
             fprintf(out, "\\%c", c);
-        else if (c < 0x20)
+            ++s;
+        } else if (c < 0x20 || c == 0x7f) {
             fprintf(out, "\\x%02x", c);
-        else
+            ++s;
+        } else if (c < 0x80) {
             fputc(c, out);
+            ++s;
+        } else {
+            /* one UTF-8 sequence (the value came from a YAML file or the command line: valid UTF-8 or raw bytes) */
+            const int len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+            uint32_t cp = len == 4 ? c & 7u : len == 3 ? c & 15u : len == 2 ? c & 31u : c;
+            int k = 1;
+            for (; k < len && (s[k] & 0xc0) == 0x80; ++k)
+                cp = cp << 6 | (s[k] & 0x3fu);
+            if (k < len || len == 1) { /* not UTF-8: the byte as a code point (YAML cannot carry raw bytes) */
+                fprintf(out, "\\x%02x", c);
+                ++s;
+                continue;
+            }
+            if ((cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe ||
+                cp == 0xffff)
+                fprintf(out, "\\u%04x", (unsigned)cp);
+            else
+                fwrite(s, 1, (size_t)len, out);
+            s += len;
+        }
     }
     fputc('"', out);
 }

@@ -352,6 +352,8 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
                                 : 0;
     cJSON_AddNumberToObject(t, "queue", j->ms_queue);
     cJSON_AddNumberToObject(t, "tokenize", j->ms_tokenize);
+    cJSON_AddNumberToObject(t, "sharer_queue", e ? (double)e->queue_ns * 1e-6 : 0);
+    cJSON_AddNumberToObject(t, "sharer_total", e ? (double)e->total_ns * 1e-6 : 0);
     cJSON_AddNumberToObject(t, "sharer_prefill", e ? (double)e->prefill_ns * 1e-6 : 0);
     cJSON_AddNumberToObject(t, "select", e ? (double)e->select_ns * 1e-6 : 0);
     cJSON_AddNumberToObject(t, "encode", e ? (double)e->encode_ns * 1e-6 : 0);
