@@ -565,3 +565,23 @@ void kw_cfg_free(const kw_cfg_table *t, void *obj) {
     if (t == NULL || obj == NULL) return;
     kw__cfg_free_keys(t->keys, t->n_keys, obj);
 }
+
+int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv, int (*run)(void *obj)) {
+    memset(obj, 0, obj_size);
+    enum kw_cfg_action action = KW_CFG_RUN;
+    int rc = kw_cfg_parse_args(t, obj, argc, argv, &action);
+    int exit_code = 0;
+    if (rc < 0) {
+        fprintf(stderr, "%s: %s\n", t->program, kw_error_detail());
+        exit_code = 2;
+    } else if (action == KW_CFG_HELP) {
+        kw_cfg_print_help(t, stdout);
+    } else if (action == KW_CFG_PRINT) {
+        kw_cfg_print(t, obj, stdout);
+    } else if ((rc = run(obj)) < 0) {
+        fprintf(stderr, "%s: %s (%s)\n", t->program, kw_error_detail(), kw_status_name(rc));
+        exit_code = 1;
+    }
+    kw_cfg_free(t, obj);
+    return exit_code;
+}

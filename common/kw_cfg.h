@@ -85,6 +85,11 @@ void kw_cfg_print_help(const kw_cfg_table *t, FILE *out);
 /* Writes the effective values as YAML (secrets masked). */
 void kw_cfg_print(const kw_cfg_table *t, const void *obj, FILE *out);
 
+/* A daemon's main() over its table: reads the command line into obj (zeroed here; a bad one: the reason on stderr and
+ * exit status 2), answers --help and --print-config on stdout, or else calls run(obj) and reports its failure on
+ * stderr as "program: reason (status)" (exit status 1). obj's strings are freed before returning. */
+int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv, int (*run)(void *obj));
+
 /* Frees the strings of obj (list elements included) and zeroes the counts. NULL obj is a no-op. */
 void kw_cfg_free(const kw_cfg_table *t, void *obj);
 

@@ -729,14 +729,12 @@ static void kw__rd_generate(kw_receiverd *d, kw_http_request *req, bool chat) {
     j->http = req;
     kw_http_request_watch(req, kw__rd_on_abort, NULL, j);
     ++d->queued;
-    uv_mutex_lock(&d->mu);
-    if (d->tail)
-        d->tail->compute_next = j;
-    else
-        d->head = j;
-    d->tail = j;
-    uv_cond_signal(&d->cond);
-    uv_mutex_unlock(&d->mu);
+    if (!kw_queue_push(&d->queue, &j->item)) { /* stopping: it never runs */
+        j->status = KW_E_NET_SHUTDOWN;
+        j->http_status = 503;
+        snprintf(j->error, sizeof j->error, "the server is shutting down");
+        kw__rd_finish(d, j);
+    }
 }
 
 static void kw__rd_health(kw_receiverd *d, kw_http_request *req) {
@@ -815,12 +813,8 @@ static void kw__rd_http_done(kw_http_server *s, void *user) {
     kw_receiverd *d = user;
     (void)s;
     for (int32_t i = 0; i < d->n_links; ++i)
-        kw_rd_link_stop(d->links[i]); /* frees itself once closed */
-    d->n_links = 0;
-    uv_mutex_lock(&d->mu);
-    d->stopping = true;
-    uv_cond_signal(&d->cond);
-    uv_mutex_unlock(&d->mu);
+        kw_rd_link_stop(d->links[i]);
+    kw_queue_close(&d->queue); /* the compute thread drains it and exits */
 }
 
 static void kw__rd_on_signal(int signum, void *user) {
@@ -882,8 +876,8 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     KW_RETURN_IF(d == NULL, KW_E_NOMEM, "receiverd: out of memory");
     int rc = 0;
     d->cfg = cfg;
-    uv_mutex_init(&d->mu);
-    uv_cond_init(&d->cond);
+    KW_CHECK(kw_queue_init(&d->queue));
+    d->queue_init = true;
     KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "receiverd: cannot create the event loop");
     d->loop_init = true;
     KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
@@ -990,6 +984,8 @@ void kw_receiverd_free(kw_receiverd *d) {
         kw_net_signals_close(d->signals);
         uv_run(&d->loop, UV_RUN_DEFAULT);
         kw_http_server_free(d->http);
+        for (int32_t i = 0; i < d->n_links; ++i)
+            kw_rd_link_free(d->links[i]);
         if (uv_loop_close(&d->loop) != 0) KW_LOG_WARN("receiverd: the event loop still had handles at exit");
     }
     for (int32_t i = 0; i < d->n_fusers; ++i) {
@@ -1000,33 +996,25 @@ void kw_receiverd_free(kw_receiverd *d) {
     kw_tokenizer_free(d->tok);
     kw_model_free(d->model);
     kw_backend_destroy(d->be);
-    uv_mutex_destroy(&d->mu);
-    uv_cond_destroy(&d->cond);
+    if (d->queue_init) kw_queue_destroy(&d->queue);
     free(d);
+}
+
+/* kw_cfg_main's run: the daemon's life. */
+static int kw__receiverd_run_config(void *obj) {
+    const kw_receiverd_config *cfg = obj;
+    kw_log_set_level((enum kw_log_level)cfg->log_level);
+    kw_receiverd *d = NULL;
+    int rc = kw_receiverd_create(cfg, &d);
+    if (rc == 0) rc = kw_receiverd_run(d);
+    char detail[1024]; /* freeing may record reasons of its own */
+    snprintf(detail, sizeof detail, "%s", kw_error_detail());
+    kw_receiverd_free(d);
+    if (rc < 0) kw_error_set(rc, "%s", detail);
+    return rc;
 }
 
 int kw_receiverd_main(int argc, char **argv) {
     kw_receiverd_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    enum kw_cfg_action action = KW_CFG_RUN;
-    kw_receiverd *d = NULL;
-    int rc = kw_cfg_parse_args(&kw_receiverd_config_table, &cfg, argc, argv, &action);
-    if (rc < 0) {
-        fprintf(stderr, "receiverd: %s\n", kw_error_detail());
-        kw_cfg_free(&kw_receiverd_config_table, &cfg);
-        return 2;
-    }
-    if (action == KW_CFG_HELP) {
-        kw_cfg_print_help(&kw_receiverd_config_table, stdout);
-    } else if (action == KW_CFG_PRINT) {
-        kw_cfg_print(&kw_receiverd_config_table, &cfg, stdout);
-    } else {
-        kw_log_set_level((enum kw_log_level)cfg.log_level);
-        rc = kw_receiverd_create(&cfg, &d);
-        if (rc == 0) rc = kw_receiverd_run(d);
-        if (rc < 0) fprintf(stderr, "receiverd: %s (%s)\n", kw_error_detail(), kw_status_name(rc));
-        kw_receiverd_free(d);
-    }
-    kw_cfg_free(&kw_receiverd_config_table, &cfg);
-    return rc < 0 ? 1 : 0;
+    return kw_cfg_main(&kw_receiverd_config_table, &cfg, sizeof cfg, argc, argv, kw__receiverd_run_config);
 }

@@ -558,17 +558,8 @@ out:
 
 void kw_rd_compute_thread(void *arg) {
     kw_receiverd *d = arg;
-    for (;;) {
-        uv_mutex_lock(&d->mu);
-        while (!d->head && !d->stopping)
-            uv_cond_wait(&d->cond, &d->mu);
-        kw_rd_job *j = d->head;
-        if (j) {
-            d->head = j->compute_next;
-            if (!d->head) d->tail = NULL;
-        }
-        uv_mutex_unlock(&d->mu);
-        if (!j) break;
+    for (kw_queue_item *it; (it = kw_queue_pop(&d->queue)) != NULL;) {
+        kw_rd_job *j = (kw_rd_job *)it;
         kw_error_clear();
         j->status = kw__rd_run(d, j);
         uv_mutex_lock(&j->mu);

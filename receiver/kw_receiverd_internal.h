@@ -18,6 +18,7 @@
 
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_request.h"
+#include "common/kw_queue.h"
 #include "model/kw_chat.h"
 #include "c2c/kw_select.h"
 #include "model/kw_identity.h"
@@ -154,13 +155,13 @@ typedef struct kw_rd_token_stats {
 } kw_rd_token_stats;
 
 struct kw_rd_job {
+    kw_queue_item item; /* the compute queue (first: the item is the job) */
     kw_receiverd *d;
     atomic_int refs;   /* the request's (released after its answer) and the link's while its share is in flight */
     atomic_int cancel; /* 0, or the status to stop with (client gone, shutdown) */
     uint64_t id;
     kw_rd_spec spec;
     uint64_t t_arrival;
-    kw_rd_job *compute_next; /* the compute queue (under the daemon's mutex) */
     /* (loop) */
     kw_http_request *http; /* NULL once answered */
     bool stream_started;
@@ -272,10 +273,8 @@ struct kw_receiverd {
     /* compute thread */
     uv_thread_t thread;
     bool thread_started;
-    uv_mutex_t mu;
-    uv_cond_t cond;
-    kw_rd_job *head, *tail;
-    bool stopping;
+    kw_queue queue;
+    bool queue_init;
     /* (loop) */
     int32_t queued;
     uint64_t next_job_id;
@@ -311,8 +310,10 @@ void kw_rd_job_cancel(kw_rd_job *j, int status);
 
 int kw_rd_link_create(kw_receiverd *d, int32_t index, kw_rd_link **out);
 void kw_rd_link_start(kw_rd_link *l);
-/* Stops reconnecting and closes the connection (shutdown); the link frees itself once closed. */
+/* Stops reconnecting and closes the connection (shutdown); requests given to it later fail (503). */
 void kw_rd_link_stop(kw_rd_link *l);
+/* Frees a stopped link once the loop has closed its handles (after uv_run returns); NULL is a no-op. */
+void kw_rd_link_free(kw_rd_link *l);
 bool kw_rd_link_ready(const kw_rd_link *l);
 const char *kw_rd_link_name(const kw_rd_link *l);
 const char *kw_rd_link_reason(const kw_rd_link *l);

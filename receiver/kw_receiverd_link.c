@@ -147,6 +147,10 @@ static void kw__rd_link_pump(kw_rd_link *l) {
 }
 
 void kw_rd_link_submit(kw_rd_link *l, kw_rd_job *j) {
+    if (l->stopping) {
+        kw__rd_share_finish(j, KW_E_NET_SHUTDOWN, 503, "the server is shutting down");
+        return;
+    }
     if (l->state != KW__LINK_READY) {
         char msg[1200];
         snprintf(msg, sizeof msg, "sharer %s is not connected: %s", l->cfg->name, l->reason);
@@ -390,11 +394,15 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
 
 static void kw__rd_link_schedule(kw_rd_link *l);
 
-/* Frees a stopped link once its connection and timer are closed. */
+/* Frees a link whose connection and timer are closed (or were never opened). */
 static void kw__rd_link_destroy(kw_rd_link *l) {
     kw_proto_decoder_destroy(l->dec);
     kw_net_tls_free(l->tls);
     free(l);
+}
+
+void kw_rd_link_free(kw_rd_link *l) {
+    if (l) kw__rd_link_destroy(l);
 }
 
 static int kw__rd_link_read(kw_net_conn *c, const uint8_t *data, size_t len, size_t *used) {
@@ -471,10 +479,7 @@ static void kw__rd_link_close(kw_net_conn *c, int status) {
     l->wait_tail = NULL;
     kw_proto_message_free(l->reply ? &l->reply->base : NULL);
     l->reply = NULL;
-    if (l->stopping) {
-        if (l->timer_closed) kw__rd_link_destroy(l);
-        return;
-    }
+    if (l->stopping) return; /* kw_rd_link_free releases it once the loop is done */
     kw__rd_link_schedule(l);
 }
 
@@ -538,7 +543,6 @@ void kw_rd_link_start(kw_rd_link *l) {
 static void kw__rd_link_timer_closed(uv_handle_t *h) {
     kw_rd_link *l = h->data;
     l->timer_closed = true;
-    if (!l->conn) kw__rd_link_destroy(l);
 }
 
 void kw_rd_link_stop(kw_rd_link *l) {

@@ -88,6 +88,7 @@ for entry in "receiver_only|{}" "c2c|{}" "c2c|{\"codec\": \"int4\", \"granularit
     for _ in $(seq "$runs"); do
         request "$mode" "$policy" | jq -ce 'if .kvwire then .kvwire else error("\(.error)") end' >>"$out/runs.jsonl"
     done
+    [ -n "${prompt_tokens:-}" ] || prompt_tokens=$(head -1 "$out/runs.jsonl" | jq '.prompt_tokens')
     printf "| %s | %s |" "$mode" "$(echo "$policy" | tr -d '"{} ' | sed 's/,/ /g')"
     for s in $stages; do printf " %.2f |" "$(jq ".timings_ms.$s" "$out/runs.jsonl" | median)"; done
     printf " %s | %s | %s |\n" "$(jq '.bytes.blob' "$out/runs.jsonl" | median)" \
@@ -95,6 +96,7 @@ for entry in "receiver_only|{}" "c2c|{}" "c2c|{\"codec\": \"int4\", \"granularit
 done
 stop
 trap - EXIT
+echo "prompt: $prompt_tokens tokens (chat template included); the sharer gets the first $((prompt_tokens - 1))"
 
 echo
 echo "in one process (kvwire c2c, the same request and policy; its own stage names):"

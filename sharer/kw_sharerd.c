@@ -20,6 +20,7 @@
 #include "c2c/kw_request.h"
 #include "common/kw_file.h"
 #include "common/kw_log.h"
+#include "common/kw_queue.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
@@ -54,7 +55,7 @@ typedef struct kw__sd_model {
 typedef struct kw__sd_conn kw__sd_conn;
 
 typedef struct kw__sd_job {
-    struct kw__sd_job *next; /* compute queue */
+    kw_queue_item item; /* the compute queue (first: the item is the job) */
     kw_sharerd *d;
     kw__sd_conn *conn; /* loop thread only; NULL once the connection closed */
     Kwctl__ShareRequest *req;
@@ -109,10 +110,8 @@ struct kw_sharerd {
     /* compute thread */
     uv_thread_t thread;
     bool thread_started;
-    uv_mutex_t mu;
-    uv_cond_t cond;
-    kw__sd_job *head, *tail;
-    bool stopping;
+    kw_queue queue;
+    bool queue_init;
     /* loop thread */
     int32_t queued; /* accepted jobs not yet DONE */
     bool shutting_down;
@@ -341,25 +340,13 @@ static void kw__sd_run_job(kw_sharerd *d, kw__sd_job *j) {
 
 static void kw__sd_compute_thread(void *arg) {
     kw_sharerd *d = arg;
-    for (;;) {
-        uv_mutex_lock(&d->mu);
-        while (!d->head && !d->stopping)
-            uv_cond_wait(&d->cond, &d->mu);
-        kw__sd_job *j = d->head;
-        if (j) {
-            d->head = j->next;
-            if (!d->head) d->tail = NULL;
-        }
-        uv_mutex_unlock(&d->mu);
-        if (!j) break;
+    for (kw_queue_item *it; (it = kw_queue_pop(&d->queue)) != NULL;) {
+        kw__sd_job *j = (kw__sd_job *)it;
         kw__sd_run_job(d, j);
-        kw__sd_post *p = calloc(1, sizeof *p);
-        if (p) *p = (kw__sd_post){.kind = KW__SD_POST_DONE, .job = j};
-        while (!p) { /* the DONE must reach the loop: it holds the queue's reference */
+        kw__sd_post *p = NULL;
+        while (!(p = calloc(1, sizeof *p))) /* the DONE must reach the loop: it holds the queue's reference */
             uv_sleep(10);
-            p = calloc(1, sizeof *p);
-            if (p) *p = (kw__sd_post){.kind = KW__SD_POST_DONE, .job = j};
-        }
+        *p = (kw__sd_post){.kind = KW__SD_POST_DONE, .job = j};
         if (kw_net_async_post(d->async, &p->item) < 0) {
             free(p);
             kw__sd_job_unref(j);
@@ -659,15 +646,13 @@ static int kw__sd_on_request(kw__sd_conn *c, Kwctl__ShareRequest *req) {
     j->frames = 1;
     c->job = j;
     ++d->queued;
-    kw_net_conn_deadline_start(c->conn, 0); /* a request in flight: no idle timeout, shutdown waits for it */
-    uv_mutex_lock(&d->mu);
-    if (d->tail)
-        d->tail->next = j;
-    else
-        d->head = j;
-    d->tail = j;
-    uv_cond_signal(&d->cond);
-    uv_mutex_unlock(&d->mu);
+    kw_net_conn_deadline_start(c->conn, 0);    /* a request in flight: no idle timeout, shutdown waits for it */
+    if (!kw_queue_push(&d->queue, &j->item)) { /* stopping: it never runs */
+        j->status = KW_E_NET_SHUTDOWN;
+        snprintf(j->error, sizeof j->error, "the sharer is shutting down");
+        kw__sd_finish(j);
+        kw__sd_job_unref(j);
+    }
     return 0;
 }
 
@@ -876,10 +861,7 @@ static void kw__sd_accept(kw_net_server *s, kw_net_conn *conn, void *user) {
 static void kw__sd_server_done(kw_net_server *s, void *user) {
     kw_sharerd *d = user;
     (void)s;
-    uv_mutex_lock(&d->mu);
-    d->stopping = true; /* the compute thread drains its queue (every job is cancelled by now) and exits */
-    uv_cond_signal(&d->cond);
-    uv_mutex_unlock(&d->mu);
+    kw_queue_close(&d->queue); /* the compute thread drains it (every job is cancelled by now) and exits */
 }
 
 static void kw__sd_on_signal(int signum, void *user) {
@@ -935,8 +917,8 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     KW_RETURN_IF(d == NULL, KW_E_NOMEM, "sharerd: out of memory");
     int rc = 0;
     d->cfg = cfg;
-    uv_mutex_init(&d->mu);
-    uv_cond_init(&d->cond);
+    KW_CHECK(kw_queue_init(&d->queue));
+    d->queue_init = true;
     d->t_start = kw_time_now_ns();
     KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "sharerd: cannot create the event loop");
     d->loop_init = true;
@@ -1031,33 +1013,25 @@ void kw_sharerd_free(kw_sharerd *d) {
     }
     free(d->codecs);
     kw_backend_destroy(d->be);
-    uv_mutex_destroy(&d->mu);
-    uv_cond_destroy(&d->cond);
+    if (d->queue_init) kw_queue_destroy(&d->queue);
     free(d);
+}
+
+/* kw_cfg_main's run: the daemon's life. */
+static int kw__sharerd_run_config(void *obj) {
+    const kw_sharerd_config *cfg = obj;
+    kw_log_set_level((enum kw_log_level)cfg->log_level);
+    kw_sharerd *d = NULL;
+    int rc = kw_sharerd_create(cfg, &d);
+    if (rc == 0) rc = kw_sharerd_run(d);
+    char detail[1024]; /* freeing may record reasons of its own */
+    snprintf(detail, sizeof detail, "%s", kw_error_detail());
+    kw_sharerd_free(d);
+    if (rc < 0) kw_error_set(rc, "%s", detail);
+    return rc;
 }
 
 int kw_sharerd_main(int argc, char **argv) {
     kw_sharerd_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    enum kw_cfg_action action = KW_CFG_RUN;
-    kw_sharerd *d = NULL;
-    int rc = kw_cfg_parse_args(&kw_sharerd_config_table, &cfg, argc, argv, &action);
-    if (rc < 0) {
-        fprintf(stderr, "sharerd: %s\n", kw_error_detail());
-        kw_cfg_free(&kw_sharerd_config_table, &cfg);
-        return 2;
-    }
-    if (action == KW_CFG_HELP) {
-        kw_cfg_print_help(&kw_sharerd_config_table, stdout);
-    } else if (action == KW_CFG_PRINT) {
-        kw_cfg_print(&kw_sharerd_config_table, &cfg, stdout);
-    } else {
-        kw_log_set_level((enum kw_log_level)cfg.log_level);
-        rc = kw_sharerd_create(&cfg, &d);
-        if (rc == 0) rc = kw_sharerd_run(d);
-        if (rc < 0) fprintf(stderr, "sharerd: %s (%s)\n", kw_error_detail(), kw_status_name(rc));
-        kw_sharerd_free(d);
-    }
-    kw_cfg_free(&kw_sharerd_config_table, &cfg);
-    return rc < 0 ? 1 : 0;
+    return kw_cfg_main(&kw_sharerd_config_table, &cfg, sizeof cfg, argc, argv, kw__sharerd_run_config);
 }

@@ -556,6 +556,105 @@ static void test_busy(void **state) {
     fake_stop(&f);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// sharerd's own queue, spoken to directly
+
+/* Reads frames until one of type want (others are skipped); *out is the unpacked message. */
+static void read_until(int fd, uint32_t want, ProtobufCMessage **out) {
+    volatile int never = 0;
+    for (;;) {
+        uint8_t head[KW_PROTO_FRAME_HEADER_BYTES];
+        assert_int_equal(recv_all(fd, head, sizeof head, &never), 0);
+        const uint32_t len =
+            (uint32_t)head[0] | (uint32_t)head[1] << 8 | (uint32_t)head[2] << 16 | (uint32_t)head[3] << 24;
+        assert_true(len < (1u << 24));
+        uint8_t *payload = malloc(len ? len : 1);
+        assert_int_equal(recv_all(fd, payload, len, &never), 0);
+        if (head[4] == want) {
+            assert_int_equal(kw_proto_message_unpack(NULL, head[4], payload, len, out), 0);
+            free(payload);
+            return;
+        }
+        free(payload);
+    }
+}
+
+static int client_hello(uint16_t port) {
+    const int fd = kwd_connect(port);
+    assert_true(fd >= 0);
+    Kwctl__Hello h = KWCTL__HELLO__INIT;
+    h.protocol_version = 1;
+    h.role = KWCTL__ROLE__ROLE_CLIENT;
+    h.software = "test";
+    assert_int_equal(send_msg(fd, KW_PROTO_FRAME_HELLO, &h.base), 0);
+    ProtobufCMessage *m = NULL;
+    read_until(fd, KW_PROTO_FRAME_HELLO_REPLY, &m);
+    assert_true(((Kwctl__HelloReply *)m)->accepted);
+    kw_proto_message_free(m);
+    return fd;
+}
+
+/* A long c2c share of tiny-qwen2 (n tokens). */
+static void client_request(int fd, uint64_t id, uint32_t n) {
+    uint32_t *ids = malloc(n * sizeof *ids);
+    for (uint32_t i = 0; i < n; ++i)
+        ids[i] = 100 + i % 5000;
+    Kwctl__Section sec = KWCTL__SECTION__INIT;
+    sec.length = n;
+    sec.sent = 1;
+    Kwctl__Section *secs[] = {&sec};
+    Kwctl__CodecSpec c = KWCTL__CODEC_SPEC__INIT;
+    c.codec = KW_WIRE_CODEC_BF16;
+    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
+    p.k = p.v = &c;
+    p.selection = KWCTL__SELECTION__SELECTION_FULL;
+    Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
+    r.request_id = id;
+    r.mode = KWCTL__MODE__MODE_C2C;
+    r.sharer_model = "tiny-qwen2";
+    r.token_ids = ids;
+    r.n_token_ids = n;
+    r.sections = secs;
+    r.n_sections = 1;
+    r.policy = &p;
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
+    assert_int_equal(send_msg(fd, KW_PROTO_FRAME_SHARE_REQUEST, &r.base), 0);
+    free(ids);
+}
+
+/* queue.max 1: a second share while one runs is refused KW_E_SHARE_BUSY at once; CANCEL stops the first. */
+static void test_sharer_busy_and_cancel(void **state) {
+    (void)state;
+    const char *extra[] = {"--queue.max=1", NULL};
+    kwd_proc sd;
+    kwd_start_sharer(0, extra, &sd);
+    const int a = client_hello(sd.port), b = client_hello(sd.port);
+    client_request(a, 1, 4096); /* long enough to still run while the next request arrives */
+    ProtobufCMessage *m = NULL;
+    read_until(a, KW_PROTO_FRAME_SHARE_HEADER, &m);
+    kw_proto_message_free(m);
+    client_request(b, 7, 16);
+    read_until(b, KW_PROTO_FRAME_ERROR, &m);
+    assert_int_equal(((Kwctl__Error *)m)->request_id, 7);
+    assert_int_equal(((Kwctl__Error *)m)->status, KW_E_SHARE_BUSY);
+    kw_proto_message_free(m);
+    Kwctl__Cancel c = KWCTL__CANCEL__INIT;
+    c.request_id = 1;
+    assert_int_equal(send_msg(a, KW_PROTO_FRAME_CANCEL, &c.base), 0);
+    read_until(a, KW_PROTO_FRAME_ERROR, &m); /* WIRE frames of the share may come first */
+    assert_int_equal(((Kwctl__Error *)m)->request_id, 1);
+    assert_int_equal(((Kwctl__Error *)m)->status, KW_E_CANCELLED);
+    kw_proto_message_free(m);
+    /* the queue is free again */
+    client_request(b, 8, 16);
+    read_until(b, KW_PROTO_FRAME_SHARE_END, &m);
+    assert_int_equal(((Kwctl__ShareEnd *)m)->request_id, 8);
+    kw_proto_message_free(m);
+    close(a);
+    close(b);
+    kwd_stop(&sd);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sharer_fails_mid_stream),
@@ -563,6 +662,7 @@ int main(void) {
         cmocka_unit_test(test_wrong_pair),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_sharer_busy_and_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
