@@ -76,22 +76,6 @@ int kw_request_sharer_layers(const kw_fusion *f, int32_t sharer, int32_t n_model
     return 0;
 }
 
-int kw_request_chat_family(const kw_model_config *c, enum kw_chat_family *out) {
-    switch (c->arch) {
-    case KW_ARCH_QWEN3:
-        *out = KW_CHAT_QWEN3;
-        return 0;
-    case KW_ARCH_QWEN2:
-        *out = KW_CHAT_QWEN25;
-        return 0;
-    case KW_ARCH_LLAMA:
-        *out = KW_CHAT_LLAMA32;
-        return 0;
-    default:
-        KW_FAIL(KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(c->arch));
-    }
-}
-
 void kw_request_relay_free(kw_request_relay *r) {
     if (r == NULL) return;
     free(r->text);
@@ -114,7 +98,7 @@ int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, const ch
     int rc;
     const uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_relay_background_prompt(question, &bg));
-    KW_CHECK(kw_request_chat_family(kw_model_get_config(sharer), &fam));
+    KW_CHECK(kw_chat_family_for_arch(kw_model_get_config(sharer)->arch, &fam));
     const kw_chat_message msg = {.role = "user", .content = bg};
     const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
     KW_CHECK(kw_chat_render(fam, &msg, 1, &co, &text, &text_len));

@@ -1,8 +1,8 @@
 /* kw_request.h: the driving logic of one request that `kvwire c2c` and the daemons share, so that the three ways of
  * joining the two halves (in memory, over TCP, over TLS) build the same plan from the same request: the prompt's
- * sections for a mode, what each sharer is asked to prefill and send (its view of the sections, the layers), the chat
- * family of a model, and the two stages of the text relay (c2c_spec.md §5.5): the sharer's background message and the
- * receiver's conversation around it.
+ * sections for a mode, what each sharer is asked to prefill and send (its view of the sections, the layers), and the
+ * two stages of the text relay (c2c_spec.md §5.5): the sharer's background message and the receiver's conversation
+ * around it.
  *
  * Not here: the halves themselves (c2c/kw_share.h, c2c/kw_fusion.h, receiver/), codecs (sharer/), transports.
  */
@@ -40,9 +40,6 @@ int kw_request_sharer_sections(const kw_fusion_section *sections, int32_t n, int
  * KW_E_LIMIT (cap). */
 int kw_request_sharer_layers(const kw_fusion *f, int32_t sharer, int32_t n_model_layers, const int32_t *subset,
                              int32_t n_subset, int32_t *out, int32_t cap, int32_t *n_out);
-
-/* The chat template of a model's family (Qwen3, Qwen2 -> Qwen2.5, Llama -> Llama-3.2). KW_E_UNSUPPORTED otherwise. */
-int kw_request_chat_family(const kw_model_config *cfg, enum kw_chat_family *out);
 
 /* Stage 1 of the text relay, on the sharer: its greedy reply (max_tokens tokens at most, cache of cache_dtype) to the
  * background prompt of question (kw_relay_background_prompt) rendered with its own chat template (date: Llama-3.2's

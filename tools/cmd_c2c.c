@@ -682,10 +682,10 @@ int kw_cmd_c2c(int argc, char **argv) {
         n_msgs = n_conv;
     }
     enum kw_chat_family family = KW_CHAT_QWEN3;
-    if (!raw) KW_CHECK(kw_request_chat_family(cfg, &family));
+    if (!raw) KW_CHECK(kw_chat_family_for_arch(cfg->arch, &family));
     if (plan.on) {
         enum kw_chat_family sharer_family = KW_CHAT_QWEN3;
-        KW_CHECK(kw_request_chat_family(kw_model_get_config(sharers[0]), &sharer_family));
+        KW_CHECK(kw_chat_family_for_arch(kw_model_get_config(sharers[0])->arch, &sharer_family));
         kw_align_side rs, ss;
         KW_CHECK(kw_align_side_init(tok, family, &rs));
         KW_CHECK(kw_align_side_init(stoks[0], sharer_family, &ss));
