@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,12 +210,91 @@ static void test_stream(void **state) {
     kwd_response_free(&sse);
 }
 
+/* logprobs and teacher forcing agree: forcing the greedy tokens agrees at every position, scores them with the
+ * logprobs the free run reported, and gives the same ids. */
+static void test_logprobs_and_forcing(void **state) {
+    (void)state;
+    kwd_response free_run, forced;
+    kwd_http(receiver.port, "/v1/completions",
+             "{\"prompt\":\"" PROMPT "\",\"max_tokens\":6,\"logprobs\":3,\"kvwire\":{\"policy\":{\"codec\":"
+             "\"int8\"}}}",
+             &free_run);
+    assert_int_equal(free_run.status, 200);
+    int32_t ids[16];
+    const int n = kwd_json_ids(kwd_json_get(free_run.json, "kvwire.completion_ids"), ids, 16);
+    assert_true(n >= 1 && n <= 6);
+    const cJSON *lp = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(free_run.json, "choices"), 0), "logprobs");
+    const cJSON *token_lp = cJSON_GetObjectItem(lp, "token_logprobs"), *tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    assert_int_equal(cJSON_GetArraySize(token_lp), n);
+    assert_int_equal(cJSON_GetArraySize(tops), n);
+    double chosen[16];
+    for (int i = 0; i < n; ++i) {
+        chosen[i] = cJSON_GetArrayItem(token_lp, i)->valuedouble;
+        assert_true(chosen[i] <= 0);
+        const cJSON *top = cJSON_GetArrayItem(tops, i), *alt;
+        assert_true(cJSON_GetArraySize(top) >= 1 && cJSON_GetArraySize(top) <= 3);
+        cJSON_ArrayForEach(alt, top) assert_true(alt->valuedouble <= chosen[i]); /* greedy: the chosen is the top */
+    }
+    char body[2048], force[512] = "", score[512] = "";
+    for (int i = 0; i < n; ++i) {
+        char one[64];
+        snprintf(one, sizeof one, "%s%d", i ? "," : "", (int)ids[i]);
+        strcat(force, one);
+        snprintf(one, sizeof one, "%s[%d,%d]", i ? "," : "", (int)ids[i], 0);
+        strcat(score, one);
+    }
+    snprintf(body, sizeof body,
+             "{\"prompt\":\"" PROMPT "\",\"kvwire\":{\"policy\":{\"codec\":\"int8\"},\"force_tokens\":[%s],"
+             "\"score_ids\":[%s]}}",
+             force, score);
+    kwd_http(receiver.port, "/v1/completions", body, &forced);
+    assert_int_equal(forced.status, 200);
+    int32_t again[16];
+    assert_int_equal(kwd_json_ids(kwd_json_get(forced.json, "kvwire.completion_ids"), again, 16), n);
+    assert_memory_equal(again, ids, (size_t)n * sizeof *ids);
+    assert_true(kwd_json_num(forced.json, "kvwire.teacher_forcing.positions") == n);
+    assert_true(kwd_json_num(forced.json, "kvwire.teacher_forcing.top1_agree") == n);
+    const cJSON *scored = kwd_json_get(forced.json, "kvwire.scored_logprobs");
+    assert_int_equal(cJSON_GetArraySize(scored), n);
+    for (int i = 0; i < n; ++i) {
+        const double s0 = cJSON_GetArrayItem(cJSON_GetArrayItem(scored, i), 0)->valuedouble;
+        if (fabs(s0 - chosen[i]) > 1e-9) fail_msg("position %d: forced %.12g, free run %.12g", i, s0, chosen[i]);
+    }
+    kwd_response_free(&free_run);
+    kwd_response_free(&forced);
+}
+
+/* A small inbox makes receiverd stop reading the sharer's socket while its compute thread is behind (and resume):
+ * the tokens do not change. A long prompt makes a blob of several inboxes. */
+static void test_small_inbox(void **state) {
+    (void)state;
+    char body[16384] = "{\"messages\":[{\"role\":\"user\",\"content\":\"";
+    for (int i = 0; i < 100; ++i)
+        strcat(body, "The quick brown fox jumps over the lazy dog again and again. ");
+    strcat(body, "\"}],\"max_tokens\":4,\"kvwire\":{\"policy\":{\"codec\":\"f16\"}}}");
+    const char *extra[] = {"--sharer.inbox_bytes=65536", NULL};
+    kwd_proc small;
+    kwd_start_receiver(sharer.port, extra, &small);
+    assert_true(kwd_wait_healthy(small.port, kwd_ms(30000)));
+    kwd_response a, b;
+    kwd_http(receiver.port, "/v1/chat/completions", body, &a);
+    kwd_http(small.port, "/v1/chat/completions", body, &b);
+    assert_int_equal(a.status, 200);
+    assert_int_equal(b.status, 200);
+    assert_true(kwd_json_num(b.json, "kvwire.bytes.blob") > 4 * 65536);
+    int32_t x[8], y[8];
+    const int nx = kwd_json_ids(kwd_json_get(a.json, "kvwire.completion_ids"), x, 8);
+    assert_int_equal(kwd_json_ids(kwd_json_get(b.json, "kvwire.completion_ids"), y, 8), nx);
+    assert_memory_equal(x, y, (size_t)nx * sizeof *x);
+    kwd_response_free(&a);
+    kwd_response_free(&b);
+    kwd_stop(&small);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parity),
-        cmocka_unit_test(test_parity_fp32),
-        cmocka_unit_test(test_layers),
-        cmocka_unit_test(test_stream),
+        cmocka_unit_test(test_parity), cmocka_unit_test(test_parity_fp32),          cmocka_unit_test(test_layers),
+        cmocka_unit_test(test_stream), cmocka_unit_test(test_logprobs_and_forcing), cmocka_unit_test(test_small_inbox),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
