@@ -536,7 +536,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
     free(g.ids);
     g.ids = malloc((size_t)(j->n_ids > 0 ? j->n_ids : 1) * sizeof *g.ids);
     KW_CHECK_IF(!g.ids, KW_E_NOMEM, "out of memory");
-    memcpy(g.ids, j->ids, (size_t)j->n_ids * sizeof *g.ids);
+    if (j->n_ids) memcpy(g.ids, j->ids, (size_t)j->n_ids * sizeof *g.ids);
     g.n = g.cap = j->n_ids;
     bool stopped = false;
     KW_CHECK(kw__rd_text(&g, &stopped));

@@ -177,6 +177,19 @@ static void test_layers(void **state) {
     kwd_response_free(&r);
 }
 
+/* max_tokens 0 with echo: the prompt comes back, nothing is generated. */
+static void test_echo_only(void **state) {
+    (void)state;
+    kwd_response r;
+    kwd_http(receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":0,\"echo\":true}", &r);
+    assert_int_equal(r.status, 200);
+    const cJSON *text = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(r.json, "choices"), 0), "text");
+    assert_true(cJSON_IsString(text));
+    assert_string_equal(text->valuestring, PROMPT);
+    assert_true(kwd_json_num(r.json, "usage.completion_tokens") == 0);
+    kwd_response_free(&r);
+}
+
 /* Streaming gives the same text, as events, with the kvwire block in the last one. */
 static void test_stream(void **state) {
     (void)state;
@@ -293,8 +306,10 @@ static void test_small_inbox(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parity), cmocka_unit_test(test_parity_fp32),          cmocka_unit_test(test_layers),
-        cmocka_unit_test(test_stream), cmocka_unit_test(test_logprobs_and_forcing), cmocka_unit_test(test_small_inbox),
+        cmocka_unit_test(test_parity),      cmocka_unit_test(test_parity_fp32),
+        cmocka_unit_test(test_layers),      cmocka_unit_test(test_echo_only),
+        cmocka_unit_test(test_stream),      cmocka_unit_test(test_logprobs_and_forcing),
+        cmocka_unit_test(test_small_inbox),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
