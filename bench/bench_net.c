@@ -573,6 +573,10 @@ static int kw__bn_send_request(kw__bn_share *s) {
     p.k = &codec;
     p.v = &codec;
     p.selection = KWCTL__SELECTION__SELECTION_FULL;
+    Kwctl__Section section = KWCTL__SECTION__INIT; /* the whole shared prompt, sent */
+    section.length = s->prompt;
+    section.sent = 1;
+    Kwctl__Section *sections[] = {&section};
     Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
     r.request_id = 1;
     r.mode = KWCTL__MODE__MODE_C2C;
@@ -581,6 +585,9 @@ static int kw__bn_send_request(kw__bn_share *s) {
     r.n_token_ids = s->prompt;
     r.policy = &p;
     r.timeout_ms = 30000;
+    r.sections = sections;
+    r.n_sections = 1;
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
     const int rc = kw__bn_send_msg(s->rconn, KW_PROTO_FRAME_SHARE_REQUEST, &r.base);
     free(ids);
     s->sent_since_recv = true;

@@ -23,6 +23,12 @@ int kw_generate_greedy(kw_model *model, kw_kvcache *cache, const int32_t *prompt
                      (opts->eos_ids == NULL && opts->n_eos != 0) || opts->n_eos < 0,
                  KW_E_INVALID_ARG, "generate: bad arguments");
     const kw_model_config *cfg = kw_model_get_config(model);
+    KW_RETURN_IF(opts->force_ids != NULL && opts->n_force != opts->max_new_tokens, KW_E_INVALID_ARG,
+                 "generate: %d forced tokens for max_new_tokens %d", (int)opts->n_force, (int)opts->max_new_tokens);
+    for (int32_t i = 0; opts->force_ids && i < opts->n_force; ++i)
+        KW_RETURN_IF(opts->force_ids[i] < 0 || opts->force_ids[i] >= cfg->vocab, KW_E_TOKEN_ID,
+                     "generate: forced token %d (%d) is outside the %d-id vocabulary", (int)i, (int)opts->force_ids[i],
+                     (int)cfg->vocab);
     int flags = KW_ARGMAX_PLAIN;
     if (opts->round == KW_LOGITS_ROUND_BF16 ||
         (opts->round == KW_LOGITS_ROUND_AUTO && kw_model_logits_weight_dtype(model) == KW_DTYPE_BF16))
@@ -31,26 +37,39 @@ int kw_generate_greedy(kw_model *model, kw_kvcache *cache, const int32_t *prompt
 
     int rc = 0;
     kw_generate_result r = {0};
+    float *logits = NULL;
     r.ids = malloc((size_t)opts->max_new_tokens * sizeof *r.ids);
     KW_RETURN_IF(!r.ids, KW_E_NOMEM, "generate: out of memory");
+    if (opts->on_logits) {
+        logits = malloc((size_t)cfg->vocab * sizeof *logits);
+        KW_CHECK_IF(!logits, KW_E_NOMEM, "generate: out of memory");
+    }
 
     uint64_t t0 = kw_time_now_ns();
     int32_t next = -1;
     const kw_forward_args a = {
-        .ids = prompt, .n = n_prompt, .mode = KW_LOGITS_LAST, .argmax = &next, .argmax_flags = flags};
+        .ids = prompt, .n = n_prompt, .mode = KW_LOGITS_LAST, .logits = logits, .argmax = &next, .argmax_flags = flags};
     KW_CHECK(kw_model_forward(model, cache, &a));
     r.prefill_ms = kw_time_ms(t0, kw_time_now_ns());
     t0 = kw_time_now_ns();
     for (;;) {
         KW_CHECK_IF(next < 0 || next >= cfg->vocab, KW_E_INTERNAL, "generate: argmax %d out of range", (int)next);
+        if (opts->on_logits) KW_CHECK(opts->on_logits(opts->user, r.n, logits, cfg->vocab, next));
+        if (opts->force_ids) next = opts->force_ids[r.n];
         r.ids[r.n++] = next;
-        if (opts->on_token) KW_CHECK(opts->on_token(opts->user, next));
-        if (generate_is_eos(cfg, opts, next)) {
+        if (opts->on_token) {
+            KW_CHECK(opts->on_token(opts->user, next));
+            if (rc == KW_GENERATE_STOP) {
+                rc = 0;
+                break;
+            }
+        }
+        if (!opts->force_ids && generate_is_eos(cfg, opts, next)) {
             r.stopped_eos = 1;
             break;
         }
         if (r.n == opts->max_new_tokens) break;
-        KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, flags));
+        KW_CHECK(kw_model_decode_step(model, cache, next, logits, &next, flags));
         r.n_decode++;
     }
     r.decode_ms = kw_time_ms(t0, kw_time_now_ns());
@@ -58,6 +77,7 @@ int kw_generate_greedy(kw_model *model, kw_kvcache *cache, const int32_t *prompt
     r.ids = NULL;
 out:
     free(r.ids);
+    free(logits);
     return rc;
 }
 

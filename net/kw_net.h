@@ -137,6 +137,11 @@ typedef void (*kw_net_write_fn)(kw_net_conn *c, int status, void *user);
 int kw_net_conn_write(kw_net_conn *c, const void *head, size_t head_len, const kw_net_buf *bufs, size_t n_bufs,
                       kw_net_write_fn done, void *user);
 
+/* Queues buf[0..len) (malloc'ed; the connection owns it from this call on, whatever the outcome, and frees it once
+ * it is written or the connection closes): for a buffer made only to be sent, such as a packed control frame.
+ * @return as kw_net_conn_write. */
+int kw_net_conn_write_owned(kw_net_conn *c, void *buf, size_t len);
+
 /* Bytes queued for the socket and not yet written. */
 size_t kw_net_conn_write_queued(const kw_net_conn *c);
 

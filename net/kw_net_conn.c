@@ -485,6 +485,18 @@ int kw_net_conn_write(kw_net_conn *c, const void *head, size_t head_len, const k
     return 0;
 }
 
+static void kw__net_free_written(kw_net_conn *c, int status, void *user) {
+    (void)c, (void)status;
+    free(user);
+}
+
+int kw_net_conn_write_owned(kw_net_conn *c, void *buf, size_t len) {
+    const kw_net_buf b = {buf, len};
+    const int rc = kw_net_conn_write(c, NULL, 0, &b, 1, kw__net_free_written, buf);
+    if (rc < 0) free(buf);
+    return rc;
+}
+
 size_t kw_net_conn_write_queued(const kw_net_conn *c) {
     return c->write_queued;
 }

@@ -192,4 +192,14 @@ uint64_t kw_proto_decoder_frames(const kw_proto_decoder *d);
  * header checks of kw_proto_decoder_feed. */
 int kw_proto_frame_parse(const kw_proto_limits *lim, const void *buf, size_t len, kw_proto_frame *frame);
 
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Model identities (PROTOCOL.md §4.1) */
+
+/* True when both digests of a and b are set and equal: the same model files (what kv_direct needs). */
+bool kw_proto_same_model(const Kwctl__ModelDigest *a, const Kwctl__ModelDigest *b);
+
+/* True when fuser f fits sharer model m: its sharer_kv heads and head_dim equal m's, m has at least its n_layers, and
+ * its pinned sharer digests (where set) equal m's. Otherwise why (cap bytes, may be NULL) says which part fails. */
+bool kw_proto_fuser_fits(const Kwctl__FuserIdentity *f, const Kwctl__ModelIdentity *m, char *why, size_t cap);
+
 #endif /* KW_PROTO_H */

@@ -23,6 +23,7 @@
 #define KW__PROTO_MAX_TEXT_BYTES  (1u << 20)
 #define KW__PROTO_MAX_ERROR_BYTES 4096
 #define KW__PROTO_DIGEST_BYTES    32
+#define KW__PROTO_MAX_SECTIONS    1024
 
 // ---------------------------------------------------------------------------------------------------------------
 // Packing
@@ -265,6 +266,26 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
         KW_FORWARD(kw__proto_check_codec("SharePolicy.schedule.v", l->v, true));
     }
     KW__FIELD_IF(p->n_schedule > KW__PROTO_MAX_LAYERS, "SharePolicy.schedule: %zu entries", p->n_schedule);
+    KW__FIELD_IF(p->min_tokens > KW_PROTO_DEFAULT_MAX_TOKENS, "SharePolicy.min_tokens: %u is over %u", p->min_tokens,
+                 KW_PROTO_DEFAULT_MAX_TOKENS);
+    return 0;
+}
+
+/* ShareRequest.sections: 1..1024 sections of at least one token covering the token ids, at least one sent. */
+static int kw__proto_check_sections(const Kwctl__ShareRequest *m) {
+    KW__FIELD_IF(m->n_sections == 0, "ShareRequest.sections: none for a mode that sends KV");
+    KW__FIELD_IF(m->n_sections > KW__PROTO_MAX_SECTIONS, "ShareRequest.sections: %zu, at most %d", m->n_sections,
+                 KW__PROTO_MAX_SECTIONS);
+    uint64_t total = 0;
+    bool sent = false;
+    for (size_t i = 0; i < m->n_sections; ++i) {
+        KW__FIELD_IF(m->sections[i]->length == 0, "ShareRequest.sections[%zu].length: 0", i);
+        total += m->sections[i]->length;
+        sent |= m->sections[i]->sent != 0;
+    }
+    KW__FIELD_IF(total != m->n_token_ids, "ShareRequest.sections: %llu tokens for %zu token ids",
+                 (unsigned long long)total, m->n_token_ids);
+    KW__FIELD_IF(!sent, "ShareRequest.sections: none is sent");
     return 0;
 }
 
@@ -281,6 +302,7 @@ static int kw__proto_check_hello(const Kwctl__Hello *m) {
         KW_FORWARD(kw__proto_check_digest("FuserIdentity.weights_sha256", &f->weights_sha256));
         KW_FORWARD(kw__proto_check_model_digest("FuserIdentity.sharer", f->sharer));
         KW_FORWARD(kw__proto_check_model_digest("FuserIdentity.receiver", f->receiver));
+        if (f->sharer_kv) KW_FORWARD(kw__proto_check_kv("FuserIdentity.sharer", f->sharer_kv));
     }
     return 0;
 }
@@ -304,17 +326,31 @@ static int kw__proto_check_share_request(const kw_proto_limits *lim, const Kwctl
     KW__FIELD_IF(m->request_id == 0, "ShareRequest.request_id: 0");
     KW__FIELD_IF(m->mode == KWCTL__MODE__MODE_UNSPECIFIED, "ShareRequest.mode: unspecified");
     const bool receiver_only = m->mode == KWCTL__MODE__MODE_RECEIVER_ONLY;
+    const bool relay = m->mode == KWCTL__MODE__MODE_TEXT_RELAY;
+    const bool kv = m->mode == KWCTL__MODE__MODE_C2C || m->mode == KWCTL__MODE__MODE_KV_DIRECT;
+    const char *mode = protobuf_c_enum_descriptor_get_value(&kwctl__mode__descriptor, m->mode)->name;
     KW_FORWARD(kw__proto_check_name("ShareRequest.sharer_model", m->sharer_model, !receiver_only));
     KW__FIELD_IF(m->n_token_ids > lim->max_tokens, "ShareRequest.token_ids: %zu tokens, the limit is %u",
                  m->n_token_ids, lim->max_tokens);
-    KW__FIELD_IF(!receiver_only && m->n_token_ids == 0, "ShareRequest.token_ids: empty");
-    KW__FIELD_IF(m->n_positions != 0 && m->n_positions != m->n_token_ids,
-                 "ShareRequest.positions: %zu positions for %zu token ids", m->n_positions, m->n_token_ids);
-    KW_FORWARD(kw__proto_check_increasing("ShareRequest.positions", m->positions, m->n_positions, UINT32_MAX));
-    const bool kv = m->mode == KWCTL__MODE__MODE_C2C || m->mode == KWCTL__MODE__MODE_KV_DIRECT;
-    KW__FIELD_IF(kv && !m->policy, "ShareRequest.policy: missing for mode %s",
-                 protobuf_c_enum_descriptor_get_value(&kwctl__mode__descriptor, m->mode)->name);
+    KW__FIELD_IF(kv && m->n_token_ids == 0, "ShareRequest.token_ids: empty for mode %s", mode);
+    KW__FIELD_IF(m->n_positions != 0, "ShareRequest.positions: reserved, must be empty in version 1");
+    KW__FIELD_IF(kv && !m->policy, "ShareRequest.policy: missing for mode %s", mode);
     if (m->policy) KW_FORWARD(kw__proto_check_policy(m->policy));
+    if (kv) {
+        KW_FORWARD(kw__proto_check_sections(m));
+        KW__FIELD_IF(m->cache_dtype == KWCTL__CACHE_DTYPE__CACHE_DTYPE_UNSPECIFIED,
+                     "ShareRequest.cache_dtype: unspecified for mode %s", mode);
+    } else {
+        KW__FIELD_IF(m->n_sections != 0, "ShareRequest.sections: %zu in mode %s", m->n_sections, mode);
+    }
+    KW__FIELD_IF(m->pad.len != 0 && m->pad.len != m->n_token_ids, "ShareRequest.pad: %zu flags for %zu token ids",
+                 m->pad.len, m->n_token_ids);
+    for (size_t i = 0; i < m->pad.len; ++i)
+        KW__FIELD_IF(m->pad.data[i] > 1, "ShareRequest.pad[%zu]: %u is not 0 or 1", i, m->pad.data[i]);
+    KW__FIELD_IF(relay && m->relay_question[0] == '\0', "ShareRequest.relay_question: empty for mode %s", mode);
+    KW__FIELD_IF(strlen(m->relay_question) > KW__PROTO_MAX_TEXT_BYTES, "ShareRequest.relay_question: over %u bytes",
+                 KW__PROTO_MAX_TEXT_BYTES);
+    KW_FORWARD(kw__proto_check_name("ShareRequest.chat_date", m->chat_date, false));
     KW__FIELD_IF(m->text_relay_max_bytes > KW__PROTO_MAX_TEXT_BYTES,
                  "ShareRequest.text_relay_max_bytes: %u, at most %u", m->text_relay_max_bytes,
                  KW__PROTO_MAX_TEXT_BYTES);
@@ -349,6 +385,8 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
                  m->compressed_sections, m->sections);
     KW__FIELD_IF(m->tokens_kept > m->tokens_prefilled, "ShareEnd.tokens_kept: %u of %u prefilled", m->tokens_kept,
                  m->tokens_prefilled);
+    KW__FIELD_IF(m->rows_sent > m->rows_total, "ShareEnd.rows_sent: %llu of %llu rows",
+                 (unsigned long long)m->rows_sent, (unsigned long long)m->rows_total);
     return 0;
 }
 

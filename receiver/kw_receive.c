@@ -73,7 +73,8 @@ int32_t kw_receive_section_sharers(const kw_receive *r, int32_t section) {
 }
 
 /* Sets up peer i's expectations. */
-static int kw_receive_peer_init(kw_receive *r, int32_t i, const kw_wire_decoder_options *dopt) {
+static int kw_receive_peer_init(kw_receive *r, int32_t i, const kw_wire_decoder_options *dopt,
+                                const kw_receive_options *opt) {
     kw_receive_peer *p = &r->peers[i];
     if (r->mode == KW_RECEIVE_C2C) {
         KW_FORWARD(kw_fusion_sharer_geometry(r->f, i, &p->n_layers, &p->n_heads, &p->head_dim));
@@ -85,6 +86,21 @@ static int kw_receive_peer_init(kw_receive *r, int32_t i, const kw_wire_decoder_
     KW_RETURN_IF(p->needed == NULL, KW_E_NOMEM, "receive: out of memory");
     if (r->mode == KW_RECEIVE_C2C) {
         KW_FORWARD(kw_fusion_needed_layers(r->f, i, p->needed, p->n_layers, &p->n_needed));
+        if (opt->layers[i]) { /* a subset of them */
+            int32_t kept = 0;
+            for (int32_t j = 0; j < opt->n_layers[i]; ++j) {
+                const int32_t l = opt->layers[i][j];
+                KW_RETURN_IF(j > 0 && l <= opt->layers[i][j - 1], KW_E_INVALID_ARG,
+                             "kw_receive_begin: sharer %d's layers are not ascending", (int)i);
+                int found = 0;
+                for (int32_t k = 0; k < p->n_needed && !found; ++k)
+                    found = p->needed[k] == l;
+                KW_RETURN_IF(!found, KW_E_INVALID_ARG, "kw_receive_begin: sharer %d layer %d is not one its fuser uses",
+                             (int)i, (int)l);
+                p->needed[kept++] = l;
+            }
+            p->n_needed = kept;
+        }
     } else {
         for (int32_t l = 0; l < p->n_layers; ++l)
             p->needed[l] = l;
@@ -138,7 +154,7 @@ int kw_receive_begin(kw_model *model, kw_fusion *f, kw_kvcache *cache, const int
         KW_CHECK_IF(r->layer_seen == NULL, KW_E_NOMEM, "kw_receive_begin: out of memory");
     }
     for (int32_t i = 0; i < r->n_peers; ++i)
-        KW_CHECK(kw_receive_peer_init(r, i, &dopt));
+        KW_CHECK(kw_receive_peer_init(r, i, &dopt, opt));
     *out = r;
     return 0;
 out:
@@ -314,7 +330,9 @@ static int kw_receive_check_header(const kw_receive *r, int32_t sharer, const kw
     return 0;
 }
 
-int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, int *done) {
+/* Feeds data to sharer's decoder; stop_at_end: return right after the blob's trailer with *used its bytes. */
+static int kw_receive_feed_impl(kw_receive *r, int32_t sharer, const void *data, size_t n, int stop_at_end,
+                                size_t *used_out, int *done) {
     KW_RETURN_IF(r == NULL || (n > 0 && data == NULL), KW_E_INVALID_ARG, "kw_receive_feed: NULL argument");
     KW_RETURN_IF(r->current < 0, KW_E_STATE, "kw_receive_feed: no section is open");
     KW_RETURN_IF(sharer < 0 || sharer >= r->n_peers || !r->peers[sharer].expecting, KW_E_STATE,
@@ -322,14 +340,15 @@ int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, i
     kw_receive_peer *p = &r->peers[sharer];
     const unsigned char *bytes = data;
     size_t off = 0;
-    r->stats.blob_bytes += n;
     while (off < n || n == 0) {
+        if (stop_at_end && p->done) break;
         size_t used = 0;
         const uint64_t t0 = kw_time_now_ns();
         const int ev = kw_wire_decoder_feed(p->dec, bytes + off, n - off, &used);
         r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
         if (ev < 0) return ev;
         off += used;
+        r->stats.blob_bytes += used;
         if (ev == KW_WIRE_EVENT_HEADER) {
             KW_FORWARD(kw_receive_check_header(r, sharer, kw_wire_decoder_header(p->dec)));
         } else if (ev == KW_WIRE_EVENT_SECTION) {
@@ -342,8 +361,18 @@ int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, i
         }
         if (n == 0) break;
     }
+    if (used_out) *used_out = off;
     if (done) *done = p->done;
     return 0;
+}
+
+int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, int *done) {
+    return kw_receive_feed_impl(r, sharer, data, n, 0, NULL, done);
+}
+
+int kw_receive_feed_some(kw_receive *r, int32_t sharer, const void *data, size_t n, size_t *used, int *done) {
+    KW_RETURN_IF(used == NULL, KW_E_INVALID_ARG, "kw_receive_feed_some: NULL used");
+    return kw_receive_feed_impl(r, sharer, data, n, 1, used, done);
 }
 
 int kw_receive_end_section(kw_receive *r, int32_t section) {

@@ -31,6 +31,10 @@ typedef struct kw_receive_options {
     kw_fusion_options fusion; /* sections (borrowed), fusion mode, numerics, generation; kv_direct: sections and
                                  generation only */
     kw_wire_limits limits;    /* all zero: the KVWire defaults */
+    /* c2c: the sharer layers each sharer's blobs carry, ascending, a subset of those its fuser uses
+     * (c2c/kw_request.h kw_request_sharer_layers); NULL: all of those. Layers not sent are not fused. Borrowed. */
+    const int32_t *layers[KW_FUSION_MAX_SHARERS];
+    int32_t n_layers[KW_FUSION_MAX_SHARERS];
 } kw_receive_options;
 
 typedef struct kw_receive_stats {
@@ -58,6 +62,11 @@ int kw_receive_prefill(kw_receive *r, int32_t section);
 /* Feeds n bytes of sharer's blob for the current section (any split). Complete KVWire sections are applied as they
  * are verified; *done is set to 1 once the blob's trailer is verified (bytes after it are an error). */
 int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, int *done);
+
+/* As kw_receive_feed, for a stream of blobs back to back (one per sent section, as the protocol carries them): stops
+ * right after the current blob's trailer, with *used the bytes consumed (the rest belongs to the next section's blob)
+ * and *done 1. */
+int kw_receive_feed_some(kw_receive *r, int32_t sharer, const void *data, size_t n, size_t *used, int *done);
 
 /* The in-memory transport without a codec (`kvwire c2c` without --wire): n_rows rows of one sharer layer at the given
  * ascending positions, k and v (n_rows, heads, head_dim) f32, applied exactly as a decoded KVWire section would be;

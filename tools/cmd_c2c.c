@@ -28,7 +28,7 @@
 #include "c2c/kw_fuser_load.h"
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_prompt.h"
-#include "c2c/kw_relay.h"
+#include "c2c/kw_request.h"
 #include "c2c/kw_share.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
@@ -39,7 +39,7 @@
 #include "model/kw_model.h"
 #include "model/kw_tokenizer.h"
 #include "receiver/kw_receive.h"
-#include "sharer/kw_share_wire.h"
+#include "sharer/kw_share_request.h"
 #include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
 
@@ -250,47 +250,29 @@ static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats 
 static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i, const int32_t *ids,
                         const kw_c2c_plan *plan, kw_c2c_totals *tot) {
     int32_t layers[1024], n_layers = 0;
-    if (plan->kv_direct) {
-        n_layers = kw_model_get_config(m)->n_layers;
-        KW_RETURN_IF(n_layers > 1024, KW_E_LIMIT, "c2c: %d layers", (int)n_layers);
-        for (int32_t l = 0; l < n_layers; ++l)
-            layers[l] = l;
-    } else {
-        KW_FORWARD(kw_fusion_needed_layers(f, i, layers, 1024, &n_layers));
-    }
-    kw_fusion_section mine[64];
-    KW_RETURN_IF(plan->n_sections > 64, KW_E_LIMIT, "c2c: %d sections", (int)plan->n_sections);
+    KW_FORWARD(kw_request_sharer_layers(plan->kv_direct ? NULL : f, i, kw_model_get_config(m)->n_layers, NULL, 0,
+                                        layers, 1024, &n_layers));
+    kw_fusion_section mine[KW_REQUEST_MAX_SECTIONS];
     int64_t prefix = 0;
-    for (int32_t j = 0; j < plan->n_sections; ++j) {
-        const int32_t idx = plan->sections[j].index;
-        const int sent = idx > 0 && (plan->kv_direct || (idx & (1 << i)));
-        mine[j] = (kw_fusion_section){plan->sections[j].length, sent ? 1 : -1};
-        if (j + 1 < plan->n_sections) prefix += plan->sections[j].length;
-    }
-    kw_share_wire *w = NULL;
-    if (plan->wire) {
-        const kw_share_wire_options wo = {.policy = *plan->wire, .write = kw_c2c_link_write, .user = link};
-        KW_FORWARD(kw_share_wire_create(&wo, &w));
-    }
+    KW_FORWARD(kw_request_sharer_sections(plan->sections, plan->n_sections, i, plan->kv_direct, mine, &prefix, NULL));
     link->sharer = i;
-    const kw_share_options so = {.sections = mine,
-                                 .n_sections = plan->n_sections,
-                                 .layers = layers,
-                                 .n_layers = n_layers,
-                                 .select = plan->select,
-                                 .same_positions = plan->kv_direct,
-                                 .cache_dtype = plan->cache_dtype,
-                                 .pad = plan->sharer_pad[i],
-                                 .on_layer = w ? kw_share_wire_on_layer : kw_c2c_link_rows,
-                                 .user = w ? (void *)w : (void *)link};
-    kw_share_stats st;
-    int rc = kw_share_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st);
-    if (rc == 0) {
-        kw_c2c_add_share(&tot->share, &st);
-        if (w) kw_c2c_add_wire(&tot->wire, kw_share_wire_get_stats(w));
-    }
-    kw_share_wire_free(w);
-    return rc;
+    const kw_share_request_options so = {.sections = mine,
+                                         .n_sections = plan->n_sections,
+                                         .layers = layers,
+                                         .n_layers = n_layers,
+                                         .select = plan->select,
+                                         .same_positions = plan->kv_direct,
+                                         .cache_dtype = plan->cache_dtype,
+                                         .pad = plan->sharer_pad[i],
+                                         .wire = plan->wire,
+                                         .write = kw_c2c_link_write,
+                                         .on_rows = kw_c2c_link_rows,
+                                         .user = link};
+    kw_share_request_stats st;
+    KW_FORWARD(kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st));
+    kw_c2c_add_share(&tot->share, &st.share);
+    if (plan->wire) kw_c2c_add_wire(&tot->wire, &st.wire);
+    return 0;
 }
 
 /* The receiver half, fed from the link. */
@@ -332,37 +314,12 @@ out:
     return rc;
 }
 
-/* "int8" etc. -> the codec; granularity and scale names. */
+/* --wire CODEC with its granularity, scale and zstd level. */
 static int kw_c2c_wire_policy(const char *codec, const char *gran, const char *scale, long zstd, kw_wire_policy *pol) {
     memset(pol, 0, sizeof *pol);
-    kw_wire_codec_spec spec = {0};
-    int found = 0;
-    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
-        if (strcmp(codec, kw_wire_codec_name(c)) == 0) spec.codec = (uint8_t)c, found = 1;
-    KW_RETURN_IF(!found, KW_E_INVALID_ARG, "unknown --wire codec '%s'", codec);
-    if (spec.codec == KW_WIRE_CODEC_BF16 || spec.codec == KW_WIRE_CODEC_F16) {
-        spec.granularity = KW_WIRE_GRAN_NONE;
-        spec.scale_dtype = KW_WIRE_SCALE_NONE;
-    } else {
-        if (strncmp(gran, "group", 5) == 0) {
-            char *end = NULL;
-            const long g = strtol(gran + 5, &end, 10);
-            KW_RETURN_IF(!end || *end || g < 4 || g > 1024 || (g & (g - 1)), KW_E_INVALID_ARG,
-                         "--wire-gran group wants a power of two >= 4 (groupN), got '%s'", gran);
-            spec.granularity = KW_WIRE_GRAN_GROUP;
-            while ((1L << spec.group_log2) < g)
-                ++spec.group_log2;
-        } else {
-            found = 0;
-            for (uint32_t g = KW_WIRE_GRAN_LAYER; g <= KW_WIRE_GRAN_TOKEN; ++g)
-                if (strcmp(gran, kw_wire_gran_name(g)) == 0) spec.granularity = (uint8_t)g, found = 1;
-            KW_RETURN_IF(!found, KW_E_INVALID_ARG, "unknown --wire-gran '%s'", gran);
-        }
-        found = 0;
-        for (uint32_t s = KW_WIRE_SCALE_F16; s <= KW_WIRE_SCALE_E8M0; ++s)
-            if (strcmp(scale, kw_wire_scale_name(s)) == 0) spec.scale_dtype = (uint8_t)s, found = 1;
-        KW_RETURN_IF(!found, KW_E_INVALID_ARG, "unknown --wire-scale '%s'", scale);
-    }
+    kw_wire_codec_spec spec;
+    const int rc = kw_wire_spec_parse(codec, gran, scale, &spec);
+    if (rc < 0) KW_FAIL(rc, "--wire: %s", kw_error_detail());
     pol->k = spec;
     pol->v = spec;
     pol->index_encoding = KW_WIRE_INDEX_AUTO;
@@ -529,45 +486,6 @@ static int kw_c2c_relay_question(const char *mc, const char *prompt, char **out)
     return rc;
 }
 
-/* Stage 1 of the text relay on the sharer: its reply to the background prompt, stripped and capped. *out (owned) holds
- * *len bytes. */
-static int kw_c2c_relay_message(kw_model *sharer, const kw_tokenizer *stok, const char *question, const char *date,
-                                int64_t max_tokens, int64_t cap, enum kw_dtype cache_dtype, char **out, size_t *len,
-                                int64_t *n_tokens, int *truncated, double *ms) {
-    char *bg = NULL, *text = NULL, *reply = NULL;
-    int32_t *ids = NULL;
-    size_t text_len = 0, n_ids = 0, reply_len = 0;
-    kw_kvcache *cache = NULL;
-    kw_generate_result g = {0};
-    enum kw_chat_family fam = KW_CHAT_QWEN3;
-    int rc;
-    const uint64_t t0 = kw_time_now_ns();
-    KW_CHECK(kw_relay_background_prompt(question, &bg));
-    KW_CHECK(kw_chat_family_for_arch(kw_model_get_config(sharer)->arch, &fam));
-    const kw_chat_message msg = {.role = "user", .content = bg};
-    const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
-    KW_CHECK(kw_chat_render(fam, &msg, 1, &co, &text, &text_len));
-    KW_CHECK(kw_tokenizer_encode(stok, text, text_len, &ids, &n_ids));
-    KW_CHECK(kw_model_create_cache(sharer, (int64_t)n_ids + max_tokens + 1, cache_dtype, &cache));
-    const kw_generate_options go = {.max_new_tokens = (int32_t)max_tokens};
-    KW_CHECK(kw_generate_greedy(sharer, cache, ids, (int64_t)n_ids, &go, &g));
-    KW_CHECK(kw_tokenizer_decode(stok, g.ids, (size_t)g.n, 1, &reply, &reply_len));
-    size_t start = 0, kept = 0;
-    kw_relay_strip(reply, reply_len, &start, &kept);
-    kw_relay_cap_utf8(reply + start, kept, cap, len, truncated);
-    *out = malloc(*len + 1);
-    KW_CHECK_IF(*out == NULL, KW_E_NOMEM, "out of memory");
-    memcpy(*out, reply + start, *len);
-    (*out)[*len] = '\0';
-    *n_tokens = g.n;
-    *ms = kw_time_ms(t0, kw_time_now_ns());
-out:
-    kw_generate_result_free(&g);
-    kw_kvcache_free(cache);
-    free(bg), free(text), free(reply), free(ids);
-    return rc;
-}
-
 int kw_cmd_c2c(int argc, char **argv) {
     static const char *const orders[] = {"front", "back", NULL};
     static const char *const xfer_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
@@ -662,12 +580,10 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_tokenizer *tok = NULL, *stoks[KW_C2C_MAX_SHARERS] = {0};
     kw_aligner *aligner = NULL;
     kw_kvcache *cache = NULL;
-    char *user_msg = NULL, *text = NULL, *completion = NULL, *question = NULL, *relay = NULL, *bg = NULL;
+    char *user_msg = NULL, *text = NULL, *completion = NULL, *question = NULL, *bg = NULL;
     int32_t *ids = NULL;
-    size_t n_ids = 0, text_len = 0, completion_len = 0, relay_len = 0;
-    int64_t relay_n_tokens = 0;
-    int relay_truncated = 0;
-    double relay_ms = 0.0;
+    size_t n_ids = 0, text_len = 0, completion_len = 0;
+    kw_request_relay relay = {0};
     kw_align_result ar = {0};
     kw_fusion_section *aligned_sections = NULL;
     kw_fusion_result res = {0};
@@ -754,13 +670,17 @@ int kw_cmd_c2c(int argc, char **argv) {
         stage = "text relay";
         KW_CHECK_IF(stoks[0] == NULL, KW_E_NOT_FOUND, "text_relay needs the sharer's tokenizer");
         KW_CHECK(kw_c2c_relay_question(mc, prompt, &question));
-        KW_CHECK(kw_c2c_relay_message(sharers[0], stoks[0], question, date, relay_tokens, relay_bytes, cache_dtype,
-                                      &relay, &relay_len, &relay_n_tokens, &relay_truncated, &relay_ms));
-        KW_CHECK(kw_relay_background_prompt(question, &bg));
-        msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = bg};
-        msgs[n_msgs++] = (kw_chat_message){.role = "assistant", .content = relay};
+        KW_CHECK(kw_request_relay_message(sharers[0], stoks[0], question, date, relay_tokens, relay_bytes, cache_dtype,
+                                          NULL, NULL, &relay));
     }
     msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = mc ? user_msg : prompt};
+    if (xfer_i == KW_C2C_MODE_TEXT_RELAY) { /* [..., background, its reply, the prompt] */
+        kw_chat_message conv[4];
+        size_t n_conv = 0;
+        KW_CHECK(kw_request_relay_conversation(msgs, n_msgs, question, relay.text, &bg, conv, &n_conv));
+        memcpy(msgs, conv, n_conv * sizeof *conv);
+        n_msgs = n_conv;
+    }
     enum kw_chat_family family = KW_CHAT_QWEN3;
     if (!raw) KW_CHECK(kw_chat_family_for_arch(cfg->arch, &family));
     if (plan.on) {
@@ -810,9 +730,9 @@ int kw_cmd_c2c(int argc, char **argv) {
             for (int64_t p = 0; p < ar.n; ++p)
                 if (ar.recv_pad[p]) KW_CHECK(kw_kvcache_set_valid(cache, p, 1, 0));
         } else if (have_proportion) {
-            KW_CHECK(kw_fusion_sections_proportion((int64_t)n_ids, proportion, order, mask, sections, &n_sections));
+            KW_CHECK(kw_request_sections((int64_t)n_ids, mask, proportion, order, sections, &n_sections));
         } else {
-            KW_CHECK(kw_fusion_sections_standard((int64_t)n_ids, mask, sections, &n_sections));
+            KW_CHECK(kw_request_sections((int64_t)n_ids, mask, -1.0, order, sections, &n_sections));
         }
         kw_c2c_plan cp = {.kv_direct = xfer_i == KW_C2C_MODE_KV_DIRECT,
                           .sections = secs,
@@ -880,9 +800,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     }
     if (sends_kv) printf("sharer_kv_bytes: %lld (%s)\n", (long long)tot.share.kv_bytes, kw_dtype_name(cache_dtype));
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) {
-        printf("relay_tokens: %lld\n", (long long)relay_n_tokens);
-        printf("relay_bytes: %zu%s\n", relay_len, relay_truncated ? " (truncated)" : "");
-        kw_c2c_print_escaped("relay_text", relay, relay_len);
+        printf("relay_tokens: %lld\n", (long long)relay.n_tokens);
+        printf("relay_bytes: %zu%s\n", relay.len, relay.truncated ? " (truncated)" : "");
+        kw_c2c_print_escaped("relay_text", relay.text, relay.len);
     }
     if (wire_codec) {
         printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec, wire_pol.k.granularity ? wire_gran : "none",
@@ -906,7 +826,7 @@ int kw_cmd_c2c(int argc, char **argv) {
            "decode %.3f (%lld steps)",
            sends_kv ? tot.recv.prefill_ms : 0.0, tot.share.prefill_ms, transfer_ms, tot.recv.fusion.projection_ms,
            stats->last_prompt_ms, stats->decode_ms, (long long)stats->n_decode);
-    if (xfer_i == KW_C2C_MODE_TEXT_RELAY) printf(" relay %.3f", relay_ms);
+    if (xfer_i == KW_C2C_MODE_TEXT_RELAY) printf(" relay %.3f", relay.ms);
     printf("\n");
 out:
     if (rc < 0) fprintf(stderr, "kvwire c2c: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
@@ -918,7 +838,7 @@ out:
     free(text);
     free(user_msg);
     free(question);
-    free(relay);
+    kw_request_relay_free(&relay);
     free(bg);
     kw_kvcache_free(cache);
     kw_aligner_free(aligner);

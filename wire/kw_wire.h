@@ -121,6 +121,16 @@ typedef struct kw_wire_policy {
                                           the body is compressed only if that makes it strictly smaller */
 } kw_wire_policy;
 
+/* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"), granularity ("layer", "head", "token" or
+ * "group<G>" with G a power of two in 4..1024) and scale dtype ("f16", "bf16", "f32", "e8m0"); the passthrough codecs
+ * (bf16, f16) ignore the other two. Whether G divides a head is the encoder's check. @return 0 or KW_E_INVALID_ARG
+ * naming the bad part. */
+int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out);
+
+/* The granularity of spec as kw_wire_spec_parse reads it ("token", "group32"; "none" for passthrough) into buf (at
+ * least 16 bytes). */
+void kw_wire_spec_gran_format(const kw_wire_codec_spec *spec, char *buf, size_t cap);
+
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Encoder */
 

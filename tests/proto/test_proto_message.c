@@ -156,16 +156,24 @@ static void test_share_request(void **state) {
     p.n_layers = 3;
     p.schedule = sched;
     p.n_schedule = 1;
+    p.min_tokens = 2;
+    Kwctl__Section s0 = KWCTL__SECTION__INIT, s1 = KWCTL__SECTION__INIT;
+    s0.length = 2;
+    s1.length = 3, s1.sent = 1;
+    Kwctl__Section *sections[] = {&s0, &s1};
+    uint8_t pad[5] = {0, 1, 0, 0, 0};
     Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
     r.request_id = 0xfedcba9876543210ull;
     r.mode = KWCTL__MODE__MODE_C2C;
     r.sharer_model = "qwen2.5-0.5b";
     r.token_ids = ids;
     r.n_token_ids = 5;
-    r.positions = pos;
-    r.n_positions = 5;
     r.policy = &p;
     r.timeout_ms = 30000;
+    r.sections = sections;
+    r.n_sections = 2;
+    r.pad = (ProtobufCBinaryData){5, pad};
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
     ProtobufCMessage *m = NULL;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
     const Kwctl__ShareRequest *g = (const Kwctl__ShareRequest *)m;
@@ -177,18 +185,46 @@ static void test_share_request(void **state) {
     assert_int_equal(g->policy->zstd_level, -3);
     assert_int_equal(g->policy->v->group_size, 32);
     assert_int_equal(g->policy->schedule[0]->layer, 5);
+    assert_int_equal(g->policy->min_tokens, 2);
+    assert_int_equal(g->n_sections, 2);
+    assert_int_equal(g->sections[1]->length, 3);
+    assert_true(g->sections[1]->sent && !g->sections[0]->sent);
+    assert_int_equal(g->pad.len, 5);
+    assert_int_equal(g->pad.data[1], 1);
+    assert_int_equal(g->cache_dtype, KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16);
     kw_proto_message_free(m);
 
     /* the rules, one at a time */
     r.request_id = 0;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     r.request_id = 1;
-    r.n_positions = 4;
-    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.positions = pos; /* reserved in version 1 */
     r.n_positions = 5;
-    pos[3] = 2; /* not increasing */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
-    pos[3] = 3;
+    r.n_positions = 0;
+    s1.length = 4; /* the sections do not cover the ids */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    s1.length = 3;
+    s1.sent = 0; /* nothing sent */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    s1.sent = 1;
+    s0.length = 0;
+    s1.length = 5;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    s0.length = 2;
+    s1.length = 3;
+    r.n_sections = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.n_sections = 2;
+    pad[2] = 2; /* a flag is 0 or 1 */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    pad[2] = 0;
+    r.pad.len = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.pad.len = 5;
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_UNSPECIFIED;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_F32;
     p.proportion = 1.5;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.proportion = 0.25;
@@ -200,14 +236,28 @@ static void test_share_request(void **state) {
     v.group_size = 32;
     r.policy = NULL;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
-    r.mode = KWCTL__MODE__MODE_RECEIVER_ONLY; /* no policy needed */
+    r.mode = KWCTL__MODE__MODE_RECEIVER_ONLY; /* no policy needed, and sections are out of place */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.n_sections = 0;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
     kw_proto_message_free(m);
     r.mode = (Kwctl__Mode)9;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
 
-    /* the token limit */
+    /* the text relay asks a question */
     r.mode = KWCTL__MODE__MODE_TEXT_RELAY;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.relay_question = "Which planet is known as the red planet?";
+    r.chat_date = "23 Nov 2026";
+    r.n_token_ids = 0; /* the sharer builds its own prompt */
+    r.pad.len = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_string_equal(((Kwctl__ShareRequest *)m)->relay_question, r.relay_question);
+    kw_proto_message_free(m);
+    r.n_token_ids = 5;
+    r.pad.len = 5;
+
+    /* the token limit */
     uint8_t *frame;
     size_t n;
     assert_int_equal(kw_proto_message_frame_pack(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &frame, &n), 0);
@@ -261,10 +311,19 @@ static void test_share_flow_messages(void **state) {
     e.compressed_sections = 1;
     e.prefill_ns = 1234567;
     e.frames_sent = 4;
+    e.rows_total = 200, e.rows_sent = 100, e.layers_sent = 2, e.kv_bytes = 4096;
+    Kwctl__WireBreakdown bd = KWCTL__WIRE_BREAKDOWN__INIT;
+    bd.header = 200, bd.payload = 99000, bd.checksums = 799;
+    e.breakdown = &bd;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), 0);
     assert_int_equal(((Kwctl__ShareEnd *)m)->prefill_ns, 1234567);
+    assert_int_equal(((Kwctl__ShareEnd *)m)->breakdown->payload, 99000);
+    assert_int_equal(((Kwctl__ShareEnd *)m)->rows_sent, 100);
     kw_proto_message_free(m);
     e.compressed_sections = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+    e.compressed_sections = 1;
+    e.rows_sent = 201;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
 
     Kwctl__Error err = KWCTL__ERROR__INIT;

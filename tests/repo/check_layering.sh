@@ -11,6 +11,8 @@ declare -A allowed=(
     [c2c]="common kernels model c2c"
     [proto]="common proto"
     [net]="common net"
+    [sharer]="common kernels model c2c wire proto net sharer"
+    [receiver]="common kernels model c2c wire proto net receiver"
 )
 status=0
 for dir in "${!allowed[@]}"; do

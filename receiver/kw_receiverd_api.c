@@ -1,0 +1,567 @@
+/* kw_receiverd_api.c: the request side of receiverd's HTTP API (docs/HTTP_API.md §2, §3, §5.1): a JSON body becomes a
+ * kw_rd_spec with every default filled in, or a 400/404 with a message naming the field. Every field is checked
+ * (type, range, unknown names); nothing here trusts the body. Pure: no I/O, no model (the vocabulary size is given).
+ * Not here: responses (kw_receiverd.c), the pipeline (kw_receiverd_compute.c).
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_json.h"
+#include "common/kw_status.h"
+#include "receiver/kw_receiverd_internal.h"
+
+typedef struct kw__rd_err {
+    char *msg;
+    size_t cap;
+    const char **type;
+    int *http;
+} kw__rd_err;
+
+static int kw__rd_fail(kw__rd_err *e, int status, int http, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static int kw__rd_fail(kw__rd_err *e, int status, int http, const char *type, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, e->cap, fmt, ap);
+    va_end(ap);
+    *e->type = type;
+    *e->http = http;
+    return kw_error_set(status, "%s", e->msg);
+}
+
+#define KW__RD_BAD(e, ...) kw__rd_fail((e), KW_E_INVALID_ARG, 400, "invalid_request_error", __VA_ARGS__)
+
+const char *kw_rd_mode_name(enum kw_rd_mode m) {
+    static const char *const names[] = {"c2c", "kv_direct", "receiver_only", "text_relay"};
+    return (unsigned)m < 4 ? names[m] : "?";
+}
+
+void kw_rd_spec_free(kw_rd_spec *s) {
+    if (s == NULL) return;
+    free(s->prompt);
+    free(s->prompt_ids);
+    for (size_t i = 0; i < s->n_messages; ++i)
+        free(s->messages[i].role), free(s->messages[i].content);
+    free(s->messages);
+    for (int i = 0; i < s->n_stop; ++i)
+        free(s->stop[i]);
+    free(s->sharer), free(s->sharer_model), free(s->codec), free(s->granularity), free(s->scale);
+    free(s->layers);
+    for (int i = 0; i < s->n_schedule; ++i)
+        free(s->schedule[i].codec), free(s->schedule[i].granularity), free(s->schedule[i].scale);
+    free(s->relay_question);
+    free(s->force_ids);
+    free(s->score_ids);
+    free(s->n_score);
+    memset(s, 0, sizeof *s);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Field helpers
+
+static int kw__rd_strdup(kw__rd_err *e, const char *s, char **out) {
+    free(*out);
+    *out = strdup(s);
+    if (*out == NULL) return kw__rd_fail(e, KW_E_NOMEM, 500, "server_error", "out of memory");
+    return 0;
+}
+
+static int kw__rd_int(kw__rd_err *e, const cJSON *v, const char *name, int64_t min, int64_t max, int64_t *out) {
+    if (!cJSON_IsNumber(v) || kw_json_to_i64(v, min, max, out) < 0)
+        return KW__RD_BAD(e, "%s: an integer in [%lld, %lld] is expected", name, (long long)min, (long long)max);
+    return 0;
+}
+
+static int kw__rd_number(kw__rd_err *e, const cJSON *v, const char *name, double min, double max, double *out) {
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min || v->valuedouble > max)
+        return KW__RD_BAD(e, "%s: a number in [%g, %g] is expected", name, min, max);
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int kw__rd_bool(kw__rd_err *e, const cJSON *v, const char *name, bool *out) {
+    if (!cJSON_IsBool(v)) return KW__RD_BAD(e, "%s: true or false is expected", name);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int kw__rd_string(kw__rd_err *e, const cJSON *v, const char *name, const char **out) {
+    if (!cJSON_IsString(v) || v->valuestring == NULL) return KW__RD_BAD(e, "%s: a string is expected", name);
+    *out = v->valuestring;
+    return 0;
+}
+
+/* The index of s in names (NULL-terminated), or a 400 naming the choices. */
+static int kw__rd_choice(kw__rd_err *e, const cJSON *v, const char *name, const char *const *names, int *out) {
+    const char *s = NULL;
+    KW_FORWARD(kw__rd_string(e, v, name, &s));
+    for (int i = 0; names[i]; ++i)
+        if (strcmp(s, names[i]) == 0) return *out = i, 0;
+    char list[256] = "";
+    size_t at = 0;
+    for (int i = 0; names[i] && at < sizeof list; ++i)
+        at += (size_t)snprintf(list + at, sizeof list - at, "%s%s", i ? ", " : "", names[i]);
+    return KW__RD_BAD(e, "%s: \"%s\" is not one of %s", name, s, list);
+}
+
+static bool kw__rd_in(const char *s, const char *const *names) {
+    for (int i = 0; names[i]; ++i)
+        if (strcmp(s, names[i]) == 0) return true;
+    return false;
+}
+
+/* An array of token ids in [0, vocab) (at most max entries). *out is malloc'ed (NULL for an empty array). */
+static int kw__rd_ids(kw__rd_err *e, const cJSON *v, const char *name, int32_t vocab, int64_t max, int32_t **out,
+                      int64_t *n) {
+    if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "%s: an array of token ids is expected", name);
+    const int count = cJSON_GetArraySize(v);
+    if (count > max) return KW__RD_BAD(e, "%s: %d entries, at most %lld", name, count, (long long)max);
+    int32_t *ids = count ? malloc((size_t)count * sizeof *ids) : NULL;
+    if (count && !ids) return kw__rd_fail(e, KW_E_NOMEM, 500, "server_error", "out of memory");
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v) {
+        int64_t x = 0;
+        if (kw__rd_int(e, it, name, 0, vocab - 1, &x) < 0) {
+            free(ids);
+            return kw__rd_fail(e, KW_E_TOKEN_ID, 400, "invalid_request_error",
+                               "%s[%d]: a token id in [0, %d) is expected", name, i, (int)vocab);
+        }
+        ids[i++] = (int32_t)x;
+    }
+    free(*out);
+    *out = ids;
+    *n = count;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The kvwire object (§5.1)
+
+static const char *const kw__rd_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
+static const char *const kw__rd_selections[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
+static const char *const kw__rd_orders[] = {"front", "back", NULL};
+static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
+
+/* codec/granularity/scale as given (or the defaults), into spec. */
+static int kw__rd_codec(kw__rd_err *e, const char *where, char **codec, char **gran, char **scale,
+                        kw_wire_codec_spec *spec) {
+    if (kw_wire_spec_parse(*codec, *gran, *scale, spec) < 0) return KW__RD_BAD(e, "%s: %s", where, kw_error_detail());
+    return 0;
+}
+
+static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
+    if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.schedule: an array is expected");
+    if (cJSON_GetArraySize(v) > KW_RD_MAX_SCHEDULE)
+        return KW__RD_BAD(e, "kvwire.policy.schedule: at most %d entries", KW_RD_MAX_SCHEDULE);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v) {
+        if (!cJSON_IsObject(it)) return KW__RD_BAD(e, "kvwire.policy.schedule: objects are expected");
+        kw_rd_schedule *r = &s->schedule[s->n_schedule++];
+        memset(r, 0, sizeof *r);
+        r->first = -1;
+        KW_FORWARD(kw__rd_strdup(e, s->codec, &r->codec));
+        KW_FORWARD(kw__rd_strdup(e, s->granularity, &r->granularity));
+        KW_FORWARD(kw__rd_strdup(e, s->scale, &r->scale));
+        const cJSON *f;
+        cJSON_ArrayForEach(f, it) {
+            const char *str = NULL;
+            if (strcmp(f->string, "layers") == 0) {
+                int64_t a = 0, b = 0;
+                if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) != 2 ||
+                    kw__rd_int(e, cJSON_GetArrayItem(f, 0), "schedule.layers", 0, 1023, &a) < 0 ||
+                    kw__rd_int(e, cJSON_GetArrayItem(f, 1), "schedule.layers", 0, 1023, &b) < 0 || b < a)
+                    return KW__RD_BAD(e, "kvwire.policy.schedule.layers: [first, last] with first <= last < 1024");
+                r->first = (int32_t)a, r->last = (int32_t)b;
+            } else if (strcmp(f->string, "codec") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.codec", &str));
+                KW_FORWARD(kw__rd_strdup(e, str, &r->codec));
+            } else if (strcmp(f->string, "granularity") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.granularity", &str));
+                KW_FORWARD(kw__rd_strdup(e, str, &r->granularity));
+            } else if (strcmp(f->string, "scale") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.scale", &str));
+                KW_FORWARD(kw__rd_strdup(e, str, &r->scale));
+            } else {
+                return KW__RD_BAD(e, "kvwire.policy.schedule: unknown field \"%s\"", f->string);
+            }
+        }
+        if (r->first < 0) return KW__RD_BAD(e, "kvwire.policy.schedule: every entry needs layers [first, last]");
+        KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule", &r->codec, &r->granularity, &r->scale, &r->spec));
+    }
+    return 0;
+}
+
+static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
+    if (!cJSON_IsObject(p)) return KW__RD_BAD(e, "kvwire.policy: an object is expected");
+    const cJSON *f, *schedule = NULL;
+    cJSON_ArrayForEach(f, p) {
+        const char *k = f->string, *str = NULL;
+        int64_t x = 0;
+        int c = 0;
+        if (strcmp(k, "selection") == 0) {
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.selection", kw__rd_selections, &c));
+            s->select.mode = (enum kw_select_mode)c;
+        } else if (strcmp(k, "proportion") == 0) {
+            KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.proportion", 0, 1, &s->select.proportion));
+        } else if (strcmp(k, "min_tokens") == 0) {
+            KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.min_tokens", 1, 1 << 20, &s->select.min_tokens));
+        } else if (strcmp(k, "seed") == 0) {
+            KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.seed", 0, INT64_MAX, &x));
+            s->select.seed = (uint64_t)x;
+        } else if (strcmp(k, "codec") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.codec", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->codec));
+        } else if (strcmp(k, "granularity") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.granularity", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->granularity));
+        } else if (strcmp(k, "scale") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.scale", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->scale));
+        } else if (strcmp(k, "zstd") == 0) {
+            if (cJSON_IsBool(f)) {
+                s->zstd_level = cJSON_IsTrue(f) ? 3 : 0;
+            } else {
+                KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.zstd", -7, 22, &x));
+                s->zstd_level = (int)x;
+            }
+        } else if (strcmp(k, "layers") == 0) {
+            int64_t n = 0;
+            KW_FORWARD(kw__rd_ids(e, f, "kvwire.policy.layers", 1024, 1024, &s->layers, &n));
+            s->n_layers = (int32_t)n;
+            for (int32_t i = 1; i < s->n_layers; ++i)
+                if (s->layers[i] <= s->layers[i - 1])
+                    return KW__RD_BAD(e, "kvwire.policy.layers: strictly increasing sharer layers are expected");
+            if (s->n_layers == 0) return KW__RD_BAD(e, "kvwire.policy.layers: empty");
+        } else if (strcmp(k, "schedule") == 0) {
+            schedule = f; /* after the codec fields, whatever their order */
+        } else if (strcmp(k, "cache_proportion") == 0) {
+            KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.cache_proportion", 0, 1, &s->cache_proportion));
+        } else if (strcmp(k, "order") == 0) {
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.order", kw__rd_orders, &c));
+            s->order = c ? KW_FUSION_BACK : KW_FUSION_FRONT;
+        } else {
+            return KW__RD_BAD(e, "kvwire.policy: unknown field \"%s\"", k);
+        }
+    }
+    KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
+    if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));
+    return 0;
+}
+
+static int kw__rd_relay(kw__rd_err *e, const cJSON *r, kw_rd_spec *s) {
+    if (!cJSON_IsObject(r)) return KW__RD_BAD(e, "kvwire.relay: an object is expected");
+    const cJSON *f;
+    cJSON_ArrayForEach(f, r) {
+        const char *str = NULL;
+        if (strcmp(f->string, "max_tokens") == 0) {
+            KW_FORWARD(kw__rd_int(e, f, "kvwire.relay.max_tokens", 1, 1 << 20, &s->relay_max_tokens));
+        } else if (strcmp(f->string, "max_bytes") == 0) {
+            if (cJSON_IsNull(f))
+                s->relay_max_bytes = -1;
+            else
+                KW_FORWARD(kw__rd_int(e, f, "kvwire.relay.max_bytes", 0, 1 << 20, &s->relay_max_bytes));
+        } else if (strcmp(f->string, "question") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.relay.question", &str));
+            if (!str[0]) return KW__RD_BAD(e, "kvwire.relay.question: empty");
+            KW_FORWARD(kw__rd_strdup(e, str, &s->relay_question));
+        } else {
+            return KW__RD_BAD(e, "kvwire.relay: unknown field \"%s\"", f->string);
+        }
+    }
+    return 0;
+}
+
+static int kw__rd_score_ids(kw__rd_err *e, const cJSON *v, int32_t vocab, kw_rd_spec *s) {
+    if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.score_ids: an array of arrays is expected");
+    const int rows = cJSON_GetArraySize(v);
+    if (rows > KW_RD_MAX_MAX_TOKENS) return KW__RD_BAD(e, "kvwire.score_ids: too many rows");
+    s->score_ids = rows ? calloc((size_t)rows, sizeof *s->score_ids) : NULL;
+    s->n_score = rows ? calloc((size_t)rows, sizeof *s->n_score) : NULL;
+    if (rows && (!s->score_ids || !s->n_score)) return kw__rd_fail(e, KW_E_NOMEM, 500, "server_error", "out of memory");
+    int r = 0;
+    const cJSON *row;
+    cJSON_ArrayForEach(row, v) {
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        KW_FORWARD(kw__rd_ids(e, row, "kvwire.score_ids[]", vocab, KW_RD_MAX_TOP, &ids, &n));
+        if (n) memcpy(s->score_ids[r], ids, (size_t)n * sizeof *ids);
+        free(ids);
+        s->n_score[r++] = (int32_t)n;
+    }
+    return rows;
+}
+
+static int kw__rd_kvwire(kw__rd_err *e, const cJSON *k, int32_t vocab, kw_rd_spec *s, bool *max_tokens_given) {
+    if (!cJSON_IsObject(k)) return KW__RD_BAD(e, "kvwire: an object is expected");
+    const cJSON *f, *policy = NULL, *score = NULL;
+    cJSON_ArrayForEach(f, k) {
+        const char *str = NULL;
+        int c = 0;
+        if (strcmp(f->string, "mode") == 0) {
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.mode", kw__rd_modes, &c));
+            s->mode = (enum kw_rd_mode)c;
+        } else if (strcmp(f->string, "sharer") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.sharer", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->sharer));
+        } else if (strcmp(f->string, "sharer_model") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.sharer_model", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->sharer_model));
+        } else if (strcmp(f->string, "policy") == 0) {
+            policy = f;
+        } else if (strcmp(f->string, "relay") == 0) {
+            KW_FORWARD(kw__rd_relay(e, f, s));
+        } else if (strcmp(f->string, "fusion") == 0) {
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.fusion", kw__rd_fusions, &c));
+            s->fusion = c ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;
+        } else if (strcmp(f->string, "force_tokens") == 0) {
+            int64_t n = 0;
+            KW_FORWARD(kw__rd_ids(e, f, "kvwire.force_tokens", vocab, KW_RD_MAX_MAX_TOKENS, &s->force_ids, &n));
+            if (n == 0) return KW__RD_BAD(e, "kvwire.force_tokens: empty");
+            s->n_force = (int32_t)n;
+        } else if (strcmp(f->string, "score_ids") == 0) {
+            score = f;
+        } else {
+            return KW__RD_BAD(e, "kvwire: unknown field \"%s\"", f->string);
+        }
+    }
+    if (policy) KW_FORWARD(kw__rd_policy(e, policy, s));
+    if (s->force_ids) {
+        if (*max_tokens_given && s->max_tokens != s->n_force)
+            return KW__RD_BAD(e, "kvwire.force_tokens: %d tokens, but max_tokens is %lld", (int)s->n_force,
+                              (long long)s->max_tokens);
+        s->max_tokens = s->n_force;
+        *max_tokens_given = true;
+    }
+    if (score) {
+        if (!s->force_ids) return KW__RD_BAD(e, "kvwire.score_ids needs kvwire.force_tokens");
+        const int rows = kw__rd_score_ids(e, score, vocab, s);
+        if (rows < 0) return rows;
+        if (rows != s->n_force)
+            return KW__RD_BAD(e, "kvwire.score_ids: %d rows for %d forced tokens", rows, (int)s->n_force);
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The top level (§2, §3)
+
+/* OpenAI fields this server does not implement: refused by name. */
+static const char *const kw__rd_unsupported[] = {"best_of",
+                                                 "frequency_penalty",
+                                                 "presence_penalty",
+                                                 "logit_bias",
+                                                 "suffix",
+                                                 "user",
+                                                 "stream_options",
+                                                 "response_format",
+                                                 "tools",
+                                                 "tool_choice",
+                                                 "functions",
+                                                 "function_call",
+                                                 "parallel_tool_calls",
+                                                 "max_completion_tokens",
+                                                 "service_tier",
+                                                 "store",
+                                                 "metadata",
+                                                 "modalities",
+                                                 "audio",
+                                                 "prediction",
+                                                 "reasoning_effort",
+                                                 "web_search_options",
+                                                 NULL};
+
+static int kw__rd_messages(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
+    static const char *const roles[] = {"system", "user", "assistant", NULL};
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1) return KW__RD_BAD(e, "messages: a non-empty array is expected");
+    if (s->messages) return KW__RD_BAD(e, "messages: given twice");
+    const int n = cJSON_GetArraySize(v);
+    if (n > 4096) return KW__RD_BAD(e, "messages: at most 4096");
+    s->messages = calloc((size_t)n, sizeof *s->messages);
+    if (!s->messages) return kw__rd_fail(e, KW_E_NOMEM, 500, "server_error", "out of memory");
+    const cJSON *m;
+    cJSON_ArrayForEach(m, v) {
+        if (!cJSON_IsObject(m)) return KW__RD_BAD(e, "messages[%zu]: an object is expected", s->n_messages);
+        kw_rd_message *out = &s->messages[s->n_messages++];
+        const cJSON *f;
+        cJSON_ArrayForEach(f, m) {
+            const char *str = NULL;
+            if (strcmp(f->string, "role") == 0) {
+                int c = 0;
+                KW_FORWARD(kw__rd_choice(e, f, "messages[].role", roles, &c));
+                KW_FORWARD(kw__rd_strdup(e, roles[c], &out->role));
+            } else if (strcmp(f->string, "content") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "messages[].content", &str));
+                KW_FORWARD(kw__rd_strdup(e, str, &out->content));
+            } else {
+                return KW__RD_BAD(e, "messages[%zu]: unknown field \"%s\"", s->n_messages - 1, f->string);
+            }
+        }
+        if (!out->role || !out->content)
+            return KW__RD_BAD(e, "messages[%zu]: role and content are required", s->n_messages - 1);
+    }
+    return 0;
+}
+
+static int kw__rd_stop(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
+    for (int i = 0; i < s->n_stop; ++i) /* given twice: the last one counts */
+        free(s->stop[i]), s->stop[i] = NULL;
+    s->n_stop = 0;
+    if (cJSON_IsNull(v)) return 0;
+    if (cJSON_IsString(v)) {
+        if (!v->valuestring[0]) return KW__RD_BAD(e, "stop: an empty string");
+        KW_FORWARD(kw__rd_strdup(e, v->valuestring, &s->stop[0]));
+        s->n_stop = 1;
+        return 0;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > KW_RD_MAX_STOP)
+        return KW__RD_BAD(e, "stop: a string or an array of up to %d strings is expected", KW_RD_MAX_STOP);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v) {
+        if (!cJSON_IsString(it) || !it->valuestring[0]) return KW__RD_BAD(e, "stop: non-empty strings are expected");
+        KW_FORWARD(kw__rd_strdup(e, it->valuestring, &s->stop[s->n_stop]));
+        ++s->n_stop;
+    }
+    return 0;
+}
+
+static int kw__rd_defaults(kw__rd_err *e, const kw_receiverd_config *cfg, kw_rd_spec *s) {
+    s->max_tokens = cfg->max_tokens;
+    s->logprobs = -1;
+    s->mode = (enum kw_rd_mode)cfg->def_mode;
+    s->select = (kw_select_policy){.mode = (enum kw_select_mode)cfg->def_selection,
+                                   .proportion = cfg->def_proportion,
+                                   .min_tokens = cfg->def_min_tokens,
+                                   .seed = (uint64_t)cfg->def_seed};
+    KW_FORWARD(kw__rd_strdup(e, cfg->def_codec ? cfg->def_codec : "bf16", &s->codec));
+    KW_FORWARD(kw__rd_strdup(e, cfg->def_granularity ? cfg->def_granularity : "token", &s->granularity));
+    KW_FORWARD(kw__rd_strdup(e, cfg->def_scale ? cfg->def_scale : "f32", &s->scale));
+    s->zstd_level = (int)cfg->def_zstd;
+    s->cache_proportion = cfg->def_cache_proportion;
+    s->order = cfg->def_order ? KW_FUSION_BACK : KW_FUSION_FRONT;
+    s->fusion = cfg->def_fusion ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;
+    s->relay_max_tokens = cfg->relay_max_tokens;
+    s->relay_max_bytes = cfg->relay_max_bytes;
+    return 0;
+}
+
+static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const kw_receiverd_config *cfg, int32_t vocab,
+                            const char *model_name, kw_rd_spec *s) {
+    if (!cJSON_IsObject(root)) return KW__RD_BAD(e, "the body must be a JSON object");
+    KW_FORWARD(kw__rd_defaults(e, cfg, s));
+    bool max_tokens_given = false, have_prompt = false;
+    int top_logprobs = -1;
+    bool chat_logprobs = false;
+    const cJSON *f, *kvwire = NULL;
+    cJSON_ArrayForEach(f, root) {
+        const char *k = f->string, *str = NULL;
+        int64_t x = 0;
+        double dv = 0;
+        if (strcmp(k, "model") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "model", &str));
+            if (strcmp(str, model_name) != 0)
+                return kw__rd_fail(e, KW_E_NOT_FOUND, 404, "invalid_request_error",
+                                   "model \"%s\" is not served here (this is \"%s\")", str, model_name);
+        } else if (!chat && strcmp(k, "prompt") == 0) {
+            have_prompt = true;
+            free(s->prompt), free(s->prompt_ids);
+            s->prompt = NULL, s->prompt_ids = NULL, s->n_prompt_ids = 0;
+            if (cJSON_IsString(f)) {
+                KW_FORWARD(kw__rd_strdup(e, f->valuestring, &s->prompt));
+            } else if (cJSON_IsArray(f) && cJSON_GetArraySize(f) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(f, 0))) {
+                KW_FORWARD(kw__rd_ids(e, f, "prompt", vocab, 1 << 20, &s->prompt_ids, &s->n_prompt_ids));
+            } else {
+                return KW__RD_BAD(e, "prompt: a string or a non-empty array of token ids is expected");
+            }
+        } else if (chat && strcmp(k, "messages") == 0) {
+            have_prompt = true;
+            KW_FORWARD(kw__rd_messages(e, f, s));
+        } else if (strcmp(k, "max_tokens") == 0) {
+            if (!cJSON_IsNull(f)) {
+                KW_FORWARD(kw__rd_int(e, f, "max_tokens", 0, KW_RD_MAX_MAX_TOKENS, &s->max_tokens));
+                max_tokens_given = true;
+            }
+        } else if (strcmp(k, "temperature") == 0) {
+            KW_FORWARD(kw__rd_number(e, f, "temperature", 0, 2, &dv));
+            if (dv != 0)
+                return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
+                                   "temperature: only 0 (greedy decoding) is served");
+        } else if (strcmp(k, "top_p") == 0) {
+            KW_FORWARD(kw__rd_number(e, f, "top_p", 0, 1, &dv));
+            if (dv != 1)
+                return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter", "top_p: only 1 is served");
+        } else if (strcmp(k, "n") == 0) {
+            KW_FORWARD(kw__rd_int(e, f, "n", 1, 128, &x));
+            if (x != 1) return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter", "n: only 1 is served");
+        } else if (strcmp(k, "stop") == 0) {
+            KW_FORWARD(kw__rd_stop(e, f, s));
+        } else if (strcmp(k, "stream") == 0) {
+            KW_FORWARD(kw__rd_bool(e, f, "stream", &s->stream));
+        } else if (!chat && strcmp(k, "echo") == 0) {
+            KW_FORWARD(kw__rd_bool(e, f, "echo", &s->echo));
+        } else if (!chat && strcmp(k, "logprobs") == 0) {
+            if (!cJSON_IsNull(f)) {
+                KW_FORWARD(kw__rd_int(e, f, "logprobs", 0, KW_RD_MAX_TOP, &x));
+                s->logprobs = (int)x;
+            }
+        } else if (chat && strcmp(k, "logprobs") == 0) {
+            if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_bool(e, f, "logprobs", &chat_logprobs));
+        } else if (chat && strcmp(k, "top_logprobs") == 0) {
+            if (!cJSON_IsNull(f)) {
+                KW_FORWARD(kw__rd_int(e, f, "top_logprobs", 0, KW_RD_MAX_TOP, &x));
+                top_logprobs = (int)x;
+            }
+        } else if (strcmp(k, "seed") == 0) {
+            if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_int(e, f, "seed", INT64_MIN + 1, INT64_MAX, &x));
+        } else if (strcmp(k, "kvwire") == 0) {
+            kvwire = f;
+        } else if (kw__rd_in(k, kw__rd_unsupported) || (chat && strcmp(k, "echo") == 0) ||
+                   (!chat && strcmp(k, "top_logprobs") == 0)) {
+            return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter", "%s: not implemented by this server",
+                               k);
+        } else {
+            return KW__RD_BAD(e, "unknown field \"%s\"", k);
+        }
+    }
+    if (!have_prompt) return KW__RD_BAD(e, chat ? "messages: required" : "prompt: required");
+    if (chat) {
+        if (top_logprobs >= 0 && !chat_logprobs) return KW__RD_BAD(e, "top_logprobs needs logprobs: true");
+        if (chat_logprobs) s->logprobs = top_logprobs >= 0 ? top_logprobs : 0;
+    }
+    if (kvwire) KW_FORWARD(kw__rd_kvwire(e, kvwire, vocab, s, &max_tokens_given));
+    if (s->spec.codec == 0) /* no policy object: the server's default codec */
+        KW_FORWARD(kw__rd_codec(e, "defaults.codec", &s->codec, &s->granularity, &s->scale, &s->spec));
+    if (s->echo && s->logprobs >= 0)
+        return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
+                           "echo with logprobs (scoring the prompt) is not implemented by this server");
+    if (s->force_ids && s->stream) return KW__RD_BAD(e, "kvwire.force_tokens: teacher forcing does not stream");
+    if (s->mode == KW_RD_MODE_TEXT_RELAY && !chat)
+        return KW__RD_BAD(e, "kvwire.mode text_relay builds a conversation: use /v1/chat/completions");
+    if (s->layers && s->mode != KW_RD_MODE_C2C)
+        return KW__RD_BAD(e, "kvwire.policy.layers: only for mode c2c (kv_direct sends every layer)");
+    if (s->select.mode != KW_SELECT_FULL && kw_select_policy_check(&s->select) < 0)
+        return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
+    if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)
+        return KW__RD_BAD(e, "kvwire.policy.proportion: above 0 for selection %s", kw_select_mode_name(s->select.mode));
+    return 0;
+}
+
+int kw_rd_spec_parse(const char *body, size_t len, bool chat, const kw_receiverd_config *cfg, int32_t vocab,
+                     const char *model_name, kw_rd_spec *out, char *err, size_t errcap, const char **err_type,
+                     int *http_status) {
+    kw__rd_err e = {err, errcap, err_type, http_status};
+    memset(out, 0, sizeof *out);
+    out->chat = chat;
+    cJSON *root = NULL;
+    if (kw_json_parse(body, len, &root) < 0)
+        return kw__rd_fail(&e, KW_E_PARSE, 400, "invalid_request_error", "the body is not valid JSON: %s",
+                           kw_error_detail());
+    const int rc = kw__rd_parse_top(&e, root, chat, cfg, vocab, model_name, out);
+    cJSON_Delete(root);
+    if (rc < 0) kw_rd_spec_free(out);
+    return rc;
+}

@@ -1,0 +1,45 @@
+/* kw_share_request.h: the sharer half of one request, as `kvwire c2c` and sharerd both run it: kw_share_run
+ * (layer-by-layer prefill and selection, c2c/kw_share.h) with its layers either encoded into KVWire blobs
+ * (kw_share_wire.h: one blob per sent section, bytes handed to a callback as soon as they exist) or, with no codec,
+ * handed over as f32 rows. The sections, layers and ids come from the request plan (c2c/kw_request.h on the
+ * receiver's side, or a ShareRequest on the wire). Not here: sockets, frames, queues.
+ */
+#ifndef KW_SHARE_REQUEST_H
+#define KW_SHARE_REQUEST_H
+
+#include <stdint.h>
+
+#include "c2c/kw_share.h"
+#include "sharer/kw_share_wire.h"
+
+typedef struct kw_share_request_options {
+    const kw_fusion_section *sections; /* borrowed: the sharer's view (index 1 = sent), the last one included */
+    int32_t n_sections;
+    const int32_t *layers; /* borrowed: sharer layers to send, ascending */
+    int32_t n_layers;
+    kw_select_policy select;
+    int same_positions;        /* kv_direct: one selection per section for every layer */
+    enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    const uint8_t *pad;        /* NULL, or one flag per prefix position (1 = padding) */
+    /* KVWire (wire not NULL): the codecs, and where the blob bytes go */
+    const kw_wire_policy *wire;
+    const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
+    int32_t n_overrides;
+    kw_share_bytes_fn write;
+    /* no codec (wire NULL): the rows themselves */
+    kw_share_fn on_rows;
+    void *user; /* for write or on_rows */
+} kw_share_request_options;
+
+typedef struct kw_share_request_stats {
+    kw_share_stats share;
+    kw_share_wire_stats wire; /* zero without a codec */
+} kw_share_request_stats;
+
+/* Prefills ids[0..n) (n: the tokens of every section but the last) on model and streams the sent layers. *stats (may
+ * be NULL) is filled, also on failure as far as the run went. Errors: kw_share_run's and kw_share_wire's, the
+ * callbacks'. */
+int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_request_options *opt,
+                         kw_share_request_stats *stats);
+
+#endif /* KW_SHARE_REQUEST_H */

@@ -1,0 +1,1037 @@
+/* kw_sharerd.c: sharerd (see kw_sharerd.h): the loop thread's side (connections, hello, requests, frames out) and
+ * the compute thread's (one job at a time through the sharer half).
+ *
+ * Ownership and lifetime. A connection (kw__sd_conn) belongs to the loop thread and is freed in its on_close. A job
+ * (kw__sd_job, one ShareRequest) is reference-counted: the loop holds one reference while the job is accepted and
+ * unfinished, the compute queue one until its DONE post has been handled, and every WIRE write in flight one until its
+ * done callback. job->conn is the loop's link back to the connection, cleared when the connection closes (the job is
+ * then cancelled and its posts are dropped). Posts from the compute thread arrive in order, so a job's DONE always
+ * comes after its bytes. The compute thread touches only the job's request, its model, its atomic cancel status and
+ * its pending-bytes counter (under job->mu).
+ */
+#include "sharer/kw_sharerd.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "c2c/kw_request.h"
+#include "common/kw_file.h"
+#include "common/kw_log.h"
+#include "common/kw_queue.h"
+#include "common/kw_status.h"
+#include "common/kw_time.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_identity.h"
+#include "model/kw_model.h"
+#include "model/kw_tokenizer.h"
+#include "net/kw_net.h"
+#include "proto/kw_proto.h"
+#include "sharer/kw_share_request.h"
+#include "wire/kw_wire.h"
+
+#define KW__SD_SOFTWARE "kvwire sharerd " KW_SHARERD_VERSION
+#ifndef KW_SHARERD_VERSION
+#define KW_SHARERD_VERSION "0.1.0"
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------
+// State
+
+typedef struct kw__sd_model {
+    const char *name;
+    kw_model *model;
+    kw_tokenizer *tok; /* NULL: no tokenizer (the text relay is refused) */
+    kw_model_digest digest;
+    int32_t n_layers, n_kv_heads, head_dim, vocab;
+    /* the identity as sent in HelloReply */
+    Kwctl__ModelIdentity id;
+    Kwctl__ModelDigest id_digest;
+    Kwctl__KvShape id_kv;
+} kw__sd_model;
+
+typedef struct kw__sd_conn kw__sd_conn;
+
+typedef struct kw__sd_job {
+    kw_queue_item item; /* the compute queue (first: the item is the job) */
+    kw_sharerd *d;
+    kw__sd_conn *conn; /* loop thread only; NULL once the connection closed */
+    Kwctl__ShareRequest *req;
+    const kw__sd_model *model;
+    atomic_int refs;
+    atomic_int cancel; /* 0, or the status to stop with */
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    size_t pending; /* under mu: bytes posted to the loop and not yet written */
+    uint64_t t_received, t_started, frames;
+    /* the compute thread's results, read by the loop after DONE */
+    int status;
+    char error[512];
+    kw_share_request_stats stats;
+    kw_request_relay relay;
+    uint64_t generate_ns;
+} kw__sd_job;
+
+struct kw__sd_conn {
+    kw_sharerd *d;
+    kw_net_conn *conn;
+    kw_proto_decoder *dec;
+    bool hello_done, refused;
+    Kwctl__Hello *hello; /* the peer's, owned */
+    kw__sd_job *job;     /* the share in flight */
+    char peer[64];
+};
+
+enum kw__sd_post_kind { KW__SD_POST_WIRE, KW__SD_POST_DONE, KW__SD_POST_EXIT };
+
+typedef struct kw__sd_post {
+    kw_net_async_item item;
+    enum kw__sd_post_kind kind;
+    kw__sd_job *job;
+    uint8_t *data;
+    size_t len;
+} kw__sd_post;
+
+struct kw_sharerd {
+    const kw_sharerd_config *cfg;
+    uv_loop_t loop;
+    bool loop_init;
+    kw_backend *be;
+    kw__sd_model models[KW_SHARERD_MAX_MODELS];
+    int32_t n_models;
+    uint32_t *codecs;
+    kw_net_tls *tls;
+    kw_net_server *server;
+    kw_net_signals *signals;
+    kw_net_async *async;
+    uint16_t port;
+    /* compute thread */
+    uv_thread_t thread;
+    bool thread_started;
+    kw_queue queue;
+    bool queue_init;
+    /* loop thread */
+    int32_t queued; /* accepted jobs not yet DONE */
+    bool shutting_down;
+    int exit_status;
+    uint64_t t_start;
+    uint64_t requests_ok, requests_failed, requests_cancelled, requests_busy;
+    uint64_t bytes_in, bytes_out; /* of closed connections; open ones are added when Stats is asked */
+};
+
+static void kw__sd_job_unref(kw__sd_job *j) {
+    if (atomic_fetch_sub(&j->refs, 1) != 1) return;
+    kw_proto_message_free(&j->req->base);
+    kw_request_relay_free(&j->relay);
+    uv_mutex_destroy(&j->mu);
+    uv_cond_destroy(&j->cond);
+    free(j);
+}
+
+/* Any thread: asks the job to stop with status (the first reason wins) and wakes a compute thread waiting on it. */
+static void kw__sd_job_cancel(kw__sd_job *j, int status) {
+    int expected = 0;
+    atomic_compare_exchange_strong(&j->cancel, &expected, status);
+    uv_mutex_lock(&j->mu);
+    uv_cond_broadcast(&j->cond);
+    uv_mutex_unlock(&j->mu);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sending frames (loop thread)
+
+static int kw__sd_send(kw__sd_conn *c, uint32_t type, const ProtobufCMessage *m) {
+    uint8_t *frame = NULL;
+    size_t n = 0;
+    KW_FORWARD(kw_proto_message_frame_pack(type, m, &frame, &n));
+    const int rc = kw_net_conn_write_owned(c->conn, frame, n);
+    return rc < 0 ? rc : 0;
+}
+
+static void kw__sd_send_error(kw__sd_conn *c, uint64_t request_id, int status, const char *message) {
+    Kwctl__Error e = KWCTL__ERROR__INIT;
+    e.request_id = request_id;
+    e.status = status < 0 ? status : KW_E_INTERNAL;
+    char msg[4096];
+    snprintf(msg, sizeof msg, "%s", message ? message : kw_strerror(e.status));
+    e.message = msg;
+    if (kw__sd_send(c, KW_PROTO_FRAME_ERROR, &e.base) < 0)
+        KW_LOG_WARN("sharerd: %s: cannot send an error: %s", c->peer, kw_error_detail());
+}
+
+/* A connection-level failure: Error with request 0 (when the transport still works), then close. */
+static void kw__sd_fail_conn(kw__sd_conn *c, int status, const char *why) {
+    KW_LOG_INFO("sharerd: %s: closing: %s (%s)", c->peer, why, kw_status_name(status));
+    kw__sd_send_error(c, 0, status, why);
+    kw_net_conn_close(c->conn, status);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The compute thread
+
+typedef struct kw__sd_run {
+    kw__sd_job *job;
+    kw_sharerd *d;
+    uint32_t timeout_ms;
+} kw__sd_run;
+
+/* The compute thread's check between layers and tokens: cancelled, or past the receiver's deadline. */
+static int kw__sd_check(kw__sd_run *r) {
+    const int c = atomic_load(&r->job->cancel);
+    if (c) KW_FAIL(c, "the share was stopped (%s)", kw_status_name(c));
+    if (r->timeout_ms && kw_time_now_ns() - r->job->t_received > (uint64_t)r->timeout_ms * 1000000u) {
+        kw__sd_job_cancel(r->job, KW_E_TIMEOUT);
+        KW_FAIL(KW_E_TIMEOUT, "the share passed the receiver's %u ms deadline", r->timeout_ms);
+    }
+    return 0;
+}
+
+/* Hands blob bytes to the loop (copied: the encoder reuses its buffer), after waiting while too many of this share's
+ * bytes are still queued for the socket. */
+static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
+    kw__sd_run *r = user;
+    kw__sd_job *j = r->job;
+    (void)blob;
+    KW_FORWARD(kw__sd_check(r));
+    uv_mutex_lock(&j->mu);
+    while (j->pending > (size_t)r->d->cfg->write_high_water && !atomic_load(&j->cancel))
+        uv_cond_wait(&j->cond, &j->mu);
+    uv_mutex_unlock(&j->mu);
+    KW_FORWARD(kw__sd_check(r));
+    kw__sd_post *p = calloc(1, sizeof *p);
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!p || !copy) {
+        free(p), free(copy);
+        KW_FAIL(KW_E_NOMEM, "sharerd: cannot hold %zu blob bytes", n);
+    }
+    memcpy(copy, data, n);
+    *p = (kw__sd_post){.kind = KW__SD_POST_WIRE, .job = j, .data = copy, .len = n};
+    uv_mutex_lock(&j->mu);
+    j->pending += n;
+    uv_mutex_unlock(&j->mu);
+    if (kw_net_async_post(r->d->async, &p->item) < 0) { /* the loop is closing */
+        free(copy), free(p);
+        KW_FAIL(KW_E_NET_SHUTDOWN, "sharerd: shutting down");
+    }
+    return 0;
+}
+
+static int kw__sd_token(void *user, int32_t id) {
+    (void)id;
+    return kw__sd_check(user);
+}
+
+static enum kw_dtype kw__sd_cache_dtype(Kwctl__CacheDtype d) {
+    return d == KWCTL__CACHE_DTYPE__CACHE_DTYPE_F32 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
+}
+
+static kw_wire_codec_spec kw__sd_spec(const Kwctl__CodecSpec *c) {
+    kw_wire_codec_spec s = {(uint8_t)c->codec, (uint8_t)c->granularity, (uint8_t)c->scale_dtype, 0};
+    while (c->group_size && (1u << s.group_log2) < c->group_size)
+        ++s.group_log2;
+    return s;
+}
+
+/* The request as the sharer half's options. layers, mine (n_sections + 1) and overrides are the caller's buffers. */
+static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, const kw__sd_model *m, int32_t *layers,
+                           int32_t *n_layers, kw_fusion_section *mine, kw_wire_policy *wire,
+                           kw_share_layer_codec *overrides, kw_share_request_options *o) {
+    const Kwctl__SharePolicy *p = req->policy;
+    *n_layers = 0;
+    if (p->n_layers == 0)
+        for (int32_t l = 0; l < m->n_layers; ++l)
+            layers[(*n_layers)++] = l;
+    else
+        for (size_t i = 0; i < p->n_layers; ++i)
+            layers[(*n_layers)++] = (int32_t)p->layers[i];
+    for (size_t s = 0; s < req->n_sections; ++s)
+        mine[s] = (kw_fusion_section){(int64_t)req->sections[s]->length, req->sections[s]->sent ? 1 : -1};
+    mine[req->n_sections] = (kw_fusion_section){1, -1}; /* the receiver's last section, never seen here */
+    memset(wire, 0, sizeof *wire);
+    wire->k = kw__sd_spec(p->k);
+    wire->v = kw__sd_spec(p->v);
+    wire->index_encoding = KW_WIRE_INDEX_AUTO;
+    wire->zstd_level = p->zstd ? (p->zstd_level ? p->zstd_level : (int)d->cfg->zstd_level) : 0;
+    for (size_t i = 0; i < p->n_schedule; ++i)
+        overrides[i] = (kw_share_layer_codec){p->schedule[i]->layer, kw__sd_spec(p->schedule[i]->k),
+                                              kw__sd_spec(p->schedule[i]->v)};
+    *o = (kw_share_request_options){
+        .sections = mine,
+        .n_sections = (int32_t)req->n_sections + 1,
+        .layers = layers,
+        .n_layers = *n_layers,
+        .select = {.mode = (enum kw_select_mode)(p->selection - 1),
+                   .proportion = p->selection == KWCTL__SELECTION__SELECTION_FULL ? 1.0 : p->proportion,
+                   .min_tokens = p->min_tokens ? p->min_tokens : 1,
+                   .seed = p->seed},
+        .same_positions = req->mode == KWCTL__MODE__MODE_KV_DIRECT,
+        .cache_dtype = kw__sd_cache_dtype(req->cache_dtype),
+        .pad = req->pad.len ? req->pad.data : NULL,
+        .wire = wire,
+        .overrides = overrides,
+        .n_overrides = (int32_t)p->n_schedule,
+    };
+}
+
+static int kw__sd_share(kw__sd_run *r) {
+    kw__sd_job *j = r->job;
+    const Kwctl__ShareRequest *req = j->req;
+    const kw__sd_model *m = j->model;
+    int32_t *layers = malloc((size_t)m->n_layers * sizeof *layers);
+    kw_fusion_section *mine = malloc((req->n_sections + 1) * sizeof *mine);
+    kw_share_layer_codec *overrides = malloc((req->policy->n_schedule + 1) * sizeof *overrides);
+    int32_t *ids = malloc((req->n_token_ids + 1) * sizeof *ids);
+    int rc = 0;
+    KW_CHECK_IF(!layers || !mine || !overrides || !ids, KW_E_NOMEM, "sharerd: out of memory");
+    for (size_t i = 0; i < req->n_token_ids; ++i)
+        ids[i] = req->token_ids[i] > INT32_MAX ? -1 : (int32_t)req->token_ids[i];
+    int32_t n_layers = 0;
+    kw_wire_policy wire;
+    kw_share_request_options o;
+    kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, &o);
+    o.write = kw__sd_write;
+    o.user = r;
+    KW_CHECK(kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats));
+out:
+    free(layers), free(mine), free(overrides), free(ids);
+    return rc;
+}
+
+static int kw__sd_relay(kw__sd_run *r) {
+    kw__sd_job *j = r->job;
+    const Kwctl__ShareRequest *req = j->req;
+    const uint64_t t0 = kw_time_now_ns();
+    const int64_t max_tokens = req->text_relay_max_tokens ? req->text_relay_max_tokens : r->d->cfg->relay_max_tokens;
+    const int64_t cap = req->text_relay_capped ? (int64_t)req->text_relay_max_bytes : -1;
+    char date[32];
+    const char *chat_date = req->chat_date;
+    if (!chat_date[0]) { /* Llama-3.2's "Today Date" as its template's strftime_now("%d %b %Y") */
+        const time_t now = time(NULL);
+        struct tm tm;
+        localtime_r(&now, &tm);
+        strftime(date, sizeof date, "%d %b %Y", &tm);
+        chat_date = date;
+    }
+    KW_FORWARD(kw_request_relay_message(j->model->model, j->model->tok, req->relay_question, chat_date, max_tokens, cap,
+                                        kw__sd_cache_dtype(req->cache_dtype), kw__sd_token, r, &j->relay));
+    j->generate_ns = kw_time_now_ns() - t0;
+    return 0;
+}
+
+static void kw__sd_run_job(kw_sharerd *d, kw__sd_job *j) {
+    kw__sd_run r = {.job = j, .d = d, .timeout_ms = j->req->timeout_ms};
+    j->t_started = kw_time_now_ns();
+    kw_error_clear();
+    int rc = kw__sd_check(&r);
+    if (rc == 0) {
+        if (j->req->mode == KWCTL__MODE__MODE_TEXT_RELAY)
+            rc = kw__sd_relay(&r);
+        else if (j->req->mode != KWCTL__MODE__MODE_RECEIVER_ONLY)
+            rc = kw__sd_share(&r);
+    }
+    /* a stop asked for from outside is reported as such, not as whatever the run failed with */
+    const int c = atomic_load(&j->cancel);
+    if (rc < 0 && c) rc = c;
+    j->status = rc;
+    if (rc < 0) snprintf(j->error, sizeof j->error, "%s", kw_error_detail()[0] ? kw_error_detail() : kw_strerror(rc));
+}
+
+static void kw__sd_compute_thread(void *arg) {
+    kw_sharerd *d = arg;
+    for (kw_queue_item *it; (it = kw_queue_pop(&d->queue)) != NULL;) {
+        kw__sd_job *j = (kw__sd_job *)it;
+        kw__sd_run_job(d, j);
+        kw__sd_post *p = NULL;
+        while (!(p = calloc(1, sizeof *p))) /* the DONE must reach the loop: it holds the queue's reference */
+            uv_sleep(10);
+        *p = (kw__sd_post){.kind = KW__SD_POST_DONE, .job = j};
+        if (kw_net_async_post(d->async, &p->item) < 0) {
+            free(p);
+            kw__sd_job_unref(j);
+        }
+    }
+    kw__sd_post *p = calloc(1, sizeof *p);
+    if (p) {
+        p->kind = KW__SD_POST_EXIT;
+        if (kw_net_async_post(d->async, &p->item) < 0) free(p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Posts from the compute thread (loop thread)
+
+static void kw__sd_wire_done(kw_net_conn *conn, int status, void *user) {
+    kw__sd_post *p = user;
+    (void)conn, (void)status;
+    uv_mutex_lock(&p->job->mu);
+    p->job->pending -= p->len;
+    uv_cond_broadcast(&p->job->cond);
+    uv_mutex_unlock(&p->job->mu);
+    kw__sd_job_unref(p->job);
+    free(p->data);
+    free(p);
+}
+
+static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__WireBreakdown *b) {
+    const kw_share_stats *s = &j->stats.share;
+    const kw_share_wire_stats *w = &j->stats.wire;
+    e->request_id = j->req->request_id;
+    e->blob_bytes = w->blob_bytes;
+    e->sections = (uint32_t)w->sections;
+    e->compressed_sections = (uint32_t)w->compressed_sections;
+    e->tokens_prefilled = (uint32_t)j->req->n_token_ids;
+    e->tokens_kept = 0;
+    e->queue_ns = j->t_started - j->t_received;
+    e->prefill_ns = (uint64_t)(s->prefill_ms * 1e6);
+    e->select_ns = (uint64_t)(s->select_ms * 1e6);
+    e->encode_ns = (uint64_t)(w->encode_ms * 1e6);
+    e->generate_ns = j->generate_ns;
+    e->total_ns = kw_time_now_ns() - j->t_received;
+    e->frames_sent = j->frames + 1;
+    e->rows_total = (uint64_t)s->tokens_total;
+    e->rows_sent = (uint64_t)s->tokens_sent;
+    e->layers_sent = (uint32_t)s->layers_sent;
+    e->kv_bytes = (uint64_t)s->kv_bytes;
+    if (s->layers_sent > 0) {
+        /* tokens kept per layer: the rows of one layer of every sent section */
+        e->tokens_kept = (uint32_t)(s->tokens_sent / (s->layers_sent / (s->sections_sent ? s->sections_sent : 1)));
+        if (e->tokens_kept > e->tokens_prefilled) e->tokens_kept = e->tokens_prefilled;
+    }
+    const kw_wire_breakdown *bd = &w->breakdown;
+    *b = (Kwctl__WireBreakdown)KWCTL__WIRE_BREAKDOWN__INIT;
+    b->header = bd->header, b->indices = bd->indices, b->scales = bd->scales, b->payload = bd->payload;
+    b->checksums = bd->checksums, b->compression_saved = bd->compression_saved;
+    e->breakdown = b;
+}
+
+static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j);
+
+/* The job is DONE: its answer (ShareText for the relay and ShareEnd, or Error) if its connection is still there. */
+static void kw__sd_finish(kw__sd_job *j) {
+    kw_sharerd *d = j->d;
+    kw__sd_conn *c = j->conn;
+    --d->queued;
+    if (j->status == 0)
+        ++d->requests_ok;
+    else if (j->status == KW_E_CANCELLED)
+        ++d->requests_cancelled;
+    else
+        ++d->requests_failed;
+    if (c) kw__sd_answer(c, j);
+    kw__sd_job_unref(j); /* the loop's reference */
+}
+
+/* Sends the job's answer on c and ends the request there. */
+static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j) {
+    int rc = 0;
+    if (j->status < 0) {
+        KW_LOG_INFO("sharerd: %s: request %llu failed: %s (%s)", c->peer, (unsigned long long)j->req->request_id,
+                    j->error, kw_status_name(j->status));
+        kw__sd_send_error(c, j->req->request_id, j->status, j->error);
+    } else {
+        if (j->req->mode == KWCTL__MODE__MODE_TEXT_RELAY) {
+            Kwctl__ShareText t = KWCTL__SHARE_TEXT__INIT;
+            t.request_id = j->req->request_id;
+            t.text = (ProtobufCBinaryData){j->relay.len, (uint8_t *)j->relay.text};
+            t.n_tokens = (uint32_t)j->relay.n_tokens;
+            t.truncated = j->relay.truncated != 0;
+            rc = kw__sd_send(c, KW_PROTO_FRAME_SHARE_TEXT, &t.base);
+            ++j->frames;
+        }
+        Kwctl__ShareEnd e = KWCTL__SHARE_END__INIT;
+        Kwctl__WireBreakdown b;
+        kw__sd_fill_end(j, &e, &b);
+        if (rc == 0) rc = kw__sd_send(c, KW_PROTO_FRAME_SHARE_END, &e.base);
+        if (rc < 0) kw_net_conn_abort(c->conn, rc);
+        KW_LOG_DEBUG("sharerd: %s: request %llu done: %llu blob bytes in %llu frames", c->peer,
+                     (unsigned long long)j->req->request_id, (unsigned long long)e.blob_bytes,
+                     (unsigned long long)e.frames_sent);
+    }
+    c->job = NULL;
+    j->conn = NULL;
+    kw_net_conn_deadline_stop(c->conn);
+}
+
+static void kw__sd_on_post(kw_net_async_item *item, void *user) {
+    kw_sharerd *d = user;
+    kw__sd_post *p = (kw__sd_post *)item;
+    if (p->kind == KW__SD_POST_EXIT) {
+        free(p);
+        kw_net_async_close(d->async);
+        d->async = NULL;
+        kw_net_signals_close(d->signals);
+        d->signals = NULL;
+        return;
+    }
+    kw__sd_job *j = p->job;
+    if (p->kind == KW__SD_POST_DONE) {
+        free(p);
+        kw__sd_finish(j);
+        kw__sd_job_unref(j); /* the queue's reference */
+        return;
+    }
+    /* WIRE: header copied, bytes borrowed until the write is done (which releases them and the pending count) */
+    kw__sd_conn *c = j->conn;
+    atomic_fetch_add(&j->refs, 1);
+    int rc = KW_E_NET_CLOSED;
+    if (c) {
+        uint8_t head[KW_PROTO_FRAME_HEADER_BYTES];
+        kw_proto_frame_header_write(KW_PROTO_FRAME_WIRE, p->len, head);
+        const kw_net_buf b = {p->data, p->len};
+        rc = kw_net_conn_write(c->conn, head, sizeof head, &b, 1, kw__sd_wire_done, p);
+        if (rc >= 0) ++j->frames;
+    }
+    if (rc < 0) {
+        if (c) kw_net_conn_abort(c->conn, rc);
+        kw__sd_wire_done(NULL, rc, p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Requests (loop thread)
+
+static const kw__sd_model *kw__sd_find_model(const kw_sharerd *d, const char *name) {
+    for (int32_t i = 0; i < d->n_models; ++i)
+        if (strcmp(d->models[i].name, name) == 0) return &d->models[i];
+    return NULL;
+}
+
+/* Checks a request against the model and the peer; fills the ShareHeader's claims. */
+static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const kw__sd_model **model,
+                           Kwctl__ShareHeader *h, uint32_t *layers, Kwctl__KvShape *kv) {
+    const kw_sharerd *d = c->d;
+    const bool kv_mode = req->mode == KWCTL__MODE__MODE_C2C || req->mode == KWCTL__MODE__MODE_KV_DIRECT;
+    *model = NULL;
+    if (req->mode == KWCTL__MODE__MODE_RECEIVER_ONLY) return 0;
+    const kw__sd_model *m = kw__sd_find_model(d, req->sharer_model);
+    KW_RETURN_IF(m == NULL, KW_E_NOT_FOUND, "no model named \"%s\" here", req->sharer_model);
+    *model = m;
+    if (req->mode == KWCTL__MODE__MODE_TEXT_RELAY) {
+        KW_RETURN_IF(m->tok == NULL, KW_E_UNSUPPORTED, "model %s has no tokenizer for the text relay", m->name);
+        return 0;
+    }
+    if (!kv_mode) return 0;
+    const Kwctl__Hello *hello = c->hello;
+    if (req->mode == KWCTL__MODE__MODE_KV_DIRECT) {
+        const Kwctl__ModelDigest *peer = hello->n_models ? hello->models[0]->digest : NULL;
+        KW_RETURN_IF(!kw_proto_same_model(&m->id_digest, peer), KW_E_SHARE_MODE,
+                     "kv_direct needs the receiver's own model: %s is other files (digests differ)", m->name);
+    } else if (hello->role == KWCTL__ROLE__ROLE_RECEIVER) {
+        bool fits = false;
+        char why[256] = "the receiver lists no fuser";
+        for (size_t i = 0; i < hello->n_fusers && !fits; ++i)
+            fits = kw_proto_fuser_fits(hello->fusers[i], &m->id, why, sizeof why);
+        KW_RETURN_IF(!fits, KW_E_SHARE_MODE, "c2c from %s: %s", m->name, why);
+    }
+    KW_RETURN_IF(req->n_token_ids > (size_t)d->cfg->max_tokens, KW_E_LIMIT, "%zu token ids, the limit is %lld",
+                 req->n_token_ids, (long long)d->cfg->max_tokens);
+    const Kwctl__SharePolicy *p = req->policy;
+    for (size_t i = 0; i < p->n_layers; ++i)
+        KW_RETURN_IF(p->layers[i] >= (uint32_t)m->n_layers, KW_E_INVALID_ARG, "layer %u: model %s has %d layers",
+                     p->layers[i], m->name, (int)m->n_layers);
+    for (size_t i = 0; i < req->n_token_ids; ++i)
+        KW_RETURN_IF(req->token_ids[i] >= (uint32_t)m->vocab, KW_E_TOKEN_ID,
+                     "token id %u is outside model %s's %d-id vocabulary", req->token_ids[i], m->name, (int)m->vocab);
+    const kw_select_policy sel = {.mode = (enum kw_select_mode)(p->selection - 1),
+                                  .proportion = p->selection == KWCTL__SELECTION__SELECTION_FULL ? 1.0 : p->proportion,
+                                  .min_tokens = p->min_tokens ? p->min_tokens : 1,
+                                  .seed = p->seed};
+    KW_FORWARD(kw_select_policy_check(&sel));
+    /* the header's claims: the layers, the kept tokens, and bounds of the blobs from the codecs */
+    size_t n_layers = 0;
+    if (p->n_layers == 0)
+        for (int32_t l = 0; l < m->n_layers; ++l)
+            layers[n_layers++] = (uint32_t)l;
+    else
+        for (size_t i = 0; i < p->n_layers; ++i)
+            layers[n_layers++] = p->layers[i];
+    uint64_t kept = 0, blob_max = 0, section_max = 0;
+    const kw_wire_header hdr = {.n_layers = (uint16_t)m->n_layers,
+                                .n_sections = (uint16_t)n_layers,
+                                .n_kv_heads = (uint16_t)m->n_kv_heads,
+                                .head_dim = (uint16_t)m->head_dim,
+                                .n_positions = (uint32_t)req->n_token_ids,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    for (size_t s = 0; s < req->n_sections; ++s) {
+        if (!req->sections[s]->sent) continue;
+        const int64_t rows = kw_select_count(&sel, req->sections[s]->length);
+        kept += (uint64_t)rows;
+        blob_max += KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES;
+        for (size_t i = 0; i < n_layers; ++i) {
+            kw_wire_policy pol = {.k = kw__sd_spec(p->k), .v = kw__sd_spec(p->v)};
+            for (size_t k = 0; k < p->n_schedule; ++k)
+                if (p->schedule[k]->layer == layers[i]) {
+                    pol.k = kw__sd_spec(p->schedule[k]->k);
+                    pol.v = kw__sd_spec(p->schedule[k]->v);
+                }
+            size_t bound = 0;
+            const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)rows, &bound);
+            if (rc < 0) KW_FAIL(rc, "layer %u's codecs: %s", layers[i], kw_error_detail());
+            blob_max += bound;
+            if (bound > section_max) section_max = bound;
+        }
+    }
+    *kv = (Kwctl__KvShape)KWCTL__KV_SHAPE__INIT;
+    kv->n_layers = (uint32_t)m->n_layers, kv->n_kv_heads = (uint32_t)m->n_kv_heads,
+    kv->head_dim = (uint32_t)m->head_dim;
+    h->layers = layers;
+    h->n_layers = n_layers;
+    h->tokens_kept = kept > req->n_token_ids ? (uint32_t)req->n_token_ids : (uint32_t)kept;
+    h->blob_bytes_max = blob_max;
+    h->section_bytes_max = section_max > UINT32_MAX ? UINT32_MAX : (uint32_t)section_max;
+    h->kv = kv;
+    return 0;
+}
+
+static int kw__sd_on_request(kw__sd_conn *c, Kwctl__ShareRequest *req) {
+    kw_sharerd *d = c->d;
+    if (c->job) {
+        kw__sd_send_error(c, req->request_id, KW_E_PROTO_SEQUENCE,
+                          "one share in flight per connection: wait for the previous SHARE_END or ERROR");
+        kw_proto_message_free(&req->base);
+        return 0;
+    }
+    if (d->shutting_down) {
+        kw__sd_send_error(c, req->request_id, KW_E_NET_SHUTDOWN, "the sharer is shutting down");
+        kw_proto_message_free(&req->base);
+        return 0;
+    }
+    if (d->queued >= d->cfg->queue_max) {
+        ++d->requests_busy;
+        char msg[128];
+        snprintf(msg, sizeof msg, "%d requests are queued, the limit is %lld: retry later", (int)d->queued,
+                 (long long)d->cfg->queue_max);
+        kw__sd_send_error(c, req->request_id, KW_E_SHARE_BUSY, msg);
+        kw_proto_message_free(&req->base);
+        return 0;
+    }
+    const kw__sd_model *m = NULL;
+    Kwctl__ShareHeader h = KWCTL__SHARE_HEADER__INIT;
+    Kwctl__KvShape kv;
+    uint32_t layers[KW_WIRE_MAX_LAYERS];
+    kw_error_clear();
+    int rc = kw__sd_validate(c, req, &m, &h, layers, &kv);
+    if (rc < 0) {
+        ++d->requests_failed;
+        kw__sd_send_error(c, req->request_id, rc, kw_error_detail());
+        kw_proto_message_free(&req->base);
+        return 0;
+    }
+    kw__sd_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        kw__sd_send_error(c, req->request_id, KW_E_NOMEM, "out of memory");
+        kw_proto_message_free(&req->base);
+        return 0;
+    }
+    uv_mutex_init(&j->mu);
+    uv_cond_init(&j->cond);
+    atomic_init(&j->refs, 2); /* the loop's and the compute queue's */
+    atomic_init(&j->cancel, 0);
+    j->d = d;
+    j->conn = c;
+    j->req = req;
+    j->model = m;
+    j->t_received = kw_time_now_ns();
+    h.request_id = req->request_id;
+    h.mode = req->mode;
+    h.tokens_prefilled = (uint32_t)req->n_token_ids;
+    rc = kw__sd_send(c, KW_PROTO_FRAME_SHARE_HEADER, &h.base);
+    if (rc < 0) {
+        kw__sd_job_unref(j);
+        kw__sd_job_unref(j);
+        return rc;
+    }
+    j->frames = 1;
+    c->job = j;
+    ++d->queued;
+    kw_net_conn_deadline_start(c->conn, 0);    /* a request in flight: no idle timeout, shutdown waits for it */
+    if (!kw_queue_push(&d->queue, &j->item)) { /* stopping: it never runs */
+        j->status = KW_E_NET_SHUTDOWN;
+        snprintf(j->error, sizeof j->error, "the sharer is shutting down");
+        kw__sd_finish(j);
+        kw__sd_job_unref(j);
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hello (loop thread)
+
+/* Whether this peer can use any model here; *why says what is missing when not. */
+static bool kw__sd_pair_possible(const kw_sharerd *d, const Kwctl__Hello *h, char *why, size_t cap) {
+    if (h->role != KWCTL__ROLE__ROLE_RECEIVER || h->n_fusers == 0) return true; /* text relay, tools */
+    const Kwctl__ModelDigest *own = h->n_models ? h->models[0]->digest : NULL;
+    size_t at = (size_t)snprintf(why, cap, "no model here fits the receiver:");
+    for (int32_t i = 0; i < d->n_models; ++i) {
+        const kw__sd_model *m = &d->models[i];
+        if (kw_proto_same_model(&m->id_digest, own)) return true;
+        for (size_t f = 0; f < h->n_fusers; ++f) {
+            char one[256];
+            if (kw_proto_fuser_fits(h->fusers[f], &m->id, one, sizeof one)) return true;
+            if (at < cap) at += (size_t)snprintf(why + at, cap - at, " %s;", one);
+        }
+    }
+    return false;
+}
+
+static int kw__sd_on_hello(kw__sd_conn *c, Kwctl__Hello *h) {
+    kw_sharerd *d = c->d;
+    c->hello = h;
+    c->hello_done = true;
+    kw_net_conn_deadline_stop(c->conn);
+    Kwctl__HelloReply r = KWCTL__HELLO_REPLY__INIT;
+    r.protocol_version = h->protocol_version < KW_PROTO_VERSION ? h->protocol_version : KW_PROTO_VERSION;
+    r.software = KW__SD_SOFTWARE;
+    char reason[2048] = "";
+    if (h->role == KWCTL__ROLE__ROLE_SHARER) {
+        r.status = KW_E_PROTO_REFUSED;
+        snprintf(reason, sizeof reason, "a sharer does not connect to a sharer");
+    } else if (!kw__sd_pair_possible(d, h, reason, sizeof reason)) {
+        r.status = KW_E_PROTO_REFUSED;
+    }
+    if (r.status < 0) {
+        r.accepted = 0;
+        r.reason = reason;
+        c->refused = true;
+        KW_LOG_INFO("sharerd: %s: hello refused: %s", c->peer, reason);
+        KW_FORWARD(kw__sd_send(c, KW_PROTO_FRAME_HELLO_REPLY, &r.base));
+        kw_net_conn_close(c->conn, KW_E_PROTO_REFUSED);
+        return 0;
+    }
+    Kwctl__ModelIdentity *ids[KW_SHARERD_MAX_MODELS];
+    for (int32_t i = 0; i < d->n_models; ++i)
+        ids[i] = &d->models[i].id;
+    r.accepted = 1;
+    r.role = KWCTL__ROLE__ROLE_SHARER;
+    r.models = ids;
+    r.n_models = (size_t)d->n_models;
+    r.codecs = d->codecs;
+    r.n_codecs = KW_WIRE_CODEC_COUNT - 1;
+    r.max_frame_bytes = (uint32_t)d->cfg->max_message_bytes;
+    r.max_queued_requests = (uint32_t)d->cfg->queue_max;
+    KW_LOG_DEBUG("sharerd: %s: hello from %s", c->peer, h->software);
+    return kw__sd_send(c, KW_PROTO_FRAME_HELLO_REPLY, &r.base);
+}
+
+static void kw__sd_fill_stats(kw_sharerd *d, Kwctl__Stats *s) {
+    s->uptime_ms = (kw_time_now_ns() - d->t_start) / 1000000u;
+    s->requests_ok = d->requests_ok;
+    s->requests_failed = d->requests_failed;
+    s->requests_cancelled = d->requests_cancelled;
+    s->requests_busy = d->requests_busy;
+    s->bytes_in = d->bytes_in;
+    s->bytes_out = d->bytes_out;
+    s->queue_depth = (uint32_t)d->queued;
+    s->connections = d->server ? (uint32_t)kw_net_server_connections(d->server) : 0;
+}
+
+/* One frame from the peer. */
+static int kw__sd_on_frame(void *user, const kw_proto_frame *f) {
+    kw__sd_conn *c = user;
+    kw_sharerd *d = c->d;
+    if (c->refused) return 0; /* closing: ignore whatever follows */
+    if (f->type == KW_PROTO_FRAME_WIRE) {
+        kw__sd_fail_conn(c, KW_E_PROTO_SEQUENCE, "a WIRE frame from a receiver");
+        return KW_PROTO_PAUSE;
+    }
+    const kw_proto_limits lim = {.max_message_bytes = (uint32_t)d->cfg->max_message_bytes,
+                                 .max_tokens = (uint32_t)d->cfg->max_tokens};
+    ProtobufCMessage *m = NULL;
+    kw_error_clear();
+    int rc = kw_proto_message_unpack(&lim, f->type, f->data, f->data_len, &m);
+    if (rc < 0) {
+        /* a bad hello or a frame the protocol never sends this way closes the connection; a bad request fails */
+        if (f->type == KW_PROTO_FRAME_SHARE_REQUEST && c->hello_done) {
+            ++d->requests_failed;
+            kw__sd_send_error(c, 0, rc, kw_error_detail());
+            kw_net_conn_close(c->conn, rc);
+        } else {
+            kw__sd_fail_conn(c, rc, kw_error_detail());
+        }
+        return KW_PROTO_PAUSE;
+    }
+    if (!c->hello_done) {
+        if (f->type != KW_PROTO_FRAME_HELLO) {
+            kw_proto_message_free(m);
+            kw__sd_fail_conn(c, KW_E_PROTO_SEQUENCE, "the first frame must be HELLO");
+            return KW_PROTO_PAUSE;
+        }
+        rc = kw__sd_on_hello(c, (Kwctl__Hello *)m);
+        return rc < 0 ? rc : (c->refused ? KW_PROTO_PAUSE : 0);
+    }
+    switch (f->type) {
+    case KW_PROTO_FRAME_SHARE_REQUEST:
+        return kw__sd_on_request(c, (Kwctl__ShareRequest *)m);
+    case KW_PROTO_FRAME_CANCEL: {
+        const uint64_t id = ((Kwctl__Cancel *)m)->request_id;
+        if (c->job && c->job->req->request_id == id) kw__sd_job_cancel(c->job, KW_E_CANCELLED);
+        break;
+    }
+    case KW_PROTO_FRAME_PING: {
+        Kwctl__Pong p = KWCTL__PONG__INIT;
+        p.nonce = ((Kwctl__Ping *)m)->nonce;
+        rc = kw__sd_send(c, KW_PROTO_FRAME_PONG, &p.base);
+        break;
+    }
+    case KW_PROTO_FRAME_STATS_REQUEST: {
+        Kwctl__Stats s = KWCTL__STATS__INIT;
+        kw__sd_fill_stats(d, &s);
+        rc = kw__sd_send(c, KW_PROTO_FRAME_STATS, &s.base);
+        break;
+    }
+    case KW_PROTO_FRAME_PONG:
+    case KW_PROTO_FRAME_STATS:
+        break;
+    case KW_PROTO_FRAME_ERROR:
+        KW_LOG_INFO("sharerd: %s: peer error %d: %s", c->peer, ((Kwctl__Error *)m)->status,
+                    ((Kwctl__Error *)m)->message);
+        if (((Kwctl__Error *)m)->request_id == 0) kw_net_conn_close(c->conn, KW_E_NET_CLOSED);
+        break;
+    default:
+        kw_proto_message_free(m);
+        kw__sd_fail_conn(c, KW_E_PROTO_SEQUENCE, "a frame a receiver does not send");
+        return KW_PROTO_PAUSE;
+    }
+    kw_proto_message_free(m);
+    return rc < 0 ? rc : 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connections (loop thread)
+
+static int kw__sd_conn_read(kw_net_conn *conn, const uint8_t *data, size_t len, size_t *used) {
+    kw__sd_conn *c = kw_net_conn_user(conn);
+    const int rc = kw_proto_decoder_feed_all(c->dec, data, len, used, kw__sd_on_frame, c);
+    if (rc == KW_PROTO_PAUSE) { /* closing after a failure: drop the rest */
+        *used = len;
+        return 0;
+    }
+    if (rc < 0) { /* frame-level garbage: the stream is unreadable */
+        kw__sd_fail_conn(c, rc, kw_error_detail());
+        *used = len;
+        return 0;
+    }
+    return 0;
+}
+
+static void kw__sd_conn_close(kw_net_conn *conn, int status) {
+    kw__sd_conn *c = kw_net_conn_user(conn);
+    kw_sharerd *d = c->d;
+    kw_net_conn_stats st;
+    kw_net_conn_get_stats(conn, &st);
+    d->bytes_in += st.socket_bytes_in;
+    d->bytes_out += st.socket_bytes_out;
+    if (status < 0 && status != KW_E_NET_CLOSED)
+        KW_LOG_INFO("sharerd: %s: connection closed: %s (%s)", c->peer, kw_status_name(status), kw_error_detail());
+    if (c->job) {
+        c->job->conn = NULL;
+        kw__sd_job_cancel(c->job, KW_E_NET_CLOSED);
+        /* the loop's reference goes with the DONE post (kw__sd_finish runs with conn NULL) */
+    }
+    kw_proto_decoder_destroy(c->dec);
+    kw_proto_message_free(c->hello ? &c->hello->base : NULL);
+    free(c);
+}
+
+static void kw__sd_accept(kw_net_server *s, kw_net_conn *conn, void *user) {
+    kw_sharerd *d = user;
+    (void)s;
+    static const kw_net_conn_callbacks cb = {.on_read = kw__sd_conn_read, .on_close = kw__sd_conn_close};
+    kw__sd_conn *c = calloc(1, sizeof *c);
+    const kw_proto_decoder_options dopt = {.limits = {.max_message_bytes = (uint32_t)d->cfg->max_message_bytes,
+                                                      .max_raw_bytes = 1, /* a receiver never sends WIRE frames */
+                                                      .max_tokens = (uint32_t)d->cfg->max_tokens}};
+    if (!c || kw_proto_decoder_create(&dopt, &c->dec) < 0) {
+        free(c);
+        kw_net_conn_set_callbacks(conn, &(kw_net_conn_callbacks){0}, NULL);
+        return; /* without callbacks the server closes it */
+    }
+    c->d = d;
+    c->conn = conn;
+    kw_net_conn_peer_name(conn, c->peer, sizeof c->peer);
+    kw_net_conn_set_callbacks(conn, &cb, c);
+    kw_net_conn_deadline_start(conn, (uint32_t)d->cfg->hello_timeout_ms); /* slow or silent peers are dropped */
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Start, run, stop
+
+static void kw__sd_server_done(kw_net_server *s, void *user) {
+    kw_sharerd *d = user;
+    (void)s;
+    kw_queue_close(&d->queue); /* the compute thread drains it (every job is cancelled by now) and exits */
+}
+
+static void kw__sd_on_signal(int signum, void *user) {
+    kw_sharerd *d = user;
+    if (d->shutting_down) return;
+    d->shutting_down = true;
+    KW_LOG_INFO("sharerd: signal %d: shutting down (requests in flight get %lld ms)", signum,
+                (long long)d->cfg->shutdown_ms);
+    kw_net_server_shutdown(d->server, (uint32_t)d->cfg->shutdown_ms, kw__sd_server_done, d);
+}
+
+static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__sd_model *m) {
+    KW_RETURN_IF(!mc->name || !mc->name[0] || strlen(mc->name) > 128, KW_E_INVALID_ARG,
+                 "sharerd: every model needs a name of 1..128 bytes");
+    KW_RETURN_IF(!mc->path, KW_E_INVALID_ARG, "sharerd: model %s has no path", mc->name);
+    m->name = mc->name;
+    KW_LOG_INFO("sharerd: loading model %s from %s", mc->name, mc->path);
+    const kw_model_options mo = {.max_batch = (int32_t)d->cfg->max_batch};
+    KW_FORWARD(kw_model_load(d->be, mc->path, &mo, &m->model));
+    const kw_model_config *cfg = kw_model_get_config(m->model);
+    m->n_layers = cfg->n_layers, m->n_kv_heads = cfg->n_kv_heads, m->head_dim = cfg->head_dim, m->vocab = cfg->vocab;
+    KW_FORWARD(kw_identity_model(mc->path, &m->digest));
+    const char *tok_dir = mc->tokenizer ? mc->tokenizer : mc->path;
+    const int rc = kw_tokenizer_load(tok_dir, &m->tok);
+    if (rc == KW_E_NOT_FOUND && !mc->tokenizer) {
+        KW_LOG_WARN("sharerd: model %s has no tokenizer: it cannot serve the text relay", mc->name);
+    } else if (rc < 0) {
+        return rc;
+    }
+    kwctl__model_identity__init(&m->id);
+    kwctl__model_digest__init(&m->id_digest);
+    kwctl__kv_shape__init(&m->id_kv);
+    m->id_digest.config_sha256 = (ProtobufCBinaryData){32, m->digest.config_sha256};
+    m->id_digest.weights_sha256 = (ProtobufCBinaryData){32, m->digest.weights_sha256};
+    m->id_kv.n_layers = (uint32_t)m->n_layers, m->id_kv.n_kv_heads = (uint32_t)m->n_kv_heads;
+    m->id_kv.head_dim = (uint32_t)m->head_dim;
+    m->id.name = (char *)m->name;
+    m->id.architecture = (char *)kw_arch_name(cfg->arch);
+    m->id.digest = &m->id_digest;
+    m->id.kv = &m->id_kv;
+    char hex[65];
+    kw_identity_hex(m->digest.weights_sha256, hex);
+    KW_LOG_INFO("sharerd: model %s: %s, %d layers, %d kv heads x %d, weights sha256 %s", m->name,
+                kw_arch_name(cfg->arch), (int)m->n_layers, (int)m->n_kv_heads, (int)m->head_dim, hex);
+    return 0;
+}
+
+int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
+    KW_RETURN_IF(cfg == NULL || out == NULL, KW_E_INVALID_ARG, "sharerd: NULL argument");
+    KW_RETURN_IF(cfg->n_models < 1, KW_E_INVALID_ARG, "sharerd: no model configured (models: [{name, path}])");
+    *out = NULL;
+    kw_sharerd *d = calloc(1, sizeof *d);
+    KW_RETURN_IF(d == NULL, KW_E_NOMEM, "sharerd: out of memory");
+    int rc = 0;
+    d->cfg = cfg;
+    KW_CHECK(kw_queue_init(&d->queue));
+    d->queue_init = true;
+    d->t_start = kw_time_now_ns();
+    KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "sharerd: cannot create the event loop");
+    d->loop_init = true;
+    KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
+    for (int32_t i = 0; i < cfg->n_models; ++i) {
+        for (int32_t k = 0; k < i; ++k)
+            KW_CHECK_IF(cfg->models[i].name && cfg->models[k].name &&
+                            strcmp(cfg->models[i].name, cfg->models[k].name) == 0,
+                        KW_E_INVALID_ARG, "sharerd: two models are named %s", cfg->models[i].name);
+        KW_CHECK(kw__sd_load_model(d, &cfg->models[i], &d->models[i]));
+        d->n_models = i + 1;
+    }
+    d->codecs = malloc((KW_WIRE_CODEC_COUNT - 1) * sizeof *d->codecs);
+    KW_CHECK_IF(d->codecs == NULL, KW_E_NOMEM, "sharerd: out of memory");
+    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
+        d->codecs[c - 1] = c;
+    if (cfg->tls_enabled) {
+        const kw_net_tls_config tc = {.cert_file = cfg->tls_cert,
+                                      .key_file = cfg->tls_key,
+                                      .ca_file = cfg->tls_ca,
+                                      .verify_peer = cfg->tls_verify_client != 0};
+        KW_CHECK(kw_net_tls_create(&tc, true, &d->tls));
+    }
+    kw_net_server_config sc = {.host = cfg->listen_host,
+                               .port = (uint16_t)cfg->listen_port,
+                               .max_connections = (uint32_t)cfg->max_connections,
+                               .tls = d->tls};
+    kw_net_conn_options_default(&sc.conn);
+    sc.conn.connect_timeout_ms = (uint32_t)cfg->handshake_timeout_ms;
+    sc.conn.idle_timeout_ms = (uint32_t)cfg->idle_timeout_ms;
+    /* one section (plus the share's queued bytes) must fit: the hard limit is far above the compute thread's wait */
+    sc.conn.write_max_bytes = (size_t)cfg->write_high_water * 4 + ((size_t)1 << 30);
+    KW_CHECK(kw_net_server_start(&d->loop, &sc, kw__sd_accept, d, &d->server));
+    d->port = kw_net_server_port(d->server);
+    KW_CHECK(kw_net_async_create(&d->loop, kw__sd_on_post, d, &d->async));
+    KW_CHECK(kw_net_signals_watch(&d->loop, kw__sd_on_signal, d, &d->signals));
+    *out = d;
+    return 0;
+out:
+    kw_sharerd_free(d);
+    return rc;
+}
+
+uint16_t kw_sharerd_port(const kw_sharerd *d) {
+    return d->port;
+}
+
+static int kw__sd_write_ready(const kw_sharerd *d) {
+    if (!d->cfg->ready_file) return 0;
+    char text[64];
+    const int n = snprintf(text, sizeof text, "port=%u\n", (unsigned)d->port);
+    return kw_file_write_all(d->cfg->ready_file, text, (size_t)n);
+}
+
+int kw_sharerd_run(kw_sharerd *d) {
+    KW_RETURN_IF(d == NULL || d->thread_started, KW_E_INVALID_ARG, "sharerd: not runnable");
+    KW_RETURN_IF(uv_thread_create(&d->thread, kw__sd_compute_thread, d) != 0, KW_E_IO,
+                 "sharerd: cannot start the compute thread");
+    d->thread_started = true;
+    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld", d->cfg->listen_host, (unsigned)d->port,
+                d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max);
+    int rc = kw__sd_write_ready(d);
+    if (rc < 0) kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    uv_thread_join(&d->thread);
+    d->thread_started = false;
+    KW_LOG_INFO("sharerd: stopped (%llu ok, %llu failed, %llu cancelled, %llu busy)",
+                (unsigned long long)d->requests_ok, (unsigned long long)d->requests_failed,
+                (unsigned long long)d->requests_cancelled, (unsigned long long)d->requests_busy);
+    return rc < 0 ? rc : d->exit_status;
+}
+
+void kw_sharerd_free(kw_sharerd *d) {
+    if (d == NULL) return;
+    if (d->loop_init) {
+        /* handles still open (a failed create): close them and let the loop run their callbacks */
+        if (d->server && !d->shutting_down) kw_net_server_shutdown(d->server, 0, NULL, NULL);
+        kw_net_async_close(d->async);
+        kw_net_signals_close(d->signals);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        kw_net_server_free(d->server);
+        if (uv_loop_close(&d->loop) != 0) KW_LOG_WARN("sharerd: the event loop still had handles at exit");
+    }
+    kw_net_tls_free(d->tls);
+    for (int32_t i = 0; i < d->n_models; ++i) {
+        kw_model_free(d->models[i].model);
+        kw_tokenizer_free(d->models[i].tok);
+    }
+    if (d->n_models < KW_SHARERD_MAX_MODELS) { /* a model whose load failed half way */
+        kw_model_free(d->models[d->n_models].model);
+        kw_tokenizer_free(d->models[d->n_models].tok);
+    }
+    free(d->codecs);
+    kw_backend_destroy(d->be);
+    if (d->queue_init) kw_queue_destroy(&d->queue);
+    free(d);
+}
+
+/* kw_cfg_main's run: the daemon's life. */
+static int kw__sharerd_run_config(void *obj) {
+    const kw_sharerd_config *cfg = obj;
+    kw_log_set_level((enum kw_log_level)cfg->log_level);
+    kw_sharerd *d = NULL;
+    int rc = kw_sharerd_create(cfg, &d);
+    if (rc == 0) rc = kw_sharerd_run(d);
+    char detail[1024]; /* freeing may record reasons of its own */
+    snprintf(detail, sizeof detail, "%s", kw_error_detail());
+    kw_sharerd_free(d);
+    if (rc < 0) kw_error_set(rc, "%s", detail);
+    return rc;
+}
+
+int kw_sharerd_main(int argc, char **argv) {
+    kw_sharerd_config cfg;
+    return kw_cfg_main(&kw_sharerd_config_table, &cfg, sizeof cfg, argc, argv, kw__sharerd_run_config);
+}

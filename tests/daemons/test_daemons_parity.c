@@ -1,0 +1,315 @@
+/* test_daemons_parity.c: the daemons give `kvwire c2c`'s tokens. sharerd and receiverd run as separate processes on
+ * ephemeral loopback ports; for every mode and several selection and codec policies the completion ids of a request
+ * equal those of `kvwire c2c` for the same prompt and policy (the in-memory join of the same two halves), the blob
+ * bytes equal the KVWire length kvwire measured, and the bytes the receiver read from the sharer's socket equal the
+ * blobs plus exactly the framing docs/PROTOCOL.md specifies (5 bytes per WIRE frame, one frame per KVWire section plus
+ * the header and trailer of each blob, and the ShareHeader and ShareEnd frames). Both daemons must then exit cleanly
+ * on SIGTERM (no leak under the sanitizer build). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kwd_harness.h"
+
+static kwd_proc sharer, receiver;
+
+static int setup(void **state) {
+    (void)state;
+    kwd_start_sharer(0, NULL, &sharer);
+    kwd_start_receiver(sharer.port, NULL, &receiver);
+    if (!kwd_wait_healthy(receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    kwd_stop(&receiver);
+    kwd_stop(&sharer);
+    return 0;
+}
+
+typedef struct parity_case {
+    const char *name;
+    bool chat;
+    const char *request; /* the JSON body */
+    const char *cli;     /* kvwire c2c arguments after the models and the prompt */
+    bool sends_kv;
+    bool cli_wire; /* the CLI ran KVWire (its wire_bytes are comparable) */
+} parity_case;
+
+#define PROMPT "Which planet is known as the red planet? Answer in one word."
+
+/* Runs the request through the daemons and the CLI and compares. */
+static void check_case(const parity_case *c, uint16_t port, const char *cli_extra) {
+    kwd_response r;
+    kwd_http(port, c->chat ? "/v1/chat/completions" : "/v1/completions", c->request, &r);
+    if (r.status != 200) fail_msg("%s: HTTP %ld: %s", c->name, r.status, r.body);
+    char args[4096];
+    const char *m = kwd_models_dir();
+    const bool relay = strstr(c->cli, "text_relay") != NULL;
+    const bool c2c = !strstr(c->cli, "--mode") || strstr(c->cli, "--mode c2c");
+    snprintf(args, sizeof args, "c2c --receiver %s/tiny-qwen3 %s%s%s%s%s%s --prompt '%s' --max-new-tokens 10 %s %s", m,
+             c2c || relay ? "--sharer " : "", c2c || relay ? m : "", c2c || relay ? "/tiny-qwen2" : "",
+             c2c ? " --fuser " : "", c2c ? m : "", c2c ? "/tiny-fuser" : "", PROMPT, c->cli, cli_extra);
+    char *out = kwd_kvwire(args);
+    int32_t want[64], got[64];
+    const int n_want = kwd_parse_ids(out, "generated_ids", want, 64);
+    const int n_got = kwd_json_ids(kwd_json_get(r.json, "kvwire.completion_ids"), got, 64);
+    if (n_want < 0) fail_msg("%s: kvwire c2c printed no generated_ids:\n%s", c->name, out);
+    if (n_want != n_got || memcmp(want, got, (size_t)n_want * sizeof *want) != 0) {
+        fprintf(stderr, "%s: daemons:\n%s\nkvwire c2c:\n%s\n", c->name, r.body, out);
+        fail_msg("%s: the daemons generated other tokens than kvwire c2c", c->name);
+    }
+    assert_int_equal((int)kwd_json_num(r.json, "usage.completion_tokens"), n_want);
+    const double blob = kwd_json_num(r.json, "kvwire.bytes.blob");
+    if (c->sends_kv) {
+        assert_true(blob > 0);
+        if (c->cli_wire) {
+            const long long wire = kwd_parse_int(out, "wire_bytes");
+            if ((double)wire != blob) fail_msg("%s: blob %.0f bytes, kvwire c2c measured %lld", c->name, blob, wire);
+        }
+        /* the bytes read from the sharer's socket: the blobs and exactly the protocol's framing */
+        const double socket_in = kwd_json_num(r.json, "kvwire.bytes.socket_in");
+        const double wire_frames = kwd_json_num(r.json, "kvwire.bytes.frames_in.wire");
+        const double control = kwd_json_num(r.json, "kvwire.bytes.frames_in.control_bytes");
+        const double sections = kwd_json_num(r.json, "kvwire.codec.sections");
+        const double blobs = kwd_json_num(r.json, "kvwire.codec.blobs");
+        assert_true(blobs >= 1);
+        if (wire_frames != sections + 2 * blobs)
+            fail_msg("%s: %.0f WIRE frames for %.0f sections in %.0f blobs", c->name, wire_frames, sections, blobs);
+        if (socket_in != blob + 5 * wire_frames + control)
+            fail_msg("%s: %.0f socket bytes in, the blob (%.0f) and its framing make %.0f", c->name, socket_in, blob,
+                     blob + 5 * wire_frames + control);
+        assert_true(control > 10 && control < 400); /* one ShareHeader and one ShareEnd */
+        assert_true(kwd_json_num(r.json, "kvwire.bytes.socket_out") > 5);
+        /* the byte breakdown adds up to the blob */
+        const double parts = kwd_json_num(r.json, "kvwire.codec.breakdown.header") +
+                             kwd_json_num(r.json, "kvwire.codec.breakdown.indices") +
+                             kwd_json_num(r.json, "kvwire.codec.breakdown.scales") +
+                             kwd_json_num(r.json, "kvwire.codec.breakdown.payload") +
+                             kwd_json_num(r.json, "kvwire.codec.breakdown.checksums");
+        assert_true(parts == blob + kwd_json_num(r.json, "kvwire.codec.breakdown.compression_saved"));
+        const long long sent = kwd_parse_int(out, "tokens_sent");
+        assert_true(sent == (long long)kwd_json_num(r.json, "kvwire.selection.tokens_sent"));
+    } else {
+        assert_true(blob == 0);
+    }
+    if (relay) {
+        const long long bytes = kwd_parse_int(out, "relay_bytes");
+        assert_true(bytes == (long long)kwd_json_num(r.json, "kvwire.relay.bytes"));
+        assert_true(kwd_json_num(r.json, "kvwire.bytes.text") == bytes);
+    }
+    free(out);
+    kwd_response_free(&r);
+}
+
+#define CHAT_BODY(kv)                                                                                                  \
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT "\"}],\"max_tokens\":10,\"kvwire\":" kv "}"
+
+static const parity_case cases[] = {
+    {"c2c bf16", true, CHAT_BODY("{}"), "--wire bf16", true, true},
+    {"c2c int4 per head", true, CHAT_BODY("{\"policy\":{\"codec\":\"int4\",\"granularity\":\"head\"}}"),
+     "--wire int4 --wire-gran head", true, true},
+    {"c2c int8 f16 scales zstd", true, CHAT_BODY("{\"policy\":{\"codec\":\"int8\",\"scale\":\"f16\",\"zstd\":3}}"),
+     "--wire int8 --wire-scale f16 --wire-zstd 3", true, true},
+    {"c2c knorm_topk nf4 group8", true,
+     CHAT_BODY("{\"policy\":{\"selection\":\"knorm_topk\",\"proportion\":0.5,\"codec\":\"nf4\",\"granularity\":"
+               "\"group8\"}}"),
+     "--select knorm_topk --select-proportion 0.5 --wire nf4 --wire-gran group8", true, true},
+    {"c2c random e4m3", true,
+     CHAT_BODY("{\"policy\":{\"selection\":\"random\",\"proportion\":0.3,\"seed\":7,\"min_tokens\":2,\"codec\":"
+               "\"e4m3\"}}"),
+     "--select random --select-proportion 0.3 --seed 7 --min-tokens 2 --wire e4m3", true, true},
+    {"c2c back half, front selection", true,
+     CHAT_BODY("{\"policy\":{\"cache_proportion\":0.5,\"order\":\"back\",\"selection\":\"front\",\"proportion\":0.5,"
+               "\"codec\":\"int8\"}}"),
+     "--proportion 0.5 --order back --select front --select-proportion 0.5 --wire int8", true, true},
+    {"kv_direct bf16", true, CHAT_BODY("{\"mode\":\"kv_direct\"}"), "--mode kv_direct --wire bf16", true, true},
+    {"kv_direct int4 vnorm_topk", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
+               "\"int4\"}}"),
+     "--mode kv_direct --select vnorm_topk --select-proportion 0.5 --wire int4", true, true},
+    {"kv_direct front half int6", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"cache_proportion\":0.5,\"codec\":\"int6\"}}"),
+     "--mode kv_direct --proportion 0.5 --wire int6", true, true},
+    {"receiver_only", true, CHAT_BODY("{\"mode\":\"receiver_only\"}"), "--mode receiver_only", false, false},
+    {"text_relay capped", true, CHAT_BODY("{\"mode\":\"text_relay\",\"relay\":{\"max_tokens\":12,\"max_bytes\":30}}"),
+     "--mode text_relay --relay-max-tokens 12 --relay-bytes 30", false, false},
+    {"completions raw c2c int4", false,
+     "{\"prompt\":\"" PROMPT "\",\"max_tokens\":10,\"kvwire\":{\"policy\":{\"codec\":\"int4\"}}}", "--raw --wire int4",
+     true, true},
+};
+
+static void test_parity(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i)
+        check_case(&cases[i], receiver.port, "");
+}
+
+/* fp32 numerics (kvwire c2c --fp32) on a second receiverd of the same sharer. */
+static void test_parity_fp32(void **state) {
+    (void)state;
+    const char *extra[] = {"--numerics.mode=fp32", NULL};
+    kwd_proc r2;
+    kwd_start_receiver(sharer.port, extra, &r2);
+    assert_true(kwd_wait_healthy(r2.port, kwd_ms(30000)));
+    check_case(&cases[1], r2.port, "--fp32");
+    check_case(&cases[6], r2.port, "--fp32");
+    kwd_stop(&r2);
+}
+
+/* A layer subset sends those layers only (kvwire c2c has no such option: the counts are checked). */
+static void test_layers(void **state) {
+    (void)state;
+    kwd_response r;
+    kwd_http(receiver.port, "/v1/chat/completions", CHAT_BODY("{\"policy\":{\"layers\":[1],\"codec\":\"int8\"}}"), &r);
+    assert_int_equal(r.status, 200);
+    assert_true(kwd_json_num(r.json, "kvwire.codec.sections") == 1);
+    assert_true(kwd_json_num(r.json, "kvwire.selection.layers_sent") == 1);
+    assert_true(kwd_json_num(r.json, "kvwire.fusion.layers_fused") >= 1);
+    kwd_response_free(&r);
+}
+
+/* max_tokens 0 with echo: the prompt comes back, nothing is generated. */
+static void test_echo_only(void **state) {
+    (void)state;
+    kwd_response r;
+    kwd_http(receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":0,\"echo\":true}", &r);
+    assert_int_equal(r.status, 200);
+    const cJSON *text = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(r.json, "choices"), 0), "text");
+    assert_true(cJSON_IsString(text));
+    assert_string_equal(text->valuestring, PROMPT);
+    assert_true(kwd_json_num(r.json, "usage.completion_tokens") == 0);
+    kwd_response_free(&r);
+}
+
+/* Streaming gives the same text, as events, with the kvwire block in the last one. */
+static void test_stream(void **state) {
+    (void)state;
+    kwd_response plain, sse;
+    kwd_http(receiver.port, "/v1/chat/completions", CHAT_BODY("{\"policy\":{\"codec\":\"int4\"}}"), &plain);
+    assert_int_equal(plain.status, 200);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT
+                       "\"}],\"max_tokens\":10,\"stream\":true,\"kvwire\":{\"policy\":{\"codec\":\"int4\"}}}";
+    kwd_http(receiver.port, "/v1/chat/completions", body, &sse);
+    assert_int_equal(sse.status, 200);
+    char text[4096] = "";
+    bool done = false, had_kvwire = false;
+    for (char *line = strtok(sse.body, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: ", 6) != 0) continue;
+        if (strcmp(line + 6, "[DONE]") == 0) {
+            done = true;
+            continue;
+        }
+        cJSON *ev = cJSON_Parse(line + 6);
+        assert_non_null(ev);
+        const cJSON *delta = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0), "delta.content");
+        if (cJSON_IsString(delta)) strncat(text, delta->valuestring, sizeof text - strlen(text) - 1);
+        if (cJSON_GetObjectItem(ev, "kvwire")) had_kvwire = true;
+        cJSON_Delete(ev);
+    }
+    assert_true(done && had_kvwire);
+    const cJSON *want =
+        kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(plain.json, "choices"), 0), "message.content");
+    assert_string_equal(text, want->valuestring);
+    kwd_response_free(&plain);
+    kwd_response_free(&sse);
+}
+
+/* logprobs and teacher forcing agree: forcing the greedy tokens agrees at every position, scores them with the
+ * logprobs the free run reported, and gives the same ids. */
+static void test_logprobs_and_forcing(void **state) {
+    (void)state;
+    kwd_response free_run, forced;
+    kwd_http(receiver.port, "/v1/completions",
+             "{\"prompt\":\"" PROMPT "\",\"max_tokens\":6,\"logprobs\":3,\"kvwire\":{\"policy\":{\"codec\":"
+             "\"int8\"}}}",
+             &free_run);
+    assert_int_equal(free_run.status, 200);
+    int32_t ids[16];
+    const int n = kwd_json_ids(kwd_json_get(free_run.json, "kvwire.completion_ids"), ids, 16);
+    assert_true(n >= 1 && n <= 6);
+    const cJSON *lp = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(free_run.json, "choices"), 0), "logprobs");
+    const cJSON *token_lp = cJSON_GetObjectItem(lp, "token_logprobs"), *tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    assert_int_equal(cJSON_GetArraySize(token_lp), n);
+    assert_int_equal(cJSON_GetArraySize(tops), n);
+    double chosen[16];
+    for (int i = 0; i < n; ++i) {
+        chosen[i] = cJSON_GetArrayItem(token_lp, i)->valuedouble;
+        assert_true(chosen[i] <= 0);
+        const cJSON *top = cJSON_GetArrayItem(tops, i), *alt;
+        assert_true(cJSON_GetArraySize(top) >= 1 && cJSON_GetArraySize(top) <= 3);
+        cJSON_ArrayForEach(alt, top) assert_true(alt->valuedouble <= chosen[i]); /* greedy: the chosen is the top */
+    }
+    char body[2048], force[512] = "", score[512] = "";
+    for (int i = 0; i < n; ++i) {
+        char one[64];
+        snprintf(one, sizeof one, "%s%d", i ? "," : "", (int)ids[i]);
+        strcat(force, one);
+        snprintf(one, sizeof one, "%s[%d,%d]", i ? "," : "", (int)ids[i], 0);
+        strcat(score, one);
+    }
+    snprintf(body, sizeof body,
+             "{\"prompt\":\"" PROMPT "\",\"kvwire\":{\"policy\":{\"codec\":\"int8\"},\"force_tokens\":[%s],"
+             "\"score_ids\":[%s]}}",
+             force, score);
+    kwd_http(receiver.port, "/v1/completions", body, &forced);
+    assert_int_equal(forced.status, 200);
+    int32_t again[16];
+    assert_int_equal(kwd_json_ids(kwd_json_get(forced.json, "kvwire.completion_ids"), again, 16), n);
+    assert_memory_equal(again, ids, (size_t)n * sizeof *ids);
+    assert_true(kwd_json_num(forced.json, "kvwire.teacher_forcing.positions") == n);
+    assert_true(kwd_json_num(forced.json, "kvwire.teacher_forcing.top1_agree") == n);
+    const cJSON *scored = kwd_json_get(forced.json, "kvwire.scored_logprobs");
+    assert_int_equal(cJSON_GetArraySize(scored), n);
+    for (int i = 0; i < n; ++i) {
+        const double s0 = cJSON_GetArrayItem(cJSON_GetArrayItem(scored, i), 0)->valuedouble;
+        if (fabs(s0 - chosen[i]) > 1e-9) fail_msg("position %d: forced %.12g, free run %.12g", i, s0, chosen[i]);
+    }
+    kwd_response_free(&free_run);
+    kwd_response_free(&forced);
+}
+
+/* A small inbox makes receiverd stop reading the sharer's socket while its compute thread is behind (and resume):
+ * the tokens do not change. A long prompt makes a blob of several inboxes. */
+static void test_small_inbox(void **state) {
+    (void)state;
+    char body[16384] = "{\"messages\":[{\"role\":\"user\",\"content\":\"";
+    for (int i = 0; i < 100; ++i)
+        strcat(body, "The quick brown fox jumps over the lazy dog again and again. ");
+    strcat(body, "\"}],\"max_tokens\":4,\"kvwire\":{\"policy\":{\"codec\":\"f16\"}}}");
+    const char *extra[] = {"--sharer.inbox_bytes=65536", NULL};
+    kwd_proc small;
+    kwd_start_receiver(sharer.port, extra, &small);
+    assert_true(kwd_wait_healthy(small.port, kwd_ms(30000)));
+    kwd_response a, b;
+    kwd_http(receiver.port, "/v1/chat/completions", body, &a);
+    kwd_http(small.port, "/v1/chat/completions", body, &b);
+    assert_int_equal(a.status, 200);
+    assert_int_equal(b.status, 200);
+    assert_true(kwd_json_num(b.json, "kvwire.bytes.blob") > 4 * 65536);
+    int32_t x[8], y[8];
+    const int nx = kwd_json_ids(kwd_json_get(a.json, "kvwire.completion_ids"), x, 8);
+    assert_int_equal(kwd_json_ids(kwd_json_get(b.json, "kvwire.completion_ids"), y, 8), nx);
+    assert_memory_equal(x, y, (size_t)nx * sizeof *x);
+    kwd_response_free(&a);
+    kwd_response_free(&b);
+    kwd_stop(&small);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parity),      cmocka_unit_test(test_parity_fp32),
+        cmocka_unit_test(test_layers),      cmocka_unit_test(test_echo_only),
+        cmocka_unit_test(test_stream),      cmocka_unit_test(test_logprobs_and_forcing),
+        cmocka_unit_test(test_small_inbox),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
