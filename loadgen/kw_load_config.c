@@ -289,14 +289,15 @@ int kw_load_config_apply_json(kw_load_config *c, const cJSON *obj, const char *w
     KW_RETURN_IF(!cJSON_IsObject(obj), KW_E_PARSE, "%s: run options must be a mapping", what);
     for (const cJSON *m = obj->child; m; m = m->next) {
         const int rc = kw_load_config_set_json(c, m->string, m);
-        if (rc < 0) return kw_error_set(rc, "%s: %s", what, kw_error_detail());
+        /* In a file, an unknown key is a malformed file. */
+        if (rc < 0) return kw_error_set(rc == KW_E_NOT_FOUND ? KW_E_PARSE : rc, "%s: %s", what, kw_error_detail());
     }
     return 0;
 }
 
 int kw_load_config_validate(const kw_load_config *c) {
     enum kw_load_dataset_kind kind;
-    KW_RETURN_IF(!c->url || !*c->url, KW_E_INVALID_ARG, "no url given");
+    KW_RETURN_IF(c->url && !*c->url, KW_E_INVALID_ARG, "an empty url");
     KW_RETURN_IF(!c->dataset_path || !*c->dataset_path, KW_E_INVALID_ARG, "no dataset_path given");
     KW_RETURN_IF(kw_load_dataset_parse_name(c->dataset_name ? c->dataset_name : "prompts", &kind) < 0, KW_E_INVALID_ARG,
                  "%s", kw_error_detail());
@@ -363,4 +364,8 @@ void kw_load_config_help(FILE *out) {
                                                         : "TEXT";
         fprintf(out, "  --%s %s\n      %s\n", flag, arg, o->help);
     }
+}
+
+const char *kw_load_config_url(const kw_load_config *c) {
+    return c->url ? c->url : "http://127.0.0.1:8080";
 }

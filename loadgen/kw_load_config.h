@@ -74,7 +74,7 @@ int kw_load_config_is_flag(const char *key);
 /* Sets one option from a JSON value (sweep files). @return as kw_load_config_set. */
 int kw_load_config_set_json(kw_load_config *c, const char *key, const cJSON *value);
 
-/* Every member of obj through kw_load_config_set_json. */
+/* Every member of obj through kw_load_config_set_json; an unknown key is KW_E_PARSE here (a malformed file). */
 int kw_load_config_apply_json(kw_load_config *c, const cJSON *obj, const char *what);
 
 /* Checks the combination (a dataset path, a positive rate, max_concurrency 0 only in open loop, ...).
@@ -87,6 +87,9 @@ int kw_load_config_validate(const kw_load_config *c);
  * point ran against is recorded in its run.json either way). @return the object (caller owns) or NULL when out of
  * memory. */
 cJSON *kw_load_config_to_json(const kw_load_config *c, int identity_only);
+
+/* The base URL to use: c->url, or http://127.0.0.1:8080 when none was given. */
+const char *kw_load_config_url(const kw_load_config *c);
 
 /* The option table as help text ("  --name VALUE   what (default)"). */
 void kw_load_config_help(FILE *out);

@@ -75,9 +75,9 @@ typedef struct kw_load_dataset {
 } kw_load_dataset;
 
 /* Reads a JSONL file of the given kind. Blank lines are ignored. Every line must be one JSON object (a JSON string is
- * also accepted for prompts). @return 0; KW_E_IO, KW_E_LIMIT (file too large), KW_E_PARSE (a line that is not JSON,
- * a field of the wrong type, a duplicate id: the detail names the line), KW_E_NOMEM. *out is untouched on failure and
- * owned by the caller on success (kw_load_dataset_free). */
+ * also accepted for prompts). @return 0; KW_E_NOT_FOUND (no such file), KW_E_IO, KW_E_LIMIT (file too large),
+ * KW_E_PARSE (a line that is not JSON, a field of the wrong type, a duplicate id: the detail names the line),
+ * KW_E_NOMEM. *out is untouched on failure and owned by the caller on success (kw_load_dataset_free). */
 int kw_load_dataset_read(const char *path, enum kw_load_dataset_kind kind, const kw_load_dataset_options *opt,
                          kw_load_dataset *out);
 

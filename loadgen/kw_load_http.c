@@ -4,6 +4,8 @@
  */
 #include "loadgen/kw_load_http.h"
 
+#include "loadgen/kw_load_sse.h"
+
 #include "common/kw_buf.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
@@ -18,10 +20,10 @@ typedef struct kw_load_xfer {
     kw_load_http *h;
     CURL *easy; /* owned, reused */
     void *tag;
-    char *req_body; /* owned while in flight */
-    kw_buf body;    /* a plain body, or the stream bytes not yet split into lines */
-    kw_buf event;   /* the data of the event being read */
-    int type_checked, event_stream, too_large, has_data;
+    char *req_body;  /* owned while in flight */
+    kw_buf body;     /* a plain body */
+    kw_load_sse sse; /* an event-stream body */
+    int type_checked, event_stream, too_large;
     uint64_t t_send_ns;
     char errbuf[CURL_ERROR_SIZE];
     struct kw_load_xfer *next;                      /* free list */
@@ -49,48 +51,11 @@ static void kw_load_curl_init(void) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Server-sent events
+// Bodies and events
 
-/* Splits the complete lines of x->body into events (WHATWG rules for the "data" field: one optional space after the
- * colon is dropped; other fields and comments are ignored; an empty line dispatches). */
-static void kw_load_sse_feed(kw_load_xfer *x) {
-    kw_load_http *h = x->h;
-    size_t start = 0;
-    for (;;) {
-        const char *base = x->body.data + start;
-        const size_t avail = x->body.len - start;
-        const char *nl = memchr(base, '\n', avail);
-        if (!nl) break;
-        size_t line_len = (size_t)(nl - base);
-        if (line_len > 0 && base[line_len - 1] == '\r') --line_len;
-        start += (size_t)(nl - base) + 1;
-        if (line_len == 0) {
-            if (x->has_data) {
-                /* Drop the '\n' after the last data line. */
-                if (x->event.len > 0) x->event.data[--x->event.len] = '\0';
-                if (h->on_event)
-                    h->on_event(x->tag, x->event.data ? x->event.data : "", x->event.len, kw_time_now_ns(), h->user);
-            }
-            x->event.len = 0;
-            if (x->event.data) x->event.data[0] = '\0';
-            x->has_data = 0;
-            continue;
-        }
-        if (line_len >= 5 && memcmp(base, "data:", 5) == 0) {
-            const char *v = base + 5;
-            size_t vlen = line_len - 5;
-            if (vlen > 0 && v[0] == ' ') ++v, --vlen;
-            kw_buf_append(&x->event, v, vlen);
-            kw_buf_append(&x->event, "\n", 1);
-            x->has_data = 1;
-            if (x->event.len > h->opt.max_body_bytes) x->too_large = 1;
-        }
-    }
-    if (start > 0) {
-        memmove(x->body.data, x->body.data + start, x->body.len - start);
-        x->body.len -= start;
-        x->body.data[x->body.len] = '\0';
-    }
+static void kw_load_on_sse(const char *data, size_t len, void *user) {
+    kw_load_xfer *x = user;
+    if (x->h->on_event) x->h->on_event(x->tag, data, len, kw_time_now_ns(), x->h->user);
 }
 
 static size_t kw_load_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
@@ -103,16 +68,16 @@ static size_t kw_load_write_cb(char *ptr, size_t size, size_t nmemb, void *userd
             strncmp(ct, "text/event-stream", 17) == 0)
             x->event_stream = 1;
     }
+    if (x->event_stream) {
+        const int rc = kw_load_sse_feed(&x->sse, ptr, n, kw_load_on_sse, x);
+        if (rc == KW_E_LIMIT) x->too_large = 1;
+        return rc < 0 ? 0 : n; /* 0: CURLE_WRITE_ERROR ends the exchange */
+    }
     if (x->body.len + n > x->h->opt.max_body_bytes) {
         x->too_large = 1;
-        return 0; /* CURLE_WRITE_ERROR ends the exchange */
+        return 0;
     }
-    if (kw_buf_append(&x->body, ptr, n) < 0) return 0;
-    if (x->event_stream) {
-        kw_load_sse_feed(x);
-        if (x->too_large) return 0;
-    }
-    return n;
+    return kw_buf_append(&x->body, ptr, n) < 0 ? 0 : n;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +127,7 @@ static void kw_load_xfer_destroy(kw_load_xfer *x) {
     if (x->easy) curl_easy_cleanup(x->easy);
     free(x->req_body);
     kw_buf_free(&x->body);
-    kw_buf_free(&x->event);
+    kw_load_sse_free(&x->sse);
     free(x);
 }
 
@@ -193,8 +158,10 @@ static int kw_load_xfer_get(kw_load_http *h, const char *path, void *tag, kw_loa
     x->next = NULL;
     x->tag = tag;
     x->body.len = 0;
-    x->event.len = 0;
-    x->type_checked = x->event_stream = x->too_large = x->has_data = 0;
+    if (x->body.data) x->body.data[0] = '\0';
+    kw_load_sse_reset(&x->sse);
+    x->sse.max_bytes = h->opt.max_body_bytes;
+    x->type_checked = x->event_stream = x->too_large = 0;
     x->errbuf[0] = '\0';
     kw_buf url = KW_BUF_INIT;
     kw_buf_append_str(&url, h->base_url);
@@ -266,6 +233,10 @@ static void kw_load_xfer_finish(kw_load_http *h, kw_load_xfer *x, CURLcode code)
     r.event_stream = x->event_stream;
     r.body = x->body.data ? x->body.data : "";
     r.body_len = x->body.len;
+    if (x->event_stream) {
+        r.body = x->sse.line.data ? x->sse.line.data : ""; /* an unterminated last line */
+        r.body_len = x->sse.line.len;
+    }
     curl_multi_remove_handle(h->multi, x->easy);
     if (x->prev_active)
         x->prev_active->next_active = x->next_active;

@@ -792,9 +792,9 @@ int kw_load_run(const kw_load_config *c, const kw_load_run_info *info, FILE *con
     }
 
     /* The server, before anything is sent. */
-    rc = kw_load_probe(c->url, "/health", &health);
-    KW_CHECK_IF(rc < 0, KW_E_IO, "cannot reach receiverd at %s: %s", c->url, kw_error_detail());
-    KW_CHECK(kw_load_probe(c->url, "/v1/models", &models));
+    rc = kw_load_probe(kw_load_config_url(c), "/health", &health);
+    KW_CHECK_IF(rc < 0, KW_E_IO, "cannot reach receiverd at %s: %s", kw_load_config_url(c), kw_error_detail());
+    KW_CHECK(kw_load_probe(kw_load_config_url(c), "/v1/models", &models));
     server = cJSON_CreateObject();
     KW_CHECK_IF(!server, KW_E_NOMEM, "out of memory");
     cJSON_AddItemToObject(server, "health", health);
@@ -803,7 +803,7 @@ int kw_load_run(const kw_load_config *c, const kw_load_run_info *info, FILE *con
     models = NULL;
     const cJSON *hs = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(server, "health"), "status");
     if (console && cJSON_IsNumber(hs) && hs->valuedouble != 200)
-        fprintf(console, "kvload: warning: %s/health answered %.0f (the server is degraded)\n", c->url,
+        fprintf(console, "kvload: warning: %s/health answered %.0f (the server is degraded)\n", kw_load_config_url(c),
                 hs->valuedouble);
 
     KW_CHECK(kw_load_mkdirs(c->out));
@@ -821,7 +821,7 @@ int kw_load_run(const kw_load_config *c, const kw_load_run_info *info, FILE *con
         free(old);
     }
 
-    kw_load_http_options hopt = {.base_url = c->url,
+    kw_load_http_options hopt = {.base_url = kw_load_config_url(c),
                                  .timeout_ms = (uint32_t)c->timeout_ms,
                                  .max_connections = (size_t)(c->max_concurrency > 0 ? c->max_concurrency : 256) + 4};
     KW_CHECK(kw_load_http_create(&hopt, kw_load_on_event, kw_load_on_done, &r, &r.http));
