@@ -11,6 +11,7 @@
 #include "net/kw_http.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -965,4 +966,79 @@ void kw_load_stub_free(kw_load_stub *s) {
     if (!s) return;
     kw_http_server_free(s->http);
     free(s);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// On a thread
+
+struct kw_load_stub_thread {
+    uv_loop_t loop;
+    uv_async_t stop;
+    kw_load_stub *stub;
+    pthread_t thread;
+};
+
+static void *kw_stub_thread_main(void *arg) {
+    kw_load_stub_thread *t = arg;
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void kw_stub_thread_closed(uv_handle_t *h) {
+    (void)h;
+}
+
+static void kw_stub_thread_done(void *user) {
+    kw_load_stub_thread *t = user;
+    uv_close((uv_handle_t *)&t->stop, kw_stub_thread_closed);
+}
+
+static void kw_stub_thread_stop_cb(uv_async_t *a) {
+    kw_load_stub_thread *t = a->data;
+    kw_load_stub_shutdown(t->stub, kw_stub_thread_done, t);
+}
+
+int kw_load_stub_spawn(const kw_load_stub_config *cfg, kw_load_stub_thread **out) {
+    kw_load_stub_thread *t = calloc(1, sizeof(*t));
+    KW_RETURN_IF(!t, KW_E_NOMEM, "out of memory");
+    int rc = uv_loop_init(&t->loop);
+    if (rc != 0) {
+        free(t);
+        KW_FAIL(KW_E_INTERNAL, "uv_loop_init: %s", uv_strerror(rc));
+    }
+    rc = kw_load_stub_start(&t->loop, cfg, &t->stub);
+    if (rc == 0 && uv_async_init(&t->loop, &t->stop, kw_stub_thread_stop_cb) != 0)
+        rc = kw_error_set(KW_E_INTERNAL, "uv_async_init failed");
+    if (rc == 0) {
+        t->stop.data = t;
+        if (pthread_create(&t->thread, NULL, kw_stub_thread_main, t) != 0) {
+            uv_close((uv_handle_t *)&t->stop, NULL);
+            rc = kw_error_set(KW_E_INTERNAL, "pthread_create failed");
+        }
+    }
+    if (rc < 0) {
+        if (t->stub) {
+            kw_load_stub_shutdown(t->stub, NULL, NULL);
+            uv_run(&t->loop, UV_RUN_DEFAULT);
+            kw_load_stub_free(t->stub);
+        }
+        uv_loop_close(&t->loop);
+        free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+uint16_t kw_load_stub_thread_port(const kw_load_stub_thread *t) {
+    return kw_load_stub_port(t->stub);
+}
+
+void kw_load_stub_thread_stop(kw_load_stub_thread *t) {
+    if (!t) return;
+    uv_async_send(&t->stop);
+    pthread_join(t->thread, NULL);
+    kw_load_stub_free(t->stub);
+    uv_loop_close(&t->loop);
+    free(t);
 }

@@ -50,4 +50,16 @@ void kw_load_stub_shutdown(kw_load_stub *s, void (*done)(void *user), void *user
 /* Frees a stub whose shutdown is done; NULL is a no-op. */
 void kw_load_stub_free(kw_load_stub *s);
 
+/* A stub on a thread of its own (its own libuv loop), for in-process tests and benchmarks. */
+typedef struct kw_load_stub_thread kw_load_stub_thread;
+
+/* Starts it; the port is bound when this returns. Owned by the caller: kw_load_stub_thread_stop.
+ * @return 0, or as kw_load_stub_start, or KW_E_INTERNAL (no thread). */
+int kw_load_stub_spawn(const kw_load_stub_config *cfg, kw_load_stub_thread **out);
+
+uint16_t kw_load_stub_thread_port(const kw_load_stub_thread *t);
+
+/* Shuts the stub down gracefully, joins the thread and frees everything. NULL is a no-op. */
+void kw_load_stub_thread_stop(kw_load_stub_thread *t);
+
 #endif /* KW_LOAD_STUB_H */

@@ -241,9 +241,15 @@ static void test_answers(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_openbookqa), cmocka_unit_test(test_arc),   cmocka_unit_test(test_mmlu_redux_sample),
-        cmocka_unit_test(test_mmlu_redux_edges), cmocka_unit_test(test_ceval), cmocka_unit_test(test_gsm8k),
-        cmocka_unit_test(test_prompts),    cmocka_unit_test(test_bad_files), cmocka_unit_test(test_answers),
+        cmocka_unit_test(test_openbookqa),
+        cmocka_unit_test(test_arc),
+        cmocka_unit_test(test_mmlu_redux_sample),
+        cmocka_unit_test(test_mmlu_redux_edges),
+        cmocka_unit_test(test_ceval),
+        cmocka_unit_test(test_gsm8k),
+        cmocka_unit_test(test_prompts),
+        cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,7 +18,7 @@
 #include "loadgen/kw_load_rng.h"
 #include "loadgen/kw_load_run.h"
 #include "loadgen/kw_load_sweep.h"
-#include "stub_thread.h"
+#include "loadgen/kw_load_stub.h"
 #include "tests/kw_test_util.h"
 
 #include <math.h>
@@ -28,6 +28,26 @@
 #include <sys/stat.h>
 
 #define SAMPLES KW_SOURCE_DIR "/loadgen/samples"
+
+/* A stub on its own thread and its URL. */
+typedef struct stub_thread {
+    kw_load_stub_thread *t;
+    char url[64];
+} stub_thread;
+
+static void stub_thread_start(stub_thread *s, const kw_load_stub_config *cfg) {
+    kw_load_stub_config def;
+    if (!cfg) {
+        kw_load_stub_config_default(&def);
+        cfg = &def;
+    }
+    assert_int_equal(kw_load_stub_spawn(cfg, &s->t), 0);
+    snprintf(s->url, sizeof(s->url), "http://127.0.0.1:%u", (unsigned)kw_load_stub_thread_port(s->t));
+}
+
+static void stub_thread_stop(stub_thread *s) {
+    kw_load_stub_thread_stop(s->t);
+}
 
 typedef struct fixture {
     stub_thread stub;
@@ -185,11 +205,11 @@ static void test_reference_and_judged(void **state) {
     cJSON_Delete(run);
     cJSON *s = load_json(ref, "summary.json");
     assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(s, "quality")));
-    assert_string_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(
-                                                             cJSON_GetObjectItemCaseSensitive(s, "models"), "receiver"),
-                                                         "name")
-                            ->valuestring,
-                        "stub-receiver");
+    assert_string_equal(
+        cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(s, "models"), "receiver"), "name")
+            ->valuestring,
+        "stub-receiver");
     cJSON_Delete(s);
     kw_load_config_free(&c);
 
@@ -270,7 +290,7 @@ static void test_open_loop_schedule(void **state) {
     char dir[128];
     snprintf(dir, sizeof(dir), "%s/open", f->dir);
     tally t = tally_records(dir, want);
-    assert_int_equal(t.n, 40);   /* 8 prompts, cycled */
+    assert_int_equal(t.n, 40);        /* 8 prompts, cycled */
     assert_int_equal(t.with_ttft, 0); /* not streamed: no TTFT */
     check_summary(dir, &t);
     cJSON *s = load_json(dir, "summary.json");

@@ -100,8 +100,9 @@ static void test_refset(void **state) {
     kw_load_refset_free(&s);
     kw_load_refset_free(NULL);
     /* A malformed record is refused with its line. */
-    write_file(dir, "records.jsonl", "{\"item_id\": \"a\", \"success\": true, \"output\": \"x\", \"output_ids\": "
-                                     "[1], \"top_logprobs\": [[[1]]]}\n");
+    write_file(dir, "records.jsonl",
+               "{\"item_id\": \"a\", \"success\": true, \"output\": \"x\", \"output_ids\": "
+               "[1], \"top_logprobs\": [[[1]]]}\n");
     assert_int_equal(kw_load_refset_read(dir, &s), KW_E_PARSE);
     assert_non_null(strstr(kw_error_detail(), "line 1"));
     kw_test_remove_tree(dir);

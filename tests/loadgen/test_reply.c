@@ -105,7 +105,8 @@ static void test_completions_body(void **state) {
     assert_int_equal(r.tokens.top_ids[1], 6);
     kw_load_reply_free(&r);
     /* Tokens as text: no ids. */
-    const char *body2 = "{\"choices\":[{\"text\":\"x\",\"finish_reason\":\"length\",\"logprobs\":{\"tokens\":[\"x\"]}}]}";
+    const char *body2 =
+        "{\"choices\":[{\"text\":\"x\",\"finish_reason\":\"length\",\"logprobs\":{\"tokens\":[\"x\"]}}]}";
     kw_load_reply_init(&r, KW_LOAD_API_COMPLETIONS);
     assert_int_equal(kw_load_reply_body(&r, body2, strlen(body2)), 0);
     assert_false(r.malformed);
@@ -158,12 +159,18 @@ static void test_errors_and_garbage(void **state) {
     assert_int_equal(kw_load_reply_event(&r, err, strlen(err), 1), 0);
     assert_non_null(r.error);
     kw_load_reply_free(&r);
-    const char *bad[] = {"", "nope", "[]", "{}", "{\"choices\":[]}", "{\"choices\":[1]}",
+    const char *bad[] = {"",
+                         "nope",
+                         "[]",
+                         "{}",
+                         "{\"choices\":[]}",
+                         "{\"choices\":[1]}",
                          "{\"choices\":[{\"text\":5,\"finish_reason\":\"stop\"}]}",
                          "{\"choices\":[{\"text\":\"a\",\"finish_reason\":3}]}",
                          "{\"choices\":[{\"text\":\"a\",\"logprobs\":{\"tokens\":[\"a\"],\"token_logprobs\":[]}}]}",
                          "{\"choices\":[{\"text\":\"a\",\"logprobs\":7}]}",
-                         "{\"choices\":[{\"text\":\"a\"}],\"kvwire\":[]}", "{\"error\":\"string\"}"};
+                         "{\"choices\":[{\"text\":\"a\"}],\"kvwire\":[]}",
+                         "{\"error\":\"string\"}"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
         kw_load_reply_init(&r, KW_LOAD_API_COMPLETIONS);
         assert_int_equal(kw_load_reply_body(&r, bad[i], strlen(bad[i])), 0);
@@ -187,8 +194,8 @@ static void test_errors_and_garbage(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sse_chunkings),    cmocka_unit_test(test_sse_caps),
-        cmocka_unit_test(test_completions_body), cmocka_unit_test(test_chat_stream),
+        cmocka_unit_test(test_sse_chunkings),      cmocka_unit_test(test_sse_caps),
+        cmocka_unit_test(test_completions_body),   cmocka_unit_test(test_chat_stream),
         cmocka_unit_test(test_errors_and_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,11 +26,11 @@ static void test_percentiles_by_hand(void **state) {
     (void)state;
     const double a[] = {15, 20, 35, 40, 50};
     assert_double_equal(kw_load_percentile_sorted(a, 5, 0), 15, 1e-12);
-    assert_double_equal(kw_load_percentile_sorted(a, 5, 25), 20, 1e-12);     /* rank 1 exactly */
-    assert_double_equal(kw_load_percentile_sorted(a, 5, 40), 29, 1e-12);     /* rank 1.6: 20 + 0.6 * 15 */
+    assert_double_equal(kw_load_percentile_sorted(a, 5, 25), 20, 1e-12); /* rank 1 exactly */
+    assert_double_equal(kw_load_percentile_sorted(a, 5, 40), 29, 1e-12); /* rank 1.6: 20 + 0.6 * 15 */
     assert_double_equal(kw_load_percentile_sorted(a, 5, 50), 35, 1e-12);
-    assert_double_equal(kw_load_percentile_sorted(a, 5, 90), 46, 1e-12);     /* rank 3.6: 40 + 0.6 * 10 */
-    assert_double_equal(kw_load_percentile_sorted(a, 5, 99), 49.6, 1e-12);   /* rank 3.96 */
+    assert_double_equal(kw_load_percentile_sorted(a, 5, 90), 46, 1e-12);   /* rank 3.6: 40 + 0.6 * 10 */
+    assert_double_equal(kw_load_percentile_sorted(a, 5, 99), 49.6, 1e-12); /* rank 3.96 */
     assert_double_equal(kw_load_percentile_sorted(a, 5, 100), 50, 1e-12);
     const double one[] = {7.5};
     assert_double_equal(kw_load_percentile_sorted(one, 1, 99), 7.5, 0);

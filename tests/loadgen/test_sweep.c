@@ -33,9 +33,10 @@ static void test_yaml_scalars(void **state) {
     cJSON *v = yaml("a: 1\nb: -2.5e1\nc: true\nd: ~\ne: yes\nf: '3'\ng: 0x1f\nh: .inf\ni: inf\nj: [1, x, null]\n"
                     "k: {x: {y: False}}\nl:\n  - p: 1\n  - q: 2\nm: \"true\"\nn: 1.\n");
     char *text = cJSON_PrintUnformatted(v);
-    assert_string_equal(text, "{\"a\":1,\"b\":-25,\"c\":true,\"d\":null,\"e\":\"yes\",\"f\":\"3\",\"g\":31,\"h\":\"inf\","
-                              "\"i\":\"inf\",\"j\":[1,\"x\",null],\"k\":{\"x\":{\"y\":false}},\"l\":[{\"p\":1},{\"q\":2}],"
-                              "\"m\":\"true\",\"n\":1}");
+    assert_string_equal(text,
+                        "{\"a\":1,\"b\":-25,\"c\":true,\"d\":null,\"e\":\"yes\",\"f\":\"3\",\"g\":31,\"h\":\"inf\","
+                        "\"i\":\"inf\",\"j\":[1,\"x\",null],\"k\":{\"x\":{\"y\":false}},\"l\":[{\"p\":1},{\"q\":2}],"
+                        "\"m\":\"true\",\"n\":1}");
     free(text);
     cJSON_Delete(v);
     v = yaml("base: &b {codec: int4}\nuse: *b\n");
@@ -149,8 +150,12 @@ static void test_expand(void **state) {
     const int rc = kw_load_sweep_expand(doc, "/tmp/sw", &ov, &plan);
     if (rc != 0) fail_msg("%s", kw_error_detail());
     assert_int_equal(plan.n, 6);
-    const char *names[] = {"full", "receiver-only", "q_codec-int8_proportion-0.25", "q_codec-int8_proportion-1",
-                           "q_codec-int4_proportion-0.25", "q_codec-int4_proportion-1"};
+    const char *names[] = {"full",
+                           "receiver-only",
+                           "q_codec-int8_proportion-0.25",
+                           "q_codec-int8_proportion-1",
+                           "q_codec-int4_proportion-0.25",
+                           "q_codec-int4_proportion-1"};
     for (size_t i = 0; i < 6; ++i)
         assert_string_equal(plan.points[i].name, names[i]);
     assert_string_equal(plan.reference, "full");
@@ -244,7 +249,7 @@ static void test_point_done(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_yaml_scalars), cmocka_unit_test(test_config),     cmocka_unit_test(test_expand),
+        cmocka_unit_test(test_yaml_scalars),   cmocka_unit_test(test_config),     cmocka_unit_test(test_expand),
         cmocka_unit_test(test_expand_refused), cmocka_unit_test(test_point_done),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
