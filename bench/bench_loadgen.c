@@ -261,8 +261,9 @@ int kw_bench_loadgen(int argc, char **argv) {
     printf("bare libcurl multi (baseline)    %24.0f  %24s  %17.1f\n", med[0], "-", med[1]);
     printf("kvload closed, whole responses   %24.0f  %24.0f  %17.1f\n", med[2], med[3], med[4]);
     printf("kvload closed, streamed (SSE)    %24.0f  %24.0f  %17.1f\n", med[5], med[6], med[7]);
-    printf("kvload open loop at %.0f req/s %*.0f  %24s  %17.1f   (send lag p99 %.2f ms)\n", rate, rate >= 1000 ? 8 : 9,
-           med[8], "-", med[9], med[10]);
+    char label[64];
+    snprintf(label, sizeof(label), "kvload open loop at %.0f req/s", rate);
+    printf("%-32s %24.0f  %24s  %17.1f   (send lag p99 %.2f ms)\n", label, med[8], "-", med[9], med[10]);
     printf("kvload whole responses reach %.0f%% of the bare libcurl rate\n", 100.0 * med[2] / med[0]);
 out:
     kw_load_stub_thread_stop(stub);

@@ -303,7 +303,7 @@ static void kw_kvload_stub_signal(int signum, void *user) {
 static int kw_kvload_stub(int argc, char **argv) {
     if (kw_kvload_help_wanted(argc, argv)) {
         printf("usage: kvload stub [--host H] [--port N] [--port-file F] [--prefill-ms X] [--token-ms X]\n"
-               "                   [--fail-every N] [--fail-status S] [--model-name NAME]\n"
+               "                   [--fail-every N] [--fail-status S] [--model-name NAME] [--refuse-token-ids 0|1]\n"
                "Serves receiverd's HTTP API with FAKE outputs, byte counts and timings (kw_load_stub.h), for kvload's\n"
                "tests, dry runs of sweep files and `kvwire bench loadgen`. --port-file gets the bound port once it\n"
                "listens. Stops on SIGINT/SIGTERM.\n");

@@ -325,14 +325,18 @@ static void kw_load_once_done(const kw_load_http_result *r, void *user) {
     }
 }
 
-int kw_load_http_get_once(const char *base_url, const char *path, uint32_t timeout_ms, long *status, char **body,
-                          size_t *body_len) {
+int kw_load_http_once(const char *base_url, const char *path, char *post_body, size_t post_len, uint32_t timeout_ms,
+                      long *status, char **body, size_t *body_len) {
     kw_load_http_options opt = {.base_url = base_url, .timeout_ms = timeout_ms, .connect_timeout_ms = timeout_ms};
     kw_load_once o;
     memset(&o, 0, sizeof(o));
     kw_load_http *h = NULL;
-    KW_FORWARD(kw_load_http_create(&opt, NULL, kw_load_once_done, &o, &h));
-    int rc = kw_load_http_get(h, path, NULL);
+    const int crc = kw_load_http_create(&opt, NULL, kw_load_once_done, &o, &h);
+    if (crc < 0) {
+        free(post_body);
+        return crc;
+    }
+    int rc = post_body ? kw_load_http_post(h, path, post_body, post_len, NULL) : kw_load_http_get(h, path, NULL);
     while (rc == 0 && !o.done)
         rc = kw_load_http_poll(h, 100);
     kw_load_http_destroy(h);
@@ -342,7 +346,7 @@ int kw_load_http_get_once(const char *base_url, const char *path, uint32_t timeo
     }
     if (o.transport_error) {
         free(o.body);
-        KW_FAIL(KW_E_IO, "GET %s%s: %s", base_url, path, o.reason);
+        KW_FAIL(KW_E_IO, "%s %s%s: %s", post_body ? "POST" : "GET", base_url, path, o.reason);
     }
     KW_RETURN_IF(!o.body, KW_E_NOMEM, "out of memory");
     *status = o.status;

@@ -66,10 +66,11 @@ size_t kw_load_http_in_flight(const kw_load_http *h);
  * not start new ones), and frees the engine. NULL is a no-op. */
 void kw_load_http_destroy(kw_load_http *h);
 
-/* One blocking GET (its own engine): *body (NUL-terminated, caller frees) and *status. For probing /health and
- * /v1/models before a run. @return 0 (any HTTP status), KW_E_NET_CONNECT-like transport failures as KW_E_IO with
- * libcurl's reason in the detail, KW_E_NOMEM. */
-int kw_load_http_get_once(const char *base_url, const char *path, uint32_t timeout_ms, long *status, char **body,
-                          size_t *body_len);
+/* One blocking exchange on an engine of its own: a GET, or a POST of post_body[0..post_len) when post_body is not
+ * NULL (malloc'ed; taken over and freed in every case). *body (NUL-terminated, caller frees) and *status get the
+ * answer. For probing a server before a run. @return 0 (whatever the HTTP status), KW_E_IO for a transport failure
+ * (libcurl's reason in the detail), KW_E_NOMEM. */
+int kw_load_http_once(const char *base_url, const char *path, char *post_body, size_t post_len, uint32_t timeout_ms,
+                      long *status, char **body, size_t *body_len);
 
 #endif /* KW_LOAD_HTTP_H */

@@ -68,6 +68,8 @@ typedef struct kw_load_runner {
     uint64_t t0_ns; /* the current phase's start */
     int rc;         /* first fatal error (a write failure) */
     int aborting;   /* the run failed: answers still arriving are dropped */
+    int token_ids;  /* the server writes logprobs tokens as "token_id:<id>" (return_tokens_as_token_ids) */
+    int probing;    /* building the capability probe's request */
     /* Per phase: */
     enum kw_load_phase phase;
     size_t done, failed;
@@ -144,20 +146,20 @@ static int kw_load_body(kw_load_runner *r, const kw_load_req *q, char **out, siz
         rc = kw_load_add(o, "prompt", cJSON_CreateString(it->prompt));
     }
     KW_CHECK_IF(rc < 0, KW_E_NOMEM, "out of memory");
-    const int64_t max_tokens = forced ? (int64_t)q->ref->tok.n : c->max_tokens;
+    const int64_t max_tokens = forced ? (int64_t)q->ref->tok.n : r->probing ? 1 : c->max_tokens;
     if (max_tokens >= 0)
         KW_CHECK_IF(kw_load_add(o, "max_tokens", cJSON_CreateNumber((double)max_tokens)), KW_E_NOMEM, "out of memory");
-    const int stream = forced ? 0 : c->stream;
+    const int stream = forced || r->probing ? 0 : c->stream;
     KW_CHECK_IF(kw_load_add(o, "stream", cJSON_CreateBool(stream)), KW_E_NOMEM, "out of memory");
-    /* Log-probabilities: top-k for a reference recording; the chosen tokens only (k = 0) when a reference is given,
-     * for token agreement; top-1 when forced (the client's check of receiverd's top-1 count). */
+    /* Log-probabilities: the top-k of a reference recording (with ids, for KL), and top-1 when forced (the client's
+     * check of receiverd's count), both only as ids; token agreement uses the response block's completion_ids. */
     int64_t k = -1;
-    if (forced)
+    if (r->probing)
         k = 1;
-    else if (c->record_logprobs > 0)
+    else if (forced && r->token_ids)
+        k = 1;
+    else if (!forced && c->record_logprobs > 0)
         k = c->record_logprobs;
-    else if (r->have_ref)
-        k = 0;
     if (k >= 0) {
         if (chat) {
             KW_CHECK_IF(kw_load_add(o, "logprobs", cJSON_CreateTrue()) ||
@@ -166,7 +168,8 @@ static int kw_load_body(kw_load_runner *r, const kw_load_req *q, char **out, siz
         } else {
             KW_CHECK_IF(kw_load_add(o, "logprobs", cJSON_CreateNumber((double)k)), KW_E_NOMEM, "out of memory");
         }
-        KW_CHECK_IF(kw_load_add(o, "return_tokens_as_token_ids", cJSON_CreateTrue()), KW_E_NOMEM, "out of memory");
+        if (r->token_ids || r->probing)
+            KW_CHECK_IF(kw_load_add(o, "return_tokens_as_token_ids", cJSON_CreateTrue()), KW_E_NOMEM, "out of memory");
     }
     if (c->kvwire || forced) {
         cJSON *kv = c->kvwire ? cJSON_Duplicate(c->kvwire, 1) : cJSON_CreateObject();
@@ -361,8 +364,12 @@ static int kw_load_record_measured(kw_load_runner *r, kw_load_req *q, const kw_l
                                                      : cJSON_CreateNull());
     if (!rc)
         rc = kw_load_add(rec, "finish_reason", kw_load_str_or_null(rep->finish_reason[0] ? rep->finish_reason : NULL));
-    if (!rc && ok && rep->has_logprobs && rep->ids_ok)
+    /* Token ids: with recorded top-k, those of logprobs (aligned with them); else the block's completion_ids. */
+    const cJSON *cids = rep->kvwire ? cJSON_GetObjectItemCaseSensitive(rep->kvwire, "completion_ids") : NULL;
+    if (!rc && ok && rep->has_logprobs && rep->ids_ok && (r->c->record_logprobs > 0 || !cJSON_IsArray(cids)))
         rc = kw_load_add_tokens(rec, &rep->tokens, r->c->record_logprobs > 0);
+    else if (!rc && ok && cJSON_IsArray(cids))
+        rc = kw_load_add(rec, "output_ids", cJSON_Duplicate(cids, 1));
     if (!rc && rep->kvwire) {
         cJSON *kv = rep->kvwire;
         rep->kvwire = NULL;
@@ -633,7 +640,7 @@ static int kw_load_probe(const char *url, const char *path, cJSON **out) {
     long status = 0;
     char *body = NULL;
     size_t len = 0;
-    KW_FORWARD(kw_load_http_get_once(url, path, 10000, &status, &body, &len));
+    KW_FORWARD(kw_load_http_once(url, path, NULL, 0, 10000, &status, &body, &len));
     cJSON *o = cJSON_CreateObject();
     cJSON *b = kw_load_parse_or_text(body, len);
     free(body);
@@ -643,6 +650,44 @@ static int kw_load_probe(const char *url, const char *path, cJSON **out) {
         KW_FAIL(KW_E_NOMEM, "out of memory");
     }
     *out = o;
+    return 0;
+}
+
+/* Whether the server writes logprobs tokens as ids (return_tokens_as_token_ids, docs/HTTP_API.md §8): one uncounted
+ * request for the first item, recorded in server.capabilities. A refusal is not an error: the run goes on without
+ * ids in logprobs (and says what that costs). */
+static int kw_load_probe_token_ids(kw_load_runner *r, cJSON *server, FILE *console) {
+    kw_load_req q;
+    memset(&q, 0, sizeof(q));
+    q.r = r;
+    q.phase = KW_LOAD_PHASE_MEASURED;
+    q.item = r->order[0];
+    q.scheduled_ms = NAN;
+    char *body = NULL, *resp = NULL;
+    size_t len = 0, rlen = 0;
+    r->probing = 1;
+    const int brc = kw_load_body(r, &q, &body, &len);
+    r->probing = 0;
+    KW_FORWARD(brc);
+    long status = 0;
+    KW_FORWARD(kw_load_http_once(kw_load_config_url(r->c), r->path, body, len, (uint32_t)r->c->timeout_ms, &status,
+                                 &resp, &rlen));
+    kw_load_reply rep;
+    kw_load_reply_init(&rep, (enum kw_load_api)r->c->endpoint);
+    int rc = status == 200 ? kw_load_reply_body(&rep, resp, rlen) : 0;
+    r->token_ids = status == 200 && rep.has_logprobs && rep.ids_ok && rep.tokens.n > 0;
+    kw_load_reply_free(&rep);
+    free(resp);
+    KW_FORWARD(rc);
+    cJSON *caps = cJSON_AddObjectToObject(server, "capabilities");
+    KW_RETURN_IF(!caps || !cJSON_AddBoolToObject(caps, "token_ids_in_logprobs", r->token_ids) ||
+                     !cJSON_AddNumberToObject(caps, "probe_status", (double)status),
+                 KW_E_NOMEM, "out of memory");
+    if (console && !r->token_ids && r->c->record_logprobs > 0)
+        fprintf(console,
+                "kvload: warning: the server does not write token ids in logprobs (return_tokens_as_token_ids; probe "
+                "answered %ld): runs judged against this one get no KL divergence\n",
+                status);
     return 0;
 }
 
@@ -806,6 +851,8 @@ int kw_load_run(const kw_load_config *c, const kw_load_run_info *info, FILE *con
         fprintf(console, "kvload: warning: %s/health answered %.0f (the server is degraded)\n", kw_load_config_url(c),
                 hs->valuedouble);
 
+    if (c->record_logprobs > 0 || (r.have_ref && c->teacher_forcing))
+        KW_CHECK(kw_load_probe_token_ids(&r, server, console));
     KW_CHECK(kw_load_mkdirs(c->out));
     phases = cJSON_CreateObject();
     KW_CHECK_IF(!phases, KW_E_NOMEM, "out of memory");

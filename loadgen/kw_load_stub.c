@@ -215,8 +215,8 @@ static void kw_stub_req_free(kw_stub_req *q) {
 }
 
 /* Validates and reads the body; on failure *status and a message in err. */
-static int kw_stub_parse(const cJSON *body, int chat, kw_stub_req *q, int *status, char *err, size_t cap,
-                         const char **code) {
+static int kw_stub_parse(const cJSON *body, int chat, int refuse_token_ids, kw_stub_req *q, int *status, char *err,
+                         size_t cap, const char **code) {
     static const char *const completion_fields[] = {"model",
                                                     "prompt",
                                                     "max_tokens",
@@ -272,6 +272,8 @@ static int kw_stub_parse(const cJSON *body, int chat, kw_stub_req *q, int *statu
     const char *bad = NULL;
     if (!kw_stub_fields_ok(body, chat ? chat_fields : completion_fields, &bad))
         KW_STUB_BAD("unknown field \"%s\"", bad);
+    if (refuse_token_ids && cJSON_GetObjectItemCaseSensitive(body, "return_tokens_as_token_ids"))
+        KW_STUB_BAD("unknown field \"return_tokens_as_token_ids\"");
     const cJSON *temp = cJSON_GetObjectItemCaseSensitive(body, "temperature");
     if (temp && (!cJSON_IsNumber(temp) || temp->valuedouble != 0)) KW_STUB_BAD("only temperature 0 is served");
     kw_buf b = KW_BUF_INIT;
@@ -579,6 +581,9 @@ static cJSON *kw_stub_block(kw_load_stub *s, const kw_stub_req *q, const kw_stub
     cJSON_AddStringToObject(b, "mode", q->mode);
     cJSON_AddStringToObject(b, "sharer", kw_stub_str(q->kvwire, "sharer", "stub"));
     cJSON_AddStringToObject(b, "sharer_model", kw_stub_str(q->kvwire, "sharer_model", "stub-sharer"));
+    cJSON *dg = cJSON_AddObjectToObject(b, "sharer_model_digest");
+    cJSON_AddStringToObject(dg, "config_sha256", "");
+    cJSON_AddStringToObject(dg, "weights_sha256", "");
     cJSON *pol = cJSON_AddObjectToObject(b, "policy");
     cJSON_AddStringToObject(pol, "selection", kw_stub_str(req_policy, "selection", "full"));
     cJSON_AddNumberToObject(pol, "proportion", prop);
@@ -640,6 +645,9 @@ static cJSON *kw_stub_block(kw_load_stub *s, const kw_stub_req *q, const kw_stub
     cJSON_AddNumberToObject(t, "first_token", s->cfg.prefill_ms + pre + 0.1);
     cJSON_AddNumberToObject(t, "decode", s->cfg.token_ms * (double)(g->n ? g->n - 1 : 0));
     cJSON_AddNumberToObject(t, "total", s->cfg.prefill_ms + pre + 0.1 + s->cfg.token_ms * (double)g->n);
+    cJSON *ids = cJSON_AddArrayToObject(b, "completion_ids");
+    for (size_t i = 0; i < g->n; ++i)
+        cJSON_AddItemToArray(ids, cJSON_CreateNumber(g->tokens[i]));
     if (q->force) {
         cJSON *tf = cJSON_AddObjectToObject(b, "teacher_forcing");
         cJSON_AddNumberToObject(tf, "positions", (double)g->positions);
@@ -832,7 +840,7 @@ static void kw_stub_generation(kw_load_stub *s, kw_http_request *req, int chat) 
     int status = 0;
     char err[256];
     const char *code = NULL;
-    const int bad = kw_stub_parse(body, chat, &j->q, &status, err, sizeof(err), &code) < 0;
+    const int bad = kw_stub_parse(body, chat, s->cfg.refuse_token_ids, &j->q, &status, err, sizeof(err), &code) < 0;
     /* The response's kvwire block reads the request's kvwire object: keep a copy that outlives body. */
     if (!bad && j->q.kvwire) {
         j->q.kv_owned = cJSON_Duplicate(j->q.kvwire, 1);
@@ -895,7 +903,7 @@ static void kw_stub_handle(kw_http_request *req, void *user) {
     if (strcmp(req->path, "/v1/models") == 0 && get) {
         snprintf(buf, sizeof(buf),
                  "{\"object\": \"list\", \"data\": [{\"id\": \"%s\", \"object\": \"model\", \"owned_by\": "
-                 "\"kvwire\"}]}",
+                 "\"kvwire\", \"digest\": {\"config_sha256\": \"\", \"weights_sha256\": \"\"}}]}",
                  s->model_name);
         kw_http_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
         return;

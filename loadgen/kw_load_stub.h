@@ -31,6 +31,7 @@ typedef struct kw_load_stub_config {
     uint32_t fail_every;    /* 0: never */
     int fail_status;        /* 429, 502, 503, 504 or 500 */
     const char *model_name; /* "stub-receiver" */
+    int refuse_token_ids;   /* answer return_tokens_as_token_ids with 400, as a server without it would */
 } kw_load_stub_config;
 
 void kw_load_stub_config_default(kw_load_stub_config *cfg);

@@ -410,13 +410,12 @@ int kw_load_summary_compute(const char *dir, int complete, cJSON **out) {
     const cJSON *mbody = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(server, "models"), "body");
     const cJSON *m0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(mbody, "data"), 0);
     cJSON *recv = cJSON_AddObjectToObject(models, "receiver");
-    if (recv && cJSON_IsObject(m0)) {
+    if (recv) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(m0, "id");
         const cJSON *dg = cJSON_GetObjectItemCaseSensitive(m0, "digest");
         cJSON_AddItemToObject(recv, "name",
                               cJSON_IsString(id) ? cJSON_CreateString(id->valuestring) : cJSON_CreateNull());
-        cJSON_AddItemToObject(recv, "digest",
-                              cJSON_IsString(dg) ? cJSON_CreateString(dg->valuestring) : cJSON_CreateNull());
+        cJSON_AddItemToObject(recv, "digest", dg ? cJSON_Duplicate(dg, 1) : cJSON_CreateNull());
     }
     cJSON *shr = cJSON_AddObjectToObject(models, "sharer");
     if (shr) {
@@ -427,9 +426,12 @@ int kw_load_summary_compute(const char *dir, int complete, cJSON **out) {
                               cJSON_IsString(sh) ? cJSON_CreateString(sh->valuestring) : cJSON_CreateNull());
         cJSON_AddItemToObject(shr, "model",
                               cJSON_IsString(shm) ? cJSON_CreateString(shm->valuestring) : cJSON_CreateNull());
-        cJSON_AddItemToObject(shr, "digest",
-                              cJSON_IsString(shd) ? cJSON_CreateString(shd->valuestring) : cJSON_CreateNull());
+        cJSON_AddItemToObject(shr, "digest", shd ? cJSON_Duplicate(shd, 1) : cJSON_CreateNull());
     }
+    const cJSON *hbody = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(server, "health"), "body");
+    const cJSON *sver = cJSON_GetObjectItemCaseSensitive(hbody, "version");
+    cJSON_AddItemToObject(s, "server_version",
+                          cJSON_IsString(sver) ? cJSON_CreateString(sver->valuestring) : cJSON_CreateNull());
     if (server) cJSON_AddItemToObject(s, "server", cJSON_Duplicate(server, 1));
     if (ds) cJSON_AddItemToObject(s, "dataset", cJSON_Duplicate(ds, 1));
     const cJSON *seeds = cJSON_GetObjectItemCaseSensitive(run, "seeds");

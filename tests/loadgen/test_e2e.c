@@ -272,6 +272,45 @@ static void test_reference_and_judged(void **state) {
     kw_load_config_free(&c);
 }
 
+/* A server without token ids in logprobs: the reference still records completion_ids, teacher forcing still gets
+ * receiverd's top-1 count, and KL is reported unavailable (null), never guessed. */
+static void test_without_token_ids(void **state) {
+    fixture *f = *state;
+    kw_load_stub_config sc;
+    kw_load_stub_config_default(&sc);
+    sc.refuse_token_ids = 1;
+    stub_thread plain;
+    stub_thread_start(&plain, &sc);
+    kw_load_config c;
+    config(&c, f, plain.url, "openbookqa", "openbookqa.jsonl", "ref_noids");
+    assert_int_equal(kw_load_config_set(&c, "record_logprobs", "5"), 0);
+    run_ok(&c);
+    char ref[128];
+    snprintf(ref, sizeof(ref), "%s/ref_noids", f->dir);
+    cJSON *run = load_json(ref, "run.json");
+    const cJSON *caps =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(run, "server"), "capabilities");
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(caps, "token_ids_in_logprobs")));
+    assert_int_equal((int)num(caps, "probe_status"), 400);
+    cJSON_Delete(run);
+    kw_load_config_free(&c);
+    config(&c, f, plain.url, "openbookqa", "openbookqa.jsonl", "judged_noids");
+    assert_int_equal(kw_load_config_set(&c, "kvwire", "{\"mode\":\"receiver_only\"}"), 0);
+    assert_int_equal(kw_load_config_set(&c, "reference", ref), 0);
+    run_ok(&c);
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/judged_noids", f->dir);
+    cJSON *s = load_json(dir, "summary.json");
+    const double tf = num(s, "quality.tf_top1_agreement.value");
+    assert_true(tf > 0 && tf < 1);
+    assert_true(num(s, "quality.token_agreement.value") < 1);
+    assert_true(
+        cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(s, "quality"), "mean_kl")));
+    cJSON_Delete(s);
+    kw_load_config_free(&c);
+    stub_thread_stop(&plain);
+}
+
 static void test_open_loop_schedule(void **state) {
     fixture *f = *state;
     kw_load_config c;
@@ -437,6 +476,7 @@ static void test_sweep_resume(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_reference_and_judged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_without_token_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_loop_schedule, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors_by_kind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interrupted_run, setup, teardown),
