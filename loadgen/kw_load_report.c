@@ -518,7 +518,7 @@ static int kw_load_plot_stages(const kw_load_runs *r, char **out, size_t *points
     for (size_t i = 0; i < nxt; ++i) {
         const double x = kw_load_axis_map(&ax, xt[i]);
         kw_load_svg_line(&s, x, T, x, H - B, "#eeeeee", 1, 0);
-        kw_load_svg_format(xt[i], 0, label, sizeof(label));
+        kw_load_svg_format(xt[i], xt[i] >= 1000, label, sizeof(label));
         kw_load_svg_text(&s, x, H - B + 18, "middle", 12, "#444", 0, label);
     }
     kw_load_svg_text(&s, (L + W - R) / 2, H - 20, "middle", 13, "#222", 0,

@@ -19,6 +19,7 @@
 #include "loadgen/kw_load_run.h"
 #include "loadgen/kw_load_sweep.h"
 #include "loadgen/kw_load_stub.h"
+#include "run_check.h"
 #include "tests/kw_test_util.h"
 
 #include <math.h>
@@ -110,73 +111,21 @@ static double num(const cJSON *o, const char *path) {
     return cur->valuedouble;
 }
 
-/* What the records say, added up independently of kw_load_summary.c. */
-typedef struct tally {
-    size_t n, ok, failed, graded, correct, with_ttft;
-    double blob, socket_in, e2el, out_tokens;
-    double last_sched, prev_sched;
-    int sched_ordered;
-    const double *want_sched; /* open loop: the expected schedule (ms), by index */
-    char first_error[64];
-} tally;
-
-static int tally_row(const cJSON *row, size_t line, void *user) {
-    tally *t = user;
-    (void)line;
-    t->n++;
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(row, "success"))) {
-        t->failed++;
-        const cJSON *k = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(row, "error"), "kind");
-        if (cJSON_IsString(k)) snprintf(t->first_error, sizeof(t->first_error), "%s", k->valuestring);
-        return 0;
-    }
-    t->ok++;
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(row, "correct");
-    if (cJSON_IsBool(c)) {
-        t->graded++;
-        t->correct += cJSON_IsTrue(c);
-    }
-    t->blob += num(row, "kvwire.bytes.blob");
-    t->socket_in += num(row, "kvwire.bytes.socket_in");
-    t->e2el += num(row, "e2el_ms");
-    t->out_tokens += num(row, "output_tokens");
-    if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(row, "ttft_ms"))) t->with_ttft++;
-    const cJSON *s = cJSON_GetObjectItemCaseSensitive(row, "scheduled_ms");
-    if (t->want_sched) {
-        assert_true(cJSON_IsNumber(s));
-        const size_t idx = (size_t)num(row, "index");
-        assert_true(fabs(s->valuedouble - t->want_sched[idx]) < 1e-6);
-    }
-    return 0;
-}
+/* What the records say, added up independently of kw_load_summary.c (run_check.h). */
+typedef run_tally tally;
 
 static tally tally_records(const char *dir, const double *want_sched) {
     tally t;
     memset(&t, 0, sizeof(t));
     t.want_sched = want_sched;
-    char *p = kw_path_join(dir, "records.jsonl");
-    assert_int_equal(kw_load_jsonl_each(p, 0, tally_row, &t, NULL), 0);
-    free(p);
+    if (run_tally_records(dir, &t) < 0) fail_msg("%s: %s", dir, t.why);
     return t;
 }
 
 static void check_summary(const char *dir, const tally *t) {
+    char why[256];
+    if (run_check_summary(dir, t, why, sizeof(why)) < 0) fail_msg("%s: %s", dir, why);
     cJSON *s = load_json(dir, "summary.json");
-    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "complete")));
-    assert_int_equal((size_t)num(s, "completed"), t->ok);
-    assert_int_equal((size_t)num(s, "failed"), t->failed);
-    if (t->graded) {
-        assert_true(fabs(num(s, "accuracy.value") - (double)t->correct / (double)t->graded) < 1e-12);
-        assert_int_equal((size_t)num(s, "accuracy.n"), t->graded);
-        assert_true(num(s, "accuracy.ci95_low") <= num(s, "accuracy.value"));
-        assert_true(num(s, "accuracy.ci95_high") >= num(s, "accuracy.value"));
-    }
-    assert_true(fabs(num(s, "bytes.blob.total") - t->blob) < 1e-6);
-    assert_true(fabs(num(s, "bytes.socket_in.total") - t->socket_in) < 1e-6);
-    assert_true(fabs(num(s, "bytes.blob.mean") - t->blob / (double)t->ok) < 1e-6);
-    assert_true(fabs(num(s, "mean_e2el_ms") - t->e2el / (double)t->ok) < 1e-6);
-    assert_true(fabs(num(s, "total_output_tokens") - t->out_tokens) < 1e-9);
-    assert_true(num(s, "p99_e2el_ms") >= num(s, "median_e2el_ms"));
     assert_true(num(s, "request_throughput") > 0);
     cJSON_Delete(s);
 }
