@@ -472,6 +472,13 @@ static int kw_load_plot_quality(const kw_load_runs *r, const char *metric, const
 // ---------------------------------------------------------------------------------------------------------------
 // Plot 2: latency by stage
 
+/* Row k of the stage plot for one run: a stage's mean ms, or (the last two rows) the client's mean TTFT and E2EL. */
+static double kw_load_stage_value(const cJSON *s, const char *const *stages, size_t ns, size_t k) {
+    if (k + 2 >= ns) return kw_load_jnum(s, k + 2 == ns ? "mean_ttft_ms" : "mean_e2el_ms", NAN);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(s, "stages_ms"), stages[k]);
+    return kw_load_jnum(st, "mean", NAN);
+}
+
 static int kw_load_plot_stages(const kw_load_runs *r, char **out, size_t *points_drawn) {
     const char *stages[48];
     size_t ns = 0;
@@ -491,13 +498,7 @@ static int kw_load_plot_stages(const kw_load_runs *r, char **out, size_t *points
     double vmin = INFINITY, vmax = 0;
     for (size_t i = 0; i < r->n; ++i) {
         for (size_t k = 0; k < ns; ++k) {
-            double v;
-            if (k + 2 >= ns)
-                v = kw_load_jnum(r->v[i].s, k + 2 == ns ? "mean_ttft_ms" : "mean_e2el_ms", NAN);
-            else
-                v = kw_load_jnum(cJSON_GetObjectItemCaseSensitive(
-                                     cJSON_GetObjectItemCaseSensitive(r->v[i].s, "stages_ms"), stages[k]),
-                                 "mean", NAN);
+            const double v = kw_load_stage_value(r->v[i].s, stages, ns, k);
             if (v > 0) {
                 vmin = fmin(vmin, v);
                 vmax = fmax(vmax, v);
@@ -530,13 +531,7 @@ static int kw_load_plot_stages(const kw_load_runs *r, char **out, size_t *points
         if (k % 2 == 0) kw_load_svg_rect(&s, L, y - rowh / 2, W - R - L, rowh, "#f4f4f4", 1);
         kw_load_svg_text(&s, L - 8, y + 4, "end", 12, "#222", 0, stages[k]);
         for (size_t i = 0; i < r->n; ++i) {
-            double v;
-            if (k + 2 >= ns)
-                v = kw_load_jnum(r->v[i].s, k + 2 == ns ? "mean_ttft_ms" : "mean_e2el_ms", NAN);
-            else
-                v = kw_load_jnum(cJSON_GetObjectItemCaseSensitive(
-                                     cJSON_GetObjectItemCaseSensitive(r->v[i].s, "stages_ms"), stages[k]),
-                                 "mean", NAN);
+            const double v = kw_load_stage_value(r->v[i].s, stages, ns, k);
             if (!(v > 0) || (ax.log10 && v < ax.lo)) continue;
             kw_load_pt_group(&s.b, 1);
             kw_load_svg_marker(&s, kw_load_axis_map(&ax, v), y, 0, kw_load_svg_color(i));

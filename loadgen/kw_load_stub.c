@@ -890,6 +890,7 @@ static void kw_stub_handle(kw_http_request *req, void *user) {
         return;
     }
     char buf[1024];
+    const char *ctype = "application/json";
     if (strcmp(req->path, "/health") == 0 && get) {
         snprintf(buf, sizeof(buf),
                  "{\"status\": \"ok\", \"version\": \"stub\", \"model\": \"%s\", \"model_digest\": "
@@ -897,26 +898,22 @@ static void kw_stub_handle(kw_http_request *req, void *user) {
                  "\"connected\": true, \"models\": [{\"name\": \"stub-sharer\", \"digest\": {\"config_sha256\": \"\", "
                  "\"weights_sha256\": \"\"}}]}], \"queue_depth\": 0, \"stub\": true}",
                  s->model_name);
-        kw_http_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
-        return;
-    }
-    if (strcmp(req->path, "/v1/models") == 0 && get) {
+    } else if (strcmp(req->path, "/v1/models") == 0 && get) {
         snprintf(buf, sizeof(buf),
                  "{\"object\": \"list\", \"data\": [{\"id\": \"%s\", \"object\": \"model\", \"owned_by\": "
                  "\"kvwire\", \"digest\": {\"config_sha256\": \"\", \"weights_sha256\": \"\"}}]}",
                  s->model_name);
-        kw_http_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
-        return;
-    }
-    if (strcmp(req->path, "/metrics") == 0 && get) {
+    } else if (strcmp(req->path, "/metrics") == 0 && get) {
+        ctype = "text/plain; version=0.0.4";
         snprintf(buf, sizeof(buf),
                  "# TYPE kvwire_requests_total counter\nkvwire_requests_total{mode=\"any\",outcome=\"ok\"} %llu\n"
                  "kvwire_requests_total{mode=\"any\",outcome=\"client_error\"} %llu\n",
                  (unsigned long long)s->ok, (unsigned long long)s->failed);
-        kw_http_respond(req, 200, "text/plain; version=0.0.4", NULL, 0, buf, strlen(buf));
+    } else {
+        kw_stub_error(req, 404, "KW_E_NOT_FOUND", "no such endpoint");
         return;
     }
-    kw_stub_error(req, 404, "KW_E_NOT_FOUND", "no such endpoint");
+    kw_http_respond(req, 200, ctype, NULL, 0, buf, strlen(buf));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

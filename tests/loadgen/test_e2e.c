@@ -46,6 +46,16 @@ static void stub_thread_start(stub_thread *s, const kw_load_stub_config *cfg) {
     snprintf(s->url, sizeof(s->url), "http://127.0.0.1:%u", (unsigned)kw_load_stub_thread_port(s->t));
 }
 
+/* A stub with failure injection or without token ids in logprobs. */
+static void stub_thread_custom(stub_thread *s, uint32_t fail_every, int fail_status, int refuse_token_ids) {
+    kw_load_stub_config cfg;
+    kw_load_stub_config_default(&cfg);
+    cfg.fail_every = fail_every;
+    cfg.fail_status = fail_status;
+    cfg.refuse_token_ids = refuse_token_ids;
+    stub_thread_start(s, &cfg);
+}
+
 static void stub_thread_stop(stub_thread *s) {
     kw_load_stub_thread_stop(s->t);
 }
@@ -225,11 +235,8 @@ static void test_reference_and_judged(void **state) {
  * receiverd's top-1 count, and KL is reported unavailable (null), never guessed. */
 static void test_without_token_ids(void **state) {
     fixture *f = *state;
-    kw_load_stub_config sc;
-    kw_load_stub_config_default(&sc);
-    sc.refuse_token_ids = 1;
     stub_thread plain;
-    stub_thread_start(&plain, &sc);
+    stub_thread_custom(&plain, 0, 503, 1);
     kw_load_config c;
     config(&c, f, plain.url, "openbookqa", "openbookqa.jsonl", "ref_noids");
     assert_int_equal(kw_load_config_set(&c, "record_logprobs", "5"), 0);
@@ -289,12 +296,8 @@ static void test_open_loop_schedule(void **state) {
 
 static void test_errors_by_kind(void **state) {
     fixture *f = *state;
-    kw_load_stub_config sc;
-    kw_load_stub_config_default(&sc);
-    sc.fail_every = 4;
-    sc.fail_status = 429;
     stub_thread failing;
-    stub_thread_start(&failing, &sc);
+    stub_thread_custom(&failing, 4, 429, 0);
     kw_load_config c;
     config(&c, f, failing.url, "openbookqa", "openbookqa.jsonl", "errors");
     assert_int_equal(kw_load_config_set(&c, "max_concurrency", "2"), 0);
