@@ -165,6 +165,16 @@ static const char *kw_load_metric_label(const char *metric) {
     return NULL;
 }
 
+/* Writes a built buffer to path atomically (the buffer is emptied). */
+static int kw_load_buf_write(kw_buf *b, const char *path) {
+    char *text = NULL;
+    size_t len = 0;
+    KW_FORWARD(kw_buf_take(b, &text, &len));
+    const int rc = kw_file_write_all(path, text, len);
+    free(text);
+    return rc;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // CSV
 
@@ -307,12 +317,7 @@ static int kw_load_write_csv(const kw_load_runs *r, const char *path) {
         }
         kw_buf_append_str(&b, "\n");
     }
-    char *text = NULL;
-    size_t len = 0;
-    KW_FORWARD(kw_buf_take(&b, &text, &len));
-    const int rc = kw_file_write_all(path, text, len);
-    free(text);
-    return rc;
+    return kw_load_buf_write(&b, path);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -649,12 +654,7 @@ static int kw_load_write_html(const kw_load_runs *r, const kw_load_report_option
                   "why.push(rows + ' table rows for %zu runs');\n  document.body.setAttribute('data-check', "
                   "why.length ? 'bad: ' + why.join('; ') : 'ok');\n})();\n</script>\n</body>\n</html>\n",
                   r->n, r->n);
-    char *text = NULL;
-    size_t len = 0;
-    KW_FORWARD(kw_buf_take(&b, &text, &len));
-    const int rc = kw_file_write_all(path, text, len);
-    free(text);
-    return rc;
+    return kw_load_buf_write(&b, path);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
