@@ -158,7 +158,7 @@ static int kw_load_body(kw_load_runner *r, const kw_load_req *q, char **out, siz
         k = 1;
     else if (forced && r->token_ids)
         k = 1;
-    else if (!forced && c->record_logprobs > 0)
+    else if (!forced && c->record_logprobs > 0 && r->token_ids) /* without ids the alternatives are of no use */
         k = c->record_logprobs;
     if (k >= 0) {
         if (chat) {

@@ -5,7 +5,9 @@
 # tokens, on the OpenBookQA-style sample items), its report (out/kvload-demo/report/index.html, with a screenshot when
 # a headless chromium is installed), opened in a browser when there is a display. The models are random, so accuracy
 # is noise; what the report shows is the measured bytes, the agreement with the reference and the stage timings.
-# Run again, it resumes the sweep (finished points are kept). KVLOAD_DEMO_SWEEP names another sweep file.
+# Run again, it resumes the sweep (finished points are kept). KVLOAD_DEMO_SWEEP names another sweep file;
+# KVLOAD_DEMO_MODEL=DIR (an HF model folder, e.g. SmolLM2-135M-Instruct from `kvwire fetch-model`) serves that model
+# on both sides instead and runs loadgen/sweeps/kv_direct.yaml (codecs against the lossless kv_direct transfer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/tools/kvwire ] && [ -x build/loadgen/kvload ] || { ./scripts/deps.sh && ./scripts/build.sh build; }
@@ -17,9 +19,15 @@ kvload=build/loadgen/kvload
 models=out/demo
 out=out/kvload-demo
 sweep=${KVLOAD_DEMO_SWEEP:-loadgen/sweeps/demo.yaml}
+model=${KVLOAD_DEMO_MODEL:-}
+if [ -n "$model" ]; then
+    model=$(realpath "$model")
+    sweep=${KVLOAD_DEMO_SWEEP:-loadgen/sweeps/kv_direct.yaml}
+    out=out/kvload-demo-$(basename "$model")
+fi
 mkdir -p "$models" "$out"
 
-if [ ! -d "$models/tiny-fuser" ]; then
+if [ -z "$model" ] && [ ! -d "$models/tiny-fuser" ]; then
     echo "== tiny models (random weights, real Qwen tokenizer) =="
     "$kvwire" gen-model --arch qwen3 --preset tiny --tied 0 --seed 1 --tokenizer models/tokenizers/qwen3 \
         --out "$models/tiny-qwen3"
@@ -46,11 +54,21 @@ ready_port() {
     return 1
 }
 rm -f "$out/sharerd.ready" "$out/receiverd.ready"
-build/sharer/sharerd --config deploy/config/sharerd.tiny.yaml --listen.port 0 \
+sharer_config=deploy/config/sharerd.tiny.yaml
+receiver_config=deploy/config/receiverd.tiny.yaml
+if [ -n "$model" ]; then # one model on both sides, no fuser: kv_direct, receiver_only, text_relay
+    sharer_config=$out/sharerd.yaml
+    receiver_config=$out/receiverd.yaml
+    name=$(basename "$model")
+    printf 'listen: {host: 127.0.0.1, port: 0}\nmodels:\n  - {name: %s, path: %s}\n' "$name" "$model" >"$sharer_config"
+    printf 'http: {host: 127.0.0.1, port: 0}\nmodel: {name: %s, path: %s}\nsharers:\n  - {name: local, host: 127.0.0.1, port: 1}\n' \
+        "$name" "$model" >"$receiver_config"
+fi
+build/sharer/sharerd --config "$sharer_config" --listen.port 0 \
     --runtime.ready_file "$out/sharerd.ready" 2>"$out/sharerd.log" &
 pids+=($!)
 sport=$(ready_port "$out/sharerd.ready" sharerd "$out/sharerd.log")
-build/receiver/receiverd --config deploy/config/receiverd.tiny.yaml --http.port 0 --sharers.0.port "$sport" \
+build/receiver/receiverd --config "$receiver_config" --http.port 0 --sharers.0.port "$sport" \
     --runtime.ready_file "$out/receiverd.ready" 2>"$out/receiverd.log" &
 pids+=($!)
 rport=$(ready_port "$out/receiverd.ready" receiverd "$out/receiverd.log")
@@ -66,9 +84,9 @@ echo "== kvload report =="
 # The tiny models are random, so accuracy is noise; the agreement with the bf16 reference is what a codec or selection
 # changes. Both reports are written; the agreement one is opened.
 "$kvload" report "$out/sweep" --out "$out/report-accuracy" --metric accuracy \
-    --title "kvload demo: accuracy, tiny random models, OpenBookQA-style samples"
+    --title "kvload demo: accuracy, ${model:-tiny random models}, OpenBookQA-style samples"
 "$kvload" report "$out/sweep" --out "$out/report" --metric tf_top1_agreement \
-    --title "kvload demo: teacher-forced agreement with the bf16 transfer, tiny random models"
+    --title "kvload demo: teacher-forced agreement with the lossless transfer, ${model:-tiny random models}"
 for b in chromium-headless-shell chromium; do
     if command -v "$b" >/dev/null 2>&1; then
         timeout 120 "$b" --no-sandbox --disable-gpu --hide-scrollbars "--user-data-dir=$PWD/$out/.chromium" \
