@@ -4,8 +4,15 @@
 #ifndef KW_CUDA_CUH
 #define KW_CUDA_CUH
 
+#ifdef KW_CUDA_EMU
+/* compiled as host C++ for the emulator: kernels/cuda/emu/kw_cuda_emu.h (force-included) is the runtime and cuBLAS */
+#include "kernels/cuda/emu/kw_cuda_emu.h"
+#else
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#endif
+
+#include "kernels/cuda/kw_cuda_launch.cuh"
 
 extern "C" {
 #include "common/kw_status.h"

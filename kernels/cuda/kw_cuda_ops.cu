@@ -67,7 +67,7 @@ __global__ void kw_k_to_f32(float *dst, const void *src, enum kw_dtype dtype, in
 }
 
 int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
-    kw_k_to_f32<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst, src, dtype, i0, n);
+    KW_CUDA_LAUNCH(kw_k_to_f32, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst, src, dtype, i0, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -98,7 +98,8 @@ int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, 
     KW_RETURN_IF((N + 7) / 8 > INT32_MAX, KW_E_UNSUPPORTED, "cuda matmul: %lld output columns", (long long)N);
     for (int64_t m0 = 0; m0 < M; m0 += KW_CUDA_GEMV_ROWS) {
         const int64_t rows = M - m0 < KW_CUDA_GEMV_ROWS ? M - m0 : KW_CUDA_GEMV_ROWS;
-        kw_k_gemv<<<(unsigned)((N + 7) / 8), 256, 0, cu->stream>>>(y + m0 * N, x + m0 * K, w, dtype, rows, N, K);
+        KW_CUDA_LAUNCH(kw_k_gemv, (unsigned)((N + 7) / 8), 256, 0, cu->stream, y + m0 * N, x + m0 * K, w, dtype, rows,
+                       N, K);
         KW_CUDA_LAUNCHED();
     }
     return 0;
@@ -110,7 +111,7 @@ __global__ void kw_k_add_bias(float *y, const void *bias, enum kw_dtype dtype, i
 }
 
 int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N) {
-    kw_k_add_bias<<<kw_opm_grid_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(y, bias, dtype, M, N);
+    KW_CUDA_LAUNCH(kw_k_add_bias, kw_opm_grid_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream, y, bias, dtype, M, N);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -141,9 +142,8 @@ int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *tabl
     const int64_t T = kw_tensor_nelem(ids);
     KW_RETURN_IF(T > INT32_MAX, KW_E_UNSUPPORTED, "cuda get_rows: too many ids");
     if (++cu->get_rows_launches == 0) ++cu->get_rows_launches;
-    kw_k_get_rows<<<(unsigned)T, 128, 0, cu->stream>>>((float *)out->data, table->data, table->dtype, table->ne[0],
-                                                       table->ne[1], (const int32_t *)ids->data, cu->d_err,
-                                                       cu->get_rows_launches);
+    KW_CUDA_LAUNCH(kw_k_get_rows, (unsigned)T, 128, 0, cu->stream, (float *)out->data, table->data, table->dtype,
+                   table->ne[0], table->ne[1], (const int32_t *)ids->data, cu->d_err, cu->get_rows_launches);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -173,8 +173,8 @@ int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, c
     KW_CUDA_ENTER(cu, backend);
     const int64_t D = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda rms_norm: too many rows");
-    kw_k_rms_norm<<<(unsigned)R, D >= 256 ? 256 : 64, 0, cu->stream>>>(
-        (float *)out->data, (const float *)x->data, w->data, w->dtype, D, eps, flags & KW_RMS_NORM_UNIT_OFFSET);
+    KW_CUDA_LAUNCH(kw_k_rms_norm, (unsigned)R, D >= 256 ? 256 : 64, 0, cu->stream, (float *)out->data,
+                   (const float *)x->data, w->data, w->dtype, D, eps, flags & KW_RMS_NORM_UNIT_OFFSET);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -203,8 +203,8 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
     KW_RETURN_IF(T * H > INT32_MAX, KW_E_UNSUPPORTED, "cuda rope: too many rows");
     kw_rope_table tab;
     kw__rope_inv_freq(params, tab.inv_freq);
-    kw_k_rope<<<(unsigned)(T * H), 64, 0, cu->stream>>>((float *)x->data, (const int32_t *)pos->data, H, D,
-                                                        params->rotary_dim / 2, tab);
+    KW_CUDA_LAUNCH(kw_k_rope, (unsigned)(T * H), 64, 0, cu->stream, (float *)x->data, (const int32_t *)pos->data, H, D,
+                   params->rotary_dim / 2, tab);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -302,9 +302,9 @@ int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, 
     KW_RETURN_IF(T * Hq > INT32_MAX, KW_E_UNSUPPORTED, "cuda attention: too many query rows");
     const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
 #define KW_ATTN_LAUNCH(NPL)                                                                                            \
-    kw_k_attention<NPL><<<(unsigned)(T * Hq), 32 * KW_ATTN_WARPS, 0, cu->stream>>>(                                    \
-        (float *)out->data, (const float *)q->data, k_cache->data, v_cache->data, k_cache->dtype, mask, Hq, Hq / Hkv,  \
-        cap, D, params->q_pos0, params->n_kv, params->sliding_window, params->scale)
+    KW_CUDA_LAUNCH(kw_k_attention<NPL>, (unsigned)(T * Hq), 32 * KW_ATTN_WARPS, 0, cu->stream, (float *)out->data,     \
+                   (const float *)q->data, k_cache->data, v_cache->data, k_cache->dtype, mask, Hq, Hq / Hkv, cap, D,   \
+                   params->q_pos0, params->n_kv, params->sliding_window, params->scale)
     switch (kw_opm_attn_dims_per_lane(D)) {
     case 1:
         KW_ATTN_LAUNCH(1);
@@ -356,8 +356,8 @@ __global__ void kw_k_kv_load(float *out, const void *cache, enum kw_dtype dtype,
 int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(src);
-    kw_k_kv_store<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        cache->data, cache->dtype, (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
+    KW_CUDA_LAUNCH(kw_k_kv_store, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, cache->data, cache->dtype,
+                   (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -365,8 +365,8 @@ int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *sr
 int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_kv_load<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        (float *)out->data, cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
+    KW_CUDA_LAUNCH(kw_k_kv_load, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -398,8 +398,8 @@ __global__ void kw_k_scale(float *y, const float *x, int64_t n, float s) {
 int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_glu<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        (float *)out->data, (const float *)gate->data, (const float *)up->data, n, act);
+    KW_CUDA_LAUNCH(kw_k_glu, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)gate->data, (const float *)up->data, n, act);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -407,8 +407,8 @@ int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, con
 int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_unary<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data,
-                                                                             n, act);
+    KW_CUDA_LAUNCH(kw_k_unary, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)x->data, n, act);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -416,8 +416,8 @@ int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum
 int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_add<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)a->data,
-                                                                           (const float *)b->data, n);
+    KW_CUDA_LAUNCH(kw_k_add, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)a->data, (const float *)b->data, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -425,8 +425,8 @@ int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const 
 int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_scale<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data,
-                                                                             n, s);
+    KW_CUDA_LAUNCH(kw_k_scale, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)x->data, n, s);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -458,7 +458,7 @@ int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda softmax: too many rows");
-    kw_k_softmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, N);
+    KW_CUDA_LAUNCH(kw_k_softmax, (unsigned)R, KW_BLOCK, 0, cu->stream, (float *)out->data, (const float *)x->data, N);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -501,7 +501,8 @@ int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int
     KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda argmax: too many rows");
-    kw_k_argmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((int32_t *)out->data, (const float *)x->data, N, flags);
+    KW_CUDA_LAUNCH(kw_k_argmax, (unsigned)R, KW_BLOCK, 0, cu->stream, (int32_t *)out->data, (const float *)x->data, N,
+                   flags);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -526,8 +527,8 @@ int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
         return 0;
     }
     const int64_t n = kw_tensor_nelem(src);
-    kw_k_convert<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst->data, dst->dtype, src->data,
-                                                                               src->dtype, n);
+    KW_CUDA_LAUNCH(kw_k_convert, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst->data, dst->dtype,
+                   src->data, src->dtype, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -549,8 +550,9 @@ int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor
                             const kw_tensor *w, float g) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t TH = base->ne[0] * base->ne[1], D = base->ne[2];
-    kw_k_head_scale_add<<<kw_opm_grid_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH, D);
+    KW_CUDA_LAUNCH(kw_k_head_scale_add, kw_opm_grid_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream,
+                   (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH,
+                   D);
     KW_CUDA_LAUNCHED();
     return 0;
 }
