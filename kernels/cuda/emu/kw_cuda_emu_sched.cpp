@@ -79,10 +79,14 @@ struct emu_block {
 
 namespace {
 
+/* A fiber never returns from its entry (it switches away for good), and one abandoned after a fault leaves several
+ * frames behind: either way ASan's shadow still marks their redzones. stale[i] is where slot i's live frames began
+ * (its last saved stack pointer, less the red zone below it), or NULL; the shadow from there to the top is cleared
+ * before the slot runs a new fiber. */
 struct stack_pool {
     char *base = nullptr;
     size_t slot = 0, stack = 0, count = 0, page = 0;
-    std::vector<char> dirty; /* left without unwinding (fault): ASan's shadow must be cleared before reuse */
+    std::vector<char *> stale;
 };
 
 stack_pool g_stacks;
@@ -104,7 +108,7 @@ void stacks_ensure(unsigned int n) {
     g_stacks.base = (char *)p;
     for (size_t i = 0; i < g_stacks.count; ++i)
         mprotect(g_stacks.base + i * g_stacks.slot, g_stacks.page, PROT_NONE);
-    g_stacks.dirty.assign(g_stacks.count, 0);
+    g_stacks.stale.assign(g_stacks.count, nullptr);
 }
 
 char *stack_lo(unsigned int i) {
@@ -120,14 +124,24 @@ const char *op_name(warp_op op) {
     return op >= 0 && op < WARP_OP_COUNT ? names[op] : "?";
 }
 
-std::string thread_str(const emu_block *b, unsigned int linear) {
+/* Diagnostics are formatted into fixed buffers: a faulting fiber's frames are abandoned, never unwound, so nothing
+ * they hold may own heap memory. */
+struct text {
+    char s[160];
+};
+
+text thread_str(const emu_block *b, unsigned int linear) {
     const dim3 bd = b->k->block;
-    return strf("(%u,%u,%u)", linear % bd.x, (linear / bd.x) % bd.y, linear / (bd.x * bd.y));
+    text t;
+    snprintf(t.s, sizeof t.s, "(%u,%u,%u)", linear % bd.x, (linear / bd.x) % bd.y, linear / (bd.x * bd.y));
+    return t;
 }
 
-std::string site_str(const char *file, int line) {
+text site_str(const char *file, int line) {
     const char *slash = file ? strrchr(file, '/') : nullptr;
-    return strf("%s:%d", slash ? slash + 1 : (file ? file : "?"), line);
+    text t;
+    snprintf(t.s, sizeof t.s, "%s:%d", slash ? slash + 1 : (file ? file : "?"), line);
+    return t;
 }
 
 int same_site(const char *f1, int l1, const char *f2, int l2) {
@@ -169,9 +183,10 @@ void fiber_main(void *arg);
 void resume(emu_block *b, fiber_ctx *from, emu_fiber *n, int from_exits) {
     if (n->st == ST_NEW) {
         const unsigned int slot = n->tc.linear;
-        if (g_stacks.dirty[slot]) {
-            fiber_stack_reset(stack_lo(slot), g_stacks.stack);
-            g_stacks.dirty[slot] = 0;
+        if (g_stacks.stale[slot] != nullptr) {
+            char *const top = stack_lo(slot) + g_stacks.stack;
+            fiber_stack_reset(g_stacks.stale[slot], (size_t)(top - g_stacks.stale[slot]));
+            g_stacks.stale[slot] = nullptr;
         }
         fiber_prepare(&n->ctx, stack_lo(slot), g_stacks.stack, fiber_main, n, config().use_ucontext);
     }
@@ -182,28 +197,41 @@ void resume(emu_block *b, fiber_ctx *from, emu_fiber *n, int from_exits) {
     fiber_switch(from, &n->ctx, from_exits);
 }
 
-[[noreturn]] void fault_at(emu_block *b, emu_fiber *self, const std::string &what) {
+/* Records the block's fault (in a frame that returns normally, so its strings are freed). */
+void set_block_fault(emu_block *b, const emu_fiber *self, const char *what) {
     b->faulted = 1;
     b->fault = strf("kernel %s, block (%u,%u,%u), thread %s: %s", b->k->name.c_str(), self->tc.block_idx.x,
-                    self->tc.block_idx.y, self->tc.block_idx.z, thread_str(b, self->tc.linear).c_str(), what.c_str());
-    for (unsigned int i = 0; i < b->nthreads; ++i)
-        if (b->fibers[i].st != ST_NEW && b->fibers[i].st != ST_EXITED) g_stacks.dirty[i] = 1;
+                    self->tc.block_idx.y, self->tc.block_idx.z, thread_str(b, self->tc.linear).s, what);
+}
+
+/* Leaves the faulted block for good: back to the host thread, which abandons the block's other fibers too. */
+[[noreturn]] void abandon(emu_block *b, emu_fiber *self) {
     tl_thread = nullptr;
     fiber_switch(&self->ctx, &b->main, 1);
     abort(); /* never resumed */
 }
 
+[[noreturn]] __attribute__((format(printf, 3, 4))) void fault_at(emu_block *b, emu_fiber *self, const char *fmt, ...) {
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    set_block_fault(b, self, what);
+    abandon(b, self);
+}
+
 /* No thread can run but some have not exited: say where each waits (grouped by place). */
-[[noreturn]] void deadlock(emu_block *b, emu_fiber *self) {
+void describe_deadlock(emu_block *b, emu_fiber *self) {
     std::map<std::string, std::pair<unsigned int, unsigned int>> groups; /* place -> (count, first thread) */
     for (unsigned int i = 0; i < b->nthreads; ++i) {
         const emu_fiber &f = b->fibers[i];
         std::string where;
         if (f.st == ST_BARRIER)
-            where = strf("__syncthreads at %s", site_str(b->bar_file, b->bar_line).c_str());
+            where = strf("__syncthreads at %s", site_str(b->bar_file, b->bar_line).s);
         else if (f.st == ST_WARP)
-            where = strf("%s (mask 0x%08x) at %s in warp %u", op_name(f.op), f.mask, site_str(f.file, f.line).c_str(),
-                         f.tc.warp);
+            where =
+                strf("%s (mask 0x%08x) at %s in warp %u", op_name(f.op), f.mask, site_str(f.file, f.line).s, f.tc.warp);
         else
             continue;
         auto it = groups.find(where);
@@ -214,10 +242,10 @@ void resume(emu_block *b, fiber_ctx *from, emu_fiber *n, int from_exits) {
     }
     std::string msg = "deadlock: no thread can continue;";
     for (const auto &g : groups)
-        msg += strf(" %u thread(s) from %s wait in %s;", g.second.first, thread_str(b, g.second.second).c_str(),
+        msg += strf(" %u thread(s) from %s wait in %s;", g.second.first, thread_str(b, g.second.second).s,
                     g.first.c_str());
     msg += strf(" %u exited", b->exited);
-    fault_at(b, self, msg);
+    set_block_fault(b, self, msg.c_str());
 }
 
 /* The running fiber self gives way: to the next queued thread, itself if it is next, or the host thread when every
@@ -230,7 +258,8 @@ void reschedule(emu_block *b, emu_fiber *self, int exiting) {
             fiber_switch(&self->ctx, &b->main, exiting);
             return;
         }
-        deadlock(b, self);
+        describe_deadlock(b, self);
+        abandon(b, self);
     }
     emu_fiber *n = &b->fibers[(size_t)next];
     if (n == self) {
@@ -252,16 +281,14 @@ void thread_exit(emu_block *b, emu_fiber *f) {
     ++b->exited;
     b->exited_mask[w] |= 1u << lane;
     if (b->bar_count > 0)
-        fault_at(b, f,
-                 strf("exited while %u thread(s) wait at __syncthreads at %s (undefined in CUDA)", b->bar_count,
-                      site_str(b->bar_file, b->bar_line).c_str()));
+        fault_at(b, f, "exited while %u thread(s) wait at __syncthreads at %s (undefined in CUDA)", b->bar_count,
+                 site_str(b->bar_file, b->bar_line).s);
     for (unsigned int l = 0; l < 32; ++l) {
         if (!(b->waiting[w] >> l & 1u)) continue;
         const emu_fiber &o = b->fibers[w * 32 + l];
         if (o.mask >> lane & 1u)
-            fault_at(b, f,
-                     strf("exited while lane %u waits for it in %s (mask 0x%08x) at %s", l, op_name(o.op), o.mask,
-                          site_str(o.file, o.line).c_str()));
+            fault_at(b, f, "exited while lane %u waits for it in %s (mask 0x%08x) at %s", l, op_name(o.op), o.mask,
+                     site_str(o.file, o.line).s);
     }
     reschedule(b, f, 1);
     abort(); /* an exited fiber is never resumed */
@@ -314,10 +341,10 @@ void complete(emu_block *b, emu_fiber *self, unsigned int w, unsigned int mask) 
         if (!(mask >> l & 1u)) continue;
         if (lanes[l].op != self->op || lanes[l].size != self->size)
             fault_at(b, self,
-                     strf("lanes of warp %u meet in one rendezvous (mask 0x%08x) with different intrinsics: lane %u "
-                          "calls %s at %s, lane %u calls %s at %s",
-                          w, mask, self->tc.lane, op_name(self->op), site_str(self->file, self->line).c_str(), l,
-                          op_name(lanes[l].op), site_str(lanes[l].file, lanes[l].line).c_str()));
+                     "lanes of warp %u meet in one rendezvous (mask 0x%08x) with different intrinsics: lane %u "
+                     "calls %s at %s, lane %u calls %s at %s",
+                     w, mask, self->tc.lane, op_name(self->op), site_str(self->file, self->line).s, l,
+                     op_name(lanes[l].op), site_str(lanes[l].file, lanes[l].line).s);
     }
     const warp_op op = self->op;
     uint64_t all = 0;
@@ -422,21 +449,16 @@ uint64_t warp_collective(warp_op op, unsigned int mask, uint64_t payload, unsign
     emu_block *b = f->tc.block;
     const unsigned int w = f->tc.warp, lane = f->tc.lane, bit = 1u << lane;
     if (!(mask & bit))
-        fault_at(b, f,
-                 strf("%s at %s with mask 0x%08x, which omits the calling lane %u", op_name(op),
-                      site_str(file, line).c_str(), mask, lane));
+        fault_at(b, f, "%s at %s with mask 0x%08x, which omits the calling lane %u", op_name(op),
+                 site_str(file, line).s, mask, lane);
     if (mask & ~b->present[w])
-        fault_at(b, f,
-                 strf("%s at %s: mask 0x%08x names lanes 0x%08x that do not exist (the block has %u threads)",
-                      op_name(op), site_str(file, line).c_str(), mask, mask & ~b->present[w], b->nthreads));
+        fault_at(b, f, "%s at %s: mask 0x%08x names lanes 0x%08x that do not exist (the block has %u threads)",
+                 op_name(op), site_str(file, line).s, mask, mask & ~b->present[w], b->nthreads);
     if (mask & b->exited_mask[w])
-        fault_at(b, f,
-                 strf("%s at %s: mask 0x%08x names lanes 0x%08x that have exited", op_name(op),
-                      site_str(file, line).c_str(), mask, mask & b->exited_mask[w]));
+        fault_at(b, f, "%s at %s: mask 0x%08x names lanes 0x%08x that have exited", op_name(op), site_str(file, line).s,
+                 mask, mask & b->exited_mask[w]);
     if (op <= WARP_SHFL_XOR && (width < 1 || width > 32 || (width & (width - 1)) != 0))
-        fault_at(b, f,
-                 strf("%s at %s: width %d is not a power of two in 1..32", op_name(op), site_str(file, line).c_str(),
-                      width));
+        fault_at(b, f, "%s at %s: width %d is not a power of two in 1..32", op_name(op), site_str(file, line).s, width);
     f->op = op;
     f->mask = mask;
     f->payload = payload;
@@ -462,9 +484,8 @@ int block_barrier(barrier_kind kind, int pred, const char *file, int line) {
     emu_fiber *f = running("__syncthreads");
     emu_block *b = f->tc.block;
     if (b->exited > 0)
-        fault_at(b, f,
-                 strf("__syncthreads at %s after %u thread(s) of the block exited (undefined in CUDA)",
-                      site_str(file, line).c_str(), b->exited));
+        fault_at(b, f, "__syncthreads at %s after %u thread(s) of the block exited (undefined in CUDA)",
+                 site_str(file, line).s, b->exited);
     if (b->bar_count == 0) {
         b->bar_kind = kind;
         b->bar_file = file;
@@ -472,10 +493,8 @@ int block_barrier(barrier_kind kind, int pred, const char *file, int line) {
         b->bar_first = f->tc.linear;
         b->bar_acc = kind == BAR_AND ? 1 : 0;
     } else if (!same_site(file, line, b->bar_file, b->bar_line) || kind != b->bar_kind) {
-        fault_at(b, f,
-                 strf("divergent barrier: this thread is at %s while thread %s waits at %s",
-                      site_str(file, line).c_str(), thread_str(b, b->bar_first).c_str(),
-                      site_str(b->bar_file, b->bar_line).c_str()));
+        fault_at(b, f, "divergent barrier: this thread is at %s while thread %s waits at %s", site_str(file, line).s,
+                 thread_str(b, b->bar_first).s, site_str(b->bar_file, b->bar_line).s);
     }
     switch (kind) {
     case BAR_COUNT:
@@ -511,7 +530,7 @@ void yield_point(void) {
 
 void device_trap(const char *file, int line) {
     emu_fiber *f = running("__trap");
-    fault_at(f->tc.block, f, strf("__trap() at %s", site_str(file, line).c_str()));
+    fault_at(f->tc.block, f, "__trap() at %s", site_str(file, line).s);
 }
 
 void *dynamic_shared(void) {
@@ -578,6 +597,13 @@ void run_block(emu_block *b, unsigned int bx, unsigned int by, unsigned int bz) 
     const int first = pick(b);
     resume(b, &b->main, &b->fibers[(size_t)first], 0);
     tl_thread = nullptr;
+    for (unsigned int i = 0; i < b->nthreads; ++i) {
+        const emu_fiber &f = b->fibers[i];
+        if (f.st == ST_NEW) continue;
+        char *const lo = stack_lo(i);
+        const uintptr_t sp = (uintptr_t)f.ctx.sp; /* not kept by the ucontext switch: then the whole stack */
+        g_stacks.stale[i] = f.ctx.use_ucontext || sp < (uintptr_t)lo + 512 ? lo : (char *)(sp - 512);
+    }
 }
 
 uint64_t gcd64(uint64_t a, uint64_t b) {
