@@ -486,11 +486,47 @@ __global__ void k_racy_sum(const int *x, int *out, int barrier) {
     }
 }
 
+/* Two block-wide sums in a row through the same shared array: without the barrier before the second write, a fast
+ * warp overwrites its slot while a slow warp still reads the first sum's slots. */
+__global__ void k_two_sums(const int *x, int *sums, int barrier) {
+    __shared__ int part[32];
+    const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = blockIdx.x * blockDim.x + threadIdx.x;
+    int v = x[g];
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int o = 16; o > 0; o >>= 1)
+            v += __shfl_xor_sync(FULL, v, o);
+        if (pass == 1 && barrier) __syncthreads();
+        if (lane == 0) part[warp] = v;
+        __syncthreads();
+        int s = 0;
+        for (unsigned int w = 0; w < blockDim.x / 32; ++w)
+            s += part[w];
+        sums[2 * g + pass] = s; /* every thread's view of both sums */
+        v = (int)threadIdx.x;
+    }
+}
+
 /* Block 1 reads what block 0 writes, with nothing ordering the blocks: a race between blocks. */
 __global__ void k_block_race(int *cell, int *seen) {
     if (threadIdx.x != 0) return;
     if (blockIdx.x == 0) *cell = 77;
     if (blockIdx.x == 1) *seen = *cell;
+}
+
+/* 1 if some thread saw a wrong first or second sum. */
+static int two_sums_run(int barrier, dbuf<int> &x) {
+    dbuf<int> sums(2 * x.h.size());
+    KW_CUDA_LAUNCH(k_two_sums, 8, 256, 0, 0, x.d, sums.d, barrier);
+    CK(cudaGetLastError());
+    sums.down();
+    for (int b = 0; b < 8; ++b) {
+        int s = 0;
+        for (int t = 0; t < 256; ++t)
+            s += x.h[b * 256 + t];
+        for (int t = 0; t < 256; ++t)
+            if (sums.h[2 * (b * 256 + t)] != s || sums.h[2 * (b * 256 + t) + 1] != 255 * 256 / 2) return 1;
+    }
+    return 0;
 }
 
 /* 1 if the kernel gave a wrong sum for some block. */
@@ -509,7 +545,7 @@ static int racy_run(int barrier, dbuf<int> &x, dbuf<int> &out) {
 
 static void test_race_exposed_by_random_schedule(void **state) {
     (void)state;
-    int wrong_inorder = 0, wrong_random = 0, wrong_with_barrier = 0, block_race = 0;
+    int wrong_inorder = 0, wrong_random = 0, wrong_with_barrier = 0, block_race = 0, two_inorder = 0, two_random = 0;
     const int seeds = 16;
     for (int seed = 0; seed <= seeds; ++seed) {
         reset((uint64_t)seed);
@@ -522,16 +558,22 @@ static void test_race_exposed_by_random_schedule(void **state) {
             wrong_inorder = wrong;
         else
             wrong_random += wrong;
-        wrong_with_barrier += racy_run(1, x, out);
+        wrong_with_barrier += racy_run(1, x, out) + two_sums_run(1, x);
+        if (seed == 0)
+            two_inorder = two_sums_run(0, x);
+        else
+            two_random += two_sums_run(0, x);
         dbuf<int> cell(1, 0), seen(1, 0);
         KW_CUDA_LAUNCH(k_block_race, 2, 32, 0, 0, cell.d, seen.d);
         block_race += seed > 0 && seen.down()[0] != 77;
     }
-    print_message("  missing barrier: wrong in order: %d; wrong under %d of %d random schedules; with the barrier "
-                  "wrong %d times; block race seen by %d random schedules\n",
-                  wrong_inorder, wrong_random, seeds, wrong_with_barrier, block_race);
+    print_message("  missing barrier before a read: wrong in order: %d; wrong under %d of %d random schedules\n"
+                  "  missing barrier between two sums: wrong in order: %d; wrong under %d of %d random schedules\n"
+                  "  with the barriers: wrong %d times; block race seen by %d random schedules\n",
+                  wrong_inorder, wrong_random, seeds, two_inorder, two_random, seeds, wrong_with_barrier, block_race);
     assert_int_equal(wrong_with_barrier, 0);
     assert_true(wrong_random > 0);
+    assert_true(two_random > 0);
     assert_true(block_race > 0);
 }
 

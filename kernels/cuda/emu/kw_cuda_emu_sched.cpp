@@ -6,8 +6,11 @@
  * thread from the queue and switches straight to it; the host thread's own context is resumed only when the block is
  * done, faulted or deadlocked (no runnable thread while some have not exited). In order (seed 0) the queue is FIFO:
  * threads start in thread order and a completed rendezvous requeues its threads in thread order, so warps advance
- * roughly together. With a seed, each pick is a random queued thread, blocks run in a random (affine) permutation of
- * the grid, and atomics and fences yield with probability 1/2.
+ * roughly together. With a seed, blocks run in a random (affine) permutation of the grid, atomics and fences yield
+ * with probability 1/2, and each block draws one of three policies: a uniformly random queued thread at every pick;
+ * or fixed random priorities per warp, or per thread, the highest-priority runnable thread always running first (as
+ * in probabilistic concurrency testing: the lowest-priority warp lags as far behind as the barriers allow, which is
+ * what exposes a missing barrier between two uses of the same shared memory).
  *
  * Warp collectives: a lane arriving with mask m waits until every lane of m is waiting with mask m; the last to
  * arrive computes every lane's result (PTX shfl.sync semantics for the shuffles: b[4:0], segment mask from the width,
@@ -23,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 
 namespace kwemu {
@@ -57,7 +61,9 @@ struct emu_block {
     std::vector<int> runq;
     size_t head;
     unsigned int live, exited;
-    int random;
+    int random;                 /* 1: the randomized schedule */
+    int policy;                 /* with it, for this block: POLICY_* */
+    std::vector<uint64_t> prio; /* POLICY_WARP_PRIORITY / POLICY_THREAD_PRIORITY: per thread, unique */
     /* the block barrier */
     unsigned int bar_count;
     barrier_kind bar_kind;
@@ -151,12 +157,33 @@ int same_site(const char *f1, int l1, const char *f2, int l2) {
 // ---------------------------------------------------------------------------------------------------------------
 // Run queue and switching
 
+enum { POLICY_UNIFORM = 0, POLICY_WARP_PRIORITY = 1, POLICY_THREAD_PRIORITY = 2, POLICY_COUNT = 3 };
+
+/* The run queue as a heap under the priority policies: the top is the highest priority. */
+struct by_priority {
+    const emu_block *b;
+    bool operator()(int x, int y) const { return b->prio[(size_t)x] < b->prio[(size_t)y]; }
+};
+
+void insert(emu_block *b, int i) {
+    b->runq.push_back(i);
+    if (b->random && b->policy != POLICY_UNIFORM) std::push_heap(b->runq.begin(), b->runq.end(), by_priority{b});
+}
+
+/* Queues a thread that has run and may run again. */
 void push(emu_block *b, int i) {
     b->fibers[(size_t)i].st = ST_READY;
-    b->runq.push_back(i);
+    insert(b, i);
 }
 
 int pick(emu_block *b) {
+    if (b->random && b->policy != POLICY_UNIFORM) {
+        if (b->runq.empty()) return -1;
+        std::pop_heap(b->runq.begin(), b->runq.end(), by_priority{b});
+        const int i = b->runq.back();
+        b->runq.pop_back();
+        return i;
+    }
     if (b->head == b->runq.size()) {
         b->runq.clear();
         b->head = 0;
@@ -579,10 +606,19 @@ void run_block(emu_block *b, unsigned int bx, unsigned int by, unsigned int bz) 
         f.tc.grid_dim = b->k->grid;
         f.tc.block = b;
     }
+    if (b->random) {
+        b->policy = (int)(rng_next() % POLICY_COUNT);
+        uint64_t warp_prio[32];
+        for (uint64_t &p : warp_prio)
+            p = rng_next();
+        /* unique keys: the random part above, the thread index (lower first) below */
+        for (unsigned int i = 0; i < b->nthreads; ++i)
+            b->prio[i] = ((b->policy == POLICY_WARP_PRIORITY ? warp_prio[i / 32] : rng_next()) << 11) | (2047u - i);
+    }
     b->runq.clear();
     b->head = 0;
     for (unsigned int i = 0; i < b->nthreads; ++i)
-        b->runq.push_back((int)i);
+        insert(b, (int)i); /* still ST_NEW: started at its first pick */
     b->live = b->nthreads;
     b->exited = 0;
     b->bar_count = 0;
@@ -623,6 +659,8 @@ void run_grid(const kernel_launch &k) {
     b.nthreads = k.block.x * k.block.y * k.block.z;
     b.nwarps = (b.nthreads + 31) / 32;
     b.random = config().seed != 0;
+    b.policy = POLICY_UNIFORM;
+    b.prio.assign(b.nthreads, 0);
     b.bar_kind = BAR_SYNC;
     b.bar_acc = 0;
     b.bar_file = nullptr;
