@@ -2,10 +2,10 @@
  *
  * The model (Qwen3-0.6B shape by default: 28 layers, hidden 1024, bf16, 151936 vocab) is written by the gen-model
  * library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like any HF
- * folder (weights zero-copy from the mmap). Reported: prefill tok/s, decode tok/s, peak RSS, and the baseline from
- * the same run: streaming-read memory bandwidth with the same thread count, which bounds decode at
- * bandwidth / (weight bytes read per token). --profile adds a per-op time breakdown (ops synchronized one by one).
- * Not a correctness check: tests/model does that. */
+ * folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill tok/s,
+ * decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth with the same thread
+ * count, which bounds decode at bandwidth / (weight bytes read per token). --profile adds a per-op time breakdown (ops
+ * synchronized one by one). Not a correctness check: tests/model does that. */
 #include "kw_benches.h"
 
 #include <errno.h>
@@ -184,7 +184,7 @@ int kw_bench_model(int argc, char **argv) {
            "bf16 KV cache, %ld threads\n",
            preset, (int)cfg->n_layers, (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim,
            (int)cfg->intermediate, (int)cfg->vocab, (long)threads);
-    printf("load (mmap, zero-copy): %.1f ms\n", load_ms);
+    printf("load (mmap, matmul weights packed, %s kernels): %.1f ms\n", kw_backend_cpu_isa(be), load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

@@ -513,7 +513,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CHECK(kw_model_load(be, sharer_dirs[i], NULL, &sharers[i]));
         stage = "load fuser";
         KW_CHECK(kw_fuser_load(fuser_dirs[i], 0, &fusers[i]));
-        spec[i] = (kw_fusion_sharer){sharers[i], fusers[i]};
+        spec[i] = (kw_fusion_sharer){.model = sharers[i], .fuser = fusers[i]};
     }
     stage = "bind fusers";
     KW_CHECK(kw_fusion_create(recv, spec, n_sharer_dirs, 0, &fusion));

@@ -257,7 +257,7 @@ static void c2c_open(c2c_run *r, kw_backend *be, const kw_fusion_section *sec, i
     r->recv = load(be, DATA "/receiver_qwen3");
     r->sharer = load(be, DATA "/sharer_qwen2");
     int rc = kw_fuser_load(DATA "/fuser_qwen2", 0, &r->fuser);
-    const kw_fusion_sharer sh = {r->sharer, r->fuser};
+    const kw_fusion_sharer sh = {.model = r->sharer, .fuser = r->fuser};
     if (rc == 0) rc = kw_fusion_create(r->recv, &sh, 1, 0, &r->fusion);
     if (rc == 0) rc = kw_model_create_cache(r->recv, E.L + STEPS + 4, KW_DTYPE_F32, &r->cache);
     const kw_fusion_options opt = {
