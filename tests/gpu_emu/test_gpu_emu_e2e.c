@@ -14,6 +14,9 @@
  * a difference no fp32 argument bounds; bf16 cache stores, loads and attention are checked op by op (bit-exact stores)
  * by the parity suite instead.
  *
+ * Built twice: against the emulator (test_gpu_emu_e2e, label gpu-emu) and, with KW_TEST_REAL_CUDA, against the real
+ * CUDA backend (tests/gpu, test_gpu_e2e, label gpu), which exits 77 where no device exists.
+ *
  * Near-ties. If every logit differs by at most t = tol max|cpu|, the argmax is the same whenever the CPU's top-2
  * margin exceeds 2t; closer than that, either token is a correct result. So:
  *  - teacher forcing: both backends are fed the CPU's tokens, step by step; at every step the logits must be within
@@ -37,7 +40,12 @@
 
 #include "c2c/kw_fusion.h"
 #include "common/kw_status.h"
+#ifndef KW_TEST_REAL_CUDA
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
+#define kw_create_gpu kw_backend_create_cuda_emu
+#else
+#define kw_create_gpu kw_backend_create_cuda
+#endif
 #include "kernels/kw_backend.h"
 #include "model/kw_generate.h"
 #include "model/kw_genmodel.h"
@@ -62,7 +70,7 @@ static int setup(void **state) {
     (void)state;
     memset(&E, 0, sizeof E);
     int rc = kw_backend_create_cpu(2, &E.cpu);
-    if (rc == 0) rc = kw_backend_create_cuda_emu(0, &E.gpu);
+    if (rc == 0) rc = kw_create_gpu(0, &E.gpu);
     if (rc < 0) {
         fprintf(stderr, "backends: %s (%s)\n", kw_status_name(rc), kw_error_detail());
         return -1;
@@ -77,6 +85,9 @@ static int teardown(void **state) {
     kw_backend_destroy(E.gpu);
     kw_backend_destroy(E.cpu);
     kwfx_free(&E.fx);
+#ifdef KW_TEST_REAL_CUDA
+    return 0;
+#else
     kw_cuda_emu_stats st;
     kw_cuda_emu_get_stats(&st);
     printf("emulator: %llu kernels, %llu blocks, %llu threads, %llu fiber switches, %llu faults, %llu allocations "
@@ -84,6 +95,7 @@ static int teardown(void **state) {
            (unsigned long long)st.kernels, (unsigned long long)st.blocks, (unsigned long long)st.threads,
            (unsigned long long)st.switches, (unsigned long long)st.faults, (unsigned long long)st.live_allocations);
     return st.faults == 0 && st.live_allocations == 0 ? 0 : -1;
+#endif
 }
 
 static kw_model *load(kw_backend *be, const char *dir) {
@@ -331,6 +343,15 @@ static void test_c2c(void **state) {
 }
 
 int main(void) {
+#ifdef KW_TEST_REAL_CUDA
+    kw_backend *probe = NULL;
+    const int rc = kw_backend_create_cuda(0, &probe);
+    if (rc == KW_E_NO_DEVICE || rc == KW_E_UNSUPPORTED) {
+        printf("skipped: %s (%s)\n", kw_status_name(rc), kw_error_detail());
+        return 77;
+    }
+    kw_backend_destroy(probe);
+#endif
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_receiver_only_fp32),
         cmocka_unit_test(test_receiver_only_bf16),
