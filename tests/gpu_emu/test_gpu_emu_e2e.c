@@ -232,6 +232,32 @@ static void test_receiver_only_fp32(void **state) {
     receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, TOL);
 }
 
+/* A request whose KV cache does not fit the backend's memory limit is refused before anything is allocated, with a
+ * reason that names the budget, and the model serves the next request. */
+static void test_cache_over_memory_limit(void **state) {
+    (void)state;
+    kw_model *m = load(E.gpu, DATA "/receiver_qwen3");
+    kw_backend_memory mem;
+    kw_backend_get_memory(E.gpu, &mem);
+    assert_int_equal(kw_backend_set_memory_limit(E.gpu, mem.live + (1u << 20)), 0);
+    kw_kvcache *c = NULL;
+    const int rc = kw_model_create_cache(m, 100000, KW_DTYPE_F32, &c); /* 4 layers x 2 heads x 16 x 4 B x 2: 25 MB */
+    if (rc != KW_E_NOMEM || strstr(kw_error_detail(), "memory limit") == NULL)
+        fail_msg("a cache past the limit gave %s (%s)", kw_status_name(rc), kw_error_detail());
+    print_message("  refused: %s\n", kw_error_detail());
+    assert_null(c);
+    kw_backend_memory after;
+    kw_backend_get_memory(E.gpu, &after);
+    assert_int_equal(after.live, mem.live);
+    assert_int_equal(kw_model_create_cache(m, 64, KW_DTYPE_F32, &c), 0);
+    int32_t next = -1;
+    assert_int_equal(kw_model_decode_step(m, c, E.prompt[0], NULL, &next, 0), 0);
+    assert_true(next >= 0);
+    kw_kvcache_free(c);
+    assert_int_equal(kw_backend_set_memory_limit(E.gpu, 0), 0);
+    kw_model_free(m);
+}
+
 /* A bf16 tiny Qwen3 (2 layers, hidden 64) with a 1024-token vocabulary, generated for the test. */
 static void test_receiver_only_bf16(void **state) {
     (void)state;
@@ -356,6 +382,7 @@ int main(void) {
         cmocka_unit_test(test_receiver_only_fp32),
         cmocka_unit_test(test_receiver_only_bf16),
         cmocka_unit_test(test_c2c),
+        cmocka_unit_test(test_cache_over_memory_limit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
