@@ -1063,6 +1063,9 @@ static void test_cublas(void **state) {
     assert_int_equal(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, d, CUDA_R_32F, 4, d, CUDA_R_32F, 8, &one,
                                   d, CUDA_R_32F, 8, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                      CUBLAS_STATUS_INVALID_VALUE); /* lda < m */
+#ifdef KW_CUDA_EMU
+    assert_non_null(strstr(kw_cuda_emu_last_error_detail(), "lda=4"));
+#endif
     assert_int_equal(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, d, CUDA_R_16BF, 8, d, CUDA_R_32F, 8, &one,
                                   d, CUDA_R_32F, 8, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                      CUBLAS_STATUS_NOT_SUPPORTED); /* A and B of different types */

@@ -136,8 +136,7 @@ void run_gemm(const gemm_args &g, int device) {
 }
 
 cublasStatus_t invalid(const std::string &why) {
-    std::string s = why;
-    fprintf(stderr, "kvwire CUDA emulator: cuBLAS: %s\n", s.c_str());
+    note_failure("CUBLAS_STATUS_INVALID_VALUE", why);
     return CUBLAS_STATUS_INVALID_VALUE;
 }
 

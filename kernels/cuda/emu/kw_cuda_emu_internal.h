@@ -62,6 +62,10 @@ void run_grid(const kernel_launch &k);
  * cudaGetErrorString and kw_cuda_emu_last_fault, and printed to stderr. */
 void set_fault(int device, cudaError_t code, const std::string &msg);
 
+/* Records why a call failed as the calling thread's last error detail (kw_cuda_emu_last_error_detail), printed to
+ * stderr under KW_CUDA_EMU_VERBOSE=1. The runtime's calls also set the thread's last cudaError_t; cuBLAS's do not. */
+void note_failure(const char *api, const std::string &why);
+
 /* The calling thread's current device (cudaSetDevice). */
 int current_device(void);
 

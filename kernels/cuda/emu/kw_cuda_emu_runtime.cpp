@@ -213,9 +213,7 @@ double now_ms(void) {
 /* Sets the calling thread's last error (and the reason, printed when verbose). */
 cudaError_t fail(cudaError_t err, const std::string &why) {
     tl_last = err;
-    tl_detail = why;
-    if (g_state != nullptr && g_state->verbose)
-        fprintf(stderr, "kvwire CUDA emulator: %s: %s\n", cudaGetErrorName(err), why.c_str());
+    note_failure(cudaGetErrorName(err), why);
     return err;
 }
 
@@ -557,6 +555,11 @@ std::string strf(const char *fmt, ...) {
 
 emu_counters &counters(void) {
     return state()->counters;
+}
+
+void note_failure(const char *api, const std::string &why) {
+    tl_detail = why;
+    if (g_state != nullptr && g_state->verbose) fprintf(stderr, "kvwire CUDA emulator: %s: %s\n", api, why.c_str());
 }
 
 int current_device(void) {
