@@ -200,6 +200,20 @@ static int kw_fusion_layer_needed(const kw_fusion *f, const kw_fusion_sh *s, int
     return 0;
 }
 
+int32_t kw_fusion_n_sharers(const kw_fusion *f) {
+    return f ? f->n_sharers : 0;
+}
+
+int kw_fusion_sharer_geometry(const kw_fusion *f, int32_t sharer, int32_t *n_layers, int32_t *n_kv_heads,
+                              int32_t *head_dim) {
+    KW_RETURN_IF(f == NULL || sharer < 0 || sharer >= f->n_sharers, KW_E_INVALID_ARG,
+                 "kw_fusion_sharer_geometry: no sharer %d", (int)sharer);
+    if (n_layers) *n_layers = f->sh[sharer].n_layers;
+    if (n_kv_heads) *n_kv_heads = f->sh[sharer].n_heads;
+    if (head_dim) *head_dim = f->sh[sharer].head_dim;
+    return 0;
+}
+
 int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers, int32_t cap, int32_t *n) {
     KW_RETURN_IF(f == NULL || n == NULL || (cap > 0 && layers == NULL), KW_E_INVALID_ARG,
                  "kw_fusion_needed_layers: NULL argument");

@@ -113,6 +113,11 @@ int kw_fusion_create(kw_model *receiver, const kw_fusion_sharer *sharers, int32_
 /* Releases the bindings and scratch. NULL is a no-op. */
 void kw_fusion_free(kw_fusion *f);
 
+/* The number of sharers, and sharer i's cache geometry (any output may be NULL). */
+int32_t kw_fusion_n_sharers(const kw_fusion *f);
+int kw_fusion_sharer_geometry(const kw_fusion *f, int32_t sharer, int32_t *n_layers, int32_t *n_kv_heads,
+                              int32_t *head_dim);
+
 /* The sharer layers whose rows fusion uses (some receiver layer with an open gate maps to them), ascending, into
  * layers (cap entries); *n receives the count (KW_E_LIMIT if cap is short). */
 int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers, int32_t cap, int32_t *n);

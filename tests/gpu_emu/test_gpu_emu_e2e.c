@@ -1,9 +1,10 @@
 /* test_gpu_emu_e2e.c: end-to-end greedy decoding on the CUDA backend run by the CUDA emulator (kernels/cuda/emu),
  * against the CPU backend: receiver-only (kw_model_forward / kw_generate_greedy) on the fp32 tiny Qwen3 of
  * tests/data/c2c/fusion and on a bf16 tiny Qwen3 generated here (1024-token vocabulary, bf16 weights widened by the
- * kernels), and Cache-to-Cache (kw_fusion_run, receiver Qwen3 + sharer Qwen2 + fuser of the same
- * fixtures, standard L-1/1 split). The prompt is long enough (24+ tokens) that prefill takes the cuBLAS path of the
- * matmul and decode the streaming kernel.
+ * kernels), Cache-to-Cache (kw_fusion_run, receiver Qwen3 + sharer Qwen2 + fuser of the same fixtures, standard
+ * L-1/1 split) and kv_direct (the receiver's own model as the sharer: kw_share_run's layer-by-layer prefill, the rows
+ * handed to kw_receive exactly, then generation). The prompt is long enough (24+ tokens) that prefill takes the cuBLAS
+ * path of the matmul and decode the streaming kernel.
  *
  * Tolerance. Both backends compute in fp32 from the same weights and differ only in summation order (blocked, tree,
  * FMA or not); that is the situation of tests/model/test_model_parity.c (CPU vs HF torch, two fp32 implementations),
@@ -39,6 +40,7 @@
 #include <unistd.h>
 
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_share.h"
 #include "common/kw_status.h"
 #ifndef KW_TEST_REAL_CUDA
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
@@ -50,6 +52,7 @@
 #include "model/kw_generate.h"
 #include "model/kw_genmodel.h"
 #include "model/kw_model.h"
+#include "receiver/kw_receive.h"
 #include "tests/kw_test_util.h"
 #include "tests/model/model_fixture.h"
 
@@ -318,6 +321,46 @@ static void c2c_close(c2c_run *r) {
     kw_model_free(r->sharer);
 }
 
+/* After a run that fused (or received) the prompt on each backend: the receiver caches over the prompt within TOL
+ * layer by layer, then the decode steps again, teacher-forced on each backend's own cache (truncated to rows 0..L-2,
+ * the last prompt token fed, then the cpu's tokens), compared step by step; the runs' own tokens (cpu_gen, gpu_gen)
+ * must agree up to the first near-tie. */
+static void compare_after_prompt(const char *what, kw_model *mc, kw_kvcache *cc, const int32_t *cpu_gen, kw_model *mg,
+                                 kw_kvcache *cg, const int32_t *gpu_gen) {
+    const kw_model_config *cfg = kw_model_get_config(mc);
+    const int64_t n = E.L * cfg->n_kv_heads * cfg->head_dim, V = cfg->vocab;
+    float *kc = malloc((size_t)n * sizeof *kc), *vc = malloc((size_t)n * sizeof *vc);
+    float *kg = malloc((size_t)n * sizeof *kg), *vg = malloc((size_t)n * sizeof *vg);
+    assert_true(kc && vc && kg && vg);
+    double worst = 0;
+    for (int32_t l = 0; l < cfg->n_layers; ++l) {
+        assert_int_equal(kw_kvcache_read_rows(cc, l, 0, E.L, kc, vc), 0);
+        assert_int_equal(kw_kvcache_read_rows(cg, l, 0, E.L, kg, vg), 0);
+        worst = fmax(worst, fmax(kwfx_rel_diff(kg, kc, n), kwfx_rel_diff(vg, vc, n)));
+    }
+    print_message("  %s: receiver cache over the prompt, worst layer difference %.3g of max |value| (bound %.3g)\n",
+                  what, worst, TOL);
+    assert_true(worst <= TOL);
+
+    float *rc = malloc((size_t)(STEPS * V) * sizeof *rc), *rg = malloc((size_t)(STEPS * V) * sizeof *rg);
+    float *first = malloc((size_t)V * sizeof *first);
+    int32_t tc[STEPS], tg[STEPS];
+    assert_true(rc && rg && first);
+    assert_int_equal(kw_kvcache_truncate(cc, E.L - 1), 0);
+    assert_int_equal(kw_model_decode_step(mc, cc, E.prompt[E.L - 1], first, NULL, 0), 0);
+    teacher_forced(mc, cc, first, NULL, rc, tc);
+    for (int s = 0; s < STEPS; ++s)
+        assert_int_equal(tc[s], cpu_gen[s]); /* the replay is the run's own decode */
+    assert_int_equal(kw_kvcache_truncate(cg, E.L - 1), 0);
+    assert_int_equal(kw_model_decode_step(mg, cg, E.prompt[E.L - 1], first, NULL, 0), 0);
+    teacher_forced(mg, cg, first, tc, rg, tg);
+    const int first_tie = compare_steps(what, rc, rg, tc, V, TOL);
+    for (int s = 0; s < first_tie; ++s)
+        assert_int_equal(gpu_gen[s], cpu_gen[s]);
+    print_message("  %s: %d generated tokens identical\n", what, first_tie);
+    free(kc), free(vc), free(kg), free(vg), free(rc), free(rg), free(first);
+}
+
 static void test_c2c(void **state) {
     (void)state;
     kw_fusion_section sec[2];
@@ -328,44 +371,103 @@ static void test_c2c(void **state) {
     c2c_open(&g, E.gpu, sec, n_sec);
     assert_true(c.res.stats.layers_fused > 0);
     assert_int_equal(g.res.stats.layers_fused, c.res.stats.layers_fused);
-
-    /* the fused receiver cache over the prompt, layer by layer */
-    const kw_model_config *cfg = kw_model_get_config(c.recv);
-    const int64_t n = E.L * cfg->n_kv_heads * cfg->head_dim, V = cfg->vocab;
-    float *kc = malloc((size_t)n * sizeof *kc), *vc = malloc((size_t)n * sizeof *vc);
-    float *kg = malloc((size_t)n * sizeof *kg), *vg = malloc((size_t)n * sizeof *vg);
-    assert_true(kc && vc && kg && vg);
-    double worst = 0;
-    for (int32_t l = 0; l < cfg->n_layers; ++l) {
-        assert_int_equal(kw_kvcache_read_rows(c.cache, l, 0, E.L, kc, vc), 0);
-        assert_int_equal(kw_kvcache_read_rows(g.cache, l, 0, E.L, kg, vg), 0);
-        worst = fmax(worst, fmax(kwfx_rel_diff(kg, kc, n), kwfx_rel_diff(vg, vc, n)));
-    }
-    print_message("  c2c: fused receiver cache, worst layer difference %.3g of max |value| (bound %.3g)\n", worst, TOL);
-    assert_true(worst <= TOL);
-
-    /* the decode steps again, teacher-forced on each backend's own fused cache: truncate to the fused rows 0..L-2
-     * and feed the last prompt token, then the cpu's tokens */
-    float *rc = malloc((size_t)(STEPS * V) * sizeof *rc), *rg = malloc((size_t)(STEPS * V) * sizeof *rg);
-    float *first = malloc((size_t)V * sizeof *first);
-    int32_t tc[STEPS], tg[STEPS];
-    assert_true(rc && rg && first);
-    assert_int_equal(kw_kvcache_truncate(c.cache, E.L - 1), 0);
-    assert_int_equal(kw_model_decode_step(c.recv, c.cache, E.prompt[E.L - 1], first, NULL, 0), 0);
-    teacher_forced(c.recv, c.cache, first, NULL, rc, tc);
-    for (int s = 0; s < STEPS; ++s)
-        assert_int_equal(tc[s], c.res.gen.ids[s]); /* the replay is the fusion's own decode */
-    assert_int_equal(kw_kvcache_truncate(g.cache, E.L - 1), 0);
-    assert_int_equal(kw_model_decode_step(g.recv, g.cache, E.prompt[E.L - 1], first, NULL, 0), 0);
-    teacher_forced(g.recv, g.cache, first, tc, rg, tg);
-    const int first_tie = compare_steps("c2c", rc, rg, tc, V, TOL);
-    for (int s = 0; s < first_tie; ++s)
-        assert_int_equal(g.res.gen.ids[s], c.res.gen.ids[s]);
-    print_message("  c2c: kw_fusion_run, %d tokens identical\n", first_tie);
-
-    free(kc), free(vc), free(kg), free(vg), free(rc), free(rg), free(first);
+    assert_int_equal(c.res.gen.n, STEPS);
+    assert_int_equal(g.res.gen.n, STEPS);
+    compare_after_prompt("c2c", c.recv, c.cache, c.res.gen.ids, g.recv, g.cache, g.res.gen.ids);
     c2c_close(&c);
     c2c_close(&g);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * kv_direct
+ */
+
+/* The rows kw_share_run hands over, kept until the receiver takes them (one sent section). */
+typedef struct kept_rows {
+    int32_t n, layer[64];
+    int64_t rows[64], *pos[64];
+    float *k[64], *v[64];
+} kept_rows;
+
+static int keep_rows(void *user, const kw_share_layer *l) {
+    kept_rows *kr = user;
+    assert_true(kr->n < 64);
+    const size_t vals = (size_t)(l->n_rows * l->n_heads * l->head_dim);
+    const int32_t i = kr->n++;
+    kr->layer[i] = l->layer;
+    kr->rows[i] = l->n_rows;
+    kr->pos[i] = malloc((size_t)l->n_rows * sizeof(int64_t));
+    kr->k[i] = malloc(vals * sizeof(float));
+    kr->v[i] = malloc(vals * sizeof(float));
+    assert_true(kr->pos[i] && kr->k[i] && kr->v[i]);
+    memcpy(kr->pos[i], l->positions, (size_t)l->n_rows * sizeof(int64_t));
+    memcpy(kr->k[i], l->k, vals * sizeof(float));
+    memcpy(kr->v[i], l->v, vals * sizeof(float));
+    return 0;
+}
+
+/* kv_direct on one backend with the standard split: the model shares the prompt but its last token, every layer and
+ * position, with itself as the receiver. */
+static void kv_direct_run(kw_model *m, kw_kvcache **cache, kw_fusion_result *res) {
+    kw_fusion_section sec[2];
+    int32_t n_sec = 0, layers[64];
+    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n_sec), 0);
+    const int32_t n_layers = kw_model_get_config(m)->n_layers;
+    assert_true(n_layers <= 64);
+    for (int32_t l = 0; l < n_layers; ++l)
+        layers[l] = l;
+    kept_rows kr;
+    memset(&kr, 0, sizeof kr);
+    const kw_share_options so = {.sections = sec,
+                                 .n_sections = n_sec,
+                                 .layers = layers,
+                                 .n_layers = n_layers,
+                                 .select = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1},
+                                 .same_positions = 1,
+                                 .cache_dtype = KW_DTYPE_F32,
+                                 .on_layer = keep_rows,
+                                 .user = &kr};
+    int rc = kw_share_run(m, E.prompt, E.L - 1, &so, NULL);
+    if (rc < 0)
+        fail_msg("share on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc), kw_error_detail());
+    assert_int_equal(kr.n, n_layers);
+    assert_int_equal(kw_model_create_cache(m, E.L + STEPS + 4, KW_DTYPE_F32, cache), 0);
+    const kw_receive_options ro = {
+        .mode = KW_RECEIVE_KV_DIRECT,
+        .fusion = {.sections = sec,
+                   .n_sections = n_sec,
+                   .gen = {.max_new_tokens = STEPS, .round = KW_LOGITS_ROUND_NONE, .eos_ids = E.prompt, .n_eos = 0}}};
+    kw_receive *r = NULL;
+    rc = kw_receive_begin(m, NULL, *cache, E.prompt, E.L, &ro, &r);
+    if (rc == 0) rc = kw_receive_prefill(r, 0);
+    for (int32_t i = 0; rc == 0 && i < kr.n; ++i)
+        rc = kw_receive_rows(r, 0, kr.layer[i], kr.rows[i], kr.pos[i], kr.k[i], kr.v[i]);
+    if (rc == 0) rc = kw_receive_rows_done(r, 0);
+    if (rc == 0) rc = kw_receive_end_section(r, 0);
+    if (rc == 0) rc = kw_receive_generate(r, res);
+    if (rc < 0)
+        fail_msg("receive on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc), kw_error_detail());
+    kw_receive_free(r);
+    for (int32_t i = 0; i < kr.n; ++i)
+        free(kr.pos[i]), free(kr.k[i]), free(kr.v[i]);
+}
+
+static void test_kv_direct(void **state) {
+    (void)state;
+    kw_model *mc = load(E.cpu, DATA "/receiver_qwen3"), *mg = load(E.gpu, DATA "/receiver_qwen3");
+    kw_kvcache *cc = NULL, *cg = NULL;
+    kw_fusion_result c, g;
+    kv_direct_run(mc, &cc, &c);
+    kv_direct_run(mg, &cg, &g);
+    assert_int_equal(c.gen.n, STEPS);
+    assert_int_equal(g.gen.n, STEPS);
+    compare_after_prompt("kv_direct", mc, cc, c.gen.ids, mg, cg, g.gen.ids);
+    kw_fusion_result_free(&c);
+    kw_fusion_result_free(&g);
+    kw_kvcache_free(cc);
+    kw_kvcache_free(cg);
+    kw_model_free(mc);
+    kw_model_free(mg);
 }
 
 int main(void) {
@@ -382,6 +484,7 @@ int main(void) {
         cmocka_unit_test(test_receiver_only_fp32),
         cmocka_unit_test(test_receiver_only_bf16),
         cmocka_unit_test(test_c2c),
+        cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_cache_over_memory_limit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
