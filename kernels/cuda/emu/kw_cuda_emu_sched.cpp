@@ -100,11 +100,16 @@ stack_pool g_stacks;
 void stacks_ensure(unsigned int n) {
     const size_t stack = config().stack_bytes;
     if (g_stacks.base != nullptr && g_stacks.count >= n && g_stacks.stack == stack) return;
-    if (g_stacks.base != nullptr) munmap(g_stacks.base, g_stacks.slot * g_stacks.count);
+    if (g_stacks.base != nullptr) {
+        /* the fibers' frames left redzones in ASan's shadow; a later mmap may reuse these addresses (a model file),
+         * and ASan does not clear the shadow of an unmapped range */
+        fiber_stack_reset(g_stacks.base, g_stacks.slot * g_stacks.count);
+        munmap(g_stacks.base, g_stacks.slot * g_stacks.count);
+    }
     g_stacks.page = (size_t)sysconf(_SC_PAGESIZE);
     g_stacks.stack = stack;
     g_stacks.slot = stack + g_stacks.page;
-    g_stacks.count = n < 32 ? 32 : n;
+    g_stacks.count = n < 256 ? 256 : n; /* room for the usual block sizes at once: few remaps */
     void *p = mmap(nullptr, g_stacks.slot * g_stacks.count, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
