@@ -1,6 +1,7 @@
 /* bench_model.c: `kvwire bench model`: prefill and decode speed of a real-shaped random model on the CPU backend.
  *
- * The model (Qwen3-0.6B shape by default: 28 layers, hidden 1024, bf16, 151936 vocab) is written by the gen-model
+ * The model (Qwen3-0.6B shape by default: 28 layers, hidden 1024, bf16, 151936 vocab; or Qwen2.5-0.5B, Llama-3.2-1B,
+ * Gemma 3 270M) is written by the gen-model
  * library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like any HF
  * folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill tok/s,
  * decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth with the same thread
@@ -28,9 +29,10 @@ const char kw_bench_model_summary[] =
     "prefill/decode tok/s of a real-shaped random model vs the memory-bandwidth bound";
 
 static void kw_bench_model_usage(FILE *f) {
-    fprintf(f, "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama]\n"
-               "                          [--model-dir DIR] [--reps N] [--profile]\n"
-               "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B\n"
+    fprintf(f, "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N]\n"
+               "                          [--arch qwen3|qwen2|llama|gemma3] [--model-dir DIR] [--reps N] [--profile]\n"
+               "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
+               "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
                "  --threads    CPU threads (default 2)\n"
                "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
                "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
@@ -93,8 +95,8 @@ static void kw_bench_remove_model(const char *dir) {
 
 int kw_bench_model(int argc, char **argv) {
     int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
-    static const char *const archs[] = {"qwen3", "qwen2", "llama", NULL};
-    static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b"};
+    static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
+    static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL;
     int arch = 0, profile = 0;
     const kw_cli_option opts[] = {

@@ -1,15 +1,19 @@
 /* kw_chat.h: chat templates written in C, one per model family, byte-identical to
  * transformers.apply_chat_template(messages, tokenize=False, add_generation_prompt=..., enable_thinking=...) with the
- * real templates of Qwen3, Qwen2.5-Instruct and Llama-3.2-Instruct. No template engine. */
+ * real templates of Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct and Gemma 3. No template engine. */
 #ifndef KW_CHAT_H
 #define KW_CHAT_H
 
 #include <stddef.h>
 
+#include "model/kw_config.h"
+
 enum kw_chat_family {
     KW_CHAT_QWEN3 = 0,   /* Qwen3: no default system prompt; enable_thinking=false adds the empty think block */
     KW_CHAT_QWEN25 = 1,  /* Qwen2.5-Instruct: default system prompt "You are Qwen, created by Alibaba Cloud. ..." */
     KW_CHAT_LLAMA32 = 2, /* Llama-3.2-Instruct: system header with "Cutting Knowledge Date" and "Today Date" */
+    KW_CHAT_GEMMA3 = 3,  /* Gemma 3: <bos>, <start_of_turn>user / model turns, the system text prefixed to the first
+                            turn; roles must alternate user, assistant, ... */
 };
 
 typedef struct kw_chat_message {
@@ -31,8 +35,12 @@ typedef struct kw_chat_options {
 int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
                    const kw_chat_options *options, char **out, size_t *out_len);
 
-/* "qwen3", "qwen2.5", "llama3.2" <-> enum; parse returns KW_E_INVALID_ARG for unknown names. */
+/* "qwen3", "qwen2.5", "llama3.2", "gemma3" <-> enum; parse returns KW_E_INVALID_ARG for unknown names. */
 const char *kw_chat_family_name(enum kw_chat_family family);
 int kw_chat_family_parse(const char *name, enum kw_chat_family *out);
+
+/* The chat template of an architecture: Qwen3 -> qwen3, Qwen2 -> qwen2.5 (Instruct), Llama -> llama3.2 (Instruct),
+ * Gemma3 -> gemma3. KW_E_UNSUPPORTED for an architecture without one. */
+int kw_chat_family_for_arch(enum kw_arch arch, enum kw_chat_family *out);
 
 #endif /* KW_CHAT_H */

@@ -28,13 +28,13 @@ static void kw_generate_usage(FILE *f) {
             "                       [--round auto|none|bf16]\n"
             "  --chat            wrap the prompt in the model family's chat template (qwen3: Qwen3 with thinking\n"
             "                    disabled; qwen2: Qwen2.5-Instruct; llama: Llama-3.2-Instruct, --date sets its\n"
-            "                    \"Today Date\", default today)\n"
+            "                    \"Today Date\", default today; gemma3: Gemma 3, --system opens the user turn)\n"
             "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
             "  --threads         CPU threads (default: one per core)\n"
             "  --tokenizer       folder with tokenizer.json (default: the model folder)\n"
             "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
             "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-            "Without --chat, Llama prompts get <|begin_of_text|> prepended (HF add_special_tokens); Qwen has no BOS.\n"
+            "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none.\n"
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
@@ -87,18 +87,18 @@ int kw_cmd_generate(int argc, char **argv) {
     const kw_model_config *cfg = kw_model_get_config(model);
     stage = "load tokenizer";
     KW_CHECK(kw_tokenizer_load(tok_dir ? tok_dir : model_dir, &tok));
-    KW_CHECK_IF(kw_tokenizer_vocab_size(tok) > cfg->vocab, KW_E_TOKENIZER,
-                "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
-                (int)cfg->vocab);
+    /* ids past the model's vocabulary are tolerated only as special tokens (Gemma 3's tokenizer adds
+     * <image_soft_token> at 262144, past the 262144 rows of its text models); any other would be a mismatch */
+    for (int32_t id = cfg->vocab; id < kw_tokenizer_vocab_size(tok); ++id)
+        KW_CHECK_IF(!kw_tokenizer_is_special(tok, id), KW_E_TOKENIZER,
+                    "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
+                    (int)cfg->vocab);
 
     stage = "prompt";
     const char *input = prompt;
     if (chat) {
-        enum kw_chat_family family = cfg->arch == KW_ARCH_QWEN3   ? KW_CHAT_QWEN3
-                                     : cfg->arch == KW_ARCH_QWEN2 ? KW_CHAT_QWEN25
-                                                                  : KW_CHAT_LLAMA32;
-        KW_CHECK_IF(cfg->arch != KW_ARCH_QWEN3 && cfg->arch != KW_ARCH_QWEN2 && cfg->arch != KW_ARCH_LLAMA,
-                    KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(cfg->arch));
+        enum kw_chat_family family;
+        KW_CHECK(kw_chat_family_for_arch(cfg->arch, &family));
         char today[32];
         if (!date) {
             const time_t now = time(NULL);
@@ -118,7 +118,8 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    const int add_bos = !chat && cfg->arch == KW_ARCH_LLAMA && cfg->bos_id >= 0;
+    /* HF add_special_tokens: Llama-3 and Gemma 3 tokenizers prepend BOS (the chat templates write it themselves) */
+    const int add_bos = !chat && (cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3) && cfg->bos_id >= 0;
     const int64_t n_prompt = (int64_t)n_ids + add_bos;
     KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
     all = malloc((size_t)n_prompt * sizeof *all);
