@@ -159,7 +159,12 @@ int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dty
     size_t nbytes;
     KW_FORWARD(kw_check_layout_shape(dtype, ndim, ne, layout, &nbytes));
     void *data = NULL;
-    KW_FORWARD(backend->iface->alloc(backend, nbytes, &data));
+    KW_FORWARD(kw__backend_charge(backend, nbytes, "a tensor"));
+    const int rc = backend->iface->alloc(backend, nbytes, &data);
+    if (rc < 0) {
+        kw__backend_uncharge(backend, nbytes);
+        return rc;
+    }
     memset(t, 0, sizeof *t);
     t->backend = backend;
     t->data = data;
@@ -197,6 +202,7 @@ void kw_tensor_free(kw_tensor *t) {
     if (t->owns_data && t->data && t->backend) {
         t->backend->iface->free(t->backend, t->data);
         --t->backend->n_live_allocs;
+        kw__backend_uncharge(t->backend, kw_tensor_nbytes(t));
     }
     memset(t, 0, sizeof *t);
 }
@@ -273,6 +279,34 @@ void kw__backend_defer_error(kw_backend *backend, int status, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(backend->deferred_detail, sizeof backend->deferred_detail, fmt, ap);
     va_end(ap);
+}
+
+int kw__backend_charge(kw_backend *backend, uint64_t bytes, const char *what) {
+    kw_backend_memory *m = &backend->mem;
+    KW_RETURN_IF(m->limit != 0 && (bytes > m->limit || m->live > m->limit - bytes), KW_E_NOMEM,
+                 "%s backend: %s of %llu bytes does not fit its memory limit (%llu of %llu bytes in use)",
+                 backend->iface->name, what, (unsigned long long)bytes, (unsigned long long)m->live,
+                 (unsigned long long)m->limit);
+    m->live += bytes;
+    if (m->live > m->peak) m->peak = m->live;
+    return 0;
+}
+
+void kw__backend_uncharge(kw_backend *backend, uint64_t bytes) {
+    backend->mem.live -= bytes < backend->mem.live ? bytes : backend->mem.live;
+}
+
+void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out) {
+    *out = backend->mem;
+}
+
+int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_set_memory_limit: NULL backend");
+    KW_RETURN_IF(limit != 0 && limit < backend->mem.live, KW_E_INVALID_ARG,
+                 "%s backend: memory limit %llu below the %llu bytes in use", backend->iface->name,
+                 (unsigned long long)limit, (unsigned long long)backend->mem.live);
+    backend->mem.limit = limit;
+    return 0;
 }
 
 void kw_backend_destroy(kw_backend *backend) {

@@ -126,6 +126,20 @@ int kw_backend_supports(const kw_backend *backend, enum kw_op op, enum kw_dtype 
 /* Blocks until every queued op and transfer has finished. Returns the first asynchronous error, if any. */
 int kw_backend_synchronize(kw_backend *backend);
 
+/* Backend memory accounting. live: bytes held now (tensors from kw_tensor_alloc, kw_tensor_pack_weight and, on a
+ * device backend, kw_tensor_from_host; plus a backend's own scratch, e.g. the CUDA backend's matmul and attention
+ * workspace); peak: the most held since creation; limit: the cap, 0 for none. */
+typedef struct kw_backend_memory {
+    uint64_t live, peak, limit;
+} kw_backend_memory;
+
+void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out);
+
+/* Caps the backend memory: an allocation that would take live past limit fails with KW_E_NOMEM before anything is
+ * allocated, its reason naming the request and the budget (so a request whose KV cache does not fit is refused
+ * cleanly). 0 removes the cap. KW_E_INVALID_ARG if limit is below what is live now. */
+int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit);
+
 /* ------------------------------------------------------------------------------------------------------------
  * Memory
  */

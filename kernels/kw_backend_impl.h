@@ -70,7 +70,15 @@ struct kw_backend {
     int64_t n_live_allocs;     /* kw_tensor_alloc'd buffers not yet freed (checked by destroy) */
     int deferred_status;       /* first error found while running ops since the last synchronize, or 0 */
     char deferred_detail[256]; /* its human-readable reason */
+    kw_backend_memory mem;     /* bytes held (tensors and charged scratch), peak and limit: kw__backend_charge */
 };
+
+/* Accounts bytes of backend memory about to be allocated (what names them in the error): KW_E_NOMEM, with the request
+ * and the budget in the reason, if that would take the live bytes past the limit; nothing is charged then. The
+ * generic layer charges tensor allocations; a backend charges its own scratch (CUDA: workspace) the same way and
+ * calls kw__backend_uncharge when it frees it. */
+int kw__backend_charge(kw_backend *backend, uint64_t bytes, const char *what);
+void kw__backend_uncharge(kw_backend *backend, uint64_t bytes);
 
 /* kw_tensor_alloc with a layout: the byte size follows kw_tensor_nbytes for that layout (KW_LAYOUT_PANELS: ndim 2). */
 int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,

@@ -3,7 +3,9 @@
 # gcc with AddressSanitizer + LeakSanitizer + UndefinedBehaviorSanitizer; clang with its UndefinedBehaviorSanitizer,
 # which catches cases gcc's does not, e.g. arithmetic on NULL) and runs the whole test suite in each; the optimised
 # build also reruns the CPU-sensitive suites on the AVX2 and scalar kernel paths. Tests labelled `slow` run only with
-# KW_TEST_SLOW=1; `gpu` tests skip themselves (exit 77) where no CUDA device is present.
+# KW_TEST_SLOW=1; `gpu` tests skip themselves (exit 77) where no CUDA device is present. The `gpu-emu` tests (the CUDA
+# backend's kernels run by the CUDA emulator of kernels/cuda/emu, no device needed) run in all three builds; each
+# build checks that they did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -12,10 +14,23 @@ exclude=slow
 if [ "${KW_TEST_SLOW:-0}" = 1 ]; then exclude='^$'; fi
 jobs=$(nproc 2>/dev/null || echo 2)
 
+# gpu_emu_ran DIR: the gpu-emu tests of a build ran (they are part of the runs above); fails if the build has none,
+# which would mean the emulator was not built (no C++ compiler, KW_CUDA_EMU=OFF).
+gpu_emu_ran() {
+    local n
+    n=$(cd "$1" && ctest -N -L gpu-emu | sed -n 's/^Total Tests: //p')
+    if [ "${n:-0}" -eq 0 ]; then
+        echo "no gpu-emu tests in $1: the CUDA emulator was not built" >&2
+        exit 1
+    fi
+    echo "== $1: $n gpu-emu tests ran (the CUDA kernels on the emulator) =="
+}
+
 echo "== build (optimised) =="
 ./scripts/build.sh build
 echo "== test (optimised) =="
 (cd build && ctest --output-on-failure -j "$jobs" -LE "$exclude")
+gpu_emu_ran build
 
 # The CPU-sensitive suites again on the other kernel paths, so that a machine with AVX-512 also runs what an AVX2-only
 # machine would (and every machine the portable scalar path): results must be the same bits on each (the AVX2 run
@@ -31,10 +46,13 @@ echo "== test (ASan + UBSan) =="
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure -j "$jobs" -LE "$exclude|nosan")
+gpu_emu_ran build-asan
 
 echo "== build (clang + UBSan) =="
-CC=clang ./scripts/build.sh build-ubsan -DKW_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug -DKW_TEST_TIMEOUT_MULTIPLIER=4 \
-    "-DCMAKE_C_FLAGS=-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+ubsan="-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+CC=clang CXX=clang++ ./scripts/build.sh build-ubsan -DKW_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug \
+    -DKW_TEST_TIMEOUT_MULTIPLIER=4 "-DCMAKE_C_FLAGS=$ubsan" "-DCMAKE_CXX_FLAGS=$ubsan" \
     -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=undefined
 echo "== test (clang + UBSan) =="
 (cd build-ubsan && ctest --output-on-failure -j "$jobs" -LE "$exclude|nosan")
+gpu_emu_ran build-ubsan

@@ -4,8 +4,15 @@
 #ifndef KW_CUDA_CUH
 #define KW_CUDA_CUH
 
+#ifdef KW_CUDA_EMU
+/* compiled as host C++ for the emulator: kernels/cuda/emu/kw_cuda_emu.h (force-included) is the runtime and cuBLAS */
+#include "kernels/cuda/emu/kw_cuda_emu.h"
+#else
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#endif
+
+#include "kernels/cuda/kw_cuda_launch.cuh"
 
 extern "C" {
 #include "common/kw_status.h"
@@ -32,7 +39,7 @@ struct kw_cuda_backend {
     kw_cuda_err *d_err;             /* device */
     kw_cuda_err *h_err;             /* pinned host mirror, read at synchronize */
     unsigned int get_rows_launches; /* numbers get_rows launches for kw_cuda_err (never 0) */
-    float *work;                    /* f32 workspace for widened weight panels (stream-ordered allocation) */
+    float *work; /* f32 workspace (stream-ordered allocation): widened weight panels, attention chunk sums */
     size_t work_floats;
 };
 
@@ -78,6 +85,14 @@ static inline int kw__cuda_fail(cudaError_t err, const char *what) {
  * synchronize, as KW_E_CUDA, and the backend cannot be used afterwards (destroy it). The only errors the device
  * reports as data, at synchronize, are get_rows' bad ids (kw_cuda_err). */
 #define KW_CUDA_LAUNCHED() KW_CUDA_TRY(cudaGetLastError())
+
+/* Attention splits a long span into chunks (kw_cuda_ops.cu) only when fewer (token, head) rows than this would each
+ * get a block: beyond it the one-block-per-row kernel already fills the device. */
+#define KW_CUDA_ATTN_SPLIT_MAX_ROWS 512
+
+/* Chunks the attention of `rows` (token, head) rows whose longest visible span is max_span cache rows is cut into
+ * (1: the one-block-per-row kernel). */
+int kw__cuda_attn_chunks(int64_t rows, int64_t max_span);
 
 /* x rows handled per streaming-matmul launch (registers per thread). */
 #define KW_CUDA_GEMV_ROWS 8

@@ -41,10 +41,19 @@ int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out) {
 
 int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
     if (n > cu->work_floats) {
-        if (cu->work) KW_CUDA_TRY(cudaFreeAsync(cu->work, cu->stream));
+        if (cu->work) {
+            KW_CUDA_TRY(cudaFreeAsync(cu->work, cu->stream));
+            kw__backend_uncharge(&cu->base, cu->work_floats * sizeof(float));
+        }
         cu->work = NULL;
         cu->work_floats = 0;
-        KW_FORWARD(kw__cuda_malloc(cu, n * sizeof(float), (void **)&cu->work));
+        /* the workspace counts against the backend's memory limit like its tensors */
+        KW_FORWARD(kw__backend_charge(&cu->base, n * sizeof(float), "the CUDA workspace"));
+        const int rc = kw__cuda_malloc(cu, n * sizeof(float), (void **)&cu->work);
+        if (rc < 0) {
+            kw__backend_uncharge(&cu->base, n * sizeof(float));
+            return rc;
+        }
         cu->work_floats = n;
     }
     *out = cu->work;

@@ -67,7 +67,7 @@ __global__ void kw_k_to_f32(float *dst, const void *src, enum kw_dtype dtype, in
 }
 
 int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
-    kw_k_to_f32<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst, src, dtype, i0, n);
+    KW_CUDA_LAUNCH(kw_k_to_f32, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst, src, dtype, i0, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -98,7 +98,8 @@ int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, 
     KW_RETURN_IF((N + 7) / 8 > INT32_MAX, KW_E_UNSUPPORTED, "cuda matmul: %lld output columns", (long long)N);
     for (int64_t m0 = 0; m0 < M; m0 += KW_CUDA_GEMV_ROWS) {
         const int64_t rows = M - m0 < KW_CUDA_GEMV_ROWS ? M - m0 : KW_CUDA_GEMV_ROWS;
-        kw_k_gemv<<<(unsigned)((N + 7) / 8), 256, 0, cu->stream>>>(y + m0 * N, x + m0 * K, w, dtype, rows, N, K);
+        KW_CUDA_LAUNCH(kw_k_gemv, (unsigned)((N + 7) / 8), 256, 0, cu->stream, y + m0 * N, x + m0 * K, w, dtype, rows,
+                       N, K);
         KW_CUDA_LAUNCHED();
     }
     return 0;
@@ -110,7 +111,7 @@ __global__ void kw_k_add_bias(float *y, const void *bias, enum kw_dtype dtype, i
 }
 
 int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N) {
-    kw_k_add_bias<<<kw_opm_grid_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(y, bias, dtype, M, N);
+    KW_CUDA_LAUNCH(kw_k_add_bias, kw_opm_grid_blocks(M * N, KW_BLOCK), KW_BLOCK, 0, cu->stream, y, bias, dtype, M, N);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -141,9 +142,8 @@ int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *tabl
     const int64_t T = kw_tensor_nelem(ids);
     KW_RETURN_IF(T > INT32_MAX, KW_E_UNSUPPORTED, "cuda get_rows: too many ids");
     if (++cu->get_rows_launches == 0) ++cu->get_rows_launches;
-    kw_k_get_rows<<<(unsigned)T, 128, 0, cu->stream>>>((float *)out->data, table->data, table->dtype, table->ne[0],
-                                                       table->ne[1], (const int32_t *)ids->data, cu->d_err,
-                                                       cu->get_rows_launches);
+    KW_CUDA_LAUNCH(kw_k_get_rows, (unsigned)T, 128, 0, cu->stream, (float *)out->data, table->data, table->dtype,
+                   table->ne[0], table->ne[1], (const int32_t *)ids->data, cu->d_err, cu->get_rows_launches);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -173,8 +173,8 @@ int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, c
     KW_CUDA_ENTER(cu, backend);
     const int64_t D = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda rms_norm: too many rows");
-    kw_k_rms_norm<<<(unsigned)R, D >= 256 ? 256 : 64, 0, cu->stream>>>(
-        (float *)out->data, (const float *)x->data, w->data, w->dtype, D, eps, flags & KW_RMS_NORM_UNIT_OFFSET);
+    KW_CUDA_LAUNCH(kw_k_rms_norm, (unsigned)R, D >= 256 ? 256 : 64, 0, cu->stream, (float *)out->data,
+                   (const float *)x->data, w->data, w->dtype, D, eps, flags & KW_RMS_NORM_UNIT_OFFSET);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -203,22 +203,33 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
     KW_RETURN_IF(T * H > INT32_MAX, KW_E_UNSUPPORTED, "cuda rope: too many rows");
     kw_rope_table tab;
     kw__rope_inv_freq(params, tab.inv_freq);
-    kw_k_rope<<<(unsigned)(T * H), 64, 0, cu->stream>>>((float *)x->data, (const int32_t *)pos->data, H, D,
-                                                        params->rotary_dim / 2, tab);
+    KW_CUDA_LAUNCH(kw_k_rope, (unsigned)(T * H), 64, 0, cu->stream, (float *)x->data, (const int32_t *)pos->data, H, D,
+                   params->rotary_dim / 2, tab);
     KW_CUDA_LAUNCHED();
     return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * attention: one block of 4 warps per (token, query head). Pass 1 finds the maximum score, pass 2 sums
- * exp(score - max) and the weighted V rows; warps stride over cache rows, lanes over the head dimension, NPL
- * dimensions per lane in registers (kw_opm_attn_dims_per_lane: the smallest power of two with 32 NPL >= D, so
- * D = 128 keeps 4 accumulators per lane instead of the 16 that D = 512 needs). The rows are those of
- * kw_opm_attn_span minus kw_opm_attn_masked, the CPU backend's rule. A query that sees no row (the block-wide
- * maximum stays -inf) writes zeros; NaN scores propagate to NaN outputs as in the oracle.
+ * attention: a two-pass softmax. Pass 1 finds the maximum score m of the query's visible rows, pass 2 sums
+ * exp(score - m) and the weighted V rows, recomputing the scores, so that no rescaling error accumulates. Warps of
+ * a block stride over cache rows, lanes over the head dimension, NPL dimensions per lane in registers
+ * (kw_opm_attn_dims_per_lane: the smallest power of two with 32 NPL >= D, so D = 128 keeps 4 accumulators per lane
+ * instead of the 16 that D = 512 needs). The rows are those of kw_opm_attn_span minus kw_opm_attn_masked, the CPU
+ * backend's rule. A query that sees no row (the maximum stays -inf) writes zeros; NaN scores propagate to NaN outputs
+ * as in the oracle.
+ *
+ * Short spans or many (token, head) rows: one block of 4 warps per (token, query head), both passes in it. Long
+ * spans with few rows (decode on a long context: one block per head would leave most of the GPU idle): the span is
+ * cut into chunks of KW_ATTN_CHUNK_ROWS rows, a grid (rows, chunks), and the passes become three kernels: each chunk
+ * block writes its maximum; each chunk block takes the maximum over the row's chunks (the same m as above: fmaxf is
+ * exact) and writes its sums of exp(score - m) and of the weighted V rows; one block per row adds the chunks' sums and
+ * divides. The exponentials are the same numbers as in the one-block kernel and only the order of the sums changes,
+ * so the parity bound (any summation order) holds for both paths.
  */
 
-#define KW_ATTN_WARPS 4
+#define KW_ATTN_WARPS      4
+#define KW_ATTN_CHUNK_ROWS 256
+#define KW_ATTN_MAX_CHUNKS 64
 
 /* q . k_j for the row at k + row (element offset of its first value), summed over the warp: every lane of the warp
  * must call it (full-mask shuffles). Lane l holds dimensions l, l + 32, ... of q in qv. */
@@ -232,51 +243,72 @@ __device__ __forceinline__ float kw_attn_dot(const float (&qv)[NPL], const void 
     return kw_warp_sum(dot);
 }
 
+/* What both paths share about one (token, query head) row of the attention. */
+struct kw_attn_row {
+    int64_t lo, hi;  /* visible rows before the mask, [lo, hi] */
+    int64_t base;    /* element offset of the row's kv head in the caches */
+    const float *q;  /* the query, D values */
+    int64_t q_index; /* t * Hq + h */
+};
+
+__device__ __forceinline__ kw_attn_row kw_attn_row_of(int64_t q_index, const float *q, int64_t Hq, int64_t group,
+                                                      int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv,
+                                                      int64_t window) {
+    kw_attn_row r;
+    const int64_t t = q_index / Hq, h = q_index % Hq;
+    kw_opm_attn_span(q_pos0 + t, n_kv, window, &r.lo, &r.hi);
+    r.base = (h / group) * cap * D;
+    r.q = q + q_index * D;
+    r.q_index = q_index;
+    return r;
+}
+
 template <int NPL>
-__global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
-    kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype, const uint8_t *mask,
-                   int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window,
-                   float scale) {
-    const int64_t t = blockIdx.x / Hq, h = blockIdx.x % Hq, kvh = h / group, p = q_pos0 + t;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const float *qh = q + blockIdx.x * D;
-    float *oh = out + blockIdx.x * D;
-    int64_t lo, hi;
-    kw_opm_attn_span(p, n_kv, window, &lo, &hi);
-    float qv[NPL];
+__device__ __forceinline__ void kw_attn_load_q(float (&qv)[NPL], const float *q, int64_t D, int lane) {
 #pragma unroll
     for (int i = 0; i < NPL; ++i)
-        qv[i] = lane + 32 * i < D ? qh[lane + 32 * i] : 0.0f;
-    const int64_t base = kvh * cap * D;
+        qv[i] = lane + 32 * i < D ? q[lane + 32 * i] : 0.0f;
+}
 
-    /* pass 1: the maximum score. The branch on the mask depends on j only, so whole warps take it together and
-     * every lane reaches the shuffles of kw_warp_sum. */
+/* Pass 1 over rows [lo, hi] (this warp's share): the maximum score. The branch on the mask depends on j only, so
+ * whole warps take it together and every lane reaches the shuffles of kw_warp_sum. */
+template <int NPL>
+__device__ __forceinline__ float kw_attn_max(const float (&qv)[NPL], const void *kc, enum kw_dtype dtype,
+                                             const uint8_t *mask, int64_t base, int64_t D, int64_t lo, int64_t hi,
+                                             float scale, int lane, int warp) {
     float m = -INFINITY;
     for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
         if (kw_opm_attn_masked(mask, j)) continue;
         m = fmaxf(m, kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale);
     }
-    m = kw_block_max(m); /* every thread: uniform control flow */
+    return m;
+}
 
-    /* pass 2: exp(score - m) and the weighted V sum (m is the same in every thread, so is the branch) */
-    float l = 0.0f, acc[NPL];
+/* Pass 2 over rows [lo, hi] (this warp's share), with the row's maximum m: returns the sum of exp(score - m), adds
+ * the weighted V rows to acc. The score is the one pass 1 computed (the same inlined code); were it an ulp off, e
+ * would exceed 1 by as little, which the normalization absorbs. */
+template <int NPL>
+__device__ __forceinline__ float kw_attn_sum(const float (&qv)[NPL], float (&acc)[NPL], const void *kc, const void *vc,
+                                             enum kw_dtype dtype, const uint8_t *mask, int64_t base, int64_t D,
+                                             int64_t lo, int64_t hi, float scale, float m, int lane, int warp) {
+    float l = 0.0f;
+    for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
+        if (kw_opm_attn_masked(mask, j)) continue;
+        const float e = expf(kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale - m);
+        l += e;
 #pragma unroll
-    for (int i = 0; i < NPL; ++i)
-        acc[i] = 0.0f;
-    if (m != -INFINITY) {
-        for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
-            if (kw_opm_attn_masked(mask, j)) continue;
-            /* the score as pass 1 computed it (the same inlined code); were it an ulp off, e would exceed 1 by as
-             * little, which the normalization absorbs */
-            const float e = expf(kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale - m);
-            l += e;
-#pragma unroll
-            for (int i = 0; i < NPL; ++i)
-                if (lane + 32 * i < D) acc[i] += e * kw_opm_load(vc, dtype, base + j * D + lane + 32 * i);
-        }
+        for (int i = 0; i < NPL; ++i)
+            if (lane + 32 * i < D) acc[i] += e * kw_opm_load(vc, dtype, base + j * D + lane + 32 * i);
     }
+    return l;
+}
 
-    /* combine the warps */
+/* Adds the warps' sums through shared memory; *total gets the block's sum of l. With normalize, out[d] (d < D, threads
+ * striding) is the block's weighted V sum divided by that total (0 when empty is set: the query sees no row), else
+ * the sum itself. Every thread must call it (it holds a barrier). */
+template <int NPL>
+__device__ __forceinline__ void kw_attn_merge_warps(const float (&acc)[NPL], float l, int64_t D, int lane, int warp,
+                                                    int normalize, int empty, float *total, float *out) {
     __shared__ float s_acc[KW_ATTN_WARPS][32 * NPL];
     __shared__ float s_l[KW_ATTN_WARPS];
 #pragma unroll
@@ -284,49 +316,176 @@ __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
         s_acc[warp][lane + 32 * i] = acc[i];
     if (lane == 0) s_l[warp] = l;
     __syncthreads();
-    float total = 0.0f;
+    float t = 0.0f;
     for (int w = 0; w < KW_ATTN_WARPS; ++w)
-        total += s_l[w];
+        t += s_l[w];
+    *total = t;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
         float s = 0.0f;
         for (int w = 0; w < KW_ATTN_WARPS; ++w)
             s += s_acc[w][d];
-        oh[d] = m == -INFINITY ? 0.0f : s * (1.0f / total);
+        out[d] = !normalize ? s : empty ? 0.0f : s * (1.0f / t);
     }
+}
+
+/* One block per (token, query head): both passes. */
+template <int NPL>
+__global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
+    kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype, const uint8_t *mask,
+                   int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window,
+                   float scale) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, window);
+    float qv[NPL], acc[NPL];
+    kw_attn_load_q<NPL>(qv, r.q, D, lane);
+    float m = kw_attn_max<NPL>(qv, kc, dtype, mask, r.base, D, r.lo, r.hi, scale, lane, warp);
+    m = kw_block_max(m); /* every thread: uniform control flow */
+    float l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
+        acc[i] = 0.0f;
+    if (m != -INFINITY) /* m is the same in every thread, so is the branch */
+        l = kw_attn_sum<NPL>(qv, acc, kc, vc, dtype, mask, r.base, D, r.lo, r.hi, scale, m, lane, warp);
+    float total;
+    kw_attn_merge_warps<NPL>(acc, l, D, lane, warp, 1, m == -INFINITY, &total, out + r.q_index * D);
+}
+
+/* The rows of chunk c of a row's span. */
+__device__ __forceinline__ void kw_attn_chunk(const kw_attn_row &r, int64_t c, int64_t *lo, int64_t *hi) {
+    *lo = r.lo + c * KW_ATTN_CHUNK_ROWS;
+    *hi = r.hi < *lo + KW_ATTN_CHUNK_ROWS - 1 ? r.hi : *lo + KW_ATTN_CHUNK_ROWS - 1;
+}
+
+/* Split pass 1: block (row, chunk) writes the chunk's maximum score to part_max[row * chunks + chunk]. */
+template <int NPL>
+__global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
+    kw_k_attn_split_max(float *part_max, const float *q, const void *kc, enum kw_dtype dtype, const uint8_t *mask,
+                        int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window,
+                        float scale) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, window);
+    int64_t lo, hi;
+    kw_attn_chunk(r, blockIdx.y, &lo, &hi);
+    float qv[NPL];
+    kw_attn_load_q<NPL>(qv, r.q, D, lane);
+    const float m = kw_block_max(kw_attn_max<NPL>(qv, kc, dtype, mask, r.base, D, lo, hi, scale, lane, warp));
+    if (threadIdx.x == 0) part_max[blockIdx.x * gridDim.y + blockIdx.y] = m;
+}
+
+/* The row's maximum over its chunks (the same value in every thread). */
+__device__ __forceinline__ float kw_attn_row_max(const float *part_max, int64_t row, int64_t chunks) {
+    float m = -INFINITY;
+    for (int64_t c = 0; c < chunks; ++c)
+        m = fmaxf(m, part_max[row * chunks + c]);
+    return m;
+}
+
+/* Split pass 2: block (row, chunk) writes the chunk's sum of exp(score - m) to part_l and its weighted V sum to
+ * part_acc (D values), m the row's maximum. */
+template <int NPL>
+__global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
+    kw_k_attn_split_sum(float *part_l, float *part_acc, const float *part_max, const float *q, const void *kc,
+                        const void *vc, enum kw_dtype dtype, const uint8_t *mask, int64_t Hq, int64_t group,
+                        int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window, float scale) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, window);
+    const int64_t slot = blockIdx.x * (int64_t)gridDim.y + blockIdx.y;
+    int64_t lo, hi;
+    kw_attn_chunk(r, blockIdx.y, &lo, &hi);
+    const float m = kw_attn_row_max(part_max, blockIdx.x, gridDim.y);
+    float qv[NPL], acc[NPL], l = 0.0f;
+    kw_attn_load_q<NPL>(qv, r.q, D, lane);
+#pragma unroll
+    for (int i = 0; i < NPL; ++i)
+        acc[i] = 0.0f;
+    if (m != -INFINITY) l = kw_attn_sum<NPL>(qv, acc, kc, vc, dtype, mask, r.base, D, lo, hi, scale, m, lane, warp);
+    float total;
+    kw_attn_merge_warps<NPL>(acc, l, D, lane, warp, 0, 0, &total, part_acc + slot * D);
+    if (threadIdx.x == 0) part_l[slot] = total;
+}
+
+/* Split combine: one block per row adds its chunks' sums and divides. */
+__global__ void kw_k_attn_split_combine(float *out, const float *part_max, const float *part_l, const float *part_acc,
+                                        int64_t chunks, int64_t D) {
+    const int64_t row = blockIdx.x;
+    const float m = kw_attn_row_max(part_max, row, chunks);
+    float total = 0.0f;
+    for (int64_t c = 0; c < chunks; ++c)
+        total += part_l[row * chunks + c];
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float s = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c)
+            s += part_acc[(row * chunks + c) * D + d];
+        out[row * D + d] = m == -INFINITY ? 0.0f : s * (1.0f / total);
+    }
+}
+
+int kw__cuda_attn_chunks(int64_t rows, int64_t max_span) {
+    if (rows >= KW_CUDA_ATTN_SPLIT_MAX_ROWS || max_span <= 2 * KW_ATTN_CHUNK_ROWS) return 1;
+    const int64_t chunks = (max_span + KW_ATTN_CHUNK_ROWS - 1) / KW_ATTN_CHUNK_ROWS;
+    return (int)(chunks < KW_ATTN_MAX_CHUNKS ? chunks : KW_ATTN_MAX_CHUNKS);
+}
+
+template <int NPL>
+static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                            const kw_tensor *v_cache, const kw_attention_params *params) {
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
+    const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
+    const enum kw_dtype dtype = k_cache->dtype;
+    const unsigned rows = (unsigned)(T * Hq);
+    int64_t max_span = 0;
+    for (int64_t t = 0; t < T; ++t) {
+        int64_t lo, hi;
+        kw_opm_attn_span(params->q_pos0 + t, params->n_kv, params->sliding_window, &lo, &hi);
+        max_span = hi - lo + 1 > max_span ? hi - lo + 1 : max_span;
+    }
+    const int chunks = kw__cuda_attn_chunks(T * Hq, max_span);
+    if (chunks == 1) {
+        KW_CUDA_LAUNCH(kw_k_attention<NPL>, rows, 32 * KW_ATTN_WARPS, 0, cu->stream, (float *)out->data,
+                       (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D,
+                       params->q_pos0, params->n_kv, params->sliding_window, params->scale);
+        KW_CUDA_LAUNCHED();
+        return 0;
+    }
+    /* the chunks' maxima, sums and weighted V sums in the backend's workspace (stream order keeps it ours) */
+    float *work = NULL;
+    const int64_t slots = (int64_t)rows * chunks;
+    KW_FORWARD(kw__cuda_workspace(cu, (size_t)(slots * (D + 2)), &work));
+    float *part_max = work, *part_l = work + slots, *part_acc = work + 2 * slots;
+    const dim3 grid(rows, (unsigned)chunks);
+    KW_CUDA_LAUNCH(kw_k_attn_split_max<NPL>, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_max, (const float *)q->data,
+                   k_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, params->q_pos0, params->n_kv,
+                   params->sliding_window, params->scale);
+    KW_CUDA_LAUNCHED();
+    KW_CUDA_LAUNCH(kw_k_attn_split_sum<NPL>, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_l, part_acc, part_max,
+                   (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D,
+                   params->q_pos0, params->n_kv, params->sliding_window, params->scale);
+    KW_CUDA_LAUNCHED();
+    KW_CUDA_LAUNCH(kw_k_attn_split_combine, rows, D >= 128 ? 128 : 32, 0, cu->stream, (float *)out->data, part_max,
+                   part_l, part_acc, (int64_t)chunks, D);
+    KW_CUDA_LAUNCHED();
+    return 0;
 }
 
 int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                        const kw_tensor *v_cache, const kw_attention_params *params) {
     KW_CUDA_ENTER(cu, backend);
-    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2];
     KW_RETURN_IF(T * Hq > INT32_MAX, KW_E_UNSUPPORTED, "cuda attention: too many query rows");
-    const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
-#define KW_ATTN_LAUNCH(NPL)                                                                                            \
-    kw_k_attention<NPL><<<(unsigned)(T * Hq), 32 * KW_ATTN_WARPS, 0, cu->stream>>>(                                    \
-        (float *)out->data, (const float *)q->data, k_cache->data, v_cache->data, k_cache->dtype, mask, Hq, Hq / Hkv,  \
-        cap, D, params->q_pos0, params->n_kv, params->sliding_window, params->scale)
     switch (kw_opm_attn_dims_per_lane(D)) {
     case 1:
-        KW_ATTN_LAUNCH(1);
-        break;
+        return kw_attention_run<1>(cu, out, q, k_cache, v_cache, params);
     case 2:
-        KW_ATTN_LAUNCH(2);
-        break;
+        return kw_attention_run<2>(cu, out, q, k_cache, v_cache, params);
     case 4:
-        KW_ATTN_LAUNCH(4);
-        break;
+        return kw_attention_run<4>(cu, out, q, k_cache, v_cache, params);
     case 8:
-        KW_ATTN_LAUNCH(8);
-        break;
+        return kw_attention_run<8>(cu, out, q, k_cache, v_cache, params);
     case 16:
-        KW_ATTN_LAUNCH(16);
-        break;
+        return kw_attention_run<16>(cu, out, q, k_cache, v_cache, params);
     default:
         KW_FAIL(KW_E_SHAPE, "cuda attention: head dim %lld outside 1..%d", (long long)D, KW_ATTENTION_MAX_HEAD_DIM);
     }
-#undef KW_ATTN_LAUNCH
-    KW_CUDA_LAUNCHED();
-    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -356,8 +515,8 @@ __global__ void kw_k_kv_load(float *out, const void *cache, enum kw_dtype dtype,
 int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(src);
-    kw_k_kv_store<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        cache->data, cache->dtype, (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
+    KW_CUDA_LAUNCH(kw_k_kv_store, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, cache->data, cache->dtype,
+                   (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -365,8 +524,8 @@ int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *sr
 int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_kv_load<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        (float *)out->data, cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
+    KW_CUDA_LAUNCH(kw_k_kv_load, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -398,8 +557,8 @@ __global__ void kw_k_scale(float *y, const float *x, int64_t n, float s) {
 int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_glu<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        (float *)out->data, (const float *)gate->data, (const float *)up->data, n, act);
+    KW_CUDA_LAUNCH(kw_k_glu, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)gate->data, (const float *)up->data, n, act);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -407,8 +566,8 @@ int kw__cuda_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, con
 int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_unary<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data,
-                                                                             n, act);
+    KW_CUDA_LAUNCH(kw_k_unary, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)x->data, n, act);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -416,8 +575,8 @@ int kw__cuda_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum
 int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_add<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)a->data,
-                                                                           (const float *)b->data, n);
+    KW_CUDA_LAUNCH(kw_k_add, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)a->data, (const float *)b->data, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -425,8 +584,8 @@ int kw__cuda_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const 
 int kw__cuda_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
-    kw_k_scale<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data,
-                                                                             n, s);
+    KW_CUDA_LAUNCH(kw_k_scale, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
+                   (const float *)x->data, n, s);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -458,7 +617,7 @@ int kw__cuda_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda softmax: too many rows");
-    kw_k_softmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((float *)out->data, (const float *)x->data, N);
+    KW_CUDA_LAUNCH(kw_k_softmax, (unsigned)R, KW_BLOCK, 0, cu->stream, (float *)out->data, (const float *)x->data, N);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -501,7 +660,8 @@ int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int
     KW_CUDA_ENTER(cu, backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
     KW_RETURN_IF(R > INT32_MAX, KW_E_UNSUPPORTED, "cuda argmax: too many rows");
-    kw_k_argmax<<<(unsigned)R, KW_BLOCK, 0, cu->stream>>>((int32_t *)out->data, (const float *)x->data, N, flags);
+    KW_CUDA_LAUNCH(kw_k_argmax, (unsigned)R, KW_BLOCK, 0, cu->stream, (int32_t *)out->data, (const float *)x->data, N,
+                   flags);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -526,8 +686,8 @@ int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src) {
         return 0;
     }
     const int64_t n = kw_tensor_nelem(src);
-    kw_k_convert<<<kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(dst->data, dst->dtype, src->data,
-                                                                               src->dtype, n);
+    KW_CUDA_LAUNCH(kw_k_convert, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst->data, dst->dtype,
+                   src->data, src->dtype, n);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -549,8 +709,9 @@ int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor
                             const kw_tensor *w, float g) {
     KW_CUDA_ENTER(cu, backend);
     const int64_t TH = base->ne[0] * base->ne[1], D = base->ne[2];
-    kw_k_head_scale_add<<<kw_opm_grid_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream>>>(
-        (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH, D);
+    KW_CUDA_LAUNCH(kw_k_head_scale_add, kw_opm_grid_blocks(TH * D, KW_BLOCK), KW_BLOCK, 0, cu->stream,
+                   (float *)out->data, (const float *)base->data, (const float *)x->data, (const float *)w->data, g, TH,
+                   D);
     KW_CUDA_LAUNCHED();
     return 0;
 }

@@ -87,6 +87,13 @@ const struct kw_case kw_cases[] = {
     {KW_OP_ATTENTION, F32, {9, 2, 2, 16, 20, 4, 0, 3, 1}, 56},
     {KW_OP_ATTENTION, B16, {4, 4, 1, 24, 16, 2, 0, 0, 2}, 57},
     {KW_OP_ATTENTION, F32, {2, 32, 2, 8, 8, 0, 0, 0, 0}, 58},
+    /* long spans over few (token, head) rows: the CUDA backend cuts them into chunks (kw__cuda_attn_chunks: spans
+     * beyond 512 rows with fewer than 512 rows), decode and prefill, with a mask, a window, padding */
+    {KW_OP_ATTENTION, F32, {1, 4, 2, 64, 1100, 1040, 0, 0, 0}, 59},
+    {KW_OP_ATTENTION, B16, {1, 8, 2, 128, 1500, 1300, 100, 0, 1}, 120},
+    {KW_OP_ATTENTION, F32, {5, 2, 1, 32, 900, 800, 0, 0, 0}, 121},
+    {KW_OP_ATTENTION, B16, {1, 4, 4, 16, 1200, 1100, 0, 600, 0}, 122},
+    {KW_OP_ATTENTION, F32, {2, 2, 1, 24, 800, 700, 0, 0, 2}, 123},
     /* kv_store / kv_load: T, H, D, cap, pos0 */
     {KW_OP_KV_STORE, B16, {5, 2, 64, 16, 3}, 60},
     {KW_OP_KV_STORE, F32, {1, 8, 128, 10, 9}, 61},

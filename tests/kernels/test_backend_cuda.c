@@ -1,5 +1,8 @@
 /* test_backend_cuda.c: the op parity case table (kw_backend_cases.c) on the CUDA backend, against the same kw_ref
  * oracles and tolerances as the CPU. Exits 77 (skipped) when kvwire was built without CUDA or no device exists.
+ * Built a second time with KW_TEST_CUDA_EMU (test_kernels_backend_cuda_emu, label gpu-emu): the same kernels compiled
+ * as host C++ and run by the CUDA emulator (kernels/cuda/emu), which needs no device; that build also checks that no
+ * kernel faulted (deadlock, divergent barrier, guard bytes) and that every device allocation was freed.
  * Cases whose (op, dtype) the CUDA backend does not list in supports() are reported, not failed. Then the backend's
  * own contract:
  *  - the deferred get_rows error (kw_case_bad_ids): the device record must report what the CPU backend reports;
@@ -14,6 +17,13 @@
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "kw_backend_cases.h"
+
+#ifdef KW_TEST_CUDA_EMU
+#include "kernels/cuda/emu/kw_cuda_emu_api.h"
+#define kw_create_cuda kw_backend_create_cuda_emu
+#else
+#define kw_create_cuda kw_backend_create_cuda
+#endif
 
 static size_t failed = 0, run = 0;
 
@@ -52,7 +62,7 @@ static int kw_refused_alloc_then_op(kw_backend *b) {
 
 static int kw_two_backends(kw_backend *b) {
     kw_backend *b2 = NULL;
-    if (kw_backend_create_cuda(0, &b2) != 0) {
+    if (kw_create_cuda(0, &b2) != 0) {
         fprintf(stderr, "  second backend: %s\n", kw_error_detail());
         return 0;
     }
@@ -82,7 +92,7 @@ static int kw_other_thread(kw_backend *b) {
 
 int main(void) {
     kw_backend *b = NULL;
-    const int rc = kw_backend_create_cuda(0, &b);
+    const int rc = kw_create_cuda(0, &b);
     if (rc == KW_E_UNSUPPORTED || rc == KW_E_NO_DEVICE) {
         printf("skipped: %s (%s)\n", kw_status_name(rc), kw_error_detail());
         return 77;
@@ -108,6 +118,14 @@ int main(void) {
     kw_expect(kw_two_backends(b), "two backends on one device, alternately");
     kw_expect(kw_other_thread(b), "a backend driven from another thread");
     kw_backend_destroy(b);
+#ifdef KW_TEST_CUDA_EMU
+    kw_cuda_emu_stats st;
+    kw_cuda_emu_get_stats(&st);
+    printf("emulator: %llu kernels, %llu blocks, %llu threads, %llu fiber switches\n", (unsigned long long)st.kernels,
+           (unsigned long long)st.blocks, (unsigned long long)st.threads, (unsigned long long)st.switches);
+    kw_expect(st.faults == 0, "no kernel fault");
+    kw_expect(st.live_allocations == 0, "every device allocation freed");
+#endif
     printf("cuda: %zu checks run, %zu failed, %zu unsupported cases\n", run, failed, unsupported);
     return failed == 0 && run > 0 ? 0 : 1;
 }

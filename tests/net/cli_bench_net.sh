@@ -7,9 +7,11 @@ kvwire=$1
 out=$("$kvwire" bench net --mib 2 --reps 1 --tokens 16 --layers 3 --prompt 8)
 echo "$out"
 for row in "raw TCP" "net/ bytes" "proto/ frames over net/" "proto/ frames over TLS" "AES-128-GCM alone"; do
-    echo "$out" | grep -q "$row" || { echo "missing: $row" >&2; exit 1; }
+    grep -q "$row" <<<"$out" || { echo "missing: $row" >&2; exit 1; }
 done
 # 3 sections + blob header + trailer: 5 WIRE frames of 5 header bytes
-echo "$out" | grep -q "framing: 25 bytes of WIRE headers"
+grep -q "framing: 25 bytes of WIRE headers" <<<"$out"
 echo "$out" | awk '$1 == "TCP" || $1 == "TLS" { if ($NF != 1) exit 1; n++ } END { exit n == 2 ? 0 : 1 }'
-"$kvwire" bench net --section-bytes 4096 --mib 1 --reps 1 --throughput-only --only "over net/" | grep -q "4096 bytes"
+# (here-strings, not pipes into grep -q: with pipefail, grep -q quitting at its first match fails the writer)
+out=$("$kvwire" bench net --section-bytes 4096 --mib 1 --reps 1 --throughput-only --only "over net/")
+grep -q "4096 bytes" <<<"$out"

@@ -37,7 +37,7 @@ for dir in "${!allowed[@]}"; do
             echo "layering violation: $file includes \"$inc\" ($dir/ may include only: ${allowed[$dir]})"
             status=1
         fi
-    done < <(grep -rnE '^\s*#\s*include\s*"' "$src/$dir" --include='*.c' --include='*.h' --include='*.cu' --include='*.cuh' | sed -E 's/^([^:]+):[0-9]+:/\1:/')
+    done < <(grep -rnE '^\s*#\s*include\s*"' "$src/$dir" --include='*.c' --include='*.h' --include='*.cu' --include='*.cuh' --include='*.cpp' | sed -E 's/^([^:]+):[0-9]+:/\1:/')
 done
 # sharer/ and receiver/ must never include each other.
 for pair in "sharer receiver" "receiver sharer"; do
