@@ -389,6 +389,7 @@ static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_co
 
     /* Special ids: generation_config.json wins, config.json is the fallback. */
     cfg->bos_id = -1;
+    cfg->add_bos = -1;
     cfg->pad_id = -1;
     KW_FORWARD(kw_cfg_token_id(root, "bos_token_id", &cfg->bos_id, w));
     KW_FORWARD(kw_cfg_token_id(root, "pad_token_id", &cfg->pad_id, w));

@@ -39,6 +39,7 @@ typedef struct kw_model_config {
     int32_t pad_id;             /* -1 if none */
     int32_t n_eos;              /* generation_config eos_token_id (falls back to config.json) */
     int32_t eos_ids[KW_CONFIG_MAX_EOS];
+    int32_t add_bos; /* GGUF tokenizer.ggml.add_bos_token (0 or 1); -1 when the model does not say (HF folders) */
 } kw_model_config;
 
 /* Reads dir/config.json and, if present, dir/generation_config.json. Unknown architectures (and Gemma3, for now) give

@@ -18,7 +18,7 @@
 #include "common/kw_size.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
-#include "model/kw_safetensors.h"
+#include "model/kw_weights.h"
 
 #define KW_MODEL_DEFAULT_BATCH 256
 /* Logits scratch is capped at this many floats (32 MiB): with a 152k vocab that is 55 rows per lm_head matmul. */
@@ -36,7 +36,7 @@ typedef struct kw_layer {
 struct kw_model {
     kw_model_config cfg;
     kw_backend *backend; /* borrowed */
-    kw_safetensors *st;  /* owned: the mappings the CPU weight tensors alias */
+    kw_weights *weights; /* owned: the mappings the CPU weight tensors alias (or the GGUF file) */
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
     kw_layer *layers;
@@ -76,11 +76,14 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    const kw_st_tensor *st = kw_safetensors_find(m->st, name);
-    if (!st) {
+    kw_weight wt;
+    const int found = kw_weights_get(m->weights, name, &wt);
+    KW_FORWARD(found);
+    if (!found) {
         KW_RETURN_IF(required, KW_E_MODEL_MISSING, "model: tensor %s is missing", name);
         return 0;
     }
+    const kw_weight *st = &wt;
     int same = st->ndim == ndim;
     for (int32_t i = 0; same && i < ndim; ++i)
         same = st->shape[i] == ne[i];
@@ -95,7 +98,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
     KW_RETURN_IF(!kw_backend_supports(m->backend, op, st->dtype), KW_E_OP_UNSUPPORTED,
                  "model: backend %s cannot run %s with %s weights (%s)", kw_backend_name(m->backend), kw_op_name(op),
                  kw_dtype_name(st->dtype), name);
-    KW_FORWARD(kw_tensor_from_host(m->backend, t, st->dtype, ndim, ne, st->data));
+    KW_FORWARD(kw_weights_bind(m->backend, st, t));
     if (strcmp(name, "model.embed_tokens.weight") != 0) m->bytes_per_token += st->nbytes;
     return 0;
 }
@@ -178,7 +181,8 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     KW_RETURN_IF(!m, KW_E_NOMEM, "model: out of memory");
     m->backend = backend;
     m->max_batch = max_batch;
-    KW_CHECK(kw_config_load(dir, &m->cfg));
+    KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
+    m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;
     KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA, KW_E_MODEL_ARCH,
                 "model: architecture %s is not supported by the forward pass yet", kw_arch_name(c->arch));
@@ -187,7 +191,6 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
                 KW_E_MODEL_CONFIG, "model: inconsistent config (heads %d, kv heads %d, head_dim %d)", (int)c->n_heads,
                 (int)c->n_kv_heads, (int)c->head_dim);
     if (c->rope.rotary_dim <= 0) c->rope.rotary_dim = c->head_dim;
-    KW_CHECK(kw_safetensors_open(dir, &m->st));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     KW_CHECK_IF(!m->layers, KW_E_NOMEM, "model: out of memory");
 
@@ -240,7 +243,7 @@ void kw_model_free(kw_model *m) {
     kw_tensor_free(&m->final_norm);
     free(m->layers);
     free(m->pos_host);
-    kw_safetensors_close(m->st);
+    kw_weights_close(m->weights);
     free(m);
 }
 

@@ -1,8 +1,10 @@
 /* kw_model.h: a decoder-only transformer (Qwen2, Qwen3, Llama) bound to a compute backend, and its forward pass.
  *
  * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
- * and binds every weight to a backend tensor with kw_tensor_from_host: on the CPU backend the tensors alias the
- * read-only file mapping (zero copy, weights stay bf16/f16/f32 as stored); a device backend uploads them once.
+ * or a GGUF file (kw_weights.h) and binds every weight to a backend tensor: safetensors weights with
+ * kw_tensor_from_host (on the CPU backend the tensors alias the read-only file mapping, zero copy, weights stay
+ * bf16/f16/f32 as stored; a device backend uploads them once); GGUF weights are dequantized at load to f32 (or bf16)
+ * and uploaded into tensors the model owns.
  * Activations are f32. The forward pass runs a range of tokens, appends their K/V to a kw_kvcache and optionally
  * returns logits or greedy ids. All compute goes through kernels/kw_backend.h, so the same code drives every backend.
  *
@@ -18,15 +20,17 @@
 #include "kernels/kw_backend.h"
 #include "model/kw_config.h"
 #include "model/kw_kvcache.h"
+#include "model/kw_weights.h"
 
 typedef struct kw_model kw_model; /* opaque */
 
 typedef struct kw_model_options {
-    int32_t max_batch; /* tokens per forward chunk; scratch activations are sized for it once. 0: 256 */
+    int32_t max_batch;          /* tokens per forward chunk; scratch activations are sized for it once. 0: 256 */
+    kw_weights_options weights; /* GGUF files: the dtype weights are dequantized to (zero: f32) */
 } kw_model_options;
 
-/* Loads the model in folder dir onto backend (borrowed: it must outlive the model). opts may be NULL. *out is owned
- * by the caller (kw_model_free). Errors: those of kw_config_load and kw_safetensors_open, KW_E_MODEL_ARCH (Gemma3 is
+/* Loads the model in folder dir, or the GGUF file dir, onto backend (borrowed: it must outlive the model). opts may
+ * be NULL. *out is owned by the caller (kw_model_free). Errors: those of kw_weights_open, KW_E_MODEL_ARCH (Gemma3 is
  * not supported yet), KW_E_MODEL_MISSING (a required tensor absent, named in the detail), KW_E_MODEL_SHAPE,
  * KW_E_OP_UNSUPPORTED (the backend cannot use a weight dtype). */
 int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out);

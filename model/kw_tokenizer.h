@@ -10,9 +10,17 @@
 
 typedef struct kw_tokenizer kw_tokenizer; /* opaque */
 
-/* Loads path: a tokenizer.json file or a folder containing one. *out is owned by the caller (kw_tokenizer_free).
- * Unsupported models/normalizers/pre-tokenizers are refused with KW_E_TOKENIZER and the reason. */
+/* Loads path: a tokenizer.json file, a folder containing one, or a GGUF file (kw_tokenizer_load_gguf). *out is owned
+ * by the caller (kw_tokenizer_free). Unsupported models/normalizers/pre-tokenizers are refused with KW_E_TOKENIZER
+ * and the reason. */
 int kw_tokenizer_load(const char *path, kw_tokenizer **out);
+
+/* Builds the tokenizer a GGUF file's metadata describes (model/kw_tokenizer_gguf.c): tokenizer.ggml.model "gpt2"
+ * (byte-level BPE: tokens, merges, token types; control tokens become special added tokens, user-defined ones plain
+ * added tokens) with the pre-tokenizer tokenizer.ggml.pre names (gpt2, smollm, qwen2, llama-bpe), giving the ids the
+ * model's own HF tokenizer.json gives. Other tokenizer models are refused with KW_E_TOKENIZER. *out is owned by the
+ * caller. */
+int kw_tokenizer_load_gguf(const char *path, kw_tokenizer **out);
 
 /* NULL is a no-op. */
 void kw_tokenizer_free(kw_tokenizer *tok);
