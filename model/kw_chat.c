@@ -1,10 +1,11 @@
-/* kw_chat.c: the Qwen3, Qwen2.5-Instruct and Llama-3.2-Instruct chat templates, written out in C.
+/* kw_chat.c: the Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct and SmolLM2-Instruct chat templates, written out in C.
  *
  * Each renderer follows its Jinja template statement by statement (the template text is kept in
  * tools/make_chat_fixtures.py, which renders the reference outputs with transformers' apply_chat_template), so the
  * output is byte-identical for messages with roles system/user/assistant. What it is not: a Jinja engine. The tool
  * branches (tools, tool calls, "tool"/"ipython" roles) are refused with KW_E_TEMPLATE, as are other roles, and so is
- * an empty message list, on which all three templates raise. */
+ * an empty message list, on which the Qwen and Llama templates raise (SmolLM2's renders only its generation
+ * prompt). */
 #include "model/kw_chat.h"
 
 #include "common/kw_buf.h"
@@ -122,8 +123,8 @@ static kw_chat_str kw_chat_trim(kw_chat_str s) {
 // ---------------------------------------------------------------------------------------------------------------
 // Templates
 
-static int kw_chat_check(const kw_chat_message *messages, size_t n) {
-    KW_RETURN_IF(n == 0, KW_E_TEMPLATE, "the chat template needs at least one message");
+static int kw_chat_check(const kw_chat_message *messages, size_t n, bool allow_empty) {
+    KW_RETURN_IF(n == 0 && !allow_empty, KW_E_TEMPLATE, "the chat template needs at least one message");
     for (size_t i = 0; i < n; ++i) {
         KW_RETURN_IF(!messages[i].role || !messages[i].content, KW_E_INVALID_ARG, "message %zu has a NULL field", i);
         const char *r = messages[i].role;
@@ -229,12 +230,41 @@ static int kw_chat_llama32(kw_buf *b, const kw_chat_message *m, size_t n, const 
     return 0;
 }
 
+/* SmolLM2-Instruct (tokenizer.chat_template of HuggingFaceTB/SmolLM2-*-Instruct, kw_chat_smollm2_template below):
+ * ChatML turns, and before the first one, when it is not a system message, the default system turn. */
+static int kw_chat_smollm2(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
+    for (size_t i = 0; i < n; ++i) {
+        if (i == 0 && strcmp(m[0].role, "system") != 0)
+            KW_FORWARD(
+                kw_chat_im_turn(b, "system", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"));
+        KW_FORWARD(kw_chat_im_turn(b, m[i].role, m[i].content));
+    }
+    if (o->add_generation_prompt) KW_FORWARD(kw_buf_append_str(b, "<|im_start|>assistant\n"));
+    return 0;
+}
+
+/* The Jinja text of the templates above, as models carry them, for kw_chat_family_from_template. */
+static const char kw_chat_smollm2_template[] =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
+    "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt "
+    "%}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+int kw_chat_family_from_template(const char *tmpl, size_t n, enum kw_chat_family *out) {
+    KW_RETURN_IF(!tmpl || !out, KW_E_INVALID_ARG, "kw_chat_family_from_template: NULL argument");
+    if (n == sizeof kw_chat_smollm2_template - 1 && memcmp(tmpl, kw_chat_smollm2_template, n) == 0) {
+        *out = KW_CHAT_SMOLLM2;
+        return 0;
+    }
+    KW_FAIL(KW_E_NOT_FOUND, "the chat template (%zu bytes) is not one kvwire renders", n);
+}
+
 int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
                    const kw_chat_options *options, char **out, size_t *out_len) {
     KW_RETURN_IF(!out || !out_len || (!messages && n_messages), KW_E_INVALID_ARG, "kw_chat_render: NULL argument");
     const kw_chat_options defaults = {.add_generation_prompt = 0, .enable_thinking = 1, .date_string = NULL};
     const kw_chat_options *o = options ? options : &defaults;
-    KW_FORWARD(kw_chat_check(messages, n_messages));
+    KW_FORWARD(kw_chat_check(messages, n_messages, family == KW_CHAT_SMOLLM2));
     kw_buf b = KW_BUF_INIT;
     int rc;
     switch (family) {
@@ -246,6 +276,9 @@ int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, 
         break;
     case KW_CHAT_LLAMA32:
         rc = kw_chat_llama32(&b, messages, n_messages, o);
+        break;
+    case KW_CHAT_SMOLLM2:
+        rc = kw_chat_smollm2(&b, messages, n_messages, o);
         break;
     default:
         rc = kw_error_set(KW_E_INVALID_ARG, "unknown chat family %d", (int)family);
@@ -266,17 +299,19 @@ const char *kw_chat_family_name(enum kw_chat_family family) {
         return "qwen2.5";
     case KW_CHAT_LLAMA32:
         return "llama3.2";
+    case KW_CHAT_SMOLLM2:
+        return "smollm2";
     }
     return "unknown";
 }
 
 int kw_chat_family_parse(const char *name, enum kw_chat_family *out) {
     KW_RETURN_IF(!name || !out, KW_E_INVALID_ARG, "kw_chat_family_parse: NULL argument");
-    static const enum kw_chat_family all[] = {KW_CHAT_QWEN3, KW_CHAT_QWEN25, KW_CHAT_LLAMA32};
+    static const enum kw_chat_family all[] = {KW_CHAT_QWEN3, KW_CHAT_QWEN25, KW_CHAT_LLAMA32, KW_CHAT_SMOLLM2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i)
         if (strcmp(name, kw_chat_family_name(all[i])) == 0) {
             *out = all[i];
             return 0;
         }
-    KW_FAIL(KW_E_INVALID_ARG, "unknown chat template family \"%.40s\" (qwen3, qwen2.5 or llama3.2)", name);
+    KW_FAIL(KW_E_INVALID_ARG, "unknown chat template family \"%.40s\" (qwen3, qwen2.5, llama3.2 or smollm2)", name);
 }

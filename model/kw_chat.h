@@ -1,15 +1,19 @@
 /* kw_chat.h: chat templates written in C, one per model family, byte-identical to
  * transformers.apply_chat_template(messages, tokenize=False, add_generation_prompt=..., enable_thinking=...) with the
- * real templates of Qwen3, Qwen2.5-Instruct and Llama-3.2-Instruct. No template engine. */
+ * real templates of Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct and SmolLM2-Instruct. No template engine. */
 #ifndef KW_CHAT_H
 #define KW_CHAT_H
 
 #include <stddef.h>
 
+#include "model/kw_config.h"
+
 enum kw_chat_family {
     KW_CHAT_QWEN3 = 0,   /* Qwen3: no default system prompt; enable_thinking=false adds the empty think block */
     KW_CHAT_QWEN25 = 1,  /* Qwen2.5-Instruct: default system prompt "You are Qwen, created by Alibaba Cloud. ..." */
     KW_CHAT_LLAMA32 = 2, /* Llama-3.2-Instruct: system header with "Cutting Knowledge Date" and "Today Date" */
+    KW_CHAT_SMOLLM2 =
+        3, /* SmolLM2-Instruct: ChatML, default system prompt "You are a helpful AI assistant named ..." */
 };
 
 typedef struct kw_chat_message {
@@ -31,7 +35,16 @@ typedef struct kw_chat_options {
 int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
                    const kw_chat_options *options, char **out, size_t *out_len);
 
-/* "qwen3", "qwen2.5", "llama3.2" <-> enum; parse returns KW_E_INVALID_ARG for unknown names. */
+/* The family whose template is exactly the Jinja text tmpl[0..n) (as a model carries it: a GGUF file's
+ * tokenizer.chat_template). KW_E_NOT_FOUND when it is none of the templates written here. */
+int kw_chat_family_from_template(const char *tmpl, size_t n, enum kw_chat_family *out);
+
+/* The template to render a model's prompts with: for a GGUF file, the family whose template the file carries
+ * (tokenizer.chat_template; KW_E_UNSUPPORTED for a template kvwire does not render); for an HF folder or a GGUF file
+ * without a template, the family of its architecture (qwen3: Qwen3, qwen2: Qwen2.5, llama: Llama-3.2). */
+int kw_chat_family_for_model(const char *model_path, enum kw_arch arch, enum kw_chat_family *out);
+
+/* "qwen3", "qwen2.5", "llama3.2", "smollm2" <-> enum; parse returns KW_E_INVALID_ARG for unknown names. */
 const char *kw_chat_family_name(enum kw_chat_family family);
 int kw_chat_family_parse(const char *name, enum kw_chat_family *out);
 

@@ -279,23 +279,6 @@ static int kw_c2c_mc_prompt(const char *item_arg, const char *dataset, char **ou
     return rc;
 }
 
-/* The chat template of a model family. */
-static int kw_c2c_family(const kw_model_config *c, enum kw_chat_family *out) {
-    switch (c->arch) {
-    case KW_ARCH_QWEN3:
-        *out = KW_CHAT_QWEN3;
-        return 0;
-    case KW_ARCH_QWEN2:
-        *out = KW_CHAT_QWEN25;
-        return 0;
-    case KW_ARCH_LLAMA:
-        *out = KW_CHAT_LLAMA32;
-        return 0;
-    default:
-        KW_FAIL(KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(c->arch));
-    }
-}
-
 /* ------------------------------------------------------------------------------------------------------------
  * Token alignment: on or off, and why
  */
@@ -570,10 +553,10 @@ int kw_cmd_c2c(int argc, char **argv) {
         date = today;
     }
     enum kw_chat_family family = KW_CHAT_QWEN3;
-    if (!raw) KW_CHECK(kw_c2c_family(cfg, &family));
+    if (!raw) KW_CHECK(kw_chat_family_for_model(recv_dir, cfg->arch, &family));
     if (plan.on) {
         enum kw_chat_family sharer_family = KW_CHAT_QWEN3;
-        KW_CHECK(kw_c2c_family(kw_model_get_config(sharers[0]), &sharer_family));
+        KW_CHECK(kw_chat_family_for_model(sharer_dirs[0], kw_model_get_config(sharers[0])->arch, &sharer_family));
         kw_align_side rs, ss;
         KW_CHECK(kw_align_side_init(tok, family, &rs));
         KW_CHECK(kw_align_side_init(stoks[0], sharer_family, &ss));

@@ -94,11 +94,8 @@ int kw_cmd_generate(int argc, char **argv) {
     stage = "prompt";
     const char *input = prompt;
     if (chat) {
-        enum kw_chat_family family = cfg->arch == KW_ARCH_QWEN3   ? KW_CHAT_QWEN3
-                                     : cfg->arch == KW_ARCH_QWEN2 ? KW_CHAT_QWEN25
-                                                                  : KW_CHAT_LLAMA32;
-        KW_CHECK_IF(cfg->arch != KW_ARCH_QWEN3 && cfg->arch != KW_ARCH_QWEN2 && cfg->arch != KW_ARCH_LLAMA,
-                    KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(cfg->arch));
+        enum kw_chat_family family = KW_CHAT_QWEN3;
+        KW_CHECK(kw_chat_family_for_model(model_dir, cfg->arch, &family));
         char today[32];
         if (!date) {
             const time_t now = time(NULL);
@@ -118,7 +115,8 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    const int add_bos = !chat && cfg->arch == KW_ARCH_LLAMA && cfg->bos_id >= 0;
+    /* A GGUF file says whether its tokenizer adds BOS; HF folders: Llama's does, Qwen's has none. */
+    const int add_bos = !chat && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : cfg->arch == KW_ARCH_LLAMA);
     const int64_t n_prompt = (int64_t)n_ids + add_bos;
     KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
     all = malloc((size_t)n_prompt * sizeof *all);
