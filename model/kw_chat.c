@@ -4,8 +4,7 @@
  * tools/make_chat_fixtures.py, which renders the reference outputs with transformers' apply_chat_template), so the
  * output is byte-identical for messages with roles system/user/assistant. What it is not: a Jinja engine. The tool
  * branches (tools, tool calls, "tool"/"ipython" roles) are refused with KW_E_TEMPLATE, as are other roles, and so is
- * an empty message list, on which the Qwen and Llama templates raise (SmolLM2's renders only its generation
- * prompt). */
+ * an empty message list, which transformers refuses before rendering (and the Qwen and Llama templates raise on). */
 #include "model/kw_chat.h"
 
 #include "common/kw_buf.h"
@@ -123,8 +122,8 @@ static kw_chat_str kw_chat_trim(kw_chat_str s) {
 // ---------------------------------------------------------------------------------------------------------------
 // Templates
 
-static int kw_chat_check(const kw_chat_message *messages, size_t n, bool allow_empty) {
-    KW_RETURN_IF(n == 0 && !allow_empty, KW_E_TEMPLATE, "the chat template needs at least one message");
+static int kw_chat_check(const kw_chat_message *messages, size_t n) {
+    KW_RETURN_IF(n == 0, KW_E_TEMPLATE, "the chat template needs at least one message");
     for (size_t i = 0; i < n; ++i) {
         KW_RETURN_IF(!messages[i].role || !messages[i].content, KW_E_INVALID_ARG, "message %zu has a NULL field", i);
         const char *r = messages[i].role;
@@ -264,7 +263,7 @@ int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, 
     KW_RETURN_IF(!out || !out_len || (!messages && n_messages), KW_E_INVALID_ARG, "kw_chat_render: NULL argument");
     const kw_chat_options defaults = {.add_generation_prompt = 0, .enable_thinking = 1, .date_string = NULL};
     const kw_chat_options *o = options ? options : &defaults;
-    KW_FORWARD(kw_chat_check(messages, n_messages, family == KW_CHAT_SMOLLM2));
+    KW_FORWARD(kw_chat_check(messages, n_messages));
     kw_buf b = KW_BUF_INIT;
     int rc;
     switch (family) {

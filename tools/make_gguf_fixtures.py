@@ -14,9 +14,20 @@ modes); the tests never run Python. Modes:
         T.blocks i32 (W)      the block bytes, padded with zeros to whole 4-byte words, read as little-endian words
         T.values f32 (N)      the dequantized values
 
-  (more modes are added by later steps: tiny GGUF models, tokenizer, chat, real-model parity)
+  tokenizer --smollm2 F [--out tests/data/tokenizer]
+      smollm2_tokenizer.gguf: a GGUF holding only SmolLM2-135M-Instruct's tokenizer metadata (every tokenizer.* key of
+      the real file, general.architecture; no tensors), so the tokenizer tests run without the model.
+      hf_smollm2.jsonl: encodings and decodings in the layout of make_tokenizer_fixtures.py (same text and id cases),
+      made with HF `tokenizers` on the tokenizer transformers builds from the GGUF file (its vocabulary is checked to
+      equal tokenizer.ggml.tokens id by id) with the pre-tokenizer SmolLM2's own tokenizer.json declares,
+      Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False, use_regex=True)], which
+      tokenizer.ggml.pre = "smollm" names (transformers' GGUF converter has no entry for "smollm" and leaves GPT-2's
+      plain ByteLevel, which keeps runs of digits together: the script reports how many cases that changes).
+      chat_smollm2.jsonl: transformers' apply_chat_template with the file's tokenizer.chat_template on the message
+      lists of make_chat_fixtures.py (layout described there).
 
 Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
+       python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH
 """
 import argparse
 import os
@@ -106,6 +117,109 @@ def make_dequant(args):
     print("wrote", args.out)
 
 
+def copy_tokenizer_gguf(src_path, dst_path):
+    """Writes a GGUF with the tokenizer.* and general.architecture metadata of src_path and no tensors."""
+    r = gguf.GGUFReader(src_path)
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(dst_path, arch)
+    for key, f in r.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, f.contents(), vtype, sub_type=f.types[1])
+        else:
+            w.add_key_value(key, f.contents(), vtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def smollm2_reference_tokenizer(gguf_path):
+    """(reference, transformers_as_is): tokenizers.Tokenizer objects built by transformers from the GGUF file, the
+    first with SmolLM2's own pre-tokenizer."""
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(gguf_path)),
+                                        gguf_file=os.path.basename(gguf_path))
+    as_is = tok.backend_tokenizer
+    ref = type(as_is).from_str(as_is.to_str())
+    ref.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    tokens = gguf.GGUFReader(gguf_path).fields["tokenizer.ggml.tokens"].contents()
+    assert ref.get_vocab_size(with_added_tokens=True) == len(tokens), "vocabulary sizes differ"
+    for i, t in enumerate(tokens):
+        assert ref.id_to_token(i) == t, f"id {i}: transformers {ref.id_to_token(i)!r}, GGUF {t!r}"
+    print(f"GGUF vocabulary equals transformers' ({len(tokens)} ids)")
+    return ref, as_is, tok
+
+
+def make_tokenizer(args):
+    import json
+    import random
+
+    import make_chat_fixtures as mcf
+    import make_tokenizer_fixtures as mtf
+
+    os.makedirs(args.out, exist_ok=True)
+    small = os.path.join(args.out, "smollm2_tokenizer.gguf")
+    copy_tokenizer_gguf(args.smollm2, small)
+    print("wrote", small, os.path.getsize(small), "bytes")
+    ref, as_is, hf_tok = smollm2_reference_tokenizer(args.smollm2)
+    # The small file must describe the same tokenizer.
+    ref_small, _, _ = smollm2_reference_tokenizer(small)
+    assert ref_small.to_str() == ref.to_str()
+
+    with open(os.path.join(args.out, "corpus.jsonl"), encoding="utf-8") as f:
+        corpus = [json.loads(line) for line in f]
+    rng = random.Random(2026)
+    rows, differ = [], 0
+    texts = mtf.texts(corpus) + ["2024", "a 12", "  1", "x  2y", "3.14159", "1,000,000", "\u0663\u0664 ٣٤", "v1.2.3"]
+    for s in texts:
+        ids = ref.encode(s, add_special_tokens=False).ids
+        differ += ids != as_is.encode(s, add_special_tokens=False).ids
+        row = {}
+        mtf.put_str(row, "text", s)
+        row["ids"] = ids
+        mtf.put_decodes(ref, row, ids, s)
+        rows.append(row)
+    for ids in mtf.decode_cases(ref, rng):
+        row = {"ids": ids}
+        mtf.put_decodes(ref, row, ids, None)
+        rows.append(row)
+    n, h = mtf.single_decode_hash(ref)
+    rows.append({"single_decode_fnv1a64": "%016x" % h, "n_ids": n})
+    path = os.path.join(args.out, "hf_smollm2.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{path}: {len(rows)} cases; {differ} of {len(texts)} texts encode differently with transformers' GGUF "
+          "tokenizer as is (GPT-2 ByteLevel, digits not split)")
+
+    template = gguf.GGUFReader(args.smollm2).fields["tokenizer.chat_template"].contents()
+    rows = []
+    for messages in mcf.conversations() + [[]]:
+        for gen in (True, False):
+            row = {"messages": messages, "add_generation_prompt": gen, "enable_thinking": None, "date_string": None}
+            try:
+                text = hf_tok.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                  add_generation_prompt=gen)
+                row["text"] = text
+                row["ids"] = ref.encode(text, add_special_tokens=False).ids
+            except Exception as e:  # the template raised
+                row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+    path = os.path.join(args.out, "chat_smollm2.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{path}: {len(rows)} cases")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -113,9 +227,14 @@ def main():
     d.add_argument("--smollm2", required=True)
     d.add_argument("--gemma3", required=True)
     d.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf/dequant.kwfx"))
+    t = sub.add_parser("tokenizer")
+    t.add_argument("--smollm2", required=True)
+    t.add_argument("--out", default=os.path.join(ROOT, "tests/data/tokenizer"))
     args = ap.parse_args()
     if args.mode == "dequant":
         make_dequant(args)
+    elif args.mode == "tokenizer":
+        make_tokenizer(args)
 
 
 if __name__ == "__main__":
