@@ -26,7 +26,22 @@ modes); the tests never run Python. Modes:
       chat_smollm2.jsonl: transformers' apply_chat_template with the file's tokenizer.chat_template on the message
       lists of make_chat_fixtures.py (layout described there).
 
+  models [--out tests/data/model/gguf]
+      Tiny GGUF models written the way llama.cpp's convert_hf_to_gguf.py writes them (its metadata keys and tensor
+      names; llama q/k rows permuted by its LlamaModel.permute; 1-D tensors F32) from the tiny HF models of
+      tests/data/model/hf (tools/make_model_fixtures.py), with the 2-D weights quantized by gguf.quants in turn to
+      Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 F16 BF16 F32 (F16 where a row is not a whole number of 32-value blocks):
+        qwen2_q.gguf   from qwen2_gqa2 (q/k/v biases, tied embeddings)
+        qwen3_q.gguf   from qwen3_gqa3 (q/k norms, head_dim 24 from attention.key_length)
+        llama_q.gguf   from llama_gqa4 without its llama3 RoPE scaling (GGUF files carry that as a rope_freqs tensor,
+                       which kvwire refuses); attention and MLP biases, so the q/k bias permutation is exercised too
+        qwen3_f32.gguf qwen3_gqa3 unquantized: kvwire must give the same bits as from the HF folder
+      and <name>.kwfx: the reference computed by transformers' model classes on the GGUF weights as transformers'
+      GGUF loader prepares them (gguf.quants.dequantize, then its LlamaTensorProcessor reverse permutation):
+        prompt_ids i32 (P), logits f32 (P, V) of every prompt position, gen_ids i32 (G) greedy new tokens.
+
 Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
+       python3 tools/make_gguf_fixtures.py models
        python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH
 """
 import argparse
@@ -220,6 +235,146 @@ def make_tokenizer(args):
     print(f"{path}: {len(rows)} cases")
 
 
+LLAMA_CPP_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+LLAMA_CPP_LAYER = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+CYCLE = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.F16, T.BF16, T.F32]
+
+
+def gguf_name(hf):
+    if hf in LLAMA_CPP_NAMES:
+        return LLAMA_CPP_NAMES[hf]
+    parts = hf.split(".")  # model.layers.N.<module...>.<weight|bias>
+    return f"blk.{parts[2]}.{LLAMA_CPP_LAYER['.'.join(parts[3:-1])]}.{parts[-1]}"
+
+
+def llama_cpp_permute(w, n_head, n_head_kv):
+    """convert_hf_to_gguf.py LlamaModel.permute."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def transformers_reverse_permute(w, n_head, n_kv):
+    """transformers' LlamaTensorProcessor._reverse_permute_weights, the inverse transformers' GGUF loader applies."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    return LlamaTensorProcessor()._reverse_permute_weights(w, n_head, n_kv)
+
+
+def write_tiny_gguf(path, model, arch, quantize, eos):
+    cfg = model.config
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if arch == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if arch == "llama":
+        w.add_rope_dimension_count(head_dim)
+        w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantize else gguf.LlamaFileType.ALL_F32)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(eos)
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    k = 0
+    for name in sorted(state, key=lambda n: (not n.startswith("model.embed"), n)):
+        data = state[name]
+        if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
+            kv = cfg.num_attention_heads if ".q_proj." in name else cfg.num_key_value_heads
+            permuted = llama_cpp_permute(data, cfg.num_attention_heads, kv)
+            # The reference must not be circular: transformers' inverse undoes llama.cpp's permutation exactly.
+            assert np.array_equal(transformers_reverse_permute(permuted, cfg.num_attention_heads, kv), data)
+            assert not np.array_equal(permuted, data)
+            data = permuted
+        qtype = T.F32
+        if quantize and data.ndim == 2:
+            qtype = CYCLE[k % len(CYCLE)]
+            k += 1
+            if data.shape[-1] % 32 != 0 and qtype not in (T.F16, T.BF16, T.F32):
+                qtype = T.F16
+        raw = gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+        w.add_tensor(gguf_name(name), raw, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def model_from_gguf(path, model):
+    """A copy of model whose weights are path's tensors as transformers' GGUF loader prepares them."""
+    import copy
+
+    import torch
+
+    cfg = model.config
+    arch = gguf.GGUFReader(path).fields["general.architecture"].contents()
+    ref = copy.deepcopy(model)
+    by_gguf = {gguf_name(n): n for n in ref.state_dict()}
+    sd = ref.state_dict()
+    for t in gguf.GGUFReader(path).tensors:
+        hf = by_gguf[t.name]
+        x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(sd[hf].shape)
+        if arch == "llama" and (".q_proj." in hf or ".k_proj." in hf):
+            x = transformers_reverse_permute(x, cfg.num_attention_heads, cfg.num_key_value_heads if ".k_proj." in hf
+                                             else cfg.num_attention_heads)
+        sd[hf] = torch.from_numpy(np.ascontiguousarray(x))
+    ref.load_state_dict(sd, strict=False)
+    if cfg.tie_word_embeddings:
+        ref.tie_weights()
+    return ref.eval()
+
+
+def make_models(args):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    os.makedirs(args.out, exist_ok=True)
+    cases = [("qwen2_q", "qwen2_gqa2", "qwen2", True), ("qwen3_q", "qwen3_gqa3", "qwen3", True),
+             ("llama_q", "llama_gqa4", "llama", True), ("qwen3_f32", "qwen3_gqa3", "qwen3", False)]
+    for name, src, arch, quantize in cases:
+        src_dir = os.path.join(ROOT, "tests/data/model/hf", src)
+        model = AutoModelForCausalLM.from_pretrained(src_dir, torch_dtype=torch.float32).eval()
+        if arch == "llama":  # the same weights with plain RoPE
+            cfg = AutoConfig.from_pretrained(src_dir)
+            cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+            plain = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32).eval()
+            plain.load_state_dict(model.state_dict())
+            model = plain
+        eos = 511
+        path = os.path.join(args.out, name + ".gguf")
+        write_tiny_gguf(path, model, arch, quantize, eos)
+        ref = model_from_gguf(path, model)
+        g = torch.Generator().manual_seed(len(name))
+        prompt = torch.randint(0, model.config.vocab_size, (24,), generator=g).tolist()
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            logits = ref(ids).logits[0].float().numpy()
+            gen = ref.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
+                               min_new_tokens=16, eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+        write_kwfx(os.path.join(args.out, name + ".kwfx"), [
+            ("prompt_ids", np.array(prompt, dtype=np.int32)), ("logits", logits),
+            ("gen_ids", gen.numpy().astype(np.int32))])
+        print(f"{name}: {os.path.getsize(path)} bytes, max |logit| {np.abs(logits).max():.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -230,8 +385,12 @@ def main():
     t = sub.add_parser("tokenizer")
     t.add_argument("--smollm2", required=True)
     t.add_argument("--out", default=os.path.join(ROOT, "tests/data/tokenizer"))
+    m = sub.add_parser("models")
+    m.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf"))
     args = ap.parse_args()
-    if args.mode == "dequant":
+    if args.mode == "models":
+        make_models(args)
+    elif args.mode == "dequant":
         make_dequant(args)
     elif args.mode == "tokenizer":
         make_tokenizer(args)
