@@ -40,6 +40,19 @@ modes); the tests never run Python. Modes:
       GGUF loader prepares them (gguf.quants.dequantize, then its LlamaTensorProcessor reverse permutation):
         prompt_ids i32 (P), logits f32 (P, V) of every prompt position, gen_ids i32 (G) greedy new tokens.
 
+  smollm2 --smollm2 F [--out tests/data/model/gguf/smollm2_ref.kwfx]
+      The real-model reference for tests/model/test_model_real.c: transformers loads SmolLM2-135M-Instruct.Q4_1.gguf
+      (its GGUF loader dequantizes to fp32 torch weights), once in float32 and once in float64. For each prompt i
+      (chat-rendered with the file's template, or raw; one longer than a 256-token prefill chunk):
+        p<i>.ids        i32 (P)  prompt ids (the reference tokenizer of the tokenizer mode)
+        p<i>.top_ids    i32 (K)  the K = 32 largest last-position logits of the float32 run, best first
+        p<i>.top_f32    f32 (K)  their float32 values
+        p<i>.top_f64    f32 (K)  the same logits from the float64 run
+        p<i>.gen_ids    i32 (G)  greedy continuation (float32 run, stops at EOS), EOS included
+        p<i>.gen_margin f32 (G)  top-1 minus top-2 logit at each generated step
+      n_prompts i32 (1). The float64 run tells how far an fp32 evaluation of this model lands from the exact one on
+      these prompts; the test derives its tolerance from that (see test_model_real.c).
+
 Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py models
        python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH
@@ -375,6 +388,58 @@ def make_models(args):
         print(f"{name}: {os.path.getsize(path)} bytes, max |logit| {np.abs(logits).max():.3f}")
 
 
+SMOLLM2_PROMPTS = [
+    ("chat", None, "What is the capital of France?"),
+    ("chat", None, "Write a haiku about the sea."),
+    ("chat", "You are a pirate. Answer in one sentence.", "Tell me about the moon."),
+    ("raw", None, "The quick brown fox"),
+    ("raw", None, "In 1969, Apollo 11 landed on the Moon. The crew of 3 astronauts"),
+    ("chat", None, "Summarize the following text in one sentence.\n\n" + " ".join(
+        ["The history of the printing press begins in 1440, when Johannes Gutenberg combined movable metal type, "
+         "oil-based ink and a screw press adapted from wine making. Books became cheaper, literacy spread, and ideas "
+         "travelled faster across Europe than ever before."] * 4)),
+]
+
+
+def make_smollm2(args):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref_tok, _, hf_tok = smollm2_reference_tokenizer(args.smollm2)
+    template = gguf.GGUFReader(args.smollm2).fields["tokenizer.chat_template"].contents()
+    folder, name = os.path.dirname(os.path.abspath(args.smollm2)), os.path.basename(args.smollm2)
+    m32 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    m64 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval().double()
+    arrays = [("n_prompts", np.array([len(SMOLLM2_PROMPTS)], dtype=np.int32))]
+    K = 32
+    for i, (kind, system, text) in enumerate(SMOLLM2_PROMPTS):
+        if kind == "chat":
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            text = hf_tok.apply_chat_template(msgs, chat_template=template, tokenize=False, add_generation_prompt=True)
+        prompt = ref_tok.encode(text, add_special_tokens=False).ids
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            l32 = m32(ids).logits[0, -1]
+            l64 = m64(ids).logits[0, -1]
+            gen = m32.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=32,
+                               output_scores=True, return_dict_in_generate=True, pad_token_id=2)
+        top = torch.topk(l32, K)
+        new = gen.sequences[0, len(prompt):].numpy().astype(np.int32)
+        margin = np.array([float(torch.topk(sc[0], 2).values[0] - torch.topk(sc[0], 2).values[1])
+                           for sc in gen.scores], dtype=np.float32)
+        arrays += [(f"p{i}.ids", np.array(prompt, dtype=np.int32)),
+                   (f"p{i}.top_ids", top.indices.numpy().astype(np.int32)),
+                   (f"p{i}.top_f32", top.values.numpy().astype(np.float32)),
+                   (f"p{i}.top_f64", l64[top.indices].numpy().astype(np.float32)),
+                   (f"p{i}.gen_ids", new), (f"p{i}.gen_margin", margin)]
+        dev = float((l32.double() - l64).abs().max())
+        print(f"p{i}: {len(prompt)} prompt tokens, |f32 - f64| max {dev:.3g} over the vocabulary, "
+              f"top-1 margin {float(top.values[0] - top.values[1]):.4f}, generated {len(new)}: "
+              f"{ref_tok.decode(new.tolist())!r}")
+    write_kwfx(args.out, arrays)
+    print("wrote", args.out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -387,8 +452,13 @@ def main():
     t.add_argument("--out", default=os.path.join(ROOT, "tests/data/tokenizer"))
     m = sub.add_parser("models")
     m.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf"))
+    r = sub.add_parser("smollm2")
+    r.add_argument("--smollm2", required=True)
+    r.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf/smollm2_ref.kwfx"))
     args = ap.parse_args()
-    if args.mode == "models":
+    if args.mode == "smollm2":
+        make_smollm2(args)
+    elif args.mode == "models":
         make_models(args)
     elif args.mode == "dequant":
         make_dequant(args)
