@@ -48,7 +48,8 @@ struct kw_gguf {
 
     kw_gguf_kv *kvs; /* (n_kv) */
     size_t n_kv;
-    kw_gguf_strref **kv_strings; /* (n_kv) per string array: the element index; NULL otherwise */
+    kw_gguf_strref **kv_strings; /* (kv_cap) per string array: the element index; NULL otherwise */
+    size_t kv_cap;               /* entries allocated in kvs and kv_strings (the header's count) */
     kw_gguf_tensor *tensors;     /* (n_tensors) */
     size_t n_tensors;
     char *names; /* the pool of keys and tensor names */
@@ -397,6 +398,7 @@ static int kw_gguf_parse(kw_gguf *g) {
     size_t *name_off = calloc((size_t)n_tensors + 1, sizeof *name_off);
     g->kvs = calloc((size_t)n_kv + 1, sizeof *g->kvs);
     g->kv_strings = calloc((size_t)n_kv + 1, sizeof *g->kv_strings);
+    g->kv_cap = g->kv_strings ? (size_t)n_kv : 0;
     g->tensors = calloc((size_t)n_tensors + 1, sizeof *g->tensors);
     KW_CHECK_IF(!key_off || !name_off || !g->kvs || !g->kv_strings || !g->tensors, KW_E_NOMEM, "out of memory");
 
@@ -468,8 +470,8 @@ int kw_gguf_open(const char *path, kw_gguf **out) {
 
 void kw_gguf_close(kw_gguf *g) {
     if (!g) return;
-    if (g->kv_strings)
-        for (size_t i = 0; i < g->n_kv; ++i)
+    if (g->kv_strings) /* an entry that failed half-way may hold an index too */
+        for (size_t i = 0; i < g->kv_cap; ++i)
             free(g->kv_strings[i]);
     free(g->kv_strings);
     free(g->kvs);
