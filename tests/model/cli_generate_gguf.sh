@@ -11,10 +11,13 @@ if [ $rc -eq 3 ]; then
     exit 77
 fi
 [ $rc -eq 0 ] || { echo "FAIL: fetch-model exit $rc"; exit 1; }
-out=$("$kvwire" generate --model "$model" --chat --prompt "What is the capital of France?" --max-new-tokens 24 2>&1)
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
+out=$("$kvwire" generate --model "$model" --chat --prompt "What is the capital of France?" --max-new-tokens 24 2>"$err")
 echo "$out"
+cat "$err"
 echo "$out" | head -1 | grep -q "Paris" || { echo "FAIL: no Paris in the answer"; exit 1; }
-echo "$out" | grep -q "stopped at EOS" || { echo "FAIL: did not stop at <|im_end|>"; exit 1; }
+grep -q "stopped at EOS" "$err" || { echo "FAIL: did not stop at <|im_end|>"; exit 1; }
 # the prompt starts with SmolLM2's default system turn: <|im_start|>system\nYou are a helpful AI assistant named SmolLM
 echo "$out" | grep -q "^prompt_ids: \[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365" || {
     echo "FAIL: prompt ids"
