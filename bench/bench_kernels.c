@@ -28,7 +28,7 @@
 #include <immintrin.h>
 #endif
 
-/* OpenBLAS is linked through kw_kernels, but its include path is private to that library: the two entry points the
+/* OpenBLAS is linked into kvwire for this baseline only; rather than its include path, the two entry points the
  * baseline needs are declared here with the CBLAS ABI (enums are ints: RowMajor 101, NoTrans 111, Trans 112). */
 void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc);
@@ -153,6 +153,11 @@ static int kw_time_matmul(kw_backend *b, int64_t M, int64_t N, int64_t K, enum k
         KW_CHECK(kw_tensor_alloc(b, &ws[c], dtype, 2, (int64_t[]){N, K}));
         /* the backend is the CPU: tensor memory is host memory, filled in place to avoid a second copy */
         kw_fill_random(ws[c].data, dtype, (size_t)(N * K), (uint32_t)c + 1);
+        /* packed as the model packs its weights at load (kw_tensor_pack_weight) */
+        kw_tensor packed;
+        KW_CHECK(kw_tensor_pack_weight(b, &ws[c], &packed));
+        kw_tensor_free(&ws[c]);
+        ws[c] = packed;
     }
     KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){M, K}));
     KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){M, N}));

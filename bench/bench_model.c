@@ -3,10 +3,11 @@
  * The model is --model (an HF folder or a GGUF file, e.g. the SmolLM2 one `kvwire fetch-model` caches; GGUF weights
  * are dequantized at load to --weights f32|bf16), or else a real-shaped random model (Qwen3-0.6B shape by default:
  * 28 layers, hidden 1024, bf16, 151936 vocab) written by the gen-model library into a temporary folder (or
- * --model-dir, reused when it already holds a model) and loaded like any HF folder (weights zero-copy from the mmap).
- * Reported: prefill tok/s, decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth
- * with the same thread count, which bounds decode at bandwidth / (weight bytes read per token). --profile adds a per-op
- * time breakdown (ops synchronized one by one). Not a correctness check: tests/model does that. */
+ * --model-dir, reused when it already holds a model) and loaded like any HF folder (norms zero-copy from the mmap,
+ * matmul weights packed once for the CPU kernels). Reported: prefill tok/s, decode tok/s, peak RSS, and the baseline
+ * from the same run: streaming-read memory bandwidth with the same thread count, which bounds decode at bandwidth /
+ * (weight bytes read per token). --profile adds a per-op time breakdown (ops synchronized one by one). Not a
+ * correctness check: tests/model does that. */
 #include "kw_benches.h"
 
 #include <errno.h>
@@ -201,7 +202,8 @@ int kw_bench_model(int argc, char **argv) {
            model_path ? model_path : preset, model_path ? kw_arch_name(cfg->arch) : "shape", (int)cfg->n_layers,
            (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
            (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
-    printf("load (%s): %.1f ms\n", gguf ? "GGUF, dequantized into model-owned tensors" : "mmap, zero-copy", load_ms);
+    printf("load (%s, matmul weights packed, %s kernels): %.1f ms\n",
+           gguf ? "GGUF, dequantized into model-owned tensors" : "mmap", kw_backend_cpu_isa(be), load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

@@ -165,8 +165,11 @@ static int kw_bp_time_matmul(kw_backend *be, int64_t T, int reps, double *gflops
     kw_tensor w[NW], x = {0}, y = {0};
     memset(w, 0, sizeof w);
     int rc;
-    for (int i = 0; i < NW; ++i)
-        KW_CHECK(kw_tensor_from_host(be, &w[i], KW_DTYPE_BF16, 2, (int64_t[]){N, K}, host + (size_t)i * N * K));
+    for (int i = 0; i < NW; ++i) { /* packed, as the projector packs its weights */
+        kw_tensor rows;
+        KW_CHECK(kw_tensor_from_host(be, &rows, KW_DTYPE_BF16, 2, (int64_t[]){N, K}, host + (size_t)i * N * K));
+        KW_CHECK(kw_tensor_pack_weight(be, &rows, &w[i]));
+    }
     KW_CHECK(kw_bp_fill(be, &x, T, 1, K, 21));
     kw_tensor x2;
     KW_CHECK(kw_tensor_view_reshape(&x, 2, (int64_t[]){T, K}, &x2));
@@ -203,8 +206,9 @@ static int kw_bp_time_small_ops(kw_backend *be, int64_t R, int reps) {
     KW_CHECK(kw_tensor_alloc(be, &s16, KW_DTYPE_BF16, 3, (int64_t[]){R, 1, 1024}));
     KW_CHECK(kw_tensor_alloc(be, &n, KW_DTYPE_F32, 1, (int64_t[]){1024}));
     KW_CHECK(kw_backend_memset_zero(be, &n));
-    KW_CHECK(kw_tensor_from_host(be, &w, KW_DTYPE_BF16, 2, (int64_t[]){1024, 1024}, wh));
-    kw_tensor x2, y2;
+    kw_tensor w_rows, x2, y2;
+    KW_CHECK(kw_tensor_from_host(be, &w_rows, KW_DTYPE_BF16, 2, (int64_t[]){1024, 1024}, wh));
+    KW_CHECK(kw_tensor_pack_weight(be, &w_rows, &w));
     KW_CHECK(kw_tensor_view_reshape(&x, 2, (int64_t[]){R, 1024}, &x2));
     KW_CHECK(kw_tensor_view_reshape(&y, 2, (int64_t[]){R, 1024}, &y2));
     KW_CHECK(kw_tensor_alloc(be, &w8, KW_DTYPE_F32, 2, (int64_t[]){R, 8}));

@@ -37,7 +37,7 @@ typedef struct kw_proj_ffn {
 } kw_proj_ffn;
 
 typedef struct kw_proj_branch {
-    kw_tensor in_src, in_tgt, in_b; /* in_src/in_tgt: views of the owned split copy */
+    kw_tensor in_src, in_tgt, in_b; /* in_src/in_tgt: packed from the split copy (or views of it) */
     kw_proj_ffn mlp1, scalar_mlp2;
     kw_proj_ffn *proj_mlp2; /* n_proj entries, owned */
     int32_t n_proj;
@@ -101,7 +101,18 @@ static int kw_proj_find(kw_projector_lookup_fn lookup, void *user, const char *n
     return 0;
 }
 
-/* Binds a looked-up tensor to a backend tensor of the given shape. */
+/* Replaces the matmul weight t by the backend's packed form (kw_tensor_pack_weight; the same bits, read faster). */
+static int kw_proj_pack(kw_backend *be, kw_tensor *t) {
+    kw_tensor packed;
+    KW_FORWARD(kw_tensor_pack_weight(be, t, &packed));
+    if (packed.data == t->data) return 0; /* a view: the backend reads the row-major weight */
+    kw_tensor_free(t);
+    *t = packed;
+    return 0;
+}
+
+/* Binds a looked-up tensor to a backend tensor of the given shape; a matrix (every 2-D projector tensor is a matmul
+ * weight) is packed. */
 static int kw_proj_bind(kw_backend *be, kw_projector_lookup_fn lookup, void *user, const char *name, int32_t ndim,
                         const int64_t *shape, kw_tensor *out) {
     kw_projector_tensor t;
@@ -109,7 +120,8 @@ static int kw_proj_bind(kw_backend *be, kw_projector_lookup_fn lookup, void *use
     KW_RETURN_IF(!kw_backend_supports(be, KW_OP_MATMUL, t.dtype), KW_E_OP_UNSUPPORTED,
                  "projector tensor %s: backend %s cannot use %s weights", name, kw_backend_name(be),
                  kw_dtype_name(t.dtype));
-    return kw_tensor_from_host(be, out, t.dtype, ndim, shape, t.data);
+    KW_FORWARD(kw_tensor_from_host(be, out, t.dtype, ndim, shape, t.data));
+    return ndim == 2 ? kw_proj_pack(be, out) : 0;
 }
 
 static int kw_proj_bind_ffn(kw_backend *be, kw_projector_lookup_fn lookup, void *user, const char *prefix,
@@ -196,6 +208,8 @@ static int kw_proj_bind_branch(kw_projector *p, kw_projector_lookup_fn lookup, v
     }
     KW_FORWARD(kw_tensor_from_host(be, &b->in_src, w.dtype, 2, (int64_t[]){hidden, in_s}, dst_s));
     KW_FORWARD(kw_tensor_from_host(be, &b->in_tgt, w.dtype, 2, (int64_t[]){hidden, in_t}, dst_t));
+    KW_FORWARD(kw_proj_pack(be, &b->in_src));
+    KW_FORWARD(kw_proj_pack(be, &b->in_tgt));
     snprintf(name, sizeof name, "%s_in.bias", which);
     KW_FORWARD(kw_proj_bind(be, lookup, user, name, 1, (int64_t[]){hidden}, &b->in_b));
 

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,16 @@ void kw_file_unmap(kw_file_map *map) {
     munmap((void *)map->data, map->size);
     map->data = NULL;
     map->size = 0;
+}
+
+void kw_file_map_release(const kw_file_map *map, size_t offset, size_t size) {
+    if (!map || !map->data || offset >= map->size) return;
+    if (size > map->size - offset) size = map->size - offset;
+    const long page = sysconf(_SC_PAGESIZE);
+    const uintptr_t mask = (uintptr_t)(page > 0 ? page : 4096) - 1;
+    const uintptr_t base = (uintptr_t)map->data, lo = (base + offset) & ~mask;
+    const uintptr_t hi = (base + offset + size + mask) & ~mask, end = (base + map->size + mask) & ~mask;
+    if (hi > lo) (void)madvise((void *)lo, (hi < end ? hi : end) - lo, MADV_DONTNEED);
 }
 
 char *kw_path_join(const char *dir, const char *name) {

@@ -24,6 +24,12 @@ int kw_file_map_open(const char *path, kw_file_map *map);
 /* Unmaps; a zeroed or NULL map is a no-op. */
 void kw_file_unmap(kw_file_map *map);
 
+/* Tells the kernel that the pages of map covering [offset, offset + size) are not needed for now (MADV_DONTNEED,
+ * widened to whole pages): they leave the process's resident set and are read back from the file if touched again,
+ * so the mapping's contents never change. For data that has been copied elsewhere (packed weights). Ranges outside
+ * the map are clipped; errors are ignored (it is only advice). */
+void kw_file_map_release(const kw_file_map *map, size_t offset, size_t size);
+
 /* Joins dir and name with one '/' into a new string (caller frees), or NULL when out of memory. */
 char *kw_path_join(const char *dir, const char *name);
 

@@ -57,7 +57,14 @@ int64_t kw_tensor_nelem(const kw_tensor *t) {
     return n;
 }
 
+/* Rows a tensor occupies in memory: ne[0], rounded up to whole panels for KW_LAYOUT_PANELS. */
+static int64_t kw_tensor_stored_rows(enum kw_layout layout, int64_t rows) {
+    return layout == KW_LAYOUT_PANELS ? (rows + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS * KW_PANEL_ROWS : rows;
+}
+
 size_t kw_tensor_nbytes(const kw_tensor *t) {
+    if (t->layout == KW_LAYOUT_PANELS)
+        return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) * t->ne[1]) * kw_dtype_size(t->dtype);
     return (size_t)kw_tensor_nelem(t) * kw_dtype_size(t->dtype);
 }
 
@@ -83,16 +90,24 @@ static const char *kw_shape_str(const kw_tensor *t, char *buf, size_t size) {
 
 #define KW_SHAPE(t) kw_shape_str((t), (char[96]){0}, 96)
 
-/* Checks a shape: 1..4 dims, each >= 1, element count and byte size without overflow. */
-static int kw_check_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, size_t *nbytes) {
+/* Checks a shape in a layout: 1..4 dims (exactly 2 for KW_LAYOUT_PANELS), each >= 1, element count and byte size
+ * (padded rows included) without overflow. */
+static int kw_check_layout_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, enum kw_layout layout,
+                                 size_t *nbytes) {
     KW_RETURN_IF((unsigned)dtype >= KW_DTYPE_COUNT, KW_E_INVALID_ARG, "invalid dtype %d", (int)dtype);
+    KW_RETURN_IF(layout != KW_LAYOUT_ROWS && layout != KW_LAYOUT_PANELS, KW_E_INVALID_ARG, "invalid layout %d",
+                 (int)layout);
     KW_RETURN_IF(ndim < 1 || ndim > 4, KW_E_SHAPE, "tensor rank %d is outside 1..4", (int)ndim);
+    KW_RETURN_IF(layout == KW_LAYOUT_PANELS && ndim != 2, KW_E_SHAPE, "a panel-packed tensor has rank 2, not %d",
+                 (int)ndim);
     size_t n = kw_dtype_size(dtype);
     for (int32_t i = 0; i < ndim; ++i) {
         size_t d;
         KW_RETURN_IF(ne[i] < 1, KW_E_SHAPE, "dimension %d of a tensor is %lld (must be >= 1)", (int)i,
                      (long long)ne[i]);
-        KW_RETURN_IF(kw_size_from_i64(ne[i], &d) < 0 || kw_size_mul(n, d, &n) < 0, KW_E_OVERFLOW,
+        KW_RETURN_IF(ne[i] > INT64_MAX - KW_PANEL_ROWS, KW_E_OVERFLOW, "tensor size overflows");
+        const int64_t stored = i == 0 ? kw_tensor_stored_rows(layout, ne[0]) : ne[i];
+        KW_RETURN_IF(kw_size_from_i64(stored, &d) < 0 || kw_size_mul(n, d, &n) < 0, KW_E_OVERFLOW,
                      "tensor size overflows");
     }
     KW_RETURN_IF(n > (size_t)INT64_MAX, KW_E_OVERFLOW, "tensor size overflows");
@@ -100,13 +115,25 @@ static int kw_check_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, 
     return 0;
 }
 
-/* A tensor argument: present, allocated on this backend, well-formed. */
-static int kw_check_tensor(const kw_backend *backend, const kw_tensor *t, const char *op, const char *name) {
+static int kw_check_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, size_t *nbytes) {
+    return kw_check_layout_shape(dtype, ndim, ne, KW_LAYOUT_ROWS, nbytes);
+}
+
+/* A tensor argument in any layout: present, allocated on this backend, well-formed. */
+static int kw_check_tensor_any_layout(const kw_backend *backend, const kw_tensor *t, const char *op, const char *name) {
     KW_RETURN_IF(t == NULL, KW_E_INVALID_ARG, "%s: tensor %s is NULL", op, name);
     KW_RETURN_IF(t->data == NULL, KW_E_INVALID_ARG, "%s: tensor %s has no data", op, name);
     KW_RETURN_IF(t->backend != backend, KW_E_INVALID_ARG, "%s: tensor %s belongs to another backend", op, name);
-    const int rc = kw_check_shape(t->dtype, t->ndim, t->ne, NULL);
+    const int rc = kw_check_layout_shape(t->dtype, t->ndim, t->ne, t->layout, NULL);
     if (rc < 0) KW_FAIL(rc, "%s: tensor %s: %s", op, name, kw_error_detail());
+    return 0;
+}
+
+/* A row-major tensor argument (every operand but a matmul weight and a get_rows table). */
+static int kw_check_tensor(const kw_backend *backend, const kw_tensor *t, const char *op, const char *name) {
+    KW_FORWARD(kw_check_tensor_any_layout(backend, t, op, name));
+    KW_RETURN_IF(t->layout != KW_LAYOUT_ROWS, KW_E_SHAPE,
+                 "%s: tensor %s is a packed matmul weight; only matmul and get_rows read that layout", op, name);
     return 0;
 }
 
@@ -126,10 +153,11 @@ static int kw_check_act(enum kw_act act, const char *op) {
     return 0;
 }
 
-int kw_tensor_alloc(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne) {
+int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
+                            enum kw_layout layout) {
     KW_RETURN_IF(backend == NULL || t == NULL || ne == NULL, KW_E_INVALID_ARG, "kw_tensor_alloc: NULL argument");
     size_t nbytes;
-    KW_FORWARD(kw_check_shape(dtype, ndim, ne, &nbytes));
+    KW_FORWARD(kw_check_layout_shape(dtype, ndim, ne, layout, &nbytes));
     void *data = NULL;
     KW_FORWARD(backend->iface->alloc(backend, nbytes, &data));
     memset(t, 0, sizeof *t);
@@ -140,8 +168,28 @@ int kw_tensor_alloc(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int3
     for (int32_t i = 0; i < 4; ++i)
         t->ne[i] = i < ndim ? ne[i] : 1;
     t->owns_data = 1;
+    t->layout = layout;
     ++backend->n_live_allocs;
     return 0;
+}
+
+int kw_tensor_alloc(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne) {
+    return kw__tensor_alloc_layout(backend, t, dtype, ndim, ne, KW_LAYOUT_ROWS);
+}
+
+int kw_tensor_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed) {
+    static const char op[] = "kw_tensor_pack_weight";
+    KW_RETURN_IF(backend == NULL || packed == NULL, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_RETURN_IF(w->ndim != 2 || !kw_dtype_is_float(w->dtype), KW_E_SHAPE, "%s: w %s must be (N, K) f32/bf16/f16", op,
+                 KW_SHAPE(w));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_MATMUL, w->dtype, backend->iface->matmul != NULL));
+    if (backend->iface->pack_weight == NULL) {
+        *packed = *w;
+        packed->owns_data = 0;
+        return 0;
+    }
+    return backend->iface->pack_weight(backend, w, packed);
 }
 
 void kw_tensor_free(kw_tensor *t) {
@@ -176,6 +224,7 @@ int kw_tensor_from_host(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, 
 
 int kw_tensor_view_rows(const kw_tensor *src, int64_t row0, int64_t nrows, kw_tensor *view) {
     KW_RETURN_IF(src == NULL || view == NULL || src->data == NULL, KW_E_INVALID_ARG, "kw_tensor_view_rows: NULL");
+    KW_RETURN_IF(src->layout != KW_LAYOUT_ROWS, KW_E_SHAPE, "kw_tensor_view_rows: a packed weight has no row views");
     KW_FORWARD(kw_check_shape(src->dtype, src->ndim, src->ne, NULL));
     KW_RETURN_IF(row0 < 0 || nrows < 1 || row0 > src->ne[0] || nrows > src->ne[0] - row0, KW_E_SHAPE,
                  "kw_tensor_view_rows: rows [%lld, %lld) outside %s", (long long)row0, (long long)(row0 + nrows),
@@ -192,6 +241,7 @@ int kw_tensor_view_rows(const kw_tensor *src, int64_t row0, int64_t nrows, kw_te
 int kw_tensor_view_reshape(const kw_tensor *src, int32_t ndim, const int64_t *ne, kw_tensor *view) {
     KW_RETURN_IF(src == NULL || view == NULL || ne == NULL || src->data == NULL, KW_E_INVALID_ARG,
                  "kw_tensor_view_reshape: NULL");
+    KW_RETURN_IF(src->layout != KW_LAYOUT_ROWS, KW_E_SHAPE, "kw_tensor_view_reshape: a packed weight cannot be viewed");
     KW_FORWARD(kw_check_shape(src->dtype, ndim, ne, NULL));
     int64_t n = 1;
     for (int32_t i = 0; i < ndim; ++i)
@@ -301,7 +351,7 @@ int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, 
     static const char op[] = "get_rows";
     KW_CHECK_BACKEND(op);
     KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
-    KW_FORWARD(kw_check_tensor(backend, table, op, "table"));
+    KW_FORWARD(kw_check_tensor_any_layout(backend, table, op, "table"));
     KW_FORWARD(kw_check_tensor(backend, ids, op, "ids"));
     KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
     KW_FORWARD(kw_check_dtype(ids, KW_DTYPE_I32, op, "ids"));
@@ -319,7 +369,7 @@ int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const 
     KW_CHECK_BACKEND(op);
     KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
     KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
-    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_FORWARD(kw_check_tensor_any_layout(backend, w, op, "w"));
     KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
     KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
     KW_RETURN_IF(w->ndim != 2 || !kw_dtype_is_float(w->dtype), KW_E_SHAPE, "%s: w %s must be (N, K) f32/bf16/f16", op,
@@ -344,7 +394,7 @@ int kw_op_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     KW_CHECK_BACKEND(op);
     KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
     KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
-    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_FORWARD(kw_check_tensor_any_layout(backend, w, op, "w"));
     KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
     KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
     KW_RETURN_IF(!kw_dtype_is_float(w->dtype) || kw_tensor_nelem(w) != kw_tensor_last(x), KW_E_SHAPE,

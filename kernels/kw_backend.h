@@ -61,20 +61,32 @@ enum kw_op {
 
 const char *kw_op_name(enum kw_op op);
 
-/* A dense tensor. The struct is a plain value; the memory behind data belongs to whoever allocated it
+/* How a tensor's elements are laid out in memory. */
+enum kw_layout {
+    KW_LAYOUT_ROWS = 0, /* dense row-major (every tensor unless stated) */
+    /* A matmul weight (N, K) packed by kw_tensor_pack_weight for the CPU kernels: panels of KW_PANEL_ROWS rows, each
+     * panel k-major (element (n, k) at ((n / 64) * K + k) * 64 + n % 64, rows past N zero). Usable only as the weight
+     * of kw_op_matmul and the table of kw_op_get_rows; views, uploads and downloads refuse it. */
+    KW_LAYOUT_PANELS = 1,
+};
+
+#define KW_PANEL_ROWS 64
+
+/* A tensor. The struct is a plain value; the memory behind data belongs to whoever allocated it
  * (kw_tensor_alloc: the tensor, to be released with kw_tensor_free; views and wrapped host memory: someone else). */
 typedef struct kw_tensor {
     struct kw_backend *backend; /* the backend whose memory holds data */
     void *data;                 /* device (or, on CPU, host) address; never dereferenced by host code */
     enum kw_dtype dtype;
-    int32_t ndim;      /* 1..4 */
-    int64_t ne[4];     /* shape, outermost first; unused trailing entries are 1 */
-    int32_t owns_data; /* 1 if kw_tensor_free must release data */
+    int32_t ndim;          /* 1..4 */
+    int64_t ne[4];         /* logical shape, outermost first; unused trailing entries are 1 */
+    int32_t owns_data;     /* 1 if kw_tensor_free must release data */
+    enum kw_layout layout; /* KW_LAYOUT_ROWS (0) unless made by kw_tensor_pack_weight */
 } kw_tensor;
 
 /* Number of elements (product of ne[0..ndim-1]). */
 int64_t kw_tensor_nelem(const kw_tensor *t);
-/* Number of bytes of data. */
+/* Number of bytes of data (for KW_LAYOUT_PANELS: including the zero rows that pad N to whole panels). */
 size_t kw_tensor_nbytes(const kw_tensor *t);
 /* Number of rows when viewed as 2-D: product of all but the last dimension. */
 int64_t kw_tensor_nrows(const kw_tensor *t);
@@ -87,6 +99,14 @@ enum kw_backend_kind { KW_BACKEND_CPU = 0, KW_BACKEND_CUDA = 1 };
  * level (AVX-512, AVX2+FMA+F16C or scalar) is detected at run time; KW_CPU_ISA=scalar|avx2|avx512 in the environment
  * caps it (never raises it). */
 int kw_backend_create_cpu(int n_threads, kw_backend **out);
+
+/* The SIMD flavour a CPU backend runs: "scalar", "avx2" or "avx512" (results are the same bits on each; only the
+ * speed differs). NULL for a backend of another kind. */
+const char *kw_backend_cpu_isa(const kw_backend *backend);
+
+/* The SIMD flavours the CPU backend can run on this machine, slowest first ("scalar", then "avx2", "avx512" as the
+ * CPU allows), in names; returns how many (1..3). KW_CPU_ISA=<name> selects one of them for new backends. */
+int kw_backend_cpu_isas(const char *names[3]);
 
 /* Creates the CUDA backend on a device. Returns KW_E_UNSUPPORTED when built without CUDA and KW_E_NO_DEVICE when
  * no such device exists. */
@@ -123,6 +143,13 @@ void kw_tensor_free(kw_tensor *t);
 int kw_tensor_from_host(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
                         const void *host_data);
 
+/* Prepares w (N, K) f32/bf16/f16 (row-major) as a matmul weight for repeated use. On the CPU backend *packed is a
+ * new tensor in KW_LAYOUT_PANELS, owned by the caller (kw_tensor_free), and w may be released afterwards; the packed
+ * weight gives bit-identical matmul results to w itself, read as one sequential stream. A backend without a layout of
+ * its own returns a view of w in *packed (owns_data = 0: w must outlive it). Errors: KW_E_SHAPE (not a 2-D float
+ * tensor), KW_E_NOMEM. */
+int kw_tensor_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
+
 /* A view of rows [row0, row0+nrows) of the outermost dimension of src: same memory, no ownership. */
 int kw_tensor_view_rows(const kw_tensor *src, int64_t row0, int64_t nrows, kw_tensor *view);
 
@@ -142,12 +169,15 @@ int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t);
  * Ops. All outputs are distinct from inputs unless "in place" is stated. Activations are f32 unless stated.
  */
 
-/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16, ids (T) i32. Ids outside [0, V) are an error
+/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16 (row-major, or packed by kw_tensor_pack_weight on
+ * the backend that packed it), ids (T) i32. Ids outside [0, V) are an error
  * reported at synchronize (KW_E_TOKEN_ID) and leave the row zeroed. */
 int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
 
-/* out (M, N) f32 = x (M, K) f32 times w (N, K)^T, plus bias (N) if not NULL; w f32/bf16/f16, bias f32/bf16/f16.
- * Accumulates in f32. */
+/* out (M, N) f32 = x (M, K) f32 times w (N, K)^T, plus bias (N) if not NULL; w f32/bf16/f16 (row-major or packed by
+ * kw_tensor_pack_weight), bias f32/bf16/f16. Accumulates in f32. On the CPU backend every element is one fused
+ * multiply-add chain in ascending k starting from +0, then + bias: the result of a row never depends on M, on the
+ * other rows, on the thread count or on the ISA (docs/ARCHITECTURE.md, "Same bits however it runs"). */
 int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
 
 enum kw_rms_norm_flags {

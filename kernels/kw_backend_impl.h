@@ -39,6 +39,10 @@ struct kw_backend_i {
     int (*upload)(kw_backend *backend, void *dst, const void *src, size_t size);
     int (*download)(kw_backend *backend, void *dst, const void *src, size_t size);
     int (*memset_zero)(kw_backend *backend, void *dst, size_t size);
+    /* (optional) Packs w (validated: a 2-D row-major float tensor whose dtype supports() allows for matmul) into the
+     * backend's own weight layout as a new tensor owned by the caller (kw__tensor_alloc_layout allocates it). NULL:
+     * kw_tensor_pack_weight hands back a view of w. */
+    int (*pack_weight)(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
 
     /* Ops, with the argument lists of kw_backend.h (validated). All (optional). */
     int (*get_rows)(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
@@ -67,6 +71,10 @@ struct kw_backend {
     int deferred_status;       /* first error found while running ops since the last synchronize, or 0 */
     char deferred_detail[256]; /* its human-readable reason */
 };
+
+/* kw_tensor_alloc with a layout: the byte size follows kw_tensor_nbytes for that layout (KW_LAYOUT_PANELS: ndim 2). */
+int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
+                            enum kw_layout layout);
 
 /* Fills the generic part of a new backend. */
 void kw__backend_init(kw_backend *backend, const struct kw_backend_i *iface);

@@ -36,7 +36,7 @@ typedef struct kw_layer {
 struct kw_model {
     kw_model_config cfg;
     kw_backend *backend; /* borrowed */
-    kw_weights *weights; /* owned: the mappings the CPU weight tensors alias (or the GGUF file) */
+    kw_weights *weights; /* owned: the weight source (the mappings unpacked CPU tensors alias, or the GGUF file) */
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
     kw_layer *layers;
@@ -63,6 +63,18 @@ struct kw_model {
 /* ------------------------------------------------------------------------------------------------------------
  * Loading
  */
+
+/* Replaces the matmul weight t (bound from tensor name) by the backend's packed form (kw_tensor_pack_weight). When
+ * that is a copy (the CPU's panel layout), the file pages it was read from are dropped from the resident set. */
+static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
+    kw_tensor packed;
+    KW_FORWARD(kw_tensor_pack_weight(m->backend, t, &packed));
+    if (packed.data == t->data) return 0; /* a view: the backend reads the row-major weight itself */
+    kw_tensor_free(t);
+    *t = packed;
+    kw_weights_release(m->weights, name);
+    return 0;
+}
 
 /* Binds tensor name (shape ne[0..ndim)) to t. Missing tensors: KW_E_MODEL_MISSING if required, else t stays zeroed.
  * op is the op that consumes it (its dtype must be supported). */
@@ -99,6 +111,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
                  "model: backend %s cannot run %s with %s weights (%s)", kw_backend_name(m->backend), kw_op_name(op),
                  kw_dtype_name(st->dtype), name);
     KW_FORWARD(kw_weights_bind(m->backend, st, t));
+    if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, name));
     if (strcmp(name, "model.embed_tokens.weight") != 0) m->bytes_per_token += st->nbytes;
     return 0;
 }
@@ -197,12 +210,14 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     const int64_t vocab = c->vocab, hid = c->hidden;
     KW_CHECK(model_bind(m, &m->embed, KW_OP_GET_ROWS, 1, 2, KW_NE(vocab, hid), "model.embed_tokens.weight"));
     KW_CHECK(model_bind(m, &m->final_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "model.norm.weight"));
-    for (int32_t l = 0; l < c->n_layers; ++l)
-        KW_CHECK(model_bind_layer(m, l));
+    /* the tied table is packed first, while no other packed copy exists: its file pages and its packed copy are the
+     * largest pair that is ever resident at once, and the peak stays near the model's size */
     if (c->tie_embeddings) {
         /* HF ties lm_head to embed_tokens and ignores a stored lm_head.weight */
         KW_CHECK_IF(!kw_backend_supports(backend, KW_OP_MATMUL, m->embed.dtype), KW_E_OP_UNSUPPORTED,
                     "model: backend cannot run matmul with %s embeddings", kw_dtype_name(m->embed.dtype));
+        /* one packed table serves both: get_rows reads the packed layout too */
+        KW_CHECK(model_pack(m, &m->embed, "model.embed_tokens.weight"));
         m->lm_head = m->embed;
         m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
         m->lm_head_tied = 1;
@@ -210,6 +225,8 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     } else {
         KW_CHECK(model_bind(m, &m->lm_head, KW_OP_MATMUL, 1, 2, KW_NE(vocab, hid), "lm_head.weight"));
     }
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        KW_CHECK(model_bind_layer(m, l));
 #undef KW_NE
     KW_CHECK(model_alloc_scratch(m));
     KW_CHECK(kw_backend_synchronize(backend)); /* device backends: uploads done, host mappings no longer needed */
@@ -310,13 +327,14 @@ static int view_rows(const kw_tensor *src, int64_t T, int64_t heads, int64_t dim
     return kw_tensor_view_reshape(&rows, 3, ne, out);
 }
 
-/* One layer over T tokens whose K/V go to cache rows [row0, row0 + T). */
-static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *cache, int64_t T, int64_t row0) {
+/* One layer over T tokens whose hidden states are x_rows (T, hidden) (updated in place) at positions pos_rows (T) and
+ * whose K/V go to cache rows [row0, row0 + T). */
+static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *cache, int64_t T, int64_t row0,
+                       const kw_tensor *x_rows, const kw_tensor *pos_rows) {
     const kw_model_config *c = &m->cfg;
     kw_backend *be = m->backend;
     const float eps = c->rms_eps;
-    kw_tensor x, h, o, q, k, v, q3, k3, v3, att, att3, gate, up, act, pos;
-    KW_FORWARD(view_rows(&m->s.x, T, 0, 0, &x));
+    kw_tensor x = *x_rows, pos = *pos_rows, h, o, q, k, v, q3, k3, v3, att, att3, gate, up, act;
     KW_FORWARD(view_rows(&m->s.h, T, 0, 0, &h));
     KW_FORWARD(view_rows(&m->s.o, T, 0, 0, &o));
     KW_FORWARD(view_rows(&m->s.q, T, 0, 0, &q));
@@ -330,7 +348,6 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     KW_FORWARD(view_rows(&m->s.gate, T, 0, 0, &gate));
     KW_FORWARD(view_rows(&m->s.up, T, 0, 0, &up));
     KW_FORWARD(view_rows(&m->s.act, T, 0, 0, &act));
-    KW_FORWARD(view_rows(&m->s.pos, T, 0, 0, &pos));
 
     /* attention block */
     KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->attn_norm, eps, KW_RMS_NORM_PLAIN));
@@ -411,7 +428,7 @@ static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a,
     KW_FORWARD(kw_backend_upload(be, &pos, 0, m->pos_host, (size_t)T * sizeof(int32_t)));
     KW_MODEL_OP(m, KW_OP_GET_ROWS, kw_op_get_rows(be, &x, &m->embed, &ids));
     for (int32_t l = 0; l < m->cfg.n_layers; ++l)
-        KW_FORWARD(model_layer(m, &m->layers[l], l, cache, T, row0));
+        KW_FORWARD(model_layer(m, &m->layers[l], l, cache, T, row0, &x, &pos));
     if (a->mode == KW_LOGITS_ALL) {
         KW_FORWARD(model_head(m, a, 0, T, t0));
     } else if (a->mode == KW_LOGITS_LAST && t0 + T == a->n) {
@@ -421,24 +438,31 @@ static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a,
     return kw_backend_synchronize(be);
 }
 
+/* Checks a forward's cache and tokens (shared by both forward orders). */
+static int model_check_forward(const kw_model *m, const kw_kvcache *cache, const int32_t *ids, int64_t n,
+                               const int32_t *positions) {
+    KW_RETURN_IF(kw_kvcache_backend(cache) != m->backend || kw_kvcache_n_layers(cache) != m->cfg.n_layers ||
+                     kw_kvcache_n_kv_heads(cache) != m->cfg.n_kv_heads || kw_kvcache_head_dim(cache) != m->cfg.head_dim,
+                 KW_E_SHAPE, "model: the cache was not made for this model");
+    KW_RETURN_IF(n > kw_kvcache_capacity(cache) - kw_kvcache_length(cache), KW_E_MODEL_CONTEXT,
+                 "model: %lld tokens do not fit in the cache (length %lld, capacity %lld)", (long long)n,
+                 (long long)kw_kvcache_length(cache), (long long)kw_kvcache_capacity(cache));
+    KW_RETURN_IF(n + kw_kvcache_length(cache) > INT32_MAX, KW_E_LIMIT, "model: sequence too long");
+    for (int64_t t = 0; t < n; ++t) {
+        KW_RETURN_IF(ids[t] < 0 || ids[t] >= m->cfg.vocab, KW_E_TOKEN_ID,
+                     "model: token id %d at index %lld is outside the vocabulary (%d)", (int)ids[t], (long long)t,
+                     (int)m->cfg.vocab);
+        KW_RETURN_IF(positions && positions[t] < 0, KW_E_INVALID_ARG, "model: negative position at index %lld",
+                     (long long)t);
+    }
+    return 0;
+}
+
 int kw_model_forward(kw_model *m, kw_kvcache *cache, const kw_forward_args *a) {
     KW_RETURN_IF(!m || !cache || !a || !a->ids || a->n <= 0, KW_E_INVALID_ARG, "model: bad forward arguments");
     KW_RETURN_IF(a->mode != KW_LOGITS_NONE && a->mode != KW_LOGITS_LAST && a->mode != KW_LOGITS_ALL, KW_E_INVALID_ARG,
                  "model: logits mode %d", (int)a->mode);
-    KW_RETURN_IF(kw_kvcache_backend(cache) != m->backend || kw_kvcache_n_layers(cache) != m->cfg.n_layers ||
-                     kw_kvcache_n_kv_heads(cache) != m->cfg.n_kv_heads || kw_kvcache_head_dim(cache) != m->cfg.head_dim,
-                 KW_E_SHAPE, "model: the cache was not made for this model");
-    KW_RETURN_IF(a->n > kw_kvcache_capacity(cache) - kw_kvcache_length(cache), KW_E_MODEL_CONTEXT,
-                 "model: %lld tokens do not fit in the cache (length %lld, capacity %lld)", (long long)a->n,
-                 (long long)kw_kvcache_length(cache), (long long)kw_kvcache_capacity(cache));
-    KW_RETURN_IF(a->n + kw_kvcache_length(cache) > INT32_MAX, KW_E_LIMIT, "model: sequence too long");
-    for (int64_t t = 0; t < a->n; ++t) {
-        KW_RETURN_IF(a->ids[t] < 0 || a->ids[t] >= m->cfg.vocab, KW_E_TOKEN_ID,
-                     "model: token id %d at index %lld is outside the vocabulary (%d)", (int)a->ids[t], (long long)t,
-                     (int)m->cfg.vocab);
-        KW_RETURN_IF(a->positions && a->positions[t] < 0, KW_E_INVALID_ARG, "model: negative position at index %lld",
-                     (long long)t);
-    }
+    KW_FORWARD(model_check_forward(m, cache, a->ids, a->n, a->positions));
     const int64_t len0 = kw_kvcache_length(cache);
     int rc = 0;
     for (int64_t t0 = 0; t0 < a->n && rc == 0; t0 += m->max_batch) {
@@ -447,6 +471,62 @@ int kw_model_forward(kw_model *m, kw_kvcache *cache, const kw_forward_args *a) {
     }
     if (rc < 0) {
         const int sync = kw_backend_synchronize(m->backend); /* keep rc's detail unless the wait itself fails */
+        (void)sync;
+        kw_kvcache_truncate(cache, len0);
+    }
+    return rc;
+}
+
+int kw_model_forward_layers(kw_model *m, kw_kvcache *cache, const int32_t *ids, int64_t n, const int32_t *positions,
+                            kw_model_layer_fn on_layer, void *user) {
+    KW_RETURN_IF(!m || !cache || !ids || n <= 0, KW_E_INVALID_ARG, "model: bad forward arguments");
+    KW_FORWARD(model_check_forward(m, cache, ids, n, positions));
+    kw_backend *be = m->backend;
+    const int64_t len0 = kw_kvcache_length(cache), B = m->max_batch;
+    int32_t *pos_host = malloc((size_t)n * sizeof *pos_host);
+    KW_RETURN_IF(!pos_host, KW_E_NOMEM, "model: out of memory");
+    kw_tensor x_all = {0}, pos_all = {0};
+    int64_t row0 = 0;
+    int rc;
+    KW_CHECK(kw_kvcache_append(cache, n, &row0));
+    for (int64_t t = 0; t < n; ++t)
+        pos_host[t] = positions ? positions[t] : (int32_t)(row0 + t);
+    KW_CHECK(model_alloc2(m, &x_all, KW_DTYPE_F32, n, m->cfg.hidden));
+    KW_CHECK(model_alloc2(m, &pos_all, KW_DTYPE_I32, n, 0));
+    KW_CHECK(kw_backend_upload(be, &pos_all, 0, pos_host, (size_t)n * sizeof(int32_t)));
+    for (int64_t t0 = 0; t0 < n; t0 += B) { /* embeddings, chunk by chunk through the ids scratch */
+        const int64_t T = n - t0 < B ? n - t0 : B;
+        kw_tensor ids_t, x;
+        KW_CHECK(kw_tensor_view_rows(&m->s.ids, 0, T, &ids_t));
+        KW_CHECK(kw_tensor_view_rows(&x_all, t0, T, &x));
+        KW_CHECK(kw_backend_upload(be, &ids_t, 0, ids + t0, (size_t)T * sizeof(int32_t)));
+        KW_MODEL_OP(m, KW_OP_GET_ROWS, kw_op_get_rows(be, &x, &m->embed, &ids_t));
+        KW_CHECK(kw_backend_synchronize(be)); /* the ids scratch is reused by the next chunk */
+    }
+    for (int32_t l = 0; l < m->cfg.n_layers; ++l) {
+        for (int64_t t0 = 0; t0 < n; t0 += B) {
+            const int64_t T = n - t0 < B ? n - t0 : B;
+            kw_tensor x, pos;
+            KW_CHECK(kw_tensor_view_rows(&x_all, t0, T, &x));
+            KW_CHECK(kw_tensor_view_rows(&pos_all, t0, T, &pos));
+            KW_CHECK(model_layer(m, &m->layers[l], l, cache, T, row0 + t0, &x, &pos));
+        }
+        KW_CHECK(kw_backend_synchronize(be));
+        if (on_layer) {
+            rc = on_layer(user, l, row0, n);
+            if (rc < 0) {
+                if (kw_error_detail()[0] == '\0') kw_error_set(rc, "model: the layer callback failed at layer %d", l);
+                goto out;
+            }
+            rc = 0;
+        }
+    }
+out:
+    kw_tensor_free(&x_all);
+    kw_tensor_free(&pos_all);
+    free(pos_host);
+    if (rc < 0) {
+        const int sync = kw_backend_synchronize(be); /* keep rc's detail unless the wait itself fails */
         (void)sync;
         kw_kvcache_truncate(cache, len0);
     }

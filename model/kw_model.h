@@ -2,11 +2,14 @@
  *
  * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
  * or a GGUF file (kw_weights.h) and binds every weight to a backend tensor: safetensors weights with
- * kw_tensor_from_host (on the CPU backend the tensors alias the read-only file mapping, zero copy, weights stay
- * bf16/f16/f32 as stored; a device backend uploads them once); GGUF weights are dequantized at load to f32 (or bf16)
- * and uploaded into tensors the model owns.
- * Activations are f32. The forward pass runs a range of tokens, appends their K/V to a kw_kvcache and optionally
- * returns logits or greedy ids. All compute goes through kernels/kw_backend.h, so the same code drives every backend.
+ * kw_tensor_from_host (on the CPU backend norms and biases alias the read-only file mapping, zero copy, bf16/f16/f32
+ * as stored), GGUF weights dequantized at load to f32 (or bf16) and uploaded into tensors the model owns; on the CPU
+ * the matmul weights (and a tied embedding table) are then packed once into the CPU's panel layout
+ * (kw_tensor_pack_weight: same dtype and size, one sequential stream per panel; their file pages are then released);
+ * a device backend uploads them once. Activations are f32. Results do not depend on how the tokens are split into
+ * calls or chunks, the thread count or the CPU's ISA (bit for bit). The forward pass runs a range of tokens, appends
+ * their K/V to a kw_kvcache and optionally returns logits or greedy ids. All compute goes through kernels/kw_backend.h,
+ * so the same code drives every backend.
  *
  * Not here: tokenization (kw_tokenizer.h), the generation loop (kw_generate.h), sampling other than greedy.
  * A kw_model is used by one thread at a time (it owns scratch activations); weights are read-only.
@@ -78,6 +81,18 @@ typedef struct kw_forward_args {
  * backend has finished (results are on the host). On failure the cache is truncated back to its length before the
  * call. Errors: KW_E_TOKEN_ID, KW_E_MODEL_CONTEXT (cache full), KW_E_INVALID_ARG, backend errors. */
 int kw_model_forward(kw_model *model, kw_kvcache *cache, const kw_forward_args *args);
+
+/* Called by kw_model_forward_layers once a layer's K/V rows [row0, row0 + n) are in the cache (the backend has
+ * finished them). A negative return stops the forward with that status. */
+typedef int (*kw_model_layer_fn)(void *user, int32_t layer, int64_t row0, int64_t n);
+
+/* Prefill without logits, layer by layer: every token through layer 0 (in chunks of max_batch), then through layer 1,
+ * ..., calling on_layer (may be NULL) after each layer, so that a layer's K/V can be used (e.g. streamed to a
+ * receiver) while the next ones run. The cache rows are bit-identical to kw_model_forward's (every op computes a row
+ * independently of the others). positions NULL: position = cache row. Holds the hidden states of all n tokens
+ * (n x hidden f32) during the call. On failure the cache is truncated back. */
+int kw_model_forward_layers(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n, const int32_t *positions,
+                            kw_model_layer_fn on_layer, void *user);
 
 /* Prefill without logits: K/V of ids[0..n) at the next cache rows. */
 int kw_model_prefill(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n);

@@ -90,6 +90,12 @@ struct kw_safetensors {
     struct kw_st_name *by_name; /* every tensor, sorted by name */
 };
 
+void kw_safetensors_release(const kw_safetensors *st, const kw_st_tensor *t) {
+    if (!st || !t || t < st->tensors || t >= st->tensors + st->count) return;
+    const kw_file_map *map = &st->maps[st->file_of[t - st->tensors]];
+    kw_file_map_release(map, (size_t)((const unsigned char *)t->data - map->data), t->nbytes);
+}
+
 void kw_safetensors_close(kw_safetensors *st) {
     if (!st) return;
     for (size_t i = 0; i < st->count; ++i)

@@ -41,6 +41,10 @@ void kw_safetensors_close(kw_safetensors *st);
 /* The tensor called name, or NULL. The pointer is owned by st. */
 const kw_st_tensor *kw_safetensors_find(const kw_safetensors *st, const char *name);
 
+/* Drops the resident pages behind t (a tensor of st) after its data has been copied elsewhere, e.g. packed for the
+ * CPU matmul: the mapping stays valid and reads back from the file if touched again (kw_file_map_release). */
+void kw_safetensors_release(const kw_safetensors *st, const kw_st_tensor *t);
+
 /* Number of tensors and access by index (in file order, i.e. by data offset, shards in order of first appearance
  * in the index's weight_map). */
 size_t kw_safetensors_count(const kw_safetensors *st);

@@ -96,6 +96,12 @@ int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out) {
     return 1;
 }
 
+void kw_weights_release(kw_weights *w, const char *hf_name) {
+    if (!w || !hf_name || w->kind != KW_WEIGHTS_SAFETENSORS) return;
+    const kw_st_tensor *st = kw_safetensors_find(w->st, hf_name);
+    if (st) kw_safetensors_release(w->st, st);
+}
+
 int kw_weights_bind(kw_backend *backend, const kw_weight *wt, kw_tensor *t) {
     KW_RETURN_IF(!backend || !wt || !t, KW_E_INVALID_ARG, "kw_weights_bind: NULL argument");
     KW_RETURN_IF(wt->ndim < 1 || wt->ndim > 4, KW_E_SHAPE, "a weight of %d dimensions cannot be a backend tensor",

@@ -57,6 +57,10 @@ const kw_model_config *kw_weights_config(const kw_weights *w);
  * dequantize: KW_E_MODEL_DTYPE; KW_E_NOMEM). */
 int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out);
 
+/* Tells w that the bytes of tensor hf_name are no longer read (the model holds a packed copy): a safetensors file's
+ * pages go back to the kernel (kw_safetensors_release); GGUF tensors were copied at bind, nothing to do. */
+void kw_weights_release(kw_weights *w, const char *hf_name);
+
 /* Binds *wt to a backend tensor t: with kw_tensor_from_host when its bytes live as long as w (zero copy on the CPU
  * backend), else by allocating t on the backend, uploading and synchronizing, so t owns its memory and the transient
  * buffer may be reused. */

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh: installs dependencies, builds kvwire three times (gcc optimised with the CUDA backend where nvcc exists;
 # gcc with AddressSanitizer + LeakSanitizer + UndefinedBehaviorSanitizer; clang with its UndefinedBehaviorSanitizer,
-# which catches cases gcc's does not, e.g. arithmetic on NULL) and runs the whole test suite in each. Tests labelled `slow` run only with KW_TEST_SLOW=1; `gpu` tests skip
-# themselves (exit 77) where no CUDA device is present.
+# which catches cases gcc's does not, e.g. arithmetic on NULL) and runs the whole test suite in each; the optimised
+# build also reruns the CPU-sensitive suites on the AVX2 and scalar kernel paths. Tests labelled `slow` run only with
+# KW_TEST_SLOW=1; `gpu` tests skip themselves (exit 77) where no CUDA device is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -19,6 +20,14 @@ for m in smollm2-135m-instruct gemma-3-270m; do
 done
 echo "== test (optimised) =="
 (cd build && ctest --output-on-failure -j "$jobs" -LE "$exclude")
+
+# The CPU-sensitive suites again on the other kernel paths, so that a machine with AVX-512 also runs what an AVX2-only
+# machine would (and every machine the portable scalar path): results must be the same bits on each (the AVX2 run
+# also pins OpenBLAS to its Haswell kernels, which only the sgemm baseline of `kvwire bench kernels` still uses).
+echo "== test (optimised, KW_CPU_ISA=avx2) =="
+(cd build && OPENBLAS_CORETYPE=Haswell KW_CPU_ISA=avx2 ctest --output-on-failure -j "$jobs" -L 'kernels|model|c2c' -LE "cli|$exclude")
+echo "== test (optimised, KW_CPU_ISA=scalar) =="
+(cd build && KW_CPU_ISA=scalar ctest --output-on-failure -j "$jobs" -L 'kernels|model|c2c' -LE "cli|$exclude")
 
 echo "== build (ASan + UBSan) =="
 ./scripts/build.sh build-asan -DKW_SANITIZE=ON -DKW_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug -DKW_TEST_TIMEOUT_MULTIPLIER=4

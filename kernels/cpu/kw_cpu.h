@@ -5,6 +5,11 @@
  * AVX2 (with FMA and F16C) and portable scalar C. The build never uses -march=native: each SIMD function carries
  * its own __attribute__((target)), so the library runs on any x86-64 and picks the fastest path at run time.
  * KW_CPU_ISA=scalar|avx2|avx512 in the environment lowers the choice (tests use it to exercise every path).
+ *
+ * The flavours differ in speed only: every op computes one fixed sequence of IEEE fp32 operations per output element
+ * (matmul: an fma chain in ascending k; attention and reductions: kw_cpu_simd.h's 16 lanes and fixed tree; exp and
+ * erf: kw_cpu_math.c's polynomials), so a result's bits depend neither on the ISA nor on the thread count nor on how
+ * the rows of a call were batched. tests/kernels/test_invariance.c holds every flavour to that.
  */
 #ifndef KW_CPU_H
 #define KW_CPU_H
@@ -37,6 +42,9 @@ int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out);
 
 const char *kw__cpu_isa_name(enum kw_cpu_isa isa);
 
+/* Packs a row-major matmul weight into KW_LAYOUT_PANELS (kw_cpu_matmul.c; arguments validated). */
+int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
+
 /* Op kernels (arguments validated by the generic layer). */
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
 int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
@@ -61,15 +69,17 @@ void kw__cpu_to_f32(enum kw_cpu_isa isa, float *dst, const void *src, enum kw_dt
 /* Converts n fp32 values to a f32/bf16/f16 array (round to nearest even, as kw_half.h). */
 void kw__cpu_from_f32(enum kw_cpu_isa isa, void *dst, enum kw_dtype dtype, const float *src, int64_t n);
 
-/* y[i] = exp(x[i]) for n values (y may equal x); the AVX-512 path is within 2 ulp of the correctly rounded result. */
+/* Bulk fp32 math of kw_cpu_math.c, bit-identical on every ISA (one sequence of IEEE operations, no libm). Each
+ * writes n values (y may equal x):
+ *   exp:      e^x within 2 ulp of the correctly rounded value (+Inf above 88.72, 0 below -103.97, NaN kept)
+ *   erf:      within 1.5 ulp of erf (checked by test_kernels_backend_ops' sweep)
+ *   gelu_erf: (x * 0.5) * (1 + erf(x * 0.70710678)), kw_opm_act's formula on this erf
+ *   sigmoid:  1 / (1 + exp(-x)) and silu: x / (1 + exp(-x)), kw_opm_act's formulas on this exp */
 void kw__cpu_exp_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
-/* y[i] = kw_opm_act(x[i], KW_ACT_SIGMOID) for n values (y may equal x), with kw__cpu_exp_f32's exp on AVX-512. */
-void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
-/* y[i] = erf(x[i]) for n values (y may equal x): erff on the scalar ISA, a vector polynomial on AVX2 and AVX-512
- * (error bound checked by test_kernels_backend_ops' sweep). */
 void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
-/* y[i] = kw_opm_act(x[i], KW_ACT_GELU_ERF) for n values (y may equal x), with kw__cpu_erf_f32's erf. */
 void kw__cpu_gelu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+void kw__cpu_silu_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 
 /* Work smaller than this many elements (or multiply-adds) stays on one thread. */
 #define KW_CPU_PARALLEL_MIN 32768

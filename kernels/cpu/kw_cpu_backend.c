@@ -3,7 +3,6 @@
  * are memcpy and every op has finished when it returns (synchronize only reports deferred errors). */
 #include "kernels/cpu/kw_cpu.h"
 
-#include <cblas.h>
 #if KW_CPU_X86
 #include <cpuid.h>
 #endif
@@ -36,7 +35,8 @@ static int kw_cpu_has_f16c(void) {
 }
 #endif
 
-static enum kw_cpu_isa kw_cpu_detect_isa(void) {
+/* The best flavour the CPU supports. */
+static enum kw_cpu_isa kw_cpu_hardware_isa(void) {
     enum kw_cpu_isa isa = KW_CPU_ISA_SCALAR;
 #if KW_CPU_X86
     __builtin_cpu_init();
@@ -45,6 +45,20 @@ static enum kw_cpu_isa kw_cpu_detect_isa(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         isa = KW_CPU_ISA_AVX512;
 #endif
+    return isa;
+}
+
+int kw_backend_cpu_isas(const char *names[3]) {
+    const enum kw_cpu_isa best = kw_cpu_hardware_isa();
+    int n = 0;
+    for (int isa = KW_CPU_ISA_SCALAR; isa <= (int)best; ++isa)
+        names[n++] = kw__cpu_isa_name((enum kw_cpu_isa)isa);
+    return n;
+}
+
+/* The hardware's best flavour, lowered by KW_CPU_ISA. */
+static enum kw_cpu_isa kw_cpu_detect_isa(void) {
+    enum kw_cpu_isa isa = kw_cpu_hardware_isa();
     const char *env = getenv("KW_CPU_ISA");
     if (env && *env) {
         enum kw_cpu_isa want = isa;
@@ -156,6 +170,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .upload = kw_cpu_copy_bytes,
     .download = kw_cpu_copy_bytes,
     .memset_zero = kw_cpu_memset_zero,
+    .pack_weight = kw__cpu_pack_weight,
     .get_rows = kw__cpu_get_rows,
     .matmul = kw__cpu_matmul,
     .rms_norm = kw__cpu_rms_norm,
@@ -173,6 +188,11 @@ static const struct kw_backend_i kw_cpu_iface = {
     .head_scale_add = kw__cpu_head_scale_add,
 };
 
+const char *kw_backend_cpu_isa(const kw_backend *backend) {
+    if (backend == NULL || kw_backend_kind(backend) != KW_BACKEND_CPU) return NULL;
+    return kw__cpu_isa_name(kw__cpu((kw_backend *)(uintptr_t)backend)->isa);
+}
+
 int kw_backend_create_cpu(int n_threads, kw_backend **out) {
     KW_RETURN_IF(out == NULL, KW_E_INVALID_ARG, "kw_backend_create_cpu: NULL out");
     KW_RETURN_IF(n_threads < 0 || n_threads > 1024, KW_E_INVALID_ARG, "kw_backend_create_cpu: %d threads", n_threads);
@@ -185,9 +205,6 @@ int kw_backend_create_cpu(int n_threads, kw_backend **out) {
     kw__backend_init(&cpu->base, &kw_cpu_iface);
     cpu->n_threads = n_threads;
     cpu->isa = kw_cpu_detect_isa();
-    /* The backend splits work across its own OpenMP team and calls OpenBLAS from inside it, one panel per thread;
-     * OpenBLAS's own threads would only compete for the same cores. */
-    openblas_set_num_threads(1);
     KW_LOG_DEBUG("cpu backend: %d threads, %s kernels", n_threads, kw__cpu_isa_name(cpu->isa));
     *out = &cpu->base;
     return 0;

@@ -1,22 +1,26 @@
-/* kw_cpu_math.c: bulk fp32 exp, sigmoid, erf and exact-erf GELU for the CPU backend's softmax-like and activation
- * loops.
+/* kw_cpu_math.c: bulk fp32 exp, sigmoid, SiLU, erf and exact-erf GELU for the CPU backend's softmax and activation
+ * loops, with the same bits on every ISA.
  *
- * The AVX-512 path reduces x = n ln2 + r with a two-constant Cody-Waite split (exact n ln2_hi), evaluates e^r on
- * |r| <= ln2/2 with Cephes' degree-6 minimax polynomial in Horner form with FMAs, and scales by 2^n with VSCALEFPS,
- * which also produces the correct overflow to +Inf and gradual underflow to subnormals and zero. Its error is
- * checked over a dense sweep of the whole input range by test_kernels_backend_ops (at most 2 ulp against the
- * correctly rounded exp); the other ISAs call libm's expf. NaN inputs give NaN. The sigmoid, 1 / (1 + exp(-x)) as
- * kw_opm_act, uses it on AVX-512 (libm's expf elsewhere).
+ * Each function is one sequence of IEEE fp32 operations (fused multiply-adds rounded once) written three times:
+ * scalar C with fmaf, AVX2 and AVX-512. No libm call decides a result, so the scalar fallback, AVX2 and AVX-512 (and
+ * any machine with any libm) agree bit for bit; tests/kernels/test_invariance.c sweeps them against each other.
  *
- * erf (AVX-512 and AVX2): erf is odd, so the vector works on a = |z| and puts the sign back last. [0, 4) is cut into
- * 16 intervals of width 1/4; each has a degree-6 polynomial in t = a - mid (mid the interval's centre, 0 for the
- * first, where t = a is exact), evaluated as c0 + (c0lo + t P(t)) with erf(mid) split into two floats so that the
- * constant is not off by its own rounding, and on the first interval as t + t P(t), so tiny and subnormal inputs
- * keep their relative accuracy. The coefficients are gathered per lane by a register permute (VPERMPS), no memory
- * gathers. a >= 4 gives exactly 1 (erf(a) rounds to 1 in fp32 from a = 3.92 on, as erff), +-Inf gives +-1, NaN gives
- * NaN. The coefficients are least-squares fits on Chebyshev nodes made by tools/fit_erf.py; test_kernels_backend_ops
- * sweeps every ISA densely over the whole float range against double erf (bound stated there). GELU is then the scalar
- * path's expression, (x * 0.5) * (1 + erf(x * 0.70710678)), in the same fp32 operations; the scalar ISA calls erff.
+ * exp: x is clamped to [-104, 88.8] and reduced as x = n ln2 + r with a two-constant Cody-Waite split (exact
+ * n ln2_hi), e^r on |r| <= ln2/2 is Cephes' degree-6 minimax polynomial in Horner form, (r + r^2 P(r)) + 1, and the
+ * result is scaled by 2^n as (p * 2^n1) * 2^n2 with n1 = floor(n / 2), n2 = n - n1: both powers are normal floats,
+ * the first product is exact, the second rounds once, so overflow to +Inf and gradual underflow to subnormals and
+ * zero come out right (what VSCALEFPS would give, written with multiplications every ISA has). At most 2 ulp from the
+ * correctly rounded exp (test_kernels_backend_ops sweeps it). NaN in gives the same NaN out. The sigmoid is
+ * 1 / (1 + exp(-x)) and SiLU x / (1 + exp(-x)), as kw_opm_act writes them, on this exp.
+ *
+ * erf: erf is odd, so the work is on a = |z| and the sign goes back last. [0, 4) is cut into 16 intervals of width
+ * 1/4; each has a degree-6 polynomial in t = a - mid (mid the interval's centre, 0 for the first, where t = a is
+ * exact), evaluated as c0 + (c0lo + t P(t)) with erf(mid) split into two floats so that the constant is not off by its
+ * own rounding, and on the first interval as t + t P(t), so tiny and subnormal inputs keep their relative accuracy.
+ * The vector paths gather the coefficients per lane with register permutes. a >= 4 gives exactly 1 (erf(a) rounds to
+ * 1 in fp32 from a = 3.92 on), +-Inf gives +-1, NaN gives NaN. The coefficients are least-squares fits on Chebyshev
+ * nodes made by tools/fit_erf.py; within 1.5 ulp of double erf (swept by test_kernels_backend_ops). GELU is
+ * (x * 0.5) * (1 + erf(x * 0.70710678)), the expression of kw_opm_act.
  */
 #include "kernels/cpu/kw_cpu.h"
 
@@ -26,6 +30,7 @@
 
 #if KW_CPU_X86
 #include <immintrin.h>
+#endif
 
 /* Coefficients of the 16 interval polynomials: erf(mid + t) = c0 + (c0lo + t (c[0] + t (c[1] + ... c[5]))), except
  * on the first interval (mid = 0, c0 = c0lo = 0), where erf(t) = t + t (c[0] + t (...)): the leading 2/sqrt(pi) is
@@ -64,54 +69,107 @@ static const float kw_erf_c[6][16] = {
      -4.556654312e-04f, -1.480646752e-04f, -4.013689249e-05f, -9.198525731e-06f},
 };
 
-KW_TARGET_AVX512 static void kw_exp_avx512(float *y, const float *x, int64_t n) {
-    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-    const __m512 hi = _mm512_set1_ps(88.8f), lo = _mm512_set1_ps(-104.0f);
-    const __m512 c6 = _mm512_set1_ps(1.9875691500e-4f), c5 = _mm512_set1_ps(1.3981999507e-3f);
-    const __m512 c4 = _mm512_set1_ps(8.3334519073e-3f), c3 = _mm512_set1_ps(4.1665795894e-2f);
-    const __m512 c2 = _mm512_set1_ps(1.6666665459e-1f), c1 = _mm512_set1_ps(5.0000001201e-1f);
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512 xin = _mm512_maskz_loadu_ps(m, x + i);
-        const __mmask16 nan = _mm512_cmp_ps_mask(xin, xin, _CMP_UNORD_Q);
-        const __m512 xc = _mm512_max_ps(_mm512_min_ps(xin, hi), lo);
-        const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xc, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(k, ln2_hi, xc);
-        r = _mm512_fnmadd_ps(k, ln2_lo, r);
-        __m512 p = _mm512_fmadd_ps(c6, r, c5);
-        p = _mm512_fmadd_ps(p, r, c4);
-        p = _mm512_fmadd_ps(p, r, c3);
-        p = _mm512_fmadd_ps(p, r, c2);
-        p = _mm512_fmadd_ps(p, r, c1);
-        /* e^r = (r + r^2 P(r)) + 1, as Cephes orders it: the small part first, then the 1 */
-        p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
-        __m512 e = _mm512_scalef_ps(p, k);
-        e = _mm512_mask_mov_ps(e, nan, xin);
-        _mm512_mask_storeu_ps(y + i, m, e);
-    }
+/* ------------------------------------------------------------------------------------------------------------
+ * Scalar: the definitions every vector path reproduces
+ */
+
+#define KW_EXP_HI     88.8f
+#define KW_EXP_LO     -104.0f
+#define KW_EXP_LOG2E  1.44269504088896341f
+#define KW_EXP_LN2_HI 0.693359375f
+#define KW_EXP_LN2_LO -2.12194440e-4f
+#define KW_EXP_C6     1.9875691500e-4f
+#define KW_EXP_C5     1.3981999507e-3f
+#define KW_EXP_C4     8.3334519073e-3f
+#define KW_EXP_C3     4.1665795894e-2f
+#define KW_EXP_C2     1.6666665459e-1f
+#define KW_EXP_C1     5.0000001201e-1f
+
+/* 2^e for e in [-126, 127], exactly. */
+static inline float kw_pow2i(int32_t e) {
+    const uint32_t bits = (uint32_t)(e + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
-#endif
+
+static inline float kw_exp1(float x) {
+    if (x != x) return x;
+    float xc = x < KW_EXP_HI ? x : KW_EXP_HI;
+    xc = xc > KW_EXP_LO ? xc : KW_EXP_LO;
+    const float k = nearbyintf(xc * KW_EXP_LOG2E); /* round half to even, as the vector paths */
+    float r = fmaf(-k, KW_EXP_LN2_HI, xc);
+    r = fmaf(-k, KW_EXP_LN2_LO, r);
+    float p = fmaf(KW_EXP_C6, r, KW_EXP_C5);
+    p = fmaf(p, r, KW_EXP_C4);
+    p = fmaf(p, r, KW_EXP_C3);
+    p = fmaf(p, r, KW_EXP_C2);
+    p = fmaf(p, r, KW_EXP_C1);
+    p = fmaf(p, r * r, r) + 1.0f;
+    const int32_t n = (int32_t)k, n1 = (n - (n & 1)) / 2, n2 = n - n1; /* n1 = floor(n / 2), as an arithmetic shift */
+    return (p * kw_pow2i(n1)) * kw_pow2i(n2);
+}
+
+static inline float kw_erf1(float z) {
+    const float a = fabsf(z), a4 = a * 4.0f;
+    const int idx = a4 < 15.0f ? (int)a4 : 15; /* NaN: 15, as MINPS returns its second operand */
+    const float t = a - kw_erf_mid[idx];
+    float p = kw_erf_c[KW_ERF_DEG - 1][idx];
+    for (int j = KW_ERF_DEG - 2; j >= 0; --j)
+        p = fmaf(p, t, kw_erf_c[j][idx]);
+    p = fmaf(p, t, kw_erf_c0lo[idx]);
+    float e = (idx == 0 ? t : kw_erf_c0[idx]) + p;
+    if (a >= 4.0f) e = 1.0f;
+    uint32_t eb, zb;
+    memcpy(&eb, &e, sizeof eb);
+    memcpy(&zb, &z, sizeof zb);
+    eb |= zb & 0x80000000u;
+    memcpy(&e, &eb, sizeof e);
+    return z != z ? z + z : e;
+}
+
+/* Per-element functions of the scalar ISA. */
+enum kw_math_fn { KW_MATH_EXP, KW_MATH_ERF, KW_MATH_GELU, KW_MATH_SIGMOID, KW_MATH_SILU };
+
+static inline float kw_math1(enum kw_math_fn fn, float x) {
+    switch (fn) {
+    case KW_MATH_EXP:
+        return kw_exp1(x);
+    case KW_MATH_ERF:
+        return kw_erf1(x);
+    case KW_MATH_GELU:
+        return (x * 0.5f) * (1.0f + kw_erf1(x * 0.70710678118654752440f));
+    case KW_MATH_SIGMOID:
+        return 1.0f / (1.0f + kw_exp1(-x));
+    case KW_MATH_SILU:
+        return x / (1.0f + kw_exp1(-x));
+    }
+    return x;
+}
 
 #if KW_CPU_X86
-KW_TARGET_AVX512 static inline __m512 kw_erf16(__m512 z) {
-    const __m512 sign_bit = _mm512_set1_ps(-0.0f);
-    const __m512 a = _mm512_andnot_ps(sign_bit, z);
-    /* min returns its second operand for NaN, so every lane gets an index in 0..15 */
-    const __m512i idx =
-        _mm512_cvttps_epi32(_mm512_min_ps(_mm512_mul_ps(a, _mm512_set1_ps(4.0f)), _mm512_set1_ps(15.0f)));
-    const __m512 t = _mm512_sub_ps(a, _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_mid)));
-    __m512 p = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c[KW_ERF_DEG - 1]));
-    for (int j = KW_ERF_DEG - 2; j >= 0; --j)
-        p = _mm512_fmadd_ps(p, t, _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c[j])));
-    p = _mm512_fmadd_ps(p, t, _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c0lo)));
-    const __m512 c0 = _mm512_mask_mov_ps(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c0)),
-                                         _mm512_cmpeq_epi32_mask(idx, _mm512_setzero_si512()), t);
-    __m512 e = _mm512_add_ps(c0, p);
-    e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(a, _mm512_set1_ps(4.0f), _CMP_GE_OQ), _mm512_set1_ps(1.0f));
-    e = _mm512_or_ps(e, _mm512_and_ps(z, sign_bit));
-    return _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q), z, z);
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX2: 8 lanes
+ */
+
+KW_TARGET_AVX2 static inline __m256 kw_exp8(__m256 xin) {
+    const __m256 nan = _mm256_cmp_ps(xin, xin, _CMP_UNORD_Q);
+    const __m256 xc = _mm256_max_ps(_mm256_min_ps(xin, _mm256_set1_ps(KW_EXP_HI)), _mm256_set1_ps(KW_EXP_LO));
+    const __m256 k =
+        _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(KW_EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(KW_EXP_LN2_HI), xc);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(KW_EXP_LN2_LO), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(KW_EXP_C6), r, _mm256_set1_ps(KW_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KW_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KW_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KW_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KW_EXP_C1));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_cvtps_epi32(k), n1 = _mm256_srai_epi32(n, 1), n2 = _mm256_sub_epi32(n, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(p, s1), s2), xin, nan);
 }
 
 /* 16-entry table lookup on AVX2: two 8-lane permutes and a blend on bit 3 of the index (hi: lanes with idx > 7). */
@@ -140,121 +198,138 @@ KW_TARGET_AVX2 static inline __m256 kw_erf8(__m256 z) {
     return _mm256_blendv_ps(e, _mm256_add_ps(z, z), _mm256_cmp_ps(z, z, _CMP_UNORD_Q));
 }
 
-/* gelu = 0 selects erf(x), 1 selects (x * 0.5) * (1 + erf(x * 0.70710678)). */
-KW_TARGET_AVX512 static void kw_erf_avx512(float *y, const float *x, int64_t n, int gelu) {
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512 xin = _mm512_maskz_loadu_ps(m, x + i);
-        __m512 r;
-        if (gelu)
-            r = _mm512_mul_ps(_mm512_mul_ps(xin, _mm512_set1_ps(0.5f)),
-                              _mm512_add_ps(_mm512_set1_ps(1.0f),
-                                            kw_erf16(_mm512_mul_ps(xin, _mm512_set1_ps(0.70710678118654752440f)))));
-        else
-            r = kw_erf16(xin);
-        _mm512_mask_storeu_ps(y + i, m, r);
+KW_TARGET_AVX2 static inline __m256 kw_math8(enum kw_math_fn fn, __m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    switch (fn) {
+    case KW_MATH_EXP:
+        return kw_exp8(x);
+    case KW_MATH_ERF:
+        return kw_erf8(x);
+    case KW_MATH_GELU:
+        return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)),
+                             _mm256_add_ps(one, kw_erf8(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752440f)))));
+    case KW_MATH_SIGMOID:
+        return _mm256_div_ps(one, _mm256_add_ps(one, kw_exp8(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)))));
+    case KW_MATH_SILU:
+        return _mm256_div_ps(x, _mm256_add_ps(one, kw_exp8(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)))));
     }
+    return x;
 }
 
-KW_TARGET_AVX2 static void kw_erf_avx2(float *y, const float *x, int64_t n, int gelu) {
+/* fn over n values; a partial last vector goes through a zero-padded buffer (lanes are independent). */
+KW_TARGET_AVX2 static void kw_math_avx2(enum kw_math_fn fn, float *y, const float *x, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 xin = _mm256_loadu_ps(x + i);
-        __m256 r;
-        if (gelu)
-            r = _mm256_mul_ps(_mm256_mul_ps(xin, _mm256_set1_ps(0.5f)),
-                              _mm256_add_ps(_mm256_set1_ps(1.0f),
-                                            kw_erf8(_mm256_mul_ps(xin, _mm256_set1_ps(0.70710678118654752440f)))));
-        else
-            r = kw_erf8(xin);
-        _mm256_storeu_ps(y + i, r);
-    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, kw_math8(fn, _mm256_loadu_ps(x + i)));
     if (i < n) {
         float buf[8] = {0};
-        for (int64_t j = i; j < n; ++j)
-            buf[j - i] = x[j];
-        kw_erf_avx2(buf, buf, 8, gelu);
-        for (int64_t j = i; j < n; ++j)
-            y[j] = buf[j - i];
+        memcpy(buf, x + i, (size_t)(n - i) * sizeof(float));
+        _mm256_storeu_ps(buf, kw_math8(fn, _mm256_loadu_ps(buf)));
+        memcpy(y + i, buf, (size_t)(n - i) * sizeof(float));
     }
 }
-#endif
 
-void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX-512: 16 lanes, the same operations as AVX2
+ */
+
+KW_TARGET_AVX512 static inline __m512 kw_exp16(__m512 xin) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(xin, xin, _CMP_UNORD_Q);
+    const __m512 xc = _mm512_max_ps(_mm512_min_ps(xin, _mm512_set1_ps(KW_EXP_HI)), _mm512_set1_ps(KW_EXP_LO));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(KW_EXP_LOG2E)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(KW_EXP_LN2_HI), xc);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(KW_EXP_LN2_LO), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(KW_EXP_C6), r, _mm512_set1_ps(KW_EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KW_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KW_EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KW_EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KW_EXP_C1));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    const __m512i n = _mm512_cvtps_epi32(k), n1 = _mm512_srai_epi32(n, 1), n2 = _mm512_sub_epi32(n, n1);
+    const __m512i bias = _mm512_set1_epi32(127);
+    const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
+    const __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
+    return _mm512_mask_mov_ps(_mm512_mul_ps(_mm512_mul_ps(p, s1), s2), nan, xin);
+}
+
+KW_TARGET_AVX512 static inline __m512 kw_erf16(__m512 z) {
+    const __m512 sign_bit = _mm512_set1_ps(-0.0f);
+    const __m512 a = _mm512_andnot_ps(sign_bit, z);
+    /* min returns its second operand for NaN, so every lane gets an index in 0..15 */
+    const __m512i idx =
+        _mm512_cvttps_epi32(_mm512_min_ps(_mm512_mul_ps(a, _mm512_set1_ps(4.0f)), _mm512_set1_ps(15.0f)));
+    const __m512 t = _mm512_sub_ps(a, _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_mid)));
+    __m512 p = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c[KW_ERF_DEG - 1]));
+    for (int j = KW_ERF_DEG - 2; j >= 0; --j)
+        p = _mm512_fmadd_ps(p, t, _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c[j])));
+    p = _mm512_fmadd_ps(p, t, _mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c0lo)));
+    const __m512 c0 = _mm512_mask_mov_ps(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(kw_erf_c0)),
+                                         _mm512_cmpeq_epi32_mask(idx, _mm512_setzero_si512()), t);
+    __m512 e = _mm512_add_ps(c0, p);
+    e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(a, _mm512_set1_ps(4.0f), _CMP_GE_OQ), _mm512_set1_ps(1.0f));
+    e = _mm512_or_ps(e, _mm512_and_ps(z, sign_bit));
+    return _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q), z, z);
+}
+
+KW_TARGET_AVX512 static inline __m512 kw_math16(enum kw_math_fn fn, __m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    switch (fn) {
+    case KW_MATH_EXP:
+        return kw_exp16(x);
+    case KW_MATH_ERF:
+        return kw_erf16(x);
+    case KW_MATH_GELU:
+        return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)),
+                             _mm512_add_ps(one, kw_erf16(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752440f)))));
+    case KW_MATH_SIGMOID:
+        return _mm512_div_ps(one, _mm512_add_ps(one, kw_exp16(_mm512_xor_ps(x, _mm512_set1_ps(-0.0f)))));
+    case KW_MATH_SILU:
+        return _mm512_div_ps(x, _mm512_add_ps(one, kw_exp16(_mm512_xor_ps(x, _mm512_set1_ps(-0.0f)))));
+    }
+    return x;
+}
+
+KW_TARGET_AVX512 static void kw_math_avx512(enum kw_math_fn fn, float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, m, kw_math16(fn, _mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+#endif /* KW_CPU_X86 */
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Entry points
+ */
+
+static void kw_math(enum kw_cpu_isa isa, enum kw_math_fn fn, float *y, const float *x, int64_t n) {
 #if KW_CPU_X86
     if (isa == KW_CPU_ISA_AVX512) {
-        kw_erf_avx512(y, x, n, 0);
+        kw_math_avx512(fn, y, x, n);
         return;
     }
     if (isa == KW_CPU_ISA_AVX2) {
-        kw_erf_avx2(y, x, n, 0);
+        kw_math_avx2(fn, y, x, n);
         return;
     }
 #endif
     (void)isa;
     for (int64_t i = 0; i < n; ++i)
-        y[i] = erff(x[i]);
-}
-
-void kw__cpu_gelu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
-#if KW_CPU_X86
-    if (isa == KW_CPU_ISA_AVX512) {
-        kw_erf_avx512(y, x, n, 1);
-        return;
-    }
-    if (isa == KW_CPU_ISA_AVX2) {
-        kw_erf_avx2(y, x, n, 1);
-        return;
-    }
-#endif
-    (void)isa;
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = kw_opm_act(x[i], KW_ACT_GELU_ERF);
-}
-
-#if KW_CPU_X86
-/* 1 / (1 + exp(-x)) with the vector exp, in blocks of 256 through a stack buffer. */
-KW_TARGET_AVX512 static void kw_sigmoid_avx512(float *y, const float *x, int64_t n) {
-    enum { BLOCK = 256 };
-    float buf[BLOCK];
-    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
-        const int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
-        for (int64_t i = 0; i < m; i += 16) {
-            const __mmask16 k = m - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - i)) - 1u);
-            _mm512_mask_storeu_ps(buf + i, k,
-                                  _mm512_xor_ps(_mm512_maskz_loadu_ps(k, x + i0 + i), _mm512_set1_ps(-0.0f)));
-        }
-        kw_exp_avx512(buf, buf, m);
-        for (int64_t i = 0; i < m; i += 16) {
-            const __mmask16 k = m - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - i)) - 1u);
-            const __m512 one = _mm512_set1_ps(1.0f);
-            _mm512_mask_storeu_ps(y + i0 + i, k,
-                                  _mm512_div_ps(one, _mm512_add_ps(one, _mm512_maskz_loadu_ps(k, buf + i))));
-        }
-    }
-}
-#endif
-
-void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
-#if KW_CPU_X86
-    if (isa == KW_CPU_ISA_AVX512) {
-        kw_sigmoid_avx512(y, x, n);
-        return;
-    }
-#endif
-    (void)isa;
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = kw_opm_act(x[i], KW_ACT_SIGMOID);
+        y[i] = kw_math1(fn, x[i]);
 }
 
 void kw__cpu_exp_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
-#if KW_CPU_X86
-    if (isa == KW_CPU_ISA_AVX512) {
-        kw_exp_avx512(y, x, n);
-        return;
-    }
-#endif
-    (void)isa;
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = expf(x[i]);
+    kw_math(isa, KW_MATH_EXP, y, x, n);
+}
+void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
+    kw_math(isa, KW_MATH_ERF, y, x, n);
+}
+void kw__cpu_gelu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
+    kw_math(isa, KW_MATH_GELU, y, x, n);
+}
+void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
+    kw_math(isa, KW_MATH_SIGMOID, y, x, n);
+}
+void kw__cpu_silu_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
+    kw_math(isa, KW_MATH_SILU, y, x, n);
 }

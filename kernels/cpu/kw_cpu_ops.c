@@ -28,6 +28,12 @@ int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table
             if (bad < 0) bad = t;
             continue;
         }
+        if (table->layout == KW_LAYOUT_PANELS) { /* column id % 64 of panel id / 64, one value per k */
+            const int64_t p = id[t] / KW_PANEL_ROWS, r = id[t] % KW_PANEL_ROWS;
+            for (int64_t k = 0; k < D; ++k)
+                y[t * D + k] = kw_opm_load(table->data, table->dtype, (p * D + k) * KW_PANEL_ROWS + r);
+            continue;
+        }
         kw__cpu_to_f32(cpu->isa, y + t * D, table->data, table->dtype, (int64_t)id[t] * D, D);
     }
     if (bad >= 0)
@@ -117,58 +123,58 @@ int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache,
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * Elementwise: the activation formulas are kw_opm_act (kernels/kw_op_math.h), the same lines the GPU runs. The
- * exact-erf GELU on AVX2/AVX-512 is the same expression with the vector erf of kw_cpu_math.c (blocks of
- * KW_CPU_ACT_BLOCK values per call), and so is the sigmoid on AVX-512 with its vector exp; the scalar ISA keeps
- * libm's erff and expf.
+ * Elementwise: the activation formulas are kw_opm_act's (kernels/kw_op_math.h, the lines the GPU runs). SiLU, the
+ * sigmoid and the exact-erf GELU go through kw_cpu_math.c's exp and erf (the same bits on every ISA; no libm), in
+ * blocks of KW_CPU_ACT_BLOCK values; the tanh GELU and the identity are kw_opm_act itself, plain C on every ISA.
  */
 
 #define KW_CPU_ACT_BLOCK 1024
 
-int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
-    kw_cpu_backend *cpu = kw__cpu(backend);
-    const int64_t n = kw_tensor_nelem(out);
-    const float *g = gate->data, *u = up->data;
-    float *y = out->data;
-    if (act == KW_ACT_GELU_ERF && cpu->isa != KW_CPU_ISA_SCALAR) {
-        const int64_t n_blocks = (n + KW_CPU_ACT_BLOCK - 1) / KW_CPU_ACT_BLOCK;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
-        for (int64_t b = 0; b < n_blocks; ++b) {
-            float buf[KW_CPU_ACT_BLOCK];
-            const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = n - i0 < KW_CPU_ACT_BLOCK ? n - i0 : KW_CPU_ACT_BLOCK;
-            kw__cpu_gelu_erf_f32(cpu->isa, buf, g + i0, m);
-            for (int64_t i = 0; i < m; ++i)
-                y[i0 + i] = buf[i] * u[i0 + i];
-        }
-        return 0;
+/* y = act(x) for n values with the bulk math functions, or NULL when act is computed by kw_opm_act. */
+typedef void (*kw_cpu_bulk_act)(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+
+static kw_cpu_bulk_act kw_cpu_bulk_act_for(enum kw_act act) {
+    switch (act) {
+    case KW_ACT_SILU:
+        return kw__cpu_silu_f32;
+    case KW_ACT_SIGMOID:
+        return kw__cpu_sigmoid_f32;
+    case KW_ACT_GELU_ERF:
+        return kw__cpu_gelu_erf_f32;
+    case KW_ACT_GELU_TANH:
+    case KW_ACT_IDENTITY:
+        break;
     }
+    return NULL;
+}
+
+/* out = act(x) (* up when up is not NULL) over n values; out may equal x or up. */
+static void kw_cpu_act(kw_cpu_backend *cpu, float *y, const float *x, const float *up, int64_t n, enum kw_act act) {
+    const kw_cpu_bulk_act bulk = kw_cpu_bulk_act_for(act);
+    if (bulk == NULL) {
 #pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = kw_opm_act(g[i], act) * u[i];
+        for (int64_t i = 0; i < n; ++i)
+            y[i] = up ? kw_opm_act(x[i], act) * up[i] : kw_opm_act(x[i], act);
+        return;
+    }
+    const int64_t n_blocks = (n + KW_CPU_ACT_BLOCK - 1) / KW_CPU_ACT_BLOCK;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        float buf[KW_CPU_ACT_BLOCK];
+        const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = n - i0 < KW_CPU_ACT_BLOCK ? n - i0 : KW_CPU_ACT_BLOCK;
+        bulk(cpu->isa, buf, x + i0, m);
+        for (int64_t i = 0; i < m; ++i)
+            y[i0 + i] = up ? buf[i] * up[i0 + i] : buf[i];
+    }
+}
+
+int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
+    kw_cpu_act(kw__cpu(backend), out->data, gate->data, up->data, kw_tensor_nelem(out), act);
     return 0;
 }
 
 int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act) {
-    kw_cpu_backend *cpu = kw__cpu(backend);
-    const int64_t n = kw_tensor_nelem(out);
-    const float *xs = x->data;
-    float *y = out->data;
-    const int vec_gelu = act == KW_ACT_GELU_ERF && cpu->isa != KW_CPU_ISA_SCALAR;
-    if (vec_gelu || (act == KW_ACT_SIGMOID && cpu->isa == KW_CPU_ISA_AVX512)) {
-        const int64_t n_blocks = (n + KW_CPU_ACT_BLOCK - 1) / KW_CPU_ACT_BLOCK;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
-        for (int64_t b = 0; b < n_blocks; ++b) {
-            const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = n - i0 < KW_CPU_ACT_BLOCK ? n - i0 : KW_CPU_ACT_BLOCK;
-            if (vec_gelu)
-                kw__cpu_gelu_erf_f32(cpu->isa, y + i0, xs + i0, m);
-            else
-                kw__cpu_sigmoid_f32(cpu->isa, y + i0, xs + i0, m);
-        }
-        return 0;
-    }
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = kw_opm_act(xs[i], act);
+    kw_cpu_act(kw__cpu(backend), out->data, x->data, NULL, kw_tensor_nelem(out), act);
     return 0;
 }
 
@@ -206,11 +212,12 @@ int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
         float max = -INFINITY;
         for (int64_t i = 0; i < N; ++i)
             max = xr[i] > max ? xr[i] : max;
-        float sum = 0.0f;
-        for (int64_t i = 0; i < N; ++i) {
-            yr[i] = expf(xr[i] - max);
+        for (int64_t i = 0; i < N; ++i)
+            yr[i] = xr[i] - max;
+        kw__cpu_exp_f32(cpu->isa, yr, yr, N);
+        float sum = 0.0f; /* in index order, the same on every ISA */
+        for (int64_t i = 0; i < N; ++i)
             sum += yr[i];
-        }
         const float inv = 1.0f / sum;
         for (int64_t i = 0; i < N; ++i)
             yr[i] *= inv;

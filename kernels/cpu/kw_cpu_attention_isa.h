@@ -1,0 +1,103 @@
+/* kw_cpu_attention_isa.h: the attention kernel for one (query token, kv head) item, written once against
+ * kw_cpu_simd.h and compiled once per ISA.
+ *
+ * No include guard on purpose: kw_cpu_attention.c includes this file once per ISA with KW_SIMD_SFX and
+ * KW_SIMD_TARGET defined, and undefines them afterwards. The arithmetic (the same on every ISA, see
+ * kw_cpu_attention.c for the definition) is fixed by the primitives: the score is a 16-lane fma chain over d closed
+ * by kw_v16_hsum's tree, the softmax sum a 16-lane chain over the visible rows closed by the same tree, the output an
+ * fma chain over rows per dimension.
+ */
+
+/* The dtype-specialized loads of a cache row: 16 values at d, or the first n of them (the other lanes +0). */
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_ld)(const void *row, enum kw_dtype dt, int64_t d) {
+    if (dt == KW_DTYPE_BF16) return KW_V(load_bf16)((const uint16_t *)row + d);
+    return KW_V(load)((const float *)row + d);
+}
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_ld_n)(const void *row, enum kw_dtype dt, int64_t d, int n) {
+    if (dt == KW_DTYPE_BF16) return KW_V(load_bf16_n)((const uint16_t *)row + d, n);
+    return KW_V(load_n)((const float *)row + d, n);
+}
+
+/* q . k over D dims: lane l accumulates d = l, l + 16, ... (zero past D), then the fixed tree. */
+KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_dot)(const float *q, const void *k, enum kw_dtype dt, int64_t D) {
+    KW_VT acc = KW_V(zero)();
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16)
+        acc = KW_V(fma)(KW_V(load)(q + d), KW_ISA_FN(kw_attn_ld)(k, dt, d), acc);
+    if (d < D) acc = KW_V(fma)(KW_V(load_n)(q + d, (int)(D - d)), KW_ISA_FN(kw_attn_ld_n)(k, dt, d, (int)(D - d)), acc);
+    return KW_V(hsum)(acc);
+}
+
+/* o[d] for the dims of up to four 16-wide chunks starting at d0: the fma chain over the rows with a nonzero weight,
+ * times inv. Rows whose weight is 0 (masked, or exp underflowed) are skipped on every ISA. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const float *e_row, const char *vbase,
+                                                                size_t row_bytes, enum kw_dtype dt, int64_t lo,
+                                                                int64_t n, int64_t D, int64_t d0, float inv) {
+    KW_VT acc[4];
+    const int nc = (int)((D - d0 + 15) / 16 < 4 ? (D - d0 + 15) / 16 : 4);
+    const int last = (int)(D - d0 - (int64_t)(nc - 1) * 16); /* width of the last chunk, 1..16 */
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c)
+        acc[c] = KW_V(zero)();
+    for (int64_t j = 0; j < n; ++j) {
+        const float e = e_row[j];
+        if (e == 0.0f) continue;
+        const KW_VT ev = KW_V(set1)(e);
+        const char *vrow = vbase + (size_t)(lo + j) * row_bytes;
+        for (int c = 0; c < nc; ++c) {
+            const int64_t d = d0 + c * 16;
+            const KW_VT v = (c == nc - 1 && last < 16) ? KW_ISA_FN(kw_attn_ld_n)(vrow, dt, d, last)
+                                                       : KW_ISA_FN(kw_attn_ld)(vrow, dt, d);
+            acc[c] = KW_V(fma)(ev, v, acc[c]);
+        }
+    }
+    const KW_VT iv = KW_V(set1)(inv);
+    for (int c = 0; c < nc; ++c) {
+        const KW_VT r = KW_V(mul)(acc[c], iv);
+        if (c == nc - 1 && last < 16)
+            KW_V(store_n)(o + d0 + c * 16, r, last);
+        else
+            KW_V(store)(o + d0 + c * 16, r);
+    }
+}
+
+/* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
+ * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, int64_t nh, const char *kbase,
+                                                   const char *vbase, enum kw_dtype dt, int64_t D, int64_t lo,
+                                                   int64_t hi, const uint8_t *mask, float scale, float *scores,
+                                                   int64_t n_kv) {
+    const size_t row_bytes = (size_t)D * kw_dtype_size(dt);
+    const int64_t n = hi - lo + 1;
+    float maxs[KW_ATTN_MAX_GROUP];
+    for (int64_t g = 0; g < nh; ++g)
+        maxs[g] = -INFINITY;
+    /* scores: each K row once for the nh heads; the running max in row order (NaN never wins) */
+    for (int64_t j = lo; j <= hi; ++j) {
+        const int masked = kw_opm_attn_masked(mask, j);
+        const char *krow = kbase + (size_t)j * row_bytes;
+        for (int64_t g = 0; g < nh; ++g) {
+            const float s = masked ? -INFINITY : KW_ISA_FN(kw_attn_dot)(q + g * D, krow, dt, D) * scale;
+            scores[g * n_kv + j] = s;
+            if (s > maxs[g]) maxs[g] = s;
+        }
+    }
+    for (int64_t g = 0; g < nh; ++g) {
+        float *o = out + g * D, *e_row = scores + g * n_kv + lo;
+        if (maxs[g] == -INFINITY) { /* nothing visible */
+            memset(o, 0, (size_t)D * sizeof(float));
+            continue;
+        }
+        for (int64_t i = 0; i < n; ++i)
+            e_row[i] -= maxs[g];
+        kw__cpu_exp_f32(KW_SIMD_ISA, e_row, e_row, n);
+        KW_VT sv = KW_V(zero)();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            sv = KW_V(add)(sv, KW_V(load)(e_row + i));
+        if (i < n) sv = KW_V(add)(sv, KW_V(load_n)(e_row + i, (int)(n - i)));
+        const float inv = 1.0f / KW_V(hsum)(sv);
+        for (int64_t d0 = 0; d0 < D; d0 += 64)
+            KW_ISA_FN(kw_attn_out_block)(o, e_row, vbase, row_bytes, dt, lo, n, D, d0, inv);
+    }
+}

@@ -1,0 +1,126 @@
+/* kw_cpu_matmul_isa.h: the matmul kernels, written once against kw_cpu_simd.h and compiled once per ISA.
+ *
+ * No include guard on purpose: kw_cpu_matmul.c includes this file once per ISA with KW_SIMD_SFX (scalar, avx2,
+ * avx512), KW_SIMD_TARGET (the function attribute of that ISA), KW_MM_MR (rows of x per prefill tile) and KW_MM_NV
+ * (16-row strips of W per prefill tile) defined, and undefines them afterwards.
+ *
+ * The weight is one panel of KW_PANEL_ROWS = 64 rows in k-major order (kernels/kw_backend.h, KW_LAYOUT_PANELS): at
+ * each k, 64 consecutive values, one per output column, as four strips of 16 (one kw_v16 each). A tile keeps MR x NV
+ * accumulators; at each k it loads NV strips once and, for every x row, broadcasts x[m][k] and does one fma per
+ * strip. So every output element y[m][n] is the chain acc = fma(x[m][k], w[n][k], acc) over k = 0, 1, ..., K-1 from
+ * acc = +0, whatever the tile, the ISA or the thread that computes it: the tile shapes below are free choices of speed,
+ * never of bits.
+ */
+
+/* One tile: rows [0, MR) of x against strips [0, NV) of the panel slice starting at wp (the panel base plus the first
+ * strip's offset), all K. Output columns beyond ncols (the panel's valid columns from the first strip on) are not
+ * stored. MR, NV and dt are constants after inlining, so the accumulators live in registers. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile)(const int MR, const int NV, const enum kw_dtype dt, float *y,
+                                                         int64_t ldy, const float *x, int64_t K, const char *wp,
+                                                         int64_t ncols) {
+    KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+            acc[m][v] = KW_V(zero)();
+    for (int64_t k = 0; k < K; ++k) {
+        KW_VT w[KW_MM_MAX_NV];
+        const int64_t at = k * KW_PANEL_ROWS;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            if (dt == KW_DTYPE_BF16)
+                w[v] = KW_V(load_bf16)((const uint16_t *)wp + at + v * 16);
+            else if (dt == KW_DTYPE_F16)
+                w[v] = KW_V(load_f16)((const uint16_t *)wp + at + v * 16);
+            else
+                w[v] = KW_V(load)((const float *)wp + at + v * 16);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; ++m) {
+            const KW_VT xb = KW_V(set1)(x[m * K + k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v)
+                acc[m][v] = KW_V(fma)(xb, w[v], acc[m][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const int64_t n = ncols - v * 16;
+            if (n >= 16)
+                KW_V(store)(y + m * ldy + v * 16, acc[m][v]);
+            else if (n > 0)
+                KW_V(store_n)(y + m * ldy + v * 16, acc[m][v], (int)n);
+        }
+}
+
+/* kw_mm_tiles_<isa>_<dtype>: the specialization of a kernel for one weight dtype. */
+#define KW_MM_FN(base, DT) KW_SIMD_CAT(KW_ISA_FN(base), DT)
+
+/* The tile for a run of mr (1..KW_MM_MR) x rows and KW_MM_NV strips, dispatched to a constant shape. */
+#define KW_MM_TILE_CASE(R)                                                                                             \
+    case R:                                                                                                            \
+        KW_ISA_FN(kw_mm_tile)(R, KW_MM_NV, dt, y, ldy, x, K, wp, ncols);                                               \
+        break;
+
+#define KW_MM_TILE_DTYPE(DT)                                                                                           \
+    KW_SIMD_TARGET static void KW_MM_FN(kw_mm_tiles, DT)(int mr, float *y, int64_t ldy, const float *x, int64_t K,     \
+                                                         const char *wp, int64_t ncols) {                              \
+        const enum kw_dtype dt = DT;                                                                                   \
+        switch (mr) {                                                                                                  \
+            KW_MM_TILE_CASE(1)                                                                                         \
+            KW_MM_TILE_CASE(2)                                                                                         \
+            KW_MM_TILE_CASE(3)                                                                                         \
+            KW_MM_TILE_CASE(4)                                                                                         \
+            KW_MM_TILE_MORE_CASES                                                                                      \
+        }                                                                                                              \
+    }                                                                                                                  \
+    /* one x row against the whole panel: four strips, one sequential stream of the weight */                          \
+    KW_SIMD_TARGET static void KW_MM_FN(kw_mm_row, DT)(float *y, const float *x, int64_t K, const char *wp,            \
+                                                       int64_t ncols) {                                                \
+        KW_ISA_FN(kw_mm_tile)(1, 4, DT, y, 0, x, K, wp, ncols);                                                        \
+    }
+
+KW_MM_TILE_DTYPE(KW_DTYPE_F32)
+KW_MM_TILE_DTYPE(KW_DTYPE_BF16)
+KW_MM_TILE_DTYPE(KW_DTYPE_F16)
+
+/* Rows [m0, m1) of y against one panel (wp, valid columns ncols <= 64, first column n0). Below KW_MM_ROW_MAX rows each
+ * x row streams the panel on its own (decode); above, tiles of KW_MM_MR rows and KW_MM_NV strips. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_mm_panel)(float *y, int64_t N, const float *x, int64_t K, enum kw_dtype dt,
+                                                  const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+    const size_t es = kw_dtype_size(dt), strip_bytes = 16 * es;
+    if (m1 - m0 <= KW_MM_ROW_MAX) {
+        for (int64_t m = m0; m < m1; ++m) {
+            float *ym = y + m * N + n0;
+            const float *xm = x + m * K;
+            if (dt == KW_DTYPE_BF16)
+                KW_MM_FN(kw_mm_row, KW_DTYPE_BF16)(ym, xm, K, wp, ncols);
+            else if (dt == KW_DTYPE_F16)
+                KW_MM_FN(kw_mm_row, KW_DTYPE_F16)(ym, xm, K, wp, ncols);
+            else
+                KW_MM_FN(kw_mm_row, KW_DTYPE_F32)(ym, xm, K, wp, ncols);
+        }
+        return;
+    }
+    for (int64_t m = m0; m < m1; m += KW_MM_MR) {
+        const int mr = (int)(m1 - m < KW_MM_MR ? m1 - m : KW_MM_MR);
+        for (int64_t s = 0; s * 16 < ncols; s += KW_MM_NV) {
+            float *yt = y + m * N + n0 + s * 16;
+            const float *xt = x + m * K;
+            const char *wt = wp + (size_t)s * strip_bytes;
+            if (dt == KW_DTYPE_BF16)
+                KW_MM_FN(kw_mm_tiles, KW_DTYPE_BF16)(mr, yt, N, xt, K, wt, ncols - s * 16);
+            else if (dt == KW_DTYPE_F16)
+                KW_MM_FN(kw_mm_tiles, KW_DTYPE_F16)(mr, yt, N, xt, K, wt, ncols - s * 16);
+            else
+                KW_MM_FN(kw_mm_tiles, KW_DTYPE_F32)(mr, yt, N, xt, K, wt, ncols - s * 16);
+        }
+    }
+}
+
+#undef KW_MM_TILE_CASE
+#undef KW_MM_FN
+#undef KW_MM_TILE_DTYPE

@@ -1,0 +1,244 @@
+/* kw_cpu_simd.h: a vector of 16 fp32 lanes in three implementations (portable scalar C, AVX2 as two 8-lane halves,
+ * AVX-512 as one register), so that a kernel written once against these primitives computes the same bits on every
+ * ISA. kernels/cpu only.
+ *
+ * Every primitive is an exact IEEE fp32 operation per lane (fma rounds once, as fmaf does), so the three
+ * implementations agree bit for bit by construction; the only cross-lane operation, kw_v16_hsum, adds the lanes in
+ * one fixed tree: u[i] = l[i] + l[i+8], v[i] = u[i] + u[i+4], w[i] = v[i] + v[i+2], sum = w[0] + w[1]. The tree is
+ * the natural one for AVX2 (half + half, then 128-bit halves, then movehl, then movehdup) and AVX-512 (extract the
+ * upper 256 bits first). Operand order is kept identical in every implementation so that even NaN payloads agree.
+ *
+ * Names carry the ISA as a suffix (kw_v16_fma_avx2 ...); kernels written once are included by a .c file once per ISA
+ * with KW_SIMD_SFX and KW_SIMD_TARGET set (see kw_cpu_matmul.c), and call them through KW_V(op), which pastes the
+ * suffix. Not here: anything that is not per-lane IEEE arithmetic (no approximations, no reassociation).
+ */
+#ifndef KW_CPU_SIMD_H
+#define KW_CPU_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "kernels/cpu/kw_cpu.h"
+
+#if KW_CPU_X86
+#include <immintrin.h>
+#endif
+
+#define KW_SIMD_INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Scalar: 16 floats, fmaf (exact fused multiply-add on every platform).
+ */
+
+typedef struct kw_v16_scalar {
+    float l[16];
+} kw_v16_scalar;
+
+KW_SIMD_INLINE kw_v16_scalar kw_v16_zero_scalar(void) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = 0.0f;
+    return r;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_set1_scalar(float x) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = x;
+    return r;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_scalar(const float *p) {
+    kw_v16_scalar r;
+    memcpy(r.l, p, sizeof r.l);
+    return r;
+}
+/* The first n (1..16) lanes from p, the others +0. */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_n_scalar(const float *p, int n) {
+    kw_v16_scalar r = kw_v16_zero_scalar();
+    memcpy(r.l, p, (size_t)n * sizeof(float));
+    return r;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_bf16_scalar(const uint16_t *p) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = kw_bf16_to_f32(p[i]);
+    return r;
+}
+/* The first n (1..16) bf16 values from p, widened; the other lanes +0. */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_bf16_n_scalar(const uint16_t *p, int n) {
+    kw_v16_scalar r = kw_v16_zero_scalar();
+    for (int i = 0; i < n; ++i)
+        r.l[i] = kw_bf16_to_f32(p[i]);
+    return r;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_f16_scalar(const uint16_t *p) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = kw_f16_to_f32(p[i]);
+    return r;
+}
+KW_SIMD_INLINE void kw_v16_store_scalar(float *p, kw_v16_scalar v) {
+    memcpy(p, v.l, sizeof v.l);
+}
+/* Stores the first n (1..16) lanes. */
+KW_SIMD_INLINE void kw_v16_store_n_scalar(float *p, kw_v16_scalar v, int n) {
+    memcpy(p, v.l, (size_t)n * sizeof(float));
+}
+/* a * b + c, rounded once. */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_fma_scalar(kw_v16_scalar a, kw_v16_scalar b, kw_v16_scalar c) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = fmaf(a.l[i], b.l[i], c.l[i]);
+    return r;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_add_scalar(kw_v16_scalar a, kw_v16_scalar b) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = a.l[i] + b.l[i];
+    return r;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_mul_scalar(kw_v16_scalar a, kw_v16_scalar b) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = a.l[i] * b.l[i];
+    return r;
+}
+KW_SIMD_INLINE float kw_v16_hsum_scalar(kw_v16_scalar v) {
+    float u[8], w4[4];
+    for (int i = 0; i < 8; ++i)
+        u[i] = v.l[i] + v.l[i + 8];
+    for (int i = 0; i < 4; ++i)
+        w4[i] = u[i] + u[i + 4];
+    const float a = w4[0] + w4[2], b = w4[1] + w4[3];
+    return a + b;
+}
+
+#if KW_CPU_X86
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX2: lanes 0..7 in lo, 8..15 in hi.
+ */
+
+typedef struct kw_v16_avx2 {
+    __m256 lo, hi;
+} kw_v16_avx2;
+
+#define KW_AVX2_INLINE KW_TARGET_AVX2 KW_SIMD_INLINE
+
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_zero_avx2(void) {
+    return (kw_v16_avx2){_mm256_setzero_ps(), _mm256_setzero_ps()};
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_set1_avx2(float x) {
+    return (kw_v16_avx2){_mm256_set1_ps(x), _mm256_set1_ps(x)};
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_avx2(const float *p) {
+    return (kw_v16_avx2){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+}
+/* Mask with lanes [0, n) set, for n in -8..8 (n <= 0: none). */
+KW_AVX2_INLINE __m256i kw_avx2_first_n(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_n_avx2(const float *p, int n) {
+    return (kw_v16_avx2){_mm256_maskload_ps(p, kw_avx2_first_n(n)), _mm256_maskload_ps(p + 8, kw_avx2_first_n(n - 8))};
+}
+KW_AVX2_INLINE __m256 kw_avx2_bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_bf16_avx2(const uint16_t *p) {
+    return (kw_v16_avx2){kw_avx2_bf16x8(p), kw_avx2_bf16x8(p + 8)};
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_bf16_n_avx2(const uint16_t *p, int n) {
+    uint16_t buf[16] = {0};
+    memcpy(buf, p, (size_t)n * sizeof(uint16_t));
+    return kw_v16_load_bf16_avx2(buf);
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_f16_avx2(const uint16_t *p) {
+    return (kw_v16_avx2){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                         _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
+}
+KW_AVX2_INLINE void kw_v16_store_avx2(float *p, kw_v16_avx2 v) {
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+}
+KW_AVX2_INLINE void kw_v16_store_n_avx2(float *p, kw_v16_avx2 v, int n) {
+    _mm256_maskstore_ps(p, kw_avx2_first_n(n), v.lo);
+    _mm256_maskstore_ps(p + 8, kw_avx2_first_n(n - 8), v.hi);
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_fma_avx2(kw_v16_avx2 a, kw_v16_avx2 b, kw_v16_avx2 c) {
+    return (kw_v16_avx2){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_add_avx2(kw_v16_avx2 a, kw_v16_avx2 b) {
+    return (kw_v16_avx2){_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_mul_avx2(kw_v16_avx2 a, kw_v16_avx2 b) {
+    return (kw_v16_avx2){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+}
+/* The fixed tree from 8 lanes (u = l[0..7] + l[8..15] already formed). */
+KW_AVX2_INLINE float kw_avx2_hsum8_tree(__m256 u) {
+    const __m128 v = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)); /* v[i] = u[i] + u[i+4] */
+    const __m128 w = _mm_add_ps(v, _mm_movehl_ps(v, v));                                 /* w[i] = v[i] + v[i+2] */
+    return _mm_cvtss_f32(_mm_add_ss(w, _mm_movehdup_ps(w)));                             /* w[0] + w[1] */
+}
+KW_AVX2_INLINE float kw_v16_hsum_avx2(kw_v16_avx2 v) {
+    return kw_avx2_hsum8_tree(_mm256_add_ps(v.lo, v.hi));
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX-512: one register.
+ */
+
+#define KW_AVX512_INLINE KW_TARGET_AVX512 KW_SIMD_INLINE
+
+typedef __m512 kw_v16_avx512;
+
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_zero_avx512(void) {
+    return _mm512_setzero_ps();
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_set1_avx512(float x) {
+    return _mm512_set1_ps(x);
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_avx512(const float *p) {
+    return _mm512_loadu_ps(p);
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_n_avx512(const float *p, int n) {
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_bf16_avx512(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_bf16_n_avx512(const uint16_t *p, int n) {
+    const __m256i h = _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1u), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_f16_avx512(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+KW_AVX512_INLINE void kw_v16_store_avx512(float *p, kw_v16_avx512 v) {
+    _mm512_storeu_ps(p, v);
+}
+KW_AVX512_INLINE void kw_v16_store_n_avx512(float *p, kw_v16_avx512 v, int n) {
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_fma_avx512(kw_v16_avx512 a, kw_v16_avx512 b, kw_v16_avx512 c) {
+    return _mm512_fmadd_ps(a, b, c);
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_add_avx512(kw_v16_avx512 a, kw_v16_avx512 b) {
+    return _mm512_add_ps(a, b);
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_mul_avx512(kw_v16_avx512 a, kw_v16_avx512 b) {
+    return _mm512_mul_ps(a, b);
+}
+KW_AVX512_INLINE float kw_v16_hsum_avx512(kw_v16_avx512 v) {
+    /* u[i] = l[i] + l[i+8], then the same 8-lane tree as AVX2 (the AVX-512 target includes AVX2) */
+    return kw_avx2_hsum8_tree(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+#endif /* KW_CPU_X86 */
+
+/* Pastes the ISA suffix of the current instantiation: KW_V(fma) is kw_v16_fma_avx2 when KW_SIMD_SFX is avx2. */
+#define KW_SIMD_CAT2(a, b) a##_##b
+#define KW_SIMD_CAT(a, b)  KW_SIMD_CAT2(a, b)
+#define KW_V(op)           KW_SIMD_CAT(kw_v16_##op, KW_SIMD_SFX)
+#define KW_VT              KW_SIMD_CAT(kw_v16, KW_SIMD_SFX)
+#define KW_ISA_FN(name)    KW_SIMD_CAT(name, KW_SIMD_SFX)
+
+#endif /* KW_CPU_SIMD_H */
