@@ -127,6 +127,46 @@ static int kw_gguf_cfg_special(const kw_gguf *g, kw_model_config *cfg) {
     return 0;
 }
 
+/* Gemma 3's own numbers, as llama.cpp's llama-model.cpp reads a gemma3 file: every sixth layer global (the others
+ * slide over <arch>.attention.sliding_window), local RoPE base 10000, attention scale head_dim^-0.5 (the 27B model:
+ * (hidden / heads)^-0.5), tanh-GELU, an optional final_logit_softcapping; "<end_of_turn>" also ends generation.
+ * Compiled once kw_config.h carries the Gemma 3 fields (KW_CONFIG_MAX_LAYERS marks them); before that a gemma3 file
+ * is refused with KW_E_MODEL_ARCH by kw_config_validate. */
+static int kw_gguf_cfg_gemma3(const kw_gguf *g, const char *arch, kw_model_config *cfg) {
+#ifdef KW_CONFIG_MAX_LAYERS
+    int32_t pattern = 6;
+    KW_FORWARD(kw_gguf_cfg_int(g, arch, "attention.sliding_window", 1, 0, 1, 1 << 26, &cfg->sliding_window));
+    KW_FORWARD(kw_gguf_cfg_int(g, arch, "attention.sliding_window_pattern", 0, 6, 1, 1024, &pattern));
+    for (int32_t l = 0; l < cfg->n_layers && l < KW_CONFIG_MAX_LAYERS; ++l)
+        cfg->layer_sliding[l] = (uint8_t)((l + 1) % pattern != 0);
+    cfg->act = KW_ACT_GELU_TANH;
+    cfg->rope_local = (kw_rope_params){.theta = 10000.0, .rotary_dim = cfg->head_dim, .factor = 1.0};
+    cfg->query_pre_attn_scalar =
+        cfg->n_layers == 62 && cfg->hidden == 5376 ? (double)(cfg->hidden / cfg->n_heads) : (double)cfg->head_dim;
+    char key[128];
+    KW_FORWARD(kw_gguf_cfg_float(g, kw_gguf_key(key, sizeof key, arch, "final_logit_softcapping"), 0, 0.0,
+                                 &cfg->final_logit_softcap));
+    const kw_gguf_kv *tokens = NULL;
+    if (kw_gguf_get_array(g, "tokenizer.ggml.tokens", KW_GGUF_STRING, &tokens) == 0) {
+        for (uint64_t i = 0; i < tokens->count && i < (uint64_t)cfg->vocab; ++i) {
+            const char *s = NULL;
+            size_t n = 0;
+            if (kw_gguf_array_str(g, tokens, i, &s, &n) == 0 && n == 13 && memcmp(s, "<end_of_turn>", 13) == 0 &&
+                !kw_config_is_eos(cfg, (int32_t)i) && cfg->n_eos < KW_CONFIG_MAX_EOS) {
+                cfg->eos_ids[cfg->n_eos++] = (int32_t)i;
+                break;
+            }
+        }
+    }
+    return 0;
+#else
+    (void)g;
+    (void)arch;
+    (void)cfg;
+    return 0;
+#endif
+}
+
 int kw_gguf_model_config(const kw_gguf *g, kw_model_config *cfg) {
     KW_RETURN_IF(!g || !cfg, KW_E_INVALID_ARG, "kw_gguf_model_config: NULL argument");
     memset(cfg, 0, sizeof *cfg);
@@ -183,11 +223,12 @@ int kw_gguf_model_config(const kw_gguf *g, kw_model_config *cfg) {
     cfg->attention_bias = kw_gguf_has(g, "blk.0.attn_q.bias");
     cfg->o_bias = kw_gguf_has(g, "blk.0.attn_output.bias");
     cfg->mlp_bias = kw_gguf_has(g, "blk.0.ffn_gate.bias");
-    cfg->qk_norm = cfg->arch == KW_ARCH_QWEN3;
+    cfg->qk_norm = cfg->arch == KW_ARCH_QWEN3 || cfg->arch == KW_ARCH_GEMMA3;
     KW_RETURN_IF(cfg->arch == KW_ARCH_QWEN2 && !cfg->attention_bias, KW_E_MODEL_CONFIG,
                  "GGUF: a qwen2 model without q/k/v biases (blk.0.attn_q.bias)");
     cfg->weight_dtype = KW_DTYPE_F32;
     KW_FORWARD(kw_gguf_cfg_special(g, cfg));
+    if (cfg->arch == KW_ARCH_GEMMA3) KW_FORWARD(kw_gguf_cfg_gemma3(g, arch, cfg));
     const int rc = kw_config_validate(cfg);
     if (rc < 0) return kw_error_set(rc, "GGUF: %s", kw_error_detail());
     return 0;
