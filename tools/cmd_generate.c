@@ -19,22 +19,24 @@
 #include "model/kw_tokenizer.h"
 #include "tools/kw_cli.h"
 
-const char kw_cmd_generate_summary[] = "greedy completion of a prompt with a HF model folder (prints text and ids)";
+const char kw_cmd_generate_summary[] =
+    "greedy completion of a prompt with an HF model folder or a GGUF file (prints text and ids)";
 
 static void kw_generate_usage(FILE *f) {
     fprintf(f,
-            "usage: kvwire generate --model DIR --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
+            "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
             "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache bf16|f32]\n"
             "                       [--round auto|none|bf16]\n"
-            "  --chat            wrap the prompt in the model family's chat template (qwen3: Qwen3 with thinking\n"
-            "                    disabled; qwen2: Qwen2.5-Instruct; llama: Llama-3.2-Instruct, --date sets its\n"
-            "                    \"Today Date\", default today)\n"
+            "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2), else the model\n"
+            "                    family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct; llama:\n"
+            "                    Llama-3.2-Instruct, --date sets its \"Today Date\", default today)\n"
             "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
             "  --threads         CPU threads (default: one per core)\n"
-            "  --tokenizer       folder with tokenizer.json (default: the model folder)\n"
+            "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
             "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
             "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-            "Without --chat, Llama prompts get <|begin_of_text|> prepended (HF add_special_tokens); Qwen has no BOS.\n"
+            "Without --chat, Llama prompts get <|begin_of_text|> prepended (HF add_special_tokens); Qwen has no BOS;\n"
+            "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
