@@ -43,31 +43,31 @@ enum gguf_defect {
     GGUF_DEFECT_COUNT,
 };
 
-static void gb_u32(kw_buf *b, uint32_t v) {
+static inline void gb_u32(kw_buf *b, uint32_t v) {
     uint8_t x[4];
     kw_store_le32(x, v);
     kw_buf_append(b, x, 4);
 }
 
-static void gb_u64(kw_buf *b, uint64_t v) {
+static inline void gb_u64(kw_buf *b, uint64_t v) {
     uint8_t x[8];
     kw_store_le64(x, v);
     kw_buf_append(b, x, 8);
 }
 
-static void gb_str(kw_buf *b, const char *s, size_t n) {
+static inline void gb_str(kw_buf *b, const char *s, size_t n) {
     gb_u64(b, n);
     kw_buf_append(b, s, n);
 }
 
-static void gb_key(kw_buf *b, const char *key, uint32_t type) {
+static inline void gb_key(kw_buf *b, const char *key, uint32_t type) {
     gb_str(b, key, strlen(key));
     gb_u32(b, type);
 }
 
 /* The test file: 15 metadata entries (one of each scalar type, a string, arrays of i32, f32, strings and bools,
  * general.alignment = 64) and three tensors (F32 (2, 4), Q8_0 (2, 32), Q4_K (1, 256)), each aligned. */
-static void gguf_build(enum gguf_defect d, kw_buf *b) {
+static inline void gguf_build(enum gguf_defect d, kw_buf *b) {
     memset(b, 0, sizeof *b);
     gb_u32(b, d == GGUF_BAD_MAGIC ? 0x46554748u : 0x46554747u);
     const uint32_t version = d == GGUF_VERSION_1    ? 1u
