@@ -507,20 +507,22 @@ int kw_align_fusion_sections(const kw_align_result *r, int32_t mask, kw_fusion_s
 }
 
 /* The decode-pads quirk: unmask every row before the first decode step, then chain to the caller's callback. */
-typedef struct kw_align_token_hook {
-    kw_kvcache *cache;
-    int done;
-    int (*user_fn)(void *user, int32_t id);
-    void *user;
-} kw_align_token_hook;
-
 static int kw_align_on_token(void *user, int32_t id) {
-    kw_align_token_hook *h = user;
+    kw_align_pads_hook *h = user;
     if (!h->done) {
         KW_FORWARD(kw_kvcache_set_valid(h->cache, 0, kw_kvcache_capacity(h->cache), 1));
         h->done = 1;
     }
     return h->user_fn ? h->user_fn(h->user, id) : 0;
+}
+
+void kw_align_pads_gen(kw_align_pads_hook *hook, kw_kvcache *cache, enum kw_align_decode_pads pads,
+                       const kw_generate_options *base, kw_generate_options *gen) {
+    *gen = *base;
+    if (pads != KW_ALIGN_PADS_REFERENCE) return;
+    *hook = (kw_align_pads_hook){.cache = cache, .user_fn = base->on_token, .user = base->user};
+    gen->on_token = kw_align_on_token;
+    gen->user = hook;
 }
 
 int kw_align_run(kw_fusion *f, kw_kvcache *cache, const kw_align_result *r, const kw_fusion_options *base,
@@ -546,16 +548,13 @@ int kw_align_run(kw_fusion *f, kw_kvcache *cache, const kw_align_result *r, cons
         if (r->recv_pad[p]) KW_CHECK(kw_kvcache_set_valid(cache, p, 1, 0));
     const int32_t *sharer_ids[KW_FUSION_MAX_SHARERS] = {r->sharer_ids};
     const uint8_t *sharer_pad[KW_FUSION_MAX_SHARERS] = {r->sharer_pad};
-    kw_align_token_hook hook = {.cache = cache, .user_fn = base->gen.on_token, .user = base->gen.user};
+    kw_align_pads_hook hook;
     kw_fusion_options opt = *base;
     opt.sections = sections;
     opt.n_sections = n_sections;
     opt.sharer_ids = sharer_ids;
     opt.sharer_pad = sharer_pad;
-    if (pads == KW_ALIGN_PADS_REFERENCE) {
-        opt.gen.on_token = kw_align_on_token;
-        opt.gen.user = &hook;
-    }
+    kw_align_pads_gen(&hook, cache, pads, &base->gen, &opt.gen);
     KW_CHECK(kw_fusion_run(f, cache, r->recv_ids, r->n, &opt, out));
 out:
     free(sections);

@@ -138,6 +138,19 @@ enum kw_align_decode_pads {
     KW_ALIGN_PADS_MASKED = 1,    /* pads stay masked for the whole generation */
 };
 
+/* The decode-pads quirk for a caller that runs the pipeline itself (the receiver half): with KW_ALIGN_PADS_REFERENCE,
+ * *gen becomes base with on_token chained through hook (caller-owned, must outlive the generation), which unmasks
+ * every cache row before the first decode step; with KW_ALIGN_PADS_MASKED, *gen is base. */
+typedef struct kw_align_pads_hook {
+    kw_kvcache *cache;
+    int done;
+    int (*user_fn)(void *user, int32_t id);
+    void *user;
+} kw_align_pads_hook;
+
+void kw_align_pads_gen(kw_align_pads_hook *hook, kw_kvcache *cache, enum kw_align_decode_pads pads,
+                       const kw_generate_options *base, kw_generate_options *gen);
+
 /* Runs C2C on an aligned prompt. The fusion's sharer 0 is the aligned sharer (a fusion of one sharer, as the
  * reference evaluator builds; further sharers would get the receiver's ids and are not selected): sections from
  * kw_align_fusion_sections(r, 1), the receiver's pads masked in cache (empty, capacity >= r->n + max_new_tokens), the

@@ -19,9 +19,9 @@
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 
-/* Per sharer: the models' geometry and the bindings of its fuser. */
+/* Per sharer: its geometry, its model when it runs in process, and the bindings of its fuser. */
 typedef struct kw_fusion_sh {
-    kw_model *model;
+    kw_model *model; /* NULL unless kw_fusion_run may prefill it */
     const kw_fuser *fuser;
     int32_t n_layers, n_heads, head_dim; /* the sharer model's */
     int32_t n_proj;
@@ -116,18 +116,27 @@ void kw_fusion_free(kw_fusion *f) {
 
 static int kw_fusion_sh_init(kw_fusion *f, int32_t index, const kw_fusion_sharer *in) {
     kw_fusion_sh *s = &f->sh[index];
-    KW_RETURN_IF(in->model == NULL || in->fuser == NULL, KW_E_INVALID_ARG, "fusion: sharer %d has no model or fuser",
-                 (int)index);
-    KW_RETURN_IF(kw_model_backend(in->model) != f->backend, KW_E_INVALID_ARG,
-                 "fusion: sharer %d runs on another backend than the receiver", (int)index);
-    const kw_model_config *c = kw_model_get_config(in->model);
+    KW_RETURN_IF(in->fuser == NULL, KW_E_INVALID_ARG, "fusion: sharer %d has no fuser", (int)index);
     s->model = in->model;
     s->fuser = in->fuser;
-    s->n_layers = c->n_layers;
-    s->n_heads = c->n_kv_heads;
-    s->head_dim = c->head_dim;
+    s->n_layers = in->n_layers;
+    s->n_heads = in->n_kv_heads;
+    s->head_dim = in->head_dim;
+    if (in->model) {
+        KW_RETURN_IF(kw_model_backend(in->model) != f->backend, KW_E_INVALID_ARG,
+                     "fusion: sharer %d runs on another backend than the receiver", (int)index);
+        const kw_model_config *c = kw_model_get_config(in->model);
+        KW_RETURN_IF((s->n_layers && s->n_layers != c->n_layers) || (s->n_heads && s->n_heads != c->n_kv_heads) ||
+                         (s->head_dim && s->head_dim != c->head_dim),
+                     KW_E_INVALID_ARG, "fusion: sharer %d's geometry disagrees with its model", (int)index);
+        s->n_layers = c->n_layers;
+        s->n_heads = c->n_kv_heads;
+        s->head_dim = c->head_dim;
+    }
+    KW_RETURN_IF(s->n_layers < 1 || s->n_heads < 1 || s->head_dim < 1, KW_E_INVALID_ARG,
+                 "fusion: sharer %d has no model and no geometry", (int)index);
     const int rc =
-        kw_fuser_check_models(in->fuser, f->n_layers, f->n_heads, f->head_dim, c->n_layers, c->n_kv_heads, c->head_dim);
+        kw_fuser_check_models(in->fuser, f->n_layers, f->n_heads, f->head_dim, s->n_layers, s->n_heads, s->head_dim);
     if (rc < 0) KW_FAIL(rc, "fusion: sharer %d: %s", (int)index, kw_error_detail());
     s->n_proj = in->fuser->n_projectors;
     s->proj = calloc((size_t)(s->n_proj > 0 ? s->n_proj : 1), sizeof *s->proj);
@@ -184,42 +193,6 @@ out:
     return rc;
 }
 
-/* ------------------------------------------------------------------------------------------------------------
- * One fused section
- */
-
-/* Section-wide scratch: the sharer rows per (sharer, sharer layer) and the receiver-side rows. */
-typedef struct kw_fusion_scratch {
-    kw_tensor *src_k[KW_FUSION_MAX_SHARERS], *src_v[KW_FUSION_MAX_SHARERS]; /* per sharer layer, NULL data if unused */
-    kw_tensor base_k, base_v, out_k, out_v, neg_k, neg_v, acc_k, acc_v;
-    float *host_k, *host_v; /* hook staging */
-} kw_fusion_scratch;
-
-static void kw_fusion_scratch_free(kw_fusion *f, kw_fusion_scratch *s) {
-    for (int32_t i = 0; i < f->n_sharers; ++i) {
-        for (int32_t l = 0; s->src_k[i] && l < f->sh[i].n_layers; ++l) {
-            kw_tensor_free(&s->src_k[i][l]);
-            kw_tensor_free(&s->src_v[i][l]);
-        }
-        free(s->src_k[i]);
-        free(s->src_v[i]);
-    }
-    kw_tensor_free(&s->base_k), kw_tensor_free(&s->base_v), kw_tensor_free(&s->out_k), kw_tensor_free(&s->out_v);
-    kw_tensor_free(&s->neg_k), kw_tensor_free(&s->neg_v), kw_tensor_free(&s->acc_k), kw_tensor_free(&s->acc_v);
-    free(s->host_k);
-    free(s->host_v);
-    memset(s, 0, sizeof *s);
-}
-
-typedef struct kw_fusion_run_state {
-    kw_fusion *f;
-    const kw_fusion_options *opt;
-    kw_kvcache *cache;
-    kw_kvcache *scache[KW_FUSION_MAX_SHARERS];
-    kw_fusion_stats *stats;
-    uint8_t *pair_fused, *pair_skipped; /* (sharer, receiver layer) flags */
-} kw_fusion_run_state;
-
 /* 1 if some receiver layer with an open gate takes its rows from sharer layer l. */
 static int kw_fusion_layer_needed(const kw_fusion *f, const kw_fusion_sh *s, int32_t l) {
     for (int32_t t = 0; t < f->n_layers; ++t)
@@ -227,246 +200,552 @@ static int kw_fusion_layer_needed(const kw_fusion *f, const kw_fusion_sh *s, int
     return 0;
 }
 
-/* The transfer phase: sharer rows [start, start + T) of every needed sharer layer into backend tensors. */
-static int kw_fusion_do_transfer(kw_fusion_run_state *st, kw_fusion_scratch *sc, int32_t section, int64_t start,
-                                 int64_t T, int32_t mask) {
-    kw_fusion *f = st->f;
-    for (int32_t i = 0; i < f->n_sharers; ++i) {
-        if (!(mask & (1 << i))) continue;
-        const kw_fusion_sh *s = &f->sh[i];
-        sc->src_k[i] = calloc((size_t)s->n_layers, sizeof(kw_tensor));
-        sc->src_v[i] = calloc((size_t)s->n_layers, sizeof(kw_tensor));
-        KW_RETURN_IF(!sc->src_k[i] || !sc->src_v[i], KW_E_NOMEM, "fusion: out of memory");
-        int32_t n_sent = 0, sent = 0;
-        for (int32_t l = 0; l < s->n_layers; ++l)
-            n_sent += kw_fusion_layer_needed(f, s, l);
-        for (int32_t l = 0; l < s->n_layers; ++l) {
-            if (!kw_fusion_layer_needed(f, s, l)) continue;
-            const int64_t ne[3] = {T, s->n_heads, s->head_dim};
-            KW_FORWARD(kw_tensor_alloc(f->backend, &sc->src_k[i][l], KW_DTYPE_F32, 3, ne));
-            KW_FORWARD(kw_tensor_alloc(f->backend, &sc->src_v[i][l], KW_DTYPE_F32, 3, ne));
-            st->stats->sharer_kv_bytes +=
-                2 * T * s->n_heads * s->head_dim * (int64_t)kw_dtype_size(st->opt->sharer_cache_dtype);
-            if (st->opt->hook == NULL) {
-                KW_FORWARD(kw_kvcache_load_rows(st->scache[i], l, start, &sc->src_k[i][l], &sc->src_v[i][l]));
-                continue;
-            }
-            const int64_t n = T * s->n_heads * s->head_dim;
-            free(sc->host_k);
-            free(sc->host_v);
-            sc->host_k = malloc((size_t)n * sizeof(float));
-            sc->host_v = malloc((size_t)n * sizeof(float));
-            KW_RETURN_IF(!sc->host_k || !sc->host_v, KW_E_NOMEM, "fusion: out of memory");
-            KW_FORWARD(kw_kvcache_read_rows(st->scache[i], l, start, T, sc->host_k, sc->host_v));
-            kw_fusion_transfer xfer = {.sharer = i,
-                                       .source_layer = l,
-                                       .n_source_layers = s->n_layers,
-                                       .layer_index = sent++,
-                                       .n_layers_sent = n_sent,
-                                       .section = section,
-                                       .pos0 = start,
-                                       .n_tokens = T,
-                                       .n_heads = s->n_heads,
-                                       .head_dim = s->head_dim,
-                                       .cache_dtype = st->opt->sharer_cache_dtype,
-                                       .k = sc->host_k,
-                                       .v = sc->host_v};
-            const int hrc = st->opt->hook(st->opt->hook_user, &xfer);
-            if (hrc < 0) {
-                if (kw_error_detail()[0] == '\0')
-                    KW_FAIL(hrc, "fusion: the transfer hook failed (sharer %d, layer %d)", (int)i, (int)l);
-                return hrc;
-            }
-            ++st->stats->hook_calls;
-            st->stats->wire_bytes += xfer.wire_bytes;
-            KW_FORWARD(kw_backend_upload(f->backend, &sc->src_k[i][l], 0, sc->host_k, (size_t)n * sizeof(float)));
-            KW_FORWARD(kw_backend_upload(f->backend, &sc->src_v[i][l], 0, sc->host_v, (size_t)n * sizeof(float)));
-            KW_FORWARD(kw_backend_synchronize(f->backend)); /* the staging buffers are reused */
-        }
-    }
-    return kw_backend_synchronize(f->backend);
+int32_t kw_fusion_n_sharers(const kw_fusion *f) {
+    return f ? f->n_sharers : 0;
 }
 
-/* The projection phase for one receiver layer. */
-static int kw_fusion_layer(kw_fusion_run_state *st, kw_fusion_scratch *sc, int32_t t, int64_t start, int32_t mask) {
-    kw_fusion *f = st->f;
-    const int parallel = st->opt->mode == KW_FUSION_PARALLEL;
-    int32_t active = 0, any_open = 0;
-    for (int32_t i = 0; i < f->n_sharers; ++i) {
-        if (!(mask & (1 << i))) continue;
-        const kw_fusion_sh *s = &f->sh[i];
-        const size_t pair = (size_t)i * (size_t)f->n_layers + (size_t)t;
-        if (s->tgt_proj[t] == NULL || s->tgt_open[t] == 0) {
-            st->pair_skipped[pair] = 1;
-            continue;
-        }
-        st->pair_fused[pair] = 1;
-        active |= 1 << i;
-        any_open |= s->tgt_open[t];
-    }
-    if (active == 0) return 0;
-    KW_FORWARD(kw_kvcache_load_rows(st->cache, t, start, &sc->base_k, &sc->base_v));
-    if (!parallel) {
-        for (int32_t i = 0; i < f->n_sharers; ++i) {
-            if (!(active & (1 << i))) continue;
-            const kw_fusion_sh *s = &f->sh[i];
-            const int32_t src = s->tgt_src[t], open = s->tgt_open[t];
-            /* the rows as the cache holds them now (fused by the previous sharer, rounded if the cache is bf16) */
-            if (active & ((1 << i) - 1))
-                KW_FORWARD(kw_kvcache_load_rows(st->cache, t, start, &sc->base_k, &sc->base_v));
-            const kw_projector_io io = {.src_k = &sc->src_k[i][src],
-                                        .src_v = &sc->src_v[i][src],
-                                        .tgt_k = &sc->base_k,
-                                        .tgt_v = &sc->base_v,
-                                        .out_k = (open & 1) ? &sc->base_k : NULL,
-                                        .out_v = (open & 2) ? &sc->base_v : NULL};
-            KW_FORWARD(kw_projector_forward(s->tgt_proj[t], f->ws, st->opt->numerics, &io));
-            KW_FORWARD(kw_kvcache_store_rows(st->cache, t, start, io.out_k, io.out_v));
-        }
-        return 0;
-    }
-    /* parallel: base + sum_s (proj_s(base) - base), every term fp32 */
-    KW_FORWARD(kw_backend_memset_zero(f->backend, &sc->acc_k));
-    KW_FORWARD(kw_backend_memset_zero(f->backend, &sc->acc_v));
-    KW_FORWARD(kw_op_scale(f->backend, &sc->neg_k, &sc->base_k, -1.0f));
-    KW_FORWARD(kw_op_scale(f->backend, &sc->neg_v, &sc->base_v, -1.0f));
-    for (int32_t i = 0; i < f->n_sharers; ++i) {
-        if (!(active & (1 << i))) continue;
-        const kw_fusion_sh *s = &f->sh[i];
-        const int32_t src = s->tgt_src[t], open = s->tgt_open[t];
-        const kw_projector_io io = {.src_k = &sc->src_k[i][src],
-                                    .src_v = &sc->src_v[i][src],
-                                    .tgt_k = &sc->base_k,
-                                    .tgt_v = &sc->base_v,
-                                    .out_k = (open & 1) ? &sc->out_k : NULL,
-                                    .out_v = (open & 2) ? &sc->out_v : NULL};
-        KW_FORWARD(kw_projector_forward(s->tgt_proj[t], f->ws, st->opt->numerics, &io));
-        /* a closed branch adds (base - base) = 0 in the reference: nothing to add */
-        if (open & 1) {
-            KW_FORWARD(kw_op_add(f->backend, &sc->out_k, &sc->out_k, &sc->neg_k));
-            KW_FORWARD(kw_op_add(f->backend, &sc->acc_k, &sc->acc_k, &sc->out_k));
-        }
-        if (open & 2) {
-            KW_FORWARD(kw_op_add(f->backend, &sc->out_v, &sc->out_v, &sc->neg_v));
-            KW_FORWARD(kw_op_add(f->backend, &sc->acc_v, &sc->acc_v, &sc->out_v));
-        }
-    }
-    if (any_open & 1) KW_FORWARD(kw_op_add(f->backend, &sc->base_k, &sc->base_k, &sc->acc_k));
-    if (any_open & 2) KW_FORWARD(kw_op_add(f->backend, &sc->base_v, &sc->base_v, &sc->acc_v));
-    return kw_kvcache_store_rows(st->cache, t, start, (any_open & 1) ? &sc->base_k : NULL,
-                                 (any_open & 2) ? &sc->base_v : NULL);
+int kw_fusion_sharer_geometry(const kw_fusion *f, int32_t sharer, int32_t *n_layers, int32_t *n_kv_heads,
+                              int32_t *head_dim) {
+    KW_RETURN_IF(f == NULL || sharer < 0 || sharer >= f->n_sharers, KW_E_INVALID_ARG,
+                 "kw_fusion_sharer_geometry: no sharer %d", (int)sharer);
+    if (n_layers) *n_layers = f->sh[sharer].n_layers;
+    if (n_kv_heads) *n_kv_heads = f->sh[sharer].n_heads;
+    if (head_dim) *head_dim = f->sh[sharer].head_dim;
+    return 0;
 }
 
-static int kw_fusion_section_fuse(kw_fusion_run_state *st, int32_t section, int64_t start, int64_t T, int32_t mask) {
-    kw_fusion *f = st->f;
-    kw_fusion_scratch sc;
-    memset(&sc, 0, sizeof sc);
-    int rc;
-    uint64_t t0 = kw_time_now_ns();
-    KW_CHECK(kw_fusion_do_transfer(st, &sc, section, start, T, mask));
-    const uint64_t t1 = kw_time_now_ns();
-    st->stats->transfer_ms += kw_time_ms(t0, t1);
-
-    const int64_t ne[3] = {T, f->n_heads, f->head_dim};
-    kw_tensor *bufs[] = {&sc.base_k, &sc.base_v, &sc.out_k, &sc.out_v, &sc.neg_k, &sc.neg_v, &sc.acc_k, &sc.acc_v};
-    const size_t nbufs = st->opt->mode == KW_FUSION_PARALLEL ? 8 : 2;
-    for (size_t b = 0; b < nbufs; ++b)
-        KW_CHECK(kw_tensor_alloc(f->backend, bufs[b], KW_DTYPE_F32, 3, ne));
-    for (int32_t t = 0; t < f->n_layers; ++t)
-        KW_CHECK(kw_fusion_layer(st, &sc, t, start, mask));
-    KW_CHECK(kw_backend_synchronize(f->backend));
-    st->stats->projection_ms += kw_time_ms(t1, kw_time_now_ns());
-    st->stats->tokens_fused += T;
-out:
-    kw_fusion_scratch_free(f, &sc);
-    return rc;
+int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers, int32_t cap, int32_t *n) {
+    KW_RETURN_IF(f == NULL || n == NULL || (cap > 0 && layers == NULL), KW_E_INVALID_ARG,
+                 "kw_fusion_needed_layers: NULL argument");
+    KW_RETURN_IF(sharer < 0 || sharer >= f->n_sharers, KW_E_INVALID_ARG, "kw_fusion_needed_layers: no sharer %d",
+                 (int)sharer);
+    const kw_fusion_sh *s = &f->sh[sharer];
+    int32_t count = 0;
+    for (int32_t l = 0; l < s->n_layers; ++l) {
+        if (!kw_fusion_layer_needed(f, s, l)) continue;
+        KW_RETURN_IF(count >= cap, KW_E_LIMIT, "kw_fusion_needed_layers: more than %d layers", (int)cap);
+        layers[count++] = l;
+    }
+    *n = count;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * The run
+ * The session: state of one request on the receiver side
  */
+
+/* The rows of one sharer layer staged for the current section. */
+typedef struct kw_fusion_staged {
+    int present;
+    int64_t n_rows;
+    int64_t *positions; /* n_rows cache positions (owned) */
+    kw_tensor k, v;     /* (n_rows, sharer heads, sharer head_dim) f32, owned */
+} kw_fusion_staged;
+
+struct kw_fusion_session {
+    kw_fusion *f;
+    kw_fusion_options opt; /* copied; sections point at the copy below */
+    kw_fusion_section *sections;
+    kw_kvcache *cache;
+    const int32_t *ids;
+    int64_t n;
+    int32_t next_prefill; /* the next section to prefill */
+    int32_t current;      /* the section prefilled and not ended, or -1 */
+    int64_t cur_start, cur_len;
+    int32_t cur_mask;
+    kw_fusion_staged *staged[KW_FUSION_MAX_SHARERS]; /* per sharer layer, for the current section */
+    uint8_t *fused;                                  /* (sharer, receiver layer) fused in the current section */
+    uint8_t *covered;                                /* per position of the current section: got rows */
+    uint8_t *pair_fused, *pair_skipped;              /* (sharer, receiver layer), over the whole request */
+    kw_tensor base_k, base_v, out_k, out_v, neg_k, neg_v, acc_k, acc_v; /* (section length, H, D) scratch */
+    kw_fusion_stats stats;
+};
+
+static void kw_fusion_drop_staged(kw_fusion_session *s) {
+    for (int32_t i = 0; i < s->f->n_sharers; ++i) {
+        for (int32_t l = 0; s->staged[i] && l < s->f->sh[i].n_layers; ++l) {
+            kw_tensor_free(&s->staged[i][l].k);
+            kw_tensor_free(&s->staged[i][l].v);
+            free(s->staged[i][l].positions);
+        }
+        free(s->staged[i]);
+        s->staged[i] = NULL;
+    }
+    kw_tensor *bufs[] = {&s->base_k, &s->base_v, &s->out_k, &s->out_v, &s->neg_k, &s->neg_v, &s->acc_k, &s->acc_v};
+    for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; ++b)
+        kw_tensor_free(bufs[b]);
+    free(s->covered);
+    s->covered = NULL;
+}
+
+void kw_fusion_session_free(kw_fusion_session *s) {
+    if (s == NULL) return;
+    kw_backend_synchronize(s->f->backend);
+    kw_fusion_drop_staged(s);
+    free(s->sections);
+    free(s->fused);
+    free(s->pair_fused);
+    free(s->pair_skipped);
+    free(s);
+}
+
+const kw_fusion_stats *kw_fusion_session_stats(const kw_fusion_session *s) {
+    return s ? &s->stats : NULL;
+}
 
 static int kw_fusion_check_options(const kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n,
                                    const kw_fusion_options *opt) {
     KW_RETURN_IF(cache == NULL || ids == NULL || opt == NULL || n < 1, KW_E_INVALID_ARG,
-                 "kw_fusion_run: NULL argument or empty prompt");
+                 "kw_fusion: NULL argument or empty prompt");
     KW_RETURN_IF(kw_kvcache_length(cache) != 0, KW_E_INVALID_ARG,
-                 "kw_fusion_run: the receiver cache must be empty (it holds %lld rows)",
+                 "kw_fusion: the receiver cache must be empty (it holds %lld rows)",
                  (long long)kw_kvcache_length(cache));
     KW_RETURN_IF(kw_kvcache_backend(cache) != f->backend || kw_kvcache_n_layers(cache) != f->n_layers ||
                      kw_kvcache_n_kv_heads(cache) != f->n_heads || kw_kvcache_head_dim(cache) != f->head_dim,
-                 KW_E_INVALID_ARG, "kw_fusion_run: the cache does not belong to the receiver");
-    KW_RETURN_IF(opt->sections == NULL || opt->n_sections < 1, KW_E_INVALID_ARG, "kw_fusion_run: no sections");
+                 KW_E_INVALID_ARG, "kw_fusion: the cache does not belong to the receiver");
+    KW_RETURN_IF(opt->sections == NULL || opt->n_sections < 1, KW_E_INVALID_ARG, "kw_fusion: no sections");
     KW_RETURN_IF(opt->mode != KW_FUSION_SEQUENTIAL && opt->mode != KW_FUSION_PARALLEL, KW_E_INVALID_ARG,
-                 "kw_fusion_run: unknown mode %d", (int)opt->mode);
-    KW_RETURN_IF(kw_projector_numerics_name(opt->numerics) == NULL, KW_E_INVALID_ARG,
-                 "kw_fusion_run: unknown numerics %d", (int)opt->numerics);
-    KW_RETURN_IF(opt->sharer_cache_dtype != KW_DTYPE_BF16 && opt->sharer_cache_dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
-                 "kw_fusion_run: sharer caches are bf16 or f32, not %s", kw_dtype_name(opt->sharer_cache_dtype));
+                 "kw_fusion: unknown mode %d", (int)opt->mode);
+    KW_RETURN_IF(kw_projector_numerics_name(opt->numerics) == NULL, KW_E_INVALID_ARG, "kw_fusion: unknown numerics %d",
+                 (int)opt->numerics);
     int64_t total = 0;
     for (int32_t i = 0; i < opt->n_sections; ++i) {
         const kw_fusion_section *s = &opt->sections[i];
         KW_RETURN_IF(s->length < 1 || s->length > n - total, KW_E_INVALID_ARG,
-                     "kw_fusion_run: section %d has length %lld (the sections must cover the %lld prompt tokens)",
-                     (int)i, (long long)s->length, (long long)n);
+                     "kw_fusion: section %d has length %lld (the sections must cover the %lld prompt tokens)", (int)i,
+                     (long long)s->length, (long long)n);
         /* the last section's value is never read (as in the reference), so only the others must fit the sharers */
         KW_RETURN_IF(i + 1 < opt->n_sections && s->index > 0 && (s->index >> f->n_sharers) != 0, KW_E_INVALID_ARG,
-                     "kw_fusion_run: section %d selects sharer bits 0x%x but there are %d sharers", (int)i,
+                     "kw_fusion: section %d selects sharer bits 0x%x but there are %d sharers", (int)i,
                      (unsigned)s->index, (int)f->n_sharers);
         total += s->length;
     }
-    KW_RETURN_IF(total != n, KW_E_INVALID_ARG, "kw_fusion_run: the sections cover %lld of %lld prompt tokens",
+    KW_RETURN_IF(total != n, KW_E_INVALID_ARG, "kw_fusion: the sections cover %lld of %lld prompt tokens",
                  (long long)total, (long long)n);
     return 0;
+}
+
+int kw_fusion_begin(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n, const kw_fusion_options *opt,
+                    kw_fusion_session **out) {
+    KW_RETURN_IF(f == NULL || out == NULL, KW_E_INVALID_ARG, "kw_fusion_begin: NULL argument");
+    *out = NULL;
+    KW_FORWARD(kw_fusion_check_options(f, cache, ids, n, opt));
+    kw_fusion_session *s = calloc(1, sizeof *s);
+    KW_RETURN_IF(s == NULL, KW_E_NOMEM, "kw_fusion_begin: out of memory");
+    s->f = f;
+    s->opt = *opt;
+    s->cache = cache;
+    s->ids = ids;
+    s->n = n;
+    s->current = -1;
+    const size_t pairs = (size_t)(f->n_sharers > 0 ? f->n_sharers : 1) * (size_t)f->n_layers;
+    s->sections = malloc((size_t)opt->n_sections * sizeof *s->sections);
+    s->fused = calloc(pairs, 1);
+    s->pair_fused = calloc(pairs, 1);
+    s->pair_skipped = calloc(pairs, 1);
+    if (!s->sections || !s->fused || !s->pair_fused || !s->pair_skipped) {
+        kw_fusion_session_free(s);
+        KW_FAIL(KW_E_NOMEM, "kw_fusion_begin: out of memory");
+    }
+    memcpy(s->sections, opt->sections, (size_t)opt->n_sections * sizeof *s->sections);
+    s->opt.sections = s->sections;
+    *out = s;
+    return 0;
+}
+
+int kw_fusion_prefill(kw_fusion_session *s, int32_t section) {
+    KW_RETURN_IF(s == NULL, KW_E_INVALID_ARG, "kw_fusion_prefill: NULL session");
+    KW_RETURN_IF(s->current >= 0, KW_E_STATE, "kw_fusion_prefill: section %d is not ended", (int)s->current);
+    KW_RETURN_IF(section != s->next_prefill || section + 1 >= s->opt.n_sections, KW_E_STATE,
+                 "kw_fusion_prefill: section %d out of order (next: %d of %d; the last runs in kw_fusion_generate)",
+                 (int)section, (int)s->next_prefill, (int)s->opt.n_sections);
+    int64_t start = 0;
+    for (int32_t i = 0; i < section; ++i)
+        start += s->sections[i].length;
+    const int64_t len = s->sections[section].length;
+    const uint64_t t0 = kw_time_now_ns();
+    KW_FORWARD(kw_model_prefill(s->f->receiver, s->cache, s->ids + start, len));
+    s->stats.receiver_prefill_ms += kw_time_ms(t0, kw_time_now_ns());
+    s->next_prefill = section + 1;
+    s->current = section;
+    s->cur_start = start;
+    s->cur_len = len;
+    s->cur_mask = s->sections[section].index > 0 ? s->sections[section].index : 0;
+    memset(s->fused, 0, (size_t)(s->f->n_sharers > 0 ? s->f->n_sharers : 1) * (size_t)s->f->n_layers);
+    if (s->cur_mask == 0) return 0;
+    const int64_t ne[3] = {len, s->f->n_heads, s->f->head_dim};
+    kw_tensor *bufs[] = {&s->base_k, &s->base_v, &s->out_k, &s->out_v, &s->neg_k, &s->neg_v, &s->acc_k, &s->acc_v};
+    const size_t nbufs = s->opt.mode == KW_FUSION_PARALLEL ? 8 : 2;
+    for (size_t b = 0; b < nbufs; ++b)
+        KW_FORWARD(kw_tensor_alloc(s->f->backend, bufs[b], KW_DTYPE_F32, 3, ne));
+    s->covered = calloc((size_t)len, 1);
+    KW_RETURN_IF(s->covered == NULL, KW_E_NOMEM, "kw_fusion_prefill: out of memory");
+    for (int32_t i = 0; i < s->f->n_sharers; ++i) {
+        if (!(s->cur_mask & (1 << i))) continue;
+        s->staged[i] = calloc((size_t)s->f->sh[i].n_layers, sizeof(kw_fusion_staged));
+        KW_RETURN_IF(s->staged[i] == NULL, KW_E_NOMEM, "kw_fusion_prefill: out of memory");
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Fusing one receiver layer
+ */
+
+/* Reads (store = 0) or writes (store = 1) the cache rows of layer t at the n sorted positions into / from rows
+ * [0, n) of k and v (either may be NULL when storing), one contiguous run at a time. */
+static int kw_fusion_rows_io(kw_kvcache *cache, int32_t t, const int64_t *pos, int64_t n, kw_tensor *k, kw_tensor *v,
+                             int store) {
+    for (int64_t r = 0; r < n;) {
+        int64_t len = 1;
+        while (r + len < n && pos[r + len] == pos[r] + len)
+            ++len;
+        kw_tensor kr = {0}, vr = {0};
+        if (k) KW_FORWARD(kw_tensor_view_rows(k, r, len, &kr));
+        if (v) KW_FORWARD(kw_tensor_view_rows(v, r, len, &vr));
+        if (store)
+            KW_FORWARD(kw_kvcache_store_rows(cache, t, pos[r], k ? &kr : NULL, v ? &vr : NULL));
+        else
+            KW_FORWARD(kw_kvcache_load_rows(cache, t, pos[r], &kr, &vr));
+        r += len;
+    }
+    return 0;
+}
+
+/* Views rows [0, n) of a (section length, H, D) scratch tensor. */
+static int kw_fusion_view(const kw_tensor *t, int64_t n, kw_tensor *out) {
+    return kw_tensor_view_rows(t, 0, n, out);
+}
+
+/* Sequential mode: sharer i's rows projected into receiver layer t at their positions. */
+static int kw_fusion_apply(kw_fusion_session *s, int32_t i, int32_t t) {
+    kw_fusion *f = s->f;
+    const kw_fusion_sh *sh = &f->sh[i];
+    const int32_t open = sh->tgt_open[t];
+    const kw_fusion_staged *st = &s->staged[i][sh->tgt_src[t]];
+    kw_tensor bk, bv;
+    KW_FORWARD(kw_fusion_view(&s->base_k, st->n_rows, &bk));
+    KW_FORWARD(kw_fusion_view(&s->base_v, st->n_rows, &bv));
+    /* the rows as the cache holds them now (fused by the previous sharer, rounded if the cache is bf16) */
+    KW_FORWARD(kw_fusion_rows_io(s->cache, t, st->positions, st->n_rows, &bk, &bv, 0));
+    const kw_projector_io io = {.src_k = &st->k,
+                                .src_v = &st->v,
+                                .tgt_k = &bk,
+                                .tgt_v = &bv,
+                                .out_k = (open & 1) ? &bk : NULL,
+                                .out_v = (open & 2) ? &bv : NULL};
+    KW_FORWARD(kw_projector_forward(sh->tgt_proj[t], f->ws, s->opt.numerics, &io));
+    return kw_fusion_rows_io(s->cache, t, st->positions, st->n_rows, io.out_k, io.out_v, 1);
+}
+
+/* Parallel mode: every active sharer at t projected from the same clean rows, base + sum (proj - base) in fp32. */
+static int kw_fusion_apply_parallel(kw_fusion_session *s, int32_t active, int32_t t) {
+    kw_fusion *f = s->f;
+    const kw_fusion_staged *first = NULL;
+    int32_t any_open = 0;
+    for (int32_t i = 0; i < f->n_sharers; ++i) {
+        if (!(active & (1 << i))) continue;
+        const kw_fusion_staged *st = &s->staged[i][f->sh[i].tgt_src[t]];
+        if (first == NULL) first = st;
+        KW_RETURN_IF(st->n_rows != first->n_rows ||
+                         memcmp(st->positions, first->positions, (size_t)st->n_rows * sizeof *st->positions) != 0,
+                     KW_E_UNSUPPORTED, "fusion: parallel mode needs the same positions from every sharer (layer %d)",
+                     (int)t);
+        any_open |= f->sh[i].tgt_open[t];
+    }
+    const int64_t n = first->n_rows;
+    kw_tensor bk, bv, ok, ov, nk, nv, ak, av;
+    KW_FORWARD(kw_fusion_view(&s->base_k, n, &bk));
+    KW_FORWARD(kw_fusion_view(&s->base_v, n, &bv));
+    KW_FORWARD(kw_fusion_view(&s->out_k, n, &ok));
+    KW_FORWARD(kw_fusion_view(&s->out_v, n, &ov));
+    KW_FORWARD(kw_fusion_view(&s->neg_k, n, &nk));
+    KW_FORWARD(kw_fusion_view(&s->neg_v, n, &nv));
+    KW_FORWARD(kw_fusion_view(&s->acc_k, n, &ak));
+    KW_FORWARD(kw_fusion_view(&s->acc_v, n, &av));
+    KW_FORWARD(kw_fusion_rows_io(s->cache, t, first->positions, n, &bk, &bv, 0));
+    KW_FORWARD(kw_backend_memset_zero(f->backend, &ak));
+    KW_FORWARD(kw_backend_memset_zero(f->backend, &av));
+    KW_FORWARD(kw_op_scale(f->backend, &nk, &bk, -1.0f));
+    KW_FORWARD(kw_op_scale(f->backend, &nv, &bv, -1.0f));
+    for (int32_t i = 0; i < f->n_sharers; ++i) {
+        if (!(active & (1 << i))) continue;
+        const kw_fusion_sh *sh = &f->sh[i];
+        const int32_t open = sh->tgt_open[t];
+        const kw_fusion_staged *st = &s->staged[i][sh->tgt_src[t]];
+        const kw_projector_io io = {.src_k = &st->k,
+                                    .src_v = &st->v,
+                                    .tgt_k = &bk,
+                                    .tgt_v = &bv,
+                                    .out_k = (open & 1) ? &ok : NULL,
+                                    .out_v = (open & 2) ? &ov : NULL};
+        KW_FORWARD(kw_projector_forward(sh->tgt_proj[t], f->ws, s->opt.numerics, &io));
+        /* a closed branch adds (base - base) = 0 in the reference: nothing to add */
+        if (open & 1) {
+            KW_FORWARD(kw_op_add(f->backend, &ok, &ok, &nk));
+            KW_FORWARD(kw_op_add(f->backend, &ak, &ak, &ok));
+        }
+        if (open & 2) {
+            KW_FORWARD(kw_op_add(f->backend, &ov, &ov, &nv));
+            KW_FORWARD(kw_op_add(f->backend, &av, &av, &ov));
+        }
+    }
+    if (any_open & 1) KW_FORWARD(kw_op_add(f->backend, &bk, &bk, &ak));
+    if (any_open & 2) KW_FORWARD(kw_op_add(f->backend, &bv, &bv, &av));
+    return kw_fusion_rows_io(s->cache, t, first->positions, n, (any_open & 1) ? &bk : NULL, (any_open & 2) ? &bv : NULL,
+                             1);
+}
+
+/* The sharers selected for the current section that fuse into receiver layer t (open gate, mapped). */
+static int32_t kw_fusion_active(const kw_fusion_session *s, int32_t t) {
+    int32_t active = 0;
+    for (int32_t i = 0; i < s->f->n_sharers; ++i)
+        if ((s->cur_mask & (1 << i)) && s->f->sh[i].tgt_proj[t] != NULL && s->f->sh[i].tgt_open[t] != 0)
+            active |= 1 << i;
+    return active;
+}
+
+static int kw_fusion_staged_at(const kw_fusion_session *s, int32_t i, int32_t t) {
+    return s->staged[i] != NULL && s->staged[i][s->f->sh[i].tgt_src[t]].present;
+}
+
+/* Fuses what is ready. final: the section ends, so rows that never came no longer hold later sharers back. */
+static int kw_fusion_progress(kw_fusion_session *s, int final) {
+    kw_fusion *f = s->f;
+    const size_t L = (size_t)f->n_layers;
+    for (int32_t t = 0; t < f->n_layers; ++t) {
+        const int32_t active = kw_fusion_active(s, t);
+        if (active == 0) continue;
+        if (s->opt.mode == KW_FUSION_PARALLEL) {
+            int32_t have = 0, done = 0;
+            for (int32_t i = 0; i < f->n_sharers; ++i) {
+                if ((active & (1 << i)) && kw_fusion_staged_at(s, i, t)) have |= 1 << i;
+                if (s->fused[(size_t)i * L + (size_t)t]) done = 1;
+            }
+            if (done || have == 0 || (have != active && !final)) continue;
+            const uint64_t t0 = kw_time_now_ns();
+            KW_FORWARD(kw_fusion_apply_parallel(s, have, t));
+            KW_FORWARD(kw_backend_synchronize(f->backend));
+            s->stats.projection_ms += kw_time_ms(t0, kw_time_now_ns());
+            for (int32_t i = 0; i < f->n_sharers; ++i)
+                if (have & (1 << i)) s->fused[(size_t)i * L + (size_t)t] = 1;
+            continue;
+        }
+        for (int32_t i = 0; i < f->n_sharers; ++i) {
+            if (!(active & (1 << i)) || s->fused[(size_t)i * L + (size_t)t]) continue;
+            if (!kw_fusion_staged_at(s, i, t)) {
+                if (final) continue; /* never came: the next sharer goes on from the rows as they are */
+                break;               /* wait for it: sharer i + 1 must see its rows */
+            }
+            const uint64_t t0 = kw_time_now_ns();
+            KW_FORWARD(kw_fusion_apply(s, i, t));
+            KW_FORWARD(kw_backend_synchronize(f->backend));
+            s->stats.projection_ms += kw_time_ms(t0, kw_time_now_ns());
+            s->fused[(size_t)i * L + (size_t)t] = 1;
+        }
+    }
+    return 0;
+}
+
+int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows) {
+    KW_RETURN_IF(s == NULL || rows == NULL || rows->k == NULL || rows->v == NULL, KW_E_INVALID_ARG,
+                 "kw_fusion_put: NULL argument");
+    kw_fusion *f = s->f;
+    KW_RETURN_IF(s->current < 0 || rows->section != s->current, KW_E_STATE,
+                 "kw_fusion_put: rows for section %d, but the section being fused is %d", (int)rows->section,
+                 (int)s->current);
+    KW_RETURN_IF(rows->sharer < 0 || rows->sharer >= f->n_sharers || !(s->cur_mask & (1 << rows->sharer)),
+                 KW_E_INVALID_ARG, "kw_fusion_put: sharer %d is not selected for section %d", (int)rows->sharer,
+                 (int)rows->section);
+    const kw_fusion_sh *sh = &f->sh[rows->sharer];
+    KW_RETURN_IF(rows->source_layer < 0 || rows->source_layer >= sh->n_layers ||
+                     !kw_fusion_layer_needed(f, sh, rows->source_layer),
+                 KW_E_INVALID_ARG, "kw_fusion_put: sharer layer %d is not one fusion uses", (int)rows->source_layer);
+    kw_fusion_staged *st = &s->staged[rows->sharer][rows->source_layer];
+    KW_RETURN_IF(st->present, KW_E_INVALID_ARG, "kw_fusion_put: sharer %d layer %d was already sent", (int)rows->sharer,
+                 (int)rows->source_layer);
+    const int64_t n = rows->n_rows;
+    KW_RETURN_IF(n < 1 || n > s->cur_len || (rows->positions == NULL && n != s->cur_len), KW_E_INVALID_ARG,
+                 "kw_fusion_put: %lld rows for a section of %lld", (long long)n, (long long)s->cur_len);
+    const uint64_t t0 = kw_time_now_ns();
+    st->positions = malloc((size_t)n * sizeof *st->positions);
+    KW_RETURN_IF(st->positions == NULL, KW_E_NOMEM, "kw_fusion_put: out of memory");
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t p = rows->positions ? rows->positions[r] : s->cur_start + r;
+        KW_RETURN_IF(p < s->cur_start || p >= s->cur_start + s->cur_len || (r > 0 && p <= st->positions[r - 1]),
+                     KW_E_INVALID_ARG,
+                     "kw_fusion_put: position %lld (row %lld) is not increasing inside the section [%lld, %lld)",
+                     (long long)p, (long long)r, (long long)s->cur_start, (long long)(s->cur_start + s->cur_len));
+        st->positions[r] = p;
+    }
+    const int64_t ne[3] = {n, sh->n_heads, sh->head_dim};
+    KW_FORWARD(kw_tensor_alloc(f->backend, &st->k, KW_DTYPE_F32, 3, ne));
+    KW_FORWARD(kw_tensor_alloc(f->backend, &st->v, KW_DTYPE_F32, 3, ne));
+    const size_t bytes = kw_tensor_nbytes(&st->k);
+    KW_FORWARD(kw_backend_upload(f->backend, &st->k, 0, rows->k, bytes));
+    KW_FORWARD(kw_backend_upload(f->backend, &st->v, 0, rows->v, bytes));
+    KW_FORWARD(kw_backend_synchronize(f->backend)); /* the caller's arrays are borrowed for the call only */
+    st->n_rows = n;
+    st->present = 1;
+    for (int64_t r = 0; r < n; ++r)
+        s->covered[st->positions[r] - s->cur_start] = 1;
+    s->stats.transfer_ms += kw_time_ms(t0, kw_time_now_ns());
+    return kw_fusion_progress(s, 0);
+}
+
+int kw_fusion_end_section(kw_fusion_session *s, int32_t section) {
+    KW_RETURN_IF(s == NULL, KW_E_INVALID_ARG, "kw_fusion_end_section: NULL session");
+    KW_RETURN_IF(s->current < 0 || section != s->current, KW_E_STATE, "kw_fusion_end_section: section %d is not open",
+                 (int)section);
+    kw_fusion *f = s->f;
+    int rc = 0;
+    if (s->cur_mask != 0) {
+        KW_CHECK(kw_fusion_progress(s, 1));
+        for (int32_t i = 0; i < f->n_sharers; ++i) {
+            if (!(s->cur_mask & (1 << i))) continue;
+            for (int32_t t = 0; t < f->n_layers; ++t) {
+                const size_t pair = (size_t)i * (size_t)f->n_layers + (size_t)t;
+                if (s->fused[pair])
+                    s->pair_fused[pair] = 1;
+                else
+                    s->pair_skipped[pair] = 1;
+            }
+        }
+        for (int64_t p = 0; p < s->cur_len; ++p)
+            s->stats.tokens_fused += s->covered[p];
+    }
+out:
+    kw_fusion_drop_staged(s);
+    s->current = -1;
+    return rc;
+}
+
+int kw_fusion_generate(kw_fusion_session *s, kw_fusion_result *out) {
+    KW_RETURN_IF(s == NULL || out == NULL, KW_E_INVALID_ARG, "kw_fusion_generate: NULL argument");
+    memset(out, 0, sizeof *out);
+    KW_RETURN_IF(s->current >= 0 || s->next_prefill != s->opt.n_sections - 1, KW_E_STATE,
+                 "kw_fusion_generate: sections before the last are not all prefilled and ended");
+    const int64_t start = s->n - s->sections[s->opt.n_sections - 1].length;
+    KW_FORWARD(kw_generate_greedy(s->f->receiver, s->cache, s->ids + start, s->n - start, &s->opt.gen, &out->gen));
+    s->stats.last_prompt_ms = out->gen.prefill_ms;
+    s->stats.decode_ms = out->gen.decode_ms;
+    s->stats.n_decode = out->gen.n_decode;
+    const size_t pairs = (size_t)(s->f->n_sharers > 0 ? s->f->n_sharers : 1) * (size_t)s->f->n_layers;
+    s->stats.layers_fused = 0;
+    s->stats.layers_skipped = 0;
+    for (size_t p = 0; p < pairs; ++p) {
+        s->stats.layers_fused += s->pair_fused[p];
+        s->stats.layers_skipped += s->pair_skipped[p] && !s->pair_fused[p];
+    }
+    out->stats = s->stats;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * In process: kw_fusion_run
+ */
+
+/* The sharers' part of one fused section: every selected sharer's needed layers read from its cache, through the
+ * hook, into the session. */
+static int kw_fusion_run_transfer(kw_fusion_session *s, kw_kvcache *const *scache, int32_t section, int64_t start,
+                                  int64_t T, int32_t mask) {
+    kw_fusion *f = s->f;
+    const kw_fusion_options *opt = &s->opt;
+    float *host_k = NULL, *host_v = NULL;
+    int rc = 0;
+    for (int32_t i = 0; i < f->n_sharers; ++i) {
+        if (!(mask & (1 << i))) continue;
+        const kw_fusion_sh *sh = &f->sh[i];
+        const int64_t n = T * sh->n_heads * sh->head_dim;
+        free(host_k);
+        free(host_v);
+        host_k = malloc((size_t)n * sizeof(float));
+        host_v = malloc((size_t)n * sizeof(float));
+        KW_CHECK_IF(!host_k || !host_v, KW_E_NOMEM, "fusion: out of memory");
+        int32_t n_sent = 0, sent = 0;
+        for (int32_t l = 0; l < sh->n_layers; ++l)
+            n_sent += kw_fusion_layer_needed(f, sh, l);
+        for (int32_t l = 0; l < sh->n_layers; ++l) {
+            if (!kw_fusion_layer_needed(f, sh, l)) continue;
+            const uint64_t t0 = kw_time_now_ns();
+            s->stats.sharer_kv_bytes +=
+                2 * T * sh->n_heads * sh->head_dim * (int64_t)kw_dtype_size(opt->sharer_cache_dtype);
+            KW_CHECK(kw_kvcache_read_rows(scache[i], l, start, T, host_k, host_v));
+            if (opt->hook) {
+                kw_fusion_transfer xfer = {.sharer = i,
+                                           .source_layer = l,
+                                           .n_source_layers = sh->n_layers,
+                                           .layer_index = sent++,
+                                           .n_layers_sent = n_sent,
+                                           .section = section,
+                                           .pos0 = start,
+                                           .n_tokens = T,
+                                           .n_heads = sh->n_heads,
+                                           .head_dim = sh->head_dim,
+                                           .cache_dtype = opt->sharer_cache_dtype,
+                                           .k = host_k,
+                                           .v = host_v};
+                const int hrc = opt->hook(opt->hook_user, &xfer);
+                if (hrc < 0) {
+                    if (kw_error_detail()[0] == '\0')
+                        kw_error_set(hrc, "fusion: the transfer hook failed (sharer %d, layer %d)", (int)i, (int)l);
+                    rc = hrc;
+                    goto out;
+                }
+                ++s->stats.hook_calls;
+                s->stats.wire_bytes += xfer.wire_bytes;
+            }
+            s->stats.transfer_ms += kw_time_ms(t0, kw_time_now_ns());
+            const kw_fusion_rows rows = {
+                .sharer = i, .section = section, .source_layer = l, .n_rows = T, .k = host_k, .v = host_v};
+            KW_CHECK(kw_fusion_put(s, &rows));
+        }
+    }
+out:
+    free(host_k);
+    free(host_v);
+    return rc;
 }
 
 int kw_fusion_run(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n, const kw_fusion_options *opt,
                   kw_fusion_result *out) {
     KW_RETURN_IF(f == NULL || out == NULL, KW_E_INVALID_ARG, "kw_fusion_run: NULL argument");
     memset(out, 0, sizeof *out);
-    KW_FORWARD(kw_fusion_check_options(f, cache, ids, n, opt));
-    kw_fusion_run_state st = {.f = f, .opt = opt, .cache = cache, .stats = &out->stats};
+    KW_RETURN_IF(opt == NULL, KW_E_INVALID_ARG, "kw_fusion_run: NULL options");
+    KW_RETURN_IF(opt->sharer_cache_dtype != KW_DTYPE_BF16 && opt->sharer_cache_dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
+                 "kw_fusion_run: sharer caches are bf16 or f32, not %s", kw_dtype_name(opt->sharer_cache_dtype));
+    for (int32_t i = 0; i < f->n_sharers; ++i)
+        KW_RETURN_IF(f->sh[i].model == NULL, KW_E_INVALID_ARG, "kw_fusion_run: sharer %d has no model", (int)i);
+    kw_fusion_session *s = NULL;
+    kw_kvcache *scache[KW_FUSION_MAX_SHARERS] = {0};
     int rc = 0;
+    KW_CHECK(kw_fusion_begin(f, cache, ids, n, opt, &s));
     const int64_t prefix = n - opt->sections[opt->n_sections - 1].length;
-    const size_t pairs = (size_t)(f->n_sharers > 0 ? f->n_sharers : 1) * (size_t)f->n_layers;
-    st.pair_fused = calloc(pairs, 1);
-    st.pair_skipped = calloc(pairs, 1);
-    KW_CHECK_IF(!st.pair_fused || !st.pair_skipped, KW_E_NOMEM, "kw_fusion_run: out of memory");
     if (prefix > 0)
         for (int32_t i = 0; i < f->n_sharers; ++i)
-            KW_CHECK(kw_model_create_cache(f->sh[i].model, prefix, opt->sharer_cache_dtype, &st.scache[i]));
+            KW_CHECK(kw_model_create_cache(f->sh[i].model, prefix, opt->sharer_cache_dtype, &scache[i]));
     for (int32_t i = 0; i < f->n_sharers && prefix > 0 && opt->sharer_pad; ++i)
         for (int64_t p = 0; opt->sharer_pad[i] && p < prefix; ++p)
-            if (opt->sharer_pad[i][p]) KW_CHECK(kw_kvcache_set_valid(st.scache[i], p, 1, 0));
-
+            if (opt->sharer_pad[i][p]) KW_CHECK(kw_kvcache_set_valid(scache[i], p, 1, 0));
     int64_t start = 0;
     for (int32_t sec = 0; sec + 1 < opt->n_sections; ++sec) {
         const int64_t len = opt->sections[sec].length;
-        uint64_t t0 = kw_time_now_ns();
-        KW_CHECK(kw_model_prefill(f->receiver, cache, ids + start, len));
-        uint64_t t1 = kw_time_now_ns();
-        out->stats.receiver_prefill_ms += kw_time_ms(t0, t1);
+        KW_CHECK(kw_fusion_prefill(s, sec));
+        const uint64_t t1 = kw_time_now_ns();
         for (int32_t i = 0; i < f->n_sharers; ++i)
-            KW_CHECK(kw_model_prefill(f->sh[i].model, st.scache[i],
+            KW_CHECK(kw_model_prefill(f->sh[i].model, scache[i],
                                       (opt->sharer_ids && opt->sharer_ids[i] ? opt->sharer_ids[i] : ids) + start, len));
-        out->stats.sharer_prefill_ms += kw_time_ms(t1, kw_time_now_ns());
+        s->stats.sharer_prefill_ms += kw_time_ms(t1, kw_time_now_ns());
         if (opt->sections[sec].index > 0)
-            KW_CHECK(kw_fusion_section_fuse(&st, sec, start, len, opt->sections[sec].index));
+            KW_CHECK(kw_fusion_run_transfer(s, scache, sec, start, len, opt->sections[sec].index));
+        KW_CHECK(kw_fusion_end_section(s, sec));
         start += len;
     }
-    KW_CHECK(kw_generate_greedy(f->receiver, cache, ids + start, n - start, &opt->gen, &out->gen));
-    out->stats.last_prompt_ms = out->gen.prefill_ms;
-    out->stats.decode_ms = out->gen.decode_ms;
-    out->stats.n_decode = out->gen.n_decode;
-    for (size_t p = 0; p < pairs; ++p) {
-        out->stats.layers_fused += st.pair_fused[p];
-        out->stats.layers_skipped += st.pair_skipped[p] && !st.pair_fused[p];
-    }
+    KW_CHECK(kw_fusion_generate(s, out));
 out:
     for (int32_t i = 0; i < f->n_sharers; ++i)
-        kw_kvcache_free(st.scache[i]);
-    free(st.pair_fused);
-    free(st.pair_skipped);
+        kw_kvcache_free(scache[i]);
+    kw_fusion_session_free(s);
     if (rc < 0) {
         kw_generate_result_free(&out->gen);
         memset(out, 0, sizeof *out);

@@ -1,27 +1,29 @@
-/* kw_fusion.h: the C2C fusion pipeline in one process (c2c_spec.md §1): receiver prefill, sharer prefill, per-layer
- * projection of the sharer KV into the receiver cache, then the last prompt token and greedy decoding with the
- * receiver alone. This is the reference the two daemons reproduce over the network.
+/* kw_fusion.h: the receiver side of C2C fusion (c2c_spec.md §1): the receiver's own prefill, per-layer projection of
+ * sharer K/V rows into the receiver cache as they arrive, then the last prompt token and greedy decoding with the
+ * receiver alone. The sharer side (prefill, selection, transfer) is not here: sharer rows come in through
+ * kw_fusion_put, from the sharer half over a network (receiver/), or from sharer models in the same process
+ * (kw_fusion_run, the in-process reference this library is tested against).
  *
  * The prompt is cut into sections, as the reference's kv_cache_index list (§1.2, §1.3 at commit d03cc7b). For each
  * section [start, end) but the last:
  *   1. the receiver runs the section on its cache (rows start..end-1, unfused: the whole section through every layer);
- *   2. every sharer runs the same token ids on its own cache, whether selected or not (its cache must hold the
- *      earlier sections for later ones);
- *   3. if the section's index value is > 0 it is a bitmask of sharers (bit k selects sharers[k]); for each selected
- *      sharer, the rows of the sharer layers the fuser maps to are handed to the transfer hook (if any), then every
- *      receiver layer t with an open gate gets rows start..end-1 replaced by Projector_t(sharer rows, receiver rows).
+ *   2. if the section's index value is > 0 it is a bitmask of sharers (bit k selects sharers[k]); for each selected
+ *      sharer, rows of the sharer layers the fuser maps to arrive (all the section's positions, or a selection of
+ *      them), and every receiver layer t with an open gate gets those positions replaced by
+ *      Projector_t(sharer rows, receiver rows); the other positions keep the receiver's own rows.
  *      Sequential mode applies the sharers one after the other (sharer k+1 sees the rows fused by sharer k, as the
  *      cache holds them); parallel mode projects every sharer from the clean rows and writes
  *      base + sum_s (proj_s(base) - base), summed in fp32 (§1.8).
  * The last section is never fused, whatever its index value: the receiver runs it on the fused cache (its last row
  * gives the first token's logits) and decodes greedily (kw_generate_greedy: EOS list, max_new_tokens). Layers whose
- * projector has both gates closed are skipped (reported); a closed branch leaves its K or V rows untouched.
+ * projector has both gates closed are skipped (reported); a closed branch leaves its K or V rows untouched. The
+ * projector works row by row, so fusing a selection of positions gives those positions exactly the values fusing
+ * the whole section would.
  *
- * Sharers with another tokenizer (token alignment, c2c/kw_align.h, §4) get their own ids and padding flags through
- * the options; the caller hides the receiver's padding rows with kw_kvcache_set_valid on the receiver cache. Positions
- * are the cache rows, the same for every model, pads included. Not here: the include_response mode (§1.6), sampling.
- * The wire codecs are not called from here (c2c/ does not depend on wire/): the transfer hook is where a caller plugs
- * them in.
+ * Sharers with another tokenizer (token alignment, c2c/kw_align.h, §4) get their own ids and padding flags; the
+ * caller hides the receiver's padding rows with kw_kvcache_set_valid on the receiver cache. Positions are the cache
+ * rows, the same for every model, pads included. Not here: the include_response mode (§1.6), sampling, the wire codecs
+ * (c2c/ does not depend on wire/: kw_fusion_run's transfer hook and the receiver half are where codecs plug in).
  */
 #ifndef KW_FUSION_H
 #define KW_FUSION_H
@@ -86,14 +88,17 @@ typedef struct kw_fusion_transfer {
     int64_t wire_bytes; /* set by the hook: bytes it transferred for this layer (e.g. a KVWire blob), 0 if none */
 } kw_fusion_transfer;
 
-/* Called once per (fused section, selected sharer, needed sharer layer), in that order, after the sharers' prefill and
- * before projection; the layer_index / n_layers_sent pair lets a hook frame one message (e.g. one KVWire blob) per
- * section and sharer. A negative return aborts the run with that status. */
+/* kw_fusion_run's transfer hook. Called once per (fused section, selected sharer, needed sharer layer), in that order,
+ * after the sharers' prefill and before projection; the layer_index / n_layers_sent pair lets a hook frame one message
+ * (e.g. one KVWire blob) per section and sharer. A negative return aborts the run with that status. */
 typedef int (*kw_fusion_hook_fn)(void *user, kw_fusion_transfer *t);
 
+/* One sharer as the fusion sees it. */
 typedef struct kw_fusion_sharer {
-    kw_model *model;       /* borrowed; on the receiver's backend */
+    kw_model *model;       /* borrowed, optional: kw_fusion_run prefills it in process (on the receiver's backend);
+                              NULL for a sharer elsewhere (its rows come in through kw_fusion_put) */
     const kw_fuser *fuser; /* borrowed; its mapping targets the receiver and sources this sharer */
+    int32_t n_layers, n_kv_heads, head_dim; /* the sharer's cache geometry; 0: taken from model */
 } kw_fusion_sharer;
 
 typedef struct kw_fusion kw_fusion; /* opaque: the models (borrowed), projector bindings and scratch (owned) */
@@ -108,13 +113,23 @@ int kw_fusion_create(kw_model *receiver, const kw_fusion_sharer *sharers, int32_
 /* Releases the bindings and scratch. NULL is a no-op. */
 void kw_fusion_free(kw_fusion *f);
 
+/* The number of sharers, and sharer i's cache geometry (any output may be NULL). */
+int32_t kw_fusion_n_sharers(const kw_fusion *f);
+int kw_fusion_sharer_geometry(const kw_fusion *f, int32_t sharer, int32_t *n_layers, int32_t *n_kv_heads,
+                              int32_t *head_dim);
+
+/* The sharer layers whose rows fusion uses (some receiver layer with an open gate maps to them), ascending, into
+ * layers (cap entries); *n receives the count (KW_E_LIMIT if cap is short). */
+int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers, int32_t cap, int32_t *n);
+
 typedef struct kw_fusion_options {
     const kw_fusion_section *sections; /* borrowed; lengths sum to the prompt length */
     int32_t n_sections;
     enum kw_fusion_mode mode;
     enum kw_projector_numerics numerics;
+    kw_generate_options gen; /* max_new_tokens, EOS ids (NULL: the receiver's), logits rounding */
+    /* kw_fusion_run only (the in-process sharers): */
     enum kw_dtype sharer_cache_dtype; /* KW_DTYPE_BF16 (as HF bf16 caches) or KW_DTYPE_F32 */
-    kw_generate_options gen;          /* max_new_tokens, EOS ids (NULL: the receiver's), logits rounding */
     kw_fusion_hook_fn hook;           /* NULL: no transfer step */
     void *hook_user;
     const int32_t *const *sharer_ids; /* NULL, or per sharer NULL / its own n ids (token alignment); else ids */
@@ -123,13 +138,14 @@ typedef struct kw_fusion_options {
 
 typedef struct kw_fusion_stats {
     double receiver_prefill_ms; /* receiver forward over the non-last sections */
-    double sharer_prefill_ms;   /* every sharer over the non-last sections */
-    double transfer_ms;         /* reading the sharer rows to the host, the hook, uploading them back */
+    double sharer_prefill_ms;   /* kw_fusion_run: every sharer over the non-last sections */
+    double transfer_ms;         /* kw_fusion_run: reading the sharer rows to the host and the hook; both: staging
+                                   the rows that kw_fusion_put received on the backend */
     double projection_ms;       /* projector forwards and cache reads/writes, synchronized */
     double last_prompt_ms;      /* the last section up to the first token's logits */
     double decode_ms;           /* the decode steps after the first token */
     int64_t n_decode;           /* decode steps timed in decode_ms */
-    int64_t tokens_fused;       /* receiver positions overwritten (sum of fused section lengths) */
+    int64_t tokens_fused;       /* positions of fused sections that received rows from at least one sharer */
     int32_t layers_fused;       /* (sharer, receiver layer) pairs projected at least once */
     int32_t layers_skipped;     /* pairs of selected sharers skipped: both gates closed or layer not mapped */
     int64_t sharer_kv_bytes;    /* bytes of the sharer K/V rows handed to projection, at the sharer cache's dtype */
@@ -141,6 +157,57 @@ typedef struct kw_fusion_result {
     kw_generate_result gen; /* the new tokens (owned: kw_fusion_result_free) and the generate timings */
     kw_fusion_stats stats;
 } kw_fusion_result;
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The receiver half, step by step: begin, then for each section but the last prefill it, put the sharer rows that
+ * arrive (fused sections only) and end it; then generate. A session is used by one thread.
+ */
+
+typedef struct kw_fusion_session kw_fusion_session; /* opaque */
+
+/* Starts a request on prompt ids[0..n) (the receiver's ids; borrowed, must outlive the session) with an empty
+ * receiver cache (capacity >= n + max_new_tokens; its validity mask is respected, so padding rows may be marked
+ * before). opt and its sections are copied. *out is owned by the caller (kw_fusion_session_free). Errors:
+ * KW_E_INVALID_ARG (sections, masks, cache). */
+int kw_fusion_begin(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n, const kw_fusion_options *opt,
+                    kw_fusion_session **out);
+
+/* Prefills the next section (section must be the next one, not the last) on the receiver. */
+int kw_fusion_prefill(kw_fusion_session *s, int32_t section);
+
+/* The rows of one sharer layer for one section, as the sharer sent them. */
+typedef struct kw_fusion_rows {
+    int32_t sharer;           /* index into the sharer list; must be selected by the section's mask */
+    int32_t section;          /* the section prefilled last and not yet ended */
+    int32_t source_layer;     /* a sharer layer that kw_fusion_needed_layers lists, at most once per section */
+    int64_t n_rows;           /* >= 1 */
+    const int64_t *positions; /* n_rows strictly increasing cache positions inside the section; NULL: all of it */
+    const float *k, *v;       /* (n_rows, sharer kv heads, sharer head_dim) f32 host arrays, borrowed for the call */
+} kw_fusion_rows;
+
+/* Stages the rows on the backend and fuses every receiver layer they make ready (sequential mode: sharer i at
+ * layer t once its rows and those of every earlier selected sharer at t are there; parallel mode: once every
+ * selected sharer's are). Errors: KW_E_INVALID_ARG (order, ranges, positions, a layer sent twice),
+ * KW_E_UNSUPPORTED (parallel mode with other positions per sharer). */
+int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows);
+
+/* Declares that no more rows come for the section: what can still be fused is (sequential: skipping sharers whose
+ * rows never came), the rest counts as skipped, the staged rows are released. */
+int kw_fusion_end_section(kw_fusion_session *s, int32_t section);
+
+/* Runs the last section on the fused cache and decodes greedily; every other section must have been prefilled and
+ * ended. *out (the tokens, owned: kw_fusion_result_free, and the session's stats) is zeroed on failure. */
+int kw_fusion_generate(kw_fusion_session *s, kw_fusion_result *out);
+
+/* The statistics so far (owned by the session). */
+const kw_fusion_stats *kw_fusion_session_stats(const kw_fusion_session *s);
+
+/* Releases the staged rows and scratch. NULL is a no-op. */
+void kw_fusion_session_free(kw_fusion_session *s);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * In process: the sharers run here (every sharer needs its model)
+ */
 
 /* Runs the pipeline on prompt ids[0..n) (the receiver's token ids; the sharers get the same ids unless
  * opt->sharer_ids) with an empty receiver cache (created by kw_model_create_cache for the receiver; capacity >= n +

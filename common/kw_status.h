@@ -72,7 +72,14 @@
     X(KW_E_CUBLAS, -402, "a cuBLAS call failed")                                                                       \
     X(KW_E_NO_DEVICE, -403, "no GPU device is available")                                                              \
     X(KW_E_OP_UNSUPPORTED, -404, "the backend does not support this op/dtype combination")                             \
-    /* net/ and proto/: -500 .. -599 (reserved for the transport issues) */
+    /* net/ and proto/: -500 .. -599 (reserved for the transport issues) */                                            \
+    /* the sharer/receiver pipeline: -600 .. -649 */                                                                   \
+    X(KW_E_SHARE_MISMATCH, -600, "a sharer's blob does not fit the request (cache shape, prompt length, layer count)") \
+    X(KW_E_SHARE_LAYER, -601, "a sharer sent a layer the request did not ask for")                                     \
+    X(KW_E_SHARE_POSITIONS, -602, "a sharer sent positions outside the section, or other positions per layer")         \
+    X(KW_E_SHARE_INCOMPLETE, -603, "a section ended before the sharer's blob did")                                     \
+    X(KW_E_SHARE_MODE, -604, "the request's mode cannot be served by this pair of models")                             \
+    X(KW_E_SHARE_BUSY, -605, "the request queue is full; retry later")
 
 enum kw_status {
 #define KW_STATUS_ENUM_ENTRY_(name, value, text) name = value,

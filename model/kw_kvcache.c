@@ -110,6 +110,10 @@ kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer) {
     return (layer >= 0 && layer < cache->n_layers) ? &cache->v[layer] : NULL;
 }
 
+int kw_kvcache_is_valid(const kw_kvcache *cache, int64_t p) {
+    return cache != NULL && p >= 0 && p < cache->capacity && cache->valid[p] != 0;
+}
+
 const kw_tensor *kw_kvcache_mask(const kw_kvcache *cache) {
     return cache->n_masked > 0 ? &cache->mask : NULL;
 }

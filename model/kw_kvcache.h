@@ -47,6 +47,9 @@ kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer);
  * then needs no mask). Pass it as kw_attention_params.kv_mask. */
 const kw_tensor *kw_kvcache_mask(const kw_kvcache *cache);
 
+/* 1 if row p is valid (not masked), 0 if masked or outside [0, capacity). From the host mirror: no backend call. */
+int kw_kvcache_is_valid(const kw_kvcache *cache, int64_t p);
+
 /* Forgets rows [length, old length): length becomes new_length (<= length, else KW_E_INVALID_ARG). The validity of
  * the forgotten rows is reset to valid. */
 int kw_kvcache_truncate(kw_kvcache *cache, int64_t new_length);

@@ -1,19 +1,19 @@
-/* cmd_c2c.c: `kvwire c2c`: one C2C request in one process: the chat prompt, receiver and sharer prefill, projection
- * into the receiver cache, greedy decoding (c2c/kw_fusion.h). A sharer with another tokenizer goes through token
- * alignment (c2c/kw_align.h: both chat templates, padded id streams, sections cut at the message boundaries), which is
- * on when the fuser's config.json says is_do_alignment (with its alignment_strategy) or when the sharer's tokenizer
- * gives other tokens to the receiver's ids (kw_tokenizer_same_ids); --align overrides. Optionally the selected sharer
- * KV goes through a KVWire encode -> decode round trip on the way (what a receiver would get over the network).
+/* cmd_c2c.c: `kvwire c2c`: one request in one process, through the same two halves the daemons run, joined in
+ * memory: the sharer half (c2c/kw_share.h: layer-by-layer prefill, token selection; sharer/kw_share_wire.h: KVWire
+ * encoding with --wire) and the receiver half (receiver/kw_receive.h: decoding, fusion or kv_direct, generation).
+ * Modes c2c, kv_direct, receiver_only and text_relay (c2c/kw_relay.h). A sharer with another tokenizer goes through
+ * token alignment (c2c/kw_align.h), on when the fuser's config.json says is_do_alignment or the tokenizers differ;
+ * --align overrides.
  *
  * stdout, one "key: value" line each: answer (the completion, specials skipped, newlines escaped as \n), letter (the
- * reference extractor's A-D or null), prompt_tokens (with alignment: the padded length), alignment (off or the
- * strategy, and why), with alignment: align_sections (the merged template/message sections with their pads),
- * recv_pads, sharer_pads and decode_pads; then sections (length:fused|receiver), projector_numerics (fp32, bf16 or
- * bf16-fused-norm, c2c/kw_projector.h), tokens_fused, generated_tokens,
- * generated_ids, layers_fused, layers_skipped, sharer_kv_bytes, with --wire: wire_codec, wire_blobs and wire_bytes
- * (measured blob length) and wire_ratio, with --print-alignment and alignment: recv_ids, sharer_ids, message_mask,
- * recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option parsing, prompt building, the wire glue
- * and printing only: the pipeline is in c2c/. */
+ * reference extractor's A-D or null), mode, prompt_tokens (with alignment: the padded length), alignment (off or the
+ * strategy, and why), with alignment: align_sections, recv_pads, sharer_pads and decode_pads; then sections
+ * (length:fused|transferred|receiver), projector_numerics (c2c), selection and tokens_sent (c2c, kv_direct),
+ * tokens_fused (c2c), generated_tokens, generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the
+ * selected K/V at the cache dtype), relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec,
+ * wire_blobs, wire_bytes (measured blob length) and wire_ratio, with --print-alignment and alignment: recv_ids,
+ * sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option parsing,
+ * prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/ and receiver/. */
 #include "kw_commands.h"
 
 #include <stdint.h>
@@ -28,13 +28,18 @@
 #include "c2c/kw_fuser_load.h"
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_prompt.h"
+#include "c2c/kw_relay.h"
+#include "c2c/kw_share.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
+#include "common/kw_time.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_chat.h"
 #include "model/kw_generate.h"
 #include "model/kw_model.h"
 #include "model/kw_tokenizer.h"
+#include "receiver/kw_receive.h"
+#include "sharer/kw_share_wire.h"
 #include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
 
@@ -44,31 +49,47 @@ const char kw_cmd_c2c_summary[] = "run one C2C request: prefill both models (tok
 static void kw_c2c_usage(FILE *f) {
     fprintf(
         f,
-        "usage: kvwire c2c --receiver DIR --sharer DIR --fuser DIR (--prompt TEXT | --mc-json ITEM)\n"
-        "                  [--proportion P --order front|back] [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R]\n"
+        "usage: kvwire c2c --receiver DIR [--sharer DIR --fuser DIR]... (--prompt TEXT | --mc-json ITEM)\n"
+        "                  [--mode c2c|kv_direct|receiver_only|text_relay] [--fusion sequential|parallel]\n"
+        "                  [--select full|front|back|random|knorm_topk|vnorm_topk [--select-proportion P]\n"
+        "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
-        "                  [--mode sequential|parallel] [--dataset NAME] [--raw] [--tokenizer DIR] [--threads N]\n"
-        "                  [--date \"23 Nov 2026\"] [--system TEXT]\n"
+        "                  [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R] [--dataset NAME] [--raw]\n"
+        "                  [--tokenizer DIR] [--threads N] [--date \"23 Nov 2026\"] [--system TEXT]\n"
         "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
-        "                  [--print-alignment]\n"
+        "                  [--print-alignment] [--relay-max-tokens N] [--relay-bytes N]\n"
+        "  The request runs as the two daemons run it: the sharer half prefills layer by layer and hands over each\n"
+        "  layer's selected rows (through a real KVWire blob with --wire), the receiver half applies them as they\n"
+        "  arrive, joined in memory instead of a socket.\n"
+        "  --mode            c2c (default): the sharers' KV through their fusers; kv_direct: the receiver's own model\n"
+        "                    prefills the shared sections and its K/V become the receiver's (no --sharer/--fuser);\n"
+        "                    receiver_only: no transfer; text_relay: the --sharer writes a background message\n"
+        "                    (c2c_spec §5.5) that the receiver reads before the prompt\n"
         "  --sharer/--fuser  may be repeated in pairs for several sharers (every one is selected)\n"
+        "  --fusion          sequential (default) or parallel application of several sharers\n"
+        "  --select          which tokens of each sent layer travel (default full); --select-proportion P of them\n"
+        "                    (default 1), at least --min-tokens (default 1); random draws with --seed; the norm\n"
+        "                    modes keep the largest K or V norms (ties to the lower position). kv_direct uses one\n"
+        "                    selection for every layer (positions left out are hidden from the receiver)\n"
         "  --prompt TEXT     a user message; it is wrapped in the receiver's chat template (Qwen3: thinking\n"
         "                    disabled), unless --raw\n"
         "  --mc-json ITEM    a multiple-choice item {\"question\": ..., \"choices\": [...]} (or @FILE holding one):\n"
         "                    the reference's non-CoT prompt for --dataset (default mmlu-redux), then the template\n"
         "  --system TEXT     a system message before the user message\n"
-        "  --proportion P    fuse the first (front) or last (back) floor((L-1) * P) prompt tokens (default 1)\n"
+        "  --proportion P    share the first (front) or last (back) floor((L-1) * P) prompt tokens (default 1)\n"
         "  --max-new-tokens  default 64 (the evaluation recipe); decoding also stops at the receiver's EOS ids\n"
         "  --fp32            f32 caches, fp32 projector and fp32 logits (default: bf16 caches, bf16-emulating\n"
         "                    projector, logits rounded as HF does for the receiver's weight dtype)\n"
         "  --rmsnorm-rounding  twice or once: the bf16 projector's RMSNorm rounds the normalized row to bf16 and\n"
         "                    then the weight product (twice, the default: torch <= 2.6, which the C2C reference\n"
         "                    used) or only the weighted row (once: torch >= 2.7)\n"
-        "  --wire CODEC      pass the sharer KV through KVWire: bf16, f16, int8, int6, int4, nf4, e4m3, e5m2\n"
-        "                    (--wire-gran layer|head|token|groupN, default token; --wire-scale f16|bf16|f32|e8m0,\n"
-        "                    default f32; --wire-zstd LEVEL, default 0 = off); one blob per fused section and\n"
-        "                    sharer, wire_bytes is its measured length; --wire-dump PREFIX also writes each blob\n"
-        "                    to PREFIX.<n>.kvw (kvwire inspect reads them)\n"
+        "  --wire CODEC      send the KV as KVWire: bf16, f16, int8, int6, int4, nf4, e4m3, e5m2 (--wire-gran\n"
+        "                    layer|head|token|groupN, default token; --wire-scale f16|bf16|f32|e8m0, default f32;\n"
+        "                    --wire-zstd LEVEL, default 0 = off); one blob per sent section and sharer, wire_bytes\n"
+        "                    is their measured length; --wire-dump PREFIX also writes each blob to PREFIX.<n>.kvw\n"
+        "                    (kvwire inspect reads them). Without --wire the rows go across in memory, exactly\n"
+        "  --relay-max-tokens  text_relay: the sharer's reply length (default 256); --relay-bytes N caps it in UTF-8\n"
+        "                    bytes at a character boundary\n"
         "  --date            Llama-3.2's \"Today Date\" in its chat template (default: today)\n"
         "  Token alignment (a sharer with another tokenizer, one sharer): both prompts are rendered with each model's\n"
         "  chat template and aligned as the C2C reference's TokenAligner does: template sections padded to the\n"
@@ -86,141 +107,229 @@ static void kw_c2c_usage(FILE *f) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * The KVWire round trip, as a fusion transfer hook
+ * The in-memory transport between the halves: the sharer half's output (KVWire blob bytes, or with no --wire the
+ * rows themselves) kept per sharer, then fed to the receiver half in order.
  */
 
-typedef struct kw_c2c_wire {
-    kw_wire_policy pol;
-    kw_wire_header hdr;
-    kw_wire_encoder *enc;
-    kw_wire_decoder *dec;
-    unsigned char *buf;
-    size_t cap;
-    uint32_t *positions;
-    size_t n_positions_cap;
-    int64_t blob_bytes; /* all blobs */
-    int32_t blobs;
-    const char *dump_prefix; /* --wire-dump: each blob is also written to <prefix>.<n>.kvw (borrowed; NULL: off) */
-    FILE *dump;              /* the blob being written, owned */
-} kw_c2c_wire;
+typedef struct kw_c2c_blob {
+    unsigned char *data;
+    size_t len;
+} kw_c2c_blob;
 
-/* With --wire-dump, appends n bytes of the current blob to its file; the file opens with the header. */
-static int kw_c2c_wire_dump(kw_c2c_wire *w, size_t n, int opens, int closes) {
-    if (!w->dump_prefix) return 0;
-    if (opens) {
-        char path[4096];
-        const int len = snprintf(path, sizeof path, "%s.%d.kvw", w->dump_prefix, (int)w->blobs);
-        KW_RETURN_IF(len < 0 || (size_t)len >= sizeof path, KW_E_INVALID_ARG, "--wire-dump: path too long");
-        if (w->dump) fclose(w->dump);
-        w->dump = fopen(path, "wb");
-        KW_RETURN_IF(!w->dump, KW_E_IO, "--wire-dump: cannot create %s: %s", path, strerror(errno));
+typedef struct kw_c2c_rows {
+    int32_t section, layer;
+    int64_t n;
+    int64_t *positions;
+    float *k, *v;
+} kw_c2c_rows;
+
+typedef struct kw_c2c_stream { /* one sharer's output */
+    kw_c2c_blob *blobs;        /* per sent section (wire) */
+    int32_t n_blobs;
+    kw_c2c_rows *rows; /* per sent layer (no wire) */
+    int32_t n_rows, cap_rows;
+} kw_c2c_stream;
+
+typedef struct kw_c2c_link {
+    kw_c2c_stream streams[KW_FUSION_MAX_SHARERS];
+    int32_t sharer;          /* the sharer being run */
+    const char *dump_prefix; /* --wire-dump: every blob also goes to <prefix>.<n>.kvw (borrowed; NULL: off) */
+    int32_t dumped;
+} kw_c2c_link;
+
+static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t n) {
+    kw_c2c_link *l = user;
+    kw_c2c_stream *s = &l->streams[l->sharer];
+    if (blob >= s->n_blobs) {
+        kw_c2c_blob *b = realloc(s->blobs, (size_t)(blob + 1) * sizeof *b);
+        KW_RETURN_IF(b == NULL, KW_E_NOMEM, "c2c: out of memory");
+        memset(b + s->n_blobs, 0, (size_t)(blob + 1 - s->n_blobs) * sizeof *b);
+        s->blobs = b;
+        s->n_blobs = blob + 1;
     }
-    KW_RETURN_IF(!w->dump, KW_E_STATE, "--wire-dump: blob part before its header");
-    KW_RETURN_IF(fwrite(w->buf, 1, n, w->dump) != n, KW_E_IO, "--wire-dump: write failed: %s", strerror(errno));
-    if (closes) {
-        const int bad = fclose(w->dump) != 0;
-        w->dump = NULL;
-        KW_RETURN_IF(bad, KW_E_IO, "--wire-dump: close failed: %s", strerror(errno));
-    }
+    kw_c2c_blob *b = &s->blobs[blob];
+    unsigned char *d = realloc(b->data, b->len + n);
+    KW_RETURN_IF(d == NULL, KW_E_NOMEM, "c2c: cannot hold %zu blob bytes", b->len + n);
+    memcpy(d + b->len, data, n);
+    b->data = d;
+    b->len += n;
     return 0;
 }
 
-static int kw_c2c_wire_reserve(kw_c2c_wire *w, size_t n) {
-    if (n <= w->cap) return 0;
-    unsigned char *b = realloc(w->buf, n);
-    KW_RETURN_IF(b == NULL, KW_E_NOMEM, "wire: cannot allocate %zu bytes", n);
-    w->buf = b;
-    w->cap = n;
+static int kw_c2c_link_rows(void *user, const kw_share_layer *layer) {
+    kw_c2c_link *l = user;
+    kw_c2c_stream *s = &l->streams[l->sharer];
+    if (s->n_rows == s->cap_rows) {
+        const int32_t cap = s->cap_rows ? 2 * s->cap_rows : 16;
+        kw_c2c_rows *r = realloc(s->rows, (size_t)cap * sizeof *r);
+        KW_RETURN_IF(r == NULL, KW_E_NOMEM, "c2c: out of memory");
+        s->rows = r;
+        s->cap_rows = cap;
+    }
+    kw_c2c_rows *r = &s->rows[s->n_rows];
+    memset(r, 0, sizeof *r);
+    const size_t floats = (size_t)(layer->n_rows * layer->n_heads * layer->head_dim);
+    r->positions = malloc((size_t)layer->n_rows * sizeof *r->positions);
+    r->k = malloc(floats * sizeof(float));
+    r->v = malloc(floats * sizeof(float));
+    if (!r->positions || !r->k || !r->v) {
+        free(r->positions), free(r->k), free(r->v);
+        KW_FAIL(KW_E_NOMEM, "c2c: out of memory");
+    }
+    r->section = layer->section;
+    r->layer = layer->layer;
+    r->n = layer->n_rows;
+    memcpy(r->positions, layer->positions, (size_t)layer->n_rows * sizeof *r->positions);
+    memcpy(r->k, layer->k, floats * sizeof(float));
+    memcpy(r->v, layer->v, floats * sizeof(float));
+    ++s->n_rows;
     return 0;
 }
 
-/* Feeds n bytes to the decoder and checks that they end with the expected event. */
-static int kw_c2c_wire_feed(kw_c2c_wire *w, size_t n, int want) {
-    size_t off = 0;
-    int last = KW_WIRE_EVENT_NEED_MORE;
-    while (off < n) {
-        size_t used = 0;
-        const int ev = kw_wire_decoder_feed(w->dec, w->buf + off, n - off, &used);
-        if (ev < 0) return ev;
-        off += used;
-        last = ev;
-        if (ev == KW_WIRE_EVENT_NEED_MORE) break;
-    }
-    KW_RETURN_IF(off != n || last != want, KW_E_INTERNAL, "wire: the decoder did not see the expected part (event %d)",
-                 last);
+/* --wire-dump: writes blob b of stream s as <prefix>.<n>.kvw. */
+static int kw_c2c_link_dump(kw_c2c_link *l, const kw_c2c_blob *b) {
+    if (!l->dump_prefix) return 0;
+    char path[4096];
+    const int len = snprintf(path, sizeof path, "%s.%d.kvw", l->dump_prefix, (int)l->dumped);
+    KW_RETURN_IF(len < 0 || (size_t)len >= sizeof path, KW_E_INVALID_ARG, "--wire-dump: path too long");
+    FILE *f = fopen(path, "wb");
+    KW_RETURN_IF(!f, KW_E_IO, "--wire-dump: cannot create %s: %s", path, strerror(errno));
+    const int bad = fwrite(b->data, 1, b->len, f) != b->len;
+    KW_RETURN_IF((fclose(f) != 0) | bad, KW_E_IO, "--wire-dump: cannot write %s", path);
+    ++l->dumped;
     return 0;
 }
 
-static int kw_c2c_wire_hook(void *user, kw_fusion_transfer *t) {
-    kw_c2c_wire *w = user;
-    size_t written = 0, total = 0;
-    KW_RETURN_IF(t->n_tokens > UINT32_MAX || t->pos0 + t->n_tokens > KW_WIRE_MAX_POSITIONS, KW_E_LIMIT,
-                 "wire: %lld positions exceed the format", (long long)(t->pos0 + t->n_tokens));
-    if (t->layer_index == 0) { /* a new blob for this section and sharer */
-        kw_wire_encoder_destroy(w->enc);
-        w->enc = NULL;
-        w->hdr = (kw_wire_header){.n_layers = (uint16_t)t->n_source_layers,
-                                  .n_sections = (uint16_t)t->n_layers_sent,
-                                  .n_kv_heads = (uint16_t)t->n_heads,
-                                  .head_dim = (uint16_t)t->head_dim,
-                                  .n_positions = (uint32_t)(t->pos0 + t->n_tokens),
-                                  .src_dtype = KW_WIRE_DTYPE_F32};
-        KW_FORWARD(kw_wire_encoder_create(&w->hdr, NULL, &w->enc));
-        KW_FORWARD(kw_c2c_wire_reserve(w, KW_WIRE_HEADER_BYTES));
-        KW_FORWARD(kw_wire_encoder_write_header(w->enc, w->buf, w->cap, &written));
-        kw_wire_decoder_reset(w->dec);
-        KW_FORWARD(kw_c2c_wire_feed(w, written, KW_WIRE_EVENT_HEADER));
-        KW_FORWARD(kw_c2c_wire_dump(w, written, 1, 0));
-        total += written;
+static void kw_c2c_link_free(kw_c2c_link *l) {
+    for (int i = 0; i < KW_FUSION_MAX_SHARERS; ++i) {
+        kw_c2c_stream *s = &l->streams[i];
+        for (int32_t b = 0; b < s->n_blobs; ++b)
+            free(s->blobs[b].data);
+        for (int32_t r = 0; r < s->n_rows; ++r)
+            free(s->rows[r].positions), free(s->rows[r].k), free(s->rows[r].v);
+        free(s->blobs);
+        free(s->rows);
     }
-    KW_RETURN_IF(w->enc == NULL, KW_E_STATE, "wire: section before header");
-    if ((size_t)t->n_tokens > w->n_positions_cap) {
-        uint32_t *p = realloc(w->positions, (size_t)t->n_tokens * sizeof *p);
-        KW_RETURN_IF(p == NULL, KW_E_NOMEM, "wire: out of memory");
-        w->positions = p;
-        w->n_positions_cap = (size_t)t->n_tokens;
-    }
-    for (int64_t i = 0; i < t->n_tokens; ++i)
-        w->positions[i] = (uint32_t)(t->pos0 + i);
-    const size_t hd = (size_t)t->head_dim, row = (size_t)t->n_heads * hd;
-    const kw_wire_layer_in in = {.layer = (uint32_t)t->source_layer,
-                                 .n_tokens = (uint32_t)t->n_tokens,
-                                 .positions = w->positions,
-                                 .k = {.data = t->k, .head_stride = hd, .token_stride = row},
-                                 .v = {.data = t->v, .head_stride = hd, .token_stride = row}};
-    size_t bound = 0;
-    KW_FORWARD(kw_wire_section_bound(&w->hdr, &w->pol, (uint32_t)t->n_tokens, &bound));
-    KW_FORWARD(kw_c2c_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
-    KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &w->pol, w->buf, w->cap, &written));
-    KW_FORWARD(kw_c2c_wire_feed(w, written, KW_WIRE_EVENT_SECTION));
-    KW_FORWARD(kw_c2c_wire_dump(w, written, 0, 0));
-    total += written;
-    /* what the receiver decodes replaces the sharer rows */
-    const kw_wire_section *sec = kw_wire_decoder_section(w->dec);
-    KW_RETURN_IF(sec == NULL || sec->layer != (uint32_t)t->source_layer || sec->n_tokens != (uint32_t)t->n_tokens,
-                 KW_E_INTERNAL, "wire: decoded section does not match layer %d", (int)t->source_layer);
-    const kw_wire_tensor_out ko = {.data = t->k, .dtype = KW_WIRE_DTYPE_F32, .head_stride = hd, .token_stride = row};
-    const kw_wire_tensor_out vo = {.data = t->v, .dtype = KW_WIRE_DTYPE_F32, .head_stride = hd, .token_stride = row};
-    KW_FORWARD(kw_wire_section_dequantize(sec, &ko, &vo));
-    if (t->layer_index + 1 == t->n_layers_sent) {
-        KW_FORWARD(kw_wire_encoder_write_trailer(w->enc, w->buf, w->cap, &written));
-        KW_FORWARD(kw_c2c_wire_feed(w, written, KW_WIRE_EVENT_END));
-        KW_FORWARD(kw_wire_decoder_finish(w->dec));
-        KW_FORWARD(kw_c2c_wire_dump(w, written, 0, 1));
-        total += written;
-        ++w->blobs;
-    }
-    w->blob_bytes += (int64_t)total;
-    t->wire_bytes = (int64_t)total;
-    return 0;
+    memset(l, 0, sizeof *l);
 }
 
-static void kw_c2c_wire_free(kw_c2c_wire *w) {
-    if (w->dump) fclose(w->dump);
-    kw_wire_encoder_destroy(w->enc);
-    kw_wire_decoder_destroy(w->dec);
-    free(w->buf);
-    free(w->positions);
+/* ------------------------------------------------------------------------------------------------------------
+ * One request through the two halves
+ */
+
+/* What the request asks of the sharers. */
+typedef struct kw_c2c_plan {
+    int kv_direct;                     /* the receiver's own model shares (no fuser) */
+    const kw_fusion_section *sections; /* the receiver's sections */
+    int32_t n_sections;
+    const int32_t *sharer_ids[KW_FUSION_MAX_SHARERS]; /* NULL: the receiver's ids */
+    const uint8_t *sharer_pad[KW_FUSION_MAX_SHARERS];
+    kw_select_policy select;
+    enum kw_dtype cache_dtype;
+    const kw_wire_policy *wire; /* NULL: rows in memory, no codec */
+} kw_c2c_plan;
+
+typedef struct kw_c2c_totals {
+    kw_share_stats share; /* summed over the sharers */
+    kw_share_wire_stats wire;
+    kw_receive_stats recv;
+} kw_c2c_totals;
+
+static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
+    sum->prefill_ms += s->prefill_ms, sum->select_ms += s->select_ms, sum->callback_ms += s->callback_ms;
+    sum->tokens_total += s->tokens_total, sum->tokens_sent += s->tokens_sent, sum->kv_bytes += s->kv_bytes;
+    sum->layers_sent += s->layers_sent, sum->sections_sent += s->sections_sent;
+}
+
+static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats *s) {
+    sum->blob_bytes += s->blob_bytes, sum->blobs += s->blobs, sum->sections += s->sections;
+    sum->compressed_sections += s->compressed_sections, sum->encode_ms += s->encode_ms;
+}
+
+/* The sharer half for sharer i (its model is m, its fuser layers from f; kv_direct: every layer of m). */
+static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i, const int32_t *ids,
+                        const kw_c2c_plan *plan, kw_c2c_totals *tot) {
+    int32_t layers[1024], n_layers = 0;
+    if (plan->kv_direct) {
+        n_layers = kw_model_get_config(m)->n_layers;
+        KW_RETURN_IF(n_layers > 1024, KW_E_LIMIT, "c2c: %d layers", (int)n_layers);
+        for (int32_t l = 0; l < n_layers; ++l)
+            layers[l] = l;
+    } else {
+        KW_FORWARD(kw_fusion_needed_layers(f, i, layers, 1024, &n_layers));
+    }
+    kw_fusion_section mine[64];
+    KW_RETURN_IF(plan->n_sections > 64, KW_E_LIMIT, "c2c: %d sections", (int)plan->n_sections);
+    int64_t prefix = 0;
+    for (int32_t j = 0; j < plan->n_sections; ++j) {
+        const int32_t idx = plan->sections[j].index;
+        const int sent = idx > 0 && (plan->kv_direct || (idx & (1 << i)));
+        mine[j] = (kw_fusion_section){plan->sections[j].length, sent ? 1 : -1};
+        if (j + 1 < plan->n_sections) prefix += plan->sections[j].length;
+    }
+    kw_share_wire *w = NULL;
+    if (plan->wire) {
+        const kw_share_wire_options wo = {.policy = *plan->wire, .write = kw_c2c_link_write, .user = link};
+        KW_FORWARD(kw_share_wire_create(&wo, &w));
+    }
+    link->sharer = i;
+    const kw_share_options so = {.sections = mine,
+                                 .n_sections = plan->n_sections,
+                                 .layers = layers,
+                                 .n_layers = n_layers,
+                                 .select = plan->select,
+                                 .same_positions = plan->kv_direct,
+                                 .cache_dtype = plan->cache_dtype,
+                                 .pad = plan->sharer_pad[i],
+                                 .on_layer = w ? kw_share_wire_on_layer : kw_c2c_link_rows,
+                                 .user = w ? (void *)w : (void *)link};
+    kw_share_stats st;
+    int rc = kw_share_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st);
+    if (rc == 0) {
+        kw_c2c_add_share(&tot->share, &st);
+        if (w) kw_c2c_add_wire(&tot->wire, kw_share_wire_get_stats(w));
+    }
+    kw_share_wire_free(w);
+    return rc;
+}
+
+/* The receiver half, fed from the link. */
+static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_fusion *f, kw_kvcache *cache, const int32_t *ids,
+                          int64_t n, const kw_c2c_plan *plan, const kw_fusion_options *fo, kw_fusion_result *res,
+                          kw_c2c_totals *tot) {
+    const kw_receive_options ro = {.mode = plan->kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C, .fusion = *fo};
+    kw_receive *r = NULL;
+    int rc;
+    int32_t blob[KW_FUSION_MAX_SHARERS] = {0};
+    KW_CHECK(kw_receive_begin(recv, plan->kv_direct ? NULL : f, cache, ids, n, &ro, &r));
+    for (int32_t sec = 0; sec + 1 < plan->n_sections; ++sec) {
+        KW_CHECK(kw_receive_prefill(r, sec));
+        const int32_t want = kw_receive_section_sharers(r, sec);
+        for (int32_t i = 0; i < KW_FUSION_MAX_SHARERS; ++i) {
+            if (!(want & (1 << i))) continue;
+            const kw_c2c_stream *s = &link->streams[i];
+            if (plan->wire) {
+                KW_CHECK_IF(blob[i] >= s->n_blobs, KW_E_SHARE_INCOMPLETE, "c2c: sharer %d sent no blob for section %d",
+                            (int)i, (int)sec);
+                const kw_c2c_blob *b = &s->blobs[blob[i]++];
+                KW_CHECK(kw_c2c_link_dump(link, b));
+                int done = 0;
+                KW_CHECK(kw_receive_feed(r, i, b->data, b->len, &done));
+            } else {
+                for (int32_t j = 0; j < s->n_rows; ++j)
+                    if (s->rows[j].section == sec)
+                        KW_CHECK(kw_receive_rows(r, i, s->rows[j].layer, s->rows[j].n, s->rows[j].positions,
+                                                 s->rows[j].k, s->rows[j].v));
+                KW_CHECK(kw_receive_rows_done(r, i));
+            }
+        }
+        KW_CHECK(kw_receive_end_section(r, sec));
+    }
+    KW_CHECK(kw_receive_generate(r, res));
+    tot->recv = *kw_receive_get_stats(r);
+out:
+    kw_receive_free(r);
+    return rc;
 }
 
 /* "int8" etc. -> the codec; granularity and scale names. */
@@ -395,20 +504,88 @@ static const char *kw_c2c_conflict(int raw, int system, int forced_align, int n_
 
 #define KW_C2C_MAX_SHARERS KW_FUSION_MAX_SHARERS
 
+enum { KW_C2C_MODE_C2C, KW_C2C_MODE_KV_DIRECT, KW_C2C_MODE_RECEIVER_ONLY, KW_C2C_MODE_TEXT_RELAY };
+
+/* The question a text relay asks about: an item's question field, or the prompt itself. */
+static int kw_c2c_relay_question(const char *mc, const char *prompt, char **out) {
+    if (!mc) {
+        *out = strdup(prompt);
+        KW_RETURN_IF(*out == NULL, KW_E_NOMEM, "out of memory");
+        return 0;
+    }
+    cJSON *item = NULL;
+    int rc = mc[0] == '@' ? kw_json_load_file(mc + 1, (size_t)1 << 24, &item) : kw_json_parse(mc, strlen(mc), &item);
+    if (rc < 0) return rc;
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(item, "question");
+    if (!cJSON_IsString(q)) q = cJSON_GetObjectItemCaseSensitive(item, "question_stem");
+    if (!cJSON_IsString(q)) q = cJSON_GetObjectItemCaseSensitive(item, "problem");
+    if (cJSON_IsString(q)) {
+        *out = strdup(q->valuestring);
+        rc = *out ? 0 : kw_error_set(KW_E_NOMEM, "out of memory");
+    } else {
+        rc = kw_error_set(KW_E_INVALID_ARG, "--mc-json: the item has no question for the relay");
+    }
+    cJSON_Delete(item);
+    return rc;
+}
+
+/* Stage 1 of the text relay on the sharer: its reply to the background prompt, stripped and capped. *out (owned) holds
+ * *len bytes. */
+static int kw_c2c_relay_message(kw_model *sharer, const char *sharer_path, const kw_tokenizer *stok,
+                                const char *question, const char *date, int64_t max_tokens, int64_t cap,
+                                enum kw_dtype cache_dtype, char **out, size_t *len, int64_t *n_tokens, int *truncated,
+                                double *ms) {
+    char *bg = NULL, *text = NULL, *reply = NULL;
+    int32_t *ids = NULL;
+    size_t text_len = 0, n_ids = 0, reply_len = 0;
+    kw_kvcache *cache = NULL;
+    kw_generate_result g = {0};
+    enum kw_chat_family fam = KW_CHAT_QWEN3;
+    int rc;
+    const uint64_t t0 = kw_time_now_ns();
+    KW_CHECK(kw_relay_background_prompt(question, &bg));
+    KW_CHECK(kw_chat_family_for_model(sharer_path, kw_model_get_config(sharer)->arch, &fam));
+    const kw_chat_message msg = {.role = "user", .content = bg};
+    const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
+    KW_CHECK(kw_chat_render(fam, &msg, 1, &co, &text, &text_len));
+    KW_CHECK(kw_tokenizer_encode(stok, text, text_len, &ids, &n_ids));
+    KW_CHECK(kw_model_create_cache(sharer, (int64_t)n_ids + max_tokens + 1, cache_dtype, &cache));
+    const kw_generate_options go = {.max_new_tokens = (int32_t)max_tokens};
+    KW_CHECK(kw_generate_greedy(sharer, cache, ids, (int64_t)n_ids, &go, &g));
+    KW_CHECK(kw_tokenizer_decode(stok, g.ids, (size_t)g.n, 1, &reply, &reply_len));
+    size_t start = 0, kept = 0;
+    kw_relay_strip(reply, reply_len, &start, &kept);
+    kw_relay_cap_utf8(reply + start, kept, cap, len, truncated);
+    *out = malloc(*len + 1);
+    KW_CHECK_IF(*out == NULL, KW_E_NOMEM, "out of memory");
+    memcpy(*out, reply + start, *len);
+    (*out)[*len] = '\0';
+    *n_tokens = g.n;
+    *ms = kw_time_ms(t0, kw_time_now_ns());
+out:
+    kw_generate_result_free(&g);
+    kw_kvcache_free(cache);
+    free(bg), free(text), free(reply), free(ids);
+    return rc;
+}
+
 int kw_cmd_c2c(int argc, char **argv) {
     static const char *const orders[] = {"front", "back", NULL};
-    static const char *const modes[] = {"sequential", "parallel", NULL};
+    static const char *const xfer_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
+    static const char *const fusion_modes[] = {"sequential", "parallel", NULL};
     static const char *const aligns[] = {"auto", "off", "first", "longest", NULL};
     static const char *const pads_names[] = {"reference", "masked", NULL};
     static const char *const norm_roundings[] = {"twice", "once", NULL};
+    static const char *const selects[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
     const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
     const char *dataset = "mmlu-redux", *date = NULL, *system_msg = NULL;
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
     int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
-    int order_i = -1, mode_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
+    int order_i = -1, xfer_i = 0, fusion_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
+    int select_i = 0;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
-    double proportion = -1.0; /* < 0: not given */
-    int64_t max_new = 64, threads = 0, wire_zstd = 0;
+    double proportion = -1.0, select_p = 1.0; /* proportion < 0: not given */
+    int64_t max_new = 64, threads = 0, wire_zstd = 0, min_tokens = 1, seed = 0, relay_tokens = 256, relay_bytes = -1;
     const kw_cli_option opts[] = {
         KW_CLI_STR("--receiver", &recv_dir),
         KW_CLI_LIST("--sharer", sharer_dirs, &n_sharer_dirs, KW_C2C_MAX_SHARERS),
@@ -421,13 +598,20 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_STR("--sharer-tokenizer", &sharer_tok_dir),
         KW_CLI_STR("--date", &date),
         KW_CLI_CHOICE("--order", &order_i, orders),
-        KW_CLI_CHOICE("--mode", &mode_i, modes),
+        KW_CLI_CHOICE("--mode", &xfer_i, xfer_modes),
+        KW_CLI_CHOICE("--fusion", &fusion_i, fusion_modes),
         KW_CLI_CHOICE("--align", &align_choice, aligns),
         KW_CLI_CHOICE("--decode-pads", &pads_i, pads_names),
         KW_CLI_CHOICE("--rmsnorm-rounding", &norm_i, norm_roundings),
+        KW_CLI_CHOICE("--select", &select_i, selects),
+        KW_CLI_REAL("--select-proportion", &select_p, 0.0, 1.0),
+        KW_CLI_INT("--min-tokens", &min_tokens, 1, INT32_MAX),
+        KW_CLI_INT("--seed", &seed, 0, INT64_MAX),
         KW_CLI_REAL("--proportion", &proportion, 0.0, 1.0),
         KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
         KW_CLI_INT("--threads", &threads, 0, 1024),
+        KW_CLI_INT("--relay-max-tokens", &relay_tokens, 1, 1 << 20),
+        KW_CLI_INT("--relay-bytes", &relay_bytes, 0, INT32_MAX),
         KW_CLI_STR("--wire", &wire_codec),
         KW_CLI_STR("--wire-gran", &wire_gran),
         KW_CLI_STR("--wire-scale", &wire_scale),
@@ -439,25 +623,36 @@ int kw_cmd_c2c(int argc, char **argv) {
     };
     const int st = KW_CLI_PARSE("kvwire c2c", argc, argv, opts, kw_c2c_usage);
     if (st != KW_CLI_RUN) return st;
-    if (!recv_dir || n_sharer_dirs == 0 || n_sharer_dirs != n_fuser_dirs || (!prompt) == (!mc)) {
-        fprintf(stderr, "kvwire c2c: --receiver, matching --sharer/--fuser pairs and one of --prompt or --mc-json "
-                        "are required\n");
+    const int needs_fuser = xfer_i == KW_C2C_MODE_C2C, needs_sharer = needs_fuser || xfer_i == KW_C2C_MODE_TEXT_RELAY;
+    if (!recv_dir || (!prompt) == (!mc) || (needs_sharer && n_sharer_dirs == 0) ||
+        (needs_fuser && n_sharer_dirs != n_fuser_dirs) || (!needs_fuser && n_fuser_dirs > 0) ||
+        (!needs_sharer && n_sharer_dirs > 0)) {
+        fprintf(stderr,
+                "kvwire c2c: --receiver and one of --prompt or --mc-json are required; --mode c2c needs "
+                "matching --sharer/--fuser pairs, text_relay a --sharer, kv_direct and receiver_only neither\n");
         kw_c2c_usage(stderr);
         return 2;
     }
     const int have_proportion = proportion >= 0.0, forced_align = align_choice >= KW_C2C_ALIGN_FIRST;
     const char *usage_error = kw_c2c_conflict(raw, system_msg != NULL, forced_align, n_sharer_dirs,
                                               have_proportion || order_i >= 0, sharer_tok_dir != NULL);
+    if (!usage_error && fp32 && norm_i >= 0)
+        usage_error = "--rmsnorm-rounding sets the bf16 projector's rule: not with --fp32";
+    if (!usage_error && wire_dump && !wire_codec) usage_error = "--wire-dump needs --wire CODEC";
+    if (!usage_error && (xfer_i == KW_C2C_MODE_RECEIVER_ONLY || xfer_i == KW_C2C_MODE_TEXT_RELAY) &&
+        (wire_codec || select_i != 0 || have_proportion || order_i >= 0))
+        usage_error =
+            "receiver_only and text_relay send no KV: --wire, --select, --proportion and --order do not apply";
+    if (!usage_error && xfer_i == KW_C2C_MODE_TEXT_RELAY && raw)
+        usage_error = "text_relay builds chat prompts: not with --raw";
+    if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256))
+        usage_error = "--relay-bytes and --relay-max-tokens are for --mode text_relay";
     if (usage_error) {
         fprintf(stderr, "kvwire c2c: %s\n", usage_error);
         return 2;
     }
-    if (fp32 && norm_i >= 0) {
-        fprintf(stderr, "kvwire c2c: --rmsnorm-rounding sets the bf16 projector's rule: not with --fp32\n");
-        return 2;
-    }
     const enum kw_fusion_order order = order_i == 1 ? KW_FUSION_BACK : KW_FUSION_FRONT;
-    const enum kw_fusion_mode mode = mode_i == 1 ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;
+    const enum kw_fusion_mode fusion_mode = fusion_i == 1 ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;
 
     int rc = 0;
     const char *stage = "options";
@@ -468,23 +663,23 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_tokenizer *tok = NULL, *stoks[KW_C2C_MAX_SHARERS] = {0};
     kw_aligner *aligner = NULL;
     kw_kvcache *cache = NULL;
-    char *user_msg = NULL, *text = NULL, *completion = NULL;
+    char *user_msg = NULL, *text = NULL, *completion = NULL, *question = NULL, *relay = NULL, *bg = NULL;
     int32_t *ids = NULL;
-    size_t n_ids = 0, text_len = 0, completion_len = 0;
+    size_t n_ids = 0, text_len = 0, completion_len = 0, relay_len = 0;
+    int64_t relay_n_tokens = 0;
+    int relay_truncated = 0;
+    double relay_ms = 0.0;
     kw_align_result ar = {0};
     kw_fusion_section *aligned_sections = NULL;
     kw_fusion_result res = {0};
-    kw_c2c_wire wire = {0};
+    kw_wire_policy wire_pol;
+    kw_c2c_link link = {.dump_prefix = wire_dump};
+    kw_c2c_totals tot;
+    memset(&tot, 0, sizeof tot);
     kw_c2c_align_plan plan = {0};
+    kw_align_pads_hook pads_hook;
 
-    if (wire_codec) {
-        KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire.pol));
-        KW_CHECK(kw_wire_decoder_create(NULL, &wire.dec));
-        wire.dump_prefix = wire_dump;
-    } else if (wire_dump) {
-        fprintf(stderr, "kvwire c2c: --wire-dump needs --wire CODEC\n");
-        return 2;
-    }
+    if (wire_codec) KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire_pol));
     stage = "backend";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     stage = "load receiver";
@@ -494,12 +689,15 @@ int kw_cmd_c2c(int argc, char **argv) {
     for (int i = 0; i < n_sharer_dirs; ++i) {
         stage = "load sharer";
         KW_CHECK(kw_model_load(be, sharer_dirs[i], NULL, &sharers[i]));
+        if (!needs_fuser) continue;
         stage = "load fuser";
         KW_CHECK(kw_fuser_load(fuser_dirs[i], 0, &fusers[i]));
-        spec[i] = (kw_fusion_sharer){sharers[i], fusers[i]};
+        spec[i] = (kw_fusion_sharer){.model = sharers[i], .fuser = fusers[i]};
     }
-    stage = "bind fusers";
-    KW_CHECK(kw_fusion_create(recv, spec, n_sharer_dirs, 0, &fusion));
+    if (needs_fuser) {
+        stage = "bind fusers";
+        KW_CHECK(kw_fusion_create(recv, spec, n_sharer_dirs, 0, &fusion));
+    }
     stage = "load tokenizer";
     KW_CHECK(kw_tokenizer_load(tok_dir ? tok_dir : recv_dir, &tok));
     KW_CHECK_IF(kw_tokenizer_vocab_size(tok) > cfg->vocab, KW_E_TOKENIZER,
@@ -507,12 +705,12 @@ int kw_cmd_c2c(int argc, char **argv) {
                 (int)cfg->vocab);
 
     /* alignment: the sharers' tokenizers (a sharer folder without one shares the receiver's ids, unless the fuser or
-     * --align says otherwise) */
+     * --align says otherwise); the text relay needs the sharer's own tokenizer */
     stage = "load sharer tokenizer";
-    for (int i = 0; i < n_sharer_dirs && align_choice != KW_C2C_ALIGN_OFF; ++i) {
+    for (int i = 0; i < n_sharer_dirs && (align_choice != KW_C2C_ALIGN_OFF || !needs_fuser); ++i) {
         rc = kw_tokenizer_load(sharer_tok_dir ? sharer_tok_dir : sharer_dirs[i], &stoks[i]);
-        if (rc == KW_E_NOT_FOUND && !sharer_tok_dir && !forced_align) rc = 0; /* no tokenizer.json there */
-        if (rc < 0 && !forced_align)                                          /* needed only to compare the ids */
+        if (rc == KW_E_NOT_FOUND && !sharer_tok_dir && !forced_align && needs_fuser) rc = 0; /* no tokenizer.json */
+        if (rc < 0 && !forced_align && needs_fuser) /* needed only to compare the ids */
             rc = kw_error_set(rc, "%s (--align off gives sharer %d the receiver's ids)", kw_error_detail(), i);
         KW_CHECK(rc);
         KW_CHECK_IF(stoks[i] && kw_tokenizer_vocab_size(stoks[i]) > kw_model_get_config(sharers[i])->vocab,
@@ -520,7 +718,7 @@ int kw_cmd_c2c(int argc, char **argv) {
                     (int)kw_tokenizer_vocab_size(stoks[i]), (int)kw_model_get_config(sharers[i])->vocab);
     }
     stage = "alignment";
-    for (int i = 0; i < n_sharer_dirs; ++i) {
+    for (int i = 0; i < n_sharer_dirs && needs_fuser; ++i) {
         kw_c2c_align_plan p;
         KW_CHECK(kw_c2c_plan_sharer(align_choice, i, fusers[i], tok, stoks[i], &p));
         if (i == 0) plan = p;
@@ -532,6 +730,7 @@ int kw_cmd_c2c(int argc, char **argv) {
                     "receiver's ids: token alignment is off (%s)",
                     i, p.reason);
     }
+    if (!needs_fuser) snprintf(plan.reason, sizeof plan.reason, "no sharer tokens (%s)", xfer_modes[xfer_i]);
     KW_CHECK_IF(plan.on && raw, KW_E_INVALID_ARG,
                 "token alignment (%s) renders the chat templates: --raw cannot be used", plan.reason);
     KW_CHECK_IF(plan.on && (have_proportion || order_i >= 0), KW_E_INVALID_ARG,
@@ -540,10 +739,8 @@ int kw_cmd_c2c(int argc, char **argv) {
 
     stage = "prompt";
     if (mc) KW_CHECK(kw_c2c_mc_prompt(mc, dataset, &user_msg));
-    kw_chat_message msgs[2];
+    kw_chat_message msgs[4];
     size_t n_msgs = 0;
-    if (system_msg) msgs[n_msgs++] = (kw_chat_message){.role = "system", .content = system_msg};
-    msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = mc ? user_msg : prompt};
     char today[32];
     if (!date) { /* Llama-3.2's "Today Date", as the template's strftime_now("%d %b %Y") */
         const time_t now = time(NULL);
@@ -552,6 +749,19 @@ int kw_cmd_c2c(int argc, char **argv) {
         strftime(today, sizeof today, "%d %b %Y", &tm);
         date = today;
     }
+    const enum kw_dtype cache_dtype = fp32 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
+    if (system_msg) msgs[n_msgs++] = (kw_chat_message){.role = "system", .content = system_msg};
+    if (xfer_i == KW_C2C_MODE_TEXT_RELAY) { /* stage 1 on the sharer, then [background, its reply, the prompt] */
+        stage = "text relay";
+        KW_CHECK_IF(stoks[0] == NULL, KW_E_NOT_FOUND, "text_relay needs the sharer's tokenizer");
+        KW_CHECK(kw_c2c_relay_question(mc, prompt, &question));
+        KW_CHECK(kw_c2c_relay_message(sharers[0], sharer_dirs[0], stoks[0], question, date, relay_tokens, relay_bytes,
+                                      cache_dtype, &relay, &relay_len, &relay_n_tokens, &relay_truncated, &relay_ms));
+        KW_CHECK(kw_relay_background_prompt(question, &bg));
+        msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = bg};
+        msgs[n_msgs++] = (kw_chat_message){.role = "assistant", .content = relay};
+    }
+    msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = mc ? user_msg : prompt};
     enum kw_chat_family family = KW_CHAT_QWEN3;
     if (!raw) KW_CHECK(kw_chat_family_for_model(recv_dir, cfg->arch, &family));
     if (plan.on) {
@@ -575,35 +785,59 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CHECK_IF(n_ids == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
     }
 
-    stage = "c2c";
-    const enum kw_dtype cache_dtype = fp32 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
+    stage = xfer_modes[xfer_i];
     KW_CHECK(kw_model_create_cache(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
-    kw_fusion_options opt = {
-        .mode = mode,
-        .numerics = fp32          ? KW_PROJECTOR_FP32
-                    : norm_i == 1 ? KW_PROJECTOR_BF16_FUSED_NORM
-                                  : KW_PROJECTOR_BF16,
-        .sharer_cache_dtype = cache_dtype,
-        .gen = {.max_new_tokens = (int32_t)max_new, .round = fp32 ? KW_LOGITS_ROUND_NONE : KW_LOGITS_ROUND_AUTO},
-        .hook = wire_codec ? kw_c2c_wire_hook : NULL,
-        .hook_user = &wire};
+    const enum kw_projector_numerics numerics = fp32          ? KW_PROJECTOR_FP32
+                                                : norm_i == 1 ? KW_PROJECTOR_BF16_FUSED_NORM
+                                                              : KW_PROJECTOR_BF16;
+    const kw_generate_options gen0 = {.max_new_tokens = (int32_t)max_new,
+                                      .round = fp32 ? KW_LOGITS_ROUND_NONE : KW_LOGITS_ROUND_AUTO};
     kw_fusion_section sections[3];
     const kw_fusion_section *secs = sections;
     int32_t n_sections = 0;
-    if (plan.on) {
-        KW_CHECK(
-            kw_align_run(fusion, cache, &ar, &opt, pads_i == 1 ? KW_ALIGN_PADS_MASKED : KW_ALIGN_PADS_REFERENCE, &res));
-        KW_CHECK(kw_align_fusion_sections(&ar, 1, &aligned_sections, &n_sections));
-        secs = aligned_sections;
+    const int32_t *run_ids = plan.on ? ar.recv_ids : ids;
+    if (xfer_i == KW_C2C_MODE_RECEIVER_ONLY || xfer_i == KW_C2C_MODE_TEXT_RELAY) {
+        sections[0] = (kw_fusion_section){(int64_t)n_ids, -1};
+        n_sections = 1;
+        KW_CHECK(kw_generate_greedy(recv, cache, ids, (int64_t)n_ids, &gen0, &res.gen));
+        res.stats.last_prompt_ms = res.gen.prefill_ms;
+        res.stats.decode_ms = res.gen.decode_ms;
+        res.stats.n_decode = res.gen.n_decode;
     } else {
-        const int32_t mask = (int32_t)((1u << n_sharer_dirs) - 1);
-        if (have_proportion)
+        const int32_t mask = xfer_i == KW_C2C_MODE_KV_DIRECT ? 1 : (int32_t)((1u << n_sharer_dirs) - 1);
+        if (plan.on) {
+            KW_CHECK(kw_align_fusion_sections(&ar, 1, &aligned_sections, &n_sections));
+            secs = aligned_sections;
+            for (int64_t p = 0; p < ar.n; ++p)
+                if (ar.recv_pad[p]) KW_CHECK(kw_kvcache_set_valid(cache, p, 1, 0));
+        } else if (have_proportion) {
             KW_CHECK(kw_fusion_sections_proportion((int64_t)n_ids, proportion, order, mask, sections, &n_sections));
-        else
+        } else {
             KW_CHECK(kw_fusion_sections_standard((int64_t)n_ids, mask, sections, &n_sections));
-        opt.sections = sections;
-        opt.n_sections = n_sections;
-        KW_CHECK(kw_fusion_run(fusion, cache, ids, (int64_t)n_ids, &opt, &res));
+        }
+        kw_c2c_plan cp = {.kv_direct = xfer_i == KW_C2C_MODE_KV_DIRECT,
+                          .sections = secs,
+                          .n_sections = n_sections,
+                          .select = {.mode = (enum kw_select_mode)select_i,
+                                     .proportion = select_p,
+                                     .min_tokens = min_tokens,
+                                     .seed = (uint64_t)seed},
+                          .cache_dtype = cache_dtype,
+                          .wire = wire_codec ? &wire_pol : NULL};
+        if (plan.on) {
+            cp.sharer_ids[0] = ar.sharer_ids;
+            cp.sharer_pad[0] = ar.sharer_pad;
+        }
+        kw_fusion_options fo = {.sections = secs, .n_sections = n_sections, .mode = fusion_mode, .numerics = numerics};
+        kw_align_pads_gen(&pads_hook, cache, plan.on ? (enum kw_align_decode_pads)pads_i : KW_ALIGN_PADS_MASKED, &gen0,
+                          &fo.gen);
+        const int n_share = cp.kv_direct ? 1 : n_sharer_dirs;
+        for (int i = 0; i < n_share; ++i) {
+            stage = "sharer half";
+            KW_CHECK(kw_c2c_share(&link, cp.kv_direct ? recv : sharers[i], fusion, i, run_ids, &cp, &tot));
+        }
+        stage = "receiver half";
+        KW_CHECK(kw_c2c_receive(&link, recv, fusion, cache, run_ids, (int64_t)n_ids, &cp, &fo, &res, &tot));
     }
     KW_CHECK(kw_tokenizer_decode(tok, res.gen.ids, (size_t)res.gen.n, 1, &completion, &completion_len));
     char letter = 0;
@@ -611,11 +845,13 @@ int kw_cmd_c2c(int argc, char **argv) {
     KW_CHECK(kw_answer_extract(completion, completion_len, &letter));
 
     const kw_fusion_stats *stats = &res.stats;
+    const int sends_kv = xfer_i == KW_C2C_MODE_C2C || xfer_i == KW_C2C_MODE_KV_DIRECT;
     kw_c2c_print_escaped("answer", completion, completion_len);
     if (letter)
         printf("letter: %c\n", letter);
     else
         printf("letter: null\n");
+    printf("mode: %s\n", xfer_modes[xfer_i]);
     printf("prompt_tokens: %zu\n", n_ids);
     printf("alignment: %s (%s)\n", plan.on ? (plan.strategy == KW_ALIGN_FIRST ? "first" : "longest") : "off",
            plan.reason);
@@ -625,22 +861,37 @@ int kw_cmd_c2c(int argc, char **argv) {
     }
     printf("sections:");
     for (int32_t i = 0; i < n_sections; ++i)
-        printf(" %lld:%s", (long long)secs[i].length, secs[i].index > 0 && i + 1 < n_sections ? "fused" : "receiver");
+        printf(" %lld:%s", (long long)secs[i].length,
+               secs[i].index > 0 && i + 1 < n_sections ? (xfer_i == KW_C2C_MODE_KV_DIRECT ? "transferred" : "fused")
+                                                       : "receiver");
     printf("\n");
-    printf("projector_numerics: %s\n", kw_projector_numerics_name(opt.numerics));
-    printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
+    if (xfer_i == KW_C2C_MODE_C2C) printf("projector_numerics: %s\n", kw_projector_numerics_name(numerics));
+    if (sends_kv) {
+        printf("selection: %s proportion %g min_tokens %lld seed %lld\n", selects[select_i], select_p,
+               (long long)min_tokens, (long long)seed);
+        printf("tokens_sent: %lld of %lld (over the sent layers)\n", (long long)tot.share.tokens_sent,
+               (long long)tot.share.tokens_total);
+    }
+    if (xfer_i == KW_C2C_MODE_C2C) printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
     printf("generated_tokens: %lld%s\n", (long long)res.gen.n, res.gen.stopped_eos ? " (stopped at EOS)" : "");
     kw_c2c_print_ids("generated_ids", res.gen.ids, res.gen.n);
-    printf("layers_fused: %d\n", (int)stats->layers_fused);
-    printf("layers_skipped: %d\n", (int)stats->layers_skipped);
-    printf("sharer_kv_bytes: %lld (%s)\n", (long long)stats->sharer_kv_bytes, kw_dtype_name(cache_dtype));
+    if (xfer_i == KW_C2C_MODE_C2C) {
+        printf("layers_fused: %d\n", (int)stats->layers_fused);
+        printf("layers_skipped: %d\n", (int)stats->layers_skipped);
+    }
+    if (sends_kv) printf("sharer_kv_bytes: %lld (%s)\n", (long long)tot.share.kv_bytes, kw_dtype_name(cache_dtype));
+    if (xfer_i == KW_C2C_MODE_TEXT_RELAY) {
+        printf("relay_tokens: %lld\n", (long long)relay_n_tokens);
+        printf("relay_bytes: %zu%s\n", relay_len, relay_truncated ? " (truncated)" : "");
+        kw_c2c_print_escaped("relay_text", relay, relay_len);
+    }
     if (wire_codec) {
-        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec, wire.pol.k.granularity ? wire_gran : "none",
-               kw_wire_scale_name(wire.pol.k.scale_dtype), (long long)wire_zstd);
-        printf("wire_blobs: %d\n", (int)wire.blobs);
-        printf("wire_bytes: %lld\n", (long long)wire.blob_bytes);
+        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec, wire_pol.k.granularity ? wire_gran : "none",
+               kw_wire_scale_name(wire_pol.k.scale_dtype), (long long)wire_zstd);
+        printf("wire_blobs: %d\n", (int)tot.wire.blobs);
+        printf("wire_bytes: %lld\n", (long long)tot.wire.blob_bytes);
         printf("wire_ratio: %.4f (blob bytes / sharer KV bytes)\n",
-               stats->sharer_kv_bytes > 0 ? (double)wire.blob_bytes / (double)stats->sharer_kv_bytes : 0.0);
+               tot.share.kv_bytes > 0 ? (double)tot.wire.blob_bytes / (double)tot.share.kv_bytes : 0.0);
     }
     if (print_alignment && plan.on) {
         kw_c2c_print_ids("recv_ids", ar.recv_ids, ar.n);
@@ -649,10 +900,15 @@ int kw_cmd_c2c(int argc, char **argv) {
         kw_c2c_print_flags("recv_pad", ar.recv_pad, ar.n);
         kw_c2c_print_flags("sharer_pad", ar.sharer_pad, ar.n);
     }
+    /* transfer: selection and encoding on the sharer side, decoding and staging on the receiver side */
+    const double transfer_ms =
+        tot.share.select_ms + tot.wire.encode_ms + tot.recv.decode_ms + tot.recv.fusion.transfer_ms;
     printf("timing_ms: receiver_prefill %.3f sharer_prefill %.3f transfer %.3f projection %.3f last_prompt %.3f "
-           "decode %.3f (%lld steps)\n",
-           stats->receiver_prefill_ms, stats->sharer_prefill_ms, stats->transfer_ms, stats->projection_ms,
+           "decode %.3f (%lld steps)",
+           sends_kv ? tot.recv.prefill_ms : 0.0, tot.share.prefill_ms, transfer_ms, tot.recv.fusion.projection_ms,
            stats->last_prompt_ms, stats->decode_ms, (long long)stats->n_decode);
+    if (xfer_i == KW_C2C_MODE_TEXT_RELAY) printf(" relay %.3f", relay_ms);
+    printf("\n");
 out:
     if (rc < 0) fprintf(stderr, "kvwire c2c: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
     kw_fusion_result_free(&res);
@@ -662,6 +918,9 @@ out:
     free(ids);
     free(text);
     free(user_msg);
+    free(question);
+    free(relay);
+    free(bg);
     kw_kvcache_free(cache);
     kw_aligner_free(aligner);
     kw_tokenizer_free(tok);
@@ -673,6 +932,6 @@ out:
     }
     kw_model_free(recv);
     kw_backend_destroy(be);
-    kw_c2c_wire_free(&wire);
+    kw_c2c_link_free(&link);
     return rc < 0 ? 1 : 0;
 }

@@ -6,14 +6,8 @@
 # int8 is smaller than the KV it carries, --wire-dump blobs are the measured ones and valid), fp32 mode, and clean
 # refusals.
 # Arguments: kvwire binary, source dir, build dir.
-set -euo pipefail
-kvwire=$1
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
-fail() { echo "FAIL: $*"; exit 1; }
-field() { grep "^$1: " "$2" | head -1 | sed "s/^$1: //"; }
+# shellcheck source=../cli_lib.sh
+. "$(dirname "$0")/../cli_lib.sh" "$@"
 
 "$kvwire" gen-model --arch qwen3 --preset tiny --layers 3 --seed 1 --tokenizer "$src/models/tokenizers/qwen3" \
     --out recv >/dev/null
@@ -90,7 +84,7 @@ pos=$(((n - 1) / 2))
 [ "$(field tokens_fused p.txt)" = "$pos" ] || fail "back tokens_fused"
 run --prompt "Hi" --proportion 0 --max-new-tokens 2 >z.txt
 [ "$(field tokens_fused z.txt)" = 0 ] || fail "proportion 0 fused something"
-run --prompt "Hi" --fp32 --max-new-tokens 2 --mode parallel >f.txt
+run --prompt "Hi" --fp32 --max-new-tokens 2 --fusion parallel >f.txt
 grep -q '^sharer_kv_bytes: .* (f32)$' f.txt || fail "fp32 mode"
 
 # refusals

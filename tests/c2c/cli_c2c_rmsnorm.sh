@@ -4,14 +4,8 @@
 # output; fp32 runs report fp32; a bad value or the option with --fp32 is refused with exit 2. (That the two rules
 # compute what torch 2.6 and torch 2.15 compute is tests/c2c/test_projector_bf16.c.)
 # Arguments: kvwire binary, source dir, build dir.
-set -euo pipefail
-kvwire=$1
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
-fail() { echo "FAIL: $*"; exit 1; }
-field() { grep "^$1: " "$2" | head -1 | sed "s/^$1: //"; }
+# shellcheck source=../cli_lib.sh
+. "$(dirname "$0")/../cli_lib.sh" "$@"
 
 "$kvwire" gen-model --arch qwen3 --preset tiny --layers 2 --seed 11 --tokenizer "$src/models/tokenizers/qwen3" \
     --out recv >/dev/null

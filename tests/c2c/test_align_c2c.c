@@ -129,7 +129,7 @@ static int setup(void **state) {
     int rc = kw_model_load(E.be, E.recv_dir, NULL, &E.recv);
     if (rc == 0) rc = kw_model_load(E.be, E.shar_dir, NULL, &E.shar);
     if (rc == 0) rc = kw_fuser_load(E.fuser_dir, 0, &E.fuser);
-    const kw_fusion_sharer sh = {E.shar, E.fuser};
+    const kw_fusion_sharer sh = {.model = E.shar, .fuser = E.fuser};
     if (rc == 0) rc = kw_fusion_create(E.recv, &sh, 1, 0, &E.fusion);
     snprintf(path, sizeof path, "%s/models/tokenizers/qwen3", KW_SOURCE_DIR);
     if (rc == 0) rc = kw_tokenizer_load(path, &E.qwen);

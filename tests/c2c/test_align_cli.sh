@@ -9,14 +9,8 @@
 # pair (Qwen3 <- Qwen2 with the Qwen2.5 template: no alignment unless --align), and clean refusals (bad options,
 # several sharers, --raw / --proportion with alignment, content the Llama template trims).
 # Arguments: kvwire binary, source dir, build dir.
-set -euo pipefail
-kvwire=$1
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
-fail() { echo "FAIL: $*"; exit 1; }
-field() { grep "^$1: " "$2" | head -1 | sed "s/^$1: //"; }
+# shellcheck source=../cli_lib.sh
+. "$(dirname "$0")/../cli_lib.sh" "$@"
 fixture="$src/tests/data/c2c/align/c2c_llama.json"
 # gen_ids of the n-th scenario (1-based), as "a,b,c"
 want_ids() { grep -o '"gen_ids": \[[^]]*\]' "$fixture" | sed -n "$1p" | sed 's/.*\[//; s/\]//; s/ //g'; }
@@ -100,11 +94,11 @@ diff <(grep -E '^(answer|generated_ids):' a16.txt) <(grep -E '^(answer|generated
 [ "$(field wire_blobs w16.txt)" = 1 ] || fail "wire_blobs $(field wire_blobs w16.txt)"
 
 # bf16 (the default), the other strategy, parallel mode: they run and keep the shape of the record
-run --prompt "$mc" --max-new-tokens 4 --align first --mode parallel >b.txt
+run --prompt "$mc" --max-new-tokens 4 --align first --fusion parallel >b.txt
 [ "$(field prompt_tokens b.txt)" = 137 ] || fail "bf16 prompt_tokens"
 [ "$(field sharer_kv_bytes b.txt)" = "$(( $(field sharer_kv_bytes ref.txt | cut -d' ' -f1) / 2 )) (bf16)" ] \
     || fail "bf16 sharer_kv_bytes: $(field sharer_kv_bytes b.txt)"
-run --prompt "$mc" --max-new-tokens 4 --align first --mode parallel >b2.txt
+run --prompt "$mc" --max-new-tokens 4 --align first --fusion parallel >b2.txt
 diff <(grep -v '^timing_ms' b.txt) <(grep -v '^timing_ms' b2.txt) || fail "two runs differ"
 run --mc-json '{"question": "2+2?", "choices": ["3", "4", "5", "6"]}' --system "Be brief." --max-new-tokens 2 >s.txt
 [ "$(field sections s.txt | wc -w)" = 5 ] || fail "system + user: $(field sections s.txt)"

@@ -5,7 +5,10 @@
  * sections selecting sharer 2 then sharer 1) the 32 greedy tokens must be identical and the receiver cache after the
  * prompt (fused rows and the last token's) within the fp32 tolerance. Then: closed gates leave rows bit-identical,
  * parallel equals sequential for one sharer, the section builders, the transfer hook (identity: same bits;
- * perturbation: a different result; failure: reported), and bad input.
+ * perturbation: a different result; failure: reported), and bad input. The step-by-step session API (what the
+ * receiver half drives): a selection of positions gets exactly the fully fused rows there and the receiver's own rows
+ * elsewhere; rows arriving out of order (layers reversed, sharer 1 before sharer 0) give kw_fusion_run's bits;
+ * parallel mode refuses sharers that sent other positions; misuse is refused.
  *
  * Tolerance: everything is fp32 on both sides (fp32 models, fp32 projectors from the bf16 weights, f32 caches); what
  * differs is summation order, ~1e-6 relative (see tests/model/test_model_parity.c), so max |ours - ref| / max |ref|
@@ -22,6 +25,7 @@
 #include <string.h>
 
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_share.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "../model/model_fixture.h"
@@ -69,7 +73,7 @@ static int setup(void **state) {
     E.sh_b = load_model("sharer_llama");
     E.fu_a = load_fuser("fuser_qwen2");
     E.fu_b = load_fuser("fuser_llama");
-    const kw_fusion_sharer sh[2] = {{E.sh_a, E.fu_a}, {E.sh_b, E.fu_b}};
+    const kw_fusion_sharer sh[2] = {{.model = E.sh_a, .fuser = E.fu_a}, {.model = E.sh_b, .fuser = E.fu_b}};
     int rc = kw_fusion_create(E.recv, sh, 1, 0, &E.one);
     if (rc == 0) rc = kw_fusion_create(E.recv, sh, 2, 0, &E.two);
     if (rc < 0) fail_msg("fusion: %s (%s)", kw_status_name(rc), kw_error_detail());
@@ -535,7 +539,7 @@ static void test_bad_input(void **state) {
     assert_int_equal(kw_fusion_run(E.one, c, E.prompt, E.L, &opt, &r), KW_E_INVALID_ARG);
     kw_kvcache_free(c);
     /* a fuser that does not fit: fuser_llama's sharer dims against the qwen2 sharer */
-    const kw_fusion_sharer wrong = {E.sh_a, E.fu_b};
+    const kw_fusion_sharer wrong = {.model = E.sh_a, .fuser = E.fu_b};
     kw_fusion *f = NULL;
     assert_int_equal(kw_fusion_create(E.recv, &wrong, 1, 0, &f), KW_E_FUSER_CONFIG);
     assert_null(f);
@@ -580,8 +584,363 @@ static void test_transfer_hook_two_sharers(void **state) {
     run_free(&hooked);
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * The session API: rows that arrive out of order, selections of positions, and misuse
+ */
+
+/* A sharer's K/V rows of every layer after prefilling the first n prompt tokens, (n, H, D) per layer. */
+typedef struct sharer_rows {
+    int32_t n_layers;
+    int64_t per_layer; /* floats per layer */
+    float *k, *v;
+} sharer_rows;
+
+static void sharer_rows_get(kw_model *m, int64_t n, sharer_rows *out) {
+    const kw_model_config *c = kw_model_get_config(m);
+    kw_kvcache *sc = NULL;
+    assert_int_equal(kw_model_create_cache(m, n, KW_DTYPE_F32, &sc), 0);
+    assert_int_equal(kw_model_prefill(m, sc, E.prompt, n), 0);
+    out->n_layers = c->n_layers;
+    out->per_layer = n * c->n_kv_heads * c->head_dim;
+    out->k = malloc((size_t)(out->per_layer * c->n_layers) * sizeof(float));
+    out->v = malloc((size_t)(out->per_layer * c->n_layers) * sizeof(float));
+    assert_true(out->k && out->v);
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        assert_int_equal(kw_kvcache_read_rows(sc, l, 0, n, out->k + l * out->per_layer, out->v + l * out->per_layer),
+                         0);
+    kw_kvcache_free(sc);
+}
+
+/* The rows of the positions in pos (NULL: all n) of one sharer layer, gathered into k, v. */
+static void gather(const sharer_rows *r, int32_t l, const int64_t *pos, int64_t n_sel, int64_t row_floats, float *k,
+                   float *v) {
+    for (int64_t i = 0; i < n_sel; ++i) {
+        const int64_t p = pos ? pos[i] : i;
+        memcpy(k + i * row_floats, r->k + l * r->per_layer + p * row_floats, (size_t)row_floats * sizeof(float));
+        memcpy(v + i * row_floats, r->v + l * r->per_layer + p * row_floats, (size_t)row_floats * sizeof(float));
+    }
+}
+
+static void put_layer(kw_fusion_session *ss, const sharer_rows *r, int32_t sharer, int32_t l, const int64_t *pos,
+                      int64_t n_sel, int64_t row_floats) {
+    float *k = malloc((size_t)(n_sel * row_floats) * sizeof(float)), *v = malloc((size_t)(n_sel * row_floats) * 4);
+    assert_true(k && v);
+    gather(r, l, pos, n_sel, row_floats, k, v);
+    const kw_fusion_rows rows = {
+        .sharer = sharer, .section = 0, .source_layer = l, .n_rows = n_sel, .positions = pos, .k = k, .v = v};
+    const int rc = kw_fusion_put(ss, &rows);
+    if (rc < 0) fail_msg("put: %s (%s)", kw_status_name(rc), kw_error_detail());
+    free(k), free(v);
+}
+
+/* Fusing every third position of the section (and its first and last) gives those positions exactly the rows of a
+ * full fusion and leaves the others exactly as the receiver computed them; the sharer layers arrive in reverse. */
+static void test_session_selected_positions(void **state) {
+    (void)state;
+    const scenario recv = fixture_scenario("recv"), std = fixture_scenario("std");
+    run_out full, alone;
+    run(&std, KW_DTYPE_F32, NULL, NULL, &full);
+    run(&recv, KW_DTYPE_F32, NULL, NULL, &alone);
+    const int64_t L1 = E.L - 1;
+    sharer_rows r;
+    sharer_rows_get(E.sh_a, L1, &r);
+    int64_t pos[64], n_sel = 0;
+    for (int64_t p = 0; p < L1; ++p)
+        if (p % 3 == 0 || p == L1 - 1) pos[n_sel++] = p;
+    assert_true(n_sel < 64);
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, KW_DTYPE_F32, &cache), 0);
+    const kw_fusion_options opt = {.sections = std.sections,
+                                   .n_sections = std.n_sections,
+                                   .numerics = KW_PROJECTOR_FP32,
+                                   .gen = {.max_new_tokens = 2, .round = KW_LOGITS_ROUND_NONE}};
+    kw_fusion_session *ss = NULL;
+    assert_int_equal(kw_fusion_begin(E.one, cache, E.prompt, E.L, &opt, &ss), 0);
+    int32_t layers[8], n_layers = 0;
+    assert_int_equal(kw_fusion_needed_layers(E.one, 0, layers, 8, &n_layers), 0);
+    assert_int_equal(n_layers, 3); /* sharer layers 0, 1, 2 feed the open receiver layers */
+    const kw_model_config *sc = kw_model_get_config(E.sh_a);
+    const int64_t row_floats = (int64_t)sc->n_kv_heads * sc->head_dim;
+    /* rows before their section is prefilled are refused */
+    const kw_fusion_rows early = {.sharer = 0, .section = 0, .source_layer = 0, .n_rows = 1, .k = r.k, .v = r.v};
+    assert_int_equal(kw_fusion_put(ss, &early), KW_E_STATE);
+    assert_int_equal(kw_fusion_prefill(ss, 0), 0);
+    for (int32_t i = n_layers - 1; i >= 0; --i)
+        put_layer(ss, &r, 0, layers[i], pos, n_sel, row_floats);
+    assert_int_equal(kw_fusion_end_section(ss, 0), 0);
+    kw_fusion_result res;
+    assert_int_equal(kw_fusion_generate(ss, &res), 0);
+    assert_int_equal(res.stats.tokens_fused, n_sel);
+    assert_int_equal(res.stats.layers_fused, 3);
+    const int64_t cnt = E.n_heads * E.L * E.head_dim;
+    float *k = malloc((size_t)cnt * 4), *v = malloc((size_t)cnt * 4), *kf = malloc((size_t)cnt * 4),
+          *vf = malloc((size_t)cnt * 4), *ka = malloc((size_t)cnt * 4), *va = malloc((size_t)cnt * 4);
+    for (int32_t l = 0; l < E.n_layers; ++l) {
+        cache_rows(cache, l, k, v);
+        cache_rows(full.cache, l, kf, vf);
+        cache_rows(alone.cache, l, ka, va);
+        for (int64_t h = 0; h < E.n_heads; ++h)
+            for (int64_t p = 0, j = 0; p < L1; ++p) {
+                const int sel = j < n_sel && pos[j] == p;
+                j += sel;
+                const size_t off = (size_t)((h * E.L + p) * E.head_dim), bytes = (size_t)E.head_dim * 4;
+                assert_memory_equal(k + off, (sel ? kf : ka) + off, bytes);
+                assert_memory_equal(v + off, (sel ? vf : va) + off, bytes);
+            }
+    }
+    free(k), free(v), free(kf), free(vf), free(ka), free(va);
+    free(r.k), free(r.v);
+    kw_fusion_result_free(&res);
+    kw_fusion_session_free(ss);
+    kw_kvcache_free(cache);
+    run_free(&full);
+    run_free(&alone);
+}
+
+/* Two sharers, sequential: sharer 1's rows arriving before sharer 0's wait for them, and the cache ends up the same
+ * bits as kw_fusion_run's. Parallel mode refuses sharers that sent other positions. Misuse is refused. */
+static void test_session_two_sharers_out_of_order(void **state) {
+    (void)state;
+    const scenario seq2 = fixture_scenario("seq2");
+    run_out ref;
+    run(&seq2, KW_DTYPE_F32, NULL, NULL, &ref);
+    const int64_t L1 = seq2.sections[0].length;
+    sharer_rows ra, rb;
+    sharer_rows_get(E.sh_a, L1, &ra);
+    sharer_rows_get(E.sh_b, L1, &rb);
+    const kw_model_config *ca = kw_model_get_config(E.sh_a), *cb = kw_model_get_config(E.sh_b);
+    const int64_t fa = (int64_t)ca->n_kv_heads * ca->head_dim, fb = (int64_t)cb->n_kv_heads * cb->head_dim;
+    int32_t la[8], lb[8], na = 0, nb = 0;
+    assert_int_equal(kw_fusion_needed_layers(E.two, 0, la, 8, &na), 0);
+    assert_int_equal(kw_fusion_needed_layers(E.two, 1, lb, 8, &nb), 0);
+    for (int parallel = 0; parallel <= 1; ++parallel) {
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, KW_DTYPE_F32, &cache), 0);
+        const kw_fusion_options opt = {.sections = seq2.sections,
+                                       .n_sections = seq2.n_sections,
+                                       .mode = parallel ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL,
+                                       .numerics = KW_PROJECTOR_FP32,
+                                       .gen = {.max_new_tokens = (int32_t)E.G, .round = KW_LOGITS_ROUND_NONE}};
+        kw_fusion_session *ss = NULL;
+        assert_int_equal(kw_fusion_begin(E.two, cache, E.prompt, E.L, &opt, &ss), 0);
+        assert_int_equal(kw_fusion_prefill(ss, 1), KW_E_STATE); /* out of order */
+        assert_int_equal(kw_fusion_prefill(ss, 0), 0);
+        if (parallel) { /* sharer 1 sends the first half only: not what sharer 0 sends */
+            int64_t half[32];
+            for (int64_t p = 0; p < L1 / 2; ++p)
+                half[p] = p;
+            for (int32_t i = 0; i < nb; ++i)
+                put_layer(ss, &rb, 1, lb[i], half, L1 / 2, fb);
+            int rc = 0;
+            for (int32_t i = 0; i < na && rc == 0; ++i) {
+                float *k = malloc((size_t)(L1 * fa) * 4), *v = malloc((size_t)(L1 * fa) * 4);
+                gather(&ra, la[i], NULL, L1, fa, k, v);
+                const kw_fusion_rows rows = {
+                    .sharer = 0, .section = 0, .source_layer = la[i], .n_rows = L1, .k = k, .v = v};
+                rc = kw_fusion_put(ss, &rows);
+                free(k), free(v);
+            }
+            assert_int_equal(rc, KW_E_UNSUPPORTED);
+            kw_fusion_session_free(ss);
+            kw_kvcache_free(cache);
+            continue;
+        }
+        for (int32_t i = 0; i < nb; ++i) /* sharer 1 first: it must wait for sharer 0 at every layer */
+            put_layer(ss, &rb, 1, lb[i], NULL, L1, fb);
+        for (int32_t i = 0; i < na; ++i)
+            put_layer(ss, &ra, 0, la[i], NULL, L1, fa);
+        /* misuse: a layer twice, a layer fusion does not use, a sharer the section does not select */
+        const kw_fusion_rows dup = {
+            .sharer = 0, .section = 0, .source_layer = la[0], .n_rows = L1, .k = ra.k, .v = ra.v};
+        assert_int_equal(kw_fusion_put(ss, &dup), KW_E_INVALID_ARG);
+        const kw_fusion_rows unused = {
+            .sharer = 1, .section = 0, .source_layer = 1, .n_rows = L1, .k = rb.k, .v = rb.v};
+        assert_int_equal(kw_fusion_put(ss, &unused), KW_E_INVALID_ARG);
+        const int64_t bad_pos[2] = {3, 3};
+        const kw_fusion_rows unsorted = {
+            .sharer = 0, .section = 0, .source_layer = 0, .n_rows = 2, .positions = bad_pos, .k = ra.k, .v = ra.v};
+        assert_int_equal(kw_fusion_put(ss, &unsorted), KW_E_INVALID_ARG);
+        assert_int_equal(kw_fusion_end_section(ss, 0), 0);
+        assert_int_equal(kw_fusion_end_section(ss, 0), KW_E_STATE);
+        kw_fusion_result res;
+        assert_int_equal(kw_fusion_generate(ss, &res), 0);
+        assert_int_equal(res.gen.n, ref.res.gen.n);
+        assert_memory_equal(res.gen.ids, ref.res.gen.ids, (size_t)res.gen.n * 4);
+        const int64_t cnt = E.n_heads * E.L * E.head_dim;
+        float *k = malloc((size_t)cnt * 4), *v = malloc((size_t)cnt * 4), *kr = malloc((size_t)cnt * 4),
+              *vr = malloc((size_t)cnt * 4);
+        for (int32_t l = 0; l < E.n_layers; ++l) {
+            cache_rows(cache, l, k, v);
+            cache_rows(ref.cache, l, kr, vr);
+            assert_memory_equal(k, kr, (size_t)cnt * 4);
+            assert_memory_equal(v, vr, (size_t)cnt * 4);
+        }
+        free(k), free(v), free(kr), free(vr);
+        kw_fusion_result_free(&res);
+        kw_fusion_session_free(ss);
+        kw_kvcache_free(cache);
+    }
+    free(ra.k), free(ra.v), free(rb.k), free(rb.v);
+    run_free(&ref);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The split pipeline: kw_share_run (sharer side, layer by layer) joined in memory to the session (receiver side)
+ */
+
+/* Every layer kw_share_run handed over, copied. */
+typedef struct share_log {
+    int32_t n;
+    struct {
+        int32_t sharer, section, layer;
+        int64_t n_rows, *positions;
+        float *k, *v;
+    } e[64];
+    int32_t sharer; /* the sharer being run */
+} share_log;
+
+static int share_collect(void *user, const kw_share_layer *l) {
+    share_log *log = user;
+    assert_true(log->n < 64);
+    const size_t floats = (size_t)(l->n_rows * l->n_heads * l->head_dim);
+    log->e[log->n].sharer = log->sharer;
+    log->e[log->n].section = l->section;
+    log->e[log->n].layer = l->layer;
+    log->e[log->n].n_rows = l->n_rows;
+    log->e[log->n].positions = malloc((size_t)l->n_rows * sizeof(int64_t));
+    log->e[log->n].k = malloc(floats * 4);
+    log->e[log->n].v = malloc(floats * 4);
+    memcpy(log->e[log->n].positions, l->positions, (size_t)l->n_rows * sizeof(int64_t));
+    memcpy(log->e[log->n].k, l->k, floats * 4);
+    memcpy(log->e[log->n].v, l->v, floats * 4);
+    ++log->n;
+    return 0;
+}
+
+static void share_log_free(share_log *log) {
+    for (int32_t i = 0; i < log->n; ++i)
+        free(log->e[i].positions), free(log->e[i].k), free(log->e[i].v);
+    log->n = 0;
+}
+
+/* Runs scenario s split: each sharer's kw_share_run, then the session fed from the log. */
+static void run_split(const scenario *s, const kw_select_policy *sel, enum kw_dtype cd, run_out *o, share_log *log) {
+    kw_fusion *f = s->n_sharers == 2 ? E.two : E.one;
+    kw_model *models[2] = {E.sh_a, E.sh_b};
+    int64_t prefix = E.L - s->sections[s->n_sections - 1].length;
+    memset(log, 0, sizeof *log);
+    for (int32_t i = 0; i < s->n_sharers; ++i) {
+        int32_t layers[8], n_layers = 0;
+        assert_int_equal(kw_fusion_needed_layers(f, i, layers, 8, &n_layers), 0);
+        /* a sharer is sent the sections that select it */
+        kw_fusion_section mine[8];
+        for (int32_t j = 0; j < s->n_sections; ++j)
+            mine[j] = (kw_fusion_section){s->sections[j].length,
+                                          (s->sections[j].index > 0 && (s->sections[j].index & (1 << i))) ? 1 : -1};
+        const kw_share_options so = {.sections = mine,
+                                     .n_sections = s->n_sections,
+                                     .layers = layers,
+                                     .n_layers = n_layers,
+                                     .select = *sel,
+                                     .cache_dtype = cd,
+                                     .on_layer = share_collect,
+                                     .user = log};
+        log->sharer = i;
+        kw_share_stats st;
+        const int rc = kw_share_run(models[i], E.prompt, prefix, &so, &st);
+        if (rc < 0) fail_msg("share: %s (%s)", kw_status_name(rc), kw_error_detail());
+    }
+    memset(o, 0, sizeof *o);
+    assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, cd, &o->cache), 0);
+    const kw_fusion_options opt = {.sections = s->sections,
+                                   .n_sections = s->n_sections,
+                                   .mode = s->mode,
+                                   .numerics = cd == KW_DTYPE_F32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
+                                   .gen = {.max_new_tokens = (int32_t)E.G,
+                                           .round = cd == KW_DTYPE_F32 ? KW_LOGITS_ROUND_NONE : KW_LOGITS_ROUND_AUTO}};
+    kw_fusion_session *ss = NULL;
+    assert_int_equal(kw_fusion_begin(f, o->cache, E.prompt, E.L, &opt, &ss), 0);
+    for (int32_t sec = 0; sec + 1 < s->n_sections; ++sec) {
+        assert_int_equal(kw_fusion_prefill(ss, sec), 0);
+        for (int32_t j = 0; j < log->n; ++j) {
+            if (log->e[j].section != sec) continue;
+            const kw_fusion_rows rows = {.sharer = log->e[j].sharer,
+                                         .section = sec,
+                                         .source_layer = log->e[j].layer,
+                                         .n_rows = log->e[j].n_rows,
+                                         .positions = log->e[j].positions,
+                                         .k = log->e[j].k,
+                                         .v = log->e[j].v};
+            const int rc = kw_fusion_put(ss, &rows);
+            if (rc < 0) fail_msg("put: %s (%s)", kw_status_name(rc), kw_error_detail());
+        }
+        assert_int_equal(kw_fusion_end_section(ss, sec), 0);
+    }
+    assert_int_equal(kw_fusion_generate(ss, &o->res), 0);
+    kw_fusion_session_free(ss);
+}
+
+/* With every position sent, the split pipeline gives kw_fusion_run's tokens and the same cache bits, in every
+ * scenario of the fixture and with both cache dtypes. */
+static void test_split_equals_in_process(void **state) {
+    (void)state;
+    static const char *const names[] = {"std", "par1", "front50", "back30", "general", "seq2", "par2", "mask21"};
+    const kw_select_policy full = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
+    for (int dt = 0; dt < 2; ++dt) {
+        const enum kw_dtype cd = dt ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; ++i) {
+            const scenario s = fixture_scenario(names[i]);
+            run_out a, b;
+            share_log log;
+            run(&s, cd, NULL, NULL, &a);
+            run_split(&s, &full, cd, &b, &log);
+            assert_int_equal(a.res.gen.n, b.res.gen.n);
+            assert_memory_equal(a.res.gen.ids, b.res.gen.ids, (size_t)a.res.gen.n * 4);
+            const int64_t cnt = E.n_heads * E.L * E.head_dim;
+            float *ka = malloc((size_t)cnt * 4), *va = malloc((size_t)cnt * 4), *kb = malloc((size_t)cnt * 4),
+                  *vb = malloc((size_t)cnt * 4);
+            for (int32_t l = 0; l < E.n_layers; ++l) {
+                cache_rows(a.cache, l, ka, va);
+                cache_rows(b.cache, l, kb, vb);
+                if (memcmp(ka, kb, (size_t)cnt * 4) != 0 || memcmp(va, vb, (size_t)cnt * 4) != 0)
+                    fail_msg("%s, %s cache: layer %d differs between the split and the in-process pipeline", names[i],
+                             kw_dtype_name(cd), (int)l);
+            }
+            assert_int_equal(a.res.stats.tokens_fused, b.res.stats.tokens_fused);
+            assert_int_equal(a.res.stats.layers_fused, b.res.stats.layers_fused);
+            free(ka), free(va), free(kb), free(vb);
+            share_log_free(&log);
+            run_free(&a);
+            run_free(&b);
+        }
+    }
+}
+
+/* A selection sends fewer rows per layer (vnorm per sharer layer), the positions are the selection's, and the run
+ * still decodes. */
+static void test_split_with_selection(void **state) {
+    (void)state;
+    const scenario s = fixture_scenario("std");
+    const kw_select_policy sel = {.mode = KW_SELECT_VNORM, .proportion = 0.25, .min_tokens = 1};
+    run_out o;
+    share_log log;
+    run_split(&s, &sel, KW_DTYPE_F32, &o, &log);
+    const int64_t L1 = s.sections[0].length, k = (int64_t)nearbyint((double)L1 * 0.25);
+    assert_int_equal(log.n, 3);
+    for (int32_t i = 0; i < log.n; ++i)
+        assert_int_equal(log.e[i].n_rows, k);
+    assert_true(o.res.stats.tokens_fused >= k && o.res.stats.tokens_fused <= 3 * k);
+    assert_true(o.res.gen.n >= 1 && o.res.gen.n <= E.G);
+    share_log_free(&log);
+    run_free(&o);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_split_equals_in_process),
+        cmocka_unit_test(test_split_with_selection),
+        cmocka_unit_test(test_session_selected_positions),
+        cmocka_unit_test(test_session_two_sharers_out_of_order),
         cmocka_unit_test(test_parity_receiver_only),
         cmocka_unit_test(test_parity_standard),
         cmocka_unit_test(test_parity_parallel_one_sharer),

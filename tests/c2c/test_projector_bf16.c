@@ -480,7 +480,7 @@ static void pipe_open(pipe_env *e) {
     int rc = kw_model_load(e->be, DATA "/receiver_qwen3", NULL, &e->recv);
     if (rc == 0) rc = kw_model_load(e->be, DATA "/sharer_qwen2", NULL, &e->shar);
     if (rc == 0) rc = kw_fuser_load(DATA "/fuser_qwen2", 0, &e->fuser);
-    const kw_fusion_sharer sh = {e->shar, e->fuser};
+    const kw_fusion_sharer sh = {.model = e->shar, .fuser = e->fuser};
     if (rc == 0) rc = kw_fusion_create(e->recv, &sh, 1, 0, &e->fusion);
     if (rc < 0) fail_msg("pipeline setup: %s (%s)", kw_status_name(rc), kw_error_detail());
     assert_int_equal(kw_model_logits_weight_dtype(e->recv), KW_DTYPE_BF16);

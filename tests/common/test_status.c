@@ -21,6 +21,8 @@ static void test_numbers_are_stable(void **state) {
     assert_int_equal(KW_E_MODEL_FORMAT, -200);
     assert_int_equal(KW_E_PT_FORMAT, -300);
     assert_int_equal(KW_E_BACKEND, -400);
+    assert_int_equal(KW_E_SHARE_MISMATCH, -600);
+    assert_int_equal(KW_E_SHARE_MODE, -604);
 }
 
 static void test_names_and_texts(void **state) {

@@ -1,0 +1,172 @@
+/* kw_select.c: token selection for the sharer (see kw_select.h for the modes and the rules). */
+#include "c2c/kw_select.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_status.h"
+
+static const char *const kw_select_names[KW_SELECT_COUNT] = {"full",   "front",      "back",
+                                                             "random", "knorm_topk", "vnorm_topk"};
+
+const char *kw_select_mode_name(enum kw_select_mode mode) {
+    return (unsigned)mode < KW_SELECT_COUNT ? kw_select_names[mode] : NULL;
+}
+
+int kw_select_mode_parse(const char *name, enum kw_select_mode *out) {
+    KW_RETURN_IF(name == NULL || out == NULL, KW_E_INVALID_ARG, "selection: NULL argument");
+    for (int i = 0; i < KW_SELECT_COUNT; ++i)
+        if (strcmp(name, kw_select_names[i]) == 0) {
+            *out = (enum kw_select_mode)i;
+            return 0;
+        }
+    KW_FAIL(KW_E_INVALID_ARG, "unknown selection \"%s\" (full, front, back, random, knorm_topk, vnorm_topk)", name);
+}
+
+int kw_select_policy_check(const kw_select_policy *pol) {
+    KW_RETURN_IF(pol == NULL, KW_E_INVALID_ARG, "selection: NULL policy");
+    KW_RETURN_IF((unsigned)pol->mode >= KW_SELECT_COUNT, KW_E_INVALID_ARG, "selection: unknown mode %d",
+                 (int)pol->mode);
+    KW_RETURN_IF(!(pol->proportion >= 0.0 && pol->proportion <= 1.0), KW_E_INVALID_ARG,
+                 "selection: proportion %g is outside [0, 1]", pol->proportion);
+    KW_RETURN_IF(pol->min_tokens < 1, KW_E_INVALID_ARG, "selection: min_tokens %lld must be >= 1",
+                 (long long)pol->min_tokens);
+    return 0;
+}
+
+int64_t kw_select_count(const kw_select_policy *pol, int64_t T) {
+    if (pol->mode == KW_SELECT_FULL || T <= 0) return T > 0 ? T : 0;
+    int64_t k = (int64_t)nearbyint((double)T * pol->proportion); /* round half to even, as Python's round */
+    if (k < pol->min_tokens) k = pol->min_tokens;
+    return k < T ? k : T;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Random: a partial Fisher-Yates shuffle driven by splitmix64
+ */
+
+static uint64_t kw_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#define KW_GOLDEN 0x9e3779b97f4a7c15ull
+
+static int kw_cmp_i64(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void kw_select_random(const kw_select_policy *pol, int64_t T, int64_t k, int32_t section, int32_t layer,
+                             int64_t *out) {
+    uint64_t state = kw_mix64(pol->seed ^ kw_mix64(((uint64_t)(uint32_t)section << 32) | (uint32_t)layer));
+    for (int64_t i = 0; i < T; ++i)
+        out[i] = i;
+    for (int64_t i = 0; i < k; ++i) {
+        state += KW_GOLDEN;
+        const uint64_t r = kw_mix64(state), range = (uint64_t)(T - i);
+        const int64_t j = i + (int64_t)(((unsigned __int128)r * range) >> 64); /* uniform in [i, T) up to 2^-64 */
+        const int64_t tmp = out[i];
+        out[i] = out[j];
+        out[j] = tmp;
+    }
+    qsort(out, (size_t)k, sizeof *out, kw_cmp_i64);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Norm top-k: a min-heap of the k best (the root is the worst kept), better = larger score, then lower position
+ */
+
+static int kw_better(const float *score, int64_t a, int64_t b) {
+    return score[a] > score[b] || (score[a] == score[b] && a < b);
+}
+
+static void kw_sift_down(int64_t *heap, int64_t n, int64_t i, const float *score) {
+    for (;;) {
+        const int64_t l = 2 * i + 1, r = l + 1;
+        int64_t worst = i;
+        if (l < n && kw_better(score, heap[worst], heap[l])) worst = l;
+        if (r < n && kw_better(score, heap[worst], heap[r])) worst = r;
+        if (worst == i) return;
+        const int64_t tmp = heap[i];
+        heap[i] = heap[worst];
+        heap[worst] = tmp;
+        i = worst;
+    }
+}
+
+static void kw_sift_up(int64_t *heap, int64_t i, const float *score) {
+    while (i > 0) {
+        const int64_t parent = (i - 1) / 2;
+        if (!kw_better(score, heap[parent], heap[i])) return;
+        const int64_t tmp = heap[i];
+        heap[i] = heap[parent];
+        heap[parent] = tmp;
+        i = parent;
+    }
+}
+
+static int64_t kw_select_norm(const float *x, int64_t T, int32_t H, int32_t D, int64_t k, float *score, int64_t *out) {
+    for (int64_t t = 0; t < T; ++t) {
+        float sum = 0.0f;
+        for (int32_t h = 0; h < H; ++h) {
+            const float *row = x + (t * H + h) * (int64_t)D;
+            float ss = 0.0f;
+            for (int32_t d = 0; d < D; ++d)
+                ss += row[d] * row[d];
+            sum += sqrtf(ss);
+        }
+        score[t] = sum / (float)H;
+    }
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; ++t) {
+        if (!isfinite(score[t])) continue;
+        if (n < k) {
+            out[n] = t;
+            kw_sift_up(out, n++, score);
+        } else if (k > 0 && kw_better(score, t, out[0])) {
+            out[0] = t;
+            kw_sift_down(out, n, 0, score);
+        }
+    }
+    qsort(out, (size_t)n, sizeof *out, kw_cmp_i64);
+    return n;
+}
+
+int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
+                        int32_t section, int32_t layer, float *scratch, int64_t *out, int64_t *n_out) {
+    KW_FORWARD(kw_select_policy_check(pol));
+    KW_RETURN_IF(T < 1 || H < 1 || D < 1 || out == NULL || n_out == NULL, KW_E_INVALID_ARG,
+                 "selection: bad arguments (T %lld, H %d, D %d)", (long long)T, (int)H, (int)D);
+    const int64_t n = kw_select_count(pol, T);
+    switch (pol->mode) {
+    case KW_SELECT_FULL:
+    case KW_SELECT_FRONT:
+        for (int64_t i = 0; i < n; ++i)
+            out[i] = i;
+        *n_out = n;
+        return 0;
+    case KW_SELECT_BACK:
+        for (int64_t i = 0; i < n; ++i)
+            out[i] = T - n + i;
+        *n_out = n;
+        return 0;
+    case KW_SELECT_RANDOM:
+        kw_select_random(pol, T, n, section, layer, out);
+        *n_out = n;
+        return 0;
+    case KW_SELECT_KNORM:
+    case KW_SELECT_VNORM: {
+        const float *x = pol->mode == KW_SELECT_KNORM ? k : v;
+        KW_RETURN_IF(x == NULL || scratch == NULL, KW_E_INVALID_ARG, "selection: %s needs the rows and scratch",
+                     kw_select_mode_name(pol->mode));
+        *n_out = kw_select_norm(x, T, H, D, n, scratch, out);
+        return 0;
+    }
+    case KW_SELECT_COUNT:
+        break;
+    }
+    KW_FAIL(KW_E_INVALID_ARG, "selection: unknown mode %d", (int)pol->mode);
+}

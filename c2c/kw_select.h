@@ -1,0 +1,55 @@
+/* kw_select.h: which token positions of a section a sharer sends (latentwire_spec.md §4, done deterministically).
+ *
+ * Modes, for T tokens and a proportion p:
+ *   full               every position (p is ignored)
+ *   front / back       the first / last k positions
+ *   random             k distinct positions drawn by a seeded generator (splitmix64 of seed, section and layer), so
+ *                      the same request gives the same draw on every machine; the reference's draw was unseeded
+ *   knorm / vnorm      the k positions with the largest score[t] = mean over heads of ||X[h, t, :]||_2 (X = K or V),
+ *                      computed in fp32 in one fixed order; ties go to the lower position (the reference's torch.topk
+ *                      left them unspecified); positions with a non-finite score are never chosen
+ * with k = round_half_even(T * p) (Python's round), then max(min_tokens, k), then min(k, T). The result is sorted
+ * ascending. The reference's hidden minimum of 64 tokens (§4.4) is not a default here: min_tokens defaults to 1.
+ * Pure: no I/O, no allocation but the caller's buffers.
+ */
+#ifndef KW_SELECT_H
+#define KW_SELECT_H
+
+#include <stdint.h>
+
+enum kw_select_mode {
+    KW_SELECT_FULL = 0,
+    KW_SELECT_FRONT = 1,
+    KW_SELECT_BACK = 2,
+    KW_SELECT_RANDOM = 3,
+    KW_SELECT_KNORM = 4,
+    KW_SELECT_VNORM = 5,
+    KW_SELECT_COUNT = 6,
+};
+
+typedef struct kw_select_policy {
+    enum kw_select_mode mode;
+    double proportion;  /* in [0, 1] (full: ignored) */
+    int64_t min_tokens; /* >= 1 */
+    uint64_t seed;      /* random only */
+} kw_select_policy;
+
+/* "full", "front", "back", "random", "knorm_topk", "vnorm_topk"; NULL for an invalid mode. */
+const char *kw_select_mode_name(enum kw_select_mode mode);
+
+/* The mode called name (the names above), or KW_E_INVALID_ARG. */
+int kw_select_mode_parse(const char *name, enum kw_select_mode *out);
+
+/* Checks a policy's fields (KW_E_INVALID_ARG with the reason). */
+int kw_select_policy_check(const kw_select_policy *pol);
+
+/* The number of positions the policy keeps out of T (before non-finite scores are dropped). */
+int64_t kw_select_count(const kw_select_policy *pol, int64_t T);
+
+/* Selects among T tokens. k and v are (T, H, D) f32 host arrays (row-major, token first), read only for the norm
+ * modes (may be NULL otherwise). section and layer feed the random draw. Writes *n_out <= T ascending offsets in
+ * [0, T) to out (T entries of room). scratch: T floats (norm modes; may be NULL otherwise). */
+int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
+                        int32_t section, int32_t layer, float *scratch, int64_t *out, int64_t *n_out);
+
+#endif /* KW_SELECT_H */

@@ -1,0 +1,72 @@
+/* kw_share.h: the sharer side of a KV transfer. The sharer model prefills the shared part of the prompt section by
+ * section, layer by layer (kw_model_forward_layers), and as soon as a layer's K/V exist the rows of every section
+ * that is sent go through the selection (c2c/kw_select.h) and out through a callback, before the next layer runs:
+ * a caller encodes them (sharer/: one KVWire section per layer) and streams them while the model goes on.
+ *
+ * The sections are the receiver's (kw_fusion_section): every section but the last is prefilled (the sharer's cache
+ * must hold the earlier ones), those with index > 0 are sent, the last is never seen by the sharer (the receiver runs
+ * it on its own cache). Positions are cache rows, as on the receiver. The layers sent are the caller's list (for
+ * C2C, kw_fusion_needed_layers on the receiver's side; for kv_direct, every layer). Results are the same bits as the
+ * in-process kw_fusion_run's sharer rows (the layer-major prefill is bit-identical to the chunked one).
+ * Not here: codecs, sockets, the receiver.
+ */
+#ifndef KW_SHARE_H
+#define KW_SHARE_H
+
+#include <stdint.h>
+
+#include "c2c/kw_fusion.h"
+#include "c2c/kw_select.h"
+#include "model/kw_model.h"
+
+/* One sent layer of one section, as the callback sees it. Pointers are owned by kw_share_run and valid during the
+ * call only. */
+typedef struct kw_share_layer {
+    int32_t section;          /* index into the sections */
+    int32_t blob;             /* ordinal of this section among the sent ones (0, 1, ...) */
+    int32_t layer;            /* sharer layer */
+    int32_t layer_index;      /* this is the layer_index-th of the n_layers_sent layers of this section */
+    int32_t n_layers_sent;    /* the caller's layer count */
+    int32_t n_source_layers;  /* layers of the sharer model */
+    int64_t pos0, length;     /* the section: positions [pos0, pos0 + length) */
+    int64_t n_positions;      /* the shared prefix's length (every position is below it) */
+    int64_t n_rows;           /* selected rows, >= 1 */
+    const int64_t *positions; /* n_rows ascending cache positions */
+    const float *k, *v;       /* (n_rows, n_heads, head_dim) f32 (exact bf16 values with a bf16 cache) */
+    int32_t n_heads, head_dim;
+    enum kw_dtype cache_dtype;
+} kw_share_layer;
+
+/* Called for each sent (section, layer), sections in order, layers ascending. A negative return stops the run. */
+typedef int (*kw_share_fn)(void *user, const kw_share_layer *layer);
+
+typedef struct kw_share_options {
+    const kw_fusion_section *sections; /* borrowed; the prompt's sections, the last one included */
+    int32_t n_sections;
+    const int32_t *layers; /* borrowed: the sharer layers to send, strictly ascending */
+    int32_t n_layers;
+    kw_select_policy select;
+    int same_positions;        /* 1: one selection per section (made at its first sent layer) for every layer */
+    enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    const uint8_t *pad;        /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */
+    kw_share_fn on_layer;
+    void *user;
+} kw_share_options;
+
+typedef struct kw_share_stats {
+    double prefill_ms;     /* the model's forward, callbacks excluded */
+    double select_ms;      /* reading rows to the host, scoring, gathering */
+    double callback_ms;    /* time in on_layer */
+    int64_t tokens_total;  /* sum over sent layers of the section length */
+    int64_t tokens_sent;   /* sum over sent layers of the selected rows */
+    int64_t kv_bytes;      /* selected K and V at the cache dtype (what an uncompressed transfer would carry) */
+    int32_t layers_sent;   /* callbacks */
+    int32_t sections_sent; /* sections with index > 0 */
+} kw_share_stats;
+
+/* Prefills ids[0..n) (the sharer's ids of every section but the last; n is their total length) on a new cache of
+ * this model and streams the sent layers. *stats (may be NULL) is filled. Errors: KW_E_INVALID_ARG (sections,
+ * layers, policy), the model's, the callback's. */
+int kw_share_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_options *opt, kw_share_stats *stats);
+
+#endif /* KW_SHARE_H */

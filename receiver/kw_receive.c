@@ -1,0 +1,384 @@
+/* kw_receive.c: the receiver half of a request (see kw_receive.h). */
+#include "receiver/kw_receive.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_status.h"
+#include "common/kw_time.h"
+
+/* What one sharer's blobs must look like, and the decoder reading the current one. */
+typedef struct kw_receive_peer {
+    kw_wire_decoder *dec;
+    int32_t n_layers, n_heads, head_dim; /* the sharer model's cache */
+    int32_t *needed;                     /* the layers its blob carries, ascending (owned) */
+    int32_t n_needed;
+    int expecting; /* a blob is due in the current section */
+    int done;      /* its trailer was verified */
+} kw_receive_peer;
+
+struct kw_receive {
+    enum kw_receive_mode mode;
+    kw_model *model;
+    kw_fusion *f;
+    kw_fusion_session *session; /* c2c */
+    kw_kvcache *cache;
+    const int32_t *ids;
+    int64_t n, prefix;
+    kw_fusion_section *sections;
+    int32_t n_sections;
+    kw_generate_options gen;
+    kw_receive_peer peers[KW_FUSION_MAX_SHARERS];
+    int32_t n_peers;
+    int32_t next_prefill, current;
+    int64_t cur_start, cur_len;
+    /* dequantization buffers for one KVWire section */
+    float *k, *v;
+    size_t rows_cap;
+    uint32_t *pos32;
+    int64_t *pos;
+    size_t pos_cap;
+    /* kv_direct: which layers of the current section arrived, and the positions they carry */
+    uint8_t *layer_seen;
+    int64_t *direct_pos;
+    int64_t direct_n;
+    kw_receive_stats stats;
+};
+
+void kw_receive_free(kw_receive *r) {
+    if (r == NULL) return;
+    kw_fusion_session_free(r->session);
+    for (int32_t i = 0; i < r->n_peers; ++i) {
+        kw_wire_decoder_destroy(r->peers[i].dec);
+        free(r->peers[i].needed);
+    }
+    free(r->sections);
+    free(r->k), free(r->v), free(r->pos32), free(r->pos);
+    free(r->layer_seen), free(r->direct_pos);
+    free(r);
+}
+
+const kw_receive_stats *kw_receive_get_stats(const kw_receive *r) {
+    return r ? &r->stats : NULL;
+}
+
+int kw_receive_section_sent(const kw_receive *r, int32_t section) {
+    if (r == NULL || section < 0 || section + 1 >= r->n_sections) return 0;
+    return r->sections[section].index > 0;
+}
+
+int32_t kw_receive_section_sharers(const kw_receive *r, int32_t section) {
+    if (!kw_receive_section_sent(r, section)) return 0;
+    return r->mode == KW_RECEIVE_KV_DIRECT ? 1 : r->sections[section].index;
+}
+
+/* Sets up peer i's expectations. */
+static int kw_receive_peer_init(kw_receive *r, int32_t i, const kw_wire_decoder_options *dopt) {
+    kw_receive_peer *p = &r->peers[i];
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_FORWARD(kw_fusion_sharer_geometry(r->f, i, &p->n_layers, &p->n_heads, &p->head_dim));
+    } else {
+        const kw_model_config *c = kw_model_get_config(r->model);
+        p->n_layers = c->n_layers, p->n_heads = c->n_kv_heads, p->head_dim = c->head_dim;
+    }
+    p->needed = malloc((size_t)p->n_layers * sizeof *p->needed);
+    KW_RETURN_IF(p->needed == NULL, KW_E_NOMEM, "receive: out of memory");
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_FORWARD(kw_fusion_needed_layers(r->f, i, p->needed, p->n_layers, &p->n_needed));
+    } else {
+        for (int32_t l = 0; l < p->n_layers; ++l)
+            p->needed[l] = l;
+        p->n_needed = p->n_layers;
+    }
+    return kw_wire_decoder_create(dopt, &p->dec);
+}
+
+int kw_receive_begin(kw_model *model, kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n,
+                     const kw_receive_options *opt, kw_receive **out) {
+    KW_RETURN_IF(model == NULL || cache == NULL || ids == NULL || opt == NULL || out == NULL || n < 1, KW_E_INVALID_ARG,
+                 "kw_receive_begin: NULL argument or empty prompt");
+    KW_RETURN_IF(opt->mode != KW_RECEIVE_C2C && opt->mode != KW_RECEIVE_KV_DIRECT, KW_E_INVALID_ARG,
+                 "kw_receive_begin: unknown mode %d", (int)opt->mode);
+    KW_RETURN_IF(opt->mode == KW_RECEIVE_C2C && f == NULL, KW_E_INVALID_ARG, "kw_receive_begin: c2c needs a fusion");
+    const kw_fusion_options *fo = &opt->fusion;
+    KW_RETURN_IF(fo->sections == NULL || fo->n_sections < 1, KW_E_INVALID_ARG, "kw_receive_begin: no sections");
+    *out = NULL;
+    kw_receive *r = calloc(1, sizeof *r);
+    KW_RETURN_IF(r == NULL, KW_E_NOMEM, "kw_receive_begin: out of memory");
+    int rc = 0;
+    r->mode = opt->mode;
+    r->model = model;
+    r->f = f;
+    r->cache = cache;
+    r->ids = ids;
+    r->n = n;
+    r->gen = fo->gen;
+    r->current = -1;
+    r->n_sections = fo->n_sections;
+    r->sections = malloc((size_t)fo->n_sections * sizeof *r->sections);
+    KW_CHECK_IF(r->sections == NULL, KW_E_NOMEM, "kw_receive_begin: out of memory");
+    memcpy(r->sections, fo->sections, (size_t)fo->n_sections * sizeof *r->sections);
+    int64_t total = 0;
+    for (int32_t i = 0; i < fo->n_sections; ++i) {
+        KW_CHECK_IF(r->sections[i].length < 1 || r->sections[i].length > n - total, KW_E_INVALID_ARG,
+                    "kw_receive_begin: section %d does not fit the %lld-token prompt", (int)i, (long long)n);
+        total += r->sections[i].length;
+    }
+    KW_CHECK_IF(total != n, KW_E_INVALID_ARG, "kw_receive_begin: the sections cover %lld of %lld tokens",
+                (long long)total, (long long)n);
+    r->prefix = n - r->sections[fo->n_sections - 1].length;
+    kw_wire_decoder_options dopt = {.limits = opt->limits};
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_CHECK(kw_fusion_begin(f, cache, ids, n, fo, &r->session));
+        r->n_peers = kw_fusion_n_sharers(f);
+    } else {
+        KW_CHECK_IF(kw_kvcache_length(cache) != 0, KW_E_INVALID_ARG, "kw_receive_begin: the cache must be empty");
+        r->n_peers = 1;
+        r->layer_seen = calloc((size_t)kw_model_get_config(model)->n_layers, 1);
+        KW_CHECK_IF(r->layer_seen == NULL, KW_E_NOMEM, "kw_receive_begin: out of memory");
+    }
+    for (int32_t i = 0; i < r->n_peers; ++i)
+        KW_CHECK(kw_receive_peer_init(r, i, &dopt));
+    *out = r;
+    return 0;
+out:
+    kw_receive_free(r);
+    return rc;
+}
+
+int kw_receive_prefill(kw_receive *r, int32_t section) {
+    KW_RETURN_IF(r == NULL, KW_E_INVALID_ARG, "kw_receive_prefill: NULL request");
+    KW_RETURN_IF(r->current >= 0 || section != r->next_prefill || section + 1 >= r->n_sections, KW_E_STATE,
+                 "kw_receive_prefill: section %d out of order", (int)section);
+    int64_t start = 0;
+    for (int32_t i = 0; i < section; ++i)
+        start += r->sections[i].length;
+    const int64_t len = r->sections[section].length;
+    const uint64_t t0 = kw_time_now_ns();
+    const int32_t expect = kw_receive_section_sharers(r, section);
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_FORWARD(kw_fusion_prefill(r->session, section));
+    } else if (expect) { /* rows reserved, hidden until they arrive */
+        int64_t row0 = 0;
+        KW_FORWARD(kw_kvcache_append(r->cache, len, &row0));
+        KW_FORWARD(kw_kvcache_set_valid(r->cache, row0, len, 0));
+        memset(r->layer_seen, 0, (size_t)r->peers[0].n_layers);
+        r->direct_n = -1;
+    } else {
+        KW_FORWARD(kw_model_prefill(r->model, r->cache, r->ids + start, len));
+    }
+    r->stats.prefill_ms += kw_time_ms(t0, kw_time_now_ns());
+    r->next_prefill = section + 1;
+    r->current = section;
+    r->cur_start = start;
+    r->cur_len = len;
+    for (int32_t i = 0; i < r->n_peers; ++i) {
+        r->peers[i].expecting = (expect >> i) & 1;
+        r->peers[i].done = 0;
+        kw_wire_decoder_reset(r->peers[i].dec);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Applying one verified KVWire section
+ */
+
+static int kw_receive_reserve(kw_receive *r, size_t rows_floats, size_t n_pos) {
+    if (rows_floats > r->rows_cap) {
+        float *k = realloc(r->k, rows_floats * sizeof(float));
+        if (k) r->k = k;
+        float *v = k ? realloc(r->v, rows_floats * sizeof(float)) : NULL;
+        if (v) r->v = v;
+        KW_RETURN_IF(!k || !v, KW_E_NOMEM, "receive: cannot hold %zu values", rows_floats);
+        r->rows_cap = rows_floats;
+    }
+    if (n_pos > r->pos_cap) {
+        uint32_t *p32 = realloc(r->pos32, n_pos * sizeof *p32);
+        if (p32) r->pos32 = p32;
+        int64_t *p = p32 ? realloc(r->pos, n_pos * sizeof *p) : NULL;
+        if (p) r->pos = p;
+        KW_RETURN_IF(!p32 || !p, KW_E_NOMEM, "receive: out of memory");
+        r->pos_cap = n_pos;
+    }
+    return 0;
+}
+
+static int kw_receive_layer_expected(const kw_receive_peer *p, uint32_t layer) {
+    for (int32_t i = 0; i < p->n_needed; ++i)
+        if ((uint32_t)p->needed[i] == layer) return 1;
+    return 0;
+}
+
+/* kv_direct: the rows become the receiver's own, layer by layer, with the same positions in every layer. */
+static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int64_t *pos, const float *k,
+                             const float *v) {
+    KW_RETURN_IF(r->layer_seen[layer], KW_E_SHARE_LAYER, "receive: kv_direct layer %d arrived twice", (int)layer);
+    if (r->direct_n < 0) {
+        free(r->direct_pos);
+        r->direct_pos = malloc((size_t)T * sizeof *r->direct_pos);
+        KW_RETURN_IF(r->direct_pos == NULL, KW_E_NOMEM, "receive: out of memory");
+        memcpy(r->direct_pos, pos, (size_t)T * sizeof *pos);
+        r->direct_n = T;
+    }
+    KW_RETURN_IF(T != r->direct_n || memcmp(pos, r->direct_pos, (size_t)T * sizeof *pos) != 0, KW_E_SHARE_POSITIONS,
+                 "receive: kv_direct layer %d carries other positions than the first layer", (int)layer);
+    for (int64_t i = 1; i < T; ++i)
+        KW_RETURN_IF(pos[i] <= pos[i - 1], KW_E_SHARE_POSITIONS, "receive: kv_direct positions are not increasing");
+    const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
+    for (int64_t i = 0; i < T;) {
+        int64_t len = 1;
+        while (i + len < T && pos[i + len] == pos[i] + len)
+            ++len;
+        KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, pos[i], len, k + i * row, v + i * row));
+        i += len;
+    }
+    r->layer_seen[layer] = 1;
+    return 0;
+}
+
+/* Applies T rows of one sharer layer at positions pos (validated here) from k, v. */
+static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_t T, const int64_t *pos, const float *k,
+                            const float *v) {
+    const kw_receive_peer *p = &r->peers[sharer];
+    KW_RETURN_IF(layer < 0 || !kw_receive_layer_expected(p, (uint32_t)layer), KW_E_SHARE_LAYER,
+                 "receive: sharer %d sent layer %d, which the request did not ask for", (int)sharer, (int)layer);
+    for (int64_t i = 0; i < T; ++i)
+        KW_RETURN_IF(pos[i] < r->cur_start || pos[i] >= r->cur_start + r->cur_len, KW_E_SHARE_POSITIONS,
+                     "receive: sharer %d layer %d: position %lld is outside the section [%lld, %lld)", (int)sharer,
+                     (int)layer, (long long)pos[i], (long long)r->cur_start, (long long)(r->cur_start + r->cur_len));
+    const uint64_t t0 = kw_time_now_ns();
+    if (r->mode == KW_RECEIVE_C2C) {
+        const kw_fusion_rows rows = {.sharer = sharer,
+                                     .section = r->current,
+                                     .source_layer = layer,
+                                     .n_rows = T,
+                                     .positions = pos,
+                                     .k = k,
+                                     .v = v};
+        KW_FORWARD(kw_fusion_put(r->session, &rows));
+    } else {
+        KW_FORWARD(kw_receive_direct(r, layer, T, pos, k, v));
+    }
+    r->stats.apply_ms += kw_time_ms(t0, kw_time_now_ns());
+    r->stats.rows += T;
+    ++r->stats.sections;
+    return 0;
+}
+
+static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_section *sec) {
+    const kw_receive_peer *p = &r->peers[sharer];
+    const int64_t T = sec->n_tokens, row = (int64_t)p->n_heads * p->head_dim;
+    KW_FORWARD(kw_receive_reserve(r, (size_t)(T * row), (size_t)T));
+    const uint64_t t0 = kw_time_now_ns();
+    KW_FORWARD(kw_wire_section_positions(sec, r->pos32, r->pos_cap));
+    for (int64_t i = 0; i < T; ++i)
+        r->pos[i] = r->pos32[i];
+    const kw_wire_tensor_out ko = {
+        .data = r->k, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
+    const kw_wire_tensor_out vo = {
+        .data = r->v, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
+    KW_FORWARD(kw_wire_section_dequantize(sec, &ko, &vo));
+    r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
+    return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, r->k, r->v);
+}
+
+int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows, const int64_t *positions,
+                    const float *k, const float *v) {
+    KW_RETURN_IF(r == NULL || positions == NULL || k == NULL || v == NULL || n_rows < 1, KW_E_INVALID_ARG,
+                 "kw_receive_rows: bad argument");
+    KW_RETURN_IF(r->current < 0, KW_E_STATE, "kw_receive_rows: no section is open");
+    KW_RETURN_IF(sharer < 0 || sharer >= r->n_peers || !r->peers[sharer].expecting, KW_E_STATE,
+                 "kw_receive_rows: section %d expects nothing from sharer %d", (int)r->current, (int)sharer);
+    return kw_receive_apply(r, sharer, layer, n_rows, positions, k, v);
+}
+
+int kw_receive_rows_done(kw_receive *r, int32_t sharer) {
+    KW_RETURN_IF(r == NULL || sharer < 0 || sharer >= r->n_peers, KW_E_INVALID_ARG, "kw_receive_rows_done: no sharer");
+    r->peers[sharer].done = 1;
+    return 0;
+}
+
+static int kw_receive_check_header(const kw_receive *r, int32_t sharer, const kw_wire_header *h) {
+    const kw_receive_peer *p = &r->peers[sharer];
+    KW_RETURN_IF(
+        h->n_layers != p->n_layers || h->n_kv_heads != p->n_heads || h->head_dim != p->head_dim, KW_E_SHARE_MISMATCH,
+        "receive: sharer %d's blob is for a (%u layers, %u heads, %u dims) cache, expected (%d, %d, %d)", (int)sharer,
+        h->n_layers, h->n_kv_heads, h->head_dim, (int)p->n_layers, (int)p->n_heads, (int)p->head_dim);
+    KW_RETURN_IF(h->n_sections != p->n_needed, KW_E_SHARE_MISMATCH,
+                 "receive: sharer %d's blob has %u sections, the request asked for %d layers", (int)sharer,
+                 h->n_sections, (int)p->n_needed);
+    KW_RETURN_IF(h->n_positions != (uint64_t)r->prefix, KW_E_SHARE_MISMATCH,
+                 "receive: sharer %d's blob covers %u positions, the shared prompt has %lld", (int)sharer,
+                 h->n_positions, (long long)r->prefix);
+    return 0;
+}
+
+int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, int *done) {
+    KW_RETURN_IF(r == NULL || (n > 0 && data == NULL), KW_E_INVALID_ARG, "kw_receive_feed: NULL argument");
+    KW_RETURN_IF(r->current < 0, KW_E_STATE, "kw_receive_feed: no section is open");
+    KW_RETURN_IF(sharer < 0 || sharer >= r->n_peers || !r->peers[sharer].expecting, KW_E_STATE,
+                 "kw_receive_feed: section %d expects no blob from sharer %d", (int)r->current, (int)sharer);
+    kw_receive_peer *p = &r->peers[sharer];
+    const unsigned char *bytes = data;
+    size_t off = 0;
+    r->stats.blob_bytes += n;
+    while (off < n || n == 0) {
+        size_t used = 0;
+        const uint64_t t0 = kw_time_now_ns();
+        const int ev = kw_wire_decoder_feed(p->dec, bytes + off, n - off, &used);
+        r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
+        if (ev < 0) return ev;
+        off += used;
+        if (ev == KW_WIRE_EVENT_HEADER) {
+            KW_FORWARD(kw_receive_check_header(r, sharer, kw_wire_decoder_header(p->dec)));
+        } else if (ev == KW_WIRE_EVENT_SECTION) {
+            KW_FORWARD(kw_receive_section(r, sharer, kw_wire_decoder_section(p->dec)));
+        } else if (ev == KW_WIRE_EVENT_END) {
+            p->done = 1;
+            ++r->stats.blobs;
+        } else {
+            break; /* NEED_MORE: everything consumed */
+        }
+        if (n == 0) break;
+    }
+    if (done) *done = p->done;
+    return 0;
+}
+
+int kw_receive_end_section(kw_receive *r, int32_t section) {
+    KW_RETURN_IF(r == NULL, KW_E_INVALID_ARG, "kw_receive_end_section: NULL request");
+    KW_RETURN_IF(r->current < 0 || section != r->current, KW_E_STATE, "kw_receive_end_section: section %d is not open",
+                 (int)section);
+    for (int32_t i = 0; i < r->n_peers; ++i)
+        KW_RETURN_IF(r->peers[i].expecting && !r->peers[i].done, KW_E_SHARE_INCOMPLETE,
+                     "receive: the blob of sharer %d for section %d is incomplete", (int)i, (int)section);
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_FORWARD(kw_fusion_end_section(r->session, section));
+    } else if (r->peers[0].expecting) {
+        for (int32_t l = 0; l < r->peers[0].n_layers; ++l)
+            KW_RETURN_IF(!r->layer_seen[l], KW_E_SHARE_INCOMPLETE, "receive: kv_direct layer %d never arrived", (int)l);
+        for (int64_t i = 0; i < r->direct_n; ++i)
+            KW_FORWARD(kw_kvcache_set_valid(r->cache, r->direct_pos[i], 1, 1));
+    }
+    r->current = -1;
+    return 0;
+}
+
+int kw_receive_generate(kw_receive *r, kw_fusion_result *out) {
+    KW_RETURN_IF(r == NULL || out == NULL, KW_E_INVALID_ARG, "kw_receive_generate: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_FORWARD(kw_fusion_generate(r->session, out));
+        r->stats.fusion = out->stats;
+        return 0;
+    }
+    KW_RETURN_IF(r->current >= 0 || r->next_prefill != r->n_sections - 1, KW_E_STATE,
+                 "kw_receive_generate: sections before the last are not all done");
+    KW_FORWARD(kw_generate_greedy(r->model, r->cache, r->ids + r->prefix, r->n - r->prefix, &r->gen, &out->gen));
+    out->stats.receiver_prefill_ms = r->stats.prefill_ms;
+    out->stats.last_prompt_ms = out->gen.prefill_ms;
+    out->stats.decode_ms = out->gen.decode_ms;
+    out->stats.n_decode = out->gen.n_decode;
+    return 0;
+}

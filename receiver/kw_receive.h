@@ -1,0 +1,87 @@
+/* kw_receive.h: the receiver half of a request, whatever carries the bytes (an in-memory buffer in `kvwire c2c`, a
+ * socket in receiverd): it prefills the receiver's sections, takes the KVWire blobs the sharers sent (one blob per
+ * sent section and sharer, fed in pieces of any size), decodes each KVWire section as soon as it is complete and
+ * applies it at once, then generates.
+ *
+ * Modes:
+ *   c2c        the rows go to the C2C fusion session (c2c/kw_fusion.h): projected into the receiver cache layer by
+ *              layer while later layers are still in flight.
+ *   kv_direct  the sharer runs the receiver's own model: the rows of every layer are written into the receiver cache
+ *              as its own (disaggregated prefill), every layer with the same positions; positions of a sent section
+ *              that were not selected stay hidden (the cache's validity mask). Sections that are not sent are
+ *              prefilled here, on top of what arrived.
+ * Everything a sharer sends is checked before use: the blob's geometry against the sharer's, the positions against
+ * the section, each layer against the layers the request asked for, the checksums by the KVWire decoder. A bad blob
+ * fails the request with that error; nothing of it is applied past the failing section.
+ * Not here: sockets, frames, the sharer, receiver_only and text_relay (nothing to receive but text).
+ */
+#ifndef KW_RECEIVE_H
+#define KW_RECEIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "c2c/kw_fusion.h"
+#include "wire/kw_wire.h"
+
+enum kw_receive_mode { KW_RECEIVE_C2C = 1, KW_RECEIVE_KV_DIRECT = 2 };
+
+typedef struct kw_receive_options {
+    enum kw_receive_mode mode;
+    kw_fusion_options fusion; /* sections (borrowed), fusion mode, numerics, generation; kv_direct: sections and
+                                 generation only */
+    kw_wire_limits limits;    /* all zero: the KVWire defaults */
+} kw_receive_options;
+
+typedef struct kw_receive_stats {
+    uint64_t blob_bytes; /* bytes fed */
+    int32_t blobs, sections;
+    int64_t rows;           /* rows applied, over all layers */
+    double decode_ms;       /* KVWire verification and dequantization */
+    double apply_ms;        /* kv_direct: writing rows into the cache; c2c: staging and projection (fusion stats) */
+    double prefill_ms;      /* the receiver's own prefill of the sections before the last */
+    kw_fusion_stats fusion; /* c2c */
+} kw_receive_stats;
+
+typedef struct kw_receive kw_receive; /* one request */
+
+/* Starts a request for prompt ids[0..n) (borrowed, must outlive it) on model with its empty cache. c2c: f is the
+ * receiver's fusion (sharers' geometry and fusers); kv_direct: f is NULL and the sharer is the model itself.
+ * *out is owned by the caller (kw_receive_free). */
+int kw_receive_begin(kw_model *model, kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t n,
+                     const kw_receive_options *opt, kw_receive **out);
+
+/* Prefills the next section before the last (c2c: the receiver's own rows to fuse into; kv_direct: a sent section
+ * gets its rows reserved, hidden until they arrive; another is prefilled). */
+int kw_receive_prefill(kw_receive *r, int32_t section);
+
+/* Feeds n bytes of sharer's blob for the current section (any split). Complete KVWire sections are applied as they
+ * are verified; *done is set to 1 once the blob's trailer is verified (bytes after it are an error). */
+int kw_receive_feed(kw_receive *r, int32_t sharer, const void *data, size_t n, int *done);
+
+/* The in-memory transport without a codec (`kvwire c2c` without --wire): n_rows rows of one sharer layer at the given
+ * ascending positions, k and v (n_rows, heads, head_dim) f32, applied exactly as a decoded KVWire section would be;
+ * then kw_receive_rows_done says that sharer sent everything for the section. */
+int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows, const int64_t *positions,
+                    const float *k, const float *v);
+int kw_receive_rows_done(kw_receive *r, int32_t sharer);
+
+/* Ends the current section: every sent blob must be complete (KW_E_SHARE_INCOMPLETE otherwise); kv_direct: every layer
+ * must have arrived, and the selected positions become visible. */
+int kw_receive_end_section(kw_receive *r, int32_t section);
+
+/* Runs the last section and decodes greedily. *out as kw_fusion_generate's (the stats are the fusion's in c2c). */
+int kw_receive_generate(kw_receive *r, kw_fusion_result *out);
+
+/* 1 if the section's index sends anything in this mode (c2c: a sharer bitmask > 0; kv_direct: index > 0). */
+int kw_receive_section_sent(const kw_receive *r, int32_t section);
+
+/* The sharers whose blobs the current section expects (bit i: sharer i). */
+int32_t kw_receive_section_sharers(const kw_receive *r, int32_t section);
+
+const kw_receive_stats *kw_receive_get_stats(const kw_receive *r);
+
+/* Releases the request (not the model, cache or fusion). NULL is a no-op. */
+void kw_receive_free(kw_receive *r);
+
+#endif /* KW_RECEIVE_H */

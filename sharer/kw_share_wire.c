@@ -1,0 +1,162 @@
+/* kw_share_wire.c: KVWire encoding of the sharer's layers (see kw_share_wire.h). */
+#include "sharer/kw_share_wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_status.h"
+#include "common/kw_time.h"
+
+struct kw_share_wire {
+    kw_share_wire_options opt;
+    kw_wire_encoder *enc; /* the current blob's, NULL between blobs */
+    kw_wire_header hdr;
+    int32_t blob; /* the current blob's ordinal */
+    unsigned char *buf;
+    size_t cap;
+    uint32_t *positions;
+    size_t positions_cap;
+    kw_share_wire_stats stats;
+};
+
+void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out) {
+    *out = opt->policy;
+    for (int32_t i = 0; i < opt->n_overrides; ++i)
+        if (opt->overrides[i].layer == layer) {
+            out->k = opt->overrides[i].k;
+            out->v = opt->overrides[i].v;
+        }
+}
+
+int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) {
+    KW_RETURN_IF(opt == NULL || out == NULL || opt->write == NULL, KW_E_INVALID_ARG, "share wire: NULL argument");
+    KW_RETURN_IF(opt->policy.n_groups != 0, KW_E_INVALID_ARG, "share wire: token groups are not a layer policy");
+    KW_RETURN_IF(opt->n_overrides < 0 || (opt->n_overrides > 0 && opt->overrides == NULL), KW_E_INVALID_ARG,
+                 "share wire: bad override list");
+    for (int32_t i = 1; i < opt->n_overrides; ++i)
+        KW_RETURN_IF(opt->overrides[i].layer <= opt->overrides[i - 1].layer, KW_E_INVALID_ARG,
+                     "share wire: override layers must increase (entry %d)", (int)i);
+    *out = NULL;
+    kw_share_wire *w = calloc(1, sizeof *w);
+    KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
+    w->opt = *opt;
+    w->blob = -1;
+    *out = w;
+    return 0;
+}
+
+void kw_share_wire_free(kw_share_wire *w) {
+    if (w == NULL) return;
+    kw_wire_encoder_destroy(w->enc);
+    free(w->buf);
+    free(w->positions);
+    free(w);
+}
+
+const kw_share_wire_stats *kw_share_wire_get_stats(const kw_share_wire *w) {
+    return w ? &w->stats : NULL;
+}
+
+static int kw_share_wire_reserve(kw_share_wire *w, size_t n) {
+    if (n <= w->cap) return 0;
+    unsigned char *b = realloc(w->buf, n);
+    KW_RETURN_IF(b == NULL, KW_E_NOMEM, "share wire: cannot allocate %zu bytes", n);
+    w->buf = b;
+    w->cap = n;
+    return 0;
+}
+
+/* Hands n encoded bytes to the callback and counts them. */
+static int kw_share_wire_emit(kw_share_wire *w, size_t n) {
+    const uint64_t t0 = kw_time_now_ns();
+    const int rc = w->opt.write(w->opt.user, w->blob, w->buf, n);
+    w->stats.write_ms += kw_time_ms(t0, kw_time_now_ns());
+    if (rc < 0) {
+        if (kw_error_detail()[0] == '\0') kw_error_set(rc, "share wire: the byte sink failed");
+        return rc;
+    }
+    w->stats.blob_bytes += n;
+    return 0;
+}
+
+static void kw_share_wire_add_breakdown(kw_wire_breakdown *sum, const kw_wire_breakdown *b) {
+    sum->header += b->header;
+    sum->indices += b->indices;
+    sum->scales += b->scales;
+    sum->payload += b->payload;
+    sum->checksums += b->checksums;
+    sum->compression_saved += b->compression_saved;
+    sum->total += b->total;
+    sum->sections += b->sections;
+    sum->compressed_sections += b->compressed_sections;
+}
+
+int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
+    KW_RETURN_IF(w == NULL || l == NULL, KW_E_INVALID_ARG, "share wire: NULL argument");
+    KW_RETURN_IF(l->n_rows < 1 || l->n_rows > UINT32_MAX || l->n_positions > KW_WIRE_MAX_POSITIONS ||
+                     l->n_layers_sent > UINT16_MAX || l->n_source_layers > UINT16_MAX,
+                 KW_E_LIMIT, "share wire: the layer does not fit KVWire (%lld rows, %lld positions)",
+                 (long long)l->n_rows, (long long)l->n_positions);
+    size_t written = 0;
+    uint64_t t0 = kw_time_now_ns();
+    if (l->layer_index == 0) { /* the section's blob starts */
+        KW_RETURN_IF(w->enc != NULL, KW_E_STATE, "share wire: blob %d was not finished", (int)w->blob);
+        w->hdr = (kw_wire_header){.n_layers = (uint16_t)l->n_source_layers,
+                                  .n_sections = (uint16_t)l->n_layers_sent,
+                                  .n_kv_heads = (uint16_t)l->n_heads,
+                                  .head_dim = (uint16_t)l->head_dim,
+                                  .n_positions = (uint32_t)l->n_positions,
+                                  .src_dtype = KW_WIRE_DTYPE_F32,
+                                  .model_id = w->opt.model_id,
+                                  .policy_id = w->opt.policy_id};
+        KW_FORWARD(kw_wire_encoder_create(&w->hdr, NULL, &w->enc));
+        w->blob = l->blob;
+        KW_FORWARD(kw_share_wire_reserve(w, KW_WIRE_HEADER_BYTES));
+        KW_FORWARD(kw_wire_encoder_write_header(w->enc, w->buf, w->cap, &written));
+        w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
+        KW_FORWARD(kw_share_wire_emit(w, written));
+        ++w->stats.blobs;
+        t0 = kw_time_now_ns();
+    }
+    KW_RETURN_IF(w->enc == NULL || l->blob != w->blob, KW_E_STATE, "share wire: layer %d of blob %d out of order",
+                 (int)l->layer, (int)l->blob);
+    if ((size_t)l->n_rows > w->positions_cap) {
+        uint32_t *p = realloc(w->positions, (size_t)l->n_rows * sizeof *p);
+        KW_RETURN_IF(p == NULL, KW_E_NOMEM, "share wire: out of memory");
+        w->positions = p;
+        w->positions_cap = (size_t)l->n_rows;
+    }
+    for (int64_t i = 0; i < l->n_rows; ++i)
+        w->positions[i] = (uint32_t)l->positions[i];
+    const size_t hd = (size_t)l->head_dim, row = (size_t)l->n_heads * hd;
+    const kw_wire_layer_in in = {.layer = (uint32_t)l->layer,
+                                 .n_tokens = (uint32_t)l->n_rows,
+                                 .positions = w->positions,
+                                 .k = {.data = l->k, .head_stride = hd, .token_stride = row},
+                                 .v = {.data = l->v, .head_stride = hd, .token_stride = row}};
+    kw_wire_policy pol;
+    kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+    size_t bound = 0;
+    KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, (uint32_t)l->n_rows, &bound));
+    KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
+    KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
+    w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
+    KW_FORWARD(kw_share_wire_emit(w, written));
+    ++w->stats.sections;
+    if (l->layer_index + 1 == l->n_layers_sent) { /* the blob ends */
+        t0 = kw_time_now_ns();
+        KW_FORWARD(kw_wire_encoder_write_trailer(w->enc, w->buf, w->cap, &written));
+        const kw_wire_breakdown *b = kw_wire_encoder_breakdown(w->enc);
+        kw_share_wire_add_breakdown(&w->stats.breakdown, b);
+        w->stats.compressed_sections += (int32_t)b->compressed_sections;
+        w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
+        KW_FORWARD(kw_share_wire_emit(w, written));
+        kw_wire_encoder_destroy(w->enc);
+        w->enc = NULL;
+    }
+    return 0;
+}
+
+int kw_share_wire_on_layer(void *user, const kw_share_layer *layer) {
+    return kw_share_wire_layer(user, layer);
+}

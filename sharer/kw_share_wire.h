@@ -1,0 +1,67 @@
+/* kw_share_wire.h: the sharer's encoder stage: the layers kw_share_run hands over (c2c/kw_share.h) become KVWire blobs
+ * (docs/FORMAT.md), one blob per sent section, one KVWire section per layer, written out through a byte callback as
+ * soon as each layer is encoded (the header before the section's first layer, the trailer after its last).
+ *
+ * Codecs: one policy for every layer (K and V codec specs, zstd level, smallest index encoding) with per-layer
+ * overrides. The rows are f32 (exact bf16 values with a bf16 sharer cache, so the bf16 codec is then lossless); the
+ * same rows and codecs give the same bytes on every run and machine. Not here: sockets or frames (the daemon wraps the
+ * bytes in WIRE frames), the receiver.
+ */
+#ifndef KW_SHARE_WIRE_H
+#define KW_SHARE_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "c2c/kw_share.h"
+#include "wire/kw_wire.h"
+
+/* Receives consecutive bytes of the blobs, in order (blob is the sent section's ordinal). A negative return stops. */
+typedef int (*kw_share_bytes_fn)(void *user, int32_t blob, const void *data, size_t n);
+
+/* A codec override for one sharer layer. */
+typedef struct kw_share_layer_codec {
+    uint32_t layer;
+    kw_wire_codec_spec k, v;
+} kw_share_layer_codec;
+
+typedef struct kw_share_wire_options {
+    kw_wire_policy policy;                 /* every layer's (n_groups must be 0) */
+    const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers; NULL if none */
+    int32_t n_overrides;
+    uint64_t model_id; /* the blob header's opaque identities */
+    uint32_t policy_id;
+    kw_share_bytes_fn write;
+    void *user;
+} kw_share_wire_options;
+
+typedef struct kw_share_wire_stats {
+    uint64_t blob_bytes; /* every byte written */
+    int32_t blobs, sections, compressed_sections;
+    double encode_ms;            /* encoding, writes excluded */
+    double write_ms;             /* time in the byte callback */
+    kw_wire_breakdown breakdown; /* summed over the blobs */
+} kw_share_wire_stats;
+
+typedef struct kw_share_wire kw_share_wire;
+
+/* opt is copied (overrides stay borrowed). *out is owned by the caller (kw_share_wire_free). Errors: KW_E_INVALID_ARG
+ * (policy, overrides). */
+int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
+
+/* Frees it; NULL is a no-op. */
+void kw_share_wire_free(kw_share_wire *w);
+
+/* Encodes one layer and writes its bytes. Use as (or from) kw_share_run's on_layer. */
+int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *layer);
+
+/* kw_share_run's callback form: user is the kw_share_wire. */
+int kw_share_wire_on_layer(void *user, const kw_share_layer *layer);
+
+/* The statistics so far (owned by w). */
+const kw_share_wire_stats *kw_share_wire_get_stats(const kw_share_wire *w);
+
+/* The codec policy for a sharer layer: the base policy with that layer's override applied. */
+void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out);
+
+#endif /* KW_SHARE_WIRE_H */
