@@ -72,7 +72,31 @@
     X(KW_E_CUBLAS, -402, "a cuBLAS call failed")                                                                       \
     X(KW_E_NO_DEVICE, -403, "no GPU device is available")                                                              \
     X(KW_E_OP_UNSUPPORTED, -404, "the backend does not support this op/dtype combination")                             \
-    /* net/ and proto/: -500 .. -599 (reserved for the transport issues) */                                            \
+    /* proto/ (control messages and framing, docs/PROTOCOL.md): -500 .. -549 */                                        \
+    X(KW_E_PROTO_FRAME_TYPE, -500, "unknown frame type, or a frame type not allowed here")                             \
+    X(KW_E_PROTO_FRAME_SIZE, -501, "a frame length exceeds the configured maximum")                                    \
+    X(KW_E_PROTO_MESSAGE, -502, "a control message is not valid protobuf for its frame type")                          \
+    X(KW_E_PROTO_TRUNCATED, -503, "the stream ended inside a frame")                                                   \
+    X(KW_E_PROTO_TRAILING, -504, "bytes follow the last frame")                                                        \
+    X(KW_E_PROTO_VERSION, -505, "the peer speaks an unsupported protocol version")                                     \
+    X(KW_E_PROTO_FIELD, -506, "a control message field is missing, unknown or out of range")                           \
+    X(KW_E_PROTO_SEQUENCE, -507, "a frame arrived where the protocol does not allow it")                               \
+    X(KW_E_PROTO_REFUSED, -508, "the peer refused the hello (version, role, model pair)")                              \
+    /* net/ (transport, TLS, HTTP front): -550 .. -599 */                                                              \
+    X(KW_E_NET_ADDRESS, -550, "an address or port that cannot be resolved or bound")                                   \
+    X(KW_E_NET_CONNECT, -551, "connecting failed (refused, unreachable)")                                              \
+    X(KW_E_NET_CONNECT_TIMEOUT, -552, "connecting (TCP and TLS handshake) did not finish in time")                     \
+    X(KW_E_NET_IDLE_TIMEOUT, -553, "nothing was read or written for longer than the idle timeout")                     \
+    X(KW_E_NET_REQUEST_TIMEOUT, -554, "a request did not finish before its deadline")                                  \
+    X(KW_E_NET_CLOSED, -555, "the peer closed the connection")                                                         \
+    X(KW_E_NET_IO, -556, "a socket operation failed (reset, broken pipe; the libuv error is in the detail)")           \
+    X(KW_E_NET_BACKPRESSURE, -557, "the write queue is over its hard limit")                                           \
+    X(KW_E_NET_TLS, -558, "TLS handshake or record failure")                                                           \
+    X(KW_E_NET_TLS_VERIFY, -559, "the peer's certificate is not trusted or does not match")                            \
+    X(KW_E_NET_NOT_TLS, -560, "the peer does not speak TLS")                                                           \
+    X(KW_E_NET_SHUTDOWN, -561, "the server is shutting down")                                                          \
+    X(KW_E_NET_HTTP, -562, "a malformed HTTP request")                                                                 \
+    X(KW_E_NET_HTTP_LIMIT, -563, "an HTTP request line, header block or body over its configured limit")               \
     /* the sharer/receiver pipeline: -600 .. -649 */                                                                   \
     X(KW_E_SHARE_MISMATCH, -600, "a sharer's blob does not fit the request (cache shape, prompt length, layer count)") \
     X(KW_E_SHARE_LAYER, -601, "a sharer sent a layer the request did not ask for")                                     \

@@ -21,6 +21,30 @@ static void test_numbers_are_stable(void **state) {
     assert_int_equal(KW_E_MODEL_FORMAT, -200);
     assert_int_equal(KW_E_PT_FORMAT, -300);
     assert_int_equal(KW_E_BACKEND, -400);
+    /* proto/ and net/: every code is pinned, they travel in Error frames (docs/PROTOCOL.md) */
+    assert_int_equal(KW_E_PROTO_FRAME_TYPE, -500);
+    assert_int_equal(KW_E_PROTO_FRAME_SIZE, -501);
+    assert_int_equal(KW_E_PROTO_MESSAGE, -502);
+    assert_int_equal(KW_E_PROTO_TRUNCATED, -503);
+    assert_int_equal(KW_E_PROTO_TRAILING, -504);
+    assert_int_equal(KW_E_PROTO_VERSION, -505);
+    assert_int_equal(KW_E_PROTO_FIELD, -506);
+    assert_int_equal(KW_E_PROTO_SEQUENCE, -507);
+    assert_int_equal(KW_E_PROTO_REFUSED, -508);
+    assert_int_equal(KW_E_NET_ADDRESS, -550);
+    assert_int_equal(KW_E_NET_CONNECT, -551);
+    assert_int_equal(KW_E_NET_CONNECT_TIMEOUT, -552);
+    assert_int_equal(KW_E_NET_IDLE_TIMEOUT, -553);
+    assert_int_equal(KW_E_NET_REQUEST_TIMEOUT, -554);
+    assert_int_equal(KW_E_NET_CLOSED, -555);
+    assert_int_equal(KW_E_NET_IO, -556);
+    assert_int_equal(KW_E_NET_BACKPRESSURE, -557);
+    assert_int_equal(KW_E_NET_TLS, -558);
+    assert_int_equal(KW_E_NET_TLS_VERIFY, -559);
+    assert_int_equal(KW_E_NET_NOT_TLS, -560);
+    assert_int_equal(KW_E_NET_SHUTDOWN, -561);
+    assert_int_equal(KW_E_NET_HTTP, -562);
+    assert_int_equal(KW_E_NET_HTTP_LIMIT, -563);
     assert_int_equal(KW_E_SHARE_MISMATCH, -600);
     assert_int_equal(KW_E_SHARE_MODE, -604);
 }

@@ -13,16 +13,9 @@
 #include <string.h>
 
 #include "common/kw_bytes.h"
+#include "tests/fuzz/fuzz_check.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_internal.h"
-
-#define FUZZ_CHECK(cond)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "fuzz invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);                         \
-            abort();                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 /* Small limits keep each input cheap; the logic is the same as with the defaults. */
 static inline void fuzz_wire_options(kw_wire_decoder_options *opt) {

@@ -27,10 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t at = 0;
     int rc = 0;
     while (rc >= 0 && at < size) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        const uint32_t pick = (uint32_t)(seed >> 33);
-        size_t n = (pick & 7) == 0 ? 4096 : 1 + (pick >> 3) % 64;
-        n = n < size - at ? n : size - at;
+        const size_t n = fuzz_next_chunk(&seed, 64, 4096, size - at);
         uint8_t *chunk = malloc(n);
         FUZZ_CHECK(chunk);
         memcpy(chunk, data + at, n);

@@ -1,0 +1,365 @@
+/* test_proto_message.c: control messages (docs/PROTOCOL.md §4, §5): every message type survives pack -> frame ->
+ * unpack with its fields intact, and the decoder's rules reject what they must: bad protobuf, unknown fields (but
+ * not inside Hello, which a later version may extend), unknown enum values, bad UTF-8, oversized payloads, a
+ * payload that would unpack into more memory than the budget, and the per-message field rules. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_status.h"
+#include "proto/kw_proto.h"
+
+/* Packs m as a frame of type, checks the frame, unpacks its payload; returns the unpack status (*out on 0). */
+static int roundtrip(uint32_t type, const ProtobufCMessage *m, ProtobufCMessage **out) {
+    uint8_t *frame = NULL;
+    size_t n = 0;
+    assert_int_equal(kw_proto_message_frame_pack(type, m, &frame, &n), 0);
+    kw_proto_frame f;
+    assert_int_equal(kw_proto_frame_parse(NULL, frame, n, &f), 0);
+    assert_int_equal(f.type, type);
+    const int rc = kw_proto_message_unpack(NULL, f.type, f.data, f.data_len, out);
+    free(frame);
+    return rc;
+}
+
+static uint8_t digest_a[32] = {1, 2, 3};
+static uint8_t digest_b[32] = {9, 8, 7};
+
+static void fill_identity(Kwctl__ModelIdentity *id, Kwctl__ModelDigest *dg, Kwctl__KvShape *kv, const char *name) {
+    kwctl__model_identity__init(id);
+    kwctl__model_digest__init(dg);
+    kwctl__kv_shape__init(kv);
+    dg->config_sha256 = (ProtobufCBinaryData){32, digest_a};
+    dg->weights_sha256 = (ProtobufCBinaryData){32, digest_b};
+    kv->n_layers = 28;
+    kv->n_kv_heads = 8;
+    kv->head_dim = 128;
+    id->name = (char *)name;
+    id->architecture = "qwen3";
+    id->digest = dg;
+    id->kv = kv;
+}
+
+static void test_hello_roundtrip(void **state) {
+    (void)state;
+    Kwctl__ModelIdentity id;
+    Kwctl__ModelDigest dg;
+    Kwctl__KvShape kv;
+    fill_identity(&id, &dg, &kv, "qwen3-0.6b");
+    Kwctl__ModelIdentity *models[] = {&id};
+    Kwctl__FuserIdentity fu = KWCTL__FUSER_IDENTITY__INIT;
+    fu.name = "qwen3_0.6b+qwen2.5_0.5b";
+    fu.sharer = &dg;
+    fu.receiver = &dg;
+    Kwctl__FuserIdentity *fusers[] = {&fu};
+    uint32_t codecs[] = {1, 3, 4};
+    Kwctl__Hello h = KWCTL__HELLO__INIT;
+    h.protocol_version = 1;
+    h.role = KWCTL__ROLE__ROLE_RECEIVER;
+    h.software = "kvwire 0.1.0 \xc3\xa9"; /* UTF-8 */
+    h.models = models;
+    h.n_models = 1;
+    h.codecs = codecs;
+    h.n_codecs = 3;
+    h.fusers = fusers;
+    h.n_fusers = 1;
+    h.max_frame_bytes = 1 << 20;
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), 0);
+    const Kwctl__Hello *g = (const Kwctl__Hello *)m;
+    assert_int_equal(g->protocol_version, 1);
+    assert_int_equal(g->role, KWCTL__ROLE__ROLE_RECEIVER);
+    assert_string_equal(g->software, h.software);
+    assert_int_equal(g->n_models, 1);
+    assert_string_equal(g->models[0]->name, "qwen3-0.6b");
+    assert_int_equal(g->models[0]->kv->head_dim, 128);
+    assert_memory_equal(g->models[0]->digest->weights_sha256.data, digest_b, 32);
+    assert_int_equal(g->n_codecs, 3);
+    assert_int_equal(g->codecs[2], 4);
+    assert_string_equal(g->fusers[0]->name, fu.name);
+    assert_int_equal(g->max_frame_bytes, 1 << 20);
+    kw_proto_message_free(m);
+
+    /* field rules */
+    h.role = KWCTL__ROLE__ROLE_UNSPECIFIED;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    h.role = (Kwctl__Role)77; /* not a Role */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    h.role = KWCTL__ROLE__ROLE_RECEIVER;
+    dg.config_sha256.len = 31;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    dg.config_sha256.len = 32;
+    kv.n_kv_heads = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    kv.n_kv_heads = 8;
+    h.software = "bad \xc3\x28 utf8";
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    h.software = "overlong \xc0\xaf";
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    h.software = "surrogate \xed\xa0\x80";
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+    h.software = "ok";
+    Kwctl__ModelIdentity *twice[] = {&id, &id};
+    h.models = twice;
+    h.n_models = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO, &h.base, &m), KW_E_PROTO_FIELD);
+}
+
+static void test_hello_reply(void **state) {
+    (void)state;
+    Kwctl__HelloReply r = KWCTL__HELLO_REPLY__INIT;
+    r.protocol_version = 1;
+    r.accepted = 0;
+    r.status = KW_E_PROTO_REFUSED;
+    r.reason = "the fuser does not fit any model here";
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO_REPLY, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__HelloReply *)m)->status, KW_E_PROTO_REFUSED);
+    assert_string_equal(((Kwctl__HelloReply *)m)->reason, r.reason);
+    kw_proto_message_free(m);
+    r.status = 0; /* a refusal needs a status */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO_REPLY, &r.base, &m), KW_E_PROTO_FIELD);
+    r.accepted = 1;
+    r.role = KWCTL__ROLE__ROLE_SHARER;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO_REPLY, &r.base, &m), 0);
+    kw_proto_message_free(m);
+    r.status = -1; /* an acceptance has none */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_HELLO_REPLY, &r.base, &m), KW_E_PROTO_FIELD);
+}
+
+static void test_share_request(void **state) {
+    (void)state;
+    uint32_t ids[] = {151644, 872, 198, 3838, 374};
+    uint32_t pos[] = {0, 1, 2, 3, 4};
+    uint32_t layers[] = {0, 5, 27};
+    Kwctl__CodecSpec k = KWCTL__CODEC_SPEC__INIT, v = KWCTL__CODEC_SPEC__INIT;
+    k.codec = 3, k.granularity = 2, k.scale_dtype = 1;
+    v.codec = 4, v.granularity = 4, v.scale_dtype = 1, v.group_size = 32;
+    Kwctl__LayerPolicy lp = KWCTL__LAYER_POLICY__INIT;
+    lp.layer = 5;
+    lp.k = &k;
+    lp.v = &k;
+    Kwctl__LayerPolicy *sched[] = {&lp};
+    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
+    p.k = &k;
+    p.v = &v;
+    p.selection = KWCTL__SELECTION__SELECTION_KNORM_TOPK;
+    p.proportion = 0.5;
+    p.seed = 7;
+    p.zstd = 1;
+    p.zstd_level = -3;
+    p.layers = layers;
+    p.n_layers = 3;
+    p.schedule = sched;
+    p.n_schedule = 1;
+    Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
+    r.request_id = 0xfedcba9876543210ull;
+    r.mode = KWCTL__MODE__MODE_C2C;
+    r.sharer_model = "qwen2.5-0.5b";
+    r.token_ids = ids;
+    r.n_token_ids = 5;
+    r.positions = pos;
+    r.n_positions = 5;
+    r.policy = &p;
+    r.timeout_ms = 30000;
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    const Kwctl__ShareRequest *g = (const Kwctl__ShareRequest *)m;
+    assert_int_equal(g->request_id, r.request_id);
+    assert_int_equal(g->n_token_ids, 5);
+    assert_memory_equal(g->token_ids, ids, sizeof ids);
+    assert_int_equal(g->policy->selection, KWCTL__SELECTION__SELECTION_KNORM_TOPK);
+    assert_true(g->policy->proportion == 0.5);
+    assert_int_equal(g->policy->zstd_level, -3);
+    assert_int_equal(g->policy->v->group_size, 32);
+    assert_int_equal(g->policy->schedule[0]->layer, 5);
+    kw_proto_message_free(m);
+
+    /* the rules, one at a time */
+    r.request_id = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.request_id = 1;
+    r.n_positions = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.n_positions = 5;
+    pos[3] = 2; /* not increasing */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    pos[3] = 3;
+    p.proportion = 1.5;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.proportion = 0.25;
+    layers[1] = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    layers[1] = 5;
+    v.group_size = 24;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    v.group_size = 32;
+    r.policy = NULL;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.mode = KWCTL__MODE__MODE_RECEIVER_ONLY; /* no policy needed */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    kw_proto_message_free(m);
+    r.mode = (Kwctl__Mode)9;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+
+    /* the token limit */
+    r.mode = KWCTL__MODE__MODE_TEXT_RELAY;
+    uint8_t *frame;
+    size_t n;
+    assert_int_equal(kw_proto_message_frame_pack(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &frame, &n), 0);
+    const kw_proto_limits lim = {.max_tokens = 4};
+    assert_int_equal(kw_proto_message_unpack(&lim, KW_PROTO_FRAME_SHARE_REQUEST, frame + 5, n - 5, &m),
+                     KW_E_PROTO_FIELD);
+    assert_int_equal(kw_proto_message_check(&lim, &r.base), KW_E_PROTO_FIELD);
+    const kw_proto_limits lim5 = {.max_tokens = 5};
+    assert_int_equal(kw_proto_message_check(&lim5, &r.base), 0);
+    free(frame);
+}
+
+static void test_share_flow_messages(void **state) {
+    (void)state;
+    ProtobufCMessage *m = NULL;
+    uint32_t layers[] = {1, 2};
+    Kwctl__KvShape kv = KWCTL__KV_SHAPE__INIT;
+    kv.n_layers = 4, kv.n_kv_heads = 2, kv.head_dim = 64;
+    Kwctl__ShareHeader h = KWCTL__SHARE_HEADER__INIT;
+    h.request_id = 3;
+    h.mode = KWCTL__MODE__MODE_KV_DIRECT;
+    h.layers = layers;
+    h.n_layers = 2;
+    h.tokens_prefilled = 100;
+    h.tokens_kept = 50;
+    h.blob_bytes_max = 123456;
+    h.section_bytes_max = 60000;
+    h.kv = &kv;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_HEADER, &h.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareHeader *)m)->blob_bytes_max, 123456);
+    kw_proto_message_free(m);
+    layers[1] = 4; /* not a layer of a 4-layer model */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_HEADER, &h.base, &m), KW_E_PROTO_FIELD);
+    layers[1] = 2;
+    h.tokens_kept = 101;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_HEADER, &h.base, &m), KW_E_PROTO_FIELD);
+
+    Kwctl__ShareText t = KWCTL__SHARE_TEXT__INIT;
+    t.request_id = 3;
+    t.text = (ProtobufCBinaryData){5, (uint8_t *)"hello"};
+    t.n_tokens = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TEXT, &t.base, &m), 0);
+    kw_proto_message_free(m);
+    t.text = (ProtobufCBinaryData){2, (uint8_t *)"\xff\xfe"};
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TEXT, &t.base, &m), KW_E_PROTO_FIELD);
+
+    Kwctl__ShareEnd e = KWCTL__SHARE_END__INIT;
+    e.request_id = 3;
+    e.blob_bytes = 99999;
+    e.sections = 2;
+    e.compressed_sections = 1;
+    e.prefill_ns = 1234567;
+    e.frames_sent = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareEnd *)m)->prefill_ns, 1234567);
+    kw_proto_message_free(m);
+    e.compressed_sections = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+
+    Kwctl__Error err = KWCTL__ERROR__INIT;
+    err.request_id = 3;
+    err.status = KW_E_WIRE_CHECKSUM;
+    err.message = "section 2: checksum";
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_ERROR, &err.base, &m), 0);
+    assert_int_equal(((Kwctl__Error *)m)->status, KW_E_WIRE_CHECKSUM);
+    kw_proto_message_free(m);
+    err.status = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_ERROR, &err.base, &m), KW_E_PROTO_FIELD);
+
+    Kwctl__Cancel c = KWCTL__CANCEL__INIT;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_CANCEL, &c.base, &m), KW_E_PROTO_FIELD);
+    c.request_id = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_CANCEL, &c.base, &m), 0);
+    kw_proto_message_free(m);
+
+    Kwctl__Stats s = KWCTL__STATS__INIT;
+    s.requests_ok = 10;
+    s.bytes_out = 1ull << 40;
+    s.queue_depth = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_STATS, &s.base, &m), 0);
+    assert_int_equal(((Kwctl__Stats *)m)->bytes_out, 1ull << 40);
+    kw_proto_message_free(m);
+    Kwctl__Pong pong = KWCTL__PONG__INIT;
+    pong.nonce = 5;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_PONG, &pong.base, &m), 0);
+    kw_proto_message_free(m);
+}
+
+static void test_unpack_rejections(void **state) {
+    (void)state;
+    ProtobufCMessage *m = NULL;
+    /* a raw frame type carries no message */
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_WIRE, (const uint8_t *)"", 0, &m),
+                     KW_E_PROTO_FRAME_TYPE);
+    assert_int_equal(kw_proto_message_unpack(NULL, 99, (const uint8_t *)"", 0, &m), KW_E_PROTO_FRAME_TYPE);
+    /* not protobuf: a truncated varint, a length past the end, wire type 7 */
+    const uint8_t trunc[] = {0x08, 0x80};
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, trunc, sizeof trunc, &m), KW_E_PROTO_MESSAGE);
+    const uint8_t past[] = {0x1a, 0x10, 'a'};
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_HELLO, past, sizeof past, &m), KW_E_PROTO_MESSAGE);
+    const uint8_t wt7[] = {0x0f, 0x00};
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, wt7, sizeof wt7, &m), KW_E_PROTO_MESSAGE);
+    /* an unknown field (number 15, varint) after a valid Ping: rejected... */
+    const uint8_t unknown[] = {0x08, 0x05, 0x78, 0x01};
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, unknown, sizeof unknown, &m), KW_E_PROTO_FIELD);
+    /* ...but tolerated in a Hello (field 15 is not defined there either) */
+    const uint8_t hello_ext[] = {0x08, 0x01, 0x10, 0x01, 0x78, 0x01};
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_HELLO, hello_ext, sizeof hello_ext, &m), 0);
+    assert_int_equal(((Kwctl__Hello *)m)->role, KWCTL__ROLE__ROLE_RECEIVER);
+    kw_proto_message_free(m);
+    /* the size limit applies to the payload given */
+    const kw_proto_limits small = {.max_message_bytes = 3};
+    assert_int_equal(kw_proto_message_unpack(&small, KW_PROTO_FRAME_PING, unknown, sizeof unknown, &m),
+                     KW_E_PROTO_FRAME_SIZE);
+    /* an empty payload is a message with every field at its default */
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, NULL, 0, &m), 0);
+    assert_int_equal(((Kwctl__Ping *)m)->nonce, 0);
+    kw_proto_message_free(m);
+    kw_proto_message_free(NULL);
+}
+
+static void test_unpack_memory_budget(void **state) {
+    (void)state;
+    /* 20000 empty LayerPolicy entries: two bytes each on the wire, a struct and a pointer each once unpacked */
+    const size_t n = 20000;
+    uint8_t *policy = malloc(2 * n);
+    for (size_t i = 0; i < n; ++i)
+        policy[2 * i] = 0x4a, policy[2 * i + 1] = 0x00; /* field 9, length 0 */
+    /* ShareRequest{request_id: 1, mode: 2, policy(6): {...}} */
+    uint8_t *msg = malloc(2 * n + 16);
+    size_t at = 0;
+    msg[at++] = 0x08, msg[at++] = 0x01, msg[at++] = 0x10, msg[at++] = 0x02, msg[at++] = 0x32;
+    uint32_t len = (uint32_t)(2 * n);
+    while (len >= 0x80)
+        msg[at++] = (uint8_t)(len | 0x80), len >>= 7;
+    msg[at++] = (uint8_t)len;
+    memcpy(msg + at, policy, 2 * n);
+    at += 2 * n;
+    ProtobufCMessage *m = NULL;
+    const kw_proto_limits tight = {.max_unpacked_bytes = 64 << 10};
+    assert_int_equal(kw_proto_message_unpack(&tight, KW_PROTO_FRAME_SHARE_REQUEST, msg, at, &m), KW_E_LIMIT);
+    /* with room, it unpacks, and the field rules then reject it (no codecs, no selection) */
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_SHARE_REQUEST, msg, at, &m), KW_E_PROTO_FIELD);
+    free(msg);
+    free(policy);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hello_roundtrip),   cmocka_unit_test(test_hello_reply),
+        cmocka_unit_test(test_share_request),     cmocka_unit_test(test_share_flow_messages),
+        cmocka_unit_test(test_unpack_rejections), cmocka_unit_test(test_unpack_memory_budget),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
