@@ -1,13 +1,13 @@
 /* bench_model.c: `kvwire bench model`: prefill and decode speed of a model on the CPU backend.
  *
- * The model is --model (an HF folder or a GGUF file, e.g. the SmolLM2 one `kvwire fetch-model` caches; GGUF weights
- * are dequantized at load to --weights f32|bf16), or else a real-shaped random model (Qwen3-0.6B shape by default:
- * 28 layers, hidden 1024, bf16, 151936 vocab) written by the gen-model library into a temporary folder (or
- * --model-dir, reused when it already holds a model) and loaded like any HF folder (norms zero-copy from the mmap,
- * matmul weights packed once for the CPU kernels). Reported: prefill tok/s, decode tok/s, peak RSS, and the baseline
- * from the same run: streaming-read memory bandwidth with the same thread count, which bounds decode at bandwidth /
- * (weight bytes read per token). --profile adds a per-op time breakdown (ops synchronized one by one). Not a
- * correctness check: tests/model does that. */
+ * The model is --model (an HF folder or a GGUF file, e.g. the SmolLM2 or Gemma 3 ones `kvwire fetch-model` caches;
+ * GGUF weights are dequantized at load to --weights f32|bf16), or else a real-shaped random model (Qwen3-0.6B shape
+ * by default: 28 layers, hidden 1024, bf16, 151936 vocab; or Qwen2.5-0.5B, Llama-3.2-1B, Gemma 3 270M) written by the
+ * gen-model library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like
+ * any HF folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill
+ * tok/s, decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth with the same
+ * thread count, which bounds decode at bandwidth / (weight bytes read per token). --profile adds a per-op time
+ * breakdown (ops synchronized one by one). Not a correctness check: tests/model does that. */
 #include "kw_benches.h"
 
 #include <errno.h>
@@ -27,16 +27,17 @@
 #include "model/kw_model.h"
 #include "tools/kw_cli.h"
 
-const char kw_bench_model_summary[] =
-    "prefill/decode tok/s of a real-shaped random model vs the memory-bandwidth bound";
+const char kw_bench_model_summary[] = "prefill/decode tok/s of a model (a GGUF file, an HF folder or a real-shaped "
+                                      "random one) vs the memory-bandwidth bound";
 
 static void kw_bench_model_usage(FILE *f) {
     fprintf(f,
-            "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama]\n"
+            "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
             "                          [--model-dir DIR | --model PATH [--weights f32|bf16]] [--reps N] [--profile]\n"
             "  --model      an existing model: HF folder or GGUF file (GGUF weights dequantized to --weights,\n"
             "               default f32); otherwise a random model of the --arch shape is generated\n"
-            "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B\n"
+            "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
+            "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
             "  --threads    CPU threads (default 2)\n"
             "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
             "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
@@ -99,8 +100,8 @@ static void kw_bench_remove_model(const char *dir) {
 
 int kw_bench_model(int argc, char **argv) {
     int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
-    static const char *const archs[] = {"qwen3", "qwen2", "llama", NULL};
-    static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b"};
+    static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
+    static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
     static const char *const weight_names[] = {"f32", "bf16", NULL};
     int arch = 0, profile = 0, weights = 0;

@@ -44,6 +44,8 @@ int kw_align_side_init(const kw_tokenizer *tok, enum kw_chat_family family, kw_a
         bos = "<|begin_of_text|>";
         eos = "<|eot_id|>";
         break;
+    case KW_CHAT_GEMMA3: /* alignment needs token offsets, which the SentencePiece-style tokenizer does not give */
+        KW_FAIL(KW_E_UNSUPPORTED, "kw_align_side_init: token alignment with a Gemma 3 side is not implemented");
     default:
         KW_FAIL(KW_E_INVALID_ARG, "kw_align_side_init: unknown chat family %d", (int)family);
     }

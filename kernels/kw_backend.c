@@ -149,7 +149,7 @@ static int kw_check_supported(const kw_backend *backend, enum kw_op op, enum kw_
 }
 
 static int kw_check_act(enum kw_act act, const char *op) {
-    KW_RETURN_IF((unsigned)act > KW_ACT_IDENTITY, KW_E_INVALID_ARG, "%s: invalid activation %d", op, (int)act);
+    KW_RETURN_IF((unsigned)act > KW_ACT_TANH, KW_E_INVALID_ARG, "%s: invalid activation %d", op, (int)act);
     return 0;
 }
 

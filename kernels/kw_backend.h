@@ -234,6 +234,7 @@ enum kw_act {
     KW_ACT_GELU_TANH = 2, /* torch gelu(approximate="tanh") */
     KW_ACT_SIGMOID = 3,
     KW_ACT_IDENTITY = 4,
+    KW_ACT_TANH = 5, /* torch.tanh (Gemma's final logit softcap) */
 };
 
 /* out = act(gate) * up, elementwise; all f32, same shape. */

@@ -66,6 +66,8 @@ KW_HD float kw_opm_act(float x, enum kw_act act) {
         return 1.0f / (1.0f + expf(-x));
     case KW_ACT_IDENTITY:
         return x;
+    case KW_ACT_TANH:
+        return tanhf(x);
     }
     return NAN;
 }

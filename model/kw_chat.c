@@ -1,10 +1,13 @@
-/* kw_chat.c: the Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct and SmolLM2-Instruct chat templates, written out in C.
+/* kw_chat.c: the Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct, Gemma 3 and SmolLM2-Instruct chat templates, written
+ * out in C.
  *
  * Each renderer follows its Jinja template statement by statement (the template text is kept in
  * tools/make_chat_fixtures.py, which renders the reference outputs with transformers' apply_chat_template), so the
  * output is byte-identical for messages with roles system/user/assistant. What it is not: a Jinja engine. The tool
  * branches (tools, tool calls, "tool"/"ipython" roles) are refused with KW_E_TEMPLATE, as are other roles, and so is
- * an empty message list, which transformers refuses before rendering (and the Qwen and Llama templates raise on). */
+ * an empty message list, on which all five templates raise (transformers refuses it before rendering). Gemma 3's
+ * multimodal branches (content as a list of text and image items) do not arise: a message's content is a string
+ * here. */
 #include "model/kw_chat.h"
 
 #include "common/kw_buf.h"
@@ -229,6 +232,37 @@ static int kw_chat_llama32(kw_buf *b, const kw_chat_message *m, size_t n, const 
     return 0;
 }
 
+/* Gemma 3 (the chat_template of google/gemma-3-*'s tokenizer_config.json, models/tokenizers/gemma3), string
+ * contents. A leading system message is not a turn: its text plus "\n\n" opens the first turn, untrimmed. The other
+ * messages must alternate user (even positions) and anything else (odd positions), else the template raises;
+ * assistant turns are written "model", other roles as named. Contents are trimmed (Jinja's trim). */
+static int kw_chat_gemma3(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
+    size_t first = 0;
+    kw_chat_str prefix = {"", 0};
+    if (strcmp(m[0].role, "system") == 0) {
+        prefix = kw_chat_view(m[0].content);
+        first = 1;
+    }
+    KW_FORWARD(kw_buf_append_str(b, "<bos>"));
+    for (size_t i = first; i < n; ++i) {
+        const bool user = strcmp(m[i].role, "user") == 0;
+        KW_RETURN_IF(user != ((i - first) % 2 == 0), KW_E_TEMPLATE,
+                     "Conversation roles must alternate user/assistant/user/assistant/... (message %zu is %s)", i,
+                     m[i].role);
+        KW_FORWARD(kw_buf_append_str(b, "<start_of_turn>"));
+        KW_FORWARD(kw_buf_append_str(b, strcmp(m[i].role, "assistant") == 0 ? "model" : m[i].role));
+        KW_FORWARD(kw_buf_append_str(b, "\n"));
+        if (i == first && first == 1) {
+            KW_FORWARD(kw_chat_put_str(b, prefix));
+            KW_FORWARD(kw_buf_append_str(b, "\n\n"));
+        }
+        KW_FORWARD(kw_chat_put_str(b, kw_chat_trim(kw_chat_view(m[i].content))));
+        KW_FORWARD(kw_buf_append_str(b, "<end_of_turn>\n"));
+    }
+    if (o->add_generation_prompt) KW_FORWARD(kw_buf_append_str(b, "<start_of_turn>model\n"));
+    return 0;
+}
+
 /* SmolLM2-Instruct (tokenizer.chat_template of HuggingFaceTB/SmolLM2-*-Instruct, kw_chat_smollm2_template below):
  * ChatML turns, and before the first one, when it is not a system message, the default system turn. */
 static int kw_chat_smollm2(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
@@ -276,6 +310,9 @@ int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, 
     case KW_CHAT_LLAMA32:
         rc = kw_chat_llama32(&b, messages, n_messages, o);
         break;
+    case KW_CHAT_GEMMA3:
+        rc = kw_chat_gemma3(&b, messages, n_messages, o);
+        break;
     case KW_CHAT_SMOLLM2:
         rc = kw_chat_smollm2(&b, messages, n_messages, o);
         break;
@@ -298,6 +335,8 @@ const char *kw_chat_family_name(enum kw_chat_family family) {
         return "qwen2.5";
     case KW_CHAT_LLAMA32:
         return "llama3.2";
+    case KW_CHAT_GEMMA3:
+        return "gemma3";
     case KW_CHAT_SMOLLM2:
         return "smollm2";
     }
@@ -306,11 +345,32 @@ const char *kw_chat_family_name(enum kw_chat_family family) {
 
 int kw_chat_family_parse(const char *name, enum kw_chat_family *out) {
     KW_RETURN_IF(!name || !out, KW_E_INVALID_ARG, "kw_chat_family_parse: NULL argument");
-    static const enum kw_chat_family all[] = {KW_CHAT_QWEN3, KW_CHAT_QWEN25, KW_CHAT_LLAMA32, KW_CHAT_SMOLLM2};
+    static const enum kw_chat_family all[] = {KW_CHAT_QWEN3, KW_CHAT_QWEN25, KW_CHAT_LLAMA32, KW_CHAT_GEMMA3,
+                                              KW_CHAT_SMOLLM2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i)
         if (strcmp(name, kw_chat_family_name(all[i])) == 0) {
             *out = all[i];
             return 0;
         }
-    KW_FAIL(KW_E_INVALID_ARG, "unknown chat template family \"%.40s\" (qwen3, qwen2.5, llama3.2 or smollm2)", name);
+    KW_FAIL(KW_E_INVALID_ARG, "unknown chat template family \"%.40s\" (qwen3, qwen2.5, llama3.2, gemma3 or smollm2)",
+            name);
+}
+
+int kw_chat_family_for_arch(enum kw_arch arch, enum kw_chat_family *out) {
+    KW_RETURN_IF(!out, KW_E_INVALID_ARG, "kw_chat_family_for_arch: NULL argument");
+    switch (arch) {
+    case KW_ARCH_QWEN3:
+        *out = KW_CHAT_QWEN3;
+        return 0;
+    case KW_ARCH_QWEN2:
+        *out = KW_CHAT_QWEN25;
+        return 0;
+    case KW_ARCH_LLAMA:
+        *out = KW_CHAT_LLAMA32;
+        return 0;
+    case KW_ARCH_GEMMA3:
+        *out = KW_CHAT_GEMMA3;
+        return 0;
+    }
+    KW_FAIL(KW_E_UNSUPPORTED, "no chat template for %s", kw_arch_name(arch));
 }

@@ -1,9 +1,11 @@
-/* kw_config.c: config.json + generation_config.json -> kw_model_config for Qwen2, Qwen3 and Llama.
+/* kw_config.c: config.json + generation_config.json -> kw_model_config for Qwen2, Qwen3, Llama and Gemma3.
  *
  * Absent optional fields take the defaults of the matching transformers 4.52 config class (Qwen2Config, Qwen3Config,
- * LlamaConfig), so a config HF loads means the same thing here. The shape fields (layers, hidden, heads,
- * intermediate, vocab) are required: a config without them is not a real checkpoint's. Everything is range-checked;
- * every failure names the field. This file does not look at weights (the model loader checks tensor shapes).
+ * LlamaConfig, Gemma3TextConfig), so a config HF loads means the same thing here. For Qwen and Llama the shape fields
+ * (layers, hidden, heads, intermediate, vocab) are required: a config without them is not a real checkpoint's. Gemma3
+ * configs are different: the multimodal checkpoints nest the text model in "text_config" and leave most fields at
+ * Gemma3TextConfig's defaults, so every Gemma3 field has its HF default. Everything is range-checked; every failure
+ * names the field. This file does not look at weights (the model loader checks tensor shapes).
  */
 #include "model/kw_config.h"
 
@@ -37,6 +39,19 @@ int kw_arch_parse(const char *name, enum kw_arch *out) {
 int kw_config_is_eos(const kw_model_config *cfg, int32_t id) {
     for (int32_t i = 0; cfg && i < cfg->n_eos; ++i)
         if (cfg->eos_ids[i] == id) return 1;
+    return 0;
+}
+
+int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer) {
+    if (!cfg || layer < 0 || layer >= cfg->n_layers || layer >= KW_CONFIG_MAX_LAYERS) return 0;
+    return cfg->layer_sliding[layer] ? cfg->sliding_window : 0;
+}
+
+int kw_config_set_sliding_pattern(kw_model_config *cfg, int32_t pattern) {
+    KW_RETURN_IF(!cfg, KW_E_INVALID_ARG, "kw_config_set_sliding_pattern: NULL config");
+    KW_RETURN_IF(pattern < 1, KW_E_MODEL_CONFIG, "sliding_window_pattern %d must be >= 1", (int)pattern);
+    for (int32_t l = 0; l < KW_CONFIG_MAX_LAYERS; ++l)
+        cfg->layer_sliding[l] = (uint8_t)(l < cfg->n_layers && (l + 1) % pattern != 0);
     return 0;
 }
 
@@ -86,7 +101,7 @@ static int kw_config_arch(const cJSON *root, enum kw_arch *out) {
                                     &from_class) < 0,
                      KW_E_MODEL_ARCH,
                      "config.json: architecture %s is not supported (Qwen2ForCausalLM, Qwen3ForCausalLM, "
-                     "LlamaForCausalLM)",
+                     "LlamaForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration)",
                      class_name);
         have_class = 1;
     }
@@ -98,15 +113,12 @@ static int kw_config_arch(const cJSON *root, enum kw_arch *out) {
             have_type = 1;
         else
             KW_RETURN_IF(!have_class, KW_E_MODEL_ARCH,
-                         "config.json: model_type \"%s\" is not supported (qwen2, qwen3, llama)", type_name);
+                         "config.json: model_type \"%s\" is not supported (qwen2, qwen3, llama, gemma3_text, gemma3)",
+                         type_name);
     }
     KW_RETURN_IF(!have_class && !have_type, KW_E_MODEL_CONFIG,
                  "config.json: neither \"architectures\" nor \"model_type\" names the architecture");
     *out = have_class ? from_class : from_type;
-    KW_RETURN_IF(*out == KW_ARCH_GEMMA3, KW_E_MODEL_ARCH,
-                 "config.json: Gemma3 (%s) is not supported yet (it needs GeGLU, 1+w RMSNorm, four norms per layer "
-                 "and sliding-window layers)",
-                 have_class ? class_name : type_name);
     KW_RETURN_IF(have_class && have_type && from_class != from_type, KW_E_MODEL_CONFIG,
                  "config.json: architectures[0] %s contradicts model_type \"%s\"", class_name, type_name);
     return 0;
@@ -271,10 +283,45 @@ static int kw_cfg_rope(const cJSON *root, kw_rope_params *rope) {
  * Validation and parsing
  */
 
+/* The Gemma3 fields: meaningful for Gemma3, neutral (zero) for the other families. */
+static int kw_config_validate_gemma3(const kw_model_config *c) {
+    const int gemma = c->arch == KW_ARCH_GEMMA3;
+    int sliding = 0;
+    for (int32_t l = 0; l < KW_CONFIG_MAX_LAYERS; ++l) {
+        KW_RETURN_IF(c->layer_sliding[l] > 1 || (c->layer_sliding[l] && l >= c->n_layers), KW_E_MODEL_CONFIG,
+                     "layer_sliding[%d] = %d is not a flag of one of the %d layers", (int)l, (int)c->layer_sliding[l],
+                     (int)c->n_layers);
+        sliding |= c->layer_sliding[l];
+    }
+    KW_RETURN_IF(c->norm_plus_one != 0 && c->norm_plus_one != 1, KW_E_MODEL_CONFIG, "norm_plus_one %d is not 0 or 1",
+                 (int)c->norm_plus_one);
+    KW_RETURN_IF(!gemma && (sliding || c->sliding_window != 0 || c->act != KW_ACT_SILU ||
+                            c->query_pre_attn_scalar != 0 || c->final_logit_softcap != 0 || c->norm_plus_one != 0),
+                 KW_E_MODEL_CONFIG, "%s takes no sliding window, activation, attention scalar or softcap settings",
+                 kw_arch_name(c->arch));
+    KW_RETURN_IF(c->act != KW_ACT_SILU && c->act != KW_ACT_GELU_TANH, KW_E_MODEL_CONFIG,
+                 "MLP activation %d is not supported (silu, gelu_pytorch_tanh)", (int)c->act);
+    KW_RETURN_IF(c->sliding_window < 0 || (sliding && c->sliding_window < 1), KW_E_MODEL_CONFIG,
+                 "sliding_window %d must be >= 1 when a layer slides", (int)c->sliding_window);
+    if (sliding) {
+        KW_RETURN_IF(!(c->rope_local.theta > 0.0 && c->rope_local.theta < 1e12), KW_E_MODEL_CONFIG,
+                     "rope_local_base_freq %g is outside (0, 1e12)", c->rope_local.theta);
+        KW_RETURN_IF(c->rope_local.rotary_dim != c->head_dim, KW_E_MODEL_CONFIG,
+                     "local rotary dim %d differs from head_dim %d", (int)c->rope_local.rotary_dim, (int)c->head_dim);
+    }
+    KW_RETURN_IF(!(c->query_pre_attn_scalar >= 0.0 && c->query_pre_attn_scalar <= 1e9) ||
+                     (gemma && c->query_pre_attn_scalar == 0.0),
+                 KW_E_MODEL_CONFIG, "query_pre_attn_scalar %g must be a positive number", c->query_pre_attn_scalar);
+    KW_RETURN_IF(!(c->final_logit_softcap >= 0.0 && c->final_logit_softcap <= 1e9), KW_E_MODEL_CONFIG,
+                 "final_logit_softcapping %g must be a positive number or null", c->final_logit_softcap);
+    return 0;
+}
+
 int kw_config_validate(const kw_model_config *c) {
     KW_RETURN_IF(!c, KW_E_INVALID_ARG, "kw_config_validate: NULL config");
-    KW_RETURN_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA, KW_E_MODEL_ARCH,
-                 "architecture %s is not supported", kw_arch_name(c->arch));
+    KW_RETURN_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA &&
+                     c->arch != KW_ARCH_GEMMA3,
+                 KW_E_MODEL_ARCH, "architecture %s is not supported", kw_arch_name(c->arch));
     KW_RETURN_IF(c->n_layers < 1 || c->n_layers > 1024, KW_E_MODEL_CONFIG, "num_hidden_layers %d is outside [1, 1024]",
                  (int)c->n_layers);
     KW_RETURN_IF(c->hidden < 1 || c->hidden > 65536, KW_E_MODEL_CONFIG, "hidden_size %d is outside [1, 65536]",
@@ -311,7 +358,82 @@ int kw_config_validate(const kw_model_config *c) {
     for (int32_t i = 0; i < c->n_eos; ++i)
         KW_RETURN_IF(c->eos_ids[i] < 0 || c->eos_ids[i] >= c->vocab, KW_E_MODEL_CONFIG,
                      "eos_token_id %d is outside the vocabulary (%d)", (int)c->eos_ids[i], (int)c->vocab);
+    return kw_config_validate_gemma3(c);
+}
+
+/* Gemma3TextConfig's defaults (transformers 4.52), for the fields every family has. */
+#define KW_GEMMA3_VOCAB        262208
+#define KW_GEMMA3_HIDDEN       2304
+#define KW_GEMMA3_INTERMEDIATE 9216
+#define KW_GEMMA3_LAYERS       26
+#define KW_GEMMA3_HEADS        8
+#define KW_GEMMA3_KV_HEADS     4
+#define KW_GEMMA3_HEAD_DIM     256
+#define KW_GEMMA3_MAX_POS      131072
+
+/* The Gemma3-only fields of the text config t: activation, attention scalar, softcaps, window and layer kinds, local
+ * RoPE. */
+static int kw_config_parse_gemma3(const cJSON *t, kw_model_config *cfg) {
+    const char *w = "config.json";
+    const char *act = NULL;
+    KW_FORWARD(kw_cfg_opt_str(t, "hidden_activation", "gelu_pytorch_tanh", &act, w));
+    KW_RETURN_IF(strcmp(act, "gelu_pytorch_tanh") != 0, KW_E_MODEL_CONFIG,
+                 "config.json: hidden_activation \"%s\" is not supported (only gelu_pytorch_tanh)", act);
+    cfg->act = KW_ACT_GELU_TANH;
+    cfg->norm_plus_one = 1; /* HF's Gemma3RMSNorm */
+    KW_FORWARD(kw_cfg_opt_f64(t, "query_pre_attn_scalar", 256.0, &cfg->query_pre_attn_scalar, w));
+    /* NAN when absent or null (no softcap); a present value must be positive (HF divides by it) */
+    double cap = NAN;
+    KW_FORWARD(kw_cfg_opt_f64(t, "final_logit_softcapping", NAN, &cap, w));
+    KW_RETURN_IF(cap == cap && !(cap > 0.0), KW_E_MODEL_CONFIG,
+                 "config.json: final_logit_softcapping %g must be a positive number or null", cap);
+    cfg->final_logit_softcap = cap == cap ? cap : 0.0;
+    double attn_cap = NAN;
+    KW_FORWARD(kw_cfg_opt_f64(t, "attn_logit_softcapping", NAN, &attn_cap, w));
+    KW_RETURN_IF(attn_cap == attn_cap, KW_E_MODEL_CONFIG,
+                 "config.json: attn_logit_softcapping %g is not supported (only null)", attn_cap);
+    int32_t bidirectional = 0;
+    KW_FORWARD(kw_cfg_opt_bool(t, "use_bidirectional_attention", 0, &bidirectional, w));
+    KW_RETURN_IF(bidirectional, KW_E_MODEL_CONFIG,
+                 "config.json: use_bidirectional_attention=true is not supported (a causal LM only)");
+    KW_FORWARD(kw_cfg_opt_i32(t, "sliding_window", 1, 1 << 30, 4096, &cfg->sliding_window, w));
+
+    /* layer kinds: layer_types, else the pattern (every pattern-th layer global) */
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(t, "layer_types");
+    if (types && !cJSON_IsNull(types)) {
+        KW_RETURN_IF(!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->n_layers, KW_E_MODEL_CONFIG,
+                     "config.json: layer_types must list one kind per layer (%d)", (int)cfg->n_layers);
+        int32_t l = 0;
+        for (const cJSON *e = types->child; e; e = e->next, ++l) {
+            const int sliding = cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0;
+            KW_RETURN_IF(!sliding && !(cJSON_IsString(e) && strcmp(e->valuestring, "full_attention") == 0),
+                         KW_E_MODEL_CONFIG,
+                         "config.json: layer_types[%d] is not \"sliding_attention\" or \"full_attention\"", (int)l);
+            cfg->layer_sliding[l] = (uint8_t)sliding;
+        }
+    } else {
+        int32_t pattern = 6;
+        const char *key = cJSON_GetObjectItemCaseSensitive(t, "sliding_window_pattern") ? "sliding_window_pattern"
+                                                                                        : "_sliding_window_pattern";
+        KW_FORWARD(kw_cfg_opt_i32(t, key, 1, 1 << 20, 6, &pattern, w));
+        KW_FORWARD(kw_config_set_sliding_pattern(cfg, pattern));
+    }
+
+    /* the sliding layers' RoPE: rope_local_base_freq, default rotation (HF copies the config without rope_scaling) */
+    memset(&cfg->rope_local, 0, sizeof cfg->rope_local);
+    KW_FORWARD(kw_cfg_opt_f64(t, "rope_local_base_freq", 10000.0, &cfg->rope_local.theta, w));
+    cfg->rope_local.rotary_dim = cfg->head_dim;
+    cfg->rope_local.scaling = KW_ROPE_SCALING_NONE;
+    cfg->rope_local.factor = 1.0;
     return 0;
+}
+
+/* Special ids from one JSON object (config.json, its text_config, generation_config.json): a present field replaces
+ * what an earlier source gave. */
+static int kw_config_special_ids(const cJSON *o, kw_model_config *cfg, const char *what) {
+    KW_FORWARD(kw_cfg_token_id(o, "bos_token_id", &cfg->bos_id, what));
+    KW_FORWARD(kw_cfg_token_id(o, "pad_token_id", &cfg->pad_id, what));
+    return kw_cfg_eos(o, cfg, what);
 }
 
 static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_config *cfg) {
@@ -320,23 +442,53 @@ static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_co
     KW_RETURN_IF(gen && !cJSON_IsObject(gen), KW_E_MODEL_CONFIG, "generation_config.json is not a JSON object");
     memset(cfg, 0, sizeof *cfg);
     KW_FORWARD(kw_config_arch(root, &cfg->arch));
-    const int llama = cfg->arch == KW_ARCH_LLAMA;
+    const int llama = cfg->arch == KW_ARCH_LLAMA, gemma = cfg->arch == KW_ARCH_GEMMA3;
 
-    KW_FORWARD(kw_cfg_req_i32(root, "num_hidden_layers", 1, 1024, &cfg->n_layers, w));
-    KW_FORWARD(kw_cfg_req_i32(root, "hidden_size", 1, 65536, &cfg->hidden, w));
-    KW_FORWARD(kw_cfg_req_i32(root, "num_attention_heads", 1, 1024, &cfg->n_heads, w));
-    KW_FORWARD(kw_cfg_opt_i32(root, "num_key_value_heads", 1, 1024, cfg->n_heads, &cfg->n_kv_heads, w));
-    KW_FORWARD(kw_cfg_req_i32(root, "intermediate_size", 1, 1 << 18, &cfg->intermediate, w));
-    KW_FORWARD(kw_cfg_req_i32(root, "vocab_size", 1, 1 << 24, &cfg->vocab, w));
-    KW_FORWARD(
-        kw_cfg_opt_i32(root, "max_position_embeddings", 1, 1 << 26, llama ? 2048 : 32768, &cfg->max_positions, w));
+    /* t: the text model's fields. A multimodal Gemma 3 config ("gemma3") nests them in text_config. */
+    const cJSON *t = root;
+    const cJSON *text_config = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+    const cJSON *mtype = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (gemma && cJSON_IsString(mtype) && strcmp(mtype->valuestring, "gemma3") == 0) {
+        KW_RETURN_IF(!cJSON_IsObject(text_config), KW_E_MODEL_CONFIG,
+                     "config.json: a \"gemma3\" config needs a \"text_config\" object");
+        const char *inner = NULL;
+        KW_FORWARD(kw_cfg_opt_str(text_config, "model_type", "gemma3_text", &inner, "config.json text_config"));
+        KW_RETURN_IF(strcmp(inner, "gemma3_text") != 0, KW_E_MODEL_CONFIG,
+                     "config.json: text_config.model_type \"%s\" is not gemma3_text", inner);
+        t = text_config;
+    }
 
-    /* head_dim: explicit, else Qwen3Config's default of 128, else hidden / heads (as the HF modules compute it). */
-    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
+    /* Gemma3 takes every shape field from Gemma3TextConfig's defaults when absent; the others require them. */
+    if (gemma) {
+        KW_FORWARD(kw_cfg_opt_i32(t, "num_hidden_layers", 1, 1024, KW_GEMMA3_LAYERS, &cfg->n_layers, w));
+        KW_FORWARD(kw_cfg_opt_i32(t, "hidden_size", 1, 65536, KW_GEMMA3_HIDDEN, &cfg->hidden, w));
+        KW_FORWARD(kw_cfg_opt_i32(t, "num_attention_heads", 1, 1024, KW_GEMMA3_HEADS, &cfg->n_heads, w));
+        KW_FORWARD(kw_cfg_opt_i32(t, "num_key_value_heads", 1, 1024, KW_GEMMA3_KV_HEADS, &cfg->n_kv_heads, w));
+        KW_FORWARD(kw_cfg_opt_i32(t, "intermediate_size", 1, 1 << 18, KW_GEMMA3_INTERMEDIATE, &cfg->intermediate, w));
+        KW_FORWARD(kw_cfg_opt_i32(t, "vocab_size", 1, 1 << 24, KW_GEMMA3_VOCAB, &cfg->vocab, w));
+    } else {
+        KW_FORWARD(kw_cfg_req_i32(t, "num_hidden_layers", 1, 1024, &cfg->n_layers, w));
+        KW_FORWARD(kw_cfg_req_i32(t, "hidden_size", 1, 65536, &cfg->hidden, w));
+        KW_FORWARD(kw_cfg_req_i32(t, "num_attention_heads", 1, 1024, &cfg->n_heads, w));
+        KW_FORWARD(kw_cfg_opt_i32(t, "num_key_value_heads", 1, 1024, cfg->n_heads, &cfg->n_kv_heads, w));
+        KW_FORWARD(kw_cfg_req_i32(t, "intermediate_size", 1, 1 << 18, &cfg->intermediate, w));
+        KW_FORWARD(kw_cfg_req_i32(t, "vocab_size", 1, 1 << 24, &cfg->vocab, w));
+    }
+    KW_FORWARD(kw_cfg_opt_i32(t, "max_position_embeddings", 1, 1 << 26,
+                              gemma   ? KW_GEMMA3_MAX_POS
+                              : llama ? 2048
+                                      : 32768,
+                              &cfg->max_positions, w));
+
+    /* head_dim: explicit, else the class default (Qwen3 128, Gemma3 256), else hidden / heads (as the HF modules
+     * compute it). */
+    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(t, "head_dim");
     if (hd && !cJSON_IsNull(hd)) {
-        KW_FORWARD(kw_cfg_req_i32(root, "head_dim", 1, 1024, &cfg->head_dim, w));
+        KW_FORWARD(kw_cfg_req_i32(t, "head_dim", 1, 1024, &cfg->head_dim, w));
     } else if (cfg->arch == KW_ARCH_QWEN3) {
         cfg->head_dim = 128;
+    } else if (gemma) {
+        cfg->head_dim = KW_GEMMA3_HEAD_DIM;
     } else {
         KW_RETURN_IF(cfg->hidden % cfg->n_heads != 0, KW_E_MODEL_CONFIG,
                      "config.json: hidden_size %d is not a multiple of num_attention_heads %d and head_dim is absent",
@@ -345,36 +497,41 @@ static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_co
     }
 
     double eps = 0, theta = 0, partial = 0;
-    KW_FORWARD(kw_cfg_opt_f64(root, "rms_norm_eps", 1e-6, &eps, w));
+    KW_FORWARD(kw_cfg_opt_f64(t, "rms_norm_eps", 1e-6, &eps, w));
     cfg->rms_eps = (float)eps;
-    KW_FORWARD(kw_cfg_opt_f64(root, "rope_theta", 10000.0, &theta, w));
-    KW_FORWARD(kw_cfg_opt_f64(root, "partial_rotary_factor", 1.0, &partial, w));
+    KW_FORWARD(kw_cfg_opt_f64(t, "rope_theta", gemma ? 1000000.0 : 10000.0, &theta, w));
+    KW_FORWARD(kw_cfg_opt_f64(t, "partial_rotary_factor", 1.0, &partial, w));
     KW_RETURN_IF(partial != 1.0, KW_E_MODEL_CONFIG, "config.json: partial_rotary_factor %g is not supported (only 1)",
                  partial);
     cfg->rope.theta = theta;
     cfg->rope.rotary_dim = cfg->head_dim;
-    KW_FORWARD(kw_cfg_rope(root, &cfg->rope));
+    KW_FORWARD(kw_cfg_rope(t, &cfg->rope));
 
-    KW_FORWARD(kw_cfg_opt_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, w));
-    const char *act = NULL;
-    KW_FORWARD(kw_cfg_opt_str(root, "hidden_act", "silu", &act, w));
-    KW_RETURN_IF(strcmp(act, "silu") != 0, KW_E_MODEL_CONFIG,
-                 "config.json: hidden_act \"%s\" is not supported (only silu)", act);
-    int32_t sliding = 0;
-    KW_FORWARD(kw_cfg_opt_bool(root, "use_sliding_window", 0, &sliding, w));
-    KW_RETURN_IF(sliding, KW_E_MODEL_CONFIG, "config.json: use_sliding_window=true is not supported");
+    KW_FORWARD(kw_cfg_opt_bool(t, "tie_word_embeddings", gemma, &cfg->tie_embeddings, w));
+    if (gemma) {
+        KW_FORWARD(kw_config_parse_gemma3(t, cfg));
+    } else {
+        const char *act = NULL;
+        KW_FORWARD(kw_cfg_opt_str(t, "hidden_act", "silu", &act, w));
+        KW_RETURN_IF(strcmp(act, "silu") != 0, KW_E_MODEL_CONFIG,
+                     "config.json: hidden_act \"%s\" is not supported (only silu)", act);
+        int32_t sliding = 0;
+        KW_FORWARD(kw_cfg_opt_bool(t, "use_sliding_window", 0, &sliding, w));
+        KW_RETURN_IF(sliding, KW_E_MODEL_CONFIG, "config.json: use_sliding_window=true is not supported");
+    }
     int32_t tp = 1;
-    KW_FORWARD(kw_cfg_opt_i32(root, "pretraining_tp", 1, 1024, 1, &tp, w));
+    KW_FORWARD(kw_cfg_opt_i32(t, "pretraining_tp", 1, 1024, 1, &tp, w));
     KW_RETURN_IF(tp != 1, KW_E_MODEL_CONFIG, "config.json: pretraining_tp %d is not supported (only 1)", (int)tp);
 
     int32_t attn_bias = 0, mlp_bias = 0;
-    if (cfg->arch != KW_ARCH_QWEN2) KW_FORWARD(kw_cfg_opt_bool(root, "attention_bias", 0, &attn_bias, w));
-    if (llama) KW_FORWARD(kw_cfg_opt_bool(root, "mlp_bias", 0, &mlp_bias, w));
+    if (cfg->arch != KW_ARCH_QWEN2) KW_FORWARD(kw_cfg_opt_bool(t, "attention_bias", 0, &attn_bias, w));
+    if (llama) KW_FORWARD(kw_cfg_opt_bool(t, "mlp_bias", 0, &mlp_bias, w));
     switch (cfg->arch) {
     case KW_ARCH_QWEN2: /* q/k/v always carry a bias, o_proj never */
         cfg->attention_bias = 1;
         break;
     case KW_ARCH_QWEN3: /* attention_bias applies to q, k, v and o alike */
+    case KW_ARCH_GEMMA3:
         cfg->attention_bias = attn_bias;
         cfg->o_bias = attn_bias;
         cfg->qk_norm = 1;
@@ -387,19 +544,18 @@ static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_co
     }
     KW_FORWARD(kw_cfg_dtype(root, &cfg->weight_dtype));
 
-    /* Special ids: generation_config.json wins, config.json is the fallback. */
-    cfg->bos_id = -1;
+    /* Special ids: generation_config.json wins, then config.json (for Gemma3 its text_config, then the top level, over
+     * Gemma3TextConfig's defaults bos 2, eos 1, pad 0). */
+    cfg->bos_id = gemma ? 2 : -1;
+    cfg->pad_id = gemma ? 0 : -1;
     cfg->add_bos = -1;
-    cfg->pad_id = -1;
-    KW_FORWARD(kw_cfg_token_id(root, "bos_token_id", &cfg->bos_id, w));
-    KW_FORWARD(kw_cfg_token_id(root, "pad_token_id", &cfg->pad_id, w));
-    int have_eos = 0;
-    if (gen) {
-        KW_FORWARD(kw_cfg_token_id(gen, "bos_token_id", &cfg->bos_id, "generation_config.json"));
-        KW_FORWARD(kw_cfg_token_id(gen, "pad_token_id", &cfg->pad_id, "generation_config.json"));
-        KW_FORWARD(have_eos = kw_cfg_eos(gen, cfg, "generation_config.json"));
+    if (gemma) {
+        cfg->n_eos = 1;
+        cfg->eos_ids[0] = 1;
     }
-    if (!have_eos) KW_FORWARD(kw_cfg_eos(root, cfg, w));
+    if (t != root) KW_FORWARD(kw_config_special_ids(t, cfg, "config.json text_config"));
+    KW_FORWARD(kw_config_special_ids(root, cfg, w));
+    if (gen) KW_FORWARD(kw_config_special_ids(gen, cfg, "generation_config.json"));
 
     const int rc = kw_config_validate(cfg);
     if (rc < 0) return kw_cfg_wrap(rc, "config.json: ");

@@ -38,6 +38,14 @@ static void kw_gen_llama_ids(kw_model_config *c) {
     c->eos_ids[2] = 128009;
 }
 
+static void kw_gen_gemma_ids(kw_model_config *c) {
+    c->bos_id = 2;
+    c->pad_id = 0;
+    c->n_eos = 2;
+    c->eos_ids[0] = 1;   /* <eos> */
+    c->eos_ids[1] = 106; /* <end_of_turn> */
+}
+
 static void kw_gen_shape(kw_model_config *c, enum kw_arch arch, int32_t layers, int32_t hidden, int32_t heads,
                          int32_t kv, int32_t head_dim, int32_t inter, int32_t vocab, int32_t max_pos, int32_t tied) {
     memset(c, 0, sizeof *c);
@@ -68,6 +76,17 @@ static void kw_gen_shape(kw_model_config *c, enum kw_arch arch, int32_t layers, 
         c->qk_norm = 1;
         kw_gen_qwen_ids(c);
         break;
+    case KW_ARCH_GEMMA3: /* gemma-3-270m's settings; the window and layer kinds are the preset's */
+        c->rms_eps = 1e-6f;
+        c->rope.theta = 1000000.0;
+        c->qk_norm = 1;
+        c->act = KW_ACT_GELU_TANH;
+        c->norm_plus_one = 1;
+        c->query_pre_attn_scalar = head_dim;
+        c->rope_local = c->rope;
+        c->rope_local.theta = 10000.0;
+        kw_gen_gemma_ids(c);
+        break;
     default:
         c->rms_eps = 1e-5f;
         c->rope.theta = 500000.0;
@@ -85,7 +104,7 @@ int kw_genmodel_preset(const char *preset, const enum kw_arch *arch, kw_model_co
     KW_RETURN_IF(!preset || !cfg, KW_E_INVALID_ARG, "kw_genmodel_preset: NULL argument");
     enum kw_arch want;
     if (strcmp(preset, "tiny") == 0) {
-        KW_RETURN_IF(!arch, KW_E_INVALID_ARG, "preset tiny needs an architecture (qwen2, qwen3 or llama)");
+        KW_RETURN_IF(!arch, KW_E_INVALID_ARG, "preset tiny needs an architecture (qwen2, qwen3, llama or gemma3)");
         switch (*arch) {
         case KW_ARCH_QWEN2:
             kw_gen_shape(cfg, KW_ARCH_QWEN2, 2, 64, 4, 2, 16, 128, 151936, 32768, 1);
@@ -97,6 +116,11 @@ int kw_genmodel_preset(const char *preset, const enum kw_arch *arch, kw_model_co
         case KW_ARCH_LLAMA:
             kw_gen_shape(cfg, KW_ARCH_LLAMA, 2, 64, 4, 2, 16, 128, 128256, 131072, 0);
             return 0;
+        /* One sliding layer (window 16, so a short prompt already slides) and one global layer. */
+        case KW_ARCH_GEMMA3:
+            kw_gen_shape(cfg, KW_ARCH_GEMMA3, 2, 64, 4, 1, 32, 128, 262144, 32768, 1);
+            cfg->sliding_window = 16;
+            return kw_config_set_sliding_pattern(cfg, 2);
         default:
             KW_FAIL(KW_E_INVALID_ARG, "gen-model cannot make %s models", kw_arch_name(*arch));
         }
@@ -110,8 +134,14 @@ int kw_genmodel_preset(const char *preset, const enum kw_arch *arch, kw_model_co
     } else if (strcmp(preset, "llama-3.2-1b") == 0) {
         want = KW_ARCH_LLAMA;
         kw_gen_shape(cfg, want, 16, 2048, 32, 8, 64, 8192, 128256, 131072, 1);
+    } else if (strcmp(preset, "gemma-3-270m") == 0) {
+        want = KW_ARCH_GEMMA3;
+        kw_gen_shape(cfg, want, 18, 640, 4, 1, 256, 2048, 262144, 32768, 1);
+        cfg->sliding_window = 512;
+        KW_FORWARD(kw_config_set_sliding_pattern(cfg, 6));
     } else {
-        KW_FAIL(KW_E_INVALID_ARG, "unknown preset \"%s\" (tiny, qwen3-0.6b, qwen2.5-0.5b, llama-3.2-1b)", preset);
+        KW_FAIL(KW_E_INVALID_ARG, "unknown preset \"%s\" (tiny, qwen3-0.6b, qwen2.5-0.5b, llama-3.2-1b, gemma-3-270m)",
+                preset);
     }
     KW_RETURN_IF(arch && *arch != want, KW_E_INVALID_ARG, "preset %s is a %s model, not %s", preset, kw_arch_name(want),
                  kw_arch_name(*arch));
@@ -188,9 +218,78 @@ static void kw_gen_id(kw_buf *b, const char *key, int32_t id, const char *sep) {
         kw_buf_printf(b, "  \"%s\": null%s\n", key, sep);
 }
 
+/* The sliding_window_pattern that gives c's layer kinds (every pattern-th layer global), or -1 if none does. */
+static int32_t kw_gen_pattern(const kw_model_config *c) {
+    for (int32_t p = 1; p <= c->n_layers + 1; ++p) {
+        int32_t l = 0;
+        while (l < c->n_layers && c->layer_sliding[l] == ((l + 1) % p != 0))
+            ++l;
+        if (l == c->n_layers) return p;
+    }
+    return -1;
+}
+
+/* Gemma3ForCausalLM's config.json: what transformers 4.52 writes for a Gemma3TextConfig (its sliding_window_pattern),
+ * plus the layer_types list of newer versions. */
+static int kw_gen_config_gemma3(const kw_model_config *c, enum kw_dtype dtype, char **out) {
+    const int32_t pattern = kw_gen_pattern(c);
+    KW_RETURN_IF(pattern < 1, KW_E_INVALID_ARG, "gen-model writes Gemma3 layer kinds as a sliding_window_pattern");
+    KW_RETURN_IF(c->rope.scaling == KW_ROPE_SCALING_LLAMA3, KW_E_INVALID_ARG,
+                 "gen-model writes no llama3 rope scaling for Gemma3");
+    char num[64];
+    kw_buf b = KW_BUF_INIT;
+    kw_buf_printf(&b, "{\n  \"architectures\": [\n    \"Gemma3ForCausalLM\"\n  ],\n");
+    kw_buf_printf(&b, "  \"attention_bias\": %s,\n", c->attention_bias ? "true" : "false");
+    kw_buf_printf(&b, "  \"attention_dropout\": 0.0,\n  \"attn_logit_softcapping\": null,\n");
+    kw_gen_id(&b, "bos_token_id", c->bos_id, ",");
+    kw_buf_printf(&b, "  \"cache_implementation\": \"hybrid\",\n  \"eos_token_id\": ");
+    kw_gen_eos(&b, c, 1);
+    kw_buf_printf(&b, ",\n");
+    if (c->final_logit_softcap > 0) {
+        kw_gen_fmt_double(num, sizeof num, c->final_logit_softcap);
+        kw_buf_printf(&b, "  \"final_logit_softcapping\": %s,\n", num);
+    } else {
+        kw_buf_printf(&b, "  \"final_logit_softcapping\": null,\n");
+    }
+    kw_buf_printf(&b, "  \"head_dim\": %d,\n  \"hidden_activation\": \"gelu_pytorch_tanh\",\n", (int)c->head_dim);
+    kw_buf_printf(&b, "  \"hidden_size\": %d,\n  \"initializer_range\": 0.02,\n", (int)c->hidden);
+    kw_buf_printf(&b, "  \"intermediate_size\": %d,\n  \"layer_types\": [\n", (int)c->intermediate);
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        kw_buf_printf(&b, "    \"%s\"%s\n", c->layer_sliding[l] ? "sliding_attention" : "full_attention",
+                      l + 1 < c->n_layers ? "," : "");
+    kw_buf_printf(&b, "  ],\n  \"max_position_embeddings\": %d,\n", (int)c->max_positions);
+    kw_buf_printf(&b, "  \"model_type\": \"gemma3_text\",\n");
+    kw_buf_printf(&b, "  \"num_attention_heads\": %d,\n  \"num_hidden_layers\": %d,\n", (int)c->n_heads,
+                  (int)c->n_layers);
+    kw_buf_printf(&b, "  \"num_key_value_heads\": %d,\n", (int)c->n_kv_heads);
+    kw_gen_id(&b, "pad_token_id", c->pad_id, ",");
+    kw_gen_fmt_double(num, sizeof num, c->query_pre_attn_scalar);
+    kw_buf_printf(&b, "  \"query_pre_attn_scalar\": %s,\n", num);
+    kw_gen_fmt_float(num, sizeof num, c->rms_eps);
+    kw_buf_printf(&b, "  \"rms_norm_eps\": %s,\n", num);
+    kw_gen_fmt_double(num, sizeof num, c->rope_local.theta);
+    kw_buf_printf(&b, "  \"rope_local_base_freq\": %s,\n", num);
+    if (c->rope.scaling == KW_ROPE_SCALING_LINEAR) {
+        kw_gen_fmt_double(num, sizeof num, c->rope.factor);
+        kw_buf_printf(&b, "  \"rope_scaling\": {\n    \"factor\": %s,\n    \"rope_type\": \"linear\"\n  },\n", num);
+    } else {
+        kw_buf_printf(&b, "  \"rope_scaling\": null,\n");
+    }
+    kw_gen_fmt_double(num, sizeof num, c->rope.theta);
+    kw_buf_printf(&b, "  \"rope_theta\": %s,\n", num);
+    kw_buf_printf(&b, "  \"sliding_window\": %d,\n  \"sliding_window_pattern\": %d,\n", (int)c->sliding_window,
+                  (int)pattern);
+    kw_buf_printf(&b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");
+    kw_buf_printf(&b, "  \"torch_dtype\": \"%s\",\n", kw_gen_torch_dtype(dtype));
+    kw_buf_printf(&b, "  \"transformers_version\": \"4.52.4\",\n  \"use_cache\": true,\n");
+    kw_buf_printf(&b, "  \"vocab_size\": %d\n}\n", (int)c->vocab);
+    return kw_buf_take(&b, out, NULL); /* reports the first failed append */
+}
+
 int kw_genmodel_config_json(const kw_model_config *c, enum kw_dtype dtype, char **out) {
     KW_RETURN_IF(!c || !out, KW_E_INVALID_ARG, "kw_genmodel_config_json: NULL argument");
     KW_FORWARD(kw_config_validate(c));
+    if (c->arch == KW_ARCH_GEMMA3) return kw_gen_config_gemma3(c, dtype, out);
     KW_RETURN_IF(c->rope.scaling == KW_ROPE_SCALING_LINEAR, KW_E_INVALID_ARG,
                  "gen-model writes no linear rope scaling");
     static const char *const classes[] = {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM"};
@@ -285,7 +384,8 @@ static int32_t kw_gen_irwin_hall(uint64_t key, uint64_t i) {
 }
 
 static float kw_gen_scale(int32_t n, int is_norm) {
-    /* Both products are exact: |n| + 2^20 < 2^24 fits a float mantissa and the factors are powers of two. */
+    /* Every product is exact: |n| + 2^20 < 2^24 fits a float mantissa and the factors are powers of two. */
+    if (is_norm == KW_GENMODEL_OFFSET) return (float)n * 0x1p-20f;
     return is_norm ? (float)(n + (1 << 20)) * 0x1p-20f : (float)n * 0x1p-22f;
 }
 
@@ -329,8 +429,41 @@ static int kw_gen_add(kw_gen_list *l, int is_norm, int64_t rows, int64_t cols, c
     return 0;
 }
 
+/* Gemma3ForCausalLM's state-dict names and shapes, in module order. Norm weights are zero-centred (HF scales by
+ * 1 + w). */
+static int kw_gen_tensors_gemma3(const kw_model_config *c, kw_gen_list *l) {
+    const int64_t h = c->hidden, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t f = c->intermediate, d = c->head_dim;
+    const int nk = KW_GENMODEL_OFFSET, ab = c->attention_bias;
+    const char *p = "model.layers";
+    KW_FORWARD(kw_gen_add(l, 0, c->vocab, h, "model.embed_tokens.weight"));
+    for (int32_t i = 0; i < c->n_layers; ++i) {
+        KW_FORWARD(kw_gen_add(l, 0, q, h, "%s.%d.self_attn.q_proj.weight", p, (int)i));
+        if (ab) KW_FORWARD(kw_gen_add(l, 0, q, 0, "%s.%d.self_attn.q_proj.bias", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, 0, kv, h, "%s.%d.self_attn.k_proj.weight", p, (int)i));
+        if (ab) KW_FORWARD(kw_gen_add(l, 0, kv, 0, "%s.%d.self_attn.k_proj.bias", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, 0, kv, h, "%s.%d.self_attn.v_proj.weight", p, (int)i));
+        if (ab) KW_FORWARD(kw_gen_add(l, 0, kv, 0, "%s.%d.self_attn.v_proj.bias", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, 0, h, q, "%s.%d.self_attn.o_proj.weight", p, (int)i));
+        if (ab) KW_FORWARD(kw_gen_add(l, 0, h, 0, "%s.%d.self_attn.o_proj.bias", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, nk, d, 0, "%s.%d.self_attn.q_norm.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, nk, d, 0, "%s.%d.self_attn.k_norm.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, 0, f, h, "%s.%d.mlp.gate_proj.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, 0, f, h, "%s.%d.mlp.up_proj.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, 0, h, f, "%s.%d.mlp.down_proj.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, nk, h, 0, "%s.%d.input_layernorm.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, nk, h, 0, "%s.%d.post_attention_layernorm.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, nk, h, 0, "%s.%d.pre_feedforward_layernorm.weight", p, (int)i));
+        KW_FORWARD(kw_gen_add(l, nk, h, 0, "%s.%d.post_feedforward_layernorm.weight", p, (int)i));
+    }
+    KW_FORWARD(kw_gen_add(l, nk, h, 0, "model.norm.weight"));
+    if (!c->tie_embeddings) KW_FORWARD(kw_gen_add(l, 0, c->vocab, h, "lm_head.weight"));
+    return 0;
+}
+
 /* The HF state-dict names and shapes of cfg, in module order. */
 static int kw_gen_tensors(const kw_model_config *c, kw_gen_list *l) {
+    if (c->arch == KW_ARCH_GEMMA3) return kw_gen_tensors_gemma3(c, l);
     const int64_t h = c->hidden, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     const int64_t f = c->intermediate;
     KW_FORWARD(kw_gen_add(l, 0, c->vocab, h, "model.embed_tokens.weight"));
@@ -420,7 +553,11 @@ static int kw_gen_verify(const char *dir, const kw_model_config *want, size_t n_
                      got.head_dim != want->head_dim || got.intermediate != want->intermediate ||
                      got.vocab != want->vocab || got.tie_embeddings != want->tie_embeddings ||
                      got.attention_bias != want->attention_bias || got.qk_norm != want->qk_norm ||
-                     got.rope.scaling != want->rope.scaling || got.n_eos != want->n_eos,
+                     got.rope.scaling != want->rope.scaling || got.n_eos != want->n_eos || got.act != want->act ||
+                     got.sliding_window != want->sliding_window ||
+                     memcmp(got.layer_sliding, want->layer_sliding, sizeof got.layer_sliding) != 0 ||
+                     got.query_pre_attn_scalar != want->query_pre_attn_scalar ||
+                     got.final_logit_softcap != want->final_logit_softcap,
                  KW_E_INTERNAL, "gen-model: %s/config.json does not read back as written", dir);
     kw_safetensors *st = NULL;
     KW_FORWARD(kw_safetensors_open(dir, &st));
@@ -444,6 +581,7 @@ int kw_genmodel_write(const kw_genmodel_options *opt, const char *out_dir) {
     kw_model_config cfg = opt->cfg;
     cfg.weight_dtype = opt->dtype;
     cfg.rope.rotary_dim = cfg.head_dim;
+    if (cfg.arch == KW_ARCH_GEMMA3) cfg.rope_local.rotary_dim = cfg.head_dim;
 
     KW_CHECK(kw_genmodel_config_json(&cfg, opt->dtype, &config));
     KW_CHECK(kw_genmodel_generation_json(&cfg, &generation));

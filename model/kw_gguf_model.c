@@ -1,5 +1,5 @@
 /* kw_gguf_model.c: GGUF metadata -> kw_model_config, HF tensor names -> GGUF names, and reading a GGUF tensor in the
- * HF layout (dequantized, llama q/k rows un-permuted, Gemma 3 norms shifted back). See kw_gguf_model.h for the
+ * HF layout (dequantized, llama q/k rows un-permuted; Gemma 3 norms stay 1 + w, as stored). See kw_gguf_model.h for the
  * conventions; the key names are llama.cpp's (gguf-py/gguf/constants.py lists them). */
 #include "model/kw_gguf_model.h"
 
@@ -128,21 +128,21 @@ static int kw_gguf_cfg_special(const kw_gguf *g, kw_model_config *cfg) {
 }
 
 /* Gemma 3's own numbers, as llama.cpp's llama-model.cpp reads a gemma3 file: every sixth layer global (the others
- * slide over <arch>.attention.sliding_window), local RoPE base 10000, attention scale head_dim^-0.5 (the 27B model:
- * (hidden / heads)^-0.5), tanh-GELU, an optional final_logit_softcapping; "<end_of_turn>" also ends generation.
- * Compiled once kw_config.h carries the Gemma 3 fields (KW_CONFIG_MAX_LAYERS marks them); before that a gemma3 file
- * is refused with KW_E_MODEL_ARCH by kw_config_validate. */
+ * slide over <arch>.attention.sliding_window; a file may name another pattern), local RoPE base 10000, attention
+ * scale key_length^-0.5 (the 27B model: (hidden / heads)^-0.5), tanh-GELU, an optional final_logit_softcapping;
+ * "<end_of_turn>" also ends generation. The norm weights of the file already hold 1 + w (llama.cpp's converter adds
+ * the 1), so they are applied as they are (norm_plus_one = 0). */
 static int kw_gguf_cfg_gemma3(const kw_gguf *g, const char *arch, kw_model_config *cfg) {
-#ifdef KW_CONFIG_MAX_LAYERS
     int32_t pattern = 6;
     KW_FORWARD(kw_gguf_cfg_int(g, arch, "attention.sliding_window", 1, 0, 1, 1 << 26, &cfg->sliding_window));
     KW_FORWARD(kw_gguf_cfg_int(g, arch, "attention.sliding_window_pattern", 0, 6, 1, 1024, &pattern));
-    for (int32_t l = 0; l < cfg->n_layers && l < KW_CONFIG_MAX_LAYERS; ++l)
-        cfg->layer_sliding[l] = (uint8_t)((l + 1) % pattern != 0);
+    KW_FORWARD(kw_config_set_sliding_pattern(cfg, pattern));
     cfg->act = KW_ACT_GELU_TANH;
-    cfg->rope_local = (kw_rope_params){.theta = 10000.0, .rotary_dim = cfg->head_dim, .factor = 1.0};
+    cfg->rope_local =
+        (kw_rope_params){.theta = 10000.0, .rotary_dim = cfg->head_dim, .scaling = KW_ROPE_SCALING_NONE, .factor = 1.0};
     cfg->query_pre_attn_scalar =
         cfg->n_layers == 62 && cfg->hidden == 5376 ? (double)(cfg->hidden / cfg->n_heads) : (double)cfg->head_dim;
+    cfg->norm_plus_one = 0;
     char key[128];
     KW_FORWARD(kw_gguf_cfg_float(g, kw_gguf_key(key, sizeof key, arch, "final_logit_softcapping"), 0, 0.0,
                                  &cfg->final_logit_softcap));
@@ -159,12 +159,6 @@ static int kw_gguf_cfg_gemma3(const kw_gguf *g, const char *arch, kw_model_confi
         }
     }
     return 0;
-#else
-    (void)g;
-    (void)arch;
-    (void)cfg;
-    return 0;
-#endif
 }
 
 int kw_gguf_model_config(const kw_gguf *g, kw_model_config *cfg) {
@@ -312,11 +306,6 @@ int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out,
 // ---------------------------------------------------------------------------------------------------------------
 // Reading
 
-static int kw_gguf_ends_with(const char *s, const char *suffix) {
-    const size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 /* The HF row (or, for a 1-D bias, element) that GGUF row r of a permuted q/k tensor holds: within each head of
  * hd rows, GGUF row 2j + i is HF row i * hd/2 + j. */
 static int64_t kw_gguf_unpermute(int64_t r, int64_t hd) {
@@ -378,10 +367,6 @@ int kw_gguf_model_read(const kw_gguf_tensor *t, const kw_model_config *cfg, cons
                                           y + kw_gguf_unpermute(r, hd) * cols));
         }
     }
-    /* llama.cpp stores Gemma's (1 + w) norm weights as 1 + w; HF holds w. */
-    if (cfg->arch == KW_ARCH_GEMMA3 && kw_gguf_ends_with(hf_name, "norm.weight"))
-        for (int64_t i = 0; i < nelem; ++i)
-            y[i] = y[i] - 1.0f;
     if (dtype == KW_DTYPE_BF16) {
         /* In place, front to back: value i's two bytes go below its four, which were read already. */
         unsigned char *b = *buf;

@@ -15,7 +15,8 @@
  * Layout: llama.cpp's converter permutes the rows of llama q and k weights (and biases) within each head, from HF's
  * "rotate half" order to the interleaved pairs its RoPE uses: row i*(D/2) + j of a head becomes row 2j + i
  * (i in {0, 1}, j < D/2; k uses the kv head count). kw_gguf_model_read applies the inverse, so the HF-layout forward
- * computes exactly what HF computes. Gemma 3 norm weights are stored as 1 + w and are read back as w.
+ * computes exactly what HF computes. Gemma 3 norm weights are stored as 1 + w and are used as stored: the config
+ * says so (norm_plus_one = 0), where an HF Gemma 3 folder holds w and applies 1 + w.
  */
 #ifndef KW_GGUF_MODEL_H
 #define KW_GGUF_MODEL_H
@@ -37,7 +38,7 @@ int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out,
 
 /* Reads the GGUF tensor t as HF tensor hf_name of a model configured by cfg: dequantized to dtype (F32 or BF16) into
  * *buf (grown with realloc as needed; *buf and *cap are the caller's, free(*buf) when done), shape written in HF
- * order (outermost first) to shape[0..*ndim), with the llama q/k un-permutation and the Gemma 3 norm shift applied.
+ * order (outermost first) to shape[0..*ndim), with the llama q/k un-permutation applied.
  * *nbytes receives the byte count. Errors: KW_E_MODEL_DTYPE, KW_E_MODEL_SHAPE (a q/k tensor whose rows do not
  * divide into the configured heads), KW_E_NOMEM. */
 int kw_gguf_model_read(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name, enum kw_dtype dtype,

@@ -18,6 +18,7 @@ struct kw_kvcache {
     int64_t length;
     kw_tensor *k; /* n_layers tensors (Hkv, capacity, head_dim) */
     kw_tensor *v;
+    int64_t *window;  /* (n_layers) attention window per layer, 0 = global */
     uint8_t *valid;   /* host mirror of the mask, capacity entries */
     int64_t n_masked; /* number of zeros in valid */
     kw_tensor mask;   /* (capacity) u8, allocated when a row is first masked */
@@ -51,8 +52,9 @@ int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads,
     c->dtype = dtype;
     c->k = calloc((size_t)n_layers, sizeof *c->k);
     c->v = calloc((size_t)n_layers, sizeof *c->v);
+    c->window = calloc((size_t)n_layers, sizeof *c->window);
     c->valid = malloc((size_t)capacity);
-    KW_CHECK_IF(!c->k || !c->v || !c->valid, KW_E_NOMEM, "kvcache: out of memory");
+    KW_CHECK_IF(!c->k || !c->v || !c->window || !c->valid, KW_E_NOMEM, "kvcache: out of memory");
     memset(c->valid, 1, (size_t)capacity);
     const int64_t ne[3] = {n_kv_heads, capacity, head_dim};
     for (int32_t l = 0; l < n_layers; ++l) {
@@ -76,6 +78,7 @@ void kw_kvcache_free(kw_kvcache *cache) {
     kw_tensor_free(&cache->mask);
     free(cache->k);
     free(cache->v);
+    free(cache->window);
     free(cache->valid);
     free(cache);
 }
@@ -100,6 +103,17 @@ kw_backend *kw_kvcache_backend(const kw_kvcache *cache) {
 }
 int64_t kw_kvcache_length(const kw_kvcache *cache) {
     return cache->length;
+}
+
+int64_t kw_kvcache_layer_window(const kw_kvcache *cache, int32_t layer) {
+    return (cache && layer >= 0 && layer < cache->n_layers) ? cache->window[layer] : 0;
+}
+
+int kw_kvcache_set_layer_window(kw_kvcache *cache, int32_t layer, int64_t window) {
+    KW_RETURN_IF(!cache || layer < 0 || layer >= cache->n_layers || window < 0, KW_E_INVALID_ARG,
+                 "kvcache: cannot set window %lld of layer %d", (long long)window, (int)layer);
+    cache->window[layer] = window;
+    return 0;
 }
 
 kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer) {

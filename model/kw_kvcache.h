@@ -6,6 +6,11 @@
  * are in use; the forward pass appends at length. A per-position validity mask (1 = attend, 0 = padding) lets padded
  * prompts (token alignment) hide rows from attention.
  *
+ * Each layer also records the attention window its model uses (0: global attention; Gemma3's sliding layers: the
+ * sliding window), set by kw_model_create_cache. Rows outside a layer's window stay stored (positions are rows, and
+ * the C2C fuser and the wire code address rows by position); the window tells attention, and any code that
+ * transfers or compresses KV, which rows a query can still see.
+ *
  * Later stages use it directly: the C2C fuser reads a layer's rows (kw_kvcache_load_rows / kw_kvcache_read_rows) and
  * overwrites them with fused values (kw_kvcache_store_rows / kw_kvcache_write_rows); the wire code reads rows to the
  * host to quantize them. It is not thread-safe: one user at a time, on the backend's stream.
@@ -37,6 +42,13 @@ enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache);
 kw_backend *kw_kvcache_backend(const kw_kvcache *cache);
 /* Rows [0, length) are in use. */
 int64_t kw_kvcache_length(const kw_kvcache *cache);
+
+/* The attention window of a layer (0: global, all rows; w > 0: a query at position p sees rows > p - w), or 0 for a
+ * layer out of range. */
+int64_t kw_kvcache_layer_window(const kw_kvcache *cache, int32_t layer);
+
+/* Sets a layer's window (>= 0; all layers start at 0). KW_E_INVALID_ARG for a layer out of range or window < 0. */
+int kw_kvcache_set_layer_window(kw_kvcache *cache, int32_t layer, int64_t window);
 
 /* The K or V tensor (Hkv, capacity, head_dim) of a layer, owned by the cache (valid until kw_kvcache_free), or NULL
  * for a layer out of range. Backend ops may read and write it; rows >= length are undefined. */

@@ -1,11 +1,23 @@
-/* kw_model.c: loading a Qwen2/Qwen3/Llama checkpoint onto a backend and the transformer forward pass.
+/* kw_model.c: loading a Qwen2/Qwen3/Llama/Gemma3 checkpoint onto a backend and the transformer forward pass.
  *
  * Per layer (pre-norm, as in HF modeling_qwen2/qwen3/llama):
  *   h = rms_norm(x, input_layernorm); q, k, v = h W^T (+ bias); [Qwen3: q, k = rms_norm per head]; rope(q, k)
  *   cache[rows] = k, v; a = attention(q, cache); x += a Wo^T (+ bias)
  *   h = rms_norm(x, post_attention_layernorm); x += down(silu(gate(h)) * up(h))
- * then logits = rms_norm(x, norm) lm_head^T. Everything goes through kernels/kw_backend.h; host code never reads
- * tensor data. Not here: the generation loop (kw_generate.c) and the cache bookkeeping (kw_kvcache.c).
+ * then logits = rms_norm(x, norm) lm_head^T.
+ *
+ * Gemma3 (HF modeling_gemma3, transformers 4.52) differs in these places, and nowhere else:
+ *   x = embed[ids] * sqrt(hidden), computed in the embedding's dtype as HF does (the scale rounded to that dtype,
+ *       the product rounded to it: exact in fp32 for bf16 and f16 tables, then one rounding);
+ *   every RMSNorm multiplies by (1 + w) (KW_RMS_NORM_UNIT_OFFSET), q/k norm included (cfg.norm_plus_one; a GGUF
+ *       file's weights already hold 1 + w);
+ *   x += rms_norm(attention out, post_attention_layernorm); h = rms_norm(x, pre_feedforward_layernorm);
+ *   x += rms_norm(down(gelu_tanh(gate(h)) * up(h)), post_feedforward_layernorm);
+ *   sliding layers attend over the last sliding_window positions and rotate with rope_local_base_freq, global layers
+ *       with rope_theta (+ rope_scaling); the score scale is query_pre_attn_scalar^-0.5;
+ *   logits = cap * tanh(logits / cap) when final_logit_softcapping is set.
+ * Everything goes through kernels/kw_backend.h; host code never reads tensor data. Not here: the generation loop
+ * (kw_generate.c) and the cache bookkeeping (kw_kvcache.c).
  */
 #include "model/kw_model.h"
 
@@ -15,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_half.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
@@ -25,7 +38,8 @@
 #define KW_MODEL_LOGITS_SCRATCH (8u << 20)
 
 typedef struct kw_layer {
-    kw_tensor attn_norm, ffn_norm;
+    kw_tensor attn_norm, ffn_norm;         /* before attention, before the MLP */
+    kw_tensor attn_out_norm, ffn_out_norm; /* Gemma3: on the attention and MLP outputs; zeroed for the others */
     kw_tensor wq, wk, wv, wo;
     kw_tensor bq, bk, bv, bo; /* zeroed (data NULL) when absent */
     kw_tensor q_norm, k_norm; /* Qwen3 */
@@ -39,6 +53,9 @@ struct kw_model {
     kw_weights *weights; /* owned: the weight source (the mappings unpacked CPU tensors alias, or the GGUF file) */
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
+    char prefix[32];   /* the text model's tensor names start with it: "model." or a multimodal checkpoint's */
+    int norm_flags;    /* KW_RMS_NORM_UNIT_OFFSET for HF Gemma3 weights */
+    float embed_scale; /* Gemma3: sqrt(hidden) rounded to the embedding dtype; 0: no scaling */
     kw_layer *layers;
     size_t bytes_per_token;
 
@@ -52,6 +69,7 @@ struct kw_model {
         kw_tensor k, v;          /* (B, Hkv * D) */
         kw_tensor gate, up, act; /* (B, intermediate) */
         kw_tensor logits;        /* (logit_rows, vocab) */
+        kw_tensor emb_round;     /* (B, hidden) in the embedding dtype: Gemma3's scaled embedding is rounded to it */
         kw_tensor amax;          /* (logit_rows) i32 */
     } s;
 
@@ -112,7 +130,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
                  kw_dtype_name(st->dtype), name);
     KW_FORWARD(kw_weights_bind(m->backend, st, t));
     if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, name));
-    if (strcmp(name, "model.embed_tokens.weight") != 0) m->bytes_per_token += st->nbytes;
+    if (t != &m->embed) m->bytes_per_token += st->nbytes;
     return 0;
 }
 
@@ -121,12 +139,22 @@ static int model_bind_layer(kw_model *m, int32_t l) {
     kw_layer *L = &m->layers[l];
     const int64_t hid = c->hidden, qd = (int64_t)c->n_heads * c->head_dim, kd = (int64_t)c->n_kv_heads * c->head_dim;
     const int64_t inter = c->intermediate, hd = c->head_dim;
-    const char *p = "model.layers";
+    char p[48];
+    snprintf(p, sizeof p, "%slayers", m->prefix);
     const int ab = c->attention_bias, ob = c->o_bias, mb = c->mlp_bias;
 #define KW_NE(...) ((const int64_t[]){__VA_ARGS__})
     KW_FORWARD(model_bind(m, &L->attn_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "%s.%d.input_layernorm.weight", p, l));
-    KW_FORWARD(
-        model_bind(m, &L->ffn_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "%s.%d.post_attention_layernorm.weight", p, l));
+    if (c->arch == KW_ARCH_GEMMA3) { /* post_attention_layernorm is on the attention output; the MLP has two */
+        KW_FORWARD(model_bind(m, &L->attn_out_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid),
+                              "%s.%d.post_attention_layernorm.weight", p, l));
+        KW_FORWARD(model_bind(m, &L->ffn_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid),
+                              "%s.%d.pre_feedforward_layernorm.weight", p, l));
+        KW_FORWARD(model_bind(m, &L->ffn_out_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid),
+                              "%s.%d.post_feedforward_layernorm.weight", p, l));
+    } else {
+        KW_FORWARD(model_bind(m, &L->ffn_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid),
+                              "%s.%d.post_attention_layernorm.weight", p, l));
+    }
     KW_FORWARD(model_bind(m, &L->wq, KW_OP_MATMUL, 1, 2, KW_NE(qd, hid), "%s.%d.self_attn.q_proj.weight", p, l));
     KW_FORWARD(model_bind(m, &L->wk, KW_OP_MATMUL, 1, 2, KW_NE(kd, hid), "%s.%d.self_attn.k_proj.weight", p, l));
     KW_FORWARD(model_bind(m, &L->wv, KW_OP_MATMUL, 1, 2, KW_NE(kd, hid), "%s.%d.self_attn.v_proj.weight", p, l));
@@ -181,7 +209,35 @@ static int model_alloc_scratch(kw_model *m) {
     KW_FORWARD(model_alloc2(m, &m->s.act, KW_DTYPE_F32, B, c->intermediate));
     KW_FORWARD(model_alloc2(m, &m->s.logits, KW_DTYPE_F32, lr, c->vocab));
     KW_FORWARD(model_alloc2(m, &m->s.amax, KW_DTYPE_I32, lr, 0));
+    if (m->embed_scale != 0.0f && m->embed.dtype != KW_DTYPE_F32) {
+        const int64_t ne[2] = {B, c->hidden};
+        KW_FORWARD(kw_tensor_alloc(m->backend, &m->s.emb_round, m->embed.dtype, 2, ne));
+    }
     return 0;
+}
+
+/* The text model's tensor-name prefix: "model." (every *ForCausalLM), or where a multimodal Gemma 3 checkpoint keeps
+ * it: "model.language_model." (transformers >= 4.52) or "language_model.model." (the published files). */
+static int model_find_prefix(kw_model *m) {
+    static const char *const prefixes[] = {"model.", "model.language_model.", "language_model.model."};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; ++i) {
+        char name[96];
+        snprintf(name, sizeof name, "%sembed_tokens.weight", prefixes[i]);
+        if (kw_weights_has(m->weights, name)) {
+            snprintf(m->prefix, sizeof m->prefix, "%s", prefixes[i]);
+            return 0;
+        }
+        if (m->cfg.arch != KW_ARCH_GEMMA3) break;
+    }
+    KW_FAIL(KW_E_MODEL_MISSING, "model: tensor model.embed_tokens.weight is missing");
+}
+
+/* Gemma3's embedding scale, sqrt(hidden): HF's torch.tensor(hidden ** 0.5) (fp32) converted to the table's dtype. */
+static float model_embed_scale(const kw_model_config *c, enum kw_dtype table) {
+    const float s = (float)sqrt((double)c->hidden);
+    if (table == KW_DTYPE_BF16) return kw_round_bf16(s);
+    if (table == KW_DTYPE_F16) return kw_f16_to_f32(kw_f32_to_f16(s));
+    return s;
 }
 
 int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out) {
@@ -197,8 +253,9 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
     m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;
-    KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA, KW_E_MODEL_ARCH,
-                "model: architecture %s is not supported by the forward pass yet", kw_arch_name(c->arch));
+    KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA &&
+                    c->arch != KW_ARCH_GEMMA3,
+                KW_E_MODEL_ARCH, "model: architecture %s is not supported by the forward pass", kw_arch_name(c->arch));
     KW_CHECK_IF(c->n_layers <= 0 || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 ||
                     c->intermediate <= 0 || c->vocab <= 0 || c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0,
                 KW_E_MODEL_CONFIG, "model: inconsistent config (heads %d, kv heads %d, head_dim %d)", (int)c->n_heads,
@@ -206,10 +263,18 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     if (c->rope.rotary_dim <= 0) c->rope.rotary_dim = c->head_dim;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     KW_CHECK_IF(!m->layers, KW_E_NOMEM, "model: out of memory");
+    KW_CHECK(model_find_prefix(m));
+    m->norm_flags = c->norm_plus_one ? KW_RMS_NORM_UNIT_OFFSET : KW_RMS_NORM_PLAIN;
 
     const int64_t vocab = c->vocab, hid = c->hidden;
-    KW_CHECK(model_bind(m, &m->embed, KW_OP_GET_ROWS, 1, 2, KW_NE(vocab, hid), "model.embed_tokens.weight"));
-    KW_CHECK(model_bind(m, &m->final_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "model.norm.weight"));
+    const char *pre = m->prefix;
+    KW_CHECK(model_bind(m, &m->embed, KW_OP_GET_ROWS, 1, 2, KW_NE(vocab, hid), "%sembed_tokens.weight", pre));
+    KW_CHECK(model_bind(m, &m->final_norm, KW_OP_RMS_NORM, 1, 1, KW_NE(hid), "%snorm.weight", pre));
+    if (c->arch == KW_ARCH_GEMMA3) {
+        m->embed_scale = model_embed_scale(c, m->embed.dtype);
+        KW_CHECK_IF(m->embed.dtype != KW_DTYPE_F32 && !kw_backend_supports(backend, KW_OP_COPY, m->embed.dtype),
+                    KW_E_OP_UNSUPPORTED, "model: backend cannot round to %s", kw_dtype_name(m->embed.dtype));
+    }
     /* the tied table is packed first, while no other packed copy exists: its file pages and its packed copy are the
      * largest pair that is ever resident at once, and the peak stays near the model's size */
     if (c->tie_embeddings) {
@@ -217,13 +282,18 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
         KW_CHECK_IF(!kw_backend_supports(backend, KW_OP_MATMUL, m->embed.dtype), KW_E_OP_UNSUPPORTED,
                     "model: backend cannot run matmul with %s embeddings", kw_dtype_name(m->embed.dtype));
         /* one packed table serves both: get_rows reads the packed layout too */
-        KW_CHECK(model_pack(m, &m->embed, "model.embed_tokens.weight"));
+        char embed_name[64];
+        snprintf(embed_name, sizeof embed_name, "%sembed_tokens.weight", pre);
+        KW_CHECK(model_pack(m, &m->embed, embed_name));
         m->lm_head = m->embed;
         m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
         m->lm_head_tied = 1;
         m->bytes_per_token += kw_tensor_nbytes(&m->embed);
     } else {
-        KW_CHECK(model_bind(m, &m->lm_head, KW_OP_MATMUL, 1, 2, KW_NE(vocab, hid), "lm_head.weight"));
+        /* a multimodal Gemma 3 checkpoint in the published layout keeps lm_head under language_model. */
+        const int nested = strcmp(pre, "language_model.model.") == 0;
+        KW_CHECK(model_bind(m, &m->lm_head, KW_OP_MATMUL, 1, 2, KW_NE(vocab, hid), "%slm_head.weight",
+                            nested ? "language_model." : ""));
     }
     for (int32_t l = 0; l < c->n_layers; ++l)
         KW_CHECK(model_bind_layer(m, l));
@@ -238,9 +308,13 @@ out:
 }
 
 static void model_free_layer(kw_layer *L) {
-    kw_tensor *ts[] = {&L->attn_norm, &L->ffn_norm, &L->wq,     &L->wk,     &L->wv,     &L->wo,
-                       &L->bq,        &L->bk,       &L->bv,     &L->bo,     &L->q_norm, &L->k_norm,
-                       &L->w_gate,    &L->w_up,     &L->w_down, &L->b_gate, &L->b_up,   &L->b_down};
+    kw_tensor *ts[] = {&L->attn_norm,    &L->ffn_norm, &L->attn_out_norm,
+                       &L->ffn_out_norm, &L->wq,       &L->wk,
+                       &L->wv,           &L->wo,       &L->bq,
+                       &L->bk,           &L->bv,       &L->bo,
+                       &L->q_norm,       &L->k_norm,   &L->w_gate,
+                       &L->w_up,         &L->w_down,   &L->b_gate,
+                       &L->b_up,         &L->b_down};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; ++i)
         kw_tensor_free(ts[i]);
 }
@@ -248,8 +322,9 @@ static void model_free_layer(kw_layer *L) {
 void kw_model_free(kw_model *m) {
     if (!m) return;
     kw_backend_synchronize(m->backend);
-    kw_tensor *scratch[] = {&m->s.ids, &m->s.pos, &m->s.x,    &m->s.h,  &m->s.o,   &m->s.q,      &m->s.att,
-                            &m->s.k,   &m->s.v,   &m->s.gate, &m->s.up, &m->s.act, &m->s.logits, &m->s.amax};
+    kw_tensor *scratch[] = {&m->s.ids, &m->s.pos, &m->s.x,      &m->s.h,    &m->s.o,
+                            &m->s.q,   &m->s.att, &m->s.k,      &m->s.v,    &m->s.gate,
+                            &m->s.up,  &m->s.act, &m->s.logits, &m->s.amax, &m->s.emb_round};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; ++i)
         kw_tensor_free(scratch[i]);
     if (m->layers)
@@ -278,8 +353,17 @@ size_t kw_model_weight_bytes_per_token(const kw_model *model) {
 }
 
 int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out) {
-    return kw_kvcache_create(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads, model->cfg.head_dim, capacity,
-                             dtype, out);
+    KW_FORWARD(kw_kvcache_create(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads, model->cfg.head_dim,
+                                 capacity, dtype, out));
+    for (int32_t l = 0; l < model->cfg.n_layers; ++l) {
+        const int rc = kw_kvcache_set_layer_window(*out, l, kw_config_layer_window(&model->cfg, l));
+        if (rc < 0) {
+            kw_kvcache_free(*out);
+            *out = NULL;
+            return rc;
+        }
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -334,6 +418,9 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     const kw_model_config *c = &m->cfg;
     kw_backend *be = m->backend;
     const float eps = c->rms_eps;
+    const int nf = m->norm_flags;
+    const int64_t window = kw_config_layer_window(c, l);
+    const kw_rope_params *rope = window > 0 ? &c->rope_local : &c->rope;
     kw_tensor x = *x_rows, pos = *pos_rows, h, o, q, k, v, q3, k3, v3, att, att3, gate, up, act;
     KW_FORWARD(view_rows(&m->s.h, T, 0, 0, &h));
     KW_FORWARD(view_rows(&m->s.o, T, 0, 0, &o));
@@ -350,36 +437,40 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     KW_FORWARD(view_rows(&m->s.act, T, 0, 0, &act));
 
     /* attention block */
-    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->attn_norm, eps, KW_RMS_NORM_PLAIN));
+    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->attn_norm, eps, nf));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &q, &h, &L->wq, opt_bias(&L->bq)));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &k, &h, &L->wk, opt_bias(&L->bk)));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &v, &h, &L->wv, opt_bias(&L->bv)));
     if (c->qk_norm) {
-        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &q3, &q3, &L->q_norm, eps, KW_RMS_NORM_PLAIN));
-        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &k3, &k3, &L->k_norm, eps, KW_RMS_NORM_PLAIN));
+        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &q3, &q3, &L->q_norm, eps, nf));
+        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &k3, &k3, &L->k_norm, eps, nf));
     }
-    KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &q3, &pos, &c->rope));
-    KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &k3, &pos, &c->rope));
+    KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &q3, &pos, rope));
+    KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &k3, &pos, rope));
     KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_k(cache, l), &k3, row0));
     KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_v(cache, l), &v3, row0));
+    /* Gemma3: query_pre_attn_scalar ** -0.5, the Python double HF passes as the score scale */
+    const double scalar = c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : (double)c->head_dim;
     const kw_attention_params ap = {
         .q_pos0 = row0,
         .n_kv = row0 + T,
-        .scale = (float)(1.0 / sqrt((double)c->head_dim)),
-        .sliding_window = 0,
+        .scale = (float)(1.0 / sqrt(scalar)),
+        .sliding_window = window,
         .kv_mask = kw_kvcache_mask(cache),
     };
     KW_MODEL_OP(m, KW_OP_ATTENTION,
                 kw_op_attention(be, &att3, &q3, kw_kvcache_k(cache, l), kw_kvcache_v(cache, l), &ap));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &att, &L->wo, opt_bias(&L->bo)));
+    if (L->attn_out_norm.data) KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &o, &o, &L->attn_out_norm, eps, nf));
     KW_MODEL_OP(m, KW_OP_ADD, kw_op_add(be, &x, &x, &o));
 
     /* MLP block */
-    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->ffn_norm, eps, KW_RMS_NORM_PLAIN));
+    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->ffn_norm, eps, nf));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &gate, &h, &L->w_gate, opt_bias(&L->b_gate)));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &up, &h, &L->w_up, opt_bias(&L->b_up)));
-    KW_MODEL_OP(m, KW_OP_GLU, kw_op_glu(be, &act, &gate, &up, KW_ACT_SILU));
+    KW_MODEL_OP(m, KW_OP_GLU, kw_op_glu(be, &act, &gate, &up, c->act));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &act, &L->w_down, opt_bias(&L->b_down)));
+    if (L->ffn_out_norm.data) KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &o, &o, &L->ffn_out_norm, eps, nf));
     KW_MODEL_OP(m, KW_OP_ADD, kw_op_add(be, &x, &x, &o));
     return 0;
 }
@@ -396,8 +487,14 @@ static int model_head(kw_model *m, const kw_forward_args *a, int64_t r0, int64_t
         KW_FORWARD(kw_tensor_view_rows(&m->s.h, 0, rows, &hr));
         KW_FORWARD(kw_tensor_view_rows(&m->s.logits, 0, rows, &lg));
         KW_FORWARD(kw_tensor_view_rows(&m->s.amax, 0, rows, &am));
-        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &hr, &xr, &m->final_norm, m->cfg.rms_eps, 0));
+        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &hr, &xr, &m->final_norm, m->cfg.rms_eps, m->norm_flags));
         KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &lg, &hr, &m->lm_head, NULL));
+        const double cap = m->cfg.final_logit_softcap;
+        if (cap > 0) { /* HF: logits / cap, tanh, * cap */
+            KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, &lg, &lg, (float)(1.0 / cap)));
+            KW_MODEL_OP(m, KW_OP_UNARY, kw_op_unary(be, &lg, &lg, KW_ACT_TANH));
+            KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, &lg, &lg, (float)cap));
+        }
         if (a->logits) {
             KW_FORWARD(kw_backend_download(be, a->logits + (size_t)(out_row + done) * (size_t)V, &lg, 0,
                                            kw_tensor_nbytes(&lg)));
@@ -409,6 +506,23 @@ static int model_head(kw_model *m, const kw_forward_args *a, int64_t r0, int64_t
         /* the logits scratch is reused by the next block: its downloads must land first */
         if (done + rows < n) KW_FORWARD(kw_backend_synchronize(be));
         done += rows;
+    }
+    return 0;
+}
+
+/* x (T <= max_batch, hidden) = the embeddings of ids (T); Gemma3 scales them by sqrt(hidden) in the embedding's
+ * dtype: the fp32 product of a bf16/f16 value and a bf16/f16 scale is exact, so rounding it once to that dtype is
+ * HF's product in that dtype. */
+static int model_embed(kw_model *m, kw_tensor *x, const kw_tensor *ids) {
+    kw_backend *be = m->backend;
+    KW_MODEL_OP(m, KW_OP_GET_ROWS, kw_op_get_rows(be, x, &m->embed, ids));
+    if (m->embed_scale == 0.0f) return 0;
+    KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, x, x, m->embed_scale));
+    if (m->s.emb_round.data) {
+        kw_tensor r;
+        KW_FORWARD(kw_tensor_view_rows(&m->s.emb_round, 0, x->ne[0], &r));
+        KW_MODEL_OP(m, KW_OP_COPY, kw_op_copy(be, &r, x));
+        KW_MODEL_OP(m, KW_OP_COPY, kw_op_copy(be, x, &r));
     }
     return 0;
 }
@@ -426,7 +540,7 @@ static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a,
     KW_FORWARD(kw_tensor_view_rows(&m->s.x, 0, T, &x));
     KW_FORWARD(kw_backend_upload(be, &ids, 0, a->ids + t0, (size_t)T * sizeof(int32_t)));
     KW_FORWARD(kw_backend_upload(be, &pos, 0, m->pos_host, (size_t)T * sizeof(int32_t)));
-    KW_MODEL_OP(m, KW_OP_GET_ROWS, kw_op_get_rows(be, &x, &m->embed, &ids));
+    KW_FORWARD(model_embed(m, &x, &ids));
     for (int32_t l = 0; l < m->cfg.n_layers; ++l)
         KW_FORWARD(model_layer(m, &m->layers[l], l, cache, T, row0, &x, &pos));
     if (a->mode == KW_LOGITS_ALL) {
@@ -444,6 +558,10 @@ static int model_check_forward(const kw_model *m, const kw_kvcache *cache, const
     KW_RETURN_IF(kw_kvcache_backend(cache) != m->backend || kw_kvcache_n_layers(cache) != m->cfg.n_layers ||
                      kw_kvcache_n_kv_heads(cache) != m->cfg.n_kv_heads || kw_kvcache_head_dim(cache) != m->cfg.head_dim,
                  KW_E_SHAPE, "model: the cache was not made for this model");
+    for (int32_t l = 0; l < m->cfg.n_layers; ++l)
+        KW_RETURN_IF(kw_kvcache_layer_window(cache, l) != kw_config_layer_window(&m->cfg, l), KW_E_SHAPE,
+                     "model: cache layer %d has window %lld, the model's is %lld (use kw_model_create_cache)", (int)l,
+                     (long long)kw_kvcache_layer_window(cache, l), (long long)kw_config_layer_window(&m->cfg, l));
     KW_RETURN_IF(n > kw_kvcache_capacity(cache) - kw_kvcache_length(cache), KW_E_MODEL_CONTEXT,
                  "model: %lld tokens do not fit in the cache (length %lld, capacity %lld)", (long long)n,
                  (long long)kw_kvcache_length(cache), (long long)kw_kvcache_capacity(cache));
@@ -500,7 +618,7 @@ int kw_model_forward_layers(kw_model *m, kw_kvcache *cache, const int32_t *ids, 
         KW_CHECK(kw_tensor_view_rows(&m->s.ids, 0, T, &ids_t));
         KW_CHECK(kw_tensor_view_rows(&x_all, t0, T, &x));
         KW_CHECK(kw_backend_upload(be, &ids_t, 0, ids + t0, (size_t)T * sizeof(int32_t)));
-        KW_MODEL_OP(m, KW_OP_GET_ROWS, kw_op_get_rows(be, &x, &m->embed, &ids_t));
+        KW_CHECK(model_embed(m, &x, &ids_t));
         KW_CHECK(kw_backend_synchronize(be)); /* the ids scratch is reused by the next chunk */
     }
     for (int32_t l = 0; l < m->cfg.n_layers; ++l) {

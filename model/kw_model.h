@@ -1,4 +1,5 @@
-/* kw_model.h: a decoder-only transformer (Qwen2, Qwen3, Llama) bound to a compute backend, and its forward pass.
+/* kw_model.h: a decoder-only transformer (Qwen2, Qwen3, Llama, Gemma3) bound to a compute backend, and its forward
+ * pass.
  *
  * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
  * or a GGUF file (kw_weights.h) and binds every weight to a backend tensor: safetensors weights with
@@ -33,8 +34,9 @@ typedef struct kw_model_options {
 } kw_model_options;
 
 /* Loads the model in folder dir, or the GGUF file dir, onto backend (borrowed: it must outlive the model). opts may
- * be NULL. *out is owned by the caller (kw_model_free). Errors: those of kw_weights_open, KW_E_MODEL_ARCH (Gemma3 is
- * not supported yet), KW_E_MODEL_MISSING (a required tensor absent, named in the detail), KW_E_MODEL_SHAPE,
+ * be NULL. *out is owned by the caller (kw_model_free). Gemma 3 multimodal checkpoints
+ * (Gemma3ForConditionalGeneration) load their text model and ignore the vision tower. Errors: those of
+ * kw_weights_open, KW_E_MODEL_MISSING (a required tensor absent, named in the detail), KW_E_MODEL_SHAPE,
  * KW_E_OP_UNSUPPORTED (the backend cannot use a weight dtype). */
 int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out);
 
@@ -55,8 +57,9 @@ enum kw_dtype kw_model_logits_weight_dtype(const kw_model *model);
  * it is the tied lm_head). The numerator of the memory-bandwidth bound. */
 size_t kw_model_weight_bytes_per_token(const kw_model *model);
 
-/* Creates an empty KV cache shaped for this model (layers, kv heads, head_dim) on the model's backend. capacity is in
- * positions; dtype KW_DTYPE_BF16 or KW_DTYPE_F32. *out is owned by the caller (kw_kvcache_free). */
+/* Creates an empty KV cache shaped for this model (layers, kv heads, head_dim, each layer's attention window) on the
+ * model's backend. capacity is in positions; dtype KW_DTYPE_BF16 or KW_DTYPE_F32. *out is owned by the caller
+ * (kw_kvcache_free). */
 int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out);
 
 enum kw_logits_mode {
@@ -77,9 +80,10 @@ typedef struct kw_forward_args {
 } kw_forward_args;
 
 /* Runs the tokens through every layer in chunks of at most max_batch, appending their K/V to cache (created by
- * kw_model_create_cache for this model), and fills logits/argmax for the rows of args->mode. Returns after the
- * backend has finished (results are on the host). On failure the cache is truncated back to its length before the
- * call. Errors: KW_E_TOKEN_ID, KW_E_MODEL_CONTEXT (cache full), KW_E_INVALID_ARG, backend errors. */
+ * kw_model_create_cache for this model: its geometry and layer windows must be the model's, else KW_E_SHAPE), and fills
+ * logits/argmax for the rows of args->mode. Returns after the backend has finished (results are on the host). On
+ * failure the cache is truncated back to its length before the call. Errors: KW_E_TOKEN_ID, KW_E_MODEL_CONTEXT (cache
+ * full), KW_E_INVALID_ARG, backend errors. */
 int kw_model_forward(kw_model *model, kw_kvcache *cache, const kw_forward_args *args);
 
 /* Called by kw_model_forward_layers once a layer's K/V rows [row0, row0 + n) are in the cache (the backend has

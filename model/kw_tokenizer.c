@@ -1,4 +1,6 @@
-/* kw_tokenizer.c: byte-level BPE tokenizer loaded from an HF tokenizer.json, giving the ids HF `tokenizers` gives.
+/* kw_tokenizer.c: byte-level BPE tokenizer loaded from an HF tokenizer.json, giving the ids HF `tokenizers` gives, and
+ * the parts every tokenizer shares (vocabulary, added tokens, merge table, the encode walk, offsets). A
+ * SentencePiece-style tokenizer.json is handed to kw_tokenizer_spm.c, which plugs into the same walk.
  *
  * Pipeline of encode (the order HF uses): added tokens are found in the raw text first (leftmost, then longest); each
  * stretch of text between them is normalized (NFC or nothing), cut into pre-tokens by the Split regex (PCRE2 with UTF
@@ -13,9 +15,9 @@
  * Invariant: a loaded tokenizer is never written again, so encode/decode may run on many threads at once; all scratch
  * memory is per call. */
 #include "model/kw_tokenizer.h"
+#include "model/kw_tokenizer_impl.h"
 
 #include "model/kw_gguf.h"
-#include "model/kw_tokenizer_internal.h"
 
 #include "common/kw_buf.h"
 #include "common/kw_file.h"
@@ -23,8 +25,6 @@
 #include "common/kw_size.h"
 #include "common/kw_status.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <utf8proc.h>
 
 #include <stdbool.h>
@@ -32,61 +32,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Limits on what a tokenizer.json may declare before anything is allocated from it. */
-#define KW_TOK_MAX_FILE   (256u << 20) /* bytes of tokenizer.json */
-#define KW_TOK_MAX_ID     (1 << 22)    /* ids must be below this (4M; real vocabularies are < 300k) */
-#define KW_TOK_MAX_ADDED  4096         /* added tokens */
-#define KW_TOK_MAX_PIECES (1u << 24)   /* bytes of one pre-token: far beyond any real word */
-
-enum {
-    KW_TOK_IN_VOCAB = 1, /* the id is in model.vocab */
-    KW_TOK_ADDED = 2,    /* the id is an added token (its text is matched before pre-tokenization) */
-    KW_TOK_SPECIAL = 4,  /* added token with "special": true (dropped by decode with skip_special) */
-};
-
-typedef struct kw_tok_entry {
-    uint32_t off, len;         /* surface form (as written in tokenizer.json) in tok->pool */
-    uint32_t dec_off, dec_len; /* bytes it decodes to (ByteLevel decoder) in tok->pool */
-    uint32_t flags;            /* KW_TOK_* */
-} kw_tok_entry;
-
-typedef struct kw_tok_merge {
-    uint64_t key; /* (left id << 32) | right id; UINT64_MAX = empty slot */
-    int32_t rank;
-    int32_t new_id;
-} kw_tok_merge;
-
-struct kw_tokenizer {
-    int32_t n_ids;         /* largest id + 1 */
-    kw_tok_entry *entries; /* (n_ids); entries with flags == 0 are holes in the id space */
-    kw_buf pool;           /* all surface forms and decoded forms */
-
-    int32_t *vocab_slots; /* open addressing over model.vocab: id + 1, 0 = empty */
-    size_t vocab_mask;
-    kw_tok_merge *merges; /* open addressing over merges */
-    size_t merge_mask;
-
-    int32_t *added; /* (n_added) ids of added tokens, in file order */
-    size_t n_added;
-    uint8_t added_first[256]; /* 1 if some added token starts with this byte */
-
-    int32_t byte_id[256];       /* id of the one-symbol token for each byte, -1 if absent */
-    char byte_char[256][3];     /* ByteLevel alphabet: UTF-8 of the code point standing for each byte */
-    uint8_t byte_char_len[256]; /* 1 or 2 */
-    int16_t char_byte[0x144];   /* inverse map: code point -> byte, -1 if not in the alphabet */
-    bool nfc;                   /* normalizer NFC */
-    bool ignore_merges;         /* a pre-token found whole in the vocab maps to that id */
-    pcre2_code *split_re;       /* the Split pre-tokenizer regex */
-    bool split_jit;             /* split_re was JIT-compiled */
-};
-
 // ---------------------------------------------------------------------------------------------------------------
 // UTF-8 helpers
 
 /* Length of the valid UTF-8 sequence at s[0..n), or 0 if the bytes there are not one (the Rust/Unicode rules:
  * no overlongs, no surrogates, nothing above U+10FFFF). When 0, *bad is the number of bytes that form the maximal
  * invalid prefix (at least 1), which is what String::from_utf8_lossy replaces by one U+FFFD. */
-static size_t kw_tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
+size_t kw__tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
     const uint8_t b = s[0];
     size_t need;
     uint8_t lo = 0x80, hi = 0xBF;
@@ -119,14 +71,14 @@ static size_t kw_tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
 }
 
 /* Offset of the first invalid UTF-8 byte in s, or n if all of it is valid. */
-static size_t kw_tok_utf8_check(const uint8_t *s, size_t n) {
+size_t kw__tok_utf8_check(const uint8_t *s, size_t n) {
     size_t i = 0, bad = 0;
     while (i < n) {
         if (s[i] < 0x80) {
             ++i;
             continue;
         }
-        const size_t k = kw_tok_utf8_seq(s + i, n - i, &bad);
+        const size_t k = kw__tok_utf8_seq(s + i, n - i, &bad);
         if (k == 0) return i;
         i += k;
     }
@@ -134,7 +86,7 @@ static size_t kw_tok_utf8_check(const uint8_t *s, size_t n) {
 }
 
 /* Decodes one code point from valid UTF-8; returns its length. */
-static size_t kw_tok_utf8_decode(const uint8_t *s, uint32_t *cp) {
+size_t kw__tok_utf8_decode(const uint8_t *s, uint32_t *cp) {
     if (s[0] < 0x80) {
         *cp = s[0];
         return 1;
@@ -155,12 +107,7 @@ static size_t kw_tok_utf8_decode(const uint8_t *s, uint32_t *cp) {
 // ---------------------------------------------------------------------------------------------------------------
 // Growable buffers
 
-typedef struct kw_tok_ids {
-    int32_t *v;
-    size_t n, cap;
-} kw_tok_ids;
-
-static int kw_tok_ids_push(kw_tok_ids *a, int32_t id) {
+int kw__tok_ids_push(kw_tok_ids *a, int32_t id) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 64, bytes;
         KW_RETURN_IF(kw_size_mul(cap, sizeof(int32_t), &bytes) < 0, KW_E_OVERFLOW, "token array too large");
@@ -174,7 +121,7 @@ static int kw_tok_ids_push(kw_tok_ids *a, int32_t id) {
 }
 
 /* Appends n bytes to the string pool; *off receives where they start. */
-static int kw_tok_pool_add(kw_tokenizer *tok, const void *s, size_t n, uint32_t *off) {
+int kw__tok_pool_add(kw_tokenizer *tok, const void *s, size_t n, uint32_t *off) {
     size_t need;
     KW_RETURN_IF(kw_size_add(tok->pool.len, n, &need) < 0 || need > UINT32_MAX, KW_E_LIMIT,
                  "tokenizer strings exceed 4 GiB");
@@ -204,7 +151,7 @@ static uint64_t kw_tok_hash_u64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-static int kw_tok_table_size(size_t n, size_t *out) {
+int kw__tok_table_size(size_t n, size_t *out) {
     size_t size = 16;
     while (size < 2 * n) {
         KW_RETURN_IF(size > (SIZE_MAX >> 2), KW_E_OVERFLOW, "hash table too large");
@@ -215,7 +162,7 @@ static int kw_tok_table_size(size_t n, size_t *out) {
 }
 
 /* The model.vocab id of the string s[0..n), or -1. */
-static int32_t kw_tok_vocab_find(const kw_tokenizer *tok, const char *s, size_t n) {
+int32_t kw__tok_vocab_find(const kw_tokenizer *tok, const char *s, size_t n) {
     size_t i = (size_t)kw_tok_hash_bytes(s, n) & tok->vocab_mask;
     for (;; i = (i + 1) & tok->vocab_mask) {
         const int32_t slot = tok->vocab_slots[i];
@@ -227,7 +174,7 @@ static int32_t kw_tok_vocab_find(const kw_tokenizer *tok, const char *s, size_t 
 
 /* Inserts id (whose surface form is already in the pool); a repeated string keeps the later id, as a JSON object
  * read into a map does. */
-static void kw_tok_vocab_insert(kw_tokenizer *tok, int32_t id) {
+void kw__tok_vocab_insert(kw_tokenizer *tok, int32_t id) {
     const kw_tok_entry *e = &tok->entries[id];
     const char *s = tok->pool.data + e->off;
     size_t i = (size_t)kw_tok_hash_bytes(s, e->len) & tok->vocab_mask;
@@ -240,7 +187,7 @@ static void kw_tok_vocab_insert(kw_tokenizer *tok, int32_t id) {
     tok->vocab_slots[i] = id + 1;
 }
 
-static const kw_tok_merge *kw_tok_merge_find(const kw_tokenizer *tok, int32_t left, int32_t right) {
+const kw_tok_merge *kw__tok_merge_find(const kw_tokenizer *tok, int32_t left, int32_t right) {
     const uint64_t key = ((uint64_t)(uint32_t)left << 32) | (uint32_t)right;
     size_t i = (size_t)kw_tok_hash_u64(key) & tok->merge_mask;
     for (;; i = (i + 1) & tok->merge_mask) {
@@ -251,7 +198,7 @@ static const kw_tok_merge *kw_tok_merge_find(const kw_tokenizer *tok, int32_t le
 }
 
 /* A repeated pair keeps the later rank, as HF's merge map does. */
-static void kw_tok_merge_insert(kw_tokenizer *tok, int32_t left, int32_t right, int32_t rank, int32_t new_id) {
+void kw__tok_merge_insert(kw_tokenizer *tok, int32_t left, int32_t right, int32_t rank, int32_t new_id) {
     const uint64_t key = ((uint64_t)(uint32_t)left << 32) | (uint32_t)right;
     size_t i = (size_t)kw_tok_hash_u64(key) & tok->merge_mask;
     while (tok->merges[i].key != UINT64_MAX && tok->merges[i].key != key)
@@ -410,7 +357,7 @@ static void kw_tok_init_byte_level(kw_tokenizer *tok) {
 }
 
 /* Requires a JSON field to be absent/null or to equal one of the given strings (NULL-terminated list). */
-static int kw_tok_expect_str(const cJSON *obj, const char *key, const char *const *allowed, const char *where) {
+int kw__tok_expect_str(const cJSON *obj, const char *key, const char *const *allowed, const char *where) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
     if (cJSON_IsString(v))
@@ -420,7 +367,7 @@ static int kw_tok_expect_str(const cJSON *obj, const char *key, const char *cons
 }
 
 /* Requires a boolean field to be absent/null or equal to want. */
-static int kw_tok_expect_bool(const cJSON *obj, const char *key, int want, const char *where) {
+int kw__tok_expect_bool(const cJSON *obj, const char *key, int want, const char *where) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
     KW_RETURN_IF(!cJSON_IsBool(v), KW_E_TOKENIZER, "tokenizer.json: %s.%s must be a boolean", where, key);
@@ -429,14 +376,14 @@ static int kw_tok_expect_bool(const cJSON *obj, const char *key, int want, const
     return 0;
 }
 
-static const char *kw_tok_type(const cJSON *obj) {
+const char *kw__tok_type(const cJSON *obj) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(obj, "type");
     return cJSON_IsString(t) ? t->valuestring : NULL;
 }
 
 static int kw_tok_load_normalizer(kw_tokenizer *tok, const cJSON *norm) {
     if (!norm || cJSON_IsNull(norm)) return 0;
-    const char *type = kw_tok_type(norm);
+    const char *type = kw__tok_type(norm);
     KW_RETURN_IF(!type, KW_E_TOKENIZER, "tokenizer.json: normalizer has no type");
     if (strcmp(type, "NFC") == 0) {
         tok->nfc = true;
@@ -447,10 +394,10 @@ static int kw_tok_load_normalizer(kw_tokenizer *tok, const cJSON *norm) {
 
 static int kw_tok_load_split(kw_tokenizer *tok, const cJSON *split) {
     static const char *const isolated[] = {"Isolated", NULL};
-    KW_FORWARD(kw_tok_expect_str(split, "behavior", isolated, "pre_tokenizer Split"));
+    KW_FORWARD(kw__tok_expect_str(split, "behavior", isolated, "pre_tokenizer Split"));
     const cJSON *behavior = cJSON_GetObjectItemCaseSensitive(split, "behavior");
     KW_RETURN_IF(!cJSON_IsString(behavior), KW_E_TOKENIZER, "tokenizer.json: Split.behavior is missing");
-    KW_FORWARD(kw_tok_expect_bool(split, "invert", 0, "pre_tokenizer Split"));
+    KW_FORWARD(kw__tok_expect_bool(split, "invert", 0, "pre_tokenizer Split"));
     const cJSON *pattern_obj = cJSON_GetObjectItemCaseSensitive(split, "pattern");
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(pattern_obj, "Regex");
     KW_RETURN_IF(!cJSON_IsString(re), KW_E_TOKENIZER,
@@ -477,14 +424,14 @@ static int kw_tok_load_split(kw_tokenizer *tok, const cJSON *split) {
 }
 
 static int kw_tok_load_byte_level_pre(const cJSON *bl) {
-    KW_FORWARD(kw_tok_expect_bool(bl, "add_prefix_space", 0, "pre_tokenizer ByteLevel"));
-    KW_FORWARD(kw_tok_expect_bool(bl, "use_regex", 0, "pre_tokenizer ByteLevel"));
+    KW_FORWARD(kw__tok_expect_bool(bl, "add_prefix_space", 0, "pre_tokenizer ByteLevel"));
+    KW_FORWARD(kw__tok_expect_bool(bl, "use_regex", 0, "pre_tokenizer ByteLevel"));
     return 0;
 }
 
 /* Accepts Sequence[Split(regex, Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]. */
 static int kw_tok_load_pre_tokenizer(kw_tokenizer *tok, const cJSON *pre) {
-    const char *type = kw_tok_type(pre);
+    const char *type = kw__tok_type(pre);
     KW_RETURN_IF(!type, KW_E_TOKENIZER, "tokenizer.json: pre_tokenizer is missing or has no type");
     KW_RETURN_IF(strcmp(type, "Sequence") != 0, KW_E_TOKENIZER,
                  "tokenizer.json: pre_tokenizer type \"%s\" is not supported (expected Sequence[Split, ByteLevel])",
@@ -493,7 +440,7 @@ static int kw_tok_load_pre_tokenizer(kw_tokenizer *tok, const cJSON *pre) {
     KW_RETURN_IF(!cJSON_IsArray(list) || cJSON_GetArraySize(list) != 2, KW_E_TOKENIZER,
                  "tokenizer.json: pre_tokenizer Sequence must hold exactly [Split, ByteLevel]");
     const cJSON *split = cJSON_GetArrayItem(list, 0), *bl = cJSON_GetArrayItem(list, 1);
-    const char *t0 = kw_tok_type(split), *t1 = kw_tok_type(bl);
+    const char *t0 = kw__tok_type(split), *t1 = kw__tok_type(bl);
     KW_RETURN_IF(!t0 || !t1 || strcmp(t0, "Split") != 0 || strcmp(t1, "ByteLevel") != 0, KW_E_TOKENIZER,
                  "tokenizer.json: pre_tokenizer Sequence [%s, %s] is not supported (expected [Split, ByteLevel])",
                  t0 ? t0 : "?", t1 ? t1 : "?");
@@ -502,7 +449,7 @@ static int kw_tok_load_pre_tokenizer(kw_tokenizer *tok, const cJSON *pre) {
 }
 
 static int kw_tok_load_decoder(const cJSON *dec) {
-    const char *type = kw_tok_type(dec);
+    const char *type = kw__tok_type(dec);
     KW_RETURN_IF(!type || strcmp(type, "ByteLevel") != 0, KW_E_TOKENIZER,
                  "tokenizer.json: decoder \"%s\" is not supported (only ByteLevel)", type ? type : "(none)");
     return 0;
@@ -512,25 +459,25 @@ static int kw_tok_load_decoder(const cJSON *dec) {
 static int kw_tok_load_model_options(kw_tokenizer *tok, const cJSON *model) {
     static const char *const bpe[] = {"BPE", NULL};
     static const char *const empty[] = {"", NULL};
-    const char *type = kw_tok_type(model);
+    const char *type = kw__tok_type(model);
     KW_RETURN_IF(!type, KW_E_TOKENIZER, "tokenizer.json: model has no type");
-    KW_FORWARD(kw_tok_expect_str(model, "type", bpe, "model"));
+    KW_FORWARD(kw__tok_expect_str(model, "type", bpe, "model"));
     const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     KW_RETURN_IF(dropout && !cJSON_IsNull(dropout) && !(cJSON_IsNumber(dropout) && dropout->valuedouble == 0.0),
                  KW_E_TOKENIZER, "tokenizer.json: model.dropout is not supported");
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     KW_RETURN_IF(unk && !cJSON_IsNull(unk), KW_E_TOKENIZER,
                  "tokenizer.json: model.unk_token is set; only byte-level BPE without unk is supported");
-    KW_FORWARD(kw_tok_expect_str(model, "continuing_subword_prefix", empty, "model"));
-    KW_FORWARD(kw_tok_expect_str(model, "end_of_word_suffix", empty, "model"));
-    KW_FORWARD(kw_tok_expect_bool(model, "byte_fallback", 0, "model"));
+    KW_FORWARD(kw__tok_expect_str(model, "continuing_subword_prefix", empty, "model"));
+    KW_FORWARD(kw__tok_expect_str(model, "end_of_word_suffix", empty, "model"));
+    KW_FORWARD(kw__tok_expect_bool(model, "byte_fallback", 0, "model"));
     int ignore = 0;
     KW_FORWARD(kw_json_opt_bool(model, "ignore_merges", 0, &ignore, "tokenizer.json model"));
     tok->ignore_merges = ignore != 0;
     return 0;
 }
 
-static int kw_tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON *added) {
+int kw__tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON *added) {
     KW_RETURN_IF(!cJSON_IsObject(vocab), KW_E_TOKENIZER, "tokenizer.json: model.vocab must be an object");
     KW_RETURN_IF(added && !cJSON_IsNull(added) && !cJSON_IsArray(added), KW_E_TOKENIZER,
                  "tokenizer.json: added_tokens must be an array");
@@ -560,7 +507,7 @@ static int kw_tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON 
     tok->entries = calloc((size_t)tok->n_ids, sizeof(kw_tok_entry));
     KW_RETURN_IF(!tok->entries, KW_E_NOMEM, "out of memory for %d token entries", tok->n_ids);
     size_t slots = 0;
-    KW_FORWARD(kw_tok_table_size(n_vocab, &slots));
+    KW_FORWARD(kw__tok_table_size(n_vocab, &slots));
     tok->vocab_slots = calloc(slots, sizeof(int32_t));
     KW_RETURN_IF(!tok->vocab_slots, KW_E_NOMEM, "out of memory for the vocabulary table");
     tok->vocab_mask = slots - 1;
@@ -570,10 +517,10 @@ static int kw_tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON 
         kw_tok_entry *e = &tok->entries[id];
         KW_RETURN_IF(e->flags != 0, KW_E_TOKENIZER, "tokenizer.json: vocab id %d is used twice", id);
         const size_t n = strlen(it->string);
-        KW_FORWARD(kw_tok_pool_add(tok, it->string, n, &e->off));
+        KW_FORWARD(kw__tok_pool_add(tok, it->string, n, &e->off));
         e->len = (uint32_t)n;
         e->flags = KW_TOK_IN_VOCAB;
-        kw_tok_vocab_insert(tok, id);
+        kw__tok_vocab_insert(tok, id);
     }
 
     tok->added = calloc(n_added ? (size_t)n_added : 1, sizeof(int32_t));
@@ -604,14 +551,14 @@ static int kw_tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON 
         } else {
             KW_RETURN_IF(e->flags & KW_TOK_ADDED, KW_E_TOKENIZER, "tokenizer.json: added token id %lld is used twice",
                          (long long)id);
-            KW_FORWARD(kw_tok_pool_add(tok, content, n, &e->off));
+            KW_FORWARD(kw__tok_pool_add(tok, content, n, &e->off));
             e->len = (uint32_t)n;
         }
         e->flags |= KW_TOK_ADDED | (special ? KW_TOK_SPECIAL : 0);
         tok->added[tok->n_added++] = (int32_t)id;
         tok->added_first[(uint8_t)content[0]] = 1;
     }
-    return 0;
+    return kw__tok_index_added(tok);
 }
 
 /* Reads one merge, either "a b" or ["a", "b"], into the two vocab ids. */
@@ -634,21 +581,21 @@ static int kw_tok_merge_parts(const kw_tokenizer *tok, const cJSON *m, size_t ra
     } else {
         KW_FAIL(KW_E_TOKENIZER, "tokenizer.json: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", rank);
     }
-    *a = kw_tok_vocab_find(tok, s1, n1);
-    *b = kw_tok_vocab_find(tok, s2, n2);
+    *a = kw__tok_vocab_find(tok, s1, n1);
+    *b = kw__tok_vocab_find(tok, s2, n2);
     KW_RETURN_IF(*a < 0 || *b < 0, KW_E_TOKENIZER, "tokenizer.json: merge %zu names a token missing from the vocab",
                  rank);
     return 0;
 }
 
-static int kw_tok_load_merges(kw_tokenizer *tok, const cJSON *merges) {
+int kw__tok_load_merges(kw_tokenizer *tok, const cJSON *merges) {
     KW_RETURN_IF(!cJSON_IsArray(merges), KW_E_TOKENIZER, "tokenizer.json: model.merges must be an array");
     size_t n = 0;
     for (const cJSON *it = merges->child; it; it = it->next)
         ++n;
     KW_RETURN_IF(n >= (size_t)INT32_MAX, KW_E_LIMIT, "tokenizer.json: too many merges");
     size_t slots = 0;
-    KW_FORWARD(kw_tok_table_size(n, &slots));
+    KW_FORWARD(kw__tok_table_size(n, &slots));
     tok->merges = malloc(slots * sizeof(kw_tok_merge));
     KW_RETURN_IF(!tok->merges, KW_E_NOMEM, "out of memory for %zu merges", n);
     for (size_t i = 0; i < slots; ++i)
@@ -672,10 +619,10 @@ static int kw_tok_load_merges(kw_tokenizer *tok, const cJSON *merges) {
         }
         memcpy(buf, tok->pool.data + ea->off, ea->len);
         memcpy(buf + ea->len, tok->pool.data + eb->off, eb->len);
-        const int32_t merged = kw_tok_vocab_find(tok, buf, len);
+        const int32_t merged = kw__tok_vocab_find(tok, buf, len);
         KW_CHECK_IF(merged < 0, KW_E_TOKENIZER, "tokenizer.json: merge %zu gives \"%.*s\", which is not in the vocab",
                     rank, (int)(len < 60 ? len : 60), buf);
-        kw_tok_merge_insert(tok, a, b, (int32_t)rank, merged);
+        kw__tok_merge_insert(tok, a, b, (int32_t)rank, merged);
     }
 out:
     free(buf);
@@ -700,10 +647,10 @@ static int kw_tok_build_decoded(kw_tokenizer *tok) {
         }
         const uint8_t *s = (const uint8_t *)tok->pool.data + e->off;
         size_t n = 0, i = 0;
-        bool mapped = kw_tok_utf8_check(s, e->len) == e->len;
+        bool mapped = kw__tok_utf8_check(s, e->len) == e->len;
         while (mapped && i < e->len) {
             uint32_t cp;
-            i += kw_tok_utf8_decode(s + i, &cp);
+            i += kw__tok_utf8_decode(s + i, &cp);
             if (cp >= sizeof tok->char_byte / sizeof tok->char_byte[0] || tok->char_byte[cp] < 0) {
                 mapped = false;
                 break;
@@ -711,7 +658,7 @@ static int kw_tok_build_decoded(kw_tokenizer *tok) {
             tmp[n++] = (uint8_t)tok->char_byte[cp];
         }
         if (mapped) {
-            KW_CHECK(kw_tok_pool_add(tok, tmp, n, &e->dec_off));
+            KW_CHECK(kw__tok_pool_add(tok, tmp, n, &e->dec_off));
             e->dec_len = (uint32_t)n;
         } else {
             e->dec_off = e->off; /* the surface form itself */
@@ -725,23 +672,24 @@ out:
 
 static int kw_tok_load_json(kw_tokenizer *tok, const cJSON *root) {
     KW_RETURN_IF(!cJSON_IsObject(root), KW_E_TOKENIZER, "tokenizer.json: top level is not an object");
+    if (kw__tok_spm_is_json(root)) return kw__tok_spm_load_json(tok, root);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     KW_RETURN_IF(!cJSON_IsObject(model), KW_E_TOKENIZER, "tokenizer.json: no model object");
     KW_FORWARD(kw_tok_load_model_options(tok, model));
     KW_FORWARD(kw_tok_load_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer")));
     KW_FORWARD(kw_tok_load_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer")));
     KW_FORWARD(kw_tok_load_decoder(cJSON_GetObjectItemCaseSensitive(root, "decoder")));
-    KW_FORWARD(kw_tok_load_vocab(tok, cJSON_GetObjectItemCaseSensitive(model, "vocab"),
-                                 cJSON_GetObjectItemCaseSensitive(root, "added_tokens")));
-    KW_FORWARD(kw_tok_load_merges(tok, cJSON_GetObjectItemCaseSensitive(model, "merges")));
+    KW_FORWARD(kw__tok_load_vocab(tok, cJSON_GetObjectItemCaseSensitive(model, "vocab"),
+                                  cJSON_GetObjectItemCaseSensitive(root, "added_tokens")));
+    KW_FORWARD(kw__tok_load_merges(tok, cJSON_GetObjectItemCaseSensitive(model, "merges")));
     kw_tok_init_byte_level(tok);
     for (int b = 0; b < 256; ++b)
-        tok->byte_id[b] = kw_tok_vocab_find(tok, tok->byte_char[b], tok->byte_char_len[b]);
+        tok->byte_id[b] = kw__tok_vocab_find(tok, tok->byte_char[b], tok->byte_char_len[b]);
     return kw_tok_build_decoded(tok);
 }
 
-int kw_tokenizer_from_json(const cJSON *root, kw_tokenizer **out) {
-    KW_RETURN_IF(!root || !out, KW_E_INVALID_ARG, "kw_tokenizer_from_json: NULL argument");
+int kw__tok_from_json(const cJSON *root, kw_tokenizer **out) {
+    KW_RETURN_IF(!root || !out, KW_E_INVALID_ARG, "kw__tok_from_json: NULL argument");
     *out = NULL;
     kw_tokenizer *tok = calloc(1, sizeof *tok);
     KW_RETURN_IF(!tok, KW_E_NOMEM, "out of memory");
@@ -791,33 +739,17 @@ void kw_tokenizer_free(kw_tokenizer *tok) {
     free(tok->vocab_slots);
     free(tok->merges);
     free(tok->added);
+    free(tok->added_slots);
+    free(tok->added_lens);
     pcre2_code_free(tok->split_re);
+    kw__tok_spm_free(tok->spm);
     free(tok);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // BPE on one pre-token
 
-typedef struct kw_tok_symbol {
-    int32_t id;
-    int32_t prev, next; /* -1 at the ends */
-    int32_t alive;
-} kw_tok_symbol;
-
-typedef struct kw_tok_qitem {
-    int32_t rank, pos, new_id;
-} kw_tok_qitem;
-
-/* Per-call scratch memory. */
-typedef struct kw_tok_scratch {
-    kw_tok_symbol *sym;
-    kw_tok_qitem *heap;
-    size_t sym_cap, heap_cap, heap_n;
-    char *str;
-    size_t str_cap;
-} kw_tok_scratch;
-
-static void kw_tok_scratch_free(kw_tok_scratch *s) {
+void kw__tok_scratch_free(kw_tok_scratch *s) {
     free(s->sym);
     free(s->heap);
     free(s->str);
@@ -866,7 +798,7 @@ static kw_tok_qitem kw_tok_q_pop(kw_tok_scratch *s) {
 static int kw_tok_q_pair(const kw_tokenizer *tok, kw_tok_scratch *s, int32_t pos) {
     const kw_tok_symbol *a = &s->sym[pos];
     if (a->next < 0) return 0;
-    const kw_tok_merge *m = kw_tok_merge_find(tok, a->id, s->sym[a->next].id);
+    const kw_tok_merge *m = kw__tok_merge_find(tok, a->id, s->sym[a->next].id);
     if (!m) return 0;
     return kw_tok_q_push(s, (kw_tok_qitem){m->rank, pos, m->new_id});
 }
@@ -874,7 +806,7 @@ static int kw_tok_q_pair(const kw_tokenizer *tok, kw_tok_scratch *s, int32_t pos
 /* Appends the ids of one pre-token (raw bytes w[0..n)) to out. */
 static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t *w, size_t n, kw_tok_ids *out) {
     KW_RETURN_IF(n > KW_TOK_MAX_PIECES, KW_E_LIMIT, "a pre-token of %zu bytes is over the limit", n);
-    if (n == 1 && tok->byte_id[w[0]] >= 0) return kw_tok_ids_push(out, tok->byte_id[w[0]]);
+    if (n == 1 && tok->byte_id[w[0]] >= 0) return kw__tok_ids_push(out, tok->byte_id[w[0]]);
     if (tok->ignore_merges) {
         const size_t need = 2 * n;
         if (need > s->str_cap) {
@@ -888,8 +820,8 @@ static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t 
             memcpy(s->str + len, tok->byte_char[w[i]], tok->byte_char_len[w[i]]);
             len += tok->byte_char_len[w[i]];
         }
-        const int32_t id = kw_tok_vocab_find(tok, s->str, len);
-        if (id >= 0) return kw_tok_ids_push(out, id);
+        const int32_t id = kw__tok_vocab_find(tok, s->str, len);
+        if (id >= 0) return kw__tok_ids_push(out, id);
     }
     if (n > s->sym_cap) {
         kw_tok_symbol *p = realloc(s->sym, n * sizeof *p);
@@ -901,9 +833,13 @@ static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t 
     int32_t m = 0;
     for (size_t i = 0; i < n; ++i) {
         if (tok->byte_id[w[i]] < 0) continue;
-        s->sym[m] = (kw_tok_symbol){tok->byte_id[w[i]], m - 1, m + 1, 1};
+        s->sym[m] = (kw_tok_symbol){tok->byte_id[w[i]], m - 1, m + 1, 1, 1};
         ++m;
     }
+    return kw__tok_merge_symbols(tok, s, m, out, NULL);
+}
+
+int kw__tok_merge_symbols(const kw_tokenizer *tok, kw_tok_scratch *s, int32_t m, kw_tok_ids *out, kw_tok_ids *lens) {
     if (m == 0) return 0;
     s->sym[m - 1].next = -1;
     s->heap_n = 0;
@@ -914,17 +850,20 @@ static int kw_tok_bpe(const kw_tokenizer *tok, kw_tok_scratch *s, const uint8_t 
         kw_tok_symbol *a = &s->sym[top.pos];
         if (!a->alive || a->next < 0) continue;
         kw_tok_symbol *b = &s->sym[a->next];
-        const kw_tok_merge *cur = kw_tok_merge_find(tok, a->id, b->id);
+        const kw_tok_merge *cur = kw__tok_merge_find(tok, a->id, b->id);
         if (!cur || cur->new_id != top.new_id) continue; /* a stale entry */
         a->id = top.new_id;
+        a->len += b->len;
         b->alive = 0;
         a->next = b->next;
         if (b->next >= 0) s->sym[b->next].prev = top.pos;
         if (a->prev >= 0) KW_FORWARD(kw_tok_q_pair(tok, s, a->prev));
         KW_FORWARD(kw_tok_q_pair(tok, s, top.pos));
     }
-    for (int32_t i = 0; i >= 0; i = s->sym[i].next)
-        KW_FORWARD(kw_tok_ids_push(out, s->sym[i].id));
+    for (int32_t i = 0; i >= 0; i = s->sym[i].next) {
+        KW_FORWARD(kw__tok_ids_push(out, s->sym[i].id));
+        if (lens) KW_FORWARD(kw__tok_ids_push(lens, s->sym[i].len));
+    }
     return 0;
 }
 
@@ -951,7 +890,7 @@ static int kw_tok_nfc(const uint8_t *text, size_t len, uint8_t **out, size_t *ou
     size_t start = 0;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
-        const size_t k = kw_tok_utf8_decode(text + i, &cp);
+        const size_t k = kw__tok_utf8_decode(text + i, &cp);
         if (kw_tok_nfc_is_unknown(cp)) {
             KW_CHECK(kw_tok_nfc_piece(&b, text + start, i - start));
             KW_CHECK(kw_buf_append(&b, (const char *)text + i, k));
@@ -967,16 +906,6 @@ out:
     kw_buf_free(&b);
     return rc;
 }
-
-/* Receives the pieces of a text in order: an added token (added_id >= 0) or one pre-token of bytes s[0..n) of the
- * normalized text (added_id = -1). */
-typedef struct kw_tok_sink kw_tok_sink;
-struct kw_tok_sink {
-    int (*piece)(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id);
-    /* Optional (NULL): called before the pieces of each stretch between added tokens with the original bytes and
-     * the normalized ones the pieces point into (norm == orig when normalization changed nothing). */
-    int (*segment)(kw_tok_sink *sink, const uint8_t *orig, size_t orig_len, const uint8_t *norm, size_t norm_len);
-};
 
 /* Normalizes and pre-tokenizes one stretch of text that holds no added token. */
 static int kw_tok_walk_segment(const kw_tokenizer *tok, pcre2_match_data *md, const uint8_t *text, size_t len,
@@ -1017,7 +946,7 @@ static int kw_tok_walk_segment(const kw_tokenizer *tok, pcre2_match_data *md, co
             pos = end;
         } else {
             /* An empty match (impossible with the known patterns) contributes nothing; step over one character. */
-            size_t bad = 0, k = kw_tok_utf8_seq(text + start, len - start, &bad);
+            size_t bad = 0, k = kw__tok_utf8_seq(text + start, len - start, &bad);
             pos = start + (k ? k : 1);
             if (pos > len) pos = len;
         }
@@ -1027,27 +956,80 @@ out:
     return rc;
 }
 
-/* Length of the longest added token at text[0..len), 0 if none; *id receives it. */
-static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size_t len, int32_t *id) {
-    size_t best = 0;
+/* The added token whose text is s[0..n), or -1. */
+static int32_t kw_tok_added_find(const kw_tokenizer *tok, const uint8_t *s, size_t n) {
+    size_t i = (size_t)kw_tok_hash_bytes(s, n) & tok->added_mask;
+    for (;; i = (i + 1) & tok->added_mask) {
+        const int32_t slot = tok->added_slots[i];
+        if (slot == 0) return -1;
+        const kw_tok_entry *e = &tok->entries[slot - 1];
+        if (e->len == n && memcmp(tok->pool.data + e->off, s, n) == 0) return slot - 1;
+    }
+}
+
+int kw__tok_index_added(kw_tokenizer *tok) {
+    size_t slots = 0;
+    KW_FORWARD(kw__tok_table_size(tok->n_added, &slots));
+    free(tok->added_slots);
+    free(tok->added_lens);
+    tok->added_slots = calloc(slots, sizeof *tok->added_slots);
+    tok->added_lens = malloc((tok->n_added ? tok->n_added : 1) * sizeof *tok->added_lens);
+    KW_RETURN_IF(!tok->added_slots || !tok->added_lens, KW_E_NOMEM, "out of memory indexing added tokens");
+    tok->added_mask = slots - 1;
+    tok->n_added_lens = 0;
     for (size_t k = 0; k < tok->n_added; ++k) {
-        const kw_tok_entry *e = &tok->entries[tok->added[k]];
-        if (e->len > best && e->len <= len && memcmp(tok->pool.data + e->off, text, e->len) == 0) {
-            best = e->len;
-            *id = tok->added[k];
+        const int32_t id = tok->added[k];
+        const kw_tok_entry *e = &tok->entries[id];
+        const uint8_t *s = (const uint8_t *)tok->pool.data + e->off;
+        if (kw_tok_added_find(tok, s, e->len) >= 0) continue; /* the same text twice: the first one matches */
+        size_t i = (size_t)kw_tok_hash_bytes(s, e->len) & tok->added_mask;
+        while (tok->added_slots[i] != 0)
+            i = (i + 1) & tok->added_mask;
+        tok->added_slots[i] = id + 1;
+        size_t j = 0; /* insert the length, keeping the list distinct and descending */
+        while (j < tok->n_added_lens && tok->added_lens[j] > e->len)
+            ++j;
+        if (j < tok->n_added_lens && tok->added_lens[j] == e->len) continue;
+        memmove(tok->added_lens + j + 1, tok->added_lens + j, (tok->n_added_lens - j) * sizeof *tok->added_lens);
+        tok->added_lens[j] = e->len;
+        ++tok->n_added_lens;
+    }
+    return 0;
+}
+
+/* Length of the longest added token at text[0..len), 0 if none; *id receives it. One hash lookup per distinct added
+ * token length, longest first. */
+static size_t kw_tok_added_at(const kw_tokenizer *tok, const uint8_t *text, size_t len, int32_t *id) {
+    for (size_t k = 0; k < tok->n_added_lens; ++k) {
+        const size_t n = tok->added_lens[k];
+        if (n > len) continue;
+        const int32_t found = kw_tok_added_find(tok, text, n);
+        if (found >= 0) {
+            *id = found;
+            return n;
         }
     }
-    return best;
+    return 0;
+}
+
+/* The stretch text[at, at + len) between added tokens, through the tokenizer's normalizer and pre-tokenizer. */
+static int kw_tok_segment(const kw_tokenizer *tok, pcre2_match_data *md, const uint8_t *text, size_t at, size_t len,
+                          kw_tok_sink *sink) {
+    if (tok->spm) return kw__tok_spm_segment(tok, text + at, len, at, sink);
+    return kw_tok_walk_segment(tok, md, text + at, len, sink);
 }
 
 /* Splits text into added tokens (leftmost, then longest, in the raw text) and pre-tokens, in order. */
 static int kw_tok_walk(const kw_tokenizer *tok, const char *text, size_t len, kw_tok_sink *sink) {
     const uint8_t *t = (const uint8_t *)text;
-    const size_t bad = kw_tok_utf8_check(t, len);
+    const size_t bad = kw__tok_utf8_check(t, len);
     KW_RETURN_IF(bad != len, KW_E_UTF8, "invalid UTF-8 at byte %zu of the text", bad);
     int rc = 0;
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
-    KW_RETURN_IF(!md, KW_E_NOMEM, "out of memory for regex match data");
+    pcre2_match_data *md = NULL;
+    if (!tok->spm) {
+        md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
+        KW_RETURN_IF(!md, KW_E_NOMEM, "out of memory for regex match data");
+    }
     size_t seg = 0;
     for (size_t i = 0; i < len;) {
         int32_t id = -1;
@@ -1056,12 +1038,12 @@ static int kw_tok_walk(const kw_tokenizer *tok, const char *text, size_t len, kw
             ++i;
             continue;
         }
-        KW_CHECK(kw_tok_walk_segment(tok, md, t + seg, i - seg, sink));
+        KW_CHECK(kw_tok_segment(tok, md, t, seg, i - seg, sink));
         KW_CHECK(sink->piece(sink, t + i, k, id));
         i += k;
         seg = i;
     }
-    if (seg < len) KW_CHECK(kw_tok_walk_segment(tok, md, t + seg, len - seg, sink));
+    if (seg < len) KW_CHECK(kw_tok_segment(tok, md, t, seg, len - seg, sink));
 out:
     pcre2_match_data_free(md);
     return rc;
@@ -1076,7 +1058,8 @@ typedef struct kw_tok_encode_sink {
 
 static int kw_tok_encode_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, int32_t added_id) {
     kw_tok_encode_sink *e = (kw_tok_encode_sink *)sink;
-    if (added_id >= 0) return kw_tok_ids_push(&e->ids, added_id);
+    if (added_id >= 0) return kw__tok_ids_push(&e->ids, added_id);
+    if (e->tok->spm) return kw__tok_spm_bpe(e->tok, &e->scratch, s, n, &e->ids, NULL);
     return kw_tok_bpe(e->tok, &e->scratch, s, n, &e->ids);
 }
 
@@ -1094,7 +1077,7 @@ int kw_tokenizer_encode(const kw_tokenizer *tok, const char *text, size_t len, i
     e.ids.v = NULL;
 out:
     free(e.ids.v);
-    kw_tok_scratch_free(&e.scratch);
+    kw__tok_scratch_free(&e.scratch);
     return rc;
 }
 
@@ -1158,6 +1141,7 @@ int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_id
         if (skip_special && (tok->entries[id].flags & KW_TOK_SPECIAL)) continue;
         KW_RETURN_IF(kw_size_add(raw_len, tok->entries[id].dec_len, &raw_len) < 0, KW_E_OVERFLOW, "decode too long");
     }
+    if (tok->spm) return kw__tok_spm_decode(tok, ids, n_ids, skip_special, text, len);
     /* Every invalid byte may become the 3 bytes of U+FFFD. */
     size_t cap;
     KW_RETURN_IF(kw_size_muladd(raw_len, 3, 1, &cap) < 0, KW_E_OVERFLOW, "decode too long");
@@ -1179,7 +1163,7 @@ int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_id
     size_t o = 0;
     for (size_t i = 0; i < raw_len;) {
         size_t bad = 0;
-        const size_t k = raw[i] < 0x80 ? 1 : kw_tok_utf8_seq(raw + i, raw_len - i, &bad);
+        const size_t k = raw[i] < 0x80 ? 1 : kw__tok_utf8_seq(raw + i, raw_len - i, &bad);
         if (k) {
             memcpy(res + o, raw + i, k);
             o += k;
@@ -1200,11 +1184,8 @@ int kw_tokenizer_decode(const kw_tokenizer *tok, const int32_t *ids, size_t n_id
 int32_t kw_tokenizer_token_id(const kw_tokenizer *tok, const char *token) {
     if (!tok || !token) return -1;
     const size_t n = strlen(token);
-    for (size_t k = 0; k < tok->n_added; ++k) {
-        const kw_tok_entry *e = &tok->entries[tok->added[k]];
-        if (e->len == n && memcmp(tok->pool.data + e->off, token, n) == 0) return tok->added[k];
-    }
-    return kw_tok_vocab_find(tok, token, n);
+    const int32_t added = kw_tok_added_find(tok, (const uint8_t *)token, n);
+    return added >= 0 ? added : kw__tok_vocab_find(tok, token, n);
 }
 
 int32_t kw_tokenizer_vocab_size(const kw_tokenizer *tok) {
@@ -1361,7 +1342,7 @@ static int kw_tok_offsets_segment(kw_tok_sink *sink, const uint8_t *orig, size_t
     KW_FORWARD(kw_tok_grow((void **)&o->cps, &o->cps_cap, orig_len, sizeof(uint32_t)));
     KW_FORWARD(kw_tok_grow((void **)&o->al, &o->al_cap, 2 * norm_len + 2, sizeof(size_t)));
     for (size_t i = 0; i < orig_len; ++k) {
-        const size_t n = kw_tok_utf8_decode(orig + i, &o->cps[k]);
+        const size_t n = kw__tok_utf8_decode(orig + i, &o->cps[k]);
         o->ranges[2 * k] = base + i;
         o->ranges[2 * k + 1] = base + i + n;
         i += n;
@@ -1374,7 +1355,7 @@ static int kw_tok_offsets_segment(kw_tok_sink *sink, const uint8_t *orig, size_t
     for (size_t j = 0; traced && j < m; ++j) {
         uint32_t cp = 0;
         traced = b < norm_len;
-        if (traced) b += kw_tok_utf8_decode(norm + b, &cp);
+        if (traced) b += kw__tok_utf8_decode(norm + b, &cp);
         traced = traced && cp == o->nfc[j].cp && b <= norm_len;
     }
     traced = traced && b == norm_len;
@@ -1382,7 +1363,7 @@ static int kw_tok_offsets_segment(kw_tok_sink *sink, const uint8_t *orig, size_t
     b = 0;
     for (size_t j = 0; b < norm_len; ++j) {
         uint32_t cp;
-        const size_t n = kw_tok_utf8_decode(norm + b, &cp);
+        const size_t n = kw__tok_utf8_decode(norm + b, &cp);
         if (traced) {
             const int32_t c = o->nfc[j].change;
             if (c <= 0 && cur < k) {
@@ -1434,7 +1415,7 @@ static int kw_tok_offsets_piece(kw_tok_sink *sink, const uint8_t *s, size_t n, i
     kw_tok_offsets_sink *o = (kw_tok_offsets_sink *)sink;
     const size_t first = o->ids.n;
     if (added_id >= 0)
-        KW_FORWARD(kw_tok_ids_push(&o->ids, added_id));
+        KW_FORWARD(kw__tok_ids_push(&o->ids, added_id));
     else
         KW_FORWARD(kw_tok_bpe(o->tok, &o->scratch, s, n, &o->ids));
     KW_FORWARD(kw_tok_grow((void **)&o->off, &o->off_cap, 2 * o->ids.n, sizeof(size_t)));
@@ -1460,6 +1441,7 @@ int kw_tokenizer_encode_offsets(const kw_tokenizer *tok, const char *text, size_
                                 size_t **offsets, size_t *n_ids) {
     KW_RETURN_IF(!tok || (!text && len) || !ids || !offsets || !n_ids, KW_E_INVALID_ARG,
                  "kw_tokenizer_encode_offsets: NULL argument");
+    KW_RETURN_IF(tok->spm, KW_E_UNSUPPORTED, "offsets are not implemented for SentencePiece-style tokenizers");
     kw_tok_offsets_sink o = {
         .base = {kw_tok_offsets_piece, kw_tok_offsets_segment}, .tok = tok, .text = (const uint8_t *)text, .len = len};
     int rc = 0;
@@ -1493,6 +1475,6 @@ out:
     free(o.ranges);
     free(o.cps);
     free(o.nfc);
-    kw_tok_scratch_free(&o.scratch);
+    kw__tok_scratch_free(&o.scratch);
     return rc;
 }

@@ -1,7 +1,7 @@
 /* kw_tokenizer_gguf.c: a byte-level BPE tokenizer from GGUF metadata (tokenizer.ggml.model = "gpt2").
  *
  * The metadata is turned into the tokenizer.json the model's HF repository holds, and that tree goes through the
- * same loader as a file would (kw_tokenizer_from_json), so both paths share every rule:
+ * same loader as a file would (kw__tok_from_json), so both paths share every rule:
  *  - model.vocab: tokenizer.ggml.tokens by id (NORMAL, UNKNOWN, UNUSED tokens). A token written outside the ByteLevel
  *    alphabet is re-spelled from its UTF-8 bytes, as transformers' GGUF converter does;
  *  - added_tokens: CONTROL tokens (type 3) as special, USER_DEFINED ones (type 4) as plain added tokens, matched in
@@ -23,7 +23,7 @@
 #include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "model/kw_gguf.h"
-#include "model/kw_tokenizer_internal.h"
+#include "model/kw_tokenizer_impl.h"
 
 #define KW_TOK_GGUF_MAX_TOKENS (1 << 22)
 
@@ -250,7 +250,7 @@ int kw_tokenizer_load_gguf(const char *path, kw_tokenizer **out) {
     cJSON *tree = NULL;
     int rc = kw_gguf_open(path, &g);
     if (rc == 0) rc = kw_tok_gguf_tree(g, &tree);
-    if (rc == 0) rc = kw_tokenizer_from_json(tree, out);
+    if (rc == 0) rc = kw__tok_from_json(tree, out);
     if (rc < 0) rc = kw_error_set(rc, "%s: %s", path, kw_error_detail());
     cJSON_Delete(tree);
     kw_gguf_close(g);

@@ -96,6 +96,14 @@ int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out) {
     return 1;
 }
 
+int kw_weights_has(const kw_weights *w, const char *hf_name) {
+    if (!w || !hf_name) return 0;
+    if (w->kind == KW_WEIGHTS_SAFETENSORS) return kw_safetensors_find(w->st, hf_name) != NULL;
+    char name[256];
+    if (kw_gguf_model_tensor_name(w->cfg.arch, hf_name, name, sizeof name) < 0) return 0;
+    return kw_gguf_find_tensor(w->gguf, name) != NULL;
+}
+
 void kw_weights_release(kw_weights *w, const char *hf_name) {
     if (!w || !hf_name || w->kind != KW_WEIGHTS_SAFETENSORS) return;
     const kw_st_tensor *st = kw_safetensors_find(w->st, hf_name);

@@ -5,8 +5,8 @@
  *
  * GGUF tensors are converted to what the HF-layout forward expects, exactly as transformers' GGUF loader does:
  * dequantized to f32 (or bf16 on request), shapes reversed to HF order, llama q/k rows un-permuted (llama.cpp's
- * converter interleaves the two rotary halves of every head: kw_gguf_model.h), Gemma 3 norm weights shifted back by
- * -1 (llama.cpp stores 1 + w).
+ * converter interleaves the two rotary halves of every head: kw_gguf_model.h). Gemma 3 norm weights stay as stored
+ * (1 + w; the GGUF config sets norm_plus_one = 0).
  *
  * Not here: which names a model needs and their shapes (kw_model.c checks them against the config).
  */
@@ -56,6 +56,9 @@ const kw_model_config *kw_weights_config(const kw_weights *w);
  * Returns 1 and fills *out if present, 0 if absent, or a negative status (a GGUF tensor of a type kvwire cannot
  * dequantize: KW_E_MODEL_DTYPE; KW_E_NOMEM). */
 int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out);
+
+/* 1 if tensor hf_name is present, 0 if not (nothing is read or dequantized). */
+int kw_weights_has(const kw_weights *w, const char *hf_name);
 
 /* Tells w that the bytes of tensor hf_name are no longer read (the model holds a packed copy): a safetensors file's
  * pages go back to the kernel (kw_safetensors_release); GGUF tensors were copied at bind, nothing to do. */

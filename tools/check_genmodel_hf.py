@@ -44,7 +44,7 @@ def key_of(seed, name):
     return mix(np.array([h], dtype=np.uint64) ^ s)[0]
 
 
-def expected_f32(seed, name, is_norm, n, index=None):
+def expected_f32(seed, name, kind, n, index=None):
     """The generator's value of elements index (default: all n) of the named tensor, as float32."""
     key = key_of(seed, name)
     i = np.arange(n, dtype=np.uint64) if index is None else index.astype(np.uint64)
@@ -55,13 +55,17 @@ def expected_f32(seed, name, is_norm, n, index=None):
             for s in range(4):
                 total += ((r >> np.uint64(16 * s)) & np.uint64(0xFFFF)).astype(np.int64)
     total -= 393210
-    if is_norm:
+    if kind == 2:  # Gemma3 norms (scaled by 1 + w): zero-centred
+        return total.astype(np.float32) * np.float32(2.0**-20)
+    if kind == 1:
         return (total + (1 << 20)).astype(np.float32) * np.float32(2.0**-20)
     return total.astype(np.float32) * np.float32(2.0**-22)
 
 
-def is_norm_tensor(name):
-    return name.endswith("layernorm.weight") or name.endswith("_norm.weight") or name == "model.norm.weight"
+def value_kind(name, arch):
+    """The generator's formula for a tensor: 0 matrix, 1 norm (1 + noise), 2 Gemma3 norm (noise)."""
+    norm = name.endswith("layernorm.weight") or name.endswith("_norm.weight") or name == "model.norm.weight"
+    return (2 if arch == "gemma3_text" else 1) if norm else 0
 
 
 def fail(msg):
@@ -87,8 +91,16 @@ def check(folder, seed):
         fail(f"{folder}: q_proj shape {tuple(attn.q_proj.weight.shape)}")
     if (attn.q_proj.bias is not None) != (arch == "qwen2" or bool(getattr(config, "attention_bias", False))):
         fail(f"{folder}: q_proj bias presence")
-    if (arch == "qwen3") != hasattr(attn, "q_norm"):
+    if (arch in ("qwen3", "gemma3_text")) != hasattr(attn, "q_norm"):
         fail(f"{folder}: q_norm presence")
+    if arch == "gemma3_text":
+        kinds = [bool((i + 1) % config.sliding_window_pattern) for i in range(config.num_hidden_layers)]
+        if kinds != [layer.is_sliding for layer in model.model.layers]:
+            fail(f"{folder}: sliding layers {[layer.is_sliding for layer in model.model.layers]}")
+        if cfg_json.get("layer_types") != ["sliding_attention" if k else "full_attention" for k in kinds]:
+            fail(f"{folder}: layer_types {cfg_json.get('layer_types')} disagree with the pattern")
+        if attn.scaling != config.query_pre_attn_scalar ** -0.5:
+            fail(f"{folder}: attention scaling {attn.scaling}")
     if arch == "llama" and (config.rope_scaling or {}).get("rope_type") != "llama3":
         fail(f"{folder}: llama rope_scaling {config.rope_scaling}")
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
@@ -115,7 +127,7 @@ def check(folder, seed):
                 index = np.unique(np.concatenate([np.arange(65536), np.arange(0, flat.numel(), 997),
                                                   [flat.numel() - 1]]))
                 flat = flat[torch.from_numpy(index)]
-            want = torch.from_numpy(expected_f32(seed, name, is_norm_tensor(name), flat.numel(), index))
+            want = torch.from_numpy(expected_f32(seed, name, value_kind(name, arch), flat.numel(), index))
             want = want.to(t.dtype)  # round to nearest even, as kw_half.h does
             bits = torch.int16 if t.dtype != torch.float32 else torch.int32
             if not torch.equal(want.view(bits), flat.contiguous().view(bits)):

@@ -27,15 +27,16 @@ static void kw_generate_usage(FILE *f) {
             "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
             "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache bf16|f32]\n"
             "                       [--round auto|none|bf16]\n"
-            "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2), else the model\n"
-            "                    family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct; llama:\n"
-            "                    Llama-3.2-Instruct, --date sets its \"Today Date\", default today)\n"
+            "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
+            "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
+            "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
+            "                    Gemma 3, --system opens the user turn)\n"
             "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
             "  --threads         CPU threads (default: one per core)\n"
             "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
             "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
             "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-            "Without --chat, Llama prompts get <|begin_of_text|> prepended (HF add_special_tokens); Qwen has no BOS;\n"
+            "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
             "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
@@ -89,9 +90,12 @@ int kw_cmd_generate(int argc, char **argv) {
     const kw_model_config *cfg = kw_model_get_config(model);
     stage = "load tokenizer";
     KW_CHECK(kw_tokenizer_load(tok_dir ? tok_dir : model_dir, &tok));
-    KW_CHECK_IF(kw_tokenizer_vocab_size(tok) > cfg->vocab, KW_E_TOKENIZER,
-                "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
-                (int)cfg->vocab);
+    /* ids past the model's vocabulary are tolerated only as special tokens (Gemma 3's tokenizer adds
+     * <image_soft_token> at 262144, past the 262144 rows of its text models); any other would be a mismatch */
+    for (int32_t id = cfg->vocab; id < kw_tokenizer_vocab_size(tok); ++id)
+        KW_CHECK_IF(!kw_tokenizer_is_special(tok, id), KW_E_TOKENIZER,
+                    "the tokenizer has %d ids, the model's vocabulary only %d", (int)kw_tokenizer_vocab_size(tok),
+                    (int)cfg->vocab);
 
     stage = "prompt";
     const char *input = prompt;
@@ -117,8 +121,10 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    /* A GGUF file says whether its tokenizer adds BOS; HF folders: Llama's does, Qwen's has none. */
-    const int add_bos = !chat && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : cfg->arch == KW_ARCH_LLAMA);
+    /* A GGUF file says whether its tokenizer adds BOS; HF folders: Llama-3's and Gemma 3's do (add_special_tokens),
+     * Qwen's has none. The chat templates write it themselves. */
+    const int hf_bos = cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
+    const int add_bos = !chat && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : hf_bos);
     const int64_t n_prompt = (int64_t)n_ids + add_bos;
     KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
     all = malloc((size_t)n_prompt * sizeof *all);

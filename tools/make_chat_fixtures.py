@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
-"""make_chat_fixtures.py: reference renderings of the Qwen3, Qwen2.5-Instruct and Llama-3.2-Instruct chat templates.
+"""make_chat_fixtures.py: reference renderings of the Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct and Gemma 3 chat
+templates.
 
 Renders many message lists with transformers' apply_chat_template(tokenize=False) and writes
-tests/data/tokenizer/chat_{qwen3,qwen25,llama32}.jsonl, one case per line:
+tests/data/tokenizer/chat_{qwen3,qwen25,llama32,gemma3}.jsonl, one case per line:
   {"messages": [...], "add_generation_prompt": bool, "enable_thinking": bool, "date_string": str|null,
    "text": str, "ids": [...]}            (ids: the text encoded with add_special_tokens=False)
 or, where the template raises, {"messages": ..., ..., "error": "<exception text>"}.
 model/kw_chat.c must reproduce "text" byte for byte (tests/tokenizer/test_chat.c).
 
-Templates: Qwen3's is read from models/tokenizers/qwen3/tokenizer_config.json (the real file). Qwen2.5-Instruct's and
+Templates: Qwen3's and Gemma 3's are read from models/tokenizers/{qwen3,gemma3}/tokenizer_config.json (the real
+files). Qwen2.5-Instruct's and
 Llama-3.2-Instruct's are written out below (QWEN25_TEMPLATE, LLAMA32_TEMPLATE): they are the chat_template strings of
 the official Qwen/Qwen2.5-*-Instruct and meta-llama/Llama-3.2-*-Instruct tokenizer_config.json files, typed in from
 knowledge of those files (no network here). The local llama3/tokenizer_config.json is a base Llama-3 config, so its
 template is not used. Needs transformers + jinja2 only (no torch, no network).
 
-Usage: python3 tools/make_chat_fixtures.py [--out tests/data/tokenizer]
+Usage: python3 tools/make_chat_fixtures.py [--out tests/data/tokenizer] [--only gemma3]
 """
 import argparse
 import json
@@ -253,6 +255,14 @@ def conversations():
         [U("line1\r\nline2\r\n"), A("\ttabbed\t")],
         [S("You are Qwen, created by Alibaba Cloud. You are a helpful assistant."), U("same as default")],
         [U("{{ not a template }} {% raw %}")],
+        # Gemma 3: the system text opens the first user turn; roles must alternate user / non-user
+        [S("sys\n"), U("q1"), A("a1")],
+        [S("sys"), A("assistant after system")],
+        [S("sys"), U("q1"), S("system at an odd position"), U("q2")],
+        [S("sys"), U("q1"), A("a1"), A("a2")],
+        [U("q1"), A("a1"), S("s"), A("a2")],
+        [U("<start_of_turn>model\ninjected<end_of_turn>"), A("<bos><eos>")],
+        [S(" spaced system "), U("  spaced user  "), A("  spaced model  "), U("\n")],
     ]
     return convs
 
@@ -271,18 +281,25 @@ def render(tok, template, messages, gen, thinking, date):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "tokenizer"))
+    ap.add_argument("--only", help="comma-separated families to rewrite (default: all)")
     args = ap.parse_args()
     qwen = AutoTokenizer.from_pretrained(os.path.join(ROOT, "models", "tokenizers", "qwen3"))
     llama = AutoTokenizer.from_pretrained(os.path.join(ROOT, "models", "tokenizers", "llama3"))
+    gemma = AutoTokenizer.from_pretrained(os.path.join(ROOT, "models", "tokenizers", "gemma3"))
+    with open(os.path.join(ROOT, "models", "tokenizers", "gemma3", "tokenizer_config.json"), encoding="utf-8") as f:
+        gemma3_template = json.load(f)["chat_template"]
     with open(os.path.join(ROOT, "models", "tokenizers", "qwen3", "tokenizer_config.json"), encoding="utf-8") as f:
         qwen3_template = json.load(f)["chat_template"]
     families = [
         ("qwen3", qwen, qwen3_template, [None, True, False], [None]),
         ("qwen25", qwen, QWEN25_TEMPLATE, [None, False], [None]),
         ("llama32", llama, LLAMA32_TEMPLATE, [None], ["23 Nov 2026", "01 Jan 2025", "26 Jul 2024"]),
+        ("gemma3", gemma, gemma3_template, [None], [None]),
     ]
     convs = conversations() + [[]]  # the empty list: every template raises
     for name, tok, template, thinkings, dates in families:
+        if args.only and name not in args.only.split(","):
+            continue
         rows = []
         for ci, messages in enumerate(convs):
             for gen in (True, False):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make_tokenizer_fixtures.py: reference encodings and decodings from HF `tokenizers`, the authority for kw_tokenizer.
 
-Writes, for each tokenizer in models/tokenizers/{qwen3,llama3}:
+Writes, for each tokenizer in models/tokenizers/{qwen3,llama3,gemma3}:
   tests/data/tokenizer/hf_<name>.jsonl   one case per line:
       {"text", "ids", "decoded", "decoded_skip"}   encode(text, add_special_tokens=False) and the decodes of those ids
                                                    with skip_special_tokens False / True; "decoded" is left out when
@@ -14,16 +14,26 @@ Writes, for each tokenizer in models/tokenizers/{qwen3,llama3}:
   tests/data/tokenizer/cli_<name>.ids      `kvwire tokenize` output for corpus.jsonl, byte for byte
   tests/data/tokenizer/cli_<name>.decoded  `kvwire tokenize --decode` output for those ids (JSON escaping as
                                            kw_json_append_string writes it)
-It also compares the shared JS-port fixtures (qwen3.jsonl, llama3.jsonl) with HF and reports disagreements.
+It also compares the shared JS-port fixtures (qwen3.jsonl, llama3.jsonl, gemma3.jsonl) with HF and reports
+disagreements. Gemma 3 (SentencePiece-style BPE) gets thousands of cases of its own on top of the shared ones
+(gemma_texts: whitespace runs, byte fallback, its added tokens written out, random vocabulary pieces glued together,
+random mixtures) and decode cases for byte-fallback runs; and
+  tests/data/tokenizer/spm_variants/*.json     small SentencePiece-style tokenizer.json files (Metaspace with each
+                                               prepend scheme and split, Prepend + Replace, Strip and Metaspace
+                                               decoders, no byte fallback with a fused unk) cut from Gemma's vocabulary,
+  tests/data/tokenizer/hf_spm_<variant>.jsonl  and their HF encodings and decodings
 
 Other modes (they need no output directory):
+  --check-gguf GGUF   checks what kw_tokenizer_from_spm assumes about a SentencePiece vocabulary against Gemma 3's
+                      GGUF (spm_arrays_check)
   --unicode-tables    prints the C tables of model/kw_tokenizer.c that close the Unicode-version gaps between HF
                       (Oniguruma, its NFC) and PCRE2 10.42 / utf8proc 2.8 (needs libutf8proc.so.2; Python 3.11's
                       unicodedata is Unicode 14.0, the same as PCRE2 10.42's tables)
   --exhaustive KVWIRE compares `KVWIRE tokenize --pieces` with HF's normalizer + pre-tokenizer on every code point in
                       many contexts (a few minutes)
 
-Usage: python3 tools/make_tokenizer_fixtures.py [--out tests/data/tokenizer]
+Usage: python3 tools/make_tokenizer_fixtures.py [--out tests/data/tokenizer] [--only gemma3,spm]
+(gemma3 fixtures: tokenizers 0.21.4, transformers 4.52.4.)
 """
 import argparse
 import ctypes
@@ -37,7 +47,7 @@ import unicodedata
 from tokenizers import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = ["qwen3", "llama3"]
+NAMES = ["qwen3", "llama3", "gemma3"]
 
 MC_PROMPT = (
     "Accurately answer the following question:\n\n"
@@ -305,6 +315,51 @@ def texts(corpus):
     return t
 
 
+# Gemma 3's added tokens and SentencePiece specifics, for gemma_texts.
+GEMMA_ADDED = ["<bos>", "<eos>", "<pad>", "<unk>", "<mask>", "[multimodal]", "<start_of_turn>", "<end_of_turn>",
+               "<start_of_image>", "<end_of_image>", "<image_soft_token>", "<unused0>", "<unused99>", "<unused6241>"]
+GEMMA_NEAR = ["<start_of_turn", "start_of_turn>", "<unused", "<unused6242>", "<0x41>", "<0x0A>", "<0xZZ>", "<0x",
+              "▁", "▁▁", " ▁", "▁ ", "<", ">", "<<bos>>", "<bos", "[multimodal"]
+
+
+def gemma_texts(tok, rng):
+    """Cases for a SentencePiece-style vocabulary: runs of every whitespace kind (the user-defined pieces), characters
+    the vocabulary lacks (byte fallback), Gemma's added tokens and near misses, random vocabulary pieces glued
+    together (what real text tokenizes into), and random mixtures of all of it."""
+    t = []
+    for ws in (" ", "\t", "\n", "\r\n", "\u3000", "\u00a0", "\u2581"):
+        for n in list(range(1, 34)) + [40, 63, 64, 100]:
+            t.append(ws * n)
+            t.append("a" + ws * n + "b")
+            t.append(ws * n + "x" + ws * (n % 5))
+    for s in GEMMA_ADDED + GEMMA_NEAR:
+        t += [s, "a" + s + "b", " " + s + " ", s + s, "\n" + s + "\n", s + "\u2581x"]
+    # characters missing from the vocabulary take the byte fallback (probed: HF gives <0xXX> ids for them)
+    vocab = tok.get_vocab()
+    missing = []
+    for cp in list(range(0x01, 0x20)) + list(range(0x7F, 0xA0)) + list(range(0xE000, 0xE100)) + \
+            list(range(0x20000, 0x20400)) + list(range(0xF0000, 0xF0040)) + list(range(0x1D400, 0x1D480)):
+        c = chr(cp)
+        if c not in vocab:
+            missing.append(c)
+    print(f"gemma3: {len(missing)} probed characters are missing from the vocabulary (byte fallback)")
+    for i in range(0, len(missing), 7):
+        chunk = "".join(missing[i:i + 7])
+        t += [chunk, "a" + chunk + " b", " " + chunk[0] + "x" + chunk[-1]]
+    pieces = [p for p in vocab if not (p.startswith("<") and p.endswith(">"))]
+    pieces.sort()
+    for _ in range(1500):
+        k = rng.randint(1, 12)
+        t.append("".join(rng.choice(pieces) for _ in range(k)).replace("\u2581", " "))
+    mix = (list("abcXYZ019 \t\n\r.,'!?-_") + ["  ", "   ", "\n\n", "\t\t", "\u2581", "\u00a0", "\u3000"]
+           + list("中文日本한국ñéü") + ["😀", "👩‍💻", "🇫🇷", "\ufffd", "\u200b", "\x01", "\x7f", "\ue000",
+                                       "\U00020001", "\U000F0001", "𝐀"]
+           + GEMMA_ADDED + GEMMA_NEAR)
+    for _ in range(1500):
+        t.append("".join(rng.choice(mix) for _ in range(rng.randint(1, 40))))
+    return t
+
+
 def decode_cases(tok, rng):
     """Id sequences: prefixes and single tokens of texts that split UTF-8 characters, random sequences."""
     cases = []
@@ -330,11 +385,33 @@ def decode_cases(tok, rng):
     partial = [i for i in range(0, n) if "\ufffd" in tok.decode([i], skip_special_tokens=False)]
     singles.update(rng.sample(partial, min(300, len(partial))))
     cases += [[i] for i in sorted(singles)]
+    byte_ids = [tok.token_to_id("<0x%02X>" % b) for b in range(256)]
+    if all(i is not None for i in byte_ids):
+        # SentencePiece byte fallback: runs of byte tokens, valid UTF-8 or not, between other tokens
+        word = tok.token_to_id("\u2581the")
+        for _ in range(300):
+            seq = []
+            for _ in range(rng.randint(1, 6)):
+                r = rng.random()
+                if r < 0.3:
+                    seq += [byte_ids[b] for b in "é中😀".encode()[rng.randrange(0, 9):][:rng.randint(1, 4)]]
+                elif r < 0.6:
+                    seq += [byte_ids[rng.randrange(256)] for _ in range(rng.randint(1, 4))]
+                elif r < 0.8:
+                    seq.append(word)
+                else:
+                    seq.append(rng.choice(specials))
+            cases.append(seq)
     return cases
 
 
+_ADDED = {}
+
+
 def is_special(tok, i):
-    t = tok.get_added_tokens_decoder().get(i)
+    if id(tok) not in _ADDED:  # get_added_tokens_decoder() builds a dict: once per tokenizer (Gemma has 6415)
+        _ADDED[id(tok)] = (tok, tok.get_added_tokens_decoder())
+    t = _ADDED[id(tok)][1].get(i)
     return t is not None and t.special
 
 
@@ -393,10 +470,12 @@ def c_json_string(s):
     return "".join(out)
 
 
-def generate(out_dir):
+def generate(out_dir, only=None):
     with open(os.path.join(out_dir, "corpus.jsonl"), encoding="utf-8") as f:
         corpus = [json.loads(line) for line in f]
     for name in NAMES:
+        if only and name not in only:
+            continue
         tok = Tokenizer.from_file(os.path.join(ROOT, "models", "tokenizers", name, "tokenizer.json"))
         # The JS-port fixtures against HF.
         disagree = 0
@@ -411,7 +490,8 @@ def generate(out_dir):
 
         rng = random.Random(7 + len(name))
         rows = []
-        for s in texts(corpus):
+        extra = gemma_texts(tok, random.Random(20260301)) if name == "gemma3" else []
+        for s in texts(corpus) + extra:
             ids = tok.encode(s, add_special_tokens=False).ids
             row = {}
             put_str(row, "text", s)
@@ -438,6 +518,149 @@ def generate(out_dir):
                 ids = tok.encode(s, add_special_tokens=False).ids
                 f_ids.write("[" + ",".join(str(i) for i in ids) + "]\n")
                 f_dec.write(c_json_string(tok.decode(ids, skip_special_tokens=False)) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SentencePiece-style variants and the array constructor
+
+SPM_VOCAB_BELOW = 2500  # the variants keep Gemma's ids below this (specials, whitespace runs, bytes, common pieces)
+
+GEMMA_DECODER = {"type": "Sequence", "decoders": [
+    {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}
+LLAMA2_DECODER = {"type": "Sequence", "decoders": GEMMA_DECODER["decoders"] + [
+    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+REPLACE_SPACE = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+
+
+def spm_variants(gemma):
+    """Small tokenizer.json files cut from Gemma's (ids below SPM_VOCAB_BELOW and the merges among them), one per
+    normalizer / pre-tokenizer / decoder / model option the SentencePiece-style loader implements."""
+    model = gemma["model"]
+    vocab = {p: i for p, i in model["vocab"].items() if i < SPM_VOCAB_BELOW}
+    merges = [m for m in model["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+    added = [a for a in gemma["added_tokens"] if a["id"] < SPM_VOCAB_BELOW]
+
+    def make(normalizer, pre, decoder, **model_opts):
+        t = dict(gemma)
+        t["added_tokens"] = added
+        t["normalizer"] = normalizer
+        t["pre_tokenizer"] = pre
+        t["decoder"] = decoder
+        t["post_processor"] = None
+        m = dict(model)
+        m["vocab"] = vocab
+        m["merges"] = merges
+        m.update(model_opts)
+        t["model"] = m
+        return t
+
+    def meta(scheme, split):
+        return {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": split}
+
+    # unk without byte fallback: the vocabulary lacks most CJK, so unk (fused or not) shows
+    return {
+        "meta_first_split": make(None, meta("first", True),
+                                 {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",
+                                  "split": True}),
+        "meta_always_nosplit": make(None, meta("always", False), LLAMA2_DECODER),
+        # what kw_tokenizer_from_spm builds with add_space_prefix (LlamaConverter's tokenizer.json, legacy=False)
+        "meta_first_nosplit": make(None, meta("first", False), LLAMA2_DECODER),
+        "meta_never_split": make(None, meta("never", True),
+                                 {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never",
+                                  "split": True}),
+        "meta_legacy": make(None, {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True},
+                            {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True}),
+        "prepend_replace": make({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                                                                     REPLACE_SPACE]}, None, LLAMA2_DECODER),
+        "unk_fused": make(REPLACE_SPACE, None, GEMMA_DECODER, byte_fallback=False, fuse_unk=True),
+        "unk_unfused": make(REPLACE_SPACE, None, GEMMA_DECODER, byte_fallback=False, fuse_unk=False),
+        "ignore_merges": make(REPLACE_SPACE, None, GEMMA_DECODER, ignore_merges=True),
+    }
+
+
+def spm_fixtures(out_dir):
+    """The variant tokenizers (tests/data/tokenizer/spm_variants/<name>/tokenizer.json) and their HF cases."""
+    with open(os.path.join(ROOT, "models", "tokenizers", "gemma3", "tokenizer.json"), encoding="utf-8") as f:
+        gemma = json.load(f)
+    with open(os.path.join(out_dir, "corpus.jsonl"), encoding="utf-8") as f:
+        corpus = [json.loads(line) for line in f]
+    rng = random.Random(77)
+    cases = [c for c in texts(corpus) if len(c) <= 200]  # the long-word cases are hf_gemma3.jsonl's business
+    # text that starts with an added token, whitespace at every edge, and repeated replacements
+    cases += ["<bos>hello", "<start_of_turn>user\n hi", " lead", "  two", "x<end_of_turn> y", "\u2581x", "\u2581",
+              "a\u2581\u2581b", " \u2581 ", "中文 unk 日本語テキスト", "中中 中", "ab中cd中中ef"]
+    for name, t in spm_variants(gemma).items():
+        folder = os.path.join(out_dir, "spm_variants", name)
+        os.makedirs(folder, exist_ok=True)
+        text = json.dumps(t, ensure_ascii=False, separators=(",", ":"))
+        with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(text)
+        tok = Tokenizer.from_str(text)
+        rows = []
+        for c in cases:
+            ids = tok.encode(c, add_special_tokens=False).ids
+            row = {}
+            put_str(row, "text", c)
+            row["ids"] = ids
+            put_decodes(tok, row, ids, c)
+            rows.append(row)
+        for ids in decode_cases(tok, rng)[:250]:
+            row = {"ids": ids}
+            put_decodes(tok, row, ids, None)
+            rows.append(row)
+        with open(os.path.join(out_dir, f"hf_spm_{name}.jsonl"), "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"spm variant {name}: {len(t['model']['vocab'])} pieces, {len(t['model']['merges'])} merges, "
+              f"{len(rows)} cases")
+
+
+def spm_arrays_check(gguf_path):
+    """One-off check behind kw_tokenizer_from_spm (needs the `gguf` package and a Gemma 3 GGUF, e.g. from
+    `kvwire fetch-model gemma-3-270m`): the GGUF's pieces, scores and types, with spaces read as U+2581 and control /
+    user-defined pieces at score 0, give exactly the merges of Gemma 3's tokenizer.json through transformers'
+    generate_merges; so do the arrays test_tokenizer_spm derives from tokenizer.json alone (types from the added
+    tokens and the <0xXX> names, normal pieces scored by their order)."""
+    import gguf
+    import numpy as np
+    r = gguf.GGUFReader(gguf_path)
+    f = r.fields["tokenizer.ggml.tokens"]
+    pieces = [bytes(f.parts[i]).decode("utf-8").replace(" ", "\u2581") for i in f.data]
+    scores = [float(r.fields["tokenizer.ggml.scores"].parts[i][0]) for i in r.fields["tokenizer.ggml.scores"].data]
+    types = [int(r.fields["tokenizer.ggml.token_type"].parts[i][0]) for i in r.fields["tokenizer.ggml.token_type"].data]
+    with open(os.path.join(ROOT, "models", "tokenizers", "gemma3", "tokenizer.json"), encoding="utf-8") as fh:
+        t = json.load(fh)
+    want = [tuple(m) for m in t["model"]["merges"]]
+    inv = {i: p for p, i in t["model"]["vocab"].items()}
+    assert pieces == [inv[i] for i in range(len(pieces))], "GGUF pieces differ from tokenizer.json's"
+
+    def generate_merges(score_of):
+        vocab = {p: i for i, p in enumerate(pieces)}
+        merges = []
+        for i, p in enumerate(pieces):
+            local = [(p[:k], p[k:], score_of[i]) for k in range(1, len(p)) if p[:k] in vocab and p[k:] in vocab]
+            local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+            merges.extend(local)
+        merges.sort(key=lambda x: (x[2], len(x[0]), len(x[1])), reverse=True)
+        return [(a, b) for a, b, _ in merges]
+
+    gguf_scores = [0.0 if ty in (3, 4) else sc for sc, ty in zip(scores, types)]
+    added = {a["id"] for a in t["added_tokens"]}
+    derived, rank = [], 0
+    for i, p in enumerate(pieces):
+        if i in added or (len(p) == 6 and p.startswith("<0x") and p.endswith(">")):
+            derived.append(0.0)
+        else:
+            derived.append(-float(rank))
+            rank += 1
+    for name, sc in (("GGUF scores", gguf_scores), ("derived from tokenizer.json", derived)):
+        ok = generate_merges(sc) == want
+        print(f"{name}: generate_merges {'equals' if ok else 'DIFFERS FROM'} tokenizer.json's {len(want)} merges")
+        if not ok:
+            return 1
+    raw = generate_merges(scores) == want
+    print(f"GGUF scores as written (-1000 for control/user-defined): {'equal' if raw else 'differ'} (expected: differ)")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -567,13 +790,20 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "tokenizer"))
     ap.add_argument("--unicode-tables", action="store_true")
     ap.add_argument("--exhaustive", metavar="KVWIRE")
+    ap.add_argument("--only", help="comma-separated tokenizer names to regenerate (default: all)")
+    ap.add_argument("--check-gguf", metavar="GGUF", help="spm_arrays_check against a Gemma 3 GGUF, then exit")
     args = ap.parse_args()
     if args.unicode_tables:
         unicode_tables()
         return 0
     if args.exhaustive:
         return exhaustive(args.exhaustive)
-    generate(args.out)
+    if args.check_gguf:
+        return spm_arrays_check(args.check_gguf)
+    only = set(args.only.split(",")) if args.only else None
+    generate(args.out, only)
+    if only is None or "spm" in only:
+        spm_fixtures(args.out)
     return 0
 
 

@@ -125,7 +125,7 @@ int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache,
 /* ------------------------------------------------------------------------------------------------------------
  * Elementwise: the activation formulas are kw_opm_act's (kernels/kw_op_math.h, the lines the GPU runs). SiLU, the
  * sigmoid and the exact-erf GELU go through kw_cpu_math.c's exp and erf (the same bits on every ISA; no libm), in
- * blocks of KW_CPU_ACT_BLOCK values; the tanh GELU and the identity are kw_opm_act itself, plain C on every ISA.
+ * blocks of KW_CPU_ACT_BLOCK values; the tanh GELU, tanh and the identity are kw_opm_act itself, plain C on every ISA.
  */
 
 #define KW_CPU_ACT_BLOCK 1024
@@ -143,6 +143,7 @@ static kw_cpu_bulk_act kw_cpu_bulk_act_for(enum kw_act act) {
         return kw__cpu_gelu_erf_f32;
     case KW_ACT_GELU_TANH:
     case KW_ACT_IDENTITY:
+    case KW_ACT_TANH:
         break;
     }
     return NULL;

@@ -182,6 +182,8 @@ float kw_ref_act(float x, enum kw_act act) {
         return (float)(1.0 / (1.0 + exp(-v)));
     case KW_ACT_IDENTITY:
         return x;
+    case KW_ACT_TANH:
+        return (float)tanh(v);
     }
     return NAN;
 }

@@ -386,6 +386,7 @@ static void test_errors(void **state) {
     kw_aligner_free(al);
     assert_int_equal(kw_align_side_init(g_qwen, KW_CHAT_LLAMA32, &bad), KW_E_NOT_FOUND);
     assert_int_equal(kw_align_side_init(g_qwen, (enum kw_chat_family)9, &bad), KW_E_INVALID_ARG);
+    assert_int_equal(kw_align_side_init(g_qwen, KW_CHAT_GEMMA3, &bad), KW_E_UNSUPPORTED); /* no offsets yet */
 
     assert_int_equal(kw_aligner_create(&r, &s, KW_ALIGN_LONGEST, &al), 0);
     int32_t out[2];

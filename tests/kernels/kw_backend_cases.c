@@ -103,6 +103,7 @@ const struct kw_case kw_cases[] = {
     {KW_OP_UNARY, F32, {300, KW_ACT_GELU_TANH}, 76},
     {KW_OP_UNARY, F32, {31, KW_ACT_IDENTITY}, 77},
     {KW_OP_UNARY, F32, {70000, KW_ACT_SILU}, 78},
+    {KW_OP_UNARY, F32, {300, KW_ACT_TANH}, 79},
     /* add, scale, softmax: R, N */
     {KW_OP_ADD, F32, {3, 1001}, 80},
     {KW_OP_ADD, F32, {1, 70000}, 81},
@@ -571,7 +572,8 @@ out:
  * gelu erf: the argument x/sqrt2 (u, and |erf'(z) z| <= 0.43), erf (4u of a value <= 1), 1 + erf (u, absolute),
  * the two products and the oracle (3u |ref|): 0.5 |x| (0.43u + 4u + u) + 3u |ref| <= 2.75u |x| + 3u |ref|.
  * gelu tanh: the inner polynomial (4 roundings, |tanh'(z) z| <= 0.45), tanh (4u), 1 + tanh, two products:
- * 0.5 |x| (4 * 0.45u + 4u + u) + 3u |ref| <= 3.4u |x| + 3u |ref|. Identity is exact. Doubled for margin. */
+ * 0.5 |x| (4 * 0.45u + 4u + u) + 3u |ref| <= 3.4u |x| + 3u |ref|. tanh: the library's tanhf (4u) and the oracle
+ * (u): 5u |ref|. Identity is exact. Doubled for margin. */
 static double kw_act_tol(float x, float ref, enum kw_act act) {
     switch (act) {
     case KW_ACT_SILU:
@@ -583,6 +585,8 @@ static double kw_act_tol(float x, float ref, enum kw_act act) {
         return 2.0 * (3.4 * fabs(x) + 3.0 * fabs(ref)) * U_F32 + TINY;
     case KW_ACT_IDENTITY:
         return 0.0;
+    case KW_ACT_TANH:
+        return 2.0 * 5.0 * U_F32 * fabs(ref) + TINY;
     }
     return 0.0;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cli_generate.sh: the demo path end to end. `kvwire gen-model` writes tiny random models with the real tokenizers,
 # `kvwire generate --chat` renders the family's template, tokenizes it (ids checked against HF tokenizers for the
-# Qwen3 demo prompt), prefills, decodes greedily and prints the completion, the ids and the timings. Generation is
+# Qwen3 and Gemma 3 demo prompts), prefills, decodes greedily (Gemma 3's tokens checked against HF's generate) and
+# prints the completion, the ids and the timings. Generation is
 # deterministic (two runs print the same), --max-new-tokens is obeyed, and bad invocations fail cleanly.
 # Arguments: kvwire binary, source dir, build dir.
 set -euo pipefail
@@ -38,6 +39,22 @@ grep -q '^prompt_ids: \[151644, 8948, 198' "$tmp/q2" || { echo "no Qwen2.5 syste
 grep -q '^prompt_ids: \[128000, 128006, 9125, 128007' "$tmp/l1" || { echo "no Llama header:"; cat "$tmp/l1"; exit 1; }
 "$kvwire" generate --model "$tmp/tiny-llama" --prompt "Hello world" --max-new-tokens 3 >"$tmp/l2" 2>/dev/null
 grep -qxF 'prompt_ids: [128000, 9906, 1917]' "$tmp/l2" || { echo "no BOS on a raw Llama prompt:"; cat "$tmp/l2"; exit 1; }
+
+# Gemma 3: the tiny model with the real tokenizer (262145 ids, one past the 262144-row vocabulary: the special
+# <image_soft_token>, which is allowed). Prompt ids from transformers' apply_chat_template(add_generation_prompt=True)
+# with models/tokenizers/gemma3; generated ids from transformers 4.52.4 generate() on this very folder (seed 4), the
+# same in fp32 and bf16, top-2 margins >= 9e-3 of the largest logit at every step.
+"$kvwire" gen-model --arch gemma3 --preset tiny --seed 4 --tokenizer "$src/models/tokenizers/gemma3" \
+    --out "$tmp/tiny-gemma3" >/dev/null
+"$kvwire" generate --model "$tmp/tiny-gemma3" --prompt "What is the capital of France?" --chat \
+    --max-new-tokens 16 --cache f32 --round none >"$tmp/g1" 2>/dev/null
+grep -qxF 'prompt_ids: [2, 105, 2364, 107, 3689, 563, 506, 5279, 529, 7001, 236881, 106, 107, 105, 4368, 107]' \
+    "$tmp/g1" || { echo "Gemma 3 chat prompt ids differ:"; cat "$tmp/g1"; exit 1; }
+want='generated_ids: [51057, 201858, 89707, 237568, 132791, 132791, 132791, 132791, 132791, 98694, 132791, 224975, '
+want+='224975, 224975, 224975, 224975]'
+grep -qxF "$want" "$tmp/g1" || { echo "Gemma 3 tokens differ from HF's:"; cat "$tmp/g1"; exit 1; }
+"$kvwire" generate --model "$tmp/tiny-gemma3" --prompt "Hello world" --max-new-tokens 3 >"$tmp/g2" 2>/dev/null
+grep -qxF 'prompt_ids: [2, 9259, 1902]' "$tmp/g2" || { echo "no <bos> on a raw Gemma prompt:"; cat "$tmp/g2"; exit 1; }
 
 # Bad invocations: usage errors exit 2, runtime errors exit 1 with a reason.
 set +e

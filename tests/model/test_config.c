@@ -1,6 +1,6 @@
-/* test_config.c: config.json + generation_config.json parsing for the three real models (tests/data/model/configs),
- * HF defaults for absent fields, rope scaling variants, and invalid configs refused with KW_E_MODEL_CONFIG /
- * KW_E_MODEL_ARCH naming the field. */
+/* test_config.c: config.json + generation_config.json parsing for the four real models (tests/data/model/configs),
+ * HF defaults for absent fields (Gemma3TextConfig's for a nested multimodal Gemma 3 config), rope scaling variants,
+ * Gemma 3's layer kinds, and invalid configs refused with KW_E_MODEL_CONFIG / KW_E_MODEL_ARCH naming the field. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -108,6 +108,89 @@ static void test_llama_3_2_1b(void **state) {
     assert_int_equal(c.eos_ids[0], 128001);
     assert_int_equal(c.eos_ids[1], 128008);
     assert_int_equal(c.eos_ids[2], 128009);
+}
+
+static void test_gemma_3_270m(void **state) {
+    (void)state;
+    kw_model_config c;
+    assert_int_equal(kw_config_load(CONFIGS "/gemma-3-270m", &c), 0);
+    assert_int_equal(c.arch, KW_ARCH_GEMMA3);
+    assert_int_equal(c.n_layers, 18);
+    assert_int_equal(c.hidden, 640);
+    assert_int_equal(c.n_heads, 4);
+    assert_int_equal(c.n_kv_heads, 1);
+    assert_int_equal(c.head_dim, 256);
+    assert_int_equal(c.intermediate, 2048);
+    assert_int_equal(c.vocab, 262144);
+    assert_int_equal(c.max_positions, 32768);
+    assert_true(c.rms_eps == 1e-6f);
+    assert_int_equal(c.tie_embeddings, 1);
+    assert_int_equal(c.attention_bias, 0);
+    assert_int_equal(c.o_bias, 0);
+    assert_int_equal(c.qk_norm, 1);
+    assert_int_equal(c.act, KW_ACT_GELU_TANH);
+    assert_int_equal(c.norm_plus_one, 1);
+    assert_true(c.rope.theta == 1e6);
+    assert_int_equal(c.rope.scaling, KW_ROPE_SCALING_NONE);
+    assert_true(c.rope_local.theta == 10000.0);
+    assert_int_equal(c.rope_local.rotary_dim, 256);
+    assert_int_equal(c.rope_local.scaling, KW_ROPE_SCALING_NONE);
+    assert_true(c.query_pre_attn_scalar == 256.0);
+    assert_true(c.final_logit_softcap == 0.0);
+    assert_int_equal(c.sliding_window, 512);
+    for (int32_t l = 0; l < 18; ++l) {
+        assert_int_equal(c.layer_sliding[l], (l + 1) % 6 != 0);
+        assert_int_equal(kw_config_layer_window(&c, l), (l + 1) % 6 != 0 ? 512 : 0);
+    }
+    assert_int_equal(c.layer_sliding[18], 0);
+    assert_int_equal(kw_config_layer_window(&c, 18), 0);
+    assert_int_equal(c.weight_dtype, KW_DTYPE_BF16);
+    assert_int_equal(c.bos_id, 2);
+    assert_int_equal(c.pad_id, 0);
+    assert_int_equal(c.n_eos, 2); /* generation_config.json: <eos> and <end_of_turn> */
+    assert_int_equal(c.eos_ids[0], 1);
+    assert_int_equal(c.eos_ids[1], 106);
+}
+
+/* A multimodal Gemma 3 config (the layout of google/gemma-3-4b-it's config.json): the text model in text_config, most
+ * fields left at Gemma3TextConfig's defaults, linear rope scaling for the global layers only. */
+static const char *g_gemma_mm =
+    "{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"boi_token_index\":255999,\"eoi_token_index\":256000,"
+    "\"eos_token_id\":[1,106],\"image_token_index\":262144,\"initializer_range\":0.02,\"mm_tokens_per_image\":256,"
+    "\"model_type\":\"gemma3\",\"text_config\":{\"hidden_size\":2560,\"intermediate_size\":10240,"
+    "\"model_type\":\"gemma3_text\",\"num_hidden_layers\":34,\"rope_scaling\":{\"factor\":8.0,\"rope_type\":"
+    "\"linear\"},\"sliding_window\":1024},\"torch_dtype\":\"bfloat16\",\"vision_config\":{\"hidden_size\":1152,"
+    "\"model_type\":\"siglip_vision_model\"}}";
+
+static void test_gemma_multimodal(void **state) {
+    (void)state;
+    kw_model_config c;
+    assert_int_equal(kw_config_parse(g_gemma_mm, NULL, &c), 0);
+    assert_int_equal(c.arch, KW_ARCH_GEMMA3);
+    assert_int_equal(c.n_layers, 34);
+    assert_int_equal(c.hidden, 2560);
+    assert_int_equal(c.intermediate, 10240);
+    assert_int_equal(c.n_heads, 8); /* Gemma3TextConfig defaults from here on */
+    assert_int_equal(c.n_kv_heads, 4);
+    assert_int_equal(c.head_dim, 256);
+    assert_int_equal(c.vocab, 262208);
+    assert_int_equal(c.max_positions, 131072);
+    assert_int_equal(c.tie_embeddings, 1);
+    assert_true(c.query_pre_attn_scalar == 256.0);
+    assert_true(c.rope.theta == 1e6);
+    assert_int_equal(c.rope.scaling, KW_ROPE_SCALING_LINEAR); /* global layers */
+    assert_true(c.rope.factor == 8.0);
+    assert_true(c.rope_local.theta == 10000.0);
+    assert_int_equal(c.rope_local.scaling, KW_ROPE_SCALING_NONE); /* local layers: default rope */
+    assert_int_equal(c.sliding_window, 1024);
+    for (int32_t l = 0; l < 34; ++l) /* sliding_window_pattern 6 */
+        assert_int_equal(c.layer_sliding[l], (l + 1) % 6 != 0);
+    assert_int_equal(c.weight_dtype, KW_DTYPE_BF16);
+    assert_int_equal(c.bos_id, 2);
+    assert_int_equal(c.pad_id, 0);
+    assert_int_equal(c.n_eos, 2); /* the top level's list over the text default */
+    assert_int_equal(c.eos_ids[1], 106);
+    assert_int_equal(c.act, KW_ACT_GELU_TANH);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -302,8 +385,8 @@ static void test_invalid(void **state) {
         {"bos_token_id", "1.5", KW_E_MODEL_CONFIG, "bos_token_id"},
         {"pad_token_id", "[1]", KW_E_MODEL_CONFIG, "pad_token_id"},
         {"architectures", "[\"MistralForCausalLM\"]", KW_E_MODEL_ARCH, "MistralForCausalLM"},
-        {"architectures", "[\"Gemma3ForCausalLM\"]", KW_E_MODEL_ARCH, "Gemma3"},
-        {"architectures", "[\"Gemma3ForConditionalGeneration\"]", KW_E_MODEL_ARCH, "Gemma3"},
+        {"architectures", "[\"Gemma3ForCausalLM\"]", KW_E_MODEL_CONFIG, "contradicts"},
+        {"architectures", "[\"Gemma3ForConditionalGeneration\"]", KW_E_MODEL_CONFIG, "contradicts"},
         {"architectures", "[\"LlamaForCausalLM\"]", KW_E_MODEL_CONFIG, "contradicts"}, /* model_type qwen2 */
         {"architectures", "[]", KW_E_MODEL_CONFIG, "architectures"},
         {"architectures", "\"Qwen2ForCausalLM\"", KW_E_MODEL_CONFIG, "architectures"},
@@ -317,10 +400,7 @@ static void test_invalid(void **state) {
                      cases[i].value ? cases[i].value : "(removed)", kw_status_name(rc), kw_error_detail(),
                      kw_status_name(cases[i].code), cases[i].detail);
     }
-    /* Gemma by model_type only, and an unknown model_type */
-    const char *gemma = "{\"model_type\":\"gemma3_text\",\"hidden_size\":1152}";
-    assert_int_equal(kw_config_parse(gemma, NULL, &c), KW_E_MODEL_ARCH);
-    assert_non_null(strstr(kw_error_detail(), "Gemma3"));
+    /* an unknown model_type */
     assert_int_equal(kw_config_parse("{\"model_type\":\"mistral\"}", NULL, &c), KW_E_MODEL_ARCH);
     assert_int_equal(kw_config_parse("{\"hidden_size\":64}", NULL, &c), KW_E_MODEL_CONFIG);
     /* not JSON / not objects */
@@ -332,6 +412,99 @@ static void test_invalid(void **state) {
     assert_int_equal(kw_config_parse(g_qwen2, "{\"eos_token_id\":[5000]}", &c), KW_E_MODEL_CONFIG);
     assert_int_equal(kw_config_parse(g_qwen2, "{\"eos_token_id\":{}}", &c), KW_E_MODEL_CONFIG);
     assert_int_equal(kw_config_parse(NULL, NULL, &c), KW_E_INVALID_ARG);
+}
+
+static const char *g_gemma = "{\"architectures\":[\"Gemma3ForCausalLM\"],\"model_type\":\"gemma3_text\","
+                             "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":8,"
+                             "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":16,\"vocab_size\":512}";
+
+/* Gemma3: defaults, layer kinds from layer_types or a pattern, softcap, and what is refused. */
+static void test_gemma_fields(void **state) {
+    (void)state;
+    kw_model_config c;
+    assert_int_equal(kw_config_parse(g_gemma, NULL, &c), 0);
+    assert_int_equal(c.sliding_window, 4096);
+    for (int32_t l = 0; l < 8; ++l)
+        assert_int_equal(c.layer_sliding[l], l != 5);
+    assert_int_equal(c.n_eos, 1);
+    assert_int_equal(c.eos_ids[0], 1);
+    assert_int_equal(c.bos_id, 2);
+    assert_true(c.rope.theta == 1e6);
+    assert_int_equal(c.tie_embeddings, 1);
+    assert_int_equal(parse_edit(g_gemma, "sliding_window_pattern", "3", NULL, &c), 0);
+    for (int32_t l = 0; l < 8; ++l)
+        assert_int_equal(c.layer_sliding[l], (l + 1) % 3 != 0);
+    assert_int_equal(parse_edit(g_gemma, "_sliding_window_pattern", "2", NULL, &c), 0);
+    for (int32_t l = 0; l < 8; ++l)
+        assert_int_equal(c.layer_sliding[l], l % 2 == 0);
+    assert_int_equal(parse_edit(g_gemma, "sliding_window_pattern", "1", NULL, &c), 0); /* every layer global */
+    for (int32_t l = 0; l < 8; ++l)
+        assert_int_equal(kw_config_layer_window(&c, l), 0);
+    const char *types = "[\"full_attention\",\"sliding_attention\",\"full_attention\",\"full_attention\","
+                        "\"sliding_attention\",\"sliding_attention\",\"full_attention\",\"sliding_attention\"]";
+    assert_int_equal(parse_edit(g_gemma, "layer_types", types, NULL, &c), 0);
+    const uint8_t want[8] = {0, 1, 0, 0, 1, 1, 0, 1};
+    assert_memory_equal(c.layer_sliding, want, 8);
+    assert_int_equal(parse_edit(g_gemma, "final_logit_softcapping", "30.0", NULL, &c), 0);
+    assert_true(c.final_logit_softcap == 30.0);
+    assert_int_equal(parse_edit(g_gemma, "query_pre_attn_scalar", "24", NULL, &c), 0);
+    assert_true(c.query_pre_attn_scalar == 24.0);
+    assert_int_equal(parse_edit(g_gemma, "rope_local_base_freq", "500.0", NULL, &c), 0);
+    assert_true(c.rope_local.theta == 500.0);
+    assert_int_equal(parse_edit(g_gemma, "rope_scaling", "{\"rope_type\":\"linear\",\"factor\":4.0}", NULL, &c), 0);
+    assert_int_equal(c.rope.scaling, KW_ROPE_SCALING_LINEAR);
+    assert_int_equal(c.rope_local.scaling, KW_ROPE_SCALING_NONE);
+
+    static const struct {
+        const char *key, *value;
+        int code;
+        const char *detail;
+    } bad[] = {
+        {"hidden_activation", "\"gelu\"", KW_E_MODEL_CONFIG, "hidden_activation"},
+        {"attn_logit_softcapping", "50.0", KW_E_MODEL_CONFIG, "attn_logit_softcapping"},
+        {"final_logit_softcapping", "0", KW_E_MODEL_CONFIG, "final_logit_softcapping"},
+        {"final_logit_softcapping", "-3", KW_E_MODEL_CONFIG, "final_logit_softcapping"},
+        {"query_pre_attn_scalar", "0", KW_E_MODEL_CONFIG, "query_pre_attn_scalar"},
+        {"sliding_window", "0", KW_E_MODEL_CONFIG, "sliding_window"},
+        {"sliding_window_pattern", "0", KW_E_MODEL_CONFIG, "sliding_window_pattern"},
+        {"layer_types", "[\"full_attention\"]", KW_E_MODEL_CONFIG, "layer_types"},
+        {"layer_types", "[1,2,3,4,5,6,7,8]", KW_E_MODEL_CONFIG, "layer_types"},
+        {"layer_types", "\"full_attention\"", KW_E_MODEL_CONFIG, "layer_types"},
+        {"use_bidirectional_attention", "true", KW_E_MODEL_CONFIG, "use_bidirectional_attention"},
+        {"rope_local_base_freq", "0", KW_E_MODEL_CONFIG, "rope_local_base_freq"},
+        {"architectures", "[\"Qwen3ForCausalLM\"]", KW_E_MODEL_CONFIG, "contradicts"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+        const int rc = parse_edit(g_gemma, bad[i].key, bad[i].value, NULL, &c);
+        if (rc != bad[i].code || !strstr(kw_error_detail(), bad[i].detail))
+            fail_msg("%s = %s: got %s \"%s\", want %s containing \"%s\"", bad[i].key, bad[i].value, kw_status_name(rc),
+                     kw_error_detail(), kw_status_name(bad[i].code), bad[i].detail);
+    }
+    /* a gemma3 config needs its text_config, of the right kind */
+    assert_int_equal(kw_config_parse("{\"model_type\":\"gemma3\"}", NULL, &c), KW_E_MODEL_CONFIG);
+    assert_non_null(strstr(kw_error_detail(), "text_config"));
+    assert_int_equal(parse_edit(g_gemma_mm, "text_config", "{\"model_type\":\"gemma2\"}", NULL, &c), KW_E_MODEL_CONFIG);
+    assert_non_null(strstr(kw_error_detail(), "text_config"));
+    /* the validator keeps the Gemma3 fields to Gemma3 */
+    assert_int_equal(kw_config_parse(g_qwen2, NULL, &c), 0);
+    c.sliding_window = 8;
+    c.layer_sliding[0] = 1;
+    assert_int_equal(kw_config_validate(&c), KW_E_MODEL_CONFIG);
+    assert_int_equal(kw_config_parse(g_gemma, NULL, &c), 0);
+    c.layer_sliding[8] = 1; /* past the last layer */
+    assert_int_equal(kw_config_validate(&c), KW_E_MODEL_CONFIG);
+    c.layer_sliding[8] = 0;
+    c.norm_plus_one = 2;
+    assert_int_equal(kw_config_validate(&c), KW_E_MODEL_CONFIG);
+    c.norm_plus_one = 0; /* GGUF-style weights that already hold 1 + w */
+    assert_int_equal(kw_config_validate(&c), 0);
+    assert_int_equal(kw_config_set_sliding_pattern(&c, 0), KW_E_MODEL_CONFIG);
+    assert_int_equal(kw_config_set_sliding_pattern(&c, 4), 0);
+    assert_int_equal(kw_config_validate(&c), 0);
+    assert_int_equal(kw_config_layer_window(&c, 3), 0);
+    assert_int_equal(kw_config_layer_window(&c, 2), 4096);
+    assert_int_equal(kw_config_layer_window(&c, -1), 0);
+    assert_int_equal(kw_config_layer_window(NULL, 0), 0);
 }
 
 static void test_load_errors(void **state) {
@@ -372,9 +545,12 @@ static void test_arch_names(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_qwen3_0_6b),  cmocka_unit_test(test_qwen2_5_0_5b), cmocka_unit_test(test_llama_3_2_1b),
-        cmocka_unit_test(test_defaults),    cmocka_unit_test(test_rope_scaling), cmocka_unit_test(test_invalid),
-        cmocka_unit_test(test_load_errors), cmocka_unit_test(test_arch_names),
+        cmocka_unit_test(test_qwen3_0_6b),       cmocka_unit_test(test_qwen2_5_0_5b),
+        cmocka_unit_test(test_llama_3_2_1b),     cmocka_unit_test(test_gemma_3_270m),
+        cmocka_unit_test(test_gemma_multimodal), cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_rope_scaling),     cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_gemma_fields),     cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_arch_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,6 +82,12 @@ static void test_value_formula(void **state) {
     assert_true(kw_genmodel_value(2, "model.layers.1.self_attn.q_norm.weight", 1, 0) == 0x1.0fdc3p+0f);
     assert_true(kw_genmodel_value(2, "model.layers.1.self_attn.q_norm.weight", 1, 5) == 0x1.034fcp+0f);
     assert_true(kw_genmodel_value(12345, "lm_head.weight", 0, 7) == 0x1.8c84p-7f);
+    /* Gemma3's zero-centred norm kind: the norm formula minus 1 */
+    assert_true(kw_genmodel_value(2, "model.layers.1.input_layernorm.weight", KW_GENMODEL_OFFSET, 0) == 0x1.aa0cp-4f);
+    assert_true(kw_genmodel_value(2, "model.layers.1.input_layernorm.weight", KW_GENMODEL_OFFSET, 5) == 0x1.be54p-6f);
+    for (uint64_t i = 0; i < 1000; ++i)
+        assert_true(kw_genmodel_value(3, "o", KW_GENMODEL_OFFSET, i) ==
+                    kw_genmodel_value(3, "o", KW_GENMODEL_NORM, i) - 1);
 
     /* statistics over many draws: matrix sd 2^-6, norm mean 1 sd 2^-4, bounded by 6 sd */
     double s = 0, s2 = 0, ns = 0, ns2 = 0;
@@ -115,6 +121,15 @@ static void test_presets(void **state) {
     assert_int_equal(kw_config_validate(&c), 0);
     assert_int_equal(kw_genmodel_preset("tiny", NULL, &c), KW_E_INVALID_ARG);
     a = KW_ARCH_GEMMA3;
+    assert_int_equal(kw_genmodel_preset("tiny", &a, &c), 0);
+    assert_int_equal(c.vocab, 262144);
+    assert_int_equal(c.sliding_window, 16);
+    assert_int_equal(c.layer_sliding[0], 1);
+    assert_int_equal(c.layer_sliding[1], 0);
+    assert_int_equal(c.act, KW_ACT_GELU_TANH);
+    assert_true(c.query_pre_attn_scalar == 32.0);
+    assert_int_equal(kw_config_validate(&c), 0);
+    a = (enum kw_arch)9;
     assert_int_equal(kw_genmodel_preset("tiny", &a, &c), KW_E_INVALID_ARG);
     assert_int_equal(kw_genmodel_preset("huge", NULL, &c), KW_E_INVALID_ARG);
     a = KW_ARCH_LLAMA;
@@ -127,8 +142,9 @@ static void test_presets(void **state) {
         {"qwen3-0.6b", "qwen3-0.6b"},
         {"qwen2.5-0.5b", "qwen2.5-0.5b-instruct"},
         {"llama-3.2-1b", "llama-3.2-1b-instruct"},
+        {"gemma-3-270m", "gemma-3-270m"},
     };
-    for (size_t i = 0; i < 3; ++i) {
+    for (size_t i = 0; i < sizeof real / sizeof real[0]; ++i) {
         kw_model_config want, got;
         assert_int_equal(kw_genmodel_preset(real[i].preset, NULL, &c), 0);
         char dir[256];
@@ -173,8 +189,9 @@ static void test_demo_models_pinned(void **state) {
         {KW_ARCH_QWEN3, 1, 0xb9dd1717d5fafbe4ull, 19647912},
         {KW_ARCH_QWEN2, 2, 0x0dd1a5154991e946ull, 19599208},
         {KW_ARCH_LLAMA, 3, 0xa3b0c2bec77689fbull, 32983888},
+        {KW_ARCH_GEMMA3, 4, 0x24821664607ebbc7ull, 33739120},
     };
-    for (size_t i = 0; i < 3; ++i) {
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
         const char *dir = sub("a");
         gen("tiny", cases[i].arch, cases[i].seed, KW_DTYPE_BF16, cases[i].arch == KW_ARCH_LLAMA ? NULL : tok_q, dir);
         size_t n = 0;
@@ -256,15 +273,19 @@ static void check_reload(const char *dir, const kw_model_config *want, enum kw_d
     assert_int_equal(c.weight_dtype, dtype);
     assert_int_equal(c.rope.scaling, want->rope.scaling);
     assert_int_equal(c.n_eos, want->n_eos);
+    assert_int_equal(c.sliding_window, want->sliding_window);
+    assert_memory_equal(c.layer_sliding, want->layer_sliding, sizeof c.layer_sliding);
+    assert_int_equal(c.attention_bias, want->attention_bias);
     kw_safetensors *st = NULL;
     assert_int_equal(kw_safetensors_open(dir, &st), 0);
     const int64_t h = c.hidden, q = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim;
+    const int gemma = c.arch == KW_ARCH_GEMMA3, nk = gemma ? KW_GENMODEL_OFFSET : KW_GENMODEL_NORM;
     struct {
         const char *fmt;
         int64_t rows, cols; /* cols 0: 1-D */
         int present, norm;
     } expect[] = {
-        {"model.layers.%d.input_layernorm.weight", h, 0, 1, 1},
+        {"model.layers.%d.input_layernorm.weight", h, 0, 1, nk},
         {"model.layers.%d.self_attn.q_proj.weight", q, h, 1, 0},
         {"model.layers.%d.self_attn.k_proj.weight", kv, h, 1, 0},
         {"model.layers.%d.self_attn.v_proj.weight", kv, h, 1, 0},
@@ -273,9 +294,11 @@ static void check_reload(const char *dir, const kw_model_config *want, enum kw_d
         {"model.layers.%d.self_attn.k_proj.bias", kv, 0, c.attention_bias, 0},
         {"model.layers.%d.self_attn.v_proj.bias", kv, 0, c.attention_bias, 0},
         {"model.layers.%d.self_attn.o_proj.bias", h, 0, c.o_bias, 0},
-        {"model.layers.%d.self_attn.q_norm.weight", c.head_dim, 0, c.qk_norm, 1},
-        {"model.layers.%d.self_attn.k_norm.weight", c.head_dim, 0, c.qk_norm, 1},
-        {"model.layers.%d.post_attention_layernorm.weight", h, 0, 1, 1},
+        {"model.layers.%d.self_attn.q_norm.weight", c.head_dim, 0, c.qk_norm, nk},
+        {"model.layers.%d.self_attn.k_norm.weight", c.head_dim, 0, c.qk_norm, nk},
+        {"model.layers.%d.post_attention_layernorm.weight", h, 0, 1, nk},
+        {"model.layers.%d.pre_feedforward_layernorm.weight", h, 0, gemma, nk},
+        {"model.layers.%d.post_feedforward_layernorm.weight", h, 0, gemma, nk},
         {"model.layers.%d.mlp.gate_proj.weight", c.intermediate, h, 1, 0},
         {"model.layers.%d.mlp.gate_proj.bias", c.intermediate, 0, c.mlp_bias, 0},
         {"model.layers.%d.mlp.up_proj.weight", c.intermediate, h, 1, 0},
@@ -295,7 +318,7 @@ static void check_reload(const char *dir, const kw_model_config *want, enum kw_d
                 rows = e == 1 ? h : c.vocab;
                 cols = e == 1 ? 0 : h;
                 present = e < 2 || !c.tie_embeddings;
-                norm = e == 1;
+                norm = e == 1 ? nk : KW_GENMODEL_MATRIX;
             } else {
                 snprintf(name, sizeof name, expect[e].fmt, (int)l);
                 rows = expect[e].rows;
@@ -331,9 +354,10 @@ static void test_reload_variants(void **state) {
         enum kw_dtype dtype;
         int32_t vocab, layers, tied;
     } cases[] = {
-        {KW_ARCH_QWEN3, KW_DTYPE_BF16, 0, 0, -1},  {KW_ARCH_QWEN2, KW_DTYPE_F32, 512, 3, -1},
-        {KW_ARCH_LLAMA, KW_DTYPE_F16, 300, 1, -1}, {KW_ARCH_LLAMA, KW_DTYPE_BF16, 256, 2, 1},
-        {KW_ARCH_QWEN3, KW_DTYPE_F32, 128, 1, 0},
+        {KW_ARCH_QWEN3, KW_DTYPE_BF16, 0, 0, -1},   {KW_ARCH_QWEN2, KW_DTYPE_F32, 512, 3, -1},
+        {KW_ARCH_LLAMA, KW_DTYPE_F16, 300, 1, -1},  {KW_ARCH_LLAMA, KW_DTYPE_BF16, 256, 2, 1},
+        {KW_ARCH_QWEN3, KW_DTYPE_F32, 128, 1, 0},   {KW_ARCH_GEMMA3, KW_DTYPE_F32, 512, 3, -1},
+        {KW_ARCH_GEMMA3, KW_DTYPE_BF16, 300, 2, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
         kw_genmodel_options o;
@@ -343,6 +367,10 @@ static void test_reload_variants(void **state) {
         if (cases[i].layers) o.cfg.n_layers = cases[i].layers;
         if (cases[i].tied >= 0) o.cfg.tie_embeddings = cases[i].tied;
         if (cases[i].arch == KW_ARCH_LLAMA && i == 2) o.cfg.mlp_bias = o.cfg.attention_bias = o.cfg.o_bias = 1;
+        if (cases[i].arch == KW_ARCH_GEMMA3) {
+            assert_int_equal(kw_config_set_sliding_pattern(&o.cfg, 2), 0);
+            if (cases[i].tied == 0) o.cfg.attention_bias = o.cfg.o_bias = 1;
+        }
         kw_genmodel_fit_special_ids(&o.cfg);
         o.dtype = cases[i].dtype;
         o.seed = 100 + i;
@@ -372,6 +400,13 @@ static void test_errors(void **state) {
     o.cfg.n_kv_heads = 2;
     assert_int_equal(kw_genmodel_write(&o, "/nonexistent-parent/x"), KW_E_IO);
     assert_int_equal(kw_genmodel_write(NULL, sub("f")), KW_E_INVALID_ARG);
+    /* Gemma3 layer kinds that no sliding_window_pattern gives */
+    a = KW_ARCH_GEMMA3;
+    assert_int_equal(kw_genmodel_preset("tiny", &a, &o.cfg), 0);
+    o.cfg.n_layers = 4;
+    const uint8_t odd[4] = {0, 1, 1, 0};
+    memcpy(o.cfg.layer_sliding, odd, sizeof odd);
+    assert_int_equal(kw_genmodel_write(&o, sub("f")), KW_E_INVALID_ARG);
 }
 
 int main(void) {

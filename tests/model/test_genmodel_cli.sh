@@ -34,6 +34,17 @@ grep -q '"eos_token_id": 255,' "$tmp/a/config.json" || fail "eos not moved insid
 grep -q '"rope_type": "llama3"' "$tmp/l/config.json" || fail "llama3 rope scaling"
 grep -q '"torch_dtype": "float16",' "$tmp/l/config.json" || fail "--dtype f16"
 grep -q '"tie_word_embeddings": true,' "$tmp/l/config.json" || fail "--tied 1"
+# Gemma3: the preset's window and pattern, both overridable; the pattern follows --layers
+"$kvwire" gen-model --arch gemma3 --vocab 512 --layers 4 --seed 1 --out "$tmp/g" >/dev/null 2>&1
+grep -q '"model_type": "gemma3_text",' "$tmp/g/config.json" || fail "gemma3 model_type"
+grep -q '"sliding_window": 16,' "$tmp/g/config.json" || fail "gemma3 tiny window"
+grep -q '"sliding_window_pattern": 2,' "$tmp/g/config.json" || fail "gemma3 tiny pattern"
+[ "$(grep -c '"full_attention"' "$tmp/g/config.json")" = 2 ] || fail "4 layers with pattern 2: two global"
+"$kvwire" gen-model --arch gemma3 --vocab 512 --layers 6 --sliding-window 5 --sliding-pattern 3 --head-dim 8 \
+    --seed 1 --out "$tmp/g2" >/dev/null 2>&1
+grep -q '"sliding_window": 5,' "$tmp/g2/config.json" || fail "--sliding-window"
+grep -q '"sliding_window_pattern": 3,' "$tmp/g2/config.json" || fail "--sliding-pattern"
+grep -q '"query_pre_attn_scalar": 8.0,' "$tmp/g2/config.json" || fail "query_pre_attn_scalar follows --head-dim"
 
 bad() {
     local want=$1
@@ -61,4 +72,7 @@ bad 2 --arch qwen3 --head-dim 15 --out "$tmp/bad"
 bad 2 --arch qwen3 --frobnicate 1 --out "$tmp/bad"
 bad 2 --arch qwen3 --out
 bad 1 --arch qwen3 --vocab 64 --tokenizer "$tmp/nowhere" --out "$tmp/bad"
+bad 2 --arch qwen3 --sliding-window 8 --out "$tmp/bad"
+bad 2 --arch gemma3 --sliding-pattern 0 --out "$tmp/bad"
+bad 2 --arch gemma3 --preset qwen3-0.6b --out "$tmp/bad"
 echo "gen-model cli: ok"

@@ -1,7 +1,8 @@
 /* test_model_genmodel.c: the forward pass and greedy generation on `kvwire gen-model` tiny models with the real
- * vocabularies (151936 / 128256 rows, bf16 weights): all-rows logits over more rows than one lm_head block holds
- * (the logits scratch is split), equal to token-by-token decode; generation with the automatic bf16 logits rounding
- * equal to a host argmax over bf16-rounded logits with the lowest id on ties; deterministic. */
+ * vocabularies (151936 / 128256 / 262144 rows, bf16 weights; Gemma3's 70 rows also cross its window of 16): all-rows
+ * logits over more rows than one lm_head block holds (the logits scratch is split), equal to token-by-token decode;
+ * generation with the automatic bf16 logits rounding equal to a host argmax over bf16-rounded logits with the lowest id
+ * on ties; deterministic. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -116,10 +117,16 @@ static void test_genmodel_llama(void **state) {
     run_arch(KW_ARCH_LLAMA);
 }
 
+static void test_genmodel_gemma3(void **state) {
+    (void)state;
+    run_arch(KW_ARCH_GEMMA3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_genmodel_qwen3),
         cmocka_unit_test(test_genmodel_llama),
+        cmocka_unit_test(test_genmodel_gemma3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

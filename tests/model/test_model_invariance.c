@@ -1,5 +1,6 @@
 /* test_model_invariance.c: a forward pass gives the same bits however it is scheduled. On tiny `kvwire gen-model`
- * models (Qwen3 with tied embeddings, Llama untied; bf16 and f32 weights; f32 and bf16 caches), prefilling positions
+ * models (Qwen3 with tied embeddings, Llama untied, Gemma 3 with its window of 16 and a final softcap; bf16 and f32
+ * weights; f32 and bf16 caches), prefilling positions
  * 0..L-1 in one call, in uneven sections, token by token, and in chunks of a small max_batch gives bit-identical KV
  * rows in every layer and bit-identical logits at every position, with 1 and 2 threads and on every ISA this machine
  * has (scalar, AVX2, AVX-512), all against the scalar one-call run. This is the property the daemons rely on: the
@@ -118,6 +119,7 @@ static void kw_check_model(enum kw_arch arch, int tied, enum kw_dtype wdtype, en
     go.cfg.vocab =
         3001; /* no tokenizer needed; a cut vocabulary keeps the scalar runs quick (and the last panel partial) */
     kw_genmodel_fit_special_ids(&go.cfg);
+    if (arch == KW_ARCH_GEMMA3) go.cfg.final_logit_softcap = 5.0; /* the tanh path too */
     assert_int_equal(kw_genmodel_write(&go, dir), 0);
     const kw_model_config *c = &go.cfg;
     const size_t kv = (size_t)c->n_layers * L * (size_t)c->n_kv_heads * (size_t)c->head_dim;
@@ -183,11 +185,19 @@ static void test_qwen2_f16(void **state) {
     kw_check_model(KW_ARCH_QWEN2, 0, KW_DTYPE_F16, KW_DTYPE_F32);
 }
 
+/* 29 positions against a window of 16: sections and chunks that start inside the window, the window's edge moving
+ * within a chunk, the bf16 embedding rounding and the softcap. */
+static void test_gemma3_bf16(void **state) {
+    (void)state;
+    kw_check_model(KW_ARCH_GEMMA3, 1, KW_DTYPE_BF16, KW_DTYPE_BF16);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen3_tied_bf16),
         cmocka_unit_test(test_llama_untied_f32_bf16_cache),
         cmocka_unit_test(test_qwen2_f16),
+        cmocka_unit_test(test_gemma3_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

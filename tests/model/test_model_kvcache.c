@@ -146,6 +146,30 @@ static void test_create_errors(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Each layer's attention window: 0 (global) until set; out-of-range layers and negative windows are refused. */
+static void test_layer_windows(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_kvcache *c = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_kvcache_create(be, L, H, D, CAP, KW_DTYPE_F32, &c), 0);
+    for (int32_t l = 0; l < L; ++l)
+        assert_int_equal(kw_kvcache_layer_window(c, l), 0);
+    assert_int_equal(kw_kvcache_set_layer_window(c, 1, 512), 0);
+    assert_int_equal(kw_kvcache_layer_window(c, 1), 512);
+    assert_int_equal(kw_kvcache_layer_window(c, 0), 0);
+    assert_int_equal(kw_kvcache_set_layer_window(c, L, 4), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_set_layer_window(c, -1, 4), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_set_layer_window(c, 0, -4), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_set_layer_window(NULL, 0, 4), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_layer_window(c, L), 0);
+    assert_int_equal(kw_kvcache_layer_window(NULL, 0), 0);
+    assert_int_equal(kw_kvcache_reset(c), 0); /* the windows are the model's, not the contents: they stay */
+    assert_int_equal(kw_kvcache_layer_window(c, 1), 512);
+    kw_kvcache_free(c);
+    kw_backend_destroy(be);
+}
+
 /* Overwriting a layer's rows changes what the next token attends to, and writing back the original rows restores
  * the original logits bit for bit: the C2C fuser's write path reaches attention. */
 static void test_overwrite_reaches_attention(void **state) {
@@ -289,9 +313,13 @@ static void test_load_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_f32), cmocka_unit_test(test_round_trip_bf16),
-        cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_overwrite_reaches_attention),
-        cmocka_unit_test(test_forward_errors), cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_round_trip_f32),
+        cmocka_unit_test(test_round_trip_bf16),
+        cmocka_unit_test(test_create_errors),
+        cmocka_unit_test(test_layer_windows),
+        cmocka_unit_test(test_overwrite_reaches_attention),
+        cmocka_unit_test(test_forward_errors),
+        cmocka_unit_test(test_load_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

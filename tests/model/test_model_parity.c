@@ -1,7 +1,8 @@
 /* test_model_parity.c: the forward pass against HF transformers on the tiny random models of
- * tests/data/model/hf/ (made by tools/make_model_fixtures.py): logits of every prompt position, the KV cache after
- * prefill, the logits of every decode step and the greedy tokens; plus chunked prefill, token-by-token decode and
- * padded (masked) prompts against the same references.
+ * tests/data/model/hf/ (made by tools/make_model_fixtures.py; Qwen2, Qwen3, Llama and three Gemma3 variants): logits
+ * of every prompt position, the KV cache after prefill, the logits of every decode step and the greedy tokens; plus
+ * chunked prefill, token-by-token decode (across Gemma3's sliding window too) and padded (masked) prompts against the
+ * same references.
  *
  * Tolerance for fp32: max |ours - HF| over the vocabulary (or over a layer's cache) divided by max |HF| <= 1e-4.
  * Both sides compute in fp32 with the same weights; what differs is summation order (blocked matmul vs MKL/ATen,
@@ -17,12 +18,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "common/kw_file.h"
 #include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_generate.h"
 #include "model/kw_model.h"
+#include "model/kw_safetensors.h"
 #include "model_fixture.h"
+#include "tests/kw_test_util.h"
 
 #define FP32_TOL 1e-4
 /* chunked vs one-shot prefill and decode vs prefill run the same kernels on the same backend; only matmul blocking
@@ -220,6 +226,35 @@ static void test_parity_llama(void **state) {
     parity_fp32("llama_gqa4");
 }
 
+static void test_parity_gemma3_swa(void **state) {
+    (void)state;
+    parity_fp32("gemma3_swa");
+}
+
+static void test_parity_gemma3_bias(void **state) {
+    (void)state;
+    parity_fp32("gemma3_bias");
+}
+
+/* A Gemma3 cache must carry the model's layer windows: one made without them is refused, not silently attended in
+ * full. */
+static void test_gemma3_cache_windows(void **state) {
+    (void)state;
+    fx_case c;
+    case_open(&c, "gemma3_swa", 0);
+    kw_kvcache *cache = new_cache(&c, KW_DTYPE_F32);
+    for (int32_t l = 0; l < c.cfg->n_layers; ++l)
+        assert_int_equal(kw_kvcache_layer_window(cache, l), (l + 1) % 3 != 0 ? 8 : 0);
+    kw_kvcache_free(cache);
+    assert_int_equal(
+        kw_kvcache_create(c.be, c.cfg->n_layers, c.cfg->n_kv_heads, c.cfg->head_dim, 64, KW_DTYPE_F32, &cache), 0);
+    const kw_forward_args a = {.ids = c.prompt, .n = 4, .mode = KW_LOGITS_NONE};
+    assert_int_equal(kw_model_forward(c.model, cache, &a), KW_E_SHAPE);
+    assert_int_equal(kw_kvcache_length(cache), 0);
+    kw_kvcache_free(cache);
+    case_close(&c);
+}
+
 /* The bf16-weights model.
  *
  * 1. Against HF computing in fp32 from the same bf16 weights (the "f32act." arrays): this is exactly what we compute
@@ -249,13 +284,97 @@ static double margin_rel(const float *row, int64_t V) {
     return (double)(a - b) / (double)mx;
 }
 
-static void test_parity_bf16_weights(void **state) {
-    (void)state;
+/* gemma3_bias rewritten as a multimodal Gemma 3 checkpoint: config.json a "gemma3" config holding the text config in
+ * text_config, the text weights renamed under text_prefix ("language_model.model." as the published files, or
+ * "model.language_model." as transformers >= 4.52 saves), lm_head under lm_name, plus a vision tensor that must be
+ * ignored. Loading it gives the same logits as the plain checkpoint. */
+static void multimodal_layout(const char *text_prefix, const char *lm_name) {
+    char src[1024], dir[] = "/tmp/kw_test_gemma_mm_XXXXXX", path[1200];
+    snprintf(src, sizeof src, "%s/model/hf/gemma3_bias", KW_TEST_DATA_DIR);
+    assert_non_null(mkdtemp(dir));
+    kw_safetensors *st = NULL;
+    assert_int_equal(kw_safetensors_open(src, &st), 0);
+    const size_t n = kw_safetensors_count(st);
+    kw_st_write_tensor *w = calloc(n + 1, sizeof *w);
+    char(*names)[160] = calloc(n, sizeof *names);
+    assert_true(w && names);
+    for (size_t i = 0; i < n; ++i) {
+        const kw_st_tensor *t = kw_safetensors_at(st, i);
+        if (strncmp(t->name, "model.", 6) == 0)
+            snprintf(names[i], sizeof names[i], "%s%s", text_prefix, t->name + 6);
+        else
+            snprintf(names[i], sizeof names[i], "%s", strcmp(t->name, "lm_head.weight") == 0 ? lm_name : t->name);
+        w[i] = (kw_st_write_tensor){.name = names[i], .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        memcpy(w[i].shape, t->shape, sizeof w[i].shape);
+    }
+    static const float vision[4] = {1, 2, 3, 4};
+    w[n] = (kw_st_write_tensor){
+        .name = "vision_tower.patch.weight", .dtype = KW_DTYPE_F32, .ndim = 1, .shape = {4}, .data = vision};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_int_equal(kw_safetensors_write(path, w, n + 1, NULL), 0);
+    kw_safetensors_close(st);
+    free(w);
+    free(names);
+
+    char *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/config.json", src);
+    assert_int_equal(kw_file_read_all(path, 1 << 20, &text, &len), 0);
+    cJSON *inner = cJSON_Parse(text), *root = cJSON_CreateObject();
+    free(text);
+    assert_true(inner && root);
+    cJSON_AddItemToObject(root, "architectures",
+                          cJSON_CreateStringArray((const char *[]){"Gemma3ForConditionalGeneration"}, 1));
+    cJSON_AddStringToObject(root, "model_type", "gemma3");
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    cJSON_DeleteItemFromObject(inner, "architectures");
+    cJSON_AddItemToObject(root, "text_config", inner);
+    text = cJSON_Print(root);
+    cJSON_Delete(root);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    assert_int_equal(kw_file_write_all(path, text, strlen(text)), 0);
+    free(text);
+    snprintf(path, sizeof path, "%s/generation_config.json", src);
+    assert_int_equal(kw_file_read_all(path, 1 << 20, &text, &len), 0);
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    assert_int_equal(kw_file_write_all(path, text, len), 0);
+    free(text);
+
     fx_case c;
-    case_open(&c, "qwen3_bf16", 0);
+    case_open(&c, "gemma3_bias", 0);
+    kw_model *mm = NULL;
+    int rc = kw_model_load(c.be, dir, NULL, &mm);
+    if (rc < 0) fail_msg("load %s: %s", dir, kw_error_detail());
+    assert_int_equal(kw_model_get_config(mm)->arch, KW_ARCH_GEMMA3);
+    const int64_t V = c.cfg->vocab;
+    float *logits = malloc((size_t)(c.P * V) * sizeof *logits);
+    assert_non_null(logits);
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(mm, c.P, KW_DTYPE_F32, &cache), 0);
+    const kw_forward_args a = {.ids = c.prompt, .n = c.P, .mode = KW_LOGITS_ALL, .logits = logits};
+    assert_int_equal(kw_model_forward(mm, cache, &a), 0);
+    const double d = kwfx_rel_diff_rows(logits, ref_f32(&c, "", "logits", c.P * V), c.P, V);
+    print_message("  %s + %s: logits rel diff %.3g\n", text_prefix, lm_name, d);
+    assert_true(d <= FP32_TOL);
+    kw_kvcache_free(cache);
+    kw_model_free(mm);
+    free(logits);
+    case_close(&c);
+    kw_test_remove_tree(dir);
+}
+
+static void test_gemma3_multimodal_layout(void **state) {
+    (void)state;
+    multimodal_layout("language_model.model.", "language_model.lm_head.weight");
+    multimodal_layout("model.language_model.", "lm_head.weight");
+}
+
+static void parity_bf16(const char *name) {
+    fx_case c;
+    case_open(&c, name, 0);
     const int64_t V = c.cfg->vocab, P = c.P;
     assert_int_equal(kw_model_logits_weight_dtype(c.model), KW_DTYPE_BF16);
-    print_message("  qwen3_bf16 vs HF fp32 compute on the bf16 weights\n");
+    print_message("  %s vs HF fp32 compute on the bf16 weights\n", name);
     check_prefill(&c, KW_DTYPE_F32, "f32act.", FP32_TOL, FP32_TOL);
     check_generation(&c, KW_DTYPE_F32, "f32act.", FP32_TOL, KW_LOGITS_ROUND_NONE);
 
@@ -273,7 +392,7 @@ static void test_parity_bf16_weights(void **state) {
         d_kv = fmax(d_kv, fmax(dk, dv));
     }
     const double tol_logits = 2 * d_logits + FP32_TOL, tol_kv = 2 * d_kv + FP32_TOL + 1.0 / 256;
-    print_message("  qwen3_bf16 vs HF bf16 compute (D logits %.3g, D kv %.3g)\n", d_logits, d_kv);
+    print_message("  %s vs HF bf16 compute (D logits %.3g, D kv %.3g)\n", name, d_logits, d_kv);
     check_prefill(&c, KW_DTYPE_BF16, "", tol_logits, tol_kv);
 
     /* greedy with the default rounding (bf16 model -> bf16 logits) against HF bf16, while its margin is safe */
@@ -298,11 +417,24 @@ static void test_parity_bf16_weights(void **state) {
     case_close(&c);
 }
 
+static void test_parity_bf16_weights(void **state) {
+    (void)state;
+    parity_bf16("qwen3_bf16");
+}
+
+/* Gemma3 with bf16 weights. The "f32act." reference keeps HF's bf16 embedding (the sqrt(hidden) scale and the scaled
+ * embedding rounded to bf16, as HF computes it in the embedding's dtype) and runs everything after it in fp32: what
+ * kvwire computes. */
+static void test_parity_gemma3_bf16(void **state) {
+    (void)state;
+    parity_bf16("gemma3_bf16");
+}
+
 /* Prefill in pieces (several calls, and internal chunking with a small max_batch) == prefill at once. */
-static void chunked(enum kw_dtype cache_dtype) {
+static void chunked(const char *name, enum kw_dtype cache_dtype) {
     fx_case whole, small;
-    case_open(&whole, "qwen3_gqa3", 0);
-    case_open(&small, "qwen3_gqa3", 5); /* 32 tokens = 7 internal chunks */
+    case_open(&whole, name, 0);
+    case_open(&small, name, 5); /* 32 tokens = 7 internal chunks */
     const int64_t V = whole.cfg->vocab, P = whole.P;
     float *la = malloc((size_t)(P * V) * sizeof *la), *lb = malloc((size_t)(P * V) * sizeof *lb);
     float *lc = malloc((size_t)(P * V) * sizeof *lc);
@@ -319,8 +451,8 @@ static void chunked(enum kw_dtype cache_dtype) {
     assert_int_equal(at, P);
     forward_all(&small, cc, small.prompt, P, NULL, lc);
     const double d_calls = kwfx_rel_diff_rows(lb, la, P, V), d_chunks = kwfx_rel_diff_rows(lc, la, P, V);
-    print_message("  %s cache: pieces vs whole %.3g, 5-token chunks vs whole %.3g\n", kw_dtype_name(cache_dtype),
-                  d_calls, d_chunks);
+    print_message("  %s, %s cache: pieces vs whole %.3g, 5-token chunks vs whole %.3g\n", name,
+                  kw_dtype_name(cache_dtype), d_calls, d_chunks);
     double tol = SAME_BACKEND_TOL;
     if (cache_dtype == KW_DTYPE_BF16) {
         /* With a bf16 cache the ~1e-6 summation-order differences can move a K/V value across a bf16 rounding
@@ -357,18 +489,25 @@ static void chunked(enum kw_dtype cache_dtype) {
 
 static void test_chunked_prefill_f32(void **state) {
     (void)state;
-    chunked(KW_DTYPE_F32);
+    chunked("qwen3_gqa3", KW_DTYPE_F32);
 }
 
 static void test_chunked_prefill_bf16(void **state) {
     (void)state;
-    chunked(KW_DTYPE_BF16);
+    chunked("qwen3_gqa3", KW_DTYPE_BF16);
+}
+
+/* Chunks of 5 and pieces of 3, 1, 12, 16 tokens against Gemma3's window of 8: chunks start inside a window, and the
+ * window's lower edge moves within a chunk. */
+static void test_chunked_prefill_gemma3(void **state) {
+    (void)state;
+    chunked("gemma3_swa", KW_DTYPE_F32);
 }
 
 /* Feeding the prompt one decode step at a time gives the logits of the one-shot prefill. */
-static void decode_vs_prefill(enum kw_dtype cache_dtype) {
+static void decode_vs_prefill(const char *name, enum kw_dtype cache_dtype) {
     fx_case c;
-    case_open(&c, "llama_gqa4", 0);
+    case_open(&c, name, 0);
     const int64_t V = c.cfg->vocab, P = c.P;
     float *la = malloc((size_t)(P * V) * sizeof *la), *lb = malloc((size_t)(P * V) * sizeof *lb);
     assert_true(la && lb);
@@ -384,7 +523,7 @@ static void decode_vs_prefill(enum kw_dtype cache_dtype) {
         assert_int_equal(next, best);
     }
     const double d = kwfx_rel_diff_rows(lb, la, P, V);
-    print_message("  %s cache: decode steps vs prefill %.3g\n", kw_dtype_name(cache_dtype), d);
+    print_message("  %s, %s cache: decode steps vs prefill %.3g\n", name, kw_dtype_name(cache_dtype), d);
     assert_true(d <= SAME_BACKEND_TOL);
     kw_kvcache_free(ca);
     kw_kvcache_free(cb);
@@ -395,12 +534,17 @@ static void decode_vs_prefill(enum kw_dtype cache_dtype) {
 
 static void test_decode_equals_prefill_f32(void **state) {
     (void)state;
-    decode_vs_prefill(KW_DTYPE_F32);
+    decode_vs_prefill("llama_gqa4", KW_DTYPE_F32);
 }
 
 static void test_decode_equals_prefill_bf16(void **state) {
     (void)state;
-    decode_vs_prefill(KW_DTYPE_BF16);
+    decode_vs_prefill("llama_gqa4", KW_DTYPE_BF16);
+}
+
+static void test_decode_equals_prefill_gemma3(void **state) {
+    (void)state;
+    decode_vs_prefill("gemma3_swa", KW_DTYPE_F32);
 }
 
 /* A prompt with padding rows inserted, masked out and skipped by the explicit positions, gives HF's logits at the
@@ -462,10 +606,17 @@ int main(void) {
         cmocka_unit_test(test_parity_qwen3),
         cmocka_unit_test(test_parity_llama),
         cmocka_unit_test(test_parity_bf16_weights),
+        cmocka_unit_test(test_parity_gemma3_swa),
+        cmocka_unit_test(test_parity_gemma3_bias),
+        cmocka_unit_test(test_parity_gemma3_bf16),
+        cmocka_unit_test(test_gemma3_cache_windows),
+        cmocka_unit_test(test_gemma3_multimodal_layout),
         cmocka_unit_test(test_chunked_prefill_f32),
         cmocka_unit_test(test_chunked_prefill_bf16),
+        cmocka_unit_test(test_chunked_prefill_gemma3),
         cmocka_unit_test(test_decode_equals_prefill_f32),
         cmocka_unit_test(test_decode_equals_prefill_bf16),
+        cmocka_unit_test(test_decode_equals_prefill_gemma3),
         cmocka_unit_test(test_masked_padding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_tokenize.sh: `kvwire tokenize` end to end. The shared corpus through both tokenizers must give exactly the ids
+# cli_tokenize.sh: `kvwire tokenize` end to end. The shared corpus through the three tokenizers must give exactly the ids
 # HF gives (cli_<name>.ids, written by tools/make_tokenizer_fixtures.py) and decode back to HF's decode
 # (cli_<name>.decoded); bad lines must fail with status 1 and name the line; bad options with status 2.
 # Arguments: kvwire binary, source dir, build dir.
@@ -10,7 +10,7 @@ data=$src/tests/data/tokenizer
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-for name in qwen3 llama3; do
+for name in qwen3 llama3 gemma3; do
     tok=$src/models/tokenizers/$name
     "$kvwire" tokenize --tokenizer "$tok" <"$data/corpus.jsonl" >"$tmp/$name.ids"
     diff -u "$data/cli_$name.ids" "$tmp/$name.ids"

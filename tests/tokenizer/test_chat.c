@@ -1,4 +1,5 @@
-/* test_chat.c: kw_chat_render against transformers' apply_chat_template renderings (tests/data/tokenizer/chat_*.jsonl,
+/* test_chat.c: kw_chat_render against transformers' apply_chat_template renderings (tests/data/tokenizer/chat_*.jsonl:
+ * Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct, Gemma 3;
  * written by tools/make_chat_fixtures.py), byte for byte; the rendered text is also encoded with kw_tokenizer and
  * compared with the ids HF gave for it. Plus the refusals the C templates add (tool roles, missing date). */
 #include <setjmp.h>
@@ -108,6 +109,35 @@ static void test_smollm2(void **state) {
     run_chat_fixture(KW_CHAT_SMOLLM2, "chat_smollm2.jsonl", "tests/data/tokenizer/smollm2_tokenizer.gguf");
 }
 
+static void test_gemma3(void **state) {
+    (void)state;
+    run_chat_fixture(KW_CHAT_GEMMA3, "chat_gemma3.jsonl", "models/tokenizers/gemma3");
+}
+
+/* The template each architecture gets (what kvwire generate --chat and kvwire c2c pick). */
+static void test_family_for_arch(void **state) {
+    (void)state;
+    enum kw_chat_family f;
+    assert_int_equal(kw_chat_family_for_arch(KW_ARCH_GEMMA3, &f), 0);
+    assert_int_equal(f, KW_CHAT_GEMMA3);
+    assert_int_equal(kw_chat_family_for_arch(KW_ARCH_QWEN3, &f), 0);
+    assert_int_equal(f, KW_CHAT_QWEN3);
+    assert_int_equal(kw_chat_family_for_arch(KW_ARCH_QWEN2, &f), 0);
+    assert_int_equal(f, KW_CHAT_QWEN25);
+    assert_int_equal(kw_chat_family_for_arch(KW_ARCH_LLAMA, &f), 0);
+    assert_int_equal(f, KW_CHAT_LLAMA32);
+    assert_int_equal(kw_chat_family_for_arch((enum kw_arch)9, &f), KW_E_UNSUPPORTED);
+    assert_int_equal(kw_chat_family_for_arch(KW_ARCH_QWEN3, NULL), KW_E_INVALID_ARG);
+    /* Gemma 3 with a system message and a generation prompt, as kvwire generate --chat --system renders it */
+    const kw_chat_message m[] = {{"system", "Be brief."}, {"user", " Hi "}};
+    const kw_chat_options o = {.add_generation_prompt = 1};
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(kw_chat_render(KW_CHAT_GEMMA3, m, 2, &o, &text, &len), 0);
+    assert_string_equal(text, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+    free(text);
+}
+
 static void test_c2c_prompt_qwen3(void **state) {
     (void)state;
     /* c2c_spec.md 5.4: the exact string and its last ids. */
@@ -143,7 +173,7 @@ static void test_refusals(void **state) {
     size_t len = 0;
     const kw_chat_options o = {.add_generation_prompt = 1, .enable_thinking = 1, .date_string = "1 Jan 2025"};
     const kw_chat_message tool[] = {{"user", "q"}, {"tool", "result"}};
-    for (int fam = KW_CHAT_QWEN3; fam <= KW_CHAT_LLAMA32; ++fam) {
+    for (int fam = KW_CHAT_QWEN3; fam <= KW_CHAT_SMOLLM2; ++fam) {
         assert_int_equal(kw_chat_render((enum kw_chat_family)fam, tool, 2, &o, &text, &len), KW_E_TEMPLATE);
         assert_int_equal(kw_chat_render((enum kw_chat_family)fam, tool, 0, &o, &text, &len), KW_E_TEMPLATE);
     }
@@ -158,19 +188,26 @@ static void test_refusals(void **state) {
 static void test_family_names(void **state) {
     (void)state;
     enum kw_chat_family f;
-    for (int fam = KW_CHAT_QWEN3; fam <= KW_CHAT_LLAMA32; ++fam) {
+    for (int fam = KW_CHAT_QWEN3; fam <= KW_CHAT_SMOLLM2; ++fam) {
         assert_int_equal(kw_chat_family_parse(kw_chat_family_name((enum kw_chat_family)fam), &f), 0);
         assert_int_equal(f, fam);
     }
-    assert_int_equal(kw_chat_family_parse("gemma3", &f), KW_E_INVALID_ARG);
+    assert_int_equal(kw_chat_family_parse("gemma2", &f), KW_E_INVALID_ARG);
     assert_int_equal(kw_chat_family_parse(NULL, &f), KW_E_INVALID_ARG);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_qwen3),        cmocka_unit_test(test_qwen25),           cmocka_unit_test(test_llama32),
-        cmocka_unit_test(test_smollm2),      cmocka_unit_test(test_c2c_prompt_qwen3), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_null_options), cmocka_unit_test(test_family_names),
+        cmocka_unit_test(test_qwen3),
+        cmocka_unit_test(test_qwen25),
+        cmocka_unit_test(test_llama32),
+        cmocka_unit_test(test_gemma3),
+        cmocka_unit_test(test_smollm2),
+        cmocka_unit_test(test_family_for_arch),
+        cmocka_unit_test(test_c2c_prompt_qwen3),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_null_options),
+        cmocka_unit_test(test_family_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,8 +3,11 @@
  * A row holds "ids" and: "text" (or "text_hex" when the text contains U+0000, which cJSON strings cannot carry), the
  * text those ids encode; "decoded" (skip_special off; absent = the text) and "decoded_skip" (skip_special on; absent =
  * "decoded"), or their _hex forms. A row {"single_decode_fnv1a64", "n_ids"} checks decode([id]) of every id at once.
- * qwen3.jsonl and llama3.jsonl come from the JS port (shared fixtures, equal to HF, see make_tokenizer_fixtures.py);
- * hf_*.jsonl are written by tools/make_tokenizer_fixtures.py with HF `tokenizers`, the authority. */
+ * qwen3.jsonl, llama3.jsonl and gemma3.jsonl come from the JS port (shared fixtures, equal to HF, see
+ * make_tokenizer_fixtures.py); hf_*.jsonl are written by tools/make_tokenizer_fixtures.py with HF `tokenizers`, the
+ * authority: hf_gemma3.jsonl holds thousands of SentencePiece-style cases, hf_spm_<variant>.jsonl the cases of the
+ * small variant tokenizers in tests/data/tokenizer/spm_variants (every normalizer, pre-tokenizer, decoder and unk
+ * option the SentencePiece-style loader implements). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -93,7 +96,10 @@ static void check_decode(const kw_tokenizer *tok, const cJSON *row, const int32_
 static void run_fixture(const char *tokenizer_dir, const char *fixture, int implicit) {
     char path[1024];
     kw_tokenizer *tok = NULL;
-    snprintf(path, sizeof path, "%s/%s", KW_SOURCE_DIR, tokenizer_dir);
+    if (tokenizer_dir[0] == '/')
+        snprintf(path, sizeof path, "%s", tokenizer_dir);
+    else
+        snprintf(path, sizeof path, "%s/%s", KW_SOURCE_DIR, tokenizer_dir);
     const int lrc = kw_tokenizer_load(path, &tok);
     if (lrc != 0) print_error("load %s: %s\n", path, kw_error_detail());
     assert_int_equal(lrc, 0);
@@ -176,10 +182,37 @@ static void test_hf_smollm2_gguf(void **state) {
     run_fixture("tests/data/tokenizer/smollm2_tokenizer.gguf", "hf_smollm2.jsonl", 1);
 }
 
+static void test_js_gemma3(void **state) {
+    (void)state;
+    run_fixture("models/tokenizers/gemma3", "gemma3.jsonl", 0);
+}
+
+static void test_hf_gemma3(void **state) {
+    (void)state;
+    run_fixture("models/tokenizers/gemma3", "hf_gemma3.jsonl", 1);
+}
+
+static void test_hf_spm_variants(void **state) {
+    (void)state;
+    static const char *const variants[] = {
+        "meta_first_split", "meta_always_nosplit", "meta_first_nosplit", "meta_never_split", "meta_legacy",
+        "prepend_replace",  "unk_fused",           "unk_unfused",        "ignore_merges",
+    };
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; ++i) {
+        char dir[512], fixture[128];
+        snprintf(dir, sizeof dir, "%s/tokenizer/spm_variants/%s", KW_TEST_DATA_DIR, variants[i]);
+        snprintf(fixture, sizeof fixture, "hf_spm_%s.jsonl", variants[i]);
+        print_message("  %s\n", variants[i]);
+        run_fixture(dir, fixture, 1);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_js_qwen3),  cmocka_unit_test(test_js_llama3),       cmocka_unit_test(test_hf_qwen3),
-        cmocka_unit_test(test_hf_llama3), cmocka_unit_test(test_hf_smollm2_gguf),
+        cmocka_unit_test(test_js_qwen3),        cmocka_unit_test(test_js_llama3),
+        cmocka_unit_test(test_js_gemma3),       cmocka_unit_test(test_hf_qwen3),
+        cmocka_unit_test(test_hf_llama3),       cmocka_unit_test(test_hf_gemma3),
+        cmocka_unit_test(test_hf_spm_variants), cmocka_unit_test(test_hf_smollm2_gguf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
