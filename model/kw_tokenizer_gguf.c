@@ -1,7 +1,7 @@
-/* kw_tokenizer_gguf.c: a byte-level BPE tokenizer from GGUF metadata (tokenizer.ggml.model = "gpt2").
+/* kw_tokenizer_gguf.c: tokenizers from GGUF metadata, for the two tokenizer.ggml.model values kvwire reads.
  *
- * The metadata is turned into the tokenizer.json the model's HF repository holds, and that tree goes through the
- * same loader as a file would (kw__tok_from_json), so both paths share every rule:
+ * "gpt2" (byte-level BPE). The metadata is turned into the tokenizer.json the model's HF repository holds, and that
+ * tree goes through the same loader as a file would (kw__tok_from_json), so both paths share every rule:
  *  - model.vocab: tokenizer.ggml.tokens by id (NORMAL, UNKNOWN, UNUSED tokens). A token written outside the ByteLevel
  *    alphabet is re-spelled from its UTF-8 bytes, as transformers' GGUF converter does;
  *  - added_tokens: CONTROL tokens (type 3) as special, USER_DEFINED ones (type 4) as plain added tokens, matched in
@@ -13,10 +13,19 @@
  *    the whitespace lookahead (?!\S) widened to (?![^\s\p{N}]) because a digit ends the stretch the GPT-2 regex sees
  *    (llama.cpp runs the two regexes in sequence for "smollm"). "qwen2" adds the NFC normalizer and "llama-bpe"
  *    ignore_merges, as their tokenizer.json files do.
- * Not here: SentencePiece-style GGUF vocabularies (tokenizer.ggml.model = "llama"), refused with KW_E_TOKENIZER.
+ *
+ * "llama" (SentencePiece, e.g. Gemma 3). tokenizer.ggml.tokens, .scores and .token_type go as they are to
+ * kw_tokenizer_from_spm, which derives the merges HF's converter derives and reads llama.cpp's spellings (spaces in
+ * whitespace pieces, -1000 scores of control pieces); tokenizer.ggml.add_space_prefix (llama.cpp's default: true)
+ * chooses the space handling. Which added tokens decode's skip_special drops is not in the file: for gemma3 files it
+ * is what HF's Gemma 3 tokenizer marks special (the bos, eos, unknown and padding tokens the file names, and
+ * <start_of_turn>, <end_of_turn>, <start_of_image>, <end_of_image>; HF's ninth, <image_soft_token>, id 262144, is not
+ * in the GGUF vocabulary), for other files every control and unknown piece, as HF's Llama converter marks them.
  */
 #include "model/kw_tokenizer.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -188,12 +197,6 @@ static int kw_tok_gguf_merges(const kw_gguf *g, cJSON *merges) {
 
 /* The tokenizer.json tree for g's gpt2-style vocabulary. */
 static int kw_tok_gguf_tree(const kw_gguf *g, cJSON **out) {
-    const char *s = NULL;
-    size_t n = 0;
-    KW_RETURN_IF(kw_gguf_get_str(g, "tokenizer.ggml.model", &s, &n) < 0, KW_E_TOKENIZER,
-                 "tokenizer.ggml.model is missing: the file carries no tokenizer");
-    KW_RETURN_IF(n != 4 || memcmp(s, "gpt2", 4) != 0, KW_E_TOKENIZER,
-                 "tokenizer.ggml.model \"%.*s\" is not supported (gpt2)", (int)(n < 32 ? n : 32), s);
     const kw_tok_gguf_pre *pre = NULL;
     const char *pre_name = "gpt2";
     size_t pre_len = 4;
@@ -243,14 +246,116 @@ out:
     return rc;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// SentencePiece ("llama")
+
+/* 1 if the GGUF string s[0..n) is the NUL-terminated word. */
+static int kw_tok_gguf_is(const char *s, size_t n, const char *word) {
+    return strlen(word) == n && memcmp(s, word, n) == 0;
+}
+
+/* Marks the pieces HF's Gemma 3 tokenizer calls special (see the top of this file). */
+static int kw_tok_gguf_gemma3_special(const kw_gguf *g, const char *const *tokens, const size_t *lens, int32_t n,
+                                      uint8_t *special) {
+    static const char *const ids[] = {"bos", "eos", "unknown", "padding"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; ++i) {
+        char key[64];
+        snprintf(key, sizeof key, "tokenizer.ggml.%s_token_id", ids[i]);
+        int64_t id = -1;
+        const int rc = kw_gguf_get_int(g, key, 0, INT32_MAX, &id);
+        KW_RETURN_IF(rc < 0 && rc != KW_E_NOT_FOUND, KW_E_TOKENIZER, "%s", kw_error_detail());
+        KW_RETURN_IF(rc == 0 && id >= n, KW_E_TOKENIZER, "%s = %lld is not a token id (%d tokens)", key, (long long)id,
+                     (int)n);
+        if (rc == 0) special[id] = 1;
+    }
+    static const char *const named[] = {"<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"};
+    for (int32_t id = 0; id < n; ++id)
+        for (size_t i = 0; i < sizeof named / sizeof named[0]; ++i)
+            if (kw_tok_gguf_is(tokens[id], lens[id], named[i])) special[id] = 1;
+    return 0;
+}
+
+static int kw_tok_gguf_spm(const kw_gguf *g, kw_tokenizer **out) {
+    const kw_gguf_kv *tokens = NULL, *scores = NULL, *types = NULL;
+    KW_RETURN_IF(kw_gguf_get_array(g, "tokenizer.ggml.tokens", KW_GGUF_STRING, &tokens) < 0, KW_E_TOKENIZER,
+                 "tokenizer.ggml.tokens: %s", kw_error_detail());
+    KW_RETURN_IF(tokens->count < 1 || tokens->count > KW_TOK_GGUF_MAX_TOKENS, KW_E_TOKENIZER,
+                 "tokenizer.ggml.tokens holds %llu tokens (1 .. %d)", (unsigned long long)tokens->count,
+                 KW_TOK_GGUF_MAX_TOKENS);
+    KW_RETURN_IF(kw_gguf_get_array(g, "tokenizer.ggml.scores", KW_GGUF_FLOAT32, &scores) < 0, KW_E_TOKENIZER,
+                 "tokenizer.ggml.scores: %s", kw_error_detail());
+    KW_RETURN_IF(kw_gguf_get_array(g, "tokenizer.ggml.token_type", KW_GGUF_INT32, &types) < 0, KW_E_TOKENIZER,
+                 "tokenizer.ggml.token_type: %s", kw_error_detail());
+    KW_RETURN_IF(scores->count != tokens->count || types->count != tokens->count, KW_E_TOKENIZER,
+                 "tokenizer.ggml.scores (%llu) and .token_type (%llu) do not match the %llu tokens",
+                 (unsigned long long)scores->count, (unsigned long long)types->count,
+                 (unsigned long long)tokens->count);
+    int add_space_prefix = 1;
+    int rc = kw_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &add_space_prefix);
+    KW_RETURN_IF(rc < 0 && rc != KW_E_NOT_FOUND, KW_E_TOKENIZER, "%s", kw_error_detail());
+    if (rc == KW_E_NOT_FOUND) add_space_prefix = 1;
+    const char *arch = NULL;
+    size_t arch_len = 0;
+    const int gemma3 =
+        kw_gguf_get_str(g, "general.architecture", &arch, &arch_len) == 0 && kw_tok_gguf_is(arch, arch_len, "gemma3");
+
+    rc = 0;
+    const int32_t n = (int32_t)tokens->count;
+    const char **pieces = calloc((size_t)n, sizeof *pieces);
+    size_t *lens = calloc((size_t)n, sizeof *lens);
+    float *sc = calloc((size_t)n, sizeof *sc);
+    int32_t *ty = calloc((size_t)n, sizeof *ty);
+    uint8_t *special = gemma3 ? calloc((size_t)n, 1) : NULL;
+    KW_CHECK_IF(!pieces || !lens || !sc || !ty || (gemma3 && !special), KW_E_NOMEM, "out of memory for %d tokens",
+                (int)n);
+    for (int32_t id = 0; id < n; ++id) {
+        double score = 0.0;
+        int64_t type = 0;
+        KW_CHECK(kw_gguf_array_str(g, tokens, (uint64_t)id, &pieces[id], &lens[id]));
+        KW_CHECK(kw_gguf_array_float(scores, (uint64_t)id, &score));
+        KW_CHECK(kw_gguf_array_int(types, (uint64_t)id, &type));
+        KW_CHECK_IF(type < INT32_MIN || type > INT32_MAX, KW_E_TOKENIZER, "tokenizer.ggml.token_type[%d] = %lld",
+                    (int)id, (long long)type);
+        sc[id] = (float)score;
+        ty[id] = (int32_t)type;
+    }
+    if (gemma3) KW_CHECK(kw_tok_gguf_gemma3_special(g, pieces, lens, n, special));
+    const kw_tokenizer_spm_vocab v = {.n_tokens = n,
+                                      .tokens = pieces,
+                                      .token_lens = lens,
+                                      .scores = sc,
+                                      .types = ty,
+                                      .special = special,
+                                      .add_space_prefix = add_space_prefix};
+    rc = kw_tokenizer_from_spm(&v, out);
+out:
+    free(pieces);
+    free(lens);
+    free(sc);
+    free(ty);
+    free(special);
+    return rc;
+}
+
 int kw_tokenizer_load_gguf(const char *path, kw_tokenizer **out) {
     KW_RETURN_IF(!path || !out, KW_E_INVALID_ARG, "kw_tokenizer_load_gguf: NULL argument");
     *out = NULL;
     kw_gguf *g = NULL;
     cJSON *tree = NULL;
+    const char *model = NULL;
+    size_t n = 0;
     int rc = kw_gguf_open(path, &g);
-    if (rc == 0) rc = kw_tok_gguf_tree(g, &tree);
-    if (rc == 0) rc = kw__tok_from_json(tree, out);
+    if (rc == 0 && kw_gguf_get_str(g, "tokenizer.ggml.model", &model, &n) < 0)
+        rc = kw_error_set(KW_E_TOKENIZER, "tokenizer.ggml.model is missing: the file carries no tokenizer");
+    if (rc == 0 && kw_tok_gguf_is(model, n, "gpt2")) {
+        rc = kw_tok_gguf_tree(g, &tree);
+        if (rc == 0) rc = kw__tok_from_json(tree, out);
+    } else if (rc == 0 && kw_tok_gguf_is(model, n, "llama")) {
+        rc = kw_tok_gguf_spm(g, out);
+    } else if (rc == 0) {
+        rc = kw_error_set(KW_E_TOKENIZER, "tokenizer.ggml.model \"%.*s\" is not supported (gpt2, llama)",
+                          (int)(n < 32 ? n : 32), model);
+    }
     if (rc < 0) rc = kw_error_set(rc, "%s: %s", path, kw_error_detail());
     cJSON_Delete(tree);
     kw_gguf_close(g);

