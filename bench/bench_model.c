@@ -1,12 +1,13 @@
-/* bench_model.c: `kvwire bench model`: prefill and decode speed of a real-shaped random model on the CPU backend.
+/* bench_model.c: `kvwire bench model`: prefill and decode speed of a model on the CPU backend.
  *
- * The model (Qwen3-0.6B shape by default: 28 layers, hidden 1024, bf16, 151936 vocab; or Qwen2.5-0.5B, Llama-3.2-1B,
- * Gemma 3 270M) is written by the gen-model
- * library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like any HF
- * folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill tok/s,
- * decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth with the same thread
- * count, which bounds decode at bandwidth / (weight bytes read per token). --profile adds a per-op time breakdown (ops
- * synchronized one by one). Not a correctness check: tests/model does that. */
+ * The model is --model (an HF folder or a GGUF file, e.g. the SmolLM2 or Gemma 3 ones `kvwire fetch-model` caches;
+ * GGUF weights are dequantized at load to --weights f32|bf16), or else a real-shaped random model (Qwen3-0.6B shape
+ * by default: 28 layers, hidden 1024, bf16, 151936 vocab; or Qwen2.5-0.5B, Llama-3.2-1B, Gemma 3 270M) written by the
+ * gen-model library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like
+ * any HF folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill
+ * tok/s, decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth with the same
+ * thread count, which bounds decode at bandwidth / (weight bytes read per token). --profile adds a per-op time
+ * breakdown (ops synchronized one by one). Not a correctness check: tests/model does that. */
 #include "kw_benches.h"
 
 #include <errno.h>
@@ -22,22 +23,26 @@
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_genmodel.h"
+#include "model/kw_gguf.h"
 #include "model/kw_model.h"
 #include "tools/kw_cli.h"
 
-const char kw_bench_model_summary[] =
-    "prefill/decode tok/s of a real-shaped random model vs the memory-bandwidth bound";
+const char kw_bench_model_summary[] = "prefill/decode tok/s of a model (a GGUF file, an HF folder or a real-shaped "
+                                      "random one) vs the memory-bandwidth bound";
 
 static void kw_bench_model_usage(FILE *f) {
-    fprintf(f, "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N]\n"
-               "                          [--arch qwen3|qwen2|llama|gemma3] [--model-dir DIR] [--reps N] [--profile]\n"
-               "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
-               "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
-               "  --threads    CPU threads (default 2)\n"
-               "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
-               "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
-               "  --reps       measured repetitions, best is reported (default 3)\n"
-               "  --profile    also print per-op times of one prefill and one decode run\n");
+    fprintf(f,
+            "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
+            "                          [--model-dir DIR | --model PATH [--weights f32|bf16]] [--reps N] [--profile]\n"
+            "  --model      an existing model: HF folder or GGUF file (GGUF weights dequantized to --weights,\n"
+            "               default f32); otherwise a random model of the --arch shape is generated\n"
+            "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
+            "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
+            "  --threads    CPU threads (default 2)\n"
+            "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
+            "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
+            "  --reps       measured repetitions, best is reported (default 3)\n"
+            "  --profile    also print per-op times of one prefill and one decode run\n");
 }
 
 /* Streaming-read bandwidth in bytes/s: best of several passes reading a 512 MiB buffer (far larger than the caches)
@@ -97,13 +102,19 @@ int kw_bench_model(int argc, char **argv) {
     int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
-    const char *model_dir = NULL;
-    int arch = 0, profile = 0;
+    const char *model_dir = NULL, *model_path = NULL;
+    static const char *const weight_names[] = {"f32", "bf16", NULL};
+    int arch = 0, profile = 0, weights = 0;
     const kw_cli_option opts[] = {
-        KW_CLI_INT("--threads", &threads, 1, 256),  KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
-        KW_CLI_INT("--decode", &n_decode, 1, 8192), KW_CLI_INT("--reps", &reps, 1, 100),
-        KW_CLI_CHOICE("--arch", &arch, archs),      KW_CLI_STR("--model-dir", &model_dir),
+        KW_CLI_INT("--threads", &threads, 1, 256),
+        KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
+        KW_CLI_INT("--decode", &n_decode, 1, 8192),
+        KW_CLI_INT("--reps", &reps, 1, 100),
+        KW_CLI_CHOICE("--arch", &arch, archs),
+        KW_CLI_STR("--model-dir", &model_dir),
         KW_CLI_FLAG("--profile", &profile),
+        KW_CLI_STR("--model", &model_path),
+        KW_CLI_CHOICE("--weights", &weights, weight_names),
     };
     const int st = KW_CLI_PARSE("kvwire bench model", argc, argv, opts, kw_bench_model_usage);
     if (st != KW_CLI_RUN) return st;
@@ -119,14 +130,17 @@ int kw_bench_model(int argc, char **argv) {
     int temp = 0;
     const char *stage = "generate model";
 
-    if (!dir) {
+    if (model_path) {
+        KW_CHECK_IF(model_dir, KW_E_INVALID_ARG, "--model and --model-dir exclude each other");
+        dir = model_path;
+    } else if (!dir) {
         KW_CHECK_IF(!mkdtemp(tmpl), KW_E_IO, "mkdtemp: %s", strerror(errno));
         dir = tmpl;
         temp = 1;
     }
     char *cfg_path = kw_path_join(dir, "model.safetensors");
     KW_CHECK_IF(!cfg_path, KW_E_NOMEM, "out of memory");
-    const int exists = kw_path_is_file(cfg_path);
+    const int exists = model_path || kw_path_is_file(cfg_path);
     free(cfg_path);
     if (!exists) {
         kw_genmodel_options go = {.dtype = KW_DTYPE_BF16, .seed = 1};
@@ -142,7 +156,8 @@ int kw_bench_model(int argc, char **argv) {
 
     stage = "load";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
-    const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512)};
+    const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512),
+                                 .weights = {.gguf_dtype = weights ? KW_DTYPE_BF16 : KW_DTYPE_F32}};
     uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_model_load(be, dir, &mo, &model));
     const double load_ms = kw_time_ms(t0, kw_time_now_ns());
@@ -182,11 +197,14 @@ int kw_bench_model(int argc, char **argv) {
     const double bw2 = kw_bench_bandwidth((int)threads);
     if (bw2 > bw) bw = bw2;
     const double decode_tps = (double)n_decode / best_decode, bound_tps = bw / (double)wbytes;
-    printf("model: %s shape (%d layers, hidden %d, %d/%d heads x %d, intermediate %d, vocab %d), bf16 weights, "
+    const int gguf = model_path && kw_gguf_is_gguf(model_path);
+    printf("model: %s %s (%d layers, hidden %d, %d/%d heads x %d, intermediate %d, vocab %d), %s weights, "
            "bf16 KV cache, %ld threads\n",
-           preset, (int)cfg->n_layers, (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim,
-           (int)cfg->intermediate, (int)cfg->vocab, (long)threads);
-    printf("load (mmap, matmul weights packed, %s kernels): %.1f ms\n", kw_backend_cpu_isa(be), load_ms);
+           model_path ? model_path : preset, model_path ? kw_arch_name(cfg->arch) : "shape", (int)cfg->n_layers,
+           (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
+           (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
+    printf("load (%s, matmul weights packed, %s kernels): %.1f ms\n",
+           gguf ? "GGUF, dequantized into model-owned tensors" : "mmap", kw_backend_cpu_isa(be), load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

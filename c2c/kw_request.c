@@ -82,9 +82,10 @@ void kw_request_relay_free(kw_request_relay *r) {
     memset(r, 0, sizeof *r);
 }
 
-int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, const char *question, const char *date,
-                             int64_t max_tokens, int64_t cap, enum kw_dtype cache_dtype,
-                             int (*on_token)(void *user, int32_t id), void *user, kw_request_relay *out) {
+int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, enum kw_chat_family family,
+                             const char *question, const char *date, int64_t max_tokens, int64_t cap,
+                             enum kw_dtype cache_dtype, int (*on_token)(void *user, int32_t id), void *user,
+                             kw_request_relay *out) {
     KW_RETURN_IF(sharer == NULL || tok == NULL || question == NULL || out == NULL || max_tokens < 1 ||
                      max_tokens > INT32_MAX,
                  KW_E_INVALID_ARG, "relay: bad arguments");
@@ -94,14 +95,12 @@ int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, const ch
     size_t text_len = 0, n_ids = 0, reply_len = 0;
     kw_kvcache *cache = NULL;
     kw_generate_result g = {0};
-    enum kw_chat_family fam = KW_CHAT_QWEN3;
     int rc;
     const uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_relay_background_prompt(question, &bg));
-    KW_CHECK(kw_chat_family_for_arch(kw_model_get_config(sharer)->arch, &fam));
     const kw_chat_message msg = {.role = "user", .content = bg};
     const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = date};
-    KW_CHECK(kw_chat_render(fam, &msg, 1, &co, &text, &text_len));
+    KW_CHECK(kw_chat_render(family, &msg, 1, &co, &text, &text_len));
     KW_CHECK(kw_tokenizer_encode(tok, text, text_len, &ids, &n_ids));
     KW_CHECK_IF(n_ids == 0, KW_E_INVALID_ARG, "relay: the background prompt encodes to no tokens");
     KW_CHECK(kw_model_create_cache(sharer, (int64_t)n_ids + max_tokens + 1, cache_dtype, &cache));

@@ -42,7 +42,8 @@ int kw_request_sharer_layers(const kw_fusion *f, int32_t sharer, int32_t n_model
                              int32_t n_subset, int32_t *out, int32_t cap, int32_t *n_out);
 
 /* Stage 1 of the text relay, on the sharer: its greedy reply (max_tokens tokens at most, cache of cache_dtype) to the
- * background prompt of question (kw_relay_background_prompt) rendered with its own chat template (date: Llama-3.2's
+ * background prompt of question (kw_relay_background_prompt) rendered with its own chat template, family (from
+ * kw_chat_family_for_model, so a GGUF file's own template counts; date: Llama-3.2's
  * "Today Date", may be NULL for the others), stripped of surrounding ASCII whitespace and capped to cap UTF-8 bytes at
  * a character boundary (cap < 0: no cap). *out is owned by the caller (kw_request_relay_free). on_token (may be NULL)
  * is kw_generate_options.on_token, e.g. to cancel between tokens. */
@@ -54,9 +55,10 @@ typedef struct kw_request_relay {
     double ms;        /* prompt building, generation and decoding */
 } kw_request_relay;
 
-int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, const char *question, const char *date,
-                             int64_t max_tokens, int64_t cap, enum kw_dtype cache_dtype,
-                             int (*on_token)(void *user, int32_t id), void *user, kw_request_relay *out);
+int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, enum kw_chat_family family,
+                             const char *question, const char *date, int64_t max_tokens, int64_t cap,
+                             enum kw_dtype cache_dtype, int (*on_token)(void *user, int32_t id), void *user,
+                             kw_request_relay *out);
 
 void kw_request_relay_free(kw_request_relay *r);
 

@@ -49,7 +49,7 @@
     X(KW_E_WIRE_RANGE, -113, "a value or scale cannot be represented by the chosen codec or scale dtype")              \
     X(KW_E_WIRE_VALUE, -114, "a scale or code in a blob has a reserved or invalid value")                              \
     /* model/ (safetensors, HF configs, tokenizer, forward): -200 .. -299 */                                           \
-    X(KW_E_MODEL_FORMAT, -200, "a safetensors/index file is malformed")                                                \
+    X(KW_E_MODEL_FORMAT, -200, "a safetensors, index or GGUF file is malformed")                                       \
     X(KW_E_MODEL_DTYPE, -201, "a tensor has a dtype the loader does not accept")                                       \
     X(KW_E_MODEL_SHAPE, -202, "a tensor's shape does not match the config")                                            \
     X(KW_E_MODEL_MISSING, -203, "a required tensor is absent")                                                         \

@@ -1,11 +1,13 @@
-/* kw_chat.c: the Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct and Gemma 3 chat templates, written out in C.
+/* kw_chat.c: the Qwen3, Qwen2.5-Instruct, Llama-3.2-Instruct, Gemma 3 and SmolLM2-Instruct chat templates, written
+ * out in C.
  *
  * Each renderer follows its Jinja template statement by statement (the template text is kept in
  * tools/make_chat_fixtures.py, which renders the reference outputs with transformers' apply_chat_template), so the
  * output is byte-identical for messages with roles system/user/assistant. What it is not: a Jinja engine. The tool
  * branches (tools, tool calls, "tool"/"ipython" roles) are refused with KW_E_TEMPLATE, as are other roles, and so is
- * an empty message list, on which all four templates raise. Gemma 3's multimodal branches (content as a list of
- * text and image items) do not arise: a message's content is a string here. */
+ * an empty message list, on which all five templates raise (transformers refuses it before rendering). Gemma 3's
+ * multimodal branches (content as a list of text and image items) do not arise: a message's content is a string
+ * here. */
 #include "model/kw_chat.h"
 
 #include "common/kw_buf.h"
@@ -261,6 +263,35 @@ static int kw_chat_gemma3(kw_buf *b, const kw_chat_message *m, size_t n, const k
     return 0;
 }
 
+/* SmolLM2-Instruct (tokenizer.chat_template of HuggingFaceTB/SmolLM2-*-Instruct, kw_chat_smollm2_template below):
+ * ChatML turns, and before the first one, when it is not a system message, the default system turn. */
+static int kw_chat_smollm2(kw_buf *b, const kw_chat_message *m, size_t n, const kw_chat_options *o) {
+    for (size_t i = 0; i < n; ++i) {
+        if (i == 0 && strcmp(m[0].role, "system") != 0)
+            KW_FORWARD(
+                kw_chat_im_turn(b, "system", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"));
+        KW_FORWARD(kw_chat_im_turn(b, m[i].role, m[i].content));
+    }
+    if (o->add_generation_prompt) KW_FORWARD(kw_buf_append_str(b, "<|im_start|>assistant\n"));
+    return 0;
+}
+
+/* The Jinja text of the templates above, as models carry them, for kw_chat_family_from_template. */
+static const char kw_chat_smollm2_template[] =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
+    "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt "
+    "%}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+int kw_chat_family_from_template(const char *tmpl, size_t n, enum kw_chat_family *out) {
+    KW_RETURN_IF(!tmpl || !out, KW_E_INVALID_ARG, "kw_chat_family_from_template: NULL argument");
+    if (n == sizeof kw_chat_smollm2_template - 1 && memcmp(tmpl, kw_chat_smollm2_template, n) == 0) {
+        *out = KW_CHAT_SMOLLM2;
+        return 0;
+    }
+    KW_FAIL(KW_E_NOT_FOUND, "the chat template (%zu bytes) is not one kvwire renders", n);
+}
+
 int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, size_t n_messages,
                    const kw_chat_options *options, char **out, size_t *out_len) {
     KW_RETURN_IF(!out || !out_len || (!messages && n_messages), KW_E_INVALID_ARG, "kw_chat_render: NULL argument");
@@ -281,6 +312,9 @@ int kw_chat_render(enum kw_chat_family family, const kw_chat_message *messages, 
         break;
     case KW_CHAT_GEMMA3:
         rc = kw_chat_gemma3(&b, messages, n_messages, o);
+        break;
+    case KW_CHAT_SMOLLM2:
+        rc = kw_chat_smollm2(&b, messages, n_messages, o);
         break;
     default:
         rc = kw_error_set(KW_E_INVALID_ARG, "unknown chat family %d", (int)family);
@@ -303,19 +337,23 @@ const char *kw_chat_family_name(enum kw_chat_family family) {
         return "llama3.2";
     case KW_CHAT_GEMMA3:
         return "gemma3";
+    case KW_CHAT_SMOLLM2:
+        return "smollm2";
     }
     return "unknown";
 }
 
 int kw_chat_family_parse(const char *name, enum kw_chat_family *out) {
     KW_RETURN_IF(!name || !out, KW_E_INVALID_ARG, "kw_chat_family_parse: NULL argument");
-    static const enum kw_chat_family all[] = {KW_CHAT_QWEN3, KW_CHAT_QWEN25, KW_CHAT_LLAMA32, KW_CHAT_GEMMA3};
+    static const enum kw_chat_family all[] = {KW_CHAT_QWEN3, KW_CHAT_QWEN25, KW_CHAT_LLAMA32, KW_CHAT_GEMMA3,
+                                              KW_CHAT_SMOLLM2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i)
         if (strcmp(name, kw_chat_family_name(all[i])) == 0) {
             *out = all[i];
             return 0;
         }
-    KW_FAIL(KW_E_INVALID_ARG, "unknown chat template family \"%.40s\" (qwen3, qwen2.5, llama3.2 or gemma3)", name);
+    KW_FAIL(KW_E_INVALID_ARG, "unknown chat template family \"%.40s\" (qwen3, qwen2.5, llama3.2, gemma3 or smollm2)",
+            name);
 }
 
 int kw_chat_family_for_arch(enum kw_arch arch, enum kw_chat_family *out) {

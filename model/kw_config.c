@@ -548,6 +548,7 @@ static int kw_config_parse_root(const cJSON *root, const cJSON *gen, kw_model_co
      * Gemma3TextConfig's defaults bos 2, eos 1, pad 0). */
     cfg->bos_id = gemma ? 2 : -1;
     cfg->pad_id = gemma ? 0 : -1;
+    cfg->add_bos = -1;
     if (gemma) {
         cfg->n_eos = 1;
         cfg->eos_ids[0] = 1;

@@ -42,6 +42,7 @@ typedef struct kw_model_config {
     int32_t pad_id;             /* -1 if none */
     int32_t n_eos;              /* generation_config eos_token_id (falls back to config.json) */
     int32_t eos_ids[KW_CONFIG_MAX_EOS];
+    int32_t add_bos; /* GGUF tokenizer.ggml.add_bos_token (0 or 1); -1 when the model does not say (HF folders) */
 
     /* Gemma3 (zero for the other families). The structural differences (four (1 + w) norms per layer, scaled
      * embeddings) follow from arch == KW_ARCH_GEMMA3; the numbers are here. */

@@ -10,6 +10,7 @@
 
 #include "common/kw_file.h"
 #include "common/kw_status.h"
+#include "model/kw_gguf.h"
 
 #define KW__IDENTITY_CHUNK (1u << 20) /* bytes read per call while hashing */
 
@@ -31,6 +32,44 @@ static int kw__identity_update_file(EVP_MD_CTX *ctx, const char *path, unsigned 
     }
     fclose(f);
     return rc;
+}
+
+/* SHA-256 of bytes [off, off + len) of path. */
+static int kw__identity_range(const char *path, size_t off, size_t len, uint8_t out[KW_IDENTITY_DIGEST_BYTES]) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char *buf = malloc(KW__IDENTITY_CHUNK);
+    FILE *f = NULL;
+    int rc = 0;
+    KW_CHECK_IF(ctx == NULL || buf == NULL, KW_E_NOMEM, "identity: out of memory");
+    KW_CHECK_IF(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1, KW_E_INTERNAL, "identity: SHA-256 unavailable");
+    f = fopen(path, "rb");
+    KW_CHECK_IF(f == NULL, KW_E_IO, "identity: cannot open %s: %s", path, strerror(errno));
+    KW_CHECK_IF(fseeko(f, (off_t)off, SEEK_SET) != 0, KW_E_IO, "identity: cannot seek in %s", path);
+    while (len > 0) {
+        const size_t want = len < KW__IDENTITY_CHUNK ? len : KW__IDENTITY_CHUNK;
+        const size_t got = fread(buf, 1, want, f);
+        KW_CHECK_IF(got != want, KW_E_IO, "identity: %s ended early", path);
+        KW_CHECK_IF(EVP_DigestUpdate(ctx, buf, got) != 1, KW_E_INTERNAL, "identity: SHA-256 update failed");
+        len -= got;
+    }
+    unsigned int n = 0;
+    KW_CHECK_IF(EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != KW_IDENTITY_DIGEST_BYTES, KW_E_INTERNAL,
+                "identity: SHA-256 final failed");
+out:
+    if (f) fclose(f);
+    EVP_MD_CTX_free(ctx);
+    free(buf);
+    return rc;
+}
+
+/* The digests of a GGUF file: what precedes the tensor data (configuration and tokenizer), then the tensor data. */
+static int kw__identity_gguf(const char *path, kw_model_digest *out) {
+    kw_gguf *g = NULL;
+    KW_FORWARD(kw_gguf_open(path, &g));
+    const size_t data = kw_gguf_data_offset(g), size = kw_gguf_file_size(g);
+    kw_gguf_close(g);
+    KW_FORWARD(kw__identity_range(path, 0, data, out->config_sha256));
+    return kw__identity_range(path, data, size - data, out->weights_sha256);
 }
 
 /* SHA-256 of the files paths[0..n) concatenated. */
@@ -123,6 +162,7 @@ static int kw__identity_is_projector(const char *name) {
 
 int kw_identity_model(const char *dir, kw_model_digest *out) {
     KW_RETURN_IF(dir == NULL || out == NULL, KW_E_INVALID_ARG, "identity: NULL argument");
+    if (kw_path_is_file(dir) && kw_gguf_is_gguf(dir)) return kw__identity_gguf(dir, out);
     char *config = kw_path_join(dir, "config.json");
     KW_RETURN_IF(config == NULL, KW_E_NOMEM, "identity: out of memory");
     char **paths = NULL;

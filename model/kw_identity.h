@@ -20,8 +20,10 @@ typedef struct kw_model_digest {
     uint8_t weights_sha256[KW_IDENTITY_DIGEST_BYTES];
 } kw_model_digest;
 
-/* The digests of the model folder dir. Errors: KW_E_IO (a file cannot be read), KW_E_NOT_FOUND (no config.json, or
- * no *.safetensors file), KW_E_NOMEM. */
+/* The digests of the model at dir: an HF folder (config.json; the *.safetensors files in name order) or a GGUF file
+ * (its header, metadata and tensor infos, i.e. the bytes before the tensor data; the tensor data). Errors: KW_E_IO (a
+ * file cannot be read), KW_E_NOT_FOUND (no config.json, or no *.safetensors file), KW_E_FORMAT or another status of
+ * kw_gguf_open (a malformed GGUF file), KW_E_NOMEM. */
 int kw_identity_model(const char *dir, kw_model_digest *out);
 
 /* The digest of a fuser folder's projector files (see above). Errors: KW_E_IO, KW_E_NOT_FOUND (no projector file),

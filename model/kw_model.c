@@ -31,7 +31,7 @@
 #include "common/kw_size.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
-#include "model/kw_safetensors.h"
+#include "model/kw_weights.h"
 
 #define KW_MODEL_DEFAULT_BATCH 256
 /* Logits scratch is capped at this many floats (32 MiB): with a 152k vocab that is 55 rows per lm_head matmul. */
@@ -50,7 +50,7 @@ typedef struct kw_layer {
 struct kw_model {
     kw_model_config cfg;
     kw_backend *backend; /* borrowed */
-    kw_safetensors *st;  /* owned: the mappings the CPU's unpacked weight tensors alias */
+    kw_weights *weights; /* owned: the weight source (the mappings unpacked CPU tensors alias, or the GGUF file) */
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
     char prefix[32];   /* the text model's tensor names start with it: "model." or a multimodal checkpoint's */
@@ -82,15 +82,15 @@ struct kw_model {
  * Loading
  */
 
-/* Replaces the matmul weight t (bound from st) by the backend's packed form (kw_tensor_pack_weight). When that is a
- * copy (the CPU's panel layout), the file pages it was read from are dropped from the resident set. */
-static int model_pack(kw_model *m, kw_tensor *t, const kw_st_tensor *st) {
+/* Replaces the matmul weight t (bound from tensor name) by the backend's packed form (kw_tensor_pack_weight). When
+ * that is a copy (the CPU's panel layout), the file pages it was read from are dropped from the resident set. */
+static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
     kw_tensor packed;
     KW_FORWARD(kw_tensor_pack_weight(m->backend, t, &packed));
     if (packed.data == t->data) return 0; /* a view: the backend reads the row-major weight itself */
     kw_tensor_free(t);
     *t = packed;
-    if (st) kw_safetensors_release(m->st, st);
+    kw_weights_release(m->weights, name);
     return 0;
 }
 
@@ -106,11 +106,14 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    const kw_st_tensor *st = kw_safetensors_find(m->st, name);
-    if (!st) {
+    kw_weight wt;
+    const int found = kw_weights_get(m->weights, name, &wt);
+    KW_FORWARD(found);
+    if (!found) {
         KW_RETURN_IF(required, KW_E_MODEL_MISSING, "model: tensor %s is missing", name);
         return 0;
     }
+    const kw_weight *st = &wt;
     int same = st->ndim == ndim;
     for (int32_t i = 0; same && i < ndim; ++i)
         same = st->shape[i] == ne[i];
@@ -125,8 +128,8 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
     KW_RETURN_IF(!kw_backend_supports(m->backend, op, st->dtype), KW_E_OP_UNSUPPORTED,
                  "model: backend %s cannot run %s with %s weights (%s)", kw_backend_name(m->backend), kw_op_name(op),
                  kw_dtype_name(st->dtype), name);
-    KW_FORWARD(kw_tensor_from_host(m->backend, t, st->dtype, ndim, ne, st->data));
-    if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, st));
+    KW_FORWARD(kw_weights_bind(m->backend, st, t));
+    if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, name));
     if (t != &m->embed) m->bytes_per_token += st->nbytes;
     return 0;
 }
@@ -220,7 +223,7 @@ static int model_find_prefix(kw_model *m) {
     for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; ++i) {
         char name[96];
         snprintf(name, sizeof name, "%sembed_tokens.weight", prefixes[i]);
-        if (kw_safetensors_find(m->st, name)) {
+        if (kw_weights_has(m->weights, name)) {
             snprintf(m->prefix, sizeof m->prefix, "%s", prefixes[i]);
             return 0;
         }
@@ -247,7 +250,8 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     KW_RETURN_IF(!m, KW_E_NOMEM, "model: out of memory");
     m->backend = backend;
     m->max_batch = max_batch;
-    KW_CHECK(kw_config_load(dir, &m->cfg));
+    KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
+    m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;
     KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA &&
                     c->arch != KW_ARCH_GEMMA3,
@@ -257,7 +261,6 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
                 KW_E_MODEL_CONFIG, "model: inconsistent config (heads %d, kv heads %d, head_dim %d)", (int)c->n_heads,
                 (int)c->n_kv_heads, (int)c->head_dim);
     if (c->rope.rotary_dim <= 0) c->rope.rotary_dim = c->head_dim;
-    KW_CHECK(kw_safetensors_open(dir, &m->st));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     KW_CHECK_IF(!m->layers, KW_E_NOMEM, "model: out of memory");
     KW_CHECK(model_find_prefix(m));
@@ -281,7 +284,7 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
         /* one packed table serves both: get_rows reads the packed layout too */
         char embed_name[64];
         snprintf(embed_name, sizeof embed_name, "%sembed_tokens.weight", pre);
-        KW_CHECK(model_pack(m, &m->embed, kw_safetensors_find(m->st, embed_name)));
+        KW_CHECK(model_pack(m, &m->embed, embed_name));
         m->lm_head = m->embed;
         m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
         m->lm_head_tied = 1;
@@ -332,7 +335,7 @@ void kw_model_free(kw_model *m) {
     kw_tensor_free(&m->final_norm);
     free(m->layers);
     free(m->pos_host);
-    kw_safetensors_close(m->st);
+    kw_weights_close(m->weights);
     free(m);
 }
 

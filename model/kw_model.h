@@ -2,13 +2,15 @@
  * pass.
  *
  * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
- * and binds every weight to a backend tensor with kw_tensor_from_host: on the CPU backend norms and biases alias the
- * read-only file mapping (zero copy, bf16/f16/f32 as stored) and the matmul weights (and a tied embedding table) are
- * packed once into the CPU's panel layout (kw_tensor_pack_weight: same dtype and size, one sequential stream per
- * panel; their file pages are then released); a device backend uploads them once. Activations are f32. Results do not
- * depend on how the tokens are split into calls or chunks, the thread count or the CPU's ISA (bit for bit). The forward
- * pass runs a range of tokens, appends their K/V to a kw_kvcache and optionally returns logits or greedy ids. All
- * compute goes through kernels/kw_backend.h, so the same code drives every backend.
+ * or a GGUF file (kw_weights.h) and binds every weight to a backend tensor: safetensors weights with
+ * kw_tensor_from_host (on the CPU backend norms and biases alias the read-only file mapping, zero copy, bf16/f16/f32
+ * as stored), GGUF weights dequantized at load to f32 (or bf16) and uploaded into tensors the model owns; on the CPU
+ * the matmul weights (and a tied embedding table) are then packed once into the CPU's panel layout
+ * (kw_tensor_pack_weight: same dtype and size, one sequential stream per panel; their file pages are then released);
+ * a device backend uploads them once. Activations are f32. Results do not depend on how the tokens are split into
+ * calls or chunks, the thread count or the CPU's ISA (bit for bit). The forward pass runs a range of tokens, appends
+ * their K/V to a kw_kvcache and optionally returns logits or greedy ids. All compute goes through kernels/kw_backend.h,
+ * so the same code drives every backend.
  *
  * Not here: tokenization (kw_tokenizer.h), the generation loop (kw_generate.h), sampling other than greedy.
  * A kw_model is used by one thread at a time (it owns scratch activations); weights are read-only.
@@ -22,18 +24,20 @@
 #include "kernels/kw_backend.h"
 #include "model/kw_config.h"
 #include "model/kw_kvcache.h"
+#include "model/kw_weights.h"
 
 typedef struct kw_model kw_model; /* opaque */
 
 typedef struct kw_model_options {
-    int32_t max_batch; /* tokens per forward chunk; scratch activations are sized for it once. 0: 256 */
+    int32_t max_batch;          /* tokens per forward chunk; scratch activations are sized for it once. 0: 256 */
+    kw_weights_options weights; /* GGUF files: the dtype weights are dequantized to (zero: f32) */
 } kw_model_options;
 
-/* Loads the model in folder dir onto backend (borrowed: it must outlive the model). opts may be NULL. *out is owned
- * by the caller (kw_model_free). Gemma 3 multimodal checkpoints (Gemma3ForConditionalGeneration) load their text model
- * and ignore the vision tower. Errors: those of kw_config_load and kw_safetensors_open, KW_E_MODEL_MISSING (a required
- * tensor absent, named in the detail), KW_E_MODEL_SHAPE, KW_E_OP_UNSUPPORTED (the backend cannot use a weight
- * dtype). */
+/* Loads the model in folder dir, or the GGUF file dir, onto backend (borrowed: it must outlive the model). opts may
+ * be NULL. *out is owned by the caller (kw_model_free). Gemma 3 multimodal checkpoints
+ * (Gemma3ForConditionalGeneration) load their text model and ignore the vision tower. Errors: those of
+ * kw_weights_open, KW_E_MODEL_MISSING (a required tensor absent, named in the detail), KW_E_MODEL_SHAPE,
+ * KW_E_OP_UNSUPPORTED (the backend cannot use a weight dtype). */
 int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out);
 
 /* Releases the scratch tensors, the weight bindings and the file mappings. NULL is a no-op. */

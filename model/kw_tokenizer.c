@@ -17,6 +17,8 @@
 #include "model/kw_tokenizer.h"
 #include "model/kw_tokenizer_impl.h"
 
+#include "model/kw_gguf.h"
+
 #include "common/kw_buf.h"
 #include "common/kw_file.h"
 #include "common/kw_json.h"
@@ -686,9 +688,24 @@ static int kw_tok_load_json(kw_tokenizer *tok, const cJSON *root) {
     return kw_tok_build_decoded(tok);
 }
 
+int kw__tok_from_json(const cJSON *root, kw_tokenizer **out) {
+    KW_RETURN_IF(!root || !out, KW_E_INVALID_ARG, "kw__tok_from_json: NULL argument");
+    *out = NULL;
+    kw_tokenizer *tok = calloc(1, sizeof *tok);
+    KW_RETURN_IF(!tok, KW_E_NOMEM, "out of memory");
+    const int rc = kw_tok_load_json(tok, root);
+    if (rc < 0) {
+        kw_tokenizer_free(tok);
+        return rc;
+    }
+    *out = tok;
+    return 0;
+}
+
 int kw_tokenizer_load(const char *path, kw_tokenizer **out) {
     KW_RETURN_IF(!path || !out, KW_E_INVALID_ARG, "kw_tokenizer_load: NULL argument");
     *out = NULL;
+    if (kw_path_is_file(path) && kw_gguf_is_gguf(path)) return kw_tokenizer_load_gguf(path, out);
     int rc = 0;
     char *file = NULL;
     cJSON *root = NULL;

@@ -16,10 +16,18 @@
 
 typedef struct kw_tokenizer kw_tokenizer; /* opaque */
 
-/* Loads path: a tokenizer.json file or a folder containing one. *out is owned by the caller (kw_tokenizer_free).
- * A file whose decoder is ByteLevel is byte-level BPE, any other SentencePiece-style. Unsupported
- * models/normalizers/pre-tokenizers/decoders are refused with KW_E_TOKENIZER and the reason. */
+/* Loads path: a tokenizer.json file, a folder containing one, or a GGUF file (kw_tokenizer_load_gguf). *out is owned
+ * by the caller (kw_tokenizer_free). A tokenizer.json whose decoder is ByteLevel is byte-level BPE, any other
+ * SentencePiece-style. Unsupported models/normalizers/pre-tokenizers/decoders are refused with KW_E_TOKENIZER and the
+ * reason. */
 int kw_tokenizer_load(const char *path, kw_tokenizer **out);
+
+/* Builds the tokenizer a GGUF file's metadata describes (model/kw_tokenizer_gguf.c), giving the ids the model's own HF
+ * tokenizer.json gives: tokenizer.ggml.model "gpt2" (byte-level BPE: tokens, merges, token types; control tokens
+ * become special added tokens, user-defined ones plain added tokens) with the pre-tokenizer tokenizer.ggml.pre names
+ * (gpt2, smollm, qwen2, llama-bpe), or "llama" (SentencePiece: tokens, scores and token types through
+ * kw_tokenizer_from_spm). Other tokenizer models are refused with KW_E_TOKENIZER. *out is owned by the caller. */
+int kw_tokenizer_load_gguf(const char *path, kw_tokenizer **out);
 
 /* SentencePiece piece types, numbered as GGUF's tokenizer.ggml.token_type (and SentencePiece's ModelProto). */
 enum kw_spm_token_type {

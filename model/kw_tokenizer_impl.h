@@ -1,6 +1,7 @@
 /* kw_tokenizer_impl.h: the tokenizer's insides, shared by kw_tokenizer.c (tokenizer.json loading, byte-level BPE,
- * the encode walk, offsets) and kw_tokenizer_spm.c (SentencePiece-style BPE). Not a public header: only the files of
- * the tokenizer include it; everyone else uses kw_tokenizer.h.
+ * the encode walk, offsets), kw_tokenizer_spm.c (SentencePiece-style BPE) and kw_tokenizer_gguf.c (tokenizers from
+ * GGUF metadata). Not a public header: only the files of the tokenizer include it; everyone else uses
+ * kw_tokenizer.h.
  *
  * One kw_tokenizer holds either model: byte-level BPE (spm == NULL: the ByteLevel alphabet, the NFC normalizer and
  * the Split regex) or SentencePiece-style BPE (spm != NULL: its normalizer, pre-tokenizer, byte fallback and
@@ -144,6 +145,11 @@ const char *kw__tok_type(const cJSON *obj);
  * table. */
 int kw__tok_load_vocab(kw_tokenizer *tok, const cJSON *vocab, const cJSON *added);
 int kw__tok_load_merges(kw_tokenizer *tok, const cJSON *merges);
+
+/* Builds a tokenizer from a parsed tokenizer.json document (borrowed; only read during the call), with the checks and
+ * errors of kw_tokenizer_load: kw_tokenizer_gguf.c assembles one from GGUF metadata. *out is owned by the caller
+ * (kw_tokenizer_free). */
+int kw__tok_from_json(const cJSON *root, kw_tokenizer **out);
 
 /* Indexes the added tokens (tok->added) for matching: the hash of their text and their lengths. Call once they are
  * all in. */

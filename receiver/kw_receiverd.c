@@ -890,7 +890,7 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
                 "receiverd: the tokenizer has %d ids, the model's vocabulary only %d",
                 (int)kw_tokenizer_vocab_size(d->tok), (int)mc->vocab);
     d->vocab = mc->vocab;
-    KW_CHECK(kw_chat_family_for_arch(mc->arch, &d->family));
+    KW_CHECK(kw_chat_family_for_model(cfg->model_path, mc->arch, &d->family));
     d->logits_bf16 = cfg->numerics == 0 && kw_model_logits_weight_dtype(d->model) == KW_DTYPE_BF16;
     KW_CHECK(kw_identity_model(cfg->model_path, &d->digest));
     kwctl__model_identity__init(&d->id);

@@ -7,7 +7,7 @@ packages=(
     build-essential cmake pkg-config clang clang-format
     libcjson-dev libpcre2-dev libutf8proc-dev libzstd-dev libxxhash-dev libopenblas-dev libcmocka-dev
     libuv1-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler libyaml-dev libcurl4-openssl-dev
-    libhttp-parser-dev libsystemd-dev curl jq
+    libhttp-parser-dev libsystemd-dev curl jq zlib1g-dev
     chromium-headless-shell # kvload's HTML report is checked in a real browser (tests/loadgen/cli_kvload_browser.sh)
 )
 

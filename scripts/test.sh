@@ -28,6 +28,10 @@ gpu_emu_ran() {
 
 echo "== build (optimised) =="
 ./scripts/build.sh build
+echo "== real models (kvwire fetch-model: downloaded once, then cached; the tests skip when they cannot be had) =="
+for m in smollm2-135m-instruct gemma-3-270m; do
+    ./build/tools/kvwire fetch-model "$m" || echo "fetch-model $m failed: the tests that need it will skip"
+done
 echo "== test (optimised) =="
 (cd build && ctest --output-on-failure -j "$jobs" -LE "$exclude")
 gpu_emu_ran build

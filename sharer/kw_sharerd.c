@@ -43,7 +43,8 @@
 typedef struct kw__sd_model {
     const char *name;
     kw_model *model;
-    kw_tokenizer *tok; /* NULL: no tokenizer (the text relay is refused) */
+    kw_tokenizer *tok;          /* NULL: no tokenizer (the text relay is refused) */
+    enum kw_chat_family family; /* the template the text relay renders with (a GGUF file's own, else the arch's) */
     kw_model_digest digest;
     int32_t n_layers, n_kv_heads, head_dim, vocab;
     /* the identity as sent in HelloReply */
@@ -314,8 +315,9 @@ static int kw__sd_relay(kw__sd_run *r) {
         strftime(date, sizeof date, "%d %b %Y", &tm);
         chat_date = date;
     }
-    KW_FORWARD(kw_request_relay_message(j->model->model, j->model->tok, req->relay_question, chat_date, max_tokens, cap,
-                                        kw__sd_cache_dtype(req->cache_dtype), kw__sd_token, r, &j->relay));
+    KW_FORWARD(kw_request_relay_message(j->model->model, j->model->tok, j->model->family, req->relay_question,
+                                        chat_date, max_tokens, cap, kw__sd_cache_dtype(req->cache_dtype), kw__sd_token,
+                                        r, &j->relay));
     j->generate_ns = kw_time_now_ns() - t0;
     return 0;
 }
@@ -884,6 +886,7 @@ static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__
     const kw_model_config *cfg = kw_model_get_config(m->model);
     m->n_layers = cfg->n_layers, m->n_kv_heads = cfg->n_kv_heads, m->head_dim = cfg->head_dim, m->vocab = cfg->vocab;
     KW_FORWARD(kw_identity_model(mc->path, &m->digest));
+    KW_FORWARD(kw_chat_family_for_model(mc->path, cfg->arch, &m->family));
     const char *tok_dir = mc->tokenizer ? mc->tokenizer : mc->path;
     const int rc = kw_tokenizer_load(tok_dir, &m->tok);
     if (rc == KW_E_NOT_FOUND && !mc->tokenizer) {

@@ -670,8 +670,10 @@ int kw_cmd_c2c(int argc, char **argv) {
         stage = "text relay";
         KW_CHECK_IF(stoks[0] == NULL, KW_E_NOT_FOUND, "text_relay needs the sharer's tokenizer");
         KW_CHECK(kw_c2c_relay_question(mc, prompt, &question));
-        KW_CHECK(kw_request_relay_message(sharers[0], stoks[0], question, date, relay_tokens, relay_bytes, cache_dtype,
-                                          NULL, NULL, &relay));
+        enum kw_chat_family relay_family = KW_CHAT_QWEN3;
+        KW_CHECK(kw_chat_family_for_model(sharer_dirs[0], kw_model_get_config(sharers[0])->arch, &relay_family));
+        KW_CHECK(kw_request_relay_message(sharers[0], stoks[0], relay_family, question, date, relay_tokens, relay_bytes,
+                                          cache_dtype, NULL, NULL, &relay));
     }
     msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = mc ? user_msg : prompt};
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) { /* [..., background, its reply, the prompt] */
@@ -682,10 +684,10 @@ int kw_cmd_c2c(int argc, char **argv) {
         n_msgs = n_conv;
     }
     enum kw_chat_family family = KW_CHAT_QWEN3;
-    if (!raw) KW_CHECK(kw_chat_family_for_arch(cfg->arch, &family));
+    if (!raw) KW_CHECK(kw_chat_family_for_model(recv_dir, cfg->arch, &family));
     if (plan.on) {
         enum kw_chat_family sharer_family = KW_CHAT_QWEN3;
-        KW_CHECK(kw_chat_family_for_arch(kw_model_get_config(sharers[0])->arch, &sharer_family));
+        KW_CHECK(kw_chat_family_for_model(sharer_dirs[0], kw_model_get_config(sharers[0])->arch, &sharer_family));
         kw_align_side rs, ss;
         KW_CHECK(kw_align_side_init(tok, family, &rs));
         KW_CHECK(kw_align_side_init(stoks[0], sharer_family, &ss));

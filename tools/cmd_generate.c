@@ -19,22 +19,25 @@
 #include "model/kw_tokenizer.h"
 #include "tools/kw_cli.h"
 
-const char kw_cmd_generate_summary[] = "greedy completion of a prompt with a HF model folder (prints text and ids)";
+const char kw_cmd_generate_summary[] =
+    "greedy completion of a prompt with an HF model folder or a GGUF file (prints text and ids)";
 
 static void kw_generate_usage(FILE *f) {
     fprintf(f,
-            "usage: kvwire generate --model DIR --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
+            "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
             "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache bf16|f32]\n"
             "                       [--round auto|none|bf16]\n"
-            "  --chat            wrap the prompt in the model family's chat template (qwen3: Qwen3 with thinking\n"
-            "                    disabled; qwen2: Qwen2.5-Instruct; llama: Llama-3.2-Instruct, --date sets its\n"
-            "                    \"Today Date\", default today; gemma3: Gemma 3, --system opens the user turn)\n"
+            "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
+            "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
+            "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
+            "                    Gemma 3, --system opens the user turn)\n"
             "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
             "  --threads         CPU threads (default: one per core)\n"
-            "  --tokenizer       folder with tokenizer.json (default: the model folder)\n"
+            "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
             "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
             "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-            "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none.\n"
+            "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
+            "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
@@ -97,8 +100,8 @@ int kw_cmd_generate(int argc, char **argv) {
     stage = "prompt";
     const char *input = prompt;
     if (chat) {
-        enum kw_chat_family family;
-        KW_CHECK(kw_chat_family_for_arch(cfg->arch, &family));
+        enum kw_chat_family family = KW_CHAT_QWEN3;
+        KW_CHECK(kw_chat_family_for_model(model_dir, cfg->arch, &family));
         char today[32];
         if (!date) {
             const time_t now = time(NULL);
@@ -118,8 +121,10 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    /* HF add_special_tokens: Llama-3 and Gemma 3 tokenizers prepend BOS (the chat templates write it themselves) */
-    const int add_bos = !chat && (cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3) && cfg->bos_id >= 0;
+    /* A GGUF file says whether its tokenizer adds BOS; HF folders: Llama-3's and Gemma 3's do (add_special_tokens),
+     * Qwen's has none. The chat templates write it themselves. */
+    const int hf_bos = cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
+    const int add_bos = !chat && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : hf_bos);
     const int64_t n_prompt = (int64_t)n_ids + add_bos;
     KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
     all = malloc((size_t)n_prompt * sizeof *all);

@@ -17,7 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-const char kw_cmd_tokenize_summary[] = "encode JSON strings to token ids (or --decode ids) with a tokenizer.json";
+const char kw_cmd_tokenize_summary[] =
+    "encode JSON strings to token ids (or --decode ids) with a tokenizer.json or a GGUF file's tokenizer";
 
 static void kw_tokenize_usage(FILE *f) {
     fprintf(f, "usage: kvwire tokenize --tokenizer DIR|FILE [--decode] [--skip-special]\n"

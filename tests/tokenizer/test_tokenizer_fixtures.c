@@ -175,6 +175,13 @@ static void test_hf_llama3(void **state) {
     run_fixture("models/tokenizers/llama3", "hf_llama3.jsonl", 1);
 }
 
+/* SmolLM2's tokenizer built from GGUF metadata (tests/data/tokenizer/smollm2_tokenizer.gguf, the tokenizer keys of the
+ * real file) against HF tokenizers (tools/make_gguf_fixtures.py tokenizer). */
+static void test_hf_smollm2_gguf(void **state) {
+    (void)state;
+    run_fixture("tests/data/tokenizer/smollm2_tokenizer.gguf", "hf_smollm2.jsonl", 1);
+}
+
 static void test_js_gemma3(void **state) {
     (void)state;
     run_fixture("models/tokenizers/gemma3", "gemma3.jsonl", 0);
@@ -202,9 +209,10 @@ static void test_hf_spm_variants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_js_qwen3),        cmocka_unit_test(test_js_llama3), cmocka_unit_test(test_js_gemma3),
-        cmocka_unit_test(test_hf_qwen3),        cmocka_unit_test(test_hf_llama3), cmocka_unit_test(test_hf_gemma3),
-        cmocka_unit_test(test_hf_spm_variants),
+        cmocka_unit_test(test_js_qwen3),        cmocka_unit_test(test_js_llama3),
+        cmocka_unit_test(test_js_gemma3),       cmocka_unit_test(test_hf_qwen3),
+        cmocka_unit_test(test_hf_llama3),       cmocka_unit_test(test_hf_gemma3),
+        cmocka_unit_test(test_hf_spm_variants), cmocka_unit_test(test_hf_smollm2_gguf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,72 @@
+/* kw_weights.h: where a model's weights come from, behind one interface: an HF model folder (config.json +
+ * safetensors, read zero-copy from the mapping) or a GGUF file (metadata mapped to the same kw_model_config, tensors
+ * renamed to HF names and dequantized at load). The model loader asks for HF tensor names and gets dtype, shape and
+ * host bytes either way, so kw_model.c binds weights through one code path.
+ *
+ * GGUF tensors are converted to what the HF-layout forward expects, exactly as transformers' GGUF loader does:
+ * dequantized to f32 (or bf16 on request), shapes reversed to HF order, llama q/k rows un-permuted (llama.cpp's
+ * converter interleaves the two rotary halves of every head: kw_gguf_model.h). Gemma 3 norm weights stay as stored
+ * (1 + w; the GGUF config sets norm_plus_one = 0).
+ *
+ * Not here: which names a model needs and their shapes (kw_model.c checks them against the config).
+ */
+#ifndef KW_WEIGHTS_H
+#define KW_WEIGHTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kw_backend.h"
+#include "model/kw_config.h"
+
+#define KW_WEIGHTS_MAX_DIMS 8
+
+typedef struct kw_weights kw_weights; /* opaque */
+
+typedef struct kw_weights_options {
+    enum kw_dtype gguf_dtype; /* dtype of dequantized GGUF tensors: KW_DTYPE_F32 (0, the default) or KW_DTYPE_BF16 */
+} kw_weights_options;
+
+/* One tensor, HF name and layout. */
+typedef struct kw_weight {
+    enum kw_dtype dtype; /* F32, BF16 or F16 */
+    int32_t ndim;
+    int64_t shape[KW_WEIGHTS_MAX_DIMS]; /* outermost first */
+    const void *data;                   /* host bytes, owned by the kw_weights */
+    size_t nbytes;
+    int transient; /* 1: data is valid only until the next kw_weights_get (a dequantization buffer); 0: until close */
+} kw_weight;
+
+enum kw_weights_kind { KW_WEIGHTS_SAFETENSORS = 0, KW_WEIGHTS_GGUF = 1 };
+
+/* Opens path: a GGUF file (recognised by its magic), or an HF model folder (config.json, generation_config.json,
+ * safetensors). Reads the configuration. opts may be NULL. *out is owned by the caller (kw_weights_close). Errors:
+ * those of kw_config_load / kw_safetensors_open, of kw_gguf_open, and of kw_gguf_model_config. */
+int kw_weights_open(const char *path, const kw_weights_options *opts, kw_weights **out);
+
+/* Releases the mappings and buffers. NULL is a no-op. */
+void kw_weights_close(kw_weights *w);
+
+enum kw_weights_kind kw_weights_kind_of(const kw_weights *w);
+
+/* The configuration read at open (owned by w). */
+const kw_model_config *kw_weights_config(const kw_weights *w);
+
+/* Looks up the tensor called hf_name (an HF checkpoint name, e.g. "model.layers.3.self_attn.q_proj.weight").
+ * Returns 1 and fills *out if present, 0 if absent, or a negative status (a GGUF tensor of a type kvwire cannot
+ * dequantize: KW_E_MODEL_DTYPE; KW_E_NOMEM). */
+int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out);
+
+/* 1 if tensor hf_name is present, 0 if not (nothing is read or dequantized). */
+int kw_weights_has(const kw_weights *w, const char *hf_name);
+
+/* Tells w that the bytes of tensor hf_name are no longer read (the model holds a packed copy): a safetensors file's
+ * pages go back to the kernel (kw_safetensors_release); GGUF tensors were copied at bind, nothing to do. */
+void kw_weights_release(kw_weights *w, const char *hf_name);
+
+/* Binds *wt to a backend tensor t: with kw_tensor_from_host when its bytes live as long as w (zero copy on the CPU
+ * backend), else by allocating t on the backend, uploading and synchronizing, so t owns its memory and the transient
+ * buffer may be reused. */
+int kw_weights_bind(kw_backend *backend, const kw_weight *wt, kw_tensor *t);
+
+#endif /* KW_WEIGHTS_H */

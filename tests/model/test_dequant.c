@@ -1,0 +1,110 @@
+/* test_dequant.c: kw_dequant_row against the `gguf` Python package's dequantizers, bit for bit, on blocks from the
+ * real SmolLM2 and Gemma 3 GGUF files and on random blocks (tests/data/model/gguf/dequant.kwfx, written by
+ * tools/make_gguf_fixtures.py dequant), in f32 and in bf16; and the argument checks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+#include "model/kw_dequant.h"
+#include "tests/model/model_fixture.h"
+
+static const uint32_t kTypes[] = {KW_GGML_F32,  KW_GGML_F16,  KW_GGML_BF16, KW_GGML_Q4_0, KW_GGML_Q4_1,
+                                  KW_GGML_Q5_0, KW_GGML_Q5_1, KW_GGML_Q8_0, KW_GGML_Q2_K, KW_GGML_Q3_K,
+                                  KW_GGML_Q4_K, KW_GGML_Q5_K, KW_GGML_Q6_K};
+
+static void check_type(const kwfx *fx, uint32_t type) {
+    const char *name = kw_ggml_type_name(type);
+    char key[64];
+    snprintf(key, sizeof key, "%s.meta", name);
+    const int32_t *meta = kwfx_i32(fx, key, NULL);
+    assert_non_null(meta);
+    const int32_t n_blocks = meta[0], n_bytes = meta[1];
+    kw_ggml_type_info info;
+    assert_int_equal(kw_ggml_type_info_get(type, &info), 0);
+    assert_true(info.dequantizable);
+    assert_int_equal(n_bytes, n_blocks * info.block_bytes);
+    const int64_t n = (int64_t)n_blocks * info.block_elems;
+
+    snprintf(key, sizeof key, "%s.blocks", name);
+    int64_t words = 0;
+    const int32_t *blocks = kwfx_i32(fx, key, &words);
+    assert_non_null(blocks);
+    assert_true(words * 4 >= n_bytes);
+    snprintf(key, sizeof key, "%s.values", name);
+    const float *want = kwfx_f32_expect(fx, key, n);
+
+    size_t row = 0;
+    assert_int_equal(kw_ggml_row_bytes(type, n, &row), 0);
+    assert_int_equal(row, (size_t)n_bytes);
+    float *got = malloc((size_t)n * sizeof *got);
+    uint16_t *got16 = malloc((size_t)n * sizeof *got16);
+    assert_true(got && got16);
+    assert_int_equal(kw_dequant_row(type, blocks, n, KW_DTYPE_F32, got), 0);
+    assert_int_equal(kw_dequant_row(type, blocks, n, KW_DTYPE_BF16, got16), 0);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (kw_f32_bits(got[i]) != kw_f32_bits(want[i])) {
+            if (bad < 5)
+                print_error("%s value %lld: got %.9g (0x%08x), gguf gives %.9g (0x%08x)\n", name, (long long)i,
+                            (double)got[i], kw_f32_bits(got[i]), (double)want[i], kw_f32_bits(want[i]));
+            ++bad;
+        }
+        if (got16[i] != kw_f32_to_bf16(want[i])) ++bad;
+    }
+    if (bad) print_error("%s: %lld of %lld values differ\n", name, (long long)bad, (long long)n);
+    assert_int_equal(bad, 0);
+    free(got);
+    free(got16);
+}
+
+static void test_against_gguf_py(void **state) {
+    (void)state;
+    kwfx fx;
+    const int rc = kwfx_load(KW_TEST_DATA_DIR "/model/gguf/dequant.kwfx", &fx);
+    if (rc) print_error("%s\n", kw_error_detail());
+    assert_int_equal(rc, 0);
+    for (size_t i = 0; i < sizeof kTypes / sizeof kTypes[0]; ++i)
+        check_type(&fx, kTypes[i]);
+    kwfx_free(&fx);
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    uint8_t block[256] = {0};
+    float out[256];
+    kw_ggml_type_info info;
+    size_t bytes = 0;
+    assert_int_equal(kw_ggml_type_info_get(4, &info), KW_E_MODEL_DTYPE); /* retired Q4_2 */
+    assert_int_equal(kw_ggml_type_info_get(1000, &info), KW_E_MODEL_DTYPE);
+    assert_int_equal(kw_ggml_type_info_get(16, &info), 0); /* IQ2_XXS: known, not dequantizable */
+    assert_false(info.dequantizable);
+    assert_int_equal(kw_dequant_row(16, block, 256, KW_DTYPE_F32, out), KW_E_MODEL_DTYPE);
+    assert_int_equal(kw_dequant_row(KW_GGML_Q4_K, block, 255, KW_DTYPE_F32, out), KW_E_MODEL_SHAPE);
+    assert_int_equal(kw_dequant_row(KW_GGML_Q4_0, block, 0, KW_DTYPE_F32, out), KW_E_MODEL_SHAPE);
+    assert_int_equal(kw_dequant_row(KW_GGML_Q4_0, block, 32, KW_DTYPE_F16, out), KW_E_INVALID_ARG);
+    assert_int_equal(kw_dequant_row(KW_GGML_Q4_0, NULL, 32, KW_DTYPE_F32, out), KW_E_INVALID_ARG);
+    assert_int_equal(kw_ggml_row_bytes(KW_GGML_Q8_0, 64, &bytes), 0);
+    assert_int_equal(bytes, 68);
+    assert_int_equal(kw_ggml_row_bytes(KW_GGML_F32, INT64_MAX, &bytes), KW_E_OVERFLOW);
+    assert_string_equal(kw_ggml_type_name(KW_GGML_Q6_K), "Q6_K");
+    assert_string_equal(kw_ggml_type_name(999), "?");
+    /* all-zero blocks dequantize to zeros (Q4_0: (0 - 8) * 0) */
+    assert_int_equal(kw_dequant_row(KW_GGML_Q4_0, block, 32, KW_DTYPE_F32, out), 0);
+    for (int i = 0; i < 32; ++i)
+        assert_true(out[i] == 0.0f);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_against_gguf_py),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

