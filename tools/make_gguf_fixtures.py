@@ -26,6 +26,16 @@ modes); the tests never run Python. Modes:
       chat_smollm2.jsonl: transformers' apply_chat_template with the file's tokenizer.chat_template on the message
       lists of make_chat_fixtures.py (layout described there).
 
+  tokenizer --gemma3 G [--out tests/data/tokenizer]
+      gemma3_tokenizer.gguf (6.5 MB): the tokenizer.* keys of gemma-3-270m-q4_k_m.gguf and general.architecture, no
+      tensors (checked key by key against the real file, and its 262144 pieces against Gemma 3's tokenizer.json id by
+      id; tokenizer.json adds <image_soft_token> = 262144, which the GGUF lacks).
+      hf_gemma3_gguf.jsonl: HF `tokenizers` on Gemma 3's own tokenizer.json (models/tokenizers/gemma3), in the layout
+      of make_tokenizer_fixtures.py: its texts, its gemma_texts with another seed, and gemma3_own_texts (windows of
+      this repository's docs and sources, Gemma chat turns, random code points of many scripts and planes); texts
+      holding <image_soft_token> are left out. Decode cases with ids below 262144 and decode([id]) of every GGUF id.
+      (tokenizers 0.21.4.)
+
   models [--out tests/data/model/gguf]
       Tiny GGUF models written the way llama.cpp's convert_hf_to_gguf.py writes them (its metadata keys and tensor
       names; llama q/k rows permuted by its LlamaModel.permute; 1-D tensors F32) from the tiny HF models of
@@ -68,7 +78,7 @@ modes); the tests never run Python. Modes:
 
 Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py models
-       python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH
+       python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py smollm2 --smollm2 PATH
        python3 tools/make_gguf_fixtures.py gemma3 --gemma3 PATH
 (gemma3 reference: transformers 4.52.4, torch 2.15, gguf 0.17.)
@@ -203,13 +213,117 @@ def smollm2_reference_tokenizer(gguf_path):
 
 
 def make_tokenizer(args):
+    os.makedirs(args.out, exist_ok=True)
+    if args.smollm2:
+        make_tokenizer_smollm2(args)
+    if args.gemma3:
+        make_tokenizer_gemma3(args)
+
+
+def gemma3_own_texts(rng):
+    """Texts beyond make_tokenizer_fixtures.gemma_texts: windows of this repository's prose and C sources cut at
+    random character offsets (real text, code and Markdown), Gemma 3 chat turns as its template writes them, and
+    random code points from many scripts and planes."""
+    import glob
+
+    t = []
+    files = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")) + [os.path.join(ROOT, "README.md")] +
+                   glob.glob(os.path.join(ROOT, "model", "*.c"))[:6] + glob.glob(os.path.join(ROOT, "wire", "*.c"))[:3])
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            body = f.read()
+        for _ in range(60):
+            at = rng.randrange(max(1, len(body) - 1))
+            t.append(body[at:at + rng.choice([1, 2, 5, 17, 80, 300, 1200])])
+    turns = ["What is the capital of France?", "Write a haiku about the sea.", "Explain KV caches in two lines.",
+             "  leading and trailing spaces  ", "code:\n```c\nint main(void) { return 0; }\n```", "多语言 テスト 😀"]
+    for i, q in enumerate(turns):
+        a = turns[(i + 1) % len(turns)]
+        t.append(f"<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n")
+        t.append(f"<bos><start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n")
+    blocks = [(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F),
+              (0xE00, 0xE7F), (0x1100, 0x11FF), (0x2000, 0x206F), (0x2190, 0x23FF), (0x3000, 0x30FF),
+              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xE000, 0xF8FF), (0xFE00, 0xFE0F), (0xFF00, 0xFFEF),
+              (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF), (0xE0000, 0xE007F), (0xF0000, 0xF00FF)]
+    for _ in range(800):
+        s = []
+        for _ in range(rng.randint(1, 24)):
+            lo, hi = rng.choice(blocks)
+            s.append(chr(rng.randint(lo, hi)))
+            if rng.random() < 0.2:
+                s.append(rng.choice([" ", "  ", "\n", "\t", "\u2581"]))
+        t.append("".join(s))
+    return t
+
+
+def make_tokenizer_gemma3(args):
+    """gemma3_tokenizer.gguf and hf_gemma3_gguf.jsonl (see the top of the file)."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer
+
+    import make_tokenizer_fixtures as mtf
+
+    small = os.path.join(args.out, "gemma3_tokenizer.gguf")
+    copy_tokenizer_gguf(args.gemma3, small)
+    print("wrote", small, os.path.getsize(small), "bytes")
+    tok = Tokenizer.from_file(os.path.join(ROOT, "models", "tokenizers", "gemma3", "tokenizer.json"))
+    # The small file holds the real file's tokenizer keys, and its pieces are tokenizer.json's, id by id.
+    big, r = gguf.GGUFReader(args.gemma3), gguf.GGUFReader(small)
+    for key, f in big.fields.items():
+        if key.startswith("tokenizer."):
+            assert r.fields[key].contents() == f.contents(), key
+    pieces = [p.replace(" ", "\u2581") for p in r.fields["tokenizer.ggml.tokens"].contents()]
+    n = len(pieces)
+    assert n == 262144 and tok.get_vocab_size(with_added_tokens=True) == n + 1
+    for i, p in enumerate(pieces):
+        assert tok.id_to_token(i) == p, f"id {i}: tokenizer.json {tok.id_to_token(i)!r}, GGUF {p!r}"
+    assert tok.id_to_token(n) == "<image_soft_token>"
+    print(f"GGUF pieces equal tokenizer.json's ({n} ids; tokenizer.json adds <image_soft_token> = {n})")
+
+    with open(os.path.join(args.out, "corpus.jsonl"), encoding="utf-8") as f:
+        corpus = [json.loads(line) for line in f]
+    texts = mtf.texts(corpus) + mtf.gemma_texts(tok, random.Random(20261203)) + \
+        gemma3_own_texts(random.Random(14))
+    rows, left_out = [], 0
+    for s in texts:
+        if "<image_soft_token>" in s:  # HF gives it id 262144, which the GGUF vocabulary does not hold
+            left_out += 1
+            continue
+        ids = tok.encode(s, add_special_tokens=False).ids
+        assert max(ids, default=0) < n
+        row = {}
+        mtf.put_str(row, "text", s)
+        row["ids"] = ids
+        mtf.put_decodes(tok, row, ids, s)
+        rows.append(row)
+    n_texts = len(rows)
+    for ids in mtf.decode_cases(tok, random.Random(31)):
+        if max(ids, default=0) < n:
+            row = {"ids": ids}
+            mtf.put_decodes(tok, row, ids, None)
+            rows.append(row)
+    buf = bytearray()
+    for i in range(n):
+        d = tok.decode([i], skip_special_tokens=False).encode("utf-8")
+        buf += len(d).to_bytes(4, "little") + d
+    rows.append({"single_decode_fnv1a64": "%016x" % mtf.fnv1a64(buf), "n_ids": n})
+    path = os.path.join(args.out, "hf_gemma3_gguf.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{path}: {n_texts} texts ({left_out} holding <image_soft_token> left out), {len(rows) - n_texts} decode "
+          f"rows, {os.path.getsize(path)} bytes")
+
+
+def make_tokenizer_smollm2(args):
     import json
     import random
 
     import make_chat_fixtures as mcf
     import make_tokenizer_fixtures as mtf
 
-    os.makedirs(args.out, exist_ok=True)
     small = os.path.join(args.out, "smollm2_tokenizer.gguf")
     copy_tokenizer_gguf(args.smollm2, small)
     print("wrote", small, os.path.getsize(small), "bytes")
@@ -548,7 +662,8 @@ def main():
     d.add_argument("--gemma3", required=True)
     d.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf/dequant.kwfx"))
     t = sub.add_parser("tokenizer")
-    t.add_argument("--smollm2", required=True)
+    t.add_argument("--smollm2")
+    t.add_argument("--gemma3")
     t.add_argument("--out", default=os.path.join(ROOT, "tests/data/tokenizer"))
     m = sub.add_parser("models")
     m.add_argument("--out", default=os.path.join(ROOT, "tests/data/model/gguf"))
@@ -572,6 +687,8 @@ def main():
     elif args.mode == "dequant":
         make_dequant(args)
     elif args.mode == "tokenizer":
+        if not args.smollm2 and not args.gemma3:
+            ap.error("tokenizer: give --smollm2 and/or --gemma3")
         make_tokenizer(args)
 
 

@@ -182,6 +182,14 @@ static void test_hf_smollm2_gguf(void **state) {
     run_fixture("tests/data/tokenizer/smollm2_tokenizer.gguf", "hf_smollm2.jsonl", 1);
 }
 
+/* Gemma 3's SentencePiece tokenizer built from GGUF metadata (tests/data/tokenizer/gemma3_tokenizer.gguf, the
+ * tokenizer keys of gemma-3-270m-q4_k_m.gguf, 6.5 MB) against HF `tokenizers` on Gemma 3's tokenizer.json: thousands
+ * of texts and decodes, and decode([id]) of all 262144 ids (tools/make_gguf_fixtures.py tokenizer --gemma3). */
+static void test_hf_gemma3_gguf(void **state) {
+    (void)state;
+    run_fixture("tests/data/tokenizer/gemma3_tokenizer.gguf", "hf_gemma3_gguf.jsonl", 1);
+}
+
 static void test_js_gemma3(void **state) {
     (void)state;
     run_fixture("models/tokenizers/gemma3", "gemma3.jsonl", 0);
@@ -213,6 +221,7 @@ int main(void) {
         cmocka_unit_test(test_js_gemma3),       cmocka_unit_test(test_hf_qwen3),
         cmocka_unit_test(test_hf_llama3),       cmocka_unit_test(test_hf_gemma3),
         cmocka_unit_test(test_hf_spm_variants), cmocka_unit_test(test_hf_smollm2_gguf),
+        cmocka_unit_test(test_hf_gemma3_gguf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

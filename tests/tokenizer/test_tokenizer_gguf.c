@@ -157,10 +157,38 @@ static void test_llama_bpe_pre(void **state) {
     compare("llama3", "llama-bpe");
 }
 
+/* Gemma 3 from its GGUF's tokenizer keys (tests/data/tokenizer/gemma3_tokenizer.gguf) and from its tokenizer.json:
+ * the same piece and the same special flag for every id the GGUF holds (tokenizer.json adds <image_soft_token>,
+ * 262144, which the GGUF vocabulary lacks); the ids and decodes against HF are test_tokenizer_fixtures'. */
+static void test_gemma3_spm(void **state) {
+    (void)state;
+    kw_tokenizer *json = NULL, *g = NULL;
+    assert_int_equal(kw_tokenizer_load(KW_SOURCE_DIR "/models/tokenizers/gemma3", &json), 0);
+    const int rc = kw_tokenizer_load(KW_TEST_DATA_DIR "/tokenizer/gemma3_tokenizer.gguf", &g);
+    if (rc) print_error("%s\n", kw_error_detail());
+    assert_int_equal(rc, 0);
+    assert_int_equal(kw_tokenizer_vocab_size(g), 262144);
+    assert_int_equal(kw_tokenizer_vocab_size(json), 262145);
+    assert_true(kw_tokenizer_same_ids(json, g));
+    int32_t n_special = 0;
+    for (int32_t id = 0; id < 262144; ++id) {
+        if (kw_tokenizer_is_special(g, id) != kw_tokenizer_is_special(json, id))
+            fail_msg("id %d: special %d from the GGUF, %d from tokenizer.json", (int)id, kw_tokenizer_is_special(g, id),
+                     kw_tokenizer_is_special(json, id));
+        n_special += kw_tokenizer_is_special(g, id);
+    }
+    assert_int_equal(n_special, 8); /* <pad> <eos> <bos> <unk>, the turn and image marks */
+    assert_int_equal(kw_tokenizer_token_id(g, "<start_of_turn>"), 105);
+    assert_int_equal(kw_tokenizer_token_id(g, "<end_of_turn>"), 106);
+    kw_tokenizer_free(json);
+    kw_tokenizer_free(g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen2_pre),
         cmocka_unit_test(test_llama_bpe_pre),
+        cmocka_unit_test(test_gemma3_spm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
