@@ -953,6 +953,9 @@ int kw_receiverd_run(kw_receiverd *d) {
     KW_RETURN_IF(uv_thread_create(&d->thread, kw_rd_compute_thread, d) != 0, KW_E_IO,
                  "receiverd: cannot start the compute thread");
     d->thread_started = true;
+    /* The loop's clock was last read at uv_loop_init, before the model loaded (seconds for a real model): the links'
+     * connect deadlines must start from now, not from then, or they expire on the loop's first turn. */
+    uv_update_time(&d->loop);
     for (int32_t i = 0; i < d->n_links; ++i)
         kw_rd_link_start(d->links[i]);
     KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s)", d->cfg->model_name,

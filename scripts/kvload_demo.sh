@@ -6,8 +6,9 @@
 # a headless chromium is installed), opened in a browser when there is a display. The models are random, so accuracy
 # is noise; what the report shows is the measured bytes, the agreement with the reference and the stage timings.
 # Run again, it resumes the sweep (finished points are kept). KVLOAD_DEMO_SWEEP names another sweep file;
-# KVLOAD_DEMO_MODEL=DIR (an HF model folder, e.g. SmolLM2-135M-Instruct from `kvwire fetch-model`) serves that model
-# on both sides instead and runs loadgen/sweeps/kv_direct.yaml (codecs against the lossless kv_direct transfer).
+# KVLOAD_DEMO_MODEL=PATH (an HF model folder or a .gguf file, e.g. the SmolLM2-135M-Instruct that
+# `kvwire fetch-model smollm2-135m-instruct` prints) serves that model on both sides instead and runs
+# loadgen/sweeps/kv_direct.yaml (codecs against the lossless kv_direct transfer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/tools/kvwire ] && [ -x build/loadgen/kvload ] || { ./scripts/deps.sh && ./scripts/build.sh build; }
@@ -23,7 +24,7 @@ model=${KVLOAD_DEMO_MODEL:-}
 if [ -n "$model" ]; then
     model=$(realpath "$model")
     sweep=${KVLOAD_DEMO_SWEEP:-loadgen/sweeps/kv_direct.yaml}
-    out=out/kvload-demo-$(basename "$model")
+    out=out/kvload-demo-$(basename "$model" .gguf)
 fi
 mkdir -p "$models" "$out"
 
@@ -59,7 +60,7 @@ receiver_config=deploy/config/receiverd.tiny.yaml
 if [ -n "$model" ]; then # one model on both sides, no fuser: kv_direct, receiver_only, text_relay
     sharer_config=$out/sharerd.yaml
     receiver_config=$out/receiverd.yaml
-    name=$(basename "$model")
+    name=$(basename "$model" .gguf)
     printf 'listen: {host: 127.0.0.1, port: 0}\nmodels:\n  - {name: %s, path: %s}\n' "$name" "$model" >"$sharer_config"
     printf 'http: {host: 127.0.0.1, port: 0}\nmodel: {name: %s, path: %s}\nsharers:\n  - {name: local, host: 127.0.0.1, port: 1}\n' \
         "$name" "$model" >"$receiver_config"
@@ -73,6 +74,10 @@ build/receiver/receiverd --config "$receiver_config" --http.port 0 --sharers.0.p
 pids+=($!)
 rport=$(ready_port "$out/receiverd.ready" receiverd "$out/receiverd.log")
 url=http://127.0.0.1:$rport
+for _ in $(seq 300); do # healthy: the sharer link is up (a 503 before that would fail the first point's requests)
+    curl -sf "$url/health" >/dev/null && break
+    sleep 0.1
+done
 echo "receiverd on $url"
 
 echo "== kvload sweep $sweep =="
