@@ -81,7 +81,7 @@ Usage: python3 tools/make_gguf_fixtures.py dequant --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py tokenizer --smollm2 PATH --gemma3 PATH
        python3 tools/make_gguf_fixtures.py smollm2 --smollm2 PATH
        python3 tools/make_gguf_fixtures.py gemma3 --gemma3 PATH
-(gemma3 reference: transformers 4.52.4, torch 2.15, gguf 0.17.)
+(gemma3 reference: transformers 5.24.0, torch 2.15.0, gguf 0.19.0; tokenizer --gemma3: tokenizers 0.21.4.)
 """
 import argparse
 import os
@@ -603,9 +603,10 @@ def make_gemma3(args):
     m32 = from_pretrained_f32(folder, name)
     m64 = from_pretrained_f32(folder, name).double()
     cfg = m32.config
-    print(f"config: {cfg.num_hidden_layers} layers, window {cfg.sliding_window}, query_pre_attn_scalar "
-          f"{cfg.query_pre_attn_scalar}, rope {cfg.rope_theta}/{cfg.rope_local_base_freq}, softcap "
-          f"{cfg.final_logit_softcapping}, vocab {cfg.vocab_size}, tied {cfg.tie_word_embeddings}")
+    rope = getattr(cfg, "rope_parameters", None) or (cfg.rope_theta, cfg.rope_local_base_freq)  # >= 5 / 4.x
+    print(f"config: {cfg.num_hidden_layers} layers {getattr(cfg, 'layer_types', '')}, window {cfg.sliding_window}, "
+          f"query_pre_attn_scalar {cfg.query_pre_attn_scalar}, rope {rope}, softcap {cfg.final_logit_softcapping}, "
+          f"act {cfg.hidden_activation}, vocab {cfg.vocab_size}, tied {cfg.tie_word_embeddings}")
     arrays = [("n_prompts", np.array([len(GEMMA3_PROMPTS)], dtype=np.int32))]
     K = 32
     for i, text in enumerate(GEMMA3_PROMPTS):

