@@ -184,17 +184,24 @@ static void check_encode(const char *text, const int32_t *want, size_t n_want) {
     kw_tokenizer_free(tok);
 }
 
-/* The real SmolLM2 file: its header, the tokenizer built from it, the chat template recognised in it. */
-static void test_file_smollm2(void) {
+/* Opens the real file and checks its header (version 3, 33 metadata keys, alignment 32, n_tensors tensors) and one
+ * tensor's shape and type. The caller closes it. */
+static kw_gguf *open_checked(int64_t n_tensors, const char *name, int64_t ne0, int64_t ne1, uint32_t type) {
     kw_gguf *g = NULL;
     assert_int_equal(kw_gguf_open(g_model, &g), 0);
     assert_int_equal(kw_gguf_version(g), 3);
-    assert_int_equal(kw_gguf_tensor_count(g), 272);
+    assert_int_equal(kw_gguf_tensor_count(g), n_tensors);
     assert_int_equal(kw_gguf_kv_count(g), 33);
     assert_int_equal(kw_gguf_alignment(g), 32);
-    const kw_gguf_tensor *t = kw_gguf_find_tensor(g, "blk.29.ffn_down.weight");
+    const kw_gguf_tensor *t = kw_gguf_find_tensor(g, name);
     assert_non_null(t);
-    assert_true(t->ne[0] == 1536 && t->ne[1] == 576 && t->type == 3 /* Q4_1 */);
+    assert_true(t->ne[0] == ne0 && t->ne[1] == ne1 && t->type == type);
+    return g;
+}
+
+/* The real SmolLM2 file: its header, the tokenizer built from it, the chat template recognised in it. */
+static void test_file_smollm2(void) {
+    kw_gguf *g = open_checked(272, "blk.29.ffn_down.weight", 1536, 576, 3 /* Q4_1 */);
     kw_gguf_close(g);
     /* HF tokenizers with SmolLM2's pre-tokenizer (digits split one by one) */
     static const int32_t want[] = {1780, 314, 260, 3575, 282, 4649, 47,  533, 216, 34, 32,
@@ -207,15 +214,7 @@ static void test_file_smollm2(void) {
 
 /* The real Gemma 3 file: header, the config kvwire reads from it, its tokenizer, the Gemma chat template. */
 static void test_file_gemma3(void) {
-    kw_gguf *g = NULL;
-    assert_int_equal(kw_gguf_open(g_model, &g), 0);
-    assert_int_equal(kw_gguf_version(g), 3);
-    assert_int_equal(kw_gguf_tensor_count(g), 236);
-    assert_int_equal(kw_gguf_kv_count(g), 33);
-    assert_int_equal(kw_gguf_alignment(g), 32);
-    const kw_gguf_tensor *t = kw_gguf_find_tensor(g, "blk.17.ffn_down.weight");
-    assert_non_null(t);
-    assert_true(t->ne[0] == 2048 && t->ne[1] == 640 && t->type == 14 /* Q6_K */);
+    kw_gguf *g = open_checked(236, "blk.17.ffn_down.weight", 2048, 640, 14 /* Q6_K */);
     kw_model_config cfg;
     assert_int_equal(kw_gguf_model_config(g, &cfg), 0);
     kw_gguf_close(g);
