@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# cli_kvstats.sh KVWIRE SRC BUILD: `kvwire kvstats` end to end on a tiny random Qwen3 with the real Qwen tokenizer
+# (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
+# KL and zero error at f32 bytes, the codecs asked for are there in order; usage errors exit 2, a bad codec and an
+# empty prompt file exit 1 with a reason.
+set -u
+kvwire=$1 src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; cat "$tmp/out" "$tmp/err" 2>/dev/null; exit 1; }
+
+"$kvwire" gen-model --arch qwen3 --preset tiny --seed 4 --tokenizer "$src/models/tokenizers/qwen3" --out "$tmp/m" \
+    >/dev/null || fail "gen-model"
+printf 'The capital of France is\n\nOnce upon a time\n' >"$tmp/p.txt"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 8 --codec none --codec int8:token \
+    --codec int4:group16 >"$tmp/out" 2>"$tmp/err" || fail "kvstats exit $?"
+cat "$tmp/out"
+grep -q '^2 prompts, ' "$tmp/out" || fail "two prompts (the empty line skipped)"
+layers=$(sed -n 's/.* (qwen3, \([0-9]*\) layers, \([0-9]*\) KV heads.*/\1 \2/p' "$tmp/out")
+read -r n_layers n_heads <<<"$layers"
+[ -n "$n_layers" ] || fail "header"
+[ "$(grep -cE '^(K|V) +[0-9]+ +[0-9]+ ' "$tmp/out")" -eq $((2 * n_layers * n_heads)) ] || fail "per-head rows"
+row=$(grep '^none (f32 rows)' "$tmp/out") || fail "control row"
+read -r _ _ _ bytes kerr verr tf kl free <<<"$row"
+[ "$kerr $verr $tf $kl $free" = "0.00e+00 0.00e+00 1.0000 0.00e+00 1.0000" ] || fail "control row values: $row"
+head_dim=$(sed -n 's/.* KV heads x \([0-9]*\)).*/\1/p' "$tmp/out")
+[ "$bytes" = "$((n_layers * n_heads * head_dim * 8)).0" ] || fail "control row bytes $bytes"
+[ "$(sed -n '/^codec /,$p' "$tmp/out" | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = "none int8/token int4/group16 " ] ||
+    fail "codec rows"
+
+"$kvwire" kvstats --model "$tmp/m" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no --prompts: exit 2"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec int5:token >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "unknown codec 'int5'" "$tmp/err" || fail "bad codec"
+: >"$tmp/empty.txt"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/empty.txt" >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "holds no prompt" "$tmp/err" || fail "empty prompt file"
+echo ok

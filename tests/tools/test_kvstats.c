@@ -1,0 +1,189 @@
+/* test_kvstats.c: tools/kw_kvstats.c (`kvwire kvstats`) on the tiny random Qwen3 model (tests/data/model/hf), its
+ * numbers checked against values computed here another way:
+ *  - the magnitudes per (layer, head) against the prompt rows read from a cache this test prefills itself;
+ *  - the control row (the cache as it is): agreement 1, KL exactly 0, error 0, f32 bytes;
+ *  - int8 per token: the reconstruction error within the bound its scale allows (|x' - x| <= amax(row) / 254 per
+ *    value), above 0; int4 per token: a larger error in fewer bytes;
+ *  - the reference tokens: the same as an independent greedy run of the whole prompt;
+ *  - teacher-forced agreement 1 implies free-running agreement 1, for every codec. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_generate.h"
+#include "model/kw_kvcache.h"
+#include "model/kw_model.h"
+#include "tools/kw_kvstats.h"
+
+enum { N_NEW = 12 };
+
+static const int32_t g_prompts[2][9] = {{5, 17, 101, 3, 77, 250, 9, 31, 400}, {300, 2, 2, 2, 8, 64, 128, 255, 1}};
+
+static kw_kvstats_codec codec(const char *name, const char *gran) {
+    kw_kvstats_codec c = {0};
+    if (!name) {
+        c.lossless = 1;
+        return c;
+    }
+    assert_int_equal(kw_wire_spec_parse(name, gran, "f32", &c.spec), 0);
+    return c;
+}
+
+/* Prompt rows [0, n - 1) of every layer, read from a cache prefilled here: k[l], v[l] (T, H, D). */
+static void read_prompt_rows(kw_model *m, const int32_t *ids, int64_t n, float **k, float **v) {
+    const kw_model_config *cfg = kw_model_get_config(m);
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(m, n, KW_DTYPE_F32, &cache), 0);
+    const kw_forward_args a = {.ids = ids, .n = n - 1, .mode = KW_LOGITS_NONE};
+    assert_int_equal(kw_model_forward(m, cache, &a), 0);
+    const size_t per = (size_t)(n - 1) * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    for (int32_t l = 0; l < cfg->n_layers; ++l) {
+        k[l] = malloc(per * sizeof **k);
+        v[l] = malloc(per * sizeof **v);
+        assert_true(k[l] && v[l]);
+        assert_int_equal(kw_kvcache_read_rows(cache, l, 0, n - 1, k[l], v[l]), 0);
+    }
+    kw_kvcache_free(cache);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_kvstats_tiny(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
+    const kw_kvstats_codec codecs[] = {codec(NULL, NULL), codec("int8", "token"), codec("int4", "token"),
+                                       codec("nf4", "head")};
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[0], 1, NULL), KW_E_INVALID_ARG);
+
+    float **k[2], **v[2];
+    int64_t rows = 0;
+    double bound2 = 0.0, norm2 = 0.0; /* int8/token: the error bound of K, and K's squared norm */
+    for (int p = 0; p < 2; ++p) {
+        const int64_t n = 9;
+        int32_t ref[N_NEW];
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], n, ref), 0);
+        rows += n - 1;
+        /* the reference: an independent greedy run of the whole prompt */
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(m, n + N_NEW, KW_DTYPE_F32, &cache), 0);
+        static const int32_t no_eos = -1;
+        const kw_generate_options go = {
+            .max_new_tokens = N_NEW, .round = KW_LOGITS_ROUND_NONE, .eos_ids = &no_eos, .n_eos = 0};
+        kw_generate_result res = {0};
+        assert_int_equal(kw_generate_greedy(m, cache, g_prompts[p], n, &go, &res), 0);
+        assert_int_equal(res.n, N_NEW);
+        assert_memory_equal(res.ids, ref, sizeof ref);
+        kw_generate_result_free(&res);
+        kw_kvcache_free(cache);
+        k[p] = calloc((size_t)L, sizeof *k[p]);
+        v[p] = calloc((size_t)L, sizeof *v[p]);
+        assert_true(k[p] && v[p]);
+        read_prompt_rows(m, g_prompts[p], n, k[p], v[p]);
+        for (int32_t l = 0; l < L; ++l)
+            for (int64_t r = 0; r < (n - 1) * H; ++r) {
+                double amax = 0.0;
+                for (int32_t d = 0; d < D; ++d) {
+                    const double x = k[p][l][r * D + d];
+                    amax = fmax(amax, fabs(x));
+                    norm2 += x * x;
+                }
+                bound2 += (double)D * (amax / 254.0) * (amax / 254.0);
+            }
+    }
+    assert_int_equal(kw_kvstats_rows(s), rows);
+
+    /* magnitudes, recomputed from the rows */
+    for (int32_t l = 0; l < L; ++l)
+        for (int32_t h = 0; h < H; ++h) {
+            double ch_abs[256] = {0}, ch_min[256], ch_max[256], sum = 0.0, mx = 0.0, token_range = 0.0;
+            for (int32_t d = 0; d < D; ++d)
+                ch_min[d] = INFINITY, ch_max[d] = -INFINITY;
+            for (int p = 0; p < 2; ++p)
+                for (int64_t t = 0; t < 8; ++t) {
+                    const float *row = k[p][l] + ((size_t)t * (size_t)H + (size_t)h) * (size_t)D;
+                    double lo = INFINITY, hi = -INFINITY;
+                    for (int32_t d = 0; d < D; ++d) {
+                        ch_abs[d] += fabs((double)row[d]);
+                        sum += fabs((double)row[d]);
+                        mx = fmax(mx, fabs((double)row[d]));
+                        ch_min[d] = fmin(ch_min[d], row[d]), ch_max[d] = fmax(ch_max[d], row[d]);
+                        lo = fmin(lo, row[d]), hi = fmax(hi, row[d]);
+                    }
+                    token_range += hi - lo;
+                }
+            double sorted[256], channel_range = 0.0;
+            int32_t best = 0;
+            for (int32_t d = 0; d < D; ++d) {
+                sorted[d] = ch_abs[d];
+                channel_range += ch_max[d] - ch_min[d];
+                if (ch_abs[d] > ch_abs[best]) best = d;
+            }
+            qsort(sorted, (size_t)D, sizeof *sorted, cmp_double);
+            const double median = D % 2 ? sorted[D / 2] : 0.5 * (sorted[D / 2 - 1] + sorted[D / 2]);
+            kw_kvstats_head got;
+            assert_int_equal(kw_kvstats_head_get(s, 0, l, h, &got), 0);
+            assert_float_equal(got.max_abs, mx, 1e-12);
+            assert_float_equal(got.mean_abs, sum / (double)(rows * D), 1e-9);
+            assert_float_equal(got.outlier_ratio, ch_abs[best] / median, 1e-9);
+            assert_int_equal(got.outlier_channel, best);
+            assert_float_equal(got.token_range, token_range / (double)rows, 1e-9);
+            assert_float_equal(got.channel_range, channel_range / (double)D, 1e-9);
+        }
+
+    const kw_kvstats_result *none = kw_kvstats_result_get(s, 0), *i8 = kw_kvstats_result_get(s, 1),
+                            *i4 = kw_kvstats_result_get(s, 2);
+    assert_null(kw_kvstats_result_get(s, 4));
+    assert_int_equal(none->status, 0);
+    assert_int_equal(none->tf_steps, 2 * N_NEW);
+    assert_int_equal(none->tf_agree, 2 * N_NEW);
+    assert_int_equal(none->free_agree, 2 * N_NEW);
+    assert_true(none->kl_sum == 0.0 && none->k_err2 == 0.0 && none->v_err2 == 0.0);
+    assert_int_equal(none->blob_bytes, rows * L * H * D * 2 * 4);
+    assert_float_equal(none->k_norm2, norm2, 1e-9 * norm2);
+    assert_true(i8->k_err2 > 0.0 && i8->k_err2 <= bound2 * 1.0001);
+    assert_true(i4->k_err2 > 4.0 * i8->k_err2 && i4->v_err2 > 4.0 * i8->v_err2);
+    assert_true(i4->blob_bytes < i8->blob_bytes && i8->blob_bytes < none->blob_bytes);
+    print_message("int8/token K error %.3g (bound %.3g), int4/token %.3g; TF agreement int8 %lld/%lld, int4 %lld\n",
+                  sqrt(i8->k_err2 / norm2), sqrt(bound2 / norm2), sqrt(i4->k_err2 / norm2), (long long)i8->tf_agree,
+                  (long long)i8->tf_steps, (long long)i4->tf_agree);
+    for (int32_t c = 0; c < 4; ++c) {
+        const kw_kvstats_result *r = kw_kvstats_result_get(s, c);
+        assert_int_equal(r->status, 0);
+        assert_true(r->tf_agree <= r->tf_steps && r->free_agree <= r->free_steps && r->kl_sum >= 0.0);
+        if (r->tf_agree == r->tf_steps) assert_int_equal(r->free_agree, r->free_steps);
+        if (c > 0) assert_true(r->kl_sum > 0.0);
+    }
+    for (int p = 0; p < 2; ++p) {
+        for (int32_t l = 0; l < L; ++l)
+            free(k[p][l]), free(v[p][l]);
+        free(k[p]);
+        free(v[p]);
+    }
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kvstats_tiny),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,247 @@
+/* cmd_kvstats.c: `kvwire kvstats`: what a model's real KV cache looks like on a file of prompts, and what every KVWire
+ * codec and granularity does to it when the model decodes from the quantized prompt cache (tools/kw_kvstats.h has
+ * the method). Option parsing, prompt reading and printing only. */
+#include "kw_commands.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_file.h"
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_chat.h"
+#include "model/kw_model.h"
+#include "model/kw_tokenizer.h"
+#include "tools/kw_cli.h"
+#include "tools/kw_kvstats.h"
+
+const char kw_cmd_kvstats_summary[] =
+    "K/V magnitudes and outlier channels of a model on prompts, and each codec's error and decoding agreement";
+
+#define KW_KVSTATS_MAX_CODECS 32
+
+/* The default codecs: the control row, then every quantizing codec per token, and the 4- and 8-bit ones with a scale
+ * per 32 values and per head. */
+static const char *const kw_kvstats_default_codecs[] = {
+    "none",       "bf16",       "int8:token",   "int8:group32", "int8:head", "e4m3:token",
+    "int6:token", "int4:token", "int4:group32", "int4:head",    "nf4:token", "nf4:group32",
+};
+
+static void kw_kvstats_usage(FILE *f) {
+    fprintf(
+        f,
+        "usage: kvwire kvstats --model DIR|FILE.gguf --prompts FILE [--chat] [--max-new-tokens N]\n"
+        "                      [--max-prompts N] [--codec CODEC:GRAN]... [--scale f32|f16|bf16|e8m0] [--threads N]\n"
+        "                      [--tokenizer DIR|FILE] [--no-heads]\n"
+        "  --prompts         one prompt per line (empty lines skipped)\n"
+        "  --chat            render each prompt as one user turn of the model's chat template\n"
+        "  --max-new-tokens  tokens decoded per prompt and codec (default 64)\n"
+        "  --codec           a codec and granularity (int4:group32, int8:token, nf4:head, bf16, none = the cache\n"
+        "                    as it is); repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8 int4\n"
+        "                    nf4 per 32 values, int8 int4 per head\n"
+        "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd)\n"
+        "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
+        "  --no-heads        leave out the per-(layer, head) table\n"
+        "Each prompt's tokens but the last are prefilled into an f32 cache; those rows go through a KVWire blob per\n"
+        "codec and back; the model then runs the last token and decodes from them. stdout: the K/V magnitudes per\n"
+        "layer and KV head, their summary, and per codec: bytes per prompt token (all layers, K and V), the\n"
+        "relative reconstruction error of K and V, teacher-forced top-1 agreement with the unquantized run, mean\n"
+        "KL(unquantized || codec) of the next-token distribution (nats), free-running greedy agreement.\n");
+}
+
+/* "int4:group32" -> spec and a printable name; "none" -> the lossless control row. */
+static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats_codec *out) {
+    memset(out, 0, sizeof *out);
+    if (strcmp(arg, "none") == 0) {
+        out->lossless = 1;
+        snprintf(out->name, sizeof out->name, "none (f32 rows)");
+        return 0;
+    }
+    char codec[32];
+    const char *colon = strchr(arg, ':');
+    const size_t n = colon ? (size_t)(colon - arg) : strlen(arg);
+    KW_RETURN_IF(n == 0 || n >= sizeof codec, KW_E_INVALID_ARG, "--codec %s: CODEC or CODEC:GRANULARITY", arg);
+    memcpy(codec, arg, n);
+    codec[n] = '\0';
+    KW_FORWARD(kw_wire_spec_parse(codec, colon ? colon + 1 : "token", scale, &out->spec));
+    char gran[16];
+    kw_wire_spec_gran_format(&out->spec, gran, sizeof gran);
+    snprintf(out->name, sizeof out->name, "%s%s%s", codec, out->spec.granularity ? "/" : "",
+             out->spec.granularity ? gran : "");
+    return 0;
+}
+
+/* The token ids of one prompt line, BOS first as `kvwire generate` adds it. *ids owned by the caller. */
+static int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer *tok, int chat_on,
+                                 enum kw_chat_family family, const char *line, int32_t **ids, int64_t *n) {
+    char *text = NULL;
+    size_t text_len = 0, n_ids = 0;
+    int32_t *raw = NULL;
+    int rc = 0;
+    const char *input = line;
+    if (chat_on) {
+        const kw_chat_message msg = {.role = "user", .content = line};
+        const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = "03 Dec 2026"};
+        KW_CHECK(kw_chat_render(family, &msg, 1, &co, &text, &text_len));
+        input = text;
+    }
+    KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &raw, &n_ids));
+    const int hf_bos = cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
+    const int add_bos = !chat_on && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : hf_bos);
+    *n = (int64_t)n_ids + add_bos;
+    *ids = malloc((size_t)(*n > 0 ? *n : 1) * sizeof **ids);
+    KW_CHECK_IF(!*ids, KW_E_NOMEM, "out of memory");
+    if (add_bos) (*ids)[0] = cfg->bos_id;
+    if (n_ids) memcpy(*ids + add_bos, raw, n_ids * sizeof *raw);
+out:
+    free(raw);
+    free(text);
+    return rc;
+}
+
+static void kw_kvstats_print_heads(const kw_kvstats *s, const kw_model_config *cfg, int per_head) {
+    if (per_head) {
+        printf("\n== K and V magnitudes per layer and KV head (every prompt row) ==\n");
+        printf("%-2s %5s %4s %9s %9s %8s %7s %11s %13s\n", "", "layer", "head", "mean|x|", "max|x|", "outlier",
+               "channel", "token_range", "channel_range");
+        for (int kind = 0; kind < 2; ++kind)
+            for (int32_t l = 0; l < cfg->n_layers; ++l)
+                for (int32_t h = 0; h < cfg->n_kv_heads; ++h) {
+                    kw_kvstats_head st;
+                    if (kw_kvstats_head_get(s, kind, l, h, &st) == 0)
+                        printf("%-2s %5d %4d %9.4f %9.3f %7.1fx %7d %11.3f %13.3f\n", kind ? "V" : "K", (int)l, (int)h,
+                               st.mean_abs, st.max_abs, st.outlier_ratio, (int)st.outlier_channel, st.token_range,
+                               st.channel_range);
+                }
+    }
+    printf("\n== summary: outlier ratio = the largest channel mean |x| over the median channel's ==\n");
+    for (int kind = 0; kind < 2; ++kind) {
+        double worst = 0.0, sum_ratio = 0.0, max_abs = 0.0;
+        int32_t worst_l = 0, worst_h = 0, worst_c = 0, n = 0, over10 = 0;
+        for (int32_t l = 0; l < cfg->n_layers; ++l) {
+            for (int32_t h = 0; h < cfg->n_kv_heads; ++h) {
+                kw_kvstats_head st;
+                if (kw_kvstats_head_get(s, kind, l, h, &st) < 0) continue;
+                if (st.outlier_ratio > worst) {
+                    worst = st.outlier_ratio;
+                    worst_l = l, worst_h = h, worst_c = st.outlier_channel;
+                }
+                if (st.max_abs > max_abs) max_abs = st.max_abs;
+                sum_ratio += st.outlier_ratio;
+                over10 += st.outlier_ratio > 10.0;
+                ++n;
+            }
+        }
+        printf("%s: outlier ratio mean %.1fx over %d heads, largest %.1fx (layer %d head %d channel %d), %d heads "
+               "above 10x; largest |x| %.2f\n",
+               kind ? "V" : "K", n ? sum_ratio / n : 0.0, (int)n, worst, (int)worst_l, (int)worst_h, (int)worst_c,
+               (int)over10, max_abs);
+    }
+}
+
+int kw_cmd_kvstats(int argc, char **argv) {
+    const char *model_path = NULL, *prompts_path = NULL, *scale = "f32", *tok_path = NULL;
+    const char *codec_args[KW_KVSTATS_MAX_CODECS];
+    int n_codec_args = 0, chat_on = 0, no_heads = 0;
+    int64_t max_new = 64, max_prompts = 1 << 20, threads = 0;
+    const kw_cli_option opts[] = {
+        KW_CLI_STR_REQUIRED("--model", &model_path),
+        KW_CLI_STR_REQUIRED("--prompts", &prompts_path),
+        KW_CLI_FLAG("--chat", &chat_on),
+        KW_CLI_INT("--max-new-tokens", &max_new, 1, 4096),
+        KW_CLI_INT("--max-prompts", &max_prompts, 1, 1 << 20),
+        KW_CLI_LIST("--codec", codec_args, &n_codec_args, KW_KVSTATS_MAX_CODECS),
+        KW_CLI_STR("--scale", &scale),
+        KW_CLI_STR("--tokenizer", &tok_path),
+        KW_CLI_INT("--threads", &threads, 0, 1024),
+        KW_CLI_FLAG("--no-heads", &no_heads),
+    };
+    const int st = KW_CLI_PARSE("kvwire kvstats", argc, argv, opts, kw_kvstats_usage);
+    if (st != KW_CLI_RUN) return st;
+
+    int rc = 0;
+    kw_backend *be = NULL;
+    kw_model *model = NULL;
+    kw_tokenizer *tok = NULL;
+    kw_kvstats *s = NULL;
+    char *file = NULL;
+    size_t file_len = 0;
+    int32_t *ids = NULL, *ref_ids = NULL;
+    kw_kvstats_codec codecs[KW_KVSTATS_MAX_CODECS];
+    const char *stage = "codecs";
+    int32_t n_codecs = 0;
+    if (n_codec_args == 0) {
+        n_codec_args = (int)(sizeof kw_kvstats_default_codecs / sizeof kw_kvstats_default_codecs[0]);
+        memcpy(codec_args, kw_kvstats_default_codecs, sizeof kw_kvstats_default_codecs);
+    }
+    for (int i = 0; i < n_codec_args; ++i)
+        KW_CHECK(kw_kvstats_parse_codec(codec_args[i], scale, &codecs[n_codecs++]));
+    stage = "prompts";
+    KW_CHECK(kw_file_read_all(prompts_path, (size_t)64 << 20, &file, &file_len));
+    stage = "load model";
+    KW_CHECK(kw_backend_create_cpu((int)threads, &be));
+    KW_CHECK(kw_model_load(be, model_path, NULL, &model));
+    const kw_model_config *cfg = kw_model_get_config(model);
+    KW_CHECK(kw_tokenizer_load(tok_path ? tok_path : model_path, &tok));
+    enum kw_chat_family family = KW_CHAT_QWEN3;
+    if (chat_on) KW_CHECK(kw_chat_family_for_model(model_path, cfg->arch, &family));
+    KW_CHECK(kw_kvstats_create(model, codecs, n_codecs, (int32_t)max_new, &s));
+    ref_ids = malloc((size_t)max_new * sizeof *ref_ids);
+    KW_CHECK_IF(!ref_ids, KW_E_NOMEM, "out of memory");
+    printf("kvstats: %s (%s, %d layers, %d KV heads x %d), prompts %s%s, %lld new tokens per prompt and codec, f32 "
+           "cache, scales %s\n",
+           model_path, kw_arch_name(cfg->arch), (int)cfg->n_layers, (int)cfg->n_kv_heads, (int)cfg->head_dim,
+           prompts_path, chat_on ? " (chat template)" : "", (long long)max_new, scale);
+    int64_t n_prompts = 0;
+    stage = "prompt";
+    for (char *line = file; line && line < file + file_len && n_prompts < max_prompts;) {
+        char *nl = memchr(line, '\n', (size_t)(file + file_len - line));
+        char *next = nl ? nl + 1 : NULL;
+        if (nl) *nl = '\0';
+        if (nl && nl > line && nl[-1] == '\r') nl[-1] = '\0';
+        if (line[0]) {
+            int64_t n = 0;
+            KW_CHECK(kw_kvstats_prompt_ids(cfg, tok, chat_on, family, line, &ids, &n));
+            KW_CHECK_IF(n < 2, KW_E_INVALID_ARG, "prompt %lld encodes to %lld token(s); 2 or more are needed",
+                        (long long)n_prompts + 1, (long long)n);
+            KW_CHECK(kw_kvstats_add_prompt(s, ids, n, ref_ids));
+            free(ids);
+            ids = NULL;
+            ++n_prompts;
+            fprintf(stderr, "kvstats: prompt %lld (%lld tokens) done\n", (long long)n_prompts, (long long)n);
+        }
+        line = next;
+    }
+    KW_CHECK_IF(n_prompts == 0, KW_E_INVALID_ARG, "%s holds no prompt", prompts_path);
+
+    printf("%lld prompts, %lld prompt rows\n", (long long)n_prompts, (long long)kw_kvstats_rows(s));
+    kw_kvstats_print_heads(s, cfg, !no_heads);
+    printf("\n== codecs: the prompt cache through a KVWire blob, then decoding (%lld prompts x %lld tokens) ==\n",
+           (long long)n_prompts, (long long)max_new);
+    printf("%-18s %11s %10s %10s %9s %10s %10s\n", "codec", "bytes/token", "K rel.err", "V rel.err", "TF agree",
+           "mean KL", "free agree");
+    for (int32_t c = 0; c < n_codecs; ++c) {
+        const kw_kvstats_result *r = kw_kvstats_result_get(s, c);
+        if (r->status < 0) {
+            printf("%-18s refused: %s (%s)\n", codecs[c].name, kw_strerror(r->status), "the codec cannot carry it");
+            continue;
+        }
+        printf("%-18s %11.1f %10.2e %10.2e %9.4f %10.2e %10.4f\n", codecs[c].name,
+               (double)r->blob_bytes / (double)kw_kvstats_rows(s), r->k_norm2 > 0 ? sqrt(r->k_err2 / r->k_norm2) : 0.0,
+               r->v_norm2 > 0 ? sqrt(r->v_err2 / r->v_norm2) : 0.0, (double)r->tf_agree / (double)r->tf_steps,
+               r->kl_sum / (double)r->tf_steps, (double)r->free_agree / (double)r->free_steps);
+    }
+out:
+    if (rc < 0) fprintf(stderr, "kvwire kvstats: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
+    free(ids);
+    free(ref_ids);
+    free(file);
+    kw_kvstats_free(s);
+    kw_tokenizer_free(tok);
+    kw_model_free(model);
+    kw_backend_destroy(be);
+    return rc < 0 ? 1 : 0;
+}

@@ -1,0 +1,408 @@
+/* kw_kvstats.c: KV cache magnitudes and per-codec decoding quality on real prompts (see kw_kvstats.h). */
+#include "tools/kw_kvstats.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_status.h"
+#include "model/kw_generate.h"
+#include "model/kw_kvcache.h"
+
+/* Per (kind, layer, head, channel) and per (kind, layer, head) sums over every prompt row. */
+typedef struct kw_kvstats_acc {
+    double *ch_abs;          /* [head_index * D + d] sum |x| */
+    float *ch_min, *ch_max;  /* [head_index * D + d] */
+    double *sum_abs;         /* [head_index] */
+    double *max_abs;         /* [head_index] */
+    double *sum_token_range; /* [head_index] */
+} kw_kvstats_acc;
+
+struct kw_kvstats {
+    kw_model *model; /* borrowed */
+    int32_t n_layers, n_heads, head_dim, vocab, n_new;
+    kw_kvstats_codec *codecs;   /* owned, n_codecs */
+    kw_kvstats_result *results; /* owned, n_codecs */
+    int32_t n_codecs;
+    kw_kvstats_acc acc[2];                /* K, V */
+    int64_t rows;                         /* prompt rows so far */
+    float *ref_logits;                    /* owned (n_new, vocab): the reference's logits at each step */
+    double *ref_lse;                      /* owned (n_new): their log-sum-exp */
+    int32_t *ref_ids, *argmax, *free_ids; /* owned, n_new each */
+};
+
+static void kw_kvstats_acc_free(kw_kvstats_acc *a) {
+    free(a->ch_abs);
+    free(a->ch_min);
+    free(a->ch_max);
+    free(a->sum_abs);
+    free(a->max_abs);
+    free(a->sum_token_range);
+}
+
+void kw_kvstats_free(kw_kvstats *s) {
+    if (!s) return;
+    for (int k = 0; k < 2; ++k)
+        kw_kvstats_acc_free(&s->acc[k]);
+    free(s->codecs);
+    free(s->results);
+    free(s->ref_logits);
+    free(s->ref_lse);
+    free(s->ref_ids);
+    free(s->argmax);
+    free(s->free_ids);
+    free(s);
+}
+
+int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n_codecs, int32_t n_new,
+                      kw_kvstats **out) {
+    KW_RETURN_IF(!model || !out || (n_codecs > 0 && !codecs) || n_codecs < 0 || n_new < 1, KW_E_INVALID_ARG,
+                 "kw_kvstats_create: bad argument");
+    *out = NULL;
+    const kw_model_config *cfg = kw_model_get_config(model);
+    int rc = 0;
+    kw_kvstats *s = calloc(1, sizeof *s);
+    KW_RETURN_IF(!s, KW_E_NOMEM, "out of memory");
+    s->model = model;
+    s->n_layers = cfg->n_layers;
+    s->n_heads = cfg->n_kv_heads;
+    s->head_dim = cfg->head_dim;
+    s->vocab = cfg->vocab;
+    s->n_new = n_new;
+    s->n_codecs = n_codecs;
+    const size_t heads = (size_t)s->n_layers * (size_t)s->n_heads, chans = heads * (size_t)s->head_dim;
+    s->codecs = calloc((size_t)n_codecs + 1, sizeof *s->codecs);
+    s->results = calloc((size_t)n_codecs + 1, sizeof *s->results);
+    s->ref_logits = malloc((size_t)n_new * (size_t)s->vocab * sizeof *s->ref_logits);
+    s->ref_lse = malloc((size_t)n_new * sizeof *s->ref_lse);
+    s->ref_ids = malloc((size_t)n_new * sizeof *s->ref_ids);
+    s->argmax = malloc((size_t)n_new * sizeof *s->argmax);
+    s->free_ids = malloc((size_t)n_new * sizeof *s->free_ids);
+    KW_CHECK_IF(!s->codecs || !s->results || !s->ref_logits || !s->ref_lse || !s->ref_ids || !s->argmax || !s->free_ids,
+                KW_E_NOMEM, "out of memory");
+    if (n_codecs) memcpy(s->codecs, codecs, (size_t)n_codecs * sizeof *codecs);
+    for (int k = 0; k < 2; ++k) {
+        kw_kvstats_acc *a = &s->acc[k];
+        a->ch_abs = calloc(chans, sizeof *a->ch_abs);
+        a->ch_min = malloc(chans * sizeof *a->ch_min);
+        a->ch_max = malloc(chans * sizeof *a->ch_max);
+        a->sum_abs = calloc(heads, sizeof *a->sum_abs);
+        a->max_abs = calloc(heads, sizeof *a->max_abs);
+        a->sum_token_range = calloc(heads, sizeof *a->sum_token_range);
+        KW_CHECK_IF(!a->ch_abs || !a->ch_min || !a->ch_max || !a->sum_abs || !a->max_abs || !a->sum_token_range,
+                    KW_E_NOMEM, "out of memory");
+        for (size_t i = 0; i < chans; ++i) {
+            a->ch_min[i] = INFINITY;
+            a->ch_max[i] = -INFINITY;
+        }
+    }
+    *out = s;
+    s = NULL;
+out:
+    kw_kvstats_free(s);
+    return rc;
+}
+
+/* Adds rows x (T, H, D) of one layer to the accumulators of kind. */
+static void kw_kvstats_accumulate(kw_kvstats *s, int kind, int32_t layer, const float *x, int64_t T) {
+    kw_kvstats_acc *a = &s->acc[kind];
+    const int32_t H = s->n_heads, D = s->head_dim;
+    for (int64_t t = 0; t < T; ++t) {
+        for (int32_t h = 0; h < H; ++h) {
+            const size_t hi = (size_t)layer * (size_t)H + (size_t)h;
+            const float *row = x + ((size_t)t * (size_t)H + (size_t)h) * (size_t)D;
+            float lo = row[0], hi_v = row[0];
+            for (int32_t d = 0; d < D; ++d) {
+                const float v = row[d];
+                const size_t c = hi * (size_t)D + (size_t)d;
+                a->ch_abs[c] += fabs((double)v);
+                a->sum_abs[hi] += fabs((double)v);
+                if (fabs((double)v) > a->max_abs[hi]) a->max_abs[hi] = fabs((double)v);
+                if (v < a->ch_min[c]) a->ch_min[c] = v;
+                if (v > a->ch_max[c]) a->ch_max[c] = v;
+                if (v < lo) lo = v;
+                if (v > hi_v) hi_v = v;
+            }
+            a->sum_token_range[hi] += (double)hi_v - (double)lo;
+        }
+    }
+}
+
+static int kw_kvstats_cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int kw_kvstats_head_get(const kw_kvstats *s, int kind, int32_t layer, int32_t head, kw_kvstats_head *out) {
+    KW_RETURN_IF(!s || !out || kind < 0 || kind > 1 || layer < 0 || layer >= s->n_layers || head < 0 ||
+                     head >= s->n_heads,
+                 KW_E_INVALID_ARG, "kw_kvstats_head_get: bad argument");
+    KW_RETURN_IF(s->rows == 0, KW_E_INVALID_ARG, "kw_kvstats_head_get: no prompt measured yet");
+    const kw_kvstats_acc *a = &s->acc[kind];
+    const int32_t D = s->head_dim;
+    const size_t hi = (size_t)layer * (size_t)s->n_heads + (size_t)head;
+    double *means = malloc((size_t)D * sizeof *means);
+    KW_RETURN_IF(!means, KW_E_NOMEM, "out of memory");
+    memset(out, 0, sizeof *out);
+    double range = 0.0, best = -1.0;
+    for (int32_t d = 0; d < D; ++d) {
+        const size_t c = hi * (size_t)D + (size_t)d;
+        means[d] = a->ch_abs[c] / (double)s->rows;
+        range += (double)a->ch_max[c] - (double)a->ch_min[c];
+        if (means[d] > best) {
+            best = means[d];
+            out->outlier_channel = d;
+        }
+    }
+    qsort(means, (size_t)D, sizeof *means, kw_kvstats_cmp_double);
+    const double median = D % 2 ? means[D / 2] : 0.5 * (means[D / 2 - 1] + means[D / 2]);
+    free(means);
+    out->outlier_ratio = median > 0.0 ? best / median : 0.0;
+    out->mean_abs = a->sum_abs[hi] / ((double)s->rows * (double)D);
+    out->max_abs = a->max_abs[hi];
+    out->token_range = a->sum_token_range[hi] / (double)s->rows;
+    out->channel_range = range / (double)D;
+    return 0;
+}
+
+const kw_kvstats_result *kw_kvstats_result_get(const kw_kvstats *s, int32_t c) {
+    return s && c >= 0 && c < s->n_codecs ? &s->results[c] : NULL;
+}
+
+int64_t kw_kvstats_rows(const kw_kvstats *s) {
+    return s ? s->rows : 0;
+}
+
+/* log(sum(exp(logits[0..n)))), in double. */
+static double kw_kvstats_lse(const float *logits, int32_t n) {
+    double mx = logits[0], sum = 0.0;
+    for (int32_t i = 1; i < n; ++i)
+        if (logits[i] > mx) mx = logits[i];
+    for (int32_t i = 0; i < n; ++i)
+        sum += exp((double)logits[i] - mx);
+    return mx + log(sum);
+}
+
+/* KL(p || q) of the distributions of two logit vectors (p given with its log-sum-exp). Identical logits give 0
+ * exactly: both sides take the same arithmetic. */
+static double kw_kvstats_kl(const float *p, double p_lse, const float *q, int32_t n) {
+    const double q_lse = kw_kvstats_lse(q, n);
+    double kl = 0.0;
+    for (int32_t i = 0; i < n; ++i) {
+        const double lp = (double)p[i] - p_lse, lq = (double)q[i] - q_lse;
+        kl += exp(lp) * (lp - lq);
+    }
+    return kl > 0.0 ? kl : 0.0;
+}
+
+/* on_logits of the reference run: its logits and tokens. */
+static int kw_kvstats_on_ref(void *user, int64_t step, const float *logits, int32_t vocab, int32_t argmax) {
+    kw_kvstats *s = user;
+    memcpy(s->ref_logits + (size_t)step * (size_t)vocab, logits, (size_t)vocab * sizeof *logits);
+    s->ref_lse[step] = kw_kvstats_lse(logits, vocab);
+    s->ref_ids[step] = argmax;
+    return 0;
+}
+
+typedef struct kw_kvstats_tf {
+    kw_kvstats *s;
+    kw_kvstats_result *r;
+} kw_kvstats_tf;
+
+/* on_logits of a teacher-forced run: agreement and KL against the reference at each step. */
+static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, int32_t vocab, int32_t argmax) {
+    kw_kvstats_tf *tf = user;
+    kw_kvstats *s = tf->s;
+    s->argmax[step] = argmax;
+    tf->r->tf_agree += argmax == s->ref_ids[step];
+    tf->r->tf_steps += 1;
+    tf->r->kl_sum += kw_kvstats_kl(s->ref_logits + (size_t)step * (size_t)vocab, s->ref_lse[step], logits, vocab);
+    return 0;
+}
+
+/* Sends k and v (each (T, H, D) f32) through one KVWire blob with spec and writes the decoded values to kq, vq.
+ * *bytes gets the blob's size. */
+static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_wire_codec_spec *spec, float *const *k, float *const *v,
+                                int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
+    const int32_t H = s->n_heads, D = s->head_dim;
+    const kw_wire_header hdr = {.n_layers = (uint16_t)s->n_layers,
+                                .n_sections = (uint16_t)s->n_layers,
+                                .n_kv_heads = (uint16_t)H,
+                                .head_dim = (uint16_t)D,
+                                .n_positions = (uint32_t)T,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_policy pol = {.k = *spec, .v = *spec};
+    kw_wire_encoder *enc = NULL;
+    kw_wire_reader *reader = NULL;
+    uint8_t *blob = NULL;
+    int rc = 0;
+    size_t cap = 0, used = 0, n = 0;
+    KW_CHECK_IF(T > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG, "a prompt of %lld rows is too long for one blob",
+                (long long)T);
+    KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &cap));
+    cap = cap * (size_t)s->n_layers + KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES;
+    blob = malloc(cap);
+    KW_CHECK_IF(!blob, KW_E_NOMEM, "out of memory for a %zu-byte blob", cap);
+    KW_CHECK(kw_wire_encoder_create(&hdr, NULL, &enc));
+    KW_CHECK(kw_wire_encoder_write_header(enc, blob, cap, &n));
+    used += n;
+    for (int32_t l = 0; l < s->n_layers; ++l) {
+        const kw_wire_layer_in in = {.layer = (uint32_t)l,
+                                     .n_tokens = (uint32_t)T,
+                                     .k = {.data = k[l], .head_stride = (size_t)D, .token_stride = (size_t)H * D},
+                                     .v = {.data = v[l], .head_stride = (size_t)D, .token_stride = (size_t)H * D}};
+        KW_CHECK(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &n));
+        used += n;
+    }
+    KW_CHECK(kw_wire_encoder_write_trailer(enc, blob + used, cap - used, &n));
+    used += n;
+    *bytes = (int64_t)used;
+    const kw_wire_header *got = NULL;
+    KW_CHECK(kw_wire_reader_open(blob, used, NULL, &reader, &got));
+    const kw_wire_section *sec = NULL;
+    int32_t seen = 0;
+    while ((rc = kw_wire_reader_next(reader, &sec)) == 1) {
+        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)T, KW_E_WIRE_CORRUPT,
+                    "kvstats: section for layer %u of %u tokens", sec->layer, sec->n_tokens);
+        const kw_wire_tensor_out ko = {.data = kq[sec->layer],
+                                       .dtype = KW_WIRE_DTYPE_F32,
+                                       .head_stride = (size_t)D,
+                                       .token_stride = (size_t)H * D};
+        kw_wire_tensor_out vo = ko;
+        vo.data = vq[sec->layer];
+        KW_CHECK(kw_wire_section_dequantize(sec, &ko, &vo));
+        ++seen;
+    }
+    KW_CHECK(rc);
+    KW_CHECK_IF(seen != s->n_layers, KW_E_WIRE_CORRUPT, "kvstats: %d sections decoded, %d layers", (int)seen,
+                (int)s->n_layers);
+out:
+    kw_wire_reader_close(reader);
+    kw_wire_encoder_destroy(enc);
+    free(blob);
+    return rc;
+}
+
+/* Sum of squares of x[0..n) and of its difference to y. */
+static void kw_kvstats_err(const float *x, const float *y, size_t n, double *err2, double *norm2) {
+    for (size_t i = 0; i < n; ++i) {
+        const double d = (double)y[i] - (double)x[i];
+        *err2 += d * d;
+        *norm2 += (double)x[i] * (double)x[i];
+    }
+}
+
+/* One codec on one prompt: the cache holds nothing useful on entry; rows [0, T) are written from kq/vq. */
+static int kw_kvstats_codec_run(kw_kvstats *s, kw_kvcache *cache, kw_kvstats_result *r, float *const *kq,
+                                float *const *vq, int64_t T, int32_t last) {
+    const int32_t n_new = s->n_new;
+    int rc = 0;
+    kw_generate_result res = {0};
+    KW_CHECK(kw_kvcache_truncate(cache, 0));
+    for (int32_t l = 0; l < s->n_layers; ++l)
+        KW_CHECK(kw_kvcache_write_rows(cache, l, 0, T, kq[l], vq[l]));
+    static const int32_t no_eos = -1;
+    kw_kvstats_tf tf = {.s = s, .r = r};
+    const kw_generate_options forced = {.max_new_tokens = n_new,
+                                        .round = KW_LOGITS_ROUND_NONE,
+                                        .eos_ids = &no_eos,
+                                        .n_eos = 0,
+                                        .force_ids = s->ref_ids,
+                                        .n_force = n_new,
+                                        .on_logits = kw_kvstats_on_forced,
+                                        .user = &tf};
+    KW_CHECK(kw_generate_greedy(s->model, cache, &last, 1, &forced, &res));
+    kw_generate_result_free(&res);
+    /* Free-running: the same tokens as the forced run up to its first disagreement f; from there the model goes on
+     * from its own token, on the cache that holds the prompt and the reference's first f tokens. */
+    int32_t f = 0;
+    while (f < n_new && s->argmax[f] == s->ref_ids[f])
+        ++f;
+    memcpy(s->free_ids, s->ref_ids, (size_t)f * sizeof *s->free_ids);
+    if (f < n_new) {
+        s->free_ids[f] = s->argmax[f];
+        if (f + 1 < n_new) {
+            KW_CHECK(kw_kvcache_truncate(cache, T + 1 + f));
+            const kw_generate_options go = {
+                .max_new_tokens = n_new - f - 1, .round = KW_LOGITS_ROUND_NONE, .eos_ids = &no_eos, .n_eos = 0};
+            KW_CHECK(kw_generate_greedy(s->model, cache, &s->free_ids[f], 1, &go, &res));
+            KW_CHECK_IF(res.n != n_new - f - 1, KW_E_INTERNAL, "kvstats: %lld free-running tokens, %d expected",
+                        (long long)res.n, (int)(n_new - f - 1));
+            memcpy(s->free_ids + f + 1, res.ids, (size_t)res.n * sizeof *res.ids);
+        }
+    }
+    for (int32_t t = 0; t < n_new; ++t)
+        r->free_agree += s->free_ids[t] == s->ref_ids[t];
+    r->free_steps += n_new;
+out:
+    kw_generate_result_free(&res);
+    return rc;
+}
+
+int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t *ref_ids) {
+    KW_RETURN_IF(!s || !ids || n < 2, KW_E_INVALID_ARG, "kw_kvstats_add_prompt: a prompt of at least 2 tokens");
+    const int64_t T = n - 1;
+    const int32_t L = s->n_layers, n_new = s->n_new;
+    const size_t per_layer = (size_t)T * (size_t)s->n_heads * (size_t)s->head_dim;
+    int rc = 0;
+    kw_kvcache *cache = NULL;
+    kw_generate_result res = {0};
+    float **bufs = calloc(4 * (size_t)L, sizeof *bufs); /* k, v, kq, vq per layer */
+    KW_RETURN_IF(!bufs, KW_E_NOMEM, "out of memory");
+    float **k = bufs, **v = bufs + L, **kq = bufs + 2 * L, **vq = bufs + 3 * L;
+    for (int32_t i = 0; i < 4 * L; ++i) {
+        bufs[i] = malloc(per_layer * sizeof **bufs);
+        KW_CHECK_IF(!bufs[i], KW_E_NOMEM, "out of memory for the prompt cache (%lld rows)", (long long)T);
+    }
+    KW_CHECK(kw_model_create_cache(s->model, n + n_new, KW_DTYPE_F32, &cache));
+    const kw_forward_args prefill = {.ids = ids, .n = T, .mode = KW_LOGITS_NONE};
+    KW_CHECK(kw_model_forward(s->model, cache, &prefill));
+    for (int32_t l = 0; l < L; ++l) {
+        KW_CHECK(kw_kvcache_read_rows(cache, l, 0, T, k[l], v[l]));
+        kw_kvstats_accumulate(s, 0, l, k[l], T);
+        kw_kvstats_accumulate(s, 1, l, v[l], T);
+    }
+    s->rows += T;
+    static const int32_t no_eos = -1;
+    const kw_generate_options ref = {.max_new_tokens = n_new,
+                                     .round = KW_LOGITS_ROUND_NONE,
+                                     .eos_ids = &no_eos,
+                                     .n_eos = 0,
+                                     .on_logits = kw_kvstats_on_ref,
+                                     .user = s};
+    KW_CHECK(kw_generate_greedy(s->model, cache, &ids[T], 1, &ref, &res));
+    KW_CHECK_IF(res.n != n_new || memcmp(res.ids, s->ref_ids, (size_t)n_new * sizeof *res.ids) != 0, KW_E_INTERNAL,
+                "kvstats: the reference run's tokens are not its logits' argmax");
+    if (ref_ids) memcpy(ref_ids, s->ref_ids, (size_t)n_new * sizeof *ref_ids);
+    for (int32_t c = 0; c < s->n_codecs; ++c) {
+        kw_kvstats_result *r = &s->results[c];
+        if (r->status < 0) continue;
+        int64_t bytes = (int64_t)(2 * per_layer * sizeof(float)) * L;
+        if (s->codecs[c].lossless) {
+            for (int32_t l = 0; l < L; ++l) {
+                memcpy(kq[l], k[l], per_layer * sizeof **kq);
+                memcpy(vq[l], v[l], per_layer * sizeof **vq);
+            }
+        } else {
+            const int qrc = kw_kvstats_roundtrip(s, &s->codecs[c].spec, k, v, T, kq, vq, &bytes);
+            if (qrc == KW_E_WIRE_RANGE || qrc == KW_E_WIRE_NONFINITE) { /* this codec cannot carry this cache */
+                r->status = qrc;
+                continue;
+            }
+            KW_CHECK(qrc);
+        }
+        r->blob_bytes += bytes;
+        for (int32_t l = 0; l < L; ++l) {
+            kw_kvstats_err(k[l], kq[l], per_layer, &r->k_err2, &r->k_norm2);
+            kw_kvstats_err(v[l], vq[l], per_layer, &r->v_err2, &r->v_norm2);
+        }
+        KW_CHECK(kw_kvstats_codec_run(s, cache, r, kq, vq, T, ids[T]));
+    }
+out:
+    kw_generate_result_free(&res);
+    kw_kvcache_free(cache);
+    for (int32_t i = 0; i < 4 * L; ++i)
+        free(bufs[i]);
+    free(bufs);
+    return rc;
+}

@@ -1,0 +1,76 @@
+/* kw_kvstats.h: what a model's KV cache looks like on real prompts, and what each KVWire codec does to it
+ * (`kvwire kvstats`, tools/cmd_kvstats.c).
+ *
+ * For every prompt of n tokens, the model prefills tokens 0..n-2 into an f32 cache; those rows (the prompt cache, what
+ * a kv_direct transfer carries) are measured and, for each codec, sent through a real KVWire blob (encoder, reader,
+ * dequantizer) and written back. The model then runs the last prompt token and decodes from the reconstructed cache,
+ * computing the rows of that token and the new ones itself. Against the unquantized run (the reference, greedy,
+ * never stopping at EOS) each codec gets:
+ *  - the reconstruction error ||x' - x|| / ||x|| of K and of V over every prompt row of every layer;
+ *  - teacher-forced agreement: at each of the n_new steps, fed the reference's tokens so far, does the model pick the
+ *    reference's next token; and the KL divergence KL(reference || codec) of the next-token distribution there;
+ *  - free-running agreement: the fraction of the n_new greedy tokens equal to the reference's at the same position.
+ * One flip at a near-tie changes every later free-running token, which is why the teacher-forced numbers are there.
+ * The magnitudes are per (layer, KV head) over every prompt row: mean and largest |x|, the outlier ratio (the largest
+ * per-channel mean |x| over the median channel's) and its channel, the mean per-token range (max - min over a row's
+ * channels) and the mean per-channel range (max - min of a channel over the rows).
+ * Not here: the wire transport, selection of tokens, C2C.
+ */
+#ifndef KW_KVSTATS_H
+#define KW_KVSTATS_H
+
+#include <stdint.h>
+
+#include "model/kw_model.h"
+#include "wire/kw_wire.h"
+
+/* One codec configuration. */
+typedef struct kw_kvstats_codec {
+    int lossless;            /* 1: the cache as it is, no blob (the control row: agreement 1, KL 0, error 0) */
+    kw_wire_codec_spec spec; /* K and V both */
+    char name[48];           /* "int4/group32", for printing */
+} kw_kvstats_codec;
+
+/* The magnitudes of one (layer, KV head) of K or V. */
+typedef struct kw_kvstats_head {
+    double mean_abs, max_abs;
+    double outlier_ratio; /* largest channel mean |x| / median channel mean |x| (0 if the median is 0) */
+    int32_t outlier_channel;
+    double token_range;   /* mean over rows of (max - min over the channels) */
+    double channel_range; /* mean over channels of (max - min over the rows) */
+} kw_kvstats_head;
+
+/* What one codec did, summed over the prompts. */
+typedef struct kw_kvstats_result {
+    int status;             /* 0, or the negative kw_status the codec failed with (KW_E_WIRE_RANGE ...) */
+    double k_err2, k_norm2; /* sums of (x' - x)^2 and x^2 over K */
+    double v_err2, v_norm2;
+    int64_t blob_bytes;         /* the blobs' sizes (lossless: the rows at f32) */
+    int64_t tf_agree, tf_steps; /* teacher-forced steps whose argmax is the reference's token */
+    double kl_sum;              /* KL(reference || codec) summed over those steps, nats */
+    int64_t free_agree, free_steps;
+} kw_kvstats_result;
+
+typedef struct kw_kvstats kw_kvstats; /* opaque */
+
+/* Creates the accumulators for model (borrowed; it must outlive *out) and the codecs (copied), n_new >= 1 tokens per
+ * prompt. *out is owned by the caller (kw_kvstats_free). */
+int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n_codecs, int32_t n_new,
+                      kw_kvstats **out);
+/* Releases everything. NULL is a no-op. */
+void kw_kvstats_free(kw_kvstats *s);
+
+/* Runs one prompt of n >= 2 token ids through the reference and every codec (see the top). The reference's greedy
+ * tokens are written to ref_ids (n_new entries) when it is not NULL. */
+int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t *ref_ids);
+
+/* The magnitudes so far: head (kind 0 = K, 1 = V) of layer. Computed on each call. */
+int kw_kvstats_head_get(const kw_kvstats *s, int kind, int32_t layer, int32_t head, kw_kvstats_head *out);
+
+/* The results so far of codec c (borrowed, valid until the next add_prompt or free), or NULL if c is out of range. */
+const kw_kvstats_result *kw_kvstats_result_get(const kw_kvstats *s, int32_t c);
+
+/* Prompt rows measured so far (sum of n - 1). */
+int64_t kw_kvstats_rows(const kw_kvstats *s);
+
+#endif /* KW_KVSTATS_H */
