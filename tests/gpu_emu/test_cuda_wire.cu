@@ -8,6 +8,8 @@
  *    equal the scales and codes of the CPU encoder's section (read back through kw_wire_reader), and the device's
  *    status equals the CPU's for inputs the codec cannot take (NaN, Inf, values beyond a passthrough dtype or a scale
  *    dtype);
+ *  - whole blobs: a multi-section blob (two-group sections, a gather, zstd) whose tensors were encoded on the device
+ *    and copied into a pinned host buffer (kw_wire_encoder_begin_section / finish_section) equals the CPU's;
  *  - decoding: the device's f32 and bf16 outputs equal kw_wire_section_dequantize's, for those sections and for
  *    copies whose codes were overwritten with random bytes (reserved codes, then flagged by both) and re-sealed with
  *    valid checksums.
@@ -480,6 +482,110 @@ static void test_encode_errors(void **state) {
     assert_int_equal(ok + nonfinite + range, 4 * 3 * 6);
 }
 
+/* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
+ * device's bytes copied into the section in pinned host memory, finish_section); zstd on for some sections. */
+static void test_blob_byte_identical(void **state) {
+    (void)state;
+    const kw_wire_codec_spec i4g = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3);
+    const kw_wire_codec_spec i8t = spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0);
+    const kw_wire_codec_spec e5h = spec_of(KW_WIRE_CODEC_E5M2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_E8M0, 0);
+    const wire_case layers[] = {
+        {i4g, i8t, KW_WIRE_DTYPE_BF16, 9, 0, 0, 0, 0},
+        {e5h, k_bf16, KW_WIRE_DTYPE_BF16, 12, 5, 1, 1, 0},
+        {i8t, i4g, KW_WIRE_DTYPE_BF16, 10, 0, 0, 1, 0},
+    };
+    const uint32_t n_layers = sizeof layers / sizeof layers[0];
+    rng r{77};
+    kw_wire_header hdr = {};
+    hdr.n_layers = 8;
+    hdr.n_sections = (uint16_t)n_layers;
+    hdr.n_kv_heads = H;
+    hdr.head_dim = D;
+    hdr.n_positions = NPOS;
+    hdr.src_dtype = KW_WIRE_DTYPE_BF16;
+    hdr.model_id = 0x1234;
+    kw_wire_encoder *cpu = nullptr, *gpu = nullptr;
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &cpu), 0);
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &gpu), 0);
+    const size_t cap = 1 << 16;
+    std::vector<uint8_t> cpu_blob(cap);
+    uint8_t *gpu_blob = nullptr; /* pinned: the device's bytes land in the blob directly */
+    CK(cudaMallocHost((void **)&gpu_blob, cap));
+    size_t cpu_len = 0, gpu_len = 0, w = 0;
+    assert_int_equal(kw_wire_encoder_write_header(cpu, cpu_blob.data(), cap, &w), 0);
+    cpu_len += w;
+    assert_int_equal(kw_wire_encoder_write_header(gpu, gpu_blob, cap, &w), 0);
+    gpu_len += w;
+    for (uint32_t l = 0; l < n_layers; ++l) {
+        const wire_case &c = layers[l];
+        const uint32_t rows = c.gather ? c.T + 7 : c.T;
+        tensor_src ks, vs;
+        make_src(r, c, rows, &ks);
+        make_src(r, c, rows, &vs);
+        std::vector<uint32_t> gather(c.T), positions(c.T);
+        for (uint32_t t = 0; t < c.T; ++t) {
+            gather[t] = c.gather ? r.below(rows) : t;
+            positions[t] = 2 * t + l;
+        }
+        kw_wire_token_group groups[2] = {{c.split ? c.split : c.T, c.a, c.b}, {c.T - c.split, c.b, c.a}};
+        kw_wire_policy pol = {};
+        pol.k = c.a;
+        pol.v = c.b;
+        pol.n_groups = c.split ? 2 : 0;
+        pol.groups = groups;
+        pol.zstd_level = l == 1 ? 3 : 0;
+        kw_wire_layer_in in = {};
+        in.layer = 2 * l + 1;
+        in.n_tokens = c.T;
+        in.positions = positions.data();
+        in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
+        in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
+        assert_int_equal(kw_wire_encoder_write_section(cpu, &in, &pol, &cpu_blob[cpu_len], cap - cpu_len, &w), 0);
+        cpu_len += w;
+
+        size_t at = 0;
+        assert_int_equal(kw_wire_encoder_begin_section(gpu, in.layer, c.T, positions.data(), &pol, gpu_blob + gpu_len,
+                                                       cap - gpu_len, &at),
+                         0);
+        dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+        dev_buf<uint32_t> drows(gather.data(), gather.size());
+        dev_buf<unsigned long long> err(1);
+        const uint32_t n_groups = c.split ? 2 : 1;
+        for (uint32_t g = 0, t0 = 0; g < n_groups; t0 += groups[g].n_tokens, ++g) {
+            const kw_wire_codec_spec *specs[2] = {&groups[g].k, &groups[g].v};
+            const dev_buf<uint8_t> *data[2] = {&dks, &dvs};
+            const tensor_src *hs[2] = {&ks, &vs};
+            for (int kv = 0; kv < 2; ++kv) {
+                const kw_cuda_wire_spec ds = dev_spec(*specs[kv]);
+                const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, groups[g].n_tokens, D);
+                dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, groups[g].n_tokens, D));
+                const kw_cuda_wire_src src = {
+                    data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr,
+                    t0};
+                assert_int_equal(
+                    kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, groups[g].n_tokens, D, dst.p, work.p, err.p), 0);
+                CK(cudaMemcpyAsync(gpu_blob + gpu_len + at, dst.p, bytes, cudaMemcpyDeviceToHost, nullptr));
+                unsigned long long e = 0;
+                CK(cudaMemcpy(&e, err.p, sizeof e, cudaMemcpyDeviceToHost));
+                assert_int_equal(kw_cuda_wire_encode_status(e), 0);
+                at += bytes;
+            }
+        }
+        assert_int_equal(kw_wire_encoder_finish_section(gpu, &w), 0);
+        gpu_len += w;
+    }
+    assert_int_equal(kw_wire_encoder_write_trailer(cpu, &cpu_blob[cpu_len], cap - cpu_len, &w), 0);
+    cpu_len += w;
+    assert_int_equal(kw_wire_encoder_write_trailer(gpu, gpu_blob + gpu_len, cap - gpu_len, &w), 0);
+    gpu_len += w;
+    assert_int_equal(gpu_len, cpu_len);
+    assert_memory_equal(gpu_blob, cpu_blob.data(), cpu_len);
+    assert_true(kw_wire_encoder_breakdown(gpu)->compressed_sections == 1); /* the zstd path was taken */
+    kw_wire_encoder_destroy(cpu);
+    kw_wire_encoder_destroy(gpu);
+    CK(cudaFreeHost(gpu_blob));
+}
+
 int main(void) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -491,6 +597,7 @@ int main(void) {
         cmocka_unit_test(test_encode_every_codec),
         cmocka_unit_test(test_encode_layouts),
         cmocka_unit_test(test_encode_errors),
+        cmocka_unit_test(test_blob_byte_identical),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }
