@@ -217,18 +217,62 @@ static kw_cuda_wire_spec dev_spec(const kw_wire_codec_spec &s) {
     return kw_cuda_wire_spec{s.codec, s.granularity, s.scale_dtype, s.group_log2};
 }
 
-/* Encodes one tensor of one group on the device; returns the status and fills bytes. */
-static int device_encode(const kw_wire_codec_spec &spec, const kw_cuda_wire_src &src, uint32_t tg,
-                         std::vector<uint8_t> *bytes) {
-    const kw_cuda_wire_spec ds = dev_spec(spec);
-    const uint64_t size = kw_cuda_wire_tensor_bytes(&ds, H, tg, D);
-    assert_true(size > 0);
-    dev_buf<uint8_t> dst(size), work(kw_cuda_wire_work_bytes(&ds, H, tg, D));
+/* A case's token groups, policy and layer input (pol.groups points into groups: keep the object in place). */
+struct case_section {
+    kw_wire_token_group groups[2];
+    uint32_t n_groups;
+    kw_wire_policy pol;
+    kw_wire_layer_in in;
+};
+
+static void case_section_make(const wire_case &c, uint32_t layer, const tensor_src &ks, const tensor_src &vs,
+                              const std::vector<uint32_t> &gather, const std::vector<uint32_t> &positions,
+                              case_section *cs) {
+    *cs = case_section{};
+    cs->groups[0] = {c.split ? c.split : c.T, c.a, c.b};
+    cs->groups[1] = {c.T - c.split, c.b, c.a};
+    cs->n_groups = c.split ? 2 : 1;
+    cs->pol.k = c.a;
+    cs->pol.v = c.b;
+    cs->pol.n_groups = c.split ? 2 : 0;
+    cs->pol.groups = cs->groups;
+    cs->in.layer = layer;
+    cs->in.n_tokens = c.T;
+    cs->in.positions = positions.data();
+    cs->in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
+    cs->in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
+}
+
+/* Encodes the section's tensors on the device in the CPU's order (group 0 K, V, group 1 K, V), each copied to
+ * host_dst as the section lays them out (host_dst may be pinned memory); stops at the first failure and returns its
+ * status. */
+static int device_encode_section(const wire_case &c, const case_section &cs, const tensor_src &ks, const tensor_src &vs,
+                                 const std::vector<uint32_t> &gather, uint8_t *host_dst) {
+    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint32_t> drows(gather.data(), gather.size());
     dev_buf<unsigned long long> err(1);
-    assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, tg, D, dst.p, work.p, err.p), 0);
-    CK(cudaDeviceSynchronize());
-    *bytes = dst.get();
-    return kw_cuda_wire_encode_status(err.get()[0]);
+    size_t at = 0;
+    for (uint32_t g = 0, t0 = 0; g < cs.n_groups; t0 += cs.groups[g].n_tokens, ++g) {
+        const uint32_t tg = cs.pol.n_groups ? cs.groups[g].n_tokens : c.T;
+        const kw_wire_codec_spec *specs[2] = {&cs.groups[g].k, &cs.groups[g].v};
+        const dev_buf<uint8_t> *data[2] = {&dks, &dvs};
+        const tensor_src *hs[2] = {&ks, &vs};
+        for (int kv = 0; kv < 2; ++kv) {
+            const kw_cuda_wire_spec ds = dev_spec(*specs[kv]);
+            const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, tg, D);
+            assert_true(bytes > 0);
+            dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, tg, D));
+            const kw_cuda_wire_src src = {
+                data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr, t0};
+            assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, tg, D, dst.p, work.p, err.p), 0);
+            CK(cudaMemcpyAsync(host_dst + at, dst.p, bytes, cudaMemcpyDeviceToHost, nullptr));
+            CK(cudaStreamSynchronize(nullptr));
+            const int rc = kw_cuda_wire_encode_status(err.get()[0]);
+            if (rc < 0) return rc;
+            at += bytes;
+        }
+    }
+    return 0;
 }
 
 /* Re-seals a one-section blob after its body was changed: the section checksum and the blob checksum. */
@@ -317,46 +361,21 @@ static int check_case(const wire_case &c, uint64_t seed) {
     hdr.head_dim = D;
     hdr.n_positions = NPOS;
     hdr.src_dtype = (uint8_t)c.src_dtype;
-    kw_wire_token_group groups[2] = {{c.split ? c.split : c.T, c.a, c.b}, {c.T - c.split, c.b, c.a}};
-    kw_wire_policy pol = {};
-    pol.k = c.a;
-    pol.v = c.b;
-    pol.n_groups = c.split ? 2 : 0;
-    pol.groups = groups;
-    kw_wire_layer_in in = {};
-    in.layer = 2;
-    in.n_tokens = c.T;
-    in.positions = positions.data();
-    in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
-    in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
+    case_section cs;
+    case_section_make(c, 2, ks, vs, gather, positions, &cs);
+    const uint32_t n_groups = cs.n_groups;
     kw_wire_encoder *enc = nullptr;
     assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
     size_t sec_cap = 0;
-    assert_int_equal(kw_wire_section_size(&hdr, &pol, c.T, positions.data(), &sec_cap), 0);
+    assert_int_equal(kw_wire_section_size(&hdr, &cs.pol, c.T, positions.data(), &sec_cap), 0);
     std::vector<uint8_t> blob(KW_WIRE_HEADER_BYTES + sec_cap + KW_WIRE_TRAILER_BYTES);
     size_t w = 0, sec_len = 0;
     assert_int_equal(kw_wire_encoder_write_header(enc, blob.data(), blob.size(), &w), 0);
-    const int cpu_rc = kw_wire_encoder_write_section(enc, &in, &pol, &blob[w], sec_cap, &sec_len);
+    const int cpu_rc = kw_wire_encoder_write_section(enc, &cs.in, &cs.pol, &blob[w], sec_cap, &sec_len);
 
-    /* the device, tensor by tensor in the CPU's order (group 0 K, V, group 1 K, V); the first failure counts */
-    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
-    dev_buf<uint32_t> drows(gather.data(), gather.size());
-    int dev_rc = 0;
-    std::vector<std::vector<uint8_t>> dev_bytes;
-    const uint32_t n_groups = c.split ? 2 : 1;
-    for (uint32_t g = 0, t0 = 0; g < n_groups && dev_rc == 0; t0 += groups[g].n_tokens, ++g) {
-        const uint32_t tg = c.split ? groups[g].n_tokens : c.T;
-        const kw_wire_codec_spec *specs[2] = {&groups[g].k, &groups[g].v};
-        const dev_buf<uint8_t> *data[2] = {&dks, &dvs};
-        const tensor_src *hs[2] = {&ks, &vs};
-        for (int kv = 0; kv < 2 && dev_rc == 0; ++kv) {
-            const kw_cuda_wire_src src = {
-                data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr, t0};
-            std::vector<uint8_t> bytes;
-            dev_rc = device_encode(*specs[kv], src, tg, &bytes);
-            dev_bytes.push_back(bytes);
-        }
-    }
+    /* the device's tensor bytes, laid out as in the section */
+    std::vector<uint8_t> dev_bytes(sec_cap);
+    const int dev_rc = device_encode_section(c, cs, ks, vs, gather, dev_bytes.data());
     if (dev_rc != cpu_rc) fail_msg("%s: encode status %d on the device, %d on the CPU", what, dev_rc, cpu_rc);
     if (cpu_rc < 0) {
         kw_wire_encoder_destroy(enc);
@@ -374,16 +393,15 @@ static int check_case(const wire_case &c, uint64_t seed) {
     const kw_wire_section *sec = nullptr;
     assert_int_equal(kw_wire_reader_next(rd, &sec), 1);
     assert_int_equal(sec->n_groups, n_groups);
+    size_t at = 0;
     for (uint32_t g = 0; g < n_groups; ++g) {
         const kw_wire_tensor_view *tv[2] = {&sec->groups[g].k, &sec->groups[g].v};
         for (int kv = 0; kv < 2; ++kv) {
-            const std::vector<uint8_t> &got = dev_bytes[2 * g + kv];
-            if (got.size() != tv[kv]->scale_bytes + tv[kv]->code_bytes)
-                fail_msg("%s: group %u %c: %zu bytes on the device, %llu on the CPU", what, g, kv ? 'V' : 'K',
-                         got.size(), (unsigned long long)(tv[kv]->scale_bytes + tv[kv]->code_bytes));
-            if ((tv[kv]->scale_bytes && memcmp(got.data(), tv[kv]->scales, tv[kv]->scale_bytes) != 0) ||
-                memcmp(got.data() + tv[kv]->scale_bytes, tv[kv]->codes, tv[kv]->code_bytes) != 0)
+            const uint8_t *got = &dev_bytes[at];
+            if ((tv[kv]->scale_bytes && memcmp(got, tv[kv]->scales, tv[kv]->scale_bytes) != 0) ||
+                memcmp(got + tv[kv]->scale_bytes, tv[kv]->codes, tv[kv]->code_bytes) != 0)
                 fail_msg("%s: group %u %c: the device's bytes differ from the CPU encoder's", what, g, kv ? 'V' : 'K');
+            at += tv[kv]->scale_bytes + tv[kv]->code_bytes;
         }
     }
     kw_wire_reader_close(rd);
@@ -527,50 +545,16 @@ static void test_blob_byte_identical(void **state) {
             gather[t] = c.gather ? r.below(rows) : t;
             positions[t] = 2 * t + l;
         }
-        kw_wire_token_group groups[2] = {{c.split ? c.split : c.T, c.a, c.b}, {c.T - c.split, c.b, c.a}};
-        kw_wire_policy pol = {};
-        pol.k = c.a;
-        pol.v = c.b;
-        pol.n_groups = c.split ? 2 : 0;
-        pol.groups = groups;
-        pol.zstd_level = l == 1 ? 3 : 0;
-        kw_wire_layer_in in = {};
-        in.layer = 2 * l + 1;
-        in.n_tokens = c.T;
-        in.positions = positions.data();
-        in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
-        in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
-        assert_int_equal(kw_wire_encoder_write_section(cpu, &in, &pol, &cpu_blob[cpu_len], cap - cpu_len, &w), 0);
+        case_section cs;
+        case_section_make(c, 2 * l + 1, ks, vs, gather, positions, &cs);
+        cs.pol.zstd_level = l == 1 ? 3 : 0;
+        assert_int_equal(kw_wire_encoder_write_section(cpu, &cs.in, &cs.pol, &cpu_blob[cpu_len], cap - cpu_len, &w), 0);
         cpu_len += w;
-
         size_t at = 0;
-        assert_int_equal(kw_wire_encoder_begin_section(gpu, in.layer, c.T, positions.data(), &pol, gpu_blob + gpu_len,
-                                                       cap - gpu_len, &at),
+        assert_int_equal(kw_wire_encoder_begin_section(gpu, cs.in.layer, c.T, positions.data(), &cs.pol,
+                                                       gpu_blob + gpu_len, cap - gpu_len, &at),
                          0);
-        dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
-        dev_buf<uint32_t> drows(gather.data(), gather.size());
-        dev_buf<unsigned long long> err(1);
-        const uint32_t n_groups = c.split ? 2 : 1;
-        for (uint32_t g = 0, t0 = 0; g < n_groups; t0 += groups[g].n_tokens, ++g) {
-            const kw_wire_codec_spec *specs[2] = {&groups[g].k, &groups[g].v};
-            const dev_buf<uint8_t> *data[2] = {&dks, &dvs};
-            const tensor_src *hs[2] = {&ks, &vs};
-            for (int kv = 0; kv < 2; ++kv) {
-                const kw_cuda_wire_spec ds = dev_spec(*specs[kv]);
-                const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, groups[g].n_tokens, D);
-                dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, groups[g].n_tokens, D));
-                const kw_cuda_wire_src src = {
-                    data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr,
-                    t0};
-                assert_int_equal(
-                    kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, groups[g].n_tokens, D, dst.p, work.p, err.p), 0);
-                CK(cudaMemcpyAsync(gpu_blob + gpu_len + at, dst.p, bytes, cudaMemcpyDeviceToHost, nullptr));
-                unsigned long long e = 0;
-                CK(cudaMemcpy(&e, err.p, sizeof e, cudaMemcpyDeviceToHost));
-                assert_int_equal(kw_cuda_wire_encode_status(e), 0);
-                at += bytes;
-            }
-        }
+        assert_int_equal(device_encode_section(c, cs, ks, vs, gather, gpu_blob + gpu_len + at), 0);
         assert_int_equal(kw_wire_encoder_finish_section(gpu, &w), 0);
         gpu_len += w;
     }
