@@ -111,6 +111,8 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_scales(kw_wire_geom g
     for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < g.units;
          u += (uint64_t)gridDim.x * blockDim.x) {
         const uint32_t m = amax[u];
+        sv[u] = 0.0f; /* a failed unit is packed as zeros: no NaN reaches a float-to-int conversion */
+        iv[u] = 0.0f;
         if (m >= 0x7f800000u) {
             atomicMin(err, (unsigned long long)(u << 1));
             continue;
@@ -125,8 +127,6 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_scales(kw_wire_geom g
         float s = 0.0f;
         if (kw_wire_scale_choose(kw_f32_from_bits(m), kw_wire_codec_qmax(g.codec), g.scale_dtype, &code, &s) < 0) {
             atomicMin(err, (unsigned long long)(u << 1 | 1u));
-            sv[u] = 0.0f;
-            iv[u] = 0.0f;
             continue;
         }
         kw_wire_scale_store(g.scale_dtype, code, dst + u * g.ss);
