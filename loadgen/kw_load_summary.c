@@ -578,9 +578,9 @@ void kw_load_summary_print(const cJSON *s, FILE *out) {
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(s, "dataset");
     if (cJSON_IsObject(ds)) {
         const cJSON *dn = cJSON_GetObjectItemCaseSensitive(ds, "name");
-        fprintf(out, "%-40s%s: %.0f rows, %.0f evaluated, %.0f skipped\n", "Dataset:",
-                cJSON_IsString(dn) ? dn->valuestring : "?", kw_load_num(ds, "rows", 0), kw_load_num(ds, "evaluated", 0),
-                kw_load_num(ds, "skipped", 0));
+        fprintf(out, "%-40s%s: %.0f rows, %.0f evaluated, %.0f skipped\n",
+                "Dataset:", cJSON_IsString(dn) ? dn->valuestring : "?", kw_load_num(ds, "rows", 0),
+                kw_load_num(ds, "evaluated", 0), kw_load_num(ds, "skipped", 0));
         const cJSON *why = cJSON_GetObjectItemCaseSensitive(ds, "skipped_by_reason");
         for (const cJSON *w = why ? why->child : NULL; w; w = w->next)
             fprintf(out, "  skipped, %s: %.0f\n", w->string, w->valuedouble);
