@@ -377,8 +377,8 @@ static int kw__net_tls_seal(kw_net_conn *c, const uint8_t *data, size_t n) {
  * completed with the start of the next buffer in c->tls_stage, so a frame costs one record of overhead less than
  * a record per buffer would (no record of its own for the head, no short record in the middle) and a short record
  * only ends the write. What is encrypted goes to the socket as one buffer, in one uv_write: handing it over in
- * smaller pieces while the socket takes them was measured slower (the kernel's per-write work on loopback costs
- * more than the cache misses it saves). */
+ * pieces of 64-512 KiB while the socket took them (uv_try_write, the buffer reused while in cache) was measured
+ * slower, all of it kernel time (docs/BENCHMARKS.md, network section). */
 static int kw__net_tls_write(kw_net_conn *c, kw__net_write *w) {
     /* Room for the whole ciphertext at once: the plaintext plus, per 16 KiB record, at most 5 bytes of header, 1
      * of content type and 16 of tag (TLS 1.3) or 8 of explicit nonce (TLS 1.2), rounded up generously. */
