@@ -40,6 +40,17 @@ for unit in sharerd receiverd; do
         fail "$unit.service: exposure above 3.0 (systemd-analyze's threshold 30 is 3.0)"
     }
     echo "$unit.service: $(grep -o 'Overall exposure level.*' security.log)"
+    # with the TLS drop-in (as DEPLOY.md enables it): still valid, ExecStart replaced, the key a credential
+    dropin=$prefix/share/kvwire/systemd/$unit.service.d/tls.conf
+    [ -f "$dropin" ] || fail "cmake --install did not install the example $unit.service.d/tls.conf"
+    mkdir -p "$unit/$unit.service.d"
+    sed "s#/usr/local/#$prefix/#g" "$dropin" >"$unit/$unit.service.d/tls.conf"
+    verify "$unit/$unit.service" || { cat verify.log; fail "systemd-analyze verify rejects $unit.service with tls.conf"; }
+    grep -q "^LoadCredential=.*key:$prefix/etc/kvwire/tls/" "$unit/$unit.service.d/tls.conf" ||
+        fail "$unit tls.conf does not load the key as a credential"
+    tls_config=$(sed -n 's/^ExecStart=.*--config \([^ ]*\).*/\1/p' "$unit/$unit.service.d/tls.conf")
+    [ -f "$tls_config" ] || fail "$unit tls.conf names $tls_config, which is not installed"
+    rm -r "$unit/$unit.service.d"
     # the check catches a broken unit
     sed 's/^WatchdogSec=/NoSuchKey=1\nWatchdogSec=/' "$unit/$unit.service" >"$unit/broken.service"
     ! verify "$unit/broken.service" || fail "systemd-analyze verify accepted a unit with an unknown key"
