@@ -12,6 +12,7 @@
 #include "sharer/kw_sharerd.h"
 
 #include <stdatomic.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -471,6 +472,10 @@ static void kw__sd_on_post(kw_net_async_item *item, void *user) {
         d->async = NULL;
         kw_net_signals_close(d->signals);
         d->signals = NULL;
+        /* closing the watcher restored the default action: a repeated SIGTERM (scancel and a job script both send
+         * one) must not kill the process while it frees its models; it is stopping already */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
         kw_net_service_close(d->service);
         d->service = NULL;
         return;

@@ -29,7 +29,10 @@ done
 [[ $days =~ ^[1-9][0-9]{0,4}$ ]] || { echo "make-certs.sh: --days must be 1..99999" >&2; exit 2; }
 [[ $san =~ ^(DNS|IP):[^,]+(,(DNS|IP):[^,]+)*$ ]] ||
     { echo "make-certs.sh: --san must be a list like DNS:host,IP:10.0.0.1" >&2; exit 2; }
-command -v openssl >/dev/null || { echo "make-certs.sh: openssl is not installed (apt-get install openssl)" >&2; exit 1; }
+if ! command -v openssl >/dev/null; then
+    echo "make-certs.sh: openssl is not installed (apt-get install openssl)" >&2
+    exit 1
+fi
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -66,8 +69,9 @@ openssl req -new -x509 -key "$work/ca.key" -sha256 -days "$days" -subj "/CN=$ca_
 for who in server client; do
     key $who
     openssl req -new -key "$work/$who.key" -subj "/CN=kvwire $who" -out "$work/$who.csr"
-    openssl x509 -req -in "$work/$who.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
-        -sha256 -days "$days" -extfile "$work/ext.cnf" -extensions $who -out "$work/$who.pem" 2>/dev/null
+    openssl x509 -req -in "$work/$who.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+        -set_serial "0x$(openssl rand -hex 8)" -sha256 -days "$days" -extfile "$work/ext.cnf" -extensions $who \
+        -out "$work/$who.pem" 2>/dev/null
     openssl verify -CAfile "$work/ca.pem" "$work/$who.pem" >/dev/null
 done
 for f in ca.pem server.pem client.pem; do install -m 0644 "$work/$f" "$out/$f"; done

@@ -47,7 +47,8 @@ for f in ca server client; do
     [ -s conf/tls/$f.pem ] && [ -s conf/tls/$f.key ] || fail "make-certs.sh did not write $f.pem and $f.key"
     [ "$(stat -c %a conf/tls/$f.key)" = 600 ] || fail "$f.key is not mode 0600"
 done
-openssl verify -CAfile conf/tls/ca.pem conf/tls/server.pem conf/tls/client.pem >/dev/null || fail "the chains do not verify"
+openssl verify -CAfile conf/tls/ca.pem conf/tls/server.pem conf/tls/client.pem >/dev/null ||
+    fail "the chains do not verify"
 openssl x509 -in conf/tls/server.pem -noout -ext subjectAltName | grep -q 'DNS:localhost, IP Address:127.0.0.1' ||
     fail "the server certificate does not name localhost and 127.0.0.1"
 ! "$src/deploy/tls/make-certs.sh" --out bad --san 'not a san' 2>/dev/null || fail "make-certs.sh took a malformed --san"
@@ -65,7 +66,8 @@ for _ in $(seq 1 600); do
     health $receiver_port | jq -e '.status == "ok"' >/dev/null && break
     sleep 0.1
 done
-health $receiver_port | jq -e '.status == "ok"' >/dev/null || { health $receiver_port; fail "receiverd never reached sharerd over mutual TLS"; }
+health $receiver_port | jq -e '.status == "ok"' >/dev/null ||
+    { health $receiver_port; fail "receiverd never reached sharerd over mutual TLS"; }
 curl -s -X POST "http://127.0.0.1:$receiver_port/v1/chat/completions" -H 'Content-Type: application/json' \
     -d '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":4}' >reply.json
 jq -e '.kvwire.mode == "c2c" and (.choices[0].message.content | type == "string")' reply.json >/dev/null ||
@@ -89,4 +91,5 @@ stop $stranger_pid
 stop $receiver_pid
 stop $sharer_pid
 pids=()
-echo "mutual TLS: ok ($(jq -c '.kvwire.mode' reply.json), stranger refused: $(jq -c '.sharers[0].reason' stranger-health.json))"
+echo "mutual TLS: ok ($(jq -c '.kvwire.mode' reply.json)," \
+    "stranger refused: $(jq -c '.sharers[0].reason' stranger-health.json))"

@@ -34,7 +34,8 @@ for unit in sharerd receiverd; do
         'DeviceAllow=char-nvidia-frontend rw' StandardError=journal; do
         grep -qF -- "$key" "$unit/$unit.service" || fail "$unit.service lacks $key"
     done
-    grep -qx 'CapabilityBoundingSet=' "$unit/$unit.service" || fail "$unit.service: the capability bounding set is not empty"
+    grep -qx 'CapabilityBoundingSet=' "$unit/$unit.service" ||
+        fail "$unit.service: the capability bounding set is not empty"
     (cd "$unit" && systemd-analyze security --offline=true --threshold=30 "./$unit.service") >security.log 2>&1 || {
         tail -5 security.log
         fail "$unit.service: exposure above 3.0 (systemd-analyze's threshold 30 is 3.0)"
@@ -45,7 +46,8 @@ for unit in sharerd receiverd; do
     [ -f "$dropin" ] || fail "cmake --install did not install the example $unit.service.d/tls.conf"
     mkdir -p "$unit/$unit.service.d"
     sed "s#/usr/local/#$prefix/#g" "$dropin" >"$unit/$unit.service.d/tls.conf"
-    verify "$unit/$unit.service" || { cat verify.log; fail "systemd-analyze verify rejects $unit.service with tls.conf"; }
+    verify "$unit/$unit.service" ||
+        { cat verify.log; fail "systemd-analyze verify rejects $unit.service with tls.conf"; }
     grep -q "^LoadCredential=.*key:$prefix/etc/kvwire/tls/" "$unit/$unit.service.d/tls.conf" ||
         fail "$unit tls.conf does not load the key as a credential"
     tls_config=$(sed -n 's/^ExecStart=.*--config \([^ ]*\).*/\1/p' "$unit/$unit.service.d/tls.conf")
