@@ -3,7 +3,9 @@
 # line (chains verify, keys are 0600, the server certificate names 127.0.0.1 and localhost), and both daemons run on
 # them with mutual TLS from copies of deploy/config/sharerd.tls.yaml and receiverd.tls.yaml (models from the daemon
 # tests' fixture, ephemeral ports): a chat completion crosses the TLS link; a receiverd whose client certificate
-# comes from another CA is refused by sharerd and says so in /health.
+# comes from another CA is refused by sharerd and says so in /health. Certificate rotation: new files (a new CA)
+# written over the old ones and SIGHUP to sharerd: the connection of the running receiverd (which trusts only the old
+# CA) survives and serves, and a receiverd started on the new files gets in.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 models=$build/tests/daemons/models
 [ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
@@ -88,6 +90,27 @@ jq -e '.sharers[0].reason // "" | test("TLS|certificate|tls"; "i")' stranger-hea
     { cat stranger-health.json; fail "receiverd does not say the TLS handshake failed"; }
 
 stop $stranger_pid
+
+# rotation: a new CA, server and client certificate over the old files, then SIGHUP
+chat() {
+    curl -s -X POST "http://127.0.0.1:$1/v1/chat/completions" -H 'Content-Type: application/json' \
+        -d '{"messages":[{"role":"user","content":"Hello again"}],"max_tokens":4}'
+}
+"$src/deploy/tls/make-certs.sh" --out conf/tls --ca-name "kvwire CA 2" >/dev/null
+kill -HUP $sharer_pid
+for _ in $(seq 300); do grep -q "reload: TLS certificate" sharer.log && break; sleep 0.1; done
+grep -q "reload: TLS certificate" sharer.log || { cat sharer.log; fail "sharerd did not reload its TLS files"; }
+chat $receiver_port | jq -e '.kvwire.mode == "c2c"' >/dev/null ||
+    fail "the connection made before the rotation did not survive the reload"
+start rotated "$build/receiver/receiverd" "${receiver_args[@]}"
+rotated_pid=${pids[-1]} rotated_port=$port
+for _ in $(seq 600); do
+    health $rotated_port | jq -e '.status == "ok"' >/dev/null && break
+    sleep 0.1
+done
+chat $rotated_port | jq -e '.kvwire.mode == "c2c"' >/dev/null ||
+    { health $rotated_port; fail "a receiverd on the new certificates does not get in after the reload"; }
+stop $rotated_pid
 stop $receiver_pid
 stop $sharer_pid
 pids=()
