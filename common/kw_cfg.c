@@ -625,9 +625,9 @@ static bool kw__cfg_same_value(const kw_cfg_key *k, const void *a, const void *b
 
 int kw_cfg_reload(const kw_cfg_table *t, const void *running, void *next, size_t obj_size, int argc, char **argv,
                   char *refused, size_t cap, int *n_refused) {
+    if (next) memset(next, 0, obj_size); /* the caller frees it whatever happens */
     KW_RETURN_IF(!t || !running || !next || !refused || cap == 0 || !n_refused, KW_E_INVALID_ARG,
                  "config reload: NULL argument");
-    memset(next, 0, obj_size);
     refused[0] = '\0';
     *n_refused = 0;
     enum kw_cfg_action action = KW_CFG_RUN;

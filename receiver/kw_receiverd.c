@@ -903,6 +903,7 @@ static int kw__rd_load_fuser(kw_receiverd *d, int32_t i) {
                      fc->sharer);
     }
     KW_LOG_INFO("receiverd: loading fuser %s from %s", fc->name, fc->path);
+    kw_net_service_status(d->service, "loading fuser %s from %s", fc->name, fc->path);
     KW_FORWARD(kw_fuser_load(fc->path, 0, &f->fuser));
     KW_FORWARD(kw_identity_fuser(fc->path, f->digest));
     const kw_model_config *rc = kw_model_get_config(d->model);
@@ -942,8 +943,11 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     d->queue_init = true;
     KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "receiverd: cannot create the event loop");
     d->loop_init = true;
+    /* first: STATUS lines while the models load, and a SIGHUP meanwhile must not kill the process */
+    KW_CHECK(kw_net_service_start(&d->loop, "receiverd", kw__rd_on_reload, d, &d->service));
     KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
     KW_LOG_INFO("receiverd: loading model %s from %s", cfg->model_name, cfg->model_path);
+    kw_net_service_status(d->service, "loading model %s from %s", cfg->model_name, cfg->model_path);
     const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
     KW_CHECK(kw_model_load(d->be, cfg->model_path, &mo, &d->model));
     const kw_model_config *mc = kw_model_get_config(d->model);
@@ -999,7 +1003,6 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     d->port = kw_http_server_port(d->http);
     KW_CHECK(kw_net_async_create(&d->loop, kw__rd_on_post, d, &d->async));
     KW_CHECK(kw_net_signals_watch(&d->loop, kw__rd_on_signal, d, &d->signals));
-    KW_CHECK(kw_net_service_start(&d->loop, "receiverd", kw__rd_on_reload, d, &d->service));
     *out = d;
     return 0;
 out:

@@ -906,6 +906,7 @@ static void kw__sd_on_reload(void *user) {
     kw_net_service_reloading(d->service);
     KW_LOG_INFO("sharerd: SIGHUP: reloading the configuration");
     kw_sharerd_config next;
+    memset(&next, 0, sizeof next); /* freed below whatever happens */
     char refused[512];
     int n_refused = 0;
     int rc = d->reload_argv ? kw_cfg_reload(&kw_sharerd_config_table, d->cfg, &next, sizeof next, d->reload_argc,
@@ -947,6 +948,7 @@ static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__
     KW_RETURN_IF(!mc->path, KW_E_INVALID_ARG, "sharerd: model %s has no path", mc->name);
     m->name = mc->name;
     KW_LOG_INFO("sharerd: loading model %s from %s", mc->name, mc->path);
+    kw_net_service_status(d->service, "loading model %s from %s", mc->name, mc->path);
     const kw_model_options mo = {.max_batch = (int32_t)d->cfg->max_batch};
     KW_FORWARD(kw_model_load(d->be, mc->path, &mo, &m->model));
     const kw_model_config *cfg = kw_model_get_config(m->model);
@@ -991,6 +993,8 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     d->t_start = kw_time_now_ns();
     KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "sharerd: cannot create the event loop");
     d->loop_init = true;
+    /* first: STATUS lines while the models load, and a SIGHUP meanwhile must not kill the process */
+    KW_CHECK(kw_net_service_start(&d->loop, "sharerd", kw__sd_on_reload, d, &d->service));
     KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
     for (int32_t i = 0; i < cfg->n_models; ++i) {
         for (int32_t k = 0; k < i; ++k)
@@ -1024,7 +1028,6 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     d->port = kw_net_server_port(d->server);
     KW_CHECK(kw_net_async_create(&d->loop, kw__sd_on_post, d, &d->async));
     KW_CHECK(kw_net_signals_watch(&d->loop, kw__sd_on_signal, d, &d->signals));
-    KW_CHECK(kw_net_service_start(&d->loop, "sharerd", kw__sd_on_reload, d, &d->service));
     d->log_level = cfg->log_level;
     *out = d;
     return 0;

@@ -180,10 +180,14 @@ static void managed_start(const char *program, const char *config, const char *c
     m->proc.pid = pid;
 }
 
-/* Waits for READY=1 (the daemon may take a while to load its models) and checks, the moment it arrives, that the
- * port is written and accepts a connection; the STATUS= line must contain status_has. */
+/* Waits for a STATUS= line saying a model loads, then READY=1 (the daemon may take a while to load its models), and
+ * checks, the moment it arrives, that the port is written and accepts a connection; its STATUS= line must contain
+ * status_has. */
 static void managed_wait_ready(managed *m, notify_sock *n, const char *status_has) {
     char msg[1024];
+    /* the models load first, each announced in a STATUS= line */
+    if (!notify_wait(n, "STATUS=", msg, sizeof msg, kwd_ms(120000), NULL) || !strstr(msg, "STATUS=loading model"))
+        fail_msg("no STATUS=loading model... before READY=1: \"%s\" (log %s)", msg, m->proc.log);
     if (!notify_wait(n, "READY=1", msg, sizeof msg, kwd_ms(120000), NULL)) {
         int status = 0;
         const int exited = waitpid(m->proc.pid, &status, WNOHANG) == m->proc.pid;
