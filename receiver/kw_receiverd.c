@@ -546,6 +546,11 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
                                              total_ms};
         for (int s = 0; s < KW_RD_STAGES; ++s)
             kw__rd_hist_add(&d->stage_hist[s], stages[s] * 1e-3);
+        KW_LOG_INFO("receiverd: request %llu ok: %s, blob %llu B, socket in %llu B out %llu B, text %llu B, "
+                    "%lld tokens, %.1f ms",
+                    (unsigned long long)j->id, kw_rd_mode_name(j->spec.mode), (unsigned long long)j->blob_bytes,
+                    (unsigned long long)j->share.socket_in, (unsigned long long)j->share.socket_out,
+                    (unsigned long long)j->share.text_len, (long long)j->n_ids, total_ms);
     } else if (j->status != KW_E_CANCELLED) {
         KW_LOG_INFO("receiverd: request %llu failed (%d): %s (%s)", (unsigned long long)j->id, http, j->error,
                     kw_status_name(j->status));

@@ -440,6 +440,9 @@ static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j) {
                     j->error, kw_status_name(j->status));
         kw__sd_send_error(c, j->req->request_id, j->status, j->error);
     } else {
+        KW_LOG_INFO("sharerd: %s: request %llu ok: model %s, %llu frames, blob %llu B, %.1f ms", c->peer,
+                    (unsigned long long)j->req->request_id, j->model->name, (unsigned long long)j->frames,
+                    (unsigned long long)j->stats.wire.blob_bytes, kw_time_ms(j->t_received, kw_time_now_ns()));
         if (j->req->mode == KWCTL__MODE__MODE_TEXT_RELAY) {
             Kwctl__ShareText t = KWCTL__SHARE_TEXT__INIT;
             t.request_id = j->req->request_id;

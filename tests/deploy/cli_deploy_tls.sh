@@ -74,6 +74,11 @@ curl -s -X POST "http://127.0.0.1:$receiver_port/v1/chat/completions" -H 'Conten
     -d '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":4}' >reply.json
 jq -e '.kvwire.mode == "c2c" and (.choices[0].message.content | type == "string")' reply.json >/dev/null ||
     { cat reply.json; fail "no c2c completion over mutual TLS"; }
+# one log line per request on each side: id, outcome, bytes (journald keeps them under systemd)
+grep -Eq 'receiverd: request [0-9]+ ok: c2c, blob [1-9][0-9]* B, socket in [1-9]' receiver.log ||
+    { cat receiver.log; fail "receiverd logged no line for the request"; }
+grep -Eq 'sharerd: .*request [0-9]+ ok: model tiny-qwen2, [1-9][0-9]* frames, blob [1-9]' sharer.log ||
+    { cat sharer.log; fail "sharerd logged no line for the request"; }
 
 # a client certificate of another CA: sharerd refuses the handshake, receiverd reports why
 "$src/deploy/tls/make-certs.sh" --out other --ca-name "some other CA" >/dev/null
