@@ -135,7 +135,9 @@ typedef void (*kw_net_write_fn)(kw_net_conn *c, int status, void *user);
 
 /* Queues head[0..head_len) (copied, at most KW_NET_WRITE_HEAD_MAX bytes; may be NULL/0) followed by the bytes of
  * bufs[0..n_bufs) (borrowed until done runs; at most KW_NET_WRITE_MAX_BUFS). Bytes go out in call order. Under TLS
- * the bytes are encrypted at once, and done still runs only when the encrypted bytes are written.
+ * the bytes are encrypted at once, as full 16 KiB records across the head and buffers (only the write's last record
+ * is short: put a frame's head and body in one write), and done still runs only when the encrypted bytes are
+ * written.
  * @return 0 (queued), KW_NET_WRITE_FULL (queued; stop producing until on_drain), or, with nothing queued and done
  * never called: KW_E_NET_BACKPRESSURE (the queue holds write_max_bytes or more), KW_E_STATE (not open yet, or
  * closing), KW_E_INVALID_ARG, KW_E_NET_TLS, KW_E_NET_IO, KW_E_NOMEM. done may be NULL. */

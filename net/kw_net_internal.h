@@ -84,6 +84,7 @@ struct kw_net_conn {
                               tls_in_held after it */
     size_t tls_in_len;
     uint8_t *tls_in_held;           /* owned copy of ciphertext kept across a pause */
+    uint8_t *tls_stage;             /* one record of plaintext gathered across a write's buffers (owned) */
     uint8_t *spare[KW__NET_SPARES]; /* ciphertext buffers kept for reuse (large ones would be mmap'ed each time) */
     size_t spare_cap[KW__NET_SPARES];
 

@@ -20,6 +20,7 @@
 #include "net/kw_net_internal.h"
 
 #define KW__NET_TLS_PLAIN_BYTES (64u << 10) /* plaintext read buffer: several 16 KiB records per SSL_read loop */
+#define KW__NET_TLS_RECORD      16384u      /* the most plaintext one TLS record carries */
 
 struct kw_net_tls {
     SSL_CTX *ctx;
@@ -280,7 +281,8 @@ static int kw__net_tls_attach(kw_net_conn *c, kw_net_tls *tls, bool server, cons
     if (!c->ssl) return kw__net_tls_fail(KW_E_NET_TLS, "new connection");
     c->bio = BIO_new(kw__net_bio_method);
     c->plain = malloc(KW__NET_TLS_PLAIN_BYTES);
-    if (!c->bio || !c->plain) {
+    c->tls_stage = malloc(KW__NET_TLS_RECORD);
+    if (!c->bio || !c->plain || !c->tls_stage) {
         BIO_free(c->bio);
         c->bio = NULL;
         KW_FAIL(KW_E_NOMEM, "TLS: out of memory");
@@ -311,6 +313,8 @@ static void kw__net_tls_detach(kw_net_conn *c) {
     c->bio = NULL;
     free(c->plain);
     c->plain = NULL;
+    free(c->tls_stage);
+    c->tls_stage = NULL;
     free(c->tls_out);
     c->tls_out = NULL;
     free(c->tls_in_held);
@@ -368,10 +372,29 @@ static int kw__net_tls_on_socket_bytes(kw_net_conn *c, const uint8_t *data, size
     return rc;
 }
 
+/* Encrypts n bytes into c->tls_out (OpenSSL cuts them into records of at most 16 KiB). */
+static int kw__net_tls_seal(kw_net_conn *c, const uint8_t *data, size_t n) {
+    size_t written = 0;
+    const int r = SSL_write_ex(c->ssl, data, n, &written);
+    if (r != 1 || written != n) {
+        /* whatever was encrypted cannot be taken back: the stream is broken, the caller aborts */
+        c->tls_out_len = 0;
+        return kw__net_tls_error(c, r, "write");
+    }
+    return 0;
+}
+
+/* The plaintext of w as full 16 KiB records wherever it can be: the whole records of each buffer go to OpenSSL
+ * straight from the caller's memory, and the rest of a buffer (the frame's 5-byte head, the tail of a section) is
+ * completed with the start of the next buffer in c->tls_stage, so a frame costs one record of overhead less than
+ * a record per buffer would (no record of its own for the head, no short record in the middle) and a short record
+ * only ends the write. What is encrypted goes to the socket as one buffer, in one uv_write: handing it over in
+ * pieces of 64-512 KiB while the socket took them (uv_try_write, the buffer reused while in cache) was measured
+ * slower, all of it kernel time (docs/BENCHMARKS.md, network section). */
 static int kw__net_tls_write(kw_net_conn *c, kw__net_write *w) {
     /* Room for the whole ciphertext at once: the plaintext plus, per 16 KiB record, at most 5 bytes of header, 1
      * of content type and 16 of tag (TLS 1.3) or 8 of explicit nonce (TLS 1.2), rounded up generously. */
-    const size_t records = w->app_bytes / 16384 + w->n_bufs + 1;
+    const size_t records = w->app_bytes / KW__NET_TLS_RECORD + 2;
     const size_t want = c->tls_out_len + w->app_bytes + records * 64;
     if (want > c->tls_out_cap) {
         size_t cap = 0;
@@ -382,14 +405,34 @@ static int kw__net_tls_write(kw_net_conn *c, kw__net_write *w) {
         c->tls_out = nb;
         c->tls_out_cap = cap;
     }
+    size_t staged = 0, left = w->app_bytes;
     for (size_t i = 0; i < w->n_bufs; ++i) {
-        const int n = SSL_write(c->ssl, w->bufs[i].base, (int)w->bufs[i].len);
-        if (n != (int)w->bufs[i].len) {
-            /* whatever was encrypted cannot be taken back: the stream is broken, the caller aborts */
-            c->tls_out_len = 0;
-            return kw__net_tls_error(c, n, "write");
+        const uint8_t *p = (const uint8_t *)w->bufs[i].base;
+        size_t n = w->bufs[i].len;
+        if (staged) { /* complete the record a previous buffer started */
+            const size_t take = n < KW__NET_TLS_RECORD - staged ? n : KW__NET_TLS_RECORD - staged;
+            memcpy(c->tls_stage + staged, p, take);
+            staged += take;
+            p += take;
+            n -= take;
+            left -= take;
+            if (staged < KW__NET_TLS_RECORD && left) continue;
+            KW_FORWARD(kw__net_tls_seal(c, c->tls_stage, staged));
+            staged = 0;
+        }
+        /* whole records straight from the buffer, and all of the write's last buffer */
+        const size_t direct = n == left ? n : n - n % KW__NET_TLS_RECORD;
+        if (direct) KW_FORWARD(kw__net_tls_seal(c, p, direct));
+        p += direct;
+        n -= direct;
+        left -= direct;
+        if (n) { /* less than a record, and more buffers follow */
+            memcpy(c->tls_stage, p, n);
+            staged = n;
+            left -= n;
         }
     }
+    KW_RETURN_IF(left || staged, KW_E_INTERNAL, "TLS: %zu bytes of a write were not encrypted", left + staged);
     return kw__net_tls_flush(c, w);
 }
 

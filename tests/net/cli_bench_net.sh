@@ -6,7 +6,8 @@ set -euo pipefail
 kvwire=$1
 out=$("$kvwire" bench net --mib 2 --reps 1 --tokens 16 --layers 3 --prompt 8)
 echo "$out"
-for row in "raw TCP" "net/ bytes" "proto/ frames over net/" "proto/ frames over TLS" "AES-128-GCM alone"; do
+for row in "raw TCP" "net/ bytes" "proto/ frames over net/" "proto/ frames over TLS" "AES-128-GCM alone" \
+    "OpenSSL TLS without a socket"; do
     grep -q "$row" <<<"$out" || { echo "missing: $row" >&2; exit 1; }
 done
 # 3 sections + blob header + trailer: 5 WIRE frames of 5 header bytes

@@ -2,7 +2,7 @@
  * server authentication (by name and by IP), mutual TLS accepted and refused (untrusted or missing client
  * certificate), an untrusted or misnamed server refused, a plaintext client against a TLS server and a TLS client
  * against a silent plaintext server refused cleanly (no crash, a clear status on each side), handshake timeouts on
- * both sides, and context configuration errors. */
+ * both sides, context configuration errors, and writes cut into full 16 KiB records across their buffers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -116,6 +116,20 @@ static kw_net_tls *client_tls(const char *ca, const char *cert, const char *key)
     return t;
 }
 
+/* A loop with a TLS echo server and a client context that trusts the test CA. */
+static kw_net_tls *tls_echo_begin(uv_loop_t *loop, echo_server *es) {
+    uv_loop_init(loop);
+    echo_start(loop, es, true, false, 0);
+    return client_tls("ca.pem", NULL, NULL);
+}
+
+/* Stops the server, frees the client context and checks the loop leaked nothing. */
+static void tls_echo_end(uv_loop_t *loop, echo_server *es, kw_net_tls *ct) {
+    echo_stop(loop, es);
+    kw_net_tls_free(ct);
+    nt_loop_finish(loop);
+}
+
 typedef struct echo_wait {
     nt_client *c;
     size_t len;
@@ -149,10 +163,8 @@ static void close_client(uv_loop_t *loop, nt_client *c) {
 static void test_tls_exchange(void **state) {
     (void)state;
     uv_loop_t loop;
-    uv_loop_init(&loop);
     echo_server es;
-    echo_start(&loop, &es, true, false, 0);
-    kw_net_tls *ct = client_tls("ca.pem", NULL, NULL);
+    kw_net_tls *ct = tls_echo_begin(&loop, &es);
     /* by name, then by IP address (both are in the certificate) */
     const char *names[] = {"localhost", "127.0.0.1"};
     for (int i = 0; i < 2; ++i) {
@@ -174,9 +186,71 @@ static void test_tls_exchange(void **state) {
         nt_run_until(&loop, &es.conns[i].closed, 5000);
         assert_int_equal(es.conns[i].close_status, KW_E_NET_CLOSED); /* the client's close_notify */
     }
-    echo_stop(&loop, &es);
-    kw_net_tls_free(ct);
-    nt_loop_finish(&loop);
+    tls_echo_end(&loop, &es, ct);
+}
+
+typedef struct written {
+    int n, status;
+} written;
+
+static void count_written(kw_net_conn *c, int status, void *user) {
+    written *w = user;
+    (void)c;
+    ++w->n;
+    if (status < 0) w->status = status;
+}
+
+static bool all_written(void *arg) {
+    const written *w = arg;
+    return w->n == 3;
+}
+
+/* A write is cut into full 16 KiB records across its head and buffers, only its last record short: each record
+ * costs 22 bytes on the socket under TLS 1.3 with AES-GCM (5 of header, 1 of content type, 16 of tag), so the socket
+ * bytes of a write give its record count. The echo proves the bytes arrive whole and in order. */
+static void test_tls_full_records(void **state) {
+    (void)state;
+    uv_loop_t loop;
+    echo_server es;
+    kw_net_tls *ct = tls_echo_begin(&loop, &es);
+    nt_client c = {0};
+    nt_client_connect(&loop, &c, "127.0.0.1", kw_net_server_port(es.server), ct, "localhost", NULL);
+    nt_run_until(&loop, &c.opened, 5000);
+    kw_net_conn_stats before, after;
+    kw_net_conn_get_stats(c.conn, &before);
+
+    enum { TOTAL = 5 + 16379 + 40000 + 3 + 7 * 3000 + 100 + 5 + 70000 };
+    uint8_t *p = malloc(TOTAL);
+    for (size_t i = 0; i < TOTAL; ++i)
+        p[i] = (uint8_t)(i * 29 + 3);
+    written w = {0};
+    /* a frame-like head and three buffers: 56,387 bytes, 4 records (a record per buffer would be 6) */
+    const kw_net_buf a[] = {{p + 5, 16379}, {p + 5 + 16379, 40000}, {p + 5 + 16379 + 40000, 3}};
+    assert_true(kw_net_conn_write(c.conn, p, 5, a, 3, count_written, &w) >= 0);
+    /* eight short buffers, no head: 21,100 bytes, 2 records */
+    size_t at = 5 + 16379 + 40000 + 3;
+    kw_net_buf b[8];
+    for (int i = 0; i < 7; ++i, at += 3000)
+        b[i] = (kw_net_buf){p + at, 3000};
+    b[7] = (kw_net_buf){p + at, 100};
+    at += 100;
+    assert_true(kw_net_conn_write(c.conn, NULL, 0, b, 8, count_written, &w) >= 0);
+    /* a 5-byte head and one buffer of 70,000: 5 records */
+    const kw_net_buf d = {p + at + 5, 70000};
+    assert_true(kw_net_conn_write(c.conn, p + at, 5, &d, 1, count_written, &w) >= 0);
+    nt_run_until_fn(&loop, all_written, &w, 10000);
+    assert_int_equal(w.status, 0);
+    kw_net_conn_get_stats(c.conn, &after);
+    assert_int_equal(after.app_bytes_out - before.app_bytes_out, TOTAL);
+    assert_int_equal(after.socket_bytes_out - before.socket_bytes_out, TOTAL + (4 + 2 + 5) * 22);
+
+    echo_wait ew = {&c, TOTAL};
+    nt_run_until_fn(&loop, echo_back, &ew, 20000);
+    assert_int_equal(c.len, TOTAL);
+    assert_memory_equal(c.data, p, TOTAL);
+    free(p);
+    close_client(&loop, &c);
+    tls_echo_end(&loop, &es, ct);
 }
 
 /* Connects and expects the client to fail with want (and never to open, when never_open). */
@@ -391,11 +465,9 @@ static int teardown(void **state) {
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tls_exchange),
-        cmocka_unit_test(test_server_refused),
-        cmocka_unit_test(test_mutual_tls),
-        cmocka_unit_test(test_plaintext_against_tls),
-        cmocka_unit_test(test_tls_against_silent_plaintext),
+        cmocka_unit_test(test_tls_exchange),          cmocka_unit_test(test_tls_full_records),
+        cmocka_unit_test(test_server_refused),        cmocka_unit_test(test_mutual_tls),
+        cmocka_unit_test(test_plaintext_against_tls), cmocka_unit_test(test_tls_against_silent_plaintext),
         cmocka_unit_test(test_tls_config_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
