@@ -45,10 +45,13 @@ typedef struct notify_sock {
     char dir[64];
 } notify_sock;
 
+static char open_socket_dir[64]; /* removed by the teardown when a failing test could not */
+
 static void notify_open(notify_sock *n) {
     snprintf(n->dir, sizeof n->dir, "/tmp/kw-notify-XXXXXX"); /* sun_path is short: not under the build tree */
     assert_non_null(mkdtemp(n->dir));
     snprintf(n->path, sizeof n->path, "%s/notify", n->dir);
+    snprintf(open_socket_dir, sizeof open_socket_dir, "%s", n->dir);
     n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     assert_true(n->fd >= 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -133,6 +136,35 @@ static int file_has(const char *path, const char *needle) {
     return found;
 }
 
+/* Every daemon a test starts, so a failing test (cmocka jumps out of it) leaves none running: the teardown kills
+ * those that are still this process's unreaped children. */
+static pid_t started[16];
+static int n_started;
+
+static void remember(pid_t pid) {
+    if (n_started < 16) started[n_started++] = pid;
+}
+
+static int kill_leftovers(void **state) {
+    (void)state;
+    for (int i = 0; i < n_started; ++i) {
+        int status;
+        if (waitpid(started[i], &status, WNOHANG) == 0) { /* still running, still ours */
+            kill(started[i], SIGKILL);
+            waitpid(started[i], &status, 0);
+        }
+    }
+    n_started = 0;
+    if (open_socket_dir[0]) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/notify", open_socket_dir);
+        unlink(path);
+        rmdir(open_socket_dir);
+        open_socket_dir[0] = '\0';
+    }
+    return 0;
+}
+
 typedef struct managed {
     kwd_proc proc;
     char ready[512];
@@ -178,6 +210,7 @@ static void managed_start(const char *program, const char *config, const char *c
         _exit(127);
     }
     m->proc.pid = pid;
+    remember(pid);
 }
 
 /* Waits for a STATUS= line saying a model loads, then READY=1 (the daemon may take a while to load its models), and
@@ -327,6 +360,7 @@ static void test_receiverd_notify_reload(void **state) {
     (void)state;
     kwd_proc sharer;
     kwd_start_sharer(0, NULL, &sharer);
+    remember(sharer.pid);
     notify_sock n;
     notify_open(&n);
     char *v1 = example_config("receiverd.tiny.yaml");
@@ -383,6 +417,7 @@ static void test_without_notify_socket(void **state) {
     unsetenv("NOTIFY_SOCKET");
     kwd_proc p;
     kwd_start_sharer(0, NULL, &p);
+    remember(p.pid);
     assert_int_equal(kill(p.pid, SIGHUP), 0);
     const double deadline = now_s() + kwd_ms(30000) / 1000.0;
     while (!file_has(p.log, "SIGHUP: reloading") && now_s() < deadline)
@@ -394,9 +429,9 @@ static void test_without_notify_socket(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sharerd_notify),
-        cmocka_unit_test(test_receiverd_notify_reload),
-        cmocka_unit_test(test_without_notify_socket),
+        cmocka_unit_test_teardown(test_sharerd_notify, kill_leftovers),
+        cmocka_unit_test_teardown(test_receiverd_notify_reload, kill_leftovers),
+        cmocka_unit_test_teardown(test_without_notify_socket, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
