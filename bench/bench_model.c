@@ -88,16 +88,6 @@ static void kw_bench_print_profile(const char *what, const double *ms, const int
     }
 }
 
-static void kw_bench_remove_model(const char *dir) {
-    const char *files[] = {"config.json", "generation_config.json", "model.safetensors"};
-    for (size_t i = 0; i < 3; ++i) {
-        char *p = kw_path_join(dir, files[i]);
-        if (p) remove(p);
-        free(p);
-    }
-    rmdir(dir);
-}
-
 int kw_bench_model(int argc, char **argv) {
     int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
@@ -240,6 +230,6 @@ out:
     kw_kvcache_free(cache);
     kw_model_free(model);
     kw_backend_destroy(be);
-    if (temp) kw_bench_remove_model(dir);
+    if (temp) kw_cli_remove_generated_model(dir);
     return rc < 0 ? 1 : 0;
 }

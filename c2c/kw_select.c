@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/kw_status.h"
+#include "kernels/kw_select_math.h"
 
 static const char *const kw_select_names[KW_SELECT_COUNT] = {"full",   "front",      "back",
                                                              "random", "knorm_topk", "vnorm_topk"};
@@ -79,8 +80,9 @@ static void kw_select_random(const kw_select_policy *pol, int64_t T, int64_t k, 
  * Norm top-k: a min-heap of the k best (the root is the worst kept), better = larger score, then lower position
  */
 
+/* finite scores only (the key order of kernels/kw_select_math.h, shared with the CUDA top-k) */
 static int kw_better(const float *score, int64_t a, int64_t b) {
-    return score[a] > score[b] || (score[a] == score[b] && a < b);
+    return kw_selm_key(score[a], (uint32_t)a) > kw_selm_key(score[b], (uint32_t)b);
 }
 
 static void kw_sift_down(int64_t *heap, int64_t n, int64_t i, const float *score) {
@@ -111,14 +113,9 @@ static void kw_sift_up(int64_t *heap, int64_t i, const float *score) {
 static int64_t kw_select_norm(const float *x, int64_t T, int32_t H, int32_t D, int64_t k, float *score, int64_t *out) {
     for (int64_t t = 0; t < T; ++t) {
         float sum = 0.0f;
-        for (int32_t h = 0; h < H; ++h) {
-            const float *row = x + (t * H + h) * (int64_t)D;
-            float ss = 0.0f;
-            for (int32_t d = 0; d < D; ++d)
-                ss += row[d] * row[d];
-            sum += sqrtf(ss);
-        }
-        score[t] = sum / (float)H;
+        for (int32_t h = 0; h < H; ++h)
+            sum += kw_selm_row_norm(x, KW_DTYPE_F32, (t * H + h) * (int64_t)D, D);
+        score[t] = kw_selm_score(sum, H);
     }
     int64_t n = 0;
     for (int64_t t = 0; t < T; ++t) {
@@ -138,7 +135,7 @@ static int64_t kw_select_norm(const float *x, int64_t T, int32_t H, int32_t D, i
 int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
                         int32_t section, int32_t layer, float *scratch, int64_t *out, int64_t *n_out) {
     KW_FORWARD(kw_select_policy_check(pol));
-    KW_RETURN_IF(T < 1 || H < 1 || D < 1 || out == NULL || n_out == NULL, KW_E_INVALID_ARG,
+    KW_RETURN_IF(T < 1 || T > (int64_t)UINT32_MAX || H < 1 || D < 1 || out == NULL || n_out == NULL, KW_E_INVALID_ARG,
                  "selection: bad arguments (T %lld, H %d, D %d)", (long long)T, (int)H, (int)D);
     const int64_t n = kw_select_count(pol, T);
     switch (pol->mode) {

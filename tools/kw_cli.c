@@ -1,6 +1,7 @@
-/* kw_cli.c: the option parser, the stdin line loop and mkdir -p of kw_cli.h. */
+/* kw_cli.c: the option parser, the stdin line loop, mkdir -p and the benchmarks' model clean-up of kw_cli.h. */
 #include "tools/kw_cli.h"
 
+#include "common/kw_file.h"
 #include "common/kw_status.h"
 
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 static const kw_cli_option *kw_cli_find(const kw_cli_option *opts, size_t n_opts, const char *name) {
     for (size_t k = 0; k < n_opts; ++k)
@@ -175,4 +177,14 @@ void kw_cli_make_parents(const char *path) {
         *s = '/';
     }
     free(p);
+}
+
+void kw_cli_remove_generated_model(const char *dir) {
+    const char *files[] = {"config.json", "generation_config.json", "model.safetensors"};
+    for (size_t i = 0; i < 3; ++i) {
+        char *p = kw_path_join(dir, files[i]);
+        if (p) remove(p);
+        free(p);
+    }
+    rmdir(dir);
 }

@@ -96,4 +96,8 @@ int kw_cli_each_line(const char *prog, FILE *in, kw_cli_line_fn fn, void *user);
  * writes path reports them with the path in its message. */
 void kw_cli_make_parents(const char *path);
 
+/* Removes a model folder the gen-model library wrote for a benchmark (config.json, generation_config.json,
+ * model.safetensors, then the folder if that left it empty). Failures are ignored. */
+void kw_cli_remove_generated_model(const char *dir);
+
 #endif /* KW_CLI_H */

@@ -189,6 +189,18 @@ int kw_wire_encoder_write_header(kw_wire_encoder *enc, void *dst, size_t cap, si
 int kw_wire_encoder_write_section(kw_wire_encoder *enc, const kw_wire_layer_in *in, const kw_wire_policy *pol,
                                   void *dst, size_t cap, size_t *written);
 
+/* A section whose tensor bytes someone else writes (the GPU encoder of kernels/cuda/kw_cuda_wire.h, which produces
+ * exactly what kw_wire_encoder_write_section would): begin validates as write_section does (but reads no K or V),
+ * writes the section head, group table and index block into dst and sets *tensors_offset to where the tensors go in
+ * dst: for each token group in order, K then V, each its scales then its codes (FORMAT.md §5.3). The caller writes
+ * them there, then finish compresses (if the policy asks and it is smaller), checksums and commits the section and
+ * sets *written, as write_section does. Nothing of the encoder changes until finish succeeds: a section that is never
+ * finished (an encoding error on the device) is simply dropped by the next begin or write_section call. pol and
+ * positions are read by begin only; dst must stay valid until finish. */
+int kw_wire_encoder_begin_section(kw_wire_encoder *enc, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
+                                  const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset);
+int kw_wire_encoder_finish_section(kw_wire_encoder *enc, size_t *written);
+
 /* Writes the 24-byte trailer after the last section. */
 int kw_wire_encoder_write_trailer(kw_wire_encoder *enc, void *dst, size_t cap, size_t *written);
 

@@ -135,18 +135,7 @@ int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim) {
 }
 
 uint64_t kw__wire_scale_count(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim) {
-    switch (spec->granularity) {
-    case KW_WIRE_GRAN_LAYER:
-        return 1;
-    case KW_WIRE_GRAN_HEAD:
-        return n_heads;
-    case KW_WIRE_GRAN_TOKEN:
-        return (uint64_t)n_heads * n_tokens;
-    case KW_WIRE_GRAN_GROUP:
-        return (uint64_t)n_heads * n_tokens * (head_dim >> spec->group_log2);
-    default:
-        return 0;
-    }
+    return kw_wire_scale_units(spec->granularity, spec->group_log2, n_heads, n_tokens, head_dim);
 }
 
 uint64_t kw__wire_code_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim) {

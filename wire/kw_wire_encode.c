@@ -25,6 +25,13 @@ struct kw_wire_encoder {
     uint8_t *scratch;
     size_t scratch_cap;
     kw_wire_breakdown bd;
+    struct kw__enc_pending { /* a section begun and not yet finished (dst NULL: none) */
+        uint8_t *dst;
+        uint32_t layer, n_groups;
+        size_t table, index_bytes;
+        uint64_t raw, scale_bytes, code_bytes;
+        int zstd_level;
+    } pending;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -399,47 +406,46 @@ static int kw__enc_compress(kw_wire_encoder *e, const uint8_t *body, size_t raw,
     return 0;
 }
 
-int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in, const kw_wire_policy *pol, void *dst,
-                                  size_t cap, size_t *written) {
-    KW_RETURN_IF(!e || !in || !dst || !written, KW_E_INVALID_ARG, "null argument");
+/* Validates the section and writes its head, group table and index block into dst; records what finishing it takes
+ * in e->pending (the encoder is otherwise unchanged). The tensors' bytes go at dst + e->pending.table +
+ * e->pending.index_bytes, K then V of each group in order. */
+static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
+                         const kw_wire_policy *pol, void *dst, size_t cap, const kw_wire_token_group **groups_out,
+                         kw_wire_token_group *single) {
+    KW_RETURN_IF(!e || !dst, KW_E_INVALID_ARG, "null argument");
+    e->pending.dst = NULL;
     KW_RETURN_IF(e->stage != 1 || e->sections >= e->hdr.n_sections, KW_E_STATE,
                  "section %u of %u (stage %d): write the header first, and no more sections than declared", e->sections,
                  e->hdr.n_sections, e->stage);
     const kw_wire_header *hdr = &e->hdr;
-    KW_RETURN_IF(in->layer >= hdr->n_layers, KW_E_INVALID_ARG, "layer %u >= n_layers %u", in->layer, hdr->n_layers);
-    KW_RETURN_IF((int64_t)in->layer <= e->last_layer, KW_E_INVALID_ARG, "layer %u after layer %lld", in->layer,
+    KW_RETURN_IF(layer >= hdr->n_layers, KW_E_INVALID_ARG, "layer %u >= n_layers %u", layer, hdr->n_layers);
+    KW_RETURN_IF((int64_t)layer <= e->last_layer, KW_E_INVALID_ARG, "layer %u after layer %lld", layer,
                  (long long)e->last_layer);
-    KW_RETURN_IF(!in->k.data || !in->v.data, KW_E_INVALID_ARG, "layer %u: K or V has no data", in->layer);
-    kw_wire_token_group single;
     const kw_wire_token_group *groups;
     uint32_t n_groups;
-    KW_FORWARD(kw__enc_policy(hdr, pol, in->n_tokens, &single, &groups, &n_groups));
+    KW_FORWARD(kw__enc_policy(hdr, pol, n_tokens, single, &groups, &n_groups));
     uint8_t index_enc = KW_WIRE_INDEX_AUTO;
     size_t index_bytes = 0;
-    KW_FORWARD(kw_wire_index_choose(hdr->n_positions, in->positions, in->n_tokens, pol->index_encoding, &index_enc,
-                                    &index_bytes));
+    KW_FORWARD(
+        kw_wire_index_choose(hdr->n_positions, positions, n_tokens, pol->index_encoding, &index_enc, &index_bytes));
     const uint64_t raw = index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups);
     size_t size = 0;
     KW_FORWARD(kw__enc_total(n_groups, raw, &size));
-    KW_RETURN_IF(cap < size, KW_E_BUFFER_TOO_SMALL, "section of layer %u needs %zu bytes, have %zu", in->layer, size,
-                 cap);
+    KW_RETURN_IF(cap < size, KW_E_BUFFER_TOO_SMALL, "section of layer %u needs %zu bytes, have %zu", layer, size, cap);
 
     uint8_t *p = dst;
     const size_t table = KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * n_groups;
-    uint8_t *body = p + table;
     memset(p, 0, KW_WIRE_SECTION_HEAD_BYTES);
     memcpy(p, kw__wire_section_marker, 4);
-    kw_store_le16(p + KW__SEC_LAYER, (uint16_t)in->layer);
+    kw_store_le16(p + KW__SEC_LAYER, (uint16_t)layer);
     p[KW__SEC_INDEX_ENC] = index_enc;
-    kw_store_le32(p + KW__SEC_N_TOKENS, in->n_tokens);
+    kw_store_le32(p + KW__SEC_N_TOKENS, n_tokens);
     kw_store_le32(p + KW__SEC_INDEX_BYTES, (uint32_t)index_bytes);
     kw_store_le32(p + KW__SEC_RAW_BYTES, (uint32_t)raw);
     kw_store_le16(p + KW__SEC_N_GROUPS, (uint16_t)n_groups);
-    kw__wire_index_write(index_enc, in->positions, in->n_tokens, hdr->n_positions, body);
+    kw__wire_index_write(index_enc, positions, n_tokens, hdr->n_positions, p + table);
 
     uint64_t scale_bytes = 0, code_bytes = 0;
-    size_t at = index_bytes;
-    uint32_t t0 = 0;
     for (uint32_t g = 0; g < n_groups; ++g) {
         const kw_wire_token_group *tg = &groups[g];
         uint8_t *desc = p + KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * g;
@@ -451,47 +457,101 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
             d[1] = kv_specs[kv]->granularity;
             d[2] = kv_specs[kv]->scale_dtype;
             d[3] = kv_specs[kv]->group_log2;
+            scale_bytes += kw__wire_scale_count(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim) *
+                           kw_wire_scale_size(kv_specs[kv]->scale_dtype);
+            code_bytes += kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
         }
-        const kw_wire_tensor_in *views[2] = {&in->k, &in->v};
-        for (int kv = 0; kv < 2; ++kv) {
-            KW_FORWARD(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, body + at, kv ? "V" : "K"));
-            const uint64_t sb = kw__wire_scale_count(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim) *
-                                kw_wire_scale_size(kv_specs[kv]->scale_dtype);
-            const uint64_t cb = kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
-            scale_bytes += sb;
-            code_bytes += cb;
-            at += (size_t)(sb + cb);
-        }
-        t0 += tg->n_tokens;
     }
+    e->pending = (struct kw__enc_pending){.dst = p,
+                                          .layer = layer,
+                                          .n_groups = n_groups,
+                                          .table = table,
+                                          .index_bytes = index_bytes,
+                                          .raw = raw,
+                                          .scale_bytes = scale_bytes,
+                                          .code_bytes = code_bytes,
+                                          .zstd_level = pol->zstd_level};
+    *groups_out = groups;
+    return 0;
+}
 
-    size_t stored = (size_t)raw;
-    if (pol->zstd_level != 0) {
+/* Compresses (if asked and smaller), checksums and commits the pending section. */
+static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
+    const struct kw__enc_pending pd = e->pending;
+    KW_RETURN_IF(!pd.dst, KW_E_STATE, "no section was begun (or it failed)");
+    e->pending.dst = NULL;
+    uint8_t *p = pd.dst, *body = p + pd.table;
+    size_t stored = (size_t)pd.raw;
+    if (pd.zstd_level != 0) {
         size_t csize = 0;
-        KW_FORWARD(kw__enc_compress(e, body, (size_t)raw, pol->zstd_level, &csize));
-        if (csize < raw) {
+        KW_FORWARD(kw__enc_compress(e, body, (size_t)pd.raw, pd.zstd_level, &csize));
+        if (csize < pd.raw) {
             memcpy(body, e->scratch, csize);
             stored = csize;
             p[KW__SEC_FLAGS] = KW__SEC_FLAG_ZSTD;
         }
     }
     kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)stored);
-    kw_store_le64(body + stored, kw__wire_hash_bytes(p, table + stored));
-    const size_t total = table + stored + KW_WIRE_CHECKSUM_BYTES;
+    kw_store_le64(body + stored, kw__wire_hash_bytes(p, pd.table + stored));
+    const size_t total = pd.table + stored + KW_WIRE_CHECKSUM_BYTES;
 
-    e->bd.header += table;
-    e->bd.indices += index_bytes;
-    e->bd.scales += scale_bytes;
-    e->bd.payload += code_bytes;
+    e->bd.header += pd.table;
+    e->bd.indices += pd.index_bytes;
+    e->bd.scales += pd.scale_bytes;
+    e->bd.payload += pd.code_bytes;
     e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
     e->bd.sections += 1;
-    if (stored < raw) {
-        e->bd.compression_saved += raw - stored;
+    if (stored < pd.raw) {
+        e->bd.compression_saved += pd.raw - stored;
         e->bd.compressed_sections += 1;
     }
     e->sections += 1;
-    e->last_layer = in->layer;
+    e->last_layer = pd.layer;
     kw__enc_commit(e, p, total, 1);
     *written = total;
     return 0;
+}
+
+int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in, const kw_wire_policy *pol, void *dst,
+                                  size_t cap, size_t *written) {
+    KW_RETURN_IF(!e || !in || !dst || !written, KW_E_INVALID_ARG, "null argument");
+    e->pending.dst = NULL;
+    KW_RETURN_IF(e->stage == 1 && (!in->k.data || !in->v.data), KW_E_INVALID_ARG, "layer %u: K or V has no data",
+                 in->layer);
+    kw_wire_token_group single;
+    const kw_wire_token_group *groups = NULL;
+    KW_FORWARD(kw__enc_begin(e, in->layer, in->n_tokens, in->positions, pol, dst, cap, &groups, &single));
+    uint8_t *body = (uint8_t *)dst + e->pending.table;
+    size_t at = e->pending.index_bytes;
+    uint32_t t0 = 0;
+    for (uint32_t g = 0; g < e->pending.n_groups; ++g) {
+        const kw_wire_token_group *tg = &groups[g];
+        const kw_wire_codec_spec *kv_specs[2] = {&tg->k, &tg->v};
+        const kw_wire_tensor_in *views[2] = {&in->k, &in->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            const int rc = kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, body + at, kv ? "V" : "K");
+            if (rc < 0) {
+                e->pending.dst = NULL;
+                return rc;
+            }
+            at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
+        }
+        t0 += tg->n_tokens;
+    }
+    return kw__enc_finish(e, written);
+}
+
+int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
+                                  const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset) {
+    KW_RETURN_IF(!e || !tensors_offset, KW_E_INVALID_ARG, "null argument");
+    kw_wire_token_group single;
+    const kw_wire_token_group *groups = NULL;
+    KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, dst, cap, &groups, &single));
+    *tensors_offset = e->pending.table + e->pending.index_bytes;
+    return 0;
+}
+
+int kw_wire_encoder_finish_section(kw_wire_encoder *e, size_t *written) {
+    KW_RETURN_IF(!e || !written, KW_E_INVALID_ARG, "null argument");
+    return kw__enc_finish(e, written);
 }

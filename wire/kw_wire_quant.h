@@ -129,6 +129,24 @@ KW_HD float kw_wire_scale_min(uint32_t scale_dtype) {
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Scales */
 
+/* Scales per tensor of a token group of T tokens (H heads of head_dim D), FORMAT.md §5.4: 1 per layer, H per head,
+ * H*T per token, H*T*(D/G) per group of G = 2^group_log2 channels; 0 for passthrough and unknown ids. Stored in that
+ * order: head-major, then token, then channel group. */
+KW_HD uint64_t kw_wire_scale_units(uint32_t granularity, uint32_t group_log2, uint32_t H, uint32_t T, uint32_t D) {
+    switch (granularity) {
+    case KW_WIRE_GRAN_LAYER:
+        return 1;
+    case KW_WIRE_GRAN_HEAD:
+        return H;
+    case KW_WIRE_GRAN_TOKEN:
+        return (uint64_t)H * T;
+    case KW_WIRE_GRAN_GROUP:
+        return (uint64_t)H * T * (D >> group_log2);
+    default:
+        return 0;
+    }
+}
+
 /* Loads a stored scale (little-endian bytes at p, kw_wire_scale_size(dtype) of them) as f32, without validation. */
 KW_HD float kw_wire_scale_load(uint32_t scale_dtype, const uint8_t *p) {
     switch (scale_dtype) {

@@ -19,8 +19,11 @@ declare -A allowed=(
 # kvload builds the reference's prompts and extracts answers on the client (receiverd serves the OpenAI API, which
 # takes text, not dataset items): it may use c2c's evaluation blocks, which depend on common/ only (the kw_c2c_eval
 # library), and nothing else of c2c/.
+# kernels/cuda runs the KVWire codec math on the GPU: the KW_HD header wire/kw_wire_quant.h (DESIGN: math both sides
+# need lives in __host__ __device__ inline headers), which itself depends on common/ only; nothing else of wire/.
 declare -A allowed_headers=(
     [loadgen]="c2c/kw_prompt.h c2c/kw_answer.h"
+    [kernels]="wire/kw_wire_quant.h"
 )
 status=0
 for dir in "${!allowed[@]}"; do

@@ -20,11 +20,16 @@ extern "C" {
 #include "kernels/kw_backend_impl.h"
 }
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
+#include "kernels/cuda/kw_cuda_wire.h"
 #include "kernels/kw_op_math.h"
+#include "kernels/kw_select_math.h"
+#include "wire/kw_wire_quant.h"
 
 #define kw_backend_create_cuda kw_backend_create_cuda_emu
 
 namespace kw_cuda_emu_backend {
 #include "kernels/cuda/kw_cuda_backend.cu"
 #include "kernels/cuda/kw_cuda_ops.cu"
+#include "kernels/cuda/kw_cuda_select.cu"
+#include "kernels/cuda/kw_cuda_wire.cu"
 } // namespace kw_cuda_emu_backend

@@ -1,0 +1,318 @@
+/* kw_cuda_wire.cu: the KVWire codecs of one tensor of a token group on the GPU (kw_cuda_wire.h), byte-identical to
+ * the CPU encoder (wire/kw_wire_encode.c) and decoder (wire/kw_wire_decode.c): scale choice, rounding, clamping and
+ * packing are the KW_HD functions of wire/kw_wire_quant.h, called on the same runs of values (8, or the 4 of a
+ * 4-channel group), and this file is built with --fmad=false so nvcc fuses nothing the CPU rounds twice.
+ *
+ * Encoding is three launches: (1) the absmax of every scale unit as f32 bits (one warp per (head, token) row; a
+ * head or the layer gathers its rows with atomicMax, as the CPU's running max of bit patterns), (2) one thread per
+ * scale unit chooses and stores the scale, or records the failure, (3) one thread per 8 values quantizes and packs.
+ * Failures go to one 64-bit word under atomicMin of (unit << 1 | kind): the CPU encoder stops at the first failing
+ * unit in its loop order (heads, then tokens, then channel groups), and within a unit it tests NaN/Inf first, so
+ * the smallest key is the error the CPU reports. Decoding is one launch, one thread per 8 values.
+ */
+#include "kernels/cuda/kw_cuda.cuh"
+
+#include "kernels/cuda/kw_cuda_wire.h"
+#include "kernels/kw_op_math.h"
+#include "wire/kw_wire_quant.h"
+
+#define KW_WIRE_BLOCK 256
+
+/* enum kw_wire_dtype numbers (wire/kw_wire.h, which is not for kernels/): 1 bf16, 2 f16, 3 f32 */
+#define KW__WDT_BF16 1u
+#define KW__WDT_F16  2u
+#define KW__WDT_F32  3u
+
+/* The magnitude of element i as f32 bits (what the CPU's absmax compares; f16 magnitudes order like their bits). */
+__device__ __forceinline__ uint32_t kw_wire_abs_bits(const void *x, uint32_t dtype, size_t i) {
+    if (dtype == KW__WDT_F32) return kw_f32_bits(((const float *)x)[i]) & 0x7fffffffu;
+    const uint32_t h = ((const uint16_t *)x)[i] & 0x7fffu;
+    return dtype == KW__WDT_BF16 ? h << 16 : kw_f32_bits(kw_f16_to_f32((uint16_t)h));
+}
+
+__device__ __forceinline__ float kw_wire_load(const void *x, uint32_t dtype, size_t i) {
+    if (dtype == KW__WDT_F32) return ((const float *)x)[i];
+    const uint16_t h = ((const uint16_t *)x)[i];
+    return dtype == KW__WDT_BF16 ? kw_bf16_to_f32(h) : kw_f16_to_f32(h);
+}
+
+/* Everything the kernels need about the tensor, passed by value. */
+struct kw_wire_geom {
+    uint32_t codec, gran, scale_dtype, group_log2;
+    uint32_t H, T, D;
+    uint32_t bits;      /* per code */
+    uint32_t ss;        /* bytes per scale (0: passthrough) */
+    uint64_t units;     /* scale units (rows for passthrough) */
+    uint64_t codes_off; /* where the codes start in the tensor's bytes */
+};
+
+/* The scale unit of the value (h, row r = h * T + t, channel d). */
+__device__ __forceinline__ uint64_t kw_wire_unit(const kw_wire_geom &g, uint32_t h, uint64_t r, uint32_t d) {
+    switch (g.gran) {
+    case KW_WIRE_GRAN_LAYER:
+        return 0;
+    case KW_WIRE_GRAN_HEAD:
+        return h;
+    case KW_WIRE_GRAN_GROUP:
+        return r * (g.D >> g.group_log2) + (d >> g.group_log2);
+    default: /* token, and the rows of a passthrough tensor */
+        return r;
+    }
+}
+
+/* Offset in elements of row r's first value in the source. */
+__device__ __forceinline__ size_t kw_wire_src_row(const kw_cuda_wire_src &src, const kw_wire_geom &g, uint64_t r) {
+    const uint32_t h = (uint32_t)(r / g.T), t = (uint32_t)(r % g.T);
+    const size_t row = src.d_rows ? src.d_rows[src.t0 + t] : (size_t)src.t0 + t;
+    return row * src.token_stride + (size_t)h * src.head_stride;
+}
+
+/* (1) absmax per unit; amax[] starts zeroed. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_amax(kw_cuda_wire_src src, kw_wire_geom g, unsigned int *amax) {
+    const uint32_t lane = threadIdx.x & 31u;
+    const uint64_t rows = (uint64_t)g.H * g.T;
+    const uint64_t warps = (uint64_t)gridDim.x * (blockDim.x >> 5);
+    for (uint64_t r = blockIdx.x * (uint64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        const size_t base = kw_wire_src_row(src, g, r);
+        uint32_t m = 0;
+        for (uint32_t c = lane; c < g.D / 8; c += 32) {
+            uint32_t half[2] = {0, 0};
+            for (uint32_t i = 0; i < 8; ++i) {
+                const uint32_t a = kw_wire_abs_bits(src.d_data, src.dtype, base + c * 8 + i);
+                half[i >> 2] = a > half[i >> 2] ? a : half[i >> 2];
+            }
+            if (g.gran == KW_WIRE_GRAN_GROUP) {
+                const uint32_t h = (uint32_t)(r / g.T);
+                if (g.group_log2 == 2) { /* two groups in these 8 values */
+                    atomicMax(&amax[kw_wire_unit(g, h, r, c * 8)], half[0]);
+                    atomicMax(&amax[kw_wire_unit(g, h, r, c * 8 + 4)], half[1]);
+                } else {
+                    atomicMax(&amax[kw_wire_unit(g, h, r, c * 8)], half[0] > half[1] ? half[0] : half[1]);
+                }
+            } else {
+                const uint32_t a = half[0] > half[1] ? half[0] : half[1];
+                m = a > m ? a : m;
+            }
+        }
+        if (g.gran == KW_WIRE_GRAN_GROUP) continue; /* warp-uniform */
+        for (int o = 16; o > 0; o >>= 1) {
+            const uint32_t other = __shfl_xor_sync(0xffffffffu, m, o);
+            m = other > m ? other : m;
+        }
+        if (lane == 0) atomicMax(&amax[kw_wire_unit(g, (uint32_t)(r / g.T), r, 0)], m);
+    }
+}
+
+/* (2) one thread per unit: the scale (stored little-endian at dst + unit * ss), its value and inverse; or the
+ * failure. Passthrough units are rows: only the checks. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_scales(kw_wire_geom g, const unsigned int *amax, float *sv,
+                                                                  float *iv, uint8_t *dst, unsigned long long *err) {
+    for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < g.units;
+         u += (uint64_t)gridDim.x * blockDim.x) {
+        const uint32_t m = amax[u];
+        sv[u] = 0.0f; /* a failed unit is packed as zeros: no NaN reaches a float-to-int conversion */
+        iv[u] = 0.0f;
+        if (m >= 0x7f800000u) {
+            atomicMin(err, (unsigned long long)(u << 1));
+            continue;
+        }
+        if (g.ss == 0) {
+            /* the magnitude from which RNE to the passthrough dtype gives an infinity */
+            const uint32_t limit = g.codec == KW_WIRE_CODEC_BF16 ? 0x7f7f8000u : 0x477ff000u;
+            if (m >= limit) atomicMin(err, (unsigned long long)(u << 1 | 1u));
+            continue;
+        }
+        uint32_t code = 0;
+        float s = 0.0f;
+        if (kw_wire_scale_choose(kw_f32_from_bits(m), kw_wire_codec_qmax(g.codec), g.scale_dtype, &code, &s) < 0) {
+            atomicMin(err, (unsigned long long)(u << 1 | 1u));
+            continue;
+        }
+        kw_wire_scale_store(g.scale_dtype, code, dst + u * g.ss);
+        sv[u] = s;
+        iv[u] = s != 0.0f ? 1.0f / s : 0.0f;
+    }
+}
+
+/* (3) one thread per 8 values: quantize and pack (or convert, for passthrough). */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_pack(kw_cuda_wire_src src, kw_wire_geom g, const float *sv, const float *iv, uint8_t *dst) {
+    const uint64_t chunks = (uint64_t)g.H * g.T * (g.D / 8);
+    uint8_t *codes = dst + g.codes_off;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < chunks;
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint64_t r = i / (g.D / 8);
+        const uint32_t d0 = (uint32_t)(i % (g.D / 8)) * 8;
+        const uint32_t h = (uint32_t)(r / g.T);
+        const size_t base = kw_wire_src_row(src, g, r) + d0;
+        float x[8];
+        for (int j = 0; j < 8; ++j)
+            x[j] = kw_wire_load(src.d_data, src.dtype, base + j);
+        uint8_t *o = codes + (r * g.D + d0) * g.bits / 8;
+        if (g.ss == 0) {
+            for (int j = 0; j < 8; ++j) {
+                const uint16_t c = g.codec == KW_WIRE_CODEC_BF16 ? kw_f32_to_bf16(x[j]) : kw_f32_to_f16(x[j]);
+                o[2 * j] = (uint8_t)c;
+                o[2 * j + 1] = (uint8_t)(c >> 8);
+            }
+            continue;
+        }
+        const uint32_t run = g.gran == KW_WIRE_GRAN_GROUP && g.group_log2 == 2 ? 4 : 8; /* values per scale here */
+        for (uint32_t j = 0; j < 8; j += run) {
+            const uint64_t u = kw_wire_unit(g, h, r, d0 + j);
+            uint8_t *p = o + j * g.bits / 8;
+            if (sv[u] == 0.0f)
+                kw_wire_zero_row(g.codec, run, p);
+            else
+                kw_wire_quantize_row(g.codec, x + j, run, iv[u], p);
+        }
+    }
+}
+
+/* Decoding: one thread per 8 values. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_unpack(kw_wire_geom g, const uint8_t *bytes, kw_cuda_wire_dst dst, unsigned int *bad) {
+    const uint64_t chunks = (uint64_t)g.H * g.T * (g.D / 8);
+    const uint8_t *codes = bytes + g.codes_off;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < chunks;
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint64_t r = i / (g.D / 8);
+        const uint32_t d0 = (uint32_t)(i % (g.D / 8)) * 8;
+        const uint32_t h = (uint32_t)(r / g.T), t = (uint32_t)(r % g.T);
+        const uint8_t *c = codes + (r * g.D + d0) * g.bits / 8;
+        const size_t at = ((size_t)dst.t0 + t) * dst.token_stride + (size_t)h * dst.head_stride + d0;
+        float y[8];
+        int rc = 0;
+        if (g.ss == 0) {
+            rc = kw_wire_passthrough_row(g.codec, c, 8, y);
+            if (g.codec == KW_WIRE_CODEC_BF16 && dst.dtype == KW__WDT_BF16) { /* the CPU copies the codes */
+                for (int j = 0; j < 8; ++j)
+                    ((uint16_t *)dst.d_data)[at + j] = (uint16_t)(c[2 * j] | c[2 * j + 1] << 8);
+                if (rc < 0) atomicOr(bad, 1u);
+                continue;
+            }
+        } else {
+            const uint32_t run = g.gran == KW_WIRE_GRAN_GROUP && g.group_log2 == 2 ? 4 : 8;
+            for (uint32_t j = 0; j < 8; j += run) {
+                const float s = kw_wire_scale_load(g.scale_dtype, bytes + kw_wire_unit(g, h, r, d0 + j) * g.ss);
+                const int q = kw_wire_dequantize_row(g.codec, c + j * g.bits / 8, run, s, y + j);
+                rc = q < 0 ? q : rc;
+            }
+        }
+        if (rc < 0) atomicOr(bad, 1u);
+        for (int j = 0; j < 8; ++j) {
+            if (dst.dtype == KW__WDT_F32)
+                ((float *)dst.d_data)[at + j] = y[j];
+            else
+                ((uint16_t *)dst.d_data)[at + j] = kw_f32_to_bf16(y[j]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Host side
+ */
+
+/* Validates the spec as the format does (kw__wire_spec_check's rules) and fills g. */
+static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D, kw_wire_geom *g) {
+    KW_RETURN_IF(!spec || H < 1 || T < 1 || D < 8 || D % 8 != 0 || D > 1024, KW_E_INVALID_ARG,
+                 "wire on the GPU: bad shape (H %u, T %u, D %u)", H, T, D);
+    const uint32_t bits = kw_wire_codec_bits(spec->codec);
+    KW_RETURN_IF(bits == 0, KW_E_INVALID_ARG, "wire on the GPU: unknown codec %u", spec->codec);
+    if (kw_wire_codec_is_passthrough(spec->codec)) {
+        KW_RETURN_IF(spec->granularity != KW_WIRE_GRAN_NONE || spec->scale_dtype != KW_WIRE_SCALE_NONE ||
+                         spec->group_log2 != 0,
+                     KW_E_INVALID_ARG, "wire on the GPU: passthrough codec %u with a scale", spec->codec);
+    } else {
+        KW_RETURN_IF(spec->granularity < KW_WIRE_GRAN_LAYER || spec->granularity > KW_WIRE_GRAN_GROUP ||
+                         kw_wire_scale_size(spec->scale_dtype) == 0,
+                     KW_E_INVALID_ARG, "wire on the GPU: codec %u needs a granularity and a scale dtype", spec->codec);
+        if (spec->granularity == KW_WIRE_GRAN_GROUP)
+            KW_RETURN_IF(spec->group_log2 < 2 || spec->group_log2 > 10 || D % (1u << spec->group_log2) != 0,
+                         KW_E_INVALID_ARG, "wire on the GPU: channel group 2^%u does not divide head_dim %u",
+                         spec->group_log2, D);
+        else
+            KW_RETURN_IF(spec->group_log2 != 0, KW_E_INVALID_ARG, "wire on the GPU: group_log2 without groups");
+    }
+    g->codec = spec->codec;
+    g->gran = spec->granularity;
+    g->scale_dtype = spec->scale_dtype;
+    g->group_log2 = spec->group_log2;
+    g->H = H;
+    g->T = T;
+    g->D = D;
+    g->bits = bits;
+    g->ss = kw_wire_scale_size(spec->scale_dtype);
+    const uint64_t scales = kw_wire_scale_units(spec->granularity, spec->group_log2, H, T, D);
+    g->units = g->ss ? scales : (uint64_t)H * T;
+    g->codes_off = scales * g->ss;
+    return 0;
+}
+
+static uint64_t kw_wire_round256(uint64_t n) {
+    return (n + 255) & ~(uint64_t)255;
+}
+
+extern "C" uint64_t kw_cuda_wire_tensor_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D) {
+    kw_wire_geom g;
+    if (kw_wire_geom_make(spec, H, T, D, &g) < 0) return 0;
+    return g.codes_off + (uint64_t)H * T * D * g.bits / 8;
+}
+
+extern "C" uint64_t kw_cuda_wire_work_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D) {
+    kw_wire_geom g;
+    if (kw_wire_geom_make(spec, H, T, D, &g) < 0) return 0;
+    return 3 * kw_wire_round256(g.units * 4);
+}
+
+extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec *spec, const kw_cuda_wire_src *src,
+                                          uint32_t H, uint32_t T, uint32_t D, uint8_t *d_dst, void *d_work,
+                                          unsigned long long *d_err) {
+    kw_wire_geom g;
+    KW_FORWARD(kw_wire_geom_make(spec, H, T, D, &g));
+    KW_RETURN_IF(!src || !src->d_data || !d_dst || !d_work || !d_err, KW_E_INVALID_ARG,
+                 "wire encode on the GPU: null argument");
+    KW_RETURN_IF(src->dtype < KW__WDT_BF16 || src->dtype > KW__WDT_F32, KW_E_INVALID_ARG,
+                 "wire encode on the GPU: unknown input dtype %u", src->dtype);
+    const cudaStream_t st = (cudaStream_t)stream;
+    const uint64_t slot = kw_wire_round256(g.units * 4);
+    unsigned int *amax = (unsigned int *)d_work;
+    float *sv = (float *)((uint8_t *)d_work + slot);
+    float *iv = (float *)((uint8_t *)d_work + 2 * slot);
+    KW_CUDA_TRY(cudaMemsetAsync(amax, 0, g.units * 4, st));
+    KW_CUDA_TRY(cudaMemsetAsync(d_err, 0xff, sizeof *d_err, st));
+    const uint64_t rows = (uint64_t)H * T;
+    KW_CUDA_LAUNCH(kw_k_wire_amax, kw_opm_grid_blocks((int64_t)rows, KW_WIRE_BLOCK / 32), KW_WIRE_BLOCK, 0, st, *src, g,
+                   amax);
+    KW_CUDA_LAUNCHED();
+    KW_CUDA_LAUNCH(kw_k_wire_scales, kw_opm_grid_blocks((int64_t)g.units, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st, g,
+                   (const unsigned int *)amax, sv, iv, d_dst, d_err);
+    KW_CUDA_LAUNCHED();
+    KW_CUDA_LAUNCH(kw_k_wire_pack, kw_opm_grid_blocks((int64_t)(rows * (D / 8)), KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st,
+                   *src, g, (const float *)sv, (const float *)iv, d_dst);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+extern "C" int kw_cuda_wire_encode_status(unsigned long long err) {
+    if (err == ~0ull) return 0;
+    KW_RETURN_IF((err & 1u) == 0, KW_E_WIRE_NONFINITE, "wire encode on the GPU: scale unit %llu holds NaN or Inf",
+                 err >> 1);
+    KW_FAIL(KW_E_WIRE_RANGE, "wire encode on the GPU: scale unit %llu has a value or scale the codec cannot represent",
+            err >> 1);
+}
+
+extern "C" int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, const uint8_t *d_src, uint32_t H,
+                                          uint32_t T, uint32_t D, const kw_cuda_wire_dst *dst, unsigned int *d_bad) {
+    kw_wire_geom g;
+    KW_FORWARD(kw_wire_geom_make(spec, H, T, D, &g));
+    KW_RETURN_IF(!d_src || !dst || !dst->d_data || !d_bad, KW_E_INVALID_ARG, "wire decode on the GPU: null argument");
+    KW_RETURN_IF(dst->dtype != KW__WDT_F32 && dst->dtype != KW__WDT_BF16, KW_E_INVALID_ARG,
+                 "wire decode on the GPU: output dtype %u is not f32 or bf16", dst->dtype);
+    const uint64_t chunks = (uint64_t)H * T * (D / 8);
+    KW_CUDA_LAUNCH(kw_k_wire_unpack, kw_opm_grid_blocks((int64_t)chunks, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
+                   (cudaStream_t)stream, g, d_src, *dst, d_bad);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}

@@ -1,0 +1,113 @@
+/* kw_cuda_wire.h: the sharer's and the receiver's per-tensor work on the GPU, straight from and into device memory:
+ * the norm selection scores and their top-k (c2c/kw_select.h's knorm_topk/vnorm_topk), and the KVWire codecs of
+ * one tensor of a token group (docs/FORMAT.md §5: quantize + pack into the scales-then-codes bytes of the section
+ * body, unpack + dequantize back). The results are byte-identical to the CPU's (c2c/kw_select.c, wire/): both sides
+ * run the KW_HD math of kernels/kw_select_math.h and wire/kw_wire_quant.h (tests/gpu_emu/test_cuda_wire.cu).
+ *
+ * Not here: the section framing (head, group table, index block, zstd, XXH3 checksums), which stays with the CPU
+ * encoder and decoder of wire/, nor any policy. A plain C interface: every pointer named d_* is device memory, and
+ * every function only enqueues work on `stream` (a cudaStream_t; NULL for the legacy default stream) and returns
+ * KW_E_INVALID_ARG for bad arguments or KW_E_CUDA for a failed launch. Errors found in the data (a NaN, a value a
+ * codec cannot represent, a reserved code) are written to device words the caller reads after synchronizing.
+ *
+ * The emulated build of kernels/cuda (kernels/cuda/emu) exports the same functions with kw_cuda_emu_ names; the
+ * defines below pick them when KW_CUDA_EMU is set, so one test source drives both.
+ */
+#ifndef KW_CUDA_WIRE_H
+#define KW_CUDA_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kw_backend.h"
+
+#ifdef KW_CUDA_EMU
+#define kw_cuda_select_scores      kw_cuda_emu_select_scores
+#define kw_cuda_select_topk        kw_cuda_emu_select_topk
+#define kw_cuda_wire_encode_tensor kw_cuda_emu_wire_encode_tensor
+#define kw_cuda_wire_decode_tensor kw_cuda_emu_wire_decode_tensor
+#define kw_cuda_wire_work_bytes    kw_cuda_emu_wire_work_bytes
+#define kw_cuda_wire_tensor_bytes  kw_cuda_emu_wire_tensor_bytes
+#define kw_cuda_wire_encode_status kw_cuda_emu_wire_encode_status
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Selection */
+
+/* The largest T kw_cuda_select_topk takes (positions are 32-bit). */
+#define KW_CUDA_SELECT_MAX_TOKENS 0xffffffffu
+
+/* score[t] for t < T of the rows x[t * token_stride + h * head_stride + d] (elements of dtype f32, bf16 or f16;
+ * widening is exact, so bf16 input scores like its f32 copy), H heads of D values, H <= 256. */
+int kw_cuda_select_scores(void *stream, const void *d_x, enum kw_dtype dtype, int64_t T, int32_t H, int32_t D,
+                          int64_t token_stride, int64_t head_stride, float *d_score);
+
+/* The k best of T scores (kw_selm_key: larger score, ties to the lower position; non-finite scores never), written
+ * ascending to d_out (room for k entries), their number (min(k, finite scores)) to *d_count. One block; d_out and
+ * d_count are written only by this kernel. */
+int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k, uint32_t *d_out, uint32_t *d_count);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* KVWire codecs of one tensor of a token group */
+
+/* The codec of the tensor: the four bytes of kw_wire_codec_spec (enum kw_wire_codec, kw_wire_gran, kw_wire_scale,
+ * log2 of the channel group). Passthrough codecs (bf16, f16) take granularity and scale dtype 0. */
+typedef struct kw_cuda_wire_spec {
+    uint8_t codec, granularity, scale_dtype, group_log2;
+} kw_cuda_wire_spec;
+
+/* The encoder's input: element (h, t, d) of the group's token t (0-based in the group) is at d_data[row *
+ * token_stride + h * head_stride + d], row = d_rows ? d_rows[t0 + t] : t0 + t, in elements of dtype (enum
+ * kw_wire_dtype: 1 bf16, 2 f16, 3 f32), as kw_wire_tensor_in with the group's first token t0. */
+typedef struct kw_cuda_wire_src {
+    const void *d_data;     /* borrowed, device */
+    uint32_t dtype;         /* enum kw_wire_dtype */
+    size_t head_stride;     /* elements between heads */
+    size_t token_stride;    /* elements between rows */
+    const uint32_t *d_rows; /* borrowed, device, optional: the gather of kw_wire_tensor_in.rows */
+    uint32_t t0;            /* the group's first token in the section */
+} kw_cuda_wire_src;
+
+/* The decoder's output: element (h, t, d) goes to d_data[(t0 + t) * token_stride + h * head_stride + d], dtype
+ * KW_WIRE_DTYPE_F32 or KW_WIRE_DTYPE_BF16, as kw_wire_tensor_out for a group starting at token t0. */
+typedef struct kw_cuda_wire_dst {
+    void *d_data; /* borrowed, device */
+    uint32_t dtype;
+    size_t head_stride, token_stride;
+    uint32_t t0;
+} kw_cuda_wire_dst;
+
+/* Bytes of the tensor on the wire (scales then codes) for H heads, T tokens, head_dim D; 0 for an invalid spec. */
+uint64_t kw_cuda_wire_tensor_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D);
+
+/* Bytes of device scratch kw_cuda_wire_encode_tensor needs for this tensor. */
+uint64_t kw_cuda_wire_work_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D);
+
+/* Encodes the tensor into d_dst (kw_cuda_wire_tensor_bytes of them): the bytes the CPU encoder writes for it at its
+ * place in the section body. d_work: kw_cuda_wire_work_bytes of scratch, 256-byte aligned (cudaMalloc's are).
+ * *d_err (device) is overwritten with the first failure in the CPU encoder's order (~0ull: none); read it after the
+ * stream synchronizes and turn it into a status with kw_cuda_wire_encode_status. On a failure the bytes of d_dst
+ * are unspecified, as the CPU encoder's are. */
+int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec *spec, const kw_cuda_wire_src *src, uint32_t H,
+                               uint32_t T, uint32_t D, uint8_t *d_dst, void *d_work, unsigned long long *d_err);
+
+/* The status of an encode from its error word: 0, KW_E_WIRE_NONFINITE (NaN or Inf in the input) or KW_E_WIRE_RANGE
+ * (a value or scale the codec cannot represent), with the scale unit in the error detail. */
+int kw_cuda_wire_encode_status(unsigned long long err);
+
+/* Decodes the tensor's wire bytes d_src (scales then codes, already validated as the CPU decoder validates a
+ * section: scales checked) into dst. *d_bad (device) is set to a non-zero value if a reserved code or a non-finite
+ * passthrough value is found (the CPU's KW_E_WIRE_VALUE; the output is then fully written anyway, as the CPU's is);
+ * the caller zeroes it first. */
+int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, const uint8_t *d_src, uint32_t H,
+                               uint32_t T, uint32_t D, const kw_cuda_wire_dst *dst, unsigned int *d_bad);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KW_CUDA_WIRE_H */

@@ -1,0 +1,587 @@
+/* test_cuda_wire.cu: the device kernels of kernels/cuda/kw_cuda_wire.h against the CPU code byte for byte.
+ *
+ *  - selection: kw_cuda_select_scores equals the scores c2c/kw_select.c computes (bit patterns), for f32 and bf16
+ *    rows in the token-major and the head-major layout, and kw_cuda_select_topk picks the positions
+ *    kw_select_positions picks (knorm_topk), with tied scores (duplicated rows), NaN and Inf rows and k from 0 to T;
+ *  - encoding: for every codec, granularity (channel groups of 4, 8, 16 and the whole head), scale dtype and input
+ *    dtype, in single- and two-group sections with strided views and a row gather, the device bytes of each tensor
+ *    equal the scales and codes of the CPU encoder's section (read back through kw_wire_reader), and the device's
+ *    status equals the CPU's for inputs the codec cannot take (NaN, Inf, values beyond a passthrough dtype or a scale
+ *    dtype);
+ *  - whole blobs: a multi-section blob (two-group sections, a gather, zstd) whose tensors were encoded on the device
+ *    and copied into a pinned host buffer (kw_wire_encoder_begin_section / finish_section) equals the CPU's;
+ *  - decoding: the device's f32 and bf16 outputs equal kw_wire_section_dequantize's, for those sections and for
+ *    copies whose codes were overwritten with random bytes (reserved codes, then flagged by both) and re-sealed with
+ *    valid checksums.
+ *
+ * Built twice: as host C++ against the CUDA emulator (test_cuda_wire_emu, label gpu-emu, always runs) and by nvcc
+ * (test_gpu_wire, label gpu, exits 77 without a device).
+ */
+extern "C" {
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "c2c/kw_select.h"
+#include "common/kw_half.h"
+#include "common/kw_status.h"
+#include "wire/kw_wire.h"
+#include "wire/kw_wire_internal.h"
+}
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+#include "kernels/cuda/kw_cuda_wire.h"
+#ifndef KW_CUDA_EMU
+#include <cuda_runtime.h>
+#endif
+
+#define CK(expr)                                                                                                       \
+    do {                                                                                                               \
+        const cudaError_t ck_err_ = (expr);                                                                            \
+        if (ck_err_ != cudaSuccess) fail_msg("%s: %s", #expr, cudaGetErrorString(ck_err_));                            \
+    } while (0)
+
+/* splitmix64: the same numbers everywhere */
+struct rng {
+    uint64_t s;
+    uint64_t next() {
+        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    uint32_t below(uint32_t n) { return (uint32_t)(next() % n); }
+    float uniform() { return (float)((int32_t)(next() >> 40) - (1 << 23)) * 0x1p-23f; } /* [-1, 1), exact */
+};
+
+/* A device copy of a host array, freed with the object. */
+template <typename T> struct dev_buf {
+    T *p = nullptr;
+    size_t n = 0;
+    explicit dev_buf(size_t count) : n(count) { CK(cudaMalloc((void **)&p, (count ? count : 1) * sizeof(T))); }
+    dev_buf(const T *host, size_t count) : dev_buf(count) {
+        if (count) CK(cudaMemcpy(p, host, count * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    ~dev_buf() { cudaFree(p); }
+    std::vector<T> get() const {
+        std::vector<T> v(n);
+        if (n) CK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return v;
+    }
+    dev_buf(const dev_buf &) = delete;
+    dev_buf &operator=(const dev_buf &) = delete;
+};
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Selection
+ */
+
+static void check_select(uint32_t T, int32_t H, int32_t D, int bf16, int head_major, uint64_t seed) {
+    rng r{seed};
+    std::vector<float> x((size_t)T * H * D); /* (T, H, D): what kw_select_positions reads */
+    for (uint32_t t = 0; t < T; ++t) {
+        const float mag = ldexpf(1.0f, (int)r.below(12) - 6);
+        for (int32_t i = 0; i < H * D; ++i) {
+            float v = r.uniform() * mag;
+            if (bf16) v = kw_bf16_to_f32(kw_f32_to_bf16(v));
+            x[(size_t)t * H * D + i] = v;
+        }
+        if (t > 0 && r.below(4) == 0) /* ties: a copy of an earlier token */
+            memcpy(&x[(size_t)t * H * D], &x[(size_t)r.below(t) * H * D], sizeof(float) * H * D);
+        if (r.below(29) == 0) x[(size_t)t * H * D + r.below(H * D)] = NAN;
+        if (r.below(31) == 0) x[(size_t)t * H * D + r.below(H * D)] = -INFINITY;
+        if (r.below(37) == 0) memset(&x[(size_t)t * H * D], 0, sizeof(float) * H * D);
+    }
+    /* the device copy, in the requested layout and dtype */
+    const int64_t ts = head_major ? D : (int64_t)H * D, hs = head_major ? (int64_t)T * D : D;
+    std::vector<float> xf((size_t)T * H * D);
+    std::vector<uint16_t> xb((size_t)T * H * D);
+    for (uint32_t t = 0; t < T; ++t)
+        for (int32_t h = 0; h < H; ++h)
+            for (int32_t d = 0; d < D; ++d) {
+                const float v = x[((size_t)t * H + h) * D + d];
+                xf[t * ts + h * hs + d] = v;
+                xb[t * ts + h * hs + d] = kw_f32_to_bf16(v);
+            }
+    dev_buf<float> dxf(xf.data(), xf.size());
+    dev_buf<uint16_t> dxb(xb.data(), xb.size());
+    dev_buf<float> dscore(T);
+    assert_int_equal(kw_cuda_select_scores(nullptr, bf16 ? (const void *)dxb.p : (const void *)dxf.p,
+                                           bf16 ? KW_DTYPE_BF16 : KW_DTYPE_F32, T, H, D, ts, hs, dscore.p),
+                     0);
+    const std::vector<float> gscore = dscore.get();
+
+    std::vector<float> score(T);
+    std::vector<int64_t> want(T);
+    const uint32_t ks[] = {0, 1, 2, T / 3, T / 2, T - 1, T, T + 5};
+    for (uint32_t k : ks) {
+        kw_select_policy pol = {KW_SELECT_KNORM, 0.0, k ? (int64_t)k : 1, 0};
+        int64_t n = 0;
+        assert_int_equal(kw_select_positions(&pol, T, H, D, x.data(), nullptr, 0, 0, score.data(), want.data(), &n), 0);
+        if (k == 0) n = 0; /* the CPU's min_tokens is >= 1: k = 0 is the device's own edge */
+        for (uint32_t t = 0; t < T; ++t)
+            if (kw_f32_bits(score[t]) != kw_f32_bits(gscore[t]))
+                fail_msg("T %u H %d D %d bf16 %d head-major %d: score[%u] %a on the device, %a on the CPU", T, H, D,
+                         bf16, head_major, t, (double)gscore[t], (double)score[t]);
+        dev_buf<uint32_t> dout(T + 5), dcount(1);
+        assert_int_equal(kw_cuda_select_topk(nullptr, dscore.p, T, k, dout.p, dcount.p), 0);
+        const std::vector<uint32_t> gout = dout.get(), gcount = dcount.get();
+        if ((int64_t)gcount[0] != n)
+            fail_msg("T %u k %u: %u positions on the device, %lld on the CPU", T, k, gcount[0], (long long)n);
+        for (int64_t i = 0; i < n; ++i)
+            if ((int64_t)gout[i] != want[i])
+                fail_msg("T %u k %u: position %lld is %u on the device, %lld on the CPU", T, k, (long long)i, gout[i],
+                         (long long)want[i]);
+    }
+}
+
+static void test_select(void **state) {
+    (void)state;
+    check_select(1, 1, 8, 0, 0, 1);
+    check_select(37, 3, 16, 0, 0, 2);
+    check_select(300, 2, 8, 1, 0, 3);
+    check_select(130, 8, 32, 0, 1, 4);
+    check_select(600, 1, 8, 1, 1, 5); /* more tokens than the top-k block's threads: several compaction chunks */
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * KVWire encode and decode
+ */
+
+static constexpr uint32_t H = 2, D = 32, NPOS = 64;
+
+struct wire_case {
+    kw_wire_codec_spec a, b; /* group 0 (K a, V b) and, in two-group sections, group 1 (K b, V a) */
+    uint32_t src_dtype;      /* enum kw_wire_dtype */
+    uint32_t T, split;       /* tokens, and the first token of group 1 (0: one group) */
+    int head_major, gather;
+    int poison; /* 0 none, 1 a NaN, 2 an Inf, 3 a huge value, 4 a tiny one */
+};
+
+/* The input of one tensor in the case's layout, as f32 values, plus its dtype bytes. */
+struct tensor_src {
+    std::vector<float> values;  /* (row, h, d) or (h, row, d) */
+    std::vector<uint8_t> bytes; /* the same in src_dtype */
+    size_t head_stride, token_stride;
+};
+
+static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out) {
+    out->head_stride = c.head_major ? (size_t)rows * D : D;
+    out->token_stride = c.head_major ? D : (size_t)H * D;
+    out->values.assign((size_t)rows * H * D, 0.0f);
+    for (uint32_t row = 0; row < rows; ++row)
+        for (uint32_t h = 0; h < H; ++h) {
+            const float mag = ldexpf(1.0f, (int)r.below(20) - 10);
+            const int kind = (int)r.below(8);
+            for (uint32_t d = 0; d < D; ++d) {
+                float v = r.uniform() * mag;
+                if (kind == 0) v = 0.0f;                                 /* a zero scale */
+                if (kind == 1) v = (float)((int)r.below(15) - 7) + 0.5f; /* rounding ties */
+                if (kind == 2 && d % 5 == 0) v = 0.0f;                   /* zeros in a row */
+                if (c.src_dtype == KW_WIRE_DTYPE_BF16) v = kw_bf16_to_f32(kw_f32_to_bf16(v));
+                if (c.src_dtype == KW_WIRE_DTYPE_F16) v = kw_f16_to_f32(kw_f32_to_f16(v));
+                out->values[row * out->token_stride + h * out->head_stride + d] = v;
+            }
+        }
+    if (c.poison) {
+        const size_t i = r.below((uint32_t)out->values.size());
+        const float p[] = {0.0f, NAN, -INFINITY, 3.0e38f, 1.0e-39f};
+        float v = p[c.poison];
+        if (c.poison == 3 && c.src_dtype != KW_WIRE_DTYPE_F32)
+            v = c.src_dtype == KW_WIRE_DTYPE_F16 ? 65504.0f : 3.0e38f;
+        out->values[i] = v;
+        for (float &w : out->values) /* everything tiny so that a scale dtype's lower limit matters */
+            if (c.poison == 4) w = w * 0x1p-100f;
+    }
+    const size_t es = c.src_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    out->bytes.assign(out->values.size() * es, 0);
+    for (size_t i = 0; i < out->values.size(); ++i) {
+        if (es == 4) {
+            memcpy(&out->bytes[4 * i], &out->values[i], 4);
+        } else {
+            const uint16_t h16 =
+                c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(out->values[i]) : kw_f32_to_f16(out->values[i]);
+            memcpy(&out->bytes[2 * i], &h16, 2);
+        }
+    }
+}
+
+static kw_cuda_wire_spec dev_spec(const kw_wire_codec_spec &s) {
+    return kw_cuda_wire_spec{s.codec, s.granularity, s.scale_dtype, s.group_log2};
+}
+
+/* A case's token groups, policy and layer input (pol.groups points into groups: keep the object in place). */
+struct case_section {
+    kw_wire_token_group groups[2];
+    uint32_t n_groups;
+    kw_wire_policy pol;
+    kw_wire_layer_in in;
+};
+
+static void case_section_make(const wire_case &c, uint32_t layer, const tensor_src &ks, const tensor_src &vs,
+                              const std::vector<uint32_t> &gather, const std::vector<uint32_t> &positions,
+                              case_section *cs) {
+    *cs = case_section{};
+    cs->groups[0] = {c.split ? c.split : c.T, c.a, c.b};
+    cs->groups[1] = {c.T - c.split, c.b, c.a};
+    cs->n_groups = c.split ? 2 : 1;
+    cs->pol.k = c.a;
+    cs->pol.v = c.b;
+    cs->pol.n_groups = c.split ? 2 : 0;
+    cs->pol.groups = cs->groups;
+    cs->in.layer = layer;
+    cs->in.n_tokens = c.T;
+    cs->in.positions = positions.data();
+    cs->in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
+    cs->in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
+}
+
+/* Encodes the section's tensors on the device in the CPU's order (group 0 K, V, group 1 K, V), each copied to
+ * host_dst as the section lays them out (host_dst may be pinned memory); stops at the first failure and returns its
+ * status. */
+static int device_encode_section(const wire_case &c, const case_section &cs, const tensor_src &ks, const tensor_src &vs,
+                                 const std::vector<uint32_t> &gather, uint8_t *host_dst) {
+    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint32_t> drows(gather.data(), gather.size());
+    dev_buf<unsigned long long> err(1);
+    size_t at = 0;
+    for (uint32_t g = 0, t0 = 0; g < cs.n_groups; t0 += cs.groups[g].n_tokens, ++g) {
+        const uint32_t tg = cs.pol.n_groups ? cs.groups[g].n_tokens : c.T;
+        const kw_wire_codec_spec *specs[2] = {&cs.groups[g].k, &cs.groups[g].v};
+        const dev_buf<uint8_t> *data[2] = {&dks, &dvs};
+        const tensor_src *hs[2] = {&ks, &vs};
+        for (int kv = 0; kv < 2; ++kv) {
+            const kw_cuda_wire_spec ds = dev_spec(*specs[kv]);
+            const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, tg, D);
+            assert_true(bytes > 0);
+            dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, tg, D));
+            const kw_cuda_wire_src src = {
+                data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr, t0};
+            assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, tg, D, dst.p, work.p, err.p), 0);
+            CK(cudaMemcpyAsync(host_dst + at, dst.p, bytes, cudaMemcpyDeviceToHost, nullptr));
+            CK(cudaStreamSynchronize(nullptr));
+            const int rc = kw_cuda_wire_encode_status(err.get()[0]);
+            if (rc < 0) return rc;
+            at += bytes;
+        }
+    }
+    return 0;
+}
+
+/* Re-seals a one-section blob after its body was changed: the section checksum and the blob checksum. */
+static void reseal(std::vector<uint8_t> &blob, size_t sec_off, size_t sec_len_without_checksum) {
+    const uint64_t sc = kw__wire_hash_bytes(&blob[sec_off], sec_len_without_checksum);
+    for (int i = 0; i < 8; ++i)
+        blob[sec_off + sec_len_without_checksum + i] = (uint8_t)(sc >> (8 * i));
+    kw__wire_hash h;
+    kw__wire_hash_reset(&h);
+    kw__wire_hash_update(&h, blob.data(), KW_WIRE_HEADER_BYTES);
+    kw__wire_hash_update(&h, &blob[sec_off + sec_len_without_checksum], 8);
+    const size_t trl = blob.size() - KW_WIRE_TRAILER_BYTES;
+    kw__wire_hash_update(&h, &blob[trl], 16);
+    const uint64_t bc = kw__wire_hash_digest(&h);
+    for (int i = 0; i < 8; ++i)
+        blob[trl + 16 + i] = (uint8_t)(bc >> (8 * i));
+}
+
+/* Decodes the blob's section on the CPU and on the device (every group, K and V, f32 and bf16) and compares. */
+static void compare_decode(const std::vector<uint8_t> &blob, const char *what) {
+    kw_wire_reader *rd = nullptr;
+    const kw_wire_header *hdr = nullptr;
+    assert_int_equal(kw_wire_reader_open(blob.data(), blob.size(), nullptr, &rd, &hdr), 0);
+    const kw_wire_section *sec = nullptr;
+    assert_int_equal(kw_wire_reader_next(rd, &sec), 1);
+    const uint32_t T = sec->n_tokens;
+    for (uint32_t out_dtype : {(uint32_t)KW_WIRE_DTYPE_F32, (uint32_t)KW_WIRE_DTYPE_BF16}) {
+        const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, n = (size_t)T * H * D;
+        std::vector<uint8_t> ck(n * es), cv(n * es);
+        const kw_wire_tensor_out ko = {ck.data(), (uint8_t)out_dtype, D, (size_t)H * D};
+        const kw_wire_tensor_out vo = {cv.data(), (uint8_t)out_dtype, D, (size_t)H * D};
+        const int cpu_rc = kw_wire_section_dequantize(sec, &ko, &vo);
+        dev_buf<uint8_t> dk(n * es), dv(n * es);
+        dev_buf<unsigned int> bad(1);
+        CK(cudaMemset(bad.p, 0, sizeof(unsigned int)));
+        for (uint32_t g = 0; g < sec->n_groups; ++g) {
+            const kw_wire_group_view &gv = sec->groups[g];
+            const kw_wire_tensor_view *tv[2] = {&gv.k, &gv.v};
+            dev_buf<uint8_t> *outs[2] = {&dk, &dv};
+            for (int kv = 0; kv < 2; ++kv) {
+                std::vector<uint8_t> bytes(tv[kv]->scale_bytes + tv[kv]->code_bytes);
+                if (tv[kv]->scale_bytes) memcpy(bytes.data(), tv[kv]->scales, tv[kv]->scale_bytes);
+                memcpy(bytes.data() + tv[kv]->scale_bytes, tv[kv]->codes, tv[kv]->code_bytes);
+                dev_buf<uint8_t> src(bytes.data(), bytes.size());
+                const kw_cuda_wire_spec ds = dev_spec(tv[kv]->spec);
+                const kw_cuda_wire_dst dst = {outs[kv]->p, out_dtype, D, (size_t)H * D, gv.first_token};
+                assert_int_equal(kw_cuda_wire_decode_tensor(nullptr, &ds, src.p, H, gv.n_tokens, D, &dst, bad.p), 0);
+                CK(cudaDeviceSynchronize());
+            }
+        }
+        const int dev_rc = bad.get()[0] ? KW_E_WIRE_VALUE : 0;
+        if (dev_rc != cpu_rc) fail_msg("%s: decode status %d on the device, %d on the CPU", what, dev_rc, cpu_rc);
+        if (dk.get() != ck || dv.get() != cv)
+            fail_msg("%s: decoded %s values differ between the device and the CPU", what,
+                     out_dtype == KW_WIRE_DTYPE_F32 ? "f32" : "bf16");
+    }
+    kw_wire_reader_close(rd);
+}
+
+/* Returns the encode status (equal on both sides). */
+static int check_case(const wire_case &c, uint64_t seed) {
+    rng r{seed};
+    char what[160];
+    snprintf(what, sizeof what, "K %s/%s/%s/G%u V %s/%s/%s/G%u src %s T %u split %u%s%s poison %d",
+             kw_wire_codec_name(c.a.codec), kw_wire_gran_name(c.a.granularity), kw_wire_scale_name(c.a.scale_dtype),
+             1u << c.a.group_log2, kw_wire_codec_name(c.b.codec), kw_wire_gran_name(c.b.granularity),
+             kw_wire_scale_name(c.b.scale_dtype), 1u << c.b.group_log2, kw_wire_dtype_name(c.src_dtype), c.T, c.split,
+             c.head_major ? " head-major" : "", c.gather ? " gather" : "", c.poison);
+    const uint32_t rows = c.gather ? c.T + 7 : c.T;
+    tensor_src ks, vs;
+    make_src(r, c, rows, &ks);
+    wire_case clean = c;
+    clean.poison = 0;
+    make_src(r, c.poison ? clean : c, rows, &vs); /* the poison goes into K only: the CPU reports K first */
+    std::vector<uint32_t> gather(c.T), positions(c.T);
+    for (uint32_t t = 0; t < c.T; ++t)
+        gather[t] = c.gather ? r.below(rows) : t;
+    for (uint32_t t = 0, p = 0; t < c.T; ++t, p += 1 + (t % 3 == 0))
+        positions[t] = p;
+
+    /* the CPU section */
+    kw_wire_header hdr = {};
+    hdr.n_layers = 4;
+    hdr.n_sections = 1;
+    hdr.n_kv_heads = H;
+    hdr.head_dim = D;
+    hdr.n_positions = NPOS;
+    hdr.src_dtype = (uint8_t)c.src_dtype;
+    case_section cs;
+    case_section_make(c, 2, ks, vs, gather, positions, &cs);
+    const uint32_t n_groups = cs.n_groups;
+    kw_wire_encoder *enc = nullptr;
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
+    size_t sec_cap = 0;
+    assert_int_equal(kw_wire_section_size(&hdr, &cs.pol, c.T, positions.data(), &sec_cap), 0);
+    std::vector<uint8_t> blob(KW_WIRE_HEADER_BYTES + sec_cap + KW_WIRE_TRAILER_BYTES);
+    size_t w = 0, sec_len = 0;
+    assert_int_equal(kw_wire_encoder_write_header(enc, blob.data(), blob.size(), &w), 0);
+    const int cpu_rc = kw_wire_encoder_write_section(enc, &cs.in, &cs.pol, &blob[w], sec_cap, &sec_len);
+
+    /* the device's tensor bytes, laid out as in the section */
+    std::vector<uint8_t> dev_bytes(sec_cap);
+    const int dev_rc = device_encode_section(c, cs, ks, vs, gather, dev_bytes.data());
+    if (dev_rc != cpu_rc) fail_msg("%s: encode status %d on the device, %d on the CPU", what, dev_rc, cpu_rc);
+    if (cpu_rc < 0) {
+        kw_wire_encoder_destroy(enc);
+        return cpu_rc;
+    }
+    size_t wt = 0;
+    assert_int_equal(kw_wire_encoder_write_trailer(enc, &blob[w + sec_len], blob.size() - w - sec_len, &wt), 0);
+    blob.resize(w + sec_len + wt);
+    kw_wire_encoder_destroy(enc);
+
+    /* the device bytes are the CPU section's scales and codes */
+    kw_wire_reader *rd = nullptr;
+    const kw_wire_header *rh = nullptr;
+    assert_int_equal(kw_wire_reader_open(blob.data(), blob.size(), nullptr, &rd, &rh), 0);
+    const kw_wire_section *sec = nullptr;
+    assert_int_equal(kw_wire_reader_next(rd, &sec), 1);
+    assert_int_equal(sec->n_groups, n_groups);
+    size_t at = 0;
+    for (uint32_t g = 0; g < n_groups; ++g) {
+        const kw_wire_tensor_view *tv[2] = {&sec->groups[g].k, &sec->groups[g].v};
+        for (int kv = 0; kv < 2; ++kv) {
+            const uint8_t *got = &dev_bytes[at];
+            if ((tv[kv]->scale_bytes && memcmp(got, tv[kv]->scales, tv[kv]->scale_bytes) != 0) ||
+                memcmp(got + tv[kv]->scale_bytes, tv[kv]->codes, tv[kv]->code_bytes) != 0)
+                fail_msg("%s: group %u %c: the device's bytes differ from the CPU encoder's", what, g, kv ? 'V' : 'K');
+            at += tv[kv]->scale_bytes + tv[kv]->code_bytes;
+        }
+    }
+    kw_wire_reader_close(rd);
+
+    compare_decode(blob, what);
+    /* random codes (scales kept): reserved codes and every code value, on both sides */
+    const size_t sec_off = KW_WIRE_HEADER_BYTES;
+    const size_t body = sec_off + KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * n_groups;
+    {
+        kw_wire_reader *rd2 = nullptr;
+        assert_int_equal(kw_wire_reader_open(blob.data(), blob.size(), nullptr, &rd2, &rh), 0);
+        assert_int_equal(kw_wire_reader_next(rd2, &sec), 1);
+        std::vector<std::pair<size_t, size_t>> code_spans;
+        for (uint32_t g = 0; g < n_groups; ++g)
+            for (const kw_wire_tensor_view *tv : {&sec->groups[g].k, &sec->groups[g].v})
+                code_spans.push_back({(size_t)(tv->codes - blob.data()), (size_t)tv->code_bytes});
+        kw_wire_reader_close(rd2);
+        for (const auto &sp : code_spans)
+            for (size_t i = 0; i < sp.second; ++i)
+                blob[sp.first + i] = (uint8_t)r.next();
+    }
+    (void)body;
+    reseal(blob, sec_off, sec_len - KW_WIRE_CHECKSUM_BYTES);
+    char what2[200];
+    snprintf(what2, sizeof what2, "%s, random codes", what);
+    compare_decode(blob, what2);
+    return 0;
+}
+
+static kw_wire_codec_spec spec_of(uint32_t codec, uint32_t gran, uint32_t scale, uint32_t glog2) {
+    return kw_wire_codec_spec{(uint8_t)codec, (uint8_t)gran, (uint8_t)scale, (uint8_t)glog2};
+}
+
+static const kw_wire_codec_spec k_bf16 = {KW_WIRE_CODEC_BF16, 0, 0, 0};
+
+/* Every quantizing codec x granularity x scale dtype, against a passthrough partner, one input dtype each (rotating).
+ */
+static void test_encode_every_codec(void **state) {
+    (void)state;
+    uint64_t seed = 100;
+    uint32_t dt = 0;
+    for (uint32_t codec = KW_WIRE_CODEC_INT8; codec <= KW_WIRE_CODEC_E5M2; ++codec)
+        for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_GROUP; ++gran)
+            for (uint32_t scale = KW_WIRE_SCALE_F16; scale <= KW_WIRE_SCALE_E8M0; ++scale) {
+                const uint32_t glog2 = gran == KW_WIRE_GRAN_GROUP ? 2 + (seed % 4) : 0; /* G = 4, 8, 16, 32 */
+                wire_case c = {};
+                c.a = spec_of(codec, gran, scale, glog2);
+                c.b = k_bf16;
+                c.src_dtype = 1 + (dt++ % 3);
+                c.T = 5;
+                c.head_major = (int)(seed & 1);
+                assert_int_equal(check_case(c, seed++), 0);
+            }
+}
+
+/* Passthrough codecs from every input dtype; two groups with a row gather; mixed codecs in one section. */
+static void test_encode_layouts(void **state) {
+    (void)state;
+    const kw_wire_codec_spec f16 = {KW_WIRE_CODEC_F16, 0, 0, 0};
+    const kw_wire_codec_spec i4g = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3);
+    const kw_wire_codec_spec i6t = spec_of(KW_WIRE_CODEC_INT6, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0);
+    const kw_wire_codec_spec nfh = spec_of(KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_E8M0, 0);
+    const kw_wire_codec_spec e4l = spec_of(KW_WIRE_CODEC_E4M3, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_F32, 0);
+    uint64_t seed = 900;
+    for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt) {
+        assert_int_equal(check_case(wire_case{k_bf16, f16, dt, 6, 0, 0, 0, 0}, seed++), 0);
+        assert_int_equal(check_case(wire_case{i4g, i6t, dt, 9, 4, 1, 1, 0}, seed++), 0);
+        assert_int_equal(check_case(wire_case{nfh, e4l, dt, 11, 3, 0, 1, 0}, seed++), 0);
+        assert_int_equal(check_case(wire_case{f16, nfh, dt, 7, 2, 1, 0, 0}, seed++), 0);
+    }
+}
+
+/* Inputs the codecs cannot take: the device reports what the CPU reports. */
+static void test_encode_errors(void **state) {
+    (void)state;
+    const kw_wire_codec_spec f16 = {KW_WIRE_CODEC_F16, 0, 0, 0};
+    const kw_wire_codec_spec i8f16 = spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0);
+    const kw_wire_codec_spec i4g = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 2);
+    const kw_wire_codec_spec e5h = spec_of(KW_WIRE_CODEC_E5M2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_BF16, 0);
+    const kw_wire_codec_spec nfl = spec_of(KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_E8M0, 0);
+    uint64_t seed = 5000;
+    int ok = 0, nonfinite = 0, range = 0;
+    for (int poison = 1; poison <= 4; ++poison)
+        for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt)
+            for (const kw_wire_codec_spec &s : {f16, k_bf16, i8f16, i4g, e5h, nfl}) {
+                wire_case c = {s, k_bf16, dt, 6, 0, (int)(seed & 1), 0, poison};
+                const int rc = check_case(c, seed++);
+                ok += rc == 0;
+                nonfinite += rc == KW_E_WIRE_NONFINITE;
+                range += rc == KW_E_WIRE_RANGE;
+            }
+    /* the cases above reach every outcome */
+    assert_true(ok > 0);
+    assert_true(nonfinite > 0);
+    assert_true(range > 0);
+    assert_int_equal(ok + nonfinite + range, 4 * 3 * 6);
+}
+
+/* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
+ * device's bytes copied into the section in pinned host memory, finish_section); zstd on for some sections. */
+static void test_blob_byte_identical(void **state) {
+    (void)state;
+    const kw_wire_codec_spec i4g = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3);
+    const kw_wire_codec_spec i8t = spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0);
+    const kw_wire_codec_spec e5h = spec_of(KW_WIRE_CODEC_E5M2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_E8M0, 0);
+    const wire_case layers[] = {
+        {i4g, i8t, KW_WIRE_DTYPE_BF16, 9, 0, 0, 0, 0},
+        {e5h, k_bf16, KW_WIRE_DTYPE_BF16, 12, 5, 1, 1, 0},
+        {i8t, i4g, KW_WIRE_DTYPE_BF16, 10, 0, 0, 1, 0},
+    };
+    const uint32_t n_layers = sizeof layers / sizeof layers[0];
+    rng r{77};
+    kw_wire_header hdr = {};
+    hdr.n_layers = 8;
+    hdr.n_sections = (uint16_t)n_layers;
+    hdr.n_kv_heads = H;
+    hdr.head_dim = D;
+    hdr.n_positions = NPOS;
+    hdr.src_dtype = KW_WIRE_DTYPE_BF16;
+    hdr.model_id = 0x1234;
+    kw_wire_encoder *cpu = nullptr, *gpu = nullptr;
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &cpu), 0);
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &gpu), 0);
+    const size_t cap = 1 << 16;
+    std::vector<uint8_t> cpu_blob(cap);
+    uint8_t *gpu_blob = nullptr; /* pinned: the device's bytes land in the blob directly */
+    CK(cudaMallocHost((void **)&gpu_blob, cap));
+    size_t cpu_len = 0, gpu_len = 0, w = 0;
+    assert_int_equal(kw_wire_encoder_write_header(cpu, cpu_blob.data(), cap, &w), 0);
+    cpu_len += w;
+    assert_int_equal(kw_wire_encoder_write_header(gpu, gpu_blob, cap, &w), 0);
+    gpu_len += w;
+    for (uint32_t l = 0; l < n_layers; ++l) {
+        const wire_case &c = layers[l];
+        const uint32_t rows = c.gather ? c.T + 7 : c.T;
+        tensor_src ks, vs;
+        make_src(r, c, rows, &ks);
+        make_src(r, c, rows, &vs);
+        std::vector<uint32_t> gather(c.T), positions(c.T);
+        for (uint32_t t = 0; t < c.T; ++t) {
+            gather[t] = c.gather ? r.below(rows) : t;
+            positions[t] = 2 * t + l;
+        }
+        case_section cs;
+        case_section_make(c, 2 * l + 1, ks, vs, gather, positions, &cs);
+        cs.pol.zstd_level = l == 1 ? 3 : 0;
+        assert_int_equal(kw_wire_encoder_write_section(cpu, &cs.in, &cs.pol, &cpu_blob[cpu_len], cap - cpu_len, &w), 0);
+        cpu_len += w;
+        size_t at = 0;
+        assert_int_equal(kw_wire_encoder_begin_section(gpu, cs.in.layer, c.T, positions.data(), &cs.pol,
+                                                       gpu_blob + gpu_len, cap - gpu_len, &at),
+                         0);
+        assert_int_equal(device_encode_section(c, cs, ks, vs, gather, gpu_blob + gpu_len + at), 0);
+        assert_int_equal(kw_wire_encoder_finish_section(gpu, &w), 0);
+        gpu_len += w;
+    }
+    assert_int_equal(kw_wire_encoder_write_trailer(cpu, &cpu_blob[cpu_len], cap - cpu_len, &w), 0);
+    cpu_len += w;
+    assert_int_equal(kw_wire_encoder_write_trailer(gpu, gpu_blob + gpu_len, cap - gpu_len, &w), 0);
+    gpu_len += w;
+    assert_int_equal(gpu_len, cpu_len);
+    assert_memory_equal(gpu_blob, cpu_blob.data(), cpu_len);
+    assert_true(kw_wire_encoder_breakdown(gpu)->compressed_sections == 1); /* the zstd path was taken */
+    kw_wire_encoder_destroy(cpu);
+    kw_wire_encoder_destroy(gpu);
+    CK(cudaFreeHost(gpu_blob));
+}
+
+int main(void) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_select),
+        cmocka_unit_test(test_encode_every_codec),
+        cmocka_unit_test(test_encode_layouts),
+        cmocka_unit_test(test_encode_errors),
+        cmocka_unit_test(test_blob_byte_identical),
+    };
+    return cmocka_run_group_tests(tests, nullptr, nullptr);
+}
