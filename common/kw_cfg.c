@@ -430,7 +430,8 @@ static void kw__cfg_help_key(const kw_cfg_key *k, const char *prefix, FILE *out)
         for (int i = 0; k->choices[i]; ++i)
             fprintf(out, "%s%s", i ? "|" : " ", k->choices[i]);
     }
-    fprintf(out, ", default %s)\n      %s\n", k->def ? (k->def[0] ? k->def : "\"\"") : "unset", k->help);
+    fprintf(out, ", default %s)\n      %s%s\n", k->def ? (k->def[0] ? k->def : "\"\"") : "unset", k->help,
+            (k->flags & KW_CFG_LIVE) ? " (SIGHUP reloads it)" : "");
 }
 
 void kw_cfg_print_help(const kw_cfg_table *t, FILE *out) {
@@ -566,7 +567,8 @@ void kw_cfg_free(const kw_cfg_table *t, void *obj) {
     kw__cfg_free_keys(t->keys, t->n_keys, obj);
 }
 
-int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv, int (*run)(void *obj)) {
+int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv,
+                int (*run)(void *obj, int argc, char **argv)) {
     memset(obj, 0, obj_size);
     enum kw_cfg_action action = KW_CFG_RUN;
     int rc = kw_cfg_parse_args(t, obj, argc, argv, &action);
@@ -578,10 +580,65 @@ int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, cha
         kw_cfg_print_help(t, stdout);
     } else if (action == KW_CFG_PRINT) {
         kw_cfg_print(t, obj, stdout);
-    } else if ((rc = run(obj)) < 0) {
+    } else if ((rc = run(obj, argc, argv)) < 0) {
         fprintf(stderr, "%s: %s (%s)\n", t->program, kw_error_detail(), kw_status_name(rc));
         exit_code = 1;
     }
     kw_cfg_free(t, obj);
     return exit_code;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reload
+
+static bool kw__cfg_same_string(const char *a, const char *b) {
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether the value of k is the same in records a and b (a LIST: every element, every key). */
+static bool kw__cfg_same_value(const kw_cfg_key *k, const void *a, const void *b) {
+    const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
+    switch (k->type) {
+    case KW_CFG_STRING:
+    case KW_CFG_PATH:
+        return kw__cfg_same_string(*(char *const *)pa, *(char *const *)pb);
+    case KW_CFG_INT:
+        return *(const int64_t *)pa == *(const int64_t *)pb;
+    case KW_CFG_DOUBLE:
+        return *(const double *)pa == *(const double *)pb;
+    case KW_CFG_BOOL:
+    case KW_CFG_ENUM:
+        return *(const int *)pa == *(const int *)pb;
+    case KW_CFG_LIST: {
+        const int32_t na = *(const int32_t *)((const char *)a + k->count_offset);
+        const int32_t nb = *(const int32_t *)((const char *)b + k->count_offset);
+        if (na != nb) return false;
+        for (int32_t e = 0; e < na; ++e)
+            for (size_t j = 0; j < k->n_sub; ++j)
+                if (!kw__cfg_same_value(&k->sub[j], pa + (size_t)e * k->elem_size, pb + (size_t)e * k->elem_size))
+                    return false;
+        return true;
+    }
+    }
+    return false;
+}
+
+int kw_cfg_reload(const kw_cfg_table *t, const void *running, void *next, size_t obj_size, int argc, char **argv,
+                  char *refused, size_t cap, int *n_refused) {
+    if (next) memset(next, 0, obj_size); /* the caller frees it whatever happens */
+    KW_RETURN_IF(!t || !running || !next || !refused || cap == 0 || !n_refused, KW_E_INVALID_ARG,
+                 "config reload: NULL argument");
+    refused[0] = '\0';
+    *n_refused = 0;
+    enum kw_cfg_action action = KW_CFG_RUN;
+    KW_FORWARD(kw_cfg_parse_args(t, next, argc, argv, &action));
+    size_t used = 0;
+    for (size_t i = 0; i < t->n_keys; ++i) {
+        const kw_cfg_key *k = &t->keys[i];
+        if ((k->flags & KW_CFG_LIVE) || kw__cfg_same_value(k, running, next)) continue;
+        const int n = snprintf(refused + used, cap - used, "%s%s", *n_refused ? ", " : "", k->name);
+        if (n > 0) used += (size_t)n < cap - used ? (size_t)n : cap - used - 1;
+        ++*n_refused;
+    }
+    return 0;
 }

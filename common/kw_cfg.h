@@ -31,6 +31,7 @@ enum kw_cfg_type {
 
 enum kw_cfg_flags {
     KW_CFG_SECRET = 1, /* --print-config masks the value */
+    KW_CFG_LIVE = 2,   /* a reload (kw_cfg_reload, a daemon's SIGHUP) may change it while the daemon runs */
 };
 
 typedef struct kw_cfg_key {
@@ -86,9 +87,20 @@ void kw_cfg_print_help(const kw_cfg_table *t, FILE *out);
 void kw_cfg_print(const kw_cfg_table *t, const void *obj, FILE *out);
 
 /* A daemon's main() over its table: reads the command line into obj (zeroed here; a bad one: the reason on stderr and
- * exit status 2), answers --help and --print-config on stdout, or else calls run(obj) and reports its failure on
- * stderr as "program: reason (status)" (exit status 1). obj's strings are freed before returning. */
-int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv, int (*run)(void *obj));
+ * exit status 2), answers --help and --print-config on stdout, or else calls run(obj, argc, argv) (the command line
+ * is for kw_cfg_reload) and reports its failure on stderr as "program: reason (status)" (exit status 1). obj's
+ * strings are freed before returning. */
+int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv,
+                int (*run)(void *obj, int argc, char **argv));
+
+/* A reload: reads the same command line again into next (obj_size bytes, zeroed here; owned by the caller,
+ * kw_cfg_free, also on failure), so the config file is read again and the same overrides win, then compares next
+ * with running. Every key without KW_CFG_LIVE whose value differs (a LIST: its count or any key of any element) is
+ * named in refused (comma-separated, cut to cap bytes, always terminated) and counted in *n_refused: the caller
+ * keeps running with the old values of those keys and may apply the LIVE ones. @return 0, or the error of parsing
+ * (the file is gone or no longer parses: the reason is in kw_error_detail()). */
+int kw_cfg_reload(const kw_cfg_table *t, const void *running, void *next, size_t obj_size, int argc, char **argv,
+                  char *refused, size_t cap, int *n_refused);
 
 /* Frees the strings of obj (list elements included) and zeroes the counts. NULL obj is a no-op. */
 void kw_cfg_free(const kw_cfg_table *t, void *obj);

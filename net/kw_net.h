@@ -55,6 +55,11 @@ int kw_net_tls_create(const kw_net_tls_config *cfg, bool server, kw_net_tls **ou
 /* Frees the context; NULL is a no-op. */
 void kw_net_tls_free(kw_net_tls *tls);
 
+/* Reads cfg's files again into a new context that replaces the one inside tls (same role): connections accepted or
+ * made from now on use it, open ones keep theirs (certificate rotation, a SIGHUP reload). On failure tls is unchanged.
+ * @return as kw_net_tls_create. */
+int kw_net_tls_reload(kw_net_tls *tls, const kw_net_tls_config *cfg);
+
 /* A private PKI for deployments, tests and benchmarks (kvwire gen-certs): one CA, a server certificate, a client
  * certificate for mutual TLS; EC P-256, SHA-256. */
 typedef struct kw_net_pki_options {

@@ -119,6 +119,18 @@ void kw_net_tls_free(kw_net_tls *t) {
     free(t);
 }
 
+int kw_net_tls_reload(kw_net_tls *t, const kw_net_tls_config *cfg) {
+    KW_RETURN_IF(!t, KW_E_INVALID_ARG, "TLS reload: no context");
+    kw_net_tls *fresh = NULL;
+    KW_FORWARD(kw_net_tls_create(cfg, t->server, &fresh));
+    /* every SSL made from the old context holds a reference to it (SSL_new), so open connections keep it */
+    SSL_CTX *old = t->ctx;
+    t->ctx = fresh->ctx;
+    fresh->ctx = old;
+    kw_net_tls_free(fresh);
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Transport
 

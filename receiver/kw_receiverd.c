@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
+#include "net/kw_net_service.h"
 #include "receiver/kw_receiverd_internal.h"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -544,6 +546,11 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
                                              total_ms};
         for (int s = 0; s < KW_RD_STAGES; ++s)
             kw__rd_hist_add(&d->stage_hist[s], stages[s] * 1e-3);
+        KW_LOG_INFO("receiverd: request %llu ok: %s, blob %llu B, socket in %llu B out %llu B, text %llu B, "
+                    "%lld tokens, %.1f ms",
+                    (unsigned long long)j->id, kw_rd_mode_name(j->spec.mode), (unsigned long long)j->blob_bytes,
+                    (unsigned long long)j->share.socket_in, (unsigned long long)j->share.socket_out,
+                    (unsigned long long)j->share.text_len, (long long)j->n_ids, total_ms);
     } else if (j->status != KW_E_CANCELLED) {
         KW_LOG_INFO("receiverd: request %llu failed (%d): %s (%s)", (unsigned long long)j->id, http, j->error,
                     kw_status_name(j->status));
@@ -601,6 +608,12 @@ static void kw__rd_on_post(kw_net_async_item *item, void *user) {
         d->async = NULL;
         kw_net_signals_close(d->signals);
         d->signals = NULL;
+        /* closing the watcher restored the default action: a repeated SIGTERM (scancel and a job script both send
+         * one) must not kill the process while it frees its models; it is stopping already */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        kw_net_service_close(d->service);
+        d->service = NULL;
         break;
     }
     free(p->text);
@@ -707,8 +720,8 @@ static void kw__rd_generate(kw_receiverd *d, kw_http_request *req, bool chat) {
     j->d = d;
     j->t_arrival = kw_time_now_ns();
     j->fuser_index = -1;
-    int rc = kw_rd_spec_parse((const char *)req->body, req->body_len, chat, d->cfg, d->vocab, d->cfg->model_name,
-                              &j->spec, err, sizeof err, &type, &http);
+    int rc = kw_rd_spec_parse((const char *)req->body, req->body_len, chat, d->live ? d->live : d->cfg, d->vocab,
+                              d->cfg->model_name, &j->spec, err, sizeof err, &type, &http);
     if (rc == 0) rc = kw__rd_resolve(d, j, &http, err, sizeof err);
     if (rc == 0 && d->shutting_down) {
         rc = KW_E_NET_SHUTDOWN, http = 503;
@@ -823,7 +836,61 @@ static void kw__rd_on_signal(int signum, void *user) {
     d->shutting_down = true;
     KW_LOG_INFO("receiverd: signal %d: shutting down (requests in flight get %lld ms)", signum,
                 (long long)d->cfg->shutdown_ms);
+    kw_net_service_stopping(d->service, "stopping (signal %d): %d request(s) to finish", signum, (int)d->queued);
     kw_http_server_shutdown(d->http, (uint32_t)d->cfg->shutdown_ms, kw__rd_http_done, d);
+}
+
+/* "serving tiny-qwen3 on http://127.0.0.1:8080; sharers local; fusers tiny-fuser": the STATUS line. */
+static void kw__rd_describe(const kw_receiverd *d, char *out, size_t cap) {
+    size_t used = (size_t)snprintf(out, cap, "serving %s on http://%s:%u; sharers", d->cfg->model_name,
+                                   d->cfg->http_host, (unsigned)d->port);
+    for (int32_t i = 0; i < d->cfg->n_sharers && used < cap; ++i)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? ", " : " ", d->cfg->sharers[i].name);
+    if (used < cap) used += (size_t)snprintf(out + used, cap - used, "; fusers");
+    for (int32_t i = 0; i < d->n_fusers && used < cap; ++i)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? ", " : " ", d->cfg->fusers[i].name);
+    if (d->n_fusers == 0 && used < cap) snprintf(out + used, cap - used, " none");
+}
+
+/* SIGHUP: reads the config again; applies log.level and defaults.* (requests parsed from now on), refuses the rest.
+ * A request in flight keeps the spec it was parsed with. */
+static void kw__rd_on_reload(void *user) {
+    kw_receiverd *d = user;
+    if (d->shutting_down) return;
+    kw_net_service_reloading(d->service);
+    KW_LOG_INFO("receiverd: SIGHUP: reloading the configuration");
+    kw_receiverd_config *next = calloc(1, sizeof *next);
+    char refused[512];
+    int n_refused = 0;
+    int rc = !next            ? kw_error_set(KW_E_NOMEM, "out of memory")
+             : d->reload_argv ? kw_cfg_reload(&kw_receiverd_config_table, d->cfg, next, sizeof *next, d->reload_argc,
+                                              d->reload_argv, refused, sizeof refused, &n_refused)
+                              : kw_error_set(KW_E_STATE, "no command line to read again");
+    if (rc < 0) {
+        KW_LOG_WARN("receiverd: reload failed, the configuration in force is unchanged: %s", kw_error_detail());
+        if (next) kw_cfg_free(&kw_receiverd_config_table, next);
+        free(next);
+    } else {
+        if (n_refused)
+            KW_LOG_WARN("receiverd: reload: %d changed key(s) need a restart and keep their running values: %s",
+                        n_refused, refused);
+        const kw_receiverd_config *was = d->live ? d->live : d->cfg;
+        if (next->log_level != was->log_level) {
+            KW_LOG_INFO("receiverd: reload: log level %s -> %s", kw_log_level_name((enum kw_log_level)was->log_level),
+                        kw_log_level_name((enum kw_log_level)next->log_level));
+            kw_log_set_level((enum kw_log_level)next->log_level);
+        }
+        static const char *const modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay"};
+        KW_LOG_INFO("receiverd: reload: defaults now mode %s, codec %s, selection %d, proportion %g",
+                    modes[next->def_mode & 3], next->def_codec ? next->def_codec : "bf16", next->def_selection,
+                    next->def_proportion);
+        if (d->live) kw_cfg_free(&kw_receiverd_config_table, d->live);
+        free(d->live);
+        d->live = next; /* only its LIVE keys are read */
+    }
+    char what[512];
+    kw__rd_describe(d, what, sizeof what);
+    kw_net_service_ready(d->service, "%s (reloaded%s)", what, rc < 0 ? ": failed, see the log" : "");
 }
 
 static int kw__rd_load_fuser(kw_receiverd *d, int32_t i) {
@@ -841,6 +908,7 @@ static int kw__rd_load_fuser(kw_receiverd *d, int32_t i) {
                      fc->sharer);
     }
     KW_LOG_INFO("receiverd: loading fuser %s from %s", fc->name, fc->path);
+    kw_net_service_status(d->service, "loading fuser %s from %s", fc->name, fc->path);
     KW_FORWARD(kw_fuser_load(fc->path, 0, &f->fuser));
     KW_FORWARD(kw_identity_fuser(fc->path, f->digest));
     const kw_model_config *rc = kw_model_get_config(d->model);
@@ -880,8 +948,11 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     d->queue_init = true;
     KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "receiverd: cannot create the event loop");
     d->loop_init = true;
+    /* first: STATUS lines while the models load, and a SIGHUP meanwhile must not kill the process */
+    KW_CHECK(kw_net_service_start(&d->loop, "receiverd", kw__rd_on_reload, d, &d->service));
     KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
     KW_LOG_INFO("receiverd: loading model %s from %s", cfg->model_name, cfg->model_path);
+    kw_net_service_status(d->service, "loading model %s from %s", cfg->model_name, cfg->model_path);
     const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
     KW_CHECK(kw_model_load(d->be, cfg->model_path, &mo, &d->model));
     const kw_model_config *mc = kw_model_get_config(d->model);
@@ -944,6 +1015,11 @@ out:
     return rc;
 }
 
+void kw_receiverd_set_reload_args(kw_receiverd *d, int argc, char **argv) {
+    d->reload_argc = argc;
+    d->reload_argv = argv;
+}
+
 uint16_t kw_receiverd_port(const kw_receiverd *d) {
     return d->port;
 }
@@ -967,6 +1043,11 @@ int kw_receiverd_run(kw_receiverd *d) {
         rc = kw_file_write_all(d->cfg->ready_file, text, (size_t)n);
         if (rc < 0) kw__rd_on_signal(0, d);
     }
+    if (rc == 0) {
+        char what[512];
+        kw__rd_describe(d, what, sizeof what);
+        kw_net_service_ready(d->service, "%s", what);
+    }
     uv_run(&d->loop, UV_RUN_DEFAULT);
     uv_thread_join(&d->thread);
     d->thread_started = false;
@@ -985,6 +1066,7 @@ void kw_receiverd_free(kw_receiverd *d) {
             kw_rd_link_stop(d->links[i]);
         kw_net_async_close(d->async);
         kw_net_signals_close(d->signals);
+        kw_net_service_close(d->service);
         uv_run(&d->loop, UV_RUN_DEFAULT);
         kw_http_server_free(d->http);
         for (int32_t i = 0; i < d->n_links; ++i)
@@ -996,6 +1078,8 @@ void kw_receiverd_free(kw_receiverd *d) {
         kw_fuser_free(d->fusers[i].fuser);
     }
     free(d->codecs);
+    if (d->live) kw_cfg_free(&kw_receiverd_config_table, d->live);
+    free(d->live);
     kw_tokenizer_free(d->tok);
     kw_model_free(d->model);
     kw_backend_destroy(d->be);
@@ -1004,11 +1088,12 @@ void kw_receiverd_free(kw_receiverd *d) {
 }
 
 /* kw_cfg_main's run: the daemon's life. */
-static int kw__receiverd_run_config(void *obj) {
+static int kw__receiverd_run_config(void *obj, int argc, char **argv) {
     const kw_receiverd_config *cfg = obj;
     kw_log_set_level((enum kw_log_level)cfg->log_level);
     kw_receiverd *d = NULL;
     int rc = kw_receiverd_create(cfg, &d);
+    if (rc == 0) kw_receiverd_set_reload_args(d, argc, argv);
     if (rc == 0) rc = kw_receiverd_run(d);
     char detail[1024]; /* freeing may record reasons of its own */
     snprintf(detail, sizeof detail, "%s", kw_error_detail());

@@ -80,10 +80,17 @@ typedef struct kw_receiverd kw_receiverd;
  * sharer is contacted) until kw_receiverd_run. cfg is borrowed until kw_receiverd_free. */
 int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out);
 
+/* The command line a SIGHUP reads again (kw_cfg_reload), borrowed until kw_receiverd_free. Without it a SIGHUP only
+ * logs that there is nothing to reload. A reload applies log.level and defaults.* (to requests that arrive from then
+ * on; open connections stay open); other changed keys need a restart, are logged and keep their running values. */
+void kw_receiverd_set_reload_args(kw_receiverd *d, int argc, char **argv);
+
 /* The bound HTTP port. */
 uint16_t kw_receiverd_port(const kw_receiverd *d);
 
-/* Connects to the sharers and serves until SIGTERM or SIGINT, then shuts down gracefully. */
+/* Connects to the sharers and serves until SIGTERM or SIGINT, then shuts down gracefully. Under systemd
+ * (net/kw_net_service.h): READY=1 once the HTTP port listens with the models loaded, WATCHDOG=1 pings when asked,
+ * RELOADING=1 and READY=1 around a SIGHUP reload, STOPPING=1 at the signal. */
 int kw_receiverd_run(kw_receiverd *d);
 
 /* Frees everything; NULL is a no-op. */

@@ -26,6 +26,7 @@
 #include "model/kw_tokenizer.h"
 #include "net/kw_http.h"
 #include "net/kw_net.h"
+#include "net/kw_net_service.h"
 #include "proto/kw_proto.h"
 #include "receiver/kw_receiverd.h"
 #include "wire/kw_wire.h"
@@ -268,8 +269,14 @@ struct kw_receiverd {
     uint32_t *codecs;
     kw_http_server *http;
     kw_net_signals *signals;
+    kw_net_service *service; /* systemd's notify protocol and SIGHUP */
     kw_net_async *async;
     uint16_t port;
+    /* reload (loop thread): the command line SIGHUP reads again (borrowed); the last reloaded config (owned, NULL
+     * before a reload), of which only the KW_CFG_LIVE keys (log.level, defaults.*) are in force */
+    int reload_argc;
+    char **reload_argv;
+    kw_receiverd_config *live;
     /* compute thread */
     uv_thread_t thread;
     bool thread_started;

@@ -12,6 +12,7 @@
 #include "sharer/kw_sharerd.h"
 
 #include <stdatomic.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include "model/kw_model.h"
 #include "model/kw_tokenizer.h"
 #include "net/kw_net.h"
+#include "net/kw_net_service.h"
 #include "proto/kw_proto.h"
 #include "sharer/kw_share_request.h"
 #include "wire/kw_wire.h"
@@ -106,8 +108,13 @@ struct kw_sharerd {
     kw_net_tls *tls;
     kw_net_server *server;
     kw_net_signals *signals;
+    kw_net_service *service; /* systemd's notify protocol and SIGHUP */
     kw_net_async *async;
     uint16_t port;
+    /* reload (loop thread): the command line SIGHUP reads again (borrowed), the log level in force */
+    int reload_argc;
+    char **reload_argv;
+    int log_level;
     /* compute thread */
     uv_thread_t thread;
     bool thread_started;
@@ -433,6 +440,9 @@ static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j) {
                     j->error, kw_status_name(j->status));
         kw__sd_send_error(c, j->req->request_id, j->status, j->error);
     } else {
+        KW_LOG_INFO("sharerd: %s: request %llu ok: model %s, %llu frames, blob %llu B, %.1f ms", c->peer,
+                    (unsigned long long)j->req->request_id, j->model->name, (unsigned long long)j->frames,
+                    (unsigned long long)j->stats.wire.blob_bytes, kw_time_ms(j->t_received, kw_time_now_ns()));
         if (j->req->mode == KWCTL__MODE__MODE_TEXT_RELAY) {
             Kwctl__ShareText t = KWCTL__SHARE_TEXT__INIT;
             t.request_id = j->req->request_id;
@@ -465,6 +475,12 @@ static void kw__sd_on_post(kw_net_async_item *item, void *user) {
         d->async = NULL;
         kw_net_signals_close(d->signals);
         d->signals = NULL;
+        /* closing the watcher restored the default action: a repeated SIGTERM (scancel and a job script both send
+         * one) must not kill the process while it frees its models; it is stopping already */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        kw_net_service_close(d->service);
+        d->service = NULL;
         return;
     }
     kw__sd_job *j = p->job;
@@ -872,7 +888,61 @@ static void kw__sd_on_signal(int signum, void *user) {
     d->shutting_down = true;
     KW_LOG_INFO("sharerd: signal %d: shutting down (requests in flight get %lld ms)", signum,
                 (long long)d->cfg->shutdown_ms);
+    kw_net_service_stopping(d->service, "stopping (signal %d): %d request(s) to finish", signum, (int)d->queued);
     kw_net_server_shutdown(d->server, (uint32_t)d->cfg->shutdown_ms, kw__sd_server_done, d);
+}
+
+/* "serving tiny-qwen2, tiny-qwen3 on 127.0.0.1:7070 (tls)": the service manager's STATUS line. */
+static void kw__sd_describe(const kw_sharerd *d, char *out, size_t cap) {
+    size_t used = (size_t)snprintf(out, cap, "serving");
+    for (int32_t i = 0; i < d->n_models && used < cap; ++i)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? ", " : " ", d->models[i].name);
+    if (used < cap)
+        snprintf(out + used, cap - used, " on %s:%u (%s)", d->cfg->listen_host, (unsigned)d->port,
+                 d->tls ? "tls" : "tcp");
+}
+
+/* SIGHUP: reads the config again; applies log.level and the TLS files (for new connections), refuses the rest. */
+static void kw__sd_on_reload(void *user) {
+    kw_sharerd *d = user;
+    if (d->shutting_down) return;
+    kw_net_service_reloading(d->service);
+    KW_LOG_INFO("sharerd: SIGHUP: reloading the configuration");
+    kw_sharerd_config next;
+    memset(&next, 0, sizeof next); /* freed below whatever happens */
+    char refused[512];
+    int n_refused = 0;
+    int rc = d->reload_argv ? kw_cfg_reload(&kw_sharerd_config_table, d->cfg, &next, sizeof next, d->reload_argc,
+                                            d->reload_argv, refused, sizeof refused, &n_refused)
+                            : kw_error_set(KW_E_STATE, "no command line to read again");
+    if (rc < 0) {
+        KW_LOG_WARN("sharerd: reload failed, the configuration in force is unchanged: %s", kw_error_detail());
+    } else {
+        if (n_refused)
+            KW_LOG_WARN("sharerd: reload: %d changed key(s) need a restart and keep their running values: %s",
+                        n_refused, refused);
+        if (next.log_level != d->log_level) {
+            KW_LOG_INFO("sharerd: reload: log level %s -> %s", kw_log_level_name((enum kw_log_level)d->log_level),
+                        kw_log_level_name((enum kw_log_level)next.log_level));
+            d->log_level = next.log_level;
+            kw_log_set_level((enum kw_log_level)next.log_level);
+        }
+        if (d->tls) {
+            const kw_net_tls_config tc = {.cert_file = next.tls_cert,
+                                          .key_file = next.tls_key,
+                                          .ca_file = next.tls_ca,
+                                          .verify_peer = d->cfg->tls_verify_client != 0};
+            if (kw_net_tls_reload(d->tls, &tc) < 0)
+                KW_LOG_WARN("sharerd: reload: TLS files refused, new connections keep the old ones: %s",
+                            kw_error_detail());
+            else
+                KW_LOG_INFO("sharerd: reload: TLS certificate %s for new connections", next.tls_cert);
+        }
+    }
+    kw_cfg_free(&kw_sharerd_config_table, &next);
+    char what[512];
+    kw__sd_describe(d, what, sizeof what);
+    kw_net_service_ready(d->service, "%s (reloaded%s)", what, rc < 0 ? ": failed, see the log" : "");
 }
 
 static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__sd_model *m) {
@@ -881,6 +951,7 @@ static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__
     KW_RETURN_IF(!mc->path, KW_E_INVALID_ARG, "sharerd: model %s has no path", mc->name);
     m->name = mc->name;
     KW_LOG_INFO("sharerd: loading model %s from %s", mc->name, mc->path);
+    kw_net_service_status(d->service, "loading model %s from %s", mc->name, mc->path);
     const kw_model_options mo = {.max_batch = (int32_t)d->cfg->max_batch};
     KW_FORWARD(kw_model_load(d->be, mc->path, &mo, &m->model));
     const kw_model_config *cfg = kw_model_get_config(m->model);
@@ -925,6 +996,8 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     d->t_start = kw_time_now_ns();
     KW_CHECK_IF(uv_loop_init(&d->loop) != 0, KW_E_IO, "sharerd: cannot create the event loop");
     d->loop_init = true;
+    /* first: STATUS lines while the models load, and a SIGHUP meanwhile must not kill the process */
+    KW_CHECK(kw_net_service_start(&d->loop, "sharerd", kw__sd_on_reload, d, &d->service));
     KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
     for (int32_t i = 0; i < cfg->n_models; ++i) {
         for (int32_t k = 0; k < i; ++k)
@@ -958,11 +1031,17 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     d->port = kw_net_server_port(d->server);
     KW_CHECK(kw_net_async_create(&d->loop, kw__sd_on_post, d, &d->async));
     KW_CHECK(kw_net_signals_watch(&d->loop, kw__sd_on_signal, d, &d->signals));
+    d->log_level = cfg->log_level;
     *out = d;
     return 0;
 out:
     kw_sharerd_free(d);
     return rc;
+}
+
+void kw_sharerd_set_reload_args(kw_sharerd *d, int argc, char **argv) {
+    d->reload_argc = argc;
+    d->reload_argv = argv;
 }
 
 uint16_t kw_sharerd_port(const kw_sharerd *d) {
@@ -984,7 +1063,13 @@ int kw_sharerd_run(kw_sharerd *d) {
     KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld", d->cfg->listen_host, (unsigned)d->port,
                 d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max);
     int rc = kw__sd_write_ready(d);
-    if (rc < 0) kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */
+    if (rc < 0) {
+        kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */
+    } else {
+        char what[512];
+        kw__sd_describe(d, what, sizeof what);
+        kw_net_service_ready(d->service, "%s", what);
+    }
     uv_run(&d->loop, UV_RUN_DEFAULT);
     uv_thread_join(&d->thread);
     d->thread_started = false;
@@ -1001,6 +1086,7 @@ void kw_sharerd_free(kw_sharerd *d) {
         if (d->server && !d->shutting_down) kw_net_server_shutdown(d->server, 0, NULL, NULL);
         kw_net_async_close(d->async);
         kw_net_signals_close(d->signals);
+        kw_net_service_close(d->service);
         uv_run(&d->loop, UV_RUN_DEFAULT);
         kw_net_server_free(d->server);
         if (uv_loop_close(&d->loop) != 0) KW_LOG_WARN("sharerd: the event loop still had handles at exit");
@@ -1021,11 +1107,12 @@ void kw_sharerd_free(kw_sharerd *d) {
 }
 
 /* kw_cfg_main's run: the daemon's life. */
-static int kw__sharerd_run_config(void *obj) {
+static int kw__sharerd_run_config(void *obj, int argc, char **argv) {
     const kw_sharerd_config *cfg = obj;
     kw_log_set_level((enum kw_log_level)cfg->log_level);
     kw_sharerd *d = NULL;
     int rc = kw_sharerd_create(cfg, &d);
+    if (rc == 0) kw_sharerd_set_reload_args(d, argc, argv);
     if (rc == 0) rc = kw_sharerd_run(d);
     char detail[1024]; /* freeing may record reasons of its own */
     snprintf(detail, sizeof detail, "%s", kw_error_detail());

@@ -57,11 +57,19 @@ typedef struct kw_sharerd kw_sharerd;
  * its own; nothing runs until kw_sharerd_run. cfg is borrowed until kw_sharerd_free. *out is owned by the caller. */
 int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out);
 
+/* The command line a SIGHUP reads again (kw_cfg_reload: the config file and the same overrides), borrowed until
+ * kw_sharerd_free. Without it a SIGHUP only logs that there is nothing to reload. A reload applies log.level and the
+ * TLS files (tls.cert, tls.key, tls.ca: new connections use them, open ones keep theirs); other changed keys need a
+ * restart, are logged and keep their running values. */
+void kw_sharerd_set_reload_args(kw_sharerd *d, int argc, char **argv);
+
 /* The bound port (the configured one, or the ephemeral one with listen.port 0). */
 uint16_t kw_sharerd_port(const kw_sharerd *d);
 
 /* Runs the loop and the compute thread until SIGTERM or SIGINT, then shuts down gracefully (requests in flight
- * finish, up to shutdown.deadline_ms). @return 0 or the status that stopped it. */
+ * finish, up to shutdown.deadline_ms). Under systemd (net/kw_net_service.h) it sends READY=1 once listening with its
+ * models loaded, WATCHDOG=1 pings when asked, RELOADING=1 and READY=1 around a SIGHUP reload, STOPPING=1 at the
+ * signal. @return 0 or the status that stopped it. */
 int kw_sharerd_run(kw_sharerd *d);
 
 /* Frees everything; NULL is a no-op. */

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# cli_deploy_units.sh: the systemd units of deploy/systemd pass `systemd-analyze verify` (syntax, known keys, an
+# executable ExecStart) without a word of complaint, and `systemd-analyze security --offline` rates their hardening
+# at most 3.0 ("OK"). The units name the prefix /usr/local, so the build is installed (`cmake --install`) into a
+# temporary prefix and the installed units are checked with /usr/local replaced by it: ExecStart is the installed
+# binary, and the config it names is installed and loads. A unit with an unknown key must fail the same check (the
+# check itself is tested). Skipped (77) when systemd-analyze is not installed.
+. "$(dirname "$0")/../cli_lib.sh" "$@"
+if ! command -v systemd-analyze >/dev/null; then
+    echo "SKIP: systemd-analyze is not installed (apt-get install systemd)"
+    exit 77
+fi
+# verify UNIT_FILE: 0 when systemd-analyze accepts it and says nothing; its output is in verify.log
+verify() {
+    (cd "$(dirname "$1")" && systemd-analyze verify --man=no "./$(basename "$1")") >verify.log 2>&1 || return 1
+    [ ! -s verify.log ]
+}
+prefix=$tmp/prefix
+cmake --install "$build" --prefix "$prefix" >install.log || { cat install.log; fail "cmake --install failed"; }
+for unit in sharerd receiverd; do
+    installed=$prefix/lib/systemd/system/$unit.service
+    [ -f "$installed" ] || fail "cmake --install did not install $unit.service"
+    cmp -s "$installed" "$src/deploy/systemd/$unit.service" || fail "the installed $unit.service differs from deploy/"
+    mkdir -p "$unit"
+    sed "s#/usr/local/#$prefix/#g" "$installed" >"$unit/$unit.service"
+    exec_start=$(sed -n 's/^ExecStart=//p' "$unit/$unit.service")
+    set -- $exec_start
+    [ "$1" = "$prefix/bin/$unit" ] && [ -x "$1" ] || fail "$unit.service: ExecStart $1 is not the installed $unit"
+    [ "${2:-}" = --config ] && [ -f "${3:-}" ] || fail "$unit.service: ExecStart names no installed config"
+    "$1" --config "$3" --print-config >config.yaml || fail "$unit.service: its config $3 does not load"
+    verify "$unit/$unit.service" || { cat verify.log; fail "systemd-analyze verify rejects $unit.service"; }
+    for key in Type=notify WatchdogSec= 'ExecReload=/bin/kill -HUP $MAINPID' DynamicUser=yes ProtectSystem=strict \
+        ProtectHome=yes PrivateTmp=yes NoNewPrivileges=yes MemoryMax= DevicePolicy=closed \
+        'DeviceAllow=char-nvidia-frontend rw' StandardError=journal; do
+        grep -qF -- "$key" "$unit/$unit.service" || fail "$unit.service lacks $key"
+    done
+    grep -qx 'CapabilityBoundingSet=' "$unit/$unit.service" ||
+        fail "$unit.service: the capability bounding set is not empty"
+    (cd "$unit" && systemd-analyze security --offline=true --threshold=30 "./$unit.service") >security.log 2>&1 || {
+        tail -5 security.log
+        fail "$unit.service: exposure above 3.0 (systemd-analyze's threshold 30 is 3.0)"
+    }
+    echo "$unit.service: $(grep -o 'Overall exposure level.*' security.log)"
+    # with the TLS drop-in (as DEPLOY.md enables it): still valid, ExecStart replaced, the key a credential
+    dropin=$prefix/share/kvwire/systemd/$unit.service.d/tls.conf
+    [ -f "$dropin" ] || fail "cmake --install did not install the example $unit.service.d/tls.conf"
+    mkdir -p "$unit/$unit.service.d"
+    sed "s#/usr/local/#$prefix/#g" "$dropin" >"$unit/$unit.service.d/tls.conf"
+    verify "$unit/$unit.service" ||
+        { cat verify.log; fail "systemd-analyze verify rejects $unit.service with tls.conf"; }
+    grep -q "^LoadCredential=.*key:$prefix/etc/kvwire/tls/" "$unit/$unit.service.d/tls.conf" ||
+        fail "$unit tls.conf does not load the key as a credential"
+    tls_config=$(sed -n 's/^ExecStart=.*--config \([^ ]*\).*/\1/p' "$unit/$unit.service.d/tls.conf")
+    [ -f "$tls_config" ] || fail "$unit tls.conf names $tls_config, which is not installed"
+    rm -r "$unit/$unit.service.d"
+    # the check catches a broken unit
+    sed 's/^WatchdogSec=/NoSuchKey=1\nWatchdogSec=/' "$unit/$unit.service" >"$unit/broken.service"
+    ! verify "$unit/broken.service" || fail "systemd-analyze verify accepted a unit with an unknown key"
+done
+echo "units: ok"
