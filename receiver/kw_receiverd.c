@@ -396,13 +396,22 @@ static char *kw__rd_token_text(const kw_receiverd *d, int32_t id) {
     return t;
 }
 
+/* How one token is written in logprobs (owned by the caller; NULL when out of memory): its text, or "token_id:<id>"
+ * when the request asked for return_tokens_as_token_ids (vLLM's form). */
+static char *kw__rd_token_name(const kw_receiverd *d, const kw_rd_spec *s, int32_t id) {
+    if (!s->token_ids) return kw__rd_token_text(d, id);
+    char buf[32];
+    snprintf(buf, sizeof buf, "token_id:%d", (int)id);
+    return strdup(buf);
+}
+
 static cJSON *kw__rd_logprobs_json(const kw_receiverd *d, const kw_rd_job *j) {
     cJSON *lp = cJSON_CreateObject();
     if (j->spec.chat) {
         cJSON *content = cJSON_AddArrayToObject(lp, "content");
         for (int64_t i = 0; i < j->n_lp; ++i) {
             const kw_rd_token_stats *t = &j->lp[i];
-            char *tok = kw__rd_token_text(d, t->id);
+            char *tok = kw__rd_token_name(d, &j->spec, t->id);
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "token", tok ? tok : "");
             cJSON_AddNumberToObject(o, "logprob", t->logprob);
@@ -412,7 +421,7 @@ static cJSON *kw__rd_logprobs_json(const kw_receiverd *d, const kw_rd_job *j) {
             free(tok);
             cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
             for (int k = 0; k < t->n_top; ++k) {
-                char *tt = kw__rd_token_text(d, t->top_ids[k]);
+                char *tt = kw__rd_token_name(d, &j->spec, t->top_ids[k]);
                 cJSON *e = cJSON_CreateObject();
                 cJSON_AddStringToObject(e, "token", tt ? tt : "");
                 cJSON_AddNumberToObject(e, "logprob", t->top_lp[k]);
@@ -428,15 +437,16 @@ static cJSON *kw__rd_logprobs_json(const kw_receiverd *d, const kw_rd_job *j) {
     size_t offset = j->prompt_text ? strlen(j->prompt_text) : 0;
     for (int64_t i = 0; i < j->n_lp; ++i) {
         const kw_rd_token_stats *t = &j->lp[i];
-        char *tok = kw__rd_token_text(d, t->id);
-        cJSON_AddItemToArray(toks, cJSON_CreateString(tok ? tok : ""));
+        char *tok = kw__rd_token_text(d, t->id), *name = kw__rd_token_name(d, &j->spec, t->id);
+        cJSON_AddItemToArray(toks, cJSON_CreateString(name ? name : ""));
         cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->logprob));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)offset));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)offset)); /* offsets count text, whatever names say */
         offset += tok ? strlen(tok) : 0;
         free(tok);
+        free(name);
         cJSON *top = cJSON_CreateObject();
         for (int k = 0; k < t->n_top; ++k) {
-            char *tt = kw__rd_token_text(d, t->top_ids[k]);
+            char *tt = kw__rd_token_name(d, &j->spec, t->top_ids[k]);
             if (!cJSON_GetObjectItemCaseSensitive(top, tt ? tt : "")) /* tokens that decode alike: the likelier */
                 cJSON_AddNumberToObject(top, tt ? tt : "", t->top_lp[k]);
             free(tt);

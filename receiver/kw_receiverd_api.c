@@ -515,6 +515,8 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
                 KW_FORWARD(kw__rd_int(e, f, "top_logprobs", 0, KW_RD_MAX_TOP, &x));
                 top_logprobs = (int)x;
             }
+        } else if (strcmp(k, "return_tokens_as_token_ids") == 0) {
+            if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_bool(e, f, "return_tokens_as_token_ids", &s->token_ids));
         } else if (strcmp(k, "seed") == 0) {
             if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_int(e, f, "seed", INT64_MIN + 1, INT64_MAX, &x));
         } else if (strcmp(k, "kvwire") == 0) {

@@ -61,7 +61,8 @@ typedef struct kw_rd_spec {
     char *stop[KW_RD_MAX_STOP];
     int n_stop;
     bool stream, echo;
-    int logprobs; /* -1: none; else the top-k (0..20) */
+    int logprobs;   /* -1: none; else the top-k (0..20) */
+    bool token_ids; /* return_tokens_as_token_ids: logprobs tokens written "token_id:<id>" (HTTP_API.md §8) */
     /* kvwire */
     enum kw_rd_mode mode;
     char *sharer, *sharer_model; /* NULL: the defaults (first sharer, its first model) */

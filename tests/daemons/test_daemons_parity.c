@@ -277,6 +277,60 @@ static void test_logprobs_and_forcing(void **state) {
     kwd_response_free(&forced);
 }
 
+/* return_tokens_as_token_ids (HTTP_API.md §8): every logprobs token, chosen and alternative, is "token_id:<id>"; the
+ * chosen ones are the completion ids, the top alternative of each greedy step is the chosen one, and the logprobs equal
+ * those of the same request without the field. Both endpoints. */
+static void test_logprobs_token_ids(void **state) {
+    (void)state;
+    kwd_response named, plain, chat;
+    kwd_http(receiver.port, "/v1/completions",
+             "{\"prompt\":\"" PROMPT "\",\"max_tokens\":5,\"logprobs\":4,\"return_tokens_as_token_ids\":true}", &named);
+    kwd_http(receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":5,\"logprobs\":4}", &plain);
+    assert_int_equal(named.status, 200);
+    assert_int_equal(plain.status, 200);
+    int32_t ids[16];
+    const int n = kwd_json_ids(kwd_json_get(named.json, "kvwire.completion_ids"), ids, 16);
+    assert_true(n >= 1 && n <= 5);
+    const cJSON *lp = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(named.json, "choices"), 0), "logprobs");
+    const cJSON *lp0 = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(plain.json, "choices"), 0), "logprobs");
+    const cJSON *toks = cJSON_GetObjectItem(lp, "tokens"), *tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    assert_int_equal(cJSON_GetArraySize(toks), n);
+    for (int i = 0; i < n; ++i) {
+        char want[32];
+        snprintf(want, sizeof want, "token_id:%d", (int)ids[i]);
+        assert_string_equal(cJSON_GetArrayItem(toks, i)->valuestring, want);
+        const double a = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "token_logprobs"), i)->valuedouble;
+        const double b = cJSON_GetArrayItem(cJSON_GetObjectItem(lp0, "token_logprobs"), i)->valuedouble;
+        assert_true(a == b);
+        const cJSON *top = cJSON_GetArrayItem(tops, i);
+        assert_int_equal(cJSON_GetArraySize(top), 4); /* ids never collide, unlike texts */
+        const cJSON *alt;
+        cJSON_ArrayForEach(alt, top) assert_true(strncmp(alt->string, "token_id:", 9) == 0);
+        assert_non_null(cJSON_GetObjectItemCaseSensitive(top, want));
+        assert_true(cJSON_GetObjectItemCaseSensitive(top, want)->valuedouble == a);
+    }
+    kwd_http(receiver.port, "/v1/chat/completions",
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":3,\"logprobs\":true,"
+             "\"top_logprobs\":2,\"return_tokens_as_token_ids\":true}",
+             &chat);
+    assert_int_equal(chat.status, 200);
+    const int nc = kwd_json_ids(kwd_json_get(chat.json, "kvwire.completion_ids"), ids, 16);
+    const cJSON *content = kwd_json_get(
+        kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(chat.json, "choices"), 0), "logprobs"), "content");
+    assert_int_equal(cJSON_GetArraySize(content), nc);
+    for (int i = 0; i < nc; ++i) {
+        char want[32];
+        snprintf(want, sizeof want, "token_id:%d", (int)ids[i]);
+        const cJSON *o = cJSON_GetArrayItem(content, i);
+        assert_string_equal(cJSON_GetObjectItem(o, "token")->valuestring, want);
+        const cJSON *top0 = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "top_logprobs"), 0);
+        assert_string_equal(cJSON_GetObjectItem(top0, "token")->valuestring, want);
+    }
+    kwd_response_free(&named);
+    kwd_response_free(&plain);
+    kwd_response_free(&chat);
+}
+
 /* A small inbox makes receiverd stop reading the sharer's socket while its compute thread is behind (and resume):
  * the tokens do not change. A long prompt makes a blob of several inboxes. */
 static void test_small_inbox(void **state) {
@@ -309,7 +363,7 @@ int main(void) {
         cmocka_unit_test(test_parity),      cmocka_unit_test(test_parity_fp32),
         cmocka_unit_test(test_layers),      cmocka_unit_test(test_echo_only),
         cmocka_unit_test(test_stream),      cmocka_unit_test(test_logprobs_and_forcing),
-        cmocka_unit_test(test_small_inbox),
+        cmocka_unit_test(test_small_inbox), cmocka_unit_test(test_logprobs_token_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

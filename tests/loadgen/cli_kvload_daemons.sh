@@ -88,6 +88,10 @@ grep -q "ok sw/full: 4 records, 0 failed, 4 graded, 4 with token ids" check.out 
 for m in answer_agreement token_agreement tf_top1_agreement; do
     tr -d ' \n\t' <sw/full-again/summary.json | grep -q "\"$m\":{\"value\":1," || fail "full-again: $m is not 1"
 done
+# receiverd writes logprobs tokens as ids when asked (return_tokens_as_token_ids), so the KL is measured: exactly 0
+# for the twin, a number for a lossy policy.
+tr -d ' \n\t' <sw/full-again/summary.json | grep -q '"mean_kl":{"value":0,' || fail "full-again: mean_kl is not 0"
+tr -d ' \n\t' <sw/direct-int8/summary.json | grep -q '"mean_kl":{"value":[0-9]' || fail "direct-int8: no mean_kl"
 tr -d ' \n\t' <sw/alone/summary.json | grep -q '"bytes":{"blob":{"total":0,' || fail "receiver_only sent bytes"
 tr -d ' \n\t' <sw/full/summary.json | grep -q '"bytes":{"blob":{"total":[1-9]' || fail "c2c sent no blob"
 
