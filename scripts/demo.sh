@@ -149,4 +149,16 @@ else
         '{"mode": "kv_direct", "policy": {"codec": "int4", "granularity": "group32"}}' "$q" 24
     stop_daemons
 fi
+
+echo
+echo "== 10. kvload: a small sweep of policies on the tiny models through both daemons, and its report =="
+# scripts/kvload_demo.sh starts its own pair of daemons on the tiny models, replays the OpenBookQA-style samples for
+# every point of loadgen/sweeps/demo.yaml (receiver alone, text relay, c2c at several codecs and proportions), and
+# writes the report (accuracy and agreement against measured bytes, latency by stage). Run again, it resumes.
+./scripts/kvload_demo.sh >"$out/kvload_demo.log" 2>&1 || {
+    cat "$out/kvload_demo.log"
+    exit 1
+}
+grep -E '^(Run:|Accuracy:|Bytes/request|Top-1 agreement|sweep|report:|screenshot)' "$out/kvload_demo.log"
+echo "(the whole output: $out/kvload_demo.log)"
 trap - EXIT
