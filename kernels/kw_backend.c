@@ -300,6 +300,25 @@ void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out) {
     *out = backend->mem;
 }
 
+const char *const kw_backend_kind_names[3] = {"cpu", "cuda", NULL};
+
+int kw_backend_create_with(const kw_backend_options *o, kw_backend **out) {
+    KW_RETURN_IF(o == NULL || out == NULL, KW_E_INVALID_ARG, "kw_backend_create_with: NULL argument");
+    *out = NULL;
+    kw_backend *be = NULL;
+    if (o->kind == KW_BACKEND_CUDA)
+        KW_FORWARD(kw_backend_create_cuda(o->device, &be));
+    else
+        KW_FORWARD(kw_backend_create_cpu(o->n_threads, &be));
+    const int rc = kw_backend_set_memory_limit(be, o->memory_limit);
+    if (rc < 0) {
+        kw_backend_destroy(be);
+        return rc;
+    }
+    *out = be;
+    return 0;
+}
+
 int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit) {
     KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_set_memory_limit: NULL backend");
     KW_RETURN_IF(limit != 0 && limit < backend->mem.live, KW_E_INVALID_ARG,

@@ -95,6 +95,9 @@ typedef struct kw_backend kw_backend; /* opaque */
 
 enum kw_backend_kind { KW_BACKEND_CPU = 0, KW_BACKEND_CUDA = 1 };
 
+/* The kinds' names, indexed by enum kw_backend_kind, NULL-terminated ("cpu", "cuda"): config choices. */
+extern const char *const kw_backend_kind_names[3];
+
 /* Creates the CPU backend with n_threads workers (0: one per online core). *out is owned by the caller. The SIMD
  * level (AVX-512, AVX2+FMA+F16C or scalar) is detected at run time; KW_CPU_ISA=scalar|avx2|avx512 in the environment
  * caps it (never raises it). */
@@ -111,6 +114,19 @@ int kw_backend_cpu_isas(const char *names[3]);
 /* Creates the CUDA backend on a device. Returns KW_E_UNSUPPORTED when built without CUDA and KW_E_NO_DEVICE when
  * no such device exists. */
 int kw_backend_create_cuda(int device, kw_backend **out);
+
+/* What a daemon's config chooses (compute.backend, compute.threads, compute.device, compute.memory_limit_mb). */
+typedef struct kw_backend_options {
+    enum kw_backend_kind kind;
+    int n_threads;         /* CPU: workers (0: one per online core) */
+    int device;            /* CUDA: the device index */
+    uint64_t memory_limit; /* bytes the backend may allocate; 0: no limit (kw_backend_set_memory_limit) */
+} kw_backend_options;
+
+/* Creates the backend o describes (kw_backend_create_cpu or kw_backend_create_cuda, then the memory limit). *out is
+ * owned by the caller. Errors: those of the two, e.g. KW_E_UNSUPPORTED (CUDA asked of a build without it),
+ * KW_E_NO_DEVICE. */
+int kw_backend_create_with(const kw_backend_options *o, kw_backend **out);
 
 /* Waits for queued work, releases the backend. NULL is a no-op. All tensors allocated from it must be freed first. */
 void kw_backend_destroy(kw_backend *backend);

@@ -960,7 +960,11 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     d->loop_init = true;
     /* first: STATUS lines while the models load, and a SIGHUP meanwhile must not kill the process */
     KW_CHECK(kw_net_service_start(&d->loop, "receiverd", kw__rd_on_reload, d, &d->service));
-    KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
+    const kw_backend_options bo = {.kind = (enum kw_backend_kind)cfg->backend,
+                                   .n_threads = (int)cfg->threads,
+                                   .device = (int)cfg->device,
+                                   .memory_limit = (uint64_t)cfg->memory_limit_mb << 20};
+    KW_CHECK(kw_backend_create_with(&bo, &d->be));
     KW_LOG_INFO("receiverd: loading model %s from %s", cfg->model_name, cfg->model_path);
     kw_net_service_status(d->service, "loading model %s from %s", cfg->model_name, cfg->model_path);
     const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};

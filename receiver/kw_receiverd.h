@@ -46,7 +46,8 @@ typedef struct kw_receiverd_config {
     char *model_name, *model_path, *model_tokenizer;
     int numerics;         /* 0 bf16, 1 fp32 */
     int rmsnorm_rounding; /* 0 twice, 1 once */
-    int64_t threads, max_batch, queue_max;
+    int backend;          /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
+    int64_t threads, device, memory_limit_mb, max_batch, queue_max;
     kw_receiverd_sharer_cfg sharers[KW_RECEIVERD_MAX_SHARERS];
     int32_t n_sharers;
     kw_receiverd_fuser_cfg fusers[KW_RECEIVERD_MAX_FUSERS];

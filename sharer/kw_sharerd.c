@@ -998,7 +998,11 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     d->loop_init = true;
     /* first: STATUS lines while the models load, and a SIGHUP meanwhile must not kill the process */
     KW_CHECK(kw_net_service_start(&d->loop, "sharerd", kw__sd_on_reload, d, &d->service));
-    KW_CHECK(kw_backend_create_cpu((int)cfg->threads, &d->be));
+    const kw_backend_options bo = {.kind = (enum kw_backend_kind)cfg->backend,
+                                   .n_threads = (int)cfg->threads,
+                                   .device = (int)cfg->device,
+                                   .memory_limit = (uint64_t)cfg->memory_limit_mb << 20};
+    KW_CHECK(kw_backend_create_with(&bo, &d->be));
     for (int32_t i = 0; i < cfg->n_models; ++i) {
         for (int32_t k = 0; k < i; ++k)
             KW_CHECK_IF(cfg->models[i].name && cfg->models[k].name &&
