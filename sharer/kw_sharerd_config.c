@@ -3,7 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/kw_backend.h"
+#include "kernels/kw_backend_cfg.h"
 #include "sharer/kw_sharerd.h"
 
 #define KW__SD_OFF(field) offsetof(kw_sharerd_config, field)
@@ -72,27 +72,7 @@ static const kw_cfg_key kw__sd_keys[] = {
      .max_items = KW_SHARERD_MAX_MODELS,
      .count_offset = KW__SD_OFF(n_models),
      .help = "the models served, at least one"},
-    {.name = "compute.backend",
-     .type = KW_CFG_ENUM,
-     .offset = KW__SD_OFF(backend),
-     .def = "cpu",
-     .choices = kw_backend_kind_names,
-     .help = "where the models run: cpu, or cuda (compute.device; a build with the CUDA backend and a GPU)"},
-    {.name = "compute.device",
-     .type = KW_CFG_INT,
-     .offset = KW__SD_OFF(device),
-     .def = "0",
-     .min = 0,
-     .max = 1023,
-     .help = "the CUDA device index (compute.backend cuda)"},
-    {.name = "compute.memory_limit_mb",
-     .type = KW_CFG_INT,
-     .offset = KW__SD_OFF(memory_limit_mb),
-     .def = "0",
-     .min = 0,
-     .max = (int64_t)1 << 30,
-     .help = "MiB the backend may allocate (weights, caches, scratch); beyond it a load or request fails with "
-             "KW_E_NOMEM naming the budget; 0: no limit"},
+    KW_BACKEND_CFG_KEYS(kw_sharerd_config),
     {.name = "compute.threads",
      .type = KW_CFG_INT,
      .offset = KW__SD_OFF(threads),

@@ -1,0 +1,35 @@
+/* kw_backend_cfg.h: the compute.* config keys that choose a daemon's backend (compute.backend, compute.device,
+ * compute.memory_limit_mb), as entries of a kw_cfg table, so sharerd and receiverd declare them identically. Not a
+ * config reader: common/kw_cfg.h is. */
+#ifndef KW_BACKEND_CFG_H
+#define KW_BACKEND_CFG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/kw_cfg.h"
+#include "kernels/kw_backend.h"
+
+/* Three kw_cfg_key initializers for the fields backend (int), device and memory_limit_mb (int64_t) of config_type. */
+#define KW_BACKEND_CFG_KEYS(config_type)                                                                               \
+    {.name = "compute.backend",                                                                                        \
+     .type = KW_CFG_ENUM,                                                                                              \
+     .offset = offsetof(config_type, backend),                                                                         \
+     .def = "cpu",                                                                                                     \
+     .choices = kw_backend_kind_names,                                                                                 \
+     .help = "where the models run: cpu, or cuda (compute.device; a build with the CUDA backend and a GPU)"},          \
+        {.name = "compute.device",                                                                                     \
+         .type = KW_CFG_INT,                                                                                           \
+         .offset = offsetof(config_type, device),                                                                      \
+         .def = "0",                                                                                                   \
+         .min = 0,                                                                                                     \
+         .max = 1023,                                                                                                  \
+         .help = "the CUDA device index (compute.backend cuda)"},                                                      \
+    {                                                                                                                  \
+        .name = "compute.memory_limit_mb", .type = KW_CFG_INT, .offset = offsetof(config_type, memory_limit_mb),       \
+        .def = "0", .min = 0, .max = (int64_t)1 << 30,                                                                 \
+        .help = "MiB the backend may allocate (weights, caches, scratch); beyond it a load or request fails with "     \
+                "KW_E_NOMEM naming the budget; 0: no limit"                                                            \
+    }
+
+#endif
