@@ -30,13 +30,13 @@ int kw_log_parse_level(const char *text, enum kw_log_level *out) {
 }
 
 void kw_log_set_level(enum kw_log_level level) {
-    kw_log_threshold = level;
+    __atomic_store_n(&kw_log_threshold, level, __ATOMIC_RELAXED);
 }
 
 void kw_log_init_from_env(void) {
     const char *env = getenv("KW_LOG_LEVEL");
-    enum kw_log_level level = kw_log_threshold;
-    if (env && kw_log_parse_level(env, &level) == 0) kw_log_threshold = level;
+    enum kw_log_level level = __atomic_load_n(&kw_log_threshold, __ATOMIC_RELAXED);
+    if (env && kw_log_parse_level(env, &level) == 0) __atomic_store_n(&kw_log_threshold, level, __ATOMIC_RELAXED);
 }
 
 void kw_log_set_sink(kw_log_sink_fn sink, void *user_data) {

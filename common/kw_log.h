@@ -20,7 +20,8 @@ enum kw_log_level {
 typedef void (*kw_log_sink_fn)(enum kw_log_level level, const char *message, void *user_data);
 
 /* The current threshold; messages below it are dropped. Starts at KW_LOG_LEVEL_INFO, or KW_LOG_LEVEL from the
- * environment (debug, info, warn, error, off) once kw_log_init_from_env has run. */
+ * environment (debug, info, warn, error, off) once kw_log_init_from_env has run. Read and written atomically (relaxed):
+ * a daemon's reload changes it on the loop thread while compute threads log. */
 extern enum kw_log_level kw_log_threshold;
 
 void kw_log_set_level(enum kw_log_level level);
@@ -36,7 +37,7 @@ void kw_log_write(enum kw_log_level level, const char *fmt, ...) __attribute__((
 
 #define KW_LOG(level, ...)                                                                                             \
     do {                                                                                                               \
-        if ((level) >= kw_log_threshold) kw_log_write((level), __VA_ARGS__);                                           \
+        if ((level) >= __atomic_load_n(&kw_log_threshold, __ATOMIC_RELAXED)) kw_log_write((level), __VA_ARGS__);       \
     } while (0)
 #define KW_LOG_DEBUG(...) KW_LOG(KW_LOG_LEVEL_DEBUG, __VA_ARGS__)
 #define KW_LOG_INFO(...)  KW_LOG(KW_LOG_LEVEL_INFO, __VA_ARGS__)
