@@ -14,49 +14,46 @@
 
 #define KW__IDENTITY_CHUNK (1u << 20) /* bytes read per call while hashing */
 
-/* Streams path through ctx (already initialized). buf holds KW__IDENTITY_CHUNK bytes. */
-static int kw__identity_update_file(EVP_MD_CTX *ctx, const char *path, unsigned char *buf) {
+#define KW__IDENTITY_TO_END SIZE_MAX /* a length meaning: up to the end of the file */
+
+/* Streams bytes [off, off + len) of path through ctx (already initialized); len KW__IDENTITY_TO_END: up to the end,
+ * else the file must hold all len bytes. buf holds KW__IDENTITY_CHUNK bytes. */
+static int kw__identity_update_file(EVP_MD_CTX *ctx, const char *path, size_t off, size_t len, unsigned char *buf) {
     FILE *f = fopen(path, "rb");
     KW_RETURN_IF(f == NULL, KW_E_IO, "identity: cannot open %s: %s", path, strerror(errno));
     int rc = 0;
-    for (;;) {
-        const size_t n = fread(buf, 1, KW__IDENTITY_CHUNK, f);
-        if (n > 0 && EVP_DigestUpdate(ctx, buf, n) != 1) {
-            rc = kw_error_set(KW_E_INTERNAL, "identity: SHA-256 update failed");
+    KW_CHECK_IF(off > 0 && fseeko(f, (off_t)off, SEEK_SET) != 0, KW_E_IO, "identity: cannot seek in %s", path);
+    while (len > 0) {
+        const size_t want = len < KW__IDENTITY_CHUNK ? len : KW__IDENTITY_CHUNK;
+        const size_t n = fread(buf, 1, want, f);
+        KW_CHECK_IF(n > 0 && EVP_DigestUpdate(ctx, buf, n) != 1, KW_E_INTERNAL, "identity: SHA-256 update failed");
+        if (n < want) {
+            KW_CHECK_IF(ferror(f), KW_E_IO, "identity: cannot read %s", path);
+            KW_CHECK_IF(len != KW__IDENTITY_TO_END, KW_E_IO, "identity: %s ended early", path);
             break;
         }
-        if (n < KW__IDENTITY_CHUNK) {
-            if (ferror(f)) rc = kw_error_set(KW_E_IO, "identity: cannot read %s", path);
-            break;
-        }
+        if (len != KW__IDENTITY_TO_END) len -= n;
     }
+out:
     fclose(f);
     return rc;
 }
 
-/* SHA-256 of bytes [off, off + len) of path. */
-static int kw__identity_range(const char *path, size_t off, size_t len, uint8_t out[KW_IDENTITY_DIGEST_BYTES]) {
+/* SHA-256 of bytes [off, off + len) of each of the files paths[0..n), concatenated (len as kw__identity_update_file).
+ */
+static int kw__identity_files(char *const *paths, size_t n, size_t off, size_t len,
+                              uint8_t out[KW_IDENTITY_DIGEST_BYTES]) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned char *buf = malloc(KW__IDENTITY_CHUNK);
-    FILE *f = NULL;
     int rc = 0;
     KW_CHECK_IF(ctx == NULL || buf == NULL, KW_E_NOMEM, "identity: out of memory");
     KW_CHECK_IF(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1, KW_E_INTERNAL, "identity: SHA-256 unavailable");
-    f = fopen(path, "rb");
-    KW_CHECK_IF(f == NULL, KW_E_IO, "identity: cannot open %s: %s", path, strerror(errno));
-    KW_CHECK_IF(fseeko(f, (off_t)off, SEEK_SET) != 0, KW_E_IO, "identity: cannot seek in %s", path);
-    while (len > 0) {
-        const size_t want = len < KW__IDENTITY_CHUNK ? len : KW__IDENTITY_CHUNK;
-        const size_t got = fread(buf, 1, want, f);
-        KW_CHECK_IF(got != want, KW_E_IO, "identity: %s ended early", path);
-        KW_CHECK_IF(EVP_DigestUpdate(ctx, buf, got) != 1, KW_E_INTERNAL, "identity: SHA-256 update failed");
-        len -= got;
-    }
-    unsigned int n = 0;
-    KW_CHECK_IF(EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != KW_IDENTITY_DIGEST_BYTES, KW_E_INTERNAL,
+    for (size_t i = 0; i < n; ++i)
+        KW_CHECK(kw__identity_update_file(ctx, paths[i], off, len, buf));
+    unsigned int out_len = 0;
+    KW_CHECK_IF(EVP_DigestFinal_ex(ctx, out, &out_len) != 1 || out_len != KW_IDENTITY_DIGEST_BYTES, KW_E_INTERNAL,
                 "identity: SHA-256 final failed");
 out:
-    if (f) fclose(f);
     EVP_MD_CTX_free(ctx);
     free(buf);
     return rc;
@@ -68,32 +65,15 @@ static int kw__identity_gguf(const char *path, kw_model_digest *out) {
     KW_FORWARD(kw_gguf_open(path, &g));
     const size_t data = kw_gguf_data_offset(g), size = kw_gguf_file_size(g);
     kw_gguf_close(g);
-    KW_FORWARD(kw__identity_range(path, 0, data, out->config_sha256));
-    return kw__identity_range(path, data, size - data, out->weights_sha256);
-}
-
-/* SHA-256 of the files paths[0..n) concatenated. */
-static int kw__identity_files(char *const *paths, size_t n, uint8_t out[KW_IDENTITY_DIGEST_BYTES]) {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    unsigned char *buf = malloc(KW__IDENTITY_CHUNK);
-    int rc = 0;
-    KW_CHECK_IF(ctx == NULL || buf == NULL, KW_E_NOMEM, "identity: out of memory");
-    KW_CHECK_IF(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1, KW_E_INTERNAL, "identity: SHA-256 unavailable");
-    for (size_t i = 0; i < n; ++i)
-        KW_CHECK(kw__identity_update_file(ctx, paths[i], buf));
-    unsigned int len = 0;
-    KW_CHECK_IF(EVP_DigestFinal_ex(ctx, out, &len) != 1 || len != KW_IDENTITY_DIGEST_BYTES, KW_E_INTERNAL,
-                "identity: SHA-256 final failed");
-out:
-    EVP_MD_CTX_free(ctx);
-    free(buf);
-    return rc;
+    char *p = (char *)path;
+    KW_FORWARD(kw__identity_files(&p, 1, 0, data, out->config_sha256));
+    return kw__identity_files(&p, 1, data, size - data, out->weights_sha256);
 }
 
 int kw_identity_file(const char *path, uint8_t out[KW_IDENTITY_DIGEST_BYTES]) {
     KW_RETURN_IF(path == NULL || out == NULL, KW_E_INVALID_ARG, "identity: NULL argument");
     char *p = (char *)path;
-    return kw__identity_files(&p, 1, out);
+    return kw__identity_files(&p, 1, 0, KW__IDENTITY_TO_END, out);
 }
 
 static int kw__identity_cmp(const void *a, const void *b) {
@@ -172,7 +152,7 @@ int kw_identity_model(const char *dir, kw_model_digest *out) {
     KW_CHECK(kw_identity_file(config, out->config_sha256));
     KW_CHECK(kw__identity_list(dir, kw__identity_is_weights, &paths, &n));
     KW_CHECK_IF(n == 0, KW_E_NOT_FOUND, "identity: %s has no .safetensors file", dir);
-    KW_CHECK(kw__identity_files(paths, n, out->weights_sha256));
+    KW_CHECK(kw__identity_files(paths, n, 0, KW__IDENTITY_TO_END, out->weights_sha256));
 out:
     free(config);
     kw__identity_list_free(paths, n);
@@ -188,7 +168,7 @@ int kw_identity_fuser(const char *dir, uint8_t out[KW_IDENTITY_DIGEST_BYTES]) {
     int rc = 0;
     KW_CHECK(kw__identity_list(kw_path_is_dir(final) ? final : dir, kw__identity_is_projector, &paths, &n));
     KW_CHECK_IF(n == 0, KW_E_NOT_FOUND, "identity: %s has no projector files", dir);
-    KW_CHECK(kw__identity_files(paths, n, out));
+    KW_CHECK(kw__identity_files(paths, n, 0, KW__IDENTITY_TO_END, out));
 out:
     free(final);
     kw__identity_list_free(paths, n);
