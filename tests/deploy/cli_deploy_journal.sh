@@ -18,12 +18,7 @@ fi
 sink=$4
 models=$build/tests/daemons/models
 [ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/daemon_lib.sh"
 
 # --- the helper's parser: both encodings of the native protocol, and a broken datagram
 printf 'MESSAGE\n\x0b\x00\x00\x00\x00\x00\x00\x00two\nlines \\\nPRIORITY=6\nKW_X=a=b\n' >binary.dgram
@@ -42,28 +37,13 @@ pids+=($!)
 for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
 [ -S /run/systemd/journal/socket ] || fail "kw_journal_sink did not bind /run/systemd/journal/socket"
 
-# start NAME STREAM_FILE PROGRAM ARGS...: runs the daemon in the background, stderr appended to NAME.log, with
-# JOURNAL_STREAM naming STREAM_FILE's device and inode; sets port to its port
-start() {
-    local name=$1 stream=$2 program=$3
-    shift 3
-    : >"$name.log" && : >"$name.out"
-    JOURNAL_STREAM=$(stat -c %d:%i "$stream") "$program" "$@" --runtime.ready_file="$tmp/$name.ready" \
-        >"$name.out" 2>>"$name.log" &
-    pids+=($!)
-    for _ in $(seq 1 1200); do
-        if [ -s "$name.ready" ]; then
-            port=$(sed -n 's/^port=//p' "$name.ready")
-            return 0
-        fi
-        kill -0 $! 2>/dev/null || { cat "$name.log"; fail "$name exited before listening"; }
-        sleep 0.1
-    done
-    fail "$name did not start listening"
-}
-stop() {
-    kill -TERM "$1"
-    wait "$1" || fail "a daemon did not exit cleanly (status $?)"
+# journaled NAME STREAM PROGRAM ARGS...: start (stderr in NAME.log) with JOURNAL_STREAM naming the file STREAM's
+# device and inode (NAME.log: the daemon's stderr is the journal)
+journaled() {
+    local name=$1 stream=$2
+    shift 2
+    : >"$name.log" && : >"$stream"
+    start "$name" env JOURNAL_STREAM="$(stat -c %d:%i "$stream")" "$@"
 }
 # post PORT PATH BODY: the answer's body
 post() { curl -s -X POST "http://127.0.0.1:$1$2" -H 'Content-Type: application/json' -d "$3"; }
@@ -85,7 +65,7 @@ wait_entry() {
     fail "no journal entry with $*"
 }
 
-start sharer sharer.log "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port=0 \
+journaled sharer sharer.log "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port=0 \
     --models.0.path="$models/tiny-qwen2" --models.1.path="$models/tiny-qwen3"
 sharer_pid=${pids[-1]} sharer_port=$port
 mkdir conf && cp "$src/deploy/config/receiverd.tiny.yaml" conf/
@@ -100,7 +80,7 @@ wait_ready() {
 }
 
 # --- control: JOURNAL_STREAM naming another file than stderr: plain lines on stderr, nothing in the journal
-start plain plain.out "$build/receiver/receiverd" "${receiver_args[@]}"
+journaled plain plain.other "$build/receiver/receiverd" "${receiver_args[@]}"
 plain_pid=${pids[-1]}
 wait_ready $port
 post $port /v1/chat/completions "$chat" | jq -e '.kvwire.mode == "c2c"' >/dev/null || fail "no answer from receiverd"
@@ -111,7 +91,7 @@ grep -Eq '^[0-9T:.-]+Z info  receiverd: request 1 ok: c2c, blob [1-9]' plain.log
     { cat entries.txt; fail "a receiverd whose stderr is not the journal sent journal entries"; }
 
 # --- the journal: an ok request through both daemons
-start receiver receiver.log "$build/receiver/receiverd" "${receiver_args[@]}"
+journaled receiver receiver.log "$build/receiver/receiverd" "${receiver_args[@]}"
 receiver_pid=${pids[-1]} receiver_port=$port
 wait_ready $receiver_port
 post $receiver_port /v1/chat/completions "$chat" >reply.json
