@@ -126,6 +126,7 @@ for want in PRIORITY=6 KW_MODE=c2c "KW_PEER=${BASH_REMATCH[1]}" "KW_REQUEST_ID=$
     grep -qxF -- "$want" <<<"$e" || { echo "$e"; fail "sharerd's entry lacks $want"; }
 done
 [ "${BASH_REMATCH[4]}" = "$blob" ] || fail "sharerd's line says blob ${BASH_REMATCH[4]} B, receiverd's $blob B"
+[ "${BASH_REMATCH[2]}" = "$id" ] || fail "sharerd's request ${BASH_REMATCH[2]} is not receiverd's $id"
 [ -n "$(entry SYSLOG_IDENTIFIER=sharerd PRIORITY=6 "$(grep -m1 '^MESSAGE=sharerd: listening on' entries.txt)")" ] ||
     fail "sharerd's start line is not in the journal"
 
