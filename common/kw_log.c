@@ -20,6 +20,8 @@
 #define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
 
+#define KW__LOG_MESSAGE_MAX 1024 /* bytes of a formatted message (longer ones are cut) */
+
 enum kw_log_level kw_log_threshold = KW_LOG_LEVEL_INFO;
 
 static kw_log_sink_fn kw_log_sink;
@@ -123,7 +125,7 @@ static int kw__log_priority(enum kw_log_level level) {
 
 /* 0 when the journal took the record. */
 static int kw__log_journal_send(enum kw_log_level level, const char *message, const kw_log_fields *fields) {
-    char text[1100], priority[16], identifier[64];
+    char text[sizeof "MESSAGE=" + KW__LOG_MESSAGE_MAX], priority[16], identifier[64];
     snprintf(text, sizeof text, "MESSAGE=%s", message);
     snprintf(priority, sizeof priority, "PRIORITY=%d", kw__log_priority(level));
     snprintf(identifier, sizeof identifier, "SYSLOG_IDENTIFIER=%s", kw_log_journal_identifier);
@@ -141,7 +143,7 @@ static int kw__log_journal_send(enum kw_log_level level, const char *message, co
 // Writing
 
 static void kw__log_dispatch(enum kw_log_level level, const kw_log_fields *fields, const char *fmt, va_list ap) {
-    char message[1024];
+    char message[KW__LOG_MESSAGE_MAX];
     vsnprintf(message, sizeof message, fmt, ap);
     if (kw_log_sink)
         kw_log_sink(level, message, kw_log_sink_user_data);
