@@ -522,6 +522,35 @@ static void kw__rd_stream_start(kw_rd_job *j) {
     j->stream_started = true;
 }
 
+/* The request's log line: its words on stderr; in the journal also the fields of kw_log_request (the sharer
+ * connection's bytes each way), the blob, the relay text and the generated tokens. */
+static void kw__rd_log_request(const kw_rd_job *j, int http, double total_ms) {
+    const bool ok = j->status == 0;
+    const kw_log_request r = {.id = j->id,
+                              .mode = kw_rd_mode_name(j->spec.mode),
+                              .status = j->status,
+                              .bytes_sent = ok ? (int64_t)j->share.socket_out : -1,
+                              .bytes_received = ok ? (int64_t)j->share.socket_in : -1,
+                              .duration_ms = ok ? total_ms : -1,
+                              .http_status = http};
+    kw_log_fields f = {0};
+    kw_log_fields_request(&f, &r);
+    if (!ok) {
+        KW_LOG_WITH(KW_LOG_LEVEL_INFO, &f, "receiverd: request %llu failed (%d): %s (%s)", (unsigned long long)r.id,
+                    http, j->error, kw_status_name(j->status));
+        return;
+    }
+    kw_log_fields_add(&f, "KW_BLOB_BYTES", "%llu", (unsigned long long)j->blob_bytes);
+    kw_log_fields_add(&f, "KW_TEXT_BYTES", "%llu", (unsigned long long)j->share.text_len);
+    kw_log_fields_add(&f, "KW_TOKENS", "%lld", (long long)j->n_ids);
+    KW_LOG_WITH(KW_LOG_LEVEL_INFO, &f,
+                "receiverd: request %llu ok: %s, blob %llu B, socket in %llu B out %llu B, text %llu B, %lld tokens, "
+                "%.1f ms",
+                (unsigned long long)r.id, r.mode, (unsigned long long)j->blob_bytes,
+                (unsigned long long)j->share.socket_in, (unsigned long long)j->share.socket_out,
+                (unsigned long long)j->share.text_len, (long long)j->n_ids, total_ms);
+}
+
 /* The request's answer after its DONE, and the metrics. */
 static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
     --d->queued;
@@ -556,15 +585,8 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
                                              total_ms};
         for (int s = 0; s < KW_RD_STAGES; ++s)
             kw__rd_hist_add(&d->stage_hist[s], stages[s] * 1e-3);
-        KW_LOG_INFO("receiverd: request %llu ok: %s, blob %llu B, socket in %llu B out %llu B, text %llu B, "
-                    "%lld tokens, %.1f ms",
-                    (unsigned long long)j->id, kw_rd_mode_name(j->spec.mode), (unsigned long long)j->blob_bytes,
-                    (unsigned long long)j->share.socket_in, (unsigned long long)j->share.socket_out,
-                    (unsigned long long)j->share.text_len, (long long)j->n_ids, total_ms);
-    } else if (j->status != KW_E_CANCELLED) {
-        KW_LOG_INFO("receiverd: request %llu failed (%d): %s (%s)", (unsigned long long)j->id, http, j->error,
-                    kw_status_name(j->status));
     }
+    if (j->status != KW_E_CANCELLED) kw__rd_log_request(j, http, total_ms);
     if (j->http) {
         if (j->spec.stream && j->stream_started) {
             if (j->status == 0) {
@@ -1105,6 +1127,7 @@ void kw_receiverd_free(kw_receiverd *d) {
 static int kw__receiverd_run_config(void *obj, int argc, char **argv) {
     const kw_receiverd_config *cfg = obj;
     kw_log_set_level((enum kw_log_level)cfg->log_level);
+    kw_log_journal_auto("receiverd");
     kw_receiverd *d = NULL;
     int rc = kw_receiverd_create(cfg, &d);
     if (rc == 0) kw_receiverd_set_reload_args(d, argc, argv);

@@ -432,17 +432,55 @@ static void kw__sd_finish(kw__sd_job *j) {
     kw__sd_job_unref(j); /* the loop's reference */
 }
 
+/* The request's mode as receiverd names it (kw_rd_mode_name), for the journal's KW_MODE. */
+static const char *kw__sd_mode_name(Kwctl__Mode mode) {
+    switch (mode) {
+    case KWCTL__MODE__MODE_RECEIVER_ONLY:
+        return "receiver_only";
+    case KWCTL__MODE__MODE_C2C:
+        return "c2c";
+    case KWCTL__MODE__MODE_KV_DIRECT:
+        return "kv_direct";
+    case KWCTL__MODE__MODE_TEXT_RELAY:
+        return "text_relay";
+    default:
+        return "unspecified";
+    }
+}
+
+/* The request's log line: its words on stderr; in the journal also the fields of kw_log_request, the model, the
+ * frames and the peer. */
+static void kw__sd_log_request(const kw__sd_conn *c, const kw__sd_job *j) {
+    const double ms = kw_time_ms(j->t_received, kw_time_now_ns());
+    const bool ok = j->status == 0;
+    const kw_log_request r = {.id = j->req->request_id,
+                              .mode = kw__sd_mode_name(j->req->mode),
+                              .status = j->status,
+                              .bytes_sent = ok ? (int64_t)j->stats.wire.blob_bytes : -1,
+                              .bytes_received = -1,
+                              .duration_ms = ok ? ms : -1};
+    kw_log_fields f = {0};
+    kw_log_fields_request(&f, &r);
+    kw_log_fields_add(&f, "KW_PEER", "%s", c->peer);
+    if (!ok) {
+        KW_LOG_WITH(KW_LOG_LEVEL_INFO, &f, "sharerd: %s: request %llu failed: %s (%s)", c->peer,
+                    (unsigned long long)r.id, j->error, kw_status_name(j->status));
+        return;
+    }
+    kw_log_fields_add(&f, "KW_MODEL", "%s", j->model->name);
+    kw_log_fields_add(&f, "KW_FRAMES", "%llu", (unsigned long long)j->frames);
+    KW_LOG_WITH(KW_LOG_LEVEL_INFO, &f, "sharerd: %s: request %llu ok: model %s, %llu frames, blob %llu B, %.1f ms",
+                c->peer, (unsigned long long)r.id, j->model->name, (unsigned long long)j->frames,
+                (unsigned long long)r.bytes_sent, ms);
+}
+
 /* Sends the job's answer on c and ends the request there. */
 static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j) {
     int rc = 0;
+    kw__sd_log_request(c, j);
     if (j->status < 0) {
-        KW_LOG_INFO("sharerd: %s: request %llu failed: %s (%s)", c->peer, (unsigned long long)j->req->request_id,
-                    j->error, kw_status_name(j->status));
         kw__sd_send_error(c, j->req->request_id, j->status, j->error);
     } else {
-        KW_LOG_INFO("sharerd: %s: request %llu ok: model %s, %llu frames, blob %llu B, %.1f ms", c->peer,
-                    (unsigned long long)j->req->request_id, j->model->name, (unsigned long long)j->frames,
-                    (unsigned long long)j->stats.wire.blob_bytes, kw_time_ms(j->t_received, kw_time_now_ns()));
         if (j->req->mode == KWCTL__MODE__MODE_TEXT_RELAY) {
             Kwctl__ShareText t = KWCTL__SHARE_TEXT__INIT;
             t.request_id = j->req->request_id;
@@ -1114,6 +1152,7 @@ void kw_sharerd_free(kw_sharerd *d) {
 static int kw__sharerd_run_config(void *obj, int argc, char **argv) {
     const kw_sharerd_config *cfg = obj;
     kw_log_set_level((enum kw_log_level)cfg->log_level);
+    kw_log_journal_auto("sharerd");
     kw_sharerd *d = NULL;
     int rc = kw_sharerd_create(cfg, &d);
     if (rc == 0) kw_sharerd_set_reload_args(d, argc, argv);

@@ -10,35 +10,7 @@
 models=$build/tests/daemons/models
 [ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
 command -v openssl >/dev/null || { echo "SKIP: openssl is not installed"; exit 77; }
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# start NAME PROGRAM ARGS...: runs the daemon in the background (log NAME.log) and sets port to its port
-start() {
-    local name=$1 program=$2
-    shift 2
-    "$program" "$@" --runtime.ready_file="$tmp/$name.ready" >"$name.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 1 1200); do
-        if [ -s "$name.ready" ]; then
-            port=$(sed -n 's/^port=//p' "$name.ready")
-            return 0
-        fi
-        kill -0 $! 2>/dev/null || { cat "$name.log"; fail "$name exited before listening"; }
-        sleep 0.1
-    done
-    fail "$name did not start listening"
-}
-
-# stop PID: SIGTERM and a clean exit
-stop() {
-    kill -TERM "$1"
-    wait "$1" || fail "a daemon did not exit cleanly (status $?)"
-}
+. "$(dirname "$0")/daemon_lib.sh"
 
 # health PORT: receiverd's /health body
 health() { curl -s "http://127.0.0.1:$1/health"; }

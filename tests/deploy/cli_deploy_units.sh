@@ -4,8 +4,11 @@
 # at most 3.0 ("OK"). The units name the prefix /usr/local, so the build is installed (`cmake --install`) into a
 # temporary prefix and the installed units are checked with /usr/local replaced by it: ExecStart is the installed
 # binary, and the config it names is installed and loads. A unit with an unknown key must fail the same check (the
-# check itself is tested). Skipped (77) when systemd-analyze is not installed.
+# check itself is tested). The install also makes the tiny models in share/kvwire/models (under DESTDIR when set),
+# and the installed sharerd and receiverd serve a chat completion from the installed configs and models alone
+# (ephemeral loopback ports). Skipped (77) when systemd-analyze is not installed.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
+. "$(dirname "$0")/daemon_lib.sh"
 if ! command -v systemd-analyze >/dev/null; then
     echo "SKIP: systemd-analyze is not installed (apt-get install systemd)"
     exit 77
@@ -57,4 +60,39 @@ for unit in sharerd receiverd; do
     sed 's/^WatchdogSec=/NoSuchKey=1\nWatchdogSec=/' "$unit/$unit.service" >"$unit/broken.service"
     ! verify "$unit/broken.service" || fail "systemd-analyze verify accepted a unit with an unknown key"
 done
-echo "units: ok"
+
+# the tiny models, and the installed configs serving them
+models=$prefix/share/kvwire/models
+for m in tiny-qwen3 tiny-qwen2; do
+    [ -s "$models/$m/model.safetensors" ] && [ -s "$models/$m/tokenizer.json" ] ||
+        fail "cmake --install did not make the model $m in $models"
+done
+[ -s "$models/tiny-fuser/config.json" ] || fail "cmake --install did not make the fuser in $models"
+[ -z "$(find "$models" ! -perm -o+r)" ] || fail "some installed model files are not readable by every user"
+start sharer "$prefix/bin/sharerd" --config "$prefix/etc/kvwire/sharerd.yaml" --listen.host=127.0.0.1 \
+    --listen.port=0 --compute.threads=1
+sharer_pid=${pids[-1]}
+grep -q "loading model tiny-qwen2 from $prefix/.*share/kvwire/models/tiny-qwen2" sharer.log ||
+    { cat sharer.log; fail "the installed sharerd.yaml does not read the installed tiny-qwen2"; }
+start receiver "$prefix/bin/receiverd" --config "$prefix/etc/kvwire/receiverd.yaml" --http.host=127.0.0.1 \
+    --http.port=0 --sharers.0.port="$port" --compute.threads=1 --sharer.reconnect_ms=100
+receiver_pid=${pids[-1]}
+grep -q "loading fuser tiny-fuser from $prefix/.*share/kvwire/models/tiny-fuser" receiver.log ||
+    { cat receiver.log; fail "the installed receiverd.yaml does not read the installed tiny-fuser"; }
+for _ in $(seq 600); do
+    curl -s "http://127.0.0.1:$port/health" | jq -e '.status == "ok"' >/dev/null && break
+    sleep 0.1
+done
+curl -s -X POST "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":4}' >reply.json
+jq -e '.kvwire.mode == "c2c" and .kvwire.bytes.blob > 0' reply.json >/dev/null ||
+    { cat reply.json receiver.log; fail "the installed daemons do not serve c2c from the installed models"; }
+stop $receiver_pid
+stop $sharer_pid
+pids=()
+# DESTDIR: everything under it, the models too
+DESTDIR=$tmp/dest cmake --install "$build" --prefix /opt/kvwire-test >install-destdir.log ||
+    { cat install-destdir.log; fail "cmake --install with DESTDIR failed"; }
+[ -s dest/opt/kvwire-test/share/kvwire/models/tiny-fuser/config.json ] && [ ! -e /opt/kvwire-test ] ||
+    fail "cmake --install did not make the models under DESTDIR"
+echo "units: ok (models: $(ls "$models" | tr '\n' ' '))"
