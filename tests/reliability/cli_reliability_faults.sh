@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# cli_reliability_faults.sh: sharerd and receiverd with kw_fault_proxy between them (tests/reliability), under a load
+# of two clients sending c2c requests back to back, through one fault after another: the sharer's stream stalled,
+# reset, with flipped bits, truncated, the sharer gone (connections refused), and sharerd restarted. For each: every
+# request is answered (no client gives up without a response), every answer is either the fault-free answer to its
+# prompt, to the byte, or an HTTP error with an error body (nothing corrupted is ever fused into an answer), the time
+# from the fault's end to the first good answer is measured, and the requests after it all succeed. Prints one line
+# per fault with the counts and the recovery time (docs/RELIABILITY.md).
+. "$(dirname "$0")/../cli_lib.sh" "$@"
+proxy_bin=$4
+models=$build/tests/daemons/models
+[ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
+. "$src/tests/deploy/daemon_lib.sh"
+
+now_ms() { date +%s%3N; }
+
+start sharer "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port=0 \
+    --models.0.path="$models/tiny-qwen2" --models.1.path="$models/tiny-qwen3" --compute.threads=1
+sharer_pid=${pids[-1]} sharer_port=$port
+
+# the proxy, commanded through a FIFO; proxy_do COMMAND waits for its "ok COMMAND"
+mkfifo proxy.ctl
+"$proxy_bin" proxy.port 127.0.0.1 "$sharer_port" <proxy.ctl >proxy.out 2>&1 &
+pids+=($!)
+exec 3>proxy.ctl
+for _ in $(seq 100); do [ -s proxy.port ] && break; sleep 0.05; done
+proxy_port=$(sed -n "s/^port=//p" proxy.port 2>/dev/null || true)
+[ -n "$proxy_port" ] || fail "kw_fault_proxy did not start: $(cat proxy.out)"
+proxy_do() {
+    local before
+    before=$(grep -c "^ok $*\$" proxy.out || true)
+    echo "$*" >&3
+    for _ in $(seq 100); do
+        [ "$(grep -c "^ok $*\$" proxy.out || true)" -gt "$before" ] && return
+        sleep 0.02
+    done
+    fail "kw_fault_proxy did not take '$*': $(tail -n 3 proxy.out)"
+}
+
+start receiver "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --http.port=0 \
+    --model.path="$models/tiny-qwen3" --fusers.0.path="$models/tiny-fuser" --sharers.0.port="$proxy_port" \
+    --compute.threads=1 --sharer.request_timeout_ms=2000 --sharer.reconnect_ms=100
+receiver_port=$port
+url=http://127.0.0.1:$receiver_port/v1/chat/completions
+for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$receiver_port/health" | jq -e '.status == "ok"' >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+prompts=("Name a red planet." "What is two plus two?" "Say hello in French." "Which is heavier, iron or air?")
+# ask I OUT: prompt I mod 4 in c2c mode; OUT.json the body; prints the HTTP status (000: no response)
+ask() {
+    local body
+    body=$(jq -cn --arg p "${prompts[$(($1 % 4))]}" \
+        '{messages: [{role: "user", content: $p}], max_tokens: 6, kvwire: {mode: "c2c"}}')
+    curl -s -o "$2.json" -w '%{http_code}' --max-time 30 -H 'Content-Type: application/json' -d "$body" "$url" || true
+}
+# the fault-free answers
+for i in 0 1 2 3; do
+    [ "$(ask $i ref$i)" = 200 ] || fail "no fault-free answer to prompt $i: $(cat ref$i.json)"
+    jq -r '.choices[0].message.content' ref$i.json >ref$i.txt
+done
+
+# judge I OUT CODE: one request's outcome (ok, error CODE, or the failure of the test)
+judge() {
+    if [ "$3" = 200 ]; then
+        jq -r '.choices[0].message.content' "$2.json" | cmp -s - "ref$(($1 % 4)).txt" ||
+            fail "an answer differs from the fault-free one (prompt $(($1 % 4))): $(cat "$2.json")"
+        echo ok
+    elif [ "$3" = 000 ]; then
+        fail "request $2 got no response at all"
+    else
+        jq -e '.error.message | type == "string"' "$2.json" >/dev/null 2>&1 ||
+            fail "HTTP $3 without an error body: $(cat "$2.json")"
+        echo "error $3"
+    fi
+}
+
+# client C N: N requests back to back; one outcome line each in client-C.txt
+client() {
+    local c=$1 n=$2 i code
+    : >"client-$c.txt"
+    for ((i = 0; i < n; i++)); do
+        code=$(ask $((c + i)) "c$c-$i")
+        judge $((c + i)) "c$c-$i" "$code" >>"client-$c.txt"
+    done
+}
+
+# fault NAME HOLD_S INJECT... : two clients of 12 requests; after 0.3 s INJECT (a command for the proxy, or a shell
+# function), held HOLD_S seconds, then `pass`; the clients must finish, then the time to the first good answer
+fault() {
+    local name=$1 hold=$2
+    shift 2
+    client 0 12 &
+    local c0=$!
+    client 1 12 &
+    local c1=$!
+    sleep 0.3
+    if [ "$(type -t "$1")" = function ]; then "$@"; else proxy_do "$@"; fi
+    sleep "$hold"
+    proxy_do pass
+    local cleared
+    cleared=$(now_ms)
+    wait $c0 || fail "$name: a client failed"
+    wait $c1 || fail "$name: a client failed"
+    local recovered= k=0
+    for _ in $(seq 200); do
+        k=$((k + 1))
+        [ "$(ask $k "rec-$name-$k")" = 200 ] && { recovered=$(now_ms); judge $k "rec-$name-$k" 200 >/dev/null; break; }
+        sleep 0.05
+    done
+    [ -n "$recovered" ] || fail "$name: no good answer 10 s after the fault ended"
+    for i in 0 1 2 3; do
+        local code
+        code=$(ask $i "after-$name-$i")
+        [ "$code" = 200 ] || fail "$name: request $i after recovery failed ($code): $(cat "after-$name-$i.json")"
+        judge $i "after-$name-$i" 200 >/dev/null
+    done
+    local total ok
+    total=$(cat client-0.txt client-1.txt | wc -l)
+    ok=$(cat client-0.txt client-1.txt | grep -cx ok || true)
+    [ "$total" = 24 ] || fail "$name: $total of 24 requests accounted for"
+    local errors
+    errors=$(cat client-0.txt client-1.txt | grep -v '^ok$' | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
+    echo "fault $name: 24/24 answered: $ok identical to the fault-free answers, errors: ${errors:-none}; recovered" \
+        "$((recovered - cleared)) ms after the fault ended; 4/4 good after"
+}
+
+# restart_sharer: sharerd stopped (SIGTERM) and started again on its port
+restart_sharer() {
+    stop "$sharer_pid"
+    start sharer "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port="$sharer_port" \
+        --models.0.path="$models/tiny-qwen2" --models.1.path="$models/tiny-qwen3" --compute.threads=1
+    sharer_pid=${pids[-1]}
+}
+
+fault stall 3 stall
+fault reset 0 reset
+fault flip 2 flip 101
+fault flipup 2 flipup 7
+fault truncate 2 truncate 3000
+fault refuse 2 refuse
+fault sharer-restart 0 restart_sharer
+echo stats >&3
+for _ in $(seq 100); do grep -q '^stats' proxy.out && break; sleep 0.02; done
+flipped=$(sed -n 's/^stats .*flipped=\([0-9]*\).*/\1/p' proxy.out)
+[ "${flipped:-0}" -gt 0 ] || fail "the proxy flipped no bit: the flip fault was not exercised ($(grep '^stats' proxy.out))"
+echo "proxy: $(grep '^stats' proxy.out)"
