@@ -82,6 +82,7 @@
     X(KW_E_PROTO_FIELD, -506, "a control message field is missing, unknown or out of range")                           \
     X(KW_E_PROTO_SEQUENCE, -507, "a frame arrived where the protocol does not allow it")                               \
     X(KW_E_PROTO_REFUSED, -508, "the peer refused the hello (version, role, model pair)")                              \
+    X(KW_E_PROTO_CHECKSUM, -509, "a control message's checksum does not match its bytes")                              \
     /* net/ (transport, TLS, HTTP front): -550 .. -599 */                                                              \
     X(KW_E_NET_ADDRESS, -550, "an address or port that cannot be resolved or bound")                                   \
     X(KW_E_NET_CONNECT, -551, "connecting failed (refused, unreachable)")                                              \

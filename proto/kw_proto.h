@@ -2,10 +2,10 @@
  * `[u32 LE payload length][u8 type][payload]`, a streaming frame decoder that accepts its input in any chunking, and
  * packing/unpacking/validation of the protobuf-c control messages of proto/kw_control.proto.
  *
- * proto/ is pure: no I/O, no global state, no threads; it depends on common/ and the protobuf-c runtime only. Every
- * function returns 0 (or a documented non-negative value) or a negative kw_status with a reason in kw_error_detail().
- * Nothing a peer sends makes it abort: every length is checked against kw_proto_limits before anything is allocated
- * for it, and unpacking a message draws from a memory budget.
+ * proto/ is pure: no I/O, no global state, no threads; it depends on common/, the protobuf-c runtime and xxHash only.
+ * Every function returns 0 (or a documented non-negative value) or a negative kw_status with a reason in
+ * kw_error_detail(). Nothing a peer sends makes it abort: every length is checked against kw_proto_limits before
+ * anything is allocated for it, and unpacking a message draws from a memory budget.
  *
  * KVWire bytes travel as raw frames (KW_PROTO_FRAME_WIRE): the sender writes the 5-byte header from
  * kw_proto_frame_header_write followed by its own payload buffer (no copy into protobuf), and a decoder in
@@ -28,6 +28,9 @@
 
 #define KW_PROTO_VERSION            1
 #define KW_PROTO_FRAME_HEADER_BYTES 5
+/* A message frame's payload ends with the XXH32 of its protobuf bytes, seeded with the frame type (PROTOCOL.md §3.1):
+ * a request, a header or a relayed text corrupted in flight is refused, never acted on. */
+#define KW_PROTO_MESSAGE_CHECKSUM_BYTES 4
 
 /* Default limits: a message frame (protobuf) may be 4 MiB (a 128k-token prompt needs about 0.7 MiB), a raw frame
  * 1 GiB (KVWire's default section limit, FORMAT.md §9.1), and unpacking one message may allocate 64 MiB. */
@@ -99,7 +102,17 @@ int kw_proto_message_frame_pack(uint32_t type, const ProtobufCMessage *msg, uint
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Decoding messages */
 
-/* Unpacks the payload of a message frame of this type and validates it (PROTOCOL.md §4): len within
+/* The checksum that ends a message frame of this type whose protobuf bytes are body[0..len). */
+uint32_t kw_proto_message_checksum(uint32_t type, const uint8_t *body, size_t len);
+
+/* Unpacks the payload of a message frame of this type and validates it (PROTOCOL.md §4): the checksum that ends it
+ * (KW_E_PROTO_CHECKSUM when it is missing or does not match), then as kw_proto_message_unpack_body on the bytes
+ * before it. */
+int kw_proto_message_unpack(const kw_proto_limits *lim, uint32_t type, const uint8_t *payload, size_t len,
+                            ProtobufCMessage **out);
+
+/* Unpacks the protobuf bytes of a message of this type (a message frame's payload without its checksum) and
+ * validates them (PROTOCOL.md §4): len within
  * max_message_bytes, protobuf-c decoding within max_unpacked_bytes of memory, no unknown fields (Hello and
  * HelloReply tolerate them and drop them), enum values known, strings valid UTF-8, and the per-message rules (lengths,
  * ranges, ordering). lim NULL means the defaults. On success *out is a new message of type's descriptor, owned by the
@@ -107,8 +120,8 @@ int kw_proto_message_frame_pack(uint32_t type, const ProtobufCMessage *msg, uint
  * @return 0, KW_E_PROTO_FRAME_TYPE (raw or invalid type), KW_E_PROTO_FRAME_SIZE, KW_E_PROTO_MESSAGE (not
  * protobuf), KW_E_LIMIT (over the memory budget) or KW_E_PROTO_FIELD (a rule is broken; the detail names the
  * field). */
-int kw_proto_message_unpack(const kw_proto_limits *lim, uint32_t type, const uint8_t *payload, size_t len,
-                            ProtobufCMessage **out);
+int kw_proto_message_unpack_body(const kw_proto_limits *lim, uint32_t type, const uint8_t *body, size_t len,
+                                 ProtobufCMessage **out);
 
 /* Runs the validation of kw_proto_message_unpack on a message built in memory (a sender checks what it is about to
  * send with the same rules its peer applies). @return 0 or KW_E_PROTO_FIELD. */

@@ -10,7 +10,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
+#include "common/kw_bytes.h"
 #include "common/kw_status.h"
 #include "proto/kw_proto.h"
 
@@ -32,7 +34,7 @@ int kw_proto_message_frame_size(uint32_t type, const ProtobufCMessage *msg, size
     const ProtobufCMessageDescriptor *desc = kw_proto_frame_descriptor(type);
     KW_RETURN_IF(!desc || !msg || msg->descriptor != desc, KW_E_INVALID_ARG, "a %s message cannot travel in a %s frame",
                  msg && msg->descriptor ? msg->descriptor->short_name : "NULL", kw_proto_frame_type_name(type));
-    const size_t n = protobuf_c_message_get_packed_size(msg);
+    const size_t n = protobuf_c_message_get_packed_size(msg) + KW_PROTO_MESSAGE_CHECKSUM_BYTES;
     KW_RETURN_IF(n > UINT32_MAX, KW_E_PROTO_FRAME_SIZE, "a %zu-byte %s does not fit a frame", n, desc->short_name);
     *out = KW_PROTO_FRAME_HEADER_BYTES + n;
     return 0;
@@ -45,9 +47,11 @@ int kw_proto_message_frame_write(uint32_t type, const ProtobufCMessage *msg, voi
                  msg->descriptor->short_name, size, cap);
     uint8_t *p = dst;
     KW_FORWARD(kw_proto_frame_header_write(type, size - KW_PROTO_FRAME_HEADER_BYTES, p));
-    const size_t packed = protobuf_c_message_pack(msg, p + KW_PROTO_FRAME_HEADER_BYTES);
-    KW_RETURN_IF(packed != size - KW_PROTO_FRAME_HEADER_BYTES, KW_E_INTERNAL, "protobuf-c packed %zu bytes, sized %zu",
-                 packed, size - KW_PROTO_FRAME_HEADER_BYTES);
+    uint8_t *body = p + KW_PROTO_FRAME_HEADER_BYTES;
+    const size_t body_len = size - KW_PROTO_FRAME_HEADER_BYTES - KW_PROTO_MESSAGE_CHECKSUM_BYTES;
+    const size_t packed = protobuf_c_message_pack(msg, body);
+    KW_RETURN_IF(packed != body_len, KW_E_INTERNAL, "protobuf-c packed %zu bytes, sized %zu", packed, body_len);
+    kw_store_le32(body + body_len, kw_proto_message_checksum(type, body, body_len));
     *written = size;
     return 0;
 }
@@ -444,8 +448,27 @@ static void kw__proto_budget_free(void *data, void *p) {
     free(p);
 }
 
-int kw_proto_message_unpack(const kw_proto_limits *lim_in, uint32_t type, const uint8_t *payload, size_t len,
+uint32_t kw_proto_message_checksum(uint32_t type, const uint8_t *body, size_t len) {
+    return XXH32(len ? body : (const uint8_t *)"", len, type);
+}
+
+int kw_proto_message_unpack(const kw_proto_limits *lim, uint32_t type, const uint8_t *payload, size_t len,
                             ProtobufCMessage **out) {
+    KW_RETURN_IF(!kw_proto_frame_descriptor(type), KW_E_PROTO_FRAME_TYPE,
+                 "frame type %u (%s) carries no control message", type, kw_proto_frame_type_name(type));
+    KW_RETURN_IF(len < KW_PROTO_MESSAGE_CHECKSUM_BYTES, KW_E_PROTO_CHECKSUM,
+                 "a %zu-byte %s payload is too short for its %d-byte checksum", len, kw_proto_frame_type_name(type),
+                 KW_PROTO_MESSAGE_CHECKSUM_BYTES);
+    const size_t body_len = len - KW_PROTO_MESSAGE_CHECKSUM_BYTES;
+    const uint32_t want = kw_load_le32(payload + body_len), got = kw_proto_message_checksum(type, payload, body_len);
+    KW_RETURN_IF(want != got, KW_E_PROTO_CHECKSUM,
+                 "%s: the checksum of its %zu bytes is %08x, the frame says %08x (corrupted in flight?)",
+                 kw_proto_frame_type_name(type), body_len, (unsigned)got, (unsigned)want);
+    return kw_proto_message_unpack_body(lim, type, payload, body_len, out);
+}
+
+int kw_proto_message_unpack_body(const kw_proto_limits *lim_in, uint32_t type, const uint8_t *payload, size_t len,
+                                 ProtobufCMessage **out) {
     kw_proto_limits lim;
     kw_proto_limits_default(&lim);
     if (lim_in) {

@@ -92,9 +92,10 @@ static void kw__rd_hist_add(kw_rd_hist *h, double seconds) {
     ++h->n;
 }
 
-static enum kw_rd_outcome kw__rd_outcome(int http) {
+/* A request's outcome for the metrics, from its HTTP status and its kw_status (busy is a 503 like others). */
+static enum kw_rd_outcome kw__rd_outcome(int http, int status) {
     if (http == 200) return KW_RD_OK;
-    if (http == 429) return KW_RD_BUSY;
+    if (status == KW_E_SHARE_BUSY) return KW_RD_BUSY;
     if (http == 504) return KW_RD_TIMEOUT;
     if (http == 502 || http == 503) return KW_RD_SHARER_ERROR;
     if (http >= 400 && http < 500) return KW_RD_CLIENT_ERROR;
@@ -198,14 +199,23 @@ static void kw__rd_metrics(kw_receiverd *d, kw_http_request *req) {
 // ---------------------------------------------------------------------------------------------------------------
 // Answers
 
-static void kw__rd_respond_json(kw_http_request *req, int status, cJSON *root) {
+/* Sends root (consumed) as the JSON answer; retry_after_s > 0 adds a Retry-After header with it (seconds). */
+static void kw__rd_respond_json_retry(kw_http_request *req, int status, cJSON *root, int retry_after_s) {
     char *body = root ? cJSON_PrintUnformatted(root) : NULL;
+    char seconds[16];
+    snprintf(seconds, sizeof seconds, "%d", retry_after_s);
+    const kw_http_header retry = {.name = "Retry-After", .value = seconds};
     if (!body)
         kw_http_respond(req, 500, "application/json", NULL, 0, "{\"error\":{\"message\":\"out of memory\"}}", 37);
     else
-        kw_http_respond(req, status, "application/json", NULL, 0, body, strlen(body));
+        kw_http_respond(req, status, "application/json", retry_after_s > 0 ? &retry : NULL, retry_after_s > 0, body,
+                        strlen(body));
     free(body);
     cJSON_Delete(root);
+}
+
+static void kw__rd_respond_json(kw_http_request *req, int status, cJSON *root) {
+    kw__rd_respond_json_retry(req, status, root, 0);
 }
 
 static cJSON *kw__rd_error_json(int status, const char *message, const char *type) {
@@ -221,13 +231,37 @@ static void kw__rd_respond_error(kw_http_request *req, int http, int status, con
     kw__rd_respond_json(req, http, kw__rd_error_json(status, message, type));
 }
 
+/* When a client turned away with a 503 may come back, in whole seconds (1 to 60): a full queue drains at the mean
+ * time of the requests served so far (1 s before any), a sharer that is down is tried again every
+ * sharer.reconnect_ms, a daemon that is stopping is gone for longer. */
+static int kw__rd_retry_after_s(const kw_receiverd *d, int status) {
+    double seconds = 1;
+    if (status == KW_E_SHARE_BUSY) {
+        double sum = 0, n = 0;
+        for (int m = 0; m < 4; ++m)
+            sum += d->request_hist[m].sum, n += (double)d->request_hist[m].n;
+        seconds = n > 0 ? sum / n * (double)d->queued : 1;
+    } else if (status == KW_E_NET_SHUTDOWN) {
+        seconds = 10;
+    } else {
+        seconds = (double)d->cfg->sharer_reconnect_ms * 1e-3;
+    }
+    return seconds < 1 ? 1 : seconds > 60 ? 60 : (int)ceil(seconds);
+}
+
+/* An error answer; a 503 says when to retry. */
+static void kw__rd_respond_failure(const kw_receiverd *d, kw_http_request *req, int http, int status,
+                                   const char *message, const char *type) {
+    kw__rd_respond_json_retry(req, http, kw__rd_error_json(status, message, type),
+                              http == 503 ? kw__rd_retry_after_s(d, status) : 0);
+}
+
 static int kw__rd_http_of(int status) {
     switch (status) {
     case KW_E_NET_REQUEST_TIMEOUT:
     case KW_E_TIMEOUT:
         return 504;
     case KW_E_SHARE_BUSY:
-        return 429;
     case KW_E_NET_SHUTDOWN:
         return 503;
     case KW_E_INVALID_ARG:
@@ -559,7 +593,7 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
     int http = 200;
     if (j->status < 0) http = j->http_status ? j->http_status : kw__rd_http_of(j->status);
     if (j->status == KW_E_CANCELLED) http = 499; /* the client went away: nobody reads the answer */
-    ++d->requests[j->spec.mode][kw__rd_outcome(http == 499 ? 400 : http)];
+    ++d->requests[j->spec.mode][kw__rd_outcome(http == 499 ? 400 : http, j->status)];
     d->bytes_blob += j->blob_bytes;
     d->bytes_socket_in += j->share.socket_in;
     d->bytes_socket_out += j->share.socket_out;
@@ -604,8 +638,8 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
         } else if (j->status == 0) {
             kw__rd_respond_json(j->http, 200, kw__rd_response(d, j, NULL, true, total_ms));
         } else {
-            kw__rd_respond_error(j->http, http == 499 ? 400 : http, j->status, j->error,
-                                 http >= 500 ? "server_error" : "invalid_request_error");
+            kw__rd_respond_failure(d, j->http, http == 499 ? 400 : http, j->status, j->error,
+                                   http >= 500 ? "server_error" : "invalid_request_error");
         }
         j->http = NULL;
     }
@@ -760,13 +794,13 @@ static void kw__rd_generate(kw_receiverd *d, kw_http_request *req, bool chat) {
         snprintf(err, sizeof err, "the server is shutting down");
     }
     if (rc == 0 && d->queued >= d->cfg->queue_max) {
-        rc = KW_E_SHARE_BUSY, http = 429;
+        rc = KW_E_SHARE_BUSY, http = 503;
         snprintf(err, sizeof err, "%d requests are queued, the limit is %lld: retry later", (int)d->queued,
                  (long long)d->cfg->queue_max);
     }
     if (rc < 0) {
-        ++d->requests[j->spec.mode][kw__rd_outcome(http)];
-        kw__rd_respond_error(req, http, rc, err, http >= 500 ? "server_error" : type);
+        ++d->requests[j->spec.mode][kw__rd_outcome(http, rc)];
+        kw__rd_respond_failure(d, req, http, rc, err, http >= 500 ? "server_error" : type);
         kw_rd_job_unref(j);
         return;
     }

@@ -171,7 +171,8 @@ static const kw_cfg_key kw__rd_keys[] = {
      .def = "16",
      .min = 1,
      .max = 1 << 16,
-     .help = "generation requests waiting for or on the compute thread; beyond it HTTP 429 (KW_E_SHARE_BUSY)"},
+     .help = "generation requests waiting for or on the compute thread; beyond it HTTP 503 with Retry-After "
+             "(KW_E_SHARE_BUSY)"},
     {.name = "sharers",
      .type = KW_CFG_LIST,
      .offset = KW__RD_OFF(sharers),

@@ -9,7 +9,7 @@
  *    against another model is a 400;
  *  - TLS: an untrusted server certificate and plaintext against a TLS sharer are refused; mutual TLS needs the client
  *    certificate;
- *  - a full request queue is a 429;
+ *  - a full request queue is a 503 (KW_E_SHARE_BUSY);
  * and every daemon exits cleanly on SIGTERM (no leak under the sanitizer build). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -520,7 +520,7 @@ static void *background(void *arg) {
     return NULL;
 }
 
-/* queue.max 1: while one request holds the compute thread (its sharer stalls), the next is a 429. */
+/* queue.max 1: while one request holds the compute thread (its sharer stalls), the next is a 503. */
 static void test_busy(void **state) {
     (void)state;
     fake_sharer f;
@@ -544,7 +544,7 @@ static void test_busy(void **state) {
         if (!queued) usleep(10000);
     }
     assert_true(queued);
-    expect_error(rd.port, PROMPT_BODY("{\"mode\":\"receiver_only\"}"), 429, "KW_E_SHARE_BUSY", NULL);
+    expect_error(rd.port, PROMPT_BODY("{\"mode\":\"receiver_only\"}"), 503, "KW_E_SHARE_BUSY", NULL);
     pthread_join(t, NULL);
     assert_int_equal(bg.status, 504);
     kwd_response m;

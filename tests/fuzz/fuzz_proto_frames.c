@@ -4,8 +4,11 @@
  *  - the stream decoded in one piece and in random chunks (1 to 64 bytes or 4 KiB, each from its own exact-size
  *    copy, so a read past a chunk is caught) gives the same frames (type, length, payload digest) and the same
  *    verdict;
- *  - every message frame either fails to unpack with a proto status, or unpacks into a message that passes
- *    kw_proto_message_check, packs back, and unpacks again into a message that packs to the same bytes. */
+ *  - every message frame's payload, read as protobuf bytes (kw_proto_message_unpack_body: random input rarely ends
+ *    with a matching checksum), either fails to unpack with a proto status, or unpacks into a message that passes
+ *    kw_proto_message_check, packs back into a frame whose checksum verifies, and unpacks again into a message that
+ *    packs to the same bytes; read as a whole frame payload (kw_proto_message_unpack) it fails with a proto status
+ *    (a checksum that does not match among them) or unpacks. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +32,12 @@ typedef struct fuzz_frames {
 
 static void fuzz_message(const kw_proto_frame *f) {
     ProtobufCMessage *m = NULL;
-    const int rc = kw_proto_message_unpack(&fuzz_limits, f->type, f->data, f->data_len, &m);
+    const int framed = kw_proto_message_unpack(&fuzz_limits, f->type, f->data, f->data_len, &m);
+    FUZZ_CHECK(framed == 0 || framed == KW_E_PROTO_CHECKSUM || framed == KW_E_PROTO_MESSAGE ||
+               framed == KW_E_PROTO_FIELD || framed == KW_E_LIMIT);
+    kw_proto_message_free(m);
+    m = NULL;
+    const int rc = kw_proto_message_unpack_body(&fuzz_limits, f->type, f->data, f->data_len, &m);
     if (rc < 0) {
         FUZZ_CHECK(rc == KW_E_PROTO_MESSAGE || rc == KW_E_PROTO_FIELD || rc == KW_E_LIMIT);
         return;

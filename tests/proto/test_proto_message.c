@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_bytes.h"
 #include "common/kw_status.h"
 #include "proto/kw_proto.h"
 
@@ -359,33 +360,71 @@ static void test_unpack_rejections(void **state) {
     (void)state;
     ProtobufCMessage *m = NULL;
     /* a raw frame type carries no message */
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_WIRE, (const uint8_t *)"", 0, &m),
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_WIRE, (const uint8_t *)"", 0, &m),
                      KW_E_PROTO_FRAME_TYPE);
-    assert_int_equal(kw_proto_message_unpack(NULL, 99, (const uint8_t *)"", 0, &m), KW_E_PROTO_FRAME_TYPE);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, 99, (const uint8_t *)"", 0, &m), KW_E_PROTO_FRAME_TYPE);
     /* not protobuf: a truncated varint, a length past the end, wire type 7 */
     const uint8_t trunc[] = {0x08, 0x80};
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, trunc, sizeof trunc, &m), KW_E_PROTO_MESSAGE);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_PING, trunc, sizeof trunc, &m),
+                     KW_E_PROTO_MESSAGE);
     const uint8_t past[] = {0x1a, 0x10, 'a'};
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_HELLO, past, sizeof past, &m), KW_E_PROTO_MESSAGE);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_HELLO, past, sizeof past, &m),
+                     KW_E_PROTO_MESSAGE);
     const uint8_t wt7[] = {0x0f, 0x00};
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, wt7, sizeof wt7, &m), KW_E_PROTO_MESSAGE);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_PING, wt7, sizeof wt7, &m), KW_E_PROTO_MESSAGE);
     /* an unknown field (number 15, varint) after a valid Ping: rejected... */
     const uint8_t unknown[] = {0x08, 0x05, 0x78, 0x01};
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, unknown, sizeof unknown, &m), KW_E_PROTO_FIELD);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_PING, unknown, sizeof unknown, &m),
+                     KW_E_PROTO_FIELD);
     /* ...but tolerated in a Hello (field 15 is not defined there either) */
     const uint8_t hello_ext[] = {0x08, 0x01, 0x10, 0x01, 0x78, 0x01};
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_HELLO, hello_ext, sizeof hello_ext, &m), 0);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_HELLO, hello_ext, sizeof hello_ext, &m), 0);
     assert_int_equal(((Kwctl__Hello *)m)->role, KWCTL__ROLE__ROLE_RECEIVER);
     kw_proto_message_free(m);
     /* the size limit applies to the payload given */
     const kw_proto_limits small = {.max_message_bytes = 3};
-    assert_int_equal(kw_proto_message_unpack(&small, KW_PROTO_FRAME_PING, unknown, sizeof unknown, &m),
+    assert_int_equal(kw_proto_message_unpack_body(&small, KW_PROTO_FRAME_PING, unknown, sizeof unknown, &m),
                      KW_E_PROTO_FRAME_SIZE);
     /* an empty payload is a message with every field at its default */
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, NULL, 0, &m), 0);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_PING, NULL, 0, &m), 0);
     assert_int_equal(((Kwctl__Ping *)m)->nonce, 0);
     kw_proto_message_free(m);
     kw_proto_message_free(NULL);
+}
+
+/* The checksum that ends every message frame: any flipped bit of the payload, a missing or short checksum, or a
+ * payload moved to a frame of another type is KW_E_PROTO_CHECKSUM; nothing is unpacked. */
+static void test_checksum(void **state) {
+    (void)state;
+    Kwctl__Ping ping = KWCTL__PING__INIT;
+    ping.nonce = 7;
+    uint8_t *frame = NULL;
+    size_t n = 0;
+    assert_int_equal(kw_proto_message_frame_pack(KW_PROTO_FRAME_PING, &ping.base, &frame, &n), 0);
+    /* PING nonce 7 (PROTOCOL.md §3.1): header, 08 07, then the XXH32 of 08 07 seeded with 12 */
+    assert_int_equal(n, KW_PROTO_FRAME_HEADER_BYTES + 2 + KW_PROTO_MESSAGE_CHECKSUM_BYTES);
+    const uint8_t head[] = {0x06, 0x00, 0x00, 0x00, 0x0c, 0x08, 0x07};
+    assert_memory_equal(frame, head, sizeof head);
+    const uint8_t *payload = frame + KW_PROTO_FRAME_HEADER_BYTES;
+    const size_t len = n - KW_PROTO_FRAME_HEADER_BYTES;
+    assert_int_equal(kw_load_le32(payload + 2), kw_proto_message_checksum(KW_PROTO_FRAME_PING, payload, 2));
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, payload, len, &m), 0);
+    assert_int_equal(((Kwctl__Ping *)m)->nonce, 7);
+    kw_proto_message_free(m);
+    uint8_t copy[16];
+    for (size_t bit = 0; bit < len * 8; ++bit) {
+        memcpy(copy, payload, len);
+        copy[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        m = NULL;
+        assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, copy, len, &m), KW_E_PROTO_CHECKSUM);
+        assert_null(m);
+    }
+    for (size_t short_len = 0; short_len < KW_PROTO_MESSAGE_CHECKSUM_BYTES; ++short_len)
+        assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PING, payload, short_len, &m),
+                         KW_E_PROTO_CHECKSUM);
+    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_PONG, payload, len, &m), KW_E_PROTO_CHECKSUM);
+    free(frame);
 }
 
 static void test_unpack_memory_budget(void **state) {
@@ -407,18 +446,19 @@ static void test_unpack_memory_budget(void **state) {
     at += 2 * n;
     ProtobufCMessage *m = NULL;
     const kw_proto_limits tight = {.max_unpacked_bytes = 64 << 10};
-    assert_int_equal(kw_proto_message_unpack(&tight, KW_PROTO_FRAME_SHARE_REQUEST, msg, at, &m), KW_E_LIMIT);
+    assert_int_equal(kw_proto_message_unpack_body(&tight, KW_PROTO_FRAME_SHARE_REQUEST, msg, at, &m), KW_E_LIMIT);
     /* with room, it unpacks, and the field rules then reject it (no codecs, no selection) */
-    assert_int_equal(kw_proto_message_unpack(NULL, KW_PROTO_FRAME_SHARE_REQUEST, msg, at, &m), KW_E_PROTO_FIELD);
+    assert_int_equal(kw_proto_message_unpack_body(NULL, KW_PROTO_FRAME_SHARE_REQUEST, msg, at, &m), KW_E_PROTO_FIELD);
     free(msg);
     free(policy);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hello_roundtrip),   cmocka_unit_test(test_hello_reply),
-        cmocka_unit_test(test_share_request),     cmocka_unit_test(test_share_flow_messages),
-        cmocka_unit_test(test_unpack_rejections), cmocka_unit_test(test_unpack_memory_budget),
+        cmocka_unit_test(test_hello_roundtrip),      cmocka_unit_test(test_hello_reply),
+        cmocka_unit_test(test_share_request),        cmocka_unit_test(test_share_flow_messages),
+        cmocka_unit_test(test_unpack_rejections),    cmocka_unit_test(test_checksum),
+        cmocka_unit_test(test_unpack_memory_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
 # of two clients sending c2c requests back to back, through one fault after another: the sharer's stream stalled,
 # reset, with flipped bits, truncated, the sharer gone (connections refused), and sharerd restarted. For each: every
 # request is answered (no client gives up without a response), every answer is either the fault-free answer to its
-# prompt, to the byte, or an HTTP error with an error body (nothing corrupted is ever fused into an answer), the time
+# prompt, to the byte, or an HTTP error with an error body (nothing corrupted is ever fused into an answer: the
+# message checksums and KVWire's refuse it, which sharerd's log shows for the flipped requests), the time
 # from the fault's end to the first good answer is measured, and the requests after it all succeed. Prints one line
 # per fault with the counts and the recovery time (docs/RELIABILITY.md).
 . "$(dirname "$0")/../cli_lib.sh" "$@"
@@ -137,7 +138,9 @@ restart_sharer() {
 fault stall 3 stall
 fault reset 0 reset
 fault flip 2 flip 101
-fault flipup 2 flipup 7
+fault flipup 2 flipup 389
+# one flipped bit in a request is caught by the message checksum (PROTOCOL.md §3.1), not by luck in the parser
+grep -q 'KW_E_PROTO_CHECKSUM' sharer.log || fail "sharerd refused no request for its checksum during flipup"
 fault truncate 2 truncate 3000
 fault refuse 2 refuse
 fault sharer-restart 0 restart_sharer
