@@ -11,9 +11,10 @@ packages=(
     chromium-headless-shell # kvload's HTML report is checked in a real browser (tests/loadgen/cli_kvload_browser.sh)
     systemd openssl iproute2 # tests/deploy: systemd-analyze checks the units, deploy/tls/make-certs.sh, free ports
 )
-# Optional: a real one-node SLURM cluster for tests/deploy/cli_deploy_slurm.sh (label slurm), which skips without it;
+# Optional: real SLURM clusters for tests/deploy/cli_deploy_slurm.sh (label slurm) and nftables for the partition of
+# tests/reliability/cli_reliability_network.sh, which skip without them;
 # a failure to install these is reported and does not stop the build.
-optional=(slurmctld slurmd slurm-client munge)
+optional=(slurmctld slurmd slurm-client munge nftables)
 
 missing=()
 for p in "${packages[@]}"; do
