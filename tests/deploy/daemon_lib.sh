@@ -13,6 +13,7 @@ trap daemon_lib_cleanup EXIT
 start() {
     local name=$1 program=$2
     shift 2
+    rm -f "$tmp/$name.ready" # a restart waits for the new process, not the old one's file
     "$program" "$@" --runtime.ready_file="$tmp/$name.ready" >"$name.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 1200); do

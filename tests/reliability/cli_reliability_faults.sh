@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # cli_reliability_faults.sh: sharerd and receiverd with kw_fault_proxy between them (tests/reliability), under a load
 # of two clients sending c2c requests back to back, through one fault after another: the sharer's stream stalled,
-# reset, with flipped bits, truncated, the sharer gone (connections refused), and sharerd restarted. For each: every
-# request is answered (no client gives up without a response), every answer is either the fault-free answer to its
+# reset, with flipped bits, truncated, the sharer gone (connections refused), sharerd restarted, and receiverd
+# restarted. For each: every request is answered (no client gives up without a response; while receiverd restarts,
+# a connection it refuses is an answer the client sees at once), every answer is either the fault-free answer to its
 # prompt, to the byte, or an HTTP error with an error body (nothing corrupted is ever fused into an answer: the
 # message checksums and KVWire's refuse it, which sharerd's log shows for the flipped requests), the time
 # from the fault's end to the first good answer is measured, and the requests after it all succeed. Prints one line
@@ -38,10 +39,11 @@ proxy_do() {
     fail "kw_fault_proxy did not take '$*': $(tail -n 3 proxy.out)"
 }
 
-start receiver "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --http.port=0 \
-    --model.path="$models/tiny-qwen3" --fusers.0.path="$models/tiny-fuser" --sharers.0.port="$proxy_port" \
-    --compute.threads=1 --sharer.request_timeout_ms=2000 --sharer.reconnect_ms=100
-receiver_port=$port
+receiver_args=(--config "$src/deploy/config/receiverd.tiny.yaml" --model.path="$models/tiny-qwen3"
+    --fusers.0.path="$models/tiny-fuser" --sharers.0.port="$proxy_port" --compute.threads=1
+    --sharer.request_timeout_ms=2000 --sharer.reconnect_ms=100)
+start receiver "$build/receiver/receiverd" "${receiver_args[@]}" --http.port=0
+receiver_pid=${pids[-1]} receiver_port=$port
 url=http://127.0.0.1:$receiver_port/v1/chat/completions
 for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$receiver_port/health" | jq -e '.status == "ok"' >/dev/null 2>&1 && break
@@ -49,12 +51,16 @@ for _ in $(seq 600); do
 done
 
 prompts=("Name a red planet." "What is two plus two?" "Say hello in French." "Which is heavier, iron or air?")
-# ask I OUT: prompt I mod 4 in c2c mode; OUT.json the body; prints the HTTP status (000: no response)
+# ask I OUT: prompt I mod 4 in c2c mode; OUT.json the body; prints the HTTP status, or "refused" when nothing
+# listened on the port (curl's exit status 7), or 000 for any other request without a response
 ask() {
-    local body
+    local body code rc=0
     body=$(jq -cn --arg p "${prompts[$(($1 % 4))]}" \
         '{messages: [{role: "user", content: $p}], max_tokens: 6, kvwire: {mode: "c2c"}}')
-    curl -s -o "$2.json" -w '%{http_code}' --max-time 30 -H 'Content-Type: application/json' -d "$body" "$url" || true
+    code=$(curl -s -o "$2.json" -w '%{http_code}' --max-time 30 -H 'Content-Type: application/json' -d "$body" \
+        "$url") || rc=$?
+    [ $rc = 7 ] && code=refused
+    echo "$code"
 }
 # the fault-free answers
 for i in 0 1 2 3; do
@@ -68,8 +74,10 @@ judge() {
         jq -r '.choices[0].message.content' "$2.json" | cmp -s - "ref$(($1 % 4)).txt" ||
             fail "an answer differs from the fault-free one (prompt $(($1 % 4))): $(cat "$2.json")"
         echo ok
-    elif [ "$3" = 000 ]; then
-        fail "request $2 got no response at all"
+    elif [ "$3" = refused ] && [ "${allow_refused:-0}" = 1 ]; then
+        echo "refused (receiverd down)"
+    elif [ "$3" = 000 ] || [ "$3" = refused ]; then
+        fail "request $2 got no response at all ($3)"
     else
         jq -e '.error.message | type == "string"' "$2.json" >/dev/null 2>&1 ||
             fail "HTTP $3 without an error body: $(cat "$2.json")"
@@ -77,18 +85,20 @@ judge() {
     fi
 }
 
-# client C N: N requests back to back; one outcome line each in client-C.txt
+# client C N: N requests back to back; one line each in client-C.txt: start and end (ms), then the outcome
 client() {
-    local c=$1 n=$2 i code
+    local c=$1 n=$2 i code t0
     : >"client-$c.txt"
     for ((i = 0; i < n; i++)); do
+        t0=$(now_ms)
         code=$(ask $((c + i)) "c$c-$i")
-        judge $((c + i)) "c$c-$i" "$code" >>"client-$c.txt"
+        echo "$t0 $(now_ms) $(judge $((c + i)) "c$c-$i" "$code")" >>"client-$c.txt"
     done
 }
 
 # fault NAME HOLD_S INJECT... : two clients of 12 requests; after 0.3 s INJECT (a command for the proxy, or a shell
-# function), held HOLD_S seconds, then `pass`; the clients must finish, then the time to the first good answer
+# function), held HOLD_S seconds, then `pass`; the clients must finish. The recovery time is from the fault's end to
+# the end of the first good answer to a request sent after it (the clients', or probes' when theirs were done)
 fault() {
     local name=$1 hold=$2
     shift 2
@@ -104,8 +114,11 @@ fault() {
     cleared=$(now_ms)
     wait $c0 || fail "$name: a client failed"
     wait $c1 || fail "$name: a client failed"
-    local recovered= k=0
+    local recovered k=0
+    recovered=$(cat client-0.txt client-1.txt | awk -v t="$cleared" '$1 >= t && $3 == "ok" {print $2}' | sort -n |
+        head -n 1)
     for _ in $(seq 200); do
+        [ -z "$recovered" ] || break
         k=$((k + 1))
         [ "$(ask $k "rec-$name-$k")" = 200 ] && { recovered=$(now_ms); judge $k "rec-$name-$k" 200 >/dev/null; break; }
         sleep 0.05
@@ -118,13 +131,22 @@ fault() {
         judge $i "after-$name-$i" 200 >/dev/null
     done
     local total ok
-    total=$(cat client-0.txt client-1.txt | wc -l)
-    ok=$(cat client-0.txt client-1.txt | grep -cx ok || true)
+    cat client-0.txt client-1.txt | cut -d' ' -f3- >outcomes.txt
+    total=$(wc -l <outcomes.txt)
+    ok=$(grep -cx ok outcomes.txt || true)
     [ "$total" = 24 ] || fail "$name: $total of 24 requests accounted for"
     local errors
-    errors=$(cat client-0.txt client-1.txt | grep -v '^ok$' | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
+    errors=$(grep -v '^ok$' outcomes.txt | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
     echo "fault $name: 24/24 answered: $ok identical to the fault-free answers, errors: ${errors:-none}; recovered" \
         "$((recovered - cleared)) ms after the fault ended; 4/4 good after"
+}
+
+# restart_receiver: receiverd stopped (SIGTERM: the requests in flight finish or fail with an answer) and started
+# again on its port; meanwhile new connections are refused, which the clients see (allow_refused)
+restart_receiver() {
+    stop "$receiver_pid"
+    start receiver "$build/receiver/receiverd" "${receiver_args[@]}" --http.port="$receiver_port"
+    receiver_pid=${pids[-1]}
 }
 
 # restart_sharer: sharerd stopped (SIGTERM) and started again on its port
@@ -144,6 +166,7 @@ grep -q 'KW_E_PROTO_CHECKSUM' sharer.log || fail "sharerd refused no request for
 fault truncate 2 truncate 3000
 fault refuse 2 refuse
 fault sharer-restart 0 restart_sharer
+allow_refused=1 fault receiver-restart 0 restart_receiver
 echo stats >&3
 for _ in $(seq 100); do grep -q '^stats' proxy.out && break; sleep 0.02; done
 flipped=$(sed -n 's/^stats .*flipped=\([0-9]*\).*/\1/p' proxy.out)

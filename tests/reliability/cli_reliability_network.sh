@@ -15,6 +15,7 @@ for b in ip nft tc; do
     command -v $b >/dev/null || { echo "SKIP: $b is not installed (apt-get install iproute2 nftables)"; exit 77; }
 done
 . "$src/tests/deploy/daemon_lib.sh"
+now_ms() { date +%s%3N; }
 ns=kwrel$$
 veth=kwrv$$
 net=10.$((100 + RANDOM % 100)).$((RANDOM % 250))
@@ -46,7 +47,6 @@ for _ in $(seq 600); do
 done
 curl -sf "http://127.0.0.1:$port/health" | jq -e '.status == "ok"' >/dev/null || fail "receiverd never reached sharerd"
 
-now_ms() { date +%s%3N; }
 prompts=("Name a red planet." "What is two plus two?" "Say hello in French." "Which is heavier, iron or air?")
 ask() { # ask I OUT: prompt I mod 4 in c2c mode, OUT.json the body; prints the HTTP status (000: none)
     local body
@@ -70,10 +70,14 @@ judge() { # judge I OUT CODE: ok, or error CODE; fails the test on a changed ans
         echo "error $3"
     fi
 }
-client() { # client C N
-    local i
+client() { # client C N: one line per request in client-C.txt: start and end (ms), then the outcome
+    local i t0 code
     : >"client-$1.txt"
-    for ((i = 0; i < $2; i++)); do judge $(($1 + i)) "c$1-$i" "$(ask $(($1 + i)) "c$1-$i")" >>"client-$1.txt"; done
+    for ((i = 0; i < $2; i++)); do
+        t0=$(now_ms)
+        code=$(ask $(($1 + i)) "c$1-$i")
+        echo "$t0 $(now_ms) $(judge $(($1 + i)) "c$1-$i" "$code")" >>"client-$1.txt"
+    done
 }
 
 # 1. partition
@@ -89,17 +93,20 @@ sleep 3
 ip netns exec "$ns" nft delete table inet kwpart
 healed=$(now_ms)
 wait $c0 && wait $c1 || fail "a client failed"
-recovered=
+# recovered: the end of the first good answer to a request sent after the partition (a client's, or a probe's)
+recovered=$(cat client-0.txt client-1.txt | awk -v t="$healed" '$1 >= t && $3 == "ok" {print $2}' | sort -n | head -n 1)
 for k in $(seq 300); do
+    [ -z "$recovered" ] || break
     [ "$(ask $k "rec-$k")" = 200 ] && { recovered=$(now_ms); judge $k "rec-$k" 200 >/dev/null; break; }
     sleep 0.05
 done
 [ -n "$recovered" ] || fail "no good answer 15 s after the partition ended"
 for i in 0 1 2 3; do judge $i "after-$i" "$(ask $i "after-$i")" | grep -qx ok || fail "request $i after the partition failed"; done
-total=$(cat client-0.txt client-1.txt | wc -l)
+cat client-0.txt client-1.txt | cut -d' ' -f3- >outcomes.txt
+total=$(wc -l <outcomes.txt)
 [ "$total" = 24 ] || fail "$total of 24 requests accounted for through the partition"
-ok=$(cat client-0.txt client-1.txt | grep -cx ok || true)
-errors=$(cat client-0.txt client-1.txt | grep -v '^ok$' | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
+ok=$(grep -cx ok outcomes.txt || true)
+errors=$(grep -v '^ok$' outcomes.txt | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
 [ "$ok" -lt 24 ] || fail "every request succeeded through a 3 s partition: the rule was not in force"
 echo "partition (nftables drop, 3 s): 24/24 answered: $ok identical to the fault-free answers, errors: ${errors:-none};" \
     "recovered $((recovered - healed)) ms after it ended; 4/4 good after"
