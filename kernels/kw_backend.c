@@ -362,6 +362,34 @@ int kw_backend_synchronize(kw_backend *backend) {
     return rc;
 }
 
+int kw_backend_graph_begin(kw_backend *backend, int64_t base) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_graph_begin: NULL backend");
+    KW_RETURN_IF(base < 0, KW_E_INVALID_ARG, "kw_backend_graph_begin: negative base %lld", (long long)base);
+    KW_RETURN_IF(backend->iface->graph_begin == NULL, KW_E_UNSUPPORTED, "the %s backend has no step graphs",
+                 backend->iface->name);
+    return backend->iface->graph_begin(backend, base);
+}
+
+int kw_backend_graph_end(kw_backend *backend, kw_backend_graph **out) {
+    KW_RETURN_IF(backend == NULL || out == NULL, KW_E_INVALID_ARG, "kw_backend_graph_end: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(backend->iface->graph_end == NULL, KW_E_UNSUPPORTED, "the %s backend has no step graphs",
+                 backend->iface->name);
+    return backend->iface->graph_end(backend, out);
+}
+
+int kw_backend_graph_launch(kw_backend *backend, kw_backend_graph *graph, int64_t base) {
+    KW_RETURN_IF(backend == NULL || graph == NULL, KW_E_INVALID_ARG, "kw_backend_graph_launch: NULL argument");
+    KW_RETURN_IF(graph->backend != backend, KW_E_INVALID_ARG,
+                 "kw_backend_graph_launch: the graph is another backend's");
+    KW_RETURN_IF(base < 0, KW_E_INVALID_ARG, "kw_backend_graph_launch: negative base %lld", (long long)base);
+    return backend->iface->graph_launch(backend, graph, base);
+}
+
+void kw_backend_graph_free(kw_backend_graph *graph) {
+    if (graph) graph->backend->iface->graph_free(graph);
+}
+
 /* offset + size within t, without overflow. */
 static int kw_check_range(const kw_tensor *t, size_t offset, size_t size, const char *what) {
     size_t end;

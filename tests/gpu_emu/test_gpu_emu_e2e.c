@@ -282,6 +282,83 @@ static void test_receiver_only_bf16(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------
+ * Step graphs
+ */
+
+#define GRAPH_PROMPT 500 /* decode then crosses 512 cache rows, where attention starts splitting (kw_cuda_ops.cu) */
+#define GRAPH_STEPS  24
+#define GRAPH_MASK   8 /* the step after which a few rows are masked (the cache's mask appears) */
+
+/* Fills rows [0, GRAPH_PROMPT) of every layer of c with the same pseudo-random K and V on any backend: a long
+ * context without the emulator's cost of prefilling one. */
+static void fill_context(kw_model *m, kw_kvcache *c) {
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const size_t n = (size_t)GRAPH_PROMPT * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    float *k = malloc(n * sizeof *k), *v = malloc(n * sizeof *v);
+    assert_true(k && v);
+    uint32_t x = 12345;
+    for (int32_t l = 0; l < cfg->n_layers; ++l) {
+        for (size_t i = 0; i < n; ++i) {
+            x = x * 1664525u + 1013904223u;
+            k[i] = (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+            x = x * 1664525u + 1013904223u;
+            v[i] = (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+        }
+        assert_int_equal(kw_kvcache_write_rows(c, l, 0, GRAPH_PROMPT, k, v), 0);
+    }
+    free(k), free(v);
+}
+
+/* Decode steps through step graphs (the default) give the same bits as the ops launched one by one
+ * (KW_CUDA_GRAPHS=0), on a second GPU backend created with graphs off: every step's logits and token, across the
+ * context length where attention's split count changes (a new recording) and after rows are masked (another). */
+static void test_step_graphs_bit_identical(void **state) {
+    (void)state;
+    assert_int_equal(setenv("KW_CUDA_GRAPHS", "0", 1), 0);
+    kw_backend *off = NULL;
+    const int rc = kw_create_gpu(0, &off);
+    unsetenv("KW_CUDA_GRAPHS");
+    if (rc < 0) fail_msg("gpu backend with graphs off: %s (%s)", kw_status_name(rc), kw_error_detail());
+    kw_model *mg = load(E.gpu, DATA "/receiver_qwen3"), *mo = load(off, DATA "/receiver_qwen3");
+    const int64_t V = kw_model_get_config(mg)->vocab, cap = GRAPH_PROMPT + GRAPH_STEPS + 4;
+    float *lg = malloc((size_t)V * sizeof *lg), *lo = malloc((size_t)V * sizeof *lo);
+    assert_true(lg && lo);
+    kw_kvcache *cg = NULL, *co = NULL;
+    assert_int_equal(kw_model_create_cache(mg, cap, KW_DTYPE_F32, &cg), 0);
+    assert_int_equal(kw_model_create_cache(mo, cap, KW_DTYPE_F32, &co), 0);
+    fill_context(mg, cg);
+    fill_context(mo, co);
+    int32_t next_g = -1, next_o = E.prompt[0];
+    for (int s = 0; s < GRAPH_STEPS; ++s) {
+        if (s == GRAPH_MASK) {
+            assert_int_equal(kw_kvcache_set_valid(cg, 3, 5, 0), 0);
+            assert_int_equal(kw_kvcache_set_valid(co, 3, 5, 0), 0);
+        }
+        const int32_t tok = next_o;
+        int r = kw_model_decode_step(mg, cg, tok, lg, &next_g, 0);
+        if (r == 0) r = kw_model_decode_step(mo, co, tok, lo, &next_o, 0);
+        if (r < 0) fail_msg("decode step %d: %s (%s)", s, kw_status_name(r), kw_error_detail());
+        if (memcmp(lg, lo, (size_t)V * sizeof *lg) != 0 || next_g != next_o)
+            fail_msg("step %d (cache row %d): graph and plain launches differ (tokens %d, %d)", s, GRAPH_PROMPT + s,
+                     (int)next_g, (int)next_o);
+    }
+    int64_t rec = 0, launches = 0, off_launches = 0;
+    kw_model_graph_counts(mg, &rec, &launches);
+    kw_model_graph_counts(mo, NULL, &off_launches);
+    print_message("  step graphs: %lld recordings, %lld of %d steps launched as a graph\n", (long long)rec,
+                  (long long)launches, GRAPH_STEPS);
+    assert_true(rec >= 3);                      /* the first step, the mask, past 512 rows */
+    assert_true(launches >= GRAPH_STEPS - rec); /* at most one plain step per recording (workspace growth) */
+    assert_int_equal(off_launches, 0);
+    kw_kvcache_free(cg);
+    kw_kvcache_free(co);
+    kw_model_free(mg);
+    kw_model_free(mo);
+    kw_backend_destroy(off);
+    free(lg), free(lo);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
  * Cache-to-Cache
  */
 
@@ -486,6 +563,7 @@ int main(void) {
         cmocka_unit_test(test_c2c),
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_cache_over_memory_limit),
+        cmocka_unit_test(test_step_graphs_bit_identical),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
