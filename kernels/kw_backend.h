@@ -220,6 +220,19 @@ int kw_backend_upload(kw_backend *backend, kw_tensor *dst, size_t offset, const 
 /* Copies bytes [offset, offset+size) of src to host memory (asynchronous, see the header comment). */
 int kw_backend_download(kw_backend *backend, void *dst, const kw_tensor *src, size_t offset, size_t size);
 
+/* Host memory for transfers, e.g. the wire path's row buffers (the sharer downloads KV rows into them, the receiver
+ * decodes KVWire into them and uploads): page-locked on the CUDA backend (cudaMallocHost), so a transfer from or into
+ * it is one direct DMA and really asynchronous (pageable memory is staged by the driver, and a download into it waits
+ * for the stream); ordinary memory on the CPU backend. The header comment's rule applies as for any host memory (do
+ * not touch it until kw_backend_synchronize returns), and on a device a pinned transfer does run late. *out (size > 0
+ * bytes, 64-byte aligned) is owned by the caller: kw_backend_host_free (NULL is a no-op). Errors: KW_E_NOMEM,
+ * KW_E_CUDA. */
+int kw_backend_host_alloc(kw_backend *backend, size_t size, void **out);
+void kw_backend_host_free(kw_backend *backend, void *p);
+
+/* Bytes of kw_backend_host_alloc memory held now (not part of kw_backend_get_memory, which counts backend memory). */
+uint64_t kw_backend_host_bytes(const kw_backend *backend);
+
 /* Sets every byte of t to zero. */
 int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t);
 

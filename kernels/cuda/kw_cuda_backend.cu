@@ -180,6 +180,29 @@ static int kw_cuda_download(kw_backend *backend, void *dst, const void *src, siz
     return 0;
 }
 
+/* Pinned host memory for transfers (kw_backend_host_alloc); the emulator registers it as pinned, so a copy from it
+ * runs when the stream reaches it, as on a device. */
+static int kw_cuda_host_alloc(kw_backend *backend, size_t size, void **p) {
+    KW_CUDA_ENTER(cu, backend);
+    const cudaError_t err = cudaMallocHost(p, size);
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        KW_FAIL(KW_E_NOMEM, "cudaMallocHost of %zu bytes: %s", size, cudaGetErrorString(err));
+    }
+    KW_CUDA_TRY(err);
+    return 0;
+}
+
+static void kw_cuda_host_free(kw_backend *backend, void *p) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    cudaError_t err = cudaSetDevice(cu->device);
+    if (err == cudaSuccess) err = cudaFreeHost(p);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        KW_LOG_WARN("cudaFreeHost: %s", cudaGetErrorString(err));
+    }
+}
+
 static int kw_cuda_memset_zero(kw_backend *backend, void *dst, size_t size) {
     KW_CUDA_ENTER(cu, backend);
     KW_CUDA_TRY(cudaMemsetAsync(dst, 0, size, cu->stream));
@@ -370,6 +393,8 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->upload = kw_cuda_upload;
     i->download = kw_cuda_download;
     i->memset_zero = kw_cuda_memset_zero;
+    i->host_alloc = kw_cuda_host_alloc;
+    i->host_free = kw_cuda_host_free;
     i->get_rows = kw__cuda_get_rows;
     i->matmul = kw_cuda_matmul;
     i->rms_norm = kw__cuda_rms_norm;

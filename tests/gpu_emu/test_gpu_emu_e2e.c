@@ -282,6 +282,75 @@ static void test_receiver_only_bf16(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------
+ * Pinned host buffers
+ */
+
+/* kw_backend_host_alloc memory (pinned on the GPU backend) carries bytes to the device and back unchanged, through a
+ * tensor and through KV cache rows; the transfers are asynchronous (on the emulator a download into pinned memory
+ * has visibly not happened before kw_backend_synchronize); the bytes are accounted and given back. */
+static void test_pinned_round_trip(void **state) {
+    (void)state;
+    kw_backend *be = E.gpu;
+    const uint64_t before = kw_backend_host_bytes(be);
+    const size_t n = 3 * 4096 + 17;
+    uint8_t *a = NULL, *b = NULL;
+    assert_int_equal(kw_backend_host_alloc(be, n, (void **)&a), 0);
+    assert_int_equal(kw_backend_host_alloc(be, n, (void **)&b), 0);
+    assert_true(((uintptr_t)a & 63) == 0 && ((uintptr_t)b & 63) == 0);
+    assert_int_equal(kw_backend_host_bytes(be), before + 2 * n);
+#ifndef KW_TEST_REAL_CUDA
+    kw_cuda_emu_stats st0, st1;
+    kw_cuda_emu_get_stats(&st0);
+    uint8_t *third = NULL;
+    assert_int_equal(kw_backend_host_alloc(be, n, (void **)&third), 0);
+    kw_cuda_emu_get_stats(&st1);
+    kw_backend_host_free(be, third);
+    assert_int_equal(st1.live_allocations, st0.live_allocations + 1); /* pinned: the runtime's, not malloc's */
+    assert_true(st1.live_bytes >= st0.live_bytes + n);
+#endif
+    for (size_t i = 0; i < n; ++i)
+        a[i] = (uint8_t)(i * 131 + 7);
+    memset(b, 0, n);
+    kw_tensor t;
+    const int64_t ne[1] = {(int64_t)n};
+    assert_int_equal(kw_tensor_alloc(be, &t, KW_DTYPE_U8, 1, ne), 0);
+    assert_int_equal(kw_backend_upload(be, &t, 0, a, n), 0);
+    assert_int_equal(kw_backend_download(be, b, &t, 0, n), 0);
+#ifndef KW_TEST_REAL_CUDA
+    assert_int_equal(b[1], 0); /* queued, not done: a pinned download completes at synchronize */
+#endif
+    assert_int_equal(kw_backend_synchronize(be), 0);
+    assert_memory_equal(a, b, n);
+    kw_tensor_free(&t);
+
+    /* KV rows as the wire path moves them: written from pinned buffers, read back into pinned buffers */
+    kw_kvcache *c = NULL;
+    const int64_t T = 37, H = 2, D = 16, vals = T * H * D;
+    assert_int_equal(kw_kvcache_create(be, 2, (int32_t)H, (int32_t)D, 64, KW_DTYPE_F32, &c), 0);
+    float *k = NULL, *v = NULL, *k2 = NULL, *v2 = NULL;
+    const size_t bytes = (size_t)vals * sizeof(float);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&k), 0);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&v), 0);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&k2), 0);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&v2), 0);
+    for (int64_t i = 0; i < vals; ++i) {
+        k[i] = (float)i * 0.25f - 100.0f;
+        v[i] = -(float)i / 3.0f;
+    }
+    assert_int_equal(kw_kvcache_write_rows(c, 1, 0, T, k, v), 0);
+    assert_int_equal(kw_kvcache_read_rows(c, 1, 0, T, k2, v2), 0);
+    assert_memory_equal(k, k2, bytes);
+    assert_memory_equal(v, v2, bytes);
+    kw_kvcache_free(c);
+    kw_backend_host_free(be, k), kw_backend_host_free(be, v), kw_backend_host_free(be, k2),
+        kw_backend_host_free(be, v2);
+    kw_backend_host_free(be, a);
+    kw_backend_host_free(be, b);
+    kw_backend_host_free(be, NULL);
+    assert_int_equal(kw_backend_host_bytes(be), before);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
  * Step graphs
  */
 
@@ -464,6 +533,9 @@ typedef struct kept_rows {
     int32_t n, layer[64];
     int64_t rows[64], *pos[64];
     float *k[64], *v[64];
+    kw_backend *be;       /* the sharer's backend */
+    uint64_t host_bytes;  /* its kw_backend_host_bytes during the callback: the wire rows' staging buffers */
+    size_t largest_layer; /* bytes of the largest layer handed over (K or V) */
 } kept_rows;
 
 static int keep_rows(void *user, const kw_share_layer *l) {
@@ -480,6 +552,8 @@ static int keep_rows(void *user, const kw_share_layer *l) {
     memcpy(kr->pos[i], l->positions, (size_t)l->n_rows * sizeof(int64_t));
     memcpy(kr->k[i], l->k, vals * sizeof(float));
     memcpy(kr->v[i], l->v, vals * sizeof(float));
+    kr->host_bytes = kw_backend_host_bytes(kr->be);
+    if (vals * sizeof(float) > kr->largest_layer) kr->largest_layer = vals * sizeof(float);
     return 0;
 }
 
@@ -495,6 +569,8 @@ static void kv_direct_run(kw_model *m, kw_kvcache **cache, kw_fusion_result *res
         layers[l] = l;
     kept_rows kr;
     memset(&kr, 0, sizeof kr);
+    kr.be = kw_model_backend(m);
+    const uint64_t host_before = kw_backend_host_bytes(kr.be);
     const kw_share_options so = {.sections = sec,
                                  .n_sections = n_sec,
                                  .layers = layers,
@@ -508,6 +584,9 @@ static void kv_direct_run(kw_model *m, kw_kvcache **cache, kw_fusion_result *res
     if (rc < 0)
         fail_msg("share on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc), kw_error_detail());
     assert_int_equal(kr.n, n_layers);
+    /* the rows were downloaded into kw_backend_host_alloc memory (pinned on the GPU), K and V, released after */
+    assert_true(kr.host_bytes >= host_before + 2 * kr.largest_layer);
+    assert_int_equal(kw_backend_host_bytes(kr.be), host_before);
     assert_int_equal(kw_model_create_cache(m, E.L + STEPS + 4, KW_DTYPE_F32, cache), 0);
     const kw_receive_options ro = {
         .mode = KW_RECEIVE_KV_DIRECT,
@@ -564,6 +643,7 @@ int main(void) {
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_cache_over_memory_limit),
         cmocka_unit_test(test_step_graphs_bit_identical),
+        cmocka_unit_test(test_pinned_round_trip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
