@@ -305,8 +305,9 @@ int kw_backend_host_alloc(kw_backend *backend, size_t size, void **out) {
     KW_RETURN_IF(backend == NULL || out == NULL || size == 0, KW_E_INVALID_ARG, "kw_backend_host_alloc: bad arguments");
     *out = NULL;
     size_t total;
-    KW_RETURN_IF(kw_size_add(size, KW_HOST_HEADER, &total) < 0, KW_E_OVERFLOW, "kw_backend_host_alloc: %zu bytes",
-                 size);
+    /* aligned_alloc wants a multiple of the alignment */
+    KW_RETURN_IF(kw_size_add(size, KW_HOST_HEADER, &total) < 0 || kw_size_align_up(total, KW_HOST_HEADER, &total) < 0,
+                 KW_E_OVERFLOW, "kw_backend_host_alloc: %zu bytes", size);
     void *block = NULL;
     if (backend->iface->host_alloc) {
         KW_FORWARD(backend->iface->host_alloc(backend, total, &block));

@@ -167,8 +167,8 @@ int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit);
 typedef struct kw_backend_graph kw_backend_graph; /* opaque: a recorded step */
 
 /* Starts recording the ops enqueued next instead of running them, with base as the step's position. No transfer,
- * allocation or synchronize may happen until kw_backend_graph_end. KW_E_UNSUPPORTED: the backend has no graphs or
- * they are turned off (KW_CUDA_GRAPHS=0). */
+ * allocation, free or synchronize may happen until kw_backend_graph_end. KW_E_UNSUPPORTED: the backend has no graphs
+ * or they are turned off (KW_CUDA_GRAPHS=0). */
 int kw_backend_graph_begin(kw_backend *backend, int64_t base);
 
 /* Ends recording. On success *out is a new graph owned by the caller (kw_backend_graph_free), not yet run; on failure
