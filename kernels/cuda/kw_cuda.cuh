@@ -42,11 +42,12 @@ struct kw_cuda_backend {
     float *work; /* f32 workspace (stream-ordered allocation): widened weight panels, attention chunk sums */
     size_t work_floats;
     /* Step graphs (kw_cuda_backend.cu). */
-    int64_t *d_step;  /* device: the step's position, read by the position arguments of a recorded graph */
-    int graphs_off;   /* KW_CUDA_GRAPHS=0 in the environment at creation */
-    int recording;    /* between graph_begin and graph_end: cu->stream is capturing */
-    int64_t rec_base; /* the step's position given to graph_begin */
-    int rec_failed;   /* an op could not be recorded (graph_end fails) */
+    int64_t *d_step;   /* device: the step's position, read by the position arguments of a recorded graph */
+    int graphs_off;    /* KW_CUDA_GRAPHS=0 in the environment at creation */
+    int recording;     /* between graph_begin and graph_end: cu->stream is capturing */
+    int64_t rec_base;  /* the step's position given to graph_begin */
+    int rec_failed;    /* an op could not be recorded (graph_end fails) */
+    int rec_uses_work; /* a recorded kernel uses the workspace */
     struct kw_cuda_attn_rec *rec_attn; /* the attention launches recorded (owned; moved into the graph at its end) */
     int n_rec_attn, cap_rec_attn;
 };

@@ -41,6 +41,7 @@ int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out) {
 }
 
 int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
+    cu->rec_uses_work |= cu->recording;
     if (n > cu->work_floats) {
         /* a graph keeps the workspace's address: it cannot move under a recording (the step then runs without one,
          * grows it, and the next step records) */
@@ -275,7 +276,7 @@ struct kw_cuda_graph {
     kw_backend_graph base; /* first: a kw_backend_graph * points here */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
-    float *work;                   /* the workspace at recording (the kernels hold its address) */
+    float *work;                   /* the workspace at recording (the kernels hold its address) if they use it */
     struct kw_cuda_attn_rec *attn; /* the attention launches' choices (owned) */
     int n_attn;
 };
@@ -319,6 +320,7 @@ static int kw_cuda_graph_begin(kw_backend *backend, int64_t base) {
     cu->recording = 1;
     cu->rec_base = base;
     cu->rec_failed = 0;
+    cu->rec_uses_work = 0;
     cu->n_rec_attn = 0;
     return 0;
 }
@@ -332,7 +334,7 @@ static int kw_cuda_graph_make(kw_cuda_backend *cu, cudaGraph_t graph, kw_backend
     }
     g->base.backend = &cu->base;
     g->graph = graph;
-    g->work = cu->work;
+    g->work = cu->rec_uses_work ? cu->work : NULL;
     g->attn = cu->rec_attn; /* moved: the next recording starts a new list */
     g->n_attn = cu->n_rec_attn;
     cu->rec_attn = NULL;
@@ -366,7 +368,7 @@ static int kw_cuda_graph_launch(kw_backend *backend, kw_backend_graph *graph, in
     KW_CUDA_ENTER(cu, backend);
     KW_RETURN_IF(cu->recording, KW_E_INVALID_ARG, "cuda graph_launch while recording");
     const struct kw_cuda_graph *g = (const struct kw_cuda_graph *)graph;
-    if (g->work != cu->work) return 0;
+    if (g->work != NULL && g->work != cu->work) return 0;
     for (int i = 0; i < g->n_attn; ++i) {
         const struct kw_cuda_attn_rec *r = &g->attn[i];
         if (kw__cuda_attn_plan(r->T, r->Hq, r->q_pos0 + base, r->n_kv + base, r->window) != r->chunks) return 0;

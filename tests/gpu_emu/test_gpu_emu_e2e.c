@@ -356,7 +356,8 @@ static void test_pinned_round_trip(void **state) {
 
 #define GRAPH_PROMPT 500 /* decode then crosses 512 cache rows, where attention starts splitting (kw_cuda_ops.cu) */
 #define GRAPH_STEPS  24
-#define GRAPH_MASK   8 /* the step after which a few rows are masked (the cache's mask appears) */
+#define GRAPH_MASK   8  /* the step before which a few rows are masked (the cache's mask appears) */
+#define GRAPH_GROW   16 /* the step before which another op grows the backend's workspace (it moves) */
 
 /* Fills rows [0, GRAPH_PROMPT) of every layer of c with the same pseudo-random K and V on any backend: a long
  * context without the emulator's cost of prefilling one. */
@@ -378,17 +379,38 @@ static void fill_context(kw_model *m, kw_kvcache *c) {
     free(k), free(v);
 }
 
+/* An attention over a long span with few rows, alone on be: it splits into more chunks than the decode steps, so
+ * the CUDA backend's workspace grows (moves). */
+static void grow_workspace(kw_backend *be) {
+    const int64_t nq[3] = {1, 16, 16}, nc[3] = {1, 2048, 16};
+    kw_tensor q, out, k, v;
+    assert_int_equal(kw_tensor_alloc(be, &q, KW_DTYPE_F32, 3, nq), 0);
+    assert_int_equal(kw_tensor_alloc(be, &out, KW_DTYPE_F32, 3, nq), 0);
+    assert_int_equal(kw_tensor_alloc(be, &k, KW_DTYPE_F32, 3, nc), 0);
+    assert_int_equal(kw_tensor_alloc(be, &v, KW_DTYPE_F32, 3, nc), 0);
+    kw_tensor *all[4] = {&q, &out, &k, &v};
+    for (int i = 0; i < 4; ++i)
+        assert_int_equal(kw_backend_memset_zero(be, all[i]), 0);
+    const kw_attention_params ap = {.q_pos0 = 2000, .n_kv = 2001, .scale = 0.25f};
+    assert_int_equal(kw_op_attention(be, &out, &q, &k, &v, &ap), 0);
+    assert_int_equal(kw_backend_synchronize(be), 0);
+    for (int i = 0; i < 4; ++i)
+        kw_tensor_free(all[i]);
+}
+
 /* Decode steps through step graphs (the default) give the same bits as the ops launched one by one
- * (KW_CUDA_GRAPHS=0), on a second GPU backend created with graphs off: every step's logits and token, across the
- * context length where attention's split count changes (a new recording) and after rows are masked (another). */
+ * (KW_CUDA_GRAPHS=0): two fresh GPU backends, every step's logits and token, across the context length where
+ * attention's split count changes (the recording fails for want of workspace, a plain step grows it, the next step
+ * records), after rows are masked and after the workspace moved (new recordings each). */
 static void test_step_graphs_bit_identical(void **state) {
     (void)state;
+    kw_backend *on = NULL, *off = NULL;
+    int rc = kw_create_gpu(0, &on);
     assert_int_equal(setenv("KW_CUDA_GRAPHS", "0", 1), 0);
-    kw_backend *off = NULL;
-    const int rc = kw_create_gpu(0, &off);
+    if (rc == 0) rc = kw_create_gpu(0, &off);
     unsetenv("KW_CUDA_GRAPHS");
-    if (rc < 0) fail_msg("gpu backend with graphs off: %s (%s)", kw_status_name(rc), kw_error_detail());
-    kw_model *mg = load(E.gpu, DATA "/receiver_qwen3"), *mo = load(off, DATA "/receiver_qwen3");
+    if (rc < 0) fail_msg("gpu backends: %s (%s)", kw_status_name(rc), kw_error_detail());
+    kw_model *mg = load(on, DATA "/receiver_qwen3"), *mo = load(off, DATA "/receiver_qwen3");
     const int64_t V = kw_model_get_config(mg)->vocab, cap = GRAPH_PROMPT + GRAPH_STEPS + 4;
     float *lg = malloc((size_t)V * sizeof *lg), *lo = malloc((size_t)V * sizeof *lo);
     assert_true(lg && lo);
@@ -403,6 +425,7 @@ static void test_step_graphs_bit_identical(void **state) {
             assert_int_equal(kw_kvcache_set_valid(cg, 3, 5, 0), 0);
             assert_int_equal(kw_kvcache_set_valid(co, 3, 5, 0), 0);
         }
+        if (s == GRAPH_GROW) grow_workspace(on);
         const int32_t tok = next_o;
         int r = kw_model_decode_step(mg, cg, tok, lg, &next_g, 0);
         if (r == 0) r = kw_model_decode_step(mo, co, tok, lo, &next_o, 0);
@@ -416,14 +439,16 @@ static void test_step_graphs_bit_identical(void **state) {
     kw_model_graph_counts(mo, NULL, &off_launches);
     print_message("  step graphs: %lld recordings, %lld of %d steps launched as a graph\n", (long long)rec,
                   (long long)launches, GRAPH_STEPS);
-    assert_true(rec >= 3);                      /* the first step, the mask, past 512 rows */
-    assert_true(launches >= GRAPH_STEPS - rec); /* at most one plain step per recording (workspace growth) */
+    assert_true(rec >= 4); /* the first step, the mask, past 512 rows, the workspace moved */
+    /* at most one plain step per recording, and at least one (the workspace grown past 512 rows) */
+    assert_true(launches >= GRAPH_STEPS - rec && launches < GRAPH_STEPS);
     assert_int_equal(off_launches, 0);
     kw_kvcache_free(cg);
     kw_kvcache_free(co);
     kw_model_free(mg);
     kw_model_free(mo);
     kw_backend_destroy(off);
+    kw_backend_destroy(on);
     free(lg), free(lo);
 }
 
