@@ -123,14 +123,17 @@ int kw_share_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_
         longest = opt->sections[i].length > longest ? opt->sections[i].length : longest;
     const size_t rows = (size_t)longest * (size_t)c->n_kv_heads * (size_t)c->head_dim;
     int rc = 0;
-    st.k = malloc(rows * sizeof(float));
-    st.v = malloc(rows * sizeof(float));
+    /* the rows downloaded for the wire: pinned on a device backend (kw_backend_host_alloc) */
+    kw_backend *be = kw_model_backend(model);
+    const size_t row_bytes = (rows ? rows : 1) * sizeof(float);
+    KW_CHECK(kw_backend_host_alloc(be, row_bytes, (void **)&st.k));
+    KW_CHECK(kw_backend_host_alloc(be, row_bytes, (void **)&st.v));
     st.sk = malloc(rows * sizeof(float));
     st.sv = malloc(rows * sizeof(float));
     st.scratch = malloc((size_t)longest * sizeof(float));
     st.sel = malloc((size_t)longest * sizeof(int64_t));
     st.positions = malloc((size_t)longest * sizeof(int64_t));
-    KW_CHECK_IF(!st.k || !st.v || !st.sk || !st.sv || !st.scratch || !st.sel || !st.positions, KW_E_NOMEM,
+    KW_CHECK_IF(!st.sk || !st.sv || !st.scratch || !st.sel || !st.positions, KW_E_NOMEM,
                 "share: out of memory for %lld-token sections", (long long)longest);
     KW_CHECK(kw_model_create_cache(model, n, opt->cache_dtype, &st.cache));
     for (int64_t p = 0; opt->pad && p < n; ++p)
@@ -157,6 +160,8 @@ int kw_share_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_
     }
 out:
     kw_kvcache_free(st.cache);
-    free(st.k), free(st.v), free(st.sk), free(st.sv), free(st.scratch), free(st.sel), free(st.positions);
+    kw_backend_host_free(be, st.k);
+    kw_backend_host_free(be, st.v);
+    free(st.sk), free(st.sv), free(st.scratch), free(st.sel), free(st.positions);
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/kw_log.h"
@@ -296,6 +297,46 @@ void kw__backend_uncharge(kw_backend *backend, uint64_t bytes) {
     backend->mem.live -= bytes < backend->mem.live ? bytes : backend->mem.live;
 }
 
+/* kw_backend_host_alloc memory starts KW_HOST_HEADER bytes into the block, after its size (the header keeps the
+ * 64-byte alignment). */
+#define KW_HOST_HEADER 64
+
+int kw_backend_host_alloc(kw_backend *backend, size_t size, void **out) {
+    KW_RETURN_IF(backend == NULL || out == NULL || size == 0, KW_E_INVALID_ARG, "kw_backend_host_alloc: bad arguments");
+    *out = NULL;
+    size_t total;
+    /* aligned_alloc wants a multiple of the alignment */
+    KW_RETURN_IF(kw_size_add(size, KW_HOST_HEADER, &total) < 0 || kw_size_align_up(total, KW_HOST_HEADER, &total) < 0,
+                 KW_E_OVERFLOW, "kw_backend_host_alloc: %zu bytes", size);
+    void *block = NULL;
+    if (backend->iface->host_alloc) {
+        KW_FORWARD(backend->iface->host_alloc(backend, total, &block));
+    } else {
+        block = aligned_alloc(KW_HOST_HEADER, total);
+        KW_RETURN_IF(block == NULL, KW_E_NOMEM, "kw_backend_host_alloc: out of memory for %zu bytes", size);
+    }
+    memcpy(block, &size, sizeof size);
+    __atomic_add_fetch(&backend->host_bytes, (uint64_t)size, __ATOMIC_RELAXED);
+    *out = (char *)block + KW_HOST_HEADER;
+    return 0;
+}
+
+void kw_backend_host_free(kw_backend *backend, void *p) {
+    if (p == NULL) return;
+    void *block = (char *)p - KW_HOST_HEADER;
+    size_t size;
+    memcpy(&size, block, sizeof size);
+    __atomic_sub_fetch(&backend->host_bytes, (uint64_t)size, __ATOMIC_RELAXED);
+    if (backend->iface->host_free)
+        backend->iface->host_free(backend, block);
+    else
+        free(block);
+}
+
+uint64_t kw_backend_host_bytes(const kw_backend *backend) {
+    return __atomic_load_n(&backend->host_bytes, __ATOMIC_RELAXED);
+}
+
 void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out) {
     *out = backend->mem;
 }
@@ -360,6 +401,34 @@ int kw_backend_synchronize(kw_backend *backend) {
         return kw_error_set(status, "%s", backend->deferred_detail);
     }
     return rc;
+}
+
+int kw_backend_graph_begin(kw_backend *backend, int64_t base) {
+    KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_graph_begin: NULL backend");
+    KW_RETURN_IF(base < 0, KW_E_INVALID_ARG, "kw_backend_graph_begin: negative base %lld", (long long)base);
+    KW_RETURN_IF(backend->iface->graph_begin == NULL, KW_E_UNSUPPORTED, "the %s backend has no step graphs",
+                 backend->iface->name);
+    return backend->iface->graph_begin(backend, base);
+}
+
+int kw_backend_graph_end(kw_backend *backend, kw_backend_graph **out) {
+    KW_RETURN_IF(backend == NULL || out == NULL, KW_E_INVALID_ARG, "kw_backend_graph_end: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(backend->iface->graph_end == NULL, KW_E_UNSUPPORTED, "the %s backend has no step graphs",
+                 backend->iface->name);
+    return backend->iface->graph_end(backend, out);
+}
+
+int kw_backend_graph_launch(kw_backend *backend, kw_backend_graph *graph, int64_t base) {
+    KW_RETURN_IF(backend == NULL || graph == NULL, KW_E_INVALID_ARG, "kw_backend_graph_launch: NULL argument");
+    KW_RETURN_IF(graph->backend != backend, KW_E_INVALID_ARG,
+                 "kw_backend_graph_launch: the graph is another backend's");
+    KW_RETURN_IF(base < 0, KW_E_INVALID_ARG, "kw_backend_graph_launch: negative base %lld", (long long)base);
+    return backend->iface->graph_launch(backend, graph, base);
+}
+
+void kw_backend_graph_free(kw_backend_graph *graph) {
+    if (graph) graph->backend->iface->graph_free(graph);
 }
 
 /* offset + size within t, without overflow. */

@@ -157,6 +157,34 @@ void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out);
 int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit);
 
 /* ------------------------------------------------------------------------------------------------------------
+ * Step graphs (optional: the CUDA backend has them; the CPU backend answers KW_E_UNSUPPORTED). A decode step
+ * enqueues the same ops every token; a device backend can record them once and replay them with one launch. What
+ * changes from step to step is the step's position: while recording, the position arguments of kv_store, kv_load and
+ * attention (pos0, q_pos0, n_kv) are taken relative to the base given to kw_backend_graph_begin, and a replay at
+ * another base moves them all. Everything else (tensors, shapes, scalars) is fixed at recording.
+ */
+
+typedef struct kw_backend_graph kw_backend_graph; /* opaque: a recorded step */
+
+/* Starts recording the ops enqueued next instead of running them, with base as the step's position. No transfer,
+ * allocation, free or synchronize may happen until kw_backend_graph_end. KW_E_UNSUPPORTED: the backend has no graphs
+ * or they are turned off (KW_CUDA_GRAPHS=0). */
+int kw_backend_graph_begin(kw_backend *backend, int64_t base);
+
+/* Ends recording. On success *out is a new graph owned by the caller (kw_backend_graph_free), not yet run; on failure
+ * (an op could not be recorded) *out is NULL and nothing was run: enqueue the ops again without a graph. Always ends
+ * the recording. */
+int kw_backend_graph_end(kw_backend *backend, kw_backend_graph **out);
+
+/* Enqueues graph with the step's position base. Returns 1 if launched, 0 if the graph does not fit this base (a
+ * launch configuration chosen at recording, e.g. attention's split count, would differ now, or backend scratch it
+ * uses has moved): nothing was enqueued, record again. Negative: an error. */
+int kw_backend_graph_launch(kw_backend *backend, kw_backend_graph *graph, int64_t base);
+
+/* Releases a graph. NULL is a no-op. */
+void kw_backend_graph_free(kw_backend_graph *graph);
+
+/* ------------------------------------------------------------------------------------------------------------
  * Memory
  */
 
@@ -191,6 +219,19 @@ int kw_backend_upload(kw_backend *backend, kw_tensor *dst, size_t offset, const 
 
 /* Copies bytes [offset, offset+size) of src to host memory (asynchronous, see the header comment). */
 int kw_backend_download(kw_backend *backend, void *dst, const kw_tensor *src, size_t offset, size_t size);
+
+/* Host memory for transfers, e.g. the wire path's row buffers (the sharer downloads KV rows into them, the receiver
+ * decodes KVWire into them and uploads): page-locked on the CUDA backend (cudaMallocHost), so a transfer from or into
+ * it is one direct DMA and really asynchronous (pageable memory is staged by the driver, and a download into it waits
+ * for the stream); ordinary memory on the CPU backend. The header comment's rule applies as for any host memory (do
+ * not touch it until kw_backend_synchronize returns), and on a device a pinned transfer does run late. *out (size > 0
+ * bytes, 64-byte aligned) is owned by the caller: kw_backend_host_free (NULL is a no-op). Errors: KW_E_NOMEM,
+ * KW_E_CUDA. */
+int kw_backend_host_alloc(kw_backend *backend, size_t size, void **out);
+void kw_backend_host_free(kw_backend *backend, void *p);
+
+/* Bytes of kw_backend_host_alloc memory held now (not part of kw_backend_get_memory, which counts backend memory). */
+uint64_t kw_backend_host_bytes(const kw_backend *backend);
 
 /* Sets every byte of t to zero. */
 int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t);

@@ -39,10 +39,20 @@ struct kw_backend_i {
     int (*upload)(kw_backend *backend, void *dst, const void *src, size_t size);
     int (*download)(kw_backend *backend, void *dst, const void *src, size_t size);
     int (*memset_zero)(kw_backend *backend, void *dst, size_t size);
+    /* (optional, both or none) Host memory for transfers (kw_backend_host_alloc: size > 0, at least 64-byte aligned)
+     * and its release (p never NULL). NULL: ordinary aligned host memory. */
+    int (*host_alloc)(kw_backend *backend, size_t size, void **p);
+    void (*host_free)(kw_backend *backend, void *p);
     /* (optional) Packs w (validated: a 2-D row-major float tensor whose dtype supports() allows for matmul) into the
      * backend's own weight layout as a new tensor owned by the caller (kw__tensor_alloc_layout allocates it). NULL:
      * kw_tensor_pack_weight hands back a view of w. */
     int (*pack_weight)(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
+
+    /* (optional, all four or none) Step graphs, as in kw_backend.h; graph_free releases a graph of this backend. */
+    int (*graph_begin)(kw_backend *backend, int64_t base);
+    int (*graph_end)(kw_backend *backend, kw_backend_graph **out);
+    int (*graph_launch)(kw_backend *backend, kw_backend_graph *graph, int64_t base);
+    void (*graph_free)(kw_backend_graph *graph);
 
     /* Ops, with the argument lists of kw_backend.h (validated). All (optional). */
     int (*get_rows)(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
@@ -71,6 +81,12 @@ struct kw_backend {
     int deferred_status;       /* first error found while running ops since the last synchronize, or 0 */
     char deferred_detail[256]; /* its human-readable reason */
     kw_backend_memory mem;     /* bytes held (tensors and charged scratch), peak and limit: kw__backend_charge */
+    uint64_t host_bytes;       /* kw_backend_host_alloc bytes held (atomic: read from any thread) */
+};
+
+/* The generic part of every backend's graph; a backend's graph struct starts with one. */
+struct kw_backend_graph {
+    kw_backend *backend; /* the backend that recorded it */
 };
 
 /* Accounts bytes of backend memory about to be allocated (what names them in the error): KW_E_NOMEM, with the request

@@ -18,10 +18,12 @@ struct kw_kvcache {
     int64_t length;
     kw_tensor *k; /* n_layers tensors (Hkv, capacity, head_dim) */
     kw_tensor *v;
-    int64_t *window;  /* (n_layers) attention window per layer, 0 = global */
-    uint8_t *valid;   /* host mirror of the mask, capacity entries */
-    int64_t n_masked; /* number of zeros in valid */
-    kw_tensor mask;   /* (capacity) u8, allocated when a row is first masked */
+    int64_t *window;         /* (n_layers) attention window per layer, 0 = global */
+    uint8_t *valid;          /* host mirror of the mask, capacity entries */
+    int64_t n_masked;        /* number of zeros in valid */
+    kw_tensor mask;          /* (capacity) u8, allocated when a row is first masked */
+    kw_backend_graph *graph; /* owned: kw_kvcache_set_graph */
+    uint64_t graph_key;
 };
 
 int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
@@ -71,6 +73,7 @@ out:
 void kw_kvcache_free(kw_kvcache *cache) {
     if (!cache) return;
     if (cache->k || cache->v) kw_backend_synchronize(cache->backend);
+    kw_backend_graph_free(cache->graph);
     for (int32_t l = 0; l < cache->n_layers; ++l) {
         if (cache->k) kw_tensor_free(&cache->k[l]);
         if (cache->v) kw_tensor_free(&cache->v[l]);
@@ -126,6 +129,16 @@ kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer) {
 
 int kw_kvcache_is_valid(const kw_kvcache *cache, int64_t p) {
     return cache != NULL && p >= 0 && p < cache->capacity && cache->valid[p] != 0;
+}
+
+void kw_kvcache_set_graph(kw_kvcache *cache, kw_backend_graph *graph, uint64_t key) {
+    if (cache->graph != graph) kw_backend_graph_free(cache->graph);
+    cache->graph = graph;
+    cache->graph_key = key;
+}
+
+kw_backend_graph *kw_kvcache_graph(const kw_kvcache *cache, uint64_t key) {
+    return cache->graph_key == key ? cache->graph : NULL;
 }
 
 const kw_tensor *kw_kvcache_mask(const kw_kvcache *cache) {

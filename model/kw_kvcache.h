@@ -73,6 +73,13 @@ int kw_kvcache_reset(kw_kvcache *cache);
  * it is run). KW_E_INVALID_ARG when the range leaves [0, capacity). */
 int kw_kvcache_set_valid(kw_kvcache *cache, int64_t p0, int64_t n, int valid);
 
+/* The slot for a graph recorded with this cache (kw_model.c's decode step records one per cache, since it holds the
+ * cache's tensors). kw_kvcache_set_graph gives graph (may be NULL) to the cache, which frees it with itself or when
+ * it is replaced, together with key, what the recording depended on; kw_kvcache_graph returns it while key is the
+ * same, else NULL. */
+void kw_kvcache_set_graph(kw_kvcache *cache, kw_backend_graph *graph, uint64_t key);
+kw_backend_graph *kw_kvcache_graph(const kw_kvcache *cache, uint64_t key);
+
 /* Reserves rows [length, length + n) for the caller, who is about to write them with kv_store (the forward pass does
  * this before each chunk): returns the first row in *row0 and grows length by n. KW_E_MODEL_CONTEXT when the
  * capacity would be exceeded. */

@@ -76,7 +76,14 @@ struct kw_model {
     int profiling;
     double prof_ms[KW_OP_COUNT];
     int64_t prof_calls[KW_OP_COUNT];
+
+    uint64_t serial; /* unique per model in the process: part of a cache's graph key */
+    int graphs_off;  /* the backend has no step graphs (or they are off): decode runs the ops one by one */
+    int64_t graph_recordings, graph_launches; /* kw_model_graph_counts */
 };
+
+/* Numbers models for their caches' graph keys (a freed model's address may be reused by the next). */
+static uint64_t kw_model_serials;
 
 /* ------------------------------------------------------------------------------------------------------------
  * Loading
@@ -250,6 +257,7 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     KW_RETURN_IF(!m, KW_E_NOMEM, "model: out of memory");
     m->backend = backend;
     m->max_batch = max_batch;
+    m->serial = __atomic_add_fetch(&kw_model_serials, 1, __ATOMIC_RELAXED);
     KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
     m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;
@@ -475,34 +483,48 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     return 0;
 }
 
+/* Final norm, lm_head (and softcap) for rows [r0, r0 + rows <= logit_rows) of the chunk's hidden states into the
+ * logits scratch rows [0, rows), and their argmax into the amax scratch if a asks for it. No transfers. */
+static int model_head_ops(kw_model *m, const kw_forward_args *a, int64_t r0, int64_t rows) {
+    kw_backend *be = m->backend;
+    kw_tensor xr, hr, lg, am;
+    KW_FORWARD(kw_tensor_view_rows(&m->s.x, r0, rows, &xr));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.h, 0, rows, &hr));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.logits, 0, rows, &lg));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.amax, 0, rows, &am));
+    KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &hr, &xr, &m->final_norm, m->cfg.rms_eps, m->norm_flags));
+    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &lg, &hr, &m->lm_head, NULL));
+    const double cap = m->cfg.final_logit_softcap;
+    if (cap > 0) { /* HF: logits / cap, tanh, * cap */
+        KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, &lg, &lg, (float)(1.0 / cap)));
+        KW_MODEL_OP(m, KW_OP_UNARY, kw_op_unary(be, &lg, &lg, KW_ACT_TANH));
+        KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, &lg, &lg, (float)cap));
+    }
+    if (a->argmax) KW_MODEL_OP(m, KW_OP_ARGMAX, kw_op_argmax(be, &am, &lg, a->argmax_flags));
+    return 0;
+}
+
+/* Downloads what model_head_ops left in the scratch for rows output rows starting at out_row. */
+static int model_head_downloads(kw_model *m, const kw_forward_args *a, int64_t rows, int64_t out_row) {
+    kw_backend *be = m->backend;
+    kw_tensor lg, am;
+    KW_FORWARD(kw_tensor_view_rows(&m->s.logits, 0, rows, &lg));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.amax, 0, rows, &am));
+    if (a->logits)
+        KW_FORWARD(
+            kw_backend_download(be, a->logits + (size_t)out_row * (size_t)m->cfg.vocab, &lg, 0, kw_tensor_nbytes(&lg)));
+    if (a->argmax) KW_FORWARD(kw_backend_download(be, a->argmax + out_row, &am, 0, kw_tensor_nbytes(&am)));
+    return 0;
+}
+
 /* Final norm and lm_head for rows [r0, r0 + n) of the chunk's hidden states; logits/argmax written for output rows
  * starting at out_row. */
 static int model_head(kw_model *m, const kw_forward_args *a, int64_t r0, int64_t n, int64_t out_row) {
     kw_backend *be = m->backend;
-    const int64_t V = m->cfg.vocab;
     for (int64_t done = 0; done < n;) {
         const int64_t rows = (n - done < m->logit_rows) ? n - done : m->logit_rows;
-        kw_tensor xr, hr, lg, am;
-        KW_FORWARD(kw_tensor_view_rows(&m->s.x, r0 + done, rows, &xr));
-        KW_FORWARD(kw_tensor_view_rows(&m->s.h, 0, rows, &hr));
-        KW_FORWARD(kw_tensor_view_rows(&m->s.logits, 0, rows, &lg));
-        KW_FORWARD(kw_tensor_view_rows(&m->s.amax, 0, rows, &am));
-        KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &hr, &xr, &m->final_norm, m->cfg.rms_eps, m->norm_flags));
-        KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &lg, &hr, &m->lm_head, NULL));
-        const double cap = m->cfg.final_logit_softcap;
-        if (cap > 0) { /* HF: logits / cap, tanh, * cap */
-            KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, &lg, &lg, (float)(1.0 / cap)));
-            KW_MODEL_OP(m, KW_OP_UNARY, kw_op_unary(be, &lg, &lg, KW_ACT_TANH));
-            KW_MODEL_OP(m, KW_OP_SCALE, kw_op_scale(be, &lg, &lg, (float)cap));
-        }
-        if (a->logits) {
-            KW_FORWARD(kw_backend_download(be, a->logits + (size_t)(out_row + done) * (size_t)V, &lg, 0,
-                                           kw_tensor_nbytes(&lg)));
-        }
-        if (a->argmax) {
-            KW_MODEL_OP(m, KW_OP_ARGMAX, kw_op_argmax(be, &am, &lg, a->argmax_flags));
-            KW_FORWARD(kw_backend_download(be, a->argmax + out_row + done, &am, 0, kw_tensor_nbytes(&am)));
-        }
+        KW_FORWARD(model_head_ops(m, a, r0 + done, rows));
+        KW_FORWARD(model_head_downloads(m, a, rows, out_row + done));
         /* the logits scratch is reused by the next block: its downloads must land first */
         if (done + rows < n) KW_FORWARD(kw_backend_synchronize(be));
         done += rows;
@@ -527,6 +549,54 @@ static int model_embed(kw_model *m, kw_tensor *x, const kw_tensor *ids) {
     return 0;
 }
 
+/* The ops of a one-token forward (a decode step) at cache row row0 once its id and position are uploaded: what a
+ * step graph records. */
+static int model_step_ops(kw_model *m, kw_kvcache *cache, const kw_forward_args *a, int64_t row0) {
+    kw_tensor ids, pos, x;
+    KW_FORWARD(kw_tensor_view_rows(&m->s.ids, 0, 1, &ids));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.pos, 0, 1, &pos));
+    KW_FORWARD(kw_tensor_view_rows(&m->s.x, 0, 1, &x));
+    KW_FORWARD(model_embed(m, &x, &ids));
+    for (int32_t l = 0; l < m->cfg.n_layers; ++l)
+        KW_FORWARD(model_layer(m, &m->layers[l], l, cache, 1, row0, &x, &pos));
+    if (a->mode != KW_LOGITS_NONE) KW_FORWARD(model_head_ops(m, a, 0, 1));
+    return 0;
+}
+
+/* A decode step through the cache's step graph (kw_backend.h, "Step graphs"): the ops are recorded once per cache
+ * and replayed at each step's row, recorded again when the backend says the graph no longer fits (attention's split
+ * count changed) or when what was recorded changes (another model, the cache's mask appearing, another head). The
+ * id and position are uploaded before by the caller, the logits and argmax downloaded here after the launch.
+ * Returns 1 if the step ran so, 0 if it did not run at all (no graphs on this backend, or the ops could not be
+ * recorded: the caller runs them one by one), negative on error. */
+static int model_step_graph(kw_model *m, kw_kvcache *cache, const kw_forward_args *a, int64_t row0) {
+    kw_backend *be = m->backend;
+    if (m->graphs_off || m->profiling || (a->argmax && (a->argmax_flags & ~KW_ARGMAX_ROUND_BF16) != 0)) return 0;
+    const uint64_t head = a->mode == KW_LOGITS_NONE ? 0 : a->argmax ? 2 + (uint64_t)a->argmax_flags : 1;
+    const uint64_t key = m->serial << 3 | head << 1 | (kw_kvcache_mask(cache) != NULL);
+    kw_backend_graph *g = kw_kvcache_graph(cache, key);
+    int launched = g ? kw_backend_graph_launch(be, g, row0) : 0;
+    if (launched < 0) return launched;
+    if (!launched) {
+        const int begin = kw_backend_graph_begin(be, row0);
+        if (begin == KW_E_UNSUPPORTED) m->graphs_off = 1; /* the CPU backend, or KW_CUDA_GRAPHS=0 */
+        if (begin < 0) return begin == KW_E_UNSUPPORTED ? 0 : begin;
+        const int ops = model_step_ops(m, cache, a, row0);
+        const int end = kw_backend_graph_end(be, &g);
+        if (ops < 0 || end < 0) { /* e.g. the workspace had to grow: this step runs without a graph */
+            kw_backend_graph_free(g);
+            return 0;
+        }
+        kw_kvcache_set_graph(cache, g, key);
+        m->graph_recordings += 1;
+        launched = kw_backend_graph_launch(be, g, row0);
+        if (launched <= 0) return launched;
+    }
+    m->graph_launches += 1;
+    if (a->mode != KW_LOGITS_NONE) KW_FORWARD(model_head_downloads(m, a, 1, 0));
+    return 1;
+}
+
 /* One chunk of T <= max_batch tokens starting at token index t0 of the call. */
 static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a, int64_t t0, int64_t T) {
     kw_backend *be = m->backend;
@@ -540,6 +610,11 @@ static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a,
     KW_FORWARD(kw_tensor_view_rows(&m->s.x, 0, T, &x));
     KW_FORWARD(kw_backend_upload(be, &ids, 0, a->ids + t0, (size_t)T * sizeof(int32_t)));
     KW_FORWARD(kw_backend_upload(be, &pos, 0, m->pos_host, (size_t)T * sizeof(int32_t)));
+    if (a->n == 1) {
+        const int graph = model_step_graph(m, cache, a, row0);
+        if (graph < 0) return graph;
+        if (graph == 1) return kw_backend_synchronize(be);
+    }
     KW_FORWARD(model_embed(m, &x, &ids));
     for (int32_t l = 0; l < m->cfg.n_layers; ++l)
         KW_FORWARD(model_layer(m, &m->layers[l], l, cache, T, row0, &x, &pos));
@@ -654,6 +729,11 @@ out:
 int kw_model_prefill(kw_model *model, kw_kvcache *cache, const int32_t *ids, int64_t n) {
     const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_NONE};
     return kw_model_forward(model, cache, &a);
+}
+
+void kw_model_graph_counts(const kw_model *model, int64_t *recordings, int64_t *launches) {
+    if (recordings) *recordings = model->graph_recordings;
+    if (launches) *launches = model->graph_launches;
 }
 
 int kw_model_decode_step(kw_model *model, kw_kvcache *cache, int32_t id, float *logits, int32_t *next,

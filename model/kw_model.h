@@ -106,6 +106,12 @@ int kw_model_prefill(kw_model *model, kw_kvcache *cache, const int32_t *ids, int
 int kw_model_decode_step(kw_model *model, kw_kvcache *cache, int32_t id, float *logits, int32_t *next,
                          int argmax_flags);
 
+/* Decode steps (forwards of one token) run through a step graph where the backend has them (kw_backend.h: the CUDA
+ * backend unless KW_CUDA_GRAPHS=0; never while profiling), recorded once per cache and replayed at each step, with
+ * the same results as running the ops one by one. Counts, since the model was loaded: graphs recorded and steps
+ * that ran as a graph launch. Either pointer may be NULL. */
+void kw_model_graph_counts(const kw_model *model, int64_t *recordings, int64_t *launches);
+
 /* Per-op profiling: when on, every op is followed by a synchronize and its wall time is added to a per-op total
  * (slower; for benchmarks). kw_model_profile copies the totals (ms and call counts, indexed by enum kw_op; arrays of
  * KW_OP_COUNT entries, caller-owned) and, if reset, zeroes them. */

@@ -53,7 +53,11 @@ void kw_receive_free(kw_receive *r) {
         free(r->peers[i].needed);
     }
     free(r->sections);
-    free(r->k), free(r->v), free(r->pos32), free(r->pos);
+    if (r->model) {
+        kw_backend_host_free(kw_model_backend(r->model), r->k);
+        kw_backend_host_free(kw_model_backend(r->model), r->v);
+    }
+    free(r->pos32), free(r->pos);
     free(r->layer_seen), free(r->direct_pos);
     free(r);
 }
@@ -202,11 +206,15 @@ int kw_receive_prefill(kw_receive *r, int32_t section) {
 
 static int kw_receive_reserve(kw_receive *r, size_t rows_floats, size_t n_pos) {
     if (rows_floats > r->rows_cap) {
-        float *k = realloc(r->k, rows_floats * sizeof(float));
-        if (k) r->k = k;
-        float *v = k ? realloc(r->v, rows_floats * sizeof(float)) : NULL;
-        if (v) r->v = v;
-        KW_RETURN_IF(!k || !v, KW_E_NOMEM, "receive: cannot hold %zu values", rows_floats);
+        /* the decoded rows are uploaded from here: pinned on a device backend (kw_backend_host_alloc); the old
+         * contents are not needed */
+        kw_backend *be = kw_model_backend(r->model);
+        kw_backend_host_free(be, r->k);
+        kw_backend_host_free(be, r->v);
+        r->k = r->v = NULL;
+        r->rows_cap = 0;
+        KW_FORWARD(kw_backend_host_alloc(be, rows_floats * sizeof(float), (void **)&r->k));
+        KW_FORWARD(kw_backend_host_alloc(be, rows_floats * sizeof(float), (void **)&r->v));
         r->rows_cap = rows_floats;
     }
     if (n_pos > r->pos_cap) {

@@ -41,6 +41,22 @@ struct kw_cuda_backend {
     unsigned int get_rows_launches; /* numbers get_rows launches for kw_cuda_err (never 0) */
     float *work; /* f32 workspace (stream-ordered allocation): widened weight panels, attention chunk sums */
     size_t work_floats;
+    /* Step graphs (kw_cuda_backend.cu). */
+    int64_t *d_step;   /* device: the step's position, read by the position arguments of a recorded graph */
+    int graphs_off;    /* KW_CUDA_GRAPHS=0 in the environment at creation */
+    int recording;     /* between graph_begin and graph_end: cu->stream is capturing */
+    int64_t rec_base;  /* the step's position given to graph_begin */
+    int rec_failed;    /* an op could not be recorded (graph_end fails) */
+    int rec_uses_work; /* a recorded kernel uses the workspace */
+    struct kw_cuda_attn_rec *rec_attn; /* the attention launches recorded (owned; moved into the graph at its end) */
+    int n_rec_attn, cap_rec_attn;
+};
+
+/* What a recorded attention launch chose from its positions (relative to the step's), so that a replay at another
+ * step can tell whether it would choose the same (kw__cuda_attn_plan). */
+struct kw_cuda_attn_rec {
+    int64_t T, Hq, q_pos0, n_kv, window;
+    int chunks;
 };
 
 static inline kw_cuda_backend *kw_cuda(kw_backend *b) {
@@ -93,6 +109,22 @@ static inline int kw__cuda_fail(cudaError_t err, const char *what) {
 /* Chunks the attention of `rows` (token, head) rows whose longest visible span is max_span cache rows is cut into
  * (1: the one-block-per-row kernel). */
 int kw__cuda_attn_chunks(int64_t rows, int64_t max_span);
+
+/* The chunks attention over T tokens of Hq heads at positions q_pos0.. with n_kv rows is cut into. */
+int kw__cuda_attn_plan(int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int64_t window);
+
+/* While recording: notes an attention launch (its positions relative to the step's) for the replay check. */
+int kw__cuda_record_attn(kw_cuda_backend *cu, int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int64_t window,
+                         int chunks);
+
+/* The device pointer kernels read the step's position from (NULL when not recording: plain launches pass absolute
+ * positions), and what to subtract from a position argument before passing it. */
+static inline const int64_t *kw__cuda_step(const kw_cuda_backend *cu) {
+    return cu->recording ? cu->d_step : NULL;
+}
+static inline int64_t kw__cuda_step_base(const kw_cuda_backend *cu) {
+    return cu->recording ? cu->rec_base : 0;
+}
 
 /* x rows handled per streaming-matmul launch (registers per thread). */
 #define KW_CUDA_GEMV_ROWS 8

@@ -1,4 +1,4 @@
-/* kw_cuda_backend.cu: the CUDA backend's lifetime, memory, transfers, support whitelist and matmul.
+/* kw_cuda_backend.cu: the CUDA backend's lifetime, memory, transfers, support whitelist, matmul and step graphs.
  *
  * One device, one stream, one cuBLAS handle per backend. Memory comes from the stream-ordered allocator, from a
  * pool the backend owns: the device's default pool has a release threshold of 0, so every synchronize would hand
@@ -30,6 +30,7 @@ extern "C" {
 #define KW_CUDA_PANEL_FLOATS ((int64_t)16 << 20)
 
 int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out) {
+    KW_RETURN_IF(cu->recording, KW_E_UNSUPPORTED, "cuda alloc of %zu bytes while recording a step graph", size);
     const cudaError_t err = cudaMallocFromPoolAsync(out, size, cu->pool, cu->stream);
     if (err == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError(); /* handled here: not an error of the next launch */
@@ -40,7 +41,14 @@ int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out) {
 }
 
 int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
+    cu->rec_uses_work |= cu->recording;
     if (n > cu->work_floats) {
+        /* a graph keeps the workspace's address: it cannot move under a recording (the step then runs without one,
+         * grows it, and the next step records) */
+        if (cu->recording) {
+            cu->rec_failed = 1;
+            KW_FAIL(KW_E_UNSUPPORTED, "the CUDA workspace must grow while recording a step graph");
+        }
         if (cu->work) {
             KW_CUDA_TRY(cudaFreeAsync(cu->work, cu->stream));
             kw__backend_uncharge(&cu->base, cu->work_floats * sizeof(float));
@@ -63,6 +71,13 @@ int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out) {
 static void kw_cuda_destroy(kw_backend *backend) {
     kw_cuda_backend *cu = kw_cuda(backend);
     if (cudaSetDevice(cu->device) != cudaSuccess) (void)cudaGetLastError();
+    if (cu->recording) {
+        cudaGraph_t g = NULL;
+        if (cudaStreamEndCapture(cu->stream, &g) == cudaSuccess) cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+    }
+    free(cu->rec_attn);
+    if (cu->d_step) cudaFreeAsync(cu->d_step, cu->stream);
     if (cu->work) cudaFreeAsync(cu->work, cu->stream);
     if (cu->d_err) cudaFreeAsync(cu->d_err, cu->stream);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
@@ -103,8 +118,15 @@ static int kw_cuda_supports(const kw_backend *backend, enum kw_op op, enum kw_dt
     return 0;
 }
 
+/* A call a recording cannot hold (a transfer or a wait): the recording fails, and so does the call. */
+static int kw_cuda_not_while_recording(kw_cuda_backend *cu, const char *what) {
+    cu->rec_failed = 1;
+    KW_FAIL(KW_E_UNSUPPORTED, "cuda %s while recording a step graph", what);
+}
+
 static int kw_cuda_synchronize(kw_backend *backend) {
     KW_CUDA_ENTER(cu, backend);
+    if (cu->recording) return kw_cuda_not_while_recording(cu, "synchronize");
     KW_CUDA_TRY(cudaMemcpyAsync(cu->h_err, cu->d_err, sizeof *cu->h_err, cudaMemcpyDeviceToHost, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     if (cu->h_err->launch != 0) {
@@ -147,14 +169,39 @@ static void kw_cuda_free(kw_backend *backend, void *data) {
  * buffers (a possible optimization for per-token ids and logits) it would read stale bytes. */
 static int kw_cuda_upload(kw_backend *backend, void *dst, const void *src, size_t size) {
     KW_CUDA_ENTER(cu, backend);
+    if (cu->recording) return kw_cuda_not_while_recording(cu, "upload");
     KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyHostToDevice, cu->stream));
     return 0;
 }
 
 static int kw_cuda_download(kw_backend *backend, void *dst, const void *src, size_t size) {
     KW_CUDA_ENTER(cu, backend);
+    if (cu->recording) return kw_cuda_not_while_recording(cu, "download");
     KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyDeviceToHost, cu->stream));
     return 0;
+}
+
+/* Pinned host memory for transfers (kw_backend_host_alloc); the emulator registers it as pinned, so a copy from it
+ * runs when the stream reaches it, as on a device. */
+static int kw_cuda_host_alloc(kw_backend *backend, size_t size, void **p) {
+    KW_CUDA_ENTER(cu, backend);
+    const cudaError_t err = cudaMallocHost(p, size);
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        KW_FAIL(KW_E_NOMEM, "cudaMallocHost of %zu bytes: %s", size, cudaGetErrorString(err));
+    }
+    KW_CUDA_TRY(err);
+    return 0;
+}
+
+static void kw_cuda_host_free(kw_backend *backend, void *p) {
+    kw_cuda_backend *cu = kw_cuda(backend);
+    cudaError_t err = cudaSetDevice(cu->device);
+    if (err == cudaSuccess) err = cudaFreeHost(p);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        KW_LOG_WARN("cudaFreeHost: %s", cudaGetErrorString(err));
+    }
 }
 
 static int kw_cuda_memset_zero(kw_backend *backend, void *dst, size_t size) {
@@ -208,6 +255,130 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * Step graphs: stream capture of cu->stream into a CUDA graph, replayed with cudaGraphLaunch.
+ *
+ * A decode step differs from the last only in its position (the KV row it writes, the query's position, the number
+ * of rows attention reads). Rather than patching kernel nodes before each replay (cudaGraphExecKernelNodeSetParams,
+ * per node and per kernel signature), the kernels that take positions also take a pointer to a device int64, the
+ * step's position: a recording passes positions relative to it, a plain launch passes NULL and absolute positions
+ * (kw__cuda_step). A replay is then one one-thread kernel that stores the new position (kernel arguments are copied
+ * at launch, so no host buffer has to outlive the call) and the graph launch, both in stream order.
+ *
+ * Attention's split count grows with the context (kw__cuda_attn_chunks: one more chunk every 256 rows past 512, at
+ * most 64) and changes the kernels launched and their grids. A graph is recorded for one count and re-recorded when
+ * a replay would need another (kw_backend_graph_launch answers 0): that happens once every 256 tokens, while
+ * recording for the largest count and letting surplus blocks exit would change the summation order, and with it the
+ * bits, against the plain launches. The workspace the split kernels use must also stay where it was.
+ */
+
+struct kw_cuda_graph {
+    kw_backend_graph base; /* first: a kw_backend_graph * points here */
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    float *work;                   /* the workspace at recording (the kernels hold its address) if they use it */
+    struct kw_cuda_attn_rec *attn; /* the attention launches' choices (owned) */
+    int n_attn;
+};
+
+__global__ void kw_k_set_step(int64_t *step, int64_t base) {
+    *step = base;
+}
+
+int kw__cuda_record_attn(kw_cuda_backend *cu, int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int64_t window,
+                         int chunks) {
+    if (cu->n_rec_attn == cu->cap_rec_attn) {
+        const int cap = cu->cap_rec_attn ? 2 * cu->cap_rec_attn : 64;
+        struct kw_cuda_attn_rec *r = (struct kw_cuda_attn_rec *)realloc(cu->rec_attn, (size_t)cap * sizeof *r);
+        if (r == NULL) {
+            cu->rec_failed = 1;
+            KW_FAIL(KW_E_NOMEM, "cuda graph: out of memory");
+        }
+        cu->rec_attn = r;
+        cu->cap_rec_attn = cap;
+    }
+    const struct kw_cuda_attn_rec r = {T, Hq, q_pos0, n_kv, window, chunks};
+    cu->rec_attn[cu->n_rec_attn++] = r;
+    return 0;
+}
+
+static void kw_cuda_graph_free(kw_backend_graph *graph) {
+    struct kw_cuda_graph *g = (struct kw_cuda_graph *)graph;
+    if (cudaSetDevice(kw_cuda(graph->backend)->device) != cudaSuccess) (void)cudaGetLastError();
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    if (g->graph) cudaGraphDestroy(g->graph);
+    free(g->attn);
+    free(g);
+}
+
+static int kw_cuda_graph_begin(kw_backend *backend, int64_t base) {
+    KW_CUDA_ENTER(cu, backend);
+    KW_RETURN_IF(cu->graphs_off, KW_E_UNSUPPORTED, "cuda step graphs are off (KW_CUDA_GRAPHS=0)");
+    KW_RETURN_IF(cu->recording, KW_E_INVALID_ARG, "cuda graph_begin: already recording");
+    /* thread-local: another thread's unrelated cudaMalloc does not break this recording */
+    KW_CUDA_TRY(cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
+    cu->recording = 1;
+    cu->rec_base = base;
+    cu->rec_failed = 0;
+    cu->rec_uses_work = 0;
+    cu->n_rec_attn = 0;
+    return 0;
+}
+
+/* Instantiates the captured graph g into a new kw_cuda_graph (*out); takes g either way. */
+static int kw_cuda_graph_make(kw_cuda_backend *cu, cudaGraph_t graph, kw_backend_graph **out) {
+    struct kw_cuda_graph *g = (struct kw_cuda_graph *)calloc(1, sizeof *g);
+    if (g == NULL) {
+        cudaGraphDestroy(graph);
+        KW_FAIL(KW_E_NOMEM, "cuda graph: out of memory");
+    }
+    g->base.backend = &cu->base;
+    g->graph = graph;
+    g->work = cu->rec_uses_work ? cu->work : NULL;
+    g->attn = cu->rec_attn; /* moved: the next recording starts a new list */
+    g->n_attn = cu->n_rec_attn;
+    cu->rec_attn = NULL;
+    cu->n_rec_attn = cu->cap_rec_attn = 0;
+    const cudaError_t err = cudaGraphInstantiate(&g->exec, graph, 0);
+    if (err != cudaSuccess) {
+        g->exec = NULL;
+        kw_cuda_graph_free(&g->base);
+        return kw__cuda_fail(err, "cudaGraphInstantiate");
+    }
+    *out = &g->base;
+    return 0;
+}
+
+static int kw_cuda_graph_end(kw_backend *backend, kw_backend_graph **out) {
+    KW_CUDA_ENTER(cu, backend);
+    KW_RETURN_IF(!cu->recording, KW_E_INVALID_ARG, "cuda graph_end: not recording");
+    cu->recording = 0;
+    cudaGraph_t graph = NULL;
+    const cudaError_t err = cudaStreamEndCapture(cu->stream, &graph);
+    if (err != cudaSuccess || cu->rec_failed) {
+        if (graph) cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        KW_RETURN_IF(cu->rec_failed, KW_E_UNSUPPORTED, "cuda graph_end: an op could not be recorded");
+        return kw__cuda_fail(err, "cudaStreamEndCapture");
+    }
+    return kw_cuda_graph_make(cu, graph, out);
+}
+
+static int kw_cuda_graph_launch(kw_backend *backend, kw_backend_graph *graph, int64_t base) {
+    KW_CUDA_ENTER(cu, backend);
+    KW_RETURN_IF(cu->recording, KW_E_INVALID_ARG, "cuda graph_launch while recording");
+    const struct kw_cuda_graph *g = (const struct kw_cuda_graph *)graph;
+    if (g->work != NULL && g->work != cu->work) return 0;
+    for (int i = 0; i < g->n_attn; ++i) {
+        const struct kw_cuda_attn_rec *r = &g->attn[i];
+        if (kw__cuda_attn_plan(r->T, r->Hq, r->q_pos0 + base, r->n_kv + base, r->window) != r->chunks) return 0;
+    }
+    KW_CUDA_LAUNCH(kw_k_set_step, 1, 1, 0, cu->stream, cu->d_step, base);
+    KW_CUDA_LAUNCHED();
+    KW_CUDA_TRY(cudaGraphLaunch(g->exec, cu->stream));
+    return 1;
+}
+
 /* The function table (C++ has no designated initializers before C++20, so it is filled by a function). */
 static struct kw_backend_i kw_cuda_make_iface(void) {
     struct kw_backend_i iface;
@@ -224,6 +395,8 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->upload = kw_cuda_upload;
     i->download = kw_cuda_download;
     i->memset_zero = kw_cuda_memset_zero;
+    i->host_alloc = kw_cuda_host_alloc;
+    i->host_free = kw_cuda_host_free;
     i->get_rows = kw__cuda_get_rows;
     i->matmul = kw_cuda_matmul;
     i->rms_norm = kw__cuda_rms_norm;
@@ -239,6 +412,10 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->argmax = kw__cuda_argmax;
     i->copy = kw__cuda_copy;
     i->head_scale_add = kw__cuda_head_scale_add;
+    i->graph_begin = kw_cuda_graph_begin;
+    i->graph_end = kw_cuda_graph_end;
+    i->graph_launch = kw_cuda_graph_launch;
+    i->graph_free = kw_cuda_graph_free;
     return iface;
 }
 
@@ -264,6 +441,9 @@ static int kw_cuda_init(kw_cuda_backend *cu) {
     KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_PEDANTIC_MATH)); /* fp32 means fp32: no TF32 */
     KW_CUDA_TRY(cudaMallocHost((void **)&cu->h_err, sizeof *cu->h_err));
     KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_err, (void **)&cu->d_err));
+    KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_step, (void **)&cu->d_step));
+    const char *graphs = getenv("KW_CUDA_GRAPHS");
+    cu->graphs_off = graphs != NULL && strcmp(graphs, "0") == 0;
     KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     return 0;

@@ -243,6 +243,12 @@ __device__ __forceinline__ float kw_attn_dot(const float (&qv)[NPL], const void 
     return kw_warp_sum(dot);
 }
 
+/* What a kernel adds to its position arguments: 0 for a plain launch (step NULL), the step's position when it runs in
+ * a recorded graph (kw_cuda_backend.cu: the arguments were recorded relative to it). */
+__device__ __forceinline__ int64_t kw_step_base(const int64_t *step) {
+    return step ? *step : 0;
+}
+
 /* What both paths share about one (token, query head) row of the attention. */
 struct kw_attn_row {
     int64_t lo, hi;  /* visible rows before the mask, [lo, hi] */
@@ -253,10 +259,10 @@ struct kw_attn_row {
 
 __device__ __forceinline__ kw_attn_row kw_attn_row_of(int64_t q_index, const float *q, int64_t Hq, int64_t group,
                                                       int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv,
-                                                      int64_t window) {
+                                                      const int64_t *step, int64_t window) {
     kw_attn_row r;
-    const int64_t t = q_index / Hq, h = q_index % Hq;
-    kw_opm_attn_span(q_pos0 + t, n_kv, window, &r.lo, &r.hi);
+    const int64_t t = q_index / Hq, h = q_index % Hq, b = kw_step_base(step);
+    kw_opm_attn_span(q_pos0 + b + t, n_kv + b, window, &r.lo, &r.hi);
     r.base = (h / group) * cap * D;
     r.q = q + q_index * D;
     r.q_index = q_index;
@@ -332,10 +338,10 @@ __device__ __forceinline__ void kw_attn_merge_warps(const float (&acc)[NPL], flo
 template <int NPL>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
     kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype, const uint8_t *mask,
-                   int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window,
-                   float scale) {
+                   int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, const int64_t *step,
+                   int64_t window, float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, window);
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, step, window);
     float qv[NPL], acc[NPL];
     kw_attn_load_q<NPL>(qv, r.q, D, lane);
     float m = kw_attn_max<NPL>(qv, kc, dtype, mask, r.base, D, r.lo, r.hi, scale, lane, warp);
@@ -360,10 +366,10 @@ __device__ __forceinline__ void kw_attn_chunk(const kw_attn_row &r, int64_t c, i
 template <int NPL>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
     kw_k_attn_split_max(float *part_max, const float *q, const void *kc, enum kw_dtype dtype, const uint8_t *mask,
-                        int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window,
-                        float scale) {
+                        int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv,
+                        const int64_t *step, int64_t window, float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, window);
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, step, window);
     int64_t lo, hi;
     kw_attn_chunk(r, blockIdx.y, &lo, &hi);
     float qv[NPL];
@@ -386,9 +392,10 @@ template <int NPL>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
     kw_k_attn_split_sum(float *part_l, float *part_acc, const float *part_max, const float *q, const void *kc,
                         const void *vc, enum kw_dtype dtype, const uint8_t *mask, int64_t Hq, int64_t group,
-                        int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, int64_t window, float scale) {
+                        int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, const int64_t *step, int64_t window,
+                        float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, window);
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, step, window);
     const int64_t slot = blockIdx.x * (int64_t)gridDim.y + blockIdx.y;
     int64_t lo, hi;
     kw_attn_chunk(r, blockIdx.y, &lo, &hi);
@@ -426,6 +433,16 @@ int kw__cuda_attn_chunks(int64_t rows, int64_t max_span) {
     return (int)(chunks < KW_ATTN_MAX_CHUNKS ? chunks : KW_ATTN_MAX_CHUNKS);
 }
 
+int kw__cuda_attn_plan(int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int64_t window) {
+    int64_t max_span = 0;
+    for (int64_t t = 0; t < T; ++t) {
+        int64_t lo, hi;
+        kw_opm_attn_span(q_pos0 + t, n_kv, window, &lo, &hi);
+        max_span = hi - lo + 1 > max_span ? hi - lo + 1 : max_span;
+    }
+    return kw__cuda_attn_chunks(T * Hq, max_span);
+}
+
 template <int NPL>
 static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                             const kw_tensor *v_cache, const kw_attention_params *params) {
@@ -433,17 +450,15 @@ static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor
     const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
     const enum kw_dtype dtype = k_cache->dtype;
     const unsigned rows = (unsigned)(T * Hq);
-    int64_t max_span = 0;
-    for (int64_t t = 0; t < T; ++t) {
-        int64_t lo, hi;
-        kw_opm_attn_span(params->q_pos0 + t, params->n_kv, params->sliding_window, &lo, &hi);
-        max_span = hi - lo + 1 > max_span ? hi - lo + 1 : max_span;
-    }
-    const int chunks = kw__cuda_attn_chunks(T * Hq, max_span);
+    const int chunks = kw__cuda_attn_plan(T, Hq, params->q_pos0, params->n_kv, params->sliding_window);
+    /* recording a graph: positions relative to the step's (see kw_cuda_backend.cu) */
+    const int64_t *step = kw__cuda_step(cu);
+    const int64_t q_pos0 = params->q_pos0 - kw__cuda_step_base(cu), n_kv = params->n_kv - kw__cuda_step_base(cu);
+    if (cu->recording) KW_FORWARD(kw__cuda_record_attn(cu, T, Hq, q_pos0, n_kv, params->sliding_window, chunks));
     if (chunks == 1) {
         KW_CUDA_LAUNCH(kw_k_attention<NPL>, rows, 32 * KW_ATTN_WARPS, 0, cu->stream, (float *)out->data,
-                       (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D,
-                       params->q_pos0, params->n_kv, params->sliding_window, params->scale);
+                       (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, q_pos0,
+                       n_kv, step, params->sliding_window, params->scale);
         KW_CUDA_LAUNCHED();
         return 0;
     }
@@ -454,12 +469,12 @@ static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor
     float *part_max = work, *part_l = work + slots, *part_acc = work + 2 * slots;
     const dim3 grid(rows, (unsigned)chunks);
     KW_CUDA_LAUNCH(kw_k_attn_split_max<NPL>, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_max, (const float *)q->data,
-                   k_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, params->q_pos0, params->n_kv,
-                   params->sliding_window, params->scale);
+                   k_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, q_pos0, n_kv, step, params->sliding_window,
+                   params->scale);
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_attn_split_sum<NPL>, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_l, part_acc, part_max,
-                   (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D,
-                   params->q_pos0, params->n_kv, params->sliding_window, params->scale);
+                   (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, q_pos0,
+                   n_kv, step, params->sliding_window, params->scale);
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_attn_split_combine, rows, D >= 128 ? 128 : 32, 0, cu->stream, (float *)out->data, part_max,
                    part_l, part_acc, (int64_t)chunks, D);
@@ -493,8 +508,9 @@ int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, 
  */
 
 __global__ void kw_k_kv_store(void *cache, enum kw_dtype dtype, const float *src, int64_t T, int64_t H, int64_t cap,
-                              int64_t D, int64_t pos0) {
+                              int64_t D, int64_t pos0, const int64_t *step) {
     const int64_t n = T * H * D;
+    pos0 += kw_step_base(step);
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t t, h, d;
         kw_opm_split3(i, H, D, &t, &h, &d);
@@ -503,8 +519,9 @@ __global__ void kw_k_kv_store(void *cache, enum kw_dtype dtype, const float *src
 }
 
 __global__ void kw_k_kv_load(float *out, const void *cache, enum kw_dtype dtype, int64_t T, int64_t H, int64_t cap,
-                             int64_t D, int64_t pos0) {
+                             int64_t D, int64_t pos0, const int64_t *step) {
     const int64_t n = T * H * D;
+    pos0 += kw_step_base(step);
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t t, h, d;
         kw_opm_split3(i, H, D, &t, &h, &d);
@@ -516,7 +533,8 @@ int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *sr
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(src);
     KW_CUDA_LAUNCH(kw_k_kv_store, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, cache->data, cache->dtype,
-                   (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2], pos0);
+                   (const float *)src->data, src->ne[0], src->ne[1], cache->ne[1], src->ne[2],
+                   pos0 - kw__cuda_step_base(cu), kw__cuda_step(cu));
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -525,7 +543,8 @@ int kw__cuda_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache
     KW_CUDA_ENTER(cu, backend);
     const int64_t n = kw_tensor_nelem(out);
     KW_CUDA_LAUNCH(kw_k_kv_load, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, (float *)out->data,
-                   cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2], pos0);
+                   cache->data, cache->dtype, out->ne[0], out->ne[1], cache->ne[1], out->ne[2],
+                   pos0 - kw__cuda_step_base(cu), kw__cuda_step(cu));
     KW_CUDA_LAUNCHED();
     return 0;
 }

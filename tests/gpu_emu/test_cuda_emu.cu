@@ -913,6 +913,59 @@ static void test_graphs(void **state) {
     CK(cudaStreamDestroy(s));
 }
 
+__global__ void k_add_param(int *y, const int *param, int n) {
+    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += (int)(gridDim.x * blockDim.x))
+        y[i] += *param;
+}
+
+/* What the CUDA backend's step graphs rely on (kernels/cuda/kw_cuda_backend.cu): a replay reads device memory, and the
+ * host side of a captured copy, as they are when it runs, not as they were at capture; a call that may synchronize
+ * (cudaMalloc) is refused during a capture and invalidates it. */
+static void test_graph_replay_values(void **state) {
+    (void)state;
+    reset();
+    const int n = 200;
+    dbuf<int> y(n, 0), p(1, 0), q(1, 0);
+    int *h_q = nullptr;
+    CK(cudaMallocHost((void **)&h_q, sizeof *h_q));
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    KW_CUDA_LAUNCH(k_add_param, 2, 64, 0, s, y.d, p.d, n);                 /* y += p (device, set outside) */
+    CK(cudaMemcpyAsync(q.d, h_q, sizeof *h_q, cudaMemcpyHostToDevice, s)); /* q = *h_q at replay */
+    KW_CUDA_LAUNCH(k_add_param, 2, 64, 0, s, y.d, q.d, n);                 /* y += q */
+    cudaGraph_t g;
+    CK(cudaStreamEndCapture(s, &g));
+    cudaGraphExec_t ge;
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    int expect = 0;
+    for (int step = 1; step <= 4; ++step) {
+        const int pv = 10 * step, qv = 1000 * step;
+        p.h[0] = pv;
+        CK(cudaMemcpyAsync(p.d, p.h.data(), sizeof(int), cudaMemcpyHostToDevice, s));
+        *h_q = qv;
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaStreamSynchronize(s));
+        expect += pv + qv;
+        const std::vector<int> &got = y.down();
+        for (int i = 0; i < n; ++i)
+            assert_int_equal(got[i], expect);
+    }
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+
+    /* cudaMalloc during a capture: refused, and the capture is lost */
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    KW_CUDA_LAUNCH(k_add_param, 2, 64, 0, s, y.d, p.d, n);
+    void *extra = nullptr;
+    assert_int_equal(cudaMalloc(&extra, 64), cudaErrorStreamCaptureUnsupported);
+    assert_int_equal(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated);
+    (void)cudaGetLastError();
+    assert_int_equal(y.down()[0], expect); /* nothing of the lost capture ran */
+    CK(cudaStreamDestroy(s));
+    CK(cudaFreeHost(h_q));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // cuBLAS
 
@@ -1172,6 +1225,7 @@ int main(void) {
         cmocka_unit_test(test_pools),
         cmocka_unit_test(test_streams_and_events),
         cmocka_unit_test(test_graphs),
+        cmocka_unit_test(test_graph_replay_values),
         cmocka_unit_test(test_cublas),
         cmocka_unit_test(test_random_schedules_agree),
         cmocka_unit_test(test_ucontext_switch),

@@ -282,6 +282,177 @@ static void test_receiver_only_bf16(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------
+ * Pinned host buffers
+ */
+
+/* kw_backend_host_alloc memory (pinned on the GPU backend) carries bytes to the device and back unchanged, through a
+ * tensor and through KV cache rows; the transfers are asynchronous (on the emulator a download into pinned memory
+ * has visibly not happened before kw_backend_synchronize); the bytes are accounted and given back. */
+static void test_pinned_round_trip(void **state) {
+    (void)state;
+    kw_backend *be = E.gpu;
+    const uint64_t before = kw_backend_host_bytes(be);
+    const size_t n = 3 * 4096 + 17;
+    uint8_t *a = NULL, *b = NULL;
+    assert_int_equal(kw_backend_host_alloc(be, n, (void **)&a), 0);
+    assert_int_equal(kw_backend_host_alloc(be, n, (void **)&b), 0);
+    assert_true(((uintptr_t)a & 63) == 0 && ((uintptr_t)b & 63) == 0);
+    assert_int_equal(kw_backend_host_bytes(be), before + 2 * n);
+#ifndef KW_TEST_REAL_CUDA
+    kw_cuda_emu_stats st0, st1;
+    kw_cuda_emu_get_stats(&st0);
+    uint8_t *third = NULL;
+    assert_int_equal(kw_backend_host_alloc(be, n, (void **)&third), 0);
+    kw_cuda_emu_get_stats(&st1);
+    kw_backend_host_free(be, third);
+    assert_int_equal(st1.live_allocations, st0.live_allocations + 1); /* pinned: the runtime's, not malloc's */
+    assert_true(st1.live_bytes >= st0.live_bytes + n);
+#endif
+    for (size_t i = 0; i < n; ++i)
+        a[i] = (uint8_t)(i * 131 + 7);
+    memset(b, 0, n);
+    kw_tensor t;
+    const int64_t ne[1] = {(int64_t)n};
+    assert_int_equal(kw_tensor_alloc(be, &t, KW_DTYPE_U8, 1, ne), 0);
+    assert_int_equal(kw_backend_upload(be, &t, 0, a, n), 0);
+    assert_int_equal(kw_backend_download(be, b, &t, 0, n), 0);
+#ifndef KW_TEST_REAL_CUDA
+    assert_int_equal(b[1], 0); /* queued, not done: a pinned download completes at synchronize */
+#endif
+    assert_int_equal(kw_backend_synchronize(be), 0);
+    assert_memory_equal(a, b, n);
+    kw_tensor_free(&t);
+
+    /* KV rows as the wire path moves them: written from pinned buffers, read back into pinned buffers */
+    kw_kvcache *c = NULL;
+    const int64_t T = 37, H = 2, D = 16, vals = T * H * D;
+    assert_int_equal(kw_kvcache_create(be, 2, (int32_t)H, (int32_t)D, 64, KW_DTYPE_F32, &c), 0);
+    float *k = NULL, *v = NULL, *k2 = NULL, *v2 = NULL;
+    const size_t bytes = (size_t)vals * sizeof(float);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&k), 0);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&v), 0);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&k2), 0);
+    assert_int_equal(kw_backend_host_alloc(be, bytes, (void **)&v2), 0);
+    for (int64_t i = 0; i < vals; ++i) {
+        k[i] = (float)i * 0.25f - 100.0f;
+        v[i] = -(float)i / 3.0f;
+    }
+    assert_int_equal(kw_kvcache_write_rows(c, 1, 0, T, k, v), 0);
+    assert_int_equal(kw_kvcache_read_rows(c, 1, 0, T, k2, v2), 0);
+    assert_memory_equal(k, k2, bytes);
+    assert_memory_equal(v, v2, bytes);
+    kw_kvcache_free(c);
+    kw_backend_host_free(be, k), kw_backend_host_free(be, v), kw_backend_host_free(be, k2),
+        kw_backend_host_free(be, v2);
+    kw_backend_host_free(be, a);
+    kw_backend_host_free(be, b);
+    kw_backend_host_free(be, NULL);
+    assert_int_equal(kw_backend_host_bytes(be), before);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Step graphs
+ */
+
+#define GRAPH_PROMPT 500 /* decode then crosses 512 cache rows, where attention starts splitting (kw_cuda_ops.cu) */
+#define GRAPH_STEPS  24
+#define GRAPH_MASK   8  /* the step before which a few rows are masked (the cache's mask appears) */
+#define GRAPH_GROW   16 /* the step before which another op grows the backend's workspace (it moves) */
+
+/* Fills rows [0, GRAPH_PROMPT) of every layer of c with the same pseudo-random K and V on any backend: a long
+ * context without the emulator's cost of prefilling one. */
+static void fill_context(kw_model *m, kw_kvcache *c) {
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const size_t n = (size_t)GRAPH_PROMPT * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    float *k = malloc(n * sizeof *k), *v = malloc(n * sizeof *v);
+    assert_true(k && v);
+    uint32_t x = 12345;
+    for (int32_t l = 0; l < cfg->n_layers; ++l) {
+        for (size_t i = 0; i < n; ++i) {
+            x = x * 1664525u + 1013904223u;
+            k[i] = (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+            x = x * 1664525u + 1013904223u;
+            v[i] = (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+        }
+        assert_int_equal(kw_kvcache_write_rows(c, l, 0, GRAPH_PROMPT, k, v), 0);
+    }
+    free(k), free(v);
+}
+
+/* An attention over a long span with few rows, alone on be: it splits into more chunks than the decode steps, so
+ * the CUDA backend's workspace grows (moves). */
+static void grow_workspace(kw_backend *be) {
+    const int64_t nq[3] = {1, 16, 16}, nc[3] = {1, 2048, 16};
+    kw_tensor q, out, k, v;
+    assert_int_equal(kw_tensor_alloc(be, &q, KW_DTYPE_F32, 3, nq), 0);
+    assert_int_equal(kw_tensor_alloc(be, &out, KW_DTYPE_F32, 3, nq), 0);
+    assert_int_equal(kw_tensor_alloc(be, &k, KW_DTYPE_F32, 3, nc), 0);
+    assert_int_equal(kw_tensor_alloc(be, &v, KW_DTYPE_F32, 3, nc), 0);
+    kw_tensor *all[4] = {&q, &out, &k, &v};
+    for (int i = 0; i < 4; ++i)
+        assert_int_equal(kw_backend_memset_zero(be, all[i]), 0);
+    const kw_attention_params ap = {.q_pos0 = 2000, .n_kv = 2001, .scale = 0.25f};
+    assert_int_equal(kw_op_attention(be, &out, &q, &k, &v, &ap), 0);
+    assert_int_equal(kw_backend_synchronize(be), 0);
+    for (int i = 0; i < 4; ++i)
+        kw_tensor_free(all[i]);
+}
+
+/* Decode steps through step graphs (the default) give the same bits as the ops launched one by one
+ * (KW_CUDA_GRAPHS=0): two fresh GPU backends, every step's logits and token, across the context length where
+ * attention's split count changes (the recording fails for want of workspace, a plain step grows it, the next step
+ * records), after rows are masked and after the workspace moved (new recordings each). */
+static void test_step_graphs_bit_identical(void **state) {
+    (void)state;
+    kw_backend *on = NULL, *off = NULL;
+    int rc = kw_create_gpu(0, &on);
+    assert_int_equal(setenv("KW_CUDA_GRAPHS", "0", 1), 0);
+    if (rc == 0) rc = kw_create_gpu(0, &off);
+    unsetenv("KW_CUDA_GRAPHS");
+    if (rc < 0) fail_msg("gpu backends: %s (%s)", kw_status_name(rc), kw_error_detail());
+    kw_model *mg = load(on, DATA "/receiver_qwen3"), *mo = load(off, DATA "/receiver_qwen3");
+    const int64_t V = kw_model_get_config(mg)->vocab, cap = GRAPH_PROMPT + GRAPH_STEPS + 4;
+    float *lg = malloc((size_t)V * sizeof *lg), *lo = malloc((size_t)V * sizeof *lo);
+    assert_true(lg && lo);
+    kw_kvcache *cg = NULL, *co = NULL;
+    assert_int_equal(kw_model_create_cache(mg, cap, KW_DTYPE_F32, &cg), 0);
+    assert_int_equal(kw_model_create_cache(mo, cap, KW_DTYPE_F32, &co), 0);
+    fill_context(mg, cg);
+    fill_context(mo, co);
+    int32_t next_g = -1, next_o = E.prompt[0];
+    for (int s = 0; s < GRAPH_STEPS; ++s) {
+        if (s == GRAPH_MASK) {
+            assert_int_equal(kw_kvcache_set_valid(cg, 3, 5, 0), 0);
+            assert_int_equal(kw_kvcache_set_valid(co, 3, 5, 0), 0);
+        }
+        if (s == GRAPH_GROW) grow_workspace(on);
+        const int32_t tok = next_o;
+        int r = kw_model_decode_step(mg, cg, tok, lg, &next_g, 0);
+        if (r == 0) r = kw_model_decode_step(mo, co, tok, lo, &next_o, 0);
+        if (r < 0) fail_msg("decode step %d: %s (%s)", s, kw_status_name(r), kw_error_detail());
+        if (memcmp(lg, lo, (size_t)V * sizeof *lg) != 0 || next_g != next_o)
+            fail_msg("step %d (cache row %d): graph and plain launches differ (tokens %d, %d)", s, GRAPH_PROMPT + s,
+                     (int)next_g, (int)next_o);
+    }
+    int64_t rec = 0, launches = 0, off_launches = 0;
+    kw_model_graph_counts(mg, &rec, &launches);
+    kw_model_graph_counts(mo, NULL, &off_launches);
+    print_message("  step graphs: %lld recordings, %lld of %d steps launched as a graph\n", (long long)rec,
+                  (long long)launches, GRAPH_STEPS);
+    assert_true(rec >= 4); /* the first step, the mask, past 512 rows, the workspace moved */
+    /* at most one plain step per recording, and at least one (the workspace grown past 512 rows) */
+    assert_true(launches >= GRAPH_STEPS - rec && launches < GRAPH_STEPS);
+    assert_int_equal(off_launches, 0);
+    kw_kvcache_free(cg);
+    kw_kvcache_free(co);
+    kw_model_free(mg);
+    kw_model_free(mo);
+    kw_backend_destroy(off);
+    kw_backend_destroy(on);
+    free(lg), free(lo);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
  * Cache-to-Cache
  */
 
@@ -387,6 +558,9 @@ typedef struct kept_rows {
     int32_t n, layer[64];
     int64_t rows[64], *pos[64];
     float *k[64], *v[64];
+    kw_backend *be;       /* the sharer's backend */
+    uint64_t host_bytes;  /* its kw_backend_host_bytes during the callback: the wire rows' staging buffers */
+    size_t largest_layer; /* bytes of the largest layer handed over (K or V) */
 } kept_rows;
 
 static int keep_rows(void *user, const kw_share_layer *l) {
@@ -403,6 +577,8 @@ static int keep_rows(void *user, const kw_share_layer *l) {
     memcpy(kr->pos[i], l->positions, (size_t)l->n_rows * sizeof(int64_t));
     memcpy(kr->k[i], l->k, vals * sizeof(float));
     memcpy(kr->v[i], l->v, vals * sizeof(float));
+    kr->host_bytes = kw_backend_host_bytes(kr->be);
+    if (vals * sizeof(float) > kr->largest_layer) kr->largest_layer = vals * sizeof(float);
     return 0;
 }
 
@@ -418,6 +594,8 @@ static void kv_direct_run(kw_model *m, kw_kvcache **cache, kw_fusion_result *res
         layers[l] = l;
     kept_rows kr;
     memset(&kr, 0, sizeof kr);
+    kr.be = kw_model_backend(m);
+    const uint64_t host_before = kw_backend_host_bytes(kr.be);
     const kw_share_options so = {.sections = sec,
                                  .n_sections = n_sec,
                                  .layers = layers,
@@ -431,6 +609,9 @@ static void kv_direct_run(kw_model *m, kw_kvcache **cache, kw_fusion_result *res
     if (rc < 0)
         fail_msg("share on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc), kw_error_detail());
     assert_int_equal(kr.n, n_layers);
+    /* the rows were downloaded into kw_backend_host_alloc memory (pinned on the GPU), K and V, released after */
+    assert_true(kr.host_bytes >= host_before + 2 * kr.largest_layer);
+    assert_int_equal(kw_backend_host_bytes(kr.be), host_before);
     assert_int_equal(kw_model_create_cache(m, E.L + STEPS + 4, KW_DTYPE_F32, cache), 0);
     const kw_receive_options ro = {
         .mode = KW_RECEIVE_KV_DIRECT,
@@ -486,6 +667,8 @@ int main(void) {
         cmocka_unit_test(test_c2c),
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_cache_over_memory_limit),
+        cmocka_unit_test(test_step_graphs_bit_identical),
+        cmocka_unit_test(test_pinned_round_trip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1034,8 +1034,10 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) 
 cudaError_t cudaMalloc(void **ptr, size_t size) {
     EMU_ENTER();
     if (ptr == nullptr) return fail(cudaErrorInvalidValue, "cudaMalloc(NULL)");
-    const cudaError_t err = check_device(st, tl_device);
+    cudaError_t err = check_device(st, tl_device);
     if (err != cudaSuccess) return err;
+    /* a potentially synchronizing call: the runtime refuses it while a capture is in progress */
+    if ((err = capture_conflict(st, tl_device, "cudaMalloc")) != cudaSuccess) return err;
     return alloc_block(st, ptr, size, ALLOC_DEVICE, tl_device, nullptr);
 }
 
@@ -1046,8 +1048,9 @@ cudaError_t cudaFree(void *ptr) {
     if (it == st->allocs.end() || it->second.kind != ALLOC_DEVICE || it->second.free_queued)
         return fail(cudaErrorInvalidValue, strf("cudaFree(%p): not a live device allocation", ptr));
     const int device = it->second.device;
-    const cudaError_t err = check_device(st, device);
+    cudaError_t err = check_device(st, device);
     if (err != cudaSuccess) return err;
+    if ((err = capture_conflict(st, device, "cudaFree")) != cudaSuccess) return err;
     drain_device(st, device);
     it = st->allocs.find((uintptr_t)ptr);
     if (it != st->allocs.end()) release_alloc(st, it);
@@ -1057,8 +1060,9 @@ cudaError_t cudaFree(void *ptr) {
 cudaError_t cudaHostAlloc(void **ptr, size_t size, unsigned int flags) {
     EMU_ENTER();
     if (ptr == nullptr || (flags & ~0x7u) != 0) return fail(cudaErrorInvalidValue, "cudaHostAlloc: bad arguments");
-    const cudaError_t err = check_device(st, tl_device);
+    cudaError_t err = check_device(st, tl_device);
     if (err != cudaSuccess) return err;
+    if ((err = capture_conflict(st, tl_device, "cudaHostAlloc")) != cudaSuccess) return err;
     return alloc_block(st, ptr, size, ALLOC_PINNED, tl_device, nullptr);
 }
 
