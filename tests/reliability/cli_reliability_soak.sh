@@ -10,6 +10,9 @@ total=${5:-1000}
 models=$build/tests/daemons/models
 [ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
 . "$src/tests/deploy/daemon_lib.sh"
+# Under AddressSanitizer, freed memory waits in a quarantine (256 MB by default) that would read as growth here: a
+# small one fills during the warm-up and then stays flat, so the RSS samples show the daemons' own memory.
+export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=8:thread_local_quarantine_size_kb=256
 kvload=$build/loadgen/kvload
 
 start sharer "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port=0 \
