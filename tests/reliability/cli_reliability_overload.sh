@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_reliability_overload.sh: the pair (receiverd with queue.max 2: one request computing, one waiting) under
+# cli_reliability_overload.sh: the pair (receiverd with queue.max 1: the request computing, none waiting) under
 # open-loop arrivals at three times its measured capacity (kvload, Poisson). Every request is accounted for, each
 # either answered or turned away with a fast 503 (KW_E_SHARE_BUSY) that carries Retry-After (its p99 under the
 # accepted requests' median); the p99 latency of the accepted requests stays within twice its unloaded value (the
@@ -22,7 +22,7 @@ start sharer "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.y
 sharer_port=$port
 start receiver "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --http.port=0 \
     --model.path="$models/tiny-qwen3" --fusers.0.path="$models/tiny-fuser" --sharers.0.port="$sharer_port" \
-    --compute.threads=1 --queue.max=2
+    --compute.threads=1 --queue.max=1
 receiver_pid=${pids[-1]} receiver_port=$port
 base=http://127.0.0.1:$receiver_port
 for _ in $(seq 600); do
