@@ -9,26 +9,8 @@
 # 0, and every request either got its answer or a 503, or found the port closed: none is cut off without a response.
 # Prints the figures (docs/RELIABILITY.md).
 . "$(dirname "$0")/../cli_lib.sh" "$@"
-models=$build/tests/daemons/models
-[ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
-. "$src/tests/deploy/daemon_lib.sh"
-# Under AddressSanitizer, freed memory waits in a quarantine (256 MB by default) that would read as growth here: a
-# small one fills during the warm-up and then stays flat, so the RSS samples show the daemons' own memory.
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=8:thread_local_quarantine_size_kb=256
-kvload=$build/loadgen/kvload
-
-start sharer "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port=0 \
-    --models.0.path="$models/tiny-qwen2" --models.1.path="$models/tiny-qwen3" --compute.threads=1
-sharer_port=$port
-start receiver "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --http.port=0 \
-    --model.path="$models/tiny-qwen3" --fusers.0.path="$models/tiny-fuser" --sharers.0.port="$sharer_port" \
-    --compute.threads=1 --queue.max=1
-receiver_pid=${pids[-1]} receiver_port=$port
-base=http://127.0.0.1:$receiver_port
-for _ in $(seq 600); do
-    curl -sf "$base/health" | jq -e '.status == "ok"' >/dev/null 2>&1 && break
-    sleep 0.1
-done
+. "$src/tests/reliability/pair_lib.sh"
+start_pair --queue.max=1
 
 # load NAME OPTIONS...: a kvload run of c2c requests of 8 tokens
 load() {
