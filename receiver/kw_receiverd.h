@@ -7,8 +7,9 @@
  *
  * Threads (DESIGN.md): one libuv loop thread for the HTTP front, the sharer connections, timers and signals; one
  * compute thread with its own queue (bounded by queue.max: beyond it HTTP 503 with Retry-After) runs tokenization,
- * the receiver's prefill, decoding and fusion, and generation; the two exchange work through the completion queue (kw_net_async)
- * and a per-request inbox of blob bytes, bounded (the connection stops reading while the compute thread is behind).
+ * the receiver's prefill, decoding and fusion, and generation; the two exchange work through the completion queue
+ * (kw_net_async) and a per-request inbox of blob bytes, bounded (the connection stops reading while the compute thread
+ * is behind).
  *
  * Not here: the sharer (sharer/), the HTTP request reader (net/kw_http.h).
  */
