@@ -90,10 +90,14 @@ echo "overload: $n requests at $rate/s (3x the unloaded capacity, mean $(printf 
     "$(printf %.1f "$p99_unloaded") ms ($(jq -n "$p99_accepted / $p99_unloaded * 100 | round")%); receiverd RSS max" \
     "$first_max kB (first half) / $second_max kB (second half); descriptors $fds_before before, $fds_after after"
 
-# 3. SIGTERM under the same load
+# 3. SIGTERM under the same load, once receiverd has answered a few of its requests (kvload's start-up takes a
+# while in a sanitizer build)
+answered() { grep -c 'receiverd: request [0-9]* ok' receiver.log || true; }
+before=$(answered)
 load sigterm --num-prompts "$n" --request-rate "$rate" --max-concurrency 0 &
 loader=$!
-sleep 1
+for _ in $(seq 600); do [ "$(answered)" -ge $((before + 5)) ] && break; sleep 0.1; done
+[ "$(answered)" -ge $((before + 5)) ] || { cat sigterm.log; fail "the load before SIGTERM never got going"; }
 kill -TERM "$receiver_pid"
 wait "$receiver_pid" || fail "receiverd exited $? on SIGTERM under load"
 wait $loader || true
