@@ -104,7 +104,7 @@ grep -q 'data-points="6"' rep/index.html || fail "the plot does not show the 6 r
 
 # SIGTERM: both daemons exit cleanly (status 0, nothing from a sanitizer).
 for p in "${pids[@]}"; do kill -TERM "$p"; done
-for p in "${pids[@]}"; do wait "$p" || fail "a daemon exited with status $?: $(tail -3 receiverd.log sharerd.log)"; done
+for p in "${pids[@]}"; do wait "$p" || fail "a daemon exited with status $?: $(tail -n 3 receiverd.log sharerd.log)"; done
 pids=()
 ! grep -q "Sanitizer\|runtime error" sharerd.log receiverd.log || fail "sanitizer reports in the daemons' logs"
 if [ -n "${KW_KEEP_DIR:-}" ]; then rm -rf "$KW_KEEP_DIR" && cp -r "$tmp" "$KW_KEEP_DIR"; fi
