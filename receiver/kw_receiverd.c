@@ -227,20 +227,14 @@ static cJSON *kw__rd_error_json(int status, const char *message, const char *typ
     return root;
 }
 
-static void kw__rd_respond_error(kw_http_request *req, int http, int status, const char *message, const char *type) {
-    kw__rd_respond_json(req, http, kw__rd_error_json(status, message, type));
-}
-
 /* When a client turned away with a 503 may come back, in whole seconds (1 to 60): a full queue drains at the mean
- * time of the requests served so far (1 s before any), a sharer that is down is tried again every
- * sharer.reconnect_ms, a daemon that is stopping is gone for longer. */
+ * time of the requests served so far (the total stage's histogram; 1 s before any), a sharer that is down is tried
+ * again every sharer.reconnect_ms, a daemon that is stopping is gone for longer. */
 static int kw__rd_retry_after_s(const kw_receiverd *d, int status) {
     double seconds = 1;
     if (status == KW_E_SHARE_BUSY) {
-        double sum = 0, n = 0;
-        for (int m = 0; m < 4; ++m)
-            sum += d->request_hist[m].sum, n += (double)d->request_hist[m].n;
-        seconds = n > 0 ? sum / n * (double)d->queued : 1;
+        const kw_rd_hist *served = &d->stage_hist[KW_RD_STAGE_TOTAL];
+        seconds = served->n > 0 ? served->sum / (double)served->n * (double)d->queued : 1;
     } else if (status == KW_E_NET_SHUTDOWN) {
         seconds = 10;
     } else {
@@ -250,8 +244,8 @@ static int kw__rd_retry_after_s(const kw_receiverd *d, int status) {
 }
 
 /* An error answer; a 503 says when to retry. */
-static void kw__rd_respond_failure(const kw_receiverd *d, kw_http_request *req, int http, int status,
-                                   const char *message, const char *type) {
+static void kw__rd_respond_error(const kw_receiverd *d, kw_http_request *req, int http, int status, const char *message,
+                                 const char *type) {
     kw__rd_respond_json_retry(req, http, kw__rd_error_json(status, message, type),
                               http == 503 ? kw__rd_retry_after_s(d, status) : 0);
 }
@@ -638,8 +632,8 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
         } else if (j->status == 0) {
             kw__rd_respond_json(j->http, 200, kw__rd_response(d, j, NULL, true, total_ms));
         } else {
-            kw__rd_respond_failure(d, j->http, http == 499 ? 400 : http, j->status, j->error,
-                                   http >= 500 ? "server_error" : "invalid_request_error");
+            kw__rd_respond_error(d, j->http, http == 499 ? 400 : http, j->status, j->error,
+                                 http >= 500 ? "server_error" : "invalid_request_error");
         }
         j->http = NULL;
     }
@@ -776,7 +770,7 @@ static void kw__rd_generate(kw_receiverd *d, kw_http_request *req, bool chat) {
     int http = 400;
     kw_rd_job *j = calloc(1, sizeof *j);
     if (!j) {
-        kw__rd_respond_error(req, 500, KW_E_NOMEM, "out of memory", "server_error");
+        kw__rd_respond_error(d, req, 500, KW_E_NOMEM, "out of memory", "server_error");
         return;
     }
     uv_mutex_init(&j->mu);
@@ -800,7 +794,7 @@ static void kw__rd_generate(kw_receiverd *d, kw_http_request *req, bool chat) {
     }
     if (rc < 0) {
         ++d->requests[j->spec.mode][kw__rd_outcome(http, rc)];
-        kw__rd_respond_failure(d, req, http, rc, err, http >= 500 ? "server_error" : type);
+        kw__rd_respond_error(d, req, http, rc, err, http >= 500 ? "server_error" : type);
         kw_rd_job_unref(j);
         return;
     }
@@ -860,13 +854,13 @@ static void kw__rd_handler(kw_http_request *req, void *user) {
     for (int i = 0; i < 5 && found < 0; ++i)
         if (strcmp(req->path, routes[i].path) == 0) found = i;
     if (found < 0) {
-        kw__rd_respond_error(req, 404, KW_E_NOT_FOUND, "no such path", "invalid_request_error");
+        kw__rd_respond_error(d, req, 404, KW_E_NOT_FOUND, "no such path", "invalid_request_error");
         return;
     }
     if (strcmp(req->method, routes[found].method) != 0) {
         char msg[96];
         snprintf(msg, sizeof msg, "%s wants %s", routes[found].path, routes[found].method);
-        kw__rd_respond_error(req, 405, KW_E_INVALID_ARG, msg, "invalid_request_error");
+        kw__rd_respond_error(d, req, 405, KW_E_INVALID_ARG, msg, "invalid_request_error");
         return;
     }
     switch (found) {
