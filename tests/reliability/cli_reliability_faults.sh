@@ -14,8 +14,6 @@ models=$build/tests/daemons/models
 [ -d "$models/tiny-qwen3" ] || fail "no tiny models in $models (the test_daemons_models fixture makes them)"
 . "$src/tests/deploy/daemon_lib.sh"
 
-now_ms() { date +%s%3N; }
-
 start sharer "$build/sharer/sharerd" --config "$src/deploy/config/sharerd.tiny.yaml" --listen.port=0 \
     --models.0.path="$models/tiny-qwen2" --models.1.path="$models/tiny-qwen3" --compute.threads=1
 sharer_pid=${pids[-1]} sharer_port=$port
@@ -51,50 +49,8 @@ for _ in $(seq 600); do
 done
 
 prompts=("Name a red planet." "What is two plus two?" "Say hello in French." "Which is heavier, iron or air?")
-# ask I OUT: prompt I mod 4 in c2c mode; OUT.json the body; prints the HTTP status, or "refused" when nothing
-# listened on the port (curl's exit status 7), or 000 for any other request without a response
-ask() {
-    local body code rc=0
-    body=$(jq -cn --arg p "${prompts[$(($1 % 4))]}" \
-        '{messages: [{role: "user", content: $p}], max_tokens: 6, kvwire: {mode: "c2c"}}')
-    code=$(curl -s -o "$2.json" -w '%{http_code}' --max-time 30 -H 'Content-Type: application/json' -d "$body" \
-        "$url") || rc=$?
-    [ $rc = 7 ] && code=refused
-    echo "$code"
-}
-# the fault-free answers
-for i in 0 1 2 3; do
-    [ "$(ask $i ref$i)" = 200 ] || fail "no fault-free answer to prompt $i: $(cat ref$i.json)"
-    jq -r '.choices[0].message.content' ref$i.json >ref$i.txt
-done
-
-# judge I OUT CODE: one request's outcome (ok, error CODE, or the failure of the test)
-judge() {
-    if [ "$3" = 200 ]; then
-        jq -r '.choices[0].message.content' "$2.json" | cmp -s - "ref$(($1 % 4)).txt" ||
-            fail "an answer differs from the fault-free one (prompt $(($1 % 4))): $(cat "$2.json")"
-        echo ok
-    elif [ "$3" = refused ] && [ "${allow_refused:-0}" = 1 ]; then
-        echo "refused (receiverd down)"
-    elif [ "$3" = 000 ] || [ "$3" = refused ]; then
-        fail "request $2 got no response at all ($3)"
-    else
-        jq -e '.error.message | type == "string"' "$2.json" >/dev/null 2>&1 ||
-            fail "HTTP $3 without an error body: $(cat "$2.json")"
-        echo "error $3"
-    fi
-}
-
-# client C N: N requests back to back; one line each in client-C.txt: start and end (ms), then the outcome
-client() {
-    local c=$1 n=$2 i code t0
-    : >"client-$c.txt"
-    for ((i = 0; i < n; i++)); do
-        t0=$(now_ms)
-        code=$(ask $((c + i)) "c$c-$i")
-        echo "$t0 $(now_ms) $(judge $((c + i)) "c$c-$i" "$code")" >>"client-$c.txt"
-    done
-}
+. "$src/tests/reliability/requests_lib.sh"
+reference_answers
 
 # fault NAME HOLD_S INJECT... : two clients of 12 requests; after 0.3 s INJECT (a command for the proxy, or a shell
 # function), held HOLD_S seconds, then `pass`; the clients must finish. The recovery time is from the fault's end to
@@ -114,31 +70,10 @@ fault() {
     cleared=$(now_ms)
     wait $c0 || fail "$name: a client failed"
     wait $c1 || fail "$name: a client failed"
-    local recovered k=0
-    recovered=$(cat client-0.txt client-1.txt | awk -v t="$cleared" '$1 >= t && $3 == "ok" {print $2}' | sort -n |
-        head -n 1)
-    for _ in $(seq 200); do
-        [ -z "$recovered" ] || break
-        k=$((k + 1))
-        [ "$(ask $k "rec-$name-$k")" = 200 ] && { recovered=$(now_ms); judge $k "rec-$name-$k" 200 >/dev/null; break; }
-        sleep 0.05
-    done
-    [ -n "$recovered" ] || fail "$name: no good answer 10 s after the fault ended"
-    for i in 0 1 2 3; do
-        local code
-        code=$(ask $i "after-$name-$i")
-        [ "$code" = 200 ] || fail "$name: request $i after recovery failed ($code): $(cat "after-$name-$i.json")"
-        judge $i "after-$name-$i" 200 >/dev/null
-    done
-    local total ok
-    cat client-0.txt client-1.txt | cut -d' ' -f3- >outcomes.txt
-    total=$(wc -l <outcomes.txt)
-    ok=$(grep -cx ok outcomes.txt || true)
-    [ "$total" = 24 ] || fail "$name: $total of 24 requests accounted for"
-    local errors
-    errors=$(grep -v '^ok$' outcomes.txt | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
+    recover "$name" "$cleared" 200
+    outcomes "$name"
     echo "fault $name: 24/24 answered: $ok identical to the fault-free answers, errors: ${errors:-none}; recovered" \
-        "$((recovered - cleared)) ms after the fault ended; 4/4 good after"
+        "$recovery_ms ms after the fault ended; 4/4 good after"
 }
 
 # restart_receiver: receiverd stopped (SIGTERM: the requests in flight finish or fail with an answer) and started

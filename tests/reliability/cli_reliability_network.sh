@@ -15,7 +15,6 @@ for b in ip nft tc; do
     command -v $b >/dev/null || { echo "SKIP: $b is not installed (apt-get install iproute2 nftables)"; exit 77; }
 done
 . "$src/tests/deploy/daemon_lib.sh"
-now_ms() { date +%s%3N; }
 ns=kwrel$$
 veth=kwrv$$
 net=10.$((100 + RANDOM % 100)).$((RANDOM % 250))
@@ -48,37 +47,8 @@ done
 curl -sf "http://127.0.0.1:$port/health" | jq -e '.status == "ok"' >/dev/null || fail "receiverd never reached sharerd"
 
 prompts=("Name a red planet." "What is two plus two?" "Say hello in French." "Which is heavier, iron or air?")
-ask() { # ask I OUT: prompt I mod 4 in c2c mode, OUT.json the body; prints the HTTP status (000: none)
-    local body
-    body=$(jq -cn --arg p "${prompts[$(($1 % 4))]}" \
-        '{messages: [{role: "user", content: $p}], max_tokens: 6, kvwire: {mode: "c2c"}}')
-    curl -s -o "$2.json" -w '%{http_code}' --max-time 30 -H 'Content-Type: application/json' -d "$body" "$url" || true
-}
-for i in 0 1 2 3; do
-    [ "$(ask $i ref$i)" = 200 ] || fail "no fault-free answer to prompt $i: $(cat ref$i.json)"
-    jq -r '.choices[0].message.content' ref$i.json >ref$i.txt
-done
-judge() { # judge I OUT CODE: ok, or error CODE; fails the test on a changed answer or an answer-less failure
-    if [ "$3" = 200 ]; then
-        jq -r '.choices[0].message.content' "$2.json" | cmp -s - "ref$(($1 % 4)).txt" ||
-            fail "an answer differs from the fault-free one: $(cat "$2.json")"
-        echo ok
-    else
-        [ "$3" != 000 ] || fail "request $2 got no response at all"
-        jq -e '.error.message | type == "string"' "$2.json" >/dev/null 2>&1 ||
-            fail "HTTP $3 without an error body: $(cat "$2.json")"
-        echo "error $3"
-    fi
-}
-client() { # client C N: one line per request in client-C.txt: start and end (ms), then the outcome
-    local i t0 code
-    : >"client-$1.txt"
-    for ((i = 0; i < $2; i++)); do
-        t0=$(now_ms)
-        code=$(ask $(($1 + i)) "c$1-$i")
-        echo "$t0 $(now_ms) $(judge $(($1 + i)) "c$1-$i" "$code")" >>"client-$1.txt"
-    done
-}
+. "$src/tests/reliability/requests_lib.sh"
+reference_answers
 
 # 1. partition
 client 0 12 &
@@ -93,32 +63,17 @@ sleep 3
 ip netns exec "$ns" nft delete table inet kwpart
 healed=$(now_ms)
 wait $c0 && wait $c1 || fail "a client failed"
-# recovered: the end of the first good answer to a request sent after the partition (a client's, or a probe's)
-recovered=$(cat client-0.txt client-1.txt | awk -v t="$healed" '$1 >= t && $3 == "ok" {print $2}' | sort -n | head -n 1)
-for k in $(seq 300); do
-    [ -z "$recovered" ] || break
-    [ "$(ask $k "rec-$k")" = 200 ] && { recovered=$(now_ms); judge $k "rec-$k" 200 >/dev/null; break; }
-    sleep 0.05
-done
-[ -n "$recovered" ] || fail "no good answer 15 s after the partition ended"
-for i in 0 1 2 3; do judge $i "after-$i" "$(ask $i "after-$i")" | grep -qx ok || fail "request $i after the partition failed"; done
-cat client-0.txt client-1.txt | cut -d' ' -f3- >outcomes.txt
-total=$(wc -l <outcomes.txt)
-[ "$total" = 24 ] || fail "$total of 24 requests accounted for through the partition"
-ok=$(grep -cx ok outcomes.txt || true)
-errors=$(grep -v '^ok$' outcomes.txt | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
+recover partition "$healed" 300
+outcomes partition
 [ "$ok" -lt 24 ] || fail "every request succeeded through a 3 s partition: the rule was not in force"
 echo "partition (nftables drop, 3 s): 24/24 answered: $ok identical to the fault-free answers, errors: ${errors:-none};" \
-    "recovered $((recovered - healed)) ms after it ended; 4/4 good after"
+    "recovered $recovery_ms ms after it ended; 4/4 good after"
 
 # 2. 10 Mbit/s on the sharer's side of the link, with long prompts (shares of about 150 kB, far beyond tbf's burst)
 long=$(printf 'The river runs past the old mill and under the stone bridge. %.0s' $(seq 50))
 prompts=("$long Where does the river run?" "$long What is under the bridge?" "$long Name the old building."
     "$long What is the bridge made of?")
-for i in 0 1 2 3; do
-    [ "$(ask $i ref$i)" = 200 ] || fail "no fault-free answer to long prompt $i: $(cat ref$i.json)"
-    jq -r '.choices[0].message.content' ref$i.json >ref$i.txt
-done
+reference_answers
 free_ms=$(jq '.kvwire.timings_ms.transfer' ref0.json)
 ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate 10mbit burst 16kb latency 500ms
 slowest=
