@@ -52,28 +52,33 @@ prompts=("Name a red planet." "What is two plus two?" "Say hello in French." "Wh
 . "$src/tests/reliability/requests_lib.sh"
 reference_answers
 
-# fault NAME HOLD_S INJECT... : two clients of 12 requests; after 0.3 s INJECT (a command for the proxy, or a shell
-# function), held HOLD_S seconds, then `pass`; the clients must finish. The recovery time is from the fault's end to
-# the end of the first good answer to a request sent after it (the clients', or probes' when theirs were done)
+# fault NAME HOLD_S INJECT... : two clients sending back to back (at least 12 requests each, and on until the fault
+# has ended); after 0.3 s INJECT (a command for the proxy, or a shell function), held HOLD_S seconds, then `pass`.
+# The recovery time is from the fault's end to the end of the first good answer to a request sent after it (the
+# clients', or probes' when theirs were done)
 fault() {
     local name=$1 hold=$2
     shift 2
-    client 0 12 &
+    rm -f stop
+    client 0 12 stop &
     local c0=$!
-    client 1 12 &
+    client 1 12 stop &
     local c1=$!
     sleep 0.3
+    local injected
+    injected=$(now_ms)
     if [ "$(type -t "$1")" = function ]; then "$@"; else proxy_do "$@"; fi
     sleep "$hold"
     proxy_do pass
     local cleared
     cleared=$(now_ms)
+    touch stop
     wait $c0 || fail "$name: a client failed"
     wait $c1 || fail "$name: a client failed"
     recover "$name" "$cleared" 200
-    outcomes "$name"
-    echo "fault $name: 24/24 answered: $ok identical to the fault-free answers, errors: ${errors:-none}; recovered" \
-        "$recovery_ms ms after the fault ended; 4/4 good after"
+    outcomes "$name" "$injected" "$cleared"
+    echo "fault $name: $total/$total answered: $ok identical to the fault-free answers, errors: ${errors:-none};" \
+        "recovered $recovery_ms ms after the fault ended; 4/4 good after"
 }
 
 # restart_receiver: receiverd stopped (SIGTERM: the requests in flight finish or fail with an answer) and started

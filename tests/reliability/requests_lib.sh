@@ -7,11 +7,14 @@
 #   reference_answers           every prompt once, fault-free: ref0.txt .. ref3.txt
 #   judge I OUT CODE            ok (the fault-free answer, to the byte), "error CODE" (an HTTP error with an error
 #                               body), "refused (receiverd down)" when allow_refused=1; anything else fails the test
-#   client C N                  N requests back to back; client-C.txt: start and end (ms) and the outcome of each
+#   client C N STOP             requests back to back, at least N and until the file STOP exists (so that the load
+#                               spans the whole fault however fast the requests are); client-C.txt: start and end
+#                               (ms) and the outcome of each; client-C.count: how many it sent
 #   recover NAME SINCE PROBES   after the clients: sets recovery_ms, from SINCE to the end of the first good answer
 #                               to a request sent after it (the clients', else one of PROBES probes 50 ms apart),
 #                               then four more that must all be good
-#   outcomes NAME               the clients' 24 outcomes accounted for: sets ok (count) and errors (a summary)
+#   outcomes NAME FROM TO       every request the two clients sent accounted for, and some of them sent during the
+#                               fault (FROM to TO, ms): sets total, ok (count) and errors (a summary)
 now_ms() { date +%s%3N; }
 
 ask() {
@@ -49,13 +52,15 @@ judge() {
 }
 
 client() {
-    local c=$1 n=$2 i code t0
+    local c=$1 n=$2 stop=$3 i=0 code t0
     : >"client-$c.txt"
-    for ((i = 0; i < n; i++)); do
+    while [ $i -lt "$n" ] || [ ! -e "$stop" ]; do
         t0=$(now_ms)
         code=$(ask $((c + i)) "c$c-$i")
         echo "$t0 $(now_ms) $(judge $((c + i)) "c$c-$i" "$code")" >>"client-$c.txt"
+        i=$((i + 1))
     done
+    echo "$i" >"client-$c.count"
 }
 
 recover() {
@@ -78,10 +83,13 @@ recover() {
 }
 
 outcomes() {
-    local total
+    local sent during
     cat client-0.txt client-1.txt | cut -d' ' -f3- >outcomes.txt
     total=$(wc -l <outcomes.txt)
-    [ "$total" = 24 ] || fail "$1: $total of 24 requests accounted for"
+    sent=$(($(cat client-0.count) + $(cat client-1.count)))
+    [ "$total" = "$sent" ] || fail "$1: $total of $sent requests accounted for"
+    during=$(cat client-0.txt client-1.txt | awk -v a="$2" -v b="$3" '$1 <= b && $2 >= a' | wc -l)
+    [ "$during" -gt 0 ] || fail "$1: no request was under way during the fault"
     ok=$(grep -cx ok outcomes.txt || true)
-    errors=$(grep -v '^ok$' outcomes.txt | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
+    errors=$({ grep -v '^ok$' outcomes.txt || true; } | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
 }
