@@ -38,7 +38,7 @@ int kw_json_load_file(const char *path, size_t max_size, cJSON **out) {
 int kw_json_to_i64(const cJSON *item, int64_t min, int64_t max, int64_t *out) {
     if (!cJSON_IsNumber(item)) return KW_E_PARSE;
     const double v = item->valuedouble;
-    if (!(v == floor(v)) || fabs(v) > 9007199254740992.0) return KW_E_PARSE;
+    if (!(v == floor(v)) || fabs(v) > (double)KW_JSON_MAX_EXACT_INT) return KW_E_PARSE;
     const int64_t i = (int64_t)v;
     if (i < min || i > max) return KW_E_PARSE;
     *out = i;

@@ -18,7 +18,12 @@ int kw_json_parse(const char *text, size_t len, cJSON **out);
 /* Reads and parses a file of at most max_size bytes. */
 int kw_json_load_file(const char *path, size_t max_size, cJSON **out);
 
-/* Converts a JSON number to an exact int64 in [min, max]. */
+/* The largest integer a JSON number is read exactly as (2^53 - 1, JavaScript's MAX_SAFE_INTEGER): cJSON holds numbers
+ * as doubles, so a larger one in the text may already have been rounded. */
+#define KW_JSON_MAX_EXACT_INT 9007199254740991LL
+
+/* Converts a JSON number to an exact int64 in [min, max]; a number of magnitude above KW_JSON_MAX_EXACT_INT is refused
+ * whatever the range (its text may name another integer than the one read). */
 int kw_json_to_i64(const cJSON *item, int64_t min, int64_t max, int64_t *out);
 
 /* Field getters: KW_E_NOT_FOUND if key is absent (or JSON null), KW_E_PARSE if it has the wrong type or range.

@@ -84,6 +84,7 @@ static int kw_st_dtype_rank(enum kw_dtype d) {
 struct kw_safetensors {
     kw_file_map *maps; /* one per file */
     size_t n_maps;
+    int borrowed;          /* 1: the single map is the caller's buffer (kw_safetensors_open_memory), never unmapped */
     kw_st_tensor *tensors; /* file order, shards in index order; names malloc'ed */
     uint32_t *file_of;     /* tensors[i] lives in maps[file_of[i]] */
     size_t count, cap;
@@ -91,7 +92,7 @@ struct kw_safetensors {
 };
 
 void kw_safetensors_release(const kw_safetensors *st, const kw_st_tensor *t) {
-    if (!st || !t || t < st->tensors || t >= st->tensors + st->count) return;
+    if (!st || st->borrowed || !t || t < st->tensors || t >= st->tensors + st->count) return;
     const kw_file_map *map = &st->maps[st->file_of[t - st->tensors]];
     kw_file_map_release(map, (size_t)((const unsigned char *)t->data - map->data), t->nbytes);
 }
@@ -100,7 +101,7 @@ void kw_safetensors_close(kw_safetensors *st) {
     if (!st) return;
     for (size_t i = 0; i < st->count; ++i)
         free((char *)st->tensors[i].name);
-    for (size_t i = 0; i < st->n_maps; ++i)
+    for (size_t i = 0; i < st->n_maps && !st->borrowed; ++i)
         kw_file_unmap(&st->maps[i]);
     free(st->maps);
     free(st->tensors);
@@ -549,6 +550,27 @@ out:
     kw_safetensors_close(st);
     free(index);
     free(single);
+    return rc;
+}
+
+int kw_safetensors_open_memory(const void *data, size_t size, kw_safetensors **out) {
+    KW_RETURN_IF(!out || (!data && size > 0), KW_E_INVALID_ARG, "kw_safetensors_open_memory: NULL argument");
+    *out = NULL;
+    int rc = 0;
+    kw_safetensors *st = calloc(1, sizeof *st);
+    KW_RETURN_IF(!st, KW_E_NOMEM, "out of memory");
+    st->borrowed = 1;
+    st->maps = calloc(1, sizeof *st->maps);
+    KW_CHECK_IF(!st->maps, KW_E_NOMEM, "out of memory");
+    st->maps[0].data = data;
+    st->maps[0].size = size;
+    st->n_maps = 1;
+    KW_CHECK(kw_st_parse_file(st, 0, "(memory)"));
+    KW_CHECK(kw_st_build_name_index(st, NULL));
+    *out = st;
+    st = NULL;
+out:
+    kw_safetensors_close(st);
     return rc;
 }
 

@@ -35,6 +35,11 @@ typedef struct kw_safetensors kw_safetensors; /* opaque: the mappings and the te
  * KW_E_LIMIT. */
 int kw_safetensors_open(const char *path, kw_safetensors **out);
 
+/* Reads one safetensors file held in memory (size bytes at data, borrowed: it must outlive the result, and tensor
+ * data points into it), with the same checks as a file. *out is owned by the caller (kw_safetensors_close).
+ * Errors: KW_E_INVALID_ARG, KW_E_NOMEM, KW_E_MODEL_FORMAT, KW_E_MODEL_DTYPE, KW_E_LIMIT. */
+int kw_safetensors_open_memory(const void *data, size_t size, kw_safetensors **out);
+
 /* Unmaps everything. NULL is a no-op. */
 void kw_safetensors_close(kw_safetensors *st);
 

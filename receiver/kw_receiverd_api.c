@@ -211,7 +211,7 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         } else if (strcmp(k, "min_tokens") == 0) {
             KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.min_tokens", 1, 1 << 20, &s->select.min_tokens));
         } else if (strcmp(k, "seed") == 0) {
-            KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.seed", 0, INT64_MAX, &x));
+            KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.seed", 0, KW_JSON_MAX_EXACT_INT, &x));
             s->select.seed = (uint64_t)x;
         } else if (strcmp(k, "codec") == 0) {
             KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.codec", &str));
@@ -518,7 +518,8 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         } else if (strcmp(k, "return_tokens_as_token_ids") == 0) {
             if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_bool(e, f, "return_tokens_as_token_ids", &s->token_ids));
         } else if (strcmp(k, "seed") == 0) {
-            if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_int(e, f, "seed", INT64_MIN + 1, INT64_MAX, &x));
+            if (!cJSON_IsNull(f))
+                KW_FORWARD(kw__rd_int(e, f, "seed", -KW_JSON_MAX_EXACT_INT, KW_JSON_MAX_EXACT_INT, &x));
         } else if (strcmp(k, "kvwire") == 0) {
             kvwire = f;
         } else if (kw__rd_in(k, kw__rd_unsupported) || (chat && strcmp(k, "echo") == 0) ||
@@ -535,6 +536,7 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         if (chat_logprobs) s->logprobs = top_logprobs >= 0 ? top_logprobs : 0;
     }
     if (kvwire) KW_FORWARD(kw__rd_kvwire(e, kvwire, vocab, s, &max_tokens_given));
+    s->max_tokens_given = max_tokens_given;
     if (s->spec.codec == 0) /* no policy object: the server's default codec */
         KW_FORWARD(kw__rd_codec(e, "defaults.codec", &s->codec, &s->granularity, &s->scale, &s->spec));
     if (s->echo && s->logprobs >= 0)
@@ -549,6 +551,17 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)
         return KW__RD_BAD(e, "kvwire.policy.proportion: above 0 for selection %s", kw_select_mode_name(s->select.mode));
+    return 0;
+}
+
+int kw_rd_fit_context(int64_t context, int64_t n_prompt, bool given, int64_t *max_tokens) {
+    const int64_t room = context - n_prompt;
+    if (room < 0 || (room == 0 && *max_tokens > 0 && !given) || (given && *max_tokens > room))
+        KW_FAIL(KW_E_LIMIT,
+                "the prompt (%lld tokens) and max_tokens (%lld) exceed the model's context of %lld tokens "
+                "(max_position_embeddings)",
+                (long long)n_prompt, (long long)*max_tokens, (long long)context);
+    if (*max_tokens > room) *max_tokens = room;
     return 0;
 }
 

@@ -412,6 +412,14 @@ static int kw__rd_relay(kw_receiverd *d, kw_rd_job *j, kw_chat_message *msgs, si
     return rc;
 }
 
+/* kw_rd_fit_context for the job, with the 400 status on a refusal. */
+static int kw__rd_fit_context(kw_receiverd *d, kw_rd_job *j) {
+    const int64_t context = kw_model_get_config(d->model)->max_positions;
+    const int rc = kw_rd_fit_context(context, j->n_prompt, j->spec.max_tokens_given, &j->spec.max_tokens);
+    if (rc < 0) j->http_status = 400;
+    return rc;
+}
+
 static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
     const kw_rd_spec *s = &j->spec;
     const uint64_t t0 = kw_time_now_ns();
@@ -436,6 +444,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
     KW_CHECK(kw__rd_prompt(d, j, msgs, n_msgs));
     j->ms_tokenize = kw_time_ms(t_tok, kw_time_now_ns());
     const int64_t n = j->n_prompt;
+    KW_CHECK(kw__rd_fit_context(d, j));
 
     /* generation: the same options as kvwire c2c, plus the API's callbacks */
     const int numerics_fp32 = d->cfg->numerics != 0;

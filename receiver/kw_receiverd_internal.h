@@ -58,6 +58,7 @@ typedef struct kw_rd_spec {
     kw_rd_message *messages; /* chat */
     size_t n_messages;
     int64_t max_tokens;
+    bool max_tokens_given; /* false: the server's default, clamped to the context the prompt leaves */
     char *stop[KW_RD_MAX_STOP];
     int n_stop;
     bool stream, echo;
@@ -94,6 +95,11 @@ int kw_rd_spec_parse(const char *body, size_t len, bool chat, const kw_receiverd
                      int *http_status);
 
 void kw_rd_spec_free(kw_rd_spec *s);
+
+/* The prompt (n_prompt tokens) and the tokens to generate must fit a model context of `context` positions: a prompt
+ * that leaves no room for a default max_tokens > 0, or a max_tokens given by the client (given) past the room left,
+ * is KW_E_LIMIT naming the three numbers; a default max_tokens is cut to the room left. */
+int kw_rd_fit_context(int64_t context, int64_t n_prompt, bool given, int64_t *max_tokens);
 
 /* The API's names. */
 const char *kw_rd_mode_name(enum kw_rd_mode m);

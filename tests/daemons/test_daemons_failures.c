@@ -411,6 +411,10 @@ static void test_hostile_peers(void **state) {
     assert_false(kwd_closed_within(fd, 200));
     assert_true(kwd_closed_within(fd, wait));
     close(fd);
+    /* a request past the model's context (the tiny models': 32768 or 40960 positions) is a 400 naming it */
+    expect_error(rd.port,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":1048576,\"kvwire\":{}}", 400,
+                 "KW_E_LIMIT", NULL);
     /* both still serve */
     expect_ok(rd.port, PROMPT_BODY("{}"));
     kwd_stop(&rd);

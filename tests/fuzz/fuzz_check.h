@@ -16,6 +16,17 @@
         }                                                                                                              \
     } while (0)
 
+/* The element count of a decoded tensor's shape (every extent checked non-negative), the model-file targets' check
+ * that nbytes matches it. */
+static inline size_t fuzz_numel(int32_t ndim, const int64_t *shape) {
+    size_t numel = 1;
+    for (int32_t d = 0; d < ndim; ++d) {
+        FUZZ_CHECK(shape[d] >= 0);
+        numel *= (size_t)shape[d];
+    }
+    return numel;
+}
+
 /* A 64-bit FNV-1a step over bytes, to compare what two decoders produced. */
 static inline uint64_t fuzz_hash(uint64_t h, const void *data, size_t n) {
     const unsigned char *p = (const unsigned char *)data;

@@ -402,15 +402,27 @@ static void test_limits(void **state) {
     expect_rejected(loop, a, "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", 400);
     expect_rejected(loop, a, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501);
     expect_rejected(loop, a, "CONNECT example.com:443 HTTP/1.1\r\n\r\n", 501);
-    /* exactly at the limits is fine */
+    /* the header cap counts the target and each name and value plus one byte apiece (what is kept of them): 256 of it
+     * with one header of a 245-byte value is at the cap, 246 bytes one past it */
+    char at_cap[400], past_cap[400];
+    snprintf(at_cap, sizeof at_cap, "GET /hello HTTP/1.1\r\nX-A: %0245d\r\n\r\n", 0);
+    snprintf(past_cap, sizeof past_cap, "GET /hello HTTP/1.1\r\nX-A: %0246d\r\n\r\n", 0);
+    expect_rejected(loop, a, past_cap, 431);
+    /* exactly at the limits is fine: the header bytes, the header count, the body */
     nt_client c;
     connect_client(loop, &c, a);
+    responses at;
+    request(loop, &c, at_cap, 1, &at);
+    assert_int_equal(at.r[0].status, 200);
+    request(loop, &c, "GET /hello HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 2, &at);
+    assert_int_equal(at.r[1].status, 200);
     char body[200];
     snprintf(body, sizeof body, "POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n%0100d", 0);
     responses rs;
-    request(loop, &c, body, 1, &rs);
-    assert_int_equal(rs.r[0].status, 200);
-    assert_int_equal(rs.r[0].body_len, 100);
+    request(loop, &c, body, 3, &rs);
+    assert_int_equal(rs.n, 3);
+    assert_int_equal(rs.r[2].status, 200);
+    assert_int_equal(rs.r[2].body_len, 100);
     finish_client(loop, &c);
 }
 
