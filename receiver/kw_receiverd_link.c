@@ -380,7 +380,9 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         const Kwctl__Error *e = (const Kwctl__Error *)m;
         char msg[1100];
         snprintf(msg, sizeof msg, "sharer %s: %s", l->cfg->name, e->message);
-        const int http = e->status == KW_E_SHARE_BUSY ? 503 : e->status == KW_E_SHARE_MODE ? 400 : 502;
+        const int http = e->status == KW_E_SHARE_BUSY                              ? 503
+                         : e->status == KW_E_SHARE_MODE || e->status == KW_E_LIMIT ? 400
+                                                                                   : 502;
         kw__rd_link_count(l->conn, j);
         kw__rd_share_finish(j, e->status, http, msg);
         kw__rd_link_done(l);

@@ -583,6 +583,10 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
     }
     KW_RETURN_IF(req->n_token_ids > (size_t)d->cfg->max_tokens, KW_E_LIMIT, "%zu token ids, the limit is %lld",
                  req->n_token_ids, (long long)d->cfg->max_tokens);
+    const int64_t context = kw_model_get_config(m->model)->max_positions;
+    KW_RETURN_IF(req->n_token_ids > (size_t)context, KW_E_LIMIT,
+                 "%zu token ids exceed model %s's context of %lld positions (max_position_embeddings)",
+                 req->n_token_ids, m->name, (long long)context);
     const Kwctl__SharePolicy *p = req->policy;
     for (size_t i = 0; i < p->n_layers; ++i)
         KW_RETURN_IF(p->layers[i] >= (uint32_t)m->n_layers, KW_E_INVALID_ARG, "layer %u: model %s has %d layers",

@@ -421,6 +421,33 @@ static void test_hostile_peers(void **state) {
     kwd_stop(&sd);
 }
 
+/* A sharer model whose context is shorter than the shared prompt refuses the share, naming its context, and the
+ * client gets that error rather than a silent over-long prefill. */
+static void test_sharer_context(void **state) {
+    (void)state;
+    char cmd[2048], m0[700];
+    snprintf(
+        cmd, sizeof cmd,
+        "rm -rf '%s/short-qwen2' && cp -r '%s/tiny-qwen2' '%s/short-qwen2' && "
+        "sed -i 's/\"max_position_embeddings\": [0-9]*/\"max_position_embeddings\": 8/' '%s/short-qwen2/config.json'",
+        kwd_scratch_dir(), kwd_models_dir(), kwd_scratch_dir(), kwd_scratch_dir());
+    assert_int_equal(system(cmd), 0);
+    snprintf(m0, sizeof m0, "--models.0.path=%s/short-qwen2", kwd_scratch_dir());
+    const char *extra[] = {m0, NULL};
+    kwd_proc sd, rd;
+    kwd_start_sharer(0, extra, &sd);
+    kwd_start_receiver(sd.port, NULL, &rd);
+    assert_true(kwd_wait_healthy(rd.port, kwd_ms(30000)));
+    kwd_response r;
+    kwd_http(rd.port, "/v1/chat/completions", PROMPT_BODY("{}"), &r);
+    if (r.status != 400 || !strstr(r.body, "context of 8 positions"))
+        fail_msg("expected a 400 naming the sharer's context, got %ld: %s", r.status, r.body);
+    kwd_response_free(&r);
+    expect_ok(rd.port, PROMPT_BODY("{\"mode\":\"receiver_only\"}"));
+    kwd_stop(&rd);
+    kwd_stop(&sd);
+}
+
 /* Model pairs that cannot work: refused at hello, with the reason, by either side; kv_direct against other files. */
 static void test_wrong_pair(void **state) {
     (void)state;
@@ -664,6 +691,7 @@ int main(void) {
         cmocka_unit_test(test_sharer_fails_mid_stream),
         cmocka_unit_test(test_hostile_peers),
         cmocka_unit_test(test_wrong_pair),
+        cmocka_unit_test(test_sharer_context),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_sharer_busy_and_cancel),
