@@ -1,7 +1,7 @@
-/* kvload_main.c: the `kvload` command line: run, sweep, report, summarize, stub, version. Options are parsed here and
- * handed to the library (loadgen/kw_load_*.h); the run options come from the one table of kw_load_config.h, so the
- * command line, sweep files and run.json use the same names. Exit statuses: 0 success, 1 failure, 2 usage error,
- * 130 interrupted.
+/* kvload_main.c: the `kvload` command line: run, sweep, sensitivity, report, summarize, stub, version. Options are
+ * parsed here and handed to the library (loadgen/kw_load_*.h); the run options come from the one table of
+ * kw_load_config.h, so the command line, sweep files and run.json use the same names. Exit statuses: 0 success, 1
+ * failure, 2 usage error, 130 interrupted.
  */
 #include "common/kw_file.h"
 #include "common/kw_json.h"
@@ -13,6 +13,7 @@
 #include "loadgen/kw_load_run.h"
 #include "loadgen/kw_load_stub.h"
 #include "loadgen/kw_load_summary.h"
+#include "loadgen/kw_load_sensitivity.h"
 #include "loadgen/kw_load_sweep.h"
 #include "net/kw_net.h"
 
@@ -207,6 +208,131 @@ static int kw_kvload_sweep(int argc, char **argv, int main_argc, char **main_arg
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// sensitivity
+
+/* Takes the sensitivity options (the rest are run options); 1 if taken, -1 after a usage error (printed). */
+static int kw_kvload_sens_extra(int argc, char **argv, int *i, kw_load_sensitivity_options *o, char **codecs_text) {
+    const char *arg = argv[*i];
+    static const char *const keys[] = {"--out",         "--mode",  "--codecs",       "--base-codec",
+                                       "--granularity", "--scale", "--target-bytes", "--target-fraction",
+                                       "--metric",      NULL};
+    int which = -1;
+    for (int k = 0; keys[k]; ++k)
+        if (strcmp(arg, keys[k]) == 0) which = k;
+    if (which < 0) return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "kvload sensitivity: %s needs a value\n", arg);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    char *end = NULL;
+    switch (which) {
+    case 0:
+        o->out = v;
+        break;
+    case 1:
+        o->mode = v;
+        break;
+    case 2: {
+        free(*codecs_text);
+        *codecs_text = strdup(v);
+        if (!*codecs_text) return -1;
+        o->n_codecs = 0;
+        for (char *save = NULL, *t = strtok_r(*codecs_text, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            if (o->n_codecs == KW_LOAD_SENS_MAX_CODECS) {
+                fprintf(stderr, "kvload sensitivity: at most %d codecs\n", KW_LOAD_SENS_MAX_CODECS);
+                return -1;
+            }
+            o->codecs[o->n_codecs++] = t;
+        }
+        break;
+    }
+    case 3:
+        o->base_codec = v;
+        break;
+    case 4:
+        o->granularity = v;
+        break;
+    case 5:
+        o->scale = v;
+        break;
+    case 6:
+        o->target_bytes = strtoll(v, &end, 10);
+        if (!end || *end || o->target_bytes <= 0) {
+            fprintf(stderr, "kvload sensitivity: --target-bytes wants a positive integer, got \"%s\"\n", v);
+            return -1;
+        }
+        break;
+    case 7:
+        o->target_fraction = strtod(v, &end);
+        if (!end || *end || !(o->target_fraction > 0 && o->target_fraction <= 1)) {
+            fprintf(stderr, "kvload sensitivity: --target-fraction wants a number in (0, 1], got \"%s\"\n", v);
+            return -1;
+        }
+        break;
+    default:
+        if (strcmp(v, "kl") == 0) {
+            o->metric = KW_LOAD_SENS_KL;
+        } else if (strcmp(v, "agreement") == 0) {
+            o->metric = KW_LOAD_SENS_AGREEMENT;
+        } else {
+            fprintf(stderr, "kvload sensitivity: --metric is kl or agreement, got \"%s\"\n", v);
+            return -1;
+        }
+    }
+    return 1;
+}
+
+static int kw_kvload_sensitivity(int argc, char **argv, int main_argc, char **main_argv) {
+    if (kw_kvload_help_wanted(argc, argv)) {
+        printf("usage: kvload sensitivity --out DIR --mode kv_direct|c2c --codecs C1,C2,...\n"
+               "                          (--target-bytes N | --target-fraction F) [--metric kl|agreement]\n"
+               "                          [--base-codec bf16] [--granularity G] [--scale S] [run options...]\n"
+               "Measures, for every sharer layer the transfer sends, the quality loss when only that layer travels\n"
+               "at each candidate codec (mean KL and teacher-forced top-1 agreement against the reference, every\n"
+               "layer at --base-codec) and the KVWire bytes per request, as one resumable sweep in DIR; then chooses\n"
+               "the codec per layer that meets the target (mean KVWire bytes per request, or F times the\n"
+               "reference's) with the least predicted loss (--metric, default kl), runs that schedule and reports\n"
+               "measured against predicted. DIR/schedule.json is the kvwire.policy object to send; DIR/\n"
+               "sensitivity.json holds the table. Run options are kvload run's (--url, --dataset-path, --max-tokens,\n"
+               "...).\n");
+        return 0;
+    }
+    kw_load_sensitivity_options o = {.mode = "kv_direct"};
+    char *codecs_text = NULL;
+    const char **keys = calloc((size_t)argc, sizeof(*keys)), **values = calloc((size_t)argc, sizeof(*values));
+    int status = (!keys || !values) ? kw_kvload_fail("sensitivity", KW_E_NOMEM) : 0;
+    kw_load_sweep_overrides ov = {.keys = keys, .values = values};
+    for (int i = 1; i < argc && status == 0; ++i) {
+        const int taken = kw_kvload_sens_extra(argc, argv, &i, &o, &codecs_text);
+        if (taken < 0) status = 2;
+        if (taken) continue;
+        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
+            fprintf(stderr, "kvload sensitivity: unexpected argument \"%s\" (see --help)\n", argv[i]);
+            status = 2;
+            break;
+        }
+        keys[ov.n] = argv[i] + 2;
+        values[ov.n++] = argv[++i];
+    }
+    if (status == 0 && (!o.out || o.n_codecs == 0 || (o.target_bytes == 0 && o.target_fraction == 0))) {
+        fprintf(stderr, "kvload sensitivity: --out, --codecs and a target are required (see --help)\n");
+        status = 2;
+    }
+    if (status == 0) {
+        kw_kvload_watch_signals();
+        o.overrides = &ov;
+        kw_load_run_info info = {.version = KW_VERSION, .argc = main_argc, .argv = main_argv};
+        const int rc = kw_load_sensitivity_run(&o, &info, stdout);
+        if (rc < 0) status = kw_kvload_fail("sensitivity", rc);
+    }
+    free(codecs_text);
+    free(keys);
+    free(values);
+    return status;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // report, summarize
 
 static int kw_kvload_report(int argc, char **argv) {
@@ -369,6 +495,7 @@ static void kw_kvload_usage(FILE *out) {
     fprintf(out, "usage: kvload <command> [options]   (kvload <command> --help)\n"
                  "  run        replay a dataset against receiverd with one policy and load shape\n"
                  "  sweep      run a YAML grid of policies, one run folder per point, resumable\n"
+                 "  sensitivity  per-layer codec sensitivity and the layer schedule for a byte target\n"
                  "  report     CSV, SVG plots and one HTML page from run folders\n"
                  "  summarize  recompute a run folder's summary.json from its records\n"
                  "  stub       a fake receiverd (fake outputs) for tests and dry runs\n"
@@ -384,6 +511,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "run") == 0) return kw_kvload_run(argc - 1, argv + 1, argc, argv);
     if (strcmp(cmd, "sweep") == 0) return kw_kvload_sweep(argc - 1, argv + 1, argc, argv);
+    if (strcmp(cmd, "sensitivity") == 0) return kw_kvload_sensitivity(argc - 1, argv + 1, argc, argv);
     if (strcmp(cmd, "report") == 0) return kw_kvload_report(argc - 1, argv + 1);
     if (strcmp(cmd, "summarize") == 0) return kw_kvload_summarize(argc - 1, argv + 1);
     if (strcmp(cmd, "stub") == 0) return kw_kvload_stub(argc - 1, argv + 1);

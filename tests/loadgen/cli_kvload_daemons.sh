@@ -102,6 +102,35 @@ for f in quality_vs_bytes.svg latency_stages.svg; do
 done
 grep -q 'data-points="6"' rep/index.html || fail "the plot does not show the 6 runs"
 
+# kvload sensitivity (kv_direct, tiny-qwen3's 2 layers x int8, int4): every one-layer point measured, a schedule for
+# 60% of the reference's bytes chosen and run; its measured bytes per request equal the predicted ones (KVWire
+# sections are independent) and meet the target; the written policy is what the schedule point sent.
+sens_run=(--url "$url" --dataset-name openbookqa --dataset-path "$src/loadgen/samples/openbookqa.jsonl" --limit 4
+    --max-tokens 6 --max-concurrency 2 --progress never --bootstrap-resamples 200)
+"$kvload" sensitivity --out sens --mode kv_direct --codecs int8,int4 --target-fraction 0.6 "${sens_run[@]}" \
+    >sens.out 2>&1 || fail "sensitivity: $(tail -20 sens.out)"
+sched=schedule-$(jq .target_bytes_per_request sens/sensitivity.json)
+for p in reference layer-0_int8 layer-0_int4 layer-1_int8 layer-1_int4 "$sched"; do
+    [ -s "sens/$p/summary.json" ] || fail "sensitivity: no point $p"
+done
+j=sens/sensitivity.json
+[ "$(jq '.table | length' $j)" = 4 ] || fail "sensitivity: table rows: $(jq .table $j)"
+jq -e '.target_bytes_per_request == ((.reference_bytes_per_request * 0.6) | floor)' $j >/dev/null ||
+    fail "sensitivity: the target is not 60% of the reference"
+jq -e '.measured.bytes_per_request == .predicted.bytes_per_request' $j >/dev/null ||
+    fail "sensitivity: measured bytes differ from predicted: $(jq -c '.measured, .predicted' $j)"
+jq -e '.measured.bytes_per_request <= .target_bytes_per_request' $j >/dev/null ||
+    fail "sensitivity: the schedule misses the target: $(jq -c . $j)"
+jq -e 'all(.table[]; .delta_bytes < 0 and .mean_kl >= 0 and .tf_top1_agreement >= 0 and .tf_top1_agreement <= 1)' \
+    $j >/dev/null || fail "sensitivity: a bad table row: $(jq -c .table $j)"
+[ "$(head -n 1 "sens/$sched/records.jsonl" | jq -c '[.kvwire.policy.schedule[].codec]')" = \
+    "$(jq -c '[.schedule[].codec]' sens/schedule.json)" ] || fail "sensitivity: the schedule point sent another policy"
+grep -q "^measured: " sens.out || fail "sensitivity printed no measured line"
+# a target no schedule can reach: exit 1 naming the smallest
+if "$kvload" sensitivity --out sens --mode kv_direct --codecs int8,int4 --target-bytes 10 "${sens_run[@]}" \
+    >sens2.out 2>&1; then fail "an unreachable target succeeded"; fi
+grep -q "the smallest schedule saves" sens2.out || fail "unreachable target: $(tail -3 sens2.out)"
+
 # SIGTERM: both daemons exit cleanly (status 0, nothing from a sanitizer).
 for p in "${pids[@]}"; do kill -TERM "$p"; done
 for p in "${pids[@]}"; do wait "$p" || fail "a daemon exited with status $?: $(tail -n 3 receiverd.log sharerd.log)"; done
