@@ -341,7 +341,9 @@ static int kw_kvload_report(int argc, char **argv) {
                "[--metric auto|accuracy|answer_agreement|token_agreement|tf_top1_agreement|mean_kl] [--title TEXT]\n"
                "Writes DIR/report.csv (one row per run), DIR/quality_vs_bytes.svg (the metric against measured bytes\n"
                "per request, a line per policy family, receiver-only and text relay as reference points, 95%%\n"
-               "bootstrap error bars), DIR/latency_stages.svg and DIR/index.html (everything on one self-contained\n"
+               "bootstrap error bars), DIR/latency_stages.svg, DIR/budgets.csv (per family, the fewest bytes per\n"
+               "request reaching 0.95 and 0.99 of the metric), DIR/regime.csv (the best run within each byte\n"
+               "budget) and DIR/index.html (everything on one self-contained\n"
                "page). A folder holding run folders (a sweep) stands for all of them.\n");
         return argc < 2 ? 2 : 0;
     }

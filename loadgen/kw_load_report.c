@@ -6,6 +6,7 @@
 #include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "loadgen/kw_load_io.h"
+#include "loadgen/kw_load_regime.h"
 #include "loadgen/kw_load_svg.h"
 
 #include <dirent.h>
@@ -573,9 +574,152 @@ static void kw_load_html_num(kw_buf *b, double v, const char *fmt) {
     kw_load_html_cell(b, t);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Budgets and the regime map (kw_load_regime.h)
+
+static const double kw_load_levels[] = {0.95, 0.99};
+
+typedef struct kw_load_regime {
+    int higher_better;
+    kw_load_regime_threshold *thr; /* owned */
+    size_t n_thr;
+    kw_load_regime_segment *seg; /* owned */
+    size_t n_seg;
+} kw_load_regime;
+
+static int kw_load_regime_compute(const kw_load_runs *r, const char *metric, const char *xkind, kw_load_regime *g) {
+    memset(g, 0, sizeof *g);
+    g->higher_better = strcmp(metric, "mean_kl") != 0;
+    kw_load_regime_run *v = calloc(r->n ? r->n : 1, sizeof *v);
+    KW_RETURN_IF(!v, KW_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < r->n; ++i)
+        v[i] = (kw_load_regime_run){.name = r->v[i].name,
+                                    .family = r->v[i].family,
+                                    .bytes = kw_load_bytes(r->v[i].s, xkind),
+                                    .value = kw_load_jnum(kw_load_metric(r->v[i].s, metric), "value", NAN)};
+    int rc = 0;
+    if (g->higher_better) KW_CHECK(kw_load_regime_thresholds(v, r->n, kw_load_levels, 2, &g->thr, &g->n_thr));
+    KW_CHECK(kw_load_regime_map(v, r->n, g->higher_better, &g->seg, &g->n_seg));
+out:
+    free(v);
+    return rc;
+}
+
+static void kw_load_regime_free(kw_load_regime *g) {
+    free(g->thr);
+    free(g->seg);
+}
+
+/* budgets.csv (the levels per family) and regime.csv (the winner per budget segment). */
+static int kw_load_write_regime(const kw_load_regime *g, const char *metric, const char *dir, FILE *console) {
+    kw_buf b = KW_BUF_INIT;
+    int rc = 0;
+    char *path = NULL;
+    if (g->higher_better) {
+        kw_buf_append_str(&b, "family,metric,level,reached,bytes_per_request,run,value\n");
+        for (size_t i = 0; i < g->n_thr; ++i) {
+            const kw_load_regime_threshold *t = &g->thr[i];
+            kw_load_csv_field(&b, t->family);
+            kw_buf_printf(&b, ",%s,%.2f,%s,", metric, t->level, t->reached ? "yes" : "no");
+            if (t->reached) {
+                kw_load_csv_num(&b, t->bytes);
+                kw_buf_append_str(&b, ",");
+                kw_load_csv_field(&b, t->run);
+                kw_buf_append_str(&b, ",");
+                kw_load_csv_num(&b, t->value);
+            } else {
+                kw_buf_append_str(&b, ",,");
+            }
+            kw_buf_append_str(&b, "\n");
+        }
+        path = kw_path_join(dir, "budgets.csv");
+        KW_CHECK_IF(!path, KW_E_NOMEM, "out of memory");
+        KW_CHECK(kw_load_buf_write(&b, path));
+        if (console) fprintf(console, "wrote %s\n", path);
+        free(path);
+        path = NULL;
+    }
+    kw_buf_free(&b);
+    b = (kw_buf)KW_BUF_INIT;
+    kw_buf_append_str(&b, "from_bytes,to_bytes,family,run,metric,value\n");
+    for (size_t i = 0; i < g->n_seg; ++i) {
+        const kw_load_regime_segment *s = &g->seg[i];
+        kw_load_csv_num(&b, s->from_bytes);
+        kw_buf_append_str(&b, ",");
+        if (isfinite(s->to_bytes))
+            kw_load_csv_num(&b, s->to_bytes);
+        else
+            kw_buf_append_str(&b, "inf");
+        kw_buf_append_str(&b, ",");
+        kw_load_csv_field(&b, s->family);
+        kw_buf_append_str(&b, ",");
+        kw_load_csv_field(&b, s->run);
+        kw_buf_printf(&b, ",%s,", metric);
+        kw_load_csv_num(&b, s->value);
+        kw_buf_append_str(&b, "\n");
+    }
+    path = kw_path_join(dir, "regime.csv");
+    KW_CHECK_IF(!path, KW_E_NOMEM, "out of memory");
+    KW_CHECK(kw_load_buf_write(&b, path));
+    if (console) fprintf(console, "wrote %s\n", path);
+out:
+    kw_buf_free(&b);
+    free(path);
+    return rc;
+}
+
+/* The two tables on the page. */
+static void kw_load_html_regime(kw_buf *b, const kw_load_regime *g, const char *metric, const char *xkind) {
+    if (g->higher_better) {
+        kw_buf_printf(b,
+                      "<h2>Bytes per request (%s) each family needs</h2>\n<table id=\"budgets\">\n<thead><tr>"
+                      "<th>family</th><th>level of ",
+                      xkind);
+        kw_load_svg_escape(b, metric);
+        kw_buf_append_str(b, "</th><th>fewest bytes/req</th><th>run</th><th>value</th></tr></thead>\n<tbody>\n");
+        for (size_t i = 0; i < g->n_thr; ++i) {
+            const kw_load_regime_threshold *t = &g->thr[i];
+            char level[32];
+            snprintf(level, sizeof level, "%.2f", t->level);
+            kw_buf_append_str(b, "<tr>");
+            kw_load_html_cell(b, t->family);
+            kw_load_html_cell(b, level);
+            if (t->reached) {
+                kw_load_html_num(b, t->bytes, "%.0f");
+                kw_load_html_cell(b, t->run);
+                kw_load_html_num(b, t->value, "%.4f");
+            } else {
+                kw_buf_append_str(b, "<td>not reached</td><td></td><td></td>");
+            }
+            kw_buf_append_str(b, "</tr>\n");
+        }
+        kw_buf_append_str(b, "</tbody>\n</table>\n");
+    }
+    kw_buf_printf(b,
+                  "<h2>Regime map: the best run within each byte budget (%s)</h2>\n<table id=\"regime\">\n"
+                  "<thead><tr><th>from bytes/req</th><th>to</th><th>family</th><th>run</th><th>",
+                  xkind);
+    kw_load_svg_escape(b, metric);
+    kw_buf_append_str(b, "</th></tr></thead>\n<tbody>\n");
+    for (size_t i = 0; i < g->n_seg; ++i) {
+        const kw_load_regime_segment *s = &g->seg[i];
+        kw_buf_append_str(b, "<tr>");
+        kw_load_html_num(b, s->from_bytes, "%.0f");
+        if (isfinite(s->to_bytes))
+            kw_load_html_num(b, s->to_bytes, "%.0f");
+        else
+            kw_load_html_cell(b, "and above");
+        kw_load_html_cell(b, s->family);
+        kw_load_html_cell(b, s->run);
+        kw_load_html_num(b, s->value, "%.4f");
+        kw_buf_append_str(b, "</tr>\n");
+    }
+    kw_buf_append_str(b, "</tbody>\n</table>\n");
+}
+
 static int kw_load_write_html(const kw_load_runs *r, const kw_load_report_options *o, const char *metric,
                               const char *xkind, const char *svg1, size_t pts1, const char *svg2, size_t pts2,
-                              const char *path) {
+                              const kw_load_regime *g, const char *path) {
     kw_buf b = KW_BUF_INIT;
     char when[32];
     kw_load_utc_now(when, sizeof(when));
@@ -630,9 +774,11 @@ static int kw_load_write_html(const kw_load_runs *r, const kw_load_report_option
         kw_load_html_cell(&b, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "complete")) ? "yes" : "NO");
         kw_buf_append_str(&b, "</tr>\n");
     }
+    kw_buf_append_str(&b, "</tbody>\n</table>\n");
+    kw_load_html_regime(&b, g, metric, xkind);
     kw_buf_append_str(
         &b,
-        "</tbody>\n</table>\n<h2>What is measured</h2>\n<ul class=\"note\">\n"
+        "<h2>What is measured</h2>\n<ul class=\"note\">\n"
         "<li><b>accuracy</b>: correct graded records / graded records, answers extracted with the C2C reference "
         "extractor (GSM8K: a numeric approximation of math_verify).</li>\n"
         "<li><b>answer agreement</b>: the extracted answer equals the reference run's on the same item.</li>\n"
@@ -678,6 +824,7 @@ static int kw_load_write_text(const char *dir, const char *name, const char *tex
 int kw_load_report_write(const char *const *dirs, size_t n_dirs, const kw_load_report_options *o, FILE *console) {
     static const char *const xkinds[] = {"payload", "blob", "socket_in", "socket_out", NULL};
     kw_load_runs runs = {0};
+    kw_load_regime regime = {0};
     char *svg1 = NULL, *svg2 = NULL, *csv_path = NULL, *html_path = NULL;
     int rc = 0;
     int xok = 0;
@@ -710,10 +857,13 @@ int kw_load_report_write(const char *const *dirs, size_t n_dirs, const kw_load_r
     KW_CHECK(kw_load_write_text(o->out, "quality_vs_bytes.svg", svg1, console));
     KW_CHECK(kw_load_plot_stages(&runs, &svg2, &pts2));
     KW_CHECK(kw_load_write_text(o->out, "latency_stages.svg", svg2, console));
-    KW_CHECK(kw_load_write_html(&runs, o, metric, o->x_bytes, svg1, pts1, svg2, pts2, html_path));
+    KW_CHECK(kw_load_regime_compute(&runs, metric, o->x_bytes, &regime));
+    KW_CHECK(kw_load_write_regime(&regime, metric, o->out, console));
+    KW_CHECK(kw_load_write_html(&runs, o, metric, o->x_bytes, svg1, pts1, svg2, pts2, &regime, html_path));
     if (console) fprintf(console, "wrote %s\n", html_path);
 out:
     kw_load_runs_free(&runs);
+    kw_load_regime_free(&regime);
     free(svg1);
     free(svg2);
     free(csv_path);

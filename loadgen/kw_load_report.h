@@ -8,8 +8,12 @@
  *                          bytes span more than a factor 20
  *   latency_stages.svg     per stage (receiverd's timings_ms, then the client's TTFT and end-to-end latency), the
  *                          mean ms of every run, one colour per run
- *   index.html             one self-contained page (inline CSS and SVG, no external resources) with both plots and
- *                          the table; a short script stamps data-check="ok" on <body> once the plots have laid out
+ *   budgets.csv            per policy family, the fewest measured bytes per request at which the metric reaches
+ *                          0.95 and 0.99 (metrics where higher is better; kw_load_regime.h)
+ *   regime.csv             the regime map: the byte-budget axis cut where the winning run changes, each segment
+ *                          with the run and family that give the best metric within that budget
+ *   index.html             one self-contained page (inline CSS and SVG, no external resources) with both plots,
+ *                          the runs table and the two tables above; a short script stamps data-check="ok" on <body> once the plots have laid out
  *                          with a non-zero size and the table has one row per run (what the headless-browser test
  *                          reads)
  *

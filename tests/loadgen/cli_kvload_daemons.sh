@@ -101,6 +101,15 @@ for f in quality_vs_bytes.svg latency_stages.svg; do
     head -c 4 "rep/$f" | grep -q "<svg" || fail "$f"
 done
 grep -q 'data-points="6"' rep/index.html || fail "the plot does not show the 6 runs"
+# the regime map starts at 0 bytes with receiver_only (the only run that sends nothing) and ends open; every family
+# has a row per level in budgets.csv (the twin of the reference reaches both: its agreement is 1)
+[ "$(sed -n 2p rep/regime.csv | cut -d, -f1,4)" = "0,alone" ] || fail "regime.csv: $(cat rep/regime.csv)"
+tail -n 1 rep/regime.csv | grep -q '^[0-9.]*,inf,' || fail "regime.csv does not end open: $(cat rep/regime.csv)"
+[ "$(grep -c ',accuracy,0.9[59],' rep/budgets.csv)" = 10 ] || fail "budgets.csv: $(cat rep/budgets.csv)"
+"$kvload" report sw --out rep-tf --metric tf_top1_agreement >/dev/null
+grep -q '^c2c full bf16,tf_top1_agreement,0.99,yes,[0-9.]*,full-again,1$' rep-tf/budgets.csv ||
+    fail "budgets.csv by teacher-forced agreement: $(cat rep-tf/budgets.csv)"
+grep -q 'id="regime"' rep/index.html || fail "index.html has no regime table"
 
 # kvload sensitivity (kv_direct, tiny-qwen3's 2 layers x int8, int4): every one-layer point measured, a schedule for
 # 60% of the reference's bytes chosen and run; its measured bytes per request equal the predicted ones (KVWire
