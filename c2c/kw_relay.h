@@ -9,6 +9,32 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What the sharer's message is. Numbers are the protocol's (ShareRequest.relay_style). */
+enum kw_relay_style {
+    KW_RELAY_GENERATED = 0,  /* the sharer model's greedy reply to the background prompt (the reference's T2T) */
+    KW_RELAY_RAW = 1,        /* the question itself, capped: LatentWire's text_raw, a byte-matched control */
+    KW_RELAY_EXTRACTIVE = 2, /* the question's sentences in order, whitespace collapsed, as many whole ones as fit */
+    KW_RELAY_STYLE_COUNT = 3,
+};
+
+/* "generated", "raw", "extractive"; NULL for another value. */
+const char *kw_relay_style_name(enum kw_relay_style style);
+
+/* The style called name, or KW_E_INVALID_ARG. */
+int kw_relay_style_parse(const char *name, enum kw_relay_style *out);
+
+/* The message of a style that needs no model (raw or extractive) for question (UTF-8, n bytes), within cap UTF-8
+ * bytes (cap < 0: no cap).
+ *   raw         the question stripped of surrounding ASCII whitespace, cut at a character boundary at the cap;
+ *   extractive  the question split into sentences (after '.', '?' or '!' followed by whitespace, and at line
+ *               breaks), each with its runs of ASCII whitespace collapsed to one space, empty ones dropped; then the
+ *               sentences in order, joined by one space, as long as the next whole sentence fits (never cut inside a
+ *               sentence: the message may be empty).
+ * *out (malloc'ed, NUL-terminated, caller frees) gets *out_len bytes; *truncated says whether anything was left out.
+ * @return 0, KW_E_INVALID_ARG (a style that needs the model), KW_E_NOMEM. */
+int kw_relay_text(enum kw_relay_style style, const char *question, size_t n, int64_t cap, char **out, size_t *out_len,
+                  int *truncated);
+
 /* The reference's default background prompt, "Briefly describe the most useful background to solve the
  * problem:\n\n{question}", with the question spliced in. *out is owned by the caller (free). */
 int kw_relay_background_prompt(const char *question, char **out);

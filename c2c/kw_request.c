@@ -76,6 +76,21 @@ int kw_request_sharer_layers(const kw_fusion *f, int32_t sharer, int32_t n_model
     return 0;
 }
 
+int kw_request_relay_styled(enum kw_relay_style style, kw_model *sharer, const kw_tokenizer *tok,
+                            enum kw_chat_family family, const char *question, const char *date, int64_t max_tokens,
+                            int64_t cap, enum kw_dtype cache_dtype, int (*on_token)(void *user, int32_t id), void *user,
+                            kw_request_relay *out) {
+    if (style == KW_RELAY_GENERATED)
+        return kw_request_relay_message(sharer, tok, family, question, date, max_tokens, cap, cache_dtype, on_token,
+                                        user, out);
+    KW_RETURN_IF(question == NULL || out == NULL, KW_E_INVALID_ARG, "relay: bad arguments");
+    memset(out, 0, sizeof *out);
+    const uint64_t t0 = kw_time_now_ns();
+    KW_FORWARD(kw_relay_text(style, question, strlen(question), cap, &out->text, &out->len, &out->truncated));
+    out->ms = kw_time_ms(t0, kw_time_now_ns());
+    return 0;
+}
+
 void kw_request_relay_free(kw_request_relay *r) {
     if (r == NULL) return;
     free(r->text);

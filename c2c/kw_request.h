@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_relay.h"
 #include "model/kw_chat.h"
 #include "model/kw_config.h"
 #include "model/kw_model.h"
@@ -61,6 +62,14 @@ int kw_request_relay_message(kw_model *sharer, const kw_tokenizer *tok, enum kw_
                              kw_request_relay *out);
 
 void kw_request_relay_free(kw_request_relay *r);
+
+/* The message of any relay style (c2c/kw_relay.h): KW_RELAY_GENERATED is kw_request_relay_message with these
+ * arguments; raw and extractive come from the question alone (kw_relay_text: sharer, tok and the generation
+ * arguments are not used, n_tokens is 0). */
+int kw_request_relay_styled(enum kw_relay_style style, kw_model *sharer, const kw_tokenizer *tok,
+                            enum kw_chat_family family, const char *question, const char *date, int64_t max_tokens,
+                            int64_t cap, enum kw_dtype cache_dtype, int (*on_token)(void *user, int32_t id), void *user,
+                            kw_request_relay *out);
 
 /* Stage 2 of the text relay, on the receiver: the conversation msgs[0..n) with [user: background(question),
  * assistant: relay] inserted before its last message. *background is allocated here (the caller frees it; the

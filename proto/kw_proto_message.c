@@ -355,6 +355,10 @@ static int kw__proto_check_share_request(const kw_proto_limits *lim, const Kwctl
     KW__FIELD_IF(strlen(m->relay_question) > KW__PROTO_MAX_TEXT_BYTES, "ShareRequest.relay_question: over %u bytes",
                  KW__PROTO_MAX_TEXT_BYTES);
     KW_FORWARD(kw__proto_check_name("ShareRequest.chat_date", m->chat_date, false));
+    KW__FIELD_IF(!protobuf_c_enum_descriptor_get_value(&kwctl__relay_style__descriptor, m->relay_style),
+                 "ShareRequest.relay_style: %d is not a style", (int)m->relay_style);
+    KW__FIELD_IF(!relay && m->relay_style != KWCTL__RELAY_STYLE__RELAY_STYLE_GENERATED,
+                 "ShareRequest.relay_style: only for mode MODE_TEXT_RELAY");
     KW__FIELD_IF(m->text_relay_max_bytes > KW__PROTO_MAX_TEXT_BYTES,
                  "ShareRequest.text_relay_max_bytes: %u, at most %u", m->text_relay_max_bytes,
                  KW__PROTO_MAX_TEXT_BYTES);

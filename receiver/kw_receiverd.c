@@ -372,6 +372,7 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(f, "layers_fused", j->layers_fused);
     cJSON_AddNumberToObject(f, "layers_skipped", j->layers_skipped);
     cJSON *r = cJSON_AddObjectToObject(k, "relay");
+    cJSON_AddStringToObject(r, "style", kw_relay_style_name(s->relay_style));
     cJSON_AddNumberToObject(r, "tokens", j->share.text_tokens);
     cJSON_AddNumberToObject(r, "bytes", (double)j->share.text_len);
     cJSON_AddBoolToObject(r, "truncated", j->share.text_truncated);

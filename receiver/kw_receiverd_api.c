@@ -146,6 +146,7 @@ static const char *const kw__rd_modes[] = {"c2c", "kv_direct", "receiver_only", 
 static const char *const kw__rd_selections[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
 static const char *const kw__rd_orders[] = {"front", "back", NULL};
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
+static const char *const kw__rd_relay_styles[] = {"generated", "raw", "extractive", NULL}; /* enum kw_relay_style */
 
 /* codec/granularity/scale as given (or the defaults), into spec. */
 static int kw__rd_codec(kw__rd_err *e, const char *where, char **codec, char **gran, char **scale,
@@ -269,6 +270,10 @@ static int kw__rd_relay(kw__rd_err *e, const cJSON *r, kw_rd_spec *s) {
             KW_FORWARD(kw__rd_string(e, f, "kvwire.relay.question", &str));
             if (!str[0]) return KW__RD_BAD(e, "kvwire.relay.question: empty");
             KW_FORWARD(kw__rd_strdup(e, str, &s->relay_question));
+        } else if (strcmp(f->string, "style") == 0) {
+            int c = 0;
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.relay.style", kw__rd_relay_styles, &c));
+            s->relay_style = (enum kw_relay_style)c;
         } else {
             return KW__RD_BAD(e, "kvwire.relay: unknown field \"%s\"", f->string);
         }

@@ -175,6 +175,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         r.text_relay_max_tokens = (uint32_t)s->relay_max_tokens;
         r.text_relay_capped = s->relay_max_bytes >= 0;
         r.text_relay_max_bytes = s->relay_max_bytes >= 0 ? (uint32_t)s->relay_max_bytes : 0;
+        r.relay_style = (Kwctl__RelayStyle)s->relay_style;
     } else {
         for (int64_t i = 0; i < prefix; ++i)
             uids[i] = (uint32_t)ids[i];

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_relay.h"
 #include "c2c/kw_request.h"
 #include "common/kw_queue.h"
 #include "model/kw_chat.h"
@@ -80,6 +81,7 @@ typedef struct kw_rd_spec {
     enum kw_fusion_mode fusion;
     int64_t relay_max_tokens, relay_max_bytes; /* max_bytes -1: no cap */
     char *relay_question;                      /* NULL: the last user message or the prompt */
+    enum kw_relay_style relay_style;           /* what the sharer's message is (c2c/kw_relay.h) */
     int32_t *force_ids;
     int32_t n_force;
     int32_t (*score_ids)[KW_RD_MAX_TOP]; /* n_force rows */

@@ -322,9 +322,9 @@ static int kw__sd_relay(kw__sd_run *r) {
         strftime(date, sizeof date, "%d %b %Y", &tm);
         chat_date = date;
     }
-    KW_FORWARD(kw_request_relay_message(j->model->model, j->model->tok, j->model->family, req->relay_question,
-                                        chat_date, max_tokens, cap, kw__sd_cache_dtype(req->cache_dtype), kw__sd_token,
-                                        r, &j->relay));
+    KW_FORWARD(kw_request_relay_styled((enum kw_relay_style)req->relay_style, j->model->model, j->model->tok,
+                                       j->model->family, req->relay_question, chat_date, max_tokens, cap,
+                                       kw__sd_cache_dtype(req->cache_dtype), kw__sd_token, r, &j->relay));
     j->generate_ns = kw_time_now_ns() - t0;
     return 0;
 }
@@ -565,7 +565,8 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
     KW_RETURN_IF(m == NULL, KW_E_NOT_FOUND, "no model named \"%s\" here", req->sharer_model);
     *model = m;
     if (req->mode == KWCTL__MODE__MODE_TEXT_RELAY) {
-        KW_RETURN_IF(m->tok == NULL, KW_E_UNSUPPORTED, "model %s has no tokenizer for the text relay", m->name);
+        KW_RETURN_IF(m->tok == NULL && req->relay_style == KWCTL__RELAY_STYLE__RELAY_STYLE_GENERATED, KW_E_UNSUPPORTED,
+                     "model %s has no tokenizer for the text relay", m->name);
         return 0;
     }
     if (!kv_mode) return 0;

@@ -58,6 +58,7 @@ static void kw_c2c_usage(FILE *f) {
         "                  [--tokenizer DIR] [--threads N] [--date \"23 Nov 2026\"] [--system TEXT]\n"
         "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
         "                  [--print-alignment] [--relay-max-tokens N] [--relay-bytes N]\n"
+        "                  [--relay-style generated|raw|extractive]\n"
         "  The request runs as the two daemons run it: the sharer half prefills layer by layer and hands over each\n"
         "  layer's selected rows (through a real KVWire blob with --wire), the receiver half applies them as they\n"
         "  arrive, joined in memory instead of a socket.\n"
@@ -90,6 +91,9 @@ static void kw_c2c_usage(FILE *f) {
         "                    (kvwire inspect reads them). Without --wire the rows go across in memory, exactly\n"
         "  --relay-max-tokens  text_relay: the sharer's reply length (default 256); --relay-bytes N caps it in UTF-8\n"
         "                    bytes at a character boundary\n"
+        "  --relay-style     text_relay: the message is the sharer's reply (generated, the default), the question\n"
+        "                    itself capped at a character boundary (raw), or its whole sentences while they fit the\n"
+        "                    cap, whitespace collapsed (extractive); raw and extractive run no sharer model\n"
         "  --date            Llama-3.2's \"Today Date\" in its chat template (default: today)\n"
         "  Token alignment (a sharer with another tokenizer, one sharer): both prompts are rendered with each model's\n"
         "  chat template and aligned as the C2C reference's TokenAligner does: template sections padded to the\n"
@@ -494,12 +498,13 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const pads_names[] = {"reference", "masked", NULL};
     static const char *const norm_roundings[] = {"twice", "once", NULL};
     static const char *const selects[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
+    static const char *const relay_styles[] = {"generated", "raw", "extractive", NULL}; /* enum kw_relay_style */
     const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
     const char *dataset = "mmlu-redux", *date = NULL, *system_msg = NULL;
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
     int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
     int order_i = -1, xfer_i = 0, fusion_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
-    int select_i = 0;
+    int select_i = 0, relay_style_i = 0;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     double proportion = -1.0, select_p = 1.0; /* proportion < 0: not given */
     int64_t max_new = 64, threads = 0, wire_zstd = 0, min_tokens = 1, seed = 0, relay_tokens = 256, relay_bytes = -1;
@@ -529,6 +534,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_INT("--threads", &threads, 0, 1024),
         KW_CLI_INT("--relay-max-tokens", &relay_tokens, 1, 1 << 20),
         KW_CLI_INT("--relay-bytes", &relay_bytes, 0, INT32_MAX),
+        KW_CLI_CHOICE("--relay-style", &relay_style_i, relay_styles),
         KW_CLI_STR("--wire", &wire_codec),
         KW_CLI_STR("--wire-gran", &wire_gran),
         KW_CLI_STR("--wire-scale", &wire_scale),
@@ -562,8 +568,8 @@ int kw_cmd_c2c(int argc, char **argv) {
             "receiver_only and text_relay send no KV: --wire, --select, --proportion and --order do not apply";
     if (!usage_error && xfer_i == KW_C2C_MODE_TEXT_RELAY && raw)
         usage_error = "text_relay builds chat prompts: not with --raw";
-    if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256))
-        usage_error = "--relay-bytes and --relay-max-tokens are for --mode text_relay";
+    if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256 || relay_style_i))
+        usage_error = "--relay-bytes, --relay-max-tokens and --relay-style are for --mode text_relay";
     if (usage_error) {
         fprintf(stderr, "kvwire c2c: %s\n", usage_error);
         return 2;
@@ -672,8 +678,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CHECK(kw_c2c_relay_question(mc, prompt, &question));
         enum kw_chat_family relay_family = KW_CHAT_QWEN3;
         KW_CHECK(kw_chat_family_for_model(sharer_dirs[0], kw_model_get_config(sharers[0])->arch, &relay_family));
-        KW_CHECK(kw_request_relay_message(sharers[0], stoks[0], relay_family, question, date, relay_tokens, relay_bytes,
-                                          cache_dtype, NULL, NULL, &relay));
+        KW_CHECK(kw_request_relay_styled((enum kw_relay_style)relay_style_i, sharers[0], stoks[0], relay_family,
+                                         question, date, relay_tokens, relay_bytes, cache_dtype, NULL, NULL, &relay));
     }
     msgs[n_msgs++] = (kw_chat_message){.role = "user", .content = mc ? user_msg : prompt};
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) { /* [..., background, its reply, the prompt] */
@@ -802,6 +808,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     }
     if (sends_kv) printf("sharer_kv_bytes: %lld (%s)\n", (long long)tot.share.kv_bytes, kw_dtype_name(cache_dtype));
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) {
+        printf("relay_style: %s\n", kw_relay_style_name((enum kw_relay_style)relay_style_i));
         printf("relay_tokens: %lld\n", (long long)relay.n_tokens);
         printf("relay_bytes: %zu%s\n", relay.len, relay.truncated ? " (truncated)" : "");
         kw_c2c_print_escaped("relay_text", relay.text, relay.len);

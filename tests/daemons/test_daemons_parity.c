@@ -105,6 +105,11 @@ static void check_case(const parity_case *c, uint16_t port, const char *cli_extr
         const long long bytes = kwd_parse_int(out, "relay_bytes");
         assert_true(bytes == (long long)kwd_json_num(r.json, "kvwire.relay.bytes"));
         assert_true(kwd_json_num(r.json, "kvwire.bytes.text") == bytes);
+        const cJSON *style = kwd_json_get(r.json, "kvwire.relay.style");
+        assert_true(cJSON_IsString(style));
+        char line[64];
+        snprintf(line, sizeof line, "relay_style: %s\n", style->valuestring);
+        assert_non_null(strstr(out, line));
     }
     free(out);
     kwd_response_free(&r);
@@ -142,6 +147,12 @@ static const parity_case cases[] = {
     {"receiver_only", true, CHAT_BODY("{\"mode\":\"receiver_only\"}"), "--mode receiver_only", false, false},
     {"text_relay capped", true, CHAT_BODY("{\"mode\":\"text_relay\",\"relay\":{\"max_tokens\":12,\"max_bytes\":30}}"),
      "--mode text_relay --relay-max-tokens 12 --relay-bytes 30", false, false},
+    {"text_relay raw capped", true,
+     CHAT_BODY("{\"mode\":\"text_relay\",\"relay\":{\"style\":\"raw\",\"max_bytes\":20}}"),
+     "--mode text_relay --relay-style raw --relay-bytes 20", false, false},
+    {"text_relay extractive", true,
+     CHAT_BODY("{\"mode\":\"text_relay\",\"relay\":{\"style\":\"extractive\",\"max_bytes\":40}}"),
+     "--mode text_relay --relay-style extractive --relay-bytes 40", false, false},
     {"completions raw c2c int4", false,
      "{\"prompt\":\"" PROMPT "\",\"max_tokens\":10,\"kvwire\":{\"policy\":{\"codec\":\"int4\"}}}", "--raw --wire int4",
      true, true},
