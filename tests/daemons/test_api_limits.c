@@ -282,6 +282,10 @@ static void test_relay(void **state) {
     refuse_fields("\"kvwire\": {\"relay\": {\"max_bytes\": 1048577}}", true, "relay.max_bytes");
     refuse_fields("\"kvwire\": {\"relay\": {\"max_bytes\": -1}}", true, "relay.max_bytes");
     refuse_fields("\"kvwire\": {\"relay\": {\"question\": \"\"}}", true, "relay.question");
+    refuse_fields("\"kvwire\": {\"relay\": {\"style\": \"summary\"}}", true, "relay.style");
+    accept_fields("\"kvwire\": {\"mode\": \"text_relay\", \"relay\": {\"style\": \"extractive\"}}", true, &s);
+    assert_int_equal(s.relay_style, KW_RELAY_EXTRACTIVE);
+    kw_rd_spec_free(&s);
 }
 
 static void test_forcing(void **state) {
