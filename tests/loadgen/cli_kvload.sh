@@ -106,6 +106,12 @@ grids:
       policy.codec: [int8, int4]
 YAML
 "$kvload" sweep sweep.yaml --out sw --dry-run >dry.out
+# every shipped sweep file expands (names, families, axes, kvwire objects) without running anything
+for f in "$src"/loadgen/sweeps/*.yaml; do
+    (cd "$src" && "$kvload" sweep "$f" --out "$tmp/shipped-$(basename "$f" .yaml)" --dry-run) >shipped.out 2>&1 ||
+        fail "$f does not expand: $(tail -3 shipped.out)"
+    grep -q "^to run" shipped.out || fail "$f: no point to run"
+done
 [ "$(grep -c "^to run" dry.out)" -eq 4 ] || fail "dry run: $(cat dry.out)"
 "$kvload" sweep sweep.yaml --out sw --url "$slow" >sweep1.out 2>&1 &
 sweeppid=$!
