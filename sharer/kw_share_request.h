@@ -26,6 +26,11 @@ typedef struct kw_share_request_options {
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
     int32_t n_overrides;
     kw_share_bytes_fn write;
+    /* a byte cap on the request's blobs (budget_bytes > 0; kw_share_wire.h kw_share_budget): the selection's rows are
+     * the candidates, weighed by its norm score (knorm_topk, vnorm_topk) or uniformly; not with same_positions */
+    uint64_t budget_bytes;
+    const kw_wire_codec_spec *budget_codecs; /* borrowed: 1..KW_WIRE_ALLOC_MAX_CODECS */
+    uint32_t n_budget_codecs;
     /* no codec (wire NULL): the rows themselves */
     kw_share_fn on_rows;
     void *user; /* for write or on_rows */
