@@ -70,13 +70,8 @@ static int kw_share_wire_budget_init(kw_share_wire *w) {
     kw_wire_alloc_options ao;
     kw_share_wire_alloc_options(w, &ao);
     KW_FORWARD(kw_wire_alloc_min_bytes(&hdr, &ao, &w->min_section));
-    const uint64_t per_blob = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + (uint64_t)b->n_layers * w->min_section;
-    const uint64_t min_total = (uint64_t)b->n_blobs * per_blob;
-    w->stats.budget_min_bytes = min_total;
-    KW_RETURN_IF(b->bytes < min_total, KW_E_INVALID_ARG,
-                 "budget: %llu bytes cannot carry this request: its %d blob(s) of %d layer(s) need at least %llu "
-                 "bytes (headers, trailers and one token per layer)",
-                 (unsigned long long)b->bytes, (int)b->n_blobs, (int)b->n_layers, (unsigned long long)min_total);
+    KW_FORWARD(kw_wire_alloc_min_blob_bytes(&hdr, &ao, (uint32_t)b->n_blobs, &w->stats.budget_min_bytes));
+    KW_FORWARD(kw_wire_alloc_check_cap(&hdr, &ao, (uint32_t)b->n_blobs, b->bytes));
     w->layers_left = b->n_blobs * b->n_layers;
     for (int32_t i = 0; i < b->n_blobs; ++i)
         w->lengths_left += b->blob_lengths[i] * b->n_layers;

@@ -330,6 +330,25 @@ int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_optio
     return 0;
 }
 
+int kw_wire_alloc_min_blob_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t n_blobs,
+                                 uint64_t *out) {
+    uint64_t section = 0;
+    KW_FORWARD(kw_wire_alloc_min_bytes(hdr, opt, &section));
+    *out = (uint64_t)n_blobs * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + (uint64_t)hdr->n_sections * section);
+    return 0;
+}
+
+int kw_wire_alloc_check_cap(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t n_blobs,
+                            uint64_t cap) {
+    uint64_t min_bytes = 0;
+    KW_FORWARD(kw_wire_alloc_min_blob_bytes(hdr, opt, n_blobs, &min_bytes));
+    KW_RETURN_IF(cap < min_bytes, KW_E_INVALID_ARG,
+                 "a cap of %llu bytes cannot carry this request: its %u blob(s) of %u layer(s) need at least %llu "
+                 "bytes (headers, trailers and one token per layer)",
+                 (unsigned long long)cap, n_blobs, (unsigned)hdr->n_sections, (unsigned long long)min_bytes);
+    return 0;
+}
+
 void kw_wire_alloc_policy(const kw_wire_alloc_result *res, const kw_wire_alloc_options *opt, int zstd_level,
                           kw_wire_policy *out) {
     *out = (kw_wire_policy){.n_groups = res->n_groups,

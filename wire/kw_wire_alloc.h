@@ -81,6 +81,15 @@ int kw_wire_alloc_check(const kw_wire_header *hdr, const kw_wire_alloc_options *
  * one token (kw_wire_section_bound). A budget of this much always keeps one token. */
 int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint64_t *out);
 
+/* The smallest byte cap of n_blobs blobs with this header (hdr->n_sections sections each, every section at least the
+ * one token of kw_wire_alloc_min_bytes): their headers, trailers and smallest sections. */
+int kw_wire_alloc_min_blob_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t n_blobs,
+                                 uint64_t *out);
+
+/* 0 if cap holds kw_wire_alloc_min_blob_bytes, else KW_E_INVALID_ARG naming that minimum. */
+int kw_wire_alloc_check_cap(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t n_blobs,
+                            uint64_t cap);
+
 /* Chooses. Keeps at least one token; KW_E_LIMIT (with both numbers) if no token fits the budget or none is
  * representable. *out points into the allocator. */
 int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const kw_wire_alloc_input *in,
