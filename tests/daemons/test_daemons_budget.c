@@ -20,16 +20,13 @@ static kwd_proc sharer, receiver;
 
 static int setup(void **state) {
     (void)state;
-    kwd_start_sharer(0, NULL, &sharer);
-    kwd_start_receiver(sharer.port, NULL, &receiver);
-    if (!kwd_wait_healthy(receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
+    kwd_start_pair(&sharer, &receiver);
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    kwd_stop(&receiver);
-    kwd_stop(&sharer);
+    kwd_stop_pair(&sharer, &receiver);
     return 0;
 }
 
