@@ -12,6 +12,14 @@
 
 #define KW__ALLOC_OPTIONS (KW_WIRE_ALLOC_MAX_CODECS + 1) /* drop + codecs */
 
+/* The parts of a section's size that depend on the choice. */
+typedef struct kw__alloc_size {
+    uint64_t tensor_bytes; /* codes and scales of K and V */
+    uint32_t n_kept, boundaries;
+    uint32_t first, last; /* kept positions */
+    uint64_t varint;      /* the VARINT index size */
+} kw__alloc_size;
+
 struct kw_wire_alloc {
     uint32_t cap;           /* candidates the buffers hold */
     double *dist;           /* (cap, KW__ALLOC_OPTIONS): D(t, option), option 0 = drop; < 0: unavailable */
@@ -23,6 +31,10 @@ struct kw_wire_alloc {
     uint32_t *rows, *positions;
     kw_wire_token_group *groups;
     kw_wire_alloc_result res;
+    /* the current choice's exact size, kept up to date move by move (a move looks at its kept neighbours only):
+     * codes and scales, token groups (1 + codec changes between kept neighbours), and the index block's summary
+     * (first and last kept position, the VARINT size) for kw__wire_index_pick */
+    kw__alloc_size size;
 };
 
 int kw_wire_alloc_create(kw_wire_alloc **out) {
@@ -276,14 +288,59 @@ static int kw__alloc_layout(kw_wire_alloc *a, const kw_wire_alloc_options *opt, 
     return 0;
 }
 
-/* Sets token t to option c if the section still fits: 1 if it did, 0 if not (the choice is then restored). */
-static int kw__alloc_try(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const kw_wire_alloc_input *in, uint32_t t,
-                         uint8_t c, int *fits) {
+/* The kept neighbours of candidate t: their indices, or -1. */
+static void kw__alloc_neighbours(const kw_wire_alloc *a, uint32_t n_tokens, uint32_t t, int64_t *pred, int64_t *succ) {
+    *pred = *succ = -1;
+    for (int64_t i = (int64_t)t - 1; i >= 0 && *pred < 0; --i)
+        if (a->choice[i]) *pred = i;
+    for (uint32_t i = t + 1; i < n_tokens && *succ < 0; ++i)
+        if (a->choice[i]) *succ = i;
+}
+
+/* The exact section size of a state (0 with nothing kept). */
+static int kw__alloc_size_bytes(const kw__alloc_size *z, const kw_wire_alloc_options *opt,
+                                const kw_wire_alloc_input *in, uint64_t *out) {
+    *out = 0;
+    if (z->n_kept == 0) return 0;
+    uint8_t enc;
+    size_t index = 0;
+    KW_FORWARD(kw__wire_index_pick(in->hdr->n_positions, z->n_kept, z->first, z->last, z->varint, opt->index_encoding,
+                                   &enc, &index));
+    *out = KW_WIRE_SECTION_HEAD_BYTES + (uint64_t)KW_WIRE_GROUP_DESC_BYTES * (1 + z->boundaries) + index +
+           z->tensor_bytes + KW_WIRE_CHECKSUM_BYTES;
+    return 0;
+}
+
+/* Sets token t to option c (never drop) if the section still fits: *fits 1 if it did, 0 if not (nothing changes
+ * then). The size is exact: the state is updated from t's kept neighbours, as kw_wire_section_size would count. */
+static int kw__alloc_try(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const kw_wire_alloc_input *in,
+                         const uint64_t *bytes, uint32_t t, uint8_t c, int *fits) {
     const uint8_t old = a->choice[t];
-    a->choice[t] = c;
-    KW_FORWARD(kw__alloc_layout(a, opt, in));
-    *fits = a->res.bytes <= in->budget;
-    if (!*fits) a->choice[t] = old;
+    int64_t pred, succ;
+    kw__alloc_neighbours(a, in->n_tokens, t, &pred, &succ);
+    const uint8_t cp = pred >= 0 ? a->choice[pred] : 0, cs = succ >= 0 ? a->choice[succ] : 0;
+    const uint32_t p = in->positions[t];
+    kw__alloc_size z = a->size;
+    z.tensor_bytes = z.tensor_bytes - bytes[old] + bytes[c];
+    /* codec changes between kept neighbours: pred|t|succ replaces pred|succ (a new token) or pred|old|succ */
+    const uint32_t before = old ? (cp && cp != old) + (cs && old != cs) : (cp && cs && cp != cs);
+    z.boundaries = z.boundaries - before + (cp && cp != c) + (cs && c != cs);
+    if (!old) { /* the index gains position p */
+        const uint32_t a_pos = pred >= 0 ? in->positions[pred] : 0, b_pos = succ >= 0 ? in->positions[succ] : 0;
+        if (succ >= 0) z.varint -= kw__wire_varint_len(pred >= 0 ? b_pos - a_pos - 1 : b_pos);
+        z.varint += kw__wire_varint_len(pred >= 0 ? p - a_pos - 1 : p);
+        if (succ >= 0) z.varint += kw__wire_varint_len(b_pos - p - 1);
+        z.first = z.n_kept == 0 || p < z.first ? p : z.first;
+        z.last = z.n_kept == 0 || p > z.last ? p : z.last;
+        ++z.n_kept;
+    }
+    uint64_t size = 0;
+    KW_FORWARD(kw__alloc_size_bytes(&z, opt, in, &size));
+    *fits = size <= in->budget && z.boundaries < KW_WIRE_MAX_GROUPS; /* a section holds at most that many groups */
+    if (*fits) {
+        a->choice[t] = c;
+        a->size = z;
+    }
     return 0;
 }
 
@@ -307,7 +364,7 @@ static int kw__alloc_fallback(kw_wire_alloc *a, const kw_wire_alloc_options *opt
         if (best < 0) break;
         tried[best] = 1;
         int fits = 0;
-        KW_FORWARD(kw__alloc_try(a, opt, in, t, (uint8_t)best, &fits));
+        KW_FORWARD(kw__alloc_try(a, opt, in, bytes, t, (uint8_t)best, &fits));
         if (fits) break;
     }
     return 0;
@@ -368,6 +425,7 @@ int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const 
     for (uint32_t c = 0; c < opt->n_codecs; ++c)
         bytes[1 + c] = kw__alloc_token_bytes(in->hdr, &opt->codecs[c]);
     a->res.groups = a->groups; /* the layout's policy points at them */
+    memset(&a->size, 0, sizeof a->size);
     uint32_t n_heap = 0;
     for (uint32_t t = 0; t < in->n_tokens; ++t) {
         double *dist = a->dist + (size_t)t * KW__ALLOC_OPTIONS;
@@ -385,7 +443,7 @@ int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const 
         const uint8_t *hull = a->hull + (size_t)t * KW__ALLOC_OPTIONS;
         const uint8_t next = hull[a->step[t] + 1];
         int fits = 0;
-        KW_FORWARD(kw__alloc_try(a, opt, in, t, next, &fits));
+        KW_FORWARD(kw__alloc_try(a, opt, in, bytes, t, next, &fits));
         if (!fits) {
             KW_FORWARD(kw__alloc_fallback(a, opt, in, bytes, t, next));
             continue;
@@ -396,6 +454,11 @@ int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const 
         }
     }
     KW_FORWARD(kw__alloc_layout(a, opt, in));
+    uint64_t tracked = 0;
+    KW_FORWARD(kw__alloc_size_bytes(&a->size, opt, in, &tracked));
+    KW_RETURN_IF(tracked != a->res.bytes || a->res.bytes > in->budget, KW_E_INTERNAL,
+                 "alloc: the tracked size %llu is not the section's %llu (budget %llu)", (unsigned long long)tracked,
+                 (unsigned long long)a->res.bytes, (unsigned long long)in->budget);
     uint64_t min_bytes = 0;
     KW_FORWARD(kw_wire_alloc_min_bytes(in->hdr, opt, &min_bytes));
     KW_RETURN_IF(a->res.n_kept == 0, KW_E_LIMIT,

@@ -15,7 +15,9 @@
  * bytes, are reduced to their lower convex hull starting at drop; a move is the step to the next hull point and its
  * efficiency is the distortion it removes per byte (the codec's own bytes: codes and scales of K and V). Moves are
  * taken in order of efficiency (ties: the lower candidate first), each one only if the section's exact size stays
- * within the budget; when a hull step does not fit, the token's cheaper options that still lower its distortion are
+ * within the budget and its token groups within KW_WIRE_MAX_GROUPS (the size is kept exact move by move from the
+ * token's kept neighbours, O(gap) a move, and checked against kw_wire_section_size at the end); when a hull step
+ * does not fit, the token's cheaper options that still lower its distortion are
  * tried once, best efficiency first, and the token is then finished. A token with nothing to gain (weight 0) still
  * takes its cheapest codec at efficiency 0, after every useful move. Everything is in fixed-order fp64 / integer
  * arithmetic: the same input gives the same choice on every CPU and thread count.

@@ -3,7 +3,8 @@
  *    loses nothing), the kept set is kw_select_positions' vnorm top-k for the k the budget buys, ties included;
  *  - the cap: over budgets from the smallest section to everything, the exact size is at most the budget, equals
  *    kw_wire_section_size and the bytes the encoder writes, and the blob decodes to the allocator's choice;
- *  - determinism (two runs, two encoder ISAs give the same choice and bytes), refused options and budgets.
+ *  - determinism (two runs, two encoder ISAs give the same choice and bytes), refused options and budgets, and the
+ *    token-group limit of a section.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -278,12 +279,45 @@ static void test_refusals(void **state) {
     kw_wire_alloc_free(NULL);
 }
 
+/* Many tokens whose codecs alternate: a section never gets more than KW_WIRE_MAX_GROUPS token groups. */
+static void test_group_limit(void **state) {
+    (void)state;
+    enum { N = 3 * KW_WIRE_MAX_GROUPS, HD = 64 };
+    float *k = malloc(N * HD * sizeof(float)), *v = malloc(N * HD * sizeof(float));
+    uint32_t *pos = malloc(N * sizeof(uint32_t));
+    assert_true(k && v && pos);
+    uint64_t seed = 5;
+    for (int i = 0; i < N * HD; ++i) {
+        k[i] = (float)(rng_next(&seed) % 2001) / 1000.0f - 1.0f;
+        v[i] = (float)(rng_next(&seed) % 2001) / 1000.0f - 1.0f;
+    }
+    for (int t = 0; t < N; ++t)
+        pos[t] = (uint32_t)t;
+    const kw_wire_header hdr = {.n_layers = 1,
+                                .n_sections = 1,
+                                .n_kv_heads = 1,
+                                .head_dim = HD,
+                                .n_positions = N,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_codec_spec codecs[2] = {spec("int4"), spec("int8")};
+    const kw_wire_alloc_options o = {.codecs = codecs, .n_codecs = 2};
+    kw_wire_alloc *a = NULL;
+    assert_int_equal(kw_wire_alloc_create(&a), 0);
+    const kw_wire_alloc_input in = {.hdr = &hdr, .n_tokens = N, .positions = pos, .k = k, .v = v, .budget = N * 104};
+    const kw_wire_alloc_result *r = NULL;
+    assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), 0);
+    assert_true(r->n_groups <= KW_WIRE_MAX_GROUPS);
+    assert_true(r->n_groups + 2 >= KW_WIRE_MAX_GROUPS); /* the limit is what stopped the alternation */
+    assert_true(r->bytes <= in.budget);
+    kw_wire_alloc_free(a);
+    free(k), free(v), free(pos);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reduction_to_topk),
-        cmocka_unit_test(test_cap_sweep),
-        cmocka_unit_test(test_deterministic),
-        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_reduction_to_topk), cmocka_unit_test(test_cap_sweep),
+        cmocka_unit_test(test_deterministic),     cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_group_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
