@@ -1,8 +1,9 @@
 /* kw_share_request.h: the sharer half of one request, as `kvwire c2c` and sharerd both run it: kw_share_run
  * (layer-by-layer prefill and selection, c2c/kw_share.h) with its layers either encoded into KVWire blobs
  * (kw_share_wire.h: one blob per sent section, bytes handed to a callback as soon as they exist) or, with no codec,
- * handed over as f32 rows. The sections, layers and ids come from the request plan (c2c/kw_request.h on the
- * receiver's side, or a ShareRequest on the wire). Not here: sockets, frames, queues.
+ * handed over as f32 rows; with a byte cap the encoder allocates the rows' codecs (kw_share_budget). The sections,
+ * layers and ids come from the request plan (c2c/kw_request.h on the receiver's side, or a ShareRequest on the wire).
+ * Not here: sockets, frames, queues.
  */
 #ifndef KW_SHARE_REQUEST_H
 #define KW_SHARE_REQUEST_H

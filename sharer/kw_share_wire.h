@@ -3,9 +3,10 @@
  * soon as each layer is encoded (the header before the section's first layer, the trailer after its last).
  *
  * Codecs: one policy for every layer (K and V codec specs, zstd level, smallest index encoding) with per-layer
- * overrides. The rows are f32 (exact bf16 values with a bf16 sharer cache, so the bf16 codec is then lossless); the
- * same rows and codecs give the same bytes on every run and machine. Not here: sockets or frames (the daemon wraps the
- * bytes in WIRE frames), the receiver.
+ * overrides, or, with a byte cap (kw_share_budget below), each row dropped or given its own codec by the allocator of
+ * wire/kw_wire_alloc.h within the layer's share of the cap. The rows are f32 (exact bf16 values with a bf16 sharer
+ * cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on every run and machine.
+ * Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
