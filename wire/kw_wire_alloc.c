@@ -213,7 +213,7 @@ static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n
         }
         hull[m++] = c;
     }
-    if (m == 1 && n > 0) hull[m++] = order[0];
+    if (m == 1 && n > 0 && dist[order[0]] <= dist[0]) hull[m++] = order[0]; /* nothing to gain, nothing lost */
     *hull_n = (uint8_t)m;
 }
 
