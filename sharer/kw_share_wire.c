@@ -80,18 +80,24 @@ static int kw_share_wire_budget_init(kw_share_wire *w) {
 }
 
 /* The bytes the layer about to be encoded may take (its blob's header is already written). */
-static uint64_t kw_share_wire_budget_share(const kw_share_wire *w, const kw_share_layer *l) {
+static int kw_share_wire_budget_share(const kw_share_wire *w, const kw_share_layer *l, uint64_t *out) {
     const kw_share_budget *b = &w->opt.budget;
     const uint64_t spent = w->stats.blob_bytes;
     const int32_t blobs_after = b->n_blobs - 1 - l->blob;
     const uint64_t reserve = (uint64_t)(w->layers_left - 1) * w->min_section + KW_WIRE_TRAILER_BYTES +
                              (uint64_t)blobs_after * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES);
-    /* the reservation made at creation holds at every layer: each layer spends at most its share */
-    const uint64_t left = b->bytes - spent - reserve;
-    const uint64_t extra = left - w->min_section;
-    if (w->layers_left <= 1 || w->lengths_left <= l->length) return left;
+    /* the reservation made at creation holds at every layer, since each layer spends at most its share */
+    KW_RETURN_IF(spent + reserve + w->min_section > b->bytes, KW_E_INTERNAL,
+                 "budget: %llu bytes spent and %llu reserved leave no section within the cap of %llu",
+                 (unsigned long long)spent, (unsigned long long)reserve, (unsigned long long)b->bytes);
+    const uint64_t left = b->bytes - spent - reserve, extra = left - w->min_section;
+    if (w->layers_left <= 1 || w->lengths_left <= l->length) {
+        *out = left;
+        return 0;
+    }
     const unsigned __int128 part = (unsigned __int128)extra * (uint64_t)l->length / (uint64_t)w->lengths_left;
-    return w->min_section + (uint64_t)part;
+    *out = w->min_section + (uint64_t)part;
+    return 0;
 }
 
 /* Runs the allocator on the layer's rows: *res holds the kept rows and their token groups. */
@@ -104,13 +110,15 @@ static int kw_share_wire_budget_layer(kw_share_wire *w, const kw_share_layer *l,
     kw_select_scores(b->weight, l->n_rows, l->n_heads, l->head_dim, l->k, l->v, w->weights);
     kw_wire_alloc_options ao;
     kw_share_wire_alloc_options(w, &ao);
+    uint64_t share = 0;
+    KW_FORWARD(kw_share_wire_budget_share(w, l, &share));
     const kw_wire_alloc_input in = {.hdr = &w->hdr,
                                     .n_tokens = (uint32_t)l->n_rows,
                                     .positions = w->positions,
                                     .k = l->k,
                                     .v = l->v,
                                     .weight = w->weights,
-                                    .budget = kw_share_wire_budget_share(w, l)};
+                                    .budget = share};
     KW_FORWARD(kw_wire_alloc_run(w->alloc, &ao, &in, res));
     w->stats.tokens_candidate += (uint64_t)l->n_rows;
     w->stats.tokens_dropped += (uint64_t)l->n_rows - (*res)->n_kept;
