@@ -400,6 +400,8 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
                  (unsigned long long)m->rows_sent, (unsigned long long)m->rows_total);
     const Kwctl__BudgetReport *b = m->budget;
     if (b) {
+        KW__FIELD_IF(!(b->distortion >= 0) || !isfinite(b->distortion), "ShareEnd.budget.distortion: %g",
+                     b->distortion);
         KW__FIELD_IF(b->tokens_dropped > b->tokens_candidate, "ShareEnd.budget.tokens_dropped: %llu of %llu",
                      (unsigned long long)b->tokens_dropped, (unsigned long long)b->tokens_candidate);
         KW__FIELD_IF(b->n_tokens_per_codec > KW__PROTO_MAX_BUDGET_CODECS,

@@ -332,6 +332,7 @@ static void kw__rd_add_budget(cJSON *k, const kw_rd_job *j) {
     cJSON_AddNumberToObject(b, "used", (double)j->blob_bytes);
     cJSON_AddNumberToObject(b, "slack", (double)s->budget_bytes - (double)j->blob_bytes);
     cJSON_AddNumberToObject(b, "min", r ? (double)r->min_bytes : 0);
+    cJSON_AddNumberToObject(b, "distortion", r ? r->distortion : 0);
     cJSON *t = cJSON_AddObjectToObject(b, "tokens");
     cJSON_AddNumberToObject(t, "candidates", r ? (double)r->tokens_candidate : 0);
     cJSON_AddNumberToObject(t, "dropped", r ? (double)r->tokens_dropped : 0);

@@ -438,6 +438,7 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
         budget->min_bytes = w->budget_min_bytes;
         budget->tokens_candidate = w->tokens_candidate;
         budget->tokens_dropped = w->tokens_dropped;
+        budget->distortion = w->distortion;
         budget->n_tokens_per_codec = p->n_budget_codecs;
         for (size_t i = 0; i < p->n_budget_codecs && i < KW_WIRE_ALLOC_MAX_CODECS; ++i)
             budget_counts[i] = w->tokens_per_codec[i];

@@ -260,6 +260,7 @@ static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats 
     sum->compressed_sections += s->compressed_sections, sum->encode_ms += s->encode_ms;
     sum->budget_bytes += s->budget_bytes, sum->budget_min_bytes += s->budget_min_bytes;
     sum->tokens_candidate += s->tokens_candidate, sum->tokens_dropped += s->tokens_dropped;
+    sum->distortion += s->distortion;
     for (int c = 0; c < KW_WIRE_ALLOC_MAX_CODECS; ++c)
         sum->tokens_per_codec[c] += s->tokens_per_codec[c];
 }
@@ -882,9 +883,9 @@ int kw_cmd_c2c(int argc, char **argv) {
                tot.share.kv_bytes > 0 ? (double)tot.wire.blob_bytes / (double)tot.share.kv_bytes : 0.0);
     }
     if (budget_bytes) {
-        printf("budget: cap %lld used %llu slack %lld min %llu\n", (long long)budget_bytes,
+        printf("budget: cap %lld used %llu slack %lld min %llu distortion %.9g\n", (long long)budget_bytes,
                (unsigned long long)tot.wire.blob_bytes, (long long)budget_bytes - (long long)tot.wire.blob_bytes,
-               (unsigned long long)tot.wire.budget_min_bytes);
+               (unsigned long long)tot.wire.budget_min_bytes, tot.wire.distortion);
         printf("budget_tokens: candidates %llu dropped %llu", (unsigned long long)tot.wire.tokens_candidate,
                (unsigned long long)tot.wire.tokens_dropped);
         for (uint32_t c = 0; c < n_budget_specs; ++c)

@@ -1,7 +1,8 @@
 /* test_daemons_budget.c: a byte cap through the daemons (HTTP_API.md §5.1 budget_bytes, PROTOCOL.md SharePolicy): over
  * caps from generous down to the request's minimum the KVWire bytes that crossed the socket never exceed the cap, the
  * response's budget block reports the cap, the bytes used, the slack and an allocation histogram that adds up; the
- * daemons choose the same allocation as `kvwire c2c --budget-bytes` (same tokens, same blob length, same histogram);
+ * daemons choose the same allocation as `kvwire c2c --budget-bytes` (same tokens, blob length, histogram and
+ * distortion);
  * a cap below the minimum is a 400 naming it, and a cap with kv_direct, a schedule or layer scales is a 400. Both
  * daemons must then exit cleanly on SIGTERM. */
 #include <setjmp.h>
@@ -9,6 +10,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +53,7 @@ static double check_budget(const kwd_response *r, long long cap) {
     assert_true(kwd_json_num(r->json, "kvwire.budget.used") == blob);
     assert_true(kwd_json_num(r->json, "kvwire.budget.slack") == (double)cap - blob);
     assert_true(kwd_json_num(r->json, "kvwire.policy.budget_bytes") == (double)cap);
+    assert_true(kwd_json_num(r->json, "kvwire.budget.distortion") >= 0);
     const double candidates = kwd_json_num(r->json, "kvwire.budget.tokens.candidates");
     double kept = 0; /* every codec's count */
     const cJSON *it;
@@ -112,6 +115,12 @@ static void test_same_as_cli(void **state) {
              kwd_json_num(r.json, "kvwire.budget.tokens.dropped"), kwd_json_num(r.json, "kvwire.budget.tokens.int4"),
              kwd_json_num(r.json, "kvwire.budget.tokens.int8"));
     if (!strstr(out, hist)) fail_msg("kvwire c2c's histogram differs from the daemons' (%s):\n%s", hist, out);
+    const char *d = strstr(out, " distortion ");
+    assert_non_null(d);
+    const double cli = strtod(d + strlen(" distortion "), NULL),
+                 daemons = kwd_json_num(r.json, "kvwire.budget.distortion");
+    if (!(fabs(cli - daemons) <= 1e-8 * (fabs(cli) + 1e-30)))
+        fail_msg("distortion %.17g (kvwire c2c) vs %.17g (daemons)", cli, daemons);
     free(out);
     kwd_response_free(&r);
 }

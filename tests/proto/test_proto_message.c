@@ -347,7 +347,7 @@ static void test_share_flow_messages(void **state) {
     uint64_t per_codec[9] = {40, 60};
     Kwctl__BudgetReport br = KWCTL__BUDGET_REPORT__INIT;
     br.cap_bytes = 100000, br.min_bytes = 300, br.tokens_candidate = 150, br.tokens_dropped = 50;
-    br.tokens_per_codec = per_codec, br.n_tokens_per_codec = 2;
+    br.tokens_per_codec = per_codec, br.n_tokens_per_codec = 2, br.distortion = 12.5;
     e.budget = &br;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), 0);
     assert_int_equal(((Kwctl__ShareEnd *)m)->budget->tokens_per_codec[1], 60);
@@ -356,6 +356,9 @@ static void test_share_flow_messages(void **state) {
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
     br.tokens_dropped = 50;
     br.n_tokens_per_codec = 9;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+    br.n_tokens_per_codec = 2;
+    br.distortion = -1;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
 
     Kwctl__Error err = KWCTL__ERROR__INIT;
