@@ -110,13 +110,22 @@ static void kw_sift_up(int64_t *heap, int64_t i, const float *score) {
     }
 }
 
-static int64_t kw_select_norm(const float *x, int64_t T, int32_t H, int32_t D, int64_t k, float *score, int64_t *out) {
+void kw_select_scores(enum kw_select_mode mode, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
+                      float *out) {
+    const float *x = mode == KW_SELECT_KNORM ? k : mode == KW_SELECT_VNORM ? v : NULL;
     for (int64_t t = 0; t < T; ++t) {
+        if (x == NULL) {
+            out[t] = 1.0f;
+            continue;
+        }
         float sum = 0.0f;
         for (int32_t h = 0; h < H; ++h)
             sum += kw_selm_row_norm(x, KW_DTYPE_F32, (t * H + h) * (int64_t)D, D);
-        score[t] = kw_selm_score(sum, H);
+        out[t] = kw_selm_score(sum, H);
     }
+}
+
+static int64_t kw_select_norm(int64_t T, int64_t k, const float *score, int64_t *out) {
     int64_t n = 0;
     for (int64_t t = 0; t < T; ++t) {
         if (!isfinite(score[t])) continue;
@@ -159,7 +168,8 @@ int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32
         const float *x = pol->mode == KW_SELECT_KNORM ? k : v;
         KW_RETURN_IF(x == NULL || scratch == NULL, KW_E_INVALID_ARG, "selection: %s needs the rows and scratch",
                      kw_select_mode_name(pol->mode));
-        *n_out = kw_select_norm(x, T, H, D, n, scratch, out);
+        kw_select_scores(pol->mode, T, H, D, k, v, scratch);
+        *n_out = kw_select_norm(T, n, scratch, out);
         return 0;
     }
     case KW_SELECT_COUNT:

@@ -46,6 +46,11 @@ int kw_select_policy_check(const kw_select_policy *pol);
 /* The number of positions the policy keeps out of T (before non-finite scores are dropped). */
 int64_t kw_select_count(const kw_select_policy *pol, int64_t T);
 
+/* The score of each of T tokens, out[t] (T floats): knorm / vnorm the norm score above (k or v is (T, H, D) f32,
+ * the other may be NULL), every other mode 1 (no rows read). The rate-distortion allocator weighs tokens with it. */
+void kw_select_scores(enum kw_select_mode mode, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
+                      float *out);
+
 /* Selects among T tokens. k and v are (T, H, D) f32 host arrays (row-major, token first), read only for the norm
  * modes (may be NULL otherwise). section and layer feed the random draw. Writes *n_out <= T ascending offsets in
  * [0, T) to out (T entries of room). scratch: T floats (norm modes; may be NULL otherwise). */

@@ -17,15 +17,16 @@
 #include "proto/kw_proto.h"
 
 /* Per-message limits (PROTOCOL.md §5); the shape limits are KVWire's (FORMAT.md §9.1). */
-#define KW__PROTO_MAX_NAME_BYTES  128
-#define KW__PROTO_MAX_LIST        64
-#define KW__PROTO_MAX_LAYERS      1024
-#define KW__PROTO_MAX_HEADS       256
-#define KW__PROTO_MAX_HEAD_DIM    1024
-#define KW__PROTO_MAX_TEXT_BYTES  (1u << 20)
-#define KW__PROTO_MAX_ERROR_BYTES 4096
-#define KW__PROTO_DIGEST_BYTES    32
-#define KW__PROTO_MAX_SECTIONS    1024
+#define KW__PROTO_MAX_NAME_BYTES    128
+#define KW__PROTO_MAX_LIST          64
+#define KW__PROTO_MAX_LAYERS        1024
+#define KW__PROTO_MAX_HEADS         256
+#define KW__PROTO_MAX_HEAD_DIM      1024
+#define KW__PROTO_MAX_TEXT_BYTES    (1u << 20)
+#define KW__PROTO_MAX_ERROR_BYTES   4096
+#define KW__PROTO_DIGEST_BYTES      32
+#define KW__PROTO_MAX_SECTIONS      1024
+#define KW__PROTO_MAX_BUDGET_CODECS 8 /* KW_WIRE_ALLOC_MAX_CODECS; proto/ does not depend on wire/ */
 
 // ---------------------------------------------------------------------------------------------------------------
 // Packing
@@ -272,6 +273,12 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->n_schedule > KW__PROTO_MAX_LAYERS, "SharePolicy.schedule: %zu entries", p->n_schedule);
     KW__FIELD_IF(p->min_tokens > KW_PROTO_DEFAULT_MAX_TOKENS, "SharePolicy.min_tokens: %u is over %u", p->min_tokens,
                  KW_PROTO_DEFAULT_MAX_TOKENS);
+    KW__FIELD_IF(p->budget_bytes > 0 && (p->n_budget_codecs < 1 || p->n_budget_codecs > KW__PROTO_MAX_BUDGET_CODECS),
+                 "SharePolicy.budget_codecs: %zu codecs with a cap, 1..%d expected", p->n_budget_codecs,
+                 KW__PROTO_MAX_BUDGET_CODECS);
+    KW__FIELD_IF(p->budget_bytes == 0 && p->n_budget_codecs > 0, "SharePolicy.budget_codecs: given without a cap");
+    for (size_t i = 0; i < p->n_budget_codecs; ++i)
+        KW_FORWARD(kw__proto_check_codec("SharePolicy.budget_codecs", p->budget_codecs[i], true));
     return 0;
 }
 
@@ -395,6 +402,16 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
                  m->tokens_prefilled);
     KW__FIELD_IF(m->rows_sent > m->rows_total, "ShareEnd.rows_sent: %llu of %llu rows",
                  (unsigned long long)m->rows_sent, (unsigned long long)m->rows_total);
+    const Kwctl__BudgetReport *b = m->budget;
+    if (b) {
+        KW__FIELD_IF(!(b->distortion >= 0) || !isfinite(b->distortion), "ShareEnd.budget.distortion: %g",
+                     b->distortion);
+        KW__FIELD_IF(b->tokens_dropped > b->tokens_candidate, "ShareEnd.budget.tokens_dropped: %llu of %llu",
+                     (unsigned long long)b->tokens_dropped, (unsigned long long)b->tokens_candidate);
+        KW__FIELD_IF(b->n_tokens_per_codec > KW__PROTO_MAX_BUDGET_CODECS,
+                     "ShareEnd.budget.tokens_per_codec: %zu entries, at most %d", b->n_tokens_per_codec,
+                     KW__PROTO_MAX_BUDGET_CODECS);
+    }
     return 0;
 }
 

@@ -312,6 +312,33 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
     }
     cJSON_AddNumberToObject(p, "cache_proportion", s->cache_proportion);
     cJSON_AddStringToObject(p, "order", s->order == KW_FUSION_BACK ? "back" : "front");
+    if (s->budget_bytes)
+        cJSON_AddNumberToObject(p, "budget_bytes", (double)s->budget_bytes);
+    else
+        cJSON_AddNullToObject(p, "budget_bytes");
+    cJSON *bc = cJSON_AddArrayToObject(p, "budget_codecs");
+    for (int i = 0; i < s->n_budget_codecs; ++i)
+        cJSON_AddItemToArray(bc, cJSON_CreateString(kw_wire_codec_name(s->budget_codecs[i].codec)));
+}
+
+/* The budget block of a capped request (HTTP_API.md §5.2): cap, bytes used and slack, the smallest cap the request
+ * takes, and the allocation histogram as the sharer counted it (ShareEnd.budget). */
+static void kw__rd_add_budget(cJSON *k, const kw_rd_job *j) {
+    const kw_rd_spec *s = &j->spec;
+    const Kwctl__BudgetReport *r = j->share.end ? j->share.end->budget : NULL;
+    if (!s->budget_bytes) return;
+    cJSON *b = cJSON_AddObjectToObject(k, "budget");
+    cJSON_AddNumberToObject(b, "cap", (double)s->budget_bytes);
+    cJSON_AddNumberToObject(b, "used", (double)j->blob_bytes);
+    cJSON_AddNumberToObject(b, "slack", (double)s->budget_bytes - (double)j->blob_bytes);
+    cJSON_AddNumberToObject(b, "min", r ? (double)r->min_bytes : 0);
+    cJSON_AddNumberToObject(b, "distortion", r ? r->distortion : 0);
+    cJSON *t = cJSON_AddObjectToObject(b, "tokens");
+    cJSON_AddNumberToObject(t, "candidates", r ? (double)r->tokens_candidate : 0);
+    cJSON_AddNumberToObject(t, "dropped", r ? (double)r->tokens_dropped : 0);
+    for (int i = 0; i < s->n_budget_codecs; ++i)
+        cJSON_AddNumberToObject(t, kw_wire_codec_name(s->budget_codecs[i].codec),
+                                r && (size_t)i < r->n_tokens_per_codec ? (double)r->tokens_per_codec[i] : 0);
 }
 
 /* The kvwire response block (docs/HTTP_API.md §5.2). */
@@ -367,6 +394,7 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(bd, "checksums", w ? (double)w->checksums : 0);
     cJSON_AddNumberToObject(bd, "compression_saved", w ? (double)w->compression_saved : 0);
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
+    kw__rd_add_budget(k, j);
     cJSON *f = cJSON_AddObjectToObject(k, "fusion");
     cJSON_AddNumberToObject(f, "tokens_fused", (double)j->tokens_fused);
     cJSON_AddNumberToObject(f, "layers_fused", j->layers_fused);

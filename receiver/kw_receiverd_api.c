@@ -197,9 +197,37 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     return 0;
 }
 
+/* budget_codecs (an array of codec names; NULL: the default set) with the policy's granularity and scale. */
+static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
+    static const char *const defaults[] = {"int4", "int6", "int8", "bf16"};
+    const char *names[KW_WIRE_ALLOC_MAX_CODECS];
+    int n = 0;
+    if (v == NULL) {
+        for (n = 0; n < 4; ++n)
+            names[n] = defaults[n];
+    } else {
+        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > KW_WIRE_ALLOC_MAX_CODECS)
+            return KW__RD_BAD(e, "kvwire.policy.budget_codecs: an array of 1..%d codec names is expected",
+                              KW_WIRE_ALLOC_MAX_CODECS);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, v) {
+            KW_FORWARD(kw__rd_string(e, it, "kvwire.policy.budget_codecs[]", &names[n]));
+            ++n;
+        }
+    }
+    for (int i = 0; i < n; ++i)
+        if (kw_wire_spec_parse(names[i], s->granularity, s->scale, &s->budget_codecs[i]) < 0)
+            return KW__RD_BAD(e, "kvwire.policy.budget_codecs: %s", kw_error_detail());
+    s->n_budget_codecs = n;
+    const kw_wire_header shape = {.n_kv_heads = 1, .head_dim = 1024}; /* any head_dim the granularity divides */
+    const kw_wire_alloc_options o = {.codecs = s->budget_codecs, .n_codecs = (uint32_t)n};
+    if (kw_wire_alloc_check(&shape, &o) < 0) return KW__RD_BAD(e, "kvwire.policy.budget_codecs: %s", kw_error_detail());
+    return 0;
+}
+
 static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (!cJSON_IsObject(p)) return KW__RD_BAD(e, "kvwire.policy: an object is expected");
-    const cJSON *f, *schedule = NULL;
+    const cJSON *f, *schedule = NULL, *budget_codecs = NULL;
     cJSON_ArrayForEach(f, p) {
         const char *k = f->string, *str = NULL;
         int64_t x = 0;
@@ -240,6 +268,11 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             if (s->n_layers == 0) return KW__RD_BAD(e, "kvwire.policy.layers: empty");
         } else if (strcmp(k, "schedule") == 0) {
             schedule = f; /* after the codec fields, whatever their order */
+        } else if (strcmp(k, "budget_bytes") == 0) {
+            if (!cJSON_IsNull(f))
+                KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.budget_bytes", 1, INT64_MAX / 2, &s->budget_bytes));
+        } else if (strcmp(k, "budget_codecs") == 0) {
+            budget_codecs = f; /* with the granularity and scale, whatever their order */
         } else if (strcmp(k, "cache_proportion") == 0) {
             KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.cache_proportion", 0, 1, &s->cache_proportion));
         } else if (strcmp(k, "order") == 0) {
@@ -251,6 +284,10 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     }
     KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
     if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));
+    if (budget_codecs && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_codecs: needs budget_bytes");
+    if (s->budget_bytes && schedule)
+        return KW__RD_BAD(e, "kvwire.policy.schedule: not with budget_bytes (the allocator chooses the codecs)");
+    if (s->budget_bytes) KW_FORWARD(kw__rd_budget_codecs(e, budget_codecs, s));
     return 0;
 }
 
@@ -552,6 +589,9 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         return KW__RD_BAD(e, "kvwire.mode text_relay builds a conversation: use /v1/chat/completions");
     if (s->layers && s->mode != KW_RD_MODE_C2C)
         return KW__RD_BAD(e, "kvwire.policy.layers: only for mode c2c (kv_direct sends every layer)");
+    if (s->budget_bytes && s->mode != KW_RD_MODE_C2C)
+        return KW__RD_BAD(e, "kvwire.policy.budget_bytes: only for mode c2c (kv_direct sends one selection for every "
+                             "layer)");
     if (s->select.mode != KW_SELECT_FULL && kw_select_policy_check(&s->select) < 0)
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)

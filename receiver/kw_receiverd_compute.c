@@ -143,6 +143,22 @@ static Kwctl__CodecSpec kw__rd_codec(const kw_wire_codec_spec *s) {
     return c;
 }
 
+/* Whether the request's byte cap holds the smallest blobs it can make (the sharer checks it too; here it is a 400):
+ * n_blobs blobs of n_layers sections of the sharer's cache shape over the shared tokens. */
+static int kw__rd_check_budget(const kw_rd_job *j, int32_t n_blobs, int32_t n_layers) {
+    const kw_rd_spec *s = &j->spec;
+    const kw_wire_header hdr = {.n_layers = (uint16_t)j->sharer_layers,
+                                .n_sections = (uint16_t)n_layers,
+                                .n_kv_heads = (uint16_t)j->sharer_heads,
+                                .head_dim = (uint16_t)j->sharer_dim,
+                                .n_positions = (uint32_t)j->shared_tokens,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_alloc_options ao = {.codecs = s->budget_codecs, .n_codecs = (uint32_t)s->n_budget_codecs};
+    const int rc = kw_wire_alloc_check_cap(&hdr, &ao, (uint32_t)n_blobs, (uint64_t)s->budget_bytes);
+    if (rc < 0) KW_FAIL(rc, "kvwire.policy.budget_bytes: %s", kw_error_detail());
+    return 0;
+}
+
 /* Packs the job's ShareRequest and hands it to the loop. sharer_sections: the sharer's view (index 1 = sent), the
  * last one included; ids[0..prefix). */
 static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *question, const int32_t *ids, int64_t prefix,
@@ -159,6 +175,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     uint32_t *ulayers = malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof *ulayers);
     Kwctl__LayerPolicy *sched = NULL, **sched_ptrs = NULL;
     Kwctl__CodecSpec *sched_codecs = NULL;
+    Kwctl__CodecSpec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS], *budget_ptrs[KW_WIRE_ALLOC_MAX_CODECS];
     size_t n_sched = 0;
     int rc = 0;
     KW_CHECK_IF(!secs || !sec_ptrs || !uids || !ulayers, KW_E_NOMEM, "out of memory");
@@ -197,6 +214,13 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         p.min_tokens = (uint32_t)s->select.min_tokens;
         p.zstd = s->zstd_level != 0;
         p.zstd_level = s->zstd_level;
+        p.budget_bytes = (uint64_t)s->budget_bytes;
+        for (int i = 0; i < s->n_budget_codecs; ++i) {
+            budget_codecs[i] = kw__rd_codec(&s->budget_codecs[i]);
+            budget_ptrs[i] = &budget_codecs[i];
+        }
+        p.budget_codecs = budget_ptrs;
+        p.n_budget_codecs = (size_t)s->n_budget_codecs;
         for (int32_t i = 0; i < n_layers; ++i)
             ulayers[i] = (uint32_t)layers[i];
         p.layers = ulayers;
@@ -501,6 +525,11 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
             kw_request_sharer_sections(j->sections, j->n_sections, 0, kv_direct, mine, &j->shared_tokens, &n_sent));
         j->layers_sent = layers, j->n_layers_sent = n_layers;
         layers = NULL;
+        if (s->budget_bytes && n_sent > 0 && n_layers > 0) { /* a cap below the minimum is the client's error */
+            rc = kw__rd_check_budget(j, n_sent, n_layers);
+            if (rc < 0) j->http_status = 400;
+            KW_CHECK(rc);
+        }
         if (n_sent > 0 && n_layers > 0)
             KW_CHECK(kw__rd_send_request(d, j, NULL, j->prompt_ids, j->shared_tokens, mine, j->n_sections,
                                          j->layers_sent, n_layers));

@@ -31,6 +31,7 @@
 #include "proto/kw_proto.h"
 #include "receiver/kw_receiverd.h"
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_alloc.h"
 
 #define KW_RD_MAX_STOP       4
 #define KW_RD_MAX_TOP        20
@@ -72,6 +73,9 @@ typedef struct kw_rd_spec {
     char *codec, *granularity, *scale; /* as given or defaulted (owned) */
     kw_wire_codec_spec spec;
     int zstd_level;
+    int64_t budget_bytes; /* a cap on the request's blobs (HTTP_API.md §5.1 budget_bytes); 0: none */
+    kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */
+    int n_budget_codecs;
     int32_t *layers; /* NULL: the default set */
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];

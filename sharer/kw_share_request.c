@@ -3,7 +3,33 @@
 
 #include <string.h>
 
+#include "c2c/kw_request.h"
 #include "common/kw_status.h"
+
+/* The byte cap's shape from the request: one blob per sent section, every listed layer in each. */
+static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_share_request_options *opt,
+                                   int64_t *blob_lengths, kw_share_budget *out) {
+    KW_RETURN_IF(opt->same_positions, KW_E_UNSUPPORTED,
+                 "budget: kv_direct sends one selection for every layer; a byte cap is for c2c");
+    KW_RETURN_IF(opt->n_budget_codecs < 1 || opt->n_budget_codecs > KW_WIRE_ALLOC_MAX_CODECS ||
+                     opt->budget_codecs == NULL,
+                 KW_E_INVALID_ARG, "budget: 1..%d codecs, not %u", KW_WIRE_ALLOC_MAX_CODECS, opt->n_budget_codecs);
+    KW_RETURN_IF(opt->sections == NULL || opt->n_sections < 1 || opt->n_sections > KW_REQUEST_MAX_SECTIONS,
+                 KW_E_INVALID_ARG, "budget: bad section list");
+    const kw_model_config *c = kw_model_get_config(model);
+    *out = (kw_share_budget){.bytes = opt->budget_bytes,
+                             .n_codecs = opt->n_budget_codecs,
+                             .weight = opt->select.mode,
+                             .blob_lengths = blob_lengths,
+                             .n_layers = opt->n_layers,
+                             .n_positions = n,
+                             .n_heads = c->n_kv_heads,
+                             .head_dim = c->head_dim};
+    memcpy(out->codecs, opt->budget_codecs, opt->n_budget_codecs * sizeof *opt->budget_codecs);
+    for (int32_t i = 0; i + 1 < opt->n_sections; ++i)
+        if (opt->sections[i].index > 0 && opt->n_layers > 0) blob_lengths[out->n_blobs++] = opt->sections[i].length;
+    return 0;
+}
 
 int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_request_options *opt,
                          kw_share_request_stats *stats) {
@@ -13,12 +39,14 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
     if (stats == NULL) stats = &local;
     memset(stats, 0, sizeof *stats);
     kw_share_wire *w = NULL;
+    int64_t blob_lengths[KW_REQUEST_MAX_SECTIONS];
     if (opt->wire) {
-        const kw_share_wire_options wo = {.policy = *opt->wire,
-                                          .overrides = opt->overrides,
-                                          .n_overrides = opt->n_overrides,
-                                          .write = opt->write,
-                                          .user = opt->user};
+        kw_share_wire_options wo = {.policy = *opt->wire,
+                                    .overrides = opt->overrides,
+                                    .n_overrides = opt->n_overrides,
+                                    .write = opt->write,
+                                    .user = opt->user};
+        if (opt->budget_bytes > 0) KW_FORWARD(kw_share_request_budget(model, n, opt, blob_lengths, &wo.budget));
         KW_FORWARD(kw_share_wire_create(&wo, &w));
     }
     const kw_share_options so = {.sections = opt->sections,

@@ -1,8 +1,9 @@
 /* kw_share_request.h: the sharer half of one request, as `kvwire c2c` and sharerd both run it: kw_share_run
  * (layer-by-layer prefill and selection, c2c/kw_share.h) with its layers either encoded into KVWire blobs
  * (kw_share_wire.h: one blob per sent section, bytes handed to a callback as soon as they exist) or, with no codec,
- * handed over as f32 rows. The sections, layers and ids come from the request plan (c2c/kw_request.h on the
- * receiver's side, or a ShareRequest on the wire). Not here: sockets, frames, queues.
+ * handed over as f32 rows; with a byte cap the encoder allocates the rows' codecs (kw_share_budget). The sections,
+ * layers and ids come from the request plan (c2c/kw_request.h on the receiver's side, or a ShareRequest on the wire).
+ * Not here: sockets, frames, queues.
  */
 #ifndef KW_SHARE_REQUEST_H
 #define KW_SHARE_REQUEST_H
@@ -26,6 +27,11 @@ typedef struct kw_share_request_options {
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
     int32_t n_overrides;
     kw_share_bytes_fn write;
+    /* a byte cap on the request's blobs (budget_bytes > 0; kw_share_wire.h kw_share_budget): the selection's rows are
+     * the candidates, weighed by its norm score (knorm_topk, vnorm_topk) or uniformly; not with same_positions */
+    uint64_t budget_bytes;
+    const kw_wire_codec_spec *budget_codecs; /* borrowed: 1..KW_WIRE_ALLOC_MAX_CODECS */
+    uint32_t n_budget_codecs;
     /* no codec (wire NULL): the rows themselves */
     kw_share_fn on_rows;
     void *user; /* for write or on_rows */

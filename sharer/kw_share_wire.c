@@ -17,6 +17,12 @@ struct kw_share_wire {
     uint32_t *positions;
     size_t positions_cap;
     kw_share_wire_stats stats;
+    /* with a byte cap */
+    kw_wire_alloc *alloc;
+    float *weights;       /* positions_cap entries */
+    uint64_t min_section; /* the smallest section of any layer */
+    int64_t lengths_left; /* sum of the section lengths of the layers not yet encoded */
+    int32_t layers_left;  /* layers not yet encoded, over every blob */
 };
 
 void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out) {
@@ -26,6 +32,102 @@ void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, 
             out->k = opt->overrides[i].k;
             out->v = opt->overrides[i].v;
         }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The byte cap (kw_share_budget in the header): reservation and per-layer shares
+ */
+
+static void kw_share_wire_alloc_options(const kw_share_wire *w, kw_wire_alloc_options *out) {
+    *out = (kw_wire_alloc_options){.codecs = w->opt.budget.codecs,
+                                   .n_codecs = w->opt.budget.n_codecs,
+                                   .index_encoding = w->opt.policy.index_encoding};
+}
+
+/* The header every blob of the request gets (positions, heads and layers as kw_share_wire_layer writes them). */
+static int kw_share_wire_budget_header(const kw_share_budget *b, kw_wire_header *out) {
+    KW_RETURN_IF(b->n_blobs < 1 || b->n_layers < 1 || b->blob_lengths == NULL || b->n_positions < 1 ||
+                     b->n_positions > KW_WIRE_MAX_POSITIONS || b->n_heads < 1 || b->n_heads > UINT16_MAX ||
+                     b->head_dim < 1 || b->head_dim > UINT16_MAX || b->n_layers > UINT16_MAX,
+                 KW_E_INVALID_ARG, "budget: the request's shape is missing or out of range");
+    *out = (kw_wire_header){.n_layers = (uint16_t)b->n_layers,
+                            .n_sections = (uint16_t)b->n_layers,
+                            .n_kv_heads = (uint16_t)b->n_heads,
+                            .head_dim = (uint16_t)b->head_dim,
+                            .n_positions = (uint32_t)b->n_positions,
+                            .src_dtype = KW_WIRE_DTYPE_F32};
+    return 0;
+}
+
+static int kw_share_wire_budget_init(kw_share_wire *w) {
+    const kw_share_budget *b = &w->opt.budget;
+    KW_RETURN_IF(w->opt.n_overrides > 0, KW_E_INVALID_ARG,
+                 "budget: per-layer codec overrides and a byte cap do not go together (the allocator chooses)");
+    w->stats.budget_bytes = b->bytes;
+    if (b->n_blobs == 0) return 0; /* nothing is sent */
+    kw_wire_header hdr;
+    KW_FORWARD(kw_share_wire_budget_header(b, &hdr));
+    kw_wire_alloc_options ao;
+    kw_share_wire_alloc_options(w, &ao);
+    KW_FORWARD(kw_wire_alloc_min_bytes(&hdr, &ao, &w->min_section));
+    KW_FORWARD(kw_wire_alloc_min_blob_bytes(&hdr, &ao, (uint32_t)b->n_blobs, &w->stats.budget_min_bytes));
+    KW_FORWARD(kw_wire_alloc_check_cap(&hdr, &ao, (uint32_t)b->n_blobs, b->bytes));
+    w->layers_left = b->n_blobs * b->n_layers;
+    for (int32_t i = 0; i < b->n_blobs; ++i)
+        w->lengths_left += b->blob_lengths[i] * b->n_layers;
+    KW_FORWARD(kw_wire_alloc_create(&w->alloc));
+    return 0;
+}
+
+/* The bytes the layer about to be encoded may take (its blob's header is already written). */
+static int kw_share_wire_budget_share(const kw_share_wire *w, const kw_share_layer *l, uint64_t *out) {
+    const kw_share_budget *b = &w->opt.budget;
+    const uint64_t spent = w->stats.blob_bytes;
+    const int32_t blobs_after = b->n_blobs - 1 - l->blob;
+    const uint64_t reserve = (uint64_t)(w->layers_left - 1) * w->min_section + KW_WIRE_TRAILER_BYTES +
+                             (uint64_t)blobs_after * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES);
+    /* the reservation made at creation holds at every layer, since each layer spends at most its share */
+    KW_RETURN_IF(spent + reserve + w->min_section > b->bytes, KW_E_INTERNAL,
+                 "budget: %llu bytes spent and %llu reserved leave no section within the cap of %llu",
+                 (unsigned long long)spent, (unsigned long long)reserve, (unsigned long long)b->bytes);
+    const uint64_t left = b->bytes - spent - reserve, extra = left - w->min_section;
+    if (w->layers_left <= 1 || w->lengths_left <= l->length) {
+        *out = left;
+        return 0;
+    }
+    const unsigned __int128 part = (unsigned __int128)extra * (uint64_t)l->length / (uint64_t)w->lengths_left;
+    *out = w->min_section + (uint64_t)part;
+    return 0;
+}
+
+/* Runs the allocator on the layer's rows: *res holds the kept rows and their token groups. */
+static int kw_share_wire_budget_layer(kw_share_wire *w, const kw_share_layer *l, const kw_wire_alloc_result **res) {
+    const kw_share_budget *b = &w->opt.budget;
+    KW_RETURN_IF(l->n_heads != b->n_heads || l->head_dim != b->head_dim || l->n_positions != b->n_positions ||
+                     l->n_layers_sent != b->n_layers || l->blob >= b->n_blobs || l->length != b->blob_lengths[l->blob],
+                 KW_E_STATE, "budget: layer %d of blob %d does not match the request's shape", (int)l->layer,
+                 (int)l->blob);
+    kw_select_scores(b->weight, l->n_rows, l->n_heads, l->head_dim, l->k, l->v, w->weights);
+    kw_wire_alloc_options ao;
+    kw_share_wire_alloc_options(w, &ao);
+    uint64_t share = 0;
+    KW_FORWARD(kw_share_wire_budget_share(w, l, &share));
+    const kw_wire_alloc_input in = {.hdr = &w->hdr,
+                                    .n_tokens = (uint32_t)l->n_rows,
+                                    .positions = w->positions,
+                                    .k = l->k,
+                                    .v = l->v,
+                                    .weight = w->weights,
+                                    .budget = share};
+    KW_FORWARD(kw_wire_alloc_run(w->alloc, &ao, &in, res));
+    w->stats.tokens_candidate += (uint64_t)l->n_rows;
+    w->stats.tokens_dropped += (uint64_t)l->n_rows - (*res)->n_kept;
+    for (uint32_t c = 0; c < ao.n_codecs; ++c)
+        w->stats.tokens_per_codec[c] += (*res)->per_codec[c];
+    w->stats.distortion += (*res)->distortion;
+    w->lengths_left -= l->length;
+    w->layers_left -= 1;
+    return 0;
 }
 
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) {
@@ -41,12 +143,21 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
     KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
     w->opt = *opt;
     w->blob = -1;
+    if (opt->budget.bytes > 0) {
+        const int rc = kw_share_wire_budget_init(w);
+        if (rc < 0) {
+            kw_share_wire_free(w);
+            return rc;
+        }
+    }
     *out = w;
     return 0;
 }
 
 void kw_share_wire_free(kw_share_wire *w) {
     if (w == NULL) return;
+    kw_wire_alloc_free(w->alloc);
+    free(w->weights);
     kw_wire_encoder_destroy(w->enc);
     free(w->buf);
     free(w->positions);
@@ -124,20 +235,34 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         uint32_t *p = realloc(w->positions, (size_t)l->n_rows * sizeof *p);
         KW_RETURN_IF(p == NULL, KW_E_NOMEM, "share wire: out of memory");
         w->positions = p;
+        float *f = realloc(w->weights, (size_t)l->n_rows * sizeof *f);
+        KW_RETURN_IF(f == NULL, KW_E_NOMEM, "share wire: out of memory");
+        w->weights = f;
         w->positions_cap = (size_t)l->n_rows;
     }
     for (int64_t i = 0; i < l->n_rows; ++i)
         w->positions[i] = (uint32_t)l->positions[i];
     const size_t hd = (size_t)l->head_dim, row = (size_t)l->n_heads * hd;
-    const kw_wire_layer_in in = {.layer = (uint32_t)l->layer,
-                                 .n_tokens = (uint32_t)l->n_rows,
-                                 .positions = w->positions,
-                                 .k = {.data = l->k, .head_stride = hd, .token_stride = row},
-                                 .v = {.data = l->v, .head_stride = hd, .token_stride = row}};
+    kw_wire_layer_in in = {.layer = (uint32_t)l->layer,
+                           .n_tokens = (uint32_t)l->n_rows,
+                           .positions = w->positions,
+                           .k = {.data = l->k, .head_stride = hd, .token_stride = row},
+                           .v = {.data = l->v, .head_stride = hd, .token_stride = row}};
     kw_wire_policy pol;
     kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+    if (w->alloc) { /* a byte cap: the allocator's rows and token groups */
+        const kw_wire_alloc_result *res = NULL;
+        KW_FORWARD(kw_share_wire_budget_layer(w, l, &res));
+        kw_wire_alloc_options ao;
+        kw_share_wire_alloc_options(w, &ao);
+        kw_wire_alloc_policy(res, &ao, w->opt.policy.zstd_level, &pol);
+        in.n_tokens = res->n_kept;
+        in.positions = res->positions;
+        in.k.rows = res->rows;
+        in.v.rows = res->rows;
+    }
     size_t bound = 0;
-    KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, (uint32_t)l->n_rows, &bound));
+    KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
     KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
     w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());

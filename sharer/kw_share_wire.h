@@ -3,9 +3,10 @@
  * soon as each layer is encoded (the header before the section's first layer, the trailer after its last).
  *
  * Codecs: one policy for every layer (K and V codec specs, zstd level, smallest index encoding) with per-layer
- * overrides. The rows are f32 (exact bf16 values with a bf16 sharer cache, so the bf16 codec is then lossless); the
- * same rows and codecs give the same bytes on every run and machine. Not here: sockets or frames (the daemon wraps the
- * bytes in WIRE frames), the receiver.
+ * overrides, or, with a byte cap (kw_share_budget below), each row dropped or given its own codec by the allocator of
+ * wire/kw_wire_alloc.h within the layer's share of the cap. The rows are f32 (exact bf16 values with a bf16 sharer
+ * cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on every run and machine.
+ * Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
@@ -15,6 +16,7 @@
 
 #include "c2c/kw_share.h"
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_alloc.h"
 
 /* Receives consecutive bytes of the blobs, in order (blob is the sent section's ordinal). A negative return stops. */
 typedef int (*kw_share_bytes_fn)(void *user, int32_t blob, const void *data, size_t n);
@@ -25,11 +27,35 @@ typedef struct kw_share_layer_codec {
     kw_wire_codec_spec k, v;
 } kw_share_layer_codec;
 
+/* A byte cap on all the blobs of one request (docs/HTTP_API.md "budget_bytes"). Every layer's candidate rows go
+ * through the rate-distortion allocator (wire/kw_wire_alloc.h), which drops rows or gives each its own codec.
+ *
+ * The cap is split while the layers stream, never across layers after the fact: the header and trailer bytes of
+ * every blob and the smallest possible section (one token, the cheapest codec) of every layer are reserved up
+ * front; each layer may then spend its smallest section plus a share of what is left beyond the reservation,
+ * proportional to its section's length among the layers still to come (the last layer gets all of it); whatever a
+ * layer does not spend (and what zstd saves) rolls over to the later ones. The measured blob bytes of the request
+ * are therefore at most the cap, and kw_share_wire_create refuses a cap below the reservation, naming it. */
+typedef struct kw_share_budget {
+    uint64_t bytes; /* the cap on every blob of the request together; 0: no cap (the rest is ignored) */
+    kw_wire_codec_spec codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* the codecs a token may get (besides dropping) */
+    uint32_t n_codecs;
+    enum kw_select_mode weight; /* knorm_topk / vnorm_topk: tokens weigh their norm score; other modes: 1 */
+    /* the request's shape, to reserve the mandatory bytes before the first layer */
+    const int64_t *blob_lengths; /* borrowed: the length of each sent section (one blob each) */
+    int32_t n_blobs;
+    int32_t n_layers; /* layers per blob */
+    int64_t n_positions;
+    int32_t n_heads, head_dim;
+} kw_share_budget;
+
 typedef struct kw_share_wire_options {
     kw_wire_policy policy;                 /* every layer's (n_groups must be 0) */
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers; NULL if none */
     int32_t n_overrides;
-    uint64_t model_id; /* the blob header's opaque identities */
+    kw_share_budget budget; /* a byte cap (budget.bytes > 0): the policy's codecs are replaced by the allocator's
+                               choice, its index encoding and zstd level stay; no overrides then */
+    uint64_t model_id;      /* the blob header's opaque identities */
     uint32_t policy_id;
     kw_share_bytes_fn write;
     void *user;
@@ -41,12 +67,19 @@ typedef struct kw_share_wire_stats {
     double encode_ms;            /* encoding, writes excluded */
     double write_ms;             /* time in the byte callback */
     kw_wire_breakdown breakdown; /* summed over the blobs */
+    /* with a byte cap: the slack is budget_bytes - blob_bytes */
+    uint64_t budget_bytes;                               /* the cap (0: none) */
+    uint64_t budget_min_bytes;                           /* the reservation: the smallest cap this request accepts */
+    uint64_t tokens_candidate;                           /* rows offered to the allocator, over every layer */
+    uint64_t tokens_dropped;                             /* of them, left out */
+    uint64_t tokens_per_codec[KW_WIRE_ALLOC_MAX_CODECS]; /* kept, per budget codec (in budget.codecs order) */
+    double distortion;                                   /* the allocator's total (kw_wire_alloc.h), over the layers */
 } kw_share_wire_stats;
 
 typedef struct kw_share_wire kw_share_wire;
 
-/* opt is copied (overrides stay borrowed). *out is owned by the caller (kw_share_wire_free). Errors: KW_E_INVALID_ARG
- * (policy, overrides). */
+/* opt is copied (overrides and budget.blob_lengths stay borrowed). *out is owned by the caller (kw_share_wire_free).
+ * Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum, naming it). */
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
 
 /* Frees it; NULL is a no-op. */

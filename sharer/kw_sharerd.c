@@ -33,6 +33,7 @@
 #include "proto/kw_proto.h"
 #include "sharer/kw_share_request.h"
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_alloc.h"
 
 #define KW__SD_SOFTWARE "kvwire sharerd " KW_SHARERD_VERSION
 #ifndef KW_SHARERD_VERSION
@@ -242,10 +243,20 @@ static kw_wire_codec_spec kw__sd_spec(const Kwctl__CodecSpec *c) {
     return s;
 }
 
-/* The request as the sharer half's options. layers, mine (n_sections + 1) and overrides are the caller's buffers. */
+/* The budget codecs of a policy (budget_codecs: KW_WIRE_ALLOC_MAX_CODECS entries; the protocol checked the count). */
+static uint32_t kw__sd_budget_codecs(const Kwctl__SharePolicy *p, kw_wire_codec_spec *budget_codecs) {
+    uint32_t n = 0;
+    for (size_t i = 0; i < p->n_budget_codecs && i < KW_WIRE_ALLOC_MAX_CODECS; ++i)
+        budget_codecs[n++] = kw__sd_spec(p->budget_codecs[i]);
+    return n;
+}
+
+/* The request as the sharer half's options. layers, mine (n_sections + 1), overrides and budget_codecs
+ * (KW_WIRE_ALLOC_MAX_CODECS) are the caller's buffers. */
 static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, const kw__sd_model *m, int32_t *layers,
                            int32_t *n_layers, kw_fusion_section *mine, kw_wire_policy *wire,
-                           kw_share_layer_codec *overrides, kw_share_request_options *o) {
+                           kw_share_layer_codec *overrides, kw_wire_codec_spec *budget_codecs,
+                           kw_share_request_options *o) {
     const Kwctl__SharePolicy *p = req->policy;
     *n_layers = 0;
     if (p->n_layers == 0)
@@ -279,7 +290,10 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
         .pad = req->pad.len ? req->pad.data : NULL,
         .wire = wire,
         .overrides = overrides,
-        .n_overrides = (int32_t)p->n_schedule,
+        .n_overrides = p->budget_bytes ? 0 : (int32_t)p->n_schedule, /* a cap: the allocator chooses the codecs */
+        .budget_bytes = p->budget_bytes,
+        .budget_codecs = budget_codecs,
+        .n_budget_codecs = kw__sd_budget_codecs(p, budget_codecs),
     };
 }
 
@@ -298,7 +312,8 @@ static int kw__sd_share(kw__sd_run *r) {
     int32_t n_layers = 0;
     kw_wire_policy wire;
     kw_share_request_options o;
-    kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, &o);
+    kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS];
+    kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, budget_codecs, &o);
     o.write = kw__sd_write;
     o.user = r;
     KW_CHECK(kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats));
@@ -383,7 +398,9 @@ static void kw__sd_wire_done(kw_net_conn *conn, int status, void *user) {
     free(p);
 }
 
-static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__WireBreakdown *b) {
+/* ShareEnd's fields; b and budget (with budget_counts, KW_WIRE_ALLOC_MAX_CODECS entries) are the caller's. */
+static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__WireBreakdown *b,
+                            Kwctl__BudgetReport *budget, uint64_t *budget_counts) {
     const kw_share_stats *s = &j->stats.share;
     const kw_share_wire_stats *w = &j->stats.wire;
     e->request_id = j->req->request_id;
@@ -400,12 +417,13 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
     e->total_ns = kw_time_now_ns() - j->t_received;
     e->frames_sent = j->frames + 1;
     e->rows_total = (uint64_t)s->tokens_total;
-    e->rows_sent = (uint64_t)s->tokens_sent;
+    e->rows_sent = (uint64_t)s->tokens_sent - w->tokens_dropped; /* a cap's allocator drops some of the selected */
     e->layers_sent = (uint32_t)s->layers_sent;
     e->kv_bytes = (uint64_t)s->kv_bytes;
     if (s->layers_sent > 0) {
         /* tokens kept per layer: the rows of one layer of every sent section */
-        e->tokens_kept = (uint32_t)(s->tokens_sent / (s->layers_sent / (s->sections_sent ? s->sections_sent : 1)));
+        e->tokens_kept =
+            (uint32_t)(e->rows_sent / (uint64_t)(s->layers_sent / (s->sections_sent ? s->sections_sent : 1)));
         if (e->tokens_kept > e->tokens_prefilled) e->tokens_kept = e->tokens_prefilled;
     }
     const kw_wire_breakdown *bd = &w->breakdown;
@@ -413,6 +431,20 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
     b->header = bd->header, b->indices = bd->indices, b->scales = bd->scales, b->payload = bd->payload;
     b->checksums = bd->checksums, b->compression_saved = bd->compression_saved;
     e->breakdown = b;
+    const Kwctl__SharePolicy *p = j->req->policy;
+    if (p && p->budget_bytes) {
+        *budget = (Kwctl__BudgetReport)KWCTL__BUDGET_REPORT__INIT;
+        budget->cap_bytes = p->budget_bytes;
+        budget->min_bytes = w->budget_min_bytes;
+        budget->tokens_candidate = w->tokens_candidate;
+        budget->tokens_dropped = w->tokens_dropped;
+        budget->distortion = w->distortion;
+        budget->n_tokens_per_codec = p->n_budget_codecs;
+        for (size_t i = 0; i < p->n_budget_codecs && i < KW_WIRE_ALLOC_MAX_CODECS; ++i)
+            budget_counts[i] = w->tokens_per_codec[i];
+        budget->tokens_per_codec = budget_counts;
+        e->budget = budget;
+    }
 }
 
 static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j);
@@ -492,7 +524,9 @@ static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j) {
         }
         Kwctl__ShareEnd e = KWCTL__SHARE_END__INIT;
         Kwctl__WireBreakdown b;
-        kw__sd_fill_end(j, &e, &b);
+        Kwctl__BudgetReport budget;
+        uint64_t budget_counts[KW_WIRE_ALLOC_MAX_CODECS];
+        kw__sd_fill_end(j, &e, &b, &budget, budget_counts);
         if (rc == 0) rc = kw__sd_send(c, KW_PROTO_FRAME_SHARE_END, &e.base);
         if (rc < 0) kw_net_conn_abort(c->conn, rc);
         KW_LOG_DEBUG("sharerd: %s: request %llu done: %llu blob bytes in %llu frames", c->peer,
@@ -554,6 +588,21 @@ static const kw__sd_model *kw__sd_find_model(const kw_sharerd *d, const char *na
     return NULL;
 }
 
+/* A capped request (SharePolicy.budget_bytes): c2c only, and a cap that holds the request's mandatory bytes. */
+static int kw__sd_validate_budget(const Kwctl__ShareRequest *req, const kw_wire_header *hdr,
+                                  const kw_wire_codec_spec *codecs, uint32_t n_codecs) {
+    KW_RETURN_IF(req->mode != KWCTL__MODE__MODE_C2C, KW_E_UNSUPPORTED,
+                 "budget_bytes: kv_direct sends one selection for every layer; a byte cap is for c2c");
+    uint32_t n_blobs = 0;
+    for (size_t s = 0; s < req->n_sections; ++s)
+        n_blobs += req->sections[s]->sent != 0;
+    if (hdr->n_sections == 0 || n_blobs == 0) return 0; /* nothing is sent */
+    const kw_wire_alloc_options ao = {.codecs = codecs, .n_codecs = n_codecs};
+    const int rc = kw_wire_alloc_check_cap(hdr, &ao, n_blobs, req->policy->budget_bytes);
+    if (rc < 0) KW_FAIL(rc, "budget_bytes: %s", kw_error_detail());
+    return 0;
+}
+
 /* Checks a request against the model and the peer; fills the ShareHeader's claims. */
 static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const kw__sd_model **model,
                            Kwctl__ShareHeader *h, uint32_t *layers, Kwctl__KvShape *kv) {
@@ -609,12 +658,15 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
         for (size_t i = 0; i < p->n_layers; ++i)
             layers[n_layers++] = p->layers[i];
     uint64_t kept = 0, blob_max = 0, section_max = 0;
+    kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS];
+    const uint32_t n_budget = kw__sd_budget_codecs(p, budget_codecs);
     const kw_wire_header hdr = {.n_layers = (uint16_t)m->n_layers,
                                 .n_sections = (uint16_t)n_layers,
                                 .n_kv_heads = (uint16_t)m->n_kv_heads,
                                 .head_dim = (uint16_t)m->head_dim,
                                 .n_positions = (uint32_t)req->n_token_ids,
                                 .src_dtype = KW_WIRE_DTYPE_F32};
+    if (p->budget_bytes) KW_FORWARD(kw__sd_validate_budget(req, &hdr, budget_codecs, n_budget));
     for (size_t s = 0; s < req->n_sections; ++s) {
         if (!req->sections[s]->sent) continue;
         const int64_t rows = kw_select_count(&sel, req->sections[s]->length);
@@ -628,12 +680,18 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                     pol.v = kw__sd_spec(p->schedule[k]->v);
                 }
             size_t bound = 0;
-            const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)rows, &bound);
-            if (rc < 0) KW_FAIL(rc, "layer %u's codecs: %s", layers[i], kw_error_detail());
+            for (uint32_t bc = 0; bc < (n_budget ? n_budget : 1); ++bc) { /* a cap: the largest of its codecs */
+                if (n_budget) pol.k = pol.v = budget_codecs[bc];
+                size_t b = 0;
+                const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)rows, &b);
+                if (rc < 0) KW_FAIL(rc, "layer %u's codecs: %s", layers[i], kw_error_detail());
+                bound = b > bound ? b : bound;
+            }
             blob_max += bound;
             if (bound > section_max) section_max = bound;
         }
     }
+    if (p->budget_bytes && blob_max > p->budget_bytes) blob_max = p->budget_bytes;
     *kv = (Kwctl__KvShape)KWCTL__KV_SHAPE__INIT;
     kv->n_layers = (uint32_t)m->n_layers, kv->n_kv_heads = (uint32_t)m->n_kv_heads,
     kv->head_dim = (uint32_t)m->head_dim;

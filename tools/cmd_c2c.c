@@ -11,9 +11,10 @@
  * (length:fused|transferred|receiver), projector_numerics (c2c), selection and tokens_sent (c2c, kv_direct),
  * tokens_fused (c2c), generated_tokens, generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the
  * selected K/V at the cache dtype), relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec,
- * wire_blobs, wire_bytes (measured blob length) and wire_ratio, with --print-alignment and alignment: recv_ids,
- * sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option parsing,
- * prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/ and receiver/. */
+ * wire_blobs, wire_bytes (measured blob length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the
+ * smallest cap the request takes) and budget_tokens (the allocation histogram), with --print-alignment and alignment:
+ * recv_ids, sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option
+ * parsing, prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/ and receiver/. */
 #include "kw_commands.h"
 
 #include <stdint.h>
@@ -42,6 +43,7 @@
 #include "sharer/kw_share_request.h"
 #include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_alloc.h"
 
 const char kw_cmd_c2c_summary[] = "run one C2C request: prefill both models (token alignment for a sharer of another "
                                   "tokenizer), fuse the sharer KV, decode (answer, letter, timings, KV bytes)";
@@ -54,6 +56,7 @@ static void kw_c2c_usage(FILE *f) {
         "                  [--select full|front|back|random|knorm_topk|vnorm_topk [--select-proportion P]\n"
         "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
+        "                  [--budget-bytes N [--budget-codecs LIST]]\n"
         "                  [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R] [--dataset NAME] [--raw]\n"
         "                  [--tokenizer DIR] [--threads N] [--date \"23 Nov 2026\"] [--system TEXT]\n"
         "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
@@ -89,6 +92,14 @@ static void kw_c2c_usage(FILE *f) {
         "                    --wire-zstd LEVEL, default 0 = off); one blob per sent section and sharer, wire_bytes\n"
         "                    is their measured length; --wire-dump PREFIX also writes each blob to PREFIX.<n>.kvw\n"
         "                    (kvwire inspect reads them). Without --wire the rows go across in memory, exactly\n"
+        "  --budget-bytes N  c2c: a hard cap on every blob of the request together (headers, indices, scales,\n"
+        "                    checksums: the --wire-dump files add up to at most N; several sharers share N equally):\n"
+        "                    each token of each sent layer is dropped or sent with one of --budget-codecs (default\n"
+        "                    int4,int6,int8,bf16, with --wire-gran token|groupN and --wire-scale; --wire-zstd\n"
+        "                    applies) by a rate-distortion allocator on the codecs' measured error, weighted by the\n"
+        "                    --select norm score (vnorm_topk, knorm_topk) or uniformly; the --select rows are the\n"
+        "                    candidates. Implies KVWire (not with --wire CODEC). A cap below the request's minimum\n"
+        "                    (headers and one token per layer) is refused, naming the minimum\n"
         "  --relay-max-tokens  text_relay: the sharer's reply length (default 256); --relay-bytes N caps it in UTF-8\n"
         "                    bytes at a character boundary\n"
         "  --relay-style     text_relay: the message is the sharer's reply (generated, the default), the question\n"
@@ -231,6 +242,9 @@ typedef struct kw_c2c_plan {
     kw_select_policy select;
     enum kw_dtype cache_dtype;
     const kw_wire_policy *wire; /* NULL: rows in memory, no codec */
+    uint64_t budget_bytes;      /* each sharer's byte cap (0: none) */
+    const kw_wire_codec_spec *budget_codecs;
+    uint32_t n_budget_codecs;
 } kw_c2c_plan;
 
 typedef struct kw_c2c_totals {
@@ -248,6 +262,11 @@ static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
 static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats *s) {
     sum->blob_bytes += s->blob_bytes, sum->blobs += s->blobs, sum->sections += s->sections;
     sum->compressed_sections += s->compressed_sections, sum->encode_ms += s->encode_ms;
+    sum->budget_bytes += s->budget_bytes, sum->budget_min_bytes += s->budget_min_bytes;
+    sum->tokens_candidate += s->tokens_candidate, sum->tokens_dropped += s->tokens_dropped;
+    sum->distortion += s->distortion;
+    for (int c = 0; c < KW_WIRE_ALLOC_MAX_CODECS; ++c)
+        sum->tokens_per_codec[c] += s->tokens_per_codec[c];
 }
 
 /* The sharer half for sharer i (its model is m, its fuser layers from f; kv_direct: every layer of m). */
@@ -269,6 +288,9 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .cache_dtype = plan->cache_dtype,
                                          .pad = plan->sharer_pad[i],
                                          .wire = plan->wire,
+                                         .budget_bytes = plan->budget_bytes,
+                                         .budget_codecs = plan->budget_codecs,
+                                         .n_budget_codecs = plan->n_budget_codecs,
                                          .write = kw_c2c_link_write,
                                          .on_rows = kw_c2c_link_rows,
                                          .user = link};
@@ -328,6 +350,27 @@ static int kw_c2c_wire_policy(const char *codec, const char *gran, const char *s
     pol->v = spec;
     pol->index_encoding = KW_WIRE_INDEX_AUTO;
     pol->zstd_level = (int)zstd;
+    return 0;
+}
+
+/* --budget-codecs LIST: comma-separated codec names, each with --wire-gran and --wire-scale. */
+static int kw_c2c_budget_codecs(const char *list, const char *gran, const char *scale, kw_wire_codec_spec *out,
+                                uint32_t *n) {
+    *n = 0;
+    for (const char *p = list; *p;) {
+        const size_t len = strcspn(p, ",");
+        char name[16];
+        KW_RETURN_IF(len == 0 || len >= sizeof name, KW_E_INVALID_ARG, "--budget-codecs: bad list \"%s\"", list);
+        KW_RETURN_IF(*n == KW_WIRE_ALLOC_MAX_CODECS, KW_E_INVALID_ARG, "--budget-codecs: at most %d codecs",
+                     KW_WIRE_ALLOC_MAX_CODECS);
+        memcpy(name, p, len);
+        name[len] = '\0';
+        const int rc = kw_wire_spec_parse(name, gran, scale, &out[*n]);
+        if (rc < 0) KW_FAIL(rc, "--budget-codecs: %s", kw_error_detail());
+        ++*n;
+        p += len + (p[len] == ',');
+    }
+    KW_RETURN_IF(*n == 0, KW_E_INVALID_ARG, "--budget-codecs: no codec");
     return 0;
 }
 
@@ -506,6 +549,8 @@ int kw_cmd_c2c(int argc, char **argv) {
     int order_i = -1, xfer_i = 0, fusion_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
     int select_i = 0, relay_style_i = 0;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
+    const char *budget_codecs = NULL;
+    int64_t budget_bytes = 0;
     double proportion = -1.0, select_p = 1.0; /* proportion < 0: not given */
     int64_t max_new = 64, threads = 0, wire_zstd = 0, min_tokens = 1, seed = 0, relay_tokens = 256, relay_bytes = -1;
     const kw_cli_option opts[] = {
@@ -540,6 +585,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_STR("--wire-scale", &wire_scale),
         KW_CLI_INT("--wire-zstd", &wire_zstd, -7, 22),
         KW_CLI_STR("--wire-dump", &wire_dump),
+        KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
+        KW_CLI_STR("--budget-codecs", &budget_codecs),
         KW_CLI_FLAG("--fp32", &fp32),
         KW_CLI_FLAG("--raw", &raw),
         KW_CLI_FLAG("--print-alignment", &print_alignment),
@@ -561,7 +608,13 @@ int kw_cmd_c2c(int argc, char **argv) {
                                               have_proportion || order_i >= 0, sharer_tok_dir != NULL);
     if (!usage_error && fp32 && norm_i >= 0)
         usage_error = "--rmsnorm-rounding sets the bf16 projector's rule: not with --fp32";
-    if (!usage_error && wire_dump && !wire_codec) usage_error = "--wire-dump needs --wire CODEC";
+    if (!usage_error && wire_dump && !wire_codec && !budget_bytes)
+        usage_error = "--wire-dump needs --wire CODEC or --budget-bytes";
+    if (!usage_error && budget_bytes && wire_codec)
+        usage_error = "--budget-bytes chooses the codecs itself (--budget-codecs): not with --wire CODEC";
+    if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C)
+        usage_error = "--budget-bytes is for --mode c2c (kv_direct sends one selection for every layer)";
+    if (!usage_error && budget_codecs && !budget_bytes) usage_error = "--budget-codecs needs --budget-bytes";
     if (!usage_error && (xfer_i == KW_C2C_MODE_RECEIVER_ONLY || xfer_i == KW_C2C_MODE_TEXT_RELAY) &&
         (wire_codec || select_i != 0 || have_proportion || order_i >= 0))
         usage_error =
@@ -594,6 +647,8 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_fusion_section *aligned_sections = NULL;
     kw_fusion_result res = {0};
     kw_wire_policy wire_pol;
+    kw_wire_codec_spec budget_specs[KW_WIRE_ALLOC_MAX_CODECS];
+    uint32_t n_budget_specs = 0;
     kw_c2c_link link = {.dump_prefix = wire_dump};
     kw_c2c_totals tot;
     memset(&tot, 0, sizeof tot);
@@ -601,6 +656,13 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_align_pads_hook pads_hook;
 
     if (wire_codec) KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire_pol));
+    if (budget_bytes) {
+        if (!budget_codecs) budget_codecs = "int4,int6,int8,bf16";
+        KW_CHECK(kw_c2c_budget_codecs(budget_codecs, wire_gran, wire_scale, budget_specs, &n_budget_specs));
+        KW_CHECK(kw_c2c_wire_policy(kw_wire_codec_name(budget_specs[0].codec), wire_gran, wire_scale, (long)wire_zstd,
+                                    &wire_pol));
+    }
+    const int use_wire = wire_codec || budget_bytes;
     stage = "backend";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     stage = "load receiver";
@@ -750,7 +812,11 @@ int kw_cmd_c2c(int argc, char **argv) {
                                      .min_tokens = min_tokens,
                                      .seed = (uint64_t)seed},
                           .cache_dtype = cache_dtype,
-                          .wire = wire_codec ? &wire_pol : NULL};
+                          .wire = use_wire ? &wire_pol : NULL,
+                          .budget_codecs = budget_specs,
+                          .n_budget_codecs = n_budget_specs};
+        if (budget_bytes) /* several sharers share the cap equally */
+            cp.budget_bytes = (uint64_t)budget_bytes / (uint64_t)(cp.kv_direct ? 1 : n_sharer_dirs);
         if (plan.on) {
             cp.sharer_ids[0] = ar.sharer_ids;
             cp.sharer_pad[0] = ar.sharer_pad;
@@ -796,7 +862,8 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (sends_kv) {
         printf("selection: %s proportion %g min_tokens %lld seed %lld\n", selects[select_i], select_p,
                (long long)min_tokens, (long long)seed);
-        printf("tokens_sent: %lld of %lld (over the sent layers)\n", (long long)tot.share.tokens_sent,
+        printf("tokens_sent: %lld of %lld (over the sent layers)\n",
+               (long long)(tot.share.tokens_sent - (int64_t)tot.wire.tokens_dropped),
                (long long)tot.share.tokens_total);
     }
     if (xfer_i == KW_C2C_MODE_C2C) printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
@@ -813,13 +880,25 @@ int kw_cmd_c2c(int argc, char **argv) {
         printf("relay_bytes: %zu%s\n", relay.len, relay.truncated ? " (truncated)" : "");
         kw_c2c_print_escaped("relay_text", relay.text, relay.len);
     }
-    if (wire_codec) {
-        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec, wire_pol.k.granularity ? wire_gran : "none",
-               kw_wire_scale_name(wire_pol.k.scale_dtype), (long long)wire_zstd);
+    if (use_wire) {
+        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec ? wire_codec : "budget",
+               wire_pol.k.granularity ? wire_gran : "none", kw_wire_scale_name(wire_pol.k.scale_dtype),
+               (long long)wire_zstd);
         printf("wire_blobs: %d\n", (int)tot.wire.blobs);
         printf("wire_bytes: %lld\n", (long long)tot.wire.blob_bytes);
         printf("wire_ratio: %.4f (blob bytes / sharer KV bytes)\n",
                tot.share.kv_bytes > 0 ? (double)tot.wire.blob_bytes / (double)tot.share.kv_bytes : 0.0);
+    }
+    if (budget_bytes) {
+        printf("budget: cap %lld used %llu slack %lld min %llu distortion %.9g\n", (long long)budget_bytes,
+               (unsigned long long)tot.wire.blob_bytes, (long long)budget_bytes - (long long)tot.wire.blob_bytes,
+               (unsigned long long)tot.wire.budget_min_bytes, tot.wire.distortion);
+        printf("budget_tokens: candidates %llu dropped %llu", (unsigned long long)tot.wire.tokens_candidate,
+               (unsigned long long)tot.wire.tokens_dropped);
+        for (uint32_t c = 0; c < n_budget_specs; ++c)
+            printf(" %s %llu", kw_wire_codec_name(budget_specs[c].codec),
+                   (unsigned long long)tot.wire.tokens_per_codec[c]);
+        printf("\n");
     }
     if (print_alignment && plan.on) {
         kw_c2c_print_ids("recv_ids", ar.recv_ids, ar.n);

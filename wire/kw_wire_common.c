@@ -185,7 +185,12 @@ int kw_wire_index_choose(uint32_t n_positions, const uint32_t *positions, uint32
         varint += kw__wire_varint_len(i == 0 ? p : p - prev - 1);
         prev = p;
     }
-    const uint32_t first = kw__pos(positions, 0), last = kw__pos(positions, n_tokens - 1);
+    return kw__wire_index_pick(n_positions, n_tokens, kw__pos(positions, 0), kw__pos(positions, n_tokens - 1), varint,
+                               request, encoding, bytes);
+}
+
+int kw__wire_index_pick(uint32_t n_positions, uint32_t n_tokens, uint32_t first, uint32_t last, uint64_t varint,
+                        uint8_t request, uint8_t *encoding, size_t *bytes) {
     const int contiguous = last - first == n_tokens - 1;
     uint64_t size[KW_WIRE_INDEX_COUNT];
     int usable[KW_WIRE_INDEX_COUNT];

@@ -135,22 +135,22 @@ int kw_wire_section_bound(const kw_wire_header *hdr, const kw_wire_policy *pol, 
     KW_FORWARD(kw__enc_policy(hdr, pol, n_tokens, &single, &groups, &n_groups));
     KW_RETURN_IF(n_tokens > hdr->n_positions, KW_E_INVALID_ARG, "%u tokens out of %u positions", n_tokens,
                  hdr->n_positions);
-    const uint64_t bitmap = kw__wire_index_fixed_bytes(KW_WIRE_INDEX_BITMAP, n_tokens, hdr->n_positions);
-    uint64_t index;
-    switch (pol->index_encoding) {
-    case KW_WIRE_INDEX_AUTO:
-        index = 4ull * n_tokens < bitmap ? 4ull * n_tokens : bitmap;
-        break;
-    case KW_WIRE_INDEX_VARINT:
-        index = (uint64_t)n_tokens * kw__wire_varint_len(hdr->n_positions - 1);
-        break;
-    default:
-        KW_RETURN_IF(pol->index_encoding >= KW_WIRE_INDEX_COUNT, KW_E_INVALID_ARG, "unknown index encoding %u",
-                     pol->index_encoding);
-        index = kw__wire_index_fixed_bytes(pol->index_encoding, n_tokens, hdr->n_positions);
-        break;
-    }
+    KW_RETURN_IF(pol->index_encoding >= KW_WIRE_INDEX_COUNT, KW_E_INVALID_ARG, "unknown index encoding %u",
+                 pol->index_encoding);
+    const uint64_t index = kw__wire_index_bound(pol->index_encoding, n_tokens, hdr->n_positions);
     return kw__enc_total(n_groups, index + kw__enc_tensors_bytes(hdr, groups, n_groups), out);
+}
+
+uint64_t kw__wire_index_bound(uint32_t encoding, uint32_t n_tokens, uint32_t n_positions) {
+    const uint64_t bitmap = kw__wire_index_fixed_bytes(KW_WIRE_INDEX_BITMAP, n_tokens, n_positions);
+    switch (encoding) {
+    case KW_WIRE_INDEX_AUTO:
+        return 4ull * n_tokens < bitmap ? 4ull * n_tokens : bitmap;
+    case KW_WIRE_INDEX_VARINT:
+        return (uint64_t)n_tokens * kw__wire_varint_len(n_positions - 1);
+    default:
+        return kw__wire_index_fixed_bytes(encoding, n_tokens, n_positions);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -120,6 +120,16 @@ uint64_t kw__wire_tensor_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads,
 /* Size of a fixed-size index encoding (all but VARINT) for T tokens out of P positions. */
 uint64_t kw__wire_index_fixed_bytes(uint32_t encoding, uint32_t n_tokens, uint32_t n_positions);
 
+/* kw_wire_index_choose on a summary of T >= 1 valid positions (strictly increasing, below P): the first and the last,
+ * and varint = the VARINT encoding's size (the varints of the first position and of each gap minus one). */
+int kw__wire_index_pick(uint32_t n_positions, uint32_t n_tokens, uint32_t first, uint32_t last, uint64_t varint,
+                        uint8_t request, uint8_t *encoding, size_t *bytes);
+
+/* The most index bytes any T positions out of P take with this encoding request (a valid enum kw_wire_index id or
+ * AUTO): AUTO the smaller of u32's 4T and the bitmap (both always apply), VARINT T times the varint of P-1, the others
+ * their fixed size. */
+uint64_t kw__wire_index_bound(uint32_t encoding, uint32_t n_tokens, uint32_t n_positions);
+
 /* Bytes of the LEB128 varint of v. */
 static inline uint32_t kw__wire_varint_len(uint32_t v) {
     uint32_t n = 1;

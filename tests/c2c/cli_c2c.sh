@@ -9,12 +9,7 @@
 # shellcheck source=../cli_lib.sh
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 
-"$kvwire" gen-model --arch qwen3 --preset tiny --layers 3 --seed 1 --tokenizer "$src/models/tokenizers/qwen3" \
-    --out recv >/dev/null
-"$kvwire" gen-model --arch qwen2 --preset tiny --layers 2 --seed 2 --tokenizer "$src/models/tokenizers/qwen3" \
-    --out shar >/dev/null
-"$kvwire" gen-fuser --receiver recv --sharer shar --out fuser --seed 3 --hidden 64 --intermediate 96 \
-    --closed-layers 1 --k-only-layers "" --v-only-layers "" >gates.txt
+tiny_c2c_models
 grep -q "gates: 0:open 1:closed 2:open" gates.txt || fail "unexpected gates: $(cat gates.txt)"
 item='{"question": "Which planet is known as the red planet?", "choices": ["Venus", "Mars", "Jupiter", "Saturn"]}'
 run() { "$kvwire" c2c --receiver recv --sharer shar --fuser fuser --threads 2 "$@"; }

@@ -162,6 +162,17 @@ static void kwd_dump_log(const kwd_proc *p) {
     fclose(f);
 }
 
+void kwd_start_pair(kwd_proc *sharer, kwd_proc *receiver) {
+    kwd_start_sharer(0, NULL, sharer);
+    kwd_start_receiver(sharer->port, NULL, receiver);
+    if (!kwd_wait_healthy(receiver->port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
+}
+
+void kwd_stop_pair(kwd_proc *sharer, kwd_proc *receiver) {
+    kwd_stop(receiver);
+    kwd_stop(sharer);
+}
+
 void kwd_stop(kwd_proc *p) {
     if (!p->pid) return;
     kill(p->pid, SIGTERM);

@@ -39,6 +39,12 @@ void kwd_start_sharer(uint16_t port, const char *const *extra, kwd_proc *out);
 /* receiverd of tiny-qwen3 with the tiny fuser for a sharer named "local" at sharer_port, plus extra args. */
 void kwd_start_receiver(uint16_t sharer_port, const char *const *extra, kwd_proc *out);
 
+/* The usual pair: sharerd, then receiverd connected to it (both with default args), waiting until it is healthy. */
+void kwd_start_pair(kwd_proc *sharer, kwd_proc *receiver);
+
+/* Stops the receiver, then the sharer (kwd_stop each). */
+void kwd_stop_pair(kwd_proc *sharer, kwd_proc *receiver);
+
 /* SIGTERM, then waits (up to 60 s scaled) and asserts a clean exit with status 0. */
 void kwd_stop(kwd_proc *p);
 

@@ -22,16 +22,13 @@ static kwd_proc sharer, receiver;
 
 static int setup(void **state) {
     (void)state;
-    kwd_start_sharer(0, NULL, &sharer);
-    kwd_start_receiver(sharer.port, NULL, &receiver);
-    if (!kwd_wait_healthy(receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
+    kwd_start_pair(&sharer, &receiver);
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    kwd_stop(&receiver);
-    kwd_stop(&sharer);
+    kwd_stop_pair(&sharer, &receiver);
     return 0;
 }
 
@@ -136,6 +133,9 @@ static const parity_case cases[] = {
      CHAT_BODY("{\"policy\":{\"cache_proportion\":0.5,\"order\":\"back\",\"selection\":\"front\",\"proportion\":0.5,"
                "\"codec\":\"int8\"}}"),
      "--proportion 0.5 --order back --select front --select-proportion 0.5 --wire int8", true, true},
+    {"c2c vnorm budget 3000 bytes", true,
+     CHAT_BODY("{\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":3000}}"),
+     "--select vnorm_topk --budget-bytes 3000", true, true},
     {"kv_direct bf16", true, CHAT_BODY("{\"mode\":\"kv_direct\"}"), "--mode kv_direct --wire bf16", true, true},
     {"kv_direct int4 vnorm_topk", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
@@ -172,7 +172,7 @@ static void test_parity_fp32(void **state) {
     kwd_start_receiver(sharer.port, extra, &r2);
     assert_true(kwd_wait_healthy(r2.port, kwd_ms(30000)));
     check_case(&cases[1], r2.port, "--fp32");
-    check_case(&cases[6], r2.port, "--fp32");
+    check_case(&cases[7], r2.port, "--fp32");
     kwd_stop(&r2);
 }
 

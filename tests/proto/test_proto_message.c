@@ -235,6 +235,22 @@ static void test_share_request(void **state) {
     v.group_size = 24;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     v.group_size = 32;
+    /* a byte cap comes with 1..8 codecs, and codecs only with a cap */
+    Kwctl__CodecSpec *budget_codecs[9] = {&k, &v, &k, &v, &k, &v, &k, &v, &k};
+    p.budget_bytes = 4096;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.budget_codecs = budget_codecs;
+    p.n_budget_codecs = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->budget_bytes, 4096);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->budget_codecs[1]->group_size, 32);
+    kw_proto_message_free(m);
+    p.n_budget_codecs = 9;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.n_budget_codecs = 2;
+    p.budget_bytes = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.n_budget_codecs = 0;
     r.policy = NULL;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     r.mode = KWCTL__MODE__MODE_RECEIVER_ONLY; /* no policy needed, and sections are out of place */
@@ -325,6 +341,24 @@ static void test_share_flow_messages(void **state) {
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
     e.compressed_sections = 1;
     e.rows_sent = 201;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+    e.rows_sent = 100;
+    /* a capped request's report */
+    uint64_t per_codec[9] = {40, 60};
+    Kwctl__BudgetReport br = KWCTL__BUDGET_REPORT__INIT;
+    br.cap_bytes = 100000, br.min_bytes = 300, br.tokens_candidate = 150, br.tokens_dropped = 50;
+    br.tokens_per_codec = per_codec, br.n_tokens_per_codec = 2, br.distortion = 12.5;
+    e.budget = &br;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareEnd *)m)->budget->tokens_per_codec[1], 60);
+    kw_proto_message_free(m);
+    br.tokens_dropped = 151;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+    br.tokens_dropped = 50;
+    br.n_tokens_per_codec = 9;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+    br.n_tokens_per_codec = 2;
+    br.distortion = -1;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
 
     Kwctl__Error err = KWCTL__ERROR__INIT;

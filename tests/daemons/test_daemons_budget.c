@@ -1,0 +1,164 @@
+/* test_daemons_budget.c: a byte cap through the daemons (HTTP_API.md §5.1 budget_bytes, PROTOCOL.md SharePolicy): over
+ * caps from generous down to the request's minimum the KVWire bytes that crossed the socket never exceed the cap, the
+ * response's budget block reports the cap, the bytes used, the slack and an allocation histogram that adds up; the
+ * daemons choose the same allocation as `kvwire c2c --budget-bytes` (same tokens, blob length, histogram and
+ * distortion);
+ * a cap below the minimum is a 400 naming it, and a cap with kv_direct, a schedule or layer scales is a 400. Both
+ * daemons must then exit cleanly on SIGTERM. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kwd_harness.h"
+
+static kwd_proc sharer, receiver;
+
+static int setup(void **state) {
+    (void)state;
+    kwd_start_pair(&sharer, &receiver);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    kwd_stop_pair(&sharer, &receiver);
+    return 0;
+}
+
+#define PROMPT "Which planet is known as the red planet? Answer in one word."
+
+static void request(long long cap, const char *extra_policy, kwd_response *r) {
+    char body[1024];
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT "\"}],\"max_tokens\":4,"
+             "\"kvwire\":{\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":%lld%s}}}",
+             cap, extra_policy);
+    kwd_http(receiver.port, "/v1/chat/completions", body, r);
+}
+
+/* The budget block is consistent with the measured bytes; returns the minimum it reports. */
+static double check_budget(const kwd_response *r, long long cap) {
+    if (r->status != 200) fail_msg("cap %lld: HTTP %ld: %s", cap, r->status, r->body);
+    const double blob = kwd_json_num(r->json, "kvwire.bytes.blob");
+    if (blob > (double)cap) fail_msg("cap %lld: %.0f blob bytes", cap, blob);
+    assert_true(blob > 0);
+    assert_true(kwd_json_num(r->json, "kvwire.budget.cap") == (double)cap);
+    assert_true(kwd_json_num(r->json, "kvwire.budget.used") == blob);
+    assert_true(kwd_json_num(r->json, "kvwire.budget.slack") == (double)cap - blob);
+    assert_true(kwd_json_num(r->json, "kvwire.policy.budget_bytes") == (double)cap);
+    assert_true(kwd_json_num(r->json, "kvwire.budget.distortion") >= 0);
+    const double candidates = kwd_json_num(r->json, "kvwire.budget.tokens.candidates");
+    double kept = 0; /* every codec's count */
+    const cJSON *it;
+    cJSON_ArrayForEach(it, kwd_json_get(r->json, "kvwire.budget.tokens")) {
+        if (strcmp(it->string, "candidates") != 0 && strcmp(it->string, "dropped") != 0) kept += it->valuedouble;
+    }
+    assert_true(candidates > 0);
+    assert_true(kept >= 1);
+    assert_true(kept + kwd_json_num(r->json, "kvwire.budget.tokens.dropped") == candidates);
+    assert_true(kept == kwd_json_num(r->json, "kvwire.selection.tokens_sent"));
+    return kwd_json_num(r->json, "kvwire.budget.min");
+}
+
+static void test_cap_sweep(void **state) {
+    (void)state;
+    const long long caps[] = {1000000, 6000, 1500, 500};
+    double min = 0;
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; ++i) {
+        kwd_response r;
+        request(caps[i], "", &r);
+        min = check_budget(&r, caps[i]);
+        kwd_response_free(&r);
+    }
+    assert_true(min > 100 && min < 500);
+    kwd_response r;
+    request((long long)min, "", &r);
+    check_budget(&r, (long long)min);
+    kwd_response_free(&r);
+    request((long long)min - 1, "", &r);
+    assert_int_equal(r.status, 400);
+    char want[64];
+    snprintf(want, sizeof want, "need at least %.0f bytes", min);
+    if (!strstr(r.body, want)) fail_msg("no minimum in the refusal: %s", r.body);
+    kwd_response_free(&r);
+}
+
+/* The daemons and kvwire c2c allocate alike: the same tokens, blob length and histogram. */
+static void test_same_as_cli(void **state) {
+    (void)state;
+    kwd_response r;
+    request(2500, ",\"budget_codecs\":[\"int4\",\"int8\"],\"granularity\":\"group16\",\"zstd\":3", &r);
+    check_budget(&r, 2500);
+    char args[2048];
+    const char *m = kwd_models_dir();
+    snprintf(args, sizeof args,
+             "c2c --receiver %s/tiny-qwen3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser --prompt '" PROMPT
+             "' --max-new-tokens 4 --select vnorm_topk --budget-bytes 2500 --budget-codecs int4,int8 "
+             "--wire-gran group16 --wire-zstd 3",
+             m, m, m);
+    char *out = kwd_kvwire(args);
+    int32_t want[16], got[16];
+    const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
+    assert_int_equal(kwd_json_ids(kwd_json_get(r.json, "kvwire.completion_ids"), got, 16), n_want);
+    assert_memory_equal(want, got, (size_t)n_want * sizeof *want);
+    assert_true((double)kwd_parse_int(out, "wire_bytes") == kwd_json_num(r.json, "kvwire.bytes.blob"));
+    char hist[256];
+    snprintf(hist, sizeof hist, "budget_tokens: candidates %.0f dropped %.0f int4 %.0f int8 %.0f\n",
+             kwd_json_num(r.json, "kvwire.budget.tokens.candidates"),
+             kwd_json_num(r.json, "kvwire.budget.tokens.dropped"), kwd_json_num(r.json, "kvwire.budget.tokens.int4"),
+             kwd_json_num(r.json, "kvwire.budget.tokens.int8"));
+    if (!strstr(out, hist)) fail_msg("kvwire c2c's histogram differs from the daemons' (%s):\n%s", hist, out);
+    const char *d = strstr(out, " distortion ");
+    assert_non_null(d);
+    const double cli = strtod(d + strlen(" distortion "), NULL),
+                 daemons = kwd_json_num(r.json, "kvwire.budget.distortion");
+    if (!(fabs(cli - daemons) <= 1e-8 * (fabs(cli) + 1e-30)))
+        fail_msg("distortion %.17g (kvwire c2c) vs %.17g (daemons)", cli, daemons);
+    free(out);
+    kwd_response_free(&r);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    static const char *const bodies[] = {
+        "{\"mode\":\"kv_direct\",\"policy\":{\"budget_bytes\":5000}}",
+        "{\"policy\":{\"budget_bytes\":5000,\"schedule\":[{\"layers\":[0,0],\"codec\":\"int8\"}]}}",
+        "{\"policy\":{\"budget_bytes\":5000,\"granularity\":\"head\"}}",
+        "{\"policy\":{\"budget_codecs\":[\"int8\"]}}",
+        "{\"policy\":{\"budget_bytes\":5000,\"budget_codecs\":[\"int9\"]}}",
+        "{\"policy\":{\"budget_bytes\":0}}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; ++i) {
+        char body[1024];
+        snprintf(body, sizeof body,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"kvwire\":%s}", bodies[i]);
+        kwd_response r;
+        kwd_http(receiver.port, "/v1/chat/completions", body, &r);
+        if (r.status != 400) fail_msg("%s: HTTP %ld: %s", bodies[i], r.status, r.body);
+        kwd_response_free(&r);
+    }
+    /* no cap: no budget block, budget_bytes null */
+    kwd_response r;
+    kwd_http(receiver.port, "/v1/chat/completions",
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2}", &r);
+    assert_int_equal(r.status, 200);
+    assert_null(kwd_json_get(r.json, "kvwire.budget"));
+    assert_true(cJSON_IsNull(kwd_json_get(r.json, "kvwire.policy.budget_bytes")));
+    kwd_response_free(&r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cap_sweep),
+        cmocka_unit_test(test_same_as_cli),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
