@@ -53,8 +53,30 @@ static double kwd_now(void) {
 // ---------------------------------------------------------------------------------------------------------------
 // Processes
 
+/* Daemons started and not yet stopped: a test that fails half-way (cmocka longjmps out of it) leaves its daemons
+ * running, so they are killed when the test program exits instead of outliving it. */
+static pid_t kwd_live[64];
+
+static void kwd_live_set(pid_t old, pid_t now) {
+    for (size_t i = 0; i < sizeof kwd_live / sizeof kwd_live[0]; ++i)
+        if (kwd_live[i] == old) {
+            kwd_live[i] = now;
+            return;
+        }
+}
+
+static void kwd_kill_leftovers(void) {
+    for (size_t i = 0; i < sizeof kwd_live / sizeof kwd_live[0]; ++i)
+        if (kwd_live[i] > 0) {
+            kill(kwd_live[i], SIGKILL);
+            waitpid(kwd_live[i], NULL, 0);
+            kwd_live[i] = 0;
+        }
+}
+
 void kwd_start(const char *program, const char *const *args, kwd_proc *out) {
     static int counter;
+    if (counter == 0) atexit(kwd_kill_leftovers);
     memset(out, 0, sizeof *out);
     char ready[512], path[512], ready_arg[600];
     const int k = ++counter;
@@ -83,6 +105,7 @@ void kwd_start(const char *program, const char *const *args, kwd_proc *out) {
         _exit(127);
     }
     out->pid = pid;
+    kwd_live_set(0, pid);
     const double deadline = kwd_now() + kwd_ms(120000) / 1000.0;
     while (kwd_now() < deadline) {
         FILE *f = fopen(ready, "r");
@@ -98,6 +121,7 @@ void kwd_start(const char *program, const char *const *args, kwd_proc *out) {
         int status = 0;
         if (waitpid(pid, &status, WNOHANG) == pid) {
             out->pid = 0;
+            kwd_live_set(pid, 0);
             fail_msg("%s exited before listening (status %d); log %s", program, status, out->log);
         }
         usleep(20000);
@@ -175,6 +199,7 @@ void kwd_stop_pair(kwd_proc *sharer, kwd_proc *receiver) {
 
 void kwd_stop(kwd_proc *p) {
     if (!p->pid) return;
+    kwd_live_set(p->pid, 0);
     kill(p->pid, SIGTERM);
     int status = 0;
     if (!kwd_wait(p->pid, kwd_ms(60000), &status)) {
@@ -193,6 +218,7 @@ void kwd_stop(kwd_proc *p) {
 
 void kwd_kill(kwd_proc *p) {
     if (!p->pid) return;
+    kwd_live_set(p->pid, 0);
     kill(p->pid, SIGKILL);
     int status;
     waitpid(p->pid, &status, 0);
