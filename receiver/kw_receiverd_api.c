@@ -589,9 +589,8 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         return KW__RD_BAD(e, "kvwire.mode text_relay builds a conversation: use /v1/chat/completions");
     if (s->layers && s->mode != KW_RD_MODE_C2C)
         return KW__RD_BAD(e, "kvwire.policy.layers: only for mode c2c (kv_direct sends every layer)");
-    if (s->budget_bytes && s->mode != KW_RD_MODE_C2C)
-        return KW__RD_BAD(e, "kvwire.policy.budget_bytes: only for mode c2c (kv_direct sends one selection for every "
-                             "layer)");
+    if (s->budget_bytes && s->mode != KW_RD_MODE_C2C && s->mode != KW_RD_MODE_KV_DIRECT)
+        return KW__RD_BAD(e, "kvwire.policy.budget_bytes: only for modes c2c and kv_direct");
     if (s->select.mode != KW_SELECT_FULL && kw_select_policy_check(&s->select) < 0)
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)

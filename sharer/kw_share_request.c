@@ -9,8 +9,6 @@
 /* The byte cap's shape from the request: one blob per sent section, every listed layer in each. */
 static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_share_request_options *opt,
                                    int64_t *blob_lengths, kw_share_budget *out) {
-    KW_RETURN_IF(opt->same_positions, KW_E_UNSUPPORTED,
-                 "budget: kv_direct sends one selection for every layer; a byte cap is for c2c");
     KW_RETURN_IF(opt->n_budget_codecs < 1 || opt->n_budget_codecs > KW_WIRE_ALLOC_MAX_CODECS ||
                      opt->budget_codecs == NULL,
                  KW_E_INVALID_ARG, "budget: 1..%d codecs, not %u", KW_WIRE_ALLOC_MAX_CODECS, opt->n_budget_codecs);
@@ -20,6 +18,7 @@ static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_sh
     *out = (kw_share_budget){.bytes = opt->budget_bytes,
                              .n_codecs = opt->n_budget_codecs,
                              .weight = opt->select.mode,
+                             .same_positions = opt->same_positions,
                              .blob_lengths = blob_lengths,
                              .n_layers = opt->n_layers,
                              .n_positions = n,

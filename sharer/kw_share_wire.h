@@ -35,12 +35,22 @@ typedef struct kw_share_layer_codec {
  * front; each layer may then spend its smallest section plus a share of what is left beyond the reservation,
  * proportional to its section's length among the layers still to come (the last layer gets all of it); whatever a
  * layer does not spend (and what zstd saves) rolls over to the later ones. The measured blob bytes of the request
- * are therefore at most the cap, and kw_share_wire_create refuses a cap below the reservation, naming it. */
+ * are therefore at most the cap, and kw_share_wire_create refuses a cap below the reservation, naming it.
+ *
+ * kv_direct (same_positions): the receiver's validity mask is one set of positions for every layer, so only a
+ * blob's first layer may drop rows. There the blob's share of the cap (its layers' smallest sections plus its
+ * length-weighted part of the rest, all of it for the last blob) is divided by its layer count, and the allocator,
+ * with only the cheapest codec, picks the kept positions within that quotient: every layer of the blob can then carry
+ * them at the cheapest codec. Each layer of the blob, the first included, keeps exactly those positions and the
+ * allocator (keep_all) only upgrades their codecs within the layer's share, the reservation for the blob's later
+ * layers being the kept set at the cheapest codec instead of one token. The codec of a position may differ between
+ * layers. A kept row that the cheapest codec cannot represent in a later layer is an error (KW_E_LIMIT). */
 typedef struct kw_share_budget {
     uint64_t bytes; /* the cap on every blob of the request together; 0: no cap (the rest is ignored) */
     kw_wire_codec_spec codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* the codecs a token may get (besides dropping) */
     uint32_t n_codecs;
     enum kw_select_mode weight; /* knorm_topk / vnorm_topk: tokens weigh their norm score; other modes: 1 */
+    int same_positions;         /* kv_direct: the positions a blob's first layer keeps are every layer's */
     /* the request's shape, to reserve the mandatory bytes before the first layer */
     const int64_t *blob_lengths; /* borrowed: the length of each sent section (one blob each) */
     int32_t n_blobs;

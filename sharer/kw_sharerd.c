@@ -588,11 +588,9 @@ static const kw__sd_model *kw__sd_find_model(const kw_sharerd *d, const char *na
     return NULL;
 }
 
-/* A capped request (SharePolicy.budget_bytes): c2c only, and a cap that holds the request's mandatory bytes. */
+/* A capped request (SharePolicy.budget_bytes): a cap that holds the request's mandatory bytes. */
 static int kw__sd_validate_budget(const Kwctl__ShareRequest *req, const kw_wire_header *hdr,
                                   const kw_wire_codec_spec *codecs, uint32_t n_codecs) {
-    KW_RETURN_IF(req->mode != KWCTL__MODE__MODE_C2C, KW_E_UNSUPPORTED,
-                 "budget_bytes: kv_direct sends one selection for every layer; a byte cap is for c2c");
     uint32_t n_blobs = 0;
     for (size_t s = 0; s < req->n_sections; ++s)
         n_blobs += req->sections[s]->sent != 0;

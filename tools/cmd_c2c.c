@@ -92,14 +92,17 @@ static void kw_c2c_usage(FILE *f) {
         "                    --wire-zstd LEVEL, default 0 = off); one blob per sent section and sharer, wire_bytes\n"
         "                    is their measured length; --wire-dump PREFIX also writes each blob to PREFIX.<n>.kvw\n"
         "                    (kvwire inspect reads them). Without --wire the rows go across in memory, exactly\n"
-        "  --budget-bytes N  c2c: a hard cap on every blob of the request together (headers, indices, scales,\n"
+        "  --budget-bytes N  c2c, kv_direct: a hard cap on every blob of the request together (headers, indices,\n"
+        "                    scales,\n"
         "                    checksums: the --wire-dump files add up to at most N; several sharers share N equally):\n"
         "                    each token of each sent layer is dropped or sent with one of --budget-codecs (default\n"
         "                    int4,int6,int8,bf16, with --wire-gran token|groupN and --wire-scale; --wire-zstd\n"
         "                    applies) by a rate-distortion allocator on the codecs' measured error, weighted by the\n"
         "                    --select norm score (vnorm_topk, knorm_topk) or uniformly; the --select rows are the\n"
         "                    candidates. Implies KVWire (not with --wire CODEC). A cap below the request's minimum\n"
-        "                    (headers and one token per layer) is refused, naming the minimum\n"
+        "                    (headers and one token per layer) is refused, naming the minimum. kv_direct keeps\n"
+        "                    the same positions in every layer (chosen at the first layer so that every layer can\n"
+        "                    carry them at the cheapest codec); only the codec of a kept position varies by layer\n"
         "  --relay-max-tokens  text_relay: the sharer's reply length (default 256); --relay-bytes N caps it in UTF-8\n"
         "                    bytes at a character boundary\n"
         "  --relay-style     text_relay: the message is the sharer's reply (generated, the default), the question\n"
@@ -612,8 +615,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         usage_error = "--wire-dump needs --wire CODEC or --budget-bytes";
     if (!usage_error && budget_bytes && wire_codec)
         usage_error = "--budget-bytes chooses the codecs itself (--budget-codecs): not with --wire CODEC";
-    if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C)
-        usage_error = "--budget-bytes is for --mode c2c (kv_direct sends one selection for every layer)";
+    if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT)
+        usage_error = "--budget-bytes is for --mode c2c and kv_direct";
     if (!usage_error && budget_codecs && !budget_bytes) usage_error = "--budget-codecs needs --budget-bytes";
     if (!usage_error && (xfer_i == KW_C2C_MODE_RECEIVER_ONLY || xfer_i == KW_C2C_MODE_TEXT_RELAY) &&
         (wire_codec || select_i != 0 || have_proportion || order_i >= 0))

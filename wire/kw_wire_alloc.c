@@ -179,14 +179,25 @@ static void kw__alloc_measure(const kw_wire_alloc_options *opt, const kw_wire_al
  * Hulls and the move queue
  */
 
-/* The lower convex hull of the token's options from drop, in increasing bytes (ties: lower distortion, then the
- * lower codec). A token with nothing to gain gets its cheapest option as a step of efficiency 0. */
-static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n_codecs, uint8_t *hull,
+/* The token's cheapest representable codec (ties: lower distortion, then the lower codec), or 0 if it has none. */
+static uint8_t kw__alloc_cheapest(const double *dist, const uint64_t *bytes, uint32_t n_codecs) {
+    uint8_t best = 0;
+    for (uint8_t c = 1; c <= n_codecs; ++c)
+        if (dist[c] >= 0.0 &&
+            (best == 0 || bytes[c] < bytes[best] || (bytes[c] == bytes[best] && dist[c] < dist[best])))
+            best = c;
+    return best;
+}
+
+/* The lower convex hull of the token's options from origin (drop, or with keep_all its cheapest codec), in
+ * increasing bytes (ties: lower distortion, then the lower codec). From drop, a token with nothing to gain gets its
+ * cheapest option as a step of efficiency 0. */
+static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n_codecs, uint8_t origin, uint8_t *hull,
                            uint8_t *hull_n) {
     uint8_t order[KW__ALLOC_OPTIONS];
     uint32_t n = 0;
     for (uint32_t c = 1; c <= n_codecs; ++c)
-        if (dist[c] >= 0.0) order[n++] = (uint8_t)c;
+        if (dist[c] >= 0.0 && c != origin && bytes[c] >= bytes[origin]) order[n++] = (uint8_t)c;
     for (uint32_t i = 1; i < n; ++i) /* insertion sort: a handful of options */
         for (uint32_t j = i; j > 0; --j) {
             const uint8_t a = order[j - 1], b = order[j];
@@ -195,8 +206,8 @@ static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n
             order[j - 1] = b, order[j] = a;
         }
     uint32_t m = 0;
-    hull[m++] = 0;
-    if (dist[0] < 0.0) {
+    hull[m++] = origin;
+    if (dist[origin] < 0.0) {
         *hull_n = 1;
         return;
     }
@@ -213,7 +224,8 @@ static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n
         }
         hull[m++] = c;
     }
-    if (m == 1 && n > 0 && dist[order[0]] <= dist[0]) hull[m++] = order[0]; /* nothing to gain, nothing lost */
+    if (origin == 0 && m == 1 && n > 0 && dist[order[0]] <= dist[0]) /* nothing to gain, nothing lost */
+        hull[m++] = order[0];
     *hull_n = (uint8_t)m;
 }
 
@@ -374,16 +386,21 @@ static int kw__alloc_fallback(kw_wire_alloc *a, const kw_wire_alloc_options *opt
  * The public entry points
  */
 
-int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint64_t *out) {
+int kw_wire_alloc_cheapest(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t *out) {
     KW_FORWARD(kw_wire_alloc_check(hdr, opt));
-    uint64_t best = UINT64_MAX;
-    for (uint32_t c = 0; c < opt->n_codecs; ++c) {
-        const kw_wire_policy pol = {.k = opt->codecs[c], .v = opt->codecs[c], .index_encoding = opt->index_encoding};
-        size_t size = 0;
-        KW_FORWARD(kw_wire_section_bound(hdr, &pol, 1, &size));
-        best = size < best ? size : best;
-    }
-    *out = best;
+    *out = 0;
+    for (uint32_t c = 1; c < opt->n_codecs; ++c)
+        if (kw__alloc_token_bytes(hdr, &opt->codecs[c]) < kw__alloc_token_bytes(hdr, &opt->codecs[*out])) *out = c;
+    return 0;
+}
+
+int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint64_t *out) {
+    uint32_t c = 0;
+    KW_FORWARD(kw_wire_alloc_cheapest(hdr, opt, &c));
+    const kw_wire_policy pol = {.k = opt->codecs[c], .v = opt->codecs[c], .index_encoding = opt->index_encoding};
+    size_t size = 0;
+    KW_FORWARD(kw_wire_section_bound(hdr, &pol, 1, &size));
+    *out = size;
     return 0;
 }
 
@@ -426,15 +443,29 @@ int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const 
         bytes[1 + c] = kw__alloc_token_bytes(in->hdr, &opt->codecs[c]);
     a->res.groups = a->groups; /* the layout's policy points at them */
     memset(&a->size, 0, sizeof a->size);
+    memset(a->choice, 0, in->n_tokens);
     uint32_t n_heap = 0;
     for (uint32_t t = 0; t < in->n_tokens; ++t) {
         double *dist = a->dist + (size_t)t * KW__ALLOC_OPTIONS;
         kw__alloc_measure(opt, in, t, dist);
-        kw__alloc_hull(dist, bytes, opt->n_codecs, a->hull + (size_t)t * KW__ALLOC_OPTIONS, &a->hull_n[t]);
+        uint8_t origin = 0;
+        if (in->keep_all) { /* the token starts kept, at its cheapest codec */
+            origin = kw__alloc_cheapest(dist, bytes, opt->n_codecs);
+            KW_RETURN_IF(origin == 0, KW_E_LIMIT,
+                         "alloc: token %u (position %u) must be kept but no codec represents it (or its weight is "
+                         "not finite)",
+                         t, in->positions[t]);
+            int fits = 0;
+            KW_FORWARD(kw__alloc_try(a, opt, in, bytes, t, origin, &fits));
+            KW_RETURN_IF(!fits, KW_E_LIMIT,
+                         "alloc: the %u tokens to keep do not fit %llu bytes even at their cheapest codecs",
+                         in->n_tokens, (unsigned long long)in->budget);
+        }
+        kw__alloc_hull(dist, bytes, opt->n_codecs, origin, a->hull + (size_t)t * KW__ALLOC_OPTIONS, &a->hull_n[t]);
         a->step[t] = 0;
-        a->choice[t] = 0;
         if (a->hull_n[t] > 1) {
-            a->eff[t] = kw__alloc_step_eff(a, bytes, t, 0, a->hull[(size_t)t * KW__ALLOC_OPTIONS + 1]);
+            const uint8_t *hull = a->hull + (size_t)t * KW__ALLOC_OPTIONS;
+            a->eff[t] = kw__alloc_step_eff(a, bytes, t, hull[0], hull[1]);
             kw__alloc_push(a, &n_heap, t);
         }
     }

@@ -22,6 +22,9 @@
  * takes its cheapest codec at efficiency 0, after every useful move. Everything is in fixed-order fp64 / integer
  * arithmetic: the same input gives the same choice on every CPU and thread count.
  *
+ * Keeping every token (keep_all): each hull starts at the token's cheapest codec instead of drop, so the same greedy
+ * only spends the budget beyond "every token at its cheapest codec" on upgrades.
+ *
  * Reduction: with one codec that reconstructs the rows exactly (error 0), every token's only move has efficiency
  * w_t / bytes with equal bytes, so the moves run in the order of weight, then position: the kept set is the top-k
  * by weight (ties to the lower position) for the largest k that fits, which is what kw_select_positions picks.
@@ -53,6 +56,8 @@ typedef struct kw_wire_alloc_input {
     const float *weight;       /* borrowed: n_tokens weights (NULL: all 1); a non-finite or negative one is never
                                   kept, nor is a token with a non-finite value */
     uint64_t budget;           /* the most bytes the section may take */
+    int keep_all;              /* 1: drop nothing (kv_direct's later layers: the positions are fixed); every token
+                                  starts at its cheapest representable codec and only moves up from there */
 } kw_wire_alloc_input;
 
 /* The choice (owned by the allocator, valid until its next run or free). */
@@ -79,6 +84,9 @@ void kw_wire_alloc_free(kw_wire_alloc *a);
 /* Checks the options against a header: codecs valid for head_dim, token-local, distinct (KW_E_INVALID_ARG). */
 int kw_wire_alloc_check(const kw_wire_header *hdr, const kw_wire_alloc_options *opt);
 
+/* The index into opt->codecs of the codec with the fewest bytes per token (ties: the first listed). */
+int kw_wire_alloc_cheapest(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t *out);
+
 /* The size every section needs at least: one token with the cheapest codec and the index encoding's worst case for
  * one token (kw_wire_section_bound). A budget of this much always keeps one token. */
 int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint64_t *out);
@@ -93,7 +101,8 @@ int kw_wire_alloc_check_cap(const kw_wire_header *hdr, const kw_wire_alloc_optio
                             uint64_t cap);
 
 /* Chooses. Keeps at least one token; KW_E_LIMIT (with both numbers) if no token fits the budget or none is
- * representable. *out points into the allocator. */
+ * representable. With in->keep_all, KW_E_LIMIT also when the tokens at their cheapest codecs do not fit or one of
+ * them is not representable. *out points into the allocator. */
 int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const kw_wire_alloc_input *in,
                       const kw_wire_alloc_result **out);
 

@@ -3,6 +3,7 @@
  *    loses nothing), the kept set is kw_select_positions' vnorm top-k for the k the budget buys, ties included;
  *  - the cap: over budgets from the smallest section to everything, the exact size is at most the budget, equals
  *    kw_wire_section_size and the bytes the encoder writes, and the blob decodes to the allocator's choice;
+ *  - keep_all (kv_direct's later layers): nothing dropped, int4 for all at the floor, upgrades within the budget;
  *  - determinism (two runs, two encoder ISAs give the same choice and bytes), refused options and budgets, and the
  *    token-group limit of a section.
  */
@@ -229,6 +230,46 @@ static void test_cap_sweep(void **state) {
     kw_wire_alloc_free(a);
 }
 
+/* keep_all (kv_direct's fixed positions): every token is kept at every budget from "all at int4" up, the size is
+ * exact and within the budget, the codecs only improve on int4 as the budget grows, and a budget below "all at
+ * int4" is KW_E_LIMIT. */
+static void test_keep_all(void **state) {
+    (void)state;
+    static fixture f;
+    fixture_make(&f, 0, 17);
+    const kw_wire_codec_spec codecs[3] = {spec("int8"), spec("int4"), spec("bf16")};
+    const kw_wire_alloc_options o = {.codecs = codecs, .n_codecs = 3};
+    int64_t rows[T];
+    for (int t = 0; t < T; ++t)
+        rows[t] = t;
+    const uint64_t floor = size_of(&f, rows, T, &codecs[1]);
+    kw_wire_alloc *a = NULL;
+    assert_int_equal(kw_wire_alloc_create(&a), 0);
+    kw_wire_alloc_input in = {
+        .hdr = &f.hdr, .n_tokens = T, .positions = f.positions, .k = f.k, .v = f.v, .weight = f.score, .keep_all = 1};
+    const kw_wire_alloc_result *r = NULL;
+    in.budget = floor - 1;
+    assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), KW_E_LIMIT);
+    double prev = INFINITY;
+    for (in.budget = floor; in.budget < floor * 5; in.budget += in.budget / 7 + 1) {
+        assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), 0);
+        assert_int_equal(r->n_kept, T);
+        assert_true(r->bytes <= in.budget);
+        kw_wire_policy pol;
+        kw_wire_alloc_policy(r, &o, 0, &pol);
+        size_t exact = 0;
+        assert_int_equal(kw_wire_section_size(&f.hdr, &pol, r->n_kept, r->positions, &exact), 0);
+        assert_int_equal(exact, r->bytes);
+        assert_true(r->distortion <= prev * (1 + 1e-12));
+        prev = r->distortion;
+        if (in.budget == floor) assert_int_equal(r->per_codec[1], T); /* exactly the floor: all int4 */
+    }
+    in.budget = 1u << 20;
+    assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), 0);
+    assert_int_equal(r->per_codec[2], T); /* everything affordable: all lossless */
+    kw_wire_alloc_free(a);
+}
+
 static void test_deterministic(void **state) {
     (void)state;
     static fixture f;
@@ -317,7 +358,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reduction_to_topk), cmocka_unit_test(test_cap_sweep),
         cmocka_unit_test(test_deterministic),     cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_group_limit),
+        cmocka_unit_test(test_group_limit),       cmocka_unit_test(test_keep_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,8 +3,9 @@
  * response's budget block reports the cap, the bytes used, the slack and an allocation histogram that adds up; the
  * daemons choose the same allocation as `kvwire c2c --budget-bytes` (same tokens, blob length, histogram and
  * distortion);
- * a cap below the minimum is a 400 naming it, and a cap with kv_direct, a schedule or layer scales is a 400. Both
- * daemons must then exit cleanly on SIGTERM. */
+ * a cap below the minimum is a 400 naming it, and a cap with a schedule or layer scales is a 400. The same for
+ * kv_direct, whose blobs the receiver only accepts with the same positions in every layer. Both daemons must then
+ * exit cleanly on SIGTERM. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,12 +35,13 @@ static int teardown(void **state) {
 
 #define PROMPT "Which planet is known as the red planet? Answer in one word."
 
-static void request(long long cap, const char *extra_policy, kwd_response *r) {
+/* mode: "c2c" or "kv_direct" */
+static void request(const char *mode, long long cap, const char *extra_policy, kwd_response *r) {
     char body[1024];
     snprintf(body, sizeof body,
              "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT "\"}],\"max_tokens\":4,"
-             "\"kvwire\":{\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":%lld%s}}}",
-             cap, extra_policy);
+             "\"kvwire\":{\"mode\":\"%s\",\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":%lld%s}}}",
+             mode, cap, extra_policy);
     kwd_http(receiver.port, "/v1/chat/completions", body, r);
 }
 
@@ -67,22 +69,21 @@ static double check_budget(const kwd_response *r, long long cap) {
     return kwd_json_num(r->json, "kvwire.budget.min");
 }
 
-static void test_cap_sweep(void **state) {
-    (void)state;
+static void cap_sweep(const char *mode, double min_below) {
     const long long caps[] = {1000000, 6000, 1500, 500};
     double min = 0;
-    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; ++i) {
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0] && caps[i] >= min_below; ++i) {
         kwd_response r;
-        request(caps[i], "", &r);
+        request(mode, caps[i], "", &r);
         min = check_budget(&r, caps[i]);
         kwd_response_free(&r);
     }
-    assert_true(min > 100 && min < 500);
+    assert_true(min > 100 && min < min_below);
     kwd_response r;
-    request((long long)min, "", &r);
+    request(mode, (long long)min, "", &r);
     check_budget(&r, (long long)min);
     kwd_response_free(&r);
-    request((long long)min - 1, "", &r);
+    request(mode, (long long)min - 1, "", &r);
     assert_int_equal(r.status, 400);
     char want[64];
     snprintf(want, sizeof want, "need at least %.0f bytes", min);
@@ -90,19 +91,31 @@ static void test_cap_sweep(void **state) {
     kwd_response_free(&r);
 }
 
-/* The daemons and kvwire c2c allocate alike: the same tokens, blob length and histogram. */
-static void test_same_as_cli(void **state) {
+static void test_cap_sweep(void **state) {
     (void)state;
+    cap_sweep("c2c", 500);
+}
+
+/* kv_direct: every layer of the receiver's model, so a larger minimum (one token per layer). */
+static void test_cap_sweep_kv_direct(void **state) {
+    (void)state;
+    cap_sweep("kv_direct", 1500);
+}
+
+/* The daemons and kvwire c2c allocate alike: the same tokens, blob length and histogram. */
+static void same_as_cli(const char *mode, long long cap) {
     kwd_response r;
-    request(2500, ",\"budget_codecs\":[\"int4\",\"int8\"],\"granularity\":\"group16\",\"zstd\":3", &r);
-    check_budget(&r, 2500);
+    request(mode, cap, ",\"budget_codecs\":[\"int4\",\"int8\"],\"granularity\":\"group16\",\"zstd\":3", &r);
+    check_budget(&r, cap);
     char args[2048];
     const char *m = kwd_models_dir();
+    const int kv_direct = strcmp(mode, "kv_direct") == 0;
     snprintf(args, sizeof args,
-             "c2c --receiver %s/tiny-qwen3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser --prompt '" PROMPT
-             "' --max-new-tokens 4 --select vnorm_topk --budget-bytes 2500 --budget-codecs int4,int8 "
+             "c2c --receiver %s/tiny-qwen3 %s%s%s%s%s --prompt '" PROMPT
+             "' --max-new-tokens 4 --select vnorm_topk --budget-bytes %lld --budget-codecs int4,int8 "
              "--wire-gran group16 --wire-zstd 3",
-             m, m, m);
+             m, kv_direct ? "--mode kv_direct" : "--sharer ", kv_direct ? "" : m,
+             kv_direct ? "" : "/tiny-qwen2 --fuser ", kv_direct ? "" : m, kv_direct ? "" : "/tiny-fuser", cap);
     char *out = kwd_kvwire(args);
     int32_t want[16], got[16];
     const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
@@ -125,10 +138,21 @@ static void test_same_as_cli(void **state) {
     kwd_response_free(&r);
 }
 
+static void test_same_as_cli(void **state) {
+    (void)state;
+    same_as_cli("c2c", 2500);
+}
+
+static void test_same_as_cli_kv_direct(void **state) {
+    (void)state;
+    same_as_cli("kv_direct", 5000);
+}
+
 static void test_refusals(void **state) {
     (void)state;
     static const char *const bodies[] = {
-        "{\"mode\":\"kv_direct\",\"policy\":{\"budget_bytes\":5000}}",
+        "{\"mode\":\"kv_direct\",\"policy\":{\"budget_bytes\":5000,\"granularity\":\"layer\"}}",
+        "{\"mode\":\"receiver_only\",\"policy\":{\"budget_bytes\":5000}}",
         "{\"policy\":{\"budget_bytes\":5000,\"schedule\":[{\"layers\":[0,0],\"codec\":\"int8\"}]}}",
         "{\"policy\":{\"budget_bytes\":5000,\"granularity\":\"head\"}}",
         "{\"policy\":{\"budget_codecs\":[\"int8\"]}}",
@@ -158,6 +182,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cap_sweep),
         cmocka_unit_test(test_same_as_cli),
+        cmocka_unit_test(test_cap_sweep_kv_direct),
+        cmocka_unit_test(test_same_as_cli_kv_direct),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
