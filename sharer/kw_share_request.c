@@ -30,6 +30,39 @@ static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_sh
     return 0;
 }
 
+/* A whole-layer baseline's plan over the layers given: blob_rows (the selection's count per blob), the layers'
+ * codecs as overrides (n_layers entries, the caller's), the plan's minimum in b. */
+static int kw_share_request_plan(const kw_share_request_options *opt, kw_share_budget *b, uint32_t *blob_rows,
+                                 kw_share_layer_codec *overrides) {
+    if (b->n_blobs == 0) return 0; /* nothing is sent */
+    for (int32_t i = 0; i < b->n_blobs; ++i)
+        blob_rows[i] = (uint32_t)kw_select_count(&opt->select, b->blob_lengths[i]);
+    const kw_wire_header hdr = {.n_kv_heads = (uint16_t)b->n_heads,
+                                .head_dim = (uint16_t)b->head_dim,
+                                .n_positions = (uint32_t)b->n_positions,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_layer_plan_input in = {.hdr = &hdr,
+                                         .n_layers = (uint32_t)b->n_layers,
+                                         .blob_rows = blob_rows,
+                                         .n_blobs = (uint32_t)b->n_blobs,
+                                         .codecs = b->codecs,
+                                         .n_codecs = b->n_codecs,
+                                         .index_encoding = opt->wire->index_encoding,
+                                         .cap = b->bytes};
+    uint8_t choice[KW_WIRE_MAX_LAYERS];
+    uint64_t bytes = 0;
+    KW_FORWARD(kw_wire_plan_layers(b->mode, &in, choice, &bytes, &b->plan_min_bytes));
+    for (int32_t i = 0; i < b->n_layers; ++i) {
+        KW_RETURN_IF(choice[i] == 0, KW_E_INVALID_ARG,
+                     "budget: kvcomm_like: a cap of %llu bytes does not hold layer %d with the others asked for",
+                     (unsigned long long)b->bytes, (int)opt->layers[i]);
+        overrides[i] = (kw_share_layer_codec){
+            .layer = (uint32_t)opt->layers[i], .k = b->codecs[choice[i] - 1], .v = b->codecs[choice[i] - 1]};
+    }
+    b->blob_rows = blob_rows;
+    return 0;
+}
+
 int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_request_options *opt,
                          kw_share_request_stats *stats) {
     KW_RETURN_IF(opt == NULL || (opt->wire ? opt->write == NULL : opt->on_rows == NULL), KW_E_INVALID_ARG,
@@ -39,6 +72,8 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
     memset(stats, 0, sizeof *stats);
     kw_share_wire *w = NULL;
     int64_t blob_lengths[KW_REQUEST_MAX_SECTIONS];
+    uint32_t blob_rows[KW_REQUEST_MAX_SECTIONS];
+    kw_share_layer_codec plan[KW_WIRE_MAX_LAYERS];
     if (opt->wire) {
         kw_share_wire_options wo = {.policy = *opt->wire,
                                     .overrides = opt->overrides,
@@ -46,6 +81,14 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
                                     .write = opt->write,
                                     .user = opt->user};
         if (opt->budget_bytes > 0) KW_FORWARD(kw_share_request_budget(model, n, opt, blob_lengths, &wo.budget));
+        if (opt->budget_bytes > 0 && opt->budget_mode != KW_WIRE_BUDGET_TOKENS) {
+            KW_RETURN_IF(opt->n_layers > KW_WIRE_MAX_LAYERS, KW_E_LIMIT, "budget: %d layers", (int)opt->n_layers);
+            wo.budget.mode = opt->budget_mode;
+            KW_FORWARD(kw_share_request_plan(opt, &wo.budget, blob_rows, plan));
+            wo.policy.k = wo.policy.v = opt->budget_codecs[0];
+            wo.overrides = plan;
+            wo.n_overrides = wo.budget.n_blobs ? opt->n_layers : 0;
+        }
         KW_FORWARD(kw_share_wire_create(&wo, &w));
     }
     const kw_share_options so = {.sections = opt->sections,

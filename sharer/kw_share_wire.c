@@ -69,6 +69,12 @@ static int kw_share_wire_budget_header(const kw_share_budget *b, kw_wire_header 
 
 static int kw_share_wire_budget_init(kw_share_wire *w) {
     const kw_share_budget *b = &w->opt.budget;
+    if (b->mode != KW_WIRE_BUDGET_TOKENS) { /* planned by the caller */
+        KW_RETURN_IF(b->blob_rows == NULL || b->n_codecs < 1, KW_E_INVALID_ARG, "budget: no layer plan");
+        w->stats.budget_bytes = b->bytes;
+        w->stats.budget_min_bytes = b->plan_min_bytes;
+        return 0;
+    }
     KW_RETURN_IF(w->opt.n_overrides > 0, KW_E_INVALID_ARG,
                  "budget: per-layer codec overrides and a byte cap do not go together (the allocator chooses)");
     w->stats.budget_bytes = b->bytes;
@@ -235,6 +241,22 @@ static int kw_share_wire_budget_layer(kw_share_wire *w, const kw_share_layer *l,
     return 0;
 }
 
+/* A whole-layer baseline: the layer is within the plan (its rows, a planned codec); counts its rows. */
+static int kw_share_wire_planned_layer(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol) {
+    const kw_share_budget *b = &w->opt.budget;
+    KW_RETURN_IF(l->blob >= b->n_blobs || (uint64_t)l->n_rows > b->blob_rows[l->blob], KW_E_STATE,
+                 "budget: layer %d of blob %d carries %lld rows, more than the plan's", (int)l->layer, (int)l->blob,
+                 (long long)l->n_rows);
+    uint32_t c = 0;
+    while (c < b->n_codecs && memcmp(&b->codecs[c], &pol->k, sizeof pol->k) != 0)
+        ++c;
+    KW_RETURN_IF(c == b->n_codecs || memcmp(&pol->k, &pol->v, sizeof pol->k) != 0, KW_E_STATE,
+                 "budget: layer %d's codec is not one of the plan's", (int)l->layer);
+    w->stats.tokens_candidate += (uint64_t)l->n_rows;
+    w->stats.tokens_per_codec[c] += (uint64_t)l->n_rows;
+    return 0;
+}
+
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) {
     KW_RETURN_IF(opt == NULL || out == NULL || opt->write == NULL, KW_E_INVALID_ARG, "share wire: NULL argument");
     KW_RETURN_IF(opt->policy.n_groups != 0, KW_E_INVALID_ARG, "share wire: token groups are not a layer policy");
@@ -392,6 +414,7 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.k.rows = res->rows;
         in.v.rows = res->rows;
     }
+    if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));

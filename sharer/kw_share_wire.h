@@ -51,6 +51,12 @@ typedef struct kw_share_budget {
     uint32_t n_codecs;
     enum kw_select_mode weight; /* knorm_topk / vnorm_topk: tokens weigh their norm score; other modes: 1 */
     int same_positions;         /* kv_direct: the positions a blob's first layer keeps are every layer's */
+    /* a whole-layer baseline (kvcomm_like, qkvcomm_like; wire/kw_wire_alloc.h kw_wire_plan_layers): no allocator;
+     * the caller planned the layers and their codecs (the options' policy and overrides, each layer's codec one of
+     * codecs) within the cap, and the encoder only counts the rows per codec */
+    enum kw_wire_budget_mode mode;
+    uint64_t plan_min_bytes;   /* the plan's smallest cap */
+    const uint32_t *blob_rows; /* borrowed: the plan's rows per layer of each blob (a layer may carry fewer) */
     /* the request's shape, to reserve the mandatory bytes before the first layer */
     const int64_t *blob_lengths; /* borrowed: the length of each sent section (one blob each) */
     int32_t n_blobs;

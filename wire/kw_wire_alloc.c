@@ -423,6 +423,82 @@ int kw_wire_alloc_check_cap(const kw_wire_header *hdr, const kw_wire_alloc_optio
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * Whole-layer baselines (kvcomm_like, qkvcomm_like)
+ */
+
+const char *kw_wire_budget_mode_name(enum kw_wire_budget_mode mode) {
+    switch (mode) {
+    case KW_WIRE_BUDGET_TOKENS:
+        return "tokens";
+    case KW_WIRE_BUDGET_KVCOMM_LIKE:
+        return "kvcomm_like";
+    case KW_WIRE_BUDGET_QKVCOMM_LIKE:
+        return "qkvcomm_like";
+    }
+    return NULL;
+}
+
+/* One layer's bound over every blob with codec c. */
+static int kw__plan_layer_bytes(const kw_wire_layer_plan_input *in, uint32_t c, uint64_t *out) {
+    const kw_wire_policy pol = {.k = in->codecs[c], .v = in->codecs[c], .index_encoding = in->index_encoding};
+    kw_wire_header hdr = *in->hdr; /* the layer counts do not change a section's size */
+    hdr.n_layers = hdr.n_sections = (uint16_t)in->n_layers;
+    *out = 0;
+    for (uint32_t b = 0; b < in->n_blobs; ++b) {
+        size_t size = 0;
+        KW_FORWARD(kw_wire_section_bound(&hdr, &pol, in->blob_rows[b], &size));
+        *out += size;
+    }
+    return 0;
+}
+
+int kw_wire_plan_layers(enum kw_wire_budget_mode mode, const kw_wire_layer_plan_input *in, uint8_t *choice,
+                        uint64_t *bytes, uint64_t *min_bytes) {
+    KW_RETURN_IF(in == NULL || choice == NULL || bytes == NULL || min_bytes == NULL || in->hdr == NULL ||
+                     in->n_layers < 1 || in->n_layers > KW_WIRE_MAX_LAYERS || in->n_blobs < 1 ||
+                     in->blob_rows == NULL || in->codecs == NULL,
+                 KW_E_INVALID_ARG, "plan: NULL argument or no layer");
+    const uint32_t want_codecs = mode == KW_WIRE_BUDGET_KVCOMM_LIKE ? 1 : 2;
+    KW_RETURN_IF(mode != KW_WIRE_BUDGET_KVCOMM_LIKE && mode != KW_WIRE_BUDGET_QKVCOMM_LIKE, KW_E_INVALID_ARG,
+                 "plan: budget mode %d is not a whole-layer one", (int)mode);
+    KW_RETURN_IF(in->n_codecs != want_codecs, KW_E_INVALID_ARG, "plan: %s takes %u codec(s), not %u",
+                 kw_wire_budget_mode_name(mode), want_codecs, in->n_codecs);
+    uint64_t low = 0, high = 0;
+    KW_FORWARD(kw__plan_layer_bytes(in, 0, &low));
+    if (want_codecs == 2) KW_FORWARD(kw__plan_layer_bytes(in, 1, &high));
+    const uint64_t fixed = (uint64_t)in->n_blobs * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES);
+    const uint32_t n = in->n_layers;
+    *min_bytes = fixed + low * (mode == KW_WIRE_BUDGET_KVCOMM_LIKE ? 1 : n);
+    KW_RETURN_IF(in->cap < *min_bytes, KW_E_INVALID_ARG,
+                 "a cap of %llu bytes cannot carry this request: with %s its blobs need at least %llu bytes (%s at "
+                 "%s)",
+                 (unsigned long long)in->cap, kw_wire_budget_mode_name(mode), (unsigned long long)*min_bytes,
+                 mode == KW_WIRE_BUDGET_KVCOMM_LIKE ? "one whole layer" : "every layer",
+                 kw_wire_codec_name(in->codecs[0].codec));
+    memset(choice, 0, n);
+    *bytes = fixed;
+    if (mode == KW_WIRE_BUDGET_KVCOMM_LIKE) {
+        /* middle-first: distance |2i - (n - 1)| from the middle of the list, ties to the lower i */
+        for (uint32_t dist = (n + 1) % 2, taken = 0; taken < n && *bytes + low <= in->cap; ++dist)
+            for (uint32_t i = 0; i < n && *bytes + low <= in->cap; ++i)
+                if ((uint32_t)abs((int)(2 * i) - (int)(n - 1)) == dist) {
+                    choice[i] = 1, *bytes += low, ++taken;
+                }
+        return 0;
+    }
+    *bytes += (uint64_t)n * low;
+    for (uint32_t i = n; i-- > 0;) { /* deepest first; every upgrade costs the same, so the first miss ends it */
+        if (high < low || *bytes + (high - low) > in->cap) {
+            choice[i] = 1;
+            continue;
+        }
+        choice[i] = 2;
+        *bytes += high - low;
+    }
+    return 0;
+}
+
 void kw_wire_alloc_policy(const kw_wire_alloc_result *res, const kw_wire_alloc_options *opt, int zstd_level,
                           kw_wire_policy *out) {
     *out = (kw_wire_policy){.n_groups = res->n_groups,

@@ -106,6 +106,45 @@ int kw_wire_alloc_check_cap(const kw_wire_header *hdr, const kw_wire_alloc_optio
 int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const kw_wire_alloc_input *in,
                       const kw_wire_alloc_result **out);
 
+/* ------------------------------------------------------------------------------------------------------------
+ * Whole-layer baselines under the same byte cap (docs/HTTP_API.md "budget_mode"): every sent layer carries all its
+ * selected rows with one codec, so a blob's size is known before any row exists (kw_wire_section_bound: the index
+ * encoding's worst case, never under the written size) and the plan is exact arithmetic on the request's shape.
+ *  - kvcomm_like: codecs[0] for every sent layer; as many whole layers as fit the cap, taken middle-first among the
+ *    candidates (the candidate nearest the middle of the list first, ties to the lower one). KVComm ranks layers by
+ *    their measured attention importance; this stand-in is data-free so that the receiver, which must know which
+ *    layers it fuses before the sharer runs, and the sharer compute the same list. The rest are not sent.
+ *  - qkvcomm_like: every candidate is sent, at codecs[0] (int4) first, its cost charged; layers are then upgraded
+ *    to codecs[1] (int8) deepest first (the last candidate first) while the cap holds the upgrade.
+ */
+enum kw_wire_budget_mode {
+    KW_WIRE_BUDGET_TOKENS = 0,       /* the per-token rate-distortion allocator above */
+    KW_WIRE_BUDGET_KVCOMM_LIKE = 1,  /* whole layers at one codec, the rest not sent */
+    KW_WIRE_BUDGET_QKVCOMM_LIKE = 2, /* every layer, int4 or int8 per layer */
+};
+
+/* "tokens", "kvcomm_like", "qkvcomm_like" (NULL for another value). */
+const char *kw_wire_budget_mode_name(enum kw_wire_budget_mode mode);
+
+/* The request's shape for a whole-layer plan. */
+typedef struct kw_wire_layer_plan_input {
+    const kw_wire_header *hdr; /* borrowed: heads, head_dim, n_positions (the layer counts are not used) */
+    uint32_t n_layers;         /* candidate layers, in ascending layer order, >= 1 */
+    const uint32_t *blob_rows; /* borrowed: n_blobs entries, the rows each layer of that blob carries (>= 1) */
+    uint32_t n_blobs;
+    const kw_wire_codec_spec *codecs; /* borrowed: kvcomm_like 1, qkvcomm_like 2 (the cheap one first) */
+    uint32_t n_codecs;
+    uint8_t index_encoding;
+    uint64_t cap;
+} kw_wire_layer_plan_input;
+
+/* Plans mode (kvcomm_like or qkvcomm_like): choice[i] (n_layers entries, the caller's) is 0 for a candidate not sent,
+ * else 1 + the index of its codec; *bytes is the blobs' bound under that plan (<= cap) and *min_bytes the smallest cap
+ * the request takes (one layer at codecs[0], or every layer at codecs[0]). Errors: KW_E_INVALID_ARG (a cap below
+ * *min_bytes, naming it; bad input). */
+int kw_wire_plan_layers(enum kw_wire_budget_mode mode, const kw_wire_layer_plan_input *in, uint8_t *choice,
+                        uint64_t *bytes, uint64_t *min_bytes);
+
 /* The policy that encodes the result: the groups, the index encoding and zstd_level (borrows from the result). */
 void kw_wire_alloc_policy(const kw_wire_alloc_result *res, const kw_wire_alloc_options *opt, int zstd_level,
                           kw_wire_policy *out);
