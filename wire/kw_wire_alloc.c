@@ -179,17 +179,7 @@ static void kw__alloc_measure(const kw_wire_alloc_options *opt, const kw_wire_al
  * Hulls and the move queue
  */
 
-/* The token's cheapest representable codec (ties: lower distortion, then the lower codec), or 0 if it has none. */
-static uint8_t kw__alloc_cheapest(const double *dist, const uint64_t *bytes, uint32_t n_codecs) {
-    uint8_t best = 0;
-    for (uint8_t c = 1; c <= n_codecs; ++c)
-        if (dist[c] >= 0.0 &&
-            (best == 0 || bytes[c] < bytes[best] || (bytes[c] == bytes[best] && dist[c] < dist[best])))
-            best = c;
-    return best;
-}
-
-/* The lower convex hull of the token's options from origin (drop, or with keep_all its cheapest codec), in
+/* The lower convex hull of the token's options from origin (drop, or with keep_all the cheapest codec), in
  * increasing bytes (ties: lower distortion, then the lower codec). From drop, a token with nothing to gain gets its
  * cheapest option as a step of efficiency 0. */
 static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n_codecs, uint8_t origin, uint8_t *hull,
@@ -520,17 +510,19 @@ int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const 
     a->res.groups = a->groups; /* the layout's policy points at them */
     memset(&a->size, 0, sizeof a->size);
     memset(a->choice, 0, in->n_tokens);
+    uint32_t cheapest = 0; /* keep_all: every token starts there, so the start is one token group */
+    KW_FORWARD(kw_wire_alloc_cheapest(in->hdr, opt, &cheapest));
     uint32_t n_heap = 0;
     for (uint32_t t = 0; t < in->n_tokens; ++t) {
         double *dist = a->dist + (size_t)t * KW__ALLOC_OPTIONS;
         kw__alloc_measure(opt, in, t, dist);
         uint8_t origin = 0;
         if (in->keep_all) { /* the token starts kept, at its cheapest codec */
-            origin = kw__alloc_cheapest(dist, bytes, opt->n_codecs);
-            KW_RETURN_IF(origin == 0, KW_E_LIMIT,
-                         "alloc: token %u (position %u) must be kept but no codec represents it (or its weight is "
-                         "not finite)",
-                         t, in->positions[t]);
+            origin = (uint8_t)(1 + cheapest);
+            KW_RETURN_IF(dist[origin] < 0.0, KW_E_LIMIT,
+                         "alloc: token %u (position %u) must be kept but the cheapest codec %s does not represent it "
+                         "(or its weight is not finite)",
+                         t, in->positions[t], kw_wire_codec_name(opt->codecs[cheapest].codec));
             int fits = 0;
             KW_FORWARD(kw__alloc_try(a, opt, in, bytes, t, origin, &fits));
             KW_RETURN_IF(!fits, KW_E_LIMIT,

@@ -22,8 +22,8 @@
  * takes its cheapest codec at efficiency 0, after every useful move. Everything is in fixed-order fp64 / integer
  * arithmetic: the same input gives the same choice on every CPU and thread count.
  *
- * Keeping every token (keep_all): each hull starts at the token's cheapest codec instead of drop, so the same greedy
- * only spends the budget beyond "every token at its cheapest codec" on upgrades.
+ * Keeping every token (keep_all): each hull starts at the cheapest codec (kw_wire_alloc_cheapest) instead of drop, so
+ * the same greedy only spends the budget beyond "every token at its cheapest codec" on upgrades.
  *
  * Reduction: with one codec that reconstructs the rows exactly (error 0), every token's only move has efficiency
  * w_t / bytes with equal bytes, so the moves run in the order of weight, then position: the kept set is the top-k
@@ -57,7 +57,7 @@ typedef struct kw_wire_alloc_input {
                                   kept, nor is a token with a non-finite value */
     uint64_t budget;           /* the most bytes the section may take */
     int keep_all;              /* 1: drop nothing (kv_direct's later layers: the positions are fixed); every token
-                                  starts at its cheapest representable codec and only moves up from there */
+                                  starts at the cheapest codec (kw_wire_alloc_cheapest) and only moves up from there */
 } kw_wire_alloc_input;
 
 /* The choice (owned by the allocator, valid until its next run or free). */
