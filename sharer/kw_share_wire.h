@@ -4,9 +4,10 @@
  *
  * Codecs: one policy for every layer (K and V codec specs, zstd level, smallest index encoding) with per-layer
  * overrides, or, with a byte cap (kw_share_budget below), each row dropped or given its own codec by the allocator of
- * wire/kw_wire_alloc.h within the layer's share of the cap. The rows are f32 (exact bf16 values with a bf16 sharer
- * cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on every run and machine.
- * Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
+ * wire/kw_wire_alloc.h within the layer's share of the cap (kv_direct: the same rows in every layer), or, for a
+ * whole-layer baseline (kvcomm_like, qkvcomm_like), each layer's codec planned in advance. The rows are f32 (exact bf16
+ * values with a bf16 sharer cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on
+ * every run and machine. Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
@@ -84,8 +85,10 @@ typedef struct kw_share_wire_stats {
     double write_ms;             /* time in the byte callback */
     kw_wire_breakdown breakdown; /* summed over the blobs */
     /* with a byte cap: the slack is budget_bytes - blob_bytes */
-    uint64_t budget_bytes;                               /* the cap (0: none) */
-    uint64_t budget_min_bytes;                           /* the reservation: the smallest cap this request accepts */
+    uint64_t budget_bytes;     /* the cap (0: none) */
+    uint64_t budget_min_bytes; /* the reservation: the smallest cap this request accepts */
+    /* the histogram; a whole-layer baseline counts every row of the layers sent as a candidate, none dropped, and has
+     * no distortion (nothing is measured) */
     uint64_t tokens_candidate;                           /* rows offered to the allocator, over every layer */
     uint64_t tokens_dropped;                             /* of them, left out */
     uint64_t tokens_per_codec[KW_WIRE_ALLOC_MAX_CODECS]; /* kept, per budget codec (in budget.codecs order) */
@@ -94,8 +97,9 @@ typedef struct kw_share_wire_stats {
 
 typedef struct kw_share_wire kw_share_wire;
 
-/* opt is copied (overrides and budget.blob_lengths stay borrowed). *out is owned by the caller (kw_share_wire_free).
- * Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum, naming it). */
+/* opt is copied (overrides, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the caller
+ * (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum,
+ * naming it). */
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
 
 /* Frees it; NULL is a no-op. */
