@@ -279,6 +279,14 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->budget_bytes == 0 && p->n_budget_codecs > 0, "SharePolicy.budget_codecs: given without a cap");
     for (size_t i = 0; i < p->n_budget_codecs; ++i)
         KW_FORWARD(kw__proto_check_codec("SharePolicy.budget_codecs", p->budget_codecs[i], true));
+    KW__FIELD_IF((unsigned)p->budget_mode > KWCTL__BUDGET_MODE__BUDGET_MODE_QKVCOMM_LIKE,
+                 "SharePolicy.budget_mode: %d is not a mode", (int)p->budget_mode);
+    KW__FIELD_IF(p->budget_mode != KWCTL__BUDGET_MODE__BUDGET_MODE_TOKENS && p->budget_bytes == 0,
+                 "SharePolicy.budget_mode: given without a cap");
+    KW__FIELD_IF(p->budget_mode == KWCTL__BUDGET_MODE__BUDGET_MODE_KVCOMM_LIKE && p->n_budget_codecs != 1,
+                 "SharePolicy.budget_codecs: kvcomm_like takes 1 codec, not %zu", p->n_budget_codecs);
+    KW__FIELD_IF(p->budget_mode == KWCTL__BUDGET_MODE__BUDGET_MODE_QKVCOMM_LIKE && p->n_budget_codecs != 2,
+                 "SharePolicy.budget_codecs: qkvcomm_like takes 2 codecs, not %zu", p->n_budget_codecs);
     return 0;
 }
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "c2c/kw_request.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 
@@ -417,5 +418,36 @@ int kw_receive_generate(kw_receive *r, kw_fusion_result *out) {
     out->stats.last_prompt_ms = out->gen.prefill_ms;
     out->stats.decode_ms = out->gen.decode_ms;
     out->stats.n_decode = out->gen.n_decode;
+    return 0;
+}
+
+int kw_receive_plan_layers(enum kw_wire_budget_mode mode, const kw_wire_header *shape,
+                           const kw_fusion_section *sharer_sections, int32_t n_sections, const kw_select_policy *select,
+                           const kw_wire_codec_spec *codecs, uint32_t n_codecs, uint64_t cap, int32_t *layers,
+                           int32_t *n_layers, uint64_t *min_bytes) {
+    KW_RETURN_IF(*n_layers < 0 || *n_layers > KW_WIRE_MAX_LAYERS || n_sections < 1 ||
+                     n_sections > KW_REQUEST_MAX_SECTIONS,
+                 KW_E_INVALID_ARG, "budget plan: %d layers, %d sections", (int)*n_layers, (int)n_sections);
+    uint32_t blob_rows[KW_REQUEST_MAX_SECTIONS], n_blobs = 0;
+    for (int32_t i = 0; i + 1 < n_sections; ++i)
+        if (sharer_sections[i].index > 0)
+            blob_rows[n_blobs++] = (uint32_t)kw_select_count(select, sharer_sections[i].length);
+    *min_bytes = 0;
+    if (n_blobs == 0 || *n_layers == 0) return 0; /* nothing is sent */
+    const kw_wire_layer_plan_input in = {.hdr = shape,
+                                         .n_layers = (uint32_t)*n_layers,
+                                         .blob_rows = blob_rows,
+                                         .n_blobs = n_blobs,
+                                         .codecs = codecs,
+                                         .n_codecs = n_codecs,
+                                         .index_encoding = KW_WIRE_INDEX_AUTO,
+                                         .cap = cap};
+    uint8_t choice[KW_WIRE_MAX_LAYERS];
+    uint64_t bytes = 0;
+    KW_FORWARD(kw_wire_plan_layers(mode, &in, choice, &bytes, min_bytes));
+    int32_t kept = 0;
+    for (int32_t i = 0; i < *n_layers; ++i)
+        if (choice[i]) layers[kept++] = layers[i];
+    *n_layers = kept;
     return 0;
 }

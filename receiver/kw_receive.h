@@ -22,7 +22,9 @@
 #include <stdint.h>
 
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_select.h"
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_alloc.h"
 
 enum kw_receive_mode { KW_RECEIVE_C2C = 1, KW_RECEIVE_KV_DIRECT = 2 };
 
@@ -81,6 +83,18 @@ int kw_receive_end_section(kw_receive *r, int32_t section);
 
 /* Runs the last section and decodes greedily. *out as kw_fusion_generate's (the stats are the fusion's in c2c). */
 int kw_receive_generate(kw_receive *r, kw_fusion_result *out);
+
+/* A whole-layer byte-cap baseline (wire/kw_wire_alloc.h kw_wire_plan_layers) as the receiver plans it before asking
+ * the sharer: kvcomm_like chooses which sharer layers it fuses, so the sharer is never asked for a layer the cap
+ * cannot hold (layers[0..*n_layers), ascending, is rewritten in place to the planned ones); qkvcomm_like only checks
+ * the cap (the sharer picks the codecs). shape: the sharer's heads, head_dim and shared tokens; sharer_sections: the
+ * sharer's view (index > 0: sent, one blob each), the last one included; every sent section carries
+ * kw_select_count(select, length) rows per layer. codecs: the mode's (1 or 2). *min_bytes: the smallest cap.
+ * Errors: KW_E_INVALID_ARG (a cap below that minimum, naming it). */
+int kw_receive_plan_layers(enum kw_wire_budget_mode mode, const kw_wire_header *shape,
+                           const kw_fusion_section *sharer_sections, int32_t n_sections, const kw_select_policy *select,
+                           const kw_wire_codec_spec *codecs, uint32_t n_codecs, uint64_t cap, int32_t *layers,
+                           int32_t *n_layers, uint64_t *min_bytes);
 
 /* 1 if the section's index sends anything in this mode (c2c: a sharer bitmask > 0; kv_direct: index > 0). */
 int kw_receive_section_sent(const kw_receive *r, int32_t section);

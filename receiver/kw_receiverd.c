@@ -319,6 +319,7 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
     cJSON *bc = cJSON_AddArrayToObject(p, "budget_codecs");
     for (int i = 0; i < s->n_budget_codecs; ++i)
         cJSON_AddItemToArray(bc, cJSON_CreateString(kw_wire_codec_name(s->budget_codecs[i].codec)));
+    cJSON_AddStringToObject(p, "budget_mode", kw_wire_budget_mode_name((enum kw_wire_budget_mode)s->budget_mode));
 }
 
 /* The budget block of a capped request (HTTP_API.md §5.2): cap, bytes used and slack, the smallest cap the request
@@ -328,6 +329,7 @@ static void kw__rd_add_budget(cJSON *k, const kw_rd_job *j) {
     const Kwctl__BudgetReport *r = j->share.end ? j->share.end->budget : NULL;
     if (!s->budget_bytes) return;
     cJSON *b = cJSON_AddObjectToObject(k, "budget");
+    cJSON_AddStringToObject(b, "mode", kw_wire_budget_mode_name((enum kw_wire_budget_mode)s->budget_mode));
     cJSON_AddNumberToObject(b, "cap", (double)s->budget_bytes);
     cJSON_AddNumberToObject(b, "used", (double)j->blob_bytes);
     cJSON_AddNumberToObject(b, "slack", (double)s->budget_bytes - (double)j->blob_bytes);
@@ -336,6 +338,7 @@ static void kw__rd_add_budget(cJSON *k, const kw_rd_job *j) {
     cJSON *t = cJSON_AddObjectToObject(b, "tokens");
     cJSON_AddNumberToObject(t, "candidates", r ? (double)r->tokens_candidate : 0);
     cJSON_AddNumberToObject(t, "dropped", r ? (double)r->tokens_dropped : 0);
+    cJSON_AddNumberToObject(b, "layers_unsent", j->layers_unsent); /* kvcomm_like's candidates left out */
     for (int i = 0; i < s->n_budget_codecs; ++i)
         cJSON_AddNumberToObject(t, kw_wire_codec_name(s->budget_codecs[i].codec),
                                 r && (size_t)i < r->n_tokens_per_codec ? (double)r->tokens_per_codec[i] : 0);

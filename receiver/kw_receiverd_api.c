@@ -145,6 +145,8 @@ static int kw__rd_ids(kw__rd_err *e, const cJSON *v, const char *name, int32_t v
 static const char *const kw__rd_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
 static const char *const kw__rd_selections[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
 static const char *const kw__rd_orders[] = {"front", "back", NULL};
+static const char *const kw__rd_budget_modes[] = {"tokens", "kvcomm_like", "qkvcomm_like",
+                                                  NULL}; /* kw_wire_budget_mode */
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
 static const char *const kw__rd_relay_styles[] = {"generated", "raw", "extractive", NULL}; /* enum kw_relay_style */
 
@@ -197,14 +199,16 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     return 0;
 }
 
-/* budget_codecs (an array of codec names; NULL: the default set) with the policy's granularity and scale. */
+/* budget_codecs (an array of codec names; NULL: the budget mode's default set) with the policy's granularity and
+ * scale. */
 static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
-    static const char *const defaults[] = {"int4", "int6", "int8", "bf16"};
+    static const char *const defaults[][4] = {{"int4", "int6", "int8", "bf16"}, {"int8"}, {"int4", "int8"}};
+    static const int n_defaults[] = {4, 1, 2}, n_needed[] = {0, 1, 2}; /* by budget mode; 0: 1..8 */
     const char *names[KW_WIRE_ALLOC_MAX_CODECS];
     int n = 0;
     if (v == NULL) {
-        for (n = 0; n < 4; ++n)
-            names[n] = defaults[n];
+        for (n = 0; n < n_defaults[s->budget_mode]; ++n)
+            names[n] = defaults[s->budget_mode][n];
     } else {
         if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > KW_WIRE_ALLOC_MAX_CODECS)
             return KW__RD_BAD(e, "kvwire.policy.budget_codecs: an array of 1..%d codec names is expected",
@@ -219,6 +223,9 @@ static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         if (kw_wire_spec_parse(names[i], s->granularity, s->scale, &s->budget_codecs[i]) < 0)
             return KW__RD_BAD(e, "kvwire.policy.budget_codecs: %s", kw_error_detail());
     s->n_budget_codecs = n;
+    if (n_needed[s->budget_mode] && n != n_needed[s->budget_mode])
+        return KW__RD_BAD(e, "kvwire.policy.budget_codecs: budget_mode %s takes %d codec(s)",
+                          kw_wire_budget_mode_name((enum kw_wire_budget_mode)s->budget_mode), n_needed[s->budget_mode]);
     const kw_wire_header shape = {.n_kv_heads = 1, .head_dim = 1024}; /* any head_dim the granularity divides */
     const kw_wire_alloc_options o = {.codecs = s->budget_codecs, .n_codecs = (uint32_t)n};
     if (kw_wire_alloc_check(&shape, &o) < 0) return KW__RD_BAD(e, "kvwire.policy.budget_codecs: %s", kw_error_detail());
@@ -271,6 +278,8 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         } else if (strcmp(k, "budget_bytes") == 0) {
             if (!cJSON_IsNull(f))
                 KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.budget_bytes", 1, INT64_MAX / 2, &s->budget_bytes));
+        } else if (strcmp(k, "budget_mode") == 0) {
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.budget_mode", kw__rd_budget_modes, &s->budget_mode));
         } else if (strcmp(k, "budget_codecs") == 0) {
             budget_codecs = f; /* with the granularity and scale, whatever their order */
         } else if (strcmp(k, "cache_proportion") == 0) {
@@ -285,6 +294,7 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
     if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));
     if (budget_codecs && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_codecs: needs budget_bytes");
+    if (s->budget_mode && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_mode: needs budget_bytes");
     if (s->budget_bytes && schedule)
         return KW__RD_BAD(e, "kvwire.policy.schedule: not with budget_bytes (the allocator chooses the codecs)");
     if (s->budget_bytes) KW_FORWARD(kw__rd_budget_codecs(e, budget_codecs, s));
@@ -589,9 +599,11 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         return KW__RD_BAD(e, "kvwire.mode text_relay builds a conversation: use /v1/chat/completions");
     if (s->layers && s->mode != KW_RD_MODE_C2C)
         return KW__RD_BAD(e, "kvwire.policy.layers: only for mode c2c (kv_direct sends every layer)");
-    if (s->budget_bytes && s->mode != KW_RD_MODE_C2C)
-        return KW__RD_BAD(e, "kvwire.policy.budget_bytes: only for mode c2c (kv_direct sends one selection for every "
-                             "layer)");
+    if (s->budget_bytes && s->mode != KW_RD_MODE_C2C && s->mode != KW_RD_MODE_KV_DIRECT)
+        return KW__RD_BAD(e, "kvwire.policy.budget_bytes: only for modes c2c and kv_direct");
+    if (s->budget_mode == KW_WIRE_BUDGET_KVCOMM_LIKE && s->mode != KW_RD_MODE_C2C)
+        return KW__RD_BAD(e, "kvwire.policy.budget_mode: kvcomm_like leaves layers out, only for mode c2c (kv_direct "
+                             "needs every layer)");
     if (s->select.mode != KW_SELECT_FULL && kw_select_policy_check(&s->select) < 0)
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)

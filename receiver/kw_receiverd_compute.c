@@ -159,6 +159,26 @@ static int kw__rd_check_budget(const kw_rd_job *j, int32_t n_blobs, int32_t n_la
     return 0;
 }
 
+/* A whole-layer baseline's plan (receiver/kw_receive.h kw_receive_plan_layers) over the job's sharer layers: with
+ * kvcomm_like they become the layers the cap holds (*n_layers too), the others counted as unsent. mine: the sharer's
+ * sections. */
+static int kw__rd_plan_budget(kw_rd_job *j, const kw_fusion_section *mine, int32_t *n_layers) {
+    const kw_rd_spec *s = &j->spec;
+    const kw_wire_header shape = {.n_kv_heads = (uint16_t)j->sharer_heads,
+                                  .head_dim = (uint16_t)j->sharer_dim,
+                                  .n_positions = (uint32_t)j->shared_tokens,
+                                  .src_dtype = KW_WIRE_DTYPE_F32};
+    const int32_t candidates = *n_layers;
+    uint64_t min_bytes = 0;
+    const int rc = kw_receive_plan_layers((enum kw_wire_budget_mode)s->budget_mode, &shape, mine, j->n_sections,
+                                          &s->select, s->budget_codecs, (uint32_t)s->n_budget_codecs,
+                                          (uint64_t)s->budget_bytes, j->layers_sent, n_layers, &min_bytes);
+    if (rc < 0) KW_FAIL(rc, "kvwire.policy.budget_bytes: %s", kw_error_detail());
+    j->n_layers_sent = *n_layers;
+    j->layers_unsent = candidates - *n_layers;
+    return 0;
+}
+
 /* Packs the job's ShareRequest and hands it to the loop. sharer_sections: the sharer's view (index 1 = sent), the
  * last one included; ids[0..prefix). */
 static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *question, const int32_t *ids, int64_t prefix,
@@ -221,6 +241,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         }
         p.budget_codecs = budget_ptrs;
         p.n_budget_codecs = (size_t)s->n_budget_codecs;
+        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode; /* the same numbers */
         for (int32_t i = 0; i < n_layers; ++i)
             ulayers[i] = (uint32_t)layers[i];
         p.layers = ulayers;
@@ -525,7 +546,11 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
             kw_request_sharer_sections(j->sections, j->n_sections, 0, kv_direct, mine, &j->shared_tokens, &n_sent));
         j->layers_sent = layers, j->n_layers_sent = n_layers;
         layers = NULL;
-        if (s->budget_bytes && n_sent > 0 && n_layers > 0) { /* a cap below the minimum is the client's error */
+        if (s->budget_bytes && s->budget_mode != KW_WIRE_BUDGET_TOKENS) { /* a whole-layer plan (kvcomm_like: which) */
+            rc = kw__rd_plan_budget(j, mine, &n_layers);
+            if (rc < 0) j->http_status = 400;
+            KW_CHECK(rc);
+        } else if (s->budget_bytes && n_sent > 0 && n_layers > 0) { /* a cap below the minimum is the client's error */
             rc = kw__rd_check_budget(j, n_sent, n_layers);
             if (rc < 0) j->http_status = 400;
             KW_CHECK(rc);

@@ -76,6 +76,7 @@ typedef struct kw_rd_spec {
     int64_t budget_bytes; /* a cap on the request's blobs (HTTP_API.md §5.1 budget_bytes); 0: none */
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */
     int n_budget_codecs;
+    int budget_mode; /* enum kw_wire_budget_mode: tokens (the allocator), kvcomm_like, qkvcomm_like */
     int32_t *layers; /* NULL: the default set */
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];
@@ -221,6 +222,7 @@ struct kw_rd_job {
     int32_t blobs;
     int64_t tokens_fused;
     int32_t layers_fused, layers_skipped;
+    int32_t layers_unsent; /* kvcomm_like: candidate sharer layers the cap left out */
     double ms_queue, ms_tokenize, ms_receiver_prefill, ms_decode_wire, ms_project, ms_fuse, ms_first_token, ms_decode,
         ms_relay_wait;
 };

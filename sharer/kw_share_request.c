@@ -9,8 +9,6 @@
 /* The byte cap's shape from the request: one blob per sent section, every listed layer in each. */
 static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_share_request_options *opt,
                                    int64_t *blob_lengths, kw_share_budget *out) {
-    KW_RETURN_IF(opt->same_positions, KW_E_UNSUPPORTED,
-                 "budget: kv_direct sends one selection for every layer; a byte cap is for c2c");
     KW_RETURN_IF(opt->n_budget_codecs < 1 || opt->n_budget_codecs > KW_WIRE_ALLOC_MAX_CODECS ||
                      opt->budget_codecs == NULL,
                  KW_E_INVALID_ARG, "budget: 1..%d codecs, not %u", KW_WIRE_ALLOC_MAX_CODECS, opt->n_budget_codecs);
@@ -20,6 +18,7 @@ static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_sh
     *out = (kw_share_budget){.bytes = opt->budget_bytes,
                              .n_codecs = opt->n_budget_codecs,
                              .weight = opt->select.mode,
+                             .same_positions = opt->same_positions,
                              .blob_lengths = blob_lengths,
                              .n_layers = opt->n_layers,
                              .n_positions = n,
@@ -28,6 +27,39 @@ static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_sh
     memcpy(out->codecs, opt->budget_codecs, opt->n_budget_codecs * sizeof *opt->budget_codecs);
     for (int32_t i = 0; i + 1 < opt->n_sections; ++i)
         if (opt->sections[i].index > 0 && opt->n_layers > 0) blob_lengths[out->n_blobs++] = opt->sections[i].length;
+    return 0;
+}
+
+/* A whole-layer baseline's plan over the layers given: blob_rows (the selection's count per blob), the layers'
+ * codecs as overrides (n_layers entries, the caller's), the plan's minimum in b. */
+static int kw_share_request_plan(const kw_share_request_options *opt, kw_share_budget *b, uint32_t *blob_rows,
+                                 kw_share_layer_codec *overrides) {
+    if (b->n_blobs == 0) return 0; /* nothing is sent */
+    for (int32_t i = 0; i < b->n_blobs; ++i)
+        blob_rows[i] = (uint32_t)kw_select_count(&opt->select, b->blob_lengths[i]);
+    const kw_wire_header hdr = {.n_kv_heads = (uint16_t)b->n_heads,
+                                .head_dim = (uint16_t)b->head_dim,
+                                .n_positions = (uint32_t)b->n_positions,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_layer_plan_input in = {.hdr = &hdr,
+                                         .n_layers = (uint32_t)b->n_layers,
+                                         .blob_rows = blob_rows,
+                                         .n_blobs = (uint32_t)b->n_blobs,
+                                         .codecs = b->codecs,
+                                         .n_codecs = b->n_codecs,
+                                         .index_encoding = opt->wire->index_encoding,
+                                         .cap = b->bytes};
+    uint8_t choice[KW_WIRE_MAX_LAYERS];
+    uint64_t bytes = 0;
+    KW_FORWARD(kw_wire_plan_layers(b->mode, &in, choice, &bytes, &b->plan_min_bytes));
+    for (int32_t i = 0; i < b->n_layers; ++i) {
+        KW_RETURN_IF(choice[i] == 0, KW_E_INVALID_ARG,
+                     "budget: kvcomm_like: a cap of %llu bytes does not hold layer %d with the others asked for",
+                     (unsigned long long)b->bytes, (int)opt->layers[i]);
+        overrides[i] = (kw_share_layer_codec){
+            .layer = (uint32_t)opt->layers[i], .k = b->codecs[choice[i] - 1], .v = b->codecs[choice[i] - 1]};
+    }
+    b->blob_rows = blob_rows;
     return 0;
 }
 
@@ -40,6 +72,8 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
     memset(stats, 0, sizeof *stats);
     kw_share_wire *w = NULL;
     int64_t blob_lengths[KW_REQUEST_MAX_SECTIONS];
+    uint32_t blob_rows[KW_REQUEST_MAX_SECTIONS];
+    kw_share_layer_codec plan[KW_WIRE_MAX_LAYERS];
     if (opt->wire) {
         kw_share_wire_options wo = {.policy = *opt->wire,
                                     .overrides = opt->overrides,
@@ -47,6 +81,14 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
                                     .write = opt->write,
                                     .user = opt->user};
         if (opt->budget_bytes > 0) KW_FORWARD(kw_share_request_budget(model, n, opt, blob_lengths, &wo.budget));
+        if (opt->budget_bytes > 0 && opt->budget_mode != KW_WIRE_BUDGET_TOKENS) {
+            KW_RETURN_IF(opt->n_layers > KW_WIRE_MAX_LAYERS, KW_E_LIMIT, "budget: %d layers", (int)opt->n_layers);
+            wo.budget.mode = opt->budget_mode;
+            KW_FORWARD(kw_share_request_plan(opt, &wo.budget, blob_rows, plan));
+            wo.policy.k = wo.policy.v = opt->budget_codecs[0];
+            wo.overrides = plan;
+            wo.n_overrides = wo.budget.n_blobs ? opt->n_layers : 0;
+        }
         KW_FORWARD(kw_share_wire_create(&wo, &w));
     }
     const kw_share_options so = {.sections = opt->sections,

@@ -27,11 +27,15 @@ typedef struct kw_share_request_options {
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
     int32_t n_overrides;
     kw_share_bytes_fn write;
-    /* a byte cap on the request's blobs (budget_bytes > 0; kw_share_wire.h kw_share_budget): the selection's rows are
-     * the candidates, weighed by its norm score (knorm_topk, vnorm_topk) or uniformly; not with same_positions */
+    /* a byte cap on the request's blobs (budget_bytes > 0; kw_share_wire.h kw_share_budget). budget_mode tokens: the
+     * selection's rows are the allocator's candidates, weighed by its norm score (knorm_topk, vnorm_topk) or
+     * uniformly. kvcomm_like (budget_codecs: the one codec) and qkvcomm_like (int4 then int8): whole layers planned
+     * by kw_wire_plan_layers over the layers given; kvcomm_like refuses layers the cap does not hold (the receiver
+     * plans which it fuses), qkvcomm_like sets each layer's codec (overrides are then not taken) */
     uint64_t budget_bytes;
     const kw_wire_codec_spec *budget_codecs; /* borrowed: 1..KW_WIRE_ALLOC_MAX_CODECS */
     uint32_t n_budget_codecs;
+    enum kw_wire_budget_mode budget_mode;
     /* no codec (wire NULL): the rows themselves */
     kw_share_fn on_rows;
     void *user; /* for write or on_rows */

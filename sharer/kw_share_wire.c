@@ -1,6 +1,7 @@
 /* kw_share_wire.c: KVWire encoding of the sharer's layers (see kw_share_wire.h). */
 #include "sharer/kw_share_wire.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,13 @@ struct kw_share_wire {
     uint64_t min_section; /* the smallest section of any layer */
     int64_t lengths_left; /* sum of the section lengths of the layers not yet encoded */
     int32_t layers_left;  /* layers not yet encoded, over every blob */
+    /* kv_direct (budget.same_positions): the current blob's kept rows, fixed by its first layer */
+    uint64_t kept_floor;           /* their section at the cheapest codec: the reservation of each later layer */
+    uint32_t n_kept, n_candidates; /* kept rows; candidate rows of every layer of the blob */
+    uint32_t *kept_rows;           /* n_kept candidate indices, ascending */
+    uint32_t *kept_positions;      /* their positions */
+    float *kept_k, *kept_v;        /* (n_kept, H, D): the current layer's kept rows */
+    float *kept_weights;           /* n_kept */
 };
 
 void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out) {
@@ -61,6 +69,12 @@ static int kw_share_wire_budget_header(const kw_share_budget *b, kw_wire_header 
 
 static int kw_share_wire_budget_init(kw_share_wire *w) {
     const kw_share_budget *b = &w->opt.budget;
+    if (b->mode != KW_WIRE_BUDGET_TOKENS) { /* planned by the caller */
+        KW_RETURN_IF(b->blob_rows == NULL || b->n_codecs < 1, KW_E_INVALID_ARG, "budget: no layer plan");
+        w->stats.budget_bytes = b->bytes;
+        w->stats.budget_min_bytes = b->plan_min_bytes;
+        return 0;
+    }
     KW_RETURN_IF(w->opt.n_overrides > 0, KW_E_INVALID_ARG,
                  "budget: per-layer codec overrides and a byte cap do not go together (the allocator chooses)");
     w->stats.budget_bytes = b->bytes;
@@ -79,29 +93,111 @@ static int kw_share_wire_budget_init(kw_share_wire *w) {
     return 0;
 }
 
-/* The bytes the layer about to be encoded may take (its blob's header is already written). */
-static int kw_share_wire_budget_share(const kw_share_wire *w, const kw_share_layer *l, uint64_t *out) {
+/* The smallest section each layer of the current blob still to come needs: one token, or (kv_direct) the kept
+ * set at the cheapest codec. */
+static uint64_t kw_share_wire_budget_floor(const kw_share_wire *w) {
+    return w->opt.budget.same_positions ? w->kept_floor : w->min_section;
+}
+
+/* What the cap leaves for the `layers` layers from the current one on (the rest of the layers reserved at their
+ * floors, the current blob's trailer and the later blobs' headers and trailers), their floors included. */
+static int kw_share_wire_budget_left(const kw_share_wire *w, const kw_share_layer *l, int32_t layers, uint64_t floor,
+                                     uint64_t *out) {
     const kw_share_budget *b = &w->opt.budget;
     const uint64_t spent = w->stats.blob_bytes;
-    const int32_t blobs_after = b->n_blobs - 1 - l->blob;
-    const uint64_t reserve = (uint64_t)(w->layers_left - 1) * w->min_section + KW_WIRE_TRAILER_BYTES +
+    const int32_t blobs_after = b->n_blobs - 1 - l->blob, blob_after = l->n_layers_sent - l->layer_index - layers;
+    const int32_t later = w->layers_left - layers - (blob_after > 0 ? blob_after : 0);
+    const uint64_t reserve = (uint64_t)later * w->min_section + (uint64_t)(blob_after > 0 ? blob_after : 0) * floor +
+                             KW_WIRE_TRAILER_BYTES +
                              (uint64_t)blobs_after * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES);
     /* the reservation made at creation holds at every layer, since each layer spends at most its share */
-    KW_RETURN_IF(spent + reserve + w->min_section > b->bytes, KW_E_INTERNAL,
+    KW_RETURN_IF(spent + reserve + (uint64_t)layers * floor > b->bytes, KW_E_INTERNAL,
                  "budget: %llu bytes spent and %llu reserved leave no section within the cap of %llu",
                  (unsigned long long)spent, (unsigned long long)reserve, (unsigned long long)b->bytes);
-    const uint64_t left = b->bytes - spent - reserve, extra = left - w->min_section;
-    if (w->layers_left <= 1 || w->lengths_left <= l->length) {
-        *out = left;
-        return 0;
-    }
-    const unsigned __int128 part = (unsigned __int128)extra * (uint64_t)l->length / (uint64_t)w->lengths_left;
-    *out = w->min_section + (uint64_t)part;
+    *out = b->bytes - spent - reserve;
     return 0;
 }
 
-/* Runs the allocator on the layer's rows: *res holds the kept rows and their token groups. */
-static int kw_share_wire_budget_layer(kw_share_wire *w, const kw_share_layer *l, const kw_wire_alloc_result **res) {
+/* The floor of `layers` layers of length each plus their length-weighted part of what lies beyond the floors
+ * (left, with lengths_left over every layer to come); the last layers get all of it. */
+static uint64_t kw_share_wire_budget_part(const kw_share_wire *w, uint64_t left, uint64_t floors, int64_t length) {
+    if (w->lengths_left <= length) return left;
+    const unsigned __int128 part = (unsigned __int128)(left - floors) * (uint64_t)length / (uint64_t)w->lengths_left;
+    return floors + (uint64_t)part;
+}
+
+/* The bytes the layer about to be encoded may take (its blob's header is already written). */
+static int kw_share_wire_budget_share(const kw_share_wire *w, const kw_share_layer *l, uint64_t *out) {
+    const uint64_t floor = kw_share_wire_budget_floor(w);
+    uint64_t left = 0;
+    KW_FORWARD(kw_share_wire_budget_left(w, l, 1, floor, &left));
+    *out = w->layers_left <= 1 ? left : kw_share_wire_budget_part(w, left, floor, l->length);
+    return 0;
+}
+
+/* kv_direct, at a blob's first layer: the rows every layer of the blob keeps, chosen by the allocator with the
+ * cheapest codec alone within the blob's share divided by its layer count. */
+static int kw_share_wire_budget_positions(kw_share_wire *w, const kw_share_layer *l) {
+    const int32_t n_layers = l->n_layers_sent;
+    uint64_t left = 0;
+    KW_FORWARD(kw_share_wire_budget_left(w, l, n_layers, w->min_section, &left));
+    const uint64_t blob_share =
+        kw_share_wire_budget_part(w, left, (uint64_t)n_layers * w->min_section, l->length * (int64_t)n_layers);
+    kw_wire_alloc_options ao;
+    kw_share_wire_alloc_options(w, &ao);
+    uint32_t cheapest = 0;
+    KW_FORWARD(kw_wire_alloc_cheapest(&w->hdr, &ao, &cheapest));
+    ao.codecs = &w->opt.budget.codecs[cheapest];
+    ao.n_codecs = 1;
+    const kw_wire_alloc_input in = {.hdr = &w->hdr,
+                                    .n_tokens = (uint32_t)l->n_rows,
+                                    .positions = w->positions,
+                                    .k = l->k,
+                                    .v = l->v,
+                                    .weight = w->weights,
+                                    .budget = blob_share / (uint64_t)n_layers};
+    const kw_wire_alloc_result *res = NULL;
+    KW_FORWARD(kw_wire_alloc_run(w->alloc, &ao, &in, &res));
+    w->n_candidates = (uint32_t)l->n_rows;
+    w->n_kept = res->n_kept;
+    w->kept_floor = res->bytes;
+    memcpy(w->kept_rows, res->rows, res->n_kept * sizeof *w->kept_rows);
+    memcpy(w->kept_positions, res->positions, res->n_kept * sizeof *w->kept_positions);
+    return 0;
+}
+
+/* kv_direct: the allocator's input for this layer, the blob's kept rows gathered (the same positions as at its
+ * first layer, or KW_E_STATE). */
+static int kw_share_wire_budget_gather(kw_share_wire *w, const kw_share_layer *l, uint64_t share,
+                                       kw_wire_alloc_input *out) {
+    KW_RETURN_IF((uint32_t)l->n_rows != w->n_candidates, KW_E_STATE,
+                 "budget: kv_direct layer %d has %lld rows, the blob's first layer had %u", (int)l->layer,
+                 (long long)l->n_rows, w->n_candidates);
+    const size_t row = (size_t)l->n_heads * (size_t)l->head_dim;
+    for (uint32_t i = 0; i < w->n_kept; ++i) {
+        const uint32_t r = w->kept_rows[i];
+        KW_RETURN_IF(w->positions[r] != w->kept_positions[i], KW_E_STATE,
+                     "budget: kv_direct layer %d's row %u is position %u, not %u as in the blob's first layer",
+                     (int)l->layer, r, w->positions[r], w->kept_positions[i]);
+        memcpy(w->kept_k + i * row, l->k + r * row, row * sizeof *l->k);
+        memcpy(w->kept_v + i * row, l->v + r * row, row * sizeof *l->v);
+        w->kept_weights[i] = w->weights[r];
+    }
+    *out = (kw_wire_alloc_input){.hdr = &w->hdr,
+                                 .n_tokens = w->n_kept,
+                                 .positions = w->kept_positions,
+                                 .k = w->kept_k,
+                                 .v = w->kept_v,
+                                 .weight = w->kept_weights,
+                                 .budget = share,
+                                 .keep_all = 1};
+    return 0;
+}
+
+/* Runs the allocator on the layer's rows: *res holds the kept rows (indices into *k and *v, the rows the section
+ * encodes from) and their token groups. */
+static int kw_share_wire_budget_layer(kw_share_wire *w, const kw_share_layer *l, const kw_wire_alloc_result **res,
+                                      const float **k, const float **v) {
     const kw_share_budget *b = &w->opt.budget;
     KW_RETURN_IF(l->n_heads != b->n_heads || l->head_dim != b->head_dim || l->n_positions != b->n_positions ||
                      l->n_layers_sent != b->n_layers || l->blob >= b->n_blobs || l->length != b->blob_lengths[l->blob],
@@ -110,23 +206,54 @@ static int kw_share_wire_budget_layer(kw_share_wire *w, const kw_share_layer *l,
     kw_select_scores(b->weight, l->n_rows, l->n_heads, l->head_dim, l->k, l->v, w->weights);
     kw_wire_alloc_options ao;
     kw_share_wire_alloc_options(w, &ao);
-    uint64_t share = 0;
-    KW_FORWARD(kw_share_wire_budget_share(w, l, &share));
-    const kw_wire_alloc_input in = {.hdr = &w->hdr,
-                                    .n_tokens = (uint32_t)l->n_rows,
-                                    .positions = w->positions,
-                                    .k = l->k,
-                                    .v = l->v,
-                                    .weight = w->weights,
-                                    .budget = share};
+    kw_wire_alloc_input in = {.hdr = &w->hdr,
+                              .n_tokens = (uint32_t)l->n_rows,
+                              .positions = w->positions,
+                              .k = l->k,
+                              .v = l->v,
+                              .weight = w->weights};
+    double dropped_weight = 0.0; /* kv_direct: the distortion of the rows the blob's first layer left out */
+    if (b->same_positions) {
+        if (l->layer_index == 0) KW_FORWARD(kw_share_wire_budget_positions(w, l));
+        uint64_t share = 0;
+        KW_FORWARD(kw_share_wire_budget_share(w, l, &share));
+        KW_FORWARD(kw_share_wire_budget_gather(w, l, share, &in));
+        for (int64_t r = 0, i = 0; r < l->n_rows; ++r) {
+            if (i < w->n_kept && w->kept_rows[i] == (uint32_t)r) {
+                ++i;
+                continue;
+            }
+            if (isfinite(w->weights[r]) && w->weights[r] >= 0.0f) dropped_weight += (double)w->weights[r];
+        }
+    } else {
+        KW_FORWARD(kw_share_wire_budget_share(w, l, &in.budget));
+    }
     KW_FORWARD(kw_wire_alloc_run(w->alloc, &ao, &in, res));
+    *k = in.k;
+    *v = in.v;
     w->stats.tokens_candidate += (uint64_t)l->n_rows;
     w->stats.tokens_dropped += (uint64_t)l->n_rows - (*res)->n_kept;
     for (uint32_t c = 0; c < ao.n_codecs; ++c)
         w->stats.tokens_per_codec[c] += (*res)->per_codec[c];
-    w->stats.distortion += (*res)->distortion;
+    w->stats.distortion += (*res)->distortion + dropped_weight;
     w->lengths_left -= l->length;
     w->layers_left -= 1;
+    return 0;
+}
+
+/* A whole-layer baseline: the layer is within the plan (its rows, a planned codec); counts its rows. */
+static int kw_share_wire_planned_layer(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol) {
+    const kw_share_budget *b = &w->opt.budget;
+    KW_RETURN_IF(l->blob >= b->n_blobs || (uint64_t)l->n_rows > b->blob_rows[l->blob], KW_E_STATE,
+                 "budget: layer %d of blob %d carries %lld rows, more than the plan's", (int)l->layer, (int)l->blob,
+                 (long long)l->n_rows);
+    uint32_t c = 0;
+    while (c < b->n_codecs && memcmp(&b->codecs[c], &pol->k, sizeof pol->k) != 0)
+        ++c;
+    KW_RETURN_IF(c == b->n_codecs || memcmp(&pol->k, &pol->v, sizeof pol->k) != 0, KW_E_STATE,
+                 "budget: layer %d's codec is not one of the plan's", (int)l->layer);
+    w->stats.tokens_candidate += (uint64_t)l->n_rows;
+    w->stats.tokens_per_codec[c] += (uint64_t)l->n_rows;
     return 0;
 }
 
@@ -158,6 +285,11 @@ void kw_share_wire_free(kw_share_wire *w) {
     if (w == NULL) return;
     kw_wire_alloc_free(w->alloc);
     free(w->weights);
+    free(w->kept_rows);
+    free(w->kept_positions);
+    free(w->kept_k);
+    free(w->kept_v);
+    free(w->kept_weights);
     kw_wire_encoder_destroy(w->enc);
     free(w->buf);
     free(w->positions);
@@ -174,6 +306,23 @@ static int kw_share_wire_reserve(kw_share_wire *w, size_t n) {
     KW_RETURN_IF(b == NULL, KW_E_NOMEM, "share wire: cannot allocate %zu bytes", n);
     w->buf = b;
     w->cap = n;
+    return 0;
+}
+
+/* kv_direct with a cap: room for the kept rows of a layer of l's shape. */
+static int kw_share_wire_kept_reserve(kw_share_wire *w, const kw_share_layer *l) {
+    const size_t n = (size_t)l->n_rows, row = (size_t)l->n_heads * (size_t)l->head_dim;
+    uint32_t *rows = realloc(w->kept_rows, n * sizeof *rows);
+    if (rows) w->kept_rows = rows;
+    uint32_t *positions = realloc(w->kept_positions, n * sizeof *positions);
+    if (positions) w->kept_positions = positions;
+    float *k = realloc(w->kept_k, n * row * sizeof *k);
+    if (k) w->kept_k = k;
+    float *v = realloc(w->kept_v, n * row * sizeof *v);
+    if (v) w->kept_v = v;
+    float *weights = realloc(w->kept_weights, n * sizeof *weights);
+    if (weights) w->kept_weights = weights;
+    KW_RETURN_IF(!rows || !positions || !k || !v || !weights, KW_E_NOMEM, "share wire: out of memory");
     return 0;
 }
 
@@ -238,6 +387,7 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         float *f = realloc(w->weights, (size_t)l->n_rows * sizeof *f);
         KW_RETURN_IF(f == NULL, KW_E_NOMEM, "share wire: out of memory");
         w->weights = f;
+        if (w->alloc && w->opt.budget.same_positions) KW_FORWARD(kw_share_wire_kept_reserve(w, l));
         w->positions_cap = (size_t)l->n_rows;
     }
     for (int64_t i = 0; i < l->n_rows; ++i)
@@ -252,7 +402,10 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
     if (w->alloc) { /* a byte cap: the allocator's rows and token groups */
         const kw_wire_alloc_result *res = NULL;
-        KW_FORWARD(kw_share_wire_budget_layer(w, l, &res));
+        const float *k = NULL, *v = NULL;
+        KW_FORWARD(kw_share_wire_budget_layer(w, l, &res, &k, &v));
+        in.k.data = k;
+        in.v.data = v;
         kw_wire_alloc_options ao;
         kw_share_wire_alloc_options(w, &ao);
         kw_wire_alloc_policy(res, &ao, w->opt.policy.zstd_level, &pol);
@@ -261,6 +414,7 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.k.rows = res->rows;
         in.v.rows = res->rows;
     }
+    if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));

@@ -4,9 +4,10 @@
  *
  * Codecs: one policy for every layer (K and V codec specs, zstd level, smallest index encoding) with per-layer
  * overrides, or, with a byte cap (kw_share_budget below), each row dropped or given its own codec by the allocator of
- * wire/kw_wire_alloc.h within the layer's share of the cap. The rows are f32 (exact bf16 values with a bf16 sharer
- * cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on every run and machine.
- * Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
+ * wire/kw_wire_alloc.h within the layer's share of the cap (kv_direct: the same rows in every layer), or, for a
+ * whole-layer baseline (kvcomm_like, qkvcomm_like), each layer's codec planned in advance. The rows are f32 (exact bf16
+ * values with a bf16 sharer cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on
+ * every run and machine. Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
@@ -35,12 +36,28 @@ typedef struct kw_share_layer_codec {
  * front; each layer may then spend its smallest section plus a share of what is left beyond the reservation,
  * proportional to its section's length among the layers still to come (the last layer gets all of it); whatever a
  * layer does not spend (and what zstd saves) rolls over to the later ones. The measured blob bytes of the request
- * are therefore at most the cap, and kw_share_wire_create refuses a cap below the reservation, naming it. */
+ * are therefore at most the cap, and kw_share_wire_create refuses a cap below the reservation, naming it.
+ *
+ * kv_direct (same_positions): the receiver's validity mask is one set of positions for every layer, so only a
+ * blob's first layer may drop rows. There the blob's share of the cap (its layers' smallest sections plus its
+ * length-weighted part of the rest, all of it for the last blob) is divided by its layer count, and the allocator,
+ * with only the cheapest codec, picks the kept positions within that quotient: every layer of the blob can then carry
+ * them at the cheapest codec. Each layer of the blob, the first included, keeps exactly those positions and the
+ * allocator (keep_all) only upgrades their codecs within the layer's share, the reservation for the blob's later
+ * layers being the kept set at the cheapest codec instead of one token. The codec of a position may differ between
+ * layers. A kept row that the cheapest codec cannot represent in a later layer is an error (KW_E_LIMIT). */
 typedef struct kw_share_budget {
     uint64_t bytes; /* the cap on every blob of the request together; 0: no cap (the rest is ignored) */
     kw_wire_codec_spec codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* the codecs a token may get (besides dropping) */
     uint32_t n_codecs;
     enum kw_select_mode weight; /* knorm_topk / vnorm_topk: tokens weigh their norm score; other modes: 1 */
+    int same_positions;         /* kv_direct: the positions a blob's first layer keeps are every layer's */
+    /* a whole-layer baseline (kvcomm_like, qkvcomm_like; wire/kw_wire_alloc.h kw_wire_plan_layers): no allocator;
+     * the caller planned the layers and their codecs (the options' policy and overrides, each layer's codec one of
+     * codecs) within the cap, and the encoder only counts the rows per codec */
+    enum kw_wire_budget_mode mode;
+    uint64_t plan_min_bytes;   /* the plan's smallest cap */
+    const uint32_t *blob_rows; /* borrowed: the plan's rows per layer of each blob (a layer may carry fewer) */
     /* the request's shape, to reserve the mandatory bytes before the first layer */
     const int64_t *blob_lengths; /* borrowed: the length of each sent section (one blob each) */
     int32_t n_blobs;
@@ -68,8 +85,10 @@ typedef struct kw_share_wire_stats {
     double write_ms;             /* time in the byte callback */
     kw_wire_breakdown breakdown; /* summed over the blobs */
     /* with a byte cap: the slack is budget_bytes - blob_bytes */
-    uint64_t budget_bytes;                               /* the cap (0: none) */
-    uint64_t budget_min_bytes;                           /* the reservation: the smallest cap this request accepts */
+    uint64_t budget_bytes;     /* the cap (0: none) */
+    uint64_t budget_min_bytes; /* the reservation: the smallest cap this request accepts */
+    /* the histogram; a whole-layer baseline counts every row of the layers sent as a candidate, none dropped, and has
+     * no distortion (nothing is measured) */
     uint64_t tokens_candidate;                           /* rows offered to the allocator, over every layer */
     uint64_t tokens_dropped;                             /* of them, left out */
     uint64_t tokens_per_codec[KW_WIRE_ALLOC_MAX_CODECS]; /* kept, per budget codec (in budget.codecs order) */
@@ -78,8 +97,9 @@ typedef struct kw_share_wire_stats {
 
 typedef struct kw_share_wire kw_share_wire;
 
-/* opt is copied (overrides and budget.blob_lengths stay borrowed). *out is owned by the caller (kw_share_wire_free).
- * Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum, naming it). */
+/* opt is copied (overrides, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the caller
+ * (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum,
+ * naming it). */
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
 
 /* Frees it; NULL is a no-op. */

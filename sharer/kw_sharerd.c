@@ -294,6 +294,7 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
         .budget_bytes = p->budget_bytes,
         .budget_codecs = budget_codecs,
         .n_budget_codecs = kw__sd_budget_codecs(p, budget_codecs),
+        .budget_mode = (enum kw_wire_budget_mode)p->budget_mode, /* the same numbers */
     };
 }
 
@@ -588,17 +589,40 @@ static const kw__sd_model *kw__sd_find_model(const kw_sharerd *d, const char *na
     return NULL;
 }
 
-/* A capped request (SharePolicy.budget_bytes): c2c only, and a cap that holds the request's mandatory bytes. */
+/* A capped request (SharePolicy.budget_bytes): a cap that holds the request's mandatory bytes; for a whole-layer
+ * baseline, its plan over the layers asked for (kvcomm_like: every one of them, c2c only). */
 static int kw__sd_validate_budget(const Kwctl__ShareRequest *req, const kw_wire_header *hdr,
-                                  const kw_wire_codec_spec *codecs, uint32_t n_codecs) {
-    KW_RETURN_IF(req->mode != KWCTL__MODE__MODE_C2C, KW_E_UNSUPPORTED,
-                 "budget_bytes: kv_direct sends one selection for every layer; a byte cap is for c2c");
-    uint32_t n_blobs = 0;
+                                  const kw_select_policy *sel, const kw_wire_codec_spec *codecs, uint32_t n_codecs) {
+    const enum kw_wire_budget_mode mode = (enum kw_wire_budget_mode)req->policy->budget_mode;
+    KW_RETURN_IF(mode == KW_WIRE_BUDGET_KVCOMM_LIKE && req->mode != KWCTL__MODE__MODE_C2C, KW_E_UNSUPPORTED,
+                 "budget_mode kvcomm_like leaves layers out: kv_direct needs every layer");
+    uint32_t n_blobs = 0, blob_rows[KW_REQUEST_MAX_SECTIONS];
     for (size_t s = 0; s < req->n_sections; ++s)
-        n_blobs += req->sections[s]->sent != 0;
+        if (req->sections[s]->sent) blob_rows[n_blobs++] = (uint32_t)kw_select_count(sel, req->sections[s]->length);
     if (hdr->n_sections == 0 || n_blobs == 0) return 0; /* nothing is sent */
-    const kw_wire_alloc_options ao = {.codecs = codecs, .n_codecs = n_codecs};
-    const int rc = kw_wire_alloc_check_cap(hdr, &ao, n_blobs, req->policy->budget_bytes);
+    int rc;
+    if (mode == KW_WIRE_BUDGET_TOKENS) {
+        const kw_wire_alloc_options ao = {.codecs = codecs, .n_codecs = n_codecs};
+        rc = kw_wire_alloc_check_cap(hdr, &ao, n_blobs, req->policy->budget_bytes);
+    } else {
+        const kw_wire_layer_plan_input in = {.hdr = hdr,
+                                             .n_layers = hdr->n_sections,
+                                             .blob_rows = blob_rows,
+                                             .n_blobs = n_blobs,
+                                             .codecs = codecs,
+                                             .n_codecs = n_codecs,
+                                             .index_encoding = KW_WIRE_INDEX_AUTO,
+                                             .cap = req->policy->budget_bytes};
+        uint8_t choice[KW_WIRE_MAX_LAYERS];
+        uint64_t bytes = 0, min_bytes = 0;
+        rc = kw_wire_plan_layers(mode, &in, choice, &bytes, &min_bytes);
+        for (uint32_t i = 0; rc == 0 && i < hdr->n_sections; ++i)
+            if (!choice[i])
+                rc = kw_error_set(KW_E_INVALID_ARG,
+                                  "kvcomm_like: a cap of %llu bytes holds only some of the %u layers "
+                                  "asked for",
+                                  (unsigned long long)req->policy->budget_bytes, hdr->n_sections);
+    }
     if (rc < 0) KW_FAIL(rc, "budget_bytes: %s", kw_error_detail());
     return 0;
 }
@@ -666,7 +690,7 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                                 .head_dim = (uint16_t)m->head_dim,
                                 .n_positions = (uint32_t)req->n_token_ids,
                                 .src_dtype = KW_WIRE_DTYPE_F32};
-    if (p->budget_bytes) KW_FORWARD(kw__sd_validate_budget(req, &hdr, budget_codecs, n_budget));
+    if (p->budget_bytes) KW_FORWARD(kw__sd_validate_budget(req, &hdr, &sel, budget_codecs, n_budget));
     for (size_t s = 0; s < req->n_sections; ++s) {
         if (!req->sections[s]->sent) continue;
         const int64_t rows = kw_select_count(&sel, req->sections[s]->length);

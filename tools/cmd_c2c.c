@@ -56,7 +56,7 @@ static void kw_c2c_usage(FILE *f) {
         "                  [--select full|front|back|random|knorm_topk|vnorm_topk [--select-proportion P]\n"
         "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
-        "                  [--budget-bytes N [--budget-codecs LIST]]\n"
+        "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
         "                  [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R] [--dataset NAME] [--raw]\n"
         "                  [--tokenizer DIR] [--threads N] [--date \"23 Nov 2026\"] [--system TEXT]\n"
         "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
@@ -92,14 +92,22 @@ static void kw_c2c_usage(FILE *f) {
         "                    --wire-zstd LEVEL, default 0 = off); one blob per sent section and sharer, wire_bytes\n"
         "                    is their measured length; --wire-dump PREFIX also writes each blob to PREFIX.<n>.kvw\n"
         "                    (kvwire inspect reads them). Without --wire the rows go across in memory, exactly\n"
-        "  --budget-bytes N  c2c: a hard cap on every blob of the request together (headers, indices, scales,\n"
+        "  --budget-bytes N  c2c, kv_direct: a hard cap on every blob of the request together (headers, indices,\n"
+        "                    scales,\n"
         "                    checksums: the --wire-dump files add up to at most N; several sharers share N equally):\n"
         "                    each token of each sent layer is dropped or sent with one of --budget-codecs (default\n"
         "                    int4,int6,int8,bf16, with --wire-gran token|groupN and --wire-scale; --wire-zstd\n"
         "                    applies) by a rate-distortion allocator on the codecs' measured error, weighted by the\n"
         "                    --select norm score (vnorm_topk, knorm_topk) or uniformly; the --select rows are the\n"
         "                    candidates. Implies KVWire (not with --wire CODEC). A cap below the request's minimum\n"
-        "                    (headers and one token per layer) is refused, naming the minimum\n"
+        "                    (headers and one token per layer) is refused, naming the minimum. kv_direct keeps\n"
+        "                    the same positions in every layer (chosen at the first layer so that every layer can\n"
+        "                    carry them at the cheapest codec); only the codec of a kept position varies by layer\n"
+        "  --budget-mode     tokens (default): the allocator above; kvcomm_like: whole layers, every selected token\n"
+        "                    at the one --budget-codecs codec (default int8), as many layers as fit, middle layers\n"
+        "                    first, the others not sent nor fused (c2c only); qkvcomm_like: every layer at the first\n"
+        "                    of two codecs (default int4,int8), upgraded to the second deepest layer first while the\n"
+        "                    cap holds it (docs/HTTP_API.md \"budget_mode\")\n"
         "  --relay-max-tokens  text_relay: the sharer's reply length (default 256); --relay-bytes N caps it in UTF-8\n"
         "                    bytes at a character boundary\n"
         "  --relay-style     text_relay: the message is the sharer's reply (generated, the default), the question\n"
@@ -150,6 +158,11 @@ typedef struct kw_c2c_link {
     int32_t sharer;          /* the sharer being run */
     const char *dump_prefix; /* --wire-dump: every blob also goes to <prefix>.<n>.kvw (borrowed; NULL: off) */
     int32_t dumped;
+    /* kvcomm_like: the sharer layers each sharer sends (the receiver fuses only those) and the candidates left out */
+    int planned_layers;
+    int32_t layers[KW_FUSION_MAX_SHARERS][KW_WIRE_MAX_LAYERS];
+    int32_t n_layers[KW_FUSION_MAX_SHARERS];
+    int32_t layers_unsent;
 } kw_c2c_link;
 
 static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t n) {
@@ -245,6 +258,7 @@ typedef struct kw_c2c_plan {
     uint64_t budget_bytes;      /* each sharer's byte cap (0: none) */
     const kw_wire_codec_spec *budget_codecs;
     uint32_t n_budget_codecs;
+    enum kw_wire_budget_mode budget_mode;
 } kw_c2c_plan;
 
 typedef struct kw_c2c_totals {
@@ -272,12 +286,27 @@ static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats 
 /* The sharer half for sharer i (its model is m, its fuser layers from f; kv_direct: every layer of m). */
 static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i, const int32_t *ids,
                         const kw_c2c_plan *plan, kw_c2c_totals *tot) {
-    int32_t layers[1024], n_layers = 0;
-    KW_FORWARD(kw_request_sharer_layers(plan->kv_direct ? NULL : f, i, kw_model_get_config(m)->n_layers, NULL, 0,
-                                        layers, 1024, &n_layers));
+    int32_t *layers = link->layers[i], n_layers = 0;
+    const kw_model_config *mc = kw_model_get_config(m);
+    KW_FORWARD(kw_request_sharer_layers(plan->kv_direct ? NULL : f, i, mc->n_layers, NULL, 0, layers,
+                                        KW_WIRE_MAX_LAYERS, &n_layers));
     kw_fusion_section mine[KW_REQUEST_MAX_SECTIONS];
     int64_t prefix = 0;
     KW_FORWARD(kw_request_sharer_sections(plan->sections, plan->n_sections, i, plan->kv_direct, mine, &prefix, NULL));
+    if (plan->budget_bytes && plan->budget_mode != KW_WIRE_BUDGET_TOKENS) { /* kvcomm_like: the layers the cap holds */
+        const kw_wire_header shape = {.n_kv_heads = (uint16_t)mc->n_kv_heads,
+                                      .head_dim = (uint16_t)mc->head_dim,
+                                      .n_positions = (uint32_t)prefix,
+                                      .src_dtype = KW_WIRE_DTYPE_F32};
+        const int32_t candidates = n_layers;
+        uint64_t min_bytes = 0;
+        KW_FORWARD(kw_receive_plan_layers(plan->budget_mode, &shape, mine, plan->n_sections, &plan->select,
+                                          plan->budget_codecs, plan->n_budget_codecs, plan->budget_bytes, layers,
+                                          &n_layers, &min_bytes));
+        link->planned_layers = !plan->kv_direct;
+        link->layers_unsent += candidates - n_layers;
+    }
+    link->n_layers[i] = n_layers;
     link->sharer = i;
     const kw_share_request_options so = {.sections = mine,
                                          .n_sections = plan->n_sections,
@@ -291,6 +320,7 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .budget_bytes = plan->budget_bytes,
                                          .budget_codecs = plan->budget_codecs,
                                          .n_budget_codecs = plan->n_budget_codecs,
+                                         .budget_mode = plan->budget_mode,
                                          .write = kw_c2c_link_write,
                                          .on_rows = kw_c2c_link_rows,
                                          .user = link};
@@ -305,7 +335,9 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
 static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_fusion *f, kw_kvcache *cache, const int32_t *ids,
                           int64_t n, const kw_c2c_plan *plan, const kw_fusion_options *fo, kw_fusion_result *res,
                           kw_c2c_totals *tot) {
-    const kw_receive_options ro = {.mode = plan->kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C, .fusion = *fo};
+    kw_receive_options ro = {.mode = plan->kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C, .fusion = *fo};
+    for (int32_t i = 0; link->planned_layers && i < KW_FUSION_MAX_SHARERS; ++i)
+        ro.layers[i] = link->layers[i], ro.n_layers[i] = link->n_layers[i];
     kw_receive *r = NULL;
     int rc;
     int32_t blob[KW_FUSION_MAX_SHARERS] = {0};
@@ -541,13 +573,14 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const pads_names[] = {"reference", "masked", NULL};
     static const char *const norm_roundings[] = {"twice", "once", NULL};
     static const char *const selects[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
-    static const char *const relay_styles[] = {"generated", "raw", "extractive", NULL}; /* enum kw_relay_style */
+    static const char *const relay_styles[] = {"generated", "raw", "extractive", NULL};        /* enum kw_relay_style */
+    static const char *const budget_modes[] = {"tokens", "kvcomm_like", "qkvcomm_like", NULL}; /* kw_wire_budget_mode */
     const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
     const char *dataset = "mmlu-redux", *date = NULL, *system_msg = NULL;
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
     int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
     int order_i = -1, xfer_i = 0, fusion_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
-    int select_i = 0, relay_style_i = 0;
+    int select_i = 0, relay_style_i = 0, budget_mode_i = KW_WIRE_BUDGET_TOKENS;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     const char *budget_codecs = NULL;
     int64_t budget_bytes = 0;
@@ -587,6 +620,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_STR("--wire-dump", &wire_dump),
         KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
         KW_CLI_STR("--budget-codecs", &budget_codecs),
+        KW_CLI_CHOICE("--budget-mode", &budget_mode_i, budget_modes),
         KW_CLI_FLAG("--fp32", &fp32),
         KW_CLI_FLAG("--raw", &raw),
         KW_CLI_FLAG("--print-alignment", &print_alignment),
@@ -612,9 +646,13 @@ int kw_cmd_c2c(int argc, char **argv) {
         usage_error = "--wire-dump needs --wire CODEC or --budget-bytes";
     if (!usage_error && budget_bytes && wire_codec)
         usage_error = "--budget-bytes chooses the codecs itself (--budget-codecs): not with --wire CODEC";
-    if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C)
-        usage_error = "--budget-bytes is for --mode c2c (kv_direct sends one selection for every layer)";
+    if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT)
+        usage_error = "--budget-bytes is for --mode c2c and kv_direct";
     if (!usage_error && budget_codecs && !budget_bytes) usage_error = "--budget-codecs needs --budget-bytes";
+    if (!usage_error && budget_mode_i != KW_WIRE_BUDGET_TOKENS && !budget_bytes)
+        usage_error = "--budget-mode needs --budget-bytes";
+    if (!usage_error && budget_mode_i == KW_WIRE_BUDGET_KVCOMM_LIKE && xfer_i == KW_C2C_MODE_KV_DIRECT)
+        usage_error = "--budget-mode kvcomm_like leaves layers out: kv_direct needs every layer";
     if (!usage_error && (xfer_i == KW_C2C_MODE_RECEIVER_ONLY || xfer_i == KW_C2C_MODE_TEXT_RELAY) &&
         (wire_codec || select_i != 0 || have_proportion || order_i >= 0))
         usage_error =
@@ -657,7 +695,8 @@ int kw_cmd_c2c(int argc, char **argv) {
 
     if (wire_codec) KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire_pol));
     if (budget_bytes) {
-        if (!budget_codecs) budget_codecs = "int4,int6,int8,bf16";
+        static const char *const default_codecs[] = {"int4,int6,int8,bf16", "int8", "int4,int8"};
+        if (!budget_codecs) budget_codecs = default_codecs[budget_mode_i];
         KW_CHECK(kw_c2c_budget_codecs(budget_codecs, wire_gran, wire_scale, budget_specs, &n_budget_specs));
         KW_CHECK(kw_c2c_wire_policy(kw_wire_codec_name(budget_specs[0].codec), wire_gran, wire_scale, (long)wire_zstd,
                                     &wire_pol));
@@ -814,7 +853,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                           .cache_dtype = cache_dtype,
                           .wire = use_wire ? &wire_pol : NULL,
                           .budget_codecs = budget_specs,
-                          .n_budget_codecs = n_budget_specs};
+                          .n_budget_codecs = n_budget_specs,
+                          .budget_mode = (enum kw_wire_budget_mode)budget_mode_i};
         if (budget_bytes) /* several sharers share the cap equally */
             cp.budget_bytes = (uint64_t)budget_bytes / (uint64_t)(cp.kv_direct ? 1 : n_sharer_dirs);
         if (plan.on) {
@@ -890,6 +930,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                tot.share.kv_bytes > 0 ? (double)tot.wire.blob_bytes / (double)tot.share.kv_bytes : 0.0);
     }
     if (budget_bytes) {
+        printf("budget_mode: %s\n", budget_modes[budget_mode_i]);
+        if (budget_mode_i == KW_WIRE_BUDGET_KVCOMM_LIKE) printf("budget_layers: unsent %d\n", (int)link.layers_unsent);
         printf("budget: cap %lld used %llu slack %lld min %llu distortion %.9g\n", (long long)budget_bytes,
                (unsigned long long)tot.wire.blob_bytes, (long long)budget_bytes - (long long)tot.wire.blob_bytes,
                (unsigned long long)tot.wire.budget_min_bytes, tot.wire.distortion);

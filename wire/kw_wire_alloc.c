@@ -179,14 +179,15 @@ static void kw__alloc_measure(const kw_wire_alloc_options *opt, const kw_wire_al
  * Hulls and the move queue
  */
 
-/* The lower convex hull of the token's options from drop, in increasing bytes (ties: lower distortion, then the
- * lower codec). A token with nothing to gain gets its cheapest option as a step of efficiency 0. */
-static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n_codecs, uint8_t *hull,
+/* The lower convex hull of the token's options from origin (drop, or with keep_all the cheapest codec), in
+ * increasing bytes (ties: lower distortion, then the lower codec). From drop, a token with nothing to gain gets its
+ * cheapest option as a step of efficiency 0. */
+static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n_codecs, uint8_t origin, uint8_t *hull,
                            uint8_t *hull_n) {
     uint8_t order[KW__ALLOC_OPTIONS];
     uint32_t n = 0;
     for (uint32_t c = 1; c <= n_codecs; ++c)
-        if (dist[c] >= 0.0) order[n++] = (uint8_t)c;
+        if (dist[c] >= 0.0 && c != origin && bytes[c] >= bytes[origin]) order[n++] = (uint8_t)c;
     for (uint32_t i = 1; i < n; ++i) /* insertion sort: a handful of options */
         for (uint32_t j = i; j > 0; --j) {
             const uint8_t a = order[j - 1], b = order[j];
@@ -195,8 +196,8 @@ static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n
             order[j - 1] = b, order[j] = a;
         }
     uint32_t m = 0;
-    hull[m++] = 0;
-    if (dist[0] < 0.0) {
+    hull[m++] = origin;
+    if (dist[origin] < 0.0) {
         *hull_n = 1;
         return;
     }
@@ -213,7 +214,8 @@ static void kw__alloc_hull(const double *dist, const uint64_t *bytes, uint32_t n
         }
         hull[m++] = c;
     }
-    if (m == 1 && n > 0 && dist[order[0]] <= dist[0]) hull[m++] = order[0]; /* nothing to gain, nothing lost */
+    if (origin == 0 && m == 1 && n > 0 && dist[order[0]] <= dist[0]) /* nothing to gain, nothing lost */
+        hull[m++] = order[0];
     *hull_n = (uint8_t)m;
 }
 
@@ -374,16 +376,21 @@ static int kw__alloc_fallback(kw_wire_alloc *a, const kw_wire_alloc_options *opt
  * The public entry points
  */
 
-int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint64_t *out) {
+int kw_wire_alloc_cheapest(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint32_t *out) {
     KW_FORWARD(kw_wire_alloc_check(hdr, opt));
-    uint64_t best = UINT64_MAX;
-    for (uint32_t c = 0; c < opt->n_codecs; ++c) {
-        const kw_wire_policy pol = {.k = opt->codecs[c], .v = opt->codecs[c], .index_encoding = opt->index_encoding};
-        size_t size = 0;
-        KW_FORWARD(kw_wire_section_bound(hdr, &pol, 1, &size));
-        best = size < best ? size : best;
-    }
-    *out = best;
+    *out = 0;
+    for (uint32_t c = 1; c < opt->n_codecs; ++c)
+        if (kw__alloc_token_bytes(hdr, &opt->codecs[c]) < kw__alloc_token_bytes(hdr, &opt->codecs[*out])) *out = c;
+    return 0;
+}
+
+int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_options *opt, uint64_t *out) {
+    uint32_t c = 0;
+    KW_FORWARD(kw_wire_alloc_cheapest(hdr, opt, &c));
+    const kw_wire_policy pol = {.k = opt->codecs[c], .v = opt->codecs[c], .index_encoding = opt->index_encoding};
+    size_t size = 0;
+    KW_FORWARD(kw_wire_section_bound(hdr, &pol, 1, &size));
+    *out = size;
     return 0;
 }
 
@@ -403,6 +410,82 @@ int kw_wire_alloc_check_cap(const kw_wire_header *hdr, const kw_wire_alloc_optio
                  "a cap of %llu bytes cannot carry this request: its %u blob(s) of %u layer(s) need at least %llu "
                  "bytes (headers, trailers and one token per layer)",
                  (unsigned long long)cap, n_blobs, (unsigned)hdr->n_sections, (unsigned long long)min_bytes);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Whole-layer baselines (kvcomm_like, qkvcomm_like)
+ */
+
+const char *kw_wire_budget_mode_name(enum kw_wire_budget_mode mode) {
+    switch (mode) {
+    case KW_WIRE_BUDGET_TOKENS:
+        return "tokens";
+    case KW_WIRE_BUDGET_KVCOMM_LIKE:
+        return "kvcomm_like";
+    case KW_WIRE_BUDGET_QKVCOMM_LIKE:
+        return "qkvcomm_like";
+    }
+    return NULL;
+}
+
+/* One layer's bound over every blob with codec c. */
+static int kw__plan_layer_bytes(const kw_wire_layer_plan_input *in, uint32_t c, uint64_t *out) {
+    const kw_wire_policy pol = {.k = in->codecs[c], .v = in->codecs[c], .index_encoding = in->index_encoding};
+    kw_wire_header hdr = *in->hdr; /* the layer counts do not change a section's size */
+    hdr.n_layers = hdr.n_sections = (uint16_t)in->n_layers;
+    *out = 0;
+    for (uint32_t b = 0; b < in->n_blobs; ++b) {
+        size_t size = 0;
+        KW_FORWARD(kw_wire_section_bound(&hdr, &pol, in->blob_rows[b], &size));
+        *out += size;
+    }
+    return 0;
+}
+
+int kw_wire_plan_layers(enum kw_wire_budget_mode mode, const kw_wire_layer_plan_input *in, uint8_t *choice,
+                        uint64_t *bytes, uint64_t *min_bytes) {
+    KW_RETURN_IF(in == NULL || choice == NULL || bytes == NULL || min_bytes == NULL || in->hdr == NULL ||
+                     in->n_layers < 1 || in->n_layers > KW_WIRE_MAX_LAYERS || in->n_blobs < 1 ||
+                     in->blob_rows == NULL || in->codecs == NULL,
+                 KW_E_INVALID_ARG, "plan: NULL argument or no layer");
+    const uint32_t want_codecs = mode == KW_WIRE_BUDGET_KVCOMM_LIKE ? 1 : 2;
+    KW_RETURN_IF(mode != KW_WIRE_BUDGET_KVCOMM_LIKE && mode != KW_WIRE_BUDGET_QKVCOMM_LIKE, KW_E_INVALID_ARG,
+                 "plan: budget mode %d is not a whole-layer one", (int)mode);
+    KW_RETURN_IF(in->n_codecs != want_codecs, KW_E_INVALID_ARG, "plan: %s takes %u codec(s), not %u",
+                 kw_wire_budget_mode_name(mode), want_codecs, in->n_codecs);
+    uint64_t low = 0, high = 0;
+    KW_FORWARD(kw__plan_layer_bytes(in, 0, &low));
+    if (want_codecs == 2) KW_FORWARD(kw__plan_layer_bytes(in, 1, &high));
+    const uint64_t fixed = (uint64_t)in->n_blobs * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES);
+    const uint32_t n = in->n_layers;
+    *min_bytes = fixed + low * (mode == KW_WIRE_BUDGET_KVCOMM_LIKE ? 1 : n);
+    KW_RETURN_IF(in->cap < *min_bytes, KW_E_INVALID_ARG,
+                 "a cap of %llu bytes cannot carry this request: with %s its blobs need at least %llu bytes (%s at "
+                 "%s)",
+                 (unsigned long long)in->cap, kw_wire_budget_mode_name(mode), (unsigned long long)*min_bytes,
+                 mode == KW_WIRE_BUDGET_KVCOMM_LIKE ? "one whole layer" : "every layer",
+                 kw_wire_codec_name(in->codecs[0].codec));
+    memset(choice, 0, n);
+    *bytes = fixed;
+    if (mode == KW_WIRE_BUDGET_KVCOMM_LIKE) {
+        /* middle-first: distance |2i - (n - 1)| from the middle of the list, ties to the lower i */
+        for (uint32_t dist = (n + 1) % 2, taken = 0; taken < n && *bytes + low <= in->cap; ++dist)
+            for (uint32_t i = 0; i < n && *bytes + low <= in->cap; ++i)
+                if ((uint32_t)abs((int)(2 * i) - (int)(n - 1)) == dist) {
+                    choice[i] = 1, *bytes += low, ++taken;
+                }
+        return 0;
+    }
+    *bytes += (uint64_t)n * low;
+    for (uint32_t i = n; i-- > 0;) { /* deepest first; every upgrade costs the same, so the first miss ends it */
+        if (high < low || *bytes + (high - low) > in->cap) {
+            choice[i] = 1;
+            continue;
+        }
+        choice[i] = 2;
+        *bytes += high - low;
+    }
     return 0;
 }
 
@@ -426,15 +509,31 @@ int kw_wire_alloc_run(kw_wire_alloc *a, const kw_wire_alloc_options *opt, const 
         bytes[1 + c] = kw__alloc_token_bytes(in->hdr, &opt->codecs[c]);
     a->res.groups = a->groups; /* the layout's policy points at them */
     memset(&a->size, 0, sizeof a->size);
+    memset(a->choice, 0, in->n_tokens);
+    uint32_t cheapest = 0; /* keep_all: every token starts there, so the start is one token group */
+    KW_FORWARD(kw_wire_alloc_cheapest(in->hdr, opt, &cheapest));
     uint32_t n_heap = 0;
     for (uint32_t t = 0; t < in->n_tokens; ++t) {
         double *dist = a->dist + (size_t)t * KW__ALLOC_OPTIONS;
         kw__alloc_measure(opt, in, t, dist);
-        kw__alloc_hull(dist, bytes, opt->n_codecs, a->hull + (size_t)t * KW__ALLOC_OPTIONS, &a->hull_n[t]);
+        uint8_t origin = 0;
+        if (in->keep_all) { /* the token starts kept, at its cheapest codec */
+            origin = (uint8_t)(1 + cheapest);
+            KW_RETURN_IF(dist[origin] < 0.0, KW_E_LIMIT,
+                         "alloc: token %u (position %u) must be kept but the cheapest codec %s does not represent it "
+                         "(or its weight is not finite)",
+                         t, in->positions[t], kw_wire_codec_name(opt->codecs[cheapest].codec));
+            int fits = 0;
+            KW_FORWARD(kw__alloc_try(a, opt, in, bytes, t, origin, &fits));
+            KW_RETURN_IF(!fits, KW_E_LIMIT,
+                         "alloc: the %u tokens to keep do not fit %llu bytes even at their cheapest codecs",
+                         in->n_tokens, (unsigned long long)in->budget);
+        }
+        kw__alloc_hull(dist, bytes, opt->n_codecs, origin, a->hull + (size_t)t * KW__ALLOC_OPTIONS, &a->hull_n[t]);
         a->step[t] = 0;
-        a->choice[t] = 0;
         if (a->hull_n[t] > 1) {
-            a->eff[t] = kw__alloc_step_eff(a, bytes, t, 0, a->hull[(size_t)t * KW__ALLOC_OPTIONS + 1]);
+            const uint8_t *hull = a->hull + (size_t)t * KW__ALLOC_OPTIONS;
+            a->eff[t] = kw__alloc_step_eff(a, bytes, t, hull[0], hull[1]);
             kw__alloc_push(a, &n_heap, t);
         }
     }

@@ -3,6 +3,8 @@
  *    loses nothing), the kept set is kw_select_positions' vnorm top-k for the k the budget buys, ties included;
  *  - the cap: over budgets from the smallest section to everything, the exact size is at most the budget, equals
  *    kw_wire_section_size and the bytes the encoder writes, and the blob decodes to the allocator's choice;
+ *  - keep_all (kv_direct's later layers): nothing dropped, int4 for all at the floor, upgrades within the budget;
+ *  - the whole-layer baselines' plans (kvcomm_like middle-first, qkvcomm_like deepest-first upgrades);
  *  - determinism (two runs, two encoder ISAs give the same choice and bytes), refused options and budgets, and the
  *    token-group limit of a section.
  */
@@ -12,6 +14,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -229,6 +232,110 @@ static void test_cap_sweep(void **state) {
     kw_wire_alloc_free(a);
 }
 
+/* keep_all (kv_direct's fixed positions): every token is kept at every budget from "all at int4" up, the size is
+ * exact and within the budget, the codecs only improve on int4 as the budget grows, and a budget below "all at
+ * int4" is KW_E_LIMIT. */
+static void test_keep_all(void **state) {
+    (void)state;
+    static fixture f;
+    fixture_make(&f, 0, 17);
+    const kw_wire_codec_spec codecs[3] = {spec("int8"), spec("int4"), spec("bf16")};
+    const kw_wire_alloc_options o = {.codecs = codecs, .n_codecs = 3};
+    int64_t rows[T];
+    for (int t = 0; t < T; ++t)
+        rows[t] = t;
+    const uint64_t floor = size_of(&f, rows, T, &codecs[1]);
+    kw_wire_alloc *a = NULL;
+    assert_int_equal(kw_wire_alloc_create(&a), 0);
+    kw_wire_alloc_input in = {
+        .hdr = &f.hdr, .n_tokens = T, .positions = f.positions, .k = f.k, .v = f.v, .weight = f.score, .keep_all = 1};
+    const kw_wire_alloc_result *r = NULL;
+    in.budget = floor - 1;
+    assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), KW_E_LIMIT);
+    double prev = INFINITY;
+    for (in.budget = floor; in.budget < floor * 5; in.budget += in.budget / 7 + 1) {
+        assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), 0);
+        assert_int_equal(r->n_kept, T);
+        assert_true(r->bytes <= in.budget);
+        kw_wire_policy pol;
+        kw_wire_alloc_policy(r, &o, 0, &pol);
+        size_t exact = 0;
+        assert_int_equal(kw_wire_section_size(&f.hdr, &pol, r->n_kept, r->positions, &exact), 0);
+        assert_int_equal(exact, r->bytes);
+        assert_true(r->distortion <= prev * (1 + 1e-12));
+        prev = r->distortion;
+        if (in.budget == floor) assert_int_equal(r->per_codec[1], T); /* exactly the floor: all int4 */
+    }
+    in.budget = 1u << 20;
+    assert_int_equal(kw_wire_alloc_run(a, &o, &in, &r), 0);
+    assert_int_equal(r->per_codec[2], T); /* everything affordable: all lossless */
+    kw_wire_alloc_free(a);
+}
+
+/* The whole-layer baselines' plans on a hand-checkable case: 5 candidate layers, 2 blobs. kvcomm_like takes whole
+ * layers middle-first (2, then 1 and 3, then 0 and 4); qkvcomm_like charges int4 for all and upgrades the deepest
+ * first; both refuse a cap below their minimum, naming it. */
+static void test_plan_layers(void **state) {
+    (void)state;
+    const kw_wire_header hdr = {.n_kv_heads = H, .head_dim = D, .n_positions = P, .src_dtype = KW_WIRE_DTYPE_F32};
+    const uint32_t rows[2] = {10, 3};
+    const kw_wire_codec_spec codecs[2] = {spec("int4"), spec("int8")};
+    uint64_t low = 0, high = 0;
+    for (int b = 0; b < 2; ++b) {
+        size_t s4 = 0, s8 = 0;
+        const kw_wire_policy p4 = {.k = codecs[0], .v = codecs[0]}, p8 = {.k = codecs[1], .v = codecs[1]};
+        kw_wire_header h = hdr;
+        h.n_layers = h.n_sections = 5;
+        assert_int_equal(kw_wire_section_bound(&h, &p4, rows[b], &s4), 0);
+        assert_int_equal(kw_wire_section_bound(&h, &p8, rows[b], &s8), 0);
+        low += s4, high += s8;
+    }
+    const uint64_t fixed = 2 * (KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES);
+    kw_wire_layer_plan_input in = {
+        .hdr = &hdr, .n_layers = 5, .blob_rows = rows, .n_blobs = 2, .codecs = &codecs[1], .n_codecs = 1};
+    uint8_t choice[5];
+    uint64_t bytes = 0, min_bytes = 0;
+    static const uint8_t kv3[5] = {0, 1, 1, 1, 0}, kv2[5] = {0, 1, 1, 0, 0}, kv5[5] = {1, 1, 1, 1, 1};
+    const struct {
+        uint64_t cap;
+        const uint8_t *want;
+    } kv[] = {{fixed + 3 * high, kv3}, {fixed + 3 * high - 1, kv2}, {fixed + 9 * high, kv5}};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; ++i) {
+        in.cap = kv[i].cap;
+        assert_int_equal(kw_wire_plan_layers(KW_WIRE_BUDGET_KVCOMM_LIKE, &in, choice, &bytes, &min_bytes), 0);
+        assert_memory_equal(choice, kv[i].want, 5);
+        assert_true(bytes <= in.cap);
+        assert_int_equal(min_bytes, fixed + high);
+    }
+    in.cap = fixed + high - 1;
+    assert_int_equal(kw_wire_plan_layers(KW_WIRE_BUDGET_KVCOMM_LIKE, &in, choice, &bytes, &min_bytes),
+                     KW_E_INVALID_ARG);
+    char want[64];
+    snprintf(want, sizeof want, "need at least %llu bytes", (unsigned long long)(fixed + high));
+    assert_non_null(strstr(kw_error_detail(), want));
+
+    in.codecs = codecs, in.n_codecs = 2;
+    static const uint8_t q0[5] = {1, 1, 1, 1, 1}, q2[5] = {1, 1, 1, 2, 2}, q5[5] = {2, 2, 2, 2, 2};
+    const struct {
+        uint64_t cap;
+        const uint8_t *want;
+    } q[] = {{fixed + 5 * low, q0}, {fixed + 5 * low + 3 * (high - low) - 1, q2}, {fixed + 5 * high, q5}};
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; ++i) {
+        in.cap = q[i].cap;
+        assert_int_equal(kw_wire_plan_layers(KW_WIRE_BUDGET_QKVCOMM_LIKE, &in, choice, &bytes, &min_bytes), 0);
+        assert_memory_equal(choice, q[i].want, 5);
+        assert_true(bytes <= in.cap);
+        assert_int_equal(min_bytes, fixed + 5 * low);
+    }
+    in.cap = fixed + 5 * low - 1;
+    assert_int_equal(kw_wire_plan_layers(KW_WIRE_BUDGET_QKVCOMM_LIKE, &in, choice, &bytes, &min_bytes),
+                     KW_E_INVALID_ARG);
+    in.n_codecs = 1; /* qkvcomm_like needs its two codecs */
+    in.cap = 1u << 20;
+    assert_int_equal(kw_wire_plan_layers(KW_WIRE_BUDGET_QKVCOMM_LIKE, &in, choice, &bytes, &min_bytes),
+                     KW_E_INVALID_ARG);
+}
+
 static void test_deterministic(void **state) {
     (void)state;
     static fixture f;
@@ -317,7 +424,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reduction_to_topk), cmocka_unit_test(test_cap_sweep),
         cmocka_unit_test(test_deterministic),     cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_group_limit),
+        cmocka_unit_test(test_group_limit),       cmocka_unit_test(test_keep_all),
+        cmocka_unit_test(test_plan_layers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

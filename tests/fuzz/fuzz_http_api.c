@@ -2,8 +2,8 @@
  * picks the endpoint (completions or chat completions), the rest is the body. Invariants: nothing makes it crash or
  * leak; a rejection is a 400 or 404 with a message and an OpenAI error type; an accepted request is inside every
  * limit of docs/HTTP_API.md (max_tokens, stop strings, logprobs, token ids below the vocabulary, forced tokens and
- * their scores, a codec the KVWire names know, a selection policy that checks, a byte cap only for c2c with 1..8
- * budget codecs and no schedule). */
+ * their scores, a codec the KVWire names know, a selection policy that checks, a byte cap only for c2c and kv_direct
+ * with 1..8 budget codecs and no schedule, budget_mode kvcomm_like with one codec in c2c, qkvcomm_like with two). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +67,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         FUZZ_CHECK(s.score_ids == NULL);
     }
-    if (s.budget_bytes) /* a byte cap: c2c, 1..8 codecs, no schedule */
-        FUZZ_CHECK(s.budget_bytes > 0 && s.mode == KW_RD_MODE_C2C && s.n_budget_codecs >= 1 &&
-                   s.n_budget_codecs <= KW_WIRE_ALLOC_MAX_CODECS && s.n_schedule == 0);
+    if (s.budget_bytes) /* a byte cap: c2c or kv_direct, 1..8 codecs, no schedule */
+        FUZZ_CHECK(s.budget_bytes > 0 && (s.mode == KW_RD_MODE_C2C || s.mode == KW_RD_MODE_KV_DIRECT) &&
+                   s.n_budget_codecs >= 1 && s.n_budget_codecs <= KW_WIRE_ALLOC_MAX_CODECS && s.n_schedule == 0);
     else
-        FUZZ_CHECK(s.n_budget_codecs == 0);
+        FUZZ_CHECK(s.n_budget_codecs == 0 && s.budget_mode == KW_WIRE_BUDGET_TOKENS);
+    if (s.budget_mode == KW_WIRE_BUDGET_KVCOMM_LIKE) /* whole layers: one codec, c2c only */
+        FUZZ_CHECK(s.n_budget_codecs == 1 && s.mode == KW_RD_MODE_C2C);
+    if (s.budget_mode == KW_WIRE_BUDGET_QKVCOMM_LIKE) FUZZ_CHECK(s.n_budget_codecs == 2);
     FUZZ_CHECK(!(s.echo && s.logprobs >= 0));
     FUZZ_CHECK(s.mode != KW_RD_MODE_TEXT_RELAY || chat);
     kw_rd_spec_free(&s);

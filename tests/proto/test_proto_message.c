@@ -248,7 +248,24 @@ static void test_share_request(void **state) {
     p.n_budget_codecs = 9;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.n_budget_codecs = 2;
-    p.budget_bytes = 0;
+    /* the whole-layer baselines: qkvcomm_like with 2 codecs, kvcomm_like with 1, nothing else */
+    p.budget_mode = KWCTL__BUDGET_MODE__BUDGET_MODE_QKVCOMM_LIKE;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->budget_mode, KWCTL__BUDGET_MODE__BUDGET_MODE_QKVCOMM_LIKE);
+    kw_proto_message_free(m);
+    p.budget_mode = KWCTL__BUDGET_MODE__BUDGET_MODE_KVCOMM_LIKE;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.n_budget_codecs = 1;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    kw_proto_message_free(m);
+    p.budget_mode = (Kwctl__BudgetMode)3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.budget_mode = KWCTL__BUDGET_MODE__BUDGET_MODE_QKVCOMM_LIKE;
+    p.n_budget_codecs = 0;
+    p.budget_bytes = 0; /* a mode without a cap */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.budget_mode = KWCTL__BUDGET_MODE__BUDGET_MODE_TOKENS;
+    p.n_budget_codecs = 2;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.n_budget_codecs = 0;
     r.policy = NULL;
