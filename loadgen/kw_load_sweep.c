@@ -8,6 +8,7 @@
 #include "loadgen/kw_load_io.h"
 #include "loadgen/kw_load_yaml.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,7 +77,17 @@ static void kw_load_name_value(kw_buf *b, const cJSON *v) {
     if (cJSON_IsString(v)) {
         kw_load_name_append(b, v->valuestring);
     } else if (cJSON_IsNumber(v)) {
-        snprintf(tmp, sizeof(tmp), "%g", v->valuedouble);
+        /* integers in full (a byte cap of 1800000 is not "1.8e+06"), others as %g without the exponent's '+',
+         * which the name would turn into '-' and so into another number */
+        const double x = v->valuedouble;
+        if (x == floor(x) && fabs(x) < 1e15)
+            snprintf(tmp, sizeof(tmp), "%.0f", x);
+        else
+            snprintf(tmp, sizeof(tmp), "%g", x);
+        char *w = tmp;
+        for (const char *r = tmp; *r; ++r)
+            if (*r != '+') *w++ = *r;
+        *w = '\0';
         kw_load_name_append(b, tmp);
     } else if (cJSON_IsBool(v)) {
         kw_load_name_append(b, cJSON_IsTrue(v) ? "true" : "false");

@@ -139,7 +139,11 @@ static const char kw_sweep[] = "run:\n"
                                "    kvwire: {mode: c2c, policy: {selection: knorm_topk}}\n"
                                "    axes:\n"
                                "      policy.codec: [int8, int4]\n"
-                               "      policy.proportion: [0.25, 1]\n";
+                               "      policy.proportion: [0.25, 1]\n"
+                               "  - name: cap\n"
+                               "    kvwire: {mode: c2c}\n"
+                               "    axes:\n"
+                               "      policy.budget_bytes: [1800000, 1e20, 2.5e-7]\n";
 
 static void test_expand(void **state) {
     (void)state;
@@ -149,14 +153,18 @@ static void test_expand(void **state) {
     kw_load_sweep_plan plan;
     const int rc = kw_load_sweep_expand(doc, "/tmp/sw", &ov, &plan);
     if (rc != 0) fail_msg("%s", kw_error_detail());
-    assert_int_equal(plan.n, 6);
+    assert_int_equal(plan.n, 9);
+    /* numbers in names: integers in full, no exponent '+' (which would read as '-') */
     const char *names[] = {"full",
                            "receiver-only",
                            "q_codec-int8_proportion-0.25",
                            "q_codec-int8_proportion-1",
                            "q_codec-int4_proportion-0.25",
-                           "q_codec-int4_proportion-1"};
-    for (size_t i = 0; i < 6; ++i)
+                           "q_codec-int4_proportion-1",
+                           "cap_budget_bytes-1800000",
+                           "cap_budget_bytes-1e20",
+                           "cap_budget_bytes-2.5e-07"};
+    for (size_t i = 0; i < 9; ++i)
         assert_string_equal(plan.points[i].name, names[i]);
     assert_string_equal(plan.reference, "full");
     const kw_load_config *ref = &plan.points[0].cfg;
