@@ -13,9 +13,9 @@
  *   regime.csv             the regime map: the byte-budget axis cut where the winning run changes, each segment
  *                          with the run and family that give the best metric within that budget
  *   index.html             one self-contained page (inline CSS and SVG, no external resources) with both plots,
- *                          the runs table and the two tables above; a short script stamps data-check="ok" on <body> once the plots have laid out
- *                          with a non-zero size and the table has one row per run (what the headless-browser test
- *                          reads)
+ *                          the runs table and the two tables above; a short script stamps data-check="ok" on <body>
+ *                          once the plots have laid out with a non-zero size and the table has one row per run (what
+ *                          the headless-browser test reads)
  *
  * Not here: computing summaries (kw_load_summary.h).
  */

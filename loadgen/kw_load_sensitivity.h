@@ -14,8 +14,9 @@
  * target, with the least predicted loss (the sum of the one-layer losses: an additive model, which the verification
  * point then checks). The choice is the greedy solution of that multiple-choice knapsack over each layer's lower
  * convex hull of (bytes, loss): the cheapest loss per byte saved first, ties to the lower layer, then the lower
- * codec index. The chosen schedule is run as a last point ("schedule-<target bytes>") and its measured bytes and losses are
- * reported beside the predicted ones; it is written as a ready `kvwire.policy` object (OUT/schedule.json).
+ * codec index. The chosen schedule is run as a last point ("schedule-<target bytes>") and its measured bytes and
+ * losses are reported beside the predicted ones; it is written as a ready `kvwire.policy` object
+ * (OUT/schedule.json).
  */
 #ifndef KW_LOAD_SENSITIVITY_H
 #define KW_LOAD_SENSITIVITY_H
