@@ -27,8 +27,8 @@
 #define KW_ST_MAX_HEADER  ((uint64_t)100 << 20) /* bytes of JSON header per file (HF's reader uses 100 MB too) */
 #define KW_ST_MAX_TENSORS ((size_t)1 << 20)     /* tensors per checkpoint, all shards together */
 #define KW_ST_MAX_SHARDS  4096
-#define KW_ST_MAX_INDEX   ((size_t)64 << 20) /* bytes of model.safetensors.index.json */
-#define KW_ST_MAX_DIM     ((int64_t)1 << 53) /* exact in a JSON double */
+#define KW_ST_MAX_INDEX   ((size_t)64 << 20)    /* bytes of model.safetensors.index.json */
+#define KW_ST_MAX_DIM     KW_JSON_MAX_EXACT_INT /* 2^53 - 1: read exactly from a JSON number */
 
 static const char kw_st_index_name[] = "model.safetensors.index.json";
 static const char kw_st_single_name[] = "model.safetensors";
@@ -277,7 +277,7 @@ static int kw_st_parse_entry(const cJSON *entry, const char *path, const char *n
     for (const cJSON *d = shape->child; d; d = d->next, ++k) {
         int64_t v = 0;
         KW_RETURN_IF(kw_json_to_i64(d, 0, KW_ST_MAX_DIM, &v) < 0, KW_E_MODEL_FORMAT,
-                     "%s: tensor \"%s\": shape[%d] is not an integer in [0, 2^53]", path, name, k);
+                     "%s: tensor \"%s\": shape[%d] is not an integer in [0, 2^53 - 1]", path, name, k);
         t->shape[k] = v;
         KW_RETURN_IF(kw_size_mul(nbytes, (size_t)v, &nbytes) < 0, KW_E_MODEL_FORMAT,
                      "%s: tensor \"%s\": shape overflows the address space", path, name);
@@ -290,7 +290,7 @@ static int kw_st_parse_entry(const cJSON *entry, const char *path, const char *n
     int64_t begin = 0, end = 0;
     KW_RETURN_IF(kw_json_to_i64(offsets->child, 0, KW_ST_MAX_DIM, &begin) < 0 ||
                      kw_json_to_i64(offsets->child->next, 0, KW_ST_MAX_DIM, &end) < 0,
-                 KW_E_MODEL_FORMAT, "%s: tensor \"%s\": data_offsets must be integers in [0, 2^53]", path, name);
+                 KW_E_MODEL_FORMAT, "%s: tensor \"%s\": data_offsets must be integers in [0, 2^53 - 1]", path, name);
     KW_RETURN_IF(end < begin, KW_E_MODEL_FORMAT, "%s: tensor \"%s\": data_offsets end %lld < start %lld", path, name,
                  (long long)end, (long long)begin);
     KW_RETURN_IF((uint64_t)end > (uint64_t)data_size, KW_E_MODEL_FORMAT,

@@ -232,7 +232,7 @@ static void test_entries(void **state) {
     EXPECT(KW_E_MODEL_FORMAT, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,4]}}",
            4, "overflows");
     EXPECT(KW_E_MODEL_FORMAT,
-           "{\"a\":{\"dtype\":\"F32\",\"shape\":[9007199254740992,9007199254740992],\"data_offsets\":[0,4]}}", 4,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[4503599627370496,4503599627370496],\"data_offsets\":[0,4]}}", 4,
            "overflows");
     EXPECT(KW_E_LIMIT, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
            "dimensions");
