@@ -127,6 +127,38 @@ static int kw_kvload_run(int argc, char **argv, int main_argc, char **main_argv)
 // ---------------------------------------------------------------------------------------------------------------
 // sweep
 
+/* The command's own options (1: taken, 0: not one of them, -1: a usage error, printed). */
+typedef int (*kw_kvload_extra_fn)(int argc, char **argv, int *i, void *user);
+
+/* Splits a sweep-like command line: the command's own options go to extra, every other "--key value" pair is a run
+ * option kept as text in *ov (applied after a file's options). ov's arrays are allocated here (argc entries) and
+ * owned by the caller (kw_kvload_overrides_free). @return 0, 2 after a usage error (printed), or kw_kvload_fail's
+ * status when out of memory. */
+static int kw_kvload_collect_overrides(const char *cmd, int argc, char **argv, kw_kvload_extra_fn extra, void *user,
+                                       kw_load_sweep_overrides *ov) {
+    const char **keys = calloc((size_t)argc, sizeof(*keys)), **values = calloc((size_t)argc, sizeof(*values));
+    *ov = (kw_load_sweep_overrides){.keys = keys, .values = values};
+    if (!keys || !values) return kw_kvload_fail(cmd, KW_E_NOMEM);
+    for (int i = 1; i < argc; ++i) {
+        const int taken = extra(argc, argv, &i, user);
+        if (taken < 0) return 2;
+        if (taken) continue;
+        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
+            fprintf(stderr, "kvload %s: unexpected argument \"%s\" (see --help)\n", cmd, argv[i]);
+            return 2;
+        }
+        keys[ov->n] = argv[i] + 2;
+        values[ov->n++] = argv[++i];
+    }
+    return 0;
+}
+
+static void kw_kvload_overrides_free(kw_load_sweep_overrides *ov) {
+    free((void *)ov->keys);
+    free((void *)ov->values);
+    *ov = (kw_load_sweep_overrides){0};
+}
+
 typedef struct kw_kvload_sweep_args {
     const char *file, *out;
     int max_points;
@@ -142,7 +174,13 @@ static int kw_kvload_sweep_extra(int argc, char **argv, int *i, void *user) {
         return 1;
     }
     if (strcmp(arg, "--max-points") == 0 && *i + 1 < argc) {
-        a->max_points = atoi(argv[++*i]);
+        char *end = NULL;
+        const long v = strtol(argv[++*i], &end, 10);
+        if (!end || *end || v < 0 || v > INT32_MAX) {
+            fprintf(stderr, "kvload sweep: --max-points wants an integer >= 0, got \"%s\"\n", argv[*i]);
+            return -1;
+        }
+        a->max_points = (int)v;
         return 1;
     }
     if (strcmp(arg, "--dry-run") == 0) {
@@ -167,29 +205,8 @@ static int kw_kvload_sweep(int argc, char **argv, int main_argc, char **main_arg
         return 0;
     }
     kw_kvload_sweep_args a = {0};
-    kw_load_config over;
-    kw_load_config_default(&over);
-    kw_load_sweep_overrides ov = {0};
-    int status = 0;
-    /* Overrides are collected as text pairs and applied after the file's options. */
-    const char **keys = calloc((size_t)argc, sizeof(*keys)), **values = calloc((size_t)argc, sizeof(*values));
-    if (!keys || !values) {
-        free(keys);
-        free(values);
-        return kw_kvload_fail("sweep", KW_E_NOMEM);
-    }
-    for (int i = 1; i < argc && status == 0; ++i) {
-        if (kw_kvload_sweep_extra(argc, argv, &i, &a)) continue;
-        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
-            fprintf(stderr, "kvload sweep: unexpected argument \"%s\" (see --help)\n", argv[i]);
-            status = 2;
-            break;
-        }
-        keys[ov.n] = argv[i] + 2;
-        values[ov.n++] = argv[++i];
-    }
-    ov.keys = keys;
-    ov.values = values;
+    kw_load_sweep_overrides ov;
+    int status = kw_kvload_collect_overrides("sweep", argc, argv, kw_kvload_sweep_extra, &a, &ov);
     if (status == 0 && (!a.file || !a.out)) {
         fprintf(stderr, "kvload sweep: a sweep file and --out DIR are required (see --help)\n");
         status = 2;
@@ -201,9 +218,7 @@ static int kw_kvload_sweep(int argc, char **argv, int main_argc, char **main_arg
         const int rc = kw_load_sweep_run(a.file, &so, &info, stdout);
         if (rc < 0) status = kw_kvload_fail("sweep", rc);
     }
-    free(keys);
-    free(values);
-    kw_load_config_free(&over);
+    kw_kvload_overrides_free(&ov);
     return status;
 }
 
@@ -211,7 +226,15 @@ static int kw_kvload_sweep(int argc, char **argv, int main_argc, char **main_arg
 // sensitivity
 
 /* Takes the sensitivity options (the rest are run options); 1 if taken, -1 after a usage error (printed). */
-static int kw_kvload_sens_extra(int argc, char **argv, int *i, kw_load_sensitivity_options *o, char **codecs_text) {
+typedef struct kw_kvload_sens_args {
+    kw_load_sensitivity_options o;
+    char *codecs_text; /* owned: the --codecs value, cut in place into o.codecs */
+} kw_kvload_sens_args;
+
+static int kw_kvload_sens_extra(int argc, char **argv, int *i, void *user) {
+    kw_kvload_sens_args *args = user;
+    kw_load_sensitivity_options *o = &args->o;
+    char **codecs_text = &args->codecs_text;
     const char *arg = argv[*i];
     static const char *const keys[] = {"--out",         "--mode",  "--codecs",       "--base-codec",
                                        "--granularity", "--scale", "--target-bytes", "--target-fraction",
@@ -298,37 +321,23 @@ static int kw_kvload_sensitivity(int argc, char **argv, int main_argc, char **ma
                "...).\n");
         return 0;
     }
-    kw_load_sensitivity_options o = {.mode = "kv_direct"};
-    char *codecs_text = NULL;
-    const char **keys = calloc((size_t)argc, sizeof(*keys)), **values = calloc((size_t)argc, sizeof(*values));
-    int status = (!keys || !values) ? kw_kvload_fail("sensitivity", KW_E_NOMEM) : 0;
-    kw_load_sweep_overrides ov = {.keys = keys, .values = values};
-    for (int i = 1; i < argc && status == 0; ++i) {
-        const int taken = kw_kvload_sens_extra(argc, argv, &i, &o, &codecs_text);
-        if (taken < 0) status = 2;
-        if (taken) continue;
-        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
-            fprintf(stderr, "kvload sensitivity: unexpected argument \"%s\" (see --help)\n", argv[i]);
-            status = 2;
-            break;
-        }
-        keys[ov.n] = argv[i] + 2;
-        values[ov.n++] = argv[++i];
-    }
-    if (status == 0 && (!o.out || o.n_codecs == 0 || (o.target_bytes == 0 && o.target_fraction == 0))) {
+    kw_kvload_sens_args args = {.o = {.mode = "kv_direct"}};
+    kw_load_sensitivity_options *o = &args.o;
+    kw_load_sweep_overrides ov;
+    int status = kw_kvload_collect_overrides("sensitivity", argc, argv, kw_kvload_sens_extra, &args, &ov);
+    if (status == 0 && (!o->out || o->n_codecs == 0 || (o->target_bytes == 0 && o->target_fraction == 0))) {
         fprintf(stderr, "kvload sensitivity: --out, --codecs and a target are required (see --help)\n");
         status = 2;
     }
     if (status == 0) {
         kw_kvload_watch_signals();
-        o.overrides = &ov;
+        o->overrides = &ov;
         kw_load_run_info info = {.version = KW_VERSION, .argc = main_argc, .argv = main_argv};
-        const int rc = kw_load_sensitivity_run(&o, &info, stdout);
+        const int rc = kw_load_sensitivity_run(o, &info, stdout);
         if (rc < 0) status = kw_kvload_fail("sensitivity", rc);
     }
-    free(codecs_text);
-    free(keys);
-    free(values);
+    free(args.codecs_text);
+    kw_kvload_overrides_free(&ov);
     return status;
 }
 
