@@ -1,7 +1,9 @@
-/* kw_wire_simd_x86.c: AVX2 and AVX-512 row kernels for the hot KVWire paths (absmax of bf16/f32 rows; int8 and int4
- * quantization from bf16/f32; int8 and int4 dequantization to f32/bf16). Everything else falls back to the scalar
- * kernels. The functions are compiled for their ISA with target attributes and chosen at run time
- * (kw_wire_isa_resolve), so the library runs on any x86-64 and is never built with -march=native.
+/* kw_wire_simd_x86.c: AVX2 and AVX-512 row kernels for KVWire (absmax of bf16/f32 rows; quantization of bf16/f16/f32
+ * rows to every quantizing codec; dequantization of every quantizing codec to f32/bf16). AVX-512 has its own int8 and
+ * int4 kernels and takes the AVX2 ones for int6, nf4 and fp8. Passthrough codecs, f16 absmax and row lengths that are
+ * not a multiple of the vector width fall back to the scalar kernels. The functions are compiled for their ISA with
+ * target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on any x86-64 and is never built
+ * with -march=native.
  *
  * They compute exactly what kw_wire_quant.h defines, bit for bit (tests/wire/test_wire_simd.c compares them over
  * random and edge-case rows): y = fl32(x * inv) with one rounding (no FMA), clamp to [-qmax, qmax], round half to even
@@ -48,44 +50,127 @@ KW_AVX2 static uint32_t kw__amax_avx2(const void *x, uint32_t dtype, uint32_t n)
     return kw__wire_amax_scalar(x, dtype, n);
 }
 
-/* 8 input values as f32. */
+/* 8 input values as f32 (bf16 and f16 widen exactly). */
 KW_AVX2 static inline __m256 kw__load8_avx2(const void *x, uint32_t dtype, uint32_t i) {
     if (dtype == KW_WIRE_DTYPE_F32) return _mm256_loadu_ps((const float *)x + i);
-    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + i)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
+    if (dtype == KW_WIRE_DTYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* y = clamp(fl32(v * inv), lo, hi) (min/max of an ordered value: the encoder has refused NaN and Inf already). */
+KW_AVX2 static inline __m256 kw__scaled8_avx2(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
+    return _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
 }
 
 /* 8 codes as int16 in element order: clamp(x * inv) rounded half to even. */
 KW_AVX2 static inline __m128i kw__codes8_avx2(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
-    const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
-    const __m256i q = _mm256_cvtps_epi32(y);
+    const __m256i q = _mm256_cvtps_epi32(kw__scaled8_avx2(v, inv, lo, hi));
     return _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+}
+
+/* Packs 8 int16 codes (element order) into 4 bytes of nibbles, element 2j in the low nibble. */
+KW_AVX2 static inline void kw__nibbles8_avx2(__m128i q16, uint8_t *dst) {
+    /* each 32-bit lane holds q[2j] (low half) and q[2j+1] (high half) */
+    const __m128i b = _mm_or_si128(_mm_and_si128(q16, _mm_set1_epi32(0x0f)),
+                                   _mm_and_si128(_mm_srli_epi32(q16, 12), _mm_set1_epi32(0xf0)));
+    const int32_t w = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packus_epi32(b, b), _mm_setzero_si128()));
+    memcpy(dst, &w, 4);
+}
+
+/* Packs 8 int16 codes into 6 bytes: four 6-bit fields per 3 bytes, a little-endian bit stream. */
+KW_AVX2 static inline void kw__sextets8_avx2(__m128i q16, uint8_t *dst) {
+    const __m128i c = _mm_and_si128(q16, _mm_set1_epi16(63));
+    /* 32-bit lanes: c[2j] + 64 c[2j+1] (12 bits); then per 64-bit lane the low lane | the high lane << 12 */
+    const __m128i p = _mm_madd_epi16(c, _mm_setr_epi16(1, 64, 1, 64, 1, 64, 1, 64));
+    const __m128i w = _mm_or_si128(_mm_and_si128(p, _mm_set_epi32(0, -1, 0, -1)), _mm_srli_epi64(p, 20));
+    const __m128i bytes = _mm_shuffle_epi8(w, _mm_setr_epi8(0, 1, 2, 8, 9, 10, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    const uint64_t v = (uint64_t)_mm_cvtsi128_si64(bytes);
+    memcpy(dst, &v, 6);
+}
+
+/* NF4 codes of 8 clamped values as int32: the midpoints below y, ties to the even code (kw_wire_nf4_code). At a tie
+ * y == mid[i] the codes are i and i + 1; the even one is i + 1 exactly when i is odd, so odd midpoints compare >=. */
+KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const __m256 *mids) {
+    __m256i c = _mm256_setzero_si256();
+    for (int i = 0; i < 15; i += 2)
+        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, mids[i], _CMP_GT_OQ)));
+    for (int i = 1; i < 15; i += 2)
+        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, mids[i], _CMP_GE_OQ)));
+    return c;
+}
+
+/* FP8 codes of 8 values already clamped to the format's range (kw__f32_to_minifloat: round half to even on the
+ * value, subnormals included), as int32 0..255. */
+KW_AVX2 static inline __m256i kw__fp8_codes8_avx2(__m256 y, int mbits, int bias, int max_code) {
+    const __m256i u = _mm256_castps_si256(y);
+    const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
+    const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+    const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
+    /* normal: integer round half to even of the significand, then rebias */
+    __m256i r = _mm256_add_epi32(a, _mm256_set1_epi32((1 << (22 - mbits)) - 1));
+    r = _mm256_add_epi32(r, _mm256_and_si256(_mm256_srl_epi32(a, shift), _mm256_set1_epi32(1)));
+    const __m256i normal = _mm256_sub_epi32(_mm256_srl_epi32(r, shift), _mm256_set1_epi32((127 - bias) << mbits));
+    /* subnormal: value / quantum is exact; cvtps2dq rounds half to even */
+    const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
+    const __m256i sub = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), quanta));
+    const __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32((128 - bias) << 23), a);
+    const __m256i code = _mm256_min_epu32(_mm256_blendv_epi8(normal, sub, is_sub), _mm256_set1_epi32(max_code));
+    return _mm256_or_si256(code, sign);
+}
+
+/* Stores 8 int32 values 0..255 as bytes. */
+KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
+    const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(c16, c16));
 }
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
-    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) ||
-        (dtype != KW_WIRE_DTYPE_BF16 && dtype != KW_WIRE_DTYPE_F32) || n % 8 != 0) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
+        kw_wire_codec_bits(codec) == 0) {
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
-    if (codec == KW_WIRE_CODEC_INT8) {
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8:
         for (uint32_t i = 0; i < n; i += 8) {
             const __m128i q16 = kw__codes8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi);
             _mm_storel_epi64((__m128i *)(dst + i), _mm_packs_epi16(q16, q16));
         }
-        return;
+        break;
+    case KW_WIRE_CODEC_INT4:
+        for (uint32_t i = 0; i < n; i += 8)
+            kw__nibbles8_avx2(kw__codes8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), dst + i / 2);
+        break;
+    case KW_WIRE_CODEC_INT6:
+        for (uint32_t i = 0; i < n; i += 8)
+            kw__sextets8_avx2(kw__codes8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), dst + i / 8 * 6);
+        break;
+    case KW_WIRE_CODEC_NF4: {
+        __m256 mids[15];
+        for (uint32_t k = 0; k < 15; ++k)
+            mids[k] = _mm256_set1_ps(kw_wire_nf4_mid(k));
+        for (uint32_t i = 0; i < n; i += 8) {
+            const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), mids);
+            kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
+        }
+        break;
     }
-    const __m128i m4 = _mm_set1_epi32(0x0f), m4h = _mm_set1_epi32(0xf0);
-    for (uint32_t i = 0; i < n; i += 8) {
-        /* each 32-bit lane holds q[2j] (low half) and q[2j+1] (high half) */
-        const __m128i q16 = kw__codes8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi);
-        const __m128i b = _mm_or_si128(_mm_and_si128(q16, m4), _mm_and_si128(_mm_srli_epi32(q16, 12), m4h));
-        const __m128i p = _mm_packus_epi16(_mm_packus_epi32(b, b), _mm_setzero_si128());
-        const int32_t w = _mm_cvtsi128_si32(p);
-        memcpy(dst + i / 2, &w, 4);
+    case KW_WIRE_CODEC_E4M3:
+    case KW_WIRE_CODEC_E5M2: {
+        const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
+        for (uint32_t i = 0; i < n; i += 8) {
+            const __m256 y = kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi);
+            kw__bytes8_avx2(e4m3 ? kw__fp8_codes8_avx2(y, 3, 7, 0x7e) : kw__fp8_codes8_avx2(y, 2, 15, 0x7b), dst + i);
+        }
+        break;
+    }
+    default:
+        kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
+        break;
     }
 }
 
@@ -102,13 +187,42 @@ KW_AVX2 static inline void kw__store8_avx2(void *out, uint32_t out_dtype, uint32
                      _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
 }
 
+/* 8 FP8 codes (int32 0..255) as f32, exactly kw_e4m3_to_f32 / kw_e5m2_to_f32 (NaN and Inf codes too); *bad gets
+ * all ones in the lanes of codes that are not finite. */
+KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *bad) {
+    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
+    const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi32(0x7f));
+    const __m256i e = _mm256_srl_epi32(mag, _mm_cvtsi32_si128(mbits));
+    const __m256i m = _mm256_and_si256(mag, _mm256_set1_epi32((1 << mbits) - 1));
+    const __m256i normal = _mm256_or_si256(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127 - bias)), 23),
+                                           _mm256_sll_epi32(m, _mm_cvtsi32_si128(23 - mbits)));
+    const __m256 quantum = _mm256_castsi256_ps(_mm256_set1_epi32((127 + 1 - bias - mbits) << 23));
+    const __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(m), quantum)); /* exact */
+    __m256i v = _mm256_blendv_epi8(normal, sub, _mm256_cmpeq_epi32(e, _mm256_setzero_si256()));
+    __m256i special, special_bits;
+    if (e4m3) { /* 0x7f: NaN */
+        special = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f));
+        special_bits = _mm256_set1_epi32(0x7fc00000);
+    } else { /* exponent 31: Inf (mantissa 0) or NaN */
+        special = _mm256_cmpeq_epi32(_mm256_and_si256(mag, _mm256_set1_epi32(0x7c)), _mm256_set1_epi32(0x7c));
+        special_bits = _mm256_blendv_epi8(_mm256_set1_epi32(0x7fc00000), _mm256_set1_epi32(0x7f800000),
+                                          _mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+    }
+    v = _mm256_blendv_epi8(v, special_bits, special);
+    *bad = _mm256_or_si256(*bad, special);
+    return _mm256_castsi256_ps(_mm256_or_si256(v, sign));
+}
+
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
-    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 16 != 0)
+    if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
     const __m256 vs = _mm256_set1_ps(s);
     __m128i bad = _mm_setzero_si128();
-    if (codec == KW_WIRE_CODEC_INT8) {
+    __m256i bad8 = _mm256_setzero_si256();
+    switch (codec) {
+    case KW_WIRE_CODEC_INT8: {
         const __m128i invalid = _mm_set1_epi8((char)0x80);
         for (uint32_t i = 0; i < n; i += 16) {
             const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
@@ -117,20 +231,76 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
             kw__store8_avx2(out, out_dtype, i + 8,
                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), vs));
         }
-    } else {
+        break;
+    }
+    case KW_WIRE_CODEC_INT4:
+    case KW_WIRE_CODEC_NF4: {
         const __m128i lo4 = _mm_set1_epi16(0x000f), hi4 = _mm_set1_epi16(0x00f0), eight = _mm_set1_epi8(8);
+        const __m256 table_lo =
+            _mm256_setr_ps(kw_wire_nf4_value(0), kw_wire_nf4_value(1), kw_wire_nf4_value(2), kw_wire_nf4_value(3),
+                           kw_wire_nf4_value(4), kw_wire_nf4_value(5), kw_wire_nf4_value(6), kw_wire_nf4_value(7));
+        const __m256 table_hi =
+            _mm256_setr_ps(kw_wire_nf4_value(8), kw_wire_nf4_value(9), kw_wire_nf4_value(10), kw_wire_nf4_value(11),
+                           kw_wire_nf4_value(12), kw_wire_nf4_value(13), kw_wire_nf4_value(14), kw_wire_nf4_value(15));
         for (uint32_t i = 0; i < n; i += 16) {
             /* 8 bytes -> 16 nibbles in element order, one per byte */
             const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(src + i / 2)));
             const __m128i nib = _mm_or_si128(_mm_and_si128(w, lo4), _mm_slli_epi16(_mm_and_si128(w, hi4), 4));
-            bad = _mm_or_si128(bad, _mm_cmpeq_epi8(nib, eight));
-            const __m128i q = _mm_sub_epi8(_mm_xor_si128(nib, eight), eight); /* sign-extend the nibble */
-            kw__store8_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), vs));
-            kw__store8_avx2(out, out_dtype, i + 8,
-                            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), vs));
+            for (uint32_t half = 0; half < 2; ++half) {
+                const __m128i part = half ? _mm_srli_si128(nib, 8) : nib;
+                __m256 v;
+                if (codec == KW_WIRE_CODEC_NF4) { /* a 16-entry table: two 8-entry permutes, bit 3 picks */
+                    const __m256i idx = _mm256_cvtepu8_epi32(part);
+                    v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(table_lo, idx),
+                                         _mm256_permutevar8x32_ps(table_hi, idx),
+                                         _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+                } else {
+                    const __m128i q = _mm_sub_epi8(_mm_xor_si128(part, eight), eight); /* sign-extend the nibble */
+                    v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                }
+                kw__store8_avx2(out, out_dtype, i + 8 * half, _mm256_mul_ps(v, vs));
+            }
+            if (codec == KW_WIRE_CODEC_INT4) bad = _mm_or_si128(bad, _mm_cmpeq_epi8(nib, eight));
         }
+        break;
     }
-    return _mm_movemask_epi8(bad) ? KW_E_WIRE_VALUE : 0;
+    case KW_WIRE_CODEC_INT6: {
+        /* 12 bytes -> 16 codes: lane k of each 128-bit half holds the 3-byte word of its four codes, shifted by 6k */
+        const __m256i spread_lo = _mm256_setr_epi8(0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 3, 4, 5, -1, 3,
+                                                   4, 5, -1, 3, 4, 5, -1, 3, 4, 5, -1);
+        const __m256i spread_hi = _mm256_add_epi8(spread_lo, _mm256_set1_epi32(0x00060606)); /* bytes 6..11 */
+        const __m256i shifts = _mm256_setr_epi32(0, 6, 12, 18, 0, 6, 12, 18);
+        const __m256i m6 = _mm256_set1_epi32(63), k32 = _mm256_set1_epi32(32);
+        for (uint32_t i = 0; i < n; i += 16) {
+            __m128i w12; /* 16 bytes are read while at least 8 more codes follow in the row, else exactly 12 */
+            if (i + 16 < n) {
+                w12 = _mm_loadu_si128((const __m128i *)(src + i / 8 * 6));
+            } else {
+                uint8_t tail[16] = {0};
+                memcpy(tail, src + i / 8 * 6, 12);
+                w12 = _mm_loadu_si128((const __m128i *)tail);
+            }
+            const __m256i b = _mm256_broadcastsi128_si256(w12);
+            for (uint32_t half = 0; half < 2; ++half) {
+                const __m256i lanes = _mm256_shuffle_epi8(b, half ? spread_hi : spread_lo);
+                const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(lanes, shifts), m6);
+                bad8 = _mm256_or_si256(bad8, _mm256_cmpeq_epi32(c, k32));
+                const __m256i q = _mm256_sub_epi32(_mm256_xor_si256(c, k32), k32);
+                kw__store8_avx2(out, out_dtype, i + 8 * half, _mm256_mul_ps(_mm256_cvtepi32_ps(q), vs));
+            }
+        }
+        break;
+    }
+    default: { /* E4M3, E5M2 */
+        const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
+        for (uint32_t i = 0; i < n; i += 8) {
+            const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + i)));
+            kw__store8_avx2(out, out_dtype, i, _mm256_mul_ps(kw__fp8_values8_avx2(c, e4m3, &bad8), vs));
+        }
+        break;
+    }
+    }
+    return _mm_movemask_epi8(bad) || _mm256_movemask_epi8(bad8) ? KW_E_WIRE_VALUE : 0;
 }
 
 static const kw__wire_kernels kw__avx2_kernels = {
