@@ -6,7 +6,9 @@
 # binary, and the config it names is installed and loads. A unit with an unknown key must fail the same check (the
 # check itself is tested). The install also makes the tiny models in share/kvwire/models (under DESTDIR when set),
 # and the installed sharerd and receiverd serve a chat completion from the installed configs and models alone
-# (ephemeral loopback ports). Skipped (77) when systemd-analyze is not installed.
+# (ephemeral loopback ports). The SLURM job kit is installed too: the one-node job script, run as a plain script (no
+# SLURM) with KW_SRC the installed share/kvwire and KW_BIN the installed bin/, makes its tiny models, serves, sweeps
+# two points and writes its report without a checkout. Skipped (77) when systemd-analyze is not installed.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 . "$(dirname "$0")/daemon_lib.sh"
 if ! command -v systemd-analyze >/dev/null; then
@@ -90,6 +92,37 @@ jq -e '.kvwire.mode == "c2c" and .kvwire.bytes.blob > 0' reply.json >/dev/null |
 stop $receiver_pid
 stop $sharer_pid
 pids=()
+# the SLURM job kit: the one-node script outside SLURM, from the install alone (no checkout in reach)
+kit=$prefix/share/kvwire
+for f in deploy/slurm/kw-pair.sh deploy/slurm/pair-one-gpu.sbatch deploy/slurm/pair-two-nodes.sbatch \
+    deploy/config/sharerd.tiny.yaml models/tokenizers/qwen3/tokenizer.json loadgen/sweeps/demo.yaml \
+    loadgen/samples/openbookqa.jsonl; do
+    [ -s "$kit/$f" ] || fail "cmake --install did not install the job kit's $f"
+done
+[ -x "$kit/deploy/slurm/pair-one-gpu.sbatch" ] || fail "the installed job scripts are not executable"
+cat >kit-sweep.yaml <<'YAML'
+description: the install test's sweep, two points on two items
+run:
+  dataset_name: openbookqa
+  dataset_path: loadgen/samples/openbookqa.jsonl
+  max_tokens: 2
+  max_concurrency: 1
+  num_warmups: 0
+  limit: 2
+reference: c2c-bf16
+points:
+  - name: c2c-bf16
+    kvwire: {mode: c2c, policy: {codec: bf16}}
+  - name: receiver-only
+    kvwire: {mode: receiver_only}
+YAML
+mkdir -p kit-run
+(cd kit-run && env -u KW_BUILD KW_SRC="$kit" KW_BIN="$prefix/bin" KW_OUT="$tmp/kit-out" SLURM_CPUS_PER_TASK=1 \
+    bash "$kit/deploy/slurm/pair-one-gpu.sbatch" --cpu "$tmp/kit-sweep.yaml") >kit.log 2>&1 ||
+    { cat kit.log kit-out/*.log 2>/dev/null | tail -40; fail "the installed one-node job script failed"; }
+[ "$(cat kit-out/status)" = done ] && [ -s kit-out/report/report.csv ] && [ -s kit-out/report/index.html ] ||
+    { cat kit.log; fail "the installed job script did not finish with a report"; }
+echo "job kit: $(tail -1 kit.log)"
 # DESTDIR: everything under it, the models too
 DESTDIR=$tmp/dest cmake --install "$build" --prefix /opt/kvwire-test >install-destdir.log ||
     { cat install-destdir.log; fail "cmake --install with DESTDIR failed"; }
