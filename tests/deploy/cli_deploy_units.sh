@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # cli_deploy_units.sh: the systemd units of deploy/systemd pass `systemd-analyze verify` (syntax, known keys, an
 # executable ExecStart) without a word of complaint, and `systemd-analyze security --offline` rates their hardening
-# at most 3.0 ("OK"). The units name the prefix /usr/local, so the build is installed (`cmake --install`) into a
-# temporary prefix and the installed units are checked with /usr/local replaced by it: ExecStart is the installed
-# binary, and the config it names is installed and loads. A unit with an unknown key must fail the same check (the
+# at most 3.0 ("OK"). The build is installed (`cmake --install`) into a temporary prefix, which the install writes into
+# the units and drop-ins in place of deploy/'s /usr/local: ExecStart is the installed binary, and the config it names
+# is installed and loads. A unit with an unknown key must fail the same check (the
 # check itself is tested). The install also makes the tiny models in share/kvwire/models (under DESTDIR when set),
 # and the installed sharerd and receiverd serve a chat completion from the installed configs and models alone
 # (ephemeral loopback ports). The SLURM job kit is installed too: the one-node job script, run as a plain script (no
@@ -25,9 +25,11 @@ cmake --install "$build" --prefix "$prefix" >install.log || { cat install.log; f
 for unit in sharerd receiverd; do
     installed=$prefix/lib/systemd/system/$unit.service
     [ -f "$installed" ] || fail "cmake --install did not install $unit.service"
-    cmp -s "$installed" "$src/deploy/systemd/$unit.service" || fail "the installed $unit.service differs from deploy/"
+    sed "s#/usr/local/#$prefix/#g" "$src/deploy/systemd/$unit.service" >expected.service
+    cmp -s "$installed" expected.service ||
+        fail "the installed $unit.service is not deploy/'s with the prefix $prefix written in"
     mkdir -p "$unit"
-    sed "s#/usr/local/#$prefix/#g" "$installed" >"$unit/$unit.service"
+    cp "$installed" "$unit/$unit.service"
     exec_start=$(sed -n 's/^ExecStart=//p' "$unit/$unit.service")
     set -- $exec_start
     [ "$1" = "$prefix/bin/$unit" ] && [ -x "$1" ] || fail "$unit.service: ExecStart $1 is not the installed $unit"
@@ -50,7 +52,8 @@ for unit in sharerd receiverd; do
     dropin=$prefix/share/kvwire/systemd/$unit.service.d/tls.conf
     [ -f "$dropin" ] || fail "cmake --install did not install the example $unit.service.d/tls.conf"
     mkdir -p "$unit/$unit.service.d"
-    sed "s#/usr/local/#$prefix/#g" "$dropin" >"$unit/$unit.service.d/tls.conf"
+    ! grep -q /usr/local/ "$dropin" || fail "the installed $unit tls.conf still names /usr/local"
+    cp "$dropin" "$unit/$unit.service.d/tls.conf"
     verify "$unit/$unit.service" ||
         { cat verify.log; fail "systemd-analyze verify rejects $unit.service with tls.conf"; }
     grep -q "^LoadCredential=.*key:$prefix/etc/kvwire/tls/" "$unit/$unit.service.d/tls.conf" ||
@@ -128,4 +131,6 @@ DESTDIR=$tmp/dest cmake --install "$build" --prefix /opt/kvwire-test >install-de
     { cat install-destdir.log; fail "cmake --install with DESTDIR failed"; }
 [ -s dest/opt/kvwire-test/share/kvwire/models/tiny-fuser/config.json ] && [ ! -e /opt/kvwire-test ] ||
     fail "cmake --install did not make the models under DESTDIR"
+grep -q '^ExecStart=/opt/kvwire-test/bin/sharerd ' dest/opt/kvwire-test/lib/systemd/system/sharerd.service ||
+    fail "under DESTDIR the unit must name the prefix, not the staging folder"
 echo "units: ok (models: $(ls "$models" | tr '\n' ' '))"
