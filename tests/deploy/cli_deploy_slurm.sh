@@ -13,22 +13,7 @@ for b in sharer/sharerd receiver/receiverd tools/kvwire loadgen/kvload; do
     [ -x "$build/$b" ] || fail "$build/$b is not built"
 done
 mkdir -p jobs
-cat >sweep.yaml <<'YAML'
-description: the SLURM test's sweep, two points on four items
-run:
-  dataset_name: openbookqa
-  dataset_path: loadgen/samples/openbookqa.jsonl
-  max_tokens: 4
-  max_concurrency: 2
-  num_warmups: 0
-  limit: 4
-reference: c2c-bf16
-points:
-  - name: c2c-bf16
-    kvwire: {mode: c2c, policy: {codec: bf16}}
-  - name: receiver-only
-    kvwire: {mode: receiver_only}
-YAML
+cp "$src/tests/deploy/pair_sweep.yaml" sweep.yaml
 
 # submit SBATCH_OPTIONS... -- SCRIPT ARGS...: the job id (sbatch --parsable), submitted with 3 GiB; with --wait,
 # whatever the job's exit status (expect_* check how it ended)

@@ -103,25 +103,9 @@ for f in deploy/slurm/kw-pair.sh deploy/slurm/pair-one-gpu.sbatch deploy/slurm/p
     [ -s "$kit/$f" ] || fail "cmake --install did not install the job kit's $f"
 done
 [ -x "$kit/deploy/slurm/pair-one-gpu.sbatch" ] || fail "the installed job scripts are not executable"
-cat >kit-sweep.yaml <<'YAML'
-description: the install test's sweep, two points on two items
-run:
-  dataset_name: openbookqa
-  dataset_path: loadgen/samples/openbookqa.jsonl
-  max_tokens: 2
-  max_concurrency: 1
-  num_warmups: 0
-  limit: 2
-reference: c2c-bf16
-points:
-  - name: c2c-bf16
-    kvwire: {mode: c2c, policy: {codec: bf16}}
-  - name: receiver-only
-    kvwire: {mode: receiver_only}
-YAML
 mkdir -p kit-run
 (cd kit-run && env -u KW_BUILD KW_SRC="$kit" KW_BIN="$prefix/bin" KW_OUT="$tmp/kit-out" SLURM_CPUS_PER_TASK=1 \
-    bash "$kit/deploy/slurm/pair-one-gpu.sbatch" --cpu "$tmp/kit-sweep.yaml") >kit.log 2>&1 ||
+    bash "$kit/deploy/slurm/pair-one-gpu.sbatch" --cpu "$src/tests/deploy/pair_sweep.yaml") >kit.log 2>&1 ||
     { cat kit.log kit-out/*.log 2>/dev/null | tail -40; fail "the installed one-node job script failed"; }
 [ "$(cat kit-out/status)" = done ] && [ -s kit-out/report/report.csv ] && [ -s kit-out/report/index.html ] ||
     { cat kit.log; fail "the installed job script did not finish with a report"; }
