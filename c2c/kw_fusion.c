@@ -256,6 +256,7 @@ struct kw_fusion_session {
     kw_fusion_staged *staged[KW_FUSION_MAX_SHARERS]; /* per sharer layer, for the current section */
     uint8_t *fused;                                  /* (sharer, receiver layer) fused in the current section */
     uint8_t *covered;                                /* per position of the current section: got rows */
+    uint8_t *counted;                                /* per prompt position: in tokens_fused (a reopened section) */
     uint8_t *pair_fused, *pair_skipped;              /* (sharer, receiver layer), over the whole request */
     kw_tensor base_k, base_v, out_k, out_v, neg_k, neg_v, acc_k, acc_v; /* (section length, H, D) scratch */
     kw_fusion_stats stats;
@@ -286,6 +287,7 @@ void kw_fusion_session_free(kw_fusion_session *s) {
     free(s->fused);
     free(s->pair_fused);
     free(s->pair_skipped);
+    free(s->counted);
     free(s);
 }
 
@@ -343,7 +345,8 @@ int kw_fusion_begin(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t
     s->fused = calloc(pairs, 1);
     s->pair_fused = calloc(pairs, 1);
     s->pair_skipped = calloc(pairs, 1);
-    if (!s->sections || !s->fused || !s->pair_fused || !s->pair_skipped) {
+    s->counted = calloc((size_t)n, 1);
+    if (!s->sections || !s->fused || !s->pair_fused || !s->pair_skipped || !s->counted) {
         kw_fusion_session_free(s);
         KW_FAIL(KW_E_NOMEM, "kw_fusion_begin: out of memory");
     }
@@ -631,8 +634,11 @@ int kw_fusion_end_section(kw_fusion_session *s, int32_t section) {
                     s->pair_skipped[pair] = 1;
             }
         }
-        for (int64_t p = 0; p < s->cur_len; ++p)
-            s->stats.tokens_fused += s->covered[p];
+        for (int64_t p = 0; p < s->cur_len; ++p) {
+            const int first = s->covered[p] && !s->counted[s->cur_start + p];
+            s->stats.tokens_fused += first;
+            s->counted[s->cur_start + p] |= (uint8_t)first;
+        }
     }
 out:
     kw_fusion_drop_staged(s);
