@@ -140,6 +140,44 @@ static void test_c2c(void **state) {
     assert_true(differs > 0);
 }
 
+/* `kvwire c2c --refine-threshold` runs the same two rounds in process: the same tokens, both rounds' blob bytes and
+ * round two's alone, the same tokens sent. */
+static void same_as_cli(const char *mode, const char *selection) {
+    kwd_response r;
+    request(mode, selection, 0.1, "{\"threshold\":1000000,\"proportion\":0.6}", &r);
+    const char *m = kwd_models_dir();
+    const bool kv_direct = strcmp(mode, "kv_direct") == 0;
+    char args[2048];
+    snprintf(args, sizeof args,
+             "c2c --receiver %s/tiny-qwen3 %s%s%s%s%s --prompt '" PROMPT
+             "' --max-new-tokens 4 --select %s --select-proportion 0.1 --seed 7 --wire bf16 --refine-threshold 1000000 "
+             "--refine-proportion 0.6",
+             m, kv_direct ? "--mode kv_direct" : "--sharer ", kv_direct ? "" : m,
+             kv_direct ? "" : "/tiny-qwen2 --fuser ", kv_direct ? "" : m, kv_direct ? "" : "/tiny-fuser", selection);
+    char *out = kwd_kvwire(args);
+    int32_t want[16], got[16];
+    const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
+    assert_int_equal(kwd_json_ids(kwd_json_get(r.json, "kvwire.completion_ids"), got, 16), n_want);
+    assert_memory_equal(want, got, (size_t)n_want * sizeof *want);
+    assert_true((double)kwd_parse_int(out, "wire_bytes") == kwd_json_num(r.json, "kvwire.bytes.blob"));
+    assert_true((double)kwd_parse_int(out, "tokens_sent") == kwd_json_num(r.json, "kvwire.selection.tokens_sent"));
+    char line[128];
+    snprintf(line, sizeof line, "refine_round_two: wire_bytes %.0f tokens_sent %.0f rows %.0f ",
+             kwd_json_num(r.json, "kvwire.refine.round_two.blob"),
+             kwd_json_num(r.json, "kvwire.refine.round_two.tokens_sent"),
+             kwd_json_num(r.json, "kvwire.refine.round_two.rows"));
+    if (!strstr(out, line)) fail_msg("kvwire c2c's round two differs from the daemons' (%s):\n%s", line, out);
+    assert_non_null(strstr(out, "triggered 1 applied 1\n"));
+    free(out);
+    kwd_response_free(&r);
+}
+
+static void test_same_as_cli(void **state) {
+    (void)state;
+    same_as_cli("c2c", "vnorm_topk");
+    same_as_cli("kv_direct", "random");
+}
+
 /* A threshold that never triggers (margin < 0): round one's answer, no second ShareRequest. */
 static void test_never_triggers(void **state) {
     (void)state;
@@ -203,7 +241,7 @@ static void test_refusals(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_direct), cmocka_unit_test(test_c2c),      cmocka_unit_test(test_never_triggers),
-        cmocka_unit_test(test_entropy),   cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_entropy),   cmocka_unit_test(test_refusals), cmocka_unit_test(test_same_as_cli),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
