@@ -13,7 +13,7 @@
  *
  * Each mode is a ranking of the positions whose first k entries are its selection: front 0, 1, ...; back T - 1,
  * T - 2, ...; random the order of the seeded shuffle; the norm modes the score order (ties to the lower position);
- * full is front. A policy with skip > 0 (round two of a refinement, docs/PROTOCOL.md §6.4) selects the ranks
+ * full is front. A policy with skip > 0 (round two of a refinement, docs/PROTOCOL.md §5.1) selects the ranks
  * [skip, k) only: the tokens a policy of a larger proportion adds to one whose count was skip, so that the two
  * rounds together are exactly the larger policy's selection.
  * Pure: no I/O, no allocation but the caller's buffers.

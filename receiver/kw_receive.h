@@ -86,7 +86,7 @@ int kw_receive_end_section(kw_receive *r, int32_t section);
 int kw_receive_generate(kw_receive *r, kw_fusion_result *out);
 
 /* ------------------------------------------------------------------------------------------------------------
- * Two-round refinement (docs/PROTOCOL.md §6.4): after round one, the receiver measures its uncertainty on the first
+ * Two-round refinement (docs/PROTOCOL.md §5.1): after round one, the receiver measures its uncertainty on the first
  * answer token and may ask the sharer for the tokens a larger proportion adds (SharePolicy.skip_ranked), applies
  * them on top of round one and generates. Needs exactly one sent section, the one right before the last: the rows
  * of nothing else depend on it, so both rounds together give the cache one round at the larger proportion would.

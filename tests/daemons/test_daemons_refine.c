@@ -1,4 +1,4 @@
-/* test_daemons_refine.c: two-round refinement through the daemons (HTTP_API.md §5.1 kvwire.refine, PROTOCOL.md §6.4
+/* test_daemons_refine.c: two-round refinement through the daemons (HTTP_API.md §5.1 kvwire.refine, PROTOCOL.md §5.1
  * SharePolicy.skip_ranked). Round one is deliberately small (proportion 0.1) and the threshold so high that any
  * margin asks for round two: the record shows round two requested and applied, both rounds' bytes with the
  * top-level bytes their sum, and the answer (tokens and log-probabilities, bit for bit) equal to one request at the
