@@ -412,6 +412,7 @@ static int kw_c2c_refine(kw_c2c_link *link, kw_receive *r, kw_model *sm, kw_fusi
     kw_c2c_totals t2;
     memset(&t2, 0, sizeof t2);
     KW_FORWARD(kw_c2c_share(link, sm, f, 0, ids, &two, &t2));
+    t2.share.tokens_total = 0; /* the same sections as round one's: counted once */
     kw_c2c_add_share(&tot->share, &t2.share);
     if (plan->wire) kw_c2c_add_wire(&tot->wire, &t2.wire);
     out->wire_bytes = t2.wire.blob_bytes;
