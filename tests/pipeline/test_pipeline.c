@@ -515,6 +515,27 @@ static void test_two_rounds(void **state) {
     }
 }
 
+/* The refine metrics on hand-made logits, and when each asks for round two. */
+static void test_refine_metric(void **state) {
+    (void)state;
+    const float two[2] = {0.5f, 0.5f}, three[3] = {3.0f, 1.0f, 1.0f}, peaked[4] = {100.0f, -100.0f, -100.0f, -100.0f};
+    assert_true(kw_refine_measure(KW_REFINE_MARGIN, two, 2) == 0.0);
+    assert_true(fabs(kw_refine_measure(KW_REFINE_ENTROPY, two, 2) - log(2.0)) < 1e-12);
+    assert_true(kw_refine_measure(KW_REFINE_MARGIN, three, 3) == 2.0);
+    const double z = exp(3.0) + 2.0 * exp(1.0), h = log(z) - (3.0 * exp(3.0) + 2.0 * exp(1.0)) / z;
+    assert_true(fabs(kw_refine_measure(KW_REFINE_ENTROPY, three, 3) - h) < 1e-12);
+    assert_true(kw_refine_measure(KW_REFINE_ENTROPY, peaked, 4) >= 0 &&
+                kw_refine_measure(KW_REFINE_ENTROPY, peaked, 4) < 1e-80);
+    assert_true(kw_refine_wanted(KW_REFINE_MARGIN, 1.0, 1.5) && !kw_refine_wanted(KW_REFINE_MARGIN, 1.5, 1.5));
+    assert_true(kw_refine_wanted(KW_REFINE_ENTROPY, 1.6, 1.5) && !kw_refine_wanted(KW_REFINE_ENTROPY, 1.5, 1.5));
+    assert_true(!kw_refine_wanted(KW_REFINE_MARGIN, 0.0, 0.0)); /* threshold 0 never triggers a margin */
+    enum kw_refine_metric m;
+    assert_int_equal(kw_refine_metric_parse("entropy", &m), 0);
+    assert_int_equal(m, KW_REFINE_ENTROPY);
+    assert_string_equal(kw_refine_metric_name(KW_REFINE_MARGIN), "margin");
+    assert_int_equal(kw_refine_metric_parse("ratio", &m), KW_E_INVALID_ARG);
+}
+
 /* Bad bytes are refused with their own status. */
 static void test_refusals(void **state) {
     (void)state;
@@ -572,6 +593,7 @@ int main(void) {
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_two_rounds),
+        cmocka_unit_test(test_refine_metric),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
