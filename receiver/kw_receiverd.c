@@ -190,6 +190,12 @@ static void kw__rd_metrics(kw_receiverd *d, kw_http_request *req) {
                   "# HELP kvwire_generated_tokens_total Tokens generated.\n"
                   "# TYPE kvwire_generated_tokens_total counter\nkvwire_generated_tokens_total %llu\n",
                   (unsigned long long)d->generated_tokens);
+    kw__rd_printf(&t,
+                  "# HELP kvwire_refine_total Requests with kvwire.refine that ended well, by what round one's metric "
+                  "led to.\n# TYPE kvwire_refine_total counter\n"
+                  "kvwire_refine_total{outcome=\"not_triggered\"} %llu\nkvwire_refine_total{outcome=\"applied\"} %llu\n"
+                  "kvwire_refine_total{outcome=\"skipped\"} %llu\n",
+                  (unsigned long long)d->refine[0], (unsigned long long)d->refine[1], (unsigned long long)d->refine[2]);
     if (t.failed)
         kw_http_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
     else
@@ -666,6 +672,7 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
     d->bytes_socket_out += j->share.socket_out;
     d->bytes_text += j->share.text_len;
     d->generated_tokens += (uint64_t)j->n_ids;
+    if (j->status == 0 && j->refine_measured) ++d->refine[j->refine_round2 ? 1 : j->refine_skipped ? 2 : 0];
     if (j->status == 0) {
         kw__rd_hist_add(&d->request_hist[j->spec.mode], total_ms * 1e-3);
         const Kwctl__ShareEnd *e = j->share.end;

@@ -318,6 +318,7 @@ struct kw_receiverd {
     bool shutting_down;
     uint64_t requests[4][KW_RD_OUTCOMES]; /* by mode */
     uint64_t bytes_blob, bytes_socket_in, bytes_socket_out, bytes_text, generated_tokens;
+    uint64_t refine[3]; /* refined requests that ended well: round two not triggered, applied, skipped */
     kw_rd_hist request_hist[4];
     kw_rd_hist stage_hist[KW_RD_STAGES];
 };

@@ -238,10 +238,29 @@ static void test_refusals(void **state) {
     }
 }
 
+/* /metrics counts what refinement led to (after the tests above: some of each but skipped). */
+static void test_metrics(void **state) {
+    (void)state;
+    kwd_response r;
+    kwd_http(receiver.port, "/metrics", NULL, &r);
+    assert_int_equal(r.status, 200);
+    long long applied = -1, not_triggered = -1, skipped = -1;
+    const char *a = strstr(r.body, "kvwire_refine_total{outcome=\"applied\"} ");
+    const char *n = strstr(r.body, "kvwire_refine_total{outcome=\"not_triggered\"} ");
+    const char *k = strstr(r.body, "kvwire_refine_total{outcome=\"skipped\"} ");
+    assert_true(a && n && k);
+    sscanf(strchr(a, ' ') + 1, "%lld", &applied);
+    sscanf(strchr(n, ' ') + 1, "%lld", &not_triggered);
+    sscanf(strchr(k, ' ') + 1, "%lld", &skipped);
+    assert_true(applied >= 10 && not_triggered >= 2 && skipped == 0);
+    kwd_response_free(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_direct), cmocka_unit_test(test_c2c),      cmocka_unit_test(test_never_triggers),
         cmocka_unit_test(test_entropy),   cmocka_unit_test(test_refusals), cmocka_unit_test(test_same_as_cli),
+        cmocka_unit_test(test_metrics),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
