@@ -17,7 +17,7 @@ typedef struct kw_receive_peer {
     int32_t n_needed;
     int expecting; /* a blob is due in the current section */
     int done;      /* its trailer was verified */
-    uint8_t *got;  /* (sharer layer, prefix position): rows applied there (owned), so a round two only adds */
+    uint8_t *got;  /* bit (sharer layer * prefix + position): rows applied there (owned), so a round two only adds */
 } kw_receive_peer;
 
 struct kw_receive {
@@ -91,7 +91,7 @@ static int kw_receive_peer_init(kw_receive *r, int32_t i, const kw_wire_decoder_
         p->n_layers = c->n_layers, p->n_heads = c->n_kv_heads, p->head_dim = c->head_dim;
     }
     p->needed = malloc((size_t)p->n_layers * sizeof *p->needed);
-    p->got = calloc((size_t)p->n_layers * (size_t)(r->prefix > 0 ? r->prefix : 1), 1);
+    p->got = calloc(((size_t)p->n_layers * (size_t)(r->prefix > 0 ? r->prefix : 1) + 7) / 8, 1);
     KW_RETURN_IF(p->needed == NULL || p->got == NULL, KW_E_NOMEM, "receive: out of memory");
     if (r->mode == KW_RECEIVE_C2C) {
         KW_FORWARD(kw_fusion_needed_layers(r->f, i, p->needed, p->n_layers, &p->n_needed));
@@ -276,13 +276,17 @@ static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_
         KW_RETURN_IF(pos[i] < r->cur_start || pos[i] >= r->cur_start + r->cur_len, KW_E_SHARE_POSITIONS,
                      "receive: sharer %d layer %d: position %lld is outside the section [%lld, %lld)", (int)sharer,
                      (int)layer, (long long)pos[i], (long long)r->cur_start, (long long)(r->cur_start + r->cur_len));
-    uint8_t *got = p->got + (size_t)layer * (size_t)r->prefix;
-    for (int64_t i = 0; i < T; ++i) /* only a round two can repeat a position: the rows are increasing per layer */
-        KW_RETURN_IF(got[pos[i]], KW_E_SHARE_POSITIONS,
+    const size_t base = (size_t)layer * (size_t)r->prefix;
+    for (int64_t i = 0; i < T; ++i) { /* only a round two can repeat a position: the rows are increasing per layer */
+        const size_t bit = base + (size_t)pos[i];
+        KW_RETURN_IF(p->got[bit / 8] >> (bit % 8) & 1, KW_E_SHARE_POSITIONS,
                      "receive: sharer %d layer %d: position %lld already got rows (round two only adds)", (int)sharer,
                      (int)layer, (long long)pos[i]);
-    for (int64_t i = 0; i < T; ++i)
-        got[pos[i]] = 1;
+    }
+    for (int64_t i = 0; i < T; ++i) {
+        const size_t bit = base + (size_t)pos[i];
+        p->got[bit / 8] |= (uint8_t)(1u << (bit % 8));
+    }
     const uint64_t t0 = kw_time_now_ns();
     if (r->mode == KW_RECEIVE_C2C) {
         const kw_fusion_rows rows = {.sharer = sharer,
