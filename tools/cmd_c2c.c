@@ -756,9 +756,9 @@ int kw_cmd_c2c(int argc, char **argv) {
         usage_error = "--refine-metric needs --refine-threshold";
     if (!usage_error && refine &&
         ((xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT) || n_sharer_dirs > 1 || select_i == 0 ||
-         budget_bytes || !(refine_p > select_p)))
+         budget_bytes || have_proportion || !(refine_p > select_p)))
         usage_error = "--refine-threshold is for --mode c2c with one sharer or kv_direct, a --select other than full, "
-                      "--refine-proportion above --select-proportion and no --budget-bytes";
+                      "--refine-proportion above --select-proportion, no --budget-bytes and no --proportion";
     if (usage_error) {
         fprintf(stderr, "kvwire c2c: %s\n", usage_error);
         return 2;
