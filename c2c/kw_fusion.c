@@ -256,6 +256,7 @@ struct kw_fusion_session {
     kw_fusion_staged *staged[KW_FUSION_MAX_SHARERS]; /* per sharer layer, for the current section */
     uint8_t *fused;                                  /* (sharer, receiver layer) fused in the current section */
     uint8_t *covered;                                /* per position of the current section: got rows */
+    uint8_t *counted;                                /* per prompt position: in tokens_fused (a reopened section) */
     uint8_t *pair_fused, *pair_skipped;              /* (sharer, receiver layer), over the whole request */
     kw_tensor base_k, base_v, out_k, out_v, neg_k, neg_v, acc_k, acc_v; /* (section length, H, D) scratch */
     kw_fusion_stats stats;
@@ -286,6 +287,7 @@ void kw_fusion_session_free(kw_fusion_session *s) {
     free(s->fused);
     free(s->pair_fused);
     free(s->pair_skipped);
+    free(s->counted);
     free(s);
 }
 
@@ -343,7 +345,8 @@ int kw_fusion_begin(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t
     s->fused = calloc(pairs, 1);
     s->pair_fused = calloc(pairs, 1);
     s->pair_skipped = calloc(pairs, 1);
-    if (!s->sections || !s->fused || !s->pair_fused || !s->pair_skipped) {
+    s->counted = calloc((size_t)n, 1);
+    if (!s->sections || !s->fused || !s->pair_fused || !s->pair_skipped || !s->counted) {
         kw_fusion_session_free(s);
         KW_FAIL(KW_E_NOMEM, "kw_fusion_begin: out of memory");
     }
@@ -352,6 +355,8 @@ int kw_fusion_begin(kw_fusion *f, kw_kvcache *cache, const int32_t *ids, int64_t
     *out = s;
     return 0;
 }
+
+static int kw_fusion_open(kw_fusion_session *s, int32_t section, int64_t start, int64_t len);
 
 int kw_fusion_prefill(kw_fusion_session *s, int32_t section) {
     KW_RETURN_IF(s == NULL, KW_E_INVALID_ARG, "kw_fusion_prefill: NULL session");
@@ -367,6 +372,24 @@ int kw_fusion_prefill(kw_fusion_session *s, int32_t section) {
     KW_FORWARD(kw_model_prefill(s->f->receiver, s->cache, s->ids + start, len));
     s->stats.receiver_prefill_ms += kw_time_ms(t0, kw_time_now_ns());
     s->next_prefill = section + 1;
+    return kw_fusion_open(s, section, start, len);
+}
+
+int kw_fusion_reopen(kw_fusion_session *s, int32_t section) {
+    KW_RETURN_IF(s == NULL, KW_E_INVALID_ARG, "kw_fusion_reopen: NULL session");
+    KW_RETURN_IF(s->current >= 0, KW_E_STATE, "kw_fusion_reopen: section %d is not ended", (int)s->current);
+    KW_RETURN_IF(section < 0 || section + 2 != s->opt.n_sections || s->next_prefill != section + 1 ||
+                     s->sections[section].index <= 0,
+                 KW_E_STATE, "kw_fusion_reopen: section %d is not the fused section before the last", (int)section);
+    const int64_t start = s->n - s->sections[section + 1].length - s->sections[section].length;
+    KW_RETURN_IF(kw_kvcache_length(s->cache) != start + s->sections[section].length, KW_E_STATE,
+                 "kw_fusion_reopen: the cache holds %lld rows, not the %lld of the sections before the last",
+                 (long long)kw_kvcache_length(s->cache), (long long)(start + s->sections[section].length));
+    return kw_fusion_open(s, section, start, s->sections[section].length);
+}
+
+/* Makes section [start, start + len) the one rows are put into: its scratch and staging. */
+static int kw_fusion_open(kw_fusion_session *s, int32_t section, int64_t start, int64_t len) {
     s->current = section;
     s->cur_start = start;
     s->cur_len = len;
@@ -379,11 +402,11 @@ int kw_fusion_prefill(kw_fusion_session *s, int32_t section) {
     for (size_t b = 0; b < nbufs; ++b)
         KW_FORWARD(kw_tensor_alloc(s->f->backend, bufs[b], KW_DTYPE_F32, 3, ne));
     s->covered = calloc((size_t)len, 1);
-    KW_RETURN_IF(s->covered == NULL, KW_E_NOMEM, "kw_fusion_prefill: out of memory");
+    KW_RETURN_IF(s->covered == NULL, KW_E_NOMEM, "kw_fusion: out of memory");
     for (int32_t i = 0; i < s->f->n_sharers; ++i) {
         if (!(s->cur_mask & (1 << i))) continue;
         s->staged[i] = calloc((size_t)s->f->sh[i].n_layers, sizeof(kw_fusion_staged));
-        KW_RETURN_IF(s->staged[i] == NULL, KW_E_NOMEM, "kw_fusion_prefill: out of memory");
+        KW_RETURN_IF(s->staged[i] == NULL, KW_E_NOMEM, "kw_fusion: out of memory");
     }
     return 0;
 }
@@ -611,8 +634,11 @@ int kw_fusion_end_section(kw_fusion_session *s, int32_t section) {
                     s->pair_skipped[pair] = 1;
             }
         }
-        for (int64_t p = 0; p < s->cur_len; ++p)
-            s->stats.tokens_fused += s->covered[p];
+        for (int64_t p = 0; p < s->cur_len; ++p) {
+            const int first = s->covered[p] && !s->counted[s->cur_start + p];
+            s->stats.tokens_fused += first;
+            s->counted[s->cur_start + p] |= (uint8_t)first;
+        }
     }
 out:
     kw_fusion_drop_staged(s);

@@ -191,6 +191,14 @@ typedef struct kw_fusion_rows {
  * KW_E_UNSUPPORTED (parallel mode with other positions per sharer). */
 int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows);
 
+/* Opens the fused section right before the last again, after it was ended, for more rows (round two of a
+ * refinement, docs/PROTOCOL.md §5.1): the cache must hold exactly the sections before the last (a trial run of the
+ * last section rolled back). The rows put then must be at positions that got no rows in that layer before (the
+ * caller checks it: receiver/kw_receive.c); they are projected with the receiver's own rows there, so with a
+ * per-token projector the cache ends as if both rounds' rows had come at once. End it with kw_fusion_end_section.
+ * Errors: KW_E_STATE. */
+int kw_fusion_reopen(kw_fusion_session *s, int32_t section);
+
 /* Declares that no more rows come for the section: what can still be fused is (sequential: skipping sharers whose
  * rows never came), the rest counts as skipped, the staged rows are released. */
 int kw_fusion_end_section(kw_fusion_session *s, int32_t section);

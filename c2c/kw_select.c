@@ -33,6 +33,16 @@ int kw_select_policy_check(const kw_select_policy *pol) {
                  "selection: proportion %g is outside [0, 1]", pol->proportion);
     KW_RETURN_IF(pol->min_tokens < 1, KW_E_INVALID_ARG, "selection: min_tokens %lld must be >= 1",
                  (long long)pol->min_tokens);
+    KW_RETURN_IF(pol->skip < 0, KW_E_INVALID_ARG, "selection: skip %lld is negative", (long long)pol->skip);
+    return 0;
+}
+
+int kw_select_check_skip(const kw_select_policy *pol, int64_t T) {
+    if (pol->skip == 0) return 0;
+    const int64_t k = kw_select_count(pol, T);
+    KW_RETURN_IF(pol->skip < 0 || pol->skip >= k, KW_E_INVALID_ARG,
+                 "selection: skip %lld is not below the %lld tokens %s keeps of %lld", (long long)pol->skip,
+                 (long long)k, kw_select_mode_name(pol->mode), (long long)T);
     return 0;
 }
 
@@ -60,6 +70,8 @@ static int kw_cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The shuffle's first k entries are the first k of the ranking whatever k is (step i never touches entries below i);
+ * ranks [skip, k) are moved to the front and sorted. */
 static void kw_select_random(const kw_select_policy *pol, int64_t T, int64_t k, int32_t section, int32_t layer,
                              int64_t *out) {
     uint64_t state = kw_mix64(pol->seed ^ kw_mix64(((uint64_t)(uint32_t)section << 32) | (uint32_t)layer));
@@ -73,7 +85,8 @@ static void kw_select_random(const kw_select_policy *pol, int64_t T, int64_t k, 
         out[i] = out[j];
         out[j] = tmp;
     }
-    qsort(out, (size_t)k, sizeof *out, kw_cmp_i64);
+    memmove(out, out + pol->skip, (size_t)(k - pol->skip) * sizeof *out);
+    qsort(out, (size_t)(k - pol->skip), sizeof *out, kw_cmp_i64);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -125,7 +138,9 @@ void kw_select_scores(enum kw_select_mode mode, int64_t T, int32_t H, int32_t D,
     }
 }
 
-static int64_t kw_select_norm(int64_t T, int64_t k, const float *score, int64_t *out) {
+/* The k best finite scores, then ranks [skip, k) of them: popping the heap's root (the worst kept) until skip are
+ * left puts the worst n - skip at the end in order. */
+static int64_t kw_select_norm(int64_t T, int64_t k, int64_t skip, const float *score, int64_t *out) {
     int64_t n = 0;
     for (int64_t t = 0; t < T; ++t) {
         if (!isfinite(score[t])) continue;
@@ -137,6 +152,17 @@ static int64_t kw_select_norm(int64_t T, int64_t k, const float *score, int64_t 
             kw_sift_down(out, n, 0, score);
         }
     }
+    if (skip > 0) {
+        if (n <= skip) return 0;
+        for (int64_t m = n; m > skip; --m) {
+            const int64_t worst = out[0];
+            out[0] = out[m - 1];
+            kw_sift_down(out, m - 1, 0, score);
+            out[m - 1] = worst;
+        }
+        memmove(out, out + skip, (size_t)(n - skip) * sizeof *out);
+        n -= skip;
+    }
     qsort(out, (size_t)n, sizeof *out, kw_cmp_i64);
     return n;
 }
@@ -146,22 +172,23 @@ int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32
     KW_FORWARD(kw_select_policy_check(pol));
     KW_RETURN_IF(T < 1 || T > (int64_t)UINT32_MAX || H < 1 || D < 1 || out == NULL || n_out == NULL, KW_E_INVALID_ARG,
                  "selection: bad arguments (T %lld, H %d, D %d)", (long long)T, (int)H, (int)D);
-    const int64_t n = kw_select_count(pol, T);
+    KW_FORWARD(kw_select_check_skip(pol, T));
+    const int64_t n = kw_select_count(pol, T), skip = pol->skip;
     switch (pol->mode) {
     case KW_SELECT_FULL:
-    case KW_SELECT_FRONT:
-        for (int64_t i = 0; i < n; ++i)
-            out[i] = i;
-        *n_out = n;
+    case KW_SELECT_FRONT: /* ranks [skip, n) are positions skip .. n - 1 */
+        for (int64_t i = 0; i < n - skip; ++i)
+            out[i] = skip + i;
+        *n_out = n - skip;
         return 0;
-    case KW_SELECT_BACK:
-        for (int64_t i = 0; i < n; ++i)
+    case KW_SELECT_BACK: /* ranks [skip, n) are positions T - n .. T - 1 - skip */
+        for (int64_t i = 0; i < n - skip; ++i)
             out[i] = T - n + i;
-        *n_out = n;
+        *n_out = n - skip;
         return 0;
     case KW_SELECT_RANDOM:
         kw_select_random(pol, T, n, section, layer, out);
-        *n_out = n;
+        *n_out = n - skip;
         return 0;
     case KW_SELECT_KNORM:
     case KW_SELECT_VNORM: {
@@ -169,7 +196,7 @@ int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32
         KW_RETURN_IF(x == NULL || scratch == NULL, KW_E_INVALID_ARG, "selection: %s needs the rows and scratch",
                      kw_select_mode_name(pol->mode));
         kw_select_scores(pol->mode, T, H, D, k, v, scratch);
-        *n_out = kw_select_norm(T, n, scratch, out);
+        *n_out = kw_select_norm(T, n, skip, scratch, out);
         return 0;
     }
     case KW_SELECT_COUNT:

@@ -41,8 +41,10 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
     const int64_t H = st->n_heads, D = st->head_dim, row = H * D;
     KW_FORWARD(kw_kvcache_read_rows(st->cache, layer, st->pos0, st->length, st->k, st->v));
     if (!opt->same_positions || !st->have_sel) {
-        KW_FORWARD(kw_select_positions(&opt->select, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section,
-                                       layer, st->scratch, st->sel, &st->n_sel));
+        kw_select_policy sel = opt->select;
+        sel.skip = opt->skip_ranked ? opt->skip_ranked[st->blob] : 0;
+        KW_FORWARD(kw_select_positions(&sel, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section, layer,
+                                       st->scratch, st->sel, &st->n_sel));
         KW_RETURN_IF(st->n_sel < 1, KW_E_UNSUPPORTED,
                      "share: section %d layer %d has no finite rows to send (non-finite K or V)", (int)st->section,
                      (int)layer);

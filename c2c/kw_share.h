@@ -45,10 +45,12 @@ typedef struct kw_share_options {
     int32_t n_sections;
     const int32_t *layers; /* borrowed: the sharer layers to send, strictly ascending */
     int32_t n_layers;
-    kw_select_policy select;
-    int same_positions;        /* 1: one selection per section (made at its first sent layer) for every layer */
-    enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
-    const uint8_t *pad;        /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */
+    kw_select_policy select;    /* its skip is not used: skip_ranked below */
+    const int64_t *skip_ranked; /* NULL, or borrowed, one per sent section (blob order): that section's
+                                   kw_select_policy.skip (round two of a refinement: only ranks [skip, k) are sent) */
+    int same_positions;         /* 1: one selection per section (made at its first sent layer) for every layer */
+    enum kw_dtype cache_dtype;  /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    const uint8_t *pad;         /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */
     kw_share_fn on_layer;
     void *user;
 } kw_share_options;

@@ -290,6 +290,29 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     return 0;
 }
 
+/* SharePolicy.skip_ranked (round two of a refinement): empty, or one entry per sent section, each in [1, its length)
+ * (the sharer checks it against the selection's count, which needs the selection's rules); never with a full
+ * selection or a byte cap. */
+static int kw__proto_check_skip_ranked(const Kwctl__ShareRequest *m) {
+    const Kwctl__SharePolicy *p = m->policy;
+    if (p == NULL || p->n_skip_ranked == 0) return 0;
+    KW__FIELD_IF(p->selection == KWCTL__SELECTION__SELECTION_FULL, "SharePolicy.skip_ranked: with full selection");
+    KW__FIELD_IF(p->budget_bytes > 0, "SharePolicy.skip_ranked: with budget_bytes");
+    size_t next = 0;
+    for (size_t i = 0; i < m->n_sections; ++i) {
+        if (!m->sections[i]->sent) continue;
+        KW__FIELD_IF(next >= p->n_skip_ranked, "SharePolicy.skip_ranked: %zu entries for more sent sections",
+                     p->n_skip_ranked);
+        const uint32_t skip = p->skip_ranked[next++];
+        KW__FIELD_IF(skip == 0 || skip >= m->sections[i]->length,
+                     "SharePolicy.skip_ranked[%zu]: %u is not in [1, %u) (the section's length)", next - 1, skip,
+                     m->sections[i]->length);
+    }
+    KW__FIELD_IF(next != p->n_skip_ranked, "SharePolicy.skip_ranked: %zu entries for %zu sent sections",
+                 p->n_skip_ranked, next);
+    return 0;
+}
+
 /* ShareRequest.sections: 1..1024 sections of at least one token covering the token ids, at least one sent. */
 static int kw__proto_check_sections(const Kwctl__ShareRequest *m) {
     KW__FIELD_IF(m->n_sections == 0, "ShareRequest.sections: none for a mode that sends KV");
@@ -305,7 +328,7 @@ static int kw__proto_check_sections(const Kwctl__ShareRequest *m) {
     KW__FIELD_IF(total != m->n_token_ids, "ShareRequest.sections: %llu tokens for %zu token ids",
                  (unsigned long long)total, m->n_token_ids);
     KW__FIELD_IF(!sent, "ShareRequest.sections: none is sent");
-    return 0;
+    return kw__proto_check_skip_ranked(m);
 }
 
 static int kw__proto_check_hello(const Kwctl__Hello *m) {

@@ -1,6 +1,7 @@
 /* kw_receive.c: the receiver half of a request (see kw_receive.h). */
 #include "receiver/kw_receive.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@ typedef struct kw_receive_peer {
     int32_t n_needed;
     int expecting; /* a blob is due in the current section */
     int done;      /* its trailer was verified */
+    uint8_t *got;  /* bit (sharer layer * prefix + position): rows applied there (owned), so a round two only adds */
 } kw_receive_peer;
 
 struct kw_receive {
@@ -52,6 +54,7 @@ void kw_receive_free(kw_receive *r) {
     for (int32_t i = 0; i < r->n_peers; ++i) {
         kw_wire_decoder_destroy(r->peers[i].dec);
         free(r->peers[i].needed);
+        free(r->peers[i].got);
     }
     free(r->sections);
     if (r->model) {
@@ -88,7 +91,8 @@ static int kw_receive_peer_init(kw_receive *r, int32_t i, const kw_wire_decoder_
         p->n_layers = c->n_layers, p->n_heads = c->n_kv_heads, p->head_dim = c->head_dim;
     }
     p->needed = malloc((size_t)p->n_layers * sizeof *p->needed);
-    KW_RETURN_IF(p->needed == NULL, KW_E_NOMEM, "receive: out of memory");
+    p->got = calloc(((size_t)p->n_layers * (size_t)(r->prefix > 0 ? r->prefix : 1) + 7) / 8, 1);
+    KW_RETURN_IF(p->needed == NULL || p->got == NULL, KW_E_NOMEM, "receive: out of memory");
     if (r->mode == KW_RECEIVE_C2C) {
         KW_FORWARD(kw_fusion_needed_layers(r->f, i, p->needed, p->n_layers, &p->n_needed));
         if (opt->layers[i]) { /* a subset of them */
@@ -272,6 +276,17 @@ static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_
         KW_RETURN_IF(pos[i] < r->cur_start || pos[i] >= r->cur_start + r->cur_len, KW_E_SHARE_POSITIONS,
                      "receive: sharer %d layer %d: position %lld is outside the section [%lld, %lld)", (int)sharer,
                      (int)layer, (long long)pos[i], (long long)r->cur_start, (long long)(r->cur_start + r->cur_len));
+    const size_t base = (size_t)layer * (size_t)r->prefix;
+    for (int64_t i = 0; i < T; ++i) { /* only a round two can repeat a position: the rows are increasing per layer */
+        const size_t bit = base + (size_t)pos[i];
+        KW_RETURN_IF(p->got[bit / 8] >> (bit % 8) & 1, KW_E_SHARE_POSITIONS,
+                     "receive: sharer %d layer %d: position %lld already got rows (round two only adds)", (int)sharer,
+                     (int)layer, (long long)pos[i]);
+    }
+    for (int64_t i = 0; i < T; ++i) {
+        const size_t bit = base + (size_t)pos[i];
+        p->got[bit / 8] |= (uint8_t)(1u << (bit % 8));
+    }
     const uint64_t t0 = kw_time_now_ns();
     if (r->mode == KW_RECEIVE_C2C) {
         const kw_fusion_rows rows = {.sharer = sharer,
@@ -449,5 +464,110 @@ int kw_receive_plan_layers(enum kw_wire_budget_mode mode, const kw_wire_header *
     for (int32_t i = 0; i < *n_layers; ++i)
         if (choice[i]) layers[kept++] = layers[i];
     *n_layers = kept;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Two-round refinement
+ */
+
+static const char *const kw_refine_names[] = {"margin", "entropy"};
+
+const char *kw_refine_metric_name(enum kw_refine_metric m) {
+    return (unsigned)m < 2 ? kw_refine_names[m] : NULL;
+}
+
+int kw_refine_metric_parse(const char *name, enum kw_refine_metric *out) {
+    KW_RETURN_IF(name == NULL || out == NULL, KW_E_INVALID_ARG, "refine: NULL argument");
+    for (int i = 0; i < 2; ++i)
+        if (strcmp(name, kw_refine_names[i]) == 0) {
+            *out = (enum kw_refine_metric)i;
+            return 0;
+        }
+    KW_FAIL(KW_E_INVALID_ARG, "unknown refine metric \"%s\" (margin, entropy)", name);
+}
+
+double kw_refine_measure(enum kw_refine_metric m, const float *logits, int32_t vocab) {
+    double top1 = -INFINITY, top2 = -INFINITY;
+    for (int32_t i = 0; i < vocab; ++i) {
+        const double x = logits[i];
+        if (x > top1) {
+            top2 = top1;
+            top1 = x;
+        } else if (x > top2) {
+            top2 = x;
+        }
+    }
+    if (m == KW_REFINE_MARGIN) return vocab > 1 ? top1 - top2 : INFINITY;
+    double sum = 0.0, dot = 0.0; /* H = log Z - sum p x with Z, x shifted by the maximum */
+    for (int32_t i = 0; i < vocab; ++i) {
+        const double x = (double)logits[i] - top1, e = exp(x);
+        sum += e;
+        dot += e * x;
+    }
+    return log(sum) - dot / sum;
+}
+
+int kw_refine_wanted(enum kw_refine_metric m, double value, double threshold) {
+    return m == KW_REFINE_MARGIN ? value < threshold : value > threshold;
+}
+
+int kw_refine_skips(const kw_fusion_section *sharer_sections, int32_t n_sections, const kw_select_policy *one,
+                    const kw_select_policy *two, uint32_t *skip, int32_t *n_skip, int *adds) {
+    KW_RETURN_IF(n_sections < 1 || n_sections > KW_REQUEST_MAX_SECTIONS, KW_E_INVALID_ARG, "refine: %d sections",
+                 (int)n_sections);
+    *n_skip = 0;
+    *adds = 1;
+    for (int32_t i = 0; i + 1 < n_sections; ++i) {
+        if (sharer_sections[i].index <= 0) continue;
+        const int64_t k1 = kw_select_count(one, sharer_sections[i].length);
+        const int64_t k2 = kw_select_count(two, sharer_sections[i].length);
+        skip[(*n_skip)++] = (uint32_t)k1;
+        if (k2 <= k1) *adds = 0;
+    }
+    return 0;
+}
+
+int kw_receive_probe(kw_receive *r, enum kw_refine_metric metric, double *value) {
+    KW_RETURN_IF(r == NULL || value == NULL, KW_E_INVALID_ARG, "kw_receive_probe: NULL argument");
+    KW_RETURN_IF(r->current >= 0 || r->next_prefill != r->n_sections - 1, KW_E_STATE,
+                 "kw_receive_probe: sections before the last are not all done");
+    const int32_t vocab = kw_model_get_config(r->model)->vocab;
+    float *logits = malloc((size_t)vocab * sizeof *logits);
+    KW_RETURN_IF(logits == NULL, KW_E_NOMEM, "kw_receive_probe: out of memory");
+    const kw_forward_args a = {
+        .ids = r->ids + r->prefix, .n = r->n - r->prefix, .mode = KW_LOGITS_LAST, .logits = logits};
+    const uint64_t t0 = kw_time_now_ns();
+    int rc = kw_model_forward(r->model, r->cache, &a);
+    if (rc == 0) rc = kw_kvcache_truncate(r->cache, r->prefix);
+    if (rc == 0) *value = kw_refine_measure(metric, logits, vocab);
+    r->stats.probe_ms += kw_time_ms(t0, kw_time_now_ns());
+    free(logits);
+    return rc;
+}
+
+int kw_receive_reopen(kw_receive *r, int32_t section) {
+    KW_RETURN_IF(r == NULL, KW_E_INVALID_ARG, "kw_receive_reopen: NULL request");
+    KW_RETURN_IF(r->current >= 0 || section < 0 || section + 2 != r->n_sections || r->next_prefill != section + 1 ||
+                     !kw_receive_section_sent(r, section),
+                 KW_E_STATE, "kw_receive_reopen: section %d is not the sent section before the last", (int)section);
+    KW_RETURN_IF(kw_kvcache_length(r->cache) != r->prefix, KW_E_STATE,
+                 "kw_receive_reopen: the cache holds %lld rows, not the %lld shared ones (probe first)",
+                 (long long)kw_kvcache_length(r->cache), (long long)r->prefix);
+    if (r->mode == KW_RECEIVE_C2C) {
+        KW_FORWARD(kw_fusion_reopen(r->session, section));
+    } else { /* the positions round one did not send are still reserved and hidden */
+        memset(r->layer_seen, 0, (size_t)r->peers[0].n_layers);
+        r->direct_n = -1;
+    }
+    r->current = section;
+    r->cur_len = r->sections[section].length;
+    r->cur_start = r->prefix - r->cur_len;
+    const int32_t expect = kw_receive_section_sharers(r, section);
+    for (int32_t i = 0; i < r->n_peers; ++i) {
+        r->peers[i].expecting = (expect >> i) & 1;
+        r->peers[i].done = 0;
+        kw_wire_decoder_reset(r->peers[i].dec);
+    }
     return 0;
 }

@@ -46,6 +46,7 @@ typedef struct kw_receive_stats {
     double decode_ms;       /* KVWire verification and dequantization */
     double apply_ms;        /* kv_direct: writing rows into the cache; c2c: staging and projection (fusion stats) */
     double prefill_ms;      /* the receiver's own prefill of the sections before the last */
+    double probe_ms;        /* refinement: the trial runs of the last section (kw_receive_probe) */
     kw_fusion_stats fusion; /* c2c */
 } kw_receive_stats;
 
@@ -83,6 +84,49 @@ int kw_receive_end_section(kw_receive *r, int32_t section);
 
 /* Runs the last section and decodes greedily. *out as kw_fusion_generate's (the stats are the fusion's in c2c). */
 int kw_receive_generate(kw_receive *r, kw_fusion_result *out);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Two-round refinement (docs/PROTOCOL.md §5.1): after round one, the receiver measures its uncertainty on the first
+ * answer token and may ask the sharer for the tokens a larger proportion adds (SharePolicy.skip_ranked), applies
+ * them on top of round one and generates. Needs exactly one sent section, the one right before the last: the rows
+ * of nothing else depend on it, so both rounds together give the cache one round at the larger proportion would.
+ */
+
+enum kw_refine_metric {
+    KW_REFINE_MARGIN = 0,  /* top-1 minus top-2 logit; round two when below the threshold */
+    KW_REFINE_ENTROPY = 1, /* of the softmax, in nats; round two when above the threshold */
+};
+
+/* "margin", "entropy"; NULL for an invalid metric. */
+const char *kw_refine_metric_name(enum kw_refine_metric m);
+
+/* The metric called name, or KW_E_INVALID_ARG. */
+int kw_refine_metric_parse(const char *name, enum kw_refine_metric *out);
+
+/* The metric of vocab logits (f32, as the model returns them: no rounding) in double precision. */
+double kw_refine_measure(enum kw_refine_metric m, const float *logits, int32_t vocab);
+
+/* 1 when the measured value asks for round two: margin < threshold, entropy > threshold. */
+int kw_refine_wanted(enum kw_refine_metric m, double value, double threshold);
+
+/* Round two's SharePolicy.skip_ranked: for each sent section of the sharer's view (index > 0, the last section
+ * excluded), in order, round one's count kw_select_count(one, length), written to skip (KW_REQUEST_MAX_SECTIONS
+ * entries of room), *n_skip of them. *adds is 1 when two (the same policy at a larger proportion) keeps more tokens
+ * than one in every sent section, else 0 (round two would send nothing there; the sharer refuses a skip that is not
+ * below the count). */
+int kw_refine_skips(const kw_fusion_section *sharer_sections, int32_t n_sections, const kw_select_policy *one,
+                    const kw_select_policy *two, uint32_t *skip, int32_t *n_skip, int *adds);
+
+/* Runs the last section on the cache as round one left it, measures the metric on the first answer token's logits
+ * (*value) and rolls the cache back to the sections before the last, so that kw_receive_generate or a round two
+ * follow. Every section before the last must be ended. */
+int kw_receive_probe(kw_receive *r, enum kw_refine_metric metric, double *value);
+
+/* Round two: opens the sent section right before the last again (after kw_receive_probe) for the sharer's second
+ * blob; feed it (kw_receive_feed, _feed_some, _rows) and end it with kw_receive_end_section as in round one. A
+ * position that already got rows in a layer is refused (KW_E_SHARE_POSITIONS): round two only adds. Errors:
+ * KW_E_STATE (not that section, not rolled back). */
+int kw_receive_reopen(kw_receive *r, int32_t section);
 
 /* A whole-layer byte-cap baseline (wire/kw_wire_alloc.h kw_wire_plan_layers) as the receiver plans it before asking
  * the sharer: kvcomm_like chooses which sharer layers it fuses, so the sharer is never asked for a layer the cap

@@ -41,7 +41,8 @@ void kw_rd_job_unref(kw_rd_job *j) {
         free(c);
     }
     kw_proto_message_free(j->share.end ? &j->share.end->base : NULL);
-    free(j->share.text);
+    kw_proto_message_free(j->share2.end ? &j->share2.end->base : NULL);
+    free(j->share.text), free(j->share2.text);
     free(j->prompt_ids), free(j->prompt_text), free(j->ids), free(j->text), free(j->lp), free(j->scored);
     free(j->layers_sent);
     uv_mutex_destroy(&j->mu);
@@ -189,6 +190,12 @@ static void kw__rd_metrics(kw_receiverd *d, kw_http_request *req) {
                   "# HELP kvwire_generated_tokens_total Tokens generated.\n"
                   "# TYPE kvwire_generated_tokens_total counter\nkvwire_generated_tokens_total %llu\n",
                   (unsigned long long)d->generated_tokens);
+    kw__rd_printf(&t,
+                  "# HELP kvwire_refine_total Requests with kvwire.refine that ended well, by what round one's metric "
+                  "led to.\n# TYPE kvwire_refine_total counter\n"
+                  "kvwire_refine_total{outcome=\"not_triggered\"} %llu\nkvwire_refine_total{outcome=\"applied\"} %llu\n"
+                  "kvwire_refine_total{outcome=\"skipped\"} %llu\n",
+                  (unsigned long long)d->refine[0], (unsigned long long)d->refine[1], (unsigned long long)d->refine[2]);
     if (t.failed)
         kw_http_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
     else
@@ -344,6 +351,44 @@ static void kw__rd_add_budget(cJSON *k, const kw_rd_job *j) {
                                 r && (size_t)i < r->n_tokens_per_codec ? (double)r->tokens_per_codec[i] : 0);
 }
 
+/* The refine block of a request with kvwire.refine (HTTP_API.md §5.2): what was measured after round one and, when
+ * round two ran, its bytes, rows and sharer time (the top-level bytes count both rounds). */
+static void kw__rd_add_refine(cJSON *k, const kw_rd_job *j) {
+    const kw_rd_spec *s = &j->spec;
+    if (!s->refine) return;
+    const Kwctl__ShareEnd *e = j->share2.end;
+    cJSON *r = cJSON_AddObjectToObject(k, "refine");
+    cJSON_AddBoolToObject(r, "requested", true);
+    cJSON_AddStringToObject(r, "metric", kw_refine_metric_name(s->refine_metric));
+    cJSON_AddNumberToObject(r, "threshold", s->refine_threshold);
+    cJSON_AddNumberToObject(r, "proportion", s->refine_proportion);
+    if (j->refine_measured && isfinite(j->refine_value))
+        cJSON_AddNumberToObject(r, "value", j->refine_value);
+    else
+        cJSON_AddNullToObject(r, "value");
+    cJSON_AddBoolToObject(
+        r, "triggered", j->refine_measured && kw_refine_wanted(s->refine_metric, j->refine_value, s->refine_threshold));
+    cJSON_AddBoolToObject(r, "applied", j->refine_round2);
+    if (j->refine_skipped)
+        cJSON_AddStringToObject(r, "skipped", j->refine_skipped);
+    else
+        cJSON_AddNullToObject(r, "skipped");
+    cJSON_AddNumberToObject(r, "probe_ms", j->ms_probe);
+    cJSON *one = cJSON_AddObjectToObject(r, "round_one");
+    cJSON_AddNumberToObject(one, "blob", (double)(j->refine_measured ? j->blob_bytes1 : j->blob_bytes));
+    cJSON_AddNumberToObject(one, "rows", (double)j->rows1);
+    cJSON *two = cJSON_AddObjectToObject(r, "round_two");
+    cJSON_AddNumberToObject(two, "blob", (double)(j->refine_round2 ? j->blob_bytes - j->blob_bytes1 : 0));
+    cJSON_AddNumberToObject(two, "socket_in", (double)j->share2.socket_in);
+    cJSON_AddNumberToObject(two, "socket_out", (double)j->share2.socket_out);
+    cJSON_AddNumberToObject(two, "wire_frames", (double)j->share2.wire_frames);
+    cJSON_AddNumberToObject(two, "frames_bytes", (double)j->share2.frames_in);
+    cJSON_AddNumberToObject(two, "rows", (double)j->rows2);
+    cJSON_AddNumberToObject(two, "tokens_sent", e ? (double)e->rows_sent : 0);
+    cJSON_AddNumberToObject(two, "sharer_total_ms", e ? (double)e->total_ns * 1e-6 : 0);
+    cJSON_AddNumberToObject(two, "sharer_prefill_ms", e ? (double)e->prefill_ns * 1e-6 : 0);
+}
+
 /* The kvwire response block (docs/HTTP_API.md §5.2). */
 static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     const kw_rd_spec *s = &j->spec;
@@ -370,7 +415,8 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     }
     cJSON *sel = cJSON_AddObjectToObject(k, "selection");
     cJSON_AddNumberToObject(sel, "tokens_total", e ? (double)e->rows_total : 0);
-    cJSON_AddNumberToObject(sel, "tokens_sent", e ? (double)e->rows_sent : 0);
+    const Kwctl__ShareEnd *e2 = j->share2.end; /* a refinement's round two */
+    cJSON_AddNumberToObject(sel, "tokens_sent", (e ? (double)e->rows_sent : 0) + (e2 ? (double)e2->rows_sent : 0));
     cJSON_AddNumberToObject(sel, "layers_sent", e ? (double)e->layers_sent : 0);
     cJSON *b = cJSON_AddObjectToObject(k, "bytes");
     cJSON_AddNumberToObject(b, "blob", (double)j->blob_bytes);
@@ -398,6 +444,7 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(bd, "compression_saved", w ? (double)w->compression_saved : 0);
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
     kw__rd_add_budget(k, j);
+    kw__rd_add_refine(k, j);
     cJSON *f = cJSON_AddObjectToObject(k, "fusion");
     cJSON_AddNumberToObject(f, "tokens_fused", (double)j->tokens_fused);
     cJSON_AddNumberToObject(f, "layers_fused", j->layers_fused);
@@ -625,6 +672,7 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
     d->bytes_socket_out += j->share.socket_out;
     d->bytes_text += j->share.text_len;
     d->generated_tokens += (uint64_t)j->n_ids;
+    if (j->status == 0 && j->refine_measured) ++d->refine[j->refine_round2 ? 1 : j->refine_skipped ? 2 : 0];
     if (j->status == 0) {
         kw__rd_hist_add(&d->request_hist[j->spec.mode], total_ms * 1e-3);
         const Kwctl__ShareEnd *e = j->share.end;
@@ -831,6 +879,7 @@ static void kw__rd_generate(kw_receiverd *d, kw_http_request *req, bool chat) {
         return;
     }
     j->id = ++d->next_job_id;
+    j->share_id = j->id;
     j->http = req;
     kw_http_request_watch(req, kw__rd_on_abort, NULL, j);
     ++d->queued;

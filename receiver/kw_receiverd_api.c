@@ -328,6 +328,36 @@ static int kw__rd_relay(kw__rd_err *e, const cJSON *r, kw_rd_spec *s) {
     return 0;
 }
 
+/* The largest refine threshold (a margin in logits or an entropy in nats). */
+#define KW__RD_MAX_REFINE_THRESHOLD 1e6
+
+static int kw__rd_refine(kw__rd_err *e, const cJSON *r, kw_rd_spec *s) {
+    if (!cJSON_IsObject(r)) return KW__RD_BAD(e, "kvwire.refine: an object is expected");
+    const cJSON *f;
+    bool threshold = false, proportion = false;
+    cJSON_ArrayForEach(f, r) {
+        const char *str = NULL;
+        if (strcmp(f->string, "metric") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.refine.metric", &str));
+            if (kw_refine_metric_parse(str, &s->refine_metric) < 0)
+                return KW__RD_BAD(e, "kvwire.refine.metric: %s", kw_error_detail());
+        } else if (strcmp(f->string, "threshold") == 0) {
+            KW_FORWARD(
+                kw__rd_number(e, f, "kvwire.refine.threshold", 0, KW__RD_MAX_REFINE_THRESHOLD, &s->refine_threshold));
+            threshold = true;
+        } else if (strcmp(f->string, "proportion") == 0) {
+            KW_FORWARD(kw__rd_number(e, f, "kvwire.refine.proportion", 0, 1, &s->refine_proportion));
+            proportion = true;
+        } else {
+            return KW__RD_BAD(e, "kvwire.refine: unknown field \"%s\"", f->string);
+        }
+    }
+    if (!threshold) return KW__RD_BAD(e, "kvwire.refine.threshold: missing");
+    if (!proportion) return KW__RD_BAD(e, "kvwire.refine.proportion: missing");
+    s->refine = true;
+    return 0;
+}
+
 static int kw__rd_score_ids(kw__rd_err *e, const cJSON *v, int32_t vocab, kw_rd_spec *s) {
     if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.score_ids: an array of arrays is expected");
     const int rows = cJSON_GetArraySize(v);
@@ -367,6 +397,8 @@ static int kw__rd_kvwire(kw__rd_err *e, const cJSON *k, int32_t vocab, kw_rd_spe
             policy = f;
         } else if (strcmp(f->string, "relay") == 0) {
             KW_FORWARD(kw__rd_relay(e, f, s));
+        } else if (strcmp(f->string, "refine") == 0) {
+            KW_FORWARD(kw__rd_refine(e, f, s));
         } else if (strcmp(f->string, "fusion") == 0) {
             KW_FORWARD(kw__rd_choice(e, f, "kvwire.fusion", kw__rd_fusions, &c));
             s->fusion = c ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;
@@ -396,6 +428,21 @@ static int kw__rd_kvwire(kw__rd_err *e, const cJSON *k, int32_t vocab, kw_rd_spe
         if (rows != s->n_force)
             return KW__RD_BAD(e, "kvwire.score_ids: %d rows for %d forced tokens", rows, (int)s->n_force);
     }
+    return 0;
+}
+
+/* A refinement asks for the tokens a larger proportion of the same ranking adds to the one sent section before the
+ * last (receiver/kw_receive.h): so a selection that ranks, a larger proportion, no byte cap, the standard split. */
+static int kw__rd_check_refine(kw__rd_err *e, const kw_rd_spec *s) {
+    if (s->mode != KW_RD_MODE_C2C && s->mode != KW_RD_MODE_KV_DIRECT)
+        return KW__RD_BAD(e, "kvwire.refine: only for modes c2c and kv_direct");
+    if (s->select.mode == KW_SELECT_FULL) return KW__RD_BAD(e, "kvwire.refine: selection full sends every token");
+    if (!(s->refine_proportion > s->select.proportion))
+        return KW__RD_BAD(e, "kvwire.refine.proportion: %g must be above the policy's proportion %g",
+                          s->refine_proportion, s->select.proportion);
+    if (s->budget_bytes) return KW__RD_BAD(e, "kvwire.refine: not with kvwire.policy.budget_bytes");
+    if (s->cache_proportion < 1.0)
+        return KW__RD_BAD(e, "kvwire.refine: needs the standard sections (kvwire.policy.cache_proportion 1)");
     return 0;
 }
 
@@ -608,7 +655,7 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)
         return KW__RD_BAD(e, "kvwire.policy.proportion: above 0 for selection %s", kw_select_mode_name(s->select.mode));
-    return 0;
+    return s->refine ? kw__rd_check_refine(e, s) : 0;
 }
 
 int kw_rd_fit_context(int64_t context, int64_t n_prompt, bool given, int64_t *max_tokens) {

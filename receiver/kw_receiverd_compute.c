@@ -180,10 +180,11 @@ static int kw__rd_plan_budget(kw_rd_job *j, const kw_fusion_section *mine, int32
 }
 
 /* Packs the job's ShareRequest and hands it to the loop. sharer_sections: the sharer's view (index 1 = sent), the
- * last one included; ids[0..prefix). */
+ * last one included; ids[0..prefix). sel: the selection (the spec's, or a refinement's round two with its
+ * skip_ranked[0..n_skip)). */
 static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *question, const int32_t *ids, int64_t prefix,
                                const kw_fusion_section *sharer_sections, int32_t n_sections, const int32_t *layers,
-                               int32_t n_layers) {
+                               int32_t n_layers, const kw_select_policy *sel, uint32_t *skip, size_t n_skip) {
     const kw_rd_spec *s = &j->spec;
     const enum kw_dtype cache_dtype = d->cfg->numerics ? KW_DTYPE_F32 : KW_DTYPE_BF16;
     Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
@@ -199,7 +200,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     size_t n_sched = 0;
     int rc = 0;
     KW_CHECK_IF(!secs || !sec_ptrs || !uids || !ulayers, KW_E_NOMEM, "out of memory");
-    r.request_id = j->id; /* unique in the daemon, so on the connection too */
+    r.request_id = j->share_id; /* unique in the daemon, so on the connection too */
     r.mode = s->mode == KW_RD_MODE_KV_DIRECT    ? KWCTL__MODE__MODE_KV_DIRECT
              : s->mode == KW_RD_MODE_TEXT_RELAY ? KWCTL__MODE__MODE_TEXT_RELAY
                                                 : KWCTL__MODE__MODE_C2C;
@@ -228,10 +229,12 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         r.n_sections = (size_t)(n_sections - 1);
         p.k = &codec;
         p.v = &codec;
-        p.selection = (Kwctl__Selection)(s->select.mode + 1);
-        p.proportion = s->select.mode == KW_SELECT_FULL ? 0 : s->select.proportion;
-        p.seed = s->select.seed;
-        p.min_tokens = (uint32_t)s->select.min_tokens;
+        p.selection = (Kwctl__Selection)(sel->mode + 1);
+        p.proportion = sel->mode == KW_SELECT_FULL ? 0 : sel->proportion;
+        p.seed = sel->seed;
+        p.min_tokens = (uint32_t)sel->min_tokens;
+        p.skip_ranked = skip;
+        p.n_skip_ranked = n_skip;
         p.zstd = s->zstd_level != 0;
         p.zstd_level = s->zstd_level;
         p.budget_bytes = (uint64_t)s->budget_bytes;
@@ -274,6 +277,63 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     KW_CHECK(kw_rd_post_send(d, KW_RD_POST_SEND, j, NULL, 0));
 out:
     free(secs), free(sec_ptrs), free(uids), free(ulayers), free(sched), free(sched_ptrs), free(sched_codecs);
+    return rc;
+}
+
+/* Two-round refinement (receiver/kw_receive.h): the first answer token's metric on round one's cache and, when it
+ * asks for it, round two: the same policy at the refine proportion with skip_ranked, a second stateless share (the
+ * sharer prefills again), its rows applied on top of round one. mine: the sharer's sections. */
+static int kw__rd_refine(kw_receiverd *d, kw_rd_job *j, kw_receive *r, const kw_fusion_section *mine) {
+    const kw_rd_spec *s = &j->spec;
+    const kw_receive_stats *rs = kw_receive_get_stats(r);
+    j->blob_bytes1 = rs->blob_bytes;
+    j->rows1 = rs->rows;
+    KW_FORWARD(kw_receive_probe(r, s->refine_metric, &j->refine_value));
+    j->refine_measured = true;
+    j->ms_probe = rs->probe_ms;
+    if (!kw_refine_wanted(s->refine_metric, j->refine_value, s->refine_threshold)) return 0;
+    const int32_t section = j->n_sections - 2; /* the standard split: the one sent section, then the last */
+    kw_select_policy two = s->select;
+    two.proportion = s->refine_proportion;
+    uint32_t skip[KW_REQUEST_MAX_SECTIONS];
+    int32_t n_skip = 0;
+    int adds = 0;
+    KW_FORWARD(kw_refine_skips(mine, j->n_sections, &s->select, &two, skip, &n_skip, &adds));
+    if (section < 0 || n_skip != 1 || !kw_receive_section_sent(r, section)) {
+        j->refine_skipped = "round two needs one sent section, right before the last";
+        return 0;
+    }
+    if (!adds) {
+        j->refine_skipped = "the refine proportion keeps no more tokens than round one";
+        return 0;
+    }
+    uv_mutex_lock(&j->mu); /* round one's share is over: the link no longer writes it */
+    kw_rd_share one = j->share;
+    memset(&j->share, 0, sizeof j->share);
+    uv_mutex_unlock(&j->mu);
+    j->share_id = j->id | (UINT64_C(1) << 63);
+    int rc = 0;
+    KW_CHECK(kw__rd_send_request(d, j, NULL, j->prompt_ids, j->shared_tokens, mine, j->n_sections, j->layers_sent,
+                                 j->n_layers_sent, &two, skip, (size_t)n_skip));
+    KW_CHECK(kw_receive_reopen(r, section));
+    KW_CHECK(kw__rd_feed_section(j, r));
+    KW_CHECK(kw_receive_end_section(r, section));
+    KW_CHECK(kw__rd_share_end(j));
+    j->rows2 = rs->rows - j->rows1;
+    j->refine_round2 = true;
+out:
+    /* round two's share is over (on a failure it may still run: the link then goes on counting into share) */
+    uv_mutex_lock(&j->mu);
+    j->share2 = j->share;
+    j->share = one;
+    j->share.frames_in += j->share2.frames_in;
+    j->share.control_in += j->share2.control_in;
+    j->share.wire_frames += j->share2.wire_frames;
+    j->share.socket_in += j->share2.socket_in;
+    j->share.socket_out += j->share2.socket_out;
+    j->share.transport_in += j->share2.transport_in;
+    j->share.transport_out += j->share2.transport_out;
+    uv_mutex_unlock(&j->mu);
     return rc;
 }
 
@@ -446,7 +506,7 @@ static int kw__rd_relay(kw_receiverd *d, kw_rd_job *j, kw_chat_message *msgs, si
         if (strcmp(s->messages[i - 1].role, "user") == 0) question = s->messages[i - 1].content;
     KW_RETURN_IF(!question, KW_E_INVALID_ARG, "text_relay: no question (kvwire.relay.question, or a user message)");
     const uint64_t t0 = kw_time_now_ns();
-    KW_FORWARD(kw__rd_send_request(d, j, question, NULL, 0, NULL, 0, NULL, 0));
+    KW_FORWARD(kw__rd_send_request(d, j, question, NULL, 0, NULL, 0, NULL, 0, &j->spec.select, NULL, 0));
     KW_FORWARD(kw__rd_relay_text(j));
     j->ms_relay_wait = kw_time_ms(t0, kw_time_now_ns());
     kw_chat_message *in = malloc(s->n_messages * sizeof *in);
@@ -557,7 +617,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         }
         if (n_sent > 0 && n_layers > 0)
             KW_CHECK(kw__rd_send_request(d, j, NULL, j->prompt_ids, j->shared_tokens, mine, j->n_sections,
-                                         j->layers_sent, n_layers));
+                                         j->layers_sent, n_layers, &s->select, NULL, 0));
         else
             n_sent = 0;
         kw_receive_options ro = {.mode = kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C,
@@ -577,6 +637,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
             KW_CHECK(kw_receive_end_section(r, sec));
         }
         if (n_sent) KW_CHECK(kw__rd_share_end(j));
+        if (n_sent && s->refine) KW_CHECK(kw__rd_refine(d, j, r, mine));
         KW_CHECK(kw_receive_generate(r, &res));
         const kw_receive_stats *rs = kw_receive_get_stats(r);
         j->blob_bytes = rs->blob_bytes;

@@ -29,6 +29,7 @@
 #include "net/kw_net.h"
 #include "net/kw_net_service.h"
 #include "proto/kw_proto.h"
+#include "receiver/kw_receive.h"
 #include "receiver/kw_receiverd.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_alloc.h"
@@ -87,6 +88,11 @@ typedef struct kw_rd_spec {
     int64_t relay_max_tokens, relay_max_bytes; /* max_bytes -1: no cap */
     char *relay_question;                      /* NULL: the last user message or the prompt */
     enum kw_relay_style relay_style;           /* what the sharer's message is (c2c/kw_relay.h) */
+    /* two-round refinement (HTTP_API.md §5.1 kvwire.refine): round two at refine_proportion when the first answer
+     * token's metric asks for it (receiver/kw_receive.h) */
+    bool refine;
+    enum kw_refine_metric refine_metric;
+    double refine_threshold, refine_proportion;
     int32_t *force_ids;
     int32_t n_force;
     int32_t (*score_ids)[KW_RD_MAX_TOP]; /* n_force rows */
@@ -185,7 +191,8 @@ struct kw_rd_job {
     int32_t fuser_index;                             /* c2c */
     int32_t sharer_layers, sharer_heads, sharer_dim; /* the sharer model's cache (its hello) */
     char sharer_name[129], sharer_model[129];
-    uint64_t share_id;
+    uint64_t share_id;      /* the ShareRequest's request_id: the job's id, round two's with bit 63 set (set by the
+                               compute thread before it posts the SEND) */
     uint8_t *request_frame; /* the packed ShareRequest until it is written (owned) */
     size_t request_len;
     bool share_active; /* the link's share in flight */
@@ -197,6 +204,8 @@ struct kw_rd_job {
     bool paused;  /* the link stopped reading for this inbox */
     bool discard; /* the compute thread is done: incoming bytes are dropped */
     kw_rd_share share;
+    kw_rd_share share2; /* refinement: round two's share once it ended; share is then round one's with the byte
+                           counters of both rounds (compute thread, then the loop after DONE) */
     /* (compute) results, read by the loop after the DONE post */
     int status, http_status;
     char error[512];
@@ -223,6 +232,12 @@ struct kw_rd_job {
     int64_t tokens_fused;
     int32_t layers_fused, layers_skipped;
     int32_t layers_unsent; /* kvcomm_like: candidate sharer layers the cap left out */
+    /* refinement (HTTP_API.md §5.2 "refine") */
+    bool refine_measured, refine_round2; /* the metric was measured; round two was asked for and applied */
+    double refine_value, ms_probe;
+    const char *refine_skipped; /* why round two was wanted but not asked for (static), or NULL */
+    uint64_t blob_bytes1;       /* round one's share of blob_bytes */
+    int64_t rows1, rows2;       /* rows applied per round, over all layers */
     double ms_queue, ms_tokenize, ms_receiver_prefill, ms_decode_wire, ms_project, ms_fuse, ms_first_token, ms_decode,
         ms_relay_wait;
 };
@@ -303,6 +318,7 @@ struct kw_receiverd {
     bool shutting_down;
     uint64_t requests[4][KW_RD_OUTCOMES]; /* by mode */
     uint64_t bytes_blob, bytes_socket_in, bytes_socket_out, bytes_text, generated_tokens;
+    uint64_t refine[3]; /* refined requests that ended well: round two not triggered, applied, skipped */
     kw_rd_hist request_hist[4];
     kw_rd_hist stage_hist[KW_RD_STAGES];
 };

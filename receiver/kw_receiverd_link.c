@@ -178,7 +178,7 @@ void kw_rd_link_release(kw_rd_link *l, kw_rd_job *j) {
     }
     if (l->active == j && l->conn) { /* in flight: ask the sharer to stop; its end frees the connection */
         Kwctl__Cancel c = KWCTL__CANCEL__INIT;
-        c.request_id = j->id;
+        c.request_id = j->share_id;
         if (kw__rd_link_send(l, KW_PROTO_FRAME_CANCEL, &c.base) < 0) kw_net_conn_abort(l->conn, KW_E_NET_IO);
     }
 }
@@ -345,7 +345,7 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "a frame a sharer does not send");
         return KW_PROTO_PAUSE;
     }
-    if (!j || id != j->id) {
+    if (!j || id != j->share_id) {
         kw_proto_message_free(m);
         kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "an answer for no request in flight");
         return KW_PROTO_PAUSE;

@@ -19,9 +19,10 @@ typedef struct kw_share_request_options {
     const int32_t *layers; /* borrowed: sharer layers to send, ascending */
     int32_t n_layers;
     kw_select_policy select;
-    int same_positions;        /* kv_direct: one selection per section for every layer */
-    enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
-    const uint8_t *pad;        /* NULL, or one flag per prefix position (1 = padding) */
+    const int64_t *skip_ranked; /* NULL, or borrowed, one per sent section: round two's skip (c2c/kw_share.h) */
+    int same_positions;         /* kv_direct: one selection per section for every layer */
+    enum kw_dtype cache_dtype;  /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    const uint8_t *pad;         /* NULL, or one flag per prefix position (1 = padding) */
     /* KVWire (wire not NULL): the codecs, and where the blob bytes go */
     const kw_wire_policy *wire;
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */

@@ -306,8 +306,9 @@ static int kw__sd_share(kw__sd_run *r) {
     kw_fusion_section *mine = malloc((req->n_sections + 1) * sizeof *mine);
     kw_share_layer_codec *overrides = malloc((req->policy->n_schedule + 1) * sizeof *overrides);
     int32_t *ids = malloc((req->n_token_ids + 1) * sizeof *ids);
+    int64_t *skip = malloc((req->policy->n_skip_ranked + 1) * sizeof *skip);
     int rc = 0;
-    KW_CHECK_IF(!layers || !mine || !overrides || !ids, KW_E_NOMEM, "sharerd: out of memory");
+    KW_CHECK_IF(!layers || !mine || !overrides || !ids || !skip, KW_E_NOMEM, "sharerd: out of memory");
     for (size_t i = 0; i < req->n_token_ids; ++i)
         ids[i] = req->token_ids[i] > INT32_MAX ? -1 : (int32_t)req->token_ids[i];
     int32_t n_layers = 0;
@@ -317,9 +318,12 @@ static int kw__sd_share(kw__sd_run *r) {
     kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, budget_codecs, &o);
     o.write = kw__sd_write;
     o.user = r;
+    for (size_t i = 0; i < req->policy->n_skip_ranked; ++i) /* validated: one per sent section, below its count */
+        skip[i] = req->policy->skip_ranked[i];
+    o.skip_ranked = req->policy->n_skip_ranked ? skip : NULL;
     KW_CHECK(kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats));
 out:
-    free(layers), free(mine), free(overrides), free(ids);
+    free(layers), free(mine), free(overrides), free(ids), free(skip);
     return rc;
 }
 
@@ -691,9 +695,16 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                                 .n_positions = (uint32_t)req->n_token_ids,
                                 .src_dtype = KW_WIRE_DTYPE_F32};
     if (p->budget_bytes) KW_FORWARD(kw__sd_validate_budget(req, &hdr, &sel, budget_codecs, n_budget));
+    size_t blob = 0;
     for (size_t s = 0; s < req->n_sections; ++s) {
         if (!req->sections[s]->sent) continue;
-        const int64_t rows = kw_select_count(&sel, req->sections[s]->length);
+        /* round two of a refinement: the ranks [skip, count) only, and at least one of them */
+        kw_select_policy ranked = sel;
+        ranked.skip = p->n_skip_ranked ? p->skip_ranked[blob] : 0;
+        ++blob;
+        const int skip_rc = kw_select_check_skip(&ranked, req->sections[s]->length);
+        if (skip_rc < 0) KW_FAIL(skip_rc, "SharePolicy.skip_ranked: %s", kw_error_detail());
+        const int64_t rows = kw_select_count(&ranked, req->sections[s]->length) - ranked.skip;
         kept += (uint64_t)rows;
         blob_max += KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES;
         for (size_t i = 0; i < n_layers; ++i) {

@@ -13,7 +13,9 @@
  * selected K/V at the cache dtype), relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec,
  * wire_blobs, wire_bytes (measured blob length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the
  * smallest cap the request takes) and budget_tokens (the allocation histogram), with --print-alignment and alignment:
- * recv_ids, sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option
+ * recv_ids, sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), with --refine-threshold: refine (the
+ * metric measured, whether round two ran) and refine_round_two (its bytes, tokens, rows and sharer time; wire_bytes
+ * and tokens_sent above count both rounds), then timing_ms with the stages. Option
  * parsing, prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/ and receiver/. */
 #include "kw_commands.h"
 
@@ -57,6 +59,7 @@ static void kw_c2c_usage(FILE *f) {
         "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
+        "                  [--refine-threshold X --refine-proportion P [--refine-metric margin|entropy]]\n"
         "                  [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R] [--dataset NAME] [--raw]\n"
         "                  [--tokenizer DIR] [--threads N] [--date \"23 Nov 2026\"] [--system TEXT]\n"
         "                  [--align first|longest|off] [--sharer-tokenizer DIR] [--decode-pads reference|masked]\n"
@@ -108,6 +111,12 @@ static void kw_c2c_usage(FILE *f) {
         "                    first, the others not sent nor fused (c2c only); qkvcomm_like: every layer at the first\n"
         "                    of two codecs (default int4,int8), upgraded to the second deepest layer first while the\n"
         "                    cap holds it (docs/HTTP_API.md \"budget_mode\")\n"
+        "  --refine-threshold X  c2c (one sharer), kv_direct: two-round refinement. After round one the receiver\n"
+        "                    measures the first answer token (--refine-metric margin, the default: top-1 minus top-2\n"
+        "                    logit, round two when below X; entropy: of the softmax in nats, round two when above X)\n"
+        "                    and may have the sharer prefill again and send the tokens --refine-proportion P (above\n"
+        "                    --select-proportion) adds, applied on top (docs/PROTOCOL.md \"Two-round refinement\");\n"
+        "                    prints refine and refine_round_two, wire_bytes and tokens_sent count both rounds\n"
         "  --relay-max-tokens  text_relay: the sharer's reply length (default 256); --relay-bytes N caps it in UTF-8\n"
         "                    bytes at a character boundary\n"
         "  --relay-style     text_relay: the message is the sharer's reply (generated, the default), the question\n"
@@ -228,16 +237,20 @@ static int kw_c2c_link_dump(kw_c2c_link *l, const kw_c2c_blob *b) {
     return 0;
 }
 
+/* Drops what a stream holds (its blobs or rows were applied): a refinement's round two starts it over. */
+static void kw_c2c_stream_reset(kw_c2c_stream *s) {
+    for (int32_t b = 0; b < s->n_blobs; ++b)
+        free(s->blobs[b].data);
+    for (int32_t r = 0; r < s->n_rows; ++r)
+        free(s->rows[r].positions), free(s->rows[r].k), free(s->rows[r].v);
+    free(s->blobs);
+    free(s->rows);
+    memset(s, 0, sizeof *s);
+}
+
 static void kw_c2c_link_free(kw_c2c_link *l) {
-    for (int i = 0; i < KW_FUSION_MAX_SHARERS; ++i) {
-        kw_c2c_stream *s = &l->streams[i];
-        for (int32_t b = 0; b < s->n_blobs; ++b)
-            free(s->blobs[b].data);
-        for (int32_t r = 0; r < s->n_rows; ++r)
-            free(s->rows[r].positions), free(s->rows[r].k), free(s->rows[r].v);
-        free(s->blobs);
-        free(s->rows);
-    }
+    for (int i = 0; i < KW_FUSION_MAX_SHARERS; ++i)
+        kw_c2c_stream_reset(&l->streams[i]);
     memset(l, 0, sizeof *l);
 }
 
@@ -259,12 +272,27 @@ typedef struct kw_c2c_plan {
     const kw_wire_codec_spec *budget_codecs;
     uint32_t n_budget_codecs;
     enum kw_wire_budget_mode budget_mode;
+    /* two-round refinement (--refine-threshold; one sharer): round two at refine_proportion when the metric asks */
+    int refine;
+    enum kw_refine_metric refine_metric;
+    double refine_threshold, refine_proportion;
+    const int64_t *skip_ranked; /* round two's, per sent section (NULL: round one) */
 } kw_c2c_plan;
 
+/* What a refinement measured and sent (the totals hold both rounds). */
+typedef struct kw_c2c_refine_stats {
+    int measured, applied;
+    const char *skipped; /* why round two was wanted but not run (static), or NULL */
+    double value, sharer_ms;
+    uint64_t wire_bytes;
+    int64_t tokens_sent, rows;
+} kw_c2c_refine_stats;
+
 typedef struct kw_c2c_totals {
-    kw_share_stats share; /* summed over the sharers */
+    kw_share_stats share; /* summed over the sharers (and both rounds of a refinement) */
     kw_share_wire_stats wire;
     kw_receive_stats recv;
+    kw_c2c_refine_stats refine;
 } kw_c2c_totals;
 
 static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
@@ -313,6 +341,7 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .layers = layers,
                                          .n_layers = n_layers,
                                          .select = plan->select,
+                                         .skip_ranked = plan->skip_ranked,
                                          .same_positions = plan->kv_direct,
                                          .cache_dtype = plan->cache_dtype,
                                          .pad = plan->sharer_pad[i],
@@ -331,10 +360,78 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
     return 0;
 }
 
-/* The receiver half, fed from the link. */
-static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_fusion *f, kw_kvcache *cache, const int32_t *ids,
-                          int64_t n, const kw_c2c_plan *plan, const kw_fusion_options *fo, kw_fusion_result *res,
-                          kw_c2c_totals *tot) {
+/* Feeds what sharer i sent for the open section sec: its next blob (*blob counts them) or its rows of sec. */
+static int kw_c2c_feed(kw_c2c_link *link, kw_receive *r, int32_t i, int32_t sec, const kw_c2c_plan *plan,
+                       int32_t *blob) {
+    const kw_c2c_stream *s = &link->streams[i];
+    if (plan->wire) {
+        KW_RETURN_IF(*blob >= s->n_blobs, KW_E_SHARE_INCOMPLETE, "c2c: sharer %d sent no blob for section %d", (int)i,
+                     (int)sec);
+        const kw_c2c_blob *b = &s->blobs[(*blob)++];
+        KW_FORWARD(kw_c2c_link_dump(link, b));
+        int done = 0;
+        return kw_receive_feed(r, i, b->data, b->len, &done);
+    }
+    for (int32_t j = 0; j < s->n_rows; ++j)
+        if (s->rows[j].section == sec)
+            KW_FORWARD(kw_receive_rows(r, i, s->rows[j].layer, s->rows[j].n, s->rows[j].positions, s->rows[j].k,
+                                       s->rows[j].v));
+    return kw_receive_rows_done(r, i);
+}
+
+/* Two-round refinement in process (receiver/kw_receive.h): the metric on round one's cache and, when it asks for it,
+ * sharer 0 (model sm) prefills again and sends the tokens the refine proportion adds (skip_ranked), applied on top
+ * of round one, as sharerd and receiverd do it. */
+static int kw_c2c_refine(kw_c2c_link *link, kw_receive *r, kw_model *sm, kw_fusion *f, const int32_t *ids,
+                         const kw_c2c_plan *plan, kw_c2c_totals *tot) {
+    kw_c2c_refine_stats *out = &tot->refine;
+    KW_FORWARD(kw_receive_probe(r, plan->refine_metric, &out->value));
+    out->measured = 1;
+    if (!kw_refine_wanted(plan->refine_metric, out->value, plan->refine_threshold)) return 0;
+    kw_fusion_section mine[KW_REQUEST_MAX_SECTIONS];
+    int64_t prefix = 0;
+    KW_FORWARD(kw_request_sharer_sections(plan->sections, plan->n_sections, 0, plan->kv_direct, mine, &prefix, NULL));
+    kw_c2c_plan two = *plan;
+    two.select.proportion = plan->refine_proportion;
+    uint32_t skip[KW_REQUEST_MAX_SECTIONS];
+    int32_t n_skip = 0;
+    int adds = 0;
+    KW_FORWARD(kw_refine_skips(mine, plan->n_sections, &plan->select, &two.select, skip, &n_skip, &adds));
+    const int32_t section = plan->n_sections - 2;
+    if (section < 0 || n_skip != 1 || !kw_receive_section_sent(r, section)) {
+        out->skipped = "round two needs one sent section, right before the last";
+        return 0;
+    }
+    if (!adds) {
+        out->skipped = "the refine proportion keeps no more tokens than round one";
+        return 0;
+    }
+    const int64_t skip64 = skip[0];
+    two.skip_ranked = &skip64;
+    kw_c2c_stream_reset(&link->streams[0]);
+    kw_c2c_totals t2;
+    memset(&t2, 0, sizeof t2);
+    KW_FORWARD(kw_c2c_share(link, sm, f, 0, ids, &two, &t2));
+    t2.share.tokens_total = 0; /* the same sections as round one's: counted once */
+    kw_c2c_add_share(&tot->share, &t2.share);
+    if (plan->wire) kw_c2c_add_wire(&tot->wire, &t2.wire);
+    out->wire_bytes = t2.wire.blob_bytes;
+    out->tokens_sent = t2.share.tokens_sent;
+    out->sharer_ms = t2.share.prefill_ms + t2.share.select_ms + t2.share.callback_ms;
+    const int64_t rows0 = kw_receive_get_stats(r)->rows;
+    int32_t blob = 0;
+    KW_FORWARD(kw_receive_reopen(r, section));
+    KW_FORWARD(kw_c2c_feed(link, r, 0, section, &two, &blob));
+    KW_FORWARD(kw_receive_end_section(r, section));
+    out->rows = kw_receive_get_stats(r)->rows - rows0;
+    out->applied = 1;
+    return 0;
+}
+
+/* The receiver half, fed from the link. sm: sharer 0's model (a refinement's round two). */
+static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_model *sm, kw_fusion *f, kw_kvcache *cache,
+                          const int32_t *ids, int64_t n, const kw_c2c_plan *plan, const kw_fusion_options *fo,
+                          kw_fusion_result *res, kw_c2c_totals *tot) {
     kw_receive_options ro = {.mode = plan->kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C, .fusion = *fo};
     for (int32_t i = 0; link->planned_layers && i < KW_FUSION_MAX_SHARERS; ++i)
         ro.layers[i] = link->layers[i], ro.n_layers[i] = link->n_layers[i];
@@ -345,26 +442,11 @@ static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_fusion *f, kw_kv
     for (int32_t sec = 0; sec + 1 < plan->n_sections; ++sec) {
         KW_CHECK(kw_receive_prefill(r, sec));
         const int32_t want = kw_receive_section_sharers(r, sec);
-        for (int32_t i = 0; i < KW_FUSION_MAX_SHARERS; ++i) {
-            if (!(want & (1 << i))) continue;
-            const kw_c2c_stream *s = &link->streams[i];
-            if (plan->wire) {
-                KW_CHECK_IF(blob[i] >= s->n_blobs, KW_E_SHARE_INCOMPLETE, "c2c: sharer %d sent no blob for section %d",
-                            (int)i, (int)sec);
-                const kw_c2c_blob *b = &s->blobs[blob[i]++];
-                KW_CHECK(kw_c2c_link_dump(link, b));
-                int done = 0;
-                KW_CHECK(kw_receive_feed(r, i, b->data, b->len, &done));
-            } else {
-                for (int32_t j = 0; j < s->n_rows; ++j)
-                    if (s->rows[j].section == sec)
-                        KW_CHECK(kw_receive_rows(r, i, s->rows[j].layer, s->rows[j].n, s->rows[j].positions,
-                                                 s->rows[j].k, s->rows[j].v));
-                KW_CHECK(kw_receive_rows_done(r, i));
-            }
-        }
+        for (int32_t i = 0; i < KW_FUSION_MAX_SHARERS; ++i)
+            if (want & (1 << i)) KW_CHECK(kw_c2c_feed(link, r, i, sec, plan, &blob[i]));
         KW_CHECK(kw_receive_end_section(r, sec));
     }
+    if (plan->refine) KW_CHECK(kw_c2c_refine(link, r, sm, f, ids, plan, tot));
     KW_CHECK(kw_receive_generate(r, res));
     tot->recv = *kw_receive_get_stats(r);
 out:
@@ -584,7 +666,10 @@ int kw_cmd_c2c(int argc, char **argv) {
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     const char *budget_codecs = NULL;
     int64_t budget_bytes = 0;
-    double proportion = -1.0, select_p = 1.0; /* proportion < 0: not given */
+    double proportion = -1.0, select_p = 1.0;        /* proportion < 0: not given */
+    double refine_threshold = -1.0, refine_p = -1.0; /* < 0: no refinement */
+    int refine_metric_i = KW_REFINE_MARGIN;
+    static const char *const refine_metrics[] = {"margin", "entropy", NULL}; /* enum kw_refine_metric */
     int64_t max_new = 64, threads = 0, wire_zstd = 0, min_tokens = 1, seed = 0, relay_tokens = 256, relay_bytes = -1;
     const kw_cli_option opts[] = {
         KW_CLI_STR("--receiver", &recv_dir),
@@ -621,6 +706,9 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
         KW_CLI_STR("--budget-codecs", &budget_codecs),
         KW_CLI_CHOICE("--budget-mode", &budget_mode_i, budget_modes),
+        KW_CLI_REAL("--refine-threshold", &refine_threshold, 0.0, 1e6),
+        KW_CLI_REAL("--refine-proportion", &refine_p, 0.0, 1.0),
+        KW_CLI_CHOICE("--refine-metric", &refine_metric_i, refine_metrics),
         KW_CLI_FLAG("--fp32", &fp32),
         KW_CLI_FLAG("--raw", &raw),
         KW_CLI_FLAG("--print-alignment", &print_alignment),
@@ -661,6 +749,16 @@ int kw_cmd_c2c(int argc, char **argv) {
         usage_error = "text_relay builds chat prompts: not with --raw";
     if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256 || relay_style_i))
         usage_error = "--relay-bytes, --relay-max-tokens and --relay-style are for --mode text_relay";
+    const int refine = refine_threshold >= 0.0;
+    if (!usage_error && refine != (refine_p >= 0.0))
+        usage_error = "--refine-threshold and --refine-proportion go together";
+    if (!usage_error && !refine && refine_metric_i != KW_REFINE_MARGIN)
+        usage_error = "--refine-metric needs --refine-threshold";
+    if (!usage_error && refine &&
+        ((xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT) || n_sharer_dirs > 1 || select_i == 0 ||
+         budget_bytes || have_proportion || !(refine_p > select_p)))
+        usage_error = "--refine-threshold is for --mode c2c with one sharer or kv_direct, a --select other than full, "
+                      "--refine-proportion above --select-proportion, no --budget-bytes and no --proportion";
     if (usage_error) {
         fprintf(stderr, "kvwire c2c: %s\n", usage_error);
         return 2;
@@ -854,7 +952,11 @@ int kw_cmd_c2c(int argc, char **argv) {
                           .wire = use_wire ? &wire_pol : NULL,
                           .budget_codecs = budget_specs,
                           .n_budget_codecs = n_budget_specs,
-                          .budget_mode = (enum kw_wire_budget_mode)budget_mode_i};
+                          .budget_mode = (enum kw_wire_budget_mode)budget_mode_i,
+                          .refine = refine,
+                          .refine_metric = (enum kw_refine_metric)refine_metric_i,
+                          .refine_threshold = refine_threshold,
+                          .refine_proportion = refine_p};
         if (budget_bytes) /* several sharers share the cap equally */
             cp.budget_bytes = (uint64_t)budget_bytes / (uint64_t)(cp.kv_direct ? 1 : n_sharer_dirs);
         if (plan.on) {
@@ -870,7 +972,8 @@ int kw_cmd_c2c(int argc, char **argv) {
             KW_CHECK(kw_c2c_share(&link, cp.kv_direct ? recv : sharers[i], fusion, i, run_ids, &cp, &tot));
         }
         stage = "receiver half";
-        KW_CHECK(kw_c2c_receive(&link, recv, fusion, cache, run_ids, (int64_t)n_ids, &cp, &fo, &res, &tot));
+        KW_CHECK(kw_c2c_receive(&link, recv, cp.kv_direct ? recv : sharers[0], fusion, cache, run_ids, (int64_t)n_ids,
+                                &cp, &fo, &res, &tot));
     }
     KW_CHECK(kw_tokenizer_decode(tok, res.gen.ids, (size_t)res.gen.n, 1, &completion, &completion_len));
     char letter = 0;
@@ -941,6 +1044,15 @@ int kw_cmd_c2c(int argc, char **argv) {
             printf(" %s %llu", kw_wire_codec_name(budget_specs[c].codec),
                    (unsigned long long)tot.wire.tokens_per_codec[c]);
         printf("\n");
+    }
+    if (refine) {
+        const kw_c2c_refine_stats *rf = &tot.refine;
+        printf("refine: metric %s threshold %g proportion %g value %.9g triggered %d applied %d%s%s\n",
+               refine_metrics[refine_metric_i], refine_threshold, refine_p, rf->value,
+               rf->measured && kw_refine_wanted((enum kw_refine_metric)refine_metric_i, rf->value, refine_threshold),
+               rf->applied, rf->skipped ? " skipped: " : "", rf->skipped ? rf->skipped : "");
+        printf("refine_round_two: wire_bytes %llu tokens_sent %lld rows %lld sharer_ms %.3f\n",
+               (unsigned long long)rf->wire_bytes, (long long)rf->tokens_sent, (long long)rf->rows, rf->sharer_ms);
     }
     if (print_alignment && plan.on) {
         kw_c2c_print_ids("recv_ids", ar.recv_ids, ar.n);

@@ -118,6 +118,52 @@ static void test_norm_topk(void **state) {
         assert_true(out[i] != 5);
 }
 
+/* Round two of a refinement: for every mode, the ranks [k1, k2) (skip = k1) and the k1 of round one are disjoint
+ * and together exactly the selection at the larger proportion, ties and non-finite scores included; a skip that is
+ * not below the count is refused (round two would add nothing). */
+static void test_skip_ranked(void **state) {
+    (void)state;
+    enum { T = 40, H = 2, D = 4 };
+    float k[T * H * D], v[T * H * D], scratch[T];
+    for (int i = 0; i < T * H * D; ++i) {
+        k[i] = (float)((i * 7919) % 13) - 6.0f;
+        v[i] = (float)((i * 104729) % 5); /* many equal norms: the ties decide */
+    }
+    v[3 * H * D] = NAN; /* never chosen */
+    const enum kw_select_mode modes[] = {KW_SELECT_FRONT, KW_SELECT_BACK, KW_SELECT_RANDOM, KW_SELECT_KNORM,
+                                         KW_SELECT_VNORM};
+    const double props[][2] = {{0.1, 0.6}, {0.05, 1.0}, {0.5, 0.55}, {0.3, 0.9}};
+    for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; ++mi) {
+        for (size_t pi = 0; pi < sizeof props / sizeof props[0]; ++pi) {
+            kw_select_policy one = {.mode = modes[mi], .proportion = props[pi][0], .min_tokens = 1, .seed = 11};
+            kw_select_policy two = one, rest = one;
+            two.proportion = rest.proportion = props[pi][1];
+            int64_t a[T], b[T], c[T], na = 0, nb = 0, nc = 0;
+            assert_int_equal(kw_select_positions(&one, T, H, D, k, v, 2, 5, scratch, a, &na), 0);
+            assert_int_equal(kw_select_positions(&two, T, H, D, k, v, 2, 5, scratch, b, &nb), 0);
+            rest.skip = kw_select_count(&one, T);
+            assert_int_equal(kw_select_check_skip(&rest, T), 0);
+            assert_int_equal(kw_select_positions(&rest, T, H, D, k, v, 2, 5, scratch, c, &nc), 0);
+            assert_int_equal(na + nc, nb);
+            uint8_t seen[T] = {0};
+            for (int64_t i = 0; i < na; ++i)
+                seen[a[i]] = 1;
+            for (int64_t i = 0; i < nc; ++i) {
+                assert_false(seen[c[i]]); /* disjoint */
+                assert_true(i == 0 || c[i] > c[i - 1]);
+                seen[c[i]] = 1;
+            }
+            for (int64_t i = 0; i < nb; ++i)
+                assert_true(seen[b[i]]);          /* the union is the larger selection */
+            rest.skip = kw_select_count(&two, T); /* nothing left to send */
+            assert_int_equal(kw_select_check_skip(&rest, T), KW_E_INVALID_ARG);
+            assert_int_equal(kw_select_positions(&rest, T, H, D, k, v, 2, 5, scratch, c, &nc), KW_E_INVALID_ARG);
+        }
+    }
+    kw_select_policy neg = {.mode = KW_SELECT_FRONT, .proportion = 0.5, .min_tokens = 1, .skip = -1};
+    assert_int_equal(kw_select_policy_check(&neg), KW_E_INVALID_ARG);
+}
+
 static void test_refused(void **state) {
     (void)state;
     int64_t out[4], n;
@@ -144,7 +190,7 @@ static void test_refused(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_count_rule), cmocka_unit_test(test_position_modes), cmocka_unit_test(test_random_draw),
-        cmocka_unit_test(test_norm_topk),  cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_norm_topk),  cmocka_unit_test(test_refused),        cmocka_unit_test(test_skip_ranked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -288,6 +288,58 @@ static void test_relay(void **state) {
     kw_rd_spec_free(&s);
 }
 
+/* kvwire.refine (two-round refinement): threshold in [0, 1e6], proportion in (the policy's proportion, 1]. */
+static void test_refine(void **state) {
+    (void)state;
+    kw_rd_spec s;
+#define KW_T_REFINE(mode, policy, refine)                                                                              \
+    "\"kvwire\": {\"mode\": \"" mode "\", \"policy\": {" policy "}, \"refine\": {" refine "}}"
+    accept_fields(KW_T_REFINE("c2c", "\"selection\": \"front\", \"proportion\": 0.001",
+                              "\"metric\": \"entropy\", \"threshold\": 1000000, \"proportion\": 1"),
+                  false, &s);
+    assert_true(s.refine);
+    assert_int_equal(s.refine_metric, KW_REFINE_ENTROPY);
+    assert_true(s.refine_threshold == 1e6 && s.refine_proportion == 1);
+    kw_rd_spec_free(&s);
+    accept_fields(KW_T_REFINE("kv_direct", "\"selection\": \"random\", \"proportion\": 0.5",
+                              "\"threshold\": 0, \"proportion\": 0.5000001"),
+                  true, &s);
+    assert_int_equal(s.refine_metric, KW_REFINE_MARGIN); /* the default */
+    assert_true(s.refine_threshold == 0);
+    kw_rd_spec_free(&s);
+    const char *const P = "\"selection\": \"vnorm_topk\", \"proportion\": 0.25";
+    char f[512];
+    const char *const refused[][2] = {
+        {"\"threshold\": 1000000.1, \"proportion\": 1", "refine.threshold"},
+        {"\"threshold\": -0.001, \"proportion\": 1", "refine.threshold"},
+        {"\"threshold\": 1, \"proportion\": 1.0001", "refine.proportion"},
+        {"\"threshold\": 1, \"proportion\": 0.25", "refine.proportion"}, /* not above round one's */
+        {"\"threshold\": 1, \"proportion\": 0.1", "refine.proportion"},
+        {"\"threshold\": 1, \"proportion\": 1, \"metric\": \"ratio\"", "refine.metric"},
+        {"\"threshold\": 1, \"proportion\": 1, \"budget_bytes\": 100", "kvwire.refine"},
+        {"\"proportion\": 1", "refine.threshold"},
+        {"\"threshold\": 1", "refine.proportion"},
+        {"\"threshold\": \"1\", \"proportion\": 1", "refine.threshold"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; ++i) {
+        snprintf(f, sizeof f, "\"kvwire\": {\"mode\": \"c2c\", \"policy\": {%s}, \"refine\": {%s}}", P, refused[i][0]);
+        refuse_fields(f, false, refused[i][1]);
+    }
+    refuse_fields(KW_T_REFINE("receiver_only", "\"selection\": \"front\", \"proportion\": 0.5",
+                              "\"threshold\": 1, \"proportion\": 1"),
+                  false, "kvwire.refine");
+    refuse_fields(KW_T_REFINE("c2c", "\"selection\": \"full\"", "\"threshold\": 1, \"proportion\": 1"), false,
+                  "kvwire.refine");
+    refuse_fields(KW_T_REFINE("c2c", "\"selection\": \"front\", \"proportion\": 0.5, \"budget_bytes\": 100000",
+                              "\"threshold\": 1, \"proportion\": 1"),
+                  false, "kvwire.refine");
+    refuse_fields(KW_T_REFINE("c2c", "\"selection\": \"front\", \"proportion\": 0.5, \"cache_proportion\": 0.5",
+                              "\"threshold\": 1, \"proportion\": 1"),
+                  false, "kvwire.refine");
+    refuse_fields("\"kvwire\": {\"refine\": 1}", false, "kvwire.refine");
+#undef KW_T_REFINE
+}
+
 static void test_forcing(void **state) {
     (void)state;
     kw_rd_spec s;
@@ -348,6 +400,7 @@ int main(void) {
         cmocka_unit_test(test_layers_and_schedule),
         cmocka_unit_test(test_relay),
         cmocka_unit_test(test_forcing),
+        cmocka_unit_test(test_refine),
         cmocka_unit_test(test_unknown_and_types),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

@@ -10,6 +10,7 @@
  *  - TLS: an untrusted server certificate and plaintext against a TLS sharer are refused; mutual TLS needs the client
  *    certificate;
  *  - a full request queue is a 503 (KW_E_SHARE_BUSY);
+ *  - a refinement's round two whose skip_ranked is not below the selection's count is refused by sharerd;
  * and every daemon exits cleanly on SIGTERM (no leak under the sanitizer build). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -625,8 +626,8 @@ static int client_hello(uint16_t port) {
     return fd;
 }
 
-/* A long c2c share of tiny-qwen2 (n tokens). */
-static void client_request(int fd, uint64_t id, uint32_t n) {
+/* A c2c share of tiny-qwen2 (n tokens, one sent section) with policy (NULL: every token at bf16). */
+static void client_request_policy(int fd, uint64_t id, uint32_t n, Kwctl__SharePolicy *policy) {
     uint32_t *ids = malloc(n * sizeof *ids);
     for (uint32_t i = 0; i < n; ++i)
         ids[i] = 100 + i % 5000;
@@ -647,10 +648,53 @@ static void client_request(int fd, uint64_t id, uint32_t n) {
     r.n_token_ids = n;
     r.sections = secs;
     r.n_sections = 1;
-    r.policy = &p;
+    r.policy = policy ? policy : &p;
     r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
     assert_int_equal(send_msg(fd, KW_PROTO_FRAME_SHARE_REQUEST, &r.base), 0);
     free(ids);
+}
+
+/* A long c2c share of tiny-qwen2 (n tokens). */
+static void client_request(int fd, uint64_t id, uint32_t n) {
+    client_request_policy(fd, id, n, NULL);
+}
+
+/* Round two of a refinement (SharePolicy.skip_ranked): a skip not below the selection's count is refused with
+ * KW_E_INVALID_ARG before any work (the protocol only knows the section's length); one below it sends the ranks
+ * [skip, count) only. */
+static void test_sharer_skip_ranked(void **state) {
+    (void)state;
+    kwd_proc sd;
+    kwd_start_sharer(0, NULL, &sd);
+    const int fd = client_hello(sd.port);
+    Kwctl__CodecSpec c = KWCTL__CODEC_SPEC__INIT;
+    c.codec = KW_WIRE_CODEC_BF16;
+    uint32_t skip = 4;
+    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
+    p.k = p.v = &c;
+    p.selection = KWCTL__SELECTION__SELECTION_VNORM_TOPK;
+    p.proportion = 0.25; /* 4 of 16 */
+    p.skip_ranked = &skip;
+    p.n_skip_ranked = 1;
+    client_request_policy(fd, 3, 16, &p);
+    ProtobufCMessage *m = NULL;
+    read_until(fd, KW_PROTO_FRAME_ERROR, &m);
+    assert_int_equal(((Kwctl__Error *)m)->request_id, 3);
+    assert_int_equal(((Kwctl__Error *)m)->status, KW_E_INVALID_ARG);
+    assert_non_null(strstr(((Kwctl__Error *)m)->message, "skip_ranked"));
+    kw_proto_message_free(m);
+    skip = 3;
+    client_request_policy(fd, 4, 16, &p);
+    read_until(fd, KW_PROTO_FRAME_SHARE_HEADER, &m);
+    assert_int_equal(((Kwctl__ShareHeader *)m)->tokens_kept, 1);
+    kw_proto_message_free(m);
+    read_until(fd, KW_PROTO_FRAME_SHARE_END, &m);
+    const Kwctl__ShareEnd *e = (const Kwctl__ShareEnd *)m;
+    assert_int_equal(e->request_id, 4);
+    assert_true(e->layers_sent > 0 && e->rows_sent == e->layers_sent); /* one row per layer: rank 3 */
+    kw_proto_message_free(m);
+    close(fd);
+    kwd_stop(&sd);
 }
 
 /* queue.max 1: a second share while one runs is refused KW_E_SHARE_BUSY at once; CANCEL stops the first. */
@@ -695,6 +739,7 @@ int main(void) {
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_sharer_busy_and_cancel),
+        cmocka_unit_test(test_sharer_skip_ranked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * leak; a rejection is a 400 or 404 with a message and an OpenAI error type; an accepted request is inside every
  * limit of docs/HTTP_API.md (max_tokens, stop strings, logprobs, token ids below the vocabulary, forced tokens and
  * their scores, a codec the KVWire names know, a selection policy that checks, a byte cap only for c2c and kv_direct
- * with 1..8 budget codecs and no schedule, budget_mode kvcomm_like with one codec in c2c, qkvcomm_like with two). */
+ * with 1..8 budget codecs and no schedule, budget_mode kvcomm_like with one codec in c2c, qkvcomm_like with two, a
+ * refinement only where it can work). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (s.budget_mode == KW_WIRE_BUDGET_KVCOMM_LIKE) /* whole layers: one codec, c2c only */
         FUZZ_CHECK(s.n_budget_codecs == 1 && s.mode == KW_RD_MODE_C2C);
     if (s.budget_mode == KW_WIRE_BUDGET_QKVCOMM_LIKE) FUZZ_CHECK(s.n_budget_codecs == 2);
+    if (s.refine) /* two rounds: c2c or kv_direct, a ranking selection, a larger proportion, no cap, one section */
+        FUZZ_CHECK((s.mode == KW_RD_MODE_C2C || s.mode == KW_RD_MODE_KV_DIRECT) && s.select.mode != KW_SELECT_FULL &&
+                   s.refine_proportion > s.select.proportion && s.refine_proportion <= 1 && s.refine_threshold >= 0 &&
+                   s.refine_threshold <= 1e6 && kw_refine_metric_name(s.refine_metric) && !s.budget_bytes &&
+                   s.cache_proportion >= 1);
     FUZZ_CHECK(!(s.echo && s.logprobs >= 0));
     FUZZ_CHECK(s.mode != KW_RD_MODE_TEXT_RELAY || chat);
     kw_rd_spec_free(&s);

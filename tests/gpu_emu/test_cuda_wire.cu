@@ -122,7 +122,7 @@ static void check_select(uint32_t T, int32_t H, int32_t D, int bf16, int head_ma
     std::vector<int64_t> want(T);
     const uint32_t ks[] = {0, 1, 2, T / 3, T / 2, T - 1, T, T + 5};
     for (uint32_t k : ks) {
-        kw_select_policy pol = {KW_SELECT_KNORM, 0.0, k ? (int64_t)k : 1, 0};
+        kw_select_policy pol = {KW_SELECT_KNORM, 0.0, k ? (int64_t)k : 1, 0, 0};
         int64_t n = 0;
         assert_int_equal(kw_select_positions(&pol, T, H, D, x.data(), nullptr, 0, 0, score.data(), want.data(), &n), 0);
         if (k == 0) n = 0; /* the CPU's min_tokens is >= 1: k = 0 is the device's own edge */

@@ -11,7 +11,9 @@
  *  - kv_direct (the sharer is the receiver's own model): with every position sent, the cache and the tokens are those
  *    of the receiver alone; with a selection, the positions left out stay hidden;
  *  - a flipped byte, a truncated blob, a blob of another cache shape and a layer nobody asked for are refused with
- *    their own status, and nothing past the failing section is applied.
+ *    their own status, and nothing past the failing section is applied;
+ *  - two-round refinement: round one, the probe, round two with skip_ranked give one round's cache and tokens at the
+ *    larger proportion; rows at positions that already got some are refused.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -130,9 +132,10 @@ static void sections_for(const kw_fusion_section *sec, int32_t n, int32_t i, kw_
         out[j] = (kw_fusion_section){sec[j].length, (sec[j].index > 0 && (sec[j].index & (1 << i))) ? 1 : -1};
 }
 
-static void share(kw_model *m, int32_t sharer, const kw_fusion_section *sec, int32_t n_sec, const int32_t *layers,
-                  int32_t n_layers, const kw_select_policy *sel, int same_positions, const kw_wire_policy *pol,
-                  enum kw_dtype cd, blobs *out) {
+/* skip: NULL, or round two's skip_ranked (one per sent section). */
+static void share_ranked(kw_model *m, int32_t sharer, const kw_fusion_section *sec, int32_t n_sec,
+                         const int32_t *layers, int32_t n_layers, const kw_select_policy *sel, const int64_t *skip,
+                         int same_positions, const kw_wire_policy *pol, enum kw_dtype cd, blobs *out) {
     kw_fusion_section mine[8];
     sections_for(sec, n_sec, same_positions ? 0 : sharer, mine);
     if (same_positions) /* kv_direct: sent sections are index > 0 */
@@ -150,6 +153,7 @@ static void share(kw_model *m, int32_t sharer, const kw_fusion_section *sec, int
                                  .layers = layers,
                                  .n_layers = n_layers,
                                  .select = *sel,
+                                 .skip_ranked = skip,
                                  .same_positions = same_positions,
                                  .cache_dtype = cd,
                                  .on_layer = kw_share_wire_on_layer,
@@ -157,6 +161,12 @@ static void share(kw_model *m, int32_t sharer, const kw_fusion_section *sec, int
     const int rc = kw_share_run(m, E.prompt, prefix, &so, NULL);
     if (rc < 0) fail_msg("share: %s (%s)", kw_status_name(rc), kw_error_detail());
     kw_share_wire_free(w);
+}
+
+static void share(kw_model *m, int32_t sharer, const kw_fusion_section *sec, int32_t n_sec, const int32_t *layers,
+                  int32_t n_layers, const kw_select_policy *sel, int same_positions, const kw_wire_policy *pol,
+                  enum kw_dtype cd, blobs *out) {
+    share_ranked(m, sharer, sec, n_sec, layers, n_layers, sel, NULL, same_positions, pol, cd, out);
 }
 
 static kw_wire_policy codec(uint8_t c) {
@@ -233,6 +243,24 @@ static void same_cache(kw_kvcache *a, kw_kvcache *b, int64_t n, const char *what
         assert_int_equal(kw_kvcache_read_rows(b, l, 0, n, kb, vb), 0);
         if (memcmp(ka, kb, (size_t)cnt * 4) || memcmp(va, vb, (size_t)cnt * 4))
             fail_msg("%s: layer %d differs", what, (int)l);
+    }
+    free(ka), free(va), free(kb), free(vb);
+}
+
+/* Bit equality of the rows attention sees (valid in both; the validity itself equal) among the first n of every
+ * layer: rows hidden in both are reserved and never written (kv_direct's positions not sent). */
+static void same_visible_rows(kw_kvcache *a, kw_kvcache *b, int64_t n, const char *what) {
+    const int64_t cnt = (int64_t)kw_kvcache_n_kv_heads(a) * kw_kvcache_head_dim(a);
+    float *ka = malloc((size_t)cnt * 4), *va = malloc((size_t)cnt * 4), *kb = malloc((size_t)cnt * 4),
+          *vb = malloc((size_t)cnt * 4);
+    for (int64_t p = 0; p < n; ++p) {
+        assert_int_equal(kw_kvcache_is_valid(a, p), kw_kvcache_is_valid(b, p));
+        for (int32_t l = 0; kw_kvcache_is_valid(a, p) && l < kw_kvcache_n_layers(a); ++l) {
+            assert_int_equal(kw_kvcache_read_rows(a, l, p, 1, ka, va), 0);
+            assert_int_equal(kw_kvcache_read_rows(b, l, p, 1, kb, vb), 0);
+            if (memcmp(ka, kb, (size_t)cnt * 4) || memcmp(va, vb, (size_t)cnt * 4))
+                fail_msg("%s: layer %d position %lld differs", what, (int)l, (long long)p);
+        }
     }
     free(ka), free(va), free(kb), free(vb);
 }
@@ -411,6 +439,103 @@ static void test_kv_direct(void **state) {
     received_free(&ref);
 }
 
+/* Two-round refinement at the halves (PROTOCOL.md §5.1): round one at 0.2, the probe, round two with skip_ranked
+ * applied on top give the cache and tokens of one round at 0.7, bit for bit, c2c and kv_direct; round one's blob sent
+ * again as round two is refused (positions that already got rows). */
+static int receive_two_rounds(kw_model *m, kw_fusion *f, enum kw_receive_mode mode, const kw_fusion_section *sec,
+                              int32_t n_sec, const blobs *one, const blobs *two, double *margin, received *out) {
+    memset(out, 0, sizeof *out);
+    assert_int_equal(kw_model_create_cache(m, E.L + E.G + 8, KW_DTYPE_BF16, &out->cache), 0);
+    const kw_receive_options ro = {.mode = mode,
+                                   .fusion = {.sections = sec,
+                                              .n_sections = n_sec,
+                                              .numerics = KW_PROJECTOR_BF16,
+                                              .gen = {.max_new_tokens = (int32_t)E.G}}};
+    kw_receive *r = NULL;
+    int done = 0;
+    int rc = kw_receive_begin(m, f, out->cache, E.prompt, E.L, &ro, &r);
+    if (rc == 0) rc = kw_receive_prefill(r, 0);
+    if (rc == 0) rc = kw_receive_feed(r, 0, one->data[0][0], one->len[0][0], &done);
+    if (rc == 0) rc = kw_receive_end_section(r, 0);
+    if (rc == 0) rc = kw_receive_probe(r, KW_REFINE_MARGIN, margin);
+    if (rc == 0) assert_int_equal(kw_kvcache_length(out->cache), E.L - 1); /* rolled back */
+    if (rc == 0) rc = kw_receive_reopen(r, 0);
+    if (rc == 0) rc = kw_receive_feed(r, 0, two->data[0][0], two->len[0][0], &done);
+    if (rc == 0) rc = kw_receive_end_section(r, 0);
+    if (rc == 0) rc = kw_receive_generate(r, &out->res);
+    if (r) out->stats = *kw_receive_get_stats(r);
+    kw_receive_free(r);
+    return rc;
+}
+
+static void test_two_rounds(void **state) {
+    (void)state;
+    kw_fusion_section sec[3];
+    int32_t n = 0;
+    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    assert_int_equal(n, 2);
+    const kw_wire_policy pol = codec(KW_WIRE_CODEC_BF16);
+    for (int kv_direct = 0; kv_direct < 2; ++kv_direct) {
+        kw_model *sm = kv_direct ? E.recv : E.sh_a;
+        kw_fusion *f = kv_direct ? NULL : E.one;
+        const enum kw_receive_mode mode = kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C;
+        int32_t layers[16], n_layers = 0;
+        if (kv_direct)
+            for (; n_layers < kw_model_get_config(E.recv)->n_layers; ++n_layers)
+                layers[n_layers] = n_layers;
+        else
+            assert_int_equal(kw_fusion_needed_layers(E.one, 0, layers, 16, &n_layers), 0);
+        const kw_select_policy p1 = {.mode = KW_SELECT_VNORM, .proportion = 0.2, .min_tokens = 1};
+        kw_select_policy p2 = p1;
+        p2.proportion = 0.7;
+        const int64_t skip = kw_select_count(&p1, E.L - 1);
+        blobs b1 = {0}, b2 = {0}, ball = {0};
+        share_ranked(sm, 0, sec, n, layers, n_layers, &p1, NULL, kv_direct, &pol, KW_DTYPE_BF16, &b1);
+        share_ranked(sm, 0, sec, n, layers, n_layers, &p2, &skip, kv_direct, &pol, KW_DTYPE_BF16, &b2);
+        share_ranked(sm, 0, sec, n, layers, n_layers, &p2, NULL, kv_direct, &pol, KW_DTYPE_BF16, &ball);
+        received got, want;
+        double margin = -1;
+        const int rc = receive_two_rounds(E.recv, f, mode, sec, n, &b1, &b2, &margin, &got);
+        if (rc < 0) fail_msg("two rounds: %s (%s)", kw_status_name(rc), kw_error_detail());
+        assert_true(margin >= 0);
+        assert_int_equal(receive(E.recv, f, mode, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &ball, 0, &want), 0);
+        same_tokens(&got.res, &want.res, kv_direct ? "kv_direct two rounds" : "c2c two rounds");
+        if (kv_direct)
+            same_visible_rows(got.cache, want.cache, E.L, "kv_direct two rounds");
+        else
+            same_cache(got.cache, want.cache, E.L, "c2c two rounds");
+        assert_int_equal(got.stats.rows, want.stats.rows);
+        if (!kv_direct) assert_int_equal(got.res.stats.tokens_fused, want.res.stats.tokens_fused);
+        received_free(&got);
+        received_free(&want);
+        /* round one's rows again as round two */
+        assert_int_equal(receive_two_rounds(E.recv, f, mode, sec, n, &b1, &b1, &margin, &got), KW_E_SHARE_POSITIONS);
+        received_free(&got);
+        blobs_free(&b1), blobs_free(&b2), blobs_free(&ball);
+    }
+}
+
+/* The refine metrics on hand-made logits, and when each asks for round two. */
+static void test_refine_metric(void **state) {
+    (void)state;
+    const float two[2] = {0.5f, 0.5f}, three[3] = {3.0f, 1.0f, 1.0f}, peaked[4] = {100.0f, -100.0f, -100.0f, -100.0f};
+    assert_true(kw_refine_measure(KW_REFINE_MARGIN, two, 2) == 0.0);
+    assert_true(fabs(kw_refine_measure(KW_REFINE_ENTROPY, two, 2) - log(2.0)) < 1e-12);
+    assert_true(kw_refine_measure(KW_REFINE_MARGIN, three, 3) == 2.0);
+    const double z = exp(3.0) + 2.0 * exp(1.0), h = log(z) - (3.0 * exp(3.0) + 2.0 * exp(1.0)) / z;
+    assert_true(fabs(kw_refine_measure(KW_REFINE_ENTROPY, three, 3) - h) < 1e-12);
+    assert_true(kw_refine_measure(KW_REFINE_ENTROPY, peaked, 4) >= 0 &&
+                kw_refine_measure(KW_REFINE_ENTROPY, peaked, 4) < 1e-80);
+    assert_true(kw_refine_wanted(KW_REFINE_MARGIN, 1.0, 1.5) && !kw_refine_wanted(KW_REFINE_MARGIN, 1.5, 1.5));
+    assert_true(kw_refine_wanted(KW_REFINE_ENTROPY, 1.6, 1.5) && !kw_refine_wanted(KW_REFINE_ENTROPY, 1.5, 1.5));
+    assert_true(!kw_refine_wanted(KW_REFINE_MARGIN, 0.0, 0.0)); /* threshold 0 never triggers a margin */
+    enum kw_refine_metric m;
+    assert_int_equal(kw_refine_metric_parse("entropy", &m), 0);
+    assert_int_equal(m, KW_REFINE_ENTROPY);
+    assert_string_equal(kw_refine_metric_name(KW_REFINE_MARGIN), "margin");
+    assert_int_equal(kw_refine_metric_parse("ratio", &m), KW_E_INVALID_ARG);
+}
+
 /* Bad bytes are refused with their own status. */
 static void test_refusals(void **state) {
     (void)state;
@@ -467,6 +592,8 @@ int main(void) {
         cmocka_unit_test(test_c2c_int4_equals_in_process_round_trip),
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_two_rounds),
+        cmocka_unit_test(test_refine_metric),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -304,6 +304,76 @@ static void test_share_request(void **state) {
     free(frame);
 }
 
+/* SharePolicy.skip_ranked (round two of a refinement): one entry per sent section, each in [1, its length), never
+ * with a full selection or a byte cap; the sharer then checks each against the selection's count. */
+static void test_share_request_skip_ranked(void **state) {
+    (void)state;
+    uint32_t ids[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    uint32_t skip[] = {2, 1};
+    Kwctl__CodecSpec c = KWCTL__CODEC_SPEC__INIT;
+    c.codec = 3, c.granularity = 2, c.scale_dtype = 1;
+    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
+    p.k = p.v = &c;
+    p.selection = KWCTL__SELECTION__SELECTION_VNORM_TOPK;
+    p.proportion = 0.8;
+    p.skip_ranked = skip;
+    p.n_skip_ranked = 1;
+    Kwctl__Section s0 = KWCTL__SECTION__INIT, s1 = KWCTL__SECTION__INIT;
+    s0.length = 4;
+    s1.length = 6, s1.sent = 1;
+    Kwctl__Section *sections[] = {&s0, &s1};
+    Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
+    r.request_id = 1ull << 63 | 5; /* a round two's id */
+    r.mode = KWCTL__MODE__MODE_KV_DIRECT;
+    r.sharer_model = "m";
+    r.token_ids = ids;
+    r.n_token_ids = 10;
+    r.policy = &p;
+    r.sections = sections;
+    r.n_sections = 2;
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_F32;
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    const Kwctl__ShareRequest *g = (const Kwctl__ShareRequest *)m;
+    assert_int_equal(g->policy->n_skip_ranked, 1);
+    assert_int_equal(g->policy->skip_ranked[0], 2);
+    assert_true(g->request_id == (1ull << 63 | 5));
+    kw_proto_message_free(m);
+    skip[0] = 5; /* the largest below the sent section's 6 tokens */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    kw_proto_message_free(m);
+    skip[0] = 6; /* must reject: round two would add nothing */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    assert_non_null(strstr(kw_error_detail(), "skip_ranked"));
+    skip[0] = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    skip[0] = 2;
+    p.n_skip_ranked = 2; /* more entries than sent sections */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    s0.sent = 1; /* two sent sections, two entries: each against its own section (1 < 4, 2 < 6) */
+    skip[0] = 1, skip[1] = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    kw_proto_message_free(m);
+    skip[0] = 4; /* the first section's length */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    skip[0] = 1;
+    p.n_skip_ranked = 1; /* fewer entries than sent sections */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    s0.sent = 0;
+    p.selection = KWCTL__SELECTION__SELECTION_FULL;
+    p.proportion = 1;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.selection = KWCTL__SELECTION__SELECTION_FRONT;
+    Kwctl__CodecSpec *budget_codecs[] = {&c};
+    p.budget_bytes = 100000;
+    p.budget_codecs = budget_codecs;
+    p.n_budget_codecs = 1;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.n_skip_ranked = 0; /* a plain capped request again */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    kw_proto_message_free(m);
+}
+
 static void test_share_flow_messages(void **state) {
     (void)state;
     ProtobufCMessage *m = NULL;
@@ -509,7 +579,7 @@ int main(void) {
         cmocka_unit_test(test_hello_roundtrip),      cmocka_unit_test(test_hello_reply),
         cmocka_unit_test(test_share_request),        cmocka_unit_test(test_share_flow_messages),
         cmocka_unit_test(test_unpack_rejections),    cmocka_unit_test(test_checksum),
-        cmocka_unit_test(test_unpack_memory_budget),
+        cmocka_unit_test(test_unpack_memory_budget), cmocka_unit_test(test_share_request_skip_ranked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
