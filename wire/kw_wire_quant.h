@@ -30,8 +30,8 @@ enum kw_wire_codec {
     KW_WIRE_CODEC_INT3 = 9,  /* v1.1: -3..3, eight in three bytes, little-endian bit stream */
     KW_WIRE_CODEC_INT2 = 10, /* v1.1: -1..1, four per byte, element 4j in bits 0..1 */
 };
-#define KW_WIRE_CODEC_COUNT    11 /* ids are 1..KW_WIRE_CODEC_COUNT-1 */
-#define KW_WIRE_CODEC_COUNT_V1 9  /* v1 blobs know ids 1..8 only */
+#define KW_WIRE_CODEC_COUNT     9  /* v1 ids are 1..KW_WIRE_CODEC_COUNT-1 (what the daemons offer today) */
+#define KW_WIRE_CODEC_COUNT_V11 11 /* v1.1 ids are 1..KW_WIRE_CODEC_COUNT_V11-1 */
 
 /* Scale granularity ids (FORMAT.md §5.4). */
 enum kw_wire_gran {

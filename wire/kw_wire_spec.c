@@ -17,7 +17,7 @@ int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, k
         out->scale_dtype = KW_WIRE_SCALE_ZERO_POINTS; /* the dtype is ORed in below */
         len -= sizeof asym - 1;
     }
-    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
+    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT_V11; ++c)
         if (strlen(kw_wire_codec_name(c)) == len && strncmp(codec, kw_wire_codec_name(c), len) == 0)
             out->codec = (uint8_t)c;
     KW_RETURN_IF(out->codec == 0, KW_E_INVALID_ARG, "unknown codec '%s'", codec);
