@@ -142,12 +142,16 @@ typedef struct kw_wire_policy {
 /* 1 if any token group of the policy needs v1.1 (a header for it then needs version KW_WIRE_VERSION_1_1). */
 int kw_wire_policy_needs_v11(const kw_wire_policy *pol);
 
-/* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"; "int2"..."int8" with the suffix "-asym", e.g.
- * "int2-asym", for zero points), granularity ("layer", "head", "token", "group<G>" with G a power of two in 4..1024,
- * or "channel<L>" with L a power of two in 1..2^24 tokens per run) and scale dtype ("f16", "bf16", "f32", "e8m0");
- * the passthrough codecs (bf16, f16) ignore the other two. Whether G divides a head is the encoder's check.
- * @return 0 or KW_E_INVALID_ARG naming the bad part. */
+/* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"; v1.1 adds "int3", "int2", and the suffix
+ * "-asym" after an integer codec for zero points, e.g. "int2-asym"), granularity ("layer", "head", "token",
+ * "group<G>" with G a power of two in 4..1024; v1.1 adds "channel<L>" with L a power of two in 1..2^24 tokens per
+ * run) and scale dtype ("f16", "bf16", "f32", "e8m0"; not e8m0 with -asym); the passthrough codecs (bf16, f16)
+ * ignore the other two. Whether G divides a head is the encoder's check. kw_wire_spec_parse accepts the v1 names only
+ * (what the daemons can send today); kw_wire_spec_parse_v with version KW_WIRE_VERSION_1_1 accepts the v1.1 names.
+ * @return 0 or KW_E_INVALID_ARG naming the bad part (or saying that a name needs v1.1). */
 int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out);
+int kw_wire_spec_parse_v(const char *codec, const char *gran, const char *scale, uint16_t version,
+                         kw_wire_codec_spec *out);
 
 /* The granularity of spec as kw_wire_spec_parse reads it ("token", "group32", "channel16"; "none" for passthrough)
  * into buf (at least 16 bytes). */

@@ -7,7 +7,23 @@
 #include "common/kw_status.h"
 #include "wire/kw_wire_internal.h"
 
+static int kw__wire_spec_parse_names(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out);
+
 int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out) {
+    return kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION, out);
+}
+
+int kw_wire_spec_parse_v(const char *codec, const char *gran, const char *scale, uint16_t version,
+                         kw_wire_codec_spec *out) {
+    KW_FORWARD(kw__wire_spec_parse_names(codec, gran, scale, out));
+    KW_RETURN_IF(!kw__wire_is_v11(version) && kw_wire_spec_needs_v11(out), KW_E_INVALID_ARG,
+                 "codec %s/%s/%s needs KVWire v1.1 (int3, int2, -asym and channel<L> are not accepted here yet)", codec,
+                 gran ? gran : "-", scale ? scale : "-");
+    return 0;
+}
+
+/* Reads the names of every version into *out. */
+static int kw__wire_spec_parse_names(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out) {
     KW_RETURN_IF(codec == NULL || out == NULL, KW_E_INVALID_ARG, "codec spec: NULL argument");
     memset(out, 0, sizeof *out);
     /* "<codec>-asym": an integer codec with zero points (KVWire v1.1) */

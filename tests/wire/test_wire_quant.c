@@ -404,22 +404,31 @@ static void test_asym(void **state) {
 }
 
 /* v1.1 names: codecs with -asym, channel<L>, and their round trip through the formatters. */
+static int kw_wire_spec_parse_v11(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out) {
+    return kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, out);
+}
+
 static void test_spec_names(void **state) {
     (void)state;
+    kw_wire_codec_spec v1;
+    assert_int_equal(kw_wire_spec_parse("int3", "token", "f16", &v1), KW_E_INVALID_ARG); /* v1 names only */
+    assert_int_equal(kw_wire_spec_parse("int4-asym", "token", "f16", &v1), KW_E_INVALID_ARG);
+    assert_int_equal(kw_wire_spec_parse("int4", "channel16", "f16", &v1), KW_E_INVALID_ARG);
+    assert_int_equal(kw_wire_spec_parse("int4", "group32", "f16", &v1), 0);
     kw_wire_codec_spec sp;
     char a[32], b[32];
-    assert_int_equal(kw_wire_spec_parse("int3", "token", "f16", &sp), 0);
+    assert_int_equal(kw_wire_spec_parse_v11("int3", "token", "f16", &sp), 0);
     assert_true(sp.codec == KW_WIRE_CODEC_INT3 && sp.scale_dtype == KW_WIRE_SCALE_F16 && !kw_wire_spec_asym(&sp));
-    assert_int_equal(kw_wire_spec_parse("int2-asym", "channel32", "bf16", &sp), 0);
+    assert_int_equal(kw_wire_spec_parse_v11("int2-asym", "channel32", "bf16", &sp), 0);
     assert_true(sp.codec == KW_WIRE_CODEC_INT2 && sp.granularity == KW_WIRE_GRAN_CHANNEL && sp.group_log2 == 5);
     assert_true(kw_wire_spec_asym(&sp) && kw_wire_spec_scale(&sp) == KW_WIRE_SCALE_BF16 && kw_wire_spec_needs_v11(&sp));
     kw_wire_spec_codec_format(&sp, a, sizeof a);
     kw_wire_spec_gran_format(&sp, b, sizeof b);
     assert_string_equal(a, "int2-asym");
     assert_string_equal(b, "channel32");
-    assert_int_equal(kw_wire_spec_parse("int8-asym", "channel1", "f32", &sp), 0);
+    assert_int_equal(kw_wire_spec_parse_v11("int8-asym", "channel1", "f32", &sp), 0);
     assert_true(sp.group_log2 == 0 && sp.scale_dtype == (KW_WIRE_SCALE_F32 | KW_WIRE_SCALE_ZERO_POINTS));
-    assert_int_equal(kw_wire_spec_parse("int4", "group32", "f16", &sp), 0);
+    assert_int_equal(kw_wire_spec_parse_v11("int4", "group32", "f16", &sp), 0);
     assert_false(kw_wire_spec_needs_v11(&sp));
     static const char *const bad[][3] = {
         {"nf4-asym", "token", "f16"},       {"e4m3-asym", "token", "f16"}, {"int4-asym", "token", "e8m0"},
@@ -427,7 +436,7 @@ static void test_spec_names(void **state) {
         {"int4", "channel33554432", "f16"}, {"-asym", "token", "f16"},     {"int4-asymm", "token", "f16"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i)
-        if (kw_wire_spec_parse(bad[i][0], bad[i][1], bad[i][2], &sp) != KW_E_INVALID_ARG)
+        if (kw_wire_spec_parse_v11(bad[i][0], bad[i][1], bad[i][2], &sp) != KW_E_INVALID_ARG)
             fail_msg("%s/%s/%s was accepted", bad[i][0], bad[i][1], bad[i][2]);
 }
 
