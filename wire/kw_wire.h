@@ -1,6 +1,6 @@
-/* kw_wire.h: the KVWire v1 container (docs/FORMAT.md): an encoder that writes a blob section by section into caller
- * buffers, a streaming decoder that accepts the blob in chunks of any size, a one-shot reader on top of it, exact
- * size prediction, and the byte breakdown of a blob.
+/* kw_wire.h: the KVWire v1 and v1.1 container (docs/FORMAT.md): an encoder that writes a blob section by section into
+ * caller buffers, a streaming decoder that accepts the blob in chunks of any size, a one-shot reader on top of it,
+ * exact size prediction, and the byte breakdown of a blob.
  *
  * wire/ is pure: no I/O, no global state, no threads. Every function returns 0 (or a documented non-negative value)
  * or a negative kw_status with a reason in kw_error_detail(). Peer input never makes it abort. The per-value codec

@@ -119,7 +119,8 @@ uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
 // Codec specs and sizes
 
 int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim, int v11) {
-    if (spec->codec == 0 || spec->codec >= (v11 ? KW_WIRE_CODEC_COUNT_V11 : KW_WIRE_CODEC_COUNT)) return KW_E_WIRE_CODEC;
+    if (spec->codec == 0 || spec->codec >= (v11 ? KW_WIRE_CODEC_COUNT_V11 : KW_WIRE_CODEC_COUNT))
+        return KW_E_WIRE_CODEC;
     const uint32_t last_gran = v11 ? KW_WIRE_GRAN_CHANNEL : KW_WIRE_GRAN_GROUP;
     /* v1: the byte is the dtype; v1.1: a dtype in bits 0..3, reserved bits 4..6, zero points in bit 7 */
     if (v11 && (spec->scale_dtype & KW_WIRE_SCALE_RESERVED_BITS)) return KW_E_WIRE_RESERVED;

@@ -742,8 +742,8 @@ static int kw__dec_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t 
     return rc;
 }
 
-/* The general (scalar) path for the v1.1 features, zero points and channel scales: every value with its own scale
- * (and zero point), FORMAT.md §5.8, §5.9. Not vectorized yet. */
+/* The general (scalar) path of the v1.1 features (kw__wire_general_path): every value with its own scale (and zero
+ * point), FORMAT.md §5.8, §5.9. Not vectorized yet. */
 static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_group_view *gv,
                                   const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;

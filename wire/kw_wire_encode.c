@@ -344,9 +344,9 @@ static int kw__enc_general_scales(const kw_wire_codec_spec *sp, uint64_t units, 
     return 0;
 }
 
-/* The general (scalar) path for the v1.1 features, zero points and channel scales, for any codec and granularity:
- * the statistics of every scale unit in one pass, the scales, then the codes value by value (FORMAT.md §5.8, §5.9).
- * Not vectorized yet. */
+/* The general (scalar) path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups
+ * that are not whole bytes) for any codec and granularity: the statistics of every scale unit in one pass, the
+ * scales, then the codes value by value (FORMAT.md §5.8, §5.9). Not vectorized yet. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                   uint32_t t0, uint32_t tg, uint8_t *dst, const char *what) {
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
