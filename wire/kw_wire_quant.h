@@ -443,19 +443,11 @@ KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
 KW_HD float kw_wire_code_value(uint32_t codec, int32_t code, int *ok) {
     switch (codec) {
     case KW_WIRE_CODEC_INT8:
-        if (code == -128) *ok = 0;
-        return (float)code;
     case KW_WIRE_CODEC_INT4:
-        if (code == -8) *ok = 0;
-        return (float)code;
     case KW_WIRE_CODEC_INT6:
-        if (code == -32) *ok = 0;
-        return (float)code;
     case KW_WIRE_CODEC_INT3:
-        if (code == -4) *ok = 0;
-        return (float)code;
-    case KW_WIRE_CODEC_INT2:
-        if (code == -2) *ok = 0;
+    case KW_WIRE_CODEC_INT2: /* the most negative code, -2^(b-1), is reserved: -128, -8, -32, -4, -2 */
+        if (code == -(int32_t)(1u << (kw_wire_codec_bits(codec) - 1u))) *ok = 0;
         return (float)code;
     case KW_WIRE_CODEC_NF4:
         return kw_wire_nf4_value((uint32_t)code);

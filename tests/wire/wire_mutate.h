@@ -34,6 +34,20 @@ static inline void wm_fill(wt_rng *r, float *v, size_t n, int constant) {
         v[i] = kw_round_bf16(constant ? 0.75f - (float)(i % WM_D) / 16 : wt_bell(r));
 }
 
+/* The header of the base blobs. */
+static inline kw_wire_header wm_header(uint16_t n_sections, uint32_t policy_id, uint16_t version) {
+    const kw_wire_header hdr = {.n_layers = WM_LAYERS,
+                                .n_sections = n_sections,
+                                .n_kv_heads = WM_H,
+                                .head_dim = WM_D,
+                                .n_positions = WM_P,
+                                .src_dtype = KW_WIRE_DTYPE_BF16,
+                                .model_id = 0xfeedface,
+                                .policy_id = policy_id,
+                                .version = version};
+    return hdr;
+}
+
 /* Builds the base blob (deterministic bytes for a given libzstd). */
 static inline void wm_base(wm_blob *b) {
     wt_rng r = {0x5eed};
@@ -74,14 +88,7 @@ static inline void wm_base(wm_blob *b) {
          .zstd_level = 19},
         {.n_groups = 2, .groups = g2, .index_encoding = KW_WIRE_INDEX_VARINT},
     };
-    const kw_wire_header hdr = {.n_layers = WM_LAYERS,
-                                .n_sections = 3,
-                                .n_kv_heads = WM_H,
-                                .head_dim = WM_D,
-                                .n_positions = WM_P,
-                                .src_dtype = KW_WIRE_DTYPE_BF16,
-                                .model_id = 0xfeedface,
-                                .policy_id = 7};
+    const kw_wire_header hdr = wm_header(3, 7, 0);
     if (wt_encode_blob(&hdr, in, pol, 3, 0, &b->data, &b->size) < 0) {
         fprintf(stderr, "wm_base: %s\n", kw_error_detail());
         abort();
@@ -164,15 +171,7 @@ static inline void wm_base11(wm_blob *b) {
          {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_F16, 0}},
     };
     const kw_wire_policy pol = {.n_groups = 2, .groups = g};
-    const kw_wire_header hdr = {.n_layers = WM_LAYERS,
-                                .n_sections = 1,
-                                .n_kv_heads = WM_H,
-                                .head_dim = WM_D,
-                                .n_positions = WM_P,
-                                .src_dtype = KW_WIRE_DTYPE_BF16,
-                                .model_id = 0xfeedface,
-                                .policy_id = 11,
-                                .version = KW_WIRE_VERSION_1_1};
+    const kw_wire_header hdr = wm_header(1, 11, KW_WIRE_VERSION_1_1);
     if (wt_encode_blob(&hdr, &in, &pol, 1, 0, &b->data, &b->size) < 0) {
         fprintf(stderr, "wm_base11: %s\n", kw_error_detail());
         abort();
