@@ -11,6 +11,7 @@
 #include <cmocka.h>
 #include <math.h>
 
+#include "common/kw_bytes.h"
 #include "tests/wire/wire_test_util.h"
 #include "wire/kw_wire.h"
 
@@ -854,12 +855,120 @@ static void test_encoder_misuse(void **state) {
     layer_free(&l);
 }
 
+/* v1.1: exact reconstruction where the values are representable (s = 1 and z = min), and the version rules of the
+ * encoder (v1.1 features need a v1.1 header; invalid v1.1 specs are refused). */
+static void test_v11(void **state) {
+    (void)state;
+    wt_rng r = {1111};
+    const uint8_t zp = KW_WIRE_SCALE_ZERO_POINTS;
+    static const struct {
+        kw_wire_codec_spec spec;
+        int lo, hi; /* integer values in [lo, hi], both present in every scale's set */
+    } exact[] = {
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32 | zp, 0}, -1, 2},
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16 | zp, 2}, 5, 8},
+        {{KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0}, -3, 3},
+        {{KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_BF16 | zp, 3}, -100, -93},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32 | zp, 0}, 0, 255},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16 | zp, 3}, -8, 7},
+    };
+    for (size_t c = 0; c < sizeof exact / sizeof exact[0]; ++c) {
+        const uint32_t H = 2, T = 8, D = 16;
+        layer l;
+        layer_alloc(&l, H, T, D, KW_WIRE_DTYPE_F32, LAYOUT_THD);
+        const int chan = exact[c].spec.granularity == KW_WIRE_GRAN_CHANNEL;
+        for (int kv = 0; kv < 2; ++kv)
+            for (uint32_t h = 0; h < H; ++h)
+                for (uint32_t t = 0; t < T; ++t)
+                    for (uint32_t d = 0; d < D; ++d) {
+                        /* the extremes at d 0 and 1 of every row (token and group scales) or at tokens 0 and 1 of
+                         * every run (channel scales); the rest random in between */
+                        const uint32_t k = chan ? t % (1u << exact[c].spec.group_log2) : d % 8;
+                        const int v = k == 0 ? exact[c].lo
+                                      : k == 1
+                                          ? exact[c].hi
+                                          : exact[c].lo + (int)wt_below(&r, (uint32_t)(exact[c].hi - exact[c].lo + 1));
+                        l.val[kv][idx(&l, h, t, d)] = (float)v;
+                    }
+        layer_store(&l, 1);
+        kw_wire_header hdr = make_header(H, D, T, KW_WIRE_DTYPE_F32, 1);
+        hdr.version = KW_WIRE_VERSION_1_1;
+        const kw_wire_policy pol = {.k = exact[c].spec, .v = exact[c].spec};
+        assert_true(kw_wire_policy_needs_v11(&pol));
+        roundtrip(&hdr, &l, &pol, 1);
+        wt_blob_out o;
+        uint8_t *blob = NULL;
+        size_t size = 0;
+        assert_int_equal(wt_encode_blob(&hdr, &l.in, &pol, 1, 0, &blob, &size), 0);
+        assert_int_equal(wt_decode_oneshot(blob, size, NULL, &o), 0);
+        for (size_t e = 0; e < (size_t)H * T * D; ++e)
+            if (o.layers[0].k[e] != l.val[0][e] || o.layers[0].v[e] != l.val[1][e])
+                fail_msg("case %zu element %zu: %a %a, expected %a %a", c, e, o.layers[0].k[e], o.layers[0].v[e],
+                         l.val[0][e], l.val[1][e]);
+        wt_blob_out_free(&o);
+        free(blob);
+        layer_free(&l);
+    }
+    /* version rules */
+    layer l;
+    layer_alloc(&l, 1, 3, 8, KW_WIRE_DTYPE_F32, LAYOUT_HTD);
+    gen_random(&l, &r);
+    layer_store(&l, 0);
+    const kw_wire_codec_spec ok = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    const kw_wire_codec_spec needs[] = {
+        {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 1},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | zp, 0},
+    };
+    const kw_wire_codec_spec invalid[] = {
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0 | zp, 0},  /* e8m0 zero points */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | zp, 0},    /* not an integer codec */
+        {KW_WIRE_CODEC_BF16, 0, zp, 0},                                        /* passthrough */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 25},     /* L > 2^24 */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | 0x10, 0}, /* reserved bit */
+        {KW_WIRE_CODEC_COUNT_V11, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},   /* unknown codec */
+    };
+    kw_wire_header v1 = make_header(1, 8, 3, KW_WIRE_DTYPE_F32, 1), v11 = v1;
+    v11.version = KW_WIRE_VERSION_1_1;
+    uint8_t *blob = NULL;
+    size_t size = 0, sz;
+    for (size_t i = 0; i < sizeof needs / sizeof needs[0]; ++i) {
+        const kw_wire_policy pol = {.k = ok, .v = needs[i]};
+        assert_true(kw_wire_spec_needs_v11(&needs[i]));
+        assert_int_equal(kw_wire_section_size(&v1, &pol, 3, NULL, &sz), KW_E_INVALID_ARG);
+        assert_int_equal(wt_encode_blob(&v1, &l.in, &pol, 1, 0, &blob, &size), KW_E_INVALID_ARG);
+        assert_non_null(strstr(kw_error_detail(), "v1.1"));
+        assert_int_equal(wt_encode_blob(&v11, &l.in, &pol, 1, 0, &blob, &size), 0);
+        assert_int_equal(kw_load_le16(blob + 8), KW_WIRE_VERSION_1_1);
+        free(blob);
+    }
+    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; ++i) {
+        const kw_wire_policy pol = {.k = invalid[i], .v = ok};
+        assert_int_equal(kw_wire_section_size(&v11, &pol, 3, NULL, &sz), KW_E_INVALID_ARG);
+    }
+    /* a v1.1 header with v1 codecs only is still a valid v1.1 blob; a v1 one writes version 1 */
+    const kw_wire_policy plain = {.k = ok, .v = ok};
+    assert_false(kw_wire_policy_needs_v11(&plain));
+    assert_int_equal(wt_encode_blob(&v11, &l.in, &plain, 1, 0, &blob, &size), 0);
+    assert_int_equal(kw_load_le16(blob + 8), KW_WIRE_VERSION_1_1);
+    free(blob);
+    assert_int_equal(wt_encode_blob(&v1, &l.in, &plain, 1, 0, &blob, &size), 0);
+    assert_int_equal(kw_load_le16(blob + 8), KW_WIRE_VERSION);
+    free(blob);
+    kw_wire_header two = v1;
+    two.version = 2;
+    kw_wire_encoder *e;
+    assert_int_equal(kw_wire_encoder_create(&two, NULL, &e), KW_E_INVALID_ARG);
+    layer_free(&l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matrix),     cmocka_unit_test(test_adversarial),    cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_range),      cmocka_unit_test(test_token_groups),   cmocka_unit_test(test_index_choice),
         cmocka_unit_test(test_sizes),      cmocka_unit_test(test_compression),    cmocka_unit_test(test_determinism),
-        cmocka_unit_test(test_empty_blob), cmocka_unit_test(test_encoder_misuse),
+        cmocka_unit_test(test_empty_blob), cmocka_unit_test(test_encoder_misuse), cmocka_unit_test(test_v11),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
