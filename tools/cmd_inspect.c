@@ -28,23 +28,25 @@ static void kw__inspect_usage(FILE *out) {
 
 static void kw__spec_str(char *buf, size_t n, const kw_wire_tensor_view *t) {
     const kw_wire_codec_spec *s = &t->spec;
+    char codec[20], gran[20];
+    kw_wire_spec_codec_format(s, codec, sizeof codec);
+    kw_wire_spec_gran_format(s, gran, sizeof gran);
     if (s->granularity == KW_WIRE_GRAN_NONE)
-        snprintf(buf, n, "%s", kw_wire_codec_name(s->codec));
-    else if (s->granularity == KW_WIRE_GRAN_GROUP)
-        snprintf(buf, n, "%s/group%u/%s", kw_wire_codec_name(s->codec), 1u << s->group_log2,
-                 kw_wire_scale_name(s->scale_dtype));
+        snprintf(buf, n, "%s", codec);
     else
-        snprintf(buf, n, "%s/%s/%s", kw_wire_codec_name(s->codec), kw_wire_gran_name(s->granularity),
-                 kw_wire_scale_name(s->scale_dtype));
+        snprintf(buf, n, "%s/%s/%s", codec, gran, kw_wire_scale_name(kw_wire_spec_scale(s)));
 }
 
 static cJSON *kw__tensor_json(const kw_wire_tensor_view *t) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "codec", kw_wire_codec_name(t->spec.codec));
     cJSON_AddStringToObject(o, "granularity", kw_wire_gran_name(t->spec.granularity));
-    cJSON_AddStringToObject(o, "scale_dtype", kw_wire_scale_name(t->spec.scale_dtype));
+    cJSON_AddStringToObject(o, "scale_dtype", kw_wire_scale_name(kw_wire_spec_scale(&t->spec)));
     if (t->spec.granularity == KW_WIRE_GRAN_GROUP) cJSON_AddNumberToObject(o, "group_size", 1u << t->spec.group_log2);
+    if (t->spec.granularity == KW_WIRE_GRAN_CHANNEL) cJSON_AddNumberToObject(o, "run_tokens", 1u << t->spec.group_log2);
+    if (kw_wire_spec_asym(&t->spec)) cJSON_AddBoolToObject(o, "zero_points", 1);
     cJSON_AddNumberToObject(o, "scale_bytes", t->scale_bytes);
+    if (kw_wire_spec_asym(&t->spec)) cJSON_AddNumberToObject(o, "zero_point_bytes", t->zero_bytes);
     cJSON_AddNumberToObject(o, "code_bytes", (double)t->code_bytes);
     return o;
 }
@@ -102,7 +104,8 @@ int kw_cmd_inspect(int argc, char **argv) {
         const uint64_t hsum = kw_load_le64(map.data + 56);
         if (json) {
             cJSON *jh = cJSON_AddObjectToObject(root, "header");
-            cJSON_AddNumberToObject(jh, "version", KW_WIRE_VERSION);
+            cJSON_AddNumberToObject(jh, "version", h->version == KW_WIRE_VERSION_1_1 ? 1.1 : 1.0);
+            cJSON_AddNumberToObject(jh, "version_field", h->version);
             cJSON_AddNumberToObject(jh, "n_layers", h->n_layers);
             cJSON_AddNumberToObject(jh, "n_sections", h->n_sections);
             cJSON_AddNumberToObject(jh, "n_kv_heads", h->n_kv_heads);
@@ -117,9 +120,9 @@ int kw_cmd_inspect(int argc, char **argv) {
             cJSON_AddStringToObject(jh, "checksum", buf);
             jsections = cJSON_AddArrayToObject(root, "sections");
         } else {
-            printf("header   KVWire v%d, %u of %u layers, %u kv heads x %u dims, %u positions, source %s\n",
-                   KW_WIRE_VERSION, h->n_sections, h->n_layers, h->n_kv_heads, h->head_dim, h->n_positions,
-                   kw_wire_dtype_name(h->src_dtype));
+            printf("header   KVWire v%s, %u of %u layers, %u kv heads x %u dims, %u positions, source %s\n",
+                   h->version == KW_WIRE_VERSION_1_1 ? "1.1" : "1", h->n_sections, h->n_layers, h->n_kv_heads,
+                   h->head_dim, h->n_positions, kw_wire_dtype_name(h->src_dtype));
             printf("         model_id 0x%016" PRIx64 ", policy_id %u, checksum %016" PRIx64 " ok\n", h->model_id,
                    h->policy_id, hsum);
             printf("\n%-4s %10s %10s %5s %8s %-14s %-19s %6s  %s\n", "sec", "offset", "bytes", "layer", "tokens",
@@ -166,12 +169,12 @@ int kw_cmd_inspect(int argc, char **argv) {
                        s->offset, s->size, s->layer, s->n_tokens, idx, z, s->n_groups, s->checksum);
                 for (uint32_t g = 0; g < s->n_groups; ++g) {
                     const kw_wire_group_view *gv = &s->groups[g];
-                    char k[48], v[48];
+                    char k[64], v[64];
                     kw__spec_str(k, sizeof k, &gv->k);
                     kw__spec_str(v, sizeof v, &gv->v);
                     printf("       group %u: tokens %u..%u  K %s (%u + %" PRIu64 " B)  V %s (%u + %" PRIu64 " B)\n", g,
-                           gv->first_token, gv->first_token + gv->n_tokens - 1, k, gv->k.scale_bytes, gv->k.code_bytes,
-                           v, gv->v.scale_bytes, gv->v.code_bytes);
+                           gv->first_token, gv->first_token + gv->n_tokens - 1, k, gv->k.scale_bytes + gv->k.zero_bytes,
+                           gv->k.code_bytes, v, gv->v.scale_bytes + gv->v.zero_bytes, gv->v.code_bytes);
                 }
             }
             if (rc < 0) break;
@@ -188,6 +191,7 @@ int kw_cmd_inspect(int argc, char **argv) {
             cJSON_AddNumberToObject(jb, "header", (double)bd->header);
             cJSON_AddNumberToObject(jb, "indices", (double)bd->indices);
             cJSON_AddNumberToObject(jb, "scales", (double)bd->scales);
+            cJSON_AddNumberToObject(jb, "zero_points", (double)bd->zero_points);
             cJSON_AddNumberToObject(jb, "payload", (double)bd->payload);
             cJSON_AddNumberToObject(jb, "checksums", (double)bd->checksums);
             cJSON_AddNumberToObject(jb, "compression_saved", (double)bd->compression_saved);
@@ -203,6 +207,7 @@ int kw_cmd_inspect(int argc, char **argv) {
             kw__pct_line("header+tables", bd->header, bd->total, 0);
             kw__pct_line("indices", bd->indices, bd->total, 0);
             kw__pct_line("scales", bd->scales, bd->total, 0);
+            if (bd->zero_points) kw__pct_line(" of which zeros", bd->zero_points, bd->total, 0);
             kw__pct_line("payload", bd->payload, bd->total, 0);
             kw__pct_line("checksums", bd->checksums, bd->total, 0);
             kw__pct_line("zstd saved", bd->compression_saved, bd->total, 1);

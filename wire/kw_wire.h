@@ -1,6 +1,6 @@
-/* kw_wire.h: the KVWire v1 container (docs/FORMAT.md): an encoder that writes a blob section by section into caller
- * buffers, a streaming decoder that accepts the blob in chunks of any size, a one-shot reader on top of it, exact
- * size prediction, and the byte breakdown of a blob.
+/* kw_wire.h: the KVWire v1 and v1.1 container (docs/FORMAT.md): an encoder that writes a blob section by section into
+ * caller buffers, a streaming decoder that accepts the blob in chunks of any size, a one-shot reader on top of it,
+ * exact size prediction, and the byte breakdown of a blob.
  *
  * wire/ is pure: no I/O, no global state, no threads. Every function returns 0 (or a documented non-negative value)
  * or a negative kw_status with a reason in kw_error_detail(). Peer input never makes it abort. The per-value codec
@@ -24,7 +24,8 @@
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Format constants (FORMAT.md §3, §4, §8, §9.1) */
 
-#define KW_WIRE_VERSION            1
+#define KW_WIRE_VERSION            1      /* v1 on the wire (FORMAT.md §3) */
+#define KW_WIRE_VERSION_1_1        0x0101 /* v1.1 on the wire: major in the high byte, minor in the low one */
 #define KW_WIRE_HEADER_BYTES       64
 #define KW_WIRE_SECTION_HEAD_BYTES 32
 #define KW_WIRE_GROUP_DESC_BYTES   12
@@ -93,17 +94,34 @@ typedef struct kw_wire_header {
     uint8_t src_dtype;    /* enum kw_wire_dtype of the encoder's inputs */
     uint64_t model_id;    /* opaque sharer model identity */
     uint32_t policy_id;   /* opaque policy identity */
+    uint16_t version;     /* 0 or KW_WIRE_VERSION: v1; KW_WIRE_VERSION_1_1: v1.1, required by any section that uses
+                             a v1.1 feature (kw_wire_spec_needs_v11). The decoder sets the version read. */
 } kw_wire_header;
 
 /* The codec of one tensor of a token group (FORMAT.md §5.1). Passthrough codecs take granularity and scale dtype
  * NONE; the others any granularity and scale dtype. group_log2 is log2(G) for KW_WIRE_GRAN_GROUP (G >= 4, G divides
- * head_dim), else 0. */
+ * head_dim), log2(L) for KW_WIRE_GRAN_CHANNEL (L = 1..2^24 tokens per run), else 0. The four fields are the
+ * descriptor's four bytes (v1.1: scale_dtype | KW_WIRE_SCALE_ZERO_POINTS gives an integer codec a zero point beside
+ * each scale, with a scale dtype f16, bf16 or f32); read them through kw_wire_spec_asym and kw_wire_spec_scale. */
 typedef struct kw_wire_codec_spec {
     uint8_t codec;       /* enum kw_wire_codec */
     uint8_t granularity; /* enum kw_wire_gran */
-    uint8_t scale_dtype; /* enum kw_wire_scale */
+    uint8_t scale_dtype; /* enum kw_wire_scale, possibly | KW_WIRE_SCALE_ZERO_POINTS (v1.1) */
     uint8_t group_log2;
 } kw_wire_codec_spec;
+
+/* 1 if the spec has zero points (v1.1, FORMAT.md §5.9). */
+static inline int kw_wire_spec_asym(const kw_wire_codec_spec *spec) {
+    return (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) != 0;
+}
+
+/* The scale dtype of a validated spec without the zero-point flag (enum kw_wire_scale). */
+static inline uint32_t kw_wire_spec_scale(const kw_wire_codec_spec *spec) {
+    return spec->scale_dtype & KW_WIRE_SCALE_DTYPE_MASK;
+}
+
+/* 1 if the spec uses a v1.1 feature (int2, int3, channel granularity, zero points), so that its blob must be v1.1. */
+int kw_wire_spec_needs_v11(const kw_wire_codec_spec *spec);
 
 /* A run of consecutive selected tokens sharing one codec for K and one for V. */
 typedef struct kw_wire_token_group {
@@ -121,15 +139,26 @@ typedef struct kw_wire_policy {
                                           the body is compressed only if that makes it strictly smaller */
 } kw_wire_policy;
 
-/* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"), granularity ("layer", "head", "token" or
- * "group<G>" with G a power of two in 4..1024) and scale dtype ("f16", "bf16", "f32", "e8m0"); the passthrough codecs
- * (bf16, f16) ignore the other two. Whether G divides a head is the encoder's check. @return 0 or KW_E_INVALID_ARG
- * naming the bad part. */
-int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out);
+/* 1 if any token group of the policy needs v1.1 (a header for it then needs version KW_WIRE_VERSION_1_1). */
+int kw_wire_policy_needs_v11(const kw_wire_policy *pol);
 
-/* The granularity of spec as kw_wire_spec_parse reads it ("token", "group32"; "none" for passthrough) into buf (at
- * least 16 bytes). */
+/* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"; v1.1 adds "int3", "int2", and the suffix
+ * "-asym" after an integer codec for zero points, e.g. "int2-asym"), granularity ("layer", "head", "token",
+ * "group<G>" with G a power of two in 4..1024; v1.1 adds "channel<L>" with L a power of two in 1..2^24 tokens per
+ * run) and scale dtype ("f16", "bf16", "f32", "e8m0"; not e8m0 with -asym); the passthrough codecs (bf16, f16)
+ * ignore the other two. Whether G divides a head is the encoder's check. kw_wire_spec_parse accepts the v1 names only
+ * (what the daemons can send today); kw_wire_spec_parse_v with version KW_WIRE_VERSION_1_1 accepts the v1.1 names.
+ * @return 0 or KW_E_INVALID_ARG naming the bad part (or saying that a name needs v1.1). */
+int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out);
+int kw_wire_spec_parse_v(const char *codec, const char *gran, const char *scale, uint16_t version,
+                         kw_wire_codec_spec *out);
+
+/* The granularity of spec as kw_wire_spec_parse reads it ("token", "group32", "channel16"; "none" for passthrough)
+ * into buf (at least 16 bytes). */
 void kw_wire_spec_gran_format(const kw_wire_codec_spec *spec, char *buf, size_t cap);
+
+/* The codec of spec as kw_wire_spec_parse reads it ("int4", "int2-asym") into buf (at least 16 bytes). */
+void kw_wire_spec_codec_format(const kw_wire_codec_spec *spec, char *buf, size_t cap);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Encoder */
@@ -155,7 +184,8 @@ typedef struct kw_wire_layer_in {
 typedef struct kw_wire_breakdown {
     uint64_t header;            /* blob header and trailer (without checksums), section heads, group tables */
     uint64_t indices;           /* index blocks (before compression) */
-    uint64_t scales;            /* scale blocks (before compression) */
+    uint64_t scales;            /* scale and zero-point blocks (before compression) */
+    uint64_t zero_points;       /* of which zero-point blocks (v1.1; already counted in scales) */
     uint64_t payload;           /* code blocks (before compression) */
     uint64_t checksums;         /* header, section and blob checksums */
     uint64_t compression_saved; /* sum over compressed sections of raw_body_bytes - stored_body_bytes */
@@ -253,8 +283,10 @@ typedef struct kw_wire_decoder_options {
 typedef struct kw_wire_tensor_view {
     kw_wire_codec_spec spec;
     const uint8_t *scales;
+    const uint8_t *zeros; /* zero points (kw_wire_spec_asym), scale_count of them in the scale dtype; else NULL */
     const uint8_t *codes;
-    uint32_t scale_count, scale_bytes;
+    uint32_t scale_count, scale_bytes; /* scale_bytes: the scale block only */
+    uint32_t zero_bytes;               /* the zero-point block: scale_bytes with zero points, else 0 */
     uint64_t code_bytes;
 } kw_wire_tensor_view;
 

@@ -93,7 +93,7 @@ int kw_wire_alloc_check(const kw_wire_header *hdr, const kw_wire_alloc_options *
                  "alloc: %u codecs (1..%d)", opt->n_codecs, KW_WIRE_ALLOC_MAX_CODECS);
     for (uint32_t i = 0; i < opt->n_codecs; ++i) {
         const kw_wire_codec_spec *sp = &opt->codecs[i];
-        KW_RETURN_IF(kw__wire_spec_check(sp, hdr->head_dim) < 0, KW_E_INVALID_ARG,
+        KW_RETURN_IF(kw__wire_spec_check(sp, hdr->head_dim, 0) < 0, KW_E_INVALID_ARG, /* v1 codecs only, for now */
                      "alloc: codec %u (%s/%s/%s) is invalid for head_dim %u", i, kw_wire_codec_name(sp->codec),
                      kw_wire_gran_name(sp->granularity), kw_wire_scale_name(sp->scale_dtype), hdr->head_dim);
         KW_RETURN_IF(!kw__alloc_token_local(sp), KW_E_INVALID_ARG,

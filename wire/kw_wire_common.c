@@ -23,12 +23,13 @@ const uint8_t kw__wire_trailer_marker[4] = {0x8b, 0x45, 0x4e, 0x44};
 // Names
 
 const char *kw_wire_codec_name(uint32_t codec) {
-    static const char *const names[] = {"?", "bf16", "f16", "int8", "int4", "int6", "nf4", "e4m3", "e5m2"};
+    static const char *const names[] = {"?",   "bf16", "f16",  "int8", "int4", "int6",
+                                        "nf4", "e4m3", "e5m2", "int3", "int2"};
     return codec < sizeof names / sizeof names[0] ? names[codec] : "?";
 }
 
 const char *kw_wire_gran_name(uint32_t gran) {
-    static const char *const names[] = {"none", "layer", "head", "token", "group"};
+    static const char *const names[] = {"none", "layer", "head", "token", "group", "channel"};
     return gran < sizeof names / sizeof names[0] ? names[gran] : "?";
 }
 
@@ -117,20 +118,43 @@ uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
 // ---------------------------------------------------------------------------------------------------------------
 // Codec specs and sizes
 
-int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim) {
-    if (spec->codec == 0 || spec->codec >= KW_WIRE_CODEC_COUNT) return KW_E_WIRE_CODEC;
+int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim, int v11) {
+    if (spec->codec == 0 || spec->codec >= (v11 ? KW_WIRE_CODEC_COUNT_V11 : KW_WIRE_CODEC_COUNT))
+        return KW_E_WIRE_CODEC;
+    const uint32_t last_gran = v11 ? KW_WIRE_GRAN_CHANNEL : KW_WIRE_GRAN_GROUP;
+    /* v1: the byte is the dtype; v1.1: a dtype in bits 0..3, reserved bits 4..6, zero points in bit 7 */
+    if (v11 && (spec->scale_dtype & KW_WIRE_SCALE_RESERVED_BITS)) return KW_E_WIRE_RESERVED;
+    const int asym = v11 && kw_wire_spec_asym(spec);
+    const uint32_t sdt = v11 ? kw_wire_spec_scale(spec) : spec->scale_dtype;
     if (kw_wire_codec_is_passthrough(spec->codec)) {
         if (spec->granularity != KW_WIRE_GRAN_NONE || spec->scale_dtype != KW_WIRE_SCALE_NONE) return KW_E_WIRE_CODEC;
     } else {
-        if (spec->granularity < KW_WIRE_GRAN_LAYER || spec->granularity > KW_WIRE_GRAN_GROUP) return KW_E_WIRE_CODEC;
-        if (spec->scale_dtype < KW_WIRE_SCALE_F16 || spec->scale_dtype > KW_WIRE_SCALE_E8M0) return KW_E_WIRE_CODEC;
+        if (spec->granularity < KW_WIRE_GRAN_LAYER || spec->granularity > last_gran) return KW_E_WIRE_CODEC;
+        if (sdt < KW_WIRE_SCALE_F16 || sdt > KW_WIRE_SCALE_E8M0) return KW_E_WIRE_CODEC;
     }
+    /* zero points: integer codecs with a scale dtype that holds any finite value */
+    if (asym && (!kw_wire_codec_is_int(spec->codec) || sdt == KW_WIRE_SCALE_E8M0)) return KW_E_WIRE_CODEC;
     if (spec->granularity == KW_WIRE_GRAN_GROUP) {
         if (spec->group_log2 < 2 || spec->group_log2 > 10) return KW_E_WIRE_CODEC;
         if (head_dim % (1u << spec->group_log2) != 0) return KW_E_WIRE_CODEC;
+    } else if (spec->granularity == KW_WIRE_GRAN_CHANNEL) {
+        if (spec->group_log2 > KW_WIRE_MAX_RUN_LOG2) return KW_E_WIRE_CODEC;
     } else if (spec->group_log2 != 0) {
         return KW_E_WIRE_RESERVED;
     }
+    return 0;
+}
+
+int kw_wire_spec_needs_v11(const kw_wire_codec_spec *spec) {
+    return spec->codec == KW_WIRE_CODEC_INT3 || spec->codec == KW_WIRE_CODEC_INT2 ||
+           spec->granularity == KW_WIRE_GRAN_CHANNEL || (spec->scale_dtype & ~KW_WIRE_SCALE_DTYPE_MASK) != 0;
+}
+
+int kw_wire_policy_needs_v11(const kw_wire_policy *pol) {
+    if (!pol) return 0;
+    if (pol->n_groups == 0) return kw_wire_spec_needs_v11(&pol->k) || kw_wire_spec_needs_v11(&pol->v);
+    for (uint32_t g = 0; pol->groups && g < pol->n_groups; ++g)
+        if (kw_wire_spec_needs_v11(&pol->groups[g].k) || kw_wire_spec_needs_v11(&pol->groups[g].v)) return 1;
     return 0;
 }
 
@@ -142,9 +166,14 @@ uint64_t kw__wire_code_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, u
     return (uint64_t)n_heads * n_tokens * head_dim * kw_wire_codec_bits(spec->codec) / 8u;
 }
 
+uint64_t kw__wire_scale_block_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens,
+                                    uint32_t head_dim) {
+    return kw__wire_scale_count(spec, n_heads, n_tokens, head_dim) * kw_wire_scale_size(kw_wire_spec_scale(spec));
+}
+
 uint64_t kw__wire_tensor_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim) {
-    return kw__wire_scale_count(spec, n_heads, n_tokens, head_dim) * kw_wire_scale_size(spec->scale_dtype) +
-           kw__wire_code_bytes(spec, n_heads, n_tokens, head_dim);
+    const uint64_t scales = kw__wire_scale_block_bytes(spec, n_heads, n_tokens, head_dim);
+    return scales * (kw_wire_spec_asym(spec) ? 2u : 1u) + kw__wire_code_bytes(spec, n_heads, n_tokens, head_dim);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -178,8 +178,8 @@ static int kw__dec_header_prefix(const kw_wire_decoder *d, uint32_t from, uint32
                      d->fixed[i]);
     if (from < 10 && to >= 10) {
         const uint16_t version = kw_load_le16(d->fixed + KW__HDR_VERSION);
-        KW_RETURN_IF(version != KW_WIRE_VERSION, KW_E_WIRE_VERSION, "KVWire version %u, this decoder reads %d", version,
-                     KW_WIRE_VERSION);
+        KW_RETURN_IF(version != KW_WIRE_VERSION && version != KW_WIRE_VERSION_1_1, KW_E_WIRE_VERSION,
+                     "KVWire version 0x%04x, this decoder reads 1 (v1) and 0x0101 (v1.1)", version);
     }
     return 0;
 }
@@ -210,6 +210,7 @@ static int kw__dec_header(kw_wire_decoder *d) {
     h->src_dtype = p[KW__HDR_SRC_DTYPE];
     h->model_id = kw_load_le64(p + KW__HDR_MODEL_ID);
     h->policy_id = kw_load_le32(p + KW__HDR_POLICY_ID);
+    h->version = kw_load_le16(p + KW__HDR_VERSION); /* checked as it arrived */
     KW_RETURN_IF(kw__wire_dtype_size(h->src_dtype) == 0, KW_E_WIRE_CODEC, "unknown src_dtype %u", h->src_dtype);
     KW_RETURN_IF(h->n_layers == 0, KW_E_WIRE_CORRUPT, "n_layers is 0");
     KW_RETURN_IF(h->n_layers > d->lim.max_layers, KW_E_WIRE_LIMIT, "n_layers %u > limit %u", h->n_layers,
@@ -336,25 +337,28 @@ static int kw__dec_section_table(kw_wire_decoder *d, const uint8_t *p) {
         kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
         for (int kv = 0; kv < 2; ++kv) {
             const uint8_t *s = desc + 4 + 4 * kv;
-            kw_wire_codec_spec spec = {s[0], s[1], s[2], s[3]};
-            const int rc = kw__wire_spec_check(&spec, h->head_dim);
+            const kw_wire_codec_spec spec = {s[0], s[1], s[2], s[3]};
+            const int rc = kw__wire_spec_check(&spec, h->head_dim, kw__wire_is_v11(h->version));
             KW_RETURN_IF(rc < 0, rc, "section %u group %u: invalid %c descriptor %02x %02x %02x %02x", d->sections_done,
                          g, kv ? 'V' : 'K', s[0], s[1], s[2], s[3]);
-            /* at most 256 heads * 2^24 tokens * 1024 channels * 4 bytes: no 64-bit overflow */
+            /* at most 256 heads * 2^24 tokens * 1024 channels * 4 bytes (twice with zero points): no overflow */
             const uint64_t count = kw__wire_scale_count(&spec, h->n_kv_heads, gv->n_tokens, h->head_dim);
-            const uint64_t scale_bytes = count * kw_wire_scale_size(spec.scale_dtype);
+            const uint64_t scale_bytes = count * kw_wire_scale_size(kw_wire_spec_scale(&spec));
+            const uint64_t zero_bytes = kw_wire_spec_asym(&spec) ? scale_bytes : 0;
             const uint64_t code_bytes = kw__wire_code_bytes(&spec, h->n_kv_heads, gv->n_tokens, h->head_dim);
-            KW_RETURN_IF(at + scale_bytes + code_bytes > d->s_raw, KW_E_WIRE_CORRUPT,
+            KW_RETURN_IF(at + scale_bytes + zero_bytes + code_bytes > d->s_raw, KW_E_WIRE_CORRUPT,
                          "section %u: token groups need more than the declared %u body bytes", d->sections_done,
                          d->s_raw);
             tv[kv]->spec = spec;
             tv[kv]->scale_count = (uint32_t)count; /* < s_raw, a u32 */
             tv[kv]->scale_bytes = (uint32_t)scale_bytes;
+            tv[kv]->zero_bytes = (uint32_t)zero_bytes;
             tv[kv]->code_bytes = code_bytes;
             /* offsets are kept in the pointers until the body is known (stage 2) */
             tv[kv]->scales = (const uint8_t *)(uintptr_t)at;
-            tv[kv]->codes = (const uint8_t *)(uintptr_t)(at + scale_bytes);
-            at += scale_bytes + code_bytes;
+            tv[kv]->zeros = (const uint8_t *)(uintptr_t)(at + scale_bytes);
+            tv[kv]->codes = (const uint8_t *)(uintptr_t)(at + scale_bytes + zero_bytes);
+            at += scale_bytes + zero_bytes + code_bytes;
         }
     }
     KW_RETURN_IF(tokens != d->s_tokens, KW_E_WIRE_CORRUPT, "section %u: token groups cover %llu of %u tokens",
@@ -387,15 +391,24 @@ static int kw__dec_section_stages(kw_wire_decoder *d, const uint8_t *view, size_
 static int kw__dec_check_scales(const kw_wire_decoder *d, const kw_wire_group_view *gv, uint32_t g) {
     const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
     for (int kv = 0; kv < 2; ++kv) {
-        const uint32_t dtype = tv[kv]->spec.scale_dtype;
+        const uint32_t dtype = kw_wire_spec_scale(&tv[kv]->spec);
         if (dtype == KW_WIRE_SCALE_NONE) continue;
-        const float qmax = kw_wire_codec_qmax(tv[kv]->spec.codec);
+        const int asym = kw_wire_spec_asym(&tv[kv]->spec);
+        const float qmax = asym ? kw_wire_codec_qmax_asym(tv[kv]->spec.codec) : kw_wire_codec_qmax(tv[kv]->spec.codec);
         const uint32_t ss = kw_wire_scale_size(dtype);
-        for (uint32_t i = 0; i < tv[kv]->scale_count; ++i)
+        for (uint32_t i = 0; i < tv[kv]->scale_count; ++i) {
             KW_RETURN_IF(!kw_wire_scale_valid(dtype, tv[kv]->scales + (size_t)i * ss, qmax), KW_E_WIRE_VALUE,
                          "section %u group %u: %c scale %u is invalid for %s (%s %g)", d->sections_done, g,
                          kv ? 'V' : 'K', i, kw_wire_codec_name(tv[kv]->spec.codec), kw_wire_scale_name(dtype),
                          (double)kw_wire_scale_load(dtype, tv[kv]->scales + (size_t)i * ss));
+            if (!asym) continue;
+            const float s = kw_wire_scale_load(dtype, tv[kv]->scales + (size_t)i * ss);
+            KW_RETURN_IF(!kw_wire_zero_valid(dtype, tv[kv]->zeros + (size_t)i * ss, s, qmax), KW_E_WIRE_VALUE,
+                         "section %u group %u: %c zero point %u (%s %g) is not finite or takes values past the "
+                         "largest bf16 with scale %g",
+                         d->sections_done, g, kv ? 'V' : 'K', i, kw_wire_scale_name(dtype),
+                         (double)kw_wire_scale_load(dtype, tv[kv]->zeros + (size_t)i * ss), (double)s);
+        }
     }
     return 0;
 }
@@ -427,14 +440,16 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
         body = d->raw;
     }
     KW_FORWARD(kw__wire_index_decode(d->s_index_enc, body, d->s_index_bytes, d->s_tokens, d->hdr.n_positions, NULL));
-    uint64_t scale_bytes = 0, code_bytes = 0;
+    uint64_t scale_bytes = 0, zero_bytes = 0, code_bytes = 0;
     for (uint32_t g = 0; g < d->s_groups; ++g) {
         kw_wire_group_view *gv = &d->groups[g];
         kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
         for (int kv = 0; kv < 2; ++kv) {
             tv[kv]->scales = body + (uintptr_t)tv[kv]->scales;
+            tv[kv]->zeros = kw_wire_spec_asym(&tv[kv]->spec) ? body + (uintptr_t)tv[kv]->zeros : NULL;
             tv[kv]->codes = body + (uintptr_t)tv[kv]->codes;
-            scale_bytes += tv[kv]->scale_bytes;
+            scale_bytes += tv[kv]->scale_bytes + tv[kv]->zero_bytes;
+            zero_bytes += tv[kv]->zero_bytes;
             code_bytes += tv[kv]->code_bytes;
         }
         KW_FORWARD(kw__dec_check_scales(d, gv, g));
@@ -467,6 +482,7 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     d->bd.header += table;
     d->bd.indices += d->s_index_bytes;
     d->bd.scales += scale_bytes;
+    d->bd.zero_points += zero_bytes;
     d->bd.payload += code_bytes;
     d->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
     d->bd.sections += 1;
@@ -726,8 +742,45 @@ static int kw__dec_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t 
     return rc;
 }
 
+/* The general (scalar) path of the v1.1 features (kw__wire_general_path): every value with its own scale (and zero
+ * point), FORMAT.md §5.8, §5.9. Not vectorized yet. */
+static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_group_view *gv,
+                                  const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
+    const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
+    const uint32_t bits = kw_wire_codec_bits(codec), sdt = kw_wire_spec_scale(&tv->spec);
+    const int asym = kw_wire_spec_asym(&tv->spec);
+    const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, ss = kw_wire_scale_size(sdt);
+    const size_t row_bytes = (size_t)D * bits / 8;
+    int ok = 1;
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t t = 0; t < tg; ++t) {
+            const uint8_t *codes = tv->codes + ((size_t)h * tg + t) * row_bytes;
+            uint8_t *o = (uint8_t *)out->data +
+                         ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
+            for (uint32_t d = 0; d < D; ++d) {
+                const size_t u =
+                    (size_t)kw_wire_scale_index(tv->spec.granularity, tv->spec.group_log2, tg, D, h, t, d) * ss;
+                const float s = kw_wire_scale_load(sdt, tv->scales + u);
+                float y;
+                if (asym)
+                    y = kw_wire_dequantize_asym(kw_wire_field_get(bits, codes, d), s,
+                                                kw_wire_scale_load(sdt, tv->zeros + u));
+                else
+                    y = kw_wire_code_value(codec, kw_wire_unpack_code(codec, codes, d), &ok) * s;
+                if (out->dtype == KW_WIRE_DTYPE_F32)
+                    memcpy(o + 4 * (size_t)d, &y, 4);
+                else
+                    ((uint16_t *)o)[d] = kw_f32_to_bf16(y);
+            }
+        }
+    KW_RETURN_IF(!ok, KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
+                 sec->layer, kw_wire_codec_name(codec));
+    return 0;
+}
+
 static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
                           const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
+    if (kw__wire_general_path(&tv->spec)) return kw__dec_tensor_general(sec, gv, tv, out);
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
     const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
     const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;

@@ -29,7 +29,7 @@ struct kw_wire_encoder {
         uint8_t *dst;
         uint32_t layer, n_groups;
         size_t table, index_bytes;
-        uint64_t raw, scale_bytes, code_bytes;
+        uint64_t raw, scale_bytes, zero_bytes, code_bytes; /* scale_bytes includes zero_bytes */
         int zstd_level;
     } pending;
 };
@@ -50,6 +50,24 @@ static int kw__enc_check_header(const kw_wire_header *h) {
     KW_RETURN_IF(h->n_positions < 1 || h->n_positions > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG,
                  "n_positions %u not in 1..%u", h->n_positions, KW_WIRE_MAX_POSITIONS);
     KW_RETURN_IF(kw__wire_dtype_size(h->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", h->src_dtype);
+    KW_RETURN_IF(h->version != 0 && h->version != KW_WIRE_VERSION && h->version != KW_WIRE_VERSION_1_1,
+                 KW_E_INVALID_ARG, "version 0x%04x is neither v1 (1) nor v1.1 (0x0101)", h->version);
+    return 0;
+}
+
+/* Validates one tensor's spec for the header's version. */
+static int kw__enc_spec(const kw_wire_header *hdr, const kw_wire_codec_spec *sp, uint32_t g, char kv) {
+    const int v11 = kw__wire_is_v11(hdr->version);
+    KW_RETURN_IF(!v11 && kw_wire_spec_needs_v11(sp), KW_E_INVALID_ARG,
+                 "group %u: the %c codec (%s%s/%s) needs KVWire v1.1: set the header's version to "
+                 "KW_WIRE_VERSION_1_1",
+                 g, kv, kw_wire_codec_name(sp->codec), kw_wire_spec_asym(sp) ? "-asym" : "",
+                 kw_wire_gran_name(sp->granularity));
+    KW_RETURN_IF(kw__wire_spec_check(sp, hdr->head_dim, v11) < 0, KW_E_INVALID_ARG,
+                 "group %u: invalid %c codec (%s%s/%s/%s, log2 %u) for head_dim %u", g, kv,
+                 kw_wire_codec_name(sp->codec), kw_wire_spec_asym(sp) ? "-asym" : "",
+                 kw_wire_gran_name(sp->granularity), kw_wire_scale_name(kw_wire_spec_scale(sp)), sp->group_log2,
+                 hdr->head_dim);
     return 0;
 }
 
@@ -76,14 +94,8 @@ static int kw__enc_policy(const kw_wire_header *hdr, const kw_wire_policy *pol, 
         const kw_wire_token_group *tg = &(*groups)[g];
         KW_RETURN_IF(tg->n_tokens < 1, KW_E_INVALID_ARG, "token group %u is empty", g);
         sum += tg->n_tokens;
-        int rc = kw__wire_spec_check(&tg->k, hdr->head_dim);
-        KW_RETURN_IF(rc < 0, KW_E_INVALID_ARG, "group %u: invalid K codec (%s/%s/%s, G=2^%u) for head_dim %u", g,
-                     kw_wire_codec_name(tg->k.codec), kw_wire_gran_name(tg->k.granularity),
-                     kw_wire_scale_name(tg->k.scale_dtype), tg->k.group_log2, hdr->head_dim);
-        rc = kw__wire_spec_check(&tg->v, hdr->head_dim);
-        KW_RETURN_IF(rc < 0, KW_E_INVALID_ARG, "group %u: invalid V codec (%s/%s/%s, G=2^%u) for head_dim %u", g,
-                     kw_wire_codec_name(tg->v.codec), kw_wire_gran_name(tg->v.granularity),
-                     kw_wire_scale_name(tg->v.scale_dtype), tg->v.group_log2, hdr->head_dim);
+        KW_FORWARD(kw__enc_spec(hdr, &tg->k, g, 'K'));
+        KW_FORWARD(kw__enc_spec(hdr, &tg->v, g, 'V'));
     }
     KW_RETURN_IF(sum != n_tokens, KW_E_INVALID_ARG, "token groups cover %llu tokens, the section has %u",
                  (unsigned long long)sum, n_tokens);
@@ -200,7 +212,7 @@ int kw_wire_encoder_write_header(kw_wire_encoder *e, void *dst, size_t cap, size
     uint8_t *p = dst;
     memset(p, 0, KW_WIRE_HEADER_BYTES);
     memcpy(p, kw__wire_magic, 8);
-    kw_store_le16(p + KW__HDR_VERSION, KW_WIRE_VERSION);
+    kw_store_le16(p + KW__HDR_VERSION, kw__wire_is_v11(e->hdr.version) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION);
     kw_store_le16(p + KW__HDR_HEADER_BYTES, KW_WIRE_HEADER_BYTES);
     kw_store_le16(p + KW__HDR_N_LAYERS, e->hdr.n_layers);
     kw_store_le16(p + KW__HDR_N_SECTIONS, e->hdr.n_sections);
@@ -307,10 +319,100 @@ static inline void kw__enc_emit(const kw__wire_kernels *k, uint32_t codec, const
         k->quantize(codec, x, dt, n, inv, dst);
 }
 
+/* Chooses the scale (and zero point) of every unit of a tensor in the general path, from lo/hi (min and max of the
+ * unit's values, or hi = absmax when symmetric); stores them and leaves s, z and 1/s in lo, hi and iv. */
+static int kw__enc_general_scales(const kw_wire_codec_spec *sp, uint64_t units, float *lo, float *hi, float *iv,
+                                  uint8_t *scales, uint8_t *zeros, const char *what) {
+    const uint32_t sdt = kw_wire_spec_scale(sp);
+    const int asym = kw_wire_spec_asym(sp);
+    const size_t ss = kw_wire_scale_size(sdt);
+    const float qmax = asym ? kw_wire_codec_qmax_asym(sp->codec) : kw_wire_codec_qmax(sp->codec);
+    for (uint64_t u = 0; u < units; ++u) {
+        uint32_t sc = 0, zc = 0;
+        float s = 0.0f, z = 0.0f;
+        const int rc = asym ? kw_wire_asym_choose(lo[u], hi[u], qmax, sdt, &sc, &s, &zc, &z)
+                            : kw_wire_scale_choose(hi[u], qmax, sdt, &sc, &s);
+        KW_RETURN_IF(rc < 0, rc, "%s scale %llu: values in [%g, %g] have no %s scale%s for %s", what,
+                     (unsigned long long)u, (double)(asym ? lo[u] : -hi[u]), (double)hi[u], kw_wire_scale_name(sdt),
+                     asym ? " and zero point" : "", kw_wire_codec_name(sp->codec));
+        kw_wire_scale_store(sdt, sc, scales + u * ss);
+        if (asym) kw_wire_scale_store(sdt, zc, zeros + u * ss);
+        lo[u] = s;
+        hi[u] = z;
+        iv[u] = s != 0.0f ? 1.0f / s : 0.0f;
+    }
+    return 0;
+}
+
+/* The general (scalar) path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups
+ * that are not whole bytes) for any codec and granularity: the statistics of every scale unit in one pass, the
+ * scales, then the codes value by value (FORMAT.md §5.8, §5.9). Not vectorized yet. */
+static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
+                                  uint32_t t0, uint32_t tg, uint8_t *dst, const char *what) {
+    const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
+    const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u;
+    const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
+    const uint64_t units = kw__wire_scale_count(sp, H, tg, D);
+    const size_t sblock = (size_t)kw__wire_scale_block_bytes(sp, H, tg, D);
+    const int asym = kw_wire_spec_asym(sp);
+    uint8_t *scales = dst, *zeros = dst + sblock, *codes = dst + sblock * (asym ? 2u : 1u);
+    const float qmax = asym ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
+    float *lo = malloc((size_t)units * 3 * sizeof(float) + (size_t)D * sizeof(float));
+    KW_RETURN_IF(!lo, KW_E_NOMEM, "%s: statistics of %llu scales", what, (unsigned long long)units);
+    float *hi = lo + units, *iv = hi + units, *x = iv + units;
+    for (uint64_t u = 0; u < units; ++u) {
+        lo[u] = 0.0f;
+        hi[u] = 0.0f;
+        iv[u] = 0.0f; /* 1: the unit has a value (asymmetric min/max start from it) */
+    }
+    int rc = 0;
+    for (uint32_t h = 0; h < H && rc == 0; ++h)
+        for (uint32_t t = 0; t < tg && rc == 0; ++t) {
+            kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
+            for (uint32_t d = 0; d < D; ++d) {
+                if (!(x[d] - x[d] == 0.0f)) {
+                    rc = kw_error_set(KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t0 + t);
+                    break;
+                }
+                const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
+                if (!asym) {
+                    const float a = x[d] < 0.0f ? -x[d] : x[d];
+                    hi[u] = a > hi[u] ? a : hi[u];
+                } else if (iv[u] == 0.0f) {
+                    lo[u] = hi[u] = x[d];
+                    iv[u] = 1.0f;
+                } else {
+                    lo[u] = x[d] < lo[u] ? x[d] : lo[u];
+                    hi[u] = x[d] > hi[u] ? x[d] : hi[u];
+                }
+            }
+        }
+    if (rc == 0) rc = kw__enc_general_scales(sp, units, lo, hi, iv, scales, zeros, what);
+    for (uint32_t h = 0; h < H && rc == 0; ++h)
+        for (uint32_t t = 0; t < tg; ++t) {
+            kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
+            uint8_t *row = codes + ((size_t)h * tg + t) * row_bytes;
+            memset(row, 0, row_bytes);
+            for (uint32_t d = 0; d < D; ++d) {
+                const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
+                const float s = lo[u];
+                uint32_t q;
+                if (asym)
+                    q = s != 0.0f ? kw_wire_quantize_asym(x[d], hi[u], iv[u], qmax) : 0u;
+                else /* a zero scale: the code of +0 */
+                    q = (uint32_t)kw_wire_quantize_value(codec, s != 0.0f ? x[d] : 0.0f, iv[u]);
+                kw_wire_field_put(bits, row, d, q & mask);
+            }
+        }
+    free(lo);
+    return rc;
+}
+
 /* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                           uint32_t t0, uint32_t tg, uint8_t *dst, const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
+    if (kw__wire_general_path(sp)) return kw__enc_tensor_general(e, in, sp, t0, tg, dst, what);
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const size_t es = kw__wire_dtype_size(dt);
@@ -445,20 +547,21 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
     kw_store_le16(p + KW__SEC_N_GROUPS, (uint16_t)n_groups);
     kw__wire_index_write(index_enc, positions, n_tokens, hdr->n_positions, p + table);
 
-    uint64_t scale_bytes = 0, code_bytes = 0;
+    uint64_t scale_bytes = 0, zero_bytes = 0, code_bytes = 0;
     for (uint32_t g = 0; g < n_groups; ++g) {
         const kw_wire_token_group *tg = &groups[g];
         uint8_t *desc = p + KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * g;
         kw_store_le32(desc, tg->n_tokens);
         const kw_wire_codec_spec *kv_specs[2] = {&tg->k, &tg->v};
         for (int kv = 0; kv < 2; ++kv) {
-            uint8_t *d = desc + 4 + 4 * kv;
+            uint8_t *d = desc + 4 + 4 * kv; /* the spec is the descriptor's four bytes */
             d[0] = kv_specs[kv]->codec;
             d[1] = kv_specs[kv]->granularity;
             d[2] = kv_specs[kv]->scale_dtype;
             d[3] = kv_specs[kv]->group_log2;
-            scale_bytes += kw__wire_scale_count(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim) *
-                           kw_wire_scale_size(kv_specs[kv]->scale_dtype);
+            const uint64_t sb = kw__wire_scale_block_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
+            scale_bytes += sb * (kw_wire_spec_asym(kv_specs[kv]) ? 2u : 1u);
+            zero_bytes += kw_wire_spec_asym(kv_specs[kv]) ? sb : 0u;
             code_bytes += kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
         }
     }
@@ -469,6 +572,7 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
                                           .index_bytes = index_bytes,
                                           .raw = raw,
                                           .scale_bytes = scale_bytes,
+                                          .zero_bytes = zero_bytes,
                                           .code_bytes = code_bytes,
                                           .zstd_level = pol->zstd_level};
     *groups_out = groups;
@@ -498,6 +602,7 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
     e->bd.header += pd.table;
     e->bd.indices += pd.index_bytes;
     e->bd.scales += pd.scale_bytes;
+    e->bd.zero_points += pd.zero_bytes;
     e->bd.payload += pd.code_bytes;
     e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
     e->bd.sections += 1;

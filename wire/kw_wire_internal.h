@@ -92,6 +92,9 @@ uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
 void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
 
+/* Converts n input elements of dtype (enum kw_wire_dtype) to f32, exactly. */
+void kw__wire_load_f32(const void *x, uint32_t dtype, uint32_t n, float *out);
+
 /* The vector kernel tables, NULL when the build or the CPU lacks them. */
 const kw__wire_kernels *kw__wire_kernels_avx2(void);
 const kw__wire_kernels *kw__wire_kernels_avx512(void);
@@ -104,9 +107,26 @@ static inline size_t kw__wire_dtype_size(uint32_t dtype) {
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Codec specs and sizes */
 
-/* Validates a tensor descriptor for a head_dim: 0, KW_E_WIRE_CODEC (unknown id or forbidden combination, G not a
- * divisor of head_dim or below 4) or KW_E_WIRE_RESERVED (group_log2 set without channel groups). */
-int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim);
+/* The largest log2 of the run length L of the channel granularity (v1.1): L <= 2^24, the most tokens a group has. */
+#define KW_WIRE_MAX_RUN_LOG2 24
+
+/* Validates a tensor descriptor (its four bytes) for a head_dim, with the v1.1 codecs, granularity and zero points
+ * allowed if v11: 0, KW_E_WIRE_CODEC (unknown id or forbidden combination, G not a divisor of head_dim or below 4, L
+ * too large) or KW_E_WIRE_RESERVED (group_log2 set without channel groups or channel runs; v1.1: bits 4..6 of the
+ * scale dtype byte). In v1 the scale dtype byte is a dtype only, so the zero-point flag is an unknown dtype. */
+int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim, int v11);
+
+/* 1 if a tensor takes the general scalar path of the encoder and decoder (v1.1): zero points, channel scales, and
+ * channel groups whose codes are not whole bytes (int3 with G = 4); the row kernels take the rest. */
+static inline int kw__wire_general_path(const kw_wire_codec_spec *spec) {
+    return kw_wire_spec_asym(spec) || spec->granularity == KW_WIRE_GRAN_CHANNEL ||
+           (spec->granularity == KW_WIRE_GRAN_GROUP && ((kw_wire_codec_bits(spec->codec) << spec->group_log2) & 7u));
+}
+
+/* 1 for the on-wire version of v1.1 (else v1). */
+static inline int kw__wire_is_v11(uint16_t version) {
+    return version == KW_WIRE_VERSION_1_1;
+}
 
 /* Scales per tensor of a group of n_tokens tokens. */
 uint64_t kw__wire_scale_count(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim);
@@ -114,7 +134,11 @@ uint64_t kw__wire_scale_count(const kw_wire_codec_spec *spec, uint32_t n_heads, 
 /* Code bytes of a tensor of a group. */
 uint64_t kw__wire_code_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim);
 
-/* Scale bytes + code bytes. */
+/* Bytes of the scale block of a tensor of a group (the zero-point block, if any, has the same size). */
+uint64_t kw__wire_scale_block_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens,
+                                    uint32_t head_dim);
+
+/* Scale bytes + zero-point bytes + code bytes. */
 uint64_t kw__wire_tensor_bytes(const kw_wire_codec_spec *spec, uint32_t n_heads, uint32_t n_tokens, uint32_t head_dim);
 
 /* Size of a fixed-size index encoding (all but VARINT) for T tokens out of P positions. */

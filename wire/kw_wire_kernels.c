@@ -28,8 +28,7 @@ uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n) {
     return kw_f32_bits(kw_f16_to_f32((uint16_t)m)); /* f16 magnitudes order like their bit patterns */
 }
 
-/* Converts n input elements to f32. */
-static void kw__wire_load_f32(const void *x, uint32_t dtype, uint32_t n, float *out) {
+void kw__wire_load_f32(const void *x, uint32_t dtype, uint32_t n, float *out) {
     const uint16_t *h = (const uint16_t *)x;
     switch (dtype) {
     case KW_WIRE_DTYPE_F32:

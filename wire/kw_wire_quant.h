@@ -19,24 +19,28 @@
 
 /* Codec ids (FORMAT.md §5.2); the numbers are on the wire. */
 enum kw_wire_codec {
-    KW_WIRE_CODEC_BF16 = 1, /* passthrough bf16 */
-    KW_WIRE_CODEC_F16 = 2,  /* passthrough IEEE f16 */
-    KW_WIRE_CODEC_INT8 = 3, /* -127..127 */
-    KW_WIRE_CODEC_INT4 = 4, /* -7..7, two per byte, element 2j in the low nibble */
-    KW_WIRE_CODEC_INT6 = 5, /* -31..31, four in three bytes, little-endian bit stream */
-    KW_WIRE_CODEC_NF4 = 6,  /* index into the QLoRA NF4 table, packed like int4 */
-    KW_WIRE_CODEC_E4M3 = 7, /* OCP FP8 E4M3FN */
-    KW_WIRE_CODEC_E5M2 = 8, /* OCP FP8 E5M2 */
+    KW_WIRE_CODEC_BF16 = 1,  /* passthrough bf16 */
+    KW_WIRE_CODEC_F16 = 2,   /* passthrough IEEE f16 */
+    KW_WIRE_CODEC_INT8 = 3,  /* -127..127 */
+    KW_WIRE_CODEC_INT4 = 4,  /* -7..7, two per byte, element 2j in the low nibble */
+    KW_WIRE_CODEC_INT6 = 5,  /* -31..31, four in three bytes, little-endian bit stream */
+    KW_WIRE_CODEC_NF4 = 6,   /* index into the QLoRA NF4 table, packed like int4 */
+    KW_WIRE_CODEC_E4M3 = 7,  /* OCP FP8 E4M3FN */
+    KW_WIRE_CODEC_E5M2 = 8,  /* OCP FP8 E5M2 */
+    KW_WIRE_CODEC_INT3 = 9,  /* v1.1: -3..3, eight in three bytes, little-endian bit stream */
+    KW_WIRE_CODEC_INT2 = 10, /* v1.1: -1..1, four per byte, element 4j in bits 0..1 */
 };
-#define KW_WIRE_CODEC_COUNT 9 /* ids are 1..KW_WIRE_CODEC_COUNT-1 */
+#define KW_WIRE_CODEC_COUNT     9  /* v1 ids are 1..KW_WIRE_CODEC_COUNT-1 (what the daemons offer today) */
+#define KW_WIRE_CODEC_COUNT_V11 11 /* v1.1 ids are 1..KW_WIRE_CODEC_COUNT_V11-1 */
 
 /* Scale granularity ids (FORMAT.md §5.4). */
 enum kw_wire_gran {
-    KW_WIRE_GRAN_NONE = 0,  /* passthrough codecs only */
-    KW_WIRE_GRAN_LAYER = 1, /* one scale per tensor of a token group */
-    KW_WIRE_GRAN_HEAD = 2,  /* one per head */
-    KW_WIRE_GRAN_TOKEN = 3, /* one per (head, token) row */
-    KW_WIRE_GRAN_GROUP = 4, /* one per G channels of a row */
+    KW_WIRE_GRAN_NONE = 0,    /* passthrough codecs only */
+    KW_WIRE_GRAN_LAYER = 1,   /* one scale per tensor of a token group */
+    KW_WIRE_GRAN_HEAD = 2,    /* one per head */
+    KW_WIRE_GRAN_TOKEN = 3,   /* one per (head, token) row */
+    KW_WIRE_GRAN_GROUP = 4,   /* one per G channels of a row */
+    KW_WIRE_GRAN_CHANNEL = 5, /* v1.1: one per (head, channel) over a run of L tokens (FORMAT.md §5.8) */
 };
 
 /* Scale dtype ids (FORMAT.md §5.4). */
@@ -47,6 +51,11 @@ enum kw_wire_scale {
     KW_WIRE_SCALE_F32 = 3,
     KW_WIRE_SCALE_E8M0 = 4, /* 2^(e-127) */
 };
+/* v1.1: the scale dtype byte of a tensor descriptor is a dtype in bits 0..3 and, in bit 7, the zero-point flag
+ * (FORMAT.md §5.1, §5.9); bits 4..6 are reserved. */
+#define KW_WIRE_SCALE_DTYPE_MASK    0x0fu
+#define KW_WIRE_SCALE_RESERVED_BITS 0x70u
+#define KW_WIRE_SCALE_ZERO_POINTS   0x80u
 
 /* The largest finite bf16, 0x1.FEp127: every decoded value is at most this in magnitude (FORMAT.md §5.4). */
 #define KW_WIRE_BF16_MAX 3.38953138925153547590470800371487866880e+38f
@@ -69,9 +78,24 @@ KW_HD uint32_t kw_wire_codec_bits(uint32_t codec) {
     case KW_WIRE_CODEC_INT4:
     case KW_WIRE_CODEC_NF4:
         return 4;
+    case KW_WIRE_CODEC_INT3:
+        return 3;
+    case KW_WIRE_CODEC_INT2:
+        return 2;
     default:
         return 0;
     }
+}
+
+/* 1 for the integer codecs (int2, int3, int4, int6, int8): the ones that may carry a zero point (FORMAT.md §5.9). */
+KW_HD int kw_wire_codec_is_int(uint32_t codec) {
+    return codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_INT6 ||
+           codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2;
+}
+
+/* qmax of an asymmetric integer codec: the largest unsigned code, 2^bits - 1 (FORMAT.md §5.9). */
+KW_HD float kw_wire_codec_qmax_asym(uint32_t codec) {
+    return (float)((1u << kw_wire_codec_bits(codec)) - 1u);
 }
 
 /* 1 for the passthrough codecs (no scale). */
@@ -88,6 +112,10 @@ KW_HD float kw_wire_codec_qmax(uint32_t codec) {
         return 7.0f;
     case KW_WIRE_CODEC_INT6:
         return 31.0f;
+    case KW_WIRE_CODEC_INT3:
+        return 3.0f;
+    case KW_WIRE_CODEC_INT2:
+        return 1.0f;
     case KW_WIRE_CODEC_NF4:
         return 1.0f;
     case KW_WIRE_CODEC_E4M3:
@@ -130,8 +158,9 @@ KW_HD float kw_wire_scale_min(uint32_t scale_dtype) {
 /* Scales */
 
 /* Scales per tensor of a token group of T tokens (H heads of head_dim D), FORMAT.md §5.4: 1 per layer, H per head,
- * H*T per token, H*T*(D/G) per group of G = 2^group_log2 channels; 0 for passthrough and unknown ids. Stored in that
- * order: head-major, then token, then channel group. */
+ * H*T per token, H*T*(D/G) per group of G = 2^group_log2 channels, H*ceil(T/L)*D per channel over runs of L =
+ * 2^group_log2 tokens (v1.1, §5.8); 0 for passthrough and unknown ids. Stored in that order: head-major, then token
+ * (or run), then channel group (or channel). */
 KW_HD uint64_t kw_wire_scale_units(uint32_t granularity, uint32_t group_log2, uint32_t H, uint32_t T, uint32_t D) {
     switch (granularity) {
     case KW_WIRE_GRAN_LAYER:
@@ -142,6 +171,28 @@ KW_HD uint64_t kw_wire_scale_units(uint32_t granularity, uint32_t group_log2, ui
         return (uint64_t)H * T;
     case KW_WIRE_GRAN_GROUP:
         return (uint64_t)H * T * (D >> group_log2);
+    case KW_WIRE_GRAN_CHANNEL: /* runs of L = 2^group_log2 tokens, the last one possibly shorter */
+        return (uint64_t)H * (((uint64_t)T + (1ull << group_log2) - 1u) >> group_log2) * D;
+    default:
+        return 0;
+    }
+}
+
+/* The index of the scale (and zero point) of element (h, t, d) of a tensor of a token group of T tokens, in the
+ * stored order of kw_wire_scale_units (FORMAT.md §5.4, §5.8). */
+KW_HD uint64_t kw_wire_scale_index(uint32_t granularity, uint32_t group_log2, uint32_t T, uint32_t D, uint32_t h,
+                                   uint32_t t, uint32_t d) {
+    switch (granularity) {
+    case KW_WIRE_GRAN_HEAD:
+        return h;
+    case KW_WIRE_GRAN_TOKEN:
+        return (uint64_t)h * T + t;
+    case KW_WIRE_GRAN_GROUP:
+        return ((uint64_t)h * T + t) * (D >> group_log2) + (d >> group_log2);
+    case KW_WIRE_GRAN_CHANNEL: {
+        const uint64_t runs = ((uint64_t)T + (1ull << group_log2) - 1u) >> group_log2;
+        return ((uint64_t)h * runs + (t >> group_log2)) * D + d;
+    }
     default:
         return 0;
     }
@@ -373,6 +424,8 @@ KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
     case KW_WIRE_CODEC_INT8:
     case KW_WIRE_CODEC_INT4:
     case KW_WIRE_CODEC_INT6:
+    case KW_WIRE_CODEC_INT3:
+    case KW_WIRE_CODEC_INT2:
         return (int32_t)kw_rne_small(y);
     case KW_WIRE_CODEC_NF4:
         return (int32_t)kw_wire_nf4_code(y);
@@ -390,13 +443,11 @@ KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
 KW_HD float kw_wire_code_value(uint32_t codec, int32_t code, int *ok) {
     switch (codec) {
     case KW_WIRE_CODEC_INT8:
-        if (code == -128) *ok = 0;
-        return (float)code;
     case KW_WIRE_CODEC_INT4:
-        if (code == -8) *ok = 0;
-        return (float)code;
     case KW_WIRE_CODEC_INT6:
-        if (code == -32) *ok = 0;
+    case KW_WIRE_CODEC_INT3:
+    case KW_WIRE_CODEC_INT2: /* the most negative code, -2^(b-1), is reserved: -128, -8, -32, -4, -2 */
+        if (code == -(int32_t)(1u << (kw_wire_codec_bits(codec) - 1u))) *ok = 0;
         return (float)code;
     case KW_WIRE_CODEC_NF4:
         return kw_wire_nf4_value((uint32_t)code);
@@ -414,6 +465,22 @@ KW_HD float kw_wire_code_value(uint32_t codec, int32_t code, int *ok) {
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Packing: element i of a row occupies bits [i*b, (i+1)*b) of a little-endian bit stream (FORMAT.md §5.3). */
+
+/* The b-bit field of element i of a packed row (b in 2, 3, 4, 6, 8), unsigned: bits [i*b, (i+1)*b) of the stream.
+ * A field spans at most two bytes, and the second is read only when the field reaches into it. */
+KW_HD uint32_t kw_wire_field_get(uint32_t bits, const uint8_t *row, uint32_t i) {
+    const uint32_t k = i * bits, byte = k >> 3, sh = k & 7u;
+    uint32_t w = row[byte];
+    if (sh + bits > 8u) w |= (uint32_t)row[byte + 1] << 8;
+    return (w >> sh) & ((1u << bits) - 1u);
+}
+
+/* ORs the b-bit field v (already masked) of element i into a packed row that was zeroed beforehand. */
+KW_HD void kw_wire_field_put(uint32_t bits, uint8_t *row, uint32_t i, uint32_t v) {
+    const uint32_t k = i * bits, byte = k >> 3, sh = k & 7u;
+    row[byte] = (uint8_t)(row[byte] | (v << sh));
+    if (sh + bits > 8u) row[byte + 1] = (uint8_t)(row[byte + 1] | (v >> (8u - sh)));
+}
 
 /* The code of element i of a packed row, sign-extended for the integer codecs (nf4 and fp8 codes are unsigned). */
 KW_HD int32_t kw_wire_unpack_code(uint32_t codec, const uint8_t *row, uint32_t i) {
@@ -435,6 +502,10 @@ KW_HD int32_t kw_wire_unpack_code(uint32_t codec, const uint8_t *row, uint32_t i
         const int32_t v = (int32_t)((w >> (6u * (i & 3u))) & 63u);
         return (v ^ 32) - 32;
     }
+    case KW_WIRE_CODEC_INT3:
+        return ((int32_t)kw_wire_field_get(3, row, i) ^ 4) - 4;
+    case KW_WIRE_CODEC_INT2:
+        return ((int32_t)kw_wire_field_get(2, row, i) ^ 2) - 2;
     default:
         return 0;
     }
@@ -469,6 +540,15 @@ KW_HD void kw_wire_quantize_row(uint32_t codec, const float *x, uint32_t n, floa
             p[2] = (uint8_t)(w >> 16);
         }
         break;
+    case KW_WIRE_CODEC_INT3:
+    case KW_WIRE_CODEC_INT2: {
+        const uint32_t b = kw_wire_codec_bits(codec);
+        for (uint32_t i = 0; i < n * b / 8u; ++i)
+            dst[i] = 0;
+        for (uint32_t i = 0; i < n; ++i)
+            kw_wire_field_put(b, dst, i, (uint32_t)kw_wire_quantize_value(codec, x[i], inv) & ((1u << b) - 1u));
+        break;
+    }
     default:
         break;
     }
@@ -506,6 +586,81 @@ KW_HD int kw_wire_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t n
         }
     }
     return ok ? 0 : KW_E_WIRE_VALUE;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// v1.1: asymmetric integer codecs (FORMAT.md §5.9): x^ = fl32(fl32(q * s) + z), q unsigned in [0, 2^b - 1]
+
+/* The code of value v in a scale dtype that can hold a zero point (f16, bf16, f32), RNE, and its f32 value. Returns
+ * 0, or KW_E_WIRE_RANGE if the rounded value is not finite (or the dtype is e8m0 or unknown). */
+KW_HD int kw_wire_zero_encode(uint32_t scale_dtype, float v, uint32_t *code, float *out) {
+    switch (scale_dtype) {
+    case KW_WIRE_SCALE_F16:
+        *code = kw_f32_to_f16(v);
+        if ((*code & 0x7c00u) == 0x7c00u) return KW_E_WIRE_RANGE;
+        break;
+    case KW_WIRE_SCALE_BF16:
+        *code = kw_f32_to_bf16(v);
+        if ((*code & 0x7f80u) == 0x7f80u) return KW_E_WIRE_RANGE;
+        break;
+    case KW_WIRE_SCALE_F32:
+        *code = kw_f32_bits(v);
+        if ((*code & 0x7f800000u) == 0x7f800000u) return KW_E_WIRE_RANGE;
+        break;
+    default:
+        return KW_E_WIRE_RANGE;
+    }
+    *out = scale_dtype == KW_WIRE_SCALE_F16    ? kw_f16_to_f32((uint16_t)*code)
+           : scale_dtype == KW_WIRE_SCALE_BF16 ? kw_bf16_to_f32((uint16_t)*code)
+                                               : kw_f32_from_bits(*code);
+    return 0;
+}
+
+/* 1 if zero point z (already finite) with the valid scale s of an asymmetric codec of this qmax keeps every decoded
+ * value within +-KW_WIRE_BF16_MAX: z >= -BF16_MAX and fl32(fl32(qmax * s) + z) <= BF16_MAX (decoding is monotonic in
+ * the code, so the extremes are codes 0 and qmax). */
+KW_HD int kw_wire_zero_in_range(float z, float s, float qmax) {
+    return z >= -KW_WIRE_BF16_MAX && qmax * s + z <= KW_WIRE_BF16_MAX;
+}
+
+/* 1 if the stored zero point at p (scale dtype f16, bf16 or f32) is valid beside the scale s: finite and in range. */
+KW_HD int kw_wire_zero_valid(uint32_t scale_dtype, const uint8_t *p, float s, float qmax) {
+    const float z = kw_wire_scale_load(scale_dtype, p);
+    if (!(z - z == 0.0f)) return 0; /* NaN or Inf */
+    return kw_wire_zero_in_range(z, s, qmax);
+}
+
+/* The encoder rule of FORMAT.md §5.9 for one set of values with minimum mn and maximum mx (finite, mn <= mx): the
+ * zero point is mn rounded to the scale dtype; the scale is the symmetric rule's for amax = fl32(mx - mn) and qmax =
+ * 2^b - 1 (0 when mx == mn: every code is then 0 and decodes to z). Writes both codes and values. Returns 0 or
+ * KW_E_WIRE_RANGE. */
+KW_HD int kw_wire_asym_choose(float mn, float mx, float qmax, uint32_t scale_dtype, uint32_t *scode, float *s,
+                              uint32_t *zcode, float *z) {
+    const int rc = kw_wire_zero_encode(scale_dtype, mn, zcode, z);
+    if (rc < 0) return rc;
+    if (mx == mn) {
+        *scode = 0;
+        *s = 0.0f;
+    } else {
+        const int r = kw_wire_scale_choose(mx - mn, qmax, scale_dtype, scode, s); /* Inf when mx - mn overflows */
+        if (r < 0) return r;
+    }
+    return kw_wire_zero_in_range(*z, *s, qmax) ? 0 : KW_E_WIRE_RANGE;
+}
+
+/* The unsigned code of x for an asymmetric codec: RNE(clamp(fl32(fl32(x - z) * inv), 0, qmax)), inv = fl32(1/s)
+ * (s != 0; a zero scale means code 0). */
+KW_HD uint32_t kw_wire_quantize_asym(float x, float z, float inv, float qmax) {
+    float y = (x - z) * inv;
+    y = y < 0.0f ? 0.0f : y;
+    y = y > qmax ? qmax : y;
+    return (uint32_t)kw_rne_small(y);
+}
+
+/* The decoded value of unsigned code q: fl32(fl32(q * s) + z). Every code is valid. */
+KW_HD float kw_wire_dequantize_asym(uint32_t q, float s, float z) {
+    const float qs = (float)q * s;
+    return qs + z;
 }
 
 #endif /* KW_WIRE_QUANT_H */

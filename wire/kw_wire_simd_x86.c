@@ -127,8 +127,9 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
+    /* int3 and int2 (KVWire v1.1) have no vector kernels yet: the scalar reference */
     if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
-        kw_wire_codec_bits(codec) == 0) {
+        kw_wire_codec_bits(codec) == 0 || codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2) {
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
         return;
     }
@@ -216,7 +217,9 @@ KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *
 
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
-    if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0)
+    /* int3 and int2 (KVWire v1.1) have no vector kernels yet: the scalar reference */
+    if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
+        codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
     const __m256 vs = _mm256_set1_ps(s);
     __m128i bad = _mm_setzero_si128();

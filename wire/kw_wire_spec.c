@@ -5,26 +5,58 @@
 #include <string.h>
 
 #include "common/kw_status.h"
-#include "wire/kw_wire.h"
+#include "wire/kw_wire_internal.h"
+
+static int kw__wire_spec_parse_names(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out);
 
 int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out) {
+    return kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION, out);
+}
+
+int kw_wire_spec_parse_v(const char *codec, const char *gran, const char *scale, uint16_t version,
+                         kw_wire_codec_spec *out) {
+    KW_FORWARD(kw__wire_spec_parse_names(codec, gran, scale, out));
+    KW_RETURN_IF(!kw__wire_is_v11(version) && kw_wire_spec_needs_v11(out), KW_E_INVALID_ARG,
+                 "codec %s/%s/%s needs KVWire v1.1 (int3, int2, -asym and channel<L> are not accepted here yet)", codec,
+                 gran ? gran : "-", scale ? scale : "-");
+    return 0;
+}
+
+/* Reads the names of every version into *out. */
+static int kw__wire_spec_parse_names(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out) {
     KW_RETURN_IF(codec == NULL || out == NULL, KW_E_INVALID_ARG, "codec spec: NULL argument");
     memset(out, 0, sizeof *out);
-    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
-        if (strcmp(codec, kw_wire_codec_name(c)) == 0) out->codec = (uint8_t)c;
+    /* "<codec>-asym": an integer codec with zero points (KVWire v1.1) */
+    static const char asym[] = "-asym";
+    size_t len = strlen(codec);
+    if (len > sizeof asym - 1 && strcmp(codec + len - (sizeof asym - 1), asym) == 0) {
+        out->scale_dtype = KW_WIRE_SCALE_ZERO_POINTS; /* the dtype is ORed in below */
+        len -= sizeof asym - 1;
+    }
+    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT_V11; ++c)
+        if (strlen(kw_wire_codec_name(c)) == len && strncmp(codec, kw_wire_codec_name(c), len) == 0)
+            out->codec = (uint8_t)c;
     KW_RETURN_IF(out->codec == 0, KW_E_INVALID_ARG, "unknown codec '%s'", codec);
+    const int zp = out->scale_dtype != 0;
+    KW_RETURN_IF(zp && !kw_wire_codec_is_int(out->codec), KW_E_INVALID_ARG,
+                 "codec '%s': only the integer codecs (int2, int3, int4, int6, int8) take -asym", codec);
     if (out->codec == KW_WIRE_CODEC_BF16 || out->codec == KW_WIRE_CODEC_F16) {
         out->granularity = KW_WIRE_GRAN_NONE;
         out->scale_dtype = KW_WIRE_SCALE_NONE;
         return 0;
     }
     KW_RETURN_IF(gran == NULL || scale == NULL, KW_E_INVALID_ARG, "codec %s needs a granularity and a scale", codec);
-    if (strncmp(gran, "group", 5) == 0) {
+    if (strncmp(gran, "group", 5) == 0 || strncmp(gran, "channel", 7) == 0) {
+        /* group<G>: G channels per scale; channel<L>: one scale per channel over runs of L tokens */
+        const int channel = gran[0] == 'c';
+        const char *num = gran + (channel ? 7 : 5);
+        const long lo = channel ? 1 : 4, hi = channel ? 1L << KW_WIRE_MAX_RUN_LOG2 : 1024;
         char *end = NULL;
-        const long g = strtol(gran + 5, &end, 10);
-        KW_RETURN_IF(gran[5] < '0' || gran[5] > '9' || !end || *end || g < 4 || g > 1024 || (g & (g - 1)),
-                     KW_E_INVALID_ARG, "granularity group wants a power of two in 4..1024 (groupN), got '%s'", gran);
-        out->granularity = KW_WIRE_GRAN_GROUP;
+        const long g = strtol(num, &end, 10);
+        KW_RETURN_IF(*num < '0' || *num > '9' || !end || *end || g < lo || g > hi || (g & (g - 1)), KW_E_INVALID_ARG,
+                     "granularity %s wants a power of two in %ld..%ld (%sN), got '%s'", channel ? "channel" : "group",
+                     lo, hi, channel ? "channel" : "group", gran);
+        out->granularity = channel ? KW_WIRE_GRAN_CHANNEL : KW_WIRE_GRAN_GROUP;
         while ((1L << out->group_log2) < g)
             ++out->group_log2;
     } else {
@@ -32,15 +64,23 @@ int kw_wire_spec_parse(const char *codec, const char *gran, const char *scale, k
             if (strcmp(gran, kw_wire_gran_name(g)) == 0) out->granularity = (uint8_t)g;
         KW_RETURN_IF(out->granularity == 0, KW_E_INVALID_ARG, "unknown granularity '%s'", gran);
     }
+    uint32_t sdt = 0;
     for (uint32_t s = KW_WIRE_SCALE_F16; s <= KW_WIRE_SCALE_E8M0; ++s)
-        if (strcmp(scale, kw_wire_scale_name(s)) == 0) out->scale_dtype = (uint8_t)s;
-    KW_RETURN_IF(out->scale_dtype == 0, KW_E_INVALID_ARG, "unknown scale dtype '%s'", scale);
+        if (strcmp(scale, kw_wire_scale_name(s)) == 0) sdt = s;
+    KW_RETURN_IF(sdt == 0, KW_E_INVALID_ARG, "unknown scale dtype '%s'", scale);
+    out->scale_dtype = (uint8_t)(out->scale_dtype | sdt);
+    KW_RETURN_IF(zp && sdt == KW_WIRE_SCALE_E8M0, KW_E_INVALID_ARG,
+                 "codec '%s': zero points need an f16, bf16 or f32 scale dtype, not e8m0", codec);
     return 0;
 }
 
+void kw_wire_spec_codec_format(const kw_wire_codec_spec *spec, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s%s", kw_wire_codec_name(spec->codec), kw_wire_spec_asym(spec) ? "-asym" : "");
+}
+
 void kw_wire_spec_gran_format(const kw_wire_codec_spec *spec, char *buf, size_t cap) {
-    if (spec->granularity == KW_WIRE_GRAN_GROUP)
-        snprintf(buf, cap, "group%u", 1u << spec->group_log2);
+    if (spec->granularity == KW_WIRE_GRAN_GROUP || spec->granularity == KW_WIRE_GRAN_CHANNEL)
+        snprintf(buf, cap, "%s%u", kw_wire_gran_name(spec->granularity), 1u << spec->group_log2);
     else
         snprintf(buf, cap, "%s", spec->granularity ? kw_wire_gran_name(spec->granularity) : "none");
 }

@@ -51,8 +51,8 @@ static inline int fuzz_wire_section(const kw_wire_section *s, fuzz_digest *dg) {
     }
     uint64_t body = s->index_bytes;
     for (uint32_t g = 0; g < s->n_groups; ++g)
-        body += (uint64_t)s->groups[g].k.scale_bytes + s->groups[g].k.code_bytes + s->groups[g].v.scale_bytes +
-                s->groups[g].v.code_bytes;
+        body += (uint64_t)s->groups[g].k.scale_bytes + s->groups[g].k.zero_bytes + s->groups[g].k.code_bytes +
+                s->groups[g].v.scale_bytes + s->groups[g].v.zero_bytes + s->groups[g].v.code_bytes;
     FUZZ_CHECK(body == s->raw_body_bytes);
     const kw_wire_tensor_out ko = {k, KW_WIRE_DTYPE_F32, T * D, D}, vo = {v, KW_WIRE_DTYPE_F32, T * D, D};
     const kw_wire_tensor_out kbo = {kb, KW_WIRE_DTYPE_BF16, D, H * D}, vbo = {vb, KW_WIRE_DTYPE_BF16, D, H * D};

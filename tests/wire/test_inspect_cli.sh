@@ -29,6 +29,20 @@ for blob in "$src"/tests/golden/wire-errors/*.kvw; do
     grep -q "\"name\":[[:space:]]*\"$want\"" <<<"$json" || fail "$blob: json error is not $want"
 done
 
+# v1.1 fields: the version, zero points, channel runs, int3/int2 (v11_base.kvw)
+out=$("$kvwire" inspect "$src/tests/golden/wire/v11_base.kvw") || fail "inspect v11_base exited $?"
+for want in "KVWire v1.1" "K int2-asym/channel4/f16 (256 + 48 B)" "V int3/token/bf16" "K int3-asym/group8/f32" \
+    "of which zeros"; do
+    grep -qF "$want" <<<"$out" || fail "v11_base: no '$want' in: $out"
+done
+json=$("$kvwire" inspect --json "$src/tests/golden/wire/v11_base.kvw")
+for want in '"version":[[:space:]]*1.1' '"run_tokens":[[:space:]]*4' '"zero_points":[[:space:]]*true' \
+    '"zero_point_bytes":[[:space:]]*128' '"codec":[[:space:]]*"int2"'; do
+    grep -q "$want" <<<"$json" || fail "v11_base json: no $want"
+done
+out=$("$kvwire" inspect "$src/tests/golden/wire/int8_zstd.kvw")
+grep -q "KVWire v1," <<<"$out" || fail "a v1 blob is not reported as v1"
+
 "$kvwire" inspect >/dev/null 2>&1
 [ $? = 2 ] || fail "no argument: expected exit 2"
 "$kvwire" inspect a b >/dev/null 2>&1

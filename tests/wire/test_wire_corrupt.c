@@ -95,6 +95,34 @@ static void test_catalogue(void **state) {
     }
 }
 
+/* The v1.1 catalogue on its own base blob (which must itself decode). */
+static void test_catalogue_v11(void **state) {
+    (void)state;
+    wm_blob b;
+    wm_base11(&b);
+    wt_blob_out ok;
+    assert_int_equal(wt_decode_oneshot(b.data, b.size, NULL, &ok), 0);
+    assert_int_equal(ok.n, 1);
+    wt_blob_out_free(&ok);
+    for (size_t i = 0; i < WM_N_CASES11; ++i) {
+        const wm_case *c = &wm_cases11[i];
+        size_t size;
+        uint8_t *p = wm_apply(&b, c, &size);
+        assert_memory_not_equal(p, b.data, size);
+        for (size_t chunk = 0; chunk < 3; ++chunk) {
+            wt_blob_out o;
+            const int rc = chunk == 0 ? wt_decode_oneshot(p, size, NULL, &o)
+                                      : wt_decode_stream(p, size, NULL, chunk == 1 ? 1 : 13, &o);
+            if (rc != c->expect)
+                fail_msg("%s (chunking %zu): got %s (%s), expected %s", c->name, chunk, kw_status_name(rc),
+                         kw_error_detail(), kw_status_name(c->expect));
+            wt_blob_out_free(&o);
+        }
+        free(p);
+    }
+    free(b.data);
+}
+
 static void test_truncation_every_byte(void **state) {
     (void)state;
     wt_blob_out full;
@@ -336,11 +364,17 @@ static void test_api_misuse(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_base_is_valid),         cmocka_unit_test(test_catalogue),
-        cmocka_unit_test(test_truncation_every_byte), cmocka_unit_test(test_trailing),
-        cmocka_unit_test(test_caller_limits),         cmocka_unit_test(test_limits_before_allocation),
-        cmocka_unit_test(test_memory_follows_bytes),  cmocka_unit_test(test_allocation_failures),
-        cmocka_unit_test(test_index_blocks),          cmocka_unit_test(test_api_misuse),
+        cmocka_unit_test(test_base_is_valid),
+        cmocka_unit_test(test_catalogue),
+        cmocka_unit_test(test_catalogue_v11),
+        cmocka_unit_test(test_truncation_every_byte),
+        cmocka_unit_test(test_trailing),
+        cmocka_unit_test(test_caller_limits),
+        cmocka_unit_test(test_limits_before_allocation),
+        cmocka_unit_test(test_memory_follows_bytes),
+        cmocka_unit_test(test_allocation_failures),
+        cmocka_unit_test(test_index_blocks),
+        cmocka_unit_test(test_api_misuse),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

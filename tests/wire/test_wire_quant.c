@@ -9,7 +9,9 @@
 #include <cmocka.h>
 #include <math.h>
 
+#include "common/kw_bytes.h"
 #include "tests/wire/wire_test_util.h"
+#include "wire/kw_wire.h"
 #include "wire/kw_wire_quant.h"
 
 static uint32_t bits(float f) {
@@ -303,6 +305,141 @@ static void test_reserved_codes(void **state) {
     assert_int_equal(kw_wire_passthrough_row(KW_WIRE_CODEC_F16, inf_f16, 8, out), KW_E_WIRE_VALUE);
 }
 
+/* v1.1: int3 and int2 packing against hand-worked bytes, the generic bit fields against the v1 layouts, and the
+ * reserved codes -4 and -2 in every slot. */
+static void test_packing_v11(void **state) {
+    (void)state;
+    const float x3[8] = {1, -1, 3, -3, 0, 2, -2, 3};
+    uint8_t b3[3];
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT3, x3, 8, 1.0f, b3);
+    /* w = 1 | 7<<3 | 3<<6 | 5<<9 | 0<<12 | 2<<15 | 6<<18 | 3<<21 = 0x790af9 */
+    const uint8_t e3[3] = {0xf9, 0x0a, 0x79};
+    assert_memory_equal(b3, e3, 3);
+    const float x2[8] = {1, -1, 0, 1, -1, -1, 0, 0};
+    uint8_t b2[2];
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT2, x2, 8, 1.0f, b2);
+    const uint8_t e2[2] = {0x4d, 0x0f}; /* element 4j+k in bits 2k..2k+1 */
+    assert_memory_equal(b2, e2, 2);
+    for (uint32_t i = 0; i < 8; ++i) {
+        assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT3, b3, i), (int)x3[i]);
+        assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT2, b2, i), (int)x2[i]);
+    }
+    const float big[8] = {100, -100, 2.5f, -2.5f, 0.5f, 1.5f, 0, 0}; /* clamped to +-qmax, ties to even */
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT3, big, 8, 1.0f, b3);
+    static const int want3[8] = {3, -3, 2, -2, 0, 2, 0, 0};
+    for (uint32_t i = 0; i < 8; ++i)
+        assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT3, b3, i), want3[i]);
+    kw_wire_quantize_row(KW_WIRE_CODEC_INT2, big, 8, 1.0f, b2);
+    static const int want2[8] = {1, -1, 1, -1, 0, 1, 0, 0};
+    for (uint32_t i = 0; i < 8; ++i)
+        assert_int_equal(kw_wire_unpack_code(KW_WIRE_CODEC_INT2, b2, i), want2[i]);
+    /* the generic fields read the v1 layouts of int4, int6 and int8 */
+    wt_rng r = {31};
+    static const uint32_t widths[5] = {2, 3, 4, 6, 8};
+    for (int w = 0; w < 5; ++w) {
+        uint8_t row[16] = {0};
+        uint32_t v[16];
+        for (uint32_t i = 0; i < 16; ++i) {
+            v[i] = wt_below(&r, 1u << widths[w]);
+            kw_wire_field_put(widths[w], row, i, v[i]);
+        }
+        for (uint32_t i = 0; i < 16; ++i) {
+            assert_int_equal(kw_wire_field_get(widths[w], row, i), v[i]);
+            const uint32_t codec = widths[w] == 4   ? KW_WIRE_CODEC_INT4
+                                   : widths[w] == 6 ? KW_WIRE_CODEC_INT6
+                                   : widths[w] == 8 ? KW_WIRE_CODEC_INT8
+                                   : widths[w] == 3 ? KW_WIRE_CODEC_INT3
+                                                    : KW_WIRE_CODEC_INT2;
+            const int32_t half = 1 << (widths[w] - 1);
+            assert_int_equal(kw_wire_unpack_code(codec, row, i),
+                             (int32_t)v[i] >= half ? (int32_t)v[i] - 2 * half : (int32_t)v[i]);
+        }
+    }
+    float out[8];
+    for (uint32_t slot = 0; slot < 8; ++slot) {
+        uint8_t r3[3] = {0}, r2[2] = {0};
+        kw_wire_field_put(3, r3, slot, 4);
+        kw_wire_field_put(2, r2, slot, 2);
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_INT3, r3, 8, 1.0f, out), KW_E_WIRE_VALUE);
+        assert_int_equal(kw_wire_dequantize_row(KW_WIRE_CODEC_INT2, r2, 8, 1.0f, out), KW_E_WIRE_VALUE);
+    }
+}
+
+/* v1.1 zero points (FORMAT.md §5.9): the encoder rule on worked examples and its range failures. */
+static void test_asym(void **state) {
+    (void)state;
+    uint32_t sc, zc;
+    float s, z;
+    /* [-1, 2] with int2 (qmax 3), f32: s = 1, z = -1; codes 0..3 decode to -1, 0, 1, 2 exactly */
+    assert_int_equal(kw_wire_asym_choose(-1.0f, 2.0f, 3.0f, KW_WIRE_SCALE_F32, &sc, &s, &zc, &z), 0);
+    assert_true(s == 1.0f && z == -1.0f && zc == bits(-1.0f));
+    for (uint32_t q = 0; q < 4; ++q) {
+        assert_int_equal(kw_wire_quantize_asym((float)q - 1.0f, z, 1.0f / s, 3.0f), q);
+        assert_true(kw_wire_dequantize_asym(q, s, z) == (float)q - 1.0f);
+    }
+    assert_int_equal(kw_wire_quantize_asym(-5.0f, z, 1.0f, 3.0f), 0); /* clamped */
+    assert_int_equal(kw_wire_quantize_asym(9.0f, z, 1.0f, 3.0f), 3);
+    assert_int_equal(kw_wire_quantize_asym(-0.5f, z, 1.0f, 3.0f), 0); /* y = 0.5: tie to even */
+    assert_int_equal(kw_wire_quantize_asym(0.5f, z, 1.0f, 3.0f), 2);  /* y = 1.5 */
+    /* a constant set: zero scale, the zero point is the value (rounded to the dtype) */
+    assert_int_equal(kw_wire_asym_choose(0.3f, 0.3f, 15.0f, KW_WIRE_SCALE_F16, &sc, &s, &zc, &z), 0);
+    assert_true(s == 0.0f && sc == 0 && z == kw_round_f16(0.3f) && zc == kw_f32_to_f16(0.3f));
+    assert_true(kw_wire_dequantize_asym(7, s, z) == z);
+    /* f16 zero points cannot hold -70000; e8m0 cannot hold a zero point; an infinite range; past BF16_MAX */
+    assert_int_equal(kw_wire_asym_choose(-70000.0f, 1.0f, 3.0f, KW_WIRE_SCALE_F16, &sc, &s, &zc, &z), KW_E_WIRE_RANGE);
+    assert_int_equal(kw_wire_asym_choose(-1.0f, 1.0f, 3.0f, KW_WIRE_SCALE_E8M0, &sc, &s, &zc, &z), KW_E_WIRE_RANGE);
+    assert_int_equal(kw_wire_asym_choose(-3e38f, 3e38f, 3.0f, KW_WIRE_SCALE_F32, &sc, &s, &zc, &z), KW_E_WIRE_RANGE);
+    assert_int_equal(kw_wire_asym_choose(3.3e38f, 3.395e38f, 3.0f, KW_WIRE_SCALE_F32, &sc, &s, &zc, &z),
+                     KW_E_WIRE_RANGE);
+    /* zero-point validity: finite, and the top code stays within BF16_MAX */
+    uint8_t p[4];
+    kw_store_le32(p, bits(1.0f));
+    assert_true(kw_wire_zero_valid(KW_WIRE_SCALE_F32, p, 1.0f, 255.0f));
+    kw_store_le32(p, 0x7fc00000u);
+    assert_false(kw_wire_zero_valid(KW_WIRE_SCALE_F32, p, 1.0f, 255.0f));
+    kw_store_le32(p, bits(-KW_WIRE_BF16_MAX));
+    assert_true(kw_wire_zero_valid(KW_WIRE_SCALE_F32, p, 1.0f, 255.0f));
+    kw_store_le32(p, bits(KW_WIRE_BF16_MAX));
+    assert_false(kw_wire_zero_valid(KW_WIRE_SCALE_F32, p, 0x1p100f, 255.0f));
+}
+
+/* v1.1 names: codecs with -asym, channel<L>, and their round trip through the formatters. */
+static int kw_wire_spec_parse_v11(const char *codec, const char *gran, const char *scale, kw_wire_codec_spec *out) {
+    return kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, out);
+}
+
+static void test_spec_names(void **state) {
+    (void)state;
+    kw_wire_codec_spec v1;
+    assert_int_equal(kw_wire_spec_parse("int3", "token", "f16", &v1), KW_E_INVALID_ARG); /* v1 names only */
+    assert_int_equal(kw_wire_spec_parse("int4-asym", "token", "f16", &v1), KW_E_INVALID_ARG);
+    assert_int_equal(kw_wire_spec_parse("int4", "channel16", "f16", &v1), KW_E_INVALID_ARG);
+    assert_int_equal(kw_wire_spec_parse("int4", "group32", "f16", &v1), 0);
+    kw_wire_codec_spec sp;
+    char a[32], b[32];
+    assert_int_equal(kw_wire_spec_parse_v11("int3", "token", "f16", &sp), 0);
+    assert_true(sp.codec == KW_WIRE_CODEC_INT3 && sp.scale_dtype == KW_WIRE_SCALE_F16 && !kw_wire_spec_asym(&sp));
+    assert_int_equal(kw_wire_spec_parse_v11("int2-asym", "channel32", "bf16", &sp), 0);
+    assert_true(sp.codec == KW_WIRE_CODEC_INT2 && sp.granularity == KW_WIRE_GRAN_CHANNEL && sp.group_log2 == 5);
+    assert_true(kw_wire_spec_asym(&sp) && kw_wire_spec_scale(&sp) == KW_WIRE_SCALE_BF16 && kw_wire_spec_needs_v11(&sp));
+    kw_wire_spec_codec_format(&sp, a, sizeof a);
+    kw_wire_spec_gran_format(&sp, b, sizeof b);
+    assert_string_equal(a, "int2-asym");
+    assert_string_equal(b, "channel32");
+    assert_int_equal(kw_wire_spec_parse_v11("int8-asym", "channel1", "f32", &sp), 0);
+    assert_true(sp.group_log2 == 0 && sp.scale_dtype == (KW_WIRE_SCALE_F32 | KW_WIRE_SCALE_ZERO_POINTS));
+    assert_int_equal(kw_wire_spec_parse_v11("int4", "group32", "f16", &sp), 0);
+    assert_false(kw_wire_spec_needs_v11(&sp));
+    static const char *const bad[][3] = {
+        {"nf4-asym", "token", "f16"},       {"e4m3-asym", "token", "f16"}, {"int4-asym", "token", "e8m0"},
+        {"int4", "channel3", "f16"},        {"int4", "channel0", "f16"},   {"int4", "channel", "f16"},
+        {"int4", "channel33554432", "f16"}, {"-asym", "token", "f16"},     {"int4-asymm", "token", "f16"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i)
+        if (kw_wire_spec_parse_v11(bad[i][0], bad[i][1], bad[i][2], &sp) != KW_E_INVALID_ARG)
+            fail_msg("%s/%s/%s was accepted", bad[i][0], bad[i][1], bad[i][2]);
+}
+
 static void test_row_error_bounds(void **state) {
     (void)state;
     wt_rng r = {13};
@@ -347,6 +484,9 @@ int main(void) {
         cmocka_unit_test(test_scale_valid),
         cmocka_unit_test(test_packing_bytes),
         cmocka_unit_test(test_reserved_codes),
+        cmocka_unit_test(test_packing_v11),
+        cmocka_unit_test(test_asym),
+        cmocka_unit_test(test_spec_names),
         cmocka_unit_test(test_row_error_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 #include <math.h>
 
+#include "common/kw_bytes.h"
 #include "tests/wire/wire_test_util.h"
 #include "wire/kw_wire.h"
 
@@ -132,7 +133,7 @@ static void gen_random(layer *l, wt_rng *r) {
 // ---------------------------------------------------------------------------------------------------------------
 // Checking a decoded section against its input
 
-/* The index of the scale covering element (h, t, d) of a group of tg tokens starting at t0 (FORMAT.md §5.4). */
+/* The index of the scale covering element (h, t, d) of a group of tg tokens starting at t0 (FORMAT.md §5.4, §5.8). */
 static size_t scale_index(const kw_wire_codec_spec *sp, uint32_t D, uint32_t tg, uint32_t h, uint32_t t, uint32_t d) {
     switch (sp->granularity) {
     case KW_WIRE_GRAN_LAYER:
@@ -141,9 +142,71 @@ static size_t scale_index(const kw_wire_codec_spec *sp, uint32_t D, uint32_t tg,
         return h;
     case KW_WIRE_GRAN_TOKEN:
         return (size_t)h * tg + t;
+    case KW_WIRE_GRAN_CHANNEL: { /* runs of L tokens, the last one shorter */
+        const uint32_t L = 1u << sp->group_log2, runs = (tg + L - 1) / L;
+        return ((size_t)h * runs + t / L) * D + d;
+    }
     default:
         return ((size_t)h * tg + t) * (D >> sp->group_log2) + (d >> sp->group_log2);
     }
+}
+
+/* A value rounded to a zero point's dtype (f16, bf16 or f32), RNE. */
+static float to_scale_dtype(uint32_t sd, float v) {
+    return sd == KW_WIRE_SCALE_F16 ? kw_round_f16(v) : sd == KW_WIRE_SCALE_BF16 ? kw_round_bf16(v) : v;
+}
+
+/* Zero points (FORMAT.md §5.9): the stored scale and zero point recomputed from the min and max of each set, and the
+ * error bound s/2 + |z - mn| + clip + rounding. */
+static void check_tensor_asym(const layer *l, const kw_wire_group_view *gv, const kw_wire_tensor_view *tv,
+                              const float *in, const float *out) {
+    const kw_wire_codec_spec *sp = &tv->spec;
+    const uint32_t H = l->H, D = l->D, tg = gv->n_tokens, t0 = gv->first_token, sd = kw_wire_spec_scale(sp);
+    const size_t ss = kw_wire_scale_size(sd);
+    float *mn = wt_xmalloc(tv->scale_count * sizeof(float)), *mx = wt_xmalloc(tv->scale_count * sizeof(float));
+    for (uint32_t i = 0; i < tv->scale_count; ++i) {
+        mn[i] = INFINITY;
+        mx[i] = -INFINITY;
+    }
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t t = 0; t < tg; ++t)
+            for (uint32_t d = 0; d < D; ++d) {
+                const size_t si = scale_index(sp, D, tg, h, t, d);
+                const float x = in[idx(l, h, t0 + t, d)];
+                mn[si] = fminf(mn[si], x);
+                mx[si] = fmaxf(mx[si], x);
+            }
+    const float qmax = (float)((1u << kw_wire_codec_bits(sp->codec)) - 1u);
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t t = 0; t < tg; ++t)
+            for (uint32_t d = 0; d < D; ++d) {
+                const size_t si = scale_index(sp, D, tg, h, t, d), e = idx(l, h, t0 + t, d);
+                const float s = kw_wire_scale_load(sd, tv->scales + si * ss);
+                const float z = kw_wire_scale_load(sd, tv->zeros + si * ss);
+                const float x = in[e], xh = out[e];
+                assert_true(isfinite(xh));
+                if (z != to_scale_dtype(sd, mn[si]) && !(z == 0.0f && mn[si] == 0.0f))
+                    fail_msg("%s-asym: zero point %a, expected %a", kw_wire_codec_name(sp->codec), z,
+                             to_scale_dtype(sd, mn[si]));
+                float want_s = 0.0f;
+                if (mx[si] != mn[si]) assert_int_equal(wt_expected_scale(mx[si] - mn[si], qmax, sd, &want_s), 0);
+                if (s != want_s)
+                    fail_msg("%s-asym/%s/%s: scale %a, expected %a for [%a, %a]", kw_wire_codec_name(sp->codec),
+                             kw_wire_gran_name(sp->granularity), kw_wire_scale_name(sd), s, want_s, mn[si], mx[si]);
+                if (s == 0.0f) { /* a constant set decodes to its zero point */
+                    assert_true(xh == z);
+                    continue;
+                }
+                const double clip = fmax(0.0, (double)mx[si] - z - (double)qmax * s);
+                const double bound = s / 2.0 + fabs((double)z - mn[si]) + clip +
+                                     (fabs(x) + fabs(z) + (double)qmax * s + fabs(xh)) * 0x1p-22;
+                if (fabs((double)x - xh) > bound)
+                    fail_msg("%s-asym/%s/%s h%u t%u d%u: x=%a xh=%a s=%a z=%a err=%g > bound %g",
+                             kw_wire_codec_name(sp->codec), kw_wire_gran_name(sp->granularity), kw_wire_scale_name(sd),
+                             h, t, d, x, xh, s, z, fabs((double)x - xh), bound);
+            }
+    free(mn);
+    free(mx);
 }
 
 static void check_tensor(const layer *l, const kw_wire_group_view *gv, const kw_wire_tensor_view *tv, const float *in,
@@ -151,22 +214,31 @@ static void check_tensor(const layer *l, const kw_wire_group_view *gv, const kw_
     const kw_wire_codec_spec *sp = &tv->spec;
     const uint32_t H = l->H, D = l->D, tg = gv->n_tokens, t0 = gv->first_token;
     const int pass = kw_wire_codec_is_passthrough(sp->codec);
+    for (uint32_t h = 0; h < H; ++h) /* bf16 output = RNE of the f32 output */
+        for (uint32_t t = t0; t < t0 + tg; ++t)
+            for (uint32_t d = 0; d < D; ++d)
+                assert_int_equal(outb[idx(l, h, t, d)], kw_f32_to_bf16(out[idx(l, h, t, d)]));
+    if (kw_wire_spec_asym(sp)) {
+        check_tensor_asym(l, gv, tv, in, out);
+        return;
+    }
     /* amax over the input values each scale covers, from the layout rule alone */
     float *amax = wt_xmalloc((pass ? 1 : tv->scale_count) * sizeof(float));
-    if (!pass)
+    if (!pass) {
+        memset(amax, 0, tv->scale_count * sizeof(float));
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t)
                 for (uint32_t d = 0; d < D; ++d) {
                     const size_t si = scale_index(sp, D, tg, h, t, d);
                     amax[si] = fmaxf(amax[si], fabsf(in[idx(l, h, t0 + t, d)]));
                 }
+    }
     const float qmax = kw_wire_codec_qmax(sp->codec);
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t t = t0; t < t0 + tg; ++t)
             for (uint32_t d = 0; d < D; ++d) {
                 const size_t e = idx(l, h, t, d);
                 const float x = in[e], xh = out[e];
-                assert_int_equal(outb[e], kw_f32_to_bf16(xh)); /* bf16 output = RNE of the f32 output */
                 assert_true(isfinite(xh));
                 if (pass) {
                     const float want = sp->codec == KW_WIRE_CODEC_BF16 ? kw_round_bf16(x) : kw_round_f16(x);
@@ -209,7 +281,11 @@ static void check_section(const layer *l, const kw_wire_section *sec) {
     uint16_t *outb[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
     const kw_wire_tensor_out k = {out[0], KW_WIRE_DTYPE_F32, (size_t)l->T * l->D, l->D};
     const kw_wire_tensor_out v = {out[1], KW_WIRE_DTYPE_F32, (size_t)l->T * l->D, l->D};
-    assert_int_equal(kw_wire_section_dequantize(sec, &k, &v), 0);
+    const int drc = kw_wire_section_dequantize(sec, &k, &v);
+    if (drc != 0)
+        fail_msg("dequantize: %s %s (K %s/%s/0x%02x)", kw_status_name(drc), kw_error_detail(),
+                 kw_wire_codec_name(sec->groups[0].k.spec.codec), kw_wire_gran_name(sec->groups[0].k.spec.granularity),
+                 sec->groups[0].k.spec.scale_dtype);
     /* bf16 output through the (T, H, D) layout, read back as (H, T, D) */
     uint16_t *thd[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
     const kw_wire_tensor_out kb = {thd[0], KW_WIRE_DTYPE_BF16, l->D, (size_t)l->H * l->D};
@@ -317,33 +393,44 @@ static void test_matrix(void **state) {
     wt_rng r = {2024};
     static const uint8_t dtypes[] = {KW_WIRE_DTYPE_BF16, KW_WIRE_DTYPE_F32, KW_WIRE_DTYPE_F16};
     unsigned blobs = 0;
-    for (uint32_t codec = 1; codec < KW_WIRE_CODEC_COUNT; ++codec) {
+    /* v1 codecs as in v1; v1.1: int3, int2, channel scales (gran 6 here) and zero points (asym) */
+    for (uint32_t codec = 1; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
         const int pass = kw_wire_codec_is_passthrough(codec);
-        for (uint32_t gran = pass ? 0 : 1; gran <= (pass ? 0u : 5u); ++gran) {
+        for (uint32_t gran = pass ? 0 : 1; gran <= (pass ? 0u : 6u); ++gran) {
             for (uint32_t sd = pass ? 0 : 1; sd <= (pass ? 0u : 4u); ++sd) {
                 for (uint32_t enc = 1; enc < KW_WIRE_INDEX_COUNT; ++enc) {
-                    const uint8_t dtype = dtypes[(codec + gran + sd + enc) % 3];
-                    const uint32_t H = 1 + wt_below(&r, 3), D = 8 * (1 + wt_below(&r, 4)), P = 70 + wt_below(&r, 60);
-                    const uint32_t T = enc == KW_WIRE_INDEX_FULL ? P : 1 + wt_below(&r, 40);
-                    kw_wire_codec_spec spec = {(uint8_t)codec, (uint8_t)(gran > 4 ? 4 : gran), (uint8_t)sd, 0};
-                    if (gran >= 4) spec.group_log2 = gran == 4 ? 2 : 3; /* G = 4 or 8 */
-                    const kw_wire_header hdr = make_header((uint16_t)H, (uint16_t)D, P, dtype, 2);
-                    layer ls[2];
-                    kw_wire_policy pols[2];
-                    for (int i = 0; i < 2; ++i) {
-                        layer_alloc(&ls[i], H, T, D, dtype, (int)wt_below(&r, LAYOUT_COUNT));
-                        positions_for(&r, enc, P, T, ls[i].positions);
-                        gen_random(&ls[i], &r);
-                        layer_store(&ls[i], 2 + 3 * (uint32_t)i);
-                        memset(&pols[i], 0, sizeof pols[i]);
-                        pols[i].k = spec;
-                        pols[i].v = spec;
-                        pols[i].index_encoding = (uint8_t)enc;
+                    for (uint32_t asym = 0; asym < 2; ++asym) {
+                        if (asym && (!kw_wire_codec_is_int(codec) || sd == KW_WIRE_SCALE_E8M0)) continue;
+                        const uint8_t dtype = dtypes[(codec + gran + sd + enc + asym) % 3];
+                        const uint32_t H = 1 + wt_below(&r, 3), D = 8 * (1 + wt_below(&r, 4)),
+                                       P = 70 + wt_below(&r, 60);
+                        const uint32_t T = enc == KW_WIRE_INDEX_FULL ? P : 1 + wt_below(&r, 40);
+                        kw_wire_codec_spec spec = {(uint8_t)codec, (uint8_t)(gran > 4 ? 4 : gran),
+                                                   (uint8_t)(sd | (asym ? KW_WIRE_SCALE_ZERO_POINTS : 0)), 0};
+                        if (gran == 4 || gran == 5) spec.group_log2 = gran == 4 ? 2 : 3; /* G = 4 or 8 */
+                        if (gran == 6) {
+                            spec.granularity = KW_WIRE_GRAN_CHANNEL;
+                            spec.group_log2 = (uint8_t)wt_below(&r, 6); /* L = 1..32: one or several runs */
+                        }
+                        kw_wire_header hdr = make_header((uint16_t)H, (uint16_t)D, P, dtype, 2);
+                        if (kw_wire_spec_needs_v11(&spec)) hdr.version = KW_WIRE_VERSION_1_1;
+                        layer ls[2];
+                        kw_wire_policy pols[2];
+                        for (int i = 0; i < 2; ++i) {
+                            layer_alloc(&ls[i], H, T, D, dtype, (int)wt_below(&r, LAYOUT_COUNT));
+                            positions_for(&r, enc, P, T, ls[i].positions);
+                            gen_random(&ls[i], &r);
+                            layer_store(&ls[i], 2 + 3 * (uint32_t)i);
+                            memset(&pols[i], 0, sizeof pols[i]);
+                            pols[i].k = spec;
+                            pols[i].v = spec;
+                            pols[i].index_encoding = (uint8_t)enc;
+                        }
+                        roundtrip(&hdr, ls, pols, 2);
+                        ++blobs;
+                        for (int i = 0; i < 2; ++i)
+                            layer_free(&ls[i]);
                     }
-                    roundtrip(&hdr, ls, pols, 2);
-                    ++blobs;
-                    for (int i = 0; i < 2; ++i)
-                        layer_free(&ls[i]);
                 }
             }
         }
@@ -357,9 +444,10 @@ static void test_adversarial(void **state) {
     enum { ZEROS, ZERO_HEAD, DENORMAL, OUTLIER, TIES, TINY_MIXED, N_CASES };
     wt_rng r = {77};
     for (int c = 0; c < N_CASES; ++c)
-        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT; ++codec)
-            for (uint32_t sd = 1; sd <= 4; ++sd)
-                for (uint32_t gran = 1; gran <= 4; ++gran) {
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec)
+            for (uint32_t sd = 1; sd <= 4 + 3; ++sd) /* 5..7: f16, bf16, f32 with zero points (integer codecs) */
+                for (uint32_t gran = 1; gran <= 5; ++gran) {
+                    if (sd > 4 && !kw_wire_codec_is_int(codec)) continue;
                     const uint32_t H = 2, T = 6, D = 16;
                     layer l;
                     layer_alloc(&l, H, T, D, KW_WIRE_DTYPE_F32, LAYOUT_HTD);
@@ -391,14 +479,17 @@ static void test_adversarial(void **state) {
                                     l.val[kv][idx(&l, h, t, d)] = v;
                                 }
                     layer_store(&l, 0);
-                    const kw_wire_header hdr = make_header(H, D, T, KW_WIRE_DTYPE_F32, 1);
+                    kw_wire_header hdr = make_header(H, D, T, KW_WIRE_DTYPE_F32, 1);
                     kw_wire_policy pol = {0};
-                    pol.k = (kw_wire_codec_spec){(uint8_t)codec, (uint8_t)gran, (uint8_t)sd, gran == 4 ? 3 : 0};
+                    const uint8_t sdb = (uint8_t)(sd > 4 ? (sd - 4) | KW_WIRE_SCALE_ZERO_POINTS : sd);
+                    pol.k = (kw_wire_codec_spec){(uint8_t)codec, (uint8_t)gran, sdb, gran == 4 ? 3 : gran == 5 ? 2 : 0};
                     pol.v = pol.k;
                     pol.index_encoding = KW_WIRE_INDEX_AUTO;
+                    if (kw_wire_spec_needs_v11(&pol.k)) hdr.version = KW_WIRE_VERSION_1_1;
                     /* does the rule allow a scale for every scale set? (f16 cannot hold 3e30/qmax) */
                     float s;
-                    const int can = wt_expected_scale(3.0e30f, kw_wire_codec_qmax(codec), sd, &s) == 0 || c != OUTLIER;
+                    const float qm = sd > 4 ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
+                    const int can = wt_expected_scale(3.0e30f, qm, kw_wire_spec_scale(&pol.k), &s) == 0 || c != OUTLIER;
                     if (can) {
                         roundtrip(&hdr, &l, &pol, 1);
                     } else {
@@ -764,12 +855,120 @@ static void test_encoder_misuse(void **state) {
     layer_free(&l);
 }
 
+/* v1.1: exact reconstruction where the values are representable (s = 1 and z = min), and the version rules of the
+ * encoder (v1.1 features need a v1.1 header; invalid v1.1 specs are refused). */
+static void test_v11(void **state) {
+    (void)state;
+    wt_rng r = {1111};
+    const uint8_t zp = KW_WIRE_SCALE_ZERO_POINTS;
+    static const struct {
+        kw_wire_codec_spec spec;
+        int lo, hi; /* integer values in [lo, hi], both present in every scale's set */
+    } exact[] = {
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32 | zp, 0}, -1, 2},
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16 | zp, 2}, 5, 8},
+        {{KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0}, -3, 3},
+        {{KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_BF16 | zp, 3}, -100, -93},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32 | zp, 0}, 0, 255},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16 | zp, 3}, -8, 7},
+    };
+    for (size_t c = 0; c < sizeof exact / sizeof exact[0]; ++c) {
+        const uint32_t H = 2, T = 8, D = 16;
+        layer l;
+        layer_alloc(&l, H, T, D, KW_WIRE_DTYPE_F32, LAYOUT_THD);
+        const int chan = exact[c].spec.granularity == KW_WIRE_GRAN_CHANNEL;
+        for (int kv = 0; kv < 2; ++kv)
+            for (uint32_t h = 0; h < H; ++h)
+                for (uint32_t t = 0; t < T; ++t)
+                    for (uint32_t d = 0; d < D; ++d) {
+                        /* the extremes at d 0 and 1 of every row (token and group scales) or at tokens 0 and 1 of
+                         * every run (channel scales); the rest random in between */
+                        const uint32_t k = chan ? t % (1u << exact[c].spec.group_log2) : d % 8;
+                        const int v = k == 0 ? exact[c].lo
+                                      : k == 1
+                                          ? exact[c].hi
+                                          : exact[c].lo + (int)wt_below(&r, (uint32_t)(exact[c].hi - exact[c].lo + 1));
+                        l.val[kv][idx(&l, h, t, d)] = (float)v;
+                    }
+        layer_store(&l, 1);
+        kw_wire_header hdr = make_header(H, D, T, KW_WIRE_DTYPE_F32, 1);
+        hdr.version = KW_WIRE_VERSION_1_1;
+        const kw_wire_policy pol = {.k = exact[c].spec, .v = exact[c].spec};
+        assert_true(kw_wire_policy_needs_v11(&pol));
+        roundtrip(&hdr, &l, &pol, 1);
+        wt_blob_out o;
+        uint8_t *blob = NULL;
+        size_t size = 0;
+        assert_int_equal(wt_encode_blob(&hdr, &l.in, &pol, 1, 0, &blob, &size), 0);
+        assert_int_equal(wt_decode_oneshot(blob, size, NULL, &o), 0);
+        for (size_t e = 0; e < (size_t)H * T * D; ++e)
+            if (o.layers[0].k[e] != l.val[0][e] || o.layers[0].v[e] != l.val[1][e])
+                fail_msg("case %zu element %zu: %a %a, expected %a %a", c, e, o.layers[0].k[e], o.layers[0].v[e],
+                         l.val[0][e], l.val[1][e]);
+        wt_blob_out_free(&o);
+        free(blob);
+        layer_free(&l);
+    }
+    /* version rules */
+    layer l;
+    layer_alloc(&l, 1, 3, 8, KW_WIRE_DTYPE_F32, LAYOUT_HTD);
+    gen_random(&l, &r);
+    layer_store(&l, 0);
+    const kw_wire_codec_spec ok = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    const kw_wire_codec_spec needs[] = {
+        {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 1},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | zp, 0},
+    };
+    const kw_wire_codec_spec invalid[] = {
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0 | zp, 0},  /* e8m0 zero points */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | zp, 0},    /* not an integer codec */
+        {KW_WIRE_CODEC_BF16, 0, zp, 0},                                        /* passthrough */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 25},     /* L > 2^24 */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | 0x10, 0}, /* reserved bit */
+        {KW_WIRE_CODEC_COUNT_V11, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},   /* unknown codec */
+    };
+    kw_wire_header v1 = make_header(1, 8, 3, KW_WIRE_DTYPE_F32, 1), v11 = v1;
+    v11.version = KW_WIRE_VERSION_1_1;
+    uint8_t *blob = NULL;
+    size_t size = 0, sz;
+    for (size_t i = 0; i < sizeof needs / sizeof needs[0]; ++i) {
+        const kw_wire_policy pol = {.k = ok, .v = needs[i]};
+        assert_true(kw_wire_spec_needs_v11(&needs[i]));
+        assert_int_equal(kw_wire_section_size(&v1, &pol, 3, NULL, &sz), KW_E_INVALID_ARG);
+        assert_int_equal(wt_encode_blob(&v1, &l.in, &pol, 1, 0, &blob, &size), KW_E_INVALID_ARG);
+        assert_non_null(strstr(kw_error_detail(), "v1.1"));
+        assert_int_equal(wt_encode_blob(&v11, &l.in, &pol, 1, 0, &blob, &size), 0);
+        assert_int_equal(kw_load_le16(blob + 8), KW_WIRE_VERSION_1_1);
+        free(blob);
+    }
+    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; ++i) {
+        const kw_wire_policy pol = {.k = invalid[i], .v = ok};
+        assert_int_equal(kw_wire_section_size(&v11, &pol, 3, NULL, &sz), KW_E_INVALID_ARG);
+    }
+    /* a v1.1 header with v1 codecs only is still a valid v1.1 blob; a v1 one writes version 1 */
+    const kw_wire_policy plain = {.k = ok, .v = ok};
+    assert_false(kw_wire_policy_needs_v11(&plain));
+    assert_int_equal(wt_encode_blob(&v11, &l.in, &plain, 1, 0, &blob, &size), 0);
+    assert_int_equal(kw_load_le16(blob + 8), KW_WIRE_VERSION_1_1);
+    free(blob);
+    assert_int_equal(wt_encode_blob(&v1, &l.in, &plain, 1, 0, &blob, &size), 0);
+    assert_int_equal(kw_load_le16(blob + 8), KW_WIRE_VERSION);
+    free(blob);
+    kw_wire_header two = v1;
+    two.version = 2;
+    kw_wire_encoder *e;
+    assert_int_equal(kw_wire_encoder_create(&two, NULL, &e), KW_E_INVALID_ARG);
+    layer_free(&l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matrix),     cmocka_unit_test(test_adversarial),    cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_range),      cmocka_unit_test(test_token_groups),   cmocka_unit_test(test_index_choice),
         cmocka_unit_test(test_sizes),      cmocka_unit_test(test_compression),    cmocka_unit_test(test_determinism),
-        cmocka_unit_test(test_empty_blob), cmocka_unit_test(test_encoder_misuse),
+        cmocka_unit_test(test_empty_blob), cmocka_unit_test(test_encoder_misuse), cmocka_unit_test(test_v11),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,6 +29,9 @@ typedef struct wg_spec {
 
 #define WG_Q(c, g, s, l)                                                                                               \
     { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s, l }
+/* v1.1: with zero points */
+#define WG_QZ(c, g, s, l)                                                                                              \
+    { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s | KW_WIRE_SCALE_ZERO_POINTS, l }
 #define WG_PASS(c)                                                                                                     \
     { KW_WIRE_CODEC_##c, 0, 0, 0 }
 
@@ -53,18 +56,42 @@ static const wg_spec wg_valid[] = {
      KW_WIRE_DTYPE_BF16, WG_Q(INT4, TOKEN, E8M0, 0), WG_Q(E4M3, HEAD, E8M0, 0), KW_WIRE_INDEX_AUTO, 0, 2},
     {"int8_layer_f32_exact", "integers with absmax 127 and one f32 scale: s = 1 and the decode is exact", 1, 8, 2, 2,
      KW_WIRE_DTYPE_F32, WG_Q(INT8, LAYER, F32, 0), WG_Q(INT8, LAYER, F32, 0), KW_WIRE_INDEX_AUTO, 0, 3},
+    /* v1.1 */
+    {"v11_int2z_channel4_f16",
+     "v1.1: K int2 with zero points, f16 scales per channel over runs of 4 of 10 tokens; V "
+     "int2 with zero points per token",
+     2, 16, 10, 10, KW_WIRE_DTYPE_BF16, WG_QZ(INT2, CHANNEL, F16, 2), WG_QZ(INT2, TOKEN, F16, 0), KW_WIRE_INDEX_AUTO, 0,
+     0},
+    {"v11_int3_group8_bf16", "v1.1: symmetric int3, bf16 scales per 8 channels (K) and per token (V), f32 input", 2, 16,
+     40, 7, KW_WIRE_DTYPE_F32, WG_Q(INT3, GROUP, BF16, 3), WG_Q(INT3, TOKEN, BF16, 0), KW_WIRE_INDEX_AUTO, 0, 0},
+    {"v11_int8z_channel_constant",
+     "v1.1: int8 with zero points per channel over all tokens on values constant along "
+     "tokens: zero scales, the zero points decode exactly",
+     1, 8, 4, 4, KW_WIRE_DTYPE_BF16, WG_QZ(INT8, CHANNEL, F32, 4), WG_QZ(INT4, CHANNEL, F16, 1), KW_WIRE_INDEX_AUTO, 0,
+     1},
+    {"v11_int6z_group4_int3_group4",
+     "v1.1: int6 with zero points and bf16 scales per 4 channels (K), int3 per 4 "
+     "channels (12-bit groups) with f32 scales (V), u16 positions",
+     1, 8, 300, 3, KW_WIRE_DTYPE_F16, WG_QZ(INT6, GROUP, BF16, 2), WG_Q(INT3, GROUP, F32, 2), KW_WIRE_INDEX_U16, 0, 0},
 };
 #define WG_N_VALID (sizeof wg_valid / sizeof wg_valid[0])
 
 /* Extra valid blobs built differently: the three-section base of wire_mutate.h, and a blob with no sections. */
-static const char *const wg_extra[] = {"mixed_three_sections", "empty"};
-#define WG_N_EXTRA 2
+static const char *const wg_extra[] = {"mixed_three_sections", "empty", "v11_base"};
+#define WG_N_EXTRA 3
 
 /* Builds valid golden i (0..WG_N_VALID + WG_N_EXTRA - 1) into a new buffer. */
 static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
     if (i == WG_N_VALID) {
         wm_blob b;
         wm_base(&b);
+        *blob = b.data;
+        *size = b.size;
+        return;
+    }
+    if (i == WG_N_VALID + 2) {
+        wm_blob b;
+        wm_base11(&b);
         *blob = b.data;
         *size = b.size;
         return;
@@ -90,7 +117,10 @@ static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
                                 .n_positions = g->P,
                                 .src_dtype = g->src,
                                 .model_id = 0xabcdef00u + i,
-                                .policy_id = (uint32_t)i};
+                                .policy_id = (uint32_t)i,
+                                .version = kw_wire_spec_needs_v11(&g->k) || kw_wire_spec_needs_v11(&g->v)
+                                               ? KW_WIRE_VERSION_1_1
+                                               : KW_WIRE_VERSION};
     const size_t n = (size_t)g->H * g->T * g->D, es = g->src == KW_WIRE_DTYPE_F32 ? 4 : 2;
     uint8_t *data[2] = {wt_xmalloc(n * es), wt_xmalloc(n * es)};
     for (int kv = 0; kv < 2; ++kv)
@@ -168,6 +198,24 @@ static const char *const wg_errors[] = {
     "trailer_checksum",
     "truncated",
     "trailing",
+    /* v1.1 fields, faults in v11_base */
+    "v11_as_v1",
+    "v11_version_two",
+    "v11_scale_flags_reserved",
+    "v11_zero_points_e8m0",
+    "v11_zero_points_fp8",
+    "v11_zero_points_passthrough",
+    "v11_channel_run_too_long",
+    "v11_granularity_unknown",
+    "v11_codec_unknown",
+    "v11_zero_points_dropped",
+    "v11_channel_run_changed",
+    "v11_zero_point_nan",
+    "v11_zero_point_inf",
+    "v11_zero_point_too_large",
+    "v11_scale_negative",
+    "v11_code_int3_minus_4",
+    "v11_code_int2_minus_2",
 };
 #define WG_N_ERRORS (sizeof wg_errors / sizeof wg_errors[0])
 
@@ -194,6 +242,15 @@ static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
             expect = wm_cases[c].expect;
         }
     free(b.data);
+    if (!expect) {
+        wm_base11(&b);
+        for (size_t c = 0; c < WM_N_CASES11; ++c)
+            if (!strcmp(wm_cases11[c].name, name)) {
+                *blob = wm_apply(&b, &wm_cases11[c], size);
+                expect = wm_cases11[c].expect;
+            }
+        free(b.data);
+    }
     if (!expect) abort();
     return expect;
 }
@@ -245,8 +302,15 @@ static inline uint64_t wg_hash_u16(const uint16_t *v, size_t n) {
 
 static inline void wg_spec_text(wg_text *t, const kw_wire_codec_spec *s) {
     wg_printf(t, "%s/%s/%s", kw_wire_codec_name(s->codec), kw_wire_gran_name(s->granularity),
-              kw_wire_scale_name(s->scale_dtype));
+              kw_wire_scale_name(kw_wire_spec_scale(s)));
     if (s->granularity == KW_WIRE_GRAN_GROUP) wg_printf(t, "/G%u", 1u << s->group_log2);
+    if (s->granularity == KW_WIRE_GRAN_CHANNEL) wg_printf(t, "/L%u", 1u << s->group_log2);
+    if (kw_wire_spec_asym(s)) wg_printf(t, "/zero-points");
+}
+
+/* "v1" or "v1.1": the version a golden file's first line names. */
+static inline const char *wg_version_name(uint16_t version) {
+    return version == KW_WIRE_VERSION_1_1 ? "v1.1" : "v1";
 }
 
 /* The .expect text of a valid blob (decoded one-shot; the caller has checked it decodes). */
@@ -256,7 +320,7 @@ static inline int wg_describe(const char *what, const uint8_t *blob, size_t size
     const kw_wire_header *h;
     int rc = kw_wire_reader_open(blob, size, NULL, &r, &h);
     if (rc < 0) return rc;
-    wg_printf(t, "# KVWire v1 golden blob: %s\n", what);
+    wg_printf(t, "# KVWire %s golden blob: %s\n", wg_version_name(h->version), what);
     wg_printf(t, "size %zu\nblob_xxh3 %016llx\n", size, (unsigned long long)kw__wire_hash_bytes(blob, size));
     wg_printf(t,
               "header layers=%u sections=%u heads=%u head_dim=%u positions=%u src=%s model_id=%016llx policy_id=%u\n",

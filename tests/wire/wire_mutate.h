@@ -23,6 +23,7 @@ enum { WM_H = 2, WM_D = 16, WM_P = 61, WM_LAYERS = 8 };
 typedef struct wm_blob {
     uint8_t *data;
     size_t size;
+    int n;          /* sections: 3 (wm_base) or 1 (wm_base11) */
     size_t sec[3];  /* section offsets */
     size_t body[3]; /* body offsets (after the group table) */
     size_t trailer; /* trailer offset */
@@ -31,6 +32,20 @@ typedef struct wm_blob {
 static inline void wm_fill(wt_rng *r, float *v, size_t n, int constant) {
     for (size_t i = 0; i < n; ++i)
         v[i] = kw_round_bf16(constant ? 0.75f - (float)(i % WM_D) / 16 : wt_bell(r));
+}
+
+/* The header of the base blobs. */
+static inline kw_wire_header wm_header(uint16_t n_sections, uint32_t policy_id, uint16_t version) {
+    const kw_wire_header hdr = {.n_layers = WM_LAYERS,
+                                .n_sections = n_sections,
+                                .n_kv_heads = WM_H,
+                                .head_dim = WM_D,
+                                .n_positions = WM_P,
+                                .src_dtype = KW_WIRE_DTYPE_BF16,
+                                .model_id = 0xfeedface,
+                                .policy_id = policy_id,
+                                .version = version};
+    return hdr;
 }
 
 /* Builds the base blob (deterministic bytes for a given libzstd). */
@@ -73,14 +88,7 @@ static inline void wm_base(wm_blob *b) {
          .zstd_level = 19},
         {.n_groups = 2, .groups = g2, .index_encoding = KW_WIRE_INDEX_VARINT},
     };
-    const kw_wire_header hdr = {.n_layers = WM_LAYERS,
-                                .n_sections = 3,
-                                .n_kv_heads = WM_H,
-                                .head_dim = WM_D,
-                                .n_positions = WM_P,
-                                .src_dtype = KW_WIRE_DTYPE_BF16,
-                                .model_id = 0xfeedface,
-                                .policy_id = 7};
+    const kw_wire_header hdr = wm_header(3, 7, 0);
     if (wt_encode_blob(&hdr, in, pol, 3, 0, &b->data, &b->size) < 0) {
         fprintf(stderr, "wm_base: %s\n", kw_error_detail());
         abort();
@@ -95,6 +103,7 @@ static inline void wm_base(wm_blob *b) {
         at = b->body[s] + kw_load_le32(b->data + at + KW__SEC_STORED_BYTES) + KW_WIRE_CHECKSUM_BYTES;
     }
     b->trailer = at;
+    b->n = 3;
     if (!(b->data[b->sec[1] + KW__SEC_FLAGS] & 1) || at + KW_WIRE_TRAILER_BYTES != b->size) {
         fprintf(stderr, "wm_base: unexpected layout\n");
         abort();
@@ -111,8 +120,8 @@ static inline uint64_t wm_blob_sum(const wm_blob *b, const uint8_t *p) {
     kw__wire_hash h;
     kw__wire_hash_reset(&h);
     kw__wire_hash_update(&h, p, KW_WIRE_HEADER_BYTES);
-    for (int s = 0; s < 3; ++s)
-        kw__wire_hash_update(&h, p + (s < 2 ? b->sec[s + 1] : b->trailer) - 8, 8);
+    for (int s = 0; s < b->n; ++s)
+        kw__wire_hash_update(&h, p + (s + 1 < b->n ? b->sec[s + 1] : b->trailer) - 8, 8);
     kw__wire_hash_update(&h, p + b->trailer, KW__TRL_CHECKSUM);
     return kw__wire_hash_digest(&h);
 }
@@ -120,12 +129,64 @@ static inline uint64_t wm_blob_sum(const wm_blob *b, const uint8_t *p) {
 /* Recomputes every checksum of a blob with the base layout (section sizes unchanged). */
 static inline void wm_seal_all(const wm_blob *b, uint8_t *p, size_t size) {
     wm_seal_header(p);
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < b->n; ++s) {
         const size_t end = b->body[s] + kw_load_le32(p + b->sec[s] + KW__SEC_STORED_BYTES);
         if (end + 8 > size) return;
         kw_store_le64(p + end, kw__wire_hash_bytes(p + b->sec[s], end - b->sec[s]));
     }
     if (b->trailer + KW_WIRE_TRAILER_BYTES <= size) kw_store_le64(p + b->trailer + KW__TRL_CHECKSUM, wm_blob_sum(b, p));
+}
+
+/* The v1.1 base blob: the same shape (P = 61, H = 2, D = 16, 8 layers), one section (layer 1, positions 20..29, range
+ * index) with two token groups:
+ *   g0, 6 tokens: K int2 with zero points, f16 channel scales over runs of L = 4 tokens; V int3/token/bf16
+ *   g1, 4 tokens: K int3 with zero points, f32 scales per 8 channels; V int2/head/f16
+ * Body: range (4) | g0 K scales 64 x f16 (128), zero points (128), codes (48) | g0 V scales 12 x bf16 (24), codes (72)
+ *       | g1 K scales 16 x f32 (64), zero points (64), codes (48) | g1 V scales 2 x f16 (4), codes (32): 616 bytes. */
+static inline void wm_base11(wm_blob *b) {
+    enum { T = 10 };
+    wt_rng r = {0x11e1};
+    uint32_t pos[T];
+    for (uint32_t t = 0; t < T; ++t)
+        pos[t] = 20 + t;
+    const size_t n = (size_t)WM_H * T * WM_D;
+    uint16_t *kv[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
+    float *tmp = wt_xmalloc(n * 4);
+    for (int k = 0; k < 2; ++k) {
+        wm_fill(&r, tmp, n, 0);
+        for (size_t i = 0; i < n; ++i)
+            kv[k][i] = kw_f32_to_bf16(tmp[i] + (k == 0 && i % WM_D == 3 ? 8.0f : 0.0f)); /* a K outlier channel */
+    }
+    free(tmp);
+    kw_wire_layer_in in = {.layer = 1, .n_tokens = T, .positions = pos};
+    in.k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
+    in.v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+    const uint8_t zp = KW_WIRE_SCALE_ZERO_POINTS;
+    const kw_wire_token_group g[2] = {
+        {6,
+         {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16 | zp, 2},
+         {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0}},
+        {4,
+         {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F32 | zp, 3},
+         {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_F16, 0}},
+    };
+    const kw_wire_policy pol = {.n_groups = 2, .groups = g};
+    const kw_wire_header hdr = wm_header(1, 11, KW_WIRE_VERSION_1_1);
+    if (wt_encode_blob(&hdr, &in, &pol, 1, 0, &b->data, &b->size) < 0) {
+        fprintf(stderr, "wm_base11: %s\n", kw_error_detail());
+        abort();
+    }
+    free(kv[0]);
+    free(kv[1]);
+    b->n = 1;
+    b->sec[0] = KW_WIRE_HEADER_BYTES;
+    b->body[0] = b->sec[0] + KW_WIRE_SECTION_HEAD_BYTES + 2 * KW_WIRE_GROUP_DESC_BYTES;
+    b->trailer = b->body[0] + 616 + KW_WIRE_CHECKSUM_BYTES;
+    if (kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES) != 616 || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
+        fprintf(stderr, "wm_base11: unexpected layout (raw %u, size %zu)\n",
+                kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES), b->size);
+        abort();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -221,6 +282,28 @@ static const wm_case wm_cases[] = {
     {"trailer_checksum", KW_E_WIRE_CHECKSUM, 0, KW__TRL_CHECKSUM + 7, WM_TRL, 0, 0x01},
 };
 #define WM_N_CASES (sizeof wm_cases / sizeof wm_cases[0])
+
+/* Faults in the v1.1 fields, applied to wm_base11. Descriptors: g0 K at section offset 36, V 40; g1 K 48, V 52. */
+static const wm_case wm_cases11[] = {
+    {"v11_as_v1", KW_E_WIRE_CODEC, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
+    {"v11_version_two", KW_E_WIRE_VERSION, 1, KW__HDR_VERSION, WM_HDR, 2, 2},
+    {"v11_scale_flags_reserved", KW_E_WIRE_RESERVED, 1, 38, WM_SEC(0), 1, 0x91},
+    {"v11_zero_points_e8m0", KW_E_WIRE_CODEC, 1, 38, WM_SEC(0), 1, 0x84},
+    {"v11_zero_points_fp8", KW_E_WIRE_CODEC, 1, 36, WM_SEC(0), 1, KW_WIRE_CODEC_E4M3},
+    {"v11_zero_points_passthrough", KW_E_WIRE_CODEC, 1, 52, WM_SEC(0), 4, 0x00800001u},
+    {"v11_channel_run_too_long", KW_E_WIRE_CODEC, 1, 39, WM_SEC(0), 1, 25},
+    {"v11_granularity_unknown", KW_E_WIRE_CODEC, 1, 37, WM_SEC(0), 1, 6},
+    {"v11_codec_unknown", KW_E_WIRE_CODEC, 1, 40, WM_SEC(0), 1, 11},
+    {"v11_zero_points_dropped", KW_E_WIRE_CORRUPT, 1, 38, WM_SEC(0), 1, KW_WIRE_SCALE_F16},
+    {"v11_channel_run_changed", KW_E_WIRE_CORRUPT, 1, 39, WM_SEC(0), 1, 3},
+    {"v11_zero_point_nan", KW_E_WIRE_VALUE, 1, 4 + 128, WM_BODY(0), 2, 0x7e00},
+    {"v11_zero_point_inf", KW_E_WIRE_VALUE, 1, 468, WM_BODY(0), 4, 0xff800000u},
+    {"v11_zero_point_too_large", KW_E_WIRE_VALUE, 1, 468, WM_BODY(0), 4, 0x7f7fffffu},
+    {"v11_scale_negative", KW_E_WIRE_VALUE, 1, 4 + 1, WM_BODY(0), 0, 0x80},
+    {"v11_code_int3_minus_4", KW_E_WIRE_VALUE, 1, 332, WM_BODY(0), 1, 0x04},
+    {"v11_code_int2_minus_2", KW_E_WIRE_VALUE, 1, 584, WM_BODY(0), 1, 0x02},
+};
+#define WM_N_CASES11 (sizeof wm_cases11 / sizeof wm_cases11[0])
 
 /* A copy of the base blob with case c applied (caller frees). */
 static inline uint8_t *wm_apply(const wm_blob *b, const wm_case *c, size_t *size) {

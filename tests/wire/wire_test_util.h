@@ -214,7 +214,8 @@ static inline int wt_decode_oneshot(const uint8_t *blob, size_t size, const kw_w
 static inline int wt_header_equal(const kw_wire_header *a, const kw_wire_header *b) {
     return a->n_layers == b->n_layers && a->n_sections == b->n_sections && a->n_kv_heads == b->n_kv_heads &&
            a->head_dim == b->head_dim && a->n_positions == b->n_positions && a->src_dtype == b->src_dtype &&
-           a->model_id == b->model_id && a->policy_id == b->policy_id;
+           a->model_id == b->model_id && a->policy_id == b->policy_id &&
+           (a->version == KW_WIRE_VERSION_1_1) == (b->version == KW_WIRE_VERSION_1_1);
 }
 
 /* 1 if two decodes are identical (bitwise values). */
