@@ -40,8 +40,10 @@ static void kw_kvstats_usage(FILE *f) {
         "  --chat            render each prompt as one user turn of the model's chat template\n"
         "  --max-new-tokens  tokens decoded per prompt and codec (default 64)\n"
         "  --codec           a codec and granularity (int4:group32, int8:token, nf4:head, bf16, none = the cache\n"
-        "                    as it is); repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8 int4\n"
-        "                    nf4 per 32 values, int8 int4 per head\n"
+        "                    as it is), for K and V both, or K's and V's apart: int2-asym:channel32,int2-asym:token;\n"
+        "                    KVWire v1.1 names too (int3, int2, -asym zero points, channel<L>: a scale per channel\n"
+        "                    over L tokens); repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
+        "                    int4 nf4 per 32 values, int8 int4 per head\n"
         "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd)\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
         "  --no-heads        leave out the per-(layer, head) table\n"
@@ -52,7 +54,25 @@ static void kw_kvstats_usage(FILE *f) {
         "KL(unquantized || codec) of the next-token distribution (nats), free-running greedy agreement.\n");
 }
 
-/* "int4:group32" -> spec and a printable name; "none" -> the lossless control row. */
+/* "int4:group32" (a KVWire v1 or v1.1 codec and granularity) -> *spec, its printable name into name (cap bytes). */
+static int kw_kvstats_parse_spec(const char *arg, size_t len, const char *scale, kw_wire_codec_spec *spec, char *name,
+                                 size_t cap) {
+    char text[64], codec[16], gran[16];
+    KW_RETURN_IF(len == 0 || len >= sizeof text, KW_E_INVALID_ARG, "--codec %.*s: CODEC or CODEC:GRANULARITY", (int)len,
+                 arg);
+    memcpy(text, arg, len);
+    text[len] = '\0';
+    char *colon = strchr(text, ':');
+    if (colon) *colon = '\0';
+    KW_FORWARD(kw_wire_spec_parse_v(text, colon ? colon + 1 : "token", scale, KW_WIRE_VERSION_1_1, spec));
+    kw_wire_spec_codec_format(spec, codec, sizeof codec);
+    kw_wire_spec_gran_format(spec, gran, sizeof gran);
+    snprintf(name, cap, "%s%s%s", codec, spec->granularity ? "/" : "", spec->granularity ? gran : "");
+    return 0;
+}
+
+/* "int4:group32" (K and V), "int2-asym:channel32,int2-asym:token" (K, then V) -> the codec and a printable name;
+ * "none" -> the lossless control row. */
 static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats_codec *out) {
     memset(out, 0, sizeof *out);
     if (strcmp(arg, "none") == 0) {
@@ -60,17 +80,17 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
         snprintf(out->name, sizeof out->name, "none (f32 rows)");
         return 0;
     }
-    char codec[32];
-    const char *colon = strchr(arg, ':');
-    const size_t n = colon ? (size_t)(colon - arg) : strlen(arg);
-    KW_RETURN_IF(n == 0 || n >= sizeof codec, KW_E_INVALID_ARG, "--codec %s: CODEC or CODEC:GRANULARITY", arg);
-    memcpy(codec, arg, n);
-    codec[n] = '\0';
-    KW_FORWARD(kw_wire_spec_parse(codec, colon ? colon + 1 : "token", scale, &out->spec));
-    char gran[16];
-    kw_wire_spec_gran_format(&out->spec, gran, sizeof gran);
-    snprintf(out->name, sizeof out->name, "%s%s%s", codec, out->spec.granularity ? "/" : "",
-             out->spec.granularity ? gran : "");
+    const char *comma = strchr(arg, ',');
+    const size_t k_len = comma ? (size_t)(comma - arg) : strlen(arg);
+    char k_name[40], v_name[40];
+    KW_FORWARD(kw_kvstats_parse_spec(arg, k_len, scale, &out->spec, k_name, sizeof k_name));
+    if (!comma) {
+        out->spec_v = out->spec;
+        snprintf(out->name, sizeof out->name, "%s", k_name);
+        return 0;
+    }
+    KW_FORWARD(kw_kvstats_parse_spec(comma + 1, strlen(comma + 1), scale, &out->spec_v, v_name, sizeof v_name));
+    snprintf(out->name, sizeof out->name, "%s+%s", k_name, v_name);
     return 0;
 }
 
@@ -221,16 +241,19 @@ int kw_cmd_kvstats(int argc, char **argv) {
     kw_kvstats_print_heads(s, cfg, !no_heads);
     printf("\n== codecs: the prompt cache through a KVWire blob, then decoding (%lld prompts x %lld tokens) ==\n",
            (long long)n_prompts, (long long)max_new);
-    printf("%-18s %11s %10s %10s %9s %10s %10s\n", "codec", "bytes/token", "K rel.err", "V rel.err", "TF agree",
-           "mean KL", "free agree");
+    /* bits per element: the whole blob (headers, indices, scales, zero points, checksums) over every K and V value */
+    const double elems_per_row = 2.0 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim;
+    printf("%-34s %11s %9s %10s %10s %9s %10s %10s\n", "codec", "bytes/token", "bits/elem", "K rel.err", "V rel.err",
+           "TF agree", "mean KL", "free agree");
     for (int32_t c = 0; c < n_codecs; ++c) {
         const kw_kvstats_result *r = kw_kvstats_result_get(s, c);
         if (r->status < 0) {
-            printf("%-18s refused: %s (%s)\n", codecs[c].name, kw_strerror(r->status), "the codec cannot carry it");
+            printf("%-34s refused: %s (%s)\n", codecs[c].name, kw_strerror(r->status), "the codec cannot carry it");
             continue;
         }
-        printf("%-18s %11.1f %10.2e %10.2e %9.4f %10.2e %10.4f\n", codecs[c].name,
-               (double)r->blob_bytes / (double)kw_kvstats_rows(s), r->k_norm2 > 0 ? sqrt(r->k_err2 / r->k_norm2) : 0.0,
+        const double per_row = (double)r->blob_bytes / (double)kw_kvstats_rows(s);
+        printf("%-34s %11.1f %9.3f %10.2e %10.2e %9.4f %10.2e %10.4f\n", codecs[c].name, per_row,
+               per_row * 8.0 / elems_per_row, r->k_norm2 > 0 ? sqrt(r->k_err2 / r->k_norm2) : 0.0,
                r->v_norm2 > 0 ? sqrt(r->v_err2 / r->v_norm2) : 0.0, (double)r->tf_agree / (double)r->tf_steps,
                r->kl_sum / (double)r->tf_steps, (double)r->free_agree / (double)r->free_steps);
     }

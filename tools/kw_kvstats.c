@@ -220,18 +220,19 @@ static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, i
     return 0;
 }
 
-/* Sends k and v (each (T, H, D) f32) through one KVWire blob with spec and writes the decoded values to kq, vq.
- * *bytes gets the blob's size. */
-static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_wire_codec_spec *spec, float *const *k, float *const *v,
+/* Sends k and v (each (T, H, D) f32) through one KVWire blob with the codec's K and V specs (a v1.1 blob when they
+ * need it) and writes the decoded values to kq, vq. *bytes gets the blob's size. */
+static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
                                 int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
     const int32_t H = s->n_heads, D = s->head_dim;
-    const kw_wire_header hdr = {.n_layers = (uint16_t)s->n_layers,
+    const kw_wire_policy pol = {.k = codec->spec, .v = codec->spec_v};
+    const kw_wire_header hdr = {.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
+                                .n_layers = (uint16_t)s->n_layers,
                                 .n_sections = (uint16_t)s->n_layers,
                                 .n_kv_heads = (uint16_t)H,
                                 .head_dim = (uint16_t)D,
                                 .n_positions = (uint32_t)T,
                                 .src_dtype = KW_WIRE_DTYPE_F32};
-    const kw_wire_policy pol = {.k = *spec, .v = *spec};
     kw_wire_encoder *enc = NULL;
     kw_wire_reader *reader = NULL;
     uint8_t *blob = NULL;
@@ -384,7 +385,7 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
                 memcpy(vq[l], v[l], per_layer * sizeof **vq);
             }
         } else {
-            const int qrc = kw_kvstats_roundtrip(s, &s->codecs[c].spec, k, v, T, kq, vq, &bytes);
+            const int qrc = kw_kvstats_roundtrip(s, &s->codecs[c], k, v, T, kq, vq, &bytes);
             if (qrc == KW_E_WIRE_RANGE || qrc == KW_E_WIRE_NONFINITE) { /* this codec cannot carry this cache */
                 r->status = qrc;
                 continue;

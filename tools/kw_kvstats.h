@@ -26,9 +26,10 @@
 
 /* One codec configuration. */
 typedef struct kw_kvstats_codec {
-    int lossless;            /* 1: the cache as it is, no blob (the control row: agreement 1, KL 0, error 0) */
-    kw_wire_codec_spec spec; /* K and V both */
-    char name[48];           /* "int4/group32", for printing */
+    int lossless;              /* 1: the cache as it is, no blob (the control row: agreement 1, KL 0, error 0) */
+    kw_wire_codec_spec spec;   /* K's codec */
+    kw_wire_codec_spec spec_v; /* V's codec (the same as K's unless the configuration names two) */
+    char name[96];             /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, for printing */
 } kw_kvstats_codec;
 
 /* The magnitudes of one (layer, KV head) of K or V. */

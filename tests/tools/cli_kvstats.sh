@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # cli_kvstats.sh KVWIRE SRC BUILD: `kvwire kvstats` end to end on a tiny random Qwen3 with the real Qwen tokenizer
 # (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
-# KL and zero error at f32 bytes, the codecs asked for are there in order; usage errors exit 2, a bad codec and an
-# empty prompt file exit 1 with a reason.
+# KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
+# (int2 zero-point keys per channel, int3 values per token) runs; usage errors exit 2,
+# a bad codec and an empty prompt file exit 1 with a reason.
 set -u
 kvwire=$1 src=$2
 tmp=$(mktemp -d)
@@ -13,7 +14,7 @@ fail() { echo "FAIL: $*"; cat "$tmp/out" "$tmp/err" 2>/dev/null; exit 1; }
     >/dev/null || fail "gen-model"
 printf 'The capital of France is\n\nOnce upon a time\n' >"$tmp/p.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 8 --codec none --codec int8:token \
-    --codec int4:group16 >"$tmp/out" 2>"$tmp/err" || fail "kvstats exit $?"
+    --codec int4:group16 --codec int2-asym:channel8,int3-asym:token >"$tmp/out" 2>"$tmp/err" || fail "kvstats exit $?"
 cat "$tmp/out"
 grep -q '^2 prompts, ' "$tmp/out" || fail "two prompts (the empty line skipped)"
 layers=$(sed -n 's/.* (qwen3, \([0-9]*\) layers, \([0-9]*\) KV heads.*/\1 \2/p' "$tmp/out")
@@ -21,12 +22,18 @@ read -r n_layers n_heads <<<"$layers"
 [ -n "$n_layers" ] || fail "header"
 [ "$(grep -cE '^(K|V) +[0-9]+ +[0-9]+ ' "$tmp/out")" -eq $((2 * n_layers * n_heads)) ] || fail "per-head rows"
 row=$(grep '^none (f32 rows)' "$tmp/out") || fail "control row"
-read -r _ _ _ bytes kerr verr tf kl free <<<"$row"
+read -r _ _ _ bytes bits kerr verr tf kl free <<<"$row"
 [ "$kerr $verr $tf $kl $free" = "0.00e+00 0.00e+00 1.0000 0.00e+00 1.0000" ] || fail "control row values: $row"
+[ "$bits" = 32.000 ] || fail "control row: f32 rows are 32 bits per element, not $bits"
 head_dim=$(sed -n 's/.* KV heads x \([0-9]*\)).*/\1/p' "$tmp/out")
 [ "$bytes" = "$((n_layers * n_heads * head_dim * 8)).0" ] || fail "control row bytes $bytes"
-[ "$(sed -n '/^codec /,$p' "$tmp/out" | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = "none int8/token int4/group16 " ] ||
-    fail "codec rows"
+[ "$(sed -n '/^codec /,$p' "$tmp/out" | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = \
+    "none int8/token int4/group16 int2-asym/channel8+int3-asym/token " ] || fail "codec rows"
+# the v1.1 K+V row ran (not refused): on this tiny head (16 values) its f32 scales and zero points dominate, so its bits
+# per element lie above the 2.5 bits of the codes alone and below the f32 rows' 32
+row=$(grep '^int2-asym/channel8+int3-asym/token ' "$tmp/out") || fail "the v1.1 row"
+read -r _ _ bits _ <<<"$row"
+awk -v a="$bits" 'BEGIN { exit !(a > 2.5 && a < 32) }' || fail "bits per element of the v1.1 row: $row"
 
 "$kvwire" kvstats --model "$tmp/m" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no --prompts: exit 2"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec int5:token >/dev/null 2>"$tmp/err"

@@ -33,6 +33,7 @@ static kw_kvstats_codec codec(const char *name, const char *gran) {
         return c;
     }
     assert_int_equal(kw_wire_spec_parse(name, gran, "f32", &c.spec), 0);
+    c.spec_v = c.spec;
     return c;
 }
 
