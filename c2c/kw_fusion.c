@@ -230,6 +230,57 @@ int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers,
     return 0;
 }
 
+int kw_fusion_layer_targets(const kw_fusion *f, int32_t sharer, int32_t source_layer, int32_t *targets, int32_t cap,
+                            int32_t *n) {
+    KW_RETURN_IF(f == NULL || n == NULL || (cap > 0 && targets == NULL), KW_E_INVALID_ARG,
+                 "kw_fusion_layer_targets: NULL argument");
+    KW_RETURN_IF(sharer < 0 || sharer >= f->n_sharers, KW_E_INVALID_ARG, "kw_fusion_layer_targets: no sharer %d",
+                 (int)sharer);
+    const kw_fusion_sh *s = &f->sh[sharer];
+    int32_t count = 0;
+    for (int32_t t = 0; t < f->n_layers; ++t) {
+        if (s->tgt_src[t] != source_layer || s->tgt_open[t] == 0) continue;
+        KW_RETURN_IF(count >= cap, KW_E_LIMIT, "kw_fusion_layer_targets: more than %d layers", (int)cap);
+        targets[count++] = t;
+    }
+    *n = count;
+    return 0;
+}
+
+int kw_fusion_project_v(kw_fusion *f, int32_t sharer, int32_t target, enum kw_projector_numerics numerics, int64_t n,
+                        const float *src_k, const float *src_v, const float *base_k, const float *base_v,
+                        float *out_v) {
+    KW_RETURN_IF(f == NULL || n < 1 || !src_k || !src_v || !base_k || !base_v || !out_v, KW_E_INVALID_ARG,
+                 "kw_fusion_project_v: bad argument");
+    KW_RETURN_IF(sharer < 0 || sharer >= f->n_sharers || target < 0 || target >= f->n_layers ||
+                     f->sh[sharer].tgt_proj[target] == NULL,
+                 KW_E_INVALID_ARG, "kw_fusion_project_v: sharer %d has no projector for receiver layer %d", (int)sharer,
+                 (int)target);
+    const kw_fusion_sh *sh = &f->sh[sharer];
+    const int64_t ne_s[3] = {n, sh->n_heads, sh->head_dim}, ne_t[3] = {n, f->n_heads, f->head_dim};
+    const size_t bytes_s = (size_t)(n * sh->n_heads * sh->head_dim) * sizeof(float);
+    const size_t bytes_t = (size_t)(n * f->n_heads * f->head_dim) * sizeof(float);
+    kw_tensor sk = {0}, sv = {0}, bk = {0}, bv = {0}, ov = {0};
+    int rc;
+    KW_CHECK(kw_tensor_alloc(f->backend, &sk, KW_DTYPE_F32, 3, ne_s));
+    KW_CHECK(kw_tensor_alloc(f->backend, &sv, KW_DTYPE_F32, 3, ne_s));
+    KW_CHECK(kw_tensor_alloc(f->backend, &bk, KW_DTYPE_F32, 3, ne_t));
+    KW_CHECK(kw_tensor_alloc(f->backend, &bv, KW_DTYPE_F32, 3, ne_t));
+    KW_CHECK(kw_tensor_alloc(f->backend, &ov, KW_DTYPE_F32, 3, ne_t));
+    KW_CHECK(kw_backend_upload(f->backend, &sk, 0, src_k, bytes_s));
+    KW_CHECK(kw_backend_upload(f->backend, &sv, 0, src_v, bytes_s));
+    KW_CHECK(kw_backend_upload(f->backend, &bk, 0, base_k, bytes_t));
+    KW_CHECK(kw_backend_upload(f->backend, &bv, 0, base_v, bytes_t));
+    const kw_projector_io io = {.src_k = &sk, .src_v = &sv, .tgt_k = &bk, .tgt_v = &bv, .out_v = &ov};
+    KW_CHECK(kw_projector_forward(sh->tgt_proj[target], f->ws, numerics, &io));
+    KW_CHECK(kw_backend_download(f->backend, out_v, &ov, 0, bytes_t));
+    KW_CHECK(kw_backend_synchronize(f->backend));
+out:
+    kw_backend_synchronize(f->backend);
+    kw_tensor_free(&sk), kw_tensor_free(&sv), kw_tensor_free(&bk), kw_tensor_free(&bv), kw_tensor_free(&ov);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * The session: state of one request on the receiver side
  */

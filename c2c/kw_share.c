@@ -41,8 +41,13 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
     const int64_t H = st->n_heads, D = st->head_dim, row = H * D;
     KW_FORWARD(kw_kvcache_read_rows(st->cache, layer, st->pos0, st->length, st->k, st->v));
     if (!opt->same_positions || !st->have_sel) {
-        KW_FORWARD(kw_select_positions(&opt->select, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section,
-                                       layer, st->scratch, st->sel, &st->n_sel));
+        if (kw_select_mode_receiver_aware(opt->select.mode)) {
+            KW_FORWARD(opt->score(opt->score_user, layer, st->pos0, st->length, st->k, st->v, st->scratch));
+            KW_FORWARD(kw_select_top_scores(&opt->select, st->length, st->scratch, st->sel, &st->n_sel));
+        } else {
+            KW_FORWARD(kw_select_positions(&opt->select, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section,
+                                           layer, st->scratch, st->sel, &st->n_sel));
+        }
         KW_RETURN_IF(st->n_sel < 1, KW_E_UNSUPPORTED,
                      "share: section %d layer %d has no finite rows to send (non-finite K or V)", (int)st->section,
                      (int)layer);
@@ -87,6 +92,9 @@ static int kw_share_check(const kw_model *model, int64_t n, const kw_share_optio
     KW_RETURN_IF(opt->cache_dtype != KW_DTYPE_BF16 && opt->cache_dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
                  "share: caches are bf16 or f32, not %s", kw_dtype_name(opt->cache_dtype));
     KW_FORWARD(kw_select_policy_check(&opt->select));
+    KW_RETURN_IF(kw_select_mode_receiver_aware(opt->select.mode) && opt->score == NULL, KW_E_INVALID_ARG,
+                 "share: %s needs the receiver's scores (scoring: local needs the receiver model and the fuser)",
+                 kw_select_mode_name(opt->select.mode));
     int64_t prefix = 0;
     for (int32_t i = 0; i + 1 < opt->n_sections; ++i) {
         KW_RETURN_IF(opt->sections[i].length < 1, KW_E_INVALID_ARG, "share: section %d is empty", (int)i);

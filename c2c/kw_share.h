@@ -40,12 +40,19 @@ typedef struct kw_share_layer {
 /* Called for each sent (section, layer), sections in order, layers ascending. A negative return stops the run. */
 typedef int (*kw_share_fn)(void *user, const kw_share_layer *layer);
 
+/* The receiver-aware selections' scores (c2c/kw_rscore.h kw_rscore_layer has this shape): the T rows [pos0, pos0 +
+ * T) of sharer layer `layer`, k and v (T, heads, head_dim) f32 borrowed for the call, into scores (T floats). */
+typedef int (*kw_share_score_fn)(void *user, int32_t layer, int64_t pos0, int64_t T, const float *k, const float *v,
+                                 float *scores);
+
 typedef struct kw_share_options {
     const kw_fusion_section *sections; /* borrowed; the prompt's sections, the last one included */
     int32_t n_sections;
     const int32_t *layers; /* borrowed: the sharer layers to send, strictly ascending */
     int32_t n_layers;
     kw_select_policy select;
+    kw_share_score_fn score; /* required by the receiver-aware modes (proj_vnorm_topk, delta_proj_vnorm_topk) */
+    void *score_user;
     int same_positions;        /* 1: one selection per section (made at its first sent layer) for every layer */
     enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
     const uint8_t *pad;        /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */

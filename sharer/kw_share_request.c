@@ -96,6 +96,8 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
                                  .layers = opt->layers,
                                  .n_layers = opt->n_layers,
                                  .select = opt->select,
+                                 .score = opt->score,
+                                 .score_user = opt->score_user,
                                  .same_positions = opt->same_positions,
                                  .cache_dtype = opt->cache_dtype,
                                  .pad = opt->pad,

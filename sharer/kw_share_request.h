@@ -19,6 +19,8 @@ typedef struct kw_share_request_options {
     const int32_t *layers; /* borrowed: sharer layers to send, ascending */
     int32_t n_layers;
     kw_select_policy select;
+    kw_share_score_fn score; /* the receiver-aware modes' scores (kw_share_options) */
+    void *score_user;
     int same_positions;        /* kv_direct: one selection per section for every layer */
     enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
     const uint8_t *pad;        /* NULL, or one flag per prefix position (1 = padding) */

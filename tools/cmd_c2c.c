@@ -30,6 +30,7 @@
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_prompt.h"
 #include "c2c/kw_request.h"
+#include "c2c/kw_rscore.h"
 #include "c2c/kw_share.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
@@ -53,7 +54,8 @@ static void kw_c2c_usage(FILE *f) {
         f,
         "usage: kvwire c2c --receiver DIR [--sharer DIR --fuser DIR]... (--prompt TEXT | --mc-json ITEM)\n"
         "                  [--mode c2c|kv_direct|receiver_only|text_relay] [--fusion sequential|parallel]\n"
-        "                  [--select full|front|back|random|knorm_topk|vnorm_topk [--select-proportion P]\n"
+        "                  [--select full|front|back|random|knorm_topk|vnorm_topk|proj_vnorm_topk|\n"
+        "                   delta_proj_vnorm_topk [--select-proportion P]\n"
         "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
@@ -74,7 +76,11 @@ static void kw_c2c_usage(FILE *f) {
         "  --select          which tokens of each sent layer travel (default full); --select-proportion P of them\n"
         "                    (default 1), at least --min-tokens (default 1); random draws with --seed; the norm\n"
         "                    modes keep the largest K or V norms (ties to the lower position). kv_direct uses one\n"
-        "                    selection for every layer (positions left out are hidden from the receiver)\n"
+        "                    selection for every layer (positions left out are hidden from the receiver).\n"
+        "                    proj_vnorm_topk and delta_proj_vnorm_topk (c2c only) score with the receiver:\n"
+        "                    the norm of the fused V (or of fused V from the --wire-quantized rows minus the\n"
+        "                    receiver's own V) over the receiver's own prefill; one selection per sharer layer,\n"
+        "                    the maximum over the receiver layers it feeds (c2c/kw_rscore.h)\n"
         "  --prompt TEXT     a user message; it is wrapped in the receiver's chat template (Qwen3: thinking\n"
         "                    disabled), unless --raw\n"
         "  --mc-json ITEM    a multiple-choice item {\"question\": ..., \"choices\": [...]} (or @FILE holding one):\n"
@@ -254,8 +260,11 @@ typedef struct kw_c2c_plan {
     const uint8_t *sharer_pad[KW_FUSION_MAX_SHARERS];
     kw_select_policy select;
     enum kw_dtype cache_dtype;
-    const kw_wire_policy *wire; /* NULL: rows in memory, no codec */
-    uint64_t budget_bytes;      /* each sharer's byte cap (0: none) */
+    kw_model *receiver;                  /* the receiver-aware selections score with it (borrowed) */
+    enum kw_projector_numerics numerics; /* the request's projector numerics */
+    const uint8_t *recv_pad;             /* NULL, or the receiver's padding flags (alignment) */
+    const kw_wire_policy *wire;          /* NULL: rows in memory, no codec */
+    uint64_t budget_bytes;               /* each sharer's byte cap (0: none) */
     const kw_wire_codec_spec *budget_codecs;
     uint32_t n_budget_codecs;
     enum kw_wire_budget_mode budget_mode;
@@ -265,6 +274,7 @@ typedef struct kw_c2c_totals {
     kw_share_stats share; /* summed over the sharers */
     kw_share_wire_stats wire;
     kw_receive_stats recv;
+    kw_rscore_stats rscore; /* the receiver-aware selections' cost, summed over the sharers */
 } kw_c2c_totals;
 
 static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
@@ -281,6 +291,23 @@ static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats 
     sum->distortion += s->distortion;
     for (int c = 0; c < KW_WIRE_ALLOC_MAX_CODECS; ++c)
         sum->tokens_per_codec[c] += s->tokens_per_codec[c];
+}
+
+/* The receiver-aware scorer for sharer i: the receiver's own prefill of the prefix ids[0..prefix). */
+static int kw_c2c_rscore(kw_fusion *f, int32_t i, const int32_t *ids, int64_t prefix, const kw_c2c_plan *plan,
+                         kw_rscore **out) {
+    const kw_rscore_options ro = {.mode = plan->select.mode,
+                                  .numerics = plan->numerics,
+                                  .cache_dtype = plan->cache_dtype,
+                                  .pad = plan->recv_pad,
+                                  .quantize = plan->wire ? kw_share_wire_rscore_quantize : NULL,
+                                  .quantize_user = (void *)plan->wire};
+    return kw_rscore_create(plan->receiver, f, i, ids, prefix, &ro, out);
+}
+
+static void kw_c2c_add_rscore(kw_rscore_stats *sum, const kw_rscore *r) {
+    const kw_rscore_stats *s = kw_rscore_get_stats(r);
+    if (s) sum->prefill_ms += s->prefill_ms, sum->projection_ms += s->projection_ms, sum->projections += s->projections;
 }
 
 /* The sharer half for sharer i (its model is m, its fuser layers from f; kv_direct: every layer of m). */
@@ -308,11 +335,15 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
     }
     link->n_layers[i] = n_layers;
     link->sharer = i;
+    kw_rscore *scorer = NULL;
+    if (kw_select_mode_receiver_aware(plan->select.mode)) KW_FORWARD(kw_c2c_rscore(f, i, ids, prefix, plan, &scorer));
     const kw_share_request_options so = {.sections = mine,
                                          .n_sections = plan->n_sections,
                                          .layers = layers,
                                          .n_layers = n_layers,
                                          .select = plan->select,
+                                         .score = scorer ? kw_rscore_share_score : NULL,
+                                         .score_user = scorer,
                                          .same_positions = plan->kv_direct,
                                          .cache_dtype = plan->cache_dtype,
                                          .pad = plan->sharer_pad[i],
@@ -325,7 +356,10 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .on_rows = kw_c2c_link_rows,
                                          .user = link};
     kw_share_request_stats st;
-    KW_FORWARD(kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st));
+    const int rc = kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st);
+    kw_c2c_add_rscore(&tot->rscore, scorer);
+    kw_rscore_free(scorer);
+    KW_FORWARD(rc);
     kw_c2c_add_share(&tot->share, &st.share);
     if (plan->wire) kw_c2c_add_wire(&tot->wire, &st.wire);
     return 0;
@@ -572,7 +606,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const aligns[] = {"auto", "off", "first", "longest", NULL};
     static const char *const pads_names[] = {"reference", "masked", NULL};
     static const char *const norm_roundings[] = {"twice", "once", NULL};
-    static const char *const selects[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
+    static const char *const selects[] = {
+        "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk",
+        NULL};
     static const char *const relay_styles[] = {"generated", "raw", "extractive", NULL};        /* enum kw_relay_style */
     static const char *const budget_modes[] = {"tokens", "kvcomm_like", "qkvcomm_like", NULL}; /* kw_wire_budget_mode */
     const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
@@ -657,6 +693,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         (wire_codec || select_i != 0 || have_proportion || order_i >= 0))
         usage_error =
             "receiver_only and text_relay send no KV: --wire, --select, --proportion and --order do not apply";
+    if (!usage_error && kw_select_mode_receiver_aware((enum kw_select_mode)select_i) && xfer_i != KW_C2C_MODE_C2C)
+        usage_error = "--select proj_vnorm_topk and delta_proj_vnorm_topk score through the fuser: --mode c2c only";
     if (!usage_error && xfer_i == KW_C2C_MODE_TEXT_RELAY && raw)
         usage_error = "text_relay builds chat prompts: not with --raw";
     if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256 || relay_style_i))
@@ -851,6 +889,9 @@ int kw_cmd_c2c(int argc, char **argv) {
                                      .min_tokens = min_tokens,
                                      .seed = (uint64_t)seed},
                           .cache_dtype = cache_dtype,
+                          .receiver = recv,
+                          .numerics = numerics,
+                          .recv_pad = plan.on ? ar.recv_pad : NULL,
                           .wire = use_wire ? &wire_pol : NULL,
                           .budget_codecs = budget_specs,
                           .n_budget_codecs = n_budget_specs,
@@ -957,6 +998,9 @@ int kw_cmd_c2c(int argc, char **argv) {
            sends_kv ? tot.recv.prefill_ms : 0.0, tot.share.prefill_ms, transfer_ms, tot.recv.fusion.projection_ms,
            stats->last_prompt_ms, stats->decode_ms, (long long)stats->n_decode);
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) printf(" relay %.3f", relay.ms);
+    if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i))
+        printf(" scoring_prefill %.3f scoring_projection %.3f (%lld projections)", tot.rscore.prefill_ms,
+               tot.rscore.projection_ms, (long long)tot.rscore.projections);
     printf("\n");
 out:
     if (rc < 0) fprintf(stderr, "kvwire c2c: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
