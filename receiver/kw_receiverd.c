@@ -281,10 +281,11 @@ static cJSON *kw__rd_ids_json(const int32_t *ids, int64_t n) {
 }
 
 static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
-    static const char *const sel[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk"};
     const kw_rd_spec *s = &j->spec;
     cJSON *p = cJSON_AddObjectToObject(k, "policy");
-    cJSON_AddStringToObject(p, "selection", sel[s->select.mode]);
+    cJSON_AddStringToObject(p, "selection", kw_select_mode_name(s->select.mode));
+    if (kw_select_mode_receiver_aware(s->select.mode))
+        cJSON_AddStringToObject(p, "scoring", s->scoring ? "receiver" : "local");
     cJSON_AddNumberToObject(p, "proportion", s->select.proportion);
     cJSON_AddNumberToObject(p, "min_tokens", (double)s->select.min_tokens);
     cJSON_AddNumberToObject(p, "seed", (double)s->select.seed);
@@ -398,6 +399,13 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(bd, "compression_saved", w ? (double)w->compression_saved : 0);
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
     kw__rd_add_budget(k, j);
+    if (e && e->scoring) { /* the sharer's cost of a receiver-aware selection (scoring: local) */
+        cJSON *sc = cJSON_AddObjectToObject(k, "scoring");
+        cJSON_AddStringToObject(sc, "placement", "local");
+        cJSON_AddNumberToObject(sc, "receiver_prefill_ms", (double)e->scoring->receiver_prefill_ns / 1e6);
+        cJSON_AddNumberToObject(sc, "projection_ms", (double)e->scoring->projection_ns / 1e6);
+        cJSON_AddNumberToObject(sc, "projections", e->scoring->projections);
+    }
     cJSON *f = cJSON_AddObjectToObject(k, "fusion");
     cJSON_AddNumberToObject(f, "tokens_fused", (double)j->tokens_fused);
     cJSON_AddNumberToObject(f, "layers_fused", j->layers_fused);

@@ -241,7 +241,12 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         }
         p.budget_codecs = budget_ptrs;
         p.n_budget_codecs = (size_t)s->n_budget_codecs;
-        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode; /* the same numbers */
+        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode;   /* the same numbers */
+        if (kw_select_mode_receiver_aware(s->select.mode)) { /* scored at the sharer: the receiver's own ids (the */
+            p.scoring = KWCTL__SCORING__SCORING_LOCAL;       /* same as token_ids here: no token alignment) */
+            r.receiver_token_ids = uids;
+            r.n_receiver_token_ids = (size_t)prefix;
+        }
         for (int32_t i = 0; i < n_layers; ++i)
             ulayers[i] = (uint32_t)layers[i];
         p.layers = ulayers;

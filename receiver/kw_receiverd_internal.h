@@ -77,6 +77,7 @@ typedef struct kw_rd_spec {
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */
     int n_budget_codecs;
     int budget_mode; /* enum kw_wire_budget_mode: tokens (the allocator), kvcomm_like, qkvcomm_like */
+    int scoring;     /* receiver-aware selections: 0 local (the sharer scores), 1 receiver (not implemented) */
     int32_t *layers; /* NULL: the default set */
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];
