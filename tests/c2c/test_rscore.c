@@ -1,6 +1,6 @@
 /* test_rscore.c: the receiver-aware selection scores (c2c/kw_rscore.h) on the tiny fusion fixtures
- * (tests/data/c2c/fusion: a qwen3 receiver, a qwen2 sharer and their fuser, one receiver layer per sharer layer;
- * tests/c2c/cli_c2c_rscore.sh runs a gen-fuser pair where one sharer layer feeds two):
+ * (tests/data/c2c/fusion: a qwen3 receiver, a qwen2 sharer and their fuser, one open receiver layer per sharer
+ * layer; and a kw_genfuser fuser for the same pair with every gate open, where sharer layer 0 feeds two):
  *  - proj_vnorm_topk and delta_proj_vnorm_topk against a direct composition: the receiver's and the sharer's own
  *    prefills, every target's projector (kw_projector) over all T rows, the V norms taken in double, the mean over
  *    heads and the maximum over the source layer's targets;
@@ -19,9 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "c2c/kw_fuser_load.h"
 #include "c2c/kw_fusion.h"
+#include "c2c/kw_genfuser.h"
 #include "c2c/kw_projector.h"
 #include "c2c/kw_rscore.h"
 #include "c2c/kw_share.h"
@@ -29,6 +31,7 @@
 #include "kernels/kw_backend.h"
 #include "model/kw_kvcache.h"
 #include "sharer/kw_share_wire.h"
+#include "tests/kw_test_util.h"
 #include "../model/model_fixture.h"
 
 #define DATA KW_TEST_DATA_DIR "/c2c/fusion"
@@ -53,14 +56,45 @@ static kw_model *load_model(kw_backend *be, const char *name) {
     return m;
 }
 
+/* A fuser for the fixture pair with every gate open (kw_genfuser, last_aligned: receiver layers 0 and 1 both read
+ * sharer layer 0), written once into the test's scratch folder; its path. */
+static char open_fuser_dir[512];
+
+static const char *open_gates_fuser(void) {
+    char *dir = open_fuser_dir;
+    if (dir[0]) return dir;
+    snprintf(dir, sizeof open_fuser_dir, "%s/rscore_open_fuser.%d", P_tmpdir, (int)getpid());
+    uint8_t gates[4] = {KW_GENFUSER_GATE_OPEN, KW_GENFUSER_GATE_OPEN, KW_GENFUSER_GATE_OPEN, KW_GENFUSER_GATE_OPEN};
+    const kw_genfuser_options o = {.recv_layers = 4,
+                                   .sharer_layers = 3,
+                                   .dims = {.source_dim = 8,
+                                            .source_heads = 2,
+                                            .target_dim = 16,
+                                            .target_heads = 2,
+                                            .hidden_dim = 32,
+                                            .intermediate_dim = 48,
+                                            .num_layers = 3},
+                                   .dtype = KW_DTYPE_BF16,
+                                   .seed = 11,
+                                   .gates = gates};
+    if (kw_genfuser_write(&o, dir) < 0) fail_msg("gen fuser: %s", kw_error_detail());
+    return dir;
+}
+
+static void env_open_with(env *e, const char *isa, int threads, const char *fuser_dir);
+
 static void env_open(env *e, const char *isa, int threads) {
+    env_open_with(e, isa, threads, DATA "/fuser_qwen2");
+}
+
+static void env_open_with(env *e, const char *isa, int threads, const char *fuser_dir) {
     memset(e, 0, sizeof *e);
     if (isa) setenv("KW_CPU_ISA", isa, 1);
     assert_int_equal(kw_backend_create_cpu(threads, &e->be), 0);
     unsetenv("KW_CPU_ISA");
     e->recv = load_model(e->be, "receiver_qwen3");
     e->sharer = load_model(e->be, "sharer_qwen2");
-    if (kw_fuser_load(DATA "/fuser_qwen2", 0, &e->fuser) < 0) fail_msg("fuser: %s", kw_error_detail());
+    if (kw_fuser_load(fuser_dir, 0, &e->fuser) < 0) fail_msg("fuser %s: %s", fuser_dir, kw_error_detail());
     const kw_fusion_sharer sh = {.model = e->sharer, .fuser = e->fuser};
     assert_int_equal(kw_fusion_create(e->recv, &sh, 1, 0, &e->fusion), 0);
     if (kwfx_load(DATA "/pipeline.kwfx", &e->fx) < 0) fail_msg("pipeline.kwfx: %s", kw_error_detail());
@@ -181,9 +215,9 @@ static void scorer_scores(env *e, enum kw_select_mode mode, enum kw_dtype dtype,
     kw_rscore_free(r);
 }
 
-static void check_against_direct(enum kw_select_mode mode) {
+static void check_against_direct(enum kw_select_mode mode, const char *fuser_dir, int want_multi) {
     env e;
-    env_open(&e, NULL, 2);
+    env_open_with(&e, NULL, 2, fuser_dir);
     float *sk, *sv, *rk, *rv;
     prefill_rows(&e, e.sharer, KW_DTYPE_F32, &sk, &sv);
     prefill_rows(&e, e.recv, KW_DTYPE_F32, &rk, &rv);
@@ -209,19 +243,21 @@ static void check_against_direct(enum kw_select_mode mode) {
                 fail_msg("layer %d position %lld: %.9g, direct %.9g", (int)l, (long long)p, g, want[p]);
         }
     }
-    (void)multi; /* the fixture fuser maps one target per layer; the gen-fuser pair of cli_c2c_rscore.sh has two */
+    assert_int_equal(multi, want_multi); /* with two targets the score is the larger of the two */
     free(got), free(want), free(sk), free(sv), free(rk), free(rv);
     env_close(&e);
 }
 
 static void test_proj_against_direct(void **state) {
     (void)state;
-    check_against_direct(KW_SELECT_PROJ_VNORM);
+    check_against_direct(KW_SELECT_PROJ_VNORM, DATA "/fuser_qwen2", 0);
+    check_against_direct(KW_SELECT_PROJ_VNORM, open_gates_fuser(), 1);
 }
 
 static void test_delta_against_direct(void **state) {
     (void)state;
-    check_against_direct(KW_SELECT_DELTA_PROJ_VNORM);
+    check_against_direct(KW_SELECT_DELTA_PROJ_VNORM, DATA "/fuser_qwen2", 0);
+    check_against_direct(KW_SELECT_DELTA_PROJ_VNORM, open_gates_fuser(), 1);
 }
 
 /* bf16 cache rows through the bf16 codec arrive exactly: the round trip changes no score bit. */
@@ -404,5 +440,7 @@ int main(void) {
         cmocka_unit_test(test_delta_exact_codec),     cmocka_unit_test(test_share_selects_top),
         cmocka_unit_test(test_isa_thread_invariance),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    if (open_fuser_dir[0]) kw_test_remove_tree(open_fuser_dir);
+    return failed;
 }
