@@ -39,10 +39,15 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
     if (index < 0) return 0;
     const uint64_t t0 = kw_time_now_ns();
     const int64_t H = st->n_heads, D = st->head_dim, row = H * D;
+    double score_ms = 0.0;
     KW_FORWARD(kw_kvcache_read_rows(st->cache, layer, st->pos0, st->length, st->k, st->v));
     if (!opt->same_positions || !st->have_sel) {
         if (kw_select_mode_receiver_aware(opt->select.mode)) {
-            KW_FORWARD(opt->score(opt->score_user, layer, st->pos0, st->length, st->k, st->v, st->scratch));
+            const uint64_t s0 = kw_time_now_ns();
+            const int src = opt->score(opt->score_user, layer, st->pos0, st->length, st->k, st->v, st->scratch);
+            score_ms = kw_time_ms(s0, kw_time_now_ns());
+            st->stats->score_ms += score_ms;
+            KW_FORWARD(src);
             KW_FORWARD(kw_select_top_scores(&opt->select, st->length, st->scratch, st->sel, &st->n_sel));
         } else {
             KW_FORWARD(kw_select_positions(&opt->select, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section,
@@ -77,7 +82,7 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
                                 .cache_dtype = opt->cache_dtype};
     const int rc = opt->on_layer ? opt->on_layer(opt->user, &out) : 0;
     const uint64_t t2 = kw_time_now_ns();
-    st->stats->select_ms += kw_time_ms(t0, t1);
+    st->stats->select_ms += kw_time_ms(t0, t1) - score_ms;
     st->stats->callback_ms += kw_time_ms(t1, t2);
     st->stats->tokens_total += st->length;
     st->stats->tokens_sent += st->n_sel;
@@ -155,11 +160,12 @@ int kw_share_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_
         st.length = len;
         st.have_sel = 0;
         st.next_layer_index = 0;
-        const double before = stats->select_ms + stats->callback_ms;
+        const double before = stats->select_ms + stats->score_ms + stats->callback_ms;
         const uint64_t t0 = kw_time_now_ns();
         KW_CHECK(
             kw_model_forward_layers(model, st.cache, ids + start, len, NULL, sends ? kw_share_on_layer : NULL, &st));
-        stats->prefill_ms += kw_time_ms(t0, kw_time_now_ns()) - (stats->select_ms + stats->callback_ms - before);
+        stats->prefill_ms +=
+            kw_time_ms(t0, kw_time_now_ns()) - (stats->select_ms + stats->score_ms + stats->callback_ms - before);
         if (sends) {
             ++stats->sections_sent;
             ++st.blob;

@@ -62,7 +62,8 @@ typedef struct kw_share_options {
 
 typedef struct kw_share_stats {
     double prefill_ms;     /* the model's forward, callbacks excluded */
-    double select_ms;      /* reading rows to the host, scoring, gathering */
+    double select_ms;      /* reading rows to the host, scoring, gathering (the score hook excluded) */
+    double score_ms;       /* in the score hook (the receiver-aware selections' receiver-side scoring) */
     double callback_ms;    /* time in on_layer */
     int64_t tokens_total;  /* sum over sent layers of the section length */
     int64_t tokens_sent;   /* sum over sent layers of the selected rows */

@@ -279,6 +279,7 @@ typedef struct kw_c2c_totals {
 
 static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
     sum->prefill_ms += s->prefill_ms, sum->select_ms += s->select_ms, sum->callback_ms += s->callback_ms;
+    sum->score_ms += s->score_ms;
     sum->tokens_total += s->tokens_total, sum->tokens_sent += s->tokens_sent, sum->kv_bytes += s->kv_bytes;
     sum->layers_sent += s->layers_sent, sum->sections_sent += s->sections_sent;
 }
