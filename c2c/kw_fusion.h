@@ -196,6 +196,13 @@ typedef struct kw_fusion_rows {
     int64_t n_rows;           /* >= 1 */
     const int64_t *positions; /* n_rows strictly increasing cache positions inside the section; NULL: all of it */
     const float *k, *v;       /* (n_rows, sharer kv heads, sharer head_dim) f32 host arrays, borrowed for the call */
+    /* a selection per (sharer layer, receiver layer) pair (the receiver-aware selections): receiver layer
+     * target_layers[j] fuses only the rows whose position p has bit p - (section start) of target_masks[j] set (LSB
+     * first, one bit per position of the section); a receiver layer not listed fuses every row. n_targets 0: every
+     * receiver layer every row. Borrowed for the call; sequential mode only (KW_E_UNSUPPORTED in parallel mode). */
+    int32_t n_targets;
+    const int32_t *target_layers;
+    const uint8_t *const *target_masks;
 } kw_fusion_rows;
 
 /* Stages the rows on the backend and fuses every receiver layer they make ready (sequential mode: sharer i at

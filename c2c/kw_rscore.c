@@ -20,13 +20,16 @@ struct kw_rscore {
     int32_t r_layers, r_heads, r_dim; /* the receiver's geometry */
     int32_t s_heads, s_dim;           /* the sharer's */
     int32_t *targets;                 /* r_layers entries */
+    int32_t *sel_targets;             /* kw_rscore_select's targets, r_layers entries */
+    uint8_t *masks;                   /* kw_rscore_select's bitmaps (the last call's) */
+    uint8_t **mask_ptrs;              /* into masks, r_layers entries */
     kw_rscore_stats stats;
 };
 
 void kw_rscore_free(kw_rscore *r) {
     if (r == NULL) return;
     kw_kvcache_free(r->base);
-    free(r->targets);
+    free(r->targets), free(r->sel_targets), free(r->masks), free(r->mask_ptrs);
     free(r);
 }
 
@@ -60,7 +63,9 @@ int kw_rscore_create(kw_model *receiver, kw_fusion *f, int32_t sharer, const int
     r->r_dim = c->head_dim;
     KW_CHECK(kw_fusion_sharer_geometry(f, sharer, NULL, &r->s_heads, &r->s_dim));
     r->targets = malloc((size_t)r->r_layers * sizeof *r->targets);
-    KW_CHECK_IF(r->targets == NULL, KW_E_NOMEM, "rscore: out of memory");
+    r->sel_targets = malloc((size_t)r->r_layers * sizeof *r->sel_targets);
+    r->mask_ptrs = calloc((size_t)r->r_layers, sizeof *r->mask_ptrs);
+    KW_CHECK_IF(!r->targets || !r->sel_targets || !r->mask_ptrs, KW_E_NOMEM, "rscore: out of memory");
     KW_CHECK(kw_model_create_cache(receiver, n, opt->cache_dtype, &r->base));
     for (int64_t p = 0; opt->pad && p < n; ++p)
         if (opt->pad[p]) KW_CHECK(kw_kvcache_set_valid(r->base, p, 1, 0));
@@ -94,25 +99,23 @@ void kw_rscore_vnorm(int64_t T, int32_t H, int32_t D, const float *fused_v, cons
 typedef struct kw_rscore_bufs {
     float *qk, *qv;         /* quantized sharer rows (delta) */
     float *bk, *bv, *fused; /* receiver rows of one target */
-    float *one;             /* one target's scores */
 } kw_rscore_bufs;
 
 static void kw_rscore_bufs_free(kw_rscore_bufs *b) {
-    free(b->qk), free(b->qv), free(b->bk), free(b->bv), free(b->fused), free(b->one);
+    free(b->qk), free(b->qv), free(b->bk), free(b->bv), free(b->fused);
 }
 
 int kw_rscore_layer(kw_rscore *r, int32_t source_layer, int64_t pos0, int64_t T, const float *k, const float *v,
-                    float *scores) {
-    KW_RETURN_IF(r == NULL || k == NULL || v == NULL || scores == NULL, KW_E_INVALID_ARG, "rscore: NULL argument");
+                    float *scores, int32_t *targets, int32_t *n_targets) {
+    KW_RETURN_IF(r == NULL || k == NULL || v == NULL || scores == NULL || n_targets == NULL, KW_E_INVALID_ARG,
+                 "rscore: NULL argument");
     KW_RETURN_IF(pos0 < 0 || T < 1 || T > r->n - pos0, KW_E_INVALID_ARG,
                  "rscore: rows [%lld, %lld) are outside the %lld-token prefix", (long long)pos0, (long long)(pos0 + T),
                  (long long)r->n);
     const uint64_t t0 = kw_time_now_ns();
-    int32_t n_targets = 0;
-    KW_FORWARD(kw_fusion_layer_targets(r->fusion, r->sharer, source_layer, r->targets, r->r_layers, &n_targets));
-    for (int64_t p = 0; p < T; ++p)
-        scores[p] = 0.0f;
-    if (n_targets == 0) return 0;
+    KW_FORWARD(kw_fusion_layer_targets(r->fusion, r->sharer, source_layer, r->targets, r->r_layers, n_targets));
+    if (targets) memcpy(targets, r->targets, (size_t)*n_targets * sizeof *targets);
+    if (*n_targets == 0) return 0;
     const size_t src = (size_t)(T * r->s_heads * r->s_dim), tgt = (size_t)(T * r->r_heads * r->r_dim);
     const int delta = r->opt.mode == KW_SELECT_DELTA_PROJ_VNORM;
     kw_rscore_bufs b = {0};
@@ -120,8 +123,7 @@ int kw_rscore_layer(kw_rscore *r, int32_t source_layer, int64_t pos0, int64_t T,
     b.bk = malloc(tgt * sizeof(float));
     b.bv = malloc(tgt * sizeof(float));
     b.fused = malloc(tgt * sizeof(float));
-    b.one = malloc((size_t)T * sizeof(float));
-    KW_CHECK_IF(!b.bk || !b.bv || !b.fused || !b.one, KW_E_NOMEM, "rscore: out of memory for %lld rows", (long long)T);
+    KW_CHECK_IF(!b.bk || !b.bv || !b.fused, KW_E_NOMEM, "rscore: out of memory for %lld rows", (long long)T);
     const float *sk = k, *sv = v;
     if (delta && r->opt.quantize) { /* what the receiver would decode */
         b.qk = malloc(src * sizeof(float));
@@ -132,13 +134,11 @@ int kw_rscore_layer(kw_rscore *r, int32_t source_layer, int64_t pos0, int64_t T,
         KW_CHECK(r->opt.quantize(r->opt.quantize_user, source_layer, T, r->s_heads, r->s_dim, b.qk, b.qv));
         sk = b.qk, sv = b.qv;
     }
-    for (int32_t i = 0; i < n_targets; ++i) {
+    for (int32_t i = 0; i < *n_targets; ++i) {
         const int32_t t = r->targets[i];
         KW_CHECK(kw_kvcache_read_rows(r->base, t, pos0, T, b.bk, b.bv));
         KW_CHECK(kw_fusion_project_v(r->fusion, r->sharer, t, r->opt.numerics, T, sk, sv, b.bk, b.bv, b.fused));
-        kw_rscore_vnorm(T, r->r_heads, r->r_dim, b.fused, delta ? b.bv : NULL, b.one);
-        for (int64_t p = 0; p < T; ++p) /* the first target's score, then the larger; a NaN stays (never chosen) */
-            if (i == 0 || b.one[p] > scores[p] || b.one[p] != b.one[p]) scores[p] = b.one[p];
+        kw_rscore_vnorm(T, r->r_heads, r->r_dim, b.fused, delta ? b.bv : NULL, scores + (size_t)i * (size_t)T);
         ++r->stats.projections;
     }
     rc = 0;
@@ -148,7 +148,47 @@ out:
     return rc;
 }
 
-int kw_rscore_share_score(void *user, int32_t layer, int64_t pos0, int64_t T, const float *k, const float *v,
-                          float *scores) {
-    return kw_rscore_layer(user, layer, pos0, T, k, v, scores);
+int kw_rscore_select(kw_rscore *r, const kw_select_policy *pol, int32_t source_layer, int64_t pos0, int64_t T,
+                     const float *k, const float *v, int64_t *out, int64_t *n_out, kw_share_targets *targets) {
+    KW_RETURN_IF(r == NULL || pol == NULL || out == NULL || n_out == NULL || targets == NULL, KW_E_INVALID_ARG,
+                 "rscore: NULL argument");
+    memset(targets, 0, sizeof *targets);
+    *n_out = 0;
+    const size_t mask_bytes = (size_t)((T + 7) / 8);
+    float *scores = malloc((size_t)r->r_layers * (size_t)T * sizeof *scores);
+    int64_t *sel = malloc((size_t)T * sizeof *sel);
+    uint8_t *masks = calloc((size_t)r->r_layers, mask_bytes), *all = calloc(1, mask_bytes);
+    free(r->masks);
+    r->masks = masks;
+    int rc;
+    KW_CHECK_IF(!scores || !sel || !masks || !all, KW_E_NOMEM, "rscore: out of memory for %lld rows", (long long)T);
+    int32_t n_targets = 0;
+    KW_CHECK(kw_rscore_layer(r, source_layer, pos0, T, k, v, scores, r->sel_targets, &n_targets));
+    for (int32_t i = 0; i < n_targets; ++i) { /* each target its own top-k, marked in its bitmap */
+        int64_t n = 0;
+        KW_CHECK(kw_select_top_scores(pol, T, scores + (size_t)i * (size_t)T, sel, &n));
+        uint8_t *m = masks + (size_t)i * mask_bytes;
+        for (int64_t j = 0; j < n; ++j) {
+            m[sel[j] >> 3] |= (uint8_t)(1u << (sel[j] & 7));
+            all[sel[j] >> 3] |= (uint8_t)(1u << (sel[j] & 7));
+        }
+        r->mask_ptrs[i] = m;
+    }
+    for (int64_t p = 0; p < T; ++p) /* the rows sent: the union, ascending */
+        if (all[p >> 3] & (1u << (p & 7))) out[(*n_out)++] = p;
+    if (n_targets > 1) { /* one target fuses every row sent: no subsets needed */
+        targets->n = n_targets;
+        targets->layers = r->sel_targets;
+        targets->masks = (const uint8_t *const *)r->mask_ptrs;
+        targets->mask_bytes = (int64_t)mask_bytes;
+    }
+    rc = 0;
+out:
+    free(scores), free(sel), free(all);
+    return rc;
+}
+
+int kw_rscore_share_select(void *user, const kw_select_policy *pol, int32_t layer, int64_t pos0, int64_t T,
+                           const float *k, const float *v, int64_t *out, int64_t *n_out, kw_share_targets *targets) {
+    return kw_rscore_select(user, pol, layer, pos0, T, k, v, out, n_out, targets);
 }

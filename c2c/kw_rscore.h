@@ -11,11 +11,11 @@
  * (or several sharers in sequence) later sections' base rows are taken unfused. Norms are summed in fp32 in head
  * order (kernels/kw_select_math.h, as vnorm_topk), so the selection is the same on every CPU ISA and thread count as
  * far as the projector's output is.
- * Selection granularity, a simplification of the reference's per-(source, target) pair selection: the sharer sends
- * one selection per source layer, and its score is the maximum over the layer's targets of score_t (a row that
- * matters to any target it feeds is kept). With a fuser that maps every source layer to one target (the usual
- * one-to-one or strided mappings) this is exactly the per-pair selection.
- * Not here: the top-k (kw_select_top_scores), codecs (the hook), sockets.
+ * Selection per (source, target) pair, as the reference: every target t gets the top-k of its own score_t; the sharer
+ * sends the union of the targets' selections (one KVWire section per source layer) and, when s feeds more than one
+ * target, one bitmap per target over the section's positions, so that each target fuses exactly its own top-k
+ * (kw_fusion_rows.target_masks; on the wire PROTOCOL.md SHARE_TARGETS).
+ * Not here: the top-k rule (kw_select_top_scores), codecs (the hook), frames and sockets.
  */
 #ifndef KW_RSCORE_H
 #define KW_RSCORE_H
@@ -24,6 +24,7 @@
 
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_select.h"
+#include "c2c/kw_share.h"
 #include "model/kw_model.h"
 
 /* Rewrites n rows k, v (n, heads, head_dim) f32 of sharer layer `layer` in place with what the receiver would
@@ -58,14 +59,23 @@ int kw_rscore_create(kw_model *receiver, kw_fusion *f, int32_t sharer, const int
 void kw_rscore_free(kw_rscore *r);
 
 /* The scores of the T rows [pos0, pos0 + T) of sharer layer source_layer (k, v: (T, sharer kv heads, head_dim) f32,
- * borrowed, unquantized) into scores (T floats): the maximum over the layer's targets (see above); a layer with no
- * open target scores 0 everywhere. Errors: KW_E_INVALID_ARG (range), the projector's, the hook's. */
+ * borrowed, unquantized), one row of T floats per target of the layer into scores (receiver layers T floats of
+ * room), the targets (ascending receiver layers) into targets (receiver layers entries; may be NULL) and their count
+ * into *n_targets (0: the layer feeds no open target). Errors: KW_E_INVALID_ARG (range), the projector's, the
+ * hook's. */
 int kw_rscore_layer(kw_rscore *r, int32_t source_layer, int64_t pos0, int64_t T, const float *k, const float *v,
-                    float *scores);
+                    float *scores, int32_t *targets, int32_t *n_targets);
 
-/* kw_rscore_layer as kw_share_options' score hook (c2c/kw_share.h): user is the kw_rscore. */
-int kw_rscore_share_score(void *user, int32_t layer, int64_t pos0, int64_t T, const float *k, const float *v,
-                          float *scores);
+/* The selection of those rows: each target's top-k (pol's count, ties to the lower position, non-finite never
+ * chosen), their union into out (ascending offsets in [0, T), T entries of room; *n_out of them) and, when the layer
+ * feeds more than one target, *targets: the receiver layers and one bitmap per target over the T offsets (LSB
+ * first), owned by r and valid until the next call (targets->n 0: every target fuses every row sent). */
+int kw_rscore_select(kw_rscore *r, const kw_select_policy *pol, int32_t source_layer, int64_t pos0, int64_t T,
+                     const float *k, const float *v, int64_t *out, int64_t *n_out, kw_share_targets *targets);
+
+/* kw_rscore_select as kw_share_options' select hook (c2c/kw_share.h): user is the kw_rscore. */
+int kw_rscore_share_select(void *user, const kw_select_policy *pol, int32_t layer, int64_t pos0, int64_t T,
+                           const float *k, const float *v, int64_t *out, int64_t *n_out, kw_share_targets *targets);
 
 /* The score of each of T rows from fused V rows fused_v (T, H, D): mean over heads of ||fused_v - base_v|| (base_v
  * may be NULL: ||fused_v||), fp32, heads in order. Pure. */

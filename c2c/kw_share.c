@@ -20,7 +20,8 @@ typedef struct kw_share_state {
     float *scratch;           /* length floats: scores */
     int64_t *sel, *positions; /* length entries: offsets in the section, then cache positions */
     int64_t n_sel;
-    int have_sel; /* same_positions: the section's selection is made */
+    int have_sel;             /* same_positions: the section's selection is made */
+    kw_share_targets targets; /* the receiver-aware selections' per-target subsets of the layer */
     int32_t next_layer_index;
 } kw_share_state;
 
@@ -44,11 +45,11 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
     if (!opt->same_positions || !st->have_sel) {
         if (kw_select_mode_receiver_aware(opt->select.mode)) {
             const uint64_t s0 = kw_time_now_ns();
-            const int src = opt->score(opt->score_user, layer, st->pos0, st->length, st->k, st->v, st->scratch);
+            const int src = opt->select_rows(opt->select_user, &opt->select, layer, st->pos0, st->length, st->k, st->v,
+                                             st->sel, &st->n_sel, &st->targets);
             score_ms = kw_time_ms(s0, kw_time_now_ns());
             st->stats->score_ms += score_ms;
             KW_FORWARD(src);
-            KW_FORWARD(kw_select_top_scores(&opt->select, st->length, st->scratch, st->sel, &st->n_sel));
         } else {
             KW_FORWARD(kw_select_positions(&opt->select, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section,
                                            layer, st->scratch, st->sel, &st->n_sel));
@@ -79,7 +80,8 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
                                 .v = st->sv,
                                 .n_heads = (int32_t)H,
                                 .head_dim = (int32_t)D,
-                                .cache_dtype = opt->cache_dtype};
+                                .cache_dtype = opt->cache_dtype,
+                                .targets = st->targets};
     const int rc = opt->on_layer ? opt->on_layer(opt->user, &out) : 0;
     const uint64_t t2 = kw_time_now_ns();
     st->stats->select_ms += kw_time_ms(t0, t1) - score_ms;
@@ -97,9 +99,12 @@ static int kw_share_check(const kw_model *model, int64_t n, const kw_share_optio
     KW_RETURN_IF(opt->cache_dtype != KW_DTYPE_BF16 && opt->cache_dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
                  "share: caches are bf16 or f32, not %s", kw_dtype_name(opt->cache_dtype));
     KW_FORWARD(kw_select_policy_check(&opt->select));
-    KW_RETURN_IF(kw_select_mode_receiver_aware(opt->select.mode) && opt->score == NULL, KW_E_INVALID_ARG,
-                 "share: %s needs the receiver's scores (scoring: local needs the receiver model and the fuser)",
-                 kw_select_mode_name(opt->select.mode));
+    KW_RETURN_IF(
+        kw_select_mode_receiver_aware(opt->select.mode) && (opt->select_rows == NULL || opt->same_positions),
+        KW_E_INVALID_ARG,
+        "share: %s needs the receiver-side selection hook (scoring: local: the receiver model and the fuser) and "
+        "is not for kv_direct",
+        kw_select_mode_name(opt->select.mode));
     int64_t prefix = 0;
     for (int32_t i = 0; i + 1 < opt->n_sections; ++i) {
         KW_RETURN_IF(opt->sections[i].length < 1, KW_E_INVALID_ARG, "share: section %d is empty", (int)i);

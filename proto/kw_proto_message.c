@@ -441,6 +441,19 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
     return 0;
 }
 
+static int kw__proto_check_share_targets(const Kwctl__ShareTargets *m) {
+    KW__FIELD_IF(m->request_id == 0, "ShareTargets.request_id: 0");
+    KW__FIELD_IF(m->n_targets < 1 || m->n_targets > 64, "ShareTargets.targets: %zu, 1..64 expected", m->n_targets);
+    KW_FORWARD(kw__proto_check_increasing("ShareTargets.targets", m->targets, m->n_targets, KW__PROTO_MAX_LAYERS));
+    KW__FIELD_IF(m->layer >= KW__PROTO_MAX_LAYERS, "ShareTargets.layer: %u is not below %d", m->layer,
+                 KW__PROTO_MAX_LAYERS);
+    KW__FIELD_IF(m->n_masks != m->n_targets, "ShareTargets.masks: %zu for %zu targets", m->n_masks, m->n_targets);
+    for (size_t i = 0; i < m->n_masks; ++i)
+        KW__FIELD_IF(m->masks[i].len == 0 || m->masks[i].len != m->masks[0].len,
+                     "ShareTargets.masks[%zu]: %zu bytes (all the same, at least 1)", i, m->masks[i].len);
+    return 0;
+}
+
 static int kw__proto_check_error(const Kwctl__Error *m) {
     KW__FIELD_IF(m->status >= 0, "Error.status: %d is not a failure status", m->status);
     KW__FIELD_IF(strlen(m->message) > KW__PROTO_MAX_ERROR_BYTES, "Error.message: over %d bytes",
@@ -463,6 +476,7 @@ int kw_proto_message_check(const kw_proto_limits *lim_in, const ProtobufCMessage
     if (d == &kwctl__share_text__descriptor) return kw__proto_check_share_text((const Kwctl__ShareText *)msg);
     if (d == &kwctl__share_end__descriptor) return kw__proto_check_share_end((const Kwctl__ShareEnd *)msg);
     if (d == &kwctl__error__descriptor) return kw__proto_check_error((const Kwctl__Error *)msg);
+    if (d == &kwctl__share_targets__descriptor) return kw__proto_check_share_targets((const Kwctl__ShareTargets *)msg);
     if (d == &kwctl__cancel__descriptor)
         KW__FIELD_IF(((const Kwctl__Cancel *)msg)->request_id == 0, "Cancel.request_id: 0");
     return 0;

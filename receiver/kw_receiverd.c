@@ -38,6 +38,7 @@ void kw_rd_job_unref(kw_rd_job *j) {
     while (j->inbox_head) {
         kw_rd_chunk *c = j->inbox_head;
         j->inbox_head = c->next;
+        kw_proto_message_free(c->targets ? &c->targets->base : NULL);
         free(c);
     }
     kw_proto_message_free(j->share.end ? &j->share.end->base : NULL);
@@ -373,6 +374,11 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(sel, "tokens_total", e ? (double)e->rows_total : 0);
     cJSON_AddNumberToObject(sel, "tokens_sent", e ? (double)e->rows_sent : 0);
     cJSON_AddNumberToObject(sel, "layers_sent", e ? (double)e->layers_sent : 0);
+    if (kw_select_mode_receiver_aware(s->select.mode)) { /* the SHARE_TARGETS frames (in bytes.frames_in.control) */
+        cJSON *ts = cJSON_AddObjectToObject(sel, "target_subsets");
+        cJSON_AddNumberToObject(ts, "frames", (double)j->share.target_frames);
+        cJSON_AddNumberToObject(ts, "bytes", (double)j->share.targets_in);
+    }
     cJSON *b = cJSON_AddObjectToObject(k, "bytes");
     cJSON_AddNumberToObject(b, "blob", (double)j->blob_bytes);
     cJSON_AddNumberToObject(b, "socket_in", (double)j->share.socket_in);

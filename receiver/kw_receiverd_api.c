@@ -619,6 +619,9 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
     if (kw_select_mode_receiver_aware(s->select.mode) && s->mode != KW_RD_MODE_C2C)
         return KW__RD_BAD(e, "kvwire.policy.selection: %s scores through the fuser, only for mode c2c",
                           kw_select_mode_name(s->select.mode));
+    if (kw_select_mode_receiver_aware(s->select.mode) && s->fusion == KW_FUSION_PARALLEL)
+        return KW__RD_BAD(e, "kvwire.policy.selection: %s fuses per receiver layer subsets, not with fusion parallel",
+                          kw_select_mode_name(s->select.mode));
     if (s->select.mode != KW_SELECT_FULL && kw_select_policy_check(&s->select) < 0)
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)

@@ -146,7 +146,9 @@ typedef struct kw_rd_share {
     uint32_t text_tokens;
     bool text_truncated;
     uint64_t frames_in;                   /* bytes of this share's frames read, headers included (frame by frame) */
-    uint64_t control_in;                  /* of which the control frames (ShareHeader, ShareText, ShareEnd, Error) */
+    uint64_t control_in;                  /* of which the control frames (ShareHeader, ShareTargets, ShareText,
+                                             ShareEnd, Error) */
+    uint64_t targets_in, target_frames;   /* of which the ShareTargets frames (bytes, count) */
     uint64_t wire_frames;                 /* WIRE frames read */
     uint64_t socket_in, socket_out;       /* the connection's application bytes during the share, each way (measured by
                                              the transport: equal to the frames, under TLS the plaintext) */
@@ -157,6 +159,7 @@ typedef struct kw_rd_share {
 
 typedef struct kw_rd_chunk {
     struct kw_rd_chunk *next;
+    Kwctl__ShareTargets *targets; /* owned: a sharer layer's per-target subsets, in stream order (len 0) */
     size_t len, off;
     uint8_t data[];
 } kw_rd_chunk;

@@ -19,8 +19,8 @@ typedef struct kw_share_request_options {
     const int32_t *layers; /* borrowed: sharer layers to send, ascending */
     int32_t n_layers;
     kw_select_policy select;
-    kw_share_score_fn score; /* the receiver-aware modes' scores (kw_share_options) */
-    void *score_user;
+    kw_share_select_fn select_rows; /* the receiver-aware modes' selection (kw_share_options) */
+    void *select_user;
     int same_positions;        /* kv_direct: one selection per section for every layer */
     enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
     const uint8_t *pad;        /* NULL, or one flag per prefix position (1 = padding) */
@@ -40,7 +40,10 @@ typedef struct kw_share_request_options {
     enum kw_wire_budget_mode budget_mode;
     /* no codec (wire NULL): the rows themselves */
     kw_share_fn on_rows;
-    void *user; /* for write or on_rows */
+    /* the receiver-aware selections: called with each sent layer that has per-target subsets (layer->targets.n > 0)
+     * before its bytes or rows go out (the receiver needs the subsets when the layer arrives); NULL: dropped */
+    kw_share_fn on_targets;
+    void *user; /* for write, on_rows and on_targets */
 } kw_share_request_options;
 
 typedef struct kw_share_request_stats {
@@ -53,5 +56,9 @@ typedef struct kw_share_request_stats {
  * callbacks'. */
 int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_request_options *opt,
                          kw_share_request_stats *stats);
+
+/* The SHARE_TARGETS frame (docs/PROTOCOL.md) of a sent layer with per-target subsets (layer->targets.n > 0), header
+ * included: *frame (*len bytes) is owned by the caller (free). kvwire c2c counts these bytes as sharerd sends them. */
+int kw_share_targets_frame(uint64_t request_id, const kw_share_layer *layer, uint8_t **frame, size_t *len);
 
 #endif /* KW_SHARE_REQUEST_H */

@@ -93,7 +93,7 @@ struct kw__sd_conn {
     char peer[64];
 };
 
-enum kw__sd_post_kind { KW__SD_POST_WIRE, KW__SD_POST_DONE, KW__SD_POST_EXIT };
+enum kw__sd_post_kind { KW__SD_POST_WIRE, KW__SD_POST_FRAME, KW__SD_POST_DONE, KW__SD_POST_EXIT };
 
 typedef struct kw__sd_post {
     kw_net_async_item item;
@@ -210,24 +210,32 @@ static int kw__sd_check(kw__sd_run *r) {
 
 /* Hands blob bytes to the loop (copied: the encoder reuses its buffer), after waiting while too many of this share's
  * bytes are still queued for the socket. */
-static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
-    kw__sd_run *r = user;
+/* Posts bytes of the share to the loop, in order: blob bytes (WIRE: the loop frames them) or a packed frame (FRAME:
+ * written as is; owned is then the caller's malloc'ed frame, taken over). */
+static int kw__sd_post_bytes(kw__sd_run *r, enum kw__sd_post_kind kind, const void *data, size_t n, uint8_t *owned) {
     kw__sd_job *j = r->job;
-    (void)blob;
-    KW_FORWARD(kw__sd_check(r));
+    int rc = kw__sd_check(r);
+    if (rc < 0) {
+        free(owned);
+        return rc;
+    }
     uv_mutex_lock(&j->mu);
     while (j->pending > (size_t)r->d->cfg->write_high_water && !atomic_load(&j->cancel))
         uv_cond_wait(&j->cond, &j->mu);
     uv_mutex_unlock(&j->mu);
-    KW_FORWARD(kw__sd_check(r));
+    rc = kw__sd_check(r);
+    if (rc < 0) {
+        free(owned);
+        return rc;
+    }
     kw__sd_post *p = calloc(1, sizeof *p);
-    uint8_t *copy = malloc(n ? n : 1);
+    uint8_t *copy = owned ? owned : malloc(n ? n : 1);
     if (!p || !copy) {
         free(p), free(copy);
         KW_FAIL(KW_E_NOMEM, "sharerd: cannot hold %zu blob bytes", n);
     }
-    memcpy(copy, data, n);
-    *p = (kw__sd_post){.kind = KW__SD_POST_WIRE, .job = j, .data = copy, .len = n};
+    if (!owned) memcpy(copy, data, n);
+    *p = (kw__sd_post){.kind = kind, .job = j, .data = copy, .len = n};
     uv_mutex_lock(&j->mu);
     j->pending += n;
     uv_mutex_unlock(&j->mu);
@@ -236,6 +244,20 @@ static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
         KW_FAIL(KW_E_NET_SHUTDOWN, "sharerd: shutting down");
     }
     return 0;
+}
+
+static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
+    (void)blob;
+    return kw__sd_post_bytes(user, KW__SD_POST_WIRE, data, n, NULL);
+}
+
+/* A sent layer's per-target subsets: its SHARE_TARGETS frame, before the layer's KVWire section. */
+static int kw__sd_targets(void *user, const kw_share_layer *layer) {
+    kw__sd_run *r = user;
+    uint8_t *frame = NULL;
+    size_t n = 0;
+    KW_FORWARD(kw_share_targets_frame(r->job->req->request_id, layer, &frame, &n));
+    return kw__sd_post_bytes(r, KW__SD_POST_FRAME, NULL, n, frame);
 }
 
 static int kw__sd_token(void *user, int32_t id) {
@@ -342,8 +364,9 @@ static int kw__sd_share(kw__sd_run *r) {
         for (size_t i = 0; i < req->n_token_ids; ++i) /* the sharer's own ids again */
             ids[i] = req->token_ids[i] > INT32_MAX ? -1 : (int32_t)req->token_ids[i];
         KW_CHECK(rc);
-        o.score = kw_rscore_share_score;
-        o.score_user = scorer;
+        o.select_rows = kw_rscore_share_select;
+        o.select_user = scorer;
+        o.on_targets = kw__sd_targets;
     }
     rc = kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats);
     if (scorer) j->rscore = *kw_rscore_get_stats(scorer), j->scored = true;
@@ -605,7 +628,11 @@ static void kw__sd_on_post(kw_net_async_item *item, void *user) {
     kw__sd_conn *c = j->conn;
     atomic_fetch_add(&j->refs, 1);
     int rc = KW_E_NET_CLOSED;
-    if (c) {
+    if (c && p->kind == KW__SD_POST_FRAME) { /* a packed frame: its header copied, the rest borrowed */
+        const kw_net_buf b = {p->data + KW_PROTO_FRAME_HEADER_BYTES, p->len - KW_PROTO_FRAME_HEADER_BYTES};
+        rc = kw_net_conn_write(c->conn, p->data, KW_PROTO_FRAME_HEADER_BYTES, &b, 1, kw__sd_wire_done, p);
+        if (rc >= 0) ++j->frames;
+    } else if (c) {
         uint8_t head[KW_PROTO_FRAME_HEADER_BYTES];
         kw_proto_frame_header_write(KW_PROTO_FRAME_WIRE, p->len, head);
         const kw_net_buf b = {p->data, p->len};

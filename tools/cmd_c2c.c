@@ -79,8 +79,10 @@ static void kw_c2c_usage(FILE *f) {
         "                    selection for every layer (positions left out are hidden from the receiver).\n"
         "                    proj_vnorm_topk and delta_proj_vnorm_topk (c2c only) score with the receiver:\n"
         "                    the norm of the fused V (or of fused V from the --wire-quantized rows minus the\n"
-        "                    receiver's own V) over the receiver's own prefill; one selection per sharer layer,\n"
-        "                    the maximum over the receiver layers it feeds (c2c/kw_rscore.h)\n"
+        "                    receiver's own V) over the receiver's own prefill; each receiver layer fuses its own\n"
+        "                    top-k, the sharer sends their union per sharer layer and which rows each receiver\n"
+        "                    layer takes (target_subsets: the SHARE_TARGETS frames sharerd would send; "
+        "c2c/kw_rscore.h)\n"
         "  --prompt TEXT     a user message; it is wrapped in the receiver's chat template (Qwen3: thinking\n"
         "                    disabled), unless --raw\n"
         "  --mc-json ITEM    a multiple-choice item {\"question\": ..., \"choices\": [...]} (or @FILE holding one):\n"
@@ -152,11 +154,20 @@ typedef struct kw_c2c_rows {
     float *k, *v;
 } kw_c2c_rows;
 
+typedef struct kw_c2c_targets { /* one sent layer's per-target subsets (the receiver-aware selections) */
+    int32_t section, layer, n;
+    int32_t layers[KW_RECEIVE_MAX_TARGETS];
+    uint8_t *masks; /* n * mask_bytes */
+    int64_t mask_bytes;
+} kw_c2c_targets;
+
 typedef struct kw_c2c_stream { /* one sharer's output */
     kw_c2c_blob *blobs;        /* per sent section (wire) */
     int32_t n_blobs;
     kw_c2c_rows *rows; /* per sent layer (no wire) */
     int32_t n_rows, cap_rows;
+    kw_c2c_targets *targets; /* per sent layer with per-target subsets */
+    int32_t n_targets, cap_targets;
 } kw_c2c_stream;
 
 typedef struct kw_c2c_link {
@@ -169,6 +180,9 @@ typedef struct kw_c2c_link {
     int32_t layers[KW_FUSION_MAX_SHARERS][KW_WIRE_MAX_LAYERS];
     int32_t n_layers[KW_FUSION_MAX_SHARERS];
     int32_t layers_unsent;
+    /* the per-target subsets: SHARE_TARGETS frames as sharerd would send them, and their bytes */
+    int32_t target_frames;
+    int64_t target_bytes;
 } kw_c2c_link;
 
 static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t n) {
@@ -190,16 +204,21 @@ static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t 
     return 0;
 }
 
+/* Room for one more entry of size bytes in the array *items of *cap entries holding n (doubling, from first). */
+static int kw_c2c_grow(void **items, int32_t *cap, int32_t n, size_t size, int32_t first) {
+    if (n < *cap) return 0;
+    const int32_t next = *cap ? 2 * *cap : first;
+    void *p = realloc(*items, (size_t)next * size);
+    KW_RETURN_IF(p == NULL, KW_E_NOMEM, "c2c: out of memory");
+    *items = p;
+    *cap = next;
+    return 0;
+}
+
 static int kw_c2c_link_rows(void *user, const kw_share_layer *layer) {
     kw_c2c_link *l = user;
     kw_c2c_stream *s = &l->streams[l->sharer];
-    if (s->n_rows == s->cap_rows) {
-        const int32_t cap = s->cap_rows ? 2 * s->cap_rows : 16;
-        kw_c2c_rows *r = realloc(s->rows, (size_t)cap * sizeof *r);
-        KW_RETURN_IF(r == NULL, KW_E_NOMEM, "c2c: out of memory");
-        s->rows = r;
-        s->cap_rows = cap;
-    }
+    KW_FORWARD(kw_c2c_grow((void **)&s->rows, &s->cap_rows, s->n_rows, sizeof *s->rows, 16));
     kw_c2c_rows *r = &s->rows[s->n_rows];
     memset(r, 0, sizeof *r);
     const size_t floats = (size_t)(layer->n_rows * layer->n_heads * layer->head_dim);
@@ -217,6 +236,46 @@ static int kw_c2c_link_rows(void *user, const kw_share_layer *layer) {
     memcpy(r->k, layer->k, floats * sizeof(float));
     memcpy(r->v, layer->v, floats * sizeof(float));
     ++s->n_rows;
+    return 0;
+}
+
+/* A sent layer's per-target subsets, kept for the receiver half and counted as the SHARE_TARGETS frame carrying them.
+ */
+static int kw_c2c_link_targets(void *user, const kw_share_layer *layer) {
+    kw_c2c_link *l = user;
+    kw_c2c_stream *s = &l->streams[l->sharer];
+    KW_RETURN_IF(layer->targets.n > KW_RECEIVE_MAX_TARGETS, KW_E_LIMIT, "c2c: %d target subsets", layer->targets.n);
+    KW_FORWARD(kw_c2c_grow((void **)&s->targets, &s->cap_targets, s->n_targets, sizeof *s->targets, 8));
+    uint8_t *frame = NULL;
+    size_t frame_len = 0;
+    KW_FORWARD(kw_share_targets_frame(1, layer, &frame, &frame_len));
+    free(frame);
+    kw_c2c_targets *t = &s->targets[s->n_targets];
+    const size_t mask_bytes = (size_t)layer->targets.mask_bytes;
+    t->masks = malloc((size_t)layer->targets.n * mask_bytes);
+    KW_RETURN_IF(t->masks == NULL, KW_E_NOMEM, "c2c: out of memory");
+    t->section = layer->section, t->layer = layer->layer, t->n = layer->targets.n;
+    t->mask_bytes = layer->targets.mask_bytes;
+    for (int32_t j = 0; j < t->n; ++j) {
+        t->layers[j] = layer->targets.layers[j];
+        memcpy(t->masks + (size_t)j * mask_bytes, layer->targets.masks[j], mask_bytes);
+    }
+    ++s->n_targets;
+    ++l->target_frames;
+    l->target_bytes += (int64_t)frame_len;
+    return 0;
+}
+
+/* Hands sharer i's per-target subsets of section sec to the receiver half, before the section's rows. */
+static int kw_c2c_link_replay_targets(const kw_c2c_stream *s, kw_receive *r, int32_t i, int32_t sec) {
+    for (int32_t j = 0; j < s->n_targets; ++j) {
+        const kw_c2c_targets *t = &s->targets[j];
+        if (t->section != sec) continue;
+        const uint8_t *masks[KW_RECEIVE_MAX_TARGETS];
+        for (int32_t m = 0; m < t->n; ++m)
+            masks[m] = t->masks + (size_t)m * (size_t)t->mask_bytes;
+        KW_FORWARD(kw_receive_targets(r, i, t->layer, t->n, t->layers, masks, t->mask_bytes));
+    }
     return 0;
 }
 
@@ -241,8 +300,11 @@ static void kw_c2c_link_free(kw_c2c_link *l) {
             free(s->blobs[b].data);
         for (int32_t r = 0; r < s->n_rows; ++r)
             free(s->rows[r].positions), free(s->rows[r].k), free(s->rows[r].v);
+        for (int32_t t = 0; t < s->n_targets; ++t)
+            free(s->targets[t].masks);
         free(s->blobs);
         free(s->rows);
+        free(s->targets);
     }
     memset(l, 0, sizeof *l);
 }
@@ -343,8 +405,8 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .layers = layers,
                                          .n_layers = n_layers,
                                          .select = plan->select,
-                                         .score = scorer ? kw_rscore_share_score : NULL,
-                                         .score_user = scorer,
+                                         .select_rows = scorer ? kw_rscore_share_select : NULL,
+                                         .select_user = scorer,
                                          .same_positions = plan->kv_direct,
                                          .cache_dtype = plan->cache_dtype,
                                          .pad = plan->sharer_pad[i],
@@ -355,6 +417,7 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .budget_mode = plan->budget_mode,
                                          .write = kw_c2c_link_write,
                                          .on_rows = kw_c2c_link_rows,
+                                         .on_targets = kw_c2c_link_targets,
                                          .user = link};
     kw_share_request_stats st;
     const int rc = kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st);
@@ -383,6 +446,7 @@ static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_fusion *f, kw_kv
         for (int32_t i = 0; i < KW_FUSION_MAX_SHARERS; ++i) {
             if (!(want & (1 << i))) continue;
             const kw_c2c_stream *s = &link->streams[i];
+            KW_CHECK(kw_c2c_link_replay_targets(s, r, i, sec));
             if (plan->wire) {
                 KW_CHECK_IF(blob[i] >= s->n_blobs, KW_E_SHARE_INCOMPLETE, "c2c: sharer %d sent no blob for section %d",
                             (int)i, (int)sec);
@@ -696,6 +760,9 @@ int kw_cmd_c2c(int argc, char **argv) {
             "receiver_only and text_relay send no KV: --wire, --select, --proportion and --order do not apply";
     if (!usage_error && kw_select_mode_receiver_aware((enum kw_select_mode)select_i) && xfer_i != KW_C2C_MODE_C2C)
         usage_error = "--select proj_vnorm_topk and delta_proj_vnorm_topk score through the fuser: --mode c2c only";
+    if (!usage_error && kw_select_mode_receiver_aware((enum kw_select_mode)select_i) && fusion_i == 1)
+        usage_error =
+            "--select proj_vnorm_topk and delta_proj_vnorm_topk fuse per-layer subsets: not --fusion parallel";
     if (!usage_error && xfer_i == KW_C2C_MODE_TEXT_RELAY && raw)
         usage_error = "text_relay builds chat prompts: not with --raw";
     if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256 || relay_style_i))
@@ -949,6 +1016,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                (long long)tot.share.tokens_total);
     }
     if (xfer_i == KW_C2C_MODE_C2C) printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
+    if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i))
+        printf("target_subsets: %d frames %lld bytes\n", (int)link.target_frames, (long long)link.target_bytes);
     printf("generated_tokens: %lld%s\n", (long long)res.gen.n, res.gen.stopped_eos ? " (stopped at EOS)" : "");
     kw_c2c_print_ids("generated_ids", res.gen.ids, res.gen.n);
     if (xfer_i == KW_C2C_MODE_C2C) {

@@ -3,11 +3,13 @@
  * layer; and a kw_genfuser fuser for the same pair with every gate open, where sharer layer 0 feeds two):
  *  - proj_vnorm_topk and delta_proj_vnorm_topk against a direct composition: the receiver's and the sharer's own
  *    prefills, every target's projector (kw_projector) over all T rows, the V norms taken in double, the mean over
- *    heads and the maximum over the source layer's targets;
+ *    heads, for every (sharer layer, receiver layer) pair;
  *  - delta through a KVWire round trip with a codec that is exact on the rows (bf16 rows, the bf16 codec) gives the
  *    exact delta scores bit for bit;
- *  - kw_share_run with the scorer sends the top-k of those scores (ties to the lower position; a hand-made tie and a
- *    NaN through kw_select_top_scores);
+ *  - kw_share_run with the scorer: each target's subset is the top-k of its own scores (ties to the lower position;
+ *    a hand-made tie and a NaN through kw_select_top_scores), the rows sent their union; fusion with those subsets
+ *    gives each receiver layer exactly the rows of a fusion that sent it its subset alone, and the receiver's own rows
+ *    at the union's other positions;
  *  - the same scores, bit for bit, with KW_CPU_ISA scalar and avx2 and with 1 and 2 threads;
  *  - refusals (a non receiver-aware mode, the share without a scorer, kw_select_positions on the new modes). */
 #include <setjmp.h>
@@ -132,66 +134,53 @@ static void prefill_rows(env *e, kw_model *m, enum kw_dtype dtype, float **k, fl
     kw_kvcache_free(cache);
 }
 
-/* The direct composition for sharer layer s: max over its targets of the mean over heads of ||fusedV (- base V)||,
- * the projection by kw_projector over all n rows, the norms in double. */
-static void direct_scores(env *e, int32_t s, int delta, const float *sk, const float *sv, const float *rk,
+/* The direct composition for receiver layer t: the mean over heads of ||fusedV (- base V)|| of its projector
+ * (kw_projector) over all n rows of sharer rows sk, sv and the receiver's rows rk, rv of every layer, norms in double.
+ */
+static void direct_scores(env *e, int32_t t, int delta, const float *sk, const float *sv, const float *rk,
                           const float *rv, double *out) {
     const size_t r_per = (size_t)(e->n * e->r_heads * e->r_dim);
     float *fused = malloc(r_per * sizeof(float));
     assert_non_null(fused);
     kw_projector_ws *ws = NULL;
     assert_int_equal(kw_projector_ws_create(e->be, 0, &ws), 0);
-    int targets = 0;
-    for (int64_t p = 0; p < e->n; ++p)
-        out[p] = 0.0;
-    for (int32_t t = 0; t < e->r_layers; ++t) {
-        int32_t src = -1;
-        const kw_fuser_projector *fp = NULL;
-        if (kw_fuser_layer(e->fuser, t, &src, &fp) < 0 || fp == NULL || src != s) continue;
-        kw_projector *proj = NULL;
-        assert_int_equal(kw_projector_create_from_fuser(e->be, e->fuser, (int32_t)(fp - e->fuser->projectors), &proj),
-                         0);
-        int ko = 0, vo = 0;
-        kw_projector_gates(proj, NULL, NULL, &ko, &vo);
-        if (!ko && !vo) {
-            kw_projector_free(proj);
-            continue;
-        }
-        const int64_t ne_s[3] = {e->n, e->s_heads, e->s_dim}, ne_r[3] = {e->n, e->r_heads, e->r_dim};
-        const float *bk = rk + r_per * (size_t)t, *bv = rv + r_per * (size_t)t;
-        kw_tensor tsk = {0}, tsv = {0}, tbk = {0}, tbv = {0}, tout = {0};
-        assert_int_equal(kw_tensor_from_host(e->be, &tsk, KW_DTYPE_F32, 3, ne_s, sk), 0);
-        assert_int_equal(kw_tensor_from_host(e->be, &tsv, KW_DTYPE_F32, 3, ne_s, sv), 0);
-        assert_int_equal(kw_tensor_from_host(e->be, &tbk, KW_DTYPE_F32, 3, ne_r, bk), 0);
-        assert_int_equal(kw_tensor_from_host(e->be, &tbv, KW_DTYPE_F32, 3, ne_r, bv), 0);
-        assert_int_equal(kw_tensor_from_host(e->be, &tout, KW_DTYPE_F32, 3, ne_r, fused), 0);
-        const kw_projector_io io = {.src_k = &tsk, .src_v = &tsv, .tgt_k = &tbk, .tgt_v = &tbv, .out_v = &tout};
-        assert_int_equal(kw_projector_forward(proj, ws, KW_PROJECTOR_FP32, &io), 0);
-        assert_int_equal(kw_backend_synchronize(e->be), 0);
-        for (int64_t p = 0; p < e->n; ++p) {
-            double sum = 0.0;
-            for (int32_t h = 0; h < e->r_heads; ++h) {
-                double ss = 0.0;
-                for (int32_t d = 0; d < e->r_dim; ++d) {
-                    const size_t i = (size_t)((p * e->r_heads + h) * e->r_dim + d);
-                    const double x = (double)fused[i] - (delta ? (double)bv[i] : 0.0);
-                    ss += x * x;
-                }
-                sum += sqrt(ss);
+    int32_t src = -1;
+    const kw_fuser_projector *fp = NULL;
+    assert_int_equal(kw_fuser_layer(e->fuser, t, &src, &fp), 0);
+    kw_projector *proj = NULL;
+    assert_int_equal(kw_projector_create_from_fuser(e->be, e->fuser, (int32_t)(fp - e->fuser->projectors), &proj), 0);
+    const int64_t ne_s[3] = {e->n, e->s_heads, e->s_dim}, ne_r[3] = {e->n, e->r_heads, e->r_dim};
+    const float *bk = rk + r_per * (size_t)t, *bv = rv + r_per * (size_t)t;
+    kw_tensor tsk = {0}, tsv = {0}, tbk = {0}, tbv = {0}, tout = {0};
+    assert_int_equal(kw_tensor_from_host(e->be, &tsk, KW_DTYPE_F32, 3, ne_s, sk), 0);
+    assert_int_equal(kw_tensor_from_host(e->be, &tsv, KW_DTYPE_F32, 3, ne_s, sv), 0);
+    assert_int_equal(kw_tensor_from_host(e->be, &tbk, KW_DTYPE_F32, 3, ne_r, bk), 0);
+    assert_int_equal(kw_tensor_from_host(e->be, &tbv, KW_DTYPE_F32, 3, ne_r, bv), 0);
+    assert_int_equal(kw_tensor_from_host(e->be, &tout, KW_DTYPE_F32, 3, ne_r, fused), 0);
+    const kw_projector_io io = {.src_k = &tsk, .src_v = &tsv, .tgt_k = &tbk, .tgt_v = &tbv, .out_v = &tout};
+    assert_int_equal(kw_projector_forward(proj, ws, KW_PROJECTOR_FP32, &io), 0);
+    assert_int_equal(kw_backend_synchronize(e->be), 0);
+    for (int64_t p = 0; p < e->n; ++p) {
+        double sum = 0.0;
+        for (int32_t h = 0; h < e->r_heads; ++h) {
+            double ss = 0.0;
+            for (int32_t d = 0; d < e->r_dim; ++d) {
+                const size_t i = (size_t)((p * e->r_heads + h) * e->r_dim + d);
+                const double x = (double)fused[i] - (delta ? (double)bv[i] : 0.0);
+                ss += x * x;
             }
-            const double score = sum / e->r_heads;
-            if (targets == 0 || score > out[p]) out[p] = score;
+            sum += sqrt(ss);
         }
-        ++targets;
-        kw_tensor_free(&tsk), kw_tensor_free(&tsv), kw_tensor_free(&tbk), kw_tensor_free(&tbv), kw_tensor_free(&tout);
-        kw_projector_free(proj);
+        out[p] = sum / e->r_heads;
     }
-    assert_true(targets > 0);
+    kw_tensor_free(&tsk), kw_tensor_free(&tsv), kw_tensor_free(&tbk), kw_tensor_free(&tbv), kw_tensor_free(&tout);
+    kw_projector_free(proj);
     kw_projector_ws_free(ws);
     free(fused);
 }
 
-/* The scorer's scores of every needed sharer layer, (s_layers, n) (0 for a layer not needed). */
+/* The scorer's scores of every (needed sharer layer, target) pair into out, (r_layers, n) by target receiver layer
+ * (0 for a receiver layer no needed sharer layer feeds). */
 static void scorer_scores(env *e, enum kw_select_mode mode, enum kw_dtype dtype, const kw_wire_policy *q,
                           const float *sk, const float *sv, float *out) {
     const kw_rscore_options ro = {.mode = mode,
@@ -201,17 +190,24 @@ static void scorer_scores(env *e, enum kw_select_mode mode, enum kw_dtype dtype,
                                   .quantize_user = (void *)q};
     kw_rscore *r = NULL;
     assert_int_equal(kw_rscore_create(e->recv, e->fusion, 0, e->prompt, e->n, &ro, &r), 0);
-    int32_t layers[16], n_layers = 0;
+    int32_t layers[16], n_layers = 0, projections = 0;
     assert_int_equal(kw_fusion_needed_layers(e->fusion, 0, layers, 16, &n_layers), 0);
-    memset(out, 0, (size_t)(e->s_layers * e->n) * sizeof(float));
+    memset(out, 0, (size_t)(e->r_layers * e->n) * sizeof(float));
+    float *per = malloc((size_t)(e->r_layers * e->n) * sizeof(float));
+    assert_non_null(per);
     const size_t s_per = (size_t)(e->n * e->s_heads * e->s_dim);
     for (int32_t i = 0; i < n_layers; ++i) {
         const int32_t l = layers[i];
-        if (kw_rscore_layer(r, l, 0, e->n, sk + s_per * (size_t)l, sv + s_per * (size_t)l, out + e->n * l) < 0)
+        int32_t targets[16], n_targets = 0;
+        if (kw_rscore_layer(r, l, 0, e->n, sk + s_per * (size_t)l, sv + s_per * (size_t)l, per, targets, &n_targets) <
+            0)
             fail_msg("rscore: %s", kw_error_detail());
+        for (int32_t j = 0; j < n_targets; ++j)
+            memcpy(out + e->n * targets[j], per + e->n * j, (size_t)e->n * sizeof(float));
+        projections += n_targets;
     }
-    const kw_rscore_stats *st = kw_rscore_get_stats(r);
-    assert_true(st->projections >= n_layers);
+    assert_int_equal(kw_rscore_get_stats(r)->projections, projections);
+    free(per);
     kw_rscore_free(r);
 }
 
@@ -221,7 +217,7 @@ static void check_against_direct(enum kw_select_mode mode, const char *fuser_dir
     float *sk, *sv, *rk, *rv;
     prefill_rows(&e, e.sharer, KW_DTYPE_F32, &sk, &sv);
     prefill_rows(&e, e.recv, KW_DTYPE_F32, &rk, &rv);
-    float *got = malloc((size_t)(e.s_layers * e.n) * sizeof(float));
+    float *got = malloc((size_t)(e.r_layers * e.n) * sizeof(float));
     double *want = malloc((size_t)e.n * sizeof(double));
     assert_non_null(got);
     assert_non_null(want);
@@ -235,15 +231,18 @@ static void check_against_direct(enum kw_select_mode mode, const char *fuser_dir
         int32_t targets[16], n_targets = 0;
         assert_int_equal(kw_fusion_layer_targets(e.fusion, 0, l, targets, 16, &n_targets), 0);
         multi |= n_targets > 1;
-        direct_scores(&e, l, mode == KW_SELECT_DELTA_PROJ_VNORM, sk + s_per * (size_t)l, sv + s_per * (size_t)l, rk, rv,
-                      want);
-        for (int64_t p = 0; p < e.n; ++p) {
-            const double g = got[e.n * l + p];
-            if (!(fabs(g - want[p]) <= 1e-5 * fmax(1.0, fabs(want[p]))))
-                fail_msg("layer %d position %lld: %.9g, direct %.9g", (int)l, (long long)p, g, want[p]);
+        for (int32_t j = 0; j < n_targets; ++j) {
+            direct_scores(&e, targets[j], mode == KW_SELECT_DELTA_PROJ_VNORM, sk + s_per * (size_t)l,
+                          sv + s_per * (size_t)l, rk, rv, want);
+            for (int64_t p = 0; p < e.n; ++p) {
+                const double g = got[e.n * targets[j] + p];
+                if (!(fabs(g - want[p]) <= 1e-5 * fmax(1.0, fabs(want[p]))))
+                    fail_msg("layer %d -> %d position %lld: %.9g, direct %.9g", (int)l, (int)targets[j], (long long)p,
+                             g, want[p]);
+            }
         }
     }
-    assert_int_equal(multi, want_multi); /* with two targets the score is the larger of the two */
+    assert_int_equal(multi, want_multi); /* a sharer layer that feeds two receiver layers: each scored on its own */
     free(got), free(want), free(sk), free(sv), free(rk), free(rv);
     env_close(&e);
 }
@@ -267,7 +266,7 @@ static void test_delta_exact_codec(void **state) {
     env_open(&e, NULL, 2);
     float *sk, *sv;
     prefill_rows(&e, e.sharer, KW_DTYPE_BF16, &sk, &sv);
-    const size_t total = (size_t)(e.s_layers * e.n);
+    const size_t total = (size_t)(e.r_layers * e.n);
     float *exact = malloc(total * sizeof(float)), *wired = malloc(total * sizeof(float));
     assert_non_null(exact);
     assert_non_null(wired);
@@ -287,82 +286,233 @@ static void test_delta_exact_codec(void **state) {
     env_close(&e);
 }
 
-/* What kw_share_run handed over per layer. */
+/* What kw_share_run handed over per layer: the rows sent and the per-target subsets. */
 typedef struct share_log {
     int32_t layers;
     int32_t layer[16];
     int64_t n_rows[16];
     int64_t positions[16][256];
+    float k[16][256 * 16], v[16][256 * 16];
+    int32_t n_targets[16], targets[16][8];
+    uint8_t masks[16][8][32];
 } share_log;
 
 static int log_layer(void *user, const kw_share_layer *l) {
     share_log *log = user;
-    assert_true(log->layers < 16 && l->n_rows <= 256);
-    log->layer[log->layers] = l->layer;
-    log->n_rows[log->layers] = l->n_rows;
-    memcpy(log->positions[log->layers], l->positions, (size_t)l->n_rows * sizeof(int64_t));
+    const int32_t i = log->layers;
+    const int64_t row = (int64_t)l->n_heads * l->head_dim;
+    assert_true(i < 16 && l->n_rows <= 256 && l->n_rows * row <= 256 * 16 && l->targets.n <= 8 &&
+                l->targets.mask_bytes <= 32);
+    log->layer[i] = l->layer;
+    log->n_rows[i] = l->n_rows;
+    memcpy(log->positions[i], l->positions, (size_t)l->n_rows * sizeof(int64_t));
+    memcpy(log->k[i], l->k, (size_t)(l->n_rows * row) * sizeof(float));
+    memcpy(log->v[i], l->v, (size_t)(l->n_rows * row) * sizeof(float));
+    log->n_targets[i] = l->targets.n;
+    for (int32_t j = 0; j < l->targets.n; ++j) {
+        log->targets[i][j] = l->targets.layers[j];
+        memcpy(log->masks[i][j], l->targets.masks[j], (size_t)l->targets.mask_bytes);
+    }
     ++log->layers;
     return 0;
 }
 
-/* The share sends the top-k of the scorer's scores, each layer its own. */
-static void test_share_selects_top(void **state) {
-    (void)state;
-    env e;
-    env_open(&e, NULL, 2);
+#define BIT(m, p) (((m)[(p) >> 3] >> ((p)&7)) & 1)
+
+/* The expected selection of one target: k rows, every one scoring at least as high as every row left out (ties: the
+ * lower position went), non-finite never. */
+static void check_top_k(const float *sc, int64_t n, int64_t k, const uint8_t *mask) {
+    int64_t count = 0, min_pos = -1;
+    float min_in = INFINITY;
+    for (int64_t p = 0; p < n; ++p)
+        if (BIT(mask, p)) {
+            ++count;
+            assert_true(isfinite(sc[p]));
+            if (sc[p] < min_in || min_pos < 0) min_in = sc[p], min_pos = p;
+        }
+    assert_int_equal(count, k);
+    for (int64_t p = 0; p < n; ++p)
+        if (!BIT(mask, p)) assert_true(sc[p] < min_in || (sc[p] == min_in && p > min_pos));
+}
+
+/* Runs the share with the scorer on the generated fuser (sharer layer 0 feeds receiver layers 0 and 1). */
+static void share_open_fuser(env *e, share_log *log, float **scores) {
+    env_open_with(e, NULL, 2, open_gates_fuser());
     float *sk, *sv;
-    prefill_rows(&e, e.sharer, KW_DTYPE_F32, &sk, &sv);
-    float *scores = malloc((size_t)(e.s_layers * e.n) * sizeof(float));
-    assert_non_null(scores);
-    scorer_scores(&e, KW_SELECT_PROJ_VNORM, KW_DTYPE_F32, NULL, sk, sv, scores);
+    prefill_rows(e, e->sharer, KW_DTYPE_F32, &sk, &sv);
+    *scores = malloc((size_t)(e->r_layers * e->n) * sizeof(float));
+    assert_non_null(*scores);
+    scorer_scores(e, KW_SELECT_PROJ_VNORM, KW_DTYPE_F32, NULL, sk, sv, *scores);
+    free(sk), free(sv);
     int32_t layers[16], n_layers = 0;
-    assert_int_equal(kw_fusion_needed_layers(e.fusion, 0, layers, 16, &n_layers), 0);
+    assert_int_equal(kw_fusion_needed_layers(e->fusion, 0, layers, 16, &n_layers), 0);
     const kw_rscore_options ro = {
         .mode = KW_SELECT_PROJ_VNORM, .numerics = KW_PROJECTOR_FP32, .cache_dtype = KW_DTYPE_F32};
     kw_rscore *r = NULL;
-    assert_int_equal(kw_rscore_create(e.recv, e.fusion, 0, e.prompt, e.n, &ro, &r), 0);
-    const kw_fusion_section secs[2] = {{e.n, 1}, {1, -1}};
-    share_log log;
-    memset(&log, 0, sizeof log);
+    assert_int_equal(kw_rscore_create(e->recv, e->fusion, 0, e->prompt, e->n, &ro, &r), 0);
+    const kw_fusion_section secs[2] = {{e->n, 1}, {1, -1}};
+    memset(log, 0, sizeof *log);
     const kw_share_options so = {.sections = secs,
                                  .n_sections = 2,
                                  .layers = layers,
                                  .n_layers = n_layers,
                                  .select = {.mode = KW_SELECT_PROJ_VNORM, .proportion = 0.3, .min_tokens = 1},
-                                 .score = kw_rscore_share_score,
-                                 .score_user = r,
+                                 .select_rows = kw_rscore_share_select,
+                                 .select_user = r,
                                  .cache_dtype = KW_DTYPE_F32,
                                  .on_layer = log_layer,
-                                 .user = &log};
-    kw_share_stats st;
-    assert_int_equal(kw_share_run(e.sharer, e.prompt, e.n, &so, &st), 0);
-    assert_int_equal(log.layers, n_layers);
-    const int64_t k = kw_select_count(&so.select, e.n);
-    int differ = 0;
-    for (int32_t i = 0; i < n_layers; ++i) {
-        const float *sc = scores + e.n * layers[i];
-        assert_int_equal(log.n_rows[i], k);
-        /* every sent row scores at least as high as every row left out (ties: the lower position went) */
-        float min_in = INFINITY;
-        int64_t min_in_pos = -1;
-        for (int64_t j = 0; j < k; ++j)
-            if (sc[log.positions[i][j]] < min_in) min_in = sc[log.positions[i][j]], min_in_pos = log.positions[i][j];
-        for (int64_t p = 0, j = 0; p < e.n; ++p) {
-            if (j < k && log.positions[i][j] == p) {
-                ++j;
-                continue;
-            }
-            assert_true(sc[p] < min_in || (sc[p] == min_in && p > min_in_pos));
-        }
-        if (i > 0) differ |= memcmp(log.positions[i], log.positions[0], (size_t)k * sizeof(int64_t)) != 0;
-    }
-    (void)differ; /* layers may or may not agree; each was checked against its own scores */
-    /* without the scorer the receiver-aware selection is refused */
+                                 .user = log};
+    assert_int_equal(kw_share_run(e->sharer, e->prompt, e->n, &so, NULL), 0);
+    assert_int_equal(log->layers, n_layers);
+    /* without the selection hook the receiver-aware selection is refused */
     kw_share_options bad = so;
-    bad.score = NULL;
-    assert_int_equal(kw_share_run(e.sharer, e.prompt, e.n, &bad, NULL), KW_E_INVALID_ARG);
+    bad.select_rows = NULL;
+    assert_int_equal(kw_share_run(e->sharer, e->prompt, e->n, &bad, NULL), KW_E_INVALID_ARG);
     kw_rscore_free(r);
-    free(scores), free(sk), free(sv);
+}
+
+/* share_open_fuser into a new log (the caller frees it and *scores). */
+static share_log *share_logged(env *e, float **scores) {
+    share_log *log = malloc(sizeof *log);
+    assert_non_null(log);
+    share_open_fuser(e, log, scores);
+    return log;
+}
+
+/* Each target's subset is its own top-k; the rows sent are their union; a layer with one target sends no subsets. */
+static void test_share_selects_per_target(void **state) {
+    (void)state;
+    env e;
+    float *scores = NULL;
+    share_log *log = share_logged(&e, &scores);
+    const kw_select_policy pol = {.mode = KW_SELECT_PROJ_VNORM, .proportion = 0.3, .min_tokens = 1};
+    const int64_t k = kw_select_count(&pol, e.n);
+    int multi = 0;
+    for (int32_t i = 0; i < log->layers; ++i) {
+        int32_t targets[16], n_targets = 0;
+        assert_int_equal(kw_fusion_layer_targets(e.fusion, 0, log->layer[i], targets, 16, &n_targets), 0);
+        uint8_t all[32] = {0}, one[32] = {0};
+        if (n_targets == 1) { /* the rows sent are that target's top-k */
+            assert_int_equal(log->n_targets[i], 0);
+            for (int64_t j = 0; j < log->n_rows[i]; ++j)
+                one[log->positions[i][j] >> 3] |= (uint8_t)(1u << (log->positions[i][j] & 7));
+            check_top_k(scores + e.n * targets[0], e.n, k, one);
+            continue;
+        }
+        multi = 1;
+        assert_int_equal(log->n_targets[i], n_targets);
+        for (int32_t j = 0; j < n_targets; ++j) {
+            assert_int_equal(log->targets[i][j], targets[j]);
+            check_top_k(scores + e.n * targets[j], e.n, k, log->masks[i][j]);
+            for (int b = 0; b < 32; ++b)
+                all[b] |= log->masks[i][j][b];
+        }
+        int64_t j = 0; /* the rows sent: exactly the union, ascending */
+        for (int64_t p = 0; p < e.n; ++p)
+            if (BIT(all, p)) {
+                assert_true(j < log->n_rows[i] && log->positions[i][j] == p);
+                ++j;
+            }
+        assert_int_equal(j, log->n_rows[i]);
+        assert_true(j > k); /* the targets chose differently */
+    }
+    assert_true(multi);
+    free(scores), free(log);
+    env_close(&e);
+}
+
+/* One fusion session of the prefix's one fused section with the logged rows (with their subsets, or for receiver
+ * layer only_target: the rows of its subset alone and no subsets); the receiver cache afterwards, (layers, n, H, D)
+ * K then V. */
+static void fuse_logged(env *e, const share_log *log, int32_t only_target, float *ck, float *cv) {
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(e->recv, e->n + 1, KW_DTYPE_F32, &cache), 0);
+    const kw_fusion_section secs[2] = {{e->n, 1}, {1, -1}};
+    const kw_fusion_options fo = {.sections = secs, .n_sections = 2, .numerics = KW_PROJECTOR_FP32};
+    int32_t ids[512];
+    memcpy(ids, e->prompt, (size_t)e->n * sizeof *ids);
+    ids[e->n] = e->prompt[e->n];
+    kw_fusion_session *s = NULL;
+    assert_int_equal(kw_fusion_begin(e->fusion, cache, ids, e->n + 1, &fo, &s), 0);
+    assert_int_equal(kw_fusion_prefill(s, 0), 0);
+    const int64_t row = (int64_t)e->s_heads * e->s_dim;
+    for (int32_t i = 0; i < log->layers; ++i) {
+        kw_fusion_rows rows = {.sharer = 0,
+                               .section = 0,
+                               .source_layer = log->layer[i],
+                               .n_rows = log->n_rows[i],
+                               .positions = log->positions[i],
+                               .k = log->k[i],
+                               .v = log->v[i]};
+        const uint8_t *masks[8];
+        int64_t pos[256];
+        float *k = malloc((size_t)(log->n_rows[i] * row) * sizeof *k),
+              *v = malloc((size_t)(log->n_rows[i] * row) * sizeof *v);
+        assert_non_null(k);
+        assert_non_null(v);
+        int32_t m = -1;
+        for (int32_t j = 0; j < log->n_targets[i]; ++j) {
+            masks[j] = log->masks[i][j];
+            if (log->targets[i][j] == only_target) m = j;
+        }
+        if (only_target < 0) {
+            rows.n_targets = log->n_targets[i];
+            rows.target_layers = log->targets[i];
+            rows.target_masks = masks;
+        } else if (m >= 0) { /* that target's rows only */
+            int64_t n = 0;
+            for (int64_t r = 0; r < log->n_rows[i]; ++r) {
+                if (!BIT(log->masks[i][m], log->positions[i][r])) continue;
+                pos[n] = log->positions[i][r];
+                memcpy(k + n * row, log->k[i] + r * row, (size_t)row * sizeof *k);
+                memcpy(v + n * row, log->v[i] + r * row, (size_t)row * sizeof *v);
+                ++n;
+            }
+            rows.n_rows = n, rows.positions = pos, rows.k = k, rows.v = v;
+        }
+        assert_int_equal(kw_fusion_put(s, &rows), 0);
+        free(k), free(v);
+    }
+    assert_int_equal(kw_fusion_end_section(s, 0), 0);
+    const size_t per = (size_t)(e->n * e->r_heads * e->r_dim);
+    for (int32_t l = 0; l < e->r_layers; ++l)
+        assert_int_equal(kw_kvcache_read_rows(cache, l, 0, e->n, ck + per * (size_t)l, cv + per * (size_t)l), 0);
+    kw_fusion_session_free(s);
+    kw_kvcache_free(cache);
+}
+
+/* Each receiver layer fuses exactly its own subset: its rows equal those of a fusion that sent only that subset, and
+ * the union's other rows keep the receiver's own values there. */
+static void test_fusion_per_target(void **state) {
+    (void)state;
+    env e;
+    float *scores = NULL;
+    share_log *log = share_logged(&e, &scores);
+    const size_t per = (size_t)(e.n * e.r_heads * e.r_dim), all = per * (size_t)e.r_layers;
+    float *ak = malloc(all * sizeof(float)), *av = malloc(all * sizeof(float));
+    float *bk = malloc(all * sizeof(float)), *bv = malloc(all * sizeof(float));
+    float *rk, *rv;
+    assert_true(ak && av && bk && bv);
+    prefill_rows(&e, e.recv, KW_DTYPE_F32, &rk, &rv);
+    fuse_logged(&e, log, -1, ak, av);
+    int checked = 0;
+    for (int32_t i = 0; i < log->layers; ++i)
+        for (int32_t j = 0; j < log->n_targets[i]; ++j) {
+            const int32_t t = log->targets[i][j];
+            fuse_logged(&e, log, t, bk, bv);
+            assert_memory_equal(ak + per * (size_t)t, bk + per * (size_t)t, per * sizeof(float));
+            assert_memory_equal(av + per * (size_t)t, bv + per * (size_t)t, per * sizeof(float));
+            const size_t row = (size_t)e.r_heads * (size_t)e.r_dim;
+            for (int64_t r = 0; r < log->n_rows[i]; ++r) { /* sent, not this target's: the receiver's own row */
+                const int64_t p = log->positions[i][r];
+                if (BIT(log->masks[i][j], p)) continue;
+                assert_memory_equal(av + per * (size_t)t + row * (size_t)p, rv + per * (size_t)t + row * (size_t)p,
+                                    row * sizeof(float));
+                ++checked;
+            }
+        }
+    assert_true(checked > 0);
+    free(ak), free(av), free(bk), free(bv), free(rk), free(rv), free(scores), free(log);
     env_close(&e);
 }
 
@@ -404,7 +554,7 @@ static void test_isa_thread_invariance(void **state) {
         env_open(&e, runs[i].isa, runs[i].threads);
         float *sk, *sv;
         prefill_rows(&e, e.sharer, KW_DTYPE_BF16, &sk, &sv);
-        total = (size_t)(e.s_layers * e.n) * 2;
+        total = (size_t)(e.r_layers * e.n) * 2;
         float *got = malloc(total * sizeof(float));
         assert_non_null(got);
         scorer_scores(&e, KW_SELECT_PROJ_VNORM, KW_DTYPE_BF16, NULL, sk, sv, got);
@@ -435,10 +585,10 @@ static void test_vnorm_formula(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vnorm_formula),         cmocka_unit_test(test_top_scores_ties),
-        cmocka_unit_test(test_proj_against_direct),   cmocka_unit_test(test_delta_against_direct),
-        cmocka_unit_test(test_delta_exact_codec),     cmocka_unit_test(test_share_selects_top),
-        cmocka_unit_test(test_isa_thread_invariance),
+        cmocka_unit_test(test_vnorm_formula),       cmocka_unit_test(test_top_scores_ties),
+        cmocka_unit_test(test_proj_against_direct), cmocka_unit_test(test_delta_against_direct),
+        cmocka_unit_test(test_delta_exact_codec),   cmocka_unit_test(test_share_selects_per_target),
+        cmocka_unit_test(test_fusion_per_target),   cmocka_unit_test(test_isa_thread_invariance),
     };
     const int failed = cmocka_run_group_tests(tests, NULL, NULL);
     if (open_fuser_dir[0]) kw_test_remove_tree(open_fuser_dir);

@@ -1,10 +1,11 @@
 /* test_daemons_rscore.c: the receiver-aware selections through the daemons (HTTP_API.md §5.1 selection and scoring,
  * PROTOCOL.md SharePolicy.scoring, ShareRequest.receiver_token_ids, ShareEnd.scoring): sharerd holding the receiver
  * model and the fuser (scoring_receiver) scores proj_vnorm_topk and delta_proj_vnorm_topk itself ("scoring": "local",
- * the default) and the answer is what `kvwire c2c --select` gives in one process (the same tokens, rows sent and blob
- * bytes), with the scoring cost in the response; "scoring": "receiver" is a 400 (not implemented), "scoring" with
- * another selection and the receiver-aware selections in kv_direct are 400s; a sharer without the receiver model
- * refuses, which the receiver answers with a 400 naming the reason. */
+ * the default) and the answer is what `kvwire c2c --select` gives in one process (the same tokens, rows sent, blob
+ * bytes and SHARE_TARGETS frames: each receiver layer fuses its own top-k), with the scoring cost in the response;
+ * "scoring": "receiver" is a 400 (not implemented), "scoring" with another selection and the receiver-aware selections
+ * in kv_direct are 400s; a sharer without the receiver model refuses, which the receiver answers with a 400 naming the
+ * reason. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,14 +20,32 @@
 
 static kwd_proc sharer, receiver;
 
+/* sharerd scoring with tiny-qwen3-l3 and its fuser, and receiverd serving that model: a pair where the sharer's layer
+ * 0 feeds two receiver layers. */
 static int setup(void **state) {
     (void)state;
-    char model[600], fuser[600];
-    snprintf(model, sizeof model, "--scoring_receiver.model=%s/tiny-qwen3", kwd_models_dir());
-    snprintf(fuser, sizeof fuser, "--scoring_receiver.fuser=%s/tiny-fuser", kwd_models_dir());
+    const char *m = kwd_models_dir();
+    char model[600], fuser[600], rmodel[600], rfuser[600], sport[64];
+    snprintf(model, sizeof model, "--scoring_receiver.model=%s/tiny-qwen3-l3", m);
+    snprintf(fuser, sizeof fuser, "--scoring_receiver.fuser=%s/tiny-fuser-l3", m);
     const char *extra[] = {model, fuser, NULL};
     kwd_start_sharer(0, extra, &sharer);
-    kwd_start_receiver(sharer.port, NULL, &receiver);
+    snprintf(rmodel, sizeof rmodel, "--model.path=%s/tiny-qwen3-l3", m);
+    snprintf(rfuser, sizeof rfuser, "--fusers.0.path=%s/tiny-fuser-l3", m);
+    snprintf(sport, sizeof sport, "--sharers.0.port=%u", (unsigned)sharer.port);
+    const char *args[] = {"--http.port=0",
+                          "--model.name=tiny-qwen3-l3",
+                          rmodel,
+                          "--sharers.0.name=local",
+                          sport,
+                          "--fusers.0.name=tiny-fuser-l3",
+                          rfuser,
+                          "--fusers.0.sharer_model=tiny-qwen2",
+                          "--compute.threads=1",
+                          "--sharer.reconnect_ms=100",
+                          "--log.level=debug",
+                          NULL};
+    kwd_start("receiverd", args, &receiver);
     if (!kwd_wait_healthy(receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
     return 0;
 }
@@ -64,7 +83,7 @@ static void same_as_cli(const char *selection) {
     char args[2048];
     const char *m = kwd_models_dir();
     snprintf(args, sizeof args,
-             "c2c --receiver %s/tiny-qwen3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser --prompt '" PROMPT
+             "c2c --receiver %s/tiny-qwen3-l3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser-l3 --prompt '" PROMPT
              "' --max-new-tokens 6 --select %s --select-proportion 0.4 --wire int8",
              m, m, m, selection);
     char *out = kwd_kvwire(args);
@@ -77,6 +96,18 @@ static void same_as_cli(const char *selection) {
     assert_true((double)kwd_parse_int(out, "wire_bytes") == kwd_json_num(r.json, "kvwire.bytes.blob"));
     assert_true(kwd_json_num(r.json, "kvwire.selection.tokens_sent") <
                 kwd_json_num(r.json, "kvwire.selection.tokens_total"));
+    /* the per-target subsets: one SHARE_TARGETS frame (tiny-qwen2's layer 0 feeds two receiver layers), as many
+     * bytes as kvwire c2c counts, inside the control bytes of the frames read */
+    const char *ts = strstr(out, "target_subsets: ");
+    assert_non_null(ts);
+    long frames = 0, bytes = 0;
+    assert_int_equal(sscanf(ts, "target_subsets: %ld frames %ld bytes", &frames, &bytes), 2);
+    assert_true(frames >= 1 && (double)frames == kwd_json_num(r.json, "kvwire.selection.target_subsets.frames"));
+    assert_true((double)bytes == kwd_json_num(r.json, "kvwire.selection.target_subsets.bytes"));
+    assert_true(kwd_json_num(r.json, "kvwire.bytes.socket_in") ==
+                kwd_json_num(r.json, "kvwire.bytes.blob") +
+                    kwd_json_num(r.json, "kvwire.bytes.frames_in.wire_header_bytes") +
+                    kwd_json_num(r.json, "kvwire.bytes.frames_in.control_bytes"));
     free(out);
     kwd_response_free(&r);
 }
@@ -107,6 +138,13 @@ static void test_refusals(void **state) {
                "kvwire.policy.scoring");
     expect_400(receiver.port, "kv_direct", "\"selection\":\"delta_proj_vnorm_topk\",\"proportion\":0.5",
                "only for mode c2c");
+    kwd_response r; /* parallel fusion */
+    kwd_http(receiver.port, "/v1/completions",
+             "{\"prompt\":\"x\",\"max_tokens\":1,\"kvwire\":{\"mode\":\"c2c\",\"fusion\":\"parallel\","
+             "\"policy\":{\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5}}}",
+             &r);
+    if (r.status != 400 || !strstr(r.body, "not with fusion parallel")) fail_msg("parallel: %ld %s", r.status, r.body);
+    kwd_response_free(&r);
 }
 
 /* A sharer without the receiver model cannot score locally: a 4xx naming why. */
