@@ -19,6 +19,9 @@
 #include "c2c/kw_select.h"
 #include "model/kw_model.h"
 
+/* Most receiver layers one sharer layer's per-target subsets name (the SHARE_TARGETS frame's limit). */
+#define KW_SHARE_MAX_TARGETS 64
+
 /* The per-target subsets of a sent layer (the receiver-aware selections, c2c/kw_rscore.h): receiver layer layers[j]
  * fuses only the rows whose section offset has its bit set in masks[j] (mask_bytes = ceil(section length / 8) bytes,
  * LSB first). n 0: every receiver layer fuses every row sent. */

@@ -23,13 +23,14 @@
 
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_select.h"
+#include "c2c/kw_share.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_alloc.h"
 
 enum kw_receive_mode { KW_RECEIVE_C2C = 1, KW_RECEIVE_KV_DIRECT = 2 };
 
 /* Most receiver layers one sharer layer's per-target subsets name (kw_receive_targets). */
-#define KW_RECEIVE_MAX_TARGETS 64
+#define KW_RECEIVE_MAX_TARGETS KW_SHARE_MAX_TARGETS
 
 typedef struct kw_receive_options {
     enum kw_receive_mode mode;

@@ -125,9 +125,10 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
 
 int kw_share_targets_frame(uint64_t request_id, const kw_share_layer *layer, uint8_t **frame, size_t *len) {
     const kw_share_targets *t = &layer->targets;
-    KW_RETURN_IF(t->n < 1 || t->n > 64 || t->mask_bytes < 1, KW_E_INVALID_ARG, "share: %d target subsets", (int)t->n);
-    uint32_t targets[64];
-    ProtobufCBinaryData masks[64];
+    KW_RETURN_IF(t->n < 1 || t->n > KW_SHARE_MAX_TARGETS || t->mask_bytes < 1, KW_E_INVALID_ARG,
+                 "share: %d target subsets", (int)t->n);
+    uint32_t targets[KW_SHARE_MAX_TARGETS];
+    ProtobufCBinaryData masks[KW_SHARE_MAX_TARGETS];
     for (int32_t j = 0; j < t->n; ++j) {
         targets[j] = (uint32_t)t->layers[j];
         masks[j] = (ProtobufCBinaryData){(size_t)t->mask_bytes, (uint8_t *)t->masks[j]};

@@ -786,6 +786,15 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
         kept += (uint64_t)rows;
         blob_max += KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES;
         for (size_t i = 0; i < n_layers; ++i) {
+            /* a receiver-aware selection sends the union of its receiver layers' rows: up to k per receiver layer */
+            int64_t layer_rows = rows;
+            if (kw_select_mode_receiver_aware(sel.mode)) {
+                int32_t targets[KW_SHARE_MAX_TARGETS], n_targets = 0;
+                KW_FORWARD(kw_fusion_layer_targets(d->score_fusion[m - d->models], 0, (int32_t)layers[i], targets,
+                                                   KW_SHARE_MAX_TARGETS, &n_targets));
+                layer_rows = rows * (n_targets > 1 ? n_targets : 1);
+                if (layer_rows > (int64_t)req->sections[s]->length) layer_rows = (int64_t)req->sections[s]->length;
+            }
             kw_wire_policy pol = {.k = kw__sd_spec(p->k), .v = kw__sd_spec(p->v)};
             for (size_t k = 0; k < p->n_schedule; ++k)
                 if (p->schedule[k]->layer == layers[i]) {
@@ -796,7 +805,7 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
             for (uint32_t bc = 0; bc < (n_budget ? n_budget : 1); ++bc) { /* a cap: the largest of its codecs */
                 if (n_budget) pol.k = pol.v = budget_codecs[bc];
                 size_t b = 0;
-                const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)rows, &b);
+                const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)layer_rows, &b);
                 if (rc < 0) KW_FAIL(rc, "layer %u's codecs: %s", layers[i], kw_error_detail());
                 bound = b > bound ? b : bound;
             }
