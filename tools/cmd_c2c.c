@@ -9,12 +9,14 @@
  * reference extractor's A-D or null), mode, prompt_tokens (with alignment: the padded length), alignment (off or the
  * strategy, and why), with alignment: align_sections, recv_pads, sharer_pads and decode_pads; then sections
  * (length:fused|transferred|receiver), projector_numerics (c2c), selection and tokens_sent (c2c, kv_direct),
- * tokens_fused (c2c), generated_tokens, generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the
- * selected K/V at the cache dtype), relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec,
- * wire_blobs, wire_bytes (measured blob length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the
- * smallest cap the request takes) and budget_tokens (the allocation histogram), with --print-alignment and alignment:
- * recv_ids, sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages. Option
- * parsing, prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/ and receiver/. */
+ * tokens_fused (c2c), target_subsets (the receiver-aware selections' SHARE_TARGETS frames), generated_tokens,
+ * generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the selected K/V at the cache dtype),
+ * relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec, wire_blobs, wire_bytes (measured blob
+ * length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the smallest cap the request takes) and
+ * budget_tokens (the allocation histogram), with --print-alignment and alignment: recv_ids, sharer_ids, message_mask,
+ * recv_pad, sharer_pad (JSON arrays), then timing_ms with the stages (and the receiver-aware selections'
+ * scoring_prefill and scoring_projection at the sharer). Option parsing, prompt building, the in-memory link and
+ * printing only: the pipeline is in c2c/, sharer/ and receiver/. */
 #include "kw_commands.h"
 
 #include <stdint.h>
