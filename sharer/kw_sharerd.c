@@ -351,6 +351,8 @@ static int kw__sd_share(kw__sd_run *r) {
     kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, budget_codecs, &o);
     o.write = kw__sd_write;
     o.user = r;
+    kw_wire_policy qpol = wire; /* the delta's round trip: the policy's codecs, a cap's first one (as kvwire c2c) */
+    if (o.budget_bytes) qpol.k = qpol.v = budget_codecs[0];
     if (kw_select_mode_receiver_aware(o.select.mode)) { /* scoring: local (validated) */
         for (size_t i = 0; i < req->n_receiver_token_ids; ++i)
             ids[i] = (int32_t)req->receiver_token_ids[i];
@@ -358,7 +360,7 @@ static int kw__sd_share(kw__sd_run *r) {
                                       .numerics = o.cache_dtype == KW_DTYPE_F32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
                                       .cache_dtype = o.cache_dtype,
                                       .quantize = kw_share_wire_rscore_quantize,
-                                      .quantize_user = &wire};
+                                      .quantize_user = &qpol};
         rc = kw_rscore_create(r->d->score_model, r->d->score_fusion[m - r->d->models], 0, ids,
                               (int64_t)req->n_receiver_token_ids, &ro, &scorer);
         for (size_t i = 0; i < req->n_token_ids; ++i) /* the sharer's own ids again */

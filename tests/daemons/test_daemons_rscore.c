@@ -68,9 +68,14 @@ static void request(uint16_t port, const char *mode, const char *policy, kwd_res
 }
 
 /* The daemons and kvwire c2c select and answer alike. */
-static void same_as_cli(const char *selection) {
+/* cap: 0, or a byte cap (budget_bytes, --budget-bytes: the allocator's default codecs, the delta scored with int4) */
+static void same_as_cli(const char *selection, long long cap) {
     char policy[256];
-    snprintf(policy, sizeof policy, "\"selection\":\"%s\",\"proportion\":0.4,\"codec\":\"int8\"", selection);
+    if (cap)
+        snprintf(policy, sizeof policy, "\"selection\":\"%s\",\"proportion\":0.4,\"budget_bytes\":%lld", selection,
+                 cap);
+    else
+        snprintf(policy, sizeof policy, "\"selection\":\"%s\",\"proportion\":0.4,\"codec\":\"int8\"", selection);
     kwd_response r;
     request(receiver.port, "c2c", policy, &r);
     if (r.status != 200) fail_msg("%s: HTTP %ld: %s", selection, r.status, r.body);
@@ -80,12 +85,13 @@ static void same_as_cli(const char *selection) {
     assert_true(kwd_json_num(r.json, "kvwire.scoring.receiver_prefill_ms") > 0);
     assert_true(kwd_json_num(r.json, "kvwire.scoring.projection_ms") > 0);
     assert_true(kwd_json_num(r.json, "kvwire.scoring.projections") >= 1);
-    char args[2048];
+    char args[2048], transfer[64] = "--wire int8";
+    if (cap) snprintf(transfer, sizeof transfer, "--budget-bytes %lld", cap);
     const char *m = kwd_models_dir();
     snprintf(args, sizeof args,
              "c2c --receiver %s/tiny-qwen3-l3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser-l3 --prompt '" PROMPT
-             "' --max-new-tokens 6 --select %s --select-proportion 0.4 --wire int8",
-             m, m, m, selection);
+             "' --max-new-tokens 6 --select %s --select-proportion 0.4 %s",
+             m, m, m, selection, transfer);
     char *out = kwd_kvwire(args);
     int32_t want[16], got[16];
     const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
@@ -114,12 +120,17 @@ static void same_as_cli(const char *selection) {
 
 static void test_proj_same_as_cli(void **state) {
     (void)state;
-    same_as_cli("proj_vnorm_topk");
+    same_as_cli("proj_vnorm_topk", 0);
 }
 
 static void test_delta_same_as_cli(void **state) {
     (void)state;
-    same_as_cli("delta_proj_vnorm_topk");
+    same_as_cli("delta_proj_vnorm_topk", 0);
+}
+
+static void test_delta_capped_same_as_cli(void **state) {
+    (void)state;
+    same_as_cli("delta_proj_vnorm_topk", 1500);
 }
 
 static void expect_400(uint16_t port, const char *mode, const char *policy, const char *needle) {
@@ -164,6 +175,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_proj_same_as_cli),
         cmocka_unit_test(test_delta_same_as_cli),
+        cmocka_unit_test(test_delta_capped_same_as_cli),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_sharer_without_receiver_model),
     };
