@@ -230,6 +230,57 @@ int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers,
     return 0;
 }
 
+int kw_fusion_layer_targets(const kw_fusion *f, int32_t sharer, int32_t source_layer, int32_t *targets, int32_t cap,
+                            int32_t *n) {
+    KW_RETURN_IF(f == NULL || n == NULL || (cap > 0 && targets == NULL), KW_E_INVALID_ARG,
+                 "kw_fusion_layer_targets: NULL argument");
+    KW_RETURN_IF(sharer < 0 || sharer >= f->n_sharers, KW_E_INVALID_ARG, "kw_fusion_layer_targets: no sharer %d",
+                 (int)sharer);
+    const kw_fusion_sh *s = &f->sh[sharer];
+    int32_t count = 0;
+    for (int32_t t = 0; t < f->n_layers; ++t) {
+        if (s->tgt_src[t] != source_layer || s->tgt_open[t] == 0) continue;
+        KW_RETURN_IF(count >= cap, KW_E_LIMIT, "kw_fusion_layer_targets: more than %d layers", (int)cap);
+        targets[count++] = t;
+    }
+    *n = count;
+    return 0;
+}
+
+int kw_fusion_project_v(kw_fusion *f, int32_t sharer, int32_t target, enum kw_projector_numerics numerics, int64_t n,
+                        const float *src_k, const float *src_v, const float *base_k, const float *base_v,
+                        float *out_v) {
+    KW_RETURN_IF(f == NULL || n < 1 || !src_k || !src_v || !base_k || !base_v || !out_v, KW_E_INVALID_ARG,
+                 "kw_fusion_project_v: bad argument");
+    KW_RETURN_IF(sharer < 0 || sharer >= f->n_sharers || target < 0 || target >= f->n_layers ||
+                     f->sh[sharer].tgt_proj[target] == NULL,
+                 KW_E_INVALID_ARG, "kw_fusion_project_v: sharer %d has no projector for receiver layer %d", (int)sharer,
+                 (int)target);
+    const kw_fusion_sh *sh = &f->sh[sharer];
+    const int64_t ne_s[3] = {n, sh->n_heads, sh->head_dim}, ne_t[3] = {n, f->n_heads, f->head_dim};
+    const size_t bytes_s = (size_t)(n * sh->n_heads * sh->head_dim) * sizeof(float);
+    const size_t bytes_t = (size_t)(n * f->n_heads * f->head_dim) * sizeof(float);
+    kw_tensor sk = {0}, sv = {0}, bk = {0}, bv = {0}, ov = {0};
+    int rc;
+    KW_CHECK(kw_tensor_alloc(f->backend, &sk, KW_DTYPE_F32, 3, ne_s));
+    KW_CHECK(kw_tensor_alloc(f->backend, &sv, KW_DTYPE_F32, 3, ne_s));
+    KW_CHECK(kw_tensor_alloc(f->backend, &bk, KW_DTYPE_F32, 3, ne_t));
+    KW_CHECK(kw_tensor_alloc(f->backend, &bv, KW_DTYPE_F32, 3, ne_t));
+    KW_CHECK(kw_tensor_alloc(f->backend, &ov, KW_DTYPE_F32, 3, ne_t));
+    KW_CHECK(kw_backend_upload(f->backend, &sk, 0, src_k, bytes_s));
+    KW_CHECK(kw_backend_upload(f->backend, &sv, 0, src_v, bytes_s));
+    KW_CHECK(kw_backend_upload(f->backend, &bk, 0, base_k, bytes_t));
+    KW_CHECK(kw_backend_upload(f->backend, &bv, 0, base_v, bytes_t));
+    const kw_projector_io io = {.src_k = &sk, .src_v = &sv, .tgt_k = &bk, .tgt_v = &bv, .out_v = &ov};
+    KW_CHECK(kw_projector_forward(sh->tgt_proj[target], f->ws, numerics, &io));
+    KW_CHECK(kw_backend_download(f->backend, out_v, &ov, 0, bytes_t));
+    KW_CHECK(kw_backend_synchronize(f->backend));
+out:
+    kw_backend_synchronize(f->backend);
+    kw_tensor_free(&sk), kw_tensor_free(&sv), kw_tensor_free(&bk), kw_tensor_free(&bv), kw_tensor_free(&ov);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * The session: state of one request on the receiver side
  */
@@ -240,6 +291,10 @@ typedef struct kw_fusion_staged {
     int64_t n_rows;
     int64_t *positions; /* n_rows cache positions (owned) */
     kw_tensor k, v;     /* (n_rows, sharer heads, sharer head_dim) f32, owned */
+    /* per-target subsets (kw_fusion_rows.target_masks), or NULL: per receiver layer, NULL (every row) or a bitmap
+     * over the section's positions; then the rows are also kept on the host to gather a target's subset (owned) */
+    uint8_t **tmask;
+    float *hk, *hv;
 } kw_fusion_staged;
 
 struct kw_fusion_session {
@@ -265,9 +320,13 @@ struct kw_fusion_session {
 static void kw_fusion_drop_staged(kw_fusion_session *s) {
     for (int32_t i = 0; i < s->f->n_sharers; ++i) {
         for (int32_t l = 0; s->staged[i] && l < s->f->sh[i].n_layers; ++l) {
-            kw_tensor_free(&s->staged[i][l].k);
-            kw_tensor_free(&s->staged[i][l].v);
-            free(s->staged[i][l].positions);
+            kw_fusion_staged *st = &s->staged[i][l];
+            kw_tensor_free(&st->k);
+            kw_tensor_free(&st->v);
+            free(st->positions);
+            for (int32_t t = 0; st->tmask && t < s->f->n_layers; ++t)
+                free(st->tmask[t]);
+            free(st->tmask), free(st->hk), free(st->hv);
         }
         free(s->staged[i]);
         s->staged[i] = NULL;
@@ -440,25 +499,69 @@ static int kw_fusion_view(const kw_tensor *t, int64_t n, kw_tensor *out) {
     return kw_tensor_view_rows(t, 0, n, out);
 }
 
-/* Sequential mode: sharer i's rows projected into receiver layer t at their positions. */
-static int kw_fusion_apply(kw_fusion_session *s, int32_t i, int32_t t) {
+/* Projects n sharer rows src_k, src_v of sharer i into receiver layer t at positions pos. */
+static int kw_fusion_project_rows(kw_fusion_session *s, int32_t i, int32_t t, const int64_t *pos, int64_t n,
+                                  const kw_tensor *src_k, const kw_tensor *src_v) {
     kw_fusion *f = s->f;
     const kw_fusion_sh *sh = &f->sh[i];
     const int32_t open = sh->tgt_open[t];
-    const kw_fusion_staged *st = &s->staged[i][sh->tgt_src[t]];
     kw_tensor bk, bv;
-    KW_FORWARD(kw_fusion_view(&s->base_k, st->n_rows, &bk));
-    KW_FORWARD(kw_fusion_view(&s->base_v, st->n_rows, &bv));
+    KW_FORWARD(kw_fusion_view(&s->base_k, n, &bk));
+    KW_FORWARD(kw_fusion_view(&s->base_v, n, &bv));
     /* the rows as the cache holds them now (fused by the previous sharer, rounded if the cache is bf16) */
-    KW_FORWARD(kw_fusion_rows_io(s->cache, t, st->positions, st->n_rows, &bk, &bv, 0));
-    const kw_projector_io io = {.src_k = &st->k,
-                                .src_v = &st->v,
+    KW_FORWARD(kw_fusion_rows_io(s->cache, t, pos, n, &bk, &bv, 0));
+    const kw_projector_io io = {.src_k = src_k,
+                                .src_v = src_v,
                                 .tgt_k = &bk,
                                 .tgt_v = &bv,
                                 .out_k = (open & 1) ? &bk : NULL,
                                 .out_v = (open & 2) ? &bv : NULL};
     KW_FORWARD(kw_projector_forward(sh->tgt_proj[t], f->ws, s->opt.numerics, &io));
-    return kw_fusion_rows_io(s->cache, t, st->positions, st->n_rows, io.out_k, io.out_v, 1);
+    return kw_fusion_rows_io(s->cache, t, pos, n, io.out_k, io.out_v, 1);
+}
+
+/* Receiver layer t's subset of the staged rows (its bitmap over the section): gathered on the host, uploaded,
+ * projected. */
+static int kw_fusion_apply_subset(kw_fusion_session *s, int32_t i, int32_t t, const kw_fusion_staged *st,
+                                  const uint8_t *mask) {
+    kw_fusion *f = s->f;
+    const kw_fusion_sh *sh = &f->sh[i];
+    const int64_t row = (int64_t)sh->n_heads * sh->head_dim;
+    int64_t *pos = malloc((size_t)st->n_rows * sizeof *pos);
+    float *k = malloc((size_t)(st->n_rows * row) * sizeof *k), *v = malloc((size_t)(st->n_rows * row) * sizeof *v);
+    kw_tensor tk = {0}, tv = {0};
+    int rc = 0;
+    KW_CHECK_IF(!pos || !k || !v, KW_E_NOMEM, "fusion: out of memory");
+    int64_t n = 0;
+    for (int64_t r = 0; r < st->n_rows; ++r) {
+        const int64_t o = st->positions[r] - s->cur_start;
+        if (!(mask[o >> 3] & (1u << (o & 7)))) continue;
+        pos[n] = st->positions[r];
+        memcpy(k + n * row, st->hk + r * row, (size_t)row * sizeof *k);
+        memcpy(v + n * row, st->hv + r * row, (size_t)row * sizeof *v);
+        ++n;
+    }
+    if (n > 0) {
+        const int64_t ne[3] = {n, sh->n_heads, sh->head_dim};
+        KW_CHECK(kw_tensor_alloc(f->backend, &tk, KW_DTYPE_F32, 3, ne));
+        KW_CHECK(kw_tensor_alloc(f->backend, &tv, KW_DTYPE_F32, 3, ne));
+        KW_CHECK(kw_backend_upload(f->backend, &tk, 0, k, kw_tensor_nbytes(&tk)));
+        KW_CHECK(kw_backend_upload(f->backend, &tv, 0, v, kw_tensor_nbytes(&tv)));
+        KW_CHECK(kw_fusion_project_rows(s, i, t, pos, n, &tk, &tv));
+        KW_CHECK(kw_backend_synchronize(f->backend)); /* before the host rows and tensors go */
+    }
+out:
+    kw_tensor_free(&tk), kw_tensor_free(&tv);
+    free(pos), free(k), free(v);
+    return rc;
+}
+
+/* Sequential mode: sharer i's rows projected into receiver layer t at their positions (its subset of them when the
+ * rows came with per-target subsets). */
+static int kw_fusion_apply(kw_fusion_session *s, int32_t i, int32_t t) {
+    const kw_fusion_staged *st = &s->staged[i][s->f->sh[i].tgt_src[t]];
+    if (st->tmask && st->tmask[t]) return kw_fusion_apply_subset(s, i, t, st, st->tmask[t]);
+    return kw_fusion_project_rows(s, i, t, st->positions, st->n_rows, &st->k, &st->v);
 }
 
 /* Parallel mode: every active sharer at t projected from the same clean rows, base + sum (proj - base) in fp32. */
@@ -570,6 +673,35 @@ static int kw_fusion_progress(kw_fusion_session *s, int final) {
     return 0;
 }
 
+/* Keeps the rows' per-target subsets and a host copy of the rows (kw_fusion_apply_subset gathers from it). */
+static int kw_fusion_stage_masks(kw_fusion_session *s, const kw_fusion_rows *rows, kw_fusion_staged *st) {
+    kw_fusion *f = s->f;
+    const kw_fusion_sh *sh = &f->sh[rows->sharer];
+    KW_RETURN_IF(s->opt.mode != KW_FUSION_SEQUENTIAL, KW_E_UNSUPPORTED,
+                 "kw_fusion_put: per-target subsets need sequential fusion");
+    KW_RETURN_IF(rows->target_layers == NULL || rows->target_masks == NULL, KW_E_INVALID_ARG,
+                 "kw_fusion_put: %d target subsets without their layers or masks", (int)rows->n_targets);
+    const size_t mask_bytes = (size_t)((s->cur_len + 7) / 8);
+    const size_t floats = (size_t)(rows->n_rows * sh->n_heads * sh->head_dim);
+    st->tmask = calloc((size_t)f->n_layers, sizeof *st->tmask);
+    st->hk = malloc(floats * sizeof *st->hk);
+    st->hv = malloc(floats * sizeof *st->hv);
+    KW_RETURN_IF(!st->tmask || !st->hk || !st->hv, KW_E_NOMEM, "kw_fusion_put: out of memory");
+    memcpy(st->hk, rows->k, floats * sizeof *st->hk);
+    memcpy(st->hv, rows->v, floats * sizeof *st->hv);
+    for (int32_t j = 0; j < rows->n_targets; ++j) {
+        const int32_t t = rows->target_layers[j];
+        KW_RETURN_IF(t < 0 || t >= f->n_layers || sh->tgt_src[t] != rows->source_layer || st->tmask[t] != NULL ||
+                         rows->target_masks[j] == NULL,
+                     KW_E_INVALID_ARG, "kw_fusion_put: receiver layer %d is not a target of sharer layer %d (once)",
+                     (int)t, (int)rows->source_layer);
+        st->tmask[t] = malloc(mask_bytes);
+        KW_RETURN_IF(st->tmask[t] == NULL, KW_E_NOMEM, "kw_fusion_put: out of memory");
+        memcpy(st->tmask[t], rows->target_masks[j], mask_bytes);
+    }
+    return 0;
+}
+
 int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows) {
     KW_RETURN_IF(s == NULL || rows == NULL || rows->k == NULL || rows->v == NULL, KW_E_INVALID_ARG,
                  "kw_fusion_put: NULL argument");
@@ -608,6 +740,7 @@ int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows) {
     KW_FORWARD(kw_backend_upload(f->backend, &st->k, 0, rows->k, bytes));
     KW_FORWARD(kw_backend_upload(f->backend, &st->v, 0, rows->v, bytes));
     KW_FORWARD(kw_backend_synchronize(f->backend)); /* the caller's arrays are borrowed for the call only */
+    if (rows->n_targets > 0) KW_FORWARD(kw_fusion_stage_masks(s, rows, st));
     st->n_rows = n;
     st->present = 1;
     for (int64_t r = 0; r < n; ++r)

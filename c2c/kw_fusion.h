@@ -122,6 +122,19 @@ int kw_fusion_sharer_geometry(const kw_fusion *f, int32_t sharer, int32_t *n_lay
  * layers (cap entries); *n receives the count (KW_E_LIMIT if cap is short). */
 int kw_fusion_needed_layers(const kw_fusion *f, int32_t sharer, int32_t *layers, int32_t cap, int32_t *n);
 
+/* The receiver layers with an open gate that take their rows from layer source_layer of the sharer, ascending, into
+ * targets (cap entries); *n receives the count (KW_E_LIMIT if cap is short). */
+int kw_fusion_layer_targets(const kw_fusion *f, int32_t sharer, int32_t source_layer, int32_t *targets, int32_t cap,
+                            int32_t *n);
+
+/* Runs receiver layer target's projector of the sharer on n host rows, outside any session (what the receiver-aware
+ * selection scores, c2c/kw_rscore.h): src_k, src_v (n, sharer kv heads, sharer head_dim) and base_k, base_v (n,
+ * receiver kv heads, receiver head_dim) f32, borrowed; writes the fused V rows (n, receiver kv heads, head_dim) to
+ * out_v. Synchronizes the backend. Uses the fusion's projector workspace: not while a session of this fusion fuses
+ * on another thread. Errors: KW_E_INVALID_ARG (no such sharer or mapped layer), the projector's. */
+int kw_fusion_project_v(kw_fusion *f, int32_t sharer, int32_t target, enum kw_projector_numerics numerics, int64_t n,
+                        const float *src_k, const float *src_v, const float *base_k, const float *base_v, float *out_v);
+
 typedef struct kw_fusion_options {
     const kw_fusion_section *sections; /* borrowed; lengths sum to the prompt length */
     int32_t n_sections;
@@ -183,6 +196,13 @@ typedef struct kw_fusion_rows {
     int64_t n_rows;           /* >= 1 */
     const int64_t *positions; /* n_rows strictly increasing cache positions inside the section; NULL: all of it */
     const float *k, *v;       /* (n_rows, sharer kv heads, sharer head_dim) f32 host arrays, borrowed for the call */
+    /* a selection per (sharer layer, receiver layer) pair (the receiver-aware selections): receiver layer
+     * target_layers[j] fuses only the rows whose position p has bit p - (section start) of target_masks[j] set (LSB
+     * first, one bit per position of the section); a receiver layer not listed fuses every row. n_targets 0: every
+     * receiver layer every row. Borrowed for the call; sequential mode only (KW_E_UNSUPPORTED in parallel mode). */
+    int32_t n_targets;
+    const int32_t *target_layers;
+    const uint8_t *const *target_masks;
 } kw_fusion_rows;
 
 /* Stages the rows on the backend and fuses every receiver layer they make ready (sequential mode: sharer i at

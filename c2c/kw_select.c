@@ -8,8 +8,8 @@
 #include "common/kw_status.h"
 #include "kernels/kw_select_math.h"
 
-static const char *const kw_select_names[KW_SELECT_COUNT] = {"full",   "front",      "back",
-                                                             "random", "knorm_topk", "vnorm_topk"};
+static const char *const kw_select_names[KW_SELECT_COUNT] = {
+    "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk"};
 
 const char *kw_select_mode_name(enum kw_select_mode mode) {
     return (unsigned)mode < KW_SELECT_COUNT ? kw_select_names[mode] : NULL;
@@ -22,7 +22,14 @@ int kw_select_mode_parse(const char *name, enum kw_select_mode *out) {
             *out = (enum kw_select_mode)i;
             return 0;
         }
-    KW_FAIL(KW_E_INVALID_ARG, "unknown selection \"%s\" (full, front, back, random, knorm_topk, vnorm_topk)", name);
+    KW_FAIL(KW_E_INVALID_ARG,
+            "unknown selection \"%s\" (full, front, back, random, knorm_topk, vnorm_topk, proj_vnorm_topk, "
+            "delta_proj_vnorm_topk)",
+            name);
+}
+
+int kw_select_mode_receiver_aware(enum kw_select_mode mode) {
+    return mode == KW_SELECT_PROJ_VNORM || mode == KW_SELECT_DELTA_PROJ_VNORM;
 }
 
 int kw_select_policy_check(const kw_select_policy *pol) {
@@ -199,8 +206,21 @@ int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32
         *n_out = kw_select_norm(T, n, skip, scratch, out);
         return 0;
     }
+    case KW_SELECT_PROJ_VNORM:
+    case KW_SELECT_DELTA_PROJ_VNORM:
+        KW_FAIL(KW_E_INVALID_ARG, "selection: %s scores need the receiver's rows and the fuser (c2c/kw_rscore.h)",
+                kw_select_mode_name(pol->mode));
     case KW_SELECT_COUNT:
         break;
     }
     KW_FAIL(KW_E_INVALID_ARG, "selection: unknown mode %d", (int)pol->mode);
+}
+
+int kw_select_top_scores(const kw_select_policy *pol, int64_t T, const float *scores, int64_t *out, int64_t *n_out) {
+    KW_FORWARD(kw_select_policy_check(pol));
+    KW_RETURN_IF(T < 1 || T > (int64_t)UINT32_MAX || scores == NULL || out == NULL || n_out == NULL, KW_E_INVALID_ARG,
+                 "selection: bad arguments (T %lld)", (long long)T);
+    KW_FORWARD(kw_select_check_skip(pol, T));
+    *n_out = kw_select_norm(T, kw_select_count(pol, T), pol->skip, scores, out);
+    return 0;
 }

@@ -8,6 +8,9 @@
  *   knorm / vnorm      the k positions with the largest score[t] = mean over heads of ||X[h, t, :]||_2 (X = K or V),
  *                      computed in fp32 in one fixed order; ties go to the lower position (the reference's torch.topk
  *                      left them unspecified); positions with a non-finite score are never chosen
+ *   proj_vnorm_topk    receiver-aware (§4.3): the same top-k on a score the caller computes from the receiver's side,
+ *   delta_proj_vnorm_topk  mean over the receiver's heads of ||fusedV|| or ||fusedV(quantized rows) - base V||
+ *                      (c2c/kw_rscore.h); kw_select_positions cannot make it, kw_select_top_scores takes the scores
  * with k = round_half_even(T * p) (Python's round), then max(min_tokens, k), then min(k, T). The result is sorted
  * ascending. The reference's hidden minimum of 64 tokens (§4.4) is not a default here: min_tokens defaults to 1.
  *
@@ -30,7 +33,9 @@ enum kw_select_mode {
     KW_SELECT_RANDOM = 3,
     KW_SELECT_KNORM = 4,
     KW_SELECT_VNORM = 5,
-    KW_SELECT_COUNT = 6,
+    KW_SELECT_PROJ_VNORM = 6,
+    KW_SELECT_DELTA_PROJ_VNORM = 7,
+    KW_SELECT_COUNT = 8,
 };
 
 typedef struct kw_select_policy {
@@ -41,7 +46,8 @@ typedef struct kw_select_policy {
     int64_t skip;       /* >= 0: the first skip ranks are left out (0: a plain selection) */
 } kw_select_policy;
 
-/* "full", "front", "back", "random", "knorm_topk", "vnorm_topk"; NULL for an invalid mode. */
+/* "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk"; NULL
+ * for an invalid mode. */
 const char *kw_select_mode_name(enum kw_select_mode mode);
 
 /* The mode called name (the names above), or KW_E_INVALID_ARG. */
@@ -49,6 +55,9 @@ int kw_select_mode_parse(const char *name, enum kw_select_mode *out);
 
 /* Checks a policy's fields (KW_E_INVALID_ARG with the reason). */
 int kw_select_policy_check(const kw_select_policy *pol);
+
+/* 1 for the modes whose scores need the receiver's rows and the fuser (proj_vnorm_topk, delta_proj_vnorm_topk). */
+int kw_select_mode_receiver_aware(enum kw_select_mode mode);
 
 /* The number of positions the policy's ranking keeps out of T (before non-finite scores are dropped), skip
  * included: the rows sent are kw_select_count - skip. */
@@ -59,7 +68,8 @@ int64_t kw_select_count(const kw_select_policy *pol, int64_t T);
 int kw_select_check_skip(const kw_select_policy *pol, int64_t T);
 
 /* The score of each of T tokens, out[t] (T floats): knorm / vnorm the norm score above (k or v is (T, H, D) f32,
- * the other may be NULL), every other mode 1 (no rows read). The rate-distortion allocator weighs tokens with it. */
+ * the other may be NULL), every other mode 1 (no rows read; the receiver-aware modes' scores come from kw_rscore).
+ * The rate-distortion allocator weighs tokens with it. */
 void kw_select_scores(enum kw_select_mode mode, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
                       float *out);
 
@@ -67,8 +77,13 @@ void kw_select_scores(enum kw_select_mode mode, int64_t T, int32_t H, int32_t D,
  * modes (may be NULL otherwise). section and layer feed the random draw. Writes *n_out <= T ascending offsets in
  * [0, T) to out (T entries of room): the ranks [skip, k), so with skip > 0 fewer (none if the finite scores end
  * before rank skip). scratch: T floats (norm modes; may be NULL otherwise). Errors: KW_E_INVALID_ARG (the policy, a
- * skip not below the count). */
+ * skip not below the count). The receiver-aware modes are refused (KW_E_INVALID_ARG): their scores come from
+ * elsewhere, see kw_select_top_scores. */
 int kw_select_positions(const kw_select_policy *pol, int64_t T, int32_t H, int32_t D, const float *k, const float *v,
                         int32_t section, int32_t layer, float *scratch, int64_t *out, int64_t *n_out);
+
+/* The top-k of T given scores (borrowed), k = kw_select_count(pol, T) whatever pol's mode: the largest first, ties to
+ * the lower position, non-finite scores never chosen. Writes *n_out ascending offsets to out (T entries of room). */
+int kw_select_top_scores(const kw_select_policy *pol, int64_t T, const float *scores, int64_t *out, int64_t *n_out);
 
 #endif /* KW_SELECT_H */

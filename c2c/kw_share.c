@@ -20,7 +20,8 @@ typedef struct kw_share_state {
     float *scratch;           /* length floats: scores */
     int64_t *sel, *positions; /* length entries: offsets in the section, then cache positions */
     int64_t n_sel;
-    int have_sel; /* same_positions: the section's selection is made */
+    int have_sel;             /* same_positions: the section's selection is made */
+    kw_share_targets targets; /* the receiver-aware selections' per-target subsets of the layer */
     int32_t next_layer_index;
 } kw_share_state;
 
@@ -39,12 +40,24 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
     if (index < 0) return 0;
     const uint64_t t0 = kw_time_now_ns();
     const int64_t H = st->n_heads, D = st->head_dim, row = H * D;
+    double score_ms = 0.0;
     KW_FORWARD(kw_kvcache_read_rows(st->cache, layer, st->pos0, st->length, st->k, st->v));
     if (!opt->same_positions || !st->have_sel) {
-        kw_select_policy sel = opt->select;
-        sel.skip = opt->skip_ranked ? opt->skip_ranked[st->blob] : 0;
-        KW_FORWARD(kw_select_positions(&sel, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section, layer,
-                                       st->scratch, st->sel, &st->n_sel));
+        if (kw_select_mode_receiver_aware(opt->select.mode)) {
+            KW_RETURN_IF(opt->skip_ranked, KW_E_INVALID_ARG,
+                         "share: a refinement's round two (skip_ranked) does not take the receiver-aware selections");
+            const uint64_t s0 = kw_time_now_ns();
+            const int src = opt->select_rows(opt->select_user, &opt->select, layer, st->pos0, st->length, st->k, st->v,
+                                             st->sel, &st->n_sel, &st->targets);
+            score_ms = kw_time_ms(s0, kw_time_now_ns());
+            st->stats->score_ms += score_ms;
+            KW_FORWARD(src);
+        } else {
+            kw_select_policy sel = opt->select;
+            sel.skip = opt->skip_ranked ? opt->skip_ranked[st->blob] : 0;
+            KW_FORWARD(kw_select_positions(&sel, st->length, (int32_t)H, (int32_t)D, st->k, st->v, st->section, layer,
+                                           st->scratch, st->sel, &st->n_sel));
+        }
         KW_RETURN_IF(st->n_sel < 1, KW_E_UNSUPPORTED,
                      "share: section %d layer %d has no finite rows to send (non-finite K or V)", (int)st->section,
                      (int)layer);
@@ -71,10 +84,11 @@ static int kw_share_on_layer(void *user, int32_t layer, int64_t row0, int64_t n)
                                 .v = st->sv,
                                 .n_heads = (int32_t)H,
                                 .head_dim = (int32_t)D,
-                                .cache_dtype = opt->cache_dtype};
+                                .cache_dtype = opt->cache_dtype,
+                                .targets = st->targets};
     const int rc = opt->on_layer ? opt->on_layer(opt->user, &out) : 0;
     const uint64_t t2 = kw_time_now_ns();
-    st->stats->select_ms += kw_time_ms(t0, t1);
+    st->stats->select_ms += kw_time_ms(t0, t1) - score_ms;
     st->stats->callback_ms += kw_time_ms(t1, t2);
     st->stats->tokens_total += st->length;
     st->stats->tokens_sent += st->n_sel;
@@ -89,6 +103,12 @@ static int kw_share_check(const kw_model *model, int64_t n, const kw_share_optio
     KW_RETURN_IF(opt->cache_dtype != KW_DTYPE_BF16 && opt->cache_dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
                  "share: caches are bf16 or f32, not %s", kw_dtype_name(opt->cache_dtype));
     KW_FORWARD(kw_select_policy_check(&opt->select));
+    KW_RETURN_IF(
+        kw_select_mode_receiver_aware(opt->select.mode) && (opt->select_rows == NULL || opt->same_positions),
+        KW_E_INVALID_ARG,
+        "share: %s needs the receiver-side selection hook (scoring: local: the receiver model and the fuser) and "
+        "is not for kv_direct",
+        kw_select_mode_name(opt->select.mode));
     int64_t prefix = 0;
     for (int32_t i = 0; i + 1 < opt->n_sections; ++i) {
         KW_RETURN_IF(opt->sections[i].length < 1, KW_E_INVALID_ARG, "share: section %d is empty", (int)i);
@@ -149,11 +169,12 @@ int kw_share_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_
         st.length = len;
         st.have_sel = 0;
         st.next_layer_index = 0;
-        const double before = stats->select_ms + stats->callback_ms;
+        const double before = stats->select_ms + stats->score_ms + stats->callback_ms;
         const uint64_t t0 = kw_time_now_ns();
         KW_CHECK(
             kw_model_forward_layers(model, st.cache, ids + start, len, NULL, sends ? kw_share_on_layer : NULL, &st));
-        stats->prefill_ms += kw_time_ms(t0, kw_time_now_ns()) - (stats->select_ms + stats->callback_ms - before);
+        stats->prefill_ms +=
+            kw_time_ms(t0, kw_time_now_ns()) - (stats->select_ms + stats->score_ms + stats->callback_ms - before);
         if (sends) {
             ++stats->sections_sent;
             ++st.blob;

@@ -19,6 +19,19 @@
 #include "c2c/kw_select.h"
 #include "model/kw_model.h"
 
+/* Most receiver layers one sharer layer's per-target subsets name (the SHARE_TARGETS frame's limit). */
+#define KW_SHARE_MAX_TARGETS 64
+
+/* The per-target subsets of a sent layer (the receiver-aware selections, c2c/kw_rscore.h): receiver layer layers[j]
+ * fuses only the rows whose section offset has its bit set in masks[j] (mask_bytes = ceil(section length / 8) bytes,
+ * LSB first). n 0: every receiver layer fuses every row sent. */
+typedef struct kw_share_targets {
+    int32_t n;
+    const int32_t *layers;
+    const uint8_t *const *masks;
+    int64_t mask_bytes;
+} kw_share_targets;
+
 /* One sent layer of one section, as the callback sees it. Pointers are owned by kw_share_run and valid during the
  * call only. */
 typedef struct kw_share_layer {
@@ -35,29 +48,40 @@ typedef struct kw_share_layer {
     const float *k, *v;       /* (n_rows, n_heads, head_dim) f32 (exact bf16 values with a bf16 cache) */
     int32_t n_heads, head_dim;
     enum kw_dtype cache_dtype;
+    kw_share_targets targets; /* the receiver-aware selections' per-target subsets (n 0: none) */
 } kw_share_layer;
 
 /* Called for each sent (section, layer), sections in order, layers ascending. A negative return stops the run. */
 typedef int (*kw_share_fn)(void *user, const kw_share_layer *layer);
+
+/* The receiver-aware selections (c2c/kw_rscore.h kw_rscore_share_select): of the T rows [pos0, pos0 + T) of sharer
+ * layer `layer` (k and v (T, heads, head_dim) f32, borrowed for the call), the rows to send as ascending offsets in
+ * out (T entries of room, *n_out) and their per-target subsets in *targets (valid until the next call). */
+typedef int (*kw_share_select_fn)(void *user, const kw_select_policy *pol, int32_t layer, int64_t pos0, int64_t T,
+                                  const float *k, const float *v, int64_t *out, int64_t *n_out,
+                                  kw_share_targets *targets);
 
 typedef struct kw_share_options {
     const kw_fusion_section *sections; /* borrowed; the prompt's sections, the last one included */
     int32_t n_sections;
     const int32_t *layers; /* borrowed: the sharer layers to send, strictly ascending */
     int32_t n_layers;
-    kw_select_policy select;    /* its skip is not used: skip_ranked below */
-    const int64_t *skip_ranked; /* NULL, or borrowed, one per sent section (blob order): that section's
-                                   kw_select_policy.skip (round two of a refinement: only ranks [skip, k) are sent) */
-    int same_positions;         /* 1: one selection per section (made at its first sent layer) for every layer */
-    enum kw_dtype cache_dtype;  /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
-    const uint8_t *pad;         /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */
+    kw_select_policy select;        /* its skip is not used: skip_ranked below */
+    const int64_t *skip_ranked;     /* NULL, or borrowed, one per sent section (blob order): that section's
+                                       kw_select_policy.skip (round two of a refinement: only ranks [skip, k) are sent) */
+    kw_share_select_fn select_rows; /* required by the receiver-aware modes (proj_vnorm_topk, delta_proj_vnorm_topk) */
+    void *select_user;
+    int same_positions;        /* 1: one selection per section (made at its first sent layer) for every layer */
+    enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    const uint8_t *pad;        /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */
     kw_share_fn on_layer;
     void *user;
 } kw_share_options;
 
 typedef struct kw_share_stats {
     double prefill_ms;     /* the model's forward, callbacks excluded */
-    double select_ms;      /* reading rows to the host, scoring, gathering */
+    double select_ms;      /* reading rows to the host, scoring, gathering (the score hook excluded) */
+    double score_ms;       /* in the score hook (the receiver-aware selections' receiver-side scoring) */
     double callback_ms;    /* time in on_layer */
     int64_t tokens_total;  /* sum over sent layers of the section length */
     int64_t tokens_sent;   /* sum over sent layers of the selected rows */

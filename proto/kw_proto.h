@@ -39,7 +39,7 @@
 #define KW_PROTO_DEFAULT_MAX_UNPACKED_BYTES ((uint64_t)64 << 20)
 #define KW_PROTO_DEFAULT_MAX_TOKENS         (1u << 20)
 
-/* Frame types. Numbers are on the wire and never change; 0 and 14..255 are invalid (KW_E_PROTO_FRAME_TYPE). */
+/* Frame types. Numbers are on the wire and never change; 0 and 15..255 are invalid (KW_E_PROTO_FRAME_TYPE). */
 enum kw_proto_frame_type {
     KW_PROTO_FRAME_HELLO = 1,          /* Hello */
     KW_PROTO_FRAME_HELLO_REPLY = 2,    /* HelloReply */
@@ -54,8 +54,9 @@ enum kw_proto_frame_type {
     KW_PROTO_FRAME_STATS = 11,         /* Stats */
     KW_PROTO_FRAME_PING = 12,          /* Ping */
     KW_PROTO_FRAME_PONG = 13,          /* Pong */
+    KW_PROTO_FRAME_SHARE_TARGETS = 14, /* ShareTargets */
 };
-#define KW_PROTO_FRAME_TYPE_COUNT 14 /* valid types are 1..KW_PROTO_FRAME_TYPE_COUNT-1 */
+#define KW_PROTO_FRAME_TYPE_COUNT 15 /* valid types are 1..KW_PROTO_FRAME_TYPE_COUNT-1 */
 
 /* "HELLO", "WIRE", ...; "?" for an invalid type. Static strings. */
 const char *kw_proto_frame_type_name(uint32_t type);

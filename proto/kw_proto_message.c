@@ -248,6 +248,11 @@ static int kw__proto_check_codec(const char *what, const Kwctl__CodecSpec *c, bo
     return 0;
 }
 
+/* The selections scored with the receiver's rows and the fuser. */
+static bool kw__proto_receiver_aware(Kwctl__Selection s) {
+    return s == KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK || s == KWCTL__SELECTION__SELECTION_DELTA_PROJ_VNORM_TOPK;
+}
+
 static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW_FORWARD(kw__proto_check_codec("SharePolicy.k", p->k, true));
     KW_FORWARD(kw__proto_check_codec("SharePolicy.v", p->v, true));
@@ -287,6 +292,10 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
                  "SharePolicy.budget_codecs: kvcomm_like takes 1 codec, not %zu", p->n_budget_codecs);
     KW__FIELD_IF(p->budget_mode == KWCTL__BUDGET_MODE__BUDGET_MODE_QKVCOMM_LIKE && p->n_budget_codecs != 2,
                  "SharePolicy.budget_codecs: qkvcomm_like takes 2 codecs, not %zu", p->n_budget_codecs);
+    KW__FIELD_IF((unsigned)p->scoring > KWCTL__SCORING__SCORING_RECEIVER, "SharePolicy.scoring: %d is not a placement",
+                 (int)p->scoring);
+    KW__FIELD_IF(p->scoring != KWCTL__SCORING__SCORING_LOCAL && !kw__proto_receiver_aware(p->selection),
+                 "SharePolicy.scoring: only for the receiver-aware selections");
     return 0;
 }
 
@@ -297,6 +306,9 @@ static int kw__proto_check_skip_ranked(const Kwctl__ShareRequest *m) {
     const Kwctl__SharePolicy *p = m->policy;
     if (p == NULL || p->n_skip_ranked == 0) return 0;
     KW__FIELD_IF(p->selection == KWCTL__SELECTION__SELECTION_FULL, "SharePolicy.skip_ranked: with full selection");
+    KW__FIELD_IF(p->selection == KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK ||
+                     p->selection == KWCTL__SELECTION__SELECTION_DELTA_PROJ_VNORM_TOPK,
+                 "SharePolicy.skip_ranked: with a receiver-aware selection");
     KW__FIELD_IF(p->budget_bytes > 0, "SharePolicy.skip_ranked: with budget_bytes");
     size_t next = 0;
     for (size_t i = 0; i < m->n_sections; ++i) {
@@ -389,6 +401,15 @@ static int kw__proto_check_share_request(const kw_proto_limits *lim, const Kwctl
                  m->pad.len, m->n_token_ids);
     for (size_t i = 0; i < m->pad.len; ++i)
         KW__FIELD_IF(m->pad.data[i] > 1, "ShareRequest.pad[%zu]: %u is not 0 or 1", i, m->pad.data[i]);
+    const bool local_scores = m->mode == KWCTL__MODE__MODE_C2C && m->policy &&
+                              kw__proto_receiver_aware(m->policy->selection) &&
+                              m->policy->scoring == KWCTL__SCORING__SCORING_LOCAL;
+    KW__FIELD_IF(local_scores && m->n_receiver_token_ids != m->n_token_ids,
+                 "ShareRequest.receiver_token_ids: %zu ids for %zu token ids", m->n_receiver_token_ids, m->n_token_ids);
+    KW__FIELD_IF(!local_scores && m->n_receiver_token_ids != 0,
+                 "ShareRequest.receiver_token_ids: only for a receiver-aware selection scored at the sharer");
+    KW__FIELD_IF(m->policy && kw__proto_receiver_aware(m->policy->selection) && m->mode != KWCTL__MODE__MODE_C2C,
+                 "SharePolicy.selection: the receiver-aware selections are for mode MODE_C2C");
     KW__FIELD_IF(relay && m->relay_question[0] == '\0', "ShareRequest.relay_question: empty for mode %s", mode);
     KW__FIELD_IF(strlen(m->relay_question) > KW__PROTO_MAX_TEXT_BYTES, "ShareRequest.relay_question: over %u bytes",
                  KW__PROTO_MAX_TEXT_BYTES);
@@ -446,6 +467,19 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
     return 0;
 }
 
+static int kw__proto_check_share_targets(const Kwctl__ShareTargets *m) {
+    KW__FIELD_IF(m->request_id == 0, "ShareTargets.request_id: 0");
+    KW__FIELD_IF(m->n_targets < 1 || m->n_targets > 64, "ShareTargets.targets: %zu, 1..64 expected", m->n_targets);
+    KW_FORWARD(kw__proto_check_increasing("ShareTargets.targets", m->targets, m->n_targets, KW__PROTO_MAX_LAYERS));
+    KW__FIELD_IF(m->layer >= KW__PROTO_MAX_LAYERS, "ShareTargets.layer: %u is not below %d", m->layer,
+                 KW__PROTO_MAX_LAYERS);
+    KW__FIELD_IF(m->n_masks != m->n_targets, "ShareTargets.masks: %zu for %zu targets", m->n_masks, m->n_targets);
+    for (size_t i = 0; i < m->n_masks; ++i)
+        KW__FIELD_IF(m->masks[i].len == 0 || m->masks[i].len != m->masks[0].len,
+                     "ShareTargets.masks[%zu]: %zu bytes (all the same, at least 1)", i, m->masks[i].len);
+    return 0;
+}
+
 static int kw__proto_check_error(const Kwctl__Error *m) {
     KW__FIELD_IF(m->status >= 0, "Error.status: %d is not a failure status", m->status);
     KW__FIELD_IF(strlen(m->message) > KW__PROTO_MAX_ERROR_BYTES, "Error.message: over %d bytes",
@@ -468,6 +502,7 @@ int kw_proto_message_check(const kw_proto_limits *lim_in, const ProtobufCMessage
     if (d == &kwctl__share_text__descriptor) return kw__proto_check_share_text((const Kwctl__ShareText *)msg);
     if (d == &kwctl__share_end__descriptor) return kw__proto_check_share_end((const Kwctl__ShareEnd *)msg);
     if (d == &kwctl__error__descriptor) return kw__proto_check_error((const Kwctl__Error *)msg);
+    if (d == &kwctl__share_targets__descriptor) return kw__proto_check_share_targets((const Kwctl__ShareTargets *)msg);
     if (d == &kwctl__cancel__descriptor)
         KW__FIELD_IF(((const Kwctl__Cancel *)msg)->request_id == 0, "Cancel.request_id: 0");
     return 0;

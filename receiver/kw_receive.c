@@ -18,6 +18,10 @@ typedef struct kw_receive_peer {
     int expecting; /* a blob is due in the current section */
     int done;      /* its trailer was verified */
     uint8_t *got;  /* bit (sharer layer * prefix + position): rows applied there (owned), so a round two only adds */
+    /* per sharer layer, the current section's per-target subsets (kw_receive_targets), owned; n 0: none */
+    int32_t *tg_n;
+    int32_t **tg_layers;
+    uint8_t **tg_masks;
 } kw_receive_peer;
 
 struct kw_receive {
@@ -48,6 +52,14 @@ struct kw_receive {
     kw_receive_stats stats;
 };
 
+/* Drops a peer's per-target subsets (the section ended). */
+static void kw_receive_targets_clear(kw_receive_peer *p) {
+    for (int32_t l = 0; p->tg_n && l < p->n_layers; ++l) {
+        free(p->tg_layers[l]), free(p->tg_masks[l]);
+        p->tg_layers[l] = NULL, p->tg_masks[l] = NULL, p->tg_n[l] = 0;
+    }
+}
+
 void kw_receive_free(kw_receive *r) {
     if (r == NULL) return;
     kw_fusion_session_free(r->session);
@@ -55,6 +67,8 @@ void kw_receive_free(kw_receive *r) {
         kw_wire_decoder_destroy(r->peers[i].dec);
         free(r->peers[i].needed);
         free(r->peers[i].got);
+        kw_receive_targets_clear(&r->peers[i]);
+        free(r->peers[i].tg_n), free(r->peers[i].tg_layers), free(r->peers[i].tg_masks);
     }
     free(r->sections);
     if (r->model) {
@@ -289,13 +303,21 @@ static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_
     }
     const uint64_t t0 = kw_time_now_ns();
     if (r->mode == KW_RECEIVE_C2C) {
+        const uint8_t *masks[KW_RECEIVE_MAX_TARGETS];
+        const int32_t n_tg = p->tg_n ? p->tg_n[layer] : 0;
+        const int64_t mask_bytes = (r->cur_len + 7) / 8;
+        for (int32_t j = 0; j < n_tg; ++j)
+            masks[j] = p->tg_masks[layer] + (size_t)j * (size_t)mask_bytes;
         const kw_fusion_rows rows = {.sharer = sharer,
                                      .section = r->current,
                                      .source_layer = layer,
                                      .n_rows = T,
                                      .positions = pos,
                                      .k = k,
-                                     .v = v};
+                                     .v = v,
+                                     .n_targets = n_tg,
+                                     .target_layers = n_tg ? p->tg_layers[layer] : NULL,
+                                     .target_masks = n_tg ? masks : NULL};
         KW_FORWARD(kw_fusion_put(r->session, &rows));
     } else {
         KW_FORWARD(kw_receive_direct(r, layer, T, pos, k, v));
@@ -399,6 +421,36 @@ int kw_receive_feed_some(kw_receive *r, int32_t sharer, const void *data, size_t
     return kw_receive_feed_impl(r, sharer, data, n, 1, used, done);
 }
 
+int kw_receive_targets(kw_receive *r, int32_t sharer, int32_t layer, int32_t n, const int32_t *layers,
+                       const uint8_t *const *masks, int64_t mask_bytes) {
+    KW_RETURN_IF(r == NULL || sharer < 0 || sharer >= r->n_peers || (n > 0 && (!layers || !masks)), KW_E_INVALID_ARG,
+                 "kw_receive_targets: bad argument");
+    KW_RETURN_IF(r->mode != KW_RECEIVE_C2C || r->current < 0, KW_E_STATE, "kw_receive_targets: no c2c section open");
+    kw_receive_peer *p = &r->peers[sharer];
+    KW_RETURN_IF(layer < 0 || layer >= p->n_layers || !kw_receive_layer_expected(p, (uint32_t)layer), KW_E_SHARE_LAYER,
+                 "receive: target subsets for sharer %d layer %d, which the request did not ask for", (int)sharer,
+                 (int)layer);
+    KW_RETURN_IF(n < 1 || n > KW_RECEIVE_MAX_TARGETS || mask_bytes != (r->cur_len + 7) / 8, KW_E_INVALID_ARG,
+                 "receive: %d target subsets of %lld bytes for a section of %lld positions", (int)n,
+                 (long long)mask_bytes, (long long)r->cur_len);
+    if (p->tg_n == NULL) {
+        p->tg_n = calloc((size_t)p->n_layers, sizeof *p->tg_n);
+        p->tg_layers = calloc((size_t)p->n_layers, sizeof *p->tg_layers);
+        p->tg_masks = calloc((size_t)p->n_layers, sizeof *p->tg_masks);
+        KW_RETURN_IF(!p->tg_n || !p->tg_layers || !p->tg_masks, KW_E_NOMEM, "receive: out of memory");
+    }
+    KW_RETURN_IF(p->tg_n[layer] != 0, KW_E_INVALID_ARG, "receive: target subsets for sharer %d layer %d came twice",
+                 (int)sharer, (int)layer);
+    p->tg_layers[layer] = malloc((size_t)n * sizeof **p->tg_layers);
+    p->tg_masks[layer] = malloc((size_t)n * (size_t)mask_bytes);
+    KW_RETURN_IF(!p->tg_layers[layer] || !p->tg_masks[layer], KW_E_NOMEM, "receive: out of memory");
+    memcpy(p->tg_layers[layer], layers, (size_t)n * sizeof *layers);
+    for (int32_t j = 0; j < n; ++j)
+        memcpy(p->tg_masks[layer] + (size_t)j * (size_t)mask_bytes, masks[j], (size_t)mask_bytes);
+    p->tg_n[layer] = n;
+    return 0;
+}
+
 int kw_receive_end_section(kw_receive *r, int32_t section) {
     KW_RETURN_IF(r == NULL, KW_E_INVALID_ARG, "kw_receive_end_section: NULL request");
     KW_RETURN_IF(r->current < 0 || section != r->current, KW_E_STATE, "kw_receive_end_section: section %d is not open",
@@ -406,6 +458,8 @@ int kw_receive_end_section(kw_receive *r, int32_t section) {
     for (int32_t i = 0; i < r->n_peers; ++i)
         KW_RETURN_IF(r->peers[i].expecting && !r->peers[i].done, KW_E_SHARE_INCOMPLETE,
                      "receive: the blob of sharer %d for section %d is incomplete", (int)i, (int)section);
+    for (int32_t i = 0; i < r->n_peers; ++i)
+        kw_receive_targets_clear(&r->peers[i]);
     if (r->mode == KW_RECEIVE_C2C) {
         KW_FORWARD(kw_fusion_end_section(r->session, section));
     } else if (r->peers[0].expecting) {

@@ -23,10 +23,14 @@
 
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_select.h"
+#include "c2c/kw_share.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_alloc.h"
 
 enum kw_receive_mode { KW_RECEIVE_C2C = 1, KW_RECEIVE_KV_DIRECT = 2 };
+
+/* Most receiver layers one sharer layer's per-target subsets name (kw_receive_targets). */
+#define KW_RECEIVE_MAX_TARGETS KW_SHARE_MAX_TARGETS
 
 typedef struct kw_receive_options {
     enum kw_receive_mode mode;
@@ -77,6 +81,13 @@ int kw_receive_feed_some(kw_receive *r, int32_t sharer, const void *data, size_t
 int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows, const int64_t *positions,
                     const float *k, const float *v);
 int kw_receive_rows_done(kw_receive *r, int32_t sharer);
+
+/* The per-target subsets of sharer layer `layer` in the current section (the receiver-aware selections; PROTOCOL.md
+ * SHARE_TARGETS): receiver layer layers[j] fuses only the rows at the section offsets whose bit is set in masks[j]
+ * (mask_bytes = ceil(section length / 8) bytes each, LSB first). c2c only; before that layer's rows arrive, once per
+ * layer and section; copied. Errors: KW_E_INVALID_ARG (sizes, a layer given twice), KW_E_STATE (no section open). */
+int kw_receive_targets(kw_receive *r, int32_t sharer, int32_t layer, int32_t n, const int32_t *layers,
+                       const uint8_t *const *masks, int64_t mask_bytes);
 
 /* Ends the current section: every sent blob must be complete (KW_E_SHARE_INCOMPLETE otherwise); kv_direct: every layer
  * must have arrived, and the selected positions become visible. */

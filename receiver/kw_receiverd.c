@@ -38,6 +38,7 @@ void kw_rd_job_unref(kw_rd_job *j) {
     while (j->inbox_head) {
         kw_rd_chunk *c = j->inbox_head;
         j->inbox_head = c->next;
+        kw_proto_message_free(c->targets ? &c->targets->base : NULL);
         free(c);
     }
     kw_proto_message_free(j->share.end ? &j->share.end->base : NULL);
@@ -288,10 +289,11 @@ static cJSON *kw__rd_ids_json(const int32_t *ids, int64_t n) {
 }
 
 static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
-    static const char *const sel[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk"};
     const kw_rd_spec *s = &j->spec;
     cJSON *p = cJSON_AddObjectToObject(k, "policy");
-    cJSON_AddStringToObject(p, "selection", sel[s->select.mode]);
+    cJSON_AddStringToObject(p, "selection", kw_select_mode_name(s->select.mode));
+    if (kw_select_mode_receiver_aware(s->select.mode))
+        cJSON_AddStringToObject(p, "scoring", s->scoring ? "receiver" : "local");
     cJSON_AddNumberToObject(p, "proportion", s->select.proportion);
     cJSON_AddNumberToObject(p, "min_tokens", (double)s->select.min_tokens);
     cJSON_AddNumberToObject(p, "seed", (double)s->select.seed);
@@ -418,6 +420,11 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     const Kwctl__ShareEnd *e2 = j->share2.end; /* a refinement's round two */
     cJSON_AddNumberToObject(sel, "tokens_sent", (e ? (double)e->rows_sent : 0) + (e2 ? (double)e2->rows_sent : 0));
     cJSON_AddNumberToObject(sel, "layers_sent", e ? (double)e->layers_sent : 0);
+    if (kw_select_mode_receiver_aware(s->select.mode)) { /* the SHARE_TARGETS frames (in bytes.frames_in.control) */
+        cJSON *ts = cJSON_AddObjectToObject(sel, "target_subsets");
+        cJSON_AddNumberToObject(ts, "frames", (double)j->share.target_frames);
+        cJSON_AddNumberToObject(ts, "bytes", (double)j->share.targets_in);
+    }
     cJSON *b = cJSON_AddObjectToObject(k, "bytes");
     cJSON_AddNumberToObject(b, "blob", (double)j->blob_bytes);
     cJSON_AddNumberToObject(b, "socket_in", (double)j->share.socket_in);
@@ -445,6 +452,13 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
     kw__rd_add_budget(k, j);
     kw__rd_add_refine(k, j);
+    if (e && e->scoring) { /* the sharer's cost of a receiver-aware selection (scoring: local) */
+        cJSON *sc = cJSON_AddObjectToObject(k, "scoring");
+        cJSON_AddStringToObject(sc, "placement", "local");
+        cJSON_AddNumberToObject(sc, "receiver_prefill_ms", (double)e->scoring->receiver_prefill_ns / 1e6);
+        cJSON_AddNumberToObject(sc, "projection_ms", (double)e->scoring->projection_ns / 1e6);
+        cJSON_AddNumberToObject(sc, "projections", e->scoring->projections);
+    }
     cJSON *f = cJSON_AddObjectToObject(k, "fusion");
     cJSON_AddNumberToObject(f, "tokens_fused", (double)j->tokens_fused);
     cJSON_AddNumberToObject(f, "layers_fused", j->layers_fused);

@@ -143,7 +143,9 @@ static int kw__rd_ids(kw__rd_err *e, const cJSON *v, const char *name, int32_t v
 // The kvwire object (§5.1)
 
 static const char *const kw__rd_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
-static const char *const kw__rd_selections[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
+static const char *const kw__rd_selections[] = {
+    "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk", NULL};
+static const char *const kw__rd_scorings[] = {"local", "receiver", NULL};
 static const char *const kw__rd_orders[] = {"front", "back", NULL};
 static const char *const kw__rd_budget_modes[] = {"tokens", "kvcomm_like", "qkvcomm_like",
                                                   NULL}; /* kw_wire_budget_mode */
@@ -235,6 +237,7 @@ static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
 static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (!cJSON_IsObject(p)) return KW__RD_BAD(e, "kvwire.policy: an object is expected");
     const cJSON *f, *schedule = NULL, *budget_codecs = NULL;
+    bool scoring_given = false;
     cJSON_ArrayForEach(f, p) {
         const char *k = f->string, *str = NULL;
         int64_t x = 0;
@@ -278,6 +281,9 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         } else if (strcmp(k, "budget_bytes") == 0) {
             if (!cJSON_IsNull(f))
                 KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.budget_bytes", 1, INT64_MAX / 2, &s->budget_bytes));
+        } else if (strcmp(k, "scoring") == 0) {
+            KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.scoring", kw__rd_scorings, &s->scoring));
+            scoring_given = true;
         } else if (strcmp(k, "budget_mode") == 0) {
             KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.budget_mode", kw__rd_budget_modes, &s->budget_mode));
         } else if (strcmp(k, "budget_codecs") == 0) {
@@ -295,6 +301,12 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));
     if (budget_codecs && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_codecs: needs budget_bytes");
     if (s->budget_mode && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_mode: needs budget_bytes");
+    if (scoring_given && !kw_select_mode_receiver_aware(s->select.mode))
+        return KW__RD_BAD(e, "kvwire.policy.scoring: only for selections proj_vnorm_topk and delta_proj_vnorm_topk");
+    if (s->scoring == 1)
+        return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
+                           "kvwire.policy.scoring: receiver (a round trip through the receiver) is not implemented; "
+                           "local is (the sharer scores with its copy of the receiver model and fuser)");
     if (s->budget_bytes && schedule)
         return KW__RD_BAD(e, "kvwire.policy.schedule: not with budget_bytes (the allocator chooses the codecs)");
     if (s->budget_bytes) KW_FORWARD(kw__rd_budget_codecs(e, budget_codecs, s));
@@ -437,6 +449,9 @@ static int kw__rd_check_refine(kw__rd_err *e, const kw_rd_spec *s) {
     if (s->mode != KW_RD_MODE_C2C && s->mode != KW_RD_MODE_KV_DIRECT)
         return KW__RD_BAD(e, "kvwire.refine: only for modes c2c and kv_direct");
     if (s->select.mode == KW_SELECT_FULL) return KW__RD_BAD(e, "kvwire.refine: selection full sends every token");
+    if (kw_select_mode_receiver_aware(s->select.mode))
+        return KW__RD_BAD(e, "kvwire.refine: not with the receiver-aware selection %s",
+                          kw_select_mode_name(s->select.mode));
     if (!(s->refine_proportion > s->select.proportion))
         return KW__RD_BAD(e, "kvwire.refine.proportion: %g must be above the policy's proportion %g",
                           s->refine_proportion, s->select.proportion);
@@ -651,6 +666,12 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
     if (s->budget_mode == KW_WIRE_BUDGET_KVCOMM_LIKE && s->mode != KW_RD_MODE_C2C)
         return KW__RD_BAD(e, "kvwire.policy.budget_mode: kvcomm_like leaves layers out, only for mode c2c (kv_direct "
                              "needs every layer)");
+    if (kw_select_mode_receiver_aware(s->select.mode) && s->mode != KW_RD_MODE_C2C)
+        return KW__RD_BAD(e, "kvwire.policy.selection: %s scores through the fuser, only for mode c2c",
+                          kw_select_mode_name(s->select.mode));
+    if (kw_select_mode_receiver_aware(s->select.mode) && s->fusion == KW_FUSION_PARALLEL)
+        return KW__RD_BAD(e, "kvwire.policy.selection: %s fuses per receiver layer subsets, not with fusion parallel",
+                          kw_select_mode_name(s->select.mode));
     if (s->select.mode != KW_SELECT_FULL && kw_select_policy_check(&s->select) < 0)
         return KW__RD_BAD(e, "kvwire.policy: %s", kw_error_detail());
     if (s->select.mode != KW_SELECT_FULL && s->select.proportion <= 0)

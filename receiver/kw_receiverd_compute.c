@@ -95,6 +95,7 @@ static void kw__rd_pop_chunk(kw_rd_job *j) {
     j->inbox_head = c->next;
     if (!j->inbox_head) j->inbox_tail = NULL;
     j->inbox_bytes -= c->len;
+    kw_proto_message_free(c->targets ? &c->targets->base : NULL);
     const bool resume = j->paused && j->inbox_bytes <= (size_t)j->d->cfg->sharer_inbox_bytes / 2;
     if (resume) j->paused = false;
     uv_mutex_unlock(&j->mu);
@@ -102,13 +103,33 @@ static void kw__rd_pop_chunk(kw_rd_job *j) {
     if (resume) kw_rd_post_send(j->d, KW_RD_POST_RESUME, j, NULL, 0);
 }
 
-/* Feeds the sharer's blob for the current (sent) section from the inbox until its trailer is verified. */
-static int kw__rd_feed_section(kw_rd_job *j, kw_receive *r) {
+/* A sharer layer's per-target subsets (SHARE_TARGETS) for blob number blob, handed to the receiver half. */
+static int kw__rd_targets(kw_receive *r, int32_t blob, const Kwctl__ShareTargets *m) {
+    KW_RETURN_IF(m->blob != (uint32_t)blob || m->n_targets > KW_RECEIVE_MAX_TARGETS, KW_E_PROTO_SEQUENCE,
+                 "SHARE_TARGETS for blob %u layer %u while blob %d streams", m->blob, m->layer, (int)blob);
+    int32_t layers[KW_RECEIVE_MAX_TARGETS];
+    const uint8_t *masks[KW_RECEIVE_MAX_TARGETS];
+    for (size_t i = 0; i < m->n_targets; ++i) {
+        layers[i] = (int32_t)m->targets[i];
+        masks[i] = m->masks[i].data;
+    }
+    return kw_receive_targets(r, 0, (int32_t)m->layer, (int32_t)m->n_targets, layers, masks, (int64_t)m->masks[0].len);
+}
+
+/* Feeds the sharer's blob for the current (sent) section (blob number blob) from the inbox until its trailer is
+ * verified, with the per-target subsets that come before its layers. */
+static int kw__rd_feed_section(kw_rd_job *j, kw_receive *r, int32_t blob) {
     for (;;) {
         kw_rd_chunk *c = NULL;
         const int got = kw__rd_next_chunk(j, &c);
         if (got < 0) return got;
         KW_RETURN_IF(got == 0, KW_E_SHARE_INCOMPLETE, "the sharer ended the share before the section's blob did");
+        if (c->targets) {
+            const int rc = kw__rd_targets(r, blob, c->targets);
+            kw__rd_pop_chunk(j);
+            KW_FORWARD(rc);
+            continue;
+        }
         size_t used = 0;
         int done = 0;
         KW_FORWARD(kw_receive_feed_some(r, 0, c->data + c->off, c->len - c->off, &used, &done));
@@ -244,7 +265,12 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         }
         p.budget_codecs = budget_ptrs;
         p.n_budget_codecs = (size_t)s->n_budget_codecs;
-        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode; /* the same numbers */
+        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode;   /* the same numbers */
+        if (kw_select_mode_receiver_aware(s->select.mode)) { /* scored at the sharer: the receiver's own ids (the */
+            p.scoring = KWCTL__SCORING__SCORING_LOCAL;       /* same as token_ids here: no token alignment) */
+            r.receiver_token_ids = uids;
+            r.n_receiver_token_ids = (size_t)prefix;
+        }
         for (int32_t i = 0; i < n_layers; ++i)
             ulayers[i] = (uint32_t)layers[i];
         p.layers = ulayers;
@@ -316,7 +342,7 @@ static int kw__rd_refine(kw_receiverd *d, kw_rd_job *j, kw_receive *r, const kw_
     KW_CHECK(kw__rd_send_request(d, j, NULL, j->prompt_ids, j->shared_tokens, mine, j->n_sections, j->layers_sent,
                                  j->n_layers_sent, &two, skip, (size_t)n_skip));
     KW_CHECK(kw_receive_reopen(r, section));
-    KW_CHECK(kw__rd_feed_section(j, r));
+    KW_CHECK(kw__rd_feed_section(j, r, 0)); /* the one sent section: blob 0 */
     KW_CHECK(kw_receive_end_section(r, section));
     KW_CHECK(kw__rd_share_end(j));
     j->rows2 = rs->rows - j->rows1;
@@ -630,10 +656,10 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
                                             .gen = gen}};
         if (!kv_direct) ro.layers[0] = j->layers_sent, ro.n_layers[0] = j->n_layers_sent;
         KW_CHECK(kw_receive_begin(d->model, fusion, cache, j->prompt_ids, n, &ro, &r));
-        for (int32_t sec = 0; sec + 1 < j->n_sections; ++sec) {
+        for (int32_t sec = 0, blob = 0; sec + 1 < j->n_sections; ++sec) {
             KW_CHECK(kw__rd_check(j));
             KW_CHECK(kw_receive_prefill(r, sec));
-            if (n_sent && kw_receive_section_sent(r, sec)) KW_CHECK(kw__rd_feed_section(j, r));
+            if (n_sent && kw_receive_section_sent(r, sec)) KW_CHECK(kw__rd_feed_section(j, r, blob++));
             KW_CHECK(kw_receive_end_section(r, sec));
         }
         if (n_sent) KW_CHECK(kw__rd_share_end(j));

@@ -11,7 +11,8 @@
 
 static const char *const kw__rd_log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
 static const char *const kw__rd_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
-static const char *const kw__rd_selections[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
+static const char *const kw__rd_selections[] = {
+    "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk", NULL};
 static const char *const kw__rd_orders[] = {"front", "back", NULL};
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
 static const char *const kw__rd_numerics[] = {"bf16", "fp32", NULL};

@@ -78,6 +78,7 @@ typedef struct kw_rd_spec {
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */
     int n_budget_codecs;
     int budget_mode; /* enum kw_wire_budget_mode: tokens (the allocator), kvcomm_like, qkvcomm_like */
+    int scoring;     /* receiver-aware selections: 0 local (the sharer scores), 1 receiver (not implemented) */
     int32_t *layers; /* NULL: the default set */
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];
@@ -151,7 +152,9 @@ typedef struct kw_rd_share {
     uint32_t text_tokens;
     bool text_truncated;
     uint64_t frames_in;                   /* bytes of this share's frames read, headers included (frame by frame) */
-    uint64_t control_in;                  /* of which the control frames (ShareHeader, ShareText, ShareEnd, Error) */
+    uint64_t control_in;                  /* of which the control frames (ShareHeader, ShareTargets, ShareText,
+                                             ShareEnd, Error) */
+    uint64_t targets_in, target_frames;   /* of which the ShareTargets frames (bytes, count) */
     uint64_t wire_frames;                 /* WIRE frames read */
     uint64_t socket_in, socket_out;       /* the connection's application bytes during the share, each way (measured by
                                              the transport: equal to the frames, under TLS the plaintext) */
@@ -162,6 +165,7 @@ typedef struct kw_rd_share {
 
 typedef struct kw_rd_chunk {
     struct kw_rd_chunk *next;
+    Kwctl__ShareTargets *targets; /* owned: a sharer layer's per-target subsets, in stream order (len 0) */
     size_t len, off;
     uint8_t data[];
 } kw_rd_chunk;

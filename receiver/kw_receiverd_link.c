@@ -275,7 +275,7 @@ static int kw__rd_link_wire(kw_rd_link *l, const kw_proto_frame *f) {
             kw__rd_link_fail(l, KW_E_NOMEM, "out of memory for received bytes");
             return KW_PROTO_PAUSE;
         }
-        c->next = NULL, c->len = f->data_len, c->off = 0;
+        c->next = NULL, c->targets = NULL, c->len = f->data_len, c->off = 0;
         memcpy(c->data, f->data, f->data_len);
         if (j->inbox_tail)
             j->inbox_tail->next = c;
@@ -336,6 +336,9 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
             return KW_PROTO_PAUSE;
         }
         break;
+    case KW_PROTO_FRAME_SHARE_TARGETS:
+        id = ((Kwctl__ShareTargets *)m)->request_id;
+        break;
     case KW_PROTO_FRAME_PONG:
     case KW_PROTO_FRAME_STATS:
         kw_proto_message_free(m);
@@ -350,11 +353,35 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "an answer for no request in flight");
         return KW_PROTO_PAUSE;
     }
+    if (f->type == KW_PROTO_FRAME_SHARE_TARGETS && !j->share.header) {
+        kw_proto_message_free(m);
+        kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "a SHARE_TARGETS frame before the ShareHeader");
+        return KW_PROTO_PAUSE;
+    }
     uv_mutex_lock(&j->mu);
     j->share.frames_in += frame_bytes;
     j->share.control_in += frame_bytes;
     if (f->type == KW_PROTO_FRAME_SHARE_HEADER) {
         j->share.header = true;
+    } else if (f->type == KW_PROTO_FRAME_SHARE_TARGETS) { /* into the inbox, in order with the blob bytes */
+        j->share.targets_in += frame_bytes;
+        ++j->share.target_frames;
+        kw_rd_chunk *c = j->discard ? NULL : calloc(1, sizeof *c);
+        if (c) {
+            c->targets = (Kwctl__ShareTargets *)m;
+            m = NULL;
+            if (j->inbox_tail)
+                j->inbox_tail->next = c;
+            else
+                j->inbox_head = c;
+            j->inbox_tail = c;
+            uv_cond_broadcast(&j->cond);
+        } else if (!j->discard) {
+            uv_mutex_unlock(&j->mu);
+            kw_proto_message_free(m);
+            kw__rd_link_fail(l, KW_E_NOMEM, "out of memory for a SHARE_TARGETS frame");
+            return KW_PROTO_PAUSE;
+        }
     } else if (f->type == KW_PROTO_FRAME_SHARE_TEXT) {
         const Kwctl__ShareText *t = (const Kwctl__ShareText *)m;
         free(j->share.text);

@@ -5,6 +5,7 @@
 
 #include "c2c/kw_request.h"
 #include "common/kw_status.h"
+#include "proto/kw_proto.h"
 
 /* The byte cap's shape from the request: one blob per sent section, every listed layer in each. */
 static int kw_share_request_budget(const kw_model *model, int64_t n, const kw_share_request_options *opt,
@@ -63,6 +64,18 @@ static int kw_share_request_plan(const kw_share_request_options *opt, kw_share_b
     return 0;
 }
 
+/* The layer callback with the per-target subsets sent first (kw_share_request_options.on_targets). */
+typedef struct kw_share_request_fanout {
+    const kw_share_request_options *opt;
+    kw_share_wire *w;
+} kw_share_request_fanout;
+
+static int kw_share_request_on_layer(void *user, const kw_share_layer *layer) {
+    const kw_share_request_fanout *fo = user;
+    if (layer->targets.n > 0 && fo->opt->on_targets) KW_FORWARD(fo->opt->on_targets(fo->opt->user, layer));
+    return fo->w ? kw_share_wire_layer(fo->w, layer) : fo->opt->on_rows(fo->opt->user, layer);
+}
+
 int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_request_options *opt,
                          kw_share_request_stats *stats) {
     KW_RETURN_IF(opt == NULL || (opt->wire ? opt->write == NULL : opt->on_rows == NULL), KW_E_INVALID_ARG,
@@ -91,19 +104,43 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
         }
         KW_FORWARD(kw_share_wire_create(&wo, &w));
     }
+    kw_share_request_fanout fanout = {.opt = opt, .w = w};
     const kw_share_options so = {.sections = opt->sections,
                                  .n_sections = opt->n_sections,
                                  .layers = opt->layers,
                                  .n_layers = opt->n_layers,
                                  .select = opt->select,
                                  .skip_ranked = opt->skip_ranked,
+                                 .select_rows = opt->select_rows,
+                                 .select_user = opt->select_user,
                                  .same_positions = opt->same_positions,
                                  .cache_dtype = opt->cache_dtype,
                                  .pad = opt->pad,
-                                 .on_layer = w ? kw_share_wire_on_layer : opt->on_rows,
-                                 .user = w ? (void *)w : opt->user};
+                                 .on_layer = kw_share_request_on_layer,
+                                 .user = &fanout};
     const int rc = kw_share_run(model, ids, n, &so, &stats->share);
     if (w) stats->wire = *kw_share_wire_get_stats(w);
     kw_share_wire_free(w);
     return rc;
+}
+
+int kw_share_targets_frame(uint64_t request_id, const kw_share_layer *layer, uint8_t **frame, size_t *len) {
+    const kw_share_targets *t = &layer->targets;
+    KW_RETURN_IF(t->n < 1 || t->n > KW_SHARE_MAX_TARGETS || t->mask_bytes < 1, KW_E_INVALID_ARG,
+                 "share: %d target subsets", (int)t->n);
+    uint32_t targets[KW_SHARE_MAX_TARGETS];
+    ProtobufCBinaryData masks[KW_SHARE_MAX_TARGETS];
+    for (int32_t j = 0; j < t->n; ++j) {
+        targets[j] = (uint32_t)t->layers[j];
+        masks[j] = (ProtobufCBinaryData){(size_t)t->mask_bytes, (uint8_t *)t->masks[j]};
+    }
+    Kwctl__ShareTargets m = KWCTL__SHARE_TARGETS__INIT;
+    m.request_id = request_id;
+    m.blob = (uint32_t)layer->blob;
+    m.layer = (uint32_t)layer->layer;
+    m.targets = targets;
+    m.n_targets = (size_t)t->n;
+    m.masks = masks;
+    m.n_masks = (size_t)t->n;
+    return kw_proto_message_frame_pack(KW_PROTO_FRAME_SHARE_TARGETS, &m.base, frame, len);
 }

@@ -19,10 +19,12 @@ typedef struct kw_share_request_options {
     const int32_t *layers; /* borrowed: sharer layers to send, ascending */
     int32_t n_layers;
     kw_select_policy select;
-    const int64_t *skip_ranked; /* NULL, or borrowed, one per sent section: round two's skip (c2c/kw_share.h) */
-    int same_positions;         /* kv_direct: one selection per section for every layer */
-    enum kw_dtype cache_dtype;  /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
-    const uint8_t *pad;         /* NULL, or one flag per prefix position (1 = padding) */
+    const int64_t *skip_ranked;     /* NULL, or borrowed, one per sent section: round two's skip (c2c/kw_share.h) */
+    kw_share_select_fn select_rows; /* the receiver-aware modes' selection (kw_share_options) */
+    void *select_user;
+    int same_positions;        /* kv_direct: one selection per section for every layer */
+    enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    const uint8_t *pad;        /* NULL, or one flag per prefix position (1 = padding) */
     /* KVWire (wire not NULL): the codecs, and where the blob bytes go */
     const kw_wire_policy *wire;
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
@@ -39,7 +41,10 @@ typedef struct kw_share_request_options {
     enum kw_wire_budget_mode budget_mode;
     /* no codec (wire NULL): the rows themselves */
     kw_share_fn on_rows;
-    void *user; /* for write or on_rows */
+    /* the receiver-aware selections: called with each sent layer that has per-target subsets (layer->targets.n > 0)
+     * before its bytes or rows go out (the receiver needs the subsets when the layer arrives); NULL: dropped */
+    kw_share_fn on_targets;
+    void *user; /* for write, on_rows and on_targets */
 } kw_share_request_options;
 
 typedef struct kw_share_request_stats {
@@ -52,5 +57,9 @@ typedef struct kw_share_request_stats {
  * callbacks'. */
 int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_request_options *opt,
                          kw_share_request_stats *stats);
+
+/* The SHARE_TARGETS frame (docs/PROTOCOL.md) of a sent layer with per-target subsets (layer->targets.n > 0), header
+ * included: *frame (*len bytes) is owned by the caller (free). kvwire c2c counts these bytes as sharerd sends them. */
+int kw_share_targets_frame(uint64_t request_id, const kw_share_layer *layer, uint8_t **frame, size_t *len);
 
 #endif /* KW_SHARE_REQUEST_H */

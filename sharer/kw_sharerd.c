@@ -18,7 +18,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "c2c/kw_fuser_load.h"
+#include "c2c/kw_fusion.h"
 #include "c2c/kw_request.h"
+#include "c2c/kw_rscore.h"
 #include "common/kw_file.h"
 #include "common/kw_log.h"
 #include "common/kw_queue.h"
@@ -74,6 +77,8 @@ typedef struct kw__sd_job {
     int status;
     char error[512];
     kw_share_request_stats stats;
+    kw_rscore_stats rscore; /* a receiver-aware selection's scoring cost */
+    bool scored;
     kw_request_relay relay;
     uint64_t generate_ns;
 } kw__sd_job;
@@ -88,7 +93,7 @@ struct kw__sd_conn {
     char peer[64];
 };
 
-enum kw__sd_post_kind { KW__SD_POST_WIRE, KW__SD_POST_DONE, KW__SD_POST_EXIT };
+enum kw__sd_post_kind { KW__SD_POST_WIRE, KW__SD_POST_FRAME, KW__SD_POST_DONE, KW__SD_POST_EXIT };
 
 typedef struct kw__sd_post {
     kw_net_async_item item;
@@ -105,6 +110,12 @@ struct kw_sharerd {
     kw_backend *be;
     kw__sd_model models[KW_SHARERD_MAX_MODELS];
     int32_t n_models;
+    /* scoring_receiver: the receiver model and fuser the receiver-aware selections score with, and per served model
+     * the fusion (NULL where the fuser does not fit it); compute thread only once created */
+    kw_model *score_model;
+    kw_fuser *score_fuser;
+    kw__sd_model score_id; /* the receiver model's identity (digest), to match the requesting receiver's */
+    kw_fusion *score_fusion[KW_SHARERD_MAX_MODELS];
     uint32_t *codecs;
     kw_net_tls *tls;
     kw_net_server *server;
@@ -199,24 +210,32 @@ static int kw__sd_check(kw__sd_run *r) {
 
 /* Hands blob bytes to the loop (copied: the encoder reuses its buffer), after waiting while too many of this share's
  * bytes are still queued for the socket. */
-static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
-    kw__sd_run *r = user;
+/* Posts bytes of the share to the loop, in order: blob bytes (WIRE: the loop frames them) or a packed frame (FRAME:
+ * written as is; owned is then the caller's malloc'ed frame, taken over). */
+static int kw__sd_post_bytes(kw__sd_run *r, enum kw__sd_post_kind kind, const void *data, size_t n, uint8_t *owned) {
     kw__sd_job *j = r->job;
-    (void)blob;
-    KW_FORWARD(kw__sd_check(r));
+    int rc = kw__sd_check(r);
+    if (rc < 0) {
+        free(owned);
+        return rc;
+    }
     uv_mutex_lock(&j->mu);
     while (j->pending > (size_t)r->d->cfg->write_high_water && !atomic_load(&j->cancel))
         uv_cond_wait(&j->cond, &j->mu);
     uv_mutex_unlock(&j->mu);
-    KW_FORWARD(kw__sd_check(r));
+    rc = kw__sd_check(r);
+    if (rc < 0) {
+        free(owned);
+        return rc;
+    }
     kw__sd_post *p = calloc(1, sizeof *p);
-    uint8_t *copy = malloc(n ? n : 1);
+    uint8_t *copy = owned ? owned : malloc(n ? n : 1);
     if (!p || !copy) {
         free(p), free(copy);
         KW_FAIL(KW_E_NOMEM, "sharerd: cannot hold %zu blob bytes", n);
     }
-    memcpy(copy, data, n);
-    *p = (kw__sd_post){.kind = KW__SD_POST_WIRE, .job = j, .data = copy, .len = n};
+    if (!owned) memcpy(copy, data, n);
+    *p = (kw__sd_post){.kind = kind, .job = j, .data = copy, .len = n};
     uv_mutex_lock(&j->mu);
     j->pending += n;
     uv_mutex_unlock(&j->mu);
@@ -225,6 +244,20 @@ static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
         KW_FAIL(KW_E_NET_SHUTDOWN, "sharerd: shutting down");
     }
     return 0;
+}
+
+static int kw__sd_write(void *user, int32_t blob, const void *data, size_t n) {
+    (void)blob;
+    return kw__sd_post_bytes(user, KW__SD_POST_WIRE, data, n, NULL);
+}
+
+/* A sent layer's per-target subsets: its SHARE_TARGETS frame, before the layer's KVWire section. */
+static int kw__sd_targets(void *user, const kw_share_layer *layer) {
+    kw__sd_run *r = user;
+    uint8_t *frame = NULL;
+    size_t n = 0;
+    KW_FORWARD(kw_share_targets_frame(r->job->req->request_id, layer, &frame, &n));
+    return kw__sd_post_bytes(r, KW__SD_POST_FRAME, NULL, n, frame);
 }
 
 static int kw__sd_token(void *user, int32_t id) {
@@ -308,6 +341,7 @@ static int kw__sd_share(kw__sd_run *r) {
     int32_t *ids = malloc((req->n_token_ids + 1) * sizeof *ids);
     int64_t *skip = malloc((req->policy->n_skip_ranked + 1) * sizeof *skip);
     int rc = 0;
+    kw_rscore *scorer = NULL;
     KW_CHECK_IF(!layers || !mine || !overrides || !ids || !skip, KW_E_NOMEM, "sharerd: out of memory");
     for (size_t i = 0; i < req->n_token_ids; ++i)
         ids[i] = req->token_ids[i] > INT32_MAX ? -1 : (int32_t)req->token_ids[i];
@@ -321,8 +355,29 @@ static int kw__sd_share(kw__sd_run *r) {
     for (size_t i = 0; i < req->policy->n_skip_ranked; ++i) /* validated: one per sent section, below its count */
         skip[i] = req->policy->skip_ranked[i];
     o.skip_ranked = req->policy->n_skip_ranked ? skip : NULL;
-    KW_CHECK(kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats));
+    kw_wire_policy qpol = wire; /* the delta's round trip: the policy's codecs, a cap's first one (as kvwire c2c) */
+    if (o.budget_bytes) qpol.k = qpol.v = budget_codecs[0];
+    if (kw_select_mode_receiver_aware(o.select.mode)) { /* scoring: local (validated) */
+        for (size_t i = 0; i < req->n_receiver_token_ids; ++i)
+            ids[i] = (int32_t)req->receiver_token_ids[i];
+        const kw_rscore_options ro = {.mode = o.select.mode,
+                                      .numerics = o.cache_dtype == KW_DTYPE_F32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
+                                      .cache_dtype = o.cache_dtype,
+                                      .quantize = kw_share_wire_rscore_quantize,
+                                      .quantize_user = &qpol};
+        rc = kw_rscore_create(r->d->score_model, r->d->score_fusion[m - r->d->models], 0, ids,
+                              (int64_t)req->n_receiver_token_ids, &ro, &scorer);
+        for (size_t i = 0; i < req->n_token_ids; ++i) /* the sharer's own ids again */
+            ids[i] = req->token_ids[i] > INT32_MAX ? -1 : (int32_t)req->token_ids[i];
+        KW_CHECK(rc);
+        o.select_rows = kw_rscore_share_select;
+        o.select_user = scorer;
+        o.on_targets = kw__sd_targets;
+    }
+    rc = kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats);
+    if (scorer) j->rscore = *kw_rscore_get_stats(scorer), j->scored = true;
 out:
+    kw_rscore_free(scorer);
     free(layers), free(mine), free(overrides), free(ids), free(skip);
     return rc;
 }
@@ -405,7 +460,7 @@ static void kw__sd_wire_done(kw_net_conn *conn, int status, void *user) {
 
 /* ShareEnd's fields; b and budget (with budget_counts, KW_WIRE_ALLOC_MAX_CODECS entries) are the caller's. */
 static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__WireBreakdown *b,
-                            Kwctl__BudgetReport *budget, uint64_t *budget_counts) {
+                            Kwctl__BudgetReport *budget, uint64_t *budget_counts, Kwctl__ScoringReport *scoring) {
     const kw_share_stats *s = &j->stats.share;
     const kw_share_wire_stats *w = &j->stats.wire;
     e->request_id = j->req->request_id;
@@ -449,6 +504,13 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
             budget_counts[i] = w->tokens_per_codec[i];
         budget->tokens_per_codec = budget_counts;
         e->budget = budget;
+    }
+    if (j->scored) {
+        *scoring = (Kwctl__ScoringReport)KWCTL__SCORING_REPORT__INIT;
+        scoring->receiver_prefill_ns = (uint64_t)(j->rscore.prefill_ms * 1e6);
+        scoring->projection_ns = (uint64_t)(j->rscore.projection_ms * 1e6);
+        scoring->projections = (uint32_t)j->rscore.projections;
+        e->scoring = scoring;
     }
 }
 
@@ -531,7 +593,8 @@ static void kw__sd_answer(kw__sd_conn *c, kw__sd_job *j) {
         Kwctl__WireBreakdown b;
         Kwctl__BudgetReport budget;
         uint64_t budget_counts[KW_WIRE_ALLOC_MAX_CODECS];
-        kw__sd_fill_end(j, &e, &b, &budget, budget_counts);
+        Kwctl__ScoringReport scoring;
+        kw__sd_fill_end(j, &e, &b, &budget, budget_counts, &scoring);
         if (rc == 0) rc = kw__sd_send(c, KW_PROTO_FRAME_SHARE_END, &e.base);
         if (rc < 0) kw_net_conn_abort(c->conn, rc);
         KW_LOG_DEBUG("sharerd: %s: request %llu done: %llu blob bytes in %llu frames", c->peer,
@@ -571,7 +634,11 @@ static void kw__sd_on_post(kw_net_async_item *item, void *user) {
     kw__sd_conn *c = j->conn;
     atomic_fetch_add(&j->refs, 1);
     int rc = KW_E_NET_CLOSED;
-    if (c) {
+    if (c && p->kind == KW__SD_POST_FRAME) { /* a packed frame: its header copied, the rest borrowed */
+        const kw_net_buf b = {p->data + KW_PROTO_FRAME_HEADER_BYTES, p->len - KW_PROTO_FRAME_HEADER_BYTES};
+        rc = kw_net_conn_write(c->conn, p->data, KW_PROTO_FRAME_HEADER_BYTES, &b, 1, kw__sd_wire_done, p);
+        if (rc >= 0) ++j->frames;
+    } else if (c) {
         uint8_t head[KW_PROTO_FRAME_HEADER_BYTES];
         kw_proto_frame_header_write(KW_PROTO_FRAME_WIRE, p->len, head);
         const kw_net_buf b = {p->data, p->len};
@@ -631,6 +698,29 @@ static int kw__sd_validate_budget(const Kwctl__ShareRequest *req, const kw_wire_
     return 0;
 }
 
+/* A receiver-aware selection (scoring: local): this sharer holds the receiver model and a fuser that fits the
+ * request's model, the receiver is that model, its ids fit it. */
+static int kw__sd_validate_scoring(const kw__sd_conn *c, const Kwctl__ShareRequest *req, const kw__sd_model *m) {
+    const kw_sharerd *d = c->d;
+    const char *sel = kw_select_mode_name((enum kw_select_mode)(req->policy->selection - 1));
+    KW_RETURN_IF(req->policy->scoring == KWCTL__SCORING__SCORING_RECEIVER, KW_E_SHARE_MODE,
+                 "%s with scoring: receiver is not implemented (scoring: local is)", sel);
+    KW_RETURN_IF(d->score_model == NULL, KW_E_SHARE_MODE,
+                 "%s is scored at the sharer (scoring: local), and this sharer has no receiver model "
+                 "(scoring_receiver.model and scoring_receiver.fuser)",
+                 sel);
+    KW_RETURN_IF(d->score_fusion[m - d->models] == NULL, KW_E_SHARE_MODE,
+                 "%s: this sharer's scoring fuser does not fit model %s", sel, m->name);
+    const Kwctl__ModelDigest *peer = c->hello->n_models ? c->hello->models[0]->digest : NULL;
+    KW_RETURN_IF(c->hello->role == KWCTL__ROLE__ROLE_RECEIVER && !kw_proto_same_model(&d->score_id.id_digest, peer),
+                 KW_E_SHARE_MODE, "%s: the receiver's model is not this sharer's scoring model (digests differ)", sel);
+    for (size_t i = 0; i < req->n_receiver_token_ids; ++i)
+        KW_RETURN_IF(req->receiver_token_ids[i] >= (uint32_t)d->score_id.vocab, KW_E_TOKEN_ID,
+                     "receiver token id %u is outside the scoring model's %d-id vocabulary", req->receiver_token_ids[i],
+                     (int)d->score_id.vocab);
+    return 0;
+}
+
 /* Checks a request against the model and the peer; fills the ShareHeader's claims. */
 static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const kw__sd_model **model,
                            Kwctl__ShareHeader *h, uint32_t *layers, Kwctl__KvShape *kv) {
@@ -677,6 +767,7 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                                   .min_tokens = p->min_tokens ? p->min_tokens : 1,
                                   .seed = p->seed};
     KW_FORWARD(kw_select_policy_check(&sel));
+    if (kw_select_mode_receiver_aware(sel.mode)) KW_FORWARD(kw__sd_validate_scoring(c, req, m));
     /* the header's claims: the layers, the kept tokens, and bounds of the blobs from the codecs */
     size_t n_layers = 0;
     if (p->n_layers == 0)
@@ -708,6 +799,15 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
         kept += (uint64_t)rows;
         blob_max += KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES;
         for (size_t i = 0; i < n_layers; ++i) {
+            /* a receiver-aware selection sends the union of its receiver layers' rows: up to k per receiver layer */
+            int64_t layer_rows = rows;
+            if (kw_select_mode_receiver_aware(sel.mode)) {
+                int32_t targets[KW_SHARE_MAX_TARGETS], n_targets = 0;
+                KW_FORWARD(kw_fusion_layer_targets(d->score_fusion[m - d->models], 0, (int32_t)layers[i], targets,
+                                                   KW_SHARE_MAX_TARGETS, &n_targets));
+                layer_rows = rows * (n_targets > 1 ? n_targets : 1);
+                if (layer_rows > (int64_t)req->sections[s]->length) layer_rows = (int64_t)req->sections[s]->length;
+            }
             kw_wire_policy pol = {.k = kw__sd_spec(p->k), .v = kw__sd_spec(p->v)};
             for (size_t k = 0; k < p->n_schedule; ++k)
                 if (p->schedule[k]->layer == layers[i]) {
@@ -718,7 +818,7 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
             for (uint32_t bc = 0; bc < (n_budget ? n_budget : 1); ++bc) { /* a cap: the largest of its codecs */
                 if (n_budget) pol.k = pol.v = budget_codecs[bc];
                 size_t b = 0;
-                const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)rows, &b);
+                const int rc = kw_wire_section_bound(&hdr, &pol, (uint32_t)layer_rows, &b);
                 if (rc < 0) KW_FAIL(rc, "layer %u's codecs: %s", layers[i], kw_error_detail());
                 bound = b > bound ? b : bound;
             }
@@ -1119,6 +1219,34 @@ static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__
     return 0;
 }
 
+/* scoring_receiver: the receiver model, the fuser, and a fusion for every served model the fuser fits. */
+static int kw__sd_load_scoring(kw_sharerd *d) {
+    const kw_sharerd_config *cfg = d->cfg;
+    if (!cfg->scoring_model && !cfg->scoring_fuser) return 0;
+    KW_RETURN_IF(!cfg->scoring_model || !cfg->scoring_fuser, KW_E_INVALID_ARG,
+                 "sharerd: scoring_receiver needs both model and fuser");
+    KW_LOG_INFO("sharerd: loading the scoring receiver %s and fuser %s", cfg->scoring_model, cfg->scoring_fuser);
+    const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
+    KW_FORWARD(kw_model_load(d->be, cfg->scoring_model, &mo, &d->score_model));
+    KW_FORWARD(kw_identity_model(cfg->scoring_model, &d->score_id.digest));
+    d->score_id.id_digest = (Kwctl__ModelDigest)KWCTL__MODEL_DIGEST__INIT;
+    d->score_id.id_digest.config_sha256 = (ProtobufCBinaryData){32, d->score_id.digest.config_sha256};
+    d->score_id.id_digest.weights_sha256 = (ProtobufCBinaryData){32, d->score_id.digest.weights_sha256};
+    d->score_id.vocab = kw_model_get_config(d->score_model)->vocab;
+    KW_FORWARD(kw_fuser_load(cfg->scoring_fuser, 0, &d->score_fuser));
+    int32_t fits = 0;
+    for (int32_t i = 0; i < d->n_models; ++i) {
+        const kw_fusion_sharer sh = {.model = d->models[i].model, .fuser = d->score_fuser};
+        if (kw_fusion_create(d->score_model, &sh, 1, 0, &d->score_fusion[i]) < 0) {
+            KW_LOG_INFO("sharerd: the scoring fuser does not fit model %s: %s", d->models[i].name, kw_error_detail());
+            continue;
+        }
+        ++fits;
+    }
+    KW_RETURN_IF(fits == 0, KW_E_FUSER_CONFIG, "sharerd: scoring_receiver.fuser fits none of the models served");
+    return 0;
+}
+
 int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     KW_RETURN_IF(cfg == NULL || out == NULL, KW_E_INVALID_ARG, "sharerd: NULL argument");
     KW_RETURN_IF(cfg->n_models < 1, KW_E_INVALID_ARG, "sharerd: no model configured (models: [{name, path}])");
@@ -1147,6 +1275,7 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
         KW_CHECK(kw__sd_load_model(d, &cfg->models[i], &d->models[i]));
         d->n_models = i + 1;
     }
+    KW_CHECK(kw__sd_load_scoring(d));
     d->codecs = malloc((KW_WIRE_CODEC_COUNT - 1) * sizeof *d->codecs);
     KW_CHECK_IF(d->codecs == NULL, KW_E_NOMEM, "sharerd: out of memory");
     for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
@@ -1240,6 +1369,10 @@ void kw_sharerd_free(kw_sharerd *d) {
         kw_model_free(d->models[d->n_models].model);
         kw_tokenizer_free(d->models[d->n_models].tok);
     }
+    for (int32_t i = 0; i < KW_SHARERD_MAX_MODELS; ++i)
+        kw_fusion_free(d->score_fusion[i]);
+    kw_fuser_free(d->score_fuser);
+    kw_model_free(d->score_model);
     free(d->codecs);
     kw_backend_destroy(d->be);
     if (d->queue_init) kw_queue_destroy(&d->queue);

@@ -35,7 +35,8 @@ typedef struct kw_sharerd_config {
     int tls_verify_client;
     kw_sharerd_model_cfg models[KW_SHARERD_MAX_MODELS];
     int32_t n_models;
-    int backend; /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
+    char *scoring_model, *scoring_fuser; /* scoring_receiver.model / .fuser: receiver-aware selections scored here */
+    int backend;                         /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
     int64_t threads, device, memory_limit_mb;
     int64_t max_batch;
     int64_t queue_max;

@@ -72,6 +72,16 @@ static const kw_cfg_key kw__sd_keys[] = {
      .max_items = KW_SHARERD_MAX_MODELS,
      .count_offset = KW__SD_OFF(n_models),
      .help = "the models served, at least one"},
+    {.name = "scoring_receiver.model",
+     .type = KW_CFG_PATH,
+     .offset = KW__SD_OFF(scoring_model),
+     .help = "the receivers' model folder, for the receiver-aware selections (proj_vnorm_topk, "
+             "delta_proj_vnorm_topk) scored here (scoring: local); unset: such requests are refused"},
+    {.name = "scoring_receiver.fuser",
+     .type = KW_CFG_PATH,
+     .offset = KW__SD_OFF(scoring_fuser),
+     .help = "the fuser folder (sharer model to scoring_receiver.model) the scores project through; every served "
+             "model it fits can be scored"},
     KW_BACKEND_CFG_KEYS(kw_sharerd_config),
     {.name = "compute.threads",
      .type = KW_CFG_INT,

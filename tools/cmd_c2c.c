@@ -9,14 +9,16 @@
  * reference extractor's A-D or null), mode, prompt_tokens (with alignment: the padded length), alignment (off or the
  * strategy, and why), with alignment: align_sections, recv_pads, sharer_pads and decode_pads; then sections
  * (length:fused|transferred|receiver), projector_numerics (c2c), selection and tokens_sent (c2c, kv_direct),
- * tokens_fused (c2c), generated_tokens, generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the
- * selected K/V at the cache dtype), relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec,
- * wire_blobs, wire_bytes (measured blob length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the
- * smallest cap the request takes) and budget_tokens (the allocation histogram), with --print-alignment and alignment:
- * recv_ids, sharer_ids, message_mask, recv_pad, sharer_pad (JSON arrays), with --refine-threshold: refine (the
- * metric measured, whether round two ran) and refine_round_two (its bytes, tokens, rows and sharer time; wire_bytes
- * and tokens_sent above count both rounds), then timing_ms with the stages. Option
- * parsing, prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/ and receiver/. */
+ * tokens_fused (c2c), target_subsets (the receiver-aware selections' SHARE_TARGETS frames), generated_tokens,
+ * generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the selected K/V at the cache dtype),
+ * relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec, wire_blobs, wire_bytes (measured blob
+ * length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the smallest cap the request takes) and
+ * budget_tokens (the allocation histogram), with --print-alignment and alignment: recv_ids, sharer_ids, message_mask,
+ * recv_pad, sharer_pad (JSON arrays), with --refine-threshold: refine (the metric measured, whether round two ran)
+ * and refine_round_two (its bytes, tokens, rows and sharer time; wire_bytes and tokens_sent above count both rounds),
+ * then timing_ms with the stages (and the receiver-aware selections' scoring_prefill and scoring_projection at the
+ * sharer). Option parsing, prompt building, the in-memory link and printing only: the pipeline is in c2c/, sharer/
+ * and receiver/. */
 #include "kw_commands.h"
 
 #include <stdint.h>
@@ -32,6 +34,7 @@
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_prompt.h"
 #include "c2c/kw_request.h"
+#include "c2c/kw_rscore.h"
 #include "c2c/kw_share.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
@@ -55,7 +58,8 @@ static void kw_c2c_usage(FILE *f) {
         f,
         "usage: kvwire c2c --receiver DIR [--sharer DIR --fuser DIR]... (--prompt TEXT | --mc-json ITEM)\n"
         "                  [--mode c2c|kv_direct|receiver_only|text_relay] [--fusion sequential|parallel]\n"
-        "                  [--select full|front|back|random|knorm_topk|vnorm_topk [--select-proportion P]\n"
+        "                  [--select full|front|back|random|knorm_topk|vnorm_topk|proj_vnorm_topk|\n"
+        "                   delta_proj_vnorm_topk [--select-proportion P]\n"
         "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
@@ -77,7 +81,13 @@ static void kw_c2c_usage(FILE *f) {
         "  --select          which tokens of each sent layer travel (default full); --select-proportion P of them\n"
         "                    (default 1), at least --min-tokens (default 1); random draws with --seed; the norm\n"
         "                    modes keep the largest K or V norms (ties to the lower position). kv_direct uses one\n"
-        "                    selection for every layer (positions left out are hidden from the receiver)\n"
+        "                    selection for every layer (positions left out are hidden from the receiver).\n"
+        "                    proj_vnorm_topk and delta_proj_vnorm_topk (c2c only) score with the receiver:\n"
+        "                    the norm of the fused V (or of fused V from the --wire-quantized rows minus the\n"
+        "                    receiver's own V) over the receiver's own prefill; each receiver layer fuses its own\n"
+        "                    top-k, the sharer sends their union per sharer layer and which rows each receiver\n"
+        "                    layer takes (target_subsets: the SHARE_TARGETS frames sharerd would send; "
+        "c2c/kw_rscore.h)\n"
         "  --prompt TEXT     a user message; it is wrapped in the receiver's chat template (Qwen3: thinking\n"
         "                    disabled), unless --raw\n"
         "  --mc-json ITEM    a multiple-choice item {\"question\": ..., \"choices\": [...]} (or @FILE holding one):\n"
@@ -155,11 +165,20 @@ typedef struct kw_c2c_rows {
     float *k, *v;
 } kw_c2c_rows;
 
+typedef struct kw_c2c_targets { /* one sent layer's per-target subsets (the receiver-aware selections) */
+    int32_t section, layer, n;
+    int32_t layers[KW_RECEIVE_MAX_TARGETS];
+    uint8_t *masks; /* n * mask_bytes */
+    int64_t mask_bytes;
+} kw_c2c_targets;
+
 typedef struct kw_c2c_stream { /* one sharer's output */
     kw_c2c_blob *blobs;        /* per sent section (wire) */
     int32_t n_blobs;
     kw_c2c_rows *rows; /* per sent layer (no wire) */
     int32_t n_rows, cap_rows;
+    kw_c2c_targets *targets; /* per sent layer with per-target subsets */
+    int32_t n_targets, cap_targets;
 } kw_c2c_stream;
 
 typedef struct kw_c2c_link {
@@ -172,6 +191,9 @@ typedef struct kw_c2c_link {
     int32_t layers[KW_FUSION_MAX_SHARERS][KW_WIRE_MAX_LAYERS];
     int32_t n_layers[KW_FUSION_MAX_SHARERS];
     int32_t layers_unsent;
+    /* the per-target subsets: SHARE_TARGETS frames as sharerd would send them, and their bytes */
+    int32_t target_frames;
+    int64_t target_bytes;
 } kw_c2c_link;
 
 static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t n) {
@@ -193,16 +215,21 @@ static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t 
     return 0;
 }
 
+/* Room for one more entry of size bytes in the array *items of *cap entries holding n (doubling, from first). */
+static int kw_c2c_grow(void **items, int32_t *cap, int32_t n, size_t size, int32_t first) {
+    if (n < *cap) return 0;
+    const int32_t next = *cap ? 2 * *cap : first;
+    void *p = realloc(*items, (size_t)next * size);
+    KW_RETURN_IF(p == NULL, KW_E_NOMEM, "c2c: out of memory");
+    *items = p;
+    *cap = next;
+    return 0;
+}
+
 static int kw_c2c_link_rows(void *user, const kw_share_layer *layer) {
     kw_c2c_link *l = user;
     kw_c2c_stream *s = &l->streams[l->sharer];
-    if (s->n_rows == s->cap_rows) {
-        const int32_t cap = s->cap_rows ? 2 * s->cap_rows : 16;
-        kw_c2c_rows *r = realloc(s->rows, (size_t)cap * sizeof *r);
-        KW_RETURN_IF(r == NULL, KW_E_NOMEM, "c2c: out of memory");
-        s->rows = r;
-        s->cap_rows = cap;
-    }
+    KW_FORWARD(kw_c2c_grow((void **)&s->rows, &s->cap_rows, s->n_rows, sizeof *s->rows, 16));
     kw_c2c_rows *r = &s->rows[s->n_rows];
     memset(r, 0, sizeof *r);
     const size_t floats = (size_t)(layer->n_rows * layer->n_heads * layer->head_dim);
@@ -220,6 +247,46 @@ static int kw_c2c_link_rows(void *user, const kw_share_layer *layer) {
     memcpy(r->k, layer->k, floats * sizeof(float));
     memcpy(r->v, layer->v, floats * sizeof(float));
     ++s->n_rows;
+    return 0;
+}
+
+/* A sent layer's per-target subsets, kept for the receiver half and counted as the SHARE_TARGETS frame carrying them.
+ */
+static int kw_c2c_link_targets(void *user, const kw_share_layer *layer) {
+    kw_c2c_link *l = user;
+    kw_c2c_stream *s = &l->streams[l->sharer];
+    KW_RETURN_IF(layer->targets.n > KW_RECEIVE_MAX_TARGETS, KW_E_LIMIT, "c2c: %d target subsets", layer->targets.n);
+    KW_FORWARD(kw_c2c_grow((void **)&s->targets, &s->cap_targets, s->n_targets, sizeof *s->targets, 8));
+    uint8_t *frame = NULL;
+    size_t frame_len = 0;
+    KW_FORWARD(kw_share_targets_frame(1, layer, &frame, &frame_len));
+    free(frame);
+    kw_c2c_targets *t = &s->targets[s->n_targets];
+    const size_t mask_bytes = (size_t)layer->targets.mask_bytes;
+    t->masks = malloc((size_t)layer->targets.n * mask_bytes);
+    KW_RETURN_IF(t->masks == NULL, KW_E_NOMEM, "c2c: out of memory");
+    t->section = layer->section, t->layer = layer->layer, t->n = layer->targets.n;
+    t->mask_bytes = layer->targets.mask_bytes;
+    for (int32_t j = 0; j < t->n; ++j) {
+        t->layers[j] = layer->targets.layers[j];
+        memcpy(t->masks + (size_t)j * mask_bytes, layer->targets.masks[j], mask_bytes);
+    }
+    ++s->n_targets;
+    ++l->target_frames;
+    l->target_bytes += (int64_t)frame_len;
+    return 0;
+}
+
+/* Hands sharer i's per-target subsets of section sec to the receiver half, before the section's rows. */
+static int kw_c2c_link_replay_targets(const kw_c2c_stream *s, kw_receive *r, int32_t i, int32_t sec) {
+    for (int32_t j = 0; j < s->n_targets; ++j) {
+        const kw_c2c_targets *t = &s->targets[j];
+        if (t->section != sec) continue;
+        const uint8_t *masks[KW_RECEIVE_MAX_TARGETS];
+        for (int32_t m = 0; m < t->n; ++m)
+            masks[m] = t->masks + (size_t)m * (size_t)t->mask_bytes;
+        KW_FORWARD(kw_receive_targets(r, i, t->layer, t->n, t->layers, masks, t->mask_bytes));
+    }
     return 0;
 }
 
@@ -243,8 +310,11 @@ static void kw_c2c_stream_reset(kw_c2c_stream *s) {
         free(s->blobs[b].data);
     for (int32_t r = 0; r < s->n_rows; ++r)
         free(s->rows[r].positions), free(s->rows[r].k), free(s->rows[r].v);
+    for (int32_t t = 0; t < s->n_targets; ++t)
+        free(s->targets[t].masks);
     free(s->blobs);
     free(s->rows);
+    free(s->targets);
     memset(s, 0, sizeof *s);
 }
 
@@ -267,8 +337,11 @@ typedef struct kw_c2c_plan {
     const uint8_t *sharer_pad[KW_FUSION_MAX_SHARERS];
     kw_select_policy select;
     enum kw_dtype cache_dtype;
-    const kw_wire_policy *wire; /* NULL: rows in memory, no codec */
-    uint64_t budget_bytes;      /* each sharer's byte cap (0: none) */
+    kw_model *receiver;                  /* the receiver-aware selections score with it (borrowed) */
+    enum kw_projector_numerics numerics; /* the request's projector numerics */
+    const uint8_t *recv_pad;             /* NULL, or the receiver's padding flags (alignment) */
+    const kw_wire_policy *wire;          /* NULL: rows in memory, no codec */
+    uint64_t budget_bytes;               /* each sharer's byte cap (0: none) */
     const kw_wire_codec_spec *budget_codecs;
     uint32_t n_budget_codecs;
     enum kw_wire_budget_mode budget_mode;
@@ -293,10 +366,12 @@ typedef struct kw_c2c_totals {
     kw_share_wire_stats wire;
     kw_receive_stats recv;
     kw_c2c_refine_stats refine;
+    kw_rscore_stats rscore; /* the receiver-aware selections' cost, summed over the sharers */
 } kw_c2c_totals;
 
 static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
     sum->prefill_ms += s->prefill_ms, sum->select_ms += s->select_ms, sum->callback_ms += s->callback_ms;
+    sum->score_ms += s->score_ms;
     sum->tokens_total += s->tokens_total, sum->tokens_sent += s->tokens_sent, sum->kv_bytes += s->kv_bytes;
     sum->layers_sent += s->layers_sent, sum->sections_sent += s->sections_sent;
 }
@@ -309,6 +384,23 @@ static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats 
     sum->distortion += s->distortion;
     for (int c = 0; c < KW_WIRE_ALLOC_MAX_CODECS; ++c)
         sum->tokens_per_codec[c] += s->tokens_per_codec[c];
+}
+
+/* The receiver-aware scorer for sharer i: the receiver's own prefill of the prefix ids[0..prefix). */
+static int kw_c2c_rscore(kw_fusion *f, int32_t i, const int32_t *ids, int64_t prefix, const kw_c2c_plan *plan,
+                         kw_rscore **out) {
+    const kw_rscore_options ro = {.mode = plan->select.mode,
+                                  .numerics = plan->numerics,
+                                  .cache_dtype = plan->cache_dtype,
+                                  .pad = plan->recv_pad,
+                                  .quantize = plan->wire ? kw_share_wire_rscore_quantize : NULL,
+                                  .quantize_user = (void *)plan->wire};
+    return kw_rscore_create(plan->receiver, f, i, ids, prefix, &ro, out);
+}
+
+static void kw_c2c_add_rscore(kw_rscore_stats *sum, const kw_rscore *r) {
+    const kw_rscore_stats *s = kw_rscore_get_stats(r);
+    if (s) sum->prefill_ms += s->prefill_ms, sum->projection_ms += s->projection_ms, sum->projections += s->projections;
 }
 
 /* The sharer half for sharer i (its model is m, its fuser layers from f; kv_direct: every layer of m). */
@@ -336,12 +428,16 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
     }
     link->n_layers[i] = n_layers;
     link->sharer = i;
+    kw_rscore *scorer = NULL;
+    if (kw_select_mode_receiver_aware(plan->select.mode)) KW_FORWARD(kw_c2c_rscore(f, i, ids, prefix, plan, &scorer));
     const kw_share_request_options so = {.sections = mine,
                                          .n_sections = plan->n_sections,
                                          .layers = layers,
                                          .n_layers = n_layers,
                                          .select = plan->select,
                                          .skip_ranked = plan->skip_ranked,
+                                         .select_rows = scorer ? kw_rscore_share_select : NULL,
+                                         .select_user = scorer,
                                          .same_positions = plan->kv_direct,
                                          .cache_dtype = plan->cache_dtype,
                                          .pad = plan->sharer_pad[i],
@@ -352,9 +448,13 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                          .budget_mode = plan->budget_mode,
                                          .write = kw_c2c_link_write,
                                          .on_rows = kw_c2c_link_rows,
+                                         .on_targets = kw_c2c_link_targets,
                                          .user = link};
     kw_share_request_stats st;
-    KW_FORWARD(kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st));
+    const int rc = kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st);
+    kw_c2c_add_rscore(&tot->rscore, scorer);
+    kw_rscore_free(scorer);
+    KW_FORWARD(rc);
     kw_c2c_add_share(&tot->share, &st.share);
     if (plan->wire) kw_c2c_add_wire(&tot->wire, &st.wire);
     return 0;
@@ -364,6 +464,7 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
 static int kw_c2c_feed(kw_c2c_link *link, kw_receive *r, int32_t i, int32_t sec, const kw_c2c_plan *plan,
                        int32_t *blob) {
     const kw_c2c_stream *s = &link->streams[i];
+    KW_FORWARD(kw_c2c_link_replay_targets(s, r, i, sec));
     if (plan->wire) {
         KW_RETURN_IF(*blob >= s->n_blobs, KW_E_SHARE_INCOMPLETE, "c2c: sharer %d sent no blob for section %d", (int)i,
                      (int)sec);
@@ -654,7 +755,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const aligns[] = {"auto", "off", "first", "longest", NULL};
     static const char *const pads_names[] = {"reference", "masked", NULL};
     static const char *const norm_roundings[] = {"twice", "once", NULL};
-    static const char *const selects[] = {"full", "front", "back", "random", "knorm_topk", "vnorm_topk", NULL};
+    static const char *const selects[] = {
+        "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk",
+        NULL};
     static const char *const relay_styles[] = {"generated", "raw", "extractive", NULL};        /* enum kw_relay_style */
     static const char *const budget_modes[] = {"tokens", "kvcomm_like", "qkvcomm_like", NULL}; /* kw_wire_budget_mode */
     const char *recv_dir = NULL, *tok_dir = NULL, *sharer_tok_dir = NULL, *prompt = NULL, *mc = NULL;
@@ -745,6 +848,11 @@ int kw_cmd_c2c(int argc, char **argv) {
         (wire_codec || select_i != 0 || have_proportion || order_i >= 0))
         usage_error =
             "receiver_only and text_relay send no KV: --wire, --select, --proportion and --order do not apply";
+    if (!usage_error && kw_select_mode_receiver_aware((enum kw_select_mode)select_i) && xfer_i != KW_C2C_MODE_C2C)
+        usage_error = "--select proj_vnorm_topk and delta_proj_vnorm_topk score through the fuser: --mode c2c only";
+    if (!usage_error && kw_select_mode_receiver_aware((enum kw_select_mode)select_i) && fusion_i == 1)
+        usage_error =
+            "--select proj_vnorm_topk and delta_proj_vnorm_topk fuse per-layer subsets: not --fusion parallel";
     if (!usage_error && xfer_i == KW_C2C_MODE_TEXT_RELAY && raw)
         usage_error = "text_relay builds chat prompts: not with --raw";
     if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256 || relay_style_i))
@@ -756,9 +864,11 @@ int kw_cmd_c2c(int argc, char **argv) {
         usage_error = "--refine-metric needs --refine-threshold";
     if (!usage_error && refine &&
         ((xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT) || n_sharer_dirs > 1 || select_i == 0 ||
-         budget_bytes || have_proportion || !(refine_p > select_p)))
-        usage_error = "--refine-threshold is for --mode c2c with one sharer or kv_direct, a --select other than full, "
-                      "--refine-proportion above --select-proportion, no --budget-bytes and no --proportion";
+         kw_select_mode_receiver_aware((enum kw_select_mode)select_i) || budget_bytes || have_proportion ||
+         !(refine_p > select_p)))
+        usage_error = "--refine-threshold is for --mode c2c with one sharer or kv_direct, a --select other than full "
+                      "and the receiver-aware ones, --refine-proportion above --select-proportion, no --budget-bytes "
+                      "and no --proportion";
     if (usage_error) {
         fprintf(stderr, "kvwire c2c: %s\n", usage_error);
         return 2;
@@ -949,6 +1059,9 @@ int kw_cmd_c2c(int argc, char **argv) {
                                      .min_tokens = min_tokens,
                                      .seed = (uint64_t)seed},
                           .cache_dtype = cache_dtype,
+                          .receiver = recv,
+                          .numerics = numerics,
+                          .recv_pad = plan.on ? ar.recv_pad : NULL,
                           .wire = use_wire ? &wire_pol : NULL,
                           .budget_codecs = budget_specs,
                           .n_budget_codecs = n_budget_specs,
@@ -1010,6 +1123,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                (long long)tot.share.tokens_total);
     }
     if (xfer_i == KW_C2C_MODE_C2C) printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
+    if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i))
+        printf("target_subsets: %d frames %lld bytes\n", (int)link.target_frames, (long long)link.target_bytes);
     printf("generated_tokens: %lld%s\n", (long long)res.gen.n, res.gen.stopped_eos ? " (stopped at EOS)" : "");
     kw_c2c_print_ids("generated_ids", res.gen.ids, res.gen.n);
     if (xfer_i == KW_C2C_MODE_C2C) {
@@ -1069,6 +1184,9 @@ int kw_cmd_c2c(int argc, char **argv) {
            sends_kv ? tot.recv.prefill_ms : 0.0, tot.share.prefill_ms, transfer_ms, tot.recv.fusion.projection_ms,
            stats->last_prompt_ms, stats->decode_ms, (long long)stats->n_decode);
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) printf(" relay %.3f", relay.ms);
+    if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i))
+        printf(" scoring_prefill %.3f scoring_projection %.3f (%lld projections)", tot.rscore.prefill_ms,
+               tot.rscore.projection_ms, (long long)tot.rscore.projections);
     printf("\n");
 out:
     if (rc < 0) fprintf(stderr, "kvwire c2c: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());

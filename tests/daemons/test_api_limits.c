@@ -330,6 +330,9 @@ static void test_refine(void **state) {
                   false, "kvwire.refine");
     refuse_fields(KW_T_REFINE("c2c", "\"selection\": \"full\"", "\"threshold\": 1, \"proportion\": 1"), false,
                   "kvwire.refine");
+    refuse_fields(KW_T_REFINE("c2c", "\"selection\": \"delta_proj_vnorm_topk\", \"proportion\": 0.5",
+                              "\"threshold\": 1, \"proportion\": 1"),
+                  false, "receiver-aware");
     refuse_fields(KW_T_REFINE("c2c", "\"selection\": \"front\", \"proportion\": 0.5, \"budget_bytes\": 100000",
                               "\"threshold\": 1, \"proportion\": 1"),
                   false, "kvwire.refine");

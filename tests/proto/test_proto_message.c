@@ -1,7 +1,8 @@
 /* test_proto_message.c: control messages (docs/PROTOCOL.md §4, §5): every message type survives pack -> frame ->
  * unpack with its fields intact, and the decoder's rules reject what they must: bad protobuf, unknown fields (but
  * not inside Hello, which a later version may extend), unknown enum values, bad UTF-8, oversized payloads, a
- * payload that would unpack into more memory than the budget, and the per-message field rules. */
+ * payload that would unpack into more memory than the budget, and the per-message field rules (the receiver-aware
+ * selections: scoring, receiver_token_ids, SHARE_TARGETS). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -363,6 +364,10 @@ static void test_share_request_skip_ranked(void **state) {
     p.selection = KWCTL__SELECTION__SELECTION_FULL;
     p.proportion = 1;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.proportion = 0.8;
+    p.selection = KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK; /* the receiver-aware rankings have no round two */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    assert_non_null(strstr(kw_error_detail(), "receiver-aware"));
     p.selection = KWCTL__SELECTION__SELECTION_FRONT;
     Kwctl__CodecSpec *budget_codecs[] = {&c};
     p.budget_bytes = 100000;
@@ -372,6 +377,86 @@ static void test_share_request_skip_ranked(void **state) {
     p.n_skip_ranked = 0; /* a plain capped request again */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
     kw_proto_message_free(m);
+}
+
+/* The receiver-aware selections: SharePolicy.scoring, ShareRequest.receiver_token_ids (as many as token_ids, only
+ * when scored at the sharer), c2c only; the SHARE_TARGETS frame's rules. */
+static void test_receiver_aware(void **state) {
+    (void)state;
+    uint32_t ids[] = {151644, 872, 198, 3838, 374}, rids[] = {1, 2, 3, 4, 5};
+    Kwctl__CodecSpec k = KWCTL__CODEC_SPEC__INIT;
+    k.codec = 3, k.granularity = 2, k.scale_dtype = 1;
+    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
+    p.k = p.v = &k;
+    p.selection = KWCTL__SELECTION__SELECTION_DELTA_PROJ_VNORM_TOPK;
+    p.proportion = 0.5;
+    Kwctl__Section s0 = KWCTL__SECTION__INIT;
+    s0.length = 5, s0.sent = 1;
+    Kwctl__Section *sections[] = {&s0};
+    Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
+    r.request_id = 3;
+    r.mode = KWCTL__MODE__MODE_C2C;
+    r.sharer_model = "qwen2.5-0.5b";
+    r.token_ids = ids;
+    r.n_token_ids = 5;
+    r.policy = &p;
+    r.sections = sections;
+    r.n_sections = 1;
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD); /* no receiver ids */
+    r.receiver_token_ids = rids;
+    r.n_receiver_token_ids = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD); /* not as many */
+    r.n_receiver_token_ids = 5;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    const Kwctl__ShareRequest *got = (const Kwctl__ShareRequest *)m;
+    assert_int_equal(got->policy->selection, KWCTL__SELECTION__SELECTION_DELTA_PROJ_VNORM_TOPK);
+    assert_int_equal(got->n_receiver_token_ids, 5);
+    assert_int_equal(got->receiver_token_ids[4], 5);
+    kw_proto_message_free(m);
+    p.scoring = KWCTL__SCORING__SCORING_RECEIVER; /* receiver ids only for scoring at the sharer */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.n_receiver_token_ids = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    kw_proto_message_free(m);
+    p.scoring = (Kwctl__Scoring)2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.scoring = KWCTL__SCORING__SCORING_RECEIVER; /* scoring with another selection */
+    p.selection = KWCTL__SELECTION__SELECTION_VNORM_TOPK;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.scoring = KWCTL__SCORING__SCORING_LOCAL;
+    p.selection = KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK; /* kv_direct has no fuser */
+    r.mode = KWCTL__MODE__MODE_KV_DIRECT;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+
+    uint32_t targets[] = {0, 1};
+    uint8_t m0[1] = {0x0f}, m1[1] = {0x1c};
+    ProtobufCBinaryData masks[] = {{1, m0}, {1, m1}};
+    Kwctl__ShareTargets t = KWCTL__SHARE_TARGETS__INIT;
+    t.request_id = 3;
+    t.layer = 0;
+    t.targets = targets;
+    t.n_targets = 2;
+    t.masks = masks;
+    t.n_masks = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), 0);
+    const Kwctl__ShareTargets *tg = (const Kwctl__ShareTargets *)m;
+    assert_int_equal(tg->n_targets, 2);
+    assert_int_equal(tg->masks[1].len, 1);
+    assert_int_equal(tg->masks[1].data[0], 0x1c);
+    kw_proto_message_free(m);
+    t.n_masks = 1; /* a mask per target */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), KW_E_PROTO_FIELD);
+    t.n_masks = 2;
+    targets[1] = 0; /* strictly increasing */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), KW_E_PROTO_FIELD);
+    targets[1] = 1;
+    masks[1].len = 0; /* all the same length, not empty */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), KW_E_PROTO_FIELD);
+    masks[1].len = 1;
+    t.request_id = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), KW_E_PROTO_FIELD);
 }
 
 static void test_share_flow_messages(void **state) {
@@ -580,6 +665,7 @@ int main(void) {
         cmocka_unit_test(test_share_request),        cmocka_unit_test(test_share_flow_messages),
         cmocka_unit_test(test_unpack_rejections),    cmocka_unit_test(test_checksum),
         cmocka_unit_test(test_unpack_memory_budget), cmocka_unit_test(test_share_request_skip_ranked),
+        cmocka_unit_test(test_receiver_aware),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,183 @@
+/* test_daemons_rscore.c: the receiver-aware selections through the daemons (HTTP_API.md §5.1 selection and scoring,
+ * PROTOCOL.md SharePolicy.scoring, ShareRequest.receiver_token_ids, ShareEnd.scoring): sharerd holding the receiver
+ * model and the fuser (scoring_receiver) scores proj_vnorm_topk and delta_proj_vnorm_topk itself ("scoring": "local",
+ * the default) and the answer is what `kvwire c2c --select` gives in one process (the same tokens, rows sent, blob
+ * bytes and SHARE_TARGETS frames: each receiver layer fuses its own top-k), with the scoring cost in the response;
+ * "scoring": "receiver" is a 400 (not implemented), "scoring" with another selection and the receiver-aware selections
+ * in kv_direct are 400s; a sharer without the receiver model refuses, which the receiver answers with a 400 naming the
+ * reason. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kwd_harness.h"
+
+static kwd_proc sharer, receiver;
+
+/* sharerd scoring with tiny-qwen3-l3 and its fuser, and receiverd serving that model: a pair where the sharer's layer
+ * 0 feeds two receiver layers. */
+static int setup(void **state) {
+    (void)state;
+    const char *m = kwd_models_dir();
+    char model[600], fuser[600], rmodel[600], rfuser[600], sport[64];
+    snprintf(model, sizeof model, "--scoring_receiver.model=%s/tiny-qwen3-l3", m);
+    snprintf(fuser, sizeof fuser, "--scoring_receiver.fuser=%s/tiny-fuser-l3", m);
+    const char *extra[] = {model, fuser, NULL};
+    kwd_start_sharer(0, extra, &sharer);
+    snprintf(rmodel, sizeof rmodel, "--model.path=%s/tiny-qwen3-l3", m);
+    snprintf(rfuser, sizeof rfuser, "--fusers.0.path=%s/tiny-fuser-l3", m);
+    snprintf(sport, sizeof sport, "--sharers.0.port=%u", (unsigned)sharer.port);
+    const char *args[] = {"--http.port=0",
+                          "--model.name=tiny-qwen3-l3",
+                          rmodel,
+                          "--sharers.0.name=local",
+                          sport,
+                          "--fusers.0.name=tiny-fuser-l3",
+                          rfuser,
+                          "--fusers.0.sharer_model=tiny-qwen2",
+                          "--compute.threads=1",
+                          "--sharer.reconnect_ms=100",
+                          "--log.level=debug",
+                          NULL};
+    kwd_start("receiverd", args, &receiver);
+    if (!kwd_wait_healthy(receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    kwd_stop_pair(&sharer, &receiver);
+    return 0;
+}
+
+#define PROMPT "Which planet is known as the red planet? Answer in one word."
+
+static void request(uint16_t port, const char *mode, const char *policy, kwd_response *r) {
+    char body[1024];
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT "\"}],\"max_tokens\":6,"
+             "\"kvwire\":{\"mode\":\"%s\",\"policy\":{%s}}}",
+             mode, policy);
+    kwd_http(port, "/v1/chat/completions", body, r);
+}
+
+/* The daemons and kvwire c2c select and answer alike. */
+/* cap: 0, or a byte cap (budget_bytes, --budget-bytes: the allocator's default codecs, the delta scored with int4) */
+static void same_as_cli(const char *selection, long long cap) {
+    char policy[256];
+    if (cap)
+        snprintf(policy, sizeof policy, "\"selection\":\"%s\",\"proportion\":0.4,\"budget_bytes\":%lld", selection,
+                 cap);
+    else
+        snprintf(policy, sizeof policy, "\"selection\":\"%s\",\"proportion\":0.4,\"codec\":\"int8\"", selection);
+    kwd_response r;
+    request(receiver.port, "c2c", policy, &r);
+    if (r.status != 200) fail_msg("%s: HTTP %ld: %s", selection, r.status, r.body);
+    assert_string_equal(kwd_json_get(r.json, "kvwire.policy.selection")->valuestring, selection);
+    assert_string_equal(kwd_json_get(r.json, "kvwire.policy.scoring")->valuestring, "local");
+    assert_string_equal(kwd_json_get(r.json, "kvwire.scoring.placement")->valuestring, "local");
+    assert_true(kwd_json_num(r.json, "kvwire.scoring.receiver_prefill_ms") > 0);
+    assert_true(kwd_json_num(r.json, "kvwire.scoring.projection_ms") > 0);
+    assert_true(kwd_json_num(r.json, "kvwire.scoring.projections") >= 1);
+    char args[2048], transfer[64] = "--wire int8";
+    if (cap) snprintf(transfer, sizeof transfer, "--budget-bytes %lld", cap);
+    const char *m = kwd_models_dir();
+    snprintf(args, sizeof args,
+             "c2c --receiver %s/tiny-qwen3-l3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser-l3 --prompt '" PROMPT
+             "' --max-new-tokens 6 --select %s --select-proportion 0.4 %s",
+             m, m, m, selection, transfer);
+    char *out = kwd_kvwire(args);
+    int32_t want[16], got[16];
+    const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
+    assert_true(n_want > 0);
+    assert_int_equal(kwd_json_ids(kwd_json_get(r.json, "kvwire.completion_ids"), got, 16), n_want);
+    assert_memory_equal(want, got, (size_t)n_want * sizeof *want);
+    assert_true((double)kwd_parse_int(out, "tokens_sent") == kwd_json_num(r.json, "kvwire.selection.tokens_sent"));
+    assert_true((double)kwd_parse_int(out, "wire_bytes") == kwd_json_num(r.json, "kvwire.bytes.blob"));
+    assert_true(kwd_json_num(r.json, "kvwire.selection.tokens_sent") <
+                kwd_json_num(r.json, "kvwire.selection.tokens_total"));
+    /* the per-target subsets: one SHARE_TARGETS frame (tiny-qwen2's layer 0 feeds two receiver layers), as many
+     * bytes as kvwire c2c counts, inside the control bytes of the frames read */
+    const char *ts = strstr(out, "target_subsets: ");
+    assert_non_null(ts);
+    long frames = 0, bytes = 0;
+    assert_int_equal(sscanf(ts, "target_subsets: %ld frames %ld bytes", &frames, &bytes), 2);
+    assert_true(frames >= 1 && (double)frames == kwd_json_num(r.json, "kvwire.selection.target_subsets.frames"));
+    assert_true((double)bytes == kwd_json_num(r.json, "kvwire.selection.target_subsets.bytes"));
+    assert_true(kwd_json_num(r.json, "kvwire.bytes.socket_in") ==
+                kwd_json_num(r.json, "kvwire.bytes.blob") +
+                    kwd_json_num(r.json, "kvwire.bytes.frames_in.wire_header_bytes") +
+                    kwd_json_num(r.json, "kvwire.bytes.frames_in.control_bytes"));
+    free(out);
+    kwd_response_free(&r);
+}
+
+static void test_proj_same_as_cli(void **state) {
+    (void)state;
+    same_as_cli("proj_vnorm_topk", 0);
+}
+
+static void test_delta_same_as_cli(void **state) {
+    (void)state;
+    same_as_cli("delta_proj_vnorm_topk", 0);
+}
+
+static void test_delta_capped_same_as_cli(void **state) {
+    (void)state;
+    same_as_cli("delta_proj_vnorm_topk", 1500);
+}
+
+static void expect_400(uint16_t port, const char *mode, const char *policy, const char *needle) {
+    kwd_response r;
+    request(port, mode, policy, &r);
+    if (r.status != 400 || !strstr(r.body, needle))
+        fail_msg("%s %s: HTTP %ld (want 400 with \"%s\"): %s", mode, policy, r.status, needle, r.body);
+    kwd_response_free(&r);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    expect_400(receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"",
+               "not implemented");
+    expect_400(receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"scoring\":\"local\"",
+               "kvwire.policy.scoring");
+    expect_400(receiver.port, "kv_direct", "\"selection\":\"delta_proj_vnorm_topk\",\"proportion\":0.5",
+               "only for mode c2c");
+    kwd_response r; /* parallel fusion */
+    kwd_http(receiver.port, "/v1/completions",
+             "{\"prompt\":\"x\",\"max_tokens\":1,\"kvwire\":{\"mode\":\"c2c\",\"fusion\":\"parallel\","
+             "\"policy\":{\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5}}}",
+             &r);
+    if (r.status != 400 || !strstr(r.body, "not with fusion parallel")) fail_msg("parallel: %ld %s", r.status, r.body);
+    kwd_response_free(&r);
+}
+
+/* A sharer without the receiver model cannot score locally: a 4xx naming why. */
+static void test_sharer_without_receiver_model(void **state) {
+    (void)state;
+    kwd_proc plain_sharer, plain_receiver;
+    kwd_start_pair(&plain_sharer, &plain_receiver);
+    expect_400(plain_receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5", "no receiver model");
+    kwd_response r; /* the other selections still work there */
+    request(plain_receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5", &r);
+    assert_int_equal(r.status, 200);
+    kwd_response_free(&r);
+    kwd_stop_pair(&plain_sharer, &plain_receiver);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_proj_same_as_cli),
+        cmocka_unit_test(test_delta_same_as_cli),
+        cmocka_unit_test(test_delta_capped_same_as_cli),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_sharer_without_receiver_model),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
