@@ -197,6 +197,20 @@ void kwd_stop_pair(kwd_proc *sharer, kwd_proc *receiver) {
     kwd_stop(sharer);
 }
 
+kwd_proc kwd_sharer, kwd_receiver;
+
+int kwd_pair_setup(void **state) {
+    (void)state;
+    kwd_start_pair(&kwd_sharer, &kwd_receiver);
+    return 0;
+}
+
+int kwd_pair_teardown(void **state) {
+    (void)state;
+    kwd_stop_pair(&kwd_sharer, &kwd_receiver);
+    return 0;
+}
+
 void kwd_stop(kwd_proc *p) {
     if (!p->pid) return;
     kwd_live_set(p->pid, 0);

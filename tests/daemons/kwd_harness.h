@@ -45,6 +45,13 @@ void kwd_start_pair(kwd_proc *sharer, kwd_proc *receiver);
 /* Stops the receiver, then the sharer (kwd_stop each). */
 void kwd_stop_pair(kwd_proc *sharer, kwd_proc *receiver);
 
+/* The pair most daemon tests run against, and its cmocka group fixtures: kwd_pair_setup starts it (kwd_start_pair),
+ * kwd_pair_teardown stops it (kwd_stop_pair; a test whose setup starts a pair of its own in these two still uses it).
+ */
+extern kwd_proc kwd_sharer, kwd_receiver;
+int kwd_pair_setup(void **state);
+int kwd_pair_teardown(void **state);
+
 /* SIGTERM, then waits (up to 60 s scaled) and asserts a clean exit with status 0. */
 void kwd_stop(kwd_proc *p);
 

@@ -19,20 +19,6 @@
 
 #include "kwd_harness.h"
 
-static kwd_proc sharer, receiver;
-
-static int setup(void **state) {
-    (void)state;
-    kwd_start_pair(&sharer, &receiver);
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    kwd_stop_pair(&sharer, &receiver);
-    return 0;
-}
-
 #define PROMPT "Which planet is known as the red planet? Answer in one word."
 
 /* mode: "c2c" or "kv_direct" */
@@ -42,7 +28,7 @@ static void request(const char *mode, long long cap, const char *extra_policy, k
              "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT "\"}],\"max_tokens\":4,"
              "\"kvwire\":{\"mode\":\"%s\",\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":%lld%s}}}",
              mode, cap, extra_policy);
-    kwd_http(receiver.port, "/v1/chat/completions", body, r);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions", body, r);
 }
 
 /* The budget block is consistent with the measured bytes; returns the minimum it reports. */
@@ -233,13 +219,13 @@ static void test_refusals(void **state) {
         snprintf(body, sizeof body,
                  "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"kvwire\":%s}", bodies[i]);
         kwd_response r;
-        kwd_http(receiver.port, "/v1/chat/completions", body, &r);
+        kwd_http(kwd_receiver.port, "/v1/chat/completions", body, &r);
         if (r.status != 400) fail_msg("%s: HTTP %ld: %s", bodies[i], r.status, r.body);
         kwd_response_free(&r);
     }
     /* no cap: no budget block, budget_bytes null */
     kwd_response r;
-    kwd_http(receiver.port, "/v1/chat/completions",
+    kwd_http(kwd_receiver.port, "/v1/chat/completions",
              "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2}", &r);
     assert_int_equal(r.status, 200);
     assert_null(kwd_json_get(r.json, "kvwire.budget"));
@@ -257,5 +243,5 @@ int main(void) {
         cmocka_unit_test(test_qkvcomm_like),
         cmocka_unit_test(test_refusals),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }

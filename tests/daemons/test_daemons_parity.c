@@ -18,20 +18,6 @@
 
 #include "kwd_harness.h"
 
-static kwd_proc sharer, receiver;
-
-static int setup(void **state) {
-    (void)state;
-    kwd_start_pair(&sharer, &receiver);
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    kwd_stop_pair(&sharer, &receiver);
-    return 0;
-}
-
 typedef struct parity_case {
     const char *name;
     bool chat;
@@ -164,7 +150,7 @@ static const parity_case cases[] = {
 static void test_parity(void **state) {
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i)
-        check_case(&cases[i], receiver.port, "");
+        check_case(&cases[i], kwd_receiver.port, "");
 }
 
 /* fp32 numerics (kvwire c2c --fp32) on a second receiverd of the same sharer. */
@@ -172,7 +158,7 @@ static void test_parity_fp32(void **state) {
     (void)state;
     const char *extra[] = {"--numerics.mode=fp32", NULL};
     kwd_proc r2;
-    kwd_start_receiver(sharer.port, extra, &r2);
+    kwd_start_receiver(kwd_sharer.port, extra, &r2);
     assert_true(kwd_wait_healthy(r2.port, kwd_ms(30000)));
     check_case(&cases[1], r2.port, "--fp32");
     check_case(&cases[7], r2.port, "--fp32");
@@ -183,7 +169,8 @@ static void test_parity_fp32(void **state) {
 static void test_layers(void **state) {
     (void)state;
     kwd_response r;
-    kwd_http(receiver.port, "/v1/chat/completions", CHAT_BODY("{\"policy\":{\"layers\":[1],\"codec\":\"int8\"}}"), &r);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions", CHAT_BODY("{\"policy\":{\"layers\":[1],\"codec\":\"int8\"}}"),
+             &r);
     assert_int_equal(r.status, 200);
     assert_true(kwd_json_num(r.json, "kvwire.codec.sections") == 1);
     assert_true(kwd_json_num(r.json, "kvwire.selection.layers_sent") == 1);
@@ -195,7 +182,7 @@ static void test_layers(void **state) {
 static void test_echo_only(void **state) {
     (void)state;
     kwd_response r;
-    kwd_http(receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":0,\"echo\":true}", &r);
+    kwd_http(kwd_receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":0,\"echo\":true}", &r);
     assert_int_equal(r.status, 200);
     const cJSON *text = kwd_json_get(cJSON_GetArrayItem(cJSON_GetObjectItem(r.json, "choices"), 0), "text");
     assert_true(cJSON_IsString(text));
@@ -208,11 +195,11 @@ static void test_echo_only(void **state) {
 static void test_stream(void **state) {
     (void)state;
     kwd_response plain, sse;
-    kwd_http(receiver.port, "/v1/chat/completions", CHAT_BODY("{\"policy\":{\"codec\":\"int4\"}}"), &plain);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions", CHAT_BODY("{\"policy\":{\"codec\":\"int4\"}}"), &plain);
     assert_int_equal(plain.status, 200);
     const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT
                        "\"}],\"max_tokens\":10,\"stream\":true,\"kvwire\":{\"policy\":{\"codec\":\"int4\"}}}";
-    kwd_http(receiver.port, "/v1/chat/completions", body, &sse);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions", body, &sse);
     assert_int_equal(sse.status, 200);
     char text[4096] = "";
     bool done = false, had_kvwire = false;
@@ -242,7 +229,7 @@ static void test_stream(void **state) {
 static void test_logprobs_and_forcing(void **state) {
     (void)state;
     kwd_response free_run, forced;
-    kwd_http(receiver.port, "/v1/completions",
+    kwd_http(kwd_receiver.port, "/v1/completions",
              "{\"prompt\":\"" PROMPT "\",\"max_tokens\":6,\"logprobs\":3,\"kvwire\":{\"policy\":{\"codec\":"
              "\"int8\"}}}",
              &free_run);
@@ -274,7 +261,7 @@ static void test_logprobs_and_forcing(void **state) {
              "{\"prompt\":\"" PROMPT "\",\"kvwire\":{\"policy\":{\"codec\":\"int8\"},\"force_tokens\":[%s],"
              "\"score_ids\":[%s]}}",
              force, score);
-    kwd_http(receiver.port, "/v1/completions", body, &forced);
+    kwd_http(kwd_receiver.port, "/v1/completions", body, &forced);
     assert_int_equal(forced.status, 200);
     int32_t again[16];
     assert_int_equal(kwd_json_ids(kwd_json_get(forced.json, "kvwire.completion_ids"), again, 16), n);
@@ -297,9 +284,10 @@ static void test_logprobs_and_forcing(void **state) {
 static void test_logprobs_token_ids(void **state) {
     (void)state;
     kwd_response named, plain, chat;
-    kwd_http(receiver.port, "/v1/completions",
+    kwd_http(kwd_receiver.port, "/v1/completions",
              "{\"prompt\":\"" PROMPT "\",\"max_tokens\":5,\"logprobs\":4,\"return_tokens_as_token_ids\":true}", &named);
-    kwd_http(receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":5,\"logprobs\":4}", &plain);
+    kwd_http(kwd_receiver.port, "/v1/completions", "{\"prompt\":\"" PROMPT "\",\"max_tokens\":5,\"logprobs\":4}",
+             &plain);
     assert_int_equal(named.status, 200);
     assert_int_equal(plain.status, 200);
     int32_t ids[16];
@@ -323,7 +311,7 @@ static void test_logprobs_token_ids(void **state) {
         assert_non_null(cJSON_GetObjectItemCaseSensitive(top, want));
         assert_true(cJSON_GetObjectItemCaseSensitive(top, want)->valuedouble == a);
     }
-    kwd_http(receiver.port, "/v1/chat/completions",
+    kwd_http(kwd_receiver.port, "/v1/chat/completions",
              "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":3,\"logprobs\":true,"
              "\"top_logprobs\":2,\"return_tokens_as_token_ids\":true}",
              &chat);
@@ -355,10 +343,10 @@ static void test_small_inbox(void **state) {
     strcat(body, "\"}],\"max_tokens\":4,\"kvwire\":{\"policy\":{\"codec\":\"f16\"}}}");
     const char *extra[] = {"--sharer.inbox_bytes=65536", NULL};
     kwd_proc small;
-    kwd_start_receiver(sharer.port, extra, &small);
+    kwd_start_receiver(kwd_sharer.port, extra, &small);
     assert_true(kwd_wait_healthy(small.port, kwd_ms(30000)));
     kwd_response a, b;
-    kwd_http(receiver.port, "/v1/chat/completions", body, &a);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions", body, &a);
     kwd_http(small.port, "/v1/chat/completions", body, &b);
     assert_int_equal(a.status, 200);
     assert_int_equal(b.status, 200);
@@ -379,5 +367,5 @@ int main(void) {
         cmocka_unit_test(test_stream),      cmocka_unit_test(test_logprobs_and_forcing),
         cmocka_unit_test(test_small_inbox), cmocka_unit_test(test_logprobs_token_ids),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }

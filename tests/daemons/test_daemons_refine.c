@@ -17,20 +17,6 @@
 
 #include "kwd_harness.h"
 
-static kwd_proc sharer, receiver;
-
-static int setup(void **state) {
-    (void)state;
-    kwd_start_pair(&sharer, &receiver);
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    kwd_stop_pair(&sharer, &receiver);
-    return 0;
-}
-
 #define PROMPT "Which planet is known as the red planet? Answer in one word, then explain why in a sentence."
 
 /* A request of mode and selection at proportion, with refine (a JSON object, or NULL). Logprobs make the answer's
@@ -42,7 +28,7 @@ static void request(const char *mode, const char *selection, double proportion, 
              "\"top_logprobs\":5,\"kvwire\":{\"mode\":\"%s\",\"policy\":{\"selection\":\"%s\",\"proportion\":%g,"
              "\"seed\":7}%s%s}}",
              mode, selection, proportion, refine ? ",\"refine\":" : "", refine ? refine : "");
-    kwd_http(receiver.port, "/v1/chat/completions", body, r);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions", body, r);
     if (r->status != 200)
         fail_msg("%s %s %g %s: HTTP %ld: %s", mode, selection, proportion, refine ? refine : "", r->status, r->body);
 }
@@ -232,7 +218,7 @@ static void test_refusals(void **state) {
         snprintf(body, sizeof body,
                  "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"kvwire\":%s}", bodies[i]);
         kwd_response r;
-        kwd_http(receiver.port, "/v1/chat/completions", body, &r);
+        kwd_http(kwd_receiver.port, "/v1/chat/completions", body, &r);
         if (r.status != 400 || !strstr(r.body, "refine")) fail_msg("%s: HTTP %ld: %s", bodies[i], r.status, r.body);
         kwd_response_free(&r);
     }
@@ -242,7 +228,7 @@ static void test_refusals(void **state) {
 static void test_metrics(void **state) {
     (void)state;
     kwd_response r;
-    kwd_http(receiver.port, "/metrics", NULL, &r);
+    kwd_http(kwd_receiver.port, "/metrics", NULL, &r);
     assert_int_equal(r.status, 200);
     long long applied = -1, not_triggered = -1, skipped = -1;
     const char *a = strstr(r.body, "kvwire_refine_total{outcome=\"applied\"} ");
@@ -262,5 +248,5 @@ int main(void) {
         cmocka_unit_test(test_entropy),   cmocka_unit_test(test_refusals), cmocka_unit_test(test_same_as_cli),
         cmocka_unit_test(test_metrics),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }

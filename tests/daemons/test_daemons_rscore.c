@@ -18,8 +18,6 @@
 
 #include "kwd_harness.h"
 
-static kwd_proc sharer, receiver;
-
 /* sharerd scoring with tiny-qwen3-l3 and its fuser, and receiverd serving that model: a pair where the sharer's layer
  * 0 feeds two receiver layers. */
 static int setup(void **state) {
@@ -29,10 +27,10 @@ static int setup(void **state) {
     snprintf(model, sizeof model, "--scoring_receiver.model=%s/tiny-qwen3-l3", m);
     snprintf(fuser, sizeof fuser, "--scoring_receiver.fuser=%s/tiny-fuser-l3", m);
     const char *extra[] = {model, fuser, NULL};
-    kwd_start_sharer(0, extra, &sharer);
+    kwd_start_sharer(0, extra, &kwd_sharer);
     snprintf(rmodel, sizeof rmodel, "--model.path=%s/tiny-qwen3-l3", m);
     snprintf(rfuser, sizeof rfuser, "--fusers.0.path=%s/tiny-fuser-l3", m);
-    snprintf(sport, sizeof sport, "--sharers.0.port=%u", (unsigned)sharer.port);
+    snprintf(sport, sizeof sport, "--sharers.0.port=%u", (unsigned)kwd_sharer.port);
     const char *args[] = {"--http.port=0",
                           "--model.name=tiny-qwen3-l3",
                           rmodel,
@@ -45,14 +43,8 @@ static int setup(void **state) {
                           "--sharer.reconnect_ms=100",
                           "--log.level=debug",
                           NULL};
-    kwd_start("receiverd", args, &receiver);
-    if (!kwd_wait_healthy(receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    kwd_stop_pair(&sharer, &receiver);
+    kwd_start("receiverd", args, &kwd_receiver);
+    if (!kwd_wait_healthy(kwd_receiver.port, kwd_ms(30000))) fail_msg("receiverd never connected to sharerd");
     return 0;
 }
 
@@ -77,7 +69,7 @@ static void same_as_cli(const char *selection, long long cap) {
     else
         snprintf(policy, sizeof policy, "\"selection\":\"%s\",\"proportion\":0.4,\"codec\":\"int8\"", selection);
     kwd_response r;
-    request(receiver.port, "c2c", policy, &r);
+    request(kwd_receiver.port, "c2c", policy, &r);
     if (r.status != 200) fail_msg("%s: HTTP %ld: %s", selection, r.status, r.body);
     assert_string_equal(kwd_json_get(r.json, "kvwire.policy.selection")->valuestring, selection);
     assert_string_equal(kwd_json_get(r.json, "kvwire.policy.scoring")->valuestring, "local");
@@ -143,14 +135,14 @@ static void expect_400(uint16_t port, const char *mode, const char *policy, cons
 
 static void test_refusals(void **state) {
     (void)state;
-    expect_400(receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"",
-               "not implemented");
-    expect_400(receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"scoring\":\"local\"",
+    expect_400(kwd_receiver.port, "c2c",
+               "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"", "not implemented");
+    expect_400(kwd_receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"scoring\":\"local\"",
                "kvwire.policy.scoring");
-    expect_400(receiver.port, "kv_direct", "\"selection\":\"delta_proj_vnorm_topk\",\"proportion\":0.5",
+    expect_400(kwd_receiver.port, "kv_direct", "\"selection\":\"delta_proj_vnorm_topk\",\"proportion\":0.5",
                "only for mode c2c");
     kwd_response r; /* parallel fusion */
-    kwd_http(receiver.port, "/v1/completions",
+    kwd_http(kwd_receiver.port, "/v1/completions",
              "{\"prompt\":\"x\",\"max_tokens\":1,\"kvwire\":{\"mode\":\"c2c\",\"fusion\":\"parallel\","
              "\"policy\":{\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5}}}",
              &r);
@@ -179,5 +171,5 @@ int main(void) {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_sharer_without_receiver_model),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kwd_pair_teardown);
 }
