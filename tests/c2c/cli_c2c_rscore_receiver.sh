@@ -10,13 +10,8 @@
 # shellcheck source=../cli_lib.sh
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 
-tok=$src/models/tokenizers/qwen3
-"$kvwire" gen-model --arch qwen3 --preset tiny --layers 3 --seed 1 --tied 0 --tokenizer "$tok" --out recv >/dev/null
-"$kvwire" gen-model --arch qwen2 --preset tiny --layers 2 --seed 2 --tied 0 --tokenizer "$tok" --out shar >/dev/null
-"$kvwire" gen-fuser --receiver recv --sharer shar --out fuser --seed 3 --hidden 64 --intermediate 96 >/dev/null
-p="Name three colours of the rainbow and say which one is in the middle."
-run() { "$kvwire" c2c --receiver recv --sharer shar --fuser fuser --prompt "$p" --max-new-tokens 6 "$@"; }
-stable() { grep -v '^timing_ms' "$1"; }
+rscore_models
+run() { rscore_run "$@"; }
 word() { field "$1" "$2" | tr ' ' '\n' | grep -A1 -x "$3" | tail -1; } # word KEY FILE W: the word after W
 
 for sel in proj_vnorm_topk delta_proj_vnorm_topk; do
