@@ -5,7 +5,8 @@
 #   with a lossless preview (bf16 rows of a bf16 cache, the bf16 codec) the receiver selects exactly the rows and
 #   per-target subsets `scoring local` selects, and the tokens are the same; the final blob is local's minus the
 #   SHARE_TARGETS frames the receiver no longer needs; the bytes add up (preview + selection + final); a lossy
-#   int4 preview is deterministic across KW_CPU_ISA scalar/avx2 and 1/2 threads; misuse is refused.
+#   int4 preview is deterministic across KW_CPU_ISA scalar/avx2 and 1/2 threads; with f32 caches the delta on a
+#   preview at the final codec (int8) selects local's rows; misuse is refused.
 # Arguments: kvwire binary, source dir, build dir.
 # shellcheck source=../cli_lib.sh
 . "$(dirname "$0")/../cli_lib.sh" "$@"
@@ -47,6 +48,16 @@ for sel in proj_vnorm_topk delta_proj_vnorm_topk; do
     grep -q '^scoring: receiver preview int4:token$' "$sel.a" || fail "$sel: $(grep '^scoring:' "$sel.a")"
     [ "$(word scoring_bytes "$sel.a" preview)" -lt "$pv" ] || fail "$sel: int4 preview not below bf16's"
     [ "$(word scoring_bytes "$sel.a" selection)" = "$sb" ] || fail "$sel: the selection's size is its shape's"
+done
+
+# f32 caches: no v1 codec is a lossless preview, but the delta quantizes the preview again with the final codec, and
+# int8 per token is idempotent up to the scale's rounding: a preview at the final codec selects local's rows
+for s in "" "--scoring receiver --preview-codec int8"; do
+    # shellcheck disable=SC2086
+    run --fp32 --select delta_proj_vnorm_topk --select-proportion 0.3 --wire int8 $s >"f32.${s:+r}l"
+done
+for k in selected_rows generated_ids; do
+    [ "$(field $k f32.l)" = "$(field $k f32.rl)" ] || fail "fp32 delta, int8 preview: $k differs from local"
 done
 
 set +e
