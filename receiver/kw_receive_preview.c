@@ -54,6 +54,7 @@ int kw_receive_preview_score(kw_rscore *r, kw_fusion *f, int32_t sharer, const k
         const kw_wire_section *sec = NULL;
         KW_CHECK(kw_wire_reader_next(reader, &sec));
         if (rc == 0) break;
+        KW_CHECK_IF(sec->n_tokens < 1, KW_E_PARSE, "preview: layer %u carries no row", (unsigned)sec->layer);
         KW_CHECK(kw_preview_rows_decode(sec, &b));
         const int64_t T = sec->n_tokens, pos0 = b.positions[0];
         KW_CHECK_IF((int64_t)b.positions[T - 1] != pos0 + T - 1, KW_E_PARSE,

@@ -13,5 +13,5 @@ kw_script_test(NAME test_c2c_cli_rscore SCRIPT ${CMAKE_CURRENT_SOURCE_DIR}/cli_c
 kw_script_test(NAME test_c2c_cli_rscore_receiver SCRIPT ${CMAKE_CURRENT_SOURCE_DIR}/cli_c2c_rscore_receiver.sh
                LABELS cli c2c)
 kw_test(NAME test_c2c_rselect SOURCES test_rselect.c LIBS kw_c2c LABELS unit c2c)
-kw_test(NAME test_c2c_rscore SOURCES test_rscore.c ../model/model_fixture.c LIBS kw_c2c kw_sharer kw_model kw_kernels
-        LABELS c2c)
+kw_test(NAME test_c2c_rscore SOURCES test_rscore.c ../model/model_fixture.c LIBS kw_c2c kw_sharer kw_receiver kw_model
+        kw_kernels LABELS c2c)
