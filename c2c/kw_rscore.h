@@ -1,5 +1,8 @@
-/* kw_rscore.h: the receiver-aware selection scores (latentwire_spec.md §4.3), for a sharer that holds the receiver
- * model and the fuser ("scoring: local"). For one sent sharer layer s of a section of T positions:
+/* kw_rscore.h: the receiver-aware selection scores (latentwire_spec.md §4.3), the one scoring core of both
+ * placements: "scoring: local", a sharer that holds the receiver model and the fuser scores its own rows; "scoring:
+ * receiver", the receiver scores the rows of a preview blob the sharer sent (receiver/kw_receive_preview.h), the
+ * decoded preview rows taking the place of the sharer rows below, and sends the selection back (c2c/kw_rselect.h).
+ * For one sent sharer layer s of a section of T positions:
  *   proj_vnorm_topk        score_t[p] = mean over the receiver's kv heads h of ||fusedV_t[p, h, :]||_2, fusedV_t the V
  *                          output of receiver layer t's projector on the unquantized sharer rows and the receiver's
  *                          own rows of layer t (base);

@@ -2,8 +2,9 @@
 #   . "$(dirname "$0")/../cli_lib.sh" "$@"
 # with the script's arguments (kvwire binary, source dir, build dir). Sets kvwire, src and build, works in a fresh
 # temporary folder removed on exit, stops at the first failing command, and defines fail MESSAGE and
-# field KEY FILE (the value of the first "KEY: value" line of FILE), tiny_c2c_models and the byte-cap helpers
-# budget_word, budget_kept, dumped, budget_check_ends and budget_check_minimum (below).
+# field KEY FILE (the value of the first "KEY: value" line of FILE), tiny_c2c_models, rscore_models (rscore_run,
+# stable) and the byte-cap helpers budget_word, budget_kept, dumped, budget_check_ends and budget_check_minimum
+# (below).
 set -euo pipefail
 kvwire=$1
 src=$2
@@ -23,6 +24,20 @@ tiny_c2c_models() {
     "$kvwire" gen-fuser --receiver recv --sharer shar --out fuser --seed 3 --hidden 64 --intermediate 96 \
         --closed-layers 1 --k-only-layers "" --v-only-layers "" >gates.txt
 }
+# rscore_models: the receiver-aware selections' trio in ./recv (qwen3, 3 layers), ./shar (qwen2, 2 layers), both
+# untied, and ./fuser (gen-fuser's default gates: sharer layer 0 feeds two receiver layers); rscore_run ARGS: kvwire
+# c2c on them with a fixed prompt and 6 new tokens; stable FILE: its output without the timings.
+rscore_models() {
+    local tok=$src/models/tokenizers/qwen3
+    "$kvwire" gen-model --arch qwen3 --preset tiny --layers 3 --seed 1 --tied 0 --tokenizer "$tok" --out recv >/dev/null
+    "$kvwire" gen-model --arch qwen2 --preset tiny --layers 2 --seed 2 --tied 0 --tokenizer "$tok" --out shar >/dev/null
+    "$kvwire" gen-fuser --receiver recv --sharer shar --out fuser --seed 3 --hidden 64 --intermediate 96 >/dev/null
+}
+rscore_run() {
+    "$kvwire" c2c --receiver recv --sharer shar --fuser fuser --max-new-tokens 6 \
+        --prompt "Name three colours of the rainbow and say which one is in the middle." "$@"
+}
+stable() { grep -v '^timing_ms' "$1"; }
 # budget_word FILE WORD: the word after WORD on kvwire c2c's "budget: cap C used U slack S min M" line.
 budget_word() { field budget "$1" | tr ' ' '\n' | grep -A1 -x "$2" | tail -1; }
 # budget_kept FILE: the kept tokens of the "budget_tokens: candidates N dropped D CODEC n ..." line (every codec's

@@ -35,6 +35,7 @@
 #include "c2c/kw_prompt.h"
 #include "c2c/kw_request.h"
 #include "c2c/kw_rscore.h"
+#include "c2c/kw_rselect.h"
 #include "c2c/kw_share.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
@@ -45,6 +46,7 @@
 #include "model/kw_model.h"
 #include "model/kw_tokenizer.h"
 #include "receiver/kw_receive.h"
+#include "receiver/kw_receive_preview.h"
 #include "sharer/kw_share_request.h"
 #include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
@@ -60,7 +62,8 @@ static void kw_c2c_usage(FILE *f) {
         "                  [--mode c2c|kv_direct|receiver_only|text_relay] [--fusion sequential|parallel]\n"
         "                  [--select full|front|back|random|knorm_topk|vnorm_topk|proj_vnorm_topk|\n"
         "                   delta_proj_vnorm_topk [--select-proportion P]\n"
-        "                   [--min-tokens N] [--seed N]] [--proportion P --order front|back]\n"
+        "                   [--min-tokens N] [--seed N] [--scoring local|receiver [--preview-codec C[:G]]]]\n"
+        "                  [--proportion P --order front|back]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
         "                  [--refine-threshold X --refine-proportion P [--refine-metric margin|entropy]]\n"
@@ -88,6 +91,12 @@ static void kw_c2c_usage(FILE *f) {
         "                    top-k, the sharer sends their union per sharer layer and which rows each receiver\n"
         "                    layer takes (target_subsets: the SHARE_TARGETS frames sharerd would send; "
         "c2c/kw_rscore.h)\n"
+        "  --scoring         local (default): the sharer scores with the receiver model and fuser; receiver (with\n"
+        "                    --wire CODEC): the sharer sends a preview (every row of each sent layer at\n"
+        "                    --preview-codec CODEC[:GRAN], default int4:token, f32 scales), the receiver scores the\n"
+        "                    preview rows as the sharer rows (delta: quantized again with --wire), sends back its\n"
+        "                    selection (c2c/kw_rselect.h) and the sharer sends those rows at --wire; prints scoring\n"
+        "                    and scoring_bytes (preview, selection, final, total)\n"
         "  --prompt TEXT     a user message; it is wrapped in the receiver's chat template (Qwen3: thinking\n"
         "                    disabled), unless --raw\n"
         "  --mc-json ITEM    a multiple-choice item {\"question\": ..., \"choices\": [...]} (or @FILE holding one):\n"
@@ -194,6 +203,7 @@ typedef struct kw_c2c_link {
     /* the per-target subsets: SHARE_TARGETS frames as sharerd would send them, and their bytes */
     int32_t target_frames;
     int64_t target_bytes;
+    int targets_chosen; /* scoring: receiver: the receiver made the subsets, no SHARE_TARGETS frame is sent */
 } kw_c2c_link;
 
 static int kw_c2c_link_write(void *user, int32_t blob, const void *data, size_t n) {
@@ -272,6 +282,7 @@ static int kw_c2c_link_targets(void *user, const kw_share_layer *layer) {
         memcpy(t->masks + (size_t)j * mask_bytes, layer->targets.masks[j], mask_bytes);
     }
     ++s->n_targets;
+    if (l->targets_chosen) return 0;
     ++l->target_frames;
     l->target_bytes += (int64_t)frame_len;
     return 0;
@@ -338,6 +349,7 @@ typedef struct kw_c2c_plan {
     kw_select_policy select;
     enum kw_dtype cache_dtype;
     kw_model *receiver;                  /* the receiver-aware selections score with it (borrowed) */
+    const kw_wire_policy *preview;       /* scoring: receiver: the preview's codecs (NULL: scoring local) */
     enum kw_projector_numerics numerics; /* the request's projector numerics */
     const uint8_t *recv_pad;             /* NULL, or the receiver's padding flags (alignment) */
     const kw_wire_policy *wire;          /* NULL: rows in memory, no codec */
@@ -367,6 +379,10 @@ typedef struct kw_c2c_totals {
     kw_receive_stats recv;
     kw_c2c_refine_stats refine;
     kw_rscore_stats rscore; /* the receiver-aware selections' cost, summed over the sharers */
+    /* scoring: receiver: the preview blobs, the selections sent back, and the time on each side */
+    uint64_t preview_bytes, selection_bytes;
+    double preview_sharer_ms;         /* the preview run: prefill, rows, encoding */
+    kw_receive_preview_stats preview; /* decoding and scoring at the receiver */
 } kw_c2c_totals;
 
 static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
@@ -403,6 +419,41 @@ static void kw_c2c_add_rscore(kw_rscore_stats *sum, const kw_rscore *r) {
     if (s) sum->prefill_ms += s->prefill_ms, sum->projection_ms += s->projection_ms, sum->projections += s->projections;
 }
 
+/* scoring: receiver for sharer i: the sharer half sends the preview (every row of its sent layers at the preview
+ * codec, blobs kept in a scratch link), the receiver scores it (scorer) and encodes its selection, whose bytes the
+ * sharer decodes into *chosen (the caller's, kw_rselect_free). */
+static int kw_c2c_preview(kw_model *m, kw_fusion *f, int32_t i, const int32_t *ids, int64_t prefix,
+                          const kw_share_request_options *final, kw_rscore *scorer, const kw_c2c_plan *plan,
+                          kw_rselect *chosen, kw_c2c_totals *tot) {
+    kw_c2c_link pv = {0};
+    kw_rselect sel = {0};
+    uint8_t *msg = NULL;
+    size_t msg_len = 0;
+    int rc;
+    kw_share_request_options so = *final;
+    so.select = (kw_select_policy){.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
+    so.select_rows = NULL, so.select_user = NULL;
+    so.wire = plan->preview;
+    so.on_rows = NULL, so.on_targets = NULL;
+    so.user = &pv;
+    kw_share_request_stats st;
+    KW_CHECK(kw_share_request_run(m, ids, prefix, &so, &st));
+    tot->preview_bytes += st.wire.blob_bytes;
+    tot->preview_sharer_ms += st.share.prefill_ms + st.share.select_ms + st.wire.encode_ms;
+    for (int32_t b = 0; b < pv.streams[0].n_blobs; ++b)
+        KW_CHECK(kw_receive_preview_score(scorer, f, i, &plan->select, pv.streams[0].blobs[b].data,
+                                          pv.streams[0].blobs[b].len, &sel, &tot->preview));
+    KW_CHECK(kw_rselect_encode(&sel, &msg, &msg_len));
+    tot->selection_bytes += msg_len;
+    KW_CHECK(kw_rselect_decode(msg, msg_len, prefix, chosen));
+    rc = 0;
+out:
+    free(msg);
+    kw_rselect_free(&sel);
+    kw_c2c_link_free(&pv);
+    return rc;
+}
+
 /* The sharer half for sharer i (its model is m, its fuser layers from f; kv_direct: every layer of m). */
 static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i, const int32_t *ids,
                         const kw_c2c_plan *plan, kw_c2c_totals *tot) {
@@ -430,28 +481,37 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
     link->sharer = i;
     kw_rscore *scorer = NULL;
     if (kw_select_mode_receiver_aware(plan->select.mode)) KW_FORWARD(kw_c2c_rscore(f, i, ids, prefix, plan, &scorer));
-    const kw_share_request_options so = {.sections = mine,
-                                         .n_sections = plan->n_sections,
-                                         .layers = layers,
-                                         .n_layers = n_layers,
-                                         .select = plan->select,
-                                         .skip_ranked = plan->skip_ranked,
-                                         .select_rows = scorer ? kw_rscore_share_select : NULL,
-                                         .select_user = scorer,
-                                         .same_positions = plan->kv_direct,
-                                         .cache_dtype = plan->cache_dtype,
-                                         .pad = plan->sharer_pad[i],
-                                         .wire = plan->wire,
-                                         .budget_bytes = plan->budget_bytes,
-                                         .budget_codecs = plan->budget_codecs,
-                                         .n_budget_codecs = plan->n_budget_codecs,
-                                         .budget_mode = plan->budget_mode,
-                                         .write = kw_c2c_link_write,
-                                         .on_rows = kw_c2c_link_rows,
-                                         .on_targets = kw_c2c_link_targets,
-                                         .user = link};
+    kw_share_request_options so = {.sections = mine,
+                                   .n_sections = plan->n_sections,
+                                   .layers = layers,
+                                   .n_layers = n_layers,
+                                   .select = plan->select,
+                                   .skip_ranked = plan->skip_ranked,
+                                   .select_rows = scorer ? kw_rscore_share_select : NULL,
+                                   .select_user = scorer,
+                                   .same_positions = plan->kv_direct,
+                                   .cache_dtype = plan->cache_dtype,
+                                   .pad = plan->sharer_pad[i],
+                                   .wire = plan->wire,
+                                   .budget_bytes = plan->budget_bytes,
+                                   .budget_codecs = plan->budget_codecs,
+                                   .n_budget_codecs = plan->n_budget_codecs,
+                                   .budget_mode = plan->budget_mode,
+                                   .write = kw_c2c_link_write,
+                                   .on_rows = kw_c2c_link_rows,
+                                   .on_targets = kw_c2c_link_targets,
+                                   .user = link};
+    const int32_t *sids = plan->sharer_ids[i] ? plan->sharer_ids[i] : ids;
+    kw_rselect chosen = {0};
+    int rc = 0;
+    if (plan->preview) { /* scoring: receiver: the rows and subsets the receiver chose */
+        link->targets_chosen = 1;
+        rc = kw_c2c_preview(m, f, i, sids, prefix, &so, scorer, plan, &chosen, tot);
+        so.select_rows = kw_rselect_share_select, so.select_user = &chosen;
+    }
     kw_share_request_stats st;
-    const int rc = kw_share_request_run(m, plan->sharer_ids[i] ? plan->sharer_ids[i] : ids, prefix, &so, &st);
+    if (rc == 0) rc = kw_share_request_run(m, sids, prefix, &so, &st);
+    kw_rselect_free(&chosen);
     kw_c2c_add_rscore(&tot->rscore, scorer);
     kw_rscore_free(scorer);
     KW_FORWARD(rc);
@@ -556,6 +616,39 @@ out:
 }
 
 /* --wire CODEC with its granularity, scale and zstd level. */
+/* selected_rows (the receiver-aware selections with --wire): the positions each final blob carries, per sharer, blob
+ * and sharer layer, read back from the blobs (so that two placements' selections compare). */
+static int kw_c2c_print_selected(const kw_c2c_link *l) {
+    printf("selected_rows:");
+    uint32_t *pos = NULL;
+    kw_wire_reader *rd = NULL;
+    int rc = 0;
+    for (int32_t i = 0; i < KW_FUSION_MAX_SHARERS; ++i)
+        for (int32_t b = 0; b < l->streams[i].n_blobs; ++b) {
+            const kw_wire_header *hdr = NULL;
+            const kw_wire_section *sec = NULL;
+            KW_CHECK(kw_wire_reader_open(l->streams[i].blobs[b].data, l->streams[i].blobs[b].len, NULL, &rd, &hdr));
+            for (;;) {
+                KW_CHECK(kw_wire_reader_next(rd, &sec));
+                if (rc == 0) break;
+                free(pos);
+                pos = malloc((size_t)sec->n_tokens * sizeof *pos);
+                KW_CHECK_IF(pos == NULL, KW_E_NOMEM, "c2c: out of memory");
+                KW_CHECK(kw_wire_section_positions(sec, pos, sec->n_tokens));
+                printf(" %d.%d.%u:", (int)i, (int)b, (unsigned)sec->layer);
+                for (uint32_t t = 0; t < sec->n_tokens; ++t)
+                    printf("%s%u", t ? "," : "", (unsigned)pos[t]);
+            }
+            kw_wire_reader_close(rd);
+            rd = NULL;
+        }
+out:
+    printf("\n");
+    free(pos);
+    kw_wire_reader_close(rd);
+    return rc;
+}
+
 static int kw_c2c_wire_policy(const char *codec, const char *gran, const char *scale, long zstd, kw_wire_policy *pol) {
     memset(pol, 0, sizeof *pol);
     kw_wire_codec_spec spec;
@@ -765,7 +858,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     const char *sharer_dirs[KW_C2C_MAX_SHARERS], *fuser_dirs[KW_C2C_MAX_SHARERS];
     int n_sharer_dirs = 0, n_fuser_dirs = 0, fp32 = 0, raw = 0, print_alignment = 0;
     int order_i = -1, xfer_i = 0, fusion_i = 0, align_choice = KW_C2C_ALIGN_AUTO, pads_i = 0, norm_i = -1;
-    int select_i = 0, relay_style_i = 0, budget_mode_i = KW_WIRE_BUDGET_TOKENS;
+    int select_i = 0, relay_style_i = 0, budget_mode_i = KW_WIRE_BUDGET_TOKENS, scoring_i = 0;
+    static const char *const scorings[] = {"local", "receiver", NULL};
+    const char *preview_codec = NULL;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     const char *budget_codecs = NULL;
     int64_t budget_bytes = 0;
@@ -793,6 +888,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_CHOICE("--rmsnorm-rounding", &norm_i, norm_roundings),
         KW_CLI_CHOICE("--select", &select_i, selects),
         KW_CLI_REAL("--select-proportion", &select_p, 0.0, 1.0),
+        KW_CLI_CHOICE("--scoring", &scoring_i, scorings),
+        KW_CLI_STR("--preview-codec", &preview_codec),
         KW_CLI_INT("--min-tokens", &min_tokens, 1, INT32_MAX),
         KW_CLI_INT("--seed", &seed, 0, INT64_MAX),
         KW_CLI_REAL("--proportion", &proportion, 0.0, 1.0),
@@ -853,6 +950,10 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && kw_select_mode_receiver_aware((enum kw_select_mode)select_i) && fusion_i == 1)
         usage_error =
             "--select proj_vnorm_topk and delta_proj_vnorm_topk fuse per-layer subsets: not --fusion parallel";
+    if (!usage_error && scoring_i == 1 &&
+        (!kw_select_mode_receiver_aware((enum kw_select_mode)select_i) || !wire_codec))
+        usage_error = "--scoring receiver is for --select proj_vnorm_topk and delta_proj_vnorm_topk with --wire CODEC";
+    if (!usage_error && preview_codec && scoring_i != 1) usage_error = "--preview-codec needs --scoring receiver";
     if (!usage_error && xfer_i == KW_C2C_MODE_TEXT_RELAY && raw)
         usage_error = "text_relay builds chat prompts: not with --raw";
     if (!usage_error && xfer_i != KW_C2C_MODE_TEXT_RELAY && (relay_bytes >= 0 || relay_tokens != 256 || relay_style_i))
@@ -892,7 +993,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_align_result ar = {0};
     kw_fusion_section *aligned_sections = NULL;
     kw_fusion_result res = {0};
-    kw_wire_policy wire_pol;
+    kw_wire_policy wire_pol, preview_pol;
     kw_wire_codec_spec budget_specs[KW_WIRE_ALLOC_MAX_CODECS];
     uint32_t n_budget_specs = 0;
     kw_c2c_link link = {.dump_prefix = wire_dump};
@@ -908,6 +1009,15 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CHECK(kw_c2c_budget_codecs(budget_codecs, wire_gran, wire_scale, budget_specs, &n_budget_specs));
         KW_CHECK(kw_c2c_wire_policy(kw_wire_codec_name(budget_specs[0].codec), wire_gran, wire_scale, (long)wire_zstd,
                                     &wire_pol));
+    }
+    if (scoring_i == 1) { /* --preview-codec CODEC[:GRAN] */
+        char codec[64];
+        const char *spec = preview_codec ? preview_codec : "int4:token", *colon = strchr(spec, ':');
+        const size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
+        KW_CHECK_IF(n == 0 || n >= sizeof codec, KW_E_INVALID_ARG, "--preview-codec %s: CODEC[:GRAN]", spec);
+        memcpy(codec, spec, n);
+        codec[n] = 0;
+        KW_CHECK(kw_c2c_wire_policy(codec, colon ? colon + 1 : "token", "f32", 0, &preview_pol));
     }
     const int use_wire = wire_codec || budget_bytes;
     stage = "backend";
@@ -1060,6 +1170,7 @@ int kw_cmd_c2c(int argc, char **argv) {
                                      .seed = (uint64_t)seed},
                           .cache_dtype = cache_dtype,
                           .receiver = recv,
+                          .preview = scoring_i == 1 ? &preview_pol : NULL,
                           .numerics = numerics,
                           .recv_pad = plan.on ? ar.recv_pad : NULL,
                           .wire = use_wire ? &wire_pol : NULL,
@@ -1123,8 +1234,18 @@ int kw_cmd_c2c(int argc, char **argv) {
                (long long)tot.share.tokens_total);
     }
     if (xfer_i == KW_C2C_MODE_C2C) printf("tokens_fused: %lld\n", (long long)stats->tokens_fused);
-    if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i))
+    if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i)) {
         printf("target_subsets: %d frames %lld bytes\n", (int)link.target_frames, (long long)link.target_bytes);
+        printf("scoring: %s", scorings[scoring_i]);
+        if (scoring_i == 1) printf(" preview %s", preview_codec ? preview_codec : "int4:token");
+        printf("\n");
+        const uint64_t final_bytes = tot.wire.blob_bytes + (uint64_t)link.target_bytes;
+        printf("scoring_bytes: preview %llu selection %llu final %llu total %llu\n",
+               (unsigned long long)tot.preview_bytes, (unsigned long long)tot.selection_bytes,
+               (unsigned long long)final_bytes,
+               (unsigned long long)(tot.preview_bytes + tot.selection_bytes + final_bytes));
+        if (use_wire) KW_CHECK(kw_c2c_print_selected(&link));
+    }
     printf("generated_tokens: %lld%s\n", (long long)res.gen.n, res.gen.stopped_eos ? " (stopped at EOS)" : "");
     kw_c2c_print_ids("generated_ids", res.gen.ids, res.gen.n);
     if (xfer_i == KW_C2C_MODE_C2C) {
@@ -1187,6 +1308,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (kw_select_mode_receiver_aware((enum kw_select_mode)select_i))
         printf(" scoring_prefill %.3f scoring_projection %.3f (%lld projections)", tot.rscore.prefill_ms,
                tot.rscore.projection_ms, (long long)tot.rscore.projections);
+    if (scoring_i == 1)
+        printf(" preview_sharer %.3f preview_decode %.3f preview_score %.3f", tot.preview_sharer_ms,
+               tot.preview.decode_ms, tot.preview.score_ms);
     printf("\n");
 out:
     if (rc < 0) fprintf(stderr, "kvwire c2c: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());

@@ -9,13 +9,8 @@
 # shellcheck source=../cli_lib.sh
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 
-tok=$src/models/tokenizers/qwen3
-"$kvwire" gen-model --arch qwen3 --preset tiny --layers 3 --seed 1 --tied 0 --tokenizer "$tok" --out recv >/dev/null
-"$kvwire" gen-model --arch qwen2 --preset tiny --layers 2 --seed 2 --tied 0 --tokenizer "$tok" --out shar >/dev/null
-"$kvwire" gen-fuser --receiver recv --sharer shar --out fuser --seed 3 --hidden 64 --intermediate 96 >/dev/null
-p="Name three colours of the rainbow and say which one is in the middle."
-run() { "$kvwire" c2c --receiver recv --sharer shar --fuser fuser --prompt "$p" --max-new-tokens 6 "$@"; }
-stable() { grep -v '^timing_ms' "$1"; }
+rscore_models
+run() { rscore_run "$@"; }
 
 for sel in proj_vnorm_topk delta_proj_vnorm_topk; do
     KW_CPU_ISA=scalar run --threads 1 --select $sel --select-proportion 0.25 --wire int8 --wire-dump "$sel.a" >"$sel.a"

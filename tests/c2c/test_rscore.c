@@ -11,6 +11,9 @@
  *    gives each receiver layer exactly the rows of a fusion that sent it its subset alone, and the receiver's own rows
  *    at the union's other positions;
  *  - the same scores, bit for bit, with KW_CPU_ISA scalar and avx2 and with 1 and 2 threads;
+ *  - scoring: receiver (receiver/kw_receive_preview.h): a bf16 preview blob of bf16 rows gives, byte for byte, the
+ *    selection kw_rscore_select makes on the rows themselves (proj and delta); a preview that is not whole sections,
+ *    of another geometry or truncated is refused;
  *  - refusals (a non receiver-aware mode, the share without a scorer, kw_select_positions on the new modes). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,10 +31,12 @@
 #include "c2c/kw_genfuser.h"
 #include "c2c/kw_projector.h"
 #include "c2c/kw_rscore.h"
+#include "c2c/kw_rselect.h"
 #include "c2c/kw_share.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_kvcache.h"
+#include "receiver/kw_receive_preview.h"
 #include "sharer/kw_share_wire.h"
 #include "tests/kw_test_util.h"
 #include "../model/model_fixture.h"
@@ -583,12 +588,136 @@ static void test_vnorm_formula(void **state) {
     assert_true(out[0] == 2.5f && out[1] == 0.0f);
 }
 
+/* A preview blob of the needed layers' rows of sk, sv (layers, n, H, D) f32 at positions [0, n) with the bf16 codec:
+ * gap leaves position 1 out, heads declares another head count. *len bytes, owned by the caller. */
+static uint8_t *preview_blob(env *e, const float *sk, const float *sv, int gap, int32_t heads, size_t *len) {
+    int32_t layers[16], n_layers = 0;
+    assert_int_equal(kw_fusion_needed_layers(e->fusion, 0, layers, 16, &n_layers), 0);
+    const kw_wire_header hdr = {.n_layers = (uint16_t)e->s_layers,
+                                .n_sections = (uint16_t)n_layers,
+                                .n_kv_heads = (uint16_t)heads,
+                                .head_dim = (uint16_t)e->s_dim,
+                                .n_positions = (uint32_t)e->n,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    kw_wire_policy pol;
+    memset(&pol, 0, sizeof pol);
+    assert_int_equal(kw_wire_spec_parse("bf16", "none", "none", &pol.k), 0);
+    pol.v = pol.k;
+    uint32_t pos[256];
+    assert_true(e->n <= 256);
+    const uint32_t T = (uint32_t)(gap ? e->n - 1 : e->n);
+    for (uint32_t t = 0; t < T; ++t)
+        pos[t] = gap && t > 0 ? t + 1 : t;
+    size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES, part = 0, used = 0;
+    for (int32_t i = 0; i < n_layers; ++i) {
+        size_t b = 0;
+        assert_int_equal(kw_wire_section_bound(&hdr, &pol, T, &b), 0);
+        cap += b;
+    }
+    uint8_t *blob = malloc(cap);
+    assert_non_null(blob);
+    kw_wire_encoder *enc = NULL;
+    assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &enc), 0);
+    assert_int_equal(kw_wire_encoder_write_header(enc, blob, cap, &part), 0);
+    used += part;
+    const size_t per = (size_t)(e->n * e->s_heads * e->s_dim), row = (size_t)(heads * e->s_dim);
+    for (int32_t i = 0; i < n_layers; ++i) {
+        const size_t off = per * (size_t)layers[i];
+        const kw_wire_layer_in in = {
+            .layer = (uint32_t)layers[i],
+            .n_tokens = T,
+            .positions = pos,
+            .k = {.data = sk + off, .head_stride = (size_t)e->s_dim, .token_stride = row, .rows = pos},
+            .v = {.data = sv + off, .head_stride = (size_t)e->s_dim, .token_stride = row, .rows = pos}};
+        assert_int_equal(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &part), 0);
+        used += part;
+    }
+    assert_int_equal(kw_wire_encoder_write_trailer(enc, blob + used, cap - used, &part), 0);
+    kw_wire_encoder_destroy(enc);
+    *len = used + part;
+    return blob;
+}
+
+/* The encoding of a selection, compared with another's. */
+static void assert_same_selection(const kw_rselect *a, const kw_rselect *b) {
+    uint8_t *ea = NULL, *eb = NULL;
+    size_t la = 0, lb = 0;
+    assert_int_equal(kw_rselect_encode(a, &ea, &la), 0);
+    assert_int_equal(kw_rselect_encode(b, &eb, &lb), 0);
+    assert_int_equal(la, lb);
+    assert_memory_equal(ea, eb, la);
+    free(ea), free(eb);
+}
+
+static void check_preview(env *e, enum kw_select_mode mode, const float *sk, const float *sv) {
+    kw_wire_policy q;
+    memset(&q, 0, sizeof q);
+    assert_int_equal(kw_wire_spec_parse("int4", "token", "f32", &q.k), 0);
+    q.v = q.k;
+    const kw_rscore_options ro = {.mode = mode,
+                                  .numerics = KW_PROJECTOR_FP32,
+                                  .cache_dtype = KW_DTYPE_BF16,
+                                  .quantize = mode == KW_SELECT_DELTA_PROJ_VNORM ? kw_share_wire_rscore_quantize : NULL,
+                                  .quantize_user = &q};
+    kw_rscore *r = NULL;
+    assert_int_equal(kw_rscore_create(e->recv, e->fusion, 0, e->prompt, e->n, &ro, &r), 0);
+    const kw_select_policy pol = {.mode = mode, .proportion = 0.25, .min_tokens = 1};
+    /* what scoring: local selects on the rows themselves */
+    kw_rselect want = {0}, got = {0};
+    int32_t layers[16], n_layers = 0;
+    assert_int_equal(kw_fusion_needed_layers(e->fusion, 0, layers, 16, &n_layers), 0);
+    const size_t per = (size_t)(e->n * e->s_heads * e->s_dim);
+    int64_t out[256], n_out = 0;
+    for (int32_t i = 0; i < n_layers; ++i) {
+        kw_share_targets t;
+        const size_t off = per * (size_t)layers[i];
+        assert_int_equal(kw_rscore_select(r, &pol, layers[i], 0, e->n, sk + off, sv + off, out, &n_out, &t), 0);
+        assert_int_equal(kw_rselect_add(&want, 0, e->n, layers[i], out, n_out, &t), 0);
+    }
+    /* the receiver's, on a lossless preview */
+    size_t len = 0;
+    uint8_t *blob = preview_blob(e, sk, sv, 0, e->s_heads, &len);
+    kw_receive_preview_stats st = {0};
+    if (kw_receive_preview_score(r, e->fusion, 0, &pol, blob, len, &got, &st) < 0)
+        fail_msg("preview: %s", kw_error_detail());
+    assert_same_selection(&want, &got);
+    assert_int_equal(st.layers, n_layers);
+    assert_int_equal(st.rows, n_layers * e->n);
+    kw_rselect_free(&got);
+    assert_true(kw_receive_preview_score(r, e->fusion, 0, &pol, blob, len - 1, &got, NULL) < 0); /* truncated */
+    kw_rselect_free(&got);
+    free(blob);
+    blob = preview_blob(e, sk, sv, 1, e->s_heads, &len); /* position 1 left out: not one whole section */
+    assert_int_equal(kw_receive_preview_score(r, e->fusion, 0, &pol, blob, len, &got, NULL), KW_E_PARSE);
+    kw_rselect_free(&got);
+    free(blob);
+    blob = preview_blob(e, sk, sv, 0, e->s_heads - 1, &len); /* another geometry */
+    assert_int_equal(kw_receive_preview_score(r, e->fusion, 0, &pol, blob, len, &got, NULL), KW_E_SHAPE);
+    kw_rselect_free(&got);
+    free(blob);
+    kw_rselect_free(&want);
+    kw_rscore_free(r);
+}
+
+static void test_preview_selection(void **state) {
+    (void)state;
+    env e;
+    env_open_with(&e, NULL, 2, open_gates_fuser());
+    float *sk, *sv;
+    prefill_rows(&e, e.sharer, KW_DTYPE_BF16, &sk, &sv);
+    check_preview(&e, KW_SELECT_PROJ_VNORM, sk, sv);
+    check_preview(&e, KW_SELECT_DELTA_PROJ_VNORM, sk, sv);
+    free(sk), free(sv);
+    env_close(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vnorm_formula),       cmocka_unit_test(test_top_scores_ties),
         cmocka_unit_test(test_proj_against_direct), cmocka_unit_test(test_delta_against_direct),
         cmocka_unit_test(test_delta_exact_codec),   cmocka_unit_test(test_share_selects_per_target),
         cmocka_unit_test(test_fusion_per_target),   cmocka_unit_test(test_isa_thread_invariance),
+        cmocka_unit_test(test_preview_selection),
     };
     const int failed = cmocka_run_group_tests(tests, NULL, NULL);
     if (open_fuser_dir[0]) kw_test_remove_tree(open_fuser_dir);
