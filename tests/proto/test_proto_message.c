@@ -380,7 +380,8 @@ static void test_share_request_skip_ranked(void **state) {
 }
 
 /* The receiver-aware selections: SharePolicy.scoring, ShareRequest.receiver_token_ids (as many as token_ids, only
- * when scored at the sharer), c2c only; the SHARE_TARGETS frame's rules. */
+ * when scored at the sharer), SharePolicy.preview (only with SCORING_RECEIVER), c2c only; the SHARE_TARGETS frame's
+ * rules. */
 static void test_receiver_aware(void **state) {
     (void)state;
     uint32_t ids[] = {151644, 872, 198, 3838, 374}, rids[] = {1, 2, 3, 4, 5};
@@ -420,6 +421,19 @@ static void test_receiver_aware(void **state) {
     r.n_receiver_token_ids = 0;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
     kw_proto_message_free(m);
+    Kwctl__CodecSpec pv = KWCTL__CODEC_SPEC__INIT; /* the preview's codec (PROTOCOL.md §5.2) */
+    pv.codec = 1, pv.granularity = 2, pv.scale_dtype = 1;
+    p.preview = &pv;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_non_null(((const Kwctl__ShareRequest *)m)->policy->preview);
+    assert_int_equal(((const Kwctl__ShareRequest *)m)->policy->preview->codec, 1);
+    kw_proto_message_free(m);
+    pv.codec = 0; /* checked as any codec */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    pv.codec = 1;
+    p.scoring = KWCTL__SCORING__SCORING_LOCAL; /* a preview only for scoring at the receiver */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.preview = NULL;
     p.scoring = (Kwctl__Scoring)2;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.scoring = KWCTL__SCORING__SCORING_RECEIVER; /* scoring with another selection */
@@ -459,46 +473,11 @@ static void test_receiver_aware(void **state) {
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), KW_E_PROTO_FIELD);
 }
 
-/* Scoring at the receiver (docs/PROTOCOL.md §5.2): SharePolicy.preview only with SCORING_RECEIVER; the
- * SHARE_PREVIEW and SHARE_SELECTION frames' rules; ShareEnd's scoring report of either placement. */
+/* Scoring at the receiver (docs/PROTOCOL.md §5.2): the SHARE_PREVIEW and SHARE_SELECTION frames' rules; ShareEnd's
+ * scoring report of either placement (SharePolicy.preview: test_receiver_aware). */
 static void test_receiver_scoring(void **state) {
     (void)state;
-    uint32_t ids[] = {151644, 872, 198, 3838, 374};
-    Kwctl__CodecSpec k = KWCTL__CODEC_SPEC__INIT, pv = KWCTL__CODEC_SPEC__INIT;
-    k.codec = 3, k.granularity = 2, k.scale_dtype = 1;
-    pv.codec = 1, pv.granularity = 2, pv.scale_dtype = 1;
-    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
-    p.k = p.v = &k;
-    p.selection = KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK;
-    p.proportion = 0.5;
-    p.scoring = KWCTL__SCORING__SCORING_RECEIVER;
-    p.preview = &pv;
-    Kwctl__Section s0 = KWCTL__SECTION__INIT;
-    s0.length = 5, s0.sent = 1;
-    Kwctl__Section *sections[] = {&s0};
-    Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
-    r.request_id = 3;
-    r.mode = KWCTL__MODE__MODE_C2C;
-    r.sharer_model = "qwen2.5-0.5b";
-    r.token_ids = ids;
-    r.n_token_ids = 5;
-    r.policy = &p;
-    r.sections = sections;
-    r.n_sections = 1;
-    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
     ProtobufCMessage *m = NULL;
-    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
-    const Kwctl__ShareRequest *got = (const Kwctl__ShareRequest *)m;
-    assert_non_null(got->policy->preview);
-    assert_int_equal(got->policy->preview->codec, 1);
-    kw_proto_message_free(m);
-    p.scoring = KWCTL__SCORING__SCORING_LOCAL; /* a preview only for scoring at the receiver */
-    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
-    p.scoring = KWCTL__SCORING__SCORING_RECEIVER;
-    pv.codec = 0; /* the preview's codec checked as any codec */
-    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
-    pv.codec = 1;
-
     Kwctl__SharePreview v = KWCTL__SHARE_PREVIEW__INIT;
     v.request_id = 3;
     v.blob = 1;
