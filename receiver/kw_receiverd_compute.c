@@ -321,7 +321,6 @@ out:
  * *chosen (the caller's, kw_rselect_free) for the final blobs' per-target subsets. */
 static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int32_t n_sent, kw_rselect *chosen) {
     const kw_rd_spec *s = &j->spec;
-    const uint64_t t0 = kw_time_now_ns();
     const bool fp32 = d->cfg->numerics != 0;
     const kw_wire_policy qpol = {.k = s->spec, .v = s->spec}; /* the delta's round trip: the request's codec */
     const kw_rscore_options ro = {.mode = s->select.mode,
@@ -383,8 +382,9 @@ static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int
         KW_CHECK(kw_rd_post_send(d, KW_RD_POST_SELECTION, j, (char *)frame, len));
     }
     j->receiver_scored = true;
-out:
-    j->ms_scoring = kw_time_ms(t0, kw_time_now_ns());
+out: /* the work, not the waits for the preview's bytes */
+    const kw_rscore_stats *rst = scorer ? kw_rscore_get_stats(scorer) : NULL;
+    j->ms_scoring = ps.decode_ms + ps.score_ms + (rst ? rst->prefill_ms : 0.0);
     kw_rscore_free(scorer);
     kw_wire_decoder_destroy(dec);
     kw_rselect_free(&sel);

@@ -236,7 +236,7 @@ struct kw_rd_job {
     uint64_t blob_bytes;
     /* scoring receiver: the preview blobs (counted in blob_bytes too), the selection sent back, the scoring's time */
     uint64_t preview_bytes, selection_bytes;
-    double ms_scoring;
+    double ms_scoring; /* the scorer's prefill, decoding and scoring the previews (waits excluded) */
     bool receiver_scored;
     int32_t blobs;
     int64_t tokens_fused;
