@@ -382,6 +382,7 @@ static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int
         KW_CHECK(kw_rd_post_send(d, KW_RD_POST_SELECTION, j, (char *)frame, len));
     }
     j->receiver_scored = true;
+    rc = 0;
 out: /* the work, not the waits for the preview's bytes */
     const kw_rscore_stats *rst = scorer ? kw_rscore_get_stats(scorer) : NULL;
     j->ms_scoring = ps.decode_ms + ps.score_ms + (rst ? rst->prefill_ms : 0.0);
