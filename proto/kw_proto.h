@@ -39,24 +39,26 @@
 #define KW_PROTO_DEFAULT_MAX_UNPACKED_BYTES ((uint64_t)64 << 20)
 #define KW_PROTO_DEFAULT_MAX_TOKENS         (1u << 20)
 
-/* Frame types. Numbers are on the wire and never change; 0 and 15..255 are invalid (KW_E_PROTO_FRAME_TYPE). */
+/* Frame types. Numbers are on the wire and never change; 0 and 17..255 are invalid (KW_E_PROTO_FRAME_TYPE). */
 enum kw_proto_frame_type {
-    KW_PROTO_FRAME_HELLO = 1,          /* Hello */
-    KW_PROTO_FRAME_HELLO_REPLY = 2,    /* HelloReply */
-    KW_PROTO_FRAME_SHARE_REQUEST = 3,  /* ShareRequest */
-    KW_PROTO_FRAME_SHARE_HEADER = 4,   /* ShareHeader */
-    KW_PROTO_FRAME_WIRE = 5,           /* raw: a piece of the KVWire blob of the current share */
-    KW_PROTO_FRAME_SHARE_TEXT = 6,     /* ShareText */
-    KW_PROTO_FRAME_SHARE_END = 7,      /* ShareEnd */
-    KW_PROTO_FRAME_ERROR = 8,          /* Error */
-    KW_PROTO_FRAME_CANCEL = 9,         /* Cancel */
-    KW_PROTO_FRAME_STATS_REQUEST = 10, /* StatsRequest */
-    KW_PROTO_FRAME_STATS = 11,         /* Stats */
-    KW_PROTO_FRAME_PING = 12,          /* Ping */
-    KW_PROTO_FRAME_PONG = 13,          /* Pong */
-    KW_PROTO_FRAME_SHARE_TARGETS = 14, /* ShareTargets */
+    KW_PROTO_FRAME_HELLO = 1,            /* Hello */
+    KW_PROTO_FRAME_HELLO_REPLY = 2,      /* HelloReply */
+    KW_PROTO_FRAME_SHARE_REQUEST = 3,    /* ShareRequest */
+    KW_PROTO_FRAME_SHARE_HEADER = 4,     /* ShareHeader */
+    KW_PROTO_FRAME_WIRE = 5,             /* raw: a piece of the KVWire blob of the current share */
+    KW_PROTO_FRAME_SHARE_TEXT = 6,       /* ShareText */
+    KW_PROTO_FRAME_SHARE_END = 7,        /* ShareEnd */
+    KW_PROTO_FRAME_ERROR = 8,            /* Error */
+    KW_PROTO_FRAME_CANCEL = 9,           /* Cancel */
+    KW_PROTO_FRAME_STATS_REQUEST = 10,   /* StatsRequest */
+    KW_PROTO_FRAME_STATS = 11,           /* Stats */
+    KW_PROTO_FRAME_PING = 12,            /* Ping */
+    KW_PROTO_FRAME_PONG = 13,            /* Pong */
+    KW_PROTO_FRAME_SHARE_TARGETS = 14,   /* ShareTargets */
+    KW_PROTO_FRAME_SHARE_PREVIEW = 15,   /* SharePreview (SCORING_RECEIVER: the next blob is a preview) */
+    KW_PROTO_FRAME_SHARE_SELECTION = 16, /* ShareSelection (receiver to sharer, SCORING_RECEIVER) */
 };
-#define KW_PROTO_FRAME_TYPE_COUNT 15 /* valid types are 1..KW_PROTO_FRAME_TYPE_COUNT-1 */
+#define KW_PROTO_FRAME_TYPE_COUNT 17 /* valid types are 1..KW_PROTO_FRAME_TYPE_COUNT-1 */
 
 /* "HELLO", "WIRE", ...; "?" for an invalid type. Static strings. */
 const char *kw_proto_frame_type_name(uint32_t type);

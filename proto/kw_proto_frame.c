@@ -37,6 +37,8 @@ static const kw__proto_type_info kw__proto_types[KW_PROTO_FRAME_TYPE_COUNT] = {
     [KW_PROTO_FRAME_PING] = {"PING", &kwctl__ping__descriptor},
     [KW_PROTO_FRAME_PONG] = {"PONG", &kwctl__pong__descriptor},
     [KW_PROTO_FRAME_SHARE_TARGETS] = {"SHARE_TARGETS", &kwctl__share_targets__descriptor},
+    [KW_PROTO_FRAME_SHARE_PREVIEW] = {"SHARE_PREVIEW", &kwctl__share_preview__descriptor},
+    [KW_PROTO_FRAME_SHARE_SELECTION] = {"SHARE_SELECTION", &kwctl__share_selection__descriptor},
 };
 
 static bool kw__proto_type_valid(uint32_t type) {

@@ -296,6 +296,9 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
                  (int)p->scoring);
     KW__FIELD_IF(p->scoring != KWCTL__SCORING__SCORING_LOCAL && !kw__proto_receiver_aware(p->selection),
                  "SharePolicy.scoring: only for the receiver-aware selections");
+    KW__FIELD_IF(p->preview && p->scoring != KWCTL__SCORING__SCORING_RECEIVER,
+                 "SharePolicy.preview: only with scoring SCORING_RECEIVER");
+    KW_FORWARD(kw__proto_check_codec("SharePolicy.preview", p->preview, false));
     return 0;
 }
 
@@ -464,6 +467,27 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
                      "ShareEnd.budget.tokens_per_codec: %zu entries, at most %d", b->n_tokens_per_codec,
                      KW__PROTO_MAX_BUDGET_CODECS);
     }
+    const Kwctl__ScoringReport *r = m->scoring;
+    if (r && r->placement != KWCTL__SCORING__SCORING_RECEIVER)
+        KW__FIELD_IF(r->preview_bytes != 0 || r->selection_bytes != 0 || r->wait_ns != 0,
+                     "ShareEnd.scoring: preview or selection fields with placement SCORING_LOCAL");
+    return 0;
+}
+
+static int kw__proto_check_share_preview(const Kwctl__SharePreview *m) {
+    KW__FIELD_IF(m->request_id == 0, "SharePreview.request_id: 0");
+    KW__FIELD_IF(m->blob >= KW__PROTO_MAX_SECTIONS, "SharePreview.blob: %u is not below %d", m->blob,
+                 KW__PROTO_MAX_SECTIONS);
+    return 0;
+}
+
+/* The selection's bytes are only bounded here (the frame's limit bounds them too); kw_rselect_decode checks their
+ * content against the sharer's own sections and layers. */
+static int kw__proto_check_share_selection(const Kwctl__ShareSelection *m) {
+    KW__FIELD_IF(m->request_id == 0, "ShareSelection.request_id: 0");
+    KW__FIELD_IF(m->selection.len == 0 || m->selection.len > KW_PROTO_DEFAULT_MAX_MESSAGE_BYTES,
+                 "ShareSelection.selection: %zu bytes, 1..%u expected", m->selection.len,
+                 KW_PROTO_DEFAULT_MAX_MESSAGE_BYTES);
     return 0;
 }
 
@@ -503,6 +527,9 @@ int kw_proto_message_check(const kw_proto_limits *lim_in, const ProtobufCMessage
     if (d == &kwctl__share_end__descriptor) return kw__proto_check_share_end((const Kwctl__ShareEnd *)msg);
     if (d == &kwctl__error__descriptor) return kw__proto_check_error((const Kwctl__Error *)msg);
     if (d == &kwctl__share_targets__descriptor) return kw__proto_check_share_targets((const Kwctl__ShareTargets *)msg);
+    if (d == &kwctl__share_preview__descriptor) return kw__proto_check_share_preview((const Kwctl__SharePreview *)msg);
+    if (d == &kwctl__share_selection__descriptor)
+        return kw__proto_check_share_selection((const Kwctl__ShareSelection *)msg);
     if (d == &kwctl__cancel__descriptor)
         KW__FIELD_IF(((const Kwctl__Cancel *)msg)->request_id == 0, "Cancel.request_id: 0");
     return 0;

@@ -452,7 +452,15 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
     kw__rd_add_budget(k, j);
     kw__rd_add_refine(k, j);
-    if (e && e->scoring) { /* the sharer's cost of a receiver-aware selection (scoring: local) */
+    if (j->receiver_scored) { /* scoring receiver: the round trip (bytes.blob counts the preview blobs too) */
+        cJSON *sc = cJSON_AddObjectToObject(k, "scoring");
+        cJSON_AddStringToObject(sc, "placement", "receiver");
+        cJSON_AddNumberToObject(sc, "preview_bytes", (double)j->preview_bytes);
+        cJSON_AddNumberToObject(sc, "selection_bytes", (double)j->selection_bytes);
+        cJSON_AddNumberToObject(sc, "final_bytes", (double)(j->blob_bytes - j->preview_bytes));
+        cJSON_AddNumberToObject(sc, "receiver_scoring_ms", j->ms_scoring);
+        cJSON_AddNumberToObject(sc, "sharer_wait_ms", e && e->scoring ? (double)e->scoring->wait_ns / 1e6 : 0.0);
+    } else if (e && e->scoring) { /* the sharer's cost of a receiver-aware selection (scoring: local) */
         cJSON *sc = cJSON_AddObjectToObject(k, "scoring");
         cJSON_AddStringToObject(sc, "placement", "local");
         cJSON_AddNumberToObject(sc, "receiver_prefill_ms", (double)e->scoring->receiver_prefill_ns / 1e6);
@@ -744,6 +752,13 @@ static void kw__rd_on_post(kw_net_async_item *item, void *user) {
             kw_rd_link_submit(j->link, j);
         else
             kw_rd_job_cancel(j, KW_E_INTERNAL);
+        break;
+    case KW_RD_POST_SELECTION: /* the frame is the post's text, handed over */
+        if (j->link)
+            kw_rd_link_send_frame(j->link, j, (uint8_t *)p->text, p->len);
+        else
+            free(p->text);
+        p->text = NULL;
         break;
     case KW_RD_POST_RESUME:
         if (j->link) kw_rd_link_resume(j->link);

@@ -238,6 +238,7 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (!cJSON_IsObject(p)) return KW__RD_BAD(e, "kvwire.policy: an object is expected");
     const cJSON *f, *schedule = NULL, *budget_codecs = NULL;
     bool scoring_given = false;
+    const char *preview = NULL;
     cJSON_ArrayForEach(f, p) {
         const char *k = f->string, *str = NULL;
         int64_t x = 0;
@@ -284,6 +285,8 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         } else if (strcmp(k, "scoring") == 0) {
             KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.scoring", kw__rd_scorings, &s->scoring));
             scoring_given = true;
+        } else if (strcmp(k, "preview") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.preview", &preview));
         } else if (strcmp(k, "budget_mode") == 0) {
             KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.budget_mode", kw__rd_budget_modes, &s->budget_mode));
         } else if (strcmp(k, "budget_codecs") == 0) {
@@ -303,10 +306,20 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (s->budget_mode && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_mode: needs budget_bytes");
     if (scoring_given && !kw_select_mode_receiver_aware(s->select.mode))
         return KW__RD_BAD(e, "kvwire.policy.scoring: only for selections proj_vnorm_topk and delta_proj_vnorm_topk");
-    if (s->scoring == 1)
-        return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
-                           "kvwire.policy.scoring: receiver (a round trip through the receiver) is not implemented; "
-                           "local is (the sharer scores with its copy of the receiver model and fuser)");
+    if (preview && s->scoring != 1) return KW__RD_BAD(e, "kvwire.policy.preview: only with scoring receiver");
+    if (s->scoring == 1) { /* the preview's codec: CODEC[:GRANULARITY], f32 scales (kvwire c2c --preview-codec) */
+        char codec[32], gran[32] = "token";
+        const char *spec = preview ? preview : "int4", *colon = strchr(spec, ':');
+        const size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
+        if (n == 0 || n >= sizeof codec || (colon && strlen(colon + 1) >= sizeof gran))
+            return KW__RD_BAD(e, "kvwire.policy.preview: \"CODEC[:GRANULARITY]\" is expected");
+        memcpy(codec, spec, n);
+        codec[n] = '\0';
+        if (colon) snprintf(gran, sizeof gran, "%s", colon + 1);
+        if (kw_wire_spec_parse(codec, gran, "f32", &s->preview) < 0)
+            return KW__RD_BAD(e, "kvwire.policy.preview: %s", kw_error_detail());
+        if (s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.scoring: receiver takes no budget_bytes");
+    }
     if (s->budget_bytes && schedule)
         return KW__RD_BAD(e, "kvwire.policy.schedule: not with budget_bytes (the allocator chooses the codecs)");
     if (s->budget_bytes) KW_FORWARD(kw__rd_budget_codecs(e, budget_codecs, s));

@@ -13,13 +13,17 @@
 #include <time.h>
 
 #include "c2c/kw_request.h"
+#include "c2c/kw_rscore.h"
+#include "c2c/kw_rselect.h"
 #include "common/kw_half.h"
 #include "common/kw_log.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "model/kw_generate.h"
 #include "receiver/kw_receive.h"
+#include "receiver/kw_receive_preview.h"
 #include "receiver/kw_receiverd_internal.h"
+#include "sharer/kw_share_wire.h"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fusers
@@ -124,6 +128,7 @@ static int kw__rd_feed_section(kw_rd_job *j, kw_receive *r, int32_t blob) {
         const int got = kw__rd_next_chunk(j, &c);
         if (got < 0) return got;
         KW_RETURN_IF(got == 0, KW_E_SHARE_INCOMPLETE, "the sharer ended the share before the section's blob did");
+        KW_RETURN_IF(c->preview, KW_E_PROTO_SEQUENCE, "a SHARE_PREVIEW frame in the final blobs");
         if (c->targets) {
             const int rc = kw__rd_targets(r, blob, c->targets);
             kw__rd_pop_chunk(j);
@@ -210,7 +215,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     const enum kw_dtype cache_dtype = d->cfg->numerics ? KW_DTYPE_F32 : KW_DTYPE_BF16;
     Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
     Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
-    Kwctl__CodecSpec codec = kw__rd_codec(&s->spec);
+    Kwctl__CodecSpec codec = kw__rd_codec(&s->spec), preview = KWCTL__CODEC_SPEC__INIT;
     Kwctl__Section *secs = calloc((size_t)n_sections, sizeof *secs);
     Kwctl__Section **sec_ptrs = calloc((size_t)n_sections, sizeof *sec_ptrs);
     uint32_t *uids = malloc((size_t)(prefix > 0 ? prefix : 1) * sizeof *uids);
@@ -265,9 +270,13 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         }
         p.budget_codecs = budget_ptrs;
         p.n_budget_codecs = (size_t)s->n_budget_codecs;
-        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode;   /* the same numbers */
-        if (kw_select_mode_receiver_aware(s->select.mode)) { /* scored at the sharer: the receiver's own ids (the */
-            p.scoring = KWCTL__SCORING__SCORING_LOCAL;       /* same as token_ids here: no token alignment) */
+        p.budget_mode = (Kwctl__BudgetMode)s->budget_mode;                      /* the same numbers */
+        if (kw_select_mode_receiver_aware(s->select.mode) && s->scoring == 1) { /* scored here (PROTOCOL.md §5.2) */
+            p.scoring = KWCTL__SCORING__SCORING_RECEIVER;
+            preview = kw__rd_codec(&s->preview);
+            p.preview = &preview;
+        } else if (kw_select_mode_receiver_aware(s->select.mode)) { /* scored at the sharer: the receiver's ids (the */
+            p.scoring = KWCTL__SCORING__SCORING_LOCAL;              /* same as token_ids here: no token alignment) */
             r.receiver_token_ids = uids;
             r.n_receiver_token_ids = (size_t)prefix;
         }
@@ -304,6 +313,94 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
 out:
     free(secs), free(sec_ptrs), free(uids), free(ulayers), free(sched), free(sched_ptrs), free(sched_codecs);
     return rc;
+}
+
+/* scoring receiver (docs/PROTOCOL.md §5.2): reads the n_sent preview blobs (each after its SHARE_PREVIEW marker;
+ * a blob ends with its verified trailer), scores each with the receiver's own prefill of the shared tokens and the
+ * fuser (kw_receive_preview_score, as kvwire c2c does), sends the selection back as SHARE_SELECTION and leaves it in
+ * *chosen (the caller's, kw_rselect_free) for the final blobs' per-target subsets. */
+static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int32_t n_sent, kw_rselect *chosen) {
+    const kw_rd_spec *s = &j->spec;
+    const bool fp32 = d->cfg->numerics != 0;
+    const kw_wire_policy qpol = {.k = s->spec, .v = s->spec}; /* the delta's round trip: the request's codec */
+    const kw_rscore_options ro = {.mode = s->select.mode,
+                                  .numerics = fp32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
+                                  .cache_dtype = fp32 ? KW_DTYPE_F32 : KW_DTYPE_BF16,
+                                  .quantize = kw_share_wire_rscore_quantize,
+                                  .quantize_user = (void *)&qpol};
+    kw_rscore *scorer = NULL;
+    kw_wire_decoder *dec = NULL;
+    uint8_t *blob = NULL, *msg = NULL;
+    size_t cap = 0, have = 0, msg_len = 0;
+    kw_rselect sel = {0};
+    kw_receive_preview_stats ps = {0};
+    int rc = 0;
+    KW_CHECK(kw_rscore_create(d->model, fusion, 0, j->prompt_ids, j->shared_tokens, &ro, &scorer));
+    KW_CHECK(kw_wire_decoder_create(NULL, &dec));
+    for (int32_t b = 0; b < n_sent; ++b) {
+        kw_rd_chunk *c = NULL;
+        int got = 0;
+        KW_CHECK((got = kw__rd_next_chunk(j, &c)));
+        KW_CHECK_IF(got == 0 || c->preview != b + 1, KW_E_PROTO_SEQUENCE,
+                    "scoring receiver: preview blob %d does not start with its SHARE_PREVIEW frame", (int)b);
+        kw__rd_pop_chunk(j);
+        kw_wire_decoder_reset(dec);
+        have = 0;
+        for (bool end = false; !end;) { /* the blob's bytes up to its trailer */
+            KW_CHECK((got = kw__rd_next_chunk(j, &c)));
+            KW_CHECK_IF(got == 0 || c->preview || c->targets, KW_E_PROTO_SEQUENCE,
+                        "scoring receiver: preview blob %d ends early", (int)b);
+            size_t used = 0;
+            int ev = 0;
+            KW_CHECK((ev = kw_wire_decoder_feed(dec, c->data + c->off, c->len - c->off, &used)));
+            end = ev == KW_WIRE_EVENT_END;
+            if (have + used > cap) {
+                const size_t ncap = (have + used) * 2;
+                uint8_t *nb = realloc(blob, ncap);
+                KW_CHECK_IF(!nb, KW_E_NOMEM, "out of memory for a preview blob");
+                blob = nb, cap = ncap;
+            }
+            memcpy(blob + have, c->data + c->off, used);
+            have += used;
+            c->off += used;
+            if (c->off == c->len) kw__rd_pop_chunk(j);
+        }
+        j->preview_bytes += have;
+        KW_CHECK(kw_receive_preview_score(scorer, fusion, 0, &s->select, blob, have, &sel, &ps));
+    }
+    KW_CHECK(kw_rselect_encode(&sel, &msg, &msg_len));
+    j->selection_bytes = msg_len;
+    KW_CHECK(kw_rselect_decode(msg, msg_len, j->shared_tokens, chosen));
+    {
+        Kwctl__ShareSelection m = KWCTL__SHARE_SELECTION__INIT;
+        m.request_id = j->share_id;
+        m.selection.data = msg;
+        m.selection.len = msg_len;
+        uint8_t *frame = NULL;
+        size_t len = 0;
+        KW_CHECK(kw_proto_message_frame_pack(KW_PROTO_FRAME_SHARE_SELECTION, &m.base, &frame, &len));
+        KW_CHECK(kw_rd_post_send(d, KW_RD_POST_SELECTION, j, (char *)frame, len));
+    }
+    j->receiver_scored = true;
+    rc = 0;
+out: /* the work, not the waits for the preview's bytes */
+    const kw_rscore_stats *rst = scorer ? kw_rscore_get_stats(scorer) : NULL;
+    j->ms_scoring = ps.decode_ms + ps.score_ms + (rst ? rst->prefill_ms : 0.0);
+    kw_rscore_free(scorer);
+    kw_wire_decoder_destroy(dec);
+    kw_rselect_free(&sel);
+    free(blob), free(msg);
+    return rc;
+}
+
+/* The receiver's own per-target subsets of the section at pos0 (scoring receiver), before its final blob. */
+static int kw__rd_chosen_targets(kw_receive *r, const kw_rselect *chosen, int64_t pos0) {
+    for (int32_t e = 0; e < chosen->n; ++e) {
+        const kw_rselect_entry *x = &chosen->entries[e];
+        if (x->pos0 != pos0 || x->n_targets == 0) continue;
+        KW_FORWARD(kw_receive_targets(r, 0, x->layer, x->n_targets, x->targets, x->mask_ptrs, (x->length + 7) / 8));
+    }
+    return 0;
 }
 
 /* Two-round refinement (receiver/kw_receive.h): the first answer token's metric on round one's cache and, when it
@@ -563,6 +660,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
     char *bg = NULL;
     kw__rd_gen g = {.d = d, .j = j};
     int32_t *layers = NULL;
+    kw_rselect chosen = {0};
     int rc = 0;
     KW_CHECK(kw__rd_check(j));
     /* the prompt (the relay's conversation first) */
@@ -655,10 +753,14 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
                                                                                    : KW_PROJECTOR_BF16,
                                             .gen = gen}};
         if (!kv_direct) ro.layers[0] = j->layers_sent, ro.n_layers[0] = j->n_layers_sent;
+        const bool receiver_scores = n_sent && s->scoring == 1 && kw_select_mode_receiver_aware(s->select.mode);
+        if (receiver_scores) KW_CHECK(kw__rd_previews(d, j, fusion, n_sent, &chosen));
         KW_CHECK(kw_receive_begin(d->model, fusion, cache, j->prompt_ids, n, &ro, &r));
-        for (int32_t sec = 0, blob = 0; sec + 1 < j->n_sections; ++sec) {
+        int64_t pos0 = 0;
+        for (int32_t sec = 0, blob = 0; sec + 1 < j->n_sections; pos0 += j->sections[sec++].length) {
             KW_CHECK(kw__rd_check(j));
             KW_CHECK(kw_receive_prefill(r, sec));
+            if (receiver_scores && kw_receive_section_sent(r, sec)) KW_CHECK(kw__rd_chosen_targets(r, &chosen, pos0));
             if (n_sent && kw_receive_section_sent(r, sec)) KW_CHECK(kw__rd_feed_section(j, r, blob++));
             KW_CHECK(kw_receive_end_section(r, sec));
         }
@@ -666,7 +768,7 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         if (n_sent && s->refine) KW_CHECK(kw__rd_refine(d, j, r, mine));
         KW_CHECK(kw_receive_generate(r, &res));
         const kw_receive_stats *rs = kw_receive_get_stats(r);
-        j->blob_bytes = rs->blob_bytes;
+        j->blob_bytes = rs->blob_bytes + j->preview_bytes; /* every KVWire byte received (scoring receiver) */
         j->blobs = rs->blobs;
         j->ms_receiver_prefill = rs->prefill_ms;
         j->ms_decode_wire = rs->decode_ms;
@@ -701,6 +803,7 @@ out:
         if (c) rc = c;
     }
     kw_fusion_result_free(&res);
+    kw_rselect_free(&chosen);
     kw_receive_free(r);
     kw_kvcache_free(cache);
     free(msgs), free(bg), free(g.ids), free(g.rounded), free(layers);

@@ -78,8 +78,9 @@ typedef struct kw_rd_spec {
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */
     int n_budget_codecs;
     int budget_mode; /* enum kw_wire_budget_mode: tokens (the allocator), kvcomm_like, qkvcomm_like */
-    int scoring;     /* receiver-aware selections: 0 local (the sharer scores), 1 receiver (not implemented) */
-    int32_t *layers; /* NULL: the default set */
+    int scoring;     /* receiver-aware selections: 0 local (the sharer scores), 1 receiver (PROTOCOL.md §5.2) */
+    kw_wire_codec_spec preview; /* scoring receiver: the preview blobs' codec (K and V) */
+    int32_t *layers;            /* NULL: the default set */
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];
     int n_schedule;
@@ -166,6 +167,7 @@ typedef struct kw_rd_share {
 typedef struct kw_rd_chunk {
     struct kw_rd_chunk *next;
     Kwctl__ShareTargets *targets; /* owned: a sharer layer's per-target subsets, in stream order (len 0) */
+    int32_t preview;              /* SHARE_PREVIEW (len 0): 1 + the ordinal of the preview blob that follows; else 0 */
     size_t len, off;
     uint8_t data[];
 } kw_rd_chunk;
@@ -232,6 +234,10 @@ struct kw_rd_job {
     int32_t *layers_sent; /* the sharer layers asked for (owned) */
     int32_t n_layers_sent;
     uint64_t blob_bytes;
+    /* scoring receiver: the preview blobs (counted in blob_bytes too), the selection sent back, the scoring's time */
+    uint64_t preview_bytes, selection_bytes;
+    double ms_scoring; /* the scorer's prefill, decoding and scoring the previews (waits excluded) */
+    bool receiver_scored;
     int32_t blobs;
     int64_t tokens_fused;
     int32_t layers_fused, layers_skipped;
@@ -328,7 +334,14 @@ struct kw_receiverd {
 };
 
 /* Posts from the compute thread to the loop. */
-enum kw_rd_post_kind { KW_RD_POST_SEND, KW_RD_POST_RESUME, KW_RD_POST_TOKEN, KW_RD_POST_DONE, KW_RD_POST_EXIT };
+enum kw_rd_post_kind {
+    KW_RD_POST_SEND,
+    KW_RD_POST_SELECTION,
+    KW_RD_POST_RESUME,
+    KW_RD_POST_TOKEN,
+    KW_RD_POST_DONE,
+    KW_RD_POST_EXIT
+};
 
 typedef struct kw_rd_post {
     kw_net_async_item item;
@@ -367,6 +380,10 @@ void kw_rd_link_submit(kw_rd_link *l, kw_rd_job *j);
 void kw_rd_link_release(kw_rd_link *l, kw_rd_job *j);
 /* The compute thread drained the inbox below its low mark: read again. */
 void kw_rd_link_resume(kw_rd_link *l);
+
+/* Loop thread: writes a packed frame of job j's share (frame, len: owned, taken over) while j's share is the one in
+ * flight on l; otherwise drops it. */
+void kw_rd_link_send_frame(kw_rd_link *l, kw_rd_job *j, uint8_t *frame, size_t len);
 
 // ---------------------------------------------------------------------------------------------------------------
 // The compute thread (kw_receiverd_compute.c)

@@ -190,6 +190,13 @@ void kw_rd_link_resume(kw_rd_link *l) {
     }
 }
 
+void kw_rd_link_send_frame(kw_rd_link *l, kw_rd_job *j, uint8_t *frame, size_t len) {
+    if (l->active != j || !l->conn || kw_net_conn_write_owned(l->conn, frame, len) < 0) {
+        if (l->active == j) kw_rd_job_cancel(j, KW_E_NET_CLOSED);
+        free(frame);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Frames
 
@@ -275,7 +282,7 @@ static int kw__rd_link_wire(kw_rd_link *l, const kw_proto_frame *f) {
             kw__rd_link_fail(l, KW_E_NOMEM, "out of memory for received bytes");
             return KW_PROTO_PAUSE;
         }
-        c->next = NULL, c->targets = NULL, c->len = f->data_len, c->off = 0;
+        c->next = NULL, c->targets = NULL, c->preview = 0, c->len = f->data_len, c->off = 0;
         memcpy(c->data, f->data, f->data_len);
         if (j->inbox_tail)
             j->inbox_tail->next = c;
@@ -339,6 +346,9 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
     case KW_PROTO_FRAME_SHARE_TARGETS:
         id = ((Kwctl__ShareTargets *)m)->request_id;
         break;
+    case KW_PROTO_FRAME_SHARE_PREVIEW:
+        id = ((Kwctl__SharePreview *)m)->request_id;
+        break;
     case KW_PROTO_FRAME_PONG:
     case KW_PROTO_FRAME_STATS:
         kw_proto_message_free(m);
@@ -353,9 +363,9 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "an answer for no request in flight");
         return KW_PROTO_PAUSE;
     }
-    if (f->type == KW_PROTO_FRAME_SHARE_TARGETS && !j->share.header) {
+    if ((f->type == KW_PROTO_FRAME_SHARE_TARGETS || f->type == KW_PROTO_FRAME_SHARE_PREVIEW) && !j->share.header) {
         kw_proto_message_free(m);
-        kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "a SHARE_TARGETS frame before the ShareHeader");
+        kw__rd_link_fail(l, KW_E_PROTO_SEQUENCE, "a SHARE_TARGETS or SHARE_PREVIEW frame before the ShareHeader");
         return KW_PROTO_PAUSE;
     }
     uv_mutex_lock(&j->mu);
@@ -363,13 +373,16 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
     j->share.control_in += frame_bytes;
     if (f->type == KW_PROTO_FRAME_SHARE_HEADER) {
         j->share.header = true;
-    } else if (f->type == KW_PROTO_FRAME_SHARE_TARGETS) { /* into the inbox, in order with the blob bytes */
-        j->share.targets_in += frame_bytes;
-        ++j->share.target_frames;
+    } else if (f->type == KW_PROTO_FRAME_SHARE_TARGETS || f->type == KW_PROTO_FRAME_SHARE_PREVIEW) {
+        /* into the inbox, in order with the blob bytes: the subsets, or the marker before a preview blob */
+        const bool targets = f->type == KW_PROTO_FRAME_SHARE_TARGETS;
+        if (targets) j->share.targets_in += frame_bytes, ++j->share.target_frames;
         kw_rd_chunk *c = j->discard ? NULL : calloc(1, sizeof *c);
         if (c) {
-            c->targets = (Kwctl__ShareTargets *)m;
-            m = NULL;
+            if (targets)
+                c->targets = (Kwctl__ShareTargets *)m, m = NULL;
+            else /* below 1024 (the protocol's check) */
+                c->preview = 1 + (int32_t)((const Kwctl__SharePreview *)m)->blob;
             if (j->inbox_tail)
                 j->inbox_tail->next = c;
             else
@@ -379,7 +392,9 @@ static int kw__rd_link_frame(void *user, const kw_proto_frame *f) {
         } else if (!j->discard) {
             uv_mutex_unlock(&j->mu);
             kw_proto_message_free(m);
-            kw__rd_link_fail(l, KW_E_NOMEM, "out of memory for a SHARE_TARGETS frame");
+            kw__rd_link_fail(l, KW_E_NOMEM,
+                             targets ? "out of memory for a SHARE_TARGETS frame"
+                                     : "out of memory for a SHARE_PREVIEW frame");
             return KW_PROTO_PAUSE;
         }
     } else if (f->type == KW_PROTO_FRAME_SHARE_TEXT) {

@@ -22,6 +22,7 @@
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_request.h"
 #include "c2c/kw_rscore.h"
+#include "c2c/kw_rselect.h"
 #include "common/kw_file.h"
 #include "common/kw_log.h"
 #include "common/kw_queue.h"
@@ -81,6 +82,13 @@ typedef struct kw__sd_job {
     bool scored;
     kw_request_relay relay;
     uint64_t generate_ns;
+    /* scoring: receiver (docs/PROTOCOL.md §5.2): the receiver's selection, set once by the loop thread under mu
+     * (owned), and the round trip's figures for ShareEnd (compute thread) */
+    uint8_t *selection;
+    size_t selection_len;
+    bool selection_in, receiver_scored;
+    uint64_t preview_bytes, wait_ns;
+    double preview_prefill_ms, preview_select_ms, preview_encode_ms;
 } kw__sd_job;
 
 struct kw__sd_conn {
@@ -145,6 +153,7 @@ static void kw__sd_job_unref(kw__sd_job *j) {
     if (atomic_fetch_sub(&j->refs, 1) != 1) return;
     kw_proto_message_free(&j->req->base);
     kw_request_relay_free(&j->relay);
+    free(j->selection);
     uv_mutex_destroy(&j->mu);
     uv_cond_destroy(&j->cond);
     free(j);
@@ -331,6 +340,125 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
     };
 }
 
+/* scoring: receiver, the preview run: the blob bytes, each blob after its SHARE_PREVIEW frame. */
+typedef struct kw__sd_preview {
+    kw__sd_run *run;
+    int32_t blob; /* the last blob announced, -1: none yet */
+} kw__sd_preview;
+
+static int kw__sd_preview_write(void *user, int32_t blob, const void *data, size_t n) {
+    kw__sd_preview *pv = user;
+    if (blob != pv->blob) {
+        Kwctl__SharePreview m = KWCTL__SHARE_PREVIEW__INIT;
+        m.request_id = pv->run->job->req->request_id;
+        m.blob = (uint32_t)blob;
+        uint8_t *frame = NULL;
+        size_t len = 0;
+        KW_FORWARD(kw_proto_message_frame_pack(KW_PROTO_FRAME_SHARE_PREVIEW, &m.base, &frame, &len));
+        KW_FORWARD(kw__sd_post_bytes(pv->run, KW__SD_POST_FRAME, NULL, len, frame));
+        pv->blob = blob;
+    }
+    return kw__sd_post_bytes(pv->run, KW__SD_POST_WIRE, data, n, NULL);
+}
+
+/* SharePolicy.preview when absent: int4 per token, f32 scales. */
+static const Kwctl__CodecSpec kw__sd_preview_default = {PROTOBUF_C_MESSAGE_INIT(&kwctl__codec_spec__descriptor),
+                                                        KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0};
+
+/* Without a deadline in the request the sharer still stops waiting for a selection after this long. */
+#define KW__SD_SELECTION_WAIT_MS 60000u
+
+/* Waits for the receiver's SHARE_SELECTION (the loop hands it over under mu): the share's deadline (or
+ * KW__SD_SELECTION_WAIT_MS without one), a CANCEL or the connection closing end the wait with an error. */
+static int kw__sd_wait_selection(kw__sd_run *r) {
+    kw__sd_job *j = r->job;
+    const uint64_t t0 = kw_time_now_ns();
+    const uint64_t end = r->timeout_ms ? j->t_received + (uint64_t)r->timeout_ms * 1000000u
+                                       : t0 + (uint64_t)KW__SD_SELECTION_WAIT_MS * 1000000u;
+    bool in = false;
+    uv_mutex_lock(&j->mu);
+    for (;;) {
+        in = j->selection_in;
+        if (in || atomic_load(&j->cancel)) break;
+        const uint64_t now = kw_time_now_ns();
+        if (now >= end) break;
+        (void)uv_cond_timedwait(&j->cond, &j->mu, end - now);
+    }
+    uv_mutex_unlock(&j->mu);
+    j->wait_ns = kw_time_now_ns() - t0;
+    KW_FORWARD(kw__sd_check(r));
+    if (!in) {
+        kw__sd_job_cancel(j, KW_E_TIMEOUT);
+        KW_FAIL(KW_E_TIMEOUT, "no SHARE_SELECTION within the share's %u ms",
+                r->timeout_ms ? r->timeout_ms : KW__SD_SELECTION_WAIT_MS);
+    }
+    return 0;
+}
+
+/* The received selection against this share: every entry one of its sent (section, layer) pairs (kw_rselect_decode
+ * checked the encoding; a pair without an entry fails the final run with KW_E_STATE). */
+static int kw__sd_check_selection(const kw_rselect *sel, const kw_share_request_options *o) {
+    for (int32_t e = 0; e < sel->n; ++e) {
+        const kw_rselect_entry *x = &sel->entries[e];
+        bool section = false, layer = false;
+        int64_t pos0 = 0;
+        for (int32_t s = 0; s < o->n_sections && !section; ++s) {
+            section = o->sections[s].index > 0 && pos0 == x->pos0 && o->sections[s].length == x->length;
+            pos0 += o->sections[s].length;
+        }
+        for (int32_t l = 0; l < o->n_layers && !layer; ++l)
+            layer = o->layers[l] == x->layer;
+        KW_RETURN_IF(!section || !layer, KW_E_PROTO_FIELD,
+                     "ShareSelection: entry %d (positions %lld + %lld, layer %d) is not a sent section and layer", e,
+                     (long long)x->pos0, (long long)x->length, (int)x->layer);
+    }
+    return 0;
+}
+
+/* scoring: receiver: the preview run (every row of the sent layers at the preview codec, each blob after its
+ * SHARE_PREVIEW), the wait for the receiver's selection, then the final run replaying it (o: the final run's options,
+ * its select_rows set here). The sharer prefills twice: kw_share_request_run does not keep its cache. */
+static int kw__sd_share_receiver_scored(kw__sd_run *r, const kw__sd_model *m, const int32_t *ids,
+                                        kw_share_request_options *o) {
+    kw__sd_job *j = r->job;
+    const Kwctl__SharePolicy *p = j->req->policy;
+    kw_wire_policy pw = *o->wire;
+    pw.k = pw.v = kw__sd_spec(p->preview ? p->preview : &kw__sd_preview_default);
+    kw__sd_preview pv = {.run = r, .blob = -1};
+    kw_share_request_options po = *o;
+    po.select = (kw_select_policy){.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
+    po.select_rows = NULL, po.select_user = NULL, po.on_targets = NULL;
+    po.wire = &pw;
+    po.overrides = NULL, po.n_overrides = 0;
+    po.write = kw__sd_preview_write;
+    po.user = &pv;
+    kw_share_request_stats st;
+    memset(&st, 0, sizeof st);
+    KW_FORWARD(kw_share_request_run(m->model, ids, (int64_t)j->req->n_token_ids, &po, &st));
+    j->receiver_scored = true;
+    j->preview_bytes = st.wire.blob_bytes;
+    j->preview_prefill_ms = st.share.prefill_ms;
+    j->preview_select_ms = st.share.select_ms;
+    j->preview_encode_ms = st.wire.encode_ms;
+    KW_FORWARD(kw__sd_wait_selection(r));
+    kw_rselect chosen = {0};
+    int rc = kw_rselect_decode(j->selection, j->selection_len, (int64_t)j->req->n_token_ids, &chosen);
+    if (rc < 0 && rc != KW_E_NOMEM) {
+        kw_rselect_free(&chosen);
+        KW_FAIL(KW_E_PROTO_FIELD, "ShareSelection: %s", kw_error_detail());
+    }
+    if (rc == 0) rc = kw__sd_check_selection(&chosen, o);
+    if (rc == 0) {
+        o->select_rows = kw_rselect_share_select;
+        o->select_user = &chosen;
+        o->on_targets = NULL; /* the receiver made the subsets */
+        rc = kw_share_request_run(m->model, ids, (int64_t)j->req->n_token_ids, o, &j->stats);
+        if (rc == KW_E_STATE) rc = kw_error_set(KW_E_PROTO_FIELD, "ShareSelection: %s", kw_error_detail());
+    }
+    kw_rselect_free(&chosen);
+    return rc;
+}
+
 static int kw__sd_share(kw__sd_run *r) {
     kw__sd_job *j = r->job;
     const Kwctl__ShareRequest *req = j->req;
@@ -357,6 +485,10 @@ static int kw__sd_share(kw__sd_run *r) {
     o.skip_ranked = req->policy->n_skip_ranked ? skip : NULL;
     kw_wire_policy qpol = wire; /* the delta's round trip: the policy's codecs, a cap's first one (as kvwire c2c) */
     if (o.budget_bytes) qpol.k = qpol.v = budget_codecs[0];
+    if (req->policy->scoring == KWCTL__SCORING__SCORING_RECEIVER) { /* validated: a receiver-aware selection */
+        rc = kw__sd_share_receiver_scored(r, m, ids, &o);
+        goto out;
+    }
     if (kw_select_mode_receiver_aware(o.select.mode)) { /* scoring: local (validated) */
         for (size_t i = 0; i < req->n_receiver_token_ids; ++i)
             ids[i] = (int32_t)req->receiver_token_ids[i];
@@ -511,6 +643,17 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
         scoring->projection_ns = (uint64_t)(j->rscore.projection_ms * 1e6);
         scoring->projections = (uint32_t)j->rscore.projections;
         e->scoring = scoring;
+    }
+    if (j->receiver_scored) { /* the preview run's time counts in the share's stages */
+        *scoring = (Kwctl__ScoringReport)KWCTL__SCORING_REPORT__INIT;
+        scoring->placement = KWCTL__SCORING__SCORING_RECEIVER;
+        scoring->preview_bytes = j->preview_bytes;
+        scoring->selection_bytes = j->selection_len;
+        scoring->wait_ns = j->wait_ns;
+        e->scoring = scoring;
+        e->prefill_ns += (uint64_t)(j->preview_prefill_ms * 1e6);
+        e->select_ns += (uint64_t)(j->preview_select_ms * 1e6);
+        e->encode_ns += (uint64_t)(j->preview_encode_ms * 1e6);
     }
 }
 
@@ -703,8 +846,11 @@ static int kw__sd_validate_budget(const Kwctl__ShareRequest *req, const kw_wire_
 static int kw__sd_validate_scoring(const kw__sd_conn *c, const Kwctl__ShareRequest *req, const kw__sd_model *m) {
     const kw_sharerd *d = c->d;
     const char *sel = kw_select_mode_name((enum kw_select_mode)(req->policy->selection - 1));
-    KW_RETURN_IF(req->policy->scoring == KWCTL__SCORING__SCORING_RECEIVER, KW_E_SHARE_MODE,
-                 "%s with scoring: receiver is not implemented (scoring: local is)", sel);
+    if (req->policy->scoring == KWCTL__SCORING__SCORING_RECEIVER) { /* the receiver scores: no model needed here */
+        KW_RETURN_IF(req->policy->budget_bytes > 0, KW_E_SHARE_MODE, "%s with scoring: receiver takes no budget_bytes",
+                     sel);
+        return 0;
+    }
     KW_RETURN_IF(d->score_model == NULL, KW_E_SHARE_MODE,
                  "%s is scored at the sharer (scoring: local), and this sharer has no receiver model "
                  "(scoring_receiver.model and scoring_receiver.fuser)",
@@ -801,7 +947,16 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
         for (size_t i = 0; i < n_layers; ++i) {
             /* a receiver-aware selection sends the union of its receiver layers' rows: up to k per receiver layer */
             int64_t layer_rows = rows;
-            if (kw_select_mode_receiver_aware(sel.mode)) {
+            const bool receiver_scores = p->scoring == KWCTL__SCORING__SCORING_RECEIVER;
+            if (receiver_scores) { /* the receiver's targets are not known here: every row, and the preview's */
+                layer_rows = (int64_t)req->sections[s]->length;
+                kw_wire_policy pw = {.k = kw__sd_spec(p->preview ? p->preview : &kw__sd_preview_default),
+                                     .v = kw__sd_spec(p->preview ? p->preview : &kw__sd_preview_default)};
+                size_t b = 0;
+                const int rc = kw_wire_section_bound(&hdr, &pw, (uint32_t)layer_rows, &b);
+                if (rc < 0) KW_FAIL(rc, "SharePolicy.preview: %s", kw_error_detail());
+                if (b > section_max) section_max = b;
+            } else if (kw_select_mode_receiver_aware(sel.mode)) {
                 int32_t targets[KW_SHARE_MAX_TARGETS], n_targets = 0;
                 KW_FORWARD(kw_fusion_layer_targets(d->score_fusion[m - d->models], 0, (int32_t)layers[i], targets,
                                                    KW_SHARE_MAX_TARGETS, &n_targets));
@@ -982,6 +1137,37 @@ static void kw__sd_fill_stats(kw_sharerd *d, Kwctl__Stats *s) {
 }
 
 /* One frame from the peer. */
+/* SHARE_SELECTION (scoring: receiver): handed to the share's compute job waiting for it. A frame for another request
+ * (a share that already ended) is dropped; one the share does not wait for (another placement, a second selection)
+ * stops the share with KW_E_PROTO_SEQUENCE. */
+static void kw__sd_on_selection(kw__sd_conn *c, const Kwctl__ShareSelection *m) {
+    kw__sd_job *j = c->job;
+    if (!j || j->req->request_id != m->request_id) {
+        KW_LOG_INFO("sharerd: %s: a SHARE_SELECTION for request %llu, not in flight: dropped", c->peer,
+                    (unsigned long long)m->request_id);
+        return;
+    }
+    if (!j->req->policy || j->req->policy->scoring != KWCTL__SCORING__SCORING_RECEIVER) {
+        kw__sd_job_cancel(j, KW_E_PROTO_SEQUENCE);
+        return;
+    }
+    uint8_t *copy = malloc(m->selection.len ? m->selection.len : 1);
+    if (!copy) {
+        kw__sd_job_cancel(j, KW_E_NOMEM);
+        return;
+    }
+    memcpy(copy, m->selection.data, m->selection.len);
+    uv_mutex_lock(&j->mu);
+    const bool second = j->selection_in;
+    if (!second) j->selection = copy, j->selection_len = m->selection.len, j->selection_in = true;
+    uv_cond_broadcast(&j->cond);
+    uv_mutex_unlock(&j->mu);
+    if (second) {
+        free(copy);
+        kw__sd_job_cancel(j, KW_E_PROTO_SEQUENCE);
+    }
+}
+
 static int kw__sd_on_frame(void *user, const kw_proto_frame *f) {
     kw__sd_conn *c = user;
     kw_sharerd *d = c->d;
@@ -1023,6 +1209,9 @@ static int kw__sd_on_frame(void *user, const kw_proto_frame *f) {
         if (c->job && c->job->req->request_id == id) kw__sd_job_cancel(c->job, KW_E_CANCELLED);
         break;
     }
+    case KW_PROTO_FRAME_SHARE_SELECTION:
+        kw__sd_on_selection(c, (const Kwctl__ShareSelection *)m);
+        break;
     case KW_PROTO_FRAME_PING: {
         Kwctl__Pong p = KWCTL__PONG__INIT;
         p.nonce = ((Kwctl__Ping *)m)->nonce;

@@ -76,7 +76,8 @@ static const kw_cfg_key kw__sd_keys[] = {
      .type = KW_CFG_PATH,
      .offset = KW__SD_OFF(scoring_model),
      .help = "the receivers' model folder, for the receiver-aware selections (proj_vnorm_topk, "
-             "delta_proj_vnorm_topk) scored here (scoring: local); unset: such requests are refused"},
+             "delta_proj_vnorm_topk) scored here (scoring: local); unset: those are refused (scoring: receiver needs "
+             "nothing here)"},
     {.name = "scoring_receiver.fuser",
      .type = KW_CFG_PATH,
      .offset = KW__SD_OFF(scoring_fuser),

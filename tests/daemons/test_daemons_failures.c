@@ -730,6 +730,125 @@ static void test_sharer_busy_and_cancel(void **state) {
     kwd_stop(&sd);
 }
 
+/* scoring: receiver at sharerd, spoken to directly (docs/PROTOCOL.md §5.2): a request of tiny-qwen2 (16 tokens, one
+ * sent section) with proj_vnorm_topk and a bf16 preview; *h is its ShareHeader and its SHARE_PREVIEW frame has been
+ * read (the preview's WIRE frames follow). */
+static void client_scored_request(int fd, uint64_t id, uint32_t timeout_ms, Kwctl__ShareHeader **h) {
+    Kwctl__CodecSpec c = KWCTL__CODEC_SPEC__INIT, pv = KWCTL__CODEC_SPEC__INIT;
+    c.codec = KW_WIRE_CODEC_INT8, c.granularity = KW_WIRE_GRAN_TOKEN, c.scale_dtype = KW_WIRE_SCALE_F32;
+    pv.codec = KW_WIRE_CODEC_BF16;
+    Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
+    p.k = p.v = &c;
+    p.selection = KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK;
+    p.proportion = 0.25;
+    p.scoring = KWCTL__SCORING__SCORING_RECEIVER;
+    p.preview = &pv;
+    uint32_t ids[16];
+    for (uint32_t i = 0; i < 16; ++i)
+        ids[i] = 100 + i;
+    Kwctl__Section sec = KWCTL__SECTION__INIT;
+    sec.length = 16;
+    sec.sent = 1;
+    Kwctl__Section *secs[] = {&sec};
+    Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
+    r.request_id = id;
+    r.mode = KWCTL__MODE__MODE_C2C;
+    r.sharer_model = "tiny-qwen2";
+    r.token_ids = ids;
+    r.n_token_ids = 16;
+    r.sections = secs;
+    r.n_sections = 1;
+    r.policy = &p;
+    r.cache_dtype = KWCTL__CACHE_DTYPE__CACHE_DTYPE_BF16;
+    r.timeout_ms = timeout_ms;
+    assert_int_equal(send_msg(fd, KW_PROTO_FRAME_SHARE_REQUEST, &r.base), 0);
+    ProtobufCMessage *m = NULL;
+    read_until(fd, KW_PROTO_FRAME_SHARE_HEADER, &m);
+    *h = (Kwctl__ShareHeader *)m;
+    assert_int_equal((*h)->request_id, id);
+    read_until(fd, KW_PROTO_FRAME_SHARE_PREVIEW, &m);
+    assert_int_equal(((Kwctl__SharePreview *)m)->request_id, id);
+    assert_int_equal(((Kwctl__SharePreview *)m)->blob, 0);
+    kw_proto_message_free(m);
+}
+
+static void client_selection(int fd, uint64_t id, const uint8_t *sel, size_t len) {
+    Kwctl__ShareSelection q = KWCTL__SHARE_SELECTION__INIT;
+    q.request_id = id;
+    q.selection.data = (uint8_t *)sel;
+    q.selection.len = len;
+    assert_int_equal(send_msg(fd, KW_PROTO_FRAME_SHARE_SELECTION, &q.base), 0);
+}
+
+static void expect_request_error(int fd, uint64_t id, int status) {
+    ProtobufCMessage *m = NULL;
+    read_until(fd, KW_PROTO_FRAME_ERROR, &m);
+    assert_int_equal(((Kwctl__Error *)m)->request_id, id);
+    assert_int_equal(((Kwctl__Error *)m)->status, status);
+    kw_proto_message_free(m);
+}
+
+/* The sharer's wait for the selection: a receiver that never sends it (the share's deadline), a CANCEL, a malformed
+ * selection, one naming a layer not sent, all end the share with an error and the sharer serves on; a selection in
+ * c2c/kw_rselect.h's encoding (written here byte by byte) gets exactly its rows and the scoring report. */
+static void test_sharer_receiver_scoring(void **state) {
+    (void)state;
+    kwd_proc sd;
+    kwd_start_sharer(0, NULL, &sd);
+    const int fd = client_hello(sd.port);
+    Kwctl__ShareHeader *h = NULL;
+    client_scored_request(fd, 11, 1500, &h); /* never answered */
+    kw_proto_message_free(&h->base);
+    expect_request_error(fd, 11, KW_E_TIMEOUT);
+    client_scored_request(fd, 12, 0, &h);
+    kw_proto_message_free(&h->base);
+    Kwctl__Cancel c = KWCTL__CANCEL__INIT;
+    c.request_id = 12;
+    assert_int_equal(send_msg(fd, KW_PROTO_FRAME_CANCEL, &c.base), 0);
+    expect_request_error(fd, 12, KW_E_CANCELLED);
+    client_scored_request(fd, 13, 0, &h);
+    kw_proto_message_free(&h->base);
+    const uint8_t garbage[] = {0xff, 0xff};
+    client_selection(fd, 13, garbage, sizeof garbage);
+    expect_request_error(fd, 13, KW_E_PROTO_FIELD);
+    /* one entry per sent layer: pos0 0, the layer, length 16, rows 0, 3 and 5 (bitmap 0x29 0x00), one target */
+    client_scored_request(fd, 14, 0, &h);
+    uint8_t sel[1 + 64 * 6];
+    size_t n = 0;
+    assert_true(h->n_layers >= 1 && h->n_layers < 64);
+    sel[n++] = (uint8_t)h->n_layers;
+    for (size_t i = 0; i < h->n_layers; ++i) {
+        const uint8_t e[] = {0, (uint8_t)h->layers[i], 16, 0x29, 0x00, 0};
+        memcpy(sel + n, e, sizeof e);
+        n += sizeof e;
+    }
+    const size_t layers = h->n_layers;
+    kw_proto_message_free(&h->base);
+    uint8_t bad_layer[7] = {1, 0, 100, 16, 0x29, 0x00, 0}; /* a layer the share does not send */
+    client_selection(fd, 14, bad_layer, sizeof bad_layer);
+    expect_request_error(fd, 14, KW_E_PROTO_FIELD);
+    client_scored_request(fd, 15, 0, &h);
+    kw_proto_message_free(&h->base);
+    client_selection(fd, 15, sel, n);
+    ProtobufCMessage *m = NULL;
+    read_until(fd, KW_PROTO_FRAME_SHARE_END, &m);
+    const Kwctl__ShareEnd *e = (const Kwctl__ShareEnd *)m;
+    assert_int_equal(e->request_id, 15);
+    assert_int_equal(e->layers_sent, layers);
+    assert_int_equal(e->rows_sent, 3 * layers);
+    assert_non_null(e->scoring);
+    assert_int_equal(e->scoring->placement, KWCTL__SCORING__SCORING_RECEIVER);
+    assert_int_equal(e->scoring->selection_bytes, n);
+    assert_true(e->scoring->preview_bytes > e->blob_bytes);
+    kw_proto_message_free(m);
+    client_request(fd, 16, 16); /* still serving */
+    read_until(fd, KW_PROTO_FRAME_SHARE_END, &m);
+    assert_int_equal(((Kwctl__ShareEnd *)m)->request_id, 16);
+    kw_proto_message_free(m);
+    close(fd);
+    kwd_stop(&sd);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sharer_fails_mid_stream),
@@ -740,6 +859,7 @@ int main(void) {
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_sharer_busy_and_cancel),
         cmocka_unit_test(test_sharer_skip_ranked),
+        cmocka_unit_test(test_sharer_receiver_scoring),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,9 +3,10 @@
  * model and the fuser (scoring_receiver) scores proj_vnorm_topk and delta_proj_vnorm_topk itself ("scoring": "local",
  * the default) and the answer is what `kvwire c2c --select` gives in one process (the same tokens, rows sent, blob
  * bytes and SHARE_TARGETS frames: each receiver layer fuses its own top-k), with the scoring cost in the response;
- * "scoring": "receiver" is a 400 (not implemented), "scoring" with another selection and the receiver-aware selections
- * in kv_direct are 400s; a sharer without the receiver model refuses, which the receiver answers with a 400 naming the
- * reason. */
+ * "scoring": "receiver" (the round trip of PROTOCOL.md §5.2) is what `kvwire c2c --scoring receiver` gives (tokens,
+ * preview, selection and final bytes) and needs no receiver model at the sharer; "scoring" with another selection and
+ * the receiver-aware selections in kv_direct are 400s; a sharer without the receiver model refuses, which the receiver
+ * answers with a 400 naming the reason. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -125,6 +126,76 @@ static void test_delta_capped_same_as_cli(void **state) {
     same_as_cli("delta_proj_vnorm_topk", 1500);
 }
 
+/* "scoring": "receiver" (PROTOCOL.md §5.2): the sharer previews every row at the preview codec, receiverd scores with
+ * its own model and fuser, sends SHARE_SELECTION, fuses the final rows: the same tokens, rows and bytes (preview,
+ * selection, final) as `kvwire c2c --scoring receiver --preview-codec`; a bf16 preview of proj_vnorm_topk selects
+ * exactly what scoring local does (the rows are lossless). *ids_out (16) gets the completion ids, *final_out the
+ * final blob bytes. */
+static void receiver_same_as_cli(const char *selection, const char *preview, int32_t *ids_out, int *n_ids,
+                                 double *final_out) {
+    char policy[256];
+    snprintf(policy, sizeof policy,
+             "\"selection\":\"%s\",\"proportion\":0.4,\"codec\":\"int8\",\"scoring\":\"receiver\","
+             "\"preview\":\"%s\"",
+             selection, preview);
+    kwd_response r;
+    request(kwd_receiver.port, "c2c", policy, &r);
+    if (r.status != 200) fail_msg("%s: HTTP %ld: %s", selection, r.status, r.body);
+    assert_string_equal(kwd_json_get(r.json, "kvwire.policy.scoring")->valuestring, "receiver");
+    assert_string_equal(kwd_json_get(r.json, "kvwire.scoring.placement")->valuestring, "receiver");
+    assert_true(kwd_json_num(r.json, "kvwire.scoring.receiver_scoring_ms") > 0);
+    char args[2048];
+    const char *m = kwd_models_dir();
+    snprintf(args, sizeof args,
+             "c2c --receiver %s/tiny-qwen3-l3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser-l3 --prompt '" PROMPT
+             "' --max-new-tokens 6 --select %s --select-proportion 0.4 --wire int8 --scoring receiver "
+             "--preview-codec %s",
+             m, m, m, selection, preview);
+    char *out = kwd_kvwire(args);
+    int32_t want[16];
+    const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
+    assert_true(n_want > 0);
+    *n_ids = kwd_json_ids(kwd_json_get(r.json, "kvwire.completion_ids"), ids_out, 16);
+    assert_int_equal(*n_ids, n_want);
+    assert_memory_equal(want, ids_out, (size_t)n_want * sizeof *want);
+    assert_true((double)kwd_parse_int(out, "tokens_sent") == kwd_json_num(r.json, "kvwire.selection.tokens_sent"));
+    const char *sb = strstr(out, "scoring_bytes: ");
+    assert_non_null(sb);
+    unsigned long long pv = 0, sel = 0, fin = 0, total = 0;
+    assert_int_equal(
+        sscanf(sb, "scoring_bytes: preview %llu selection %llu final %llu total %llu", &pv, &sel, &fin, &total), 4);
+    assert_true((double)pv == kwd_json_num(r.json, "kvwire.scoring.preview_bytes"));
+    assert_true((double)sel == kwd_json_num(r.json, "kvwire.scoring.selection_bytes"));
+    assert_true((double)fin == kwd_json_num(r.json, "kvwire.scoring.final_bytes"));
+    /* bytes.blob counts every KVWire byte received, the preview's too */
+    assert_true((double)(pv + fin) == kwd_json_num(r.json, "kvwire.bytes.blob"));
+    assert_true(kwd_json_num(r.json, "kvwire.bytes.socket_in") ==
+                kwd_json_num(r.json, "kvwire.bytes.blob") +
+                    kwd_json_num(r.json, "kvwire.bytes.frames_in.wire_header_bytes") +
+                    kwd_json_num(r.json, "kvwire.bytes.frames_in.control_bytes"));
+    assert_true(kwd_json_num(r.json, "kvwire.bytes.socket_out") > (double)sel); /* the request and the selection */
+    *final_out = (double)fin;
+    free(out);
+    kwd_response_free(&r);
+}
+
+static void test_receiver_scoring(void **state) {
+    (void)state;
+    int32_t ids[16], local_ids[16];
+    int n = 0;
+    double fin = 0;
+    receiver_same_as_cli("proj_vnorm_topk", "bf16", ids, &n, &fin);
+    kwd_response r; /* scoring local on the same request */
+    request(kwd_receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.4,\"codec\":\"int8\"", &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(kwd_json_ids(kwd_json_get(r.json, "kvwire.completion_ids"), local_ids, 16), n);
+    assert_memory_equal(ids, local_ids, (size_t)n * sizeof *ids);
+    assert_true(fin == kwd_json_num(r.json, "kvwire.bytes.blob"));
+    kwd_response_free(&r);
+    receiver_same_as_cli("delta_proj_vnorm_topk", "int4", ids, &n, &fin);
+    receiver_same_as_cli("proj_vnorm_topk", "int4", ids, &n, &fin);
+}
+
 static void expect_400(uint16_t port, const char *mode, const char *policy, const char *needle) {
     kwd_response r;
     request(port, mode, policy, &r);
@@ -135,8 +206,16 @@ static void expect_400(uint16_t port, const char *mode, const char *policy, cons
 
 static void test_refusals(void **state) {
     (void)state;
+    expect_400(kwd_receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"",
+               "kvwire.policy.scoring");
     expect_400(kwd_receiver.port, "c2c",
-               "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"", "not implemented");
+               "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"local\",\"preview\":\"bf16\"",
+               "kvwire.policy.preview");
+    expect_400(kwd_receiver.port, "c2c",
+               "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\",\"preview\":\"nope\"",
+               "kvwire.policy.preview");
+    expect_400(kwd_receiver.port, "kv_direct",
+               "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"", "only for mode c2c");
     expect_400(kwd_receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"scoring\":\"local\"",
                "kvwire.policy.scoring");
     expect_400(kwd_receiver.port, "kv_direct", "\"selection\":\"delta_proj_vnorm_topk\",\"proportion\":0.5",
@@ -156,7 +235,12 @@ static void test_sharer_without_receiver_model(void **state) {
     kwd_proc plain_sharer, plain_receiver;
     kwd_start_pair(&plain_sharer, &plain_receiver);
     expect_400(plain_receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5", "no receiver model");
-    kwd_response r; /* the other selections still work there */
+    kwd_response r; /* scoring receiver needs nothing of the receiver's model at the sharer */
+    request(plain_receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.5,\"scoring\":\"receiver\"",
+            &r);
+    if (r.status != 200) fail_msg("scoring receiver: HTTP %ld: %s", r.status, r.body);
+    kwd_response_free(&r);
+    /* the other selections still work there */
     request(plain_receiver.port, "c2c", "\"selection\":\"vnorm_topk\",\"proportion\":0.5", &r);
     assert_int_equal(r.status, 200);
     kwd_response_free(&r);
@@ -168,6 +252,7 @@ int main(void) {
         cmocka_unit_test(test_proj_same_as_cli),
         cmocka_unit_test(test_delta_same_as_cli),
         cmocka_unit_test(test_delta_capped_same_as_cli),
+        cmocka_unit_test(test_receiver_scoring),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_sharer_without_receiver_model),
     };

@@ -380,7 +380,8 @@ static void test_share_request_skip_ranked(void **state) {
 }
 
 /* The receiver-aware selections: SharePolicy.scoring, ShareRequest.receiver_token_ids (as many as token_ids, only
- * when scored at the sharer), c2c only; the SHARE_TARGETS frame's rules. */
+ * when scored at the sharer), SharePolicy.preview (only with SCORING_RECEIVER), c2c only; the SHARE_TARGETS frame's
+ * rules. */
 static void test_receiver_aware(void **state) {
     (void)state;
     uint32_t ids[] = {151644, 872, 198, 3838, 374}, rids[] = {1, 2, 3, 4, 5};
@@ -420,6 +421,19 @@ static void test_receiver_aware(void **state) {
     r.n_receiver_token_ids = 0;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
     kw_proto_message_free(m);
+    Kwctl__CodecSpec pv = KWCTL__CODEC_SPEC__INIT; /* the preview's codec (PROTOCOL.md §5.2) */
+    pv.codec = 1, pv.granularity = 2, pv.scale_dtype = 1;
+    p.preview = &pv;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_non_null(((const Kwctl__ShareRequest *)m)->policy->preview);
+    assert_int_equal(((const Kwctl__ShareRequest *)m)->policy->preview->codec, 1);
+    kw_proto_message_free(m);
+    pv.codec = 0; /* checked as any codec */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    pv.codec = 1;
+    p.scoring = KWCTL__SCORING__SCORING_LOCAL; /* a preview only for scoring at the receiver */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.preview = NULL;
     p.scoring = (Kwctl__Scoring)2;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.scoring = KWCTL__SCORING__SCORING_RECEIVER; /* scoring with another selection */
@@ -457,6 +471,58 @@ static void test_receiver_aware(void **state) {
     masks[1].len = 1;
     t.request_id = 0;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_TARGETS, &t.base, &m), KW_E_PROTO_FIELD);
+}
+
+/* Scoring at the receiver (docs/PROTOCOL.md §5.2): the SHARE_PREVIEW and SHARE_SELECTION frames' rules; ShareEnd's
+ * scoring report of either placement (SharePolicy.preview: test_receiver_aware). */
+static void test_receiver_scoring(void **state) {
+    (void)state;
+    ProtobufCMessage *m = NULL;
+    Kwctl__SharePreview v = KWCTL__SHARE_PREVIEW__INIT;
+    v.request_id = 3;
+    v.blob = 1;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_PREVIEW, &v.base, &m), 0);
+    assert_int_equal(((const Kwctl__SharePreview *)m)->blob, 1);
+    kw_proto_message_free(m);
+    v.blob = 1024; /* a section ordinal */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_PREVIEW, &v.base, &m), KW_E_PROTO_FIELD);
+    v.blob = 0;
+    v.request_id = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_PREVIEW, &v.base, &m), KW_E_PROTO_FIELD);
+
+    uint8_t sel[] = {1, 0, 2, 5, 0x1f, 0};
+    Kwctl__ShareSelection q = KWCTL__SHARE_SELECTION__INIT;
+    q.request_id = 3;
+    q.selection.data = sel;
+    q.selection.len = sizeof sel;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_SELECTION, &q.base, &m), 0);
+    const Kwctl__ShareSelection *gq = (const Kwctl__ShareSelection *)m;
+    assert_int_equal(gq->selection.len, sizeof sel);
+    assert_memory_equal(gq->selection.data, sel, sizeof sel);
+    kw_proto_message_free(m);
+    q.selection.len = 0; /* not empty */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_SELECTION, &q.base, &m), KW_E_PROTO_FIELD);
+    q.selection.len = sizeof sel;
+    q.request_id = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_SELECTION, &q.base, &m), KW_E_PROTO_FIELD);
+
+    Kwctl__ScoringReport sr = KWCTL__SCORING_REPORT__INIT;
+    sr.placement = KWCTL__SCORING__SCORING_RECEIVER;
+    sr.preview_bytes = 4096, sr.selection_bytes = 6, sr.wait_ns = 1000;
+    Kwctl__ShareEnd e = KWCTL__SHARE_END__INIT;
+    e.request_id = 3;
+    e.scoring = &sr;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), 0);
+    const Kwctl__ShareEnd *ge = (const Kwctl__ShareEnd *)m;
+    assert_int_equal(ge->scoring->placement, KWCTL__SCORING__SCORING_RECEIVER);
+    assert_int_equal(ge->scoring->preview_bytes, 4096);
+    assert_int_equal(ge->scoring->selection_bytes, 6);
+    kw_proto_message_free(m);
+    sr.placement = KWCTL__SCORING__SCORING_LOCAL; /* the round trip's fields only with placement receiver */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), KW_E_PROTO_FIELD);
+    sr.preview_bytes = sr.selection_bytes = sr.wait_ns = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_END, &e.base, &m), 0);
+    kw_proto_message_free(m);
 }
 
 static void test_share_flow_messages(void **state) {
@@ -665,7 +731,7 @@ int main(void) {
         cmocka_unit_test(test_share_request),        cmocka_unit_test(test_share_flow_messages),
         cmocka_unit_test(test_unpack_rejections),    cmocka_unit_test(test_checksum),
         cmocka_unit_test(test_unpack_memory_budget), cmocka_unit_test(test_share_request_skip_ranked),
-        cmocka_unit_test(test_receiver_aware),
+        cmocka_unit_test(test_receiver_aware),       cmocka_unit_test(test_receiver_scoring),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
