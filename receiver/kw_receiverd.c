@@ -31,6 +31,12 @@ void kw_rd_job_ref(kw_rd_job *j) {
     atomic_fetch_add(&j->refs, 1);
 }
 
+void kw_rd_chunk_free(kw_rd_chunk *c) {
+    if (!c) return;
+    kw_proto_message_free(c->targets ? &c->targets->base : NULL);
+    free(c);
+}
+
 void kw_rd_job_unref(kw_rd_job *j) {
     if (atomic_fetch_sub(&j->refs, 1) != 1) return;
     kw_rd_spec_free(&j->spec);
@@ -38,8 +44,7 @@ void kw_rd_job_unref(kw_rd_job *j) {
     while (j->inbox_head) {
         kw_rd_chunk *c = j->inbox_head;
         j->inbox_head = c->next;
-        kw_proto_message_free(c->targets ? &c->targets->base : NULL);
-        free(c);
+        kw_rd_chunk_free(c);
     }
     kw_proto_message_free(j->share.end ? &j->share.end->base : NULL);
     kw_proto_message_free(j->share2.end ? &j->share2.end->base : NULL);

@@ -99,11 +99,10 @@ static void kw__rd_pop_chunk(kw_rd_job *j) {
     j->inbox_head = c->next;
     if (!j->inbox_head) j->inbox_tail = NULL;
     j->inbox_bytes -= c->len;
-    kw_proto_message_free(c->targets ? &c->targets->base : NULL);
     const bool resume = j->paused && j->inbox_bytes <= (size_t)j->d->cfg->sharer_inbox_bytes / 2;
     if (resume) j->paused = false;
     uv_mutex_unlock(&j->mu);
-    free(c);
+    kw_rd_chunk_free(c);
     if (resume) kw_rd_post_send(j->d, KW_RD_POST_RESUME, j, NULL, 0);
 }
 
@@ -821,7 +820,7 @@ void kw_rd_compute_thread(void *arg) {
         while (j->inbox_head) {
             kw_rd_chunk *c = j->inbox_head;
             j->inbox_head = c->next;
-            free(c);
+            kw_rd_chunk_free(c); /* a SHARE_TARGETS message of a failed share too */
         }
         j->inbox_tail = NULL;
         j->inbox_bytes = 0;

@@ -172,6 +172,9 @@ typedef struct kw_rd_chunk {
     uint8_t data[];
 } kw_rd_chunk;
 
+/* Frees one inbox chunk and the message it may carry (SHARE_TARGETS). NULL is a no-op. */
+void kw_rd_chunk_free(kw_rd_chunk *c);
+
 /* logprobs of one generated (or forced) token */
 typedef struct kw_rd_token_stats {
     int32_t id;
