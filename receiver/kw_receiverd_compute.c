@@ -23,7 +23,6 @@
 #include "receiver/kw_receive.h"
 #include "receiver/kw_receive_preview.h"
 #include "receiver/kw_receiverd_internal.h"
-#include "sharer/kw_share_wire.h"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fusers
@@ -325,7 +324,7 @@ static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int
     const kw_rscore_options ro = {.mode = s->select.mode,
                                   .numerics = fp32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
                                   .cache_dtype = fp32 ? KW_DTYPE_F32 : KW_DTYPE_BF16,
-                                  .quantize = kw_share_wire_rscore_quantize,
+                                  .quantize = kw_wire_roundtrip_rows_hook,
                                   .quantize_user = (void *)&qpol};
     kw_rscore *scorer = NULL;
     kw_wire_decoder *dec = NULL;

@@ -117,16 +117,4 @@ const kw_share_wire_stats *kw_share_wire_get_stats(const kw_share_wire *w);
 /* The codec policy for a sharer layer: the base policy with that layer's override applied. */
 void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out);
 
-/* What the receiver decodes from n rows k, v (n, heads, head_dim) f32 of one layer sent with codec specs k_spec,
- * v_spec (no compression, the request's position count n_positions): a one-section KVWire blob is encoded and
- * decoded, and k, v are overwritten with the decoded rows (delta_proj_vnorm_topk scores with them,
- * c2c/kw_rscore.h). Errors: the encoder's (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE, ...), KW_E_NOMEM. */
-int kw_share_wire_roundtrip(const kw_wire_codec_spec *k_spec, const kw_wire_codec_spec *v_spec, int32_t layer,
-                            int64_t n, int32_t heads, int32_t head_dim, float *k, float *v);
-
-/* kw_share_wire_roundtrip as a c2c/kw_rscore.h quantize hook: user is the request's const kw_wire_policy (its k and
- * v specs; per-layer overrides are not applied). */
-int kw_share_wire_rscore_quantize(void *user, int32_t layer, int64_t n, int32_t heads, int32_t head_dim, float *k,
-                                  float *v);
-
 #endif /* KW_SHARE_WIRE_H */

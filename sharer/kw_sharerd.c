@@ -495,7 +495,7 @@ static int kw__sd_share(kw__sd_run *r) {
         const kw_rscore_options ro = {.mode = o.select.mode,
                                       .numerics = o.cache_dtype == KW_DTYPE_F32 ? KW_PROJECTOR_FP32 : KW_PROJECTOR_BF16,
                                       .cache_dtype = o.cache_dtype,
-                                      .quantize = kw_share_wire_rscore_quantize,
+                                      .quantize = kw_wire_roundtrip_rows_hook,
                                       .quantize_user = &qpol};
         rc = kw_rscore_create(r->d->score_model, r->d->score_fusion[m - r->d->models], 0, ids,
                               (int64_t)req->n_receiver_token_ids, &ro, &scorer);

@@ -409,7 +409,7 @@ static int kw_c2c_rscore(kw_fusion *f, int32_t i, const int32_t *ids, int64_t pr
                                   .numerics = plan->numerics,
                                   .cache_dtype = plan->cache_dtype,
                                   .pad = plan->recv_pad,
-                                  .quantize = plan->wire ? kw_share_wire_rscore_quantize : NULL,
+                                  .quantize = plan->wire ? kw_wire_roundtrip_rows_hook : NULL,
                                   .quantize_user = (void *)plan->wire};
     return kw_rscore_create(plan->receiver, f, i, ids, prefix, &ro, out);
 }

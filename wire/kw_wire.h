@@ -385,4 +385,19 @@ typedef struct kw_wire_tensor_out {
  * KW_E_WIRE_VALUE if a reserved code is found (the output is then partially written). */
 int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Round trip in memory (kw_wire_roundtrip.c) */
+
+/* What a receiver decodes from n rows k, v (n, heads, head_dim) f32 of one layer sent with codec specs k_spec, v_spec
+ * (v1 codecs, no compression, n positions): a one-section KVWire blob is encoded and decoded, and k, v are
+ * overwritten with the decoded rows. Errors: KW_E_INVALID_ARG, the encoder's (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE,
+ * ...), KW_E_NOMEM. */
+int kw_wire_roundtrip_rows(const kw_wire_codec_spec *k_spec, const kw_wire_codec_spec *v_spec, int32_t layer, int64_t n,
+                           int32_t heads, int32_t head_dim, float *k, float *v);
+
+/* kw_wire_roundtrip_rows as a callback (c2c/kw_rscore.h's quantize hook): policy is a const kw_wire_policy *, whose
+ * k and v specs are used (its groups and per-layer overrides are not). */
+int kw_wire_roundtrip_rows_hook(void *policy, int32_t layer, int64_t n, int32_t heads, int32_t head_dim, float *k,
+                                float *v);
+
 #endif /* KW_WIRE_H */

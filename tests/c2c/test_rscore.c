@@ -191,7 +191,7 @@ static void scorer_scores(env *e, enum kw_select_mode mode, enum kw_dtype dtype,
     const kw_rscore_options ro = {.mode = mode,
                                   .numerics = KW_PROJECTOR_FP32,
                                   .cache_dtype = dtype,
-                                  .quantize = q ? kw_share_wire_rscore_quantize : NULL,
+                                  .quantize = q ? kw_wire_roundtrip_rows_hook : NULL,
                                   .quantize_user = (void *)q};
     kw_rscore *r = NULL;
     assert_int_equal(kw_rscore_create(e->recv, e->fusion, 0, e->prompt, e->n, &ro, &r), 0);
@@ -657,7 +657,7 @@ static void check_preview(env *e, enum kw_select_mode mode, const float *sk, con
     const kw_rscore_options ro = {.mode = mode,
                                   .numerics = KW_PROJECTOR_FP32,
                                   .cache_dtype = KW_DTYPE_BF16,
-                                  .quantize = mode == KW_SELECT_DELTA_PROJ_VNORM ? kw_share_wire_rscore_quantize : NULL,
+                                  .quantize = mode == KW_SELECT_DELTA_PROJ_VNORM ? kw_wire_roundtrip_rows_hook : NULL,
                                   .quantize_user = &q};
     kw_rscore *r = NULL;
     assert_int_equal(kw_rscore_create(e->recv, e->fusion, 0, e->prompt, e->n, &ro, &r), 0);
