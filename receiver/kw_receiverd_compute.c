@@ -382,8 +382,7 @@ static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int
     j->receiver_scored = true;
     rc = 0;
 out: /* the work, not the waits for the preview's bytes */
-    const kw_rscore_stats *rst = scorer ? kw_rscore_get_stats(scorer) : NULL;
-    j->ms_scoring = ps.decode_ms + ps.score_ms + (rst ? rst->prefill_ms : 0.0);
+    j->ms_scoring = ps.decode_ms + ps.score_ms + (scorer ? kw_rscore_get_stats(scorer)->prefill_ms : 0.0);
     kw_rscore_free(scorer);
     kw_wire_decoder_destroy(dec);
     kw_rselect_free(&sel);
