@@ -144,6 +144,13 @@ int kw_cmd_inspect(int argc, char **argv) {
                 cJSON_AddBoolToObject(js, "compressed", s->compressed);
                 cJSON_AddNumberToObject(js, "raw_body_bytes", s->raw_body_bytes);
                 cJSON_AddNumberToObject(js, "stored_body_bytes", s->stored_body_bytes);
+                if (s->pre_rope) cJSON_AddBoolToObject(js, "pre_rope_keys", 1);
+                if (s->n_outliers) {
+                    cJSON *jo = cJSON_AddObjectToObject(js, "outliers");
+                    cJSON_AddNumberToObject(jo, "n", s->n_outliers);
+                    cJSON_AddStringToObject(jo, "value_dtype", kw_wire_dtype_name(s->outlier_dtype));
+                    cJSON_AddNumberToObject(jo, "bytes", s->outlier_bytes);
+                }
                 char buf[32];
                 snprintf(buf, sizeof buf, "0x%016" PRIx64, s->checksum);
                 cJSON_AddStringToObject(js, "checksum", buf);
@@ -176,6 +183,10 @@ int kw_cmd_inspect(int argc, char **argv) {
                            gv->first_token, gv->first_token + gv->n_tokens - 1, k, gv->k.scale_bytes + gv->k.zero_bytes,
                            gv->k.code_bytes, v, gv->v.scale_bytes + gv->v.zero_bytes, gv->v.code_bytes);
                 }
+                if (s->n_outliers)
+                    printf("       outliers: %u exact %s values (%u B)\n", s->n_outliers,
+                           kw_wire_dtype_name(s->outlier_dtype), s->outlier_bytes);
+                if (s->pre_rope) printf("       K taken before RoPE (the receiver applies it)\n");
             }
             if (rc < 0) break;
         }
@@ -193,6 +204,7 @@ int kw_cmd_inspect(int argc, char **argv) {
             cJSON_AddNumberToObject(jb, "scales", (double)bd->scales);
             cJSON_AddNumberToObject(jb, "zero_points", (double)bd->zero_points);
             cJSON_AddNumberToObject(jb, "payload", (double)bd->payload);
+            cJSON_AddNumberToObject(jb, "outliers", (double)bd->outliers);
             cJSON_AddNumberToObject(jb, "checksums", (double)bd->checksums);
             cJSON_AddNumberToObject(jb, "compression_saved", (double)bd->compression_saved);
             cJSON_AddNumberToObject(jb, "total", (double)bd->total);
@@ -209,6 +221,7 @@ int kw_cmd_inspect(int argc, char **argv) {
             kw__pct_line("scales", bd->scales, bd->total, 0);
             if (bd->zero_points) kw__pct_line(" of which zeros", bd->zero_points, bd->total, 0);
             kw__pct_line("payload", bd->payload, bd->total, 0);
+            if (bd->outliers) kw__pct_line("outliers", bd->outliers, bd->total, 0);
             kw__pct_line("checksums", bd->checksums, bd->total, 0);
             kw__pct_line("zstd saved", bd->compression_saved, bd->total, 1);
             kw__pct_line("total", bd->total, bd->total, 0);

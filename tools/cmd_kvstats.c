@@ -42,7 +42,9 @@ static void kw_kvstats_usage(FILE *f) {
         "  --codec           a codec and granularity (int4:group32, int8:token, nf4:head, bf16, none = the cache\n"
         "                    as it is), for K and V both, or K's and V's apart: int2-asym:channel32,int2-asym:token;\n"
         "                    KVWire v1.1 names too (int3, int2, -asym zero points, channel<L>: a scale per channel\n"
-        "                    over L tokens); repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
+        "                    over L tokens); a suffix @P%% sends P%% of every layer's K and V elements exact in a\n"
+        "                    v1.1 outlier table (bf16 values), e.g. int3-asym:channel32,int3-asym:token@1%%;\n"
+        "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head\n"
         "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd)\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
@@ -80,17 +82,28 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
         snprintf(out->name, sizeof out->name, "none (f32 rows)");
         return 0;
     }
-    const char *comma = strchr(arg, ',');
-    const size_t k_len = comma ? (size_t)(comma - arg) : strlen(arg);
+    const char *at = strchr(arg, '@');
+    const size_t len = at ? (size_t)(at - arg) : strlen(arg);
+    char outl[24] = "";
+    if (at) { /* "@1%": that share of the elements in the outlier table */
+        char *end = NULL;
+        const double pct = strtod(at + 1, &end);
+        KW_RETURN_IF(end == at + 1 || strcmp(end, "%") != 0 || !(pct > 0.0 && pct <= 100.0), KW_E_INVALID_ARG,
+                     "--codec %s: the outliers are @P%% with P in (0, 100]", arg);
+        out->outlier_fraction = pct / 100.0;
+        snprintf(outl, sizeof outl, "@%g%%", pct);
+    }
+    const char *comma = memchr(arg, ',', len);
+    const size_t k_len = comma ? (size_t)(comma - arg) : len;
     char k_name[40], v_name[40];
     KW_FORWARD(kw_kvstats_parse_spec(arg, k_len, scale, &out->spec, k_name, sizeof k_name));
     if (!comma) {
         out->spec_v = out->spec;
-        snprintf(out->name, sizeof out->name, "%s", k_name);
+        snprintf(out->name, sizeof out->name, "%s%s", k_name, outl);
         return 0;
     }
-    KW_FORWARD(kw_kvstats_parse_spec(comma + 1, strlen(comma + 1), scale, &out->spec_v, v_name, sizeof v_name));
-    snprintf(out->name, sizeof out->name, "%s+%s", k_name, v_name);
+    KW_FORWARD(kw_kvstats_parse_spec(comma + 1, len - k_len - 1, scale, &out->spec_v, v_name, sizeof v_name));
+    snprintf(out->name, sizeof out->name, "%s+%s%s", k_name, v_name, outl);
     return 0;
 }
 

@@ -225,7 +225,11 @@ static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, i
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
                                 int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
     const int32_t H = s->n_heads, D = s->head_dim;
-    const kw_wire_policy pol = {.k = codec->spec, .v = codec->spec_v};
+    const double elems = 2.0 * (double)H * (double)T * (double)D;
+    const kw_wire_policy pol = {.k = codec->spec,
+                                .v = codec->spec_v,
+                                .outliers = (uint32_t)floor(codec->outlier_fraction * elems + 0.5),
+                                .outlier_dtype = KW_WIRE_DTYPE_BF16};
     const kw_wire_header hdr = {.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
                                 .n_layers = (uint16_t)s->n_layers,
                                 .n_sections = (uint16_t)s->n_layers,

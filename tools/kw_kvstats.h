@@ -29,6 +29,8 @@ typedef struct kw_kvstats_codec {
     int lossless;              /* 1: the cache as it is, no blob (the control row: agreement 1, KL 0, error 0) */
     kw_wire_codec_spec spec;   /* K's codec */
     kw_wire_codec_spec spec_v; /* V's codec (the same as K's unless the configuration names two) */
+    double outlier_fraction;   /* v1.1: this fraction of each section's K and V elements sent exact in its outlier
+                                  table (bf16 values, what a bf16 cache holds), 0 for none */
     char name[96];             /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, for printing */
 } kw_kvstats_codec;
 

@@ -137,9 +137,16 @@ typedef struct kw_wire_policy {
     uint8_t index_encoding;            /* enum kw_wire_index; KW_WIRE_INDEX_AUTO for the smallest */
     int zstd_level;                    /* 0: never compress; else the zstd level (1..22, or negative fast levels);
                                           the body is compressed only if that makes it strictly smaller */
+    uint32_t outliers;     /* v1.1: exactly min(outliers, 2*H*T*D) elements of K and V are sent exact in an outlier
+                              table (FORMAT.md §5.10) and left out of the scales; 0: none. kw_wire_outlier_select
+                              says which. Only kw_wire_encoder_write_section can send them. */
+    uint8_t outlier_dtype; /* enum kw_wire_dtype of the outliers' values; 0: the input's dtype (exact) */
+    uint8_t pre_rope;      /* v1.1: 1 marks the section's K as taken before RoPE (FORMAT.md §5.11): the caller passes
+                              pre-RoPE keys and the receiver applies RoPE after decoding; wire/ only carries the flag */
 } kw_wire_policy;
 
-/* 1 if any token group of the policy needs v1.1 (a header for it then needs version KW_WIRE_VERSION_1_1). */
+/* 1 if any token group of the policy (or its outliers or pre-RoPE flag) needs v1.1 (a header for it then needs
+ * version KW_WIRE_VERSION_1_1). */
 int kw_wire_policy_needs_v11(const kw_wire_policy *pol);
 
 /* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"; v1.1 adds "int3", "int2", and the suffix
@@ -180,13 +187,15 @@ typedef struct kw_wire_layer_in {
     kw_wire_tensor_in k, v;
 } kw_wire_layer_in;
 
-/* Where the bytes of a blob go (FORMAT.md §7). total = header + indices + scales + payload + checksums - saved. */
+/* Where the bytes of a blob go (FORMAT.md §7). total = header + indices + scales + payload + outliers + checksums -
+ * saved. */
 typedef struct kw_wire_breakdown {
     uint64_t header;            /* blob header and trailer (without checksums), section heads, group tables */
     uint64_t indices;           /* index blocks (before compression) */
     uint64_t scales;            /* scale and zero-point blocks (before compression) */
     uint64_t zero_points;       /* of which zero-point blocks (v1.1; already counted in scales) */
     uint64_t payload;           /* code blocks (before compression) */
+    uint64_t outliers;          /* outlier tables (v1.1, before compression) */
     uint64_t checksums;         /* header, section and blob checksums */
     uint64_t compression_saved; /* sum over compressed sections of raw_body_bytes - stored_body_bytes */
     uint64_t total;             /* bytes of the blob so far */
@@ -244,13 +253,27 @@ int kw_wire_index_choose(uint32_t n_positions, const uint32_t *positions, uint32
                          uint8_t *encoding, size_t *bytes);
 
 /* The exact size of the section this policy makes for these positions when the body is not compressed (a
- * compressed section is strictly smaller). Validates the policy (KW_E_INVALID_ARG). */
+ * compressed section is strictly smaller). With outliers the size depends on where they are (their indices are
+ * varints): it is then the largest the section can take, each index counted at its longest varint. Validates the
+ * policy (KW_E_INVALID_ARG). */
 int kw_wire_section_size(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens,
                          const uint32_t *positions, size_t *out);
 
 /* An upper bound of the section size for any T positions (the index block counted at min(4T, ceil(P/8)), or the
  * forced encoding's worst case). */
 int kw_wire_section_bound(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens, size_t *out);
+
+/* Which elements of one layer's K and V a policy with outliers sends exact (FORMAT.md §5.10, the encoder's rule):
+ * the min(count, 2*H*T*D) elements of largest score, ties to the lower element number e = kv*H*T*D + (h*T + t)*D + d
+ * (kv 0 for K, 1 for V; t the token's index among the T). An element's score compares it with the other values its
+ * scale covers in its token group: its squared distance from their centre (their mean with zero points, else 0)
+ * over their mean squared distance from it; a value far outside its neighbours' spread, the one that would stretch
+ * their scale, whatever the number of values a scale covers.
+ * Elements of passthrough tensors score 0. Sets the chosen elements' bits in mask (ceil(2*H*T*D / 8) bytes, bit e
+ * of byte e/8, zeroed first) and their number in *n_chosen. Errors: KW_E_INVALID_ARG, KW_E_WIRE_NONFINITE,
+ * KW_E_NOMEM. */
+int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                           uint32_t count, uint8_t *mask, uint32_t *n_chosen);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Decoder */
@@ -310,6 +333,11 @@ typedef struct kw_wire_section {
     const uint8_t *index_data; /* index block */
     uint32_t index_bytes;
     const kw_wire_group_view *groups; /* n_groups entries */
+    bool pre_rope;                    /* v1.1: K was taken before RoPE (FORMAT.md §5.11) */
+    uint32_t n_outliers;              /* v1.1: outlier table entries (FORMAT.md §5.10), 0 without a table */
+    uint8_t outlier_dtype;            /* enum kw_wire_dtype of their values */
+    const uint8_t *outlier_table;     /* the whole table (outlier_bytes), NULL without one */
+    uint32_t outlier_bytes;
     uint32_t raw_body_bytes, stored_body_bytes;
     uint64_t offset;   /* of the section in the blob */
     uint64_t size;     /* of the section on the wire: head + table + stored body + checksum */
@@ -381,8 +409,9 @@ typedef struct kw_wire_tensor_out {
     size_t head_stride, token_stride;
 } kw_wire_tensor_out;
 
-/* Dequantizes every token group of K and V into the caller's views (either may be NULL to skip it). Returns 0, or
- * KW_E_WIRE_VALUE if a reserved code is found (the output is then partially written). */
+/* Dequantizes every token group of K and V into the caller's views (either may be NULL to skip it), then writes the
+ * outlier table's exact values over their elements. Returns 0, or KW_E_WIRE_VALUE if a reserved code is found (the
+ * output is then partially written). A pre-RoPE section's K comes out as sent: applying RoPE is the caller's. */
 int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 
 /* ------------------------------------------------------------------------------------------------------------- */

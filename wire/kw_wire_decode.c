@@ -37,6 +37,7 @@ struct kw_wire_decoder {
     int stage;     /* 0: need the head; 1: need the group table; 2: need the whole record */
     uint64_t need; /* record bytes needed by the current stage */
     uint32_t s_layer, s_tokens, s_index_bytes, s_raw, s_stored, s_groups;
+    uint32_t s_outlier_bytes; /* v1.1: the outlier table's size, 0 without one */
     uint8_t s_index_enc, s_flags;
     uint8_t *rec;
     size_t rec_len, rec_cap;
@@ -257,8 +258,15 @@ static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
     KW_RETURN_IF(memcmp(p, kw__wire_section_marker, 4) != 0, KW_E_WIRE_CORRUPT,
                  "no section marker at offset %llu (section %u)", (unsigned long long)d->offset, d->sections_done);
     d->s_flags = p[KW__SEC_FLAGS];
-    KW_RETURN_IF((d->s_flags & ~KW__SEC_FLAG_ZSTD) != 0 || !kw__all_zero(p + KW__SEC_RESERVED, 6), KW_E_WIRE_RESERVED,
-                 "section %u: reserved flags or bytes are set", d->sections_done);
+    /* v1.1 gives flag bits 1 and 2 and, with bit 2, bytes 28..31 a meaning; in v1 they stay reserved */
+    const uint8_t known =
+        KW__SEC_FLAG_ZSTD | (kw__wire_is_v11(d->hdr.version) ? KW__SEC_FLAG_PRE_ROPE | KW__SEC_FLAG_OUTLIERS : 0u);
+    d->s_outlier_bytes = kw_load_le32(p + KW__SEC_OUTLIER_BYTES);
+    KW_RETURN_IF((d->s_flags & ~known) != 0 || !kw__all_zero(p + KW__SEC_RESERVED, 2) ||
+                     (!(d->s_flags & KW__SEC_FLAG_OUTLIERS) && d->s_outlier_bytes != 0),
+                 KW_E_WIRE_RESERVED, "section %u: reserved flags or bytes are set", d->sections_done);
+    KW_RETURN_IF((d->s_flags & KW__SEC_FLAG_OUTLIERS) && d->s_outlier_bytes < KW__OUTLIER_HEAD_BYTES + 2,
+                 KW_E_WIRE_CORRUPT, "section %u: an outlier table of %u bytes", d->sections_done, d->s_outlier_bytes);
     const kw_wire_header *h = &d->hdr;
     d->s_layer = kw_load_le16(p + KW__SEC_LAYER);
     KW_RETURN_IF(d->s_layer >= h->n_layers, KW_E_WIRE_CORRUPT, "section %u: layer %u >= n_layers %u", d->sections_done,
@@ -363,8 +371,9 @@ static int kw__dec_section_table(kw_wire_decoder *d, const uint8_t *p) {
     }
     KW_RETURN_IF(tokens != d->s_tokens, KW_E_WIRE_CORRUPT, "section %u: token groups cover %llu of %u tokens",
                  d->sections_done, (unsigned long long)tokens, d->s_tokens);
-    KW_RETURN_IF(at != d->s_raw, KW_E_WIRE_CORRUPT, "section %u: raw_body_bytes %u, the groups need %llu",
-                 d->sections_done, d->s_raw, (unsigned long long)at);
+    KW_RETURN_IF(at + d->s_outlier_bytes != d->s_raw, KW_E_WIRE_CORRUPT,
+                 "section %u: raw_body_bytes %u, the groups and the outlier table need %llu", d->sections_done,
+                 d->s_raw, (unsigned long long)(at + d->s_outlier_bytes));
     d->need = KW_WIRE_SECTION_HEAD_BYTES + (uint64_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups + d->s_stored +
               KW_WIRE_CHECKSUM_BYTES;
     d->stage = 2;
@@ -455,8 +464,21 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
         KW_FORWARD(kw__dec_check_scales(d, gv, g));
     }
 
+    uint32_t n_outliers = 0;
+    uint8_t outlier_dtype = 0;
+    const uint8_t *outlier_table = d->s_outlier_bytes ? body + d->s_raw - d->s_outlier_bytes : NULL;
+    if (outlier_table) {
+        const uint64_t elems = 2ull * d->hdr.n_kv_heads * d->s_tokens * d->hdr.head_dim;
+        KW_FORWARD(kw__wire_outlier_table_check(outlier_table, d->s_outlier_bytes, elems, &n_outliers, &outlier_dtype));
+    }
+
     kw_wire_section *s = &d->sec;
     memset(s, 0, sizeof *s);
+    s->pre_rope = (d->s_flags & KW__SEC_FLAG_PRE_ROPE) != 0;
+    s->n_outliers = n_outliers;
+    s->outlier_dtype = outlier_dtype;
+    s->outlier_table = outlier_table;
+    s->outlier_bytes = d->s_outlier_bytes;
     s->ordinal = d->sections_done;
     s->layer = d->s_layer;
     s->n_tokens = d->s_tokens;
@@ -484,6 +506,7 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     d->bd.scales += scale_bytes;
     d->bd.zero_points += zero_bytes;
     d->bd.payload += code_bytes;
+    d->bd.outliers += d->s_outlier_bytes;
     d->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
     d->bd.sections += 1;
     if (s->compressed) {
@@ -844,5 +867,5 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
             rc = rc ? rc : r;
         }
     }
-    return rc;
+    return rc ? rc : kw__wire_outlier_table_apply(sec, k, v);
 }

@@ -30,6 +30,7 @@ struct kw_wire_encoder {
         uint32_t layer, n_groups;
         size_t table, index_bytes;
         uint64_t raw, scale_bytes, zero_bytes, code_bytes; /* scale_bytes includes zero_bytes */
+        uint64_t outlier_bytes;
         int zstd_level;
     } pending;
 };
@@ -99,6 +100,11 @@ static int kw__enc_policy(const kw_wire_header *hdr, const kw_wire_policy *pol, 
     }
     KW_RETURN_IF(sum != n_tokens, KW_E_INVALID_ARG, "token groups cover %llu tokens, the section has %u",
                  (unsigned long long)sum, n_tokens);
+    KW_RETURN_IF((pol->outliers || pol->pre_rope) && !kw__wire_is_v11(hdr->version), KW_E_INVALID_ARG,
+                 "outliers and pre-RoPE keys need KVWire v1.1: set the header's version to KW_WIRE_VERSION_1_1");
+    KW_RETURN_IF(pol->pre_rope > 1, KW_E_INVALID_ARG, "pre_rope %u is neither 0 nor 1", pol->pre_rope);
+    KW_RETURN_IF(pol->outlier_dtype != 0 && kw__wire_outlier_value_size(pol->outlier_dtype) == 0, KW_E_INVALID_ARG,
+                 "unknown outlier value dtype %u", pol->outlier_dtype);
     if (pol->zstd_level != 0)
         KW_RETURN_IF(pol->zstd_level < ZSTD_minCLevel() || pol->zstd_level > ZSTD_maxCLevel(), KW_E_INVALID_ARG,
                      "zstd level %d not in %d..%d", pol->zstd_level, ZSTD_minCLevel(), ZSTD_maxCLevel());
@@ -136,7 +142,10 @@ int kw_wire_section_size(const kw_wire_header *hdr, const kw_wire_policy *pol, u
     uint8_t enc;
     size_t index_bytes;
     KW_FORWARD(kw_wire_index_choose(hdr->n_positions, positions, n_tokens, pol->index_encoding, &enc, &index_bytes));
-    return kw__enc_total(n_groups, index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups), out);
+    return kw__enc_total(n_groups,
+                         index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups) +
+                             kw__wire_outlier_table_bound(hdr, n_tokens, pol->outliers, pol->outlier_dtype),
+                         out);
 }
 
 int kw_wire_section_bound(const kw_wire_header *hdr, const kw_wire_policy *pol, uint32_t n_tokens, size_t *out) {
@@ -150,7 +159,10 @@ int kw_wire_section_bound(const kw_wire_header *hdr, const kw_wire_policy *pol, 
     KW_RETURN_IF(pol->index_encoding >= KW_WIRE_INDEX_COUNT, KW_E_INVALID_ARG, "unknown index encoding %u",
                  pol->index_encoding);
     const uint64_t index = kw__wire_index_bound(pol->index_encoding, n_tokens, hdr->n_positions);
-    return kw__enc_total(n_groups, index + kw__enc_tensors_bytes(hdr, groups, n_groups), out);
+    return kw__enc_total(n_groups,
+                         index + kw__enc_tensors_bytes(hdr, groups, n_groups) +
+                             kw__wire_outlier_table_bound(hdr, n_tokens, pol->outliers, pol->outlier_dtype),
+                         out);
 }
 
 uint64_t kw__wire_index_bound(uint32_t encoding, uint32_t n_tokens, uint32_t n_positions) {
@@ -344,11 +356,28 @@ static int kw__enc_general_scales(const kw_wire_codec_spec *sp, uint64_t units, 
     return 0;
 }
 
+/* The elements of a section sent in its outlier table (v1.1): bit e of mask for element e = base + (h*T + t)*D + d of
+ * the tensor at hand, t the section's token index (FORMAT.md §5.10). */
+typedef struct kw__enc_outliers {
+    const uint8_t *mask; /* borrowed */
+    uint64_t base;       /* 0 for K, H*T*D for V */
+    uint32_t n_tokens;   /* T */
+} kw__enc_outliers;
+
+static inline int kw__enc_is_outlier(const kw__enc_outliers *o, uint32_t D, uint32_t h, uint32_t t, uint32_t d) {
+    if (!o) return 0;
+    const uint64_t e = o->base + ((uint64_t)h * o->n_tokens + t) * D + d;
+    return (o->mask[e / 8] >> (e % 8)) & 1u;
+}
+
 /* The general (scalar) path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups
- * that are not whole bytes) for any codec and granularity: the statistics of every scale unit in one pass, the
- * scales, then the codes value by value (FORMAT.md §5.8, §5.9). Not vectorized yet. */
+ * that are not whole bytes; and every tensor of a section with outliers) for any codec and granularity: the
+ * statistics of every scale unit in one pass, the scales, then the codes value by value (FORMAT.md §5.8, §5.9). The
+ * outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero points: code 0), §5.10.
+ * Not vectorized yet. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                                  uint32_t t0, uint32_t tg, uint8_t *dst, const char *what) {
+                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
+                                  const char *what) {
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u;
     const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
@@ -374,6 +403,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
                     rc = kw_error_set(KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t0 + t);
                     break;
                 }
+                if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
                 const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
                 if (!asym) {
                     const float a = x[d] < 0.0f ? -x[d] : x[d];
@@ -396,11 +426,12 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
             for (uint32_t d = 0; d < D; ++d) {
                 const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
                 const float s = lo[u];
+                const int outlier = kw__enc_is_outlier(out, D, h, t0 + t, d);
                 uint32_t q;
                 if (asym)
-                    q = s != 0.0f ? kw_wire_quantize_asym(x[d], hi[u], iv[u], qmax) : 0u;
-                else /* a zero scale: the code of +0 */
-                    q = (uint32_t)kw_wire_quantize_value(codec, s != 0.0f ? x[d] : 0.0f, iv[u]);
+                    q = s != 0.0f && !outlier ? kw_wire_quantize_asym(x[d], hi[u], iv[u], qmax) : 0u;
+                else /* a zero scale or an outlier: the code of +0 */
+                    q = (uint32_t)kw_wire_quantize_value(codec, s != 0.0f && !outlier ? x[d] : 0.0f, iv[u]);
                 kw_wire_field_put(bits, row, d, q & mask);
             }
         }
@@ -410,9 +441,9 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
 
 /* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                          uint32_t t0, uint32_t tg, uint8_t *dst, const char *what) {
+                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst, const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
-    if (kw__wire_general_path(sp)) return kw__enc_tensor_general(e, in, sp, t0, tg, dst, what);
+    if (out || kw__wire_general_path(sp)) return kw__enc_tensor_general(e, in, sp, t0, tg, out, dst, what);
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const size_t es = kw__wire_dtype_size(dt);
@@ -512,8 +543,8 @@ static int kw__enc_compress(kw_wire_encoder *e, const uint8_t *body, size_t raw,
  * in e->pending (the encoder is otherwise unchanged). The tensors' bytes go at dst + e->pending.table +
  * e->pending.index_bytes, K then V of each group in order. */
 static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
-                         const kw_wire_policy *pol, void *dst, size_t cap, const kw_wire_token_group **groups_out,
-                         kw_wire_token_group *single) {
+                         const kw_wire_policy *pol, uint64_t outlier_bytes, void *dst, size_t cap,
+                         const kw_wire_token_group **groups_out, kw_wire_token_group *single) {
     KW_RETURN_IF(!e || !dst, KW_E_INVALID_ARG, "null argument");
     e->pending.dst = NULL;
     KW_RETURN_IF(e->stage != 1 || e->sections >= e->hdr.n_sections, KW_E_STATE,
@@ -530,7 +561,7 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
     size_t index_bytes = 0;
     KW_FORWARD(
         kw_wire_index_choose(hdr->n_positions, positions, n_tokens, pol->index_encoding, &index_enc, &index_bytes));
-    const uint64_t raw = index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups);
+    const uint64_t raw = index_bytes + kw__enc_tensors_bytes(hdr, groups, n_groups) + outlier_bytes;
     size_t size = 0;
     KW_FORWARD(kw__enc_total(n_groups, raw, &size));
     KW_RETURN_IF(cap < size, KW_E_BUFFER_TOO_SMALL, "section of layer %u needs %zu bytes, have %zu", layer, size, cap);
@@ -541,6 +572,9 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
     memcpy(p, kw__wire_section_marker, 4);
     kw_store_le16(p + KW__SEC_LAYER, (uint16_t)layer);
     p[KW__SEC_INDEX_ENC] = index_enc;
+    p[KW__SEC_FLAGS] =
+        (uint8_t)((pol->pre_rope ? KW__SEC_FLAG_PRE_ROPE : 0u) | (outlier_bytes ? KW__SEC_FLAG_OUTLIERS : 0u));
+    kw_store_le32(p + KW__SEC_OUTLIER_BYTES, (uint32_t)outlier_bytes);
     kw_store_le32(p + KW__SEC_N_TOKENS, n_tokens);
     kw_store_le32(p + KW__SEC_INDEX_BYTES, (uint32_t)index_bytes);
     kw_store_le32(p + KW__SEC_RAW_BYTES, (uint32_t)raw);
@@ -574,6 +608,7 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
                                           .scale_bytes = scale_bytes,
                                           .zero_bytes = zero_bytes,
                                           .code_bytes = code_bytes,
+                                          .outlier_bytes = outlier_bytes,
                                           .zstd_level = pol->zstd_level};
     *groups_out = groups;
     return 0;
@@ -592,7 +627,7 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
         if (csize < pd.raw) {
             memcpy(body, e->scratch, csize);
             stored = csize;
-            p[KW__SEC_FLAGS] = KW__SEC_FLAG_ZSTD;
+            p[KW__SEC_FLAGS] |= KW__SEC_FLAG_ZSTD;
         }
     }
     kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)stored);
@@ -604,6 +639,7 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
     e->bd.scales += pd.scale_bytes;
     e->bd.zero_points += pd.zero_bytes;
     e->bd.payload += pd.code_bytes;
+    e->bd.outliers += pd.outlier_bytes;
     e->bd.checksums += KW_WIRE_CHECKSUM_BYTES;
     e->bd.sections += 1;
     if (stored < pd.raw) {
@@ -619,13 +655,30 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
 
 int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in, const kw_wire_policy *pol, void *dst,
                                   size_t cap, size_t *written) {
-    KW_RETURN_IF(!e || !in || !dst || !written, KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(!e || !in || !dst || !written || !pol, KW_E_INVALID_ARG, "null argument");
     e->pending.dst = NULL;
     KW_RETURN_IF(e->stage == 1 && (!in->k.data || !in->v.data), KW_E_INVALID_ARG, "layer %u: K or V has no data",
                  in->layer);
+    /* the outliers first: the section's size depends on where they are */
+    uint8_t *mask = NULL;
+    uint32_t n_out = 0;
+    uint64_t out_bytes = 0;
+    const uint32_t out_dtype = pol->outlier_dtype ? pol->outlier_dtype : e->hdr.src_dtype;
+    int rc;
+    if (pol->outliers > 0 && e->stage == 1) {
+        kw_wire_token_group one; /* validated before the selection reads the groups */
+        const kw_wire_token_group *g0 = NULL;
+        uint32_t n_g0 = 0;
+        KW_FORWARD(kw__enc_policy(&e->hdr, pol, in->n_tokens, &one, &g0, &n_g0));
+        const uint64_t elems = 2ull * e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim;
+        mask = malloc((size_t)((elems + 7) / 8));
+        KW_RETURN_IF(!mask, KW_E_NOMEM, "outlier mask of %llu elements", (unsigned long long)elems);
+        KW_CHECK(kw_wire_outlier_select(&e->hdr, in, pol, pol->outliers, mask, &n_out));
+        out_bytes = kw__wire_outlier_table_bytes(mask, elems, n_out, out_dtype);
+    }
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
-    KW_FORWARD(kw__enc_begin(e, in->layer, in->n_tokens, in->positions, pol, dst, cap, &groups, &single));
+    KW_CHECK(kw__enc_begin(e, in->layer, in->n_tokens, in->positions, pol, out_bytes, dst, cap, &groups, &single));
     uint8_t *body = (uint8_t *)dst + e->pending.table;
     size_t at = e->pending.index_bytes;
     uint32_t t0 = 0;
@@ -634,24 +687,31 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
         const kw_wire_codec_spec *kv_specs[2] = {&tg->k, &tg->v};
         const kw_wire_tensor_in *views[2] = {&in->k, &in->v};
         for (int kv = 0; kv < 2; ++kv) {
-            const int rc = kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, body + at, kv ? "V" : "K");
-            if (rc < 0) {
-                e->pending.dst = NULL;
-                return rc;
-            }
+            const kw__enc_outliers o = {mask, kv ? (uint64_t)e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim : 0,
+                                        in->n_tokens};
+            KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL, body + at,
+                                    kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }
         t0 += tg->n_tokens;
     }
+    if (mask) KW_CHECK(kw__wire_outlier_table_write(&e->hdr, in, mask, n_out, out_dtype, body + at, out_bytes));
+    free(mask);
     return kw__enc_finish(e, written);
+out:
+    e->pending.dst = NULL;
+    free(mask);
+    return rc;
 }
 
 int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
                                   const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset) {
     KW_RETURN_IF(!e || !tensors_offset, KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(pol && pol->outliers, KW_E_INVALID_ARG,
+                 "a section written by someone else cannot have outliers: use kw_wire_encoder_write_section");
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
-    KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, dst, cap, &groups, &single));
+    KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, 0, dst, cap, &groups, &single));
     *tensors_offset = e->pending.table + e->pending.index_bytes;
     return 0;
 }

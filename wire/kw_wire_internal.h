@@ -43,9 +43,12 @@ enum {
     KW__SEC_RAW_BYTES = 16,
     KW__SEC_STORED_BYTES = 20,
     KW__SEC_N_GROUPS = 24,
-    KW__SEC_RESERVED = 26, /* 6 bytes */
+    KW__SEC_RESERVED = 26,      /* 2 bytes */
+    KW__SEC_OUTLIER_BYTES = 28, /* v1.1: the outlier table's size with KW__SEC_FLAG_OUTLIERS, else reserved */
 };
-#define KW__SEC_FLAG_ZSTD 0x01u
+#define KW__SEC_FLAG_ZSTD     0x01u
+#define KW__SEC_FLAG_PRE_ROPE 0x02u /* v1.1: K taken before RoPE (FORMAT.md §5.11) */
+#define KW__SEC_FLAG_OUTLIERS 0x04u /* v1.1: an outlier table ends the raw body (FORMAT.md §5.10) */
 
 /* Trailer field offsets (FORMAT.md §8). */
 enum { KW__TRL_RESERVED = 4, KW__TRL_BLOB_BYTES = 8, KW__TRL_CHECKSUM = 16 };
@@ -173,5 +176,34 @@ void kw__wire_index_write(uint32_t encoding, const uint32_t *positions, uint32_t
  * NULL. Returns 0, KW_E_WIRE_INDICES, KW_E_WIRE_RESERVED (bitmap padding) or KW_E_WIRE_CORRUPT (size). */
 int kw__wire_index_decode(uint32_t encoding, const uint8_t *data, uint32_t bytes, uint32_t n_tokens,
                           uint32_t n_positions, uint32_t *out);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* The outlier table (v1.1, FORMAT.md §5.10; kw_wire_outliers.c) */
+
+#define KW__OUTLIER_HEAD_BYTES 8 /* u32 count, u8 value dtype, 3 reserved */
+
+/* Bytes per value of an outlier value dtype (enum kw_wire_dtype), 0 if unknown. */
+size_t kw__wire_outlier_value_size(uint32_t dtype);
+
+/* The most bytes the table of min(count, 2*H*T*D) outliers can take (0 for none): every index at its longest varint.
+ * dtype 0 is the header's src_dtype. */
+uint64_t kw__wire_outlier_table_bound(const kw_wire_header *hdr, uint32_t n_tokens, uint32_t count, uint32_t dtype);
+
+/* The exact bytes of the table of the n elements set in mask (elems bits), values in dtype. */
+uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint32_t n, uint32_t dtype);
+
+/* Writes that table (bytes as kw__wire_outlier_table_bytes gave) with the values of in: KW_E_WIRE_RANGE if a value
+ * has no finite representation in dtype within the bf16 range. */
+int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_in *in, const uint8_t *mask, uint32_t n,
+                                 uint32_t dtype, uint8_t *dst, uint64_t bytes);
+
+/* Validates a table of `bytes` bytes over elems elements (FORMAT.md §9.2): sets its entry count and value dtype.
+ * Errors: KW_E_WIRE_CORRUPT (sizes, varints), KW_E_WIRE_RESERVED, KW_E_WIRE_CODEC (dtype), KW_E_WIRE_INDICES (an
+ * element past the section), KW_E_WIRE_VALUE (a value not finite or past the largest bf16). */
+int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t elems, uint32_t *n_out,
+                                 uint8_t *dtype_out);
+
+/* Writes a verified section's outlier values over the decoded K (k) and V (v) views; either may be NULL. */
+int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 
 #endif /* KW_WIRE_INTERNAL_H */

@@ -53,7 +53,8 @@ static inline int fuzz_wire_section(const kw_wire_section *s, fuzz_digest *dg) {
     for (uint32_t g = 0; g < s->n_groups; ++g)
         body += (uint64_t)s->groups[g].k.scale_bytes + s->groups[g].k.zero_bytes + s->groups[g].k.code_bytes +
                 s->groups[g].v.scale_bytes + s->groups[g].v.zero_bytes + s->groups[g].v.code_bytes;
-    FUZZ_CHECK(body == s->raw_body_bytes);
+    FUZZ_CHECK(body + s->outlier_bytes == s->raw_body_bytes);
+    FUZZ_CHECK((s->outlier_table != NULL) == (s->n_outliers > 0) && s->n_outliers <= 2 * n);
     const kw_wire_tensor_out ko = {k, KW_WIRE_DTYPE_F32, T * D, D}, vo = {v, KW_WIRE_DTYPE_F32, T * D, D};
     const kw_wire_tensor_out kbo = {kb, KW_WIRE_DTYPE_BF16, D, H * D}, vbo = {vb, KW_WIRE_DTYPE_BF16, D, H * D};
     const int rc = kw_wire_section_dequantize(s, &ko, &vo);
@@ -85,7 +86,8 @@ static inline int fuzz_wire_section(const kw_wire_section *s, fuzz_digest *dg) {
 
 static inline void fuzz_check_breakdown(const kw_wire_breakdown *bd, uint64_t consumed) {
     FUZZ_CHECK(bd->total == consumed);
-    FUZZ_CHECK(bd->header + bd->indices + bd->scales + bd->payload + bd->checksums - bd->compression_saved ==
+    FUZZ_CHECK(bd->header + bd->indices + bd->scales + bd->payload + bd->outliers + bd->checksums -
+                   bd->compression_saved ==
                bd->total);
 }
 

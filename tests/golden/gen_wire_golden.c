@@ -32,12 +32,16 @@ int main(int argc, char **argv) {
         size_t size;
         wg_build(i, &blob, &size);
         wg_text t = {0};
-        const char *what = i < WG_N_VALID        ? wg_valid[i].what
-                           : i == WG_N_VALID     ? "three sections: bitmap, zstd range, varint with two token groups"
-                           : i == WG_N_VALID + 1 ? "no sections (header and trailer only)"
-                                                 : "v1.1: one section, two token groups: K int2 with zero points and "
-                                                   "channel scales (L 4), V int3 per token; K int3 with zero points "
-                                                   "per 8 channels, V int2 per head";
+        const char *what =
+            i < WG_N_VALID        ? wg_valid[i].what
+            : i == WG_N_VALID     ? "three sections: bitmap, zstd range, varint with two token groups"
+            : i == WG_N_VALID + 1 ? "no sections (header and trailer only)"
+            : i == WG_N_VALID + 3
+                ? "v1.1: one section with an outlier table (6 bf16 values) and pre-RoPE keys, K int4 per "
+                  "token, V int8 per 8 channels"
+                : "v1.1: one section, two token groups: K int2 with zero points and "
+                  "channel scales (L 4), V int3 per token; K int3 with zero points "
+                  "per 8 channels, V int2 per head";
         if (wg_describe(what, blob, size, &t) < 0 || write_pair(wire, wg_name(i), blob, size, t.s) < 0) {
             fprintf(stderr, "gen_wire_golden: %s: %s\n", wg_name(i), kw_error_detail());
             return 1;
@@ -51,10 +55,13 @@ int main(int argc, char **argv) {
         size_t size;
         const int expect = wg_build_error(i, &blob, &size);
         wg_text t = {0};
-        const int v11 = strncmp(wg_errors[i], "v11_", 4) == 0;
+        const int v11 = strncmp(wg_errors[i], "v11", 3) == 0, v11o = strncmp(wg_errors[i], "v11o_", 5) == 0;
         wg_printf(&t, "# KVWire %s must-reject blob: %s (a single fault in %s)\nexpect %s\nzstd %u\n",
-                  v11 ? "v1.1" : "v1", wg_errors[i], v11 ? "v11_base" : "mixed_three_sections", kw_status_name(expect),
-                  ZSTD_versionNumber());
+                  v11 ? "v1.1" : "v1", wg_errors[i],
+                  v11o  ? "v11_outliers"
+                  : v11 ? "v11_base"
+                        : "mixed_three_sections",
+                  kw_status_name(expect), ZSTD_versionNumber());
         if (write_pair(errors, wg_errors[i], blob, size, t.s) < 0) {
             fprintf(stderr, "gen_wire_golden: %s: %s\n", wg_errors[i], kw_error_detail());
             return 1;

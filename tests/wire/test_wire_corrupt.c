@@ -95,32 +95,40 @@ static void test_catalogue(void **state) {
     }
 }
 
-/* The v1.1 catalogue on its own base blob (which must itself decode). */
+/* The v1.1 catalogues on their own base blobs (which must themselves decode): the codecs and zero points, and the
+ * outlier table with the pre-RoPE flag. */
 static void test_catalogue_v11(void **state) {
     (void)state;
-    wm_blob b;
-    wm_base11(&b);
-    wt_blob_out ok;
-    assert_int_equal(wt_decode_oneshot(b.data, b.size, NULL, &ok), 0);
-    assert_int_equal(ok.n, 1);
-    wt_blob_out_free(&ok);
-    for (size_t i = 0; i < WM_N_CASES11; ++i) {
-        const wm_case *c = &wm_cases11[i];
-        size_t size;
-        uint8_t *p = wm_apply(&b, c, &size);
-        assert_memory_not_equal(p, b.data, size);
-        for (size_t chunk = 0; chunk < 3; ++chunk) {
-            wt_blob_out o;
-            const int rc = chunk == 0 ? wt_decode_oneshot(p, size, NULL, &o)
-                                      : wt_decode_stream(p, size, NULL, chunk == 1 ? 1 : 13, &o);
-            if (rc != c->expect)
-                fail_msg("%s (chunking %zu): got %s (%s), expected %s", c->name, chunk, kw_status_name(rc),
-                         kw_error_detail(), kw_status_name(c->expect));
-            wt_blob_out_free(&o);
+    for (int which = 0; which < 2; ++which) {
+        wm_blob b;
+        if (which == 0)
+            wm_base11(&b);
+        else
+            wm_base11o(&b);
+        const wm_case *cases = which == 0 ? wm_cases11 : wm_cases11o;
+        const size_t n_cases = which == 0 ? WM_N_CASES11 : WM_N_CASES11O;
+        wt_blob_out ok;
+        assert_int_equal(wt_decode_oneshot(b.data, b.size, NULL, &ok), 0);
+        assert_int_equal(ok.n, 1);
+        wt_blob_out_free(&ok);
+        for (size_t i = 0; i < n_cases; ++i) {
+            const wm_case *c = &cases[i];
+            size_t size;
+            uint8_t *p = wm_apply(&b, c, &size);
+            assert_memory_not_equal(p, b.data, size);
+            for (size_t chunk = 0; chunk < 3; ++chunk) {
+                wt_blob_out o;
+                const int rc = chunk == 0 ? wt_decode_oneshot(p, size, NULL, &o)
+                                          : wt_decode_stream(p, size, NULL, chunk == 1 ? 1 : 13, &o);
+                if (rc != c->expect)
+                    fail_msg("%s (chunking %zu): got %s (%s), expected %s", c->name, chunk, kw_status_name(rc),
+                             kw_error_detail(), kw_status_name(c->expect));
+                wt_blob_out_free(&o);
+            }
+            free(p);
         }
-        free(p);
+        free(b.data);
     }
-    free(b.data);
 }
 
 static void test_truncation_every_byte(void **state) {

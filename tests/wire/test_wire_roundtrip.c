@@ -343,7 +343,9 @@ static void roundtrip(const kw_wire_header *hdr, layer *ls, const kw_wire_policy
     assert_int_equal(kw_wire_reader_next(r, &sec), 0);
     const kw_wire_breakdown *bd = kw_wire_reader_breakdown(r);
     assert_int_equal(bd->total, size);
-    assert_int_equal(bd->header + bd->indices + bd->scales + bd->payload + bd->checksums - bd->compression_saved, size);
+    assert_int_equal(bd->header + bd->indices + bd->scales + bd->payload + bd->outliers + bd->checksums -
+                         bd->compression_saved,
+                     size);
     assert_int_equal(bd->sections, n);
     kw_wire_reader_close(r);
 

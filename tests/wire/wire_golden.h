@@ -77,8 +77,8 @@ static const wg_spec wg_valid[] = {
 #define WG_N_VALID (sizeof wg_valid / sizeof wg_valid[0])
 
 /* Extra valid blobs built differently: the three-section base of wire_mutate.h, and a blob with no sections. */
-static const char *const wg_extra[] = {"mixed_three_sections", "empty", "v11_base"};
-#define WG_N_EXTRA 3
+static const char *const wg_extra[] = {"mixed_three_sections", "empty", "v11_base", "v11_outliers"};
+#define WG_N_EXTRA 4
 
 /* Builds valid golden i (0..WG_N_VALID + WG_N_EXTRA - 1) into a new buffer. */
 static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
@@ -89,9 +89,12 @@ static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
         *size = b.size;
         return;
     }
-    if (i == WG_N_VALID + 2) {
+    if (i == WG_N_VALID + 2 || i == WG_N_VALID + 3) {
         wm_blob b;
-        wm_base11(&b);
+        if (i == WG_N_VALID + 2)
+            wm_base11(&b);
+        else
+            wm_base11o(&b);
         *blob = b.data;
         *size = b.size;
         return;
@@ -216,6 +219,21 @@ static const char *const wg_errors[] = {
     "v11_scale_negative",
     "v11_code_int3_minus_4",
     "v11_code_int2_minus_2",
+    /* the outlier table and the v1.1 section head, faults in v11_outliers */
+    "v11o_as_v1",
+    "v11o_flags_reserved",
+    "v11o_table_size_without_flag",
+    "v11o_table_size_short",
+    "v11o_table_size_wrong",
+    "v11o_count_zero",
+    "v11o_count_wrong",
+    "v11o_dtype_unknown",
+    "v11o_reserved",
+    "v11o_varint_overlong",
+    "v11o_index_out_of_range",
+    "v11o_last_past_end",
+    "v11o_value_nan",
+    "v11o_value_inf",
 };
 #define WG_N_ERRORS (sizeof wg_errors / sizeof wg_errors[0])
 
@@ -248,6 +266,15 @@ static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
             if (!strcmp(wm_cases11[c].name, name)) {
                 *blob = wm_apply(&b, &wm_cases11[c], size);
                 expect = wm_cases11[c].expect;
+            }
+        free(b.data);
+    }
+    if (!expect) {
+        wm_base11o(&b);
+        for (size_t c = 0; c < WM_N_CASES11O; ++c)
+            if (!strcmp(wm_cases11o[c].name, name)) {
+                *blob = wm_apply(&b, &wm_cases11o[c], size);
+                expect = wm_cases11o[c].expect;
             }
         free(b.data);
     }
@@ -335,6 +362,9 @@ static inline int wg_describe(const char *what, const uint8_t *blob, size_t size
                   s->ordinal, s->layer, s->n_tokens, kw_wire_index_name(s->index_encoding), s->index_bytes,
                   s->raw_body_bytes, s->stored_body_bytes, (int)s->compressed, s->n_groups);
         compressed |= s->compressed;
+        if (s->pre_rope || s->n_outliers)
+            wg_printf(t, "  pre_rope=%d outliers=%u outlier_dtype=%s outlier_bytes=%u\n", (int)s->pre_rope,
+                      s->n_outliers, s->n_outliers ? kw_wire_dtype_name(s->outlier_dtype) : "-", s->outlier_bytes);
         for (uint32_t g = 0; g < s->n_groups; ++g) {
             wg_printf(t, "  group %u first=%u tokens=%u k=", g, s->groups[g].first_token, s->groups[g].n_tokens);
             wg_spec_text(t, &s->groups[g].k.spec);
@@ -366,6 +396,7 @@ static inline int wg_describe(const char *what, const uint8_t *blob, size_t size
                   (unsigned long long)bd->header, (unsigned long long)bd->indices, (unsigned long long)bd->scales,
                   (unsigned long long)bd->payload, (unsigned long long)bd->checksums,
                   (unsigned long long)bd->compression_saved, (unsigned long long)bd->total);
+        if (bd->outliers) wg_printf(t, "outliers %llu\n", (unsigned long long)bd->outliers);
         /* compressed bytes are deterministic for one libzstd version: the regeneration check needs the same one */
         if (compressed) wg_printf(t, "zstd %u\n", ZSTD_versionNumber());
     }

@@ -23,7 +23,7 @@ enum { WM_H = 2, WM_D = 16, WM_P = 61, WM_LAYERS = 8 };
 typedef struct wm_blob {
     uint8_t *data;
     size_t size;
-    int n;          /* sections: 3 (wm_base) or 1 (wm_base11) */
+    int n;          /* sections: 3 (wm_base) or 1 (wm_base11, wm_base11o) */
     size_t sec[3];  /* section offsets */
     size_t body[3]; /* body offsets (after the group table) */
     size_t trailer; /* trailer offset */
@@ -192,6 +192,58 @@ static inline void wm_base11(wm_blob *b) {
 // ---------------------------------------------------------------------------------------------------------------
 // The catalogue
 
+/* The v1.1 base blob with an outlier table and the pre-RoPE flag: one section, layer 2, 10 tokens (positions 40..49,
+ * range index), K int4/token/f16 and V int8/group8/bf16 (v1 codecs: only the section head and the table are v1.1),
+ * 6 outliers in bf16, the planted spikes (elements 5, 57, 170, 340, 520, 639). Body: range (4) | K scales (40) | K
+ * codes (160) | V scales (80) | V codes (320) | outlier table at 604: n, dtype, reserved (8) | 6 varints | 6 values. */
+#define WM11O_TABLE 604
+static inline void wm_base11o(wm_blob *b) {
+    enum { T = 10 };
+    wt_rng r = {0x0071};
+    uint32_t pos[T];
+    for (uint32_t t = 0; t < T; ++t)
+        pos[t] = 40 + t;
+    const size_t n = (size_t)WM_H * T * WM_D;
+    uint16_t *kv[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
+    float *tmp = wt_xmalloc(n * 4);
+    static const size_t spikes[2][3] = {{5, 3 * WM_D + 9, 170}, {20, 200, 319}};
+    for (int k = 0; k < 2; ++k) {
+        wm_fill(&r, tmp, n, 0);
+        for (int i = 0; i < 3; ++i)
+            tmp[spikes[k][i]] = (float)(i + 1) * (k ? -24.0f : 32.0f);
+        for (size_t i = 0; i < n; ++i)
+            kv[k][i] = kw_f32_to_bf16(tmp[i]);
+    }
+    free(tmp);
+    kw_wire_layer_in in = {.layer = 2, .n_tokens = T, .positions = pos};
+    in.k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
+    in.v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+    const kw_wire_policy pol = {.k = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+                                .v = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_BF16, 3},
+                                .outliers = 6,
+                                .pre_rope = 1};
+    const kw_wire_header hdr = wm_header(1, 12, KW_WIRE_VERSION_1_1);
+    if (wt_encode_blob(&hdr, &in, &pol, 1, 0, &b->data, &b->size) < 0) {
+        fprintf(stderr, "wm_base11o: %s\n", kw_error_detail());
+        abort();
+    }
+    free(kv[0]);
+    free(kv[1]);
+    b->n = 1;
+    b->sec[0] = KW_WIRE_HEADER_BYTES;
+    b->body[0] = b->sec[0] + KW_WIRE_SECTION_HEAD_BYTES + KW_WIRE_GROUP_DESC_BYTES;
+    const uint32_t raw = kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES);
+    const uint32_t tab = kw_load_le32(b->data + b->sec[0] + KW__SEC_OUTLIER_BYTES);
+    b->trailer = b->body[0] + raw + KW_WIRE_CHECKSUM_BYTES;
+    /* the catalogue's offsets assume this layout: varints of 1, 1, 1, 2, 2, 1 bytes (tab = 8 + 8 + 12) */
+    if (raw != WM11O_TABLE + 28 || tab != 28 || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x06 ||
+        b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
+        fprintf(stderr, "wm_base11o: unexpected layout (raw %u, table %u, flags %02x, size %zu)\n", raw, tab,
+                b->data[b->sec[0] + KW__SEC_FLAGS], b->size);
+        abort();
+    }
+}
+
 typedef struct wm_case {
     const char *name;
     int expect; /* status a decoder must return (dequantizing every section) */
@@ -304,6 +356,27 @@ static const wm_case wm_cases11[] = {
     {"v11_code_int2_minus_2", KW_E_WIRE_VALUE, 1, 584, WM_BODY(0), 1, 0x02},
 };
 #define WM_N_CASES11 (sizeof wm_cases11 / sizeof wm_cases11[0])
+
+/* Faults in the outlier table and the v1.1 section head, applied to wm_base11o (table at body offset WM11O_TABLE:
+ * n (4), dtype (1), reserved (3), varints 05 33 70 a9-01 b3-01 76 at 8..15, six bf16 values at 16..27). */
+static const wm_case wm_cases11o[] = {
+    {"v11o_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
+    {"v11o_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x0e},
+    {"v11o_table_size_without_flag", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x02},
+    {"v11o_table_size_short", KW_E_WIRE_CORRUPT, 1, KW__SEC_OUTLIER_BYTES, WM_SEC(0), 4, 10},
+    {"v11o_table_size_wrong", KW_E_WIRE_CORRUPT, 1, KW__SEC_OUTLIER_BYTES, WM_SEC(0), 4, 29},
+    {"v11o_count_zero", KW_E_WIRE_CORRUPT, 1, WM11O_TABLE, WM_BODY(0), 4, 0},
+    {"v11o_count_wrong", KW_E_WIRE_CORRUPT, 1, WM11O_TABLE, WM_BODY(0), 4, 5},
+    {"v11o_dtype_unknown", KW_E_WIRE_CODEC, 1, WM11O_TABLE + 4, WM_BODY(0), 1, 4},
+    {"v11o_dtype_f32", KW_E_WIRE_CORRUPT, 1, WM11O_TABLE + 4, WM_BODY(0), 1, KW_WIRE_DTYPE_F32},
+    {"v11o_reserved", KW_E_WIRE_RESERVED, 1, WM11O_TABLE + 6, WM_BODY(0), 1, 1},
+    {"v11o_varint_overlong", KW_E_WIRE_CORRUPT, 1, WM11O_TABLE + 11, WM_BODY(0), 2, 0x0080},
+    {"v11o_index_out_of_range", KW_E_WIRE_INDICES, 1, WM11O_TABLE + 12, WM_BODY(0), 1, 0x81},
+    {"v11o_last_past_end", KW_E_WIRE_INDICES, 1, WM11O_TABLE + 15, WM_BODY(0), 1, 0x77},
+    {"v11o_value_nan", KW_E_WIRE_VALUE, 1, WM11O_TABLE + 16, WM_BODY(0), 2, 0x7fc0},
+    {"v11o_value_inf", KW_E_WIRE_VALUE, 1, WM11O_TABLE + 18, WM_BODY(0), 2, 0xff80},
+};
+#define WM_N_CASES11O (sizeof wm_cases11o / sizeof wm_cases11o[0])
 
 /* A copy of the base blob with case c applied (caller frees). */
 static inline uint8_t *wm_apply(const wm_blob *b, const wm_case *c, size_t *size) {

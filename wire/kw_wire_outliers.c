@@ -1,0 +1,353 @@
+/* kw_wire_outliers.c: the outlier side table of KVWire v1.1 (docs/FORMAT.md §5.10): which elements of a layer's K
+ * and V an encoder sends exact (kw_wire_outlier_select), the table's size, writer and validator, and its application
+ * to decoded rows. A table lists elements by number in one ascending sequence over K then V, as LEB128 gaps, then
+ * their values in one dtype.
+ *
+ * Not here: leaving the chosen elements out of the scales (the encoder's general path, kw_wire_encode.c).
+ */
+#include "wire/kw_wire_internal.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_bytes.h"
+#include "common/kw_fp8.h"
+
+// ---------------------------------------------------------------------------------------------------------------
+// Element numbers and varints
+
+/* Elements of one layer's K and V together: 2*H*T*D. */
+static uint64_t kw__out_elems(const kw_wire_header *hdr, uint32_t n_tokens) {
+    return 2ull * hdr->n_kv_heads * n_tokens * hdr->head_dim;
+}
+
+static uint32_t kw__out_varint_len64(uint64_t v) {
+    uint32_t n = 1;
+    while (v >= 0x80u) {
+        v >>= 7;
+        ++n;
+    }
+    return n;
+}
+
+static uint8_t *kw__out_varint_put64(uint8_t *p, uint64_t v) {
+    while (v >= 0x80u) {
+        *p++ = (uint8_t)(v | 0x80u);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Reads one minimal LEB128 varint of at most 10 bytes from [p, end): the bytes read, or 0 if it runs past end, is
+ * longer than needed (a last byte of 0 after the first) or does not fit 64 bits. */
+static uint32_t kw__out_varint_get64(const uint8_t *p, const uint8_t *end, uint64_t *v) {
+    uint64_t x = 0;
+    for (uint32_t i = 0; i < 10 && p + i < end; ++i) {
+        const uint64_t b = p[i];
+        if (i == 9 && b > 1u) return 0;
+        x |= (b & 0x7fu) << (7 * i);
+        if (!(b & 0x80u)) {
+            if (i > 0 && b == 0) return 0;
+            *v = x;
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+size_t kw__wire_outlier_value_size(uint32_t dtype) {
+    return kw__wire_dtype_size(dtype);
+}
+
+uint64_t kw__wire_outlier_table_bound(const kw_wire_header *hdr, uint32_t n_tokens, uint32_t count, uint32_t dtype) {
+    const uint64_t elems = kw__out_elems(hdr, n_tokens), n = count < elems ? count : elems;
+    const size_t vs = kw__wire_outlier_value_size(dtype ? dtype : hdr->src_dtype);
+    return n == 0 ? 0 : KW__OUTLIER_HEAD_BYTES + n * (kw__out_varint_len64(elems - 1) + vs);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Selection
+
+/* The f32 value of element (h, t, d) of a view. */
+static float kw__out_value(const kw_wire_tensor_in *in, uint32_t dtype, uint32_t h, uint32_t t, uint32_t d) {
+    const size_t row = in->rows ? in->rows[t] : t;
+    const size_t at = row * in->token_stride + (size_t)h * in->head_stride + d;
+    float x;
+    kw__wire_load_f32((const uint8_t *)in->data + at * kw__wire_dtype_size(dtype), dtype, 1, &x);
+    return x;
+}
+
+/* Writes the squared scores (same order as the scores) of one tensor of one token group (tokens [t0, t0 + tg) of
+ * the section) at scores + (h*T + t)*D + d, t the section's token index. An element's score compares it with the
+ * other values of its scale: (x - c')^2 / m', c' their centre (the mean with zero points, else 0), m' their mean
+ * square deviation from c'. Leaving x out is what makes a spike stand out whatever the number of values a scale
+ * covers (with x in, a lone spike among n values scores at most n - 1). Three passes: centres, sums of squared
+ * deviations, scores; a spike among equal values scores FLT_MAX, a scale of one value 0. */
+static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
+                          uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores) {
+    const uint32_t H = hdr->n_kv_heads, D = hdr->head_dim, dt = hdr->src_dtype;
+    if (kw_wire_codec_is_passthrough(sp->codec)) {
+        for (uint32_t h = 0; h < H; ++h)
+            for (uint32_t t = 0; t < tg; ++t)
+                memset(scores + ((size_t)h * n_tokens + t0 + t) * D, 0, (size_t)D * sizeof(float));
+        return 0;
+    }
+    const int asym = kw_wire_spec_asym(sp);
+    const uint64_t units = kw__wire_scale_count(sp, H, tg, D);
+    double *acc = calloc((size_t)units * 3, sizeof(double)); /* count, centre, mean square deviation per scale */
+    KW_RETURN_IF(!acc, KW_E_NOMEM, "outlier scores of %llu scales", (unsigned long long)units);
+    for (int pass = 0; pass < 3; ++pass)
+        for (uint32_t h = 0; h < H; ++h)
+            for (uint32_t t = 0; t < tg; ++t)
+                for (uint32_t d = 0; d < D; ++d) {
+                    const float xf = kw__out_value(in, dt, h, t0 + t, d);
+                    if (!(xf - xf == 0.0f)) {
+                        free(acc);
+                        KW_FAIL(KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + t);
+                    }
+                    const double x = xf;
+                    const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
+                    double *a = acc + 3 * u;
+                    if (pass == 0) { /* the centre: the mean with zero points (their scale spans min..max), else 0 */
+                        a[0] += 1.0;
+                        a[1] += asym ? x : 0.0;
+                    } else if (pass == 1) {
+                        a[2] += (x - a[1] / a[0]) * (x - a[1] / a[0]);
+                    } else {
+                        const double n = a[0], c = a[1] / a[0], dev = x - c;
+                        double score = 0.0;
+                        if (n > 1.0) {
+                            /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and the
+                             * squared deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2) */
+                            const double off = asym ? dev * n / (n - 1.0) : x;
+                            const double rest = asym ? a[2] - dev * dev * n / (n - 1.0) : a[2] - x * x;
+                            const double msd = rest / (n - 1.0);
+                            if (msd > 0.0)
+                                score = off * off / msd;
+                            else if (off != 0.0)
+                                score = FLT_MAX;
+                        }
+                        scores[((size_t)h * n_tokens + t0 + t) * D + d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                    }
+                }
+    free(acc);
+    return 0;
+}
+
+/* The k-th largest (1 <= k <= n) of v[0..n) (reorders v): quickselect with a three-way partition around a
+ * median-of-three pivot. */
+static float kw__out_kth_largest(float *v, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    const int64_t want = k - 1;
+    for (;;) {
+        if (lo >= hi) return v[lo];
+        const float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+        const float p = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+        int64_t lt = lo, i = lo, gt = hi; /* [lo, lt) > p, [lt, i) == p, (gt, hi] < p */
+        while (i <= gt) {
+            const float x = v[i];
+            if (x > p) {
+                v[i++] = v[lt];
+                v[lt++] = x;
+            } else if (x < p) {
+                v[i] = v[gt];
+                v[gt--] = x;
+            } else {
+                ++i;
+            }
+        }
+        if (want < lt)
+            hi = lt - 1;
+        else if (want <= gt)
+            return p;
+        else
+            lo = gt + 1;
+    }
+}
+
+int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                           uint32_t count, uint8_t *mask, uint32_t *n_chosen) {
+    KW_RETURN_IF(!hdr || !in || !pol || !mask || !n_chosen || !in->k.data || !in->v.data || in->n_tokens < 1,
+                 KW_E_INVALID_ARG, "outlier selection: bad arguments");
+    KW_RETURN_IF(kw__wire_dtype_size(hdr->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", hdr->src_dtype);
+    const uint64_t elems = kw__out_elems(hdr, in->n_tokens), half = elems / 2;
+    KW_RETURN_IF(elems > SIZE_MAX / (2 * sizeof(float)), KW_E_OVERFLOW, "outlier selection over %llu elements",
+                 (unsigned long long)elems);
+    memset(mask, 0, (size_t)((elems + 7) / 8));
+    *n_chosen = 0;
+    const uint64_t n = count < elems ? count : elems;
+    if (n == 0) return 0;
+    kw_wire_token_group single = {in->n_tokens, pol->k, pol->v};
+    const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
+    const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
+    KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
+    float *scores = malloc((size_t)elems * 2 * sizeof(float));
+    KW_RETURN_IF(!scores, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
+    int rc = 0;
+    uint32_t t0 = 0;
+    for (uint32_t g = 0; g < n_groups && rc == 0; ++g) {
+        KW_CHECK_IF(groups[g].n_tokens < 1 || (uint64_t)t0 + groups[g].n_tokens > in->n_tokens, KW_E_INVALID_ARG,
+                    "token group %u does not fit the section's %u tokens", g, in->n_tokens);
+        KW_CHECK(kw__out_scores(hdr, &in->k, &groups[g].k, in->n_tokens, t0, groups[g].n_tokens, scores));
+        KW_CHECK(kw__out_scores(hdr, &in->v, &groups[g].v, in->n_tokens, t0, groups[g].n_tokens, scores + half));
+        t0 += groups[g].n_tokens;
+    }
+    KW_CHECK_IF(t0 != in->n_tokens, KW_E_INVALID_ARG, "token groups cover %u of %u tokens", t0, in->n_tokens);
+    memcpy(scores + elems, scores, (size_t)elems * sizeof(float));
+    const float thr = kw__out_kth_largest(scores + elems, (int64_t)elems, (int64_t)n);
+    uint64_t taken = 0;
+    for (uint64_t e = 0; e < elems; ++e)
+        if (scores[e] > thr) {
+            mask[e / 8] |= (uint8_t)(1u << (e % 8));
+            ++taken;
+        }
+    for (uint64_t e = 0; e < elems && taken < n; ++e) /* ties at the threshold: the lower element numbers */
+        if (scores[e] == thr) {
+            mask[e / 8] |= (uint8_t)(1u << (e % 8));
+            ++taken;
+        }
+    *n_chosen = (uint32_t)taken;
+    rc = 0;
+out:
+    free(scores);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The table
+
+uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint32_t n, uint32_t dtype) {
+    uint64_t bytes = KW__OUTLIER_HEAD_BYTES + (uint64_t)n * kw__wire_outlier_value_size(dtype), prev = 0;
+    int first = 1;
+    for (uint64_t e = 0; e < elems; ++e)
+        if (mask[e / 8] & (1u << (e % 8))) {
+            bytes += kw__out_varint_len64(first ? e : e - prev - 1);
+            prev = e;
+            first = 0;
+        }
+    return bytes;
+}
+
+/* Stores x in dtype; KW_E_WIRE_RANGE if it has no finite value there within the bf16 range. */
+static int kw__out_store(float x, uint32_t dtype, uint8_t *dst, uint64_t e) {
+    const float bf16_max = 0x1.FEp127f;
+    switch (dtype) {
+    case KW_WIRE_DTYPE_BF16: {
+        const uint16_t b = kw_f32_to_bf16(x);
+        KW_RETURN_IF((b & 0x7f80u) == 0x7f80u, KW_E_WIRE_RANGE, "outlier %llu (%g) overflows bf16",
+                     (unsigned long long)e, (double)x);
+        kw_store_le16(dst, b);
+        return 0;
+    }
+    case KW_WIRE_DTYPE_F16:
+        KW_RETURN_IF(fabsf(x) >= 65520.0f, KW_E_WIRE_RANGE, "outlier %llu (%g) overflows f16", (unsigned long long)e,
+                     (double)x);
+        kw_store_le16(dst, kw_f32_to_f16(x));
+        return 0;
+    default:
+        KW_RETURN_IF(fabsf(x) > bf16_max, KW_E_WIRE_RANGE, "outlier %llu (%g) is past the largest bf16",
+                     (unsigned long long)e, (double)x);
+        kw_store_le32(dst, kw_f32_bits(x));
+        return 0;
+    }
+}
+
+int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_in *in, const uint8_t *mask, uint32_t n,
+                                 uint32_t dtype, uint8_t *dst, uint64_t bytes) {
+    const uint64_t elems = kw__out_elems(hdr, in->n_tokens), half = elems / 2;
+    const uint32_t D = hdr->head_dim, T = in->n_tokens;
+    const size_t vs = kw__wire_outlier_value_size(dtype);
+    kw_store_le32(dst, n);
+    dst[4] = (uint8_t)dtype;
+    dst[5] = dst[6] = dst[7] = 0;
+    uint8_t *p = dst + KW__OUTLIER_HEAD_BYTES, *values = dst + bytes - (uint64_t)n * vs;
+    uint64_t prev = 0;
+    int first = 1;
+    for (uint64_t e = 0; e < elems; ++e)
+        if (mask[e / 8] & (1u << (e % 8))) {
+            p = kw__out_varint_put64(p, first ? e : e - prev - 1);
+            prev = e;
+            first = 0;
+            const uint64_t r = e % half;
+            const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
+            const float x = kw__out_value(e < half ? &in->k : &in->v, hdr->src_dtype, h, t, d);
+            KW_FORWARD(kw__out_store(x, dtype, values, e));
+            values += vs;
+        }
+    KW_RETURN_IF(p != dst + bytes - (uint64_t)n * vs, KW_E_INTERNAL, "outlier table size mismatch");
+    return 0;
+}
+
+int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t elems, uint32_t *n_out,
+                                 uint8_t *dtype_out) {
+    KW_RETURN_IF(bytes < KW__OUTLIER_HEAD_BYTES, KW_E_WIRE_CORRUPT, "outlier table of %u bytes", bytes);
+    const uint32_t n = kw_load_le32(tab), dtype = tab[4];
+    KW_RETURN_IF(tab[5] || tab[6] || tab[7], KW_E_WIRE_RESERVED, "reserved outlier table bytes are not zero");
+    KW_RETURN_IF(dtype != KW_WIRE_DTYPE_BF16 && dtype != KW_WIRE_DTYPE_F16 && dtype != KW_WIRE_DTYPE_F32,
+                 KW_E_WIRE_CODEC, "unknown outlier value dtype %u", dtype);
+    const size_t vs = kw__wire_outlier_value_size(dtype);
+    KW_RETURN_IF(n == 0 || n > elems || (uint64_t)n * (1 + vs) > bytes - KW__OUTLIER_HEAD_BYTES, KW_E_WIRE_CORRUPT,
+                 "%u outliers in a table of %u bytes over %llu elements", n, bytes, (unsigned long long)elems);
+    const uint8_t *p = tab + KW__OUTLIER_HEAD_BYTES, *values = tab + bytes - (uint64_t)n * vs;
+    uint64_t e = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        uint64_t gap = 0;
+        const uint32_t len = kw__out_varint_get64(p, values, &gap);
+        KW_RETURN_IF(len == 0, KW_E_WIRE_CORRUPT, "outlier %u: its index varint is cut, too long or not minimal", i);
+        p += len;
+        KW_RETURN_IF(gap >= elems || (i > 0 && e + 1 + gap >= elems), KW_E_WIRE_INDICES,
+                     "outlier %u: element past the %llu of the section", i, (unsigned long long)elems);
+        e = i == 0 ? gap : e + 1 + gap;
+    }
+    KW_RETURN_IF(p != values, KW_E_WIRE_CORRUPT, "outlier table: %u bytes between the indices and the values",
+                 (uint32_t)(values - p));
+    const float bf16_max = 0x1.FEp127f;
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint8_t *v = values + (size_t)i * vs;
+        float x;
+        if (dtype == KW_WIRE_DTYPE_F32)
+            x = kw_f32_from_bits(kw_load_le32(v));
+        else
+            x = dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(kw_load_le16(v)) : kw_f16_to_f32(kw_load_le16(v));
+        KW_RETURN_IF(!(x - x == 0.0f) || fabsf(x) > bf16_max, KW_E_WIRE_VALUE,
+                     "outlier %u is not finite or past the largest bf16", i);
+    }
+    *n_out = n;
+    *dtype_out = (uint8_t)dtype;
+    return 0;
+}
+
+int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v) {
+    if (!sec->outlier_table) return 0;
+    const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim, n = sec->n_outliers;
+    const uint64_t half = (uint64_t)H * T * D;
+    const size_t vs = kw__wire_outlier_value_size(sec->outlier_dtype);
+    const uint8_t *p = sec->outlier_table + KW__OUTLIER_HEAD_BYTES;
+    const uint8_t *values = sec->outlier_table + sec->outlier_bytes - (uint64_t)n * vs;
+    uint64_t e = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        uint64_t gap = 0;
+        p += kw__out_varint_get64(p, values, &gap); /* validated when the section was verified */
+        e = i == 0 ? gap : e + 1 + gap;
+        const kw_wire_tensor_out *o = e < half ? k : v;
+        if (!o) continue;
+        const uint64_t r = e % half;
+        const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
+        const uint8_t *src = values + (size_t)i * vs;
+        float x;
+        if (sec->outlier_dtype == KW_WIRE_DTYPE_F32)
+            x = kw_f32_from_bits(kw_load_le32(src));
+        else
+            x = sec->outlier_dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(kw_load_le16(src))
+                                                         : kw_f16_to_f32(kw_load_le16(src));
+        const size_t at = (size_t)t * o->token_stride + (size_t)h * o->head_stride + d;
+        if (o->dtype == KW_WIRE_DTYPE_F32)
+            ((float *)o->data)[at] = x;
+        else
+            ((uint16_t *)o->data)[at] = kw_f32_to_bf16(x);
+    }
+    return 0;
+}
