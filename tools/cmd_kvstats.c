@@ -43,7 +43,8 @@ static void kw_kvstats_usage(FILE *f) {
         "                    as it is), for K and V both, or K's and V's apart: int2-asym:channel32,int2-asym:token;\n"
         "                    KVWire v1.1 names too (int3, int2, -asym zero points, channel<L>: a scale per channel\n"
         "                    over L tokens); a suffix @P%% sends P%% of every layer's K and V elements exact in a\n"
-        "                    v1.1 outlier table (bf16 values), e.g. int3-asym:channel32,int3-asym:token@1%%;\n"
+        "                    v1.1 outlier table (bf16 values), e.g. int3-asym:channel32,int3-asym:token@1%%, and\n"
+        "                    @prerope sends K before RoPE (the receiver rotates the decoded keys);\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head\n"
         "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd)\n"
@@ -84,15 +85,24 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     }
     const char *at = strchr(arg, '@');
     const size_t len = at ? (size_t)(at - arg) : strlen(arg);
-    char outl[24] = "";
-    if (at) { /* "@1%": that share of the elements in the outlier table */
+    char opts[40] = "";
+    for (const char *o = at; o; o = strchr(o + 1, '@')) { /* "@1%": outliers; "@prerope": K before RoPE */
+        const char *end_opt = strchr(o + 1, '@');
+        const size_t olen = end_opt ? (size_t)(end_opt - o - 1) : strlen(o + 1);
+        if (olen == 7 && strncmp(o + 1, "prerope", 7) == 0) {
+            out->pre_rope = 1;
+            continue;
+        }
         char *end = NULL;
-        const double pct = strtod(at + 1, &end);
-        KW_RETURN_IF(end == at + 1 || strcmp(end, "%") != 0 || !(pct > 0.0 && pct <= 100.0), KW_E_INVALID_ARG,
-                     "--codec %s: the outliers are @P%% with P in (0, 100]", arg);
+        const double pct = strtod(o + 1, &end);
+        KW_RETURN_IF(end == o + 1 || end != o + olen || *end != '%' || !(pct > 0.0 && pct <= 100.0) ||
+                         out->outlier_fraction > 0.0,
+                     KW_E_INVALID_ARG, "--codec %s: options are @P%% (outliers, P in (0, 100]) and @prerope", arg);
         out->outlier_fraction = pct / 100.0;
-        snprintf(outl, sizeof outl, "@%g%%", pct);
     }
+    if (out->outlier_fraction > 0.0) snprintf(opts, sizeof opts, "@%g%%", out->outlier_fraction * 100.0);
+    if (out->pre_rope) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@prerope");
+    const char *outl = opts;
     const char *comma = memchr(arg, ',', len);
     const size_t k_len = comma ? (size_t)(comma - arg) : len;
     char k_name[40], v_name[40];

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/kw_status.h"
+#include "kernels/ref/kw_ref.h"
 #include "model/kw_generate.h"
 #include "model/kw_kvcache.h"
 
@@ -220,6 +221,12 @@ static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, i
     return 0;
 }
 
+/* The RoPE of layer l (Gemma 3's sliding layers have their own base). */
+static const kw_rope_params *kw_kvstats_layer_rope(const kw_kvstats *s, int32_t l) {
+    const kw_model_config *cfg = kw_model_get_config(s->model);
+    return kw_config_layer_window(cfg, l) > 0 ? &cfg->rope_local : &cfg->rope;
+}
+
 /* Sends k and v (each (T, H, D) f32) through one KVWire blob with the codec's K and V specs (a v1.1 blob when they
  * need it) and writes the decoded values to kq, vq. *bytes gets the blob's size. */
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
@@ -229,7 +236,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     const kw_wire_policy pol = {.k = codec->spec,
                                 .v = codec->spec_v,
                                 .outliers = (uint32_t)floor(codec->outlier_fraction * elems + 0.5),
-                                .outlier_dtype = KW_WIRE_DTYPE_BF16};
+                                .outlier_dtype = KW_WIRE_DTYPE_BF16,
+                                .pre_rope = (uint8_t)(codec->pre_rope != 0)};
     const kw_wire_header hdr = {.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
                                 .n_layers = (uint16_t)s->n_layers,
                                 .n_sections = (uint16_t)s->n_layers,
@@ -240,8 +248,16 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     kw_wire_encoder *enc = NULL;
     kw_wire_reader *reader = NULL;
     uint8_t *blob = NULL;
+    float *unrotated = NULL;
+    int32_t *pos = NULL;
     int rc = 0;
     size_t cap = 0, used = 0, n = 0;
+    const size_t rows = (size_t)T * (size_t)H * (size_t)D;
+    if (codec->pre_rope) { /* the keys before RoPE: each row rotated back by its position */
+        unrotated = malloc(rows * sizeof *unrotated);
+        pos = malloc((size_t)T * sizeof *pos);
+        KW_CHECK_IF(!unrotated || !pos, KW_E_NOMEM, "out of memory for %zu pre-RoPE key values", rows);
+    }
     KW_CHECK_IF(T > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG, "a prompt of %lld rows is too long for one blob",
                 (long long)T);
     KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &cap));
@@ -252,9 +268,17 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     KW_CHECK(kw_wire_encoder_write_header(enc, blob, cap, &n));
     used += n;
     for (int32_t l = 0; l < s->n_layers; ++l) {
+        const float *k_in = k[l];
+        if (codec->pre_rope) {
+            memcpy(unrotated, k[l], rows * sizeof *unrotated);
+            for (int64_t t = 0; t < T; ++t)
+                pos[t] = -(int32_t)t;
+            kw_ref_rope(unrotated, pos, T, H, D, kw_kvstats_layer_rope(s, l));
+            k_in = unrotated;
+        }
         const kw_wire_layer_in in = {.layer = (uint32_t)l,
                                      .n_tokens = (uint32_t)T,
-                                     .k = {.data = k[l], .head_stride = (size_t)D, .token_stride = (size_t)H * D},
+                                     .k = {.data = k_in, .head_stride = (size_t)D, .token_stride = (size_t)H * D},
                                      .v = {.data = v[l], .head_stride = (size_t)D, .token_stride = (size_t)H * D}};
         KW_CHECK(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &n));
         used += n;
@@ -276,6 +300,11 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         kw_wire_tensor_out vo = ko;
         vo.data = vq[sec->layer];
         KW_CHECK(kw_wire_section_dequantize(sec, &ko, &vo));
+        if (sec->pre_rope) { /* what a kv_direct receiver does: rotate the decoded keys by their positions */
+            for (int64_t t = 0; t < T; ++t)
+                pos[t] = (int32_t)t;
+            kw_ref_rope(kq[sec->layer], pos, T, H, D, kw_kvstats_layer_rope(s, (int32_t)sec->layer));
+        }
         ++seen;
     }
     KW_CHECK(rc);
@@ -285,6 +314,8 @@ out:
     kw_wire_reader_close(reader);
     kw_wire_encoder_destroy(enc);
     free(blob);
+    free(unrotated);
+    free(pos);
     return rc;
 }
 

@@ -31,6 +31,8 @@ typedef struct kw_kvstats_codec {
     kw_wire_codec_spec spec_v; /* V's codec (the same as K's unless the configuration names two) */
     double outlier_fraction;   /* v1.1: this fraction of each section's K and V elements sent exact in its outlier
                                   table (bf16 values, what a bf16 cache holds), 0 for none */
+    int pre_rope;              /* v1.1: K sent before RoPE (the rotation undone before encoding, redone after decoding,
+                                  as a kv_direct receiver would), with the section flag set */
     char name[96];             /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, for printing */
 } kw_kvstats_codec;
 

@@ -182,9 +182,47 @@ static void test_kvstats_tiny(void **state) {
     kw_backend_destroy(be);
 }
 
+/* The v1.1 options: keys sent before RoPE come back rotated (bf16 keys sent unrotated decode as close as bf16 keys
+ * sent as they are: a missing or wrong rotation would make K's error of order 1), and outliers sent exact lower the
+ * error at more bytes. */
+static void test_kvstats_v11_options(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_kvstats_codec codecs[5] = {codec("bf16", "token"), codec("bf16", "token"), codec("int4", "token"),
+                                  codec("int4", "token"), codec("int4", "token")};
+    codecs[1].pre_rope = 1;
+    codecs[3].outlier_fraction = 0.02;
+    codecs[4].pre_rope = 1;
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 5, N_NEW, &s), 0);
+    for (int p = 0; p < 2; ++p)
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+    const kw_kvstats_result *plain = kw_kvstats_result_get(s, 0), *rope = kw_kvstats_result_get(s, 1),
+                            *i4 = kw_kvstats_result_get(s, 2), *i4o = kw_kvstats_result_get(s, 3),
+                            *i4r = kw_kvstats_result_get(s, 4);
+    for (int c = 0; c < 5; ++c)
+        assert_int_equal(kw_kvstats_result_get(s, c)->status, 0);
+    const double k_plain = sqrt(plain->k_err2 / plain->k_norm2), k_rope = sqrt(rope->k_err2 / rope->k_norm2);
+    assert_true(k_plain > 0.0 && k_plain < 4e-3);
+    assert_true(k_rope > 0.0 && k_rope < 2.0 * k_plain);
+    assert_true(rope->v_err2 == plain->v_err2); /* V is not rotated */
+    assert_true(rope->blob_bytes == plain->blob_bytes);
+    assert_true(i4o->k_err2 + i4o->v_err2 < i4->k_err2 + i4->v_err2);
+    assert_true(i4o->blob_bytes > i4->blob_bytes);
+    assert_true(i4r->blob_bytes == i4->blob_bytes);
+    assert_true(i4r->k_err2 != i4->k_err2 && sqrt(i4r->k_err2 / i4r->k_norm2) < 0.5);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),
+        cmocka_unit_test(test_kvstats_v11_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
