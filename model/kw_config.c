@@ -12,6 +12,7 @@
 #include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
+#include "kernels/ref/kw_ref.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -45,6 +46,30 @@ int kw_config_is_eos(const kw_model_config *cfg, int32_t id) {
 int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer) {
     if (!cfg || layer < 0 || layer >= cfg->n_layers || layer >= KW_CONFIG_MAX_LAYERS) return 0;
     return cfg->layer_sliding[layer] ? cfg->sliding_window : 0;
+}
+
+const kw_rope_params *kw_config_layer_rope(const kw_model_config *cfg, int32_t layer) {
+    if (!cfg || layer < 0 || layer >= cfg->n_layers) return NULL;
+    return kw_config_layer_window(cfg, layer) > 0 ? &cfg->rope_local : &cfg->rope;
+}
+
+int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                        float *rows) {
+    const kw_rope_params *rope = kw_config_layer_rope(cfg, layer);
+    KW_RETURN_IF(!rope || !positions || !rows || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
+                 (int)layer);
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    KW_RETURN_IF(!pos, KW_E_NOMEM, "RoPE rows: %lld positions", (long long)n);
+    for (int64_t i = 0; i < n; ++i) {
+        if (positions[i] < 0 || positions[i] > INT32_MAX) {
+            free(pos);
+            KW_FAIL(KW_E_INVALID_ARG, "RoPE rows: position %lld", (long long)positions[i]);
+        }
+        pos[i] = inverse ? -(int32_t)positions[i] : (int32_t)positions[i];
+    }
+    kw_ref_rope(rows, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
+    free(pos);
+    return 0;
 }
 
 int kw_config_set_sliding_pattern(kw_model_config *cfg, int32_t pattern) {

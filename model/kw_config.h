@@ -87,6 +87,16 @@ int kw_config_is_eos(const kw_model_config *cfg, int32_t id);
 /* The window layer l attends over (0: global attention), from sliding_window and layer_sliding. */
 int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer);
 
+/* The RoPE parameters of layer l (Gemma 3's sliding layers have a base of their own), or NULL for a bad layer. */
+const kw_rope_params *kw_config_layer_rope(const kw_model_config *cfg, int32_t layer);
+
+/* Rotates rows (n, n_kv_heads, head_dim) f32 of layer l's keys in place by RoPE at positions[i] (inverse: by
+ * -positions[i], taking post-RoPE keys back to pre-RoPE ones, as KVWire v1.1's pre-RoPE keys are sent), with the
+ * reference arithmetic of kernels/ref (fp32 angles, cos and sin in double). Errors: KW_E_INVALID_ARG (layer, n,
+ * a position outside 0..2^31-1), KW_E_NOMEM. */
+int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                        float *rows);
+
 /* Marks layer l sliding iff (l + 1) % pattern != 0 (HF's sliding_window_pattern: pattern 6 makes every sixth layer
  * global); pattern 1 makes every layer global. KW_E_MODEL_CONFIG for pattern < 1. */
 int kw_config_set_sliding_pattern(kw_model_config *cfg, int32_t pattern);

@@ -236,15 +236,23 @@ static int kw__proto_check_increasing(const char *what, const uint32_t *v, size_
     return 0;
 }
 
+/* KVWire's channel granularity (v1.1, docs/FORMAT.md §5.8), whose group_size is a run of tokens. */
+#define KW__PROTO_GRAN_CHANNEL 5u
+
 static int kw__proto_check_codec(const char *what, const Kwctl__CodecSpec *c, bool required) {
     KW__FIELD_IF(required && !c, "%s: missing", what);
     if (!c) return 0;
     KW__FIELD_IF(c->codec == 0 || c->codec > 255, "%s.codec: %u is not a KVWire codec id", what, c->codec);
     KW__FIELD_IF(c->granularity > 255, "%s.granularity: %u is not a KVWire granularity id", what, c->granularity);
     KW__FIELD_IF(c->scale_dtype > 255, "%s.scale_dtype: %u is not a KVWire scale dtype id", what, c->scale_dtype);
-    KW__FIELD_IF(c->group_size != 0 && (c->group_size < 4 || c->group_size > KW__PROTO_MAX_HEAD_DIM ||
-                                        (c->group_size & (c->group_size - 1)) != 0),
-                 "%s.group_size: %u is not 0 or a power of two in 4..%d", what, c->group_size, KW__PROTO_MAX_HEAD_DIM);
+    if (c->granularity == KW__PROTO_GRAN_CHANNEL) /* v1.1: the run length in tokens */
+        KW__FIELD_IF(c->group_size == 0 || c->group_size > (1u << 24) || (c->group_size & (c->group_size - 1)) != 0,
+                     "%s.group_size: %u is not a power of two in 1..2^24 (tokens per run)", what, c->group_size);
+    else
+        KW__FIELD_IF(c->group_size != 0 && (c->group_size < 4 || c->group_size > KW__PROTO_MAX_HEAD_DIM ||
+                                            (c->group_size & (c->group_size - 1)) != 0),
+                     "%s.group_size: %u is not 0 or a power of two in 4..%d", what, c->group_size,
+                     KW__PROTO_MAX_HEAD_DIM);
     return 0;
 }
 
@@ -299,6 +307,9 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->preview && p->scoring != KWCTL__SCORING__SCORING_RECEIVER,
                  "SharePolicy.preview: only with scoring SCORING_RECEIVER");
     KW_FORWARD(kw__proto_check_codec("SharePolicy.preview", p->preview, false));
+    KW__FIELD_IF(p->outlier_ppm > 1000000u, "SharePolicy.outlier_ppm: %u is over a million", p->outlier_ppm);
+    KW__FIELD_IF((p->outlier_ppm || p->pre_rope_keys) && p->budget_bytes > 0,
+                 "SharePolicy.outlier_ppm, pre_rope_keys: not with budget_bytes");
     return 0;
 }
 
@@ -413,6 +424,8 @@ static int kw__proto_check_share_request(const kw_proto_limits *lim, const Kwctl
                  "ShareRequest.receiver_token_ids: only for a receiver-aware selection scored at the sharer");
     KW__FIELD_IF(m->policy && kw__proto_receiver_aware(m->policy->selection) && m->mode != KWCTL__MODE__MODE_C2C,
                  "SharePolicy.selection: the receiver-aware selections are for mode MODE_C2C");
+    KW__FIELD_IF(m->policy && m->policy->pre_rope_keys && m->mode != KWCTL__MODE__MODE_KV_DIRECT,
+                 "SharePolicy.pre_rope_keys: only for mode MODE_KV_DIRECT (the receiver runs the sharer's model)");
     KW__FIELD_IF(relay && m->relay_question[0] == '\0', "ShareRequest.relay_question: empty for mode %s", mode);
     KW__FIELD_IF(strlen(m->relay_question) > KW__PROTO_MAX_TEXT_BYTES, "ShareRequest.relay_question: over %u bytes",
                  KW__PROTO_MAX_TEXT_BYTES);

@@ -341,6 +341,12 @@ static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_secti
     const kw_wire_tensor_out vo = {
         .data = r->v, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
     KW_FORWARD(kw_wire_section_dequantize(sec, &ko, &vo));
+    if (sec->pre_rope) { /* KVWire v1.1 pre-RoPE keys (FORMAT.md §5.11): only the sharer's own model can rotate them */
+        KW_RETURN_IF(r->mode != KW_RECEIVE_KV_DIRECT, KW_E_SHARE_LAYER,
+                     "receive: sharer %d layer %u came with pre-RoPE keys, which only kv_direct can take", (int)sharer,
+                     sec->layer);
+        KW_FORWARD(kw_config_rope_rows(kw_model_get_config(r->model), (int32_t)sec->layer, r->pos, T, 0, r->k));
+    }
     r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
     return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, r->k, r->v);
 }

@@ -306,7 +306,17 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
     char gran[32];
     kw_wire_spec_gran_format(&s->spec, gran, sizeof gran);
     cJSON_AddStringToObject(p, "granularity", gran);
-    cJSON_AddStringToObject(p, "scale", s->spec.scale_dtype ? kw_wire_scale_name(s->spec.scale_dtype) : "none");
+    cJSON_AddStringToObject(p, "scale",
+                            s->spec.scale_dtype ? kw_wire_scale_name(kw_wire_spec_scale(&s->spec)) : "none");
+    if (memcmp(&s->spec_v, &s->spec, sizeof s->spec) != 0) { /* V's codec apart (the value_* fields) */
+        char vcodec[32], vgran[32];
+        kw_wire_spec_codec_format(&s->spec_v, vcodec, sizeof vcodec);
+        kw_wire_spec_gran_format(&s->spec_v, vgran, sizeof vgran);
+        cJSON_AddStringToObject(p, "value_codec", vcodec);
+        cJSON_AddStringToObject(p, "value_granularity", vgran);
+    }
+    if (s->outliers > 0) cJSON_AddNumberToObject(p, "outliers", s->outliers);
+    if (s->pre_rope_keys) cJSON_AddBoolToObject(p, "pre_rope_keys", 1);
     cJSON_AddNumberToObject(p, "zstd", s->zstd_level);
     if (j->layers_sent)
         cJSON_AddItemToObject(p, "layers", kw__rd_ids_json(j->layers_sent, j->n_layers_sent));
@@ -452,6 +462,7 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(bd, "indices", w ? (double)w->indices : 0);
     cJSON_AddNumberToObject(bd, "scales", w ? (double)w->scales : 0);
     cJSON_AddNumberToObject(bd, "payload", w ? (double)w->payload : 0);
+    cJSON_AddNumberToObject(bd, "outliers", w ? (double)w->outliers : 0);
     cJSON_AddNumberToObject(bd, "checksums", w ? (double)w->checksums : 0);
     cJSON_AddNumberToObject(bd, "compression_saved", w ? (double)w->compression_saved : 0);
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
@@ -1166,9 +1177,9 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
         KW_CHECK(kw__rd_load_fuser(d, i));
     }
     KW_CHECK_IF(cfg->n_fusers > 0 && cfg->n_sharers == 0, KW_E_INVALID_ARG, "receiverd: fusers without a sharer");
-    d->codecs = malloc((KW_WIRE_CODEC_COUNT - 1) * sizeof *d->codecs);
+    d->codecs = malloc((KW_WIRE_CODEC_COUNT_V11 - 1) * sizeof *d->codecs);
     KW_CHECK_IF(!d->codecs, KW_E_NOMEM, "receiverd: out of memory");
-    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
+    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT_V11; ++c)
         d->codecs[c - 1] = c;
     for (int32_t i = 0; i < cfg->n_sharers; ++i) {
         KW_CHECK(kw_rd_link_create(d, i, &d->links[i]));

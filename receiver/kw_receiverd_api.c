@@ -50,6 +50,7 @@ void kw_rd_spec_free(kw_rd_spec *s) {
     for (int i = 0; i < s->n_stop; ++i)
         free(s->stop[i]);
     free(s->sharer), free(s->sharer_model), free(s->codec), free(s->granularity), free(s->scale);
+    free(s->value_codec), free(s->value_granularity);
     free(s->layers);
     for (int i = 0; i < s->n_schedule; ++i)
         free(s->schedule[i].codec), free(s->schedule[i].granularity), free(s->schedule[i].scale);
@@ -152,10 +153,12 @@ static const char *const kw__rd_budget_modes[] = {"tokens", "kvcomm_like", "qkvc
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
 static const char *const kw__rd_relay_styles[] = {"generated", "raw", "extractive", NULL}; /* enum kw_relay_style */
 
-/* codec/granularity/scale as given (or the defaults), into spec. */
+/* codec/granularity/scale as given (or the defaults), into spec; the KVWire v1.1 names too (int3, int2, -asym zero
+ * points, channel<L>), which make the sharer send v1.1 blobs. */
 static int kw__rd_codec(kw__rd_err *e, const char *where, char **codec, char **gran, char **scale,
                         kw_wire_codec_spec *spec) {
-    if (kw_wire_spec_parse(*codec, *gran, *scale, spec) < 0) return KW__RD_BAD(e, "%s: %s", where, kw_error_detail());
+    if (kw_wire_spec_parse_v(*codec, *gran, *scale, KW_WIRE_VERSION_1_1, spec) < 0)
+        return KW__RD_BAD(e, "%s: %s", where, kw_error_detail());
     return 0;
 }
 
@@ -262,6 +265,17 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         } else if (strcmp(k, "scale") == 0) {
             KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.scale", &str));
             KW_FORWARD(kw__rd_strdup(e, str, &s->scale));
+        } else if (strcmp(k, "value_codec") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.value_codec", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->value_codec));
+        } else if (strcmp(k, "value_granularity") == 0) {
+            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.value_granularity", &str));
+            KW_FORWARD(kw__rd_strdup(e, str, &s->value_granularity));
+        } else if (strcmp(k, "outliers") == 0) {
+            KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.outliers", 0, 1, &s->outliers));
+        } else if (strcmp(k, "pre_rope_keys") == 0) {
+            if (!cJSON_IsBool(f)) return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: a boolean is expected");
+            s->pre_rope_keys = cJSON_IsTrue(f);
         } else if (strcmp(k, "zstd") == 0) {
             if (cJSON_IsBool(f)) {
                 s->zstd_level = cJSON_IsTrue(f) ? 3 : 0;
@@ -301,6 +315,16 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         }
     }
     KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
+    s->spec_v = s->spec;
+    if (s->value_codec || s->value_granularity) {
+        char *vc = s->value_codec ? s->value_codec : s->codec,
+             *vg = s->value_granularity ? s->value_granularity : s->granularity;
+        KW_FORWARD(kw__rd_codec(e, "kvwire.policy.value_codec", &vc, &vg, &s->scale, &s->spec_v));
+    }
+    if ((s->outliers > 0 || s->pre_rope_keys) && s->budget_bytes)
+        return KW__RD_BAD(e, "kvwire.policy.outliers, pre_rope_keys: not with budget_bytes");
+    if ((s->value_codec || s->value_granularity) && (schedule || s->budget_bytes))
+        return KW__RD_BAD(e, "kvwire.policy.value_codec: not with a schedule or budget_bytes");
     if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));
     if (budget_codecs && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_codecs: needs budget_bytes");
     if (s->budget_mode && !s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.budget_mode: needs budget_bytes");
@@ -664,8 +688,13 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
     }
     if (kvwire) KW_FORWARD(kw__rd_kvwire(e, kvwire, vocab, s, &max_tokens_given));
     s->max_tokens_given = max_tokens_given;
-    if (s->spec.codec == 0) /* no policy object: the server's default codec */
+    if (s->spec.codec == 0) { /* no policy object: the server's default codec */
         KW_FORWARD(kw__rd_codec(e, "defaults.codec", &s->codec, &s->granularity, &s->scale, &s->spec));
+        s->spec_v = s->spec;
+    }
+    if (s->pre_rope_keys && s->mode != KW_RD_MODE_KV_DIRECT)
+        return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: only for mode kv_direct (the receiver runs the sharer's "
+                             "model, which rotates the keys back)");
     if (s->echo && s->logprobs >= 0)
         return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
                            "echo with logprobs (scoring the prompt) is not implemented by this server");

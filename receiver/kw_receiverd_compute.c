@@ -162,8 +162,10 @@ static int kw__rd_relay_text(kw_rd_job *j) {
 
 static Kwctl__CodecSpec kw__rd_codec(const kw_wire_codec_spec *s) {
     Kwctl__CodecSpec c = KWCTL__CODEC_SPEC__INIT;
-    c.codec = s->codec, c.granularity = s->granularity, c.scale_dtype = s->scale_dtype;
-    c.group_size = s->granularity == KW_WIRE_GRAN_GROUP ? 1u << s->group_log2 : 0;
+    c.codec = s->codec, c.granularity = s->granularity, c.scale_dtype = kw_wire_spec_scale(s);
+    c.zero_points = kw_wire_spec_asym(s) != 0;
+    c.group_size =
+        s->granularity == KW_WIRE_GRAN_GROUP || s->granularity == KW_WIRE_GRAN_CHANNEL ? 1u << s->group_log2 : 0;
     return c;
 }
 
@@ -213,7 +215,8 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     const enum kw_dtype cache_dtype = d->cfg->numerics ? KW_DTYPE_F32 : KW_DTYPE_BF16;
     Kwctl__ShareRequest r = KWCTL__SHARE_REQUEST__INIT;
     Kwctl__SharePolicy p = KWCTL__SHARE_POLICY__INIT;
-    Kwctl__CodecSpec codec = kw__rd_codec(&s->spec), preview = KWCTL__CODEC_SPEC__INIT;
+    Kwctl__CodecSpec codec = kw__rd_codec(&s->spec), codec_v = kw__rd_codec(&s->spec_v),
+                     preview = KWCTL__CODEC_SPEC__INIT;
     Kwctl__Section *secs = calloc((size_t)n_sections, sizeof *secs);
     Kwctl__Section **sec_ptrs = calloc((size_t)n_sections, sizeof *sec_ptrs);
     uint32_t *uids = malloc((size_t)(prefix > 0 ? prefix : 1) * sizeof *uids);
@@ -252,7 +255,9 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         r.sections = sec_ptrs;
         r.n_sections = (size_t)(n_sections - 1);
         p.k = &codec;
-        p.v = &codec;
+        p.v = &codec_v;
+        p.outlier_ppm = (uint32_t)(s->outliers * 1e6 + 0.5);
+        p.pre_rope_keys = s->pre_rope_keys;
         p.selection = (Kwctl__Selection)(sel->mode + 1);
         p.proportion = sel->mode == KW_SELECT_FULL ? 0 : sel->proportion;
         p.seed = sel->seed;

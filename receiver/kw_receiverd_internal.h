@@ -71,8 +71,12 @@ typedef struct kw_rd_spec {
     enum kw_rd_mode mode;
     char *sharer, *sharer_model; /* NULL: the defaults (first sharer, its first model) */
     kw_select_policy select;
-    char *codec, *granularity, *scale; /* as given or defaulted (owned) */
-    kw_wire_codec_spec spec;
+    char *codec, *granularity, *scale;     /* as given or defaulted (owned) */
+    kw_wire_codec_spec spec;               /* K's codec, and V's unless value_codec or value_granularity is given */
+    char *value_codec, *value_granularity; /* V's apart (owned), NULL: K's */
+    kw_wire_codec_spec spec_v;
+    double outliers;    /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
+    bool pre_rope_keys; /* KVWire v1.1, kv_direct: keys sent before RoPE */
     int zstd_level;
     int64_t budget_bytes; /* a cap on the request's blobs (HTTP_API.md §5.1 budget_bytes); 0: none */
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */

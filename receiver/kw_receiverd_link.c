@@ -478,7 +478,7 @@ static void kw__rd_link_open(kw_net_conn *c) {
     h.models = models;
     h.n_models = 1;
     h.codecs = d->codecs;
-    h.n_codecs = KW_WIRE_CODEC_COUNT - 1;
+    h.n_codecs = KW_WIRE_CODEC_COUNT_V11 - 1;
     h.fusers = fusers;
     h.n_fusers = n_fusers;
     const int rc = kw__rd_link_send(l, KW_PROTO_FRAME_HELLO, &h.base);

@@ -30,6 +30,8 @@ typedef struct kw_share_request_options {
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
     int32_t n_overrides;
     kw_share_bytes_fn write;
+    double outlier_fraction; /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
+    int pre_rope_keys;       /* KVWire v1.1, kv_direct: K sent before RoPE (the receiver rotates it back) */
     /* a byte cap on the request's blobs (budget_bytes > 0; kw_share_wire.h kw_share_budget). budget_mode tokens: the
      * selection's rows are the allocator's candidates, weighed by its norm score (knorm_topk, vnorm_topk) or
      * uniformly. kvcomm_like (budget_codecs: the one codec) and qkvcomm_like (int4 then int8): whole layers planned

@@ -18,6 +18,9 @@ struct kw_share_wire {
     uint32_t *positions;
     size_t positions_cap;
     kw_share_wire_stats stats;
+    uint16_t version; /* the blobs' KVWire version: v1.1 when a codec or option needs it */
+    float *unroped;   /* pre-RoPE keys: the current layer's K rotated back */
+    size_t unroped_cap;
     /* with a byte cap */
     kw_wire_alloc *alloc;
     float *weights;       /* positions_cap entries */
@@ -265,11 +268,21 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
     for (int32_t i = 1; i < opt->n_overrides; ++i)
         KW_RETURN_IF(opt->overrides[i].layer <= opt->overrides[i - 1].layer, KW_E_INVALID_ARG,
                      "share wire: override layers must increase (entry %d)", (int)i);
+    KW_RETURN_IF(!(opt->outlier_fraction >= 0.0 && opt->outlier_fraction <= 1.0), KW_E_INVALID_ARG,
+                 "share wire: outlier fraction %g not in [0, 1]", opt->outlier_fraction);
+    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope) && opt->budget.bytes > 0, KW_E_INVALID_ARG,
+                 "share wire: outliers and pre-RoPE keys are not for a byte cap");
     *out = NULL;
     kw_share_wire *w = calloc(1, sizeof *w);
     KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
     w->opt = *opt;
     w->blob = -1;
+    int v11 = kw_wire_policy_needs_v11(&opt->policy) || opt->outlier_fraction > 0.0 || opt->pre_rope != NULL;
+    for (int32_t i = 0; i < opt->n_overrides; ++i)
+        v11 |= kw_wire_spec_needs_v11(&opt->overrides[i].k) || kw_wire_spec_needs_v11(&opt->overrides[i].v);
+    for (uint32_t i = 0; opt->budget.bytes > 0 && i < opt->budget.n_codecs; ++i)
+        v11 |= kw_wire_spec_needs_v11(&opt->budget.codecs[i]);
+    w->version = v11 ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
     if (opt->budget.bytes > 0) {
         const int rc = kw_share_wire_budget_init(w);
         if (rc < 0) {
@@ -293,6 +306,7 @@ void kw_share_wire_free(kw_share_wire *w) {
     kw_wire_encoder_destroy(w->enc);
     free(w->buf);
     free(w->positions);
+    free(w->unroped);
     free(w);
 }
 
@@ -344,6 +358,8 @@ static void kw_share_wire_add_breakdown(kw_wire_breakdown *sum, const kw_wire_br
     sum->indices += b->indices;
     sum->scales += b->scales;
     sum->payload += b->payload;
+    sum->zero_points += b->zero_points;
+    sum->outliers += b->outliers;
     sum->checksums += b->checksums;
     sum->compression_saved += b->compression_saved;
     sum->total += b->total;
@@ -368,7 +384,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
                                   .n_positions = (uint32_t)l->n_positions,
                                   .src_dtype = KW_WIRE_DTYPE_F32,
                                   .model_id = w->opt.model_id,
-                                  .policy_id = w->opt.policy_id};
+                                  .policy_id = w->opt.policy_id,
+                                  .version = w->version};
         KW_FORWARD(kw_wire_encoder_create(&w->hdr, NULL, &w->enc));
         w->blob = l->blob;
         KW_FORWARD(kw_share_wire_reserve(w, KW_WIRE_HEADER_BYTES));
@@ -415,6 +432,23 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.v.rows = res->rows;
     }
     if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
+    if (w->opt.outlier_fraction > 0.0) { /* with a bf16 cache the rows are bf16 values: their outliers too */
+        pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)in.n_tokens * (double)row + 0.5);
+        pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+    }
+    if (w->opt.pre_rope) { /* the keys before RoPE: each row rotated back by its position (FORMAT.md §5.11) */
+        const size_t n = (size_t)l->n_rows * row;
+        if (n > w->unroped_cap) {
+            float *p = realloc(w->unroped, n * sizeof *p);
+            KW_RETURN_IF(p == NULL, KW_E_NOMEM, "share wire: out of memory for %zu pre-RoPE keys", n);
+            w->unroped = p;
+            w->unroped_cap = n;
+        }
+        memcpy(w->unroped, l->k, n * sizeof *w->unroped);
+        KW_FORWARD(kw_config_rope_rows(w->opt.pre_rope, l->layer, l->positions, l->n_rows, 1, w->unroped));
+        in.k.data = w->unroped;
+        pol.pre_rope = 1;
+    }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "c2c/kw_share.h"
+#include "model/kw_config.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_alloc.h"
 
@@ -72,7 +73,12 @@ typedef struct kw_share_wire_options {
     int32_t n_overrides;
     kw_share_budget budget; /* a byte cap (budget.bytes > 0): the policy's codecs are replaced by the allocator's
                                choice, its index encoding and zstd level stay; no overrides then */
-    uint64_t model_id;      /* the blob header's opaque identities */
+    /* KVWire v1.1 (docs/FORMAT.md §5.10, §5.11; not with a byte cap): */
+    double outlier_fraction;         /* this share of each section's K and V elements sent exact (0: none), bf16
+                                        values with a bf16 cache (pre-RoPE keys rounded to it), else f32 */
+    const kw_model_config *pre_rope; /* borrowed, non-NULL: K sent before RoPE, each row rotated back by its
+                                        position with this model's rotation (kv_direct: the receiver runs it) */
+    uint64_t model_id;               /* the blob header's opaque identities */
     uint32_t policy_id;
     kw_share_bytes_fn write;
     void *user;

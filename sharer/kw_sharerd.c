@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -279,7 +280,8 @@ static enum kw_dtype kw__sd_cache_dtype(Kwctl__CacheDtype d) {
 }
 
 static kw_wire_codec_spec kw__sd_spec(const Kwctl__CodecSpec *c) {
-    kw_wire_codec_spec s = {(uint8_t)c->codec, (uint8_t)c->granularity, (uint8_t)c->scale_dtype, 0};
+    kw_wire_codec_spec s = {(uint8_t)c->codec, (uint8_t)c->granularity,
+                            (uint8_t)(c->scale_dtype | (c->zero_points ? KW_WIRE_SCALE_ZERO_POINTS : 0u)), 0};
     while (c->group_size && (1u << s.group_log2) < c->group_size)
         ++s.group_log2;
     return s;
@@ -337,6 +339,8 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
         .budget_codecs = budget_codecs,
         .n_budget_codecs = kw__sd_budget_codecs(p, budget_codecs),
         .budget_mode = (enum kw_wire_budget_mode)p->budget_mode, /* the same numbers */
+        .outlier_fraction = p->outlier_ppm / 1e6,
+        .pre_rope_keys = p->pre_rope_keys,
     };
 }
 
@@ -363,7 +367,11 @@ static int kw__sd_preview_write(void *user, int32_t blob, const void *data, size
 
 /* SharePolicy.preview when absent: int4 per token, f32 scales. */
 static const Kwctl__CodecSpec kw__sd_preview_default = {PROTOBUF_C_MESSAGE_INIT(&kwctl__codec_spec__descriptor),
-                                                        KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0};
+                                                        KW_WIRE_CODEC_INT4,
+                                                        KW_WIRE_GRAN_TOKEN,
+                                                        KW_WIRE_SCALE_F32,
+                                                        0,
+                                                        0};
 
 /* Without a deadline in the request the sharer still stops waiting for a selection after this long. */
 #define KW__SD_SELECTION_WAIT_MS 60000u
@@ -621,7 +629,7 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
     const kw_wire_breakdown *bd = &w->breakdown;
     *b = (Kwctl__WireBreakdown)KWCTL__WIRE_BREAKDOWN__INIT;
     b->header = bd->header, b->indices = bd->indices, b->scales = bd->scales, b->payload = bd->payload;
-    b->checksums = bd->checksums, b->compression_saved = bd->compression_saved;
+    b->checksums = bd->checksums, b->compression_saved = bd->compression_saved, b->outliers = bd->outliers;
     e->breakdown = b;
     const Kwctl__SharePolicy *p = j->req->policy;
     if (p && p->budget_bytes) {
@@ -930,7 +938,8 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                                 .n_kv_heads = (uint16_t)m->n_kv_heads,
                                 .head_dim = (uint16_t)m->head_dim,
                                 .n_positions = (uint32_t)req->n_token_ids,
-                                .src_dtype = KW_WIRE_DTYPE_F32};
+                                .src_dtype = KW_WIRE_DTYPE_F32,
+                                .version = KW_WIRE_VERSION_1_1}; /* bounds only: v1.1's hold for v1 blobs */
     if (p->budget_bytes) KW_FORWARD(kw__sd_validate_budget(req, &hdr, &sel, budget_codecs, n_budget));
     size_t blob = 0;
     for (size_t s = 0; s < req->n_sections; ++s) {
@@ -963,7 +972,12 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                 layer_rows = rows * (n_targets > 1 ? n_targets : 1);
                 if (layer_rows > (int64_t)req->sections[s]->length) layer_rows = (int64_t)req->sections[s]->length;
             }
-            kw_wire_policy pol = {.k = kw__sd_spec(p->k), .v = kw__sd_spec(p->v)};
+            kw_wire_policy pol = {
+                .k = kw__sd_spec(p->k),
+                .v = kw__sd_spec(p->v),
+                .outliers = (uint32_t)floor(
+                    p->outlier_ppm / 1e6 * 2.0 * (double)layer_rows * (double)(m->n_kv_heads * m->head_dim) + 0.5),
+                .pre_rope = (uint8_t)p->pre_rope_keys};
             for (size_t k = 0; k < p->n_schedule; ++k)
                 if (p->schedule[k]->layer == layers[i]) {
                     pol.k = kw__sd_spec(p->schedule[k]->k);
@@ -1117,7 +1131,7 @@ static int kw__sd_on_hello(kw__sd_conn *c, Kwctl__Hello *h) {
     r.models = ids;
     r.n_models = (size_t)d->n_models;
     r.codecs = d->codecs;
-    r.n_codecs = KW_WIRE_CODEC_COUNT - 1;
+    r.n_codecs = KW_WIRE_CODEC_COUNT_V11 - 1;
     r.max_frame_bytes = (uint32_t)d->cfg->max_message_bytes;
     r.max_queued_requests = (uint32_t)d->cfg->queue_max;
     KW_LOG_DEBUG("sharerd: %s: hello from %s", c->peer, h->software);
@@ -1465,9 +1479,9 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
         d->n_models = i + 1;
     }
     KW_CHECK(kw__sd_load_scoring(d));
-    d->codecs = malloc((KW_WIRE_CODEC_COUNT - 1) * sizeof *d->codecs);
+    d->codecs = malloc((KW_WIRE_CODEC_COUNT_V11 - 1) * sizeof *d->codecs);
     KW_CHECK_IF(d->codecs == NULL, KW_E_NOMEM, "sharerd: out of memory");
-    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT; ++c)
+    for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT_V11; ++c)
         d->codecs[c - 1] = c;
     if (cfg->tls_enabled) {
         const kw_net_tls_config tc = {.cert_file = cfg->tls_cert,

@@ -113,7 +113,12 @@ static void kw_c2c_usage(FILE *f) {
         "                    layer|head|token|groupN, default token; --wire-scale f16|bf16|f32|e8m0, default f32;\n"
         "                    --wire-zstd LEVEL, default 0 = off); one blob per sent section and sharer, wire_bytes\n"
         "                    is their measured length; --wire-dump PREFIX also writes each blob to PREFIX.<n>.kvw\n"
-        "                    (kvwire inspect reads them). Without --wire the rows go across in memory, exactly\n"
+        "                    (kvwire inspect reads them). KVWire v1.1: the codecs int3, int2 and -asym zero points\n"
+        "                    (int4-asym), the granularity channelL (a scale per channel over L tokens), --wire-value\n"
+        "                    CODEC[:GRAN] for V apart from K, --wire-outliers F (that share of K and V elements sent\n"
+        "                    exact), --wire-pre-rope (kv_direct: keys sent before RoPE, rotated back by the "
+        "receiver).\n"
+        "                    Without --wire the rows go across in memory, exactly\n"
         "  --budget-bytes N  c2c, kv_direct: a hard cap on every blob of the request together (headers, indices,\n"
         "                    scales,\n"
         "                    checksums: the --wire-dump files add up to at most N; several sharers share N equally):\n"
@@ -353,6 +358,8 @@ typedef struct kw_c2c_plan {
     enum kw_projector_numerics numerics; /* the request's projector numerics */
     const uint8_t *recv_pad;             /* NULL, or the receiver's padding flags (alignment) */
     const kw_wire_policy *wire;          /* NULL: rows in memory, no codec */
+    double outlier_fraction;             /* KVWire v1.1 outliers (--wire-outliers) */
+    int pre_rope_keys;                   /* KVWire v1.1 pre-RoPE keys (--wire-pre-rope, kv_direct) */
     uint64_t budget_bytes;               /* each sharer's byte cap (0: none) */
     const kw_wire_codec_spec *budget_codecs;
     uint32_t n_budget_codecs;
@@ -493,6 +500,8 @@ static int kw_c2c_share(kw_c2c_link *link, kw_model *m, kw_fusion *f, int32_t i,
                                    .cache_dtype = plan->cache_dtype,
                                    .pad = plan->sharer_pad[i],
                                    .wire = plan->wire,
+                                   .outlier_fraction = plan->outlier_fraction,
+                                   .pre_rope_keys = plan->pre_rope_keys,
                                    .budget_bytes = plan->budget_bytes,
                                    .budget_codecs = plan->budget_codecs,
                                    .n_budget_codecs = plan->n_budget_codecs,
@@ -649,13 +658,31 @@ out:
     return rc;
 }
 
-static int kw_c2c_wire_policy(const char *codec, const char *gran, const char *scale, long zstd, kw_wire_policy *pol) {
+/* "CODEC[:GRAN]" (KVWire v1.1 names too; GRAN defaults to gran) with scale, for the option flag, into *out. */
+static int kw_c2c_codec_gran(const char *text, const char *gran, const char *scale, const char *flag,
+                             kw_wire_codec_spec *out) {
+    char codec[64];
+    const char *colon = strchr(text, ':');
+    const size_t n = colon ? (size_t)(colon - text) : strlen(text);
+    KW_RETURN_IF(n == 0 || n >= sizeof codec, KW_E_INVALID_ARG, "%s: CODEC[:GRAN], not \"%s\"", flag, text);
+    memcpy(codec, text, n);
+    codec[n] = '\0';
+    const int rc = kw_wire_spec_parse_v(codec, colon ? colon + 1 : gran, scale, KW_WIRE_VERSION_1_1, out);
+    if (rc < 0) KW_FAIL(rc, "%s: %s", flag, kw_error_detail());
+    return 0;
+}
+
+/* --wire CODEC (KVWire v1.1 names too) with --wire-gran, --wire-scale and --wire-zstd; value: --wire-value
+ * CODEC[:GRAN] for V apart (NULL: K's). */
+static int kw_c2c_wire_policy(const char *codec, const char *gran, const char *scale, long zstd, const char *value,
+                              kw_wire_policy *pol) {
     memset(pol, 0, sizeof *pol);
     kw_wire_codec_spec spec;
-    const int rc = kw_wire_spec_parse(codec, gran, scale, &spec);
+    const int rc = kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, &spec);
     if (rc < 0) KW_FAIL(rc, "--wire: %s", kw_error_detail());
     pol->k = spec;
     pol->v = spec;
+    if (value) KW_FORWARD(kw_c2c_codec_gran(value, gran, scale, "--wire-value", &pol->v));
     pol->index_encoding = KW_WIRE_INDEX_AUTO;
     pol->zstd_level = (int)zstd;
     return 0;
@@ -862,7 +889,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const scorings[] = {"local", "receiver", NULL};
     const char *preview_codec = NULL;
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
-    const char *budget_codecs = NULL;
+    const char *budget_codecs = NULL, *wire_value = NULL;
+    double wire_outliers = 0.0;
+    int wire_pre_rope = 0;
     int64_t budget_bytes = 0;
     double proportion = -1.0, select_p = 1.0;        /* proportion < 0: not given */
     double refine_threshold = -1.0, refine_p = -1.0; /* < 0: no refinement */
@@ -903,6 +932,9 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_STR("--wire-scale", &wire_scale),
         KW_CLI_INT("--wire-zstd", &wire_zstd, -7, 22),
         KW_CLI_STR("--wire-dump", &wire_dump),
+        KW_CLI_STR("--wire-value", &wire_value),
+        KW_CLI_REAL("--wire-outliers", &wire_outliers, 0.0, 1.0),
+        KW_CLI_FLAG("--wire-pre-rope", &wire_pre_rope),
         KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
         KW_CLI_STR("--budget-codecs", &budget_codecs),
         KW_CLI_CHOICE("--budget-mode", &budget_mode_i, budget_modes),
@@ -937,6 +969,12 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error = "--budget-bytes is for --mode c2c and kv_direct";
     if (!usage_error && budget_codecs && !budget_bytes) usage_error = "--budget-codecs needs --budget-bytes";
+    if (!usage_error && (wire_value || wire_outliers > 0.0 || wire_pre_rope) && !wire_codec)
+        usage_error = "--wire-value, --wire-outliers and --wire-pre-rope need --wire CODEC";
+    if (!usage_error && wire_pre_rope && xfer_i != KW_C2C_MODE_KV_DIRECT)
+        usage_error = "--wire-pre-rope sends keys before RoPE, which only --mode kv_direct rotates back";
+    if (!usage_error && (wire_pre_rope || wire_outliers > 0.0) && scoring_i == 1)
+        usage_error = "--wire-outliers and --wire-pre-rope are not for --scoring receiver";
     if (!usage_error && budget_mode_i != KW_WIRE_BUDGET_TOKENS && !budget_bytes)
         usage_error = "--budget-mode needs --budget-bytes";
     if (!usage_error && budget_mode_i == KW_WIRE_BUDGET_KVCOMM_LIKE && xfer_i == KW_C2C_MODE_KV_DIRECT)
@@ -1002,22 +1040,21 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_c2c_align_plan plan = {0};
     kw_align_pads_hook pads_hook;
 
-    if (wire_codec) KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, &wire_pol));
+    if (wire_codec)
+        KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, wire_value, &wire_pol));
     if (budget_bytes) {
         static const char *const default_codecs[] = {"int4,int6,int8,bf16", "int8", "int4,int8"};
         if (!budget_codecs) budget_codecs = default_codecs[budget_mode_i];
         KW_CHECK(kw_c2c_budget_codecs(budget_codecs, wire_gran, wire_scale, budget_specs, &n_budget_specs));
         KW_CHECK(kw_c2c_wire_policy(kw_wire_codec_name(budget_specs[0].codec), wire_gran, wire_scale, (long)wire_zstd,
-                                    &wire_pol));
+                                    NULL, &wire_pol));
     }
-    if (scoring_i == 1) { /* --preview-codec CODEC[:GRAN] */
-        char codec[64];
-        const char *spec = preview_codec ? preview_codec : "int4:token", *colon = strchr(spec, ':');
-        const size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
-        KW_CHECK_IF(n == 0 || n >= sizeof codec, KW_E_INVALID_ARG, "--preview-codec %s: CODEC[:GRAN]", spec);
-        memcpy(codec, spec, n);
-        codec[n] = 0;
-        KW_CHECK(kw_c2c_wire_policy(codec, colon ? colon + 1 : "token", "f32", 0, &preview_pol));
+    if (scoring_i == 1) { /* --preview-codec CODEC[:GRAN], f32 scales, K and V alike */
+        memset(&preview_pol, 0, sizeof preview_pol);
+        KW_CHECK(kw_c2c_codec_gran(preview_codec ? preview_codec : "int4:token", "token", "f32", "--preview-codec",
+                                   &preview_pol.k));
+        preview_pol.v = preview_pol.k;
+        preview_pol.index_encoding = KW_WIRE_INDEX_AUTO;
     }
     const int use_wire = wire_codec || budget_bytes;
     stage = "backend";
@@ -1174,6 +1211,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                           .numerics = numerics,
                           .recv_pad = plan.on ? ar.recv_pad : NULL,
                           .wire = use_wire ? &wire_pol : NULL,
+                          .outlier_fraction = wire_outliers,
+                          .pre_rope_keys = wire_pre_rope,
                           .budget_codecs = budget_specs,
                           .n_budget_codecs = n_budget_specs,
                           .budget_mode = (enum kw_wire_budget_mode)budget_mode_i,
@@ -1261,8 +1300,14 @@ int kw_cmd_c2c(int argc, char **argv) {
     }
     if (use_wire) {
         printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec ? wire_codec : "budget",
-               wire_pol.k.granularity ? wire_gran : "none", kw_wire_scale_name(wire_pol.k.scale_dtype),
+               wire_pol.k.granularity ? wire_gran : "none", kw_wire_scale_name(kw_wire_spec_scale(&wire_pol.k)),
                (long long)wire_zstd);
+        if (wire_value || wire_outliers > 0.0 || wire_pre_rope) { /* the KVWire v1.1 options */
+            char vcodec[32], vgran[32];
+            kw_wire_spec_codec_format(&wire_pol.v, vcodec, sizeof vcodec);
+            kw_wire_spec_gran_format(&wire_pol.v, vgran, sizeof vgran);
+            printf("wire_v11: value %s gran %s outliers %g pre_rope %d\n", vcodec, vgran, wire_outliers, wire_pre_rope);
+        }
         printf("wire_blobs: %d\n", (int)tot.wire.blobs);
         printf("wire_bytes: %lld\n", (long long)tot.wire.blob_bytes);
         printf("wire_ratio: %.4f (blob bytes / sharer KV bytes)\n",

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "common/kw_status.h"
-#include "kernels/ref/kw_ref.h"
 #include "model/kw_generate.h"
 #include "model/kw_kvcache.h"
 
@@ -221,12 +220,6 @@ static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, i
     return 0;
 }
 
-/* The RoPE of layer l (Gemma 3's sliding layers have their own base). */
-static const kw_rope_params *kw_kvstats_layer_rope(const kw_kvstats *s, int32_t l) {
-    const kw_model_config *cfg = kw_model_get_config(s->model);
-    return kw_config_layer_window(cfg, l) > 0 ? &cfg->rope_local : &cfg->rope;
-}
-
 /* Sends k and v (each (T, H, D) f32) through one KVWire blob with the codec's K and V specs (a v1.1 blob when they
  * need it) and writes the decoded values to kq, vq. *bytes gets the blob's size. */
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
@@ -249,7 +242,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     kw_wire_reader *reader = NULL;
     uint8_t *blob = NULL;
     float *unrotated = NULL;
-    int32_t *pos = NULL;
+    int64_t *pos = NULL;
+    const kw_model_config *cfg = kw_model_get_config(s->model);
     int rc = 0;
     size_t cap = 0, used = 0, n = 0;
     const size_t rows = (size_t)T * (size_t)H * (size_t)D;
@@ -257,6 +251,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         unrotated = malloc(rows * sizeof *unrotated);
         pos = malloc((size_t)T * sizeof *pos);
         KW_CHECK_IF(!unrotated || !pos, KW_E_NOMEM, "out of memory for %zu pre-RoPE key values", rows);
+        for (int64_t t = 0; t < T; ++t) /* the prompt cache's rows are its positions */
+            pos[t] = t;
     }
     KW_CHECK_IF(T > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG, "a prompt of %lld rows is too long for one blob",
                 (long long)T);
@@ -271,9 +267,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         const float *k_in = k[l];
         if (codec->pre_rope) {
             memcpy(unrotated, k[l], rows * sizeof *unrotated);
-            for (int64_t t = 0; t < T; ++t)
-                pos[t] = -(int32_t)t;
-            kw_ref_rope(unrotated, pos, T, H, D, kw_kvstats_layer_rope(s, l));
+            KW_CHECK(kw_config_rope_rows(cfg, l, pos, T, 1, unrotated));
             k_in = unrotated;
         }
         const kw_wire_layer_in in = {.layer = (uint32_t)l,
@@ -301,9 +295,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         vo.data = vq[sec->layer];
         KW_CHECK(kw_wire_section_dequantize(sec, &ko, &vo));
         if (sec->pre_rope) { /* what a kv_direct receiver does: rotate the decoded keys by their positions */
-            for (int64_t t = 0; t < T; ++t)
-                pos[t] = (int32_t)t;
-            kw_ref_rope(kq[sec->layer], pos, T, H, D, kw_kvstats_layer_rope(s, (int32_t)sec->layer));
+            KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos, T, 0, kq[sec->layer]));
         }
         ++seen;
     }

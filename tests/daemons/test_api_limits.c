@@ -224,7 +224,31 @@ static void test_policy(void **state) {
     refuse_fields("\"kvwire\": {\"policy\": {\"zstd\": 23}}", false, "zstd");
     refuse_fields("\"kvwire\": {\"policy\": {\"zstd\": -8}}", false, "zstd");
     refuse_fields("\"kvwire\": {\"policy\": {\"cache_proportion\": 1.5}}", false, "cache_proportion");
-    refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"int3\"}}", false, "kvwire.policy");
+    refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"int5\"}}", false, "kvwire.policy");
+    /* KVWire v1.1: int3/int2, zero points, channel scales, V apart, outliers, pre-RoPE keys (kv_direct only) */
+    accept_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"int2-asym\", \"granularity\": "
+                  "\"channel32\", \"value_codec\": \"int3\", \"value_granularity\": \"group32\", \"outliers\": 0.01, "
+                  "\"pre_rope_keys\": true}}",
+                  false, &s);
+    assert_int_equal(s.spec.codec, KW_WIRE_CODEC_INT2);
+    assert_int_equal(s.spec.granularity, KW_WIRE_GRAN_CHANNEL);
+    assert_true(kw_wire_spec_asym(&s.spec));
+    assert_int_equal(s.spec_v.codec, KW_WIRE_CODEC_INT3);
+    assert_int_equal(s.spec_v.granularity, KW_WIRE_GRAN_GROUP);
+    assert_false(kw_wire_spec_asym(&s.spec_v));
+    assert_true(s.outliers == 0.01 && s.pre_rope_keys);
+    kw_rd_spec_free(&s);
+    accept_fields("\"kvwire\": {\"policy\": {\"codec\": \"int4\", \"value_granularity\": \"group8\"}}", false, &s);
+    assert_int_equal(s.spec_v.codec, KW_WIRE_CODEC_INT4);
+    assert_int_equal(s.spec_v.granularity, KW_WIRE_GRAN_GROUP);
+    assert_int_equal(s.spec.granularity, KW_WIRE_GRAN_TOKEN);
+    kw_rd_spec_free(&s);
+    refuse_fields("\"kvwire\": {\"policy\": {\"pre_rope_keys\": true}}", false, "pre_rope_keys");
+    refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"pre_rope_keys\": 1}}", false, "pre_rope_keys");
+    refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 1.5}}", false, "outliers");
+    refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 0.01, \"budget_bytes\": 5000}}", false, "outliers");
+    refuse_fields("\"kvwire\": {\"policy\": {\"value_codec\": \"int2-asym\", \"value_granularity\": \"channel3\"}}",
+                  false, "value_codec");
     refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"int4\", \"granularity\": \"group2\"}}", false,
                   "kvwire.policy");
 }

@@ -77,6 +77,7 @@ static void check_case(const parity_case *c, uint16_t port, const char *cli_extr
                              kwd_json_num(r.json, "kvwire.codec.breakdown.indices") +
                              kwd_json_num(r.json, "kvwire.codec.breakdown.scales") +
                              kwd_json_num(r.json, "kvwire.codec.breakdown.payload") +
+                             kwd_json_num(r.json, "kvwire.codec.breakdown.outliers") +
                              kwd_json_num(r.json, "kvwire.codec.breakdown.checksums");
         assert_true(parts == blob + kwd_json_num(r.json, "kvwire.codec.breakdown.compression_saved"));
         const long long sent = kwd_parse_int(out, "tokens_sent");
@@ -122,7 +123,17 @@ static const parity_case cases[] = {
     {"c2c vnorm budget 3000 bytes", true,
      CHAT_BODY("{\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":3000}}"),
      "--select vnorm_topk --budget-bytes 3000", true, true},
+    {"c2c v1.1: int4 zero points per channel keys, int3 values, 2% outliers", true,
+     CHAT_BODY("{\"policy\":{\"codec\":\"int4-asym\",\"granularity\":\"channel8\",\"value_codec\":\"int3-asym\","
+               "\"value_granularity\":\"token\",\"outliers\":0.02}}"),
+     "--wire int4-asym --wire-gran channel8 --wire-value int3-asym:token --wire-outliers 0.02", true, true},
     {"kv_direct bf16", true, CHAT_BODY("{\"mode\":\"kv_direct\"}"), "--mode kv_direct --wire bf16", true, true},
+    {"kv_direct v1.1: pre-RoPE keys per channel, int4 values per 8, 1% outliers", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int4-asym\",\"granularity\":\"channel4\","
+               "\"value_codec\":\"int4\",\"value_granularity\":\"group8\",\"outliers\":0.01,\"pre_rope_keys\":true}}"),
+     "--mode kv_direct --wire int4-asym --wire-gran channel4 --wire-value int4:group8 --wire-outliers 0.01 "
+     "--wire-pre-rope",
+     true, true},
     {"kv_direct int4 vnorm_topk", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
                "\"int4\"}}"),

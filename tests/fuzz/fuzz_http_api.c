@@ -48,7 +48,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(s.stop[i] && s.stop[i][0]);
     FUZZ_CHECK(s.logprobs >= -1 && s.logprobs <= KW_RD_MAX_TOP);
     FUZZ_CHECK((unsigned)s.mode <= KW_RD_MODE_TEXT_RELAY);
-    FUZZ_CHECK(s.spec.codec >= 1 && s.spec.codec < KW_WIRE_CODEC_COUNT);
+    FUZZ_CHECK(s.spec.codec >= 1 && s.spec.codec < KW_WIRE_CODEC_COUNT_V11);
+    FUZZ_CHECK(s.spec_v.codec >= 1 && s.spec_v.codec < KW_WIRE_CODEC_COUNT_V11);
+    FUZZ_CHECK(s.outliers >= 0 && s.outliers <= 1 && (!s.pre_rope_keys || s.mode == KW_RD_MODE_KV_DIRECT));
+    FUZZ_CHECK(!s.budget_bytes || (s.outliers == 0 && !s.pre_rope_keys));
     FUZZ_CHECK(s.select.mode == KW_SELECT_FULL || kw_select_policy_check(&s.select) == 0);
     FUZZ_CHECK(s.cache_proportion >= 0 && s.cache_proportion <= 1);
     FUZZ_CHECK(s.n_schedule >= 0 && s.n_schedule <= KW_RD_MAX_SCHEDULE);

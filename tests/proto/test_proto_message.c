@@ -236,6 +236,37 @@ static void test_share_request(void **state) {
     v.group_size = 24;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     v.group_size = 32;
+    /* KVWire v1.1: zero points, channel runs of 1..2^24 tokens, outliers, pre-RoPE keys for kv_direct only */
+    v.zero_points = true;
+    v.granularity = 5;
+    v.group_size = 1u << 24;
+    p.outlier_ppm = 10000;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->v->zero_points);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->v->group_size, 1u << 24);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->outlier_ppm, 10000);
+    kw_proto_message_free(m);
+    v.group_size = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    v.group_size = 0;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    v.group_size = 1;
+    p.outlier_ppm = 1000001;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.outlier_ppm = 0;
+    p.pre_rope_keys = true;
+    const Kwctl__Mode was = r.mode;
+    r.mode = KWCTL__MODE__MODE_C2C;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    r.mode = KWCTL__MODE__MODE_KV_DIRECT;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->pre_rope_keys);
+    kw_proto_message_free(m);
+    r.mode = was;
+    p.pre_rope_keys = false;
+    v.zero_points = false;
+    v.granularity = 4;
+    v.group_size = 32;
     /* a byte cap comes with 1..8 codecs, and codecs only with a cap */
     Kwctl__CodecSpec *budget_codecs[9] = {&k, &v, &k, &v, &k, &v, &k, &v, &k};
     p.budget_bytes = 4096;
