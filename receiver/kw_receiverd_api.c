@@ -225,7 +225,7 @@ static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         }
     }
     for (int i = 0; i < n; ++i)
-        if (kw_wire_spec_parse(names[i], s->granularity, s->scale, &s->budget_codecs[i]) < 0)
+        if (kw_wire_spec_parse_v(names[i], s->granularity, s->scale, KW_WIRE_VERSION_1_1, &s->budget_codecs[i]) < 0)
             return KW__RD_BAD(e, "kvwire.policy.budget_codecs: %s", kw_error_detail());
     s->n_budget_codecs = n;
     if (n_needed[s->budget_mode] && n != n_needed[s->budget_mode])

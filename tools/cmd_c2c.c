@@ -700,7 +700,7 @@ static int kw_c2c_budget_codecs(const char *list, const char *gran, const char *
                      KW_WIRE_ALLOC_MAX_CODECS);
         memcpy(name, p, len);
         name[len] = '\0';
-        const int rc = kw_wire_spec_parse(name, gran, scale, &out[*n]);
+        const int rc = kw_wire_spec_parse_v(name, gran, scale, KW_WIRE_VERSION_1_1, &out[*n]);
         if (rc < 0) KW_FAIL(rc, "--budget-codecs: %s", kw_error_detail());
         ++*n;
         p += len + (p[len] == ',');

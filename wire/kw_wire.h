@@ -418,8 +418,9 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
 /* Round trip in memory (kw_wire_roundtrip.c) */
 
 /* What a receiver decodes from n rows k, v (n, heads, head_dim) f32 of one layer sent with codec specs k_spec, v_spec
- * (v1 codecs, no compression, n positions): a one-section KVWire blob is encoded and decoded, and k, v are
- * overwritten with the decoded rows. Errors: KW_E_INVALID_ARG, the encoder's (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE,
+ * (a v1.1 blob when they need it, no compression, n positions): a one-section KVWire blob is encoded and decoded, and
+ * k, v are overwritten with the decoded rows. Errors: KW_E_INVALID_ARG, the encoder's (KW_E_WIRE_NONFINITE,
+ * KW_E_WIRE_RANGE,
  * ...), KW_E_NOMEM. */
 int kw_wire_roundtrip_rows(const kw_wire_codec_spec *k_spec, const kw_wire_codec_spec *v_spec, int32_t layer, int64_t n,
                            int32_t heads, int32_t head_dim, float *k, float *v);

@@ -81,6 +81,13 @@ static int kw__alloc_reserve(kw_wire_alloc *a, uint32_t n) {
  * Options: validity, bytes per token, measured error
  */
 
+/* The header sizes are computed with: a v1.1 one (the v1.1 codecs' sizes; the same numbers for v1 codecs). */
+static kw_wire_header kw__alloc_sizing_header(const kw_wire_header *hdr) {
+    kw_wire_header h = *hdr;
+    h.version = KW_WIRE_VERSION_1_1;
+    return h;
+}
+
 static int kw__alloc_token_local(const kw_wire_codec_spec *sp) {
     return kw_wire_codec_is_passthrough(sp->codec) || sp->granularity == KW_WIRE_GRAN_TOKEN ||
            sp->granularity == KW_WIRE_GRAN_GROUP;
@@ -93,9 +100,11 @@ int kw_wire_alloc_check(const kw_wire_header *hdr, const kw_wire_alloc_options *
                  "alloc: %u codecs (1..%d)", opt->n_codecs, KW_WIRE_ALLOC_MAX_CODECS);
     for (uint32_t i = 0; i < opt->n_codecs; ++i) {
         const kw_wire_codec_spec *sp = &opt->codecs[i];
-        KW_RETURN_IF(kw__wire_spec_check(sp, hdr->head_dim, 0) < 0, KW_E_INVALID_ARG, /* v1 codecs only, for now */
-                     "alloc: codec %u (%s/%s/%s) is invalid for head_dim %u", i, kw_wire_codec_name(sp->codec),
-                     kw_wire_gran_name(sp->granularity), kw_wire_scale_name(sp->scale_dtype), hdr->head_dim);
+        /* the token-local v1.1 codecs too (int3, int2, zero points): their blobs are then v1.1 */
+        KW_RETURN_IF(kw__wire_spec_check(sp, hdr->head_dim, 1) < 0, KW_E_INVALID_ARG,
+                     "alloc: codec %u (%s%s/%s/%s) is invalid for head_dim %u", i, kw_wire_codec_name(sp->codec),
+                     kw_wire_spec_asym(sp) ? "-asym" : "", kw_wire_gran_name(sp->granularity),
+                     kw_wire_scale_name(kw_wire_spec_scale(sp)), hdr->head_dim);
         KW_RETURN_IF(!kw__alloc_token_local(sp), KW_E_INVALID_ARG,
                      "alloc: codec %s with %s scales: a budget needs token or group scales (a token's error must "
                      "not depend on the other tokens)",
@@ -127,6 +136,27 @@ static double kw__alloc_row_error(const kw_wire_codec_spec *sp, const float *x, 
         return err;
     }
     const uint32_t G = sp->granularity == KW_WIRE_GRAN_GROUP ? 1u << sp->group_log2 : D;
+    if (kw_wire_spec_asym(sp)) { /* zero points (v1.1, FORMAT.md §5.9): min and max of each scale's values */
+        const float qmax = kw_wire_codec_qmax_asym(sp->codec);
+        for (uint32_t g = 0; g < D; g += G) {
+            float mn = x[g], mx = x[g];
+            for (uint32_t d = g; d < g + G; ++d) {
+                mn = x[d] < mn ? x[d] : mn;
+                mx = x[d] > mx ? x[d] : mx;
+            }
+            uint32_t scode, zcode;
+            float s, z;
+            if (kw_wire_asym_choose(mn, mx, qmax, kw_wire_spec_scale(sp), &scode, &s, &zcode, &z) < 0) return -1.0;
+            const float inv = s != 0.0f ? 1.0f / s : 0.0f;
+            for (uint32_t d = g; d < g + G; ++d) {
+                const uint32_t q = s != 0.0f ? kw_wire_quantize_asym(x[d], z, inv, qmax) : 0u;
+                const float y = (float)q * s + z; /* two roundings: no contraction in wire/ */
+                const double e = (double)x[d] - (double)y;
+                err += e * e;
+            }
+        }
+        return err;
+    }
     const float qmax = kw_wire_codec_qmax(sp->codec);
     for (uint32_t g = 0; g < D; g += G) {
         float amax = 0.0f;
@@ -285,7 +315,8 @@ static int kw__alloc_layout(kw_wire_alloc *a, const kw_wire_alloc_options *opt, 
     kw_wire_policy pol;
     kw_wire_alloc_policy(r, opt, 0, &pol);
     size_t size = 0;
-    KW_FORWARD(kw_wire_section_size(in->hdr, &pol, r->n_kept, a->positions, &size));
+    const kw_wire_header sizing = kw__alloc_sizing_header(in->hdr);
+    KW_FORWARD(kw_wire_section_size(&sizing, &pol, r->n_kept, a->positions, &size));
     r->bytes = size;
     return 0;
 }
@@ -389,7 +420,8 @@ int kw_wire_alloc_min_bytes(const kw_wire_header *hdr, const kw_wire_alloc_optio
     KW_FORWARD(kw_wire_alloc_cheapest(hdr, opt, &c));
     const kw_wire_policy pol = {.k = opt->codecs[c], .v = opt->codecs[c], .index_encoding = opt->index_encoding};
     size_t size = 0;
-    KW_FORWARD(kw_wire_section_bound(hdr, &pol, 1, &size));
+    const kw_wire_header sizing = kw__alloc_sizing_header(hdr);
+    KW_FORWARD(kw_wire_section_bound(&sizing, &pol, 1, &size));
     *out = size;
     return 0;
 }
@@ -432,7 +464,7 @@ const char *kw_wire_budget_mode_name(enum kw_wire_budget_mode mode) {
 /* One layer's bound over every blob with codec c. */
 static int kw__plan_layer_bytes(const kw_wire_layer_plan_input *in, uint32_t c, uint64_t *out) {
     const kw_wire_policy pol = {.k = in->codecs[c], .v = in->codecs[c], .index_encoding = in->index_encoding};
-    kw_wire_header hdr = *in->hdr; /* the layer counts do not change a section's size */
+    kw_wire_header hdr = kw__alloc_sizing_header(in->hdr); /* the layer counts do not change a section's size */
     hdr.n_layers = hdr.n_sections = (uint16_t)in->n_layers;
     *out = 0;
     for (uint32_t b = 0; b < in->n_blobs; ++b) {

@@ -10,13 +10,14 @@ int kw_wire_roundtrip_rows(const kw_wire_codec_spec *k_spec, const kw_wire_codec
     KW_RETURN_IF(!k_spec || !v_spec || !k || !v || layer < 0 || layer >= KW_WIRE_MAX_LAYERS || n < 1 ||
                      n > KW_WIRE_MAX_POSITIONS || heads < 1 || head_dim < 1,
                  KW_E_INVALID_ARG, "wire round trip: bad arguments");
+    const kw_wire_policy pol = {.k = *k_spec, .v = *v_spec, .index_encoding = KW_WIRE_INDEX_AUTO};
     const kw_wire_header hdr = {.n_layers = (uint16_t)(layer + 1),
                                 .n_sections = 1,
                                 .n_kv_heads = (uint16_t)heads,
                                 .head_dim = (uint16_t)head_dim,
                                 .n_positions = (uint32_t)n,
-                                .src_dtype = KW_WIRE_DTYPE_F32};
-    const kw_wire_policy pol = {.k = *k_spec, .v = *v_spec, .index_encoding = KW_WIRE_INDEX_AUTO};
+                                .src_dtype = KW_WIRE_DTYPE_F32,
+                                .version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION};
     const size_t row = (size_t)heads * (size_t)head_dim;
     const kw_wire_layer_in in = {.layer = (uint32_t)layer,
                                  .n_tokens = (uint32_t)n,

@@ -420,12 +420,64 @@ static void test_group_limit(void **state) {
     free(k), free(v), free(pos);
 }
 
+/* KVWire v1.1's token-local codecs as candidates (zero points, int3, int2, groups of 4 int3 values that are not whole
+ * bytes): the allocator's distortion with everything kept equals the error the real encoder and decoder make (so its
+ * error model is theirs), the sizes are exact, and the blob is v1.1. */
+static void test_v11_codecs(void **state) {
+    (void)state;
+    static fixture f;
+    fixture_make(&f, 0, 21);
+    kw_wire_codec_spec codecs[4];
+    assert_int_equal(kw_wire_spec_parse_v("int2-asym", "token", "f16", KW_WIRE_VERSION_1_1, &codecs[0]), 0);
+    assert_int_equal(kw_wire_spec_parse_v("int3", "group4", "f32", KW_WIRE_VERSION_1_1, &codecs[1]), 0);
+    assert_int_equal(kw_wire_spec_parse_v("int4-asym", "group8", "bf16", KW_WIRE_VERSION_1_1, &codecs[2]), 0);
+    assert_int_equal(kw_wire_spec_parse_v("int8-asym", "token", "f32", KW_WIRE_VERSION_1_1, &codecs[3]), 0);
+    kw_wire_alloc *a = NULL;
+    assert_int_equal(kw_wire_alloc_create(&a), 0);
+    for (uint32_t c = 0; c < 4; ++c) {
+        const kw_wire_alloc_options o = {.codecs = &codecs[c], .n_codecs = 1};
+        const kw_wire_alloc_result *r = run(a, &o, &f, 1u << 20);
+        assert_int_equal(r->n_kept, T);
+        kw_wire_policy pol;
+        kw_wire_alloc_policy(r, &o, 0, &pol);
+        assert_true(kw_wire_policy_needs_v11(&pol));
+        kw_wire_header hdr = f.hdr;
+        hdr.version = KW_WIRE_VERSION_1_1;
+        size_t exact = 0;
+        assert_int_equal(kw_wire_section_size(&hdr, &pol, r->n_kept, r->positions, &exact), 0);
+        assert_int_equal(exact, r->bytes);
+        /* the decoded rows' error, token by token, weighted as the allocator weighs it */
+        float kq[T * H * D], vq[T * H * D];
+        memcpy(kq, f.k, sizeof kq);
+        memcpy(vq, f.v, sizeof vq);
+        assert_int_equal(kw_wire_roundtrip_rows(&codecs[c], &codecs[c], 0, T, H, D, kq, vq), 0);
+        double want = 0.0;
+        for (int t = 0; t < T; ++t) {
+            double err = 0.0, energy = 0.0;
+            for (int i = t * H * D; i < (t + 1) * H * D; ++i) {
+                err += ((double)f.k[i] - kq[i]) * ((double)f.k[i] - kq[i]) +
+                       ((double)f.v[i] - vq[i]) * ((double)f.v[i] - vq[i]);
+                energy += (double)f.k[i] * f.k[i] + (double)f.v[i] * f.v[i];
+            }
+            want += energy > 0.0 ? (double)f.score[t] * (err / energy) : 0.0;
+        }
+        if (fabs(r->distortion - want) > 1e-9 * want)
+            fail_msg("codec %u: the allocator's distortion %.12g, the round trip's %.12g", c, r->distortion, want);
+    }
+    /* mixed with v1 codecs under a cap: within it, exact */
+    const kw_wire_codec_spec mixed[3] = {codecs[0], spec("int4"), codecs[3]};
+    const kw_wire_alloc_options o = {.codecs = mixed, .n_codecs = 3};
+    const kw_wire_alloc_result *r = run(a, &o, &f, 2500);
+    assert_true(r->bytes <= 2500 && r->n_kept >= 1);
+    kw_wire_alloc_free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reduction_to_topk), cmocka_unit_test(test_cap_sweep),
-        cmocka_unit_test(test_deterministic),     cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_group_limit),       cmocka_unit_test(test_keep_all),
-        cmocka_unit_test(test_plan_layers),
+        cmocka_unit_test(test_v11_codecs), cmocka_unit_test(test_reduction_to_topk),
+        cmocka_unit_test(test_cap_sweep),  cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_refusals),   cmocka_unit_test(test_group_limit),
+        cmocka_unit_test(test_keep_all),   cmocka_unit_test(test_plan_layers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

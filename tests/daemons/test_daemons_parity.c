@@ -127,6 +127,10 @@ static const parity_case cases[] = {
      CHAT_BODY("{\"policy\":{\"codec\":\"int4-asym\",\"granularity\":\"channel8\",\"value_codec\":\"int3-asym\","
                "\"value_granularity\":\"token\",\"outliers\":0.02}}"),
      "--wire int4-asym --wire-gran channel8 --wire-value int3-asym:token --wire-outliers 0.02", true, true},
+    {"c2c budget 3000 bytes over v1.1 codecs", true,
+     CHAT_BODY("{\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":3000,\"budget_codecs\":[\"int2-asym\","
+               "\"int4\",\"int8-asym\"]}}"),
+     "--select vnorm_topk --budget-bytes 3000 --budget-codecs int2-asym,int4,int8-asym", true, true},
     {"kv_direct bf16", true, CHAT_BODY("{\"mode\":\"kv_direct\"}"), "--mode kv_direct --wire bf16", true, true},
     {"kv_direct v1.1: pre-RoPE keys per channel, int4 values per 8, 1% outliers", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int4-asym\",\"granularity\":\"channel4\","
