@@ -21,27 +21,39 @@ typedef struct kw__bench_cfg {
     const char *name;
     kw_wire_codec_spec spec;
     int zstd;
+    uint32_t outlier_ppm; /* KVWire v1.1 outliers: millionths of each section's elements */
 } kw__bench_cfg;
 
 #define Q(c, g, s, l)                                                                                                  \
     { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s, l }
+#define QZ(c, g, s, l)                                                                                                 \
+    { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s | KW_WIRE_SCALE_ZERO_POINTS, l }
 static const kw__bench_cfg kw__bench_cfgs[] = {
-    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0},
-    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0},
-    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0},
-    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0},
-    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0},
-    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0},
-    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0},
-    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0},
-    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0},
-    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0},
-    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0},
-    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0},
-    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0},
-    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3},
-    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3},
+    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0, 0},
+    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0, 0},
+    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0, 0},
+    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0, 0},
+    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0, 0},
+    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0, 0},
+    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0, 0},
+    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0, 0},
+    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0, 0},
+    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0, 0},
+    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0, 0},
+    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0, 0},
+    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0, 0},
+    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3, 0},
+    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3, 0},
+    /* KVWire v1.1 (blobs of version 0x0101) */
+    {"int3 token f16", Q(INT3, TOKEN, F16, 0), 0, 0},
+    {"int2 group32 f16", Q(INT2, GROUP, F16, 5), 0, 0},
+    {"int4-asym token f16", QZ(INT4, TOKEN, F16, 0), 0, 0},
+    {"int8-asym token f16", QZ(INT8, TOKEN, F16, 0), 0, 0},
+    {"int4-asym chan32 f16", QZ(INT4, CHANNEL, F16, 5), 0, 0},
+    {"int2-asym chan32 f16", QZ(INT2, CHANNEL, F16, 5), 0, 0},
+    {"int4 token f16 +1% out", Q(INT4, TOKEN, F16, 0), 0, 10000},
 };
+#undef QZ
 #undef Q
 
 static uint64_t kw__bench_rng(uint64_t *s) {
@@ -197,7 +209,11 @@ int kw_bench_codec(int argc, char **argv) {
     for (size_t c = 0; c < sizeof kw__bench_cfgs / sizeof kw__bench_cfgs[0] && rc == 0; ++c) {
         const kw__bench_cfg *cfg = &kw__bench_cfgs[c];
         if (only && !strstr(cfg->name, only)) continue;
-        const kw_wire_policy pol = {.k = cfg->spec, .v = cfg->spec, .zstd_level = cfg->zstd};
+        const kw_wire_policy pol = {.k = cfg->spec,
+                                    .v = cfg->spec,
+                                    .zstd_level = cfg->zstd,
+                                    .outliers = (uint32_t)((uint64_t)cfg->outlier_ppm * 2 * per / 1000000u)};
+        hdr.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
         size_t sec;
         if ((rc = kw_wire_section_size(&hdr, &pol, T, NULL, &sec)) < 0) break;
         const size_t cap = KW_WIRE_HEADER_BYTES + (size_t)L * sec + KW_WIRE_TRAILER_BYTES;
@@ -233,7 +249,7 @@ int kw_bench_codec(int argc, char **argv) {
                enc_gbs, enc_gbs / gbs_memcpy, d16, d16 / gbs_memcpy, d32, d32 / gbs_memcpy, size, (double)size / elems,
                ideal, 100.0 * (double)(bd.header + bd.indices + bd.checksums) / (double)size);
         if ((cfg->spec.codec == KW_WIRE_CODEC_INT8 || cfg->spec.codec == KW_WIRE_CODEC_INT4) && !cfg->zstd &&
-            cfg->spec.granularity == KW_WIRE_GRAN_TOKEN) {
+            cfg->spec.granularity == KW_WIRE_GRAN_TOKEN && !kw_wire_spec_asym(&cfg->spec) && !cfg->outlier_ppm) {
             worst_goal = kw__best(worst_goal, kw__best(enc_gbs, d16) / gbs_memcpy);
         }
     }

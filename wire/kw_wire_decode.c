@@ -765,6 +765,60 @@ static int kw__dec_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t 
     return rc;
 }
 
+/* The general path by blocks of rows that share their scales (every granularity but layer, as the encoder's
+ * kw__enc_tensor_blocks): the block's scales and zero points are loaded once into per-unit arrays, unit d >> shift.
+ * The same values as kw__dec_tensor_general. */
+static int kw__dec_tensor_blocks(const kw_wire_section *sec, const kw_wire_group_view *gv,
+                                 const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
+    const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
+    const uint32_t bits = kw_wire_codec_bits(codec), sdt = kw_wire_spec_scale(&tv->spec), gran = tv->spec.granularity;
+    const int asym = kw_wire_spec_asym(&tv->spec);
+    const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, ss = kw_wire_scale_size(sdt);
+    const size_t row_bytes = (size_t)D * bits / 8;
+    const uint32_t block_rows = gran == KW_WIRE_GRAN_CHANNEL ? 1u << tv->spec.group_log2
+                                : gran == KW_WIRE_GRAN_HEAD  ? tg
+                                                             : 1u;
+    const uint32_t shift = gran == KW_WIRE_GRAN_GROUP ? tv->spec.group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
+    const uint32_t units = gran == KW_WIRE_GRAN_GROUP     ? D >> tv->spec.group_log2
+                           : gran == KW_WIRE_GRAN_CHANNEL ? D
+                                                          : 1u;
+    float sv[KW_WIRE_MAX_HEAD_DIM], zv[KW_WIRE_MAX_HEAD_DIM], y[KW_WIRE_MAX_HEAD_DIM];
+    float sd[KW_WIRE_MAX_HEAD_DIM], zd[KW_WIRE_MAX_HEAD_DIM];
+    uint8_t q[KW_WIRE_MAX_HEAD_DIM];
+    int ok = 1;
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t b0 = 0; b0 < tg; b0 += block_rows) {
+            const uint32_t b1 = tg - b0 < block_rows ? tg : b0 + block_rows;
+            const uint64_t base = kw_wire_scale_index(gran, tv->spec.group_log2, tg, D, h, b0, 0);
+            for (uint32_t u = 0; u < units; ++u) {
+                sv[u] = kw_wire_scale_load(sdt, tv->scales + (base + u) * ss);
+                zv[u] = asym ? kw_wire_scale_load(sdt, tv->zeros + (base + u) * ss) : 0.0f;
+            }
+            for (uint32_t d = 0; d < D; ++d) /* each element's scale and zero point */
+                sd[d] = sv[d >> shift], zd[d] = zv[d >> shift];
+            for (uint32_t t = b0; t < b1; ++t) {
+                const uint8_t *codes = tv->codes + ((size_t)h * tg + t) * row_bytes;
+                if (asym) {
+                    kw__wire_unpack_fields(bits, codes, D, q);
+                    for (uint32_t d = 0; d < D; ++d)
+                        y[d] = kw_wire_dequantize_asym(q[d], sd[d], zd[d]);
+                } else
+                    for (uint32_t d = 0; d < D; ++d)
+                        y[d] = kw_wire_code_value(codec, kw_wire_unpack_code(codec, codes, d), &ok) * sv[d >> shift];
+                uint8_t *o = (uint8_t *)out->data +
+                             ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
+                if (out->dtype == KW_WIRE_DTYPE_F32)
+                    memcpy(o, y, (size_t)D * 4);
+                else
+                    for (uint32_t d = 0; d < D; ++d)
+                        ((uint16_t *)o)[d] = kw_f32_to_bf16(y[d]);
+            }
+        }
+    KW_RETURN_IF(!ok, KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
+                 sec->layer, kw_wire_codec_name(codec));
+    return 0;
+}
+
 /* The general (scalar) path of the v1.1 features (kw__wire_general_path): every value with its own scale (and zero
  * point), FORMAT.md §5.8, §5.9. Not vectorized yet. */
 static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_group_view *gv,
@@ -803,7 +857,9 @@ static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_grou
 
 static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
                           const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
-    if (kw__wire_general_path(&tv->spec)) return kw__dec_tensor_general(sec, gv, tv, out);
+    if (kw__wire_general_path(&tv->spec))
+        return tv->spec.granularity == KW_WIRE_GRAN_LAYER ? kw__dec_tensor_general(sec, gv, tv, out)
+                                                          : kw__dec_tensor_blocks(sec, gv, tv, out);
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
     const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
     const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;

@@ -439,11 +439,87 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
     return rc;
 }
 
+/* The general path by blocks of rows that share their scales (every granularity but layer): one row (token, channel
+ * group), a run of L rows (channel) or a head's rows (head). Within a block an element's scale depends on its channel
+ * only (unit u = 0, d >> log2 G or d), so each block is two passes over its rows, statistics then codes, with the
+ * per-unit arrays on the stack. The same arithmetic as kw__enc_tensor_general, value for value. */
+static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
+                                 uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
+                                 const char *what) {
+    const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
+    const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u, gran = sp->granularity;
+    const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
+    const size_t sblock = (size_t)kw__wire_scale_block_bytes(sp, H, tg, D);
+    const size_t ss = kw_wire_scale_size(kw_wire_spec_scale(sp));
+    const int asym = kw_wire_spec_asym(sp);
+    uint8_t *scales = dst, *zeros = dst + sblock, *codes = dst + sblock * (asym ? 2u : 1u);
+    const float qmax = asym ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
+    /* rows per block and units per block; an element's unit is d >> shift (token, head: every d maps to 0) */
+    const uint32_t block_rows = gran == KW_WIRE_GRAN_CHANNEL ? 1u << sp->group_log2
+                                : gran == KW_WIRE_GRAN_HEAD  ? tg
+                                                             : 1u;
+    const uint32_t shift = gran == KW_WIRE_GRAN_GROUP ? sp->group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
+    const uint32_t units = gran == KW_WIRE_GRAN_GROUP ? D >> sp->group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? D : 1u;
+    float x[KW_WIRE_MAX_HEAD_DIM], lo[KW_WIRE_MAX_HEAD_DIM], hi[KW_WIRE_MAX_HEAD_DIM], iv[KW_WIRE_MAX_HEAD_DIM];
+    float zd[KW_WIRE_MAX_HEAD_DIM], ivd[KW_WIRE_MAX_HEAD_DIM];
+    uint8_t q[KW_WIRE_MAX_HEAD_DIM];
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t b0 = 0; b0 < tg; b0 += block_rows) {
+            const uint32_t b1 = tg - b0 < block_rows ? tg : b0 + block_rows;
+            for (uint32_t u = 0; u < units; ++u)
+                lo[u] = hi[u] = iv[u] = 0.0f; /* iv 1: the unit has a value (min/max start from it) */
+            for (uint32_t t = b0; t < b1; ++t) {
+                kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
+                for (uint32_t d = 0; d < D; ++d) {
+                    KW_RETURN_IF(!(x[d] - x[d] == 0.0f), KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf",
+                                 what, h, t0 + t);
+                    if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
+                    const uint32_t u = d >> shift;
+                    if (!asym) {
+                        const float a = x[d] < 0.0f ? -x[d] : x[d];
+                        hi[u] = a > hi[u] ? a : hi[u];
+                    } else if (iv[u] == 0.0f) {
+                        lo[u] = hi[u] = x[d];
+                        iv[u] = 1.0f;
+                    } else {
+                        lo[u] = x[d] < lo[u] ? x[d] : lo[u];
+                        hi[u] = x[d] > hi[u] ? x[d] : hi[u];
+                    }
+                }
+            }
+            const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
+            KW_FORWARD(kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what));
+            /* each element's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says) */
+            for (uint32_t d = 0; d < D; ++d) {
+                zd[d] = lo[d >> shift] != 0.0f ? hi[d >> shift] : 0.0f;
+                ivd[d] = lo[d >> shift] != 0.0f ? iv[d >> shift] : 0.0f;
+            }
+            for (uint32_t t = b0; t < b1; ++t) {
+                kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
+                if (asym)
+                    for (uint32_t d = 0; d < D; ++d)
+                        q[d] = (uint8_t)kw_wire_quantize_asym(x[d], zd[d], ivd[d], qmax);
+                else /* a zero scale: the code of +0 */
+                    for (uint32_t d = 0; d < D; ++d)
+                        q[d] = (uint8_t)((uint32_t)kw_wire_quantize_value(codec, ivd[d] != 0.0f ? x[d] : 0.0f, ivd[d]) &
+                                         mask);
+                if (out) /* an outlier: the code of +0 (zero points: code 0) */
+                    for (uint32_t d = 0; d < D; ++d)
+                        if (kw__enc_is_outlier(out, D, h, t0 + t, d))
+                            q[d] = asym ? 0u : (uint8_t)((uint32_t)kw_wire_quantize_value(codec, 0.0f, ivd[d]) & mask);
+                kw__wire_pack_fields(bits, q, D, codes + ((size_t)h * tg + t) * row_bytes);
+            }
+        }
+    return 0;
+}
+
 /* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                           uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst, const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
-    if (out || kw__wire_general_path(sp)) return kw__enc_tensor_general(e, in, sp, t0, tg, out, dst, what);
+    if (out || kw__wire_general_path(sp))
+        return sp->granularity == KW_WIRE_GRAN_LAYER ? kw__enc_tensor_general(e, in, sp, t0, tg, out, dst, what)
+                                                     : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, dst, what);
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const size_t es = kw__wire_dtype_size(dt);

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "wire/kw_wire.h"
 
@@ -176,6 +177,70 @@ void kw__wire_index_write(uint32_t encoding, const uint32_t *positions, uint32_t
  * NULL. Returns 0, KW_E_WIRE_INDICES, KW_E_WIRE_RESERVED (bitmap padding) or KW_E_WIRE_CORRUPT (size). */
 int kw__wire_index_decode(uint32_t encoding, const uint8_t *data, uint32_t bytes, uint32_t n_tokens,
                           uint32_t n_positions, uint32_t *out);
+
+/* Packs the D b-bit fields q[0..D) (already masked; D a multiple of 8) into a row in the layout of FORMAT.md §5.3,
+ * and unpacks a row into unsigned fields: the row at a time, for the general path. */
+static inline void kw__wire_pack_fields(uint32_t bits, const uint8_t *q, uint32_t D, uint8_t *row) {
+    switch (bits) {
+    case 8:
+        memcpy(row, q, D);
+        return;
+    case 4:
+        for (uint32_t i = 0; i < D / 2; ++i)
+            row[i] = (uint8_t)(q[2 * i] | q[2 * i + 1] << 4);
+        return;
+    case 2:
+        for (uint32_t i = 0; i < D / 4; ++i)
+            row[i] = (uint8_t)(q[4 * i] | q[4 * i + 1] << 2 | q[4 * i + 2] << 4 | q[4 * i + 3] << 6);
+        return;
+    case 6:
+        for (uint32_t i = 0; i < D / 4; ++i) {
+            const uint32_t w = (uint32_t)q[4 * i] | (uint32_t)q[4 * i + 1] << 6 | (uint32_t)q[4 * i + 2] << 12 |
+                               (uint32_t)q[4 * i + 3] << 18;
+            row[3 * i] = (uint8_t)w, row[3 * i + 1] = (uint8_t)(w >> 8), row[3 * i + 2] = (uint8_t)(w >> 16);
+        }
+        return;
+    default: /* 3 */
+        for (uint32_t i = 0; i < D / 8; ++i) {
+            uint32_t w = 0;
+            for (uint32_t k = 0; k < 8; ++k)
+                w |= (uint32_t)q[8 * i + k] << (3 * k);
+            row[3 * i] = (uint8_t)w, row[3 * i + 1] = (uint8_t)(w >> 8), row[3 * i + 2] = (uint8_t)(w >> 16);
+        }
+        return;
+    }
+}
+
+static inline void kw__wire_unpack_fields(uint32_t bits, const uint8_t *row, uint32_t D, uint8_t *q) {
+    switch (bits) {
+    case 8:
+        memcpy(q, row, D);
+        return;
+    case 4:
+        for (uint32_t i = 0; i < D / 2; ++i)
+            q[2 * i] = row[i] & 15u, q[2 * i + 1] = row[i] >> 4;
+        return;
+    case 2:
+        for (uint32_t i = 0; i < D / 4; ++i)
+            for (uint32_t k = 0; k < 4; ++k)
+                q[4 * i + k] = (row[i] >> (2 * k)) & 3u;
+        return;
+    case 6:
+        for (uint32_t i = 0; i < D / 4; ++i) {
+            const uint32_t w = (uint32_t)row[3 * i] | (uint32_t)row[3 * i + 1] << 8 | (uint32_t)row[3 * i + 2] << 16;
+            for (uint32_t k = 0; k < 4; ++k)
+                q[4 * i + k] = (w >> (6 * k)) & 63u;
+        }
+        return;
+    default: /* 3 */
+        for (uint32_t i = 0; i < D / 8; ++i) {
+            const uint32_t w = (uint32_t)row[3 * i] | (uint32_t)row[3 * i + 1] << 8 | (uint32_t)row[3 * i + 2] << 16;
+            for (uint32_t k = 0; k < 8; ++k)
+                q[8 * i + k] = (w >> (3 * k)) & 7u;
+        }
+        return;
+    }
+}
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* The outlier table (v1.1, FORMAT.md §5.10; kw_wire_outliers.c) */
