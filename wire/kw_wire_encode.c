@@ -490,13 +490,19 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
             KW_FORWARD(kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what));
             /* each element's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says) */
-            for (uint32_t d = 0; d < D; ++d) {
+            for (uint32_t d = 0; d < (units == 1 ? 1u : D); ++d) {
                 zd[d] = lo[d >> shift] != 0.0f ? hi[d >> shift] : 0.0f;
                 ivd[d] = lo[d >> shift] != 0.0f ? iv[d >> shift] : 0.0f;
             }
+            if (units == 1 && !asym) /* the symmetric loop reads every element's */
+                for (uint32_t d = 1; d < D; ++d)
+                    zd[d] = zd[0], ivd[d] = ivd[0];
             for (uint32_t t = b0; t < b1; ++t) {
                 kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
-                if (asym)
+                if (asym && units == 1) /* one scale for the row: the scalar form of the loop below */
+                    for (uint32_t d = 0; d < D; ++d)
+                        q[d] = (uint8_t)kw_wire_quantize_asym(x[d], zd[0], ivd[0], qmax);
+                else if (asym)
                     for (uint32_t d = 0; d < D; ++d)
                         q[d] = (uint8_t)kw_wire_quantize_asym(x[d], zd[d], ivd[d], qmax);
                 else /* a zero scale: the code of +0 */
