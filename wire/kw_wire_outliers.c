@@ -72,6 +72,13 @@ uint64_t kw__wire_outlier_table_bound(const kw_wire_header *hdr, uint32_t n_toke
 // Selection
 
 /* The f32 value of element (h, t, d) of a view. */
+/* The first value of row (h, t) of a view. */
+static const void *kw__out_row(const kw_wire_tensor_in *in, uint32_t dtype, uint32_t h, uint32_t t) {
+    const size_t row = in->rows ? in->rows[t] : t;
+    return (const uint8_t *)in->data +
+           (row * in->token_stride + (size_t)h * in->head_stride) * kw__wire_dtype_size(dtype);
+}
+
 static float kw__out_value(const kw_wire_tensor_in *in, uint32_t dtype, uint32_t h, uint32_t t, uint32_t d) {
     const size_t row = in->rows ? in->rows[t] : t;
     const size_t at = row * in->token_stride + (size_t)h * in->head_stride + d;
@@ -99,18 +106,24 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
     const uint64_t units = kw__wire_scale_count(sp, H, tg, D);
     double *acc = calloc((size_t)units * 3, sizeof(double)); /* count, centre, mean square deviation per scale */
     KW_RETURN_IF(!acc, KW_E_NOMEM, "outlier scores of %llu scales", (unsigned long long)units);
+    /* an element's scale is base(h, t) + (d >> shift): the row's first, plus its group or channel */
+    const uint32_t shift = sp->granularity == KW_WIRE_GRAN_GROUP     ? sp->group_log2
+                           : sp->granularity == KW_WIRE_GRAN_CHANNEL ? 0u
+                                                                     : 31u;
+    float row[KW_WIRE_MAX_HEAD_DIM];
     for (int pass = 0; pass < 3; ++pass)
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t t = 0; t < tg; ++t)
+            for (uint32_t t = 0; t < tg; ++t) {
+                kw__wire_load_f32(kw__out_row(in, dt, h, t0 + t), dt, D, row);
+                const uint64_t base = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, 0);
                 for (uint32_t d = 0; d < D; ++d) {
-                    const float xf = kw__out_value(in, dt, h, t0 + t, d);
+                    const float xf = row[d];
                     if (!(xf - xf == 0.0f)) {
                         free(acc);
                         KW_FAIL(KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + t);
                     }
                     const double x = xf;
-                    const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
-                    double *a = acc + 3 * u;
+                    double *a = acc + 3 * (base + (d >> shift));
                     if (pass == 0) { /* the centre: the mean with zero points (their scale spans min..max), else 0 */
                         a[0] += 1.0;
                         a[1] += asym ? x : 0.0;
@@ -133,6 +146,7 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
                         scores[((size_t)h * n_tokens + t0 + t) * D + d] = score < FLT_MAX ? (float)score : FLT_MAX;
                     }
                 }
+            }
     free(acc);
     return 0;
 }
