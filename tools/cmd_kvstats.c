@@ -85,7 +85,7 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     }
     const char *at = strchr(arg, '@');
     const size_t len = at ? (size_t)(at - arg) : strlen(arg);
-    char opts[40] = "";
+    char opts[32] = "";
     for (const char *o = at; o; o = strchr(o + 1, '@')) { /* "@1%": outliers; "@prerope": K before RoPE */
         const char *end_opt = strchr(o + 1, '@');
         const size_t olen = end_opt ? (size_t)(end_opt - o - 1) : strlen(o + 1);
