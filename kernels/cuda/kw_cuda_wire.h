@@ -56,8 +56,9 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
 
 /* The codec of the tensor: the four bytes of kw_wire_codec_spec (enum kw_wire_codec, kw_wire_gran, kw_wire_scale,
  * log2 of the channel group). Passthrough codecs (bf16, f16) take granularity and scale dtype 0. The
- * KVWire v1.1 features (int2, int3, channel granularity, zero points) are not on the GPU yet: they are refused with
- * KW_E_UNSUPPORTED (encode them with the CPU encoder). */
+ * KVWire v1.1 codecs int3 and int2 (symmetric) run on the GPU with the v1 granularities, except int3 in groups of 4;
+ * that, the channel granularity and zero points are not on the GPU yet: they are refused with KW_E_UNSUPPORTED
+ * (encode them with the CPU encoder). */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;

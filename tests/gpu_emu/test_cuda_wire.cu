@@ -361,6 +361,7 @@ static int check_case(const wire_case &c, uint64_t seed) {
     hdr.head_dim = D;
     hdr.n_positions = NPOS;
     hdr.src_dtype = (uint8_t)c.src_dtype;
+    hdr.version = kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
     case_section cs;
     case_section_make(c, 2, ks, vs, gather, positions, &cs);
     const uint32_t n_groups = cs.n_groups;
@@ -443,10 +444,12 @@ static void test_encode_every_codec(void **state) {
     (void)state;
     uint64_t seed = 100;
     uint32_t dt = 0;
-    for (uint32_t codec = KW_WIRE_CODEC_INT8; codec <= KW_WIRE_CODEC_E5M2; ++codec)
+    for (uint32_t codec = KW_WIRE_CODEC_INT8; codec <= KW_WIRE_CODEC_INT2; ++codec) /* v1.1's int3 and int2 too */
         for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_GROUP; ++gran)
             for (uint32_t scale = KW_WIRE_SCALE_F16; scale <= KW_WIRE_SCALE_E8M0; ++scale) {
-                const uint32_t glog2 = gran == KW_WIRE_GRAN_GROUP ? 2 + (seed % 4) : 0; /* G = 4, 8, 16, 32 */
+                /* G = 4, 8, 16, 32; int3 in groups of 4 is refused (test_encode_refuses_v11) */
+                const uint32_t glog2 =
+                    gran == KW_WIRE_GRAN_GROUP ? (codec == KW_WIRE_CODEC_INT3 ? 3 + (seed % 3) : 2 + (seed % 4)) : 0;
                 wire_case c = {};
                 c.a = spec_of(codec, gran, scale, glog2);
                 c.b = k_bf16;
@@ -500,13 +503,12 @@ static void test_encode_errors(void **state) {
     assert_int_equal(ok + nonfinite + range, 4 * 3 * 6);
 }
 
-/* The KVWire v1.1 features are not on the GPU yet: each is refused with KW_E_UNSUPPORTED before anything runs (never
- * wrong bytes), and the size functions report 0. */
+/* The KVWire v1.1 features but int3/int2 are not on the GPU yet: each is refused with KW_E_UNSUPPORTED before anything
+ * runs (never wrong bytes), and the size functions report 0. */
 static void test_encode_refuses_v11(void **state) {
     (void)state;
     const kw_cuda_wire_spec refused[] = {
-        {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
-        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+        {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 2},
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 5},
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0},
     };
