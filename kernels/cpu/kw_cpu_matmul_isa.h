@@ -121,6 +121,131 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_mm_panel)(float *y, int64_t N, const flo
     }
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * Quantized panels (kernels/kw_backend.h, KW_LAYOUT_QPANELS_*): the same tiles and the same fma chains, the weight
+ * vector of a strip rebuilt at each k from its codes as fl(fl(code * scale) + offset) (two roundings, as the
+ * dequantizer does), scale and offset loaded once per group. So the bits equal those of the f32 panels of the
+ * dequantized weight. BITS, ZERO (subtracted from a nibble), OFS and G are constants after inlining. wp is the panel
+ * base and s0 the first strip of the tile: the strips of a group are interleaved, not one contiguous slice each.
+ */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const int NV, const int BITS, const int ZERO,
+                                                          const int OFS, const int G, float *y, int64_t ldy,
+                                                          const float *x, int64_t K, const char *wp, int64_t s0,
+                                                          int64_t ncols) {
+    KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+            acc[m][v] = KW_V(zero)();
+    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + (size_t)(G * KW_PANEL_ROWS * BITS / 8);
+    for (int64_t g = 0; g < K / G; ++g) {
+        const char *gp = wp + (size_t)g * group_bytes;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        KW_VT a[KW_MM_MAX_NV], b[KW_MM_MAX_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            a[v] = KW_V(load)(scales + (s0 + v) * 16);
+            b[v] = OFS ? KW_V(load)(offsets + (s0 + v) * 16) : KW_V(zero)();
+        }
+        for (int kk = 0; kk < G; ++kk) {
+            KW_VT w[KW_MM_MAX_NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                const KW_VT c = BITS == 4 ? KW_V(load_u4)(codes + kk * 32 + (s0 + v) * 8, ZERO)
+                                          : KW_V(load_i8)((const int8_t *)codes + kk * 64 + (s0 + v) * 16);
+                w[v] = KW_V(mul)(c, a[v]);
+                if (OFS) w[v] = KW_V(add)(w[v], b[v]);
+            }
+            const int64_t k = g * G + kk;
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; ++m) {
+                const KW_VT xb = KW_V(set1)(x[m * K + k]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v)
+                    acc[m][v] = KW_V(fma)(xb, w[v], acc[m][v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const int64_t n = ncols - v * 16;
+            if (n >= 16)
+                KW_V(store)(y + m * ldy + v * 16, acc[m][v]);
+            else if (n > 0)
+                KW_V(store_n)(y + m * ldy + v * 16, acc[m][v], (int)n);
+        }
+}
+
+/* KW_MM_TILE_MORE_CASES expands where it is used, so redefining the case makes it list quantized tiles. */
+#undef KW_MM_TILE_CASE
+#define KW_MM_TILE_CASE(R)                                                                                             \
+    case R:                                                                                                            \
+        KW_ISA_FN(kw_qmm_tile)(R, KW_MM_NV, BITS, ZERO, OFS, G, y, ldy, x, K, wp, s0, ncols);                          \
+        break;
+
+/* kw_qmm_tiles_<isa>_<name> and kw_qmm_row_<isa>_<name>: one quantized layout's tile dispatch and decode row. */
+#define KW_QMM_LAYOUT(NAME, B, Z, O, GR)                                                                               \
+    KW_SIMD_TARGET static void KW_SIMD_CAT(KW_ISA_FN(kw_qmm_tiles), NAME)(                                             \
+        int mr, float *y, int64_t ldy, const float *x, int64_t K, const char *wp, int64_t s0, int64_t ncols) {         \
+        const int BITS = B, ZERO = Z, OFS = O, G = GR;                                                                 \
+        switch (mr) {                                                                                                  \
+            KW_MM_TILE_CASE(1)                                                                                         \
+            KW_MM_TILE_CASE(2)                                                                                         \
+            KW_MM_TILE_CASE(3)                                                                                         \
+            KW_MM_TILE_CASE(4)                                                                                         \
+            KW_MM_TILE_MORE_CASES                                                                                      \
+        }                                                                                                              \
+    }                                                                                                                  \
+    KW_SIMD_TARGET static void KW_SIMD_CAT(KW_ISA_FN(kw_qmm_row), NAME)(float *y, const float *x, int64_t K,           \
+                                                                        const char *wp, int64_t ncols) {               \
+        KW_ISA_FN(kw_qmm_tile)(1, 4, B, Z, O, GR, y, 0, x, K, wp, 0, ncols);                                           \
+    }
+
+KW_QMM_LAYOUT(s4, 4, 8, 0, 32)
+KW_QMM_LAYOUT(u4, 4, 0, 1, 32)
+KW_QMM_LAYOUT(s8, 8, 0, 0, 32)
+KW_QMM_LAYOUT(s8_ofs, 8, 0, 1, 32)
+KW_QMM_LAYOUT(s8_g16, 8, 0, 0, 16)
+
+/* kw_mm_panel for a quantized panel: the same split into decode rows and prefill tiles. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const float *x, int64_t K,
+                                                   enum kw_layout layout, const char *wp, int64_t n0, int64_t ncols,
+                                                   int64_t m0, int64_t m1) {
+    const int rows = m1 - m0 <= KW_MM_ROW_MAX;
+    for (int64_t m = m0; m < m1; m += rows ? 1 : KW_MM_MR) {
+        const int mr = rows ? 1 : (int)(m1 - m < KW_MM_MR ? m1 - m : KW_MM_MR);
+        for (int64_t s = 0; s * 16 < ncols; s += rows ? 4 : KW_MM_NV) {
+            float *yt = y + m * N + n0 + s * 16;
+            const float *xt = x + m * K;
+            const int64_t nc = ncols - s * 16;
+#define KW_QMM_CALL(NAME)                                                                                              \
+    if (rows)                                                                                                          \
+        KW_SIMD_CAT(KW_ISA_FN(kw_qmm_row), NAME)(yt, xt, K, wp, nc);                                                   \
+    else                                                                                                               \
+        KW_SIMD_CAT(KW_ISA_FN(kw_qmm_tiles), NAME)(mr, yt, N, xt, K, wp, s, nc);                                       \
+    break;
+            switch (layout) {
+            case KW_LAYOUT_QPANELS_S4:
+                KW_QMM_CALL(s4)
+            case KW_LAYOUT_QPANELS_U4:
+                KW_QMM_CALL(u4)
+            case KW_LAYOUT_QPANELS_S8:
+                KW_QMM_CALL(s8)
+            case KW_LAYOUT_QPANELS_S8_OFS:
+                KW_QMM_CALL(s8_ofs)
+            default:
+                KW_QMM_CALL(s8_g16)
+            }
+#undef KW_QMM_CALL
+        }
+    }
+}
+
+#undef KW_QMM_LAYOUT
 #undef KW_MM_TILE_CASE
 #undef KW_MM_FN
 #undef KW_MM_TILE_DTYPE
