@@ -33,9 +33,11 @@ const char kw_bench_model_summary[] = "prefill/decode tok/s of a model (a GGUF f
 static void kw_bench_model_usage(FILE *f) {
     fprintf(f,
             "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
-            "                          [--model-dir DIR | --model PATH [--weights f32|bf16]] [--reps N] [--profile]\n"
+            "                          [--model-dir DIR | --model PATH [--weights f32|bf16|quantized]] [--reps N]\n"
+            "                          [--profile]\n"
             "  --model      an existing model: HF folder or GGUF file (GGUF weights dequantized to --weights,\n"
-            "               default f32); otherwise a random model of the --arch shape is generated\n"
+            "               default f32; quantized: matmul weights of Q4_0..Q6_K types kept quantized, the same\n"
+            "               logits as f32); otherwise a random model of the --arch shape is generated\n"
             "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
             "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
             "  --threads    CPU threads (default 2)\n"
@@ -93,7 +95,7 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
-    static const char *const weight_names[] = {"f32", "bf16", NULL};
+    static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
     int arch = 0, profile = 0, weights = 0;
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads, 1, 256),
@@ -147,7 +149,9 @@ int kw_bench_model(int argc, char **argv) {
     stage = "load";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512),
-                                 .weights = {.gguf_dtype = weights ? KW_DTYPE_BF16 : KW_DTYPE_F32}};
+                                 .weights = {.gguf_dtype = weights == 1 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
+                                 .gguf_weights =
+                                     weights == 2 ? KW_GGUF_WEIGHTS_QUANTIZED : KW_GGUF_WEIGHTS_DEQUANTIZED};
     uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_model_load(be, dir, &mo, &model));
     const double load_ms = kw_time_ms(t0, kw_time_now_ns());
@@ -194,7 +198,10 @@ int kw_bench_model(int argc, char **argv) {
            (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
            (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
     printf("load (%s, matmul weights packed, %s kernels): %.1f ms\n",
-           gguf ? "GGUF, dequantized into model-owned tensors" : "mmap", kw_backend_cpu_isa(be), load_ms);
+           !gguf          ? "mmap"
+           : weights == 2 ? "GGUF, matmul weights kept quantized, the rest dequantized"
+                          : "GGUF, dequantized into model-owned tensors",
+           kw_backend_cpu_isa(be), load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

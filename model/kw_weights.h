@@ -57,6 +57,13 @@ const kw_model_config *kw_weights_config(const kw_weights *w);
  * dequantize: KW_E_MODEL_DTYPE; KW_E_NOMEM). */
 int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out);
 
+/* Looks up tensor hf_name as a weight kept quantized: returns 1 and fills *out (codes, scales, offsets in HF row order,
+ * valid until the next kw_weights_get_quantized on w; owned by w) if it is a 2-D GGUF tensor of a type kvwire keeps
+ * quantized (model/kw_dequant.h, kw_ggml_quant_layout), 0 if not (absent, an HF folder, another type: use
+ * kw_weights_get), or a negative status (KW_E_MODEL_SHAPE, KW_E_NOMEM). The f32 weight *out stands for is bit for bit
+ * what kw_weights_get would hand out in f32. */
+int kw_weights_get_quantized(kw_weights *w, const char *hf_name, kw_quant_rows *out);
+
 /* 1 if tensor hf_name is present, 0 if not (nothing is read or dequantized). */
 int kw_weights_has(const kw_weights *w, const char *hf_name);
 
