@@ -286,7 +286,9 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
     const enum kw_gguf_weights gw = opts ? opts->gguf_weights : KW_GGUF_WEIGHTS_DEFAULT;
     KW_CHECK_IF((unsigned)gw > KW_GGUF_WEIGHTS_DEQUANTIZED, KW_E_INVALID_ARG, "model: gguf_weights %d", (int)gw);
-    for (int l = KW_LAYOUT_QPANELS_S4; gw == KW_GGUF_WEIGHTS_QUANTIZED && l < KW_LAYOUT_COUNT; ++l)
+    const int quantized = gw == KW_GGUF_WEIGHTS_QUANTIZED ||
+                          (gw == KW_GGUF_WEIGHTS_DEFAULT && (!opts || opts->weights.gguf_dtype == KW_DTYPE_F32));
+    for (int l = KW_LAYOUT_QPANELS_S4; quantized && l < KW_LAYOUT_COUNT; ++l)
         m->keep_quantized |= kw_backend_supports_layout(backend, (enum kw_layout)l); /* else: dequantized, as before */
     m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;

@@ -36,8 +36,8 @@ static void kw_generate_usage(FILE *f) {
             "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
             "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
             "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-            "  --weights         GGUF files: dequantize the weights at load to f32 (default) or bf16, or keep the\n"
-            "                    matmul weights of Q4_0..Q6_K types quantized (the same logits as f32, fewer bytes)\n"
+            "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
+            "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16\n"
             "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
             "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
@@ -59,7 +59,7 @@ int kw_cmd_generate(int argc, char **argv) {
                                                         KW_LOGITS_ROUND_BF16};
     static const enum kw_dtype cache_values[] = {KW_DTYPE_BF16, KW_DTYPE_F32};
     static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
-    int round_i = 0, cache_i = -1, weights_i = 0; /* cache -1: by the model's logits weight dtype */
+    int round_i = 0, cache_i = -1, weights_i = 2; /* cache -1: by the model's logits weight dtype */
     const kw_cli_option opts[] = {
         KW_CLI_STR_REQUIRED("--model", &model_dir),
         KW_CLI_STR_REQUIRED("--prompt", &prompt),

@@ -120,7 +120,9 @@ static void test_kept_quantized_same_bits(void **state) {
         snprintf(path, sizeof path, "%s/model/gguf/%s.gguf", KW_TEST_DATA_DIR, cases[c]);
         kw_backend *be = NULL;
         assert_int_equal(kw_backend_create_cpu(2, &be), 0);
-        kw_model *f = load(be, path, KW_DTYPE_F32);
+        kw_model *f = NULL;
+        const kw_model_options deq = {.gguf_weights = KW_GGUF_WEIGHTS_DEQUANTIZED};
+        assert_int_equal(kw_model_load(be, path, &deq, &f), 0);
         float *want = prompt_logits(f, ids, n);
         const int64_t V = kw_model_get_config(f)->vocab;
         for (size_t i = 0; i < sizeof isas / sizeof isas[0]; ++i) {
