@@ -77,36 +77,22 @@
 #undef KW_MM_TILE_MORE_CASES
 #endif
 
+/* Rows [m0, m1) of y against one panel (the row-major weight's panel packed into scratch, or a packed one of any
+ * layout), on the backend's ISA. */
 static void kw_mm_panel(enum kw_cpu_isa isa, float *y, int64_t N, const float *x, int64_t K, enum kw_dtype dt,
-                        const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+                        enum kw_layout layout, const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
 #if KW_CPU_X86
     if (isa == KW_CPU_ISA_AVX512) {
-        kw_mm_panel_avx512(y, N, x, K, dt, wp, n0, ncols, m0, m1);
+        kw_mm_any_panel_avx512(y, N, x, K, dt, layout, wp, n0, ncols, m0, m1);
         return;
     }
     if (isa == KW_CPU_ISA_AVX2) {
-        kw_mm_panel_avx2(y, N, x, K, dt, wp, n0, ncols, m0, m1);
+        kw_mm_any_panel_avx2(y, N, x, K, dt, layout, wp, n0, ncols, m0, m1);
         return;
     }
 #endif
     (void)isa;
-    kw_mm_panel_scalar(y, N, x, K, dt, wp, n0, ncols, m0, m1);
-}
-
-static void kw_mm_qpanel(enum kw_cpu_isa isa, float *y, int64_t N, const float *x, int64_t K, enum kw_layout layout,
-                         const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-#if KW_CPU_X86
-    if (isa == KW_CPU_ISA_AVX512) {
-        kw_qmm_panel_avx512(y, N, x, K, layout, wp, n0, ncols, m0, m1);
-        return;
-    }
-    if (isa == KW_CPU_ISA_AVX2) {
-        kw_qmm_panel_avx2(y, N, x, K, layout, wp, n0, ncols, m0, m1);
-        return;
-    }
-#endif
-    (void)isa;
-    kw_qmm_panel_scalar(y, N, x, K, layout, wp, n0, ncols, m0, m1);
+    kw_mm_any_panel_scalar(y, N, x, K, dt, layout, wp, n0, ncols, m0, m1);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -268,10 +254,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
             kw_pack_panel(mine, w->data, w->dtype, N, K, p);
             wp = mine;
         }
-        if (quantized)
-            kw_mm_qpanel(cpu->isa, y, N, xs, K, w->layout, wp, n0, ncols, m0, m1);
-        else
-            kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, wp, n0, ncols, m0, m1);
+        kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
         if (bias) {
             for (int64_t n = n0; n < n0 + ncols; ++n) {
                 const float b = kw_opm_load(bias->data, bias->dtype, n);

@@ -20,14 +20,7 @@
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "kernels/ref/kw_ref.h"
-
-static kw_backend *kw_cpu(const char *isa, int threads) {
-    setenv("KW_CPU_ISA", isa, 1);
-    kw_backend *b = NULL;
-    assert_int_equal(kw_backend_create_cpu(threads, &b), 0);
-    unsetenv("KW_CPU_ISA");
-    return b;
-}
+#include "kw_cpu_test_util.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
@@ -36,26 +29,8 @@ static uint64_t kw_next(void) {
     return g_rng;
 }
 
-/* Uniform in [-1, 1). */
 static float kw_rand(void) {
-    return (float)((double)(kw_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-/* Fails the test (naming what) unless a and b agree bit for bit. */
-static void kw_same_bits(const float *a, const float *b, int64_t n, const char *what) {
-    for (int64_t i = 0; i < n; ++i) {
-        if (kw_f32_bits(a[i]) != kw_f32_bits(b[i])) {
-            fprintf(stderr, "%s: element %lld differs: %.9g (0x%08x) vs %.9g (0x%08x)\n", what, (long long)i,
-                    (double)a[i], kw_f32_bits(a[i]), (double)b[i], kw_f32_bits(b[i]));
-            fail();
-        }
-    }
-}
-
-static kw_tensor kw_wrap(kw_backend *b, enum kw_dtype dtype, int32_t ndim, const int64_t *ne, const void *data) {
-    kw_tensor t;
-    assert_int_equal(kw_tensor_from_host(b, &t, dtype, ndim, ne, data), 0);
-    return t;
+    return kw_rand_from(&g_rng);
 }
 
 /* Random quantized rows of a layout: in even groups as a GGUF file holds them, scales f16 values times a small integer

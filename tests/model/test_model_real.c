@@ -81,15 +81,20 @@ static int fetch_model(const char *name) {
     return 0;
 }
 
+/* Loads the model's fixture into *fx (the caller frees it) and returns its prompt count. */
+static int load_fixture(kwfx *fx) {
+    char fixture[512];
+    snprintf(fixture, sizeof fixture, "%s%s", KW_TEST_DATA_DIR, g_real->fixture);
+    assert_int_equal(kwfx_load(fixture, fx), 0);
+    const int32_t *np = kwfx_i32(fx, "n_prompts", NULL);
+    assert_non_null(np);
+    return np[0];
+}
+
 static void test_parity(void **state) {
     (void)state;
     kwfx fx;
-    char fixture[512];
-    snprintf(fixture, sizeof fixture, "%s%s", KW_TEST_DATA_DIR, g_real->fixture);
-    assert_int_equal(kwfx_load(fixture, &fx), 0);
-    const int32_t *np = kwfx_i32(&fx, "n_prompts", NULL);
-    assert_non_null(np);
-    const int n_prompts = np[0];
+    const int n_prompts = load_fixture(&fx);
     /* E over every stored logit */
     double E = 0;
     for (int i = 0; i < n_prompts; ++i) {
@@ -241,6 +246,15 @@ static kw_model *load_real(const char *isa, int threads, enum kw_gguf_weights ho
     return m;
 }
 
+/* Prompt i's ids (*n of them) from the fixture. */
+static const int32_t *prompt_ids(const kwfx *fx, int i, int64_t *n) {
+    char k[64];
+    snprintf(k, sizeof k, "p%d.ids", i);
+    const int32_t *ids = kwfx_i32(fx, k, n);
+    assert_non_null(ids);
+    return ids;
+}
+
 /* The last prompt position's logits, then QUANT_DECODE_STEPS greedy steps' logits, into out ((1 + steps) * vocab). */
 static void greedy_logits(kw_model *m, const int32_t *ids, int64_t P, float *out) {
     const int64_t V = kw_model_get_config(m)->vocab;
@@ -265,10 +279,7 @@ static void greedy_logits(kw_model *m, const int32_t *ids, int64_t P, float *out
 static void test_quantized_generation(void **state) {
     (void)state;
     kwfx fx;
-    char fixture[512];
-    snprintf(fixture, sizeof fixture, "%s%s", KW_TEST_DATA_DIR, g_real->fixture);
-    assert_int_equal(kwfx_load(fixture, &fx), 0);
-    const int n_prompts = kwfx_i32(&fx, "n_prompts", NULL)[0];
+    const int n_prompts = load_fixture(&fx);
     const int64_t V = g_real->vocab, per = (1 + QUANT_DECODE_STEPS) * V;
     float *want = malloc((size_t)(n_prompts * per) * sizeof(float)), *got = malloc((size_t)per * sizeof(float));
     assert_true(want && got);
@@ -276,11 +287,8 @@ static void test_quantized_generation(void **state) {
     kw_model *m = load_real("avx512", 2, KW_GGUF_WEIGHTS_DEQUANTIZED, &be);
     const size_t f32_bytes = kw_model_weight_bytes_per_token(m);
     for (int i = 0; i < n_prompts; ++i) {
-        char k[64];
         int64_t P = 0;
-        snprintf(k, sizeof k, "p%d.ids", i);
-        const int32_t *ids = kwfx_i32(&fx, k, &P);
-        assert_non_null(ids);
+        const int32_t *ids = prompt_ids(&fx, i, &P);
         greedy_logits(m, ids, P, want + i * per);
     }
     kw_model_free(m);
@@ -295,11 +303,8 @@ static void test_quantized_generation(void **state) {
         assert_true(q_bytes * 3 < f32_bytes);
         const int prompts = strcmp(isas[is], "scalar") == 0 && n_prompts > 2 ? 2 : n_prompts;
         for (int i = 0; i < prompts; ++i) {
-            char k[64];
             int64_t P = 0;
-            snprintf(k, sizeof k, "p%d.ids", i);
-            const int32_t *ids = kwfx_i32(&fx, k, &P);
-            assert_non_null(ids);
+            const int32_t *ids = prompt_ids(&fx, i, &P);
             greedy_logits(m, ids, P, got);
             for (int64_t j = 0; j < per; ++j)
                 if (memcmp(&got[j], &want[i * per + j], sizeof(float)) != 0)
