@@ -299,13 +299,14 @@ int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t);
  * Ops. All outputs are distinct from inputs unless "in place" is stated. Activations are f32 unless stated.
  */
 
-/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16 (row-major, or packed by kw_tensor_pack_weight on
- * the backend that packed it), ids (T) i32. Ids outside [0, V) are an error
- * reported at synchronize (KW_E_TOKEN_ID) and leave the row zeroed. */
+/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16 (row-major, or packed by kw_tensor_pack_weight or
+ * kw_tensor_pack_quantized on the backend that packed it: a quantized row is rebuilt value by value), ids (T) i32. Ids
+ * outside [0, V) are an error reported at synchronize (KW_E_TOKEN_ID) and leave the row zeroed. */
 int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
 
 /* out (M, N) f32 = x (M, K) f32 times w (N, K)^T, plus bias (N) if not NULL; w f32/bf16/f16 (row-major or packed by
- * kw_tensor_pack_weight), bias f32/bf16/f16. Accumulates in f32. On the CPU backend every element is one fused
+ * kw_tensor_pack_weight) or kept quantized (kw_tensor_pack_quantized: the bits of the f32 weight it stands for),
+ * bias f32/bf16/f16. Accumulates in f32. On the CPU backend every element is one fused
  * multiply-add chain in ascending k starting from +0, then + bias: the result of a row never depends on M, on the
  * other rows, on the thread count or on the ISA (docs/ARCHITECTURE.md, "Same bits however it runs"). */
 int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);

@@ -1,7 +1,8 @@
 /* kw_weights.h: where a model's weights come from, behind one interface: an HF model folder (config.json +
  * safetensors, read zero-copy from the mapping) or a GGUF file (metadata mapped to the same kw_model_config, tensors
- * renamed to HF names and dequantized at load). The model loader asks for HF tensor names and gets dtype, shape and
- * host bytes either way, so kw_model.c binds weights through one code path.
+ * renamed to HF names and dequantized at load, or read as codes, scales and offsets: kw_weights_get_quantized). The
+ * model loader asks for HF tensor names and gets dtype, shape and host bytes either way, so kw_model.c binds weights
+ * through one code path.
  *
  * GGUF tensors are converted to what the HF-layout forward expects, exactly as transformers' GGUF loader does:
  * dequantized to f32 (or bf16 on request), shapes reversed to HF order, llama q/k rows un-permuted (llama.cpp's
