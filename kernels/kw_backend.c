@@ -280,6 +280,8 @@ int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_ten
     KW_RETURN_IF(q->n < 1 || q->k < 1 || q->k % ql.group != 0, KW_E_SHAPE,
                  "%s: (%lld, %lld): K must be a positive multiple of the group of %d", op, (long long)q->n,
                  (long long)q->k, (int)ql.group);
+    const int64_t ne[2] = {q->n, q->k};
+    KW_FORWARD(kw_check_layout_shape(KW_DTYPE_F32, 2, ne, q->layout, NULL)); /* sizes that overflow */
     KW_RETURN_IF(q->codes == NULL || q->scales == NULL, KW_E_INVALID_ARG, "%s: NULL codes or scales", op);
     KW_RETURN_IF((q->offsets != NULL) != (ql.has_offset != 0), KW_E_INVALID_ARG, "%s: the layout %s offsets", op,
                  ql.has_offset ? "needs" : "has no");

@@ -264,7 +264,7 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
  * it gives the same bits as with the f32 weight the formula above describes. Errors: KW_E_OP_UNSUPPORTED (the backend
  * has no such layout: kw_backend_supports_layout), KW_E_SHAPE (K not a multiple of the group, a non-positive size),
  * KW_E_INVALID_ARG (a NULL array, offsets missing or given where the layout has none, a code out of range),
- * KW_E_NOMEM. */
+ * KW_E_OVERFLOW (a size too large), KW_E_NOMEM. */
 int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
 
 /* A view of rows [row0, row0+nrows) of the outermost dimension of src: same memory, no ownership. */

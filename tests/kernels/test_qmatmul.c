@@ -231,6 +231,9 @@ static void test_quantized_contract(void **state) {
     q.n = 0;
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_SHAPE);
     q = d.q;
+    q.n = INT64_MAX / 2; /* the panels' bytes overflow: refused before any code is read */
+    assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_OVERFLOW);
+    q = d.q;
     q.offsets = NULL; /* U4 has offsets */
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
     q = d.q;
