@@ -1,7 +1,8 @@
 /* bench_model.c: `kvwire bench model`: prefill and decode speed of a model on the CPU backend.
  *
  * The model is --model (an HF folder or a GGUF file, e.g. the SmolLM2 or Gemma 3 ones `kvwire fetch-model` caches;
- * GGUF weights are dequantized at load to --weights f32|bf16), or else a real-shaped random model (Qwen3-0.6B shape
+ * GGUF matmul weights of Q4_0..Q6_K types kept quantized, or every weight dequantized at load with --weights f32|bf16),
+ * or else a real-shaped random model (Qwen3-0.6B shape
  * by default: 28 layers, hidden 1024, bf16, 151936 vocab; or Qwen2.5-0.5B, Llama-3.2-1B, Gemma 3 270M) written by the
  * gen-model library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like
  * any HF folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill
@@ -31,18 +32,21 @@ const char kw_bench_model_summary[] = "prefill/decode tok/s of a model (a GGUF f
                                       "random one) vs the memory-bandwidth bound";
 
 static void kw_bench_model_usage(FILE *f) {
-    fprintf(f,
-            "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
-            "                          [--model-dir DIR | --model PATH [--weights f32|bf16]] [--reps N] [--profile]\n"
-            "  --model      an existing model: HF folder or GGUF file (GGUF weights dequantized to --weights,\n"
-            "               default f32); otherwise a random model of the --arch shape is generated\n"
-            "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
-            "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
-            "  --threads    CPU threads (default 2)\n"
-            "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
-            "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
-            "  --reps       measured repetitions, best is reported (default 3)\n"
-            "  --profile    also print per-op times of one prefill and one decode run\n");
+    fprintf(
+        f,
+        "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
+        "                          [--model-dir DIR | --model PATH [--weights f32|bf16|quantized]] [--reps N]\n"
+        "                          [--profile]\n"
+        "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
+        "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
+        "               dequantize every weight at load); otherwise a random model of the --arch shape is generated\n"
+        "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
+        "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
+        "  --threads    CPU threads (default 2)\n"
+        "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
+        "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
+        "  --reps       measured repetitions, best is reported (default 3)\n"
+        "  --profile    also print per-op times of one prefill and one decode run\n");
 }
 
 /* Streaming-read bandwidth in bytes/s: best of several passes reading a 512 MiB buffer (far larger than the caches)
@@ -93,8 +97,8 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
-    static const char *const weight_names[] = {"f32", "bf16", NULL};
-    int arch = 0, profile = 0, weights = 0;
+    static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
+    int arch = 0, profile = 0, weights = 2; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads, 1, 256),
         KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
@@ -147,7 +151,9 @@ int kw_bench_model(int argc, char **argv) {
     stage = "load";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512),
-                                 .weights = {.gguf_dtype = weights ? KW_DTYPE_BF16 : KW_DTYPE_F32}};
+                                 .weights = {.gguf_dtype = weights == 1 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
+                                 .gguf_weights =
+                                     weights == 2 ? KW_GGUF_WEIGHTS_QUANTIZED : KW_GGUF_WEIGHTS_DEQUANTIZED};
     uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_model_load(be, dir, &mo, &model));
     const double load_ms = kw_time_ms(t0, kw_time_now_ns());
@@ -194,7 +200,10 @@ int kw_bench_model(int argc, char **argv) {
            (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
            (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
     printf("load (%s, matmul weights packed, %s kernels): %.1f ms\n",
-           gguf ? "GGUF, dequantized into model-owned tensors" : "mmap", kw_backend_cpu_isa(be), load_ms);
+           !gguf          ? "mmap"
+           : weights == 2 ? "GGUF, matmul weights kept quantized, the rest dequantized"
+                          : "GGUF, dequantized into model-owned tensors",
+           kw_backend_cpu_isa(be), load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

@@ -58,12 +58,47 @@ int64_t kw_tensor_nelem(const kw_tensor *t) {
     return n;
 }
 
-/* Rows a tensor occupies in memory: ne[0], rounded up to whole panels for KW_LAYOUT_PANELS. */
+int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
+    switch (layout) {
+    case KW_LAYOUT_QPANELS_S4:
+        *out = (kw_quant_layout){.code_bits = 4, .group = 32, .has_offset = 0, .code_min = -8, .code_max = 7};
+        return 1;
+    case KW_LAYOUT_QPANELS_U4:
+        *out = (kw_quant_layout){.code_bits = 4, .group = 32, .has_offset = 1, .code_min = 0, .code_max = 15};
+        return 1;
+    case KW_LAYOUT_QPANELS_S8:
+        *out = (kw_quant_layout){.code_bits = 8, .group = 32, .has_offset = 0, .code_min = -128, .code_max = 127};
+        return 1;
+    case KW_LAYOUT_QPANELS_S8_OFS:
+        *out = (kw_quant_layout){.code_bits = 8, .group = 32, .has_offset = 1, .code_min = -128, .code_max = 127};
+        return 1;
+    case KW_LAYOUT_QPANELS_S8_G16:
+        *out = (kw_quant_layout){.code_bits = 8, .group = 16, .has_offset = 0, .code_min = -128, .code_max = 127};
+        return 1;
+    case KW_LAYOUT_ROWS:
+    case KW_LAYOUT_PANELS:
+    case KW_LAYOUT_COUNT:
+        break;
+    }
+    memset(out, 0, sizeof *out);
+    return 0;
+}
+
+size_t kw__quant_group_bytes(const kw_quant_layout *q) {
+    return (size_t)KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + q->has_offset) +
+           (size_t)(q->group * KW_PANEL_ROWS * q->code_bits / 8);
+}
+
+/* Rows a tensor occupies in memory: ne[0], rounded up to whole panels for the panel layouts. */
 static int64_t kw_tensor_stored_rows(enum kw_layout layout, int64_t rows) {
-    return layout == KW_LAYOUT_PANELS ? (rows + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS * KW_PANEL_ROWS : rows;
+    return layout != KW_LAYOUT_ROWS ? (rows + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS * KW_PANEL_ROWS : rows;
 }
 
 size_t kw_tensor_nbytes(const kw_tensor *t) {
+    kw_quant_layout q;
+    if (kw_layout_quant(t->layout, &q))
+        return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) / KW_PANEL_ROWS) * (size_t)(t->ne[1] / q.group) *
+               kw__quant_group_bytes(&q);
     if (t->layout == KW_LAYOUT_PANELS)
         return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) * t->ne[1]) * kw_dtype_size(t->dtype);
     return (size_t)kw_tensor_nelem(t) * kw_dtype_size(t->dtype);
@@ -91,16 +126,31 @@ static const char *kw_shape_str(const kw_tensor *t, char *buf, size_t size) {
 
 #define KW_SHAPE(t) kw_shape_str((t), (char[96]){0}, 96)
 
-/* Checks a shape in a layout: 1..4 dims (exactly 2 for KW_LAYOUT_PANELS), each >= 1, element count and byte size
- * (padded rows included) without overflow. */
+/* Checks a shape in a layout: 1..4 dims (exactly 2 for the panel layouts), each >= 1, element count and byte size
+ * (padded rows included) without overflow; a quantized layout holds f32 values and K a multiple of its group. */
 static int kw_check_layout_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, enum kw_layout layout,
                                  size_t *nbytes) {
     KW_RETURN_IF((unsigned)dtype >= KW_DTYPE_COUNT, KW_E_INVALID_ARG, "invalid dtype %d", (int)dtype);
-    KW_RETURN_IF(layout != KW_LAYOUT_ROWS && layout != KW_LAYOUT_PANELS, KW_E_INVALID_ARG, "invalid layout %d",
-                 (int)layout);
+    KW_RETURN_IF((unsigned)layout >= KW_LAYOUT_COUNT, KW_E_INVALID_ARG, "invalid layout %d", (int)layout);
     KW_RETURN_IF(ndim < 1 || ndim > 4, KW_E_SHAPE, "tensor rank %d is outside 1..4", (int)ndim);
-    KW_RETURN_IF(layout == KW_LAYOUT_PANELS && ndim != 2, KW_E_SHAPE, "a panel-packed tensor has rank 2, not %d",
+    KW_RETURN_IF(layout != KW_LAYOUT_ROWS && ndim != 2, KW_E_SHAPE, "a panel-packed tensor has rank 2, not %d",
                  (int)ndim);
+    kw_quant_layout q;
+    if (kw_layout_quant(layout, &q)) {
+        KW_RETURN_IF(dtype != KW_DTYPE_F32, KW_E_INVALID_ARG, "a quantized weight holds f32 values, not %s",
+                     kw_dtype_name(dtype));
+        KW_RETURN_IF(ne[0] < 1 || ne[1] < 1 || ne[1] % q.group != 0, KW_E_SHAPE,
+                     "a quantized weight (%lld, %lld) needs K a positive multiple of its group of %d", (long long)ne[0],
+                     (long long)ne[1], (int)q.group);
+        KW_RETURN_IF(ne[0] > INT64_MAX - KW_PANEL_ROWS, KW_E_OVERFLOW, "tensor size overflows");
+        size_t n = 0;
+        const int64_t panels = (ne[0] + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
+        KW_RETURN_IF(kw_size_mul((size_t)panels, (size_t)(ne[1] / q.group), &n) < 0 ||
+                         kw_size_mul(n, kw__quant_group_bytes(&q), &n) < 0 || n > (size_t)INT64_MAX,
+                     KW_E_OVERFLOW, "tensor size overflows");
+        if (nbytes) *nbytes = n;
+        return 0;
+    }
     size_t n = kw_dtype_size(dtype);
     for (int32_t i = 0; i < ndim; ++i) {
         size_t d;
@@ -196,6 +246,47 @@ int kw_tensor_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *pa
         return 0;
     }
     return backend->iface->pack_weight(backend, w, packed);
+}
+
+int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout) {
+    kw_quant_layout q;
+    if (backend == NULL) return 0;
+    if (layout == KW_LAYOUT_ROWS) return 1;
+    if (layout == KW_LAYOUT_PANELS) return backend->iface->pack_weight != NULL;
+    return kw_layout_quant(layout, &q) && backend->iface->pack_quantized != NULL &&
+           backend->iface->supports(backend, KW_OP_MATMUL, KW_DTYPE_F32);
+}
+
+/* Checks every code of q against the layout's range. */
+static int kw_check_quant_codes(const kw_quant_rows *q, const kw_quant_layout *ql) {
+    for (int64_t n = 0; n < q->n; ++n) {
+        const int8_t *row = q->codes + n * q->k;
+        for (int64_t k = 0; k < q->k; ++k)
+            KW_RETURN_IF(row[k] < ql->code_min || row[k] > ql->code_max, KW_E_INVALID_ARG,
+                         "kw_tensor_pack_quantized: code %d at (%lld, %lld) is outside %d..%d", (int)row[k],
+                         (long long)n, (long long)k, (int)ql->code_min, (int)ql->code_max);
+    }
+    return 0;
+}
+
+int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed) {
+    static const char op[] = "kw_tensor_pack_quantized";
+    KW_RETURN_IF(backend == NULL || q == NULL || packed == NULL, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    kw_quant_layout ql;
+    KW_RETURN_IF(!kw_layout_quant(q->layout, &ql), KW_E_INVALID_ARG, "%s: layout %d is not a quantized layout", op,
+                 (int)q->layout);
+    KW_RETURN_IF(!kw_backend_supports_layout(backend, q->layout), KW_E_OP_UNSUPPORTED,
+                 "%s: backend %s keeps no weight quantized", op, backend->iface->name);
+    KW_RETURN_IF(q->n < 1 || q->k < 1 || q->k % ql.group != 0, KW_E_SHAPE,
+                 "%s: (%lld, %lld): K must be a positive multiple of the group of %d", op, (long long)q->n,
+                 (long long)q->k, (int)ql.group);
+    const int64_t ne[2] = {q->n, q->k};
+    KW_FORWARD(kw_check_layout_shape(KW_DTYPE_F32, 2, ne, q->layout, NULL)); /* sizes that overflow */
+    KW_RETURN_IF(q->codes == NULL || q->scales == NULL, KW_E_INVALID_ARG, "%s: NULL codes or scales", op);
+    KW_RETURN_IF((q->offsets != NULL) != (ql.has_offset != 0), KW_E_INVALID_ARG, "%s: the layout %s offsets", op,
+                 ql.has_offset ? "needs" : "has no");
+    KW_FORWARD(kw_check_quant_codes(q, &ql));
+    return backend->iface->pack_quantized(backend, q, packed);
 }
 
 void kw_tensor_free(kw_tensor *t) {

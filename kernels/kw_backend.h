@@ -68,9 +68,44 @@ enum kw_layout {
      * panel k-major (element (n, k) at ((n / 64) * K + k) * 64 + n % 64, rows past N zero). Usable only as the weight
      * of kw_op_matmul and the table of kw_op_get_rows; views, uploads and downloads refuse it. */
     KW_LAYOUT_PANELS = 1,
+    /* Matmul weights kept quantized (kw_tensor_pack_quantized), "quantized panels": each weight is rebuilt in registers
+     * as value(n, k) = fl(fl(scale * code) + offset) in f32 without fusing (fl(scale * code) for the layouts without
+     * offsets), where code is a small integer and scale, offset are f32 numbers shared by a group of consecutive k of
+     * one row. This is exactly how ggml (and model/kw_dequant.c) computes a dequantized Q4_0 ... Q6_K value, so a
+     * matmul on the quantized panels gives the same bits as one on the dequantized f32 weight (and reads 0.75 to 1.25
+     * bytes per weight instead of 4). The five layouts differ in the code width, the group and the offset:
+     *   QPANELS_S4:     4-bit codes in -8..7,    scale per 32 k          (ggml Q4_0)
+     *   QPANELS_U4:     4-bit codes in 0..15,    scale and offset per 32 (Q4_1, Q4_K)
+     *   QPANELS_S8:     8-bit codes in -128..127, scale per 32           (Q8_0, Q5_0)
+     *   QPANELS_S8_OFS: 8-bit codes,             scale and offset per 32 (Q5_1, Q5_K)
+     *   QPANELS_S8_G16: 8-bit codes,             scale per 16            (Q6_K)
+     * Storage (K a multiple of the group; dtype KW_DTYPE_F32, the type of the values; ndim 2): panels of 64 rows as in
+     * KW_LAYOUT_PANELS; a panel is K / group groups one after the other, and a group is 64 f32 scales (one per row),
+     * then 64 f32 offsets (layouts with offsets), then its codes k-major: per k, 64 bytes (8-bit: byte r is row r) or
+     * 32 bytes (4-bit: 8 bytes per strip of 16 rows, byte j of strip s holding row 16s + j in its low nibble and row
+     * 16s + 8 + j in its high nibble, as the nibble minus 8 for S4). Rows past N are zero. So a GEMV streams each panel
+     * once, sequentially. Usable only as the weight of kw_op_matmul and the table of kw_op_get_rows, like PANELS. */
+    KW_LAYOUT_QPANELS_S4 = 2,
+    KW_LAYOUT_QPANELS_U4 = 3,
+    KW_LAYOUT_QPANELS_S8 = 4,
+    KW_LAYOUT_QPANELS_S8_OFS = 5,
+    KW_LAYOUT_QPANELS_S8_G16 = 6,
+    KW_LAYOUT_COUNT = 7,
 };
 
 #define KW_PANEL_ROWS 64
+
+/* What a quantized layout holds (all zero for KW_LAYOUT_ROWS and KW_LAYOUT_PANELS). */
+typedef struct kw_quant_layout {
+    int32_t code_bits;          /* 4 or 8 */
+    int32_t group;              /* consecutive k sharing a scale (and offset): 16 or 32 */
+    int32_t has_offset;         /* 1: value = fl(fl(scale * code) + offset); 0: value = fl(scale * code) */
+    int32_t code_min, code_max; /* the codes' range */
+} kw_quant_layout;
+
+/* Fills *out for layout and returns 1 if it is a quantized layout (KW_LAYOUT_QPANELS_*), else zeroes *out and
+ * returns 0. */
+int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out);
 
 /* A tensor. The struct is a plain value; the memory behind data belongs to whoever allocated it
  * (kw_tensor_alloc: the tensor, to be released with kw_tensor_free; views and wrapped host memory: someone else). */
@@ -86,7 +121,8 @@ typedef struct kw_tensor {
 
 /* Number of elements (product of ne[0..ndim-1]). */
 int64_t kw_tensor_nelem(const kw_tensor *t);
-/* Number of bytes of data (for KW_LAYOUT_PANELS: including the zero rows that pad N to whole panels). */
+/* Number of bytes of data (for KW_LAYOUT_PANELS and the quantized panels: including the zero rows that pad N to whole
+ * panels; for the quantized panels, codes, scales and offsets). */
 size_t kw_tensor_nbytes(const kw_tensor *t);
 /* Number of rows when viewed as 2-D: product of all but the last dimension. */
 int64_t kw_tensor_nrows(const kw_tensor *t);
@@ -208,6 +244,29 @@ int kw_tensor_from_host(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, 
  * tensor), KW_E_NOMEM. */
 int kw_tensor_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
 
+/* A matmul weight (N, K) in quantized form, row-major host memory, as the model hands it to kw_tensor_pack_quantized:
+ * value (n, k) = fl(fl(scales[n * (K / G) + k / G] * codes[n * K + k]) + offsets[same]) in f32, G the layout's group
+ * (the offset term only for layouts with offsets). All three arrays belong to the caller and are only read during the
+ * call. A NaN or infinite scale or offset is packed as it is (the f32 weight would hold the same values). */
+typedef struct kw_quant_rows {
+    enum kw_layout layout; /* a KW_LAYOUT_QPANELS_* layout: code width, group, offsets */
+    int64_t n, k;          /* rows and columns; k a multiple of the group */
+    const int8_t *codes;   /* n * k codes, each in the layout's range */
+    const float *scales;   /* n * (k / group) */
+    const float *offsets;  /* n * (k / group), or NULL for a layout without offsets */
+} kw_quant_rows;
+
+/* 1 if the backend keeps matmul weights in the quantized layout (kw_tensor_pack_quantized works), else 0: the CPU
+ * backend has them all, the CUDA backend none (a model then dequantizes at load). */
+int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout);
+
+/* Packs q into *packed, a new tensor (N, K) f32 in layout q->layout owned by the caller (kw_tensor_free). matmul with
+ * it gives the same bits as with the f32 weight the formula above describes. Errors: KW_E_OP_UNSUPPORTED (the backend
+ * has no such layout: kw_backend_supports_layout), KW_E_SHAPE (K not a multiple of the group, a non-positive size),
+ * KW_E_INVALID_ARG (a NULL array, offsets missing or given where the layout has none, a code out of range),
+ * KW_E_OVERFLOW (a size too large), KW_E_NOMEM. */
+int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
+
 /* A view of rows [row0, row0+nrows) of the outermost dimension of src: same memory, no ownership. */
 int kw_tensor_view_rows(const kw_tensor *src, int64_t row0, int64_t nrows, kw_tensor *view);
 
@@ -240,13 +299,14 @@ int kw_backend_memset_zero(kw_backend *backend, kw_tensor *t);
  * Ops. All outputs are distinct from inputs unless "in place" is stated. Activations are f32 unless stated.
  */
 
-/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16 (row-major, or packed by kw_tensor_pack_weight on
- * the backend that packed it), ids (T) i32. Ids outside [0, V) are an error
- * reported at synchronize (KW_E_TOKEN_ID) and leave the row zeroed. */
+/* out (T, D) f32 = table[ids[t], :]; table (V, D) f32/bf16/f16 (row-major, or packed by kw_tensor_pack_weight or
+ * kw_tensor_pack_quantized on the backend that packed it: a quantized row is rebuilt value by value), ids (T) i32. Ids
+ * outside [0, V) are an error reported at synchronize (KW_E_TOKEN_ID) and leave the row zeroed. */
 int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
 
 /* out (M, N) f32 = x (M, K) f32 times w (N, K)^T, plus bias (N) if not NULL; w f32/bf16/f16 (row-major or packed by
- * kw_tensor_pack_weight), bias f32/bf16/f16. Accumulates in f32. On the CPU backend every element is one fused
+ * kw_tensor_pack_weight) or kept quantized (kw_tensor_pack_quantized: the bits of the f32 weight it stands for),
+ * bias f32/bf16/f16. Accumulates in f32. On the CPU backend every element is one fused
  * multiply-add chain in ascending k starting from +0, then + bias: the result of a row never depends on M, on the
  * other rows, on the thread count or on the ISA (docs/ARCHITECTURE.md, "Same bits however it runs"). */
 int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);

@@ -47,6 +47,9 @@ struct kw_backend_i {
      * backend's own weight layout as a new tensor owned by the caller (kw__tensor_alloc_layout allocates it). NULL:
      * kw_tensor_pack_weight hands back a view of w. */
     int (*pack_weight)(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
+    /* (optional) Packs validated quantized rows (kw_tensor_pack_quantized) into a new tensor in q->layout. NULL: the
+     * backend keeps no weight quantized (kw_backend_supports_layout answers 0). */
+    int (*pack_quantized)(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
 
     /* (optional, all four or none) Step graphs, as in kw_backend.h; graph_free releases a graph of this backend. */
     int (*graph_begin)(kw_backend *backend, int64_t base);
@@ -96,7 +99,11 @@ struct kw_backend_graph {
 int kw__backend_charge(kw_backend *backend, uint64_t bytes, const char *what);
 void kw__backend_uncharge(kw_backend *backend, uint64_t bytes);
 
-/* kw_tensor_alloc with a layout: the byte size follows kw_tensor_nbytes for that layout (KW_LAYOUT_PANELS: ndim 2). */
+/* Bytes of one group of a quantized layout within a panel (64 scales, 64 offsets if any, group * 64 codes). */
+size_t kw__quant_group_bytes(const kw_quant_layout *q);
+
+/* kw_tensor_alloc with a layout: the byte size follows kw_tensor_nbytes for that layout (KW_LAYOUT_PANELS and the
+ * quantized panels: ndim 2). */
 int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
                             enum kw_layout layout);
 

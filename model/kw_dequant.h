@@ -62,4 +62,16 @@ int kw_ggml_row_bytes(uint32_t type, int64_t n, size_t *out);
  * detail), KW_E_MODEL_SHAPE (n not a multiple of the block size), KW_E_INVALID_ARG (another out_dtype). */
 int kw_dequant_row(uint32_t type, const void *src, int64_t n, enum kw_dtype out_dtype, void *dst);
 
+/* The quantized layout a type is kept in (kernels/kw_backend.h, KW_LAYOUT_QPANELS_*): Q4_0 S4, Q4_1 and Q4_K U4, Q8_0
+ * and Q5_0 S8, Q5_1 and Q5_K S8_OFS, Q6_K S8_G16; KW_LAYOUT_ROWS for every other type (dequantized at load). */
+enum kw_layout kw_ggml_quant_layout(uint32_t type);
+
+/* Splits n values (a whole number of blocks) of a type kept quantized into integer codes (n, in the layout's range),
+ * scales and offsets (n / group each, group the layout's; offsets only for layouts with offsets, else may be NULL),
+ * such that value i = fl(fl(codes[i] * scales[i / group]) + offsets[i / group]) (or without the offset term) is the
+ * very f32 kw_dequant_row gives: kw_dequant_row computes those types through this split. Buffers are caller-owned.
+ * Errors: KW_E_MODEL_DTYPE (a type not kept quantized), KW_E_MODEL_SHAPE (n not a multiple of the block size),
+ * KW_E_INVALID_ARG (a NULL buffer). */
+int kw_ggml_codes_row(uint32_t type, const void *src, int64_t n, int8_t *codes, float *scales, float *offsets);
+
 #endif /* KW_DEQUANT_H */

@@ -313,6 +313,86 @@ static int64_t kw_gguf_unpermute(int64_t r, int64_t hd) {
     return h * hd + (rr % 2) * (hd / 2) + rr / 2;
 }
 
+/* Whether GGUF tensor t, read as HF tensor hf_name, has llama.cpp's q/k row permutation to undo; if so *hd is the
+ * head size in units (rows of a weight, values of a bias). */
+static int kw_gguf_permuted(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name, int *permute,
+                            int64_t *hd) {
+    const int q = strstr(hf_name, ".self_attn.q_proj.") != NULL, k = strstr(hf_name, ".self_attn.k_proj.") != NULL;
+    *permute = cfg->arch == KW_ARCH_LLAMA && (q || k);
+    *hd = 0;
+    if (!*permute) return 0;
+    int64_t nelem = 1;
+    for (int32_t d = 0; d < t->n_dims; ++d)
+        nelem *= t->ne[d];
+    const int64_t units = t->n_dims == 1 ? t->ne[0] : nelem / t->ne[0], heads = q ? cfg->n_heads : cfg->n_kv_heads;
+    KW_RETURN_IF(heads <= 0 || units % (2 * heads) != 0, KW_E_MODEL_SHAPE,
+                 "GGUF tensor %s: %lld rows do not split into %lld heads of an even size", t->name, (long long)units,
+                 (long long)heads);
+    *hd = units / heads;
+    return 0;
+}
+
+/* Grows *p (elements of size es, *cap of them) to at least n. */
+static int kw_gguf_grow(void **p, size_t *cap, size_t n, size_t es) {
+    if (n <= *cap) return 0;
+    size_t bytes = 0;
+    KW_RETURN_IF(kw_size_mul(n, es, &bytes) < 0, KW_E_OVERFLOW, "tensor too large");
+    void *q = realloc(*p, bytes);
+    KW_RETURN_IF(!q, KW_E_NOMEM, "out of memory for %zu bytes", bytes);
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf) {
+    if (!buf) return;
+    free(buf->codes);
+    free(buf->scales);
+    free(buf->offsets);
+    memset(buf, 0, sizeof *buf);
+}
+
+int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name,
+                             kw_gguf_codes_buf *buf, kw_quant_rows *out) {
+    KW_RETURN_IF(!t || !cfg || !hf_name || !buf || !out, KW_E_INVALID_ARG, "kw_gguf_model_read_codes: NULL argument");
+    const enum kw_layout layout = kw_ggml_quant_layout(t->type);
+    kw_quant_layout ql;
+    KW_RETURN_IF(!kw_layout_quant(layout, &ql), KW_E_MODEL_DTYPE, "GGUF tensor %s is %s, which is not kept quantized",
+                 t->name, kw_ggml_type_name(t->type));
+    KW_RETURN_IF(t->n_dims != 2, KW_E_MODEL_SHAPE, "GGUF tensor %s has %d dimensions; a quantized weight has 2",
+                 t->name, (int)t->n_dims);
+    const int64_t cols = t->ne[0], rows = t->ne[1];
+    size_t row_bytes = 0;
+    KW_FORWARD(kw_ggml_row_bytes(t->type, cols, &row_bytes));
+    KW_RETURN_IF(cols % ql.group != 0, KW_E_MODEL_SHAPE, "GGUF tensor %s: %lld columns are not whole groups of %d",
+                 t->name, (long long)cols, (int)ql.group);
+    int permute = 0;
+    int64_t hd = 0;
+    KW_FORWARD(kw_gguf_permuted(t, cfg, hf_name, &permute, &hd));
+    const size_t n = (size_t)rows * (size_t)cols, groups = n / (size_t)ql.group; /* bounded at open */
+    void *codes = buf->codes, *scales = buf->scales, *offsets = buf->offsets;
+    KW_FORWARD(kw_gguf_grow(&codes, &buf->codes_cap, n, 1));
+    buf->codes = codes;
+    KW_FORWARD(kw_gguf_grow(&scales, &buf->scales_cap, groups, sizeof(float)));
+    buf->scales = scales;
+    if (ql.has_offset) KW_FORWARD(kw_gguf_grow(&offsets, &buf->offsets_cap, groups, sizeof(float)));
+    buf->offsets = offsets;
+    const int64_t row_groups = cols / ql.group;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t to = permute ? kw_gguf_unpermute(r, hd) : r;
+        KW_FORWARD(kw_ggml_codes_row(t->type, (const uint8_t *)t->data + (size_t)r * row_bytes, cols,
+                                     buf->codes + to * cols, buf->scales + to * row_groups,
+                                     ql.has_offset ? buf->offsets + to * row_groups : NULL));
+    }
+    *out = (kw_quant_rows){.layout = layout,
+                           .n = rows,
+                           .k = cols,
+                           .codes = buf->codes,
+                           .scales = buf->scales,
+                           .offsets = ql.has_offset ? buf->offsets : NULL};
+    return 0;
+}
+
 int kw_gguf_model_read(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name, enum kw_dtype dtype,
                        void **buf, size_t *cap, int32_t *ndim, int64_t *shape, size_t *nbytes) {
     KW_RETURN_IF(!t || !cfg || !hf_name || !buf || !cap || !ndim || !shape || !nbytes, KW_E_INVALID_ARG,
@@ -340,19 +420,15 @@ int kw_gguf_model_read(const kw_gguf_tensor *t, const kw_model_config *cfg, cons
     KW_FORWARD(kw_ggml_row_bytes(t->type, cols, &row_bytes));
     const uint8_t *src = t->data;
 
-    const int q = strstr(hf_name, ".self_attn.q_proj.") != NULL, k = strstr(hf_name, ".self_attn.k_proj.") != NULL;
-    const int permute = cfg->arch == KW_ARCH_LLAMA && (q || k);
+    int permute = 0;
+    int64_t hd = 0;
+    KW_FORWARD(kw_gguf_permuted(t, cfg, hf_name, &permute, &hd));
     if (!permute) {
         for (int64_t r = 0; r < rows; ++r)
             KW_FORWARD(kw_dequant_row(t->type, src + (size_t)r * row_bytes, cols, KW_DTYPE_F32, y + r * cols));
     } else {
         /* Weights (rows = heads * D, cols = hidden): whole rows move. A bias (one row of heads * D values): each
          * value moves. */
-        const int64_t units = t->n_dims == 1 ? cols : rows, heads = q ? cfg->n_heads : cfg->n_kv_heads;
-        KW_RETURN_IF(heads <= 0 || units % (2 * heads) != 0, KW_E_MODEL_SHAPE,
-                     "GGUF tensor %s: %lld rows do not split into %lld heads of an even size", t->name,
-                     (long long)units, (long long)heads);
-        const int64_t hd = units / heads;
         if (t->n_dims == 1) {
             float *tmp = malloc((size_t)cols * sizeof *tmp);
             KW_RETURN_IF(!tmp, KW_E_NOMEM, "out of memory");

@@ -44,4 +44,22 @@ int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out,
 int kw_gguf_model_read(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name, enum kw_dtype dtype,
                        void **buf, size_t *cap, int32_t *ndim, int64_t *shape, size_t *nbytes);
 
+/* Host buffers that kw_gguf_model_read_codes fills and reuses (grown with realloc); owned by whoever holds the struct,
+ * released with kw_gguf_codes_buf_free (NULL and a zeroed struct are no-ops). Zero-initialize before first use. */
+typedef struct kw_gguf_codes_buf {
+    int8_t *codes;
+    float *scales, *offsets;
+    size_t codes_cap, scales_cap, offsets_cap; /* elements */
+} kw_gguf_codes_buf;
+
+void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf);
+
+/* Reads the 2-D GGUF tensor t, of a type kvwire keeps quantized (kw_ggml_quant_layout), as HF matmul weight hf_name:
+ * its codes, scales and offsets row by row in HF order (llama q/k rows un-permuted) into *buf, and *out describing
+ * them (pointing into buf: valid until the next read into buf), ready for kw_tensor_pack_quantized. The f32 weight
+ * *out stands for is exactly what kw_gguf_model_read would give in f32. Errors: KW_E_MODEL_DTYPE (a type not kept
+ * quantized), KW_E_MODEL_SHAPE (not 2-D, a row not whole blocks, q/k rows that do not split into heads), KW_E_NOMEM. */
+int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name,
+                             kw_gguf_codes_buf *buf, kw_quant_rows *out);
+
 #endif /* KW_GGUF_MODEL_H */

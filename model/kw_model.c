@@ -77,8 +77,9 @@ struct kw_model {
     double prof_ms[KW_OP_COUNT];
     int64_t prof_calls[KW_OP_COUNT];
 
-    uint64_t serial; /* unique per model in the process: part of a cache's graph key */
-    int graphs_off;  /* the backend has no step graphs (or they are off): decode runs the ops one by one */
+    uint64_t serial;    /* unique per model in the process: part of a cache's graph key */
+    int graphs_off;     /* the backend has no step graphs (or they are off): decode runs the ops one by one */
+    int keep_quantized; /* GGUF matmul weights of the types kept quantized go to the backend's quantized panels */
     int64_t graph_recordings, graph_launches; /* kw_model_graph_counts */
 };
 
@@ -92,6 +93,7 @@ static uint64_t kw_model_serials;
 /* Replaces the matmul weight t (bound from tensor name) by the backend's packed form (kw_tensor_pack_weight). When
  * that is a copy (the CPU's panel layout), the file pages it was read from are dropped from the resident set. */
 static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
+    if (t->layout != KW_LAYOUT_ROWS) return 0; /* kept quantized: already in the backend's layout */
     kw_tensor packed;
     KW_FORWARD(kw_tensor_pack_weight(m->backend, t, &packed));
     if (packed.data == t->data) return 0; /* a view: the backend reads the row-major weight itself */
@@ -99,6 +101,34 @@ static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
     *t = packed;
     kw_weights_release(m->weights, name);
     return 0;
+}
+
+/* KW_E_MODEL_SHAPE naming the tensor unless its shape have[0..have_ndim) is the config's ne[0..ndim). */
+static int model_check_shape(const char *name, int32_t have_ndim, const int64_t *have_shape, int32_t ndim,
+                             const int64_t *ne) {
+    int same = have_ndim == ndim;
+    for (int32_t i = 0; same && i < ndim; ++i)
+        same = have_shape[i] == ne[i];
+    if (same) return 0;
+    char want[96] = "", have[96] = "";
+    for (int32_t i = 0; i < ndim; ++i)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "", (long long)ne[i]);
+    for (int32_t i = 0; i < have_ndim && i < 4; ++i)
+        snprintf(have + strlen(have), sizeof have - strlen(have), "%s%lld", i ? "," : "", (long long)have_shape[i]);
+    KW_FAIL(KW_E_MODEL_SHAPE, "model: tensor %s has shape (%s), the config implies (%s)", name, have, want);
+}
+
+/* Binds the 2-D weight name (shape ne) kept quantized (kw_tensor_pack_quantized) if the file holds it in a type kept
+ * quantized and the backend has that layout: 1 if bound, 0 if not (the caller dequantizes it), or a negative status. */
+static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, const int64_t *ne) {
+    kw_quant_rows q;
+    const int found = kw_weights_get_quantized(m->weights, name, &q);
+    if (found <= 0) return found;
+    if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
+    KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));
+    KW_FORWARD(kw_tensor_pack_quantized(m->backend, &q, t));
+    if (t != &m->embed) m->bytes_per_token += kw_tensor_nbytes(t);
+    return 1;
 }
 
 /* Binds tensor name (shape ne[0..ndim)) to t. Missing tensors: KW_E_MODEL_MISSING if required, else t stays zeroed.
@@ -113,6 +143,11 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
+    if ((op == KW_OP_MATMUL || op == KW_OP_GET_ROWS) && ndim == 2 && m->keep_quantized) {
+        const int kept = model_bind_quantized(m, t, name, ne);
+        KW_FORWARD(kept);
+        if (kept) return 0;
+    }
     kw_weight wt;
     const int found = kw_weights_get(m->weights, name, &wt);
     KW_FORWARD(found);
@@ -121,17 +156,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
         return 0;
     }
     const kw_weight *st = &wt;
-    int same = st->ndim == ndim;
-    for (int32_t i = 0; same && i < ndim; ++i)
-        same = st->shape[i] == ne[i];
-    if (!same) {
-        char want[96] = "", have[96] = "";
-        for (int32_t i = 0; i < ndim; ++i)
-            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "", (long long)ne[i]);
-        for (int32_t i = 0; i < st->ndim && i < 4; ++i)
-            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%lld", i ? "," : "", (long long)st->shape[i]);
-        KW_FAIL(KW_E_MODEL_SHAPE, "model: tensor %s has shape (%s), the config implies (%s)", name, have, want);
-    }
+    KW_FORWARD(model_check_shape(name, st->ndim, st->shape, ndim, ne));
     KW_RETURN_IF(!kw_backend_supports(m->backend, op, st->dtype), KW_E_OP_UNSUPPORTED,
                  "model: backend %s cannot run %s with %s weights (%s)", kw_backend_name(m->backend), kw_op_name(op),
                  kw_dtype_name(st->dtype), name);
@@ -259,6 +284,12 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     m->max_batch = max_batch;
     m->serial = __atomic_add_fetch(&kw_model_serials, 1, __ATOMIC_RELAXED);
     KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
+    const enum kw_gguf_weights gw = opts ? opts->gguf_weights : KW_GGUF_WEIGHTS_DEFAULT;
+    KW_CHECK_IF((unsigned)gw > KW_GGUF_WEIGHTS_DEQUANTIZED, KW_E_INVALID_ARG, "model: gguf_weights %d", (int)gw);
+    const int quantized = gw == KW_GGUF_WEIGHTS_QUANTIZED ||
+                          (gw == KW_GGUF_WEIGHTS_DEFAULT && (!opts || opts->weights.gguf_dtype == KW_DTYPE_F32));
+    for (int l = KW_LAYOUT_QPANELS_S4; quantized && l < KW_LAYOUT_COUNT; ++l)
+        m->keep_quantized |= kw_backend_supports_layout(backend, (enum kw_layout)l); /* else: dequantized, as before */
     m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;
     KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA &&

@@ -4,8 +4,9 @@
  * kw_model_load reads a HF model folder (config.json, generation_config.json, model.safetensors or a sharded index)
  * or a GGUF file (kw_weights.h) and binds every weight to a backend tensor: safetensors weights with
  * kw_tensor_from_host (on the CPU backend norms and biases alias the read-only file mapping, zero copy, bf16/f16/f32
- * as stored), GGUF weights dequantized at load to f32 (or bf16) and uploaded into tensors the model owns; on the CPU
- * the matmul weights (and a tied embedding table) are then packed once into the CPU's panel layout
+ * as stored), GGUF weights dequantized at load to f32 (or bf16) and uploaded into tensors the model owns, except the
+ * matmul weights of the types kept quantized, which the CPU backend holds in its quantized panels (gguf_weights); on
+ * the CPU the matmul weights (and a tied embedding table) are then packed once into the CPU's panel layout
  * (kw_tensor_pack_weight: same dtype and size, one sequential stream per panel; their file pages are then released);
  * a device backend uploads them once. Activations are f32. Results do not depend on how the tokens are split into
  * calls or chunks, the thread count or the CPU's ISA (bit for bit). The forward pass runs a range of tokens, appends
@@ -28,9 +29,24 @@
 
 typedef struct kw_model kw_model; /* opaque */
 
+/* What a GGUF file's quantized matmul weights become at load. */
+enum kw_gguf_weights {
+    /* KW_GGUF_WEIGHTS_QUANTIZED when weights.gguf_dtype is f32 (the same logits, fewer bytes), else DEQUANTIZED */
+    KW_GGUF_WEIGHTS_DEFAULT = 0,
+    KW_GGUF_WEIGHTS_QUANTIZED = 1,   /* kept quantized where the backend has the layout, else dequantized */
+    KW_GGUF_WEIGHTS_DEQUANTIZED = 2, /* dequantized to weights.gguf_dtype */
+};
+
 typedef struct kw_model_options {
     int32_t max_batch;          /* tokens per forward chunk; scratch activations are sized for it once. 0: 256 */
     kw_weights_options weights; /* GGUF files: the dtype weights are dequantized to (zero: f32) */
+    /* GGUF files: KW_GGUF_WEIGHTS_QUANTIZED (the default with f32 weights) keeps the matmul weights and the embedding
+     * table of the types kvwire keeps quantized (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: model/kw_dequant.h) in
+     * the backend's quantized panels (kernels/kw_backend.h; the CPU backend has them, CUDA does not: those weights are
+     * then dequantized as before). The logits are the same bits as with f32 weights (weights.gguf_dtype F32); 0.75-1.25
+     * bytes are read per weight instead of 4. Other tensors (norms, biases, F16/F32/Q2_K/Q3_K weights) are dequantized
+     * to weights.gguf_dtype. */
+    enum kw_gguf_weights gguf_weights;
 } kw_model_options;
 
 /* Loads the model in folder dir, or the GGUF file dir, onto backend (borrowed: it must outlive the model). opts may

@@ -1,6 +1,7 @@
 /* kw_weights.c: the two weight sources behind kw_weights.h. A safetensors source hands out views of its mapping; a
  * GGUF source renames, dequantizes and re-lays out one tensor at a time into a buffer it reuses (kw_gguf_model.c),
- * which is why its views are transient and kw_weights_bind copies them into backend memory. */
+ * which is why its views are transient and kw_weights_bind copies them into backend memory; a GGUF matmul weight may
+ * instead be read as codes, scales and offsets (kw_weights_get_quantized), into buffers reused the same way. */
 #include "model/kw_weights.h"
 
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 
 #include "common/kw_file.h"
 #include "common/kw_status.h"
+#include "model/kw_dequant.h"
 #include "model/kw_gguf.h"
 #include "model/kw_gguf_model.h"
 #include "model/kw_safetensors.h"
@@ -20,6 +22,7 @@ struct kw_weights {
     enum kw_dtype gguf_dtype;
     void *buf; /* the dequantization buffer of the last GGUF tensor read */
     size_t cap;
+    kw_gguf_codes_buf codes; /* the codes, scales and offsets of the last GGUF tensor read quantized */
 };
 
 int kw_weights_open(const char *path, const kw_weights_options *opts, kw_weights **out) {
@@ -58,6 +61,7 @@ void kw_weights_close(kw_weights *w) {
     kw_safetensors_close(w->st);
     kw_gguf_close(w->gguf);
     free(w->buf);
+    kw_gguf_codes_buf_free(&w->codes);
     free(w);
 }
 
@@ -93,6 +97,20 @@ int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out) {
     out->dtype = w->gguf_dtype;
     out->data = w->buf;
     out->transient = 1;
+    return 1;
+}
+
+int kw_weights_get_quantized(kw_weights *w, const char *hf_name, kw_quant_rows *out) {
+    KW_RETURN_IF(!w || !hf_name || !out, KW_E_INVALID_ARG, "kw_weights_get_quantized: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (w->kind != KW_WEIGHTS_GGUF) return 0;
+    char name[256];
+    const int rc = kw_gguf_model_tensor_name(w->cfg.arch, hf_name, name, sizeof name);
+    if (rc == KW_E_NOT_FOUND) return 0;
+    KW_FORWARD(rc);
+    const kw_gguf_tensor *t = kw_gguf_find_tensor(w->gguf, name);
+    if (!t || t->n_dims != 2 || kw_ggml_quant_layout(t->type) == KW_LAYOUT_ROWS) return 0;
+    KW_FORWARD(kw_gguf_model_read_codes(t, &w->cfg, hf_name, &w->codes, out));
     return 1;
 }
 

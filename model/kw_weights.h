@@ -1,7 +1,8 @@
 /* kw_weights.h: where a model's weights come from, behind one interface: an HF model folder (config.json +
  * safetensors, read zero-copy from the mapping) or a GGUF file (metadata mapped to the same kw_model_config, tensors
- * renamed to HF names and dequantized at load). The model loader asks for HF tensor names and gets dtype, shape and
- * host bytes either way, so kw_model.c binds weights through one code path.
+ * renamed to HF names and dequantized at load, or read as codes, scales and offsets: kw_weights_get_quantized). The
+ * model loader asks for HF tensor names and gets dtype, shape and host bytes either way, so kw_model.c binds weights
+ * through one code path.
  *
  * GGUF tensors are converted to what the HF-layout forward expects, exactly as transformers' GGUF loader does:
  * dequantized to f32 (or bf16 on request), shapes reversed to HF order, llama q/k rows un-permuted (llama.cpp's
@@ -56,6 +57,13 @@ const kw_model_config *kw_weights_config(const kw_weights *w);
  * Returns 1 and fills *out if present, 0 if absent, or a negative status (a GGUF tensor of a type kvwire cannot
  * dequantize: KW_E_MODEL_DTYPE; KW_E_NOMEM). */
 int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out);
+
+/* Looks up tensor hf_name as a weight kept quantized: returns 1 and fills *out (codes, scales, offsets in HF row order,
+ * valid until the next kw_weights_get_quantized on w; owned by w) if it is a 2-D GGUF tensor of a type kvwire keeps
+ * quantized (model/kw_dequant.h, kw_ggml_quant_layout), 0 if not (absent, an HF folder, another type: use
+ * kw_weights_get), or a negative status (KW_E_MODEL_SHAPE, KW_E_NOMEM). The f32 weight *out stands for is bit for bit
+ * what kw_weights_get would hand out in f32. */
+int kw_weights_get_quantized(kw_weights *w, const char *hf_name, kw_quant_rows *out);
 
 /* 1 if tensor hf_name is present, 0 if not (nothing is read or dequantized). */
 int kw_weights_has(const kw_weights *w, const char *hf_name);

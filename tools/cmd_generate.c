@@ -26,7 +26,7 @@ static void kw_generate_usage(FILE *f) {
     fprintf(f,
             "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
             "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache bf16|f32]\n"
-            "                       [--round auto|none|bf16]\n"
+            "                       [--round auto|none|bf16] [--weights f32|bf16|quantized]\n"
             "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
             "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
             "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
@@ -36,6 +36,8 @@ static void kw_generate_usage(FILE *f) {
             "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
             "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32)\n"
             "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
+            "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
+            "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16\n"
             "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
             "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
             "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
@@ -56,7 +58,8 @@ int kw_cmd_generate(int argc, char **argv) {
     static const enum kw_logits_round round_values[] = {KW_LOGITS_ROUND_AUTO, KW_LOGITS_ROUND_NONE,
                                                         KW_LOGITS_ROUND_BF16};
     static const enum kw_dtype cache_values[] = {KW_DTYPE_BF16, KW_DTYPE_F32};
-    int round_i = 0, cache_i = -1; /* cache -1: by the model's logits weight dtype */
+    static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
+    int round_i = 0, cache_i = -1, weights_i = 2; /* cache -1: by the model's logits weight dtype */
     const kw_cli_option opts[] = {
         KW_CLI_STR_REQUIRED("--model", &model_dir),
         KW_CLI_STR_REQUIRED("--prompt", &prompt),
@@ -66,6 +69,7 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CLI_STR("--system", &system),
         KW_CLI_CHOICE("--cache", &cache_i, caches),
         KW_CLI_CHOICE("--round", &round_i, rounds),
+        KW_CLI_CHOICE("--weights", &weights_i, weight_names),
         KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
         KW_CLI_INT("--threads", &threads, 0, 1024),
     };
@@ -86,7 +90,10 @@ int kw_cmd_generate(int argc, char **argv) {
 
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     stage = "load model";
-    KW_CHECK(kw_model_load(be, model_dir, NULL, &model));
+    const kw_model_options mo = {.weights = {.gguf_dtype = weights_i == 1 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
+                                 .gguf_weights =
+                                     weights_i == 2 ? KW_GGUF_WEIGHTS_QUANTIZED : KW_GGUF_WEIGHTS_DEQUANTIZED};
+    KW_CHECK(kw_model_load(be, model_dir, &mo, &model));
     const kw_model_config *cfg = kw_model_get_config(model);
     stage = "load tokenizer";
     KW_CHECK(kw_tokenizer_load(tok_dir ? tok_dir : model_dir, &tok));

@@ -45,6 +45,11 @@ const char *kw__cpu_isa_name(enum kw_cpu_isa isa);
 /* Packs a row-major matmul weight into KW_LAYOUT_PANELS (kw_cpu_matmul.c; arguments validated). */
 int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
 
+/* Packs validated quantized rows into their quantized panels (kw_cpu_matmul.c). */
+int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
+/* Writes row n (K values) of the quantized-panel weight w to dst, each value as the matmul kernels rebuild it. */
+void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst);
+
 /* Op kernels (arguments validated by the generic layer). */
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
 int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,

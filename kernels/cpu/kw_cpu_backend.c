@@ -171,6 +171,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .download = kw_cpu_copy_bytes,
     .memset_zero = kw_cpu_memset_zero,
     .pack_weight = kw__cpu_pack_weight,
+    .pack_quantized = kw__cpu_pack_quantized,
     .get_rows = kw__cpu_get_rows,
     .matmul = kw__cpu_matmul,
     .rms_norm = kw__cpu_rms_norm,

@@ -1,5 +1,5 @@
-/* kw_cpu_matmul.c: y (M, N) = x (M, K) w (N, K)^T (+ bias) on the CPU, w f32/bf16/f16, fp32 accumulation, and the
- * weight packing that feeds it.
+/* kw_cpu_matmul.c: y (M, N) = x (M, K) w (N, K)^T (+ bias) on the CPU, w f32/bf16/f16 or kept quantized, fp32
+ * accumulation, and the weight packing that feeds it.
  *
  * One reduction order per output element, on every path: y[m][n] is the chain acc = fma(x[m][k], w[n][k], acc) for
  * k = 0 .. K-1 starting from +0, then acc + bias[n] rounded once. Nothing else: no lanes summed across k, no blocked
@@ -10,6 +10,9 @@
  * output columns takes one contiguous load per k and a panel is one sequential stream. kw__cpu_pack_weight converts a
  * row-major weight once (the model does this at load); a row-major weight handed to matmul directly is packed panel
  * by panel into per-thread scratch on every call, which gives the same bits at the price of the copy.
+ *
+ * The quantized panels (KW_LAYOUT_QPANELS_*) run the same tiles and chains with each weight rebuilt in registers from
+ * its code, scale and offset (kw_cpu_matmul_isa.h), so they give the bits of the f32 panels of the dequantized weight.
  *
  * Work is split into (panel, block of rows) items handed to the OpenMP team dynamically. Few rows (decode): each row
  * streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x KW_MM_NV strips
@@ -74,20 +77,22 @@
 #undef KW_MM_TILE_MORE_CASES
 #endif
 
+/* Rows [m0, m1) of y against one panel (the row-major weight's panel packed into scratch, or a packed one of any
+ * layout), on the backend's ISA. */
 static void kw_mm_panel(enum kw_cpu_isa isa, float *y, int64_t N, const float *x, int64_t K, enum kw_dtype dt,
-                        const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+                        enum kw_layout layout, const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
 #if KW_CPU_X86
     if (isa == KW_CPU_ISA_AVX512) {
-        kw_mm_panel_avx512(y, N, x, K, dt, wp, n0, ncols, m0, m1);
+        kw_mm_any_panel_avx512(y, N, x, K, dt, layout, wp, n0, ncols, m0, m1);
         return;
     }
     if (isa == KW_CPU_ISA_AVX2) {
-        kw_mm_panel_avx2(y, N, x, K, dt, wp, n0, ncols, m0, m1);
+        kw_mm_any_panel_avx2(y, N, x, K, dt, layout, wp, n0, ncols, m0, m1);
         return;
     }
 #endif
     (void)isa;
-    kw_mm_panel_scalar(y, N, x, K, dt, wp, n0, ncols, m0, m1);
+    kw_mm_any_panel_scalar(y, N, x, K, dt, layout, wp, n0, ncols, m0, m1);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -133,6 +138,78 @@ int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *pack
     return 0;
 }
 
+/* Writes panel p of the quantized rows q into dst (kernels/kw_backend.h, the quantized panels): per group, the 64 rows'
+ * scales, offsets (if any), then the codes k-major (nibbles: strip s of 16 rows in 8 bytes, row 16s + j low and
+ * 16s + 8 + j high in byte j). Rows past N are zero. */
+static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_layout *ql, int64_t p) {
+    const int64_t G = ql->group, groups = q->k / G, K = q->k;
+    const int64_t rows = q->n - p * KW_PANEL_ROWS < KW_PANEL_ROWS ? q->n - p * KW_PANEL_ROWS : KW_PANEL_ROWS;
+    const size_t group_bytes = kw__quant_group_bytes(ql);
+    memset(dst, 0, (size_t)groups * group_bytes);
+    for (int64_t g = 0; g < groups; ++g) {
+        char *gp = dst + (size_t)g * group_bytes;
+        float *scales = (float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        uint8_t *codes = (uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + ql->has_offset);
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t n = p * KW_PANEL_ROWS + r;
+            scales[r] = q->scales[n * groups + g];
+            if (ql->has_offset) offsets[r] = q->offsets[n * groups + g];
+            const int8_t *src = q->codes + n * K + g * G;
+            for (int64_t kk = 0; kk < G; ++kk) {
+                if (ql->code_bits == 8) {
+                    codes[kk * KW_PANEL_ROWS + r] = (uint8_t)src[kk];
+                    continue;
+                }
+                const int64_t in_strip = r % 16;
+                const uint8_t nibble = (uint8_t)(src[kk] - ql->code_min);
+                uint8_t *byte = codes + kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + in_strip % 8;
+                *byte |= in_strip < 8 ? nibble : (uint8_t)(nibble << 4);
+            }
+        }
+    }
+}
+
+int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    kw_quant_layout ql;
+    kw_layout_quant(q->layout, &ql);
+    const int64_t ne[2] = {q->n, q->k}, panels = (q->n + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
+    kw_tensor t;
+    KW_FORWARD(kw__tensor_alloc_layout(backend, &t, KW_DTYPE_F32, 2, ne, q->layout));
+    const size_t panel_bytes = (size_t)(q->k / ql.group) * kw__quant_group_bytes(&ql);
+    const int nt = q->n * q->k >= KW_CPU_PARALLEL_MIN * 8 ? cpu->n_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t p = 0; p < panels; ++p)
+        kw_pack_qpanel((char *)t.data + (size_t)p * panel_bytes, q, &ql, p);
+    *packed = t;
+    return 0;
+}
+
+void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
+    kw_quant_layout ql;
+    kw_layout_quant(w->layout, &ql);
+    const int64_t K = w->ne[1], G = ql.group, p = n / KW_PANEL_ROWS, r = n % KW_PANEL_ROWS;
+    const size_t group_bytes = kw__quant_group_bytes(&ql);
+    const char *panel = (const char *)w->data + (size_t)p * (size_t)(K / G) * group_bytes;
+    for (int64_t g = 0; g < K / G; ++g) {
+        const char *gp = panel + (size_t)g * group_bytes;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + ql.has_offset);
+        for (int64_t kk = 0; kk < G; ++kk) {
+            int code;
+            if (ql.code_bits == 8) {
+                code = (int8_t)codes[kk * KW_PANEL_ROWS + r];
+            } else {
+                const uint8_t byte = codes[kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + (r % 16) % 8];
+                code = (r % 16 < 8 ? byte & 0x0F : byte >> 4) + ql.code_min;
+            }
+            float v = (float)code * scales[r];
+            if (ql.has_offset) v = v + offsets[r];
+            dst[g * G + kk] = v;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Entry point
  */
@@ -141,8 +218,11 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t M = kw_tensor_nrows(x), K = w->ne[1], N = w->ne[0];
     const int64_t panels = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
-    const size_t panel_bytes = (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
-    const int packed = w->layout == KW_LAYOUT_PANELS;
+    kw_quant_layout ql;
+    const int quantized = kw_layout_quant(w->layout, &ql);
+    const size_t panel_bytes = quantized ? (size_t)(K / ql.group) * kw__quant_group_bytes(&ql)
+                                         : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
+    const int packed = w->layout != KW_LAYOUT_ROWS;
     const float *xs = x->data;
     float *y = out->data;
 
@@ -174,7 +254,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
             kw_pack_panel(mine, w->data, w->dtype, N, K, p);
             wp = mine;
         }
-        kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, wp, n0, ncols, m0, m1);
+        kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
         if (bias) {
             for (int64_t n = n0; n < n0 + ncols; ++n) {
                 const float b = kw_opm_load(bias->data, bias->dtype, n);

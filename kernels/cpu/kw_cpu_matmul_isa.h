@@ -12,38 +12,34 @@
  * never of bits.
  */
 
-/* One tile: rows [0, MR) of x against strips [0, NV) of the panel slice starting at wp (the panel base plus the first
- * strip's offset), all K. Output columns beyond ncols (the panel's valid columns from the first strip on) are not
- * stored. MR, NV and dt are constants after inlining, so the accumulators live in registers. */
-KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile)(const int MR, const int NV, const enum kw_dtype dt, float *y,
-                                                         int64_t ldy, const float *x, int64_t K, const char *wp,
-                                                         int64_t ncols) {
-    KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV];
+/* The accumulators of an MR x NV tile set to +0. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile_zero)(const int MR, const int NV,
+                                                              KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV]) {
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
             acc[m][v] = KW_V(zero)();
-    for (int64_t k = 0; k < K; ++k) {
-        KW_VT w[KW_MM_MAX_NV];
-        const int64_t at = k * KW_PANEL_ROWS;
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-            if (dt == KW_DTYPE_BF16)
-                w[v] = KW_V(load_bf16)((const uint16_t *)wp + at + v * 16);
-            else if (dt == KW_DTYPE_F16)
-                w[v] = KW_V(load_f16)((const uint16_t *)wp + at + v * 16);
-            else
-                w[v] = KW_V(load)((const float *)wp + at + v * 16);
-        }
+}
+
+/* One step of every chain of the tile: acc[m][v] = fma(x[m][k], w[v], acc[m][v]). */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile_step)(const int MR, const int NV,
+                                                              KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV],
+                                                              const KW_VT w[KW_MM_MAX_NV], const float *x, int64_t K,
+                                                              int64_t k) {
 #pragma GCC unroll 8
-        for (int m = 0; m < MR; ++m) {
-            const KW_VT xb = KW_V(set1)(x[m * K + k]);
+    for (int m = 0; m < MR; ++m) {
+        const KW_VT xb = KW_V(set1)(x[m * K + k]);
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v)
-                acc[m][v] = KW_V(fma)(xb, w[v], acc[m][v]);
-        }
+        for (int v = 0; v < NV; ++v)
+            acc[m][v] = KW_V(fma)(xb, w[v], acc[m][v]);
     }
+}
+
+/* Stores an MR x NV tile at y (row stride ldy), only the first ncols columns. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile_store)(const int MR, const int NV,
+                                                               KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV], float *y,
+                                                               int64_t ldy, int64_t ncols) {
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
@@ -56,6 +52,31 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile)(const int MR, const int
         }
 }
 
+/* One tile: rows [0, MR) of x against strips [0, NV) of the panel slice starting at wp (the panel base plus the first
+ * strip's offset), all K. Output columns beyond ncols (the panel's valid columns from the first strip on) are not
+ * stored. MR, NV and dt are constants after inlining, so the accumulators live in registers. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile)(const int MR, const int NV, const enum kw_dtype dt, float *y,
+                                                         int64_t ldy, const float *x, int64_t K, const char *wp,
+                                                         int64_t ncols) {
+    KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV];
+    KW_ISA_FN(kw_mm_tile_zero)(MR, NV, acc);
+    for (int64_t k = 0; k < K; ++k) {
+        KW_VT w[KW_MM_MAX_NV];
+        const int64_t at = k * KW_PANEL_ROWS;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            if (dt == KW_DTYPE_BF16)
+                w[v] = KW_V(load_bf16)((const uint16_t *)wp + at + v * 16);
+            else if (dt == KW_DTYPE_F16)
+                w[v] = KW_V(load_f16)((const uint16_t *)wp + at + v * 16);
+            else
+                w[v] = KW_V(load)((const float *)wp + at + v * 16);
+        }
+        KW_ISA_FN(kw_mm_tile_step)(MR, NV, acc, w, x, K, k);
+    }
+    KW_ISA_FN(kw_mm_tile_store)(MR, NV, acc, y, ldy, ncols);
+}
+
 /* kw_mm_tiles_<isa>_<dtype>: the specialization of a kernel for one weight dtype. */
 #define KW_MM_FN(base, DT) KW_SIMD_CAT(KW_ISA_FN(base), DT)
 
@@ -65,17 +86,21 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_mm_tile)(const int MR, const int
         KW_ISA_FN(kw_mm_tile)(R, KW_MM_NV, dt, y, ldy, x, K, wp, ncols);                                               \
         break;
 
+/* The tile for mr rows, one case per row count (KW_MM_TILE_CASE expands where this is used). */
+#define KW_MM_TILE_SWITCH(mr)                                                                                          \
+    switch (mr) {                                                                                                      \
+        KW_MM_TILE_CASE(1)                                                                                             \
+        KW_MM_TILE_CASE(2)                                                                                             \
+        KW_MM_TILE_CASE(3)                                                                                             \
+        KW_MM_TILE_CASE(4)                                                                                             \
+        KW_MM_TILE_MORE_CASES                                                                                          \
+    }
+
 #define KW_MM_TILE_DTYPE(DT)                                                                                           \
     KW_SIMD_TARGET static void KW_MM_FN(kw_mm_tiles, DT)(int mr, float *y, int64_t ldy, const float *x, int64_t K,     \
                                                          const char *wp, int64_t ncols) {                              \
         const enum kw_dtype dt = DT;                                                                                   \
-        switch (mr) {                                                                                                  \
-            KW_MM_TILE_CASE(1)                                                                                         \
-            KW_MM_TILE_CASE(2)                                                                                         \
-            KW_MM_TILE_CASE(3)                                                                                         \
-            KW_MM_TILE_CASE(4)                                                                                         \
-            KW_MM_TILE_MORE_CASES                                                                                      \
-        }                                                                                                              \
+        KW_MM_TILE_SWITCH(mr)                                                                                          \
     }                                                                                                                  \
     /* one x row against the whole panel: four strips, one sequential stream of the weight */                          \
     KW_SIMD_TARGET static void KW_MM_FN(kw_mm_row, DT)(float *y, const float *x, int64_t K, const char *wp,            \
@@ -121,6 +146,117 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_mm_panel)(float *y, int64_t N, const flo
     }
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * Quantized panels (kernels/kw_backend.h, KW_LAYOUT_QPANELS_*): the same tiles and the same fma chains, the weight
+ * vector of a strip rebuilt at each k from its codes as fl(fl(code * scale) + offset) (two roundings, as the
+ * dequantizer does), scale and offset loaded once per group. So the bits equal those of the f32 panels of the
+ * dequantized weight. BITS, ZERO (subtracted from a nibble), OFS and G are constants after inlining. wp is the panel
+ * base and s0 the first strip of the tile: the strips of a group are interleaved, not one contiguous slice each.
+ */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const int NV, const int BITS, const int ZERO,
+                                                          const int OFS, const int G, float *y, int64_t ldy,
+                                                          const float *x, int64_t K, const char *wp, int64_t s0,
+                                                          int64_t ncols) {
+    KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV];
+    KW_ISA_FN(kw_mm_tile_zero)(MR, NV, acc);
+    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + (size_t)(G * KW_PANEL_ROWS * BITS / 8);
+    for (int64_t g = 0; g < K / G; ++g) {
+        const char *gp = wp + (size_t)g * group_bytes;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        KW_VT a[KW_MM_MAX_NV], b[KW_MM_MAX_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            a[v] = KW_V(load)(scales + (s0 + v) * 16);
+            b[v] = OFS ? KW_V(load)(offsets + (s0 + v) * 16) : KW_V(zero)();
+        }
+        for (int kk = 0; kk < G; ++kk) {
+            KW_VT w[KW_MM_MAX_NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                const KW_VT c = BITS == 4 ? KW_V(load_u4)(codes + kk * 32 + (s0 + v) * 8, ZERO)
+                                          : KW_V(load_i8)((const int8_t *)codes + kk * 64 + (s0 + v) * 16);
+                w[v] = KW_V(mul)(c, a[v]);
+                if (OFS) w[v] = KW_V(add)(w[v], b[v]);
+            }
+            const int64_t k = g * G + kk;
+            KW_ISA_FN(kw_mm_tile_step)(MR, NV, acc, w, x, K, k);
+        }
+    }
+    KW_ISA_FN(kw_mm_tile_store)(MR, NV, acc, y, ldy, ncols);
+}
+
+/* KW_MM_TILE_MORE_CASES expands where it is used, so redefining the case makes it list quantized tiles. */
 #undef KW_MM_TILE_CASE
+#define KW_MM_TILE_CASE(R)                                                                                             \
+    case R:                                                                                                            \
+        KW_ISA_FN(kw_qmm_tile)(R, KW_MM_NV, BITS, ZERO, OFS, G, y, ldy, x, K, wp, s0, ncols);                          \
+        break;
+
+/* kw_qmm_tiles_<isa>_<name> and kw_qmm_row_<isa>_<name>: one quantized layout's tile dispatch and decode row. */
+#define KW_QMM_LAYOUT(NAME, B, Z, O, GR)                                                                               \
+    KW_SIMD_TARGET static void KW_SIMD_CAT(KW_ISA_FN(kw_qmm_tiles), NAME)(                                             \
+        int mr, float *y, int64_t ldy, const float *x, int64_t K, const char *wp, int64_t s0, int64_t ncols) {         \
+        const int BITS = B, ZERO = Z, OFS = O, G = GR;                                                                 \
+        KW_MM_TILE_SWITCH(mr)                                                                                          \
+    }                                                                                                                  \
+    KW_SIMD_TARGET static void KW_SIMD_CAT(KW_ISA_FN(kw_qmm_row), NAME)(float *y, const float *x, int64_t K,           \
+                                                                        const char *wp, int64_t ncols) {               \
+        KW_ISA_FN(kw_qmm_tile)(1, 4, B, Z, O, GR, y, 0, x, K, wp, 0, ncols);                                           \
+    }
+
+KW_QMM_LAYOUT(s4, 4, 8, 0, 32)
+KW_QMM_LAYOUT(u4, 4, 0, 1, 32)
+KW_QMM_LAYOUT(s8, 8, 0, 0, 32)
+KW_QMM_LAYOUT(s8_ofs, 8, 0, 1, 32)
+KW_QMM_LAYOUT(s8_g16, 8, 0, 0, 16)
+
+/* kw_mm_panel for a quantized panel: the same split into decode rows and prefill tiles. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const float *x, int64_t K,
+                                                   enum kw_layout layout, const char *wp, int64_t n0, int64_t ncols,
+                                                   int64_t m0, int64_t m1) {
+    const int rows = m1 - m0 <= KW_MM_ROW_MAX;
+    for (int64_t m = m0; m < m1; m += rows ? 1 : KW_MM_MR) {
+        const int mr = rows ? 1 : (int)(m1 - m < KW_MM_MR ? m1 - m : KW_MM_MR);
+        for (int64_t s = 0; s * 16 < ncols; s += rows ? 4 : KW_MM_NV) {
+            float *yt = y + m * N + n0 + s * 16;
+            const float *xt = x + m * K;
+            const int64_t nc = ncols - s * 16;
+#define KW_QMM_CALL(NAME)                                                                                              \
+    if (rows)                                                                                                          \
+        KW_SIMD_CAT(KW_ISA_FN(kw_qmm_row), NAME)(yt, xt, K, wp, nc);                                                   \
+    else                                                                                                               \
+        KW_SIMD_CAT(KW_ISA_FN(kw_qmm_tiles), NAME)(mr, yt, N, xt, K, wp, s, nc);                                       \
+    break;
+            switch (layout) {
+            case KW_LAYOUT_QPANELS_S4:
+                KW_QMM_CALL(s4)
+            case KW_LAYOUT_QPANELS_U4:
+                KW_QMM_CALL(u4)
+            case KW_LAYOUT_QPANELS_S8:
+                KW_QMM_CALL(s8)
+            case KW_LAYOUT_QPANELS_S8_OFS:
+                KW_QMM_CALL(s8_ofs)
+            default:
+                KW_QMM_CALL(s8_g16)
+            }
+#undef KW_QMM_CALL
+        }
+    }
+}
+
+/* Rows [m0, m1) of y against one panel of w in any layout: the f32/bf16/f16 panels or a quantized one. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_mm_any_panel)(float *y, int64_t N, const float *x, int64_t K, enum kw_dtype dt,
+                                                      enum kw_layout layout, const char *wp, int64_t n0, int64_t ncols,
+                                                      int64_t m0, int64_t m1) {
+    if (layout == KW_LAYOUT_ROWS || layout == KW_LAYOUT_PANELS)
+        KW_ISA_FN(kw_mm_panel)(y, N, x, K, dt, wp, n0, ncols, m0, m1);
+    else
+        KW_ISA_FN(kw_qmm_panel)(y, N, x, K, layout, wp, n0, ncols, m0, m1);
+}
+
+#undef KW_QMM_LAYOUT
+#undef KW_MM_TILE_CASE
+#undef KW_MM_TILE_SWITCH
 #undef KW_MM_FN
 #undef KW_MM_TILE_DTYPE

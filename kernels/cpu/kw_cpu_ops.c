@@ -28,6 +28,10 @@ int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table
             if (bad < 0) bad = t;
             continue;
         }
+        if (table->layout != KW_LAYOUT_ROWS && table->layout != KW_LAYOUT_PANELS) { /* quantized panels */
+            kw__cpu_qpanel_row(table, id[t], y + t * D);
+            continue;
+        }
         if (table->layout == KW_LAYOUT_PANELS) { /* column id % 64 of panel id / 64, one value per k */
             const int64_t p = id[t] / KW_PANEL_ROWS, r = id[t] % KW_PANEL_ROWS;
             for (int64_t k = 0; k < D; ++k)

@@ -78,6 +78,23 @@ KW_SIMD_INLINE kw_v16_scalar kw_v16_load_f16_scalar(const uint16_t *p) {
         r.l[i] = kw_f16_to_f32(p[i]);
     return r;
 }
+/* 16 signed 8-bit codes, widened exactly. */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_i8_scalar(const int8_t *p) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = (float)p[i];
+    return r;
+}
+/* 16 4-bit codes from 8 bytes (lane i < 8: low nibble of p[i]; lane 8 + i: its high nibble), minus zero, widened
+ * exactly (the quantized panels' nibble order, kernels/kw_backend.h). */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_u4_scalar(const uint8_t *p, int zero) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 8; ++i) {
+        r.l[i] = (float)((p[i] & 0x0F) - zero);
+        r.l[i + 8] = (float)((p[i] >> 4) - zero);
+    }
+    return r;
+}
 KW_SIMD_INLINE void kw_v16_store_scalar(float *p, kw_v16_scalar v) {
     memcpy(p, v.l, sizeof v.l);
 }
@@ -156,6 +173,23 @@ KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_f16_avx2(const uint16_t *p) {
     return (kw_v16_avx2){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
                          _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
 }
+/* 16 bytes of codes as signed integers -> two halves of 8 floats. */
+KW_AVX2_INLINE kw_v16_avx2 kw_avx2_i8x16_to_f32(__m128i b) {
+    return (kw_v16_avx2){_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
+                         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b)))};
+}
+/* The 16 nibbles of 8 bytes in the quantized panels' order (low nibbles, then high), minus zero, as bytes. */
+KW_AVX2_INLINE __m128i kw_avx2_u4x16(const uint8_t *p, int zero) {
+    const __m128i v = _mm_loadl_epi64((const __m128i *)p), m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    return _mm_sub_epi8(_mm_unpacklo_epi64(lo, hi), _mm_set1_epi8((char)zero));
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_i8_avx2(const int8_t *p) {
+    return kw_avx2_i8x16_to_f32(_mm_loadu_si128((const __m128i *)p));
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_u4_avx2(const uint8_t *p, int zero) {
+    return kw_avx2_i8x16_to_f32(kw_avx2_u4x16(p, zero));
+}
 KW_AVX2_INLINE void kw_v16_store_avx2(float *p, kw_v16_avx2 v) {
     _mm256_storeu_ps(p, v.lo);
     _mm256_storeu_ps(p + 8, v.hi);
@@ -212,6 +246,12 @@ KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_bf16_n_avx512(const uint16_t *p, int 
 }
 KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_f16_avx512(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_i8_avx512(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_u4_avx512(const uint8_t *p, int zero) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(kw_avx2_u4x16(p, zero)));
 }
 KW_AVX512_INLINE void kw_v16_store_avx512(float *p, kw_v16_avx512 v) {
     _mm512_storeu_ps(p, v);

@@ -64,6 +64,18 @@ void kw_ref_matmul(float *out, const float *x, const void *w, enum kw_dtype w_dt
     }
 }
 
+void kw_ref_quant_dequant(float *w, const kw_quant_rows *q) {
+    kw_quant_layout ql;
+    kw_layout_quant(q->layout, &ql);
+    const int64_t groups = q->k / ql.group;
+    for (int64_t n = 0; n < q->n; ++n)
+        for (int64_t k = 0; k < q->k; ++k) {
+            const int64_t g = n * groups + k / ql.group;
+            const float scaled = (float)q->codes[n * q->k + k] * q->scales[g];
+            w[n * q->k + k] = ql.has_offset ? scaled + q->offsets[g] : scaled;
+        }
+}
+
 void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,
                      int flags) {
     for (int64_t r = 0; r < R; ++r) {

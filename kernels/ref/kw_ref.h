@@ -27,6 +27,11 @@ int kw_ref_get_rows(float *out, const void *table, enum kw_dtype table_dtype, in
 void kw_ref_matmul(float *out, const float *x, const void *w, enum kw_dtype w_dtype, const void *bias,
                    enum kw_dtype bias_dtype, int64_t M, int64_t N, int64_t K);
 
+/* The f32 weight (q->n, q->k) that quantized rows stand for (kernels/kw_backend.h, kw_quant_rows): each value
+ * fl(fl(code * scale) + offset), or fl(code * scale) without offsets, two roundings, never fused. w is caller-owned.
+ * A kept-quantized matmul must give the bits of the CPU backend's matmul on this weight. */
+void kw_ref_quant_dequant(float *w, const kw_quant_rows *q);
+
 /* out (R, D) = x * (1 / sqrt(mean(x^2) + eps)) * w (or * (1 + w) with KW_RMS_NORM_UNIT_OFFSET), as HF writes it:
  * the normalized row is formed in fp32 first, then multiplied by the weight. out may equal x. */
 void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,

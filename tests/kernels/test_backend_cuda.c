@@ -8,7 +8,8 @@
  *  - the deferred get_rows error (kw_case_bad_ids): the device record must report what the CPU backend reports;
  *  - a refused allocation (far beyond any GPU's memory) must not make the next op fail (the runtime's last error);
  *  - two backends on one device, used alternately (separate streams, pools and error records), and a backend driven
- *    from a thread other than the one that created it (the current device is per thread).
+ *    from a thread other than the one that created it (the current device is per thread);
+ *  - no quantized weight layout (kw_backend_supports_layout 0, kw_tensor_pack_quantized refused).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -90,6 +91,18 @@ static int kw_other_thread(kw_backend *b) {
     return *(int *)res;
 }
 
+/* The CUDA backend keeps no weight quantized: it says so, and packing is refused with KW_E_OP_UNSUPPORTED (a model
+ * then dequantizes at load). */
+static int kw_quantized_refused(kw_backend *b) {
+    const int8_t codes[32] = {0};
+    const float scale = 1.0f;
+    const kw_quant_rows q = {KW_LAYOUT_QPANELS_S8, 1, 32, codes, &scale, NULL};
+    kw_tensor t;
+    return !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S8) &&
+           !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_U4) &&
+           kw_tensor_pack_quantized(b, &q, &t) == KW_E_OP_UNSUPPORTED;
+}
+
 int main(void) {
     kw_backend *b = NULL;
     const int rc = kw_create_cuda(0, &b);
@@ -117,6 +130,7 @@ int main(void) {
     kw_expect(kw_refused_alloc_then_op(b), "ops after a refused allocation");
     kw_expect(kw_two_backends(b), "two backends on one device, alternately");
     kw_expect(kw_other_thread(b), "a backend driven from another thread");
+    kw_expect(kw_quantized_refused(b), "no quantized weight layout: refused");
     kw_backend_destroy(b);
 #ifdef KW_TEST_CUDA_EMU
     kw_cuda_emu_stats st;

@@ -23,24 +23,16 @@
 #include "kernels/cpu/kw_cpu.h"
 #include "kernels/kw_backend.h"
 #include "kernels/kw_op_math.h"
+#include "kw_cpu_test_util.h"
 
 /* ------------------------------------------------------------------------------------------------------------
  * Helpers
  */
 
-static kw_backend *kw_cpu(const char *isa, int threads) {
-    setenv("KW_CPU_ISA", isa, 1);
-    kw_backend *b = NULL;
-    assert_int_equal(kw_backend_create_cpu(threads, &b), 0);
-    unsetenv("KW_CPU_ISA");
-    return b;
-}
-
 static uint64_t g_rng = 88172645463325252ull;
 
 static float kw_rand(void) {
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (float)((double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return kw_rand_from(&g_rng);
 }
 
 /* n random values of dtype (f32 values in [-amp, amp), bf16/f16 the same rounded). */
@@ -51,25 +43,6 @@ static void *kw_rand_array(enum kw_dtype dtype, int64_t n, float amp) {
         kw_opm_store(p, dtype, i, kw_rand() * amp);
     }
     return p;
-}
-
-/* Fails the test (naming what) unless a and b agree bit for bit (any NaN equals any NaN). */
-static void kw_same_bits(const float *a, const float *b, int64_t n, const char *what) {
-    for (int64_t i = 0; i < n; ++i) {
-        if (isnan(a[i]) && isnan(b[i])) continue;
-        if (kw_f32_bits(a[i]) != kw_f32_bits(b[i])) {
-            fprintf(stderr, "%s: element %lld differs: %.9g (0x%08x) vs %.9g (0x%08x)\n", what, (long long)i,
-                    (double)a[i], kw_f32_bits(a[i]), (double)b[i], kw_f32_bits(b[i]));
-            fail();
-        }
-    }
-}
-
-/* A host array wrapped as a backend tensor (the CPU backend aliases host memory). */
-static kw_tensor kw_wrap(kw_backend *b, enum kw_dtype dtype, int32_t ndim, const int64_t *ne, const void *data) {
-    kw_tensor t;
-    assert_int_equal(kw_tensor_from_host(b, &t, dtype, ndim, ne, data), 0);
-    return t;
 }
 
 /* ------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cli_generate_gguf.sh KVWIRE SRC BUILD: `kvwire generate` on the real SmolLM2-135M-Instruct GGUF (fetched and cached by
 # kvwire fetch-model; skipped, exit 77, when it cannot be downloaded) answers "What is the capital of France?" with
-# Paris, through the chat template the file carries, and stops at its end-of-turn token.
+# Paris, through the chat template the file carries, and stops at its end-of-turn token; with the weights kept
+# quantized (the default) and with --weights f32 alike.
 set -u
 kvwire=$1
 model=$("$kvwire" fetch-model smollm2-135m-instruct)
@@ -23,4 +24,9 @@ echo "$out" | grep -q "^prompt_ids: \[1, 9690, 198, 2683, 359, 253, 5356, 5646, 
     echo "FAIL: prompt ids"
     exit 1
 }
+# the weights kept quantized (the default) and dequantized to f32 give the same answer and ids
+out_f32=$("$kvwire" generate --model "$model" --chat --prompt "What is the capital of France?" --max-new-tokens 24 \
+    --weights f32 2>/dev/null)
+[ "$out" = "$out_f32" ] || { echo "FAIL: --weights f32 answered differently:"; echo "$out_f32"; exit 1; }
+"$kvwire" generate --model "$model" --prompt x --weights f16 >/dev/null 2>&1 && { echo "FAIL: --weights f16 taken"; exit 1; }
 echo ok

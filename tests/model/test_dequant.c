@@ -101,10 +101,62 @@ static void test_errors(void **state) {
         assert_true(out[i] == 0.0f);
 }
 
+/* The types kept quantized: codes, scales and offsets of random blocks, with every code in its layout's range and
+ * fl(fl(code * scale) + offset) equal to kw_dequant_row bit for bit (the f16 fields random, so scales span the range);
+ * and the argument checks. */
+static void test_codes(void **state) {
+    (void)state;
+    static const uint32_t kept[] = {KW_GGML_Q4_0, KW_GGML_Q4_1, KW_GGML_Q5_0, KW_GGML_Q5_1,
+                                    KW_GGML_Q8_0, KW_GGML_Q4_K, KW_GGML_Q5_K, KW_GGML_Q6_K};
+    uint64_t rng = 0x2545f4914f6cdd1dull;
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; ++i) {
+        kw_ggml_type_info info;
+        assert_int_equal(kw_ggml_type_info_get(kept[i], &info), 0);
+        assert_true(info.dequantizable);
+        kw_quant_layout ql;
+        assert_int_equal(kw_layout_quant(kw_ggml_quant_layout(kept[i]), &ql), 1);
+        const int64_t n = 2 * (int64_t)info.block_elems;
+        uint8_t blocks[2 * 292];
+        for (int b = 0; b < 2 * info.block_bytes; ++b) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            blocks[b] = (uint8_t)(rng >> 32);
+        }
+        /* keep the f16 scales finite: clear the top exponent bit of every byte (a 0x7c.. f16 is Inf/NaN) */
+        for (int b = 0; b < 2 * info.block_bytes; ++b)
+            blocks[b] &= 0xbf;
+        int8_t codes[512];
+        float scales[32], offsets[32], want[512];
+        assert_int_equal(kw_ggml_codes_row(kept[i], blocks, n, codes, scales, offsets), 0);
+        assert_int_equal(kw_dequant_row(kept[i], blocks, n, KW_DTYPE_F32, want), 0);
+        for (int64_t e = 0; e < n; ++e) {
+            assert_true(codes[e] >= ql.code_min && codes[e] <= ql.code_max);
+            const float scaled = (float)codes[e] * scales[e / ql.group];
+            const float v = ql.has_offset ? scaled + offsets[e / ql.group] : scaled;
+            if (memcmp(&v, &want[e], sizeof v) != 0)
+                fail_msg("%s value %lld: %.9g from codes, %.9g dequantized", info.name, (long long)e, (double)v,
+                         (double)want[e]);
+        }
+    }
+    int8_t codes[256];
+    float scales[16];
+    uint8_t block[256] = {0};
+    assert_int_equal(kw_ggml_quant_layout(KW_GGML_Q2_K), KW_LAYOUT_ROWS);
+    assert_int_equal(kw_ggml_quant_layout(KW_GGML_F16), KW_LAYOUT_ROWS);
+    assert_int_equal(kw_ggml_quant_layout(999), KW_LAYOUT_ROWS);
+    assert_int_equal(kw_ggml_codes_row(KW_GGML_Q2_K, block, 256, codes, scales, scales), KW_E_MODEL_DTYPE);
+    assert_int_equal(kw_ggml_codes_row(999, block, 256, codes, scales, scales), KW_E_MODEL_DTYPE);
+    assert_int_equal(kw_ggml_codes_row(KW_GGML_Q4_K, block, 255, codes, scales, scales), KW_E_MODEL_SHAPE);
+    assert_int_equal(kw_ggml_codes_row(KW_GGML_Q8_0, block, 48, codes, scales, NULL), KW_E_MODEL_SHAPE);
+    assert_int_equal(kw_ggml_codes_row(KW_GGML_Q4_1, block, 32, codes, scales, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_ggml_codes_row(KW_GGML_Q8_0, NULL, 32, codes, scales, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_ggml_codes_row(KW_GGML_Q8_0, block, 32, codes, scales, NULL), 0); /* no offsets needed */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_gguf_py),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_codes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -106,6 +106,54 @@ static void test_qwen3_f32(void **state) {
     check_case("qwen3_f32");
 }
 
+/* Weights kept quantized (Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 in these files; F16, BF16 and F32 weights dequantized as before)
+ * give the logits of the f32 weights bit for bit, llama's un-permuted q/k rows included, on the best ISA and on the
+ * scalar one; fewer bytes are read per token. */
+static void test_kept_quantized_same_bits(void **state) {
+    (void)state;
+    static const char *const cases[] = {"qwen2_q", "qwen3_q", "llama_q"};
+    static const char *const isas[] = {"avx512", "scalar"};
+    const int32_t ids[] = {5, 17, 300, 2, 99, 511, 0, 42};
+    const int64_t n = sizeof ids / sizeof ids[0];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; ++c) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/model/gguf/%s.gguf", KW_TEST_DATA_DIR, cases[c]);
+        kw_backend *be = NULL;
+        assert_int_equal(kw_backend_create_cpu(2, &be), 0);
+        kw_model *f = NULL;
+        const kw_model_options deq = {.gguf_weights = KW_GGUF_WEIGHTS_DEQUANTIZED};
+        assert_int_equal(kw_model_load(be, path, &deq, &f), 0);
+        float *want = prompt_logits(f, ids, n);
+        const int64_t V = kw_model_get_config(f)->vocab;
+        for (size_t i = 0; i < sizeof isas / sizeof isas[0]; ++i) {
+            setenv("KW_CPU_ISA", isas[i], 1);
+            kw_backend *bq = NULL;
+            assert_int_equal(kw_backend_create_cpu(1, &bq), 0);
+            unsetenv("KW_CPU_ISA");
+            kw_model *q = NULL;
+            const kw_model_options o = {.gguf_weights = KW_GGUF_WEIGHTS_QUANTIZED};
+            assert_int_equal(kw_model_load(bq, path, &o, &q), 0);
+            assert_true(kw_model_weight_bytes_per_token(q) < kw_model_weight_bytes_per_token(f));
+            float *got = prompt_logits(q, ids, n);
+            if (memcmp(got, want, (size_t)(n * V) * sizeof *got) != 0)
+                fail_msg("%s, %s: logits differ", cases[c], isas[i]);
+            free(got);
+            kw_model_free(q);
+            kw_backend_destroy(bq);
+        }
+        free(want);
+        kw_model_free(f);
+        kw_backend_destroy(be);
+    }
+    /* an out-of-range choice is refused */
+    kw_backend *be = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    kw_model *m = NULL;
+    const kw_model_options bad = {.gguf_weights = (enum kw_gguf_weights)7};
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/gguf/llama_q.gguf", &bad, &m), KW_E_INVALID_ARG);
+    kw_backend_destroy(be);
+}
+
 /* The unquantized GGUF and the HF folder it was written from give the same bits. */
 static void test_same_bits_as_hf_folder(void **state) {
     (void)state;
@@ -238,10 +286,15 @@ static void test_bf16_weights(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_qwen2_quantized),        cmocka_unit_test(test_qwen3_quantized),
-        cmocka_unit_test(test_llama_quantized),        cmocka_unit_test(test_qwen3_f32),
-        cmocka_unit_test(test_same_bits_as_hf_folder), cmocka_unit_test(test_config_mapping),
-        cmocka_unit_test(test_bf16_weights),           cmocka_unit_test(test_identity),
+        cmocka_unit_test(test_qwen2_quantized),
+        cmocka_unit_test(test_qwen3_quantized),
+        cmocka_unit_test(test_llama_quantized),
+        cmocka_unit_test(test_qwen3_f32),
+        cmocka_unit_test(test_kept_quantized_same_bits),
+        cmocka_unit_test(test_same_bits_as_hf_folder),
+        cmocka_unit_test(test_config_mapping),
+        cmocka_unit_test(test_bf16_weights),
+        cmocka_unit_test(test_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,8 @@
  * last-position logits and greedy continuations. `test_model_real MODEL file|parity`, MODEL smollm2 or gemma3. Skips
  * (exit 77) with a message when the model cannot be downloaded. Two ctest entries per model run it: `file` (the file
  * opened, its config, tokenizer and chat template; cheap, every build) and `parity` (the forward; label nosan, the
- * sanitizer builds leave it out).
+ * sanitizer builds leave it out). `quantized` checks the weights kept quantized against the f32 ones: every quantized
+ * tensor's values and a greedy generation's logits on every prompt, bit for bit.
  *
  * Tolerance, derived: the fixture holds the reference's top logits from an fp32 and an fp64 evaluation of the same
  * dequantized weights. E = max |fp32 - fp64| over all of them measures how far an fp32 evaluation of this model lands
@@ -29,7 +30,9 @@
 
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
+#include "kernels/ref/kw_ref.h"
 #include "model/kw_chat.h"
+#include "model/kw_dequant.h"
 #include "model/kw_gguf.h"
 #include "model/kw_gguf_model.h"
 #include "model/kw_tokenizer.h"
@@ -78,15 +81,20 @@ static int fetch_model(const char *name) {
     return 0;
 }
 
+/* Loads the model's fixture into *fx (the caller frees it) and returns its prompt count. */
+static int load_fixture(kwfx *fx) {
+    char fixture[512];
+    snprintf(fixture, sizeof fixture, "%s%s", KW_TEST_DATA_DIR, g_real->fixture);
+    assert_int_equal(kwfx_load(fixture, fx), 0);
+    const int32_t *np = kwfx_i32(fx, "n_prompts", NULL);
+    assert_non_null(np);
+    return np[0];
+}
+
 static void test_parity(void **state) {
     (void)state;
     kwfx fx;
-    char fixture[512];
-    snprintf(fixture, sizeof fixture, "%s%s", KW_TEST_DATA_DIR, g_real->fixture);
-    assert_int_equal(kwfx_load(fixture, &fx), 0);
-    const int32_t *np = kwfx_i32(&fx, "n_prompts", NULL);
-    assert_non_null(np);
-    const int n_prompts = np[0];
+    const int n_prompts = load_fixture(&fx);
     /* E over every stored logit */
     double E = 0;
     for (int i = 0; i < n_prompts; ++i) {
@@ -171,6 +179,148 @@ static void test_parity(void **state) {
     kwfx_free(&fx);
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * `quantized`: the matmul weights kept quantized (kw_model_options.gguf_weights) give the same bits as the f32 ones.
+ */
+
+#define QUANT_DECODE_STEPS 8
+
+/* Every 2-D tensor of a type kept quantized, read as codes, scales and offsets and expanded by the kernels' oracle
+ * (kw_ref_quant_dequant), equals the f32 dequantization bit for bit (llama q/k rows un-permuted the same way). */
+static void test_quantized_tensors(void **state) {
+    (void)state;
+    kw_gguf *g = NULL;
+    assert_int_equal(kw_gguf_open(g_model, &g), 0);
+    kw_model_config cfg;
+    assert_int_equal(kw_gguf_model_config(g, &cfg), 0);
+    kw_gguf_codes_buf codes = {0};
+    void *buf = NULL;
+    size_t cap = 0, checked = 0, seen[64] = {0};
+    float *w = NULL;
+    for (size_t i = 0; i < kw_gguf_tensor_count(g); ++i) {
+        const kw_gguf_tensor *t = kw_gguf_tensor_at(g, i);
+        if (t->n_dims != 2 || kw_ggml_quant_layout(t->type) == KW_LAYOUT_ROWS) continue;
+        char hf[128];
+        int layer = 0;
+        snprintf(hf, sizeof hf, "%s", t->name);
+        if (sscanf(t->name, "blk.%d.attn_q.weight", &layer) == 1 && strstr(t->name, "attn_q.weight"))
+            snprintf(hf, sizeof hf, "model.layers.%d.self_attn.q_proj.weight", layer);
+        else if (sscanf(t->name, "blk.%d.attn_k.weight", &layer) == 1 && strstr(t->name, "attn_k.weight"))
+            snprintf(hf, sizeof hf, "model.layers.%d.self_attn.k_proj.weight", layer);
+        kw_quant_rows q;
+        assert_int_equal(kw_gguf_model_read_codes(t, &cfg, hf, &codes, &q), 0);
+        int32_t ndim = 0;
+        int64_t shape[8];
+        size_t nbytes = 0;
+        assert_int_equal(kw_gguf_model_read(t, &cfg, hf, KW_DTYPE_F32, &buf, &cap, &ndim, shape, &nbytes), 0);
+        assert_true(ndim == 2 && shape[0] == q.n && shape[1] == q.k);
+        float *grown = realloc(w, nbytes);
+        assert_non_null(grown);
+        w = grown;
+        kw_ref_quant_dequant(w, &q);
+        if (memcmp(w, buf, nbytes) != 0)
+            fail_msg("%s (%s): kept-quantized values differ", t->name, kw_ggml_type_name(t->type));
+        ++checked;
+        ++seen[t->type];
+    }
+    print_message("%zu quantized tensors equal their f32 dequantization bit for bit\n", checked);
+    assert_true(checked > 0);
+    if (g_real->arch == KW_ARCH_GEMMA3) /* Q4_K_M: the four types it holds */
+        assert_true(seen[KW_GGML_Q4_K] && seen[KW_GGML_Q6_K] && seen[KW_GGML_Q5_0] && seen[KW_GGML_Q8_0]);
+    else
+        assert_true(seen[KW_GGML_Q4_1] && seen[KW_GGML_Q8_0]);
+    free(w);
+    free(buf);
+    kw_gguf_codes_buf_free(&codes);
+    kw_gguf_close(g);
+}
+
+/* Loads the real model on a CPU backend of isa with the weights kept quantized or dequantized to f32. */
+static kw_model *load_real(const char *isa, int threads, enum kw_gguf_weights how, kw_backend **be) {
+    setenv("KW_CPU_ISA", isa, 1);
+    assert_int_equal(kw_backend_create_cpu(threads, be), 0);
+    unsetenv("KW_CPU_ISA");
+    kw_model *m = NULL;
+    const kw_model_options opts = {.max_batch = 64, .gguf_weights = how};
+    if (kw_model_load(*be, g_model, &opts, &m) < 0) fail_msg("load %s: %s", g_model, kw_error_detail());
+    return m;
+}
+
+/* Prompt i's ids (*n of them) from the fixture. */
+static const int32_t *prompt_ids(const kwfx *fx, int i, int64_t *n) {
+    char k[64];
+    snprintf(k, sizeof k, "p%d.ids", i);
+    const int32_t *ids = kwfx_i32(fx, k, n);
+    assert_non_null(ids);
+    return ids;
+}
+
+/* The last prompt position's logits, then QUANT_DECODE_STEPS greedy steps' logits, into out ((1 + steps) * vocab). */
+static void greedy_logits(kw_model *m, const int32_t *ids, int64_t P, float *out) {
+    const int64_t V = kw_model_get_config(m)->vocab;
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(m, P + QUANT_DECODE_STEPS + 1, KW_DTYPE_F32, &cache), 0);
+    const kw_forward_args a = {.ids = ids, .n = P, .mode = KW_LOGITS_LAST, .logits = out};
+    if (kw_model_forward(m, cache, &a) < 0) fail_msg("forward: %s", kw_error_detail());
+    for (int s = 0; s < QUANT_DECODE_STEPS; ++s) {
+        const float *prev = out + s * V;
+        int32_t next = 0;
+        for (int32_t v = 1; v < V; ++v)
+            if (prev[v] > prev[next]) next = v;
+        int32_t unused = 0;
+        assert_int_equal(kw_model_decode_step(m, cache, next, out + (s + 1) * V, &unused, KW_ARGMAX_PLAIN), 0);
+    }
+    kw_kvcache_free(cache);
+}
+
+/* Greedy generation on every prompt of the fixture: the logits of every step (hence every token) are the same bits
+ * with the weights kept quantized as with f32 weights, on every ISA (scalar on the first two prompts only), with the
+ * prompt prefilled in chunks of 64; and fewer weight bytes are read per token. */
+static void test_quantized_generation(void **state) {
+    (void)state;
+    kwfx fx;
+    const int n_prompts = load_fixture(&fx);
+    const int64_t V = g_real->vocab, per = (1 + QUANT_DECODE_STEPS) * V;
+    float *want = malloc((size_t)(n_prompts * per) * sizeof(float)), *got = malloc((size_t)per * sizeof(float));
+    assert_true(want && got);
+    kw_backend *be = NULL;
+    kw_model *m = load_real("avx512", 2, KW_GGUF_WEIGHTS_DEQUANTIZED, &be);
+    const size_t f32_bytes = kw_model_weight_bytes_per_token(m);
+    for (int i = 0; i < n_prompts; ++i) {
+        int64_t P = 0;
+        const int32_t *ids = prompt_ids(&fx, i, &P);
+        greedy_logits(m, ids, P, want + i * per);
+    }
+    kw_model_free(m);
+    kw_backend_destroy(be);
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    for (int is = n_isa - 1; is >= 0; --is) {
+        m = load_real(isas[is], is == n_isa - 1 ? 2 : 1, KW_GGUF_WEIGHTS_QUANTIZED, &be);
+        const size_t q_bytes = kw_model_weight_bytes_per_token(m);
+        print_message("%s: weights read per token %.1f MB kept quantized, %.1f MB in f32\n", isas[is],
+                      (double)q_bytes / 1e6, (double)f32_bytes / 1e6);
+        assert_true(q_bytes * 3 < f32_bytes);
+        const int prompts = strcmp(isas[is], "scalar") == 0 && n_prompts > 2 ? 2 : n_prompts;
+        for (int i = 0; i < prompts; ++i) {
+            int64_t P = 0;
+            const int32_t *ids = prompt_ids(&fx, i, &P);
+            greedy_logits(m, ids, P, got);
+            for (int64_t j = 0; j < per; ++j)
+                if (memcmp(&got[j], &want[i * per + j], sizeof(float)) != 0)
+                    fail_msg("%s, prompt %d, step %lld, logit %lld: %.9g kept quantized, %.9g in f32", isas[is], i,
+                             (long long)(j / V), (long long)(j % V), (double)got[j], (double)want[i * per + j]);
+            print_message("%s, prompt %d (%lld tokens): %d steps of logits identical\n", isas[is], i, (long long)P,
+                          1 + QUANT_DECODE_STEPS);
+        }
+        kw_model_free(m);
+        kw_backend_destroy(be);
+    }
+    free(want);
+    free(got);
+    kwfx_free(&fx);
+}
+
 /* Encodes text with the tokenizer built from the real file and compares with HF's ids. */
 static void check_encode(const char *text, const int32_t *want, size_t n_want) {
     kw_tokenizer *tok = NULL;
@@ -247,8 +397,9 @@ static void test_file(void **state) {
 int main(int argc, char **argv) {
     for (size_t i = 0; argc == 3 && i < sizeof g_models / sizeof g_models[0]; ++i)
         if (strcmp(argv[1], g_models[i].name) == 0) g_real = &g_models[i];
-    if (!g_real || (strcmp(argv[2], "file") != 0 && strcmp(argv[2], "parity") != 0)) {
-        fprintf(stderr, "usage: test_model_real smollm2|gemma3 file|parity\n");
+    if (!g_real ||
+        (strcmp(argv[2], "file") != 0 && strcmp(argv[2], "parity") != 0 && strcmp(argv[2], "quantized") != 0)) {
+        fprintf(stderr, "usage: test_model_real smollm2|gemma3 file|parity|quantized\n");
         return 2;
     }
     const int f = fetch_model(g_real->fetch);
@@ -259,6 +410,11 @@ int main(int argc, char **argv) {
     const struct CMUnitTest parity_tests[] = {
         cmocka_unit_test(test_parity),
     };
+    const struct CMUnitTest quantized_tests[] = {
+        cmocka_unit_test(test_quantized_tensors),
+        cmocka_unit_test(test_quantized_generation),
+    };
+    if (strcmp(argv[2], "quantized") == 0) return cmocka_run_group_tests(quantized_tests, NULL, NULL);
     return strcmp(argv[2], "parity") == 0 ? cmocka_run_group_tests(parity_tests, NULL, NULL)
                                           : cmocka_run_group_tests(tests, NULL, NULL);
 }
