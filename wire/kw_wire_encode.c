@@ -356,6 +356,21 @@ static int kw__enc_general_scales(const kw_wire_codec_spec *sp, uint64_t units, 
     return 0;
 }
 
+/* Folds value x into its scale's statistics: the absmax in *hi (symmetric), or the minimum and maximum in *lo and *hi
+ * starting from the first value, *seen set to 1 by it (zero points). */
+static inline void kw__enc_stat(int asym, float x, float *lo, float *hi, float *seen) {
+    if (!asym) {
+        const float a = x < 0.0f ? -x : x;
+        *hi = a > *hi ? a : *hi;
+    } else if (*seen == 0.0f) {
+        *lo = *hi = x;
+        *seen = 1.0f;
+    } else {
+        *lo = x < *lo ? x : *lo;
+        *hi = x > *hi ? x : *hi;
+    }
+}
+
 /* The elements of a section sent in its outlier table (v1.1): bit e of mask for element e = base + (h*T + t)*D + d of
  * the tensor at hand, t the section's token index (FORMAT.md §5.10). */
 typedef struct kw__enc_outliers {
@@ -405,16 +420,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
                 }
                 if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
                 const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, d);
-                if (!asym) {
-                    const float a = x[d] < 0.0f ? -x[d] : x[d];
-                    hi[u] = a > hi[u] ? a : hi[u];
-                } else if (iv[u] == 0.0f) {
-                    lo[u] = hi[u] = x[d];
-                    iv[u] = 1.0f;
-                } else {
-                    lo[u] = x[d] < lo[u] ? x[d] : lo[u];
-                    hi[u] = x[d] > hi[u] ? x[d] : hi[u];
-                }
+                kw__enc_stat(asym, x[d], &lo[u], &hi[u], &iv[u]);
             }
         }
     if (rc == 0) rc = kw__enc_general_scales(sp, units, lo, hi, iv, scales, zeros, what);
@@ -475,16 +481,7 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
                                  what, h, t0 + t);
                     if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
                     const uint32_t u = d >> shift;
-                    if (!asym) {
-                        const float a = x[d] < 0.0f ? -x[d] : x[d];
-                        hi[u] = a > hi[u] ? a : hi[u];
-                    } else if (iv[u] == 0.0f) {
-                        lo[u] = hi[u] = x[d];
-                        iv[u] = 1.0f;
-                    } else {
-                        lo[u] = x[d] < lo[u] ? x[d] : lo[u];
-                        hi[u] = x[d] > hi[u] ? x[d] : hi[u];
-                    }
+                    kw__enc_stat(asym, x[d], &lo[u], &hi[u], &iv[u]);
                 }
             }
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);

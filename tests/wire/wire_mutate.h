@@ -137,6 +137,28 @@ static inline void wm_seal_all(const wm_blob *b, uint8_t *p, size_t size) {
     if (b->trailer + KW_WIRE_TRAILER_BYTES <= size) kw_store_le64(p + b->trailer + KW__TRL_CHECKSUM, wm_blob_sum(b, p));
 }
 
+/* Encodes a one-section base blob (the caller's K and V arrays, freed here) and records its offsets; aborts unless
+ * the section's raw body is raw_expected bytes (the catalogue's offsets depend on the layout). */
+static inline void wm_one_section(wm_blob *b, const char *name, const kw_wire_header *hdr, const kw_wire_layer_in *in,
+                                  const kw_wire_policy *pol, uint32_t n_groups, uint16_t *kv[2],
+                                  uint32_t raw_expected) {
+    if (wt_encode_blob(hdr, in, pol, 1, 0, &b->data, &b->size) < 0) {
+        fprintf(stderr, "%s: %s\n", name, kw_error_detail());
+        abort();
+    }
+    free(kv[0]);
+    free(kv[1]);
+    b->n = 1;
+    b->sec[0] = KW_WIRE_HEADER_BYTES;
+    b->body[0] = b->sec[0] + KW_WIRE_SECTION_HEAD_BYTES + (size_t)n_groups * KW_WIRE_GROUP_DESC_BYTES;
+    const uint32_t raw = kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES);
+    b->trailer = b->body[0] + raw + KW_WIRE_CHECKSUM_BYTES;
+    if (raw != raw_expected || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
+        fprintf(stderr, "%s: unexpected layout (raw %u, size %zu)\n", name, raw, b->size);
+        abort();
+    }
+}
+
 /* The v1.1 base blob: the same shape (P = 61, H = 2, D = 16, 8 layers), one section (layer 1, positions 20..29, range
  * index) with two token groups:
  *   g0, 6 tokens: K int2 with zero points, f16 channel scales over runs of L = 4 tokens; V int3/token/bf16
@@ -172,21 +194,7 @@ static inline void wm_base11(wm_blob *b) {
     };
     const kw_wire_policy pol = {.n_groups = 2, .groups = g};
     const kw_wire_header hdr = wm_header(1, 11, KW_WIRE_VERSION_1_1);
-    if (wt_encode_blob(&hdr, &in, &pol, 1, 0, &b->data, &b->size) < 0) {
-        fprintf(stderr, "wm_base11: %s\n", kw_error_detail());
-        abort();
-    }
-    free(kv[0]);
-    free(kv[1]);
-    b->n = 1;
-    b->sec[0] = KW_WIRE_HEADER_BYTES;
-    b->body[0] = b->sec[0] + KW_WIRE_SECTION_HEAD_BYTES + 2 * KW_WIRE_GROUP_DESC_BYTES;
-    b->trailer = b->body[0] + 616 + KW_WIRE_CHECKSUM_BYTES;
-    if (kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES) != 616 || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
-        fprintf(stderr, "wm_base11: unexpected layout (raw %u, size %zu)\n",
-                kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES), b->size);
-        abort();
-    }
+    wm_one_section(b, "wm_base11", &hdr, &in, &pol, 2, kv, 616);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -223,23 +231,10 @@ static inline void wm_base11o(wm_blob *b) {
                                 .outliers = 6,
                                 .pre_rope = 1};
     const kw_wire_header hdr = wm_header(1, 12, KW_WIRE_VERSION_1_1);
-    if (wt_encode_blob(&hdr, &in, &pol, 1, 0, &b->data, &b->size) < 0) {
-        fprintf(stderr, "wm_base11o: %s\n", kw_error_detail());
-        abort();
-    }
-    free(kv[0]);
-    free(kv[1]);
-    b->n = 1;
-    b->sec[0] = KW_WIRE_HEADER_BYTES;
-    b->body[0] = b->sec[0] + KW_WIRE_SECTION_HEAD_BYTES + KW_WIRE_GROUP_DESC_BYTES;
-    const uint32_t raw = kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES);
-    const uint32_t tab = kw_load_le32(b->data + b->sec[0] + KW__SEC_OUTLIER_BYTES);
-    b->trailer = b->body[0] + raw + KW_WIRE_CHECKSUM_BYTES;
-    /* the catalogue's offsets assume this layout: varints of 1, 1, 1, 2, 2, 1 bytes (tab = 8 + 8 + 12) */
-    if (raw != WM11O_TABLE + 28 || tab != 28 || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x06 ||
-        b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
-        fprintf(stderr, "wm_base11o: unexpected layout (raw %u, table %u, flags %02x, size %zu)\n", raw, tab,
-                b->data[b->sec[0] + KW__SEC_FLAGS], b->size);
+    /* the catalogue's offsets assume this layout: varints of 1, 1, 1, 2, 2, 1 bytes (a table of 8 + 8 + 12) */
+    wm_one_section(b, "wm_base11o", &hdr, &in, &pol, 1, kv, WM11O_TABLE + 28);
+    if (kw_load_le32(b->data + b->sec[0] + KW__SEC_OUTLIER_BYTES) != 28 || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x06) {
+        fprintf(stderr, "wm_base11o: unexpected outlier table or flags\n");
         abort();
     }
 }
