@@ -21,6 +21,7 @@
 
 #include "common/kw_file.h"
 #include "common/kw_status.h"
+#include "bench/bench_bandwidth.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_genmodel.h"
@@ -49,35 +50,10 @@ static void kw_bench_model_usage(FILE *f) {
         "  --profile    also print per-op times of one prefill and one decode run\n");
 }
 
-/* Streaming-read bandwidth in bytes/s: best of several passes reading a 512 MiB buffer (far larger than the caches)
- * with independent 64-bit integer accumulators, so the adds never limit the rate (a float sum would be bound by the
- * add latency, not by memory). */
-static double kw_bench_bandwidth(int threads) {
-    const size_t n = (size_t)64 << 20; /* 512 MiB of uint64: far beyond the caches, below the model's RSS */
-    uint64_t *buf = malloc(n * sizeof *buf);
-    if (!buf) return 0;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (size_t i = 0; i < n; ++i)
-        buf[i] = i * 0x9e3779b97f4a7c15ull;
-    double best = 0;
-    uint64_t sink = 0;
-    for (int pass = 0; pass < 5; ++pass) {
-        const uint64_t t0 = kw_time_now_ns();
-        uint64_t total = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
-        for (size_t i = 0; i < n; i += 8) {
-            const uint64_t a = buf[i] + buf[i + 4], b = buf[i + 1] + buf[i + 5];
-            const uint64_t c = buf[i + 2] + buf[i + 6], d = buf[i + 3] + buf[i + 7];
-            total += (a + b) + (c + d);
-        }
-        const double sec = kw_time_seconds(t0, kw_time_now_ns());
-        sink ^= total;
-        const double bw = (double)(n * sizeof *buf) / sec;
-        if (bw > best) best = bw;
-    }
-    if (sink == 42) fprintf(stderr, " "); /* keeps the sums alive */
-    free(buf);
-    return best;
+/* The read bandwidth in bytes/s: the best pattern of bench/bench_bandwidth.c over a 512 MiB buffer (far larger than
+ * the caches, below the model's RSS). */
+static double kw_bench_model_bandwidth(int threads, FILE *report) {
+    return kw_bench_read_bandwidth(threads, (size_t)512 << 20, 3, report) * 1e9;
 }
 
 static void kw_bench_print_profile(const char *what, const double *ms, const int64_t *calls) {
@@ -145,7 +121,8 @@ int kw_bench_model(int argc, char **argv) {
     }
 
     stage = "bandwidth";
-    double bw = kw_bench_bandwidth((int)threads);
+    printf("read patterns (the bound is the best of them):\n");
+    double bw = kw_bench_model_bandwidth((int)threads, stdout);
     KW_CHECK_IF(bw <= 0, KW_E_NOMEM, "no memory for the bandwidth buffer");
 
     stage = "load";
@@ -190,7 +167,7 @@ int kw_bench_model(int argc, char **argv) {
     const size_t wbytes = kw_model_weight_bytes_per_token(model);
     const double rss = (double)kw_time_peak_rss_bytes();
     /* the machine may be shared: measure the bandwidth again after the runs and keep the best of both */
-    const double bw2 = kw_bench_bandwidth((int)threads);
+    const double bw2 = kw_bench_model_bandwidth((int)threads, NULL);
     if (bw2 > bw) bw = bw2;
     const double decode_tps = (double)n_decode / best_decode, bound_tps = bw / (double)wbytes;
     const int gguf = model_path && kw_gguf_is_gguf(model_path);
@@ -208,8 +185,8 @@ int kw_bench_model(int argc, char **argv) {
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,
            best_decode * 1e3, decode_tps, best_decode * 1e3 / (double)n_decode, (long)reps);
-    printf("baseline: streaming read %.2f GB/s (%ld threads, best of before/after the runs); weights read per token "
-           "%.1f MB\n",
+    printf("baseline: read %.2f GB/s (the best read pattern of 1..%ld threads, best of before/after the runs); weights "
+           "read per token %.1f MB (this weight format's)\n",
            bw * 1e-9, (long)threads, (double)wbytes * 1e-6);
     printf("decode bound = bandwidth / bytes per token = %.2f tok/s; achieved/bound = %.2f\n", bound_tps,
            decode_tps / bound_tps);

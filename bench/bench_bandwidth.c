@@ -1,0 +1,151 @@
+/* bench_bandwidth.c: `kvwire bench bandwidth`, and the memory-bandwidth baseline of `kvwire bench kernels` and
+ * `kvwire bench model`: the best of
+ * several ways to read a buffer far larger than the caches (1..N threads x 1 or 4 streams per thread x 64-bit integer
+ * sums, AVX2 loads or AVX2 non-temporal loads), so that no kernel the benchmarks time can read faster than the bound
+ * they report it against. Each pattern keeps independent accumulators, so additions never limit the rate.
+ */
+#include "bench/bench_bandwidth.h"
+#include "kw_benches.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/kw_time.h"
+#include "tools/kw_cli.h"
+
+const char kw_bench_bandwidth_summary[] = "memory read bandwidth: every read pattern of the CPU benchmarks' bound";
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define KW_BW_X86 1
+#endif
+
+enum { KW_BW_SCALAR = 0, KW_BW_AVX2 = 1, KW_BW_AVX2_NT = 2 };
+
+/* Sum of n uint64 (n a multiple of 8) with four accumulators. */
+static uint64_t kw_bw_sum_scalar(const uint64_t *p, size_t n) {
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i < n; i += 8) {
+        a += p[i] + p[i + 4];
+        b += p[i + 1] + p[i + 5];
+        c += p[i + 2] + p[i + 6];
+        d += p[i + 3] + p[i + 7];
+    }
+    return (a + b) + (c + d);
+}
+
+#ifdef KW_BW_X86
+/* The same with 256-bit loads (nt: non-temporal, vmovntdqa); n a multiple of 16, p 32-byte aligned. */
+__attribute__((target("avx2"))) static uint64_t kw_bw_sum_avx2(const uint64_t *p, size_t n, int nt) {
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    for (size_t i = 0; i < n; i += 16) {
+        const __m256i *q = (const __m256i *)(p + i);
+        if (nt) {
+            a = _mm256_add_epi64(a, _mm256_stream_load_si256(q));
+            b = _mm256_add_epi64(b, _mm256_stream_load_si256(q + 1));
+            c = _mm256_add_epi64(c, _mm256_stream_load_si256(q + 2));
+            d = _mm256_add_epi64(d, _mm256_stream_load_si256(q + 3));
+        } else {
+            a = _mm256_add_epi64(a, _mm256_load_si256(q));
+            b = _mm256_add_epi64(b, _mm256_load_si256(q + 1));
+            c = _mm256_add_epi64(c, _mm256_load_si256(q + 2));
+            d = _mm256_add_epi64(d, _mm256_load_si256(q + 3));
+        }
+    }
+    const __m256i s = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, s);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#endif
+
+static uint64_t kw_bw_sum(const uint64_t *p, size_t n, int kind) {
+#ifdef KW_BW_X86
+    if (kind != KW_BW_SCALAR) return kw_bw_sum_avx2(p, n, kind == KW_BW_AVX2_NT);
+#else
+    (void)kind;
+#endif
+    return kw_bw_sum_scalar(p, n);
+}
+
+/* One timed pass: threads split the buffer; each reads its share as `streams` interleaved sub-ranges (chunks of 64
+ * KiB taken from each in turn), so several hardware prefetch streams run per thread. GB/s. */
+static double kw_bw_pass(const uint64_t *buf, size_t n, int threads, int streams, int kind, uint64_t *sink) {
+    const size_t chunk = 8192; /* uint64 = 64 KiB */
+    uint64_t total = 0;
+    const uint64_t t0 = kw_time_now_ns();
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        const size_t nth = (size_t)omp_get_num_threads(), tid = (size_t)omp_get_thread_num();
+        const size_t lo = n * tid / nth / chunk * chunk, hi = tid + 1 == nth ? n : n * (tid + 1) / nth / chunk * chunk;
+        const size_t per = (hi - lo) / (size_t)streams / chunk * chunk;
+        for (size_t off = 0; off < per; off += chunk)
+            for (int s = 0; s < streams; ++s)
+                total += kw_bw_sum(buf + lo + (size_t)s * per + off, chunk, kind);
+    }
+    const double sec = kw_time_seconds(t0, kw_time_now_ns());
+    *sink ^= total;
+    return (double)(n * sizeof *buf) / sec * 1e-9;
+}
+
+double kw_bench_read_bandwidth(int threads, size_t bytes, int reps, FILE *report) {
+    const size_t n = bytes / sizeof(uint64_t) / 65536 * 65536;
+    if (threads < 1 || reps < 1 || n == 0) return 0.0;
+    uint64_t *buf = aligned_alloc(64, n * sizeof *buf);
+    if (!buf) return 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; ++i)
+        buf[i] = i * 0x9e3779b97f4a7c15ull;
+    int kinds = 1;
+#ifdef KW_BW_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) kinds = 3;
+#endif
+    static const char *const kind_names[] = {"u64 sums", "avx2 loads", "avx2 non-temporal loads"};
+    static const int stream_counts[] = {1, 4};
+    double best = 0.0;
+    uint64_t sink = 0;
+    for (int t = 1; t <= threads; ++t)
+        for (int k = 0; k < kinds; ++k)
+            for (size_t s = 0; s < sizeof stream_counts / sizeof stream_counts[0]; ++s) {
+                double gbs = 0.0;
+                for (int r = 0; r < reps; ++r) {
+                    const double g = kw_bw_pass(buf, n, t, stream_counts[s], k, &sink);
+                    gbs = g > gbs ? g : gbs;
+                }
+                if (report)
+                    fprintf(report, "  read %-24s %d thread%s x %d stream%s: %6.2f GB/s\n", kind_names[k], t,
+                            t > 1 ? "s" : " ", stream_counts[s], stream_counts[s] > 1 ? "s" : " ", gbs);
+                best = gbs > best ? gbs : best;
+            }
+    if (sink == 42 && report) fputc(' ', report); /* keeps the sums alive */
+    free(buf);
+    return best;
+}
+
+static void kw_bench_bandwidth_usage(FILE *f) {
+    fprintf(f, "usage: kvwire bench bandwidth [--threads N] [--mib N] [--reps N]\n"
+               "Reads a buffer of N MiB (default 512) with every pattern (1..threads threads, 1 or 4 streams, 64-bit\n"
+               "sums, AVX2 loads, AVX2 non-temporal loads) and prints each one's best of reps passes and the best of\n"
+               "all: the bound `kvwire bench kernels` and `kvwire bench model` compare decode against.\n");
+}
+
+int kw_bench_bandwidth(int argc, char **argv) {
+    int64_t threads = 2, mib = 512, reps = 3;
+    const kw_cli_option opts[] = {
+        KW_CLI_INT("--threads", &threads, 1, 256),
+        KW_CLI_INT("--mib", &mib, 1, 1 << 20),
+        KW_CLI_INT("--reps", &reps, 1, 1000),
+    };
+    const int st = KW_CLI_PARSE("kvwire bench bandwidth", argc, argv, opts, kw_bench_bandwidth_usage);
+    if (st != KW_CLI_RUN) return st;
+    printf("read bandwidth, %lld MiB buffer, best of %lld passes per pattern:\n", (long long)mib, (long long)reps);
+    const double best = kw_bench_read_bandwidth((int)threads, (size_t)mib << 20, (int)reps, stdout);
+    if (best <= 0) {
+        fprintf(stderr, "kvwire bench bandwidth: cannot allocate %lld MiB\n", (long long)mib);
+        return 1;
+    }
+    printf("bound: %.2f GB/s (the best pattern)\n", best);
+    return 0;
+}
