@@ -7,6 +7,7 @@
  * does no math except the RoPE frequency table, which every backend shares so that it matches HF in one place.
  */
 #include "kernels/kw_backend_impl.h"
+#include "kernels/kw_kvq_format.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -666,25 +667,11 @@ int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw
     return backend->iface->rope(backend, x, pos, params);
 }
 
-int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
-                    const kw_tensor *v_cache, const kw_attention_params *params) {
-    static const char op[] = "attention";
-    KW_CHECK_BACKEND(op);
-    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
-    KW_FORWARD(kw_check_tensor(backend, q, op, "q"));
-    KW_FORWARD(kw_check_tensor(backend, k_cache, op, "k_cache"));
-    KW_FORWARD(kw_check_tensor(backend, v_cache, op, "v_cache"));
-    KW_RETURN_IF(params == NULL, KW_E_INVALID_ARG, "%s: NULL params", op);
-    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
-    KW_FORWARD(kw_check_dtype(q, KW_DTYPE_F32, op, "q"));
-    KW_RETURN_IF(q->ndim != 3 || out->ndim != 3 || memcmp(q->ne, out->ne, sizeof q->ne) != 0, KW_E_SHAPE,
-                 "%s: q %s and out %s must both be (T, Hq, D)", op, KW_SHAPE(q), KW_SHAPE(out));
-    KW_RETURN_IF(k_cache->ndim != 3 || v_cache->ndim != 3 || k_cache->dtype != v_cache->dtype ||
-                     memcmp(k_cache->ne, v_cache->ne, sizeof k_cache->ne) != 0,
-                 KW_E_SHAPE, "%s: k_cache %s and v_cache %s must both be (Hkv, cap, D) of one dtype", op,
-                 KW_SHAPE(k_cache), KW_SHAPE(v_cache));
-    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
-    KW_RETURN_IF(k_cache->ne[2] != D, KW_E_SHAPE, "%s: cache %s head dim differs from q %s", op, KW_SHAPE(k_cache),
+/* The shape and parameter checks of attention over a cache of Hkv heads, cap rows of cache_D dims. */
+static int kw_check_attention_shape(const kw_backend *backend, const char *op, const kw_tensor *q, int64_t Hkv,
+                                    int64_t cap, int64_t cache_D, const kw_attention_params *params) {
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2];
+    KW_RETURN_IF(cache_D != D, KW_E_SHAPE, "%s: cache head dim %lld differs from q %s", op, (long long)cache_D,
                  KW_SHAPE(q));
     KW_RETURN_IF(D > KW_ATTENTION_MAX_HEAD_DIM, KW_E_SHAPE, "%s: head dim %lld exceeds %d", op, (long long)D,
                  KW_ATTENTION_MAX_HEAD_DIM);
@@ -702,6 +689,27 @@ int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, con
                      KW_E_SHAPE, "%s: kv_mask %s must be u8 with at least n_kv = %lld entries", op,
                      KW_SHAPE(params->kv_mask), (long long)params->n_kv);
     }
+    return 0;
+}
+
+int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                    const kw_tensor *v_cache, const kw_attention_params *params) {
+    static const char op[] = "attention";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, q, op, "q"));
+    KW_FORWARD(kw_check_tensor(backend, k_cache, op, "k_cache"));
+    KW_FORWARD(kw_check_tensor(backend, v_cache, op, "v_cache"));
+    KW_RETURN_IF(params == NULL, KW_E_INVALID_ARG, "%s: NULL params", op);
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(q, KW_DTYPE_F32, op, "q"));
+    KW_RETURN_IF(q->ndim != 3 || out->ndim != 3 || memcmp(q->ne, out->ne, sizeof q->ne) != 0, KW_E_SHAPE,
+                 "%s: q %s and out %s must both be (T, Hq, D)", op, KW_SHAPE(q), KW_SHAPE(out));
+    KW_RETURN_IF(k_cache->ndim != 3 || v_cache->ndim != 3 || k_cache->dtype != v_cache->dtype ||
+                     memcmp(k_cache->ne, v_cache->ne, sizeof k_cache->ne) != 0,
+                 KW_E_SHAPE, "%s: k_cache %s and v_cache %s must both be (Hkv, cap, D) of one dtype", op,
+                 KW_SHAPE(k_cache), KW_SHAPE(v_cache));
+    KW_FORWARD(kw_check_attention_shape(backend, op, q, k_cache->ne[0], k_cache->ne[1], k_cache->ne[2], params));
     KW_FORWARD(kw_check_supported(backend, KW_OP_ATTENTION, k_cache->dtype, backend->iface->attention != NULL));
     return backend->iface->attention(backend, out, q, k_cache, v_cache, params);
 }
@@ -902,3 +910,105 @@ int kw_backend_create_cuda(int device, kw_backend **out) {
     KW_FAIL(KW_E_UNSUPPORTED, "kvwire was built without CUDA");
 }
 #endif
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The paged quantized KV cache
+ */
+
+int kw_kvq_bytes(const kw_kvq_geom *g, size_t *out) {
+    KW_RETURN_IF(!g || !out, KW_E_INVALID_ARG, "kvq: NULL argument");
+    KW_RETURN_IF(g->codec != KW_KVQ_INT8 && g->codec != KW_KVQ_INT4, KW_E_INVALID_ARG, "kvq: unknown codec %d",
+                 (int)g->codec);
+    KW_RETURN_IF(g->H <= 0 || g->cap <= 0 || g->D <= 0 || g->D % 16 != 0 || g->D > KW_ATTENTION_MAX_HEAD_DIM ||
+                     g->page_tokens < 16 || g->page_tokens > 4096 || g->page_tokens % 16 != 0,
+                 KW_E_INVALID_ARG, "kvq: bad geometry (H %lld, cap %lld, D %lld (a multiple of 16), page %d)",
+                 (long long)g->H, (long long)g->cap, (long long)g->D, (int)g->page_tokens);
+    KW_RETURN_IF(g->cap > ((int64_t)1 << 40) || g->H > ((int64_t)1 << 16), KW_E_OVERFLOW,
+                 "kvq: %lld heads of %lld rows is too large", (long long)g->H, (long long)g->cap);
+    size_t bytes;
+    KW_RETURN_IF(kw_size_mul((size_t)g->H, kw_kvq_head_bytes(g), &bytes) < 0, KW_E_OVERFLOW, "kvq: size overflows");
+    *out = bytes;
+    return 0;
+}
+
+int kw_backend_supports_kvq(const kw_backend *backend) {
+    return backend != NULL && backend->iface->attention_kvq != NULL;
+}
+
+/* A storage tensor of g on this backend: u8, as many bytes as kw_kvq_bytes says, and a backend with the ops. */
+static int kw_check_kvq_store(const kw_backend *backend, const kw_tensor *store, const kw_kvq_geom *g, int64_t n_rows,
+                              const char *op) {
+    size_t bytes;
+    KW_FORWARD(kw_check_tensor(backend, store, op, "store"));
+    KW_FORWARD(kw_kvq_bytes(g, &bytes));
+    KW_RETURN_IF(store->dtype != KW_DTYPE_U8 || kw_tensor_nbytes(store) != bytes, KW_E_SHAPE,
+                 "%s: store %s must be u8 of %zu bytes", op, KW_SHAPE(store), bytes);
+    KW_RETURN_IF(n_rows < 0 || n_rows > g->cap, KW_E_SHAPE, "%s: %lld rows stored, capacity %lld", op,
+                 (long long)n_rows, (long long)g->cap);
+    KW_RETURN_IF(!kw_backend_supports_kvq(backend), KW_E_OP_UNSUPPORTED, "%s: backend %s has no quantized KV cache", op,
+                 kw_backend_name(backend));
+    return 0;
+}
+
+/* rows (T, H, D) f32 matching g. */
+static int kw_check_kvq_rows(const kw_backend *backend, const kw_tensor *rows, const kw_kvq_geom *g, const char *op) {
+    KW_FORWARD(kw_check_tensor(backend, rows, op, "rows"));
+    KW_FORWARD(kw_check_dtype(rows, KW_DTYPE_F32, op, "rows"));
+    KW_RETURN_IF(rows->ndim != 3 || rows->ne[1] != g->H || rows->ne[2] != g->D, KW_E_SHAPE,
+                 "%s: rows %s must be (T, %lld, %lld)", op, KW_SHAPE(rows), (long long)g->H, (long long)g->D);
+    return 0;
+}
+
+int kw_op_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, const kw_tensor *src, int64_t pos0,
+                    int64_t n_rows) {
+    static const char op[] = "kvq_store";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_kvq_store(backend, store, g, n_rows, op));
+    KW_FORWARD(kw_check_kvq_rows(backend, src, g, op));
+    KW_RETURN_IF(pos0 < 0 || pos0 > n_rows || src->ne[0] > g->cap - pos0, KW_E_SHAPE,
+                 "%s: rows [%lld, +%lld) with %lld stored, capacity %lld", op, (long long)pos0, (long long)src->ne[0],
+                 (long long)n_rows, (long long)g->cap);
+    return backend->iface->kvq_store(backend, store, g, src, pos0, n_rows);
+}
+
+int kw_op_kvq_load(kw_backend *backend, kw_tensor *out, const kw_tensor *store, const kw_kvq_geom *g, int64_t pos0,
+                   int64_t n_rows) {
+    static const char op[] = "kvq_load";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_kvq_store(backend, store, g, n_rows, op));
+    KW_FORWARD(kw_check_kvq_rows(backend, out, g, op));
+    KW_RETURN_IF(pos0 < 0 || out->ne[0] > n_rows - pos0, KW_E_SHAPE, "%s: rows [%lld, +%lld) beyond %lld stored", op,
+                 (long long)pos0, (long long)out->ne[0], (long long)n_rows);
+    return backend->iface->kvq_load(backend, out, store, g, pos0, n_rows);
+}
+
+int kw_op_kvq_truncate(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, int64_t n_rows, int64_t new_rows) {
+    static const char op[] = "kvq_truncate";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_kvq_store(backend, store, g, n_rows, op));
+    KW_RETURN_IF(new_rows < 0 || new_rows > n_rows, KW_E_SHAPE, "%s: %lld rows to %lld", op, (long long)n_rows,
+                 (long long)new_rows);
+    return backend->iface->kvq_truncate(backend, store, g, n_rows, new_rows);
+}
+
+int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                        const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                        const kw_attention_params *params, int64_t n_rows) {
+    static const char op[] = "attention_kvq";
+    KW_CHECK_BACKEND(op);
+    KW_RETURN_IF(!kg || !vg || !params, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    KW_FORWARD(kw_check_kvq_store(backend, k_store, kg, n_rows, op));
+    KW_FORWARD(kw_check_kvq_store(backend, v_store, vg, n_rows, op));
+    KW_RETURN_IF(!kg->keys || vg->keys || kg->H != vg->H || kg->cap != vg->cap || kg->D != vg->D, KW_E_SHAPE,
+                 "%s: need a key and a value storage of one shape", op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, q, op, "q"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_dtype(q, KW_DTYPE_F32, op, "q"));
+    KW_RETURN_IF(q->ndim != 3 || out->ndim != 3 || memcmp(q->ne, out->ne, sizeof q->ne) != 0, KW_E_SHAPE,
+                 "%s: q %s and out %s must both be (T, Hq, D)", op, KW_SHAPE(q), KW_SHAPE(out));
+    KW_FORWARD(kw_check_attention_shape(backend, op, q, kg->H, kg->cap, kg->D, params));
+    KW_RETURN_IF(params->n_kv > n_rows, KW_E_SHAPE, "%s: n_kv %lld beyond the %lld rows stored", op,
+                 (long long)params->n_kv, (long long)n_rows);
+    return backend->iface->attention_kvq(backend, out, q, k_store, kg, v_store, vg, params, n_rows);
+}

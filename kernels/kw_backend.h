@@ -359,6 +359,50 @@ int kw_op_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, 
 /* out (T, H, D) f32 = cache (H, cap, D) f32/bf16 rows [pos0, pos0+T). */
 int kw_op_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
 
+/* ------------------------------------------------------------------------------------------------------------
+ * The paged quantized KV cache (model/kw_kvcache.c's int8 and int4 caches). One storage tensor (u8, 1-D,
+ * kw_kvq_bytes long) holds one layer's K or V of one sequence; kernels/kw_kvq_format.h defines its bytes. Keys are
+ * quantized per channel over a page of page_tokens rows (the scales are fixed when the page fills; the rows of the
+ * page not yet full wait in a bf16 tail, and stored keys are rounded to bf16 first, so a page's codes depend on its
+ * rows' bf16 values only, not on how the rows arrived); values are quantized per row. A stored value dequantizes to
+ * fl(code * scale) in f32, and attention on the storage gives the same bits as kw_op_attention on an f32 cache holding
+ * those values (kw_op_kvq_load reads them), on every ISA. The ops take the number of rows stored so far (n_rows):
+ * the caller (kw_kvcache) keeps it. Backends without these ops: kw_backend_supports_kvq answers 0. */
+enum kw_kvq_codec { KW_KVQ_INT8 = 1, KW_KVQ_INT4 = 2 };
+
+typedef struct kw_kvq_geom {
+    enum kw_kvq_codec codec;
+    int32_t keys;        /* 1: keys (per-channel page scales and a bf16 tail), 0: values (per-row scales) */
+    int64_t H, cap, D;   /* kv heads, capacity in rows, head dim (a multiple of 16) */
+    int32_t page_tokens; /* rows per page: 16..4096, a multiple of 16 */
+} kw_kvq_geom;
+
+/* Bytes of the storage tensor of g in *out. KW_E_INVALID_ARG for a bad geometry, KW_E_OVERFLOW. */
+int kw_kvq_bytes(const kw_kvq_geom *g, size_t *out);
+
+/* 1 if the backend has the kvq ops below (the CPU backend), else 0. */
+int kw_backend_supports_kvq(const kw_backend *backend);
+
+/* Stores src (T, H, D) f32 into rows [pos0, pos0 + T) of the storage, which holds n_rows rows (pos0 <= n_rows,
+ * pos0 + T <= cap); afterwards it holds max(n_rows, pos0 + T). Appending quantizes only the new rows (values) or the
+ * pages they fill (keys); overwriting rows of a full key page requantizes that page. */
+int kw_op_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, const kw_tensor *src, int64_t pos0,
+                    int64_t n_rows);
+
+/* out (T, H, D) f32 = the values of rows [pos0, pos0 + T) (pos0 + T <= n_rows) of a storage holding n_rows rows. */
+int kw_op_kvq_load(kw_backend *backend, kw_tensor *out, const kw_tensor *store, const kw_kvq_geom *g, int64_t pos0,
+                   int64_t n_rows);
+
+/* Shrinks a storage of n_rows rows to new_rows (<= n_rows): a key page that is no longer full goes back to the tail
+ * (its values rounded to bf16). */
+int kw_op_kvq_truncate(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, int64_t n_rows, int64_t new_rows);
+
+/* kw_op_attention over quantized storages: k_store (geometry kg, keys) and v_store (vg, values) hold n_rows rows each
+ * (params->n_kv <= n_rows); same heads, capacity and D in both. */
+int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                        const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                        const kw_attention_params *params, int64_t n_rows);
+
 enum kw_act {
     KW_ACT_SILU = 0,      /* x * sigmoid(x) */
     KW_ACT_GELU_ERF = 1,  /* 0.5 x (1 + erf(x / sqrt 2)), torch nn.GELU() */

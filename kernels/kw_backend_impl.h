@@ -73,6 +73,15 @@ struct kw_backend_i {
     int (*softmax)(kw_backend *backend, kw_tensor *out, const kw_tensor *x);
     int (*argmax)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags);
     int (*copy)(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
+    /* (optional, all four or none) The paged quantized KV cache ops of kw_backend.h (validated). */
+    int (*kvq_store)(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, const kw_tensor *src, int64_t pos0,
+                     int64_t n_rows);
+    int (*kvq_load)(kw_backend *backend, kw_tensor *out, const kw_tensor *store, const kw_kvq_geom *g, int64_t pos0,
+                    int64_t n_rows);
+    int (*kvq_truncate)(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, int64_t n_rows, int64_t new_rows);
+    int (*attention_kvq)(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                         const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                         const kw_attention_params *params, int64_t n_rows);
     int (*head_scale_add)(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
                           const kw_tensor *w, float g);
 };

@@ -16,8 +16,11 @@ struct kw_kvcache {
     int64_t capacity;
     enum kw_dtype dtype;
     int64_t length;
-    kw_tensor *k; /* n_layers tensors (Hkv, capacity, head_dim) */
-    kw_tensor *v;
+    kw_tensor *k;            /* n_layers tensors (Hkv, capacity, head_dim), or with codec: u8 key storages (kg) */
+    kw_tensor *v;            /* likewise for the values (vg) */
+    enum kw_kvq_codec codec; /* 0: a dense dtype cache; else the quantized codec */
+    kw_kvq_geom kg, vg;      /* the storages' geometry when quantized */
+    int64_t *stored;         /* (n_layers) rows stored in each layer's quantized storages (the tail's place) */
     int64_t *window;         /* (n_layers) attention window per layer, 0 = global */
     uint8_t *valid;          /* host mirror of the mask, capacity entries */
     int64_t n_masked;        /* number of zeros in valid */
@@ -25,6 +28,67 @@ struct kw_kvcache {
     kw_backend_graph *graph; /* owned: kw_kvcache_set_graph */
     uint64_t graph_key;
 };
+
+/* The common part of both constructors: checks, the struct and its host arrays (not the tensors). */
+static int kvcache_new(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
+                       kw_kvcache **out) {
+    KW_RETURN_IF(!backend || !out, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || capacity <= 0, KW_E_INVALID_ARG,
+                 "kvcache: bad geometry (%d layers, %d heads, head_dim %d, capacity %lld)", (int)n_layers,
+                 (int)n_kv_heads, (int)head_dim, (long long)capacity);
+    kw_kvcache *c = calloc(1, sizeof *c);
+    KW_RETURN_IF(!c, KW_E_NOMEM, "kvcache: out of memory");
+    c->backend = backend;
+    c->n_layers = n_layers;
+    c->n_kv_heads = n_kv_heads;
+    c->head_dim = head_dim;
+    c->capacity = capacity;
+    c->k = calloc((size_t)n_layers, sizeof *c->k);
+    c->v = calloc((size_t)n_layers, sizeof *c->v);
+    c->window = calloc((size_t)n_layers, sizeof *c->window);
+    c->stored = calloc((size_t)n_layers, sizeof *c->stored);
+    c->valid = malloc((size_t)capacity);
+    if (!c->k || !c->v || !c->window || !c->stored || !c->valid) {
+        kw_kvcache_free(c);
+        KW_FAIL(KW_E_NOMEM, "kvcache: out of memory");
+    }
+    memset(c->valid, 1, (size_t)capacity);
+    *out = c;
+    return 0;
+}
+
+int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out) {
+    KW_RETURN_IF(!backend || !out, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(!kw_backend_supports_kvq(backend), KW_E_OP_UNSUPPORTED,
+                 "kvcache: backend %s has no quantized KV cache", kw_backend_name(backend));
+    const kw_kvq_geom kg = {
+        .codec = codec, .keys = 1, .H = n_kv_heads, .cap = capacity, .D = head_dim, .page_tokens = page_tokens};
+    kw_kvq_geom vg = kg;
+    vg.keys = 0;
+    size_t kbytes, vbytes;
+    KW_FORWARD(kw_kvq_bytes(&kg, &kbytes));
+    KW_FORWARD(kw_kvq_bytes(&vg, &vbytes));
+    int rc = 0;
+    kw_kvcache *c = NULL;
+    KW_FORWARD(kvcache_new(backend, n_layers, n_kv_heads, head_dim, capacity, &c));
+    c->dtype = KW_DTYPE_U8;
+    c->codec = codec;
+    c->kg = kg;
+    c->vg = vg;
+    const int64_t kne[1] = {(int64_t)kbytes}, vne[1] = {(int64_t)vbytes};
+    for (int32_t l = 0; l < n_layers; ++l) {
+        KW_CHECK(kw_tensor_alloc(backend, &c->k[l], KW_DTYPE_U8, 1, kne));
+        KW_CHECK(kw_tensor_alloc(backend, &c->v[l], KW_DTYPE_U8, 1, vne));
+    }
+    *out = c;
+    c = NULL;
+out:
+    kw_kvcache_free(c);
+    return rc;
+}
 
 int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
                       enum kw_dtype dtype, kw_kvcache **out) {
@@ -44,20 +108,9 @@ int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads,
                      kw_size_mul(bytes, kw_dtype_size(dtype), &bytes) < 0,
                  KW_E_OVERFLOW, "kvcache: size overflows");
     int rc = 0;
-    kw_kvcache *c = calloc(1, sizeof *c);
-    KW_RETURN_IF(!c, KW_E_NOMEM, "kvcache: out of memory");
-    c->backend = backend;
-    c->n_layers = n_layers;
-    c->n_kv_heads = n_kv_heads;
-    c->head_dim = head_dim;
-    c->capacity = capacity;
+    kw_kvcache *c = NULL;
+    KW_FORWARD(kvcache_new(backend, n_layers, n_kv_heads, head_dim, capacity, &c));
     c->dtype = dtype;
-    c->k = calloc((size_t)n_layers, sizeof *c->k);
-    c->v = calloc((size_t)n_layers, sizeof *c->v);
-    c->window = calloc((size_t)n_layers, sizeof *c->window);
-    c->valid = malloc((size_t)capacity);
-    KW_CHECK_IF(!c->k || !c->v || !c->window || !c->valid, KW_E_NOMEM, "kvcache: out of memory");
-    memset(c->valid, 1, (size_t)capacity);
     const int64_t ne[3] = {n_kv_heads, capacity, head_dim};
     for (int32_t l = 0; l < n_layers; ++l) {
         KW_CHECK(kw_tensor_alloc(backend, &c->k[l], dtype, 3, ne));
@@ -82,6 +135,7 @@ void kw_kvcache_free(kw_kvcache *cache) {
     free(cache->k);
     free(cache->v);
     free(cache->window);
+    free(cache->stored);
     free(cache->valid);
     free(cache);
 }
@@ -119,12 +173,36 @@ int kw_kvcache_set_layer_window(kw_kvcache *cache, int32_t layer, int64_t window
     return 0;
 }
 
+enum kw_kvq_codec kw_kvcache_codec(const kw_kvcache *cache) {
+    return cache->codec;
+}
+
+int32_t kw_kvcache_page_tokens(const kw_kvcache *cache) {
+    return cache->codec ? cache->kg.page_tokens : 0;
+}
+
+uint64_t kw_kvcache_bytes(const kw_kvcache *cache) {
+    uint64_t total = 0;
+    for (int32_t l = 0; l < cache->n_layers; ++l)
+        total += kw_tensor_nbytes(&cache->k[l]) + kw_tensor_nbytes(&cache->v[l]);
+    return total;
+}
+
 kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer) {
-    return (layer >= 0 && layer < cache->n_layers) ? &cache->k[layer] : NULL;
+    return (!cache->codec && layer >= 0 && layer < cache->n_layers) ? &cache->k[layer] : NULL;
 }
 
 kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer) {
-    return (layer >= 0 && layer < cache->n_layers) ? &cache->v[layer] : NULL;
+    return (!cache->codec && layer >= 0 && layer < cache->n_layers) ? &cache->v[layer] : NULL;
+}
+
+int kw_kvcache_attention(kw_kvcache *cache, int32_t layer, kw_tensor *out, const kw_tensor *q,
+                         const kw_attention_params *params) {
+    KW_RETURN_IF(layer < 0 || layer >= cache->n_layers, KW_E_INVALID_ARG, "kvcache: layer %d of %d", (int)layer,
+                 (int)cache->n_layers);
+    if (!cache->codec) return kw_op_attention(cache->backend, out, q, &cache->k[layer], &cache->v[layer], params);
+    return kw_op_attention_kvq(cache->backend, out, q, &cache->k[layer], &cache->kg, &cache->v[layer], &cache->vg,
+                               params, cache->stored[layer]);
 }
 
 int kw_kvcache_is_valid(const kw_kvcache *cache, int64_t p) {
@@ -172,12 +250,20 @@ int kw_kvcache_truncate(kw_kvcache *cache, int64_t new_length) {
     KW_RETURN_IF(new_length < 0 || new_length > cache->length, KW_E_INVALID_ARG,
                  "kvcache: truncate to %lld, length is %lld", (long long)new_length, (long long)cache->length);
     const int64_t old = cache->length;
+    for (int32_t l = 0; cache->codec && l < cache->n_layers; ++l) {
+        if (cache->stored[l] <= new_length) continue;
+        KW_FORWARD(kw_op_kvq_truncate(cache->backend, &cache->k[l], &cache->kg, cache->stored[l], new_length));
+        KW_FORWARD(kw_op_kvq_truncate(cache->backend, &cache->v[l], &cache->vg, cache->stored[l], new_length));
+        cache->stored[l] = new_length;
+    }
     cache->length = new_length;
     return kvcache_mark(cache, new_length, old - new_length, 1);
 }
 
 int kw_kvcache_reset(kw_kvcache *cache) {
     cache->length = 0;
+    for (int32_t l = 0; cache->codec && l < cache->n_layers; ++l)
+        cache->stored[l] = 0; /* an empty storage has no tail to keep */
     return cache->n_masked ? kvcache_mark(cache, 0, cache->capacity, 1) : 0;
 }
 
@@ -216,6 +302,14 @@ int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor
     KW_RETURN_IF(nk >= 0 && nv >= 0 && nk != nv, KW_E_SHAPE, "kvcache: K and V row counts differ");
     KW_RETURN_IF(p0 < 0 || n > cache->length - p0, KW_E_INVALID_ARG, "kvcache: rows [%lld, +%lld) beyond length %lld",
                  (long long)p0, (long long)n, (long long)cache->length);
+    if (cache->codec) {
+        const int64_t stored = cache->stored[layer];
+        KW_RETURN_IF(n > stored - p0, KW_E_INVALID_ARG, "kvcache: rows [%lld, +%lld) were never stored (%lld are)",
+                     (long long)p0, (long long)n, (long long)stored);
+        if (k_out) KW_FORWARD(kw_op_kvq_load(cache->backend, k_out, &cache->k[layer], &cache->kg, p0, stored));
+        if (v_out) KW_FORWARD(kw_op_kvq_load(cache->backend, v_out, &cache->v[layer], &cache->vg, p0, stored));
+        return 0;
+    }
     if (k_out) KW_FORWARD(kw_op_kv_load(cache->backend, k_out, &cache->k[layer], p0));
     if (v_out) KW_FORWARD(kw_op_kv_load(cache->backend, v_out, &cache->v[layer], p0));
     return 0;
@@ -232,8 +326,19 @@ int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw
                  "kvcache: store at row %lld leaves a gap (length %lld)", (long long)p0, (long long)cache->length);
     KW_RETURN_IF(n > cache->capacity - p0, KW_E_MODEL_CONTEXT, "kvcache: rows [%lld, +%lld) beyond capacity %lld",
                  (long long)p0, (long long)n, (long long)cache->capacity);
-    if (k_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->k[layer], k_src, p0));
-    if (v_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->v[layer], v_src, p0));
+    if (cache->codec) {
+        /* a quantized layer stores K and V together: its stored row count is shared */
+        const int64_t stored = cache->stored[layer];
+        KW_RETURN_IF(!k_src || !v_src, KW_E_INVALID_ARG, "kvcache: a quantized cache stores K and V rows together");
+        KW_RETURN_IF(p0 > stored, KW_E_INVALID_ARG, "kvcache: store at row %lld leaves a gap (%lld stored)",
+                     (long long)p0, (long long)stored);
+        KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->k[layer], &cache->kg, k_src, p0, stored));
+        KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->v[layer], &cache->vg, v_src, p0, stored));
+        if (p0 + n > stored) cache->stored[layer] = p0 + n;
+    } else {
+        if (k_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->k[layer], k_src, p0));
+        if (v_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->v[layer], v_src, p0));
+    }
     if (p0 + n > cache->length) cache->length = p0 + n;
     return 0;
 }

@@ -1,10 +1,14 @@
 /* kw_kvcache.h: the per-layer key/value cache of one sequence, in backend memory.
  *
  * Each layer holds K and V as (Hkv, capacity, head_dim) tensors, bf16 (the default, what HF bf16 caches hold) or f32
- * (for exact fp32 parity). Rows are positions: row p holds the K/V of the token at cache position p, K after RoPE (and
- * after the per-head k_norm of Qwen3), exactly what HF DynamicCache stores. The cache has a length: rows [0, length)
- * are in use; the forward pass appends at length. A per-position validity mask (1 = attend, 0 = padding) lets padded
- * prompts (token alignment) hide rows from attention.
+ * (for exact fp32 parity), or (kw_kvcache_create_quantized) as paged int8 or int4 storages (kw_kvq_geom in
+ * kernels/kw_backend.h: keys per channel over pages of page_tokens rows with a bf16 tail for the page not yet full,
+ * values per row), which attention reads directly. Every function below works on both kinds except kw_kvcache_k/v,
+ * which only a dense cache has; a quantized cache's rows read back as the values it holds (fl(code * scale)). Rows are
+ * positions: row p holds the K/V of the token at cache position p, K after RoPE (and after the per-head k_norm of
+ * Qwen3), exactly what HF DynamicCache stores. The cache has a length: rows [0, length) are in use; the forward pass
+ * appends at length. A per-position validity mask (1 = attend, 0 = padding) lets padded prompts (token alignment) hide
+ * rows from attention.
  *
  * Each layer also records the attention window its model uses (0: global attention; Gemma3's sliding layers: the
  * sliding window), set by kw_model_create_cache. Rows outside a layer's window stay stored (positions are rows, and
@@ -30,6 +34,12 @@ typedef struct kw_kvcache kw_kvcache; /* opaque */
 int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
                       enum kw_dtype dtype, kw_kvcache **out);
 
+/* Creates an empty quantized cache (codec KW_KVQ_INT8 or KW_KVQ_INT4, pages of page_tokens rows: 16..4096, a multiple
+ * of 16; head_dim a multiple of 16) on backend (borrowed). KW_E_OP_UNSUPPORTED when the backend has no quantized cache
+ * (kw_backend_supports_kvq: only the CPU backend has one now). *out is owned by the caller (kw_kvcache_free). */
+int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out);
+
 /* Releases the tensors and the cache. NULL is a no-op. */
 void kw_kvcache_free(kw_kvcache *cache);
 
@@ -38,7 +48,12 @@ int32_t kw_kvcache_n_layers(const kw_kvcache *cache);
 int32_t kw_kvcache_n_kv_heads(const kw_kvcache *cache);
 int32_t kw_kvcache_head_dim(const kw_kvcache *cache);
 int64_t kw_kvcache_capacity(const kw_kvcache *cache);
-enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache);
+enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache); /* KW_DTYPE_U8 for a quantized cache */
+/* The quantized codec, or 0 for a dense (bf16/f32) cache; its page length (0 for a dense cache). */
+enum kw_kvq_codec kw_kvcache_codec(const kw_kvcache *cache);
+int32_t kw_kvcache_page_tokens(const kw_kvcache *cache);
+/* Backend bytes of all K and V storage (codes, scales, tails; capacity rows, used or not). */
+uint64_t kw_kvcache_bytes(const kw_kvcache *cache);
 kw_backend *kw_kvcache_backend(const kw_kvcache *cache);
 /* Rows [0, length) are in use. */
 int64_t kw_kvcache_length(const kw_kvcache *cache);
@@ -51,9 +66,16 @@ int64_t kw_kvcache_layer_window(const kw_kvcache *cache, int32_t layer);
 int kw_kvcache_set_layer_window(kw_kvcache *cache, int32_t layer, int64_t window);
 
 /* The K or V tensor (Hkv, capacity, head_dim) of a layer, owned by the cache (valid until kw_kvcache_free), or NULL
- * for a layer out of range. Backend ops may read and write it; rows >= length are undefined. */
+ * for a layer out of range or a quantized cache (use kw_kvcache_store_rows / kw_kvcache_attention). Backend ops may
+ * read and write it; rows >= length are undefined. */
 kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer);
 kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer);
+
+/* kw_op_attention of q (T, Hq, D) over one layer of the cache into out: for a dense cache exactly kw_op_attention on
+ * its tensors; for a quantized one kw_op_attention_kvq on its storages (the same bits as kw_op_attention on an f32
+ * cache of the values the storages hold). params as for kw_op_attention (n_kv <= the rows stored in the layer). */
+int kw_kvcache_attention(kw_kvcache *cache, int32_t layer, kw_tensor *out, const kw_tensor *q,
+                         const kw_attention_params *params);
 
 /* The (capacity) u8 validity mask in backend memory, owned by the cache, or NULL while every row is valid (attention
  * then needs no mask). Pass it as kw_attention_params.kv_mask. */
@@ -91,7 +113,9 @@ int kw_kvcache_append(kw_kvcache *cache, int64_t n, int64_t *row0);
 int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor *k_out, kw_tensor *v_out);
 
 /* Overwrites rows [p0, p0 + T) of one layer from f32 (T, Hkv, head_dim) tensors (converted with round-to-nearest-even
- * for a bf16 cache). p0 <= length; rows past length extend it (p0 + T <= capacity). Either source may be NULL. */
+ * for a bf16 cache, quantized for a quantized one). p0 <= length; rows past length extend it (p0 + T <= capacity).
+ * Either source may be NULL for a dense cache; a quantized cache needs both (and p0 <= the rows its layer has stored,
+ * which the forward pass's append then store keeps equal to length). */
 int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw_tensor *k_src, const kw_tensor *v_src);
 
 /* Host copies: k and v (either may be NULL) are caller-owned f32 arrays of n * Hkv * head_dim values laid out

@@ -391,9 +391,8 @@ size_t kw_model_weight_bytes_per_token(const kw_model *model) {
     return model->bytes_per_token;
 }
 
-int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out) {
-    KW_FORWARD(kw_kvcache_create(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads, model->cfg.head_dim,
-                                 capacity, dtype, out));
+/* Gives a new cache the model's per-layer attention windows (frees it and clears *out on failure). */
+static int model_cache_windows(const kw_model *model, kw_kvcache **out) {
     for (int32_t l = 0; l < model->cfg.n_layers; ++l) {
         const int rc = kw_kvcache_set_layer_window(*out, l, kw_config_layer_window(&model->cfg, l));
         if (rc < 0) {
@@ -403,6 +402,19 @@ int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype
         }
     }
     return 0;
+}
+
+int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out) {
+    KW_FORWARD(kw_kvcache_create(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads, model->cfg.head_dim,
+                                 capacity, dtype, out));
+    return model_cache_windows(model, out);
+}
+
+int kw_model_create_cache_quantized(const kw_model *model, int64_t capacity, enum kw_kvq_codec codec,
+                                    int32_t page_tokens, kw_kvcache **out) {
+    KW_FORWARD(kw_kvcache_create_quantized(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads,
+                                           model->cfg.head_dim, capacity, codec, page_tokens, out));
+    return model_cache_windows(model, out);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -486,8 +498,13 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     }
     KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &q3, &pos, rope));
     KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &k3, &pos, rope));
-    KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_k(cache, l), &k3, row0));
-    KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_v(cache, l), &v3, row0));
+    const int quantized = kw_kvcache_codec(cache) != 0;
+    if (quantized) {
+        KW_MODEL_OP(m, KW_OP_KV_STORE, kw_kvcache_store_rows(cache, l, row0, &k3, &v3));
+    } else {
+        KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_k(cache, l), &k3, row0));
+        KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_v(cache, l), &v3, row0));
+    }
     /* Gemma3: query_pre_attn_scalar ** -0.5, the Python double HF passes as the score scale */
     const double scalar = c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : (double)c->head_dim;
     const kw_attention_params ap = {
@@ -497,8 +514,11 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
         .sliding_window = window,
         .kv_mask = kw_kvcache_mask(cache),
     };
-    KW_MODEL_OP(m, KW_OP_ATTENTION,
-                kw_op_attention(be, &att3, &q3, kw_kvcache_k(cache, l), kw_kvcache_v(cache, l), &ap));
+    if (quantized)
+        KW_MODEL_OP(m, KW_OP_ATTENTION, kw_kvcache_attention(cache, l, &att3, &q3, &ap));
+    else
+        KW_MODEL_OP(m, KW_OP_ATTENTION,
+                    kw_op_attention(be, &att3, &q3, kw_kvcache_k(cache, l), kw_kvcache_v(cache, l), &ap));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &att, &L->wo, opt_bias(&L->bo)));
     if (L->attn_out_norm.data) KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &o, &o, &L->attn_out_norm, eps, nf));
     KW_MODEL_OP(m, KW_OP_ADD, kw_op_add(be, &x, &x, &o));

@@ -78,6 +78,11 @@ size_t kw_model_weight_bytes_per_token(const kw_model *model);
  * (kw_kvcache_free). */
 int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out);
 
+/* Like kw_model_create_cache, with a quantized cache (kw_kvcache_create_quantized: codec KW_KVQ_INT8 or KW_KVQ_INT4,
+ * pages of page_tokens rows). *out is owned by the caller. */
+int kw_model_create_cache_quantized(const kw_model *model, int64_t capacity, enum kw_kvq_codec codec,
+                                    int32_t page_tokens, kw_kvcache **out);
+
 enum kw_logits_mode {
     KW_LOGITS_NONE = 0, /* K/V only (prefill whose logits nobody reads: C2C receiver and sharer prefill) */
     KW_LOGITS_LAST = 1, /* the last token's row */

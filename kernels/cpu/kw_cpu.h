@@ -59,6 +59,16 @@ int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, co
 int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
 int kw__cpu_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
 int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
+
+/* kw_cpu_kvq.c and kw_cpu_attention.c: the paged quantized KV cache (kw_op_kvq_*, kw_op_attention_kvq). */
+int kw__cpu_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, const kw_tensor *src, int64_t pos0,
+                      int64_t n_rows);
+int kw__cpu_kvq_load(kw_backend *backend, kw_tensor *out, const kw_tensor *store, const kw_kvq_geom *g, int64_t pos0,
+                     int64_t n_rows);
+int kw__cpu_kvq_truncate(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, int64_t n_rows, int64_t new_rows);
+int kw__cpu_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                          const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                          const kw_attention_params *params, int64_t n_rows);
 int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act);
 int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum kw_act act);
 int kw__cpu_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b);

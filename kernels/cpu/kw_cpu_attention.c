@@ -10,7 +10,9 @@
  *   e_j = exp(s_j - m)              kw_cpu_math.c's exp; masked rows give 0
  *   S   = sum16(e_lo .. e_hi)       lane l adds rows lo + l, lo + l + 16, ... in order, then the same tree
  *   o_d = (fma chain over j of e_j v_j[d], rows with e_j = 0 skipped) * (1 / S)
- * Not here: any KV layout other than (Hkv, cap, D), or the projection of q/k/v.
+ * The paged quantized cache (kw__cpu_attention_kvq) runs the same arithmetic with each K and V value rebuilt in
+ * registers as fl(code * scale), so it equals this kernel on an f32 cache of those values, bit for bit.
+ * Not here: the projection of q/k/v.
  */
 #include "kernels/cpu/kw_cpu.h"
 
@@ -20,6 +22,7 @@
 
 #include "common/kw_status.h"
 #include "kernels/cpu/kw_cpu_simd.h"
+#include "kernels/kw_kvq_format.h"
 #include "kernels/kw_op_math.h"
 
 /* Group sizes above this run in chunks (scores for every head of a chunk live in scratch together). */
@@ -110,6 +113,71 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
             else
                 kw_attn_item(cpu->isa, o, qs + (t * Hq + h0) * D, nh, kbase, vbase, dtype, D, lo, hi, mask, scale,
                              scores, n_kv);
+        }
+    }
+    return 0;
+}
+
+static void kw_attnq_item(enum kw_cpu_isa isa, float *out, const float *q, int64_t nh, const uint8_t *khead,
+                          const kw_kvq_geom *kg, const uint8_t *vhead, const kw_kvq_geom *vg, int64_t full, int64_t lo,
+                          int64_t hi, const uint8_t *mask, float scale, float *scores, int64_t n_kv, float *ksc,
+                          const float *scale_of) {
+#if KW_CPU_X86
+    if (isa == KW_CPU_ISA_AVX512) {
+        kw_attnq_item_avx512(out, q, nh, khead, kg, vhead, vg, full, lo, hi, mask, scale, scores, n_kv, ksc, scale_of);
+        return;
+    }
+    if (isa == KW_CPU_ISA_AVX2) {
+        kw_attnq_item_avx2(out, q, nh, khead, kg, vhead, vg, full, lo, hi, mask, scale, scores, n_kv, ksc, scale_of);
+        return;
+    }
+#endif
+    (void)isa;
+    kw_attnq_item_scalar(out, q, nh, khead, kg, vhead, vg, full, lo, hi, mask, scale, scores, n_kv, ksc, scale_of);
+}
+
+int kw__cpu_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                          const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                          const kw_attention_params *params, int64_t n_rows) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = kg->H;
+    const int64_t group = Hq / Hkv, chunk = group < KW_ATTN_MAX_GROUP ? group : KW_ATTN_MAX_GROUP;
+    const int64_t full = n_rows / kg->page_tokens * kg->page_tokens;
+    const size_t kbytes = kw_kvq_head_bytes(kg), vbytes = kw_kvq_head_bytes(vg);
+    const uint8_t *mask = params->kv_mask ? params->kv_mask->data : NULL;
+    const int64_t n_kv = params->n_kv, window = params->sliding_window, q_pos0 = params->q_pos0;
+    const float scale = params->scale;
+    const float *qs = q->data;
+    float *os = out->data;
+    float scale_of[256];
+    for (int s = 0; s < 256; ++s)
+        scale_of[s] = kw_kvq_scale((uint8_t)s);
+
+    const int64_t items = T * Hkv;
+    const int64_t work = T * Hq * (q_pos0 + T) * D;
+    const int nt =
+        (int)(work >= KW_CPU_PARALLEL_MIN * 4 && items > 1 ? (items < cpu->n_threads ? items : cpu->n_threads) : 1);
+    /* per thread: chunk score rows of n_kv, then D decoded key scales */
+    const size_t per_thread = (size_t)(chunk * n_kv + 16 + D);
+    float *scratch;
+    KW_FORWARD(kw__cpu_scratch(cpu, per_thread * (size_t)nt, &scratch));
+
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+        const int64_t t = it / Hkv, kvh = it % Hkv, p = q_pos0 + t;
+        float *scores = scratch + per_thread * (size_t)omp_get_thread_num(), *ksc = scores + chunk * n_kv + 16;
+        int64_t lo, hi;
+        kw_opm_attn_span(p, n_kv, window, &lo, &hi);
+        const uint8_t *khead = (const uint8_t *)k_store->data + (size_t)kvh * kbytes;
+        const uint8_t *vhead = (const uint8_t *)v_store->data + (size_t)kvh * vbytes;
+        for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
+            const int64_t nh = (kvh + 1) * group - h0 < chunk ? (kvh + 1) * group - h0 : chunk;
+            float *o = os + (t * Hq + h0) * D;
+            if (lo > hi)
+                memset(o, 0, (size_t)(nh * D) * sizeof(float));
+            else
+                kw_attnq_item(cpu->isa, o, qs + (t * Hq + h0) * D, nh, khead, kg, vhead, vg, full, lo, hi, mask, scale,
+                              scores, n_kv, ksc, scale_of);
         }
     }
     return 0;

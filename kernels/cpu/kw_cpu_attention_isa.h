@@ -101,3 +101,105 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
             KW_ISA_FN(kw_attn_out_block)(o, e_row, vbase, row_bytes, dt, lo, n, D, d0, inv);
     }
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The paged quantized cache (kernels/kw_kvq_format.h): the same arithmetic, with each cache value rebuilt in registers
+ * as fl(code * scale) (a widened code times the scale, one rounding) where the loops above load it, so the result is
+ * that of the f32 kernel on a cache holding those values. D is a multiple of 16 here.
+ */
+
+/* 16 codes of a row at d, widened exactly. */
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attnq_codes)(const uint8_t *row, enum kw_kvq_codec codec, int64_t d) {
+    if (codec == KW_KVQ_INT8) return KW_V(load_i8)((const int8_t *)row + d);
+    return KW_V(load_u4)(row + d / 2, 8);
+}
+
+/* q . k for a key row in a full page (codes, the page's channel scales sc) or in the bf16 tail (tail != NULL). */
+KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attnq_dot)(const float *q, const uint8_t *codes, const float *sc,
+                                                            const uint16_t *tail, enum kw_kvq_codec codec, int64_t D) {
+    KW_VT acc = KW_V(zero)();
+    if (tail) {
+        for (int64_t d = 0; d < D; d += 16)
+            acc = KW_V(fma)(KW_V(load)(q + d), KW_V(load_bf16)(tail + d), acc);
+    } else {
+        for (int64_t d = 0; d < D; d += 16)
+            acc = KW_V(fma)(KW_V(load)(q + d),
+                            KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(codes, codec, d), KW_V(load)(sc + d)), acc);
+    }
+    return KW_V(hsum)(acc);
+}
+
+/* kw_attn_out_block over value rows with one scale per row (scale_of: the 256 scale values). */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_out_block)(float *o, const float *e_row, const uint8_t *vbase,
+                                                                 const uint8_t *vscales, const float *scale_of,
+                                                                 size_t row_bytes, enum kw_kvq_codec codec, int64_t lo,
+                                                                 int64_t n, int64_t D, int64_t d0, float inv) {
+    KW_VT acc[4];
+    const int nc = (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c)
+        acc[c] = KW_V(zero)();
+    for (int64_t j = 0; j < n; ++j) {
+        const float e = e_row[j];
+        if (e == 0.0f) continue;
+        const KW_VT ev = KW_V(set1)(e), sv = KW_V(set1)(scale_of[vscales[lo + j]]);
+        const uint8_t *vrow = vbase + (size_t)(lo + j) * row_bytes;
+        for (int c = 0; c < nc; ++c)
+            acc[c] = KW_V(fma)(ev, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d0 + c * 16), sv), acc[c]);
+    }
+    const KW_VT iv = KW_V(set1)(inv);
+    for (int c = 0; c < nc; ++c)
+        KW_V(store)(o + d0 + c * 16, KW_V(mul)(acc[c], iv));
+}
+
+/* kw_attn_item over one kv head's key storage khead (geometry kg, full pages up to row full) and value storage vhead.
+ * ksc: D floats of scratch for a page's decoded channel scales; scale_of: the 256 scale values. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, int64_t nh, const uint8_t *khead,
+                                                    const kw_kvq_geom *kg, const uint8_t *vhead, const kw_kvq_geom *vg,
+                                                    int64_t full, int64_t lo, int64_t hi, const uint8_t *mask,
+                                                    float scale, float *scores, int64_t n_kv, float *ksc,
+                                                    const float *scale_of) {
+    const int64_t D = kg->D, P = kg->page_tokens, n = hi - lo + 1;
+    const size_t krow_bytes = kw_kvq_row_bytes(kg->codec, D), vrow_bytes = kw_kvq_row_bytes(vg->codec, D);
+    const uint8_t *kscales = khead + kw_kvq_scales_offset(kg);
+    const uint16_t *ktail = (const uint16_t *)(khead + kw_kvq_tail_offset(kg));
+    int64_t page = -1;
+    float maxs[KW_ATTN_MAX_GROUP];
+    for (int64_t g = 0; g < nh; ++g)
+        maxs[g] = -INFINITY;
+    for (int64_t j = lo; j <= hi; ++j) {
+        const int masked = kw_opm_attn_masked(mask, j);
+        const uint16_t *tail = j >= full ? ktail + (j - full) * D : NULL;
+        if (!masked && !tail && j / P != page) {
+            page = j / P;
+            for (int64_t d = 0; d < D; ++d)
+                ksc[d] = scale_of[kscales[page * D + d]];
+        }
+        const uint8_t *codes = khead + (size_t)j * krow_bytes;
+        for (int64_t g = 0; g < nh; ++g) {
+            const float s =
+                masked ? -INFINITY : KW_ISA_FN(kw_attnq_dot)(q + g * D, codes, ksc, tail, kg->codec, D) * scale;
+            scores[g * n_kv + j] = s;
+            if (s > maxs[g]) maxs[g] = s;
+        }
+    }
+    for (int64_t g = 0; g < nh; ++g) {
+        float *o = out + g * D, *e_row = scores + g * n_kv + lo;
+        if (maxs[g] == -INFINITY) {
+            memset(o, 0, (size_t)D * sizeof(float));
+            continue;
+        }
+        for (int64_t i = 0; i < n; ++i)
+            e_row[i] -= maxs[g];
+        kw__cpu_exp_f32(KW_SIMD_ISA, e_row, e_row, n);
+        KW_VT sv = KW_V(zero)();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            sv = KW_V(add)(sv, KW_V(load)(e_row + i));
+        if (i < n) sv = KW_V(add)(sv, KW_V(load_n)(e_row + i, (int)(n - i)));
+        const float inv = 1.0f / KW_V(hsum)(sv);
+        for (int64_t d0 = 0; d0 < D; d0 += 64)
+            KW_ISA_FN(kw_attnq_out_block)
+            (o, e_row, vhead, vhead + kw_kvq_scales_offset(vg), scale_of, vrow_bytes, vg->codec, lo, n, D, d0, inv);
+    }
+}

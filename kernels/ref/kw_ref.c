@@ -9,6 +9,7 @@
 #include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend_impl.h"
+#include "kernels/kw_kvq_format.h"
 
 float kw_ref_load(const void *data, enum kw_dtype dtype, int64_t i) {
     switch (dtype) {
@@ -261,4 +262,54 @@ void kw_ref_copy(void *dst, enum kw_dtype dst_dtype, const void *src, enum kw_dt
     }
     for (int64_t i = 0; i < n; ++i)
         kw_ref_store(dst, dst_dtype, i, kw_ref_load(src, src_dtype, i));
+}
+
+/* The scale byte of a group with largest magnitude amax, by scanning the format's scales. */
+static uint8_t kw_ref_kvq_scale_byte(float amax, int qmax) {
+    if (amax == 0.0f) return 0;
+    for (int s = 1; s < 256; ++s)
+        if ((double)kw_kvq_scale((uint8_t)s) * qmax >= (double)amax && kw_kvq_scale((uint8_t)s) * (float)qmax >= amax)
+            return (uint8_t)s;
+    return 255;
+}
+
+/* x quantized with scale byte s and rebuilt: fl(code * scale). */
+static float kw_ref_kvq_round(float x, uint8_t s, int qmax) {
+    if (s == 0 || isnan(x)) return 0.0f;
+    const float scale = kw_kvq_scale(s);
+    double c = nearbyint((double)(x / scale));
+    c = c > qmax ? qmax : c < -qmax ? -qmax : c;
+    return (float)(int)c * scale; /* an integer code: a zero code rebuilds +0 */
+}
+
+void kw_ref_kvq_values(float *out, const kw_kvq_geom *g, const float *rows, int64_t n_rows) {
+    const int64_t H = g->H, D = g->D, P = g->page_tokens, cap = g->cap, full = n_rows / P * P;
+    const int qmax = kw_kvq_code_max(g->codec);
+    for (int64_t h = 0; h < H; ++h) {
+        for (int64_t r = 0; r < n_rows; ++r) {
+            const float *x = rows + (r * H + h) * D;
+            float *y = out + (h * cap + r) * D;
+            if (!g->keys) {
+                float amax = 0.0f;
+                for (int64_t d = 0; d < D; ++d)
+                    amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
+                const uint8_t s = kw_ref_kvq_scale_byte(amax, qmax);
+                for (int64_t d = 0; d < D; ++d)
+                    y[d] = kw_ref_kvq_round(x[d], s, qmax);
+            } else if (r >= full) {
+                for (int64_t d = 0; d < D; ++d)
+                    y[d] = kw_round_bf16(x[d]);
+            } else {
+                const int64_t p0 = r / P * P;
+                for (int64_t d = 0; d < D; ++d) {
+                    float amax = 0.0f;
+                    for (int64_t i = p0; i < p0 + P; ++i) {
+                        const float a = fabsf(kw_round_bf16(rows[(i * H + h) * D + d]));
+                        amax = a > amax ? a : amax;
+                    }
+                    y[d] = kw_ref_kvq_round(kw_round_bf16(x[d]), kw_ref_kvq_scale_byte(amax, qmax), qmax);
+                }
+            }
+        }
+    }
 }

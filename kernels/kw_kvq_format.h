@@ -1,0 +1,101 @@
+/* kw_kvq_format.h: the byte layout and the number format of the paged quantized KV cache (kw_kvq_geom in
+ * kw_backend.h), shared by the CPU backend and the plain-C oracle so both read and write the same bytes.
+ *
+ * One storage tensor holds one layer's K or V of one sequence, head after head. Codes are symmetric integers
+ * (int8: -127..127 in a byte; int4: -7..7 stored as code + 8 in a nibble, 16 values per 8 bytes, byte i of a block of
+ * 16 holding value i in its low and value 8 + i in its high nibble). A scale is one byte s: 0 means the group is all
+ * zeros, 1..255 mean 2^((s - 128) / 8) (steps of 9%, range 2^-15.9 .. 2^15.9), and a value is fl(code * scale) in f32.
+ *   keys (per channel, KIVI): per head n_pages = ceil(cap / P) pages of P rows; a page holds P rows of D codes, then
+ *     (after all the pages' codes) D scales per page, one per channel, fixed when the page fills; then the tail: P
+ *     bf16 rows holding the rows of the last, not yet full page (rows [floor(n / P) * P, n) of a cache of n rows).
+ *   values (per token): per head cap rows of D codes, then cap scales, one per row, set when the row is stored.
+ * No page table is stored: page p of head h sits at a fixed offset, so the table costs no bytes.
+ */
+#ifndef KW_KVQ_FORMAT_H
+#define KW_KVQ_FORMAT_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kw_backend.h"
+
+/* The largest code magnitude of a codec (127 or 7), 0 for an unknown codec. */
+static inline int kw_kvq_code_max(enum kw_kvq_codec codec) {
+    return codec == KW_KVQ_INT8 ? 127 : codec == KW_KVQ_INT4 ? 7 : 0;
+}
+
+/* Bytes of one row of D codes. */
+static inline size_t kw_kvq_row_bytes(enum kw_kvq_codec codec, int64_t D) {
+    return codec == KW_KVQ_INT4 ? (size_t)D / 2 : (size_t)D;
+}
+
+static inline int64_t kw_kvq_n_pages(const kw_kvq_geom *g) {
+    return (g->cap + g->page_tokens - 1) / g->page_tokens;
+}
+
+/* Offsets inside the region of one head, and that region's size. */
+static inline size_t kw_kvq_scales_offset(const kw_kvq_geom *g) {
+    const int64_t rows = g->keys ? kw_kvq_n_pages(g) * g->page_tokens : g->cap;
+    return (size_t)rows * kw_kvq_row_bytes(g->codec, g->D);
+}
+static inline size_t kw_kvq_tail_offset(const kw_kvq_geom *g) { /* keys only */
+    return kw_kvq_scales_offset(g) + (size_t)(kw_kvq_n_pages(g) * g->D);
+}
+static inline size_t kw_kvq_head_bytes(const kw_kvq_geom *g) {
+    if (g->keys) return kw_kvq_tail_offset(g) + (size_t)(g->page_tokens * g->D) * 2;
+    return kw_kvq_scales_offset(g) + (size_t)g->cap;
+}
+
+/* 2^(i / 8) for i = 0..7, rounded to f32 (the scale format's mantissas). */
+static const float kw_kvq_root8[8] = {0x1p+0f,        0x1.172b84p+0f, 0x1.306fe0p+0f, 0x1.4bfdaep+0f,
+                                      0x1.6a09e6p+0f, 0x1.8ace54p+0f, 0x1.ae89fap+0f, 0x1.d5818ep+0f};
+
+/* The value of scale byte s (0 for s = 0). */
+static inline float kw_kvq_scale(uint8_t s) {
+    if (s == 0) return 0.0f;
+    const int e = (int)s - 128, frac = ((e % 8) + 8) % 8;
+    return ldexpf(kw_kvq_root8[frac], (e - frac) / 8);
+}
+
+/* The scale byte for a group whose largest magnitude is amax: the smallest s with scale(s) * code_max >= amax (255
+ * when none is, 0 when amax is 0). A NaN amax gives 255. */
+static inline uint8_t kw_kvq_choose_scale(float amax, int code_max) {
+    if (amax == 0.0f) return 0;
+    if (!(amax <= 0x1p+15f * (float)code_max)) return 255; /* huge, infinite or NaN */
+    int s = (int)ceilf(8.0f * log2f(amax / (float)code_max)) + 128;
+    if (s < 1) s = 1;
+    if (s > 255) s = 255;
+    while (s > 1 && kw_kvq_scale((uint8_t)(s - 1)) * (float)code_max >= amax)
+        --s;
+    while (s < 255 && kw_kvq_scale((uint8_t)s) * (float)code_max < amax)
+        ++s;
+    return (uint8_t)s;
+}
+
+/* The code of x under scale byte s: x / scale rounded to nearest even, clamped to +-code_max; NaN gives 0. */
+static inline int kw_kvq_quantize(float x, uint8_t s, int code_max) {
+    if (s == 0 || x != x) return 0;
+    const float r = nearbyintf(x / kw_kvq_scale(s));
+    return r > (float)code_max ? code_max : r < -(float)code_max ? -code_max : (int)r;
+}
+
+/* Reads code i of a row of codes. */
+static inline int kw_kvq_get_code(const uint8_t *row, enum kw_kvq_codec codec, int64_t i) {
+    if (codec == KW_KVQ_INT8) return (int8_t)row[i];
+    const uint8_t b = row[(i / 16) * 8 + (i % 8)];
+    return ((i % 16) < 8 ? (b & 0x0F) : (b >> 4)) - 8;
+}
+
+/* Writes code i of a row of codes. */
+static inline void kw_kvq_set_code(uint8_t *row, enum kw_kvq_codec codec, int64_t i, int code) {
+    if (codec == KW_KVQ_INT8) {
+        row[i] = (uint8_t)(int8_t)code;
+        return;
+    }
+    uint8_t *b = &row[(i / 16) * 8 + (i % 8)];
+    const uint8_t nib = (uint8_t)(code + 8);
+    *b = (i % 16) < 8 ? (uint8_t)((*b & 0xF0) | nib) : (uint8_t)((*b & 0x0F) | (nib << 4));
+}
+
+#endif /* KW_KVQ_FORMAT_H */
