@@ -329,11 +329,12 @@ int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw
     if (cache->codec) {
         /* a quantized layer stores K and V together: its stored row count is shared */
         const int64_t stored = cache->stored[layer];
-        KW_RETURN_IF(!k_src || !v_src, KW_E_INVALID_ARG, "kvcache: a quantized cache stores K and V rows together");
+        KW_RETURN_IF((!k_src || !v_src) && n > stored - p0, KW_E_INVALID_ARG,
+                     "kvcache: a quantized cache gains new rows for K and V together");
         KW_RETURN_IF(p0 > stored, KW_E_INVALID_ARG, "kvcache: store at row %lld leaves a gap (%lld stored)",
                      (long long)p0, (long long)stored);
-        KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->k[layer], &cache->kg, k_src, p0, stored));
-        KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->v[layer], &cache->vg, v_src, p0, stored));
+        if (k_src) KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->k[layer], &cache->kg, k_src, p0, stored));
+        if (v_src) KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->v[layer], &cache->vg, v_src, p0, stored));
         if (p0 + n > stored) cache->stored[layer] = p0 + n;
     } else {
         if (k_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->k[layer], k_src, p0));

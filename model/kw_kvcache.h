@@ -40,6 +40,10 @@ int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads,
 int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
                                 int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out);
 
+/* The page length of quantized caches unless configured: 64 rows keeps an int8 cache of 4,096 rows under 52% and an
+ * int4 one under 28% of bf16 with every scale and the bf16 tail counted (docs/ARCHITECTURE.md). */
+#define KW_KVCACHE_PAGE_TOKENS 64
+
 /* Releases the tensors and the cache. NULL is a no-op. */
 void kw_kvcache_free(kw_kvcache *cache);
 
@@ -114,8 +118,8 @@ int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor
 
 /* Overwrites rows [p0, p0 + T) of one layer from f32 (T, Hkv, head_dim) tensors (converted with round-to-nearest-even
  * for a bf16 cache, quantized for a quantized one). p0 <= length; rows past length extend it (p0 + T <= capacity).
- * Either source may be NULL for a dense cache; a quantized cache needs both (and p0 <= the rows its layer has stored,
- * which the forward pass's append then store keeps equal to length). */
+ * Either source may be NULL, except that a quantized cache gains rows past those its layer has stored only for K and V
+ * together (and needs p0 <= those rows, which the forward pass's append then store keeps equal to length). */
 int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw_tensor *k_src, const kw_tensor *v_src);
 
 /* Host copies: k and v (either may be NULL) are caller-owned f32 arrays of n * Hkv * head_dim values laid out

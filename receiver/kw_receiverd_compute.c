@@ -705,7 +705,19 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         j->scored = calloc((size_t)(j->scored_len ? j->scored_len : 1), sizeof *j->scored);
         KW_CHECK_IF(!j->scored, KW_E_NOMEM, "out of memory");
     }
-    KW_CHECK(kw_model_create_cache(d->model, n + (s->max_tokens > 0 ? s->max_tokens : 1), cache_dtype, &cache));
+    const int64_t capacity = n + (s->max_tokens > 0 ? s->max_tokens : 1);
+    if (d->cfg->cache_dtype >= 3) {
+        KW_CHECK_IF(d->cfg->cache_page_tokens % 16 != 0, KW_E_INVALID_ARG,
+                    "cache.page_tokens %lld is not a multiple of 16", (long long)d->cfg->cache_page_tokens);
+        KW_CHECK(kw_model_create_cache_quantized(d->model, capacity,
+                                                 d->cfg->cache_dtype == 3 ? KW_KVQ_INT8 : KW_KVQ_INT4,
+                                                 (int32_t)d->cfg->cache_page_tokens, &cache));
+    } else {
+        const enum kw_dtype dtype = d->cfg->cache_dtype == 1   ? KW_DTYPE_BF16
+                                    : d->cfg->cache_dtype == 2 ? KW_DTYPE_F32
+                                                               : cache_dtype;
+        KW_CHECK(kw_model_create_cache(d->model, capacity, dtype, &cache));
+    }
 
     if (s->mode == KW_RD_MODE_RECEIVER_ONLY || s->mode == KW_RD_MODE_TEXT_RELAY) {
         KW_CHECK(kw_generate_greedy(d->model, cache, j->prompt_ids, n, &gen, &res.gen));

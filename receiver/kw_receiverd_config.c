@@ -17,6 +17,7 @@ static const char *const kw__rd_orders[] = {"front", "back", NULL};
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
 static const char *const kw__rd_numerics[] = {"bf16", "fp32", NULL};
 static const char *const kw__rd_roundings[] = {"twice", "once", NULL};
+static const char *const kw__rd_cache_dtypes[] = {"auto", "bf16", "f32", "int8", "int4", NULL};
 
 static const kw_cfg_key kw__rd_sharer_keys[] = {
     {.name = "name",
@@ -151,6 +152,20 @@ static const kw_cfg_key kw__rd_keys[] = {
      .def = "twice",
      .choices = kw__rd_roundings,
      .help = "the bf16 projector's RMSNorm rounding (torch <= 2.6: twice; >= 2.7: once)"},
+    {.name = "cache.dtype",
+     .type = KW_CFG_ENUM,
+     .offset = KW__RD_OFF(cache_dtype),
+     .def = "auto",
+     .choices = kw__rd_cache_dtypes,
+     .help = "the KV cache of a request: auto follows numerics.mode (bf16 or f32); int8 and int4 keep it quantized in "
+             "pages, keys per channel per page and values per token (the CPU backend only)"},
+    {.name = "cache.page_tokens",
+     .type = KW_CFG_INT,
+     .offset = KW__RD_OFF(cache_page_tokens),
+     .def = "64",
+     .min = 16,
+     .max = 4096,
+     .help = "rows per page of an int8/int4 cache (a multiple of 16)"},
     KW_BACKEND_CFG_KEYS(kw_receiverd_config),
     {.name = "compute.threads",
      .type = KW_CFG_INT,
