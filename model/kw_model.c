@@ -462,6 +462,34 @@ static int view_rows(const kw_tensor *src, int64_t T, int64_t heads, int64_t dim
     return kw_tensor_view_reshape(&rows, 3, ne, out);
 }
 
+/* Stores a chunk's K/V rows into a quantized cache and runs its attention, in pieces cut so that every query sees the
+ * cache exactly as a decode step at its position would: a query sees the key page it sits in as the bf16 tail until
+ * its own row fills the page (kernels/kw_backend.h, the paged quantized cache). So a piece never crosses a page and
+ * the last row of a page is a piece of its own; the logits of a row then do not depend on how the prompt was cut. */
+static int model_attention_quantized(kw_model *m, kw_kvcache *cache, int32_t l, int64_t T, int64_t row0,
+                                     const kw_tensor *q3, const kw_tensor *k3, const kw_tensor *v3, kw_tensor *att3,
+                                     const kw_attention_params *ap) {
+    const int64_t P = kw_kvcache_page_tokens(cache);
+    for (int64_t a = 0; a < T;) {
+        const int64_t pos = row0 + a, page_last = pos / P * P + P - 1; /* the page's last row */
+        int64_t end = pos < page_last ? page_last : page_last + 1;     /* up to, not including, the last row */
+        if (end > row0 + T) end = row0 + T;
+        const int64_t n = end - pos;
+        kw_tensor q, k, v, o;
+        KW_FORWARD(kw_tensor_view_rows(q3, a, n, &q));
+        KW_FORWARD(kw_tensor_view_rows(k3, a, n, &k));
+        KW_FORWARD(kw_tensor_view_rows(v3, a, n, &v));
+        KW_FORWARD(kw_tensor_view_rows(att3, a, n, &o));
+        KW_MODEL_OP(m, KW_OP_KV_STORE, kw_kvcache_store_rows(cache, l, pos, &k, &v));
+        kw_attention_params p = *ap;
+        p.q_pos0 = pos;
+        p.n_kv = end;
+        KW_MODEL_OP(m, KW_OP_ATTENTION, kw_kvcache_attention(cache, l, &o, &q, &p));
+        a += n;
+    }
+    return 0;
+}
+
 /* One layer over T tokens whose hidden states are x_rows (T, hidden) (updated in place) at positions pos_rows (T) and
  * whose K/V go to cache rows [row0, row0 + T). */
 static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *cache, int64_t T, int64_t row0,
@@ -499,9 +527,7 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &q3, &pos, rope));
     KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &k3, &pos, rope));
     const int quantized = kw_kvcache_codec(cache) != 0;
-    if (quantized) {
-        KW_MODEL_OP(m, KW_OP_KV_STORE, kw_kvcache_store_rows(cache, l, row0, &k3, &v3));
-    } else {
+    if (!quantized) {
         KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_k(cache, l), &k3, row0));
         KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_v(cache, l), &v3, row0));
     }
@@ -515,7 +541,7 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
         .kv_mask = kw_kvcache_mask(cache),
     };
     if (quantized)
-        KW_MODEL_OP(m, KW_OP_ATTENTION, kw_kvcache_attention(cache, l, &att3, &q3, &ap));
+        KW_FORWARD(model_attention_quantized(m, cache, l, T, row0, &q3, &k3, &v3, &att3, &ap));
     else
         KW_MODEL_OP(m, KW_OP_ATTENTION,
                     kw_op_attention(be, &att3, &q3, kw_kvcache_k(cache, l), kw_kvcache_v(cache, l), &ap));

@@ -282,6 +282,60 @@ static void test_layer_windows(void **state) {
     kw_backend_destroy(be);
 }
 
+/* A quantized cache gives every position the same logits however the tokens arrive: one prefill, prefill in cuts of
+ * 5, or decode steps one by one (the forward cuts its attention at page boundaries so that a query sees its page as a
+ * decode step would), on a model with sliding-window layers. Also the logits stay near those of the f32 cache. */
+static void test_quantized_forward_invariance(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(2, &be), 0);
+    const int rc = kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/gemma3_swa", NULL, &m);
+    if (rc < 0) fail_msg("%s", kw_error_detail());
+    const kw_model_config *cfg = kw_model_get_config(m);
+    enum { NT = 40 };
+    int32_t ids[NT];
+    for (int i = 0; i < NT; ++i)
+        ids[i] = (int32_t)((i * 7919 + 13) % cfg->vocab);
+    const int64_t V = cfg->vocab;
+    float *one = malloc((size_t)(NT * V) * sizeof *one), *cut = malloc((size_t)(NT * V) * sizeof *cut);
+    float *dec = malloc((size_t)V * sizeof *dec), *dense = malloc((size_t)(NT * V) * sizeof *dense);
+    assert_true(one && cut && dec && dense);
+    kw_kvcache *c = NULL;
+    assert_int_equal(kw_model_create_cache(m, 48, KW_DTYPE_F32, &c), 0);
+    kw_forward_args fa = {.ids = ids, .n = NT, .mode = KW_LOGITS_ALL, .logits = dense};
+    assert_int_equal(kw_model_forward(m, c, &fa), 0);
+    kw_kvcache_free(c);
+    for (int codec = KW_KVQ_INT8; codec <= KW_KVQ_INT4; ++codec) {
+        assert_int_equal(kw_model_create_cache_quantized(m, 48, (enum kw_kvq_codec)codec, 16, &c), 0);
+        fa.logits = one;
+        assert_int_equal(kw_model_forward(m, c, &fa), 0);
+        assert_int_equal(kw_kvcache_reset(c), 0);
+        for (int64_t i = 0; i < NT; i += 5) {
+            kw_forward_args fc = {.ids = ids + i, .n = 5, .mode = KW_LOGITS_ALL, .logits = cut + i * V};
+            assert_int_equal(kw_model_forward(m, c, &fc), 0);
+        }
+        assert_memory_equal(one, cut, (size_t)(NT * V) * sizeof *one);
+        assert_int_equal(kw_kvcache_reset(c), 0);
+        assert_int_equal(kw_model_prefill(m, c, ids, 7), 0);
+        for (int64_t i = 7; i < NT; ++i) {
+            assert_int_equal(kw_model_decode_step(m, c, ids[i], dec, NULL, 0), 0);
+            assert_memory_equal(dec, one + i * V, (size_t)V * sizeof *dec);
+        }
+        double worst = 0, scale = 0;
+        for (int64_t i = 0; i < NT * V; ++i)
+            worst = fmax(worst, fabs((double)one[i] - dense[i])), scale = fmax(scale, fabs((double)dense[i]));
+        print_message("%s: largest logit change %.4g (largest logit %.3g)\n", codec == KW_KVQ_INT8 ? "int8" : "int4",
+                      worst, scale);
+        assert_true(worst < (codec == KW_KVQ_INT8 ? 0.03 : 0.5) * scale);
+        kw_kvcache_free(c);
+        c = NULL;
+    }
+    free(one), free(cut), free(dec), free(dense);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 /* Overwriting a layer's rows changes what the next token attends to, and writing back the original rows restores
  * the original logits bit for bit: the C2C fuser's write path reaches attention. */
 static void test_overwrite_reaches_attention(void **state) {
@@ -425,11 +479,17 @@ static void test_load_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_f32), cmocka_unit_test(test_round_trip_bf16),
-        cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_quantized_int8),
-        cmocka_unit_test(test_quantized_int4), cmocka_unit_test(test_quantized_memory),
-        cmocka_unit_test(test_layer_windows),  cmocka_unit_test(test_overwrite_reaches_attention),
-        cmocka_unit_test(test_forward_errors), cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_round_trip_f32),
+        cmocka_unit_test(test_round_trip_bf16),
+        cmocka_unit_test(test_create_errors),
+        cmocka_unit_test(test_quantized_int8),
+        cmocka_unit_test(test_quantized_int4),
+        cmocka_unit_test(test_quantized_memory),
+        cmocka_unit_test(test_quantized_forward_invariance),
+        cmocka_unit_test(test_layer_windows),
+        cmocka_unit_test(test_overwrite_reaches_attention),
+        cmocka_unit_test(test_forward_errors),
+        cmocka_unit_test(test_load_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
