@@ -41,11 +41,11 @@ const char kw_bench_cache_summary[] = "int8/int4 KV cache vs bf16: bytes per tok
 
 static void kw_bench_cache_usage(FILE *f) {
     fprintf(f,
-            "usage: kvwire bench cache --model PATH [--codecs int8,int4] [--page-tokens N] [--threads N]\n"
+            "usage: kvwire bench cache --model PATH [--codecs int8,int4,f32] [--page-tokens N] [--threads N]\n"
             "                          [--capacity N] [--text FILE [--prompts N] [--prefix N] [--positions N]\n"
             "                          [--free N]] [--contexts C,C,... [--steps N] [--reps N]]\n"
             "                          [--rss-tokens N --codec bf16|int8|int4 --text FILE]\n"
-            "  --codecs     the quantized codecs compared with bf16 (default int8,int4)\n"
+            "  --codecs     the caches compared with bf16: int8, int4, f32 (default int8,int4)\n"
             "  --page-tokens  rows per page (default 64)\n"
             "  --capacity   rows of the caches whose bytes are reported (default 4096)\n"
             "  --text       a text file: quality windows (--prompts 20, --prefix 32, --positions 100) and RSS input\n"
@@ -56,23 +56,26 @@ static void kw_bench_cache_usage(FILE *f) {
 
 typedef struct kw_bc_codec {
     const char *name;
-    enum kw_kvq_codec codec; /* 0: bf16 */
+    enum kw_kvq_codec codec; /* 0: a dense cache of dtype */
+    enum kw_dtype dtype;
 } kw_bc_codec;
 
 static int kw_bc_parse_codec(const char *s, size_t n, kw_bc_codec *out) {
     if (n == 4 && strncmp(s, "bf16", 4) == 0)
-        *out = (kw_bc_codec){"bf16", 0};
+        *out = (kw_bc_codec){"bf16", 0, KW_DTYPE_BF16};
+    else if (n == 3 && strncmp(s, "f32", 3) == 0)
+        *out = (kw_bc_codec){"f32", 0, KW_DTYPE_F32};
     else if (n == 4 && strncmp(s, "int8", 4) == 0)
-        *out = (kw_bc_codec){"int8", KW_KVQ_INT8};
+        *out = (kw_bc_codec){"int8", KW_KVQ_INT8, KW_DTYPE_U8};
     else if (n == 4 && strncmp(s, "int4", 4) == 0)
-        *out = (kw_bc_codec){"int4", KW_KVQ_INT4};
+        *out = (kw_bc_codec){"int4", KW_KVQ_INT4, KW_DTYPE_U8};
     else
-        KW_FAIL(KW_E_INVALID_ARG, "unknown codec '%.*s' (bf16, int8, int4)", (int)n, s);
+        KW_FAIL(KW_E_INVALID_ARG, "unknown codec '%.*s' (bf16, f32, int8, int4)", (int)n, s);
     return 0;
 }
 
 static int kw_bc_cache(kw_model *m, int64_t cap, const kw_bc_codec *c, int64_t page, kw_kvcache **out) {
-    if (!c->codec) return kw_model_create_cache(m, cap, KW_DTYPE_BF16, out);
+    if (!c->codec) return kw_model_create_cache(m, cap, c->dtype, out);
     return kw_model_create_cache_quantized(m, cap, c->codec, (int32_t)page, out);
 }
 
@@ -187,10 +190,11 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
         int64_t n = 0;
         if (add_bos) ids[n++] = cfg->bos_id;
         memcpy(ids + n, src, (size_t)(prefix + positions - n) * sizeof *ids);
-        KW_CHECK(kw_bc_window(m, &(kw_bc_codec){"bf16", 0}, page, ids, prefix, positions, ref, &bf));
+        KW_CHECK(kw_bc_window(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, positions, ref, &bf));
         for (int64_t i = 0; i < positions; ++i)
             ref_top[i] = kw_bc_top(ref + i * V, V, &ref_margin[i]);
-        if (n_free) KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0}, page, ids, prefix, n_free, gref));
+        if (n_free)
+            KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, n_free, gref));
         for (int c = 0; c < n_codecs; ++c) {
             acc_t *a = &acc[c];
             KW_CHECK(kw_bc_window(m, &codecs[c], page, ids, prefix, positions, got, NULL));
@@ -359,7 +363,6 @@ int kw_bench_cache(int argc, char **argv) {
     printf("bytes bf16: %.1f per token (%lld-row cache %.2f MB)\n", (double)bf16_bytes / (double)capacity,
            (long long)capacity, (double)bf16_bytes * 1e-6);
     for (int c = 0; c < n_codecs; ++c) {
-        if (!codecs[c].codec) continue;
         KW_CHECK(kw_bc_cache(m, capacity, &codecs[c], page, &cache));
         const uint64_t b = kw_kvcache_bytes(cache);
         kw_kvcache_free(cache);
@@ -375,10 +378,9 @@ int kw_bench_cache(int argc, char **argv) {
         KW_CHECK(kw_bc_numbers(contexts, ctx, 16, &n_ctx));
         for (int i = 0; i < n_ctx; ++i) {
             double base = 0, r = 0;
-            KW_CHECK(kw_bc_speed(m, &(kw_bc_codec){"bf16", 0}, page, ctx[i], steps, reps, &base));
+            KW_CHECK(kw_bc_speed(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ctx[i], steps, reps, &base));
             printf("speed context %lld: bf16 %.2f tok/s", (long long)ctx[i], base);
             for (int c = 0; c < n_codecs; ++c) {
-                if (!codecs[c].codec) continue;
                 KW_CHECK(kw_bc_speed(m, &codecs[c], page, ctx[i], steps, reps, &r));
                 printf(", %s %.2f tok/s (%.3fx)", codecs[c].name, r, r / base);
             }
