@@ -45,7 +45,7 @@ static void kw_bench_cache_usage(FILE *f) {
             "                          [--capacity N] [--text FILE [--prompts N] [--prefix N] [--positions N]\n"
             "                          [--free N]] [--contexts C,C,... [--steps N] [--reps N]]\n"
             "                          [--rss-tokens N --codec bf16|int8|int4 --text FILE]\n"
-            "  --codecs     the caches compared with bf16: int8, int4, f32 (default int8,int4)\n"
+            "  --codecs     the caches compared with bf16: int8, int6, int4, f32 (default int8,int4)\n"
             "  --page-tokens  rows per page (default 64)\n"
             "  --capacity   rows of the caches whose bytes are reported (default 4096)\n"
             "  --text       a text file: quality windows (--prompts 20, --prefix 32, --positions 100) and RSS input\n"
@@ -69,8 +69,10 @@ static int kw_bc_parse_codec(const char *s, size_t n, kw_bc_codec *out) {
         *out = (kw_bc_codec){"int8", KW_KVQ_INT8, KW_DTYPE_U8};
     else if (n == 4 && strncmp(s, "int4", 4) == 0)
         *out = (kw_bc_codec){"int4", KW_KVQ_INT4, KW_DTYPE_U8};
+    else if (n == 4 && strncmp(s, "int6", 4) == 0)
+        *out = (kw_bc_codec){"int6", KW_KVQ_INT6, KW_DTYPE_U8};
     else
-        KW_FAIL(KW_E_INVALID_ARG, "unknown codec '%.*s' (bf16, f32, int8, int4)", (int)n, s);
+        KW_FAIL(KW_E_INVALID_ARG, "unknown codec '%.*s' (bf16, f32, int8, int6, int4)", (int)n, s);
     return 0;
 }
 

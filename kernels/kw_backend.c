@@ -917,8 +917,8 @@ int kw_backend_create_cuda(int device, kw_backend **out) {
 
 int kw_kvq_bytes(const kw_kvq_geom *g, size_t *out) {
     KW_RETURN_IF(!g || !out, KW_E_INVALID_ARG, "kvq: NULL argument");
-    KW_RETURN_IF(g->codec != KW_KVQ_INT8 && g->codec != KW_KVQ_INT4, KW_E_INVALID_ARG, "kvq: unknown codec %d",
-                 (int)g->codec);
+    KW_RETURN_IF(g->codec != KW_KVQ_INT8 && g->codec != KW_KVQ_INT6 && g->codec != KW_KVQ_INT4, KW_E_INVALID_ARG,
+                 "kvq: unknown codec %d", (int)g->codec);
     KW_RETURN_IF(g->H <= 0 || g->cap <= 0 || g->D <= 0 || g->D % 16 != 0 || g->D > KW_ATTENTION_MAX_HEAD_DIM ||
                      g->page_tokens < 16 || g->page_tokens > 4096 || g->page_tokens % 16 != 0,
                  KW_E_INVALID_ARG, "kvq: bad geometry (H %lld, cap %lld, D %lld (a multiple of 16), page %d)",

@@ -368,7 +368,7 @@ int kw_op_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, i
  * fl(code * scale) in f32, and attention on the storage gives the same bits as kw_op_attention on an f32 cache holding
  * those values (kw_op_kvq_load reads them), on every ISA. The ops take the number of rows stored so far (n_rows):
  * the caller (kw_kvcache) keeps it. Backends without these ops: kw_backend_supports_kvq answers 0. */
-enum kw_kvq_codec { KW_KVQ_INT8 = 1, KW_KVQ_INT4 = 2 };
+enum kw_kvq_codec { KW_KVQ_INT8 = 1, KW_KVQ_INT4 = 2, KW_KVQ_INT6 = 3 };
 
 typedef struct kw_kvq_geom {
     enum kw_kvq_codec codec;

@@ -3,7 +3,9 @@
  *
  * One storage tensor holds one layer's K or V of one sequence, head after head. Codes are symmetric integers
  * (int8: -127..127 in a byte; int4: -7..7 stored as code + 8 in a nibble, 16 values per 8 bytes, byte i of a block of
- * 16 holding value i in its low and value 8 + i in its high nibble). A scale is one byte s: 0 means the group is all
+ * 16 holding value i in its low and value 8 + i in its high nibble; int6: -31..31 stored as u = code + 32 in 12 bytes
+ * per 16 values, the low nibbles of u as int4 stores its nibbles, then 4 bytes of high bit pairs, value j's in byte
+ * 8 + j % 4 at bit 2 * (j / 4)). A scale is one byte s: 0 means the group is all
  * zeros, 1..255 mean 2^((s - 128) / 8) (steps of 9%, range 2^-15.9 .. 2^15.9), and a value is fl(code * scale) in f32.
  *   keys (per channel, KIVI): per head n_pages = ceil(cap / P) pages of P rows; a page holds P rows of D codes, then
  *     (after all the pages' codes) D scales per page, one per channel, fixed when the page fills; then the tail: P
@@ -22,12 +24,12 @@
 
 /* The largest code magnitude of a codec (127 or 7), 0 for an unknown codec. */
 static inline int kw_kvq_code_max(enum kw_kvq_codec codec) {
-    return codec == KW_KVQ_INT8 ? 127 : codec == KW_KVQ_INT4 ? 7 : 0;
+    return codec == KW_KVQ_INT8 ? 127 : codec == KW_KVQ_INT6 ? 31 : codec == KW_KVQ_INT4 ? 7 : 0;
 }
 
 /* Bytes of one row of D codes. */
 static inline size_t kw_kvq_row_bytes(enum kw_kvq_codec codec, int64_t D) {
-    return codec == KW_KVQ_INT4 ? (size_t)D / 2 : (size_t)D;
+    return codec == KW_KVQ_INT4 ? (size_t)D / 2 : codec == KW_KVQ_INT6 ? (size_t)D / 16 * 12 : (size_t)D;
 }
 
 static inline int64_t kw_kvq_n_pages(const kw_kvq_geom *g) {
@@ -83,6 +85,12 @@ static inline int kw_kvq_quantize(float x, uint8_t s, int code_max) {
 /* Reads code i of a row of codes. */
 static inline int kw_kvq_get_code(const uint8_t *row, enum kw_kvq_codec codec, int64_t i) {
     if (codec == KW_KVQ_INT8) return (int8_t)row[i];
+    if (codec == KW_KVQ_INT6) {
+        const uint8_t *blk = row + (i / 16) * 12;
+        const int64_t j = i % 16;
+        const int lo = j < 8 ? (blk[j] & 0x0F) : (blk[j - 8] >> 4), hi = (blk[8 + j % 4] >> (2 * (j / 4))) & 3;
+        return (lo | (hi << 4)) - 32;
+    }
     const uint8_t b = row[(i / 16) * 8 + (i % 8)];
     return ((i % 16) < 8 ? (b & 0x0F) : (b >> 4)) - 8;
 }
@@ -91,6 +99,15 @@ static inline int kw_kvq_get_code(const uint8_t *row, enum kw_kvq_codec codec, i
 static inline void kw_kvq_set_code(uint8_t *row, enum kw_kvq_codec codec, int64_t i, int code) {
     if (codec == KW_KVQ_INT8) {
         row[i] = (uint8_t)(int8_t)code;
+        return;
+    }
+    if (codec == KW_KVQ_INT6) {
+        uint8_t *blk = row + (i / 16) * 12;
+        const int64_t j = i % 16;
+        const uint8_t u = (uint8_t)(code + 32), sh = (uint8_t)(2 * (j / 4));
+        blk[j % 8] =
+            j < 8 ? (uint8_t)((blk[j] & 0xF0) | (u & 0x0F)) : (uint8_t)((blk[j - 8] & 0x0F) | ((u & 0x0F) << 4));
+        blk[8 + j % 4] = (uint8_t)((blk[8 + j % 4] & ~(3u << sh)) | ((u >> 4) << sh));
         return;
     }
     uint8_t *b = &row[(i / 16) * 8 + (i % 8)];

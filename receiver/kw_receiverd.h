@@ -47,7 +47,7 @@ typedef struct kw_receiverd_config {
     char *model_name, *model_path, *model_tokenizer;
     int numerics;              /* 0 bf16, 1 fp32 */
     int rmsnorm_rounding;      /* 0 twice, 1 once */
-    int cache_dtype;           /* cache.dtype: 0 auto, 1 bf16, 2 f32, 3 int8, 4 int4 */
+    int cache_dtype;           /* cache.dtype: 0 auto, 1 bf16, 2 f32, 3 int8, 4 int4, 5 int6 */
     int64_t cache_page_tokens; /* cache.page_tokens */
     int backend;               /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
     int64_t threads, device, memory_limit_mb, max_batch, queue_max;

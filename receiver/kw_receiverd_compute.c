@@ -710,7 +710,9 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         KW_CHECK_IF(d->cfg->cache_page_tokens % 16 != 0, KW_E_INVALID_ARG,
                     "cache.page_tokens %lld is not a multiple of 16", (long long)d->cfg->cache_page_tokens);
         KW_CHECK(kw_model_create_cache_quantized(d->model, capacity,
-                                                 d->cfg->cache_dtype == 3 ? KW_KVQ_INT8 : KW_KVQ_INT4,
+                                                 d->cfg->cache_dtype == 3   ? KW_KVQ_INT8
+                                                 : d->cfg->cache_dtype == 5 ? KW_KVQ_INT6
+                                                                            : KW_KVQ_INT4,
                                                  (int32_t)d->cfg->cache_page_tokens, &cache));
     } else {
         const enum kw_dtype dtype = d->cfg->cache_dtype == 1   ? KW_DTYPE_BF16

@@ -17,7 +17,7 @@ static const char *const kw__rd_orders[] = {"front", "back", NULL};
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
 static const char *const kw__rd_numerics[] = {"bf16", "fp32", NULL};
 static const char *const kw__rd_roundings[] = {"twice", "once", NULL};
-static const char *const kw__rd_cache_dtypes[] = {"auto", "bf16", "f32", "int8", "int4", NULL};
+static const char *const kw__rd_cache_dtypes[] = {"auto", "bf16", "f32", "int8", "int4", "int6", NULL};
 
 static const kw_cfg_key kw__rd_sharer_keys[] = {
     {.name = "name",
@@ -157,7 +157,8 @@ static const kw_cfg_key kw__rd_keys[] = {
      .offset = KW__RD_OFF(cache_dtype),
      .def = "auto",
      .choices = kw__rd_cache_dtypes,
-     .help = "the KV cache of a request: auto follows numerics.mode (bf16 or f32); int8 and int4 keep it quantized in "
+     .help = "the KV cache of a request: auto follows numerics.mode (bf16 or f32); int8, int6 and int4 keep it "
+             "quantized in "
              "pages, keys per channel per page and values per token (the CPU backend only)"},
     {.name = "cache.page_tokens",
      .type = KW_CFG_INT,
@@ -165,7 +166,7 @@ static const kw_cfg_key kw__rd_keys[] = {
      .def = "64",
      .min = 16,
      .max = 4096,
-     .help = "rows per page of an int8/int4 cache (a multiple of 16)"},
+     .help = "rows per page of a quantized cache (a multiple of 16)"},
     KW_BACKEND_CFG_KEYS(kw_receiverd_config),
     {.name = "compute.threads",
      .type = KW_CFG_INT,

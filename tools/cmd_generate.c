@@ -24,27 +24,27 @@ const char kw_cmd_generate_summary[] =
 
 static void kw_generate_usage(FILE *f) {
     fprintf(
-        f,
-        "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
-        "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache bf16|f32|int8|int4]\n"
-        "                       [--cache-page-tokens N]\n"
-        "                       [--round auto|none|bf16] [--weights f32|bf16|quantized]\n"
-        "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
-        "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
-        "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
-        "                    Gemma 3, --system opens the user turn)\n"
-        "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
-        "  --threads         CPU threads (default: one per core)\n"
-        "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
-        "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32); int8 and int4 keep it\n"
-        "                    quantized in pages (keys per channel per page, values per token; CPU only)\n"
-        "  --cache-page-tokens  rows per page of an int8/int4 cache (default 64; 16..4096, a multiple of 16)\n"
-        "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-        "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
-        "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16\n"
-        "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
-        "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
-        "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
+        f, "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
+           "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache "
+           "bf16|f32|int8|int6|int4]\n"
+           "                       [--cache-page-tokens N]\n"
+           "                       [--round auto|none|bf16] [--weights f32|bf16|quantized]\n"
+           "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
+           "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
+           "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
+           "                    Gemma 3, --system opens the user turn)\n"
+           "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
+           "  --threads         CPU threads (default: one per core)\n"
+           "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
+           "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32); int8, int6 and int4 keep it\n"
+           "                    quantized in pages (keys per channel per page, values per token; CPU only)\n"
+           "  --cache-page-tokens  rows per page of a quantized cache (default 64; 16..4096, a multiple of 16)\n"
+           "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
+           "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
+           "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16\n"
+           "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
+           "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
+           "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
 static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t n) {
@@ -58,12 +58,12 @@ int kw_cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *tok_dir = NULL, *date = NULL, *system = NULL;
     int64_t max_new = 32, threads = 0;
     int chat = 0;
-    static const char *const rounds[] = {"auto", "none", "bf16", NULL}, *const caches[] = {"bf16", "f32", "int8",
-                                                                                           "int4", NULL};
+    static const char *const rounds[] = {"auto", "none", "bf16", NULL};
+    static const char *const caches[] = {"bf16", "f32", "int8", "int4", "int6", NULL};
     static const enum kw_logits_round round_values[] = {KW_LOGITS_ROUND_AUTO, KW_LOGITS_ROUND_NONE,
                                                         KW_LOGITS_ROUND_BF16};
     static const enum kw_dtype cache_values[] = {KW_DTYPE_BF16, KW_DTYPE_F32};
-    static const enum kw_kvq_codec cache_codecs[] = {0, 0, KW_KVQ_INT8, KW_KVQ_INT4};
+    static const enum kw_kvq_codec cache_codecs[] = {0, 0, KW_KVQ_INT8, KW_KVQ_INT4, KW_KVQ_INT6};
     int64_t page_tokens = KW_KVCACHE_PAGE_TOKENS;
     static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
     int round_i = 0, cache_i = -1, weights_i = 2; /* cache -1: by the model's logits weight dtype */

@@ -111,6 +111,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
 /* 16 codes of a row at d, widened exactly. */
 KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attnq_codes)(const uint8_t *row, enum kw_kvq_codec codec, int64_t d) {
     if (codec == KW_KVQ_INT8) return KW_V(load_i8)((const int8_t *)row + d);
+    if (codec == KW_KVQ_INT6) return KW_V(load_u6)(row + d / 16 * 12, 32);
     return KW_V(load_u4)(row + d / 2, 8);
 }
 

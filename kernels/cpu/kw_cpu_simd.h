@@ -95,6 +95,16 @@ KW_SIMD_INLINE kw_v16_scalar kw_v16_load_u4_scalar(const uint8_t *p, int zero) {
     }
     return r;
 }
+/* 16 6-bit codes from 12 bytes (kernels/kw_kvq_format.h's int6 block: the low nibbles as kw_v16_load_u4 reads them,
+ * then bit pair j of value j in byte 8 + j % 4 at bit 2 * (j / 4)), minus zero, widened exactly. */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_u6_scalar(const uint8_t *p, int zero) {
+    kw_v16_scalar r;
+    for (int j = 0; j < 16; ++j) {
+        const int lo = j < 8 ? (p[j] & 0x0F) : (p[j - 8] >> 4), hi = (p[8 + j % 4] >> (2 * (j / 4))) & 3;
+        r.l[j] = (float)((lo | (hi << 4)) - zero);
+    }
+    return r;
+}
 KW_SIMD_INLINE void kw_v16_store_scalar(float *p, kw_v16_scalar v) {
     memcpy(p, v.l, sizeof v.l);
 }
@@ -184,6 +194,17 @@ KW_AVX2_INLINE __m128i kw_avx2_u4x16(const uint8_t *p, int zero) {
     const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
     return _mm_sub_epi8(_mm_unpacklo_epi64(lo, hi), _mm_set1_epi8((char)zero));
 }
+/* The 16 6-bit codes of an int6 block (kw_v16_load_u6_scalar), minus zero, as bytes: the nibbles as above, and the
+ * high bit pairs from the 32-bit word of bytes 8..11 repeated in four lanes, lane k shifted right by 2k. */
+KW_AVX2_INLINE __m128i kw_avx2_u6x16(const uint8_t *p, int zero) {
+    int32_t w;
+    memcpy(&w, p + 8, 4);
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(w), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+    return _mm_sub_epi8(_mm_or_si128(kw_avx2_u4x16(p, 0), _mm_slli_epi16(hi, 4)), _mm_set1_epi8((char)zero));
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_u6_avx2(const uint8_t *p, int zero) {
+    return kw_avx2_i8x16_to_f32(kw_avx2_u6x16(p, zero));
+}
 KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_i8_avx2(const int8_t *p) {
     return kw_avx2_i8x16_to_f32(_mm_loadu_si128((const __m128i *)p));
 }
@@ -252,6 +273,9 @@ KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_i8_avx512(const int8_t *p) {
 }
 KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_u4_avx512(const uint8_t *p, int zero) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(kw_avx2_u4x16(p, zero)));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_u6_avx512(const uint8_t *p, int zero) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(kw_avx2_u6x16(p, zero)));
 }
 KW_AVX512_INLINE void kw_v16_store_avx512(float *p, kw_v16_avx512 v) {
     _mm512_storeu_ps(p, v);

@@ -135,8 +135,11 @@ static void kvq_check_appends(enum kw_kvq_codec codec, int64_t H, int64_t cap, i
                 ek += (kc[(h * cap + r) * D + d] - xk) * (kc[(h * cap + r) * D + d] - xk), nk += xk * xk;
                 ev += (vc[(h * cap + r) * D + d] - xv) * (vc[(h * cap + r) * D + d] - xv), nv += xv * xv;
             }
-    const double limit = codec == KW_KVQ_INT8 ? 0.01 : 0.2;
-    print_message("relative error %s D=%lld: keys %.4f values %.4f\n", codec == KW_KVQ_INT8 ? "int8" : "int4",
+    const double limit = codec == KW_KVQ_INT8 ? 0.01 : codec == KW_KVQ_INT6 ? 0.04 : 0.2;
+    print_message("relative error %s D=%lld: keys %.4f values %.4f\n",
+                  codec == KW_KVQ_INT8   ? "int8"
+                  : codec == KW_KVQ_INT6 ? "int6"
+                                         : "int4",
                   (long long)D, sqrt(ek / nk), sqrt(ev / nv));
     assert_true(sqrt(ek / nk) < limit);
     assert_true(sqrt(ev / nv) < limit);
@@ -149,6 +152,12 @@ static void test_kvq_appends_int8(void **state) {
     (void)state;
     kvq_check_appends(KW_KVQ_INT8, 2, 300, 64, 32, 250);
     kvq_check_appends(KW_KVQ_INT8, 1, 80, 256, 16, 80);
+}
+
+static void test_kvq_appends_int6(void **state) {
+    (void)state;
+    kvq_check_appends(KW_KVQ_INT6, 2, 300, 64, 64, 250);
+    kvq_check_appends(KW_KVQ_INT6, 1, 80, 48, 16, 75);
 }
 
 static void test_kvq_appends_int4(void **state) {
@@ -296,6 +305,8 @@ static void test_kvq_attention(void **state) {
     kvq_check_attention(KW_KVQ_INT8, 64, 0, 0);
     kvq_check_attention(KW_KVQ_INT8, 256, 40, 1);
     kvq_check_attention(KW_KVQ_INT4, 64, 0, 1);
+    kvq_check_attention(KW_KVQ_INT6, 64, 0, 1);
+    kvq_check_attention(KW_KVQ_INT6, 256, 33, 0);
     kvq_check_attention(KW_KVQ_INT4, 80, 17, 0);
 }
 
@@ -312,6 +323,9 @@ static void test_kvq_bytes(void **state) {
     g.codec = KW_KVQ_INT4;
     assert_int_equal(kw_kvq_bytes(&g, &bytes), 0);
     assert_int_equal(bytes, 3 * (4096 * 32 + 4096));
+    g.codec = KW_KVQ_INT6;
+    assert_int_equal(kw_kvq_bytes(&g, &bytes), 0);
+    assert_int_equal(bytes, 3 * (4096 * 48 + 4096));
     /* bad geometries and arguments are refused with a status */
     g.D = 40;
     assert_int_equal(kw_kvq_bytes(&g, &bytes), KW_E_INVALID_ARG);
@@ -335,8 +349,9 @@ static void test_kvq_bytes(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvq_bytes),        cmocka_unit_test(test_kvq_appends_int8),
-        cmocka_unit_test(test_kvq_appends_int4), cmocka_unit_test(test_kvq_truncate),
-        cmocka_unit_test(test_kvq_overwrite),    cmocka_unit_test(test_kvq_attention),
+        cmocka_unit_test(test_kvq_appends_int4), cmocka_unit_test(test_kvq_appends_int6),
+        cmocka_unit_test(test_kvq_truncate),     cmocka_unit_test(test_kvq_overwrite),
+        cmocka_unit_test(test_kvq_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
