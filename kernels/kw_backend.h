@@ -364,15 +364,16 @@ int kw_op_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, i
  * kw_kvq_bytes long) holds one layer's K or V of one sequence; kernels/kw_kvq_format.h defines its bytes. Keys are
  * quantized per channel over a page of page_tokens rows (the scales are fixed when the page fills; the rows of the
  * page not yet full wait in a bf16 tail, and stored keys are rounded to bf16 first, so a page's codes depend on its
- * rows' bf16 values only, not on how the rows arrived); values are quantized per row. A stored value dequantizes to
- * fl(code * scale) in f32, and attention on the storage gives the same bits as kw_op_attention on an f32 cache holding
- * those values (kw_op_kvq_load reads them), on every ISA. The ops take the number of rows stored so far (n_rows):
- * the caller (kw_kvcache) keeps it. Backends without these ops: kw_backend_supports_kvq answers 0. */
+ * rows' bf16 values only, not on how the rows arrived); values are quantized per row, one scale per group of 32
+ * channels. A stored value dequantizes to fl(code * scale) in f32, and attention on the storage gives the same bits as
+ * kw_op_attention on an f32 cache holding those values (kw_op_kvq_load reads them), on every ISA. The ops take the
+ * number of rows stored so far (n_rows): the caller (kw_kvcache) keeps it. Backends without these ops:
+ * kw_backend_supports_kvq answers 0. */
 enum kw_kvq_codec { KW_KVQ_INT8 = 1, KW_KVQ_INT4 = 2, KW_KVQ_INT6 = 3 };
 
 typedef struct kw_kvq_geom {
     enum kw_kvq_codec codec;
-    int32_t keys;        /* 1: keys (per-channel page scales and a bf16 tail), 0: values (per-row scales) */
+    int32_t keys;        /* 1: keys (per-channel page scales and a bf16 tail), 0: values (per-row group scales) */
     int64_t H, cap, D;   /* kv heads, capacity in rows, head dim (a multiple of 16) */
     int32_t page_tokens; /* rows per page: 16..4096, a multiple of 16 */
 } kw_kvq_geom;

@@ -10,7 +10,8 @@
  *   keys (per channel, KIVI): per head n_pages = ceil(cap / P) pages of P rows; a page holds P rows of D codes, then
  *     (after all the pages' codes) D scales per page, one per channel, fixed when the page fills; then the tail: P
  *     bf16 rows holding the rows of the last, not yet full page (rows [floor(n / P) * P, n) of a cache of n rows).
- *   values (per token): per head cap rows of D codes, then cap scales, one per row, set when the row is stored.
+ *   values (per token): per head cap rows of D codes, then per row D / G scales, one per group of G = 32 channels
+ *     (16 when D is not a multiple of 32), set when the row is stored.
  * No page table is stored: page p of head h sits at a fixed offset, so the table costs no bytes.
  */
 #ifndef KW_KVQ_FORMAT_H
@@ -36,6 +37,11 @@ static inline int64_t kw_kvq_n_pages(const kw_kvq_geom *g) {
     return (g->cap + g->page_tokens - 1) / g->page_tokens;
 }
 
+/* Channels per value scale: 32, or 16 when D is not a multiple of 32. */
+static inline int64_t kw_kvq_value_group(int64_t D) {
+    return D % 32 == 0 ? 32 : 16;
+}
+
 /* Offsets inside the region of one head, and that region's size. */
 static inline size_t kw_kvq_scales_offset(const kw_kvq_geom *g) {
     const int64_t rows = g->keys ? kw_kvq_n_pages(g) * g->page_tokens : g->cap;
@@ -46,7 +52,7 @@ static inline size_t kw_kvq_tail_offset(const kw_kvq_geom *g) { /* keys only */
 }
 static inline size_t kw_kvq_head_bytes(const kw_kvq_geom *g) {
     if (g->keys) return kw_kvq_tail_offset(g) + (size_t)(g->page_tokens * g->D) * 2;
-    return kw_kvq_scales_offset(g) + (size_t)g->cap;
+    return kw_kvq_scales_offset(g) + (size_t)(g->cap * (g->D / kw_kvq_value_group(g->D)));
 }
 
 /* 2^(i / 8) for i = 0..7, rounded to f32 (the scale format's mantissas). */

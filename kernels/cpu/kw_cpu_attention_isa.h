@@ -130,23 +130,28 @@ KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attnq_dot)(const float *q, cons
     return KW_V(hsum)(acc);
 }
 
-/* kw_attn_out_block over value rows with one scale per row (scale_of: the 256 scale values). */
+/* kw_attn_out_block over value rows with one scale per group of G channels (vscales: per row D / G scale bytes;
+ * scale_of: the 256 scale values). G is 16 or 32, so a 16-lane chunk lies in one group. */
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_out_block)(float *o, const float *e_row, const uint8_t *vbase,
                                                                  const uint8_t *vscales, const float *scale_of,
                                                                  size_t row_bytes, enum kw_kvq_codec codec, int64_t lo,
                                                                  int64_t n, int64_t D, int64_t d0, float inv) {
     KW_VT acc[4];
     const int nc = (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4);
+    const int64_t G = kw_kvq_value_group(D);
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c)
         acc[c] = KW_V(zero)();
     for (int64_t j = 0; j < n; ++j) {
         const float e = e_row[j];
         if (e == 0.0f) continue;
-        const KW_VT ev = KW_V(set1)(e), sv = KW_V(set1)(scale_of[vscales[lo + j]]);
-        const uint8_t *vrow = vbase + (size_t)(lo + j) * row_bytes;
-        for (int c = 0; c < nc; ++c)
-            acc[c] = KW_V(fma)(ev, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d0 + c * 16), sv), acc[c]);
+        const KW_VT ev = KW_V(set1)(e);
+        const uint8_t *vrow = vbase + (size_t)(lo + j) * row_bytes, *vs = vscales + (lo + j) * (D / G);
+        for (int c = 0; c < nc; ++c) {
+            const int64_t d = d0 + c * 16;
+            const KW_VT sv = KW_V(set1)(scale_of[vs[d / G]]);
+            acc[c] = KW_V(fma)(ev, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d), sv), acc[c]);
+        }
     }
     const KW_VT iv = KW_V(set1)(inv);
     for (int c = 0; c < nc; ++c)
@@ -201,6 +206,6 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
         const float inv = 1.0f / KW_V(hsum)(sv);
         for (int64_t d0 = 0; d0 < D; d0 += 64)
             KW_ISA_FN(kw_attnq_out_block)
-            (o, e_row, vhead, vhead + kw_kvq_scales_offset(vg), scale_of, vrow_bytes, vg->codec, lo, n, D, d0, inv);
+        (o, e_row, vhead, vhead + kw_kvq_scales_offset(vg), scale_of, vrow_bytes, vg->codec, lo, n, D, d0, inv);
     }
 }

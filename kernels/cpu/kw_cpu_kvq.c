@@ -51,25 +51,30 @@ static void kvq_key_row(const uint8_t *head, const kw_kvq_geom *g, int64_t n_row
 
 /* The value of value row r into out (D). */
 static void kvq_value_row(const uint8_t *head, const kw_kvq_geom *g, int64_t r, float *out) {
-    const float scale = kw_kvq_scale(head[kw_kvq_scales_offset(g) + (size_t)r]);
+    const int64_t G = kw_kvq_value_group(g->D);
+    const uint8_t *scales = head + kw_kvq_scales_offset(g) + (size_t)(r * (g->D / G));
     const uint8_t *codes = head + (size_t)r * kw_kvq_row_bytes(g->codec, g->D);
     for (int64_t d = 0; d < g->D; ++d)
-        out[d] = (float)kw_kvq_get_code(codes, g->codec, d) * scale;
+        out[d] = (float)kw_kvq_get_code(codes, g->codec, d) * kw_kvq_scale(scales[d / G]);
 }
 
 /* Quantizes one value row x (D) into row r. */
 static void kvq_store_value_row(uint8_t *head, const kw_kvq_geom *g, int64_t r, const float *x) {
     const int qmax = kw_kvq_code_max(g->codec);
-    float amax = 0.0f;
-    for (int64_t d = 0; d < g->D; ++d) {
-        const float a = fabsf(x[d]);
-        if (a > amax) amax = a;
-    }
-    const uint8_t s = kw_kvq_choose_scale(amax, qmax);
-    head[kw_kvq_scales_offset(g) + (size_t)r] = s;
+    const int64_t G = kw_kvq_value_group(g->D);
+    uint8_t *scales = head + kw_kvq_scales_offset(g) + (size_t)(r * (g->D / G));
     uint8_t *codes = head + (size_t)r * kw_kvq_row_bytes(g->codec, g->D);
-    for (int64_t d = 0; d < g->D; ++d)
-        kw_kvq_set_code(codes, g->codec, d, kw_kvq_quantize(x[d], s, qmax));
+    for (int64_t d0 = 0; d0 < g->D; d0 += G) {
+        float amax = 0.0f;
+        for (int64_t d = d0; d < d0 + G; ++d) {
+            const float a = fabsf(x[d]);
+            if (a > amax) amax = a;
+        }
+        const uint8_t s = kw_kvq_choose_scale(amax, qmax);
+        scales[d0 / G] = s;
+        for (int64_t d = d0; d < d0 + G; ++d)
+            kw_kvq_set_code(codes, g->codec, d, kw_kvq_quantize(x[d], s, qmax));
+    }
 }
 
 /* Stores rows [pos0, pos0 + T) of one key head (src rows are token-major with stride H * D), holding n_rows rows. buf

@@ -290,12 +290,15 @@ void kw_ref_kvq_values(float *out, const kw_kvq_geom *g, const float *rows, int6
             const float *x = rows + (r * H + h) * D;
             float *y = out + (h * cap + r) * D;
             if (!g->keys) {
-                float amax = 0.0f;
-                for (int64_t d = 0; d < D; ++d)
-                    amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
-                const uint8_t s = kw_ref_kvq_scale_byte(amax, qmax);
-                for (int64_t d = 0; d < D; ++d)
-                    y[d] = kw_ref_kvq_round(x[d], s, qmax);
+                const int64_t G = D % 32 == 0 ? 32 : 16;
+                for (int64_t d0 = 0; d0 < D; d0 += G) {
+                    float amax = 0.0f;
+                    for (int64_t d = d0; d < d0 + G; ++d)
+                        amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
+                    const uint8_t s = kw_ref_kvq_scale_byte(amax, qmax);
+                    for (int64_t d = d0; d < d0 + G; ++d)
+                        y[d] = kw_ref_kvq_round(x[d], s, qmax);
+                }
             } else if (r >= full) {
                 for (int64_t d = 0; d < D; ++d)
                     y[d] = kw_round_bf16(x[d]);

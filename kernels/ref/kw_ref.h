@@ -58,7 +58,8 @@ void kw_ref_kv_load(float *out, const void *cache, enum kw_dtype cache_dtype, in
 /* The values a paged quantized cache of geometry g (kernels/kw_kvq_format.h) holds after rows (n_rows, H, D) were
  * appended, in any cut: out (H, cap, D), rows [0, n_rows) written. Keys: each full page of P rows quantized per
  * channel from the rows' bf16 values (scale byte: the smallest s with scale(s) * code_max >= the channel's largest
- * magnitude), the rest of the rows bf16; values: each row quantized on its own from its f32 values. */
+ * magnitude), the rest of the rows bf16; values: each row's groups of 32 channels (16 when D is not a multiple of
+ * 32) quantized on their own from the f32 values. */
 void kw_ref_kvq_values(float *out, const kw_kvq_geom *g, const float *rows, int64_t n_rows);
 
 /* act(x) in double, rounded to fp32. */
