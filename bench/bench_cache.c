@@ -14,8 +14,8 @@
  *    --free N adds free-running agreement: N greedy tokens after each window's prefix per codec, the share equal to
  *    the bf16 cache's tokens up to the first difference and in all.
  *  - speed (--contexts 512,2048,8192): decode tok/s with the cache already holding C rows (random K/V written
- *    directly: the values do not change the work), best of --reps runs of --steps steps, per codec and relative to
- *    bf16.
+ *    directly: the values do not change the work), per codec and relative to bf16: --reps rounds of --steps steps on
+ *    every cache in turn, the best round of each.
  *  - rss (--rss-tokens N --codec C): peak RSS of a process that prefills N - 32 tokens of --text and decodes 32 with
  *    one codec; run once per codec, each in its own process.
  * Not a correctness check (tests/model and tests/kernels are); every number in docs/BENCHMARKS.md comes from here. */
@@ -245,39 +245,45 @@ out:
     return rc;
 }
 
-/* Decode tok/s with the cache holding ctx rows of random K/V: best of reps runs of steps steps. */
-static int kw_bc_speed(kw_model *m, const kw_bc_codec *c, int64_t page, int64_t ctx, int64_t steps, int64_t reps,
-                       double *tok_s) {
+/* Decode tok/s with each cache (bf16 first, then codecs) holding ctx rows of random K/V: reps rounds, each timing steps
+ * steps on every cache in turn (so a change of the machine's load hits every cache alike), best round per cache. */
+static int kw_bc_speed(kw_model *m, const kw_bc_codec *codecs, int n_codecs, int64_t page, int64_t ctx, int64_t steps,
+                       int64_t reps, double *tok_s) {
     const kw_model_config *cfg = kw_model_get_config(m);
     const int64_t chunk = 256, cells = chunk * cfg->n_kv_heads * cfg->head_dim;
     float *k = malloc((size_t)cells * sizeof *k), *v = malloc((size_t)cells * sizeof *v);
-    kw_kvcache *cache = NULL;
+    kw_kvcache *caches[9] = {0};
+    const kw_bc_codec bf16 = {"bf16", 0, KW_DTYPE_BF16};
     int rc = 0;
-    KW_CHECK_IF(!k || !v, KW_E_NOMEM, "out of memory");
+    KW_CHECK_IF(!k || !v || n_codecs > 8, KW_E_NOMEM, "out of memory");
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < cells; ++i) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
         k[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 4.0 - 2.0);
         v[i] = k[i] * 0.5f;
     }
-    KW_CHECK(kw_bc_cache(m, ctx + steps, c, page, &cache));
-    for (int64_t r = 0; r < ctx; r += chunk) {
-        const int64_t n = ctx - r < chunk ? ctx - r : chunk;
-        for (int32_t l = 0; l < cfg->n_layers; ++l)
-            KW_CHECK(kw_kvcache_write_rows(cache, l, r, n, k, v));
+    for (int c = 0; c <= n_codecs; ++c) {
+        KW_CHECK(kw_bc_cache(m, ctx + steps, c ? &codecs[c - 1] : &bf16, page, &caches[c]));
+        for (int64_t r = 0; r < ctx; r += chunk) {
+            const int64_t n = ctx - r < chunk ? ctx - r : chunk;
+            for (int32_t l = 0; l < cfg->n_layers; ++l)
+                KW_CHECK(kw_kvcache_write_rows(caches[c], l, r, n, k, v));
+        }
+        tok_s[c] = 0;
     }
-    *tok_s = 0;
-    for (int64_t rep = 0; rep < reps; ++rep) {
-        KW_CHECK(kw_kvcache_truncate(cache, ctx));
-        int32_t id = 1;
-        const uint64_t t0 = kw_time_now_ns();
-        for (int64_t i = 0; i < steps; ++i)
-            KW_CHECK(kw_model_decode_step(m, cache, id, NULL, &id, 0));
-        const double ms = kw_time_ms(t0, kw_time_now_ns());
-        if ((double)steps / (ms * 1e-3) > *tok_s) *tok_s = (double)steps / (ms * 1e-3);
-    }
+    for (int64_t rep = 0; rep < reps; ++rep)
+        for (int c = 0; c <= n_codecs; ++c) {
+            KW_CHECK(kw_kvcache_truncate(caches[c], ctx));
+            int32_t id = 1;
+            const uint64_t t0 = kw_time_now_ns();
+            for (int64_t i = 0; i < steps; ++i)
+                KW_CHECK(kw_model_decode_step(m, caches[c], id, NULL, &id, 0));
+            const double rate = (double)steps / (kw_time_ms(t0, kw_time_now_ns()) * 1e-3);
+            if (rate > tok_s[c]) tok_s[c] = rate;
+        }
 out:
-    kw_kvcache_free(cache);
+    for (int c = 0; c <= n_codecs; ++c)
+        kw_kvcache_free(caches[c]);
     free(k), free(v);
     return rc;
 }
@@ -379,13 +385,11 @@ int kw_bench_cache(int argc, char **argv) {
         int n_ctx = 0;
         KW_CHECK(kw_bc_numbers(contexts, ctx, 16, &n_ctx));
         for (int i = 0; i < n_ctx; ++i) {
-            double base = 0, r = 0;
-            KW_CHECK(kw_bc_speed(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ctx[i], steps, reps, &base));
-            printf("speed context %lld: bf16 %.2f tok/s", (long long)ctx[i], base);
-            for (int c = 0; c < n_codecs; ++c) {
-                KW_CHECK(kw_bc_speed(m, &codecs[c], page, ctx[i], steps, reps, &r));
-                printf(", %s %.2f tok/s (%.3fx)", codecs[c].name, r, r / base);
-            }
+            double rate[9];
+            KW_CHECK(kw_bc_speed(m, codecs, n_codecs, page, ctx[i], steps, reps, rate));
+            printf("speed context %lld: bf16 %.2f tok/s", (long long)ctx[i], rate[0]);
+            for (int c = 0; c < n_codecs; ++c)
+                printf(", %s %.2f tok/s (%.3fx)", codecs[c].name, rate[c + 1], rate[c + 1] / rate[0]);
             printf("\n");
             fflush(stdout);
         }
