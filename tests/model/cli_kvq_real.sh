@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# cli_kvq_real.sh KVWIRE SRC BUILD [PROMPTS]: the int8 KV cache on the real SmolLM2-135M-Instruct and Gemma 3 270M
-# (fetched and cached by kvwire fetch-model; skipped, exit 77, when neither can be had), measured by `kvwire bench
-# cache` on windows of docs/PROTOCOL.md (teacher forcing: each cache gets the same tokens so far, 100 positions per
-# window): no non-finite logit, relative K and V error below 1%, no flipped token where the bf16 cache's top-2 margin
-# exceeds 0.5, and teacher-forced agreement with the bf16 cache of at least 99.5% over the 20-window run (the slow
-# ctest entry, which also wants int6 >= 98%) or 98% over the 1-window one that always runs (int8 only; 100 positions). Also the bytes
-# goals at 4,096 tokens: int8 <= 52% and int4 <= 28% of bf16.
+# cli_kvq_real.sh KVWIRE SRC BUILD [PROMPTS]: the quantized KV caches on the real SmolLM2-135M-Instruct and Gemma 3
+# 270M (fetched and cached by kvwire fetch-model; skipped, exit 77, when neither can be had), measured by `kvwire bench
+# cache` on PROMPTS windows of docs/PROTOCOL.md (teacher forcing: each cache gets the same tokens so far, 100 positions
+# per window). int8: no non-finite logit, relative K and V error below 1%, no flipped token where the bf16 cache's
+# top-2 margin exceeds 0.5, teacher-forced agreement with the bf16 cache of at least 99.5% over 20 windows (the slow
+# ctest entry, which also wants int6 >= 98%) or 98% over the one window that always runs. Also the bytes goals at
+# 4,096 tokens: int8 <= 52% and int4 <= 28% of bf16.
 set -u
 kvwire=$1
 src=$2
