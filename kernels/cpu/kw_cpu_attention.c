@@ -18,6 +18,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "common/kw_status.h"
@@ -118,6 +119,14 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
     return 0;
 }
 
+/* The 256 values of the scale byte, computed once. */
+static float kw_attnq_scales[256];
+static pthread_once_t kw_attnq_scales_once = PTHREAD_ONCE_INIT;
+static void kw_attnq_scales_init(void) {
+    for (int s = 0; s < 256; ++s)
+        kw_attnq_scales[s] = kw_kvq_scale((uint8_t)s);
+}
+
 static void kw_attnq_item(enum kw_cpu_isa isa, float *out, const float *q, int64_t nh, const uint8_t *khead,
                           const kw_kvq_geom *kg, const uint8_t *vhead, const kw_kvq_geom *vg, int64_t full, int64_t lo,
                           int64_t hi, const uint8_t *mask, float scale, float *scores, int64_t n_kv, float *ksc,
@@ -149,16 +158,15 @@ int kw__cpu_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *
     const float scale = params->scale;
     const float *qs = q->data;
     float *os = out->data;
-    float scale_of[256];
-    for (int s = 0; s < 256; ++s)
-        scale_of[s] = kw_kvq_scale((uint8_t)s);
+    pthread_once(&kw_attnq_scales_once, kw_attnq_scales_init);
+    const float *scale_of = kw_attnq_scales;
 
     const int64_t items = T * Hkv;
     const int64_t work = T * Hq * (q_pos0 + T) * D;
     const int nt =
         (int)(work >= KW_CPU_PARALLEL_MIN * 4 && items > 1 ? (items < cpu->n_threads ? items : cpu->n_threads) : 1);
-    /* per thread: chunk score rows of n_kv, then D decoded key scales */
-    const size_t per_thread = (size_t)(chunk * n_kv + 16 + D);
+    /* per thread: chunk score rows of n_kv, then D decoded key scales and a rebuilt key row of D */
+    const size_t per_thread = (size_t)(chunk * n_kv + 16 + 2 * D);
     float *scratch;
     KW_FORWARD(kw__cpu_scratch(cpu, per_thread * (size_t)nt, &scratch));
 

@@ -115,51 +115,57 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attnq_codes)(const uint8_t *row
     return KW_V(load_u4)(row + d / 2, 8);
 }
 
-/* q . k for a key row in a full page (codes, the page's channel scales sc) or in the bf16 tail (tail != NULL). */
-KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attnq_dot)(const float *q, const uint8_t *codes, const float *sc,
-                                                            const uint16_t *tail, enum kw_kvq_codec codec, int64_t D) {
-    KW_VT acc = KW_V(zero)();
-    if (tail) {
-        for (int64_t d = 0; d < D; d += 16)
-            acc = KW_V(fma)(KW_V(load)(q + d), KW_V(load_bf16)(tail + d), acc);
-    } else {
-        for (int64_t d = 0; d < D; d += 16)
-            acc = KW_V(fma)(KW_V(load)(q + d),
-                            KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(codes, codec, d), KW_V(load)(sc + d)), acc);
-    }
-    return KW_V(hsum)(acc);
+/* A key row of a full page rebuilt once into kbuf (D floats): fl(code * scale) per value, the page's channel scales sc.
+ * Every query head of the item then takes the f32 kernel's dot product on it. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_key_row)(float *kbuf, const uint8_t *codes, const float *sc,
+                                                               enum kw_kvq_codec codec, int64_t D) {
+    for (int64_t d = 0; d < D; d += 16)
+        KW_V(store)(kbuf + d, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(codes, codec, d), KW_V(load)(sc + d)));
 }
 
-/* kw_attn_out_block over value rows with one scale per group of G channels (vscales: per row D / G scale bytes;
- * scale_of: the 256 scale values). G is 16 or 32, so a 16-lane chunk lies in one group. */
-KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_out_block)(float *o, const float *e_row, const uint8_t *vbase,
+/* The output of up to four heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of up to four
+ * 16-wide chunks from d0: each value row's chunks are rebuilt once (one scale per group of G = 16 or 32 channels, so a
+ * chunk lies in one group) and feed every head's fma chain over the rows, a head skipping the rows whose weight is 0,
+ * as kw_attn_out_block does. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_out_block)(float *const *o, const float *const *e,
+                                                                 const float *inv, int m, const uint8_t *vbase,
                                                                  const uint8_t *vscales, const float *scale_of,
                                                                  size_t row_bytes, enum kw_kvq_codec codec, int64_t lo,
-                                                                 int64_t n, int64_t D, int64_t d0, float inv) {
-    KW_VT acc[4];
+                                                                 int64_t n, int64_t D, int64_t d0) {
+    KW_VT acc[4][4];
     const int nc = (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4);
     const int64_t G = kw_kvq_value_group(D);
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c)
-        acc[c] = KW_V(zero)();
+    for (int g = 0; g < 4; ++g)
+        for (int c = 0; c < 4; ++c)
+            acc[g][c] = KW_V(zero)();
     for (int64_t j = 0; j < n; ++j) {
-        const float e = e_row[j];
-        if (e == 0.0f) continue;
-        const KW_VT ev = KW_V(set1)(e);
+        int any = 0;
+        for (int g = 0; g < m; ++g)
+            any |= e[g][j] != 0.0f;
+        if (!any) continue;
         const uint8_t *vrow = vbase + (size_t)(lo + j) * row_bytes, *vs = vscales + (lo + j) * (D / G);
+        KW_VT v[4];
         for (int c = 0; c < nc; ++c) {
             const int64_t d = d0 + c * 16;
-            const KW_VT sv = KW_V(set1)(scale_of[vs[d / G]]);
-            acc[c] = KW_V(fma)(ev, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d), sv), acc[c]);
+            v[c] = KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d), KW_V(set1)(scale_of[vs[d / G]]));
+        }
+        for (int g = 0; g < m; ++g) {
+            const float w = e[g][j];
+            if (w == 0.0f) continue;
+            const KW_VT ev = KW_V(set1)(w);
+            for (int c = 0; c < nc; ++c)
+                acc[g][c] = KW_V(fma)(ev, v[c], acc[g][c]);
         }
     }
-    const KW_VT iv = KW_V(set1)(inv);
-    for (int c = 0; c < nc; ++c)
-        KW_V(store)(o + d0 + c * 16, KW_V(mul)(acc[c], iv));
+    for (int g = 0; g < m; ++g) {
+        const KW_VT iv = KW_V(set1)(inv[g]);
+        for (int c = 0; c < nc; ++c)
+            KW_V(store)(o[g] + d0 + c * 16, KW_V(mul)(acc[g][c], iv));
+    }
 }
 
 /* kw_attn_item over one kv head's key storage khead (geometry kg, full pages up to row full) and value storage vhead.
- * ksc: D floats of scratch for a page's decoded channel scales; scale_of: the 256 scale values. */
+ * ksc: 2 D floats of scratch (a page's decoded channel scales, a rebuilt key row); scale_of: the 256 scale values. */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, int64_t nh, const uint8_t *khead,
                                                     const kw_kvq_geom *kg, const uint8_t *vhead, const kw_kvq_geom *vg,
                                                     int64_t full, int64_t lo, int64_t hi, const uint8_t *mask,
@@ -169,26 +175,35 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
     const size_t krow_bytes = kw_kvq_row_bytes(kg->codec, D), vrow_bytes = kw_kvq_row_bytes(vg->codec, D);
     const uint8_t *kscales = khead + kw_kvq_scales_offset(kg);
     const uint16_t *ktail = (const uint16_t *)(khead + kw_kvq_tail_offset(kg));
+    float *kbuf = ksc + D;
     int64_t page = -1;
     float maxs[KW_ATTN_MAX_GROUP];
     for (int64_t g = 0; g < nh; ++g)
         maxs[g] = -INFINITY;
     for (int64_t j = lo; j <= hi; ++j) {
         const int masked = kw_opm_attn_masked(mask, j);
-        const uint16_t *tail = j >= full ? ktail + (j - full) * D : NULL;
-        if (!masked && !tail && j / P != page) {
-            page = j / P;
-            for (int64_t d = 0; d < D; ++d)
-                ksc[d] = scale_of[kscales[page * D + d]];
+        const void *krow = NULL;
+        enum kw_dtype kdt = KW_DTYPE_F32;
+        if (!masked && j >= full) {
+            krow = ktail + (j - full) * D, kdt = KW_DTYPE_BF16;
+        } else if (!masked) {
+            if (j / P != page) {
+                page = j / P;
+                for (int64_t d = 0; d < D; ++d)
+                    ksc[d] = scale_of[kscales[page * D + d]];
+            }
+            KW_ISA_FN(kw_attnq_key_row)(kbuf, khead + (size_t)j * krow_bytes, ksc, kg->codec, D);
+            krow = kbuf;
         }
-        const uint8_t *codes = khead + (size_t)j * krow_bytes;
         for (int64_t g = 0; g < nh; ++g) {
-            const float s =
-                masked ? -INFINITY : KW_ISA_FN(kw_attnq_dot)(q + g * D, codes, ksc, tail, kg->codec, D) * scale;
+            const float s = masked ? -INFINITY : KW_ISA_FN(kw_attn_dot)(q + g * D, krow, kdt, D) * scale;
             scores[g * n_kv + j] = s;
             if (s > maxs[g]) maxs[g] = s;
         }
     }
+    float *os[KW_ATTN_MAX_GROUP], inv[KW_ATTN_MAX_GROUP];
+    const float *es[KW_ATTN_MAX_GROUP];
+    int m = 0;
     for (int64_t g = 0; g < nh; ++g) {
         float *o = out + g * D, *e_row = scores + g * n_kv + lo;
         if (maxs[g] == -INFINITY) {
@@ -203,9 +218,12 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
         for (; i + 16 <= n; i += 16)
             sv = KW_V(add)(sv, KW_V(load)(e_row + i));
         if (i < n) sv = KW_V(add)(sv, KW_V(load_n)(e_row + i, (int)(n - i)));
-        const float inv = 1.0f / KW_V(hsum)(sv);
+        os[m] = o, es[m] = e_row, inv[m] = 1.0f / KW_V(hsum)(sv);
+        ++m;
+    }
+    for (int g0 = 0; g0 < m; g0 += 4)
         for (int64_t d0 = 0; d0 < D; d0 += 64)
             KW_ISA_FN(kw_attnq_out_block)
-        (o, e_row, vhead, vhead + kw_kvq_scales_offset(vg), scale_of, vrow_bytes, vg->codec, lo, n, D, d0, inv);
-    }
+    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, vhead, vhead + kw_kvq_scales_offset(vg), scale_of, vrow_bytes,
+     vg->codec, lo, n, D, d0);
 }

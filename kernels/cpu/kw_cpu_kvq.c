@@ -129,6 +129,16 @@ int kw__cpu_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *
         return 0;
     }
     const int64_t end = pos0 + T, new_len = end > n_rows ? end : n_rows, span = new_len - n_rows / P * P;
+    if (pos0 >= n_rows / P * P && new_len / P == n_rows / P) {
+        /* the rows stay in the tail page (a decode step, mostly): write them there as bf16, nothing else moves */
+        for (int64_t h = 0; h < H; ++h) {
+            uint16_t *tail = (uint16_t *)(base + (size_t)h * head_bytes + kw_kvq_tail_offset(g));
+            for (int64_t t = 0; t < T; ++t)
+                for (int64_t d = 0; d < D; ++d)
+                    tail[(pos0 + t - n_rows / P * P) * D + d] = kw_f32_to_bf16(s[(t * H + h) * D + d]);
+        }
+        return 0;
+    }
     const size_t per_head = (size_t)((span > P ? span : P) * D);
     float *buf = malloc(per_head * (size_t)H * sizeof(float));
     KW_RETURN_IF(!buf, KW_E_NOMEM, "kvq_store: out of memory");
