@@ -385,6 +385,56 @@ static inline int kw__enc_is_outlier(const kw__enc_outliers *o, uint32_t D, uint
     return (o->mask[e / 8] >> (e % 8)) & 1u;
 }
 
+/* Folds one row (no outliers) into the statistics of its block (kw__enc_tensor_blocks), with the row kernels: the
+ * same values as kw__enc_stat element by element. Channel scales take the elementwise minimum and maximum (strict
+ * compares, so an equal later value never replaces an earlier one); the other granularities the row kernels' minmax
+ * per unit of 2^shift values (the whole row for token and head), folded into the block's by the same strict rule,
+ * which keeps the first value that attains the minimum or maximum. first: the block's first row. x: D floats of
+ * scratch. */
+static int kw__enc_row_stats(const kw__wire_kernels *k, const uint8_t *row, uint32_t dt, uint32_t D, uint32_t gran,
+                             uint32_t shift, int asym, int first, float *x, float *lo, float *hi, const char *what,
+                             uint32_t h, uint32_t t) {
+    if (gran == KW_WIRE_GRAN_CHANNEL) {
+        KW_RETURN_IF(k->amax(row, dt, D) >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf",
+                     what, h, t);
+        kw__wire_load_f32(row, dt, D, x);
+        if (!asym) {
+            for (uint32_t d = 0; d < D; ++d) {
+                const float a = x[d] < 0.0f ? -x[d] : x[d];
+                hi[d] = a > hi[d] ? a : hi[d];
+            }
+        } else if (first) {
+            memcpy(lo, x, (size_t)D * sizeof(float));
+            memcpy(hi, x, (size_t)D * sizeof(float));
+        } else {
+            for (uint32_t d = 0; d < D; ++d) {
+                lo[d] = x[d] < lo[d] ? x[d] : lo[d];
+                hi[d] = x[d] > hi[d] ? x[d] : hi[d];
+            }
+        }
+        return 0;
+    }
+    const uint32_t n = shift >= 31u ? D : 1u << shift, units = D / n;
+    const size_t es = kw__wire_dtype_size(dt);
+    for (uint32_t u = 0; u < units; ++u) {
+        const uint8_t *p = row + (size_t)u * n * es;
+        float l = 0.0f, m = 0.0f;
+        const uint32_t am = asym ? k->minmax(p, dt, n, &l, &m) : k->amax(p, dt, n);
+        KW_RETURN_IF(am >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
+        if (!asym) {
+            const float a = kw_f32_from_bits(am);
+            hi[u] = a > hi[u] ? a : hi[u];
+        } else if (first) {
+            lo[u] = l;
+            hi[u] = m;
+        } else {
+            lo[u] = l < lo[u] ? l : lo[u];
+            hi[u] = m > hi[u] ? m : hi[u];
+        }
+    }
+    return 0;
+}
+
 /* The general (scalar) path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups
  * that are not whole bytes; and every tensor of a section with outliers) for any codec and granularity: the
  * statistics of every scale unit in one pass, the scales, then the codes value by value (FORMAT.md §5.8, §5.9). The
@@ -412,6 +462,11 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
     int rc = 0;
     for (uint32_t h = 0; h < H && rc == 0; ++h)
         for (uint32_t t = 0; t < tg && rc == 0; ++t) {
+            if (!out && sp->granularity == KW_WIRE_GRAN_LAYER) { /* one unit: the row kernels, row by row */
+                rc = kw__enc_row_stats(e->kernels, kw__enc_row(in, es, h, t0 + t), dt, D, KW_WIRE_GRAN_LAYER, 31u, asym,
+                                       h == 0 && t == 0, x, lo, hi, what, h, t0 + t);
+                continue;
+            }
             kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
             for (uint32_t d = 0; d < D; ++d) {
                 if (!(x[d] - x[d] == 0.0f)) {
@@ -452,6 +507,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
 static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
                                  const char *what) {
+    const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u, gran = sp->granularity;
     const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
@@ -475,13 +531,19 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
             for (uint32_t u = 0; u < units; ++u)
                 lo[u] = hi[u] = iv[u] = 0.0f; /* iv 1: the unit has a value (min/max start from it) */
             for (uint32_t t = b0; t < b1; ++t) {
-                kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
-                for (uint32_t d = 0; d < D; ++d) {
-                    KW_RETURN_IF(!(x[d] - x[d] == 0.0f), KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf",
-                                 what, h, t0 + t);
-                    if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
-                    const uint32_t u = d >> shift;
-                    kw__enc_stat(asym, x[d], &lo[u], &hi[u], &iv[u]);
+                const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
+                if (out) { /* value by value, leaving the outliers out */
+                    kw__wire_load_f32(row, dt, D, x);
+                    for (uint32_t d = 0; d < D; ++d) {
+                        KW_RETURN_IF(!(x[d] - x[d] == 0.0f), KW_E_WIRE_NONFINITE,
+                                     "%s head %u token %u holds NaN or Inf", what, h, t0 + t);
+                        if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
+                        const uint32_t u = d >> shift;
+                        kw__enc_stat(asym, x[d], &lo[u], &hi[u], &iv[u]);
+                    }
+                } else {
+                    KW_FORWARD(
+                        kw__enc_row_stats(k, row, dt, D, gran, shift, asym, t == b0, x, lo, hi, what, h, t0 + t));
                 }
             }
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);

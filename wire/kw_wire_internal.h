@@ -86,6 +86,11 @@ typedef struct kw__wire_kernels {
     /* Dequantizes the packed row src (n elements) with scale s into out (dtype F32 or BF16). Returns 0 or
      * KW_E_WIRE_VALUE for a reserved code. */
     int (*dequantize)(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
+    /* The minimum and maximum of n >= 1 elements of x in dtype as the encoder's statistics rule finds them (FORMAT.md
+     * §5.9): each is the first value in element order that attains it, so a zero minimum or maximum has the sign of
+     * the first zero. Writes them to *lo and *hi and returns what amax returns for the same elements (>= 0x7f800000:
+     * a NaN or Inf is present, and *lo and *hi are unspecified). */
+    uint32_t (*minmax)(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -93,6 +98,9 @@ const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
 
 /* Scalar implementations, also the fallback of the vector ones for cases they do not cover. */
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
+uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
+/* The signed zero of the first element of x that is +0 or -0 (the fix-up of a vector minmax whose result is 0). */
+float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n);
 void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
 

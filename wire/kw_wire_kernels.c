@@ -28,6 +28,36 @@ uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n) {
     return kw_f32_bits(kw_f16_to_f32((uint16_t)m)); /* f16 magnitudes order like their bit patterns */
 }
 
+uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi) {
+    float tmp[256], l = 0.0f, h = 0.0f;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
+        if (i == 0) l = h = tmp[0];
+        for (uint32_t k = 0; k < m; ++k) { /* strict compares: an equal value later in the row does not replace */
+            l = tmp[k] < l ? tmp[k] : l;
+            h = tmp[k] > h ? tmp[k] : h;
+        }
+    }
+    *lo = l;
+    *hi = h;
+    return kw__wire_amax_scalar(x, dtype, n);
+}
+
+float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+        uint32_t bits;
+        if (dtype == KW_WIRE_DTYPE_F32) {
+            memcpy(&bits, (const uint8_t *)x + 4 * (size_t)i, 4);
+        } else {
+            const uint16_t h = ((const uint16_t *)x)[i];
+            bits = (uint32_t)h << 16; /* bf16 and f16 alike: only the sign and whether the rest is 0 matter */
+        }
+        if ((bits & 0x7fffffffu) == 0) return bits ? -0.0f : 0.0f;
+    }
+    return 0.0f;
+}
+
 void kw__wire_load_f32(const void *x, uint32_t dtype, uint32_t n, float *out) {
     const uint16_t *h = (const uint16_t *)x;
     switch (dtype) {
@@ -74,6 +104,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .amax = kw__wire_amax_scalar,
     .quantize = kw__wire_quantize_scalar,
     .dequantize = kw__wire_dequantize_scalar,
+    .minmax = kw__wire_minmax_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

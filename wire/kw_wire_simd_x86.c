@@ -58,6 +58,34 @@ KW_AVX2 static inline __m256 kw__load8_avx2(const void *x, uint32_t dtype, uint3
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+/* The minimum and maximum of a row in element order (kw__wire_kernels.minmax): per-lane min/max, a reduction across
+ * lanes (exact but for the sign of a zero result), then the sign of the first zero when a result is 0. */
+KW_AVX2 static uint32_t kw__minmax_avx2(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0)
+        return kw__wire_minmax_scalar(x, dtype, n, lo, hi);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256 v = kw__load8_avx2(x, dtype, 0), l = v, h = v;
+    __m256i a = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+    for (uint32_t i = 8; i < n; i += 8) {
+        v = kw__load8_avx2(x, dtype, i);
+        l = _mm256_min_ps(v, l);
+        h = _mm256_max_ps(v, h);
+        a = _mm256_max_epu32(a, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+    }
+    __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(l), _mm256_extractf128_ps(l, 1));
+    __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+    h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+    const float fl = _mm_cvtss_f32(_mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)));
+    const float fh = _mm_cvtss_f32(_mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1)));
+    __m128i a4 = _mm_max_epu32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 8));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 4));
+    *lo = fl == 0.0f ? kw__wire_first_zero(x, dtype, n) : fl;
+    *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
+    return (uint32_t)_mm_cvtsi128_si32(a4);
+}
+
 /* y = clamp(fl32(v * inv), lo, hi) (min/max of an ordered value: the encoder has refused NaN and Inf already). */
 KW_AVX2 static inline __m256 kw__scaled8_avx2(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
     return _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
@@ -311,6 +339,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .amax = kw__amax_avx2,
     .quantize = kw__quantize_avx2,
     .dequantize = kw__dequantize_avx2,
+    .minmax = kw__minmax_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -340,10 +369,31 @@ KW_AVX512 static uint32_t kw__amax_avx512(const void *x, uint32_t dtype, uint32_
     return kw__amax_avx2(x, dtype, n);
 }
 
+/* 16 input values as f32 (bf16 and f16 widen exactly). */
 KW_AVX512 static inline __m512 kw__load16_avx512(const void *x, uint32_t dtype, uint32_t i) {
     if (dtype == KW_WIRE_DTYPE_F32) return _mm512_loadu_ps((const float *)x + i);
-    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i));
+    if (dtype == KW_WIRE_DTYPE_F16) return _mm512_cvtph_ps(raw);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+/* kw__minmax_avx2 16 lanes wide. */
+KW_AVX512 static uint32_t kw__minmax_avx512(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 16 != 0)
+        return kw__minmax_avx2(x, dtype, n, lo, hi);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512 v = kw__load16_avx512(x, dtype, 0), l = v, h = v;
+    __m512i a = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
+    for (uint32_t i = 16; i < n; i += 16) {
+        v = kw__load16_avx512(x, dtype, i);
+        l = _mm512_min_ps(v, l);
+        h = _mm512_max_ps(v, h);
+        a = _mm512_max_epu32(a, _mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+    }
+    const float fl = _mm512_reduce_min_ps(l), fh = _mm512_reduce_max_ps(h);
+    *lo = fl == 0.0f ? kw__wire_first_zero(x, dtype, n) : fl;
+    *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
+    return (uint32_t)_mm512_reduce_max_epu32(a);
 }
 
 KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
@@ -421,6 +471,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .amax = kw__amax_avx512,
     .quantize = kw__quantize_avx512,
     .dequantize = kw__dequantize_avx512,
+    .minmax = kw__minmax_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

@@ -96,6 +96,44 @@ static void test_amax(void **state) {
         }
 }
 
+/* minmax: the minimum and maximum in element order, each the first value that attains it (a zero result keeps the
+ * sign of the first zero), and amax's result, on rows built to make zero the minimum or maximum. */
+static void test_minmax(void **state) {
+    (void)state;
+    wt_rng r = {6};
+    uint8_t buf[1024 * 4 + 4];
+    static const uint32_t lens[] = {4, 8, 12, 16, 24, 32, 48, 64, 128, 136, 256, 1024};
+    for (int it = 0; it < 4000; ++it)
+        for (uint32_t dtype = 1; dtype <= 3; ++dtype) {
+            const uint32_t n = lens[wt_below(&r, sizeof lens / sizeof lens[0])];
+            const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+            const int mode = it % 6; /* 0, 1: values; 2: zeros and positives; 3: zeros and negatives; 4: zeros */
+            fill(&r, buf + off, dtype, n, mode == 1, ldexpf(1.0f, (int)wt_below(&r, 20) - 10));
+            for (uint32_t i = 0; i < n && mode >= 2; ++i) {
+                float v = wt_below(&r, 2) ? -0.0f : 0.0f;
+                if (mode == 2 && wt_below(&r, 4) == 0) v = 1.0f + wt_uniform(&r);
+                if (mode == 3 && wt_below(&r, 4) == 0) v = -1.0f - wt_uniform(&r);
+                if (mode == 5 && wt_below(&r, 3) == 0) v = wt_bell(&r); /* zeros and both signs */
+                if (dtype == KW_WIRE_DTYPE_F32) {
+                    memcpy(buf + off + 4 * i, &v, 4);
+                } else {
+                    const uint16_t h = dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(v) : kw_f32_to_f16(v);
+                    memcpy(buf + off + 2 * i, &h, 2);
+                }
+            }
+            float lo, hi;
+            const uint32_t want = g_isas[0]->minmax(buf + off, dtype, n, &lo, &hi);
+            assert_int_equal(want, g_isas[0]->amax(buf + off, dtype, n));
+            for (int k = 1; k < g_n_isas; ++k) {
+                float l, h;
+                assert_int_equal(g_isas[k]->minmax(buf + off, dtype, n, &l, &h), want);
+                if (kw_f32_bits(l) != kw_f32_bits(lo) || kw_f32_bits(h) != kw_f32_bits(hi))
+                    fail_msg("%s dtype %u n=%u mode %d: min/max %a %a, scalar %a %a", kw_wire_isa_name(g_isas[k]->isa),
+                             dtype, n, mode, (double)l, (double)h, (double)lo, (double)hi);
+            }
+        }
+}
+
 static void test_quantize(void **state) {
     (void)state;
     wt_rng r = {2};
@@ -239,8 +277,8 @@ static void test_hash_variants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),  cmocka_unit_test(test_quantize),      cmocka_unit_test(test_dequantize),
-        cmocka_unit_test(test_blobs), cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax), cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_blobs),  cmocka_unit_test(test_hash_variants),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
