@@ -44,6 +44,40 @@ uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float
     return kw__wire_amax_scalar(x, dtype, n);
 }
 
+void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
+                                     float lo, float hi, uint32_t bits, uint8_t *dst) {
+    float tmp[256];
+    uint8_t q[256];
+    const uint32_t mask = (1u << bits) - 1u;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
+        for (uint32_t k = 0; k < m; ++k) {
+            float y = (tmp[k] - z[i + k]) * inv[i + k];
+            y = y < lo ? lo : y;
+            y = y > hi ? hi : y;
+            q[k] = (uint8_t)((uint32_t)(int32_t)kw_rne_small(y) & mask);
+        }
+        kw__wire_pack_fields(bits, q, m, dst + (size_t)i * bits / 8);
+    }
+}
+
+void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                                       void *out, uint32_t out_dtype) {
+    uint8_t q[256];
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_unpack_fields(bits, src + (size_t)i * bits / 8, m, q);
+        for (uint32_t k = 0; k < m; ++k) {
+            const float y = kw_wire_dequantize_asym(q[k], s[i + k], z[i + k]);
+            if (out_dtype == KW_WIRE_DTYPE_F32)
+                ((float *)out)[i + k] = y;
+            else
+                ((uint16_t *)out)[i + k] = kw_f32_to_bf16(y);
+        }
+    }
+}
+
 float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n) {
     for (uint32_t i = 0; i < n; ++i) {
         uint32_t bits;
@@ -105,6 +139,8 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .quantize = kw__wire_quantize_scalar,
     .dequantize = kw__wire_dequantize_scalar,
     .minmax = kw__wire_minmax_scalar,
+    .quantize_affine = kw__wire_quantize_affine_scalar,
+    .dequantize_affine = kw__wire_dequantize_affine_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

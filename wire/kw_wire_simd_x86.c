@@ -147,6 +147,69 @@ KW_AVX2 static inline __m256i kw__fp8_codes8_avx2(__m256 y, int mbits, int bias,
     return _mm256_or_si256(code, sign);
 }
 
+/* Packs the low b bits of 8 int32 values into b bytes at dst, element k at bits [k*b, (k+1)*b) (FORMAT.md §5.3):
+ * each half's four fields are shifted into place and ORed into one 32-bit word, the two words joined. bits is a
+ * constant where this is inlined. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__fields8_put_avx2(__m256i c, uint32_t bits, uint8_t *dst) {
+    const int b = (int)bits;
+    const __m256i shifts = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
+    __m256i v = _mm256_sllv_epi32(_mm256_and_si256(c, _mm256_set1_epi32((1 << b) - 1)), shifts);
+    v = _mm256_or_si256(v, _mm256_shuffle_epi32(v, 0x4e));
+    v = _mm256_or_si256(v, _mm256_shuffle_epi32(v, 0xb1));
+    const uint64_t w = (uint64_t)(uint32_t)_mm256_cvtsi256_si32(v) | (uint64_t)(uint32_t)_mm256_extract_epi32(v, 4)
+                                                                         << (4 * bits);
+    memcpy(dst, &w, bits); /* little-endian: the stream's first bytes */
+}
+
+/* The 8 unsigned b-bit fields in the b bytes at src, as int32 (the inverse of kw__fields8_put_avx2). */
+KW_AVX2 static inline __attribute__((always_inline)) __m256i kw__fields8_get_avx2(const uint8_t *src, uint32_t bits) {
+    const int b = (int)bits;
+    uint64_t w = 0;
+    memcpy(&w, src, bits);
+    const int lo = (int)(uint32_t)w, hi = (int)(uint32_t)(w >> (4 * bits));
+    const __m256i v = _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi);
+    return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b)),
+                            _mm256_set1_epi32((1 << b) - 1));
+}
+
+KW_AVX2 static inline __attribute__((always_inline)) void kw__affine_row_avx2(const void *x, uint32_t dtype, uint32_t n,
+                                                                              const float *z, const float *inv,
+                                                                              __m256 lo, __m256 hi, uint32_t bits,
+                                                                              uint8_t *dst) {
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256 d = _mm256_sub_ps(kw__load8_avx2(x, dtype, i), _mm256_loadu_ps(z + i));
+        const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(d, _mm256_loadu_ps(inv + i)), lo), hi);
+        kw__fields8_put_avx2(_mm256_cvtps_epi32(y), bits, dst + (size_t)i / 8 * bits);
+    }
+}
+
+/* kw__wire_kernels.quantize_affine: the clamp by max/min may turn a -0 into +0, which rounds to the same code. */
+KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint32_t n, const float *z,
+                                             const float *inv, float lo, float hi, uint32_t bits, uint8_t *dst) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0) {
+        kw__wire_quantize_affine_scalar(x, dtype, n, z, inv, lo, hi, bits, dst);
+        return;
+    }
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    switch (bits) { /* a constant width per loop: the shifts and the store size fold */
+    case 2:
+        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 2, dst);
+        break;
+    case 3:
+        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 3, dst);
+        break;
+    case 4:
+        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 4, dst);
+        break;
+    case 6:
+        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 6, dst);
+        break;
+    default:
+        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 8, dst);
+        break;
+    }
+}
+
 /* Stores 8 int32 values 0..255 as bytes. */
 KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
     const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
@@ -155,9 +218,8 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
-    /* int3 and int2 (KVWire v1.1) have no vector kernels yet: the scalar reference */
     if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
-        kw_wire_codec_bits(codec) == 0 || codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2) {
+        kw_wire_codec_bits(codec) == 0) {
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
         return;
     }
@@ -177,6 +239,16 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     case KW_WIRE_CODEC_INT6:
         for (uint32_t i = 0; i < n; i += 8)
             kw__sextets8_avx2(kw__codes8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), dst + i / 8 * 6);
+        break;
+    case KW_WIRE_CODEC_INT3:
+        for (uint32_t i = 0; i < n; i += 8)
+            kw__fields8_put_avx2(_mm256_cvtps_epi32(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi)), 3,
+                                 dst + i / 8 * 3);
+        break;
+    case KW_WIRE_CODEC_INT2:
+        for (uint32_t i = 0; i < n; i += 8)
+            kw__fields8_put_avx2(_mm256_cvtps_epi32(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi)), 2,
+                                 dst + i / 8 * 2);
         break;
     case KW_WIRE_CODEC_NF4: {
         __m256 mids[15];
@@ -243,9 +315,60 @@ KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *
     return _mm256_castsi256_ps(_mm256_or_si256(v, sign));
 }
 
+/* Symmetric int3 or int2 rows: sign-extended fields times s; the field 2^(b-1) (the code -2^(b-1)) is reserved. */
+KW_AVX2 static inline __attribute__((always_inline)) int
+kw__dequantize_small_avx2(const uint8_t *src, uint32_t bits, uint32_t n, float s, void *out, uint32_t out_dtype) {
+    const __m256 vs = _mm256_set1_ps(s);
+    const __m256i half = _mm256_set1_epi32(1 << (bits - 1));
+    __m256i bad = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256i f = kw__fields8_get_avx2(src + (size_t)i / 8 * bits, bits);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(f, half));
+        const __m256i q = _mm256_sub_epi32(_mm256_xor_si256(f, half), half);
+        kw__store8_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), vs));
+    }
+    return _mm256_movemask_epi8(bad) ? KW_E_WIRE_VALUE : 0;
+}
+
+KW_AVX2 static inline __attribute__((always_inline)) void
+kw__dequantize_affine_row_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z, void *out,
+                               uint32_t out_dtype) {
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256 q = _mm256_cvtepi32_ps(kw__fields8_get_avx2(src + (size_t)i / 8 * bits, bits));
+        kw__store8_avx2(out, out_dtype, i,
+                        _mm256_add_ps(_mm256_mul_ps(q, _mm256_loadu_ps(s + i)), _mm256_loadu_ps(z + i)));
+    }
+}
+
+KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s,
+                                               const float *z, void *out, uint32_t out_dtype) {
+    if (n % 8 != 0) {
+        kw__wire_dequantize_affine_scalar(src, bits, n, s, z, out, out_dtype);
+        return;
+    }
+    switch (bits) {
+    case 2:
+        kw__dequantize_affine_row_avx2(src, 2, n, s, z, out, out_dtype);
+        break;
+    case 3:
+        kw__dequantize_affine_row_avx2(src, 3, n, s, z, out, out_dtype);
+        break;
+    case 4:
+        kw__dequantize_affine_row_avx2(src, 4, n, s, z, out, out_dtype);
+        break;
+    case 6:
+        kw__dequantize_affine_row_avx2(src, 6, n, s, z, out, out_dtype);
+        break;
+    default:
+        kw__dequantize_affine_row_avx2(src, 8, n, s, z, out, out_dtype);
+        break;
+    }
+}
+
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
-    /* int3 and int2 (KVWire v1.1) have no vector kernels yet: the scalar reference */
+    if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT3) return kw__dequantize_small_avx2(src, 3, n, s, out, out_dtype);
+    if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT2) return kw__dequantize_small_avx2(src, 2, n, s, out, out_dtype);
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
         codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
@@ -340,6 +463,8 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize = kw__quantize_avx2,
     .dequantize = kw__dequantize_avx2,
     .minmax = kw__minmax_avx2,
+    .quantize_affine = kw__quantize_affine_avx2,
+    .dequantize_affine = kw__dequantize_affine_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -472,6 +597,8 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize = kw__quantize_avx512,
     .dequantize = kw__dequantize_avx512,
     .minmax = kw__minmax_avx512,
+    .quantize_affine = kw__quantize_affine_avx2, /* the AVX2 kernels: no 16-wide ones yet */
+    .dequantize_affine = kw__dequantize_affine_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

@@ -197,15 +197,69 @@ static void test_dequantize(void **state) {
         }
 }
 
+/* quantize_affine and dequantize_affine (the v1.1 general path's integer rows): zero points with exact rounding ties
+ * (z and x - z integers + 0.5 when inv = 1), clamping at 0 and qmax, zero scales (inv = 0), the symmetric form
+ * (z = 0, lo = -qmax), every field width; the decoded values of arbitrary bytes to f32 and bf16. */
+static void test_affine(void **state) {
+    (void)state;
+    wt_rng r = {7};
+    static const uint32_t widths[] = {2, 3, 4, 6, 8};
+    uint8_t buf[1024 * 4 + 4], want[1024 + 16], got[1024 + 16];
+    float z[1024], inv[1024], sc[1024], wantf[1024], gotf[1024 + 1];
+    uint16_t wantb[1024], gotb[1024 + 1];
+    for (int it = 0; it < 3000; ++it) {
+        const uint32_t bits = widths[wt_below(&r, 5)], dtype = 1 + wt_below(&r, 3);
+        const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
+        const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+        const int asym = it % 2, ties = it % 3 == 0;
+        const float qmax = asym ? (float)((1u << bits) - 1u) : (float)((1u << (bits - 1)) - 1u);
+        fill(&r, buf + off, dtype, n, ties, ldexpf(1.0f, (int)wt_below(&r, 6) - 3));
+        const float unit_inv = ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 6));
+        for (uint32_t i = 0; i < n; ++i) {
+            const uint32_t u = i / 32; /* units of 32 elements, as group scales give */
+            z[i] = asym ? (ties ? (float)((int)(u % 5) - 2) : -0.25f * (float)(u % 7)) : 0.0f;
+            inv[i] = ties ? 1.0f : (u % 9 == 8 ? 0.0f : unit_inv * (1.0f + 0.125f * (float)(u % 3)));
+        }
+        const size_t bytes = (size_t)n * bits / 8;
+        g_isas[0]->quantize_affine(buf + off, dtype, n, z, inv, asym ? 0.0f : -qmax, qmax, bits, want);
+        for (int k = 1; k < g_n_isas; ++k) {
+            memset(got, 0xa5, sizeof got);
+            g_isas[k]->quantize_affine(buf + off, dtype, n, z, inv, asym ? 0.0f : -qmax, qmax, bits, got);
+            if (memcmp(got, want, bytes) != 0)
+                fail_msg("%s quantize_affine %u bits n=%u asym %d: bytes differ from scalar",
+                         kw_wire_isa_name(g_isas[k]->isa), bits, n, asym);
+            assert_int_equal(got[bytes], 0xa5);
+        }
+        /* decoding arbitrary fields */
+        for (size_t i = 0; i < bytes; ++i)
+            want[i] = (uint8_t)wt_next(&r);
+        for (uint32_t i = 0; i < n; ++i) {
+            sc[i] = ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 40) - 20);
+            z[i] = wt_bell(&r) * ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
+        }
+        g_isas[0]->dequantize_affine(want, bits, n, sc, z, wantf, KW_WIRE_DTYPE_F32);
+        g_isas[0]->dequantize_affine(want, bits, n, sc, z, wantb, KW_WIRE_DTYPE_BF16);
+        for (int k = 1; k < g_n_isas; ++k) {
+            gotf[n] = 42.0f;
+            gotb[n] = 42;
+            g_isas[k]->dequantize_affine(want, bits, n, sc, z, gotf, KW_WIRE_DTYPE_F32);
+            g_isas[k]->dequantize_affine(want, bits, n, sc, z, gotb, KW_WIRE_DTYPE_BF16);
+            assert_memory_equal(gotf, wantf, (size_t)n * 4);
+            assert_memory_equal(gotb, wantb, (size_t)n * 2);
+            assert_true(gotf[n] == 42.0f && gotb[n] == 42);
+        }
+    }
+}
+
 /* Whole blobs: every ISA encodes the same bytes and decodes the same values. */
 static void test_blobs(void **state) {
     (void)state;
     wt_rng r = {4};
-    for (int it = 0; it < 40; ++it) {
+    for (int it = 0; it < 160; ++it) {
         const uint16_t H = (uint16_t)(1 + wt_below(&r, 8)), D = (uint16_t)(16 * (1 + wt_below(&r, 8)));
         const uint32_t T = 1 + wt_below(&r, 64);
         const uint8_t dtype = it % 2 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
-        const kw_wire_header hdr = {
+        kw_wire_header hdr = {
             .n_layers = 2, .n_sections = 1, .n_kv_heads = H, .head_dim = D, .n_positions = T, .src_dtype = dtype};
         uint8_t *data = wt_xmalloc((size_t)H * T * D * 4);
         fill(&r, data, dtype, H * T * D, it % 3 == 0, 0.1f);
@@ -213,6 +267,21 @@ static void test_blobs(void **state) {
         const uint8_t gran = (uint8_t)(1 + wt_below(&r, 4));
         kw_wire_policy pol = {.k = {codec, gran, (uint8_t)(1 + wt_below(&r, 4)), gran == 4 ? 4 : 0}};
         pol.v = pol.k;
+        if (it >= 40) { /* KVWire v1.1: int3/int2, zero points, channel scales, outliers */
+            static const uint8_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6,
+                                             KW_WIRE_CODEC_INT3, KW_WIRE_CODEC_INT2};
+            hdr.version = KW_WIRE_VERSION_1_1;
+            for (int kv = 0; kv < 2; ++kv) {
+                kw_wire_codec_spec *sp = kv ? &pol.v : &pol.k;
+                const uint8_t g = (uint8_t)(1 + wt_below(&r, 5)), asym = (uint8_t)wt_below(&r, 3) != 0;
+                *sp = (kw_wire_codec_spec){codecs[wt_below(&r, 5)], g,
+                                           (uint8_t)((2 + wt_below(&r, 2)) | (asym ? KW_WIRE_SCALE_ZERO_POINTS : 0)),
+                                           (uint8_t)(g == 4   ? 2 + wt_below(&r, 3)
+                                                     : g == 5 ? wt_below(&r, 5)
+                                                              : 0)};
+            }
+            pol.outliers = it % 3 == 0 ? 1 + wt_below(&r, 20) : 0; /* bf16 and f32 scales: 1e5 has one */
+        }
         kw_wire_layer_in in = {.layer = 1, .n_tokens = T};
         in.k = (kw_wire_tensor_in){data, (size_t)T * D, D, NULL};
         in.v = (kw_wire_tensor_in){data, D, (size_t)H * D, NULL}; /* the same bytes seen as (T, H, D) */
@@ -277,8 +346,9 @@ static void test_hash_variants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax), cmocka_unit_test(test_quantize),
-        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_blobs),  cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_amax),          cmocka_unit_test(test_minmax), cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_dequantize),    cmocka_unit_test(test_affine), cmocka_unit_test(test_blobs),
+        cmocka_unit_test(test_hash_variants),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
