@@ -783,7 +783,6 @@ static int kw__dec_tensor_blocks(const kw__wire_kernels *k, const kw_wire_sectio
                            : gran == KW_WIRE_GRAN_CHANNEL ? D
                                                           : 1u;
     float sv[KW_WIRE_MAX_HEAD_DIM], zv[KW_WIRE_MAX_HEAD_DIM], y[KW_WIRE_MAX_HEAD_DIM];
-    float sd[KW_WIRE_MAX_HEAD_DIM], zd[KW_WIRE_MAX_HEAD_DIM];
     int ok = 1;
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t b0 = 0; b0 < tg; b0 += block_rows) {
@@ -793,14 +792,12 @@ static int kw__dec_tensor_blocks(const kw__wire_kernels *k, const kw_wire_sectio
                 sv[u] = kw_wire_scale_load(sdt, tv->scales + (base + u) * ss);
                 zv[u] = asym ? kw_wire_scale_load(sdt, tv->zeros + (base + u) * ss) : 0.0f;
             }
-            for (uint32_t d = 0; d < D; ++d) /* each element's scale and zero point */
-                sd[d] = sv[d >> shift], zd[d] = zv[d >> shift];
             for (uint32_t t = b0; t < b1; ++t) {
                 const uint8_t *codes = tv->codes + ((size_t)h * tg + t) * row_bytes;
                 uint8_t *o = (uint8_t *)out->data +
                              ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
                 if (asym) { /* the row kernel: fl32(fl32(q * s) + z) per element, stored as f32 or bf16 */
-                    k->dequantize_affine(codes, bits, D, sd, zd, o, out->dtype);
+                    k->dequantize_affine(codes, bits, D, sv, zv, shift, o, out->dtype);
                     continue;
                 }
                 for (uint32_t d = 0; d < D; ++d)

@@ -523,7 +523,7 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
     const uint32_t shift = gran == KW_WIRE_GRAN_GROUP ? sp->group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
     const uint32_t units = gran == KW_WIRE_GRAN_GROUP ? D >> sp->group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? D : 1u;
     float x[KW_WIRE_MAX_HEAD_DIM], lo[KW_WIRE_MAX_HEAD_DIM], hi[KW_WIRE_MAX_HEAD_DIM], iv[KW_WIRE_MAX_HEAD_DIM];
-    float zd[KW_WIRE_MAX_HEAD_DIM], ivd[KW_WIRE_MAX_HEAD_DIM];
+    float zd[KW_WIRE_MAX_HEAD_DIM], ivd[KW_WIRE_MAX_HEAD_DIM], zu[KW_WIRE_MAX_HEAD_DIM], ivu[KW_WIRE_MAX_HEAD_DIM];
     uint8_t q[KW_WIRE_MAX_HEAD_DIM];
     /* kw__wire_kernels.quantize_affine is the scalar rule of both loops below for the integer codecs; with zero
      * points max(y, 0) may give +0 where the rule keeps -0, the same code */
@@ -551,18 +551,23 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
             }
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
             KW_FORWARD(kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what));
-            /* each element's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says;
-             * symmetric: z = 0) */
+            /* each unit's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says;
+             * symmetric: z = 0), then each element's for the loops below */
+            for (uint32_t u = 0; u < units; ++u) {
+                zu[u] = lo[u] != 0.0f ? hi[u] : 0.0f;
+                ivu[u] = lo[u] != 0.0f ? iv[u] : 0.0f;
+            }
+            if (row_kernel) { /* integer codes without outliers: fl32(x - z) * (1/s), clamped and rounded */
+                for (uint32_t t = b0; t < b1; ++t)
+                    k->quantize_affine(kw__enc_row(in, es, h, t0 + t), dt, D, zu, ivu, shift, asym ? 0.0f : -qmax, qmax,
+                                       bits, codes + ((size_t)h * tg + t) * row_bytes);
+                continue;
+            }
             for (uint32_t d = 0; d < D; ++d) {
-                zd[d] = lo[d >> shift] != 0.0f ? hi[d >> shift] : 0.0f;
-                ivd[d] = lo[d >> shift] != 0.0f ? iv[d >> shift] : 0.0f;
+                zd[d] = zu[d >> shift];
+                ivd[d] = ivu[d >> shift];
             }
             for (uint32_t t = b0; t < b1; ++t) {
-                if (row_kernel) { /* integer codes without outliers: fl32(x - z) * (1/s), clamped and rounded */
-                    k->quantize_affine(kw__enc_row(in, es, h, t0 + t), dt, D, zd, ivd, asym ? 0.0f : -qmax, qmax, bits,
-                                       codes + ((size_t)h * tg + t) * row_bytes);
-                    continue;
-                }
                 kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
                 if (asym && units == 1) /* one scale for the row: the scalar form of the loop below */
                     for (uint32_t d = 0; d < D; ++d)

@@ -92,15 +92,16 @@ typedef struct kw__wire_kernels {
      * a NaN or Inf is present, and *lo and *hi are unspecified). */
     uint32_t (*minmax)(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
     /* The integer rows of the v1.1 general path (zero points, channel scales; FORMAT.md §5.8, §5.9): n elements (n a
-     * multiple of 8) of x in dtype, each with its own zero point z[i] (0 when symmetric) and inverse scale inv[i], to
-     * the b-bit fields RNE(clamp(fl32(fl32(x - z[i]) * inv[i]), lo, hi)) mod 2^b, packed as FORMAT.md §5.3 says
-     * (bits 2, 3, 4, 6 or 8). With z = 0 and lo = -qmax, hi = qmax this is the symmetric integer code. */
-    void (*quantize_affine)(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv, float lo,
-                            float hi, uint32_t bits, uint8_t *dst);
-    /* Zero-point rows back: fl32(fl32(q * s[i]) + z[i]) of the unsigned b-bit fields q of src (n a multiple of 8),
-     * into out (dtype F32 or BF16). Every code is valid. */
-    void (*dequantize_affine)(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z, void *out,
-                              uint32_t out_dtype);
+     * multiple of 8) of x in dtype, element i with the zero point z[u] (0 when symmetric) and inverse scale inv[u] of
+     * its unit u = i >> shift (shift 0: one per element; 31: one for the row), to the b-bit fields
+     * RNE(clamp(fl32(fl32(x - z[u]) * inv[u]), lo, hi)) mod 2^b, packed as FORMAT.md §5.3 says (bits 2, 3, 4, 6 or
+     * 8). With z = 0, lo = -qmax and hi = qmax this is the symmetric integer code. */
+    void (*quantize_affine)(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv, uint32_t shift,
+                            float lo, float hi, uint32_t bits, uint8_t *dst);
+    /* Zero-point rows back: fl32(fl32(q * s[u]) + z[u]) of the unsigned b-bit fields q of src (n a multiple of 8,
+     * u = i >> shift as above), into out (dtype F32 or BF16). Every code is valid. */
+    void (*dequantize_affine)(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                              uint32_t shift, void *out, uint32_t out_dtype);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -110,9 +111,9 @@ const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
 uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
 void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
-                                     float lo, float hi, uint32_t bits, uint8_t *dst);
+                                     uint32_t shift, float lo, float hi, uint32_t bits, uint8_t *dst);
 void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
-                                       void *out, uint32_t out_dtype);
+                                       uint32_t shift, void *out, uint32_t out_dtype);
 /* The signed zero of the first element of x that is +0 or -0 (the fix-up of a vector minmax whose result is 0). */
 float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n);
 void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);

@@ -45,7 +45,7 @@ uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float
 }
 
 void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
-                                     float lo, float hi, uint32_t bits, uint8_t *dst) {
+                                     uint32_t shift, float lo, float hi, uint32_t bits, uint8_t *dst) {
     float tmp[256];
     uint8_t q[256];
     const uint32_t mask = (1u << bits) - 1u;
@@ -53,7 +53,8 @@ void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, 
         const uint32_t m = n - i < 256 ? n - i : 256;
         kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
         for (uint32_t k = 0; k < m; ++k) {
-            float y = (tmp[k] - z[i + k]) * inv[i + k];
+            const uint32_t u = (i + k) >> shift;
+            float y = (tmp[k] - z[u]) * inv[u];
             y = y < lo ? lo : y;
             y = y > hi ? hi : y;
             q[k] = (uint8_t)((uint32_t)(int32_t)kw_rne_small(y) & mask);
@@ -63,13 +64,13 @@ void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, 
 }
 
 void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
-                                       void *out, uint32_t out_dtype) {
+                                       uint32_t shift, void *out, uint32_t out_dtype) {
     uint8_t q[256];
     for (uint32_t i = 0; i < n; i += 256) {
         const uint32_t m = n - i < 256 ? n - i : 256;
         kw__wire_unpack_fields(bits, src + (size_t)i * bits / 8, m, q);
         for (uint32_t k = 0; k < m; ++k) {
-            const float y = kw_wire_dequantize_asym(q[k], s[i + k], z[i + k]);
+            const float y = kw_wire_dequantize_asym(q[k], s[(i + k) >> shift], z[(i + k) >> shift]);
             if (out_dtype == KW_WIRE_DTYPE_F32)
                 ((float *)out)[i + k] = y;
             else

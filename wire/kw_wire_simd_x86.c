@@ -164,48 +164,74 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fields8_put_avx2(_
 /* The 8 unsigned b-bit fields in the b bytes at src, as int32 (the inverse of kw__fields8_put_avx2). */
 KW_AVX2 static inline __attribute__((always_inline)) __m256i kw__fields8_get_avx2(const uint8_t *src, uint32_t bits) {
     const int b = (int)bits;
-    uint64_t w = 0;
-    memcpy(&w, src, bits);
+    uint64_t w; /* the b bytes as one word, by loads of 1, 2, 4 or 8 bytes (a copy through memory would stall) */
+    if (bits == 8) {
+        memcpy(&w, src, 8);
+    } else if (bits == 6) {
+        uint32_t a;
+        uint16_t c;
+        memcpy(&a, src, 4);
+        memcpy(&c, src + 4, 2);
+        w = a | (uint64_t)c << 32;
+    } else if (bits == 4) {
+        uint32_t a;
+        memcpy(&a, src, 4);
+        w = a;
+    } else if (bits == 3) {
+        uint16_t a;
+        memcpy(&a, src, 2);
+        w = a | (uint32_t)src[2] << 16;
+    } else {
+        uint16_t a;
+        memcpy(&a, src, 2);
+        w = a;
+    }
     const int lo = (int)(uint32_t)w, hi = (int)(uint32_t)(w >> (4 * bits));
     const __m256i v = _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi);
     return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b)),
                             _mm256_set1_epi32((1 << b) - 1));
 }
 
+/* 8 per-unit values of elements i..i+7, unit i >> shift: one per element (shift 0) or one for all 8 (shift >= 3). */
+KW_AVX2 static inline __attribute__((always_inline)) __m256 kw__unit8_avx2(const float *v, uint32_t i, uint32_t shift) {
+    return shift == 0 ? _mm256_loadu_ps(v + i) : _mm256_set1_ps(v[i >> shift]);
+}
+
 KW_AVX2 static inline __attribute__((always_inline)) void kw__affine_row_avx2(const void *x, uint32_t dtype, uint32_t n,
                                                                               const float *z, const float *inv,
-                                                                              __m256 lo, __m256 hi, uint32_t bits,
-                                                                              uint8_t *dst) {
+                                                                              uint32_t shift, __m256 lo, __m256 hi,
+                                                                              uint32_t bits, uint8_t *dst) {
     for (uint32_t i = 0; i < n; i += 8) {
-        const __m256 d = _mm256_sub_ps(kw__load8_avx2(x, dtype, i), _mm256_loadu_ps(z + i));
-        const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(d, _mm256_loadu_ps(inv + i)), lo), hi);
+        const __m256 d = _mm256_sub_ps(kw__load8_avx2(x, dtype, i), kw__unit8_avx2(z, i, shift));
+        const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(d, kw__unit8_avx2(inv, i, shift)), lo), hi);
         kw__fields8_put_avx2(_mm256_cvtps_epi32(y), bits, dst + (size_t)i / 8 * bits);
     }
 }
 
 /* kw__wire_kernels.quantize_affine: the clamp by max/min may turn a -0 into +0, which rounds to the same code. */
 KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint32_t n, const float *z,
-                                             const float *inv, float lo, float hi, uint32_t bits, uint8_t *dst) {
-    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0) {
-        kw__wire_quantize_affine_scalar(x, dtype, n, z, inv, lo, hi, bits, dst);
+                                             const float *inv, uint32_t shift, float lo, float hi, uint32_t bits,
+                                             uint8_t *dst) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || shift == 1 || shift == 2) {
+        kw__wire_quantize_affine_scalar(x, dtype, n, z, inv, shift, lo, hi, bits, dst);
         return;
     }
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     switch (bits) { /* a constant width per loop: the shifts and the store size fold */
     case 2:
-        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 2, dst);
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);
         break;
     case 3:
-        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 3, dst);
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);
         break;
     case 4:
-        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 4, dst);
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);
         break;
     case 6:
-        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 6, dst);
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);
         break;
     default:
-        kw__affine_row_avx2(x, dtype, n, z, inv, vlo, vhi, 8, dst);
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);
         break;
     }
 }
@@ -331,36 +357,36 @@ kw__dequantize_small_avx2(const uint8_t *src, uint32_t bits, uint32_t n, float s
 }
 
 KW_AVX2 static inline __attribute__((always_inline)) void
-kw__dequantize_affine_row_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z, void *out,
-                               uint32_t out_dtype) {
+kw__dequantize_affine_row_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                               uint32_t shift, void *out, uint32_t out_dtype) {
     for (uint32_t i = 0; i < n; i += 8) {
         const __m256 q = _mm256_cvtepi32_ps(kw__fields8_get_avx2(src + (size_t)i / 8 * bits, bits));
         kw__store8_avx2(out, out_dtype, i,
-                        _mm256_add_ps(_mm256_mul_ps(q, _mm256_loadu_ps(s + i)), _mm256_loadu_ps(z + i)));
+                        _mm256_add_ps(_mm256_mul_ps(q, kw__unit8_avx2(s, i, shift)), kw__unit8_avx2(z, i, shift)));
     }
 }
 
 KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s,
-                                               const float *z, void *out, uint32_t out_dtype) {
-    if (n % 8 != 0) {
-        kw__wire_dequantize_affine_scalar(src, bits, n, s, z, out, out_dtype);
+                                               const float *z, uint32_t shift, void *out, uint32_t out_dtype) {
+    if (n % 8 != 0 || shift == 1 || shift == 2) {
+        kw__wire_dequantize_affine_scalar(src, bits, n, s, z, shift, out, out_dtype);
         return;
     }
     switch (bits) {
     case 2:
-        kw__dequantize_affine_row_avx2(src, 2, n, s, z, out, out_dtype);
+        kw__dequantize_affine_row_avx2(src, 2, n, s, z, shift, out, out_dtype);
         break;
     case 3:
-        kw__dequantize_affine_row_avx2(src, 3, n, s, z, out, out_dtype);
+        kw__dequantize_affine_row_avx2(src, 3, n, s, z, shift, out, out_dtype);
         break;
     case 4:
-        kw__dequantize_affine_row_avx2(src, 4, n, s, z, out, out_dtype);
+        kw__dequantize_affine_row_avx2(src, 4, n, s, z, shift, out, out_dtype);
         break;
     case 6:
-        kw__dequantize_affine_row_avx2(src, 6, n, s, z, out, out_dtype);
+        kw__dequantize_affine_row_avx2(src, 6, n, s, z, shift, out, out_dtype);
         break;
     default:
-        kw__dequantize_affine_row_avx2(src, 8, n, s, z, out, out_dtype);
+        kw__dequantize_affine_row_avx2(src, 8, n, s, z, shift, out, out_dtype);
         break;
     }
 }

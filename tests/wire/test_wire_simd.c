@@ -215,16 +215,17 @@ static void test_affine(void **state) {
         const float qmax = asym ? (float)((1u << bits) - 1u) : (float)((1u << (bits - 1)) - 1u);
         fill(&r, buf + off, dtype, n, ties, ldexpf(1.0f, (int)wt_below(&r, 6) - 3));
         const float unit_inv = ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 6));
-        for (uint32_t i = 0; i < n; ++i) {
-            const uint32_t u = i / 32; /* units of 32 elements, as group scales give */
-            z[i] = asym ? (ties ? (float)((int)(u % 5) - 2) : -0.25f * (float)(u % 7)) : 0.0f;
-            inv[i] = ties ? 1.0f : (u % 9 == 8 ? 0.0f : unit_inv * (1.0f + 0.125f * (float)(u % 3)));
+        static const uint32_t shifts[] = {0, 1, 2, 3, 4, 5, 31}; /* channel, groups of 2..32, one for the row */
+        const uint32_t shift = shifts[wt_below(&r, 7)];
+        for (uint32_t u = 0; u < n; ++u) { /* unit u: elements [u << shift, (u + 1) << shift) */
+            z[u] = asym ? (ties ? (float)((int)(u % 5) - 2) : -0.25f * (float)(u % 7)) : 0.0f;
+            inv[u] = ties ? 1.0f : (u % 9 == 8 ? 0.0f : unit_inv * (1.0f + 0.125f * (float)(u % 3)));
         }
         const size_t bytes = (size_t)n * bits / 8;
-        g_isas[0]->quantize_affine(buf + off, dtype, n, z, inv, asym ? 0.0f : -qmax, qmax, bits, want);
+        g_isas[0]->quantize_affine(buf + off, dtype, n, z, inv, shift, asym ? 0.0f : -qmax, qmax, bits, want);
         for (int k = 1; k < g_n_isas; ++k) {
             memset(got, 0xa5, sizeof got);
-            g_isas[k]->quantize_affine(buf + off, dtype, n, z, inv, asym ? 0.0f : -qmax, qmax, bits, got);
+            g_isas[k]->quantize_affine(buf + off, dtype, n, z, inv, shift, asym ? 0.0f : -qmax, qmax, bits, got);
             if (memcmp(got, want, bytes) != 0)
                 fail_msg("%s quantize_affine %u bits n=%u asym %d: bytes differ from scalar",
                          kw_wire_isa_name(g_isas[k]->isa), bits, n, asym);
@@ -237,13 +238,13 @@ static void test_affine(void **state) {
             sc[i] = ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 40) - 20);
             z[i] = wt_bell(&r) * ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
         }
-        g_isas[0]->dequantize_affine(want, bits, n, sc, z, wantf, KW_WIRE_DTYPE_F32);
-        g_isas[0]->dequantize_affine(want, bits, n, sc, z, wantb, KW_WIRE_DTYPE_BF16);
+        g_isas[0]->dequantize_affine(want, bits, n, sc, z, shift, wantf, KW_WIRE_DTYPE_F32);
+        g_isas[0]->dequantize_affine(want, bits, n, sc, z, shift, wantb, KW_WIRE_DTYPE_BF16);
         for (int k = 1; k < g_n_isas; ++k) {
             gotf[n] = 42.0f;
             gotb[n] = 42;
-            g_isas[k]->dequantize_affine(want, bits, n, sc, z, gotf, KW_WIRE_DTYPE_F32);
-            g_isas[k]->dequantize_affine(want, bits, n, sc, z, gotb, KW_WIRE_DTYPE_BF16);
+            g_isas[k]->dequantize_affine(want, bits, n, sc, z, shift, gotf, KW_WIRE_DTYPE_F32);
+            g_isas[k]->dequantize_affine(want, bits, n, sc, z, shift, gotb, KW_WIRE_DTYPE_BF16);
             assert_memory_equal(gotf, wantf, (size_t)n * 4);
             assert_memory_equal(gotb, wantb, (size_t)n * 2);
             assert_true(gotf[n] == 42.0f && gotb[n] == 42);
