@@ -151,35 +151,35 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
     return 0;
 }
 
-/* The k-th largest (1 <= k <= n) of v[0..n) (reorders v): quickselect with a three-way partition around a
- * median-of-three pivot. */
-static float kw__out_kth_largest(float *v, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1;
-    const int64_t want = k - 1;
-    for (;;) {
-        if (lo >= hi) return v[lo];
-        const float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
-        const float p = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
-        int64_t lt = lo, i = lo, gt = hi; /* [lo, lt) > p, [lt, i) == p, (gt, hi] < p */
-        while (i <= gt) {
-            const float x = v[i];
-            if (x > p) {
-                v[i++] = v[lt];
-                v[lt++] = x;
-            } else if (x < p) {
-                v[i] = v[gt];
-                v[gt--] = x;
-            } else {
-                ++i;
-            }
-        }
-        if (want < lt)
-            hi = lt - 1;
-        else if (want <= gt)
-            return p;
-        else
-            lo = gt + 1;
+/* A float's bits as an unsigned key in the float's order (-0 just below +0; no NaN here). */
+static inline uint32_t kw__out_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+/* The value of the k-th largest (1 <= k <= n) of v[0..n): a radix selection on the keys, the high 16 bits then the
+ * low 16 bits of the bin that holds it (two histogram passes, v untouched). hist: 65536 counters of scratch. */
+static float kw__out_kth_largest(const float *v, int64_t n, int64_t k, uint32_t *hist) {
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t i = 0; i < n; ++i)
+        ++hist[kw__out_key(v[i]) >> 16];
+    int64_t above = 0; /* values in the bins above the one walked */
+    uint32_t bin = 65535;
+    while (above + hist[bin] < k)
+        above += hist[bin--];
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t key = kw__out_key(v[i]);
+        if (key >> 16 == bin) ++hist[key & 0xffffu];
     }
+    uint32_t low = 65535;
+    while (above + hist[low] < k)
+        above += hist[low--];
+    const uint32_t key = bin << 16 | low, u = key & 0x80000000u ? key & 0x7fffffffu : ~key;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
 }
 
 int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
@@ -198,8 +198,9 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
     const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
     const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
     KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
-    float *scores = malloc((size_t)elems * 2 * sizeof(float));
+    float *scores = malloc((size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t));
     KW_RETURN_IF(!scores, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
+    uint32_t *hist = (uint32_t *)(scores + elems);
     int rc = 0;
     uint32_t t0 = 0;
     for (uint32_t g = 0; g < n_groups && rc == 0; ++g) {
@@ -210,14 +211,16 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
         t0 += groups[g].n_tokens;
     }
     KW_CHECK_IF(t0 != in->n_tokens, KW_E_INVALID_ARG, "token groups cover %u of %u tokens", t0, in->n_tokens);
-    memcpy(scores + elems, scores, (size_t)elems * sizeof(float));
-    const float thr = kw__out_kth_largest(scores + elems, (int64_t)elems, (int64_t)n);
+    const float thr = kw__out_kth_largest(scores, (int64_t)elems, (int64_t)n, hist);
     uint64_t taken = 0;
-    for (uint64_t e = 0; e < elems; ++e)
-        if (scores[e] > thr) {
-            mask[e / 8] |= (uint8_t)(1u << (e % 8));
-            ++taken;
-        }
+    for (uint64_t e = 0; e < elems; e += 8) { /* a mask byte at a time, without branches */
+        const uint32_t m = elems - e < 8 ? (uint32_t)(elems - e) : 8u;
+        uint32_t byte = 0;
+        for (uint32_t j = 0; j < m; ++j)
+            byte |= (uint32_t)(scores[e + j] > thr) << j;
+        mask[e / 8] = (uint8_t)byte;
+        taken += (uint64_t)__builtin_popcount(byte);
+    }
     for (uint64_t e = 0; e < elems && taken < n; ++e) /* ties at the threshold: the lower element numbers */
         if (scores[e] == thr) {
             mask[e / 8] |= (uint8_t)(1u << (e % 8));
