@@ -270,6 +270,11 @@ static inline void kw__wire_unpack_fields(uint32_t bits, const uint8_t *row, uin
 
 #define KW__OUTLIER_HEAD_BYTES 8 /* u32 count, u8 value dtype, 3 reserved */
 
+/* kw_wire_outlier_select with its scores in *scratch (*cap bytes, grown with realloc as needed; owned by the caller,
+ * who frees it), so an encoder reuses one buffer for every section. */
+int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                                    uint32_t count, uint8_t *mask, uint32_t *n_chosen, void **scratch, size_t *cap);
+
 /* Bytes per value of an outlier value dtype (enum kw_wire_dtype), 0 if unknown. */
 size_t kw__wire_outlier_value_size(uint32_t dtype);
 

@@ -111,39 +111,56 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
                            : sp->granularity == KW_WIRE_GRAN_CHANNEL ? 0u
                                                                      : 31u;
     float row[KW_WIRE_MAX_HEAD_DIM];
+    /* a row's elements come in runs that share a scale (the whole row for token, head and layer scales): each run's
+     * sums are carried in registers, added in the same order as element by element */
+    const uint32_t run = shift >= 31u ? D : 1u << shift;
     for (int pass = 0; pass < 3; ++pass)
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t) {
                 kw__wire_load_f32(kw__out_row(in, dt, h, t0 + t), dt, D, row);
                 const uint64_t base = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, 0);
-                for (uint32_t d = 0; d < D; ++d) {
-                    const float xf = row[d];
-                    if (!(xf - xf == 0.0f)) {
-                        free(acc);
-                        KW_FAIL(KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + t);
-                    }
-                    const double x = xf;
-                    double *a = acc + 3 * (base + (d >> shift));
+                float *sc = scores + ((size_t)h * n_tokens + t0 + t) * D;
+                for (uint32_t d0 = 0; d0 < D; d0 += run) {
+                    double *a = acc + 3 * (base + (d0 >> shift));
                     if (pass == 0) { /* the centre: the mean with zero points (their scale spans min..max), else 0 */
-                        a[0] += 1.0;
-                        a[1] += asym ? x : 0.0;
-                    } else if (pass == 1) {
-                        a[2] += (x - a[1] / a[0]) * (x - a[1] / a[0]);
-                    } else {
-                        const double n = a[0], c = a[1] / a[0], dev = x - c;
-                        double score = 0.0;
-                        if (n > 1.0) {
-                            /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and the
-                             * squared deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2) */
-                            const double off = asym ? dev * n / (n - 1.0) : x;
-                            const double rest = asym ? a[2] - dev * dev * n / (n - 1.0) : a[2] - x * x;
-                            const double msd = rest / (n - 1.0);
-                            if (msd > 0.0)
-                                score = off * off / msd;
-                            else if (off != 0.0)
-                                score = FLT_MAX;
+                        double cnt = a[0], sum = a[1];
+                        for (uint32_t d = d0; d < d0 + run; ++d) {
+                            const float xf = row[d];
+                            if (!(xf - xf == 0.0f)) {
+                                free(acc);
+                                KW_FAIL(KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + t);
+                            }
+                            cnt += 1.0;
+                            sum += asym ? (double)xf : 0.0;
                         }
-                        scores[((size_t)h * n_tokens + t0 + t) * D + d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                        a[0] = cnt;
+                        a[1] = sum;
+                    } else if (pass == 1) {
+                        const double c = a[1] / a[0];
+                        double ss = a[2];
+                        for (uint32_t d = d0; d < d0 + run; ++d) {
+                            const double x = row[d];
+                            ss += (x - c) * (x - c);
+                        }
+                        a[2] = ss;
+                    } else {
+                        const double n = a[0], c = a[1] / a[0];
+                        for (uint32_t d = d0; d < d0 + run; ++d) {
+                            const double x = row[d], dev = x - c;
+                            double score = 0.0;
+                            if (n > 1.0) {
+                                /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and
+                                 * the squared deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2) */
+                                const double off = asym ? dev * n / (n - 1.0) : x;
+                                const double rest = asym ? a[2] - dev * dev * n / (n - 1.0) : a[2] - x * x;
+                                const double msd = rest / (n - 1.0);
+                                if (msd > 0.0)
+                                    score = off * off / msd;
+                                else if (off != 0.0)
+                                    score = FLT_MAX;
+                            }
+                            sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                        }
                     }
                 }
             }
@@ -182,8 +199,8 @@ static float kw__out_kth_largest(const float *v, int64_t n, int64_t k, uint32_t 
     return x;
 }
 
-int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
-                           uint32_t count, uint8_t *mask, uint32_t *n_chosen) {
+int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                                    uint32_t count, uint8_t *mask, uint32_t *n_chosen, void **scratch, size_t *cap) {
     KW_RETURN_IF(!hdr || !in || !pol || !mask || !n_chosen || !in->k.data || !in->v.data || in->n_tokens < 1,
                  KW_E_INVALID_ARG, "outlier selection: bad arguments");
     KW_RETURN_IF(kw__wire_dtype_size(hdr->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", hdr->src_dtype);
@@ -198,8 +215,14 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
     const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
     const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
     KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
-    float *scores = malloc((size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t));
-    KW_RETURN_IF(!scores, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
+    const size_t need = (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t);
+    if (*cap < need) {
+        void *p = realloc(*scratch, need);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
+        *scratch = p;
+        *cap = need;
+    }
+    float *scores = *scratch;
     uint32_t *hist = (uint32_t *)(scores + elems);
     int rc = 0;
     uint32_t t0 = 0;
@@ -229,7 +252,15 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
     *n_chosen = (uint32_t)taken;
     rc = 0;
 out:
-    free(scores);
+    return rc;
+}
+
+int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                           uint32_t count, uint8_t *mask, uint32_t *n_chosen) {
+    void *scratch = NULL;
+    size_t cap = 0;
+    const int rc = kw__wire_outlier_select_scratch(hdr, in, pol, count, mask, n_chosen, &scratch, &cap);
+    free(scratch);
     return rc;
 }
 
