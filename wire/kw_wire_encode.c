@@ -677,6 +677,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
     case KW_WIRE_GRAN_GROUP: {
         const uint32_t G = 1u << sp->group_log2, per_row = D / G;
         const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
+        float zeros[256] = {0}; /* the zero points of symmetric codes */
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t) {
                 const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
@@ -688,6 +689,12 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 for (uint32_t c = 0; c < per_row; ++c)
                     KW_FORWARD(
                         kw__enc_scale(sp, am[c], scales + (r * per_row + c) * ss, &sv[c], &iv[c], what, h, t0 + t));
+                if (kw_wire_codec_is_int(codec)) { /* the whole row at once: z = 0, a zero scale has 1/s = 0 */
+                    const float qmax = kw_wire_codec_qmax(codec);
+                    k->quantize_affine(row, dt, D, zeros, iv, sp->group_log2, -qmax, qmax, kw_wire_codec_bits(codec),
+                                       codes + r * row_bytes);
+                    continue;
+                }
                 for (uint32_t c = 0; c < per_row; ++c)
                     kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[c], iv[c],
                                  codes + r * row_bytes + c * chunk_bytes);

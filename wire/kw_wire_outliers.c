@@ -143,24 +143,29 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
                             ss += (x - c) * (x - c);
                         }
                         a[2] = ss;
+                    } else if (!(a[0] > 1.0)) { /* a scale of one value */
+                        for (uint32_t d = d0; d < d0 + run; ++d)
+                            sc[d] = 0.0f;
                     } else {
-                        const double n = a[0], c = a[1] / a[0];
-                        for (uint32_t d = d0; d < d0 + run; ++d) {
-                            const double x = row[d], dev = x - c;
-                            double score = 0.0;
-                            if (n > 1.0) {
-                                /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and
-                                 * the squared deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2) */
-                                const double off = asym ? dev * n / (n - 1.0) : x;
-                                const double rest = asym ? a[2] - dev * dev * n / (n - 1.0) : a[2] - x * x;
-                                const double msd = rest / (n - 1.0);
-                                if (msd > 0.0)
-                                    score = off * off / msd;
-                                else if (off != 0.0)
-                                    score = FLT_MAX;
+                        /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and the squared
+                         * deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2). Branch-free so that it
+                         * vectorizes: the quotient is computed even where msd <= 0 and then not used. */
+                        const double n = a[0], c = a[1] / a[0], S = a[2];
+                        if (asym)
+                            for (uint32_t d = d0; d < d0 + run; ++d) {
+                                const double x = row[d], dev = x - c;
+                                const double off = dev * n / (n - 1.0), rest = S - dev * dev * n / (n - 1.0);
+                                const double msd = rest / (n - 1.0), q = off * off / msd;
+                                const double score = msd > 0.0 ? q : off != 0.0 ? FLT_MAX : 0.0;
+                                sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
                             }
-                            sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
-                        }
+                        else
+                            for (uint32_t d = d0; d < d0 + run; ++d) {
+                                const double x = row[d];
+                                const double msd = (S - x * x) / (n - 1.0), q = x * x / msd;
+                                const double score = msd > 0.0 ? q : x != 0.0 ? FLT_MAX : 0.0;
+                                sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                            }
                     }
                 }
             }
