@@ -666,8 +666,13 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 const size_t r0 = (size_t)h * tg + tb;
                 for (uint32_t i = 0; i < nb; ++i)
                     am[i] = k->amax(kw__enc_row(in, es, h, t0 + tb + i), dt, D);
-                for (uint32_t i = 0; i < nb; ++i)
-                    KW_FORWARD(kw__enc_scale(sp, am[i], scales + (r0 + i) * ss, &sv[i], &iv[i], what, h, t0 + tb + i));
+                const uint32_t ok =
+                    k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
+                if (ok < nb) { /* the scalar rule says what is wrong with that one */
+                    KW_FORWARD(
+                        kw__enc_scale(sp, am[ok], scales + (r0 + ok) * ss, &sv[ok], &iv[ok], what, h, t0 + tb + ok));
+                    KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
+                }
                 for (uint32_t i = 0; i < nb; ++i)
                     kw__enc_emit(k, codec, kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
                                  codes + (r0 + i) * row_bytes);
@@ -686,9 +691,13 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 float sv[256], iv[256];
                 for (uint32_t c = 0; c < per_row; ++c)
                     am[c] = k->amax(row + (size_t)c * G * es, dt, G);
-                for (uint32_t c = 0; c < per_row; ++c)
+                const uint32_t ok = k->scales(am, per_row, kw_wire_codec_qmax(codec), sp->scale_dtype,
+                                              scales + r * per_row * ss, sv, iv);
+                if (ok < per_row) {
                     KW_FORWARD(
-                        kw__enc_scale(sp, am[c], scales + (r * per_row + c) * ss, &sv[c], &iv[c], what, h, t0 + t));
+                        kw__enc_scale(sp, am[ok], scales + (r * per_row + ok) * ss, &sv[ok], &iv[ok], what, h, t0 + t));
+                    KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
+                }
                 if (kw_wire_codec_is_int(codec)) { /* the whole row at once: z = 0, a zero scale has 1/s = 0 */
                     const float qmax = kw_wire_codec_qmax(codec);
                     k->quantize_affine(row, dt, D, zeros, iv, sp->group_log2, -qmax, qmax, kw_wire_codec_bits(codec),

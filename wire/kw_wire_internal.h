@@ -102,6 +102,12 @@ typedef struct kw__wire_kernels {
      * u = i >> shift as above), into out (dtype F32 or BF16). Every code is valid. */
     void (*dequantize_affine)(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
                               uint32_t shift, void *out, uint32_t out_dtype);
+    /* The scales of n absmaxes (f32 bit patterns, as amax returns them) by kw_wire_scale_choose (FORMAT.md §5.4):
+     * each code stored at dst + i * size, its value in s[i] and fl32(1/s) in inv[i] (0 for a zero scale). Returns
+     * n, or the index of the first absmax that is not finite or has no scale in the dtype (that entry and the ones
+     * after it are unspecified: the caller reports it with the scalar rule). */
+    uint32_t (*scales)(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst, float *s,
+                       float *inv);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -110,6 +116,8 @@ const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
 /* Scalar implementations, also the fallback of the vector ones for cases they do not cover. */
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
 uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
+uint32_t kw__wire_scales_scalar(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst,
+                                float *s, float *inv);
 void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
                                      uint32_t shift, float lo, float hi, uint32_t bits, uint8_t *dst);
 void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,

@@ -79,6 +79,20 @@ void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32
     }
 }
 
+uint32_t kw__wire_scales_scalar(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst,
+                                float *s, float *inv) {
+    const size_t size = kw_wire_scale_size(scale_dtype);
+    for (uint32_t i = 0; i < n; ++i) {
+        uint32_t code;
+        if (amax[i] >= 0x7f800000u ||
+            kw_wire_scale_choose(kw_f32_from_bits(amax[i]), qmax, scale_dtype, &code, &s[i]) < 0)
+            return i;
+        kw_wire_scale_store(scale_dtype, code, dst + i * size);
+        inv[i] = s[i] != 0.0f ? 1.0f / s[i] : 0.0f;
+    }
+    return n;
+}
+
 float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n) {
     for (uint32_t i = 0; i < n; ++i) {
         uint32_t bits;
@@ -142,6 +156,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .minmax = kw__wire_minmax_scalar,
     .quantize_affine = kw__wire_quantize_affine_scalar,
     .dequantize_affine = kw__wire_dequantize_affine_scalar,
+    .scales = kw__wire_scales_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

@@ -301,6 +301,41 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     }
 }
 
+/* kw__wire_kernels.scales: f16 scales 8 at a time. r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
+ * even is exactly kw_f32_to_f16 for the finite non-negative r there can be (subnormal results and overflow to Inf
+ * included); then the rule's range checks, the floor at the smallest subnormal, and qmax * s <= BF16_MAX. A block
+ * with any failure, and every other scale dtype, take the scalar rule, which finds the failing index. */
+KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype,
+                                        uint8_t *dst, float *s, float *inv) {
+    uint32_t i = 0;
+    if (scale_dtype == KW_WIRE_SCALE_F16) {
+        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        for (; i + 8 <= n; i += 8) {
+            const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
+            const __m256i zero = _mm256_cmpeq_epi32(ab, _mm256_setzero_si256());
+            const __m256 r = _mm256_div_ps(_mm256_castsi256_ps(ab), vq);
+            __m256i c = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff)),
+                                          _mm256_cmpgt_epi32(c, _mm256_set1_epi32(0x7bff)));
+            c = _mm256_max_epi32(c, _mm256_set1_epi32(1));
+            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+            const __m256 v = _mm256_cvtph_ps(c16);
+            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
+            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
+            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
+            _mm_storeu_si128(
+                (__m128i *)(dst + 2 * (size_t)i),
+                _mm_andnot_si128(_mm_packs_epi32(_mm256_castsi256_si128(zero), _mm256_extracti128_si256(zero, 1)),
+                                 c16));
+            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
+            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+        }
+    }
+    if (i == n) return n;
+    const size_t size = kw_wire_scale_size(scale_dtype);
+    return i + kw__wire_scales_scalar(amax + i, n - i, qmax, scale_dtype, dst + i * size, s + i, inv + i);
+}
+
 /* Stores 8 f32 values as f32 or as bf16 (integer round to nearest even, finite inputs). */
 KW_AVX2 static inline void kw__store8_avx2(void *out, uint32_t out_dtype, uint32_t i, __m256 v) {
     if (out_dtype == KW_WIRE_DTYPE_F32) {
@@ -491,6 +526,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .minmax = kw__minmax_avx2,
     .quantize_affine = kw__quantize_affine_avx2,
     .dequantize_affine = kw__dequantize_affine_avx2,
+    .scales = kw__scales_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -625,6 +661,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .minmax = kw__minmax_avx512,
     .quantize_affine = kw__quantize_affine_avx2, /* the AVX2 kernels: no 16-wide ones yet */
     .dequantize_affine = kw__dequantize_affine_avx2,
+    .scales = kw__scales_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

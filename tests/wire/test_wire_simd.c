@@ -252,6 +252,51 @@ static void test_affine(void **state) {
     }
 }
 
+/* scales: every scale dtype and codec qmax over absmaxes from 0 and the f32 subnormals to Inf and NaN, with the
+ * f16 edges (the smallest subnormal, rounding ties, 65504 and the overflow to Inf) made likely; the same index of
+ * the first failure, codes, scales and inverses bit for bit. */
+static void test_scales(void **state) {
+    (void)state;
+    wt_rng r = {8};
+    static const float qmaxes[] = {127, 7, 31, 3, 1, 448, 57344, 15, 255};
+    uint32_t am[300];
+    uint8_t want[300 * 4], got[300 * 4];
+    float ws[300], wi[300], gs[300], gi[300];
+    for (int it = 0; it < 20000; ++it) {
+        const uint32_t n = 1 + wt_below(&r, 300), sd = 1 + wt_below(&r, 4);
+        const float qmax = qmaxes[wt_below(&r, sizeof qmaxes / sizeof qmaxes[0])];
+        for (uint32_t i = 0; i < n; ++i) {
+            const uint32_t pick = wt_below(&r, 64), edgy = it % 4 == 0; /* failures end the comparison early */
+            if (pick < 4)
+                am[i] = 0;
+            else if (pick < 12) /* around the f16 subnormals and the smallest one, times qmax */
+                am[i] = kw_f32_bits(ldexpf(1.0f + (float)wt_below(&r, 64) / 64.0f, -(int)wt_below(&r, 20) - 14) * qmax);
+            else if (pick == 12 && edgy) /* near the f16 maximum times qmax */
+                am[i] = kw_f32_bits(65504.0f * qmax) + (uint32_t)wt_below(&r, 40000) - 20000u;
+            else if (pick == 13 && edgy) /* any finite bits */
+                am[i] = (uint32_t)wt_next(&r) % 0x7f800000u;
+            else if (pick == 14 && it % 50 == 0) /* not finite */
+                am[i] = 0x7f800000u + (uint32_t)wt_below(&r, 2);
+            else if (pick == 15) /* f32 subnormals */
+                am[i] = (uint32_t)wt_below(&r, 0x800000u);
+            else /* KV-like magnitudes */
+                am[i] = kw_f32_bits(ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 30) - 15));
+        }
+        memset(want, 0, sizeof want);
+        const uint32_t ref = g_isas[0]->scales(am, n, qmax, sd, want, ws, wi);
+        for (int k = 1; k < g_n_isas; ++k) {
+            memset(got, 0, sizeof got);
+            const uint32_t ok = g_isas[k]->scales(am, n, qmax, sd, got, gs, gi);
+            if (ok != ref)
+                fail_msg("%s scales dtype %u qmax %g: %u done, scalar %u", kw_wire_isa_name(g_isas[k]->isa), sd,
+                         (double)qmax, ok, ref);
+            assert_memory_equal(got, want, (size_t)ref * kw_wire_scale_size(sd));
+            assert_memory_equal(gs, ws, (size_t)ref * 4);
+            assert_memory_equal(gi, wi, (size_t)ref * 4);
+        }
+    }
+}
+
 /* Whole blobs: every ISA encodes the same bytes and decodes the same values. */
 static void test_blobs(void **state) {
     (void)state;
@@ -347,9 +392,9 @@ static void test_hash_variants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),          cmocka_unit_test(test_minmax), cmocka_unit_test(test_quantize),
-        cmocka_unit_test(test_dequantize),    cmocka_unit_test(test_affine), cmocka_unit_test(test_blobs),
-        cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax),        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_affine),        cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_blobs),      cmocka_unit_test(test_hash_variants),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
