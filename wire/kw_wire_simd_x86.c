@@ -583,8 +583,66 @@ KW_AVX512 static uint32_t kw__minmax_avx512(const void *x, uint32_t dtype, uint3
     return (uint32_t)_mm512_reduce_max_epu32(a);
 }
 
+/* kw__fp8_codes8_avx2 16 lanes wide. */
+KW_AVX512 static inline __m512i kw__fp8_codes16_avx512(__m512 y, int mbits, int bias, int max_code) {
+    const __m512i u = _mm512_castps_si512(y);
+    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+    const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
+    __m512i r = _mm512_add_epi32(a, _mm512_set1_epi32((1 << (22 - mbits)) - 1));
+    r = _mm512_add_epi32(r, _mm512_and_si512(_mm512_srl_epi32(a, shift), _mm512_set1_epi32(1)));
+    const __m512i normal = _mm512_sub_epi32(_mm512_srl_epi32(r, shift), _mm512_set1_epi32((127 - bias) << mbits));
+    const __m512 quanta = _mm512_castsi512_ps(_mm512_set1_epi32((127 + bias + mbits - 1) << 23));
+    const __m512i sub = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(a), quanta));
+    const __mmask16 is_sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32((128 - bias) << 23));
+    const __m512i code = _mm512_min_epu32(_mm512_mask_blend_epi32(is_sub, normal, sub), _mm512_set1_epi32(max_code));
+    return _mm512_or_si512(code, sign);
+}
+
+/* 16 codes 0..15 (int32) as 8 bytes of nibbles, element 2j in the low nibble. */
+KW_AVX512 static inline void kw__nibbles16_avx512(__m512i c, uint8_t *dst) {
+    const __m128i q8 = _mm512_cvtepi32_epi8(c);
+    const __m128i b = _mm_or_si128(_mm_and_si128(q8, _mm_set1_epi16(0x000f)),
+                                   _mm_and_si128(_mm_srli_epi16(q8, 4), _mm_set1_epi16(0x00f0)));
+    _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(b, b));
+}
+
+/* NF4 and FP8 rows 16 values at a time (the AVX2 kernels' rules: see kw__nf4_codes8_avx2, kw__fp8_codes8_avx2). */
+KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
+                                                  uint8_t *dst) {
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    if (codec == KW_WIRE_CODEC_NF4) {
+        __m512 mids[15];
+        for (uint32_t k = 0; k < 15; ++k)
+            mids[k] = _mm512_set1_ps(kw_wire_nf4_mid(k));
+        const __m512i one = _mm512_set1_epi32(1);
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
+            __m512i c = _mm512_setzero_si512();
+            for (int k = 0; k < 15; k += 2)
+                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GT_OQ), c, one);
+            for (int k = 1; k < 15; k += 2) /* odd midpoints compare >=: a tie goes to the even code */
+                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GE_OQ), c, one);
+            kw__nibbles16_avx512(c, dst + i / 2);
+        }
+        return;
+    }
+    const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
+    for (uint32_t i = 0; i < n; i += 16) {
+        const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
+        const __m512i c = e4m3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
+        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(c));
+    }
+}
+
 KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                           uint8_t *dst) {
+    const int wide = (codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2);
+    if (wide && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 16 == 0) {
+        kw__quantize_nf4_fp8_avx512(codec, x, dtype, n, inv, dst);
+        return;
+    }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) ||
         (dtype != KW_WIRE_DTYPE_BF16 && dtype != KW_WIRE_DTYPE_F32) || n % 16 != 0) {
         kw__quantize_avx2(codec, x, dtype, n, inv, dst);
@@ -617,8 +675,45 @@ KW_AVX512 static inline void kw__store16_avx512(void *out, uint32_t out_dtype, u
     _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(r));
 }
 
+/* kw__fp8_values8_avx2 16 lanes wide: *bad gets the lanes of codes that are not finite. */
+KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mmask16 *bad) {
+    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
+    const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
+    const __m512i e = _mm512_srl_epi32(mag, _mm_cvtsi32_si128(mbits));
+    const __m512i m = _mm512_and_si512(mag, _mm512_set1_epi32((1 << mbits) - 1));
+    const __m512i normal = _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127 - bias)), 23),
+                                           _mm512_sll_epi32(m, _mm_cvtsi32_si128(23 - mbits)));
+    const __m512 quantum = _mm512_castsi512_ps(_mm512_set1_epi32((127 + 1 - bias - mbits) << 23));
+    const __m512i sub = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(m), quantum)); /* exact */
+    __m512i v = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), normal, sub);
+    __mmask16 special;
+    __m512i special_bits;
+    if (e4m3) { /* 0x7f: NaN */
+        special = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
+        special_bits = _mm512_set1_epi32(0x7fc00000);
+    } else { /* exponent 31: Inf (mantissa 0) or NaN */
+        special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(mag, _mm512_set1_epi32(0x7c)), _mm512_set1_epi32(0x7c));
+        special_bits = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(m, _mm512_setzero_si512()),
+                                               _mm512_set1_epi32(0x7fc00000), _mm512_set1_epi32(0x7f800000));
+    }
+    v = _mm512_mask_blend_epi32(special, v, special_bits);
+    *bad |= special;
+    return _mm512_castsi512_ps(_mm512_or_si512(v, sign));
+}
+
 KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                            uint32_t out_dtype) {
+    if ((codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) && n % 16 == 0) {
+        const __m512 vs = _mm512_set1_ps(s);
+        __mmask16 bad16 = 0;
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+            kw__store16_avx512(out, out_dtype, i,
+                               _mm512_mul_ps(kw__fp8_values16_avx512(c, codec == KW_WIRE_CODEC_E4M3, &bad16), vs));
+        }
+        return bad16 ? KW_E_WIRE_VALUE : 0;
+    }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 32 != 0)
         return kw__dequantize_avx2(codec, src, n, s, out, out_dtype);
     const __m512 vs = _mm512_set1_ps(s);
