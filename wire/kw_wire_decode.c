@@ -815,7 +815,7 @@ static int kw__dec_tensor_blocks(const kw__wire_kernels *k, const kw_wire_sectio
 }
 
 /* The general (scalar) path of the v1.1 features (kw__wire_general_path): every value with its own scale (and zero
- * point), FORMAT.md §5.8, §5.9. Not vectorized yet. */
+ * point), FORMAT.md §5.8, §5.9: the layer granularity only (kw__dec_tensor_blocks takes the others), not vectorized. */
 static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_group_view *gv,
                                   const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;

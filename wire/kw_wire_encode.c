@@ -470,11 +470,11 @@ static inline const uint8_t *kw__enc_row_outliers(const kw__enc_outliers *o, uin
     return o ? o->mask + (o->base + ((uint64_t)h * o->n_tokens + t) * D) / 8 : NULL;
 }
 
-/* The general (scalar) path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups
- * that are not whole bytes; and every tensor of a section with outliers) for any codec and granularity: the
- * statistics of every scale unit in one pass, the scales, then the codes value by value (FORMAT.md §5.8, §5.9). The
- * outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero points: code 0), §5.10.
- * Not vectorized yet. */
+/* The general path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups that
+ * are not whole bytes; and every tensor of a section with outliers) for the layer granularity (kw__enc_tensor_blocks
+ * takes the others): the statistics of every scale unit in one pass, the scales, then the codes value by value
+ * (FORMAT.md §5.8, §5.9). The outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero
+ * points: code 0), §5.10. Without outliers the statistics take the row kernels; the codes stay scalar. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                   uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
                                   const char *what) {
@@ -680,33 +680,32 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         return 0;
     }
     case KW_WIRE_GRAN_GROUP: {
-        const uint32_t G = 1u << sp->group_log2, per_row = D / G;
+        /* rows in blocks of about 64 groups, as the token case: the absmaxes, one scales call, then the codes */
+        const uint32_t G = 1u << sp->group_log2, per_row = D / G, B = per_row >= 64 ? 1u : 64u / per_row;
         const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
-        float zeros[256] = {0}; /* the zero points of symmetric codes */
+        uint32_t am[256]; /* B * per_row <= max(64, D / G) <= 1024 / 4 */
+        float sv[256], iv[256];
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t t = 0; t < tg; ++t) {
-                const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
-                const size_t r = (size_t)h * tg + t;
-                uint32_t am[256]; /* D / G <= 1024 / 4 */
-                float sv[256], iv[256];
-                for (uint32_t c = 0; c < per_row; ++c)
-                    am[c] = k->amax(row + (size_t)c * G * es, dt, G);
-                const uint32_t ok = k->scales(am, per_row, kw_wire_codec_qmax(codec), sp->scale_dtype,
-                                              scales + r * per_row * ss, sv, iv);
-                if (ok < per_row) {
-                    KW_FORWARD(
-                        kw__enc_scale(sp, am[ok], scales + (r * per_row + ok) * ss, &sv[ok], &iv[ok], what, h, t0 + t));
+            for (uint32_t tb = 0; tb < tg; tb += B) {
+                const uint32_t nb = tg - tb < B ? tg - tb : B, ng = nb * per_row;
+                const size_t r0 = (size_t)h * tg + tb;
+                for (uint32_t i = 0; i < nb; ++i)
+                    for (uint32_t c = 0; c < per_row; ++c)
+                        am[i * per_row + c] = k->amax(kw__enc_row(in, es, h, t0 + tb + i) + (size_t)c * G * es, dt, G);
+                const uint32_t ok =
+                    k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
+                if (ok < ng) {
+                    const uint32_t t = tb + ok / per_row;
+                    KW_FORWARD(kw__enc_scale(sp, am[ok], scales + (r0 * per_row + ok) * ss, &sv[ok], &iv[ok], what, h,
+                                             t0 + t));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
                 }
-                if (kw_wire_codec_is_int(codec)) { /* the whole row at once: z = 0, a zero scale has 1/s = 0 */
-                    const float qmax = kw_wire_codec_qmax(codec);
-                    k->quantize_affine(row, dt, D, zeros, iv, sp->group_log2, -qmax, qmax, kw_wire_codec_bits(codec),
-                                       codes + r * row_bytes);
-                    continue;
+                for (uint32_t i = 0; i < nb; ++i) {
+                    const uint8_t *row = kw__enc_row(in, es, h, t0 + tb + i);
+                    for (uint32_t c = 0; c < per_row; ++c)
+                        kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[i * per_row + c],
+                                     iv[i * per_row + c], codes + (r0 + i) * row_bytes + c * chunk_bytes);
                 }
-                for (uint32_t c = 0; c < per_row; ++c)
-                    kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[c], iv[c],
-                                 codes + r * row_bytes + c * chunk_bytes);
             }
         return 0;
     }
