@@ -768,7 +768,7 @@ static int kw__dec_passthrough_row(uint32_t codec, const uint8_t *src, uint32_t 
 /* The general path by blocks of rows that share their scales (every granularity but layer, as the encoder's
  * kw__enc_tensor_blocks): the block's scales and zero points are loaded once into per-unit arrays, unit d >> shift.
  * The same values as kw__dec_tensor_general. */
-static int kw__dec_tensor_blocks(const kw_wire_section *sec, const kw_wire_group_view *gv,
+static int kw__dec_tensor_blocks(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
                                  const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
     const uint32_t bits = kw_wire_codec_bits(codec), sdt = kw_wire_spec_scale(&tv->spec), gran = tv->spec.granularity;
@@ -783,8 +783,6 @@ static int kw__dec_tensor_blocks(const kw_wire_section *sec, const kw_wire_group
                            : gran == KW_WIRE_GRAN_CHANNEL ? D
                                                           : 1u;
     float sv[KW_WIRE_MAX_HEAD_DIM], zv[KW_WIRE_MAX_HEAD_DIM], y[KW_WIRE_MAX_HEAD_DIM];
-    float sd[KW_WIRE_MAX_HEAD_DIM], zd[KW_WIRE_MAX_HEAD_DIM];
-    uint8_t q[KW_WIRE_MAX_HEAD_DIM];
     int ok = 1;
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t b0 = 0; b0 < tg; b0 += block_rows) {
@@ -794,19 +792,16 @@ static int kw__dec_tensor_blocks(const kw_wire_section *sec, const kw_wire_group
                 sv[u] = kw_wire_scale_load(sdt, tv->scales + (base + u) * ss);
                 zv[u] = asym ? kw_wire_scale_load(sdt, tv->zeros + (base + u) * ss) : 0.0f;
             }
-            for (uint32_t d = 0; d < D; ++d) /* each element's scale and zero point */
-                sd[d] = sv[d >> shift], zd[d] = zv[d >> shift];
             for (uint32_t t = b0; t < b1; ++t) {
                 const uint8_t *codes = tv->codes + ((size_t)h * tg + t) * row_bytes;
-                if (asym) {
-                    kw__wire_unpack_fields(bits, codes, D, q);
-                    for (uint32_t d = 0; d < D; ++d)
-                        y[d] = kw_wire_dequantize_asym(q[d], sd[d], zd[d]);
-                } else
-                    for (uint32_t d = 0; d < D; ++d)
-                        y[d] = kw_wire_code_value(codec, kw_wire_unpack_code(codec, codes, d), &ok) * sv[d >> shift];
                 uint8_t *o = (uint8_t *)out->data +
                              ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
+                if (asym) { /* the row kernel: fl32(fl32(q * s) + z) per element, stored as f32 or bf16 */
+                    k->dequantize_affine(codes, bits, D, sv, zv, shift, o, out->dtype);
+                    continue;
+                }
+                for (uint32_t d = 0; d < D; ++d)
+                    y[d] = kw_wire_code_value(codec, kw_wire_unpack_code(codec, codes, d), &ok) * sv[d >> shift];
                 if (out->dtype == KW_WIRE_DTYPE_F32)
                     memcpy(o, y, (size_t)D * 4);
                 else
@@ -820,7 +815,7 @@ static int kw__dec_tensor_blocks(const kw_wire_section *sec, const kw_wire_group
 }
 
 /* The general (scalar) path of the v1.1 features (kw__wire_general_path): every value with its own scale (and zero
- * point), FORMAT.md §5.8, §5.9. Not vectorized yet. */
+ * point), FORMAT.md §5.8, §5.9: the layer granularity only (kw__dec_tensor_blocks takes the others), not vectorized. */
 static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_group_view *gv,
                                   const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
@@ -859,7 +854,7 @@ static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec,
                           const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     if (kw__wire_general_path(&tv->spec))
         return tv->spec.granularity == KW_WIRE_GRAN_LAYER ? kw__dec_tensor_general(sec, gv, tv, out)
-                                                          : kw__dec_tensor_blocks(sec, gv, tv, out);
+                                                          : kw__dec_tensor_blocks(k, sec, gv, tv, out);
     const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
     const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
     const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;

@@ -24,6 +24,10 @@ struct kw_wire_encoder {
     ZSTD_CCtx *zc;
     uint8_t *scratch;
     size_t scratch_cap;
+    void *outlier_scratch; /* the outlier selection's scores (kw__wire_outlier_select_scratch) */
+    size_t outlier_scratch_cap;
+    uint8_t *outlier_mask; /* the chosen outliers of the section being written */
+    size_t outlier_mask_cap;
     kw_wire_breakdown bd;
     struct kw__enc_pending { /* a section begun and not yet finished (dst NULL: none) */
         uint8_t *dst;
@@ -198,6 +202,8 @@ void kw_wire_encoder_destroy(kw_wire_encoder *e) {
     if (!e) return;
     ZSTD_freeCCtx(e->zc);
     free(e->scratch);
+    free(e->outlier_scratch);
+    free(e->outlier_mask);
     free(e);
 }
 
@@ -385,11 +391,90 @@ static inline int kw__enc_is_outlier(const kw__enc_outliers *o, uint32_t D, uint
     return (o->mask[e / 8] >> (e % 8)) & 1u;
 }
 
-/* The general (scalar) path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups
- * that are not whole bytes; and every tensor of a section with outliers) for any codec and granularity: the
- * statistics of every scale unit in one pass, the scales, then the codes value by value (FORMAT.md §5.8, §5.9). The
- * outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero points: code 0), §5.10.
- * Not vectorized yet. */
+/* Folds one row into the statistics of its block (kw__enc_tensor_blocks) with the row kernels: the same values as
+ * kw__enc_stat element by element, leaving out the elements whose bit is set in skip (the row's D bits, NULL: none),
+ * seen[u] the flag that unit u has a value. Channel scales take the elementwise minimum and maximum (strict compares,
+ * so an equal later value never replaces an earlier one); the other granularities the row kernels' minmax (absmax)
+ * per unit of 2^shift values (the whole row for shift 31), folded into the block's by the same strict rule, which
+ * keeps the first value that attains the minimum or maximum. In a unit with skipped elements these take the value of
+ * its first kept one (zero when symmetric), which changes neither the extremes nor which value attains them first
+ * (a copy of the first kept value has its bits). x: D floats of scratch. */
+static int kw__enc_row_stats(const kw__wire_kernels *k, const uint8_t *row, uint32_t dt, uint32_t D, uint32_t gran,
+                             uint32_t shift, int asym, const uint8_t *skip, float *x, float *lo, float *hi, float *seen,
+                             const char *what, uint32_t h, uint32_t t) {
+    const uint32_t am = k->amax(row, dt, D); /* every value is checked, skipped ones too */
+    KW_RETURN_IF(am >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
+    if (skip) {
+        uint32_t any = 0;
+        for (uint32_t i = 0; i < D / 8; ++i)
+            any |= skip[i];
+        if (!any) skip = NULL;
+    }
+#define KW__SKIPPED(d) (skip && ((skip[(d) >> 3] >> ((d)&7u)) & 1u))
+    if (gran == KW_WIRE_GRAN_CHANNEL) {
+        kw__wire_load_f32(row, dt, D, x);
+        if (!asym) {
+            for (uint32_t d = 0; d < D; ++d) {
+                const float a = x[d] < 0.0f ? -x[d] : x[d];
+                hi[d] = a > hi[d] && !KW__SKIPPED(d) ? a : hi[d];
+            }
+            return 0;
+        }
+        for (uint32_t d = 0; d < D; ++d) {
+            if (KW__SKIPPED(d)) continue;
+            const int had = seen[d] != 0.0f;
+            lo[d] = had ? (x[d] < lo[d] ? x[d] : lo[d]) : x[d];
+            hi[d] = had ? (x[d] > hi[d] ? x[d] : hi[d]) : x[d];
+            seen[d] = 1.0f;
+        }
+        return 0;
+    }
+    const uint32_t n = shift >= 31u ? D : 1u << shift, units = D / n;
+    const size_t es = kw__wire_dtype_size(dt);
+    if (skip) kw__wire_load_f32(row, dt, D, x);
+    for (uint32_t u = 0; u < units; ++u) {
+        const void *p = row + (size_t)u * n * es;
+        uint32_t pdt = dt;
+        if (skip) { /* the unit's values with the skipped ones replaced, as f32 */
+            uint32_t first = n;
+            for (uint32_t j = 0; j < n && first == n; ++j)
+                first = KW__SKIPPED(u * n + j) ? n : j;
+            if (first == n) continue; /* every value skipped: the unit gets nothing from this row */
+            const float fill = asym ? x[u * n + first] : 0.0f;
+            for (uint32_t j = 0; j < n; ++j)
+                x[u * n + j] = KW__SKIPPED(u * n + j) ? fill : x[u * n + j];
+            p = x + u * n;
+            pdt = KW_WIRE_DTYPE_F32;
+        }
+        float l = 0.0f, m = 0.0f;
+        const uint32_t a = asym ? k->minmax(p, pdt, n, &l, &m) : k->amax(p, pdt, n);
+        if (!asym) {
+            const float v = kw_f32_from_bits(a);
+            hi[u] = v > hi[u] ? v : hi[u];
+        } else if (seen[u] == 0.0f) {
+            lo[u] = l;
+            hi[u] = m;
+        } else {
+            lo[u] = l < lo[u] ? l : lo[u];
+            hi[u] = m > hi[u] ? m : hi[u];
+        }
+        seen[u] = 1.0f;
+    }
+#undef KW__SKIPPED
+    return 0;
+}
+
+/* The D bits of row (h, t) in the outlier mask (D is a multiple of 8 and so is the tensor's first element number:
+ * whole bytes), NULL without outliers. */
+static inline const uint8_t *kw__enc_row_outliers(const kw__enc_outliers *o, uint32_t D, uint32_t h, uint32_t t) {
+    return o ? o->mask + (o->base + ((uint64_t)h * o->n_tokens + t) * D) / 8 : NULL;
+}
+
+/* The general path of the v1.1 features (kw__wire_general_path: zero points, channel scales, channel groups that
+ * are not whole bytes; and every tensor of a section with outliers) for the layer granularity (kw__enc_tensor_blocks
+ * takes the others): the statistics of every scale unit in one pass, the scales, then the codes value by value
+ * (FORMAT.md §5.8, §5.9). The outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero
+ * points: code 0), §5.10. Without outliers the statistics take the row kernels; the codes stay scalar. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                   uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
                                   const char *what) {
@@ -412,6 +497,11 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
     int rc = 0;
     for (uint32_t h = 0; h < H && rc == 0; ++h)
         for (uint32_t t = 0; t < tg && rc == 0; ++t) {
+            if (!out && sp->granularity == KW_WIRE_GRAN_LAYER) { /* one unit: the row kernels, row by row */
+                rc = kw__enc_row_stats(e->kernels, kw__enc_row(in, es, h, t0 + t), dt, D, KW_WIRE_GRAN_LAYER, 31u, asym,
+                                       NULL, x, lo, hi, iv, what, h, t0 + t);
+                continue;
+            }
             kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
             for (uint32_t d = 0; d < D; ++d) {
                 if (!(x[d] - x[d] == 0.0f)) {
@@ -452,6 +542,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
 static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
                                  const char *what) {
+    const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u, gran = sp->granularity;
     const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
@@ -467,33 +558,44 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
     const uint32_t shift = gran == KW_WIRE_GRAN_GROUP ? sp->group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
     const uint32_t units = gran == KW_WIRE_GRAN_GROUP ? D >> sp->group_log2 : gran == KW_WIRE_GRAN_CHANNEL ? D : 1u;
     float x[KW_WIRE_MAX_HEAD_DIM], lo[KW_WIRE_MAX_HEAD_DIM], hi[KW_WIRE_MAX_HEAD_DIM], iv[KW_WIRE_MAX_HEAD_DIM];
-    float zd[KW_WIRE_MAX_HEAD_DIM], ivd[KW_WIRE_MAX_HEAD_DIM];
+    float zd[KW_WIRE_MAX_HEAD_DIM], ivd[KW_WIRE_MAX_HEAD_DIM], zu[KW_WIRE_MAX_HEAD_DIM], ivu[KW_WIRE_MAX_HEAD_DIM];
     uint8_t q[KW_WIRE_MAX_HEAD_DIM];
+    /* kw__wire_kernels.quantize_affine is the scalar rule of both loops below for the integer codecs (with zero
+     * points max(y, 0) may give +0 where the rule keeps -0, the same code), and the code of +0 is 0 for both */
+    const int row_kernel = kw_wire_codec_is_int(codec);
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t b0 = 0; b0 < tg; b0 += block_rows) {
             const uint32_t b1 = tg - b0 < block_rows ? tg : b0 + block_rows;
             for (uint32_t u = 0; u < units; ++u)
                 lo[u] = hi[u] = iv[u] = 0.0f; /* iv 1: the unit has a value (min/max start from it) */
             for (uint32_t t = b0; t < b1; ++t) {
-                kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
-                for (uint32_t d = 0; d < D; ++d) {
-                    KW_RETURN_IF(!(x[d] - x[d] == 0.0f), KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf",
-                                 what, h, t0 + t);
-                    if (kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
-                    const uint32_t u = d >> shift;
-                    kw__enc_stat(asym, x[d], &lo[u], &hi[u], &iv[u]);
-                }
+                KW_FORWARD(kw__enc_row_stats(k, kw__enc_row(in, es, h, t0 + t), dt, D, gran, shift, asym,
+                                             kw__enc_row_outliers(out, D, h, t0 + t), x, lo, hi, iv, what, h, t0 + t));
             }
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
             KW_FORWARD(kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what));
-            /* each element's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says) */
-            for (uint32_t d = 0; d < (units == 1 ? 1u : D); ++d) {
-                zd[d] = lo[d >> shift] != 0.0f ? hi[d >> shift] : 0.0f;
-                ivd[d] = lo[d >> shift] != 0.0f ? iv[d >> shift] : 0.0f;
+            /* each unit's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says;
+             * symmetric: z = 0), then each element's for the loops below */
+            for (uint32_t u = 0; u < units; ++u) {
+                zu[u] = lo[u] != 0.0f ? hi[u] : 0.0f;
+                ivu[u] = lo[u] != 0.0f ? iv[u] : 0.0f;
             }
-            if (units == 1 && !asym) /* the symmetric loop reads every element's */
-                for (uint32_t d = 1; d < D; ++d)
-                    zd[d] = zd[0], ivd[d] = ivd[0];
+            if (row_kernel) { /* integer codes: fl32(x - z) * (1/s), clamped and rounded; outliers then get code 0 */
+                for (uint32_t t = b0; t < b1; ++t) {
+                    uint8_t *crow = codes + ((size_t)h * tg + t) * row_bytes;
+                    k->quantize_affine(kw__enc_row(in, es, h, t0 + t), dt, D, zu, ivu, shift, asym ? 0.0f : -qmax, qmax,
+                                       bits, crow);
+                    const uint8_t *skip = kw__enc_row_outliers(out, D, h, t0 + t);
+                    for (uint32_t i = 0; skip && i < D / 8; ++i)
+                        for (uint32_t m = skip[i]; m; m &= m - 1u)
+                            kw_wire_field_clear(bits, crow, 8 * i + (uint32_t)__builtin_ctz(m));
+                }
+                continue;
+            }
+            for (uint32_t d = 0; d < D; ++d) {
+                zd[d] = zu[d >> shift];
+                ivd[d] = ivu[d >> shift];
+            }
             for (uint32_t t = b0; t < b1; ++t) {
                 kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
                 if (asym && units == 1) /* one scale for the row: the scalar form of the loop below */
@@ -564,8 +666,13 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 const size_t r0 = (size_t)h * tg + tb;
                 for (uint32_t i = 0; i < nb; ++i)
                     am[i] = k->amax(kw__enc_row(in, es, h, t0 + tb + i), dt, D);
-                for (uint32_t i = 0; i < nb; ++i)
-                    KW_FORWARD(kw__enc_scale(sp, am[i], scales + (r0 + i) * ss, &sv[i], &iv[i], what, h, t0 + tb + i));
+                const uint32_t ok =
+                    k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
+                if (ok < nb) { /* the scalar rule says what is wrong with that one */
+                    KW_FORWARD(
+                        kw__enc_scale(sp, am[ok], scales + (r0 + ok) * ss, &sv[ok], &iv[ok], what, h, t0 + tb + ok));
+                    KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
+                }
                 for (uint32_t i = 0; i < nb; ++i)
                     kw__enc_emit(k, codec, kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
                                  codes + (r0 + i) * row_bytes);
@@ -573,22 +680,32 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         return 0;
     }
     case KW_WIRE_GRAN_GROUP: {
-        const uint32_t G = 1u << sp->group_log2, per_row = D / G;
+        /* rows in blocks of about 64 groups, as the token case: the absmaxes, one scales call, then the codes */
+        const uint32_t G = 1u << sp->group_log2, per_row = D / G, B = per_row >= 64 ? 1u : 64u / per_row;
         const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
+        uint32_t am[256]; /* B * per_row <= max(64, D / G) <= 1024 / 4 */
+        float sv[256], iv[256];
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t t = 0; t < tg; ++t) {
-                const uint8_t *row = kw__enc_row(in, es, h, t0 + t);
-                const size_t r = (size_t)h * tg + t;
-                uint32_t am[256]; /* D / G <= 1024 / 4 */
-                float sv[256], iv[256];
-                for (uint32_t c = 0; c < per_row; ++c)
-                    am[c] = k->amax(row + (size_t)c * G * es, dt, G);
-                for (uint32_t c = 0; c < per_row; ++c)
-                    KW_FORWARD(
-                        kw__enc_scale(sp, am[c], scales + (r * per_row + c) * ss, &sv[c], &iv[c], what, h, t0 + t));
-                for (uint32_t c = 0; c < per_row; ++c)
-                    kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[c], iv[c],
-                                 codes + r * row_bytes + c * chunk_bytes);
+            for (uint32_t tb = 0; tb < tg; tb += B) {
+                const uint32_t nb = tg - tb < B ? tg - tb : B, ng = nb * per_row;
+                const size_t r0 = (size_t)h * tg + tb;
+                for (uint32_t i = 0; i < nb; ++i)
+                    for (uint32_t c = 0; c < per_row; ++c)
+                        am[i * per_row + c] = k->amax(kw__enc_row(in, es, h, t0 + tb + i) + (size_t)c * G * es, dt, G);
+                const uint32_t ok =
+                    k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
+                if (ok < ng) {
+                    const uint32_t t = tb + ok / per_row;
+                    KW_FORWARD(kw__enc_scale(sp, am[ok], scales + (r0 * per_row + ok) * ss, &sv[ok], &iv[ok], what, h,
+                                             t0 + t));
+                    KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
+                }
+                for (uint32_t i = 0; i < nb; ++i) {
+                    const uint8_t *row = kw__enc_row(in, es, h, t0 + tb + i);
+                    for (uint32_t c = 0; c < per_row; ++c)
+                        kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[i * per_row + c],
+                                     iv[i * per_row + c], codes + (r0 + i) * row_bytes + c * chunk_bytes);
+                }
             }
         return 0;
     }
@@ -750,9 +867,15 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
         uint32_t n_g0 = 0;
         KW_FORWARD(kw__enc_policy(&e->hdr, pol, in->n_tokens, &one, &g0, &n_g0));
         const uint64_t elems = 2ull * e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim;
-        mask = malloc((size_t)((elems + 7) / 8));
-        KW_RETURN_IF(!mask, KW_E_NOMEM, "outlier mask of %llu elements", (unsigned long long)elems);
-        KW_CHECK(kw_wire_outlier_select(&e->hdr, in, pol, pol->outliers, mask, &n_out));
+        if (e->outlier_mask_cap < (elems + 7) / 8) {
+            uint8_t *p = realloc(e->outlier_mask, (size_t)((elems + 7) / 8));
+            KW_RETURN_IF(!p, KW_E_NOMEM, "outlier mask of %llu elements", (unsigned long long)elems);
+            e->outlier_mask = p;
+            e->outlier_mask_cap = (size_t)((elems + 7) / 8);
+        }
+        mask = e->outlier_mask;
+        KW_CHECK(kw__wire_outlier_select_scratch(&e->hdr, in, pol, pol->outliers, mask, &n_out, &e->outlier_scratch,
+                                                 &e->outlier_scratch_cap));
         out_bytes = kw__wire_outlier_table_bytes(mask, elems, n_out, out_dtype);
     }
     kw_wire_token_group single;
@@ -775,11 +898,9 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
         t0 += tg->n_tokens;
     }
     if (mask) KW_CHECK(kw__wire_outlier_table_write(&e->hdr, in, mask, n_out, out_dtype, body + at, out_bytes));
-    free(mask);
     return kw__enc_finish(e, written);
 out:
     e->pending.dst = NULL;
-    free(mask);
     return rc;
 }
 

@@ -86,6 +86,28 @@ typedef struct kw__wire_kernels {
     /* Dequantizes the packed row src (n elements) with scale s into out (dtype F32 or BF16). Returns 0 or
      * KW_E_WIRE_VALUE for a reserved code. */
     int (*dequantize)(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
+    /* The minimum and maximum of n >= 1 elements of x in dtype as the encoder's statistics rule finds them (FORMAT.md
+     * §5.9): each is the first value in element order that attains it, so a zero minimum or maximum has the sign of
+     * the first zero. Writes them to *lo and *hi and returns what amax returns for the same elements (>= 0x7f800000:
+     * a NaN or Inf is present, and *lo and *hi are unspecified). */
+    uint32_t (*minmax)(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
+    /* The integer rows of the v1.1 general path (zero points, channel scales; FORMAT.md §5.8, §5.9): n elements (n a
+     * multiple of 8) of x in dtype, element i with the zero point z[u] (0 when symmetric) and inverse scale inv[u] of
+     * its unit u = i >> shift (shift 0: one per element; 31: one for the row), to the b-bit fields
+     * RNE(clamp(fl32(fl32(x - z[u]) * inv[u]), lo, hi)) mod 2^b, packed as FORMAT.md §5.3 says (bits 2, 3, 4, 6 or
+     * 8). With z = 0, lo = -qmax and hi = qmax this is the symmetric integer code. */
+    void (*quantize_affine)(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv, uint32_t shift,
+                            float lo, float hi, uint32_t bits, uint8_t *dst);
+    /* Zero-point rows back: fl32(fl32(q * s[u]) + z[u]) of the unsigned b-bit fields q of src (n a multiple of 8,
+     * u = i >> shift as above), into out (dtype F32 or BF16). Every code is valid. */
+    void (*dequantize_affine)(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                              uint32_t shift, void *out, uint32_t out_dtype);
+    /* The scales of n absmaxes (f32 bit patterns, as amax returns them) by kw_wire_scale_choose (FORMAT.md §5.4):
+     * each code stored at dst + i * size, its value in s[i] and fl32(1/s) in inv[i] (0 for a zero scale). Returns
+     * n, or the index of the first absmax that is not finite or has no scale in the dtype (that entry and the ones
+     * after it are unspecified: the caller reports it with the scalar rule). */
+    uint32_t (*scales)(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst, float *s,
+                       float *inv);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -93,6 +115,15 @@ const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
 
 /* Scalar implementations, also the fallback of the vector ones for cases they do not cover. */
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
+uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
+uint32_t kw__wire_scales_scalar(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst,
+                                float *s, float *inv);
+void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
+                                     uint32_t shift, float lo, float hi, uint32_t bits, uint8_t *dst);
+void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                                       uint32_t shift, void *out, uint32_t out_dtype);
+/* The signed zero of the first element of x that is +0 or -0 (the fix-up of a vector minmax whose result is 0). */
+float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n);
 void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
 
@@ -246,6 +277,11 @@ static inline void kw__wire_unpack_fields(uint32_t bits, const uint8_t *row, uin
 /* The outlier table (v1.1, FORMAT.md §5.10; kw_wire_outliers.c) */
 
 #define KW__OUTLIER_HEAD_BYTES 8 /* u32 count, u8 value dtype, 3 reserved */
+
+/* kw_wire_outlier_select with its scores in *scratch (*cap bytes, grown with realloc as needed; owned by the caller,
+ * who frees it), so an encoder reuses one buffer for every section. */
+int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                                    uint32_t count, uint8_t *mask, uint32_t *n_chosen, void **scratch, size_t *cap);
 
 /* Bytes per value of an outlier value dtype (enum kw_wire_dtype), 0 if unknown. */
 size_t kw__wire_outlier_value_size(uint32_t dtype);

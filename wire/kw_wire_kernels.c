@@ -28,6 +28,85 @@ uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n) {
     return kw_f32_bits(kw_f16_to_f32((uint16_t)m)); /* f16 magnitudes order like their bit patterns */
 }
 
+uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi) {
+    float tmp[256], l = 0.0f, h = 0.0f;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
+        if (i == 0) l = h = tmp[0];
+        for (uint32_t k = 0; k < m; ++k) { /* strict compares: an equal value later in the row does not replace */
+            l = tmp[k] < l ? tmp[k] : l;
+            h = tmp[k] > h ? tmp[k] : h;
+        }
+    }
+    *lo = l;
+    *hi = h;
+    return kw__wire_amax_scalar(x, dtype, n);
+}
+
+void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
+                                     uint32_t shift, float lo, float hi, uint32_t bits, uint8_t *dst) {
+    float tmp[256];
+    uint8_t q[256];
+    const uint32_t mask = (1u << bits) - 1u;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
+        for (uint32_t k = 0; k < m; ++k) {
+            const uint32_t u = (i + k) >> shift;
+            float y = (tmp[k] - z[u]) * inv[u];
+            y = y < lo ? lo : y;
+            y = y > hi ? hi : y;
+            q[k] = (uint8_t)((uint32_t)(int32_t)kw_rne_small(y) & mask);
+        }
+        kw__wire_pack_fields(bits, q, m, dst + (size_t)i * bits / 8);
+    }
+}
+
+void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                                       uint32_t shift, void *out, uint32_t out_dtype) {
+    uint8_t q[256];
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_unpack_fields(bits, src + (size_t)i * bits / 8, m, q);
+        for (uint32_t k = 0; k < m; ++k) {
+            const float y = kw_wire_dequantize_asym(q[k], s[(i + k) >> shift], z[(i + k) >> shift]);
+            if (out_dtype == KW_WIRE_DTYPE_F32)
+                ((float *)out)[i + k] = y;
+            else
+                ((uint16_t *)out)[i + k] = kw_f32_to_bf16(y);
+        }
+    }
+}
+
+uint32_t kw__wire_scales_scalar(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst,
+                                float *s, float *inv) {
+    const size_t size = kw_wire_scale_size(scale_dtype);
+    for (uint32_t i = 0; i < n; ++i) {
+        uint32_t code;
+        if (amax[i] >= 0x7f800000u ||
+            kw_wire_scale_choose(kw_f32_from_bits(amax[i]), qmax, scale_dtype, &code, &s[i]) < 0)
+            return i;
+        kw_wire_scale_store(scale_dtype, code, dst + i * size);
+        inv[i] = s[i] != 0.0f ? 1.0f / s[i] : 0.0f;
+    }
+    return n;
+}
+
+float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+        uint32_t bits;
+        if (dtype == KW_WIRE_DTYPE_F32) {
+            memcpy(&bits, (const uint8_t *)x + 4 * (size_t)i, 4);
+        } else {
+            const uint16_t h = ((const uint16_t *)x)[i];
+            bits = (uint32_t)h << 16; /* bf16 and f16 alike: only the sign and whether the rest is 0 matter */
+        }
+        if ((bits & 0x7fffffffu) == 0) return bits ? -0.0f : 0.0f;
+    }
+    return 0.0f;
+}
+
 void kw__wire_load_f32(const void *x, uint32_t dtype, uint32_t n, float *out) {
     const uint16_t *h = (const uint16_t *)x;
     switch (dtype) {
@@ -74,6 +153,10 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .amax = kw__wire_amax_scalar,
     .quantize = kw__wire_quantize_scalar,
     .dequantize = kw__wire_dequantize_scalar,
+    .minmax = kw__wire_minmax_scalar,
+    .quantize_affine = kw__wire_quantize_affine_scalar,
+    .dequantize_affine = kw__wire_dequantize_affine_scalar,
+    .scales = kw__wire_scales_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

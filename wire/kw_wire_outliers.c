@@ -111,39 +111,61 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
                            : sp->granularity == KW_WIRE_GRAN_CHANNEL ? 0u
                                                                      : 31u;
     float row[KW_WIRE_MAX_HEAD_DIM];
+    /* a row's elements come in runs that share a scale (the whole row for token, head and layer scales): each run's
+     * sums are carried in registers, added in the same order as element by element */
+    const uint32_t run = shift >= 31u ? D : 1u << shift;
     for (int pass = 0; pass < 3; ++pass)
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t) {
                 kw__wire_load_f32(kw__out_row(in, dt, h, t0 + t), dt, D, row);
                 const uint64_t base = kw_wire_scale_index(sp->granularity, sp->group_log2, tg, D, h, t, 0);
-                for (uint32_t d = 0; d < D; ++d) {
-                    const float xf = row[d];
-                    if (!(xf - xf == 0.0f)) {
-                        free(acc);
-                        KW_FAIL(KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + t);
-                    }
-                    const double x = xf;
-                    double *a = acc + 3 * (base + (d >> shift));
+                float *sc = scores + ((size_t)h * n_tokens + t0 + t) * D;
+                for (uint32_t d0 = 0; d0 < D; d0 += run) {
+                    double *a = acc + 3 * (base + (d0 >> shift));
                     if (pass == 0) { /* the centre: the mean with zero points (their scale spans min..max), else 0 */
-                        a[0] += 1.0;
-                        a[1] += asym ? x : 0.0;
-                    } else if (pass == 1) {
-                        a[2] += (x - a[1] / a[0]) * (x - a[1] / a[0]);
-                    } else {
-                        const double n = a[0], c = a[1] / a[0], dev = x - c;
-                        double score = 0.0;
-                        if (n > 1.0) {
-                            /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and the
-                             * squared deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2) */
-                            const double off = asym ? dev * n / (n - 1.0) : x;
-                            const double rest = asym ? a[2] - dev * dev * n / (n - 1.0) : a[2] - x * x;
-                            const double msd = rest / (n - 1.0);
-                            if (msd > 0.0)
-                                score = off * off / msd;
-                            else if (off != 0.0)
-                                score = FLT_MAX;
+                        double cnt = a[0], sum = a[1];
+                        for (uint32_t d = d0; d < d0 + run; ++d) {
+                            const float xf = row[d];
+                            if (!(xf - xf == 0.0f)) {
+                                free(acc);
+                                KW_FAIL(KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + t);
+                            }
+                            cnt += 1.0;
+                            sum += asym ? (double)xf : 0.0;
                         }
-                        scores[((size_t)h * n_tokens + t0 + t) * D + d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                        a[0] = cnt;
+                        a[1] = sum;
+                    } else if (pass == 1) {
+                        const double c = a[1] / a[0];
+                        double ss = a[2];
+                        for (uint32_t d = d0; d < d0 + run; ++d) {
+                            const double x = row[d];
+                            ss += (x - c) * (x - c);
+                        }
+                        a[2] = ss;
+                    } else if (!(a[0] > 1.0)) { /* a scale of one value */
+                        for (uint32_t d = d0; d < d0 + run; ++d)
+                            sc[d] = 0.0f;
+                    } else {
+                        /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and the squared
+                         * deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2). Branch-free so that it
+                         * vectorizes: the quotient is computed even where msd <= 0 and then not used. */
+                        const double n = a[0], c = a[1] / a[0], S = a[2];
+                        if (asym)
+                            for (uint32_t d = d0; d < d0 + run; ++d) {
+                                const double x = row[d], dev = x - c;
+                                const double off = dev * n / (n - 1.0), rest = S - dev * dev * n / (n - 1.0);
+                                const double msd = rest / (n - 1.0), q = off * off / msd;
+                                const double score = msd > 0.0 ? q : off != 0.0 ? FLT_MAX : 0.0;
+                                sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                            }
+                        else
+                            for (uint32_t d = d0; d < d0 + run; ++d) {
+                                const double x = row[d];
+                                const double msd = (S - x * x) / (n - 1.0), q = x * x / msd;
+                                const double score = msd > 0.0 ? q : x != 0.0 ? FLT_MAX : 0.0;
+                                sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
+                            }
                     }
                 }
             }
@@ -151,39 +173,39 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
     return 0;
 }
 
-/* The k-th largest (1 <= k <= n) of v[0..n) (reorders v): quickselect with a three-way partition around a
- * median-of-three pivot. */
-static float kw__out_kth_largest(float *v, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1;
-    const int64_t want = k - 1;
-    for (;;) {
-        if (lo >= hi) return v[lo];
-        const float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
-        const float p = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
-        int64_t lt = lo, i = lo, gt = hi; /* [lo, lt) > p, [lt, i) == p, (gt, hi] < p */
-        while (i <= gt) {
-            const float x = v[i];
-            if (x > p) {
-                v[i++] = v[lt];
-                v[lt++] = x;
-            } else if (x < p) {
-                v[i] = v[gt];
-                v[gt--] = x;
-            } else {
-                ++i;
-            }
-        }
-        if (want < lt)
-            hi = lt - 1;
-        else if (want <= gt)
-            return p;
-        else
-            lo = gt + 1;
-    }
+/* A float's bits as an unsigned key in the float's order (-0 just below +0; no NaN here). */
+static inline uint32_t kw__out_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
-int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
-                           uint32_t count, uint8_t *mask, uint32_t *n_chosen) {
+/* The value of the k-th largest (1 <= k <= n) of v[0..n): a radix selection on the keys, the high 16 bits then the
+ * low 16 bits of the bin that holds it (two histogram passes, v untouched). hist: 65536 counters of scratch. */
+static float kw__out_kth_largest(const float *v, int64_t n, int64_t k, uint32_t *hist) {
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t i = 0; i < n; ++i)
+        ++hist[kw__out_key(v[i]) >> 16];
+    int64_t above = 0; /* values in the bins above the one walked */
+    uint32_t bin = 65535;
+    while (above + hist[bin] < k)
+        above += hist[bin--];
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t key = kw__out_key(v[i]);
+        if (key >> 16 == bin) ++hist[key & 0xffffu];
+    }
+    uint32_t low = 65535;
+    while (above + hist[low] < k)
+        above += hist[low--];
+    const uint32_t key = bin << 16 | low, u = key & 0x80000000u ? key & 0x7fffffffu : ~key;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                                    uint32_t count, uint8_t *mask, uint32_t *n_chosen, void **scratch, size_t *cap) {
     KW_RETURN_IF(!hdr || !in || !pol || !mask || !n_chosen || !in->k.data || !in->v.data || in->n_tokens < 1,
                  KW_E_INVALID_ARG, "outlier selection: bad arguments");
     KW_RETURN_IF(kw__wire_dtype_size(hdr->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", hdr->src_dtype);
@@ -198,8 +220,15 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
     const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
     const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
     KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
-    float *scores = malloc((size_t)elems * 2 * sizeof(float));
-    KW_RETURN_IF(!scores, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
+    const size_t need = (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t);
+    if (*cap < need) {
+        void *p = realloc(*scratch, need);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
+        *scratch = p;
+        *cap = need;
+    }
+    float *scores = *scratch;
+    uint32_t *hist = (uint32_t *)(scores + elems);
     int rc = 0;
     uint32_t t0 = 0;
     for (uint32_t g = 0; g < n_groups && rc == 0; ++g) {
@@ -210,14 +239,16 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
         t0 += groups[g].n_tokens;
     }
     KW_CHECK_IF(t0 != in->n_tokens, KW_E_INVALID_ARG, "token groups cover %u of %u tokens", t0, in->n_tokens);
-    memcpy(scores + elems, scores, (size_t)elems * sizeof(float));
-    const float thr = kw__out_kth_largest(scores + elems, (int64_t)elems, (int64_t)n);
+    const float thr = kw__out_kth_largest(scores, (int64_t)elems, (int64_t)n, hist);
     uint64_t taken = 0;
-    for (uint64_t e = 0; e < elems; ++e)
-        if (scores[e] > thr) {
-            mask[e / 8] |= (uint8_t)(1u << (e % 8));
-            ++taken;
-        }
+    for (uint64_t e = 0; e < elems; e += 8) { /* a mask byte at a time, without branches */
+        const uint32_t m = elems - e < 8 ? (uint32_t)(elems - e) : 8u;
+        uint32_t byte = 0;
+        for (uint32_t j = 0; j < m; ++j)
+            byte |= (uint32_t)(scores[e + j] > thr) << j;
+        mask[e / 8] = (uint8_t)byte;
+        taken += (uint64_t)__builtin_popcount(byte);
+    }
     for (uint64_t e = 0; e < elems && taken < n; ++e) /* ties at the threshold: the lower element numbers */
         if (scores[e] == thr) {
             mask[e / 8] |= (uint8_t)(1u << (e % 8));
@@ -226,7 +257,15 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
     *n_chosen = (uint32_t)taken;
     rc = 0;
 out:
-    free(scores);
+    return rc;
+}
+
+int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
+                           uint32_t count, uint8_t *mask, uint32_t *n_chosen) {
+    void *scratch = NULL;
+    size_t cap = 0;
+    const int rc = kw__wire_outlier_select_scratch(hdr, in, pol, count, mask, n_chosen, &scratch, &cap);
+    free(scratch);
     return rc;
 }
 

@@ -482,6 +482,13 @@ KW_HD void kw_wire_field_put(uint32_t bits, uint8_t *row, uint32_t i, uint32_t v
     if (sh + bits > 8u) row[byte + 1] = (uint8_t)(row[byte + 1] | (v >> (8u - sh)));
 }
 
+/* Clears the b-bit field of element i of a packed row (its code becomes 0). */
+KW_HD void kw_wire_field_clear(uint32_t bits, uint8_t *row, uint32_t i) {
+    const uint32_t k = i * bits, byte = k >> 3, sh = k & 7u, m = (1u << bits) - 1u;
+    row[byte] = (uint8_t)(row[byte] & ~(m << sh));
+    if (sh + bits > 8u) row[byte + 1] = (uint8_t)(row[byte + 1] & ~(m >> (8u - sh)));
+}
+
 /* The code of element i of a packed row, sign-extended for the integer codecs (nf4 and fp8 codes are unsigned). */
 KW_HD int32_t kw_wire_unpack_code(uint32_t codec, const uint8_t *row, uint32_t i) {
     switch (codec) {

@@ -1,7 +1,9 @@
-/* kw_wire_simd_x86.c: AVX2 and AVX-512 row kernels for KVWire (absmax of bf16/f32 rows; quantization of bf16/f16/f32
- * rows to every quantizing codec; dequantization of every quantizing codec to f32/bf16). AVX-512 has its own int8 and
- * int4 kernels and takes the AVX2 ones for int6, nf4 and fp8. Passthrough codecs, f16 absmax and row lengths that are
- * not a multiple of the vector width fall back to the scalar kernels. The functions are compiled for their ISA with
+/* kw_wire_simd_x86.c: AVX2 and AVX-512 row kernels for KVWire (absmax of bf16/f32 rows; the minimum and maximum of a
+ * row in element order; per-token and per-group f16 scales; quantization of bf16/f16/f32 rows to every quantizing
+ * codec, int3 and int2 included; dequantization of every quantizing codec to f32/bf16; the v1.1 affine rows, zero
+ * points and channel scales, both ways). AVX-512 has its own int8, int4, nf4 and fp8 kernels and minmax, and takes
+ * the AVX2 ones for the rest. Passthrough codecs, f16 absmax and row lengths that are not a multiple of the vector
+ * width fall back to the scalar kernels. The functions are compiled for their ISA with
  * target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on any x86-64 and is never built
  * with -march=native.
  *
@@ -56,6 +58,34 @@ KW_AVX2 static inline __m256 kw__load8_avx2(const void *x, uint32_t dtype, uint3
     const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
     if (dtype == KW_WIRE_DTYPE_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* The minimum and maximum of a row in element order (kw__wire_kernels.minmax): per-lane min/max, a reduction across
+ * lanes (exact but for the sign of a zero result), then the sign of the first zero when a result is 0. */
+KW_AVX2 static uint32_t kw__minmax_avx2(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0)
+        return kw__wire_minmax_scalar(x, dtype, n, lo, hi);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256 v = kw__load8_avx2(x, dtype, 0), l = v, h = v;
+    __m256i a = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+    for (uint32_t i = 8; i < n; i += 8) {
+        v = kw__load8_avx2(x, dtype, i);
+        l = _mm256_min_ps(v, l);
+        h = _mm256_max_ps(v, h);
+        a = _mm256_max_epu32(a, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+    }
+    __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(l), _mm256_extractf128_ps(l, 1));
+    __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+    h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+    const float fl = _mm_cvtss_f32(_mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)));
+    const float fh = _mm_cvtss_f32(_mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1)));
+    __m128i a4 = _mm_max_epu32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 8));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 4));
+    *lo = fl == 0.0f ? kw__wire_first_zero(x, dtype, n) : fl;
+    *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
+    return (uint32_t)_mm_cvtsi128_si32(a4);
 }
 
 /* y = clamp(fl32(v * inv), lo, hi) (min/max of an ordered value: the encoder has refused NaN and Inf already). */
@@ -119,6 +149,95 @@ KW_AVX2 static inline __m256i kw__fp8_codes8_avx2(__m256 y, int mbits, int bias,
     return _mm256_or_si256(code, sign);
 }
 
+/* Packs the low b bits of 8 int32 values into b bytes at dst, element k at bits [k*b, (k+1)*b) (FORMAT.md §5.3):
+ * each half's four fields are shifted into place and ORed into one 32-bit word, the two words joined. bits is a
+ * constant where this is inlined. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__fields8_put_avx2(__m256i c, uint32_t bits, uint8_t *dst) {
+    const int b = (int)bits;
+    const __m256i shifts = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
+    __m256i v = _mm256_sllv_epi32(_mm256_and_si256(c, _mm256_set1_epi32((1 << b) - 1)), shifts);
+    v = _mm256_or_si256(v, _mm256_shuffle_epi32(v, 0x4e));
+    v = _mm256_or_si256(v, _mm256_shuffle_epi32(v, 0xb1));
+    const uint64_t w = (uint64_t)(uint32_t)_mm256_cvtsi256_si32(v) | (uint64_t)(uint32_t)_mm256_extract_epi32(v, 4)
+                                                                         << (4 * bits);
+    memcpy(dst, &w, bits); /* little-endian: the stream's first bytes */
+}
+
+/* The 8 unsigned b-bit fields in the b bytes at src, as int32 (the inverse of kw__fields8_put_avx2). */
+KW_AVX2 static inline __attribute__((always_inline)) __m256i kw__fields8_get_avx2(const uint8_t *src, uint32_t bits) {
+    const int b = (int)bits;
+    uint64_t w; /* the b bytes as one word, by loads of 1, 2, 4 or 8 bytes (a copy through memory would stall) */
+    if (bits == 8) {
+        memcpy(&w, src, 8);
+    } else if (bits == 6) {
+        uint32_t a;
+        uint16_t c;
+        memcpy(&a, src, 4);
+        memcpy(&c, src + 4, 2);
+        w = a | (uint64_t)c << 32;
+    } else if (bits == 4) {
+        uint32_t a;
+        memcpy(&a, src, 4);
+        w = a;
+    } else if (bits == 3) {
+        uint16_t a;
+        memcpy(&a, src, 2);
+        w = a | (uint32_t)src[2] << 16;
+    } else {
+        uint16_t a;
+        memcpy(&a, src, 2);
+        w = a;
+    }
+    const int lo = (int)(uint32_t)w, hi = (int)(uint32_t)(w >> (4 * bits));
+    const __m256i v = _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi);
+    return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b)),
+                            _mm256_set1_epi32((1 << b) - 1));
+}
+
+/* 8 per-unit values of elements i..i+7, unit i >> shift: one per element (shift 0) or one for all 8 (shift >= 3). */
+KW_AVX2 static inline __attribute__((always_inline)) __m256 kw__unit8_avx2(const float *v, uint32_t i, uint32_t shift) {
+    return shift == 0 ? _mm256_loadu_ps(v + i) : _mm256_set1_ps(v[i >> shift]);
+}
+
+KW_AVX2 static inline __attribute__((always_inline)) void kw__affine_row_avx2(const void *x, uint32_t dtype, uint32_t n,
+                                                                              const float *z, const float *inv,
+                                                                              uint32_t shift, __m256 lo, __m256 hi,
+                                                                              uint32_t bits, uint8_t *dst) {
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256 d = _mm256_sub_ps(kw__load8_avx2(x, dtype, i), kw__unit8_avx2(z, i, shift));
+        const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(d, kw__unit8_avx2(inv, i, shift)), lo), hi);
+        kw__fields8_put_avx2(_mm256_cvtps_epi32(y), bits, dst + (size_t)i / 8 * bits);
+    }
+}
+
+/* kw__wire_kernels.quantize_affine: the clamp by max/min may turn a -0 into +0, which rounds to the same code. */
+KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint32_t n, const float *z,
+                                             const float *inv, uint32_t shift, float lo, float hi, uint32_t bits,
+                                             uint8_t *dst) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || shift == 1 || shift == 2) {
+        kw__wire_quantize_affine_scalar(x, dtype, n, z, inv, shift, lo, hi, bits, dst);
+        return;
+    }
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    switch (bits) { /* a constant width per loop: the shifts and the store size fold */
+    case 2:
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);
+        break;
+    case 3:
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);
+        break;
+    case 4:
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);
+        break;
+    case 6:
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);
+        break;
+    default:
+        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);
+        break;
+    }
+}
+
 /* Stores 8 int32 values 0..255 as bytes. */
 KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
     const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
@@ -127,9 +246,8 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
-    /* int3 and int2 (KVWire v1.1) have no vector kernels yet: the scalar reference */
     if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
-        kw_wire_codec_bits(codec) == 0 || codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2) {
+        kw_wire_codec_bits(codec) == 0) {
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
         return;
     }
@@ -149,6 +267,16 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     case KW_WIRE_CODEC_INT6:
         for (uint32_t i = 0; i < n; i += 8)
             kw__sextets8_avx2(kw__codes8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), dst + i / 8 * 6);
+        break;
+    case KW_WIRE_CODEC_INT3:
+        for (uint32_t i = 0; i < n; i += 8)
+            kw__fields8_put_avx2(_mm256_cvtps_epi32(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi)), 3,
+                                 dst + i / 8 * 3);
+        break;
+    case KW_WIRE_CODEC_INT2:
+        for (uint32_t i = 0; i < n; i += 8)
+            kw__fields8_put_avx2(_mm256_cvtps_epi32(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi)), 2,
+                                 dst + i / 8 * 2);
         break;
     case KW_WIRE_CODEC_NF4: {
         __m256 mids[15];
@@ -173,6 +301,41 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
         break;
     }
+}
+
+/* kw__wire_kernels.scales: f16 scales 8 at a time. r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
+ * even is exactly kw_f32_to_f16 for the finite non-negative r there can be (subnormal results and overflow to Inf
+ * included); then the rule's range checks, the floor at the smallest subnormal, and qmax * s <= BF16_MAX. A block
+ * with any failure, and every other scale dtype, take the scalar rule, which finds the failing index. */
+KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype,
+                                        uint8_t *dst, float *s, float *inv) {
+    uint32_t i = 0;
+    if (scale_dtype == KW_WIRE_SCALE_F16) {
+        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        for (; i + 8 <= n; i += 8) {
+            const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
+            const __m256i zero = _mm256_cmpeq_epi32(ab, _mm256_setzero_si256());
+            const __m256 r = _mm256_div_ps(_mm256_castsi256_ps(ab), vq);
+            __m256i c = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff)),
+                                          _mm256_cmpgt_epi32(c, _mm256_set1_epi32(0x7bff)));
+            c = _mm256_max_epi32(c, _mm256_set1_epi32(1));
+            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+            const __m256 v = _mm256_cvtph_ps(c16);
+            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
+            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
+            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
+            _mm_storeu_si128(
+                (__m128i *)(dst + 2 * (size_t)i),
+                _mm_andnot_si128(_mm_packs_epi32(_mm256_castsi256_si128(zero), _mm256_extracti128_si256(zero, 1)),
+                                 c16));
+            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
+            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+        }
+    }
+    if (i == n) return n;
+    const size_t size = kw_wire_scale_size(scale_dtype);
+    return i + kw__wire_scales_scalar(amax + i, n - i, qmax, scale_dtype, dst + i * size, s + i, inv + i);
 }
 
 /* Stores 8 f32 values as f32 or as bf16 (integer round to nearest even, finite inputs). */
@@ -215,9 +378,60 @@ KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *
     return _mm256_castsi256_ps(_mm256_or_si256(v, sign));
 }
 
+/* Symmetric int3 or int2 rows: sign-extended fields times s; the field 2^(b-1) (the code -2^(b-1)) is reserved. */
+KW_AVX2 static inline __attribute__((always_inline)) int
+kw__dequantize_small_avx2(const uint8_t *src, uint32_t bits, uint32_t n, float s, void *out, uint32_t out_dtype) {
+    const __m256 vs = _mm256_set1_ps(s);
+    const __m256i half = _mm256_set1_epi32(1 << (bits - 1));
+    __m256i bad = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256i f = kw__fields8_get_avx2(src + (size_t)i / 8 * bits, bits);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(f, half));
+        const __m256i q = _mm256_sub_epi32(_mm256_xor_si256(f, half), half);
+        kw__store8_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), vs));
+    }
+    return _mm256_movemask_epi8(bad) ? KW_E_WIRE_VALUE : 0;
+}
+
+KW_AVX2 static inline __attribute__((always_inline)) void
+kw__dequantize_affine_row_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s, const float *z,
+                               uint32_t shift, void *out, uint32_t out_dtype) {
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256 q = _mm256_cvtepi32_ps(kw__fields8_get_avx2(src + (size_t)i / 8 * bits, bits));
+        kw__store8_avx2(out, out_dtype, i,
+                        _mm256_add_ps(_mm256_mul_ps(q, kw__unit8_avx2(s, i, shift)), kw__unit8_avx2(z, i, shift)));
+    }
+}
+
+KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits, uint32_t n, const float *s,
+                                               const float *z, uint32_t shift, void *out, uint32_t out_dtype) {
+    if (n % 8 != 0 || shift == 1 || shift == 2) {
+        kw__wire_dequantize_affine_scalar(src, bits, n, s, z, shift, out, out_dtype);
+        return;
+    }
+    switch (bits) {
+    case 2:
+        kw__dequantize_affine_row_avx2(src, 2, n, s, z, shift, out, out_dtype);
+        break;
+    case 3:
+        kw__dequantize_affine_row_avx2(src, 3, n, s, z, shift, out, out_dtype);
+        break;
+    case 4:
+        kw__dequantize_affine_row_avx2(src, 4, n, s, z, shift, out, out_dtype);
+        break;
+    case 6:
+        kw__dequantize_affine_row_avx2(src, 6, n, s, z, shift, out, out_dtype);
+        break;
+    default:
+        kw__dequantize_affine_row_avx2(src, 8, n, s, z, shift, out, out_dtype);
+        break;
+    }
+}
+
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
-    /* int3 and int2 (KVWire v1.1) have no vector kernels yet: the scalar reference */
+    if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT3) return kw__dequantize_small_avx2(src, 3, n, s, out, out_dtype);
+    if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT2) return kw__dequantize_small_avx2(src, 2, n, s, out, out_dtype);
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
         codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
@@ -311,6 +525,10 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .amax = kw__amax_avx2,
     .quantize = kw__quantize_avx2,
     .dequantize = kw__dequantize_avx2,
+    .minmax = kw__minmax_avx2,
+    .quantize_affine = kw__quantize_affine_avx2,
+    .dequantize_affine = kw__dequantize_affine_avx2,
+    .scales = kw__scales_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -340,14 +558,93 @@ KW_AVX512 static uint32_t kw__amax_avx512(const void *x, uint32_t dtype, uint32_
     return kw__amax_avx2(x, dtype, n);
 }
 
+/* 16 input values as f32 (bf16 and f16 widen exactly). */
 KW_AVX512 static inline __m512 kw__load16_avx512(const void *x, uint32_t dtype, uint32_t i) {
     if (dtype == KW_WIRE_DTYPE_F32) return _mm512_loadu_ps((const float *)x + i);
-    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i));
+    if (dtype == KW_WIRE_DTYPE_F16) return _mm512_cvtph_ps(raw);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+/* kw__minmax_avx2 16 lanes wide. */
+KW_AVX512 static uint32_t kw__minmax_avx512(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 16 != 0)
+        return kw__minmax_avx2(x, dtype, n, lo, hi);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512 v = kw__load16_avx512(x, dtype, 0), l = v, h = v;
+    __m512i a = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
+    for (uint32_t i = 16; i < n; i += 16) {
+        v = kw__load16_avx512(x, dtype, i);
+        l = _mm512_min_ps(v, l);
+        h = _mm512_max_ps(v, h);
+        a = _mm512_max_epu32(a, _mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+    }
+    const float fl = _mm512_reduce_min_ps(l), fh = _mm512_reduce_max_ps(h);
+    *lo = fl == 0.0f ? kw__wire_first_zero(x, dtype, n) : fl;
+    *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
+    return (uint32_t)_mm512_reduce_max_epu32(a);
+}
+
+/* kw__fp8_codes8_avx2 16 lanes wide. */
+KW_AVX512 static inline __m512i kw__fp8_codes16_avx512(__m512 y, int mbits, int bias, int max_code) {
+    const __m512i u = _mm512_castps_si512(y);
+    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+    const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
+    __m512i r = _mm512_add_epi32(a, _mm512_set1_epi32((1 << (22 - mbits)) - 1));
+    r = _mm512_add_epi32(r, _mm512_and_si512(_mm512_srl_epi32(a, shift), _mm512_set1_epi32(1)));
+    const __m512i normal = _mm512_sub_epi32(_mm512_srl_epi32(r, shift), _mm512_set1_epi32((127 - bias) << mbits));
+    const __m512 quanta = _mm512_castsi512_ps(_mm512_set1_epi32((127 + bias + mbits - 1) << 23));
+    const __m512i sub = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(a), quanta));
+    const __mmask16 is_sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32((128 - bias) << 23));
+    const __m512i code = _mm512_min_epu32(_mm512_mask_blend_epi32(is_sub, normal, sub), _mm512_set1_epi32(max_code));
+    return _mm512_or_si512(code, sign);
+}
+
+/* 16 codes 0..15 (int32) as 8 bytes of nibbles, element 2j in the low nibble. */
+KW_AVX512 static inline void kw__nibbles16_avx512(__m512i c, uint8_t *dst) {
+    const __m128i q8 = _mm512_cvtepi32_epi8(c);
+    const __m128i b = _mm_or_si128(_mm_and_si128(q8, _mm_set1_epi16(0x000f)),
+                                   _mm_and_si128(_mm_srli_epi16(q8, 4), _mm_set1_epi16(0x00f0)));
+    _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(b, b));
+}
+
+/* NF4 and FP8 rows 16 values at a time (the AVX2 kernels' rules: see kw__nf4_codes8_avx2, kw__fp8_codes8_avx2). */
+KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
+                                                  uint8_t *dst) {
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    if (codec == KW_WIRE_CODEC_NF4) {
+        __m512 mids[15];
+        for (uint32_t k = 0; k < 15; ++k)
+            mids[k] = _mm512_set1_ps(kw_wire_nf4_mid(k));
+        const __m512i one = _mm512_set1_epi32(1);
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
+            __m512i c = _mm512_setzero_si512();
+            for (int k = 0; k < 15; k += 2)
+                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GT_OQ), c, one);
+            for (int k = 1; k < 15; k += 2) /* odd midpoints compare >=: a tie goes to the even code */
+                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GE_OQ), c, one);
+            kw__nibbles16_avx512(c, dst + i / 2);
+        }
+        return;
+    }
+    const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
+    for (uint32_t i = 0; i < n; i += 16) {
+        const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
+        const __m512i c = e4m3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
+        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(c));
+    }
 }
 
 KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                           uint8_t *dst) {
+    const int wide = (codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2);
+    if (wide && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 16 == 0) {
+        kw__quantize_nf4_fp8_avx512(codec, x, dtype, n, inv, dst);
+        return;
+    }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) ||
         (dtype != KW_WIRE_DTYPE_BF16 && dtype != KW_WIRE_DTYPE_F32) || n % 16 != 0) {
         kw__quantize_avx2(codec, x, dtype, n, inv, dst);
@@ -380,8 +677,45 @@ KW_AVX512 static inline void kw__store16_avx512(void *out, uint32_t out_dtype, u
     _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(r));
 }
 
+/* kw__fp8_values8_avx2 16 lanes wide: *bad gets the lanes of codes that are not finite. */
+KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mmask16 *bad) {
+    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
+    const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
+    const __m512i e = _mm512_srl_epi32(mag, _mm_cvtsi32_si128(mbits));
+    const __m512i m = _mm512_and_si512(mag, _mm512_set1_epi32((1 << mbits) - 1));
+    const __m512i normal = _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127 - bias)), 23),
+                                           _mm512_sll_epi32(m, _mm_cvtsi32_si128(23 - mbits)));
+    const __m512 quantum = _mm512_castsi512_ps(_mm512_set1_epi32((127 + 1 - bias - mbits) << 23));
+    const __m512i sub = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(m), quantum)); /* exact */
+    __m512i v = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), normal, sub);
+    __mmask16 special;
+    __m512i special_bits;
+    if (e4m3) { /* 0x7f: NaN */
+        special = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
+        special_bits = _mm512_set1_epi32(0x7fc00000);
+    } else { /* exponent 31: Inf (mantissa 0) or NaN */
+        special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(mag, _mm512_set1_epi32(0x7c)), _mm512_set1_epi32(0x7c));
+        special_bits = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(m, _mm512_setzero_si512()),
+                                               _mm512_set1_epi32(0x7fc00000), _mm512_set1_epi32(0x7f800000));
+    }
+    v = _mm512_mask_blend_epi32(special, v, special_bits);
+    *bad |= special;
+    return _mm512_castsi512_ps(_mm512_or_si512(v, sign));
+}
+
 KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                            uint32_t out_dtype) {
+    if ((codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) && n % 16 == 0) {
+        const __m512 vs = _mm512_set1_ps(s);
+        __mmask16 bad16 = 0;
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+            kw__store16_avx512(out, out_dtype, i,
+                               _mm512_mul_ps(kw__fp8_values16_avx512(c, codec == KW_WIRE_CODEC_E4M3, &bad16), vs));
+        }
+        return bad16 ? KW_E_WIRE_VALUE : 0;
+    }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 32 != 0)
         return kw__dequantize_avx2(codec, src, n, s, out, out_dtype);
     const __m512 vs = _mm512_set1_ps(s);
@@ -421,6 +755,10 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .amax = kw__amax_avx512,
     .quantize = kw__quantize_avx512,
     .dequantize = kw__dequantize_avx512,
+    .minmax = kw__minmax_avx512,
+    .quantize_affine = kw__quantize_affine_avx2, /* the AVX2 kernels: no 16-wide ones yet */
+    .dequantize_affine = kw__dequantize_affine_avx2,
+    .scales = kw__scales_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

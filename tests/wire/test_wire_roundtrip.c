@@ -164,18 +164,23 @@ static void check_tensor_asym(const layer *l, const kw_wire_group_view *gv, cons
     const uint32_t H = l->H, D = l->D, tg = gv->n_tokens, t0 = gv->first_token, sd = kw_wire_spec_scale(sp);
     const size_t ss = kw_wire_scale_size(sd);
     float *mn = wt_xmalloc(tv->scale_count * sizeof(float)), *mx = wt_xmalloc(tv->scale_count * sizeof(float));
-    for (uint32_t i = 0; i < tv->scale_count; ++i) {
-        mn[i] = INFINITY;
-        mx[i] = -INFINITY;
-    }
+    uint8_t *seen = wt_xmalloc(tv->scale_count);
+    memset(seen, 0, tv->scale_count);
+    /* the minimum and maximum in the set's value order (head, token, channel), each the first value that attains it:
+     * a zero minimum is the first zero, with its sign */
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t t = 0; t < tg; ++t)
             for (uint32_t d = 0; d < D; ++d) {
                 const size_t si = scale_index(sp, D, tg, h, t, d);
                 const float x = in[idx(l, h, t0 + t, d)];
-                mn[si] = fminf(mn[si], x);
-                mx[si] = fmaxf(mx[si], x);
+                if (!seen[si]) {
+                    mn[si] = mx[si] = x;
+                    seen[si] = 1;
+                }
+                mn[si] = x < mn[si] ? x : mn[si];
+                mx[si] = x > mx[si] ? x : mx[si];
             }
+    free(seen);
     const float qmax = (float)((1u << kw_wire_codec_bits(sp->codec)) - 1u);
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t t = 0; t < tg; ++t)
@@ -185,7 +190,7 @@ static void check_tensor_asym(const layer *l, const kw_wire_group_view *gv, cons
                 const float z = kw_wire_scale_load(sd, tv->zeros + si * ss);
                 const float x = in[e], xh = out[e];
                 assert_true(isfinite(xh));
-                if (z != to_scale_dtype(sd, mn[si]) && !(z == 0.0f && mn[si] == 0.0f))
+                if (kw_f32_bits(z) != kw_f32_bits(to_scale_dtype(sd, mn[si])))
                     fail_msg("%s-asym: zero point %a, expected %a", kw_wire_codec_name(sp->codec), z,
                              to_scale_dtype(sd, mn[si]));
                 float want_s = 0.0f;
@@ -443,7 +448,7 @@ static void test_matrix(void **state) {
 /* Adversarial values for every quantizing codec and scale dtype. */
 static void test_adversarial(void **state) {
     (void)state;
-    enum { ZEROS, ZERO_HEAD, DENORMAL, OUTLIER, TIES, TINY_MIXED, N_CASES };
+    enum { ZEROS, ZERO_HEAD, DENORMAL, OUTLIER, TIES, TINY_MIXED, SIGNED_ZEROS, N_CASES };
     wt_rng r = {77};
     for (int c = 0; c < N_CASES; ++c)
         for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec)
@@ -473,6 +478,9 @@ static void test_adversarial(void **state) {
                                         break;
                                     case TIES:
                                         v = (float)((int)(t * D + d) % 15 - 7) + 0.5f;
+                                        break;
+                                    case SIGNED_ZEROS: /* zero minima: the zero point is the first zero's sign */
+                                        v = wt_below(&r, 3) ? (wt_below(&r, 2) ? -0.0f : 0.0f) : fabsf(wt_bell(&r));
                                         break;
                                     default:
                                         v = (d == 0) ? 1e4f : wt_bell(&r) * 1e-6f;

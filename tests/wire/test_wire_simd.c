@@ -96,6 +96,44 @@ static void test_amax(void **state) {
         }
 }
 
+/* minmax: the minimum and maximum in element order, each the first value that attains it (a zero result keeps the
+ * sign of the first zero), and amax's result, on rows built to make zero the minimum or maximum. */
+static void test_minmax(void **state) {
+    (void)state;
+    wt_rng r = {6};
+    uint8_t buf[1024 * 4 + 4];
+    static const uint32_t lens[] = {4, 8, 12, 16, 24, 32, 48, 64, 128, 136, 256, 1024};
+    for (int it = 0; it < 4000; ++it)
+        for (uint32_t dtype = 1; dtype <= 3; ++dtype) {
+            const uint32_t n = lens[wt_below(&r, sizeof lens / sizeof lens[0])];
+            const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+            const int mode = it % 6; /* 0, 1: values; 2: zeros and positives; 3: zeros and negatives; 4: zeros */
+            fill(&r, buf + off, dtype, n, mode == 1, ldexpf(1.0f, (int)wt_below(&r, 20) - 10));
+            for (uint32_t i = 0; i < n && mode >= 2; ++i) {
+                float v = wt_below(&r, 2) ? -0.0f : 0.0f;
+                if (mode == 2 && wt_below(&r, 4) == 0) v = 1.0f + wt_uniform(&r);
+                if (mode == 3 && wt_below(&r, 4) == 0) v = -1.0f - wt_uniform(&r);
+                if (mode == 5 && wt_below(&r, 3) == 0) v = wt_bell(&r); /* zeros and both signs */
+                if (dtype == KW_WIRE_DTYPE_F32) {
+                    memcpy(buf + off + 4 * i, &v, 4);
+                } else {
+                    const uint16_t h = dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(v) : kw_f32_to_f16(v);
+                    memcpy(buf + off + 2 * i, &h, 2);
+                }
+            }
+            float lo, hi;
+            const uint32_t want = g_isas[0]->minmax(buf + off, dtype, n, &lo, &hi);
+            assert_int_equal(want, g_isas[0]->amax(buf + off, dtype, n));
+            for (int k = 1; k < g_n_isas; ++k) {
+                float l, h;
+                assert_int_equal(g_isas[k]->minmax(buf + off, dtype, n, &l, &h), want);
+                if (kw_f32_bits(l) != kw_f32_bits(lo) || kw_f32_bits(h) != kw_f32_bits(hi))
+                    fail_msg("%s dtype %u n=%u mode %d: min/max %a %a, scalar %a %a", kw_wire_isa_name(g_isas[k]->isa),
+                             dtype, n, mode, (double)l, (double)h, (double)lo, (double)hi);
+            }
+        }
+}
+
 static void test_quantize(void **state) {
     (void)state;
     wt_rng r = {2};
@@ -159,15 +197,115 @@ static void test_dequantize(void **state) {
         }
 }
 
+/* quantize_affine and dequantize_affine (the v1.1 general path's integer rows): zero points with exact rounding ties
+ * (z and x - z integers + 0.5 when inv = 1), clamping at 0 and qmax, zero scales (inv = 0), the symmetric form
+ * (z = 0, lo = -qmax), every field width; the decoded values of arbitrary bytes to f32 and bf16. */
+static void test_affine(void **state) {
+    (void)state;
+    wt_rng r = {7};
+    static const uint32_t widths[] = {2, 3, 4, 6, 8};
+    uint8_t buf[1024 * 4 + 4], want[1024 + 16], got[1024 + 16];
+    float z[1024], inv[1024], sc[1024], wantf[1024], gotf[1024 + 1];
+    uint16_t wantb[1024], gotb[1024 + 1];
+    for (int it = 0; it < 3000; ++it) {
+        const uint32_t bits = widths[wt_below(&r, 5)], dtype = 1 + wt_below(&r, 3);
+        const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
+        const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+        const int asym = it % 2, ties = it % 3 == 0;
+        const float qmax = asym ? (float)((1u << bits) - 1u) : (float)((1u << (bits - 1)) - 1u);
+        fill(&r, buf + off, dtype, n, ties, ldexpf(1.0f, (int)wt_below(&r, 6) - 3));
+        const float unit_inv = ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 6));
+        static const uint32_t shifts[] = {0, 1, 2, 3, 4, 5, 31}; /* channel, groups of 2..32, one for the row */
+        const uint32_t shift = shifts[wt_below(&r, 7)];
+        for (uint32_t u = 0; u < n; ++u) { /* unit u: elements [u << shift, (u + 1) << shift) */
+            z[u] = asym ? (ties ? (float)((int)(u % 5) - 2) : -0.25f * (float)(u % 7)) : 0.0f;
+            inv[u] = ties ? 1.0f : (u % 9 == 8 ? 0.0f : unit_inv * (1.0f + 0.125f * (float)(u % 3)));
+        }
+        const size_t bytes = (size_t)n * bits / 8;
+        g_isas[0]->quantize_affine(buf + off, dtype, n, z, inv, shift, asym ? 0.0f : -qmax, qmax, bits, want);
+        for (int k = 1; k < g_n_isas; ++k) {
+            memset(got, 0xa5, sizeof got);
+            g_isas[k]->quantize_affine(buf + off, dtype, n, z, inv, shift, asym ? 0.0f : -qmax, qmax, bits, got);
+            if (memcmp(got, want, bytes) != 0)
+                fail_msg("%s quantize_affine %u bits n=%u asym %d: bytes differ from scalar",
+                         kw_wire_isa_name(g_isas[k]->isa), bits, n, asym);
+            assert_int_equal(got[bytes], 0xa5);
+        }
+        /* decoding arbitrary fields */
+        for (size_t i = 0; i < bytes; ++i)
+            want[i] = (uint8_t)wt_next(&r);
+        for (uint32_t i = 0; i < n; ++i) {
+            sc[i] = ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 40) - 20);
+            z[i] = wt_bell(&r) * ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
+        }
+        g_isas[0]->dequantize_affine(want, bits, n, sc, z, shift, wantf, KW_WIRE_DTYPE_F32);
+        g_isas[0]->dequantize_affine(want, bits, n, sc, z, shift, wantb, KW_WIRE_DTYPE_BF16);
+        for (int k = 1; k < g_n_isas; ++k) {
+            gotf[n] = 42.0f;
+            gotb[n] = 42;
+            g_isas[k]->dequantize_affine(want, bits, n, sc, z, shift, gotf, KW_WIRE_DTYPE_F32);
+            g_isas[k]->dequantize_affine(want, bits, n, sc, z, shift, gotb, KW_WIRE_DTYPE_BF16);
+            assert_memory_equal(gotf, wantf, (size_t)n * 4);
+            assert_memory_equal(gotb, wantb, (size_t)n * 2);
+            assert_true(gotf[n] == 42.0f && gotb[n] == 42);
+        }
+    }
+}
+
+/* scales: every scale dtype and codec qmax over absmaxes from 0 and the f32 subnormals to Inf and NaN, with the
+ * f16 edges (the smallest subnormal, rounding ties, 65504 and the overflow to Inf) made likely; the same index of
+ * the first failure, codes, scales and inverses bit for bit. */
+static void test_scales(void **state) {
+    (void)state;
+    wt_rng r = {8};
+    static const float qmaxes[] = {127, 7, 31, 3, 1, 448, 57344, 15, 255};
+    uint32_t am[300];
+    uint8_t want[300 * 4], got[300 * 4];
+    float ws[300], wi[300], gs[300], gi[300];
+    for (int it = 0; it < 20000; ++it) {
+        const uint32_t n = 1 + wt_below(&r, 300), sd = 1 + wt_below(&r, 4);
+        const float qmax = qmaxes[wt_below(&r, sizeof qmaxes / sizeof qmaxes[0])];
+        for (uint32_t i = 0; i < n; ++i) {
+            const uint32_t pick = wt_below(&r, 64), edgy = it % 4 == 0; /* failures end the comparison early */
+            if (pick < 4)
+                am[i] = 0;
+            else if (pick < 12) /* around the f16 subnormals and the smallest one, times qmax */
+                am[i] = kw_f32_bits(ldexpf(1.0f + (float)wt_below(&r, 64) / 64.0f, -(int)wt_below(&r, 20) - 14) * qmax);
+            else if (pick == 12 && edgy) /* near the f16 maximum times qmax */
+                am[i] = kw_f32_bits(65504.0f * qmax) + (uint32_t)wt_below(&r, 40000) - 20000u;
+            else if (pick == 13 && edgy) /* any finite bits */
+                am[i] = (uint32_t)wt_next(&r) % 0x7f800000u;
+            else if (pick == 14 && it % 50 == 0) /* not finite */
+                am[i] = 0x7f800000u + (uint32_t)wt_below(&r, 2);
+            else if (pick == 15) /* f32 subnormals */
+                am[i] = (uint32_t)wt_below(&r, 0x800000u);
+            else /* KV-like magnitudes */
+                am[i] = kw_f32_bits(ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 30) - 15));
+        }
+        memset(want, 0, sizeof want);
+        const uint32_t ref = g_isas[0]->scales(am, n, qmax, sd, want, ws, wi);
+        for (int k = 1; k < g_n_isas; ++k) {
+            memset(got, 0, sizeof got);
+            const uint32_t ok = g_isas[k]->scales(am, n, qmax, sd, got, gs, gi);
+            if (ok != ref)
+                fail_msg("%s scales dtype %u qmax %g: %u done, scalar %u", kw_wire_isa_name(g_isas[k]->isa), sd,
+                         (double)qmax, ok, ref);
+            assert_memory_equal(got, want, (size_t)ref * kw_wire_scale_size(sd));
+            assert_memory_equal(gs, ws, (size_t)ref * 4);
+            assert_memory_equal(gi, wi, (size_t)ref * 4);
+        }
+    }
+}
+
 /* Whole blobs: every ISA encodes the same bytes and decodes the same values. */
 static void test_blobs(void **state) {
     (void)state;
     wt_rng r = {4};
-    for (int it = 0; it < 40; ++it) {
+    for (int it = 0; it < 160; ++it) {
         const uint16_t H = (uint16_t)(1 + wt_below(&r, 8)), D = (uint16_t)(16 * (1 + wt_below(&r, 8)));
         const uint32_t T = 1 + wt_below(&r, 64);
         const uint8_t dtype = it % 2 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
-        const kw_wire_header hdr = {
+        kw_wire_header hdr = {
             .n_layers = 2, .n_sections = 1, .n_kv_heads = H, .head_dim = D, .n_positions = T, .src_dtype = dtype};
         uint8_t *data = wt_xmalloc((size_t)H * T * D * 4);
         fill(&r, data, dtype, H * T * D, it % 3 == 0, 0.1f);
@@ -175,6 +313,21 @@ static void test_blobs(void **state) {
         const uint8_t gran = (uint8_t)(1 + wt_below(&r, 4));
         kw_wire_policy pol = {.k = {codec, gran, (uint8_t)(1 + wt_below(&r, 4)), gran == 4 ? 4 : 0}};
         pol.v = pol.k;
+        if (it >= 40) { /* KVWire v1.1: int3/int2, zero points, channel scales, outliers */
+            static const uint8_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6,
+                                             KW_WIRE_CODEC_INT3, KW_WIRE_CODEC_INT2};
+            hdr.version = KW_WIRE_VERSION_1_1;
+            for (int kv = 0; kv < 2; ++kv) {
+                kw_wire_codec_spec *sp = kv ? &pol.v : &pol.k;
+                const uint8_t g = (uint8_t)(1 + wt_below(&r, 5)), asym = (uint8_t)wt_below(&r, 3) != 0;
+                *sp = (kw_wire_codec_spec){codecs[wt_below(&r, 5)], g,
+                                           (uint8_t)((2 + wt_below(&r, 2)) | (asym ? KW_WIRE_SCALE_ZERO_POINTS : 0)),
+                                           (uint8_t)(g == 4   ? 2 + wt_below(&r, 3)
+                                                     : g == 5 ? wt_below(&r, 5)
+                                                              : 0)};
+            }
+            pol.outliers = it % 3 == 0 ? 1 + wt_below(&r, 20) : 0; /* bf16 and f32 scales: 1e5 has one */
+        }
         kw_wire_layer_in in = {.layer = 1, .n_tokens = T};
         in.k = (kw_wire_tensor_in){data, (size_t)T * D, D, NULL};
         in.v = (kw_wire_tensor_in){data, D, (size_t)H * D, NULL}; /* the same bytes seen as (T, H, D) */
@@ -239,8 +392,9 @@ static void test_hash_variants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),  cmocka_unit_test(test_quantize),      cmocka_unit_test(test_dequantize),
-        cmocka_unit_test(test_blobs), cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax),        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_affine),        cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_blobs),      cmocka_unit_test(test_hash_variants),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
