@@ -16,6 +16,7 @@
 
 #include "common/kw_bytes.h"
 #include "common/kw_half.h"
+#include "common/kw_size.h"
 #include "common/kw_status.h"
 #include "model/kw_config.h"
 #include "model/kw_dequant.h"
@@ -55,8 +56,10 @@ static int kw_q_add(kw_q_ctx *c, const char *name, int32_t n_dims, const int64_t
     for (int32_t d = 1; d < n_dims; ++d)
         rows *= ne[d]; /* bounded by the input file */
     size_t row_bytes = 0;
+    size_t bytes = 0;
     KW_FORWARD(kw_ggml_row_bytes(type, ne[0], &row_bytes));
-    void *q = malloc(row_bytes * (size_t)rows);
+    KW_RETURN_IF(kw_size_mul(row_bytes, (size_t)rows, &bytes) < 0, KW_E_OVERFLOW, "%s: too large", name);
+    void *q = malloc(bytes);
     KW_RETURN_IF(!q, KW_E_NOMEM, "out of memory for %s", name);
     for (int64_t r = 0; r < rows; ++r) {
         const int rc = kw_quantize_row(type, x + r * ne[0], ne[0], (uint8_t *)q + (size_t)r * row_bytes);
@@ -66,7 +69,7 @@ static int kw_q_add(kw_q_ctx *c, const char *name, int32_t n_dims, const int64_t
         }
     }
     if (c->stats) ++c->stats->tensors[type < KW_QUANT_MAX_TYPES ? type : KW_QUANT_MAX_TYPES - 1];
-    return kw_gguf_writer_add_tensor(c->w, name, type, n_dims, ne, q, row_bytes * (size_t)rows);
+    return kw_gguf_writer_add_tensor(c->w, name, type, n_dims, ne, q, bytes);
 }
 
 /* Grows a float buffer to n values. */

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# llamacpp.sh [MODELS] [PAIRS]: kvwire against llama.cpp on this CPU (issue 10). Not part of CI.
+# llamacpp.sh [MODELS] [PAIRS]: kvwire against llama.cpp on this CPU (issue 10). Not part of CI. MODELS "none" runs
+# only the greedy checks.
 #
 # 1. llama.cpp: the llama-cpp-python sdist (pip download --no-deps --no-binary :all:, version $LLAMACPP_PY_VERSION,
 #    default 0.3.36, else the newest) is cached under ~/.cache/kvwire/peer and its vendored llama.cpp built out of tree
@@ -16,7 +17,10 @@
 #    and kvwire's decode against its bandwidth bound (`kvwire bench model` measures the bound, the best read
 #    pattern of `kvwire bench bandwidth`, around every run).
 # 4. Greedy: kvwire generate and llama-simple (greedy sampler) on the SmolLM2 Q8_0 file made by kvwire quantize, a
-#    few prompts, 24 new tokens each; the continuations must be the same text.
+#    few prompts, 24 new tokens each; the continuations must be the same text. The same on an F32 file that kvwire
+#    quantize made from a tiny random HF Llama folder (gen-model, SmolLM2's vocabulary; its llama3 RoPE scaling
+#    dropped from config.json, which GGUF would carry as a rope_freqs tensor): the q/k row interleaving kvwire writes
+#    must be the one llama.cpp's RoPE expects, or the random model's continuation differs at once.
 # Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,7 +57,7 @@ if [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-simple" ]; then
 fi
 lbench="$build/bin/llama-bench"
 lsimple="$build/bin/llama-simple"
-commit=$(sed -n 's/.*LLAMA_BUILD_COMMIT.*"\(.*\)".*/\1/p' "$build/common/build-info.cpp" 2>/dev/null | head -1)
+commit=$(sed -n 's/.*LLAMA_COMMIT = "\(.*\)".*/\1/p' "$build/common/build-info.cpp" 2>/dev/null | head -1)
 
 # ---- the weights ---------------------------------------------------------------------------------------------------
 smollm2=$("$kvwire" fetch-model smollm2-135m-instruct)
@@ -113,7 +117,8 @@ ratio() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%.3f", x / y}'; }
 echo "# kvwire vs llama.cpp (llama-cpp-python $version, llama.cpp ${commit:-?}), $threads threads, $(date -u '+%F %H:%M UTC')"
 echo "# CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); avx2: $(grep -qw avx2 /proc/cpuinfo && echo yes || echo no), avx512f: $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no); $(nproc) cores"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-IFS=, read -r -a model_list <<<"$models"
+model_list=()
+[ "$models" = none ] || IFS=, read -r -a model_list <<<"$models"
 for m in "${model_list[@]}"; do
     make_files "$m"
     for f in "${formats[@]}"; do
@@ -140,25 +145,37 @@ for m in "${model_list[@]}"; do
     done
 done
 
-# ---- greedy tokens on the SmolLM2 Q8_0 file --------------------------------------------------------------------------
+# ---- greedy tokens ---------------------------------------------------------------------------------------------------
 make_files smollm2
-q8="$mdir/smollm2-q8_0.gguf"
-echo
-echo "## greedy: kvwire generate vs llama-simple on $q8, 24 new tokens"
+llama_hf="$mdir/llama-tiny-hf"
+if [ ! -f "$mdir/llama-tiny-f32.gguf" ]; then
+    "$kvwire" gen-model --arch llama --hidden 256 --head-dim 64 --heads 4 --kv-heads 2 --intermediate 512 --layers 2 \
+        --vocab 49152 --dtype f32 --seed 4 --out "$llama_hf" >/dev/null
+    python3 -c 'import json, sys
+p = sys.argv[1] + "/config.json"
+c = json.load(open(p))
+c.pop("rope_scaling", None)
+json.dump(c, open(p, "w"), indent=2)' "$llama_hf"
+    "$kvwire" quantize --model "$llama_hf" --out "$mdir/llama-tiny-f32.gguf" --type f32 --vocab-from "$smollm2" >&2
+fi
 prompts=("The capital of France is" "def fibonacci(n):" "Once upon a time, there was a" "The three primary colors are")
-same=0
-for p in "${prompts[@]}"; do
-    kw=$("$kvwire" generate --model "$q8" --prompt "$p" --max-new-tokens 24 --threads "$threads" 2>/dev/null |
-        sed '/^prompt_ids: /,$d')
-    lc=$("$lsimple" -m "$q8" -n 24 "$p" 2>/dev/null)
-    lc=${lc#"$p"}
-    if [ "$kw" = "$lc" ]; then
-        same=$((same + 1))
-        echo "same: \"$p\" -> $(printf '%q' "$kw")"
-    else
-        echo "DIFFERENT: \"$p\""
-        echo "  kvwire:    $(printf '%q' "$kw")"
-        echo "  llama.cpp: $(printf '%q' "$lc")"
-    fi
+for file in "$mdir/smollm2-q8_0.gguf" "$mdir/llama-tiny-f32.gguf"; do
+    echo
+    echo "## greedy: kvwire generate vs llama-simple on $(basename "$file"), 24 new tokens"
+    same=0
+    for p in "${prompts[@]}"; do
+        kw=$("$kvwire" generate --model "$file" --prompt "$p" --max-new-tokens 24 --threads "$threads" 2>/dev/null |
+            sed '/^prompt_ids: /,$d')
+        lc=$("$lsimple" -m "$file" -n 24 "$p" 2>/dev/null)
+        lc=${lc#"$p"}
+        if [ "$kw" = "$lc" ]; then
+            same=$((same + 1))
+            echo "same: \"$p\" -> $(printf '%q' "$kw")"
+        else
+            echo "DIFFERENT: \"$p\""
+            echo "  kvwire:    $(printf '%q' "$kw")"
+            echo "  llama.cpp: $(printf '%q' "$lc")"
+        fi
+    done
+    echo "greedy continuations equal on $same of ${#prompts[@]} prompts"
 done
-echo "greedy continuations equal on $same of ${#prompts[@]} prompts"
