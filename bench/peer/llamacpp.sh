@@ -20,8 +20,10 @@
 #    few prompts, 24 new tokens each; the continuations must be the same text. The same on an F32 file that kvwire
 #    quantize made from a tiny random HF Llama folder (gen-model, SmolLM2's vocabulary; its llama3 RoPE scaling
 #    dropped from config.json, which GGUF would carry as a rope_freqs tensor): the q/k row interleaving kvwire writes
-#    must be the one llama.cpp's RoPE expects, or the random model's continuation differs at once.
-# Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE.
+#    must be the one llama.cpp's RoPE expects, or the random model's continuation differs at once. And kvwire on the
+#    SmolLM2 Q8_0 file against llama.cpp on that file's weights written as F32 (see below).
+# Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE,
+# FORMATS (the formats of step 3, default "bf16 q8_0 q4_k_m").
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 kvwire=${KVWIRE:-$here/build/tools/kvwire}
@@ -63,7 +65,7 @@ commit=$(sed -n 's/.*LLAMA_COMMIT = "\(.*\)".*/\1/p' "$build/common/build-info.c
 smollm2=$("$kvwire" fetch-model smollm2-135m-instruct)
 mdir="$cache/models"
 mkdir -p "$mdir"
-formats=(bf16 q8_0 q4_k_m)
+read -r -a formats <<<"${FORMATS:-bf16 q8_0 q4_k_m}"
 make_files() { # model -> the three GGUF files in $mdir/<model>-<format>.gguf
     local m=$1 srcm
     case $m in
@@ -146,6 +148,7 @@ for m in "${model_list[@]}"; do
 done
 
 # ---- greedy tokens ---------------------------------------------------------------------------------------------------
+formats=(q8_0)
 make_files smollm2
 llama_hf="$mdir/llama-tiny-hf"
 if [ ! -f "$mdir/llama-tiny-f32.gguf" ]; then
@@ -158,15 +161,23 @@ c.pop("rope_scaling", None)
 json.dump(c, open(p, "w"), indent=2)' "$llama_hf"
     "$kvwire" quantize --model "$llama_hf" --out "$mdir/llama-tiny-f32.gguf" --type f32 --vocab-from "$smollm2" >&2
 fi
+# kvwire keeps Q8_0 weights exact (rebuilt in registers, the f32 weights' logits bit for bit); llama.cpp's Q8_0 matmul
+# also rounds the activations to Q8_0 blocks. The third check runs llama.cpp on the Q8_0 file's own weights written
+# as F32 (kvwire quantize --type f32 of the Q8_0 file), which separates that rounding from everything else.
+[ -f "$mdir/smollm2-q8_0-as-f32.gguf" ] ||
+    "$kvwire" quantize --model "$mdir/smollm2-q8_0.gguf" --out "$mdir/smollm2-q8_0-as-f32.gguf" --type f32 >&2
 prompts=("The capital of France is" "def fibonacci(n):" "Once upon a time, there was a" "The three primary colors are")
-for file in "$mdir/smollm2-q8_0.gguf" "$mdir/llama-tiny-f32.gguf"; do
+checks=("smollm2-q8_0.gguf smollm2-q8_0.gguf" "llama-tiny-f32.gguf llama-tiny-f32.gguf"
+    "smollm2-q8_0.gguf smollm2-q8_0-as-f32.gguf")
+for check in "${checks[@]}"; do
+    read -r kwf lcf <<<"$check"
     echo
-    echo "## greedy: kvwire generate vs llama-simple on $(basename "$file"), 24 new tokens"
+    echo "## greedy: kvwire generate on $kwf vs llama-simple on $lcf, 24 new tokens"
     same=0
     for p in "${prompts[@]}"; do
-        kw=$("$kvwire" generate --model "$file" --prompt "$p" --max-new-tokens 24 --threads "$threads" 2>/dev/null |
+        kw=$("$kvwire" generate --model "$mdir/$kwf" --prompt "$p" --max-new-tokens 24 --threads "$threads" 2>/dev/null |
             sed '/^prompt_ids: /,$d')
-        lc=$("$lsimple" -m "$file" -n 24 "$p" 2>/dev/null)
+        lc=$("$lsimple" -m "$mdir/$lcf" -n 24 "$p" 2>/dev/null)
         lc=${lc#"$p"}
         if [ "$kw" = "$lc" ]; then
             same=$((same + 1))
