@@ -1,0 +1,342 @@
+/* kw_quantize_file.c: a model file in, a GGUF file with quantized matrices out (kw_quantize_file in kw_quantize.h).
+ *
+ * GGUF in: every metadata entry is copied (general.file_type, general.quantization_version and general.alignment
+ * excepted: they are written anew), every tensor is dequantized (model/kw_dequant.h) and re-quantized in file order,
+ * names, shapes and layout unchanged. HF in: the metadata llama.cpp reads for the architecture is written from
+ * config.json, the tensors are renamed (kw_gguf_model_tensor_name), ordered (token_embd, the blocks in layer order,
+ * output_norm, output) and laid out as llama.cpp's converter lays them out (llama q/k rows interleaved per head, Gemma
+ * 3 norms stored as 1 + w); the tokenizer keys come from vocab_from (a GGUF file whose tokenizer.* entries are copied),
+ * else only the special token ids are written (kvwire loads such a file; llama.cpp needs a vocabulary). */
+#include "model/kw_quantize.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kw_bytes.h"
+#include "common/kw_half.h"
+#include "common/kw_size.h"
+#include "common/kw_status.h"
+#include "model/kw_config.h"
+#include "model/kw_dequant.h"
+#include "model/kw_gguf.h"
+#include "model/kw_gguf_model.h"
+#include "model/kw_gguf_writer.h"
+#include "model/kw_safetensors.h"
+
+// ---------------------------------------------------------------------------------------------------------------
+// One tensor: f32 values in GGUF layout -> the scheme's type -> the writer
+
+typedef struct kw_q_ctx {
+    kw_gguf_writer *w;
+    enum kw_quant_scheme scheme;
+    int32_t n_layers;
+    int tied;
+    kw_quantize_stats *stats;
+} kw_q_ctx;
+
+/* The N of "blk.N.", or -1. */
+static int32_t kw_q_layer_of(const char *gguf_name) {
+    unsigned layer = 0;
+    if (sscanf(gguf_name, "blk.%u.", &layer) != 1 || layer > 1 << 20) return -1;
+    return (int32_t)layer;
+}
+
+/* Quantizes x (rows x ne[0] f32 values, GGUF layout; owned by the caller) and hands the result to the writer. */
+static int kw_q_add(kw_q_ctx *c, const char *name, int32_t n_dims, const int64_t *ne, const float *x) {
+    const kw_quant_tensor qt = {.name = name,
+                                .n_dims = n_dims,
+                                .ne0 = ne[0],
+                                .layer = kw_q_layer_of(name),
+                                .n_layers = c->n_layers,
+                                .tied = c->tied};
+    const uint32_t type = kw_quant_choose_type(c->scheme, &qt);
+    int64_t rows = 1;
+    for (int32_t d = 1; d < n_dims; ++d)
+        rows *= ne[d]; /* bounded by the input file */
+    size_t row_bytes = 0;
+    size_t bytes = 0;
+    KW_FORWARD(kw_ggml_row_bytes(type, ne[0], &row_bytes));
+    KW_RETURN_IF(kw_size_mul(row_bytes, (size_t)rows, &bytes) < 0, KW_E_OVERFLOW, "%s: too large", name);
+    void *q = malloc(bytes);
+    KW_RETURN_IF(!q, KW_E_NOMEM, "out of memory for %s", name);
+    for (int64_t r = 0; r < rows; ++r) {
+        const int rc = kw_quantize_row(type, x + r * ne[0], ne[0], (uint8_t *)q + (size_t)r * row_bytes);
+        if (rc < 0) {
+            free(q);
+            return kw_error_set(rc, "%s: %s", name, kw_error_detail());
+        }
+    }
+    if (c->stats) ++c->stats->tensors[type < KW_QUANT_MAX_TYPES ? type : KW_QUANT_MAX_TYPES - 1];
+    return kw_gguf_writer_add_tensor(c->w, name, type, n_dims, ne, q, bytes);
+}
+
+/* Grows a float buffer to n values. */
+static int kw_q_grow(float **buf, size_t *cap, size_t n) {
+    if (n <= *cap) return 0;
+    float *p = realloc(*buf, n * sizeof *p);
+    KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory for %zu values", n);
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
+static void kw_q_file_keys(kw_q_ctx *c, int *rc) {
+    const int32_t ft = kw_quant_file_type(c->scheme);
+    if (*rc == 0 && ft >= 0) *rc = kw_gguf_writer_set_u32(c->w, "general.file_type", (uint32_t)ft);
+    if (*rc == 0 && c->scheme != KW_QUANT_F32 && c->scheme != KW_QUANT_BF16)
+        *rc = kw_gguf_writer_set_u32(c->w, "general.quantization_version", 2);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GGUF in
+
+static int kw_q_from_gguf(kw_q_ctx *c, const char *path) {
+    kw_gguf *g = NULL;
+    float *x = NULL;
+    size_t cap = 0;
+    int rc = kw_gguf_open(path, &g);
+    const char *arch = NULL;
+    size_t arch_n = 0;
+    if (rc == 0) rc = kw_gguf_get_str(g, "general.architecture", &arch, &arch_n);
+    if (rc == 0) {
+        char key[96];
+        int64_t blocks = 0;
+        snprintf(key, sizeof key, "%.*s.block_count", (int)(arch_n < 64 ? arch_n : 64), arch);
+        rc = kw_gguf_get_int(g, key, 1, 1 << 20, &blocks);
+        c->n_layers = (int32_t)blocks;
+        c->tied = kw_gguf_find_tensor(g, "output.weight") == NULL;
+    }
+    for (size_t i = 0; rc == 0 && i < kw_gguf_kv_count(g); ++i) {
+        const kw_gguf_kv *kv = kw_gguf_kv_at(g, i);
+        if (strcmp(kv->key, "general.alignment") == 0 || strcmp(kv->key, "general.file_type") == 0 ||
+            strcmp(kv->key, "general.quantization_version") == 0)
+            continue;
+        rc = kw_gguf_writer_copy_kv(c->w, g, kv);
+    }
+    kw_q_file_keys(c, &rc);
+    for (size_t i = 0; rc == 0 && i < kw_gguf_tensor_count(g); ++i) {
+        const kw_gguf_tensor *t = kw_gguf_tensor_at(g, i);
+        int64_t rows = 1;
+        for (int32_t d = 1; d < t->n_dims; ++d)
+            rows *= t->ne[d];
+        size_t row_bytes = 0;
+        rc = kw_ggml_row_bytes(t->type, t->ne[0], &row_bytes);
+        if (rc == 0) rc = kw_q_grow(&x, &cap, (size_t)rows * (size_t)t->ne[0]);
+        for (int64_t r = 0; rc == 0 && r < rows; ++r)
+            rc = kw_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * row_bytes, t->ne[0], KW_DTYPE_F32,
+                                x + r * t->ne[0]);
+        if (rc == 0) rc = kw_q_add(c, t->name, t->n_dims, t->ne, x);
+    }
+    free(x);
+    kw_gguf_close(g);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HF folder in
+
+/* llama.cpp's metadata for cfg (the keys kw_gguf_model_config and llama.cpp's llama-model.cpp read). */
+static int kw_q_hf_metadata(kw_q_ctx *c, const kw_model_config *cfg) {
+    kw_gguf_writer *w = c->w;
+    const char *arch = kw_arch_name(cfg->arch);
+    char key[128];
+#define KW_Q_KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, (suffix)), key)
+    KW_FORWARD(kw_gguf_writer_set_str(w, "general.architecture", arch, strlen(arch)));
+    static const char name[] = "kvwire quantize";
+    KW_FORWARD(kw_gguf_writer_set_str(w, "general.name", name, sizeof name - 1));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("block_count"), (uint32_t)cfg->n_layers));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("context_length"), (uint32_t)cfg->max_positions));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("embedding_length"), (uint32_t)cfg->hidden));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("feed_forward_length"), (uint32_t)cfg->intermediate));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("attention.head_count"), (uint32_t)cfg->n_heads));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("attention.head_count_kv"), (uint32_t)cfg->n_kv_heads));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("attention.key_length"), (uint32_t)cfg->head_dim));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("attention.value_length"), (uint32_t)cfg->head_dim));
+    KW_FORWARD(kw_gguf_writer_set_f32(w, KW_Q_KEY("attention.layer_norm_rms_epsilon"), cfg->rms_eps));
+    KW_FORWARD(kw_gguf_writer_set_f32(w, KW_Q_KEY("rope.freq_base"), (float)cfg->rope.theta));
+    KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("rope.dimension_count"), (uint32_t)cfg->rope.rotary_dim));
+    if (cfg->rope.scaling == KW_ROPE_SCALING_LINEAR) {
+        KW_FORWARD(kw_gguf_writer_set_str(w, KW_Q_KEY("rope.scaling.type"), "linear", 6));
+        KW_FORWARD(kw_gguf_writer_set_f32(w, KW_Q_KEY("rope.scaling.factor"), (float)cfg->rope.factor));
+    } else {
+        KW_RETURN_IF(cfg->rope.scaling != KW_ROPE_SCALING_NONE, KW_E_MODEL_CONFIG,
+                     "this RoPE scaling has no GGUF form kvwire writes (none, linear)");
+    }
+    if (cfg->arch == KW_ARCH_GEMMA3) {
+        /* kvwire's GGUF reader and llama.cpp take these from the file or fix them; refuse what they would misread */
+        int32_t pattern = 0;
+        for (int32_t l = 0; l < cfg->n_layers && pattern == 0; ++l)
+            if (!cfg->layer_sliding[l]) pattern = l + 1;
+        for (int32_t l = 0; l < cfg->n_layers; ++l)
+            KW_RETURN_IF(pattern > 0 && cfg->layer_sliding[l] != ((l + 1) % pattern != 0), KW_E_MODEL_CONFIG,
+                         "Gemma 3 sliding layers that are not every N-th layer global");
+        KW_RETURN_IF(cfg->rope_local.theta != 10000.0 || cfg->query_pre_attn_scalar != (double)cfg->head_dim,
+                     KW_E_MODEL_CONFIG,
+                     "Gemma 3 with rope_local_base_freq != 10000 or query_pre_attn_scalar != "
+                     "head_dim (GGUF readers fix both)");
+        KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("attention.sliding_window"), (uint32_t)cfg->sliding_window));
+        if (pattern > 0 && pattern != 6)
+            KW_FORWARD(kw_gguf_writer_set_u32(w, KW_Q_KEY("attention.sliding_window_pattern"), (uint32_t)pattern));
+        if (cfg->final_logit_softcap > 0)
+            KW_FORWARD(kw_gguf_writer_set_f32(w, KW_Q_KEY("final_logit_softcapping"), (float)cfg->final_logit_softcap));
+    }
+#undef KW_Q_KEY
+    return 0;
+}
+
+static int kw_q_hf_special(kw_gguf_writer *w, const kw_model_config *cfg) {
+    if (cfg->bos_id >= 0) KW_FORWARD(kw_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)cfg->bos_id));
+    if (cfg->n_eos > 0) KW_FORWARD(kw_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)cfg->eos_ids[0]));
+    if (cfg->pad_id >= 0)
+        KW_FORWARD(kw_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)cfg->pad_id));
+    return 0;
+}
+
+/* Copies the tokenizer.* entries of the GGUF file at path; *n_tokens the length of tokenizer.ggml.tokens. */
+static int kw_q_vocab_from(kw_gguf_writer *w, const char *path, uint64_t *n_tokens) {
+    kw_gguf *g = NULL;
+    KW_FORWARD(kw_gguf_open(path, &g));
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < kw_gguf_kv_count(g); ++i) {
+        const kw_gguf_kv *kv = kw_gguf_kv_at(g, i);
+        if (strncmp(kv->key, "tokenizer.", 10) != 0) continue;
+        if (strcmp(kv->key, "tokenizer.ggml.tokens") == 0) *n_tokens = kv->count;
+        rc = kw_gguf_writer_copy_kv(w, g, kv);
+    }
+    kw_gguf_close(g);
+    return rc;
+}
+
+typedef struct kw_q_hf_tensor {
+    const kw_st_tensor *t;
+    char gguf[160];
+    int32_t order; /* -1 token_embd, N for blk.N, INT_MAX - 1 output_norm, INT_MAX output */
+} kw_q_hf_tensor;
+
+static int kw_q_hf_cmp(const void *a, const void *b) {
+    const kw_q_hf_tensor *x = a, *y = b;
+    if (x->order != y->order) return x->order < y->order ? -1 : 1;
+    return strcmp(x->gguf, y->gguf);
+}
+
+/* The HF tensor t as f32 in GGUF layout into x: llama q/k rows (or bias values) interleaved per head, Gemma 3
+ * norms + 1. */
+static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, float *x, size_t n) {
+    const kw_st_tensor *t = e->t;
+    const uint8_t *src = t->data;
+    for (size_t i = 0; i < n; ++i) {
+        switch (t->dtype) {
+        case KW_DTYPE_F32:
+            x[i] = kw_load_lef32(src + 4 * i);
+            break;
+        case KW_DTYPE_BF16:
+            x[i] = kw_bf16_to_f32(kw_load_le16(src + 2 * i));
+            break;
+        case KW_DTYPE_F16:
+            x[i] = kw_f16_to_f32(kw_load_le16(src + 2 * i));
+            break;
+        default:
+            KW_FAIL(KW_E_MODEL_DTYPE, "HF tensor %s: dtype %s", t->name, kw_dtype_name(t->dtype));
+        }
+    }
+    if (cfg->arch == KW_ARCH_GEMMA3 && strstr(t->name, "norm.weight") != NULL)
+        for (size_t i = 0; i < n; ++i)
+            x[i] = x[i] + 1.0f;
+    const int q = strstr(t->name, ".self_attn.q_proj.") != NULL, k = strstr(t->name, ".self_attn.k_proj.") != NULL;
+    if (cfg->arch != KW_ARCH_LLAMA || !(q || k)) return 0;
+    /* GGUF row 2j + i of a head of hd rows holds HF row i * hd/2 + j (rows of a weight, values of a bias). */
+    const size_t units = t->ndim == 1 ? n : (size_t)t->shape[0], cols = n / units;
+    const size_t heads = (size_t)(q ? cfg->n_heads : cfg->n_kv_heads);
+    KW_RETURN_IF(heads == 0 || units % (2 * heads) != 0, KW_E_MODEL_SHAPE,
+                 "HF tensor %s: %zu rows do not split into %zu heads of an even size", t->name, units, heads);
+    const size_t hd = units / heads;
+    float *tmp = malloc(n * sizeof *tmp);
+    KW_RETURN_IF(!tmp, KW_E_NOMEM, "out of memory");
+    memcpy(tmp, x, n * sizeof *tmp);
+    for (size_t r = 0; r < units; ++r) {
+        const size_t h = r / hd, rr = r % hd, from = h * hd + (rr % 2) * (hd / 2) + rr / 2;
+        memcpy(x + r * cols, tmp + from * cols, cols * sizeof *x);
+    }
+    free(tmp);
+    return 0;
+}
+
+static int kw_q_from_hf(kw_q_ctx *c, const char *dir, const char *vocab_from) {
+    kw_model_config cfg;
+    KW_FORWARD(kw_config_load(dir, &cfg));
+    kw_safetensors *st = NULL;
+    KW_FORWARD(kw_safetensors_open(dir, &st));
+    const size_t count = kw_safetensors_count(st);
+    kw_q_hf_tensor *list = calloc(count ? count : 1, sizeof *list);
+    float *x = NULL;
+    size_t cap = 0, n_list = 0;
+    int rc = list ? 0 : kw_error_set(KW_E_NOMEM, "out of memory");
+    c->n_layers = cfg.n_layers;
+    if (c->stats) c->stats->embedding_rows = cfg.vocab;
+    c->tied = 1;
+    for (size_t i = 0; rc == 0 && i < count; ++i) {
+        const kw_st_tensor *t = kw_safetensors_at(st, i);
+        if (cfg.tie_embeddings && strcmp(t->name, "lm_head.weight") == 0) continue; /* the embedding is the output */
+        kw_q_hf_tensor *e = &list[n_list];
+        e->t = t;
+        rc = kw_gguf_model_tensor_name(cfg.arch, t->name, e->gguf, sizeof e->gguf);
+        if (rc < 0) {
+            rc = kw_error_set(rc, "HF tensor %s has no GGUF name", t->name);
+            break;
+        }
+        KW_CHECK_IF(t->ndim < 1 || t->ndim > KW_GGUF_MAX_DIMS, KW_E_MODEL_SHAPE, "HF tensor %s has %d dimensions",
+                    t->name, (int)t->ndim);
+        if (strcmp(e->gguf, "output.weight") == 0) c->tied = 0;
+        const int32_t layer = kw_q_layer_of(e->gguf);
+        e->order = strcmp(e->gguf, "token_embd.weight") == 0    ? -1
+                   : layer >= 0                                 ? layer
+                   : strcmp(e->gguf, "output_norm.weight") == 0 ? INT_MAX - 1
+                                                                : INT_MAX;
+        ++n_list;
+    }
+    if (rc == 0) qsort(list, n_list, sizeof *list, kw_q_hf_cmp);
+    if (rc == 0) rc = kw_q_hf_metadata(c, &cfg);
+    kw_q_file_keys(c, &rc);
+    uint64_t n_tokens = 0;
+    if (rc == 0 && vocab_from) {
+        rc = kw_q_vocab_from(c->w, vocab_from, &n_tokens);
+        if (c->stats) c->stats->vocab_tokens = (int64_t)n_tokens;
+    } else if (rc == 0) {
+        rc = kw_q_hf_special(c->w, &cfg);
+    }
+    for (size_t i = 0; rc == 0 && i < n_list; ++i) {
+        const kw_st_tensor *t = list[i].t;
+        size_t n = 1;
+        int64_t ne[KW_GGUF_MAX_DIMS];
+        for (int32_t d = 0; d < t->ndim; ++d) {
+            ne[d] = t->shape[t->ndim - 1 - d];
+            n *= (size_t)t->shape[d]; /* bounded by the file */
+        }
+        KW_CHECK(kw_q_grow(&x, &cap, n));
+        KW_CHECK(kw_q_hf_values(&cfg, &list[i], x, n));
+        KW_CHECK(kw_q_add(c, list[i].gguf, t->ndim, ne, x));
+    }
+out:
+    free(x);
+    free(list);
+    kw_safetensors_close(st);
+    return rc;
+}
+
+int kw_quantize_file(const char *in, const char *out, enum kw_quant_scheme scheme, const char *vocab_from,
+                     kw_quantize_stats *stats) {
+    KW_RETURN_IF(!in || !out, KW_E_INVALID_ARG, "kw_quantize_file: NULL path");
+    KW_RETURN_IF((unsigned)scheme > KW_QUANT_Q4_K_M, KW_E_INVALID_ARG, "kw_quantize_file: scheme %d", (int)scheme);
+    const int gguf_in = kw_gguf_is_gguf(in);
+    KW_RETURN_IF(gguf_in && vocab_from, KW_E_INVALID_ARG,
+                 "a vocabulary source is for HF folders (a GGUF input keeps its own tokenizer)");
+    if (stats) memset(stats, 0, sizeof *stats);
+    kw_q_ctx c = {.scheme = scheme, .stats = stats};
+    int rc = kw_gguf_writer_new(0, &c.w);
+    if (rc == 0) rc = gguf_in ? kw_q_from_gguf(&c, in) : kw_q_from_hf(&c, in, vocab_from);
+    if (rc == 0) rc = kw_gguf_writer_write(c.w, out);
+    kw_gguf_writer_free(c.w);
+    return rc;
+}

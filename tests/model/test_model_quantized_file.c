@@ -1,0 +1,214 @@
+/* test_model_quantized_file.c: kw_quantize_file on gen-model folders (Llama with its own output matrix and permuted
+ * q/k rows, Qwen3 with tied embeddings and q/k norms, Gemma 3 with its 1 + w norms and sliding layers; f32 weights,
+ * hidden 256 so every matrix row is whole Q4_K blocks), each written as F32, BF16, Q8_0, Q4_K and Q4_K_M GGUF files,
+ * loaded by kvwire (quantized weights kept quantized) and run against the HF folder.
+ *
+ * - F32: the same weights in another container, so the logits agree to 1e-5 relative (summation order at most):
+ *   a wrong name, a missing permutation or a norm without its + 1 moves them by O(1).
+ * - The others: eps = the relative RMS error of the file's matrices against the source weights (measured here by
+ *   dequantizing them). Each of the 7 matrices of a layer and the output matrix perturbs the residual stream by about
+ *   eps of its size, independently, so the logits move by about sqrt(7 L + 1) * eps relative (RMS); the bound is
+ *   twice that. And greedy: wherever the reference's top logit leads the runner-up by more than twice the largest
+ *   logit change, the quantized model picks the same token (otherwise it cannot).
+ * - Determinism: two runs write the same bytes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/kw_file.h"
+#include "common/kw_status.h"
+#include "kernels/kw_backend.h"
+#include "model/kw_dequant.h"
+#include "model/kw_genmodel.h"
+#include "model/kw_gguf.h"
+#include "model/kw_model.h"
+#include "model/kw_quantize.h"
+
+#define N_IDS 24
+
+static float *logits_of(kw_backend *be, const char *path, const int32_t *ids, int64_t n, int64_t *vocab) {
+    kw_model *m = NULL;
+    int rc = kw_model_load(be, path, NULL, &m);
+    if (rc < 0) fail_msg("load %s: %s", path, kw_error_detail());
+    const int64_t V = kw_model_get_config(m)->vocab;
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(m, n + 8, KW_DTYPE_F32, &cache), 0);
+    float *logits = malloc((size_t)(n * V) * sizeof *logits);
+    assert_non_null(logits);
+    const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_ALL, .logits = logits};
+    rc = kw_model_forward(m, cache, &a);
+    if (rc < 0) fail_msg("forward %s: %s", path, kw_error_detail());
+    kw_kvcache_free(cache);
+    kw_model_free(m);
+    *vocab = V;
+    return logits;
+}
+
+/* The relative RMS difference of the 2-D tensors of GGUF file a against those of file ref (same names). */
+static double weight_error(const char *a_path, const char *ref_path) {
+    kw_gguf *a = NULL, *ref = NULL;
+    assert_int_equal(kw_gguf_open(a_path, &a), 0);
+    assert_int_equal(kw_gguf_open(ref_path, &ref), 0);
+    double se = 0, ss = 0;
+    assert_int_equal(kw_gguf_tensor_count(a), kw_gguf_tensor_count(ref));
+    for (size_t i = 0; i < kw_gguf_tensor_count(a); ++i) {
+        const kw_gguf_tensor *t = kw_gguf_tensor_at(a, i), *r = kw_gguf_find_tensor(ref, t->name);
+        assert_non_null(r);
+        assert_int_equal(r->type, KW_GGML_F32);
+        if (t->n_dims != 2) continue;
+        const int64_t cols = t->ne[0], rows = t->ne[1];
+        size_t row_bytes = 0;
+        assert_int_equal(kw_ggml_row_bytes(t->type, cols, &row_bytes), 0);
+        float *y = malloc((size_t)cols * sizeof *y);
+        assert_non_null(y);
+        for (int64_t row = 0; row < rows; ++row) {
+            assert_int_equal(
+                kw_dequant_row(t->type, (const uint8_t *)t->data + (size_t)row * row_bytes, cols, KW_DTYPE_F32, y), 0);
+            const float *x = (const float *)r->data + row * cols;
+            for (int64_t j = 0; j < cols; ++j) {
+                se += ((double)y[j] - x[j]) * ((double)y[j] - x[j]);
+                ss += (double)x[j] * x[j];
+            }
+        }
+        free(y);
+    }
+    kw_gguf_close(a);
+    kw_gguf_close(ref);
+    return sqrt(se / ss);
+}
+
+static void same_bytes(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    assert_int_equal(kw_file_read_all(a, (size_t)1 << 30, &x, &nx), 0);
+    assert_int_equal(kw_file_read_all(b, (size_t)1 << 30, &y, &ny), 0);
+    assert_int_equal(nx, ny);
+    assert_memory_equal(x, y, nx);
+    free(x);
+    free(y);
+}
+
+static void run_arch(enum kw_arch arch, int tied) {
+    char dir[] = "/tmp/kw_quantize_test_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    kw_genmodel_options go = {.dtype = KW_DTYPE_F32, .seed = 11};
+    assert_int_equal(kw_genmodel_preset("tiny", &arch, &go.cfg), 0);
+    go.cfg.hidden = 256;
+    go.cfg.head_dim = 64;
+    go.cfg.intermediate = 512;
+    go.cfg.vocab = 1024;
+    go.cfg.tie_embeddings = tied;
+    go.cfg.rope.rotary_dim = 64;
+    if (arch == KW_ARCH_LLAMA) { /* llama3 RoPE scaling has no GGUF form kvwire reads (a rope_freqs tensor) */
+        go.cfg.rope.scaling = KW_ROPE_SCALING_NONE;
+        go.cfg.rope.factor = 1.0;
+    }
+    kw_genmodel_fit_special_ids(&go.cfg);
+    if (arch == KW_ARCH_GEMMA3) go.cfg.query_pre_attn_scalar = go.cfg.head_dim;
+    int rc = kw_genmodel_write(&go, dir);
+    if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
+    const int32_t L = go.cfg.n_layers;
+
+    kw_backend *be = NULL;
+    assert_int_equal(kw_backend_create_cpu(2, &be), 0);
+    int32_t ids[N_IDS];
+    for (int i = 0; i < N_IDS; ++i)
+        ids[i] = (int32_t)(((uint64_t)i * 2654435761u + 7) % 1000);
+    int64_t V = 0;
+    float *want = logits_of(be, dir, ids, N_IDS, &V);
+
+    static const char *const names[] = {"f32", "bf16", "q8_0", "q4_k", "q4_k_m"};
+    static const uint32_t main_type[] = {KW_GGML_F32, KW_GGML_BF16, KW_GGML_Q8_0, KW_GGML_Q4_K, KW_GGML_Q4_K};
+    char ref_path[600], path[600], again[600];
+    snprintf(ref_path, sizeof ref_path, "%s/f32.gguf", dir);
+    for (int s = 0; s < 5; ++s) {
+        snprintf(path, sizeof path, "%s/%s.gguf", dir, names[s]);
+        kw_quantize_stats st;
+        rc = kw_quantize_file(dir, path, (enum kw_quant_scheme)s, NULL, &st);
+        if (rc < 0) fail_msg("quantize %s: %s", names[s], kw_error_detail());
+        assert_true(st.tensors[main_type[s]] > 0);
+        if (s == KW_QUANT_Q4_K_M) assert_true(st.tensors[KW_GGML_Q6_K] > 0); /* attn_v, ffn_down of layer 1 */
+        snprintf(again, sizeof again, "%s/%s.again.gguf", dir, names[s]);
+        assert_int_equal(kw_quantize_file(dir, again, (enum kw_quant_scheme)s, NULL, NULL), 0);
+        same_bytes(path, again);
+        unlink(again);
+
+        int64_t V2 = 0;
+        float *got = logits_of(be, path, ids, N_IDS, &V2);
+        assert_int_equal(V2, V);
+        double se = 0, ss = 0, max_d = 0;
+        for (int64_t i = 0; i < N_IDS * V; ++i) {
+            const double d = (double)got[i] - want[i];
+            se += d * d;
+            ss += (double)want[i] * want[i];
+            max_d = fmax(max_d, fabs(d));
+        }
+        const double rel = sqrt(se / ss);
+        const double eps = s == 0 ? 0.0 : weight_error(path, ref_path);
+        const double bound = s == 0 ? 1e-5 : 2.0 * sqrt(7.0 * L + 1.0) * eps;
+        int checked = 0;
+        for (int t = 0; t < N_IDS; ++t) {
+            const float *w = want + t * V, *g = got + t * V;
+            int64_t best = 0, gbest = 0;
+            for (int64_t v = 1; v < V; ++v) {
+                if (w[v] > w[best]) best = v;
+                if (g[v] > g[gbest]) gbest = v;
+            }
+            float second = -INFINITY;
+            for (int64_t v = 0; v < V; ++v)
+                if (v != best && w[v] > second) second = w[v];
+            if (w[best] - second > 2 * max_d) {
+                ++checked;
+                if (gbest != best)
+                    fail_msg("%s %s position %d: greedy %lld, reference %lld (margin %g, max change %g)",
+                             kw_arch_name(arch), names[s], t, (long long)gbest, (long long)best,
+                             (double)(w[best] - second), max_d);
+            }
+        }
+        print_message("  %s %-6s: weight error %.4f, logits relative RMS %.3g (bound %.3g), greedy checked at %d/%d\n",
+                      kw_arch_name(arch), names[s], eps, rel, bound, checked, N_IDS);
+        assert_true(rel <= bound);
+        free(got);
+    }
+    free(want);
+    kw_backend_destroy(be);
+    /* the folder and its files */
+    static const char *const files[] = {"f32.gguf",    "bf16.gguf",   "q8_0.gguf",         "q4_k.gguf",
+                                        "q4_k_m.gguf", "config.json", "model.safetensors", "generation_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void test_llama_untied(void **state) {
+    (void)state;
+    run_arch(KW_ARCH_LLAMA, 0);
+}
+
+static void test_qwen3_tied(void **state) {
+    (void)state;
+    run_arch(KW_ARCH_QWEN3, 1);
+}
+
+static void test_gemma3(void **state) {
+    (void)state;
+    run_arch(KW_ARCH_GEMMA3, 1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_llama_untied),
+        cmocka_unit_test(test_qwen3_tied),
+        cmocka_unit_test(test_gemma3),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
