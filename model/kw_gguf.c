@@ -65,8 +65,7 @@ const char *kw_gguf_type_name(enum kw_gguf_type type) {
     return (unsigned)type < KW_GGUF_TYPE_COUNT ? kw_gguf_type_names[type] : "?";
 }
 
-/* Bytes of one scalar of type t; 0 for STRING and ARRAY (variable) and invalid types. */
-static size_t kw_gguf_scalar_size(uint32_t t) {
+size_t kw_gguf_scalar_size(uint32_t t) {
     switch (t) {
     case KW_GGUF_UINT8:
     case KW_GGUF_INT8:

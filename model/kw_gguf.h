@@ -40,6 +40,9 @@ enum kw_gguf_type {
     KW_GGUF_TYPE_COUNT = 13,
 };
 
+/* Bytes of one scalar of type t (a KW_GGUF_* value type); 0 for STRING and ARRAY (variable) and invalid types. */
+size_t kw_gguf_scalar_size(uint32_t t);
+
 #define KW_GGUF_MAX_DIMS          4
 #define KW_GGUF_DEFAULT_ALIGNMENT 32
 

@@ -158,29 +158,6 @@ int kw_gguf_writer_set_str(kw_gguf_writer *w, const char *key, const char *s, si
     return kw_gw_end_kv(w);
 }
 
-/* Bytes of one element of a fixed-size type; 0 for STRING, ARRAY and unknown types. */
-static size_t kw_gw_elem_size(enum kw_gguf_type t) {
-    switch (t) {
-    case KW_GGUF_UINT8:
-    case KW_GGUF_INT8:
-    case KW_GGUF_BOOL:
-        return 1;
-    case KW_GGUF_UINT16:
-    case KW_GGUF_INT16:
-        return 2;
-    case KW_GGUF_UINT32:
-    case KW_GGUF_INT32:
-    case KW_GGUF_FLOAT32:
-        return 4;
-    case KW_GGUF_UINT64:
-    case KW_GGUF_INT64:
-    case KW_GGUF_FLOAT64:
-        return 8;
-    default:
-        return 0;
-    }
-}
-
 /* Appends count native elements of size es as little-endian bytes. */
 static void kw_gw_elems(kw_buf *b, const void *values, uint64_t count, size_t es) {
     const uint8_t *p = values;
@@ -207,7 +184,7 @@ static void kw_gw_elems(kw_buf *b, const void *values, uint64_t count, size_t es
 
 int kw_gguf_writer_set_array(kw_gguf_writer *w, const char *key, enum kw_gguf_type elem_type, const void *values,
                              uint64_t count) {
-    const size_t es = kw_gw_elem_size(elem_type);
+    const size_t es = kw_gguf_scalar_size(elem_type);
     KW_RETURN_IF(es == 0, KW_E_INVALID_ARG,
                  "GGUF writer: an array of %s (fixed-size types only; strings: "
                  "kw_gguf_writer_set_str_array)",
@@ -246,7 +223,7 @@ int kw_gguf_writer_copy_kv(kw_gguf_writer *w, const kw_gguf *g, const kw_gguf_kv
         return kw_gguf_writer_set_str(w, kv->key, s, n);
     }
     if (kv->type != KW_GGUF_ARRAY) {
-        const size_t es = kw_gw_elem_size(kv->type);
+        const size_t es = kw_gguf_scalar_size(kv->type);
         KW_RETURN_IF(es == 0, KW_E_MODEL_FORMAT, "GGUF key %s has type %u", kv->key, (unsigned)kv->type);
         KW_FORWARD(kw_gw_begin_kv(w, kv->key, kv->type));
         kw_buf_append(&w->kv, kv->value, es); /* already little-endian in the file */
@@ -264,7 +241,7 @@ int kw_gguf_writer_copy_kv(kw_gguf_writer *w, const kw_gguf *g, const kw_gguf_kv
         }
         return kw_gw_end_kv(w);
     }
-    const size_t es = kw_gw_elem_size(kv->elem_type);
+    const size_t es = kw_gguf_scalar_size(kv->elem_type);
     KW_RETURN_IF(es == 0, KW_E_MODEL_FORMAT, "GGUF key %s: arrays of %u", kv->key, (unsigned)kv->elem_type);
     KW_FORWARD(kw_gw_begin_kv(w, kv->key, KW_GGUF_ARRAY));
     kw_gw_u32(&w->kv, (uint32_t)kv->elem_type);

@@ -61,6 +61,20 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const 
     }
 }
 
+/* The softmax numerators of one head's visible scores e_row[0, n) in place (exp(s - max), the fixed exp of
+ * kw__cpu_exp_f32), returning 1 / their sum (16 lanes, then the fixed tree of hsum). */
+KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_exp_row)(float *e_row, int64_t n, float max) {
+    for (int64_t i = 0; i < n; ++i)
+        e_row[i] -= max;
+    kw__cpu_exp_f32(KW_SIMD_ISA, e_row, e_row, n);
+    KW_VT sv = KW_V(zero)();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        sv = KW_V(add)(sv, KW_V(load)(e_row + i));
+    if (i < n) sv = KW_V(add)(sv, KW_V(load_n)(e_row + i, (int)(n - i)));
+    return 1.0f / KW_V(hsum)(sv);
+}
+
 /* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
  * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, int64_t nh, const char *kbase,
@@ -88,15 +102,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
             memset(o, 0, (size_t)D * sizeof(float));
             continue;
         }
-        for (int64_t i = 0; i < n; ++i)
-            e_row[i] -= maxs[g];
-        kw__cpu_exp_f32(KW_SIMD_ISA, e_row, e_row, n);
-        KW_VT sv = KW_V(zero)();
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16)
-            sv = KW_V(add)(sv, KW_V(load)(e_row + i));
-        if (i < n) sv = KW_V(add)(sv, KW_V(load_n)(e_row + i, (int)(n - i)));
-        const float inv = 1.0f / KW_V(hsum)(sv);
+        const float inv = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
         for (int64_t d0 = 0; d0 < D; d0 += 64)
             KW_ISA_FN(kw_attn_out_block)(o, e_row, vbase, row_bytes, dt, lo, n, D, d0, inv);
     }
@@ -210,15 +216,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
             memset(o, 0, (size_t)D * sizeof(float));
             continue;
         }
-        for (int64_t i = 0; i < n; ++i)
-            e_row[i] -= maxs[g];
-        kw__cpu_exp_f32(KW_SIMD_ISA, e_row, e_row, n);
-        KW_VT sv = KW_V(zero)();
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16)
-            sv = KW_V(add)(sv, KW_V(load)(e_row + i));
-        if (i < n) sv = KW_V(add)(sv, KW_V(load_n)(e_row + i, (int)(n - i)));
-        os[m] = o, es[m] = e_row, inv[m] = 1.0f / KW_V(hsum)(sv);
+        os[m] = o, es[m] = e_row, inv[m] = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
         ++m;
     }
     for (int g0 = 0; g0 < m; g0 += 4)
