@@ -130,7 +130,7 @@ static void test_round_trips(void **state) {
 static void test_exact_grid(void **state) {
     (void)state;
     float x[256], y[256];
-    uint8_t q[512];
+    uint8_t q[256 * sizeof(float)]; /* the largest row: 256 f32 values */
     /* Q8_0: codes -127..127 times 2^-4 (the code 127 fixes d = 2^-4) */
     for (int i = 0; i < 256; ++i)
         x[i] = (float)((i * 37) % 255 - 127) / 16.0f;
@@ -172,7 +172,7 @@ static void test_exact_grid(void **state) {
 static void test_refusals(void **state) {
     (void)state;
     float x[256] = {0};
-    uint8_t q[512];
+    uint8_t q[256 * sizeof(float)]; /* the largest row: 256 f32 values */
     assert_int_equal(kw_quantize_row(KW_GGML_Q4_K, x, 128, q), KW_E_MODEL_SHAPE);
     assert_int_equal(kw_quantize_row(KW_GGML_Q4_0, x, 32, q), KW_E_MODEL_DTYPE);
     assert_int_equal(kw_quantize_row(KW_GGML_Q8_0, NULL, 32, q), KW_E_INVALID_ARG);
