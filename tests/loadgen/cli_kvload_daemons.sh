@@ -57,6 +57,13 @@ sport=$(ready_port s.ready sharerd sharerd.log)
 pids+=($!)
 rport=$(ready_port r.ready receiverd receiverd.log)
 url=http://127.0.0.1:$rport
+# Requests sent before receiverd's link to sharerd is up get 503 (a slow sanitizer build under load can take a while):
+# the sweep starts once /health says every sharer is connected.
+for _ in $(seq 600); do
+    curl -s "$url/health" | jq -e '.status == "ok"' >/dev/null && break
+    sleep 0.1
+done
+curl -s "$url/health" | jq -e '.status == "ok"' >/dev/null || fail "receiverd not healthy: $(curl -s "$url/health")"
 
 cat >sweep.yaml <<YAML
 run:
