@@ -88,8 +88,7 @@ int kw__cuda_widen_rows(kw_cuda_backend *cu, float *dst, const kw_tensor *w, int
 
 /* One warp per output row n: lanes stride over K (lane l sums k = l, l + 32, ... in ascending order), then a warp
  * reduction; each x row is reread from L1/L2. */
-template <typename W>
-__global__ void kw_k_gemv(float *y, const float *x, W w, int64_t M, int64_t N, int64_t K) {
+template <typename W> __global__ void kw_k_gemv(float *y, const float *x, W w, int64_t M, int64_t N, int64_t K) {
     const int lane = threadIdx.x & 31;
     const int64_t n = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= N) return;

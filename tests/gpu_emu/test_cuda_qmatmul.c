@@ -171,8 +171,8 @@ static void kw_case(kw_backend *gpu, kw_backend *cpu, enum kw_layout layout, int
             kw_mm(gpu, yf, x, &gf, b, M);
             kw_mm(cpu, yc, x, &cq, b, M);
             kw_expect(memcmp(yq, yf, (size_t)(M * N) * sizeof *yq) == 0,
-                      "%s M %lld, N %lld, K %lld, bias %d: quantized and f32 weights differ in bits", name, (long long)M,
-                      (long long)N, (long long)K, with_bias);
+                      "%s M %lld, N %lld, K %lld, bias %d: quantized and f32 weights differ in bits", name,
+                      (long long)M, (long long)N, (long long)K, with_bias);
             int within = 1;
             for (int64_t m = 0; m < M; ++m)
                 for (int64_t n = 0; n < N; ++n) {

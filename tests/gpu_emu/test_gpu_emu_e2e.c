@@ -702,7 +702,8 @@ static void test_kv_direct(void **state) {
     kw_model_free(mg);
 }
 
-/* No argument: every test but the quantized GGUF one; "gguf": that one alone (its own ctest entry, so each stays short). */
+/* No argument: every test but the quantized GGUF one; "gguf": that one alone (its own ctest entry, so each stays
+ * short). */
 int main(int argc, char **argv) {
 #ifdef KW_TEST_REAL_CUDA
     kw_backend *probe = NULL;
