@@ -10,7 +10,8 @@
  * Matmul keeps x in fp32 as the interface requires: cuBLAS's GemmEx has no f32-activation x bf16-weight form, so
  * small M runs a streaming kernel (kw__cuda_gemv) that widens weights in registers, and larger M widens W panel by
  * panel into an f32 workspace and calls cublasGemmEx with f32 operands and CUBLAS_COMPUTE_32F (no TF32). With f32
- * weights GemmEx runs on W directly.
+ * weights GemmEx runs on W directly. A weight kept quantized (KW_LAYOUT_QPANELS_*, kw_cuda.cuh) takes the same two
+ * paths, dequantized in registers by the streaming kernel and into the f32 panel for cuBLAS.
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
