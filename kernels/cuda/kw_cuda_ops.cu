@@ -1,5 +1,6 @@
-/* kw_cuda_ops.cu: the CUDA backend's kernels other than cuBLAS: streaming GEMV, weight widening, bias, embedding
- * lookup, RMSNorm, RoPE, attention, KV store/load, activations, add, scale, softmax, argmax and copy.
+/* kw_cuda_ops.cu: the CUDA backend's kernels other than cuBLAS: streaming GEMV, weight widening, weights kept quantized
+ * (the packing of their device layout; the GEMV, widening and get_rows kernels read them through kw_cuda_qweight),
+ * bias, embedding lookup, RMSNorm, RoPE, attention, KV store/load, activations, add, scale, softmax, argmax and copy.
  *
  * The numerics follow the CPU backend and kernels/ref: fp32 throughout; the per-element rules (dtype loads and
  * stores, activations, RMSNorm's scale, the RoPE rotation, the attention span, argmax's candidate order, KV

@@ -3,8 +3,9 @@
  * tests/data/c2c/fusion and on a bf16 tiny Qwen3 generated here (1024-token vocabulary, bf16 weights widened by the
  * kernels), Cache-to-Cache (kw_fusion_run, receiver Qwen3 + sharer Qwen2 + fuser of the same fixtures, standard
  * L-1/1 split) and kv_direct (the receiver's own model as the sharer: kw_share_run's layer-by-layer prefill, the rows
- * handed to kw_receive exactly, then generation). The prompt is long enough (24+ tokens) that prefill takes the cuBLAS
- * path of the matmul and decode the streaming kernel.
+ * handed to kw_receive exactly, then generation). With the argument "gguf" (its own ctest entry): Q8_0 and Q4_K_M GGUF
+ * files from kw_quantize_file, their weights kept quantized on both backends, receiver-only. The prompt is long enough
+ * (24+ tokens) that prefill takes the cuBLAS path of the matmul and decode the streaming kernel.
  *
  * Tolerance. Both backends compute in fp32 from the same weights and differ only in summation order (blocked, tree,
  * FMA or not); that is the situation of tests/model/test_model_parity.c (CPU vs HF torch, two fp32 implementations),
