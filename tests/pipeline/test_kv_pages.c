@@ -383,6 +383,57 @@ static void test_reserved_codes(void **state) {
     }
 }
 
+/* The ends of the scale range, in a hand-made section: e8m0 2^-15 and 2^15 map to the bytes 8 and 248, 2^-16 and 2^16
+ * have no byte (with a non-zero code; a group of zero codes maps to 0 whatever its scale). */
+static void test_scale_bounds(void **state) {
+    (void)state;
+    const kw_wire_policy pol = cache_policy(KW_KVQ_INT8);
+    const int64_t T = 16;
+    static uint8_t kcodes[NH * 16 * ND], vcodes[NH * 16 * ND], kscales[NH * ND], vscales[NH * 16 * 2];
+    memset(kcodes, 1, sizeof kcodes), memset(vcodes, 1, sizeof vcodes);
+    memset(kscales, 127, sizeof kscales), memset(vscales, 127, sizeof vscales);
+    kw_wire_group_view g = {.first_token = 0, .n_tokens = (uint32_t)T};
+    g.k = (kw_wire_tensor_view){.spec = pol.k, .scales = kscales, .codes = kcodes};
+    g.v = (kw_wire_tensor_view){.spec = pol.v, .scales = vscales, .codes = vcodes};
+    const kw_wire_section sec = {
+        .n_tokens = (uint32_t)T, .n_groups = 1, .n_kv_heads = NH, .head_dim = ND, .n_positions = CAP, .groups = &g};
+    uint32_t pos[16];
+    for (uint32_t t = 0; t < 16; ++t)
+        pos[t] = t;
+    const kw_kvq_geom kg = {.codec = KW_KVQ_INT8, .keys = 1, .H = NH, .cap = CAP, .D = ND, .page_tokens = NP};
+    const struct {
+        uint8_t e;
+        int byte; /* -1: refused */
+    } cases[] = {{127 - 15, 8}, {127 + 15, 248}, {127 - 16, -1}, {127 + 16, -1}, {127, 128}, {0, -1}, {254, -1}};
+    kw_kv_pages pg = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i)
+        for (int tensor = 0; tensor < 2; ++tensor) {
+            uint8_t *sc = tensor ? vscales : kscales;
+            sc[3] = cases[i].e;
+            enum kw_kv_store_reason reason;
+            assert_int_equal(kw_kv_pages_map(&pg, &sec, pos, &kg, 0, &reason), 0);
+            if (cases[i].byte < 0) {
+                assert_int_equal(reason, KW_KV_STORE_SCALE_RANGE);
+            } else {
+                assert_int_equal(reason, KW_KV_STORE_DIRECT);
+                assert_int_equal((tensor ? pg.rows.v_scales : pg.rows.k_scales)[3], cases[i].byte);
+            }
+            /* the same scale over zero codes maps to 0 */
+            uint8_t *codes = tensor ? vcodes : kcodes;
+            if (tensor)
+                memset(codes + 32 * 3, 0, 32); /* row 1 of head 0, the group of scale 3 (rows of 2 groups) */
+            else
+                for (int64_t t = 0; t < T; ++t)
+                    codes[t * ND + 3] = 0; /* channel 3 of head 0 over the page */
+            assert_int_equal(kw_kv_pages_map(&pg, &sec, pos, &kg, 0, &reason), 0);
+            assert_int_equal(reason, KW_KV_STORE_DIRECT);
+            assert_int_equal((tensor ? pg.rows.v_scales : pg.rows.k_scales)[3], 0);
+            memset(codes, 1, tensor ? sizeof vcodes : sizeof kcodes);
+            sc[3] = 127;
+        }
+    kw_kv_pages_free(&pg);
+}
+
 /* The specs: what the sharer is asked for. */
 static void test_specs(void **state) {
     (void)state;
@@ -405,7 +456,7 @@ int main(void) {
         cmocka_unit_test(test_direct_int8), cmocka_unit_test(test_direct_int4),
         cmocka_unit_test(test_direct_int6), cmocka_unit_test(test_direct_after_rows),
         cmocka_unit_test(test_refusals),    cmocka_unit_test(test_reserved_codes),
-        cmocka_unit_test(test_specs),
+        cmocka_unit_test(test_specs),       cmocka_unit_test(test_scale_bounds),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
