@@ -262,6 +262,20 @@ static int kw_receive_layer_expected(const kw_receive_peer *p, uint32_t layer) {
     return 0;
 }
 
+/* kv_direct, quantized cache: a layer of it holds rows [0, stored) with nothing missing, so the hidden rows of
+ * positions not sent (reserved and masked, never attended) are stored as zeros up to row `upto` before rows after
+ * them are written (a zero row widens no scale). A dense cache needs nothing. */
+static int kw_receive_fill_hidden(kw_receive *r, int32_t layer, int64_t upto) {
+    const int64_t stored = kw_kvcache_layer_rows(r->cache, layer);
+    if (!kw_kvcache_codec(r->cache) || stored >= upto) return 0;
+    const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
+    float *zeros = calloc((size_t)((upto - stored) * row), sizeof *zeros);
+    KW_RETURN_IF(zeros == NULL, KW_E_NOMEM, "receive: out of memory");
+    const int rc = kw_kvcache_write_rows(r->cache, layer, stored, upto - stored, zeros, zeros);
+    free(zeros);
+    return rc;
+}
+
 /* kv_direct: the rows become the receiver's own, layer by layer, with the same positions in every layer. */
 static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int64_t *pos, const float *k,
                              const float *v) {
@@ -290,6 +304,7 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
         int64_t len = 1;
         while (i + len < T && pos[i + len] == pos[i] + len)
             ++len;
+        KW_FORWARD(kw_receive_fill_hidden(r, layer, pos[i]));
         KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, pos[i], len, k + i * row, v + i * row));
         i += len;
     }
@@ -519,6 +534,8 @@ int kw_receive_end_section(kw_receive *r, int32_t section) {
     } else if (r->peers[0].expecting) {
         for (int32_t l = 0; l < r->peers[0].n_layers; ++l)
             KW_RETURN_IF(!r->layer_seen[l], KW_E_SHARE_INCOMPLETE, "receive: kv_direct layer %d never arrived", (int)l);
+        for (int32_t l = 0; l < r->peers[0].n_layers; ++l)
+            KW_FORWARD(kw_receive_fill_hidden(r, l, r->cur_start + r->cur_len));
         for (int64_t i = 0; i < r->direct_n; ++i)
             KW_FORWARD(kw_kvcache_set_valid(r->cache, r->direct_pos[i], 1, 1));
     }
