@@ -345,39 +345,46 @@ static void test_refusals(void **state) {
     assert_string_equal(kw_kv_store_reason_name(KW_KV_STORE_REASONS), "?");
 }
 
-/* A reserved code in a hand-made section (a decoder would have refused it while dequantizing): int8 -128 in K's first
- * page, int4 nibble 8 in V. */
+/* A hand-made section of one group of 16 rows at positions 0..15 in the cache layout of codec c, every code byte
+ * code_byte, every scale 2^0. */
+typedef struct handmade {
+    uint8_t kcodes[NH * 16 * ND], vcodes[NH * 16 * ND], kscales[NH * ND], vscales[NH * 16 * 2];
+    kw_wire_group_view g;
+    kw_wire_section sec;
+    uint32_t pos[16];
+    kw_kvq_geom kg;
+} handmade;
+
+static void handmade_init(handmade *m, enum kw_kvq_codec c, uint8_t code_byte) {
+    const kw_wire_policy pol = cache_policy(c);
+    memset(m->kcodes, code_byte, sizeof m->kcodes), memset(m->vcodes, code_byte, sizeof m->vcodes);
+    memset(m->kscales, 127, sizeof m->kscales), memset(m->vscales, 127, sizeof m->vscales);
+    m->g = (kw_wire_group_view){.first_token = 0, .n_tokens = 16};
+    m->g.k = (kw_wire_tensor_view){.spec = pol.k, .scales = m->kscales, .codes = m->kcodes};
+    m->g.v = (kw_wire_tensor_view){.spec = pol.v, .scales = m->vscales, .codes = m->vcodes};
+    m->sec = (kw_wire_section){
+        .n_tokens = 16, .n_groups = 1, .n_kv_heads = NH, .head_dim = ND, .n_positions = CAP, .groups = &m->g};
+    for (uint32_t t = 0; t < 16; ++t)
+        m->pos[t] = t;
+    m->kg = (kw_kvq_geom){.codec = c, .keys = 1, .H = NH, .cap = CAP, .D = ND, .page_tokens = NP};
+}
+
+/* A reserved code (a decoder would have refused it while dequantizing): int8 -128 in K's first page, int4 nibble 8
+ * in V. */
 static void test_reserved_codes(void **state) {
     (void)state;
     for (int which = 0; which < 2; ++which) {
         const enum kw_kvq_codec c = which ? KW_KVQ_INT4 : KW_KVQ_INT8;
-        const kw_wire_policy pol = cache_policy(c);
-        const int64_t T = 16, wrb = (int64_t)wire_row_bytes(c);
-        uint8_t kcodes[NH * 16 * ND], vcodes[NH * 16 * ND], kscales[NH * ND], vscales[NH * 16 * 2];
-        memset(kcodes, 0x11, sizeof kcodes), memset(vcodes, 0x11, sizeof vcodes);
-        memset(kscales, 127, sizeof kscales), memset(vscales, 127, sizeof vscales);
-        if (which)
-            vcodes[5 * wrb + 3] = 0x81; /* element 7 of row 5: nibble 8 */
-        else
-            kcodes[3 * wrb + 9] = 0x80;
-        kw_wire_group_view g = {.first_token = 0, .n_tokens = (uint32_t)T};
-        g.k = (kw_wire_tensor_view){.spec = pol.k, .scales = kscales, .codes = kcodes};
-        g.v = (kw_wire_tensor_view){.spec = pol.v, .scales = vscales, .codes = vcodes};
-        const kw_wire_section sec = {
-            .n_tokens = (uint32_t)T, .n_groups = 1, .n_kv_heads = NH, .head_dim = ND, .n_positions = CAP, .groups = &g};
-        uint32_t pos[16];
-        for (uint32_t t = 0; t < 16; ++t)
-            pos[t] = t;
-        const kw_kvq_geom kg = {.codec = c, .keys = 1, .H = NH, .cap = CAP, .D = ND, .page_tokens = NP};
+        const int64_t wrb = (int64_t)wire_row_bytes(c);
+        handmade m;
+        handmade_init(&m, c, 0x11);
+        uint8_t *bad = which ? &m.vcodes[5 * wrb + 3] : &m.kcodes[3 * wrb + 9];
+        *bad = which ? 0x81 : 0x80; /* int4: element 7 of row 5 is nibble 8 */
         kw_kv_pages pg = {0};
         enum kw_kv_store_reason reason;
-        assert_int_equal(kw_kv_pages_map(&pg, &sec, pos, &kg, 0, &reason), KW_E_WIRE_VALUE);
-        /* without the reserved code it maps */
-        if (which)
-            vcodes[5 * wrb + 3] = 0x11;
-        else
-            kcodes[3 * wrb + 9] = 0x11;
-        assert_int_equal(kw_kv_pages_map(&pg, &sec, pos, &kg, 0, &reason), 0);
+        assert_int_equal(kw_kv_pages_map(&pg, &m.sec, m.pos, &m.kg, 0, &reason), KW_E_WIRE_VALUE);
+        *bad = 0x11; /* without the reserved code it maps */
+        assert_int_equal(kw_kv_pages_map(&pg, &m.sec, m.pos, &m.kg, 0, &reason), 0);
         assert_int_equal(reason, KW_KV_STORE_DIRECT);
         kw_kv_pages_free(&pg);
     }
@@ -387,20 +394,8 @@ static void test_reserved_codes(void **state) {
  * have no byte (with a non-zero code; a group of zero codes maps to 0 whatever its scale). */
 static void test_scale_bounds(void **state) {
     (void)state;
-    const kw_wire_policy pol = cache_policy(KW_KVQ_INT8);
-    const int64_t T = 16;
-    static uint8_t kcodes[NH * 16 * ND], vcodes[NH * 16 * ND], kscales[NH * ND], vscales[NH * 16 * 2];
-    memset(kcodes, 1, sizeof kcodes), memset(vcodes, 1, sizeof vcodes);
-    memset(kscales, 127, sizeof kscales), memset(vscales, 127, sizeof vscales);
-    kw_wire_group_view g = {.first_token = 0, .n_tokens = (uint32_t)T};
-    g.k = (kw_wire_tensor_view){.spec = pol.k, .scales = kscales, .codes = kcodes};
-    g.v = (kw_wire_tensor_view){.spec = pol.v, .scales = vscales, .codes = vcodes};
-    const kw_wire_section sec = {
-        .n_tokens = (uint32_t)T, .n_groups = 1, .n_kv_heads = NH, .head_dim = ND, .n_positions = CAP, .groups = &g};
-    uint32_t pos[16];
-    for (uint32_t t = 0; t < 16; ++t)
-        pos[t] = t;
-    const kw_kvq_geom kg = {.codec = KW_KVQ_INT8, .keys = 1, .H = NH, .cap = CAP, .D = ND, .page_tokens = NP};
+    static handmade m;
+    handmade_init(&m, KW_KVQ_INT8, 1);
     const struct {
         uint8_t e;
         int byte; /* -1: refused */
@@ -408,10 +403,10 @@ static void test_scale_bounds(void **state) {
     kw_kv_pages pg = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i)
         for (int tensor = 0; tensor < 2; ++tensor) {
-            uint8_t *sc = tensor ? vscales : kscales;
+            uint8_t *sc = tensor ? m.vscales : m.kscales;
             sc[3] = cases[i].e;
             enum kw_kv_store_reason reason;
-            assert_int_equal(kw_kv_pages_map(&pg, &sec, pos, &kg, 0, &reason), 0);
+            assert_int_equal(kw_kv_pages_map(&pg, &m.sec, m.pos, &m.kg, 0, &reason), 0);
             if (cases[i].byte < 0) {
                 assert_int_equal(reason, KW_KV_STORE_SCALE_RANGE);
             } else {
@@ -419,16 +414,16 @@ static void test_scale_bounds(void **state) {
                 assert_int_equal((tensor ? pg.rows.v_scales : pg.rows.k_scales)[3], cases[i].byte);
             }
             /* the same scale over zero codes maps to 0 */
-            uint8_t *codes = tensor ? vcodes : kcodes;
+            uint8_t *codes = tensor ? m.vcodes : m.kcodes;
             if (tensor)
                 memset(codes + 32 * 3, 0, 32); /* row 1 of head 0, the group of scale 3 (rows of 2 groups) */
             else
-                for (int64_t t = 0; t < T; ++t)
+                for (int64_t t = 0; t < 16; ++t)
                     codes[t * ND + 3] = 0; /* channel 3 of head 0 over the page */
-            assert_int_equal(kw_kv_pages_map(&pg, &sec, pos, &kg, 0, &reason), 0);
+            assert_int_equal(kw_kv_pages_map(&pg, &m.sec, m.pos, &m.kg, 0, &reason), 0);
             assert_int_equal(reason, KW_KV_STORE_DIRECT);
             assert_int_equal((tensor ? pg.rows.v_scales : pg.rows.k_scales)[3], 0);
-            memset(codes, 1, tensor ? sizeof vcodes : sizeof kcodes);
+            memset(codes, 1, tensor ? sizeof m.vcodes : sizeof m.kcodes);
             sc[3] = 127;
         }
     kw_kv_pages_free(&pg);
