@@ -10,8 +10,9 @@
 #include "kernels/kw_kvq_format.h"
 
 static const char *const kw_kv_store_names[KW_KV_STORE_REASONS] = {
-    "direct",     "dense_cache",  "forced",   "token_groups", "codec",     "zero_points",   "scale_dtype",
-    "key_layout", "value_layout", "outliers", "pre_rope",     "positions", "page_boundary", "scale_range"};
+    "direct",      "dense_cache", "forced",        "token_groups", "codec",
+    "zero_points", "scale_dtype", "key_layout",    "value_layout", "outliers",
+    "pre_rope",    "positions",   "page_boundary", "scale_range",  "no_codec"};
 
 const char *kw_kv_store_reason_name(enum kw_kv_store_reason reason) {
     return (unsigned)reason < KW_KV_STORE_REASONS ? kw_kv_store_names[reason] : "?";

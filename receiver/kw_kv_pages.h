@@ -36,11 +36,12 @@ enum kw_kv_store_reason {
     KW_KV_STORE_POSITIONS = 11,     /* the positions are not the rows that continue the layer's stored ones */
     KW_KV_STORE_PAGE_BOUNDARY = 12, /* the layer's stored rows do not end on a page boundary */
     KW_KV_STORE_SCALE_RANGE = 13,   /* a scale of a group with a non-zero code is outside 2^-15..2^15 */
+    KW_KV_STORE_NO_CODEC = 14,      /* f32 rows without a KVWire section (kw_receive_rows): quantized once */
 };
-#define KW_KV_STORE_REASONS 14
+#define KW_KV_STORE_REASONS 15
 
 /* "direct", "dense_cache", "forced", "token_groups", "codec", "zero_points", "scale_dtype", "key_layout",
- * "value_layout", "outliers", "pre_rope", "positions", "page_boundary", "scale_range"; "?" for others. */
+ * "value_layout", "outliers", "pre_rope", "positions", "page_boundary", "scale_range", "no_codec"; "?" for others. */
 const char *kw_kv_store_reason_name(enum kw_kv_store_reason reason);
 
 /* The host buffers one section's rows take in the cache's format (owned, reused from section to section). */

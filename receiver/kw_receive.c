@@ -300,6 +300,8 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
     }
     const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
     r->stats.rows_requantized += T;
+    if (r->stats.store_reason == KW_KV_STORE_DIRECT) /* rows without a section (kw_receive_rows) */
+        r->stats.store_reason = kw_kvcache_codec(r->cache) ? KW_KV_STORE_NO_CODEC : KW_KV_STORE_DENSE_CACHE;
     for (int64_t i = 0; i < T;) {
         int64_t len = 1;
         while (i + len < T && pos[i + len] == pos[i] + len)

@@ -2,7 +2,7 @@
 # cli_c2c_kv_store.sh: `kvwire c2c --mode kv_direct` into a quantized receiver cache (receiver/kw_kv_pages.h).
 #   --wire cache asks the sharer for the cache's layout and every shared row of every layer is stored as its sent codes
 #   (kv_store: direct, the rows of the last partial page counted in rows_tail); --requantize stores the same blob
-#   through the quantizer (reason forced); another layout is requantized with its reason; a dense cache says dense;
+#   through the quantizer (reason forced); another layout is requantized with its reason; a dense cache says dense, rows without --wire no_codec;
 #   int4 and int6 caches the same; refusals: --cache outside kv_direct (receiver_only), --wire cache without --cache, a page length
 #   that is not a power of two.
 # Arguments: kvwire binary, source dir, build dir.
@@ -29,7 +29,9 @@ run --cache int4 --wire int4 >o.txt
 run --cache int8 --wire int8 --wire-gran channel64 --wire-scale e8m0 >o.txt # pages of 64: K fits, V per token
 [ "$(field kv_store o.txt | sed 's/.* reason //')" = value_layout ] || fail "int8 channel64: $(field kv_store o.txt)"
 run --wire int8 >o.txt
-[ "$(field kv_store o.txt | cut -d' ' -f1)" = dense ] || fail "bf16 cache: $(field kv_store o.txt)"
+[ "$(field kv_store o.txt | sed 's/ rows.*reason / /')" = "dense dense_cache" ] || fail "bf16: $(field kv_store o.txt)"
+run --cache int8 >o.txt # rows in memory, no codec: quantized once
+[ "$(field kv_store o.txt | sed 's/ rows.*reason / /')" = "requantized no_codec" ] || fail "rows: $(field kv_store o.txt)"
 
 st=0
 run --cache int8 --mode receiver_only >/dev/null 2>err.txt || st=$?
