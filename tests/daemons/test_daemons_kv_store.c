@@ -89,6 +89,17 @@ static void test_kv_store(void **state) {
     assert_string_equal(str(r.json, "kvwire.kv_store.store"), "requantized");
     assert_string_equal(str(r.json, "kvwire.kv_store.reason"), "positions");
     kwd_response_free(&r);
+    /* two rounds: round one's front fifth goes in as pages, round two's rows (after them, inside pages already
+     * stored) through the quantizer, which rebuilds those pages */
+    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"front\",\"proportion\":0.2},"
+         "\"refine\":{\"threshold\":1e6,\"proportion\":0.7}}",
+         200, &r);
+    assert_true(cJSON_IsTrue(kwd_json_get(r.json, "kvwire.refine.applied")));
+    assert_string_equal(str(r.json, "kvwire.kv_store.store"), "requantized");
+    assert_string_equal(str(r.json, "kvwire.kv_store.reason"), "positions");
+    assert_true(kwd_json_num(r.json, "kvwire.kv_store.rows_direct") > 0);
+    assert_true(kwd_json_num(r.json, "kvwire.kv_store.rows_requantized") > 0);
+    kwd_response_free(&r);
     /* c2c: no kv_store; "cache" is a kv_direct layout */
     post("{}", 200, &r);
     assert_true(cJSON_IsNull(kwd_json_get(r.json, "kvwire.kv_store")));
@@ -99,7 +110,7 @@ static void test_kv_store(void **state) {
     kwd_response_free(&r);
     kwd_http(rd.port, "/metrics", NULL, &r);
     assert_non_null(strstr(r.body, "kvwire_kv_store_total{store=\"direct\"} 2"));
-    assert_non_null(strstr(r.body, "kvwire_kv_store_total{store=\"requantized\"} 3"));
+    assert_non_null(strstr(r.body, "kvwire_kv_store_total{store=\"requantized\"} 4"));
     kwd_response_free(&r);
 }
 
