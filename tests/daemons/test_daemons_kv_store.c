@@ -3,8 +3,9 @@
  * the receiver's cache layout from the sharer (the policy echo names it) and its rows are stored as the sent codes:
  * kv_store "direct", no reason, every shared row of every layer direct; a request with another layout is
  * "requantized" with its reason (a selection with gaps too: the positions not sent are stored as hidden zero rows,
- * which a quantized cache needs to hold the rows after them); c2c has no kv_store; codec "cache" outside kv_direct is a
- * 400; /metrics counts both. Both daemons must then exit cleanly on SIGTERM. */
+ * which a quantized cache needs to hold the rows after them; a refinement's round two, written into pages already
+ * stored); c2c has no kv_store; codec "cache" outside kv_direct is a 400; /metrics counts both. Both daemons must then
+ * exit cleanly on SIGTERM. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
