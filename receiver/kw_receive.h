@@ -9,7 +9,9 @@
  *   kv_direct  the sharer runs the receiver's own model: the rows of every layer are written into the receiver cache
  *              as its own (disaggregated prefill), every layer with the same positions; positions of a sent section
  *              that were not selected stay hidden (the cache's validity mask). Sections that are not sent are
- *              prefilled here, on top of what arrived.
+ *              prefilled here, on top of what arrived. Into a quantized cache, a section in the cache's layout goes in
+ *              as pages, its codes as sent (receiver/kw_kv_pages.h; the stats say which rows did and why others did
+ *              not), and the positions not sent are stored as hidden zero rows (a quantized layer has no gaps).
  * Everything a sharer sends is checked before use: the blob's geometry against the sharer's, the positions against
  * the section, each layer against the layers the request asked for, the checksums by the KVWire decoder. A bad blob
  * fails the request with that error; nothing of it is applied past the failing section.
