@@ -7,6 +7,7 @@
 
 #include "common/kw_size.h"
 #include "common/kw_status.h"
+#include "kernels/kw_kvq_format.h"
 
 struct kw_kvcache {
     kw_backend *backend; /* borrowed */
@@ -393,4 +394,61 @@ out:;
     kw_tensor_free(&tk);
     kw_tensor_free(&tv);
     return rc;
+}
+
+const kw_tensor *kw_kvcache_kvq_storage(const kw_kvcache *cache, int32_t layer, int keys, kw_kvq_geom *geom) {
+    if (!cache || !cache->codec || layer < 0 || layer >= cache->n_layers) return NULL;
+    if (geom) *geom = keys ? cache->kg : cache->vg;
+    return keys ? &cache->k[layer] : &cache->v[layer];
+}
+
+int64_t kw_kvcache_layer_rows(const kw_kvcache *cache, int32_t layer) {
+    if (!cache || layer < 0 || layer >= cache->n_layers) return -1;
+    return cache->codec ? cache->stored[layer] : cache->length;
+}
+
+int kw_kvcache_store_kvq(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, const kw_kvq_rows *rows) {
+    KW_RETURN_IF(!cache || !rows || !cache->codec, KW_E_INVALID_ARG, "kvcache: raw rows need a quantized cache");
+    KW_RETURN_IF(layer < 0 || layer >= cache->n_layers || n < 0, KW_E_INVALID_ARG, "kvcache: layer %d, %lld rows",
+                 (int)layer, (long long)n);
+    const kw_kvq_geom *kg = &cache->kg, *vg = &cache->vg;
+    const int64_t P = kg->page_tokens, D = kg->D, H = kg->H, G = kw_kvq_value_group(D);
+    KW_RETURN_IF(p0 != cache->stored[layer] || p0 % P != 0 || p0 > cache->length, KW_E_INVALID_ARG,
+                 "kvcache: raw rows at %lld, but layer %d holds %lld rows (pages of %lld, length %lld)", (long long)p0,
+                 (int)layer, (long long)cache->stored[layer], (long long)P, (long long)cache->length);
+    KW_RETURN_IF(n > cache->capacity - p0, KW_E_MODEL_CONTEXT, "kvcache: rows [%lld, +%lld) beyond capacity %lld",
+                 (long long)p0, (long long)n, (long long)cache->capacity);
+    const int64_t full = n / P * P;
+    KW_RETURN_IF(!rows->v_codes || !rows->v_scales || (full > 0 && (!rows->k_codes || !rows->k_scales)) ||
+                     (n > full && !rows->k_tail),
+                 KW_E_INVALID_ARG, "kvcache: raw rows without their bytes");
+    if (n == 0) return 0;
+    const size_t rb = kw_kvq_row_bytes(kg->codec, D), khead = kw_kvq_head_bytes(kg), vhead = kw_kvq_head_bytes(vg);
+    kw_tensor *ks = &cache->k[layer], *vs = &cache->v[layer];
+    int rc = 0;
+    for (int64_t h = 0; h < H && rc == 0; ++h) {
+        const size_t kb = (size_t)h * khead, vb = (size_t)h * vhead;
+        if (full > 0) {
+            rc = kw_backend_upload(cache->backend, ks, kb + (size_t)p0 * rb, rows->k_codes + (size_t)(h * full) * rb,
+                                   (size_t)full * rb);
+            if (rc == 0)
+                rc = kw_backend_upload(cache->backend, ks, kb + kw_kvq_scales_offset(kg) + (size_t)(p0 / P * D),
+                                       rows->k_scales + (size_t)(h * (full / P) * D), (size_t)(full / P * D));
+        }
+        if (rc == 0 && n > full)
+            rc = kw_backend_upload(cache->backend, ks, kb + kw_kvq_tail_offset(kg),
+                                   rows->k_tail + (size_t)(h * (n - full) * D), (size_t)((n - full) * D) * 2);
+        if (rc == 0)
+            rc = kw_backend_upload(cache->backend, vs, vb + (size_t)p0 * rb, rows->v_codes + (size_t)(h * n) * rb,
+                                   (size_t)n * rb);
+        if (rc == 0)
+            rc = kw_backend_upload(cache->backend, vs, vb + kw_kvq_scales_offset(vg) + (size_t)(p0 * (D / G)),
+                                   rows->v_scales + (size_t)(h * n * (D / G)), (size_t)(n * (D / G)));
+    }
+    const int sync = kw_backend_synchronize(cache->backend); /* rows are the caller's again when this returns */
+    if (rc == 0) rc = sync;
+    KW_FORWARD(rc);
+    cache->stored[layer] = p0 + n;
+    if (p0 + n > cache->length) cache->length = p0 + n;
+    return 0;
 }

@@ -123,6 +123,33 @@ int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor
  * together (and needs p0 <= those rows, which the forward pass's append then store keeps equal to length). */
 int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw_tensor *k_src, const kw_tensor *v_src);
 
+/* The raw storages of a quantized cache (kernels/kw_kvq_format.h), for code that writes or checks their bytes: one
+ * layer's K (keys 1) or V (keys 0) storage, owned by the cache, with its geometry in *geom (may be NULL). NULL for a
+ * dense cache or a layer out of range. */
+const kw_tensor *kw_kvcache_kvq_storage(const kw_kvcache *cache, int32_t layer, int keys, kw_kvq_geom *geom);
+
+/* The rows layer holds: a quantized layer's stored rows (K and V gain rows together, kw_kvcache_store_rows), a dense
+ * cache's length; -1 for a layer out of range. */
+int64_t kw_kvcache_layer_rows(const kw_kvcache *cache, int32_t layer);
+
+/* Rows already in the format of a quantized cache's storages (kernels/kw_kvq_format.h), in host memory laid out per
+ * head as the storages lay them out, for kw_kvcache_store_kvq. With P = page_tokens, n rows and full = n / P * P: */
+typedef struct kw_kvq_rows {
+    const uint8_t *k_codes;  /* (H, full, row bytes): the key codes of the full pages */
+    const uint8_t *k_scales; /* (H, full / P, D): their per-channel scale bytes */
+    const uint16_t *k_tail;  /* (H, n - full, D) bf16: the keys of the last page, not full (NULL when n = full) */
+    const uint8_t *v_codes;  /* (H, n, row bytes): the value codes of every row */
+    const uint8_t *v_scales; /* (H, n, D / G): their per-group scale bytes (G = kw_kvq_value_group(D)) */
+} kw_kvq_rows;
+
+/* Stores rows [p0, p0 + n) of one layer of a quantized cache as the given bytes, without quantizing anything: p0 must
+ * be the rows the layer has stored so far and a multiple of page_tokens (its tail page is empty), p0 + n <= capacity.
+ * The layer then holds p0 + n rows (length grows to at least that). The bytes are the caller's claim: the codes and
+ * scale bytes are copied as they are (any byte is a valid scale; the int8 code -128 and the int6 code -32 are the
+ * caller's to avoid). KW_E_INVALID_ARG (a dense cache, a bad position), KW_E_MODEL_CONTEXT (past capacity). Has
+ * finished with rows when it returns. */
+int kw_kvcache_store_kvq(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, const kw_kvq_rows *rows);
+
 /* Host copies: k and v (either may be NULL) are caller-owned f32 arrays of n * Hkv * head_dim values laid out
  * (n, Hkv, head_dim), token-major. read_rows synchronizes the backend before returning; write_rows has the placement
  * rules of store_rows and has finished with k and v when it returns. */

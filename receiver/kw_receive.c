@@ -49,6 +49,8 @@ struct kw_receive {
     uint8_t *layer_seen;
     int64_t *direct_pos;
     int64_t direct_n;
+    int requantize;    /* kw_receive_options.requantize */
+    kw_kv_pages pages; /* kv_direct: the current section as cache pages */
     kw_receive_stats stats;
 };
 
@@ -77,7 +79,13 @@ void kw_receive_free(kw_receive *r) {
     }
     free(r->pos32), free(r->pos);
     free(r->layer_seen), free(r->direct_pos);
+    kw_kv_pages_free(&r->pages);
     free(r);
+}
+
+const char *kw_receive_kv_store(const kw_receive_stats *stats) {
+    if (stats->rows_requantized > 0) return stats->store_reason == KW_KV_STORE_DENSE_CACHE ? "dense" : "requantized";
+    return stats->rows_direct > 0 ? "direct" : "none";
 }
 
 const kw_receive_stats *kw_receive_get_stats(const kw_receive *r) {
@@ -146,6 +154,7 @@ int kw_receive_begin(kw_model *model, kw_fusion *f, kw_kvcache *cache, const int
     KW_RETURN_IF(r == NULL, KW_E_NOMEM, "kw_receive_begin: out of memory");
     int rc = 0;
     r->mode = opt->mode;
+    r->requantize = opt->requantize;
     r->model = model;
     r->f = f;
     r->cache = cache;
@@ -253,6 +262,20 @@ static int kw_receive_layer_expected(const kw_receive_peer *p, uint32_t layer) {
     return 0;
 }
 
+/* kv_direct, quantized cache: a layer of it holds rows [0, stored) with nothing missing, so the hidden rows of
+ * positions not sent (reserved and masked, never attended) are stored as zeros up to row `upto` before rows after
+ * them are written (a zero row widens no scale). A dense cache needs nothing. */
+static int kw_receive_fill_hidden(kw_receive *r, int32_t layer, int64_t upto) {
+    const int64_t stored = kw_kvcache_layer_rows(r->cache, layer);
+    if (!kw_kvcache_codec(r->cache) || stored >= upto) return 0;
+    const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
+    float *zeros = calloc((size_t)((upto - stored) * row), sizeof *zeros);
+    KW_RETURN_IF(zeros == NULL, KW_E_NOMEM, "receive: out of memory");
+    const int rc = kw_kvcache_write_rows(r->cache, layer, stored, upto - stored, zeros, zeros);
+    free(zeros);
+    return rc;
+}
+
 /* kv_direct: the rows become the receiver's own, layer by layer, with the same positions in every layer. */
 static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int64_t *pos, const float *k,
                              const float *v) {
@@ -268,11 +291,22 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
                  "receive: kv_direct layer %d carries other positions than the first layer", (int)layer);
     for (int64_t i = 1; i < T; ++i)
         KW_RETURN_IF(pos[i] <= pos[i - 1], KW_E_SHARE_POSITIONS, "receive: kv_direct positions are not increasing");
+    if (k == NULL) { /* the section mapped onto pages (kw_receive_try_pages): its bytes go in as they are */
+        KW_FORWARD(kw_kvcache_store_kvq(r->cache, layer, pos[0], T, &r->pages.rows));
+        r->stats.rows_direct += T;
+        r->stats.rows_tail += T - r->pages.full;
+        r->layer_seen[layer] = 1;
+        return 0;
+    }
     const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
+    r->stats.rows_requantized += T;
+    if (r->stats.store_reason == KW_KV_STORE_DIRECT) /* rows without a section (kw_receive_rows) */
+        r->stats.store_reason = kw_kvcache_codec(r->cache) ? KW_KV_STORE_NO_CODEC : KW_KV_STORE_DENSE_CACHE;
     for (int64_t i = 0; i < T;) {
         int64_t len = 1;
         while (i + len < T && pos[i + len] == pos[i] + len)
             ++len;
+        KW_FORWARD(kw_receive_fill_hidden(r, layer, pos[i]));
         KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, pos[i], len, k + i * row, v + i * row));
         i += len;
     }
@@ -280,7 +314,30 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
     return 0;
 }
 
-/* Applies T rows of one sharer layer at positions pos (validated here) from k, v. */
+/* kv_direct: whether the section goes into the cache as pages (*direct 1, r->pages filled) or is decoded (0, the
+ * reason recorded in the stats when it is the request's first). */
+static int kw_receive_try_pages(kw_receive *r, const kw_wire_section *sec, int *direct) {
+    *direct = 0;
+    const int64_t stored = kw_kvcache_layer_rows(r->cache, (int32_t)sec->layer);
+    if (stored < 0) return 0; /* a layer the cache does not have: kw_receive_apply refuses it */
+    enum kw_kv_store_reason reason = KW_KV_STORE_DENSE_CACHE;
+    if (kw_kvcache_codec(r->cache) && r->requantize) {
+        reason = KW_KV_STORE_FORCED;
+    } else if (kw_kvcache_codec(r->cache)) {
+        kw_kvq_geom kg;
+        kw_kvcache_kvq_storage(r->cache, (int32_t)sec->layer, 1, &kg);
+        KW_FORWARD(kw_kv_pages_map(&r->pages, sec, r->pos32, &kg, stored, &reason));
+    }
+    if (reason == KW_KV_STORE_DIRECT) {
+        *direct = 1;
+    } else if (r->stats.store_reason == KW_KV_STORE_DIRECT) {
+        r->stats.store_reason = (int32_t)reason;
+    }
+    return 0;
+}
+
+/* Applies T rows of one sharer layer at positions pos (validated here) from k, v (kv_direct: both NULL when the
+ * section goes in as r->pages). */
 static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_t T, const int64_t *pos, const float *k,
                             const float *v) {
     const kw_receive_peer *p = &r->peers[sharer];
@@ -336,6 +393,14 @@ static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_secti
     KW_FORWARD(kw_wire_section_positions(sec, r->pos32, r->pos_cap));
     for (int64_t i = 0; i < T; ++i)
         r->pos[i] = r->pos32[i];
+    if (r->mode == KW_RECEIVE_KV_DIRECT) {
+        int direct = 0;
+        KW_FORWARD(kw_receive_try_pages(r, sec, &direct));
+        if (direct) { /* nothing to dequantize: the codes are the cache's */
+            r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
+            return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, NULL, NULL);
+        }
+    }
     const kw_wire_tensor_out ko = {
         .data = r->k, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
     const kw_wire_tensor_out vo = {
@@ -471,6 +536,8 @@ int kw_receive_end_section(kw_receive *r, int32_t section) {
     } else if (r->peers[0].expecting) {
         for (int32_t l = 0; l < r->peers[0].n_layers; ++l)
             KW_RETURN_IF(!r->layer_seen[l], KW_E_SHARE_INCOMPLETE, "receive: kv_direct layer %d never arrived", (int)l);
+        for (int32_t l = 0; l < r->peers[0].n_layers; ++l)
+            KW_FORWARD(kw_receive_fill_hidden(r, l, r->cur_start + r->cur_len));
         for (int64_t i = 0; i < r->direct_n; ++i)
             KW_FORWARD(kw_kvcache_set_valid(r->cache, r->direct_pos[i], 1, 1));
     }

@@ -9,7 +9,9 @@
  *   kv_direct  the sharer runs the receiver's own model: the rows of every layer are written into the receiver cache
  *              as its own (disaggregated prefill), every layer with the same positions; positions of a sent section
  *              that were not selected stay hidden (the cache's validity mask). Sections that are not sent are
- *              prefilled here, on top of what arrived.
+ *              prefilled here, on top of what arrived. Into a quantized cache, a section in the cache's layout goes in
+ *              as pages, its codes as sent (receiver/kw_kv_pages.h; the stats say which rows did and why others did
+ *              not), and the positions not sent are stored as hidden zero rows (a quantized layer has no gaps).
  * Everything a sharer sends is checked before use: the blob's geometry against the sharer's, the positions against
  * the section, each layer against the layers the request asked for, the checksums by the KVWire decoder. A bad blob
  * fails the request with that error; nothing of it is applied past the failing section.
@@ -24,6 +26,7 @@
 #include "c2c/kw_fusion.h"
 #include "c2c/kw_select.h"
 #include "c2c/kw_share.h"
+#include "receiver/kw_kv_pages.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_alloc.h"
 
@@ -41,6 +44,9 @@ typedef struct kw_receive_options {
      * (c2c/kw_request.h kw_request_sharer_layers); NULL: all of those. Layers not sent are not fused. Borrowed. */
     const int32_t *layers[KW_FUSION_MAX_SHARERS];
     int32_t n_layers[KW_FUSION_MAX_SHARERS];
+    /* kv_direct with a quantized cache: 1 decodes every section and stores it through the cache's quantizer even when
+     * its codes could be stored as pages (receiver/kw_kv_pages.h); the comparison the tests and benchmarks make */
+    int requantize;
 } kw_receive_options;
 
 typedef struct kw_receive_stats {
@@ -52,7 +58,17 @@ typedef struct kw_receive_stats {
     double prefill_ms;      /* the receiver's own prefill of the sections before the last */
     double probe_ms;        /* refinement: the trial runs of the last section (kw_receive_probe) */
     kw_fusion_stats fusion; /* c2c */
+    /* kv_direct: how the sections' rows went into the cache, counted over every layer (receiver/kw_kv_pages.h) */
+    int64_t rows_direct;      /* rows stored as their sent codes (keys of the last, partial page: their exact values
+                                 in the bf16 tail) */
+    int64_t rows_tail;        /* of those, rows whose keys went to the tail */
+    int64_t rows_requantized; /* rows decoded and stored through the cache's quantizer (dense cache: its rounding) */
+    int32_t store_reason;     /* enum kw_kv_store_reason of the first section not stored as pages, else 0 */
 } kw_receive_stats;
+
+/* How a kv_direct request's rows went into its cache: "direct" (every row as its sent codes), "requantized" (some or
+ * all decoded and quantized again: stats->store_reason says why), "dense" (a bf16 or f32 cache), "none" (no rows). */
+const char *kw_receive_kv_store(const kw_receive_stats *stats);
 
 typedef struct kw_receive kw_receive; /* one request */
 

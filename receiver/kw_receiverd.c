@@ -84,6 +84,8 @@ int kw_rd_post_send(kw_receiverd *d, enum kw_rd_post_kind kind, kw_rd_job *job, 
 
 static const double kw__rd_hist_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 #define KW__RD_HIST_N (sizeof kw__rd_hist_bounds / sizeof kw__rd_hist_bounds[0])
+/* kvwire_kv_store_total's labels, kw_receive_kv_store's answers. */
+static const char *const kw__rd_kv_stores[4] = {"direct", "requantized", "dense", "none"};
 static const char *const kw__rd_outcome_names[KW_RD_OUTCOMES] = {"ok",      "client_error", "sharer_error",
                                                                  "timeout", "busy",         "internal"};
 static const char *const kw__rd_stage_names[KW_RD_STAGES] = {
@@ -202,6 +204,11 @@ static void kw__rd_metrics(kw_receiverd *d, kw_http_request *req) {
                   "kvwire_refine_total{outcome=\"not_triggered\"} %llu\nkvwire_refine_total{outcome=\"applied\"} %llu\n"
                   "kvwire_refine_total{outcome=\"skipped\"} %llu\n",
                   (unsigned long long)d->refine[0], (unsigned long long)d->refine[1], (unsigned long long)d->refine[2]);
+    kw__rd_printf(&t, "# HELP kvwire_kv_store_total kv_direct requests that ended well, by how the rows went into the "
+                      "cache (direct: as the sent codes).\n# TYPE kvwire_kv_store_total counter\n");
+    for (int i = 0; i < 4; ++i)
+        kw__rd_printf(&t, "kvwire_kv_store_total{store=\"%s\"} %llu\n", kw__rd_kv_stores[i],
+                      (unsigned long long)d->kv_store[i]);
     if (t.failed)
         kw_http_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
     else
@@ -407,6 +414,23 @@ static void kw__rd_add_refine(cJSON *k, const kw_rd_job *j) {
 }
 
 /* The kvwire response block (docs/HTTP_API.md §5.2). */
+/* kv_direct: how the rows went into the cache (HTTP_API.md §5.2), null for the other modes. */
+static void kw__rd_add_kv_store(cJSON *k, const kw_rd_job *j) {
+    if (!j->kv_store) {
+        cJSON_AddNullToObject(k, "kv_store");
+        return;
+    }
+    cJSON *o = cJSON_AddObjectToObject(k, "kv_store");
+    cJSON_AddStringToObject(o, "store", j->kv_store);
+    if (j->kv_store_why)
+        cJSON_AddStringToObject(o, "reason", j->kv_store_why);
+    else
+        cJSON_AddNullToObject(o, "reason");
+    cJSON_AddNumberToObject(o, "rows_direct", (double)j->kv_rows_direct);
+    cJSON_AddNumberToObject(o, "rows_tail", (double)j->kv_rows_tail);
+    cJSON_AddNumberToObject(o, "rows_requantized", (double)j->kv_rows_requantized);
+}
+
 static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     const kw_rd_spec *s = &j->spec;
     const Kwctl__ShareEnd *e = j->share.end;
@@ -468,6 +492,7 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(c, "kv_bytes", e ? (double)e->kv_bytes : 0);
     kw__rd_add_budget(k, j);
     kw__rd_add_refine(k, j);
+    kw__rd_add_kv_store(k, j);
     if (j->receiver_scored) { /* scoring receiver: the round trip (bytes.blob counts the preview blobs too) */
         cJSON *sc = cJSON_AddObjectToObject(k, "scoring");
         cJSON_AddStringToObject(sc, "placement", "receiver");
@@ -688,6 +713,10 @@ static void kw__rd_log_request(const kw_rd_job *j, int http, double total_ms) {
     kw_log_fields_add(&f, "KW_BLOB_BYTES", "%llu", (unsigned long long)j->blob_bytes);
     kw_log_fields_add(&f, "KW_TEXT_BYTES", "%llu", (unsigned long long)j->share.text_len);
     kw_log_fields_add(&f, "KW_TOKENS", "%lld", (long long)j->n_ids);
+    if (j->kv_store) { /* kv_direct: how the rows went into the cache, and why not as the sent codes */
+        kw_log_fields_add(&f, "KW_KV_STORE", "%s", j->kv_store);
+        if (j->kv_store_why) kw_log_fields_add(&f, "KW_KV_STORE_REASON", "%s", j->kv_store_why);
+    }
     KW_LOG_WITH(KW_LOG_LEVEL_INFO, &f,
                 "receiverd: request %llu ok: %s, blob %llu B, socket in %llu B out %llu B, text %llu B, %lld tokens, "
                 "%.1f ms",
@@ -711,6 +740,8 @@ static void kw__rd_finish(kw_receiverd *d, kw_rd_job *j) {
     d->bytes_text += j->share.text_len;
     d->generated_tokens += (uint64_t)j->n_ids;
     if (j->status == 0 && j->refine_measured) ++d->refine[j->refine_round2 ? 1 : j->refine_skipped ? 2 : 0];
+    for (int i = 0; j->status == 0 && j->kv_store && i < 4; ++i)
+        if (strcmp(j->kv_store, kw__rd_kv_stores[i]) == 0) ++d->kv_store[i];
     if (j->status == 0) {
         kw__rd_hist_add(&d->request_hist[j->spec.mode], total_ms * 1e-3);
         const Kwctl__ShareEnd *e = j->share.end;
@@ -819,9 +850,20 @@ static kw_rd_link *kw__rd_find_link(kw_receiverd *d, const char *name, int32_t *
 
 /* The sharer checks of a request (HTTP_API §5.1): which sharer and model, and whether the pair serves the mode. */
 static int kw__rd_resolve(kw_receiverd *d, kw_rd_job *j, int *http, char *err, size_t cap) {
-    const kw_rd_spec *s = &j->spec;
+    kw_rd_spec *s = &j->spec;
     int32_t index = -1;
     *http = 400;
+    if (s->cache_layout) { /* codec "cache": the layout this server's cache stores as pages (kw_kv_pages.h) */
+        const enum kw_kvq_codec codec = d->cfg->cache_dtype == 3   ? KW_KVQ_INT8
+                                        : d->cfg->cache_dtype == 5 ? KW_KVQ_INT6
+                                                                   : KW_KVQ_INT4;
+        if (d->cfg->cache_dtype < 3 || kw_kv_pages_specs(codec, (int32_t)d->cfg->cache_page_tokens,
+                                                         (int32_t)d->id_kv.head_dim, &s->spec, &s->spec_v) < 0) {
+            snprintf(err, cap, "kvwire.policy.codec: \"cache\": this server's cache has no KVWire layout: %s",
+                     d->cfg->cache_dtype < 3 ? "it is not quantized" : kw_error_detail());
+            return KW_E_INVALID_ARG;
+        }
+    }
     if (s->mode == KW_RD_MODE_RECEIVER_ONLY) return 0;
     kw_rd_link *l = kw__rd_find_link(d, s->sharer, &index);
     if (!l) {

@@ -314,7 +314,15 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             return KW__RD_BAD(e, "kvwire.policy: unknown field \"%s\"", k);
         }
     }
-    KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
+    s->cache_layout = s->codec && strcmp(s->codec, "cache") == 0;
+    if (s->cache_layout) { /* the receiver's cache layout: the specs come with the request's resolution */
+        if (s->value_codec || s->value_granularity || schedule || s->budget_bytes || s->outliers > 0 ||
+            s->pre_rope_keys)
+            return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" sets both codecs and their layout: not with "
+                                 "value_codec, value_granularity, schedule, budget_bytes, outliers or pre_rope_keys");
+    } else {
+        KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
+    }
     s->spec_v = s->spec;
     if (s->value_codec || s->value_granularity) {
         char *vc = s->value_codec ? s->value_codec : s->codec,
@@ -688,7 +696,10 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
     }
     if (kvwire) KW_FORWARD(kw__rd_kvwire(e, kvwire, vocab, s, &max_tokens_given));
     s->max_tokens_given = max_tokens_given;
-    if (s->spec.codec == 0) { /* no policy object: the server's default codec */
+    if (s->cache_layout && (s->mode != KW_RD_MODE_KV_DIRECT || cfg->cache_dtype < 3))
+        return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" (the receiver's cache layout) is for mode kv_direct "
+                             "with a quantized cache (cache.dtype int8, int6 or int4)");
+    if (s->spec.codec == 0 && !s->cache_layout) { /* no policy object: the server's default codec */
         KW_FORWARD(kw__rd_codec(e, "defaults.codec", &s->codec, &s->granularity, &s->scale, &s->spec));
         s->spec_v = s->spec;
     }

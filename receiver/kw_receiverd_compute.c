@@ -790,6 +790,12 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         j->ms_decode_wire = rs->decode_ms;
         if (kv_direct) {
             j->ms_fuse = rs->apply_ms;
+            j->kv_store = kw_receive_kv_store(rs);
+            j->kv_store_why =
+                rs->store_reason ? kw_kv_store_reason_name((enum kw_kv_store_reason)rs->store_reason) : NULL;
+            j->kv_rows_direct = rs->rows_direct;
+            j->kv_rows_tail = rs->rows_tail;
+            j->kv_rows_requantized = rs->rows_requantized;
         } else {
             j->ms_project = res.stats.projection_ms;
             j->ms_fuse = res.stats.transfer_ms;

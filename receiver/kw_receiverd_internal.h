@@ -75,6 +75,8 @@ typedef struct kw_rd_spec {
     kw_wire_codec_spec spec;               /* K's codec, and V's unless value_codec or value_granularity is given */
     char *value_codec, *value_granularity; /* V's apart (owned), NULL: K's */
     kw_wire_codec_spec spec_v;
+    bool cache_layout;  /* codec "cache" (kv_direct): spec and spec_v are this server's cache layout
+                           (receiver/kw_kv_pages.h kw_kv_pages_specs), filled when the request is resolved */
     double outliers;    /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
     bool pre_rope_keys; /* KVWire v1.1, kv_direct: keys sent before RoPE */
     int zstd_level;
@@ -255,6 +257,10 @@ struct kw_rd_job {
     const char *refine_skipped; /* why round two was wanted but not asked for (static), or NULL */
     uint64_t blob_bytes1;       /* round one's share of blob_bytes */
     int64_t rows1, rows2;       /* rows applied per round, over all layers */
+    /* kv_direct: how the rows went into the cache (HTTP_API.md §5.2 "kv_store"; receiver/kw_receive.h) */
+    const char *kv_store;     /* kw_receive_kv_store (static), NULL for the other modes */
+    const char *kv_store_why; /* kw_kv_store_reason_name of the first section not stored as pages, or NULL */
+    int64_t kv_rows_direct, kv_rows_tail, kv_rows_requantized;
     double ms_queue, ms_tokenize, ms_receiver_prefill, ms_decode_wire, ms_project, ms_fuse, ms_first_token, ms_decode,
         ms_relay_wait;
 };
@@ -336,6 +342,8 @@ struct kw_receiverd {
     uint64_t requests[4][KW_RD_OUTCOMES]; /* by mode */
     uint64_t bytes_blob, bytes_socket_in, bytes_socket_out, bytes_text, generated_tokens;
     uint64_t refine[3]; /* refined requests that ended well: round two not triggered, applied, skipped */
+    uint64_t
+        kv_store[4]; /* kv_direct requests that ended well by kw_receive_kv_store: direct, requantized, dense, none */
     kw_rd_hist request_hist[4];
     kw_rd_hist stage_hist[KW_RD_STAGES];
 };

@@ -10,7 +10,8 @@
  * strategy, and why), with alignment: align_sections, recv_pads, sharer_pads and decode_pads; then sections
  * (length:fused|transferred|receiver), projector_numerics (c2c), selection and tokens_sent (c2c, kv_direct),
  * tokens_fused (c2c), target_subsets (the receiver-aware selections' SHARE_TARGETS frames), generated_tokens,
- * generated_ids, layers_fused and layers_skipped (c2c), sharer_kv_bytes (the selected K/V at the cache dtype),
+ * generated_ids, layers_fused and layers_skipped (c2c), kv_store (kv_direct: direct, requantized, dense or none, the
+ * rows each way and why not direct), sharer_kv_bytes (the selected K/V at the cache dtype),
  * relay_tokens, relay_bytes, relay_text (text_relay), with --wire: wire_codec, wire_blobs, wire_bytes (measured blob
  * length) and wire_ratio, with --budget-bytes: budget (cap, used, slack, the smallest cap the request takes) and
  * budget_tokens (the allocation histogram), with --print-alignment and alignment: recv_ids, sharer_ids, message_mask,
@@ -64,6 +65,7 @@ static void kw_c2c_usage(FILE *f) {
         "                   delta_proj_vnorm_topk [--select-proportion P]\n"
         "                   [--min-tokens N] [--seed N] [--scoring local|receiver [--preview-codec C[:G]]]]\n"
         "                  [--proportion P --order front|back]\n"
+        "                  [--cache int8|int6|int4 [--cache-page-tokens N] [--requantize]]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
         "                  [--refine-threshold X --refine-proportion P [--refine-metric margin|entropy]]\n"
@@ -104,6 +106,10 @@ static void kw_c2c_usage(FILE *f) {
         "  --system TEXT     a system message before the user message\n"
         "  --proportion P    share the first (front) or last (back) floor((L-1) * P) prompt tokens (default 1)\n"
         "  --max-new-tokens  default 64 (the evaluation recipe); decoding also stops at the receiver's EOS ids\n"
+        "  --cache int8|int6|int4  kv_direct: the receiver's cache quantized in pages of --cache-page-tokens rows\n"
+        "                    (default 64); --wire cache then asks the sharer for that layout (keys int per channel\n"
+        "                    over a page, values per 32 channels, e8m0 scales) and the sections are stored as pages\n"
+        "                    without requantizing (kv_store: direct); --requantize decodes and quantizes them again\n"
         "  --fp32            f32 caches, fp32 projector and fp32 logits (default: bf16 caches, bf16-emulating\n"
         "                    projector, logits rounded as HF does for the receiver's weight dtype)\n"
         "  --rmsnorm-rounding  twice or once: the bf16 projector's RMSNorm rounds the normalized row to bf16 and\n"
@@ -369,6 +375,7 @@ typedef struct kw_c2c_plan {
     enum kw_refine_metric refine_metric;
     double refine_threshold, refine_proportion;
     const int64_t *skip_ranked; /* round two's, per sent section (NULL: round one) */
+    int requantize; /* kv_direct, quantized cache: store every section through the quantizer (--requantize) */
 } kw_c2c_plan;
 
 /* What a refinement measured and sent (the totals hold both rounds). */
@@ -602,7 +609,8 @@ static int kw_c2c_refine(kw_c2c_link *link, kw_receive *r, kw_model *sm, kw_fusi
 static int kw_c2c_receive(kw_c2c_link *link, kw_model *recv, kw_model *sm, kw_fusion *f, kw_kvcache *cache,
                           const int32_t *ids, int64_t n, const kw_c2c_plan *plan, const kw_fusion_options *fo,
                           kw_fusion_result *res, kw_c2c_totals *tot) {
-    kw_receive_options ro = {.mode = plan->kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C, .fusion = *fo};
+    kw_receive_options ro = {
+        .mode = plan->kv_direct ? KW_RECEIVE_KV_DIRECT : KW_RECEIVE_C2C, .fusion = *fo, .requantize = plan->requantize};
     for (int32_t i = 0; link->planned_layers && i < KW_FUSION_MAX_SHARERS; ++i)
         ro.layers[i] = link->layers[i], ro.n_layers[i] = link->n_layers[i];
     kw_receive *r = NULL;
@@ -897,6 +905,10 @@ int kw_cmd_c2c(int argc, char **argv) {
     double refine_threshold = -1.0, refine_p = -1.0; /* < 0: no refinement */
     int refine_metric_i = KW_REFINE_MARGIN;
     static const char *const refine_metrics[] = {"margin", "entropy", NULL}; /* enum kw_refine_metric */
+    static const char *const qcaches[] = {"int8", "int6", "int4", NULL};
+    static const enum kw_kvq_codec qcache_codecs[] = {KW_KVQ_INT8, KW_KVQ_INT6, KW_KVQ_INT4};
+    int qcache_i = -1, requantize = 0;
+    int64_t page_tokens = KW_KVCACHE_PAGE_TOKENS;
     int64_t max_new = 64, threads = 0, wire_zstd = 0, min_tokens = 1, seed = 0, relay_tokens = 256, relay_bytes = -1;
     const kw_cli_option opts[] = {
         KW_CLI_STR("--receiver", &recv_dir),
@@ -941,6 +953,9 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_REAL("--refine-threshold", &refine_threshold, 0.0, 1e6),
         KW_CLI_REAL("--refine-proportion", &refine_p, 0.0, 1.0),
         KW_CLI_CHOICE("--refine-metric", &refine_metric_i, refine_metrics),
+        KW_CLI_CHOICE("--cache", &qcache_i, qcaches),
+        KW_CLI_INT("--cache-page-tokens", &page_tokens, 16, 4096),
+        KW_CLI_FLAG("--requantize", &requantize),
         KW_CLI_FLAG("--fp32", &fp32),
         KW_CLI_FLAG("--raw", &raw),
         KW_CLI_FLAG("--print-alignment", &print_alignment),
@@ -962,6 +977,14 @@ int kw_cmd_c2c(int argc, char **argv) {
                                               have_proportion || order_i >= 0, sharer_tok_dir != NULL);
     if (!usage_error && fp32 && norm_i >= 0)
         usage_error = "--rmsnorm-rounding sets the bf16 projector's rule: not with --fp32";
+    const int cache_layout = wire_codec && strcmp(wire_codec, "cache") == 0;
+    if (!usage_error && (qcache_i >= 0 || requantize) && xfer_i != KW_C2C_MODE_KV_DIRECT)
+        usage_error = "--cache and --requantize are for --mode kv_direct (the receiver stores the sent rows)";
+    if (!usage_error && (requantize || cache_layout) && qcache_i < 0)
+        usage_error = "--requantize and --wire cache need a quantized --cache";
+    if (!usage_error && cache_layout && (wire_value || wire_outliers > 0.0 || wire_pre_rope || budget_bytes))
+        usage_error = "--wire cache sets both codecs and their layout: not with --wire-value, --wire-outliers, "
+                      "--wire-pre-rope or --budget-bytes";
     if (!usage_error && wire_dump && !wire_codec && !budget_bytes)
         usage_error = "--wire-dump needs --wire CODEC or --budget-bytes";
     if (!usage_error && budget_bytes && wire_codec)
@@ -1040,8 +1063,11 @@ int kw_cmd_c2c(int argc, char **argv) {
     kw_c2c_align_plan plan = {0};
     kw_align_pads_hook pads_hook;
 
-    if (wire_codec)
+    if (cache_layout) { /* the receiver's cache layout: its pages take the codes as sent (receiver/kw_kv_pages.h) */
+        KW_CHECK(kw_c2c_wire_policy("int8", "token", "f32", (long)wire_zstd, NULL, &wire_pol));
+    } else if (wire_codec) {
         KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, wire_value, &wire_pol));
+    }
     if (budget_bytes) {
         static const char *const default_codecs[] = {"int4,int6,int8,bf16", "int8", "int4,int8"};
         if (!budget_codecs) budget_codecs = default_codecs[budget_mode_i];
@@ -1169,7 +1195,15 @@ int kw_cmd_c2c(int argc, char **argv) {
     }
 
     stage = xfer_modes[xfer_i];
-    KW_CHECK(kw_model_create_cache(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
+    if (qcache_i >= 0) {
+        KW_CHECK(kw_model_create_cache_quantized(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1),
+                                                 qcache_codecs[qcache_i], (int32_t)page_tokens, &cache));
+        if (cache_layout)
+            KW_CHECK(kw_kv_pages_specs(qcache_codecs[qcache_i], (int32_t)page_tokens,
+                                       kw_model_get_config(recv)->head_dim, &wire_pol.k, &wire_pol.v));
+    } else {
+        KW_CHECK(kw_model_create_cache(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1), cache_dtype, &cache));
+    }
     const enum kw_projector_numerics numerics = fp32          ? KW_PROJECTOR_FP32
                                                 : norm_i == 1 ? KW_PROJECTOR_BF16_FUSED_NORM
                                                               : KW_PROJECTOR_BF16;
@@ -1219,7 +1253,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                           .refine = refine,
                           .refine_metric = (enum kw_refine_metric)refine_metric_i,
                           .refine_threshold = refine_threshold,
-                          .refine_proportion = refine_p};
+                          .refine_proportion = refine_p,
+                          .requantize = requantize};
         if (budget_bytes) /* several sharers share the cap equally */
             cp.budget_bytes = (uint64_t)budget_bytes / (uint64_t)(cp.kv_direct ? 1 : n_sharer_dirs);
         if (plan.on) {
@@ -1291,6 +1326,13 @@ int kw_cmd_c2c(int argc, char **argv) {
         printf("layers_fused: %d\n", (int)stats->layers_fused);
         printf("layers_skipped: %d\n", (int)stats->layers_skipped);
     }
+    if (xfer_i == KW_C2C_MODE_KV_DIRECT) { /* how the rows went into the cache (receiver/kw_receive.h) */
+        const kw_receive_stats *rs = &tot.recv;
+        printf("kv_store: %s rows_direct %lld rows_tail %lld rows_requantized %lld reason %s\n",
+               kw_receive_kv_store(rs), (long long)rs->rows_direct, (long long)rs->rows_tail,
+               (long long)rs->rows_requantized,
+               rs->store_reason ? kw_kv_store_reason_name((enum kw_kv_store_reason)rs->store_reason) : "none");
+    }
     if (sends_kv) printf("sharer_kv_bytes: %lld (%s)\n", (long long)tot.share.kv_bytes, kw_dtype_name(cache_dtype));
     if (xfer_i == KW_C2C_MODE_TEXT_RELAY) {
         printf("relay_style: %s\n", kw_relay_style_name((enum kw_relay_style)relay_style_i));
@@ -1299,9 +1341,10 @@ int kw_cmd_c2c(int argc, char **argv) {
         kw_c2c_print_escaped("relay_text", relay.text, relay.len);
     }
     if (use_wire) {
-        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec ? wire_codec : "budget",
-               wire_pol.k.granularity ? wire_gran : "none", kw_wire_scale_name(kw_wire_spec_scale(&wire_pol.k)),
-               (long long)wire_zstd);
+        char kgran[32];
+        kw_wire_spec_gran_format(&wire_pol.k, kgran, sizeof kgran);
+        printf("wire_codec: %s gran %s scale %s zstd %lld\n", wire_codec ? wire_codec : "budget", kgran,
+               kw_wire_scale_name(kw_wire_spec_scale(&wire_pol.k)), (long long)wire_zstd);
         if (wire_value || wire_outliers > 0.0 || wire_pre_rope) { /* the KVWire v1.1 options */
             char vcodec[32], vgran[32];
             kw_wire_spec_codec_format(&wire_pol.v, vcodec, sizeof vcodec);

@@ -243,6 +243,21 @@ static void test_policy(void **state) {
     assert_int_equal(s.spec_v.granularity, KW_WIRE_GRAN_GROUP);
     assert_int_equal(s.spec.granularity, KW_WIRE_GRAN_TOKEN);
     kw_rd_spec_free(&s);
+    /* codec "cache": the server's quantized cache layout, kv_direct only, with nothing else that sets a codec */
+    refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\"}}", false,
+                  "quantized cache"); /* this server's cache is dense */
+    server_config.cache_dtype = 3;
+    accept_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\"}}", false, &s);
+    assert_true(s.cache_layout);
+    kw_rd_spec_free(&s);
+    refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"cache\"}}", false, "kv_direct");
+    refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\", \"value_codec\": "
+                  "\"int4\"}}",
+                  false, "value_codec");
+    refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\", \"budget_bytes\": "
+                  "9000}}",
+                  false, "budget_bytes");
+    server_config.cache_dtype = 0;
     refuse_fields("\"kvwire\": {\"policy\": {\"pre_rope_keys\": true}}", false, "pre_rope_keys");
     refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"pre_rope_keys\": 1}}", false, "pre_rope_keys");
     refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 1.5}}", false, "outliers");

@@ -3,8 +3,8 @@
  * leak; a rejection is a 400 or 404 with a message and an OpenAI error type; an accepted request is inside every
  * limit of docs/HTTP_API.md (max_tokens, stop strings, logprobs, token ids below the vocabulary, forced tokens and
  * their scores, a codec the KVWire names know, a selection policy that checks, a byte cap only for c2c and kv_direct
- * with 1..8 budget codecs and no schedule, budget_mode kvcomm_like with one codec in c2c, qkvcomm_like with two, a
- * refinement only where it can work). */
+ * with 1..8 budget codecs and no schedule, codec "cache" only for kv_direct into a quantized cache, budget_mode
+ * kvcomm_like with one codec in c2c, qkvcomm_like with two, a refinement only where it can work). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,8 +48,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(s.stop[i] && s.stop[i][0]);
     FUZZ_CHECK(s.logprobs >= -1 && s.logprobs <= KW_RD_MAX_TOP);
     FUZZ_CHECK((unsigned)s.mode <= KW_RD_MODE_TEXT_RELAY);
-    FUZZ_CHECK(s.spec.codec >= 1 && s.spec.codec < KW_WIRE_CODEC_COUNT_V11);
-    FUZZ_CHECK(s.spec_v.codec >= 1 && s.spec_v.codec < KW_WIRE_CODEC_COUNT_V11);
+    if (s.cache_layout) { /* codec "cache": kv_direct into a quantized cache, its specs filled when resolved */
+        FUZZ_CHECK(s.mode == KW_RD_MODE_KV_DIRECT && cfg.cache_dtype >= 3 && !s.value_codec && !s.budget_bytes &&
+                   s.n_schedule == 0);
+    } else {
+        FUZZ_CHECK(s.spec.codec >= 1 && s.spec.codec < KW_WIRE_CODEC_COUNT_V11);
+        FUZZ_CHECK(s.spec_v.codec >= 1 && s.spec_v.codec < KW_WIRE_CODEC_COUNT_V11);
+    }
     FUZZ_CHECK(s.outliers >= 0 && s.outliers <= 1 && (!s.pre_rope_keys || s.mode == KW_RD_MODE_KV_DIRECT));
     FUZZ_CHECK(!s.budget_bytes || (s.outliers == 0 && !s.pre_rope_keys));
     FUZZ_CHECK(s.select.mode == KW_SELECT_FULL || kw_select_policy_check(&s.select) == 0);

@@ -10,6 +10,8 @@
  *    `kvwire c2c --wire int4` did in one process);
  *  - kv_direct (the sharer is the receiver's own model): with every position sent, the cache and the tokens are those
  *    of the receiver alone; with a selection, the positions left out stay hidden;
+ *  - kv_direct into a quantized cache: a blob in the cache's layout goes in as pages, exactly the decoded values,
+ *    closer to the receiver's own bf16 cache than the same blob requantized; another layout says why it was not;
  *  - a flipped byte, a truncated blob, a blob of another cache shape and a layer nobody asked for are refused with
  *    their own status, and nothing past the failing section is applied;
  *  - two-round refinement: round one, the probe, round two with skip_ranked give one round's cache and tokens at the
@@ -189,12 +191,24 @@ typedef struct received {
     kw_receive_stats stats;
 } received;
 
+/* A quantized receiver cache (codec 0: the dense cache of the dtype), and whether to force requantizing. */
+typedef struct qcache {
+    enum kw_kvq_codec codec;
+    int32_t page_tokens;
+    int requantize;
+} qcache;
+
 /* Feeds the blobs in pieces of chunk bytes (0: whole). Returns the first failure, with *failed_section set. */
-static int receive(kw_model *m, kw_fusion *f, enum kw_receive_mode mode, const kw_fusion_section *sec, int32_t n_sec,
-                   enum kw_fusion_mode fmode, enum kw_dtype cd, const blobs *b, size_t chunk, received *out) {
+static int receive_q(kw_model *m, kw_fusion *f, enum kw_receive_mode mode, const kw_fusion_section *sec, int32_t n_sec,
+                     enum kw_fusion_mode fmode, enum kw_dtype cd, const blobs *b, size_t chunk, const qcache *q,
+                     received *out) {
     memset(out, 0, sizeof *out);
-    assert_int_equal(kw_model_create_cache(m, E.L + E.G + 8, cd, &out->cache), 0);
+    if (q && q->codec)
+        assert_int_equal(kw_model_create_cache_quantized(m, E.L + E.G + 8, q->codec, q->page_tokens, &out->cache), 0);
+    else
+        assert_int_equal(kw_model_create_cache(m, E.L + E.G + 8, cd, &out->cache), 0);
     const kw_receive_options ro = {
+        .requantize = q ? q->requantize : 0,
         .mode = mode,
         .fusion = {.sections = sec,
                    .n_sections = n_sec,
@@ -226,6 +240,11 @@ static int receive(kw_model *m, kw_fusion *f, enum kw_receive_mode mode, const k
     if (r) out->stats = *kw_receive_get_stats(r);
     kw_receive_free(r);
     return rc;
+}
+
+static int receive(kw_model *m, kw_fusion *f, enum kw_receive_mode mode, const kw_fusion_section *sec, int32_t n_sec,
+                   enum kw_fusion_mode fmode, enum kw_dtype cd, const blobs *b, size_t chunk, received *out) {
+    return receive_q(m, f, mode, sec, n_sec, fmode, cd, b, chunk, NULL, out);
 }
 
 static void received_free(received *o) {
@@ -439,6 +458,111 @@ static void test_kv_direct(void **state) {
     received_free(&ref);
 }
 
+/* Squared difference of the first n rows of every layer of two caches, K and V together, over the sum of squares of b.
+ */
+static double cache_rel_err(kw_kvcache *a, kw_kvcache *b, int64_t n) {
+    const int64_t cnt = n * kw_kvcache_n_kv_heads(a) * kw_kvcache_head_dim(a);
+    float *ka = malloc((size_t)cnt * 8), *kb = malloc((size_t)cnt * 8);
+    double num = 0, den = 0;
+    for (int32_t l = 0; l < kw_kvcache_n_layers(a); ++l) {
+        assert_int_equal(kw_kvcache_read_rows(a, l, 0, n, ka, ka + cnt), 0);
+        assert_int_equal(kw_kvcache_read_rows(b, l, 0, n, kb, kb + cnt), 0);
+        for (int64_t i = 0; i < 2 * cnt; ++i) {
+            num += ((double)ka[i] - kb[i]) * ((double)ka[i] - kb[i]);
+            den += (double)kb[i] * kb[i];
+        }
+    }
+    free(ka), free(kb);
+    return num / den;
+}
+
+static int64_t agreeing(const kw_fusion_result *a, const kw_fusion_result *b) {
+    int64_t same = 0;
+    for (int64_t i = 0; i < a->gen.n && i < b->gen.n && a->gen.ids[i] == b->gen.ids[i]; ++i)
+        ++same;
+    return same;
+}
+
+/* kv_direct into a quantized cache (receiver/kw_kv_pages.h): a blob in the cache's layout (kw_kv_pages_specs) is
+ * stored as pages, its rows exactly the decoded values (those of a bf16 cache fed the same blob: int x 2^k is a
+ * bf16), while the forced requantizing path rounds them a second time, further from the receiver's own bf16 cache;
+ * a blob in another layout is requantized with its reason; a dense cache says "dense". */
+static void test_kv_direct_pages(void **state) {
+    (void)state;
+    const kw_model_config *c = kw_model_get_config(E.recv);
+    int32_t layers[16];
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        layers[l] = l;
+    kw_fusion_section sec[3];
+    int32_t n = 0;
+    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    const int64_t shared = E.L - sec[n - 1].length, P = 16;
+    assert_true(shared > P); /* a full page and a partial one */
+    const kw_select_policy full = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
+    received ref; /* the receiver alone, bf16 cache */
+    memset(&ref, 0, sizeof ref);
+    assert_int_equal(kw_model_create_cache(E.recv, E.L + E.G + 8, KW_DTYPE_BF16, &ref.cache), 0);
+    const kw_generate_options gen = {.max_new_tokens = (int32_t)E.G};
+    assert_int_equal(kw_generate_greedy(E.recv, ref.cache, E.prompt, E.L, &gen, &ref.res.gen), 0);
+    const enum kw_kvq_codec codecs[3] = {KW_KVQ_INT8, KW_KVQ_INT6, KW_KVQ_INT4};
+    for (int ci = 0; ci < 3; ++ci) {
+        kw_wire_policy pol = {0};
+        assert_int_equal(kw_kv_pages_specs(codecs[ci], (int32_t)P, c->head_dim, &pol.k, &pol.v), 0);
+        blobs b = {0};
+        share(E.recv, 0, sec, n, layers, c->n_layers, &full, 1, &pol, KW_DTYPE_BF16, &b);
+        const qcache qd = {codecs[ci], (int32_t)P, 0}, qr = {codecs[ci], (int32_t)P, 1};
+        received direct, requant, dense;
+        int rc = receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b, 0, &qd,
+                           &direct);
+        if (rc < 0) fail_msg("direct: %s (%s)", kw_status_name(rc), kw_error_detail());
+        assert_int_equal(receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b,
+                                   0, &qr, &requant),
+                         0);
+        assert_int_equal(
+            receive(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b, 0, &dense), 0);
+        assert_string_equal(kw_receive_kv_store(&direct.stats), "direct");
+        assert_int_equal(direct.stats.rows_direct, shared * c->n_layers);
+        assert_int_equal(direct.stats.rows_tail, (shared % P) * c->n_layers);
+        assert_int_equal(direct.stats.rows_requantized, 0);
+        assert_string_equal(kw_receive_kv_store(&requant.stats), "requantized");
+        assert_int_equal(requant.stats.store_reason, KW_KV_STORE_FORCED);
+        assert_int_equal(requant.stats.rows_requantized, shared * c->n_layers);
+        assert_string_equal(kw_receive_kv_store(&dense.stats), "dense");
+        assert_int_equal(dense.stats.store_reason, KW_KV_STORE_DENSE_CACHE);
+        /* the full page holds exactly what the wire says (the partial page was quantized once generation filled it) */
+        same_cache(direct.cache, dense.cache, P, "direct pages against the decoded values");
+        const double e_direct = cache_rel_err(direct.cache, ref.cache, P),
+                     e_requant = cache_rel_err(requant.cache, ref.cache, P);
+        print_message("%s: K/V relative squared error vs the bf16 cache over the first page: direct %.3e, "
+                      "requantized %.3e; tokens agreeing with the bf16 run (prefix): direct %lld, requantized %lld of "
+                      "%lld\n",
+                      codecs[ci] == KW_KVQ_INT8   ? "int8"
+                      : codecs[ci] == KW_KVQ_INT6 ? "int6"
+                                                  : "int4",
+                      e_direct, e_requant, (long long)agreeing(&direct.res, &ref.res),
+                      (long long)agreeing(&requant.res, &ref.res), (long long)ref.res.gen.n);
+        assert_true(e_requant > 0.0);
+        assert_true(e_direct < e_requant); /* one rounding against two */
+        assert_true(direct.res.gen.n >= 1);
+        received_free(&direct), received_free(&requant), received_free(&dense);
+        blobs_free(&b);
+    }
+    /* another layout: requantized, and why */
+    kw_wire_policy pol = codec(KW_WIRE_CODEC_INT8);
+    blobs b = {0};
+    share(E.recv, 0, sec, n, layers, c->n_layers, &full, 1, &pol, KW_DTYPE_BF16, &b);
+    const qcache q8 = {KW_KVQ_INT8, (int32_t)P, 0};
+    received got;
+    assert_int_equal(
+        receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b, 0, &q8, &got),
+        0);
+    assert_string_equal(kw_receive_kv_store(&got.stats), "requantized");
+    assert_int_equal(got.stats.store_reason, KW_KV_STORE_SCALE_DTYPE);
+    received_free(&got);
+    blobs_free(&b);
+    received_free(&ref);
+}
+
 /* Two-round refinement at the halves (PROTOCOL.md §5.1): round one at 0.2, the probe, round two with skip_ranked
  * applied on top give the cache and tokens of one round at 0.7, bit for bit, c2c and kv_direct; round one's blob sent
  * again as round two is refused (positions that already got rows). */
@@ -591,6 +715,7 @@ int main(void) {
         cmocka_unit_test(test_c2c_bf16_equals_in_process),
         cmocka_unit_test(test_c2c_int4_equals_in_process_round_trip),
         cmocka_unit_test(test_kv_direct),
+        cmocka_unit_test(test_kv_direct_pages),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_two_rounds),
         cmocka_unit_test(test_refine_metric),
