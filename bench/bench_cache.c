@@ -6,11 +6,14 @@
  *  - bytes: the cache's backend bytes per token at --capacity rows (codes, scales, the bf16 key tail; the page table
  *    is implicit), and the ratio to bf16. Always printed.
  *  - quality (--text FILE): --prompts windows of the file's tokens, evenly spread, each --prefix tokens prefilled then
- *    --positions tokens forwarded at once with every row's logits (teacher forcing on the text: every cache is given
- *    the same tokens so far). Per codec: the share of positions whose argmax equals the bf16 cache's; flips where the
- *    bf16 top-2 margin exceeds 0.5, and the largest margin that flipped; non-finite logits; and the relative K and V
- *    error ||q(x) - x|| / ||x|| of the codec on the bf16 cache's rows of every layer. The forward gives a row the same
- *    logits as decode steps would (tests/model/test_model_kvcache.c), so this is the decode-time agreement.
+ *    --positions tokens forwarded at once with every row's logits (teacher forcing: every cache is given the same
+ *    tokens so far). With --forcing greedy (the default) those tokens are the bf16 cache's own greedy continuation of
+ *    the prefix (the issue's "given the bf16 run's tokens so far"), so the bf16 cache's argmax at each row is its
+ *    next greedy token; with --forcing text they are the text's own tokens. Per codec: the share of positions whose
+ * argmax equals the bf16 cache's; flips where the bf16 top-2 margin exceeds 0.5, and the largest margin that flipped;
+ * non-finite logits; and the relative K and V error ||q(x) - x|| / ||x|| of the codec on the bf16 cache's rows of every
+ * layer. The forward gives a row the same logits as decode steps would (tests/model/test_model_kvcache.c), so this is
+ * the decode-time agreement.
  *    --free N adds free-running agreement: N greedy tokens after each window's prefix per codec, the share equal to
  *    the bf16 cache's tokens up to the first difference and in all.
  *  - speed (--contexts 512,2048,8192): decode tok/s with the cache already holding C rows (random K/V written
@@ -40,18 +43,20 @@ const char kw_bench_cache_summary[] = "int8/int4 KV cache vs bf16: bytes per tok
                                       "tok/s at long contexts, peak RSS";
 
 static void kw_bench_cache_usage(FILE *f) {
-    fprintf(f,
-            "usage: kvwire bench cache --model PATH [--codecs int8,int4,f32] [--page-tokens N] [--threads N]\n"
-            "                          [--capacity N] [--text FILE [--prompts N] [--prefix N] [--positions N]\n"
-            "                          [--free N]] [--contexts C,C,... [--steps N] [--reps N]]\n"
-            "                          [--rss-tokens N --codec bf16|int8|int4 --text FILE]\n"
-            "  --codecs     the caches compared with bf16: int8, int6, int4, f32 (default int8,int4)\n"
-            "  --page-tokens  rows per page (default 64)\n"
-            "  --capacity   rows of the caches whose bytes are reported (default 4096)\n"
-            "  --text       a text file: quality windows (--prompts 20, --prefix 32, --positions 100) and RSS input\n"
-            "  --free       greedy tokens per window for free-running agreement (default 0: none)\n"
-            "  --contexts   decode speed with this many rows cached (--steps 16, best of --reps 3)\n"
-            "  --rss-tokens peak RSS of one generation of this many tokens with --codec (one process per codec)\n");
+    fprintf(
+        f, "usage: kvwire bench cache --model PATH [--codecs int8,int4,f32] [--page-tokens N] [--threads N]\n"
+           "                          [--capacity N] [--text FILE [--prompts N] [--prefix N] [--positions N]\n"
+           "                          [--free N] [--forcing greedy|text]] [--contexts C,C,... [--steps N] [--reps N]]\n"
+           "                          [--rss-tokens N --codec bf16|int8|int4 --text FILE]\n"
+           "  --codecs     the caches compared with bf16: int8, int6, int4, f32 (default int8,int4)\n"
+           "  --page-tokens  rows per page (default 64)\n"
+           "  --capacity   rows of the caches whose bytes are reported (default 4096)\n"
+           "  --text       a text file: quality windows (--prompts 20, --prefix 32, --positions 100) and RSS input\n"
+           "  --free       greedy tokens per window for free-running agreement (default 0: none)\n"
+           "  --forcing    the tokens given to every cache: greedy (the bf16 cache's own continuation of the prefix,\n"
+           "               the default) or text (the text's tokens)\n"
+           "  --contexts   decode speed with this many rows cached (--steps 16, best of --reps 3)\n"
+           "  --rss-tokens peak RSS of one generation of this many tokens with --codec (one process per codec)\n");
 }
 
 typedef struct kw_bc_codec {
@@ -167,9 +172,11 @@ out:
 }
 
 static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, int64_t page, const int32_t *toks,
-                         int64_t n_toks, int64_t prompts, int64_t prefix, int64_t positions, int64_t n_free) {
+                         int64_t n_toks, int64_t prompts, int64_t prefix, int64_t positions, int64_t n_free,
+                         int forcing_greedy) {
     const kw_model_config *cfg = kw_model_get_config(m);
     const int64_t V = cfg->vocab, W = prefix + positions + 1;
+    KW_RETURN_IF(forcing_greedy && prefix < 2, KW_E_INVALID_ARG, "--forcing greedy needs --prefix >= 2");
     KW_RETURN_IF(n_toks < W, KW_E_INVALID_ARG, "the text has %lld tokens, a window needs %lld", (long long)n_toks,
                  (long long)W);
     const int add_bos = cfg->bos_id >= 0 && cfg->add_bos > 0;
@@ -178,6 +185,7 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
     int32_t *ids = malloc((size_t)(W + 1) * sizeof *ids), *ref_top = malloc((size_t)positions * sizeof *ref_top);
     float *ref_margin = malloc((size_t)positions * sizeof *ref_margin);
     int32_t *gref = malloc((size_t)(n_free + 1) * sizeof *gref), *ggot = malloc((size_t)(n_free + 1) * sizeof *ggot);
+    int32_t *forced = malloc((size_t)(positions + 1) * sizeof *forced);
     kw_kvcache *bf = NULL;
     typedef struct {
         int64_t agree, total, flips_big, nonfinite, free_prefix, free_same, free_total;
@@ -185,21 +193,30 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
         double ek, nk, ev, nv;
     } acc_t;
     acc_t *acc = calloc((size_t)n_codecs, sizeof *acc);
-    KW_CHECK_IF(!ref || !got || !ids || !ref_top || !ref_margin || !gref || !ggot || !acc, KW_E_NOMEM, "out of memory");
+    KW_CHECK_IF(!ref || !got || !ids || !ref_top || !ref_margin || !gref || !ggot || !forced || !acc, KW_E_NOMEM,
+                "out of memory");
+    int64_t self_same = 0; /* --forcing greedy: rows where the bf16 window's argmax is its own greedy token */
     const int64_t stride = prompts > 1 ? (n_toks - W) / (prompts - 1) : 0;
     for (int64_t p = 0; p < prompts; ++p) {
         const int32_t *src = toks + p * stride;
         int64_t n = 0;
         if (add_bos) ids[n++] = cfg->bos_id;
         memcpy(ids + n, src, (size_t)(prefix + positions - n) * sizeof *ids);
-        KW_CHECK(kw_bc_window(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, positions, ref, &bf));
-        for (int64_t i = 0; i < positions; ++i)
+        if (forcing_greedy) { /* the window becomes prefix[..-1], then prefix[-1] and the bf16 greedy tokens */
+            KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, positions, forced));
+            memcpy(ids + prefix, forced, (size_t)(positions - 1) * sizeof *ids); /* row i then predicts forced[i] */
+        }
+        const int64_t win_prefix = forcing_greedy ? prefix - 1 : prefix;
+        KW_CHECK(kw_bc_window(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, win_prefix, positions, ref, &bf));
+        for (int64_t i = 0; i < positions; ++i) {
             ref_top[i] = kw_bc_top(ref + i * V, V, &ref_margin[i]);
+            self_same += forcing_greedy && ref_top[i] == forced[i];
+        }
         if (n_free)
             KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, n_free, gref));
         for (int c = 0; c < n_codecs; ++c) {
             acc_t *a = &acc[c];
-            KW_CHECK(kw_bc_window(m, &codecs[c], page, ids, prefix, positions, got, NULL));
+            KW_CHECK(kw_bc_window(m, &codecs[c], page, ids, win_prefix, positions, got, NULL));
             for (int64_t i = 0; i < positions; ++i) {
                 for (int64_t j = 0; j < V; ++j)
                     a->nonfinite += !isfinite(got[i * V + j]);
@@ -211,7 +228,7 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
                     if (ref_margin[i] > a->worst_flip) a->worst_flip = ref_margin[i];
                 }
             }
-            KW_CHECK(kw_bc_kv_error(m, bf, prefix + positions, &codecs[c], page, &a->ek, &a->nk, &a->ev, &a->nv));
+            KW_CHECK(kw_bc_kv_error(m, bf, win_prefix + positions, &codecs[c], page, &a->ek, &a->nk, &a->ev, &a->nv));
             if (n_free) {
                 KW_CHECK(kw_bc_greedy(m, &codecs[c], page, ids, prefix, n_free, ggot));
                 int64_t same_prefix = 0;
@@ -226,6 +243,11 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
         kw_kvcache_free(bf);
         bf = NULL;
     }
+    if (forcing_greedy) /* the forward of a window gives the decode steps' logits, so this is every row */
+        printf("forcing: the bf16 cache's greedy tokens; its window argmax equals them at %lld of %lld rows\n",
+               (long long)self_same, (long long)(prompts * positions));
+    else
+        printf("forcing: the text's tokens\n");
     for (int c = 0; c < n_codecs; ++c) {
         const acc_t *a = &acc[c];
         printf("quality %s: teacher-forced agreement %.2f%% (%lld/%lld), flips where the bf16 margin > 0.5: %lld "
@@ -241,7 +263,7 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
     }
 out:
     kw_kvcache_free(bf);
-    free(ref), free(got), free(ids), free(ref_top), free(ref_margin), free(gref), free(ggot), free(acc);
+    free(ref), free(got), free(ids), free(ref_top), free(ref_margin), free(gref), free(ggot), free(forced), free(acc);
     return rc;
 }
 
@@ -290,6 +312,7 @@ out:
 
 int kw_bench_cache(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL, *codec_list = "int8,int4", *contexts = NULL, *rss_codec = NULL;
+    const char *forcing = "greedy";
     int64_t page = KW_KVCACHE_PAGE_TOKENS, threads = 2, capacity = 4096, prompts = 20, prefix = 32, positions = 100;
     int64_t n_free = 0, steps = 16, reps = 3, rss_tokens = 0;
     const kw_cli_option opts[] = {
@@ -298,6 +321,7 @@ int kw_bench_cache(int argc, char **argv) {
         KW_CLI_STR("--codecs", &codec_list),
         KW_CLI_STR("--contexts", &contexts),
         KW_CLI_STR("--codec", &rss_codec),
+        KW_CLI_STR("--forcing", &forcing),
         KW_CLI_INT("--page-tokens", &page, 16, 4096),
         KW_CLI_INT("--threads", &threads, 1, 256),
         KW_CLI_INT("--capacity", &capacity, 1, 1 << 24),
@@ -322,6 +346,9 @@ int kw_bench_cache(int argc, char **argv) {
     int32_t *toks = NULL;
     kw_bc_codec codecs[8];
     int n_codecs = 0;
+    const int forcing_greedy = strcmp(forcing, "greedy") == 0;
+    KW_CHECK_IF(!forcing_greedy && strcmp(forcing, "text") != 0, KW_E_INVALID_ARG,
+                "--forcing is greedy or text, not '%s'", forcing);
     for (const char *s = codec_list; *s;) {
         const char *e = strchr(s, ',');
         const size_t n = e ? (size_t)(e - s) : strlen(s);
@@ -379,7 +406,8 @@ int kw_bench_cache(int argc, char **argv) {
                codecs[c].name, (double)b / (double)capacity, 100.0 * (double)b / (double)bf16_bytes);
     }
     if (toks)
-        KW_CHECK(kw_bc_quality(m, codecs, n_codecs, page, toks, (int64_t)n_toks, prompts, prefix, positions, n_free));
+        KW_CHECK(kw_bc_quality(m, codecs, n_codecs, page, toks, (int64_t)n_toks, prompts, prefix, positions, n_free,
+                               forcing_greedy));
     if (contexts) {
         int64_t ctx[16];
         int n_ctx = 0;

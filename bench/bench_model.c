@@ -139,13 +139,15 @@ int kw_bench_model(int argc, char **argv) {
     KW_CHECK_IF(!ids, KW_E_NOMEM, "out of memory");
     for (int64_t i = 0; i < prompt_len; ++i)
         ids[i] = (int32_t)(((uint64_t)i * 2654435761u) % (uint64_t)cfg->vocab);
-    KW_CHECK(kw_model_create_cache(model, prompt_len + n_decode + 1, KW_DTYPE_BF16, &cache));
+    const int64_t warm_steps = 4; /* the cache holds the warm-up's steps too when --decode is shorter */
+    KW_CHECK(kw_model_create_cache(model, prompt_len + (n_decode > warm_steps ? n_decode : warm_steps) + 1,
+                                   KW_DTYPE_BF16, &cache));
 
     /* warm-up: faults the mapped weights in and sizes the CPU backend's scratch */
     stage = "warm-up";
     int32_t next = 0;
     KW_CHECK(kw_model_prefill(model, cache, ids, prompt_len));
-    for (int i = 0; i < 4; ++i)
+    for (int64_t i = 0; i < warm_steps; ++i)
         KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, KW_ARGMAX_ROUND_BF16));
 
     stage = "measure";

@@ -129,45 +129,86 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_key_row)(float *kbuf, cons
         KW_V(store)(kbuf + d, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(codes, codec, d), KW_V(load)(sc + d)));
 }
 
-/* The output of up to four heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of up to four
- * 16-wide chunks from d0: each value row's chunks are rebuilt once (one scale per group of G = 16 or 32 channels, so a
- * chunk lies in one group) and feed every head's fma chain over the rows, a head skipping the rows whose weight is 0,
- * as kw_attn_out_block does. */
-KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_out_block)(float *const *o, const float *const *e,
-                                                                 const float *inv, int m, const uint8_t *vbase,
-                                                                 const uint8_t *vscales, const float *scale_of,
-                                                                 size_t row_bytes, enum kw_kvq_codec codec, int64_t lo,
-                                                                 int64_t n, int64_t D, int64_t d0) {
+/* The output of m heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of nc 16-wide chunks from d0:
+ * each value row's chunks are rebuilt once (one scale per group of G = 16 or 32 channels, so a chunk lies in one group)
+ * and feed every head's fma chain over the rows, a head skipping the rows whose weight is 0, as kw_attn_out_block does.
+ * m and nc are constants at every call (kw_attnq_out_block's switch), so the loops unroll and the m x nc accumulators
+ * live in registers (with run-time bounds the compiler kept them in memory: a load and a store around every fma). */
+KW_SIMD_TARGET KW_SIMD_INLINE void
+KW_ISA_FN(kw_attnq_out_fixed)(float *const *o, const float *const *e, const float *inv, const uint8_t *vbase,
+                              const uint8_t *vscales, const float *scale_of, size_t row_bytes, enum kw_kvq_codec codec,
+                              int64_t lo, int64_t n, int64_t D, int64_t d0, const int m, const int nc) {
     KW_VT acc[4][4];
-    const int nc = (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4);
     const int64_t G = kw_kvq_value_group(D);
-    for (int g = 0; g < 4; ++g)
-        for (int c = 0; c < 4; ++c)
+#pragma GCC unroll 4
+    for (int g = 0; g < m; ++g)
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c)
             acc[g][c] = KW_V(zero)();
     for (int64_t j = 0; j < n; ++j) {
         int any = 0;
+#pragma GCC unroll 4
         for (int g = 0; g < m; ++g)
             any |= e[g][j] != 0.0f;
         if (!any) continue;
         const uint8_t *vrow = vbase + (size_t)(lo + j) * row_bytes, *vs = vscales + (lo + j) * (D / G);
         KW_VT v[4];
+#pragma GCC unroll 4
         for (int c = 0; c < nc; ++c) {
             const int64_t d = d0 + c * 16;
             v[c] = KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d), KW_V(set1)(scale_of[vs[d / G]]));
         }
+#pragma GCC unroll 4
         for (int g = 0; g < m; ++g) {
             const float w = e[g][j];
             if (w == 0.0f) continue;
             const KW_VT ev = KW_V(set1)(w);
+#pragma GCC unroll 4
             for (int c = 0; c < nc; ++c)
                 acc[g][c] = KW_V(fma)(ev, v[c], acc[g][c]);
         }
     }
+#pragma GCC unroll 4
     for (int g = 0; g < m; ++g) {
         const KW_VT iv = KW_V(set1)(inv[g]);
+#pragma GCC unroll 4
         for (int c = 0; c < nc; ++c)
             KW_V(store)(o[g] + d0 + c * 16, KW_V(mul)(acc[g][c], iv));
     }
+}
+
+/* kw_attnq_out_fixed for up to four heads (m) and the dims of up to four chunks from d0, with m and nc as constants. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_out_block)(float *const *o, const float *const *e, const float *inv,
+                                                         int m, const uint8_t *vbase, const uint8_t *vscales,
+                                                         const float *scale_of, size_t row_bytes,
+                                                         enum kw_kvq_codec codec, int64_t lo, int64_t n, int64_t D,
+                                                         int64_t d0) {
+    const int nc = (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4);
+#define KW_ATTNQ_OUT_CASE(M, NC)                                                                                       \
+    case (M)*8 + (NC):                                                                                                 \
+        KW_ISA_FN(kw_attnq_out_fixed)(o, e, inv, vbase, vscales, scale_of, row_bytes, codec, lo, n, D, d0, M, NC);     \
+        return
+    switch (m * 8 + nc) {
+        KW_ATTNQ_OUT_CASE(1, 1);
+        KW_ATTNQ_OUT_CASE(1, 2);
+        KW_ATTNQ_OUT_CASE(1, 3);
+        KW_ATTNQ_OUT_CASE(1, 4);
+        KW_ATTNQ_OUT_CASE(2, 1);
+        KW_ATTNQ_OUT_CASE(2, 2);
+        KW_ATTNQ_OUT_CASE(2, 3);
+        KW_ATTNQ_OUT_CASE(2, 4);
+        KW_ATTNQ_OUT_CASE(3, 1);
+        KW_ATTNQ_OUT_CASE(3, 2);
+        KW_ATTNQ_OUT_CASE(3, 3);
+        KW_ATTNQ_OUT_CASE(3, 4);
+        KW_ATTNQ_OUT_CASE(4, 1);
+        KW_ATTNQ_OUT_CASE(4, 2);
+        KW_ATTNQ_OUT_CASE(4, 3);
+        KW_ATTNQ_OUT_CASE(4, 4);
+    default:
+        return; /* m is 1..4 and D a multiple of 16 (the caller's loops) */
+    }
+#undef KW_ATTNQ_OUT_CASE
 }
 
 /* kw_attn_item over one kv head's key storage khead (geometry kg, full pages up to row full) and value storage vhead.

@@ -239,8 +239,8 @@ static void kvq_attend(kw_backend *b, kvq_pair *s, float *out, const float *q, i
 }
 
 /* Same bits as the f32 attention on the held values, on every ISA and thread count, and close to the oracle. */
-static void kvq_check_attention(enum kw_kvq_codec codec, int64_t D, int64_t window, int masked) {
-    const int64_t Hkv = 2, Hq = 6, cap = 160, n = 150, T = 20;
+static void kvq_check_attention(enum kw_kvq_codec codec, int64_t D, int64_t window, int masked, int64_t Hq) {
+    const int64_t Hkv = 2, cap = 160, n = 150, T = 20;
     const int32_t P = 32;
     kw_backend *b0 = kw_cpu("scalar", 1);
     kvq_pair s0 = kvq_alloc(b0, codec, Hkv, cap, D, P);
@@ -302,12 +302,19 @@ static void kvq_check_attention(enum kw_kvq_codec codec, int64_t D, int64_t wind
 
 static void test_kvq_attention(void **state) {
     (void)state;
-    kvq_check_attention(KW_KVQ_INT8, 64, 0, 0);
-    kvq_check_attention(KW_KVQ_INT8, 256, 40, 1);
-    kvq_check_attention(KW_KVQ_INT4, 64, 0, 1);
-    kvq_check_attention(KW_KVQ_INT6, 64, 0, 1);
-    kvq_check_attention(KW_KVQ_INT6, 256, 33, 0);
-    kvq_check_attention(KW_KVQ_INT4, 80, 17, 0);
+    kvq_check_attention(KW_KVQ_INT8, 64, 0, 0, 6);
+    kvq_check_attention(KW_KVQ_INT8, 256, 40, 1, 6);
+    kvq_check_attention(KW_KVQ_INT4, 64, 0, 1, 6);
+    kvq_check_attention(KW_KVQ_INT6, 64, 0, 1, 6);
+    kvq_check_attention(KW_KVQ_INT6, 256, 33, 0, 6);
+    kvq_check_attention(KW_KVQ_INT4, 80, 17, 0, 6);
+    /* 1, 2, 4 and 5 query heads per kv head (the kernel handles up to four at a time) and 1..3 16-wide chunks past the
+     * last 64 dims: every (heads, chunks) case of the value pass */
+    kvq_check_attention(KW_KVQ_INT8, 48, 0, 1, 2);
+    kvq_check_attention(KW_KVQ_INT8, 96, 0, 0, 4);
+    kvq_check_attention(KW_KVQ_INT4, 112, 9, 1, 8);
+    kvq_check_attention(KW_KVQ_INT6, 64, 0, 0, 10);
+    kvq_check_attention(KW_KVQ_INT8, 16, 0, 1, 8);
 }
 
 /* The byte size: codes, one scale byte per (page, channel) of keys and per (row, 32 channels) of values, one bf16
