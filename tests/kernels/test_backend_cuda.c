@@ -9,7 +9,9 @@
  *  - a refused allocation (far beyond any GPU's memory) must not make the next op fail (the runtime's last error);
  *  - two backends on one device, used alternately (separate streams, pools and error records), and a backend driven
  *    from a thread other than the one that created it (the current device is per thread);
- *  - no quantized weight layout (kw_backend_supports_layout 0, kw_tensor_pack_quantized refused).
+ *  - no quantized weight layout (kw_backend_supports_layout 0, kw_tensor_pack_quantized refused);
+ *  - the paged quantized KV cache against the CPU backend's (kw_kvq_parity.c): the same stored bytes and loaded bits,
+ *    attention with the bits of the CUDA dense attention on the held values.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "kw_backend_cases.h"
+#include "kw_kvq_parity.h"
 
 #ifdef KW_TEST_CUDA_EMU
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
@@ -131,6 +134,8 @@ int main(void) {
     kw_expect(kw_two_backends(b), "two backends on one device, alternately");
     kw_expect(kw_other_thread(b), "a backend driven from another thread");
     kw_expect(kw_quantized_refused(b), "no quantized weight layout: refused");
+    kw_expect(kw_backend_supports_kvq(b), "the quantized KV cache is supported");
+    kw_expect(kw_kvq_parity(b, &run) == 0, "the quantized KV cache equals the cpu's (kw_kvq_parity)");
     kw_backend_destroy(b);
 #ifdef KW_TEST_CUDA_EMU
     kw_cuda_emu_stats st;
