@@ -182,7 +182,17 @@ static int compare_steps(const char *what, const float *cpu, const float *gpu, c
  * Receiver only
  */
 
-static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol) {
+/* A cache for m: dense of cache_dtype, or quantized with codec (pages of 16 rows, so that the prompt fills some). */
+static kw_kvcache *make_cache(kw_model *m, int64_t cap, enum kw_dtype cache_dtype, enum kw_kvq_codec codec) {
+    kw_kvcache *c = NULL;
+    const int rc = codec ? kw_model_create_cache_quantized(m, cap, codec, 16, &c)
+                         : kw_model_create_cache(m, cap, cache_dtype, &c);
+    if (rc < 0) fail_msg("cache on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc),
+                         kw_error_detail());
+    return c;
+}
+
+static void receiver_only(const char *dir, enum kw_dtype cache_dtype, enum kw_kvq_codec codec, double tol) {
     kw_model *mc = load(E.cpu, dir), *mg = load(E.gpu, dir);
     const int64_t V = kw_model_get_config(mc)->vocab, L = E.L, cap = L + STEPS + 4;
     float *rc = malloc((size_t)(STEPS * V) * sizeof *rc), *rg = malloc((size_t)(STEPS * V) * sizeof *rg);
@@ -193,9 +203,7 @@ static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol
     for (int64_t i = 0; i < L; ++i)
         ids[i] = (int32_t)(E.prompt[i] % V);
 
-    kw_kvcache *cc = NULL, *cg = NULL;
-    assert_int_equal(kw_model_create_cache(mc, cap, cache_dtype, &cc), 0);
-    assert_int_equal(kw_model_create_cache(mg, cap, cache_dtype, &cg), 0);
+    kw_kvcache *cc = make_cache(mc, cap, cache_dtype, codec), *cg = make_cache(mg, cap, cache_dtype, codec);
     /* each backend prefills the prompt (its own first row), then follows the cpu's tokens */
     const kw_forward_args pre = {.ids = ids, .n = L, .mode = KW_LOGITS_LAST, .logits = first};
     assert_int_equal(kw_model_forward(mc, cc, &pre), 0);
@@ -232,7 +240,25 @@ static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol
 
 static void test_receiver_only_fp32(void **state) {
     (void)state;
-    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, TOL);
+    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, 0, TOL);
+}
+
+/* The quantized caches (pages of 16 rows, int8 and int4): the CPU's and the GPU's K and V differ in their last bits
+ * before they are quantized, so a value within that difference of a rounding boundary of its codec takes the
+ * neighbouring code on one backend (about 1e-6 x 127 of the int8 values, 1e-6 x 7 of the int4 ones), which moves the
+ * logits by a fraction of one code's share of an attention output. Measured: no larger than the dense cache's
+ * difference (about 1.5e-6 of max |logit| on this fixture, both codecs); QTOL = 1e-3 leaves room for such flips and
+ * keeps every step with a top-2 margin above 2e-3 max |logit| decisive. */
+#define QTOL 1e-3
+
+static void test_receiver_only_int8(void **state) {
+    (void)state;
+    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, KW_KVQ_INT8, QTOL);
+}
+
+static void test_receiver_only_int4(void **state) {
+    (void)state;
+    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, KW_KVQ_INT4, QTOL);
 }
 
 /* A request whose KV cache does not fit the backend's memory limit is refused before anything is allocated, with a
@@ -277,7 +303,7 @@ static void test_receiver_only_bf16(void **state) {
     go.seed = 11;
     const int rc = kw_genmodel_write(&go, dir);
     if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
-    receiver_only(dir, KW_DTYPE_F32, TOL);
+    receiver_only(dir, KW_DTYPE_F32, 0, TOL);
     kw_test_remove_tree(dir);
 }
 
@@ -651,7 +677,13 @@ static void test_kv_direct(void **state) {
     kw_model_free(mg);
 }
 
-int main(void) {
+/* With an argument, only the tests whose names match it (cmocka's * and ? patterns) run; without, all but the quantized
+ * caches', which CMake runs as their own tests (test_gpu_emu_e2e_kvq, in order and under the randomized schedule). */
+int main(int argc, char **argv) {
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    else
+        cmocka_set_skip_filter("test_receiver_only_int*");
 #ifdef KW_TEST_REAL_CUDA
     kw_backend *probe = NULL;
     const int rc = kw_backend_create_cuda(0, &probe);
@@ -664,6 +696,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_receiver_only_fp32),
         cmocka_unit_test(test_receiver_only_bf16),
+        cmocka_unit_test(test_receiver_only_int8),
+        cmocka_unit_test(test_receiver_only_int4),
         cmocka_unit_test(test_c2c),
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_cache_over_memory_limit),
