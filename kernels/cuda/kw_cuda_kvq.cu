@@ -13,6 +13,7 @@
 #include "kernels/cuda/kw_cuda.cuh"
 
 #include "kernels/kw_kvq_format.h"
+#include "kernels/kw_op_math.h"
 
 #define KW_KVQ_BLOCK 256
 
