@@ -185,10 +185,10 @@ static int compare_steps(const char *what, const float *cpu, const float *gpu, c
 /* A cache for m: dense of cache_dtype, or quantized with codec (pages of 16 rows, so that the prompt fills some). */
 static kw_kvcache *make_cache(kw_model *m, int64_t cap, enum kw_dtype cache_dtype, enum kw_kvq_codec codec) {
     kw_kvcache *c = NULL;
-    const int rc = codec ? kw_model_create_cache_quantized(m, cap, codec, 16, &c)
-                         : kw_model_create_cache(m, cap, cache_dtype, &c);
-    if (rc < 0) fail_msg("cache on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc),
-                         kw_error_detail());
+    const int rc =
+        codec ? kw_model_create_cache_quantized(m, cap, codec, 16, &c) : kw_model_create_cache(m, cap, cache_dtype, &c);
+    if (rc < 0)
+        fail_msg("cache on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc), kw_error_detail());
     return c;
 }
 
@@ -228,6 +228,12 @@ static void receiver_only(const char *dir, enum kw_dtype cache_dtype, enum kw_kv
         assert_int_equal(gg.ids[s], gc.ids[s]);
     }
     print_message("  %s: free-running greedy, %d tokens identical\n", dir, first_tie);
+    if (codec) { /* a quantized cache decodes op by op: no step graph recorded or launched */
+        int64_t recordings, launches;
+        kw_model_graph_counts(mg, &recordings, &launches);
+        assert_int_equal(recordings, 0);
+        assert_int_equal(launches, 0);
+    }
 
     kw_generate_result_free(&gc);
     kw_generate_result_free(&gg);
