@@ -208,7 +208,7 @@ static void kvq_check_attention(kvq_run *r, const float *kr, const float *vr, in
 }
 
 static void kvq_side_alloc(kvq_run *r, kvq_side *s, kw_backend *b) {
-    size_t kb, vb;
+    size_t kb = 0, vb = 0;
     int rc = kw_kvq_bytes(&r->kg, &kb);
     if (rc == 0) rc = kw_kvq_bytes(&r->vg, &vb);
     if (rc != 0) kvq_die("kvq_bytes", rc);
