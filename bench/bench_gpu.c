@@ -10,7 +10,8 @@
  *  - unpack: the decode of those bytes back into bf16 (kw_cuda_wire_decode_tensor), counted the same way;
  *  - prefill tok/s and batch-1 decode tok/s of a random model of the shape on the CUDA backend (the gen-model library
  *    writes it to a temporary folder, or --model-dir), and decode against its bound, peak bandwidth / weight bytes
- *    read per token.
+ *    read per token; for each --weights format: the bf16 folder, and GGUF files kw_quantize_file (`kvwire quantize`)
+ *    writes from it, Q8_0 and Q4_K_M, whose weights the backend keeps quantized (fewer bytes read per token).
  * Targets (issue 9, unverified until run on hardware): pack/unpack >= 70% of peak, decode >= 60% of its bound.
  * Without a device it says so and exits 77, the skip status of the test suite. Not a correctness check:
  * tests/gpu does that.
@@ -31,6 +32,7 @@
 #include "kernels/kw_backend.h"
 #include "model/kw_genmodel.h"
 #include "model/kw_model.h"
+#include "model/kw_quantize.h"
 #include "tools/kw_cli.h"
 #include "wire/kw_wire.h"
 
@@ -42,17 +44,19 @@ const char kw_bench_gpu_summary[] = "GPU: KVWire pack/unpack GB/s and decode tok
 enum { KW_GPU_LAYERS = 28, KW_GPU_KV_HEADS = 8, KW_GPU_HEAD_DIM = 128 };
 
 static void kw_bench_gpu_usage(FILE *f) {
-    fprintf(f,
-            "usage: kvwire bench gpu [--device N] [--tokens N] [--prompt-len N] [--decode N] [--reps N]\n"
-            "                        [--model-dir DIR] [--skip-model]\n"
-            "  --device     CUDA device (default 0)\n"
-            "  --tokens     cached tokens per layer for pack/unpack (default 4096)\n"
-            "  --prompt-len prefill tokens (default 512); --decode: decode steps (default 128)\n"
-            "  --reps       measured repetitions, best is reported (default 5)\n"
-            "  --model-dir  where to write the random Qwen3-0.6B-shaped model (kept, and reused); default: a temp dir\n"
-            "  --skip-model pack/unpack only\n"
-            "exit status: 0 done, 1 failure, 2 usage error, %d no CUDA device (nothing measured)\n",
-            KW_BENCH_GPU_NO_DEVICE);
+    fprintf(
+        f,
+        "usage: kvwire bench gpu [--device N] [--tokens N] [--prompt-len N] [--decode N] [--reps N]\n"
+        "                        [--model-dir DIR] [--weights bf16|q8_0|q4_k_m|all] [--skip-model]\n"
+        "  --device     CUDA device (default 0)\n"
+        "  --tokens     cached tokens per layer for pack/unpack (default 4096)\n"
+        "  --prompt-len prefill tokens (default 512); --decode: decode steps (default 128)\n"
+        "  --reps       measured repetitions, best is reported (default 5)\n"
+        "  --model-dir  where to write the random Qwen3-0.6B-shaped model (kept, and reused); default: a temp dir\n"
+        "  --weights    the model's weight format(s) (default all: bf16, then GGUF Q8_0 and Q4_K_M kept quantized)\n"
+        "  --skip-model pack/unpack only\n"
+        "exit status: 0 done, 1 failure, 2 usage error, %d no CUDA device (nothing measured)\n",
+        KW_BENCH_GPU_NO_DEVICE);
 }
 
 #define KW_CUDA_CHECK(expr)                                                                                            \
@@ -134,22 +138,18 @@ out:
     return rc;
 }
 
-/* Prefill and decode of the Qwen3-0.6B-shaped random model on the CUDA backend. */
-static int kw_gpu_time_model(int device, const char *model_dir, int64_t prompt_len, int64_t n_decode, int64_t reps,
-                             double *prefill_s, double *decode_s, size_t *weight_bytes) {
+/* The --weights choices: the bf16 folder itself, or a GGUF file quantized from it with a kw_quant_scheme. */
+static const char *const kw_gpu_weights[] = {"bf16", "q8_0", "q4_k_m", "all", NULL};
+static const int kw_gpu_scheme[] = {-1, KW_QUANT_Q8_0, KW_QUANT_Q4_K_M};
+
+/* Prefill and decode of the Qwen3-0.6B-shaped random model on the CUDA backend, weights as kw_gpu_weights[format]. */
+static int kw_gpu_time_model(int device, const char *dir, int format, int64_t prompt_len, int64_t n_decode,
+                             int64_t reps, double *prefill_s, double *decode_s, size_t *weight_bytes) {
     int rc = 0;
     kw_backend *be = NULL;
     kw_model *model = NULL;
     kw_kvcache *cache = NULL;
     int32_t *ids = NULL;
-    char tmpl[] = "/tmp/kw_bench_gpu_XXXXXX";
-    const char *dir = model_dir;
-    int temp = 0;
-    if (!dir) {
-        KW_CHECK_IF(!mkdtemp(tmpl), KW_E_IO, "mkdtemp: %s", strerror(errno));
-        dir = tmpl;
-        temp = 1;
-    }
     char *st_path = kw_path_join(dir, "model.safetensors");
     KW_CHECK_IF(!st_path, KW_E_NOMEM, "out of memory");
     const int exists = kw_path_is_file(st_path);
@@ -159,9 +159,15 @@ static int kw_gpu_time_model(int device, const char *model_dir, int64_t prompt_l
         KW_CHECK(kw_genmodel_preset("qwen3-0.6b", NULL, &go.cfg));
         KW_CHECK(kw_genmodel_write(&go, dir));
     }
+    char gguf[4096];
+    if (kw_gpu_scheme[format] >= 0) { /* written once next to the folder's files, and reused with --model-dir */
+        snprintf(gguf, sizeof gguf, "%s/model-%s.gguf", dir, kw_gpu_weights[format]);
+        if (!kw_path_is_file(gguf))
+            KW_CHECK(kw_quantize_file(dir, gguf, (enum kw_quant_scheme)kw_gpu_scheme[format], NULL, NULL));
+    }
     KW_CHECK(kw_backend_create_cuda(device, &be));
     const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512)};
-    KW_CHECK(kw_model_load(be, dir, &mo, &model));
+    KW_CHECK(kw_model_load(be, kw_gpu_scheme[format] >= 0 ? gguf : dir, &mo, &model));
     const kw_model_config *cfg = kw_model_get_config(model);
     ids = malloc((size_t)prompt_len * sizeof *ids);
     KW_CHECK_IF(!ids, KW_E_NOMEM, "out of memory");
@@ -190,14 +196,13 @@ out:
     kw_kvcache_free(cache);
     kw_model_free(model);
     kw_backend_destroy(be);
-    if (temp) kw_cli_remove_generated_model(dir);
     return rc;
 }
 
 int kw_bench_gpu(int argc, char **argv) {
     int64_t device = 0, tokens = 4096, prompt_len = 512, n_decode = 128, reps = 5;
     const char *model_dir = NULL;
-    int skip_model = 0;
+    int skip_model = 0, weights = 3;
     const kw_cli_option opts[] = {
         KW_CLI_INT("--device", &device, 0, 64),
         KW_CLI_INT("--tokens", &tokens, 1, 1 << 20),
@@ -205,6 +210,7 @@ int kw_bench_gpu(int argc, char **argv) {
         KW_CLI_INT("--decode", &n_decode, 1, 8192),
         KW_CLI_INT("--reps", &reps, 1, 100),
         KW_CLI_STR("--model-dir", &model_dir),
+        KW_CLI_CHOICE("--weights", &weights, kw_gpu_weights),
         KW_CLI_FLAG("--skip-model", &skip_model),
     };
     const int st = KW_CLI_PARSE("kvwire bench gpu", argc, argv, opts, kw_bench_gpu_usage);
@@ -219,6 +225,9 @@ int kw_bench_gpu(int argc, char **argv) {
     }
     int rc = 0;
     const char *stage = "device properties";
+    char tmpl[] = "/tmp/kw_bench_gpu_XXXXXX";
+    const char *dir = model_dir; /* the random model, written once for every format */
+    int temp_dir = 0;
     uint16_t *cache = NULL;
     struct cudaDeviceProp prop;
     int clock_khz = 0, bus_bits = 0;
@@ -271,25 +280,39 @@ int kw_bench_gpu(int argc, char **argv) {
     cudaFree(cache);
     cache = NULL;
 
-    if (!skip_model) {
+    if (!skip_model && !dir) { /* a temporary folder unless --model-dir */
+        KW_CHECK_IF(!mkdtemp(tmpl), KW_E_IO, "mkdtemp: %s", strerror(errno));
+        dir = tmpl;
+        temp_dir = 1;
+    }
+    for (int f = 0; f < 3 && !skip_model; ++f) {
+        if (weights != 3 && weights != f) continue;
         stage = "model";
         double prefill_s = 0, decode_s = 0;
         size_t wbytes = 0;
-        KW_CHECK(kw_gpu_time_model((int)device, model_dir, prompt_len, n_decode, reps, &prefill_s, &decode_s, &wbytes));
+        KW_CHECK(kw_gpu_time_model((int)device, dir, f, prompt_len, n_decode, reps, &prefill_s, &decode_s, &wbytes));
         const double decode_tps = (double)n_decode / decode_s, bound_tps = peak / (double)wbytes;
         char label[64];
-        snprintf(label, sizeof label, "prefill %ld tokens", (long)prompt_len);
+        snprintf(label, sizeof label, "prefill %ld tokens, %s", (long)prompt_len, kw_gpu_weights[f]);
         printf("%-34s %9.3f ms %7.0f tok/s %8s\n", label, prefill_s * 1e3, (double)prompt_len / prefill_s, "-");
-        snprintf(label, sizeof label, "decode %ld steps (batch 1)", (long)n_decode);
+        snprintf(label, sizeof label, "decode %ld steps (batch 1), %s", (long)n_decode, kw_gpu_weights[f]);
         printf("%-34s %9.3f ms %7.1f tok/s %8.1f%%\n", label, decode_s * 1e3, decode_tps,
                100.0 * decode_tps / bound_tps);
-        printf("\ndecode bound: %.1f tok/s = peak bandwidth / %.1f MB of weights read per token\n", bound_tps,
-               (double)wbytes * 1e-6);
+        printf("  %s decode bound: %.1f tok/s = peak bandwidth / %.1f MB of weights read per token\n",
+               kw_gpu_weights[f], bound_tps, (double)wbytes * 1e-6);
     }
     printf("targets (issue 9, unverified until measured on hardware): pack/unpack >= 70%% of peak, decode >= 60%% of "
            "its bound\n");
 out:
     cudaFree(cache);
+    if (temp_dir) {
+        for (int f = 0; f < 3; ++f) {
+            char gguf[4096];
+            snprintf(gguf, sizeof gguf, "%s/model-%s.gguf", dir, kw_gpu_weights[f]);
+            remove(gguf);
+        }
+        kw_cli_remove_generated_model(dir);
+    }
     if (rc < 0) fprintf(stderr, "kvwire bench gpu: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
     return rc < 0 ? 1 : 0;
 }

@@ -79,12 +79,14 @@ enum kw_layout {
      *   QPANELS_S8:     8-bit codes in -128..127, scale per 32           (Q8_0, Q5_0)
      *   QPANELS_S8_OFS: 8-bit codes,             scale and offset per 32 (Q5_1, Q5_K)
      *   QPANELS_S8_G16: 8-bit codes,             scale per 16            (Q6_K)
-     * Storage (K a multiple of the group; dtype KW_DTYPE_F32, the type of the values; ndim 2): panels of 64 rows as in
-     * KW_LAYOUT_PANELS; a panel is K / group groups one after the other, and a group is 64 f32 scales (one per row),
-     * then 64 f32 offsets (layouts with offsets), then its codes k-major: per k, 64 bytes (8-bit: byte r is row r) or
-     * 32 bytes (4-bit: 8 bytes per strip of 16 rows, byte j of strip s holding row 16s + j in its low nibble and row
-     * 16s + 8 + j in its high nibble, as the nibble minus 8 for S4). Rows past N are zero. So a GEMV streams each panel
-     * once, sequentially. Usable only as the weight of kw_op_matmul and the table of kw_op_get_rows, like PANELS. */
+     * Storage on the CPU backend (K a multiple of the group; dtype KW_DTYPE_F32, the type of the values; ndim 2):
+     * panels of 64 rows as in KW_LAYOUT_PANELS; a panel is K / group groups one after the other, and a group is 64 f32
+     * scales (one per row), then 64 f32 offsets (layouts with offsets), then its codes k-major: per k, 64 bytes (8-bit:
+     * byte r is row r) or 32 bytes (4-bit: 8 bytes per strip of 16 rows, byte j of strip s holding row 16s + j in its
+     * low nibble and row 16s + 8 + j in its high nibble, as the nibble minus 8 for S4). Rows past N are zero. So a GEMV
+     * streams each panel once, sequentially. Usable only as the weight of kw_op_matmul and the table of kw_op_get_rows,
+     * like PANELS. The CUDA backend stores the same layouts its own way, in the same number of bytes (row-major codes,
+     * then the scales, then the offsets: kernels/cuda/kw_cuda.cuh, kw_cuda_qweight). */
     KW_LAYOUT_QPANELS_S4 = 2,
     KW_LAYOUT_QPANELS_U4 = 3,
     KW_LAYOUT_QPANELS_S8 = 4,
@@ -256,15 +258,15 @@ typedef struct kw_quant_rows {
     const float *offsets;  /* n * (k / group), or NULL for a layout without offsets */
 } kw_quant_rows;
 
-/* 1 if the backend keeps matmul weights in the quantized layout (kw_tensor_pack_quantized works), else 0: the CPU
- * backend has them all, the CUDA backend none (a model then dequantizes at load). */
+/* 1 if the backend keeps matmul weights in the quantized layout (kw_tensor_pack_quantized works), else 0 (a model then
+ * dequantizes at load): the CPU and the CUDA backend have them all. */
 int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout);
 
 /* Packs q into *packed, a new tensor (N, K) f32 in layout q->layout owned by the caller (kw_tensor_free). matmul with
- * it gives the same bits as with the f32 weight the formula above describes. Errors: KW_E_OP_UNSUPPORTED (the backend
- * has no such layout: kw_backend_supports_layout), KW_E_SHAPE (K not a multiple of the group, a non-positive size),
- * KW_E_INVALID_ARG (a NULL array, offsets missing or given where the layout has none, a code out of range),
- * KW_E_OVERFLOW (a size too large), KW_E_NOMEM. */
+ * it gives the same bits as with the f32 weight the formula above describes, on the same backend. Errors:
+ * KW_E_OP_UNSUPPORTED (the backend has no such layout: kw_backend_supports_layout), KW_E_SHAPE (K not a multiple of the
+ * group, a non-positive size), KW_E_INVALID_ARG (a NULL array, offsets missing or given where the layout has none, a
+ * code out of range), KW_E_OVERFLOW (a size too large), KW_E_NOMEM. */
 int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
 
 /* A view of rows [row0, row0+nrows) of the outermost dimension of src: same memory, no ownership. */

@@ -42,10 +42,10 @@ typedef struct kw_model_options {
     kw_weights_options weights; /* GGUF files: the dtype weights are dequantized to (zero: f32) */
     /* GGUF files: KW_GGUF_WEIGHTS_QUANTIZED (the default with f32 weights) keeps the matmul weights and the embedding
      * table of the types kvwire keeps quantized (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: model/kw_dequant.h) in
-     * the backend's quantized panels (kernels/kw_backend.h; the CPU backend has them, CUDA does not: those weights are
-     * then dequantized as before). The logits are the same bits as with f32 weights (weights.gguf_dtype F32); 0.75-1.25
-     * bytes are read per weight instead of 4. Other tensors (norms, biases, F16/F32/Q2_K/Q3_K weights) are dequantized
-     * to weights.gguf_dtype. */
+     * the backend's quantized panels (kernels/kw_backend.h; the CPU and CUDA backends both have them, a backend without
+     * them gets those weights dequantized as before). The logits are the same bits as with f32 weights
+     * (weights.gguf_dtype F32) on the same backend; 0.75-1.25 bytes are read per weight instead of 4. Other tensors
+     * (norms, biases, F16/F32/Q2_K/Q3_K weights) are dequantized to weights.gguf_dtype. */
     enum kw_gguf_weights gguf_weights;
 } kw_model_options;
 

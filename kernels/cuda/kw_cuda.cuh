@@ -18,6 +18,7 @@ extern "C" {
 #include "common/kw_status.h"
 #include "kernels/kw_backend_impl.h"
 }
+#include "kernels/kw_op_math.h"
 
 /* The device-side record of get_rows' bad ids, read at synchronize; all zero means none. Launches on the stream run
  * one after another, so the first faulting launch claims `launch` with atomicCAS and only its blocks update `key`
@@ -140,12 +141,69 @@ int kw__cuda_malloc(kw_cuda_backend *cu, size_t size, void **out);
 /* Grows the backend's f32 workspace to at least n floats. */
 int kw__cuda_workspace(kw_cuda_backend *cu, size_t n, float **out);
 
-/* Widens n values of a bf16/f16/f32 device array starting at element i0 into dst (f32), on the stream. */
-int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n);
+/* Matmul weights kept quantized (KW_LAYOUT_QPANELS_*, kw_tensor_pack_quantized). The CUDA backend stores these layouts
+ * its own way, in the same number of bytes as the CPU's panels (kw_tensor_nbytes), with the rows padded to whole panels
+ * of 64 as there:
+ *   codes    rows_pad rows of K codes, row-major: 8-bit codes one byte each (two's complement); 4-bit codes two to a
+ *            byte, k even in the low nibble and k odd in the high one, as the code minus code_min (0..15);
+ *   scales   rows_pad x (K / group) f32, row-major, right after the codes;
+ *   offsets  the same again, for the layouts with offsets.
+ * Rows past N are zero. Why not the CPU's k-major panels: the streaming kernel gives each output row to a warp whose
+ * lanes take k = lane, lane + 32, ... (the order the f32 weights are summed in), and in row-major codes those 32 lanes
+ * read 32 (or 16) consecutive bytes, one memory transaction, where the panels would put them 64 bytes apart. */
+struct kw_cuda_qweight {
+    const uint8_t *codes;
+    const float *scales;
+    const float *offsets; /* NULL for the layouts without offsets */
+    int64_t row_bytes;    /* bytes of codes per row: K or K / 2 */
+    int64_t groups;       /* K / group */
+    int32_t bits;         /* 8 or 4 */
+    int32_t group_shift;  /* log2 of the group (16 or 32) */
+    int32_t code_min;     /* added to a 4-bit nibble */
 
-/* The streaming matmul for small M (one warp per output row, weights read once). */
-int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M,
-                  int64_t N, int64_t K);
+    /* The weight (n, k) exactly as ggml and kw_ref_quant_dequant compute it: fl(fl(code * scale) + offset), two
+     * roundings (the _rn intrinsics: nvcc may not fuse them into one FMA). */
+    __device__ __forceinline__ float operator()(int64_t n, int64_t k) const {
+        int code;
+        if (bits == 8) {
+            code = (int8_t)codes[n * row_bytes + k];
+        } else {
+            const unsigned byte = codes[n * row_bytes + (k >> 1)];
+            code = (int)((k & 1) ? byte >> 4 : byte & 15u) + code_min;
+        }
+        const int64_t g = n * groups + (k >> group_shift);
+        const float v = __fmul_rn((float)code, scales[g]);
+        return offsets ? __fadd_rn(v, offsets[g]) : v;
+    }
+};
+
+/* A row-major f32/bf16/f16 weight (N, K), read as the kernels read kw_qweight. */
+struct kw_cuda_dense {
+    const void *w;
+    enum kw_dtype dtype;
+    int64_t K;
+    __device__ __forceinline__ float operator()(int64_t n, int64_t k) const { return kw_opm_load(w, dtype, n * K + k); }
+};
+
+/* Where the parts of a quantized weight (layout, N, K) start, relative to data, in the layout above. */
+struct kw_cuda_qparts {
+    size_t codes, scales, offsets; /* byte offsets (offsets: 0 if the layout has none) */
+    int64_t rows_pad, row_bytes, groups;
+};
+void kw__cuda_qparts(enum kw_layout layout, int64_t N, int64_t K, kw_cuda_qparts *out);
+
+/* The device view of a quantized weight tensor. */
+kw_cuda_qweight kw__cuda_qweight(const kw_tensor *w);
+
+/* kw_tensor_pack_quantized on the CUDA backend (validated q): the layout above, uploaded once. */
+int kw__cuda_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
+
+/* Writes rows [n0, n0 + rows) of the weight w (row-major f32/bf16/f16, or kept quantized) as f32 rows into dst, on the
+ * stream: the panel a cuBLAS GEMM then reads. */
+int kw__cuda_widen_rows(kw_cuda_backend *cu, float *dst, const kw_tensor *w, int64_t n0, int64_t rows);
+
+/* The streaming matmul for small M (one warp per output row, weights read once), w row-major or kept quantized. */
+int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const kw_tensor *w, int64_t M, int64_t N, int64_t K);
 /* y (M, N) += bias (N) */
 int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_dtype dtype, int64_t M, int64_t N);
 

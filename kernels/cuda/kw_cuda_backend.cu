@@ -10,7 +10,8 @@
  * Matmul keeps x in fp32 as the interface requires: cuBLAS's GemmEx has no f32-activation x bf16-weight form, so
  * small M runs a streaming kernel (kw__cuda_gemv) that widens weights in registers, and larger M widens W panel by
  * panel into an f32 workspace and calls cublasGemmEx with f32 operands and CUBLAS_COMPUTE_32F (no TF32). With f32
- * weights GemmEx runs on W directly.
+ * weights GemmEx runs on W directly. A weight kept quantized (KW_LAYOUT_QPANELS_*, kw_cuda.cuh) takes the same two
+ * paths, dequantized in registers by the streaming kernel and into the f32 panel for cuBLAS.
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
@@ -232,9 +233,9 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
      * slowly but correctly, as the CPU backend does */
     const int cublas_sizes = M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX;
     if (M <= KW_CUDA_GEMV_MAX_M || !cublas_sizes) {
-        KW_FORWARD(kw__cuda_gemv(cu, y, xs, w->data, w->dtype, M, N, K));
+        KW_FORWARD(kw__cuda_gemv(cu, y, xs, w, M, N, K));
     } else {
-        if (w->dtype == KW_DTYPE_F32) {
+        if (w->dtype == KW_DTYPE_F32 && w->layout == KW_LAYOUT_ROWS) {
             const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, 0, N);
             KW_FORWARD(kw_cuda_gemm(cu, &g, (const float *)w->data + g.a_offset, CUDA_R_32F, xs, y));
         } else {
@@ -244,8 +245,8 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
             for (int64_t n0 = 0; n0 < N; n0 += nb) {
                 const int64_t rows = N - n0 < nb ? N - n0 : nb;
                 const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, n0, rows);
-                /* the panel holds W's rows [n0, n0 + rows) widened: it is A itself, no offset */
-                KW_FORWARD(kw__cuda_to_f32(cu, panel, w->data, w->dtype, g.a_offset, rows * K));
+                /* the panel holds W's rows [n0, n0 + rows) widened (or dequantized): it is A itself, no offset */
+                KW_FORWARD(kw__cuda_widen_rows(cu, panel, w, n0, rows));
                 KW_FORWARD(kw_cuda_gemm(cu, &g, panel, CUDA_R_32F, xs, y));
             }
         }
@@ -396,6 +397,7 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->memset_zero = kw_cuda_memset_zero;
     i->host_alloc = kw_cuda_host_alloc;
     i->host_free = kw_cuda_host_free;
+    i->pack_quantized = kw__cuda_pack_quantized;
     i->get_rows = kw__cuda_get_rows;
     i->matmul = kw_cuda_matmul;
     i->rms_norm = kw__cuda_rms_norm;

@@ -1,5 +1,6 @@
-/* kw_cuda_ops.cu: the CUDA backend's kernels other than cuBLAS: streaming GEMV, weight widening, bias, embedding
- * lookup, RMSNorm, RoPE, attention, KV store/load, activations, add, scale, softmax, argmax and copy.
+/* kw_cuda_ops.cu: the CUDA backend's kernels other than cuBLAS: streaming GEMV, weight widening, weights kept quantized
+ * (the packing of their device layout; the GEMV, widening and get_rows kernels read them through kw_cuda_qweight),
+ * bias, embedding lookup, RMSNorm, RoPE, attention, KV store/load, activations, add, scale, softmax, argmax and copy.
  *
  * The numerics follow the CPU backend and kernels/ref: fp32 throughout; the per-element rules (dtype loads and
  * stores, activations, RMSNorm's scale, the RoPE rotation, the attention span, argmax's candidate order, KV
@@ -11,6 +12,8 @@
 #include "kernels/cuda/kw_cuda.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/kw_kvq_format.h"
 #include "kernels/kw_op_math.h"
@@ -62,20 +65,32 @@ __device__ __forceinline__ float kw_block_max(float v) {
  * Matmul helpers
  */
 
-__global__ void kw_k_to_f32(float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
+/* The kernels below read a weight through W: kw_cuda_dense (row-major f32/bf16/f16) or kw_cuda_qweight (kept quantized,
+ * dequantized in registers). Both give the value of element (n, k) as an f32 and everything after the load is the same
+ * code, so a quantized weight gives the bits of its dequantized f32 weight (kw_ref_quant_dequant) on every path. */
+
+template <typename W> __global__ void kw_k_widen_rows(float *dst, W w, int64_t n0, int64_t K, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = kw_opm_load(src, dtype, i0 + i);
+        dst[i] = w(n0 + i / K, i % K);
 }
 
-int kw__cuda_to_f32(kw_cuda_backend *cu, float *dst, const void *src, enum kw_dtype dtype, int64_t i0, int64_t n) {
-    KW_CUDA_LAUNCH(kw_k_to_f32, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst, src, dtype, i0, n);
+int kw__cuda_widen_rows(kw_cuda_backend *cu, float *dst, const kw_tensor *w, int64_t n0, int64_t rows) {
+    const int64_t K = w->ne[1], n = rows * K;
+    if (w->layout != KW_LAYOUT_ROWS) {
+        KW_CUDA_LAUNCH(kw_k_widen_rows<kw_cuda_qweight>, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst,
+                       kw__cuda_qweight(w), n0, K, n);
+    } else {
+        const kw_cuda_dense d = {w->data, w->dtype, K};
+        KW_CUDA_LAUNCH(kw_k_widen_rows<kw_cuda_dense>, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst, d,
+                       n0, K, n);
+    }
     KW_CUDA_LAUNCHED();
     return 0;
 }
 
-/* One warp per output row n: lanes stride over K, then a warp reduction; each x row is reread from L1/L2. */
-__global__ void kw_k_gemv(float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M, int64_t N,
-                          int64_t K) {
+/* One warp per output row n: lanes stride over K (lane l sums k = l, l + 32, ... in ascending order), then a warp
+ * reduction; each x row is reread from L1/L2. */
+template <typename W> __global__ void kw_k_gemv(float *y, const float *x, W w, int64_t M, int64_t N, int64_t K) {
     const int lane = threadIdx.x & 31;
     const int64_t n = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= N) return;
@@ -83,7 +98,7 @@ __global__ void kw_k_gemv(float *y, const float *x, const void *w, enum kw_dtype
     for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m)
         acc[m] = 0.0f;
     for (int64_t k = lane; k < K; k += 32) {
-        const float wv = kw_opm_load(w, dtype, n * K + k);
+        const float wv = w(n, k);
         for (int m = 0; m < KW_CUDA_GEMV_ROWS; ++m)
             if (m < M) acc[m] += x[m * K + k] * wv;
     }
@@ -94,15 +109,94 @@ __global__ void kw_k_gemv(float *y, const float *x, const void *w, enum kw_dtype
     }
 }
 
-int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const void *w, enum kw_dtype dtype, int64_t M,
-                  int64_t N, int64_t K) {
-    KW_RETURN_IF((N + 7) / 8 > INT32_MAX, KW_E_UNSUPPORTED, "cuda matmul: %lld output columns", (long long)N);
+template <typename W>
+static int kw_gemv_run(kw_cuda_backend *cu, float *y, const float *x, W w, int64_t M, int64_t N, int64_t K) {
     for (int64_t m0 = 0; m0 < M; m0 += KW_CUDA_GEMV_ROWS) {
         const int64_t rows = M - m0 < KW_CUDA_GEMV_ROWS ? M - m0 : KW_CUDA_GEMV_ROWS;
-        KW_CUDA_LAUNCH(kw_k_gemv, (unsigned)((N + 7) / 8), 256, 0, cu->stream, y + m0 * N, x + m0 * K, w, dtype, rows,
-                       N, K);
+        KW_CUDA_LAUNCH(kw_k_gemv<W>, (unsigned)((N + 7) / 8), 256, 0, cu->stream, y + m0 * N, x + m0 * K, w, rows, N,
+                       K);
         KW_CUDA_LAUNCHED();
     }
+    return 0;
+}
+
+int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const kw_tensor *w, int64_t M, int64_t N, int64_t K) {
+    KW_RETURN_IF((N + 7) / 8 > INT32_MAX, KW_E_UNSUPPORTED, "cuda matmul: %lld output columns", (long long)N);
+    if (w->layout != KW_LAYOUT_ROWS) return kw_gemv_run(cu, y, x, kw__cuda_qweight(w), M, N, K);
+    const kw_cuda_dense d = {w->data, w->dtype, K};
+    return kw_gemv_run(cu, y, x, d, M, N, K);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Weights kept quantized: the layout (kw_cuda.cuh) and its packing
+ */
+
+void kw__cuda_qparts(enum kw_layout layout, int64_t N, int64_t K, kw_cuda_qparts *out) {
+    kw_quant_layout ql;
+    kw_layout_quant(layout, &ql);
+    out->rows_pad = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS * KW_PANEL_ROWS;
+    out->row_bytes = K * ql.code_bits / 8;
+    out->groups = K / ql.group;
+    out->codes = 0;
+    out->scales = (size_t)(out->rows_pad * out->row_bytes);
+    out->offsets = ql.has_offset ? out->scales + (size_t)(out->rows_pad * out->groups) * sizeof(float) : 0;
+}
+
+kw_cuda_qweight kw__cuda_qweight(const kw_tensor *w) {
+    kw_quant_layout ql;
+    kw_layout_quant(w->layout, &ql);
+    kw_cuda_qparts p;
+    kw__cuda_qparts(w->layout, w->ne[0], w->ne[1], &p);
+    const char *base = (const char *)w->data;
+    kw_cuda_qweight q;
+    q.codes = (const uint8_t *)base + p.codes;
+    q.scales = (const float *)(base + p.scales);
+    q.offsets = ql.has_offset ? (const float *)(base + p.offsets) : NULL;
+    q.row_bytes = p.row_bytes;
+    q.groups = p.groups;
+    q.bits = ql.code_bits;
+    q.group_shift = ql.group == 16 ? 4 : 5;
+    q.code_min = ql.code_min;
+    return q;
+}
+
+int kw__cuda_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed) {
+    KW_CUDA_ENTER(cu, backend);
+    kw_quant_layout ql;
+    kw_layout_quant(q->layout, &ql);
+    const int64_t ne[2] = {q->n, q->k};
+    kw_tensor t;
+    KW_FORWARD(kw__tensor_alloc_layout(backend, &t, KW_DTYPE_F32, 2, ne, q->layout));
+    const size_t nbytes = kw_tensor_nbytes(&t);
+    kw_cuda_qparts p;
+    kw__cuda_qparts(q->layout, q->n, q->k, &p);
+    /* the whole tensor is built in host memory (zero rows past N) and uploaded in one copy */
+    uint8_t *host = (uint8_t *)calloc(1, nbytes);
+    if (host == NULL) {
+        kw_tensor_free(&t);
+        KW_FAIL(KW_E_NOMEM, "cuda: %zu bytes to pack a quantized weight", nbytes);
+    }
+    for (int64_t n = 0; n < q->n; ++n) {
+        uint8_t *row = host + p.codes + (size_t)(n * p.row_bytes);
+        const int8_t *src = q->codes + n * q->k;
+        for (int64_t k = 0; k < q->k; ++k) {
+            if (ql.code_bits == 8)
+                row[k] = (uint8_t)src[k];
+            else
+                row[k >> 1] |= (uint8_t)((unsigned)(src[k] - ql.code_min) << ((k & 1) * 4));
+        }
+    }
+    const size_t scale_bytes = (size_t)(q->n * p.groups) * sizeof(float); /* rows [0, N): row-major as given */
+    memcpy(host + p.scales, q->scales, scale_bytes);
+    if (ql.has_offset) memcpy(host + p.offsets, q->offsets, scale_bytes);
+    cudaError_t err = cudaMemcpyAsync(t.data, host, nbytes, cudaMemcpyHostToDevice, cu->stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(cu->stream); /* host is freed next */
+    free(host);
+    if (err != cudaSuccess) {
+        kw_tensor_free(&t);
+        return kw__cuda_fail(err, "cuda: uploading a quantized weight");
+    }
+    *packed = t;
     return 0;
 }
 
@@ -122,8 +216,9 @@ int kw__cuda_add_bias(kw_cuda_backend *cu, float *y, const void *bias, enum kw_d
  */
 
 /* One block per id. A bad id zeroes its row and is recorded in err (see kw_cuda_err) for synchronize. */
-__global__ void kw_k_get_rows(float *out, const void *table, enum kw_dtype dtype, int64_t V, int64_t D,
-                              const int32_t *ids, kw_cuda_err *err, unsigned int launch) {
+template <typename W>
+__global__ void kw_k_get_rows(float *out, W table, int64_t V, int64_t D, const int32_t *ids, kw_cuda_err *err,
+                              unsigned int launch) {
     const int64_t t = blockIdx.x;
     const int32_t id = ids[t];
     const int bad = id < 0 || id >= V;
@@ -135,16 +230,24 @@ __global__ void kw_k_get_rows(float *out, const void *table, enum kw_dtype dtype
         }
     }
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-        out[t * D + d] = bad ? 0.0f : kw_opm_load(table, dtype, (int64_t)id * D + d);
+        out[t * D + d] = bad ? 0.0f : table(id, d);
 }
 
 int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids) {
     KW_CUDA_ENTER(cu, backend);
-    const int64_t T = kw_tensor_nelem(ids);
+    const int64_t T = kw_tensor_nelem(ids), V = table->ne[0], D = table->ne[1];
     KW_RETURN_IF(T > INT32_MAX, KW_E_UNSUPPORTED, "cuda get_rows: too many ids");
     if (++cu->get_rows_launches == 0) ++cu->get_rows_launches;
-    KW_CUDA_LAUNCH(kw_k_get_rows, (unsigned)T, 128, 0, cu->stream, (float *)out->data, table->data, table->dtype,
-                   table->ne[0], table->ne[1], (const int32_t *)ids->data, cu->d_err, cu->get_rows_launches);
+    float *o = (float *)out->data;
+    const int32_t *id = (const int32_t *)ids->data;
+    if (table->layout != KW_LAYOUT_ROWS) {
+        KW_CUDA_LAUNCH(kw_k_get_rows<kw_cuda_qweight>, (unsigned)T, 128, 0, cu->stream, o, kw__cuda_qweight(table), V,
+                       D, id, cu->d_err, cu->get_rows_launches);
+    } else {
+        const kw_cuda_dense d = {table->data, table->dtype, D};
+        KW_CUDA_LAUNCH(kw_k_get_rows<kw_cuda_dense>, (unsigned)T, 128, 0, cu->stream, o, d, V, D, id, cu->d_err,
+                       cu->get_rows_launches);
+    }
     KW_CUDA_LAUNCHED();
     return 0;
 }

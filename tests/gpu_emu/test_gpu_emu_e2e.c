@@ -3,8 +3,9 @@
  * tests/data/c2c/fusion and on a bf16 tiny Qwen3 generated here (1024-token vocabulary, bf16 weights widened by the
  * kernels), Cache-to-Cache (kw_fusion_run, receiver Qwen3 + sharer Qwen2 + fuser of the same fixtures, standard
  * L-1/1 split) and kv_direct (the receiver's own model as the sharer: kw_share_run's layer-by-layer prefill, the rows
- * handed to kw_receive exactly, then generation). The prompt is long enough (24+ tokens) that prefill takes the cuBLAS
- * path of the matmul and decode the streaming kernel.
+ * handed to kw_receive exactly, then generation). With the argument "gguf" (its own ctest entry): Q8_0 and Q4_K_M GGUF
+ * files from kw_quantize_file, their weights kept quantized on both backends, receiver-only. The prompt is long enough
+ * (24+ tokens) that prefill takes the cuBLAS path of the matmul and decode the streaming kernel.
  *
  * Tolerance. Both backends compute in fp32 from the same weights and differ only in summation order (blocked, tree,
  * FMA or not); that is the situation of tests/model/test_model_parity.c (CPU vs HF torch, two fp32 implementations),
@@ -52,6 +53,7 @@
 #include "model/kw_generate.h"
 #include "model/kw_genmodel.h"
 #include "model/kw_model.h"
+#include "model/kw_quantize.h"
 #include "receiver/kw_receive.h"
 #include "tests/kw_test_util.h"
 #include "tests/model/model_fixture.h"
@@ -310,6 +312,56 @@ static void test_receiver_only_bf16(void **state) {
     const int rc = kw_genmodel_write(&go, dir);
     if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
     receiver_only(dir, KW_DTYPE_F32, 0, TOL);
+    kw_test_remove_tree(dir);
+}
+
+/* A GGUF file written by kw_quantize_file (`kvwire quantize`) from a tiny Qwen3 (2 layers, hidden 256 so every row is
+ * whole Q4_K blocks, tied embeddings: token_embd is also the output matrix), loaded with its weights kept quantized on
+ * both backends: Q8_0 (KW_LAYOUT_QPANELS_S8) and Q4_K_M (Q4_K in QPANELS_U4, Q6_K in QPANELS_S8_G16, the embedding
+ * table read by get_rows among them). The GPU must hold the weights quantized (its memory well below the f32 model's),
+ * and the logits and tokens follow the CPU's as for the f32 models. */
+static void test_receiver_only_gguf_quantized(void **state) {
+    (void)state;
+    char dir[] = "/tmp/kw_gpu_emu_gguf_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    kw_genmodel_options go;
+    memset(&go, 0, sizeof go);
+    const enum kw_arch arch = KW_ARCH_QWEN3;
+    assert_int_equal(kw_genmodel_preset("tiny", &arch, &go.cfg), 0);
+    go.cfg.hidden = 256;
+    go.cfg.head_dim = 64;
+    go.cfg.intermediate = 512;
+    go.cfg.vocab = 1024;
+    go.cfg.tie_embeddings = 1;
+    go.cfg.rope.rotary_dim = 64;
+    kw_genmodel_fit_special_ids(&go.cfg);
+    go.dtype = KW_DTYPE_F32;
+    go.seed = 5;
+    int rc = kw_genmodel_write(&go, dir);
+    if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
+    kw_model *mf = load(E.gpu, dir);
+    const size_t f32_bytes = kw_model_weight_bytes_per_token(mf);
+    kw_model_free(mf);
+
+    static const struct {
+        enum kw_quant_scheme scheme;
+        const char *name;
+    } files[] = {{KW_QUANT_Q8_0, "q8_0"}, {KW_QUANT_Q4_K_M, "q4_k_m"}};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/%s.gguf", dir, files[i].name);
+        rc = kw_quantize_file(dir, path, files[i].scheme, NULL, NULL);
+        if (rc < 0) fail_msg("quantize %s: %s", files[i].name, kw_error_detail());
+        kw_model *mq = load(E.gpu, path), *mc = load(E.cpu, path);
+        const size_t q_bytes = kw_model_weight_bytes_per_token(mq);
+        print_message("  %s: %zu weight bytes read per token on the gpu (cpu %zu), %zu with f32 weights\n",
+                      files[i].name, q_bytes, kw_model_weight_bytes_per_token(mc), f32_bytes);
+        assert_int_equal(q_bytes, kw_model_weight_bytes_per_token(mc)); /* the same layouts on both */
+        assert_true(q_bytes * 3 < f32_bytes); /* 1.125 (Q8_0) or 0.63-1.25 (Q4_K_M) bytes a weight, not 4 */
+        kw_model_free(mq);
+        kw_model_free(mc);
+        receiver_only(path, KW_DTYPE_F32, 0, TOL);
+    }
     kw_test_remove_tree(dir);
 }
 
@@ -683,13 +735,9 @@ static void test_kv_direct(void **state) {
     kw_model_free(mg);
 }
 
-/* With an argument, only the tests whose names match it (cmocka's * and ? patterns) run; without, all but the quantized
- * caches', which CMake runs as their own tests (test_gpu_emu_e2e_kvq, in order and under the randomized schedule). */
+/* No argument: every test but the quantized GGUF one and the quantized caches'; "gguf" or "kvq": those alone (their
+ * own ctest entries, so each stays short). */
 int main(int argc, char **argv) {
-    if (argc > 1)
-        cmocka_set_test_filter(argv[1]);
-    else
-        cmocka_set_skip_filter("test_receiver_only_int*");
 #ifdef KW_TEST_REAL_CUDA
     kw_backend *probe = NULL;
     const int rc = kw_backend_create_cuda(0, &probe);
@@ -702,13 +750,20 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_receiver_only_fp32),
         cmocka_unit_test(test_receiver_only_bf16),
-        cmocka_unit_test(test_receiver_only_int8),
-        cmocka_unit_test(test_receiver_only_int4),
         cmocka_unit_test(test_c2c),
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_cache_over_memory_limit),
         cmocka_unit_test(test_step_graphs_bit_identical),
         cmocka_unit_test(test_pinned_round_trip),
     };
+    const struct CMUnitTest gguf[] = {
+        cmocka_unit_test(test_receiver_only_gguf_quantized),
+    };
+    const struct CMUnitTest kvq[] = {
+        cmocka_unit_test(test_receiver_only_int8),
+        cmocka_unit_test(test_receiver_only_int4),
+    };
+    if (argc > 1 && strcmp(argv[1], "gguf") == 0) return cmocka_run_group_tests(gguf, setup, teardown);
+    if (argc > 1 && strcmp(argv[1], "kvq") == 0) return cmocka_run_group_tests(kvq, setup, teardown);
     return cmocka_run_group_tests(tests, setup, teardown);
 }

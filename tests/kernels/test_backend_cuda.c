@@ -9,9 +9,9 @@
  *  - a refused allocation (far beyond any GPU's memory) must not make the next op fail (the runtime's last error);
  *  - two backends on one device, used alternately (separate streams, pools and error records), and a backend driven
  *    from a thread other than the one that created it (the current device is per thread);
- *  - no quantized weight layout (kw_backend_supports_layout 0, kw_tensor_pack_quantized refused);
+ *  - every quantized weight layout is there (kw_backend_supports_layout 1); their parity is test_cuda_qmatmul's;
  *  - the paged quantized KV cache against the CPU backend's (kw_kvq_parity.c): the same stored bytes and loaded bits,
- *    attention with the bits of the CUDA dense attention on the held values.
+ *    attention with the bits of the CUDA dense attention on the held values; its ops are not recorded into graphs.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -94,16 +94,11 @@ static int kw_other_thread(kw_backend *b) {
     return *(int *)res;
 }
 
-/* The CUDA backend keeps no weight quantized: it says so, and packing is refused with KW_E_OP_UNSUPPORTED (a model
- * then dequantizes at load). */
-static int kw_quantized_refused(kw_backend *b) {
-    const int8_t codes[32] = {0};
-    const float scale = 1.0f;
-    const kw_quant_rows q = {KW_LAYOUT_QPANELS_S8, 1, 32, codes, &scale, NULL};
-    kw_tensor t;
-    return !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S8) &&
-           !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_U4) &&
-           kw_tensor_pack_quantized(b, &q, &t) == KW_E_OP_UNSUPPORTED;
+/* The CUDA backend keeps weights quantized in every layout (a model then packs GGUF weights as they are). */
+static int kw_quantized_layouts(kw_backend *b) {
+    for (int l = KW_LAYOUT_QPANELS_S4; l < KW_LAYOUT_COUNT; ++l)
+        if (!kw_backend_supports_layout(b, (enum kw_layout)l)) return 0;
+    return 1;
 }
 
 /* A quantized-cache op while a step graph records is refused (KW_E_UNSUPPORTED) and fails the recording. */
@@ -154,7 +149,7 @@ int main(void) {
     kw_expect(kw_refused_alloc_then_op(b), "ops after a refused allocation");
     kw_expect(kw_two_backends(b), "two backends on one device, alternately");
     kw_expect(kw_other_thread(b), "a backend driven from another thread");
-    kw_expect(kw_quantized_refused(b), "no quantized weight layout: refused");
+    kw_expect(kw_quantized_layouts(b), "every quantized weight layout supported");
     kw_expect(kw_backend_supports_kvq(b), "the quantized KV cache is supported");
     kw_expect(kw_kvq_parity(b, &run) == 0, "the quantized KV cache equals the cpu's (kw_kvq_parity)");
     kw_expect(kw_kvq_not_recorded(b), "a quantized-cache op is not recorded into a step graph");
