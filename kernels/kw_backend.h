@@ -383,7 +383,7 @@ typedef struct kw_kvq_geom {
 /* Bytes of the storage tensor of g in *out. KW_E_INVALID_ARG for a bad geometry, KW_E_OVERFLOW. */
 int kw_kvq_bytes(const kw_kvq_geom *g, size_t *out);
 
-/* 1 if the backend has the kvq ops below (the CPU backend), else 0. */
+/* 1 if the backend has the kvq ops below (the CPU and the CUDA backend), else 0. */
 int kw_backend_supports_kvq(const kw_backend *backend);
 
 /* Stores src (T, H, D) f32 into rows [pos0, pos0 + T) of the storage, which holds n_rows rows (pos0 <= n_rows,

@@ -13,6 +13,8 @@
  *   values (per token): per head cap rows of D codes, then per row D / G scales, one per group of G = 32 channels
  *     (16 when D is not a multiple of 32), set when the row is stored.
  * No page table is stored: page p of head h sits at a fixed offset, so the table costs no bytes.
+ * The functions are KW_HD: the CUDA backend (kernels/cuda/kw_cuda_kvq.cu) runs these very lines, so its bytes are the
+ * CPU's (the only library calls are exact ones, or, for log2f, a first guess the loops of kw_kvq_choose_scale correct).
  */
 #ifndef KW_KVQ_FORMAT_H
 #define KW_KVQ_FORMAT_H
@@ -21,54 +23,71 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/kw_half.h"
+#include "common/kw_hd.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
 #include "kernels/kw_backend.h"
+#ifdef __cplusplus
+}
+#endif
 
 /* The largest code magnitude of a codec (127 or 7), 0 for an unknown codec. */
-static inline int kw_kvq_code_max(enum kw_kvq_codec codec) {
+KW_HD int kw_kvq_code_max(enum kw_kvq_codec codec) {
     return codec == KW_KVQ_INT8 ? 127 : codec == KW_KVQ_INT6 ? 31 : codec == KW_KVQ_INT4 ? 7 : 0;
 }
 
 /* Bytes of one row of D codes. */
-static inline size_t kw_kvq_row_bytes(enum kw_kvq_codec codec, int64_t D) {
+KW_HD size_t kw_kvq_row_bytes(enum kw_kvq_codec codec, int64_t D) {
     return codec == KW_KVQ_INT4 ? (size_t)D / 2 : codec == KW_KVQ_INT6 ? (size_t)D / 16 * 12 : (size_t)D;
 }
 
-static inline int64_t kw_kvq_n_pages(const kw_kvq_geom *g) {
+KW_HD int64_t kw_kvq_n_pages(const kw_kvq_geom *g) {
     return (g->cap + g->page_tokens - 1) / g->page_tokens;
 }
 
 /* Channels per value scale: 32, or 16 when D is not a multiple of 32. */
-static inline int64_t kw_kvq_value_group(int64_t D) {
+KW_HD int64_t kw_kvq_value_group(int64_t D) {
     return D % 32 == 0 ? 32 : 16;
 }
 
 /* Offsets inside the region of one head, and that region's size. */
-static inline size_t kw_kvq_scales_offset(const kw_kvq_geom *g) {
+KW_HD size_t kw_kvq_scales_offset(const kw_kvq_geom *g) {
     const int64_t rows = g->keys ? kw_kvq_n_pages(g) * g->page_tokens : g->cap;
     return (size_t)rows * kw_kvq_row_bytes(g->codec, g->D);
 }
-static inline size_t kw_kvq_tail_offset(const kw_kvq_geom *g) { /* keys only */
+KW_HD size_t kw_kvq_tail_offset(const kw_kvq_geom *g) { /* keys only */
     return kw_kvq_scales_offset(g) + (size_t)(kw_kvq_n_pages(g) * g->D);
 }
-static inline size_t kw_kvq_head_bytes(const kw_kvq_geom *g) {
+KW_HD size_t kw_kvq_head_bytes(const kw_kvq_geom *g) {
     if (g->keys) return kw_kvq_tail_offset(g) + (size_t)(g->page_tokens * g->D) * 2;
     return kw_kvq_scales_offset(g) + (size_t)(g->cap * (g->D / kw_kvq_value_group(g->D)));
 }
 
-/* 2^(i / 8) for i = 0..7, rounded to f32 (the scale format's mantissas). */
-static const float kw_kvq_root8[8] = {0x1p+0f,        0x1.172b84p+0f, 0x1.306fe0p+0f, 0x1.4bfdaep+0f,
-                                      0x1.6a09e6p+0f, 0x1.8ace54p+0f, 0x1.ae89fap+0f, 0x1.d5818ep+0f};
+/* 2^(i / 8) for i = 0..7, rounded to f32 (the scale format's mantissas; literals, not a table, so device code has
+ * them too). */
+KW_HD float kw_kvq_root8(int i) {
+    return i == 0   ? 0x1p+0f
+           : i == 1 ? 0x1.172b84p+0f
+           : i == 2 ? 0x1.306fe0p+0f
+           : i == 3 ? 0x1.4bfdaep+0f
+           : i == 4 ? 0x1.6a09e6p+0f
+           : i == 5 ? 0x1.8ace54p+0f
+           : i == 6 ? 0x1.ae89fap+0f
+                    : 0x1.d5818ep+0f;
+}
 
 /* The value of scale byte s (0 for s = 0). */
-static inline float kw_kvq_scale(uint8_t s) {
+KW_HD float kw_kvq_scale(uint8_t s) {
     if (s == 0) return 0.0f;
     const int e = (int)s - 128, frac = ((e % 8) + 8) % 8;
-    return ldexpf(kw_kvq_root8[frac], (e - frac) / 8);
+    return ldexpf(kw_kvq_root8(frac), (e - frac) / 8);
 }
 
 /* The scale byte for a group whose largest magnitude is amax: the smallest s with scale(s) * code_max >= amax (255
  * when none is, 0 when amax is 0). A NaN amax gives 255. */
-static inline uint8_t kw_kvq_choose_scale(float amax, int code_max) {
+KW_HD uint8_t kw_kvq_choose_scale(float amax, int code_max) {
     if (amax == 0.0f) return 0;
     if (!(amax <= 0x1p+15f * (float)code_max)) return 255; /* huge, infinite or NaN */
     int s = (int)ceilf(8.0f * log2f(amax / (float)code_max)) + 128;
@@ -82,14 +101,14 @@ static inline uint8_t kw_kvq_choose_scale(float amax, int code_max) {
 }
 
 /* The code of x under scale byte s: x / scale rounded to nearest even, clamped to +-code_max; NaN gives 0. */
-static inline int kw_kvq_quantize(float x, uint8_t s, int code_max) {
+KW_HD int kw_kvq_quantize(float x, uint8_t s, int code_max) {
     if (s == 0 || x != x) return 0;
     const float r = nearbyintf(x / kw_kvq_scale(s));
     return r > (float)code_max ? code_max : r < -(float)code_max ? -code_max : (int)r;
 }
 
 /* Reads code i of a row of codes. */
-static inline int kw_kvq_get_code(const uint8_t *row, enum kw_kvq_codec codec, int64_t i) {
+KW_HD int kw_kvq_get_code(const uint8_t *row, enum kw_kvq_codec codec, int64_t i) {
     if (codec == KW_KVQ_INT8) return (int8_t)row[i];
     if (codec == KW_KVQ_INT6) {
         const uint8_t *blk = row + (i / 16) * 12;
@@ -102,7 +121,7 @@ static inline int kw_kvq_get_code(const uint8_t *row, enum kw_kvq_codec codec, i
 }
 
 /* Writes code i of a row of codes. */
-static inline void kw_kvq_set_code(uint8_t *row, enum kw_kvq_codec codec, int64_t i, int code) {
+KW_HD void kw_kvq_set_code(uint8_t *row, enum kw_kvq_codec codec, int64_t i, int code) {
     if (codec == KW_KVQ_INT8) {
         row[i] = (uint8_t)(int8_t)code;
         return;
@@ -119,6 +138,21 @@ static inline void kw_kvq_set_code(uint8_t *row, enum kw_kvq_codec codec, int64_
     uint8_t *b = &row[(i / 16) * 8 + (i % 8)];
     const uint8_t nib = (uint8_t)(code + 8);
     *b = (i % 16) < 8 ? (uint8_t)((*b & 0xF0) | nib) : (uint8_t)((*b & 0x0F) | (nib << 4));
+}
+
+/* The value of dimension d of key row r of one head's storage head whose full pages end at row full (n_rows / P * P):
+ * fl(code * scale), or the bf16 of the tail page widened. */
+KW_HD float kw_kvq_key_at(const uint8_t *head, const kw_kvq_geom *g, int64_t full, int64_t r, int64_t d) {
+    if (r >= full) return kw_bf16_to_f32(((const uint16_t *)(head + kw_kvq_tail_offset(g)))[(r - full) * g->D + d]);
+    const uint8_t s = head[kw_kvq_scales_offset(g) + (size_t)(r / g->page_tokens * g->D + d)];
+    return (float)kw_kvq_get_code(head + (size_t)r * kw_kvq_row_bytes(g->codec, g->D), g->codec, d) * kw_kvq_scale(s);
+}
+
+/* The value of dimension d of value row r of one head's storage head. */
+KW_HD float kw_kvq_value_at(const uint8_t *head, const kw_kvq_geom *g, int64_t r, int64_t d) {
+    const int64_t G = kw_kvq_value_group(g->D);
+    const uint8_t s = head[kw_kvq_scales_offset(g) + (size_t)(r * (g->D / G) + d / G)];
+    return (float)kw_kvq_get_code(head + (size_t)r * kw_kvq_row_bytes(g->codec, g->D), g->codec, d) * kw_kvq_scale(s);
 }
 
 #endif /* KW_KVQ_FORMAT_H */

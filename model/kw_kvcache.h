@@ -36,7 +36,7 @@ int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads,
 
 /* Creates an empty quantized cache (codec KW_KVQ_INT8, KW_KVQ_INT6 or KW_KVQ_INT4, pages of page_tokens rows: 16..4096,
  * a multiple of 16; head_dim a multiple of 16) on backend (borrowed). KW_E_OP_UNSUPPORTED when the backend has no
- * quantized cache (kw_backend_supports_kvq: only the CPU backend has one now). *out is owned by the caller
+ * quantized cache (kw_backend_supports_kvq: the CPU and the CUDA backend have one). *out is owned by the caller
  * (kw_kvcache_free). */
 int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
                                 int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out);

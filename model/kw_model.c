@@ -649,6 +649,9 @@ static int model_step_ops(kw_model *m, kw_kvcache *cache, const kw_forward_args 
 static int model_step_graph(kw_model *m, kw_kvcache *cache, const kw_forward_args *a, int64_t row0) {
     kw_backend *be = m->backend;
     if (m->graphs_off || m->profiling || (a->argmax && (a->argmax_flags & ~KW_ARGMAX_ROUND_BF16) != 0)) return 0;
+    /* A quantized cache's ops take where its full pages end, which a replay would not update (the CUDA backend
+     * refuses them while recording): its steps run op by op. */
+    if (kw_kvcache_codec(cache) != 0) return 0;
     const uint64_t head = a->mode == KW_LOGITS_NONE ? 0 : a->argmax ? 2 + (uint64_t)a->argmax_flags : 1;
     const uint64_t key = m->serial << 3 | head << 1 | (kw_kvcache_mask(cache) != NULL);
     kw_backend_graph *g = kw_kvcache_graph(cache, key);

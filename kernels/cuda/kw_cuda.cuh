@@ -118,6 +118,10 @@ int kw__cuda_attn_plan(int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int6
 int kw__cuda_record_attn(kw_cuda_backend *cu, int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int64_t window,
                          int chunks);
 
+/* A call a recording cannot hold (a transfer, a wait, a quantized-cache op): the recording fails (rec_failed, so
+ * graph_end fails and the step runs op by op), and so does the call, with KW_E_UNSUPPORTED naming what. */
+int kw__cuda_not_while_recording(kw_cuda_backend *cu, const char *what);
+
 /* The device pointer kernels read the step's position from (NULL when not recording: plain launches pass absolute
  * positions), and what to subtract from a position argument before passing it. */
 static inline const int64_t *kw__cuda_step(const kw_cuda_backend *cu) {
@@ -221,5 +225,15 @@ int kw__cuda_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int
 int kw__cuda_copy(kw_backend *backend, kw_tensor *dst, const kw_tensor *src);
 int kw__cuda_head_scale_add(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
                             const kw_tensor *w, float g);
+/* The paged quantized KV cache (kw_cuda_kvq.cu; its attention is kw_cuda_ops.cu's). */
+int kw__cuda_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, const kw_tensor *src, int64_t pos0,
+                       int64_t n_rows);
+int kw__cuda_kvq_load(kw_backend *backend, kw_tensor *out, const kw_tensor *store, const kw_kvq_geom *g, int64_t pos0,
+                      int64_t n_rows);
+int kw__cuda_kvq_truncate(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, int64_t n_rows,
+                          int64_t new_rows);
+int kw__cuda_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                           const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                           const kw_attention_params *params, int64_t n_rows);
 
 #endif /* KW_CUDA_CUH */

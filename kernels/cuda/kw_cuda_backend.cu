@@ -119,15 +119,14 @@ static int kw_cuda_supports(const kw_backend *backend, enum kw_op op, enum kw_dt
     return 0;
 }
 
-/* A call a recording cannot hold (a transfer or a wait): the recording fails, and so does the call. */
-static int kw_cuda_not_while_recording(kw_cuda_backend *cu, const char *what) {
+int kw__cuda_not_while_recording(kw_cuda_backend *cu, const char *what) {
     cu->rec_failed = 1;
     KW_FAIL(KW_E_UNSUPPORTED, "cuda %s while recording a step graph", what);
 }
 
 static int kw_cuda_synchronize(kw_backend *backend) {
     KW_CUDA_ENTER(cu, backend);
-    if (cu->recording) return kw_cuda_not_while_recording(cu, "synchronize");
+    if (cu->recording) return kw__cuda_not_while_recording(cu, "synchronize");
     KW_CUDA_TRY(cudaMemcpyAsync(cu->h_err, cu->d_err, sizeof *cu->h_err, cudaMemcpyDeviceToHost, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     if (cu->h_err->launch != 0) {
@@ -170,14 +169,14 @@ static void kw_cuda_free(kw_backend *backend, void *data) {
  * buffers (a possible optimization for per-token ids and logits) it would read stale bytes. */
 static int kw_cuda_upload(kw_backend *backend, void *dst, const void *src, size_t size) {
     KW_CUDA_ENTER(cu, backend);
-    if (cu->recording) return kw_cuda_not_while_recording(cu, "upload");
+    if (cu->recording) return kw__cuda_not_while_recording(cu, "upload");
     KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyHostToDevice, cu->stream));
     return 0;
 }
 
 static int kw_cuda_download(kw_backend *backend, void *dst, const void *src, size_t size) {
     KW_CUDA_ENTER(cu, backend);
-    if (cu->recording) return kw_cuda_not_while_recording(cu, "download");
+    if (cu->recording) return kw__cuda_not_while_recording(cu, "download");
     KW_CUDA_TRY(cudaMemcpyAsync(dst, src, size, cudaMemcpyDeviceToHost, cu->stream));
     return 0;
 }
@@ -414,6 +413,10 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->argmax = kw__cuda_argmax;
     i->copy = kw__cuda_copy;
     i->head_scale_add = kw__cuda_head_scale_add;
+    i->kvq_store = kw__cuda_kvq_store;
+    i->kvq_load = kw__cuda_kvq_load;
+    i->kvq_truncate = kw__cuda_kvq_truncate;
+    i->attention_kvq = kw__cuda_attention_kvq;
     i->graph_begin = kw_cuda_graph_begin;
     i->graph_end = kw_cuda_graph_end;
     i->graph_launch = kw_cuda_graph_launch;

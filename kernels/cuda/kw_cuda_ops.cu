@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kw_kvq_format.h"
 #include "kernels/kw_op_math.h"
 
 #define KW_BLOCK 256
@@ -334,15 +335,72 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
 #define KW_ATTN_CHUNK_ROWS 256
 #define KW_ATTN_MAX_CHUNKS 64
 
-/* q . k_j for the row at k + row (element offset of its first value), summed over the warp: every lane of the warp
- * must call it (full-mask shuffles). Lane l holds dimensions l, l + 32, ... of q in qv. */
-template <int NPL>
-__device__ __forceinline__ float kw_attn_dot(const float (&qv)[NPL], const void *k, enum kw_dtype dtype, int64_t row,
-                                             int64_t D, int lane) {
+/* Where the kernels below read K and V: a source type with head(kvh), the view of one kv head, whose k(j, d) and
+ * v(j, d) are the value of dimension d of cache row j as an f32. The dense cache (kw_attn_dense) widens an f32/bf16
+ * element; the paged quantized cache (kw_attn_kvq, kernels/kw_kvq_format.h) rebuilds fl(code * scale) in registers,
+ * or widens a bf16 key of the tail page. The arithmetic around the reads is one template, so the quantized cache
+ * gives the same bits as the dense kernel on an f32 cache holding those values. */
+struct kw_attn_dense_head {
+    const void *kc, *vc;
+    enum kw_dtype dtype;
+    int64_t base, D; /* element offset of the kv head in the caches; head dim */
+    __device__ __forceinline__ float k(int64_t j, int64_t d) const { return kw_opm_load(kc, dtype, base + j * D + d); }
+    __device__ __forceinline__ float v(int64_t j, int64_t d) const { return kw_opm_load(vc, dtype, base + j * D + d); }
+};
+
+struct kw_attn_dense {
+    const void *kc, *vc;
+    enum kw_dtype dtype;
+    int64_t cap, D;
+    __device__ __forceinline__ kw_attn_dense_head head(int64_t kvh) const {
+        return kw_attn_dense_head{kc, vc, dtype, kvh * cap * D, D};
+    }
+};
+
+struct kw_attn_kvq_head {
+    const uint8_t *kcodes, *kscales, *vcodes, *vscales;
+    const uint16_t *ktail;
+    enum kw_kvq_codec kcodec, vcodec;
+    int64_t krow, vrow, P, D, G, full; /* code bytes per row; page rows; head dim; value group; rows in full pages */
+    __device__ __forceinline__ float k(int64_t j, int64_t d) const {
+        if (j >= full) return kw_bf16_to_f32(ktail[(j - full) * D + d]);
+        return (float)kw_kvq_get_code(kcodes + j * krow, kcodec, d) * kw_kvq_scale(kscales[j / P * D + d]);
+    }
+    __device__ __forceinline__ float v(int64_t j, int64_t d) const {
+        return (float)kw_kvq_get_code(vcodes + j * vrow, vcodec, d) * kw_kvq_scale(vscales[j * (D / G) + d / G]);
+    }
+};
+
+struct kw_attn_kvq {
+    const uint8_t *k, *v;
+    kw_kvq_geom kg, vg;
+    int64_t full; /* rows of the storages in full key pages (n_rows / P * P) */
+    __device__ __forceinline__ kw_attn_kvq_head head(int64_t kvh) const {
+        const uint8_t *kh = k + (size_t)kvh * kw_kvq_head_bytes(&kg), *vh = v + (size_t)kvh * kw_kvq_head_bytes(&vg);
+        return kw_attn_kvq_head{kh,
+                                kh + kw_kvq_scales_offset(&kg),
+                                vh,
+                                vh + kw_kvq_scales_offset(&vg),
+                                (const uint16_t *)(kh + kw_kvq_tail_offset(&kg)),
+                                kg.codec,
+                                vg.codec,
+                                (int64_t)kw_kvq_row_bytes(kg.codec, kg.D),
+                                (int64_t)kw_kvq_row_bytes(vg.codec, vg.D),
+                                kg.page_tokens,
+                                kg.D,
+                                kw_kvq_value_group(kg.D),
+                                full};
+    }
+};
+
+/* q . k_j for row j of the kv head kv, summed over the warp: every lane of the warp must call it (full-mask
+ * shuffles). Lane l holds dimensions l, l + 32, ... of q in qv. */
+template <int NPL, class KV>
+__device__ __forceinline__ float kw_attn_dot(const float (&qv)[NPL], const KV &kv, int64_t j, int64_t D, int lane) {
     float dot = 0.0f;
 #pragma unroll
     for (int i = 0; i < NPL; ++i)
-        if (lane + 32 * i < D) dot += qv[i] * kw_opm_load(k, dtype, row + lane + 32 * i);
+        if (lane + 32 * i < D) dot += qv[i] * kv.k(j, lane + 32 * i);
     return kw_warp_sum(dot);
 }
 
@@ -355,18 +413,18 @@ __device__ __forceinline__ int64_t kw_step_base(const int64_t *step) {
 /* What both paths share about one (token, query head) row of the attention. */
 struct kw_attn_row {
     int64_t lo, hi;  /* visible rows before the mask, [lo, hi] */
-    int64_t base;    /* element offset of the row's kv head in the caches */
+    int64_t kvh;     /* the row's kv head */
     const float *q;  /* the query, D values */
     int64_t q_index; /* t * Hq + h */
 };
 
 __device__ __forceinline__ kw_attn_row kw_attn_row_of(int64_t q_index, const float *q, int64_t Hq, int64_t group,
-                                                      int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv,
-                                                      const int64_t *step, int64_t window) {
+                                                      int64_t D, int64_t q_pos0, int64_t n_kv, const int64_t *step,
+                                                      int64_t window) {
     kw_attn_row r;
     const int64_t t = q_index / Hq, h = q_index % Hq, b = kw_step_base(step);
     kw_opm_attn_span(q_pos0 + b + t, n_kv + b, window, &r.lo, &r.hi);
-    r.base = (h / group) * cap * D;
+    r.kvh = h / group;
     r.q = q + q_index * D;
     r.q_index = q_index;
     return r;
@@ -381,14 +439,13 @@ __device__ __forceinline__ void kw_attn_load_q(float (&qv)[NPL], const float *q,
 
 /* Pass 1 over rows [lo, hi] (this warp's share): the maximum score. The branch on the mask depends on j only, so
  * whole warps take it together and every lane reaches the shuffles of kw_warp_sum. */
-template <int NPL>
-__device__ __forceinline__ float kw_attn_max(const float (&qv)[NPL], const void *kc, enum kw_dtype dtype,
-                                             const uint8_t *mask, int64_t base, int64_t D, int64_t lo, int64_t hi,
-                                             float scale, int lane, int warp) {
+template <int NPL, class KV>
+__device__ __forceinline__ float kw_attn_max(const float (&qv)[NPL], const KV &kv, const uint8_t *mask, int64_t D,
+                                             int64_t lo, int64_t hi, float scale, int lane, int warp) {
     float m = -INFINITY;
     for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
         if (kw_opm_attn_masked(mask, j)) continue;
-        m = fmaxf(m, kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale);
+        m = fmaxf(m, kw_attn_dot<NPL>(qv, kv, j, D, lane) * scale);
     }
     return m;
 }
@@ -396,18 +453,18 @@ __device__ __forceinline__ float kw_attn_max(const float (&qv)[NPL], const void 
 /* Pass 2 over rows [lo, hi] (this warp's share), with the row's maximum m: returns the sum of exp(score - m), adds
  * the weighted V rows to acc. The score is the one pass 1 computed (the same inlined code); were it an ulp off, e
  * would exceed 1 by as little, which the normalization absorbs. */
-template <int NPL>
-__device__ __forceinline__ float kw_attn_sum(const float (&qv)[NPL], float (&acc)[NPL], const void *kc, const void *vc,
-                                             enum kw_dtype dtype, const uint8_t *mask, int64_t base, int64_t D,
-                                             int64_t lo, int64_t hi, float scale, float m, int lane, int warp) {
+template <int NPL, class KV>
+__device__ __forceinline__ float kw_attn_sum(const float (&qv)[NPL], float (&acc)[NPL], const KV &kv,
+                                             const uint8_t *mask, int64_t D, int64_t lo, int64_t hi, float scale,
+                                             float m, int lane, int warp) {
     float l = 0.0f;
     for (int64_t j = lo + warp; j <= hi; j += KW_ATTN_WARPS) {
         if (kw_opm_attn_masked(mask, j)) continue;
-        const float e = expf(kw_attn_dot<NPL>(qv, kc, dtype, base + j * D, D, lane) * scale - m);
+        const float e = expf(kw_attn_dot<NPL>(qv, kv, j, D, lane) * scale - m);
         l += e;
 #pragma unroll
         for (int i = 0; i < NPL; ++i)
-            if (lane + 32 * i < D) acc[i] += e * kw_opm_load(vc, dtype, base + j * D + lane + 32 * i);
+            if (lane + 32 * i < D) acc[i] += e * kv.v(j, lane + 32 * i);
     }
     return l;
 }
@@ -438,23 +495,23 @@ __device__ __forceinline__ void kw_attn_merge_warps(const float (&acc)[NPL], flo
 }
 
 /* One block per (token, query head): both passes. */
-template <int NPL>
+template <int NPL, class KVS>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
-    kw_k_attention(float *out, const float *q, const void *kc, const void *vc, enum kw_dtype dtype, const uint8_t *mask,
-                   int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, const int64_t *step,
-                   int64_t window, float scale) {
+    kw_k_attention(float *out, const float *q, KVS src, const uint8_t *mask, int64_t Hq, int64_t group, int64_t D,
+                   int64_t q_pos0, int64_t n_kv, const int64_t *step, int64_t window, float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, step, window);
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, D, q_pos0, n_kv, step, window);
+    const auto kv = src.head(r.kvh);
     float qv[NPL], acc[NPL];
     kw_attn_load_q<NPL>(qv, r.q, D, lane);
-    float m = kw_attn_max<NPL>(qv, kc, dtype, mask, r.base, D, r.lo, r.hi, scale, lane, warp);
+    float m = kw_attn_max<NPL>(qv, kv, mask, D, r.lo, r.hi, scale, lane, warp);
     m = kw_block_max(m); /* every thread: uniform control flow */
     float l = 0.0f;
 #pragma unroll
     for (int i = 0; i < NPL; ++i)
         acc[i] = 0.0f;
     if (m != -INFINITY) /* m is the same in every thread, so is the branch */
-        l = kw_attn_sum<NPL>(qv, acc, kc, vc, dtype, mask, r.base, D, r.lo, r.hi, scale, m, lane, warp);
+        l = kw_attn_sum<NPL>(qv, acc, kv, mask, D, r.lo, r.hi, scale, m, lane, warp);
     float total;
     kw_attn_merge_warps<NPL>(acc, l, D, lane, warp, 1, m == -INFINITY, &total, out + r.q_index * D);
 }
@@ -466,18 +523,18 @@ __device__ __forceinline__ void kw_attn_chunk(const kw_attn_row &r, int64_t c, i
 }
 
 /* Split pass 1: block (row, chunk) writes the chunk's maximum score to part_max[row * chunks + chunk]. */
-template <int NPL>
+template <int NPL, class KVS>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
-    kw_k_attn_split_max(float *part_max, const float *q, const void *kc, enum kw_dtype dtype, const uint8_t *mask,
-                        int64_t Hq, int64_t group, int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv,
-                        const int64_t *step, int64_t window, float scale) {
+    kw_k_attn_split_max(float *part_max, const float *q, KVS src, const uint8_t *mask, int64_t Hq, int64_t group,
+                        int64_t D, int64_t q_pos0, int64_t n_kv, const int64_t *step, int64_t window, float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, step, window);
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, D, q_pos0, n_kv, step, window);
+    const auto kv = src.head(r.kvh);
     int64_t lo, hi;
     kw_attn_chunk(r, blockIdx.y, &lo, &hi);
     float qv[NPL];
     kw_attn_load_q<NPL>(qv, r.q, D, lane);
-    const float m = kw_block_max(kw_attn_max<NPL>(qv, kc, dtype, mask, r.base, D, lo, hi, scale, lane, warp));
+    const float m = kw_block_max(kw_attn_max<NPL>(qv, kv, mask, D, lo, hi, scale, lane, warp));
     if (threadIdx.x == 0) part_max[blockIdx.x * gridDim.y + blockIdx.y] = m;
 }
 
@@ -491,14 +548,14 @@ __device__ __forceinline__ float kw_attn_row_max(const float *part_max, int64_t 
 
 /* Split pass 2: block (row, chunk) writes the chunk's sum of exp(score - m) to part_l and its weighted V sum to
  * part_acc (D values), m the row's maximum. */
-template <int NPL>
+template <int NPL, class KVS>
 __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
-    kw_k_attn_split_sum(float *part_l, float *part_acc, const float *part_max, const float *q, const void *kc,
-                        const void *vc, enum kw_dtype dtype, const uint8_t *mask, int64_t Hq, int64_t group,
-                        int64_t cap, int64_t D, int64_t q_pos0, int64_t n_kv, const int64_t *step, int64_t window,
-                        float scale) {
+    kw_k_attn_split_sum(float *part_l, float *part_acc, const float *part_max, const float *q, KVS src,
+                        const uint8_t *mask, int64_t Hq, int64_t group, int64_t D, int64_t q_pos0, int64_t n_kv,
+                        const int64_t *step, int64_t window, float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, cap, D, q_pos0, n_kv, step, window);
+    const kw_attn_row r = kw_attn_row_of(blockIdx.x, q, Hq, group, D, q_pos0, n_kv, step, window);
+    const auto kv = src.head(r.kvh);
     const int64_t slot = blockIdx.x * (int64_t)gridDim.y + blockIdx.y;
     int64_t lo, hi;
     kw_attn_chunk(r, blockIdx.y, &lo, &hi);
@@ -508,7 +565,7 @@ __global__ void __launch_bounds__(32 * KW_ATTN_WARPS)
 #pragma unroll
     for (int i = 0; i < NPL; ++i)
         acc[i] = 0.0f;
-    if (m != -INFINITY) l = kw_attn_sum<NPL>(qv, acc, kc, vc, dtype, mask, r.base, D, lo, hi, scale, m, lane, warp);
+    if (m != -INFINITY) l = kw_attn_sum<NPL>(qv, acc, kv, mask, D, lo, hi, scale, m, lane, warp);
     float total;
     kw_attn_merge_warps<NPL>(acc, l, D, lane, warp, 0, 0, &total, part_acc + slot * D);
     if (threadIdx.x == 0) part_l[slot] = total;
@@ -546,12 +603,12 @@ int kw__cuda_attn_plan(int64_t T, int64_t Hq, int64_t q_pos0, int64_t n_kv, int6
     return kw__cuda_attn_chunks(T * Hq, max_span);
 }
 
-template <int NPL>
-static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
-                            const kw_tensor *v_cache, const kw_attention_params *params) {
-    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
+/* The attention of q over the kv heads of src (Hkv of them), one-block or split as kw__cuda_attn_plan says. */
+template <int NPL, class KVS>
+static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor *q, const KVS &src, int64_t Hkv,
+                            const kw_attention_params *params) {
+    const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2];
     const uint8_t *mask = params->kv_mask ? (const uint8_t *)params->kv_mask->data : NULL;
-    const enum kw_dtype dtype = k_cache->dtype;
     const unsigned rows = (unsigned)(T * Hq);
     const int chunks = kw__cuda_attn_plan(T, Hq, params->q_pos0, params->n_kv, params->sliding_window);
     /* recording a graph: positions relative to the step's (see kw_cuda_backend.cu) */
@@ -559,9 +616,9 @@ static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor
     const int64_t q_pos0 = params->q_pos0 - kw__cuda_step_base(cu), n_kv = params->n_kv - kw__cuda_step_base(cu);
     if (cu->recording) KW_FORWARD(kw__cuda_record_attn(cu, T, Hq, q_pos0, n_kv, params->sliding_window, chunks));
     if (chunks == 1) {
-        KW_CUDA_LAUNCH(kw_k_attention<NPL>, rows, 32 * KW_ATTN_WARPS, 0, cu->stream, (float *)out->data,
-                       (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, q_pos0,
-                       n_kv, step, params->sliding_window, params->scale);
+        const auto one_block = kw_k_attention<NPL, KVS>; /* a name without a comma for the launch macro */
+        KW_CUDA_LAUNCH(one_block, rows, 32 * KW_ATTN_WARPS, 0, cu->stream, (float *)out->data, (const float *)q->data,
+                       src, mask, Hq, Hq / Hkv, D, q_pos0, n_kv, step, params->sliding_window, params->scale);
         KW_CUDA_LAUNCHED();
         return 0;
     }
@@ -571,13 +628,14 @@ static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor
     KW_FORWARD(kw__cuda_workspace(cu, (size_t)(slots * (D + 2)), &work));
     float *part_max = work, *part_l = work + slots, *part_acc = work + 2 * slots;
     const dim3 grid(rows, (unsigned)chunks);
-    KW_CUDA_LAUNCH(kw_k_attn_split_max<NPL>, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_max, (const float *)q->data,
-                   k_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, q_pos0, n_kv, step, params->sliding_window,
-                   params->scale);
+    const auto split_max = kw_k_attn_split_max<NPL, KVS>;
+    const auto split_sum = kw_k_attn_split_sum<NPL, KVS>;
+    KW_CUDA_LAUNCH(split_max, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_max, (const float *)q->data, src, mask, Hq,
+                   Hq / Hkv, D, q_pos0, n_kv, step, params->sliding_window, params->scale);
     KW_CUDA_LAUNCHED();
-    KW_CUDA_LAUNCH(kw_k_attn_split_sum<NPL>, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_l, part_acc, part_max,
-                   (const float *)q->data, k_cache->data, v_cache->data, dtype, mask, Hq, Hq / Hkv, cap, D, q_pos0,
-                   n_kv, step, params->sliding_window, params->scale);
+    KW_CUDA_LAUNCH(split_sum, grid, 32 * KW_ATTN_WARPS, 0, cu->stream, part_l, part_acc, part_max,
+                   (const float *)q->data, src, mask, Hq, Hq / Hkv, D, q_pos0, n_kv, step, params->sliding_window,
+                   params->scale);
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_attn_split_combine, rows, D >= 128 ? 128 : 32, 0, cu->stream, (float *)out->data, part_max,
                    part_l, part_acc, (int64_t)chunks, D);
@@ -585,25 +643,45 @@ static int kw_attention_run(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor
     return 0;
 }
 
-int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
-                       const kw_tensor *v_cache, const kw_attention_params *params) {
-    KW_CUDA_ENTER(cu, backend);
+/* kw_attention_run with NPL chosen from the head dim. */
+template <class KVS>
+static int kw_attention_dispatch(kw_cuda_backend *cu, kw_tensor *out, const kw_tensor *q, const KVS &src, int64_t Hkv,
+                                 const kw_attention_params *params) {
     const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2];
     KW_RETURN_IF(T * Hq > INT32_MAX, KW_E_UNSUPPORTED, "cuda attention: too many query rows");
     switch (kw_opm_attn_dims_per_lane(D)) {
     case 1:
-        return kw_attention_run<1>(cu, out, q, k_cache, v_cache, params);
+        return kw_attention_run<1>(cu, out, q, src, Hkv, params);
     case 2:
-        return kw_attention_run<2>(cu, out, q, k_cache, v_cache, params);
+        return kw_attention_run<2>(cu, out, q, src, Hkv, params);
     case 4:
-        return kw_attention_run<4>(cu, out, q, k_cache, v_cache, params);
+        return kw_attention_run<4>(cu, out, q, src, Hkv, params);
     case 8:
-        return kw_attention_run<8>(cu, out, q, k_cache, v_cache, params);
+        return kw_attention_run<8>(cu, out, q, src, Hkv, params);
     case 16:
-        return kw_attention_run<16>(cu, out, q, k_cache, v_cache, params);
+        return kw_attention_run<16>(cu, out, q, src, Hkv, params);
     default:
         KW_FAIL(KW_E_SHAPE, "cuda attention: head dim %lld outside 1..%d", (long long)D, KW_ATTENTION_MAX_HEAD_DIM);
     }
+}
+
+int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
+                       const kw_tensor *v_cache, const kw_attention_params *params) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_attn_dense src = {k_cache->data, v_cache->data, k_cache->dtype, k_cache->ne[1], q->ne[2]};
+    return kw_attention_dispatch(cu, out, q, src, k_cache->ne[0], params);
+}
+
+int kw__cuda_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
+                           const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
+                           const kw_attention_params *params, int64_t n_rows) {
+    KW_CUDA_ENTER(cu, backend);
+    /* a step graph would replay n_rows (where the full key pages end) as recorded: kw_model runs no graph for a
+     * quantized cache, and a recording that meets one fails (the step then runs op by op) */
+    if (cu->recording) return kw__cuda_not_while_recording(cu, "attention_kvq");
+    const kw_attn_kvq src = {(const uint8_t *)k_store->data, (const uint8_t *)v_store->data, *kg, *vg,
+                             n_rows / kg->page_tokens * kg->page_tokens};
+    return kw_attention_dispatch(cu, out, q, src, kg->H, params);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

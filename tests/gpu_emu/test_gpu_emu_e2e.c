@@ -184,7 +184,17 @@ static int compare_steps(const char *what, const float *cpu, const float *gpu, c
  * Receiver only
  */
 
-static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol) {
+/* A cache for m: dense of cache_dtype, or quantized with codec (pages of 16 rows, so that the prompt fills some). */
+static kw_kvcache *make_cache(kw_model *m, int64_t cap, enum kw_dtype cache_dtype, enum kw_kvq_codec codec) {
+    kw_kvcache *c = NULL;
+    const int rc =
+        codec ? kw_model_create_cache_quantized(m, cap, codec, 16, &c) : kw_model_create_cache(m, cap, cache_dtype, &c);
+    if (rc < 0)
+        fail_msg("cache on %s: %s (%s)", kw_backend_name(kw_model_backend(m)), kw_status_name(rc), kw_error_detail());
+    return c;
+}
+
+static void receiver_only(const char *dir, enum kw_dtype cache_dtype, enum kw_kvq_codec codec, double tol) {
     kw_model *mc = load(E.cpu, dir), *mg = load(E.gpu, dir);
     const int64_t V = kw_model_get_config(mc)->vocab, L = E.L, cap = L + STEPS + 4;
     float *rc = malloc((size_t)(STEPS * V) * sizeof *rc), *rg = malloc((size_t)(STEPS * V) * sizeof *rg);
@@ -195,9 +205,7 @@ static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol
     for (int64_t i = 0; i < L; ++i)
         ids[i] = (int32_t)(E.prompt[i] % V);
 
-    kw_kvcache *cc = NULL, *cg = NULL;
-    assert_int_equal(kw_model_create_cache(mc, cap, cache_dtype, &cc), 0);
-    assert_int_equal(kw_model_create_cache(mg, cap, cache_dtype, &cg), 0);
+    kw_kvcache *cc = make_cache(mc, cap, cache_dtype, codec), *cg = make_cache(mg, cap, cache_dtype, codec);
     /* each backend prefills the prompt (its own first row), then follows the cpu's tokens */
     const kw_forward_args pre = {.ids = ids, .n = L, .mode = KW_LOGITS_LAST, .logits = first};
     assert_int_equal(kw_model_forward(mc, cc, &pre), 0);
@@ -222,6 +230,12 @@ static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol
         assert_int_equal(gg.ids[s], gc.ids[s]);
     }
     print_message("  %s: free-running greedy, %d tokens identical\n", dir, first_tie);
+    if (codec) { /* a quantized cache decodes op by op: no step graph recorded or launched */
+        int64_t recordings, launches;
+        kw_model_graph_counts(mg, &recordings, &launches);
+        assert_int_equal(recordings, 0);
+        assert_int_equal(launches, 0);
+    }
 
     kw_generate_result_free(&gc);
     kw_generate_result_free(&gg);
@@ -234,7 +248,25 @@ static void receiver_only(const char *dir, enum kw_dtype cache_dtype, double tol
 
 static void test_receiver_only_fp32(void **state) {
     (void)state;
-    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, TOL);
+    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, 0, TOL);
+}
+
+/* The quantized caches (pages of 16 rows, int8 and int4): the CPU's and the GPU's K and V differ in their last bits
+ * before they are quantized, so a value within that difference of a rounding boundary of its codec takes the
+ * neighbouring code on one backend (about 1e-6 x 127 of the int8 values, 1e-6 x 7 of the int4 ones), which moves the
+ * logits by a fraction of one code's share of an attention output. Measured: no larger than the dense cache's
+ * difference (about 1.5e-6 of max |logit| on this fixture, both codecs); QTOL = 1e-3 leaves room for such flips and
+ * keeps every step with a top-2 margin above 2e-3 max |logit| decisive. */
+#define QTOL 1e-3
+
+static void test_receiver_only_int8(void **state) {
+    (void)state;
+    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, KW_KVQ_INT8, QTOL);
+}
+
+static void test_receiver_only_int4(void **state) {
+    (void)state;
+    receiver_only(DATA "/receiver_qwen3", KW_DTYPE_F32, KW_KVQ_INT4, QTOL);
 }
 
 /* A request whose KV cache does not fit the backend's memory limit is refused before anything is allocated, with a
@@ -279,7 +311,7 @@ static void test_receiver_only_bf16(void **state) {
     go.seed = 11;
     const int rc = kw_genmodel_write(&go, dir);
     if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
-    receiver_only(dir, KW_DTYPE_F32, TOL);
+    receiver_only(dir, KW_DTYPE_F32, 0, TOL);
     kw_test_remove_tree(dir);
 }
 
@@ -328,7 +360,7 @@ static void test_receiver_only_gguf_quantized(void **state) {
         assert_true(q_bytes * 3 < f32_bytes); /* 1.125 (Q8_0) or 0.63-1.25 (Q4_K_M) bytes a weight, not 4 */
         kw_model_free(mq);
         kw_model_free(mc);
-        receiver_only(path, KW_DTYPE_F32, TOL);
+        receiver_only(path, KW_DTYPE_F32, 0, TOL);
     }
     kw_test_remove_tree(dir);
 }
@@ -703,8 +735,8 @@ static void test_kv_direct(void **state) {
     kw_model_free(mg);
 }
 
-/* No argument: every test but the quantized GGUF one; "gguf": that one alone (its own ctest entry, so each stays
- * short). */
+/* No argument: every test but the quantized GGUF one and the quantized caches'; "gguf" or "kvq": those alone (their
+ * own ctest entries, so each stays short). */
 int main(int argc, char **argv) {
 #ifdef KW_TEST_REAL_CUDA
     kw_backend *probe = NULL;
@@ -727,6 +759,11 @@ int main(int argc, char **argv) {
     const struct CMUnitTest gguf[] = {
         cmocka_unit_test(test_receiver_only_gguf_quantized),
     };
+    const struct CMUnitTest kvq[] = {
+        cmocka_unit_test(test_receiver_only_int8),
+        cmocka_unit_test(test_receiver_only_int4),
+    };
     if (argc > 1 && strcmp(argv[1], "gguf") == 0) return cmocka_run_group_tests(gguf, setup, teardown);
+    if (argc > 1 && strcmp(argv[1], "kvq") == 0) return cmocka_run_group_tests(kvq, setup, teardown);
     return cmocka_run_group_tests(tests, setup, teardown);
 }

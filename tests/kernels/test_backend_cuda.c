@@ -9,7 +9,9 @@
  *  - a refused allocation (far beyond any GPU's memory) must not make the next op fail (the runtime's last error);
  *  - two backends on one device, used alternately (separate streams, pools and error records), and a backend driven
  *    from a thread other than the one that created it (the current device is per thread);
- *  - every quantized weight layout is there (kw_backend_supports_layout 1); their parity is test_cuda_qmatmul's.
+ *  - every quantized weight layout is there (kw_backend_supports_layout 1); their parity is test_cuda_qmatmul's;
+ *  - the paged quantized KV cache against the CPU backend's (kw_kvq_parity.c): the same stored bytes and loaded bits,
+ *    attention with the bits of the CUDA dense attention on the held values; its ops are not recorded into graphs.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "kw_backend_cases.h"
+#include "kw_kvq_parity.h"
 
 #ifdef KW_TEST_CUDA_EMU
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
@@ -98,6 +101,27 @@ static int kw_quantized_layouts(kw_backend *b) {
     return 1;
 }
 
+/* A quantized-cache op while a step graph records is refused (KW_E_UNSUPPORTED) and fails the recording. */
+static int kw_kvq_not_recorded(kw_backend *b) {
+    const kw_kvq_geom g = {KW_KVQ_INT8, 1, 1, 32, 16, 16};
+    size_t bytes = 0;
+    kw_tensor store = {0}, rows = {0};
+    int ok = kw_kvq_bytes(&g, &bytes) == 0 &&
+             kw_tensor_alloc(b, &store, KW_DTYPE_U8, 1, (int64_t[]){(int64_t)bytes}) == 0 &&
+             kw_tensor_alloc(b, &rows, KW_DTYPE_F32, 3, (int64_t[]){1, 1, 16}) == 0;
+    ok = ok && kw_backend_graph_begin(b, 0) == 0;
+    if (ok) {
+        const int rc = kw_op_kvq_store(b, &store, &g, &rows, 0, 0);
+        kw_backend_graph *graph = NULL;
+        const int end = kw_backend_graph_end(b, &graph);
+        kw_backend_graph_free(graph);
+        ok = rc == KW_E_UNSUPPORTED && end < 0;
+    }
+    kw_tensor_free(&store);
+    kw_tensor_free(&rows);
+    return ok && kw_backend_synchronize(b) == 0;
+}
+
 int main(void) {
     kw_backend *b = NULL;
     const int rc = kw_create_cuda(0, &b);
@@ -126,6 +150,9 @@ int main(void) {
     kw_expect(kw_two_backends(b), "two backends on one device, alternately");
     kw_expect(kw_other_thread(b), "a backend driven from another thread");
     kw_expect(kw_quantized_layouts(b), "every quantized weight layout supported");
+    kw_expect(kw_backend_supports_kvq(b), "the quantized KV cache is supported");
+    kw_expect(kw_kvq_parity(b, &run) == 0, "the quantized KV cache equals the cpu's (kw_kvq_parity)");
+    kw_expect(kw_kvq_not_recorded(b), "a quantized-cache op is not recorded into a step graph");
     kw_backend_destroy(b);
 #ifdef KW_TEST_CUDA_EMU
     kw_cuda_emu_stats st;

@@ -21,6 +21,7 @@ extern "C" {
 }
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
 #include "kernels/cuda/kw_cuda_wire.h"
+#include "kernels/kw_kvq_format.h"
 #include "kernels/kw_op_math.h"
 #include "kernels/kw_select_math.h"
 #include "wire/kw_wire_quant.h"
@@ -29,6 +30,7 @@ extern "C" {
 
 namespace kw_cuda_emu_backend {
 #include "kernels/cuda/kw_cuda_backend.cu"
+#include "kernels/cuda/kw_cuda_kvq.cu"
 #include "kernels/cuda/kw_cuda_ops.cu"
 #include "kernels/cuda/kw_cuda_select.cu"
 #include "kernels/cuda/kw_cuda_wire.cu"
