@@ -390,8 +390,8 @@ void kw_model_free(kw_model *m) {
 int kw_model_fork(const kw_model *parent, kw_backend *backend, kw_model **out) {
     KW_RETURN_IF(!parent || !out, KW_E_INVALID_ARG, "kw_model_fork: NULL argument");
     *out = NULL;
-    if (parent->parent) parent = parent->parent; /* a fork of a fork runs the loaded model's weights */
     if (!backend) backend = parent->backend;
+    if (parent->parent) parent = parent->parent; /* a fork of a fork runs the loaded model's weights */
     KW_RETURN_IF(kw_backend_root(backend) != kw_backend_root(parent->backend), KW_E_INVALID_ARG,
                  "kw_model_fork: the backend is neither the model's nor one of its stream contexts");
     kw_model *m = malloc(sizeof *m);
