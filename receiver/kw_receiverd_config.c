@@ -175,15 +175,6 @@ static const kw_cfg_key kw__rd_keys[] = {
      .min = 0,
      .max = 1024,
      .help = "CPU backend worker threads; 0: one per core"},
-    {.name = "compute.workers",
-     .type = KW_CFG_INT,
-     .offset = KW__RD_OFF(workers),
-     .def = "1",
-     .min = 1,
-     .max = 64,
-     .help = "compute threads serving requests side by side, each on its own backend stream context (CUDA: its own "
-             "stream) with its own model scratch over the shared weights and memory budget; 1: one request at a "
-             "time"},
     {.name = "compute.max_batch",
      .type = KW_CFG_INT,
      .offset = KW__RD_OFF(max_batch),

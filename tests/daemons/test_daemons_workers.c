@@ -1,8 +1,9 @@
-/* test_daemons_workers.c: receiverd with compute.workers 2 (two compute threads, the second on a stream context of
- * the backend with a fork of the model) answers requests sent all at once exactly as receiverd with one worker answers
- * them one by one: the same completion ids and text for receiver_only, c2c and kv_direct requests of several prompts.
- * /metrics and /health report the workers and, once all answers are in, no request in flight and an empty queue; both
- * daemons exit cleanly on SIGTERM (the workers drained). */
+/* test_daemons_workers.c: daemons with compute.workers 2 (two compute threads, the second on a stream context of the
+ * backend with forks of the models) answer requests sent all at once exactly as daemons with one worker answer them
+ * one by one: the same completion ids and text for receiver_only, c2c and kv_direct requests of several prompts. Two
+ * receiverd (2 workers each) share one sharerd with 2 workers, so that sharerd too runs two shares at once (one share
+ * per connection at a time). /metrics and /health report the workers and, once all answers are in, no request in
+ * flight and an empty queue; every daemon exits cleanly on SIGTERM (the workers drained). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -53,39 +54,44 @@ static int ids_of(const answer *a, int32_t *ids, const char **text) {
 
 static void test_workers_answer_as_one(void **state) {
     (void)state;
-    kwd_proc sharer, one, two;
+    kwd_proc sharer, one, sharer2, two, two_b;
     kwd_start_sharer(0, NULL, &sharer);
     kwd_start_receiver(sharer.port, NULL, &one);
     const char *const extra[] = {"--compute.workers=2", NULL};
-    kwd_start_receiver(sharer.port, extra, &two);
-    if (!kwd_wait_healthy(one.port, kwd_ms(30000)) || !kwd_wait_healthy(two.port, kwd_ms(30000)))
+    kwd_start_sharer(0, extra, &sharer2);
+    kwd_start_receiver(sharer2.port, extra, &two);
+    kwd_start_receiver(sharer2.port, extra, &two_b);
+    if (!kwd_wait_healthy(one.port, kwd_ms(30000)) || !kwd_wait_healthy(two.port, kwd_ms(30000)) ||
+        !kwd_wait_healthy(two_b.port, kwd_ms(30000)))
         fail_msg("receiverd never connected to sharerd");
 
-    static answer seq[N_REQ], par[N_REQ];
+    static answer seq[N_REQ], par[2 * N_REQ];
     for (int i = 0; i < N_REQ; ++i) { /* one worker, one request at a time */
         seq[i] = (answer){.port = one.port, .index = i};
         send_one(&seq[i]);
     }
-    pthread_t t[N_REQ];
-    for (int i = 0; i < N_REQ; ++i) { /* two workers, all at once */
-        par[i] = (answer){.port = two.port, .index = i};
+    pthread_t t[2 * N_REQ];
+    for (int i = 0; i < 2 * N_REQ; ++i) { /* two workers, all at once, through both receivers */
+        par[i] = (answer){.port = i < N_REQ ? two.port : two_b.port, .index = i % N_REQ};
         assert_int_equal(pthread_create(&t[i], NULL, send_one, &par[i]), 0);
     }
-    for (int i = 0; i < N_REQ; ++i)
+    for (int i = 0; i < 2 * N_REQ; ++i)
         pthread_join(t[i], NULL);
-    for (int i = 0; i < N_REQ; ++i) {
+    for (int i = 0; i < 2 * N_REQ; ++i) {
         int32_t want[64], got[64];
         const char *want_text = NULL, *got_text = NULL;
-        const int n_want = ids_of(&seq[i], want, &want_text), n_got = ids_of(&par[i], got, &got_text);
+        const int n_want = ids_of(&seq[i % N_REQ], want, &want_text), n_got = ids_of(&par[i], got, &got_text);
         assert_true(n_want > 0);
         if (n_want != n_got || memcmp(want, got, (size_t)n_want * sizeof *want) != 0 ||
             strcmp(want_text, got_text) != 0) {
-            fprintf(stderr, "one worker:\n%s\ntwo workers:\n%s\n", seq[i].r.body, par[i].r.body);
+            fprintf(stderr, "one worker:\n%s\ntwo workers:\n%s\n", seq[i % N_REQ].r.body, par[i].r.body);
             fail_msg("request %d: two workers answered otherwise than one", i);
         }
     }
     for (int i = 0; i < N_REQ; ++i)
-        kwd_response_free(&seq[i].r), kwd_response_free(&par[i].r);
+        kwd_response_free(&seq[i].r);
+    for (int i = 0; i < 2 * N_REQ; ++i)
+        kwd_response_free(&par[i].r);
 
     kwd_response m;
     kwd_http(two.port, "/metrics", NULL, &m);
@@ -101,7 +107,9 @@ static void test_workers_answer_as_one(void **state) {
     kwd_http(one.port, "/health", NULL, &m);
     assert_int_equal((int)kwd_json_num(m.json, "workers"), 1);
     kwd_response_free(&m);
+    kwd_stop(&two_b);
     kwd_stop(&two);
+    kwd_stop(&sharer2);
     kwd_stop(&one);
     kwd_stop(&sharer);
 }
