@@ -870,7 +870,9 @@ void kw_rd_compute_thread(void *arg) {
         kw_rd_job *j = (kw_rd_job *)it;
         kw_error_clear();
         atomic_fetch_add(&d->in_flight, 1);
+        KW_LOG_DEBUG("receiverd: compute thread %d starts request %llu", (int)w->index, (unsigned long long)j->id);
         j->status = kw__rd_run(w, j);
+        KW_LOG_DEBUG("receiverd: compute thread %d ends request %llu", (int)w->index, (unsigned long long)j->id);
         atomic_fetch_sub(&d->in_flight, 1);
         uv_mutex_lock(&j->mu);
         j->discard = true; /* bytes still coming for a share this request no longer reads */

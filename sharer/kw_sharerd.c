@@ -586,7 +586,9 @@ static void kw__sd_compute_thread(void *arg) {
     kw_sharerd *d = w->d;
     for (kw_queue_item *it; (it = kw_queue_pop(&d->queue)) != NULL;) {
         kw__sd_job *j = (kw__sd_job *)it;
+        KW_LOG_DEBUG("sharerd: compute thread %d starts a share of %zu tokens", (int)w->index, j->req->n_token_ids);
         kw__sd_run_job(w, j);
+        KW_LOG_DEBUG("sharerd: compute thread %d ends its share", (int)w->index);
         kw__sd_post *p = NULL;
         while (!(p = calloc(1, sizeof *p))) /* the DONE must reach the loop: it holds the queue's reference */
             uv_sleep(10);

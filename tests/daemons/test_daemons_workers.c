@@ -19,12 +19,23 @@
 #define BODY(prompt, kv)                                                                                               \
     "{\"messages\":[{\"role\":\"user\",\"content\":\"" prompt "\"}],\"max_tokens\":8,\"kvwire\":" kv "}"
 
+/* c2c and kv_direct prompts long enough (a few hundred tokens) that the sharer's prefills of two receivers overlap */
+#define LONG(q)                                                                                                        \
+    "Here is some background. The planets of the solar system are Mercury, Venus, Earth, Mars, Jupiter, Saturn, "      \
+    "Uranus and Neptune. Mars looks red because of iron oxide on its surface. Jupiter is the largest planet and "      \
+    "Saturn has bright rings. Venus is the hottest planet because of its thick atmosphere. Earth has one moon, Mars "  \
+    "has two small moons called Phobos and Deimos, and Jupiter has dozens. Mercury is closest to the sun and has a "   \
+    "very thin atmosphere. Uranus rotates on its side. Neptune has the strongest winds. " q
+
 static const char *const bodies[] = {
     BODY("Which planet is known as the red planet?", "{\"mode\":\"receiver_only\"}"),
     BODY("Name a primary colour.", "{\"mode\":\"receiver_only\"}"),
-    BODY("Which planet is known as the red planet?", "{}"),
-    BODY("What is two plus two?", "{\"policy\":{\"codec\":\"int4\"}}"),
-    BODY("Count from one to five.", "{\"mode\":\"kv_direct\"}"),
+    BODY(LONG("Which planet is known as the red planet?"), "{}"),
+    BODY(LONG("What is two plus two?"), "{\"policy\":{\"codec\":\"int4\"}}"),
+    BODY(LONG("Count from one to five."), "{\"mode\":\"kv_direct\"}"),
+    BODY(LONG("Which planet is the largest?"), "{\"policy\":{\"codec\":\"int8\"}}"),
+    BODY(LONG("Which planet has rings?"), "{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int4\"}}"),
+    BODY(LONG("Which planet is hottest?"), "{}"),
     BODY("Write a word that rhymes with cat.", "{\"mode\":\"receiver_only\"}"),
 };
 #define N_REQ ((int)(sizeof bodies / sizeof bodies[0]))
