@@ -30,10 +30,14 @@ static int failed = 0;
 
 /* Shapes: M rows of K through W (N, K); M above the CUDA backend's streaming-matmul bound, so cuBLAS (or the
  * emulator's GEMM) and the widened-weight workspace run too. */
-enum { M = 12, K = 64, N = 96, ROUNDS = 6 };
+#if defined(KW_TEST_CUDA_EMU)
+enum { M = 12, K = 64, N = 96, ROUNDS = 6, REPS = 3 };
+#else
+enum { M = 12, K = 64, N = 96, ROUNDS = 200, REPS = 5 }; /* enough work for the two threads to overlap */
+#endif
 
 typedef struct shared_weights {
-    kw_tensor w_f32, w_bf16, norm; /* on the parent */
+    kw_tensor w_f32, w_bf16, norm, w_kv; /* on the parent; norm in bf16 (widened in the CPU's scratch) */
 } shared_weights;
 
 typedef struct job {
@@ -50,16 +54,21 @@ static float rnd(uint32_t *s) {
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
-/* One request's work: ROUNDS times matmul (f32 and bf16 weights), rms_norm, silu, add, softmax, argmax; the result is
- * downloaded once at the end. */
+/* One request's work: ROUNDS times rms_norm, causal attention of the rows over a KV cache of their own (4 query heads,
+ * 2 kv heads of 16), matmul (f32 and bf16 weights), silu, add, softmax; then argmax; the result is downloaded once at
+ * the end. */
 static int run_job(job *j) {
     kw_backend *b = j->be;
     float x_host[M * K];
     uint32_t s = j->seed;
     for (int i = 0; i < M * K; ++i)
         x_host[i] = rnd(&s);
-    kw_tensor x = {0}, y = {0}, y2 = {0}, h = {0}, am = {0};
+    kw_tensor x = {0}, y = {0}, y2 = {0}, h = {0}, am = {0}, kv = {0}, kc = {0}, vc = {0}, att = {0};
     int rc = 0;
+    KW_CHECK(kw_tensor_alloc(b, &kv, KW_DTYPE_F32, 3, (int64_t[]){M, 2, 16}));
+    KW_CHECK(kw_tensor_alloc(b, &kc, KW_DTYPE_F32, 3, (int64_t[]){2, M, 16}));
+    KW_CHECK(kw_tensor_alloc(b, &vc, KW_DTYPE_F32, 3, (int64_t[]){2, M, 16}));
+    KW_CHECK(kw_tensor_alloc(b, &att, KW_DTYPE_F32, 3, (int64_t[]){M, 4, 16}));
     KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){M, K}));
     KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){M, N}));
     KW_CHECK(kw_tensor_alloc(b, &y2, KW_DTYPE_F32, 2, (int64_t[]){M, N}));
@@ -68,6 +77,17 @@ static int run_job(job *j) {
     KW_CHECK(kw_backend_upload(b, &x, 0, x_host, sizeof x_host));
     for (int r = 0; r < ROUNDS; ++r) {
         KW_CHECK(kw_op_rms_norm(b, &h, &x, &j->sw->norm, 1e-6f, KW_RMS_NORM_PLAIN));
+        kw_tensor kv2, q, att2;
+        KW_CHECK(kw_tensor_view_reshape(&kv, 2, (int64_t[]){M, 32}, &kv2));
+        KW_CHECK(kw_op_matmul(b, &kv2, &h, &j->sw->w_kv, NULL));
+        KW_CHECK(kw_op_kv_store(b, &kc, &kv, 0));
+        KW_CHECK(kw_op_scale(b, &kv, &kv, -0.5f));
+        KW_CHECK(kw_op_kv_store(b, &vc, &kv, 0));
+        KW_CHECK(kw_tensor_view_reshape(&h, 3, (int64_t[]){M, 4, 16}, &q));
+        const kw_attention_params ap = {.q_pos0 = 0, .n_kv = M, .scale = 0.25f};
+        KW_CHECK(kw_op_attention(b, &att, &q, &kc, &vc, &ap));
+        KW_CHECK(kw_tensor_view_reshape(&att, 2, (int64_t[]){M, K}, &att2));
+        KW_CHECK(kw_op_add(b, &h, &h, &att2));
         KW_CHECK(kw_op_matmul(b, &y, &h, &j->sw->w_f32, NULL));
         KW_CHECK(kw_op_matmul(b, &y2, &h, &j->sw->w_bf16, NULL));
         KW_CHECK(kw_op_unary(b, &y2, &y2, KW_ACT_SILU));
@@ -86,6 +106,7 @@ static int run_job(job *j) {
     KW_CHECK(kw_backend_synchronize(b));
 out:
     kw_tensor_free(&x), kw_tensor_free(&y), kw_tensor_free(&y2), kw_tensor_free(&h), kw_tensor_free(&am);
+    kw_tensor_free(&kv), kw_tensor_free(&kc), kw_tensor_free(&vc), kw_tensor_free(&att);
     j->rc = rc;
     return rc;
 }
@@ -96,8 +117,8 @@ static void *job_thread(void *arg) {
 }
 
 static int make_weights(kw_backend *p, shared_weights *sw) {
-    static float w[N * K], n[K];
-    static uint16_t wb[N * K];
+    static float w[N * K], wkv[32 * K];
+    static uint16_t wb[N * K], n[K];
     uint32_t s = 7;
     for (int i = 0; i < N * K; ++i) {
         w[i] = rnd(&s) * 0.2f;
@@ -105,11 +126,19 @@ static int make_weights(kw_backend *p, shared_weights *sw) {
         memcpy(&u, &w[i], 4);
         wb[i] = (uint16_t)(u >> 16);
     }
-    for (int i = 0; i < K; ++i)
-        n[i] = 1.0f + rnd(&s) * 0.1f;
+    for (int i = 0; i < K; ++i) {
+        const float f = 1.0f + rnd(&s) * 0.1f;
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        n[i] = (uint16_t)(u >> 16);
+    }
+    for (int i = 0; i < 32 * K; ++i)
+        wkv[i] = rnd(&s) * 0.3f;
     KW_FORWARD(kw_tensor_alloc(p, &sw->w_f32, KW_DTYPE_F32, 2, (int64_t[]){N, K}));
     KW_FORWARD(kw_tensor_alloc(p, &sw->w_bf16, KW_DTYPE_BF16, 2, (int64_t[]){N, K}));
-    KW_FORWARD(kw_tensor_alloc(p, &sw->norm, KW_DTYPE_F32, 1, (int64_t[]){K}));
+    KW_FORWARD(kw_tensor_alloc(p, &sw->norm, KW_DTYPE_BF16, 1, (int64_t[]){K}));
+    KW_FORWARD(kw_tensor_alloc(p, &sw->w_kv, KW_DTYPE_F32, 2, (int64_t[]){32, K}));
+    KW_FORWARD(kw_backend_upload(p, &sw->w_kv, 0, wkv, sizeof wkv));
     KW_FORWARD(kw_backend_upload(p, &sw->w_f32, 0, w, sizeof w));
     KW_FORWARD(kw_backend_upload(p, &sw->w_bf16, 0, wb, sizeof wb));
     KW_FORWARD(kw_backend_upload(p, &sw->norm, 0, n, sizeof n));
@@ -117,7 +146,7 @@ static int make_weights(kw_backend *p, shared_weights *sw) {
 }
 
 static void free_weights(shared_weights *sw) {
-    kw_tensor_free(&sw->w_f32), kw_tensor_free(&sw->w_bf16), kw_tensor_free(&sw->norm);
+    kw_tensor_free(&sw->w_f32), kw_tensor_free(&sw->w_bf16), kw_tensor_free(&sw->norm), kw_tensor_free(&sw->w_kv);
 }
 
 /* Concurrent == sequential, bit for bit, and the accounting back to its start. */
@@ -147,7 +176,7 @@ static void check_concurrency(const char *name, kw_backend *p) {
     /* the parent alone gave the same */
     CHECK(memcmp(alone.out, seq[1].out, sizeof alone.out) == 0, "%s: the parent's result differs from a context's",
           name);
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < REPS; ++rep) {
         pthread_t t[2];
         for (int i = 0; i < 2; ++i) {
             par[i] = (job){.be = ctx[i], .sw = &sw, .seed = 1000u + (uint32_t)i};
