@@ -156,35 +156,23 @@ static void forks_on(kw_backend *be, kw_backend *other) {
     kw_test_remove_tree(dir);
 }
 
-#ifndef KW_TEST_CUDA_EMU
-static void test_cpu(void **state) {
-    (void)state;
-    kw_backend *be = NULL, *other = NULL;
-    assert_int_equal(kw_backend_create_cpu(2, &be), 0);
-    assert_int_equal(kw_backend_create_cpu(1, &other), 0);
-    forks_on(be, other);
-    kw_backend_destroy(other);
-    kw_backend_destroy(be);
-}
+#ifdef KW_TEST_CUDA_EMU
+#define CREATE(threads, out) kw_backend_create_cuda_emu(0, out)
 #else
-static void test_cuda_emu(void **state) {
-    (void)state;
-    kw_backend *be = NULL, *other = NULL;
-    assert_int_equal(kw_backend_create_cuda_emu(0, &be), 0);
-    assert_int_equal(kw_backend_create_cuda_emu(0, &other), 0);
-    forks_on(be, other);
-    kw_backend_destroy(other);
-    kw_backend_destroy(be);
-}
+#define CREATE(threads, out) kw_backend_create_cpu(threads, out)
 #endif
 
+static void test_forks(void **state) {
+    (void)state;
+    kw_backend *be = NULL, *other = NULL;
+    assert_int_equal(CREATE(2, &be), 0);
+    assert_int_equal(CREATE(1, &other), 0);
+    forks_on(be, other);
+    kw_backend_destroy(other);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {
-#ifdef KW_TEST_CUDA_EMU
-        cmocka_unit_test(test_cuda_emu),
-#else
-        cmocka_unit_test(test_cpu),
-#endif
-    };
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_forks)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
