@@ -25,7 +25,12 @@
     "Uranus and Neptune. Mars looks red because of iron oxide on its surface. Jupiter is the largest planet and "      \
     "Saturn has bright rings. Venus is the hottest planet because of its thick atmosphere. Earth has one moon, Mars "  \
     "has two small moons called Phobos and Deimos, and Jupiter has dozens. Mercury is closest to the sun and has a "   \
-    "very thin atmosphere. Uranus rotates on its side. Neptune has the strongest winds. " q
+    "very thin atmosphere. Uranus rotates on its side. Neptune has the strongest winds. " BACKGROUND BACKGROUND        \
+        BACKGROUND q
+#define BACKGROUND                                                                                                     \
+    "Astronomers measure distances in astronomical units, the mean distance from the Earth to the sun. Light takes "   \
+    "about eight minutes to cross one unit and more than four hours to reach Neptune. The asteroid belt lies between " \
+    "Mars and Jupiter, and the Kuiper belt lies beyond Neptune, where Pluto and many other small icy bodies orbit. "
 
 static const char *const bodies[] = {
     BODY("Which planet is known as the red planet?", "{\"mode\":\"receiver_only\"}"),
@@ -36,6 +41,9 @@ static const char *const bodies[] = {
     BODY(LONG("Which planet is the largest?"), "{\"policy\":{\"codec\":\"int8\"}}"),
     BODY(LONG("Which planet has rings?"), "{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int4\"}}"),
     BODY(LONG("Which planet is hottest?"), "{}"),
+    BODY(LONG("Which planet has the strongest winds?"), "{\"policy\":{\"codec\":\"int4\"}}"),
+    BODY(LONG("What lies beyond Neptune?"), "{\"mode\":\"kv_direct\"}"),
+    BODY(LONG("How long does light take to reach Neptune?"), "{}"),
     BODY("Write a word that rhymes with cat.", "{\"mode\":\"receiver_only\"}"),
 };
 #define N_REQ ((int)(sizeof bodies / sizeof bodies[0]))
@@ -81,28 +89,31 @@ static void test_workers_answer_as_one(void **state) {
         seq[i] = (answer){.port = one.port, .index = i};
         send_one(&seq[i]);
     }
-    pthread_t t[2 * N_REQ];
-    for (int i = 0; i < 2 * N_REQ; ++i) { /* two workers, all at once, through both receivers */
-        par[i] = (answer){.port = i < N_REQ ? two.port : two_b.port, .index = i % N_REQ};
-        assert_int_equal(pthread_create(&t[i], NULL, send_one, &par[i]), 0);
-    }
-    for (int i = 0; i < 2 * N_REQ; ++i)
-        pthread_join(t[i], NULL);
-    for (int i = 0; i < 2 * N_REQ; ++i) {
-        int32_t want[64], got[64];
-        const char *want_text = NULL, *got_text = NULL;
-        const int n_want = ids_of(&seq[i % N_REQ], want, &want_text), n_got = ids_of(&par[i], got, &got_text);
-        assert_true(n_want > 0);
-        if (n_want != n_got || memcmp(want, got, (size_t)n_want * sizeof *want) != 0 ||
-            strcmp(want_text, got_text) != 0) {
-            fprintf(stderr, "one worker:\n%s\ntwo workers:\n%s\n", seq[i % N_REQ].r.body, par[i].r.body);
-            fail_msg("request %d: two workers answered otherwise than one", i);
+    /* two workers, all at once, through both receivers; twice, for more overlap of the sharer's shares */
+    for (int round = 0; round < 2; ++round) {
+        pthread_t t[2 * N_REQ];
+        for (int i = 0; i < 2 * N_REQ; ++i) {
+            par[i] = (answer){.port = i < N_REQ ? two.port : two_b.port, .index = i % N_REQ};
+            assert_int_equal(pthread_create(&t[i], NULL, send_one, &par[i]), 0);
         }
+        for (int i = 0; i < 2 * N_REQ; ++i)
+            pthread_join(t[i], NULL);
+        for (int i = 0; i < 2 * N_REQ; ++i) {
+            int32_t want[64], got[64];
+            const char *want_text = NULL, *got_text = NULL;
+            const int n_want = ids_of(&seq[i % N_REQ], want, &want_text), n_got = ids_of(&par[i], got, &got_text);
+            assert_true(n_want > 0);
+            if (n_want != n_got || memcmp(want, got, (size_t)n_want * sizeof *want) != 0 ||
+                strcmp(want_text, got_text) != 0) {
+                fprintf(stderr, "one worker:\n%s\ntwo workers:\n%s\n", seq[i % N_REQ].r.body, par[i].r.body);
+                fail_msg("request %d: two workers answered otherwise than one", i);
+            }
+        }
+        for (int i = 0; i < 2 * N_REQ; ++i)
+            kwd_response_free(&par[i].r);
     }
     for (int i = 0; i < N_REQ; ++i)
         kwd_response_free(&seq[i].r);
-    for (int i = 0; i < 2 * N_REQ; ++i)
-        kwd_response_free(&par[i].r);
 
     kwd_response m;
     kwd_http(two.port, "/metrics", NULL, &m);
