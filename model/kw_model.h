@@ -66,7 +66,8 @@ void kw_model_free(kw_model *model);
  * NULL meaning parent's. Forks on different stream contexts (or one on the parent's backend) may run kw_model_forward
  * and the rest concurrently, one thread each, with the same results bit for bit as the parent alone; caches for a fork
  * come from kw_model_create_cache on the fork (on its backend). A fork of a fork forks the loaded model. Costs only
- * the scratch (kw_model_options.max_batch rows). *out is owned by the caller (kw_model_free, before parent's).
+ * the scratch (kw_model_options.max_batch rows). Fork while no thread runs parent (its bindings are copied). *out is
+ * owned by the caller (kw_model_free, before parent's).
  * Errors: KW_E_INVALID_ARG (a backend of another device or parent), KW_E_NOMEM (also the backend's memory limit). */
 int kw_model_fork(const kw_model *parent, kw_backend *backend, kw_model **out);
 
