@@ -1256,8 +1256,9 @@ int kw_receiverd_run(kw_receiverd *d) {
     uv_update_time(&d->loop);
     for (int32_t i = 0; i < d->n_links; ++i)
         kw_rd_link_start(d->links[i]);
-    KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s)", d->cfg->model_name,
-                d->cfg->http_host, (unsigned)d->port, (int)d->n_links, (int)d->n_fusers);
+    KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s), %d compute thread(s)",
+                d->cfg->model_name, d->cfg->http_host, (unsigned)d->port, (int)d->n_links, (int)d->n_fusers,
+                (int)d->n_workers);
     int rc = 0;
     if (d->cfg->ready_file) {
         char text[64];

@@ -1610,8 +1610,9 @@ int kw_sharerd_run(kw_sharerd *d) {
         KW_FAIL(KW_E_IO, "sharerd: cannot start compute thread %d", (int)i);
     }
     d->threads_started = true;
-    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld", d->cfg->listen_host, (unsigned)d->port,
-                d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max);
+    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld, %d compute thread(s)", d->cfg->listen_host,
+                (unsigned)d->port, d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max,
+                (int)d->n_workers);
     int rc = kw__sd_write_ready(d);
     if (rc < 0) {
         kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */
