@@ -51,6 +51,7 @@ typedef struct kw_receiverd_config {
     int64_t cache_page_tokens; /* cache.page_tokens */
     int backend;               /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
     int64_t threads, device, memory_limit_mb, max_batch, queue_max;
+    int64_t workers; /* compute.workers: compute threads, each a stream context and a model fork beyond the first */
     kw_receiverd_sharer_cfg sharers[KW_RECEIVERD_MAX_SHARERS];
     int32_t n_sharers;
     kw_receiverd_fuser_cfg fusers[KW_RECEIVERD_MAX_FUSERS];
