@@ -162,7 +162,8 @@ struct wire_case {
     uint32_t src_dtype;      /* enum kw_wire_dtype */
     uint32_t T, split;       /* tokens, and the first token of group 1 (0: one group) */
     int head_major, gather;
-    int poison;  /* 0 none, 1 a NaN, 2 an Inf, 3 a huge value, 4 a tiny one */
+    int poison;  /* 0 none, 1 a NaN, 2 an Inf, 3 a huge value, 4 a tiny one, 5 a range no scale holds in the
+                    first unit and a NaN in a later unit of the same row */
     int columns; /* 1: channel 3 a zero of one sign in every row, channel 5 one constant (channel scales' units) */
 };
 
@@ -202,7 +203,11 @@ static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out)
                 out->values[row * out->token_stride + h * out->head_stride + 5] = 0.25f;
             }
     }
-    if (c.poison) {
+    if (c.poison == 5) { /* (token 0, head 0): channels 0 and 1 span 6e38, channel D-1 a NaN */
+        out->values[0] = -3.0e38f;
+        out->values[1] = 3.0e38f;
+        out->values[D - 1] = NAN;
+    } else if (c.poison) {
         const size_t i = r.below((uint32_t)out->values.size());
         const float p[] = {0.0f, NAN, -INFINITY, 3.0e38f, 1.0e-39f};
         float v = p[c.poison];
@@ -572,7 +577,7 @@ static void test_encode_v11_errors(void **state) {
     };
     uint64_t seed = 9000;
     int ok = 0, nonfinite = 0, range = 0;
-    for (int poison = 1; poison <= 4; ++poison)
+    for (int poison = 1; poison <= 5; ++poison)
         for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt)
             for (const kw_wire_codec_spec &s : specs) {
                 wire_case c = {s, k_bf16, dt, 7, 0, (int)(seed & 1), 0, poison, 1};
@@ -580,11 +585,12 @@ static void test_encode_v11_errors(void **state) {
                 ok += rc == 0;
                 nonfinite += rc == KW_E_WIRE_NONFINITE;
                 range += rc == KW_E_WIRE_RANGE;
+                if (poison == 5) assert_int_equal(rc, KW_E_WIRE_NONFINITE); /* the row's NaN before any scale */
             }
     assert_true(ok > 0);
     assert_true(nonfinite > 0);
     assert_true(range > 0);
-    assert_int_equal(ok + nonfinite + range, 4 * 3 * 7);
+    assert_int_equal(ok + nonfinite + range, 5 * 3 * 7);
 }
 
 /* Specs the format forbids are refused before anything runs, as the CPU refuses them (KW_E_INVALID_ARG here), and
