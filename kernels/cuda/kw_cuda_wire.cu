@@ -9,6 +9,11 @@
  * Failures go to one 64-bit word under atomicMin of (unit << 1 | kind): the CPU encoder stops at the first failing
  * unit in its loop order (heads, then tokens, then channel groups), and within a unit it tests NaN/Inf first, so
  * the smallest key is the error the CPU reports. Decoding is one launch, one thread per 8 values.
+ *
+ * KVWire v1.1's general path (zero points, channel scales, int3 in groups of 4: the CPU's kw__wire_general_path)
+ * swaps launch (1) for kw_k_wire_stats (one thread per 8 values, atomics per unit: absmax, and with zero points the
+ * minimum, maximum and first zero of §5.9), keys failures by the CPU's block (kw_wire_err_block), and quantizes and
+ * dequantizes value by value with each value's own unit, as kw__enc_tensor_blocks and kw__dec_tensor_blocks do.
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
