@@ -403,7 +403,8 @@ extern "C" uint64_t kw_cuda_wire_tensor_bytes(const kw_cuda_wire_spec *spec, uin
 extern "C" uint64_t kw_cuda_wire_work_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D) {
     kw_wire_geom g;
     if (kw_wire_geom_make(spec, H, T, D, &g) < 0) return 0;
-    return 6 * kw_wire_round256(g.units * 4) + kw_wire_round256(g.units * 8);
+    /* absmax, scale, 1/s; with zero points also the minimum and maximum keys, z and the first zeros */
+    return (g.asym ? 6 : 3) * kw_wire_round256(g.units * 4) + (g.asym ? kw_wire_round256(g.units * 8) : 0);
 }
 
 extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec *spec, const kw_cuda_wire_src *src,
@@ -418,9 +419,13 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
     const cudaStream_t st = (cudaStream_t)stream;
     const uint64_t slot = kw_wire_round256(g.units * 4);
     uint8_t *w = (uint8_t *)d_work;
-    unsigned int *amax = (unsigned int *)w, *mn = (unsigned int *)(w + 3 * slot), *mx = (unsigned int *)(w + 4 * slot);
-    float *sv = (float *)(w + slot), *iv = (float *)(w + 2 * slot), *zv = (float *)(w + 5 * slot);
-    unsigned long long *fz = (unsigned long long *)(w + 6 * slot);
+    unsigned int *amax = (unsigned int *)w;
+    float *sv = (float *)(w + slot), *iv = (float *)(w + 2 * slot);
+    /* with zero points only (kw_cuda_wire_work_bytes); NULL and never read without */
+    unsigned int *mn = g.asym ? (unsigned int *)(w + 3 * slot) : nullptr;
+    unsigned int *mx = g.asym ? (unsigned int *)(w + 4 * slot) : nullptr;
+    float *zv = g.asym ? (float *)(w + 5 * slot) : nullptr;
+    unsigned long long *fz = g.asym ? (unsigned long long *)(w + 6 * slot) : nullptr;
     KW_CUDA_TRY(cudaMemsetAsync(amax, 0, g.units * 4, st));
     KW_CUDA_TRY(cudaMemsetAsync(d_err, 0xff, sizeof *d_err, st));
     const uint64_t rows = (uint64_t)H * T;
