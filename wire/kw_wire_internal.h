@@ -142,9 +142,6 @@ static inline size_t kw__wire_dtype_size(uint32_t dtype) {
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Codec specs and sizes */
 
-/* The largest log2 of the run length L of the channel granularity (v1.1): L <= 2^24, the most tokens a group has. */
-#define KW_WIRE_MAX_RUN_LOG2 24
-
 /* Validates a tensor descriptor (its four bytes) for a head_dim, with the v1.1 codecs, granularity and zero points
  * allowed if v11: 0, KW_E_WIRE_CODEC (unknown id or forbidden combination, G not a divisor of head_dim or below 4, L
  * too large) or KW_E_WIRE_RESERVED (group_log2 set without channel groups or channel runs; v1.1: bits 4..6 of the

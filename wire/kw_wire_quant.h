@@ -57,6 +57,9 @@ enum kw_wire_scale {
 #define KW_WIRE_SCALE_RESERVED_BITS 0x70u
 #define KW_WIRE_SCALE_ZERO_POINTS   0x80u
 
+/* The largest log2 of the run length L of the channel granularity (v1.1): L <= 2^24, the most tokens a group has. */
+#define KW_WIRE_MAX_RUN_LOG2 24
+
 /* The largest finite bf16, 0x1.FEp127: every decoded value is at most this in magnitude (FORMAT.md §5.4). */
 #define KW_WIRE_BF16_MAX 3.38953138925153547590470800371487866880e+38f
 

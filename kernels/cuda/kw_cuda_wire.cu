@@ -9,6 +9,11 @@
  * Failures go to one 64-bit word under atomicMin of (unit << 1 | kind): the CPU encoder stops at the first failing
  * unit in its loop order (heads, then tokens, then channel groups), and within a unit it tests NaN/Inf first, so
  * the smallest key is the error the CPU reports. Decoding is one launch, one thread per 8 values.
+ *
+ * KVWire v1.1's general path (zero points, channel scales, int3 in groups of 4: the CPU's kw__wire_general_path)
+ * swaps launch (1) for kw_k_wire_stats (one thread per 8 values, atomics per unit: absmax, and with zero points the
+ * minimum, maximum and first zero of §5.9), keys failures by the CPU's block (kw_wire_err_block), and quantizes and
+ * dequantizes value by value with each value's own unit, as kw__enc_tensor_blocks and kw__dec_tensor_blocks do.
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
@@ -38,11 +43,14 @@ __device__ __forceinline__ float kw_wire_load(const void *x, uint32_t dtype, siz
 
 /* Everything the kernels need about the tensor, passed by value. */
 struct kw_wire_geom {
-    uint32_t codec, gran, scale_dtype, group_log2;
+    uint32_t codec, gran, scale_dtype, group_log2; /* scale_dtype without the zero-point bit */
     uint32_t H, T, D;
     uint32_t bits;      /* per code */
     uint32_t ss;        /* bytes per scale (0: passthrough) */
+    uint32_t asym;      /* 1: zero points (FORMAT.md §5.9) */
+    uint32_t general;   /* 1: the CPU's general path (kw__wire_general_path): a scale unit per element below */
     uint64_t units;     /* scale units (rows for passthrough) */
+    uint64_t zeros_off; /* where the zero points start in the tensor's bytes (asym) */
     uint64_t codes_off; /* where the codes start in the tensor's bytes */
 };
 
@@ -55,6 +63,8 @@ __device__ __forceinline__ uint64_t kw_wire_unit(const kw_wire_geom &g, uint32_t
         return h;
     case KW_WIRE_GRAN_GROUP:
         return r * (g.D >> g.group_log2) + (d >> g.group_log2);
+    case KW_WIRE_GRAN_CHANNEL:
+        return kw_wire_scale_index(g.gran, g.group_log2, g.T, g.D, h, (uint32_t)(r % g.T), d);
     default: /* token, and the rows of a passthrough tensor */
         return r;
     }
@@ -104,17 +114,106 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     }
 }
 
+/* The CPU encoder's general path (kw__enc_tensor_blocks, kw__enc_tensor_general) checks a block's rows for NaN/Inf
+ * before it chooses the block's scales, block by block: a channel group's row, a run of L rows of a head (channel),
+ * a head, the layer. The failure key of unit u is its block's number, so the smallest key is still the CPU's error. */
+__device__ __forceinline__ uint64_t kw_wire_err_block(const kw_wire_geom &g, uint64_t u) {
+    if (!g.general) return u;
+    return g.gran == KW_WIRE_GRAN_GROUP ? u / (g.D >> g.group_log2) : g.gran == KW_WIRE_GRAN_CHANNEL ? u / g.D : u;
+}
+
+/* Order-preserving u32 key of a finite f32 with -0 = +0 (FORMAT.md §5.9 compares values, not bits), and back. */
+__device__ __forceinline__ uint32_t kw_wire_order_key(float x) {
+    const uint32_t b = x == 0.0f ? 0u : kw_f32_bits(x);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+__device__ __forceinline__ float kw_wire_order_value(uint32_t k) {
+    return kw_f32_from_bits((k & 0x80000000u) ? k & 0x7fffffffu : ~k);
+}
+
+/* (1') the general path's statistics, one thread per 8 values: per unit the absmax bits (the NaN/Inf check and the
+ * symmetric scale), and with zero points the minimum and maximum as order keys and the first zero, (element number
+ * << 1 | sign), in [h][t][d] order: a zero extreme takes that zero's sign, the value §5.9's first-attainer rule
+ * gives (a zero minimum or maximum means every value of the unit is >= 0 or <= 0, so every zero attains it). Runs of
+ * values of one unit are folded in registers before the atomics. amax, mx and fz start at 0, mn at ~0. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_stats(kw_cuda_wire_src src, kw_wire_geom g, unsigned int *amax, unsigned int *mn, unsigned int *mx,
+                    unsigned long long *fz) {
+    const uint64_t chunks = (uint64_t)g.H * g.T * (g.D / 8);
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < chunks;
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint64_t r = i / (g.D / 8);
+        const uint32_t d0 = (uint32_t)(i % (g.D / 8)) * 8, h = (uint32_t)(r / g.T);
+        const size_t base = kw_wire_src_row(src, g, r) + d0;
+        uint64_t cur = kw_wire_unit(g, h, r, d0);
+        uint32_t a = 0, lo = ~0u, hi = 0;
+        unsigned long long z = ~0ull;
+        for (uint32_t j = 0; j < 8; ++j) {
+            const uint64_t u = kw_wire_unit(g, h, r, d0 + j);
+            if (u != cur) {
+                atomicMax(&amax[cur], a);
+                if (g.asym) {
+                    atomicMin(&mn[cur], lo);
+                    atomicMax(&mx[cur], hi);
+                    if (z != ~0ull) atomicMin(&fz[cur], z);
+                }
+                cur = u;
+                a = 0, lo = ~0u, hi = 0, z = ~0ull;
+            }
+            const uint32_t ab = kw_wire_abs_bits(src.d_data, src.dtype, base + j);
+            a = ab > a ? ab : a;
+            if (!g.asym || ab >= 0x7f800000u) continue; /* a NaN has no order: the unit fails on amax */
+            const float x = kw_wire_load(src.d_data, src.dtype, base + j);
+            const uint32_t k = kw_wire_order_key(x);
+            lo = k < lo ? k : lo;
+            hi = k > hi ? k : hi;
+            if (x == 0.0f && z == ~0ull) z = (r * g.D + d0 + j) << 1 | (kw_f32_bits(x) >> 31);
+        }
+        atomicMax(&amax[cur], a);
+        if (g.asym) {
+            atomicMin(&mn[cur], lo);
+            atomicMax(&mx[cur], hi);
+            if (z != ~0ull) atomicMin(&fz[cur], z);
+        }
+    }
+}
+
+/* A zero extreme with the sign of the unit's first zero (kw_k_wire_stats). */
+__device__ __forceinline__ float kw_wire_signed_extreme(uint32_t key, unsigned long long fz) {
+    const float v = kw_wire_order_value(key);
+    return v == 0.0f && (fz & 1u) ? -0.0f : v;
+}
+
 /* (2) one thread per unit: the scale (stored little-endian at dst + unit * ss), its value and inverse; or the
  * failure. Passthrough units are rows: only the checks. */
-__global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_scales(kw_wire_geom g, const unsigned int *amax, float *sv,
-                                                                  float *iv, uint8_t *dst, unsigned long long *err) {
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_scales(kw_wire_geom g, const unsigned int *amax, const unsigned int *mn, const unsigned int *mx,
+                     const unsigned long long *fz, float *sv, float *iv, float *zv, uint8_t *dst,
+                     unsigned long long *err) {
     for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < g.units;
          u += (uint64_t)gridDim.x * blockDim.x) {
         const uint32_t m = amax[u];
+        const uint64_t blk = kw_wire_err_block(g, u);
         sv[u] = 0.0f; /* a failed unit is packed as zeros: no NaN reaches a float-to-int conversion */
         iv[u] = 0.0f;
+        if (g.asym) zv[u] = 0.0f;
         if (m >= 0x7f800000u) {
-            atomicMin(err, (unsigned long long)(u << 1));
+            atomicMin(err, (unsigned long long)(blk << 1));
+            continue;
+        }
+        if (g.asym) { /* kw__enc_general_scales: s and z, and with s = 0 the code 0 (z = 0, 1/s = 0 as the CPU) */
+            uint32_t sc = 0, zc = 0;
+            float s = 0.0f, z = 0.0f;
+            if (kw_wire_asym_choose(kw_wire_signed_extreme(mn[u], fz[u]), kw_wire_signed_extreme(mx[u], fz[u]),
+                                    kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
+                atomicMin(err, (unsigned long long)(blk << 1 | 1u));
+                continue;
+            }
+            kw_wire_scale_store(g.scale_dtype, sc, dst + u * g.ss);
+            kw_wire_scale_store(g.scale_dtype, zc, dst + g.zeros_off + u * g.ss);
+            sv[u] = s;
+            zv[u] = s != 0.0f ? z : 0.0f;
+            iv[u] = s != 0.0f ? 1.0f / s : 0.0f;
             continue;
         }
         if (g.ss == 0) {
@@ -126,7 +225,7 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_scales(kw_wire_geom g
         uint32_t code = 0;
         float s = 0.0f;
         if (kw_wire_scale_choose(kw_f32_from_bits(m), kw_wire_codec_qmax(g.codec), g.scale_dtype, &code, &s) < 0) {
-            atomicMin(err, (unsigned long long)(u << 1 | 1u));
+            atomicMin(err, (unsigned long long)(blk << 1 | 1u));
             continue;
         }
         kw_wire_scale_store(g.scale_dtype, code, dst + u * g.ss);
@@ -136,8 +235,8 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_scales(kw_wire_geom g
 }
 
 /* (3) one thread per 8 values: quantize and pack (or convert, for passthrough). */
-__global__ void __launch_bounds__(KW_WIRE_BLOCK)
-    kw_k_wire_pack(kw_cuda_wire_src src, kw_wire_geom g, const float *sv, const float *iv, uint8_t *dst) {
+__global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_pack(kw_cuda_wire_src src, kw_wire_geom g, const float *sv,
+                                                                const float *iv, const float *zv, uint8_t *dst) {
     const uint64_t chunks = (uint64_t)g.H * g.T * (g.D / 8);
     uint8_t *codes = dst + g.codes_off;
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < chunks;
@@ -156,6 +255,22 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
                 o[2 * j] = (uint8_t)c;
                 o[2 * j + 1] = (uint8_t)(c >> 8);
             }
+            continue;
+        }
+        if (g.general) { /* value by value, as kw__enc_tensor_blocks: fields of 8 * bits whole bytes */
+            const float qmax = g.asym ? kw_wire_codec_qmax_asym(g.codec) : 0.0f;
+            uint8_t f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (uint32_t j = 0; j < 8; ++j) {
+                const uint64_t u = kw_wire_unit(g, h, r, d0 + j);
+                uint32_t q;
+                if (g.asym)
+                    q = sv[u] != 0.0f ? kw_wire_quantize_asym(x[j], zv[u], iv[u], qmax) : 0u;
+                else /* a zero scale: the code of +0 */
+                    q = (uint32_t)kw_wire_quantize_value(g.codec, sv[u] != 0.0f ? x[j] : 0.0f, iv[u]);
+                kw_wire_field_put(g.bits, f, j, q & ((1u << g.bits) - 1u));
+            }
+            for (uint32_t b = 0; b < g.bits; ++b)
+                o[b] = f[b];
             continue;
         }
         const uint32_t run = g.gran == KW_WIRE_GRAN_GROUP && g.group_log2 == 2 ? 4 : 8; /* values per scale here */
@@ -192,6 +307,18 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
                 if (rc < 0) atomicOr(bad, 1u);
                 continue;
             }
+        } else if (g.general) { /* kw__dec_tensor_blocks / kw__dec_tensor_general, value by value */
+            int ok = 1;
+            for (uint32_t j = 0; j < 8; ++j) {
+                const uint64_t u = kw_wire_unit(g, h, r, d0 + j);
+                const float s = kw_wire_scale_load(g.scale_dtype, bytes + u * g.ss);
+                if (g.asym)
+                    y[j] = kw_wire_dequantize_asym(kw_wire_field_get(g.bits, c, j), s,
+                                                   kw_wire_scale_load(g.scale_dtype, bytes + g.zeros_off + u * g.ss));
+                else
+                    y[j] = kw_wire_code_value(g.codec, kw_wire_unpack_code(g.codec, c, j), &ok) * s;
+            }
+            rc = ok ? 0 : KW_E_WIRE_VALUE;
         } else {
             const uint32_t run = g.gran == KW_WIRE_GRAN_GROUP && g.group_log2 == 2 ? 4 : 8;
             for (uint32_t j = 0; j < 8; j += run) {
@@ -218,26 +345,25 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
 static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D, kw_wire_geom *g) {
     KW_RETURN_IF(!spec || H < 1 || T < 1 || D < 8 || D % 8 != 0 || D > 1024, KW_E_INVALID_ARG,
                  "wire on the GPU: bad shape (H %u, T %u, D %u)", H, T, D);
-    /* KVWire v1.1's int3 and int2 run here like the v1 integer codecs (8 values are 3 or 2 whole bytes), but not
-     * int3 in groups of 4 (12 bits: the CPU's general path), channel scales or zero points */
-    KW_RETURN_IF(
-        spec->granularity == KW_WIRE_GRAN_CHANNEL || (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ||
-            (spec->codec == KW_WIRE_CODEC_INT3 && spec->granularity == KW_WIRE_GRAN_GROUP && spec->group_log2 == 2),
-        KW_E_UNSUPPORTED,
-        "wire on the GPU: KVWire v1.1 channel scales, zero points and int3 in groups of 4 are not implemented "
-        "on the GPU yet (codec %u, granularity %u, zero points %u); use the CPU encoder",
-        spec->codec, spec->granularity, (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ? 1u : 0u);
-    const uint32_t bits = kw_wire_codec_bits(spec->codec);
+    const uint32_t bits = kw_wire_codec_bits(spec->codec), sdt = spec->scale_dtype & KW_WIRE_SCALE_DTYPE_MASK;
+    const uint32_t asym = (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ? 1u : 0u;
     KW_RETURN_IF(bits == 0, KW_E_INVALID_ARG, "wire on the GPU: unknown codec %u", spec->codec);
     if (kw_wire_codec_is_passthrough(spec->codec)) {
         KW_RETURN_IF(spec->granularity != KW_WIRE_GRAN_NONE || spec->scale_dtype != KW_WIRE_SCALE_NONE ||
                          spec->group_log2 != 0,
                      KW_E_INVALID_ARG, "wire on the GPU: passthrough codec %u with a scale", spec->codec);
     } else {
-        KW_RETURN_IF(spec->granularity < KW_WIRE_GRAN_LAYER || spec->granularity > KW_WIRE_GRAN_GROUP ||
-                         kw_wire_scale_size(spec->scale_dtype) == 0,
+        KW_RETURN_IF(spec->granularity < KW_WIRE_GRAN_LAYER || spec->granularity > KW_WIRE_GRAN_CHANNEL ||
+                         kw_wire_scale_size(sdt) == 0 || (spec->scale_dtype & KW_WIRE_SCALE_RESERVED_BITS),
                      KW_E_INVALID_ARG, "wire on the GPU: codec %u needs a granularity and a scale dtype", spec->codec);
-        if (spec->granularity == KW_WIRE_GRAN_GROUP)
+        KW_RETURN_IF(asym && (!kw_wire_codec_is_int(spec->codec) || sdt == KW_WIRE_SCALE_E8M0), KW_E_INVALID_ARG,
+                     "wire on the GPU: zero points need an integer codec and an f16, bf16 or f32 scale (codec %u)",
+                     spec->codec);
+        if (spec->granularity == KW_WIRE_GRAN_CHANNEL)
+            KW_RETURN_IF(spec->group_log2 > KW_WIRE_MAX_RUN_LOG2, KW_E_INVALID_ARG,
+                         "wire on the GPU: channel run 2^%u is longer than 2^%u tokens", spec->group_log2,
+                         KW_WIRE_MAX_RUN_LOG2);
+        else if (spec->granularity == KW_WIRE_GRAN_GROUP)
             KW_RETURN_IF(spec->group_log2 < 2 || spec->group_log2 > 10 || D % (1u << spec->group_log2) != 0,
                          KW_E_INVALID_ARG, "wire on the GPU: channel group 2^%u does not divide head_dim %u",
                          spec->group_log2, D);
@@ -246,16 +372,21 @@ static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t
     }
     g->codec = spec->codec;
     g->gran = spec->granularity;
-    g->scale_dtype = spec->scale_dtype;
+    g->scale_dtype = sdt;
+    g->asym = asym;
+    /* kw__wire_general_path: zero points, channel scales, channel groups of a fractional byte (int3 in 4s) */
+    g->general = asym || spec->granularity == KW_WIRE_GRAN_CHANNEL ||
+                 (spec->granularity == KW_WIRE_GRAN_GROUP && ((bits << spec->group_log2) & 7u));
     g->group_log2 = spec->group_log2;
     g->H = H;
     g->T = T;
     g->D = D;
     g->bits = bits;
-    g->ss = kw_wire_scale_size(spec->scale_dtype);
+    g->ss = kw_wire_scale_size(sdt);
     const uint64_t scales = kw_wire_scale_units(spec->granularity, spec->group_log2, H, T, D);
     g->units = g->ss ? scales : (uint64_t)H * T;
-    g->codes_off = scales * g->ss;
+    g->zeros_off = scales * g->ss;
+    g->codes_off = scales * g->ss * (asym ? 2u : 1u);
     return 0;
 }
 
@@ -272,7 +403,8 @@ extern "C" uint64_t kw_cuda_wire_tensor_bytes(const kw_cuda_wire_spec *spec, uin
 extern "C" uint64_t kw_cuda_wire_work_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D) {
     kw_wire_geom g;
     if (kw_wire_geom_make(spec, H, T, D, &g) < 0) return 0;
-    return 3 * kw_wire_round256(g.units * 4);
+    /* absmax, scale, 1/s; with zero points also the minimum and maximum keys, z and the first zeros */
+    return (g.asym ? 6 : 3) * kw_wire_round256(g.units * 4) + (g.asym ? kw_wire_round256(g.units * 8) : 0);
 }
 
 extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec *spec, const kw_cuda_wire_src *src,
@@ -286,20 +418,36 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
                  "wire encode on the GPU: unknown input dtype %u", src->dtype);
     const cudaStream_t st = (cudaStream_t)stream;
     const uint64_t slot = kw_wire_round256(g.units * 4);
-    unsigned int *amax = (unsigned int *)d_work;
-    float *sv = (float *)((uint8_t *)d_work + slot);
-    float *iv = (float *)((uint8_t *)d_work + 2 * slot);
+    uint8_t *w = (uint8_t *)d_work;
+    unsigned int *amax = (unsigned int *)w;
+    float *sv = (float *)(w + slot), *iv = (float *)(w + 2 * slot);
+    /* with zero points only (kw_cuda_wire_work_bytes); NULL and never read without */
+    unsigned int *mn = g.asym ? (unsigned int *)(w + 3 * slot) : nullptr;
+    unsigned int *mx = g.asym ? (unsigned int *)(w + 4 * slot) : nullptr;
+    float *zv = g.asym ? (float *)(w + 5 * slot) : nullptr;
+    unsigned long long *fz = g.asym ? (unsigned long long *)(w + 6 * slot) : nullptr;
     KW_CUDA_TRY(cudaMemsetAsync(amax, 0, g.units * 4, st));
     KW_CUDA_TRY(cudaMemsetAsync(d_err, 0xff, sizeof *d_err, st));
     const uint64_t rows = (uint64_t)H * T;
-    KW_CUDA_LAUNCH(kw_k_wire_amax, kw_opm_grid_blocks((int64_t)rows, KW_WIRE_BLOCK / 32), KW_WIRE_BLOCK, 0, st, *src, g,
-                   amax);
+    if (g.general) {
+        if (g.asym) {
+            KW_CUDA_TRY(cudaMemsetAsync(mn, 0xff, g.units * 4, st));
+            KW_CUDA_TRY(cudaMemsetAsync(mx, 0, g.units * 4, st));
+            KW_CUDA_TRY(cudaMemsetAsync(fz, 0xff, g.units * 8, st));
+        }
+        KW_CUDA_LAUNCH(kw_k_wire_stats, kw_opm_grid_blocks((int64_t)(rows * (D / 8)), KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
+                       st, *src, g, amax, mn, mx, fz);
+    } else {
+        KW_CUDA_LAUNCH(kw_k_wire_amax, kw_opm_grid_blocks((int64_t)rows, KW_WIRE_BLOCK / 32), KW_WIRE_BLOCK, 0, st,
+                       *src, g, amax);
+    }
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_wire_scales, kw_opm_grid_blocks((int64_t)g.units, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st, g,
-                   (const unsigned int *)amax, sv, iv, d_dst, d_err);
+                   (const unsigned int *)amax, (const unsigned int *)mn, (const unsigned int *)mx,
+                   (const unsigned long long *)fz, sv, iv, zv, d_dst, d_err);
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_wire_pack, kw_opm_grid_blocks((int64_t)(rows * (D / 8)), KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st,
-                   *src, g, (const float *)sv, (const float *)iv, d_dst);
+                   *src, g, (const float *)sv, (const float *)iv, (const float *)zv, d_dst);
     KW_CUDA_LAUNCHED();
     return 0;
 }

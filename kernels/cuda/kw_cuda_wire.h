@@ -54,11 +54,12 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
 /* ------------------------------------------------------------------------------------------------------------- */
 /* KVWire codecs of one tensor of a token group */
 
-/* The codec of the tensor: the four bytes of kw_wire_codec_spec (enum kw_wire_codec, kw_wire_gran, kw_wire_scale,
- * log2 of the channel group). Passthrough codecs (bf16, f16) take granularity and scale dtype 0. The
- * KVWire v1.1 codecs int3 and int2 (symmetric) run on the GPU with the v1 granularities, except int3 in groups of 4;
- * that, the channel granularity and zero points are not on the GPU yet: they are refused with KW_E_UNSUPPORTED
- * (encode them with the CPU encoder). */
+/* The codec of the tensor: the four bytes of kw_wire_codec_spec (enum kw_wire_codec, kw_wire_gran, the scale dtype
+ * byte, log2 of the channel group or, for the channel granularity, of the run length L). Passthrough codecs (bf16,
+ * f16) take granularity and scale dtype 0. Every KVWire v1.1 codec feature runs here: int3 and int2, zero points
+ * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens
+ * and int3 in groups of 4. The outlier side table (§5.10) is not a per-tensor feature and has no device path: a
+ * section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;
