@@ -219,14 +219,15 @@ static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t
     KW_RETURN_IF(!spec || H < 1 || T < 1 || D < 8 || D % 8 != 0 || D > 1024, KW_E_INVALID_ARG,
                  "wire on the GPU: bad shape (H %u, T %u, D %u)", H, T, D);
     /* KVWire v1.1's int3 and int2 run here like the v1 integer codecs (8 values are 3 or 2 whole bytes), but not
-     * int3 in groups of 4 (12 bits: the CPU's general path), channel scales or zero points */
+     * int3 in groups of 4 (12 bits: the CPU's general path), channel scales, zero points or log8 scales */
     KW_RETURN_IF(
         spec->granularity == KW_WIRE_GRAN_CHANNEL || (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ||
+            (spec->scale_dtype & KW_WIRE_SCALE_DTYPE_MASK) == KW_WIRE_SCALE_LOG8 ||
             (spec->codec == KW_WIRE_CODEC_INT3 && spec->granularity == KW_WIRE_GRAN_GROUP && spec->group_log2 == 2),
         KW_E_UNSUPPORTED,
-        "wire on the GPU: KVWire v1.1 channel scales, zero points and int3 in groups of 4 are not implemented "
-        "on the GPU yet (codec %u, granularity %u, zero points %u); use the CPU encoder",
-        spec->codec, spec->granularity, (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ? 1u : 0u);
+        "wire on the GPU: KVWire v1.1 channel scales, zero points, log8 scales and int3 in groups of 4 are not "
+        "implemented on the GPU yet (codec %u, granularity %u, scale dtype byte 0x%02x); use the CPU encoder",
+        spec->codec, spec->granularity, spec->scale_dtype);
     const uint32_t bits = kw_wire_codec_bits(spec->codec);
     KW_RETURN_IF(bits == 0, KW_E_INVALID_ARG, "wire on the GPU: unknown codec %u", spec->codec);
     if (kw_wire_codec_is_passthrough(spec->codec)) {

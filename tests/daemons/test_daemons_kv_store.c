@@ -65,7 +65,7 @@ static void test_kv_store(void **state) {
     assert_int_equal((long long)kwd_json_num(r.json, "kvwire.kv_store.rows_requantized"), 0);
     assert_string_equal(str(r.json, "kvwire.policy.codec"), "cache");
     assert_string_equal(str(r.json, "kvwire.policy.granularity"), "channel16");
-    assert_string_equal(str(r.json, "kvwire.policy.scale"), "e8m0");
+    assert_string_equal(str(r.json, "kvwire.policy.scale"), "log8");
     assert_string_equal(str(r.json, "kvwire.policy.value_codec"), "int8");
     assert_true(kwd_json_num(r.json, "kvwire.bytes.blob") > 0);
     kwd_response_free(&r);
