@@ -198,6 +198,7 @@ static const char *const wg_errors[] = {
     "groups_over_limit",
     "raw_bytes_over_limit",
     "codec_unknown",
+    "scale_dtype_unknown", /* 5: log8, a v1.1 dtype, in a v1 blob */
     "group_log2_reserved",
     "section_checksum",
     "bitmap_padding",
