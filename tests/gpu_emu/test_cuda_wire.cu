@@ -503,7 +503,8 @@ static void test_encode_errors(void **state) {
     assert_int_equal(ok + nonfinite + range, 4 * 3 * 6);
 }
 
-/* The KVWire v1.1 features but int3/int2 are not on the GPU yet: each is refused with KW_E_UNSUPPORTED before anything
+/* The KVWire v1.1 features but int3/int2 (channel scales, zero points, log8 scales, int3 in groups of 4) are not on
+ * the GPU yet: each is refused with KW_E_UNSUPPORTED before anything
  * runs (never wrong bytes), and the size functions report 0. */
 static void test_encode_refuses_v11(void **state) {
     (void)state;
@@ -511,6 +512,7 @@ static void test_encode_refuses_v11(void **state) {
         {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 2},
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 5},
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0},
+        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, 3},
     };
     dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
     dev_buf<unsigned long long> err(1);
