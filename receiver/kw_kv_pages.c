@@ -56,7 +56,8 @@ static enum kw_kv_store_reason kw_kv_pages_layout(const kw_wire_section *sec, co
     if (k->codec != codec || v->codec != codec) return KW_KV_STORE_CODEC;
     if (kw_wire_spec_asym(k) || kw_wire_spec_asym(v)) return KW_KV_STORE_ZERO_POINTS;
     const uint32_t ks = kw_wire_spec_scale(k), vs = kw_wire_spec_scale(v);
-    if ((ks != KW_WIRE_SCALE_LOG8 && ks != KW_WIRE_SCALE_E8M0) || (vs != KW_WIRE_SCALE_LOG8 && vs != KW_WIRE_SCALE_E8M0))
+    if ((ks != KW_WIRE_SCALE_LOG8 && ks != KW_WIRE_SCALE_E8M0) ||
+        (vs != KW_WIRE_SCALE_LOG8 && vs != KW_WIRE_SCALE_E8M0))
         return KW_KV_STORE_SCALE_DTYPE;
     if (k->granularity != KW_WIRE_GRAN_CHANNEL || (1ll << k->group_log2) != kg->page_tokens)
         return KW_KV_STORE_KEY_LAYOUT;

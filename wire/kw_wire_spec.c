@@ -17,8 +17,8 @@ int kw_wire_spec_parse_v(const char *codec, const char *gran, const char *scale,
                          kw_wire_codec_spec *out) {
     KW_FORWARD(kw__wire_spec_parse_names(codec, gran, scale, out));
     KW_RETURN_IF(!kw__wire_is_v11(version) && kw_wire_spec_needs_v11(out), KW_E_INVALID_ARG,
-                 "codec %s/%s/%s needs KVWire v1.1 (int3, int2, -asym, channel<L> and log8 are not accepted here yet)", codec,
-                 gran ? gran : "-", scale ? scale : "-");
+                 "codec %s/%s/%s needs KVWire v1.1 (int3, int2, -asym, channel<L> and log8 are not accepted here yet)",
+                 codec, gran ? gran : "-", scale ? scale : "-");
     return 0;
 }
 

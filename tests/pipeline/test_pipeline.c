@@ -485,8 +485,9 @@ static int64_t agreeing(const kw_fusion_result *a, const kw_fusion_result *b) {
 
 /* kv_direct into a quantized cache (receiver/kw_kv_pages.h): a blob in the cache's layout (kw_kv_pages_specs) is
  * stored as pages, its rows exactly the decoded values (those of an f32 cache fed the same blob: fl(code x log8
- * scale) is the cache's own value of the code), while the forced requantizing path rounds them a second time, further from the receiver's own bf16 cache;
- * a blob in another layout is requantized with its reason; a dense cache says "dense". */
+ * scale) is the cache's own value of the code), while the forced requantizing path rounds them a second time, further
+ * from the receiver's own bf16 cache; a blob in another layout is requantized with its reason; a dense cache says
+ * "dense". */
 static void test_kv_direct_pages(void **state) {
     (void)state;
     const kw_model_config *c = kw_model_get_config(E.recv);

@@ -174,7 +174,7 @@ static void test_log8(void **state) {
             assert_int_equal(rc, 0);
             assert_true(code >= 1 && code <= 255);
             assert_true(s == kw_kvq_scale((uint8_t)code));
-            assert_true(s * qmax >= amax);                                       /* never clips */
+            assert_true(s * qmax >= amax);                                             /* never clips */
             assert_true(code == 1 || kw_kvq_scale((uint8_t)(code - 1)) * qmax < amax); /* the smallest */
             /* the cache's quantizer agrees where it searches (it takes 255 for anything above 2^15 * qmax) */
             if (amax <= 0x1p15f * qmax) assert_int_equal(code, kw_kvq_choose_scale(amax, kQmax[qi]));
@@ -190,7 +190,8 @@ static void test_log8(void **state) {
     assert_true(sp.codec == KW_WIRE_CODEC_INT4 && sp.scale_dtype == KW_WIRE_SCALE_LOG8 && kw_wire_spec_needs_v11(&sp));
     assert_int_equal(kw_wire_spec_parse_v("int2", "channel64", "log8", KW_WIRE_VERSION_1_1, &sp), 0);
     assert_int_equal(kw_wire_spec_parse("int8", "token", "log8", &sp), KW_E_INVALID_ARG); /* v1 */
-    static const char *const bad[][2] = {{"nf4", "token"}, {"e4m3", "head"}, {"e5m2", "group32"}, {"int4-asym", "token"}};
+    static const char *const bad[][2] = {
+        {"nf4", "token"}, {"e4m3", "head"}, {"e5m2", "group32"}, {"int4-asym", "token"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i)
         if (kw_wire_spec_parse_v(bad[i][0], bad[i][1], "log8", KW_WIRE_VERSION_1_1, &sp) != KW_E_INVALID_ARG)
             fail_msg("%s/%s/log8 was accepted", bad[i][0], bad[i][1]);
@@ -532,20 +533,13 @@ static void test_row_error_bounds(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rne_small),
-        cmocka_unit_test(test_e4m3),
-        cmocka_unit_test(test_e5m2),
-        cmocka_unit_test(test_e8m0),
-        cmocka_unit_test(test_log8),
-        cmocka_unit_test(test_nf4),
-        cmocka_unit_test(test_scale_choose),
-        cmocka_unit_test(test_scale_valid),
-        cmocka_unit_test(test_packing_bytes),
-        cmocka_unit_test(test_reserved_codes),
-        cmocka_unit_test(test_packing_v11),
-        cmocka_unit_test(test_asym),
-        cmocka_unit_test(test_spec_names),
-        cmocka_unit_test(test_row_error_bounds),
+        cmocka_unit_test(test_rne_small),     cmocka_unit_test(test_e4m3),
+        cmocka_unit_test(test_e5m2),          cmocka_unit_test(test_e8m0),
+        cmocka_unit_test(test_log8),          cmocka_unit_test(test_nf4),
+        cmocka_unit_test(test_scale_choose),  cmocka_unit_test(test_scale_valid),
+        cmocka_unit_test(test_packing_bytes), cmocka_unit_test(test_reserved_codes),
+        cmocka_unit_test(test_packing_v11),   cmocka_unit_test(test_asym),
+        cmocka_unit_test(test_spec_names),    cmocka_unit_test(test_row_error_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
