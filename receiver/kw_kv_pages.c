@@ -42,8 +42,8 @@ int kw_kv_pages_specs(enum kw_kvq_codec codec, int32_t page_tokens, int32_t head
     while ((1 << l2) < page_tokens)
         ++l2;
     const uint8_t c = (uint8_t)kw_kv_pages_wire_codec(codec);
-    *k = (kw_wire_codec_spec){c, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_E8M0, (uint8_t)l2};
-    *v = (kw_wire_codec_spec){c, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_E8M0, kw_kvq_value_group(head_dim) == 32 ? 5 : 4};
+    *k = (kw_wire_codec_spec){c, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_LOG8, (uint8_t)l2};
+    *v = (kw_wire_codec_spec){c, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, kw_kvq_value_group(head_dim) == 32 ? 5 : 4};
     return 0;
 }
 
@@ -55,7 +55,9 @@ static enum kw_kv_store_reason kw_kv_pages_layout(const kw_wire_section *sec, co
     const uint32_t codec = kw_kv_pages_wire_codec(kg->codec);
     if (k->codec != codec || v->codec != codec) return KW_KV_STORE_CODEC;
     if (kw_wire_spec_asym(k) || kw_wire_spec_asym(v)) return KW_KV_STORE_ZERO_POINTS;
-    if (kw_wire_spec_scale(k) != KW_WIRE_SCALE_E8M0 || kw_wire_spec_scale(v) != KW_WIRE_SCALE_E8M0)
+    const uint32_t ks = kw_wire_spec_scale(k), vs = kw_wire_spec_scale(v);
+    if ((ks != KW_WIRE_SCALE_LOG8 && ks != KW_WIRE_SCALE_E8M0) ||
+        (vs != KW_WIRE_SCALE_LOG8 && vs != KW_WIRE_SCALE_E8M0))
         return KW_KV_STORE_SCALE_DTYPE;
     if (k->granularity != KW_WIRE_GRAN_CHANNEL || (1ll << k->group_log2) != kg->page_tokens)
         return KW_KV_STORE_KEY_LAYOUT;
@@ -69,10 +71,12 @@ static enum kw_kv_store_reason kw_kv_pages_layout(const kw_wire_section *sec, co
     return KW_KV_STORE_DIRECT;
 }
 
-/* The cache's scale byte for e8m0 byte e of a group with a non-zero code (nz), or -1 when it has none: 2^(e-127) is
- * 2^((s-128)/8) for s = 128 + 8 (e - 127), a byte for -15 <= e - 127 <= 15. A group of zero codes gets 0. */
-static int kw_kv_pages_scale(uint8_t e, int nz) {
+/* The cache's scale byte for scale byte e (dtype sdt) of a group with a non-zero code (nz), or -1 when it has none.
+ * A log8 byte is the cache's byte itself. e8m0: 2^(e-127) is 2^((s-128)/8) for s = 128 + 8 (e - 127), a byte for
+ * -15 <= e - 127 <= 15. A group of zero codes gets 0. */
+static int kw_kv_pages_scale(uint32_t sdt, uint8_t e, int nz) {
     if (!nz) return 0;
+    if (sdt == KW_WIRE_SCALE_LOG8) return e;
     const int k = (int)e - 127;
     return k < -15 || k > 15 ? -1 : 128 + 8 * k;
 }
@@ -117,6 +121,7 @@ int kw_kv_pages_map(kw_kv_pages *pg, const kw_wire_section *sec, const uint32_t 
     uint16_t *tail = (uint16_t *)pg->buf;
     uint8_t *kcodes = pg->buf + tail_b, *kscales = kcodes + kc_b, *vcodes = kscales + ks_b, *vscales = vcodes + vc_b;
     const kw_wire_tensor_view *kv = &sec->groups[0].k, *vv = &sec->groups[0].v;
+    const uint32_t ks = kw_wire_spec_scale(&kv->spec), vs = kw_wire_spec_scale(&vv->spec);
     int nz[KW_ATTENTION_MAX_HEAD_DIM];
     int32_t code;
     for (int64_t h = 0; h < H; ++h) {
@@ -132,19 +137,18 @@ int kw_kv_pages_map(kw_kv_pages *pg, const kw_wire_section *sec, const uint32_t 
                     continue;
                 }
                 uint16_t *trow = tail + (h * (T - full) + (t - full)) * D;
-                for (int64_t d = 0; d < D; ++d) { /* the decoded value, fl(code * 2^k): exact in bf16 */
+                for (int64_t d = 0; d < D; ++d) { /* the decoded value, fl(code * s) in bf16 (exact for e8m0) */
                     int ok = 1;
                     code = kw_wire_unpack_code(codec, wrow, (uint32_t)d);
                     const float c = kw_wire_code_value(codec, code, &ok);
                     KW_RETURN_IF(!ok, KW_E_WIRE_VALUE, "kv pages: layer %u: reserved K code at token %lld", sec->layer,
                                  (long long)t);
-                    const uint8_t e = kv->scales[(h * runs + p) * D + d];
-                    trow[d] = kw_f32_to_bf16(c * kw_e8m0_to_f32(e));
+                    trow[d] = kw_f32_to_bf16(c * kw_wire_scale_load(ks, &kv->scales[(h * runs + p) * D + d]));
                 }
             }
             if (p * P >= full) continue;
             for (int64_t d = 0; d < D; ++d) {
-                const int s = kw_kv_pages_scale(kv->scales[(h * runs + p) * D + d], nz[d]);
+                const int s = kw_kv_pages_scale(ks, kv->scales[(h * runs + p) * D + d], nz[d]);
                 if (s < 0) {
                     *reason = KW_KV_STORE_SCALE_RANGE;
                     return 0;
@@ -160,7 +164,7 @@ int kw_kv_pages_map(kw_kv_pages *pg, const kw_wire_section *sec, const uint32_t 
                 for (int64_t d = g * G; d < (g + 1) * G; ++d)
                     KW_RETURN_IF(!kw_kv_pages_code(codec, wrow, cc, row, d, &any, &code), KW_E_WIRE_VALUE,
                                  "kv pages: layer %u: reserved V code at token %lld", sec->layer, (long long)t);
-                const int s = kw_kv_pages_scale(vv->scales[(h * T + t) * (D / G) + g], any);
+                const int s = kw_kv_pages_scale(vs, vv->scales[(h * T + t) * (D / G) + g], any);
                 if (s < 0) {
                     *reason = KW_KV_STORE_SCALE_RANGE;
                     return 0;

@@ -3,14 +3,16 @@
  *
  * A section maps losslessly onto the cache's storages (kernels/kw_kvq_format.h) when its codes are the cache's codes
  * and its scales the cache's scales: one token group; K and V in the cache's codec (int8, int6 or int4, symmetric: no
- * zero points); e8m0 scales 2^k with -15 <= k <= 15, which are the cache's log-scale bytes 128 + 8k exactly (a group
- * whose codes are all 0 maps to the byte 0 whatever its scale); K per channel over runs of exactly page_tokens rows
+ * zero points); log8 scales (KVWire v1.1), which are the cache's log-scale bytes themselves, or e8m0 scales 2^k with
+ * -15 <= k <= 15, which are the cache's bytes 128 + 8k exactly (a group whose codes are all 0 maps to the byte 0
+ * whatever its scale); K per channel over runs of exactly page_tokens rows
  * (KVWire v1.1 granularity channel<page_tokens>) and V per group of the cache's value group (32 channels, 16 when
  * head_dim is not a multiple of 32); no outlier table and no pre-RoPE keys; and positions that continue the layer's
  * stored rows, which end on a page boundary. Codes are repacked (the cache's int4 and int6 packing differs from the
  * wire's), never recomputed. The section's full pages become key pages; the keys of its last rows, fewer than a page,
- * go to the cache's bf16 tail as their decoded values, fl(code * 2^k), which bf16 holds exactly (a code has at most
- * 7 significant bits), so the tail holds what the wire says too. Values have no tail: every row is direct.
+ * go to the cache's bf16 tail as their decoded values fl(code * s) rounded to bf16, what the decoding path stores
+ * there too (with e8m0 scales bf16 holds them exactly: a code has at most 7 significant bits). Values have no tail:
+ * every row is direct.
  */
 #ifndef KW_KV_PAGES_H
 #define KW_KV_PAGES_H
@@ -28,14 +30,14 @@ enum kw_kv_store_reason {
     KW_KV_STORE_TOKEN_GROUPS = 3,   /* more than one token group */
     KW_KV_STORE_CODEC = 4,          /* K or V is not in the cache's codec */
     KW_KV_STORE_ZERO_POINTS = 5,    /* K or V has zero points (the cache's codes are symmetric) */
-    KW_KV_STORE_SCALE_DTYPE = 6,    /* K or V scales are not e8m0 */
+    KW_KV_STORE_SCALE_DTYPE = 6,    /* K or V scales are neither log8 nor e8m0 */
     KW_KV_STORE_KEY_LAYOUT = 7,     /* K is not per channel over runs of page_tokens rows */
     KW_KV_STORE_VALUE_LAYOUT = 8,   /* V is not per group of the cache's value group */
     KW_KV_STORE_OUTLIERS = 9,       /* the section has an outlier table */
     KW_KV_STORE_PRE_ROPE = 10,      /* K was sent before RoPE (it is rotated after decoding) */
     KW_KV_STORE_POSITIONS = 11,     /* the positions are not the rows that continue the layer's stored ones */
     KW_KV_STORE_PAGE_BOUNDARY = 12, /* the layer's stored rows do not end on a page boundary */
-    KW_KV_STORE_SCALE_RANGE = 13,   /* a scale of a group with a non-zero code is outside 2^-15..2^15 */
+    KW_KV_STORE_SCALE_RANGE = 13,   /* an e8m0 scale of a group with a non-zero code is outside 2^-15..2^15 */
     KW_KV_STORE_NO_CODEC = 14,      /* f32 rows without a KVWire section (kw_receive_rows): quantized once */
 };
 #define KW_KV_STORE_REASONS 15
@@ -62,7 +64,7 @@ int kw_kv_pages_map(kw_kv_pages *pg, const kw_wire_section *sec, const uint32_t 
                     int64_t stored, enum kw_kv_store_reason *reason);
 
 /* The KVWire codecs whose sections map onto the pages of a cache of this codec, page length and head_dim (a multiple of
- * 16): K codec channel<page_tokens> e8m0, V codec group<32 or 16> e8m0 (needs KVWire v1.1). The sharer encodes
+ * 16): K codec channel<page_tokens> log8, V codec group<32 or 16> log8 (needs KVWire v1.1). The sharer encodes
  * with them when a kv_direct request asks for the receiver's cache layout (policy codec "cache"). KW_E_INVALID_ARG for
  * a page length that is not a power of two (a KVWire run length is one) or a bad codec. */
 int kw_kv_pages_specs(enum kw_kvq_codec codec, int32_t page_tokens, int32_t head_dim, kw_wire_codec_spec *k,

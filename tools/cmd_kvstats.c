@@ -34,7 +34,8 @@ static void kw_kvstats_usage(FILE *f) {
     fprintf(
         f,
         "usage: kvwire kvstats --model DIR|FILE.gguf --prompts FILE [--chat] [--max-new-tokens N]\n"
-        "                      [--max-prompts N] [--codec CODEC:GRAN]... [--scale f32|f16|bf16|e8m0] [--threads N]\n"
+        "                      [--max-prompts N] [--codec CODEC:GRAN]... [--scale f32|f16|bf16|e8m0|log8]\n"
+        "                      [--threads N]\n"
         "                      [--tokenizer DIR|FILE] [--no-heads]\n"
         "  --prompts         one prompt per line (empty lines skipped)\n"
         "  --chat            render each prompt as one user turn of the model's chat template\n"

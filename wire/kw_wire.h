@@ -102,7 +102,8 @@ typedef struct kw_wire_header {
  * NONE; the others any granularity and scale dtype. group_log2 is log2(G) for KW_WIRE_GRAN_GROUP (G >= 4, G divides
  * head_dim), log2(L) for KW_WIRE_GRAN_CHANNEL (L = 1..2^24 tokens per run), else 0. The four fields are the
  * descriptor's four bytes (v1.1: scale_dtype | KW_WIRE_SCALE_ZERO_POINTS gives an integer codec a zero point beside
- * each scale, with a scale dtype f16, bf16 or f32); read them through kw_wire_spec_asym and kw_wire_spec_scale. */
+ * each scale, with a scale dtype f16, bf16 or f32; KW_WIRE_SCALE_LOG8 is v1.1 too, symmetric integer codecs only);
+ * read them through kw_wire_spec_asym and kw_wire_spec_scale. */
 typedef struct kw_wire_codec_spec {
     uint8_t codec;       /* enum kw_wire_codec */
     uint8_t granularity; /* enum kw_wire_gran */
@@ -152,7 +153,8 @@ int kw_wire_policy_needs_v11(const kw_wire_policy *pol);
 /* Reads a codec spec from its names (kw_wire_spec.c): codec ("int4"; v1.1 adds "int3", "int2", and the suffix
  * "-asym" after an integer codec for zero points, e.g. "int2-asym"), granularity ("layer", "head", "token",
  * "group<G>" with G a power of two in 4..1024; v1.1 adds "channel<L>" with L a power of two in 1..2^24 tokens per
- * run) and scale dtype ("f16", "bf16", "f32", "e8m0"; not e8m0 with -asym); the passthrough codecs (bf16, f16)
+ * run) and scale dtype ("f16", "bf16", "f32", "e8m0"; not e8m0 with -asym; v1.1 adds "log8", the receiver cache's
+ * one-byte log scale, for the integer codecs without -asym); the passthrough codecs (bf16, f16)
  * ignore the other two. Whether G divides a head is the encoder's check. kw_wire_spec_parse accepts the v1 names only
  * (what the daemons can send today); kw_wire_spec_parse_v with version KW_WIRE_VERSION_1_1 accepts the v1.1 names.
  * @return 0 or KW_E_INVALID_ARG naming the bad part (or saying that a name needs v1.1). */

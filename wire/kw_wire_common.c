@@ -34,7 +34,7 @@ const char *kw_wire_gran_name(uint32_t gran) {
 }
 
 const char *kw_wire_scale_name(uint32_t scale_dtype) {
-    static const char *const names[] = {"none", "f16", "bf16", "f32", "e8m0"};
+    static const char *const names[] = {"none", "f16", "bf16", "f32", "e8m0", "log8"};
     return scale_dtype < sizeof names / sizeof names[0] ? names[scale_dtype] : "?";
 }
 
@@ -130,10 +130,12 @@ int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim, int v
         if (spec->granularity != KW_WIRE_GRAN_NONE || spec->scale_dtype != KW_WIRE_SCALE_NONE) return KW_E_WIRE_CODEC;
     } else {
         if (spec->granularity < KW_WIRE_GRAN_LAYER || spec->granularity > last_gran) return KW_E_WIRE_CODEC;
-        if (sdt < KW_WIRE_SCALE_F16 || sdt > KW_WIRE_SCALE_E8M0) return KW_E_WIRE_CODEC;
+        if (sdt < KW_WIRE_SCALE_F16 || sdt > (v11 ? KW_WIRE_SCALE_LOG8 : KW_WIRE_SCALE_E8M0)) return KW_E_WIRE_CODEC;
     }
-    /* zero points: integer codecs with a scale dtype that holds any finite value */
+    /* zero points: integer codecs with a scale dtype that holds any finite value; log8 (v1.1): symmetric integer
+     * codecs only (the receiver cache's scales) */
     if (asym && (!kw_wire_codec_is_int(spec->codec) || sdt == KW_WIRE_SCALE_E8M0)) return KW_E_WIRE_CODEC;
+    if (sdt == KW_WIRE_SCALE_LOG8 && (!kw_wire_codec_is_int(spec->codec) || asym)) return KW_E_WIRE_CODEC;
     if (spec->granularity == KW_WIRE_GRAN_GROUP) {
         if (spec->group_log2 < 2 || spec->group_log2 > 10) return KW_E_WIRE_CODEC;
         if (head_dim % (1u << spec->group_log2) != 0) return KW_E_WIRE_CODEC;
@@ -147,7 +149,8 @@ int kw__wire_spec_check(const kw_wire_codec_spec *spec, uint32_t head_dim, int v
 
 int kw_wire_spec_needs_v11(const kw_wire_codec_spec *spec) {
     return spec->codec == KW_WIRE_CODEC_INT3 || spec->codec == KW_WIRE_CODEC_INT2 ||
-           spec->granularity == KW_WIRE_GRAN_CHANNEL || (spec->scale_dtype & ~KW_WIRE_SCALE_DTYPE_MASK) != 0;
+           spec->granularity == KW_WIRE_GRAN_CHANNEL || (spec->scale_dtype & ~KW_WIRE_SCALE_DTYPE_MASK) != 0 ||
+           kw_wire_spec_scale(spec) == KW_WIRE_SCALE_LOG8;
 }
 
 int kw_wire_policy_needs_v11(const kw_wire_policy *pol) {

@@ -50,6 +50,7 @@ enum kw_wire_scale {
     KW_WIRE_SCALE_BF16 = 2,
     KW_WIRE_SCALE_F32 = 3,
     KW_WIRE_SCALE_E8M0 = 4, /* 2^(e-127) */
+    KW_WIRE_SCALE_LOG8 = 5, /* v1.1: 0, or 2^((s-128)/8): the receiver cache's scale byte (FORMAT.md §5.4) */
 };
 /* v1.1: the scale dtype byte of a tensor descriptor is a dtype in bits 0..3 and, in bit 7, the zero-point flag
  * (FORMAT.md §5.1, §5.9); bits 4..6 are reserved. */
@@ -139,15 +140,54 @@ KW_HD uint32_t kw_wire_scale_size(uint32_t scale_dtype) {
     case KW_WIRE_SCALE_F32:
         return 4;
     case KW_WIRE_SCALE_E8M0:
+    case KW_WIRE_SCALE_LOG8:
         return 1;
     default:
         return 0;
     }
 }
 
+/* The value of log8 byte s (FORMAT.md §5.4): 0 for s = 0, else 2^((s - 128) / 8) = 2^(i/8) * 2^k with s - 128 =
+ * 8k + i, 0 <= i < 8, where 2^(i/8) is rounded to f32 (the bits of kernels/kw_kvq_format.h's kw_kvq_root8) and the
+ * product is exact (-16 <= k <= 15: a normal f32). */
+KW_HD float kw_wire_log8_to_f32(uint32_t s) {
+    if ((s & 0xffu) == 0) return 0.0f;
+    const int32_t e = (int32_t)(s & 0xffu) - 128, i = e & 7, k = (e - i) / 8;
+    uint32_t b;
+    switch (i) {
+    case 0:
+        b = 0x3f800000u;
+        break;
+    case 1:
+        b = 0x3f8b95c2u;
+        break;
+    case 2:
+        b = 0x3f9837f0u;
+        break;
+    case 3:
+        b = 0x3fa5fed7u;
+        break;
+    case 4:
+        b = 0x3fb504f3u;
+        break;
+    case 5:
+        b = 0x3fc5672au;
+        break;
+    case 6:
+        b = 0x3fd744fdu;
+        break;
+    default:
+        b = 0x3feac0c7u;
+        break;
+    }
+    return kw_f32_from_bits((uint32_t)((int32_t)b + k * (1 << 23)));
+}
+
 /* S_MIN of FORMAT.md §5.4: the smallest non-zero stored scale. */
 KW_HD float kw_wire_scale_min(uint32_t scale_dtype) {
     switch (scale_dtype) {
+    case KW_WIRE_SCALE_LOG8:
+        return kw_wire_log8_to_f32(1); /* 2^-15.875 */
     case KW_WIRE_SCALE_F16:
         return kw_f32_from_bits(0x33800000u); /* 2^-24 */
     case KW_WIRE_SCALE_E8M0:
@@ -212,12 +252,14 @@ KW_HD float kw_wire_scale_load(uint32_t scale_dtype, const uint8_t *p) {
         return kw_f32_from_bits((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
     case KW_WIRE_SCALE_E8M0:
         return kw_e8m0_to_f32(p[0]);
+    case KW_WIRE_SCALE_LOG8:
+        return kw_wire_log8_to_f32(p[0]);
     default:
         return 0.0f;
     }
 }
 
-/* Stores the scale code (the raw f16/bf16/f32 bits or the e8m0 byte) little-endian at p. */
+/* Stores the scale code (the raw f16/bf16/f32 bits or the e8m0 or log8 byte) little-endian at p. */
 KW_HD void kw_wire_scale_store(uint32_t scale_dtype, uint32_t code, uint8_t *p) {
     const uint32_t n = kw_wire_scale_size(scale_dtype);
     for (uint32_t i = 0; i < n; ++i)
@@ -225,11 +267,11 @@ KW_HD void kw_wire_scale_store(uint32_t scale_dtype, uint32_t code, uint8_t *p) 
 }
 
 /* 1 if the stored scale at p is valid for a codec with this qmax (FORMAT.md §5.4): finite, sign clear, zero or at
- * least S_MIN, and qmax * s at most KW_WIRE_BF16_MAX. */
+ * least S_MIN, and qmax * s at most KW_WIRE_BF16_MAX. Every log8 byte is valid (it has no sign bit). */
 KW_HD int kw_wire_scale_valid(uint32_t scale_dtype, const uint8_t *p, float qmax) {
     if (scale_dtype == KW_WIRE_SCALE_E8M0) {
         if (p[0] == 255) return 0;
-    } else {
+    } else if (scale_dtype != KW_WIRE_SCALE_LOG8) {
         const uint32_t size = kw_wire_scale_size(scale_dtype);
         if ((p[size - 1] & 0x80u) != 0) return 0; /* sign bit (NaN/Inf are caught below) */
     }
@@ -276,6 +318,20 @@ KW_HD int kw_wire_scale_choose(float amax, float qmax, uint32_t scale_dtype, uin
         if (c == 255) return KW_E_WIRE_RANGE;
         v = kw_e8m0_to_f32((uint8_t)c);
         break;
+    case KW_WIRE_SCALE_LOG8: { /* the smallest byte c in 1..255 with fl32(log8(c) * qmax) >= amax (monotonic in c) */
+        if (!(kw_wire_log8_to_f32(255) * qmax >= amax)) return KW_E_WIRE_RANGE;
+        uint32_t lo = 1, hi = 255;
+        while (lo < hi) {
+            const uint32_t mid = (lo + hi) / 2;
+            if (kw_wire_log8_to_f32(mid) * qmax >= amax)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        c = lo;
+        v = kw_wire_log8_to_f32(c);
+        break;
+    }
     default:
         return KW_E_WIRE_RANGE;
     }

@@ -17,8 +17,8 @@ int kw_wire_spec_parse_v(const char *codec, const char *gran, const char *scale,
                          kw_wire_codec_spec *out) {
     KW_FORWARD(kw__wire_spec_parse_names(codec, gran, scale, out));
     KW_RETURN_IF(!kw__wire_is_v11(version) && kw_wire_spec_needs_v11(out), KW_E_INVALID_ARG,
-                 "codec %s/%s/%s needs KVWire v1.1 (int3, int2, -asym and channel<L> are not accepted here yet)", codec,
-                 gran ? gran : "-", scale ? scale : "-");
+                 "codec %s/%s/%s needs KVWire v1.1 (int3, int2, -asym, channel<L> and log8 are not accepted here yet)",
+                 codec, gran ? gran : "-", scale ? scale : "-");
     return 0;
 }
 
@@ -65,12 +65,15 @@ static int kw__wire_spec_parse_names(const char *codec, const char *gran, const 
         KW_RETURN_IF(out->granularity == 0, KW_E_INVALID_ARG, "unknown granularity '%s'", gran);
     }
     uint32_t sdt = 0;
-    for (uint32_t s = KW_WIRE_SCALE_F16; s <= KW_WIRE_SCALE_E8M0; ++s)
+    for (uint32_t s = KW_WIRE_SCALE_F16; s <= KW_WIRE_SCALE_LOG8; ++s)
         if (strcmp(scale, kw_wire_scale_name(s)) == 0) sdt = s;
     KW_RETURN_IF(sdt == 0, KW_E_INVALID_ARG, "unknown scale dtype '%s'", scale);
     out->scale_dtype = (uint8_t)(out->scale_dtype | sdt);
-    KW_RETURN_IF(zp && sdt == KW_WIRE_SCALE_E8M0, KW_E_INVALID_ARG,
-                 "codec '%s': zero points need an f16, bf16 or f32 scale dtype, not e8m0", codec);
+    KW_RETURN_IF(zp && (sdt == KW_WIRE_SCALE_E8M0 || sdt == KW_WIRE_SCALE_LOG8), KW_E_INVALID_ARG,
+                 "codec '%s': zero points need an f16, bf16 or f32 scale dtype, not %s", codec, scale);
+    KW_RETURN_IF(sdt == KW_WIRE_SCALE_LOG8 && !kw_wire_codec_is_int(out->codec), KW_E_INVALID_ARG,
+                 "codec '%s': log8 scales (KVWire v1.1) are for the integer codecs (int2, int3, int4, int6, int8)",
+                 codec);
     return 0;
 }
 

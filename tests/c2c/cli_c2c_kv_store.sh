@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cli_c2c_kv_store.sh: `kvwire c2c --mode kv_direct` into a quantized receiver cache (receiver/kw_kv_pages.h).
 #   --wire cache asks the sharer for the cache's layout and every shared row of every layer is stored as its sent codes
-#   (kv_store: direct, the rows of the last partial page counted in rows_tail); --requantize stores the same blob
+#   (kv_store: direct, the rows of the last partial page counted in rows_tail; log8 scales, e8m0 spelled out works too); --requantize stores the same blob
 #   through the quantizer (reason forced); another layout is requantized with its reason; a dense cache says dense, rows without --wire no_codec;
 #   int4 and int6 caches the same; refusals: --cache outside kv_direct (receiver_only), --wire cache without --cache, a page length
 #   that is not a power of two.
@@ -19,13 +19,16 @@ for codec in int8 int6 int4; do
     n=$(($(field prompt_tokens d.txt) - 1)) # the shared tokens
     [ "$(field kv_store d.txt)" = "direct rows_direct $((3 * n)) rows_tail $((3 * (n % 16))) rows_requantized 0 reason none" ] \
         || fail "$codec --wire cache: $(field kv_store d.txt)"
-    [ "$(field wire_codec d.txt)" = "cache gran channel16 scale e8m0 zstd 0" ] || fail "$codec: $(field wire_codec d.txt)"
+    [ "$(field wire_codec d.txt)" = "cache gran channel16 scale log8 zstd 0" ] || fail "$codec: $(field wire_codec d.txt)"
     run --cache "$codec" --cache-page-tokens 16 --wire cache --requantize >r.txt
     [ "$(field kv_store r.txt)" = "requantized rows_direct 0 rows_tail 0 rows_requantized $((3 * n)) reason forced" ] \
         || fail "$codec --requantize: $(field kv_store r.txt)"
 done
 run --cache int4 --wire int4 >o.txt
 [ "$(field kv_store o.txt | sed 's/.* reason //')" = scale_dtype ] || fail "int4 token f32: $(field kv_store o.txt)"
+# the cache layout spelled out, with e8m0 scales instead of log8: still stored directly
+run --cache int8 --cache-page-tokens 16 --wire int8 --wire-gran channel16 --wire-scale e8m0 --wire-value int8:group32 >o.txt
+[ "$(field kv_store o.txt | sed 's/ rows_direct.*reason / /')" = "direct none" ] || fail "int8 e8m0: $(field kv_store o.txt)"
 run --cache int8 --wire int8 --wire-gran channel64 --wire-scale e8m0 >o.txt # pages of 64: K fits, V per token
 [ "$(field kv_store o.txt | sed 's/.* reason //')" = value_layout ] || fail "int8 channel64: $(field kv_store o.txt)"
 run --wire int8 >o.txt

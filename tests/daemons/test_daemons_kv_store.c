@@ -1,11 +1,11 @@
 /* test_daemons_kv_store.c: kv_direct into receiverd's quantized cache (HTTP_API.md §5.2 "kv_store",
  * receiver/kw_kv_pages.h). With `cache: {dtype: int8, page_tokens: 16}` a request whose policy codec is "cache" gets
- * the receiver's cache layout from the sharer (the policy echo names it) and its rows are stored as the sent codes:
- * kv_store "direct", no reason, every shared row of every layer direct; a request with another layout is
- * "requantized" with its reason (a selection with gaps too: the positions not sent are stored as hidden zero rows,
- * which a quantized cache needs to hold the rows after them; a refinement's round two, written into pages already
- * stored); c2c has no kv_store; codec "cache" outside kv_direct is a 400; /metrics counts both. Both daemons must then
- * exit cleanly on SIGTERM. */
+ * the receiver's cache layout from the sharer (log8 scales; the policy echo names it) and its rows are stored as the
+ * sent codes (the same layout spelled out with log8 or e8m0 scales too): kv_store "direct", no reason, every shared row
+ * of every layer direct; a request with another layout is "requantized" with its reason (a selection with gaps too: the
+ * positions not sent are stored as hidden zero rows, which a quantized cache needs to hold the rows after them; a
+ * refinement's round two, written into pages already stored); c2c has no kv_store; codec "cache" outside kv_direct is a
+ * 400; /metrics counts both. Both daemons must then exit cleanly on SIGTERM. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -65,7 +65,7 @@ static void test_kv_store(void **state) {
     assert_int_equal((long long)kwd_json_num(r.json, "kvwire.kv_store.rows_requantized"), 0);
     assert_string_equal(str(r.json, "kvwire.policy.codec"), "cache");
     assert_string_equal(str(r.json, "kvwire.policy.granularity"), "channel16");
-    assert_string_equal(str(r.json, "kvwire.policy.scale"), "e8m0");
+    assert_string_equal(str(r.json, "kvwire.policy.scale"), "log8");
     assert_string_equal(str(r.json, "kvwire.policy.value_codec"), "int8");
     assert_true(kwd_json_num(r.json, "kvwire.bytes.blob") > 0);
     kwd_response_free(&r);
@@ -78,6 +78,20 @@ static void test_kv_store(void **state) {
     post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\",\"scale\":\"e8m0\"}}",
          200, &r);
     assert_string_equal(str(r.json, "kvwire.kv_store.reason"), "value_layout");
+    kwd_response_free(&r);
+    /* the cache layout spelled out: log8 (what "cache" asks for) and e8m0 scales both store directly */
+    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\","
+         "\"value_granularity\":\"group32\",\"scale\":\"log8\"}}",
+         200, &r);
+    assert_string_equal(str(r.json, "kvwire.kv_store.store"), "direct");
+    assert_string_equal(str(r.json, "kvwire.policy.scale"), "log8");
+    kwd_response_free(&r);
+    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\","
+         "\"value_granularity\":\"group32\",\"scale\":\"e8m0\"}}",
+         200, &r);
+    assert_string_equal(str(r.json, "kvwire.kv_store.store"), "direct");
+    kwd_response_free(&r);
+    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"nf4\",\"scale\":\"log8\"}}", 400, &r); /* ints only */
     kwd_response_free(&r);
     post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"front\",\"proportion\":0.5}}", 200,
          &r);
@@ -110,7 +124,7 @@ static void test_kv_store(void **state) {
     post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"value_codec\":\"int4\"}}", 400, &r);
     kwd_response_free(&r);
     kwd_http(rd.port, "/metrics", NULL, &r);
-    assert_non_null(strstr(r.body, "kvwire_kv_store_total{store=\"direct\"} 2"));
+    assert_non_null(strstr(r.body, "kvwire_kv_store_total{store=\"direct\"} 4"));
     assert_non_null(strstr(r.body, "kvwire_kv_store_total{store=\"requantized\"} 4"));
     kwd_response_free(&r);
 }

@@ -615,6 +615,25 @@ static void test_encode_refuses_bad_specs(void **state) {
     }
 }
 
+/* log8 scales (FORMAT.md §5.4) are not on the GPU yet: refused with KW_E_UNSUPPORTED before anything runs (never
+ * other bytes), and the size function reports 0. */
+static void test_encode_refuses_log8(void **state) {
+    (void)state;
+    const kw_cuda_wire_spec refused[] = {
+        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, 3},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_LOG8, 2},
+        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},
+    };
+    dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
+    dev_buf<unsigned long long> err(1);
+    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0};
+    for (const kw_cuda_wire_spec &s : refused) {
+        assert_int_equal(kw_cuda_wire_tensor_bytes(&s, 2, 4, 16), 0);
+        assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &s, &src, 2, 4, 16, dst.p, work.p, err.p),
+                         KW_E_UNSUPPORTED);
+    }
+}
+
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
  * device's bytes copied into the section in pinned host memory, finish_section); zstd on for some sections. */
 static void test_blob_byte_identical(void **state) {
@@ -699,6 +718,7 @@ int main(void) {
         cmocka_unit_test(test_encode_v11),
         cmocka_unit_test(test_encode_v11_errors),
         cmocka_unit_test(test_encode_refuses_bad_specs),
+        cmocka_unit_test(test_encode_refuses_log8),
         cmocka_unit_test(test_blob_byte_identical),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);

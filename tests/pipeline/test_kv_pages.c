@@ -1,10 +1,13 @@
 /* test_kv_pages.c: KVWire sections stored as quantized cache pages without requantizing (receiver/kw_kv_pages.h).
  *
- *  - int8, int6 and int4 sections in the cache's layout (kw_kv_pages_specs) map directly; the storage bytes are
- *    checked one by one against the wire's codes and e8m0 scales read here with the FORMAT.md formulas (codes
- *    repacked, scale byte 128 + 8 (e - 127), 0 for a group of zero codes), the keys of the last partial page are the
- *    decoded values in bf16, exactly; every row reads back as the decoder's f32 value and attention on the storages
- *    gives the bits of attention on an f32 cache holding the decoded values;
+ *  - int8, int6 and int4 sections in the cache's layout (kw_kv_pages_specs, log8 scales) and in that layout with
+ *    e8m0 scales map directly; the storage bytes are checked one by one against the wire's codes and scales read here
+ *    with the FORMAT.md formulas (codes repacked, a log8 scale byte as is, an e8m0 byte e as 128 + 8 (e - 127), 0 for
+ *    a group of zero codes), the keys of the last partial page are the decoded values in bf16 (exactly for e8m0);
+ *    every row reads back as the decoder's f32 value (tail keys: in bf16) and attention on the storages gives the bits
+ *    of attention on an f32 cache holding those values; log8 sections carry the scale bytes the cache's own
+ *    quantizer (kw_kvq_choose_scale) picks for the same groups;
+ *  - every log8 byte maps to itself, every e8m0 byte in 2^-15..2^15 to its cache byte;
  *  - a section continuing a layer whose stored rows end on a page boundary maps at that offset;
  *  - every refusal reason, one section each; a reserved code (int8 -128, int4 nibble 8) is KW_E_WIRE_VALUE.
  */
@@ -114,9 +117,9 @@ static size_t wire_row_bytes(enum kw_kvq_codec c) {
     return c == KW_KVQ_INT8 ? ND : c == KW_KVQ_INT4 ? ND / 2 : ND * 6 / 8;
 }
 
-/* The cache byte of e8m0 byte e for a group with a non-zero code. */
-static uint8_t log_byte(uint8_t e) {
-    return (uint8_t)(128 + 8 * ((int)e - 127));
+/* The cache byte of scale byte e (log8 or e8m0) for a group with a non-zero code. */
+static uint8_t log_byte(uint32_t sdt, uint8_t e) {
+    return sdt == KW_WIRE_SCALE_LOG8 ? e : (uint8_t)(128 + 8 * ((int)e - 127));
 }
 
 typedef struct mapped {
@@ -155,15 +158,17 @@ static void download(kw_kvcache *cache, int keys, uint8_t **bytes, kw_kvq_geom *
     assert_int_equal(kw_backend_synchronize(BE), 0);
 }
 
-/* Stores a T-row section at row 0 (after `pre` rows written normally when pre > 0) and checks every byte. */
-static void check_direct(enum kw_kvq_codec c, int64_t T, int64_t pre) {
+/* Stores a T-row section at row 0 (after `pre` rows written normally when pre > 0) with scale dtype sdt (log8 or
+ * e8m0) and checks every byte. */
+static void check_direct(enum kw_kvq_codec c, int64_t T, int64_t pre, uint32_t sdt) {
     float *k = malloc((size_t)(T + pre) * NH * ND * 4), *v = malloc((size_t)(T + pre) * NH * ND * 4);
     fill(k, v, T + pre, 1.5f);
     kw_kvcache *cache = NULL;
     assert_int_equal(kw_kvcache_create_quantized(BE, 2, NH, ND, CAP, c, NP, &cache), 0);
     if (pre > 0) assert_int_equal(kw_kvcache_write_rows(cache, 0, 0, pre, k, v), 0);
     const float *ks = k + pre * NH * ND, *vs = v + pre * NH * ND;
-    const kw_wire_policy pol = cache_policy(c);
+    kw_wire_policy pol = cache_policy(c);
+    pol.k.scale_dtype = pol.v.scale_dtype = (uint8_t)sdt;
     kw_kv_pages pg = {0};
     mapped m;
     map_section(&m, &pg, c, &pol, ks, vs, T, (uint32_t)pre, pre);
@@ -198,18 +203,24 @@ static void check_direct(enum kw_kvq_codec c, int64_t T, int64_t pre) {
                 int nz = 0;
                 for (int64_t t = p * NP; t < (p + 1) * NP; ++t)
                     nz |= wire_code(c, wk->codes + (h * T + t) * wrb, d) != 0;
-                const uint8_t want = nz ? log_byte(wk->scales[(h * runs + p) * ND + d]) : 0;
+                const uint8_t want = nz ? log_byte(sdt, wk->scales[(h * runs + p) * ND + d]) : 0;
                 const uint8_t got = khead[kw_kvq_scales_offset(&kg) + (size_t)((pre / NP + p) * ND + d)];
                 if (got != want)
                     fail_msg("K scale h %lld page %lld d %lld: %u, want %u", (long long)h, (long long)p, (long long)d,
                              got, want);
+                if (sdt != KW_WIRE_SCALE_LOG8) continue;
+                float amax = 0.0f; /* log8: the byte the cache's quantizer picks for this page's channel */
+                for (int64_t t = p * NP; t < (p + 1) * NP; ++t)
+                    amax = fmaxf(amax, fabsf(ks[(t * NH + h) * ND + d]));
+                assert_int_equal(wk->scales[(h * runs + p) * ND + d], kw_kvq_choose_scale(amax, kw_kvq_code_max(c)));
             }
         const uint16_t *tail = (const uint16_t *)(khead + kw_kvq_tail_offset(&kg));
         for (int64_t t = full; t < T; ++t)
             for (int64_t d = 0; d < ND; ++d) {
-                const float x = dk[(t * NH + h) * ND + d];
-                assert_int_equal(tail[(t - full) * ND + d], kw_f32_to_bf16(x));
-                assert_true(kw_bf16_to_f32(kw_f32_to_bf16(x)) == x); /* bf16 holds it exactly */
+                float *x = &dk[(t * NH + h) * ND + d];
+                assert_int_equal(tail[(t - full) * ND + d], kw_f32_to_bf16(*x));
+                if (sdt == KW_WIRE_SCALE_E8M0) assert_true(kw_bf16_to_f32(kw_f32_to_bf16(*x)) == *x); /* exact */
+                *x = kw_bf16_to_f32(kw_f32_to_bf16(*x)); /* what the cache holds from here on */
             }
         for (int64_t t = 0; t < T; ++t) {
             for (int64_t d = 0; d < ND; ++d)
@@ -220,8 +231,13 @@ static void check_direct(enum kw_kvq_codec c, int64_t T, int64_t pre) {
                 int nz = 0;
                 for (int64_t d = g * G; d < (g + 1) * G; ++d)
                     nz |= wire_code(c, wv->codes + (h * T + t) * wrb, d) != 0;
-                const uint8_t want = nz ? log_byte(wv->scales[(h * T + t) * (ND / G) + g]) : 0;
+                const uint8_t want = nz ? log_byte(sdt, wv->scales[(h * T + t) * (ND / G) + g]) : 0;
                 assert_int_equal(vhead[kw_kvq_scales_offset(&vg) + (size_t)((pre + t) * (ND / G) + g)], want);
+                if (sdt != KW_WIRE_SCALE_LOG8) continue;
+                float amax = 0.0f;
+                for (int64_t d = g * G; d < (g + 1) * G; ++d)
+                    amax = fmaxf(amax, fabsf(vs[(t * NH + h) * ND + d]));
+                assert_int_equal(wv->scales[(h * T + t) * (ND / G) + g], kw_kvq_choose_scale(amax, kw_kvq_code_max(c)));
             }
         }
     }
@@ -268,26 +284,31 @@ static void check_direct(enum kw_kvq_codec c, int64_t T, int64_t pre) {
 
 static void test_direct_int8(void **state) {
     (void)state;
-    check_direct(KW_KVQ_INT8, 40, 0); /* two full pages and 8 tail rows */
-    check_direct(KW_KVQ_INT8, 32, 0); /* pages only */
-    check_direct(KW_KVQ_INT8, 7, 0);  /* the tail only */
+    for (uint32_t sdt = KW_WIRE_SCALE_E8M0; sdt <= KW_WIRE_SCALE_LOG8; ++sdt) {
+        check_direct(KW_KVQ_INT8, 40, 0, sdt); /* two full pages and 8 tail rows */
+        check_direct(KW_KVQ_INT8, 32, 0, sdt); /* pages only */
+        check_direct(KW_KVQ_INT8, 7, 0, sdt);  /* the tail only */
+    }
 }
 
 static void test_direct_int4(void **state) {
     (void)state;
-    check_direct(KW_KVQ_INT4, 40, 0);
+    check_direct(KW_KVQ_INT4, 40, 0, KW_WIRE_SCALE_LOG8);
+    check_direct(KW_KVQ_INT4, 40, 0, KW_WIRE_SCALE_E8M0);
 }
 
 static void test_direct_int6(void **state) {
     (void)state;
-    check_direct(KW_KVQ_INT6, 40, 0);
+    check_direct(KW_KVQ_INT6, 40, 0, KW_WIRE_SCALE_LOG8);
+    check_direct(KW_KVQ_INT6, 40, 0, KW_WIRE_SCALE_E8M0);
 }
 
 /* After 16 rows stored by the quantizer (a full page, tail empty) the section continues at row 16. */
 static void test_direct_after_rows(void **state) {
     (void)state;
-    check_direct(KW_KVQ_INT8, 21, 16);
-    check_direct(KW_KVQ_INT4, 33, 32);
+    check_direct(KW_KVQ_INT8, 21, 16, KW_WIRE_SCALE_LOG8);
+    check_direct(KW_KVQ_INT4, 33, 32, KW_WIRE_SCALE_LOG8);
+    check_direct(KW_KVQ_INT8, 21, 16, KW_WIRE_SCALE_E8M0);
 }
 
 /* Each refusal, with the layout changed in one place. */
@@ -335,10 +356,17 @@ static void test_refusals(void **state) {
     expect_reason(KW_KVQ_INT8, &base, 1.5f, 1, 0, KW_KV_STORE_POSITIONS);     /* starts a row late */
     expect_reason(KW_KVQ_INT8, &base, 1.5f, 16, 0, KW_KV_STORE_POSITIONS);    /* a page late */
     expect_reason(KW_KVQ_INT8, &base, 1.5f, 5, 5, KW_KV_STORE_PAGE_BOUNDARY); /* the layer's tail is not empty */
-    /* scales: 2^16 and above have no cache byte (the outlier channel reaches 20 * 2^16 * 127 / 2...) */
-    expect_reason(KW_KVQ_INT8, &base, 1e6f, 0, 0, KW_KV_STORE_SCALE_RANGE);
-    expect_reason(KW_KVQ_INT8, &base, 1e-6f, 0, 0, KW_KV_STORE_SCALE_RANGE); /* 2^-27: below 2^-15 */
-    /* in range at both ends: the largest and smallest scales that map */
+    /* e8m0 scales: 2^16 and above have no cache byte (the outlier channel reaches 20 * 2^16 * 127 / 2...) */
+    kw_wire_policy e8 = base;
+    e8.k.scale_dtype = e8.v.scale_dtype = KW_WIRE_SCALE_E8M0;
+    expect_reason(KW_KVQ_INT8, &e8, 1.5f, 0, 0, KW_KV_STORE_DIRECT);
+    expect_reason(KW_KVQ_INT8, &e8, 1e6f, 0, 0, KW_KV_STORE_SCALE_RANGE);
+    expect_reason(KW_KVQ_INT8, &e8, 1e-6f, 0, 0, KW_KV_STORE_SCALE_RANGE); /* 2^-27: below 2^-15 */
+    expect_reason(KW_KVQ_INT8, &e8, 3000.0f, 0, 0, KW_KV_STORE_DIRECT);
+    p = base, p.v.scale_dtype = KW_WIRE_SCALE_E8M0; /* K log8, V e8m0 */
+    expect_reason(KW_KVQ_INT8, &p, 1.5f, 0, 0, KW_KV_STORE_DIRECT);
+    /* log8 has no range to leave: tiny values take byte 1 (their codes round to 0), large ones map too */
+    expect_reason(KW_KVQ_INT8, &base, 1e-6f, 0, 0, KW_KV_STORE_DIRECT);
     expect_reason(KW_KVQ_INT8, &base, 3000.0f, 0, 0, KW_KV_STORE_DIRECT);
     for (int r = 0; r < KW_KV_STORE_REASONS; ++r)
         assert_string_not_equal(kw_kv_store_reason_name((enum kw_kv_store_reason)r), "?");
@@ -396,6 +424,7 @@ static void test_scale_bounds(void **state) {
     (void)state;
     static handmade m;
     handmade_init(&m, KW_KVQ_INT8, 1);
+    m.g.k.spec.scale_dtype = m.g.v.spec.scale_dtype = KW_WIRE_SCALE_E8M0;
     const struct {
         uint8_t e;
         int byte; /* -1: refused */
@@ -429,6 +458,34 @@ static void test_scale_bounds(void **state) {
     kw_kv_pages_free(&pg);
 }
 
+/* log8 scales in a hand-made section: every byte is the cache's byte itself, 0 over a group of zero codes. */
+static void test_scale_log8(void **state) {
+    (void)state;
+    static handmade m;
+    handmade_init(&m, KW_KVQ_INT8, 1);
+    assert_int_equal(m.g.k.spec.scale_dtype, KW_WIRE_SCALE_LOG8);
+    kw_kv_pages pg = {0};
+    enum kw_kv_store_reason reason;
+    for (int b = 0; b < 256; ++b) {
+        m.kscales[3] = m.vscales[3] = (uint8_t)b;
+        m.kcodes[5 * ND + 3] = 0; /* channel 3 of head 0 keeps non-zero codes in the other rows */
+        assert_int_equal(kw_kv_pages_map(&pg, &m.sec, m.pos, &m.kg, 0, &reason), 0);
+        assert_int_equal(reason, KW_KV_STORE_DIRECT);
+        assert_int_equal(pg.rows.k_scales[3], b);
+        assert_int_equal(pg.rows.v_scales[3], b);
+        assert_int_equal(pg.rows.k_scales[4], 127);
+        m.kcodes[5 * ND + 3] = 1;
+    }
+    for (int64_t t = 0; t < 16; ++t) /* channel 3 of head 0 all zero over the page, row 1's first V group too */
+        m.kcodes[t * ND + 3] = 0;
+    memset(m.vcodes + 32 * 3, 0, 32);
+    assert_int_equal(kw_kv_pages_map(&pg, &m.sec, m.pos, &m.kg, 0, &reason), 0);
+    assert_int_equal(reason, KW_KV_STORE_DIRECT);
+    assert_int_equal(pg.rows.k_scales[3], 0);
+    assert_int_equal(pg.rows.v_scales[3], 0);
+    kw_kv_pages_free(&pg);
+}
+
 /* The specs: what the sharer is asked for. */
 static void test_specs(void **state) {
     (void)state;
@@ -437,7 +494,8 @@ static void test_specs(void **state) {
     assert_int_equal(k.codec, KW_WIRE_CODEC_INT4);
     assert_int_equal(k.granularity, KW_WIRE_GRAN_CHANNEL);
     assert_int_equal(k.group_log2, 6);
-    assert_int_equal(k.scale_dtype, KW_WIRE_SCALE_E8M0);
+    assert_int_equal(k.scale_dtype, KW_WIRE_SCALE_LOG8);
+    assert_int_equal(v.scale_dtype, KW_WIRE_SCALE_LOG8);
     assert_int_equal(v.granularity, KW_WIRE_GRAN_GROUP);
     assert_int_equal(v.group_log2, 5);
     assert_int_equal(kw_kv_pages_specs(KW_KVQ_INT8, 64, 48, &k, &v), 0);
@@ -452,6 +510,7 @@ int main(void) {
         cmocka_unit_test(test_direct_int6), cmocka_unit_test(test_direct_after_rows),
         cmocka_unit_test(test_refusals),    cmocka_unit_test(test_reserved_codes),
         cmocka_unit_test(test_specs),       cmocka_unit_test(test_scale_bounds),
+        cmocka_unit_test(test_scale_log8),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

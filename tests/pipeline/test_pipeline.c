@@ -484,9 +484,10 @@ static int64_t agreeing(const kw_fusion_result *a, const kw_fusion_result *b) {
 }
 
 /* kv_direct into a quantized cache (receiver/kw_kv_pages.h): a blob in the cache's layout (kw_kv_pages_specs) is
- * stored as pages, its rows exactly the decoded values (those of a bf16 cache fed the same blob: int x 2^k is a
- * bf16), while the forced requantizing path rounds them a second time, further from the receiver's own bf16 cache;
- * a blob in another layout is requantized with its reason; a dense cache says "dense". */
+ * stored as pages, its rows exactly the decoded values (those of an f32 cache fed the same blob: fl(code x log8
+ * scale) is the cache's own value of the code), while the forced requantizing path rounds them a second time, further
+ * from the receiver's own bf16 cache; a blob in another layout is requantized with its reason; a dense cache says
+ * "dense". */
 static void test_kv_direct_pages(void **state) {
     (void)state;
     const kw_model_config *c = kw_model_get_config(E.recv);
@@ -519,7 +520,7 @@ static void test_kv_direct_pages(void **state) {
                                    0, &qr, &requant),
                          0);
         assert_int_equal(
-            receive(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b, 0, &dense), 0);
+            receive(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_F32, &b, 0, &dense), 0);
         assert_string_equal(kw_receive_kv_store(&direct.stats), "direct");
         assert_int_equal(direct.stats.rows_direct, shared * c->n_layers);
         assert_int_equal(direct.stats.rows_tail, (shared % P) * c->n_layers);

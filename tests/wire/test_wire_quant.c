@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "common/kw_bytes.h"
+#include "kernels/kw_kvq_format.h"
 #include "tests/wire/wire_test_util.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_quant.h"
@@ -137,6 +138,63 @@ static void test_e8m0(void **state) {
     assert_int_equal(kw_e8m0_ceil(0.0f), 0);
     assert_int_equal(kw_e8m0_ceil(1.0f), 127);
     assert_int_equal(kw_e8m0_ceil(nextafterf(1.0f, 2.0f)), 128);
+}
+
+/* log8 (v1.1): every byte's value against 2^((b-128)/8) computed in double and rounded once (2^k * fl32(2^(i/8)) is
+ * that rounding: a power of two scales out) and against the receiver cache's kw_kvq_scale; the encoder's choice
+ * against its definition (the smallest byte whose fl32(scale * qmax) reaches amax) and against the cache's
+ * kw_kvq_choose_scale; every byte is a valid scale; the names. */
+static void test_log8(void **state) {
+    (void)state;
+    const uint8_t zero = 0;
+    assert_true(kw_wire_scale_load(KW_WIRE_SCALE_LOG8, &zero) == 0.0f);
+    for (uint32_t b = 1; b < 256; ++b) {
+        const uint8_t byte = (uint8_t)b;
+        const float v = kw_wire_scale_load(KW_WIRE_SCALE_LOG8, &byte);
+        if (bits(v) != bits((float)exp2(((double)b - 128.0) / 8.0)) || bits(v) != bits(kw_kvq_scale(byte)))
+            fail_msg("log8 byte %u: %a, want %a", b, (double)v, exp2(((double)b - 128.0) / 8.0));
+        assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_LOG8, &byte, 127.0f));
+    }
+    assert_true(kw_wire_scale_valid(KW_WIRE_SCALE_LOG8, &zero, 127.0f));
+    assert_int_equal(kw_wire_scale_size(KW_WIRE_SCALE_LOG8), 1);
+    assert_true(kw_wire_scale_min(KW_WIRE_SCALE_LOG8) == kw_kvq_scale(1));
+    static const int kQmax[] = {127, 31, 7, 3, 1};
+    wt_rng r = {17};
+    for (size_t qi = 0; qi < sizeof kQmax / sizeof kQmax[0]; ++qi)
+        for (int i = 0; i < 30000; ++i) {
+            const float qmax = (float)kQmax[qi];
+            const float amax = i == 0 ? kw_kvq_scale(255) * qmax : fabsf(rand_float(&r, -40, 24));
+            uint32_t code = 0;
+            float s = -1.0f;
+            const int rc = kw_wire_scale_choose(amax, qmax, KW_WIRE_SCALE_LOG8, &code, &s);
+            if (!(kw_kvq_scale(255) * qmax >= amax)) {
+                assert_int_equal(rc, KW_E_WIRE_RANGE);
+                continue;
+            }
+            assert_int_equal(rc, 0);
+            assert_true(code >= 1 && code <= 255);
+            assert_true(s == kw_kvq_scale((uint8_t)code));
+            assert_true(s * qmax >= amax);                                             /* never clips */
+            assert_true(code == 1 || kw_kvq_scale((uint8_t)(code - 1)) * qmax < amax); /* the smallest */
+            /* the cache's quantizer agrees where it searches (it takes 255 for anything above 2^15 * qmax) */
+            if (amax <= 0x1p15f * qmax) assert_int_equal(code, kw_kvq_choose_scale(amax, kQmax[qi]));
+        }
+    uint32_t code;
+    float s;
+    assert_int_equal(kw_wire_scale_choose(0.0f, 7.0f, KW_WIRE_SCALE_LOG8, &code, &s), 0);
+    assert_true(s == 0.0f && code == 0);
+    /* names: v1.1 only, symmetric integer codecs only */
+    assert_string_equal(kw_wire_scale_name(KW_WIRE_SCALE_LOG8), "log8");
+    kw_wire_codec_spec sp;
+    assert_int_equal(kw_wire_spec_parse_v("int4", "group32", "log8", KW_WIRE_VERSION_1_1, &sp), 0);
+    assert_true(sp.codec == KW_WIRE_CODEC_INT4 && sp.scale_dtype == KW_WIRE_SCALE_LOG8 && kw_wire_spec_needs_v11(&sp));
+    assert_int_equal(kw_wire_spec_parse_v("int2", "channel64", "log8", KW_WIRE_VERSION_1_1, &sp), 0);
+    assert_int_equal(kw_wire_spec_parse("int8", "token", "log8", &sp), KW_E_INVALID_ARG); /* v1 */
+    static const char *const bad[][2] = {
+        {"nf4", "token"}, {"e4m3", "head"}, {"e5m2", "group32"}, {"int4-asym", "token"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i)
+        if (kw_wire_spec_parse_v(bad[i][0], bad[i][1], "log8", KW_WIRE_VERSION_1_1, &sp) != KW_E_INVALID_ARG)
+            fail_msg("%s/%s/log8 was accepted", bad[i][0], bad[i][1]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -475,19 +533,13 @@ static void test_row_error_bounds(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rne_small),
-        cmocka_unit_test(test_e4m3),
-        cmocka_unit_test(test_e5m2),
-        cmocka_unit_test(test_e8m0),
-        cmocka_unit_test(test_nf4),
-        cmocka_unit_test(test_scale_choose),
-        cmocka_unit_test(test_scale_valid),
-        cmocka_unit_test(test_packing_bytes),
-        cmocka_unit_test(test_reserved_codes),
-        cmocka_unit_test(test_packing_v11),
-        cmocka_unit_test(test_asym),
-        cmocka_unit_test(test_spec_names),
-        cmocka_unit_test(test_row_error_bounds),
+        cmocka_unit_test(test_rne_small),     cmocka_unit_test(test_e4m3),
+        cmocka_unit_test(test_e5m2),          cmocka_unit_test(test_e8m0),
+        cmocka_unit_test(test_log8),          cmocka_unit_test(test_nf4),
+        cmocka_unit_test(test_scale_choose),  cmocka_unit_test(test_scale_valid),
+        cmocka_unit_test(test_packing_bytes), cmocka_unit_test(test_reserved_codes),
+        cmocka_unit_test(test_packing_v11),   cmocka_unit_test(test_asym),
+        cmocka_unit_test(test_spec_names),    cmocka_unit_test(test_row_error_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

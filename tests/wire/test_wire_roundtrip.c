@@ -400,14 +400,15 @@ static void test_matrix(void **state) {
     wt_rng r = {2024};
     static const uint8_t dtypes[] = {KW_WIRE_DTYPE_BF16, KW_WIRE_DTYPE_F32, KW_WIRE_DTYPE_F16};
     unsigned blobs = 0;
-    /* v1 codecs as in v1; v1.1: int3, int2, channel scales (gran 6 here) and zero points (asym) */
+    /* v1 codecs as in v1; v1.1: int3, int2, channel scales (gran 6 here), zero points (asym), log8 scales (sd 5) */
     for (uint32_t codec = 1; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
         const int pass = kw_wire_codec_is_passthrough(codec);
         for (uint32_t gran = pass ? 0 : 1; gran <= (pass ? 0u : 6u); ++gran) {
-            for (uint32_t sd = pass ? 0 : 1; sd <= (pass ? 0u : 4u); ++sd) {
+            for (uint32_t sd = pass ? 0 : 1; sd <= (pass ? 0u : 5u); ++sd) {
+                if (sd == KW_WIRE_SCALE_LOG8 && !kw_wire_codec_is_int(codec)) continue;
                 for (uint32_t enc = 1; enc < KW_WIRE_INDEX_COUNT; ++enc) {
                     for (uint32_t asym = 0; asym < 2; ++asym) {
-                        if (asym && (!kw_wire_codec_is_int(codec) || sd == KW_WIRE_SCALE_E8M0)) continue;
+                        if (asym && (!kw_wire_codec_is_int(codec) || sd >= KW_WIRE_SCALE_E8M0)) continue;
                         const uint8_t dtype = dtypes[(codec + gran + sd + enc + asym) % 3];
                         const uint32_t H = 1 + wt_below(&r, 3), D = 8 * (1 + wt_below(&r, 4)),
                                        P = 70 + wt_below(&r, 60);

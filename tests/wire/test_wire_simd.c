@@ -263,7 +263,7 @@ static void test_scales(void **state) {
     uint8_t want[300 * 4], got[300 * 4];
     float ws[300], wi[300], gs[300], gi[300];
     for (int it = 0; it < 20000; ++it) {
-        const uint32_t n = 1 + wt_below(&r, 300), sd = 1 + wt_below(&r, 4);
+        const uint32_t n = 1 + wt_below(&r, 300), sd = 1 + wt_below(&r, 5); /* f16 .. log8 */
         const float qmax = qmaxes[wt_below(&r, sizeof qmaxes / sizeof qmaxes[0])];
         for (uint32_t i = 0; i < n; ++i) {
             const uint32_t pick = wt_below(&r, 64), edgy = it % 4 == 0; /* failures end the comparison early */
@@ -313,15 +313,18 @@ static void test_blobs(void **state) {
         const uint8_t gran = (uint8_t)(1 + wt_below(&r, 4));
         kw_wire_policy pol = {.k = {codec, gran, (uint8_t)(1 + wt_below(&r, 4)), gran == 4 ? 4 : 0}};
         pol.v = pol.k;
-        if (it >= 40) { /* KVWire v1.1: int3/int2, zero points, channel scales, outliers */
+        if (it >= 40) { /* KVWire v1.1: int3/int2, zero points, channel scales, log8 scales, outliers */
             static const uint8_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6,
                                              KW_WIRE_CODEC_INT3, KW_WIRE_CODEC_INT2};
             hdr.version = KW_WIRE_VERSION_1_1;
             for (int kv = 0; kv < 2; ++kv) {
                 kw_wire_codec_spec *sp = kv ? &pol.v : &pol.k;
                 const uint8_t g = (uint8_t)(1 + wt_below(&r, 5)), asym = (uint8_t)wt_below(&r, 3) != 0;
-                *sp = (kw_wire_codec_spec){codecs[wt_below(&r, 5)], g,
-                                           (uint8_t)((2 + wt_below(&r, 2)) | (asym ? KW_WIRE_SCALE_ZERO_POINTS : 0)),
+                const uint8_t codec11 = codecs[wt_below(&r, 5)];
+                /* log8 (symmetric only; int2's largest log8 scale 2^15.9 is under the special 1e5) */
+                const int log8 = !asym && wt_below(&r, 2) == 0 && (codec11 != KW_WIRE_CODEC_INT2 || it % 3 != 0);
+                const uint8_t sdt = log8 ? KW_WIRE_SCALE_LOG8 : (uint8_t)(2 + wt_below(&r, 2));
+                *sp = (kw_wire_codec_spec){codec11, g, (uint8_t)(sdt | (asym ? KW_WIRE_SCALE_ZERO_POINTS : 0)),
                                            (uint8_t)(g == 4   ? 2 + wt_below(&r, 3)
                                                      : g == 5 ? wt_below(&r, 5)
                                                               : 0)};

@@ -73,6 +73,13 @@ static const wg_spec wg_valid[] = {
      "v1.1: int6 with zero points and bf16 scales per 4 channels (K), int3 per 4 "
      "channels (12-bit groups) with f32 scales (V), u16 positions",
      1, 8, 300, 3, KW_WIRE_DTYPE_F16, WG_QZ(INT6, GROUP, BF16, 2), WG_Q(INT3, GROUP, F32, 2), KW_WIRE_INDEX_U16, 0, 0},
+    {"v11_int4_channel4_log8",
+     "v1.1: log8 scales (the receiver cache's byte), K int4 per channel over runs of 4 of 10 tokens, V int8 per 8 "
+     "channels",
+     2, 16, 10, 10, KW_WIRE_DTYPE_BF16, WG_Q(INT4, CHANNEL, LOG8, 2), WG_Q(INT8, GROUP, LOG8, 3), KW_WIRE_INDEX_AUTO, 0,
+     0},
+    {"v11_int6_token_int2_head_log8", "v1.1: log8 scales, K int6 per token, V int2 per head, f32 input", 2, 8, 30, 5,
+     KW_WIRE_DTYPE_F32, WG_Q(INT6, TOKEN, LOG8, 0), WG_Q(INT2, HEAD, LOG8, 0), KW_WIRE_INDEX_AUTO, 0, 0},
 };
 #define WG_N_VALID (sizeof wg_valid / sizeof wg_valid[0])
 
@@ -191,6 +198,7 @@ static const char *const wg_errors[] = {
     "groups_over_limit",
     "raw_bytes_over_limit",
     "codec_unknown",
+    "scale_dtype_unknown", /* 5: log8, a v1.1 dtype, in a v1 blob */
     "group_log2_reserved",
     "section_checksum",
     "bitmap_padding",
@@ -219,6 +227,11 @@ static const char *const wg_errors[] = {
     "v11_scale_negative",
     "v11_code_int3_minus_4",
     "v11_code_int2_minus_2",
+    "v11_log8_zero_points",
+    "v11_log8_fp8",
+    "v11_log8_nf4",
+    "v11_scale_dtype_6",
+    "v11_log8_size_changed",
     /* the outlier table and the v1.1 section head, faults in v11_outliers */
     "v11o_as_v1",
     "v11o_flags_reserved",

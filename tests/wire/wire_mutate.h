@@ -349,6 +349,12 @@ static const wm_case wm_cases11[] = {
     {"v11_scale_negative", KW_E_WIRE_VALUE, 1, 4 + 1, WM_BODY(0), 0, 0x80},
     {"v11_code_int3_minus_4", KW_E_WIRE_VALUE, 1, 332, WM_BODY(0), 1, 0x04},
     {"v11_code_int2_minus_2", KW_E_WIRE_VALUE, 1, 584, WM_BODY(0), 1, 0x02},
+    /* log8 scales (dtype 5): symmetric integer codecs only; dtypes 6..15 unknown; a log8 scale is 1 byte */
+    {"v11_log8_zero_points", KW_E_WIRE_CODEC, 1, 38, WM_SEC(0), 1, 0x80 | KW_WIRE_SCALE_LOG8},
+    {"v11_log8_fp8", KW_E_WIRE_CODEC, 1, 40, WM_SEC(0), 4, 0x00050307u},
+    {"v11_log8_nf4", KW_E_WIRE_CODEC, 1, 40, WM_SEC(0), 4, 0x00050306u},
+    {"v11_scale_dtype_6", KW_E_WIRE_CODEC, 1, 42, WM_SEC(0), 1, 6},
+    {"v11_log8_size_changed", KW_E_WIRE_CORRUPT, 1, 42, WM_SEC(0), 1, KW_WIRE_SCALE_LOG8},
 };
 #define WM_N_CASES11 (sizeof wm_cases11 / sizeof wm_cases11[0])
 

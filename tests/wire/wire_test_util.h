@@ -243,6 +243,16 @@ static inline int wt_expected_scale(float amax, float qmax, uint32_t sd, float *
         *s = 0.0f;
         return 0;
     }
+    if (sd == KW_WIRE_SCALE_LOG8) { /* the smallest byte b >= 1 with fl32(2^((b-128)/8)) * qmax >= amax, by scan */
+        for (int b = 1; b < 256; ++b) {
+            const float v = (float)exp2(((double)b - 128.0) / 8.0);
+            if (v * qmax >= amax) {
+                *s = v;
+                return 0;
+            }
+        }
+        return KW_E_WIRE_RANGE;
+    }
     const float rr = (float)((double)amax / qmax); /* = fl32(amax / qmax): double rounding is exact for division */
     float e;
     switch (sd) {
