@@ -134,7 +134,8 @@ out:
 int kw_kvcache_create_mixed(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
                             int64_t capacity, const enum kw_kvq_codec *layer_codecs, int32_t page_tokens,
                             kw_kvcache **out) {
-    KW_RETURN_IF(!layer_codecs, KW_E_INVALID_ARG, "kvcache: no layer codecs");
+    KW_RETURN_IF(!out || !layer_codecs, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
     for (int32_t l = 0; l < n_layers; ++l)
         KW_RETURN_IF(layer_codecs[l] != 0 && layer_codecs[l] != KW_KVQ_INT8 && layer_codecs[l] != KW_KVQ_INT6 &&
                          layer_codecs[l] != KW_KVQ_INT4,
