@@ -84,7 +84,8 @@ void kw_receive_free(kw_receive *r) {
 }
 
 const char *kw_receive_kv_store(const kw_receive_stats *stats) {
-    if (stats->rows_requantized > 0) return stats->store_reason == KW_KV_STORE_DENSE_CACHE ? "dense" : "requantized";
+    if (stats->rows_requantized > 0) /* a mixed cache's bf16 layers are dense, its other layers may not be */
+        return stats->store_reason == KW_KV_STORE_DENSE_CACHE && stats->rows_direct == 0 ? "dense" : "requantized";
     return stats->rows_direct > 0 ? "direct" : "none";
 }
 
