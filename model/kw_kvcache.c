@@ -545,7 +545,7 @@ static int kvcache_parse_entry(const char *e, size_t len, int32_t n_layers, enum
     char *end = NULL;
     const long long idx = strtoll(buf, &end, 10);
     KW_RETURN_IF(end == buf || *end != '\0', KW_E_INVALID_ARG,
-                 "kvcache: layer codec entry \"%s\": \"%s\" is not a layer", e, buf);
+                 "kvcache: layer codec entry \"%.*s\": \"%s\" is not a layer", (int)len, e, buf);
     KW_RETURN_IF(idx < -(long long)n_layers || idx >= n_layers, KW_E_INVALID_ARG,
                  "kvcache: layer %lld is out of range (the model has %d layers: 0..%d, or -%d..-1 from the end)", idx,
                  (int)n_layers, (int)n_layers - 1, (int)n_layers);
