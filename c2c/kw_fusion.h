@@ -105,7 +105,9 @@ typedef struct kw_fusion kw_fusion; /* opaque: the models (borrowed), projector 
 
 /* Binds every projector of every sharer's fuser on the receiver's backend and checks the fusers against the models
  * (kw_fuser_check_models). All models must share one backend. Models and fusers are borrowed and must outlive the
- * fusion. max_rows: positions per projector GEMM chunk (0: 256). *out is owned by the caller (kw_fusion_free).
+ * fusion. A fusion holds scratch and serves one thread at a time; threads that fuse at once each create their own on
+ * their own model fork (kw_model_fork on a stream context, as the daemons' compute threads do), sharing the read-only
+ * fuser. max_rows: positions per projector GEMM chunk (0: 256). *out is owned by the caller (kw_fusion_free).
  * Errors: KW_E_INVALID_ARG, KW_E_FUSER_CONFIG (dims or layers that do not fit the models), kw_projector_create's. */
 int kw_fusion_create(kw_model *receiver, const kw_fusion_sharer *sharers, int32_t n_sharers, int64_t max_rows,
                      kw_fusion **out);

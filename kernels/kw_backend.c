@@ -175,7 +175,9 @@ static int kw_check_shape(enum kw_dtype dtype, int32_t ndim, const int64_t *ne, 
 static int kw_check_tensor_any_layout(const kw_backend *backend, const kw_tensor *t, const char *op, const char *name) {
     KW_RETURN_IF(t == NULL, KW_E_INVALID_ARG, "%s: tensor %s is NULL", op, name);
     KW_RETURN_IF(t->data == NULL, KW_E_INVALID_ARG, "%s: tensor %s has no data", op, name);
-    KW_RETURN_IF(t->backend != backend, KW_E_INVALID_ARG, "%s: tensor %s belongs to another backend", op, name);
+    /* a stream context uses its root's tensors, and a root those of its contexts (they share one device) */
+    KW_RETURN_IF(t->backend == NULL || t->backend->root != backend->root, KW_E_INVALID_ARG,
+                 "%s: tensor %s belongs to another backend", op, name);
     const int rc = kw_check_layout_shape(t->dtype, t->ndim, t->ne, t->layout, NULL);
     if (rc < 0) KW_FAIL(rc, "%s: tensor %s: %s", op, name, kw_error_detail());
     return 0;
@@ -226,7 +228,7 @@ int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dty
         t->ne[i] = i < ndim ? ne[i] : 1;
     t->owns_data = 1;
     t->layout = layout;
-    ++backend->n_live_allocs;
+    __atomic_add_fetch(&backend->n_live_allocs, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -294,7 +296,7 @@ void kw_tensor_free(kw_tensor *t) {
     if (t == NULL) return;
     if (t->owns_data && t->data && t->backend) {
         t->backend->iface->free(t->backend, t->data);
-        --t->backend->n_live_allocs;
+        __atomic_sub_fetch(&t->backend->n_live_allocs, 1, __ATOMIC_RELAXED);
         kw__backend_uncharge(t->backend, kw_tensor_nbytes(t));
     }
     memset(t, 0, sizeof *t);
@@ -363,6 +365,8 @@ int kw_tensor_view_reshape(const kw_tensor *src, int32_t ndim, const int64_t *ne
 void kw__backend_init(kw_backend *backend, const struct kw_backend_i *iface) {
     memset(backend, 0, sizeof *backend);
     backend->iface = iface;
+    backend->root = backend;
+    pthread_mutex_init(&backend->mem_lock, NULL);
 }
 
 void kw__backend_defer_error(kw_backend *backend, int status, const char *fmt, ...) {
@@ -375,18 +379,28 @@ void kw__backend_defer_error(kw_backend *backend, int status, const char *fmt, .
 }
 
 int kw__backend_charge(kw_backend *backend, uint64_t bytes, const char *what) {
-    kw_backend_memory *m = &backend->mem;
-    KW_RETURN_IF(m->limit != 0 && (bytes > m->limit || m->live > m->limit - bytes), KW_E_NOMEM,
+    kw_backend *root = backend->root;
+    kw_backend_memory *m = &root->mem;
+    pthread_mutex_lock(&root->mem_lock);
+    const kw_backend_memory now = *m;
+    const int fits = now.limit == 0 || (bytes <= now.limit && now.live <= now.limit - bytes);
+    if (fits) {
+        m->live += bytes;
+        if (m->live > m->peak) m->peak = m->live;
+    }
+    pthread_mutex_unlock(&root->mem_lock);
+    KW_RETURN_IF(!fits, KW_E_NOMEM,
                  "%s backend: %s of %llu bytes does not fit its memory limit (%llu of %llu bytes in use)",
-                 backend->iface->name, what, (unsigned long long)bytes, (unsigned long long)m->live,
-                 (unsigned long long)m->limit);
-    m->live += bytes;
-    if (m->live > m->peak) m->peak = m->live;
+                 backend->iface->name, what, (unsigned long long)bytes, (unsigned long long)now.live,
+                 (unsigned long long)now.limit);
     return 0;
 }
 
 void kw__backend_uncharge(kw_backend *backend, uint64_t bytes) {
-    backend->mem.live -= bytes < backend->mem.live ? bytes : backend->mem.live;
+    kw_backend *root = backend->root;
+    pthread_mutex_lock(&root->mem_lock);
+    root->mem.live -= bytes < root->mem.live ? bytes : root->mem.live;
+    pthread_mutex_unlock(&root->mem_lock);
 }
 
 /* kw_backend_host_alloc memory starts KW_HOST_HEADER bytes into the block, after its size (the header keeps the
@@ -408,7 +422,7 @@ int kw_backend_host_alloc(kw_backend *backend, size_t size, void **out) {
         KW_RETURN_IF(block == NULL, KW_E_NOMEM, "kw_backend_host_alloc: out of memory for %zu bytes", size);
     }
     memcpy(block, &size, sizeof size);
-    __atomic_add_fetch(&backend->host_bytes, (uint64_t)size, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&backend->root->host_bytes, (uint64_t)size, __ATOMIC_RELAXED);
     *out = (char *)block + KW_HOST_HEADER;
     return 0;
 }
@@ -418,7 +432,7 @@ void kw_backend_host_free(kw_backend *backend, void *p) {
     void *block = (char *)p - KW_HOST_HEADER;
     size_t size;
     memcpy(&size, block, sizeof size);
-    __atomic_sub_fetch(&backend->host_bytes, (uint64_t)size, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&backend->root->host_bytes, (uint64_t)size, __ATOMIC_RELAXED);
     if (backend->iface->host_free)
         backend->iface->host_free(backend, block);
     else
@@ -426,11 +440,14 @@ void kw_backend_host_free(kw_backend *backend, void *p) {
 }
 
 uint64_t kw_backend_host_bytes(const kw_backend *backend) {
-    return __atomic_load_n(&backend->host_bytes, __ATOMIC_RELAXED);
+    return __atomic_load_n(&backend->root->host_bytes, __ATOMIC_RELAXED);
 }
 
 void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out) {
-    *out = backend->mem;
+    kw_backend *root = backend->root;
+    pthread_mutex_lock(&root->mem_lock);
+    *out = root->mem;
+    pthread_mutex_unlock(&root->mem_lock);
 }
 
 const char *const kw_backend_kind_names[3] = {"cpu", "cuda", NULL};
@@ -454,20 +471,48 @@ int kw_backend_create_with(const kw_backend_options *o, kw_backend **out) {
 
 int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit) {
     KW_RETURN_IF(backend == NULL, KW_E_INVALID_ARG, "kw_backend_set_memory_limit: NULL backend");
-    KW_RETURN_IF(limit != 0 && limit < backend->mem.live, KW_E_INVALID_ARG,
-                 "%s backend: memory limit %llu below the %llu bytes in use", backend->iface->name,
-                 (unsigned long long)limit, (unsigned long long)backend->mem.live);
-    backend->mem.limit = limit;
+    kw_backend *root = backend->root;
+    pthread_mutex_lock(&root->mem_lock);
+    const uint64_t live = root->mem.live;
+    const int ok = limit == 0 || limit >= live;
+    if (ok) root->mem.limit = limit;
+    pthread_mutex_unlock(&root->mem_lock);
+    KW_RETURN_IF(!ok, KW_E_INVALID_ARG, "%s backend: memory limit %llu below the %llu bytes in use",
+                 backend->iface->name, (unsigned long long)limit, (unsigned long long)live);
     return 0;
+}
+
+int kw_backend_create_stream(kw_backend *parent, kw_backend **out) {
+    KW_RETURN_IF(parent == NULL || out == NULL, KW_E_INVALID_ARG, "kw_backend_create_stream: NULL argument");
+    *out = NULL;
+    kw_backend *root = parent->root;
+    KW_RETURN_IF(root->iface->create_stream == NULL, KW_E_UNSUPPORTED, "the %s backend has no stream contexts",
+                 root->iface->name);
+    kw_backend *child = NULL;
+    KW_FORWARD(root->iface->create_stream(root, &child));
+    child->root = root;
+    __atomic_add_fetch(&root->n_streams, 1, __ATOMIC_RELAXED);
+    *out = child;
+    return 0;
+}
+
+kw_backend *kw_backend_root(const kw_backend *backend) {
+    return backend->root;
 }
 
 void kw_backend_destroy(kw_backend *backend) {
     if (backend == NULL) return;
     const int rc = kw_backend_synchronize(backend);
     if (rc < 0) KW_LOG_WARN("kw_backend_destroy(%s): pending error: %s", backend->iface->name, kw_error_detail());
-    if (backend->n_live_allocs != 0)
-        KW_LOG_WARN("kw_backend_destroy(%s): %lld tensors still allocated", backend->iface->name,
-                    (long long)backend->n_live_allocs);
+    const int64_t live = __atomic_load_n(&backend->n_live_allocs, __ATOMIC_RELAXED);
+    if (live != 0)
+        KW_LOG_WARN("kw_backend_destroy(%s): %lld tensors still allocated", backend->iface->name, (long long)live);
+    const int64_t streams = __atomic_load_n(&backend->n_streams, __ATOMIC_RELAXED);
+    if (streams != 0) /* they would charge freed accounting: a bug of the caller, said loudly */
+        KW_LOG_ERROR("kw_backend_destroy(%s): %lld stream contexts still alive (destroy them first)",
+                     backend->iface->name, (long long)streams);
+    if (backend->root != backend) __atomic_sub_fetch(&backend->root->n_streams, 1, __ATOMIC_RELAXED);
+    pthread_mutex_destroy(&backend->mem_lock);
     backend->iface->destroy(backend);
 }
 

@@ -3,7 +3,8 @@
  * Model code (model/, c2c/) talks to compute only through this header. The contract is written for a GPU:
  *  - Tensor memory belongs to a backend and may live in device memory. Host code never dereferences
  *    kw_tensor.data; it moves bytes with kw_backend_upload / kw_backend_download.
- *  - Ops are enqueued on the backend's single in-order stream and may run asynchronously. An op returns after
+ *  - Ops are enqueued on the backend's in-order stream and may run asynchronously (a backend has one stream; several
+ *    requests at once use stream contexts, kw_backend_create_stream). An op returns after
  *    enqueueing; errors it can detect up front (shapes, dtypes, support) are returned at once, errors found while
  *    running surface at the next kw_backend_synchronize.
  *  - Host memory passed to upload/download must stay valid and untouched until kw_backend_synchronize returns.
@@ -193,6 +194,36 @@ void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out);
  * allocated, its reason naming the request and the budget (so a request whose KV cache does not fit is refused
  * cleanly). 0 removes the cap. KW_E_INVALID_ARG if limit is below what is live now. */
 int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Stream contexts: several requests on one backend at once, one host thread each.
+ *
+ * kw_backend_create_stream makes a backend that shares parent's device, its tensors (every tensor allocated on the
+ * parent, e.g. a model's weights, is usable by ops of the context, and the parent may use the context's), its memory
+ * accounting and limit (kw_backend_get_memory and kw_backend_set_memory_limit of any of them act on the one shared
+ * record: a context can never take the total past the limit, and an allocation that does not fit fails with
+ * KW_E_NOMEM as on the parent) and its kw_backend_host_bytes count. A context has its own queue and its own scratch:
+ * on the CUDA backend its own stream, cuBLAS handle, workspace, bad-id record, step position and graph recording; on
+ * the CPU backend its own scratch, and its ops run on an OpenMP team of the calling thread with the parent's thread
+ * count (so two contexts driven by two threads compute at once). Ops, transfers and synchronize of a context order
+ * only against that context: kw_backend_synchronize(context) waits for the context's work, not the parent's.
+ *
+ * Rules:
+ *  - Each backend (parent or context) is driven by one thread at a time; different ones may run concurrently.
+ *  - Tensors the parent uploaded must be complete (kw_backend_synchronize(parent)) before a context reads them, and
+ *    a context must not write a tensor another backend reads concurrently (weights are read-only).
+ *  - A tensor is freed on the backend that allocated it (kw_tensor_free does this), which must still exist; memory
+ *    freed by a context becomes reusable by others (CUDA: the shared stream-ordered pool hands a block freed on one
+ *    stream to another stream only once the free has completed or behind an event the driver inserts, the pool's own
+ *    cross-stream rule; nothing here allocates from the pool on one stream and frees on another).
+ *  - The parent must outlive its contexts: destroy every context first (kw_backend_destroy of a parent with live
+ *    contexts logs an error). A context of a context is a context of the first parent.
+ * *out is owned by the caller (kw_backend_destroy). Errors: KW_E_UNSUPPORTED (a backend without contexts),
+ * KW_E_NOMEM, KW_E_CUDA. */
+int kw_backend_create_stream(kw_backend *parent, kw_backend **out);
+
+/* The backend whose tensors and accounting backend shares: backend itself, or a stream context's parent. */
+kw_backend *kw_backend_root(const kw_backend *backend);
 
 /* ------------------------------------------------------------------------------------------------------------
  * Step graphs (optional: the CUDA backend has them; the CPU backend answers KW_E_UNSUPPORTED). A decode step

@@ -12,6 +12,7 @@
 #ifndef KW_BACKEND_IMPL_H
 #define KW_BACKEND_IMPL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 
@@ -51,6 +52,12 @@ struct kw_backend_i {
      * backend keeps no weight quantized (kw_backend_supports_layout answers 0). */
     int (*pack_quantized)(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
 
+    /* (optional) Creates a stream context of parent (kw_backend_create_stream; parent is a backend made by a create
+     * function, never itself a stream context): a new backend state of this iface, set up with kw__backend_init, that
+     * may use every tensor of parent and has its own queue, scratch and error record. The generic layer links it to
+     * parent's accounting afterwards. NULL: the backend has no stream contexts (KW_E_UNSUPPORTED). */
+    int (*create_stream)(kw_backend *parent, kw_backend **out);
+
     /* (optional, all four or none) Step graphs, as in kw_backend.h; graph_free releases a graph of this backend. */
     int (*graph_begin)(kw_backend *backend, int64_t base);
     int (*graph_end)(kw_backend *backend, kw_backend_graph **out);
@@ -89,11 +96,18 @@ struct kw_backend_i {
 /* The generic part of every backend; each backend's state struct starts with one. */
 struct kw_backend {
     const struct kw_backend_i *iface;
-    int64_t n_live_allocs;     /* kw_tensor_alloc'd buffers not yet freed (checked by destroy) */
+    /* The backend whose memory accounting, limit and host-byte count this one uses, and whose tensors it may use:
+     * itself, or for a stream context the backend it was made from (borrowed: it outlives the context). */
+    kw_backend *root;
+    int64_t n_live_allocs;     /* kw_tensor_alloc'd buffers not yet freed (atomic; checked by destroy) */
+    int64_t n_streams;         /* root: stream contexts alive (atomic; checked by destroy) */
     int deferred_status;       /* first error found while running ops since the last synchronize, or 0 */
     char deferred_detail[256]; /* its human-readable reason */
-    kw_backend_memory mem;     /* bytes held (tensors and charged scratch), peak and limit: kw__backend_charge */
-    uint64_t host_bytes;       /* kw_backend_host_alloc bytes held (atomic: read from any thread) */
+    /* root only, under mem_lock (stream contexts charge it from their threads): bytes held (tensors and charged
+     * scratch of the root and every stream context), peak and limit: kw__backend_charge */
+    kw_backend_memory mem;
+    pthread_mutex_t mem_lock;
+    uint64_t host_bytes; /* root only: kw_backend_host_alloc bytes held (atomic: read from any thread) */
 };
 
 /* The generic part of every backend's graph; a backend's graph struct starts with one. */
@@ -102,7 +116,8 @@ struct kw_backend_graph {
 };
 
 /* Accounts bytes of backend memory about to be allocated (what names them in the error): KW_E_NOMEM, with the request
- * and the budget in the reason, if that would take the live bytes past the limit; nothing is charged then. The
+ * and the budget in the reason, if that would take the live bytes past the limit; nothing is charged then. Both
+ * act on backend->root's shared accounting (thread-safe: stream contexts charge from their own threads). The
  * generic layer charges tensor allocations; a backend charges its own scratch (CUDA: workspace) the same way and
  * calls kw__backend_uncharge when it frees it. */
 int kw__backend_charge(kw_backend *backend, uint64_t bytes, const char *what);
@@ -116,7 +131,7 @@ size_t kw__quant_group_bytes(const kw_quant_layout *q);
 int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, int32_t ndim, const int64_t *ne,
                             enum kw_layout layout);
 
-/* Fills the generic part of a new backend. */
+/* Fills the generic part of a new backend (its own root; kw_backend_create_stream relinks a stream context). */
 void kw__backend_init(kw_backend *backend, const struct kw_backend_i *iface);
 
 /* Records an error found while running an op (e.g. a token id out of range); the first one since the last

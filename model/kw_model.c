@@ -50,6 +50,10 @@ typedef struct kw_layer {
 struct kw_model {
     kw_model_config cfg;
     kw_backend *backend; /* borrowed */
+    /* A fork (kw_model_fork): the model whose weights it runs (borrowed, outlives it); every weight field below
+     * (weights, embed, final_norm, lm_head, layers) is then a borrowed copy of the parent's and is not freed. NULL: a
+     * loaded model, which owns them. */
+    const kw_model *parent;
     kw_weights *weights; /* owned: the weight source (the mappings unpacked CPU tensors alias, or the GGUF file) */
     kw_tensor embed, final_norm, lm_head;
     int lm_head_tied;
@@ -366,6 +370,11 @@ void kw_model_free(kw_model *m) {
                             &m->s.up,  &m->s.act, &m->s.logits, &m->s.amax, &m->s.emb_round};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; ++i)
         kw_tensor_free(scratch[i]);
+    if (m->parent) { /* a fork: the weights are the parent's */
+        free(m->pos_host);
+        free(m);
+        return;
+    }
     if (m->layers)
         for (int32_t l = 0; l < m->cfg.n_layers; ++l)
             model_free_layer(&m->layers[l]);
@@ -376,6 +385,39 @@ void kw_model_free(kw_model *m) {
     free(m->pos_host);
     kw_weights_close(m->weights);
     free(m);
+}
+
+int kw_model_fork(const kw_model *parent, kw_backend *backend, kw_model **out) {
+    KW_RETURN_IF(!parent || !out, KW_E_INVALID_ARG, "kw_model_fork: NULL argument");
+    *out = NULL;
+    if (!backend) backend = parent->backend;
+    if (parent->parent) parent = parent->parent; /* a fork of a fork runs the loaded model's weights */
+    KW_RETURN_IF(kw_backend_root(backend) != kw_backend_root(parent->backend), KW_E_INVALID_ARG,
+                 "kw_model_fork: the backend is neither the model's nor one of its stream contexts");
+    kw_model *m = malloc(sizeof *m);
+    KW_RETURN_IF(!m, KW_E_NOMEM, "kw_model_fork: out of memory");
+    *m = *parent; /* the config and every weight binding, borrowed */
+    m->parent = parent;
+    m->backend = backend;
+    memset(&m->s, 0, sizeof m->s);
+    m->pos_host = NULL;
+    m->profiling = 0;
+    memset(m->prof_ms, 0, sizeof m->prof_ms);
+    memset(m->prof_calls, 0, sizeof m->prof_calls);
+    m->graph_recordings = m->graph_launches = 0;
+    m->graphs_off = 0;
+    m->serial = __atomic_add_fetch(&kw_model_serials, 1, __ATOMIC_RELAXED); /* its own step graphs per cache */
+    int rc = 0;
+    KW_CHECK(model_alloc_scratch(m));
+    *out = m;
+    m = NULL;
+out:
+    kw_model_free(m);
+    return rc;
+}
+
+const kw_model *kw_model_parent(const kw_model *model) {
+    return model->parent;
 }
 
 const kw_model_config *kw_model_get_config(const kw_model *model) {

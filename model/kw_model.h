@@ -14,7 +14,8 @@
  * so the same code drives every backend.
  *
  * Not here: tokenization (kw_tokenizer.h), the generation loop (kw_generate.h), sampling other than greedy.
- * A kw_model is used by one thread at a time (it owns scratch activations); weights are read-only.
+ * A kw_model is used by one thread at a time (it owns scratch activations); weights are read-only, and kw_model_fork
+ * gives other threads their own scratch over the same weights.
  */
 #ifndef KW_MODEL_H
 #define KW_MODEL_H
@@ -58,6 +59,20 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
 
 /* Releases the scratch tensors, the weight bindings and the file mappings. NULL is a no-op. */
 void kw_model_free(kw_model *model);
+
+/* A second handle on a loaded model's weights for another thread: *out shares every weight binding of parent
+ * (borrowed: parent must outlive it, and is never modified through it) and has its own scratch activations, profiling
+ * counters and step graphs, on backend: parent's backend or one of its stream contexts (kw_backend_create_stream),
+ * NULL meaning parent's. Forks on different stream contexts (or one on the parent's backend) may run kw_model_forward
+ * and the rest concurrently, one thread each, with the same results bit for bit as the parent alone; caches for a fork
+ * come from kw_model_create_cache on the fork (on its backend). A fork of a fork forks the loaded model. Costs only
+ * the scratch (kw_model_options.max_batch rows). Fork while no thread runs parent (its bindings are copied). *out is
+ * owned by the caller (kw_model_free, before parent's).
+ * Errors: KW_E_INVALID_ARG (a backend of another device or parent), KW_E_NOMEM (also the backend's memory limit). */
+int kw_model_fork(const kw_model *parent, kw_backend *backend, kw_model **out);
+
+/* The model a fork runs the weights of, or NULL for a loaded model. */
+const kw_model *kw_model_parent(const kw_model *model);
 
 /* The configuration the model was loaded with, owned by the model. */
 const kw_model_config *kw_model_get_config(const kw_model *model);

@@ -186,9 +186,13 @@ static void kw__rd_metrics(kw_receiverd *d, kw_http_request *req) {
         kw__rd_hist_print(&t, "kvwire_stage_seconds", label, &d->stage_hist[s]);
     }
     kw__rd_printf(&t,
-                  "# HELP kvwire_queue_depth Requests waiting for or on the compute thread.\n"
-                  "# TYPE kvwire_queue_depth gauge\nkvwire_queue_depth %d\n",
-                  (int)d->queued);
+                  "# HELP kvwire_queue_depth Requests waiting for or on a compute thread.\n"
+                  "# TYPE kvwire_queue_depth gauge\nkvwire_queue_depth %d\n"
+                  "# HELP kvwire_compute_in_flight Requests running on a compute thread now.\n"
+                  "# TYPE kvwire_compute_in_flight gauge\nkvwire_compute_in_flight %d\n"
+                  "# HELP kvwire_compute_workers Compute threads (compute.workers).\n"
+                  "# TYPE kvwire_compute_workers gauge\nkvwire_compute_workers %d\n",
+                  (int)d->queued, atomic_load(&d->in_flight), (int)d->n_workers);
     kw__rd_printf(&t, "# HELP kvwire_sharer_connected 1 when the sharer's connection is ready.\n"
                       "# TYPE kvwire_sharer_connected gauge\n");
     for (int32_t i = 0; i < d->n_links; ++i)
@@ -995,6 +999,8 @@ static void kw__rd_health(kw_receiverd *d, kw_http_request *req) {
     cJSON_AddStringToObject(root, "model", d->cfg->model_name);
     cJSON_AddItemToObject(root, "sharers", arr);
     cJSON_AddNumberToObject(root, "queue_depth", d->queued);
+    cJSON_AddNumberToObject(root, "in_flight", atomic_load(&d->in_flight));
+    cJSON_AddNumberToObject(root, "workers", d->n_workers);
     kw__rd_respond_json(req, ok ? 200 : 503, root);
 }
 
@@ -1055,7 +1061,7 @@ static void kw__rd_http_done(kw_http_server *s, void *user) {
     (void)s;
     for (int32_t i = 0; i < d->n_links; ++i)
         kw_rd_link_stop(d->links[i]);
-    kw_queue_close(&d->queue); /* the compute thread drains it and exits */
+    kw_queue_close(&d->queue); /* the compute threads drain it and exit */
 }
 
 static void kw__rd_on_signal(int signum, void *user) {
@@ -1188,6 +1194,7 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
     KW_CHECK(kw_model_load(d->be, cfg->model_path, &mo, &d->model));
     const kw_model_config *mc = kw_model_get_config(d->model);
+    KW_CHECK(kw_rd_workers_create(d, (int32_t)cfg->workers));
     KW_CHECK(kw_tokenizer_load(cfg->model_tokenizer ? cfg->model_tokenizer : cfg->model_path, &d->tok));
     KW_CHECK_IF(kw_tokenizer_vocab_size(d->tok) > mc->vocab, KW_E_TOKENIZER,
                 "receiverd: the tokenizer has %d ids, the model's vocabulary only %d",
@@ -1266,17 +1273,30 @@ uint16_t kw_receiverd_port(const kw_receiverd *d) {
 }
 
 int kw_receiverd_run(kw_receiverd *d) {
-    KW_RETURN_IF(d == NULL || d->thread_started, KW_E_INVALID_ARG, "receiverd: not runnable");
-    KW_RETURN_IF(uv_thread_create(&d->thread, kw_rd_compute_thread, d) != 0, KW_E_IO,
-                 "receiverd: cannot start the compute thread");
-    d->thread_started = true;
+    KW_RETURN_IF(d == NULL || d->threads_started || d->n_workers < 1, KW_E_INVALID_ARG, "receiverd: not runnable");
+    atomic_store(&d->running, d->n_workers);
+    for (int32_t i = 0; i < d->n_workers; ++i) {
+        kw_rd_worker *w = &d->workers[i];
+        if (uv_thread_create(&w->thread, kw_rd_compute_thread, w) == 0) {
+            w->started = true;
+            continue;
+        }
+        /* the ones started drain the queue and exit; this one and the rest never run */
+        atomic_fetch_sub(&d->running, d->n_workers - i);
+        kw_queue_close(&d->queue);
+        for (int32_t k = 0; k < i; ++k)
+            uv_thread_join(&d->workers[k].thread);
+        KW_FAIL(KW_E_IO, "receiverd: cannot start compute thread %d", (int)i);
+    }
+    d->threads_started = true;
     /* The loop's clock was last read at uv_loop_init, before the model loaded (seconds for a real model): the links'
      * connect deadlines must start from now, not from then, or they expire on the loop's first turn. */
     uv_update_time(&d->loop);
     for (int32_t i = 0; i < d->n_links; ++i)
         kw_rd_link_start(d->links[i]);
-    KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s)", d->cfg->model_name,
-                d->cfg->http_host, (unsigned)d->port, (int)d->n_links, (int)d->n_fusers);
+    KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s), %d compute thread(s)",
+                d->cfg->model_name, d->cfg->http_host, (unsigned)d->port, (int)d->n_links, (int)d->n_fusers,
+                (int)d->n_workers);
     int rc = 0;
     if (d->cfg->ready_file) {
         char text[64];
@@ -1290,8 +1310,9 @@ int kw_receiverd_run(kw_receiverd *d) {
         kw_net_service_ready(d->service, "%s", what);
     }
     uv_run(&d->loop, UV_RUN_DEFAULT);
-    uv_thread_join(&d->thread);
-    d->thread_started = false;
+    for (int32_t i = 0; i < d->n_workers; ++i)
+        if (d->workers[i].started) uv_thread_join(&d->workers[i].thread), d->workers[i].started = false;
+    d->threads_started = false;
     KW_LOG_INFO("receiverd: stopped");
     return rc;
 }
@@ -1314,10 +1335,9 @@ void kw_receiverd_free(kw_receiverd *d) {
             kw_rd_link_free(d->links[i]);
         if (uv_loop_close(&d->loop) != 0) KW_LOG_WARN("receiverd: the event loop still had handles at exit");
     }
-    for (int32_t i = 0; i < d->n_fusers; ++i) {
-        kw_fusion_free(d->fusers[i].fusion);
+    kw_rd_workers_free(d); /* their fusions and model forks first: they borrow the fusers and the model */
+    for (int32_t i = 0; i < d->n_fusers; ++i)
         kw_fuser_free(d->fusers[i].fuser);
-    }
     free(d->codecs);
     if (d->live) kw_cfg_free(&kw_receiverd_config_table, d->live);
     free(d->live);

@@ -1,8 +1,9 @@
-/* kw_receiverd_compute.c: receiverd's compute thread: one request at a time, the receiver half of the pipeline as
- * `kvwire c2c` runs it (the same plan from c2c/kw_request.h, the same kw_receive calls), with the sharer's blob bytes
- * taken from the request's inbox as the link delivers them: the ShareRequest goes out first, the receiver prefills its
- * own sections meanwhile, each KVWire section is applied as soon as it is verified, then the receiver generates
- * (streaming tokens, stop strings, logprobs and teacher forcing through the generation callbacks).
+/* kw_receiverd_compute.c: receiverd's compute threads (compute.workers, kw_rd_worker), each one request at a time, the
+ * receiver half of the pipeline as `kvwire c2c` runs it (the same plan from c2c/kw_request.h, the same kw_receive
+ * calls), with the sharer's blob bytes taken from the request's inbox as the link delivers them: the ShareRequest goes
+ * out first, the receiver prefills its own sections meanwhile, each KVWire section is applied as soon as it is
+ * verified, then the receiver generates (streaming tokens, stop strings, logprobs and teacher forcing through the
+ * generation callbacks).
  *
  * Not here: sockets (kw_receiverd_link.c), HTTP and JSON (kw_receiverd.c, kw_receiverd_api.c).
  */
@@ -41,20 +42,54 @@ int32_t kw_rd_find_fuser(const kw_receiverd *d, int32_t sharer, const Kwctl__Mod
     return -1;
 }
 
-/* The fusion of fuser i for a sharer of this geometry, bound on first use (and again if the geometry changes). */
-static int kw__rd_fusion(kw_receiverd *d, int32_t i, int32_t layers, int32_t heads, int32_t dim, kw_fusion **out) {
-    kw_rd_fuser *f = &d->fusers[i];
-    if (f->fusion && (f->fusion_layers != layers || f->fusion_heads != heads || f->fusion_dim != dim)) {
-        kw_fusion_free(f->fusion);
-        f->fusion = NULL;
+/* The worker's fusion of fuser i for a sharer of this geometry, bound on first use (and again if the geometry
+ * changes). */
+static int kw__rd_fusion(kw_rd_worker *w, int32_t i, int32_t layers, int32_t heads, int32_t dim, kw_fusion **out) {
+    const kw_rd_fuser *f = &w->d->fusers[i];
+    if (w->fusion[i] && (w->fusion_layers[i] != layers || w->fusion_heads[i] != heads || w->fusion_dim[i] != dim)) {
+        kw_fusion_free(w->fusion[i]);
+        w->fusion[i] = NULL;
     }
-    if (!f->fusion) {
+    if (!w->fusion[i]) {
         const kw_fusion_sharer sh = {.fuser = f->fuser, .n_layers = layers, .n_kv_heads = heads, .head_dim = dim};
-        KW_FORWARD(kw_fusion_create(d->model, &sh, 1, 0, &f->fusion));
-        f->fusion_layers = layers, f->fusion_heads = heads, f->fusion_dim = dim;
+        KW_FORWARD(kw_fusion_create(w->model, &sh, 1, 0, &w->fusion[i]));
+        w->fusion_layers[i] = layers, w->fusion_heads[i] = heads, w->fusion_dim[i] = dim;
     }
-    *out = f->fusion;
+    *out = w->fusion[i];
     return 0;
+}
+
+int kw_rd_workers_create(kw_receiverd *d, int32_t n) {
+    KW_RETURN_IF(n < 1, KW_E_INVALID_ARG, "receiverd: compute.workers %d", (int)n);
+    d->workers = calloc((size_t)n, sizeof *d->workers);
+    KW_RETURN_IF(!d->workers, KW_E_NOMEM, "receiverd: out of memory");
+    d->n_workers = n;
+    for (int32_t i = 0; i < n; ++i) {
+        kw_rd_worker *w = &d->workers[i];
+        w->d = d;
+        w->index = i;
+        if (i == 0) {
+            w->be = d->be, w->model = d->model;
+            continue;
+        }
+        KW_FORWARD(kw_backend_create_stream(d->be, &w->be));
+        KW_FORWARD(kw_model_fork(d->model, w->be, &w->model));
+    }
+    return 0;
+}
+
+void kw_rd_workers_free(kw_receiverd *d) {
+    for (int32_t i = 0; d->workers && i < d->n_workers; ++i) {
+        kw_rd_worker *w = &d->workers[i];
+        for (int32_t f = 0; f < KW_RECEIVERD_MAX_FUSERS; ++f)
+            kw_fusion_free(w->fusion[f]);
+        if (i == 0) continue; /* the daemon's own backend and model */
+        kw_model_free(w->model);
+        kw_backend_destroy(w->be);
+    }
+    free(d->workers);
+    d->workers = NULL;
+    d->n_workers = 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -322,7 +357,8 @@ out:
  * a blob ends with its verified trailer), scores each with the receiver's own prefill of the shared tokens and the
  * fuser (kw_receive_preview_score, as kvwire c2c does), sends the selection back as SHARE_SELECTION and leaves it in
  * *chosen (the caller's, kw_rselect_free) for the final blobs' per-target subsets. */
-static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int32_t n_sent, kw_rselect *chosen) {
+static int kw__rd_previews(kw_rd_worker *w, kw_rd_job *j, kw_fusion *fusion, int32_t n_sent, kw_rselect *chosen) {
+    kw_receiverd *d = w->d;
     const kw_rd_spec *s = &j->spec;
     const bool fp32 = d->cfg->numerics != 0;
     const kw_wire_policy qpol = {.k = s->spec, .v = s->spec}; /* the delta's round trip: the request's codec */
@@ -338,7 +374,7 @@ static int kw__rd_previews(kw_receiverd *d, kw_rd_job *j, kw_fusion *fusion, int
     kw_rselect sel = {0};
     kw_receive_preview_stats ps = {0};
     int rc = 0;
-    KW_CHECK(kw_rscore_create(d->model, fusion, 0, j->prompt_ids, j->shared_tokens, &ro, &scorer));
+    KW_CHECK(kw_rscore_create(w->model, fusion, 0, j->prompt_ids, j->shared_tokens, &ro, &scorer));
     KW_CHECK(kw_wire_decoder_create(NULL, &dec));
     for (int32_t b = 0; b < n_sent; ++b) {
         kw_rd_chunk *c = NULL;
@@ -674,7 +710,8 @@ int kw_rd_create_cache(const kw_receiverd_config *cfg, const kw_model *model, in
                                         out);
 }
 
-static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
+static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
+    kw_receiverd *d = w->d;
     const kw_rd_spec *s = &j->spec;
     const uint64_t t0 = kw_time_now_ns();
     j->ms_queue = kw_time_ms(j->t_arrival, t0);
@@ -729,17 +766,17 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
         KW_CHECK_IF(!j->scored, KW_E_NOMEM, "out of memory");
     }
     const int64_t capacity = n + (s->max_tokens > 0 ? s->max_tokens : 1);
-    KW_CHECK(kw_rd_create_cache(d->cfg, d->model, capacity, cache_dtype, &cache));
+    KW_CHECK(kw_rd_create_cache(d->cfg, w->model, capacity, cache_dtype, &cache));
 
     if (s->mode == KW_RD_MODE_RECEIVER_ONLY || s->mode == KW_RD_MODE_TEXT_RELAY) {
-        KW_CHECK(kw_generate_greedy(d->model, cache, j->prompt_ids, n, &gen, &res.gen));
+        KW_CHECK(kw_generate_greedy(w->model, cache, j->prompt_ids, n, &gen, &res.gen));
         res.stats.last_prompt_ms = res.gen.prefill_ms;
         res.stats.decode_ms = res.gen.decode_ms;
     } else {
         const bool kv_direct = s->mode == KW_RD_MODE_KV_DIRECT;
         kw_fusion *fusion = NULL;
         if (!kv_direct)
-            KW_CHECK(kw__rd_fusion(d, j->fuser_index, j->sharer_layers, j->sharer_heads, j->sharer_dim, &fusion));
+            KW_CHECK(kw__rd_fusion(w, j->fuser_index, j->sharer_layers, j->sharer_heads, j->sharer_dim, &fusion));
         const double proportion = s->cache_proportion >= 1.0 ? -1.0 : s->cache_proportion;
         KW_CHECK(kw_request_sections(n, 1, proportion, s->order, j->sections, &j->n_sections));
         const int32_t cap = kv_direct ? kw_model_get_config(d->model)->n_layers : j->sharer_layers;
@@ -780,8 +817,8 @@ static int kw__rd_run(kw_receiverd *d, kw_rd_job *j) {
                                             .gen = gen}};
         if (!kv_direct) ro.layers[0] = j->layers_sent, ro.n_layers[0] = j->n_layers_sent;
         const bool receiver_scores = n_sent && s->scoring == 1 && kw_select_mode_receiver_aware(s->select.mode);
-        if (receiver_scores) KW_CHECK(kw__rd_previews(d, j, fusion, n_sent, &chosen));
-        KW_CHECK(kw_receive_begin(d->model, fusion, cache, j->prompt_ids, n, &ro, &r));
+        if (receiver_scores) KW_CHECK(kw__rd_previews(w, j, fusion, n_sent, &chosen));
+        KW_CHECK(kw_receive_begin(w->model, fusion, cache, j->prompt_ids, n, &ro, &r));
         int64_t pos0 = 0;
         for (int32_t sec = 0, blob = 0; sec + 1 < j->n_sections; pos0 += j->sections[sec++].length) {
             KW_CHECK(kw__rd_check(j));
@@ -843,11 +880,16 @@ out:
 }
 
 void kw_rd_compute_thread(void *arg) {
-    kw_receiverd *d = arg;
+    kw_rd_worker *w = arg;
+    kw_receiverd *d = w->d;
     for (kw_queue_item *it; (it = kw_queue_pop(&d->queue)) != NULL;) {
         kw_rd_job *j = (kw_rd_job *)it;
         kw_error_clear();
-        j->status = kw__rd_run(d, j);
+        atomic_fetch_add(&d->in_flight, 1);
+        KW_LOG_DEBUG("receiverd: compute thread %d starts request %llu", (int)w->index, (unsigned long long)j->id);
+        j->status = kw__rd_run(w, j);
+        KW_LOG_DEBUG("receiverd: compute thread %d ends request %llu", (int)w->index, (unsigned long long)j->id);
+        atomic_fetch_sub(&d->in_flight, 1);
         uv_mutex_lock(&j->mu);
         j->discard = true; /* bytes still coming for a share this request no longer reads */
         while (j->inbox_head) {
@@ -864,5 +906,6 @@ void kw_rd_compute_thread(void *arg) {
         while (kw_rd_post_send(d, KW_RD_POST_DONE, j, NULL, 0) == KW_E_NOMEM)
             uv_sleep(10); /* the DONE must reach the loop: it answers the request and releases the job */
     }
-    kw_rd_post_send(d, KW_RD_POST_EXIT, NULL, NULL, 0);
+    /* the last worker out: every DONE of the others was posted before they left */
+    if (atomic_fetch_sub(&d->running, 1) == 1) kw_rd_post_send(d, KW_RD_POST_EXIT, NULL, NULL, 0);
 }

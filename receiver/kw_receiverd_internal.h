@@ -2,9 +2,9 @@
  * kw_receiverd_api.c), a request in flight (kw_rd_job), the sharer links (kw_receiverd_link.c), the compute thread
  * (kw_receiverd_compute.c) and the daemon (kw_receiverd.c). Not a public interface.
  *
- * Thread rules: fields marked (loop) are touched by the loop thread only, (compute) by the compute thread only,
- * (mu) under the job's mutex; a job is reference-counted (the loop, the compute queue, the link while its share is in
- * flight each hold one).
+ * Thread rules: fields marked (loop) are touched by the loop thread only, (compute) by the compute thread that runs
+ * the job (or owns the worker) only, (mu) under the job's mutex; a job is reference-counted (the loop, the compute
+ * queue, the link while its share is in flight each hold one).
  */
 #ifndef KW_RECEIVERD_INTERNAL_H
 #define KW_RECEIVERD_INTERNAL_H
@@ -131,7 +131,7 @@ const char *kw_rd_mode_name(enum kw_rd_mode m);
 typedef struct kw_rd_link kw_rd_link;
 typedef struct kw_rd_job kw_rd_job;
 
-/* One fuser (c2c), bound lazily on the compute thread for the geometry of the sharer model it meets. */
+/* One fuser (c2c): its weights, read by every compute thread; each binds its own kw_fusion (kw_rd_worker). */
 typedef struct kw_rd_fuser {
     const kw_receiverd_fuser_cfg *cfg;
     kw_fuser *fuser;
@@ -142,10 +142,24 @@ typedef struct kw_rd_fuser {
     Kwctl__ModelDigest id_sharer, id_receiver;
     Kwctl__KvShape id_kv;
     int32_t sharer_index; /* the link it belongs to */
-    /* (compute) */
-    kw_fusion *fusion;
-    int32_t fusion_layers, fusion_heads, fusion_dim;
 } kw_rd_fuser;
+
+/* One compute thread of compute.workers. Worker 0 drives the daemon's backend and model; the others each a stream
+ * context of that backend (kw_backend_create_stream: its own stream and scratch, the same weights and memory budget)
+ * and a fork of the model on it (kw_model_fork), so that they run requests side by side. All pop the one queue. */
+typedef struct kw_rd_worker {
+    kw_receiverd *d;
+    int32_t index;
+    kw_backend *be;  /* worker 0: d->be (borrowed); else a stream context of it (owned) */
+    kw_model *model; /* worker 0: d->model (borrowed); else a fork of it on be (owned) */
+    /* (compute) per fuser of d->fusers: its fusion on this worker's model, bound on first use for the sharer geometry
+     * it met (and again if that changes); owned */
+    kw_fusion *fusion[KW_RECEIVERD_MAX_FUSERS];
+    int32_t fusion_layers[KW_RECEIVERD_MAX_FUSERS], fusion_heads[KW_RECEIVERD_MAX_FUSERS],
+        fusion_dim[KW_RECEIVERD_MAX_FUSERS];
+    uv_thread_t thread;
+    bool started;
+} kw_rd_worker;
 
 /* The sharer's answer to one request, filled by the link (loop) and read by the compute thread (under job->mu). */
 typedef struct kw_rd_share {
@@ -330,9 +344,12 @@ struct kw_receiverd {
     int reload_argc;
     char **reload_argv;
     kw_receiverd_config *live;
-    /* compute thread */
-    uv_thread_t thread;
-    bool thread_started;
+    /* compute threads (compute.workers) */
+    kw_rd_worker *workers; /* n_workers (owned) */
+    int32_t n_workers;
+    bool threads_started;
+    atomic_int running;   /* workers that have not exited: the last one posts EXIT */
+    atomic_int in_flight; /* requests on a worker now (read by /metrics and /health) */
     kw_queue queue;
     bool queue_init;
     /* (loop) */
@@ -403,7 +420,12 @@ void kw_rd_link_send_frame(kw_rd_link *l, kw_rd_job *j, uint8_t *frame, size_t l
 // ---------------------------------------------------------------------------------------------------------------
 // The compute thread (kw_receiverd_compute.c)
 
+/* arg: the kw_rd_worker. */
 void kw_rd_compute_thread(void *arg);
+
+/* Creates workers 1.. (stream contexts and model forks) and frees every worker's state; worker 0's are borrowed. */
+int kw_rd_workers_create(kw_receiverd *d, int32_t n);
+void kw_rd_workers_free(kw_receiverd *d);
 
 /* A request's KV cache, as configured (cache.dtype, cache.page_tokens, cache.layers; auto_dtype when cache.dtype is
  * auto) for model, of capacity rows. *out is owned by the caller (kw_kvcache_free). KW_E_INVALID_ARG with the key at

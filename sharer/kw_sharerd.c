@@ -1,5 +1,6 @@
 /* kw_sharerd.c: sharerd (see kw_sharerd.h): the loop thread's side (connections, hello, requests, frames out) and
- * the compute thread's (one job at a time through the sharer half).
+ * the compute threads' (compute.workers of them, each one job at a time through the sharer half; worker 0 on the
+ * daemon's backend and models, the others on a stream context of it with forks of every model, kw__sd_worker).
  *
  * Ownership and lifetime. A connection (kw__sd_conn) belongs to the loop thread and is freed in its on_close. A job
  * (kw__sd_job, one ShareRequest) is reference-counted: the loop holds one reference while the job is accepted and
@@ -112,6 +113,20 @@ typedef struct kw__sd_post {
     size_t len;
 } kw__sd_post;
 
+/* One compute thread: worker 0 borrows the daemon's backend, models, scoring model and fusions; the others own a stream
+ * context of the backend (kw_backend_create_stream) and forks of those models on it (kw_model_fork) with fusions of
+ * their own, so jobs of different connections run side by side over the same weights and memory budget. */
+typedef struct kw__sd_worker {
+    kw_sharerd *d;
+    int32_t index;
+    kw_backend *be;
+    kw_model *models[KW_SHARERD_MAX_MODELS]; /* d->models[i].model's fork (worker 0: the model itself) */
+    kw_model *score_model;                   /* NULL without scoring_receiver */
+    kw_fusion *score_fusion[KW_SHARERD_MAX_MODELS];
+    uv_thread_t thread;
+    bool started;
+} kw__sd_worker;
+
 struct kw_sharerd {
     const kw_sharerd_config *cfg;
     uv_loop_t loop;
@@ -136,9 +151,11 @@ struct kw_sharerd {
     int reload_argc;
     char **reload_argv;
     int log_level;
-    /* compute thread */
-    uv_thread_t thread;
-    bool thread_started;
+    /* compute threads */
+    kw__sd_worker *workers; /* n_workers (owned) */
+    int32_t n_workers;
+    bool threads_started;
+    atomic_int running; /* workers not yet exited: the last one posts EXIT */
     kw_queue queue;
     bool queue_init;
     /* loop thread */
@@ -204,6 +221,7 @@ static void kw__sd_fail_conn(kw__sd_conn *c, int status, const char *why) {
 typedef struct kw__sd_run {
     kw__sd_job *job;
     kw_sharerd *d;
+    kw__sd_worker *w; /* the worker running it: the models to use */
     uint32_t timeout_ms;
 } kw__sd_run;
 
@@ -429,6 +447,7 @@ static int kw__sd_check_selection(const kw_rselect *sel, const kw_share_request_
 static int kw__sd_share_receiver_scored(kw__sd_run *r, const kw__sd_model *m, const int32_t *ids,
                                         kw_share_request_options *o) {
     kw__sd_job *j = r->job;
+    kw_model *model = r->w->models[m - r->d->models];
     const Kwctl__SharePolicy *p = j->req->policy;
     kw_wire_policy pw = *o->wire;
     pw.k = pw.v = kw__sd_spec(p->preview ? p->preview : &kw__sd_preview_default);
@@ -442,7 +461,7 @@ static int kw__sd_share_receiver_scored(kw__sd_run *r, const kw__sd_model *m, co
     po.user = &pv;
     kw_share_request_stats st;
     memset(&st, 0, sizeof st);
-    KW_FORWARD(kw_share_request_run(m->model, ids, (int64_t)j->req->n_token_ids, &po, &st));
+    KW_FORWARD(kw_share_request_run(model, ids, (int64_t)j->req->n_token_ids, &po, &st));
     j->receiver_scored = true;
     j->preview_bytes = st.wire.blob_bytes;
     j->preview_prefill_ms = st.share.prefill_ms;
@@ -460,7 +479,7 @@ static int kw__sd_share_receiver_scored(kw__sd_run *r, const kw__sd_model *m, co
         o->select_rows = kw_rselect_share_select;
         o->select_user = &chosen;
         o->on_targets = NULL; /* the receiver made the subsets */
-        rc = kw_share_request_run(m->model, ids, (int64_t)j->req->n_token_ids, o, &j->stats);
+        rc = kw_share_request_run(model, ids, (int64_t)j->req->n_token_ids, o, &j->stats);
         if (rc == KW_E_STATE) rc = kw_error_set(KW_E_PROTO_FIELD, "ShareSelection: %s", kw_error_detail());
     }
     kw_rselect_free(&chosen);
@@ -505,7 +524,7 @@ static int kw__sd_share(kw__sd_run *r) {
                                       .cache_dtype = o.cache_dtype,
                                       .quantize = kw_wire_roundtrip_rows_hook,
                                       .quantize_user = &qpol};
-        rc = kw_rscore_create(r->d->score_model, r->d->score_fusion[m - r->d->models], 0, ids,
+        rc = kw_rscore_create(r->w->score_model, r->w->score_fusion[m - r->d->models], 0, ids,
                               (int64_t)req->n_receiver_token_ids, &ro, &scorer);
         for (size_t i = 0; i < req->n_token_ids; ++i) /* the sharer's own ids again */
             ids[i] = req->token_ids[i] > INT32_MAX ? -1 : (int32_t)req->token_ids[i];
@@ -514,7 +533,7 @@ static int kw__sd_share(kw__sd_run *r) {
         o.select_user = scorer;
         o.on_targets = kw__sd_targets;
     }
-    rc = kw_share_request_run(m->model, ids, (int64_t)req->n_token_ids, &o, &j->stats);
+    rc = kw_share_request_run(r->w->models[m - r->d->models], ids, (int64_t)req->n_token_ids, &o, &j->stats);
     if (scorer) j->rscore = *kw_rscore_get_stats(scorer), j->scored = true;
 out:
     kw_rscore_free(scorer);
@@ -537,15 +556,15 @@ static int kw__sd_relay(kw__sd_run *r) {
         strftime(date, sizeof date, "%d %b %Y", &tm);
         chat_date = date;
     }
-    KW_FORWARD(kw_request_relay_styled((enum kw_relay_style)req->relay_style, j->model->model, j->model->tok,
-                                       j->model->family, req->relay_question, chat_date, max_tokens, cap,
+    KW_FORWARD(kw_request_relay_styled((enum kw_relay_style)req->relay_style, r->w->models[j->model - r->d->models],
+                                       j->model->tok, j->model->family, req->relay_question, chat_date, max_tokens, cap,
                                        kw__sd_cache_dtype(req->cache_dtype), kw__sd_token, r, &j->relay));
     j->generate_ns = kw_time_now_ns() - t0;
     return 0;
 }
 
-static void kw__sd_run_job(kw_sharerd *d, kw__sd_job *j) {
-    kw__sd_run r = {.job = j, .d = d, .timeout_ms = j->req->timeout_ms};
+static void kw__sd_run_job(kw__sd_worker *w, kw__sd_job *j) {
+    kw__sd_run r = {.job = j, .d = w->d, .w = w, .timeout_ms = j->req->timeout_ms};
     j->t_started = kw_time_now_ns();
     kw_error_clear();
     int rc = kw__sd_check(&r);
@@ -563,10 +582,13 @@ static void kw__sd_run_job(kw_sharerd *d, kw__sd_job *j) {
 }
 
 static void kw__sd_compute_thread(void *arg) {
-    kw_sharerd *d = arg;
+    kw__sd_worker *w = arg;
+    kw_sharerd *d = w->d;
     for (kw_queue_item *it; (it = kw_queue_pop(&d->queue)) != NULL;) {
         kw__sd_job *j = (kw__sd_job *)it;
-        kw__sd_run_job(d, j);
+        KW_LOG_DEBUG("sharerd: compute thread %d starts a share of %zu tokens", (int)w->index, j->req->n_token_ids);
+        kw__sd_run_job(w, j);
+        KW_LOG_DEBUG("sharerd: compute thread %d ends its share", (int)w->index);
         kw__sd_post *p = NULL;
         while (!(p = calloc(1, sizeof *p))) /* the DONE must reach the loop: it holds the queue's reference */
             uv_sleep(10);
@@ -576,11 +598,55 @@ static void kw__sd_compute_thread(void *arg) {
             kw__sd_job_unref(j);
         }
     }
+    if (atomic_fetch_sub(&d->running, 1) != 1) return; /* the last worker out: the others' DONEs came first */
     kw__sd_post *p = calloc(1, sizeof *p);
     if (p) {
         p->kind = KW__SD_POST_EXIT;
         if (kw_net_async_post(d->async, &p->item) < 0) free(p);
     }
+}
+
+/* The workers: 0 on the daemon's own state, 1.. each on a stream context with forks (after every model loaded). */
+static int kw__sd_workers_create(kw_sharerd *d, int32_t n) {
+    d->workers = calloc((size_t)n, sizeof *d->workers);
+    KW_RETURN_IF(!d->workers, KW_E_NOMEM, "sharerd: out of memory");
+    d->n_workers = n;
+    for (int32_t k = 0; k < n; ++k) {
+        kw__sd_worker *w = &d->workers[k];
+        w->d = d, w->index = k;
+        if (k == 0) {
+            w->be = d->be, w->score_model = d->score_model;
+            for (int32_t i = 0; i < d->n_models; ++i)
+                w->models[i] = d->models[i].model, w->score_fusion[i] = d->score_fusion[i];
+            continue;
+        }
+        KW_FORWARD(kw_backend_create_stream(d->be, &w->be));
+        for (int32_t i = 0; i < d->n_models; ++i)
+            KW_FORWARD(kw_model_fork(d->models[i].model, w->be, &w->models[i]));
+        if (!d->score_model) continue;
+        KW_FORWARD(kw_model_fork(d->score_model, w->be, &w->score_model));
+        for (int32_t i = 0; i < d->n_models; ++i) {
+            if (!d->score_fusion[i]) continue; /* the fuser does not fit that model */
+            const kw_fusion_sharer sh = {.model = w->models[i], .fuser = d->score_fuser};
+            KW_FORWARD(kw_fusion_create(w->score_model, &sh, 1, 0, &w->score_fusion[i]));
+        }
+    }
+    return 0;
+}
+
+static void kw__sd_workers_free(kw_sharerd *d) {
+    for (int32_t k = 1; d->workers && k < d->n_workers; ++k) { /* worker 0 borrows the daemon's */
+        kw__sd_worker *w = &d->workers[k];
+        for (int32_t i = 0; i < KW_SHARERD_MAX_MODELS; ++i)
+            kw_fusion_free(w->score_fusion[i]);
+        kw_model_free(w->score_model);
+        for (int32_t i = 0; i < KW_SHARERD_MAX_MODELS; ++i)
+            kw_model_free(w->models[i]);
+        kw_backend_destroy(w->be);
+    }
+    free(d->workers);
+    d->workers = NULL;
+    d->n_workers = 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1318,7 +1384,7 @@ static void kw__sd_accept(kw_net_server *s, kw_net_conn *conn, void *user) {
 static void kw__sd_server_done(kw_net_server *s, void *user) {
     kw_sharerd *d = user;
     (void)s;
-    kw_queue_close(&d->queue); /* the compute thread drains it (every job is cancelled by now) and exits */
+    kw_queue_close(&d->queue); /* the compute threads drain it (every job is cancelled by now) and exit */
 }
 
 static void kw__sd_on_signal(int signum, void *user) {
@@ -1479,6 +1545,7 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
         d->n_models = i + 1;
     }
     KW_CHECK(kw__sd_load_scoring(d));
+    KW_CHECK(kw__sd_workers_create(d, (int32_t)cfg->workers));
     d->codecs = malloc((KW_WIRE_CODEC_COUNT_V11 - 1) * sizeof *d->codecs);
     KW_CHECK_IF(d->codecs == NULL, KW_E_NOMEM, "sharerd: out of memory");
     for (uint32_t c = 1; c < KW_WIRE_CODEC_COUNT_V11; ++c)
@@ -1528,12 +1595,24 @@ static int kw__sd_write_ready(const kw_sharerd *d) {
 }
 
 int kw_sharerd_run(kw_sharerd *d) {
-    KW_RETURN_IF(d == NULL || d->thread_started, KW_E_INVALID_ARG, "sharerd: not runnable");
-    KW_RETURN_IF(uv_thread_create(&d->thread, kw__sd_compute_thread, d) != 0, KW_E_IO,
-                 "sharerd: cannot start the compute thread");
-    d->thread_started = true;
-    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld", d->cfg->listen_host, (unsigned)d->port,
-                d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max);
+    KW_RETURN_IF(d == NULL || d->threads_started || d->n_workers < 1, KW_E_INVALID_ARG, "sharerd: not runnable");
+    atomic_store(&d->running, d->n_workers);
+    for (int32_t i = 0; i < d->n_workers; ++i) {
+        kw__sd_worker *w = &d->workers[i];
+        if (uv_thread_create(&w->thread, kw__sd_compute_thread, w) == 0) {
+            w->started = true;
+            continue;
+        }
+        atomic_fetch_sub(&d->running, d->n_workers - i); /* the ones started drain the queue and exit */
+        kw_queue_close(&d->queue);
+        for (int32_t k = 0; k < i; ++k)
+            uv_thread_join(&d->workers[k].thread);
+        KW_FAIL(KW_E_IO, "sharerd: cannot start compute thread %d", (int)i);
+    }
+    d->threads_started = true;
+    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld, %d compute thread(s)", d->cfg->listen_host,
+                (unsigned)d->port, d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max,
+                (int)d->n_workers);
     int rc = kw__sd_write_ready(d);
     if (rc < 0) {
         kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */
@@ -1543,8 +1622,9 @@ int kw_sharerd_run(kw_sharerd *d) {
         kw_net_service_ready(d->service, "%s", what);
     }
     uv_run(&d->loop, UV_RUN_DEFAULT);
-    uv_thread_join(&d->thread);
-    d->thread_started = false;
+    for (int32_t i = 0; i < d->n_workers; ++i)
+        if (d->workers[i].started) uv_thread_join(&d->workers[i].thread), d->workers[i].started = false;
+    d->threads_started = false;
     KW_LOG_INFO("sharerd: stopped (%llu ok, %llu failed, %llu cancelled, %llu busy)",
                 (unsigned long long)d->requests_ok, (unsigned long long)d->requests_failed,
                 (unsigned long long)d->requests_cancelled, (unsigned long long)d->requests_busy);
@@ -1564,6 +1644,7 @@ void kw_sharerd_free(kw_sharerd *d) {
         if (uv_loop_close(&d->loop) != 0) KW_LOG_WARN("sharerd: the event loop still had handles at exit");
     }
     kw_net_tls_free(d->tls);
+    kw__sd_workers_free(d); /* the forks, fusions and contexts borrow the models and the backend */
     for (int32_t i = 0; i < d->n_models; ++i) {
         kw_model_free(d->models[i].model);
         kw_tokenizer_free(d->models[i].tok);

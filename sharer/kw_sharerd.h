@@ -38,6 +38,7 @@ typedef struct kw_sharerd_config {
     char *scoring_model, *scoring_fuser; /* scoring_receiver.model / .fuser: receiver-aware selections scored here */
     int backend;                         /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
     int64_t threads, device, memory_limit_mb;
+    int64_t workers; /* compute.workers: compute threads, each a stream context with model forks beyond the first */
     int64_t max_batch;
     int64_t queue_max;
     int64_t max_connections;

@@ -158,6 +158,8 @@ static int kw_cpu_memset_zero(kw_backend *backend, void *dst, size_t size) {
     return 0;
 }
 
+static int kw_cpu_create_stream(kw_backend *parent, kw_backend **out);
+
 static const struct kw_backend_i kw_cpu_iface = {
     .name = "cpu",
     .kind = KW_BACKEND_CPU,
@@ -172,6 +174,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .memset_zero = kw_cpu_memset_zero,
     .pack_weight = kw__cpu_pack_weight,
     .pack_quantized = kw__cpu_pack_quantized,
+    .create_stream = kw_cpu_create_stream,
     .get_rows = kw__cpu_get_rows,
     .matmul = kw__cpu_matmul,
     .rms_norm = kw__cpu_rms_norm,
@@ -192,6 +195,20 @@ static const struct kw_backend_i kw_cpu_iface = {
     .copy = kw__cpu_copy,
     .head_scale_add = kw__cpu_head_scale_add,
 };
+
+/* A stream context: the parent's thread count and ISA, its own scratch. Its ops open OpenMP parallel regions from the
+ * thread that drives it, and each such host thread leads a team of its own, so two contexts compute at once over the
+ * same read-only weights (the kernels keep no mutable global state: kw_cpu_attention.c's table is built once). */
+static int kw_cpu_create_stream(kw_backend *parent, kw_backend **out) {
+    const kw_cpu_backend *p = kw__cpu(parent);
+    kw_cpu_backend *cpu = calloc(1, sizeof *cpu);
+    KW_RETURN_IF(cpu == NULL, KW_E_NOMEM, "kw_backend_create_stream: out of memory");
+    kw__backend_init(&cpu->base, &kw_cpu_iface);
+    cpu->n_threads = p->n_threads;
+    cpu->isa = p->isa;
+    *out = &cpu->base;
+    return 0;
+}
 
 const char *kw_backend_cpu_isa(const kw_backend *backend) {
     if (backend == NULL || kw_backend_kind(backend) != KW_BACKEND_CPU) return NULL;

@@ -1,6 +1,6 @@
 /* kw_cuda.cuh: internals of the CUDA backend (kernels/cuda only): the backend state, the error-conversion macros
- * and the op launchers of kw_cuda_ops.cu. Everything runs on one stream per backend; host code never touches
- * device memory. Not here: anything model-specific. */
+ * and the op launchers of kw_cuda_ops.cu. Everything runs on one stream per backend (a stream context is a backend);
+ * host code never touches device memory. Not here: anything model-specific. */
 #ifndef KW_CUDA_CUH
 #define KW_CUDA_CUH
 
@@ -35,7 +35,8 @@ struct kw_cuda_backend {
     kw_backend base; /* first: a kw_backend * points here */
     int device;
     cudaStream_t stream;
-    cudaMemPool_t pool; /* the backend's own stream-ordered pool; keeps freed memory until destroy */
+    cudaMemPool_t pool; /* the stream-ordered pool; keeps freed memory until destroy (a stream context's: borrowed) */
+    int owns_pool;      /* 1: pool is this backend's (destroyed with it); 0: a stream context's parent's */
     cublasHandle_t cublas;
     kw_cuda_err *d_err;             /* device */
     kw_cuda_err *h_err;             /* pinned host mirror, read at synchronize */

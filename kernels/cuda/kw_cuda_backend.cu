@@ -1,11 +1,13 @@
 /* kw_cuda_backend.cu: the CUDA backend's lifetime, memory, transfers, support whitelist, matmul and step graphs.
  *
- * One device, one stream, one cuBLAS handle per backend. Memory comes from the stream-ordered allocator, from a
- * pool the backend owns: the device's default pool has a release threshold of 0, so every synchronize would hand
- * all freed memory back to the driver and the next forward pass would map it again; this pool keeps it (threshold
- * UINT64_MAX) and gives everything back at destroy, without changing the process-wide default pool other code may
- * use. Transfers are cudaMemcpyAsync on the stream, and kw_backend_synchronize waits for the stream and then reads
- * the device error record that kernels fill when they meet bad input (token ids).
+ * One device, one stream, one cuBLAS handle per backend (a stream context, kw_backend_create_stream, is a backend of
+ * its own with its own stream, handle, workspace, error record and step word, and borrows its parent's pool). Memory
+ * comes from the stream-ordered allocator, from a pool the (parent) backend owns: the device's default pool has a
+ * release threshold of 0, so every synchronize would hand all freed memory back to the driver and the next forward pass
+ * would map it again; this pool keeps it (threshold UINT64_MAX) and gives everything back at destroy, without changing
+ * the process-wide default pool other code may use. Transfers are cudaMemcpyAsync on the stream, and
+ * kw_backend_synchronize waits for the stream and then reads the device error record that kernels fill when they meet
+ * bad input (token ids).
  *
  * Matmul keeps x in fp32 as the interface requires: cuBLAS's GemmEx has no f32-activation x bf16-weight form, so
  * small M runs a streaming kernel (kw__cuda_gemv) that widens weights in registers, and larger M widens W panel by
@@ -79,10 +81,16 @@ static void kw_cuda_destroy(kw_backend *backend) {
     }
     free(cu->rec_attn);
     if (cu->d_step) cudaFreeAsync(cu->d_step, cu->stream);
-    if (cu->work) cudaFreeAsync(cu->work, cu->stream);
+    if (cu->work) {
+        cudaFreeAsync(cu->work, cu->stream);
+        /* a stream context's workspace leaves the accounting it shares with its parent (a parent's own accounting
+         * ends with it: its lock is gone by now) */
+        if (cu->base.root != &cu->base) kw__backend_uncharge(&cu->base, cu->work_floats * sizeof(float));
+    }
     if (cu->d_err) cudaFreeAsync(cu->d_err, cu->stream);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
-    if (cu->pool) cudaMemPoolDestroy(cu->pool); /* tensors still allocated keep it alive until they are freed */
+    /* tensors still allocated keep it alive until they are freed; a stream context's pool is its parent's */
+    if (cu->pool && cu->owns_pool) cudaMemPoolDestroy(cu->pool);
     if (cu->h_err) cudaFreeHost(cu->h_err);
     if (cu->cublas) cublasDestroy(cu->cublas);
     if (cu->stream) cudaStreamDestroy(cu->stream);
@@ -379,6 +387,8 @@ static int kw_cuda_graph_launch(kw_backend *backend, kw_backend_graph *graph, in
     return 1;
 }
 
+static int kw_cuda_create_stream(kw_backend *parent, kw_backend **out);
+
 /* The function table (C++ has no designated initializers before C++20, so it is filled by a function). */
 static struct kw_backend_i kw_cuda_make_iface(void) {
     struct kw_backend_i iface;
@@ -421,7 +431,24 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->graph_end = kw_cuda_graph_end;
     i->graph_launch = kw_cuda_graph_launch;
     i->graph_free = kw_cuda_graph_free;
+    i->create_stream = kw_cuda_create_stream;
     return iface;
+}
+
+/* The per-stream set-up: stream, cuBLAS handle, error record, step word. */
+static int kw_cuda_init_stream(kw_cuda_backend *cu) {
+    KW_CUDA_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
+    KW_CUBLAS_TRY(cublasCreate(&cu->cublas));
+    KW_CUBLAS_TRY(cublasSetStream(cu->cublas, cu->stream));
+    KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_PEDANTIC_MATH)); /* fp32 means fp32: no TF32 */
+    KW_CUDA_TRY(cudaMallocHost((void **)&cu->h_err, sizeof *cu->h_err));
+    KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_err, (void **)&cu->d_err));
+    KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_step, (void **)&cu->d_step));
+    const char *graphs = getenv("KW_CUDA_GRAPHS");
+    cu->graphs_off = graphs != NULL && strcmp(graphs, "0") == 0;
+    KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
+    KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
+    return 0;
 }
 
 /* The set-up steps after the state exists; on failure the caller destroys the partial state. */
@@ -438,19 +465,34 @@ static int kw_cuda_init(kw_cuda_backend *cu) {
     props.location.type = cudaMemLocationTypeDevice;
     props.location.id = cu->device;
     KW_CUDA_TRY(cudaMemPoolCreate(&cu->pool, &props));
+    cu->owns_pool = 1;
     uint64_t keep = UINT64_MAX;
     KW_CUDA_TRY(cudaMemPoolSetAttribute(cu->pool, cudaMemPoolAttrReleaseThreshold, &keep));
-    KW_CUDA_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
-    KW_CUBLAS_TRY(cublasCreate(&cu->cublas));
-    KW_CUBLAS_TRY(cublasSetStream(cu->cublas, cu->stream));
-    KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_PEDANTIC_MATH)); /* fp32 means fp32: no TF32 */
-    KW_CUDA_TRY(cudaMallocHost((void **)&cu->h_err, sizeof *cu->h_err));
-    KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_err, (void **)&cu->d_err));
-    KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_step, (void **)&cu->d_step));
-    const char *graphs = getenv("KW_CUDA_GRAPHS");
-    cu->graphs_off = graphs != NULL && strcmp(graphs, "0") == 0;
-    KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
-    KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
+    return kw_cuda_init_stream(cu);
+}
+
+/* A stream context (kw_backend_create_stream): the parent's device and pool (borrowed), a stream and the rest of its
+ * own. Cross-stream reuse in the shared pool is the stream-ordered allocator's rule (a block freed on one stream goes
+ * to another once the free is known complete, or behind a dependency the driver inserts), so a context never sees
+ * memory another stream still uses; each block here is allocated and freed on the one stream of its backend. */
+static int kw_cuda_create_stream(kw_backend *parent, kw_backend **out) {
+    const kw_cuda_backend *p = kw_cuda(parent);
+    kw_cuda_backend *cu = (kw_cuda_backend *)calloc(1, sizeof *cu);
+    KW_RETURN_IF(cu == NULL, KW_E_NOMEM, "kw_backend_create_stream: out of memory");
+    kw__backend_init(&cu->base, parent->iface);
+    cu->device = p->device;
+    cu->pool = p->pool;
+    int rc = 0;
+    const cudaError_t err = cudaSetDevice(cu->device);
+    if (err != cudaSuccess)
+        rc = kw__cuda_fail(err, "cudaSetDevice");
+    else
+        rc = kw_cuda_init_stream(cu);
+    if (rc < 0) {
+        kw_cuda_destroy(&cu->base);
+        return rc;
+    }
+    *out = &cu->base;
     return 0;
 }
 
