@@ -263,6 +263,26 @@ static void test_quantized_memory(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Forwards ids (nt tokens) into the empty cache c at once (logits into one, nt x V), then again in cuts of 5 (into
+ * cut) and as a 7-token prefill then decode steps (dec, V): fails unless every row's logits are the same bits. */
+static void same_logits_however_cut(kw_model *m, kw_kvcache *c, const int32_t *ids, int64_t nt, int64_t V, float *one,
+                                    float *cut, float *dec) {
+    const kw_forward_args fa = {.ids = ids, .n = nt, .mode = KW_LOGITS_ALL, .logits = one};
+    assert_int_equal(kw_model_forward(m, c, &fa), 0);
+    assert_int_equal(kw_kvcache_reset(c), 0);
+    for (int64_t i = 0; i < nt; i += 5) {
+        kw_forward_args fc = {.ids = ids + i, .n = 5, .mode = KW_LOGITS_ALL, .logits = cut + i * V};
+        assert_int_equal(kw_model_forward(m, c, &fc), 0);
+    }
+    assert_memory_equal(one, cut, (size_t)(nt * V) * sizeof *one);
+    assert_int_equal(kw_kvcache_reset(c), 0);
+    assert_int_equal(kw_model_prefill(m, c, ids, 7), 0);
+    for (int64_t i = 7; i < nt; ++i) {
+        assert_int_equal(kw_model_decode_step(m, c, ids[i], dec, NULL, 0), 0);
+        assert_memory_equal(dec, one + i * V, (size_t)V * sizeof *dec);
+    }
+}
+
 /* A mixed cache (kw_kvcache_create_mixed: int8, int4, bf16, int6 layers) holds in each layer exactly what a cache of
  * that layer's codec alone holds for the same rows (written in pieces, a K-only overwrite, a truncate into a full
  * page, appending again), and each layer's attention gives that cache's bits; bytes are counted per layer; the
@@ -417,20 +437,8 @@ static void test_mixed_forward(void **state) {
         assert_true(one && cut && dec);
         kw_kvcache *c = NULL;
         assert_int_equal(kw_model_create_cache_mixed(m, 48, codecs, 16, &c), 0);
+        same_logits_however_cut(m, c, ids, NT, V, one, cut, dec);
         kw_forward_args fa = {.ids = ids, .n = NT, .mode = KW_LOGITS_ALL, .logits = one};
-        assert_int_equal(kw_model_forward(m, c, &fa), 0);
-        assert_int_equal(kw_kvcache_reset(c), 0);
-        for (int64_t t = 0; t < NT; t += 5) {
-            kw_forward_args fc = {.ids = ids + t, .n = 5, .mode = KW_LOGITS_ALL, .logits = cut + t * V};
-            assert_int_equal(kw_model_forward(m, c, &fc), 0);
-        }
-        assert_memory_equal(one, cut, (size_t)(NT * V) * sizeof *one);
-        assert_int_equal(kw_kvcache_reset(c), 0);
-        assert_int_equal(kw_model_prefill(m, c, ids, 7), 0);
-        for (int64_t t = 7; t < NT; ++t) {
-            assert_int_equal(kw_model_decode_step(m, c, ids[t], dec, NULL, 0), 0);
-            assert_memory_equal(dec, one + t * V, (size_t)V * sizeof *dec);
-        }
         kw_kvcache_free(c);
         if (!first) {
             first = one;
@@ -510,20 +518,7 @@ static void test_quantized_forward_invariance(void **state) {
     kw_kvcache_free(c);
     for (int codec = KW_KVQ_INT8; codec <= KW_KVQ_INT6; ++codec) {
         assert_int_equal(kw_model_create_cache_quantized(m, 48, (enum kw_kvq_codec)codec, 16, &c), 0);
-        fa.logits = one;
-        assert_int_equal(kw_model_forward(m, c, &fa), 0);
-        assert_int_equal(kw_kvcache_reset(c), 0);
-        for (int64_t i = 0; i < NT; i += 5) {
-            kw_forward_args fc = {.ids = ids + i, .n = 5, .mode = KW_LOGITS_ALL, .logits = cut + i * V};
-            assert_int_equal(kw_model_forward(m, c, &fc), 0);
-        }
-        assert_memory_equal(one, cut, (size_t)(NT * V) * sizeof *one);
-        assert_int_equal(kw_kvcache_reset(c), 0);
-        assert_int_equal(kw_model_prefill(m, c, ids, 7), 0);
-        for (int64_t i = 7; i < NT; ++i) {
-            assert_int_equal(kw_model_decode_step(m, c, ids[i], dec, NULL, 0), 0);
-            assert_memory_equal(dec, one + i * V, (size_t)V * sizeof *dec);
-        }
+        same_logits_however_cut(m, c, ids, NT, V, one, cut, dec);
         double worst = 0, scale = 0;
         for (int64_t i = 0; i < NT * V; ++i)
             worst = fmax(worst, fabs((double)one[i] - dense[i])), scale = fmax(scale, fabs((double)dense[i]));
