@@ -44,44 +44,62 @@ const char kw_bench_cache_summary[] = "int8/int4 KV cache vs bf16: bytes per tok
 
 static void kw_bench_cache_usage(FILE *f) {
     fprintf(
-        f, "usage: kvwire bench cache --model PATH [--codecs int8,int4,f32] [--page-tokens N] [--threads N]\n"
-           "                          [--capacity N] [--text FILE [--prompts N] [--prefix N] [--positions N]\n"
-           "                          [--free N] [--forcing greedy|text]] [--contexts C,C,... [--steps N] [--reps N]]\n"
-           "                          [--rss-tokens N --codec bf16|int8|int4 --text FILE]\n"
-           "  --codecs     the caches compared with bf16: int8, int6, int4, f32 (default int8,int4)\n"
-           "  --page-tokens  rows per page (default 64)\n"
-           "  --capacity   rows of the caches whose bytes are reported (default 4096)\n"
-           "  --text       a text file: quality windows (--prompts 20, --prefix 32, --positions 100) and RSS input\n"
-           "  --free       greedy tokens per window for free-running agreement (default 0: none)\n"
-           "  --forcing    the tokens given to every cache: greedy (the bf16 cache's own continuation of the prefix,\n"
-           "               the default) or text (the text's tokens)\n"
-           "  --contexts   decode speed with this many rows cached (--steps 16, best of --reps 3)\n"
-           "  --rss-tokens peak RSS of one generation of this many tokens with --codec (one process per codec)\n");
+        f,
+        "usage: kvwire bench cache --model PATH [--codecs int8,int4,f32] [--page-tokens N] [--threads N]\n"
+        "                          [--capacity N] [--text FILE [--prompts N] [--prefix N] [--positions N]\n"
+        "                          [--free N] [--forcing greedy|text]] [--contexts C,C,... [--steps N] [--reps N]]\n"
+        "                          [--rss-tokens N --codec bf16|int8|int4 --text FILE]\n"
+        "  --codecs     the caches compared with bf16: int8, int6, int4, f32 (default int8,int4); @L:codec after one\n"
+        "               gives layer L (-1: the last) another codec or bf16: int6@0:int8@-1:int8\n"
+        "  --page-tokens  rows per page (default 64)\n"
+        "  --capacity   rows of the caches whose bytes are reported (default 4096)\n"
+        "  --text       a text file: quality windows (--prompts 20, --prefix 32, --positions 100) and RSS input\n"
+        "  --free       greedy tokens per window for free-running agreement (default 0: none)\n"
+        "  --forcing    the tokens given to every cache: greedy (the bf16 cache's own continuation of the prefix,\n"
+        "               the default) or text (the text's tokens)\n"
+        "  --contexts   decode speed with this many rows cached (--steps 16, best of --reps 3)\n"
+        "  --rss-tokens peak RSS of one generation of this many tokens with --codec (one process per codec)\n");
 }
 
 typedef struct kw_bc_codec {
-    const char *name;
+    char name[96];           /* as given, layers included */
     enum kw_kvq_codec codec; /* 0: a dense cache of dtype */
     enum kw_dtype dtype;
+    char layers[96]; /* per-layer codecs over codec ("0:int8,-1:int8", kw_kvcache_parse_layer_codecs), or "" */
 } kw_bc_codec;
 
+/* A codec name, optionally followed by per-layer codecs "@L:codec@L:codec..." (int6@0:int8@-1:int8). */
 static int kw_bc_parse_codec(const char *s, size_t n, kw_bc_codec *out) {
+    const char *at = memchr(s, '@', n);
+    if (at) {
+        const size_t base = (size_t)(at - s), rest = n - base - 1;
+        KW_RETURN_IF(n >= sizeof out->name || rest == 0, KW_E_INVALID_ARG, "bad codec '%.*s'", (int)n, s);
+        KW_FORWARD(kw_bc_parse_codec(s, base, out));
+        KW_RETURN_IF(out->dtype == KW_DTYPE_F32, KW_E_INVALID_ARG, "'%.*s': per-layer codecs over f32", (int)n, s);
+        memcpy(out->name, s, n);
+        out->name[n] = '\0';
+        for (size_t i = 0; i < rest; ++i)
+            out->layers[i] = at[1 + i] == '@' ? ',' : at[1 + i];
+        out->layers[rest] = '\0';
+        return 0;
+    }
     if (n == 4 && strncmp(s, "bf16", 4) == 0)
-        *out = (kw_bc_codec){"bf16", 0, KW_DTYPE_BF16};
+        *out = (kw_bc_codec){"bf16", 0, KW_DTYPE_BF16, ""};
     else if (n == 3 && strncmp(s, "f32", 3) == 0)
-        *out = (kw_bc_codec){"f32", 0, KW_DTYPE_F32};
+        *out = (kw_bc_codec){"f32", 0, KW_DTYPE_F32, ""};
     else if (n == 4 && strncmp(s, "int8", 4) == 0)
-        *out = (kw_bc_codec){"int8", KW_KVQ_INT8, KW_DTYPE_U8};
+        *out = (kw_bc_codec){"int8", KW_KVQ_INT8, KW_DTYPE_U8, ""};
     else if (n == 4 && strncmp(s, "int4", 4) == 0)
-        *out = (kw_bc_codec){"int4", KW_KVQ_INT4, KW_DTYPE_U8};
+        *out = (kw_bc_codec){"int4", KW_KVQ_INT4, KW_DTYPE_U8, ""};
     else if (n == 4 && strncmp(s, "int6", 4) == 0)
-        *out = (kw_bc_codec){"int6", KW_KVQ_INT6, KW_DTYPE_U8};
+        *out = (kw_bc_codec){"int6", KW_KVQ_INT6, KW_DTYPE_U8, ""};
     else
         KW_FAIL(KW_E_INVALID_ARG, "unknown codec '%.*s' (bf16, f32, int8, int6, int4)", (int)n, s);
     return 0;
 }
 
 static int kw_bc_cache(kw_model *m, int64_t cap, const kw_bc_codec *c, int64_t page, kw_kvcache **out) {
+    if (c->layers[0]) return kw_model_create_cache_layers(m, cap, c->codec, c->layers, (int32_t)page, out);
     if (!c->codec) return kw_model_create_cache(m, cap, c->dtype, out);
     return kw_model_create_cache_quantized(m, cap, c->codec, (int32_t)page, out);
 }
@@ -203,17 +221,19 @@ static int kw_bc_quality(kw_model *m, const kw_bc_codec *codecs, int n_codecs, i
         if (add_bos) ids[n++] = cfg->bos_id;
         memcpy(ids + n, src, (size_t)(prefix + positions - n) * sizeof *ids);
         if (forcing_greedy) { /* the window becomes prefix[..-1], then prefix[-1] and the bf16 greedy tokens */
-            KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, positions, forced));
+            KW_CHECK(
+                kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16, ""}, page, ids, prefix, positions, forced));
             memcpy(ids + prefix, forced, (size_t)(positions - 1) * sizeof *ids); /* row i then predicts forced[i] */
         }
         const int64_t win_prefix = forcing_greedy ? prefix - 1 : prefix;
-        KW_CHECK(kw_bc_window(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, win_prefix, positions, ref, &bf));
+        KW_CHECK(
+            kw_bc_window(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16, ""}, page, ids, win_prefix, positions, ref, &bf));
         for (int64_t i = 0; i < positions; ++i) {
             ref_top[i] = kw_bc_top(ref + i * V, V, &ref_margin[i]);
             self_same += forcing_greedy && ref_top[i] == forced[i];
         }
         if (n_free)
-            KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16}, page, ids, prefix, n_free, gref));
+            KW_CHECK(kw_bc_greedy(m, &(kw_bc_codec){"bf16", 0, KW_DTYPE_BF16, ""}, page, ids, prefix, n_free, gref));
         for (int c = 0; c < n_codecs; ++c) {
             acc_t *a = &acc[c];
             KW_CHECK(kw_bc_window(m, &codecs[c], page, ids, win_prefix, positions, got, NULL));
@@ -275,7 +295,7 @@ static int kw_bc_speed(kw_model *m, const kw_bc_codec *codecs, int n_codecs, int
     const int64_t chunk = 256, cells = chunk * cfg->n_kv_heads * cfg->head_dim;
     float *k = malloc((size_t)cells * sizeof *k), *v = malloc((size_t)cells * sizeof *v);
     kw_kvcache *caches[9] = {0};
-    const kw_bc_codec bf16 = {"bf16", 0, KW_DTYPE_BF16};
+    const kw_bc_codec bf16 = {"bf16", 0, KW_DTYPE_BF16, ""};
     int rc = 0;
     KW_CHECK_IF(!k || !v || n_codecs > 8, KW_E_NOMEM, "out of memory");
     uint64_t s = 0x9e3779b97f4a7c15ull;

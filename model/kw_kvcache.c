@@ -15,18 +15,20 @@ struct kw_kvcache {
     int32_t n_kv_heads;
     int32_t head_dim;
     int64_t capacity;
-    enum kw_dtype dtype;
+    enum kw_dtype dtype; /* of the dense layers (bf16 or f32) */
     int64_t length;
-    kw_tensor *k;            /* n_layers tensors (Hkv, capacity, head_dim), or with codec: u8 key storages (kg) */
-    kw_tensor *v;            /* likewise for the values (vg) */
-    enum kw_kvq_codec codec; /* 0: a dense dtype cache; else the quantized codec */
-    kw_kvq_geom kg, vg;      /* the storages' geometry when quantized */
-    int64_t *stored;         /* (n_layers) rows stored in each layer's quantized storages (the tail's place) */
-    int64_t *window;         /* (n_layers) attention window per layer, 0 = global */
-    uint8_t *valid;          /* host mirror of the mask, capacity entries */
-    int64_t n_masked;        /* number of zeros in valid */
-    kw_tensor mask;          /* (capacity) u8, allocated when a row is first masked */
-    kw_backend_graph *graph; /* owned: kw_kvcache_set_graph */
+    kw_tensor *k; /* n_layers tensors (Hkv, capacity, head_dim), or for a quantized layer its u8 key storage */
+    kw_tensor *v; /* likewise for the values */
+    enum kw_kvq_codec *codec; /* (n_layers) 0: a dense layer; else the layer's quantized codec */
+    int32_t n_quantized;      /* layers with a codec */
+    int32_t page_tokens;      /* of every quantized layer (0 when there is none) */
+    kw_kvq_geom *kg, *vg;     /* (n_layers) the storages' geometry of a quantized layer */
+    int64_t *stored;          /* (n_layers) rows stored in each layer's quantized storages (the tail's place) */
+    int64_t *window;          /* (n_layers) attention window per layer, 0 = global */
+    uint8_t *valid;           /* host mirror of the mask, capacity entries */
+    int64_t n_masked;         /* number of zeros in valid */
+    kw_tensor mask;           /* (capacity) u8, allocated when a row is first masked */
+    kw_backend_graph *graph;  /* owned: kw_kvcache_set_graph */
     uint64_t graph_key;
 };
 
@@ -49,8 +51,11 @@ static int kvcache_new(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads
     c->v = calloc((size_t)n_layers, sizeof *c->v);
     c->window = calloc((size_t)n_layers, sizeof *c->window);
     c->stored = calloc((size_t)n_layers, sizeof *c->stored);
+    c->codec = calloc((size_t)n_layers, sizeof *c->codec);
+    c->kg = calloc((size_t)n_layers, sizeof *c->kg);
+    c->vg = calloc((size_t)n_layers, sizeof *c->vg);
     c->valid = malloc((size_t)capacity);
-    if (!c->k || !c->v || !c->window || !c->stored || !c->valid) {
+    if (!c->k || !c->v || !c->window || !c->stored || !c->codec || !c->kg || !c->vg || !c->valid) {
         kw_kvcache_free(c);
         KW_FAIL(KW_E_NOMEM, "kvcache: out of memory");
     }
@@ -59,45 +64,9 @@ static int kvcache_new(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads
     return 0;
 }
 
-int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out) {
-    KW_RETURN_IF(!backend || !out, KW_E_INVALID_ARG, "kvcache: NULL argument");
-    *out = NULL;
-    KW_RETURN_IF(!kw_backend_supports_kvq(backend), KW_E_OP_UNSUPPORTED,
-                 "kvcache: backend %s has no quantized KV cache", kw_backend_name(backend));
-    const kw_kvq_geom kg = {
-        .codec = codec, .keys = 1, .H = n_kv_heads, .cap = capacity, .D = head_dim, .page_tokens = page_tokens};
-    kw_kvq_geom vg = kg;
-    vg.keys = 0;
-    size_t kbytes, vbytes;
-    KW_FORWARD(kw_kvq_bytes(&kg, &kbytes));
-    KW_FORWARD(kw_kvq_bytes(&vg, &vbytes));
-    int rc = 0;
-    kw_kvcache *c = NULL;
-    KW_FORWARD(kvcache_new(backend, n_layers, n_kv_heads, head_dim, capacity, &c));
-    c->dtype = KW_DTYPE_U8;
-    c->codec = codec;
-    c->kg = kg;
-    c->vg = vg;
-    const int64_t kne[1] = {(int64_t)kbytes}, vne[1] = {(int64_t)vbytes};
-    for (int32_t l = 0; l < n_layers; ++l) {
-        KW_CHECK(kw_tensor_alloc(backend, &c->k[l], KW_DTYPE_U8, 1, kne));
-        KW_CHECK(kw_tensor_alloc(backend, &c->v[l], KW_DTYPE_U8, 1, vne));
-    }
-    *out = c;
-    c = NULL;
-out:
-    kw_kvcache_free(c);
-    return rc;
-}
-
-int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
-                      enum kw_dtype dtype, kw_kvcache **out) {
-    KW_RETURN_IF(!backend || !out, KW_E_INVALID_ARG, "kvcache: NULL argument");
-    *out = NULL;
-    KW_RETURN_IF(n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || capacity <= 0, KW_E_INVALID_ARG,
-                 "kvcache: bad geometry (%d layers, %d heads, head_dim %d, capacity %lld)", (int)n_layers,
-                 (int)n_kv_heads, (int)head_dim, (long long)capacity);
+/* The size of a dense layer's K or V tensor (Hkv, capacity, head_dim) of dtype. */
+static int kvcache_dense_check(kw_backend *backend, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
+                               enum kw_dtype dtype) {
     KW_RETURN_IF(dtype != KW_DTYPE_BF16 && dtype != KW_DTYPE_F32, KW_E_INVALID_ARG,
                  "kvcache: dtype %s (only bf16 and f32 caches exist)", kw_dtype_name(dtype));
     KW_RETURN_IF(!kw_backend_supports(backend, KW_OP_ATTENTION, dtype) ||
@@ -108,20 +77,91 @@ int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads,
     KW_RETURN_IF(kw_size_mul3((size_t)n_kv_heads, (size_t)head_dim, (size_t)capacity, &bytes) < 0 ||
                      kw_size_mul(bytes, kw_dtype_size(dtype), &bytes) < 0,
                  KW_E_OVERFLOW, "kvcache: size overflows");
+    return 0;
+}
+
+/* Every constructor: layer l is quantized with layer_codecs[l] when that is not 0 (layer_codecs may be NULL: all
+ * dense), else dense of dtype. */
+static int kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
+                          enum kw_dtype dtype, const enum kw_kvq_codec *layer_codecs, int32_t page_tokens,
+                          kw_kvcache **out) {
+    KW_RETURN_IF(!backend || !out, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || capacity <= 0, KW_E_INVALID_ARG,
+                 "kvcache: bad geometry (%d layers, %d heads, head_dim %d, capacity %lld)", (int)n_layers,
+                 (int)n_kv_heads, (int)head_dim, (long long)capacity);
+    int32_t n_quantized = 0;
+    for (int32_t l = 0; layer_codecs && l < n_layers; ++l)
+        n_quantized += layer_codecs[l] != 0;
+    if (n_quantized < n_layers) KW_FORWARD(kvcache_dense_check(backend, n_kv_heads, head_dim, capacity, dtype));
+    KW_RETURN_IF(n_quantized > 0 && !kw_backend_supports_kvq(backend), KW_E_OP_UNSUPPORTED,
+                 "kvcache: backend %s has no quantized KV cache", kw_backend_name(backend));
     int rc = 0;
     kw_kvcache *c = NULL;
     KW_FORWARD(kvcache_new(backend, n_layers, n_kv_heads, head_dim, capacity, &c));
     c->dtype = dtype;
+    c->n_quantized = n_quantized;
+    c->page_tokens = n_quantized > 0 ? page_tokens : 0;
     const int64_t ne[3] = {n_kv_heads, capacity, head_dim};
     for (int32_t l = 0; l < n_layers; ++l) {
-        KW_CHECK(kw_tensor_alloc(backend, &c->k[l], dtype, 3, ne));
-        KW_CHECK(kw_tensor_alloc(backend, &c->v[l], dtype, 3, ne));
+        const enum kw_kvq_codec codec = layer_codecs ? layer_codecs[l] : 0;
+        if (!codec) {
+            KW_CHECK(kw_tensor_alloc(backend, &c->k[l], dtype, 3, ne));
+            KW_CHECK(kw_tensor_alloc(backend, &c->v[l], dtype, 3, ne));
+            continue;
+        }
+        const kw_kvq_geom kg = {
+            .codec = codec, .keys = 1, .H = n_kv_heads, .cap = capacity, .D = head_dim, .page_tokens = page_tokens};
+        kw_kvq_geom vg = kg;
+        vg.keys = 0;
+        size_t kbytes, vbytes;
+        KW_CHECK(kw_kvq_bytes(&kg, &kbytes));
+        KW_CHECK(kw_kvq_bytes(&vg, &vbytes));
+        c->codec[l] = codec;
+        c->kg[l] = kg;
+        c->vg[l] = vg;
+        const int64_t kne[1] = {(int64_t)kbytes}, vne[1] = {(int64_t)vbytes};
+        KW_CHECK(kw_tensor_alloc(backend, &c->k[l], KW_DTYPE_U8, 1, kne));
+        KW_CHECK(kw_tensor_alloc(backend, &c->v[l], KW_DTYPE_U8, 1, vne));
     }
     *out = c;
     c = NULL;
 out:
     kw_kvcache_free(c);
     return rc;
+}
+
+int kw_kvcache_create_mixed(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                            int64_t capacity, const enum kw_kvq_codec *layer_codecs, int32_t page_tokens,
+                            kw_kvcache **out) {
+    KW_RETURN_IF(!out || !layer_codecs, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
+    for (int32_t l = 0; l < n_layers; ++l)
+        KW_RETURN_IF(layer_codecs[l] != 0 && layer_codecs[l] != KW_KVQ_INT8 && layer_codecs[l] != KW_KVQ_INT6 &&
+                         layer_codecs[l] != KW_KVQ_INT4,
+                     KW_E_INVALID_ARG, "kvcache: layer %d: codec %d", (int)l, (int)layer_codecs[l]);
+    return kvcache_create(backend, n_layers, n_kv_heads, head_dim, capacity, KW_DTYPE_BF16, layer_codecs, page_tokens,
+                          out);
+}
+
+int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out) {
+    KW_RETURN_IF(!out, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    *out = NULL;
+    KW_RETURN_IF(n_layers <= 0 || codec == 0, KW_E_INVALID_ARG, "kvcache: %d layers, codec %d", (int)n_layers,
+                 (int)codec);
+    enum kw_kvq_codec *codecs = malloc((size_t)n_layers * sizeof *codecs);
+    KW_RETURN_IF(!codecs, KW_E_NOMEM, "kvcache: out of memory");
+    for (int32_t l = 0; l < n_layers; ++l)
+        codecs[l] = codec;
+    const int rc = kw_kvcache_create_mixed(backend, n_layers, n_kv_heads, head_dim, capacity, codecs, page_tokens, out);
+    free(codecs);
+    return rc;
+}
+
+int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int64_t capacity,
+                      enum kw_dtype dtype, kw_kvcache **out) {
+    return kvcache_create(backend, n_layers, n_kv_heads, head_dim, capacity, dtype, NULL, 0, out);
 }
 
 void kw_kvcache_free(kw_kvcache *cache) {
@@ -137,6 +177,9 @@ void kw_kvcache_free(kw_kvcache *cache) {
     free(cache->v);
     free(cache->window);
     free(cache->stored);
+    free(cache->codec);
+    free(cache->kg);
+    free(cache->vg);
     free(cache->valid);
     free(cache);
 }
@@ -154,7 +197,7 @@ int64_t kw_kvcache_capacity(const kw_kvcache *cache) {
     return cache->capacity;
 }
 enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache) {
-    return cache->dtype;
+    return cache->n_quantized == cache->n_layers ? KW_DTYPE_U8 : cache->dtype;
 }
 kw_backend *kw_kvcache_backend(const kw_kvcache *cache) {
     return cache->backend;
@@ -175,35 +218,51 @@ int kw_kvcache_set_layer_window(kw_kvcache *cache, int32_t layer, int64_t window
 }
 
 enum kw_kvq_codec kw_kvcache_codec(const kw_kvcache *cache) {
-    return cache->codec;
+    for (int32_t l = 1; l < cache->n_layers; ++l)
+        if (cache->codec[l] != cache->codec[0]) return 0;
+    return cache->codec[0];
+}
+
+enum kw_kvq_codec kw_kvcache_layer_codec(const kw_kvcache *cache, int32_t layer) {
+    return (cache && layer >= 0 && layer < cache->n_layers) ? cache->codec[layer] : 0;
+}
+
+int kw_kvcache_quantized(const kw_kvcache *cache) {
+    return cache->n_quantized > 0;
 }
 
 int32_t kw_kvcache_page_tokens(const kw_kvcache *cache) {
-    return cache->codec ? cache->kg.page_tokens : 0;
+    return cache->page_tokens;
+}
+
+uint64_t kw_kvcache_layer_bytes(const kw_kvcache *cache, int32_t layer) {
+    if (!cache || layer < 0 || layer >= cache->n_layers) return 0;
+    return kw_tensor_nbytes(&cache->k[layer]) + kw_tensor_nbytes(&cache->v[layer]);
 }
 
 uint64_t kw_kvcache_bytes(const kw_kvcache *cache) {
     uint64_t total = 0;
     for (int32_t l = 0; l < cache->n_layers; ++l)
-        total += kw_tensor_nbytes(&cache->k[l]) + kw_tensor_nbytes(&cache->v[l]);
+        total += kw_kvcache_layer_bytes(cache, l);
     return total;
 }
 
 kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer) {
-    return (!cache->codec && layer >= 0 && layer < cache->n_layers) ? &cache->k[layer] : NULL;
+    return (layer >= 0 && layer < cache->n_layers && !cache->codec[layer]) ? &cache->k[layer] : NULL;
 }
 
 kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer) {
-    return (!cache->codec && layer >= 0 && layer < cache->n_layers) ? &cache->v[layer] : NULL;
+    return (layer >= 0 && layer < cache->n_layers && !cache->codec[layer]) ? &cache->v[layer] : NULL;
 }
 
 int kw_kvcache_attention(kw_kvcache *cache, int32_t layer, kw_tensor *out, const kw_tensor *q,
                          const kw_attention_params *params) {
     KW_RETURN_IF(layer < 0 || layer >= cache->n_layers, KW_E_INVALID_ARG, "kvcache: layer %d of %d", (int)layer,
                  (int)cache->n_layers);
-    if (!cache->codec) return kw_op_attention(cache->backend, out, q, &cache->k[layer], &cache->v[layer], params);
-    return kw_op_attention_kvq(cache->backend, out, q, &cache->k[layer], &cache->kg, &cache->v[layer], &cache->vg,
-                               params, cache->stored[layer]);
+    if (!cache->codec[layer])
+        return kw_op_attention(cache->backend, out, q, &cache->k[layer], &cache->v[layer], params);
+    return kw_op_attention_kvq(cache->backend, out, q, &cache->k[layer], &cache->kg[layer], &cache->v[layer],
+                               &cache->vg[layer], params, cache->stored[layer]);
 }
 
 int kw_kvcache_is_valid(const kw_kvcache *cache, int64_t p) {
@@ -251,10 +310,10 @@ int kw_kvcache_truncate(kw_kvcache *cache, int64_t new_length) {
     KW_RETURN_IF(new_length < 0 || new_length > cache->length, KW_E_INVALID_ARG,
                  "kvcache: truncate to %lld, length is %lld", (long long)new_length, (long long)cache->length);
     const int64_t old = cache->length;
-    for (int32_t l = 0; cache->codec && l < cache->n_layers; ++l) {
-        if (cache->stored[l] <= new_length) continue;
-        KW_FORWARD(kw_op_kvq_truncate(cache->backend, &cache->k[l], &cache->kg, cache->stored[l], new_length));
-        KW_FORWARD(kw_op_kvq_truncate(cache->backend, &cache->v[l], &cache->vg, cache->stored[l], new_length));
+    for (int32_t l = 0; l < cache->n_layers; ++l) {
+        if (!cache->codec[l] || cache->stored[l] <= new_length) continue;
+        KW_FORWARD(kw_op_kvq_truncate(cache->backend, &cache->k[l], &cache->kg[l], cache->stored[l], new_length));
+        KW_FORWARD(kw_op_kvq_truncate(cache->backend, &cache->v[l], &cache->vg[l], cache->stored[l], new_length));
         cache->stored[l] = new_length;
     }
     cache->length = new_length;
@@ -263,7 +322,7 @@ int kw_kvcache_truncate(kw_kvcache *cache, int64_t new_length) {
 
 int kw_kvcache_reset(kw_kvcache *cache) {
     cache->length = 0;
-    for (int32_t l = 0; cache->codec && l < cache->n_layers; ++l)
+    for (int32_t l = 0; l < cache->n_layers; ++l)
         cache->stored[l] = 0; /* an empty storage has no tail to keep */
     return cache->n_masked ? kvcache_mark(cache, 0, cache->capacity, 1) : 0;
 }
@@ -303,12 +362,12 @@ int kw_kvcache_load_rows(kw_kvcache *cache, int32_t layer, int64_t p0, kw_tensor
     KW_RETURN_IF(nk >= 0 && nv >= 0 && nk != nv, KW_E_SHAPE, "kvcache: K and V row counts differ");
     KW_RETURN_IF(p0 < 0 || n > cache->length - p0, KW_E_INVALID_ARG, "kvcache: rows [%lld, +%lld) beyond length %lld",
                  (long long)p0, (long long)n, (long long)cache->length);
-    if (cache->codec) {
+    if (cache->codec[layer]) {
         const int64_t stored = cache->stored[layer];
         KW_RETURN_IF(n > stored - p0, KW_E_INVALID_ARG, "kvcache: rows [%lld, +%lld) were never stored (%lld are)",
                      (long long)p0, (long long)n, (long long)stored);
-        if (k_out) KW_FORWARD(kw_op_kvq_load(cache->backend, k_out, &cache->k[layer], &cache->kg, p0, stored));
-        if (v_out) KW_FORWARD(kw_op_kvq_load(cache->backend, v_out, &cache->v[layer], &cache->vg, p0, stored));
+        if (k_out) KW_FORWARD(kw_op_kvq_load(cache->backend, k_out, &cache->k[layer], &cache->kg[layer], p0, stored));
+        if (v_out) KW_FORWARD(kw_op_kvq_load(cache->backend, v_out, &cache->v[layer], &cache->vg[layer], p0, stored));
         return 0;
     }
     if (k_out) KW_FORWARD(kw_op_kv_load(cache->backend, k_out, &cache->k[layer], p0));
@@ -327,15 +386,15 @@ int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw
                  "kvcache: store at row %lld leaves a gap (length %lld)", (long long)p0, (long long)cache->length);
     KW_RETURN_IF(n > cache->capacity - p0, KW_E_MODEL_CONTEXT, "kvcache: rows [%lld, +%lld) beyond capacity %lld",
                  (long long)p0, (long long)n, (long long)cache->capacity);
-    if (cache->codec) {
+    if (cache->codec[layer]) {
         /* a quantized layer stores K and V together: its stored row count is shared */
         const int64_t stored = cache->stored[layer];
         KW_RETURN_IF((!k_src || !v_src) && n > stored - p0, KW_E_INVALID_ARG,
                      "kvcache: a quantized cache gains new rows for K and V together");
         KW_RETURN_IF(p0 > stored, KW_E_INVALID_ARG, "kvcache: store at row %lld leaves a gap (%lld stored)",
                      (long long)p0, (long long)stored);
-        if (k_src) KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->k[layer], &cache->kg, k_src, p0, stored));
-        if (v_src) KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->v[layer], &cache->vg, v_src, p0, stored));
+        if (k_src) KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->k[layer], &cache->kg[layer], k_src, p0, stored));
+        if (v_src) KW_FORWARD(kw_op_kvq_store(cache->backend, &cache->v[layer], &cache->vg[layer], v_src, p0, stored));
         if (p0 + n > stored) cache->stored[layer] = p0 + n;
     } else {
         if (k_src) KW_FORWARD(kw_op_kv_store(cache->backend, &cache->k[layer], k_src, p0));
@@ -397,21 +456,23 @@ out:;
 }
 
 const kw_tensor *kw_kvcache_kvq_storage(const kw_kvcache *cache, int32_t layer, int keys, kw_kvq_geom *geom) {
-    if (!cache || !cache->codec || layer < 0 || layer >= cache->n_layers) return NULL;
-    if (geom) *geom = keys ? cache->kg : cache->vg;
+    if (!cache || layer < 0 || layer >= cache->n_layers || !cache->codec[layer]) return NULL;
+    if (geom) *geom = keys ? cache->kg[layer] : cache->vg[layer];
     return keys ? &cache->k[layer] : &cache->v[layer];
 }
 
 int64_t kw_kvcache_layer_rows(const kw_kvcache *cache, int32_t layer) {
     if (!cache || layer < 0 || layer >= cache->n_layers) return -1;
-    return cache->codec ? cache->stored[layer] : cache->length;
+    return cache->codec[layer] ? cache->stored[layer] : cache->length;
 }
 
 int kw_kvcache_store_kvq(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, const kw_kvq_rows *rows) {
-    KW_RETURN_IF(!cache || !rows || !cache->codec, KW_E_INVALID_ARG, "kvcache: raw rows need a quantized cache");
+    KW_RETURN_IF(!cache || !rows, KW_E_INVALID_ARG, "kvcache: raw rows need a quantized cache");
     KW_RETURN_IF(layer < 0 || layer >= cache->n_layers || n < 0, KW_E_INVALID_ARG, "kvcache: layer %d, %lld rows",
                  (int)layer, (long long)n);
-    const kw_kvq_geom *kg = &cache->kg, *vg = &cache->vg;
+    KW_RETURN_IF(!cache->codec[layer], KW_E_INVALID_ARG, "kvcache: raw rows need a quantized layer (layer %d is dense)",
+                 (int)layer);
+    const kw_kvq_geom *kg = &cache->kg[layer], *vg = &cache->vg[layer];
     const int64_t P = kg->page_tokens, D = kg->D, H = kg->H, G = kw_kvq_value_group(D);
     KW_RETURN_IF(p0 != cache->stored[layer] || p0 % P != 0 || p0 > cache->length, KW_E_INVALID_ARG,
                  "kvcache: raw rows at %lld, but layer %d holds %lld rows (pages of %lld, length %lld)", (long long)p0,
@@ -451,4 +512,61 @@ int kw_kvcache_store_kvq(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n
     cache->stored[layer] = p0 + n;
     if (p0 + n > cache->length) cache->length = p0 + n;
     return 0;
+}
+
+int kw_kvcache_codec_parse(const char *name, enum kw_kvq_codec *codec) {
+    static const struct {
+        const char *name;
+        enum kw_kvq_codec codec;
+    } names[] = {{"int8", KW_KVQ_INT8}, {"int6", KW_KVQ_INT6}, {"int4", KW_KVQ_INT4}, {"bf16", 0}};
+    for (size_t i = 0; name && i < sizeof names / sizeof names[0]; ++i) {
+        if (strcmp(name, names[i].name) == 0) {
+            *codec = names[i].codec;
+            return 0;
+        }
+    }
+    KW_FAIL(KW_E_INVALID_ARG, "kvcache: unknown layer codec \"%s\" (int8, int6, int4 or bf16)", name ? name : "");
+}
+
+/* One "L:codec" (or "L=codec") entry of len bytes at e into codecs; seen marks the layers named so far. */
+static int kvcache_parse_entry(const char *e, size_t len, int32_t n_layers, enum kw_kvq_codec *codecs, uint8_t *seen) {
+    while (len > 0 && (*e == ' ' || *e == '\t'))
+        ++e, --len;
+    while (len > 0 && (e[len - 1] == ' ' || e[len - 1] == '\t'))
+        --len;
+    char buf[64];
+    KW_RETURN_IF(len == 0 || len >= sizeof buf, KW_E_INVALID_ARG,
+                 "kvcache: layer codec entry \"%.*s\" is not LAYER:CODEC", (int)len, e);
+    memcpy(buf, e, len);
+    buf[len] = '\0';
+    char *sep = strpbrk(buf, ":=");
+    KW_RETURN_IF(!sep, KW_E_INVALID_ARG, "kvcache: layer codec entry \"%s\" is not LAYER:CODEC", buf);
+    *sep = '\0';
+    char *end = NULL;
+    const long long idx = strtoll(buf, &end, 10);
+    KW_RETURN_IF(end == buf || *end != '\0', KW_E_INVALID_ARG,
+                 "kvcache: layer codec entry \"%.*s\": \"%s\" is not a layer", (int)len, e, buf);
+    KW_RETURN_IF(idx < -(long long)n_layers || idx >= n_layers, KW_E_INVALID_ARG,
+                 "kvcache: layer %lld is out of range (the model has %d layers: 0..%d, or -%d..-1 from the end)", idx,
+                 (int)n_layers, (int)n_layers - 1, (int)n_layers);
+    const int32_t layer = (int32_t)(idx < 0 ? idx + n_layers : idx);
+    KW_RETURN_IF(seen[layer], KW_E_INVALID_ARG, "kvcache: layer %d is given a codec twice", (int)layer);
+    seen[layer] = 1;
+    return kw_kvcache_codec_parse(sep + 1, &codecs[layer]);
+}
+
+int kw_kvcache_parse_layer_codecs(const char *spec, int32_t n_layers, enum kw_kvq_codec *codecs) {
+    KW_RETURN_IF(!spec || !codecs || n_layers <= 0, KW_E_INVALID_ARG, "kvcache: NULL argument");
+    uint8_t *seen = calloc((size_t)n_layers, 1);
+    KW_RETURN_IF(!seen, KW_E_NOMEM, "kvcache: out of memory");
+    int rc = 0;
+    for (const char *p = spec; rc == 0;) {
+        const char *comma = strchr(p, ',');
+        const size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        rc = kvcache_parse_entry(p, len, n_layers, codecs, seen);
+        if (!comma) break;
+        p = comma + 1;
+    }
+    free(seen);
+    return rc;
 }

@@ -1,10 +1,12 @@
 /* kw_kvcache.h: the per-layer key/value cache of one sequence, in backend memory.
  *
  * Each layer holds K and V as (Hkv, capacity, head_dim) tensors, bf16 (the default, what HF bf16 caches hold) or f32
- * (for exact fp32 parity), or (kw_kvcache_create_quantized) as paged int8 or int4 storages (kw_kvq_geom in
+ * (for exact fp32 parity), or (kw_kvcache_create_quantized) as paged int8, int6 or int4 storages (kw_kvq_geom in
  * kernels/kw_backend.h: keys per channel over pages of page_tokens rows with a bf16 tail for the page not yet full,
- * values per row), which attention reads directly. Every function below works on both kinds except kw_kvcache_k/v,
- * which only a dense cache has; a quantized cache's rows read back as the values it holds (fl(code * scale)). Rows are
+ * values per row), which attention reads directly; kw_kvcache_create_mixed picks the kind per layer (a codec per layer,
+ * or bf16 for a layer; one page length). Every function below works on both kinds except kw_kvcache_k/v, which only a
+ * dense layer has; a quantized layer's rows read back as the values it holds (fl(code * scale)), exactly what a cache
+ * of that layer's codec alone would hold for the same rows. Rows are
  * positions: row p holds the K/V of the token at cache position p, K after RoPE (and after the per-head k_norm of
  * Qwen3), exactly what HF DynamicCache stores. The cache has a length: rows [0, length) are in use; the forward pass
  * appends at length. A per-position validity mask (1 = attend, 0 = padding) lets padded prompts (token alignment) hide
@@ -41,6 +43,26 @@ int kw_kvcache_create(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads,
 int kw_kvcache_create_quantized(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
                                 int64_t capacity, enum kw_kvq_codec codec, int32_t page_tokens, kw_kvcache **out);
 
+/* Creates an empty cache whose layer l is quantized with layer_codecs[l] (KW_KVQ_INT8, KW_KVQ_INT6 or KW_KVQ_INT4,
+ * pages of page_tokens rows as for kw_kvcache_create_quantized) or, when layer_codecs[l] is 0, a dense bf16 layer.
+ * layer_codecs (n_layers entries) is borrowed for the call. Each layer holds what a cache of its kind alone would hold
+ * for the same rows. KW_E_INVALID_ARG for a codec that is none of these; KW_E_OP_UNSUPPORTED as for the other
+ * constructors. *out is owned by the caller (kw_kvcache_free). */
+int kw_kvcache_create_mixed(kw_backend *backend, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                            int64_t capacity, const enum kw_kvq_codec *layer_codecs, int32_t page_tokens,
+                            kw_kvcache **out);
+
+/* A layer codec's name: "int8", "int6", "int4", or "bf16" (0, a dense layer) into *codec. KW_E_INVALID_ARG with the
+ * names in the message for any other (or NULL). */
+int kw_kvcache_codec_parse(const char *name, enum kw_kvq_codec *codec);
+
+/* Sets the codecs of the layers named by spec, "L:codec[,L:codec...]" ("L=codec" too; spaces around entries are
+ * ignored), in codecs (n_layers entries, caller-owned; the layers not named keep their value). L is a layer index,
+ * negative from the end (-1 is the last layer); codec as for kw_kvcache_codec_parse. KW_E_INVALID_ARG, saying which
+ * entry, for an entry that is not LAYER:CODEC, a layer out of range, a layer named twice or an unknown codec (codecs
+ * may then be partly set). */
+int kw_kvcache_parse_layer_codecs(const char *spec, int32_t n_layers, enum kw_kvq_codec *codecs);
+
 /* The page length of quantized caches unless configured: 64 rows keeps an int8 cache of 4,096 rows under 52% and an
  * int4 one under 28% of bf16 with every scale and the bf16 tail counted (docs/ARCHITECTURE.md). */
 #define KW_KVCACHE_PAGE_TOKENS 64
@@ -53,12 +75,20 @@ int32_t kw_kvcache_n_layers(const kw_kvcache *cache);
 int32_t kw_kvcache_n_kv_heads(const kw_kvcache *cache);
 int32_t kw_kvcache_head_dim(const kw_kvcache *cache);
 int64_t kw_kvcache_capacity(const kw_kvcache *cache);
-enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache); /* KW_DTYPE_U8 for a quantized cache */
-/* The quantized codec, or 0 for a dense (bf16/f32) cache; its page length (0 for a dense cache). */
+/* KW_DTYPE_U8 when every layer is quantized, else the dense layers' dtype (bf16 in a mixed cache) */
+enum kw_dtype kw_kvcache_dtype(const kw_kvcache *cache);
+/* The codec every layer has, or 0 for a dense (bf16/f32) cache and for a cache whose layers differ (mixed). */
 enum kw_kvq_codec kw_kvcache_codec(const kw_kvcache *cache);
+/* A layer's codec, 0 for a dense layer or a layer out of range. */
+enum kw_kvq_codec kw_kvcache_layer_codec(const kw_kvcache *cache, int32_t layer);
+/* 1 when some layer is quantized, else 0. */
+int kw_kvcache_quantized(const kw_kvcache *cache);
+/* The page length of the quantized layers (0 when there is none). */
 int32_t kw_kvcache_page_tokens(const kw_kvcache *cache);
 /* Backend bytes of all K and V storage (codes, scales, tails; capacity rows, used or not). */
 uint64_t kw_kvcache_bytes(const kw_kvcache *cache);
+/* The same for one layer (0 for a layer out of range). */
+uint64_t kw_kvcache_layer_bytes(const kw_kvcache *cache, int32_t layer);
 kw_backend *kw_kvcache_backend(const kw_kvcache *cache);
 /* Rows [0, length) are in use. */
 int64_t kw_kvcache_length(const kw_kvcache *cache);
@@ -71,12 +101,12 @@ int64_t kw_kvcache_layer_window(const kw_kvcache *cache, int32_t layer);
 int kw_kvcache_set_layer_window(kw_kvcache *cache, int32_t layer, int64_t window);
 
 /* The K or V tensor (Hkv, capacity, head_dim) of a layer, owned by the cache (valid until kw_kvcache_free), or NULL
- * for a layer out of range or a quantized cache (use kw_kvcache_store_rows / kw_kvcache_attention). Backend ops may
+ * for a layer out of range or a quantized layer (use kw_kvcache_store_rows / kw_kvcache_attention). Backend ops may
  * read and write it; rows >= length are undefined. */
 kw_tensor *kw_kvcache_k(kw_kvcache *cache, int32_t layer);
 kw_tensor *kw_kvcache_v(kw_kvcache *cache, int32_t layer);
 
-/* kw_op_attention of q (T, Hq, D) over one layer of the cache into out: for a dense cache exactly kw_op_attention on
+/* kw_op_attention of q (T, Hq, D) over one layer of the cache into out: for a dense layer exactly kw_op_attention on
  * its tensors; for a quantized one kw_op_attention_kvq on its storages (the same bits as kw_op_attention on an f32
  * cache of the values the storages hold). params as for kw_op_attention (n_kv <= the rows stored in the layer). */
 int kw_kvcache_attention(kw_kvcache *cache, int32_t layer, kw_tensor *out, const kw_tensor *q,
@@ -125,11 +155,11 @@ int kw_kvcache_store_rows(kw_kvcache *cache, int32_t layer, int64_t p0, const kw
 
 /* The raw storages of a quantized cache (kernels/kw_kvq_format.h), for code that writes or checks their bytes: one
  * layer's K (keys 1) or V (keys 0) storage, owned by the cache, with its geometry in *geom (may be NULL). NULL for a
- * dense cache or a layer out of range. */
+ * dense layer or a layer out of range. */
 const kw_tensor *kw_kvcache_kvq_storage(const kw_kvcache *cache, int32_t layer, int keys, kw_kvq_geom *geom);
 
 /* The rows layer holds: a quantized layer's stored rows (K and V gain rows together, kw_kvcache_store_rows), a dense
- * cache's length; -1 for a layer out of range. */
+ * layer's the cache's length; -1 for a layer out of range. */
 int64_t kw_kvcache_layer_rows(const kw_kvcache *cache, int32_t layer);
 
 /* Rows already in the format of a quantized cache's storages (kernels/kw_kvq_format.h), in host memory laid out per
@@ -142,12 +172,12 @@ typedef struct kw_kvq_rows {
     const uint8_t *v_scales; /* (H, n, D / G): their per-group scale bytes (G = kw_kvq_value_group(D)) */
 } kw_kvq_rows;
 
-/* Stores rows [p0, p0 + n) of one layer of a quantized cache as the given bytes, without quantizing anything: p0 must
- * be the rows the layer has stored so far and a multiple of page_tokens (its tail page is empty), p0 + n <= capacity.
- * The layer then holds p0 + n rows (length grows to at least that). The bytes are the caller's claim: the codes and
- * scale bytes are copied as they are (any byte is a valid scale; the int8 code -128 and the int6 code -32 are the
- * caller's to avoid). KW_E_INVALID_ARG (a dense cache, a bad position), KW_E_MODEL_CONTEXT (past capacity). Has
- * finished with rows when it returns. */
+/* Stores rows [p0, p0 + n) of one quantized layer (the layer's codec and geometry) as the given bytes, without
+ * quantizing anything: p0 must be the rows the layer has stored so far and a multiple of page_tokens (its tail page is
+ * empty), p0 + n <= capacity. The layer then holds p0 + n rows (length grows to at least that). The bytes are the
+ * caller's claim: the codes and scale bytes are copied as they are (any byte is a valid scale; the int8 code -128 and
+ * the int6 code -32 are the caller's to avoid). KW_E_INVALID_ARG (a dense layer, a bad position), KW_E_MODEL_CONTEXT
+ * (past capacity). Has finished with rows when it returns. */
 int kw_kvcache_store_kvq(kw_kvcache *cache, int32_t layer, int64_t p0, int64_t n, const kw_kvq_rows *rows);
 
 /* Host copies: k and v (either may be NULL) are caller-owned f32 arrays of n * Hkv * head_dim values laid out

@@ -459,6 +459,28 @@ int kw_model_create_cache_quantized(const kw_model *model, int64_t capacity, enu
     return model_cache_windows(model, out);
 }
 
+int kw_model_create_cache_mixed(const kw_model *model, int64_t capacity, const enum kw_kvq_codec *layer_codecs,
+                                int32_t page_tokens, kw_kvcache **out) {
+    KW_FORWARD(kw_kvcache_create_mixed(model->backend, model->cfg.n_layers, model->cfg.n_kv_heads, model->cfg.head_dim,
+                                       capacity, layer_codecs, page_tokens, out));
+    return model_cache_windows(model, out);
+}
+
+int kw_model_create_cache_layers(const kw_model *model, int64_t capacity, enum kw_kvq_codec codec, const char *layers,
+                                 int32_t page_tokens, kw_kvcache **out) {
+    KW_RETURN_IF(!out, KW_E_INVALID_ARG, "model: NULL argument");
+    *out = NULL;
+    const int32_t n_layers = model->cfg.n_layers;
+    enum kw_kvq_codec *codecs = malloc((size_t)n_layers * sizeof *codecs);
+    KW_RETURN_IF(!codecs, KW_E_NOMEM, "model: out of memory");
+    for (int32_t l = 0; l < n_layers; ++l)
+        codecs[l] = codec;
+    int rc = layers ? kw_kvcache_parse_layer_codecs(layers, n_layers, codecs) : 0;
+    if (rc == 0) rc = kw_model_create_cache_mixed(model, capacity, codecs, page_tokens, out);
+    free(codecs);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Forward
  */
@@ -568,7 +590,7 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
     }
     KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &q3, &pos, rope));
     KW_MODEL_OP(m, KW_OP_ROPE, kw_op_rope(be, &k3, &pos, rope));
-    const int quantized = kw_kvcache_codec(cache) != 0;
+    const int quantized = kw_kvcache_layer_codec(cache, l) != 0;
     if (!quantized) {
         KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_k(cache, l), &k3, row0));
         KW_MODEL_OP(m, KW_OP_KV_STORE, kw_op_kv_store(be, kw_kvcache_v(cache, l), &v3, row0));
@@ -693,7 +715,7 @@ static int model_step_graph(kw_model *m, kw_kvcache *cache, const kw_forward_arg
     if (m->graphs_off || m->profiling || (a->argmax && (a->argmax_flags & ~KW_ARGMAX_ROUND_BF16) != 0)) return 0;
     /* A quantized cache's ops take where its full pages end, which a replay would not update (the CUDA backend
      * refuses them while recording): its steps run op by op. */
-    if (kw_kvcache_codec(cache) != 0) return 0;
+    if (kw_kvcache_quantized(cache)) return 0;
     const uint64_t head = a->mode == KW_LOGITS_NONE ? 0 : a->argmax ? 2 + (uint64_t)a->argmax_flags : 1;
     const uint64_t key = m->serial << 3 | head << 1 | (kw_kvcache_mask(cache) != NULL);
     kw_backend_graph *g = kw_kvcache_graph(cache, key);

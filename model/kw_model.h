@@ -93,10 +93,21 @@ size_t kw_model_weight_bytes_per_token(const kw_model *model);
  * (kw_kvcache_free). */
 int kw_model_create_cache(const kw_model *model, int64_t capacity, enum kw_dtype dtype, kw_kvcache **out);
 
-/* Like kw_model_create_cache, with a quantized cache (kw_kvcache_create_quantized: codec KW_KVQ_INT8 or KW_KVQ_INT4,
- * pages of page_tokens rows). *out is owned by the caller. */
+/* Like kw_model_create_cache, with a quantized cache (kw_kvcache_create_quantized: codec KW_KVQ_INT8, KW_KVQ_INT6 or
+ * KW_KVQ_INT4, pages of page_tokens rows). *out is owned by the caller. */
 int kw_model_create_cache_quantized(const kw_model *model, int64_t capacity, enum kw_kvq_codec codec,
                                     int32_t page_tokens, kw_kvcache **out);
+
+/* Like kw_model_create_cache, with a codec per layer (kw_kvcache_create_mixed: layer_codecs has the model's n_layers
+ * entries, 0 for a bf16 layer; borrowed for the call). *out is owned by the caller. */
+int kw_model_create_cache_mixed(const kw_model *model, int64_t capacity, const enum kw_kvq_codec *layer_codecs,
+                                int32_t page_tokens, kw_kvcache **out);
+
+/* kw_model_create_cache_mixed with every layer of codec (0: bf16) except those layers names
+ * (kw_kvcache_parse_layer_codecs: "L:codec,...", -1 the last layer; NULL: none). KW_E_INVALID_ARG, saying which entry,
+ * for a bad layers string. *out is owned by the caller. */
+int kw_model_create_cache_layers(const kw_model *model, int64_t capacity, enum kw_kvq_codec codec, const char *layers,
+                                 int32_t page_tokens, kw_kvcache **out);
 
 enum kw_logits_mode {
     KW_LOGITS_NONE = 0, /* K/V only (prefill whose logits nobody reads: C2C receiver and sharer prefill) */

@@ -84,7 +84,8 @@ void kw_receive_free(kw_receive *r) {
 }
 
 const char *kw_receive_kv_store(const kw_receive_stats *stats) {
-    if (stats->rows_requantized > 0) return stats->store_reason == KW_KV_STORE_DENSE_CACHE ? "dense" : "requantized";
+    if (stats->rows_requantized > 0) /* a mixed cache's bf16 layers are dense, its other layers may not be */
+        return stats->store_reason == KW_KV_STORE_DENSE_CACHE && stats->rows_direct == 0 ? "dense" : "requantized";
     return stats->rows_direct > 0 ? "direct" : "none";
 }
 
@@ -267,7 +268,7 @@ static int kw_receive_layer_expected(const kw_receive_peer *p, uint32_t layer) {
  * them are written (a zero row widens no scale). A dense cache needs nothing. */
 static int kw_receive_fill_hidden(kw_receive *r, int32_t layer, int64_t upto) {
     const int64_t stored = kw_kvcache_layer_rows(r->cache, layer);
-    if (!kw_kvcache_codec(r->cache) || stored >= upto) return 0;
+    if (!kw_kvcache_layer_codec(r->cache, layer) || stored >= upto) return 0;
     const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
     float *zeros = calloc((size_t)((upto - stored) * row), sizeof *zeros);
     KW_RETURN_IF(zeros == NULL, KW_E_NOMEM, "receive: out of memory");
@@ -301,7 +302,8 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
     const int64_t row = (int64_t)r->peers[0].n_heads * r->peers[0].head_dim;
     r->stats.rows_requantized += T;
     if (r->stats.store_reason == KW_KV_STORE_DIRECT) /* rows without a section (kw_receive_rows) */
-        r->stats.store_reason = kw_kvcache_codec(r->cache) ? KW_KV_STORE_NO_CODEC : KW_KV_STORE_DENSE_CACHE;
+        r->stats.store_reason =
+            kw_kvcache_layer_codec(r->cache, layer) ? KW_KV_STORE_NO_CODEC : KW_KV_STORE_DENSE_CACHE;
     for (int64_t i = 0; i < T;) {
         int64_t len = 1;
         while (i + len < T && pos[i + len] == pos[i] + len)
@@ -320,14 +322,15 @@ static int kw_receive_try_pages(kw_receive *r, const kw_wire_section *sec, int *
     *direct = 0;
     const int64_t stored = kw_kvcache_layer_rows(r->cache, (int32_t)sec->layer);
     if (stored < 0) return 0; /* a layer the cache does not have: kw_receive_apply refuses it */
+    /* the layer's own codec and geometry: in a mixed cache (kw_kvcache_create_mixed) layers differ, and a section
+     * maps only onto a layer of its codec (else KW_KV_STORE_CODEC; a bf16 layer: KW_KV_STORE_DENSE_CACHE) */
     enum kw_kv_store_reason reason = KW_KV_STORE_DENSE_CACHE;
-    if (kw_kvcache_codec(r->cache) && r->requantize) {
+    kw_kvq_geom kg;
+    const int quantized = kw_kvcache_kvq_storage(r->cache, (int32_t)sec->layer, 1, &kg) != NULL;
+    if (quantized && r->requantize)
         reason = KW_KV_STORE_FORCED;
-    } else if (kw_kvcache_codec(r->cache)) {
-        kw_kvq_geom kg;
-        kw_kvcache_kvq_storage(r->cache, (int32_t)sec->layer, 1, &kg);
+    else if (quantized)
         KW_FORWARD(kw_kv_pages_map(&r->pages, sec, r->pos32, &kg, stored, &reason));
-    }
     if (reason == KW_KV_STORE_DIRECT) {
         *direct = 1;
     } else if (r->stats.store_reason == KW_KV_STORE_DIRECT) {

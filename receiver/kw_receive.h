@@ -67,7 +67,8 @@ typedef struct kw_receive_stats {
 } kw_receive_stats;
 
 /* How a kv_direct request's rows went into its cache: "direct" (every row as its sent codes), "requantized" (some or
- * all decoded and quantized again: stats->store_reason says why), "dense" (a bf16 or f32 cache), "none" (no rows). */
+ * all decoded and quantized again, or written to a mixed cache's bf16 layers: stats->store_reason says why), "dense"
+ * (a bf16 or f32 cache, no row direct), "none" (no rows). */
 const char *kw_receive_kv_store(const kw_receive_stats *stats);
 
 typedef struct kw_receive kw_receive; /* one request */

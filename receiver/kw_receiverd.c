@@ -1202,18 +1202,14 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     d->vocab = mc->vocab;
     KW_CHECK(kw_chat_family_for_model(cfg->model_path, mc->arch, &d->family));
     d->logits_bf16 = cfg->numerics == 0 && kw_model_logits_weight_dtype(d->model) == KW_DTYPE_BF16;
-    if (cfg->cache_dtype >= 3) { /* a quantized cache: refuse at start what every request would be refused */
+    if (cfg->cache_dtype >= 3 || cfg->cache_layers) { /* refuse at start what every request would be refused */
+        static const char *const names[] = {"auto", "bf16", "f32", "int8", "int4", "int6"};
         kw_kvcache *probe = NULL;
-        const enum kw_kvq_codec codec = cfg->cache_dtype == 3   ? KW_KVQ_INT8
-                                        : cfg->cache_dtype == 5 ? KW_KVQ_INT6
-                                                                : KW_KVQ_INT4;
-        const int prc = kw_model_create_cache_quantized(d->model, 16, codec, (int32_t)cfg->cache_page_tokens, &probe);
+        const int prc = kw_rd_create_cache(cfg, d->model, 16, KW_DTYPE_BF16, &probe);
         kw_kvcache_free(probe);
-        KW_CHECK_IF(prc < 0, prc, "receiverd: cache.dtype %s with cache.page_tokens %lld: %s",
-                    cfg->cache_dtype == 3   ? "int8"
-                    : cfg->cache_dtype == 5 ? "int6"
-                                            : "int4",
-                    (long long)cfg->cache_page_tokens, kw_error_detail());
+        KW_CHECK_IF(prc < 0, prc, "receiverd: cache.dtype %s, cache.page_tokens %lld, cache.layers \"%s\": %s",
+                    cfg->cache_dtype >= 0 && cfg->cache_dtype < 6 ? names[cfg->cache_dtype] : "?",
+                    (long long)cfg->cache_page_tokens, cfg->cache_layers ? cfg->cache_layers : "", kw_error_detail());
     }
     KW_CHECK(kw_identity_model(cfg->model_path, &d->digest));
     kwctl__model_identity__init(&d->id);

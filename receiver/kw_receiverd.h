@@ -49,7 +49,8 @@ typedef struct kw_receiverd_config {
     int rmsnorm_rounding;      /* 0 twice, 1 once */
     int cache_dtype;           /* cache.dtype: 0 auto, 1 bf16, 2 f32, 3 int8, 4 int4, 5 int6 */
     int64_t cache_page_tokens; /* cache.page_tokens */
-    int backend;               /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
+    char *cache_layers; /* cache.layers: per-layer codecs "L:codec,..." (kw_kvcache_parse_layer_codecs), or NULL */
+    int backend;        /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
     int64_t threads, device, memory_limit_mb, max_batch, queue_max;
     int64_t workers; /* compute.workers: compute threads, each a stream context and a model fork beyond the first */
     kw_receiverd_sharer_cfg sharers[KW_RECEIVERD_MAX_SHARERS];

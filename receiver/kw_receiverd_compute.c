@@ -687,6 +687,29 @@ static int kw__rd_fit_context(kw_receiverd *d, kw_rd_job *j) {
     return rc;
 }
 
+int kw_rd_create_cache(const kw_receiverd_config *cfg, const kw_model *model, int64_t capacity,
+                       enum kw_dtype auto_dtype, kw_kvcache **out) {
+    *out = NULL;
+    static const enum kw_kvq_codec codecs[] = {0, 0, 0, KW_KVQ_INT8, KW_KVQ_INT4, KW_KVQ_INT6};
+    const enum kw_kvq_codec codec = cfg->cache_dtype >= 0 && cfg->cache_dtype < 6 ? codecs[cfg->cache_dtype] : 0;
+    if (codec || cfg->cache_layers) {
+        KW_RETURN_IF(cfg->cache_page_tokens % 16 != 0, KW_E_INVALID_ARG,
+                     "cache.page_tokens %lld is not a multiple of 16", (long long)cfg->cache_page_tokens);
+        KW_RETURN_IF(!codec && cfg->cache_dtype != 1, KW_E_INVALID_ARG,
+                     "cache.layers needs cache.dtype int8, int6, int4 or bf16 (the layers not named), not %s",
+                     cfg->cache_dtype == 2 ? "f32" : "auto");
+    }
+    if (!cfg->cache_layers) {
+        if (codec) return kw_model_create_cache_quantized(model, capacity, codec, (int32_t)cfg->cache_page_tokens, out);
+        const enum kw_dtype dtype = cfg->cache_dtype == 1   ? KW_DTYPE_BF16
+                                    : cfg->cache_dtype == 2 ? KW_DTYPE_F32
+                                                            : auto_dtype;
+        return kw_model_create_cache(model, capacity, dtype, out);
+    }
+    return kw_model_create_cache_layers(model, capacity, codec, cfg->cache_layers, (int32_t)cfg->cache_page_tokens,
+                                        out);
+}
+
 static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
     kw_receiverd *d = w->d;
     const kw_rd_spec *s = &j->spec;
@@ -743,20 +766,7 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
         KW_CHECK_IF(!j->scored, KW_E_NOMEM, "out of memory");
     }
     const int64_t capacity = n + (s->max_tokens > 0 ? s->max_tokens : 1);
-    if (d->cfg->cache_dtype >= 3) {
-        KW_CHECK_IF(d->cfg->cache_page_tokens % 16 != 0, KW_E_INVALID_ARG,
-                    "cache.page_tokens %lld is not a multiple of 16", (long long)d->cfg->cache_page_tokens);
-        KW_CHECK(kw_model_create_cache_quantized(w->model, capacity,
-                                                 d->cfg->cache_dtype == 3   ? KW_KVQ_INT8
-                                                 : d->cfg->cache_dtype == 5 ? KW_KVQ_INT6
-                                                                            : KW_KVQ_INT4,
-                                                 (int32_t)d->cfg->cache_page_tokens, &cache));
-    } else {
-        const enum kw_dtype dtype = d->cfg->cache_dtype == 1   ? KW_DTYPE_BF16
-                                    : d->cfg->cache_dtype == 2 ? KW_DTYPE_F32
-                                                               : cache_dtype;
-        KW_CHECK(kw_model_create_cache(w->model, capacity, dtype, &cache));
-    }
+    KW_CHECK(kw_rd_create_cache(d->cfg, w->model, capacity, cache_dtype, &cache));
 
     if (s->mode == KW_RD_MODE_RECEIVER_ONLY || s->mode == KW_RD_MODE_TEXT_RELAY) {
         KW_CHECK(kw_generate_greedy(w->model, cache, j->prompt_ids, n, &gen, &res.gen));

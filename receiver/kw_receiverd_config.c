@@ -167,6 +167,11 @@ static const kw_cfg_key kw__rd_keys[] = {
      .min = 16,
      .max = 4096,
      .help = "rows per page of a quantized cache (a multiple of 16)"},
+    {.name = "cache.layers",
+     .type = KW_CFG_STRING,
+     .offset = KW__RD_OFF(cache_layers),
+     .help = "per-layer codecs over cache.dtype, \"L:codec,...\" (codec int8, int6, int4 or bf16; L from 0, or -1 "
+             "for the last layer), e.g. \"0:int8,-1:int8\" with cache.dtype int6"},
     KW_BACKEND_CFG_KEYS(kw_receiverd_config),
     {.name = "compute.threads",
      .type = KW_CFG_INT,

@@ -422,9 +422,16 @@ void kw_rd_link_send_frame(kw_rd_link *l, kw_rd_job *j, uint8_t *frame, size_t l
 
 /* arg: the kw_rd_worker. */
 void kw_rd_compute_thread(void *arg);
+
 /* Creates workers 1.. (stream contexts and model forks) and frees every worker's state; worker 0's are borrowed. */
 int kw_rd_workers_create(kw_receiverd *d, int32_t n);
 void kw_rd_workers_free(kw_receiverd *d);
+
+/* A request's KV cache, as configured (cache.dtype, cache.page_tokens, cache.layers; auto_dtype when cache.dtype is
+ * auto) for model, of capacity rows. *out is owned by the caller (kw_kvcache_free). KW_E_INVALID_ARG with the key at
+ * fault for a configuration no cache can have. */
+int kw_rd_create_cache(const kw_receiverd_config *cfg, const kw_model *model, int64_t capacity,
+                       enum kw_dtype auto_dtype, kw_kvcache **out);
 /* The fuser that serves c2c from the sharer model m of link index sharer: its index, or -1 with why. */
 int32_t kw_rd_find_fuser(const kw_receiverd *d, int32_t sharer, const Kwctl__ModelIdentity *m, char *why, size_t cap);
 

@@ -19,6 +19,8 @@
 #include "model/kw_tokenizer.h"
 #include "tools/kw_cli.h"
 
+#define KW_GENERATE_MAX_CACHE_LAYERS 256 /* --cache-layer values */
+
 const char kw_cmd_generate_summary[] =
     "greedy completion of a prompt with an HF model folder or a GGUF file (prints text and ids)";
 
@@ -27,7 +29,7 @@ static void kw_generate_usage(FILE *f) {
         f, "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
            "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache "
            "bf16|f32|int8|int6|int4]\n"
-           "                       [--cache-page-tokens N]\n"
+           "                       [--cache-page-tokens N] [--cache-layer L=int8|int6|int4|bf16 ...]\n"
            "                       [--round auto|none|bf16] [--weights f32|bf16|quantized]\n"
            "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
            "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
@@ -39,6 +41,8 @@ static void kw_generate_usage(FILE *f) {
            "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32); int8, int6 and int4 keep it\n"
            "                    quantized in pages (keys per channel per page, values per token; CPU only)\n"
            "  --cache-page-tokens  rows per page of a quantized cache (default 64; 16..4096, a multiple of 16)\n"
+           "  --cache-layer     layer L's cache codec instead of --cache's (repeatable; L from 0, or -1 for the last\n"
+           "                    layer); needs --cache int8, int6, int4 or bf16\n"
            "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
            "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
            "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16\n"
@@ -67,6 +71,9 @@ int kw_cmd_generate(int argc, char **argv) {
     int64_t page_tokens = KW_KVCACHE_PAGE_TOKENS;
     static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
     int round_i = 0, cache_i = -1, weights_i = 2; /* cache -1: by the model's logits weight dtype */
+    const char *layer_args[KW_GENERATE_MAX_CACHE_LAYERS];
+    int n_layer_args = 0;
+    char layers[KW_GENERATE_MAX_CACHE_LAYERS * 24] = "";
     const kw_cli_option opts[] = {
         KW_CLI_STR_REQUIRED("--model", &model_dir),
         KW_CLI_STR_REQUIRED("--prompt", &prompt),
@@ -80,6 +87,7 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
         KW_CLI_INT("--threads", &threads, 0, 1024),
         KW_CLI_INT("--cache-page-tokens", &page_tokens, 16, 4096),
+        KW_CLI_LIST("--cache-layer", layer_args, &n_layer_args, KW_GENERATE_MAX_CACHE_LAYERS),
     };
     const int st = KW_CLI_PARSE("kvwire generate", argc, argv, opts, kw_generate_usage);
     if (st != KW_CLI_RUN) return st;
@@ -149,7 +157,20 @@ int kw_cmd_generate(int argc, char **argv) {
 
     stage = "generate";
     const int64_t capacity = n_prompt + (max_new > 0 ? max_new : 1);
-    if (cache_i >= 0 && cache_codecs[cache_i]) {
+    if (n_layer_args > 0) {
+        stage = "cache";
+        KW_CHECK_IF(cache_i < 0 || (cache_i < 2 && cache_values[cache_i] == KW_DTYPE_F32), KW_E_INVALID_ARG,
+                    "--cache-layer needs --cache int8, int6, int4 or bf16 (the other layers' codec)");
+        for (int i = 0; i < n_layer_args; ++i) { /* one "L=codec,..." list: a layer named twice is refused */
+            const size_t used = strlen(layers);
+            KW_CHECK_IF(strlen(layer_args[i]) + 2 > sizeof layers - used, KW_E_INVALID_ARG,
+                        "--cache-layer \"%s\" is too long", layer_args[i]);
+            snprintf(layers + used, sizeof layers - used, "%s%s", i ? "," : "", layer_args[i]);
+        }
+        KW_CHECK(
+            kw_model_create_cache_layers(model, capacity, cache_codecs[cache_i], layers, (int32_t)page_tokens, &cache));
+        stage = "generate";
+    } else if (cache_i >= 0 && cache_codecs[cache_i]) {
         KW_CHECK(kw_model_create_cache_quantized(model, capacity, cache_codecs[cache_i], (int32_t)page_tokens, &cache));
     } else {
         const enum kw_dtype cache_dtype =

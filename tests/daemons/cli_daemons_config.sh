@@ -57,4 +57,34 @@ set -e
     fail "deploy/config/sharerd.tiny.yaml does not load"
 "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --print-config | grep -q 'tiny-fuser' ||
     fail "deploy/config/receiverd.tiny.yaml does not load"
+# cache.layers (per-layer cache codecs): a file's `cache: {dtype: int6, layers: "0:int8,-1:int8"}` prints back; with a
+# model, a good list starts the daemon and each bad one stops it at start (exit 1) with the reason.
+cat >c.yaml <<'YAML'
+cache:
+  dtype: int6
+  page_tokens: 16
+  layers: "0:int8,-1:int8"
+YAML
+"$build/receiver/receiverd" --config c.yaml --print-config >c.txt
+grep -q '^cache.layers: "0:int8,-1:int8"$' c.txt || fail "cache.layers does not print back: $(grep cache c.txt)"
+"$kvwire" gen-model --arch qwen3 --preset tiny --layers 3 --seed 1 --tokenizer "$src/models/tokenizers/qwen3" \
+    --out recv >/dev/null
+rd=("$build/receiver/receiverd" --model.path=recv --model.name=r --http.port=0 --compute.threads=1)
+"${rd[@]}" --config c.yaml --runtime.ready_file=ready 2>good.txt &
+pid=$!
+for _ in $(seq 300); do [ -s ready ] || ! kill -0 $pid 2>/dev/null && break; sleep 0.1; done
+[ -s ready ] || fail "receiverd did not start with cache.layers: $(cat good.txt)"
+kill -TERM $pid
+wait $pid || true
+for bad in "int6:3:int8:layer 3 is out of range" "int6:-4:int8:layer -4 is out of range" \
+    "int6:0:int9:unknown layer codec" "int6:0:int8,-3:int4:given a codec twice" "int6:0-int8:is not LAYER" \
+    "f32:0:int8:cache.layers needs cache.dtype" "auto:1:bf16:cache.layers needs cache.dtype"; do
+    dtype=${bad%%:*} rest=${bad#*:}
+    layers=${rest%:*} why=${rest##*:}
+    set +e
+    "${rd[@]}" --cache.dtype="$dtype" --cache.layers="$layers" 2>err.txt
+    rc=$?
+    set -e
+    [ $rc = 1 ] && grep -q -- "$why" err.txt || fail "cache.layers $layers over $dtype gave $rc: $(cat err.txt)"
+done
 echo "daemon configs: ok"

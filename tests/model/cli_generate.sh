@@ -56,6 +56,35 @@ grep -qxF "$want" "$tmp/g1" || { echo "Gemma 3 tokens differ from HF's:"; cat "$
 "$kvwire" generate --model "$tmp/tiny-gemma3" --prompt "Hello world" --max-new-tokens 3 >"$tmp/g2" 2>/dev/null
 grep -qxF 'prompt_ids: [2, 9259, 1902]' "$tmp/g2" || { echo "no <bos> on a raw Gemma prompt:"; cat "$tmp/g2"; exit 1; }
 
+# Per-layer cache codecs: naming every layer int8 over --cache int4 is --cache int8, every layer bf16 over --cache int6
+# is --cache bf16 (the same ids); a mix (int6 with the first and last layers int8) runs and repeats itself; a layer
+# out of range, an unknown codec, a layer named twice or --cache-layer without a quantized/bf16 --cache fail with
+# the reason.
+n_layers=$(grep -o '"num_hidden_layers": *[0-9]*' "$tmp/tiny-qwen3/config.json" | grep -o '[0-9]*$')
+all8=() all16=()
+for ((l = 0; l < n_layers; ++l)); do all8+=(--cache-layer "$l=int8"); all16+=(--cache-layer "$l:bf16"); done
+q=(--model "$tmp/tiny-qwen3" --prompt "What is the capital of France?" --max-new-tokens 12 --cache-page-tokens 16)
+"$kvwire" generate "${q[@]}" --cache int8 >"$tmp/c8" 2>/dev/null
+"$kvwire" generate "${q[@]}" --cache int4 "${all8[@]}" >"$tmp/c48" 2>/dev/null
+diff -u "$tmp/c8" "$tmp/c48"
+"$kvwire" generate "${q[@]}" --cache bf16 >"$tmp/cb" 2>/dev/null
+"$kvwire" generate "${q[@]}" --cache int6 "${all16[@]}" >"$tmp/c6b" 2>/dev/null
+diff -u "$tmp/cb" "$tmp/c6b"
+"$kvwire" generate "${q[@]}" --cache int6 --cache-layer 0=int8 --cache-layer -1=int8 >"$tmp/cm1" 2>/dev/null
+"$kvwire" generate "${q[@]}" --cache int6 --cache-layer -1=int8 --cache-layer 0=int8 >"$tmp/cm2" 2>/dev/null
+diff -u "$tmp/cm1" "$tmp/cm2"
+grep -q '^generated_ids: \[' "$tmp/cm1" || { echo "no ids from a mixed cache:"; cat "$tmp/cm1"; exit 1; }
+set +e
+for bad in "--cache int6 --cache-layer $n_layers=int8:out of range" "--cache int6 --cache-layer -$((n_layers + 1))=int8:out of range" \
+    "--cache int6 --cache-layer 0=int5:unknown layer codec" "--cache int6 --cache-layer 0=int8 --cache-layer 0=int4:twice" \
+    "--cache f32 --cache-layer 0=int8:needs --cache" "--cache-layer 0=int8:needs --cache"; do
+    # shellcheck disable=SC2086
+    "$kvwire" generate "${q[@]}" ${bad%%:*} >/dev/null 2>"$tmp/ce"
+    [ $? -eq 1 ] || { echo "${bad%%:*} should exit 1"; exit 1; }
+    grep -q -- "${bad#*:}" "$tmp/ce" || { echo "${bad%%:*}: no reason \"${bad#*:}\": $(cat "$tmp/ce")"; exit 1; }
+done
+set -e
+
 # Bad invocations: usage errors exit 2, runtime errors exit 1 with a reason.
 set +e
 "$kvwire" generate --prompt x >/dev/null 2>&1

@@ -263,6 +263,211 @@ static void test_quantized_memory(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Forwards ids (nt tokens) into the empty cache c at once (logits into one, nt x V), then again in cuts of 5 (into
+ * cut) and as a 7-token prefill then decode steps (dec, V): fails unless every row's logits are the same bits. */
+static void same_logits_however_cut(kw_model *m, kw_kvcache *c, const int32_t *ids, int64_t nt, int64_t V, float *one,
+                                    float *cut, float *dec) {
+    const kw_forward_args fa = {.ids = ids, .n = nt, .mode = KW_LOGITS_ALL, .logits = one};
+    assert_int_equal(kw_model_forward(m, c, &fa), 0);
+    assert_int_equal(kw_kvcache_reset(c), 0);
+    for (int64_t i = 0; i < nt; i += 5) {
+        kw_forward_args fc = {.ids = ids + i, .n = 5, .mode = KW_LOGITS_ALL, .logits = cut + i * V};
+        assert_int_equal(kw_model_forward(m, c, &fc), 0);
+    }
+    assert_memory_equal(one, cut, (size_t)(nt * V) * sizeof *one);
+    assert_int_equal(kw_kvcache_reset(c), 0);
+    assert_int_equal(kw_model_prefill(m, c, ids, 7), 0);
+    for (int64_t i = 7; i < nt; ++i) {
+        assert_int_equal(kw_model_decode_step(m, c, ids[i], dec, NULL, 0), 0);
+        assert_memory_equal(dec, one + i * V, (size_t)V * sizeof *dec);
+    }
+}
+
+/* A mixed cache (kw_kvcache_create_mixed: int8, int4, bf16, int6 layers) holds in each layer exactly what a cache of
+ * that layer's codec alone holds for the same rows (written in pieces, a K-only overwrite, a truncate into a full
+ * page, appending again), and each layer's attention gives that cache's bits; bytes are counted per layer; the
+ * accessors answer per layer. */
+static void test_mixed_layers(void **state) {
+    (void)state;
+    enum { ML = 4, QD = 32, N = 50, MCAP = 64 };
+    const enum kw_kvq_codec codecs[ML] = {KW_KVQ_INT8, KW_KVQ_INT4, 0, KW_KVQ_INT6};
+    kw_backend *be = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    kw_kvcache *mix = NULL, *one[ML] = {NULL};
+    assert_int_equal(kw_kvcache_create_mixed(be, ML, H, QD, MCAP, codecs, 16, &mix), 0);
+    for (int l = 0; l < ML; ++l) {
+        if (codecs[l])
+            assert_int_equal(kw_kvcache_create_quantized(be, ML, H, QD, MCAP, codecs[l], 16, &one[l]), 0);
+        else
+            assert_int_equal(kw_kvcache_create(be, ML, H, QD, MCAP, KW_DTYPE_BF16, &one[l]), 0);
+    }
+    assert_int_equal(kw_kvcache_codec(mix), 0); /* the layers differ */
+    assert_int_equal(kw_kvcache_quantized(mix), 1);
+    assert_int_equal(kw_kvcache_quantized(one[2]), 0);
+    assert_int_equal(kw_kvcache_page_tokens(mix), 16);
+    assert_int_equal(kw_kvcache_dtype(mix), KW_DTYPE_BF16);
+    uint64_t total = 0;
+    for (int32_t l = 0; l < ML; ++l) {
+        assert_int_equal(kw_kvcache_layer_codec(mix, l), codecs[l]);
+        assert_int_equal(kw_kvcache_layer_bytes(mix, l), kw_kvcache_layer_bytes(one[l], l));
+        assert_true((kw_kvcache_k(mix, l) != NULL) == (codecs[l] == 0));
+        assert_true((kw_kvcache_v(mix, l) != NULL) == (codecs[l] == 0));
+        kw_kvq_geom g;
+        assert_true((kw_kvcache_kvq_storage(mix, l, 1, &g) != NULL) == (codecs[l] != 0));
+        if (codecs[l]) assert_int_equal(g.codec, codecs[l]);
+        total += kw_kvcache_layer_bytes(mix, l);
+    }
+    assert_int_equal(kw_kvcache_bytes(mix), total);
+    assert_int_equal(kw_kvcache_layer_codec(mix, ML), 0);
+    assert_int_equal(kw_kvcache_layer_bytes(mix, -1), 0);
+
+    const size_t cells = (size_t)(N * H * QD);
+    float *k = malloc(ML * cells * sizeof *k), *v = malloc(ML * cells * sizeof *v);
+    float *ak = malloc(cells * sizeof *ak), *av = malloc(cells * sizeof *av);
+    float *bk = malloc(cells * sizeof *bk), *bv = malloc(cells * sizeof *bv);
+    assert_true(k && v && ak && av && bk && bv);
+    srand(11);
+    for (size_t i = 0; i < ML * cells; ++i) {
+        k[i] = ((float)rand() / (float)RAND_MAX * 2.0f - 1.0f) * (i % QD == 3 ? 12.0f : 1.0f);
+        v[i] = (float)rand() / (float)RAND_MAX * 2.0f - 1.0f;
+    }
+    kw_kvcache *both[2] = {mix, NULL};
+    for (int32_t l = 0; l < ML; ++l) { /* each layer its own rows, the same into both caches */
+        both[1] = one[l];
+        const float *kl = k + (size_t)l * cells, *vl = v + (size_t)l * cells;
+        for (int c = 0; c < 2; ++c) {
+            assert_int_equal(kw_kvcache_write_rows(both[c], l, 0, 20, kl, vl), 0);
+            assert_int_equal(kw_kvcache_write_rows(both[c], l, 20, N - 20, kl + 20 * H * QD, vl + 20 * H * QD), 0);
+            assert_int_equal(kw_kvcache_write_rows(both[c], l, 10, 5, vl, NULL), 0);
+        }
+    }
+    for (int c = 0; c <= ML; ++c) { /* truncate into a full page, append again */
+        kw_kvcache *t = c < ML ? one[c] : mix;
+        assert_int_equal(kw_kvcache_truncate(t, 40), 0);
+        for (int32_t l = 0; l < ML; ++l)
+            if (t == mix || l == c)
+                assert_int_equal(kw_kvcache_write_rows(t, l, 40, N - 40, k + (size_t)l * cells + 40 * H * QD,
+                                                       v + (size_t)l * cells + 40 * H * QD),
+                                 0);
+    }
+    float q[2 * H * 2 * QD], o1[2 * H * 2 * QD], o2[2 * H * 2 * QD];
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; ++i)
+        q[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+    kw_tensor tq, t1, t2;
+    const int64_t ne[3] = {2, 2 * H, QD};
+    assert_int_equal(kw_tensor_from_host(be, &tq, KW_DTYPE_F32, 3, ne, q), 0);
+    assert_int_equal(kw_tensor_from_host(be, &t1, KW_DTYPE_F32, 3, ne, o1), 0);
+    assert_int_equal(kw_tensor_from_host(be, &t2, KW_DTYPE_F32, 3, ne, o2), 0);
+    const kw_attention_params ap = {.q_pos0 = N - 2, .n_kv = N, .scale = 0.2f};
+    for (int32_t l = 0; l < ML; ++l) {
+        assert_int_equal(kw_kvcache_layer_rows(mix, l), N);
+        assert_int_equal(kw_kvcache_read_rows(mix, l, 0, N, ak, av), 0);
+        assert_int_equal(kw_kvcache_read_rows(one[l], l, 0, N, bk, bv), 0);
+        assert_memory_equal(ak, bk, cells * sizeof *ak);
+        assert_memory_equal(av, bv, cells * sizeof *av);
+        assert_int_equal(kw_kvcache_attention(mix, l, &t1, &tq, &ap), 0);
+        assert_int_equal(kw_kvcache_attention(one[l], l, &t2, &tq, &ap), 0);
+        assert_int_equal(kw_backend_synchronize(be), 0);
+        assert_memory_equal(o1, o2, sizeof o1);
+    }
+    /* raw rows go only into a quantized layer */
+    const kw_kvq_rows raw = {0};
+    assert_int_equal(kw_kvcache_store_kvq(mix, 2, N, 0, &raw), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvcache_reset(mix), 0);
+    assert_int_equal(kw_kvcache_layer_rows(mix, 0), 0);
+    free(k), free(v), free(ak), free(av), free(bk), free(bv);
+    kw_kvcache_free(mix);
+    for (int l = 0; l < ML; ++l)
+        kw_kvcache_free(one[l]);
+    /* a codec that is none is refused */
+    const enum kw_kvq_codec bad[2] = {KW_KVQ_INT8, (enum kw_kvq_codec)9};
+    assert_int_equal(kw_kvcache_create_mixed(be, 2, H, QD, MCAP, bad, 16, &mix), KW_E_INVALID_ARG);
+    assert_null(mix);
+    kw_backend_destroy(be);
+}
+
+/* "L:codec" lists (receiverd's cache.layers, kvwire generate --cache-layer): negative layers from the end, both
+ * separators, spaces; every bad entry refused with KW_E_INVALID_ARG. */
+static void test_layer_codec_lists(void **state) {
+    (void)state;
+    enum kw_kvq_codec c[5];
+    for (int i = 0; i < 5; ++i)
+        c[i] = KW_KVQ_INT6;
+    assert_int_equal(kw_kvcache_parse_layer_codecs("0:int8, -1=int8,2:bf16 ,-4:int4", 5, c), 0);
+    const enum kw_kvq_codec want[5] = {KW_KVQ_INT8, KW_KVQ_INT4, 0, KW_KVQ_INT6, KW_KVQ_INT8};
+    assert_memory_equal(c, want, sizeof want);
+    static const char *const bad[] = {"5:int8",  "-6:int8",       "0:int5",         "0:f32",    "x:int8", "0int8", "",
+                                      "0:int8,", "1:int8,1:int4", "4:int8,-1:int4", "1.5:int8", "0:",     ":int8"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+        if (kw_kvcache_parse_layer_codecs(bad[i], 5, c) != KW_E_INVALID_ARG) fail_msg("accepted \"%s\"", bad[i]);
+    }
+    enum kw_kvq_codec one;
+    assert_int_equal(kw_kvcache_codec_parse("int4", &one), 0);
+    assert_int_equal(one, KW_KVQ_INT4);
+    assert_int_equal(kw_kvcache_codec_parse(NULL, &one), KW_E_INVALID_ARG);
+}
+
+/* A model forward through a mixed cache (int8, int4, bf16 layers in turn; sliding-window layers too) gives the same
+ * logits for one prefill, prefill in cuts of 5 and decode steps one by one, the same bits on every CPU ISA, and a
+ * mixed cache of one codec everywhere is that codec's quantized cache, bit for bit. */
+static void test_mixed_forward(void **state) {
+    (void)state;
+    enum { NT = 40 };
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    float *first = NULL;
+    for (int i = 0; i < n_isa; ++i) {
+        setenv("KW_CPU_ISA", isas[i], 1);
+        kw_backend *be = NULL;
+        assert_int_equal(kw_backend_create_cpu(2, &be), 0);
+        unsetenv("KW_CPU_ISA");
+        kw_model *m = NULL;
+        if (kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/gemma3_swa", NULL, &m) < 0) fail_msg("%s", kw_error_detail());
+        const kw_model_config *cfg = kw_model_get_config(m);
+        const int64_t V = cfg->vocab;
+        int32_t ids[NT];
+        for (int t = 0; t < NT; ++t)
+            ids[t] = (int32_t)((t * 7919 + 13) % V);
+        enum kw_kvq_codec codecs[16];
+        assert_true(cfg->n_layers <= 16);
+        for (int32_t l = 0; l < cfg->n_layers; ++l)
+            codecs[l] = l % 3 == 0 ? KW_KVQ_INT8 : l % 3 == 1 ? KW_KVQ_INT4 : 0;
+        float *one = malloc((size_t)(NT * V) * sizeof *one), *cut = malloc((size_t)(NT * V) * sizeof *cut);
+        float *dec = malloc((size_t)V * sizeof *dec);
+        assert_true(one && cut && dec);
+        kw_kvcache *c = NULL;
+        assert_int_equal(kw_model_create_cache_mixed(m, 48, codecs, 16, &c), 0);
+        same_logits_however_cut(m, c, ids, NT, V, one, cut, dec);
+        kw_forward_args fa = {.ids = ids, .n = NT, .mode = KW_LOGITS_ALL, .logits = one};
+        kw_kvcache_free(c);
+        if (!first) {
+            first = one;
+            one = NULL;
+        } else {
+            assert_memory_equal(one, first, (size_t)(NT * V) * sizeof *one); /* the same bits on every ISA */
+        }
+        /* one codec everywhere through create_mixed = create_quantized */
+        kw_kvcache *q = NULL;
+        for (int32_t l = 0; l < cfg->n_layers; ++l)
+            codecs[l] = KW_KVQ_INT6;
+        assert_int_equal(kw_model_create_cache_mixed(m, 48, codecs, 16, &c), 0);
+        assert_int_equal(kw_model_create_cache_quantized(m, 48, KW_KVQ_INT6, 16, &q), 0);
+        assert_int_equal(kw_kvcache_codec(c), KW_KVQ_INT6);
+        fa.logits = cut;
+        assert_int_equal(kw_model_forward(m, c, &fa), 0);
+        fa.logits = malloc((size_t)(NT * V) * sizeof(float));
+        assert_non_null(fa.logits);
+        assert_int_equal(kw_model_forward(m, q, &fa), 0);
+        assert_memory_equal(cut, fa.logits, (size_t)(NT * V) * sizeof *cut);
+        free(fa.logits);
+        kw_kvcache_free(c), kw_kvcache_free(q);
+        free(one), free(cut), free(dec);
+        kw_model_free(m);
+        kw_backend_destroy(be);
+    }
+    free(first);
+}
+
 /* Each layer's attention window: 0 (global) until set; out-of-range layers and negative windows are refused. */
 static void test_layer_windows(void **state) {
     (void)state;
@@ -313,20 +518,7 @@ static void test_quantized_forward_invariance(void **state) {
     kw_kvcache_free(c);
     for (int codec = KW_KVQ_INT8; codec <= KW_KVQ_INT6; ++codec) {
         assert_int_equal(kw_model_create_cache_quantized(m, 48, (enum kw_kvq_codec)codec, 16, &c), 0);
-        fa.logits = one;
-        assert_int_equal(kw_model_forward(m, c, &fa), 0);
-        assert_int_equal(kw_kvcache_reset(c), 0);
-        for (int64_t i = 0; i < NT; i += 5) {
-            kw_forward_args fc = {.ids = ids + i, .n = 5, .mode = KW_LOGITS_ALL, .logits = cut + i * V};
-            assert_int_equal(kw_model_forward(m, c, &fc), 0);
-        }
-        assert_memory_equal(one, cut, (size_t)(NT * V) * sizeof *one);
-        assert_int_equal(kw_kvcache_reset(c), 0);
-        assert_int_equal(kw_model_prefill(m, c, ids, 7), 0);
-        for (int64_t i = 7; i < NT; ++i) {
-            assert_int_equal(kw_model_decode_step(m, c, ids[i], dec, NULL, 0), 0);
-            assert_memory_equal(dec, one + i * V, (size_t)V * sizeof *dec);
-        }
+        same_logits_however_cut(m, c, ids, NT, V, one, cut, dec);
         double worst = 0, scale = 0;
         for (int64_t i = 0; i < NT * V; ++i)
             worst = fmax(worst, fabs((double)one[i] - dense[i])), scale = fmax(scale, fabs((double)dense[i]));
@@ -493,6 +685,8 @@ int main(void) {
         cmocka_unit_test(test_quantized_memory), cmocka_unit_test(test_quantized_forward_invariance),
         cmocka_unit_test(test_layer_windows),    cmocka_unit_test(test_overwrite_reaches_attention),
         cmocka_unit_test(test_forward_errors),   cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_mixed_layers),     cmocka_unit_test(test_layer_codec_lists),
+        cmocka_unit_test(test_mixed_forward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -196,6 +196,7 @@ typedef struct qcache {
     enum kw_kvq_codec codec;
     int32_t page_tokens;
     int requantize;
+    const char *layers; /* per-layer codecs over codec (kw_model_create_cache_layers), or NULL */
 } qcache;
 
 /* Feeds the blobs in pieces of chunk bytes (0: whole). Returns the first failure, with *failed_section set. */
@@ -203,7 +204,10 @@ static int receive_q(kw_model *m, kw_fusion *f, enum kw_receive_mode mode, const
                      enum kw_fusion_mode fmode, enum kw_dtype cd, const blobs *b, size_t chunk, const qcache *q,
                      received *out) {
     memset(out, 0, sizeof *out);
-    if (q && q->codec)
+    if (q && q->layers)
+        assert_int_equal(
+            kw_model_create_cache_layers(m, E.L + E.G + 8, q->codec, q->layers, q->page_tokens, &out->cache), 0);
+    else if (q && q->codec)
         assert_int_equal(kw_model_create_cache_quantized(m, E.L + E.G + 8, q->codec, q->page_tokens, &out->cache), 0);
     else
         assert_int_equal(kw_model_create_cache(m, E.L + E.G + 8, cd, &out->cache), 0);
@@ -511,7 +515,7 @@ static void test_kv_direct_pages(void **state) {
         assert_int_equal(kw_kv_pages_specs(codecs[ci], (int32_t)P, c->head_dim, &pol.k, &pol.v), 0);
         blobs b = {0};
         share(E.recv, 0, sec, n, layers, c->n_layers, &full, 1, &pol, KW_DTYPE_BF16, &b);
-        const qcache qd = {codecs[ci], (int32_t)P, 0}, qr = {codecs[ci], (int32_t)P, 1};
+        const qcache qd = {codecs[ci], (int32_t)P, 0, NULL}, qr = {codecs[ci], (int32_t)P, 1, NULL};
         received direct, requant, dense;
         int rc = receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b, 0, &qd,
                            &direct);
@@ -552,7 +556,7 @@ static void test_kv_direct_pages(void **state) {
     kw_wire_policy pol = codec(KW_WIRE_CODEC_INT8);
     blobs b = {0};
     share(E.recv, 0, sec, n, layers, c->n_layers, &full, 1, &pol, KW_DTYPE_BF16, &b);
-    const qcache q8 = {KW_KVQ_INT8, (int32_t)P, 0};
+    const qcache q8 = {KW_KVQ_INT8, (int32_t)P, 0, NULL};
     received got;
     assert_int_equal(
         receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, &b, 0, &q8, &got),
@@ -562,6 +566,70 @@ static void test_kv_direct_pages(void **state) {
     received_free(&got);
     blobs_free(&b);
     received_free(&ref);
+}
+
+/* Rows [0, n) of one layer bit-equal in two caches. */
+static void same_layer(kw_kvcache *a, kw_kvcache *b, int32_t l, int64_t n, const char *what) {
+    const int64_t cnt = n * kw_kvcache_n_kv_heads(a) * kw_kvcache_head_dim(a);
+    float *ka = malloc((size_t)cnt * 4), *va = malloc((size_t)cnt * 4), *kb = malloc((size_t)cnt * 4),
+          *vb = malloc((size_t)cnt * 4);
+    assert_true(ka && va && kb && vb);
+    assert_int_equal(kw_kvcache_read_rows(a, l, 0, n, ka, va), 0);
+    assert_int_equal(kw_kvcache_read_rows(b, l, 0, n, kb, vb), 0);
+    if (memcmp(ka, kb, (size_t)cnt * 4) || memcmp(va, vb, (size_t)cnt * 4))
+        fail_msg("%s: layer %d differs", what, (int)l);
+    free(ka), free(va), free(kb), free(vb);
+}
+
+/* kv_direct into a mixed cache (layer 0 int8, the middle layers int4, the last bf16) of int8 sections in the int8
+ * cache's layout: layer 0 takes them as pages, the int4 layers requantize them (reason "codec": the section is not in
+ * THAT layer's codec), the bf16 layer is dense; each layer's received full pages are bit for bit those of a cache of
+ * its codec alone fed the same blobs (all-int8: direct; all-int4: requantized; bf16: dense). A bf16 layer first
+ * still reports "requantized" when other layers took pages. */
+static void test_kv_direct_mixed(void **state) {
+    (void)state;
+    const kw_model_config *c = kw_model_get_config(E.recv);
+    assert_true(c->n_layers >= 3 && c->n_layers <= 16);
+    int32_t layers[16];
+    for (int32_t l = 0; l < c->n_layers; ++l)
+        layers[l] = l;
+    kw_fusion_section sec[3];
+    int32_t n = 0;
+    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    const int64_t shared = E.L - sec[n - 1].length, P = 16, full = shared / P * P;
+    assert_true(full >= P);
+    const kw_select_policy all = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
+    kw_wire_policy pol = {0};
+    assert_int_equal(kw_kv_pages_specs(KW_KVQ_INT8, (int32_t)P, c->head_dim, &pol.k, &pol.v), 0);
+    blobs b = {0};
+    share(E.recv, 0, sec, n, layers, c->n_layers, &all, 1, &pol, KW_DTYPE_BF16, &b);
+    const qcache qm = {KW_KVQ_INT4, (int32_t)P, 0, "0:int8,-1:bf16"}, q8 = {KW_KVQ_INT8, (int32_t)P, 0, NULL},
+                 q4 = {KW_KVQ_INT4, (int32_t)P, 0, NULL}, qf = {KW_KVQ_INT4, (int32_t)P, 0, "0:bf16,1:int8"};
+    received mix, r8, r4, dense, first;
+    const enum kw_fusion_mode fm = KW_FUSION_SEQUENTIAL;
+    int rc = receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, fm, KW_DTYPE_BF16, &b, 0, &qm, &mix);
+    if (rc < 0) fail_msg("mixed: %s (%s)", kw_status_name(rc), kw_error_detail());
+    assert_int_equal(receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, fm, KW_DTYPE_BF16, &b, 0, &q8, &r8), 0);
+    assert_int_equal(receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, fm, KW_DTYPE_BF16, &b, 0, &q4, &r4), 0);
+    assert_int_equal(receive(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, fm, KW_DTYPE_BF16, &b, 0, &dense), 0);
+    assert_int_equal(receive_q(E.recv, NULL, KW_RECEIVE_KV_DIRECT, sec, n, fm, KW_DTYPE_BF16, &b, 0, &qf, &first), 0);
+    assert_string_equal(kw_receive_kv_store(&mix.stats), "requantized");
+    assert_int_equal(mix.stats.store_reason, KW_KV_STORE_CODEC);
+    assert_int_equal(mix.stats.rows_direct, shared);
+    assert_int_equal(mix.stats.rows_tail, shared % P);
+    assert_int_equal(mix.stats.rows_requantized, shared * (c->n_layers - 1));
+    assert_string_equal(kw_receive_kv_store(&r4.stats), "requantized");
+    assert_int_equal(r4.stats.store_reason, KW_KV_STORE_CODEC);
+    assert_string_equal(kw_receive_kv_store(&r8.stats), "direct");
+    assert_string_equal(kw_receive_kv_store(&first.stats), "requantized");
+    assert_int_equal(first.stats.store_reason, KW_KV_STORE_DENSE_CACHE);
+    assert_int_equal(first.stats.rows_direct, shared);
+    for (int32_t l = 0; l < c->n_layers; ++l) {
+        kw_kvcache *want = l == 0 ? r8.cache : l == c->n_layers - 1 ? dense.cache : r4.cache;
+        same_layer(mix.cache, want, l, full, "mixed cache against the cache of the layer's codec");
+    }
+    received_free(&mix), received_free(&r8), received_free(&r4), received_free(&dense), received_free(&first);
+    blobs_free(&b);
 }
 
 /* Two-round refinement at the halves (PROTOCOL.md §5.1): round one at 0.2, the probe, round two with skip_ranked
@@ -717,6 +785,7 @@ int main(void) {
         cmocka_unit_test(test_c2c_int4_equals_in_process_round_trip),
         cmocka_unit_test(test_kv_direct),
         cmocka_unit_test(test_kv_direct_pages),
+        cmocka_unit_test(test_kv_direct_mixed),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_two_rounds),
         cmocka_unit_test(test_refine_metric),
