@@ -129,6 +129,54 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_key_row)(float *kbuf, cons
         KW_V(store)(kbuf + d, KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(codes, codec, d), KW_V(load)(sc + d)));
 }
 
+/* The scores of the nh heads for one key row of a full page, its nc = D / 16 chunks rebuilt into registers
+ * (fl(code * scale), as kw_attnq_key_row stores them) and each head's dot product taken from there with
+ * kw_attn_dot's operations in its order (the same bits as the f32 kernel on the rebuilt row, without storing it and
+ * reading it back per head). nc is a constant at every call (kw_attnq_key_scores' switch). */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attnq_key_scores_fixed)(float *scores, float *maxs, const float *q,
+                                                                        int64_t nh, int64_t n_kv, int64_t j,
+                                                                        const uint8_t *codes, const float *ksc,
+                                                                        enum kw_kvq_codec codec, float scale,
+                                                                        const int nc) {
+    KW_VT k[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < nc; ++c)
+        k[c] = KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(codes, codec, (int64_t)c * 16), KW_V(load)(ksc + c * 16));
+    for (int64_t g = 0; g < nh; ++g) {
+        KW_VT acc = KW_V(zero)();
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; ++c)
+            acc = KW_V(fma)(KW_V(load)(q + g * nc * 16 + c * 16), k[c], acc);
+        const float s = KW_V(hsum)(acc) * scale;
+        scores[g * n_kv + j] = s;
+        if (s > maxs[g]) maxs[g] = s;
+    }
+}
+
+/* kw_attnq_key_scores_fixed for D = 16 .. 128 (returns 1), else 0: the caller rebuilds the row into a buffer. */
+KW_SIMD_TARGET KW_SIMD_INLINE int KW_ISA_FN(kw_attnq_key_scores)(float *scores, float *maxs, const float *q, int64_t nh,
+                                                                 int64_t n_kv, int64_t j, const uint8_t *codes,
+                                                                 const float *ksc, enum kw_kvq_codec codec, float scale,
+                                                                 int64_t D) {
+#define KW_ATTNQ_KEY_CASE(NC)                                                                                          \
+    case (NC)*16:                                                                                                      \
+        KW_ISA_FN(kw_attnq_key_scores_fixed)(scores, maxs, q, nh, n_kv, j, codes, ksc, codec, scale, NC);              \
+        return 1
+    switch (D) {
+        KW_ATTNQ_KEY_CASE(1);
+        KW_ATTNQ_KEY_CASE(2);
+        KW_ATTNQ_KEY_CASE(3);
+        KW_ATTNQ_KEY_CASE(4);
+        KW_ATTNQ_KEY_CASE(5);
+        KW_ATTNQ_KEY_CASE(6);
+        KW_ATTNQ_KEY_CASE(7);
+        KW_ATTNQ_KEY_CASE(8);
+    default:
+        return 0;
+    }
+#undef KW_ATTNQ_KEY_CASE
+}
+
 /* The output of m heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of nc 16-wide chunks from d0:
  * each value row's chunks are rebuilt once (one scale per group of G = 16 or 32 channels, so a chunk lies in one group)
  * and feed every head's fma chain over the rows, a head skipping the rows whose weight is 0, as kw_attn_out_block does.
@@ -239,7 +287,10 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
                 for (int64_t d = 0; d < D; ++d)
                     ksc[d] = scale_of[kscales[page * D + d]];
             }
-            KW_ISA_FN(kw_attnq_key_row)(kbuf, khead + (size_t)j * krow_bytes, ksc, kg->codec, D);
+            const uint8_t *codes = khead + (size_t)j * krow_bytes;
+            if (KW_ISA_FN(kw_attnq_key_scores)(scores, maxs, q, nh, n_kv, j, codes, ksc, kg->codec, scale, D))
+                continue; /* scored from registers */
+            KW_ISA_FN(kw_attnq_key_row)(kbuf, codes, ksc, kg->codec, D);
             krow = kbuf;
         }
         for (int64_t g = 0; g < nh; ++g) {
