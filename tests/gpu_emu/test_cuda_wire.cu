@@ -593,6 +593,18 @@ static void test_encode_v11_errors(void **state) {
     assert_int_equal(ok + nonfinite + range, 5 * 3 * 7);
 }
 
+/* Each spec is refused with status before anything runs, and its size is 0. */
+static void expect_refused(const kw_cuda_wire_spec *refused, size_t n, int status) {
+    dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
+    dev_buf<unsigned long long> err(1);
+    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0};
+    for (size_t i = 0; i < n; ++i) {
+        assert_int_equal(kw_cuda_wire_tensor_bytes(&refused[i], 2, 4, 16), 0);
+        assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &refused[i], &src, 2, 4, 16, dst.p, work.p, err.p),
+                         status);
+    }
+}
+
 /* Specs the format forbids are refused before anything runs, as the CPU refuses them (KW_E_INVALID_ARG here), and
  * the size functions report 0. */
 static void test_encode_refuses_bad_specs(void **state) {
@@ -605,14 +617,7 @@ static void test_encode_refuses_bad_specs(void **state) {
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0},                        /* no such gran */
         {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0}, /* passthrough with a zero point */
     };
-    dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
-    dev_buf<unsigned long long> err(1);
-    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0};
-    for (const kw_cuda_wire_spec &s : refused) {
-        assert_int_equal(kw_cuda_wire_tensor_bytes(&s, 2, 4, 16), 0);
-        assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &s, &src, 2, 4, 16, dst.p, work.p, err.p),
-                         KW_E_INVALID_ARG);
-    }
+    expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_INVALID_ARG);
 }
 
 /* log8 scales (FORMAT.md §5.4) are not on the GPU yet: refused with KW_E_UNSUPPORTED before anything runs (never
@@ -624,14 +629,7 @@ static void test_encode_refuses_log8(void **state) {
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_LOG8, 2},
         {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},
     };
-    dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
-    dev_buf<unsigned long long> err(1);
-    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0};
-    for (const kw_cuda_wire_spec &s : refused) {
-        assert_int_equal(kw_cuda_wire_tensor_bytes(&s, 2, 4, 16), 0);
-        assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &s, &src, 2, 4, 16, dst.p, work.p, err.p),
-                         KW_E_UNSUPPORTED);
-    }
+    expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_UNSUPPORTED);
 }
 
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
