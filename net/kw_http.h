@@ -71,7 +71,9 @@ int kw_http_server_start(uv_loop_t *loop, const kw_http_server_config *cfg, kw_h
 uint16_t kw_http_server_port(const kw_http_server *s);
 
 /* Graceful shutdown, as kw_net_server_shutdown: requests being handled finish (their connections close after the
- * response), idle connections close at once, whatever is left at deadline_ms is aborted. */
+ * response); a connection without one may still deliver one request in the first 500 ms (the handler sees it like
+ * any other: a server that is stopping answers it with an error of its choice), then closes; whatever is left at
+ * deadline_ms is aborted. */
 void kw_http_server_shutdown(kw_http_server *s, uint32_t deadline_ms, void (*done)(kw_http_server *s, void *user),
                              void *user);
 

@@ -225,10 +225,12 @@ uint16_t kw_net_server_port(const kw_net_server *s);
 /* Open connections. */
 size_t kw_net_server_connections(const kw_net_server *s);
 
-/* Graceful shutdown: stops accepting at once; closes the connections without a request in flight; lets the others
- * finish (on_shutdown tells them) and close when their request ends; after deadline_ms aborts whatever is left
- * with KW_E_NET_SHUTDOWN. done runs once, from the loop, when every connection and handle is closed. Calling it
- * again does nothing. */
+/* Graceful shutdown: takes the connections the kernel has already accepted, then stops listening; lets the
+ * connections with a request in flight finish (on_shutdown tells them) and close when their request ends; gives the
+ * others 500 ms (at most deadline_ms) to start one more request, which is handled likewise (so a client that
+ * connected or sent its request just before the shutdown gets a response, not a closed connection), then closes
+ * them; after deadline_ms aborts whatever is left with KW_E_NET_SHUTDOWN. done runs once, from the loop, when every
+ * connection and handle is closed. Calling it again does nothing. */
 void kw_net_server_shutdown(kw_net_server *s, uint32_t deadline_ms, void (*done)(kw_net_server *s, void *user),
                             void *user);
 

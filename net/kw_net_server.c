@@ -1,20 +1,31 @@
 /* kw_net_server.c: listening, accepting, and graceful shutdown of a server's connections; the SIGTERM/SIGINT
  * watcher; the cross-thread completion queue.
  *
- * Not here: the connection itself (kw_net_conn.c). Shutdown invariant: once shutting_down is set nothing is
- * accepted; the server's done callback runs exactly once, after the listener, the deadline timer and every
- * connection are closed.
+ * Not here: the connection itself (kw_net_conn.c). Shutdown invariant: once shutting_down is set nothing new is
+ * accepted (the connections the kernel had already accepted are taken first, so that they are answered rather than
+ * reset); the server's done callback runs exactly once, after the listener, the two timers and every connection are
+ * closed.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "common/kw_status.h"
 #include "net/kw_net_internal.h"
+
+/* How long a shutting-down server keeps a connection with no request in flight open for one more request (answered,
+ * then the connection closes). A client that connected or sent its request just before the shutdown would otherwise
+ * see its connection close with the request unread and no response; at most the shutdown deadline. */
+#define KW__NET_SHUTDOWN_GRACE_MS 500u
 
 struct kw_net_server {
     uv_tcp_t listener; /* listener.data is the server */
     uv_timer_t deadline;
+    uv_timer_t grace; /* shutdown: closes the connections still without a request when it fires */
     uv_loop_t *loop;
     kw_net_server_config cfg;
     kw_net_accept_fn on_accept;
@@ -46,6 +57,7 @@ static void kw__net_server_maybe_done(kw_net_server *s) {
     if (!s->shutting_down || s->n_conns || s->timer_closing) return;
     s->timer_closing = true;
     uv_close((uv_handle_t *)&s->deadline, kw__net_server_handle_closed);
+    uv_close((uv_handle_t *)&s->grace, kw__net_server_handle_closed);
 }
 
 void kw__net_server_conn_closed(kw_net_server *s, kw_net_conn *c) {
@@ -68,23 +80,30 @@ static void kw__net_free_handle(uv_handle_t *h) {
     free(h);
 }
 
-static void kw__net_server_on_connection(uv_stream_t *listener, int status) {
-    kw_net_server *s = listener->data;
-    if (status < 0 || s->shutting_down) return;
+/* Takes one accepted socket: uv_accept from the listener when fd < 0, else the socket fd that accept4 returned (the
+ * shutdown's backlog drain). */
+static void kw__net_server_take(kw_net_server *s, int fd) {
     kw_net_conn *c =
         kw__net_conn_new(s->loop, &s->cfg.conn, s->cfg.tls ? &kw__net_transport_tls : &kw__net_transport_tcp);
     if (!c) {
+        if (fd >= 0) {
+            close(fd);
+            return;
+        }
         /* libuv holds the accepted socket until uv_accept and stops listening meanwhile: take it and drop it */
         uv_tcp_t *drop = malloc(sizeof *drop);
         if (!drop || uv_tcp_init(s->loop, drop) != 0) {
             free(drop);
             return;
         }
-        uv_accept(listener, (uv_stream_t *)drop);
+        uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)drop);
         uv_close((uv_handle_t *)drop, kw__net_free_handle);
         return;
     }
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
+    const int taken =
+        fd >= 0 ? uv_tcp_open(&c->tcp, fd) : uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp);
+    if (taken < 0) {
+        if (fd >= 0) close(fd);
         kw_net_conn_abort(c, KW_E_NET_IO);
         return;
     }
@@ -107,6 +126,29 @@ static void kw__net_server_on_connection(uv_stream_t *listener, int status) {
     if (rc < 0) kw_net_conn_abort(c, rc);
 }
 
+static void kw__net_server_on_connection(uv_stream_t *listener, int status) {
+    kw_net_server *s = listener->data;
+    if (status < 0 || s->shutting_down) return;
+    kw__net_server_take(s, -1);
+}
+
+/* Shutdown: the connections the kernel completed but the loop has not accepted yet would be reset when the listener
+ * closes, after their clients had connected and sent their requests. Takes them (a bounded number) so that they get
+ * the grace of the connections already open. */
+static void kw__net_server_drain_backlog(kw_net_server *s) {
+    uv_os_fd_t listen_fd;
+    if (uv_fileno((const uv_handle_t *)&s->listener, &listen_fd) != 0) return;
+    for (int taken = 0; taken < 4096;) {
+        const int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return; /* EAGAIN: the queue is empty; anything else: leave the rest to the close */
+        }
+        kw__net_server_take(s, fd);
+        ++taken;
+    }
+}
+
 int kw_net_server_start(uv_loop_t *loop, const kw_net_server_config *cfg, kw_net_accept_fn on_accept, void *user,
                         kw_net_server **out) {
     KW_RETURN_IF(!cfg || !cfg->host || !on_accept, KW_E_INVALID_ARG, "server: host and accept callback are required");
@@ -124,8 +166,9 @@ int kw_net_server_start(uv_loop_t *loop, const kw_net_server_config *cfg, kw_net
     s->user = user;
     uv_tcp_init(loop, &s->listener);
     uv_timer_init(loop, &s->deadline);
-    s->listener.data = s->deadline.data = s;
-    s->handles_open = 2;
+    uv_timer_init(loop, &s->grace);
+    s->listener.data = s->deadline.data = s->grace.data = s;
+    s->handles_open = 3;
     int rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
     if (rc == 0)
         rc =
@@ -139,6 +182,7 @@ int kw_net_server_start(uv_loop_t *loop, const kw_net_server_config *cfg, kw_net
         s->start_failed = true;
         uv_close((uv_handle_t *)&s->listener, kw__net_server_handle_closed);
         uv_close((uv_handle_t *)&s->deadline, kw__net_server_handle_closed);
+        uv_close((uv_handle_t *)&s->grace, kw__net_server_handle_closed);
         return KW_E_NET_ADDRESS;
     }
     s->port = ntohs(addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&addr)->sin6_port
@@ -163,23 +207,30 @@ static void kw__net_server_deadline_cb(uv_timer_t *t) {
     }
 }
 
+/* The grace is over: the connections that have no request in flight now close. */
+static void kw__net_server_grace_cb(uv_timer_t *t) {
+    kw_net_server *s = t->data;
+    /* Connections leave the list only in their close callbacks, so the list is stable while we walk it. */
+    for (kw_net_conn *c = s->conns; c; c = c->next) {
+        if (c->busy) continue;
+        kw_error_set(KW_E_NET_SHUTDOWN, "the server is shutting down");
+        kw_net_conn_close(c, KW_E_NET_SHUTDOWN);
+    }
+}
+
 void kw_net_server_shutdown(kw_net_server *s, uint32_t deadline_ms, void (*done)(kw_net_server *s, void *user),
                             void *user) {
     if (s->shutting_down) return;
+    kw__net_server_drain_backlog(s);
     s->shutting_down = true;
     s->done = done;
     s->done_user = user;
     uv_close((uv_handle_t *)&s->listener, kw__net_server_handle_closed);
     uv_timer_start(&s->deadline, kw__net_server_deadline_cb, deadline_ms, 0);
-    /* Connections leave the list only in their close callbacks, so the list is stable while we walk it. */
-    for (kw_net_conn *c = s->conns; c; c = c->next) {
-        if (!c->busy) {
-            kw_error_set(KW_E_NET_SHUTDOWN, "the server is shutting down");
-            kw_net_conn_close(c, KW_E_NET_SHUTDOWN);
-        } else if (c->cb.on_shutdown && c->state == KW__NET_OPEN) {
-            c->cb.on_shutdown(c);
-        }
-    }
+    uv_timer_start(&s->grace, kw__net_server_grace_cb,
+                   deadline_ms < KW__NET_SHUTDOWN_GRACE_MS ? deadline_ms : KW__NET_SHUTDOWN_GRACE_MS, 0);
+    for (kw_net_conn *c = s->conns; c; c = c->next)
+        if (c->busy && c->cb.on_shutdown && c->state == KW__NET_OPEN) c->cb.on_shutdown(c);
     kw__net_server_maybe_done(s);
 }
 

@@ -2,17 +2,22 @@
  * bytes, keep-alive, pipelining (responses in request order, one deferred), chunked request bodies, Expect:
  * 100-continue, the limits (431, 413, 400, 501), HTTP/1.0, slowloris (headers sent slowly or not finished) against
  * the header timeout, a server-sent-events stream, a client that leaves mid-request, and graceful shutdown with a
- * request in flight. Responses are checked by parsing them with http-parser in response mode. */
+ * request in flight and with requests sent just before it (from a client still in the accept queue and from one
+ * accepted but not yet read). Responses are checked by parsing them with http-parser in response mode. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <http_parser.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "common/kw_status.h"
 #include "net/kw_http.h"
@@ -540,6 +545,58 @@ static void test_shutdown_in_flight(void **state) {
     nt_client_free(&idle);
 }
 
+/* A plain blocking socket connected to the server: the kernel completes the handshake and keeps what it sends
+ * whether or not the server's loop has run. */
+static int raw_connect(uint16_t port) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (const struct sockaddr *)&addr, sizeof addr), 0);
+    const struct timeval limit = {.tv_sec = 5};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit), 0);
+    return fd;
+}
+
+/* Reads fd to its end (or a reset, or the 5 s receive limit) and checks that it holds exactly one complete
+ * response, the /hello one. */
+static void raw_expect_hello(int fd) {
+    uint8_t buf[4096];
+    size_t len = 0;
+    for (;;) {
+        const ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
+        if (n <= 0) break;
+        len += (size_t)n;
+        assert_true(len < sizeof buf);
+    }
+    close(fd);
+    responses rs;
+    parse_responses(buf, len, true, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_true(rs.r[0].complete);
+    assert_int_equal(rs.r[0].status, 200);
+    assert_memory_equal(rs.r[0].body, "hello", 5);
+}
+
+/* Clients that connected and sent their request just before the shutdown get their response: one still in the
+ * kernel's accept queue (the loop never ran after its connect), one accepted whose request is unread. */
+static void test_shutdown_pending(void **state) {
+    fixture *f = *state;
+    uv_loop_t *loop = &f->loop;
+    app *a = &f->a;
+    static const char hello[] = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    const int accepted = raw_connect(kw_http_server_port(a->server));
+    nt_run_for(loop, 50); /* the server accepts it */
+    const int queued = raw_connect(kw_http_server_port(a->server));
+    assert_int_equal(send(accepted, hello, sizeof hello - 1, 0), (ssize_t)(sizeof hello - 1));
+    assert_int_equal(send(queued, hello, sizeof hello - 1, 0), (ssize_t)(sizeof hello - 1));
+    kw_http_server_shutdown(a->server, 5000, app_done, a);
+    nt_run_until(loop, &a->done, 5000);
+    assert_int_equal(a->requests, 2);
+    raw_expect_hello(accepted);
+    raw_expect_hello(queued);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -551,6 +608,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_sse, setup_default, teardown),
         cmocka_unit_test_setup_teardown(test_client_gone, setup_default, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_in_flight, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_pending, setup_default, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

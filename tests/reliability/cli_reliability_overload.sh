@@ -105,7 +105,9 @@ run=$tmp/sigterm
 [ "$(wc -l <"$run/records.jsonl")" = "$n" ] || fail "$(wc -l <"$run/records.jsonl") of $n requests recorded"
 kinds=$(jq -r 'if .success then "ok" else .error.kind end' "$run/records.jsonl" | sort | uniq -c)
 bad=$(grep -vE ' (ok|http_503:KW_E_SHARE_BUSY|http_503:KW_E_NET_SHUTDOWN|connect)$' <<<"$kinds" || true)
-[ -z "$bad" ] || fail "requests cut off by the shutdown: $bad"
+[ -z "$bad" ] || fail "requests cut off by the shutdown: $bad ($(jq -r 'select(.success | not) | .error |
+    select(.kind | test("^(http_503|connect)") | not) | "\(.kind): \(.message)"' "$run/records.jsonl" | sort |
+    uniq -c | head -n 5))"
 grep -q ' ok$' <<<"$kinds" || fail "no request answered before the shutdown"
 grep -q 'receiverd: stopped' receiver.log || fail "receiverd did not log its stop"
 echo "sigterm under load: receiverd exited 0; outcomes: $(tr -s ' \n' ' ' <<<"$kinds")"
