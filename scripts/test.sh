@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 
 exclude=slow
+# ctest -j runs several test processes, each with an OpenMP team, on few cores: with libgomp's default waiting (spin
+# for a long time at every barrier) a thread whose partner is descheduled burns its time slice, and the model tests
+# ran 5x slower here (docs/BENCHMARKS.md "OpenMP waiting under CPU contention"). Results do not depend on it.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 if [ "${KW_TEST_SLOW:-0}" = 1 ]; then exclude='^$'; fi
 jobs=$(nproc 2>/dev/null || echo 2)
 
