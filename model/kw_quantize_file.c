@@ -6,7 +6,11 @@
  * config.json, the tensors are renamed (kw_gguf_model_tensor_name), ordered (token_embd, the blocks in layer order,
  * output_norm, output) and laid out as llama.cpp's converter lays them out (llama q/k rows interleaved per head, Gemma
  * 3 norms stored as 1 + w); the tokenizer keys come from vocab_from (a GGUF file whose tokenizer.* entries are copied),
- * else only the special token ids are written (kvwire loads such a file; llama.cpp needs a vocabulary). */
+ * else only the special token ids are written (kvwire loads such a file; llama.cpp needs a vocabulary).
+ *
+ * Safetensors out (a path ending in .safetensors; HF folder in only): the same type per tensor as the GGUF file, but
+ * HF names and layout (no interleaving, Gemma 3 norms as stored), quantized matrices split into codes, scales and
+ * minimums (kw_st_quant.h), and config.json, generation_config.json and the tokenizer files copied beside the file. */
 #include "model/kw_quantize.h"
 
 #include <limits.h>
@@ -15,6 +19,7 @@
 #include <string.h>
 
 #include "common/kw_bytes.h"
+#include "common/kw_file.h"
 #include "common/kw_half.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
@@ -23,13 +28,15 @@
 #include "model/kw_gguf.h"
 #include "model/kw_gguf_model.h"
 #include "model/kw_gguf_writer.h"
+#include "model/kw_quantize_st.h"
 #include "model/kw_safetensors.h"
 
 // ---------------------------------------------------------------------------------------------------------------
 // One tensor: f32 values in GGUF layout -> the scheme's type -> the writer
 
 typedef struct kw_q_ctx {
-    kw_gguf_writer *w;
+    kw_gguf_writer *w; /* GGUF output, or */
+    kw_q_st_sink *so;  /* safetensors output (HF names and layout) */
     enum kw_quant_scheme scheme;
     int32_t n_layers;
     int tied;
@@ -43,8 +50,10 @@ static int32_t kw_q_layer_of(const char *gguf_name) {
     return (int32_t)layer;
 }
 
-/* Quantizes x (rows x ne[0] f32 values, GGUF layout; owned by the caller) and hands the result to the writer. */
-static int kw_q_add(kw_q_ctx *c, const char *name, int32_t n_dims, const int64_t *ne, const float *x) {
+/* Quantizes x (rows x ne[0] f32 values; owned by the caller) and hands the result to the writer: GGUF tensor name, or
+ * with safetensors output HF tensor hf_name (x then in HF layout; name still picks the type). */
+static int kw_q_add(kw_q_ctx *c, const char *name, const char *hf_name, int32_t n_dims, const int64_t *ne,
+                    const float *x) {
     const kw_quant_tensor qt = {.name = name,
                                 .n_dims = n_dims,
                                 .ne0 = ne[0],
@@ -69,7 +78,11 @@ static int kw_q_add(kw_q_ctx *c, const char *name, int32_t n_dims, const int64_t
         }
     }
     if (c->stats) ++c->stats->tensors[type < KW_QUANT_MAX_TYPES ? type : KW_QUANT_MAX_TYPES - 1];
-    return kw_gguf_writer_add_tensor(c->w, name, type, n_dims, ne, q, bytes);
+    if (!c->so) return kw_gguf_writer_add_tensor(c->w, name, type, n_dims, ne, q, bytes);
+    int64_t shape[KW_GGUF_MAX_DIMS];
+    for (int32_t d = 0; d < n_dims; ++d)
+        shape[d] = ne[n_dims - 1 - d];
+    return kw_q_st_sink_add(c->so, hf_name, type, n_dims, shape, q, bytes);
 }
 
 /* Grows a float buffer to n values. */
@@ -127,7 +140,7 @@ static int kw_q_from_gguf(kw_q_ctx *c, const char *path) {
         for (int64_t r = 0; rc == 0 && r < rows; ++r)
             rc = kw_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * row_bytes, t->ne[0], KW_DTYPE_F32,
                                 x + r * t->ne[0]);
-        if (rc == 0) rc = kw_q_add(c, t->name, t->n_dims, t->ne, x);
+        if (rc == 0) rc = kw_q_add(c, t->name, NULL, t->n_dims, t->ne, x);
     }
     free(x);
     kw_gguf_close(g);
@@ -221,9 +234,9 @@ static int kw_q_hf_cmp(const void *a, const void *b) {
     return strcmp(x->gguf, y->gguf);
 }
 
-/* The HF tensor t as f32 in GGUF layout into x: llama q/k rows (or bias values) interleaved per head, Gemma 3
- * norms + 1. */
-static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, float *x, size_t n) {
+/* The HF tensor t as f32 into x, in GGUF layout if gguf (llama q/k rows, or bias values, interleaved per head; Gemma 3
+ * norms + 1), else as it is. */
+static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, int gguf, float *x, size_t n) {
     const kw_st_tensor *t = e->t;
     const uint8_t *src = t->data;
     for (size_t i = 0; i < n; ++i) {
@@ -241,6 +254,7 @@ static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, f
             KW_FAIL(KW_E_MODEL_DTYPE, "HF tensor %s: dtype %s", t->name, kw_dtype_name(t->dtype));
         }
     }
+    if (!gguf) return 0;
     if (cfg->arch == KW_ARCH_GEMMA3 && strstr(t->name, "norm.weight") != NULL)
         for (size_t i = 0; i < n; ++i)
             x[i] = x[i] + 1.0f;
@@ -297,13 +311,14 @@ static int kw_q_from_hf(kw_q_ctx *c, const char *dir, const char *vocab_from) {
         ++n_list;
     }
     if (rc == 0) qsort(list, n_list, sizeof *list, kw_q_hf_cmp);
-    if (rc == 0) rc = kw_q_hf_metadata(c, &cfg);
-    kw_q_file_keys(c, &rc);
+    if (rc == 0 && c->w) rc = kw_q_hf_metadata(c, &cfg);
+    if (c->w) kw_q_file_keys(c, &rc);
     uint64_t n_tokens = 0;
-    if (rc == 0 && vocab_from) {
+    /* safetensors output has no metadata to write here: config.json and the tokenizer files are copied */
+    if (rc == 0 && c->w && vocab_from) {
         rc = kw_q_vocab_from(c->w, vocab_from, &n_tokens);
         if (c->stats) c->stats->vocab_tokens = (int64_t)n_tokens;
-    } else if (rc == 0) {
+    } else if (rc == 0 && c->w) {
         rc = kw_q_hf_special(c->w, &cfg);
     }
     for (size_t i = 0; rc == 0 && i < n_list; ++i) {
@@ -315,8 +330,8 @@ static int kw_q_from_hf(kw_q_ctx *c, const char *dir, const char *vocab_from) {
             n *= (size_t)t->shape[d]; /* bounded by the file */
         }
         KW_CHECK(kw_q_grow(&x, &cap, n));
-        KW_CHECK(kw_q_hf_values(&cfg, &list[i], x, n));
-        KW_CHECK(kw_q_add(c, list[i].gguf, t->ndim, ne, x));
+        KW_CHECK(kw_q_hf_values(&cfg, &list[i], c->w != NULL, x, n));
+        KW_CHECK(kw_q_add(c, list[i].gguf, t->name, t->ndim, ne, x));
     }
 out:
     free(x);
@@ -325,18 +340,49 @@ out:
     return rc;
 }
 
+/* 1 if path names a safetensors file (by its suffix). */
+static int kw_q_is_safetensors(const char *path) {
+    static const char suffix[] = ".safetensors";
+    const size_t n = strlen(path), k = sizeof suffix - 1;
+    return n >= k && strcmp(path + n - k, suffix) == 0;
+}
+
+/* KW_E_INVALID_ARG if the folder of out is the folder in (the copy of config.json would overwrite its source). */
+static int kw_q_check_out_dir(const char *in, const char *out) {
+    const char *slash = strrchr(out, '/');
+    char *dir = slash ? strndup(out, (size_t)(slash - out) + 1) : strdup(".");
+    KW_RETURN_IF(!dir, KW_E_NOMEM, "out of memory");
+    char *a = realpath(in, NULL), *b = realpath(dir, NULL);
+    const int same = a && b && strcmp(a, b) == 0, missing = !b;
+    free(a);
+    free(b);
+    int rc = 0;
+    if (missing) rc = kw_error_set(KW_E_IO, "the folder %s of the output does not exist", dir);
+    if (same) rc = kw_error_set(KW_E_INVALID_ARG, "the output folder %s is the input folder", dir);
+    free(dir);
+    return rc;
+}
+
 int kw_quantize_file(const char *in, const char *out, enum kw_quant_scheme scheme, const char *vocab_from,
                      kw_quantize_stats *stats) {
+    static const char *const scheme_names[] = {"f32", "bf16", "q8_0", "q4_k", "q4_k_m"};
     KW_RETURN_IF(!in || !out, KW_E_INVALID_ARG, "kw_quantize_file: NULL path");
     KW_RETURN_IF((unsigned)scheme > KW_QUANT_Q4_K_M, KW_E_INVALID_ARG, "kw_quantize_file: scheme %d", (int)scheme);
-    const int gguf_in = kw_gguf_is_gguf(in);
+    const int gguf_in = kw_gguf_is_gguf(in), st_out = kw_q_is_safetensors(out);
     KW_RETURN_IF(gguf_in && vocab_from, KW_E_INVALID_ARG,
                  "a vocabulary source is for HF folders (a GGUF input keeps its own tokenizer)");
+    KW_RETURN_IF(st_out && vocab_from, KW_E_INVALID_ARG,
+                 "a vocabulary source is for GGUF output (safetensors output copies the folder's tokenizer files)");
+    KW_RETURN_IF(st_out && gguf_in, KW_E_INVALID_ARG,
+                 "safetensors output needs an HF folder as input (a GGUF file has no config.json to copy)");
+    if (st_out) KW_FORWARD(kw_q_check_out_dir(in, out));
     if (stats) memset(stats, 0, sizeof *stats);
     kw_q_ctx c = {.scheme = scheme, .stats = stats};
-    int rc = kw_gguf_writer_new(0, &c.w);
+    int rc = st_out ? kw_q_st_sink_new(scheme_names[scheme], &c.so) : kw_gguf_writer_new(0, &c.w);
     if (rc == 0) rc = gguf_in ? kw_q_from_gguf(&c, in) : kw_q_from_hf(&c, in, vocab_from);
-    if (rc == 0) rc = kw_gguf_writer_write(c.w, out);
+    if (rc == 0) rc = st_out ? kw_q_st_sink_write(c.so, out) : kw_gguf_writer_write(c.w, out);
+    if (rc == 0 && st_out) rc = kw_q_st_copy_sidecars(in, out);
     kw_gguf_writer_free(c.w);
+    kw_q_st_sink_free(c.so);
     return rc;
 }
