@@ -1,5 +1,6 @@
 /* kw_st_quant.h: quantized matrices in safetensors files, the layout `kvwire quantize --out X.safetensors` writes and
- * kvwire loads back (docs/FORMAT.md, "Quantized safetensors", is the reference for other tools).
+ * kvwire loads back (docs/FORMAT.md, "Appendix: quantized safetensors checkpoints", is the reference for
+ * other tools).
  *
  * A quantized matrix NAME (an HF name such as "model.layers.0.mlp.up_proj.weight", N rows of K inputs) is three
  * tensors and one metadata entry:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """check_quantized_safetensors.py: reads a safetensors file written by `kvwire quantize --out X.safetensors` with the
 `safetensors` package alone (no kvwire code), dequantizes every quantized matrix from the layout docs/FORMAT.md
-documents ("Quantized safetensors"), and compares the values bit for bit with kvwire's own dequantization of the
+documents ("Appendix: quantized safetensors checkpoints"), and compares the values bit for bit with kvwire's own dequantization of the
 GGUF file the same scheme writes.
 
 kvwire's dequantization is taken from kvwire itself: the GGUF output is converted back to an F32 GGUF
@@ -10,8 +10,11 @@ small GGUF reader, renamed to HF names and (Llama) its q/k rows put back in HF o
 
 A one-off developer check (CI never runs Python; pip install safetensors numpy), e.g.
 
-  build/tools/kvwire gen-model --arch llama --hidden 256 --head-dim 64 --intermediate 352 --out /tmp/src
+  build/tools/kvwire gen-model --arch qwen3 --hidden 256 --head-dim 64 --intermediate 352 --out /tmp/src
   python3 tools/check_quantized_safetensors.py --kvwire build/tools/kvwire --model /tmp/src --work /tmp/qchk
+
+(A gen-model Llama has llama3 RoPE scaling, which kvwire's GGUF writer refuses: set "rope_scaling" to null in its
+config.json first.)
 """
 import argparse
 import json

@@ -28,7 +28,7 @@ static void kw_quantize_usage(FILE *out) {
         "the same bytes.\n"
         "An --out ending in .safetensors (HF folder input only) writes the same types as a safetensors file in HF\n"
         "names and layout: each quantized matrix NAME as its codes NAME (I8, or U8 with two 4-bit codes per byte),\n"
-        "NAME_scale and for Q4_K NAME_min (docs/FORMAT.md, \"Quantized safetensors\"), and copies config.json and\n"
+        "NAME_scale and for Q4_K NAME_min (docs/FORMAT.md, appendix), and copies config.json and\n"
         "the tokenizer files beside it; kvwire loads that folder (name the file model.safetensors).\n");
 }
 
