@@ -303,6 +303,38 @@ int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out,
     return 0;
 }
 
+static const char *kw_gguf_map_hf(const kw_gguf_name_map *t, size_t n, const char *gguf) {
+    for (size_t i = 0; i < n; ++i)
+        if (strcmp(t[i].gguf, gguf) == 0) return t[i].hf;
+    return NULL;
+}
+
+int kw_gguf_model_hf_name(enum kw_arch arch, const char *gguf_name, char *out, size_t cap) {
+    KW_RETURN_IF(!gguf_name || !out || cap == 0, KW_E_INVALID_ARG, "kw_gguf_model_hf_name: NULL argument");
+    const char *h = strcmp(gguf_name, "token_embd.weight") == 0    ? "model.embed_tokens.weight"
+                    : strcmp(gguf_name, "output_norm.weight") == 0 ? "model.norm.weight"
+                    : strcmp(gguf_name, "output.weight") == 0      ? "lm_head.weight"
+                                                                   : NULL;
+    if (h) {
+        KW_RETURN_IF((size_t)snprintf(out, cap, "%s", h) >= cap, KW_E_BUFFER_TOO_SMALL, "tensor name too long");
+        return 0;
+    }
+    unsigned layer = 0;
+    int used = 0;
+    KW_RETURN_IF(sscanf(gguf_name, "blk.%6u.%n", &layer, &used) != 1 || used == 0, KW_E_NOT_FOUND,
+                 "no HF name for GGUF tensor %.200s", gguf_name);
+    const char *p = gguf_name + used;
+    h = kw_gguf_map_hf(kw_gguf_layer_names, sizeof kw_gguf_layer_names / sizeof kw_gguf_layer_names[0], p);
+    if (!h && arch == KW_ARCH_GEMMA3)
+        h = kw_gguf_map_hf(kw_gguf_gemma3_names, sizeof kw_gguf_gemma3_names / sizeof kw_gguf_gemma3_names[0], p);
+    else if (!h)
+        h = kw_gguf_map_hf(kw_gguf_prenorm_names, sizeof kw_gguf_prenorm_names / sizeof kw_gguf_prenorm_names[0], p);
+    KW_RETURN_IF(!h, KW_E_NOT_FOUND, "no HF name for GGUF tensor %.200s", gguf_name);
+    KW_RETURN_IF((size_t)snprintf(out, cap, "model.layers.%u.%s", layer, h) >= cap, KW_E_BUFFER_TOO_SMALL,
+                 "tensor name too long");
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Reading
 

@@ -36,6 +36,9 @@ int kw_gguf_model_config(const kw_gguf *g, kw_model_config *cfg);
  * counterpart, KW_E_BUFFER_TOO_SMALL. */
 int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out, size_t cap);
 
+/* The inverse: writes the HF name of GGUF tensor gguf_name for arch into out (cap bytes). Same errors. */
+int kw_gguf_model_hf_name(enum kw_arch arch, const char *gguf_name, char *out, size_t cap);
+
 /* Reads the GGUF tensor t as HF tensor hf_name of a model configured by cfg: dequantized to dtype (F32 or BF16) into
  * *buf (grown with realloc as needed; *buf and *cap are the caller's, free(*buf) when done), shape written in HF
  * order (outermost first) to shape[0..*ndim), with the llama q/k un-permutation applied.

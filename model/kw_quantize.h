@@ -71,8 +71,9 @@ typedef struct kw_quantize_stats {
 } kw_quantize_stats;
 
 /* Reads the model at in (an HF folder, or a GGUF file recognised by its magic) and writes the GGUF file out (replaced
- * atomically; or, when out ends in ".safetensors" and in is an HF folder, a safetensors file in the layout of
- * kw_st_quant.h with the folder's config and tokenizer files copied beside it, in another folder) with every tensor
+ * atomically; or, when out ends in ".safetensors", a safetensors file in the layout of kw_st_quant.h, in another
+ * folder than an HF input's, with the folder's config and tokenizer files copied beside it, or for a GGUF input its
+ * configuration written as config.json and generation_config.json) with every tensor
  * converted to the type kw_quant_choose_type gives under scheme (how the metadata and tensors are carried over:
  * kw_quantize_file.c's header). vocab_from (HF input only, may be NULL) is a GGUF file whose tokenizer.* metadata is
  * copied. stats may be NULL. The same input gives the same bytes. Errors: those of the readers (kw_config_load,

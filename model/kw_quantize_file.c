@@ -8,9 +8,10 @@
  * 3 norms stored as 1 + w); the tokenizer keys come from vocab_from (a GGUF file whose tokenizer.* entries are copied),
  * else only the special token ids are written (kvwire loads such a file; llama.cpp needs a vocabulary).
  *
- * Safetensors out (a path ending in .safetensors; HF folder in only): the same type per tensor as the GGUF file, but
- * HF names and layout (no interleaving, Gemma 3 norms as stored), quantized matrices split into codes, scales and
- * minimums (kw_st_quant.h), and config.json, generation_config.json and the tokenizer files copied beside the file. */
+ * Safetensors out (a path ending in .safetensors): the same type per tensor as the GGUF file, but HF names and layout
+ * (no interleaving, Gemma 3 norms as w), quantized matrices split into codes, scales and minimums (kw_st_quant.h);
+ * beside the file, an HF folder's config.json, generation_config.json and tokenizer files are copied, and a GGUF
+ * file's configuration is written as config.json and generation_config.json (its tokenizer stays in the GGUF). */
 #include "model/kw_quantize.h"
 
 #include <limits.h>
@@ -30,6 +31,7 @@
 #include "model/kw_gguf_writer.h"
 #include "model/kw_quantize_st.h"
 #include "model/kw_safetensors.h"
+#include "model/kw_weights.h"
 
 // ---------------------------------------------------------------------------------------------------------------
 // One tensor: f32 values in GGUF layout -> the scheme's type -> the writer
@@ -144,6 +146,57 @@ static int kw_q_from_gguf(kw_q_ctx *c, const char *path) {
     }
     free(x);
     kw_gguf_close(g);
+    return rc;
+}
+
+/* Gemma 3's GGUF norms hold a = 1 + w, HF's hold w: each a becomes b = a - 1, provided 1 + b gives a back (then the
+ * norm kvwire computes from either file is the same; true for every a in [0.5, 2^24), by Sterbenz's lemma). */
+static int kw_q_norm_minus_one(const char *name, float *x, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+        const float b = x[i] - 1.0f;
+        KW_RETURN_IF(!(1.0f + b == x[i]), KW_E_MODEL_CONFIG,
+                     "GGUF tensor %s: the norm weight %g is not 1 + w for any f32 w (no exact HF form)", name,
+                     (double)x[i]);
+        x[i] = b;
+    }
+    return 0;
+}
+
+/* GGUF in, safetensors out: every tensor renamed to its HF name and read as kw_weights hands it out (dequantized to
+ * f32, HF layout: llama q/k rows un-permuted), Gemma 3 norms back to w, then converted like an HF folder's tensor;
+ * config.json and generation_config.json come from the GGUF's configuration. */
+static int kw_q_gguf_to_st(kw_q_ctx *c, const char *path, const char *out) {
+    kw_weights *w = NULL;
+    kw_gguf *g = NULL;
+    float *x = NULL;
+    size_t cap = 0;
+    int rc = kw_weights_open(path, NULL, &w);
+    if (rc == 0) rc = kw_gguf_open(path, &g);
+    const kw_model_config *cfg = rc == 0 ? kw_weights_config(w) : NULL;
+    if (rc == 0) {
+        c->n_layers = cfg->n_layers;
+        c->tied = cfg->tie_embeddings;
+    }
+    for (size_t i = 0; rc == 0 && i < kw_gguf_tensor_count(g); ++i) {
+        const kw_gguf_tensor *t = kw_gguf_tensor_at(g, i);
+        char hf[256];
+        kw_weight wt;
+        KW_CHECK(kw_gguf_model_hf_name(cfg->arch, t->name, hf, sizeof hf));
+        const int found = kw_weights_get(w, hf, &wt);
+        KW_CHECK_IF(found == 0, KW_E_INTERNAL, "GGUF tensor %s (%s) did not read back", t->name, hf);
+        KW_CHECK(found < 0 ? found : 0);
+        const size_t n = wt.nbytes / sizeof(float); /* f32: the kw_weights default */
+        KW_CHECK(kw_q_grow(&x, &cap, n));
+        memcpy(x, wt.data, wt.nbytes);
+        if (cfg->arch == KW_ARCH_GEMMA3 && strstr(hf, "norm.weight") != NULL)
+            KW_CHECK(kw_q_norm_minus_one(t->name, x, n));
+        KW_CHECK(kw_q_add(c, t->name, hf, t->n_dims, t->ne, x));
+    }
+    if (rc == 0) rc = kw_q_st_write_config(cfg, out);
+out:
+    free(x);
+    kw_gguf_close(g);
+    kw_weights_close(w);
     return rc;
 }
 
@@ -373,15 +426,16 @@ int kw_quantize_file(const char *in, const char *out, enum kw_quant_scheme schem
                  "a vocabulary source is for HF folders (a GGUF input keeps its own tokenizer)");
     KW_RETURN_IF(st_out && vocab_from, KW_E_INVALID_ARG,
                  "a vocabulary source is for GGUF output (safetensors output copies the folder's tokenizer files)");
-    KW_RETURN_IF(st_out && gguf_in, KW_E_INVALID_ARG,
-                 "safetensors output needs an HF folder as input (a GGUF file has no config.json to copy)");
     if (st_out) KW_FORWARD(kw_q_check_out_dir(in, out));
     if (stats) memset(stats, 0, sizeof *stats);
     kw_q_ctx c = {.scheme = scheme, .stats = stats};
     int rc = st_out ? kw_q_st_sink_new(scheme_names[scheme], &c.so) : kw_gguf_writer_new(0, &c.w);
-    if (rc == 0) rc = gguf_in ? kw_q_from_gguf(&c, in) : kw_q_from_hf(&c, in, vocab_from);
+    if (rc == 0 && gguf_in)
+        rc = st_out ? kw_q_gguf_to_st(&c, in, out) : kw_q_from_gguf(&c, in);
+    else if (rc == 0)
+        rc = kw_q_from_hf(&c, in, vocab_from);
     if (rc == 0) rc = st_out ? kw_q_st_sink_write(c.so, out) : kw_gguf_writer_write(c.w, out);
-    if (rc == 0 && st_out) rc = kw_q_st_copy_sidecars(in, out);
+    if (rc == 0 && st_out && !gguf_in) rc = kw_q_st_copy_sidecars(in, out);
     kw_gguf_writer_free(c.w);
     kw_q_st_sink_free(c.so);
     return rc;

@@ -12,6 +12,7 @@
 #include "common/kw_json.h"
 #include "common/kw_status.h"
 #include "model/kw_dequant.h"
+#include "model/kw_genmodel.h"
 #include "model/kw_safetensors.h"
 #include "model/kw_st_quant.h"
 
@@ -139,6 +140,32 @@ int kw_q_st_sink_write(const kw_q_st_sink *s, const char *path) {
     return rc;
 }
 
+/* The folder of out_path (malloc'ed), or NULL when out of memory. */
+static char *kw_q_st_dir_of(const char *out_path) {
+    const char *slash = strrchr(out_path, '/');
+    return slash ? strndup(out_path, (size_t)(slash - out_path) + 1) : strdup(".");
+}
+
+int kw_q_st_write_config(const kw_model_config *cfg, const char *out_path) {
+    KW_RETURN_IF(!cfg || !out_path, KW_E_INVALID_ARG, "kw_q_st_write_config: NULL argument");
+    char *dir = kw_q_st_dir_of(out_path), *config = NULL, *generation = NULL, *path = NULL;
+    int rc = dir ? 0 : kw_error_set(KW_E_NOMEM, "out of memory");
+    if (rc == 0) rc = kw_genmodel_config_json(cfg, KW_DTYPE_F32, &config);
+    if (rc == 0) rc = kw_genmodel_generation_json(cfg, &generation);
+    if (rc == 0 && !(path = kw_path_join(dir, "config.json"))) rc = kw_error_set(KW_E_NOMEM, "out of memory");
+    if (rc == 0) rc = kw_file_write_all(path, config, strlen(config));
+    free(path);
+    path = NULL;
+    if (rc == 0 && !(path = kw_path_join(dir, "generation_config.json")))
+        rc = kw_error_set(KW_E_NOMEM, "out of memory");
+    if (rc == 0) rc = kw_file_write_all(path, generation, strlen(generation));
+    free(path);
+    free(config);
+    free(generation);
+    free(dir);
+    return rc;
+}
+
 int kw_q_st_copy_sidecars(const char *in_dir, const char *out_path) {
     static const char *const files[] = {"config.json",
                                         "generation_config.json",
@@ -151,8 +178,7 @@ int kw_q_st_copy_sidecars(const char *in_dir, const char *out_path) {
                                         "added_tokens.json",
                                         "chat_template.jinja",
                                         "chat_template.json"};
-    const char *slash = strrchr(out_path, '/');
-    char *out_dir = slash ? strndup(out_path, (size_t)(slash - out_path) + 1) : strdup(".");
+    char *out_dir = kw_q_st_dir_of(out_path);
     KW_RETURN_IF(!out_dir, KW_E_NOMEM, "out of memory");
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < sizeof files / sizeof files[0]; ++i) {

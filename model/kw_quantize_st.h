@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/kw_config.h"
+
 typedef struct kw_q_st_sink kw_q_st_sink; /* opaque */
 
 /* A new, empty sink for a file quantized under the scheme called scheme_name ("q8_0", ...: recorded in the metadata).
@@ -34,5 +36,10 @@ int kw_q_st_sink_write(const kw_q_st_sink *s, const char *path);
  * chat template) that exist into the folder of out_path, the safetensors file just written. Errors: KW_E_IO,
  * KW_E_LIMIT, KW_E_NOMEM. */
 int kw_q_st_copy_sidecars(const char *in_dir, const char *out_path);
+
+/* Writes config.json and generation_config.json for cfg (kw_genmodel_config_json: the HF form of the configuration;
+ * torch_dtype float32) into the folder of out_path. Errors: those of kw_genmodel_config_json (KW_E_INVALID_ARG: a
+ * configuration with no HF form it writes), KW_E_IO, KW_E_NOMEM. */
+int kw_q_st_write_config(const kw_model_config *cfg, const char *out_path);
 
 #endif /* KW_QUANTIZE_ST_H */

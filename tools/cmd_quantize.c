@@ -1,5 +1,5 @@
 /* cmd_quantize.c: `kvwire quantize` writes a GGUF file with quantized matrices from an HF model folder or a GGUF file,
- * or a safetensors file with quantized matrices from an HF model folder.
+ * or a safetensors file with quantized matrices.
  * Option parsing and the summary line only; the work is kw_quantize_file (model/kw_quantize.h). */
 #include "common/kw_status.h"
 #include "model/kw_dequant.h"
@@ -26,10 +26,12 @@ static void kw_quantize_usage(FILE *out) {
         "back to Q5_0 (Q4_K) or Q8_0 (Q6_K), as llama.cpp does. --vocab-from copies the tokenizer.* metadata of a\n"
         "GGUF file into the output of an HF folder (llama.cpp needs it; kvwire does not). The same input gives\n"
         "the same bytes.\n"
-        "An --out ending in .safetensors (HF folder input only) writes the same types as a safetensors file in HF\n"
+        "An --out ending in .safetensors writes the same types as a safetensors file in HF\n"
         "names and layout: each quantized matrix NAME as its codes NAME (I8, or U8 with two 4-bit codes per byte),\n"
         "NAME_scale and for Q4_K NAME_min (docs/FORMAT.md, appendix), and copies config.json and\n"
-        "the tokenizer files beside it; kvwire loads that folder (name the file model.safetensors).\n");
+        "the tokenizer files beside it (from a GGUF input: config.json and generation_config.json written from its\n"
+        "metadata; its tokenizer stays in the GGUF: generate --tokenizer FILE.gguf); kvwire loads that folder (name\n"
+        "the file model.safetensors).\n");
 }
 
 int kw_cmd_quantize(int argc, char **argv) {

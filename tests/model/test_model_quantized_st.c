@@ -5,6 +5,8 @@
  *   the same logits bit for bit, with weights kept quantized (the same bytes per token: nothing fell back to f32)
  *   and dequantized. Llama (its own output matrix, permuted q/k rows in the GGUF), Qwen3 (tied; intermediate 352, so
  *   down_proj falls back to Q5_0 / Q8_0 rows of 32), Gemma 3 (1 + w norms in the GGUF).
+ * - GGUF in: the folder written as an F32 GGUF file, then quantized to safetensors from it, gives the logits of the
+ *   folder quantized directly (names mapped back, q/k rows un-permuted, Gemma 3 norms back to w exactly).
  * - Determinism: two runs write the same bytes.
  * - The layout itself, independently of the writer: hand-made files whose codes and scales give known values (the
  *   nibble order, the group of each scale, the sign of the minimum).
@@ -153,6 +155,7 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
         unlink(again);
         snprintf(again, sizeof again, "%s/config.json", st_dir);
         assert_true(kw_path_is_file(again));
+        snprintf(again, sizeof again, "%s/again.safetensors", dir);
 
         const size_t nq = same_weights(st_dir, gguf, arch == KW_ARCH_GEMMA3);
         assert_true(nq >= (size_t)(7 * go.cfg.n_layers));
@@ -169,8 +172,40 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
             free(a);
             free(b);
         }
-        print_message("  %s %-6s: %zu quantized matrices, logits equal to the GGUF's\n", kw_arch_name(arch), names[s],
-                      nq);
+        /* GGUF in: the folder's weights through an F32 GGUF file (llama q/k interleaved, Gemma norms 1 + w), then to
+         * safetensors: the same logits as straight from the folder */
+        char f32[600], st2_dir[128], st2_file[600];
+        snprintf(f32, sizeof f32, "%s/f32.gguf", dir);
+        snprintf(st2_dir, sizeof st2_dir, "%s/via-gguf", dir);
+        snprintf(st2_file, sizeof st2_file, "%s/model.safetensors", st2_dir);
+        assert_int_equal(kw_path_mkdir(st2_dir), 0);
+        assert_int_equal(kw_quantize_file(src, f32, KW_QUANT_F32, NULL, NULL), 0);
+        if (kw_quantize_file(f32, st2_file, schemes[s], NULL, NULL) < 0)
+            fail_msg("quantize %s GGUF to safetensors: %s", names[s], kw_error_detail());
+        assert_int_equal(kw_quantize_file(f32, again, schemes[s], NULL, NULL), 0);
+        same_bytes(st2_file, again);
+        unlink(again);
+        {
+            int64_t va = 0, vb = 0;
+            size_t ba = 0, bb = 0;
+            float *a = logits_of(be, st2_dir, KW_GGUF_WEIGHTS_QUANTIZED, &va, &ba);
+            float *b = logits_of(be, st_dir, KW_GGUF_WEIGHTS_QUANTIZED, &vb, &bb);
+            assert_int_equal(ba, bb);
+            if (memcmp(a, b, (size_t)(N_IDS * va) * sizeof *a) != 0)
+                fail_msg("%s %s: the logits of the folder quantized from the GGUF differ", kw_arch_name(arch),
+                         names[s]);
+            free(a);
+            free(b);
+        }
+        static const char *const files2[] = {"model.safetensors", "config.json", "generation_config.json"};
+        for (size_t i = 0; i < sizeof files2 / sizeof files2[0]; ++i) {
+            snprintf(again, sizeof again, "%s/%s", st2_dir, files2[i]);
+            unlink(again);
+        }
+        rmdir(st2_dir);
+        unlink(f32);
+        print_message("  %s %-6s: %zu quantized matrices, logits equal to the GGUF's (and from the GGUF's)\n",
+                      kw_arch_name(arch), names[s], nq);
         static const char *const files[] = {"model.safetensors", "config.json", "generation_config.json"};
         for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
             snprintf(again, sizeof again, "%s/%s", st_dir, files[i]);
