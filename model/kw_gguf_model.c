@@ -384,6 +384,17 @@ void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf) {
     memset(buf, 0, sizeof *buf);
 }
 
+int kw_gguf_codes_buf_reserve(kw_gguf_codes_buf *buf, size_t n_codes, size_t n_scales, size_t n_offsets) {
+    void *codes = buf->codes, *scales = buf->scales, *offsets = buf->offsets;
+    KW_FORWARD(kw_gguf_grow(&codes, &buf->codes_cap, n_codes, 1));
+    buf->codes = codes;
+    KW_FORWARD(kw_gguf_grow(&scales, &buf->scales_cap, n_scales, sizeof(float)));
+    buf->scales = scales;
+    KW_FORWARD(kw_gguf_grow(&offsets, &buf->offsets_cap, n_offsets, sizeof(float)));
+    buf->offsets = offsets;
+    return 0;
+}
+
 int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name,
                              kw_gguf_codes_buf *buf, kw_quant_rows *out) {
     KW_RETURN_IF(!t || !cfg || !hf_name || !buf || !out, KW_E_INVALID_ARG, "kw_gguf_model_read_codes: NULL argument");
@@ -402,13 +413,7 @@ int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg
     int64_t hd = 0;
     KW_FORWARD(kw_gguf_permuted(t, cfg, hf_name, &permute, &hd));
     const size_t n = (size_t)rows * (size_t)cols, groups = n / (size_t)ql.group; /* bounded at open */
-    void *codes = buf->codes, *scales = buf->scales, *offsets = buf->offsets;
-    KW_FORWARD(kw_gguf_grow(&codes, &buf->codes_cap, n, 1));
-    buf->codes = codes;
-    KW_FORWARD(kw_gguf_grow(&scales, &buf->scales_cap, groups, sizeof(float)));
-    buf->scales = scales;
-    if (ql.has_offset) KW_FORWARD(kw_gguf_grow(&offsets, &buf->offsets_cap, groups, sizeof(float)));
-    buf->offsets = offsets;
+    KW_FORWARD(kw_gguf_codes_buf_reserve(buf, n, groups, ql.has_offset ? groups : 0));
     const int64_t row_groups = cols / ql.group;
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t to = permute ? kw_gguf_unpermute(r, hd) : r;

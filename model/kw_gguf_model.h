@@ -57,6 +57,10 @@ typedef struct kw_gguf_codes_buf {
 
 void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf);
 
+/* Grows buf (realloc, contents kept) to hold at least n_codes codes, n_scales scales and n_offsets offsets.
+ * Errors: KW_E_OVERFLOW, KW_E_NOMEM. */
+int kw_gguf_codes_buf_reserve(kw_gguf_codes_buf *buf, size_t n_codes, size_t n_scales, size_t n_offsets);
+
 /* Reads the 2-D GGUF tensor t, of a type kvwire keeps quantized (kw_ggml_quant_layout), as HF matmul weight hf_name:
  * its codes, scales and offsets row by row in HF order (llama q/k rows un-permuted) into *buf, and *out describing
  * them (pointing into buf: valid until the next read into buf), ready for kw_tensor_pack_quantized. The f32 weight

@@ -247,47 +247,23 @@ static int8_t kw_stq_code_at(const kw_stq_entry *e, size_t i) {
     return (int8_t)((p[i / 2] >> (4 * (i % 2))) & 0x0F); /* value 2j low nibble, 2j + 1 high */
 }
 
-static int kw_stq_grow(void **p, size_t *cap, size_t n, size_t es) {
-    if (n <= *cap) return 0;
-    size_t bytes = 0;
-    KW_RETURN_IF(kw_size_mul(n, es, &bytes) < 0, KW_E_OVERFLOW, "tensor too large");
-    void *q = realloc(*p, bytes);
-    KW_RETURN_IF(!q, KW_E_NOMEM, "out of memory for %zu bytes", bytes);
-    *p = q;
-    *cap = n;
-    return 0;
-}
-
 int kw_stq_read(const kw_stq_index *ix, const char *name, kw_gguf_codes_buf *buf, kw_quant_rows *out) {
     KW_RETURN_IF(!name || !buf || !out, KW_E_INVALID_ARG, "kw_stq_read: NULL argument");
     const kw_stq_entry *e = kw_stq_find(ix, name);
     if (!e) return 0;
     const size_t n = (size_t)e->n * (size_t)e->k, groups = n / (size_t)e->L->group; /* bounded by the file */
-    const int8_t *codes = e->codes->data;
-    if (e->L->code_bits != 8) {
-        void *p = buf->codes;
-        KW_FORWARD(kw_stq_grow(&p, &buf->codes_cap, n, 1));
-        buf->codes = p;
-        for (size_t i = 0; i < n; ++i)
-            buf->codes[i] = kw_stq_code_at(e, i);
-        codes = buf->codes;
-    }
+    const int u4 = e->L->code_bits != 8, f32 = e->scale->dtype == KW_DTYPE_F32;
+    KW_FORWARD(kw_gguf_codes_buf_reserve(buf, u4 ? n : 0, f32 ? 0 : groups, e->min ? groups : 0));
+    const int8_t *codes = e->codes->data; /* I8 codes and F32 scales are read where they are */
     const float *scales = e->scale->data;
-    if (e->scale->dtype != KW_DTYPE_F32) {
-        void *p = buf->scales;
-        KW_FORWARD(kw_stq_grow(&p, &buf->scales_cap, groups, sizeof(float)));
-        buf->scales = p;
-        for (size_t i = 0; i < groups; ++i)
-            buf->scales[i] = kw_stq_float_at(e->scale, i);
-        scales = buf->scales;
-    }
-    if (e->min) {
-        void *p = buf->offsets;
-        KW_FORWARD(kw_stq_grow(&p, &buf->offsets_cap, groups, sizeof(float)));
-        buf->offsets = p;
-        for (size_t i = 0; i < groups; ++i)
-            buf->offsets[i] = -kw_stq_float_at(e->min, i);
-    }
+    for (size_t i = 0; u4 && i < n; ++i)
+        buf->codes[i] = kw_stq_code_at(e, i);
+    for (size_t i = 0; !f32 && i < groups; ++i)
+        buf->scales[i] = kw_stq_float_at(e->scale, i);
+    for (size_t i = 0; e->min && i < groups; ++i)
+        buf->offsets[i] = -kw_stq_float_at(e->min, i);
+    if (u4) codes = buf->codes;
+    if (!f32) scales = buf->scales;
     *out = (kw_quant_rows){.layout = e->L->layout,
                            .n = e->n,
                            .k = e->k,

@@ -34,39 +34,27 @@
 #include "model/kw_safetensors.h"
 #include "model/kw_st_quant.h"
 #include "model/kw_weights.h"
+#include "model_fixture.h"
 
 #define N_IDS 16
 
-static float *logits_of(kw_backend *be, const char *path, enum kw_gguf_weights gw, int64_t *vocab, size_t *bpt) {
-    kw_model *m = NULL;
-    const kw_model_options opts = {.gguf_weights = gw};
-    int rc = kw_model_load(be, path, &opts, &m);
-    if (rc < 0) fail_msg("load %s: %s", path, kw_error_detail());
+/* Fails unless the models at a and b give the same logits bit for bit, reading the same weight bytes per token (so
+ * one did not fall back to f32 where the other kept its weights quantized). */
+static void expect_same_logits(kw_backend *be, const char *a, const char *b, enum kw_gguf_weights gw,
+                               const char *what) {
     int32_t ids[N_IDS];
     for (int i = 0; i < N_IDS; ++i)
         ids[i] = (int32_t)(((uint64_t)i * 2654435761u + 7) % 1000);
-    const int64_t V = kw_model_get_config(m)->vocab;
-    kw_kvcache *cache = NULL;
-    assert_int_equal(kw_model_create_cache(m, N_IDS + 8, KW_DTYPE_F32, &cache), 0);
-    float *logits = malloc((size_t)(N_IDS * V) * sizeof *logits);
-    assert_non_null(logits);
-    const kw_forward_args a = {.ids = ids, .n = N_IDS, .mode = KW_LOGITS_ALL, .logits = logits};
-    rc = kw_model_forward(m, cache, &a);
-    if (rc < 0) fail_msg("forward %s: %s", path, kw_error_detail());
-    *vocab = V;
-    *bpt = kw_model_weight_bytes_per_token(m);
-    kw_kvcache_free(cache);
-    kw_model_free(m);
-    return logits;
-}
-
-static void same_bytes(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    assert_int_equal(kw_file_read_all(a, (size_t)1 << 30, &x, &nx), 0);
-    assert_int_equal(kw_file_read_all(b, (size_t)1 << 30, &y, &ny), 0);
-    assert_int_equal(nx, ny);
-    assert_memory_equal(x, y, nx);
+    const kw_model_options opts = {.gguf_weights = gw};
+    int64_t va = 0, vb = 0;
+    size_t ba = 0, bb = 0;
+    float *x = kwfx_model_logits(be, a, &opts, ids, N_IDS, &va, &ba);
+    float *y = kwfx_model_logits(be, b, &opts, ids, N_IDS, &vb, &bb);
+    assert_int_equal(va, vb);
+    assert_int_equal(ba, bb);
+    if (memcmp(x, y, (size_t)(N_IDS * va) * sizeof *x) != 0)
+        fail_msg("%s (%s weights): the logits of %s differ from those of %s", what,
+                 gw == KW_GGUF_WEIGHTS_DEQUANTIZED ? "dequantized" : "quantized", a, b);
     free(x);
     free(y);
 }
@@ -151,7 +139,7 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
         if (kw_quantize_file(src, st_file, schemes[s], NULL, &stats) < 0)
             fail_msg("quantize %s to safetensors: %s", names[s], kw_error_detail());
         assert_int_equal(kw_quantize_file(src, again, schemes[s], NULL, NULL), 0);
-        same_bytes(st_file, again);
+        kwfx_expect_same_file(st_file, again);
         unlink(again);
         snprintf(again, sizeof again, "%s/config.json", st_dir);
         assert_true(kw_path_is_file(again));
@@ -159,19 +147,10 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
 
         const size_t nq = same_weights(st_dir, gguf, arch == KW_ARCH_GEMMA3);
         assert_true(nq >= (size_t)(7 * go.cfg.n_layers));
-        for (int gw = KW_GGUF_WEIGHTS_QUANTIZED; gw <= KW_GGUF_WEIGHTS_DEQUANTIZED; ++gw) {
-            int64_t va = 0, vb = 0;
-            size_t ba = 0, bb = 0;
-            float *a = logits_of(be, st_dir, (enum kw_gguf_weights)gw, &va, &ba);
-            float *b = logits_of(be, gguf, (enum kw_gguf_weights)gw, &vb, &bb);
-            assert_int_equal(va, vb);
-            assert_int_equal(ba, bb); /* kept quantized alike (or dequantized alike) */
-            if (memcmp(a, b, (size_t)(N_IDS * va) * sizeof *a) != 0)
-                fail_msg("%s %s (%s weights): the safetensors logits differ from the GGUF's", kw_arch_name(arch),
-                         names[s], gw == KW_GGUF_WEIGHTS_QUANTIZED ? "quantized" : "dequantized");
-            free(a);
-            free(b);
-        }
+        char what[64];
+        snprintf(what, sizeof what, "%s %s", kw_arch_name(arch), names[s]);
+        expect_same_logits(be, st_dir, gguf, KW_GGUF_WEIGHTS_QUANTIZED, what);
+        expect_same_logits(be, st_dir, gguf, KW_GGUF_WEIGHTS_DEQUANTIZED, what);
         /* GGUF in: the folder's weights through an F32 GGUF file (llama q/k interleaved, Gemma norms 1 + w), then to
          * safetensors: the same logits as straight from the folder */
         char f32[600], st2_dir[128], st2_file[600];
@@ -183,20 +162,9 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
         if (kw_quantize_file(f32, st2_file, schemes[s], NULL, NULL) < 0)
             fail_msg("quantize %s GGUF to safetensors: %s", names[s], kw_error_detail());
         assert_int_equal(kw_quantize_file(f32, again, schemes[s], NULL, NULL), 0);
-        same_bytes(st2_file, again);
+        kwfx_expect_same_file(st2_file, again);
         unlink(again);
-        {
-            int64_t va = 0, vb = 0;
-            size_t ba = 0, bb = 0;
-            float *a = logits_of(be, st2_dir, KW_GGUF_WEIGHTS_QUANTIZED, &va, &ba);
-            float *b = logits_of(be, st_dir, KW_GGUF_WEIGHTS_QUANTIZED, &vb, &bb);
-            assert_int_equal(ba, bb);
-            if (memcmp(a, b, (size_t)(N_IDS * va) * sizeof *a) != 0)
-                fail_msg("%s %s: the logits of the folder quantized from the GGUF differ", kw_arch_name(arch),
-                         names[s]);
-            free(a);
-            free(b);
-        }
+        expect_same_logits(be, st2_dir, st_dir, KW_GGUF_WEIGHTS_QUANTIZED, what);
         static const char *const files2[] = {"model.safetensors", "config.json", "generation_config.json"};
         for (size_t i = 0; i < sizeof files2 / sizeof files2[0]; ++i) {
             snprintf(again, sizeof again, "%s/%s", st2_dir, files2[i]);
