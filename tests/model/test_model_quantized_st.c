@@ -59,6 +59,17 @@ static void expect_same_logits(kw_backend *be, const char *a, const char *b, enu
     free(y);
 }
 
+/* Removes an HF folder as the tests leave it (the weights and the two JSON files) and the folder itself. */
+static void remove_folder(const char *dir) {
+    static const char *const files[] = {"model.safetensors", "config.json", "generation_config.json"};
+    char path[600];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* Every tensor of the safetensors folder st_dir reads back (dequantized where quantized) as the bits the GGUF file
  * gives for the same HF name (but Gemma 3's norms: 1 + w in the GGUF, w in the folder); returns the number of
  * quantized matrices. */
@@ -165,30 +176,15 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
         kwfx_expect_same_file(st2_file, again);
         unlink(again);
         expect_same_logits(be, st2_dir, st_dir, KW_GGUF_WEIGHTS_QUANTIZED, what);
-        static const char *const files2[] = {"model.safetensors", "config.json", "generation_config.json"};
-        for (size_t i = 0; i < sizeof files2 / sizeof files2[0]; ++i) {
-            snprintf(again, sizeof again, "%s/%s", st2_dir, files2[i]);
-            unlink(again);
-        }
-        rmdir(st2_dir);
+        remove_folder(st2_dir);
         unlink(f32);
         print_message("  %s %-6s: %zu quantized matrices, logits equal to the GGUF's (and from the GGUF's)\n",
                       kw_arch_name(arch), names[s], nq);
-        static const char *const files[] = {"model.safetensors", "config.json", "generation_config.json"};
-        for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
-            snprintf(again, sizeof again, "%s/%s", st_dir, files[i]);
-            unlink(again);
-        }
-        rmdir(st_dir);
+        remove_folder(st_dir);
         unlink(gguf);
     }
     kw_backend_destroy(be);
-    static const char *const files[] = {"model.safetensors", "config.json", "generation_config.json"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
-        snprintf(again, sizeof again, "%s/%s", src, files[i]);
-        unlink(again);
-    }
-    rmdir(src);
+    remove_folder(src);
     rmdir(dir);
 }
 
@@ -392,15 +388,8 @@ static void test_broken_model(void **state) {
     assert_non_null(strstr(kw_error_detail(), "unknown quantization format"));
     kw_backend_destroy(be);
     free(bytes);
-    static const char *const files[] = {"model.safetensors", "config.json", "generation_config.json"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; ++i) {
-        snprintf(path, sizeof path, "%s/%s", src, files[i]);
-        unlink(path);
-        snprintf(path, sizeof path, "%s/%s", out, files[i]);
-        unlink(path);
-    }
-    rmdir(src);
-    rmdir(out);
+    remove_folder(src);
+    remove_folder(out);
     rmdir(dir);
 }
 
