@@ -185,7 +185,7 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
     }
     kw_backend_destroy(be);
     remove_folder(src);
-    rmdir(dir);
+    remove_folder(dir); /* the JSON files beside again.safetensors quantized from the GGUF file */
 }
 
 static void test_llama_untied(void **state) {
