@@ -6,7 +6,8 @@
  * config.json, the tensors are renamed (kw_gguf_model_tensor_name), ordered (token_embd, the blocks in layer order,
  * output_norm, output) and laid out as llama.cpp's converter lays them out (llama q/k rows interleaved per head, Gemma
  * 3 norms stored as 1 + w); the tokenizer keys come from vocab_from (a GGUF file whose tokenizer.* entries are copied),
- * else only the special token ids are written (kvwire loads such a file; llama.cpp needs a vocabulary).
+ * else only the special token ids are written (kvwire loads such a file; llama.cpp needs a vocabulary). An HF folder
+ * written by this file's safetensors output is read back too: its quantized matrices dequantized (kw_st_quant.h).
  *
  * Safetensors out (a path ending in .safetensors): the same type per tensor as the GGUF file, but HF names and layout
  * (no interleaving, Gemma 3 norms as w), quantized matrices split into codes, scales and minimums (kw_st_quant.h);
@@ -31,6 +32,7 @@
 #include "model/kw_gguf_writer.h"
 #include "model/kw_quantize_st.h"
 #include "model/kw_safetensors.h"
+#include "model/kw_st_quant.h"
 #include "model/kw_weights.h"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -277,6 +279,9 @@ static int kw_q_vocab_from(kw_gguf_writer *w, const char *path, uint64_t *n_toke
 
 typedef struct kw_q_hf_tensor {
     const kw_st_tensor *t;
+    int32_t ndim; /* the values' shape: t's, or {N, K} for a quantized matrix (kw_st_quant.h) */
+    int64_t shape[KW_SAFETENSORS_MAX_DIMS];
+    int quantized;
     char gguf[160];
     int32_t order; /* -1 token_embd, N for blk.N, INT_MAX - 1 output_norm, INT_MAX output */
 } kw_q_hf_tensor;
@@ -287,10 +292,18 @@ static int kw_q_hf_cmp(const void *a, const void *b) {
     return strcmp(x->gguf, y->gguf);
 }
 
-/* The HF tensor t as f32 into x, in GGUF layout if gguf (llama q/k rows, or bias values, interleaved per head; Gemma 3
- * norms + 1), else as it is. */
-static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, int gguf, float *x, size_t n) {
+/* The values of HF tensor e as f32 into x (n of them): converted from its dtype, or dequantized (kw_st_quant.h) through
+ * *dq (*dq_cap bytes, grown; owned by the caller). */
+static int kw_q_hf_load(const kw_stq_index *ix, const kw_q_hf_tensor *e, void **dq, size_t *dq_cap, float *x,
+                        size_t n) {
     const kw_st_tensor *t = e->t;
+    if (e->quantized) {
+        size_t nbytes = 0;
+        int64_t shape[2];
+        KW_FORWARD(kw_stq_dequantize(ix, t->name, KW_DTYPE_F32, dq, dq_cap, &nbytes, shape));
+        memcpy(x, *dq, nbytes); /* n * 4 bytes: the shape recorded at listing */
+        return 0;
+    }
     const uint8_t *src = t->data;
     for (size_t i = 0; i < n; ++i) {
         switch (t->dtype) {
@@ -307,6 +320,13 @@ static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, i
             KW_FAIL(KW_E_MODEL_DTYPE, "HF tensor %s: dtype %s", t->name, kw_dtype_name(t->dtype));
         }
     }
+    return 0;
+}
+
+/* The values x of HF tensor e put in GGUF layout if gguf: llama q/k rows (or bias values) interleaved per head, Gemma 3
+ * norms + 1. */
+static int kw_q_hf_layout(const kw_model_config *cfg, const kw_q_hf_tensor *e, int gguf, float *x, size_t n) {
+    const kw_st_tensor *t = e->t;
     if (!gguf) return 0;
     if (cfg->arch == KW_ARCH_GEMMA3 && strstr(t->name, "norm.weight") != NULL)
         for (size_t i = 0; i < n; ++i)
@@ -314,7 +334,7 @@ static int kw_q_hf_values(const kw_model_config *cfg, const kw_q_hf_tensor *e, i
     const int q = strstr(t->name, ".self_attn.q_proj.") != NULL, k = strstr(t->name, ".self_attn.k_proj.") != NULL;
     if (cfg->arch != KW_ARCH_LLAMA || !(q || k)) return 0;
     /* GGUF row 2j + i of a head of hd rows holds HF row i * hd/2 + j (rows of a weight, values of a bias). */
-    const size_t units = t->ndim == 1 ? n : (size_t)t->shape[0], cols = n / units;
+    const size_t units = e->ndim == 1 ? n : (size_t)e->shape[0], cols = n / units;
     const size_t heads = (size_t)(q ? cfg->n_heads : cfg->n_kv_heads);
     KW_RETURN_IF(heads == 0 || units % (2 * heads) != 0, KW_E_MODEL_SHAPE,
                  "HF tensor %s: %zu rows do not split into %zu heads of an even size", t->name, units, heads);
@@ -335,11 +355,13 @@ static int kw_q_from_hf(kw_q_ctx *c, const char *dir, const char *vocab_from) {
     KW_FORWARD(kw_config_load(dir, &cfg));
     kw_safetensors *st = NULL;
     KW_FORWARD(kw_safetensors_open(dir, &st));
+    kw_stq_index *ix = NULL;
     const size_t count = kw_safetensors_count(st);
     kw_q_hf_tensor *list = calloc(count ? count : 1, sizeof *list);
     float *x = NULL;
-    size_t cap = 0, n_list = 0;
-    int rc = list ? 0 : kw_error_set(KW_E_NOMEM, "out of memory");
+    void *dq = NULL;
+    size_t cap = 0, dq_cap = 0, n_list = 0;
+    int rc = list ? kw_stq_index_open(st, &ix) : kw_error_set(KW_E_NOMEM, "out of memory");
     c->n_layers = cfg.n_layers;
     if (c->stats) c->stats->embedding_rows = cfg.vocab;
     c->tied = 1;
@@ -348,13 +370,18 @@ static int kw_q_from_hf(kw_q_ctx *c, const char *dir, const char *vocab_from) {
         if (cfg.tie_embeddings && strcmp(t->name, "lm_head.weight") == 0) continue; /* the embedding is the output */
         kw_q_hf_tensor *e = &list[n_list];
         e->t = t;
+        e->ndim = t->ndim;
+        memcpy(e->shape, t->shape, sizeof e->shape);
+        const int role = kw_stq_role(ix, t->name, e->shape); /* a quantized matrix: its values' shape */
+        if (role == 2) continue;                             /* a quantized matrix's scales or minimums */
+        e->quantized = role == 1;
         rc = kw_gguf_model_tensor_name(cfg.arch, t->name, e->gguf, sizeof e->gguf);
         if (rc < 0) {
             rc = kw_error_set(rc, "HF tensor %s has no GGUF name", t->name);
             break;
         }
-        KW_CHECK_IF(t->ndim < 1 || t->ndim > KW_GGUF_MAX_DIMS, KW_E_MODEL_SHAPE, "HF tensor %s has %d dimensions",
-                    t->name, (int)t->ndim);
+        KW_CHECK_IF(e->ndim < 1 || e->ndim > KW_GGUF_MAX_DIMS, KW_E_MODEL_SHAPE, "HF tensor %s has %d dimensions",
+                    t->name, (int)e->ndim);
         if (strcmp(e->gguf, "output.weight") == 0) c->tied = 0;
         const int32_t layer = kw_q_layer_of(e->gguf);
         e->order = strcmp(e->gguf, "token_embd.weight") == 0    ? -1
@@ -375,20 +402,23 @@ static int kw_q_from_hf(kw_q_ctx *c, const char *dir, const char *vocab_from) {
         rc = kw_q_hf_special(c->w, &cfg);
     }
     for (size_t i = 0; rc == 0 && i < n_list; ++i) {
-        const kw_st_tensor *t = list[i].t;
+        const kw_q_hf_tensor *e = &list[i];
         size_t n = 1;
         int64_t ne[KW_GGUF_MAX_DIMS];
-        for (int32_t d = 0; d < t->ndim; ++d) {
-            ne[d] = t->shape[t->ndim - 1 - d];
-            n *= (size_t)t->shape[d]; /* bounded by the file */
+        for (int32_t d = 0; d < e->ndim; ++d) {
+            ne[d] = e->shape[e->ndim - 1 - d];
+            n *= (size_t)e->shape[d]; /* bounded by the file */
         }
         KW_CHECK(kw_q_grow(&x, &cap, n));
-        KW_CHECK(kw_q_hf_values(&cfg, &list[i], c->w != NULL, x, n));
-        KW_CHECK(kw_q_add(c, list[i].gguf, t->name, t->ndim, ne, x));
+        KW_CHECK(kw_q_hf_load(ix, e, &dq, &dq_cap, x, n));
+        KW_CHECK(kw_q_hf_layout(&cfg, e, c->w != NULL, x, n));
+        KW_CHECK(kw_q_add(c, e->gguf, e->t->name, e->ndim, ne, x));
     }
 out:
     free(x);
+    free(dq);
     free(list);
+    kw_stq_index_free(ix);
     kw_safetensors_close(st);
     return rc;
 }

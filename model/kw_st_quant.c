@@ -227,6 +227,19 @@ static const kw_stq_entry *kw_stq_find(const kw_stq_index *ix, const char *name)
     return NULL;
 }
 
+int kw_stq_role(const kw_stq_index *ix, const char *name, int64_t *shape) {
+    const kw_stq_entry *e = kw_stq_find(ix, name);
+    if (e) {
+        shape[0] = e->n;
+        shape[1] = e->k;
+        return 1;
+    }
+    for (size_t i = 0; ix && name && i < ix->count; ++i)
+        if (strcmp(ix->e[i].scale->name, name) == 0 || (ix->e[i].min && strcmp(ix->e[i].min->name, name) == 0))
+            return 2;
+    return 0;
+}
+
 /* Element i of a float tensor as f32 (exact: every float dtype widens exactly). */
 static float kw_stq_float_at(const kw_st_tensor *t, size_t i) {
     const uint8_t *p = t->data;

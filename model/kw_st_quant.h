@@ -69,6 +69,10 @@ void kw_stq_index_free(kw_stq_index *ix);
 /* Number of quantized matrices in ix (0 for a plain checkpoint). */
 size_t kw_stq_count(const kw_stq_index *ix);
 
+/* What tensor name is in ix: 1 a quantized matrix (its codes; shape[0..1] = {N, K}), 2 the _scale or _min tensor of
+ * one, 0 anything else (shape untouched). */
+int kw_stq_role(const kw_stq_index *ix, const char *name, int64_t *shape);
+
 /* If name is a quantized matrix of ix: 1 and *out describing it (codes, scales and offsets = -min, in row order),
  * pointing into the mapping where the file's bytes already are that (I8 codes, F32 scales) and into buf otherwise
  * (valid until the next read into buf). 0 if name is not quantized in ix. Errors: KW_E_NOMEM. */

@@ -31,7 +31,7 @@ static void kw_quantize_usage(FILE *out) {
         "NAME_scale and for Q4_K NAME_min (docs/FORMAT.md, appendix), and copies config.json and\n"
         "the tokenizer files beside it (from a GGUF input: config.json and generation_config.json written from its\n"
         "metadata; its tokenizer stays in the GGUF: generate --tokenizer FILE.gguf); kvwire loads that folder (name\n"
-        "the file model.safetensors).\n");
+        "the file model.safetensors), and so does --model (its matrices dequantized, e.g. back to a GGUF).\n");
 }
 
 int kw_cmd_quantize(int argc, char **argv) {

@@ -5,6 +5,7 @@
  *   the same logits bit for bit, with weights kept quantized (the same bytes per token: nothing fell back to f32)
  *   and dequantized. Llama (its own output matrix, permuted q/k rows in the GGUF), Qwen3 (tied; intermediate 352, so
  *   down_proj falls back to Q5_0 / Q8_0 rows of 32), Gemma 3 (1 + w norms in the GGUF).
+ * - Safetensors in: a quantized folder converted to an F32 GGUF file gives the folder's logits (dequantized).
  * - GGUF in: the folder written as an F32 GGUF file, then quantized to safetensors from it, gives the logits of the
  *   folder quantized directly (names mapped back, q/k rows un-permuted, Gemma 3 norms back to w exactly).
  * - Determinism: two runs write the same bytes.
@@ -162,10 +163,15 @@ static void run_arch(enum kw_arch arch, int tied, int64_t intermediate) {
         snprintf(what, sizeof what, "%s %s", kw_arch_name(arch), names[s]);
         expect_same_logits(be, st_dir, gguf, KW_GGUF_WEIGHTS_QUANTIZED, what);
         expect_same_logits(be, st_dir, gguf, KW_GGUF_WEIGHTS_DEQUANTIZED, what);
+        /* safetensors in: the folder converted to an F32 GGUF file holds its dequantized values */
+        char f32[600];
+        snprintf(f32, sizeof f32, "%s/f32.gguf", dir);
+        if (kw_quantize_file(st_dir, f32, KW_QUANT_F32, NULL, NULL) < 0)
+            fail_msg("quantize %s safetensors to F32: %s", names[s], kw_error_detail());
+        expect_same_logits(be, st_dir, f32, KW_GGUF_WEIGHTS_DEQUANTIZED, what);
         /* GGUF in: the folder's weights through an F32 GGUF file (llama q/k interleaved, Gemma norms 1 + w), then to
          * safetensors: the same logits as straight from the folder */
-        char f32[600], st2_dir[128], st2_file[600];
-        snprintf(f32, sizeof f32, "%s/f32.gguf", dir);
+        char st2_dir[128], st2_file[600];
         snprintf(st2_dir, sizeof st2_dir, "%s/via-gguf", dir);
         snprintf(st2_file, sizeof st2_file, "%s/model.safetensors", st2_dir);
         assert_int_equal(kw_path_mkdir(st2_dir), 0);
