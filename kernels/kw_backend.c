@@ -22,8 +22,8 @@
  * dtypes and ops
  */
 
-static const size_t kw_dtype_sizes[KW_DTYPE_COUNT] = {4, 2, 2, 4, 1};
-static const char *const kw_dtype_names[KW_DTYPE_COUNT] = {"f32", "bf16", "f16", "i32", "u8"};
+static const size_t kw_dtype_sizes[KW_DTYPE_COUNT] = {4, 2, 2, 4, 1, 1};
+static const char *const kw_dtype_names[KW_DTYPE_COUNT] = {"f32", "bf16", "f16", "i32", "u8", "i8"};
 
 size_t kw_dtype_size(enum kw_dtype dtype) {
     return ((unsigned)dtype < KW_DTYPE_COUNT) ? kw_dtype_sizes[dtype] : 0;

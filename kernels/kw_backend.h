@@ -30,7 +30,8 @@ enum kw_dtype {
     KW_DTYPE_F16 = 2,
     KW_DTYPE_I32 = 3,
     KW_DTYPE_U8 = 4,
-    KW_DTYPE_COUNT = 5,
+    KW_DTYPE_I8 = 5, /* only as file data (quantized safetensors codes): no op takes it */
+    KW_DTYPE_COUNT = 6,
 };
 
 /* Bytes per element of a dtype (0 for an invalid value). */

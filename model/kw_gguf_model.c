@@ -303,6 +303,38 @@ int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out,
     return 0;
 }
 
+static const char *kw_gguf_map_hf(const kw_gguf_name_map *t, size_t n, const char *gguf) {
+    for (size_t i = 0; i < n; ++i)
+        if (strcmp(t[i].gguf, gguf) == 0) return t[i].hf;
+    return NULL;
+}
+
+int kw_gguf_model_hf_name(enum kw_arch arch, const char *gguf_name, char *out, size_t cap) {
+    KW_RETURN_IF(!gguf_name || !out || cap == 0, KW_E_INVALID_ARG, "kw_gguf_model_hf_name: NULL argument");
+    const char *h = strcmp(gguf_name, "token_embd.weight") == 0    ? "model.embed_tokens.weight"
+                    : strcmp(gguf_name, "output_norm.weight") == 0 ? "model.norm.weight"
+                    : strcmp(gguf_name, "output.weight") == 0      ? "lm_head.weight"
+                                                                   : NULL;
+    if (h) {
+        KW_RETURN_IF((size_t)snprintf(out, cap, "%s", h) >= cap, KW_E_BUFFER_TOO_SMALL, "tensor name too long");
+        return 0;
+    }
+    unsigned layer = 0;
+    int used = 0;
+    KW_RETURN_IF(sscanf(gguf_name, "blk.%6u.%n", &layer, &used) != 1 || used == 0, KW_E_NOT_FOUND,
+                 "no HF name for GGUF tensor %.200s", gguf_name);
+    const char *p = gguf_name + used;
+    h = kw_gguf_map_hf(kw_gguf_layer_names, sizeof kw_gguf_layer_names / sizeof kw_gguf_layer_names[0], p);
+    if (!h && arch == KW_ARCH_GEMMA3)
+        h = kw_gguf_map_hf(kw_gguf_gemma3_names, sizeof kw_gguf_gemma3_names / sizeof kw_gguf_gemma3_names[0], p);
+    else if (!h)
+        h = kw_gguf_map_hf(kw_gguf_prenorm_names, sizeof kw_gguf_prenorm_names / sizeof kw_gguf_prenorm_names[0], p);
+    KW_RETURN_IF(!h, KW_E_NOT_FOUND, "no HF name for GGUF tensor %.200s", gguf_name);
+    KW_RETURN_IF((size_t)snprintf(out, cap, "model.layers.%u.%s", layer, h) >= cap, KW_E_BUFFER_TOO_SMALL,
+                 "tensor name too long");
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Reading
 
@@ -352,6 +384,17 @@ void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf) {
     memset(buf, 0, sizeof *buf);
 }
 
+int kw_gguf_codes_buf_reserve(kw_gguf_codes_buf *buf, size_t n_codes, size_t n_scales, size_t n_offsets) {
+    void *codes = buf->codes, *scales = buf->scales, *offsets = buf->offsets;
+    KW_FORWARD(kw_gguf_grow(&codes, &buf->codes_cap, n_codes, 1));
+    buf->codes = codes;
+    KW_FORWARD(kw_gguf_grow(&scales, &buf->scales_cap, n_scales, sizeof(float)));
+    buf->scales = scales;
+    KW_FORWARD(kw_gguf_grow(&offsets, &buf->offsets_cap, n_offsets, sizeof(float)));
+    buf->offsets = offsets;
+    return 0;
+}
+
 int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name,
                              kw_gguf_codes_buf *buf, kw_quant_rows *out) {
     KW_RETURN_IF(!t || !cfg || !hf_name || !buf || !out, KW_E_INVALID_ARG, "kw_gguf_model_read_codes: NULL argument");
@@ -370,13 +413,7 @@ int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg
     int64_t hd = 0;
     KW_FORWARD(kw_gguf_permuted(t, cfg, hf_name, &permute, &hd));
     const size_t n = (size_t)rows * (size_t)cols, groups = n / (size_t)ql.group; /* bounded at open */
-    void *codes = buf->codes, *scales = buf->scales, *offsets = buf->offsets;
-    KW_FORWARD(kw_gguf_grow(&codes, &buf->codes_cap, n, 1));
-    buf->codes = codes;
-    KW_FORWARD(kw_gguf_grow(&scales, &buf->scales_cap, groups, sizeof(float)));
-    buf->scales = scales;
-    if (ql.has_offset) KW_FORWARD(kw_gguf_grow(&offsets, &buf->offsets_cap, groups, sizeof(float)));
-    buf->offsets = offsets;
+    KW_FORWARD(kw_gguf_codes_buf_reserve(buf, n, groups, ql.has_offset ? groups : 0));
     const int64_t row_groups = cols / ql.group;
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t to = permute ? kw_gguf_unpermute(r, hd) : r;

@@ -36,6 +36,9 @@ int kw_gguf_model_config(const kw_gguf *g, kw_model_config *cfg);
  * counterpart, KW_E_BUFFER_TOO_SMALL. */
 int kw_gguf_model_tensor_name(enum kw_arch arch, const char *hf_name, char *out, size_t cap);
 
+/* The inverse: writes the HF name of GGUF tensor gguf_name for arch into out (cap bytes). Same errors. */
+int kw_gguf_model_hf_name(enum kw_arch arch, const char *gguf_name, char *out, size_t cap);
+
 /* Reads the GGUF tensor t as HF tensor hf_name of a model configured by cfg: dequantized to dtype (F32 or BF16) into
  * *buf (grown with realloc as needed; *buf and *cap are the caller's, free(*buf) when done), shape written in HF
  * order (outermost first) to shape[0..*ndim), with the llama q/k un-permutation applied.
@@ -53,6 +56,10 @@ typedef struct kw_gguf_codes_buf {
 } kw_gguf_codes_buf;
 
 void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf);
+
+/* Grows buf (realloc, contents kept) to hold at least n_codes codes, n_scales scales and n_offsets offsets.
+ * Errors: KW_E_OVERFLOW, KW_E_NOMEM. */
+int kw_gguf_codes_buf_reserve(kw_gguf_codes_buf *buf, size_t n_codes, size_t n_scales, size_t n_offsets);
 
 /* Reads the 2-D GGUF tensor t, of a type kvwire keeps quantized (kw_ggml_quant_layout), as HF matmul weight hf_name:
  * its codes, scales and offsets row by row in HF order (llama q/k rows un-permuted) into *buf, and *out describing

@@ -71,12 +71,15 @@ typedef struct kw_quantize_stats {
 } kw_quantize_stats;
 
 /* Reads the model at in (an HF folder, or a GGUF file recognised by its magic) and writes the GGUF file out (replaced
- * atomically) with every tensor converted to the type kw_quant_choose_type gives under scheme (how the metadata and
- * tensors are carried over: kw_quantize_file.c's header). vocab_from (HF input only, may be NULL) is a GGUF file
- * whose tokenizer.* metadata is copied. stats may be NULL. The same input gives the same bytes. Errors: those of
- * the readers (kw_config_load, kw_safetensors_open, kw_gguf_open), KW_E_MODEL_DTYPE (a GGUF tensor kvwire cannot
- * dequantize), KW_E_MODEL_CONFIG (a configuration without a GGUF form), KW_E_NOT_FOUND (an HF tensor with no GGUF
- * name), KW_E_INVALID_ARG, KW_E_IO, KW_E_NOMEM. */
+ * atomically; or, when out ends in ".safetensors", a safetensors file in the layout of kw_st_quant.h, in another
+ * folder than an HF input's, with the folder's config and tokenizer files copied beside it, or for a GGUF input its
+ * configuration written as config.json and generation_config.json) with every tensor
+ * converted to the type kw_quant_choose_type gives under scheme (how the metadata and tensors are carried over:
+ * kw_quantize_file.c's header). vocab_from (HF input only, may be NULL) is a GGUF file whose tokenizer.* metadata is
+ * copied. stats may be NULL. The same input gives the same bytes. Errors: those of the readers (kw_config_load,
+ * kw_safetensors_open, kw_gguf_open), KW_E_MODEL_DTYPE (a GGUF tensor kvwire cannot dequantize), KW_E_MODEL_CONFIG (a
+ * configuration without a GGUF form), KW_E_NOT_FOUND (an HF tensor with no GGUF name), KW_E_INVALID_ARG (also:
+ * safetensors output from a GGUF file, into the input folder, or with vocab_from), KW_E_IO, KW_E_NOMEM. */
 int kw_quantize_file(const char *in, const char *out, enum kw_quant_scheme scheme, const char *vocab_from,
                      kw_quantize_stats *stats);
 

@@ -34,29 +34,30 @@ static const char kw_st_index_name[] = "model.safetensors.index.json";
 static const char kw_st_single_name[] = "model.safetensors";
 
 /* Safetensors dtype names we accept, and the ones we know but refuse (KW_E_MODEL_DTYPE either way). */
+static const struct {
+    const char *name;
+    enum kw_dtype dtype;
+    int rank; /* the HF writer's order: safetensors' Dtype enum, ... U8 < I8 < ... < F16 < BF16 < ... < F32 */
+} kw_st_dtypes[] = {
+    {"F32", KW_DTYPE_F32, 4}, {"BF16", KW_DTYPE_BF16, 3}, {"F16", KW_DTYPE_F16, 2},
+    {"I8", KW_DTYPE_I8, 1},   {"U8", KW_DTYPE_U8, 0},
+};
+#define KW_ST_N_DTYPES (sizeof kw_st_dtypes / sizeof kw_st_dtypes[0])
+
+/* Safetensors dtype names we accept (any other is KW_E_MODEL_DTYPE). */
 static int kw_st_dtype_from_name(const char *s, enum kw_dtype *out) {
-    if (strcmp(s, "F32") == 0)
-        *out = KW_DTYPE_F32;
-    else if (strcmp(s, "BF16") == 0)
-        *out = KW_DTYPE_BF16;
-    else if (strcmp(s, "F16") == 0)
-        *out = KW_DTYPE_F16;
-    else
-        return -1;
-    return 0;
+    for (size_t i = 0; i < KW_ST_N_DTYPES; ++i)
+        if (strcmp(s, kw_st_dtypes[i].name) == 0) {
+            *out = kw_st_dtypes[i].dtype;
+            return 0;
+        }
+    return -1;
 }
 
 static const char *kw_st_dtype_name(enum kw_dtype d) {
-    switch (d) {
-    case KW_DTYPE_F32:
-        return "F32";
-    case KW_DTYPE_BF16:
-        return "BF16";
-    case KW_DTYPE_F16:
-        return "F16";
-    default:
-        return NULL;
-    }
+    for (size_t i = 0; i < KW_ST_N_DTYPES; ++i)
+        if (kw_st_dtypes[i].dtype == d) return kw_st_dtypes[i].name;
+    return NULL;
 }
 
 /* Re-records the current detail under another status, with a prefix (copied first: it lives in the buffer
@@ -68,13 +69,14 @@ static int kw_st_wrap(int status, const char *prefix) {
 }
 
 static size_t kw_st_dtype_bytes(enum kw_dtype d) {
-    return d == KW_DTYPE_F32 ? 4 : 2;
+    return kw_dtype_size(d);
 }
 
-/* The HF writer orders tensors by dtype, largest enum value first (safetensors' Dtype enum: ... F16 < BF16 < F32 ...),
- * then by name. */
+/* The HF writer orders tensors by dtype, largest enum value first (safetensors' Dtype enum), then by name. */
 static int kw_st_dtype_rank(enum kw_dtype d) {
-    return d == KW_DTYPE_F32 ? 2 : d == KW_DTYPE_BF16 ? 1 : 0;
+    for (size_t i = 0; i < KW_ST_N_DTYPES; ++i)
+        if (kw_st_dtypes[i].dtype == d) return kw_st_dtypes[i].rank;
+    return -1;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -89,6 +91,8 @@ struct kw_safetensors {
     uint32_t *file_of;     /* tensors[i] lives in maps[file_of[i]] */
     size_t count, cap;
     struct kw_st_name *by_name; /* every tensor, sorted by name */
+    char **meta;                /* the __metadata__ entries of every file, key and value in turn; malloc'ed */
+    size_t n_meta;              /* entries (2 * n_meta strings) */
 };
 
 void kw_safetensors_release(const kw_safetensors *st, const kw_st_tensor *t) {
@@ -107,7 +111,44 @@ void kw_safetensors_close(kw_safetensors *st) {
     free(st->tensors);
     free(st->file_of);
     free(st->by_name);
+    for (size_t i = 0; i < 2 * st->n_meta; ++i)
+        free(st->meta[i]);
+    free(st->meta);
     free(st);
+}
+
+size_t kw_safetensors_metadata_count(const kw_safetensors *st) {
+    return st ? st->n_meta : 0;
+}
+
+int kw_safetensors_metadata_at(const kw_safetensors *st, size_t i, const char **key, const char **value) {
+    if (!st || i >= st->n_meta) return 0;
+    *key = st->meta[2 * i];
+    *value = st->meta[2 * i + 1];
+    return 1;
+}
+
+const char *kw_safetensors_metadata(const kw_safetensors *st, const char *key) {
+    for (size_t i = 0; st && key && i < st->n_meta; ++i)
+        if (strcmp(st->meta[2 * i], key) == 0) return st->meta[2 * i + 1];
+    return NULL;
+}
+
+/* Keeps a copy of one __metadata__ entry. */
+static int kw_st_add_meta(kw_safetensors *st, const char *key, const char *value) {
+    char **m = realloc(st->meta, 2 * (st->n_meta + 1) * sizeof *m);
+    KW_RETURN_IF(!m, KW_E_NOMEM, "out of memory");
+    st->meta = m;
+    char *k = strdup(key), *v = strdup(value);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        KW_FAIL(KW_E_NOMEM, "out of memory");
+    }
+    m[2 * st->n_meta] = k;
+    m[2 * st->n_meta + 1] = v;
+    ++st->n_meta;
+    return 0;
 }
 
 size_t kw_safetensors_count(const kw_safetensors *st) {
@@ -263,7 +304,7 @@ static int kw_st_parse_entry(const cJSON *entry, const char *path, const char *n
 
     KW_RETURN_IF(!cJSON_IsString(dtype), KW_E_MODEL_FORMAT, "%s: tensor \"%s\": dtype is not a string", path, name);
     KW_RETURN_IF(kw_st_dtype_from_name(dtype->valuestring, &t->dtype) < 0, KW_E_MODEL_DTYPE,
-                 "%s: tensor \"%s\" has dtype %s; only F32, BF16 and F16 are supported", path, name,
+                 "%s: tensor \"%s\" has dtype %s; only F32, BF16, F16, I8 and U8 are supported", path, name,
                  dtype->valuestring);
     const size_t esize = kw_st_dtype_bytes(t->dtype);
 
@@ -356,9 +397,11 @@ static int kw_st_parse_file(kw_safetensors *st, uint32_t file, const char *path)
         if (strcmp(e->string, "__metadata__") == 0) {
             if (cJSON_IsNull(e)) continue; /* HF's reader treats a null __metadata__ as absent */
             KW_CHECK_IF(!cJSON_IsObject(e), KW_E_MODEL_FORMAT, "%s: \"__metadata__\" is not an object", path);
-            for (const cJSON *m = e->child; m; m = m->next)
+            for (const cJSON *m = e->child; m; m = m->next) {
                 KW_CHECK_IF(!cJSON_IsString(m), KW_E_MODEL_FORMAT,
                             "%s: \"__metadata__\" value of \"%s\" is not a string", path, m->string);
+                KW_CHECK(kw_st_add_meta(st, m->string, m->valuestring));
+            }
             continue;
         }
         KW_CHECK_IF(e->string[0] == '\0', KW_E_MODEL_FORMAT, "%s: a tensor has an empty name", path);

@@ -6,7 +6,9 @@
  * opened through model.safetensors.index.json (its weight_map is validated the same way: every shard exists, every
  * listed tensor is present in its shard, no tensor appears twice). Tensor data stays in the mapping: pointers are
  * valid until kw_safetensors_close. Tensor data is aligned to its element size (a file where it is not is refused:
- * the HF writer always aligns it). Limits: a 100 MB header per file, 2^20 tensors, 4096 shards.
+ * the HF writer always aligns it). Limits: a 100 MB header per file, 2^20 tensors, 4096 shards. Dtypes: F32, BF16, F16,
+ * and I8 / U8 (the codes of quantized checkpoints: model/kw_st_quant.h; no op takes them). The __metadata__ entries
+ * are kept (kw_safetensors_metadata).
  */
 #ifndef KW_SAFETENSORS_H
 #define KW_SAFETENSORS_H
@@ -20,7 +22,7 @@
 
 typedef struct kw_st_tensor {
     const char *name;    /* owned by the kw_safetensors */
-    enum kw_dtype dtype; /* F32, BF16 or F16 (other dtypes are rejected: KW_E_MODEL_DTYPE) */
+    enum kw_dtype dtype; /* F32, BF16, F16, I8 or U8 (other dtypes are rejected: KW_E_MODEL_DTYPE) */
     int32_t ndim;        /* 0 (scalar) .. KW_SAFETENSORS_MAX_DIMS */
     int64_t shape[KW_SAFETENSORS_MAX_DIMS];
     const void *data; /* little-endian elements inside the mapping */
@@ -55,6 +57,12 @@ void kw_safetensors_release(const kw_safetensors *st, const kw_st_tensor *t);
 size_t kw_safetensors_count(const kw_safetensors *st);
 const kw_st_tensor *kw_safetensors_at(const kw_safetensors *st, size_t i);
 
+/* The __metadata__ entries of every file (string -> string), in file order: their number, entry i (1 and *key,
+ * *value owned by st; 0 if i is out of range), and the value of the first entry called key (NULL if none). */
+size_t kw_safetensors_metadata_count(const kw_safetensors *st);
+int kw_safetensors_metadata_at(const kw_safetensors *st, size_t i, const char **key, const char **value);
+const char *kw_safetensors_metadata(const kw_safetensors *st, const char *key);
+
 /* One tensor to write; data holds nbytes = product(shape) * dtype size little-endian bytes, borrowed. */
 typedef struct kw_st_write_tensor {
     const char *name;
@@ -65,7 +73,7 @@ typedef struct kw_st_write_tensor {
 } kw_st_write_tensor;
 
 /* Writes a single-file safetensors laid out exactly as the HF writer (safetensors.torch.save_file) lays it out, so
- * the same tensors and metadata give the same bytes: tensors ordered by dtype (F32, then BF16, then F16) and then by
+ * the same tensors and metadata give the same bytes: tensors ordered by dtype (F32, BF16, F16, I8, U8) and then by
  * name, header keys and data in that order, "__metadata__" first (keys sorted, compact JSON), the header padded with
  * spaces to a multiple of 8 bytes. metadata_json is NULL or a JSON object text of string->string. Names must be
  * unique. Written atomically (temporary file, fsync, rename). */

@@ -1,7 +1,9 @@
 /* kw_weights.c: the two weight sources behind kw_weights.h. A safetensors source hands out views of its mapping; a
  * GGUF source renames, dequantizes and re-lays out one tensor at a time into a buffer it reuses (kw_gguf_model.c),
  * which is why its views are transient and kw_weights_bind copies them into backend memory; a GGUF matmul weight may
- * instead be read as codes, scales and offsets (kw_weights_get_quantized), into buffers reused the same way. */
+ * instead be read as codes, scales and offsets (kw_weights_get_quantized), into buffers reused the same way. A
+ * safetensors checkpoint written by kvwire quantize (model/kw_st_quant.h) serves its quantized matrices the same two
+ * ways: codes read (or dequantized) from the mapping. */
 #include "model/kw_weights.h"
 
 #include <stdlib.h>
@@ -13,11 +15,13 @@
 #include "model/kw_gguf.h"
 #include "model/kw_gguf_model.h"
 #include "model/kw_safetensors.h"
+#include "model/kw_st_quant.h"
 
 struct kw_weights {
     enum kw_weights_kind kind;
     kw_model_config cfg;
     kw_safetensors *st; /* owned (safetensors) */
+    kw_stq_index *stq;  /* owned (safetensors): its quantized matrices, empty for a plain checkpoint */
     kw_gguf *gguf;      /* owned (GGUF) */
     enum kw_dtype gguf_dtype;
     void *buf; /* the dequantization buffer of the last GGUF tensor read */
@@ -48,6 +52,7 @@ int kw_weights_open(const char *path, const kw_weights_options *opts, kw_weights
         w->kind = KW_WEIGHTS_SAFETENSORS;
         KW_CHECK(kw_config_load(path, &w->cfg));
         KW_CHECK(kw_safetensors_open(path, &w->st));
+        KW_CHECK(kw_stq_index_open(w->st, &w->stq));
     }
     *out = w;
     w = NULL;
@@ -58,6 +63,7 @@ out:
 
 void kw_weights_close(kw_weights *w) {
     if (!w) return;
+    kw_stq_index_free(w->stq);
     kw_safetensors_close(w->st);
     kw_gguf_close(w->gguf);
     free(w->buf);
@@ -77,6 +83,15 @@ int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out) {
     KW_RETURN_IF(!w || !hf_name || !out, KW_E_INVALID_ARG, "kw_weights_get: NULL argument");
     memset(out, 0, sizeof *out);
     if (w->kind == KW_WEIGHTS_SAFETENSORS) {
+        const int q = kw_stq_dequantize(w->stq, hf_name, w->gguf_dtype, &w->buf, &w->cap, &out->nbytes, out->shape);
+        KW_FORWARD(q);
+        if (q) {
+            out->dtype = w->gguf_dtype;
+            out->ndim = 2;
+            out->data = w->buf;
+            out->transient = 1;
+            return 1;
+        }
         const kw_st_tensor *st = kw_safetensors_find(w->st, hf_name);
         if (!st) return 0;
         out->dtype = st->dtype;
@@ -103,7 +118,7 @@ int kw_weights_get(kw_weights *w, const char *hf_name, kw_weight *out) {
 int kw_weights_get_quantized(kw_weights *w, const char *hf_name, kw_quant_rows *out) {
     KW_RETURN_IF(!w || !hf_name || !out, KW_E_INVALID_ARG, "kw_weights_get_quantized: NULL argument");
     memset(out, 0, sizeof *out);
-    if (w->kind != KW_WEIGHTS_GGUF) return 0;
+    if (w->kind == KW_WEIGHTS_SAFETENSORS) return kw_stq_read(w->stq, hf_name, &w->codes, out);
     char name[256];
     const int rc = kw_gguf_model_tensor_name(w->cfg.arch, hf_name, name, sizeof name);
     if (rc == KW_E_NOT_FOUND) return 0;

@@ -9,6 +9,10 @@
  * converter interleaves the two rotary halves of every head: kw_gguf_model.h). Gemma 3 norm weights stay as stored
  * (1 + w; the GGUF config sets norm_plus_one = 0).
  *
+ * A safetensors checkpoint with quantized matrices (kvwire quantize --out X.safetensors, model/kw_st_quant.h) is read
+ * like a GGUF file: kw_weights_get_quantized hands out their codes, kw_weights_get their values dequantized to
+ * gguf_dtype (the same bits as the GGUF file the same scheme writes); its other tensors are handed out as stored.
+ *
  * Not here: which names a model needs and their shapes (kw_model.c checks them against the config).
  */
 #ifndef KW_WEIGHTS_H
@@ -25,7 +29,9 @@
 typedef struct kw_weights kw_weights; /* opaque */
 
 typedef struct kw_weights_options {
-    enum kw_dtype gguf_dtype; /* dtype of dequantized GGUF tensors: KW_DTYPE_F32 (0, the default) or KW_DTYPE_BF16 */
+    /* dtype of dequantized GGUF tensors and quantized safetensors matrices: KW_DTYPE_F32 (0, the default) or
+     * KW_DTYPE_BF16 */
+    enum kw_dtype gguf_dtype;
 } kw_weights_options;
 
 /* One tensor, HF name and layout. */

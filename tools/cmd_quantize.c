@@ -1,4 +1,5 @@
-/* cmd_quantize.c: `kvwire quantize` writes a GGUF file with quantized matrices from an HF model folder or a GGUF file.
+/* cmd_quantize.c: `kvwire quantize` writes a GGUF file with quantized matrices from an HF model folder or a GGUF file,
+ * or a safetensors file with quantized matrices.
  * Option parsing and the summary line only; the work is kw_quantize_file (model/kw_quantize.h). */
 #include "common/kw_status.h"
 #include "model/kw_dequant.h"
@@ -10,12 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char kw_cmd_quantize_summary[] = "write a GGUF with Q8_0 / Q4_K / Q4_K_M / BF16 / F32 weights";
+const char kw_cmd_quantize_summary[] = "write a GGUF or safetensors with Q8_0 / Q4_K / Q4_K_M / BF16 / F32 weights";
 
 static void kw_quantize_usage(FILE *out) {
     fprintf(
         out,
-        "usage: kvwire quantize --model DIR|FILE.gguf --out FILE.gguf --type q8_0|q4_k|q4_k_m|bf16|f32\n"
+        "usage: kvwire quantize --model DIR|FILE.gguf --out FILE.gguf|DIR2/model.safetensors\n"
+        "                       --type q8_0|q4_k|q4_k_m|bf16|f32\n"
         "                       [--vocab-from FILE.gguf]\n"
         "Writes a GGUF file whose matrices are quantized (1-D tensors and norms stay f32). --model is an HF\n"
         "folder (config.json + safetensors) or a GGUF file (its metadata is copied; its tensors are dequantized\n"
@@ -23,7 +25,13 @@ static void kw_quantize_usage(FILE *out) {
         "matrix and for attn_v / ffn_down in some layers); matrices whose rows are not whole 256-value blocks fall\n"
         "back to Q5_0 (Q4_K) or Q8_0 (Q6_K), as llama.cpp does. --vocab-from copies the tokenizer.* metadata of a\n"
         "GGUF file into the output of an HF folder (llama.cpp needs it; kvwire does not). The same input gives\n"
-        "the same bytes.\n");
+        "the same bytes.\n"
+        "An --out ending in .safetensors writes the same types as a safetensors file in HF\n"
+        "names and layout: each quantized matrix NAME as its codes NAME (I8, or U8 with two 4-bit codes per byte),\n"
+        "NAME_scale and for Q4_K NAME_min (docs/FORMAT.md, appendix), and copies config.json and\n"
+        "the tokenizer files beside it (from a GGUF input: config.json and generation_config.json written from its\n"
+        "metadata; its tokenizer stays in the GGUF: generate --tokenizer FILE.gguf); kvwire loads that folder (name\n"
+        "the file model.safetensors), and so does --model (its matrices dequantized, e.g. back to a GGUF).\n");
 }
 
 int kw_cmd_quantize(int argc, char **argv) {

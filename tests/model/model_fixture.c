@@ -117,3 +117,34 @@ double kwfx_rel_diff_rows(const float *a, const float *b, int64_t rows, int64_t 
     }
     return worst;
 }
+
+void kwfx_expect_same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    assert_int_equal(kw_file_read_all(a, (size_t)1 << 30, &x, &nx), 0);
+    assert_int_equal(kw_file_read_all(b, (size_t)1 << 30, &y, &ny), 0);
+    assert_int_equal(nx, ny);
+    assert_memory_equal(x, y, nx);
+    free(x);
+    free(y);
+}
+
+float *kwfx_model_logits(kw_backend *be, const char *path, const kw_model_options *opts, const int32_t *ids, int64_t n,
+                         int64_t *vocab, size_t *bytes_per_token) {
+    kw_model *m = NULL;
+    int rc = kw_model_load(be, path, opts, &m);
+    if (rc < 0) fail_msg("load %s: %s", path, kw_error_detail());
+    const int64_t V = kw_model_get_config(m)->vocab;
+    kw_kvcache *cache = NULL;
+    assert_int_equal(kw_model_create_cache(m, n + 8, KW_DTYPE_F32, &cache), 0);
+    float *logits = malloc((size_t)(n * V) * sizeof *logits);
+    assert_non_null(logits);
+    const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_ALL, .logits = logits};
+    rc = kw_model_forward(m, cache, &a);
+    if (rc < 0) fail_msg("forward %s: %s", path, kw_error_detail());
+    *vocab = V;
+    if (bytes_per_token) *bytes_per_token = kw_model_weight_bytes_per_token(m);
+    kw_kvcache_free(cache);
+    kw_model_free(m);
+    return logits;
+}

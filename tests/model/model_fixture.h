@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/kw_model.h"
+
 typedef struct kwfx_array {
     char name[64];
     uint32_t dtype; /* 0 = f32, 3 = i32 */
@@ -39,5 +41,14 @@ double kwfx_rel_diff(const float *a, const float *b, int64_t n);
 
 /* max over rows of (max |a - b| / max |b|) for rows of width cols. */
 double kwfx_rel_diff_rows(const float *a, const float *b, int64_t rows, int64_t cols);
+
+/* For cmocka tests: fails unless the files at a and b hold the same bytes. */
+void kwfx_expect_same_file(const char *a, const char *b);
+
+/* For cmocka tests: loads the model at path on be (kw_model_load; opts may be NULL) and returns the logits of every
+ * position of ids[0..n) run from an empty f32 cache (malloc'ed, n * *vocab values, freed by the caller), and in
+ * *bytes_per_token (may be NULL) the model's weight bytes per token. Fails the test on any error. */
+float *kwfx_model_logits(kw_backend *be, const char *path, const kw_model_options *opts, const int32_t *ids, int64_t n,
+                         int64_t *vocab, size_t *bytes_per_token);
 
 #endif

@@ -30,26 +30,9 @@
 #include "model/kw_gguf.h"
 #include "model/kw_model.h"
 #include "model/kw_quantize.h"
+#include "model_fixture.h"
 
 #define N_IDS 24
-
-static float *logits_of(kw_backend *be, const char *path, const int32_t *ids, int64_t n, int64_t *vocab) {
-    kw_model *m = NULL;
-    int rc = kw_model_load(be, path, NULL, &m);
-    if (rc < 0) fail_msg("load %s: %s", path, kw_error_detail());
-    const int64_t V = kw_model_get_config(m)->vocab;
-    kw_kvcache *cache = NULL;
-    assert_int_equal(kw_model_create_cache(m, n + 8, KW_DTYPE_F32, &cache), 0);
-    float *logits = malloc((size_t)(n * V) * sizeof *logits);
-    assert_non_null(logits);
-    const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_ALL, .logits = logits};
-    rc = kw_model_forward(m, cache, &a);
-    if (rc < 0) fail_msg("forward %s: %s", path, kw_error_detail());
-    kw_kvcache_free(cache);
-    kw_model_free(m);
-    *vocab = V;
-    return logits;
-}
 
 /* The relative RMS difference of the 2-D tensors of GGUF file a against those of file ref (same names). */
 static double weight_error(const char *a_path, const char *ref_path) {
@@ -84,17 +67,6 @@ static double weight_error(const char *a_path, const char *ref_path) {
     return sqrt(se / ss);
 }
 
-static void same_bytes(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    assert_int_equal(kw_file_read_all(a, (size_t)1 << 30, &x, &nx), 0);
-    assert_int_equal(kw_file_read_all(b, (size_t)1 << 30, &y, &ny), 0);
-    assert_int_equal(nx, ny);
-    assert_memory_equal(x, y, nx);
-    free(x);
-    free(y);
-}
-
 static void run_arch(enum kw_arch arch, int tied) {
     char dir[] = "/tmp/kw_quantize_test_XXXXXX";
     assert_non_null(mkdtemp(dir));
@@ -122,7 +94,7 @@ static void run_arch(enum kw_arch arch, int tied) {
     for (int i = 0; i < N_IDS; ++i)
         ids[i] = (int32_t)(((uint64_t)i * 2654435761u + 7) % 1000);
     int64_t V = 0;
-    float *want = logits_of(be, dir, ids, N_IDS, &V);
+    float *want = kwfx_model_logits(be, dir, NULL, ids, N_IDS, &V, NULL);
 
     static const char *const names[] = {"f32", "bf16", "q8_0", "q4_k", "q4_k_m"};
     static const uint32_t main_type[] = {KW_GGML_F32, KW_GGML_BF16, KW_GGML_Q8_0, KW_GGML_Q4_K, KW_GGML_Q4_K};
@@ -137,11 +109,11 @@ static void run_arch(enum kw_arch arch, int tied) {
         if (s == KW_QUANT_Q4_K_M) assert_true(st.tensors[KW_GGML_Q6_K] > 0); /* attn_v, ffn_down of layer 1 */
         snprintf(again, sizeof again, "%s/%s.again.gguf", dir, names[s]);
         assert_int_equal(kw_quantize_file(dir, again, (enum kw_quant_scheme)s, NULL, NULL), 0);
-        same_bytes(path, again);
+        kwfx_expect_same_file(path, again);
         unlink(again);
 
         int64_t V2 = 0;
-        float *got = logits_of(be, path, ids, N_IDS, &V2);
+        float *got = kwfx_model_logits(be, path, NULL, ids, N_IDS, &V2, NULL);
         assert_int_equal(V2, V);
         double se = 0, ss = 0, max_d = 0;
         for (int64_t i = 0; i < N_IDS * V; ++i) {
