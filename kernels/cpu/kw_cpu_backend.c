@@ -208,13 +208,27 @@ const char *kw_backend_cpu_isa(const kw_backend *backend) {
     return kw__cpu_isa_name(kw__cpu((kw_backend *)(uintptr_t)backend)->isa);
 }
 
+/* Online cores, 1..1024. */
+static int kw_cpu_online_cores(void) {
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)(online < 1024 ? online : 1024) : 1;
+}
+
+int kw_backend_threads_per_worker(int n_threads, int n_workers) {
+    if (n_threads > 0) return n_threads;
+    const int per = kw_cpu_online_cores() / (n_workers > 1 ? n_workers : 1);
+    return per > 1 ? per : 1;
+}
+
+int kw_backend_cpu_threads(const kw_backend *backend) {
+    if (backend == NULL || kw_backend_kind(backend) != KW_BACKEND_CPU) return 0;
+    return kw__cpu((kw_backend *)(uintptr_t)backend)->n_threads;
+}
+
 int kw_backend_create_cpu(int n_threads, kw_backend **out) {
     KW_RETURN_IF(out == NULL, KW_E_INVALID_ARG, "kw_backend_create_cpu: NULL out");
     KW_RETURN_IF(n_threads < 0 || n_threads > 1024, KW_E_INVALID_ARG, "kw_backend_create_cpu: %d threads", n_threads);
-    if (n_threads == 0) {
-        const long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = online > 0 ? (int)(online < 1024 ? online : 1024) : 1;
-    }
+    if (n_threads == 0) n_threads = kw_cpu_online_cores();
     kw_cpu_backend *cpu = calloc(1, sizeof *cpu);
     KW_RETURN_IF(cpu == NULL, KW_E_NOMEM, "kw_backend_create_cpu: out of memory");
     kw__backend_init(&cpu->base, &kw_cpu_iface);

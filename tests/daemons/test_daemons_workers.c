@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kwd_harness.h"
 
@@ -77,9 +78,10 @@ static void test_workers_answer_as_one(void **state) {
     kwd_start_sharer(0, NULL, &sharer);
     kwd_start_receiver(sharer.port, NULL, &one);
     const char *const extra[] = {"--compute.workers=2", NULL};
+    const char *const all_cores[] = {"--compute.workers=2", "--compute.threads=0", NULL}; /* cores / 2 each */
     kwd_start_sharer(0, extra, &sharer2);
     kwd_start_receiver(sharer2.port, extra, &two);
-    kwd_start_receiver(sharer2.port, extra, &two_b);
+    kwd_start_receiver(sharer2.port, all_cores, &two_b);
     if (!kwd_wait_healthy(one.port, kwd_ms(30000)) || !kwd_wait_healthy(two.port, kwd_ms(30000)) ||
         !kwd_wait_healthy(two_b.port, kwd_ms(30000)))
         fail_msg("receiverd never connected to sharerd");
@@ -128,6 +130,11 @@ static void test_workers_answer_as_one(void **state) {
     kwd_response_free(&m);
     kwd_http(one.port, "/health", NULL, &m);
     assert_int_equal((int)kwd_json_num(m.json, "workers"), 1);
+    assert_int_equal((int)kwd_json_num(m.json, "cpu_threads"), 1); /* compute.threads 1 */
+    kwd_response_free(&m);
+    kwd_http(two_b.port, "/health", NULL, &m);
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    assert_int_equal((int)kwd_json_num(m.json, "cpu_threads"), cores / 2 > 1 ? (int)(cores / 2) : 1);
     kwd_response_free(&m);
     kwd_stop(&two_b);
     kwd_stop(&two);
