@@ -111,7 +111,7 @@ static void kw_c2c_usage(FILE *f) {
         "                    (default 64); --wire cache then asks the sharer for that layout (keys int per channel\n"
         "                    over a page, values per 32 channels, log8 scales) and the sections are stored as pages\n"
         "                    without requantizing (kv_store: direct); --requantize decodes and quantizes them again\n"
-        "  --cache-layer     kv_direct: layer L's cache codec instead of --cache's (or bf16's without --cache;\n"
+        "  --cache-layer     kv_direct: layer L's cache codec instead of --cache's (bf16 without --cache;\n"
         "                    repeatable; L from 0, or -1 for the last layer; as in kvwire generate); not with\n"
         "                    --fp32 or --wire cache (one layout for every layer)\n"
         "  --fp32            f32 caches, fp32 projector and fp32 logits (default: bf16 caches, bf16-emulating\n"

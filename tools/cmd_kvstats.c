@@ -50,7 +50,7 @@ static void kw_kvstats_usage(FILE *f) {
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
         "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd); log8 (KVWire\n"
-        "                    v1.1) carries the integer codecs only: another --codec is an error\n"
+        "                    v1.1) carries the integer codecs only: an e4m3/e5m2/nf4 --codec is an error\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
         "  --no-heads        leave out the per-(layer, head) table\n"
         "Each prompt's tokens but the last are prefilled into an f32 cache; those rows go through a KVWire blob per\n"
