@@ -567,6 +567,18 @@ void kw_cfg_free(const kw_cfg_table *t, void *obj) {
     kw__cfg_free_keys(t->keys, t->n_keys, obj);
 }
 
+/* The error line on stderr: "program: detail" (" (status)" when status is not NULL). A daemon's own details already
+ * start with "program: " (the same words as its log lines), so that prefix is not written twice. */
+static void kw__cfg_print_error(const char *program, const char *status) {
+    const char *detail = kw_error_detail();
+    const size_t n = strlen(program);
+    if (!(strncmp(detail, program, n) == 0 && detail[n] == ':' && detail[n + 1] == ' '))
+        fprintf(stderr, "%s: ", program);
+    fputs(detail, stderr);
+    if (status) fprintf(stderr, " (%s)", status);
+    fputc('\n', stderr);
+}
+
 int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, char **argv,
                 int (*run)(void *obj, int argc, char **argv)) {
     memset(obj, 0, obj_size);
@@ -574,14 +586,14 @@ int kw_cfg_main(const kw_cfg_table *t, void *obj, size_t obj_size, int argc, cha
     int rc = kw_cfg_parse_args(t, obj, argc, argv, &action);
     int exit_code = 0;
     if (rc < 0) {
-        fprintf(stderr, "%s: %s\n", t->program, kw_error_detail());
+        kw__cfg_print_error(t->program, NULL);
         exit_code = 2;
     } else if (action == KW_CFG_HELP) {
         kw_cfg_print_help(t, stdout);
     } else if (action == KW_CFG_PRINT) {
         kw_cfg_print(t, obj, stdout);
     } else if ((rc = run(obj, argc, argv)) < 0) {
-        fprintf(stderr, "%s: %s (%s)\n", t->program, kw_error_detail(), kw_status_name(rc));
+        kw__cfg_print_error(t->program, kw_status_name(rc));
         exit_code = 1;
     }
     kw_cfg_free(t, obj);

@@ -459,7 +459,7 @@ int kw_backend_create_with(const kw_backend_options *o, kw_backend **out) {
     if (o->kind == KW_BACKEND_CUDA)
         KW_FORWARD(kw_backend_create_cuda(o->device, &be));
     else
-        KW_FORWARD(kw_backend_create_cpu(o->n_threads, &be));
+        KW_FORWARD(kw_backend_create_cpu(kw_backend_threads_per_worker(o->n_threads, o->n_workers), &be));
     const int rc = kw_backend_set_memory_limit(be, o->memory_limit);
     if (rc < 0) {
         kw_backend_destroy(be);

@@ -143,6 +143,14 @@ extern const char *const kw_backend_kind_names[3];
  * caps it (never raises it). */
 int kw_backend_create_cpu(int n_threads, kw_backend **out);
 
+/* The threads each of n_workers CPU backends (a daemon's compute.workers, sharing the machine) should run: n_threads
+ * when it is above 0, else the online cores divided among the workers, at least 1 each (n_workers below 1 counts as
+ * 1). */
+int kw_backend_threads_per_worker(int n_threads, int n_workers);
+
+/* The threads of a CPU backend's OpenMP teams (a stream context has its parent's); 0 for a backend of another kind. */
+int kw_backend_cpu_threads(const kw_backend *backend);
+
 /* The SIMD flavour a CPU backend runs: "scalar", "avx2" or "avx512" (results are the same bits on each; only the
  * speed differs). NULL for a backend of another kind. */
 const char *kw_backend_cpu_isa(const kw_backend *backend);
@@ -158,7 +166,8 @@ int kw_backend_create_cuda(int device, kw_backend **out);
 /* What a daemon's config chooses (compute.backend, compute.threads, compute.device, compute.memory_limit_mb). */
 typedef struct kw_backend_options {
     enum kw_backend_kind kind;
-    int n_threads;         /* CPU: workers (0: one per online core) */
+    int n_threads;         /* CPU: threads (0: the online cores, divided among n_workers) */
+    int n_workers;         /* compute threads that each drive this backend or a stream context of it (0 counts as 1) */
     int device;            /* CUDA: the device index */
     uint64_t memory_limit; /* bytes the backend may allocate; 0: no limit (kw_backend_set_memory_limit) */
 } kw_backend_options;

@@ -1001,6 +1001,7 @@ static void kw__rd_health(kw_receiverd *d, kw_http_request *req) {
     cJSON_AddNumberToObject(root, "queue_depth", d->queued);
     cJSON_AddNumberToObject(root, "in_flight", atomic_load(&d->in_flight));
     cJSON_AddNumberToObject(root, "workers", d->n_workers);
+    cJSON_AddNumberToObject(root, "cpu_threads", kw_backend_cpu_threads(d->be)); /* each worker's; 0: not the CPU */
     kw__rd_respond_json(req, ok ? 200 : 503, root);
 }
 
@@ -1186,6 +1187,7 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
     KW_CHECK(kw_net_service_start(&d->loop, "receiverd", kw__rd_on_reload, d, &d->service));
     const kw_backend_options bo = {.kind = (enum kw_backend_kind)cfg->backend,
                                    .n_threads = (int)cfg->threads,
+                                   .n_workers = (int)cfg->workers,
                                    .device = (int)cfg->device,
                                    .memory_limit = (uint64_t)cfg->memory_limit_mb << 20};
     KW_CHECK(kw_backend_create_with(&bo, &d->be));
@@ -1294,9 +1296,10 @@ int kw_receiverd_run(kw_receiverd *d) {
     uv_update_time(&d->loop);
     for (int32_t i = 0; i < d->n_links; ++i)
         kw_rd_link_start(d->links[i]);
-    KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s), %d compute thread(s)",
+    KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s), %d compute thread(s) of %d CPU "
+                "thread(s) each",
                 d->cfg->model_name, d->cfg->http_host, (unsigned)d->port, (int)d->n_links, (int)d->n_fusers,
-                (int)d->n_workers);
+                (int)d->n_workers, kw_backend_cpu_threads(d->be));
     int rc = 0;
     if (d->cfg->ready_file) {
         char text[64];

@@ -40,13 +40,14 @@ echo "== test (optimised) =="
 (cd build && ctest --output-on-failure -j "$jobs" -LE "$exclude")
 gpu_emu_ran build
 
-# The CPU-sensitive suites again on the other kernel paths, so that a machine with AVX-512 also runs what an AVX2-only
-# machine would (and every machine the portable scalar path): results must be the same bits on each (the AVX2 run
-# also pins OpenBLAS to its Haswell kernels, which only the sgemm baseline of `kvwire bench kernels` still uses).
+# The CPU-sensitive suites again on the other kernel paths (the CPU backend and wire/'s codec kernels both follow
+# KW_CPU_ISA), so that a machine with AVX-512 also runs what an AVX2-only machine would (and every machine the portable
+# scalar path): results must be the same bits on each (the AVX2 run also pins OpenBLAS to its Haswell kernels, which
+# only the sgemm baseline of `kvwire bench kernels` still uses).
 echo "== test (optimised, KW_CPU_ISA=avx2) =="
-(cd build && OPENBLAS_CORETYPE=Haswell KW_CPU_ISA=avx2 ctest --output-on-failure -j "$jobs" -L 'kernels|model|c2c' -LE "cli|$exclude")
+(cd build && OPENBLAS_CORETYPE=Haswell KW_CPU_ISA=avx2 ctest --output-on-failure -j "$jobs" -L 'kernels|model|c2c|wire' -LE "cli|$exclude")
 echo "== test (optimised, KW_CPU_ISA=scalar) =="
-(cd build && KW_CPU_ISA=scalar ctest --output-on-failure -j "$jobs" -L 'kernels|model|c2c' -LE "cli|$exclude")
+(cd build && KW_CPU_ISA=scalar ctest --output-on-failure -j "$jobs" -L 'kernels|model|c2c|wire' -LE "cli|$exclude")
 
 echo "== build (ASan + UBSan) =="
 ./scripts/build.sh build-asan -DKW_SANITIZE=ON -DKW_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug -DKW_TEST_TIMEOUT_MULTIPLIER=4

@@ -1533,6 +1533,7 @@ int kw_sharerd_create(const kw_sharerd_config *cfg, kw_sharerd **out) {
     KW_CHECK(kw_net_service_start(&d->loop, "sharerd", kw__sd_on_reload, d, &d->service));
     const kw_backend_options bo = {.kind = (enum kw_backend_kind)cfg->backend,
                                    .n_threads = (int)cfg->threads,
+                                   .n_workers = (int)cfg->workers,
                                    .device = (int)cfg->device,
                                    .memory_limit = (uint64_t)cfg->memory_limit_mb << 20};
     KW_CHECK(kw_backend_create_with(&bo, &d->be));
@@ -1610,9 +1611,10 @@ int kw_sharerd_run(kw_sharerd *d) {
         KW_FAIL(KW_E_IO, "sharerd: cannot start compute thread %d", (int)i);
     }
     d->threads_started = true;
-    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld, %d compute thread(s)", d->cfg->listen_host,
-                (unsigned)d->port, d->tls ? "tls" : "tcp", (int)d->n_models, (long long)d->cfg->queue_max,
-                (int)d->n_workers);
+    KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld, %d compute thread(s) of %d CPU thread(s) "
+                "each",
+                d->cfg->listen_host, (unsigned)d->port, d->tls ? "tls" : "tcp", (int)d->n_models,
+                (long long)d->cfg->queue_max, (int)d->n_workers, kw_backend_cpu_threads(d->be));
     int rc = kw__sd_write_ready(d);
     if (rc < 0) {
         kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */

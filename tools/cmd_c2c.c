@@ -66,6 +66,7 @@ static void kw_c2c_usage(FILE *f) {
         "                   [--min-tokens N] [--seed N] [--scoring local|receiver [--preview-codec C[:G]]]]\n"
         "                  [--proportion P --order front|back]\n"
         "                  [--cache int8|int6|int4 [--cache-page-tokens N] [--requantize]]\n"
+        "                  [--cache-layer L=int8|int6|int4|bf16 ...]\n"
         "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
         "                  [--refine-threshold X --refine-proportion P [--refine-metric margin|entropy]]\n"
@@ -110,6 +111,9 @@ static void kw_c2c_usage(FILE *f) {
         "                    (default 64); --wire cache then asks the sharer for that layout (keys int per channel\n"
         "                    over a page, values per 32 channels, log8 scales) and the sections are stored as pages\n"
         "                    without requantizing (kv_store: direct); --requantize decodes and quantizes them again\n"
+        "  --cache-layer     kv_direct: layer L's cache codec instead of --cache's (bf16 without --cache;\n"
+        "                    repeatable; L from 0, or -1 for the last layer; as in kvwire generate); not with\n"
+        "                    --fp32 or --wire cache (one layout for every layer)\n"
         "  --fp32            f32 caches, fp32 projector and fp32 logits (default: bf16 caches, bf16-emulating\n"
         "                    projector, logits rounded as HF does for the receiver's weight dtype)\n"
         "  --rmsnorm-rounding  twice or once: the bf16 projector's RMSNorm rounds the normalized row to bf16 and\n"
@@ -909,6 +913,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     static const char *const qcaches[] = {"int8", "int6", "int4", NULL};
     static const enum kw_kvq_codec qcache_codecs[] = {KW_KVQ_INT8, KW_KVQ_INT6, KW_KVQ_INT4};
     int qcache_i = -1, requantize = 0;
+    const char *layer_args[KW_CLI_MAX_CACHE_LAYERS];
+    int n_layer_args = 0;
+    char cache_layers[KW_CLI_MAX_CACHE_LAYERS * 24] = "";
     int64_t page_tokens = KW_KVCACHE_PAGE_TOKENS;
     int64_t max_new = 64, threads = 0, wire_zstd = 0, min_tokens = 1, seed = 0, relay_tokens = 256, relay_bytes = -1;
     const kw_cli_option opts[] = {
@@ -956,6 +963,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_CHOICE("--refine-metric", &refine_metric_i, refine_metrics),
         KW_CLI_CHOICE("--cache", &qcache_i, qcaches),
         KW_CLI_INT("--cache-page-tokens", &page_tokens, 16, 4096),
+        KW_CLI_LIST("--cache-layer", layer_args, &n_layer_args, KW_CLI_MAX_CACHE_LAYERS),
         KW_CLI_FLAG("--requantize", &requantize),
         KW_CLI_FLAG("--fp32", &fp32),
         KW_CLI_FLAG("--raw", &raw),
@@ -979,8 +987,11 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && fp32 && norm_i >= 0)
         usage_error = "--rmsnorm-rounding sets the bf16 projector's rule: not with --fp32";
     const int cache_layout = wire_codec && strcmp(wire_codec, "cache") == 0;
-    if (!usage_error && (qcache_i >= 0 || requantize) && xfer_i != KW_C2C_MODE_KV_DIRECT)
-        usage_error = "--cache and --requantize are for --mode kv_direct (the receiver stores the sent rows)";
+    if (!usage_error && (qcache_i >= 0 || requantize || n_layer_args) && xfer_i != KW_C2C_MODE_KV_DIRECT)
+        usage_error =
+            "--cache, --cache-layer and --requantize are for --mode kv_direct (the receiver stores the sent rows)";
+    if (!usage_error && n_layer_args && (fp32 || cache_layout))
+        usage_error = "--cache-layer: not with --fp32 (an f32 cache) or --wire cache (one layout for every layer)";
     if (!usage_error && (requantize || cache_layout) && qcache_i < 0)
         usage_error = "--requantize and --wire cache need a quantized --cache";
     if (!usage_error && cache_layout && (wire_value || wire_outliers > 0.0 || wire_pre_rope || budget_bytes))
@@ -1196,7 +1207,12 @@ int kw_cmd_c2c(int argc, char **argv) {
     }
 
     stage = xfer_modes[xfer_i];
-    if (qcache_i >= 0) {
+    if (n_layer_args) { /* the layers not named: --cache's codec, or bf16 (0) */
+        KW_CHECK(kw_cli_cache_layers(layer_args, n_layer_args, cache_layers, sizeof cache_layers));
+        KW_CHECK(kw_model_create_cache_layers(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1),
+                                              qcache_i >= 0 ? qcache_codecs[qcache_i] : 0, cache_layers,
+                                              (int32_t)page_tokens, &cache));
+    } else if (qcache_i >= 0) {
         KW_CHECK(kw_model_create_cache_quantized(recv, (int64_t)n_ids + (max_new > 0 ? max_new : 1),
                                                  qcache_codecs[qcache_i], (int32_t)page_tokens, &cache));
         if (cache_layout)

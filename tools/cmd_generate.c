@@ -19,8 +19,6 @@
 #include "model/kw_tokenizer.h"
 #include "tools/kw_cli.h"
 
-#define KW_GENERATE_MAX_CACHE_LAYERS 256 /* --cache-layer values */
-
 const char kw_cmd_generate_summary[] =
     "greedy completion of a prompt with an HF model folder or a GGUF file (prints text and ids)";
 
@@ -71,9 +69,9 @@ int kw_cmd_generate(int argc, char **argv) {
     int64_t page_tokens = KW_KVCACHE_PAGE_TOKENS;
     static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
     int round_i = 0, cache_i = -1, weights_i = 2; /* cache -1: by the model's logits weight dtype */
-    const char *layer_args[KW_GENERATE_MAX_CACHE_LAYERS];
+    const char *layer_args[KW_CLI_MAX_CACHE_LAYERS];
     int n_layer_args = 0;
-    char layers[KW_GENERATE_MAX_CACHE_LAYERS * 24] = "";
+    char layers[KW_CLI_MAX_CACHE_LAYERS * 24] = "";
     const kw_cli_option opts[] = {
         KW_CLI_STR_REQUIRED("--model", &model_dir),
         KW_CLI_STR_REQUIRED("--prompt", &prompt),
@@ -87,7 +85,7 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
         KW_CLI_INT("--threads", &threads, 0, 1024),
         KW_CLI_INT("--cache-page-tokens", &page_tokens, 16, 4096),
-        KW_CLI_LIST("--cache-layer", layer_args, &n_layer_args, KW_GENERATE_MAX_CACHE_LAYERS),
+        KW_CLI_LIST("--cache-layer", layer_args, &n_layer_args, KW_CLI_MAX_CACHE_LAYERS),
     };
     const int st = KW_CLI_PARSE("kvwire generate", argc, argv, opts, kw_generate_usage);
     if (st != KW_CLI_RUN) return st;
@@ -161,12 +159,7 @@ int kw_cmd_generate(int argc, char **argv) {
         stage = "cache";
         KW_CHECK_IF(cache_i < 0 || (cache_i < 2 && cache_values[cache_i] == KW_DTYPE_F32), KW_E_INVALID_ARG,
                     "--cache-layer needs --cache int8, int6, int4 or bf16 (the other layers' codec)");
-        for (int i = 0; i < n_layer_args; ++i) { /* one "L=codec,..." list: a layer named twice is refused */
-            const size_t used = strlen(layers);
-            KW_CHECK_IF(strlen(layer_args[i]) + 2 > sizeof layers - used, KW_E_INVALID_ARG,
-                        "--cache-layer \"%s\" is too long", layer_args[i]);
-            snprintf(layers + used, sizeof layers - used, "%s%s", i ? "," : "", layer_args[i]);
-        }
+        KW_CHECK(kw_cli_cache_layers(layer_args, n_layer_args, layers, sizeof layers));
         KW_CHECK(
             kw_model_create_cache_layers(model, capacity, cache_codecs[cache_i], layers, (int32_t)page_tokens, &cache));
         stage = "generate";

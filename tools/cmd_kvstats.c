@@ -47,8 +47,10 @@ static void kw_kvstats_usage(FILE *f) {
         "                    v1.1 outlier table (bf16 values), e.g. int3-asym:channel32,int3-asym:token@1%%, and\n"
         "                    @prerope sends K before RoPE (the receiver rotates the decoded keys);\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
-        "                    int4 nf4 per 32 values, int8 int4 per head\n"
-        "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd)\n"
+        "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
+        "                    and nf4)\n"
+        "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd); log8 (KVWire\n"
+        "                    v1.1) carries the integer codecs only: an e4m3/e5m2/nf4 --codec is an error\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
         "  --no-heads        leave out the per-(layer, head) table\n"
         "Each prompt's tokens but the last are prefilled into an f32 cache; those rows go through a KVWire blob per\n"
@@ -116,6 +118,12 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     KW_FORWARD(kw_kvstats_parse_spec(comma + 1, len - k_len - 1, scale, &out->spec_v, v_name, sizeof v_name));
     snprintf(out->name, sizeof out->name, "%s+%s%s", k_name, v_name, outl);
     return 0;
+}
+
+/* Whether log8 scales can carry a codec: K's and V's each an integer codec or one without scales (none, bf16, f16). */
+static int kw_kvstats_log8_carries(const kw_kvstats_codec *c) {
+    return c->lossless || ((c->spec.scale_dtype == KW_WIRE_SCALE_NONE || kw_wire_codec_is_int(c->spec.codec)) &&
+                           (c->spec_v.scale_dtype == KW_WIRE_SCALE_NONE || kw_wire_codec_is_int(c->spec_v.codec)));
 }
 
 /* The token ids of one prompt line, BOS first as `kvwire generate` adds it. *ids owned by the caller. */
@@ -217,12 +225,26 @@ int kw_cmd_kvstats(int argc, char **argv) {
     kw_kvstats_codec codecs[KW_KVSTATS_MAX_CODECS];
     const char *stage = "codecs";
     int32_t n_codecs = 0;
-    if (n_codec_args == 0) {
+    const int defaults = n_codec_args == 0;
+    if (defaults) {
         n_codec_args = (int)(sizeof kw_kvstats_default_codecs / sizeof kw_kvstats_default_codecs[0]);
         memcpy(codec_args, kw_kvstats_default_codecs, sizeof kw_kvstats_default_codecs);
     }
-    for (int i = 0; i < n_codec_args; ++i)
+    const int log8 = strcmp(scale, "log8") == 0;
+    for (int i = 0; i < n_codec_args; ++i) {
+        if (log8) { /* parsed with f32 scales first, to tell the codecs log8 cannot carry */
+            KW_CHECK(kw_kvstats_parse_codec(codec_args[i], "f32", &codecs[n_codecs]));
+            if (!kw_kvstats_log8_carries(&codecs[n_codecs])) {
+                KW_CHECK_IF(!defaults, KW_E_INVALID_ARG,
+                            "--codec %s: --scale log8 carries the integer codecs only (int2, int3, int4, int6, int8; "
+                            "bf16 needs no scale): leave it out or choose --scale f32, f16, bf16 or e8m0",
+                            codec_args[i]);
+                fprintf(stderr, "kvstats: --scale log8 leaves %s out of the default codecs\n", codec_args[i]);
+                continue;
+            }
+        }
         KW_CHECK(kw_kvstats_parse_codec(codec_args[i], scale, &codecs[n_codecs++]));
+    }
     stage = "prompts";
     KW_CHECK(kw_file_read_all(prompts_path, (size_t)64 << 20, &file, &file_len));
     stage = "load model";

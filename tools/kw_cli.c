@@ -167,6 +167,19 @@ int kw_cli_each_line(const char *prog, FILE *in, kw_cli_line_fn fn, void *user) 
     return status;
 }
 
+int kw_cli_cache_layers(const char *const *args, int n, char *buf, size_t cap) {
+    KW_RETURN_IF(cap == 0, KW_E_INVALID_ARG, "--cache-layer: no room");
+    buf[0] = '\0';
+    size_t used = 0;
+    for (int i = 0; i < n; ++i) {
+        const size_t len = strlen(args[i]);
+        KW_RETURN_IF(len + 2 > cap - used, KW_E_INVALID_ARG, "--cache-layer \"%s\" is too long", args[i]);
+        snprintf(buf + used, cap - used, "%s%s", i ? "," : "", args[i]);
+        used += len + (i ? 1 : 0);
+    }
+    return 0;
+}
+
 void kw_cli_make_parents(const char *path) {
     char *p = strdup(path);
     if (!p) return;

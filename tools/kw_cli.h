@@ -92,6 +92,14 @@ typedef int (*kw_cli_line_fn)(void *user, const char *line, size_t len);
  * @return the exit status: 0 when every line was handled and stdout flushed, 1 otherwise. */
 int kw_cli_each_line(const char *prog, FILE *in, kw_cli_line_fn fn, void *user);
 
+/* Most --cache-layer values of one command (kvwire generate, kvwire c2c). */
+#define KW_CLI_MAX_CACHE_LAYERS 256
+
+/* Joins the values of a repeatable --cache-layer ("0=int8", "-1:int4") into the one list kw_model_create_cache_layers
+ * reads, "0=int8,-1:int4", in buf (cap bytes; a layer named twice is then refused there). KW_E_INVALID_ARG, naming the
+ * value, when they do not fit. */
+int kw_cli_cache_layers(const char *const *args, int n, char *buf, size_t cap);
+
 /* Creates the missing parent folders of path (mkdir -p of its dirname, mode 0755). Failures are ignored: whatever then
  * writes path reports them with the path in its message. */
 void kw_cli_make_parents(const char *path);

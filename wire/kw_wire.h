@@ -60,8 +60,9 @@ enum kw_wire_index {
 };
 #define KW_WIRE_INDEX_COUNT 7 /* wire ids are 1..KW_WIRE_INDEX_COUNT-1 */
 
-/* Vector code paths. AUTO picks the best the CPU supports; the others force one (tests compare them). All paths
- * produce identical bytes and values. */
+/* Vector code paths. AUTO picks the best the CPU supports, lowered to KW_CPU_ISA=scalar|avx2|avx512 when that is set
+ * (common/kw_isa.h: the CPU backend's kernels follow the same variable); the others force one whatever KW_CPU_ISA
+ * says (tests compare them, `kvwire bench codec --isa` times them). All paths produce identical bytes and values. */
 enum kw_wire_isa {
     KW_WIRE_ISA_AUTO = 0,
     KW_WIRE_ISA_SCALAR = 1,
@@ -69,8 +70,8 @@ enum kw_wire_isa {
     KW_WIRE_ISA_AVX512 = 3,
 };
 
-/* Returns the ISA that `isa` resolves to on this CPU (AUTO -> the best available; an unavailable request -> the best
- * available below it). */
+/* Returns the ISA that `isa` resolves to on this CPU (AUTO -> the best available up to KW_CPU_ISA's cap; an
+ * unavailable request -> the best available below it). */
 enum kw_wire_isa kw_wire_isa_resolve(enum kw_wire_isa isa);
 const char *kw_wire_isa_name(enum kw_wire_isa isa);
 

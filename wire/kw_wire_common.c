@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/kw_bytes.h"
+#include "common/kw_isa.h"
 
 /* xxHash compiled into this file (static, inline): the running state's layout is then known here at compile time
  * and no ABI of the shared library is involved. */
@@ -72,8 +73,12 @@ const char *kw_wire_isa_name(enum kw_wire_isa isa) {
 }
 
 enum kw_wire_isa kw_wire_isa_resolve(enum kw_wire_isa isa) {
+    if (isa == KW_WIRE_ISA_AUTO) { /* the best the CPU has, at most KW_CPU_ISA's level (kw_isa.h) */
+        static const enum kw_wire_isa by_level[] = {KW_WIRE_ISA_SCALAR, KW_WIRE_ISA_AVX2, KW_WIRE_ISA_AVX512};
+        isa = by_level[kw_isa_env_cap()];
+    }
     if (isa == KW_WIRE_ISA_SCALAR) return KW_WIRE_ISA_SCALAR;
-    if ((isa == KW_WIRE_ISA_AUTO || isa == KW_WIRE_ISA_AVX512) && kw__wire_kernels_avx512()) return KW_WIRE_ISA_AVX512;
+    if (isa == KW_WIRE_ISA_AVX512 && kw__wire_kernels_avx512()) return KW_WIRE_ISA_AVX512;
     if (isa != KW_WIRE_ISA_SCALAR && kw__wire_kernels_avx2()) return KW_WIRE_ISA_AVX2;
     return KW_WIRE_ISA_SCALAR;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/kw_isa.h"
 #include "common/kw_log.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
@@ -56,23 +57,15 @@ int kw_backend_cpu_isas(const char *names[3]) {
     return n;
 }
 
-/* The hardware's best flavour, lowered by KW_CPU_ISA. */
+/* The hardware's best flavour, lowered by KW_CPU_ISA (kw_isa.h: the same cap as wire/'s codec kernels). */
 static enum kw_cpu_isa kw_cpu_detect_isa(void) {
-    enum kw_cpu_isa isa = kw_cpu_hardware_isa();
-    const char *env = getenv("KW_CPU_ISA");
-    if (env && *env) {
-        enum kw_cpu_isa want = isa;
-        if (strcmp(env, "scalar") == 0)
-            want = KW_CPU_ISA_SCALAR;
-        else if (strcmp(env, "avx2") == 0)
-            want = KW_CPU_ISA_AVX2;
-        else if (strcmp(env, "avx512") == 0)
-            want = KW_CPU_ISA_AVX512;
-        else
-            KW_LOG_WARN("KW_CPU_ISA=%s is not scalar, avx2 or avx512; ignored", env);
-        if (want < isa) isa = want; /* only ever lower: the hardware decides the ceiling */
-    }
-    return isa;
+    _Static_assert((int)KW_CPU_ISA_SCALAR == (int)KW_ISA_LEVEL_SCALAR &&
+                       (int)KW_CPU_ISA_AVX2 == (int)KW_ISA_LEVEL_AVX2 &&
+                       (int)KW_CPU_ISA_AVX512 == (int)KW_ISA_LEVEL_AVX512,
+                   "kw_cpu_isa follows kw_isa_level");
+    const enum kw_cpu_isa isa = kw_cpu_hardware_isa();
+    const int cap = (int)kw_isa_env_cap();
+    return cap < (int)isa ? (enum kw_cpu_isa)cap : isa; /* only ever lower: the hardware decides the ceiling */
 }
 
 int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out) {
@@ -215,13 +208,27 @@ const char *kw_backend_cpu_isa(const kw_backend *backend) {
     return kw__cpu_isa_name(kw__cpu((kw_backend *)(uintptr_t)backend)->isa);
 }
 
+/* Online cores, 1..1024. */
+static int kw_cpu_online_cores(void) {
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)(online < 1024 ? online : 1024) : 1;
+}
+
+int kw_backend_threads_per_worker(int n_threads, int n_workers) {
+    if (n_threads > 0) return n_threads;
+    const int per = kw_cpu_online_cores() / (n_workers > 1 ? n_workers : 1);
+    return per > 1 ? per : 1;
+}
+
+int kw_backend_cpu_threads(const kw_backend *backend) {
+    if (backend == NULL || kw_backend_kind(backend) != KW_BACKEND_CPU) return 0;
+    return kw__cpu((kw_backend *)(uintptr_t)backend)->n_threads;
+}
+
 int kw_backend_create_cpu(int n_threads, kw_backend **out) {
     KW_RETURN_IF(out == NULL, KW_E_INVALID_ARG, "kw_backend_create_cpu: NULL out");
     KW_RETURN_IF(n_threads < 0 || n_threads > 1024, KW_E_INVALID_ARG, "kw_backend_create_cpu: %d threads", n_threads);
-    if (n_threads == 0) {
-        const long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = online > 0 ? (int)(online < 1024 ? online : 1024) : 1;
-    }
+    if (n_threads == 0) n_threads = kw_cpu_online_cores();
     kw_cpu_backend *cpu = calloc(1, sizeof *cpu);
     KW_RETURN_IF(cpu == NULL, KW_E_NOMEM, "kw_backend_create_cpu: out of memory");
     kw__backend_init(&cpu->base, &kw_cpu_iface);

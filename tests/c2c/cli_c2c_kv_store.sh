@@ -36,6 +36,29 @@ run --wire int8 >o.txt
 run --cache int8 >o.txt # rows in memory, no codec: quantized once
 [ "$(field kv_store o.txt | sed 's/ rows.*reason / /')" = "requantized no_codec" ] || fail "rows: $(field kv_store o.txt)"
 
+# --cache-layer (kvwire generate's parser): every layer int8 over --cache int4 is --cache int8, every layer bf16 over
+# --cache int6 is the dense bf16 cache, a mix runs; outside kv_direct, with --wire cache or a layer out of range it is
+# refused
+run --cache int8 --wire int8 >c8.txt
+run --cache int4 --wire int8 --cache-layer 0=int8 --cache-layer 1=int8 --cache-layer -1=int8 >c48.txt
+diff <(stable c8.txt) <(stable c48.txt) || fail "every layer int8 over --cache int4 is not --cache int8"
+run --wire int8 >cb.txt
+run --cache int6 --wire int8 --cache-layer 0:bf16 --cache-layer 1:bf16 --cache-layer 2:bf16 >c6b.txt
+diff <(stable cb.txt | grep -v ^kv_store) <(stable c6b.txt | grep -v ^kv_store) ||
+    fail "every layer bf16 over --cache int6 is not the bf16 cache"
+run --cache int6 --wire int8 --cache-layer 0=int8 --cache-layer -1=bf16 >cm.txt
+grep -q '^generated_ids: \[[0-9]' cm.txt || fail "a mixed cache: $(cat cm.txt)"
+cmp -s <(stable cm.txt) <(stable c8.txt) && cmp -s <(stable cm.txt) <(stable cb.txt) &&
+    fail "a mixed cache gave the same output as int8 and as bf16"
+for bad in "--cache-layer 0=int8 --mode receiver_only:2:for --mode kv_direct" \
+    "--cache int8 --cache-page-tokens 16 --wire cache --cache-layer 0=int4:2:one layout for every layer" \
+    "--cache int8 --cache-layer 3=int4:1:out of range" "--cache-layer 0=int8 --cache-layer 0=int4:1:twice"; do
+    st=0
+    # shellcheck disable=SC2086
+    run ${bad%%:*} >/dev/null 2>err.txt || st=$?
+    want=${bad#*:}
+    [ "$st" = "${want%%:*}" ] && grep -q -- "${want#*:}" err.txt || fail "${bad%%:*}: status $st, $(cat err.txt)"
+done
 st=0
 run --cache int8 --mode receiver_only >/dev/null 2>err.txt || st=$?
 [ "$st" = 2 ] && grep -q "for --mode kv_direct" err.txt || fail "--cache with receiver_only: status $st"

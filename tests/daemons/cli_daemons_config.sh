@@ -24,6 +24,16 @@ for d in sharer/sharerd receiver/receiverd; do
     set -e
     [ $rc = 2 ] && grep -q "no.such.key" err.txt || fail "$name: an unknown key gave $rc: $(cat err.txt)"
 done
+# a start-up error stops the daemon (exit 1) with one line that names it once: its details already begin "NAME: "
+for pair in "sharer/sharerd:no model configured" "receiver/receiverd:model.path is required"; do
+    name=$(basename "${pair%%:*}")
+    set +e
+    "$build/${pair%%:*}" 2>err.txt
+    rc=$?
+    set -e
+    [ $rc = 1 ] && grep -q "^$name: ${pair#*:}" err.txt || fail "$name with no model gave $rc: $(cat err.txt)"
+    ! grep -q "$name: $name:" err.txt || fail "$name names itself twice: $(cat err.txt)"
+done
 # sharerd: paths relative to the file, overrides from the command line in any order
 mkdir -p conf/sub
 cat >conf/sub/s.yaml <<'YAML'

@@ -4,7 +4,8 @@
  *    and once a real sharerd listens on that port again a request succeeds;
  *  - corrupted and truncated blobs, a frame of an unknown type, an oversized frame from the sharer: 502, nothing used;
  *  - garbage, an oversized frame and a slowloris peer on sharerd's port, and on receiverd's HTTP port: the connection
- *    is closed (with 400/413 for HTTP), the daemons keep serving;
+ *    is closed (with 400/413 for HTTP), the daemons keep serving; an oversized frame at once, with an Error naming
+ *    KW_E_PROTO_FRAME_SIZE; a frame shorter than its length says only by the hello timeout;
  *  - a model pair that cannot work is refused at hello with the reason (by receiverd, and by sharerd), kv_direct
  *    against another model is a 400;
  *  - TLS: an untrusted server certificate and plaintext against a TLS sharer are refused; mutual TLS needs the client
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/kw_status.h"
@@ -47,6 +49,14 @@ typedef struct fake_sharer {
     pthread_t thread;
     int requests;
 } fake_sharer;
+
+static void read_until(int fd, uint32_t want, ProtobufCMessage **out);
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static int send_all(int fd, const void *b, size_t n) {
     const uint8_t *p = b;
@@ -384,9 +394,27 @@ static void test_hostile_peers(void **state) {
     send_all(fd, garbage, strlen(garbage));
     assert_true(kwd_closed_within(fd, wait));
     close(fd);
+    /* an oversized frame is refused on its header at once: an Error (request 0) naming KW_E_PROTO_FRAME_SIZE, then the
+     * close, well before the hello timeout could have ended it */
     fd = kwd_connect(sd.port);
+    const double t0 = now_s();
     const uint8_t big[] = {0xff, 0xff, 0xff, 0x7f, KW_PROTO_FRAME_HELLO};
     send_all(fd, big, sizeof big);
+    ProtobufCMessage *m = NULL;
+    read_until(fd, KW_PROTO_FRAME_ERROR, &m);
+    const Kwctl__Error *e = (const Kwctl__Error *)m;
+    assert_int_equal(e->status, KW_E_PROTO_FRAME_SIZE);
+    assert_non_null(strstr(e->message, "exceeds the"));
+    kw_proto_message_free(m);
+    assert_true(kwd_closed_within(fd, wait));
+    assert_true(now_s() - t0 < kwd_ms(1000) / 2000.0);
+    close(fd);
+    /* a length under the limit with fewer bytes behind it cannot be told from a slow peer: the decoder waits, and only
+     * the hello timeout (after the hello: timeouts.idle_ms) ends it */
+    fd = kwd_connect(sd.port);
+    const uint8_t short_frame[] = {0x10, 0x00, 0x00, 0x00, KW_PROTO_FRAME_HELLO, 1, 2, 3};
+    send_all(fd, short_frame, sizeof short_frame);
+    assert_false(kwd_closed_within(fd, 200));
     assert_true(kwd_closed_within(fd, wait));
     close(fd);
     fd = kwd_connect(sd.port);

@@ -50,6 +50,18 @@ static const char *str(const cJSON *root, const char *path) {
     return cJSON_IsString(s) ? s->valuestring : NULL;
 }
 
+/* Posts kvwire (HTTP 200) and checks its kv_store: store, and reason (NULL: none, JSON null). */
+static void store_is(const char *kvwire, const char *store, const char *reason) {
+    kwd_response r;
+    post(kvwire, 200, &r);
+    assert_string_equal(str(r.json, "kvwire.kv_store.store"), store);
+    if (reason)
+        assert_string_equal(str(r.json, "kvwire.kv_store.reason"), reason);
+    else
+        assert_true(cJSON_IsNull(kwd_json_get(r.json, "kvwire.kv_store.reason")));
+    kwd_response_free(&r);
+}
+
 static void test_kv_store(void **state) {
     (void)state;
     kwd_response r;
@@ -75,10 +87,9 @@ static void test_kv_store(void **state) {
     assert_string_equal(str(r.json, "kvwire.kv_store.reason"), "scale_dtype");
     assert_int_equal((long long)kwd_json_num(r.json, "kvwire.kv_store.rows_direct"), 0);
     kwd_response_free(&r);
-    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\",\"scale\":\"e8m0\"}}",
-         200, &r);
-    assert_string_equal(str(r.json, "kvwire.kv_store.reason"), "value_layout");
-    kwd_response_free(&r);
+    store_is(
+        "{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\",\"scale\":\"e8m0\"}}",
+        "requantized", "value_layout");
     /* the cache layout spelled out: log8 (what "cache" asks for) and e8m0 scales both store directly */
     post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\","
          "\"value_granularity\":\"group32\",\"scale\":\"log8\"}}",
@@ -86,24 +97,18 @@ static void test_kv_store(void **state) {
     assert_string_equal(str(r.json, "kvwire.kv_store.store"), "direct");
     assert_string_equal(str(r.json, "kvwire.policy.scale"), "log8");
     kwd_response_free(&r);
-    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\","
-         "\"value_granularity\":\"group32\",\"scale\":\"e8m0\"}}",
-         200, &r);
-    assert_string_equal(str(r.json, "kvwire.kv_store.store"), "direct");
-    kwd_response_free(&r);
+    store_is("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"channel16\","
+             "\"value_granularity\":\"group32\",\"scale\":\"e8m0\"}}",
+             "direct", NULL);
     post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"nf4\",\"scale\":\"log8\"}}", 400, &r); /* ints only */
     kwd_response_free(&r);
-    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"front\",\"proportion\":0.5}}", 200,
-         &r);
-    assert_string_equal(str(r.json, "kvwire.kv_store.store"), "direct"); /* the front half: rows 0.. in order */
-    kwd_response_free(&r);
+    /* the front half: rows 0.. in order */
+    store_is("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"front\",\"proportion\":0.5}}",
+             "direct", NULL);
     /* a random half: gaps between the positions, stored as hidden zero rows, the rows requantized */
-    post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"random\",\"proportion\":0.5,"
-         "\"seed\":3}}",
-         200, &r);
-    assert_string_equal(str(r.json, "kvwire.kv_store.store"), "requantized");
-    assert_string_equal(str(r.json, "kvwire.kv_store.reason"), "positions");
-    kwd_response_free(&r);
+    store_is("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"random\",\"proportion\":0.5,"
+             "\"seed\":3}}",
+             "requantized", "positions");
     /* two rounds: round one's front fifth goes in as pages, round two's rows (after them, inside pages already
      * stored) through the quantizer, which rebuilds those pages */
     post("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"cache\",\"selection\":\"front\",\"proportion\":0.2},"

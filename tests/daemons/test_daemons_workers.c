@@ -3,7 +3,8 @@
  * one by one: the same completion ids and text for receiver_only, c2c and kv_direct requests of several prompts. Two
  * receiverd (2 workers each) share one sharerd with 2 workers, so that sharerd too runs two shares at once (one share
  * per connection at a time). /metrics and /health report the workers and, once all answers are in, no request in
- * flight and an empty queue; every daemon exits cleanly on SIGTERM (the workers drained). */
+ * flight and an empty queue; with compute.threads 0 each worker gets the cores / 2 (/health cpu_threads, sharerd's
+ * start-up line); every daemon exits cleanly on SIGTERM (the workers drained). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "common/kw_file.h"
 #include "kwd_harness.h"
 
 #define BODY(prompt, kv)                                                                                               \
@@ -77,9 +80,10 @@ static void test_workers_answer_as_one(void **state) {
     kwd_start_sharer(0, NULL, &sharer);
     kwd_start_receiver(sharer.port, NULL, &one);
     const char *const extra[] = {"--compute.workers=2", NULL};
-    kwd_start_sharer(0, extra, &sharer2);
+    const char *const all_cores[] = {"--compute.workers=2", "--compute.threads=0", NULL}; /* cores / 2 each */
+    kwd_start_sharer(0, all_cores, &sharer2);
     kwd_start_receiver(sharer2.port, extra, &two);
-    kwd_start_receiver(sharer2.port, extra, &two_b);
+    kwd_start_receiver(sharer2.port, all_cores, &two_b);
     if (!kwd_wait_healthy(one.port, kwd_ms(30000)) || !kwd_wait_healthy(two.port, kwd_ms(30000)) ||
         !kwd_wait_healthy(two_b.port, kwd_ms(30000)))
         fail_msg("receiverd never connected to sharerd");
@@ -128,7 +132,21 @@ static void test_workers_answer_as_one(void **state) {
     kwd_response_free(&m);
     kwd_http(one.port, "/health", NULL, &m);
     assert_int_equal((int)kwd_json_num(m.json, "workers"), 1);
+    assert_int_equal((int)kwd_json_num(m.json, "cpu_threads"), 1); /* compute.threads 1 */
     kwd_response_free(&m);
+    kwd_http(two_b.port, "/health", NULL, &m);
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const int per_worker = cores / 2 > 1 ? (int)(cores / 2) : 1;
+    assert_int_equal((int)kwd_json_num(m.json, "cpu_threads"), per_worker);
+    kwd_response_free(&m);
+    /* sharerd has no HTTP port: its start-up line says the same */
+    char *log = NULL;
+    size_t log_len = 0;
+    assert_int_equal(kw_file_read_all(sharer2.log, 1 << 24, &log, &log_len), 0);
+    char want[96];
+    snprintf(want, sizeof want, "2 compute thread(s) of %d CPU thread(s) each", per_worker);
+    if (!strstr(log, want)) fail_msg("sharerd's log has no \"%s\"", want);
+    free(log);
     kwd_stop(&two_b);
     kwd_stop(&two);
     kwd_stop(&sharer2);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
@@ -295,7 +296,21 @@ int main(void) {
     kw_backend *c = NULL;
     CHECK(kw_backend_create_stream(p, &c) == 0, "cpu stream");
     CHECK(c && kw_backend_cpu_isa(c) && strcmp(kw_backend_cpu_isa(c), kw_backend_cpu_isa(p)) == 0, "cpu isa");
+    CHECK(kw_backend_cpu_threads(p) == 2 && kw_backend_cpu_threads(c) == 2,
+          "a stream context has its parent's threads");
     kw_backend_destroy(c);
+    /* compute.threads 0 with compute.workers N: the online cores divided among the workers, at least 1 each */
+    const int cores = kw_backend_threads_per_worker(0, 1);
+    CHECK(cores == (int)sysconf(_SC_NPROCESSORS_ONLN), "threads 0, one worker: every core (%d)", cores);
+    CHECK(kw_backend_threads_per_worker(0, 0) == cores, "threads 0, workers 0 counts as 1");
+    CHECK(kw_backend_threads_per_worker(0, 2) == (cores / 2 > 1 ? cores / 2 : 1), "threads 0, two workers");
+    CHECK(kw_backend_threads_per_worker(0, cores + 1) == 1, "more workers than cores: one thread each");
+    CHECK(kw_backend_threads_per_worker(3, 4) == 3, "threads given: kept whatever the workers");
+    const kw_backend_options two = {.kind = KW_BACKEND_CPU, .n_threads = 0, .n_workers = 2};
+    kw_backend *w = NULL;
+    CHECK(kw_backend_create_with(&two, &w) == 0 && kw_backend_cpu_threads(w) == kw_backend_threads_per_worker(0, 2),
+          "kw_backend_create_with divides the cores among n_workers");
+    kw_backend_destroy(w);
     check_backend("cpu", p, other);
 #endif
     kw_backend_destroy(other);

@@ -146,11 +146,32 @@ static void test_create_errors(void **state) {
     kw_backend_destroy(be);
 }
 
+enum { AQD = 32 }; /* head_dim of the caches same_attention compares */
+
+/* Attention of two random query rows (2H heads over the caches' H: grouped) at positions n-2 and n-1 over layer la of
+ * a and layer lb of b gives the same bits; a layer past a's last is refused. */
+static void same_attention(kw_backend *be, kw_kvcache *a, int32_t la, kw_kvcache *b, int32_t lb, int64_t n) {
+    float q[2 * H * 2 * AQD], o1[2 * H * 2 * AQD], o2[2 * H * 2 * AQD];
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; ++i)
+        q[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+    kw_tensor tq, t1, t2;
+    const int64_t ne[3] = {2, 2 * H, AQD};
+    assert_int_equal(kw_tensor_from_host(be, &tq, KW_DTYPE_F32, 3, ne, q), 0);
+    assert_int_equal(kw_tensor_from_host(be, &t1, KW_DTYPE_F32, 3, ne, o1), 0);
+    assert_int_equal(kw_tensor_from_host(be, &t2, KW_DTYPE_F32, 3, ne, o2), 0);
+    const kw_attention_params ap = {.q_pos0 = n - 2, .n_kv = n, .scale = 0.2f};
+    assert_int_equal(kw_kvcache_attention(a, la, &t1, &tq, &ap), 0);
+    assert_int_equal(kw_kvcache_attention(b, lb, &t2, &tq, &ap), 0);
+    assert_int_equal(kw_backend_synchronize(be), 0);
+    assert_memory_equal(o1, o2, sizeof o1);
+    assert_int_equal(kw_kvcache_attention(a, kw_kvcache_n_layers(a), &t1, &tq, &ap), KW_E_INVALID_ARG);
+}
+
 /* A quantized cache through the kvcache API: rows read back within the codec's error, K-only overwrites of stored
  * rows, truncate then append, attention equal bit for bit to the dense f32 attention on the rows it reads back, the
  * geometry checks. */
 static void quantized_round_trip(enum kw_kvq_codec codec) {
-    enum { QD = 32, N = 50 };
+    enum { QD = AQD, N = 50 };
     kw_backend *be = NULL;
     kw_kvcache *c = NULL, *f = NULL;
     assert_int_equal(kw_backend_create_cpu(1, &be), 0);
@@ -195,20 +216,7 @@ static void quantized_round_trip(enum kw_kvq_codec codec) {
     /* attention over the quantized layer = dense f32 attention over the rows it reads back */
     assert_int_equal(kw_kvcache_create(be, L, H, QD, 64, KW_DTYPE_F32, &f), 0);
     assert_int_equal(kw_kvcache_write_rows(f, 1, 0, N, rk, rv), 0);
-    float q[2 * H * 2 * QD], o1[2 * H * 2 * QD], o2[2 * H * 2 * QD];
-    for (size_t i = 0; i < sizeof q / sizeof q[0]; ++i)
-        q[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-    kw_tensor tq, t1, t2;
-    const int64_t ne[3] = {2, 2 * H, QD};
-    assert_int_equal(kw_tensor_from_host(be, &tq, KW_DTYPE_F32, 3, ne, q), 0);
-    assert_int_equal(kw_tensor_from_host(be, &t1, KW_DTYPE_F32, 3, ne, o1), 0);
-    assert_int_equal(kw_tensor_from_host(be, &t2, KW_DTYPE_F32, 3, ne, o2), 0);
-    const kw_attention_params ap = {.q_pos0 = N - 2, .n_kv = N, .scale = 0.2f};
-    assert_int_equal(kw_kvcache_attention(c, 1, &t1, &tq, &ap), 0);
-    assert_int_equal(kw_kvcache_attention(f, 1, &t2, &tq, &ap), 0);
-    assert_int_equal(kw_backend_synchronize(be), 0);
-    assert_memory_equal(o1, o2, sizeof o1);
-    assert_int_equal(kw_kvcache_attention(c, L, &t1, &tq, &ap), KW_E_INVALID_ARG);
+    same_attention(be, c, 1, f, 1, N);
 
     assert_int_equal(kw_kvcache_reset(c), 0);
     assert_int_equal(kw_kvcache_read_rows(c, 1, 0, 1, rk, rv), KW_E_INVALID_ARG);
@@ -289,7 +297,7 @@ static void same_logits_however_cut(kw_model *m, kw_kvcache *c, const int32_t *i
  * accessors answer per layer. */
 static void test_mixed_layers(void **state) {
     (void)state;
-    enum { ML = 4, QD = 32, N = 50, MCAP = 64 };
+    enum { ML = 4, QD = AQD, N = 50, MCAP = 64 };
     const enum kw_kvq_codec codecs[ML] = {KW_KVQ_INT8, KW_KVQ_INT4, 0, KW_KVQ_INT6};
     kw_backend *be = NULL;
     assert_int_equal(kw_backend_create_cpu(1, &be), 0);
@@ -350,25 +358,13 @@ static void test_mixed_layers(void **state) {
                                                        v + (size_t)l * cells + 40 * H * QD),
                                  0);
     }
-    float q[2 * H * 2 * QD], o1[2 * H * 2 * QD], o2[2 * H * 2 * QD];
-    for (size_t i = 0; i < sizeof q / sizeof q[0]; ++i)
-        q[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-    kw_tensor tq, t1, t2;
-    const int64_t ne[3] = {2, 2 * H, QD};
-    assert_int_equal(kw_tensor_from_host(be, &tq, KW_DTYPE_F32, 3, ne, q), 0);
-    assert_int_equal(kw_tensor_from_host(be, &t1, KW_DTYPE_F32, 3, ne, o1), 0);
-    assert_int_equal(kw_tensor_from_host(be, &t2, KW_DTYPE_F32, 3, ne, o2), 0);
-    const kw_attention_params ap = {.q_pos0 = N - 2, .n_kv = N, .scale = 0.2f};
     for (int32_t l = 0; l < ML; ++l) {
         assert_int_equal(kw_kvcache_layer_rows(mix, l), N);
         assert_int_equal(kw_kvcache_read_rows(mix, l, 0, N, ak, av), 0);
         assert_int_equal(kw_kvcache_read_rows(one[l], l, 0, N, bk, bv), 0);
         assert_memory_equal(ak, bk, cells * sizeof *ak);
         assert_memory_equal(av, bv, cells * sizeof *av);
-        assert_int_equal(kw_kvcache_attention(mix, l, &t1, &tq, &ap), 0);
-        assert_int_equal(kw_kvcache_attention(one[l], l, &t2, &tq, &ap), 0);
-        assert_int_equal(kw_backend_synchronize(be), 0);
-        assert_memory_equal(o1, o2, sizeof o1);
+        same_attention(be, mix, l, one[l], l, N);
     }
     /* raw rows go only into a quantized layer */
     const kw_kvq_rows raw = {0};

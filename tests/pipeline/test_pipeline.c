@@ -383,11 +383,17 @@ static void c2c_case(kw_fusion *f, const kw_fusion_section *sec, int32_t n_sec, 
     blobs_free(&b);
 }
 
+/* The standard sections of one sharer over the receiver's E.L layers into sec; returns how many. */
+static int32_t standard_sections(kw_fusion_section sec[3]) {
+    int32_t n = 0;
+    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    return n;
+}
+
 static void test_c2c_bf16_equals_in_process(void **state) {
     (void)state;
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     c2c_case(E.one, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, KW_WIRE_CODEC_BF16, 0, "std, whole blobs");
     c2c_case(E.one, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, KW_WIRE_CODEC_BF16, 97, "std, pieces of 1..97");
     c2c_case(E.one, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, KW_WIRE_CODEC_BF16, 1, "std, byte by byte");
@@ -403,8 +409,7 @@ static void test_c2c_bf16_equals_in_process(void **state) {
 static void test_c2c_int4_equals_in_process_round_trip(void **state) {
     (void)state;
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     c2c_case(E.one, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_BF16, KW_WIRE_CODEC_INT4, 0, "int4, bf16 caches");
     c2c_case(E.one, sec, n, KW_FUSION_SEQUENTIAL, KW_DTYPE_F32, KW_WIRE_CODEC_INT8, 13, "int8, f32 caches");
 }
@@ -444,8 +449,7 @@ static void test_kv_direct(void **state) {
     }
     /* a selection: the positions left out are hidden from attention */
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     const kw_select_policy half = {.mode = KW_SELECT_KNORM, .proportion = 0.5, .min_tokens = 1};
     blobs b = {0};
     share(E.recv, 0, sec, n, layers, c->n_layers, &half, 1, &pol, KW_DTYPE_BF16, &b);
@@ -499,8 +503,7 @@ static void test_kv_direct_pages(void **state) {
     for (int32_t l = 0; l < c->n_layers; ++l)
         layers[l] = l;
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     const int64_t shared = E.L - sec[n - 1].length, P = 16;
     assert_true(shared > P); /* a full page and a partial one */
     const kw_select_policy full = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
@@ -594,8 +597,7 @@ static void test_kv_direct_mixed(void **state) {
     for (int32_t l = 0; l < c->n_layers; ++l)
         layers[l] = l;
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     const int64_t shared = E.L - sec[n - 1].length, P = 16, full = shared / P * P;
     assert_true(full >= P);
     const kw_select_policy all = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
@@ -664,8 +666,7 @@ static int receive_two_rounds(kw_model *m, kw_fusion *f, enum kw_receive_mode mo
 static void test_two_rounds(void **state) {
     (void)state;
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     assert_int_equal(n, 2);
     const kw_wire_policy pol = codec(KW_WIRE_CODEC_BF16);
     for (int kv_direct = 0; kv_direct < 2; ++kv_direct) {
@@ -733,8 +734,7 @@ static void test_refine_metric(void **state) {
 static void test_refusals(void **state) {
     (void)state;
     kw_fusion_section sec[3];
-    int32_t n = 0;
-    assert_int_equal(kw_fusion_sections_standard(E.L, 1, sec, &n), 0);
+    int32_t n = standard_sections(sec);
     const kw_select_policy full = {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};
     const kw_wire_policy pol = codec(KW_WIRE_CODEC_INT8);
     int32_t layers[8], n_layers = 0;

@@ -47,4 +47,17 @@ done
 : >"$tmp/empty.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/empty.txt" >/dev/null 2>"$tmp/err"
 [ $? -eq 1 ] && grep -q "holds no prompt" "$tmp/err" || fail "empty prompt file"
+# --scale log8: the default list leaves out the codecs log8 cannot carry (e4m3, nf4) and runs the rest; asking for one
+# of them is an error that names it
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads --scale log8 \
+    >"$tmp/out" 2>"$tmp/err" || fail "log8 with the default codecs exit $?"
+[ "$(sed -n '/^codec /,$p' "$tmp/out" | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = \
+    "none bf16 int8/token int8/group32 int8/head int6/token int4/token int4/group32 int4/head " ] ||
+    fail "log8 default rows"
+! grep -q refused "$tmp/out" || fail "a log8 default row was refused"
+grep -q "log8 leaves nf4:group32 out" "$tmp/err" || fail "log8 does not say what it left out"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --scale log8 --codec int4:token --codec nf4:group32 \
+    >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q -- "--codec nf4:group32: --scale log8 carries the integer codecs only" "$tmp/err" ||
+    fail "an explicit codec log8 cannot carry"
 echo ok

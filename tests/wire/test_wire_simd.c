@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "tests/wire/wire_test_util.h"
 #include "wire/kw_wire_internal.h"
@@ -393,11 +395,42 @@ static void test_hash_variants(void **state) {
     free(buf);
 }
 
+/* AUTO follows KW_CPU_ISA (common/kw_isa.h), which CI sets to rerun the wire tests on the AVX2 and scalar paths: it
+ * lowers the choice, never raises it, and an explicit ISA is not capped. */
+static void test_env_cap(void **state) {
+    (void)state;
+    const char *was = getenv("KW_CPU_ISA");
+    char *saved = was ? strdup(was) : NULL;
+    const enum kw_wire_isa best = kw__wire_kernels_avx512() ? KW_WIRE_ISA_AVX512
+                                  : kw__wire_kernels_avx2() ? KW_WIRE_ISA_AVX2
+                                                            : KW_WIRE_ISA_SCALAR;
+    const enum kw_wire_isa avx2 = kw__wire_kernels_avx2() ? KW_WIRE_ISA_AVX2 : KW_WIRE_ISA_SCALAR;
+    static const struct {
+        const char *env;
+        int want; /* 0: best, 1: avx2 (or scalar without it), 2: scalar */
+    } cases[] = {{"scalar", 2}, {"avx2", 1}, {"avx512", 0}, {"", 0}, {"sse9", 0}, {NULL, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        if (cases[i].env)
+            setenv("KW_CPU_ISA", cases[i].env, 1);
+        else
+            unsetenv("KW_CPU_ISA");
+        const enum kw_wire_isa want = cases[i].want == 2 ? KW_WIRE_ISA_SCALAR : cases[i].want == 1 ? avx2 : best;
+        assert_int_equal(kw_wire_isa_resolve(KW_WIRE_ISA_AUTO), want);
+        assert_int_equal(kw__wire_kernels_get(KW_WIRE_ISA_AUTO)->isa, want);
+        assert_int_equal(kw_wire_isa_resolve(KW_WIRE_ISA_AVX512), best); /* a forced ISA ignores the cap */
+    }
+    if (saved)
+        setenv("KW_CPU_ISA", saved, 1);
+    else
+        unsetenv("KW_CPU_ISA");
+    free(saved);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax),        cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_dequantize), cmocka_unit_test(test_affine),        cmocka_unit_test(test_scales),
-        cmocka_unit_test(test_blobs),      cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_blobs),      cmocka_unit_test(test_hash_variants), cmocka_unit_test(test_env_cap),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# cli_bench_codec.sh KVWIRE SOURCE_DIR BUILD_DIR: `kvwire bench codec` on tiny shapes. It reports the codec kernels'
+# ISA: KW_CPU_ISA=scalar (what scripts/test.sh sets for its scalar rerun) makes the default (auto) choice the scalar
+# path, KW_CPU_ISA=avx2 at most AVX2; --isa still forces a path whatever KW_CPU_ISA says. Its int8 and int4 per-token
+# rows with log8 scales run and take fewer bytes than the f16 ones (one scale byte per row instead of two).
+. "$(dirname "$0")/../cli_lib.sh" "$@"
+# isa [ARGS]: the ISA a tiny `bench codec` run names in its header line
+isa() {
+    "$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --only int8 "$@" |
+        sed -n 's/.*, isa \([a-z0-9]*\),.*/\1/p'
+}
+best=$(unset KW_CPU_ISA; isa) # the best the machine has
+[ -n "$best" ] || fail "bench codec names no isa"
+[ "$(KW_CPU_ISA=scalar isa)" = scalar ] || fail "KW_CPU_ISA=scalar: isa $(KW_CPU_ISA=scalar isa)"
+want=avx2
+[ "$best" = scalar ] && want=scalar
+[ "$(KW_CPU_ISA=avx2 isa)" = "$want" ] || fail "KW_CPU_ISA=avx2: isa $(KW_CPU_ISA=avx2 isa), best $best"
+[ "$(KW_CPU_ISA=scalar isa --isa "$best")" = "$best" ] || fail "--isa $best under KW_CPU_ISA=scalar"
+"$kvwire" bench codec --layers 2 --heads 2 --dim 32 --tokens 64 --reps 1 --only token >rows.txt
+for c in int8 int4; do
+    log8=$(awk -v n="$c token log8" 'index($0, n) == 1 { print $(NF - 3) }' rows.txt)
+    f16=$(awk -v n="$c token f16" '$0 ~ "^" n " +[0-9]" { print $(NF - 3) }' rows.txt)
+    [ -n "$log8" ] && [ -n "$f16" ] || fail "no $c token log8 / f16 row: $(cat rows.txt)"
+    [ "$log8" -lt "$f16" ] || fail "$c log8 blob $log8 bytes, not below f16's $f16"
+done
+echo ok
