@@ -1057,3 +1057,102 @@ int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q,
                  (long long)params->n_kv, (long long)n_rows);
     return backend->iface->attention_kvq(backend, out, q, k_store, kg, v_store, vg, params, n_rows);
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The sharer's device work
+ */
+
+int kw_backend_supports_share(const kw_backend *backend) {
+    return backend != NULL && backend->iface->wire_encode != NULL;
+}
+
+#define KW_CHECK_SHARE(op)                                                                                             \
+    KW_CHECK_BACKEND(op);                                                                                              \
+    KW_RETURN_IF(!kw_backend_supports_share(backend), KW_E_OP_UNSUPPORTED, "backend %s has no %s",                     \
+                 backend->iface->name, op)
+
+/* A dense cache tensor (H, cap, D) f32/bf16. */
+static int kw_check_share_cache(const kw_backend *backend, const kw_tensor *cache, const char *op) {
+    KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
+    KW_RETURN_IF(cache->ndim != 3 || (cache->dtype != KW_DTYPE_F32 && cache->dtype != KW_DTYPE_BF16), KW_E_SHAPE,
+                 "%s: cache %s must be (H, cap, D) f32 or bf16", op, KW_SHAPE(cache));
+    return 0;
+}
+
+int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0) {
+    static const char op[] = "select_scores";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_tensor(backend, score, op, "score"));
+    KW_FORWARD(kw_check_dtype(score, KW_DTYPE_F32, op, "score"));
+    const int64_t T = kw_tensor_nelem(score);
+    KW_RETURN_IF(cache->ne[0] > 256 || pos0 < 0 || T > cache->ne[1] - pos0, KW_E_SHAPE,
+                 "%s: rows [%lld, +%lld) of cache %s (at most 256 heads)", op, (long long)pos0, (long long)T,
+                 KW_SHAPE(cache));
+    return backend->iface->select_scores(backend, score, cache, pos0);
+}
+
+int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k) {
+    static const char op[] = "select_topk";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
+    KW_FORWARD(kw_check_tensor(backend, count, op, "count"));
+    KW_FORWARD(kw_check_tensor(backend, score, op, "score"));
+    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_I32, op, "out"));
+    KW_FORWARD(kw_check_dtype(count, KW_DTYPE_I32, op, "count"));
+    KW_FORWARD(kw_check_dtype(score, KW_DTYPE_F32, op, "score"));
+    KW_RETURN_IF(kw_tensor_nelem(out) != kw_tensor_nelem(score) || kw_tensor_nelem(count) != 1 || k < 0 ||
+                     kw_tensor_nelem(score) > (int64_t)UINT32_MAX,
+                 KW_E_SHAPE, "%s: out %s, count %s, score %s, k %lld", op, KW_SHAPE(out), KW_SHAPE(count),
+                 KW_SHAPE(score), (long long)k);
+    return backend->iface->select_topk(backend, out, count, score, k);
+}
+
+int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
+                          uint64_t *tensor_bytes, uint64_t *work_bytes) {
+    static const char op[] = "wire_sizes";
+    KW_CHECK_SHARE(op);
+    KW_RETURN_IF(spec == NULL || tensor_bytes == NULL || work_bytes == NULL, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    return backend->iface->wire_sizes(spec, H, T, D, tensor_bytes, work_bytes);
+}
+
+int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                      const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                      kw_tensor *err, int64_t err_index) {
+    static const char op[] = "wire_encode";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_tensor(backend, dst, op, "dst"));
+    KW_FORWARD(kw_check_tensor(backend, rows, op, "rows"));
+    KW_FORWARD(kw_check_tensor(backend, work, op, "work"));
+    KW_FORWARD(kw_check_tensor(backend, err, op, "err"));
+    KW_FORWARD(kw_check_dtype(dst, KW_DTYPE_U8, op, "dst"));
+    KW_FORWARD(kw_check_dtype(rows, KW_DTYPE_I32, op, "rows"));
+    KW_FORWARD(kw_check_dtype(work, KW_DTYPE_U8, op, "work"));
+    KW_FORWARD(kw_check_dtype(err, KW_DTYPE_U8, op, "err"));
+    uint64_t bytes = 0, scratch = 0;
+    KW_FORWARD(
+        kw_backend_wire_sizes(backend, spec, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], &bytes, &scratch));
+    KW_FORWARD(kw_check_range(dst, offset, (size_t)bytes, op));
+    KW_RETURN_IF(scratch > kw_tensor_nbytes(work) || T < 1 || (int64_t)t0 + T > kw_tensor_nelem(rows) ||
+                     err_index < 0 || (uint64_t)err_index >= kw_tensor_nbytes(err) / 8,
+                 KW_E_SHAPE, "%s: work %s (needs %llu bytes), rows %s from %u for %u tokens, error word %lld of %s", op,
+                 KW_SHAPE(work), (unsigned long long)scratch, KW_SHAPE(rows), t0, T, (long long)err_index,
+                 KW_SHAPE(err));
+    return backend->iface->wire_encode(backend, dst, offset, spec, cache, rows, t0, T, work, err, err_index);
+}
+
+int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n) {
+    static const char op[] = "wire_status";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_tensor(backend, err, op, "err"));
+    unsigned long long words[2];
+    for (int64_t i = 0; i < n; i += 2) {
+        const size_t m = n - i < 2 ? (size_t)(n - i) : 2;
+        KW_FORWARD(kw_backend_download(backend, words, err, (size_t)i * 8, m * 8));
+        KW_FORWARD(kw_backend_synchronize(backend));
+        for (size_t j = 0; j < m; ++j)
+            KW_FORWARD(backend->iface->wire_status(words[j]));
+    }
+    return 0;
+}

@@ -437,6 +437,49 @@ int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q,
                         const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
                         const kw_attention_params *params, int64_t n_rows);
 
+/* ------------------------------------------------------------------------------------------------------------
+ * The sharer's device work (kernels/cuda/kw_cuda_wire.h on the CUDA backend): the norm selection scores and their
+ * top-k straight from a dense KV cache tensor, and the KVWire encode of one tensor of a section (FORMAT.md §5.3:
+ * its scales then its codes) from the cache rows into device bytes, so only the encoded bytes are downloaded.
+ * Results are bit for bit the CPU's (c2c/kw_select.c, wire/); the section framing stays with the CPU encoder
+ * (kw_wire_encoder_begin_section / finish_section). The CPU backend has none of it: kw_backend_supports_share
+ * answers 0 and the calls KW_E_OP_UNSUPPORTED (the CPU code is the path there). Asynchronous like every op.
+ */
+
+/* 1 if the backend has the ops below, else 0. */
+int kw_backend_supports_share(const kw_backend *backend);
+
+/* score (T) f32 = the knorm/vnorm score (c2c/kw_select.h kw_select_scores) of rows [pos0, pos0 + T) of cache
+ * (H, cap, D) f32/bf16, H <= 256. */
+int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0);
+
+/* out (T) i32 = the min(k, finite scores) best of score (T) f32 as ascending offsets (c2c/kw_select.c's ranking
+ * with skip 0: larger score, ties to the lower offset, non-finite never), their number in count (1) i32. */
+int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
+
+/* The four bytes of a KVWire codec spec (wire/kw_wire.h kw_wire_codec_spec, which kernels/ does not include). */
+typedef struct kw_wire_op_spec {
+    uint8_t codec, granularity, scale_dtype, group_log2;
+} kw_wire_op_spec;
+
+/* The bytes of one tensor of H heads, T tokens, head_dim D on the wire and the device scratch kw_op_wire_encode
+ * needs for it. KW_E_UNSUPPORTED for a spec the device encoder does not take (log8 scales), KW_E_INVALID_ARG for an
+ * invalid one, KW_E_OP_UNSUPPORTED without the ops: the caller encodes that tensor on the CPU. */
+int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
+                          uint64_t *tensor_bytes, uint64_t *work_bytes);
+
+/* Encodes T rows of cache (H, cap, D) f32/bf16 into bytes [offset, offset + tensor_bytes) of dst (u8): token t is
+ * cache row rows[t0 + t] (rows (n) i32 of cache positions, t0 + T <= n). work (u8): the scratch of
+ * kw_backend_wire_sizes; err (u8, 8 * n bytes): error word err_index is overwritten with the encode's outcome, read
+ * with kw_backend_wire_status after the work is done. */
+int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                      const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                      kw_tensor *err, int64_t err_index);
+
+/* Downloads the first n error words of err (synchronizing) and returns the first failure among them, the CPU
+ * encoder's status for it (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE), or 0. */
+int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n);
+
 enum kw_act {
     KW_ACT_SILU = 0,      /* x * sigmoid(x) */
     KW_ACT_GELU_ERF = 1,  /* 0.5 x (1 + erf(x / sqrt 2)), torch nn.GELU() */

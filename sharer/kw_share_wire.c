@@ -34,6 +34,8 @@ struct kw_share_wire {
     uint32_t *kept_positions;      /* their positions */
     float *kept_k, *kept_v;        /* (n_kept, H, D): the current layer's kept rows */
     float *kept_weights;           /* n_kept */
+    /* the device encode: buf comes from kw_backend_host_alloc of pinned_be (pinned) once a layer is on a device */
+    kw_backend *pinned_be;
 };
 
 void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out) {
@@ -304,7 +306,10 @@ void kw_share_wire_free(kw_share_wire *w) {
     free(w->kept_v);
     free(w->kept_weights);
     kw_wire_encoder_destroy(w->enc);
-    free(w->buf);
+    if (w->pinned_be)
+        kw_backend_host_free(w->pinned_be, w->buf);
+    else
+        free(w->buf);
     free(w->positions);
     free(w->unroped);
     free(w);
@@ -314,8 +319,17 @@ const kw_share_wire_stats *kw_share_wire_get_stats(const kw_share_wire *w) {
     return w ? &w->stats : NULL;
 }
 
+/* Room for n bytes in buf; what it held is not kept (every part is emitted before the next is written). */
 static int kw_share_wire_reserve(kw_share_wire *w, size_t n) {
     if (n <= w->cap) return 0;
+    if (w->pinned_be) {
+        kw_backend_host_free(w->pinned_be, w->buf);
+        w->buf = NULL;
+        w->cap = 0;
+        KW_FORWARD(kw_backend_host_alloc(w->pinned_be, n, (void **)&w->buf));
+        w->cap = n;
+        return 0;
+    }
     unsigned char *b = realloc(w->buf, n);
     KW_RETURN_IF(b == NULL, KW_E_NOMEM, "share wire: cannot allocate %zu bytes", n);
     w->buf = b;
@@ -367,6 +381,78 @@ static void kw_share_wire_add_breakdown(kw_wire_breakdown *sum, const kw_wire_br
     sum->compressed_sections += b->compressed_sections;
 }
 
+/* From now on buf is pinned memory of be (the device encode downloads into it). */
+static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
+    if (w->pinned_be) return w->pinned_be == be ? 0 : KW_E_STATE;
+    const size_t cap = w->cap > 0 ? w->cap : KW_WIRE_HEADER_BYTES;
+    free(w->buf);
+    w->buf = NULL;
+    w->cap = 0;
+    w->pinned_be = be;
+    return kw_share_wire_reserve(w, cap);
+}
+
+/* 1 if the device encoder takes the section (no byte cap, outliers or pre-RoPE keys; codecs it encodes), with each
+ * tensor's bytes and scratch; 0 for the CPU encoder. */
+static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
+                                   uint32_t T, uint64_t bytes[2], uint64_t *work) {
+    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.outlier_fraction > 0.0 || w->opt.pre_rope ||
+        pol->n_groups != 0)
+        return 0;
+    const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
+    *work = 0;
+    for (int kv = 0; kv < 2; ++kv) {
+        const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
+                                   specs[kv]->group_log2};
+        uint64_t scratch = 0;
+        if (kw_backend_wire_sizes(l->device->backend, &s, (uint32_t)l->n_heads, T, (uint32_t)l->head_dim, &bytes[kv],
+                                  &scratch) < 0) {
+            kw_error_clear();
+            return 0;
+        }
+        *work = scratch > *work ? scratch : *work;
+    }
+    return 1;
+}
+
+/* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. */
+static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
+                                        const uint64_t bytes[2], uint64_t work_bytes, size_t *written) {
+    const kw_share_device *dev = l->device;
+    kw_backend *be = dev->backend;
+    const uint32_t T = (uint32_t)l->n_rows;
+    size_t at = 0;
+    KW_FORWARD(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, T, w->positions, pol, w->buf, w->cap, &at));
+    KW_RETURN_IF(at + bytes[0] + bytes[1] > w->cap, KW_E_INTERNAL,
+                 "share wire: the device's tensors (%llu bytes at %zu) overrun the section's %zu",
+                 (unsigned long long)(bytes[0] + bytes[1]), at, w->cap);
+    const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
+    const kw_tensor *rows[2] = {dev->k, dev->v};
+    const int64_t nb = (int64_t)(bytes[0] + bytes[1]), nw = (int64_t)(work_bytes ? work_bytes : 1), ne = 16;
+    kw_tensor dst = {0}, work = {0}, err = {0};
+    int rc = 0;
+    KW_CHECK(kw_tensor_alloc(be, &dst, KW_DTYPE_U8, 1, &nb));
+    KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
+    KW_CHECK(kw_tensor_alloc(be, &err, KW_DTYPE_U8, 1, &ne));
+    for (int kv = 0; kv < 2; ++kv) {
+        const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
+                                   specs[kv]->group_log2};
+        KW_CHECK(
+            kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], dev->rows, 0, T, &work, &err, kv));
+    }
+    KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)nb));
+    KW_CHECK(kw_backend_wire_status(be, &err, 2)); /* synchronizes */
+    KW_CHECK(kw_wire_encoder_finish_section(w->enc, written));
+    ++w->stats.device_sections;
+out:;
+    const int sync = kw_backend_synchronize(be); /* nothing may still write buf */
+    if (rc == 0) rc = sync;
+    kw_tensor_free(&dst);
+    kw_tensor_free(&work);
+    kw_tensor_free(&err);
+    return rc;
+}
+
 int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     KW_RETURN_IF(w == NULL || l == NULL, KW_E_INVALID_ARG, "share wire: NULL argument");
     KW_RETURN_IF(l->n_rows < 1 || l->n_rows > UINT32_MAX || l->n_positions > KW_WIRE_MAX_POSITIONS ||
@@ -410,13 +496,23 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     for (int64_t i = 0; i < l->n_rows; ++i)
         w->positions[i] = (uint32_t)l->positions[i];
     const size_t hd = (size_t)l->head_dim, row = (size_t)l->n_heads * hd;
+    kw_wire_policy pol;
+    kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+    uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
+    const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);
+    kw_share_layer host; /* a layer on the device that the CPU encodes: its rows downloaded */
+    if (l->device && !on_device) {
+        host = *l;
+        KW_FORWARD(l->device->host_rows(l->device->ctx, &host.k, &host.v));
+        host.device = NULL;
+        l = &host;
+    }
+    const float *lk = l->k, *lv = l->v;
     kw_wire_layer_in in = {.layer = (uint32_t)l->layer,
                            .n_tokens = (uint32_t)l->n_rows,
                            .positions = w->positions,
-                           .k = {.data = l->k, .head_stride = hd, .token_stride = row},
-                           .v = {.data = l->v, .head_stride = hd, .token_stride = row}};
-    kw_wire_policy pol;
-    kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+                           .k = {.data = lk, .head_stride = hd, .token_stride = row},
+                           .v = {.data = lv, .head_stride = hd, .token_stride = row}};
     if (w->alloc) { /* a byte cap: the allocator's rows and token groups */
         const kw_wire_alloc_result *res = NULL;
         const float *k = NULL, *v = NULL;
@@ -444,15 +540,19 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
             w->unroped = p;
             w->unroped_cap = n;
         }
-        memcpy(w->unroped, l->k, n * sizeof *w->unroped);
+        memcpy(w->unroped, lk, n * sizeof *w->unroped);
         KW_FORWARD(kw_config_rope_rows(w->opt.pre_rope, l->layer, l->positions, l->n_rows, 1, w->unroped));
         in.k.data = w->unroped;
         pol.pre_rope = 1;
     }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
+    if (on_device) KW_FORWARD(kw_share_wire_pin(w, l->device->backend));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
-    KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
+    if (on_device)
+        KW_FORWARD(kw_share_wire_device_section(w, l, &pol, dev_bytes, dev_work, &written));
+    else
+        KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
     w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
     KW_FORWARD(kw_share_wire_emit(w, written));
     ++w->stats.sections;

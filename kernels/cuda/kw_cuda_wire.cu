@@ -478,3 +478,39 @@ extern "C" int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec 
     KW_CUDA_LAUNCHED();
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * kw_backend.h's sharer ops (validated) on the backend's stream
+ */
+
+int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
+                        uint64_t *work_bytes) {
+    const kw_cuda_wire_spec s = {spec->codec, spec->granularity, spec->scale_dtype, spec->group_log2};
+    kw_wire_geom g;
+    KW_FORWARD(kw_wire_geom_make(&s, H, T, D, &g));
+    *tensor_bytes = kw_cuda_wire_tensor_bytes(&s, H, T, D);
+    *work_bytes = kw_cuda_wire_work_bytes(&s, H, T, D);
+    return 0;
+}
+
+int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                         const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                         kw_tensor *err, int64_t err_index) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_spec s = {spec->codec, spec->granularity, spec->scale_dtype, spec->group_log2};
+    const size_t D = (size_t)cache->ne[2];
+    kw_cuda_wire_src src;
+    src.d_data = cache->data;
+    src.dtype = cache->dtype == KW_DTYPE_BF16 ? KW__WDT_BF16 : KW__WDT_F32;
+    src.head_stride = (size_t)cache->ne[1] * D;
+    src.token_stride = D;
+    src.d_rows = (const uint32_t *)rows->data; /* cache positions: >= 0 */
+    src.t0 = t0;
+    return kw_cuda_wire_encode_tensor(cu->stream, &s, &src, (uint32_t)cache->ne[0], T, (uint32_t)D,
+                                      (uint8_t *)dst->data + offset, work->data,
+                                      (unsigned long long *)err->data + err_index);
+}
+
+int kw__cuda_wire_status(unsigned long long err) {
+    return kw_cuda_wire_encode_status(err);
+}
