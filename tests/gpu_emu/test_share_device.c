@@ -304,11 +304,27 @@ static void test_skip_ranked(void **state) {
     free(out[0].data), free(out[1].data);
 }
 
+/* The CPU backend has none of the sharer's device ops: the host path is the only one there. */
+static void test_cpu_has_none(void **state) {
+    (void)state;
+    kw_backend *cpu = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &cpu), 0);
+    assert_int_equal(kw_backend_supports_share(cpu), 0);
+    assert_int_equal(kw_backend_supports_share(E.gpu), 1);
+    const kw_wire_op_spec s = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    uint64_t bytes = 0, work = 0;
+    assert_int_equal(kw_backend_wire_sizes(cpu, &s, 2, 4, 8, &bytes, &work), KW_E_OP_UNSUPPORTED);
+    assert_int_equal(kw_backend_wire_sizes(E.gpu, &s, 2, 4, 8, &bytes, &work), 0);
+    assert_int_equal(bytes, 2 * 4 * 2 + 2 * 4 * 8); /* a scale per (head, token), a byte per value */
+    kw_backend_destroy(cpu);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases_f32),
         cmocka_unit_test(test_cases_bf16),
         cmocka_unit_test(test_skip_ranked),
+        cmocka_unit_test(test_cpu_has_none),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
