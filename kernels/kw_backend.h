@@ -463,7 +463,7 @@ typedef struct kw_wire_op_spec {
 } kw_wire_op_spec;
 
 /* The bytes of one tensor of H heads, T tokens, head_dim D on the wire and the device scratch kw_op_wire_encode
- * needs for it. KW_E_UNSUPPORTED for a spec the device encoder does not take (log8 scales), KW_E_INVALID_ARG for an
+ * needs for it. KW_E_UNSUPPORTED for a spec the device encoder does not take (none today), KW_E_INVALID_ARG for an
  * invalid one, KW_E_OP_UNSUPPORTED without the ops: the caller encodes that tensor on the CPU. */
 int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
                           uint64_t *tensor_bytes, uint64_t *work_bytes);

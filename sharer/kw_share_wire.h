@@ -14,7 +14,7 @@
  * checksums) by the CPU encoder around them (kw_wire_encoder_begin_section / finish_section), and only the encoded
  * tensor bytes are downloaded, into pinned memory (kw_backend_host_alloc). The bytes are the CPU encoder's. Every
  * section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a byte
- * cap (the allocator reads the rows), outliers, pre-RoPE keys, a codec the device refuses (log8 scales).
+ * cap (the allocator reads the rows), outliers, pre-RoPE keys, a codec the device refuses.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H

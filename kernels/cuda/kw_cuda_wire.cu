@@ -347,12 +347,10 @@ static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t
                  "wire on the GPU: bad shape (H %u, T %u, D %u)", H, T, D);
     const uint32_t bits = kw_wire_codec_bits(spec->codec), sdt = spec->scale_dtype & KW_WIRE_SCALE_DTYPE_MASK;
     const uint32_t asym = (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ? 1u : 0u;
-    /* log8 scales (FORMAT.md §5.4) are the CPU's alone for now: refused rather than written as other bytes */
-    KW_RETURN_IF(sdt == KW_WIRE_SCALE_LOG8, KW_E_UNSUPPORTED,
-                 "wire on the GPU: KVWire v1.1 log8 scales are not implemented on the GPU yet (codec %u); use the CPU "
-                 "encoder",
-                 spec->codec);
     KW_RETURN_IF(bits == 0, KW_E_INVALID_ARG, "wire on the GPU: unknown codec %u", spec->codec);
+    /* log8 scales (FORMAT.md §5.4): the symmetric integer codecs only, as the format says */
+    KW_RETURN_IF(sdt == KW_WIRE_SCALE_LOG8 && (!kw_wire_codec_is_int(spec->codec) || asym), KW_E_INVALID_ARG,
+                 "wire on the GPU: log8 scales are for the integer codecs without zero points (codec %u)", spec->codec);
     if (kw_wire_codec_is_passthrough(spec->codec)) {
         KW_RETURN_IF(spec->granularity != KW_WIRE_GRAN_NONE || spec->scale_dtype != KW_WIRE_SCALE_NONE ||
                          spec->group_log2 != 0,

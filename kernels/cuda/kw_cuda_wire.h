@@ -57,9 +57,9 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
 /* The codec of the tensor: the four bytes of kw_wire_codec_spec (enum kw_wire_codec, kw_wire_gran, the scale dtype
  * byte, log2 of the channel group or, for the channel granularity, of the run length L). Passthrough codecs (bf16,
  * f16) take granularity and scale dtype 0. Every KVWire v1.1 codec feature runs here: int3 and int2, zero points
- * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens
- * and int3 in groups of 4. The outlier side table (§5.10) is not a per-tensor feature and has no device path: a
- * section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
+ * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens,
+ * int3 in groups of 4 and log8 scales. The outlier side table (§5.10) is not a per-tensor feature and has no device
+ * path: a section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;

@@ -7,7 +7,7 @@
  *    dtype, in single- and two-group sections with strided views and a row gather, the device bytes of each tensor
  *    equal the scales and codes of the CPU encoder's section (read back through kw_wire_reader), and the device's
  *    status equals the CPU's for inputs the codec cannot take (NaN, Inf, values beyond a passthrough dtype or a scale
- *    dtype);
+ *    dtype); log8 scales (KVWire v1.1) likewise, for every symmetric integer codec and granularity;
  *  - whole blobs: a multi-section blob (two-group sections, a gather, zstd) whose tensors were encoded on the device
  *    and copied into a pinned host buffer (kw_wire_encoder_begin_section / finish_section) equals the CPU's;
  *  - decoding: the device's f32 and bf16 outputs equal kw_wire_section_dequantize's, for those sections and for
@@ -616,20 +616,63 @@ static void test_encode_refuses_bad_specs(void **state) {
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, KW_WIRE_MAX_RUN_LOG2 + 1},     /* run too long */
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0},                        /* no such gran */
         {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0}, /* passthrough with a zero point */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8 | KW_WIRE_SCALE_ZERO_POINTS, 0}, /* log8 zero */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},                              /* log8 float */
     };
     expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_INVALID_ARG);
 }
 
-/* log8 scales (FORMAT.md §5.4) are not on the GPU yet: refused with KW_E_UNSUPPORTED before anything runs (never
- * other bytes), and the size function reports 0. */
-static void test_encode_refuses_log8(void **state) {
+/* log8 scales (FORMAT.md §5.4): every symmetric integer codec at every granularity (group sizes and channel runs
+ * rotating; int3 in 4s on the general path), one- and two-group sections, the receiver cache's layout (int8 keys per
+ * channel run, values per group) among them; then the inputs no log8 byte holds (a huge value: above 2^15.875 qmax)
+ * or a NaN, reported as the CPU reports them. log8 with zero points or a float codec is refused as the format
+ * refuses it (test_encode_refuses_bad_specs). */
+static void test_encode_log8(void **state) {
     (void)state;
-    const kw_cuda_wire_spec refused[] = {
-        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, 3},
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_LOG8, 2},
-        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},
-    };
-    expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_UNSUPPORTED);
+    uint64_t seed = 11000;
+    uint32_t dt = 0, n = 0;
+    for (uint32_t codec = KW_WIRE_CODEC_INT8; codec <= KW_WIRE_CODEC_INT2; ++codec) {
+        if (!kw_wire_codec_is_int(codec)) continue;
+        for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran) {
+            const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 5)
+                                   : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 4)
+                                                                : 0u;
+            wire_case c = {};
+            c.a = spec_of(codec, gran, KW_WIRE_SCALE_LOG8, glog2);
+            c.b = (seed % 3) == 0 ? spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, 3) : k_bf16;
+            c.src_dtype = 1 + (dt++ % 3);
+            c.T = 5 + (uint32_t)(seed % 9);
+            c.split = (seed % 4) == 1 ? 3 : 0;
+            c.head_major = (int)(seed & 1);
+            c.gather = (int)((seed >> 1) & 1);
+            c.columns = gran == KW_WIRE_GRAN_CHANNEL;
+            assert_int_equal(check_case(c, seed++), 0);
+            ++n;
+        }
+    }
+    assert_int_equal(n, 5 * 5);
+    int ok = 0, nonfinite = 0, range = 0;
+    for (int poison = 1; poison <= 4; ++poison)
+        for (uint32_t dt2 = KW_WIRE_DTYPE_BF16; dt2 <= KW_WIRE_DTYPE_F32; ++dt2)
+            for (uint32_t gran : {(uint32_t)KW_WIRE_GRAN_TOKEN, (uint32_t)KW_WIRE_GRAN_CHANNEL}) {
+                wire_case c = {spec_of(KW_WIRE_CODEC_INT4, gran, KW_WIRE_SCALE_LOG8, gran == KW_WIRE_GRAN_CHANNEL),
+                               k_bf16,
+                               dt2,
+                               7,
+                               0,
+                               (int)(seed & 1),
+                               0,
+                               poison,
+                               gran == KW_WIRE_GRAN_CHANNEL};
+                const int rc = check_case(c, seed++);
+                ok += rc == 0;
+                nonfinite += rc == KW_E_WIRE_NONFINITE;
+                range += rc == KW_E_WIRE_RANGE;
+            }
+    assert_true(ok > 0);
+    assert_true(nonfinite > 0);
+    assert_true(range > 0);
+    assert_int_equal(ok + nonfinite + range, 4 * 3 * 2);
 }
 
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
@@ -716,7 +759,7 @@ int main(void) {
         cmocka_unit_test(test_encode_v11),
         cmocka_unit_test(test_encode_v11_errors),
         cmocka_unit_test(test_encode_refuses_bad_specs),
-        cmocka_unit_test(test_encode_refuses_log8),
+        cmocka_unit_test(test_encode_log8),
         cmocka_unit_test(test_blob_byte_identical),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);

@@ -9,7 +9,7 @@
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
  * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (outliers, log8 scales, pre-RoPE keys). Both cache dtypes (f32, bf16: the device encoder
+ * section that falls back (outliers, pre-RoPE keys). Both cache dtypes (f32, bf16: the device encoder
  * reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its prefill
  * rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
@@ -243,11 +243,21 @@ static const share_case CASES[] = {
      0.0,
      1},
     {"int3 group4, vnorm", {"int3", "group4", "f16"}, {"int3", "token", "f32"}, VNORM(0.7), 0, 0, 0, 0.0, 1},
+    /* log8 scales, the receiver cache's layout (int8 keys per channel run, values per group) */
+    {"int8 log8 channel4/group8",
+     {"int8", "channel4", "log8"},
+     {"int8", "group8", "log8"},
+     VNORM(0.5),
+     0,
+     0,
+     0,
+     0.0,
+     1},
     /* kv_direct: one selection per section, on the device, the same rows for every layer */
     {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1},
     /* sections the device does not encode: the CPU encoder on the downloaded rows, the selection still on the device */
     {"outliers (CPU encoder)", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 0},
-    {"log8 (CPU encoder)", {"int4", "token", "log8"}, {"int8", "token", "log8"}, VNORM(0.5), 0, 0, 0, 0.0, 0},
+
     {"pre-RoPE (CPU encoder)",
      {"int8", "token", "f16"},
      {"int8", "token", "f16"},
