@@ -452,12 +452,19 @@ void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out) {
 
 const char *const kw_backend_kind_names[3] = {"cpu", "cuda", NULL};
 
+/* kw_backend_set_cuda_create's choice (NULL: kw_backend_create_cuda). */
+static int (*kw_backend_cuda_create)(int device, kw_backend **out);
+
+void kw_backend_set_cuda_create(int (*create)(int device, kw_backend **out)) {
+    kw_backend_cuda_create = create;
+}
+
 int kw_backend_create_with(const kw_backend_options *o, kw_backend **out) {
     KW_RETURN_IF(o == NULL || out == NULL, KW_E_INVALID_ARG, "kw_backend_create_with: NULL argument");
     *out = NULL;
     kw_backend *be = NULL;
     if (o->kind == KW_BACKEND_CUDA)
-        KW_FORWARD(kw_backend_create_cuda(o->device, &be));
+        KW_FORWARD((kw_backend_cuda_create ? kw_backend_cuda_create : kw_backend_create_cuda)(o->device, &be));
     else
         KW_FORWARD(kw_backend_create_cpu(o->n_threads, &be));
     const int rc = kw_backend_set_memory_limit(be, o->memory_limit);

@@ -167,6 +167,11 @@ typedef struct kw_backend_options {
  * KW_E_NO_DEVICE. */
 int kw_backend_create_with(const kw_backend_options *o, kw_backend **out);
 
+/* For test programs that link the CUDA emulator (kernels/cuda/emu/kw_cuda_emu_api.h): kw_backend_create_with makes
+ * its CUDA backends with create (kw_backend_create_cuda_emu) instead of kw_backend_create_cuda; NULL restores that.
+ * Process-wide: set it before the first backend is created. The product never sets it. */
+void kw_backend_set_cuda_create(int (*create)(int device, kw_backend **out));
+
 /* Waits for queued work, releases the backend. NULL is a no-op. All tensors allocated from it must be freed first. */
 void kw_backend_destroy(kw_backend *backend);
 
