@@ -1078,6 +1078,13 @@ int kw_backend_supports_share(const kw_backend *backend) {
     KW_RETURN_IF(!kw_backend_supports_share(backend), KW_E_OP_UNSUPPORTED, "backend %s has no %s",                     \
                  backend->iface->name, op)
 
+/* A row-major tensor of this backend with this dtype. */
+static int kw_check_typed(const kw_backend *backend, const kw_tensor *t, enum kw_dtype dtype, const char *op,
+                          const char *name) {
+    KW_FORWARD(kw_check_tensor(backend, t, op, name));
+    return kw_check_dtype(t, dtype, op, name);
+}
+
 /* A dense cache tensor (H, cap, D) f32/bf16. */
 static int kw_check_share_cache(const kw_backend *backend, const kw_tensor *cache, const char *op) {
     KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
@@ -1090,8 +1097,7 @@ int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *
     static const char op[] = "select_scores";
     KW_CHECK_SHARE(op);
     KW_FORWARD(kw_check_share_cache(backend, cache, op));
-    KW_FORWARD(kw_check_tensor(backend, score, op, "score"));
-    KW_FORWARD(kw_check_dtype(score, KW_DTYPE_F32, op, "score"));
+    KW_FORWARD(kw_check_typed(backend, score, KW_DTYPE_F32, op, "score"));
     const int64_t T = kw_tensor_nelem(score);
     KW_RETURN_IF(cache->ne[0] > 256 || pos0 < 0 || T > cache->ne[1] - pos0, KW_E_SHAPE,
                  "%s: rows [%lld, +%lld) of cache %s (at most 256 heads)", op, (long long)pos0, (long long)T,
@@ -1102,12 +1108,9 @@ int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *
 int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k) {
     static const char op[] = "select_topk";
     KW_CHECK_SHARE(op);
-    KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
-    KW_FORWARD(kw_check_tensor(backend, count, op, "count"));
-    KW_FORWARD(kw_check_tensor(backend, score, op, "score"));
-    KW_FORWARD(kw_check_dtype(out, KW_DTYPE_I32, op, "out"));
-    KW_FORWARD(kw_check_dtype(count, KW_DTYPE_I32, op, "count"));
-    KW_FORWARD(kw_check_dtype(score, KW_DTYPE_F32, op, "score"));
+    KW_FORWARD(kw_check_typed(backend, out, KW_DTYPE_I32, op, "out"));
+    KW_FORWARD(kw_check_typed(backend, count, KW_DTYPE_I32, op, "count"));
+    KW_FORWARD(kw_check_typed(backend, score, KW_DTYPE_F32, op, "score"));
     KW_RETURN_IF(kw_tensor_nelem(out) != kw_tensor_nelem(score) || kw_tensor_nelem(count) != 1 || k < 0 ||
                      kw_tensor_nelem(score) > (int64_t)UINT32_MAX,
                  KW_E_SHAPE, "%s: out %s, count %s, score %s, k %lld", op, KW_SHAPE(out), KW_SHAPE(count),
@@ -1129,14 +1132,10 @@ int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const 
     static const char op[] = "wire_encode";
     KW_CHECK_SHARE(op);
     KW_FORWARD(kw_check_share_cache(backend, cache, op));
-    KW_FORWARD(kw_check_tensor(backend, dst, op, "dst"));
-    KW_FORWARD(kw_check_tensor(backend, rows, op, "rows"));
-    KW_FORWARD(kw_check_tensor(backend, work, op, "work"));
-    KW_FORWARD(kw_check_tensor(backend, err, op, "err"));
-    KW_FORWARD(kw_check_dtype(dst, KW_DTYPE_U8, op, "dst"));
-    KW_FORWARD(kw_check_dtype(rows, KW_DTYPE_I32, op, "rows"));
-    KW_FORWARD(kw_check_dtype(work, KW_DTYPE_U8, op, "work"));
-    KW_FORWARD(kw_check_dtype(err, KW_DTYPE_U8, op, "err"));
+    KW_FORWARD(kw_check_typed(backend, dst, KW_DTYPE_U8, op, "dst"));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
+    KW_FORWARD(kw_check_typed(backend, work, KW_DTYPE_U8, op, "work"));
+    KW_FORWARD(kw_check_typed(backend, err, KW_DTYPE_U8, op, "err"));
     uint64_t bytes = 0, scratch = 0;
     KW_FORWARD(
         kw_backend_wire_sizes(backend, spec, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], &bytes, &scratch));

@@ -498,6 +498,23 @@ static void test_encode_layouts(void **state) {
     }
 }
 
+/* The outcomes of a run of check_case calls on inputs a codec may not take; every one must be reached. */
+struct outcomes {
+    int ok = 0, nonfinite = 0, range = 0;
+    int tally(int rc) {
+        ok += rc == 0;
+        nonfinite += rc == KW_E_WIRE_NONFINITE;
+        range += rc == KW_E_WIRE_RANGE;
+        return rc;
+    }
+    void expect_each(int total) const {
+        assert_true(ok > 0);
+        assert_true(nonfinite > 0);
+        assert_true(range > 0);
+        assert_int_equal(ok + nonfinite + range, total);
+    }
+};
+
 /* Inputs the codecs cannot take: the device reports what the CPU reports. */
 static void test_encode_errors(void **state) {
     (void)state;
@@ -507,21 +524,14 @@ static void test_encode_errors(void **state) {
     const kw_wire_codec_spec e5h = spec_of(KW_WIRE_CODEC_E5M2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_BF16, 0);
     const kw_wire_codec_spec nfl = spec_of(KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_E8M0, 0);
     uint64_t seed = 5000;
-    int ok = 0, nonfinite = 0, range = 0;
+    outcomes o;
     for (int poison = 1; poison <= 4; ++poison)
         for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt)
             for (const kw_wire_codec_spec &s : {f16, k_bf16, i8f16, i4g, e5h, nfl}) {
                 wire_case c = {s, k_bf16, dt, 6, 0, (int)(seed & 1), 0, poison, 0};
-                const int rc = check_case(c, seed++);
-                ok += rc == 0;
-                nonfinite += rc == KW_E_WIRE_NONFINITE;
-                range += rc == KW_E_WIRE_RANGE;
+                o.tally(check_case(c, seed++));
             }
-    /* the cases above reach every outcome */
-    assert_true(ok > 0);
-    assert_true(nonfinite > 0);
-    assert_true(range > 0);
-    assert_int_equal(ok + nonfinite + range, 4 * 3 * 6);
+    o.expect_each(4 * 3 * 6); /* the cases above reach every outcome */
 }
 
 /* The KVWire v1.1 general path (FORMAT.md §5.8, §5.9): zero points for every integer codec at every granularity and
@@ -576,21 +586,15 @@ static void test_encode_v11_errors(void **state) {
         spec_of(KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 2),
     };
     uint64_t seed = 9000;
-    int ok = 0, nonfinite = 0, range = 0;
+    outcomes o;
     for (int poison = 1; poison <= 5; ++poison)
         for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt)
             for (const kw_wire_codec_spec &s : specs) {
                 wire_case c = {s, k_bf16, dt, 7, 0, (int)(seed & 1), 0, poison, 1};
-                const int rc = check_case(c, seed++);
-                ok += rc == 0;
-                nonfinite += rc == KW_E_WIRE_NONFINITE;
-                range += rc == KW_E_WIRE_RANGE;
+                const int rc = o.tally(check_case(c, seed++));
                 if (poison == 5) assert_int_equal(rc, KW_E_WIRE_NONFINITE); /* the row's NaN before any scale */
             }
-    assert_true(ok > 0);
-    assert_true(nonfinite > 0);
-    assert_true(range > 0);
-    assert_int_equal(ok + nonfinite + range, 5 * 3 * 7);
+    o.expect_each(5 * 3 * 7);
 }
 
 /* Each spec is refused with status before anything runs, and its size is 0. */
@@ -651,11 +655,12 @@ static void test_encode_log8(void **state) {
         }
     }
     assert_int_equal(n, 5 * 5);
-    int ok = 0, nonfinite = 0, range = 0;
+    outcomes o;
     for (int poison = 1; poison <= 4; ++poison)
         for (uint32_t dt2 = KW_WIRE_DTYPE_BF16; dt2 <= KW_WIRE_DTYPE_F32; ++dt2)
             for (uint32_t gran : {(uint32_t)KW_WIRE_GRAN_TOKEN, (uint32_t)KW_WIRE_GRAN_CHANNEL}) {
-                wire_case c = {spec_of(KW_WIRE_CODEC_INT4, gran, KW_WIRE_SCALE_LOG8, gran == KW_WIRE_GRAN_CHANNEL),
+                const int channel = gran == KW_WIRE_GRAN_CHANNEL;
+                wire_case c = {spec_of(KW_WIRE_CODEC_INT4, gran, KW_WIRE_SCALE_LOG8, (uint32_t)channel),
                                k_bf16,
                                dt2,
                                7,
@@ -663,16 +668,10 @@ static void test_encode_log8(void **state) {
                                (int)(seed & 1),
                                0,
                                poison,
-                               gran == KW_WIRE_GRAN_CHANNEL};
-                const int rc = check_case(c, seed++);
-                ok += rc == 0;
-                nonfinite += rc == KW_E_WIRE_NONFINITE;
-                range += rc == KW_E_WIRE_RANGE;
+                               channel};
+                o.tally(check_case(c, seed++));
             }
-    assert_true(ok > 0);
-    assert_true(nonfinite > 0);
-    assert_true(range > 0);
-    assert_int_equal(ok + nonfinite + range, 4 * 3 * 2);
+    o.expect_each(4 * 3 * 2);
 }
 
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the

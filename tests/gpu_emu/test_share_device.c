@@ -136,9 +136,9 @@ static kw_share_options share_options(const share_case *c, enum kw_dtype cd) {
                               .cache_dtype = cd};
 }
 
-/* kw_share_run with kw_share_wire; device_rows as asked. */
-static void run_wire(const share_case *c, enum kw_dtype cd, int device_rows, sink *out, kw_share_stats *ss,
-                     kw_share_wire_stats *ws) {
+/* kw_share_run with kw_share_wire; device_rows and skip_ranked (NULL: none) as asked. */
+static void run_wire(const share_case *c, enum kw_dtype cd, int device_rows, const int64_t *skip, sink *out,
+                     kw_share_stats *ss, kw_share_wire_stats *ws) {
     kw_wire_policy pol;
     policy_of(c, &pol);
     const kw_share_wire_options wo = {.policy = pol,
@@ -150,6 +150,7 @@ static void run_wire(const share_case *c, enum kw_dtype cd, int device_rows, sin
     assert_int_equal(kw_share_wire_create(&wo, &w), 0);
     kw_share_options so = share_options(c, cd);
     so.device_rows = device_rows;
+    so.skip_ranked = skip;
     so.on_layer = kw_share_wire_on_layer;
     so.user = w;
     const int rc = kw_share_run(E.m, E.prompt, E.L - 1, &so, ss);
@@ -162,8 +163,8 @@ static void run_case(const share_case *c, enum kw_dtype cd) {
     sink ref = {0}, dev = {0}, req = {0};
     kw_share_stats ref_s, dev_s;
     kw_share_wire_stats ref_w, dev_w;
-    run_wire(c, cd, 0, &ref, &ref_s, &ref_w);
-    run_wire(c, cd, 1, &dev, &dev_s, &dev_w);
+    run_wire(c, cd, 0, NULL, &ref, &ref_s, &ref_w);
+    run_wire(c, cd, 1, NULL, &dev, &dev_s, &dev_w);
 
     kw_wire_policy pol;
     policy_of(c, &pol);
@@ -291,22 +292,8 @@ static void test_skip_ranked(void **state) {
     sink out[2] = {{0}, {0}};
     kw_share_stats ss[2];
     kw_share_wire_stats ws[2];
-    for (int d = 0; d < 2; ++d) {
-        kw_wire_policy pol;
-        policy_of(&c, &pol);
-        const kw_share_wire_options wo = {.policy = pol, .write = sink_write, .user = &out[d]};
-        kw_share_wire *w = NULL;
-        assert_int_equal(kw_share_wire_create(&wo, &w), 0);
-        kw_share_options so = share_options(&c, KW_DTYPE_F32);
-        so.skip_ranked = skip;
-        so.device_rows = d;
-        so.on_layer = kw_share_wire_on_layer;
-        so.user = w;
-        const int rc = kw_share_run(E.m, E.prompt, E.L - 1, &so, &ss[d]);
-        if (rc < 0) fail_msg("skip: share: %s (%s)", kw_status_name(rc), kw_error_detail());
-        ws[d] = *kw_share_wire_get_stats(w);
-        kw_share_wire_free(w);
-    }
+    for (int d = 0; d < 2; ++d)
+        run_wire(&c, KW_DTYPE_F32, d, skip, &out[d], &ss[d], &ws[d]);
     assert_int_equal(out[1].len, out[0].len);
     assert_memory_equal(out[1].data, out[0].data, out[0].len);
     assert_int_equal(ss[1].device_selections, 0);
