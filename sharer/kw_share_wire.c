@@ -383,7 +383,10 @@ static void kw_share_wire_add_breakdown(kw_wire_breakdown *sum, const kw_wire_br
 
 /* From now on buf is pinned memory of be (the device encode downloads into it). */
 static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
-    if (w->pinned_be) return w->pinned_be == be ? 0 : KW_E_STATE;
+    if (w->pinned_be) {
+        KW_RETURN_IF(w->pinned_be != be, KW_E_STATE, "share wire: layers on two backends in one encoder");
+        return 0;
+    }
     const size_t cap = w->cap > 0 ? w->cap : KW_WIRE_HEADER_BYTES;
     free(w->buf);
     w->buf = NULL;
