@@ -301,6 +301,49 @@ static void test_skip_ranked(void **state) {
     free(out[0].data), free(out[1].data);
 }
 
+/* A byte cap: the allocator reads each layer's rows, so every section falls back to the CPU encoder (downloaded rows)
+ * while the selection stays on the device; the blobs are the host path's (kw_share_request_options.host_rows). */
+static void test_budget_falls_back(void **state) {
+    (void)state;
+    kw_wire_codec_spec codecs[2];
+    assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[0]), 0);
+    assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[1]), 0);
+    const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0};
+    kw_wire_policy pol;
+    policy_of(&c, &pol);
+    sink out[2] = {{0}, {0}};
+    kw_share_request_stats rs[2];
+    for (int host = 0; host < 2; ++host) {
+        const kw_share_request_options ro = {.sections = E.sec,
+                                             .n_sections = E.n_sec,
+                                             .layers = E.layers,
+                                             .n_layers = E.n_layers,
+                                             .select = c.select,
+                                             .cache_dtype = KW_DTYPE_F32,
+                                             .host_rows = host,
+                                             .wire = &pol,
+                                             .write = sink_write,
+                                             .budget_bytes = 1400,
+                                             .budget_codecs = codecs,
+                                             .n_budget_codecs = 2,
+                                             .budget_mode = KW_WIRE_BUDGET_TOKENS,
+                                             .user = &out[host]};
+        const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
+        if (rc < 0) fail_msg("cap: %s (%s)", kw_status_name(rc), kw_error_detail());
+    }
+    printf("cap 1400: %zu bytes, %llu of %llu rows dropped, %d sections on the device, %d device selections\n",
+           out[0].len, (unsigned long long)rs[0].wire.tokens_dropped, (unsigned long long)rs[0].wire.tokens_candidate,
+           (int)rs[0].wire.device_sections, (int)rs[0].share.device_selections);
+    assert_true(out[0].len <= 1400);
+    assert_true(rs[0].wire.tokens_dropped > 0 || rs[0].wire.tokens_per_codec[1] > 0); /* the cap bites */
+    assert_int_equal(out[0].len, out[1].len);
+    assert_memory_equal(out[0].data, out[1].data, out[1].len);
+    assert_int_equal(rs[0].wire.device_sections, 0);
+    assert_int_equal(rs[0].share.device_selections, rs[0].share.layers_sent);
+    assert_int_equal(rs[1].share.device_selections, 0);
+    free(out[0].data), free(out[1].data);
+}
+
 /* The CPU backend has none of the sharer's device ops: the host path is the only one there. */
 static void test_cpu_has_none(void **state) {
     (void)state;
@@ -318,9 +361,8 @@ static void test_cpu_has_none(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases_f32),
-        cmocka_unit_test(test_cases_bf16),
-        cmocka_unit_test(test_skip_ranked),
+        cmocka_unit_test(test_cases_f32),    cmocka_unit_test(test_cases_bf16),
+        cmocka_unit_test(test_skip_ranked),  cmocka_unit_test(test_budget_falls_back),
         cmocka_unit_test(test_cpu_has_none),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
