@@ -17,6 +17,8 @@
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
+#include <float.h>
+
 #include "kernels/cuda/kw_cuda_wire.h"
 #include "kernels/kw_op_math.h"
 #include "wire/kw_wire_quant.h"
@@ -338,6 +340,114 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
 }
 
 /* ------------------------------------------------------------------------------------------------------------
+ * The outlier selection (wire/kw_wire_outliers.c kw__out_scores, FORMAT.md §5.10): each scale unit's count, centre
+ * and sum of squared deviations in f64, one thread per unit adding its elements in the CPU's (head, token, channel)
+ * order; then one thread per element for its score, with the CPU's expression order; the top-k kernel of
+ * kw_cuda_select.cu (larger score, ties to the lower element number) is the CPU's threshold-and-ties rule.
+ */
+
+/* The first element (h, t, d) of unit u and the unit's extent: heads [h, h + nh), tokens [t, t + nt), channels
+ * [d, d + nd), in the order kw_wire_scale_index numbers units. */
+__device__ __forceinline__ void kw_out_unit_box(const kw_wire_geom &g, uint64_t u, uint32_t *h, uint32_t *nh,
+                                                uint32_t *t, uint32_t *nt, uint32_t *d, uint32_t *nd) {
+    *h = 0, *nh = 1, *t = 0, *nt = 1, *d = 0, *nd = g.D;
+    switch (g.gran) {
+    case KW_WIRE_GRAN_LAYER:
+        *nh = g.H, *nt = g.T;
+        return;
+    case KW_WIRE_GRAN_HEAD:
+        *h = (uint32_t)u, *nt = g.T;
+        return;
+    case KW_WIRE_GRAN_TOKEN:
+        *h = (uint32_t)(u / g.T), *t = (uint32_t)(u % g.T);
+        return;
+    case KW_WIRE_GRAN_GROUP: {
+        const uint32_t groups = g.D >> g.group_log2;
+        const uint64_t row = u / groups;
+        *h = (uint32_t)(row / g.T), *t = (uint32_t)(row % g.T);
+        *d = (uint32_t)(u % groups) << g.group_log2, *nd = 1u << g.group_log2;
+        return;
+    }
+    default: { /* channel: (h, run, d) */
+        const uint32_t L = 1u << g.group_log2, runs = (g.T + L - 1) >> g.group_log2;
+        const uint64_t hr = u / g.D;
+        *d = (uint32_t)(u % g.D), *nd = 1;
+        *h = (uint32_t)(hr / runs), *t = (uint32_t)(hr % runs) << g.group_log2;
+        *nt = g.T - *t < L ? g.T - *t : L;
+        return;
+    }
+    }
+}
+
+/* Per unit: acc[3u] count, acc[3u + 1] sum (zero points: of the values, else 0), acc[3u + 2] squared deviations
+ * from the mean (or from 0). A NaN or Inf sets *bad. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_out_units(kw_cuda_wire_src src, kw_wire_geom g, double *acc, unsigned int *bad) {
+    for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < g.units;
+         u += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t h0, nh, t0, nt, d0, nd;
+        kw_out_unit_box(g, u, &h0, &nh, &t0, &nt, &d0, &nd);
+        double cnt = 0.0, sum = 0.0;
+        for (uint32_t h = h0; h < h0 + nh; ++h)
+            for (uint32_t t = t0; t < t0 + nt; ++t) {
+                const size_t base = kw_wire_src_row(src, g, (uint64_t)h * g.T + t);
+                for (uint32_t d = d0; d < d0 + nd; ++d) {
+                    const float x = kw_wire_load(src.d_data, src.dtype, base + d);
+                    if (!(x - x == 0.0f)) atomicOr(bad, 1u);
+                    cnt += 1.0;
+                    sum += g.asym ? (double)x : 0.0;
+                }
+            }
+        const double c = sum / cnt;
+        double ss = 0.0;
+        for (uint32_t h = h0; h < h0 + nh; ++h)
+            for (uint32_t t = t0; t < t0 + nt; ++t) {
+                const size_t base = kw_wire_src_row(src, g, (uint64_t)h * g.T + t);
+                for (uint32_t d = d0; d < d0 + nd; ++d) {
+                    const double x = kw_wire_load(src.d_data, src.dtype, base + d);
+                    ss += (x - c) * (x - c);
+                }
+            }
+        acc[3 * u] = cnt;
+        acc[3 * u + 1] = sum;
+        acc[3 * u + 2] = ss;
+    }
+}
+
+/* One thread per element: score[(h * T + t) * D + d] (0 for a passthrough tensor, acc unused then). */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_out_scores(kw_cuda_wire_src src, kw_wire_geom g, const double *acc, float *score) {
+    const uint64_t n_el = (uint64_t)g.H * g.T * g.D;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n_el;
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        if (g.ss == 0) {
+            score[i] = 0.0f;
+            continue;
+        }
+        const uint64_t r = i / g.D;
+        const uint32_t d = (uint32_t)(i % g.D), h = (uint32_t)(r / g.T);
+        const double *a = acc + 3 * kw_wire_unit(g, h, r, d);
+        if (!(a[0] > 1.0)) { /* a scale of one value */
+            score[i] = 0.0f;
+            continue;
+        }
+        const double x = kw_wire_load(src.d_data, src.dtype, kw_wire_src_row(src, g, r) + d);
+        const double n = a[0], c = a[1] / a[0], S = a[2];
+        double sc;
+        if (g.asym) {
+            const double dev = x - c;
+            const double off = dev * n / (n - 1.0), rest = S - dev * dev * n / (n - 1.0);
+            const double msd = rest / (n - 1.0), q = off * off / msd;
+            sc = msd > 0.0 ? q : off != 0.0 ? (double)FLT_MAX : 0.0;
+        } else {
+            const double msd = (S - x * x) / (n - 1.0), q = x * x / msd;
+            sc = msd > 0.0 ? q : x != 0.0 ? (double)FLT_MAX : 0.0;
+        }
+        score[i] = sc < (double)FLT_MAX ? (float)sc : FLT_MAX;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
  * Host side
  */
 
@@ -511,4 +621,48 @@ int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, con
 
 int kw__cuda_wire_status(unsigned long long err) {
     return kw_cuda_wire_encode_status(err);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The outlier selection, host side
+ */
+
+extern "C" uint64_t kw_cuda_wire_outlier_work_bytes(const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v,
+                                                    uint32_t H, uint32_t T, uint32_t D) {
+    kw_wire_geom gk, gv;
+    if (kw_wire_geom_make(spec_k, H, T, D, &gk) < 0 || kw_wire_geom_make(spec_v, H, T, D, &gv) < 0) return 0;
+    const uint64_t units = gk.units > gv.units ? gk.units : gv.units;
+    return kw_wire_round256(2ull * H * T * D * 4) + kw_wire_round256(units * 24) + 256;
+}
+
+extern "C" int kw_cuda_wire_outlier_select(void *stream, const kw_cuda_wire_spec *spec_k,
+                                           const kw_cuda_wire_spec *spec_v, const kw_cuda_wire_src *src_k,
+                                           const kw_cuda_wire_src *src_v, uint32_t H, uint32_t T, uint32_t D,
+                                           uint32_t count, void *d_work, uint32_t *d_out, uint32_t *d_count,
+                                           unsigned int *d_bad) {
+    kw_wire_geom g[2];
+    KW_FORWARD(kw_wire_geom_make(spec_k, H, T, D, &g[0]));
+    KW_FORWARD(kw_wire_geom_make(spec_v, H, T, D, &g[1]));
+    KW_RETURN_IF(!src_k || !src_v || !src_k->d_data || !src_v->d_data || !d_work || !d_out || !d_count || !d_bad,
+                 KW_E_INVALID_ARG, "outlier selection on the GPU: null argument");
+    const uint64_t half = (uint64_t)H * T * D, elems = 2 * half;
+    KW_RETURN_IF(elems > (uint64_t)KW_CUDA_SELECT_MAX_TOKENS, KW_E_LIMIT,
+                 "outlier selection on the GPU: %llu elements (element numbers are 32-bit here)",
+                 (unsigned long long)elems);
+    const cudaStream_t st = (cudaStream_t)stream;
+    float *score = (float *)d_work;
+    double *acc = (double *)((uint8_t *)d_work + kw_wire_round256(elems * 4));
+    KW_CUDA_TRY(cudaMemsetAsync(d_bad, 0, sizeof *d_bad, st));
+    const kw_cuda_wire_src *srcs[2] = {src_k, src_v};
+    for (int kv = 0; kv < 2; ++kv) {
+        if (g[kv].ss != 0) {
+            KW_CUDA_LAUNCH(kw_k_out_units, kw_opm_grid_blocks((int64_t)g[kv].units, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
+                           st, *srcs[kv], g[kv], acc, d_bad);
+            KW_CUDA_LAUNCHED();
+        }
+        KW_CUDA_LAUNCH(kw_k_out_scores, kw_opm_grid_blocks((int64_t)half, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st,
+                       *srcs[kv], g[kv], (const double *)acc, score + kv * half);
+        KW_CUDA_LAUNCHED();
+    }
+    return kw_cuda_select_topk(stream, score, (int64_t)elems, count, d_out, d_count);
 }

@@ -22,13 +22,15 @@
 #include "kernels/kw_backend.h"
 
 #ifdef KW_CUDA_EMU
-#define kw_cuda_select_scores      kw_cuda_emu_select_scores
-#define kw_cuda_select_topk        kw_cuda_emu_select_topk
-#define kw_cuda_wire_encode_tensor kw_cuda_emu_wire_encode_tensor
-#define kw_cuda_wire_decode_tensor kw_cuda_emu_wire_decode_tensor
-#define kw_cuda_wire_work_bytes    kw_cuda_emu_wire_work_bytes
-#define kw_cuda_wire_tensor_bytes  kw_cuda_emu_wire_tensor_bytes
-#define kw_cuda_wire_encode_status kw_cuda_emu_wire_encode_status
+#define kw_cuda_select_scores           kw_cuda_emu_select_scores
+#define kw_cuda_select_topk             kw_cuda_emu_select_topk
+#define kw_cuda_wire_encode_tensor      kw_cuda_emu_wire_encode_tensor
+#define kw_cuda_wire_decode_tensor      kw_cuda_emu_wire_decode_tensor
+#define kw_cuda_wire_work_bytes         kw_cuda_emu_wire_work_bytes
+#define kw_cuda_wire_tensor_bytes       kw_cuda_emu_wire_tensor_bytes
+#define kw_cuda_wire_encode_status      kw_cuda_emu_wire_encode_status
+#define kw_cuda_wire_outlier_select     kw_cuda_emu_wire_outlier_select
+#define kw_cuda_wire_outlier_work_bytes kw_cuda_emu_wire_outlier_work_bytes
 #endif
 
 #ifdef __cplusplus
@@ -109,6 +111,25 @@ int kw_cuda_wire_encode_status(unsigned long long err);
  * the caller zeroes it first. */
 int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, const uint8_t *d_src, uint32_t H,
                                uint32_t T, uint32_t D, const kw_cuda_wire_dst *dst, unsigned int *d_bad);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* The outlier side table's choice (FORMAT.md §5.10) */
+
+/* Bytes of device scratch kw_cuda_wire_outlier_select needs (0 for an invalid spec). */
+uint64_t kw_cuda_wire_outlier_work_bytes(const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v, uint32_t H,
+                                         uint32_t T, uint32_t D);
+
+/* The elements a section of one token group (T tokens, K and V read through src_k and src_v with t0 0, codecs
+ * spec_k and spec_v) sends in its outlier table: kw_wire_outlier_select's choice, bit for bit (each element's score
+ * against its scale's other values, then the min(count, 2*H*T*D) largest, ties to the lower element number e =
+ * kv*H*T*D + (h*T + t)*D + d), written ascending to d_out (room for count) and their number to *d_count. *d_bad is
+ * set non-zero if K or V holds a NaN or Inf (the CPU's KW_E_WIRE_NONFINITE; the choice is then meaningless). d_work:
+ * kw_cuda_wire_outlier_work_bytes of scratch, 256-byte aligned. KW_E_LIMIT past 2^32 - 1 elements. Not yet done on
+ * the device: the tensors' encode without the chosen elements and the table's bytes (the CPU encoder's, for now). */
+int kw_cuda_wire_outlier_select(void *stream, const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v,
+                                const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v, uint32_t H, uint32_t T,
+                                uint32_t D, uint32_t count, void *d_work, uint32_t *d_out, uint32_t *d_count,
+                                unsigned int *d_bad);
 
 #ifdef __cplusplus
 }

@@ -674,6 +674,127 @@ static void test_encode_log8(void **state) {
     o.expect_each(4 * 3 * 2);
 }
 
+/* The outlier table's choice (kw_cuda_wire_outlier_select) against kw_wire_outlier_select, element for element: every
+ * granularity, with and without zero points, a passthrough partner, each input dtype, layouts and gathers, counts
+ * from one element to all of them; the inputs' spikes, zero and constant rows give large, tied and zero scores. A NaN
+ * is reported as the CPU reports it. */
+static void check_outliers(const wire_case &c, uint32_t count, uint64_t seed) {
+    rng r{seed};
+    const uint32_t rows = c.gather ? c.T + 7 : c.T;
+    tensor_src ks, vs;
+    make_src(r, c, rows, &ks);
+    wire_case clean = c;
+    clean.poison = 0;
+    make_src(r, clean, rows, &vs);
+    for (int i = 0; i < 3 && !c.poison; ++i) /* spikes: far outside their scale's spread */
+        ks.values[r.below((uint32_t)ks.values.size())] *= 300.0f,
+            vs.values[r.below((uint32_t)vs.values.size())] *= -80.0f;
+    for (tensor_src *t : {&ks, &vs}) { /* the spiked values' bytes, and their values in the input dtype */
+        const size_t es = c.src_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+        for (size_t i = 0; i < t->values.size(); ++i) {
+            if (es == 4) {
+                memcpy(&t->bytes[4 * i], &t->values[i], 4);
+            } else {
+                const uint16_t h16 =
+                    c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(t->values[i]) : kw_f32_to_f16(t->values[i]);
+                memcpy(&t->bytes[2 * i], &h16, 2);
+                t->values[i] = c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(h16) : kw_f16_to_f32(h16);
+            }
+        }
+    }
+    std::vector<uint32_t> gather(c.T);
+    for (uint32_t t = 0; t < c.T; ++t)
+        gather[t] = c.gather ? r.below(rows) : t;
+    /* the CPU's choice */
+    kw_wire_header hdr = {};
+    hdr.n_layers = 1;
+    hdr.n_sections = 1;
+    hdr.n_kv_heads = H;
+    hdr.head_dim = D;
+    hdr.n_positions = NPOS;
+    hdr.src_dtype = c.src_dtype;
+    hdr.version = KW_WIRE_VERSION_1_1;
+    kw_wire_layer_in in = {};
+    in.n_tokens = c.T;
+    in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
+    in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
+    kw_wire_policy pol = {};
+    pol.k = c.a;
+    pol.v = c.b;
+    const uint64_t elems = 2ull * H * c.T * D;
+    std::vector<uint8_t> mask((elems + 7) / 8);
+    uint32_t n_cpu = 0;
+    const int rc_cpu = kw_wire_outlier_select(&hdr, &in, &pol, count, mask.data(), &n_cpu);
+    /* the device's */
+    const kw_cuda_wire_spec sk = dev_spec(c.a), sv = dev_spec(c.b);
+    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint32_t> drows(gather.data(), gather.size()), out(count ? count : 1), n_dev(1);
+    dev_buf<uint8_t> work(kw_cuda_wire_outlier_work_bytes(&sk, &sv, H, c.T, D));
+    dev_buf<unsigned int> bad(1);
+    const kw_cuda_wire_src srck = {dks.p, c.src_dtype, ks.head_stride, ks.token_stride, c.gather ? drows.p : nullptr,
+                                   0};
+    const kw_cuda_wire_src srcv = {dvs.p, c.src_dtype, vs.head_stride, vs.token_stride, c.gather ? drows.p : nullptr,
+                                   0};
+    assert_true(work.n > 0);
+    assert_int_equal(
+        kw_cuda_wire_outlier_select(nullptr, &sk, &sv, &srck, &srcv, H, c.T, D, count, work.p, out.p, n_dev.p, bad.p),
+        0);
+    CK(cudaDeviceSynchronize());
+    if (rc_cpu < 0) {
+        assert_int_equal(rc_cpu, KW_E_WIRE_NONFINITE);
+        assert_int_not_equal(bad.get()[0], 0);
+        return;
+    }
+    assert_int_equal(bad.get()[0], 0);
+    const std::vector<uint32_t> got = out.get();
+    assert_int_equal(n_dev.get()[0], n_cpu);
+    std::vector<uint8_t> dmask((elems + 7) / 8, 0);
+    for (uint32_t i = 0; i < n_cpu; ++i) {
+        assert_true(got[i] < elems);
+        assert_true(i == 0 || got[i] > got[i - 1]);
+        dmask[got[i] / 8] |= (uint8_t)(1u << (got[i] % 8));
+    }
+    for (size_t i = 0; i < mask.size(); ++i)
+        if (mask[i] != dmask[i])
+            fail_msg("outliers, K %u/%u/%u/%u V %u/%u/%u/%u T %u count %u: mask byte %zu is %02x on the device, %02x "
+                     "on the CPU",
+                     c.a.codec, c.a.granularity, c.a.scale_dtype, c.a.group_log2, c.b.codec, c.b.granularity,
+                     c.b.scale_dtype, c.b.group_log2, c.T, count, i, dmask[i], mask[i]);
+}
+
+static void test_outlier_select(void **state) {
+    (void)state;
+    uint64_t seed = 13000;
+    uint32_t n = 0;
+    for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran)
+        for (uint32_t zp = 0; zp < 2; ++zp)
+            for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt) {
+                const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 4)
+                                       : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 3)
+                                                                    : 0u;
+                const uint32_t scale = KW_WIRE_SCALE_F16 | (zp ? KW_WIRE_SCALE_ZERO_POINTS : 0u);
+                wire_case c = {};
+                c.a = spec_of(zp ? KW_WIRE_CODEC_INT4 : KW_WIRE_CODEC_INT8, gran, scale, glog2);
+                c.b = (seed % 3) == 0 ? k_bf16 : spec_of(KW_WIRE_CODEC_INT2, gran, scale, glog2);
+                c.src_dtype = dt;
+                c.T = 3 + (uint32_t)(seed % 11);
+                c.head_major = (int)(seed & 1);
+                c.gather = (int)((seed >> 1) & 1);
+                c.columns = (int)((seed >> 2) & 1);
+                const uint32_t all = 2 * H * c.T * D;
+                for (uint32_t count : {1u, 7u, all / 50 + 1, all / 3, all, all + 5})
+                    check_outliers(c, count, seed++), ++n;
+            }
+    assert_int_equal(n, 5 * 2 * 3 * 6);
+    wire_case nan = {};
+    nan.a = spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0);
+    nan.b = nan.a;
+    nan.src_dtype = KW_WIRE_DTYPE_F32;
+    nan.T = 4;
+    nan.poison = 1;
+    check_outliers(nan, 5, seed);
+}
+
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
  * device's bytes copied into the section in pinned host memory, finish_section); zstd on for some sections. */
 static void test_blob_byte_identical(void **state) {
@@ -759,6 +880,7 @@ int main(void) {
         cmocka_unit_test(test_encode_v11_errors),
         cmocka_unit_test(test_encode_refuses_bad_specs),
         cmocka_unit_test(test_encode_log8),
+        cmocka_unit_test(test_outlier_select),
         cmocka_unit_test(test_blob_byte_identical),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
