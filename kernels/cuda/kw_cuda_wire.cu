@@ -79,6 +79,15 @@ __device__ __forceinline__ size_t kw_wire_src_row(const kw_cuda_wire_src &src, c
     return row * src.token_stride + (size_t)h * src.head_stride;
 }
 
+/* 1 if element (row r = h * T + t, channel d) of the tensor is an outlier of the section (kw_cuda_wire_src.d_mask). */
+__device__ __forceinline__ int kw_wire_masked(const kw_cuda_wire_src &src, const kw_wire_geom &g, uint64_t r,
+                                              uint32_t d) {
+    if (!src.d_mask) return 0;
+    const uint32_t h = (uint32_t)(r / g.T), t = (uint32_t)(r % g.T);
+    const uint64_t e = src.mask_base + ((uint64_t)h * src.mask_tokens + src.t0 + t) * g.D + d;
+    return (src.d_mask[e >> 3] >> (e & 7)) & 1;
+}
+
 /* (1) absmax per unit; amax[] starts zeroed. */
 __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     kw_k_wire_amax(kw_cuda_wire_src src, kw_wire_geom g, unsigned int *amax) {
@@ -162,6 +171,7 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
                 cur = u;
                 a = 0, lo = ~0u, hi = 0, z = ~0ull;
             }
+            if (kw_wire_masked(src, g, r, d0 + j)) continue; /* an outlier: out of the statistics */
             const uint32_t ab = kw_wire_abs_bits(src.d_data, src.dtype, base + j);
             a = ab > a ? ab : a;
             if (!g.asym || ab >= 0x7f800000u) continue; /* a NaN has no order: the unit fails on amax */
@@ -206,8 +216,11 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
         if (g.asym) { /* kw__enc_general_scales: s and z, and with s = 0 the code 0 (z = 0, 1/s = 0 as the CPU) */
             uint32_t sc = 0, zc = 0;
             float s = 0.0f, z = 0.0f;
-            if (kw_wire_asym_choose(kw_wire_signed_extreme(mn[u], fz[u]), kw_wire_signed_extreme(mx[u], fz[u]),
-                                    kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
+            /* a unit whose every value is an outlier has none: minimum and maximum +0, as the CPU starts them */
+            const int empty = mn[u] == ~0u;
+            const float lo = empty ? 0.0f : kw_wire_signed_extreme(mn[u], fz[u]);
+            const float hi = empty ? 0.0f : kw_wire_signed_extreme(mx[u], fz[u]);
+            if (kw_wire_asym_choose(lo, hi, kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
                 atomicMin(err, (unsigned long long)(blk << 1 | 1u));
                 continue;
             }
@@ -264,11 +277,12 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_pack(kw_cuda_wire_src
             uint8_t f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (uint32_t j = 0; j < 8; ++j) {
                 const uint64_t u = kw_wire_unit(g, h, r, d0 + j);
+                const int value = sv[u] != 0.0f && !kw_wire_masked(src, g, r, d0 + j);
                 uint32_t q;
                 if (g.asym)
-                    q = sv[u] != 0.0f ? kw_wire_quantize_asym(x[j], zv[u], iv[u], qmax) : 0u;
-                else /* a zero scale: the code of +0 */
-                    q = (uint32_t)kw_wire_quantize_value(g.codec, sv[u] != 0.0f ? x[j] : 0.0f, iv[u]);
+                    q = value ? kw_wire_quantize_asym(x[j], zv[u], iv[u], qmax) : 0u;
+                else /* a zero scale or an outlier: the code of +0 */
+                    q = (uint32_t)kw_wire_quantize_value(g.codec, value ? x[j] : 0.0f, iv[u]);
                 kw_wire_field_put(g.bits, f, j, q & ((1u << g.bits) - 1u));
             }
             for (uint32_t b = 0; b < g.bits; ++b)
@@ -529,6 +543,8 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
                  "wire encode on the GPU: null argument");
     KW_RETURN_IF(src->dtype < KW__WDT_BF16 || src->dtype > KW__WDT_F32, KW_E_INVALID_ARG,
                  "wire encode on the GPU: unknown input dtype %u", src->dtype);
+    /* outliers: the CPU encoder's general path for every quantizing tensor of the section */
+    if (src->d_mask && g.ss != 0) g.general = 1;
     const cudaStream_t st = (cudaStream_t)stream;
     const uint64_t slot = kw_wire_round256(g.units * 4);
     uint8_t *w = (uint8_t *)d_work;
@@ -614,6 +630,9 @@ int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, con
     src.token_stride = D;
     src.d_rows = (const uint32_t *)rows->data; /* cache positions: >= 0 */
     src.t0 = t0;
+    src.d_mask = nullptr;
+    src.mask_base = 0;
+    src.mask_tokens = 0;
     return kw_cuda_wire_encode_tensor(cu->stream, &s, &src, (uint32_t)cache->ne[0], T, (uint32_t)D,
                                       (uint8_t *)dst->data + offset, work->data,
                                       (unsigned long long *)err->data + err_index);

@@ -76,6 +76,14 @@ typedef struct kw_cuda_wire_src {
     size_t token_stride;    /* elements between rows */
     const uint32_t *d_rows; /* borrowed, device, optional: the gather of kw_wire_tensor_in.rows */
     uint32_t t0;            /* the group's first token in the section */
+    /* optional (d_mask NULL: none): the section's outliers (FORMAT.md §5.10), bit e of d_mask[e / 8] for element
+     * e = mask_base + (h * mask_tokens + t0 + t) * D + d (mask_base 0 for K, H * mask_tokens * D for V; mask_tokens
+     * the section's tokens): the mask kw_wire_outlier_select or kw_cuda_wire_outlier_select chose. As the CPU
+     * encoder's general path, such elements are left out of the scales and take the code of +0 (zero points: code
+     * 0); a quantizing tensor then always takes the general path. Passthrough tensors ignore it. */
+    const uint8_t *d_mask; /* borrowed, device */
+    uint64_t mask_base;
+    uint32_t mask_tokens;
 } kw_cuda_wire_src;
 
 /* The decoder's output: element (h, t, d) goes to d_data[(t0 + t) * token_stride + h * head_stride + d], dtype

@@ -165,6 +165,8 @@ struct wire_case {
     int poison;  /* 0 none, 1 a NaN, 2 an Inf, 3 a huge value, 4 a tiny one, 5 a range no scale holds in the
                     first unit and a NaN in a later unit of the same row */
     int columns; /* 1: channel 3 a zero of one sign in every row, channel 5 one constant (channel scales' units) */
+    uint32_t outliers = 0; /* > 0: the section sends that many outliers (FORMAT.md §5.10; the device encodes with the
+                          CPU's choice and the tensors are compared, not the decode, which applies the table) */
 };
 
 /* The input of one tensor in the case's layout, as f32 values, plus its dtype bytes. */
@@ -264,8 +266,10 @@ static void case_section_make(const wire_case &c, uint32_t layer, const tensor_s
  * host_dst as the section lays them out (host_dst may be pinned memory); stops at the first failure and returns its
  * status. */
 static int device_encode_section(const wire_case &c, const case_section &cs, const tensor_src &ks, const tensor_src &vs,
-                                 const std::vector<uint32_t> &gather, uint8_t *host_dst) {
+                                 const std::vector<uint32_t> &gather, const std::vector<uint8_t> &mask,
+                                 uint8_t *host_dst) {
     dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint8_t> dmask(mask.data(), mask.size());
     dev_buf<uint32_t> drows(gather.data(), gather.size());
     dev_buf<unsigned long long> err(1);
     size_t at = 0;
@@ -279,8 +283,15 @@ static int device_encode_section(const wire_case &c, const case_section &cs, con
             const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, tg, D);
             assert_true(bytes > 0);
             dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, tg, D));
-            const kw_cuda_wire_src src = {
-                data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr, t0};
+            const kw_cuda_wire_src src = {data[kv]->p,
+                                          c.src_dtype,
+                                          hs[kv]->head_stride,
+                                          hs[kv]->token_stride,
+                                          c.gather ? drows.p : nullptr,
+                                          t0,
+                                          mask.empty() ? nullptr : dmask.p,
+                                          kv ? (uint64_t)H * c.T * D : 0u,
+                                          c.T};
             assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, tg, D, dst.p, work.p, err.p), 0);
             CK(cudaMemcpyAsync(host_dst + at, dst.p, bytes, cudaMemcpyDeviceToHost, nullptr));
             CK(cudaStreamSynchronize(nullptr));
@@ -382,9 +393,19 @@ static int check_case(const wire_case &c, uint64_t seed) {
     hdr.head_dim = D;
     hdr.n_positions = NPOS;
     hdr.src_dtype = (uint8_t)c.src_dtype;
-    hdr.version = kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
+    hdr.version = kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) || c.outliers ? KW_WIRE_VERSION_1_1
+                                                                                             : KW_WIRE_VERSION;
     case_section cs;
     case_section_make(c, 2, ks, vs, gather, positions, &cs);
+    std::vector<uint8_t> mask; /* the CPU encoder's choice of outliers, which the device encode is given */
+    if (c.outliers) {
+        cs.pol.outliers = c.outliers;
+        mask.assign((2ull * H * c.T * D + 7) / 8, 0);
+        uint32_t chosen = 0;
+        const int rc = kw_wire_outlier_select(&hdr, &cs.in, &cs.pol, c.outliers, mask.data(), &chosen);
+        if (rc < 0) return rc;
+        assert_int_equal(chosen, c.outliers < 2 * H * c.T * D ? c.outliers : 2 * H * c.T * D);
+    }
     const uint32_t n_groups = cs.n_groups;
     kw_wire_encoder *enc = nullptr;
     assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
@@ -397,7 +418,7 @@ static int check_case(const wire_case &c, uint64_t seed) {
 
     /* the device's tensor bytes, laid out as in the section */
     std::vector<uint8_t> dev_bytes(sec_cap);
-    const int dev_rc = device_encode_section(c, cs, ks, vs, gather, dev_bytes.data());
+    const int dev_rc = device_encode_section(c, cs, ks, vs, gather, mask, dev_bytes.data());
     if (dev_rc != cpu_rc) fail_msg("%s: encode status %d on the device, %d on the CPU", what, dev_rc, cpu_rc);
     if (cpu_rc < 0) {
         kw_wire_encoder_destroy(enc);
@@ -428,6 +449,7 @@ static int check_case(const wire_case &c, uint64_t seed) {
         }
     }
     kw_wire_reader_close(rd);
+    if (c.outliers) return 0; /* the device decoder does not apply the table (kw_wire_section_dequantize does) */
 
     compare_decode(blob, what);
     /* random codes (scales kept): reserved codes and every code value, on both sides */
@@ -601,7 +623,7 @@ static void test_encode_v11_errors(void **state) {
 static void expect_refused(const kw_cuda_wire_spec *refused, size_t n, int status) {
     dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
     dev_buf<unsigned long long> err(1);
-    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0};
+    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0, nullptr, 0, 0};
     for (size_t i = 0; i < n; ++i) {
         assert_int_equal(kw_cuda_wire_tensor_bytes(&refused[i], 2, 4, 16), 0);
         assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &refused[i], &src, 2, 4, 16, dst.p, work.p, err.p),
@@ -674,6 +696,43 @@ static void test_encode_log8(void **state) {
     o.expect_each(4 * 3 * 2);
 }
 
+/* Sections with outliers (FORMAT.md §5.10): given the CPU's choice (kw_cuda_wire_src.d_mask), the device's tensors
+ * are the CPU encoder's, whose general path leaves the outliers out of every scale and gives them the code of +0:
+ * every granularity, symmetric and with zero points, integer and float codecs, a passthrough partner, one and two
+ * token groups, gathers, counts from one element to all of them. */
+static void test_encode_outliers(void **state) {
+    (void)state;
+    uint64_t seed = 15000;
+    uint32_t n = 0;
+    const uint32_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_NF4,
+                               KW_WIRE_CODEC_E4M3, KW_WIRE_CODEC_INT3, KW_WIRE_CODEC_INT2};
+    for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran)
+        for (uint32_t codec : codecs)
+            for (uint32_t zp = 0; zp < 2; ++zp) {
+                if (zp && !kw_wire_codec_is_int(codec)) continue;
+                const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 4)
+                                       : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 3)
+                                                                    : 0u;
+                const uint32_t scale =
+                    (seed % 2 ? KW_WIRE_SCALE_F16 : KW_WIRE_SCALE_BF16) | (zp ? KW_WIRE_SCALE_ZERO_POINTS : 0u);
+                wire_case c = {};
+                c.a = spec_of(codec, gran, scale, glog2);
+                c.b = (seed % 3) == 0 ? k_bf16 : spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0);
+                c.src_dtype = 1 + (uint32_t)(seed % 3);
+                c.T = 4 + (uint32_t)(seed % 9);
+                c.split = (seed % 4) == 1 ? 2 : 0;
+                c.head_major = (int)(seed & 1);
+                c.gather = (int)((seed >> 1) & 1);
+                c.columns = (int)((seed >> 2) & 1);
+                const uint32_t all = 2 * H * c.T * D;
+                const uint32_t counts[] = {1u, 3u + (uint32_t)(seed % 40), all / 4, all};
+                c.outliers = counts[seed % 4];
+                assert_int_equal(check_case(c, seed++), 0);
+                ++n;
+            }
+    assert_int_equal(n, 5 * (6 + 4));
+}
+
 /* The outlier table's choice (kw_cuda_wire_outlier_select) against kw_wire_outlier_select, element for element: every
  * granularity, with and without zero points, a passthrough partner, each input dtype, layouts and gathers, counts
  * from one element to all of them; the inputs' spikes, zero and constant rows give large, tied and zero scores. A NaN
@@ -731,10 +790,10 @@ static void check_outliers(const wire_case &c, uint32_t count, uint64_t seed) {
     dev_buf<uint32_t> drows(gather.data(), gather.size()), out(count ? count : 1), n_dev(1);
     dev_buf<uint8_t> work(kw_cuda_wire_outlier_work_bytes(&sk, &sv, H, c.T, D));
     dev_buf<unsigned int> bad(1);
-    const kw_cuda_wire_src srck = {dks.p, c.src_dtype, ks.head_stride, ks.token_stride, c.gather ? drows.p : nullptr,
-                                   0};
-    const kw_cuda_wire_src srcv = {dvs.p, c.src_dtype, vs.head_stride, vs.token_stride, c.gather ? drows.p : nullptr,
-                                   0};
+    const kw_cuda_wire_src srck = {
+        dks.p, c.src_dtype, ks.head_stride, ks.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    const kw_cuda_wire_src srcv = {
+        dvs.p, c.src_dtype, vs.head_stride, vs.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
     assert_true(work.n > 0);
     assert_int_equal(
         kw_cuda_wire_outlier_select(nullptr, &sk, &sv, &srck, &srcv, H, c.T, D, count, work.p, out.p, n_dev.p, bad.p),
@@ -849,7 +908,7 @@ static void test_blob_byte_identical(void **state) {
         assert_int_equal(kw_wire_encoder_begin_section(gpu, cs.in.layer, c.T, positions.data(), &cs.pol,
                                                        gpu_blob + gpu_len, cap - gpu_len, &at),
                          0);
-        assert_int_equal(device_encode_section(c, cs, ks, vs, gather, gpu_blob + gpu_len + at), 0);
+        assert_int_equal(device_encode_section(c, cs, ks, vs, gather, {}, gpu_blob + gpu_len + at), 0);
         assert_int_equal(kw_wire_encoder_finish_section(gpu, &w), 0);
         gpu_len += w;
     }
@@ -881,6 +940,7 @@ int main(void) {
         cmocka_unit_test(test_encode_refuses_bad_specs),
         cmocka_unit_test(test_encode_log8),
         cmocka_unit_test(test_outlier_select),
+        cmocka_unit_test(test_encode_outliers),
         cmocka_unit_test(test_blob_byte_identical),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
