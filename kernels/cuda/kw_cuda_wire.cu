@@ -461,6 +461,21 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     }
 }
 
+/* From the chosen elements (elems, *count of them, ascending): their bits in the mask (32-bit words, zeroed before;
+ * bit e of byte e / 8, as the little-endian words hold it) and their values as f32. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_out_take(kw_cuda_wire_src k, kw_cuda_wire_src v, kw_wire_geom g, const uint32_t *elems, const uint32_t *count,
+                  unsigned int *mask, float *values) {
+    const uint64_t half = (uint64_t)g.H * g.T * g.D;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < *count; i += gridDim.x * blockDim.x) {
+        const uint32_t e = elems[i];
+        const uint64_t r = e % half;
+        const kw_cuda_wire_src &src = e < half ? k : v;
+        values[i] = kw_wire_load(src.d_data, src.dtype, kw_wire_src_row(src, g, r / g.D) + r % g.D);
+        atomicOr(&mask[e >> 5], 1u << (e & 31));
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Host side
  */
@@ -684,4 +699,20 @@ extern "C" int kw_cuda_wire_outlier_select(void *stream, const kw_cuda_wire_spec
         KW_CUDA_LAUNCHED();
     }
     return kw_cuda_select_topk(stream, score, (int64_t)elems, count, d_out, d_count);
+}
+
+extern "C" int kw_cuda_wire_outlier_take(void *stream, const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v,
+                                         uint32_t H, uint32_t T, uint32_t D, const uint32_t *d_elems, uint32_t max_n,
+                                         const uint32_t *d_count, unsigned int *d_mask, float *d_values) {
+    KW_RETURN_IF(!src_k || !src_v || !d_elems || !d_count || !d_mask || !d_values || H < 1 || T < 1 || D < 1,
+                 KW_E_INVALID_ARG, "outlier values on the GPU: bad arguments");
+    kw_wire_geom g = {};
+    g.H = H, g.T = T, g.D = D;
+    const cudaStream_t st = (cudaStream_t)stream;
+    KW_CUDA_TRY(cudaMemsetAsync(d_mask, 0, (2ull * H * T * D + 31) / 32 * 4, st));
+    if (max_n == 0) return 0;
+    KW_CUDA_LAUNCH(kw_k_out_take, kw_opm_grid_blocks((int64_t)max_n, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st, *src_k,
+                   *src_v, g, d_elems, d_count, d_mask, d_values);
+    KW_CUDA_LAUNCHED();
+    return 0;
 }

@@ -31,6 +31,7 @@
 #define kw_cuda_wire_encode_status      kw_cuda_emu_wire_encode_status
 #define kw_cuda_wire_outlier_select     kw_cuda_emu_wire_outlier_select
 #define kw_cuda_wire_outlier_work_bytes kw_cuda_emu_wire_outlier_work_bytes
+#define kw_cuda_wire_outlier_take       kw_cuda_emu_wire_outlier_take
 #endif
 
 #ifdef __cplusplus
@@ -132,12 +133,19 @@ uint64_t kw_cuda_wire_outlier_work_bytes(const kw_cuda_wire_spec *spec_k, const 
  * against its scale's other values, then the min(count, 2*H*T*D) largest, ties to the lower element number e =
  * kv*H*T*D + (h*T + t)*D + d), written ascending to d_out (room for count) and their number to *d_count. *d_bad is
  * set non-zero if K or V holds a NaN or Inf (the CPU's KW_E_WIRE_NONFINITE; the choice is then meaningless). d_work:
- * kw_cuda_wire_outlier_work_bytes of scratch, 256-byte aligned. KW_E_LIMIT past 2^32 - 1 elements. Not yet done on
- * the device: the tensors' encode without the chosen elements and the table's bytes (the CPU encoder's, for now). */
+ * kw_cuda_wire_outlier_work_bytes of scratch, 256-byte aligned. KW_E_LIMIT past 2^32 - 1 elements. The table's
+ * bytes are the host's (kw_wire_encoder_begin_section_outliers, from kw_cuda_wire_outlier_take's values). */
 int kw_cuda_wire_outlier_select(void *stream, const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v,
                                 const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v, uint32_t H, uint32_t T,
                                 uint32_t D, uint32_t count, void *d_work, uint32_t *d_out, uint32_t *d_count,
                                 unsigned int *d_bad);
+
+/* From that choice (d_elems ascending, *d_count of them, at most max_n): the section's mask for kw_cuda_wire_src.d_mask
+ * (ceil(2*H*T*D / 32) words, bit e of byte e / 8; overwritten) and the chosen elements' values as f32 (d_values, the
+ * table's values before its dtype), for kw_wire_encoder_begin_section_outliers. */
+int kw_cuda_wire_outlier_take(void *stream, const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v, uint32_t H,
+                              uint32_t T, uint32_t D, const uint32_t *d_elems, uint32_t max_n, const uint32_t *d_count,
+                              unsigned int *d_mask, float *d_values);
 
 #ifdef __cplusplus
 }

@@ -363,6 +363,52 @@ static void compare_decode(const std::vector<uint8_t> &blob, const char *what) {
 }
 
 /* Returns the encode status (equal on both sides). */
+/* A one-group section with outliers made as sharerd makes it on a device: the choice on the device
+ * (kw_cuda_wire_outlier_select, which must be the CPU's mask), its values (kw_cuda_wire_outlier_take), the table
+ * written by kw_wire_encoder_begin_section_outliers around the device's tensors (dev_bytes): the CPU's section. */
+static void check_outlier_section(const wire_case &c, const kw_wire_header &hdr, const case_section &cs,
+                                  const tensor_src &ks, const tensor_src &vs, const std::vector<uint32_t> &gather,
+                                  const std::vector<uint8_t> &mask, const std::vector<uint8_t> &dev_bytes,
+                                  const uint8_t *cpu_section, size_t cpu_len) {
+    const kw_cuda_wire_spec sk = dev_spec(c.a), sv = dev_spec(c.b);
+    const uint64_t elems = 2ull * H * c.T * D;
+    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint32_t> drows(gather.data(), gather.size()), chosen(c.outliers), n_dev(1);
+    dev_buf<uint8_t> work(kw_cuda_wire_outlier_work_bytes(&sk, &sv, H, c.T, D));
+    dev_buf<unsigned int> bad(1), dmask((elems + 31) / 32);
+    dev_buf<float> values(c.outliers);
+    const kw_cuda_wire_src srck = {
+        dks.p, c.src_dtype, ks.head_stride, ks.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    const kw_cuda_wire_src srcv = {
+        dvs.p, c.src_dtype, vs.head_stride, vs.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    assert_int_equal(kw_cuda_wire_outlier_select(nullptr, &sk, &sv, &srck, &srcv, H, c.T, D, c.outliers, work.p,
+                                                 chosen.p, n_dev.p, bad.p),
+                     0);
+    assert_int_equal(
+        kw_cuda_wire_outlier_take(nullptr, &srck, &srcv, H, c.T, D, chosen.p, c.outliers, n_dev.p, dmask.p, values.p),
+        0);
+    CK(cudaDeviceSynchronize());
+    const uint32_t n = n_dev.get()[0];
+    const std::vector<unsigned int> words = dmask.get();
+    assert_memory_equal(words.data(), mask.data(), mask.size()); /* little-endian words: the mask's bytes */
+    std::vector<uint8_t> sec(cpu_len + 64);
+    kw_wire_encoder *enc = nullptr;
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
+    std::vector<uint8_t> head(KW_WIRE_HEADER_BYTES);
+    size_t w = 0, off = 0, len = 0;
+    assert_int_equal(kw_wire_encoder_write_header(enc, head.data(), head.size(), &w), 0);
+    assert_int_equal(kw_wire_encoder_begin_section_outliers(enc, cs.in.layer, c.T, cs.in.positions, &cs.pol,
+                                                            chosen.get().data(), values.get().data(), n, sec.data(),
+                                                            sec.size(), &off),
+                     0);
+    const size_t tensors = kw_cuda_wire_tensor_bytes(&sk, H, c.T, D) + kw_cuda_wire_tensor_bytes(&sv, H, c.T, D);
+    memcpy(&sec[off], dev_bytes.data(), tensors);
+    assert_int_equal(kw_wire_encoder_finish_section(enc, &len), 0);
+    kw_wire_encoder_destroy(enc);
+    assert_int_equal(len, cpu_len);
+    assert_memory_equal(sec.data(), cpu_section, cpu_len);
+}
+
 static int check_case(const wire_case &c, uint64_t seed) {
     rng r{seed};
     char what[160];
@@ -449,7 +495,10 @@ static int check_case(const wire_case &c, uint64_t seed) {
         }
     }
     kw_wire_reader_close(rd);
-    if (c.outliers) return 0; /* the device decoder does not apply the table (kw_wire_section_dequantize does) */
+    if (c.outliers) { /* the device decoder does not apply the table (kw_wire_section_dequantize does) */
+        if (!c.split) check_outlier_section(c, hdr, cs, ks, vs, gather, mask, dev_bytes, &blob[w], sec_len);
+        return 0;
+    }
 
     compare_decode(blob, what);
     /* random codes (scales kept): reserved codes and every code value, on both sides */
