@@ -1128,7 +1128,7 @@ int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec
 
 int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
                       const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
-                      kw_tensor *err, int64_t err_index) {
+                      kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
     static const char op[] = "wire_encode";
     KW_CHECK_SHARE(op);
     KW_FORWARD(kw_check_share_cache(backend, cache, op));
@@ -1145,7 +1145,53 @@ int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const 
                  KW_E_SHAPE, "%s: work %s (needs %llu bytes), rows %s from %u for %u tokens, error word %lld of %s", op,
                  KW_SHAPE(work), (unsigned long long)scratch, KW_SHAPE(rows), t0, T, (long long)err_index,
                  KW_SHAPE(err));
-    return backend->iface->wire_encode(backend, dst, offset, spec, cache, rows, t0, T, work, err, err_index);
+    if (mask) {
+        KW_FORWARD(kw_check_typed(backend, mask, KW_DTYPE_U8, op, "mask"));
+        const uint64_t half = (uint64_t)cache->ne[0] * (t0 + T) * (uint64_t)cache->ne[2];
+        KW_RETURN_IF(mask_base != 0 && mask_base != half, KW_E_SHAPE, "%s: mask base %llu is neither K's nor V's", op,
+                     (unsigned long long)mask_base);
+        KW_RETURN_IF(kw_tensor_nbytes(mask) < (2 * half + 7) / 8, KW_E_SHAPE, "%s: mask %s for %llu elements", op,
+                     KW_SHAPE(mask), (unsigned long long)(2 * half));
+    }
+    return backend->iface->wire_encode(backend, dst, offset, spec, cache, rows, t0, T, work, err, err_index, mask,
+                                       mask_base);
+}
+
+int kw_backend_wire_outlier_work(const kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                                 uint32_t H, uint32_t T, uint32_t D, uint64_t *work_bytes) {
+    static const char op[] = "wire_outlier_work";
+    KW_CHECK_SHARE(op);
+    KW_RETURN_IF(!sk || !sv || !work_bytes, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    return backend->iface->wire_outlier_work(sk, sv, H, T, D, work_bytes);
+}
+
+int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                        const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                        uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                        kw_tensor *mask, kw_tensor *bad) {
+    static const char op[] = "wire_outliers";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache_k, op));
+    KW_FORWARD(kw_check_share_cache(backend, cache_v, op));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
+    KW_FORWARD(kw_check_typed(backend, work, KW_DTYPE_U8, op, "work"));
+    KW_FORWARD(kw_check_typed(backend, elems, KW_DTYPE_I32, op, "elems"));
+    KW_FORWARD(kw_check_typed(backend, n, KW_DTYPE_I32, op, "n"));
+    KW_FORWARD(kw_check_typed(backend, values, KW_DTYPE_F32, op, "values"));
+    KW_FORWARD(kw_check_typed(backend, mask, KW_DTYPE_U8, op, "mask"));
+    KW_FORWARD(kw_check_typed(backend, bad, KW_DTYPE_I32, op, "bad"));
+    const uint32_t H = (uint32_t)cache_k->ne[0], D = (uint32_t)cache_k->ne[2];
+    KW_RETURN_IF(memcmp(cache_k->ne, cache_v->ne, sizeof cache_k->ne) != 0, KW_E_SHAPE, "%s: K %s and V %s differ", op,
+                 KW_SHAPE(cache_k), KW_SHAPE(cache_v));
+    uint64_t need = 0;
+    KW_FORWARD(kw_backend_wire_outlier_work(backend, sk, sv, H, T, D, &need));
+    const uint64_t total = 2ull * H * T * D;
+    KW_RETURN_IF(T < 1 || T > kw_tensor_nelem(rows) || need > kw_tensor_nbytes(work) ||
+                     kw_tensor_nelem(elems) < count || kw_tensor_nelem(values) < count || kw_tensor_nelem(n) != 1 ||
+                     kw_tensor_nelem(bad) != 1 || kw_tensor_nbytes(mask) < (total + 31) / 32 * 4,
+                 KW_E_SHAPE, "%s: tensors too small for %u tokens and %u outliers", op, T, count);
+    return backend->iface->wire_outliers(backend, sk, sv, cache_k, cache_v, rows, T, count, work, elems, n, values,
+                                         mask, bad);
 }
 
 int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n) {

@@ -476,10 +476,24 @@ int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec
 /* Encodes T rows of cache (H, cap, D) f32/bf16 into bytes [offset, offset + tensor_bytes) of dst (u8): token t is
  * cache row rows[t0 + t] (rows (n) i32 of cache positions, t0 + T <= n). work (u8): the scratch of
  * kw_backend_wire_sizes; err (u8, 8 * n bytes): error word err_index is overwritten with the encode's outcome, read
- * with kw_backend_wire_status after the work is done. */
+ * with kw_backend_wire_status after the work is done. mask (u8, may be NULL): a section's outliers from
+ * kw_op_wire_outliers, this tensor's elements from mask_base (0 for K, H * T * D for V; one token group). */
 int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
                       const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
-                      kw_tensor *err, int64_t err_index);
+                      kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
+
+/* The outlier table's choice for a one-group section (FORMAT.md §5.10) of T rows of cache_k and cache_v (rows as
+ * kw_op_wire_encode's, t0 0) with codecs sk and sv: the min(count, 2 * H * T * D) elements kw_wire_outlier_select
+ * chooses, ascending in elems (i32, >= count entries), their number in n (1) i32, their values in values (f32,
+ * >= count), the section's mask for kw_op_wire_encode in mask (u8, ceil(2 * H * T * D / 32) * 4 bytes), and bad (1)
+ * i32 non-zero if K or V holds a NaN or Inf. work (u8): kw_backend_wire_outlier_work bytes (KW_E_LIMIT from it past
+ * 2^32 - 1 elements: the CPU path then). */
+int kw_backend_wire_outlier_work(const kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                                 uint32_t H, uint32_t T, uint32_t D, uint64_t *work_bytes);
+int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                        const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                        uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                        kw_tensor *mask, kw_tensor *bad);
 
 /* Downloads the first n error words of err (synchronizing) and returns the first failure among them, the CPU
  * encoder's status for it (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE), or 0. */

@@ -399,9 +399,7 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
  * tensor's bytes and scratch; 0 for the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.outlier_fraction > 0.0 || w->opt.pre_rope ||
-        pol->n_groups != 0)
-        return 0;
+    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->n_groups != 0) return 0;
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     *work = 0;
     for (int kv = 0; kv < 2; ++kv) {
@@ -415,7 +413,64 @@ static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer 
         }
         *work = scratch > *work ? scratch : *work;
     }
+    uint64_t scratch = 0;
+    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2};
+    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2};
+    if (pol->outliers && kw_backend_wire_outlier_work(l->device->backend, &sk, &sv, (uint32_t)l->n_heads, T,
+                                                      (uint32_t)l->head_dim, &scratch) < 0) {
+        kw_error_clear(); /* past the device's 2^32 elements: the CPU's */
+        return 0;
+    }
     return 1;
+}
+
+/* A section's outliers chosen on the device (kw_op_wire_outliers): the mask the tensors' encode reads stays there,
+ * the chosen elements and their values come to the host and begin_section_outliers writes the table. */
+static int kw_share_wire_device_outliers(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
+                                         kw_tensor *mask, size_t *at) {
+    const kw_share_device *dev = l->device;
+    kw_backend *be = dev->backend;
+    const uint32_t T = (uint32_t)l->n_rows, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim;
+    const uint64_t total = 2ull * H * T * D;
+    const uint32_t count = pol->outliers < total ? pol->outliers : (uint32_t)total;
+    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2};
+    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2};
+    uint64_t work_bytes = 0;
+    KW_FORWARD(kw_backend_wire_outlier_work(be, &sk, &sv, H, T, D, &work_bytes));
+    const int64_t nw = (int64_t)work_bytes, nc = count, one = 1, nm = (int64_t)((total + 31) / 32 * 4);
+    kw_tensor work = {0}, elems = {0}, n = {0}, values = {0}, bad = {0};
+    uint32_t *h_elems = malloc((size_t)count * sizeof *h_elems);
+    float *h_values = malloc((size_t)count * sizeof *h_values);
+    int32_t h_n = 0, h_bad = 0;
+    int rc = 0;
+    KW_CHECK_IF(!h_elems || !h_values, KW_E_NOMEM, "share wire: out of memory for %u outliers", count);
+    KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
+    KW_CHECK(kw_tensor_alloc(be, &elems, KW_DTYPE_I32, 1, &nc));
+    KW_CHECK(kw_tensor_alloc(be, &n, KW_DTYPE_I32, 1, &one));
+    KW_CHECK(kw_tensor_alloc(be, &values, KW_DTYPE_F32, 1, &nc));
+    KW_CHECK(kw_tensor_alloc(be, &bad, KW_DTYPE_I32, 1, &one));
+    KW_CHECK(kw_tensor_alloc(be, mask, KW_DTYPE_U8, 1, &nm));
+    KW_CHECK(
+        kw_op_wire_outliers(be, &sk, &sv, dev->k, dev->v, dev->rows, T, count, &work, &elems, &n, &values, mask, &bad));
+    KW_CHECK(kw_backend_download(be, &h_n, &n, 0, sizeof h_n));
+    KW_CHECK(kw_backend_download(be, &h_bad, &bad, 0, sizeof h_bad));
+    KW_CHECK(kw_backend_download(be, h_elems, &elems, 0, (size_t)count * sizeof *h_elems));
+    KW_CHECK(kw_backend_download(be, h_values, &values, 0, (size_t)count * sizeof *h_values));
+    KW_CHECK(kw_backend_synchronize(be));
+    KW_CHECK_IF(h_bad != 0, KW_E_WIRE_NONFINITE, "share wire: layer %d holds NaN or Inf", (int)l->layer);
+    KW_CHECK_IF(h_n != (int32_t)count, KW_E_INTERNAL, "share wire: the device chose %d of %u outliers", (int)h_n,
+                count);
+    KW_CHECK(kw_wire_encoder_begin_section_outliers(w->enc, (uint32_t)l->layer, T, w->positions, pol, h_elems, h_values,
+                                                    count, w->buf, w->cap, at));
+out:
+    kw_tensor_free(&work);
+    kw_tensor_free(&elems);
+    kw_tensor_free(&n);
+    kw_tensor_free(&values);
+    kw_tensor_free(&bad);
+    free(h_elems);
+    free(h_values);
+    return rc;
 }
 
 /* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. */
@@ -425,23 +480,27 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
     kw_backend *be = dev->backend;
     const uint32_t T = (uint32_t)l->n_rows;
     size_t at = 0;
-    KW_FORWARD(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, T, w->positions, pol, w->buf, w->cap, &at));
-    KW_RETURN_IF(at + bytes[0] + bytes[1] > w->cap, KW_E_INTERNAL,
-                 "share wire: the device's tensors (%llu bytes at %zu) overrun the section's %zu",
-                 (unsigned long long)(bytes[0] + bytes[1]), at, w->cap);
+    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0};
+    int rc = 0;
+    if (pol->outliers)
+        KW_CHECK(kw_share_wire_device_outliers(w, l, pol, &mask, &at));
+    else
+        KW_CHECK(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, T, w->positions, pol, w->buf, w->cap, &at));
+    KW_CHECK_IF(at + bytes[0] + bytes[1] > w->cap, KW_E_INTERNAL,
+                "share wire: the device's tensors (%llu bytes at %zu) overrun the section's %zu",
+                (unsigned long long)(bytes[0] + bytes[1]), at, w->cap);
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     const kw_tensor *rows[2] = {dev->k, dev->v};
     const int64_t nb = (int64_t)(bytes[0] + bytes[1]), nw = (int64_t)(work_bytes ? work_bytes : 1), ne = 16;
-    kw_tensor dst = {0}, work = {0}, err = {0};
-    int rc = 0;
+    const uint64_t half = (uint64_t)l->n_heads * T * (uint64_t)l->head_dim;
     KW_CHECK(kw_tensor_alloc(be, &dst, KW_DTYPE_U8, 1, &nb));
     KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
     KW_CHECK(kw_tensor_alloc(be, &err, KW_DTYPE_U8, 1, &ne));
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
                                    specs[kv]->group_log2};
-        KW_CHECK(
-            kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], dev->rows, 0, T, &work, &err, kv));
+        KW_CHECK(kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], dev->rows, 0, T, &work, &err, kv,
+                                   pol->outliers ? &mask : NULL, kv ? half : 0));
     }
     KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)nb));
     KW_CHECK(kw_backend_wire_status(be, &err, 2)); /* synchronizes */
@@ -453,6 +512,7 @@ out:;
     kw_tensor_free(&dst);
     kw_tensor_free(&work);
     kw_tensor_free(&err);
+    kw_tensor_free(&mask);
     return rc;
 }
 
@@ -501,6 +561,11 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     const size_t hd = (size_t)l->head_dim, row = (size_t)l->n_heads * hd;
     kw_wire_policy pol;
     kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+    if (w->opt.outlier_fraction > 0.0) { /* (not with a cap) with a bf16 cache the rows are bf16 values, so are their
+                                            outliers */
+        pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)l->n_rows * (double)row + 0.5);
+        pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+    }
     uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
     const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);
     kw_share_layer host; /* a layer on the device that the CPU encodes: its rows downloaded */
@@ -531,10 +596,6 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.v.rows = res->rows;
     }
     if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
-    if (w->opt.outlier_fraction > 0.0) { /* with a bf16 cache the rows are bf16 values: their outliers too */
-        pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)in.n_tokens * (double)row + 0.5);
-        pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
-    }
     if (w->opt.pre_rope) { /* the keys before RoPE: each row rotated back by its position (FORMAT.md §5.11) */
         const size_t n = (size_t)l->n_rows * row;
         if (n > w->unroped_cap) {

@@ -244,7 +244,13 @@ int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uin
                         uint64_t *work_bytes);
 int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
                          const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
-                         kw_tensor *err, int64_t err_index);
+                         kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
+int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,
+                               uint64_t *work_bytes);
+int kw__cuda_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                           const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                           uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                           kw_tensor *mask, kw_tensor *bad);
 int kw__cuda_wire_status(unsigned long long err);
 
 #endif /* KW_CUDA_CUH */

@@ -622,9 +622,14 @@ extern "C" int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec 
  * kw_backend.h's sharer ops (validated) on the backend's stream
  */
 
+static kw_cuda_wire_spec kw_cuda_spec_of(const kw_wire_op_spec *s) {
+    const kw_cuda_wire_spec c = {s->codec, s->granularity, s->scale_dtype, s->group_log2};
+    return c;
+}
+
 int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
                         uint64_t *work_bytes) {
-    const kw_cuda_wire_spec s = {spec->codec, spec->granularity, spec->scale_dtype, spec->group_log2};
+    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
     kw_wire_geom g;
     KW_FORWARD(kw_wire_geom_make(&s, H, T, D, &g));
     *tensor_bytes = kw_cuda_wire_tensor_bytes(&s, H, T, D);
@@ -632,13 +637,10 @@ int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uin
     return 0;
 }
 
-int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
-                         const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
-                         kw_tensor *err, int64_t err_index) {
-    KW_CUDA_ENTER(cu, backend);
-    const kw_cuda_wire_spec s = {spec->codec, spec->granularity, spec->scale_dtype, spec->group_log2};
-    const size_t D = (size_t)cache->ne[2];
+/* The source of one tensor of the cache (H, cap, D): rows through the cache positions of rows, from token t0. */
+static kw_cuda_wire_src kw_cuda_cache_src(const kw_tensor *cache, const kw_tensor *rows, uint32_t t0) {
     kw_cuda_wire_src src;
+    const size_t D = (size_t)cache->ne[2];
     src.d_data = cache->data;
     src.dtype = cache->dtype == KW_DTYPE_BF16 ? KW__WDT_BF16 : KW__WDT_F32;
     src.head_stride = (size_t)cache->ne[1] * D;
@@ -648,9 +650,50 @@ int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, con
     src.d_mask = nullptr;
     src.mask_base = 0;
     src.mask_tokens = 0;
-    return kw_cuda_wire_encode_tensor(cu->stream, &s, &src, (uint32_t)cache->ne[0], T, (uint32_t)D,
+    return src;
+}
+
+int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                         const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                         kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, t0);
+    if (mask) {
+        src.d_mask = (const uint8_t *)mask->data;
+        src.mask_base = mask_base;
+        src.mask_tokens = t0 + T;
+    }
+    return kw_cuda_wire_encode_tensor(cu->stream, &s, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2],
                                       (uint8_t *)dst->data + offset, work->data,
                                       (unsigned long long *)err->data + err_index);
+}
+
+int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,
+                               uint64_t *work_bytes) {
+    const kw_cuda_wire_spec k = kw_cuda_spec_of(sk), v = kw_cuda_spec_of(sv);
+    kw_wire_geom g;
+    KW_FORWARD(kw_wire_geom_make(&k, H, T, D, &g));
+    KW_FORWARD(kw_wire_geom_make(&v, H, T, D, &g));
+    KW_RETURN_IF(2ull * H * T * D > (uint64_t)KW_CUDA_SELECT_MAX_TOKENS, KW_E_LIMIT,
+                 "outliers on the GPU: %llu elements (element numbers are 32-bit here)",
+                 (unsigned long long)(2ull * H * T * D));
+    *work_bytes = kw_cuda_wire_outlier_work_bytes(&k, &v, H, T, D);
+    return 0;
+}
+
+int kw__cuda_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                           const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                           uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                           kw_tensor *mask, kw_tensor *bad) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_spec k = kw_cuda_spec_of(sk), v = kw_cuda_spec_of(sv);
+    const kw_cuda_wire_src srck = kw_cuda_cache_src(cache_k, rows, 0), srcv = kw_cuda_cache_src(cache_v, rows, 0);
+    const uint32_t H = (uint32_t)cache_k->ne[0], D = (uint32_t)cache_k->ne[2];
+    KW_FORWARD(kw_cuda_wire_outlier_select(cu->stream, &k, &v, &srck, &srcv, H, T, D, count, work->data,
+                                           (uint32_t *)elems->data, (uint32_t *)n->data, (unsigned int *)bad->data));
+    return kw_cuda_wire_outlier_take(cu->stream, &srck, &srcv, H, T, D, (const uint32_t *)elems->data, count,
+                                     (const uint32_t *)n->data, (unsigned int *)mask->data, (float *)values->data);
 }
 
 int kw__cuda_wire_status(unsigned long long err) {

@@ -80,6 +80,7 @@ static void test_device_sharer_answers_as_cpu(void **state) {
     static const char *const policies[] = {
         "{\"codec\":\"int8\",\"selection\":\"vnorm_topk\",\"proportion\":0.5}",
         "{\"codec\":\"int4\",\"granularity\":\"group8\",\"selection\":\"knorm_topk\",\"proportion\":0.6}",
+        "{\"codec\":\"int4\",\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"outliers\":0.02}",
     };
     for (size_t i = 0; i < sizeof policies / sizeof policies[0]; ++i) {
         answer cpu, gpu;

@@ -9,7 +9,7 @@
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
  * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (outliers, pre-RoPE keys). Both cache dtypes (f32, bf16: the device encoder
+ * section that falls back (pre-RoPE keys, a byte cap). Both cache dtypes (f32, bf16: the device encoder
  * reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its prefill
  * rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
@@ -256,8 +256,19 @@ static const share_case CASES[] = {
      1},
     /* kv_direct: one selection per section, on the device, the same rows for every layer */
     {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1},
-    /* sections the device does not encode: the CPU encoder on the downloaded rows, the selection still on the device */
-    {"outliers (CPU encoder)", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 0},
+    /* sections the device does not encode: the CPU encoder on the downloaded rows */
+    /* outlier tables: chosen on the device, the tensors encoded without them there, the table written on the host */
+    {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1},
+    {"outliers 5%, asym channel",
+     {"int4-asym", "channel2", "f16"},
+     {"int2-asym", "group4", "bf16"},
+     VNORM(0.7),
+     3,
+     0,
+     0,
+     0.05,
+     1},
+    {"kv_direct outliers, layer", {"int8", "layer", "f32"}, {"int4", "head", "f16"}, KNORM(0.6), 0, 1, 0, 0.02, 1},
 
     {"pre-RoPE (CPU encoder)",
      {"int8", "token", "f16"},
