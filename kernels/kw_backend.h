@@ -444,8 +444,9 @@ int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q,
 
 /* ------------------------------------------------------------------------------------------------------------
  * The sharer's device work (kernels/cuda/kw_cuda_wire.h on the CUDA backend): the norm selection scores and their
- * top-k straight from a dense KV cache tensor, and the KVWire encode of one tensor of a section (FORMAT.md §5.3:
- * its scales then its codes) from the cache rows into device bytes, so only the encoded bytes are downloaded.
+ * top-k straight from a dense KV cache tensor, the KVWire encode of one tensor of a section (FORMAT.md §5.3: its
+ * scales then its codes) from the cache rows into device bytes, and a section's outlier choice (§5.10), so only the
+ * encoded bytes (and the outliers' numbers and values) are downloaded.
  * Results are bit for bit the CPU's (c2c/kw_select.c, wire/); the section framing stays with the CPU encoder
  * (kw_wire_encoder_begin_section / finish_section). The CPU backend has none of it: kw_backend_supports_share
  * answers 0 and the calls KW_E_OP_UNSUPPORTED (the CPU code is the path there). Asynchronous like every op.

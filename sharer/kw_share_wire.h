@@ -14,7 +14,8 @@
  * checksums) by the CPU encoder around them (kw_wire_encoder_begin_section / finish_section), and only the encoded
  * tensor bytes are downloaded, into pinned memory (kw_backend_host_alloc). The bytes are the CPU encoder's. Every
  * section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a byte
- * cap (the allocator reads the rows), outliers, pre-RoPE keys, a codec the device refuses.
+ * cap (the allocator reads the rows), pre-RoPE keys, a codec the device refuses, an outlier choice past the device's
+ * 2^32 - 1 elements. Outlier tables are chosen on the device, the table written on the host from the chosen list.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
