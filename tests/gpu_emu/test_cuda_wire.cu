@@ -176,6 +176,22 @@ struct tensor_src {
     size_t head_stride, token_stride;
 };
 
+/* t's bytes from its values in dtype, and its values rounded to that dtype (exact already, unless changed since). */
+static void set_bytes(uint32_t dtype, tensor_src *t) {
+    const size_t es = dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    t->bytes.assign(t->values.size() * es, 0);
+    for (size_t i = 0; i < t->values.size(); ++i) {
+        if (es == 4) {
+            memcpy(&t->bytes[4 * i], &t->values[i], 4);
+        } else {
+            const uint16_t h16 =
+                dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(t->values[i]) : kw_f32_to_f16(t->values[i]);
+            memcpy(&t->bytes[2 * i], &h16, 2);
+            t->values[i] = dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(h16) : kw_f16_to_f32(h16);
+        }
+    }
+}
+
 static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out) {
     out->head_stride = c.head_major ? (size_t)rows * D : D;
     out->token_stride = c.head_major ? D : (size_t)H * D;
@@ -219,17 +235,7 @@ static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out)
         for (float &w : out->values) /* everything tiny so that a scale dtype's lower limit matters */
             if (c.poison == 4) w = w * 0x1p-100f;
     }
-    const size_t es = c.src_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
-    out->bytes.assign(out->values.size() * es, 0);
-    for (size_t i = 0; i < out->values.size(); ++i) {
-        if (es == 4) {
-            memcpy(&out->bytes[4 * i], &out->values[i], 4);
-        } else {
-            const uint16_t h16 =
-                c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(out->values[i]) : kw_f32_to_f16(out->values[i]);
-            memcpy(&out->bytes[2 * i], &h16, 2);
-        }
-    }
+    set_bytes(c.src_dtype, out);
 }
 
 static kw_cuda_wire_spec dev_spec(const kw_wire_codec_spec &s) {
@@ -797,19 +803,8 @@ static void check_outliers(const wire_case &c, uint32_t count, uint64_t seed) {
     for (int i = 0; i < 3 && !c.poison; ++i) /* spikes: far outside their scale's spread */
         ks.values[r.below((uint32_t)ks.values.size())] *= 300.0f,
             vs.values[r.below((uint32_t)vs.values.size())] *= -80.0f;
-    for (tensor_src *t : {&ks, &vs}) { /* the spiked values' bytes, and their values in the input dtype */
-        const size_t es = c.src_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
-        for (size_t i = 0; i < t->values.size(); ++i) {
-            if (es == 4) {
-                memcpy(&t->bytes[4 * i], &t->values[i], 4);
-            } else {
-                const uint16_t h16 =
-                    c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(t->values[i]) : kw_f32_to_f16(t->values[i]);
-                memcpy(&t->bytes[2 * i], &h16, 2);
-                t->values[i] = c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(h16) : kw_f16_to_f32(h16);
-            }
-        }
-    }
+    set_bytes(c.src_dtype, &ks); /* the spiked values' bytes */
+    set_bytes(c.src_dtype, &vs);
     std::vector<uint32_t> gather(c.T);
     for (uint32_t t = 0; t < c.T; ++t)
         gather[t] = c.gather ? r.below(rows) : t;
