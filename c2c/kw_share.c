@@ -242,7 +242,8 @@ int kw_share_run(kw_model *model, const int32_t *ids, int64_t n, const kw_share_
                 "share: out of memory for %lld-token sections", (long long)longest);
     KW_CHECK(kw_model_create_cache(model, n, opt->cache_dtype, &st.cache));
     st.be = be;
-    st.device = opt->device_rows && kw_backend_supports_share(be) && longest > 0;
+    /* the device selection takes up to 256 heads (kw_op_select_scores); more stay on the host path */
+    st.device = opt->device_rows && kw_backend_supports_share(be) && longest > 0 && c->n_kv_heads <= 256;
     if (st.device) {
         const int64_t ne = longest, one = 1;
         KW_CHECK(kw_tensor_alloc(be, &st.d_rows, KW_DTYPE_I32, 1, &ne));
