@@ -104,7 +104,7 @@ static int kw_gpu_time_codec(const kw_cuda_wire_spec *spec, uint32_t T, const ui
         KW_CUDA_CHECK(cudaEventRecord(start, NULL));
         for (uint32_t i = 0; i < n; ++i) {
             const kw_cuda_wire_src src = {
-                cache + (size_t)i * tensor_elems, KW_WIRE_DTYPE_BF16, (size_t)T * D, D, NULL, 0};
+                cache + (size_t)i * tensor_elems, KW_WIRE_DTYPE_BF16, (size_t)T * D, D, NULL, 0, NULL, 0, 0};
             KW_CHECK(kw_cuda_wire_encode_tensor(NULL, spec, &src, H, T, D, wire + (size_t)i * bytes, work, err));
         }
         KW_CUDA_CHECK(cudaEventRecord(stop, NULL));

@@ -32,20 +32,35 @@ typedef struct kw_share_targets {
     int64_t mask_bytes;
 } kw_share_targets;
 
+/* A sent layer's rows where they are, in device memory (kw_share_options.device_rows on a backend with the sharer's
+ * device work, kw_backend_supports_share, and a dense cache layer): the layer's cache tensors and the selected rows'
+ * cache positions on the device, so a KVWire encoder on the device (kw_op_wire_encode) reads them there. The rows
+ * reach the host only if the callback asks for them (host_rows: downloads the section's rows, gathers the selected
+ * ones and returns them as kw_share_layer.k and .v would be, valid during the call). All borrowed for the call. */
+typedef struct kw_share_device {
+    kw_backend *backend;
+    const kw_tensor *k, *v; /* the layer's cache tensors (H, cap, D), f32 or bf16 (the cache dtype) */
+    const kw_tensor *rows;  /* (>= n_rows) i32: entry i is the cache position of selected row i */
+    int (*host_rows)(void *ctx, const float **k, const float **v);
+    void *ctx;
+} kw_share_device;
+
 /* One sent layer of one section, as the callback sees it. Pointers are owned by kw_share_run and valid during the
  * call only. */
 typedef struct kw_share_layer {
-    int32_t section;          /* index into the sections */
-    int32_t blob;             /* ordinal of this section among the sent ones (0, 1, ...) */
-    int32_t layer;            /* sharer layer */
-    int32_t layer_index;      /* this is the layer_index-th of the n_layers_sent layers of this section */
-    int32_t n_layers_sent;    /* the caller's layer count */
-    int32_t n_source_layers;  /* layers of the sharer model */
-    int64_t pos0, length;     /* the section: positions [pos0, pos0 + length) */
-    int64_t n_positions;      /* the shared prefix's length (every position is below it) */
-    int64_t n_rows;           /* selected rows, >= 1 */
-    const int64_t *positions; /* n_rows ascending cache positions */
-    const float *k, *v;       /* (n_rows, n_heads, head_dim) f32 (exact bf16 values with a bf16 cache) */
+    int32_t section;               /* index into the sections */
+    int32_t blob;                  /* ordinal of this section among the sent ones (0, 1, ...) */
+    int32_t layer;                 /* sharer layer */
+    int32_t layer_index;           /* this is the layer_index-th of the n_layers_sent layers of this section */
+    int32_t n_layers_sent;         /* the caller's layer count */
+    int32_t n_source_layers;       /* layers of the sharer model */
+    int64_t pos0, length;          /* the section: positions [pos0, pos0 + length) */
+    int64_t n_positions;           /* the shared prefix's length (every position is below it) */
+    int64_t n_rows;                /* selected rows, >= 1 */
+    const int64_t *positions;      /* n_rows ascending cache positions */
+    const float *k, *v;            /* (n_rows, n_heads, head_dim) f32 (exact bf16 values with a bf16 cache); NULL when
+                                      device is set: device->host_rows gives them */
+    const kw_share_device *device; /* NULL: the rows are on the host only */
     int32_t n_heads, head_dim;
     enum kw_dtype cache_dtype;
     kw_share_targets targets; /* the receiver-aware selections' per-target subsets (n 0: none) */
@@ -73,21 +88,25 @@ typedef struct kw_share_options {
     void *select_user;
     int same_positions;        /* 1: one selection per section (made at its first sent layer) for every layer */
     enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
+    int device_rows;           /* 1: on a backend with the sharer's device work (kw_backend_supports_share), leave
+                                  the rows on the device (kw_share_layer.device; the callback must take that form)
+                                  and select there when the policy allows (knorm_topk, vnorm_topk without a skip) */
     const uint8_t *pad;        /* NULL, or one flag per prefix position: 1 = padding, hidden from attention */
     kw_share_fn on_layer;
     void *user;
 } kw_share_options;
 
 typedef struct kw_share_stats {
-    double prefill_ms;     /* the model's forward, callbacks excluded */
-    double select_ms;      /* reading rows to the host, scoring, gathering (the score hook excluded) */
-    double score_ms;       /* in the score hook (the receiver-aware selections' receiver-side scoring) */
-    double callback_ms;    /* time in on_layer */
-    int64_t tokens_total;  /* sum over sent layers of the section length */
-    int64_t tokens_sent;   /* sum over sent layers of the selected rows */
-    int64_t kv_bytes;      /* selected K and V at the cache dtype (what an uncompressed transfer would carry) */
-    int32_t layers_sent;   /* callbacks */
-    int32_t sections_sent; /* sections with index > 0 */
+    double prefill_ms;         /* the model's forward, callbacks excluded */
+    double select_ms;          /* reading rows to the host, scoring, gathering (the score hook excluded) */
+    double score_ms;           /* in the score hook (the receiver-aware selections' receiver-side scoring) */
+    double callback_ms;        /* time in on_layer */
+    int64_t tokens_total;      /* sum over sent layers of the section length */
+    int64_t tokens_sent;       /* sum over sent layers of the selected rows */
+    int64_t kv_bytes;          /* selected K and V at the cache dtype (what an uncompressed transfer would carry) */
+    int32_t layers_sent;       /* callbacks */
+    int32_t sections_sent;     /* sections with index > 0 */
+    int32_t device_selections; /* (section, layer) selections scored and ranked on the device (device_rows) */
 } kw_share_stats;
 
 /* Prefills ids[0..n) (the sharer's ids of every section but the last; n is their total length) on a new cache of

@@ -452,12 +452,19 @@ void kw_backend_get_memory(const kw_backend *backend, kw_backend_memory *out) {
 
 const char *const kw_backend_kind_names[3] = {"cpu", "cuda", NULL};
 
+/* kw_backend_set_cuda_create's choice (NULL: kw_backend_create_cuda). */
+static int (*kw_backend_cuda_create)(int device, kw_backend **out);
+
+void kw_backend_set_cuda_create(int (*create)(int device, kw_backend **out)) {
+    kw_backend_cuda_create = create;
+}
+
 int kw_backend_create_with(const kw_backend_options *o, kw_backend **out) {
     KW_RETURN_IF(o == NULL || out == NULL, KW_E_INVALID_ARG, "kw_backend_create_with: NULL argument");
     *out = NULL;
     kw_backend *be = NULL;
     if (o->kind == KW_BACKEND_CUDA)
-        KW_FORWARD(kw_backend_create_cuda(o->device, &be));
+        KW_FORWARD((kw_backend_cuda_create ? kw_backend_cuda_create : kw_backend_create_cuda)(o->device, &be));
     else
         KW_FORWARD(kw_backend_create_cpu(kw_backend_threads_per_worker(o->n_threads, o->n_workers), &be));
     const int rc = kw_backend_set_memory_limit(be, o->memory_limit);
@@ -1056,4 +1063,148 @@ int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q,
     KW_RETURN_IF(params->n_kv > n_rows, KW_E_SHAPE, "%s: n_kv %lld beyond the %lld rows stored", op,
                  (long long)params->n_kv, (long long)n_rows);
     return backend->iface->attention_kvq(backend, out, q, k_store, kg, v_store, vg, params, n_rows);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The sharer's device work
+ */
+
+int kw_backend_supports_share(const kw_backend *backend) {
+    return backend != NULL && backend->iface->wire_encode != NULL;
+}
+
+#define KW_CHECK_SHARE(op)                                                                                             \
+    KW_CHECK_BACKEND(op);                                                                                              \
+    KW_RETURN_IF(!kw_backend_supports_share(backend), KW_E_OP_UNSUPPORTED, "backend %s has no %s",                     \
+                 backend->iface->name, op)
+
+/* A row-major tensor of this backend with this dtype. */
+static int kw_check_typed(const kw_backend *backend, const kw_tensor *t, enum kw_dtype dtype, const char *op,
+                          const char *name) {
+    KW_FORWARD(kw_check_tensor(backend, t, op, name));
+    return kw_check_dtype(t, dtype, op, name);
+}
+
+/* A dense cache tensor (H, cap, D) f32/bf16. */
+static int kw_check_share_cache(const kw_backend *backend, const kw_tensor *cache, const char *op) {
+    KW_FORWARD(kw_check_tensor(backend, cache, op, "cache"));
+    KW_RETURN_IF(cache->ndim != 3 || (cache->dtype != KW_DTYPE_F32 && cache->dtype != KW_DTYPE_BF16), KW_E_SHAPE,
+                 "%s: cache %s must be (H, cap, D) f32 or bf16", op, KW_SHAPE(cache));
+    return 0;
+}
+
+int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0) {
+    static const char op[] = "select_scores";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_typed(backend, score, KW_DTYPE_F32, op, "score"));
+    const int64_t T = kw_tensor_nelem(score);
+    KW_RETURN_IF(cache->ne[0] > 256 || pos0 < 0 || T > cache->ne[1] - pos0, KW_E_SHAPE,
+                 "%s: rows [%lld, +%lld) of cache %s (at most 256 heads)", op, (long long)pos0, (long long)T,
+                 KW_SHAPE(cache));
+    return backend->iface->select_scores(backend, score, cache, pos0);
+}
+
+int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k) {
+    static const char op[] = "select_topk";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_typed(backend, out, KW_DTYPE_I32, op, "out"));
+    KW_FORWARD(kw_check_typed(backend, count, KW_DTYPE_I32, op, "count"));
+    KW_FORWARD(kw_check_typed(backend, score, KW_DTYPE_F32, op, "score"));
+    KW_RETURN_IF(kw_tensor_nelem(out) != kw_tensor_nelem(score) || kw_tensor_nelem(count) != 1 || k < 0 ||
+                     kw_tensor_nelem(score) > (int64_t)UINT32_MAX,
+                 KW_E_SHAPE, "%s: out %s, count %s, score %s, k %lld", op, KW_SHAPE(out), KW_SHAPE(count),
+                 KW_SHAPE(score), (long long)k);
+    return backend->iface->select_topk(backend, out, count, score, k);
+}
+
+int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
+                          uint64_t *tensor_bytes, uint64_t *work_bytes) {
+    static const char op[] = "wire_sizes";
+    KW_CHECK_SHARE(op);
+    KW_RETURN_IF(spec == NULL || tensor_bytes == NULL || work_bytes == NULL, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    return backend->iface->wire_sizes(spec, H, T, D, tensor_bytes, work_bytes);
+}
+
+int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                      const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                      kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
+    static const char op[] = "wire_encode";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_typed(backend, dst, KW_DTYPE_U8, op, "dst"));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
+    KW_FORWARD(kw_check_typed(backend, work, KW_DTYPE_U8, op, "work"));
+    KW_FORWARD(kw_check_typed(backend, err, KW_DTYPE_U8, op, "err"));
+    uint64_t bytes = 0, scratch = 0;
+    KW_FORWARD(
+        kw_backend_wire_sizes(backend, spec, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], &bytes, &scratch));
+    KW_FORWARD(kw_check_range(dst, offset, (size_t)bytes, op));
+    KW_RETURN_IF(scratch > kw_tensor_nbytes(work) || T < 1 || (int64_t)t0 + T > kw_tensor_nelem(rows) ||
+                     err_index < 0 || (uint64_t)err_index >= kw_tensor_nbytes(err) / 8,
+                 KW_E_SHAPE, "%s: work %s (needs %llu bytes), rows %s from %u for %u tokens, error word %lld of %s", op,
+                 KW_SHAPE(work), (unsigned long long)scratch, KW_SHAPE(rows), t0, T, (long long)err_index,
+                 KW_SHAPE(err));
+    if (mask) {
+        KW_FORWARD(kw_check_typed(backend, mask, KW_DTYPE_U8, op, "mask"));
+        const uint64_t half = (uint64_t)cache->ne[0] * (t0 + T) * (uint64_t)cache->ne[2];
+        KW_RETURN_IF(mask_base != 0 && mask_base != half, KW_E_SHAPE, "%s: mask base %llu is neither K's nor V's", op,
+                     (unsigned long long)mask_base);
+        KW_RETURN_IF(kw_tensor_nbytes(mask) < (2 * half + 7) / 8, KW_E_SHAPE, "%s: mask %s for %llu elements", op,
+                     KW_SHAPE(mask), (unsigned long long)(2 * half));
+    }
+    return backend->iface->wire_encode(backend, dst, offset, spec, cache, rows, t0, T, work, err, err_index, mask,
+                                       mask_base);
+}
+
+int kw_backend_wire_outlier_work(const kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                                 uint32_t H, uint32_t T, uint32_t D, uint64_t *work_bytes) {
+    static const char op[] = "wire_outlier_work";
+    KW_CHECK_SHARE(op);
+    KW_RETURN_IF(!sk || !sv || !work_bytes, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    return backend->iface->wire_outlier_work(sk, sv, H, T, D, work_bytes);
+}
+
+int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                        const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                        uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                        kw_tensor *mask, kw_tensor *bad) {
+    static const char op[] = "wire_outliers";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache_k, op));
+    KW_FORWARD(kw_check_share_cache(backend, cache_v, op));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
+    KW_FORWARD(kw_check_typed(backend, work, KW_DTYPE_U8, op, "work"));
+    KW_FORWARD(kw_check_typed(backend, elems, KW_DTYPE_I32, op, "elems"));
+    KW_FORWARD(kw_check_typed(backend, n, KW_DTYPE_I32, op, "n"));
+    KW_FORWARD(kw_check_typed(backend, values, KW_DTYPE_F32, op, "values"));
+    KW_FORWARD(kw_check_typed(backend, mask, KW_DTYPE_U8, op, "mask"));
+    KW_FORWARD(kw_check_typed(backend, bad, KW_DTYPE_I32, op, "bad"));
+    const uint32_t H = (uint32_t)cache_k->ne[0], D = (uint32_t)cache_k->ne[2];
+    KW_RETURN_IF(memcmp(cache_k->ne, cache_v->ne, sizeof cache_k->ne) != 0, KW_E_SHAPE, "%s: K %s and V %s differ", op,
+                 KW_SHAPE(cache_k), KW_SHAPE(cache_v));
+    uint64_t need = 0;
+    KW_FORWARD(kw_backend_wire_outlier_work(backend, sk, sv, H, T, D, &need));
+    const uint64_t total = 2ull * H * T * D;
+    KW_RETURN_IF(T < 1 || T > kw_tensor_nelem(rows) || need > kw_tensor_nbytes(work) ||
+                     kw_tensor_nelem(elems) < count || kw_tensor_nelem(values) < count || kw_tensor_nelem(n) != 1 ||
+                     kw_tensor_nelem(bad) != 1 || kw_tensor_nbytes(mask) < (total + 31) / 32 * 4,
+                 KW_E_SHAPE, "%s: tensors too small for %u tokens and %u outliers", op, T, count);
+    return backend->iface->wire_outliers(backend, sk, sv, cache_k, cache_v, rows, T, count, work, elems, n, values,
+                                         mask, bad);
+}
+
+int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n) {
+    static const char op[] = "wire_status";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_tensor(backend, err, op, "err"));
+    unsigned long long words[2];
+    for (int64_t i = 0; i < n; i += 2) {
+        const size_t m = n - i < 2 ? (size_t)(n - i) : 2;
+        KW_FORWARD(kw_backend_download(backend, words, err, (size_t)i * 8, m * 8));
+        KW_FORWARD(kw_backend_synchronize(backend));
+        for (size_t j = 0; j < m; ++j)
+            KW_FORWARD(backend->iface->wire_status(words[j]));
+    }
+    return 0;
 }

@@ -177,6 +177,11 @@ typedef struct kw_backend_options {
  * KW_E_NO_DEVICE. */
 int kw_backend_create_with(const kw_backend_options *o, kw_backend **out);
 
+/* For test programs that link the CUDA emulator (kernels/cuda/emu/kw_cuda_emu_api.h): kw_backend_create_with makes
+ * its CUDA backends with create (kw_backend_create_cuda_emu) instead of kw_backend_create_cuda; NULL restores that.
+ * Process-wide: set it before the first backend is created. The product never sets it. */
+void kw_backend_set_cuda_create(int (*create)(int device, kw_backend **out));
+
 /* Waits for queued work, releases the backend. NULL is a no-op. All tensors allocated from it must be freed first. */
 void kw_backend_destroy(kw_backend *backend);
 
@@ -446,6 +451,64 @@ int kw_op_kvq_truncate(kw_backend *backend, kw_tensor *store, const kw_kvq_geom 
 int kw_op_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
                         const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
                         const kw_attention_params *params, int64_t n_rows);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The sharer's device work (kernels/cuda/kw_cuda_wire.h on the CUDA backend): the norm selection scores and their
+ * top-k straight from a dense KV cache tensor, the KVWire encode of one tensor of a section (FORMAT.md §5.3: its
+ * scales then its codes) from the cache rows into device bytes, and a section's outlier choice (§5.10), so only the
+ * encoded bytes (and the outliers' numbers and values) are downloaded.
+ * Results are bit for bit the CPU's (c2c/kw_select.c, wire/); the section framing stays with the CPU encoder
+ * (kw_wire_encoder_begin_section / finish_section). The CPU backend has none of it: kw_backend_supports_share
+ * answers 0 and the calls KW_E_OP_UNSUPPORTED (the CPU code is the path there). Asynchronous like every op.
+ */
+
+/* 1 if the backend has the ops below, else 0. */
+int kw_backend_supports_share(const kw_backend *backend);
+
+/* score (T) f32 = the knorm/vnorm score (c2c/kw_select.h kw_select_scores) of rows [pos0, pos0 + T) of cache
+ * (H, cap, D) f32/bf16, H <= 256. */
+int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0);
+
+/* out (T) i32 = the min(k, finite scores) best of score (T) f32 as ascending offsets (c2c/kw_select.c's ranking
+ * with skip 0: larger score, ties to the lower offset, non-finite never), their number in count (1) i32. */
+int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
+
+/* The four bytes of a KVWire codec spec (wire/kw_wire.h kw_wire_codec_spec, which kernels/ does not include). */
+typedef struct kw_wire_op_spec {
+    uint8_t codec, granularity, scale_dtype, group_log2;
+} kw_wire_op_spec;
+
+/* The bytes of one tensor of H heads, T tokens, head_dim D on the wire and the device scratch kw_op_wire_encode
+ * needs for it. KW_E_UNSUPPORTED for a spec the device encoder does not take (none today), KW_E_INVALID_ARG for an
+ * invalid one, KW_E_OP_UNSUPPORTED without the ops: the caller encodes that tensor on the CPU. */
+int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
+                          uint64_t *tensor_bytes, uint64_t *work_bytes);
+
+/* Encodes T rows of cache (H, cap, D) f32/bf16 into bytes [offset, offset + tensor_bytes) of dst (u8): token t is
+ * cache row rows[t0 + t] (rows (n) i32 of cache positions, t0 + T <= n). work (u8): the scratch of
+ * kw_backend_wire_sizes; err (u8, 8 * n bytes): error word err_index is overwritten with the encode's outcome, read
+ * with kw_backend_wire_status after the work is done. mask (u8, may be NULL): a section's outliers from
+ * kw_op_wire_outliers, this tensor's elements from mask_base (0 for K, H * T * D for V; one token group). */
+int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                      const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                      kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
+
+/* The outlier table's choice for a one-group section (FORMAT.md §5.10) of T rows of cache_k and cache_v (rows as
+ * kw_op_wire_encode's, t0 0) with codecs sk and sv: the min(count, 2 * H * T * D) elements kw_wire_outlier_select
+ * chooses, ascending in elems (i32, >= count entries), their number in n (1) i32, their values in values (f32,
+ * >= count), the section's mask for kw_op_wire_encode in mask (u8, ceil(2 * H * T * D / 32) * 4 bytes), and bad (1)
+ * i32 non-zero if K or V holds a NaN or Inf. work (u8): kw_backend_wire_outlier_work bytes (KW_E_LIMIT from it past
+ * 2^32 - 1 elements: the CPU path then). */
+int kw_backend_wire_outlier_work(const kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                                 uint32_t H, uint32_t T, uint32_t D, uint64_t *work_bytes);
+int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                        const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                        uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                        kw_tensor *mask, kw_tensor *bad);
+
+/* Downloads the first n error words of err (synchronizing) and returns the first failure among them, the CPU
+ * encoder's status for it (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE), or 0. */
+int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n);
 
 enum kw_act {
     KW_ACT_SILU = 0,      /* x * sigmoid(x) */

@@ -89,6 +89,22 @@ struct kw_backend_i {
     int (*attention_kvq)(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
                          const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
                          const kw_attention_params *params, int64_t n_rows);
+    /* (optional, all seven or none) The sharer's device work of kw_backend.h (validated; kw_cuda_wire.h's kernels). */
+    int (*select_scores)(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0);
+    int (*select_topk)(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
+    int (*wire_sizes)(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
+                      uint64_t *work_bytes);
+    int (*wire_encode)(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                       const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                       kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
+    int (*wire_outlier_work)(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,
+                             uint64_t *work_bytes);
+    int (*wire_outliers)(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                         const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                         uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                         kw_tensor *mask, kw_tensor *bad);
+    /* the status of one error word (kw_cuda_wire_encode_status) */
+    int (*wire_status)(unsigned long long err);
     int (*head_scale_add)(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
                           const kw_tensor *w, float g);
 };

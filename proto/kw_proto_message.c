@@ -466,6 +466,8 @@ static int kw__proto_check_share_end(const Kwctl__ShareEnd *m) {
     KW__FIELD_IF(m->request_id == 0, "ShareEnd.request_id: 0");
     KW__FIELD_IF(m->compressed_sections > m->sections, "ShareEnd.compressed_sections: %u of %u sections",
                  m->compressed_sections, m->sections);
+    KW__FIELD_IF(m->device_sections > m->sections, "ShareEnd.device_sections: %u of %u sections", m->device_sections,
+                 m->sections);
     KW__FIELD_IF(m->tokens_kept > m->tokens_prefilled, "ShareEnd.tokens_kept: %u of %u prefilled", m->tokens_kept,
                  m->tokens_prefilled);
     KW__FIELD_IF(m->rows_sent > m->rows_total, "ShareEnd.rows_sent: %llu of %llu rows",

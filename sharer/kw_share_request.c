@@ -118,6 +118,7 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
                                  .same_positions = opt->same_positions,
                                  .cache_dtype = opt->cache_dtype,
                                  .pad = opt->pad,
+                                 .device_rows = w != NULL && !opt->host_rows, /* kw_share_wire takes them there */
                                  .on_layer = kw_share_request_on_layer,
                                  .user = &fanout};
     const int rc = kw_share_run(model, ids, n, &so, &stats->share);

@@ -25,6 +25,8 @@ typedef struct kw_share_request_options {
     int same_positions;        /* kv_direct: one selection per section for every layer */
     enum kw_dtype cache_dtype; /* KW_DTYPE_BF16 or KW_DTYPE_F32 */
     const uint8_t *pad;        /* NULL, or one flag per prefix position (1 = padding) */
+    int host_rows;             /* 1: the rows go to the host and the CPU encodes them even on a device backend (the
+                                  reference the device path is checked against); 0: kw_share_options.device_rows */
     /* KVWire (wire not NULL): the codecs, and where the blob bytes go */
     const kw_wire_policy *wire;
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */

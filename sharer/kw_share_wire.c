@@ -34,6 +34,8 @@ struct kw_share_wire {
     uint32_t *kept_positions;      /* their positions */
     float *kept_k, *kept_v;        /* (n_kept, H, D): the current layer's kept rows */
     float *kept_weights;           /* n_kept */
+    /* the device encode: buf comes from kw_backend_host_alloc of pinned_be (pinned) once a layer is on a device */
+    kw_backend *pinned_be;
 };
 
 void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, kw_wire_policy *out) {
@@ -304,7 +306,10 @@ void kw_share_wire_free(kw_share_wire *w) {
     free(w->kept_v);
     free(w->kept_weights);
     kw_wire_encoder_destroy(w->enc);
-    free(w->buf);
+    if (w->pinned_be)
+        kw_backend_host_free(w->pinned_be, w->buf);
+    else
+        free(w->buf);
     free(w->positions);
     free(w->unroped);
     free(w);
@@ -314,8 +319,17 @@ const kw_share_wire_stats *kw_share_wire_get_stats(const kw_share_wire *w) {
     return w ? &w->stats : NULL;
 }
 
+/* Room for n bytes in buf; what it held is not kept (every part is emitted before the next is written). */
 static int kw_share_wire_reserve(kw_share_wire *w, size_t n) {
     if (n <= w->cap) return 0;
+    if (w->pinned_be) {
+        kw_backend_host_free(w->pinned_be, w->buf);
+        w->buf = NULL;
+        w->cap = 0;
+        KW_FORWARD(kw_backend_host_alloc(w->pinned_be, n, (void **)&w->buf));
+        w->cap = n;
+        return 0;
+    }
     unsigned char *b = realloc(w->buf, n);
     KW_RETURN_IF(b == NULL, KW_E_NOMEM, "share wire: cannot allocate %zu bytes", n);
     w->buf = b;
@@ -367,6 +381,141 @@ static void kw_share_wire_add_breakdown(kw_wire_breakdown *sum, const kw_wire_br
     sum->compressed_sections += b->compressed_sections;
 }
 
+/* From now on buf is pinned memory of be (the device encode downloads into it). */
+static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
+    if (w->pinned_be) {
+        KW_RETURN_IF(w->pinned_be != be, KW_E_STATE, "share wire: layers on two backends in one encoder");
+        return 0;
+    }
+    const size_t cap = w->cap > 0 ? w->cap : KW_WIRE_HEADER_BYTES;
+    free(w->buf);
+    w->buf = NULL;
+    w->cap = 0;
+    w->pinned_be = be;
+    return kw_share_wire_reserve(w, cap);
+}
+
+/* 1 if the device encoder takes the section (no byte cap, outliers or pre-RoPE keys; codecs it encodes), with each
+ * tensor's bytes and scratch; 0 for the CPU encoder. */
+static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
+                                   uint32_t T, uint64_t bytes[2], uint64_t *work) {
+    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->n_groups != 0) return 0;
+    const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
+    *work = 0;
+    for (int kv = 0; kv < 2; ++kv) {
+        const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
+                                   specs[kv]->group_log2};
+        uint64_t scratch = 0;
+        if (kw_backend_wire_sizes(l->device->backend, &s, (uint32_t)l->n_heads, T, (uint32_t)l->head_dim, &bytes[kv],
+                                  &scratch) < 0) {
+            kw_error_clear();
+            return 0;
+        }
+        *work = scratch > *work ? scratch : *work;
+    }
+    uint64_t scratch = 0;
+    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2};
+    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2};
+    if (pol->outliers && kw_backend_wire_outlier_work(l->device->backend, &sk, &sv, (uint32_t)l->n_heads, T,
+                                                      (uint32_t)l->head_dim, &scratch) < 0) {
+        kw_error_clear(); /* past the device's 2^32 elements: the CPU's */
+        return 0;
+    }
+    return 1;
+}
+
+/* A section's outliers chosen on the device (kw_op_wire_outliers): the mask the tensors' encode reads stays there,
+ * the chosen elements and their values come to the host and begin_section_outliers writes the table. */
+static int kw_share_wire_device_outliers(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
+                                         kw_tensor *mask, size_t *at) {
+    const kw_share_device *dev = l->device;
+    kw_backend *be = dev->backend;
+    const uint32_t T = (uint32_t)l->n_rows, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim;
+    const uint64_t total = 2ull * H * T * D;
+    const uint32_t count = pol->outliers < total ? pol->outliers : (uint32_t)total;
+    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2};
+    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2};
+    uint64_t work_bytes = 0;
+    KW_FORWARD(kw_backend_wire_outlier_work(be, &sk, &sv, H, T, D, &work_bytes));
+    const int64_t nw = (int64_t)work_bytes, nc = count, one = 1, nm = (int64_t)((total + 31) / 32 * 4);
+    kw_tensor work = {0}, elems = {0}, n = {0}, values = {0}, bad = {0};
+    uint32_t *h_elems = malloc((size_t)count * sizeof *h_elems);
+    float *h_values = malloc((size_t)count * sizeof *h_values);
+    int32_t h_n = 0, h_bad = 0;
+    int rc = 0;
+    KW_CHECK_IF(!h_elems || !h_values, KW_E_NOMEM, "share wire: out of memory for %u outliers", count);
+    KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
+    KW_CHECK(kw_tensor_alloc(be, &elems, KW_DTYPE_I32, 1, &nc));
+    KW_CHECK(kw_tensor_alloc(be, &n, KW_DTYPE_I32, 1, &one));
+    KW_CHECK(kw_tensor_alloc(be, &values, KW_DTYPE_F32, 1, &nc));
+    KW_CHECK(kw_tensor_alloc(be, &bad, KW_DTYPE_I32, 1, &one));
+    KW_CHECK(kw_tensor_alloc(be, mask, KW_DTYPE_U8, 1, &nm));
+    KW_CHECK(
+        kw_op_wire_outliers(be, &sk, &sv, dev->k, dev->v, dev->rows, T, count, &work, &elems, &n, &values, mask, &bad));
+    KW_CHECK(kw_backend_download(be, &h_n, &n, 0, sizeof h_n));
+    KW_CHECK(kw_backend_download(be, &h_bad, &bad, 0, sizeof h_bad));
+    KW_CHECK(kw_backend_download(be, h_elems, &elems, 0, (size_t)count * sizeof *h_elems));
+    KW_CHECK(kw_backend_download(be, h_values, &values, 0, (size_t)count * sizeof *h_values));
+    KW_CHECK(kw_backend_synchronize(be));
+    KW_CHECK_IF(h_bad != 0, KW_E_WIRE_NONFINITE, "share wire: layer %d holds NaN or Inf", (int)l->layer);
+    KW_CHECK_IF(h_n != (int32_t)count, KW_E_INTERNAL, "share wire: the device chose %d of %u outliers", (int)h_n,
+                count);
+    KW_CHECK(kw_wire_encoder_begin_section_outliers(w->enc, (uint32_t)l->layer, T, w->positions, pol, h_elems, h_values,
+                                                    count, w->buf, w->cap, at));
+out:
+    kw_tensor_free(&work);
+    kw_tensor_free(&elems);
+    kw_tensor_free(&n);
+    kw_tensor_free(&values);
+    kw_tensor_free(&bad);
+    free(h_elems);
+    free(h_values);
+    return rc;
+}
+
+/* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. */
+static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
+                                        const uint64_t bytes[2], uint64_t work_bytes, size_t *written) {
+    const kw_share_device *dev = l->device;
+    kw_backend *be = dev->backend;
+    const uint32_t T = (uint32_t)l->n_rows;
+    size_t at = 0;
+    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0};
+    int rc = 0;
+    if (pol->outliers)
+        KW_CHECK(kw_share_wire_device_outliers(w, l, pol, &mask, &at));
+    else
+        KW_CHECK(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, T, w->positions, pol, w->buf, w->cap, &at));
+    KW_CHECK_IF(at + bytes[0] + bytes[1] > w->cap, KW_E_INTERNAL,
+                "share wire: the device's tensors (%llu bytes at %zu) overrun the section's %zu",
+                (unsigned long long)(bytes[0] + bytes[1]), at, w->cap);
+    const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
+    const kw_tensor *rows[2] = {dev->k, dev->v};
+    const int64_t nb = (int64_t)(bytes[0] + bytes[1]), nw = (int64_t)(work_bytes ? work_bytes : 1), ne = 16;
+    const uint64_t half = (uint64_t)l->n_heads * T * (uint64_t)l->head_dim;
+    KW_CHECK(kw_tensor_alloc(be, &dst, KW_DTYPE_U8, 1, &nb));
+    KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
+    KW_CHECK(kw_tensor_alloc(be, &err, KW_DTYPE_U8, 1, &ne));
+    for (int kv = 0; kv < 2; ++kv) {
+        const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
+                                   specs[kv]->group_log2};
+        KW_CHECK(kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], dev->rows, 0, T, &work, &err, kv,
+                                   pol->outliers ? &mask : NULL, kv ? half : 0));
+    }
+    KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)nb));
+    KW_CHECK(kw_backend_wire_status(be, &err, 2)); /* synchronizes */
+    KW_CHECK(kw_wire_encoder_finish_section(w->enc, written));
+    ++w->stats.device_sections;
+out:;
+    const int sync = kw_backend_synchronize(be); /* nothing may still write buf */
+    if (rc == 0) rc = sync;
+    kw_tensor_free(&dst);
+    kw_tensor_free(&work);
+    kw_tensor_free(&err);
+    kw_tensor_free(&mask);
+    return rc;
+}
+
 int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     KW_RETURN_IF(w == NULL || l == NULL, KW_E_INVALID_ARG, "share wire: NULL argument");
     KW_RETURN_IF(l->n_rows < 1 || l->n_rows > UINT32_MAX || l->n_positions > KW_WIRE_MAX_POSITIONS ||
@@ -410,13 +559,28 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     for (int64_t i = 0; i < l->n_rows; ++i)
         w->positions[i] = (uint32_t)l->positions[i];
     const size_t hd = (size_t)l->head_dim, row = (size_t)l->n_heads * hd;
+    kw_wire_policy pol;
+    kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+    if (w->opt.outlier_fraction > 0.0) { /* (not with a cap) with a bf16 cache the rows are bf16 values, so are their
+                                            outliers */
+        pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)l->n_rows * (double)row + 0.5);
+        pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+    }
+    uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
+    const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);
+    kw_share_layer host; /* a layer on the device that the CPU encodes: its rows downloaded */
+    if (l->device && !on_device) {
+        host = *l;
+        KW_FORWARD(l->device->host_rows(l->device->ctx, &host.k, &host.v));
+        host.device = NULL;
+        l = &host;
+    }
+    const float *lk = l->k, *lv = l->v;
     kw_wire_layer_in in = {.layer = (uint32_t)l->layer,
                            .n_tokens = (uint32_t)l->n_rows,
                            .positions = w->positions,
-                           .k = {.data = l->k, .head_stride = hd, .token_stride = row},
-                           .v = {.data = l->v, .head_stride = hd, .token_stride = row}};
-    kw_wire_policy pol;
-    kw_share_wire_policy_for(&w->opt, (uint32_t)l->layer, &pol);
+                           .k = {.data = lk, .head_stride = hd, .token_stride = row},
+                           .v = {.data = lv, .head_stride = hd, .token_stride = row}};
     if (w->alloc) { /* a byte cap: the allocator's rows and token groups */
         const kw_wire_alloc_result *res = NULL;
         const float *k = NULL, *v = NULL;
@@ -432,10 +596,6 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.v.rows = res->rows;
     }
     if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
-    if (w->opt.outlier_fraction > 0.0) { /* with a bf16 cache the rows are bf16 values: their outliers too */
-        pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)in.n_tokens * (double)row + 0.5);
-        pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
-    }
     if (w->opt.pre_rope) { /* the keys before RoPE: each row rotated back by its position (FORMAT.md §5.11) */
         const size_t n = (size_t)l->n_rows * row;
         if (n > w->unroped_cap) {
@@ -444,15 +604,19 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
             w->unroped = p;
             w->unroped_cap = n;
         }
-        memcpy(w->unroped, l->k, n * sizeof *w->unroped);
+        memcpy(w->unroped, lk, n * sizeof *w->unroped);
         KW_FORWARD(kw_config_rope_rows(w->opt.pre_rope, l->layer, l->positions, l->n_rows, 1, w->unroped));
         in.k.data = w->unroped;
         pol.pre_rope = 1;
     }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
+    if (on_device) KW_FORWARD(kw_share_wire_pin(w, l->device->backend));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
-    KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
+    if (on_device)
+        KW_FORWARD(kw_share_wire_device_section(w, l, &pol, dev_bytes, dev_work, &written));
+    else
+        KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
     w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
     KW_FORWARD(kw_share_wire_emit(w, written));
     ++w->stats.sections;

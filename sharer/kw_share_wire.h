@@ -8,6 +8,14 @@
  * whole-layer baseline (kvcomm_like, qkvcomm_like), each layer's codec planned in advance. The rows are f32 (exact bf16
  * values with a bf16 sharer cache, so the bf16 codec is then lossless); the same rows and codecs give the same bytes on
  * every run and machine. Not here: sockets or frames (the daemon wraps the bytes in WIRE frames), the receiver.
+ *
+ * A layer whose rows are on the device (kw_share_layer.device) is encoded there when the section allows it: its K
+ * and V tensors by kw_op_wire_encode straight from the cache rows, the section framing (head, index block, zstd,
+ * checksums) by the CPU encoder around them (kw_wire_encoder_begin_section / finish_section), and only the encoded
+ * tensor bytes are downloaded, into pinned memory (kw_backend_host_alloc). The bytes are the CPU encoder's. Every
+ * section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a byte
+ * cap (the allocator reads the rows), pre-RoPE keys, a codec the device refuses, an outlier choice past the device's
+ * 2^32 - 1 elements. Outlier tables are chosen on the device, the table written on the host from the chosen list.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
@@ -87,6 +95,7 @@ typedef struct kw_share_wire_options {
 typedef struct kw_share_wire_stats {
     uint64_t blob_bytes; /* every byte written */
     int32_t blobs, sections, compressed_sections;
+    int32_t device_sections;     /* of the sections, those whose tensors were encoded on the device */
     double encode_ms;            /* encoding, writes excluded */
     double write_ms;             /* time in the byte callback */
     kw_wire_breakdown breakdown; /* summed over the blobs */

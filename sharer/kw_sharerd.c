@@ -673,6 +673,7 @@ static void kw__sd_fill_end(const kw__sd_job *j, Kwctl__ShareEnd *e, Kwctl__Wire
     e->blob_bytes = w->blob_bytes;
     e->sections = (uint32_t)w->sections;
     e->compressed_sections = (uint32_t)w->compressed_sections;
+    e->device_sections = (uint32_t)w->device_sections;
     e->tokens_prefilled = (uint32_t)j->req->n_token_ids;
     e->tokens_kept = 0;
     e->queue_ns = j->t_started - j->t_received;

@@ -409,11 +409,13 @@ static void kw_c2c_add_share(kw_share_stats *sum, const kw_share_stats *s) {
     sum->score_ms += s->score_ms;
     sum->tokens_total += s->tokens_total, sum->tokens_sent += s->tokens_sent, sum->kv_bytes += s->kv_bytes;
     sum->layers_sent += s->layers_sent, sum->sections_sent += s->sections_sent;
+    sum->device_selections += s->device_selections;
 }
 
 static void kw_c2c_add_wire(kw_share_wire_stats *sum, const kw_share_wire_stats *s) {
     sum->blob_bytes += s->blob_bytes, sum->blobs += s->blobs, sum->sections += s->sections;
     sum->compressed_sections += s->compressed_sections, sum->encode_ms += s->encode_ms;
+    sum->device_sections += s->device_sections;
     sum->budget_bytes += s->budget_bytes, sum->budget_min_bytes += s->budget_min_bytes;
     sum->tokens_candidate += s->tokens_candidate, sum->tokens_dropped += s->tokens_dropped;
     sum->distortion += s->distortion;

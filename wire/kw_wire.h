@@ -243,6 +243,18 @@ int kw_wire_encoder_begin_section(kw_wire_encoder *enc, uint32_t layer, uint32_t
                                   const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset);
 int kw_wire_encoder_finish_section(kw_wire_encoder *enc, size_t *written);
 
+/* begin_section for a section with outliers (pol->outliers > 0) whose choice and values someone else made (the GPU:
+ * kernels/cuda/kw_cuda_wire.h kw_cuda_wire_outlier_select, then the tensors encoded without them): elems are the n
+ * chosen element numbers, ascending (n = min(pol->outliers, 2*H*T*D), the count kw_wire_outlier_select chooses),
+ * values their f32 values in the input. The outlier table is written into dst behind the tensors' place, as
+ * write_section writes it (values in pol->outlier_dtype, or the header's src_dtype); the tensors go at
+ * *tensors_offset, then finish_section. Errors: begin_section's, KW_E_INVALID_ARG for a list that is not ascending
+ * or not that long, KW_E_WIRE_RANGE for a value the table's dtype cannot hold. */
+int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *enc, uint32_t layer, uint32_t n_tokens,
+                                           const uint32_t *positions, const kw_wire_policy *pol, const uint32_t *elems,
+                                           const float *values, uint32_t n, void *dst, size_t cap,
+                                           size_t *tensors_offset);
+
 /* Writes the 24-byte trailer after the last section. */
 int kw_wire_encoder_write_trailer(kw_wire_encoder *enc, void *dst, size_t cap, size_t *written);
 

@@ -916,6 +916,36 @@ int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n
     return 0;
 }
 
+int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens,
+                                           const uint32_t *positions, const kw_wire_policy *pol, const uint32_t *elems,
+                                           const float *values, uint32_t n, void *dst, size_t cap,
+                                           size_t *tensors_offset) {
+    KW_RETURN_IF(!e || !tensors_offset || !pol || !pol->outliers || !elems || !values, KW_E_INVALID_ARG,
+                 "begin_section_outliers: null argument or no outliers");
+    const uint64_t elems_total = 2ull * e->hdr.n_kv_heads * n_tokens * e->hdr.head_dim;
+    const uint64_t want = pol->outliers < elems_total ? pol->outliers : elems_total;
+    KW_RETURN_IF(n != want, KW_E_INVALID_ARG, "%u outliers given, the policy chooses %llu", n,
+                 (unsigned long long)want);
+    for (uint32_t i = 0; i < n; ++i)
+        KW_RETURN_IF(elems[i] >= elems_total || (i > 0 && elems[i] <= elems[i - 1]), KW_E_INVALID_ARG,
+                     "outlier %u: element %u is not ascending below %llu", i, elems[i],
+                     (unsigned long long)elems_total);
+    const uint32_t dtype = pol->outlier_dtype ? pol->outlier_dtype : e->hdr.src_dtype;
+    const uint64_t out_bytes = kw__wire_outlier_list_bytes(elems, n, dtype);
+    kw_wire_token_group single;
+    const kw_wire_token_group *groups = NULL;
+    KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, out_bytes, dst, cap, &groups, &single));
+    const size_t at = e->pending.table + e->pending.index_bytes;
+    const uint64_t tensors = kw__enc_tensors_bytes(&e->hdr, groups, e->pending.n_groups);
+    const int rc = kw__wire_outlier_list_write(elems, values, n, dtype, (uint8_t *)dst + at + tensors, out_bytes);
+    if (rc < 0) {
+        e->pending.dst = NULL;
+        return rc;
+    }
+    *tensors_offset = at;
+    return 0;
+}
+
 int kw_wire_encoder_finish_section(kw_wire_encoder *e, size_t *written) {
     KW_RETURN_IF(!e || !written, KW_E_INVALID_ARG, "null argument");
     return kw__enc_finish(e, written);

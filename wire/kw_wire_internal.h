@@ -301,6 +301,12 @@ int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_
 int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t elems, uint32_t *n_out,
                                  uint8_t *dtype_out);
 
+/* The table of n outliers given as ascending element numbers (elems) and their values: its bytes, and its writer
+ * (KW_E_WIRE_RANGE for a value dtype cannot hold), as kw__wire_outlier_table_bytes / _write from a mask. */
+uint64_t kw__wire_outlier_list_bytes(const uint32_t *elems, uint32_t n, uint32_t dtype);
+int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint32_t n, uint32_t dtype, uint8_t *dst,
+                                uint64_t bytes);
+
 /* Writes a verified section's outlier values over the decoded K (k) and V (v) views; either may be NULL. */
 int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 

@@ -334,6 +334,28 @@ int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_
     return 0;
 }
 
+uint64_t kw__wire_outlier_list_bytes(const uint32_t *elems, uint32_t n, uint32_t dtype) {
+    uint64_t bytes = KW__OUTLIER_HEAD_BYTES + (uint64_t)n * kw__wire_outlier_value_size(dtype);
+    for (uint32_t i = 0; i < n; ++i)
+        bytes += kw__out_varint_len64(i == 0 ? elems[0] : (uint64_t)elems[i] - elems[i - 1] - 1);
+    return bytes;
+}
+
+int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint32_t n, uint32_t dtype, uint8_t *dst,
+                                uint64_t bytes) {
+    const size_t vs = kw__wire_outlier_value_size(dtype);
+    kw_store_le32(dst, n);
+    dst[4] = (uint8_t)dtype;
+    dst[5] = dst[6] = dst[7] = 0;
+    uint8_t *p = dst + KW__OUTLIER_HEAD_BYTES, *v = dst + bytes - (uint64_t)n * vs;
+    for (uint32_t i = 0; i < n; ++i) {
+        p = kw__out_varint_put64(p, i == 0 ? elems[0] : (uint64_t)elems[i] - elems[i - 1] - 1);
+        KW_FORWARD(kw__out_store(values[i], dtype, v + (size_t)i * vs, elems[i]));
+    }
+    KW_RETURN_IF(p != dst + bytes - (uint64_t)n * vs, KW_E_INTERNAL, "outlier table size mismatch");
+    return 0;
+}
+
 int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t elems, uint32_t *n_out,
                                  uint8_t *dtype_out) {
     KW_RETURN_IF(bytes < KW__OUTLIER_HEAD_BYTES, KW_E_WIRE_CORRUPT, "outlier table of %u bytes", bytes);

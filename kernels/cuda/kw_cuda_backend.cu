@@ -427,6 +427,13 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->kvq_load = kw__cuda_kvq_load;
     i->kvq_truncate = kw__cuda_kvq_truncate;
     i->attention_kvq = kw__cuda_attention_kvq;
+    i->select_scores = kw__cuda_select_scores;
+    i->select_topk = kw__cuda_select_topk;
+    i->wire_sizes = kw__cuda_wire_sizes;
+    i->wire_encode = kw__cuda_wire_encode;
+    i->wire_status = kw__cuda_wire_status;
+    i->wire_outlier_work = kw__cuda_wire_outlier_work;
+    i->wire_outliers = kw__cuda_wire_outliers;
     i->graph_begin = kw_cuda_graph_begin;
     i->graph_end = kw_cuda_graph_end;
     i->graph_launch = kw_cuda_graph_launch;

@@ -126,3 +126,18 @@ extern "C" int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T
     KW_CUDA_LAUNCHED();
     return 0;
 }
+
+/* kw_backend.h's kw_op_select_scores / kw_op_select_topk (validated) on the backend's stream. */
+int kw__cuda_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0) {
+    KW_CUDA_ENTER(cu, backend);
+    const int64_t D = cache->ne[2];
+    const char *x = (const char *)cache->data + (size_t)pos0 * (size_t)D * kw_dtype_size(cache->dtype);
+    return kw_cuda_select_scores(cu->stream, x, cache->dtype, kw_tensor_nelem(score), (int32_t)cache->ne[0], (int32_t)D,
+                                 D, cache->ne[1] * D, (float *)score->data);
+}
+
+int kw__cuda_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k) {
+    KW_CUDA_ENTER(cu, backend);
+    return kw_cuda_select_topk(cu->stream, (const float *)score->data, kw_tensor_nelem(score), k, (uint32_t *)out->data,
+                               (uint32_t *)count->data);
+}

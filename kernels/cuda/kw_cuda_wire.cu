@@ -17,6 +17,8 @@
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
+#include <float.h>
+
 #include "kernels/cuda/kw_cuda_wire.h"
 #include "kernels/kw_op_math.h"
 #include "wire/kw_wire_quant.h"
@@ -75,6 +77,15 @@ __device__ __forceinline__ size_t kw_wire_src_row(const kw_cuda_wire_src &src, c
     const uint32_t h = (uint32_t)(r / g.T), t = (uint32_t)(r % g.T);
     const size_t row = src.d_rows ? src.d_rows[src.t0 + t] : (size_t)src.t0 + t;
     return row * src.token_stride + (size_t)h * src.head_stride;
+}
+
+/* 1 if element (row r = h * T + t, channel d) of the tensor is an outlier of the section (kw_cuda_wire_src.d_mask). */
+__device__ __forceinline__ int kw_wire_masked(const kw_cuda_wire_src &src, const kw_wire_geom &g, uint64_t r,
+                                              uint32_t d) {
+    if (!src.d_mask) return 0;
+    const uint32_t h = (uint32_t)(r / g.T), t = (uint32_t)(r % g.T);
+    const uint64_t e = src.mask_base + ((uint64_t)h * src.mask_tokens + src.t0 + t) * g.D + d;
+    return (src.d_mask[e >> 3] >> (e & 7)) & 1;
 }
 
 /* (1) absmax per unit; amax[] starts zeroed. */
@@ -160,6 +171,7 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
                 cur = u;
                 a = 0, lo = ~0u, hi = 0, z = ~0ull;
             }
+            if (kw_wire_masked(src, g, r, d0 + j)) continue; /* an outlier: out of the statistics */
             const uint32_t ab = kw_wire_abs_bits(src.d_data, src.dtype, base + j);
             a = ab > a ? ab : a;
             if (!g.asym || ab >= 0x7f800000u) continue; /* a NaN has no order: the unit fails on amax */
@@ -204,8 +216,11 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
         if (g.asym) { /* kw__enc_general_scales: s and z, and with s = 0 the code 0 (z = 0, 1/s = 0 as the CPU) */
             uint32_t sc = 0, zc = 0;
             float s = 0.0f, z = 0.0f;
-            if (kw_wire_asym_choose(kw_wire_signed_extreme(mn[u], fz[u]), kw_wire_signed_extreme(mx[u], fz[u]),
-                                    kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
+            /* a unit whose every value is an outlier has none: minimum and maximum +0, as the CPU starts them */
+            const int empty = mn[u] == ~0u;
+            const float lo = empty ? 0.0f : kw_wire_signed_extreme(mn[u], fz[u]);
+            const float hi = empty ? 0.0f : kw_wire_signed_extreme(mx[u], fz[u]);
+            if (kw_wire_asym_choose(lo, hi, kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
                 atomicMin(err, (unsigned long long)(blk << 1 | 1u));
                 continue;
             }
@@ -262,11 +277,12 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK) kw_k_wire_pack(kw_cuda_wire_src
             uint8_t f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (uint32_t j = 0; j < 8; ++j) {
                 const uint64_t u = kw_wire_unit(g, h, r, d0 + j);
+                const int value = sv[u] != 0.0f && !kw_wire_masked(src, g, r, d0 + j);
                 uint32_t q;
                 if (g.asym)
-                    q = sv[u] != 0.0f ? kw_wire_quantize_asym(x[j], zv[u], iv[u], qmax) : 0u;
-                else /* a zero scale: the code of +0 */
-                    q = (uint32_t)kw_wire_quantize_value(g.codec, sv[u] != 0.0f ? x[j] : 0.0f, iv[u]);
+                    q = value ? kw_wire_quantize_asym(x[j], zv[u], iv[u], qmax) : 0u;
+                else /* a zero scale or an outlier: the code of +0 */
+                    q = (uint32_t)kw_wire_quantize_value(g.codec, value ? x[j] : 0.0f, iv[u]);
                 kw_wire_field_put(g.bits, f, j, q & ((1u << g.bits) - 1u));
             }
             for (uint32_t b = 0; b < g.bits; ++b)
@@ -338,6 +354,129 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
 }
 
 /* ------------------------------------------------------------------------------------------------------------
+ * The outlier selection (wire/kw_wire_outliers.c kw__out_scores, FORMAT.md §5.10): each scale unit's count, centre
+ * and sum of squared deviations in f64, one thread per unit adding its elements in the CPU's (head, token, channel)
+ * order; then one thread per element for its score, with the CPU's expression order; the top-k kernel of
+ * kw_cuda_select.cu (larger score, ties to the lower element number) is the CPU's threshold-and-ties rule.
+ */
+
+/* The first element (h, t, d) of unit u and the unit's extent: heads [h, h + nh), tokens [t, t + nt), channels
+ * [d, d + nd), in the order kw_wire_scale_index numbers units. */
+__device__ __forceinline__ void kw_out_unit_box(const kw_wire_geom &g, uint64_t u, uint32_t *h, uint32_t *nh,
+                                                uint32_t *t, uint32_t *nt, uint32_t *d, uint32_t *nd) {
+    *h = 0, *nh = 1, *t = 0, *nt = 1, *d = 0, *nd = g.D;
+    switch (g.gran) {
+    case KW_WIRE_GRAN_LAYER:
+        *nh = g.H, *nt = g.T;
+        return;
+    case KW_WIRE_GRAN_HEAD:
+        *h = (uint32_t)u, *nt = g.T;
+        return;
+    case KW_WIRE_GRAN_TOKEN:
+        *h = (uint32_t)(u / g.T), *t = (uint32_t)(u % g.T);
+        return;
+    case KW_WIRE_GRAN_GROUP: {
+        const uint32_t groups = g.D >> g.group_log2;
+        const uint64_t row = u / groups;
+        *h = (uint32_t)(row / g.T), *t = (uint32_t)(row % g.T);
+        *d = (uint32_t)(u % groups) << g.group_log2, *nd = 1u << g.group_log2;
+        return;
+    }
+    default: { /* channel: (h, run, d) */
+        const uint32_t L = 1u << g.group_log2, runs = (g.T + L - 1) >> g.group_log2;
+        const uint64_t hr = u / g.D;
+        *d = (uint32_t)(u % g.D), *nd = 1;
+        *h = (uint32_t)(hr / runs), *t = (uint32_t)(hr % runs) << g.group_log2;
+        *nt = g.T - *t < L ? g.T - *t : L;
+        return;
+    }
+    }
+}
+
+/* Per unit: acc[3u] count, acc[3u + 1] sum (zero points: of the values, else 0), acc[3u + 2] squared deviations
+ * from the mean (or from 0). A NaN or Inf sets *bad. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_out_units(kw_cuda_wire_src src, kw_wire_geom g, double *acc, unsigned int *bad) {
+    for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < g.units;
+         u += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t h0, nh, t0, nt, d0, nd;
+        kw_out_unit_box(g, u, &h0, &nh, &t0, &nt, &d0, &nd);
+        double cnt = 0.0, sum = 0.0;
+        for (uint32_t h = h0; h < h0 + nh; ++h)
+            for (uint32_t t = t0; t < t0 + nt; ++t) {
+                const size_t base = kw_wire_src_row(src, g, (uint64_t)h * g.T + t);
+                for (uint32_t d = d0; d < d0 + nd; ++d) {
+                    const float x = kw_wire_load(src.d_data, src.dtype, base + d);
+                    if (!(x - x == 0.0f)) atomicOr(bad, 1u);
+                    cnt += 1.0;
+                    sum += g.asym ? (double)x : 0.0;
+                }
+            }
+        const double c = sum / cnt;
+        double ss = 0.0;
+        for (uint32_t h = h0; h < h0 + nh; ++h)
+            for (uint32_t t = t0; t < t0 + nt; ++t) {
+                const size_t base = kw_wire_src_row(src, g, (uint64_t)h * g.T + t);
+                for (uint32_t d = d0; d < d0 + nd; ++d) {
+                    const double x = kw_wire_load(src.d_data, src.dtype, base + d);
+                    ss += (x - c) * (x - c);
+                }
+            }
+        acc[3 * u] = cnt;
+        acc[3 * u + 1] = sum;
+        acc[3 * u + 2] = ss;
+    }
+}
+
+/* One thread per element: score[(h * T + t) * D + d] (0 for a passthrough tensor, acc unused then). */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_out_scores(kw_cuda_wire_src src, kw_wire_geom g, const double *acc, float *score) {
+    const uint64_t n_el = (uint64_t)g.H * g.T * g.D;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n_el;
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        if (g.ss == 0) {
+            score[i] = 0.0f;
+            continue;
+        }
+        const uint64_t r = i / g.D;
+        const uint32_t d = (uint32_t)(i % g.D), h = (uint32_t)(r / g.T);
+        const double *a = acc + 3 * kw_wire_unit(g, h, r, d);
+        if (!(a[0] > 1.0)) { /* a scale of one value */
+            score[i] = 0.0f;
+            continue;
+        }
+        const double x = kw_wire_load(src.d_data, src.dtype, kw_wire_src_row(src, g, r) + d);
+        const double n = a[0], c = a[1] / a[0], S = a[2];
+        double sc;
+        if (g.asym) {
+            const double dev = x - c;
+            const double off = dev * n / (n - 1.0), rest = S - dev * dev * n / (n - 1.0);
+            const double msd = rest / (n - 1.0), q = off * off / msd;
+            sc = msd > 0.0 ? q : off != 0.0 ? (double)FLT_MAX : 0.0;
+        } else {
+            const double msd = (S - x * x) / (n - 1.0), q = x * x / msd;
+            sc = msd > 0.0 ? q : x != 0.0 ? (double)FLT_MAX : 0.0;
+        }
+        score[i] = sc < (double)FLT_MAX ? (float)sc : FLT_MAX;
+    }
+}
+
+/* From the chosen elements (elems, *count of them, ascending): their bits in the mask (32-bit words, zeroed before;
+ * bit e of byte e / 8, as the little-endian words hold it) and their values as f32. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_out_take(kw_cuda_wire_src k, kw_cuda_wire_src v, kw_wire_geom g, const uint32_t *elems, const uint32_t *count,
+                  unsigned int *mask, float *values) {
+    const uint64_t half = (uint64_t)g.H * g.T * g.D;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < *count; i += gridDim.x * blockDim.x) {
+        const uint32_t e = elems[i];
+        const uint64_t r = e % half;
+        const kw_cuda_wire_src &src = e < half ? k : v;
+        values[i] = kw_wire_load(src.d_data, src.dtype, kw_wire_src_row(src, g, r / g.D) + r % g.D);
+        atomicOr(&mask[e >> 5], 1u << (e & 31));
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
  * Host side
  */
 
@@ -347,12 +486,10 @@ static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t
                  "wire on the GPU: bad shape (H %u, T %u, D %u)", H, T, D);
     const uint32_t bits = kw_wire_codec_bits(spec->codec), sdt = spec->scale_dtype & KW_WIRE_SCALE_DTYPE_MASK;
     const uint32_t asym = (spec->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ? 1u : 0u;
-    /* log8 scales (FORMAT.md §5.4) are the CPU's alone for now: refused rather than written as other bytes */
-    KW_RETURN_IF(sdt == KW_WIRE_SCALE_LOG8, KW_E_UNSUPPORTED,
-                 "wire on the GPU: KVWire v1.1 log8 scales are not implemented on the GPU yet (codec %u); use the CPU "
-                 "encoder",
-                 spec->codec);
     KW_RETURN_IF(bits == 0, KW_E_INVALID_ARG, "wire on the GPU: unknown codec %u", spec->codec);
+    /* log8 scales (FORMAT.md §5.4): the symmetric integer codecs only, as the format says */
+    KW_RETURN_IF(sdt == KW_WIRE_SCALE_LOG8 && (!kw_wire_codec_is_int(spec->codec) || asym), KW_E_INVALID_ARG,
+                 "wire on the GPU: log8 scales are for the integer codecs without zero points (codec %u)", spec->codec);
     if (kw_wire_codec_is_passthrough(spec->codec)) {
         KW_RETURN_IF(spec->granularity != KW_WIRE_GRAN_NONE || spec->scale_dtype != KW_WIRE_SCALE_NONE ||
                          spec->group_log2 != 0,
@@ -421,6 +558,8 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
                  "wire encode on the GPU: null argument");
     KW_RETURN_IF(src->dtype < KW__WDT_BF16 || src->dtype > KW__WDT_F32, KW_E_INVALID_ARG,
                  "wire encode on the GPU: unknown input dtype %u", src->dtype);
+    /* outliers: the CPU encoder's general path for every quantizing tensor of the section */
+    if (src->d_mask && g.ss != 0) g.general = 1;
     const cudaStream_t st = (cudaStream_t)stream;
     const uint64_t slot = kw_wire_round256(g.units * 4);
     uint8_t *w = (uint8_t *)d_work;
@@ -475,6 +614,148 @@ extern "C" int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec 
     const uint64_t chunks = (uint64_t)H * T * (D / 8);
     KW_CUDA_LAUNCH(kw_k_wire_unpack, kw_opm_grid_blocks((int64_t)chunks, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
                    (cudaStream_t)stream, g, d_src, *dst, d_bad);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * kw_backend.h's sharer ops (validated) on the backend's stream
+ */
+
+static kw_cuda_wire_spec kw_cuda_spec_of(const kw_wire_op_spec *s) {
+    const kw_cuda_wire_spec c = {s->codec, s->granularity, s->scale_dtype, s->group_log2};
+    return c;
+}
+
+int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
+                        uint64_t *work_bytes) {
+    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    kw_wire_geom g;
+    KW_FORWARD(kw_wire_geom_make(&s, H, T, D, &g));
+    *tensor_bytes = kw_cuda_wire_tensor_bytes(&s, H, T, D);
+    *work_bytes = kw_cuda_wire_work_bytes(&s, H, T, D);
+    return 0;
+}
+
+/* The source of one tensor of the cache (H, cap, D): rows through the cache positions of rows, from token t0. */
+static kw_cuda_wire_src kw_cuda_cache_src(const kw_tensor *cache, const kw_tensor *rows, uint32_t t0) {
+    kw_cuda_wire_src src;
+    const size_t D = (size_t)cache->ne[2];
+    src.d_data = cache->data;
+    src.dtype = cache->dtype == KW_DTYPE_BF16 ? KW__WDT_BF16 : KW__WDT_F32;
+    src.head_stride = (size_t)cache->ne[1] * D;
+    src.token_stride = D;
+    src.d_rows = (const uint32_t *)rows->data; /* cache positions: >= 0 */
+    src.t0 = t0;
+    src.d_mask = nullptr;
+    src.mask_base = 0;
+    src.mask_tokens = 0;
+    return src;
+}
+
+int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+                         const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                         kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, t0);
+    if (mask) {
+        src.d_mask = (const uint8_t *)mask->data;
+        src.mask_base = mask_base;
+        src.mask_tokens = t0 + T;
+    }
+    return kw_cuda_wire_encode_tensor(cu->stream, &s, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2],
+                                      (uint8_t *)dst->data + offset, work->data,
+                                      (unsigned long long *)err->data + err_index);
+}
+
+int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,
+                               uint64_t *work_bytes) {
+    const kw_cuda_wire_spec k = kw_cuda_spec_of(sk), v = kw_cuda_spec_of(sv);
+    kw_wire_geom g;
+    KW_FORWARD(kw_wire_geom_make(&k, H, T, D, &g));
+    KW_FORWARD(kw_wire_geom_make(&v, H, T, D, &g));
+    KW_RETURN_IF(2ull * H * T * D > (uint64_t)KW_CUDA_SELECT_MAX_TOKENS, KW_E_LIMIT,
+                 "outliers on the GPU: %llu elements (element numbers are 32-bit here)",
+                 (unsigned long long)(2ull * H * T * D));
+    *work_bytes = kw_cuda_wire_outlier_work_bytes(&k, &v, H, T, D);
+    return 0;
+}
+
+int kw__cuda_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
+                           const kw_tensor *cache_k, const kw_tensor *cache_v, const kw_tensor *rows, uint32_t T,
+                           uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
+                           kw_tensor *mask, kw_tensor *bad) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_spec k = kw_cuda_spec_of(sk), v = kw_cuda_spec_of(sv);
+    const kw_cuda_wire_src srck = kw_cuda_cache_src(cache_k, rows, 0), srcv = kw_cuda_cache_src(cache_v, rows, 0);
+    const uint32_t H = (uint32_t)cache_k->ne[0], D = (uint32_t)cache_k->ne[2];
+    KW_FORWARD(kw_cuda_wire_outlier_select(cu->stream, &k, &v, &srck, &srcv, H, T, D, count, work->data,
+                                           (uint32_t *)elems->data, (uint32_t *)n->data, (unsigned int *)bad->data));
+    return kw_cuda_wire_outlier_take(cu->stream, &srck, &srcv, H, T, D, (const uint32_t *)elems->data, count,
+                                     (const uint32_t *)n->data, (unsigned int *)mask->data, (float *)values->data);
+}
+
+int kw__cuda_wire_status(unsigned long long err) {
+    return kw_cuda_wire_encode_status(err);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The outlier selection, host side
+ */
+
+extern "C" uint64_t kw_cuda_wire_outlier_work_bytes(const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v,
+                                                    uint32_t H, uint32_t T, uint32_t D) {
+    kw_wire_geom gk, gv;
+    if (kw_wire_geom_make(spec_k, H, T, D, &gk) < 0 || kw_wire_geom_make(spec_v, H, T, D, &gv) < 0) return 0;
+    const uint64_t units = gk.units > gv.units ? gk.units : gv.units;
+    return kw_wire_round256(2ull * H * T * D * 4) + kw_wire_round256(units * 24) + 256;
+}
+
+extern "C" int kw_cuda_wire_outlier_select(void *stream, const kw_cuda_wire_spec *spec_k,
+                                           const kw_cuda_wire_spec *spec_v, const kw_cuda_wire_src *src_k,
+                                           const kw_cuda_wire_src *src_v, uint32_t H, uint32_t T, uint32_t D,
+                                           uint32_t count, void *d_work, uint32_t *d_out, uint32_t *d_count,
+                                           unsigned int *d_bad) {
+    kw_wire_geom g[2];
+    KW_FORWARD(kw_wire_geom_make(spec_k, H, T, D, &g[0]));
+    KW_FORWARD(kw_wire_geom_make(spec_v, H, T, D, &g[1]));
+    KW_RETURN_IF(!src_k || !src_v || !src_k->d_data || !src_v->d_data || !d_work || !d_out || !d_count || !d_bad,
+                 KW_E_INVALID_ARG, "outlier selection on the GPU: null argument");
+    const uint64_t half = (uint64_t)H * T * D, elems = 2 * half;
+    KW_RETURN_IF(elems > (uint64_t)KW_CUDA_SELECT_MAX_TOKENS, KW_E_LIMIT,
+                 "outlier selection on the GPU: %llu elements (element numbers are 32-bit here)",
+                 (unsigned long long)elems);
+    const cudaStream_t st = (cudaStream_t)stream;
+    float *score = (float *)d_work;
+    double *acc = (double *)((uint8_t *)d_work + kw_wire_round256(elems * 4));
+    KW_CUDA_TRY(cudaMemsetAsync(d_bad, 0, sizeof *d_bad, st));
+    const kw_cuda_wire_src *srcs[2] = {src_k, src_v};
+    for (int kv = 0; kv < 2; ++kv) {
+        if (g[kv].ss != 0) {
+            KW_CUDA_LAUNCH(kw_k_out_units, kw_opm_grid_blocks((int64_t)g[kv].units, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
+                           st, *srcs[kv], g[kv], acc, d_bad);
+            KW_CUDA_LAUNCHED();
+        }
+        KW_CUDA_LAUNCH(kw_k_out_scores, kw_opm_grid_blocks((int64_t)half, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st,
+                       *srcs[kv], g[kv], (const double *)acc, score + kv * half);
+        KW_CUDA_LAUNCHED();
+    }
+    return kw_cuda_select_topk(stream, score, (int64_t)elems, count, d_out, d_count);
+}
+
+extern "C" int kw_cuda_wire_outlier_take(void *stream, const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v,
+                                         uint32_t H, uint32_t T, uint32_t D, const uint32_t *d_elems, uint32_t max_n,
+                                         const uint32_t *d_count, unsigned int *d_mask, float *d_values) {
+    KW_RETURN_IF(!src_k || !src_v || !d_elems || !d_count || !d_mask || !d_values || H < 1 || T < 1 || D < 1,
+                 KW_E_INVALID_ARG, "outlier values on the GPU: bad arguments");
+    kw_wire_geom g = {};
+    g.H = H, g.T = T, g.D = D;
+    const cudaStream_t st = (cudaStream_t)stream;
+    KW_CUDA_TRY(cudaMemsetAsync(d_mask, 0, (2ull * H * T * D + 31) / 32 * 4, st));
+    if (max_n == 0) return 0;
+    KW_CUDA_LAUNCH(kw_k_out_take, kw_opm_grid_blocks((int64_t)max_n, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st, *src_k,
+                   *src_v, g, d_elems, d_count, d_mask, d_values);
     KW_CUDA_LAUNCHED();
     return 0;
 }

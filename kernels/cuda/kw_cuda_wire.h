@@ -22,13 +22,16 @@
 #include "kernels/kw_backend.h"
 
 #ifdef KW_CUDA_EMU
-#define kw_cuda_select_scores      kw_cuda_emu_select_scores
-#define kw_cuda_select_topk        kw_cuda_emu_select_topk
-#define kw_cuda_wire_encode_tensor kw_cuda_emu_wire_encode_tensor
-#define kw_cuda_wire_decode_tensor kw_cuda_emu_wire_decode_tensor
-#define kw_cuda_wire_work_bytes    kw_cuda_emu_wire_work_bytes
-#define kw_cuda_wire_tensor_bytes  kw_cuda_emu_wire_tensor_bytes
-#define kw_cuda_wire_encode_status kw_cuda_emu_wire_encode_status
+#define kw_cuda_select_scores           kw_cuda_emu_select_scores
+#define kw_cuda_select_topk             kw_cuda_emu_select_topk
+#define kw_cuda_wire_encode_tensor      kw_cuda_emu_wire_encode_tensor
+#define kw_cuda_wire_decode_tensor      kw_cuda_emu_wire_decode_tensor
+#define kw_cuda_wire_work_bytes         kw_cuda_emu_wire_work_bytes
+#define kw_cuda_wire_tensor_bytes       kw_cuda_emu_wire_tensor_bytes
+#define kw_cuda_wire_encode_status      kw_cuda_emu_wire_encode_status
+#define kw_cuda_wire_outlier_select     kw_cuda_emu_wire_outlier_select
+#define kw_cuda_wire_outlier_work_bytes kw_cuda_emu_wire_outlier_work_bytes
+#define kw_cuda_wire_outlier_take       kw_cuda_emu_wire_outlier_take
 #endif
 
 #ifdef __cplusplus
@@ -57,9 +60,9 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
 /* The codec of the tensor: the four bytes of kw_wire_codec_spec (enum kw_wire_codec, kw_wire_gran, the scale dtype
  * byte, log2 of the channel group or, for the channel granularity, of the run length L). Passthrough codecs (bf16,
  * f16) take granularity and scale dtype 0. Every KVWire v1.1 codec feature runs here: int3 and int2, zero points
- * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens
- * and int3 in groups of 4. The outlier side table (§5.10) is not a per-tensor feature and has no device path: a
- * section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
+ * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens,
+ * int3 in groups of 4 and log8 scales. The outlier side table (§5.10) is not a per-tensor feature and has no device
+ * path: a section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;
@@ -74,6 +77,14 @@ typedef struct kw_cuda_wire_src {
     size_t token_stride;    /* elements between rows */
     const uint32_t *d_rows; /* borrowed, device, optional: the gather of kw_wire_tensor_in.rows */
     uint32_t t0;            /* the group's first token in the section */
+    /* optional (d_mask NULL: none): the section's outliers (FORMAT.md §5.10), bit e of d_mask[e / 8] for element
+     * e = mask_base + (h * mask_tokens + t0 + t) * D + d (mask_base 0 for K, H * mask_tokens * D for V; mask_tokens
+     * the section's tokens): the mask kw_wire_outlier_select or kw_cuda_wire_outlier_select chose. As the CPU
+     * encoder's general path, such elements are left out of the scales and take the code of +0 (zero points: code
+     * 0); a quantizing tensor then always takes the general path. Passthrough tensors ignore it. */
+    const uint8_t *d_mask; /* borrowed, device */
+    uint64_t mask_base;
+    uint32_t mask_tokens;
 } kw_cuda_wire_src;
 
 /* The decoder's output: element (h, t, d) goes to d_data[(t0 + t) * token_stride + h * head_stride + d], dtype
@@ -109,6 +120,32 @@ int kw_cuda_wire_encode_status(unsigned long long err);
  * the caller zeroes it first. */
 int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, const uint8_t *d_src, uint32_t H,
                                uint32_t T, uint32_t D, const kw_cuda_wire_dst *dst, unsigned int *d_bad);
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* The outlier side table's choice (FORMAT.md §5.10) */
+
+/* Bytes of device scratch kw_cuda_wire_outlier_select needs (0 for an invalid spec). */
+uint64_t kw_cuda_wire_outlier_work_bytes(const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v, uint32_t H,
+                                         uint32_t T, uint32_t D);
+
+/* The elements a section of one token group (T tokens, K and V read through src_k and src_v with t0 0, codecs
+ * spec_k and spec_v) sends in its outlier table: kw_wire_outlier_select's choice, bit for bit (each element's score
+ * against its scale's other values, then the min(count, 2*H*T*D) largest, ties to the lower element number e =
+ * kv*H*T*D + (h*T + t)*D + d), written ascending to d_out (room for count) and their number to *d_count. *d_bad is
+ * set non-zero if K or V holds a NaN or Inf (the CPU's KW_E_WIRE_NONFINITE; the choice is then meaningless). d_work:
+ * kw_cuda_wire_outlier_work_bytes of scratch, 256-byte aligned. KW_E_LIMIT past 2^32 - 1 elements. The table's
+ * bytes are the host's (kw_wire_encoder_begin_section_outliers, from kw_cuda_wire_outlier_take's values). */
+int kw_cuda_wire_outlier_select(void *stream, const kw_cuda_wire_spec *spec_k, const kw_cuda_wire_spec *spec_v,
+                                const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v, uint32_t H, uint32_t T,
+                                uint32_t D, uint32_t count, void *d_work, uint32_t *d_out, uint32_t *d_count,
+                                unsigned int *d_bad);
+
+/* From that choice (d_elems ascending, *d_count of them, at most max_n): the section's mask for kw_cuda_wire_src.d_mask
+ * (ceil(2*H*T*D / 32) words, bit e of byte e / 8; overwritten) and the chosen elements' values as f32 (d_values, the
+ * table's values before its dtype), for kw_wire_encoder_begin_section_outliers. */
+int kw_cuda_wire_outlier_take(void *stream, const kw_cuda_wire_src *src_k, const kw_cuda_wire_src *src_v, uint32_t H,
+                              uint32_t T, uint32_t D, const uint32_t *d_elems, uint32_t max_n, const uint32_t *d_count,
+                              unsigned int *d_mask, float *d_values);
 
 #ifdef __cplusplus
 }

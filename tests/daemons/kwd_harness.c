@@ -80,10 +80,14 @@ void kwd_start(const char *program, const char *const *args, kwd_proc *out) {
     memset(out, 0, sizeof *out);
     char ready[512], path[512], ready_arg[600];
     const int k = ++counter;
-    snprintf(ready, sizeof ready, "%s/%s-%d.ready", kwd_scratch_dir(), program, k);
-    snprintf(out->log, sizeof out->log, "%s/%s-%d.log", kwd_scratch_dir(), program, k);
-    snprintf(path, sizeof path, KW_BINARY_DIR "/%s/%s", strcmp(program, "sharerd") == 0 ? "sharer" : "receiver",
-             program);
+    const char *name = strrchr(program, '/') ? strrchr(program, '/') + 1 : program;
+    snprintf(ready, sizeof ready, "%s/%s-%d.ready", kwd_scratch_dir(), name, k);
+    snprintf(out->log, sizeof out->log, "%s/%s-%d.log", kwd_scratch_dir(), name, k);
+    if (strchr(program, '/')) /* a test's own program: its path in the build tree */
+        snprintf(path, sizeof path, KW_BINARY_DIR "/%s", program);
+    else
+        snprintf(path, sizeof path, KW_BINARY_DIR "/%s/%s", strcmp(program, "sharerd") == 0 ? "sharer" : "receiver",
+                 program);
     snprintf(ready_arg, sizeof ready_arg, "--runtime.ready_file=%s", ready);
     unlink(ready);
     const char *argv[64];

@@ -7,7 +7,7 @@
  *    dtype, in single- and two-group sections with strided views and a row gather, the device bytes of each tensor
  *    equal the scales and codes of the CPU encoder's section (read back through kw_wire_reader), and the device's
  *    status equals the CPU's for inputs the codec cannot take (NaN, Inf, values beyond a passthrough dtype or a scale
- *    dtype);
+ *    dtype); log8 scales (KVWire v1.1) likewise, for every symmetric integer codec and granularity;
  *  - whole blobs: a multi-section blob (two-group sections, a gather, zstd) whose tensors were encoded on the device
  *    and copied into a pinned host buffer (kw_wire_encoder_begin_section / finish_section) equals the CPU's;
  *  - decoding: the device's f32 and bf16 outputs equal kw_wire_section_dequantize's, for those sections and for
@@ -165,6 +165,8 @@ struct wire_case {
     int poison;  /* 0 none, 1 a NaN, 2 an Inf, 3 a huge value, 4 a tiny one, 5 a range no scale holds in the
                     first unit and a NaN in a later unit of the same row */
     int columns; /* 1: channel 3 a zero of one sign in every row, channel 5 one constant (channel scales' units) */
+    uint32_t outliers = 0; /* > 0: the section sends that many outliers (FORMAT.md §5.10; the device encodes with the
+                          CPU's choice and the tensors are compared, not the decode, which applies the table) */
 };
 
 /* The input of one tensor in the case's layout, as f32 values, plus its dtype bytes. */
@@ -173,6 +175,22 @@ struct tensor_src {
     std::vector<uint8_t> bytes; /* the same in src_dtype */
     size_t head_stride, token_stride;
 };
+
+/* t's bytes from its values in dtype, and its values rounded to that dtype (exact already, unless changed since). */
+static void set_bytes(uint32_t dtype, tensor_src *t) {
+    const size_t es = dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    t->bytes.assign(t->values.size() * es, 0);
+    for (size_t i = 0; i < t->values.size(); ++i) {
+        if (es == 4) {
+            memcpy(&t->bytes[4 * i], &t->values[i], 4);
+        } else {
+            const uint16_t h16 =
+                dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(t->values[i]) : kw_f32_to_f16(t->values[i]);
+            memcpy(&t->bytes[2 * i], &h16, 2);
+            t->values[i] = dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(h16) : kw_f16_to_f32(h16);
+        }
+    }
+}
 
 static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out) {
     out->head_stride = c.head_major ? (size_t)rows * D : D;
@@ -217,17 +235,7 @@ static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out)
         for (float &w : out->values) /* everything tiny so that a scale dtype's lower limit matters */
             if (c.poison == 4) w = w * 0x1p-100f;
     }
-    const size_t es = c.src_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
-    out->bytes.assign(out->values.size() * es, 0);
-    for (size_t i = 0; i < out->values.size(); ++i) {
-        if (es == 4) {
-            memcpy(&out->bytes[4 * i], &out->values[i], 4);
-        } else {
-            const uint16_t h16 =
-                c.src_dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(out->values[i]) : kw_f32_to_f16(out->values[i]);
-            memcpy(&out->bytes[2 * i], &h16, 2);
-        }
-    }
+    set_bytes(c.src_dtype, out);
 }
 
 static kw_cuda_wire_spec dev_spec(const kw_wire_codec_spec &s) {
@@ -264,8 +272,10 @@ static void case_section_make(const wire_case &c, uint32_t layer, const tensor_s
  * host_dst as the section lays them out (host_dst may be pinned memory); stops at the first failure and returns its
  * status. */
 static int device_encode_section(const wire_case &c, const case_section &cs, const tensor_src &ks, const tensor_src &vs,
-                                 const std::vector<uint32_t> &gather, uint8_t *host_dst) {
+                                 const std::vector<uint32_t> &gather, const std::vector<uint8_t> &mask,
+                                 uint8_t *host_dst) {
     dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint8_t> dmask(mask.data(), mask.size());
     dev_buf<uint32_t> drows(gather.data(), gather.size());
     dev_buf<unsigned long long> err(1);
     size_t at = 0;
@@ -279,8 +289,15 @@ static int device_encode_section(const wire_case &c, const case_section &cs, con
             const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, tg, D);
             assert_true(bytes > 0);
             dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, tg, D));
-            const kw_cuda_wire_src src = {
-                data[kv]->p, c.src_dtype, hs[kv]->head_stride, hs[kv]->token_stride, c.gather ? drows.p : nullptr, t0};
+            const kw_cuda_wire_src src = {data[kv]->p,
+                                          c.src_dtype,
+                                          hs[kv]->head_stride,
+                                          hs[kv]->token_stride,
+                                          c.gather ? drows.p : nullptr,
+                                          t0,
+                                          mask.empty() ? nullptr : dmask.p,
+                                          kv ? (uint64_t)H * c.T * D : 0u,
+                                          c.T};
             assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, tg, D, dst.p, work.p, err.p), 0);
             CK(cudaMemcpyAsync(host_dst + at, dst.p, bytes, cudaMemcpyDeviceToHost, nullptr));
             CK(cudaStreamSynchronize(nullptr));
@@ -352,6 +369,52 @@ static void compare_decode(const std::vector<uint8_t> &blob, const char *what) {
 }
 
 /* Returns the encode status (equal on both sides). */
+/* A one-group section with outliers made as sharerd makes it on a device: the choice on the device
+ * (kw_cuda_wire_outlier_select, which must be the CPU's mask), its values (kw_cuda_wire_outlier_take), the table
+ * written by kw_wire_encoder_begin_section_outliers around the device's tensors (dev_bytes): the CPU's section. */
+static void check_outlier_section(const wire_case &c, const kw_wire_header &hdr, const case_section &cs,
+                                  const tensor_src &ks, const tensor_src &vs, const std::vector<uint32_t> &gather,
+                                  const std::vector<uint8_t> &mask, const std::vector<uint8_t> &dev_bytes,
+                                  const uint8_t *cpu_section, size_t cpu_len) {
+    const kw_cuda_wire_spec sk = dev_spec(c.a), sv = dev_spec(c.b);
+    const uint64_t elems = 2ull * H * c.T * D;
+    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint32_t> drows(gather.data(), gather.size()), chosen(c.outliers), n_dev(1);
+    dev_buf<uint8_t> work(kw_cuda_wire_outlier_work_bytes(&sk, &sv, H, c.T, D));
+    dev_buf<unsigned int> bad(1), dmask((elems + 31) / 32);
+    dev_buf<float> values(c.outliers);
+    const kw_cuda_wire_src srck = {
+        dks.p, c.src_dtype, ks.head_stride, ks.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    const kw_cuda_wire_src srcv = {
+        dvs.p, c.src_dtype, vs.head_stride, vs.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    assert_int_equal(kw_cuda_wire_outlier_select(nullptr, &sk, &sv, &srck, &srcv, H, c.T, D, c.outliers, work.p,
+                                                 chosen.p, n_dev.p, bad.p),
+                     0);
+    assert_int_equal(
+        kw_cuda_wire_outlier_take(nullptr, &srck, &srcv, H, c.T, D, chosen.p, c.outliers, n_dev.p, dmask.p, values.p),
+        0);
+    CK(cudaDeviceSynchronize());
+    const uint32_t n = n_dev.get()[0];
+    const std::vector<unsigned int> words = dmask.get();
+    assert_memory_equal(words.data(), mask.data(), mask.size()); /* little-endian words: the mask's bytes */
+    std::vector<uint8_t> sec(cpu_len + 64);
+    kw_wire_encoder *enc = nullptr;
+    assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
+    std::vector<uint8_t> head(KW_WIRE_HEADER_BYTES);
+    size_t w = 0, off = 0, len = 0;
+    assert_int_equal(kw_wire_encoder_write_header(enc, head.data(), head.size(), &w), 0);
+    assert_int_equal(kw_wire_encoder_begin_section_outliers(enc, cs.in.layer, c.T, cs.in.positions, &cs.pol,
+                                                            chosen.get().data(), values.get().data(), n, sec.data(),
+                                                            sec.size(), &off),
+                     0);
+    const size_t tensors = kw_cuda_wire_tensor_bytes(&sk, H, c.T, D) + kw_cuda_wire_tensor_bytes(&sv, H, c.T, D);
+    memcpy(&sec[off], dev_bytes.data(), tensors);
+    assert_int_equal(kw_wire_encoder_finish_section(enc, &len), 0);
+    kw_wire_encoder_destroy(enc);
+    assert_int_equal(len, cpu_len);
+    assert_memory_equal(sec.data(), cpu_section, cpu_len);
+}
+
 static int check_case(const wire_case &c, uint64_t seed) {
     rng r{seed};
     char what[160];
@@ -382,9 +445,19 @@ static int check_case(const wire_case &c, uint64_t seed) {
     hdr.head_dim = D;
     hdr.n_positions = NPOS;
     hdr.src_dtype = (uint8_t)c.src_dtype;
-    hdr.version = kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
+    hdr.version = kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) || c.outliers ? KW_WIRE_VERSION_1_1
+                                                                                             : KW_WIRE_VERSION;
     case_section cs;
     case_section_make(c, 2, ks, vs, gather, positions, &cs);
+    std::vector<uint8_t> mask; /* the CPU encoder's choice of outliers, which the device encode is given */
+    if (c.outliers) {
+        cs.pol.outliers = c.outliers;
+        mask.assign((2ull * H * c.T * D + 7) / 8, 0);
+        uint32_t chosen = 0;
+        const int rc = kw_wire_outlier_select(&hdr, &cs.in, &cs.pol, c.outliers, mask.data(), &chosen);
+        if (rc < 0) return rc;
+        assert_int_equal(chosen, c.outliers < 2 * H * c.T * D ? c.outliers : 2 * H * c.T * D);
+    }
     const uint32_t n_groups = cs.n_groups;
     kw_wire_encoder *enc = nullptr;
     assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
@@ -397,7 +470,7 @@ static int check_case(const wire_case &c, uint64_t seed) {
 
     /* the device's tensor bytes, laid out as in the section */
     std::vector<uint8_t> dev_bytes(sec_cap);
-    const int dev_rc = device_encode_section(c, cs, ks, vs, gather, dev_bytes.data());
+    const int dev_rc = device_encode_section(c, cs, ks, vs, gather, mask, dev_bytes.data());
     if (dev_rc != cpu_rc) fail_msg("%s: encode status %d on the device, %d on the CPU", what, dev_rc, cpu_rc);
     if (cpu_rc < 0) {
         kw_wire_encoder_destroy(enc);
@@ -428,6 +501,10 @@ static int check_case(const wire_case &c, uint64_t seed) {
         }
     }
     kw_wire_reader_close(rd);
+    if (c.outliers) { /* the device decoder does not apply the table (kw_wire_section_dequantize does) */
+        if (!c.split) check_outlier_section(c, hdr, cs, ks, vs, gather, mask, dev_bytes, &blob[w], sec_len);
+        return 0;
+    }
 
     compare_decode(blob, what);
     /* random codes (scales kept): reserved codes and every code value, on both sides */
@@ -498,6 +575,23 @@ static void test_encode_layouts(void **state) {
     }
 }
 
+/* The outcomes of a run of check_case calls on inputs a codec may not take; every one must be reached. */
+struct outcomes {
+    int ok = 0, nonfinite = 0, range = 0;
+    int tally(int rc) {
+        ok += rc == 0;
+        nonfinite += rc == KW_E_WIRE_NONFINITE;
+        range += rc == KW_E_WIRE_RANGE;
+        return rc;
+    }
+    void expect_each(int total) const {
+        assert_true(ok > 0);
+        assert_true(nonfinite > 0);
+        assert_true(range > 0);
+        assert_int_equal(ok + nonfinite + range, total);
+    }
+};
+
 /* Inputs the codecs cannot take: the device reports what the CPU reports. */
 static void test_encode_errors(void **state) {
     (void)state;
@@ -507,21 +601,14 @@ static void test_encode_errors(void **state) {
     const kw_wire_codec_spec e5h = spec_of(KW_WIRE_CODEC_E5M2, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_BF16, 0);
     const kw_wire_codec_spec nfl = spec_of(KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_E8M0, 0);
     uint64_t seed = 5000;
-    int ok = 0, nonfinite = 0, range = 0;
+    outcomes o;
     for (int poison = 1; poison <= 4; ++poison)
         for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt)
             for (const kw_wire_codec_spec &s : {f16, k_bf16, i8f16, i4g, e5h, nfl}) {
                 wire_case c = {s, k_bf16, dt, 6, 0, (int)(seed & 1), 0, poison, 0};
-                const int rc = check_case(c, seed++);
-                ok += rc == 0;
-                nonfinite += rc == KW_E_WIRE_NONFINITE;
-                range += rc == KW_E_WIRE_RANGE;
+                o.tally(check_case(c, seed++));
             }
-    /* the cases above reach every outcome */
-    assert_true(ok > 0);
-    assert_true(nonfinite > 0);
-    assert_true(range > 0);
-    assert_int_equal(ok + nonfinite + range, 4 * 3 * 6);
+    o.expect_each(4 * 3 * 6); /* the cases above reach every outcome */
 }
 
 /* The KVWire v1.1 general path (FORMAT.md §5.8, §5.9): zero points for every integer codec at every granularity and
@@ -576,28 +663,22 @@ static void test_encode_v11_errors(void **state) {
         spec_of(KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 2),
     };
     uint64_t seed = 9000;
-    int ok = 0, nonfinite = 0, range = 0;
+    outcomes o;
     for (int poison = 1; poison <= 5; ++poison)
         for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt)
             for (const kw_wire_codec_spec &s : specs) {
                 wire_case c = {s, k_bf16, dt, 7, 0, (int)(seed & 1), 0, poison, 1};
-                const int rc = check_case(c, seed++);
-                ok += rc == 0;
-                nonfinite += rc == KW_E_WIRE_NONFINITE;
-                range += rc == KW_E_WIRE_RANGE;
+                const int rc = o.tally(check_case(c, seed++));
                 if (poison == 5) assert_int_equal(rc, KW_E_WIRE_NONFINITE); /* the row's NaN before any scale */
             }
-    assert_true(ok > 0);
-    assert_true(nonfinite > 0);
-    assert_true(range > 0);
-    assert_int_equal(ok + nonfinite + range, 5 * 3 * 7);
+    o.expect_each(5 * 3 * 7);
 }
 
 /* Each spec is refused with status before anything runs, and its size is 0. */
 static void expect_refused(const kw_cuda_wire_spec *refused, size_t n, int status) {
     dev_buf<uint8_t> data(2 * 4 * 16 * 2), dst(4096), work(4096);
     dev_buf<unsigned long long> err(1);
-    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0};
+    const kw_cuda_wire_src src = {data.p, KW_WIRE_DTYPE_BF16, 4 * 16, 16, nullptr, 0, nullptr, 0, 0};
     for (size_t i = 0; i < n; ++i) {
         assert_int_equal(kw_cuda_wire_tensor_bytes(&refused[i], 2, 4, 16), 0);
         assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &refused[i], &src, 2, 4, 16, dst.p, work.p, err.p),
@@ -616,20 +697,205 @@ static void test_encode_refuses_bad_specs(void **state) {
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, KW_WIRE_MAX_RUN_LOG2 + 1},     /* run too long */
         {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0},                        /* no such gran */
         {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0}, /* passthrough with a zero point */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8 | KW_WIRE_SCALE_ZERO_POINTS, 0}, /* log8 zero */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},                              /* log8 float */
     };
     expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_INVALID_ARG);
 }
 
-/* log8 scales (FORMAT.md §5.4) are not on the GPU yet: refused with KW_E_UNSUPPORTED before anything runs (never
- * other bytes), and the size function reports 0. */
-static void test_encode_refuses_log8(void **state) {
+/* log8 scales (FORMAT.md §5.4): every symmetric integer codec at every granularity (group sizes and channel runs
+ * rotating; int3 in 4s on the general path), one- and two-group sections, the receiver cache's layout (int8 keys per
+ * channel run, values per group) among them; then the inputs no log8 byte holds (a huge value: above 2^15.875 qmax)
+ * or a NaN, reported as the CPU reports them. log8 with zero points or a float codec is refused as the format
+ * refuses it (test_encode_refuses_bad_specs). */
+static void test_encode_log8(void **state) {
     (void)state;
-    const kw_cuda_wire_spec refused[] = {
-        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, 3},
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_LOG8, 2},
-        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},
-    };
-    expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_UNSUPPORTED);
+    uint64_t seed = 11000;
+    uint32_t dt = 0, n = 0;
+    for (uint32_t codec = KW_WIRE_CODEC_INT8; codec <= KW_WIRE_CODEC_INT2; ++codec) {
+        if (!kw_wire_codec_is_int(codec)) continue;
+        for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran) {
+            const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 5)
+                                   : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 4)
+                                                                : 0u;
+            wire_case c = {};
+            c.a = spec_of(codec, gran, KW_WIRE_SCALE_LOG8, glog2);
+            c.b = (seed % 3) == 0 ? spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_LOG8, 3) : k_bf16;
+            c.src_dtype = 1 + (dt++ % 3);
+            c.T = 5 + (uint32_t)(seed % 9);
+            c.split = (seed % 4) == 1 ? 3 : 0;
+            c.head_major = (int)(seed & 1);
+            c.gather = (int)((seed >> 1) & 1);
+            c.columns = gran == KW_WIRE_GRAN_CHANNEL;
+            assert_int_equal(check_case(c, seed++), 0);
+            ++n;
+        }
+    }
+    assert_int_equal(n, 5 * 5);
+    outcomes o;
+    for (int poison = 1; poison <= 4; ++poison)
+        for (uint32_t dt2 = KW_WIRE_DTYPE_BF16; dt2 <= KW_WIRE_DTYPE_F32; ++dt2)
+            for (uint32_t gran : {(uint32_t)KW_WIRE_GRAN_TOKEN, (uint32_t)KW_WIRE_GRAN_CHANNEL}) {
+                const int channel = gran == KW_WIRE_GRAN_CHANNEL;
+                wire_case c = {spec_of(KW_WIRE_CODEC_INT4, gran, KW_WIRE_SCALE_LOG8, (uint32_t)channel),
+                               k_bf16,
+                               dt2,
+                               7,
+                               0,
+                               (int)(seed & 1),
+                               0,
+                               poison,
+                               channel};
+                o.tally(check_case(c, seed++));
+            }
+    o.expect_each(4 * 3 * 2);
+}
+
+/* Sections with outliers (FORMAT.md §5.10): given the CPU's choice (kw_cuda_wire_src.d_mask), the device's tensors
+ * are the CPU encoder's, whose general path leaves the outliers out of every scale and gives them the code of +0:
+ * every granularity, symmetric and with zero points, integer and float codecs, a passthrough partner, one and two
+ * token groups, gathers, counts from one element to all of them. */
+static void test_encode_outliers(void **state) {
+    (void)state;
+    uint64_t seed = 15000;
+    uint32_t n = 0;
+    const uint32_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_NF4,
+                               KW_WIRE_CODEC_E4M3, KW_WIRE_CODEC_INT3, KW_WIRE_CODEC_INT2};
+    for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran)
+        for (uint32_t codec : codecs)
+            for (uint32_t zp = 0; zp < 2; ++zp) {
+                if (zp && !kw_wire_codec_is_int(codec)) continue;
+                const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 4)
+                                       : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 3)
+                                                                    : 0u;
+                const uint32_t scale =
+                    (seed % 2 ? KW_WIRE_SCALE_F16 : KW_WIRE_SCALE_BF16) | (zp ? KW_WIRE_SCALE_ZERO_POINTS : 0u);
+                wire_case c = {};
+                c.a = spec_of(codec, gran, scale, glog2);
+                c.b = (seed % 3) == 0 ? k_bf16 : spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0);
+                c.src_dtype = 1 + (uint32_t)(seed % 3);
+                c.T = 4 + (uint32_t)(seed % 9);
+                c.split = (seed % 4) == 1 ? 2 : 0;
+                c.head_major = (int)(seed & 1);
+                c.gather = (int)((seed >> 1) & 1);
+                c.columns = (int)((seed >> 2) & 1);
+                const uint32_t all = 2 * H * c.T * D;
+                const uint32_t counts[] = {1u, 3u + (uint32_t)(seed % 40), all / 4, all};
+                c.outliers = counts[seed % 4];
+                assert_int_equal(check_case(c, seed++), 0);
+                ++n;
+            }
+    assert_int_equal(n, 5 * (6 + 4));
+}
+
+/* The outlier table's choice (kw_cuda_wire_outlier_select) against kw_wire_outlier_select, element for element: every
+ * granularity, with and without zero points, a passthrough partner, each input dtype, layouts and gathers, counts
+ * from one element to all of them; the inputs' spikes, zero and constant rows give large, tied and zero scores. A NaN
+ * is reported as the CPU reports it. */
+static void check_outliers(const wire_case &c, uint32_t count, uint64_t seed) {
+    rng r{seed};
+    const uint32_t rows = c.gather ? c.T + 7 : c.T;
+    tensor_src ks, vs;
+    make_src(r, c, rows, &ks);
+    wire_case clean = c;
+    clean.poison = 0;
+    make_src(r, clean, rows, &vs);
+    for (int i = 0; i < 3 && !c.poison; ++i) /* spikes: far outside their scale's spread */
+        ks.values[r.below((uint32_t)ks.values.size())] *= 300.0f,
+            vs.values[r.below((uint32_t)vs.values.size())] *= -80.0f;
+    set_bytes(c.src_dtype, &ks); /* the spiked values' bytes */
+    set_bytes(c.src_dtype, &vs);
+    std::vector<uint32_t> gather(c.T);
+    for (uint32_t t = 0; t < c.T; ++t)
+        gather[t] = c.gather ? r.below(rows) : t;
+    /* the CPU's choice */
+    kw_wire_header hdr = {};
+    hdr.n_layers = 1;
+    hdr.n_sections = 1;
+    hdr.n_kv_heads = H;
+    hdr.head_dim = D;
+    hdr.n_positions = NPOS;
+    hdr.src_dtype = c.src_dtype;
+    hdr.version = KW_WIRE_VERSION_1_1;
+    kw_wire_layer_in in = {};
+    in.n_tokens = c.T;
+    in.k = {ks.bytes.data(), ks.head_stride, ks.token_stride, c.gather ? gather.data() : nullptr};
+    in.v = {vs.bytes.data(), vs.head_stride, vs.token_stride, c.gather ? gather.data() : nullptr};
+    kw_wire_policy pol = {};
+    pol.k = c.a;
+    pol.v = c.b;
+    const uint64_t elems = 2ull * H * c.T * D;
+    std::vector<uint8_t> mask((elems + 7) / 8);
+    uint32_t n_cpu = 0;
+    const int rc_cpu = kw_wire_outlier_select(&hdr, &in, &pol, count, mask.data(), &n_cpu);
+    /* the device's */
+    const kw_cuda_wire_spec sk = dev_spec(c.a), sv = dev_spec(c.b);
+    dev_buf<uint8_t> dks(ks.bytes.data(), ks.bytes.size()), dvs(vs.bytes.data(), vs.bytes.size());
+    dev_buf<uint32_t> drows(gather.data(), gather.size()), out(count ? count : 1), n_dev(1);
+    dev_buf<uint8_t> work(kw_cuda_wire_outlier_work_bytes(&sk, &sv, H, c.T, D));
+    dev_buf<unsigned int> bad(1);
+    const kw_cuda_wire_src srck = {
+        dks.p, c.src_dtype, ks.head_stride, ks.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    const kw_cuda_wire_src srcv = {
+        dvs.p, c.src_dtype, vs.head_stride, vs.token_stride, c.gather ? drows.p : nullptr, 0, nullptr, 0, 0};
+    assert_true(work.n > 0);
+    assert_int_equal(
+        kw_cuda_wire_outlier_select(nullptr, &sk, &sv, &srck, &srcv, H, c.T, D, count, work.p, out.p, n_dev.p, bad.p),
+        0);
+    CK(cudaDeviceSynchronize());
+    if (rc_cpu < 0) {
+        assert_int_equal(rc_cpu, KW_E_WIRE_NONFINITE);
+        assert_int_not_equal(bad.get()[0], 0);
+        return;
+    }
+    assert_int_equal(bad.get()[0], 0);
+    const std::vector<uint32_t> got = out.get();
+    assert_int_equal(n_dev.get()[0], n_cpu);
+    std::vector<uint8_t> dmask((elems + 7) / 8, 0);
+    for (uint32_t i = 0; i < n_cpu; ++i) {
+        assert_true(got[i] < elems);
+        assert_true(i == 0 || got[i] > got[i - 1]);
+        dmask[got[i] / 8] |= (uint8_t)(1u << (got[i] % 8));
+    }
+    for (size_t i = 0; i < mask.size(); ++i)
+        if (mask[i] != dmask[i])
+            fail_msg("outliers, K %u/%u/%u/%u V %u/%u/%u/%u T %u count %u: mask byte %zu is %02x on the device, %02x "
+                     "on the CPU",
+                     c.a.codec, c.a.granularity, c.a.scale_dtype, c.a.group_log2, c.b.codec, c.b.granularity,
+                     c.b.scale_dtype, c.b.group_log2, c.T, count, i, dmask[i], mask[i]);
+}
+
+static void test_outlier_select(void **state) {
+    (void)state;
+    uint64_t seed = 13000;
+    uint32_t n = 0;
+    for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran)
+        for (uint32_t zp = 0; zp < 2; ++zp)
+            for (uint32_t dt = KW_WIRE_DTYPE_BF16; dt <= KW_WIRE_DTYPE_F32; ++dt) {
+                const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 4)
+                                       : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 3)
+                                                                    : 0u;
+                const uint32_t scale = KW_WIRE_SCALE_F16 | (zp ? KW_WIRE_SCALE_ZERO_POINTS : 0u);
+                wire_case c = {};
+                c.a = spec_of(zp ? KW_WIRE_CODEC_INT4 : KW_WIRE_CODEC_INT8, gran, scale, glog2);
+                c.b = (seed % 3) == 0 ? k_bf16 : spec_of(KW_WIRE_CODEC_INT2, gran, scale, glog2);
+                c.src_dtype = dt;
+                c.T = 3 + (uint32_t)(seed % 11);
+                c.head_major = (int)(seed & 1);
+                c.gather = (int)((seed >> 1) & 1);
+                c.columns = (int)((seed >> 2) & 1);
+                const uint32_t all = 2 * H * c.T * D;
+                for (uint32_t count : {1u, 7u, all / 50 + 1, all / 3, all, all + 5})
+                    check_outliers(c, count, seed++), ++n;
+            }
+    assert_int_equal(n, 5 * 2 * 3 * 6);
+    wire_case nan = {};
+    nan.a = spec_of(KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0);
+    nan.b = nan.a;
+    nan.src_dtype = KW_WIRE_DTYPE_F32;
+    nan.T = 4;
+    nan.poison = 1;
+    check_outliers(nan, 5, seed);
 }
 
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
@@ -686,7 +952,7 @@ static void test_blob_byte_identical(void **state) {
         assert_int_equal(kw_wire_encoder_begin_section(gpu, cs.in.layer, c.T, positions.data(), &cs.pol,
                                                        gpu_blob + gpu_len, cap - gpu_len, &at),
                          0);
-        assert_int_equal(device_encode_section(c, cs, ks, vs, gather, gpu_blob + gpu_len + at), 0);
+        assert_int_equal(device_encode_section(c, cs, ks, vs, gather, {}, gpu_blob + gpu_len + at), 0);
         assert_int_equal(kw_wire_encoder_finish_section(gpu, &w), 0);
         gpu_len += w;
     }
@@ -716,7 +982,9 @@ int main(void) {
         cmocka_unit_test(test_encode_v11),
         cmocka_unit_test(test_encode_v11_errors),
         cmocka_unit_test(test_encode_refuses_bad_specs),
-        cmocka_unit_test(test_encode_refuses_log8),
+        cmocka_unit_test(test_encode_log8),
+        cmocka_unit_test(test_outlier_select),
+        cmocka_unit_test(test_encode_outliers),
         cmocka_unit_test(test_blob_byte_identical),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);

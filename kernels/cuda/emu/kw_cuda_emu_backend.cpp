@@ -9,6 +9,7 @@
  */
 #include "kernels/cuda/emu/kw_cuda_emu.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
