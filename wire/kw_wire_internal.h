@@ -50,6 +50,8 @@ enum {
 #define KW__SEC_FLAG_ZSTD     0x01u
 #define KW__SEC_FLAG_PRE_ROPE 0x02u /* v1.1: K taken before RoPE (FORMAT.md §5.11) */
 #define KW__SEC_FLAG_OUTLIERS 0x04u /* v1.1: an outlier table ends the raw body (FORMAT.md §5.10) */
+#define KW__SEC_FLAG_ROT_K    0x08u /* v1.1: K sent Hadamard-rotated (FORMAT.md §5.12) */
+#define KW__SEC_FLAG_ROT_V    0x10u /* v1.1: V sent Hadamard-rotated (FORMAT.md §5.12) */
 
 /* Trailer field offsets (FORMAT.md §8). */
 enum { KW__TRL_RESERVED = 4, KW__TRL_BLOB_BYTES = 8, KW__TRL_CHECKSUM = 16 };
