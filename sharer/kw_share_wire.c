@@ -270,8 +270,8 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
                      "share wire: override layers must increase (entry %d)", (int)i);
     KW_RETURN_IF(!(opt->outlier_fraction >= 0.0 && opt->outlier_fraction <= 1.0), KW_E_INVALID_ARG,
                  "share wire: outlier fraction %g not in [0, 1]", opt->outlier_fraction);
-    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope) && opt->budget.bytes > 0, KW_E_INVALID_ARG,
-                 "share wire: outliers and pre-RoPE keys are not for a byte cap");
+    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate) && opt->budget.bytes > 0,
+                 KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys and rotation are not for a byte cap");
     *out = NULL;
     kw_share_wire *w = calloc(1, sizeof *w);
     KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
