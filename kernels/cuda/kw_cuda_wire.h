@@ -59,7 +59,9 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
  * f16) take granularity and scale dtype 0. Every KVWire v1.1 codec feature runs here: int3 and int2, zero points
  * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens
  * and int3 in groups of 4. The outlier side table (§5.10) is not a per-tensor feature and has no device path: a
- * section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
+ * section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). Neither has the
+ * Hadamard rotation of K or V (§5.12): begin_section refuses a rotated policy with KW_E_UNSUPPORTED, so such a
+ * section goes through the CPU encoder too. */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;
