@@ -82,6 +82,14 @@ static int kw_kvstats_parse_spec(const char *arg, size_t len, const char *scale,
     return 0;
 }
 
+/* A rotated tensor needs a quantizing codec (FORMAT.md §5.12). */
+static int kw_kvstats_check_rotate(const char *arg, const kw_kvstats_codec *c) {
+    KW_RETURN_IF(((c->rotate & 1) && kw_wire_codec_is_passthrough(c->spec.codec)) ||
+                     ((c->rotate & 2) && kw_wire_codec_is_passthrough(c->spec_v.codec)),
+                 KW_E_INVALID_ARG, "--codec %s: a rotated tensor needs a quantizing codec, not bf16 or f16", arg);
+    return 0;
+}
+
 /* "int4:group32" (K and V), "int2-asym:channel32,int2-asym:token" (K, then V) -> the codec and a printable name;
  * "none" -> the lossless control row. */
 static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats_codec *out) {
@@ -130,9 +138,10 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     if (!comma) {
         out->spec_v = out->spec;
         snprintf(out->name, sizeof out->name, "%s%s", k_name, outl);
-        return 0;
+        return kw_kvstats_check_rotate(arg, out);
     }
     KW_FORWARD(kw_kvstats_parse_spec(comma + 1, len - k_len - 1, scale, &out->spec_v, v_name, sizeof v_name));
+    KW_FORWARD(kw_kvstats_check_rotate(arg, out));
     snprintf(out->name, sizeof out->name, "%s+%s%s", k_name, v_name, outl);
     return 0;
 }
