@@ -259,12 +259,23 @@ static const char *const wg_errors[] = {
 };
 #define WG_N_ERRORS (sizeof wg_errors / sizeof wg_errors[0])
 
+/* The case called name of a catalogue applied to base b into *blob; returns its expected status, 0 if none is. */
+static inline int wg_find_case(const wm_blob *b, const wm_case *cases, size_t n, const char *name, uint8_t **blob,
+                               size_t *size) {
+    for (size_t c = 0; c < n; ++c)
+        if (!strcmp(cases[c].name, name)) {
+            *blob = wm_apply(b, &cases[c], size);
+            return cases[c].expect;
+        }
+    return 0;
+}
+
 /* Builds must-reject blob i; returns its expected status. */
 static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
     wm_blob b;
     wm_base(&b);
     const char *name = wg_errors[i];
-    int expect = 0;
+    int expect;
     if (!strcmp(name, "truncated")) {
         *blob = b.data;
         *size = b.size - 1;
@@ -276,37 +287,14 @@ static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
         *size = b.size + 1;
         return KW_E_WIRE_TRAILING;
     }
-    for (size_t c = 0; c < WM_N_CASES; ++c)
-        if (!strcmp(wm_cases[c].name, name)) {
-            *blob = wm_apply(&b, &wm_cases[c], size);
-            expect = wm_cases[c].expect;
-        }
+    expect = wg_find_case(&b, wm_cases, WM_N_CASES, name, blob, size);
     free(b.data);
-    if (!expect) {
-        wm_base11(&b);
-        for (size_t c = 0; c < WM_N_CASES11; ++c)
-            if (!strcmp(wm_cases11[c].name, name)) {
-                *blob = wm_apply(&b, &wm_cases11[c], size);
-                expect = wm_cases11[c].expect;
-            }
-        free(b.data);
-    }
-    if (!expect) {
-        wm_base11o(&b);
-        for (size_t c = 0; c < WM_N_CASES11O; ++c)
-            if (!strcmp(wm_cases11o[c].name, name)) {
-                *blob = wm_apply(&b, &wm_cases11o[c], size);
-                expect = wm_cases11o[c].expect;
-            }
-        free(b.data);
-    }
-    if (!expect) {
-        wm_base11r(&b);
-        for (size_t c = 0; c < WM_N_CASES11R; ++c)
-            if (!strcmp(wm_cases11r[c].name, name)) {
-                *blob = wm_apply(&b, &wm_cases11r[c], size);
-                expect = wm_cases11r[c].expect;
-            }
+    void (*const bases[3])(wm_blob *) = {wm_base11, wm_base11o, wm_base11r};
+    const wm_case *const catalogues[3] = {wm_cases11, wm_cases11o, wm_cases11r};
+    const size_t n_cases[3] = {WM_N_CASES11, WM_N_CASES11O, WM_N_CASES11R};
+    for (int k = 0; k < 3 && !expect; ++k) {
+        bases[k](&b);
+        expect = wg_find_case(&b, catalogues[k], n_cases[k], name, blob, size);
         free(b.data);
     }
     if (!expect) abort();

@@ -205,27 +205,42 @@ static inline void wm_base11(wm_blob *b) {
  * 6 outliers in bf16, the planted spikes (elements 5, 57, 170, 340, 520, 639). Body: range (4) | K scales (40) | K
  * codes (160) | V scales (80) | V codes (320) | outlier table at 604: n, dtype, reserved (8) | 6 varints | 6 values. */
 #define WM11O_TABLE 604
-static inline void wm_base11o(wm_blob *b) {
+
+/* The K and V of the one-section v1.1 bases (10 tokens): bell-shaped bf16 values with, for wm_base11o, three planted
+ * spikes per tensor and, for wm_base11r (channel 1), one channel 12x larger (what the rotation spreads out). *in
+ * takes layer, positions pos0.. (pos: 10 entries) and the tensors kv[0..2) (allocated; freed by wm_one_section). */
+static inline void wm_one_layer10(uint64_t seed, int channel, uint32_t layer, uint32_t pos0, uint32_t *pos,
+                                  uint16_t *kv[2], kw_wire_layer_in *in) {
     enum { T = 10 };
-    wt_rng r = {0x0071};
-    uint32_t pos[T];
+    wt_rng r = {seed};
     for (uint32_t t = 0; t < T; ++t)
-        pos[t] = 40 + t;
+        pos[t] = pos0 + t;
     const size_t n = (size_t)WM_H * T * WM_D;
-    uint16_t *kv[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
+    kv[0] = wt_xmalloc(n * 2), kv[1] = wt_xmalloc(n * 2);
     float *tmp = wt_xmalloc(n * 4);
     static const size_t spikes[2][3] = {{5, 3 * WM_D + 9, 170}, {20, 200, 319}};
     for (int k = 0; k < 2; ++k) {
         wm_fill(&r, tmp, n, 0);
-        for (int i = 0; i < 3; ++i)
-            tmp[spikes[k][i]] = (float)(i + 1) * (k ? -24.0f : 32.0f);
+        if (channel)
+            for (size_t t = 0; t < (size_t)WM_H * T; ++t)
+                tmp[t * WM_D + 3 + 5 * k] *= 12.0f;
+        else
+            for (int i = 0; i < 3; ++i)
+                tmp[spikes[k][i]] = (float)(i + 1) * (k ? -24.0f : 32.0f);
         for (size_t i = 0; i < n; ++i)
             kv[k][i] = kw_f32_to_bf16(tmp[i]);
     }
     free(tmp);
-    kw_wire_layer_in in = {.layer = 2, .n_tokens = T, .positions = pos};
-    in.k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
-    in.v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+    *in = (kw_wire_layer_in){.layer = layer, .n_tokens = T, .positions = pos};
+    in->k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
+    in->v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+}
+
+static inline void wm_base11o(wm_blob *b) {
+    uint32_t pos[10];
+    uint16_t *kv[2];
+    kw_wire_layer_in in;
+    wm_one_layer10(0x0071, 0, 2, 40, pos, kv, &in);
     const kw_wire_policy pol = {.k = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
                                 .v = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_BF16, 3},
                                 .outliers = 6,
@@ -243,25 +258,10 @@ static inline void wm_base11o(wm_blob *b) {
  * (positions 20..29, range index), K int4/token/f16 and V int8/group8/bf16, flags 0x1a. Body: range (4) | K scales (40)
  * | K codes (160) | V scales (80) | V codes (320). */
 static inline void wm_base11r(wm_blob *b) {
-    enum { T = 10 };
-    wt_rng r = {0x0172};
-    uint32_t pos[T];
-    for (uint32_t t = 0; t < T; ++t)
-        pos[t] = 20 + t;
-    const size_t n = (size_t)WM_H * T * WM_D;
-    uint16_t *kv[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
-    float *tmp = wt_xmalloc(n * 4);
-    for (int k = 0; k < 2; ++k) {
-        wm_fill(&r, tmp, n, 0);
-        for (size_t t = 0; t < (size_t)WM_H * T; ++t) /* an outlier channel, what the rotation spreads out */
-            tmp[t * WM_D + 3 + 5 * k] *= 12.0f;
-        for (size_t i = 0; i < n; ++i)
-            kv[k][i] = kw_f32_to_bf16(tmp[i]);
-    }
-    free(tmp);
-    kw_wire_layer_in in = {.layer = 4, .n_tokens = T, .positions = pos};
-    in.k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
-    in.v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+    uint32_t pos[10];
+    uint16_t *kv[2];
+    kw_wire_layer_in in;
+    wm_one_layer10(0x0172, 1, 4, 20, pos, kv, &in);
     const kw_wire_policy pol = {.k = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
                                 .v = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_BF16, 3},
                                 .pre_rope = 1,
