@@ -155,7 +155,7 @@ typedef struct kw_wire_policy {
  * rotates n_rows rows of head_dim f32 values (row r at x + r * row_stride) in place: forward (inverse 0) as an encoder
  * does before quantizing, y = 2^-floor(m/2) H diag(s) x; inverse (1) as a decoder does after, x = 2^-ceil(m/2)
  * diag(s) H y. Exact IEEE f32 in a fixed order: the same bits on every build.
- * @return 0 or KW_E_INVALID_ARG (head_dim not a power of two in 2..4096, or row_stride < head_dim). */
+ * @return 0 or KW_E_INVALID_ARG (head_dim not a power of two in 2..4096, or row_stride < head_dim for n_rows > 1). */
 int kw_wire_rotate_log2(uint32_t head_dim);
 int kw_wire_rotate_sign(uint32_t i);
 int kw_wire_rotate_rows(float *x, size_t n_rows, size_t row_stride, uint32_t head_dim, int inverse);

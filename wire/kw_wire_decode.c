@@ -946,13 +946,15 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
     }
     KW_CHECK(rc);
     KW_CHECK(kw__wire_outlier_table_apply(sec, use[0], use[1]));
+    float sx[KW_WIRE_MAX_HEAD_DIM];
+    if (sec->rotated) kw__wire_rotate_factors(D, 1, sx);
     for (int kv = 0; kv < 2; ++kv) {
         if (!use[kv] || !(sec->rotated & (1u << kv))) continue;
         float *base = use[kv]->data;
         for (uint32_t t = 0; t < T; ++t)
             for (uint32_t h = 0; h < H; ++h) {
                 float *row = base + (size_t)t * use[kv]->token_stride + (size_t)h * use[kv]->head_stride;
-                KW_CHECK(kw_wire_rotate_rows(row, 1, D, D, 1));
+                kw__wire_rotate_row(row, D, sx, 1);
                 if (!scratch[kv]) continue;
                 uint16_t *o =
                     (uint16_t *)outs[kv]->data + (size_t)t * outs[kv]->token_stride + (size_t)h * outs[kv]->head_stride;

@@ -880,7 +880,8 @@ static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_
         e->rotated = p;
         e->rotated_cap = need;
     }
-    float row[KW_WIRE_MAX_HEAD_DIM];
+    float row[KW_WIRE_MAX_HEAD_DIM], sx[KW_WIRE_MAX_HEAD_DIM];
+    kw__wire_rotate_factors(D, 0, sx);
     const kw_wire_tensor_in *src[2] = {&in->k, &in->v};
     kw_wire_tensor_in *dstv[2] = {&rin->k, &rin->v};
     for (int kv = 0; kv < 2; ++kv) {
@@ -889,7 +890,7 @@ static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_
         for (uint32_t t = 0; t < T; ++t)
             for (uint32_t h = 0; h < H; ++h) {
                 kw__wire_load_f32(kw__enc_row(src[kv], es, h, t), dt, D, row);
-                KW_FORWARD(kw_wire_rotate_rows(row, 1, D, D, 0));
+                kw__wire_rotate_row(row, D, sx, 0);
                 uint8_t *o = out + ((size_t)t * H + h) * D * es;
                 for (uint32_t d = 0; d < D; ++d) {
                     if (dt == KW_WIRE_DTYPE_F32)

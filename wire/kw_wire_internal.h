@@ -306,4 +306,9 @@ int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t el
 /* Writes a verified section's outlier values over the decoded K (k) and V (v) views; either may be NULL. */
 int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 
+/* The Hadamard rotation's per-channel factors s_i * 2^-floor(m/2) (forward) or s_i * 2^-ceil(m/2) (inverse) into
+ * sx[0..head_dim), and one row rotated with them (FORMAT.md §5.12; head_dim a checked power of two). */
+void kw__wire_rotate_factors(uint32_t head_dim, int inverse, float *sx);
+void kw__wire_rotate_row(float *x, uint32_t head_dim, const float *sx, int inverse);
+
 #endif /* KW_WIRE_INTERNAL_H */

@@ -2,6 +2,7 @@
  * H the D x D Walsh-Hadamard matrix and s a fixed sign pattern, in f32 butterflies of a fixed order and exact
  * power-of-two scaling, so every build and ISA gives the same bits. */
 #include "wire/kw_wire.h"
+#include "wire/kw_wire_internal.h"
 
 #include <math.h>
 
@@ -31,28 +32,32 @@ static void kw__rotate_butterflies(float *x, uint32_t D) {
             }
 }
 
-int kw_wire_rotate_rows(float *x, size_t n_rows, size_t row_stride, uint32_t head_dim, int inverse) {
+void kw__wire_rotate_factors(uint32_t head_dim, int inverse, float *sx) {
     const int m = kw_wire_rotate_log2(head_dim);
-    KW_RETURN_IF(m < 0, KW_E_INVALID_ARG,
-                 "the Hadamard rotation needs a head_dim that is a power of two in 2..4096, "
-                 "not %u",
-                 head_dim);
-    KW_RETURN_IF(n_rows > 0 && row_stride < head_dim, KW_E_INVALID_ARG, "row stride %zu below head_dim %u", row_stride,
-                 head_dim);
     /* the encoder scales by 2^-floor(m/2), the decoder by 2^-ceil(m/2): their product undoes H H = D I exactly */
-    const float enc_scale = ldexpf(1.0f, -(m / 2)), dec_scale = ldexpf(1.0f, -(m - m / 2));
-    float sx[4096];
+    const float scale = ldexpf(1.0f, inverse ? -(m - m / 2) : -(m / 2));
     for (uint32_t d = 0; d < head_dim; ++d)
-        sx[d] = (float)kw_wire_rotate_sign(d) * (inverse ? dec_scale : enc_scale);
-    for (size_t r = 0; r < n_rows; ++r) {
-        float *row = x + r * row_stride;
-        if (!inverse)
-            for (uint32_t d = 0; d < head_dim; ++d)
-                row[d] *= sx[d];
-        kw__rotate_butterflies(row, head_dim);
-        if (inverse)
-            for (uint32_t d = 0; d < head_dim; ++d)
-                row[d] *= sx[d];
-    }
+        sx[d] = (float)kw_wire_rotate_sign(d) * scale;
+}
+
+void kw__wire_rotate_row(float *x, uint32_t head_dim, const float *sx, int inverse) {
+    if (!inverse)
+        for (uint32_t d = 0; d < head_dim; ++d)
+            x[d] *= sx[d];
+    kw__rotate_butterflies(x, head_dim);
+    if (inverse)
+        for (uint32_t d = 0; d < head_dim; ++d)
+            x[d] *= sx[d];
+}
+
+int kw_wire_rotate_rows(float *x, size_t n_rows, size_t row_stride, uint32_t head_dim, int inverse) {
+    KW_RETURN_IF(kw_wire_rotate_log2(head_dim) < 0, KW_E_INVALID_ARG,
+                 "the Hadamard rotation needs a head_dim that is a power of two in 2..4096, not %u", head_dim);
+    KW_RETURN_IF(n_rows > 1 && row_stride < head_dim, KW_E_INVALID_ARG, "row stride %zu below head_dim %u", row_stride,
+                 head_dim);
+    float sx[4096];
+    kw__wire_rotate_factors(head_dim, inverse, sx);
+    for (size_t r = 0; r < n_rows; ++r)
+        kw__wire_rotate_row(x + r * row_stride, head_dim, sx, inverse);
     return 0;
 }
