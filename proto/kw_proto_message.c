@@ -310,6 +310,9 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->outlier_ppm > 1000000u, "SharePolicy.outlier_ppm: %u is over a million", p->outlier_ppm);
     KW__FIELD_IF((p->outlier_ppm || p->pre_rope_keys) && p->budget_bytes > 0,
                  "SharePolicy.outlier_ppm, pre_rope_keys: not with budget_bytes");
+    KW__FIELD_IF(p->hadamard_rotate > 3, "SharePolicy.hadamard_rotate: %u (bit 0 K, bit 1 V, no others)",
+                 p->hadamard_rotate);
+    KW__FIELD_IF(p->hadamard_rotate && p->budget_bytes > 0, "SharePolicy.hadamard_rotate: not with budget_bytes");
     return 0;
 }
 

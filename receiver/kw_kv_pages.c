@@ -10,9 +10,9 @@
 #include "kernels/kw_kvq_format.h"
 
 static const char *const kw_kv_store_names[KW_KV_STORE_REASONS] = {
-    "direct",      "dense_cache", "forced",        "token_groups", "codec",
-    "zero_points", "scale_dtype", "key_layout",    "value_layout", "outliers",
-    "pre_rope",    "positions",   "page_boundary", "scale_range",  "no_codec"};
+    "direct",        "dense_cache", "forced",       "token_groups", "codec",    "zero_points",
+    "scale_dtype",   "key_layout",  "value_layout", "outliers",     "pre_rope", "positions",
+    "page_boundary", "scale_range", "no_codec",     "rotated"};
 
 const char *kw_kv_store_reason_name(enum kw_kv_store_reason reason) {
     return (unsigned)reason < KW_KV_STORE_REASONS ? kw_kv_store_names[reason] : "?";
@@ -65,6 +65,7 @@ static enum kw_kv_store_reason kw_kv_pages_layout(const kw_wire_section *sec, co
         return KW_KV_STORE_VALUE_LAYOUT;
     if (sec->n_outliers > 0) return KW_KV_STORE_OUTLIERS;
     if (sec->pre_rope) return KW_KV_STORE_PRE_ROPE;
+    if (sec->rotated) return KW_KV_STORE_ROTATED; /* the cache's codes would be of the rotated values */
     if (stored % kg->page_tokens != 0) return KW_KV_STORE_PAGE_BOUNDARY;
     for (uint32_t t = 0; t < sec->n_tokens; ++t)
         if ((int64_t)positions[t] != stored + t) return KW_KV_STORE_POSITIONS;

@@ -39,11 +39,13 @@ enum kw_kv_store_reason {
     KW_KV_STORE_PAGE_BOUNDARY = 12, /* the layer's stored rows do not end on a page boundary */
     KW_KV_STORE_SCALE_RANGE = 13,   /* an e8m0 scale of a group with a non-zero code is outside 2^-15..2^15 */
     KW_KV_STORE_NO_CODEC = 14,      /* f32 rows without a KVWire section (kw_receive_rows): quantized once */
+    KW_KV_STORE_ROTATED = 15, /* K or V was sent Hadamard-rotated (rotated back after decoding, FORMAT.md §5.12) */
 };
-#define KW_KV_STORE_REASONS 15
+#define KW_KV_STORE_REASONS 16
 
 /* "direct", "dense_cache", "forced", "token_groups", "codec", "zero_points", "scale_dtype", "key_layout",
- * "value_layout", "outliers", "pre_rope", "positions", "page_boundary", "scale_range", "no_codec"; "?" for others. */
+ * "value_layout", "outliers", "pre_rope", "positions", "page_boundary", "scale_range", "no_codec", "rotated"; "?" for
+ * others. */
 const char *kw_kv_store_reason_name(enum kw_kv_store_reason reason);
 
 /* The host buffers one section's rows take in the cache's format (owned, reused from section to section). */

@@ -145,6 +145,8 @@ int kw_cmd_inspect(int argc, char **argv) {
                 cJSON_AddNumberToObject(js, "raw_body_bytes", s->raw_body_bytes);
                 cJSON_AddNumberToObject(js, "stored_body_bytes", s->stored_body_bytes);
                 if (s->pre_rope) cJSON_AddBoolToObject(js, "pre_rope_keys", 1);
+                if (s->rotated & 1) cJSON_AddBoolToObject(js, "rotated_keys", 1);
+                if (s->rotated & 2) cJSON_AddBoolToObject(js, "rotated_values", 1);
                 if (s->n_outliers) {
                     cJSON *jo = cJSON_AddObjectToObject(js, "outliers");
                     cJSON_AddNumberToObject(jo, "n", s->n_outliers);
@@ -187,6 +189,10 @@ int kw_cmd_inspect(int argc, char **argv) {
                     printf("       outliers: %u exact %s values (%u B)\n", s->n_outliers,
                            kw_wire_dtype_name(s->outlier_dtype), s->outlier_bytes);
                 if (s->pre_rope) printf("       K taken before RoPE (the receiver applies it)\n");
+                if (s->rotated)
+                    printf("       %s Hadamard-rotated (the decoder rotates back)\n", s->rotated == 3   ? "K and V"
+                                                                                      : s->rotated == 1 ? "K"
+                                                                                                        : "V");
             }
             if (rc < 0) break;
         }

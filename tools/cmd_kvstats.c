@@ -43,9 +43,12 @@ static void kw_kvstats_usage(FILE *f) {
         "  --codec           a codec and granularity (int4:group32, int8:token, nf4:head, bf16, none = the cache\n"
         "                    as it is), for K and V both, or K's and V's apart: int2-asym:channel32,int2-asym:token;\n"
         "                    KVWire v1.1 names too (int3, int2, -asym zero points, channel<L>: a scale per channel\n"
-        "                    over L tokens); a suffix @P%% sends P%% of every layer's K and V elements exact in a\n"
+        "                    over L tokens), a third part sets that codec's scale dtype (int4:token:log8);\n"
+        "                    a suffix @P%% sends P%% of every layer's K and V elements exact in a\n"
         "                    v1.1 outlier table (bf16 values), e.g. int3-asym:channel32,int3-asym:token@1%%, and\n"
         "                    @prerope sends K before RoPE (the receiver rotates the decoded keys);\n"
+        "                    @rot rotates K and V (@rotk, @rotv: one) by the randomized Hadamard transform\n"
+        "                    before encoding (undone after decoding);\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
@@ -70,10 +73,22 @@ static int kw_kvstats_parse_spec(const char *arg, size_t len, const char *scale,
     text[len] = '\0';
     char *colon = strchr(text, ':');
     if (colon) *colon = '\0';
-    KW_FORWARD(kw_wire_spec_parse_v(text, colon ? colon + 1 : "token", scale, KW_WIRE_VERSION_1_1, spec));
+    char *own_scale = colon ? strchr(colon + 1, ':') : NULL; /* "int4:token:log8": this codec's scale dtype */
+    if (own_scale) *own_scale++ = '\0';
+    KW_FORWARD(kw_wire_spec_parse_v(text, colon ? colon + 1 : "token", own_scale ? own_scale : scale,
+                                    KW_WIRE_VERSION_1_1, spec));
     kw_wire_spec_codec_format(spec, codec, sizeof codec);
     kw_wire_spec_gran_format(spec, gran, sizeof gran);
-    snprintf(name, cap, "%s%s%s", codec, spec->granularity ? "/" : "", spec->granularity ? gran : "");
+    snprintf(name, cap, "%s%s%s%s%s", codec, spec->granularity ? "/" : "", spec->granularity ? gran : "",
+             own_scale ? "/" : "", own_scale ? own_scale : "");
+    return 0;
+}
+
+/* A rotated tensor needs a quantizing codec (FORMAT.md §5.12). */
+static int kw_kvstats_check_rotate(const char *arg, const kw_kvstats_codec *c) {
+    KW_RETURN_IF(((c->rotate & 1) && kw_wire_codec_is_passthrough(c->spec.codec)) ||
+                     ((c->rotate & 2) && kw_wire_codec_is_passthrough(c->spec_v.codec)),
+                 KW_E_INVALID_ARG, "--codec %s: a rotated tensor needs a quantizing codec, not bf16 or f16", arg);
     return 0;
 }
 
@@ -96,15 +111,27 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->pre_rope = 1;
             continue;
         }
+        if (olen >= 3 && olen <= 4 && strncmp(o + 1, "rot", 3) == 0) { /* "@rot" K and V, "@rotk", "@rotv" */
+            const char which = olen == 4 ? o[4] : 0;
+            KW_RETURN_IF(which && which != 'k' && which != 'v', KW_E_INVALID_ARG,
+                         "--codec %s: the rotation options are @rot, @rotk and @rotv", arg);
+            out->rotate |= which == 'k' ? 1 : which == 'v' ? 2 : 3;
+            continue;
+        }
         char *end = NULL;
         const double pct = strtod(o + 1, &end);
         KW_RETURN_IF(end == o + 1 || end != o + olen || *end != '%' || !(pct > 0.0 && pct <= 100.0) ||
                          out->outlier_fraction > 0.0,
-                     KW_E_INVALID_ARG, "--codec %s: options are @P%% (outliers, P in (0, 100]) and @prerope", arg);
+                     KW_E_INVALID_ARG, "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope and @rot[k|v]",
+                     arg);
         out->outlier_fraction = pct / 100.0;
     }
     if (out->outlier_fraction > 0.0) snprintf(opts, sizeof opts, "@%g%%", out->outlier_fraction * 100.0);
     if (out->pre_rope) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@prerope");
+    if (out->rotate) {
+        static const char *const rot_names[] = {"", "@rotk", "@rotv", "@rot"};
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", rot_names[out->rotate]);
+    }
     const char *outl = opts;
     const char *comma = memchr(arg, ',', len);
     const size_t k_len = comma ? (size_t)(comma - arg) : len;
@@ -113,9 +140,10 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     if (!comma) {
         out->spec_v = out->spec;
         snprintf(out->name, sizeof out->name, "%s%s", k_name, outl);
-        return 0;
+        return kw_kvstats_check_rotate(arg, out);
     }
     KW_FORWARD(kw_kvstats_parse_spec(comma + 1, len - k_len - 1, scale, &out->spec_v, v_name, sizeof v_name));
+    KW_FORWARD(kw_kvstats_check_rotate(arg, out));
     snprintf(out->name, sizeof out->name, "%s+%s%s", k_name, v_name, outl);
     return 0;
 }

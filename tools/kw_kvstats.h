@@ -33,6 +33,8 @@ typedef struct kw_kvstats_codec {
                                   table (bf16 values, what a bf16 cache holds), 0 for none */
     int pre_rope;              /* v1.1: K sent before RoPE (the rotation undone before encoding, redone after decoding,
                                   as a kv_direct receiver would), with the section flag set */
+    int rotate;                /* v1.1: bit 0 K, bit 1 V sent rotated by the randomized Hadamard transform (the
+                                  section flags of FORMAT.md §5.12: the encoder rotates, the dequantizer rotates back) */
     char name[128];            /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, for printing */
 } kw_kvstats_codec;
 

@@ -145,7 +145,21 @@ typedef struct kw_wire_policy {
     uint8_t outlier_dtype; /* enum kw_wire_dtype of the outliers' values; 0: the input's dtype (exact) */
     uint8_t pre_rope;      /* v1.1: 1 marks the section's K as taken before RoPE (FORMAT.md §5.11): the caller passes
                               pre-RoPE keys and the receiver applies RoPE after decoding; wire/ only carries the flag */
+    uint8_t rotate;        /* v1.1: bit 0 K, bit 1 V sent rotated by the randomized Hadamard transform (FORMAT.md
+                              §5.12): the encoder rotates each head vector before quantizing, kw_wire_section_dequantize
+                              rotates back; head_dim must be a power of two, codecs quantizing. Only
+                              kw_wire_encoder_write_section can rotate. */
 } kw_wire_policy;
+
+/* The randomized Hadamard rotation of head vectors (FORMAT.md §5.12, kw_wire_rotate.c). kw_wire_rotate_log2: m with
+ * head_dim = 2^m (2..4096), else -1. kw_wire_rotate_sign: the sign s_i of channel i (+1 or -1). kw_wire_rotate_rows
+ * rotates n_rows rows of head_dim f32 values (row r at x + r * row_stride) in place: forward (inverse 0) as an encoder
+ * does before quantizing, y = 2^-floor(m/2) H diag(s) x; inverse (1) as a decoder does after, x = 2^-ceil(m/2)
+ * diag(s) H y. Exact IEEE f32 in a fixed order: the same bits on every build.
+ * @return 0 or KW_E_INVALID_ARG (head_dim not a power of two in 2..4096, or row_stride < head_dim for n_rows > 1). */
+int kw_wire_rotate_log2(uint32_t head_dim);
+int kw_wire_rotate_sign(uint32_t i);
+int kw_wire_rotate_rows(float *x, size_t n_rows, size_t row_stride, uint32_t head_dim, int inverse);
 
 /* 1 if any token group of the policy (or its outliers or pre-RoPE flag) needs v1.1 (a header for it then needs
  * version KW_WIRE_VERSION_1_1). */
@@ -349,6 +363,8 @@ typedef struct kw_wire_section {
     uint32_t index_bytes;
     const kw_wire_group_view *groups; /* n_groups entries */
     bool pre_rope;                    /* v1.1: K was taken before RoPE (FORMAT.md §5.11) */
+    uint8_t rotated;                  /* v1.1: bit 0 K, bit 1 V sent Hadamard-rotated (FORMAT.md §5.12); the
+                                         dequantizer rotates them back */
     uint32_t n_outliers;              /* v1.1: outlier table entries (FORMAT.md §5.10), 0 without a table */
     uint8_t outlier_dtype;            /* enum kw_wire_dtype of their values */
     const uint8_t *outlier_table;     /* the whole table (outlier_bytes), NULL without one */

@@ -259,8 +259,10 @@ static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
                  "no section marker at offset %llu (section %u)", (unsigned long long)d->offset, d->sections_done);
     d->s_flags = p[KW__SEC_FLAGS];
     /* v1.1 gives flag bits 1 and 2 and, with bit 2, bytes 28..31 a meaning; in v1 they stay reserved */
-    const uint8_t known =
-        KW__SEC_FLAG_ZSTD | (kw__wire_is_v11(d->hdr.version) ? KW__SEC_FLAG_PRE_ROPE | KW__SEC_FLAG_OUTLIERS : 0u);
+    const uint8_t known = KW__SEC_FLAG_ZSTD |
+                          (kw__wire_is_v11(d->hdr.version)
+                               ? KW__SEC_FLAG_PRE_ROPE | KW__SEC_FLAG_OUTLIERS | KW__SEC_FLAG_ROT_K | KW__SEC_FLAG_ROT_V
+                               : 0u);
     d->s_outlier_bytes = kw_load_le32(p + KW__SEC_OUTLIER_BYTES);
     KW_RETURN_IF((d->s_flags & ~known) != 0 || !kw__all_zero(p + KW__SEC_RESERVED, 2) ||
                      (!(d->s_flags & KW__SEC_FLAG_OUTLIERS) && d->s_outlier_bytes != 0),
@@ -268,6 +270,9 @@ static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
     KW_RETURN_IF((d->s_flags & KW__SEC_FLAG_OUTLIERS) && d->s_outlier_bytes < KW__OUTLIER_HEAD_BYTES + 2,
                  KW_E_WIRE_CORRUPT, "section %u: an outlier table of %u bytes", d->sections_done, d->s_outlier_bytes);
     const kw_wire_header *h = &d->hdr;
+    KW_RETURN_IF((d->s_flags & (KW__SEC_FLAG_ROT_K | KW__SEC_FLAG_ROT_V)) && kw_wire_rotate_log2(h->head_dim) < 0,
+                 KW_E_WIRE_CODEC, "section %u: a rotated tensor needs a power-of-two head_dim, not %u",
+                 d->sections_done, h->head_dim);
     d->s_layer = kw_load_le16(p + KW__SEC_LAYER);
     KW_RETURN_IF(d->s_layer >= h->n_layers, KW_E_WIRE_CORRUPT, "section %u: layer %u >= n_layers %u", d->sections_done,
                  d->s_layer, h->n_layers);
@@ -349,6 +354,10 @@ static int kw__dec_section_table(kw_wire_decoder *d, const uint8_t *p) {
             const int rc = kw__wire_spec_check(&spec, h->head_dim, kw__wire_is_v11(h->version));
             KW_RETURN_IF(rc < 0, rc, "section %u group %u: invalid %c descriptor %02x %02x %02x %02x", d->sections_done,
                          g, kv ? 'V' : 'K', s[0], s[1], s[2], s[3]);
+            KW_RETURN_IF((d->s_flags & (kv ? KW__SEC_FLAG_ROT_V : KW__SEC_FLAG_ROT_K)) &&
+                             kw_wire_codec_is_passthrough(spec.codec),
+                         KW_E_WIRE_CODEC, "section %u group %u: %c is rotated but passthrough (§5.12)",
+                         d->sections_done, g, kv ? 'V' : 'K');
             /* at most 256 heads * 2^24 tokens * 1024 channels * 4 bytes (twice with zero points): no overflow */
             const uint64_t count = kw__wire_scale_count(&spec, h->n_kv_heads, gv->n_tokens, h->head_dim);
             const uint64_t scale_bytes = count * kw_wire_scale_size(kw_wire_spec_scale(&spec));
@@ -475,6 +484,8 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     kw_wire_section *s = &d->sec;
     memset(s, 0, sizeof *s);
     s->pre_rope = (d->s_flags & KW__SEC_FLAG_PRE_ROPE) != 0;
+    s->rotated =
+        (uint8_t)(((d->s_flags & KW__SEC_FLAG_ROT_K) ? 1u : 0u) | ((d->s_flags & KW__SEC_FLAG_ROT_V) ? 2u : 0u));
     s->n_outliers = n_outliers;
     s->outlier_dtype = outlier_dtype;
     s->outlier_table = outlier_table;
@@ -909,14 +920,50 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
                          KW_E_INVALID_ARG, "output %c needs data and dtype f32 or bf16", kv ? 'V' : 'K');
     const kw__wire_kernels *kern = kw__wire_kernels_get((enum kw_wire_isa)sec->isa);
     int rc = 0;
+    /* a rotated tensor (FORMAT.md §5.12) decodes to f32 (into the output itself, else into scratch), gets its
+     * outliers, then rotates back in f32; a bf16 output is rounded from that */
+    const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim;
+    const size_t per = (size_t)T * H * D;
+    float *scratch[2] = {NULL, NULL};
+    kw_wire_tensor_out f32_out[2];
+    const kw_wire_tensor_out *use[2] = {k, v};
+    for (int kv = 0; kv < 2; ++kv) {
+        if (!outs[kv] || !(sec->rotated & (1u << kv)) || outs[kv]->dtype == KW_WIRE_DTYPE_F32) continue;
+        scratch[kv] = malloc(per * sizeof(float));
+        KW_CHECK_IF(!scratch[kv], KW_E_NOMEM, "%zu values to rotate back", per);
+        f32_out[kv] = (kw_wire_tensor_out){
+            .data = scratch[kv], .dtype = KW_WIRE_DTYPE_F32, .head_stride = D, .token_stride = (size_t)H * D};
+        use[kv] = &f32_out[kv];
+    }
     for (uint32_t g = 0; g < sec->n_groups; ++g) {
         const kw_wire_group_view *gv = &sec->groups[g];
         const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
         for (int kv = 0; kv < 2; ++kv) {
-            if (!outs[kv]) continue;
-            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], outs[kv]);
+            if (!use[kv]) continue;
+            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], use[kv]);
             rc = rc ? rc : r;
         }
     }
-    return rc ? rc : kw__wire_outlier_table_apply(sec, k, v);
+    KW_CHECK(rc);
+    KW_CHECK(kw__wire_outlier_table_apply(sec, use[0], use[1]));
+    float sx[KW_WIRE_MAX_HEAD_DIM];
+    if (sec->rotated) kw__wire_rotate_factors(D, 1, sx);
+    for (int kv = 0; kv < 2; ++kv) {
+        if (!use[kv] || !(sec->rotated & (1u << kv))) continue;
+        float *base = use[kv]->data;
+        for (uint32_t t = 0; t < T; ++t)
+            for (uint32_t h = 0; h < H; ++h) {
+                float *row = base + (size_t)t * use[kv]->token_stride + (size_t)h * use[kv]->head_stride;
+                kw__wire_rotate_row(row, D, sx, 1);
+                if (!scratch[kv]) continue;
+                uint16_t *o =
+                    (uint16_t *)outs[kv]->data + (size_t)t * outs[kv]->token_stride + (size_t)h * outs[kv]->head_stride;
+                for (uint32_t d = 0; d < D; ++d)
+                    o[d] = kw_f32_to_bf16(row[d]);
+            }
+    }
+out:
+    free(scratch[0]);
+    free(scratch[1]);
+    return rc;
 }

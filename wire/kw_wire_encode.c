@@ -12,6 +12,7 @@
 #include <zstd.h>
 
 #include "common/kw_bytes.h"
+#include "common/kw_half.h"
 
 struct kw_wire_encoder {
     kw_wire_header hdr;
@@ -28,6 +29,8 @@ struct kw_wire_encoder {
     size_t outlier_scratch_cap;
     uint8_t *outlier_mask; /* the chosen outliers of the section being written */
     size_t outlier_mask_cap;
+    uint8_t *rotated; /* the section's rotated K and V (FORMAT.md §5.12), (T, H, D) each in src_dtype */
+    size_t rotated_cap;
     kw_wire_breakdown bd;
     struct kw__enc_pending { /* a section begun and not yet finished (dst NULL: none) */
         uint8_t *dst;
@@ -107,6 +110,15 @@ static int kw__enc_policy(const kw_wire_header *hdr, const kw_wire_policy *pol, 
     KW_RETURN_IF((pol->outliers || pol->pre_rope) && !kw__wire_is_v11(hdr->version), KW_E_INVALID_ARG,
                  "outliers and pre-RoPE keys need KVWire v1.1: set the header's version to KW_WIRE_VERSION_1_1");
     KW_RETURN_IF(pol->pre_rope > 1, KW_E_INVALID_ARG, "pre_rope %u is neither 0 nor 1", pol->pre_rope);
+    KW_RETURN_IF(pol->rotate && !kw__wire_is_v11(hdr->version), KW_E_INVALID_ARG,
+                 "rotated K or V needs KVWire v1.1: set the header's version to KW_WIRE_VERSION_1_1");
+    KW_RETURN_IF(pol->rotate > 3, KW_E_INVALID_ARG, "rotate %u: bit 0 is K, bit 1 V, no others", pol->rotate);
+    KW_RETURN_IF(pol->rotate && kw_wire_rotate_log2(hdr->head_dim) < 0, KW_E_INVALID_ARG,
+                 "the Hadamard rotation needs a head_dim that is a power of two, not %u", hdr->head_dim);
+    for (uint32_t g = 0; pol->rotate && g < *n_groups; ++g)
+        KW_RETURN_IF(((pol->rotate & 1) && kw_wire_codec_is_passthrough((*groups)[g].k.codec)) ||
+                         ((pol->rotate & 2) && kw_wire_codec_is_passthrough((*groups)[g].v.codec)),
+                     KW_E_INVALID_ARG, "token group %u: a rotated tensor needs a quantizing codec, not passthrough", g);
     KW_RETURN_IF(pol->outlier_dtype != 0 && kw__wire_outlier_value_size(pol->outlier_dtype) == 0, KW_E_INVALID_ARG,
                  "unknown outlier value dtype %u", pol->outlier_dtype);
     if (pol->zstd_level != 0)
@@ -204,6 +216,7 @@ void kw_wire_encoder_destroy(kw_wire_encoder *e) {
     free(e->scratch);
     free(e->outlier_scratch);
     free(e->outlier_mask);
+    free(e->rotated);
     free(e);
 }
 
@@ -769,7 +782,8 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
     kw_store_le16(p + KW__SEC_LAYER, (uint16_t)layer);
     p[KW__SEC_INDEX_ENC] = index_enc;
     p[KW__SEC_FLAGS] =
-        (uint8_t)((pol->pre_rope ? KW__SEC_FLAG_PRE_ROPE : 0u) | (outlier_bytes ? KW__SEC_FLAG_OUTLIERS : 0u));
+        (uint8_t)((pol->pre_rope ? KW__SEC_FLAG_PRE_ROPE : 0u) | (outlier_bytes ? KW__SEC_FLAG_OUTLIERS : 0u) |
+                  ((pol->rotate & 1) ? KW__SEC_FLAG_ROT_K : 0u) | ((pol->rotate & 2) ? KW__SEC_FLAG_ROT_V : 0u));
     kw_store_le32(p + KW__SEC_OUTLIER_BYTES, (uint32_t)outlier_bytes);
     kw_store_le32(p + KW__SEC_N_TOKENS, n_tokens);
     kw_store_le32(p + KW__SEC_INDEX_BYTES, (uint32_t)index_bytes);
@@ -849,12 +863,63 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
     return 0;
 }
 
+/* The rotated copy of the tensors that pol->rotate names (FORMAT.md §5.12): each selected row loaded to f32,
+ * rotated forward, and stored back in src_dtype (RNE; f32 exactly) into e->rotated as (T, H, D); *rin is in with
+ * those tensors' views replaced. The rows stay in the section's token order, so the rest of the encoder (outliers,
+ * scales, codes) works on them as on any input. */
+static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_t rotate, kw_wire_layer_in *rin) {
+    *rin = *in;
+    if (!rotate || e->stage != 1) return 0;
+    const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, T = in->n_tokens, dt = e->hdr.src_dtype;
+    const size_t es = kw__wire_dtype_size(dt), per = (size_t)T * H * D * es;
+    KW_RETURN_IF(T == 0 || T > e->hdr.n_positions, KW_E_INVALID_ARG, "layer %u: %u tokens", in->layer, T);
+    const size_t need = 2 * per;
+    if (e->rotated_cap < need) {
+        uint8_t *p = realloc(e->rotated, need);
+        KW_RETURN_IF(!p, KW_E_NOMEM, "rotation scratch of %zu bytes", need);
+        e->rotated = p;
+        e->rotated_cap = need;
+    }
+    float row[KW_WIRE_MAX_HEAD_DIM], sx[KW_WIRE_MAX_HEAD_DIM];
+    kw__wire_rotate_factors(D, 0, sx);
+    const kw_wire_tensor_in *src[2] = {&in->k, &in->v};
+    kw_wire_tensor_in *dstv[2] = {&rin->k, &rin->v};
+    for (int kv = 0; kv < 2; ++kv) {
+        if (!(rotate & (1u << kv))) continue;
+        uint8_t *out = e->rotated + (size_t)kv * per;
+        for (uint32_t t = 0; t < T; ++t)
+            for (uint32_t h = 0; h < H; ++h) {
+                kw__wire_load_f32(kw__enc_row(src[kv], es, h, t), dt, D, row);
+                kw__wire_rotate_row(row, D, sx, 0);
+                uint8_t *o = out + ((size_t)t * H + h) * D * es;
+                for (uint32_t d = 0; d < D; ++d) {
+                    if (dt == KW_WIRE_DTYPE_F32)
+                        memcpy(o + (size_t)d * 4, &row[d], 4);
+                    else
+                        kw_store_le16(o + (size_t)d * 2,
+                                      dt == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(row[d]) : kw_f32_to_f16(row[d]));
+                }
+            }
+        *dstv[kv] = (kw_wire_tensor_in){.data = out, .head_stride = D, .token_stride = (size_t)H * D, .rows = NULL};
+    }
+    return 0;
+}
+
 int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in, const kw_wire_policy *pol, void *dst,
                                   size_t cap, size_t *written) {
     KW_RETURN_IF(!e || !in || !dst || !written || !pol, KW_E_INVALID_ARG, "null argument");
     e->pending.dst = NULL;
     KW_RETURN_IF(e->stage == 1 && (!in->k.data || !in->v.data), KW_E_INVALID_ARG, "layer %u: K or V has no data",
                  in->layer);
+    kw_wire_layer_in rotated_in; /* in, with the tensors pol->rotate names rotated (FORMAT.md §5.12) */
+    if (pol->rotate) {           /* the policy is checked first: the rotation needs a power-of-two head_dim */
+        kw_wire_token_group one;
+        const kw_wire_token_group *g0 = NULL;
+        uint32_t n_g0 = 0;
+        KW_FORWARD(kw__enc_policy(&e->hdr, pol, in->n_tokens, &one, &g0, &n_g0));
+        KW_FORWARD(kw__enc_rotate(e, in, pol->rotate, &rotated_in));
+        in = &rotated_in;
+    }
     /* the outliers first: the section's size depends on where they are */
     uint8_t *mask = NULL;
     uint32_t n_out = 0;
@@ -909,6 +974,9 @@ int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n
     KW_RETURN_IF(!e || !tensors_offset, KW_E_INVALID_ARG, "null argument");
     KW_RETURN_IF(pol && pol->outliers, KW_E_INVALID_ARG,
                  "a section written by someone else cannot have outliers: use kw_wire_encoder_write_section");
+    KW_RETURN_IF(pol && pol->rotate, KW_E_UNSUPPORTED,
+                 "a section written by someone else cannot be rotated (FORMAT.md §5.12): use "
+                 "kw_wire_encoder_write_section");
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
     KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, 0, dst, cap, &groups, &single));
@@ -922,6 +990,9 @@ int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *e, uint32_t layer, u
                                            size_t *tensors_offset) {
     KW_RETURN_IF(!e || !tensors_offset || !pol || !pol->outliers || !elems || !values, KW_E_INVALID_ARG,
                  "begin_section_outliers: null argument or no outliers");
+    KW_RETURN_IF(pol->rotate, KW_E_UNSUPPORTED,
+                 "a section written by someone else cannot be rotated (FORMAT.md §5.12): use "
+                 "kw_wire_encoder_write_section");
     const uint64_t elems_total = 2ull * e->hdr.n_kv_heads * n_tokens * e->hdr.head_dim;
     const uint64_t want = pol->outliers < elems_total ? pol->outliers : elems_total;
     KW_RETURN_IF(n != want, KW_E_INVALID_ARG, "%u outliers given, the policy chooses %llu", n,

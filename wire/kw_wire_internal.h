@@ -50,6 +50,8 @@ enum {
 #define KW__SEC_FLAG_ZSTD     0x01u
 #define KW__SEC_FLAG_PRE_ROPE 0x02u /* v1.1: K taken before RoPE (FORMAT.md §5.11) */
 #define KW__SEC_FLAG_OUTLIERS 0x04u /* v1.1: an outlier table ends the raw body (FORMAT.md §5.10) */
+#define KW__SEC_FLAG_ROT_K    0x08u /* v1.1: K sent Hadamard-rotated (FORMAT.md §5.12) */
+#define KW__SEC_FLAG_ROT_V    0x10u /* v1.1: V sent Hadamard-rotated (FORMAT.md §5.12) */
 
 /* Trailer field offsets (FORMAT.md §8). */
 enum { KW__TRL_RESERVED = 4, KW__TRL_BLOB_BYTES = 8, KW__TRL_CHECKSUM = 16 };
@@ -309,5 +311,10 @@ int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint
 
 /* Writes a verified section's outlier values over the decoded K (k) and V (v) views; either may be NULL. */
 int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
+
+/* The Hadamard rotation's per-channel factors s_i * 2^-floor(m/2) (forward) or s_i * 2^-ceil(m/2) (inverse) into
+ * sx[0..head_dim), and one row rotated with them (FORMAT.md §5.12; head_dim a checked power of two). */
+void kw__wire_rotate_factors(uint32_t head_dim, int inverse, float *sx);
+void kw__wire_rotate_row(float *x, uint32_t head_dim, const float *sx, int inverse);
 
 #endif /* KW_WIRE_INTERNAL_H */

@@ -61,8 +61,11 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
  * byte, log2 of the channel group or, for the channel granularity, of the run length L). Passthrough codecs (bf16,
  * f16) take granularity and scale dtype 0. Every KVWire v1.1 codec feature runs here: int3 and int2, zero points
  * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens,
- * int3 in groups of 4 and log8 scales. The outlier side table (§5.10) is not a per-tensor feature and has no device
- * path: a section with outliers is encoded by the CPU encoder (kw_wire_encoder_begin_section refuses it). */
+ * int3 in groups of 4 and log8 scales. The outlier side table (§5.10) is not a per-tensor feature: the sharer chooses
+ * the outliers on the device (kw_cuda_wire_outlier_select, when it applies) and the host writes the table
+ * (kw_wire_encoder_begin_section_outliers). Nothing here does the Hadamard rotation of K or V (§5.12): begin_section
+ * and begin_section_outliers refuse a rotated policy with KW_E_UNSUPPORTED and the sharer sends such a section
+ * through the CPU encoder. */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;

@@ -261,6 +261,11 @@ static void test_policy(void **state) {
     refuse_fields("\"kvwire\": {\"policy\": {\"pre_rope_keys\": true}}", false, "pre_rope_keys");
     refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"pre_rope_keys\": 1}}", false, "pre_rope_keys");
     refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 1.5}}", false, "outliers");
+    accept_fields("\"kvwire\": {\"policy\": {\"codec\": \"int4\", \"rotate\": \"v\"}}", false, &s);
+    assert_int_equal(s.rotate, 2);
+    kw_rd_spec_free(&s);
+    refuse_fields("\"kvwire\": {\"policy\": {\"rotate\": \"q\"}}", false, "rotate");
+    refuse_fields("\"kvwire\": {\"policy\": {\"rotate\": \"kv\", \"budget_bytes\": 5000}}", false, "rotate");
     refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 0.01, \"budget_bytes\": 5000}}", false, "outliers");
     refuse_fields("\"kvwire\": {\"policy\": {\"value_codec\": \"int2-asym\", \"value_granularity\": \"channel3\"}}",
                   false, "value_codec");

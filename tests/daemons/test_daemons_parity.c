@@ -138,6 +138,13 @@ static const parity_case cases[] = {
      "--mode kv_direct --wire int4-asym --wire-gran channel4 --wire-value int4:group8 --wire-outliers 0.01 "
      "--wire-pre-rope",
      true, true},
+    {"kv_direct v1.1: K and V Hadamard-rotated, int4 per token, pre-RoPE keys", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int4\",\"granularity\":\"token\","
+               "\"rotate\":\"kv\",\"pre_rope_keys\":true}}"),
+     "--mode kv_direct --wire int4 --wire-gran token --wire-rotate kv --wire-pre-rope", true, true},
+    {"c2c v1.1: V Hadamard-rotated, int2 zero points per 8", true,
+     CHAT_BODY("{\"policy\":{\"codec\":\"int2-asym\",\"granularity\":\"group8\",\"rotate\":\"v\"}}"),
+     "--wire int2-asym --wire-gran group8 --wire-rotate v", true, true},
     {"kv_direct int4 vnorm_topk", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
                "\"int4\"}}"),

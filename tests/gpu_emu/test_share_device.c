@@ -9,7 +9,7 @@
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
  * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (pre-RoPE keys, a byte cap). Both cache dtypes (f32, bf16: the device encoder
+ * section that falls back (pre-RoPE keys, rotated K/V, a byte cap). Both cache dtypes (f32, bf16: the device encoder
  * reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its prefill
  * rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
@@ -117,6 +117,7 @@ typedef struct share_case {
     int zstd, same_positions, pre_rope;
     double outliers;
     int device_encodes; /* 1: every section is encoded on the device */
+    uint8_t rotate;     /* kw_wire_policy.rotate: rotated sections go through the CPU encoder */
 } share_case;
 
 static void policy_of(const share_case *c, kw_wire_policy *pol) {
@@ -124,6 +125,7 @@ static void policy_of(const share_case *c, kw_wire_policy *pol) {
     assert_int_equal(kw_wire_spec_parse_v(c->k[0], c->k[1], c->k[2], KW_WIRE_VERSION_1_1, &pol->k), 0);
     assert_int_equal(kw_wire_spec_parse_v(c->v[0], c->v[1], c->v[2], KW_WIRE_VERSION_1_1, &pol->v), 0);
     pol->zstd_level = c->zstd;
+    pol->rotate = c->rotate;
 }
 
 static kw_share_options share_options(const share_case *c, enum kw_dtype cd) {
@@ -213,8 +215,17 @@ static void run_case(const share_case *c, enum kw_dtype cd) {
 
 static const share_case CASES[] = {
     /* v1 */
-    {"int8 token, knorm", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1},
-    {"int4 group4/8, vnorm, zstd", {"int4", "group4", "bf16"}, {"int4", "group8", "f32"}, VNORM(0.4), 3, 0, 0, 0.0, 1},
+    {"int8 token, knorm", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0},
+    {"int4 group4/8, vnorm, zstd",
+     {"int4", "group4", "bf16"},
+     {"int4", "group8", "f32"},
+     VNORM(0.4),
+     3,
+     0,
+     0,
+     0.0,
+     1,
+     0},
     {"int8/int4 head, front",
      {"int8", "head", "f32"},
      {"int4", "token", "e8m0"},
@@ -223,7 +234,8 @@ static const share_case CASES[] = {
      0,
      0,
      0.0,
-     1},
+     1,
+     0},
     {"bf16 passthrough, full",
      {"bf16", "none", "none"},
      {"f16", "none", "none"},
@@ -232,7 +244,8 @@ static const share_case CASES[] = {
      0,
      0,
      0.0,
-     1},
+     1,
+     0},
     /* v1.1 */
     {"int4-asym channel4, knorm",
      {"int4-asym", "channel4", "f16"},
@@ -242,8 +255,9 @@ static const share_case CASES[] = {
      0,
      0,
      0.0,
-     1},
-    {"int3 group4, vnorm", {"int3", "group4", "f16"}, {"int3", "token", "f32"}, VNORM(0.7), 0, 0, 0, 0.0, 1},
+     1,
+     0},
+    {"int3 group4, vnorm", {"int3", "group4", "f16"}, {"int3", "token", "f32"}, VNORM(0.7), 0, 0, 0, 0.0, 1, 0},
     /* log8 scales, the receiver cache's layout (int8 keys per channel run, values per group) */
     {"int8 log8 channel4/group8",
      {"int8", "channel4", "log8"},
@@ -253,12 +267,13 @@ static const share_case CASES[] = {
      0,
      0,
      0.0,
-     1},
+     1,
+     0},
     /* kv_direct: one selection per section, on the device, the same rows for every layer */
-    {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1},
+    {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1, 0},
     /* sections the device does not encode: the CPU encoder on the downloaded rows */
     /* outlier tables: chosen on the device, the tensors encoded without them there, the table written on the host */
-    {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1},
+    {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1, 0},
     {"outliers 5%, asym channel",
      {"int4-asym", "channel2", "f16"},
      {"int2-asym", "group4", "bf16"},
@@ -267,8 +282,9 @@ static const share_case CASES[] = {
      0,
      0,
      0.05,
-     1},
-    {"kv_direct outliers, layer", {"int8", "layer", "f32"}, {"int4", "head", "f16"}, KNORM(0.6), 0, 1, 0, 0.02, 1},
+     1,
+     0},
+    {"kv_direct outliers, layer", {"int8", "layer", "f32"}, {"int4", "head", "f16"}, KNORM(0.6), 0, 1, 0, 0.02, 1, 0},
 
     {"pre-RoPE (CPU encoder)",
      {"int8", "token", "f16"},
@@ -278,7 +294,18 @@ static const share_case CASES[] = {
      1,
      1,
      0.0,
+     0,
      0},
+    {"rotated K and V (CPU encoder)",
+     {"int4", "token", "f16"},
+     {"int4", "group8", "f16"},
+     KNORM(0.5),
+     0,
+     0,
+     0,
+     0.0,
+     0,
+     3},
 };
 
 static void test_cases_f32(void **state) {
@@ -298,7 +325,7 @@ static void test_cases_bf16(void **state) {
 static void test_skip_ranked(void **state) {
     (void)state;
     const share_case c = {
-        "knorm, skip", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1};
+        "knorm, skip", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0};
     const int64_t skip[2] = {2, 1}; /* of the 4 and 2 rows knorm keeps of 9 and 5 */
     sink out[2] = {{0}, {0}};
     kw_share_stats ss[2];
@@ -319,7 +346,7 @@ static void test_budget_falls_back(void **state) {
     kw_wire_codec_spec codecs[2];
     assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[0]), 0);
     assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[1]), 0);
-    const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0};
+    const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0};
     kw_wire_policy pol;
     policy_of(&c, &pol);
     sink out[2] = {{0}, {0}};

@@ -353,6 +353,8 @@ static void test_refusals(void **state) {
     expect_reason(KW_KVQ_INT8, &p, 1.5f, 0, 0, KW_KV_STORE_OUTLIERS);
     p = base, p.pre_rope = 1;
     expect_reason(KW_KVQ_INT8, &p, 1.5f, 0, 0, KW_KV_STORE_PRE_ROPE);
+    p = base, p.rotate = 2; /* V rotated: its codes are not the cache's */
+    expect_reason(KW_KVQ_INT8, &p, 1.5f, 0, 0, KW_KV_STORE_ROTATED);
     expect_reason(KW_KVQ_INT8, &base, 1.5f, 1, 0, KW_KV_STORE_POSITIONS);     /* starts a row late */
     expect_reason(KW_KVQ_INT8, &base, 1.5f, 16, 0, KW_KV_STORE_POSITIONS);    /* a page late */
     expect_reason(KW_KVQ_INT8, &base, 1.5f, 5, 5, KW_KV_STORE_PAGE_BOUNDARY); /* the layer's tail is not empty */

@@ -264,6 +264,13 @@ static void test_share_request(void **state) {
     kw_proto_message_free(m);
     r.mode = was;
     p.pre_rope_keys = false;
+    p.hadamard_rotate = 3; /* KVWire v1.1 rotation: bits 0 and 1 only, any mode */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->hadamard_rotate, 3);
+    kw_proto_message_free(m);
+    p.hadamard_rotate = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.hadamard_rotate = 0;
     v.zero_points = false;
     v.granularity = 4;
     v.group_size = 32;

@@ -2,7 +2,8 @@
 # cli_kvstats.sh KVWIRE SRC BUILD: `kvwire kvstats` end to end on a tiny random Qwen3 with the real Qwen tokenizer
 # (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
 # KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
-# (int2 zero-point keys per channel, int3 values per token) and the @P% outlier and @prerope options run; usage errors
+# (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope and @rotv options and a
+# per-codec scale dtype (:log8) run; usage errors
 # exit 2,
 # a bad codec and an empty prompt file exit 1 with a reason.
 set -u
@@ -16,6 +17,7 @@ fail() { echo "FAIL: $*"; cat "$tmp/out" "$tmp/err" 2>/dev/null; exit 1; }
 printf 'The capital of France is\n\nOnce upon a time\n' >"$tmp/p.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 8 --codec none --codec int8:token \
     --codec int4:group16 --codec int2-asym:channel8,int3-asym:token --codec 'int4:token@2%@prerope' \
+    --codec 'int4:token:log8,int4:token@rotv' \
     >"$tmp/out" 2>"$tmp/err" || fail "kvstats exit $?"
 cat "$tmp/out"
 grep -q '^2 prompts, ' "$tmp/out" || fail "two prompts (the empty line skipped)"
@@ -30,7 +32,8 @@ read -r _ _ _ bytes bits kerr verr tf kl free <<<"$row"
 head_dim=$(sed -n 's/.* KV heads x \([0-9]*\)).*/\1/p' "$tmp/out")
 [ "$bytes" = "$((n_layers * n_heads * head_dim * 8)).0" ] || fail "control row bytes $bytes"
 [ "$(sed -n '/^codec /,$p' "$tmp/out" | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = \
-    "none int8/token int4/group16 int2-asym/channel8+int3-asym/token int4/token@2%@prerope " ] || fail "codec rows"
+    "none int8/token int4/group16 int2-asym/channel8+int3-asym/token int4/token@2%@prerope int4/token/log8+int4/token@rotv " ] ||
+    fail "codec rows"
 # the v1.1 K+V row ran (not refused): on this tiny head (16 values) its f32 scales and zero points dominate, so its bits
 # per element lie above the 2.5 bits of the codes alone and below the f32 rows' 32
 row=$(grep '^int2-asym/channel8+int3-asym/token ' "$tmp/out") || fail "the v1.1 row"
@@ -40,6 +43,10 @@ awk -v a="$bits" 'BEGIN { exit !(a > 2.5 && a < 32) }' || fail "bits per element
 "$kvwire" kvstats --model "$tmp/m" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no --prompts: exit 2"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec int5:token >/dev/null 2>"$tmp/err"
 [ $? -eq 1 ] && grep -q "unknown codec 'int5'" "$tmp/err" || fail "bad codec"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec 'int4:token,bf16@rot' >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "rotated tensor needs a quantizing codec" "$tmp/err" || fail "rotated passthrough"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec 'int4:token@rotq' >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "@rot, @rotk and @rotv" "$tmp/err" || fail "bad rotation option"
 for bad in 'int4:token@' 'int4:token@2' 'int4:token@0%' 'int4:token@1%@1%' 'int4:token@rope'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec "$bad" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q "options are @P%" "$tmp/err" || fail "bad option $bad"

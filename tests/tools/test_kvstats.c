@@ -219,10 +219,39 @@ static void test_kvstats_v11_options(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Hadamard-rotated K and V (FORMAT.md §5.12) on a model with head_dim 32: the same bytes as unrotated, other errors,
+ * and rotated back (values left rotated would be off by order 1); a head_dim of 24 (qwen3_gqa3) is refused. */
+static void test_kvstats_rotate(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_bf16", NULL, &m), 0);
+    kw_kvstats_codec codecs[2] = {codec("int4", "token"), codec("int4", "token")};
+    codecs[1].rotate = 3, codecs[1].pre_rope = 1;
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 2, N_NEW, &s), 0);
+    for (int p = 0; p < 2; ++p)
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+    const kw_kvstats_result *i4 = kw_kvstats_result_get(s, 0), *i4h = kw_kvstats_result_get(s, 1);
+    assert_int_equal(i4h->status, 0);
+    assert_true(i4h->blob_bytes == i4->blob_bytes && i4h->v_err2 != i4->v_err2 && i4h->k_err2 != i4->k_err2);
+    assert_true(sqrt(i4h->k_err2 / i4h->k_norm2) < 0.5 && sqrt(i4h->v_err2 / i4h->v_norm2) < 0.5);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    assert_int_equal(kw_kvstats_create(m, codecs + 1, 1, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[0], 9, NULL), KW_E_INVALID_ARG);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),
         cmocka_unit_test(test_kvstats_v11_options),
+        cmocka_unit_test(test_kvstats_rotate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

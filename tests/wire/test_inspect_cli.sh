@@ -40,6 +40,13 @@ for want in '"version":[[:space:]]*1.1' '"run_tokens":[[:space:]]*4' '"zero_poin
     '"zero_point_bytes":[[:space:]]*128' '"codec":[[:space:]]*"int2"'; do
     grep -q "$want" <<<"$json" || fail "v11_base json: no $want"
 done
+# the rotation flags (v11_rotated.kvw, FORMAT.md §5.12)
+out=$("$kvwire" inspect "$src/tests/golden/wire/v11_rotated.kvw") || fail "inspect v11_rotated exited $?"
+grep -qF "K and V Hadamard-rotated" <<<"$out" || fail "v11_rotated: no rotation line in: $out"
+json=$("$kvwire" inspect --json "$src/tests/golden/wire/v11_rotated.kvw")
+for want in '"rotated_keys":[[:space:]]*true' '"rotated_values":[[:space:]]*true'; do
+    grep -q "$want" <<<"$json" || fail "v11_rotated json: no $want"
+done
 # log8 scales (v11_int4_channel4_log8.kvw): one byte per scale
 out=$("$kvwire" inspect "$src/tests/golden/wire/v11_int4_channel4_log8.kvw") || fail "inspect log8 exited $?"
 for want in "KVWire v1.1" "K int4/channel4/log8 (96 + 160 B)" "V int8/group8/log8 (40 + 320 B)"; do

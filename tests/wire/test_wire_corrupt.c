@@ -95,18 +95,20 @@ static void test_catalogue(void **state) {
     }
 }
 
-/* The v1.1 catalogues on their own base blobs (which must themselves decode): the codecs and zero points, and the
- * outlier table with the pre-RoPE flag. */
+/* The v1.1 catalogues on their own base blobs (which must themselves decode): the codecs and zero points, the
+ * outlier table with the pre-RoPE flag, and the rotation flags. */
 static void test_catalogue_v11(void **state) {
     (void)state;
-    for (int which = 0; which < 2; ++which) {
+    for (int which = 0; which < 3; ++which) {
         wm_blob b;
         if (which == 0)
             wm_base11(&b);
-        else
+        else if (which == 1)
             wm_base11o(&b);
-        const wm_case *cases = which == 0 ? wm_cases11 : wm_cases11o;
-        const size_t n_cases = which == 0 ? WM_N_CASES11 : WM_N_CASES11O;
+        else
+            wm_base11r(&b);
+        const wm_case *cases = which == 0 ? wm_cases11 : which == 1 ? wm_cases11o : wm_cases11r;
+        const size_t n_cases = which == 0 ? WM_N_CASES11 : which == 1 ? WM_N_CASES11O : WM_N_CASES11R;
         wt_blob_out ok;
         assert_int_equal(wt_decode_oneshot(b.data, b.size, NULL, &ok), 0);
         assert_int_equal(ok.n, 1);

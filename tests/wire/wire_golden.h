@@ -84,8 +84,8 @@ static const wg_spec wg_valid[] = {
 #define WG_N_VALID (sizeof wg_valid / sizeof wg_valid[0])
 
 /* Extra valid blobs built differently: the three-section base of wire_mutate.h, and a blob with no sections. */
-static const char *const wg_extra[] = {"mixed_three_sections", "empty", "v11_base", "v11_outliers"};
-#define WG_N_EXTRA 4
+static const char *const wg_extra[] = {"mixed_three_sections", "empty", "v11_base", "v11_outliers", "v11_rotated"};
+#define WG_N_EXTRA 5
 
 /* Builds valid golden i (0..WG_N_VALID + WG_N_EXTRA - 1) into a new buffer. */
 static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
@@ -96,12 +96,14 @@ static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
         *size = b.size;
         return;
     }
-    if (i == WG_N_VALID + 2 || i == WG_N_VALID + 3) {
+    if (i == WG_N_VALID + 2 || i == WG_N_VALID + 3 || i == WG_N_VALID + 4) {
         wm_blob b;
         if (i == WG_N_VALID + 2)
             wm_base11(&b);
-        else
+        else if (i == WG_N_VALID + 3)
             wm_base11o(&b);
+        else
+            wm_base11r(&b);
         *blob = b.data;
         *size = b.size;
         return;
@@ -247,15 +249,33 @@ static const char *const wg_errors[] = {
     "v11o_last_past_end",
     "v11o_value_nan",
     "v11o_value_inf",
+    /* the rotation flags: in a v1 blob, reserved bits, a head_dim that is no power of two, passthrough rotated */
+    "section_flags_rotated",
+    "v11r_as_v1",
+    "v11r_flags_reserved",
+    "v11r_head_dim_24",
+    "v11r_k_passthrough",
+    "v11r_v_passthrough",
 };
 #define WG_N_ERRORS (sizeof wg_errors / sizeof wg_errors[0])
+
+/* The case called name of a catalogue applied to base b into *blob; returns its expected status, 0 if none is. */
+static inline int wg_find_case(const wm_blob *b, const wm_case *cases, size_t n, const char *name, uint8_t **blob,
+                               size_t *size) {
+    for (size_t c = 0; c < n; ++c)
+        if (!strcmp(cases[c].name, name)) {
+            *blob = wm_apply(b, &cases[c], size);
+            return cases[c].expect;
+        }
+    return 0;
+}
 
 /* Builds must-reject blob i; returns its expected status. */
 static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
     wm_blob b;
     wm_base(&b);
     const char *name = wg_errors[i];
-    int expect = 0;
+    int expect;
     if (!strcmp(name, "truncated")) {
         *blob = b.data;
         *size = b.size - 1;
@@ -267,28 +287,14 @@ static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
         *size = b.size + 1;
         return KW_E_WIRE_TRAILING;
     }
-    for (size_t c = 0; c < WM_N_CASES; ++c)
-        if (!strcmp(wm_cases[c].name, name)) {
-            *blob = wm_apply(&b, &wm_cases[c], size);
-            expect = wm_cases[c].expect;
-        }
+    expect = wg_find_case(&b, wm_cases, WM_N_CASES, name, blob, size);
     free(b.data);
-    if (!expect) {
-        wm_base11(&b);
-        for (size_t c = 0; c < WM_N_CASES11; ++c)
-            if (!strcmp(wm_cases11[c].name, name)) {
-                *blob = wm_apply(&b, &wm_cases11[c], size);
-                expect = wm_cases11[c].expect;
-            }
-        free(b.data);
-    }
-    if (!expect) {
-        wm_base11o(&b);
-        for (size_t c = 0; c < WM_N_CASES11O; ++c)
-            if (!strcmp(wm_cases11o[c].name, name)) {
-                *blob = wm_apply(&b, &wm_cases11o[c], size);
-                expect = wm_cases11o[c].expect;
-            }
+    void (*const bases[3])(wm_blob *) = {wm_base11, wm_base11o, wm_base11r};
+    const wm_case *const catalogues[3] = {wm_cases11, wm_cases11o, wm_cases11r};
+    const size_t n_cases[3] = {WM_N_CASES11, WM_N_CASES11O, WM_N_CASES11R};
+    for (int k = 0; k < 3 && !expect; ++k) {
+        bases[k](&b);
+        expect = wg_find_case(&b, catalogues[k], n_cases[k], name, blob, size);
         free(b.data);
     }
     if (!expect) abort();
@@ -378,6 +384,7 @@ static inline int wg_describe(const char *what, const uint8_t *blob, size_t size
         if (s->pre_rope || s->n_outliers)
             wg_printf(t, "  pre_rope=%d outliers=%u outlier_dtype=%s outlier_bytes=%u\n", (int)s->pre_rope,
                       s->n_outliers, s->n_outliers ? kw_wire_dtype_name(s->outlier_dtype) : "-", s->outlier_bytes);
+        if (s->rotated) wg_printf(t, "  rotated k=%d v=%d\n", s->rotated & 1, (s->rotated >> 1) & 1);
         for (uint32_t g = 0; g < s->n_groups; ++g) {
             wg_printf(t, "  group %u first=%u tokens=%u k=", g, s->groups[g].first_token, s->groups[g].n_tokens);
             wg_spec_text(t, &s->groups[g].k.spec);

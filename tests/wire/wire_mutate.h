@@ -205,27 +205,42 @@ static inline void wm_base11(wm_blob *b) {
  * 6 outliers in bf16, the planted spikes (elements 5, 57, 170, 340, 520, 639). Body: range (4) | K scales (40) | K
  * codes (160) | V scales (80) | V codes (320) | outlier table at 604: n, dtype, reserved (8) | 6 varints | 6 values. */
 #define WM11O_TABLE 604
-static inline void wm_base11o(wm_blob *b) {
+
+/* The K and V of the one-section v1.1 bases (10 tokens): bell-shaped bf16 values with, for wm_base11o, three planted
+ * spikes per tensor and, for wm_base11r (channel 1), one channel 12x larger (what the rotation spreads out). *in
+ * takes layer, positions pos0.. (pos: 10 entries) and the tensors kv[0..2) (allocated; freed by wm_one_section). */
+static inline void wm_one_layer10(uint64_t seed, int channel, uint32_t layer, uint32_t pos0, uint32_t *pos,
+                                  uint16_t *kv[2], kw_wire_layer_in *in) {
     enum { T = 10 };
-    wt_rng r = {0x0071};
-    uint32_t pos[T];
+    wt_rng r = {seed};
     for (uint32_t t = 0; t < T; ++t)
-        pos[t] = 40 + t;
+        pos[t] = pos0 + t;
     const size_t n = (size_t)WM_H * T * WM_D;
-    uint16_t *kv[2] = {wt_xmalloc(n * 2), wt_xmalloc(n * 2)};
+    kv[0] = wt_xmalloc(n * 2), kv[1] = wt_xmalloc(n * 2);
     float *tmp = wt_xmalloc(n * 4);
     static const size_t spikes[2][3] = {{5, 3 * WM_D + 9, 170}, {20, 200, 319}};
     for (int k = 0; k < 2; ++k) {
         wm_fill(&r, tmp, n, 0);
-        for (int i = 0; i < 3; ++i)
-            tmp[spikes[k][i]] = (float)(i + 1) * (k ? -24.0f : 32.0f);
+        if (channel)
+            for (size_t t = 0; t < (size_t)WM_H * T; ++t)
+                tmp[t * WM_D + 3 + 5 * k] *= 12.0f;
+        else
+            for (int i = 0; i < 3; ++i)
+                tmp[spikes[k][i]] = (float)(i + 1) * (k ? -24.0f : 32.0f);
         for (size_t i = 0; i < n; ++i)
             kv[k][i] = kw_f32_to_bf16(tmp[i]);
     }
     free(tmp);
-    kw_wire_layer_in in = {.layer = 2, .n_tokens = T, .positions = pos};
-    in.k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
-    in.v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+    *in = (kw_wire_layer_in){.layer = layer, .n_tokens = T, .positions = pos};
+    in->k = (kw_wire_tensor_in){kv[0], (size_t)T * WM_D, WM_D, NULL};
+    in->v = (kw_wire_tensor_in){kv[1], (size_t)T * WM_D, WM_D, NULL};
+}
+
+static inline void wm_base11o(wm_blob *b) {
+    uint32_t pos[10];
+    uint16_t *kv[2];
+    kw_wire_layer_in in;
+    wm_one_layer10(0x0071, 0, 2, 40, pos, kv, &in);
     const kw_wire_policy pol = {.k = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
                                 .v = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_BF16, 3},
                                 .outliers = 6,
@@ -235,6 +250,26 @@ static inline void wm_base11o(wm_blob *b) {
     wm_one_section(b, "wm_base11o", &hdr, &in, &pol, 1, kv, WM11O_TABLE + 28);
     if (kw_load_le32(b->data + b->sec[0] + KW__SEC_OUTLIER_BYTES) != 28 || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x06) {
         fprintf(stderr, "wm_base11o: unexpected outlier table or flags\n");
+        abort();
+    }
+}
+
+/* The v1.1 base blob with rotated K and V (FORMAT.md §5.12) and pre-RoPE keys: one section, layer 4, 10 tokens
+ * (positions 20..29, range index), K int4/token/f16 and V int8/group8/bf16, flags 0x1a. Body: range (4) | K scales (40)
+ * | K codes (160) | V scales (80) | V codes (320). */
+static inline void wm_base11r(wm_blob *b) {
+    uint32_t pos[10];
+    uint16_t *kv[2];
+    kw_wire_layer_in in;
+    wm_one_layer10(0x0172, 1, 4, 20, pos, kv, &in);
+    const kw_wire_policy pol = {.k = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+                                .v = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_BF16, 3},
+                                .pre_rope = 1,
+                                .rotate = 3};
+    const kw_wire_header hdr = wm_header(1, 13, KW_WIRE_VERSION_1_1);
+    wm_one_section(b, "wm_base11r", &hdr, &in, &pol, 1, kv, 604);
+    if (b->data[b->sec[0] + KW__SEC_FLAGS] != 0x1a) {
+        fprintf(stderr, "wm_base11r: unexpected flags\n");
         abort();
     }
 }
@@ -283,6 +318,7 @@ static const wm_case wm_cases[] = {
     {"model_id_header_sealed", KW_E_WIRE_CHECKSUM, 2, KW__HDR_MODEL_ID, WM_HDR, 0, 0x01},
     {"section_marker", KW_E_WIRE_CORRUPT, 1, 1, WM_SEC(0), 0, 0x20},
     {"section_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 2},
+    {"section_flags_rotated", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x08}, /* v1.1's rotated K in v1 */
     {"section_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_RESERVED + 5, WM_SEC(2), 1, 1},
     {"layer_out_of_range", KW_E_WIRE_CORRUPT, 1, KW__SEC_LAYER, WM_SEC(2), 2, WM_LAYERS},
     {"layer_repeated", KW_E_WIRE_ORDER, 1, KW__SEC_LAYER, WM_SEC(1), 2, 1},
@@ -362,7 +398,7 @@ static const wm_case wm_cases11[] = {
  * n (4), dtype (1), reserved (3), varints 05 33 70 a9-01 b3-01 76 at 8..15, six bf16 values at 16..27). */
 static const wm_case wm_cases11o[] = {
     {"v11o_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
-    {"v11o_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x0e},
+    {"v11o_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x26},
     {"v11o_table_size_without_flag", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x02},
     {"v11o_table_size_short", KW_E_WIRE_CORRUPT, 1, KW__SEC_OUTLIER_BYTES, WM_SEC(0), 4, 10},
     {"v11o_table_size_wrong", KW_E_WIRE_CORRUPT, 1, KW__SEC_OUTLIER_BYTES, WM_SEC(0), 4, 29},
@@ -378,6 +414,17 @@ static const wm_case wm_cases11o[] = {
     {"v11o_value_inf", KW_E_WIRE_VALUE, 1, WM11O_TABLE + 18, WM_BODY(0), 2, 0xff80},
 };
 #define WM_N_CASES11O (sizeof wm_cases11o / sizeof wm_cases11o[0])
+
+/* Faults in the rotation flags (FORMAT.md §5.12), applied to wm_base11r (flags 0x1a; the group descriptor's K spec at
+ * section offset 36, V's at 40). */
+static const wm_case wm_cases11r[] = {
+    {"v11r_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
+    {"v11r_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x3a},
+    {"v11r_head_dim_24", KW_E_WIRE_CODEC, 1, KW__HDR_HEAD_DIM, WM_HDR, 2, 24},
+    {"v11r_k_passthrough", KW_E_WIRE_CODEC, 1, KW_WIRE_SECTION_HEAD_BYTES + 4, WM_SEC(0), 4, KW_WIRE_CODEC_BF16},
+    {"v11r_v_passthrough", KW_E_WIRE_CODEC, 1, KW_WIRE_SECTION_HEAD_BYTES + 8, WM_SEC(0), 4, KW_WIRE_CODEC_F16},
+};
+#define WM_N_CASES11R (sizeof wm_cases11r / sizeof wm_cases11r[0])
 
 /* A copy of the base blob with case c applied (caller frees). */
 static inline uint8_t *wm_apply(const wm_blob *b, const wm_case *c, size_t *size) {

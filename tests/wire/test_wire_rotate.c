@@ -1,0 +1,248 @@
+/* test_wire_rotate.c: the v1.1 Hadamard rotation of K and V (docs/FORMAT.md §5.12): the transform against its
+ * definition (a matrix product in double), its sign formula and exact inverse on representable inputs, then blobs: a
+ * rotated section decodes to exactly what the oracle gives (the same codec on inputs rotated by hand, decoded without
+ * the flag, rotated back), the bf16 output is the f32 one rounded, the rotation composes with outliers and token
+ * groups, lowers the error on an outlier channel, and the encoder refuses what the format forbids. The decoder's
+ * rejections are must-reject golden blobs (tests/golden/wire-errors/v11r_*, section_flags_rotated). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+
+#include "common/kw_half.h"
+#include "tests/wire/wire_test_util.h"
+#include "wire/kw_wire.h"
+
+/* y = 2^-floor(m/2) H diag(s) x in double, H[i][j] = (-1)^popcount(i & j): the definition the butterflies compute. */
+static void rotate_reference(const float *x, uint32_t D, double *y) {
+    const int m = kw_wire_rotate_log2(D);
+    for (uint32_t i = 0; i < D; ++i) {
+        double acc = 0.0;
+        for (uint32_t j = 0; j < D; ++j)
+            acc += (__builtin_popcount(i & j) & 1 ? -1.0 : 1.0) * kw_wire_rotate_sign(j) * (double)x[j];
+        y[i] = ldexp(acc, -(m / 2));
+    }
+}
+
+static void test_transform(void **state) {
+    (void)state;
+    /* s_i = -1 where bit 31 of i * 0x9E3779B1 (mod 2^32) is set */
+    static const int signs[8] = {1, -1, 1, -1, 1, 1, -1, 1};
+    for (uint32_t i = 0; i < 8; ++i)
+        assert_int_equal(kw_wire_rotate_sign(i), signs[i]);
+    assert_int_equal(kw_wire_rotate_log2(64), 6);
+    assert_int_equal(kw_wire_rotate_log2(256), 8);
+    assert_int_equal(kw_wire_rotate_log2(24), -1);
+    assert_int_equal(kw_wire_rotate_log2(1), -1);
+    wt_rng r = {0x407a7e};
+    static const uint32_t dims[] = {8, 16, 64, 128, 256};
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; ++k) {
+        const uint32_t D = dims[k];
+        float x[256] = {0}, y[256], z[256];
+        double ref[256];
+        for (uint32_t d = 0; d < D; ++d) /* small integers: every sum is exact in f32, so y equals ref exactly */
+            x[d] = (float)((int)wt_below(&r, 64) - 32);
+        memcpy(y, x, sizeof x);
+        assert_int_equal(kw_wire_rotate_rows(y, 1, D, D, 0), 0);
+        rotate_reference(x, D, ref);
+        for (uint32_t d = 0; d < D; ++d)
+            assert_true((double)y[d] == ref[d]);
+        memcpy(z, y, sizeof y); /* and the inverse gives x back exactly (a zero may come back as -0) */
+        assert_int_equal(kw_wire_rotate_rows(z, 1, D, D, 1), 0);
+        for (uint32_t d = 0; d < D; ++d)
+            assert_true(z[d] == x[d]);
+        for (uint32_t d = 0; d < D; ++d) /* general values: within f32 rounding of the definition */
+            x[d] = wt_bell(&r) * 3.0f;
+        memcpy(y, x, sizeof x);
+        assert_int_equal(kw_wire_rotate_rows(y, 1, D, D, 0), 0);
+        rotate_reference(x, D, ref);
+        for (uint32_t d = 0; d < D; ++d)
+            assert_true(fabs((double)y[d] - ref[d]) <= 1e-5 * (1.0 + fabs(ref[d])));
+        assert_int_equal(kw_wire_rotate_rows(y, 1, D, D, 1), 0);
+        for (uint32_t d = 0; d < D; ++d)
+            assert_true(fabsf(y[d] - x[d]) <= 1e-5f * (1.0f + fabsf(x[d])));
+    }
+    float row[24] = {0};
+    assert_int_equal(kw_wire_rotate_rows(row, 1, 24, 24, 0), KW_E_INVALID_ARG);
+    assert_int_equal(kw_wire_rotate_rows(row, 2, 4, 8, 0), KW_E_INVALID_ARG);
+}
+
+enum { H = 2, T = 12, D = 32, N = H * T * D };
+
+static kw_wire_header header(uint16_t src_dtype) {
+    return (kw_wire_header){.n_layers = 2,
+                            .n_sections = 1,
+                            .n_kv_heads = H,
+                            .head_dim = D,
+                            .n_positions = T,
+                            .src_dtype = src_dtype,
+                            .version = KW_WIRE_VERSION_1_1};
+}
+
+/* K and V (H, T, D) f32 with an outlier channel in each: channel 5 of K 20x, channel 11 of V 8x. */
+static void fill(float *k, float *v, uint64_t seed) {
+    wt_rng r = {seed};
+    for (size_t e = 0; e < N; ++e) {
+        k[e] = wt_bell(&r) * (e % D == 5 ? 20.0f : 1.0f);
+        v[e] = wt_bell(&r) * (e % D == 11 ? 8.0f : 1.0f);
+    }
+}
+
+/* Encodes one section of (H, T, D) f32 K and V and decodes it (f32 and bf16 outputs); returns the status. */
+static int roundtrip(const kw_wire_header *hdr, const void *k, const void *v, const kw_wire_policy *pol,
+                     wt_blob_out *o) {
+    kw_wire_layer_in in = {.layer = 1, .n_tokens = T};
+    in.k = (kw_wire_tensor_in){k, (size_t)T * D, D, NULL};
+    in.v = (kw_wire_tensor_in){v, (size_t)T * D, D, NULL};
+    uint8_t *blob = NULL;
+    size_t size = 0;
+    int rc = wt_encode_blob(hdr, &in, pol, 1, 0, &blob, &size);
+    if (rc == 0) rc = wt_decode_oneshot(blob, size, NULL, o);
+    free(blob);
+    return rc;
+}
+
+/* The oracle: rotates the tensors pol->rotate names by hand, sends them without the flag, rotates the f32 output
+ * back. A rotated blob must decode to exactly these bits. */
+static void check_oracle(const kw_wire_policy *pol, uint64_t seed) {
+    static float k[N], v[N], kr[N], vr[N];
+    fill(k, v, seed);
+    memcpy(kr, k, sizeof k);
+    memcpy(vr, v, sizeof v);
+    if (pol->rotate & 1) assert_int_equal(kw_wire_rotate_rows(kr, (size_t)H * T, D, D, 0), 0);
+    if (pol->rotate & 2) assert_int_equal(kw_wire_rotate_rows(vr, (size_t)H * T, D, D, 0), 0);
+    const kw_wire_header hdr = header(KW_WIRE_DTYPE_F32);
+    kw_wire_policy plain = *pol;
+    plain.rotate = 0;
+    wt_blob_out got, want;
+    assert_int_equal(roundtrip(&hdr, k, v, pol, &got), 0);
+    assert_int_equal(roundtrip(&hdr, kr, vr, &plain, &want), 0);
+    float *w[2] = {want.layers[0].k, want.layers[0].v}, *g[2] = {got.layers[0].k, got.layers[0].v};
+    uint16_t *gb[2] = {got.layers[0].kb, got.layers[0].vb};
+    for (int kv = 0; kv < 2; ++kv) {
+        if (pol->rotate & (1 << kv)) assert_int_equal(kw_wire_rotate_rows(w[kv], (size_t)H * T, D, D, 1), 0);
+        assert_memory_equal(g[kv], w[kv], sizeof k);
+        for (size_t e = 0; e < N; ++e) /* bf16 output: the f32 output rounded */
+            assert_int_equal(gb[kv][e], kw_f32_to_bf16(w[kv][e]));
+    }
+    wt_blob_out_free(&got);
+    wt_blob_out_free(&want);
+}
+
+static void test_oracle(void **state) {
+    (void)state;
+    const kw_wire_codec_spec i4 = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    const kw_wire_codec_spec i2a = {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_GROUP,
+                                    KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 3};
+    const kw_wire_codec_spec i3c = {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_CHANNEL,
+                                    KW_WIRE_SCALE_BF16 | KW_WIRE_SCALE_ZERO_POINTS, 2};
+    const kw_wire_codec_spec bf = {KW_WIRE_CODEC_BF16, 0, 0, 0};
+    const kw_wire_token_group groups[2] = {{5, i3c, i4}, {7, i4, i2a}};
+    const kw_wire_policy pols[] = {
+        {.k = i4, .v = i4, .rotate = 3},
+        {.k = i4, .v = i2a, .rotate = 1},
+        {.k = i3c, .v = i4, .rotate = 2, .pre_rope = 1},
+        {.k = i4, .v = bf, .rotate = 1}, /* V passthrough, not rotated */
+        {.k = i4, .v = i2a, .rotate = 3, .outliers = 9, .outlier_dtype = KW_WIRE_DTYPE_F32},
+        {.n_groups = 2, .groups = groups, .rotate = 3, .zstd_level = 3},
+    };
+    for (size_t i = 0; i < sizeof pols / sizeof pols[0]; ++i)
+        check_oracle(&pols[i], 0x0a0 + i);
+}
+
+/* A bf16 source: the encoder rounds the rotated values to bf16 (RNE) before quantizing them. */
+static void test_bf16_source(void **state) {
+    (void)state;
+    static float k[N], v[N], kr[N], vr[N];
+    static uint16_t kb[N], vb[N], krb[N], vrb[N];
+    fill(k, v, 0xb16);
+    for (size_t e = 0; e < N; ++e) {
+        kb[e] = kw_f32_to_bf16(k[e]), vb[e] = kw_f32_to_bf16(v[e]);
+        kr[e] = kw_bf16_to_f32(kb[e]), vr[e] = kw_bf16_to_f32(vb[e]);
+    }
+    assert_int_equal(kw_wire_rotate_rows(kr, (size_t)H * T, D, D, 0), 0);
+    assert_int_equal(kw_wire_rotate_rows(vr, (size_t)H * T, D, D, 0), 0);
+    for (size_t e = 0; e < N; ++e)
+        krb[e] = kw_f32_to_bf16(kr[e]), vrb[e] = kw_f32_to_bf16(vr[e]);
+    const kw_wire_header hdr = header(KW_WIRE_DTYPE_BF16);
+    const kw_wire_codec_spec i8 = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0};
+    const kw_wire_policy rot = {.k = i8, .v = i8, .rotate = 3}, plain = {.k = i8, .v = i8};
+    wt_blob_out got, want;
+    assert_int_equal(roundtrip(&hdr, kb, vb, &rot, &got), 0);
+    assert_int_equal(roundtrip(&hdr, krb, vrb, &plain, &want), 0);
+    assert_int_equal(kw_wire_rotate_rows(want.layers[0].k, (size_t)H * T, D, D, 1), 0);
+    assert_int_equal(kw_wire_rotate_rows(want.layers[0].v, (size_t)H * T, D, D, 1), 0);
+    assert_memory_equal(got.layers[0].k, want.layers[0].k, sizeof k);
+    assert_memory_equal(got.layers[0].v, want.layers[0].v, sizeof v);
+    wt_blob_out_free(&got);
+    wt_blob_out_free(&want);
+}
+
+/* What the rotation is for: int4 per token on an outlier channel loses much less, at the same size. */
+static void test_error_drops(void **state) {
+    (void)state;
+    static float k[N], v[N];
+    fill(k, v, 0xe77);
+    const kw_wire_header hdr = header(KW_WIRE_DTYPE_F32);
+    const kw_wire_codec_spec i4 = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    double err[2] = {0, 0}, norm = 0;
+    for (int rot = 0; rot < 2; ++rot) {
+        const kw_wire_policy pol = {.k = i4, .v = i4, .rotate = (uint8_t)(rot ? 3 : 0)};
+        wt_blob_out o;
+        assert_int_equal(roundtrip(&hdr, k, v, &pol, &o), 0);
+        for (size_t e = 0; e < N; ++e) {
+            const double d = (double)o.layers[0].k[e] - k[e];
+            err[rot] += d * d;
+            if (!rot) norm += (double)k[e] * k[e];
+        }
+        wt_blob_out_free(&o);
+    }
+    assert_true(err[1] < 0.5 * err[0]);
+    assert_true(err[1] < 1e-2 * norm);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    static float k[N], v[N];
+    fill(k, v, 0x4ef);
+    kw_wire_header hdr = header(KW_WIRE_DTYPE_F32);
+    const kw_wire_codec_spec i4 = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    const kw_wire_codec_spec bf = {KW_WIRE_CODEC_BF16, 0, 0, 0};
+    wt_blob_out o;
+    kw_wire_policy pol = {.k = i4, .v = i4, .rotate = 4};
+    assert_int_equal(roundtrip(&hdr, k, v, &pol, &o), KW_E_INVALID_ARG); /* no bit 2 */
+    pol = (kw_wire_policy){.k = i4, .v = bf, .rotate = 2};
+    assert_int_equal(roundtrip(&hdr, k, v, &pol, &o), KW_E_INVALID_ARG); /* passthrough V rotated */
+    pol = (kw_wire_policy){.k = i4, .v = i4, .rotate = 1};
+    hdr.version = KW_WIRE_VERSION;
+    assert_int_equal(roundtrip(&hdr, k, v, &pol, &o), KW_E_INVALID_ARG); /* v1 */
+    assert_true(kw_wire_policy_needs_v11(&pol));
+    /* head_dim 24: no power of two */
+    hdr = header(KW_WIRE_DTYPE_F32);
+    hdr.head_dim = 24;
+    kw_wire_encoder *e = NULL;
+    assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &e), 0);
+    uint8_t buf[8192];
+    size_t n = 0;
+    assert_int_equal(kw_wire_encoder_write_header(e, buf, sizeof buf, &n), 0);
+    kw_wire_layer_in in = {.layer = 0, .n_tokens = 2};
+    in.k = (kw_wire_tensor_in){k, 24, 24, NULL};
+    in.v = (kw_wire_tensor_in){v, 24, 24, NULL};
+    size_t w = 0;
+    assert_int_equal(kw_wire_encoder_write_section(e, &in, &pol, buf + n, sizeof buf - n, &w), KW_E_INVALID_ARG);
+    /* a section whose tensors someone else writes (the GPU encoder) cannot be rotated */
+    size_t off = 0;
+    assert_int_equal(kw_wire_encoder_begin_section(e, 0, 2, NULL, &pol, buf + n, sizeof buf - n, &off),
+                     KW_E_UNSUPPORTED);
+    kw_wire_encoder_destroy(e);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_transform),   cmocka_unit_test(test_oracle),   cmocka_unit_test(test_bf16_source),
+        cmocka_unit_test(test_error_drops), cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
