@@ -171,7 +171,7 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const in
             b[v] = OFS ? KW_V(load)(offsets + (s0 + v) * 16) : KW_V(zero)();
         }
         for (int kk = 0; kk < G; ++kk) {
-            KW_QMM_PREFETCH(gp, group_bytes, G, kk);
+            if (MR == 1) KW_QMM_PREFETCH(gp, group_bytes, G, kk); /* decode: memory-bound; prefill tiles are not */
             KW_VT w[KW_MM_MAX_NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
