@@ -13,6 +13,7 @@
  *
  * The quantized panels (KW_LAYOUT_QPANELS_*) run the same tiles and chains with each weight rebuilt in registers from
  * its code, scale and offset (kw_cpu_matmul_isa.h), so they give the bits of the f32 panels of the dequantized weight.
+ * Their decode rows prefetch the panel stream, and the 4-bit ones have a cheaper AVX-512 VBMI form (kw_qmm_row_vbmi).
  *
  * Work is split into (panel, block of rows) items handed to the OpenMP team dynamically. Few rows (decode): each row
  * streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x KW_MM_NV strips
@@ -34,6 +35,17 @@
 #define KW_MM_ROW_MAX 4
 /* Rows per work item when the panels alone are too few to feed every thread. */
 #define KW_MM_ROW_BLOCK 48
+
+/* The quantized kernels prefetch the panel stream KW_QMM_PF groups ahead, one or two lines per k (a group is at most
+ * 2 G lines: 64 scales, 64 offsets and G * 64 code bytes): without it the hardware prefetcher leaves a decode row
+ * waiting on memory (docs/BENCHMARKS.md). A prefetch past the panel's end is harmless. */
+#define KW_QMM_PF 4
+#define KW_QMM_PREFETCH(gp, group_bytes, G, kk)                                                                        \
+    do {                                                                                                               \
+        __builtin_prefetch((gp) + KW_QMM_PF * (group_bytes) + (size_t)(kk)*64);                                        \
+        if ((size_t)(G)*64 < (group_bytes))                                                                            \
+            __builtin_prefetch((gp) + KW_QMM_PF * (group_bytes) + (size_t)((G) + (kk)) * 64);                          \
+    } while (0)
 
 /* ------------------------------------------------------------------------------------------------------------
  * The kernels, once per ISA (tile shapes: scalar 4 x 1, AVX2 6 x 1 = 12 ymm accumulators, AVX-512 8 x 2 = 16 zmm)
@@ -64,6 +76,105 @@
 #undef KW_MM_NV
 #undef KW_MM_TILE_MORE_CASES
 
+/* The decode row of a 4-bit quantized panel with AVX-512 VBMI (taken when the CPU has it): the same chains and the
+ * same bits as kw_qmm_row_avx512_s4/u4, about half the instructions per weight. One multishift puts the nibble u of
+ * lane i into bits 16..19 and a ternary op masks it and ors in the exponent of 2^7, so f = 128 + u exactly; then
+ * w = fma(f, scale, -C * scale) with C = 128 + ZERO equals (u - ZERO) * scale rounded once, fl(code * scale), whenever
+ * C * scale is exact. That is checked per group (fma(scale, C, -C * scale) == 0 in every lane, which also rejects
+ * overflow and NaN), and a group that fails takes the convert-and-multiply path. The offset is added as before. (For
+ * 8-bit codes the same trick needs a shuffle and an xor per 16 weights, no fewer than the convert: measured no gain.)
+ */
+#define KW_TARGET_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")))
+
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const int OFS, const int G, float *y,
+                                                          const float *x, int64_t K, const char *wp, int64_t ncols) {
+    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + (size_t)(G * KW_PANEL_ROWS / 2);
+    const float C = 128.0f + (float)ZERO;
+    const __m512i P = _mm512_set1_epi32(0x43000000);
+    /* nibbles: byte 2 of lane i takes the 8 bits at the nibble's offset in the strip's 8 bytes (low nibbles of bytes
+     * 0..7 for lanes 0..7, high nibbles for 8..15); the ternary keeps its low 4 bits and ors in P */
+    uint8_t ctl[64] = {0};
+    for (int i = 0; i < 16; ++i) {
+        ctl[4 * i + 2] = (uint8_t)(i < 8 ? 8 * i : 8 * (i - 8) + 4);
+    }
+    const __m512i ctrl = _mm512_loadu_si512(ctl), nib = _mm512_set1_epi32(0x000F0000);
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v)
+        acc[v] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < K / G; ++g) {
+        const char *gp = wp + (size_t)g * group_bytes;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        __m512 a[4], b[4], nc[4];
+        __mmask16 exact = 0xFFFF;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            a[v] = _mm512_loadu_ps(scales + v * 16);
+            b[v] = OFS ? _mm512_loadu_ps(offsets + v * 16) : _mm512_setzero_ps();
+            const __m512 cs = _mm512_mul_ps(a[v], _mm512_set1_ps(C));
+            exact &= _mm512_cmp_ps_mask(_mm512_fmsub_ps(a[v], _mm512_set1_ps(C), cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
+            nc[v] = _mm512_sub_ps(_mm512_setzero_ps(), cs);
+        }
+        for (int kk = 0; kk < G; ++kk) {
+            const float *xk = x + g * G + kk;
+            KW_QMM_PREFETCH(gp, group_bytes, G, kk);
+            __m512 w[4];
+            if (exact == 0xFFFF) {
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; ++v) {
+                    uint64_t q;
+                    memcpy(&q, codes + kk * 32 + v * 8, 8);
+                    const __m512i t = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64((long long)q));
+                    w[v] =
+                        _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32(t, nib, P, 0xEA)), a[v], nc[v]);
+                }
+            } else {
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; ++v)
+                    w[v] = _mm512_mul_ps(kw_v16_load_u4_avx512(codes + kk * 32 + v * 8, ZERO), a[v]);
+            }
+            const __m512 xb = _mm512_set1_ps(*xk);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v) {
+                if (OFS) w[v] = _mm512_add_ps(w[v], b[v]);
+                acc[v] = _mm512_fmadd_ps(xb, w[v], acc[v]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        const int64_t n = ncols - v * 16;
+        if (n >= 16)
+            kw_v16_store_avx512(y + v * 16, acc[v]);
+        else if (n > 0)
+            kw_v16_store_n_avx512(y + v * 16, acc[v], (int)n);
+    }
+}
+
+/* kw_qmm_row_vbmi_<name>: kw_qmm_row_vbmi for one 4-bit layout (the parameters of KW_QMM_LAYOUT but the bits). */
+#define KW_QMM_VBMI(NAME, Z, O, GR)                                                                                    \
+    KW_TARGET_AVX512_VBMI static void kw_qmm_row_vbmi_##NAME(float *y, const float *x, int64_t K, const char *wp,      \
+                                                             int64_t ncols) {                                          \
+        kw_qmm_row_vbmi(Z, O, GR, y, x, K, wp, ncols);                                                                 \
+    }
+KW_QMM_VBMI(s4, 8, 0, 32)
+KW_QMM_VBMI(u4, 0, 1, 32)
+#undef KW_QMM_VBMI
+
+/* 1 if the CPU has AVX-512 VBMI (the AVX-512 instantiation's decode rows then use kw_qmm_row_vbmi_*). */
+static int kw_mm_vbmi(void) {
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+#define KW_MM_QROW_FAST(NAME) kw_qmm_row_vbmi_##NAME
 #define KW_SIMD_SFX           avx512
 #define KW_SIMD_TARGET        KW_TARGET_AVX512
 #define KW_MM_MR              8
@@ -75,6 +186,7 @@
 #undef KW_MM_MR
 #undef KW_MM_NV
 #undef KW_MM_TILE_MORE_CASES
+#undef KW_MM_QROW_FAST
 #endif
 
 /* Rows [m0, m1) of y against one panel (the row-major weight's panel packed into scratch, or a packed one of any

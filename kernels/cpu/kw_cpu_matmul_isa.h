@@ -171,6 +171,7 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const in
             b[v] = OFS ? KW_V(load)(offsets + (s0 + v) * 16) : KW_V(zero)();
         }
         for (int kk = 0; kk < G; ++kk) {
+            if (MR == 1) KW_QMM_PREFETCH(gp, group_bytes, G, kk); /* decode: memory-bound; prefill tiles are not */
             KW_VT w[KW_MM_MAX_NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
@@ -222,6 +223,16 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const fl
             float *yt = y + m * N + n0 + s * 16;
             const float *xt = x + m * K;
             const int64_t nc = ncols - s * 16;
+#ifdef KW_MM_QROW_FAST
+            const int fast = rows && kw_mm_vbmi();
+#define KW_QMM_FAST(NAME)                                                                                              \
+    if (fast) {                                                                                                        \
+        KW_MM_QROW_FAST(NAME)(yt, xt, K, wp, nc);                                                                      \
+        break;                                                                                                         \
+    }
+#else
+#define KW_QMM_FAST(NAME)
+#endif
 #define KW_QMM_CALL(NAME)                                                                                              \
     if (rows)                                                                                                          \
         KW_SIMD_CAT(KW_ISA_FN(kw_qmm_row), NAME)(yt, xt, K, wp, nc);                                                   \
@@ -230,8 +241,10 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const fl
     break;
             switch (layout) {
             case KW_LAYOUT_QPANELS_S4:
+                KW_QMM_FAST(s4)
                 KW_QMM_CALL(s4)
             case KW_LAYOUT_QPANELS_U4:
+                KW_QMM_FAST(u4)
                 KW_QMM_CALL(u4)
             case KW_LAYOUT_QPANELS_S8:
                 KW_QMM_CALL(s8)
@@ -241,6 +254,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const fl
                 KW_QMM_CALL(s8_g16)
             }
 #undef KW_QMM_CALL
+#undef KW_QMM_FAST
         }
     }
 }
