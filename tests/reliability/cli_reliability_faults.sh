@@ -102,7 +102,8 @@ fault reset 0 reset
 fault flip 2 flip 101
 fault flipup 2 flipup 389
 # one flipped bit in a request is caught by the message checksum (PROTOCOL.md §3.1), not by luck in the parser
-grep -q 'KW_E_PROTO_CHECKSUM' sharer.log || fail "sharerd refused no request for its checksum during flipup"
+grep -q 'KW_E_PROTO_CHECKSUM' sharer.log || fail "sharerd refused no request for its checksum during flipup; its" \
+    "errors: $(grep -o 'KW_E_[A-Z_]*' sharer.log | sort | uniq -c | tr -s ' \n' ' '); proxy: $(tail -n 3 proxy.out)"
 fault truncate 2 truncate 3000
 fault refuse 2 refuse
 fault sharer-restart 0 restart_sharer
