@@ -129,22 +129,27 @@ void kwfx_expect_same_file(const char *a, const char *b) {
     free(y);
 }
 
-float *kwfx_model_logits(kw_backend *be, const char *path, const kw_model_options *opts, const int32_t *ids, int64_t n,
-                         int64_t *vocab, size_t *bytes_per_token) {
-    kw_model *m = NULL;
-    int rc = kw_model_load(be, path, opts, &m);
-    if (rc < 0) fail_msg("load %s: %s", path, kw_error_detail());
+float *kwfx_prompt_logits(kw_model *m, const int32_t *ids, int64_t n) {
     const int64_t V = kw_model_get_config(m)->vocab;
     kw_kvcache *cache = NULL;
-    assert_int_equal(kw_model_create_cache(m, n + 8, KW_DTYPE_F32, &cache), 0);
+    assert_int_equal(kw_model_create_cache(m, n + 32, KW_DTYPE_F32, &cache), 0);
     float *logits = malloc((size_t)(n * V) * sizeof *logits);
     assert_non_null(logits);
     const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_ALL, .logits = logits};
-    rc = kw_model_forward(m, cache, &a);
-    if (rc < 0) fail_msg("forward %s: %s", path, kw_error_detail());
-    *vocab = V;
-    if (bytes_per_token) *bytes_per_token = kw_model_weight_bytes_per_token(m);
+    const int rc = kw_model_forward(m, cache, &a);
+    if (rc < 0) fail_msg("forward: %s", kw_error_detail());
     kw_kvcache_free(cache);
+    return logits;
+}
+
+float *kwfx_model_logits(kw_backend *be, const char *path, const kw_model_options *opts, const int32_t *ids, int64_t n,
+                         int64_t *vocab, size_t *bytes_per_token) {
+    kw_model *m = NULL;
+    const int rc = kw_model_load(be, path, opts, &m);
+    if (rc < 0) fail_msg("load %s: %s", path, kw_error_detail());
+    float *logits = kwfx_prompt_logits(m, ids, n);
+    *vocab = kw_model_get_config(m)->vocab;
+    if (bytes_per_token) *bytes_per_token = kw_model_weight_bytes_per_token(m);
     kw_model_free(m);
     return logits;
 }

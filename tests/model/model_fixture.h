@@ -45,6 +45,10 @@ double kwfx_rel_diff_rows(const float *a, const float *b, int64_t rows, int64_t 
 /* For cmocka tests: fails unless the files at a and b hold the same bytes. */
 void kwfx_expect_same_file(const char *a, const char *b);
 
+/* For cmocka tests: the logits of every position of ids[0..n) run by m from an empty f32 cache (malloc'ed, n x vocab
+ * values, freed by the caller). Fails the test on any error. */
+float *kwfx_prompt_logits(kw_model *m, const int32_t *ids, int64_t n);
+
 /* For cmocka tests: loads the model at path on be (kw_model_load; opts may be NULL) and returns the logits of every
  * position of ids[0..n) run from an empty f32 cache (malloc'ed, n * *vocab values, freed by the caller), and in
  * *bytes_per_token (may be NULL) the model's weight bytes per token. Fails the test on any error. */

@@ -35,20 +35,6 @@ static kw_model *load(kw_backend *be, const char *path, enum kw_dtype dtype) {
     return m;
 }
 
-/* Logits of every position of ids[0..n). *out is malloc'd (n, vocab). */
-static float *prompt_logits(kw_model *m, const int32_t *ids, int64_t n) {
-    const int64_t V = kw_model_get_config(m)->vocab;
-    kw_kvcache *cache = NULL;
-    assert_int_equal(kw_model_create_cache(m, n + 32, KW_DTYPE_F32, &cache), 0);
-    float *logits = malloc((size_t)(n * V) * sizeof *logits);
-    assert_non_null(logits);
-    const kw_forward_args a = {.ids = ids, .n = n, .mode = KW_LOGITS_ALL, .logits = logits};
-    const int rc = kw_model_forward(m, cache, &a);
-    if (rc < 0) fail_msg("forward: %s", kw_error_detail());
-    kw_kvcache_free(cache);
-    return logits;
-}
-
 static void check_case(const char *name) {
     char path[1024];
     kw_backend *be = NULL;
@@ -64,7 +50,7 @@ static void check_case(const char *name) {
     const int32_t *gen = kwfx_i32(&fx, "gen_ids", &G);
     assert_true(prompt && gen && P > 0 && G > 0);
     const float *want = kwfx_f32_expect(&fx, "logits", P * cfg->vocab);
-    float *got = prompt_logits(m, prompt, P);
+    float *got = kwfx_prompt_logits(m, prompt, P);
     const double d = kwfx_rel_diff_rows(got, want, P, cfg->vocab);
     print_message("%s: prompt logits max relative difference %.3g\n", name, d);
     assert_true(d <= FP32_TOL);
@@ -123,7 +109,7 @@ static void test_kept_quantized_same_bits(void **state) {
         kw_model *f = NULL;
         const kw_model_options deq = {.gguf_weights = KW_GGUF_WEIGHTS_DEQUANTIZED};
         assert_int_equal(kw_model_load(be, path, &deq, &f), 0);
-        float *want = prompt_logits(f, ids, n);
+        float *want = kwfx_prompt_logits(f, ids, n);
         const int64_t V = kw_model_get_config(f)->vocab;
         for (size_t i = 0; i < sizeof isas / sizeof isas[0]; ++i) {
             setenv("KW_CPU_ISA", isas[i], 1);
@@ -134,7 +120,7 @@ static void test_kept_quantized_same_bits(void **state) {
             const kw_model_options o = {.gguf_weights = KW_GGUF_WEIGHTS_QUANTIZED};
             assert_int_equal(kw_model_load(bq, path, &o, &q), 0);
             assert_true(kw_model_weight_bytes_per_token(q) < kw_model_weight_bytes_per_token(f));
-            float *got = prompt_logits(q, ids, n);
+            float *got = kwfx_prompt_logits(q, ids, n);
             if (memcmp(got, want, (size_t)(n * V) * sizeof *got) != 0)
                 fail_msg("%s, %s: logits differ", cases[c], isas[i]);
             free(got);
@@ -171,7 +157,7 @@ static void test_same_bits_as_hf_folder(void **state) {
     assert_int_equal(kw_model_weight_bytes_per_token(g), kw_model_weight_bytes_per_token(h));
     const int32_t ids[] = {5, 17, 300, 2, 99, 511, 0, 42};
     const int64_t n = sizeof ids / sizeof ids[0];
-    float *a = prompt_logits(g, ids, n), *b = prompt_logits(h, ids, n);
+    float *a = kwfx_prompt_logits(g, ids, n), *b = kwfx_prompt_logits(h, ids, n);
     assert_memory_equal(a, b, (size_t)(n * cg->vocab) * sizeof *a);
     free(a);
     free(b);
@@ -274,7 +260,7 @@ static void test_bf16_weights(void **state) {
     int64_t P = 0;
     const int32_t *prompt = kwfx_i32(&fx, "prompt_ids", &P);
     const int64_t V = kw_model_get_config(m)->vocab;
-    float *got = prompt_logits(m, prompt, P);
+    float *got = kwfx_prompt_logits(m, prompt, P);
     const double d = kwfx_rel_diff_rows(got, kwfx_f32_expect(&fx, "logits", P * V), P, V);
     print_message("qwen3_q with bf16 weights: max relative difference %.3g\n", d);
     assert_true(d > 0 && d < 0.1);
