@@ -13,6 +13,8 @@
 #   recover NAME SINCE PROBES   after the clients: sets recovery_ms, from SINCE to the end of the first good answer
 #                               to a request sent after it (the clients', else one of PROBES probes 50 ms apart),
 #                               then four more that must all be good
+#   underway FROM TO            whether some request of the clients' was under way at some time from FROM to TO (ms):
+#                               finished ones from client-C.txt, the one in flight from client-C.cur
 #   outcomes NAME FROM TO       every request the two clients sent accounted for, and some of them sent during the
 #                               fault (FROM to TO, ms): sets total, ok (count) and errors (a summary)
 now_ms() { date +%s%3N; }
@@ -56,8 +58,10 @@ client() {
     : >"client-$c.txt"
     while [ $i -lt "$n" ] || [ ! -e "$stop" ]; do
         t0=$(now_ms)
+        echo "$t0" >"client-$c.cur"
         code=$(ask $((c + i)) "c$c-$i")
         echo "$t0 $(now_ms) $(judge $((c + i)) "c$c-$i" "$code")" >>"client-$c.txt"
+        rm -f "client-$c.cur"
         i=$((i + 1))
     done
     echo "$i" >"client-$c.count"
@@ -80,6 +84,13 @@ recover() {
         judge $i "after-$name-$i" 200 >/dev/null
     done
     recovery_ms=$((recovered - since))
+}
+
+underway() {
+    local n
+    n=$(cat client-0.txt client-1.txt 2>/dev/null | awk -v a="$1" -v b="$2" '$1 <= b && $2 >= a' | wc -l)
+    [ "$n" -gt 0 ] && return 0
+    cat client-0.cur client-1.cur 2>/dev/null | awk -v b="$2" '$1 <= b {f = 1} END {exit !f}'
 }
 
 outcomes() {
