@@ -67,8 +67,10 @@ static void unit_errors(const kw_wire_codec_spec *sp, const float *x, const floa
 }
 
 /* The symmetric rule from its definition: per unit, the candidate amax * (20 - k) / 20 (k = 0: amax itself) whose
- * scale (wt_expected_scale) gives the least squared error, ties to the smaller k; the decoded values into y. */
-static void oracle_sym(const kw_wire_codec_spec *sp, const float *x, float *y) {
+ * scale (wt_expected_scale) gives the least squared error, ties to the smaller k; the decoded values into y. Elements
+ * whose bit is set in out (K's bits of an outlier mask, NULL: none) are left out and decode exactly. */
+#define OUT(e) (out && ((out[(e) / 8] >> ((e) % 8)) & 1))
+static void oracle_sym(const kw_wire_codec_spec *sp, const float *x, const uint8_t *out, float *y) {
     const float qmax = kw_wire_codec_qmax(sp->codec);
     const uint64_t units = kw_wire_scale_units(sp->granularity, sp->group_log2, H, T, D);
     float *amax = wt_xmalloc(units * sizeof *amax), *best_s = wt_xmalloc(units * sizeof *best_s);
@@ -79,7 +81,8 @@ static void oracle_sym(const kw_wire_codec_spec *sp, const float *x, float *y) {
         for (uint32_t t = 0; t < T; ++t)
             for (uint32_t d = 0; d < D; ++d) {
                 const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, T, D, h, t, d);
-                amax[u] = fmaxf(amax[u], fabsf(x[((size_t)h * T + t) * D + d]));
+                const size_t e = ((size_t)h * T + t) * D + d;
+                amax[u] = OUT(e) ? amax[u] : fmaxf(amax[u], fabsf(x[e]));
             }
     float *s = wt_xmalloc(units * sizeof *s);
     for (int k = 0; k <= 10; ++k) {
@@ -93,6 +96,7 @@ static void oracle_sym(const kw_wire_codec_spec *sp, const float *x, float *y) {
                 for (uint32_t d = 0; d < D; ++d) {
                     const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, T, D, h, t, d);
                     const float xv = x[((size_t)h * T + t) * D + d];
+                    if (OUT(((size_t)h * T + t) * D + d)) continue;
                     const float q = s[u] > 0.0f ? nearbyintf(fminf(fmaxf(xv * (1.0f / s[u]), -qmax), qmax)) : 0.0f;
                     const double r = (double)xv - (double)(q * s[u]);
                     err[u] += r * r;
@@ -106,9 +110,11 @@ static void oracle_sym(const kw_wire_codec_spec *sp, const float *x, float *y) {
                 const size_t e = ((size_t)h * T + t) * D + d;
                 const float sv = best_s[kw_wire_scale_index(sp->granularity, sp->group_log2, T, D, h, t, d)];
                 y[e] = sv > 0.0f ? nearbyintf(fminf(fmaxf(x[e] * (1.0f / sv), -qmax), qmax)) * sv : 0.0f;
+                y[e] = OUT(e) ? x[e] : y[e];
             }
     free(amax), free(best_s), free(err), free(best), free(s);
 }
+#undef OUT
 
 typedef struct clip_case {
     uint8_t codec, gran, scale, group_log2;
@@ -167,7 +173,7 @@ static void test_never_worse(void **state) {
             /* V was not clipped: it must be the absmax encoding */
             assert_memory_equal(o1.layers[0].v, o0.layers[0].v, sizeof x);
             if (!cases[i].asym) {
-                oracle_sym(&sp, x, want);
+                oracle_sym(&sp, x, NULL, want);
                 for (size_t e = 0; e < N; ++e)
                     if (o1.layers[0].k[e] != want[e])
                         fail_msg("case %zu kind %d element %zu: %a, oracle %a", i, kind, e, o1.layers[0].k[e], want[e]);
@@ -216,6 +222,36 @@ static void test_with_outliers_and_rotation(void **state) {
             if (!(e1[kv] < e0[kv])) fail_msg("policy %zu %s: %g vs %g", i, kv ? "V" : "K", e1[kv], e0[kv]);
         wt_blob_out_free(&o0), wt_blob_out_free(&o1);
         free(b0), free(b1);
+    }
+}
+
+/* The search leaves the outliers out (they are sent exact): the clipped symmetric codes with outliers are the oracle's
+ * on the remaining values, for every granularity of the symmetric cases. */
+static void test_outliers_left_out(void **state) {
+    (void)state;
+    static float x[N], want[N];
+    static uint8_t mask[2 * N / 8];
+    fill(x, 1, 0x0d7);
+    const kw_wire_header hdr = header();
+    kw_wire_layer_in in = {.layer = 0, .n_tokens = T};
+    in.k = (kw_wire_tensor_in){x, (size_t)T * D, D, NULL};
+    in.v = in.k;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        if (cases[i].asym) continue;
+        const kw_wire_codec_spec sp = spec_of(&cases[i]);
+        const kw_wire_policy pol = {.k = sp, .v = sp, .outliers = 60, .outlier_dtype = KW_WIRE_DTYPE_F32, .clip = 1};
+        uint32_t n = 0;
+        assert_int_equal(kw_wire_outlier_select(&hdr, &in, &pol, pol.outliers, mask, &n), 0);
+        assert_int_equal(n, 60);
+        wt_blob_out o;
+        size_t size;
+        uint8_t *blob = encode(x, &pol, 0, &size, &o);
+        oracle_sym(&sp, x, mask, want); /* K's bits are the mask's first N */
+        for (size_t e = 0; e < N; ++e)
+            if (o.layers[0].k[e] != want[e])
+                fail_msg("case %zu element %zu: %a, oracle %a", i, e, o.layers[0].k[e], want[e]);
+        wt_blob_out_free(&o);
+        free(blob);
     }
 }
 
@@ -274,9 +310,8 @@ static void test_refusals(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_never_worse),
-        cmocka_unit_test(test_with_outliers_and_rotation),
-        cmocka_unit_test(test_other_codecs_unchanged),
+        cmocka_unit_test(test_never_worse),       cmocka_unit_test(test_with_outliers_and_rotation),
+        cmocka_unit_test(test_outliers_left_out), cmocka_unit_test(test_other_codecs_unchanged),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
