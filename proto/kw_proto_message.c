@@ -313,6 +313,8 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->hadamard_rotate > 3, "SharePolicy.hadamard_rotate: %u (bit 0 K, bit 1 V, no others)",
                  p->hadamard_rotate);
     KW__FIELD_IF(p->hadamard_rotate && p->budget_bytes > 0, "SharePolicy.hadamard_rotate: not with budget_bytes");
+    KW__FIELD_IF(p->clip_scales > 3, "SharePolicy.clip_scales: %u (bit 0 K, bit 1 V, no others)", p->clip_scales);
+    KW__FIELD_IF(p->clip_scales && p->budget_bytes > 0, "SharePolicy.clip_scales: not with budget_bytes");
     return 0;
 }
 

@@ -329,6 +329,7 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
     if (s->outliers > 0) cJSON_AddNumberToObject(p, "outliers", s->outliers);
     if (s->pre_rope_keys) cJSON_AddBoolToObject(p, "pre_rope_keys", 1);
     if (s->rotate) cJSON_AddStringToObject(p, "rotate", s->rotate == 3 ? "kv" : s->rotate == 1 ? "k" : "v");
+    if (s->clip) cJSON_AddStringToObject(p, "clip", s->clip == 3 ? "kv" : s->clip == 1 ? "k" : "v");
     cJSON_AddNumberToObject(p, "zstd", s->zstd_level);
     if (j->layers_sent)
         cJSON_AddItemToObject(p, "layers", kw__rd_ids_json(j->layers_sent, j->n_layers_sent));

@@ -273,12 +273,13 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             KW_FORWARD(kw__rd_strdup(e, str, &s->value_granularity));
         } else if (strcmp(k, "outliers") == 0) {
             KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.outliers", 0, 1, &s->outliers));
-        } else if (strcmp(k, "rotate") == 0) {
-            KW_FORWARD(kw__rd_string(e, f, "kvwire.policy.rotate", &str));
-            if (strcmp(str, "none") == 0 || strcmp(str, "k") == 0 || strcmp(str, "v") == 0 || strcmp(str, "kv") == 0)
-                s->rotate = (uint8_t)((strchr(str, 'k') ? 1 : 0) | (strchr(str, 'v') ? 2 : 0));
-            else
-                return KW__RD_BAD(e, "kvwire.policy.rotate: \"k\", \"v\", \"kv\" or \"none\" is expected");
+        } else if (strcmp(k, "rotate") == 0 || strcmp(k, "clip") == 0) { /* "k", "v", "kv" or "none": K/V bits */
+            const int rot = k[0] == 'r';
+            KW_FORWARD(kw__rd_string(e, f, rot ? "kvwire.policy.rotate" : "kvwire.policy.clip", &str));
+            if (strcmp(str, "none") != 0 && strcmp(str, "k") != 0 && strcmp(str, "v") != 0 && strcmp(str, "kv") != 0)
+                return KW__RD_BAD(e, rot ? "kvwire.policy.rotate: \"k\", \"v\", \"kv\" or \"none\" is expected"
+                                         : "kvwire.policy.clip: \"k\", \"v\", \"kv\" or \"none\" is expected");
+            *(rot ? &s->rotate : &s->clip) = (uint8_t)((strchr(str, 'k') ? 1 : 0) | (strchr(str, 'v') ? 2 : 0));
         } else if (strcmp(k, "pre_rope_keys") == 0) {
             if (!cJSON_IsBool(f)) return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: a boolean is expected");
             s->pre_rope_keys = cJSON_IsTrue(f);
@@ -323,10 +324,10 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     s->cache_layout = s->codec && strcmp(s->codec, "cache") == 0;
     if (s->cache_layout) { /* the receiver's cache layout: the specs come with the request's resolution */
         if (s->value_codec || s->value_granularity || schedule || s->budget_bytes || s->outliers > 0 ||
-            s->pre_rope_keys || s->rotate)
+            s->pre_rope_keys || s->rotate || s->clip)
             return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" sets both codecs and their layout: not with "
-                                 "value_codec, value_granularity, schedule, budget_bytes, outliers, pre_rope_keys or "
-                                 "rotate");
+                                 "value_codec, value_granularity, schedule, budget_bytes, outliers, pre_rope_keys, "
+                                 "rotate or clip");
     } else {
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
     }
@@ -336,8 +337,8 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
              *vg = s->value_granularity ? s->value_granularity : s->granularity;
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy.value_codec", &vc, &vg, &s->scale, &s->spec_v));
     }
-    if ((s->outliers > 0 || s->pre_rope_keys || s->rotate) && s->budget_bytes)
-        return KW__RD_BAD(e, "kvwire.policy.outliers, pre_rope_keys, rotate: not with budget_bytes");
+    if ((s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip) && s->budget_bytes)
+        return KW__RD_BAD(e, "kvwire.policy.outliers, pre_rope_keys, rotate, clip: not with budget_bytes");
     if ((s->value_codec || s->value_granularity) && (schedule || s->budget_bytes))
         return KW__RD_BAD(e, "kvwire.policy.value_codec: not with a schedule or budget_bytes");
     if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));

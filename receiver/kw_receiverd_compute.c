@@ -294,6 +294,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         p.outlier_ppm = (uint32_t)(s->outliers * 1e6 + 0.5);
         p.pre_rope_keys = s->pre_rope_keys;
         p.hadamard_rotate = s->rotate;
+        p.clip_scales = s->clip;
         p.selection = (Kwctl__Selection)(sel->mode + 1);
         p.proportion = sel->mode == KW_SELECT_FULL ? 0 : sel->proportion;
         p.seed = sel->seed;

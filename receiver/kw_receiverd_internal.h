@@ -80,6 +80,7 @@ typedef struct kw_rd_spec {
     double outliers;    /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
     bool pre_rope_keys; /* KVWire v1.1, kv_direct: keys sent before RoPE */
     uint8_t rotate;     /* KVWire v1.1: bit 0 K, bit 1 V sent Hadamard-rotated ("rotate": "k", "v", "kv", "none") */
+    uint8_t clip;       /* bit 0 K, bit 1 V: clipped scales, an encoder choice ("clip": "k", "v", "kv", "none") */
     int zstd_level;
     int64_t budget_bytes; /* a cap on the request's blobs (HTTP_API.md §5.1 budget_bytes); 0: none */
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */

@@ -272,8 +272,9 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
                      "share wire: override layers must increase (entry %d)", (int)i);
     KW_RETURN_IF(!(opt->outlier_fraction >= 0.0 && opt->outlier_fraction <= 1.0), KW_E_INVALID_ARG,
                  "share wire: outlier fraction %g not in [0, 1]", opt->outlier_fraction);
-    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate) && opt->budget.bytes > 0,
-                 KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys and rotation are not for a byte cap");
+    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate || opt->policy.clip) &&
+                     opt->budget.bytes > 0,
+                 KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys, rotation and clipping are not for a byte cap");
     *out = NULL;
     kw_share_wire *w = calloc(1, sizeof *w);
     KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
@@ -395,11 +396,13 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
     return kw_share_wire_reserve(w, cap);
 }
 
-/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys, rotation or token groups; codecs and outlier
- * counts it encodes), with each tensor's bytes and scratch; 0 for the CPU encoder. */
+/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys, rotation, clipped scales or token groups;
+ * codecs and outlier counts it encodes), with each tensor's bytes and scratch; 0 for the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->rotate || pol->n_groups != 0) return 0;
+    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->rotate || pol->clip ||
+        pol->n_groups != 0)
+        return 0;
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     *work = 0;
     for (int kv = 0; kv < 2; ++kv) {

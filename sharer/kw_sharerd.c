@@ -336,6 +336,7 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
     wire->index_encoding = KW_WIRE_INDEX_AUTO;
     wire->zstd_level = p->zstd ? (p->zstd_level ? p->zstd_level : (int)d->cfg->zstd_level) : 0;
     wire->rotate = (uint8_t)p->hadamard_rotate; /* checked: 0..3 */
+    wire->clip = (uint8_t)p->clip_scales;       /* checked: 0..3 */
     for (size_t i = 0; i < p->n_schedule; ++i)
         overrides[i] = (kw_share_layer_codec){p->schedule[i]->layer, kw__sd_spec(p->schedule[i]->k),
                                               kw__sd_spec(p->schedule[i]->v)};
@@ -1046,7 +1047,8 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                 .outliers = (uint32_t)floor(
                     p->outlier_ppm / 1e6 * 2.0 * (double)layer_rows * (double)(m->n_kv_heads * m->head_dim) + 0.5),
                 .pre_rope = (uint8_t)p->pre_rope_keys,
-                .rotate = (uint8_t)p->hadamard_rotate};
+                .rotate = (uint8_t)p->hadamard_rotate,
+                .clip = (uint8_t)p->clip_scales};
             for (size_t k = 0; k < p->n_schedule; ++k)
                 if (p->schedule[k]->layer == layers[i]) {
                     pol.k = kw__sd_spec(p->schedule[k]->k);

@@ -130,7 +130,8 @@ static void kw_c2c_usage(FILE *f) {
         "                    exact), --wire-pre-rope (kv_direct: keys sent before RoPE, rotated back by the "
         "receiver),\n"
         "                    --wire-rotate k|v|kv (those tensors sent Hadamard-rotated, FORMAT.md 5.12; head_dim a\n"
-        "                    power of two).\n"
+        "                    power of two), --wire-clip k|v|kv (the encoder clips those tensors' integer scales to\n"
+        "                    the least squared error, FORMAT.md 5.13).\n"
         "                    Without --wire the rows go across in memory, exactly\n"
         "  --budget-bytes N  c2c, kv_direct: a hard cap on every blob of the request together (headers, indices,\n"
         "                    scales,\n"
@@ -908,7 +909,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     const char *budget_codecs = NULL, *wire_value = NULL;
     double wire_outliers = 0.0;
-    int wire_pre_rope = 0, wire_rotate_i = 0;
+    int wire_pre_rope = 0, wire_rotate_i = 0, wire_clip_i = 0;
     static const char *const wire_rotations[] = {"none", "k", "v", "kv", NULL};
     int64_t budget_bytes = 0;
     double proportion = -1.0, select_p = 1.0;        /* proportion < 0: not given */
@@ -961,6 +962,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_REAL("--wire-outliers", &wire_outliers, 0.0, 1.0),
         KW_CLI_FLAG("--wire-pre-rope", &wire_pre_rope),
         KW_CLI_CHOICE("--wire-rotate", &wire_rotate_i, wire_rotations),
+        KW_CLI_CHOICE("--wire-clip", &wire_clip_i, wire_rotations),
         KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
         KW_CLI_STR("--budget-codecs", &budget_codecs),
         KW_CLI_CHOICE("--budget-mode", &budget_mode_i, budget_modes),
@@ -1001,9 +1003,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && (requantize || cache_layout) && qcache_i < 0)
         usage_error = "--requantize and --wire cache need a quantized --cache";
     if (!usage_error && cache_layout &&
-        (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || budget_bytes))
+        (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || wire_clip_i || budget_bytes))
         usage_error = "--wire cache sets both codecs and their layout: not with --wire-value, --wire-outliers, "
-                      "--wire-pre-rope, --wire-rotate or --budget-bytes";
+                      "--wire-pre-rope, --wire-rotate, --wire-clip or --budget-bytes";
     if (!usage_error && wire_dump && !wire_codec && !budget_bytes)
         usage_error = "--wire-dump needs --wire CODEC or --budget-bytes";
     if (!usage_error && budget_bytes && wire_codec)
@@ -1011,8 +1013,9 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error = "--budget-bytes is for --mode c2c and kv_direct";
     if (!usage_error && budget_codecs && !budget_bytes) usage_error = "--budget-codecs needs --budget-bytes";
-    if (!usage_error && (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i) && !wire_codec)
-        usage_error = "--wire-value, --wire-outliers, --wire-pre-rope and --wire-rotate need --wire CODEC";
+    if (!usage_error && (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || wire_clip_i) &&
+        !wire_codec)
+        usage_error = "--wire-value, --wire-outliers, --wire-pre-rope, --wire-rotate and --wire-clip need --wire CODEC";
     if (!usage_error && wire_pre_rope && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error = "--wire-pre-rope sends keys before RoPE, which only --mode kv_direct rotates back";
     if (!usage_error && (wire_pre_rope || wire_outliers > 0.0) && scoring_i == 1)
@@ -1087,6 +1090,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     } else if (wire_codec) {
         KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, wire_value, &wire_pol));
         wire_pol.rotate = (uint8_t)wire_rotate_i; /* "none" 0, "k" 1, "v" 2, "kv" 3: the section flag bits */
+        wire_pol.clip = (uint8_t)wire_clip_i;     /* the same bits: an encoder choice (FORMAT.md §5.13) */
     }
     if (budget_bytes) {
         static const char *const default_codecs[] = {"int4,int6,int8,bf16", "int8", "int4,int8"};
@@ -1377,6 +1381,7 @@ int kw_cmd_c2c(int argc, char **argv) {
             printf("wire_v11: value %s gran %s outliers %g pre_rope %d rotate %s\n", vcodec, vgran, wire_outliers,
                    wire_pre_rope, wire_rotations[wire_rotate_i]);
         }
+        if (wire_clip_i) printf("wire_clip: %s (clipped integer scales)\n", wire_rotations[wire_clip_i]);
         printf("wire_blobs: %d\n", (int)tot.wire.blobs);
         printf("wire_bytes: %lld\n", (long long)tot.wire.blob_bytes);
         printf("wire_ratio: %.4f (blob bytes / sharer KV bytes)\n",

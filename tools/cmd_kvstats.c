@@ -48,7 +48,8 @@ static void kw_kvstats_usage(FILE *f) {
         "                    v1.1 outlier table (bf16 values), e.g. int3-asym:channel32,int3-asym:token@1%%, and\n"
         "                    @prerope sends K before RoPE (the receiver rotates the decoded keys);\n"
         "                    @rot rotates K and V (@rotk, @rotv: one) by the randomized Hadamard transform\n"
-        "                    before encoding (undone after decoding);\n"
+        "                    before encoding (undone after decoding); @clip (@clipk, @clipv) lets the encoder\n"
+        "                    clip the integer codecs' scales to the least squared error (FORMAT.md §5.13);\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
@@ -118,12 +119,19 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->rotate |= which == 'k' ? 1 : which == 'v' ? 2 : 3;
             continue;
         }
+        if (olen >= 4 && olen <= 5 && strncmp(o + 1, "clip", 4) == 0) { /* "@clip" K and V, "@clipk", "@clipv" */
+            const char which = olen == 5 ? o[5] : 0;
+            KW_RETURN_IF(which && which != 'k' && which != 'v', KW_E_INVALID_ARG,
+                         "--codec %s: the clipped-scale options are @clip, @clipk and @clipv", arg);
+            out->clip |= which == 'k' ? 1 : which == 'v' ? 2 : 3;
+            continue;
+        }
         char *end = NULL;
         const double pct = strtod(o + 1, &end);
         KW_RETURN_IF(end == o + 1 || end != o + olen || *end != '%' || !(pct > 0.0 && pct <= 100.0) ||
                          out->outlier_fraction > 0.0,
-                     KW_E_INVALID_ARG, "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope and @rot[k|v]",
-                     arg);
+                     KW_E_INVALID_ARG,
+                     "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope, @rot[k|v] and @clip[k|v]", arg);
         out->outlier_fraction = pct / 100.0;
     }
     if (out->outlier_fraction > 0.0) snprintf(opts, sizeof opts, "@%g%%", out->outlier_fraction * 100.0);
@@ -131,6 +139,10 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     if (out->rotate) {
         static const char *const rot_names[] = {"", "@rotk", "@rotv", "@rot"};
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", rot_names[out->rotate]);
+    }
+    if (out->clip) {
+        static const char *const clip_names[] = {"", "@clipk", "@clipv", "@clip"};
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", clip_names[out->clip]);
     }
     const char *outl = opts;
     const char *comma = memchr(arg, ',', len);

@@ -231,7 +231,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
                                 .outliers = (uint32_t)floor(codec->outlier_fraction * elems + 0.5),
                                 .outlier_dtype = KW_WIRE_DTYPE_BF16,
                                 .pre_rope = (uint8_t)(codec->pre_rope != 0),
-                                .rotate = (uint8_t)codec->rotate};
+                                .rotate = (uint8_t)codec->rotate,
+                                .clip = (uint8_t)codec->clip};
     const kw_wire_header hdr = {.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
                                 .n_layers = (uint16_t)s->n_layers,
                                 .n_sections = (uint16_t)s->n_layers,

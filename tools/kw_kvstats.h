@@ -35,6 +35,7 @@ typedef struct kw_kvstats_codec {
                                   as a kv_direct receiver would), with the section flag set */
     int rotate;                /* v1.1: bit 0 K, bit 1 V sent rotated by the randomized Hadamard transform (the
                                   section flags of FORMAT.md §5.12: the encoder rotates, the dequantizer rotates back) */
+    int clip;                  /* bit 0 K, bit 1 V: the encoder's clipped-scale search (FORMAT.md §5.13) */
     char name[128];            /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, for printing */
 } kw_kvstats_codec;
 

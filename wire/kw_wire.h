@@ -149,6 +149,10 @@ typedef struct kw_wire_policy {
                               §5.12): the encoder rotates each head vector before quantizing, kw_wire_section_dequantize
                               rotates back; head_dim must be a power of two, codecs quantizing. Only
                               kw_wire_encoder_write_section can rotate. */
+    uint8_t clip;          /* an encoder choice, not on the wire (FORMAT.md §5.13): bit 0 K, bit 1 V take, for the
+                              integer codecs, per scale unit the clipped scale (and zero point) of least squared
+                              reconstruction error among the absmax (min/max) range times 1, 0.95, ..., 0.5; codes
+                              saturate. Other codecs are unchanged. Only kw_wire_encoder_write_section can clip. */
 } kw_wire_policy;
 
 /* The randomized Hadamard rotation of head vectors (FORMAT.md §5.12, kw_wire_rotate.c). kw_wire_rotate_log2: m with

@@ -7,6 +7,7 @@
  */
 #include "wire/kw_wire_internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -113,6 +114,7 @@ static int kw__enc_policy(const kw_wire_header *hdr, const kw_wire_policy *pol, 
     KW_RETURN_IF(pol->rotate && !kw__wire_is_v11(hdr->version), KW_E_INVALID_ARG,
                  "rotated K or V needs KVWire v1.1: set the header's version to KW_WIRE_VERSION_1_1");
     KW_RETURN_IF(pol->rotate > 3, KW_E_INVALID_ARG, "rotate %u: bit 0 is K, bit 1 V, no others", pol->rotate);
+    KW_RETURN_IF(pol->clip > 3, KW_E_INVALID_ARG, "clip %u: bit 0 is K, bit 1 V, no others", pol->clip);
     KW_RETURN_IF(pol->rotate && kw_wire_rotate_log2(hdr->head_dim) < 0, KW_E_INVALID_ARG,
                  "the Hadamard rotation needs a head_dim that is a power of two, not %u", hdr->head_dim);
     for (uint32_t g = 0; pol->rotate && g < *n_groups; ++g)
@@ -477,6 +479,113 @@ static int kw__enc_row_stats(const kw__wire_kernels *k, const uint8_t *row, uint
     return 0;
 }
 
+/* The clipped-scale search (an encoder choice, FORMAT.md §5.13): candidate k = 0..KW__CLIP_STEPS-1 narrows each
+ * unit's range by c = (20 - k) / 20: the absmax to fl32(amax * c) (symmetric), or [min, max] about its midpoint to
+ * the width w = fl32(fl32(max - min) * c), lo = fl32(min + fl32(fl32(max - min) - w) * 0.5), hi = fl32(lo + w)
+ * (zero points); k = 0 is the unit's own statistics, bit for bit. */
+#define KW__CLIP_STEPS 11u
+
+static void kw__enc_clip_range(int asym, uint32_t k, float lo, float hi, float *clo, float *chi) {
+    const float c = (float)(20u - k) / 20.0f;
+    if (k == 0) {
+        *clo = lo;
+        *chi = hi;
+    } else if (!asym) {
+        *clo = 0.0f;
+        *chi = hi * c;
+    } else {
+        const float span = hi - lo, w = span * c;
+        *clo = lo + (span - w) * 0.5f;
+        *chi = *clo + w;
+    }
+}
+
+/* Scratch of the search for up to `units` scale units (one allocation; kw__enc_clip_scratch_free frees it). */
+typedef struct kw__enc_clip_scratch {
+    double *err, *best; /* the candidate's and the best sum of squared errors of each unit */
+    float *s, *z, *inv; /* the candidate's stored scale, zero point and 1/s */
+    float *blo, *bhi;   /* the best candidate's statistics */
+} kw__enc_clip_scratch;
+
+static int kw__enc_clip_scratch_init(kw__enc_clip_scratch *cs, uint64_t units) {
+    double *p = malloc((size_t)units * (2 * sizeof(double) + 5 * sizeof(float)));
+    KW_RETURN_IF(!p, KW_E_NOMEM, "clipped-scale search of %llu scales", (unsigned long long)units);
+    float *f = (float *)(p + 2 * units);
+    *cs = (kw__enc_clip_scratch){p, p + units, f, f + units, f + 2 * units, f + 3 * units, f + 4 * units};
+    return 0;
+}
+
+static void kw__enc_clip_scratch_free(kw__enc_clip_scratch *cs) {
+    free(cs->err);
+}
+
+/* Replaces the statistics lo/hi of the units of one block of rows (heads h0..h1-1, the group's tokens b0..b1-1; the
+ * unit of channel d is d >> shift, shift 31: one unit) by those of the candidate range whose stored scale (and zero
+ * point) gives the least sum over the unit's values (outliers left out) of fl64(x - x^)^2, x^ decoded as the decoder
+ * does; ties keep the wider range, so candidate 0, the unclipped encoding, is chosen unless another is strictly
+ * better. The sums run in a fixed order in double: the same choice on every build. Units without values, with a zero
+ * range or without a valid unclipped scale are left alone (kw__enc_general_scales reports the last). seen: iv of the
+ * statistics pass; x: D floats of scratch. */
+static void kw__enc_clip(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
+                         uint32_t t0, uint32_t h0, uint32_t h1, uint32_t b0, uint32_t b1, uint32_t shift,
+                         uint32_t units, const kw__enc_outliers *out, const float *seen, float *lo, float *hi,
+                         const kw__enc_clip_scratch *cs, float *x) {
+    const uint32_t D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec, sdt = kw_wire_spec_scale(sp);
+    const size_t es = kw__wire_dtype_size(dt);
+    const int asym = kw_wire_spec_asym(sp);
+    const float qmax = asym ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
+    for (uint32_t u = 0; u < units; ++u) {
+        cs->best[u] = INFINITY;
+        cs->blo[u] = lo[u];
+        cs->bhi[u] = hi[u];
+    }
+    for (uint32_t k = 0; k < KW__CLIP_STEPS; ++k) {
+        uint32_t live = 0;
+        for (uint32_t u = 0; u < units; ++u) {
+            uint32_t sc, zc;
+            float l, m, s = 0.0f, z = 0.0f;
+            cs->err[u] = 0.0f;
+            cs->s[u] = -1.0f; /* skipped */
+            if ((asym && seen[u] == 0.0f) || hi[u] == lo[u] || (k > 0 && cs->best[u] == INFINITY)) continue;
+            kw__enc_clip_range(asym, k, lo[u], hi[u], &l, &m);
+            const int rc = asym ? kw_wire_asym_choose(l, m, qmax, sdt, &sc, &s, &zc, &z)
+                                : kw_wire_scale_choose(m, qmax, sdt, &sc, &s);
+            if (rc < 0) continue;
+            cs->s[u] = s;
+            cs->z[u] = z;
+            cs->inv[u] = s != 0.0f ? 1.0f / s : 0.0f;
+            ++live;
+        }
+        if (live == 0) break; /* no unit has a (valid) candidate k, and narrower ones are not tried either */
+        for (uint32_t h = h0; h < h1; ++h)
+            for (uint32_t t = b0; t < b1; ++t) {
+                kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
+                for (uint32_t d = 0; d < D; ++d) {
+                    const uint32_t u = shift >= 31u ? 0u : d >> shift;
+                    const float s = cs->s[u];
+                    if (s < 0.0f || kw__enc_is_outlier(out, D, h, t0 + t, d)) continue;
+                    float y;
+                    if (asym)
+                        y = kw_wire_dequantize_asym(
+                            s != 0.0f ? kw_wire_quantize_asym(x[d], cs->z[u], cs->inv[u], qmax) : 0u, s, cs->z[u]);
+                    else
+                        y = s != 0.0f ? (float)kw_wire_quantize_value(codec, x[d], cs->inv[u]) * s : 0.0f;
+                    const double r = (double)x[d] - (double)y;
+                    cs->err[u] += r * r;
+                }
+            }
+        for (uint32_t u = 0; u < units; ++u)
+            if (cs->s[u] >= 0.0f && cs->err[u] < cs->best[u]) {
+                cs->best[u] = cs->err[u];
+                kw__enc_clip_range(asym, k, lo[u], hi[u], &cs->blo[u], &cs->bhi[u]);
+            }
+    }
+    for (uint32_t u = 0; u < units; ++u) {
+        lo[u] = cs->blo[u];
+        hi[u] = cs->bhi[u];
+    }
+}
+
 /* The D bits of row (h, t) in the outlier mask (D is a multiple of 8 and so is the tensor's first element number:
  * whole bytes), NULL without outliers. */
 static inline const uint8_t *kw__enc_row_outliers(const kw__enc_outliers *o, uint32_t D, uint32_t h, uint32_t t) {
@@ -489,7 +598,7 @@ static inline const uint8_t *kw__enc_row_outliers(const kw__enc_outliers *o, uin
  * (FORMAT.md §5.8, §5.9). The outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero
  * points: code 0), §5.10. Without outliers the statistics take the row kernels; the codes stay scalar. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
+                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint8_t *dst,
                                   const char *what) {
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u;
@@ -526,6 +635,12 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
                 kw__enc_stat(asym, x[d], &lo[u], &hi[u], &iv[u]);
             }
         }
+    if (rc == 0 && clip) { /* the layer granularity: one unit, every row of the tensor */
+        kw__enc_clip_scratch cs = {0};
+        rc = kw__enc_clip_scratch_init(&cs, units);
+        if (rc == 0) kw__enc_clip(e, in, sp, t0, 0, H, 0, tg, 31u, 1u, out, iv, lo, hi, &cs, x);
+        kw__enc_clip_scratch_free(&cs);
+    }
     if (rc == 0) rc = kw__enc_general_scales(sp, units, lo, hi, iv, scales, zeros, what);
     for (uint32_t h = 0; h < H && rc == 0; ++h)
         for (uint32_t t = 0; t < tg; ++t) {
@@ -553,7 +668,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
  * only (unit u = 0, d >> log2 G or d), so each block is two passes over its rows, statistics then codes, with the
  * per-unit arrays on the stack. The same arithmetic as kw__enc_tensor_general, value for value. */
 static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                                 uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst,
+                                 uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint8_t *dst,
                                  const char *what) {
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
@@ -576,17 +691,22 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
     /* kw__wire_kernels.quantize_affine is the scalar rule of both loops below for the integer codecs (with zero
      * points max(y, 0) may give +0 where the rule keeps -0, the same code), and the code of +0 is 0 for both */
     const int row_kernel = kw_wire_codec_is_int(codec);
-    for (uint32_t h = 0; h < H; ++h)
-        for (uint32_t b0 = 0; b0 < tg; b0 += block_rows) {
+    kw__enc_clip_scratch cs = {0};
+    if (clip) KW_FORWARD(kw__enc_clip_scratch_init(&cs, units));
+    int rc = 0;
+    for (uint32_t h = 0; h < H && rc == 0; ++h)
+        for (uint32_t b0 = 0; b0 < tg && rc == 0; b0 += block_rows) {
             const uint32_t b1 = tg - b0 < block_rows ? tg : b0 + block_rows;
             for (uint32_t u = 0; u < units; ++u)
                 lo[u] = hi[u] = iv[u] = 0.0f; /* iv 1: the unit has a value (min/max start from it) */
-            for (uint32_t t = b0; t < b1; ++t) {
-                KW_FORWARD(kw__enc_row_stats(k, kw__enc_row(in, es, h, t0 + t), dt, D, gran, shift, asym,
-                                             kw__enc_row_outliers(out, D, h, t0 + t), x, lo, hi, iv, what, h, t0 + t));
-            }
+            for (uint32_t t = b0; t < b1 && rc == 0; ++t)
+                rc = kw__enc_row_stats(k, kw__enc_row(in, es, h, t0 + t), dt, D, gran, shift, asym,
+                                       kw__enc_row_outliers(out, D, h, t0 + t), x, lo, hi, iv, what, h, t0 + t);
+            if (rc == 0 && clip) kw__enc_clip(e, in, sp, t0, h, h + 1, b0, b1, shift, units, out, iv, lo, hi, &cs, x);
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
-            KW_FORWARD(kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what));
+            if (rc == 0)
+                rc = kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what);
+            if (rc < 0) break;
             /* each unit's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says;
              * symmetric: z = 0), then each element's for the loops below */
             for (uint32_t u = 0; u < units; ++u) {
@@ -628,16 +748,19 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
                 kw__wire_pack_fields(bits, q, D, codes + ((size_t)h * tg + t) * row_bytes);
             }
         }
-    return 0;
+    kw__enc_clip_scratch_free(&cs);
+    return rc;
 }
 
 /* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, uint8_t *dst, const char *what) {
+                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint8_t *dst,
+                          const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
-    if (out || kw__wire_general_path(sp))
-        return sp->granularity == KW_WIRE_GRAN_LAYER ? kw__enc_tensor_general(e, in, sp, t0, tg, out, dst, what)
-                                                     : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, dst, what);
+    clip = clip && kw_wire_codec_is_int(sp->codec); /* FORMAT.md §5.13: the integer codecs; the others as they are */
+    if (out || clip || kw__wire_general_path(sp))
+        return sp->granularity == KW_WIRE_GRAN_LAYER ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, dst, what)
+                                                     : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, dst, what);
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const size_t es = kw__wire_dtype_size(dt);
@@ -956,8 +1079,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
         for (int kv = 0; kv < 2; ++kv) {
             const kw__enc_outliers o = {mask, kv ? (uint64_t)e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim : 0,
                                         in->n_tokens};
-            KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL, body + at,
-                                    kv ? "V" : "K"));
+            KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL,
+                                    (pol->clip >> kv) & 1, body + at, kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }
         t0 += tg->n_tokens;
@@ -977,6 +1100,9 @@ int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n
     KW_RETURN_IF(pol && pol->rotate, KW_E_UNSUPPORTED,
                  "a section written by someone else cannot be rotated (FORMAT.md §5.12): use "
                  "kw_wire_encoder_write_section");
+    KW_RETURN_IF(pol && pol->clip, KW_E_UNSUPPORTED,
+                 "a section written by someone else cannot take clipped scales (FORMAT.md §5.13): use "
+                 "kw_wire_encoder_write_section");
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
     KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, 0, dst, cap, &groups, &single));
@@ -990,8 +1116,8 @@ int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *e, uint32_t layer, u
                                            size_t *tensors_offset) {
     KW_RETURN_IF(!e || !tensors_offset || !pol || !pol->outliers || !elems || !values, KW_E_INVALID_ARG,
                  "begin_section_outliers: null argument or no outliers");
-    KW_RETURN_IF(pol->rotate, KW_E_UNSUPPORTED,
-                 "a section written by someone else cannot be rotated (FORMAT.md §5.12): use "
+    KW_RETURN_IF(pol->rotate || pol->clip, KW_E_UNSUPPORTED,
+                 "a section written by someone else can be neither rotated (FORMAT.md §5.12) nor clipped (§5.13): use "
                  "kw_wire_encoder_write_section");
     const uint64_t elems_total = 2ull * e->hdr.n_kv_heads * n_tokens * e->hdr.head_dim;
     const uint64_t want = pol->outliers < elems_total ? pol->outliers : elems_total;

@@ -65,7 +65,7 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
  * the outliers on the device (kw_cuda_wire_outlier_select, when it applies) and the host writes the table
  * (kw_wire_encoder_begin_section_outliers). Nothing here does the Hadamard rotation of K or V (§5.12): begin_section
  * and begin_section_outliers refuse a rotated policy with KW_E_UNSUPPORTED and the sharer sends such a section
- * through the CPU encoder. */
+ * through the CPU encoder. Nor the clipped-scale search (§5.13, kw_wire_policy.clip): refused the same way. */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;

@@ -266,6 +266,12 @@ static void test_policy(void **state) {
     kw_rd_spec_free(&s);
     refuse_fields("\"kvwire\": {\"policy\": {\"rotate\": \"q\"}}", false, "rotate");
     refuse_fields("\"kvwire\": {\"policy\": {\"rotate\": \"kv\", \"budget_bytes\": 5000}}", false, "rotate");
+    accept_fields("\"kvwire\": {\"policy\": {\"codec\": \"int3\", \"clip\": \"kv\"}}", false, &s);
+    assert_int_equal(s.clip, 3);
+    assert_int_equal(s.rotate, 0);
+    kw_rd_spec_free(&s);
+    refuse_fields("\"kvwire\": {\"policy\": {\"clip\": \"x\"}}", false, "clip");
+    refuse_fields("\"kvwire\": {\"policy\": {\"clip\": \"k\", \"budget_bytes\": 5000}}", false, "clip");
     refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 0.01, \"budget_bytes\": 5000}}", false, "outliers");
     refuse_fields("\"kvwire\": {\"policy\": {\"value_codec\": \"int2-asym\", \"value_granularity\": \"channel3\"}}",
                   false, "value_codec");

@@ -145,6 +145,10 @@ static const parity_case cases[] = {
     {"c2c v1.1: V Hadamard-rotated, int2 zero points per 8", true,
      CHAT_BODY("{\"policy\":{\"codec\":\"int2-asym\",\"granularity\":\"group8\",\"rotate\":\"v\"}}"),
      "--wire int2-asym --wire-gran group8 --wire-rotate v", true, true},
+    {"kv_direct: clipped scales, int3 K and V rotated per token", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int3\",\"granularity\":\"token\","
+               "\"rotate\":\"kv\",\"clip\":\"kv\"}}"),
+     "--mode kv_direct --wire int3 --wire-gran token --wire-rotate kv --wire-clip kv", true, true},
     {"kv_direct int4 vnorm_topk", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
                "\"int4\"}}"),

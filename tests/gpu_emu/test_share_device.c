@@ -9,9 +9,9 @@
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
  * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (pre-RoPE keys, rotated K/V, a byte cap). Both cache dtypes (f32, bf16: the device encoder
- * reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its prefill
- * rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
+ * section that falls back (pre-RoPE keys, rotated K/V, clipped scales, a byte cap). Both cache dtypes (f32, bf16: the
+ * device encoder reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its
+ * prefill rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
  * Built twice: against the emulator (label gpu-emu) and, with KW_TEST_REAL_CUDA, against a real device (tests/gpu,
  * label gpu), which exits 77 without one.
@@ -118,6 +118,7 @@ typedef struct share_case {
     double outliers;
     int device_encodes; /* 1: every section is encoded on the device */
     uint8_t rotate;     /* kw_wire_policy.rotate: rotated sections go through the CPU encoder */
+    uint8_t clip;       /* kw_wire_policy.clip: so do sections with clipped scales (FORMAT.md §5.13) */
 } share_case;
 
 static void policy_of(const share_case *c, kw_wire_policy *pol) {
@@ -126,6 +127,7 @@ static void policy_of(const share_case *c, kw_wire_policy *pol) {
     assert_int_equal(kw_wire_spec_parse_v(c->v[0], c->v[1], c->v[2], KW_WIRE_VERSION_1_1, &pol->v), 0);
     pol->zstd_level = c->zstd;
     pol->rotate = c->rotate;
+    pol->clip = c->clip;
 }
 
 static kw_share_options share_options(const share_case *c, enum kw_dtype cd) {
@@ -215,7 +217,7 @@ static void run_case(const share_case *c, enum kw_dtype cd) {
 
 static const share_case CASES[] = {
     /* v1 */
-    {"int8 token, knorm", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0},
+    {"int8 token, knorm", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0, 0},
     {"int4 group4/8, vnorm, zstd",
      {"int4", "group4", "bf16"},
      {"int4", "group8", "f32"},
@@ -225,6 +227,7 @@ static const share_case CASES[] = {
      0,
      0.0,
      1,
+     0,
      0},
     {"int8/int4 head, front",
      {"int8", "head", "f32"},
@@ -235,6 +238,7 @@ static const share_case CASES[] = {
      0,
      0.0,
      1,
+     0,
      0},
     {"bf16 passthrough, full",
      {"bf16", "none", "none"},
@@ -245,6 +249,7 @@ static const share_case CASES[] = {
      0,
      0.0,
      1,
+     0,
      0},
     /* v1.1 */
     {"int4-asym channel4, knorm",
@@ -256,8 +261,9 @@ static const share_case CASES[] = {
      0,
      0.0,
      1,
+     0,
      0},
-    {"int3 group4, vnorm", {"int3", "group4", "f16"}, {"int3", "token", "f32"}, VNORM(0.7), 0, 0, 0, 0.0, 1, 0},
+    {"int3 group4, vnorm", {"int3", "group4", "f16"}, {"int3", "token", "f32"}, VNORM(0.7), 0, 0, 0, 0.0, 1, 0, 0},
     /* log8 scales, the receiver cache's layout (int8 keys per channel run, values per group) */
     {"int8 log8 channel4/group8",
      {"int8", "channel4", "log8"},
@@ -268,12 +274,13 @@ static const share_case CASES[] = {
      0,
      0.0,
      1,
+     0,
      0},
     /* kv_direct: one selection per section, on the device, the same rows for every layer */
-    {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1, 0},
+    {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1, 0, 0},
     /* sections the device does not encode: the CPU encoder on the downloaded rows */
     /* outlier tables: chosen on the device, the tensors encoded without them there, the table written on the host */
-    {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1, 0},
+    {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1, 0, 0},
     {"outliers 5%, asym channel",
      {"int4-asym", "channel2", "f16"},
      {"int2-asym", "group4", "bf16"},
@@ -283,8 +290,19 @@ static const share_case CASES[] = {
      0,
      0.05,
      1,
+     0,
      0},
-    {"kv_direct outliers, layer", {"int8", "layer", "f32"}, {"int4", "head", "f16"}, KNORM(0.6), 0, 1, 0, 0.02, 1, 0},
+    {"kv_direct outliers, layer",
+     {"int8", "layer", "f32"},
+     {"int4", "head", "f16"},
+     KNORM(0.6),
+     0,
+     1,
+     0,
+     0.02,
+     1,
+     0,
+     0},
 
     {"pre-RoPE (CPU encoder)",
      {"int8", "token", "f16"},
@@ -294,6 +312,7 @@ static const share_case CASES[] = {
      1,
      1,
      0.0,
+     0,
      0,
      0},
     {"rotated K and V (CPU encoder)",
@@ -305,7 +324,19 @@ static const share_case CASES[] = {
      0,
      0.0,
      0,
-     3},
+     3,
+     0},
+    {"clipped K scales (CPU encoder)",
+     {"int3-asym", "token", "f16"},
+     {"int4", "group8", "f16"},
+     KNORM(0.5),
+     0,
+     0,
+     0,
+     0.0,
+     0,
+     0,
+     1},
 };
 
 static void test_cases_f32(void **state) {
@@ -325,7 +356,7 @@ static void test_cases_bf16(void **state) {
 static void test_skip_ranked(void **state) {
     (void)state;
     const share_case c = {
-        "knorm, skip", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0};
+        "knorm, skip", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0, 0};
     const int64_t skip[2] = {2, 1}; /* of the 4 and 2 rows knorm keeps of 9 and 5 */
     sink out[2] = {{0}, {0}};
     kw_share_stats ss[2];
@@ -346,7 +377,7 @@ static void test_budget_falls_back(void **state) {
     kw_wire_codec_spec codecs[2];
     assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[0]), 0);
     assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[1]), 0);
-    const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0};
+    const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0, 0};
     kw_wire_policy pol;
     policy_of(&c, &pol);
     sink out[2] = {{0}, {0}};

@@ -271,6 +271,13 @@ static void test_share_request(void **state) {
     p.hadamard_rotate = 4;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.hadamard_rotate = 0;
+    p.clip_scales = 2; /* clipped scales, an encoder choice: bits 0 and 1 only (not with a byte cap: below) */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->clip_scales, 2);
+    kw_proto_message_free(m);
+    p.clip_scales = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.clip_scales = 0;
     v.zero_points = false;
     v.granularity = 4;
     v.group_size = 32;
@@ -284,6 +291,9 @@ static void test_share_request(void **state) {
     assert_int_equal(((Kwctl__ShareRequest *)m)->policy->budget_bytes, 4096);
     assert_int_equal(((Kwctl__ShareRequest *)m)->policy->budget_codecs[1]->group_size, 32);
     kw_proto_message_free(m);
+    p.clip_scales = 1; /* clipped scales are not for a byte cap */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.clip_scales = 0;
     p.n_budget_codecs = 9;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.n_budget_codecs = 2;

@@ -47,6 +47,12 @@ awk -v a="$bits" 'BEGIN { exit !(a > 2.5 && a < 32) }' || fail "bits per element
 [ $? -eq 1 ] && grep -q "rotated tensor needs a quantizing codec" "$tmp/err" || fail "rotated passthrough"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec 'int4:token@rotq' >/dev/null 2>"$tmp/err"
 [ $? -eq 1 ] && grep -q "@rot, @rotk and @rotv" "$tmp/err" || fail "bad rotation option"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec 'int4:token@clipx' >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "@clip, @clipk and @clipv" "$tmp/err" || fail "bad clip option"
+# clipped scales (FORMAT.md §5.13): a row of its own, named with the option
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
+    --codec 'int3:token@rot@clipk' >"$tmp/out" 2>"$tmp/err" || fail "clip exit $?"
+grep -q '^int3/token@rot@clipk ' "$tmp/out" || fail "clip row"
 for bad in 'int4:token@' 'int4:token@2' 'int4:token@0%' 'int4:token@1%@1%' 'int4:token@rope'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec "$bad" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q "options are @P%" "$tmp/err" || fail "bad option $bad"

@@ -247,11 +247,38 @@ static void test_kvstats_rotate(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Clipped scales (FORMAT.md §5.13): the same bytes; at 4 bits a lower error on the clipped tensor (the search keeps
+ * the absmax scale when nothing is better, so it is never higher) and the same error on the other one. */
+static void test_kvstats_clip(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_bf16", NULL, &m), 0);
+    kw_kvstats_codec codecs[3] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token")};
+    codecs[1].clip = 1, codecs[2].clip = 3;
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 3, N_NEW, &s), 0);
+    for (int p = 0; p < 2; ++p)
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+    const kw_kvstats_result *a = kw_kvstats_result_get(s, 0), *k = kw_kvstats_result_get(s, 1),
+                            *kv = kw_kvstats_result_get(s, 2);
+    assert_int_equal(k->status, 0);
+    assert_int_equal(kv->status, 0);
+    assert_true(k->blob_bytes == a->blob_bytes && kv->blob_bytes == a->blob_bytes);
+    assert_true(k->k_err2 < a->k_err2 && k->v_err2 == a->v_err2);
+    assert_true(kv->k_err2 == k->k_err2 && kv->v_err2 < a->v_err2);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),
         cmocka_unit_test(test_kvstats_v11_options),
         cmocka_unit_test(test_kvstats_rotate),
+        cmocka_unit_test(test_kvstats_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
