@@ -954,12 +954,13 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
         for (uint32_t t = 0; t < T; ++t)
             for (uint32_t h = 0; h < H; ++h) {
                 float *row = base + (size_t)t * use[kv]->token_stride + (size_t)h * use[kv]->head_stride;
-                kw__wire_rotate_row(row, D, sx, 1);
-                if (!scratch[kv]) continue;
+                if (!scratch[kv]) {
+                    kern->rotate(row, KW_WIRE_DTYPE_F32, row, KW_WIRE_DTYPE_F32, D, sx, 1);
+                    continue;
+                }
                 uint16_t *o =
                     (uint16_t *)outs[kv]->data + (size_t)t * outs[kv]->token_stride + (size_t)h * outs[kv]->head_stride;
-                for (uint32_t d = 0; d < D; ++d)
-                    o[d] = kw_f32_to_bf16(row[d]);
+                kern->rotate(row, KW_WIRE_DTYPE_F32, o, KW_WIRE_DTYPE_BF16, D, sx, 1);
             }
     }
 out:

@@ -303,7 +303,20 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     }
 }
 
-/* kw__wire_kernels.scales: f16 scales 8 at a time. r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
+/* The log8 scale values (kw_wire_log8_to_f32) of 8 bytes 1..255 as int32: the f32 root 2^(i/8) of the low three
+ * bits of c - 128 (bytes 128..135 are the roots themselves), its exponent moved by the rest (an exact power of two:
+ * the same bits as the scalar product). */
+KW_AVX2 static inline __m256 kw__log8_values8_avx2(__m256i c) {
+    const __m256i roots = _mm256_castps_si256(_mm256_setr_ps(
+        kw_wire_log8_to_f32(128), kw_wire_log8_to_f32(129), kw_wire_log8_to_f32(130), kw_wire_log8_to_f32(131),
+        kw_wire_log8_to_f32(132), kw_wire_log8_to_f32(133), kw_wire_log8_to_f32(134), kw_wire_log8_to_f32(135)));
+    const __m256i e = _mm256_sub_epi32(c, _mm256_set1_epi32(128));
+    const __m256i root = _mm256_permutevar8x32_epi32(roots, _mm256_and_si256(e, _mm256_set1_epi32(7)));
+    return _mm256_castsi256_ps(_mm256_add_epi32(root, _mm256_slli_epi32(_mm256_srai_epi32(e, 3), 23)));
+}
+
+/* kw__wire_kernels.scales: f16 and log8 scales 8 at a time. log8: the scalar rule's binary search in every lane.
+ * f16: r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
  * even is exactly kw_f32_to_f16 for the finite non-negative r there can be (subnormal results and overflow to Inf
  * included); then the rule's range checks, the floor at the smallest subnormal, and qmax * s <= BF16_MAX. A block
  * with any failure, and every other scale dtype, take the scalar rule, which finds the failing index. */
@@ -329,6 +342,35 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
                 (__m128i *)(dst + 2 * (size_t)i),
                 _mm_andnot_si128(_mm_packs_epi32(_mm256_castsi256_si128(zero), _mm256_extracti128_si256(zero, 1)),
                                  c16));
+            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
+            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+        }
+    }
+    if (scale_dtype == KW_WIRE_SCALE_LOG8) {
+        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        const __m256 ceiling = _mm256_mul_ps(_mm256_set1_ps(kw_wire_log8_to_f32(255)), vq);
+        for (; i + 8 <= n; i += 8) {
+            const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
+            const __m256 a = _mm256_castsi256_ps(ab);
+            const __m256i zero = _mm256_cmpeq_epi32(ab, _mm256_setzero_si256());
+            /* the scalar rule's binary search over 1..255, eight halvings in every lane */
+            __m256i lo = _mm256_set1_epi32(1), hi = _mm256_set1_epi32(255);
+            for (int k = 0; k < 8; ++k) {
+                const __m256i mid = _mm256_srli_epi32(_mm256_add_epi32(lo, hi), 1);
+                const __m256i ge =
+                    _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(kw__log8_values8_avx2(mid), vq), a, _CMP_GE_OQ));
+                hi = _mm256_blendv_epi8(hi, mid, ge);
+                lo = _mm256_blendv_epi8(_mm256_add_epi32(mid, _mm256_set1_epi32(1)), lo, ge);
+            }
+            const __m256 v = kw__log8_values8_avx2(lo);
+            __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff)),
+                                          _mm256_castps_si256(_mm256_cmp_ps(ceiling, a, _CMP_NGE_UQ)));
+            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
+            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
+            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
+            const __m256i c = _mm256_andnot_si256(zero, lo);
+            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+            _mm_storel_epi64((__m128i *)(dst + i), _mm_packus_epi16(c16, c16));
             _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
             _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
         }
@@ -520,6 +562,67 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     return _mm_movemask_epi8(bad) || _mm256_movemask_epi8(bad8) ? KW_E_WIRE_VALUE : 0;
 }
 
+/* 8 f32 values as bf16, exactly kw_f32_to_bf16: integer round to nearest even, a NaN quieted with its sign kept. */
+KW_AVX2 static inline __m128i kw__bf16_8_avx2(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i nan =
+        _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+/* Stores a rotated f32 row x (D values, a multiple of 8) at dst in dst_dtype (kw__wire_kernels.rotate). */
+KW_AVX2 static void kw__rotate_store_avx2(const float *x, void *dst, uint32_t dst_dtype, uint32_t D) {
+    if (dst_dtype == KW_WIRE_DTYPE_F32) {
+        if (dst != x) memcpy(dst, x, (size_t)D * 4);
+    } else if (dst_dtype == KW_WIRE_DTYPE_BF16) {
+        for (uint32_t i = 0; i < D; i += 8)
+            _mm_storeu_si128((__m128i *)((uint16_t *)dst + i), kw__bf16_8_avx2(_mm256_loadu_ps(x + i)));
+    } else {
+        for (uint32_t i = 0; i < D; ++i)
+            ((uint16_t *)dst)[i] = kw_f32_to_f16(x[i]);
+    }
+}
+
+/* kw__wire_kernels.rotate: the butterflies of kw__wire_rotate_row in the same stages, each output the same single f32
+ * addition a + b or subtraction a - b of the same two values (so the same bits in any order within a stage). Stages
+ * len = 1, 2, 4 inside a vector: the partner t of each lane permuted in, a + b = v + t in the low lanes of each 2 len
+ * block and a - b = t - v in the high ones; the longer stages add and subtract whole vectors. The row is worked on in
+ * dst when that is f32, else in a buffer. */
+KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
+                                    const float *sx, int inverse) {
+    if (D < 8 || D > 4096 || src_dtype < KW_WIRE_DTYPE_BF16 || src_dtype > KW_WIRE_DTYPE_F32) {
+        kw__wire_rotate_scalar(src, src_dtype, dst, dst_dtype, D, sx, inverse);
+        return;
+    }
+    float buf[4096];
+    float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
+    for (uint32_t i = 0; i < D; i += 8) {
+        __m256 v = kw__load8_avx2(src, src_dtype, i);
+        if (!inverse) v = _mm256_mul_ps(v, _mm256_loadu_ps(sx + i));
+        __m256 t = _mm256_permute_ps(v, 0xb1);
+        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xaa);
+        t = _mm256_permute_ps(v, 0x4e);
+        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xcc);
+        t = _mm256_permute2f128_ps(v, v, 0x01);
+        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
+        _mm256_storeu_ps(x + i, v);
+    }
+    for (uint32_t len = 8; len < D; len <<= 1)
+        for (uint32_t i = 0; i < D; i += len << 1)
+            for (uint32_t j = i; j < i + len; j += 8) {
+                const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + len);
+                _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(x + j + len, _mm256_sub_ps(a, b));
+            }
+    if (inverse)
+        for (uint32_t i = 0; i < D; i += 8)
+            _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(sx + i)));
+    kw__rotate_store_avx2(x, dst, dst_dtype, D);
+}
+
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
     .amax = kw__amax_avx2,
@@ -529,6 +632,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize_affine = kw__quantize_affine_avx2,
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
+    .rotate = kw__rotate_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -750,6 +854,41 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     return bad ? KW_E_WIRE_VALUE : 0;
 }
 
+/* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask). */
+KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
+                                        const float *sx, int inverse) {
+    if (D < 16 || D > 4096 || src_dtype < KW_WIRE_DTYPE_BF16 || src_dtype > KW_WIRE_DTYPE_F32) {
+        kw__rotate_avx2(src, src_dtype, dst, dst_dtype, D, sx, inverse);
+        return;
+    }
+    float buf[4096];
+    float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
+    for (uint32_t i = 0; i < D; i += 16) {
+        __m512 v = kw__load16_avx512(src, src_dtype, i);
+        if (!inverse) v = _mm512_mul_ps(v, _mm512_loadu_ps(sx + i));
+        __m512 t = _mm512_permute_ps(v, 0xb1);
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xaaaa, t, v);
+        t = _mm512_permute_ps(v, 0x4e);
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xcccc, t, v);
+        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xf0f0, t, v);
+        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
+        _mm512_storeu_ps(x + i, v);
+    }
+    for (uint32_t len = 16; len < D; len <<= 1)
+        for (uint32_t i = 0; i < D; i += len << 1)
+            for (uint32_t j = i; j < i + len; j += 16) {
+                const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + len);
+                _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
+                _mm512_storeu_ps(x + j + len, _mm512_sub_ps(a, b));
+            }
+    if (inverse)
+        for (uint32_t i = 0; i < D; i += 16)
+            _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(sx + i)));
+    kw__rotate_store_avx2(x, dst, dst_dtype, D);
+}
+
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
     .amax = kw__amax_avx512,
@@ -759,6 +898,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize_affine = kw__quantize_affine_avx2, /* the AVX2 kernels: no 16-wide ones yet */
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
+    .rotate = kw__rotate_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

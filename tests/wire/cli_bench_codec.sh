@@ -23,7 +23,7 @@ for c in int8 int4; do
     f16=$(awk -v n="$c token f16" '$0 ~ "^" n " +[0-9]" { print $(NF - 3) }' rows.txt)
     [ -n "$log8" ] && [ -n "$f16" ] || fail "no $c token log8 / f16 row: $(cat rows.txt)"
     [ "$log8" -lt "$f16" ] || fail "$c log8 blob $log8 bytes, not below f16's $f16"
-    # the rotated rows (v1.1 Hadamard rotation) run and cost what the plain ones do but the section flags' version
+    # the rotated rows (v1.1 Hadamard rotation) run, with the plain row's size give or take the v1.1 header's bytes
     rot=$(awk -v n="$c token f16 @rot" 'index($0, n) == 1 { print $(NF - 3) }' rows.txt)
     [ -n "$rot" ] || fail "no $c token f16 @rot row: $(cat rows.txt)"
     [ "$rot" -ge "$f16" ] && [ "$rot" -le $((f16 + 64)) ] || fail "$c @rot blob $rot bytes, f16 $f16"
