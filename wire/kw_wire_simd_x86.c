@@ -119,15 +119,43 @@ KW_AVX2 static inline void kw__sextets8_avx2(__m128i q16, uint8_t *dst) {
     memcpy(dst, &v, 6);
 }
 
-/* NF4 codes of 8 clamped values as int32: the midpoints below y, ties to the even code (kw_wire_nf4_code). At a tie
- * y == mid[i] the codes are i and i + 1; the even one is i + 1 exactly when i is odd, so odd midpoints compare >=. */
-KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const __m256 *mids) {
-    __m256i c = _mm256_setzero_si256();
-    for (int i = 0; i < 15; i += 2)
-        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, mids[i], _CMP_GT_OQ)));
-    for (int i = 1; i < 15; i += 2)
-        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, mids[i], _CMP_GE_OQ)));
-    return c;
+/* NF4 threshold k (0..14): midpoint k, or for odd k the float just below it. kw_wire_nf4_code counts the midpoints
+ * below y and at a tie y == mid[k] takes the even one of codes k and k + 1, so an odd midpoint counts when y >= mid[k]:
+ * when y > threshold k. The code is then the number of thresholds below y (no midpoint is 0). */
+static inline float kw__nf4_threshold(uint32_t k) {
+    const float m = kw_wire_nf4_mid(k);
+    return (k & 1u) ? kw_f32_from_bits(m > 0.0f ? kw_f32_bits(m) - 1u : kw_f32_bits(m) + 1u) : m;
+}
+
+/* The AVX2 NF4 thresholds: 7, 3 and 11 broadcast, the odd ones 1, 5, 9, 13 and the even ones 0, 2, ..., 14. */
+typedef struct kw__nf4_avx2 {
+    __m256 t7, t3, t11, odd, even;
+} kw__nf4_avx2;
+
+KW_AVX2 static inline kw__nf4_avx2 kw__nf4_avx2_make(void) {
+    kw__nf4_avx2 t;
+    t.t7 = _mm256_set1_ps(kw__nf4_threshold(7));
+    t.t3 = _mm256_set1_ps(kw__nf4_threshold(3));
+    t.t11 = _mm256_set1_ps(kw__nf4_threshold(11));
+    t.odd = _mm256_setr_ps(kw__nf4_threshold(1), kw__nf4_threshold(5), kw__nf4_threshold(9), kw__nf4_threshold(13),
+                           0.0f, 0.0f, 0.0f, 0.0f);
+    t.even = _mm256_setr_ps(kw__nf4_threshold(0), kw__nf4_threshold(2), kw__nf4_threshold(4), kw__nf4_threshold(6),
+                            kw__nf4_threshold(8), kw__nf4_threshold(10), kw__nf4_threshold(12), kw__nf4_threshold(14));
+    return t;
+}
+
+/* NF4 codes of 8 clamped values as int32 (kw_wire_nf4_code): the number of thresholds below y by a four-step binary
+ * search, each step adding 8, 4, 2 or 1 when y is above threshold c + step - 1 (c the code so far): 7; 3 or 11; one
+ * of the odd ones (index c / 4); one of the even ones (index c / 2). */
+KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *t) {
+    __m256 g = _mm256_cmp_ps(y, t->t7, _CMP_GT_OQ);
+    __m256i c = _mm256_and_si256(_mm256_castps_si256(g), _mm256_set1_epi32(8));
+    g = _mm256_cmp_ps(y, _mm256_blendv_ps(t->t3, t->t11, g), _CMP_GT_OQ);
+    c = _mm256_add_epi32(c, _mm256_and_si256(_mm256_castps_si256(g), _mm256_set1_epi32(4)));
+    g = _mm256_cmp_ps(y, _mm256_permutevar8x32_ps(t->odd, _mm256_srli_epi32(c, 2)), _CMP_GT_OQ);
+    c = _mm256_add_epi32(c, _mm256_and_si256(_mm256_castps_si256(g), _mm256_set1_epi32(2)));
+    g = _mm256_cmp_ps(y, _mm256_permutevar8x32_ps(t->even, _mm256_srli_epi32(c, 1)), _CMP_GT_OQ);
+    return _mm256_sub_epi32(c, _mm256_castps_si256(g));
 }
 
 /* FP8 codes of 8 values already clamped to the format's range (kw__f32_to_minifloat: round half to even on the
@@ -279,11 +307,9 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
                                  dst + i / 8 * 2);
         break;
     case KW_WIRE_CODEC_NF4: {
-        __m256 mids[15];
-        for (uint32_t k = 0; k < 15; ++k)
-            mids[k] = _mm256_set1_ps(kw_wire_nf4_mid(k));
+        const kw__nf4_avx2 t = kw__nf4_avx2_make();
         for (uint32_t i = 0; i < n; i += 8) {
-            const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), mids);
+            const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), &t);
             kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
         }
         break;
@@ -718,18 +744,20 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
                                                   uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
     const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
-    if (codec == KW_WIRE_CODEC_NF4) {
-        __m512 mids[15];
-        for (uint32_t k = 0; k < 15; ++k)
-            mids[k] = _mm512_set1_ps(kw_wire_nf4_mid(k));
-        const __m512i one = _mm512_set1_epi32(1);
+    if (codec == KW_WIRE_CODEC_NF4) { /* the binary search of kw__nf4_codes8_avx2 over one 16-entry table */
+        const __m512 tab =
+            _mm512_setr_ps(kw__nf4_threshold(0), kw__nf4_threshold(1), kw__nf4_threshold(2), kw__nf4_threshold(3),
+                           kw__nf4_threshold(4), kw__nf4_threshold(5), kw__nf4_threshold(6), kw__nf4_threshold(7),
+                           kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10), kw__nf4_threshold(11),
+                           kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14), 0.0f);
+        const __m512 t7 = _mm512_set1_ps(kw__nf4_threshold(7));
         for (uint32_t i = 0; i < n; i += 16) {
             const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
-            __m512i c = _mm512_setzero_si512();
-            for (int k = 0; k < 15; k += 2)
-                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GT_OQ), c, one);
-            for (int k = 1; k < 15; k += 2) /* odd midpoints compare >=: a tie goes to the even code */
-                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GE_OQ), c, one);
+            __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(y, t7, _CMP_GT_OQ), _mm512_set1_epi32(8));
+            for (int step = 4; step; step >>= 1) {
+                const __m512 t = _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), tab);
+                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, t, _CMP_GT_OQ), c, _mm512_set1_epi32(step));
+            }
             kw__nibbles16_avx512(c, dst + i / 2);
         }
         return;
