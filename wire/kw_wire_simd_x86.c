@@ -272,11 +272,44 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
     _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(c16, c16));
 }
 
+/* int8 and int4 codes of bf16 rows, 32 values per step (n a multiple of 32): unpacking a bf16 vector against zeros
+ * gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then 4k+4..4k+7), so two
+ * saturating packs and one 64-bit lane permute give the 32 codes in element order; the values and the rounding are
+ * those of kw__codes8_avx2 (the packs never saturate: the codes are already in range). */
+KW_AVX2 static void kw__quantize_int84_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
+                                                 uint8_t *dst) {
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
+    const __m256i z = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < n; i += 32) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
+                      x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
+#define KW__Q(v) _mm256_cvtps_epi32(kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
+        const __m256i p0 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x0)), KW__Q(_mm256_unpackhi_epi16(z, x0)));
+        const __m256i p1 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x1)), KW__Q(_mm256_unpackhi_epi16(z, x1)));
+#undef KW__Q
+        const __m256i q = _mm256_permute4x64_epi64(_mm256_packs_epi16(p0, p1), 0xd8); /* 32 codes in order */
+        if (codec == KW_WIRE_CODEC_INT8) {
+            _mm256_storeu_si256((__m256i *)(dst + i), q);
+            continue;
+        }
+        /* 16-bit lanes q[2j] | q[2j+1] << 8 -> (q[2j] & 15) | (q[2j+1] & 15) << 4 */
+        const __m256i b = _mm256_or_si256(_mm256_and_si256(q, _mm256_set1_epi16(0x000f)),
+                                          _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi16(0x00f0)));
+        _mm_storeu_si128((__m128i *)(dst + i / 2),
+                         _mm_packus_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+    }
+}
+
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
     if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
         kw_wire_codec_bits(codec) == 0) {
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
+        return;
+    }
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+        kw__quantize_int84_bf16_avx2(codec, (const uint16_t *)x, n, inv, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
@@ -770,11 +803,39 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     }
 }
 
+/* kw__quantize_int84_bf16_avx2 64 values per step (n a multiple of 64): the packs leave each 128-bit lane's 8 codes
+ * of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
+KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
+                                                     uint8_t *dst) {
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+    for (uint32_t i = 0; i < n; i += 64) {
+        const __m512i x0 = _mm512_loadu_si512(x + i), x1 = _mm512_loadu_si512(x + i + 32);
+#define KW__Q(v) _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
+        const __m512i p0 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x0)), KW__Q(_mm512_unpackhi_epi16(z, x0)));
+        const __m512i p1 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x1)), KW__Q(_mm512_unpackhi_epi16(z, x1)));
+#undef KW__Q
+        const __m512i q = _mm512_permutexvar_epi64(order, _mm512_packs_epi16(p0, p1)); /* 64 codes in order */
+        if (codec == KW_WIRE_CODEC_INT8) {
+            _mm512_storeu_si512(dst + i, q);
+            continue;
+        }
+        const __m512i b = _mm512_or_si512(_mm512_and_si512(q, _mm512_set1_epi16(0x000f)),
+                                          _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi16(0x00f0)));
+        _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm512_cvtepi16_epi8(b));
+    }
+}
+
 KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                           uint8_t *dst) {
     const int wide = (codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2);
     if (wide && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 16 == 0) {
         kw__quantize_nf4_fp8_avx512(codec, x, dtype, n, inv, dst);
+        return;
+    }
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0) {
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n, inv, dst);
         return;
     }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) ||
