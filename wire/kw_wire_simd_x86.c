@@ -529,6 +529,53 @@ KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits
     }
 }
 
+/* int4 and nf4 rows to bf16, 64 values per step (n a multiple of 64): a row has only 16 distinct outputs, so the
+ * 16 values of the codes 0..15 are computed as the 8-wide path computes them (fl32(q * s) or fl32(nf4[c] * s), rounded
+ * like kw__store8_avx2) into a table whose low and high bytes two pshufb look up per nibble; byte unpacks then
+ * interleave the even (low nibble) and odd elements' words, and 128-bit lane permutes put the 64 words in order. */
+KW_AVX2 static int kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s,
+                                                uint16_t *out) {
+    const __m256 vs = _mm256_set1_ps(s);
+    __m256 v0, v1;
+    if (codec == KW_WIRE_CODEC_NF4) {
+        v0 = _mm256_setr_ps(kw_wire_nf4_value(0), kw_wire_nf4_value(1), kw_wire_nf4_value(2), kw_wire_nf4_value(3),
+                            kw_wire_nf4_value(4), kw_wire_nf4_value(5), kw_wire_nf4_value(6), kw_wire_nf4_value(7));
+        v1 = _mm256_setr_ps(kw_wire_nf4_value(8), kw_wire_nf4_value(9), kw_wire_nf4_value(10), kw_wire_nf4_value(11),
+                            kw_wire_nf4_value(12), kw_wire_nf4_value(13), kw_wire_nf4_value(14), kw_wire_nf4_value(15));
+    } else { /* two's complement nibbles: 0..7, then -8..-1 */
+        v0 = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+        v1 = _mm256_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1);
+    }
+    uint16_t tab[16];
+    kw__store8_avx2(tab, KW_WIRE_DTYPE_BF16, 0, _mm256_mul_ps(v0, vs));
+    kw__store8_avx2(tab, KW_WIRE_DTYPE_BF16, 8, _mm256_mul_ps(v1, vs));
+    const __m128i t = _mm_loadu_si128((const __m128i *)tab), t1 = _mm_loadu_si128((const __m128i *)(tab + 8));
+    const __m128i split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m128i a = _mm_shuffle_epi8(t, split), b = _mm_shuffle_epi8(t1, split); /* low bytes, then high bytes */
+    const __m256i lo_bytes = _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(a, b));
+    const __m256i hi_bytes = _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(a, b));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+    __m256i bad = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < n; i += 64) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(src + i / 2));
+        const __m256i ev = _mm256_and_si256(w, m4), od = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi8(ev, eight), _mm256_cmpeq_epi8(od, eight)));
+        const __m256i el = _mm256_shuffle_epi8(lo_bytes, ev), eh = _mm256_shuffle_epi8(hi_bytes, ev);
+        const __m256i ol = _mm256_shuffle_epi8(lo_bytes, od), oh = _mm256_shuffle_epi8(hi_bytes, od);
+        /* words of the even and odd elements, then both interleaved: per 128-bit lane (16 bytes, 32 elements) */
+        const __m256i e0 = _mm256_unpacklo_epi8(el, eh), e1 = _mm256_unpackhi_epi8(el, eh);
+        const __m256i o0 = _mm256_unpacklo_epi8(ol, oh), o1 = _mm256_unpackhi_epi8(ol, oh);
+        const __m256i w0 = _mm256_unpacklo_epi16(e0, o0), w1 = _mm256_unpackhi_epi16(e0, o0);
+        const __m256i w2 = _mm256_unpacklo_epi16(e1, o1), w3 = _mm256_unpackhi_epi16(e1, o1);
+        __m256i *o = (__m256i *)(out + i);
+        _mm256_storeu_si256(o, _mm256_permute2x128_si256(w0, w1, 0x20));
+        _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(w2, w3, 0x20));
+        _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(w0, w1, 0x31));
+        _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(w2, w3, 0x31));
+    }
+    return codec == KW_WIRE_CODEC_INT4 && !_mm256_testz_si256(bad, bad) ? KW_E_WIRE_VALUE : 0;
+}
+
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
     if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT3) return kw__dequantize_small_avx2(src, 3, n, s, out, out_dtype);
@@ -536,6 +583,8 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
         codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
+    if ((codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_NF4) && out_dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0)
+        return kw__dequantize_nib_bf16_avx2(codec, src, n, s, (uint16_t *)out);
     const __m256 vs = _mm256_set1_ps(s);
     __m128i bad = _mm_setzero_si128();
     __m256i bad8 = _mm256_setzero_si256();
@@ -909,7 +958,8 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
         }
         return bad16 ? KW_E_WIRE_VALUE : 0;
     }
-    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 32 != 0)
+    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 32 != 0 ||
+        (codec == KW_WIRE_CODEC_INT4 && out_dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0)) /* the AVX2 table lookup */
         return kw__dequantize_avx2(codec, src, n, s, out, out_dtype);
     const __m512 vs = _mm512_set1_ps(s);
     __mmask32 bad = 0;
