@@ -883,8 +883,12 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
         kw__quantize_nf4_fp8_avx512(codec, x, dtype, n, inv, dst);
         return;
     }
-    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0) {
-        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n, inv, dst);
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+        const uint32_t n64 = n & ~63u; /* a last 32 values (groups of 32) take the AVX2 step */
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, dst);
+        if (n64 < n)
+            kw__quantize_int84_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv,
+                                         dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) ||
