@@ -694,6 +694,23 @@ KW_AVX2 static void kw__rotate_store_avx2(const float *x, void *dst, uint32_t ds
     }
 }
 
+/* The rest of a rotation once the stages below len are done in x (D a multiple of 8): the stages len, 2 len, ...,
+ * D / 2 on whole vectors, the inverse's signs and scale, and the store (kw__wire_kernels.rotate). */
+KW_AVX2 static void kw__rotate_finish_avx2(float *x, uint32_t D, uint32_t len, const float *sx, int inverse, void *dst,
+                                           uint32_t dst_dtype) {
+    for (; len < D; len <<= 1)
+        for (uint32_t i = 0; i < D; i += len << 1)
+            for (uint32_t j = i; j < i + len; j += 8) {
+                const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + len);
+                _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(x + j + len, _mm256_sub_ps(a, b));
+            }
+    if (inverse)
+        for (uint32_t i = 0; i < D; i += 8)
+            _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(sx + i)));
+    kw__rotate_store_avx2(x, dst, dst_dtype, D);
+}
+
 /* kw__wire_kernels.rotate: the butterflies of kw__wire_rotate_row in the same stages, each output the same single f32
  * addition a + b or subtraction a - b of the same two values (so the same bits in any order within a stage). Stages
  * len = 1, 2, 4 inside a vector: the partner t of each lane permuted in, a + b = v + t in the low lanes of each 2 len
@@ -718,17 +735,7 @@ KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *d
         v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
         _mm256_storeu_ps(x + i, v);
     }
-    for (uint32_t len = 8; len < D; len <<= 1)
-        for (uint32_t i = 0; i < D; i += len << 1)
-            for (uint32_t j = i; j < i + len; j += 8) {
-                const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + len);
-                _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
-                _mm256_storeu_ps(x + j + len, _mm256_sub_ps(a, b));
-            }
-    if (inverse)
-        for (uint32_t i = 0; i < D; i += 8)
-            _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(sx + i)));
-    kw__rotate_store_avx2(x, dst, dst_dtype, D);
+    kw__rotate_finish_avx2(x, D, 8, sx, inverse, dst, dst_dtype);
 }
 
 static const kw__wire_kernels kw__avx2_kernels = {
@@ -997,7 +1004,8 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     return bad ? KW_E_WIRE_VALUE : 0;
 }
 
-/* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask). */
+/* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask); the
+ * longer ones 8 lanes wide (Zen 4 splits 16-lane operations in two anyway). */
 KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
                                         const float *sx, int inverse) {
     if (D < 16 || D > 4096 || src_dtype < KW_WIRE_DTYPE_BF16 || src_dtype > KW_WIRE_DTYPE_F32) {
@@ -1019,17 +1027,7 @@ KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, voi
         v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
         _mm512_storeu_ps(x + i, v);
     }
-    for (uint32_t len = 16; len < D; len <<= 1)
-        for (uint32_t i = 0; i < D; i += len << 1)
-            for (uint32_t j = i; j < i + len; j += 16) {
-                const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + len);
-                _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
-                _mm512_storeu_ps(x + j + len, _mm512_sub_ps(a, b));
-            }
-    if (inverse)
-        for (uint32_t i = 0; i < D; i += 16)
-            _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(sx + i)));
-    kw__rotate_store_avx2(x, dst, dst_dtype, D);
+    kw__rotate_finish_avx2(x, D, 16, sx, inverse, dst, dst_dtype);
 }
 
 static const kw__wire_kernels kw__avx512_kernels = {
