@@ -1,11 +1,11 @@
 /* kw_wire_simd_x86.c: AVX2 and AVX-512 row kernels for KVWire (absmax of bf16/f32 rows; the minimum and maximum of a
- * row in element order; per-token and per-group f16 scales; quantization of bf16/f16/f32 rows to every quantizing
- * codec, int3 and int2 included; dequantization of every quantizing codec to f32/bf16; the v1.1 affine rows, zero
- * points and channel scales, both ways). AVX-512 has its own int8, int4, nf4 and fp8 kernels and minmax, and takes
- * the AVX2 ones for the rest. Passthrough codecs, f16 absmax and row lengths that are not a multiple of the vector
- * width fall back to the scalar kernels. The functions are compiled for their ISA with
- * target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on any x86-64 and is never built
- * with -march=native.
+ * row in element order; per-token and per-group f16 and log8 scales; quantization of bf16/f16/f32 rows to every
+ * quantizing codec, int3 and int2 included; dequantization of every quantizing codec to f32/bf16; the v1.1 affine
+ * rows, zero points and channel scales, both ways; the Hadamard rotation of head vectors). AVX-512 has its own int8,
+ * int4, nf4 and fp8 kernels, minmax and rotation, and takes the AVX2 ones for the rest. Passthrough codecs, f16 absmax
+ * and row lengths that are not a multiple of the vector width fall back to the scalar kernels. The functions are
+ * compiled for their ISA with target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on
+ * any x86-64 and is never built with -march=native.
  *
  * They compute exactly what kw_wire_quant.h defines, bit for bit (tests/wire/test_wire_simd.c compares them over
  * random and edge-case rows): y = fl32(x * inv) with one rounding (no FMA), clamp to [-qmax, qmax], round half to even
