@@ -529,7 +529,7 @@ KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits
     }
 }
 
-/* int4 and nf4 rows to bf16, 64 values per step (n a multiple of 64): a row has only 16 distinct outputs, so the
+/* int4 and nf4 rows to bf16, 64 values per step (n a multiple of 32): a row has only 16 distinct outputs, so the
  * 16 values of the codes 0..15 are computed as the 8-wide path computes them (fl32(q * s) or fl32(nf4[c] * s), rounded
  * like kw__store8_avx2) into a table whose low and high bytes two pshufb look up per nibble; byte unpacks then
  * interleave the even (low nibble) and odd elements' words, and 128-bit lane permutes put the 64 words in order. */
@@ -557,7 +557,10 @@ KW_AVX2 static int kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *s
     const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
     __m256i bad = _mm256_setzero_si256();
     for (uint32_t i = 0; i < n; i += 64) {
-        const __m256i w = _mm256_loadu_si256((const __m256i *)(src + i / 2));
+        const int half = n - i == 32; /* a last 32 values: one 128-bit lane, the other zeros (code 0, valid) */
+        const __m256i w =
+            half ? _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(src + i / 2)), 0)
+                 : _mm256_loadu_si256((const __m256i *)(src + i / 2));
         const __m256i ev = _mm256_and_si256(w, m4), od = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
         bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi8(ev, eight), _mm256_cmpeq_epi8(od, eight)));
         const __m256i el = _mm256_shuffle_epi8(lo_bytes, ev), eh = _mm256_shuffle_epi8(hi_bytes, ev);
@@ -570,6 +573,7 @@ KW_AVX2 static int kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *s
         __m256i *o = (__m256i *)(out + i);
         _mm256_storeu_si256(o, _mm256_permute2x128_si256(w0, w1, 0x20));
         _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(w2, w3, 0x20));
+        if (half) break;
         _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(w0, w1, 0x31));
         _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(w2, w3, 0x31));
     }
@@ -583,7 +587,7 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
         codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
-    if ((codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_NF4) && out_dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0)
+    if ((codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_NF4) && out_dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0)
         return kw__dequantize_nib_bf16_avx2(codec, src, n, s, (uint16_t *)out);
     const __m256 vs = _mm256_set1_ps(s);
     __m128i bad = _mm_setzero_si128();
