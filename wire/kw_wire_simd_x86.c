@@ -272,24 +272,34 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
     _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(c16, c16));
 }
 
-/* int8 and int4 codes of bf16 rows, 32 values per step (n a multiple of 32): unpacking a bf16 vector against zeros
- * gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then 4k+4..4k+7), so two
- * saturating packs and one 64-bit lane permute give the 32 codes in element order; the values and the rounding are
- * those of kw__codes8_avx2 (the packs never saturate: the codes are already in range). */
-KW_AVX2 static void kw__quantize_int84_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
+/* The code of 8 clamped values y as int32 for the byte-aligned codecs of kw__quantize_bytes_bf16_avx2. */
+KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
+    if (codec == KW_WIRE_CODEC_E4M3) return kw__fp8_codes8_avx2(y, 3, 7, 0x7e);
+    if (codec == KW_WIRE_CODEC_E5M2) return kw__fp8_codes8_avx2(y, 2, 15, 0x7b);
+    return _mm256_cvtps_epi32(y);
+}
+
+/* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32): unpacking a bf16 vector
+ * against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
+ * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
+ * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
+ * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
+KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
                                                  uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
     const __m256i z = _mm256_setzero_si256();
+    const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
     for (uint32_t i = 0; i < n; i += 32) {
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
-#define KW__Q(v) _mm256_cvtps_epi32(kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
+#define KW__Q(v) kw__code8_avx2(codec, kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
         const __m256i p0 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x0)), KW__Q(_mm256_unpackhi_epi16(z, x0)));
         const __m256i p1 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x1)), KW__Q(_mm256_unpackhi_epi16(z, x1)));
 #undef KW__Q
-        const __m256i q = _mm256_permute4x64_epi64(_mm256_packs_epi16(p0, p1), 0xd8); /* 32 codes in order */
-        if (codec == KW_WIRE_CODEC_INT8) {
+        const __m256i q = _mm256_permute4x64_epi64(fp8 ? _mm256_packus_epi16(p0, p1) : _mm256_packs_epi16(p0, p1),
+                                                   0xd8); /* 32 codes in order */
+        if (codec != KW_WIRE_CODEC_INT4) {
             _mm256_storeu_si256((__m256i *)(dst + i), q);
             continue;
         }
@@ -308,8 +318,10 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
         return;
     }
-    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
-        kw__quantize_int84_bf16_avx2(codec, (const uint16_t *)x, n, inv, dst);
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
+         codec == KW_WIRE_CODEC_E5M2) &&
+        dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
@@ -863,8 +875,8 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     }
 }
 
-/* kw__quantize_int84_bf16_avx2 64 values per step (n a multiple of 64): the packs leave each 128-bit lane's 8 codes
- * of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
+/* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
+ * lane's 8 codes of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
 KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
                                                      uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
@@ -898,7 +910,7 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
         const uint32_t n64 = n & ~63u; /* a last 32 values (groups of 32) take the AVX2 step */
         kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, dst);
         if (n64 < n)
-            kw__quantize_int84_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv,
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv,
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
