@@ -22,6 +22,7 @@ typedef struct kw__bench_cfg {
     kw_wire_codec_spec spec;
     int zstd;
     uint32_t outlier_ppm; /* KVWire v1.1 outliers: millionths of each section's elements */
+    uint8_t rotate;       /* KVWire v1.1 Hadamard rotation (kw_wire_policy.rotate: bit 0 K, bit 1 V) */
 } kw__bench_cfg;
 
 #define Q(c, g, s, l)                                                                                                  \
@@ -29,31 +30,38 @@ typedef struct kw__bench_cfg {
 #define QZ(c, g, s, l)                                                                                                 \
     { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s | KW_WIRE_SCALE_ZERO_POINTS, l }
 static const kw__bench_cfg kw__bench_cfgs[] = {
-    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0, 0},
-    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0, 0},
-    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0, 0},
-    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0, 0},
-    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0, 0},
-    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0, 0},
-    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0, 0},
-    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0, 0},
-    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0, 0},
-    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0, 0},
-    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0, 0},
-    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0, 0},
-    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0, 0},
-    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3, 0},
-    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3, 0},
+    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0, 0, 0},
+    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0, 0, 0},
+    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0, 0, 0},
+    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0, 0, 0},
+    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0, 0, 0},
+    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0, 0, 0},
+    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0, 0, 0},
+    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0, 0, 0},
+    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0, 0, 0},
+    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0, 0, 0},
+    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0, 0, 0},
+    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0, 0, 0},
+    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0, 0, 0},
+    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3, 0, 0},
+    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3, 0, 0},
     /* KVWire v1.1 (blobs of version 0x0101) */
-    {"int3 token f16", Q(INT3, TOKEN, F16, 0), 0, 0},
-    {"int2 group32 f16", Q(INT2, GROUP, F16, 5), 0, 0},
-    {"int4-asym token f16", QZ(INT4, TOKEN, F16, 0), 0, 0},
-    {"int8-asym token f16", QZ(INT8, TOKEN, F16, 0), 0, 0},
-    {"int4-asym chan32 f16", QZ(INT4, CHANNEL, F16, 5), 0, 0},
-    {"int2-asym chan32 f16", QZ(INT2, CHANNEL, F16, 5), 0, 0},
-    {"int4 token f16 +1% out", Q(INT4, TOKEN, F16, 0), 0, 10000},
-    {"int8 token log8", Q(INT8, TOKEN, LOG8, 0), 0, 0},
-    {"int4 token log8", Q(INT4, TOKEN, LOG8, 0), 0, 0},
+    {"int3 token f16", Q(INT3, TOKEN, F16, 0), 0, 0, 0},
+    {"int2 group32 f16", Q(INT2, GROUP, F16, 5), 0, 0, 0},
+    {"int4-asym token f16", QZ(INT4, TOKEN, F16, 0), 0, 0, 0},
+    {"int8-asym token f16", QZ(INT8, TOKEN, F16, 0), 0, 0, 0},
+    {"int4-asym chan32 f16", QZ(INT4, CHANNEL, F16, 5), 0, 0, 0},
+    {"int2-asym chan32 f16", QZ(INT2, CHANNEL, F16, 5), 0, 0, 0},
+    {"int4 token f16 +1% out", Q(INT4, TOKEN, F16, 0), 0, 10000, 0},
+    {"int8 token log8", Q(INT8, TOKEN, LOG8, 0), 0, 0, 0},
+    {"int4 token log8", Q(INT4, TOKEN, LOG8, 0), 0, 0, 0},
+    {"int2 token f16", Q(INT2, TOKEN, F16, 0), 0, 0, 0},
+    {"int4-asym group32 f16", QZ(INT4, GROUP, F16, 5), 0, 0, 0},
+    {"int3-asym token f16", QZ(INT3, TOKEN, F16, 0), 0, 0, 0},
+    {"int8 token f16 @rot", Q(INT8, TOKEN, F16, 0), 0, 0, 3},
+    {"int4 token f16 @rot", Q(INT4, TOKEN, F16, 0), 0, 0, 3},
+    {"int3 token f16 @rot", Q(INT3, TOKEN, F16, 0), 0, 0, 3},
+    {"int4 token log8 @rot", Q(INT4, TOKEN, LOG8, 0), 0, 0, 3},
 };
 #undef QZ
 #undef Q
@@ -210,11 +218,12 @@ int kw_bench_codec(int argc, char **argv) {
     double worst_goal = 1e30;
     for (size_t c = 0; c < sizeof kw__bench_cfgs / sizeof kw__bench_cfgs[0] && rc == 0; ++c) {
         const kw__bench_cfg *cfg = &kw__bench_cfgs[c];
-        if (only && !strstr(cfg->name, only)) continue;
+        if ((only && !strstr(cfg->name, only)) || (cfg->rotate && kw_wire_rotate_log2(D) < 0)) continue;
         const kw_wire_policy pol = {.k = cfg->spec,
                                     .v = cfg->spec,
                                     .zstd_level = cfg->zstd,
-                                    .outliers = (uint32_t)((uint64_t)cfg->outlier_ppm * 2 * per / 1000000u)};
+                                    .outliers = (uint32_t)((uint64_t)cfg->outlier_ppm * 2 * per / 1000000u),
+                                    .rotate = cfg->rotate};
         hdr.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
         size_t sec;
         if ((rc = kw_wire_section_size(&hdr, &pol, T, NULL, &sec)) < 0) break;

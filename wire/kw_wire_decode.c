@@ -414,6 +414,16 @@ static int kw__dec_check_scales(const kw_wire_decoder *d, const kw_wire_group_vi
         const int asym = kw_wire_spec_asym(&tv[kv]->spec);
         const float qmax = asym ? kw_wire_codec_qmax_asym(tv[kv]->spec.codec) : kw_wire_codec_qmax(tv[kv]->spec.codec);
         const uint32_t ss = kw_wire_scale_size(dtype);
+        if (dtype == KW_WIRE_SCALE_F16 && !asym && qmax * 65504.0f <= KW_WIRE_BF16_MAX) {
+            /* every f16 code below 0x7c00 (sign clear, finite) is a valid scale here: one pass of integer maxima
+             * (vectorized) instead of a value check per scale; the loop below finds and reports a bad one */
+            uint32_t top = 0;
+            for (uint32_t i = 0; i < tv[kv]->scale_count; ++i) {
+                const uint32_t c = kw_load_le16(tv[kv]->scales + (size_t)i * 2);
+                top = c > top ? c : top;
+            }
+            if (top < 0x7c00u) continue;
+        }
         for (uint32_t i = 0; i < tv[kv]->scale_count; ++i) {
             KW_RETURN_IF(!kw_wire_scale_valid(dtype, tv[kv]->scales + (size_t)i * ss, qmax), KW_E_WIRE_VALUE,
                          "section %u group %u: %c scale %u is invalid for %s (%s %g)", d->sections_done, g,
@@ -954,12 +964,13 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
         for (uint32_t t = 0; t < T; ++t)
             for (uint32_t h = 0; h < H; ++h) {
                 float *row = base + (size_t)t * use[kv]->token_stride + (size_t)h * use[kv]->head_stride;
-                kw__wire_rotate_row(row, D, sx, 1);
-                if (!scratch[kv]) continue;
+                if (!scratch[kv]) {
+                    kern->rotate(row, KW_WIRE_DTYPE_F32, row, KW_WIRE_DTYPE_F32, D, sx, 1);
+                    continue;
+                }
                 uint16_t *o =
                     (uint16_t *)outs[kv]->data + (size_t)t * outs[kv]->token_stride + (size_t)h * outs[kv]->head_stride;
-                for (uint32_t d = 0; d < D; ++d)
-                    o[d] = kw_f32_to_bf16(row[d]);
+                kern->rotate(row, KW_WIRE_DTYPE_F32, o, KW_WIRE_DTYPE_BF16, D, sx, 1);
             }
     }
 out:

@@ -1003,7 +1003,7 @@ static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_
         e->rotated = p;
         e->rotated_cap = need;
     }
-    float row[KW_WIRE_MAX_HEAD_DIM], sx[KW_WIRE_MAX_HEAD_DIM];
+    float sx[KW_WIRE_MAX_HEAD_DIM];
     kw__wire_rotate_factors(D, 0, sx);
     const kw_wire_tensor_in *src[2] = {&in->k, &in->v};
     kw_wire_tensor_in *dstv[2] = {&rin->k, &rin->v};
@@ -1011,18 +1011,9 @@ static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_
         if (!(rotate & (1u << kv))) continue;
         uint8_t *out = e->rotated + (size_t)kv * per;
         for (uint32_t t = 0; t < T; ++t)
-            for (uint32_t h = 0; h < H; ++h) {
-                kw__wire_load_f32(kw__enc_row(src[kv], es, h, t), dt, D, row);
-                kw__wire_rotate_row(row, D, sx, 0);
-                uint8_t *o = out + ((size_t)t * H + h) * D * es;
-                for (uint32_t d = 0; d < D; ++d) {
-                    if (dt == KW_WIRE_DTYPE_F32)
-                        memcpy(o + (size_t)d * 4, &row[d], 4);
-                    else
-                        kw_store_le16(o + (size_t)d * 2,
-                                      dt == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(row[d]) : kw_f32_to_f16(row[d]));
-                }
-            }
+            for (uint32_t h = 0; h < H; ++h)
+                e->kernels->rotate(kw__enc_row(src[kv], es, h, t), dt, out + ((size_t)t * H + h) * D * es, dt, D, sx,
+                                   0);
         *dstv[kv] = (kw_wire_tensor_in){.data = out, .head_stride = D, .token_stride = (size_t)H * D, .rows = NULL};
     }
     return 0;

@@ -110,6 +110,12 @@ typedef struct kw__wire_kernels {
      * after it are unspecified: the caller reports it with the scalar rule). */
     uint32_t (*scales)(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst, float *s,
                        float *inv);
+    /* The Hadamard rotation (FORMAT.md §5.12) of one row of head_dim = 2^m values: src in src_dtype (bf16, f16 or
+     * f32) widened to f32, rotated by kw__wire_rotate_row with sx from kw__wire_rotate_factors (the same butterflies,
+     * each the same f32 operation, so the same bits), stored at dst in dst_dtype (f32 as is, bf16 and f16 by
+     * kw_f32_to_bf16 / kw_f32_to_f16). src and dst may be the same f32 row. */
+    void (*rotate)(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t head_dim,
+                   const float *sx, int inverse);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -316,5 +322,8 @@ int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tenso
  * sx[0..head_dim), and one row rotated with them (FORMAT.md §5.12; head_dim a checked power of two). */
 void kw__wire_rotate_factors(uint32_t head_dim, int inverse, float *sx);
 void kw__wire_rotate_row(float *x, uint32_t head_dim, const float *sx, int inverse);
+/* kw__wire_kernels.rotate of the scalar kernels: kw__wire_load_f32, kw__wire_rotate_row, then the store. */
+void kw__wire_rotate_scalar(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t head_dim,
+                            const float *sx, int inverse);
 
 #endif /* KW_WIRE_INTERNAL_H */

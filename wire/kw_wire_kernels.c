@@ -157,6 +157,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .quantize_affine = kw__wire_quantize_affine_scalar,
     .dequantize_affine = kw__wire_dequantize_affine_scalar,
     .scales = kw__wire_scales_scalar,
+    .rotate = kw__wire_rotate_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

@@ -1,11 +1,11 @@
 /* kw_wire_simd_x86.c: AVX2 and AVX-512 row kernels for KVWire (absmax of bf16/f32 rows; the minimum and maximum of a
- * row in element order; per-token and per-group f16 scales; quantization of bf16/f16/f32 rows to every quantizing
- * codec, int3 and int2 included; dequantization of every quantizing codec to f32/bf16; the v1.1 affine rows, zero
- * points and channel scales, both ways). AVX-512 has its own int8, int4, nf4 and fp8 kernels and minmax, and takes
- * the AVX2 ones for the rest. Passthrough codecs, f16 absmax and row lengths that are not a multiple of the vector
- * width fall back to the scalar kernels. The functions are compiled for their ISA with
- * target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on any x86-64 and is never built
- * with -march=native.
+ * row in element order; per-token and per-group f16 and log8 scales; quantization of bf16/f16/f32 rows to every
+ * quantizing codec, int3 and int2 included; dequantization of every quantizing codec to f32/bf16; the v1.1 affine
+ * rows, zero points and channel scales, both ways; the Hadamard rotation of head vectors). AVX-512 has its own int8,
+ * int4, nf4 and fp8 kernels, minmax and rotation, and takes the AVX2 ones for the rest. Passthrough codecs, f16 absmax
+ * and row lengths that are not a multiple of the vector width fall back to the scalar kernels. The functions are
+ * compiled for their ISA with target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on
+ * any x86-64 and is never built with -march=native.
  *
  * They compute exactly what kw_wire_quant.h defines, bit for bit (tests/wire/test_wire_simd.c compares them over
  * random and edge-case rows): y = fl32(x * inv) with one rounding (no FMA), clamp to [-qmax, qmax], round half to even
@@ -119,15 +119,43 @@ KW_AVX2 static inline void kw__sextets8_avx2(__m128i q16, uint8_t *dst) {
     memcpy(dst, &v, 6);
 }
 
-/* NF4 codes of 8 clamped values as int32: the midpoints below y, ties to the even code (kw_wire_nf4_code). At a tie
- * y == mid[i] the codes are i and i + 1; the even one is i + 1 exactly when i is odd, so odd midpoints compare >=. */
-KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const __m256 *mids) {
-    __m256i c = _mm256_setzero_si256();
-    for (int i = 0; i < 15; i += 2)
-        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, mids[i], _CMP_GT_OQ)));
-    for (int i = 1; i < 15; i += 2)
-        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, mids[i], _CMP_GE_OQ)));
-    return c;
+/* NF4 threshold k (0..14): midpoint k, or for odd k the float just below it. kw_wire_nf4_code counts the midpoints
+ * below y and at a tie y == mid[k] takes the even one of codes k and k + 1, so an odd midpoint counts when y >= mid[k]:
+ * when y > threshold k. The code is then the number of thresholds below y (no midpoint is 0). */
+static inline float kw__nf4_threshold(uint32_t k) {
+    const float m = kw_wire_nf4_mid(k);
+    return (k & 1u) ? kw_f32_from_bits(m > 0.0f ? kw_f32_bits(m) - 1u : kw_f32_bits(m) + 1u) : m;
+}
+
+/* The AVX2 NF4 thresholds: 7, 3 and 11 broadcast, the odd ones 1, 5, 9, 13 and the even ones 0, 2, ..., 14. */
+typedef struct kw__nf4_avx2 {
+    __m256 t7, t3, t11, odd, even;
+} kw__nf4_avx2;
+
+KW_AVX2 static inline kw__nf4_avx2 kw__nf4_avx2_make(void) {
+    kw__nf4_avx2 t;
+    t.t7 = _mm256_set1_ps(kw__nf4_threshold(7));
+    t.t3 = _mm256_set1_ps(kw__nf4_threshold(3));
+    t.t11 = _mm256_set1_ps(kw__nf4_threshold(11));
+    t.odd = _mm256_setr_ps(kw__nf4_threshold(1), kw__nf4_threshold(5), kw__nf4_threshold(9), kw__nf4_threshold(13),
+                           0.0f, 0.0f, 0.0f, 0.0f);
+    t.even = _mm256_setr_ps(kw__nf4_threshold(0), kw__nf4_threshold(2), kw__nf4_threshold(4), kw__nf4_threshold(6),
+                            kw__nf4_threshold(8), kw__nf4_threshold(10), kw__nf4_threshold(12), kw__nf4_threshold(14));
+    return t;
+}
+
+/* NF4 codes of 8 clamped values as int32 (kw_wire_nf4_code): the number of thresholds below y by a four-step binary
+ * search, each step adding 8, 4, 2 or 1 when y is above threshold c + step - 1 (c the code so far): 7; 3 or 11; one
+ * of the odd ones (index c / 4); one of the even ones (index c / 2). */
+KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *t) {
+    __m256 g = _mm256_cmp_ps(y, t->t7, _CMP_GT_OQ);
+    __m256i c = _mm256_and_si256(_mm256_castps_si256(g), _mm256_set1_epi32(8));
+    g = _mm256_cmp_ps(y, _mm256_blendv_ps(t->t3, t->t11, g), _CMP_GT_OQ);
+    c = _mm256_add_epi32(c, _mm256_and_si256(_mm256_castps_si256(g), _mm256_set1_epi32(4)));
+    g = _mm256_cmp_ps(y, _mm256_permutevar8x32_ps(t->odd, _mm256_srli_epi32(c, 2)), _CMP_GT_OQ);
+    c = _mm256_add_epi32(c, _mm256_and_si256(_mm256_castps_si256(g), _mm256_set1_epi32(2)));
+    g = _mm256_cmp_ps(y, _mm256_permutevar8x32_ps(t->even, _mm256_srli_epi32(c, 1)), _CMP_GT_OQ);
+    return _mm256_sub_epi32(c, _mm256_castps_si256(g));
 }
 
 /* FP8 codes of 8 values already clamped to the format's range (kw__f32_to_minifloat: round half to even on the
@@ -244,11 +272,56 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
     _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(c16, c16));
 }
 
+/* The code of 8 clamped values y as int32 for the byte-aligned codecs of kw__quantize_bytes_bf16_avx2. */
+KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
+    if (codec == KW_WIRE_CODEC_E4M3) return kw__fp8_codes8_avx2(y, 3, 7, 0x7e);
+    if (codec == KW_WIRE_CODEC_E5M2) return kw__fp8_codes8_avx2(y, 2, 15, 0x7b);
+    return _mm256_cvtps_epi32(y);
+}
+
+/* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32): unpacking a bf16 vector
+ * against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
+ * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
+ * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
+ * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
+KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
+                                                 uint8_t *dst) {
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
+    const __m256i z = _mm256_setzero_si256();
+    const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
+    for (uint32_t i = 0; i < n; i += 32) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
+                      x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
+#define KW__Q(v) kw__code8_avx2(codec, kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
+        const __m256i p0 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x0)), KW__Q(_mm256_unpackhi_epi16(z, x0)));
+        const __m256i p1 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x1)), KW__Q(_mm256_unpackhi_epi16(z, x1)));
+#undef KW__Q
+        const __m256i q = _mm256_permute4x64_epi64(fp8 ? _mm256_packus_epi16(p0, p1) : _mm256_packs_epi16(p0, p1),
+                                                   0xd8); /* 32 codes in order */
+        if (codec != KW_WIRE_CODEC_INT4) {
+            _mm256_storeu_si256((__m256i *)(dst + i), q);
+            continue;
+        }
+        /* 16-bit lanes q[2j] | q[2j+1] << 8 -> (q[2j] & 15) | (q[2j+1] & 15) << 4 */
+        const __m256i b = _mm256_or_si256(_mm256_and_si256(q, _mm256_set1_epi16(0x000f)),
+                                          _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi16(0x00f0)));
+        _mm_storeu_si128((__m128i *)(dst + i / 2),
+                         _mm_packus_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+    }
+}
+
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
     if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
         kw_wire_codec_bits(codec) == 0) {
         kw__wire_quantize_scalar(codec, x, dtype, n, inv, dst);
+        return;
+    }
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
+         codec == KW_WIRE_CODEC_E5M2) &&
+        dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
@@ -279,11 +352,9 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
                                  dst + i / 8 * 2);
         break;
     case KW_WIRE_CODEC_NF4: {
-        __m256 mids[15];
-        for (uint32_t k = 0; k < 15; ++k)
-            mids[k] = _mm256_set1_ps(kw_wire_nf4_mid(k));
+        const kw__nf4_avx2 t = kw__nf4_avx2_make();
         for (uint32_t i = 0; i < n; i += 8) {
-            const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), mids);
+            const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), &t);
             kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
         }
         break;
@@ -303,7 +374,20 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     }
 }
 
-/* kw__wire_kernels.scales: f16 scales 8 at a time. r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
+/* The log8 scale values (kw_wire_log8_to_f32) of 8 bytes 1..255 as int32: the f32 root 2^(i/8) of the low three
+ * bits of c - 128 (bytes 128..135 are the roots themselves), its exponent moved by the rest (an exact power of two:
+ * the same bits as the scalar product). */
+KW_AVX2 static inline __m256 kw__log8_values8_avx2(__m256i c) {
+    const __m256i roots = _mm256_castps_si256(_mm256_setr_ps(
+        kw_wire_log8_to_f32(128), kw_wire_log8_to_f32(129), kw_wire_log8_to_f32(130), kw_wire_log8_to_f32(131),
+        kw_wire_log8_to_f32(132), kw_wire_log8_to_f32(133), kw_wire_log8_to_f32(134), kw_wire_log8_to_f32(135)));
+    const __m256i e = _mm256_sub_epi32(c, _mm256_set1_epi32(128));
+    const __m256i root = _mm256_permutevar8x32_epi32(roots, _mm256_and_si256(e, _mm256_set1_epi32(7)));
+    return _mm256_castsi256_ps(_mm256_add_epi32(root, _mm256_slli_epi32(_mm256_srai_epi32(e, 3), 23)));
+}
+
+/* kw__wire_kernels.scales: f16 and log8 scales 8 at a time. log8: the scalar rule's binary search in every lane.
+ * f16: r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
  * even is exactly kw_f32_to_f16 for the finite non-negative r there can be (subnormal results and overflow to Inf
  * included); then the rule's range checks, the floor at the smallest subnormal, and qmax * s <= BF16_MAX. A block
  * with any failure, and every other scale dtype, take the scalar rule, which finds the failing index. */
@@ -329,6 +413,35 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
                 (__m128i *)(dst + 2 * (size_t)i),
                 _mm_andnot_si128(_mm_packs_epi32(_mm256_castsi256_si128(zero), _mm256_extracti128_si256(zero, 1)),
                                  c16));
+            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
+            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+        }
+    }
+    if (scale_dtype == KW_WIRE_SCALE_LOG8) {
+        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        const __m256 ceiling = _mm256_mul_ps(_mm256_set1_ps(kw_wire_log8_to_f32(255)), vq);
+        for (; i + 8 <= n; i += 8) {
+            const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
+            const __m256 a = _mm256_castsi256_ps(ab);
+            const __m256i zero = _mm256_cmpeq_epi32(ab, _mm256_setzero_si256());
+            /* the scalar rule's binary search over 1..255, eight halvings in every lane */
+            __m256i lo = _mm256_set1_epi32(1), hi = _mm256_set1_epi32(255);
+            for (int k = 0; k < 8; ++k) {
+                const __m256i mid = _mm256_srli_epi32(_mm256_add_epi32(lo, hi), 1);
+                const __m256i ge =
+                    _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(kw__log8_values8_avx2(mid), vq), a, _CMP_GE_OQ));
+                hi = _mm256_blendv_epi8(hi, mid, ge);
+                lo = _mm256_blendv_epi8(_mm256_add_epi32(mid, _mm256_set1_epi32(1)), lo, ge);
+            }
+            const __m256 v = kw__log8_values8_avx2(lo);
+            __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff)),
+                                          _mm256_castps_si256(_mm256_cmp_ps(ceiling, a, _CMP_NGE_UQ)));
+            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
+            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
+            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
+            const __m256i c = _mm256_andnot_si256(zero, lo);
+            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+            _mm_storel_epi64((__m128i *)(dst + i), _mm_packus_epi16(c16, c16));
             _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
             _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
         }
@@ -428,6 +541,57 @@ KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits
     }
 }
 
+/* int4 and nf4 rows to bf16, 64 values per step (n a multiple of 32): a row has only 16 distinct outputs, so the
+ * 16 values of the codes 0..15 are computed as the 8-wide path computes them (fl32(q * s) or fl32(nf4[c] * s), rounded
+ * like kw__store8_avx2) into a table whose low and high bytes two pshufb look up per nibble; byte unpacks then
+ * interleave the even (low nibble) and odd elements' words, and 128-bit lane permutes put the 64 words in order. */
+KW_AVX2 static int kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s,
+                                                uint16_t *out) {
+    const __m256 vs = _mm256_set1_ps(s);
+    __m256 v0, v1;
+    if (codec == KW_WIRE_CODEC_NF4) {
+        v0 = _mm256_setr_ps(kw_wire_nf4_value(0), kw_wire_nf4_value(1), kw_wire_nf4_value(2), kw_wire_nf4_value(3),
+                            kw_wire_nf4_value(4), kw_wire_nf4_value(5), kw_wire_nf4_value(6), kw_wire_nf4_value(7));
+        v1 = _mm256_setr_ps(kw_wire_nf4_value(8), kw_wire_nf4_value(9), kw_wire_nf4_value(10), kw_wire_nf4_value(11),
+                            kw_wire_nf4_value(12), kw_wire_nf4_value(13), kw_wire_nf4_value(14), kw_wire_nf4_value(15));
+    } else { /* two's complement nibbles: 0..7, then -8..-1 */
+        v0 = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+        v1 = _mm256_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1);
+    }
+    uint16_t tab[16];
+    kw__store8_avx2(tab, KW_WIRE_DTYPE_BF16, 0, _mm256_mul_ps(v0, vs));
+    kw__store8_avx2(tab, KW_WIRE_DTYPE_BF16, 8, _mm256_mul_ps(v1, vs));
+    const __m128i t = _mm_loadu_si128((const __m128i *)tab), t1 = _mm_loadu_si128((const __m128i *)(tab + 8));
+    const __m128i split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m128i a = _mm_shuffle_epi8(t, split), b = _mm_shuffle_epi8(t1, split); /* low bytes, then high bytes */
+    const __m256i lo_bytes = _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(a, b));
+    const __m256i hi_bytes = _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(a, b));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+    __m256i bad = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < n; i += 64) {
+        const int half = n - i == 32; /* a last 32 values: one 128-bit lane, the other zeros (code 0, valid) */
+        const __m256i w =
+            half ? _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(src + i / 2)), 0)
+                 : _mm256_loadu_si256((const __m256i *)(src + i / 2));
+        const __m256i ev = _mm256_and_si256(w, m4), od = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi8(ev, eight), _mm256_cmpeq_epi8(od, eight)));
+        const __m256i el = _mm256_shuffle_epi8(lo_bytes, ev), eh = _mm256_shuffle_epi8(hi_bytes, ev);
+        const __m256i ol = _mm256_shuffle_epi8(lo_bytes, od), oh = _mm256_shuffle_epi8(hi_bytes, od);
+        /* words of the even and odd elements, then both interleaved: per 128-bit lane (16 bytes, 32 elements) */
+        const __m256i e0 = _mm256_unpacklo_epi8(el, eh), e1 = _mm256_unpackhi_epi8(el, eh);
+        const __m256i o0 = _mm256_unpacklo_epi8(ol, oh), o1 = _mm256_unpackhi_epi8(ol, oh);
+        const __m256i w0 = _mm256_unpacklo_epi16(e0, o0), w1 = _mm256_unpackhi_epi16(e0, o0);
+        const __m256i w2 = _mm256_unpacklo_epi16(e1, o1), w3 = _mm256_unpackhi_epi16(e1, o1);
+        __m256i *o = (__m256i *)(out + i);
+        _mm256_storeu_si256(o, _mm256_permute2x128_si256(w0, w1, 0x20));
+        _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(w2, w3, 0x20));
+        if (half) break;
+        _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(w0, w1, 0x31));
+        _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(w2, w3, 0x31));
+    }
+    return codec == KW_WIRE_CODEC_INT4 && !_mm256_testz_si256(bad, bad) ? KW_E_WIRE_VALUE : 0;
+}
+
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
     if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT3) return kw__dequantize_small_avx2(src, 3, n, s, out, out_dtype);
@@ -435,6 +599,8 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
         codec == KW_WIRE_CODEC_INT3 || codec == KW_WIRE_CODEC_INT2)
         return kw__wire_dequantize_scalar(codec, src, n, s, out, out_dtype);
+    if ((codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_NF4) && out_dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0)
+        return kw__dequantize_nib_bf16_avx2(codec, src, n, s, (uint16_t *)out);
     const __m256 vs = _mm256_set1_ps(s);
     __m128i bad = _mm_setzero_si128();
     __m256i bad8 = _mm256_setzero_si256();
@@ -520,6 +686,74 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     return _mm_movemask_epi8(bad) || _mm256_movemask_epi8(bad8) ? KW_E_WIRE_VALUE : 0;
 }
 
+/* 8 f32 values as bf16, exactly kw_f32_to_bf16: integer round to nearest even, a NaN quieted with its sign kept. */
+KW_AVX2 static inline __m128i kw__bf16_8_avx2(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i nan =
+        _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+/* Stores a rotated f32 row x (D values, a multiple of 8) at dst in dst_dtype (kw__wire_kernels.rotate). */
+KW_AVX2 static void kw__rotate_store_avx2(const float *x, void *dst, uint32_t dst_dtype, uint32_t D) {
+    if (dst_dtype == KW_WIRE_DTYPE_F32) {
+        if (dst != x) memcpy(dst, x, (size_t)D * 4);
+    } else if (dst_dtype == KW_WIRE_DTYPE_BF16) {
+        for (uint32_t i = 0; i < D; i += 8)
+            _mm_storeu_si128((__m128i *)((uint16_t *)dst + i), kw__bf16_8_avx2(_mm256_loadu_ps(x + i)));
+    } else {
+        for (uint32_t i = 0; i < D; ++i)
+            ((uint16_t *)dst)[i] = kw_f32_to_f16(x[i]);
+    }
+}
+
+/* The rest of a rotation once the stages below len are done in x (D a multiple of 8): the stages len, 2 len, ...,
+ * D / 2 on whole vectors, the inverse's signs and scale, and the store (kw__wire_kernels.rotate). */
+KW_AVX2 static void kw__rotate_finish_avx2(float *x, uint32_t D, uint32_t len, const float *sx, int inverse, void *dst,
+                                           uint32_t dst_dtype) {
+    for (; len < D; len <<= 1)
+        for (uint32_t i = 0; i < D; i += len << 1)
+            for (uint32_t j = i; j < i + len; j += 8) {
+                const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + len);
+                _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(x + j + len, _mm256_sub_ps(a, b));
+            }
+    if (inverse)
+        for (uint32_t i = 0; i < D; i += 8)
+            _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(sx + i)));
+    kw__rotate_store_avx2(x, dst, dst_dtype, D);
+}
+
+/* kw__wire_kernels.rotate: the butterflies of kw__wire_rotate_row in the same stages, each output the same single f32
+ * addition a + b or subtraction a - b of the same two values (so the same bits in any order within a stage). Stages
+ * len = 1, 2, 4 inside a vector: the partner t of each lane permuted in, a + b = v + t in the low lanes of each 2 len
+ * block and a - b = t - v in the high ones; the longer stages add and subtract whole vectors. The row is worked on in
+ * dst when that is f32, else in a buffer. */
+KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
+                                    const float *sx, int inverse) {
+    if (D < 8 || D > 4096 || src_dtype < KW_WIRE_DTYPE_BF16 || src_dtype > KW_WIRE_DTYPE_F32) {
+        kw__wire_rotate_scalar(src, src_dtype, dst, dst_dtype, D, sx, inverse);
+        return;
+    }
+    float buf[4096];
+    float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
+    for (uint32_t i = 0; i < D; i += 8) {
+        __m256 v = kw__load8_avx2(src, src_dtype, i);
+        if (!inverse) v = _mm256_mul_ps(v, _mm256_loadu_ps(sx + i));
+        __m256 t = _mm256_permute_ps(v, 0xb1);
+        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xaa);
+        t = _mm256_permute_ps(v, 0x4e);
+        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xcc);
+        t = _mm256_permute2f128_ps(v, v, 0x01);
+        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
+        _mm256_storeu_ps(x + i, v);
+    }
+    kw__rotate_finish_avx2(x, D, 8, sx, inverse, dst, dst_dtype);
+}
+
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
     .amax = kw__amax_avx2,
@@ -529,6 +763,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize_affine = kw__quantize_affine_avx2,
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
+    .rotate = kw__rotate_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -614,18 +849,20 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
                                                   uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
     const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
-    if (codec == KW_WIRE_CODEC_NF4) {
-        __m512 mids[15];
-        for (uint32_t k = 0; k < 15; ++k)
-            mids[k] = _mm512_set1_ps(kw_wire_nf4_mid(k));
-        const __m512i one = _mm512_set1_epi32(1);
+    if (codec == KW_WIRE_CODEC_NF4) { /* the binary search of kw__nf4_codes8_avx2 over one 16-entry table */
+        const __m512 tab =
+            _mm512_setr_ps(kw__nf4_threshold(0), kw__nf4_threshold(1), kw__nf4_threshold(2), kw__nf4_threshold(3),
+                           kw__nf4_threshold(4), kw__nf4_threshold(5), kw__nf4_threshold(6), kw__nf4_threshold(7),
+                           kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10), kw__nf4_threshold(11),
+                           kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14), 0.0f);
+        const __m512 t7 = _mm512_set1_ps(kw__nf4_threshold(7));
         for (uint32_t i = 0; i < n; i += 16) {
             const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
-            __m512i c = _mm512_setzero_si512();
-            for (int k = 0; k < 15; k += 2)
-                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GT_OQ), c, one);
-            for (int k = 1; k < 15; k += 2) /* odd midpoints compare >=: a tie goes to the even code */
-                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, mids[k], _CMP_GE_OQ), c, one);
+            __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(y, t7, _CMP_GT_OQ), _mm512_set1_epi32(8));
+            for (int step = 4; step; step >>= 1) {
+                const __m512 t = _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), tab);
+                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, t, _CMP_GT_OQ), c, _mm512_set1_epi32(step));
+            }
             kw__nibbles16_avx512(c, dst + i / 2);
         }
         return;
@@ -638,11 +875,43 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     }
 }
 
+/* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
+ * lane's 8 codes of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
+KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
+                                                     uint8_t *dst) {
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+    for (uint32_t i = 0; i < n; i += 64) {
+        const __m512i x0 = _mm512_loadu_si512(x + i), x1 = _mm512_loadu_si512(x + i + 32);
+#define KW__Q(v) _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
+        const __m512i p0 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x0)), KW__Q(_mm512_unpackhi_epi16(z, x0)));
+        const __m512i p1 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x1)), KW__Q(_mm512_unpackhi_epi16(z, x1)));
+#undef KW__Q
+        const __m512i q = _mm512_permutexvar_epi64(order, _mm512_packs_epi16(p0, p1)); /* 64 codes in order */
+        if (codec == KW_WIRE_CODEC_INT8) {
+            _mm512_storeu_si512(dst + i, q);
+            continue;
+        }
+        const __m512i b = _mm512_or_si512(_mm512_and_si512(q, _mm512_set1_epi16(0x000f)),
+                                          _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi16(0x00f0)));
+        _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm512_cvtepi16_epi8(b));
+    }
+}
+
 KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                           uint8_t *dst) {
     const int wide = (codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2);
     if (wide && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 16 == 0) {
         kw__quantize_nf4_fp8_avx512(codec, x, dtype, n, inv, dst);
+        return;
+    }
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+        const uint32_t n64 = n & ~63u; /* a last 32 values (groups of 32) take the AVX2 step */
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, dst);
+        if (n64 < n)
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv,
+                                         dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) ||
@@ -716,7 +985,8 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
         }
         return bad16 ? KW_E_WIRE_VALUE : 0;
     }
-    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 32 != 0)
+    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || n % 32 != 0 ||
+        (codec == KW_WIRE_CODEC_INT4 && out_dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0)) /* the AVX2 table lookup */
         return kw__dequantize_avx2(codec, src, n, s, out, out_dtype);
     const __m512 vs = _mm512_set1_ps(s);
     __mmask32 bad = 0;
@@ -750,6 +1020,32 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     return bad ? KW_E_WIRE_VALUE : 0;
 }
 
+/* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask); the
+ * longer ones 8 lanes wide (Zen 4 splits 16-lane operations in two anyway). */
+KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
+                                        const float *sx, int inverse) {
+    if (D < 16 || D > 4096 || src_dtype < KW_WIRE_DTYPE_BF16 || src_dtype > KW_WIRE_DTYPE_F32) {
+        kw__rotate_avx2(src, src_dtype, dst, dst_dtype, D, sx, inverse);
+        return;
+    }
+    float buf[4096];
+    float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
+    for (uint32_t i = 0; i < D; i += 16) {
+        __m512 v = kw__load16_avx512(src, src_dtype, i);
+        if (!inverse) v = _mm512_mul_ps(v, _mm512_loadu_ps(sx + i));
+        __m512 t = _mm512_permute_ps(v, 0xb1);
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xaaaa, t, v);
+        t = _mm512_permute_ps(v, 0x4e);
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xcccc, t, v);
+        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xf0f0, t, v);
+        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
+        _mm512_storeu_ps(x + i, v);
+    }
+    kw__rotate_finish_avx2(x, D, 16, sx, inverse, dst, dst_dtype);
+}
+
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
     .amax = kw__amax_avx512,
@@ -759,6 +1055,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize_affine = kw__quantize_affine_avx2, /* the AVX2 kernels: no 16-wide ones yet */
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
+    .rotate = kw__rotate_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

@@ -2,7 +2,8 @@
 # cli_bench_codec.sh KVWIRE SOURCE_DIR BUILD_DIR: `kvwire bench codec` on tiny shapes. It reports the codec kernels'
 # ISA: KW_CPU_ISA=scalar (what scripts/test.sh sets for its scalar rerun) makes the default (auto) choice the scalar
 # path, KW_CPU_ISA=avx2 at most AVX2; --isa still forces a path whatever KW_CPU_ISA says. Its int8 and int4 per-token
-# rows with log8 scales run and take fewer bytes than the f16 ones (one scale byte per row instead of two).
+# rows with log8 scales run and take fewer bytes than the f16 ones (one scale byte per row instead of two), and its
+# rotated (@rot) rows run.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 # isa [ARGS]: the ISA a tiny `bench codec` run names in its header line
 isa() {
@@ -18,9 +19,13 @@ want=avx2
 [ "$(KW_CPU_ISA=scalar isa --isa "$best")" = "$best" ] || fail "--isa $best under KW_CPU_ISA=scalar"
 "$kvwire" bench codec --layers 2 --heads 2 --dim 32 --tokens 64 --reps 1 --only token >rows.txt
 for c in int8 int4; do
-    log8=$(awk -v n="$c token log8" 'index($0, n) == 1 { print $(NF - 3) }' rows.txt)
+    log8=$(awk -v n="$c token log8" '$0 ~ "^" n " +[0-9]" { print $(NF - 3) }' rows.txt)
     f16=$(awk -v n="$c token f16" '$0 ~ "^" n " +[0-9]" { print $(NF - 3) }' rows.txt)
     [ -n "$log8" ] && [ -n "$f16" ] || fail "no $c token log8 / f16 row: $(cat rows.txt)"
     [ "$log8" -lt "$f16" ] || fail "$c log8 blob $log8 bytes, not below f16's $f16"
+    # the rotated rows (v1.1 Hadamard rotation) run, with the plain row's size give or take the v1.1 header's bytes
+    rot=$(awk -v n="$c token f16 @rot" 'index($0, n) == 1 { print $(NF - 3) }' rows.txt)
+    [ -n "$rot" ] || fail "no $c token f16 @rot row: $(cat rows.txt)"
+    [ "$rot" -ge "$f16" ] && [ "$rot" -le $((f16 + 64)) ] || fail "$c @rot blob $rot bytes, f16 $f16"
 done
 echo ok

@@ -1,7 +1,8 @@
 /* test_wire_simd.c: the AVX2 and AVX-512 row kernels must equal the scalar reference of kw_wire_quant.h bit for bit:
  * absmax (with NaN, Inf, -0 and subnormals), quantization (random rows, exact rounding ties, clamping, every row
- * length and alignment), dequantization of arbitrary bytes (reserved codes included) to f32 and bf16, and whole blobs
- * encoded and decoded through each ISA. ISAs the CPU lacks are reported and skipped. */
+ * length and alignment), dequantization of arbitrary bytes (reserved codes included) to f32 and bf16, scales, the
+ * Hadamard rotation, and whole blobs encoded and decoded through each ISA. ISAs the CPU lacks are reported and skipped.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -281,6 +282,8 @@ static void test_scales(void **state) {
                 am[i] = 0x7f800000u + (uint32_t)wt_below(&r, 2);
             else if (pick == 15) /* f32 subnormals */
                 am[i] = (uint32_t)wt_below(&r, 0x800000u);
+            else if (pick == 16) /* a log8 scale's reach fl32(log8(c) * qmax), or one ulp either side of it */
+                am[i] = kw_f32_bits(kw_wire_log8_to_f32(1 + wt_below(&r, 255)) * qmax) + wt_below(&r, 3) - 1u;
             else /* KV-like magnitudes */
                 am[i] = kw_f32_bits(ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 30) - 15));
         }
@@ -297,6 +300,59 @@ static void test_scales(void **state) {
             assert_memory_equal(gi, wi, (size_t)ref * 4);
         }
     }
+}
+
+/* The Hadamard rotation (FORMAT.md §5.12) of every ISA equals the scalar kernel bit for bit, forward and back, at
+ * every power-of-two head_dim, from bf16, f16 and f32 rows to f32 (also in place), bf16 and f16, on rows with signed
+ * zeros, subnormals, rounding ties, large values and sums that overflow to Inf (a NaN result need only be a NaN:
+ * which payload survives a NaN + NaN is not part of the rule). */
+static int same_value(uint32_t dtype, const uint8_t *a, const uint8_t *b, uint32_t i) {
+    float x, y;
+    if (dtype == KW_WIRE_DTYPE_F32) {
+        memcpy(&x, a + 4 * (size_t)i, 4);
+        memcpy(&y, b + 4 * (size_t)i, 4);
+    } else {
+        uint16_t p, q;
+        memcpy(&p, a + 2 * (size_t)i, 2);
+        memcpy(&q, b + 2 * (size_t)i, 2);
+        if (p == q) return 1;
+        x = dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(p) : kw_f16_to_f32(p);
+        y = dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(q) : kw_f16_to_f32(q);
+        return isnan(x) && isnan(y);
+    }
+    return kw_f32_bits(x) == kw_f32_bits(y) || (isnan(x) && isnan(y));
+}
+
+static void test_rotate(void **state) {
+    (void)state;
+    wt_rng r = {9};
+    static uint8_t x[4096 * 4], want[4096 * 4], got[4096 * 4];
+    static float sx[4096];
+    for (uint32_t D = 2; D <= 4096; D <<= 1)
+        for (int inverse = 0; inverse < 2; ++inverse) {
+            kw__wire_rotate_factors(D, inverse, sx);
+            for (int it = 0; it < (D <= 256 ? 300 : 30); ++it) {
+                const uint32_t sdt = 1 + wt_below(&r, 3), ddt = it % 4 == 3 ? sdt : 1 + wt_below(&r, 3);
+                const int in_place = sdt == KW_WIRE_DTYPE_F32 && ddt == KW_WIRE_DTYPE_F32 && it % 2;
+                fill(&r, x, sdt, D, it % 2, it % 5 ? 1.0f : 0x1p-126f);
+                if (it % 13 == 0) /* large: some sums overflow */
+                    for (uint32_t k = 0; k < 4 && sdt == KW_WIRE_DTYPE_F32; ++k) {
+                        const float big = (wt_below(&r, 2) ? 1.0f : -1.0f) * 0x1.fp126f;
+                        memcpy(x + 4 * (size_t)wt_below(&r, D), &big, 4);
+                    }
+                const size_t in_bytes = (size_t)D * kw__wire_dtype_size(sdt);
+                memcpy(want, x, in_bytes);
+                g_isas[0]->rotate(in_place ? want : x, sdt, want, ddt, D, sx, inverse);
+                for (int k = 1; k < g_n_isas; ++k) {
+                    memcpy(got, x, in_bytes);
+                    g_isas[k]->rotate(in_place ? got : x, sdt, got, ddt, D, sx, inverse);
+                    for (uint32_t d = 0; d < D; ++d)
+                        if (!same_value(ddt, got, want, d))
+                            fail_msg("%s rotate D=%u inverse %d dtype %u -> %u: element %u differs",
+                                     kw_wire_isa_name(g_isas[k]->isa), D, inverse, sdt, ddt, d);
+                }
+            }
+        }
 }
 
 /* Whole blobs: every ISA encodes the same bytes and decodes the same values. */
@@ -331,7 +387,8 @@ static void test_blobs(void **state) {
                                                      : g == 5 ? wt_below(&r, 5)
                                                               : 0)};
             }
-            pol.outliers = it % 3 == 0 ? 1 + wt_below(&r, 20) : 0; /* bf16 and f32 scales: 1e5 has one */
+            pol.outliers = it % 3 == 0 ? 1 + wt_below(&r, 20) : 0;          /* bf16 and f32 scales: 1e5 has one */
+            pol.rotate = (D & (D - 1)) == 0 ? (uint8_t)wt_below(&r, 4) : 0; /* the Hadamard rotation of K, V */
         }
         kw_wire_layer_in in = {.layer = 1, .n_tokens = T};
         in.k = (kw_wire_tensor_in){data, (size_t)T * D, D, NULL};
@@ -428,9 +485,10 @@ static void test_env_cap(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax),        cmocka_unit_test(test_quantize),
-        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_affine),        cmocka_unit_test(test_scales),
-        cmocka_unit_test(test_blobs),      cmocka_unit_test(test_hash_variants), cmocka_unit_test(test_env_cap),
+        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax), cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_affine), cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_rotate),     cmocka_unit_test(test_blobs),  cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_env_cap),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
