@@ -105,6 +105,12 @@ struct kw_backend_i {
                          kw_tensor *mask, kw_tensor *bad);
     /* the status of one error word (kw_cuda_wire_encode_status) */
     int (*wire_status)(unsigned long long err);
+    /* (optional, all three or none) The receiver's device decode of kw_backend.h (validated; kw_cuda_wire.h). */
+    int (*wire_decode)(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t T, const kw_wire_op_spec *spec,
+                       const kw_tensor *src, size_t offset, kw_tensor *bad);
+    int (*wire_outliers_apply)(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
+                               const kw_tensor *values, uint32_t n);
+    int (*wire_unrotate)(kw_backend *backend, kw_tensor *x);
     int (*head_scale_add)(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
                           const kw_tensor *w, float g);
 };

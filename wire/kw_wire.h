@@ -445,6 +445,12 @@ typedef struct kw_wire_tensor_out {
  * output is then partially written). A pre-RoPE section's K comes out as sent: applying RoPE is the caller's. */
 int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 
+/* The section's outlier table (FORMAT.md §5.10) as numbers, for a decoder elsewhere (the receiver's device path):
+ * entry i's element e = kv * H*T*D + (h * T + t) * D + d in elems[i] (strictly increasing, below 2*H*T*D: checked when
+ * the section was verified) and its value widened to f32 in values[i], for i < sec->n_outliers (nothing without a
+ * table). */
+int kw_wire_section_outliers(const kw_wire_section *sec, uint64_t *elems, float *values);
+
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Round trip in memory (kw_wire_roundtrip.c) */
 

@@ -32,6 +32,8 @@
 #define kw_cuda_wire_outlier_select     kw_cuda_emu_wire_outlier_select
 #define kw_cuda_wire_outlier_work_bytes kw_cuda_emu_wire_outlier_work_bytes
 #define kw_cuda_wire_outlier_take       kw_cuda_emu_wire_outlier_take
+#define kw_cuda_wire_outliers_apply     kw_cuda_emu_wire_outliers_apply
+#define kw_cuda_wire_unrotate           kw_cuda_emu_wire_unrotate
 #endif
 
 #ifdef __cplusplus
@@ -123,6 +125,20 @@ int kw_cuda_wire_encode_status(unsigned long long err);
  * the caller zeroes it first. */
 int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, const uint8_t *d_src, uint32_t H,
                                uint32_t T, uint32_t D, const kw_cuda_wire_dst *dst, unsigned int *d_bad);
+
+/* The receiver's last two steps of a section's decode (kw_wire_section_dequantize's order: every tensor decoded,
+ * then the outlier table's values written over their elements, then the rotation undone):
+ *
+ * kw_cuda_wire_outliers_apply writes values[i] (f32; rounded to nearest even into a bf16 output) over element
+ * d_elems[i] = kv * H*T*D + (h * T + t) * D + d (kv 0: k, 1: v) for i < n, the decoded tensors of a section of T
+ * tokens starting at their t0. The elements must be distinct (the table's are); one past 2*H*T*D is skipped.
+ *
+ * kw_cuda_wire_unrotate undoes the Hadamard rotation (FORMAT.md §5.12) of the f32 rows of x (T tokens of H heads,
+ * D a power of two up to 1024) in place, bit for bit wire/kw_wire_rotate.c's (the same butterflies in the same
+ * order, the same exact power-of-two factor). */
+int kw_cuda_wire_outliers_apply(void *stream, const uint32_t *d_elems, const float *d_values, uint32_t n, uint32_t H,
+                                uint32_t T, uint32_t D, const kw_cuda_wire_dst *k, const kw_cuda_wire_dst *v);
+int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* The outlier side table's choice (FORMAT.md §5.10) */
