@@ -937,16 +937,14 @@ static void test_decode_rotate_outliers(void **state) {
         std::vector<uint8_t> k0(n), v0(n);
         for (size_t i = 0; i < n; ++i)
             k0[i] = (uint8_t)r.next(), v0[i] = (uint8_t)r.next();
-        std::vector<uint32_t> elems;
-        std::vector<float> vals;
+        std::vector<uint32_t> elems{2 * nh + 3}; /* past the section: skipped */
+        std::vector<float> vals{1.0f};
         for (uint32_t e = r.below(5); e < 2 * nh; e += 1 + r.below(9)) {
             elems.push_back(e);
             vals.push_back(r.uniform() * 1000.0f);
         }
-        elems.push_back(2 * nh + 3); /* past the section: skipped */
-        vals.push_back(1.0f);
         std::vector<uint8_t> kw = k0, vw = v0;
-        for (size_t i = 0; i + 1 < elems.size(); ++i) {
+        for (size_t i = 1; i < elems.size(); ++i) {
             const uint32_t e = elems[i] % nh, d = e % Dd, t = e / Dd % T, h = e / Dd / T;
             uint8_t *o = (elems[i] < nh ? kw.data() : vw.data()) + ((size_t)t * Hh * Dd + (size_t)h * Dd + d) * es;
             if (bf16) {
