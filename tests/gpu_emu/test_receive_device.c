@@ -76,7 +76,6 @@ static struct {
 static int keep_rows(void *user, const kw_share_layer *l) {
     kept_rows *kr = user;
     assert_true(kr->n < 64);
-    const size_t vals = (size_t)(l->n_rows * l->n_heads * l->head_dim);
     const int32_t i = kr->n++;
     kr->layer[i] = l->layer;
     kr->rows[i] = l->n_rows;
@@ -85,11 +84,7 @@ static int keep_rows(void *user, const kw_share_layer *l) {
     for (int64_t r = 0; r < l->n_rows; ++r)
         kr->pos[i][r] = (uint32_t)l->positions[r];
     kr->n_model_layers = l->n_source_layers, kr->H = l->n_heads, kr->D = l->head_dim;
-    kr->k[i] = malloc(vals * sizeof(float));
-    kr->v[i] = malloc(vals * sizeof(float));
-    assert_true(kr->k[i] && kr->v[i]);
-    memcpy(kr->k[i], l->k, vals * sizeof(float));
-    memcpy(kr->v[i], l->v, vals * sizeof(float));
+    kwfx_copy_share_layer(l, &kr->k[i], &kr->v[i], NULL);
     return 0;
 }
 
