@@ -1194,6 +1194,21 @@ int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw
                                          mask, bad);
 }
 
+int kw_op_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                           uint32_t T, int rotate) {
+    static const char op[] = "wire_rotate_rows";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_typed(backend, out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
+    const int64_t D = cache->ne[2];
+    KW_RETURN_IF(out->ndim != 3 || out->ne[0] != cache->ne[0] || out->ne[1] != (int64_t)T || out->ne[2] != D || T < 1 ||
+                     (int64_t)T > kw_tensor_nelem(rows) || D > 1024 || (rotate && (D < 2 || (D & (D - 1)) != 0)),
+                 KW_E_SHAPE, "%s: out %s for %u rows of cache %s (rows %s; head_dim a power of two up to 1024)", op,
+                 KW_SHAPE(out), T, KW_SHAPE(cache), KW_SHAPE(rows));
+    return backend->iface->wire_rotate_rows(backend, out, cache, rows, T, rotate ? 1 : 0);
+}
+
 int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n) {
     static const char op[] = "wire_status";
     KW_CHECK_SHARE(op);

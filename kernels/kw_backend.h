@@ -510,6 +510,13 @@ int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw
  * encoder's status for it (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE), or 0. */
 int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n);
 
+/* out (H, T, D) f32 = cache rows rows[0..T) (cache (H, cap, D) f32/bf16, rows (>= T) i32) widened to f32 and, with
+ * rotate 1, rotated forward by the Hadamard rotation of a rotated section (FORMAT.md §5.12; wire/kw_wire.h
+ * kw_wire_rotate_rows with inverse 0, bit for bit; D a power of two up to 1024), for kw_op_wire_encode and
+ * kw_op_wire_outliers to read as a cache of T rows (with the rows 0..T-1). */
+int kw_op_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                           uint32_t T, int rotate);
+
 /* ------------------------------------------------------------------------------------------------------------
  * The receiver's device work (kernels/cuda/kw_cuda_wire.h on the CUDA backend): a verified KVWire section's tensors
  * (their scales, zero points and codes, uploaded as they came) decoded into device rows, its outlier table written

@@ -527,6 +527,37 @@ __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
     }
 }
 
+/* The sharer's rotated rows (kw_cuda_wire_rotate_gather): one block per (head, token) row, gathered and widened into
+ * shared memory, scaled by the forward factors, then the butterflies as kw_k_wire_unrotate's. */
+__global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
+    kw_k_wire_rotate_gather(kw_cuda_wire_src src, uint32_t H, uint32_t T, uint32_t D, int rotate, float scale,
+                            float *out) {
+    KW_DYNAMIC_SHARED(float, xs);
+    const uint64_t rows = (uint64_t)H * T;
+    for (uint64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const uint32_t h = (uint32_t)(r / T), t = (uint32_t)(r % T);
+        const size_t row = src.d_rows ? src.d_rows[src.t0 + t] : (size_t)src.t0 + t;
+        const size_t base = row * src.token_stride + (size_t)h * src.head_stride;
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+            const float x = kw_wire_load(src.d_data, src.dtype, base + d);
+            xs[d] = rotate ? x * ((float)kw_wire_hadamard_sign(d) * scale) : x;
+        }
+        __syncthreads();
+        for (uint32_t len = 1; rotate && len < D; len <<= 1) {
+            for (uint32_t j = threadIdx.x; j < D / 2; j += blockDim.x) {
+                const uint32_t i = (j / len) * (len << 1) + j % len;
+                const float a = xs[i], b = xs[i + len];
+                xs[i] = a + b;
+                xs[i + len] = a - b;
+            }
+            __syncthreads();
+        }
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
+            out[r * D + d] = xs[d];
+        __syncthreads();
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Host side
  */
@@ -702,6 +733,24 @@ extern "C" int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint3
     return 0;
 }
 
+extern "C" int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *src, uint32_t H, uint32_t T, uint32_t D,
+                                          int rotate, float *d_out) {
+    KW_RETURN_IF(!src || !src->d_data || !d_out, KW_E_INVALID_ARG, "wire rotation on the GPU: null argument");
+    KW_RETURN_IF(src->dtype < KW__WDT_BF16 || src->dtype > KW__WDT_F32, KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: unknown input dtype %u", src->dtype);
+    KW_RETURN_IF(H < 1 || T < 1 || D < 1 || D > 1024 || (rotate && (D < 2 || (D & (D - 1)) != 0)), KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: bad shape (H %u, T %u, D %u; D a power of two in 2..1024)", H, T, D);
+    int m = 0;
+    while ((1u << m) < D)
+        ++m;
+    /* the encoder's factor 2^-floor(m/2) (kw__wire_rotate_factors with inverse 0): exact */
+    const float scale = 1.0f / (float)(1u << (m / 2));
+    KW_CUDA_LAUNCH(kw_k_wire_rotate_gather, kw_opm_grid_blocks((int64_t)H * T, 1), KW_WIRE_ROT_BLOCK, D * sizeof(float),
+                   (cudaStream_t)stream, *src, H, T, D, rotate, scale, d_out);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * kw_backend.h's sharer ops (validated) on the backend's stream
  */
@@ -751,6 +800,14 @@ int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, con
     return kw_cuda_wire_encode_tensor(cu->stream, &s, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2],
                                       (uint8_t *)dst->data + offset, work->data,
                                       (unsigned long long *)err->data + err_index);
+}
+
+int kw__cuda_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                              uint32_t T, int rotate) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, 0);
+    return kw_cuda_wire_rotate_gather(cu->stream, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], rotate,
+                                      (float *)out->data);
 }
 
 int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,

@@ -13,8 +13,9 @@
  *  - decoding: the device's f32 and bf16 outputs equal kw_wire_section_dequantize's, for those sections and for
  *    copies whose codes were overwritten with random bytes (reserved codes, then flagged by both) and re-sealed with
  *    valid checksums;
- *  - the receiver's last steps: the inverse Hadamard rotation (every head_dim 2..1024) equals kw_wire_rotate_rows bit
- *    for bit, and the outlier values land on exactly their elements (f32 and bf16 outputs).
+ *  - the rotation (FORMAT.md §5.12): the sharer's forward rotation of gathered bf16 cache rows and the receiver's
+ *    inverse one equal kw_wire_rotate_rows bit for bit (every head_dim 2..1024), and the receiver's outlier values
+ *    land on exactly their elements (f32 and bf16 outputs).
  *
  * Built twice: as host C++ against the CUDA emulator (test_cuda_wire_emu, label gpu-emu, always runs) and by nvcc
  * (test_gpu_wire, label gpu, exits 77 without a device).
@@ -927,6 +928,37 @@ static void test_decode_rotate_outliers(void **state) {
         for (size_t i = 0; i < n; ++i)
             if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
                 fail_msg("unrotate Dr %u: value %zu: device %.9g, CPU %.9g", Dr, i, got[i], want[i]);
+    }
+    /* the sharer's side: kw_cuda_wire_rotate_gather from a bf16 (H, cap, D) cache through a row gather equals the
+     * rows widened and rotated forward by kw_wire_rotate_rows; rotate 0 the widened rows */
+    for (uint32_t Dr = 2; Dr <= 1024; Dr <<= 1) {
+        const uint32_t Hh = 2, cap = 9, T = 4;
+        const uint32_t gather[T] = {7, 2, 3, 8};
+        std::vector<uint16_t> c((size_t)Hh * cap * Dr);
+        for (uint16_t &v : c)
+            v = kw_f32_to_bf16(r.uniform() * 4.0f);
+        dev_buf<uint16_t> dc(c.data(), c.size());
+        dev_buf<uint32_t> dg(gather, T);
+        dev_buf<float> out((size_t)Hh * T * Dr);
+        kw_cuda_wire_src src{};
+        src.d_data = dc.p, src.dtype = 1u, src.head_stride = (size_t)cap * Dr, src.token_stride = Dr;
+        src.d_rows = dg.p;
+        for (int rot = 0; rot < 2; ++rot) {
+            std::vector<float> want((size_t)Hh * T * Dr);
+            for (uint32_t h = 0; h < Hh; ++h)
+                for (uint32_t t = 0; t < T; ++t) {
+                    float *w = want.data() + ((size_t)h * T + t) * Dr;
+                    for (uint32_t d = 0; d < Dr; ++d)
+                        w[d] = kw_bf16_to_f32(c[((size_t)h * cap + gather[t]) * Dr + d]);
+                    if (rot) assert_int_equal(kw_wire_rotate_rows(w, 1, Dr, Dr, 0), 0);
+                }
+            assert_int_equal(kw_cuda_wire_rotate_gather(nullptr, &src, Hh, T, Dr, rot, out.p), 0);
+            const std::vector<float> got = out.get();
+            for (size_t i = 0; i < want.size(); ++i)
+                if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+                    fail_msg("rotate_gather D %u rotate %d: value %zu: device %.9g, CPU %.9g", Dr, rot, i, got[i],
+                             want[i]);
+        }
     }
     const kw_cuda_wire_dst bad = {nullptr, 3u, 12, 12, 0};
     assert_int_equal(kw_cuda_wire_unrotate(nullptr, 1, 1, 12, &bad), KW_E_INVALID_ARG);
