@@ -497,10 +497,24 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     }
 }
 
+/* The butterflies of wire/kw_wire_rotate.c's kw__rotate_butterflies over the D values of xs (shared memory, written
+ * by the block before the call), each stage (len = 1, 2, .., D/2) spread over the block with a barrier after it, so
+ * every pair sees the same operands in the same order as the CPU's loop. Every thread of the block calls it. */
+__device__ void kw_wire_butterflies(float *xs, uint32_t D) {
+    for (uint32_t len = 1; len < D; len <<= 1) {
+        for (uint32_t j = threadIdx.x; j < D / 2; j += blockDim.x) {
+            const uint32_t i = (j / len) * (len << 1) + j % len;
+            const float a = xs[i], b = xs[i + len];
+            xs[i] = a + b;
+            xs[i + len] = a - b;
+        }
+        __syncthreads();
+    }
+}
+
 /* The inverse Hadamard rotation (FORMAT.md §5.12) of f32 head rows in place, as wire/kw_wire_rotate.c's
  * kw__wire_rotate_row with inverse 1: one block per (token, head) row, the row in shared memory (D floats), the
- * butterflies of each stage (len = 1, 2, .., D/2) spread over the block with a barrier between stages, so every pair
- * sees the same operands in the same order as the CPU's loop; then x[d] * (s_d * scale), scale = 2^-ceil(m/2). */
+ * butterflies (kw_wire_butterflies), then x[d] * (s_d * scale), scale = 2^-ceil(m/2). */
 #define KW_WIRE_ROT_BLOCK 128
 __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
     kw_k_wire_unrotate(kw_cuda_wire_dst x, uint32_t H, uint32_t T, uint32_t D, float scale) {
@@ -512,15 +526,7 @@ __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
         for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
             xs[d] = p[d];
         __syncthreads();
-        for (uint32_t len = 1; len < D; len <<= 1) {
-            for (uint32_t j = threadIdx.x; j < D / 2; j += blockDim.x) {
-                const uint32_t i = (j / len) * (len << 1) + j % len;
-                const float a = xs[i], b = xs[i + len];
-                xs[i] = a + b;
-                xs[i + len] = a - b;
-            }
-            __syncthreads();
-        }
+        kw_wire_butterflies(xs, D);
         for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
             p[d] = xs[d] * ((float)kw_wire_hadamard_sign(d) * scale);
         __syncthreads(); /* the next row's loads overwrite xs */
@@ -543,15 +549,7 @@ __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
             xs[d] = rotate ? x * ((float)kw_wire_hadamard_sign(d) * scale) : x;
         }
         __syncthreads();
-        for (uint32_t len = 1; rotate && len < D; len <<= 1) {
-            for (uint32_t j = threadIdx.x; j < D / 2; j += blockDim.x) {
-                const uint32_t i = (j / len) * (len << 1) + j % len;
-                const float a = xs[i], b = xs[i + len];
-                xs[i] = a + b;
-                xs[i + len] = a - b;
-            }
-            __syncthreads();
-        }
+        if (rotate) kw_wire_butterflies(xs, D); /* rotate is the same in every thread */
         for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
             out[r * D + d] = xs[d];
         __syncthreads();
