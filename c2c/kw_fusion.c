@@ -703,8 +703,9 @@ static int kw_fusion_stage_masks(kw_fusion_session *s, const kw_fusion_rows *row
 }
 
 int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows) {
-    KW_RETURN_IF(s == NULL || rows == NULL || rows->k == NULL || rows->v == NULL, KW_E_INVALID_ARG,
-                 "kw_fusion_put: NULL argument");
+    KW_RETURN_IF(s == NULL || rows == NULL || (rows->k == NULL) != (rows->v == NULL) ||
+                     (rows->dk == NULL) != (rows->dv == NULL) || (rows->k == NULL) == (rows->dk == NULL),
+                 KW_E_INVALID_ARG, "kw_fusion_put: NULL argument (host rows k, v or device rows dk, dv)");
     kw_fusion *f = s->f;
     KW_RETURN_IF(s->current < 0 || rows->section != s->current, KW_E_STATE,
                  "kw_fusion_put: rows for section %d, but the section being fused is %d", (int)rows->section,
@@ -736,10 +737,21 @@ int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows) {
     const int64_t ne[3] = {n, sh->n_heads, sh->head_dim};
     KW_FORWARD(kw_tensor_alloc(f->backend, &st->k, KW_DTYPE_F32, 3, ne));
     KW_FORWARD(kw_tensor_alloc(f->backend, &st->v, KW_DTYPE_F32, 3, ne));
-    const size_t bytes = kw_tensor_nbytes(&st->k);
-    KW_FORWARD(kw_backend_upload(f->backend, &st->k, 0, rows->k, bytes));
-    KW_FORWARD(kw_backend_upload(f->backend, &st->v, 0, rows->v, bytes));
-    KW_FORWARD(kw_backend_synchronize(f->backend)); /* the caller's arrays are borrowed for the call only */
+    if (rows->dk) { /* device rows: copied on the backend's stream, in order before any later use of the caller's */
+        KW_RETURN_IF(rows->n_targets > 0, KW_E_UNSUPPORTED,
+                     "kw_fusion_put: per-target subsets gather from host rows, not device rows");
+        KW_RETURN_IF(rows->dk->ndim != 3 || memcmp(rows->dk->ne, ne, sizeof ne) != 0 || rows->dv->ndim != 3 ||
+                         memcmp(rows->dv->ne, ne, sizeof ne) != 0,
+                     KW_E_INVALID_ARG, "kw_fusion_put: device rows of another shape than (%lld, %lld, %lld)",
+                     (long long)n, (long long)sh->n_heads, (long long)sh->head_dim);
+        KW_FORWARD(kw_op_copy(f->backend, &st->k, rows->dk));
+        KW_FORWARD(kw_op_copy(f->backend, &st->v, rows->dv));
+    } else {
+        const size_t bytes = kw_tensor_nbytes(&st->k);
+        KW_FORWARD(kw_backend_upload(f->backend, &st->k, 0, rows->k, bytes));
+        KW_FORWARD(kw_backend_upload(f->backend, &st->v, 0, rows->v, bytes));
+        KW_FORWARD(kw_backend_synchronize(f->backend)); /* the caller's arrays are borrowed for the call only */
+    }
     if (rows->n_targets > 0) KW_FORWARD(kw_fusion_stage_masks(s, rows, st));
     st->n_rows = n;
     st->present = 1;

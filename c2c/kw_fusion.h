@@ -198,6 +198,10 @@ typedef struct kw_fusion_rows {
     int64_t n_rows;           /* >= 1 */
     const int64_t *positions; /* n_rows strictly increasing cache positions inside the section; NULL: all of it */
     const float *k, *v;       /* (n_rows, sharer kv heads, sharer head_dim) f32 host arrays, borrowed for the call */
+    /* or, with k and v NULL: the rows already on the fusion's backend (n_rows, heads, head_dim) f32 tensors (the
+     * receiver's device decode), copied there without a host round trip; borrowed for the call; not with target
+     * subsets below (KW_E_UNSUPPORTED: they gather from host rows) */
+    const kw_tensor *dk, *dv;
     /* a selection per (sharer layer, receiver layer) pair (the receiver-aware selections): receiver layer
      * target_layers[j] fuses only the rows whose position p has bit p - (section start) of target_masks[j] set (LSB
      * first, one bit per position of the section); a receiver layer not listed fuses every row. n_targets 0: every

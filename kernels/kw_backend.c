@@ -1194,6 +1194,21 @@ int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw
                                          mask, bad);
 }
 
+int kw_op_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                           uint32_t T, int rotate) {
+    static const char op[] = "wire_rotate_rows";
+    KW_CHECK_SHARE(op);
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_typed(backend, out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
+    const int64_t D = cache->ne[2];
+    KW_RETURN_IF(out->ndim != 3 || out->ne[0] != cache->ne[0] || out->ne[1] != (int64_t)T || out->ne[2] != D || T < 1 ||
+                     (int64_t)T > kw_tensor_nelem(rows) || D > 1024 || (rotate && (D < 2 || (D & (D - 1)) != 0)),
+                 KW_E_SHAPE, "%s: out %s for %u rows of cache %s (rows %s; head_dim a power of two up to 1024)", op,
+                 KW_SHAPE(out), T, KW_SHAPE(cache), KW_SHAPE(rows));
+    return backend->iface->wire_rotate_rows(backend, out, cache, rows, T, rotate ? 1 : 0);
+}
+
 int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n) {
     static const char op[] = "wire_status";
     KW_CHECK_SHARE(op);
@@ -1207,4 +1222,66 @@ int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n)
             KW_FORWARD(backend->iface->wire_status(words[j]));
     }
     return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The receiver's device work
+ */
+
+int kw_backend_supports_wire_decode(const kw_backend *backend) {
+    return backend != NULL && backend->iface->wire_decode != NULL && backend->iface->wire_sizes != NULL;
+}
+
+#define KW_CHECK_WIRE_DECODE(op)                                                                                       \
+    KW_CHECK_BACKEND(op);                                                                                              \
+    KW_RETURN_IF(!kw_backend_supports_wire_decode(backend), KW_E_OP_UNSUPPORTED, "backend %s has no %s",               \
+                 backend->iface->name, op)
+
+/* Decoded rows (n, H, D) f32. */
+static int kw_check_rows3(const kw_backend *backend, const kw_tensor *t, const char *op, const char *name) {
+    KW_FORWARD(kw_check_typed(backend, t, KW_DTYPE_F32, op, name));
+    KW_RETURN_IF(t->ndim != 3, KW_E_SHAPE, "%s: %s %s must be (n, H, D)", op, name, KW_SHAPE(t));
+    return 0;
+}
+
+int kw_op_wire_decode(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t T, const kw_wire_op_spec *spec,
+                      const kw_tensor *src, size_t offset, kw_tensor *bad) {
+    static const char op[] = "wire_decode";
+    KW_CHECK_WIRE_DECODE(op);
+    KW_FORWARD(kw_check_rows3(backend, out, op, "out"));
+    KW_FORWARD(kw_check_typed(backend, src, KW_DTYPE_U8, op, "src"));
+    KW_FORWARD(kw_check_typed(backend, bad, KW_DTYPE_I32, op, "bad"));
+    KW_RETURN_IF(spec == NULL, KW_E_INVALID_ARG, "%s: NULL spec", op);
+    KW_RETURN_IF(T < 1 || (int64_t)t0 + T > out->ne[0] || kw_tensor_nelem(bad) != 1, KW_E_SHAPE,
+                 "%s: rows [%u, +%u) of out %s, bad %s", op, t0, T, KW_SHAPE(out), KW_SHAPE(bad));
+    uint64_t bytes = 0, scratch = 0;
+    KW_FORWARD(backend->iface->wire_sizes(spec, (uint32_t)out->ne[1], T, (uint32_t)out->ne[2], &bytes, &scratch));
+    KW_FORWARD(kw_check_range(src, offset, (size_t)bytes, op));
+    return backend->iface->wire_decode(backend, out, t0, T, spec, src, offset, bad);
+}
+
+int kw_op_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
+                              const kw_tensor *values, uint32_t n) {
+    static const char op[] = "wire_outliers_apply";
+    KW_CHECK_WIRE_DECODE(op);
+    KW_FORWARD(kw_check_rows3(backend, k, op, "k"));
+    KW_FORWARD(kw_check_rows3(backend, v, op, "v"));
+    KW_FORWARD(kw_check_typed(backend, elems, KW_DTYPE_I32, op, "elems"));
+    KW_FORWARD(kw_check_typed(backend, values, KW_DTYPE_F32, op, "values"));
+    KW_RETURN_IF(memcmp(k->ne, v->ne, sizeof k->ne) != 0 || kw_tensor_nelem(elems) < n || kw_tensor_nelem(values) < n,
+                 KW_E_SHAPE, "%s: K %s, V %s, elems %s, values %s for %u outliers", op, KW_SHAPE(k), KW_SHAPE(v),
+                 KW_SHAPE(elems), KW_SHAPE(values), n);
+    KW_RETURN_IF(2 * (uint64_t)kw_tensor_nelem(k) > UINT32_MAX, KW_E_LIMIT,
+                 "%s: %lld elements (element numbers are 32-bit here)", op, (long long)(2 * kw_tensor_nelem(k)));
+    return backend->iface->wire_outliers_apply(backend, k, v, elems, values, n);
+}
+
+int kw_op_wire_unrotate(kw_backend *backend, kw_tensor *x) {
+    static const char op[] = "wire_unrotate";
+    KW_CHECK_WIRE_DECODE(op);
+    KW_FORWARD(kw_check_rows3(backend, x, op, "x"));
+    const int64_t D = x->ne[2];
+    KW_RETURN_IF(D < 2 || D > 1024 || (D & (D - 1)) != 0, KW_E_SHAPE,
+                 "%s: x %s: head_dim must be a power of two in 2..1024", op, KW_SHAPE(x));
+    return backend->iface->wire_unrotate(backend, x);
 }

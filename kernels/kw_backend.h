@@ -510,6 +510,41 @@ int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw
  * encoder's status for it (KW_E_WIRE_NONFINITE, KW_E_WIRE_RANGE), or 0. */
 int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n);
 
+/* out (H, T, D) f32 = cache rows rows[0..T) (cache (H, cap, D) f32/bf16, rows (>= T) i32) widened to f32 and, with
+ * rotate 1, rotated forward by the Hadamard rotation of a rotated section (FORMAT.md §5.12; wire/kw_wire.h
+ * kw_wire_rotate_rows with inverse 0, bit for bit; D a power of two up to 1024), for kw_op_wire_encode and
+ * kw_op_wire_outliers to read as a cache of T rows (with the rows 0..T-1). */
+int kw_op_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                           uint32_t T, int rotate);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The receiver's device work (kernels/cuda/kw_cuda_wire.h on the CUDA backend): a verified KVWire section's tensors
+ * (their scales, zero points and codes, uploaded as they came) decoded into device rows, its outlier table written
+ * over them and its Hadamard rotation undone, bit for bit wire/'s kw_wire_section_dequantize. Parsing and checking
+ * the section (lengths, scales, the table's element numbers) stay with the CPU decoder. The CPU backend has none of
+ * it (kw_backend_supports_wire_decode 0, the calls KW_E_OP_UNSUPPORTED). Asynchronous like every op.
+ */
+
+/* 1 if the backend has the three ops below, else 0. */
+int kw_backend_supports_wire_decode(const kw_backend *backend);
+
+/* Decodes one tensor of a token group (T tokens of H heads, head_dim D, codec spec; its bytes [offset, offset +
+ * tensor_bytes) of src (u8), scales then codes as the section holds them, tensor_bytes as kw_backend_wire_sizes) into
+ * rows [t0, t0 + T) of out (n, H, D) f32. bad (1) i32 is set non-zero on a reserved code or a non-finite passthrough
+ * value (the CPU decoder's KW_E_WIRE_VALUE); the caller zeroes it first. */
+int kw_op_wire_decode(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t T, const kw_wire_op_spec *spec,
+                      const kw_tensor *src, size_t offset, kw_tensor *bad);
+
+/* Writes values[i] over element elems[i] of the decoded section k, v (T, H, D) f32 for i < n: element e = kv * T*H*D
+ * + (h * T + t) * D + d, as the outlier table (FORMAT.md §5.10) numbers them; elems (i32, read as u32, distinct,
+ * below 2*T*H*D) and values (f32) hold at least n entries. KW_E_LIMIT past 2^32 - 1 elements. */
+int kw_op_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
+                              const kw_tensor *values, uint32_t n);
+
+/* Undoes the Hadamard rotation (FORMAT.md §5.12) of every head row of x (T, H, D) f32 in place, D a power of two in
+ * 2..1024: wire/kw_wire.h's kw_wire_rotate_rows with inverse 1, bit for bit. */
+int kw_op_wire_unrotate(kw_backend *backend, kw_tensor *x);
+
 enum kw_act {
     KW_ACT_SILU = 0,      /* x * sigmoid(x) */
     KW_ACT_GELU_ERF = 1,  /* 0.5 x (1 + erf(x / sqrt 2)), torch nn.GELU() */

@@ -49,7 +49,15 @@ struct kw_receive {
     uint8_t *layer_seen;
     int64_t *direct_pos;
     int64_t direct_n;
-    int requantize;    /* kw_receive_options.requantize */
+    int requantize;  /* kw_receive_options.requantize */
+    int host_decode; /* kw_receive_options.host_decode */
+    /* the device decode (kw_receive_decode_device): the section's tensor bytes and outlier table staged in pinned
+     * memory (stage, kw_backend_host_alloc), uploaded once into d_src (and the table into d_elems, d_values), decoded
+     * into rows [0, T) of d_k, d_v (d_rows rows each); d_bad the decoder's flag. All owned. */
+    uint8_t *stage;
+    size_t stage_cap;
+    kw_tensor d_src, d_k, d_v, d_elems, d_values, d_bad;
+    int64_t d_rows;
     kw_kv_pages pages; /* kv_direct: the current section as cache pages */
     kw_receive_stats stats;
 };
@@ -76,7 +84,10 @@ void kw_receive_free(kw_receive *r) {
     if (r->model) {
         kw_backend_host_free(kw_model_backend(r->model), r->k);
         kw_backend_host_free(kw_model_backend(r->model), r->v);
+        kw_backend_host_free(kw_model_backend(r->model), r->stage);
     }
+    kw_tensor_free(&r->d_src), kw_tensor_free(&r->d_k), kw_tensor_free(&r->d_v);
+    kw_tensor_free(&r->d_elems), kw_tensor_free(&r->d_values), kw_tensor_free(&r->d_bad);
     free(r->pos32), free(r->pos);
     free(r->layer_seen), free(r->direct_pos);
     kw_kv_pages_free(&r->pages);
@@ -156,6 +167,7 @@ int kw_receive_begin(kw_model *model, kw_fusion *f, kw_kvcache *cache, const int
     int rc = 0;
     r->mode = opt->mode;
     r->requantize = opt->requantize;
+    r->host_decode = opt->host_decode;
     r->model = model;
     r->f = f;
     r->cache = cache;
@@ -277,9 +289,10 @@ static int kw_receive_fill_hidden(kw_receive *r, int32_t layer, int64_t upto) {
     return rc;
 }
 
-/* kv_direct: the rows become the receiver's own, layer by layer, with the same positions in every layer. */
+/* kv_direct: the rows become the receiver's own, layer by layer, with the same positions in every layer. The rows
+ * are host arrays k, v or device tensors dk, dv (T, H, D) f32 (the device decode); all NULL: the pages. */
 static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int64_t *pos, const float *k,
-                             const float *v) {
+                             const float *v, const kw_tensor *dk, const kw_tensor *dv) {
     KW_RETURN_IF(r->layer_seen[layer], KW_E_SHARE_LAYER, "receive: kv_direct layer %d arrived twice", (int)layer);
     if (r->direct_n < 0) {
         free(r->direct_pos);
@@ -292,7 +305,7 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
                  "receive: kv_direct layer %d carries other positions than the first layer", (int)layer);
     for (int64_t i = 1; i < T; ++i)
         KW_RETURN_IF(pos[i] <= pos[i - 1], KW_E_SHARE_POSITIONS, "receive: kv_direct positions are not increasing");
-    if (k == NULL) { /* the section mapped onto pages (kw_receive_try_pages): its bytes go in as they are */
+    if (k == NULL && dk == NULL) { /* the section mapped onto pages (kw_receive_try_pages): its bytes as they are */
         KW_FORWARD(kw_kvcache_store_kvq(r->cache, layer, pos[0], T, &r->pages.rows));
         r->stats.rows_direct += T;
         r->stats.rows_tail += T - r->pages.full;
@@ -309,7 +322,14 @@ static int kw_receive_direct(kw_receive *r, int32_t layer, int64_t T, const int6
         while (i + len < T && pos[i + len] == pos[i] + len)
             ++len;
         KW_FORWARD(kw_receive_fill_hidden(r, layer, pos[i]));
-        KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, pos[i], len, k + i * row, v + i * row));
+        if (dk) {
+            kw_tensor rk, rv;
+            KW_FORWARD(kw_tensor_view_rows(dk, i, len, &rk));
+            KW_FORWARD(kw_tensor_view_rows(dv, i, len, &rv));
+            KW_FORWARD(kw_kvcache_store_rows(r->cache, layer, pos[i], &rk, &rv));
+        } else {
+            KW_FORWARD(kw_kvcache_write_rows(r->cache, layer, pos[i], len, k + i * row, v + i * row));
+        }
         i += len;
     }
     r->layer_seen[layer] = 1;
@@ -339,10 +359,10 @@ static int kw_receive_try_pages(kw_receive *r, const kw_wire_section *sec, int *
     return 0;
 }
 
-/* Applies T rows of one sharer layer at positions pos (validated here) from k, v (kv_direct: both NULL when the
- * section goes in as r->pages). */
+/* Applies T rows of one sharer layer at positions pos (validated here) from host rows k, v or device rows dk, dv
+ * (kv_direct: all NULL when the section goes in as r->pages). */
 static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_t T, const int64_t *pos, const float *k,
-                            const float *v) {
+                            const float *v, const kw_tensor *dk, const kw_tensor *dv) {
     const kw_receive_peer *p = &r->peers[sharer];
     KW_RETURN_IF(layer < 0 || !kw_receive_layer_expected(p, (uint32_t)layer), KW_E_SHARE_LAYER,
                  "receive: sharer %d sent layer %d, which the request did not ask for", (int)sharer, (int)layer);
@@ -375,12 +395,14 @@ static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_
                                      .positions = pos,
                                      .k = k,
                                      .v = v,
+                                     .dk = dk,
+                                     .dv = dv,
                                      .n_targets = n_tg,
                                      .target_layers = n_tg ? p->tg_layers[layer] : NULL,
                                      .target_masks = n_tg ? masks : NULL};
         KW_FORWARD(kw_fusion_put(r->session, &rows));
     } else {
-        KW_FORWARD(kw_receive_direct(r, layer, T, pos, k, v));
+        KW_FORWARD(kw_receive_direct(r, layer, T, pos, k, v, dk, dv));
     }
     r->stats.apply_ms += kw_time_ms(t0, kw_time_now_ns());
     r->stats.rows += T;
@@ -388,10 +410,149 @@ static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_
     return 0;
 }
 
+/* Grows the device decode's buffers for a section of T rows of `row` values, `bytes` of tensors and n outliers. */
+static int kw_receive_device_reserve(kw_receive *r, kw_backend *be, int64_t T, int64_t heads, int64_t dim, size_t bytes,
+                                     uint32_t n) {
+    if (bytes > r->stage_cap) {
+        kw_backend_host_free(be, r->stage);
+        r->stage = NULL, r->stage_cap = 0;
+        KW_FORWARD(kw_backend_host_alloc(be, bytes, (void **)&r->stage));
+        r->stage_cap = bytes;
+    }
+    if (r->d_src.data == NULL || kw_tensor_nbytes(&r->d_src) < bytes) {
+        kw_tensor_free(&r->d_src);
+        const int64_t ne[1] = {(int64_t)bytes};
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_src, KW_DTYPE_U8, 1, ne));
+    }
+    if (r->d_rows < T) {
+        kw_tensor_free(&r->d_k), kw_tensor_free(&r->d_v);
+        r->d_rows = 0;
+        const int64_t ne[3] = {T, heads, dim};
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_k, KW_DTYPE_F32, 3, ne));
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_v, KW_DTYPE_F32, 3, ne));
+        r->d_rows = T;
+    }
+    if (n > 0 && (r->d_elems.data == NULL || kw_tensor_nelem(&r->d_elems) < n)) {
+        kw_tensor_free(&r->d_elems), kw_tensor_free(&r->d_values);
+        const int64_t ne[1] = {n};
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_elems, KW_DTYPE_I32, 1, ne));
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_values, KW_DTYPE_F32, 1, ne));
+    }
+    if (r->d_bad.data == NULL) {
+        const int64_t ne[1] = {1};
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_bad, KW_DTYPE_I32, 1, ne));
+    }
+    return 0;
+}
+
+/* The op spec of a tensor view. */
+static kw_wire_op_spec kw_receive_op_spec(const kw_wire_tensor_view *tv) {
+    const kw_wire_op_spec sp = {tv->spec.codec, tv->spec.granularity, tv->spec.scale_dtype, tv->spec.group_log2};
+    return sp;
+}
+
+/* Whether the device decodes the verified section sec (1) or the CPU decoder does (0), and its tensors' bytes. A
+ * section the device cannot take: pre-RoPE keys (kv_direct rotates them on the host), a c2c layer with per-target
+ * subsets (the fuser gathers them from host rows), a rotation of a head_dim the device kernel does not take, an
+ * outlier table past 32-bit element numbers, a codec the device decoder refuses or a tensor whose bytes are not the
+ * ones the device decoder reads. */
+static int kw_receive_device_ok(const kw_receive *r, const kw_receive_peer *p, const kw_wire_section *sec,
+                                kw_backend *be, uint64_t *bytes) {
+    if (r->host_decode || !kw_backend_supports_wire_decode(be) || sec->pre_rope) return 0;
+    if (sec->layer >= (uint32_t)p->n_layers || (p->tg_n && p->tg_n[sec->layer] > 0)) return 0;
+    const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim;
+    if (sec->rotated && (D > 1024 || kw_wire_rotate_log2(D) < 0)) return 0;
+    if (sec->outlier_table && 2ull * H * T * D > UINT32_MAX) return 0;
+    *bytes = 0;
+    for (uint32_t g = 0; g < sec->n_groups; ++g) {
+        const kw_wire_group_view *gv = &sec->groups[g];
+        for (int kv = 0; kv < 2; ++kv) {
+            const kw_wire_tensor_view *tv = kv ? &gv->v : &gv->k;
+            const kw_wire_op_spec sp = kw_receive_op_spec(tv);
+            uint64_t n = 0, work = 0;
+            if (kw_backend_wire_sizes(be, &sp, H, gv->n_tokens, D, &n, &work) < 0) return 0;
+            if (n != (uint64_t)tv->scale_bytes + tv->zero_bytes + tv->code_bytes) return 0;
+            *bytes += n;
+        }
+    }
+    return 1;
+}
+
+/* The device decode of a verified section (*done 1), bit for bit kw_wire_section_dequantize: its tensors' scales,
+ * zero points and codes (and its outlier table as numbers) copied into the pinned staging buffer, uploaded once,
+ * decoded into rows [0, T) of r->d_k, r->d_v, the outliers written over them and the rotation undone there. Nothing
+ * decoded comes back to the host: only the decoder's flag (a reserved code: KW_E_WIRE_VALUE, as the CPU decoder).
+ * *done 0: the section is for the CPU decoder (kw_receive_device_ok). */
+static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, const kw_wire_section *sec, int *done) {
+    *done = 0;
+    kw_backend *be = kw_model_backend(r->model);
+    uint64_t tensor_bytes = 0;
+    if (!kw_receive_device_ok(r, p, sec, be, &tensor_bytes)) return 0;
+    const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim, n_out = sec->n_outliers;
+    const size_t table_at = ((size_t)tensor_bytes + 7) & ~(size_t)7;
+    const size_t total = table_at + (size_t)n_out * (sizeof(uint32_t) + sizeof(float));
+    KW_FORWARD(kw_receive_device_reserve(r, be, T, H, D, total > 0 ? total : 1, n_out));
+    size_t at = 0;
+    for (uint32_t g = 0; g < sec->n_groups; ++g) {
+        const kw_wire_tensor_view *tv[2] = {&sec->groups[g].k, &sec->groups[g].v};
+        for (int kv = 0; kv < 2; ++kv) {
+            memcpy(r->stage + at, tv[kv]->scales, tv[kv]->scale_bytes);
+            at += tv[kv]->scale_bytes;
+            if (tv[kv]->zero_bytes) memcpy(r->stage + at, tv[kv]->zeros, tv[kv]->zero_bytes);
+            at += tv[kv]->zero_bytes;
+            memcpy(r->stage + at, tv[kv]->codes, (size_t)tv[kv]->code_bytes);
+            at += (size_t)tv[kv]->code_bytes;
+        }
+    }
+    uint32_t *elems = (uint32_t *)(r->stage + table_at);
+    float *values = (float *)(elems + n_out);
+    if (n_out > 0) {
+        uint64_t *e64 = malloc((size_t)n_out * sizeof *e64);
+        KW_RETURN_IF(e64 == NULL, KW_E_NOMEM, "receive: out of memory");
+        const int rc = kw_wire_section_outliers(sec, e64, values);
+        for (uint32_t i = 0; rc == 0 && i < n_out; ++i)
+            elems[i] = (uint32_t)e64[i]; /* < 2*H*T*D <= UINT32_MAX (kw_receive_device_ok) */
+        free(e64);
+        KW_FORWARD(rc);
+    }
+    KW_FORWARD(kw_backend_upload(be, &r->d_src, 0, r->stage, (size_t)tensor_bytes));
+    if (n_out > 0) {
+        KW_FORWARD(kw_backend_upload(be, &r->d_elems, 0, elems, (size_t)n_out * sizeof *elems));
+        KW_FORWARD(kw_backend_upload(be, &r->d_values, 0, values, (size_t)n_out * sizeof *values));
+    }
+    KW_FORWARD(kw_backend_memset_zero(be, &r->d_bad));
+    kw_tensor k, v;
+    KW_FORWARD(kw_tensor_view_rows(&r->d_k, 0, T, &k));
+    KW_FORWARD(kw_tensor_view_rows(&r->d_v, 0, T, &v));
+    at = 0;
+    for (uint32_t g = 0; g < sec->n_groups; ++g) {
+        const kw_wire_group_view *gv = &sec->groups[g];
+        const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
+        for (int kv = 0; kv < 2; ++kv) {
+            const kw_wire_op_spec sp = kw_receive_op_spec(tv[kv]);
+            KW_FORWARD(
+                kw_op_wire_decode(be, kv ? &v : &k, gv->first_token, gv->n_tokens, &sp, &r->d_src, at, &r->d_bad));
+            at += (size_t)tv[kv]->scale_bytes + tv[kv]->zero_bytes + (size_t)tv[kv]->code_bytes;
+        }
+    }
+    if (n_out > 0) KW_FORWARD(kw_op_wire_outliers_apply(be, &k, &v, &r->d_elems, &r->d_values, n_out));
+    for (int kv = 0; kv < 2; ++kv)
+        if (sec->rotated & (1u << kv)) KW_FORWARD(kw_op_wire_unrotate(be, kv ? &v : &k));
+    int32_t bad = 0;
+    KW_FORWARD(kw_backend_download(be, &bad, &r->d_bad, 0, sizeof bad));
+    KW_FORWARD(kw_backend_synchronize(be)); /* the staging buffer is reused by the next section */
+    KW_RETURN_IF(bad != 0, KW_E_WIRE_VALUE,
+                 "section %u (layer %u): reserved code or non-finite value in the payload (device decode)",
+                 sec->ordinal, sec->layer);
+    ++r->stats.device_sections;
+    *done = 1;
+    return 0;
+}
+
 static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_section *sec) {
     const kw_receive_peer *p = &r->peers[sharer];
     const int64_t T = sec->n_tokens, row = (int64_t)p->n_heads * p->head_dim;
-    KW_FORWARD(kw_receive_reserve(r, (size_t)(T * row), (size_t)T));
+    KW_FORWARD(kw_receive_reserve(r, 0, (size_t)T));
     const uint64_t t0 = kw_time_now_ns();
     KW_FORWARD(kw_wire_section_positions(sec, r->pos32, r->pos_cap));
     for (int64_t i = 0; i < T; ++i)
@@ -401,9 +562,19 @@ static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_secti
         KW_FORWARD(kw_receive_try_pages(r, sec, &direct));
         if (direct) { /* nothing to dequantize: the codes are the cache's */
             r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
-            return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, NULL, NULL);
+            return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, NULL, NULL, NULL, NULL);
         }
     }
+    int on_device = 0;
+    KW_FORWARD(kw_receive_decode_device(r, p, sec, &on_device));
+    if (on_device) {
+        kw_tensor k, v;
+        KW_FORWARD(kw_tensor_view_rows(&r->d_k, 0, T, &k));
+        KW_FORWARD(kw_tensor_view_rows(&r->d_v, 0, T, &v));
+        r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
+        return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, NULL, NULL, &k, &v);
+    }
+    KW_FORWARD(kw_receive_reserve(r, (size_t)(T * row), (size_t)T));
     const kw_wire_tensor_out ko = {
         .data = r->k, .dtype = KW_WIRE_DTYPE_F32, .head_stride = (size_t)p->head_dim, .token_stride = (size_t)row};
     const kw_wire_tensor_out vo = {
@@ -416,7 +587,7 @@ static int kw_receive_section(kw_receive *r, int32_t sharer, const kw_wire_secti
         KW_FORWARD(kw_config_rope_rows(kw_model_get_config(r->model), (int32_t)sec->layer, r->pos, T, 0, r->k));
     }
     r->stats.decode_ms += kw_time_ms(t0, kw_time_now_ns());
-    return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, r->k, r->v);
+    return kw_receive_apply(r, sharer, (int32_t)sec->layer, T, r->pos, r->k, r->v, NULL, NULL);
 }
 
 int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows, const int64_t *positions,
@@ -426,7 +597,7 @@ int kw_receive_rows(kw_receive *r, int32_t sharer, int32_t layer, int64_t n_rows
     KW_RETURN_IF(r->current < 0, KW_E_STATE, "kw_receive_rows: no section is open");
     KW_RETURN_IF(sharer < 0 || sharer >= r->n_peers || !r->peers[sharer].expecting, KW_E_STATE,
                  "kw_receive_rows: section %d expects nothing from sharer %d", (int)r->current, (int)sharer);
-    return kw_receive_apply(r, sharer, layer, n_rows, positions, k, v);
+    return kw_receive_apply(r, sharer, layer, n_rows, positions, k, v, NULL, NULL);
 }
 
 int kw_receive_rows_done(kw_receive *r, int32_t sharer) {

@@ -47,6 +47,9 @@ typedef struct kw_receive_options {
     /* kv_direct with a quantized cache: 1 decodes every section and stores it through the cache's quantizer even when
      * its codes could be stored as pages (receiver/kw_kv_pages.h); the comparison the tests and benchmarks make */
     int requantize;
+    /* 1: decode every KVWire section on the host even when the model's backend decodes on its device
+     * (kw_backend_supports_wire_decode); the reference the device decode is tested against */
+    int host_decode;
 } kw_receive_options;
 
 typedef struct kw_receive_stats {
@@ -64,6 +67,9 @@ typedef struct kw_receive_stats {
     int64_t rows_tail;        /* of those, rows whose keys went to the tail */
     int64_t rows_requantized; /* rows decoded and stored through the cache's quantizer (dense cache: its rounding) */
     int32_t store_reason;     /* enum kw_kv_store_reason of the first section not stored as pages, else 0 */
+    /* of the sections, those decoded on the device (a CUDA backend: their bytes uploaded once, the rows decoded
+     * there, never on the host); the others were decoded by the CPU decoder and their rows uploaded */
+    int32_t device_sections;
 } kw_receive_stats;
 
 /* How a kv_direct request's rows went into its cache: "direct" (every row as its sent codes), "requantized" (some or

@@ -487,6 +487,7 @@ static cJSON *kw__rd_kvwire_block(const kw_rd_job *j, double total_ms) {
     cJSON_AddNumberToObject(c, "sections", e ? e->sections : 0);
     cJSON_AddNumberToObject(c, "compressed_sections", e ? e->compressed_sections : 0);
     cJSON_AddNumberToObject(c, "device_sections", e ? e->device_sections : 0);
+    cJSON_AddNumberToObject(c, "device_decoded_sections", j->device_decoded);
     cJSON *bd = cJSON_AddObjectToObject(c, "breakdown");
     const Kwctl__WireBreakdown *w = e ? e->breakdown : NULL;
     cJSON_AddNumberToObject(bd, "header", w ? (double)w->header : 0);

@@ -837,6 +837,7 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
         j->blobs = rs->blobs;
         j->ms_receiver_prefill = rs->prefill_ms;
         j->ms_decode_wire = rs->decode_ms;
+        j->device_decoded = rs->device_sections;
         if (kv_direct) {
             j->ms_fuse = rs->apply_ms;
             j->kv_store = kw_receive_kv_store(rs);

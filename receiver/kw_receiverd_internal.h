@@ -277,6 +277,7 @@ struct kw_rd_job {
     const char *kv_store;     /* kw_receive_kv_store (static), NULL for the other modes */
     const char *kv_store_why; /* kw_kv_store_reason_name of the first section not stored as pages, or NULL */
     int64_t kv_rows_direct, kv_rows_tail, kv_rows_requantized;
+    int32_t device_decoded; /* sections this receiver decoded on its device (kw_receive_stats.device_sections) */
     double ms_queue, ms_tokenize, ms_receiver_prefill, ms_decode_wire, ms_project, ms_fuse, ms_first_token, ms_decode,
         ms_relay_wait;
 };

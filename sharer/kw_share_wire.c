@@ -396,13 +396,13 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
     return kw_share_wire_reserve(w, cap);
 }
 
-/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys, rotation, clipped scales or token groups;
- * codecs and outlier counts it encodes), with each tensor's bytes and scratch; 0 for the CPU encoder. */
+/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys, clipped scales or token groups; a rotation
+ * of a head_dim the device rotates; codecs and outlier counts it encodes), with each tensor's bytes and scratch; 0 for
+ * the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->rotate || pol->clip ||
-        pol->n_groups != 0)
-        return 0;
+    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->clip || pol->n_groups != 0) return 0;
+    if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     *work = 0;
     for (int kv = 0; kv < 2; ++kv) {
@@ -427,10 +427,15 @@ static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer 
     return 1;
 }
 
-/* A section's outliers chosen on the device (kw_op_wire_outliers): the mask the tensors' encode reads stays there,
- * the chosen elements and their values come to the host and begin_section_outliers writes the table. */
-static int kw_share_wire_device_outliers(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
-                                         kw_tensor *mask, size_t *at) {
+/* The section's K and V as the device encoder reads them: cache tensors (H, cap, D) and the rows of the section. */
+typedef struct kw_share_wire_src {
+    const kw_tensor *k, *v, *rows; /* borrowed */
+} kw_share_wire_src;
+
+/* A section's outliers chosen on the device (kw_op_wire_outliers) from src: the mask the tensors' encode reads stays
+ * there, the chosen elements and their values come to the host and begin_section_outliers writes the table. */
+static int kw_share_wire_device_outliers(kw_share_wire *w, const kw_share_layer *l, const kw_share_wire_src *src,
+                                         const kw_wire_policy *pol, kw_tensor *mask, size_t *at) {
     const kw_share_device *dev = l->device;
     kw_backend *be = dev->backend;
     const uint32_t T = (uint32_t)l->n_rows, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim;
@@ -454,7 +459,7 @@ static int kw_share_wire_device_outliers(kw_share_wire *w, const kw_share_layer 
     KW_CHECK(kw_tensor_alloc(be, &bad, KW_DTYPE_I32, 1, &one));
     KW_CHECK(kw_tensor_alloc(be, mask, KW_DTYPE_U8, 1, &nm));
     KW_CHECK(
-        kw_op_wire_outliers(be, &sk, &sv, dev->k, dev->v, dev->rows, T, count, &work, &elems, &n, &values, mask, &bad));
+        kw_op_wire_outliers(be, &sk, &sv, src->k, src->v, src->rows, T, count, &work, &elems, &n, &values, mask, &bad));
     KW_CHECK(kw_backend_download(be, &h_n, &n, 0, sizeof h_n));
     KW_CHECK(kw_backend_download(be, &h_bad, &bad, 0, sizeof h_bad));
     KW_CHECK(kw_backend_download(be, h_elems, &elems, 0, (size_t)count * sizeof *h_elems));
@@ -476,24 +481,42 @@ out:
     return rc;
 }
 
-/* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. */
+/* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. A
+ * rotated section (FORMAT.md §5.12) encodes the selected rows rotated on the device (kw_op_wire_rotate_rows: K and V
+ * gathered into (H, T, D) f32 copies, the tensors pol->rotate names rotated), as the CPU encoder does. */
 static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                         const uint64_t bytes[2], uint64_t work_bytes, size_t *written) {
     const kw_share_device *dev = l->device;
     kw_backend *be = dev->backend;
     const uint32_t T = (uint32_t)l->n_rows;
     size_t at = 0;
-    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0};
+    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0}, rk = {0}, rv = {0}, seq = {0};
+    int32_t *h_seq = NULL;
+    kw_share_wire_src src = {dev->k, dev->v, dev->rows};
     int rc = 0;
+    if (pol->rotate) {
+        const int64_t ne[3] = {l->n_heads, T, l->head_dim}, nt = T;
+        h_seq = malloc((size_t)T * sizeof *h_seq);
+        KW_CHECK_IF(h_seq == NULL, KW_E_NOMEM, "share wire: out of memory");
+        for (uint32_t t = 0; t < T; ++t)
+            h_seq[t] = (int32_t)t;
+        KW_CHECK(kw_tensor_alloc(be, &rk, KW_DTYPE_F32, 3, ne));
+        KW_CHECK(kw_tensor_alloc(be, &rv, KW_DTYPE_F32, 3, ne));
+        KW_CHECK(kw_tensor_alloc(be, &seq, KW_DTYPE_I32, 1, &nt));
+        KW_CHECK(kw_backend_upload(be, &seq, 0, h_seq, (size_t)T * sizeof *h_seq));
+        KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
+        KW_CHECK(kw_op_wire_rotate_rows(be, &rv, dev->v, dev->rows, T, (pol->rotate >> 1) & 1));
+        src = (kw_share_wire_src){&rk, &rv, &seq};
+    }
     if (pol->outliers)
-        KW_CHECK(kw_share_wire_device_outliers(w, l, pol, &mask, &at));
+        KW_CHECK(kw_share_wire_device_outliers(w, l, &src, pol, &mask, &at));
     else
         KW_CHECK(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, T, w->positions, pol, w->buf, w->cap, &at));
     KW_CHECK_IF(at + bytes[0] + bytes[1] > w->cap, KW_E_INTERNAL,
                 "share wire: the device's tensors (%llu bytes at %zu) overrun the section's %zu",
                 (unsigned long long)(bytes[0] + bytes[1]), at, w->cap);
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
-    const kw_tensor *rows[2] = {dev->k, dev->v};
+    const kw_tensor *rows[2] = {src.k, src.v};
     const int64_t nb = (int64_t)(bytes[0] + bytes[1]), nw = (int64_t)(work_bytes ? work_bytes : 1), ne = 16;
     const uint64_t half = (uint64_t)l->n_heads * T * (uint64_t)l->head_dim;
     KW_CHECK(kw_tensor_alloc(be, &dst, KW_DTYPE_U8, 1, &nb));
@@ -502,7 +525,7 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
                                    specs[kv]->group_log2};
-        KW_CHECK(kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], dev->rows, 0, T, &work, &err, kv,
+        KW_CHECK(kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], src.rows, 0, T, &work, &err, kv,
                                    pol->outliers ? &mask : NULL, kv ? half : 0));
     }
     KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)nb));
@@ -516,6 +539,10 @@ out:;
     kw_tensor_free(&work);
     kw_tensor_free(&err);
     kw_tensor_free(&mask);
+    kw_tensor_free(&rk);
+    kw_tensor_free(&rv);
+    kw_tensor_free(&seq);
+    free(h_seq); /* uploaded from: after the synchronize above */
     return rc;
 }
 

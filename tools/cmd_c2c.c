@@ -1383,6 +1383,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         }
         if (wire_clip_i) printf("wire_clip: %s (clipped integer scales)\n", wire_rotations[wire_clip_i]);
         printf("wire_blobs: %d\n", (int)tot.wire.blobs);
+        printf("wire_device_sections: encoded %d decoded %d (of %d)\n", (int)tot.wire.device_sections,
+               (int)tot.recv.device_sections, (int)tot.wire.sections);
         printf("wire_bytes: %lld\n", (long long)tot.wire.blob_bytes);
         printf("wire_ratio: %.4f (blob bytes / sharer KV bytes)\n",
                tot.share.kv_bytes > 0 ? (double)tot.wire.blob_bytes / (double)tot.share.kv_bytes : 0.0);

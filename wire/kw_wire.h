@@ -256,7 +256,10 @@ int kw_wire_encoder_write_section(kw_wire_encoder *enc, const kw_wire_layer_in *
  * them there, then finish compresses (if the policy asks and it is smaller), checksums and commits the section and
  * sets *written, as write_section does. Nothing of the encoder changes until finish succeeds: a section that is never
  * finished (an encoding error on the device) is simply dropped by the next begin or write_section call. pol and
- * positions are read by begin only; dst must stay valid until finish. */
+ * positions are read by begin only; dst must stay valid until finish. A rotated policy (pol->rotate, FORMAT.md §5.12)
+ * marks the section rotated: the caller encodes the rotated rows write_section would encode (kw_wire_rotate_rows
+ * forward on each row widened to f32, stored back in the header's src_dtype), and with outliers gives their rotated
+ * values. */
 int kw_wire_encoder_begin_section(kw_wire_encoder *enc, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
                                   const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset);
 int kw_wire_encoder_finish_section(kw_wire_encoder *enc, size_t *written);
@@ -448,6 +451,12 @@ typedef struct kw_wire_tensor_out {
  * outlier table's exact values over their elements. Returns 0, or KW_E_WIRE_VALUE if a reserved code is found (the
  * output is then partially written). A pre-RoPE section's K comes out as sent: applying RoPE is the caller's. */
 int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
+
+/* The section's outlier table (FORMAT.md §5.10) as numbers, for a decoder elsewhere (the receiver's device path):
+ * entry i's element e = kv * H*T*D + (h * T + t) * D + d in elems[i] (strictly increasing, below 2*H*T*D: checked when
+ * the section was verified) and its value widened to f32 in values[i], for i < sec->n_outliers (nothing without a
+ * table). */
+int kw_wire_section_outliers(const kw_wire_section *sec, uint64_t *elems, float *values);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Round trip in memory (kw_wire_roundtrip.c) */

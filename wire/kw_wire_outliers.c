@@ -395,6 +395,34 @@ int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t el
     return 0;
 }
 
+/* Entry i of the verified table: its element number from the previous one's (e, the running gap sum; *p walks the
+ * varints) and its value widened to f32. */
+static float kw__out_entry(const kw_wire_section *sec, uint32_t i, const uint8_t **p, const uint8_t *values,
+                           uint64_t *e) {
+    uint64_t gap = 0;
+    *p += kw__out_varint_get64(*p, values, &gap); /* validated when the section was verified */
+    *e = i == 0 ? gap : *e + 1 + gap;
+    const uint8_t *src = values + (size_t)i * kw__wire_outlier_value_size(sec->outlier_dtype);
+    if (sec->outlier_dtype == KW_WIRE_DTYPE_F32) return kw_f32_from_bits(kw_load_le32(src));
+    return sec->outlier_dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(kw_load_le16(src))
+                                                    : kw_f16_to_f32(kw_load_le16(src));
+}
+
+int kw_wire_section_outliers(const kw_wire_section *sec, uint64_t *elems, float *values) {
+    KW_RETURN_IF(!sec || (sec->n_outliers > 0 && (!elems || !values)), KW_E_INVALID_ARG, "null argument");
+    if (!sec->outlier_table) return 0;
+    const uint32_t n = sec->n_outliers;
+    const uint8_t *p = sec->outlier_table + KW__OUTLIER_HEAD_BYTES;
+    const uint8_t *vals =
+        sec->outlier_table + sec->outlier_bytes - (uint64_t)n * kw__wire_outlier_value_size(sec->outlier_dtype);
+    uint64_t e = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        values[i] = kw__out_entry(sec, i, &p, vals, &e);
+        elems[i] = e;
+    }
+    return 0;
+}
+
 int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v) {
     if (!sec->outlier_table) return 0;
     const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim, n = sec->n_outliers;
@@ -404,20 +432,11 @@ int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tenso
     const uint8_t *values = sec->outlier_table + sec->outlier_bytes - (uint64_t)n * vs;
     uint64_t e = 0;
     for (uint32_t i = 0; i < n; ++i) {
-        uint64_t gap = 0;
-        p += kw__out_varint_get64(p, values, &gap); /* validated when the section was verified */
-        e = i == 0 ? gap : e + 1 + gap;
+        const float x = kw__out_entry(sec, i, &p, values, &e);
         const kw_wire_tensor_out *o = e < half ? k : v;
         if (!o) continue;
         const uint64_t r = e % half;
         const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
-        const uint8_t *src = values + (size_t)i * vs;
-        float x;
-        if (sec->outlier_dtype == KW_WIRE_DTYPE_F32)
-            x = kw_f32_from_bits(kw_load_le32(src));
-        else
-            x = sec->outlier_dtype == KW_WIRE_DTYPE_BF16 ? kw_bf16_to_f32(kw_load_le16(src))
-                                                         : kw_f16_to_f32(kw_load_le16(src));
         const size_t at = (size_t)t * o->token_stride + (size_t)h * o->head_stride + d;
         if (o->dtype == KW_WIRE_DTYPE_F32)
             ((float *)o->data)[at] = x;

@@ -64,6 +64,12 @@ enum kw_wire_scale {
 /* The largest finite bf16, 0x1.FEp127: every decoded value is at most this in magnitude (FORMAT.md §5.4). */
 #define KW_WIRE_BF16_MAX 3.38953138925153547590470800371487866880e+38f
 
+/* The sign s_i of channel i in the Hadamard rotation of FORMAT.md §5.12 (kw_wire_rotate_sign; the device decoder's
+ * too): -1 when bit 31 of i * 0x9E3779B1 (mod 2^32) is set, else +1. */
+KW_HD int kw_wire_hadamard_sign(uint32_t i) {
+    return ((i * 0x9E3779B1u) >> 31) ? -1 : 1;
+}
+
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Codec properties */
 

@@ -4,6 +4,7 @@
  * operations; tests/wire/test_wire_simd.c compares them). */
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_internal.h"
+#include "wire/kw_wire_quant.h"
 
 #include <math.h>
 #include <string.h>
@@ -19,7 +20,7 @@ int kw_wire_rotate_log2(uint32_t head_dim) {
 }
 
 int kw_wire_rotate_sign(uint32_t i) {
-    return ((i * 0x9E3779B1u) >> 31) ? -1 : 1;
+    return kw_wire_hadamard_sign(i);
 }
 
 /* In-place butterflies over one row of D = 2^m values: for len = 1, 2, ..., D/2, for each block of 2*len from the

@@ -252,5 +252,13 @@ int kw__cuda_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const
                            uint32_t count, kw_tensor *work, kw_tensor *elems, kw_tensor *n, kw_tensor *values,
                            kw_tensor *mask, kw_tensor *bad);
 int kw__cuda_wire_status(unsigned long long err);
+int kw__cuda_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                              uint32_t T, int rotate);
+/* The receiver's device decode of kw_backend.h (kw_cuda_wire.cu). */
+int kw__cuda_wire_decode(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t T, const kw_wire_op_spec *spec,
+                         const kw_tensor *src, size_t offset, kw_tensor *bad);
+int kw__cuda_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
+                                 const kw_tensor *values, uint32_t n);
+int kw__cuda_wire_unrotate(kw_backend *backend, kw_tensor *x);
 
 #endif /* KW_CUDA_CUH */

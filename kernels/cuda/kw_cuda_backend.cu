@@ -434,6 +434,10 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->wire_status = kw__cuda_wire_status;
     i->wire_outlier_work = kw__cuda_wire_outlier_work;
     i->wire_outliers = kw__cuda_wire_outliers;
+    i->wire_rotate_rows = kw__cuda_wire_rotate_rows;
+    i->wire_decode = kw__cuda_wire_decode;
+    i->wire_outliers_apply = kw__cuda_wire_outliers_apply;
+    i->wire_unrotate = kw__cuda_wire_unrotate;
     i->graph_begin = kw_cuda_graph_begin;
     i->graph_end = kw_cuda_graph_end;
     i->graph_launch = kw_cuda_graph_launch;

@@ -476,6 +476,86 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     }
 }
 
+/* The receiver's outlier table (FORMAT.md §5.10) written over decoded K and V: one thread per entry. Element e =
+ * kv * H*T*D + (h * T + t) * D + d; the entries are distinct elements (the host parsed the table's strictly
+ * increasing numbers), so no two threads write one value. An element past 2*H*T*D is skipped. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_out_apply(const uint32_t *elems, const float *values, uint32_t n, uint32_t H, uint32_t T, uint32_t D,
+                        kw_cuda_wire_dst k, kw_cuda_wire_dst v) {
+    const uint64_t half = (uint64_t)H * T * D;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const uint64_t e = elems[i];
+        if (e >= 2 * half) continue;
+        const kw_cuda_wire_dst &o = e < half ? k : v;
+        const uint64_t r = e % half;
+        const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
+        const size_t at = ((size_t)o.t0 + t) * o.token_stride + (size_t)h * o.head_stride + d;
+        if (o.dtype == KW__WDT_F32)
+            ((float *)o.d_data)[at] = values[i];
+        else
+            ((uint16_t *)o.d_data)[at] = kw_f32_to_bf16(values[i]);
+    }
+}
+
+/* The butterflies of wire/kw_wire_rotate.c's kw__rotate_butterflies over the D values of xs (shared memory, written
+ * by the block before the call), each stage (len = 1, 2, .., D/2) spread over the block with a barrier after it, so
+ * every pair sees the same operands in the same order as the CPU's loop. Every thread of the block calls it. */
+__device__ void kw_wire_butterflies(float *xs, uint32_t D) {
+    for (uint32_t len = 1; len < D; len <<= 1) {
+        for (uint32_t j = threadIdx.x; j < D / 2; j += blockDim.x) {
+            const uint32_t i = (j / len) * (len << 1) + j % len;
+            const float a = xs[i], b = xs[i + len];
+            xs[i] = a + b;
+            xs[i + len] = a - b;
+        }
+        __syncthreads();
+    }
+}
+
+/* The inverse Hadamard rotation (FORMAT.md §5.12) of f32 head rows in place, as wire/kw_wire_rotate.c's
+ * kw__wire_rotate_row with inverse 1: one block per (token, head) row, the row in shared memory (D floats), the
+ * butterflies (kw_wire_butterflies), then x[d] * (s_d * scale), scale = 2^-ceil(m/2). */
+#define KW_WIRE_ROT_BLOCK 128
+__global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
+    kw_k_wire_unrotate(kw_cuda_wire_dst x, uint32_t H, uint32_t T, uint32_t D, float scale) {
+    KW_DYNAMIC_SHARED(float, xs);
+    const uint64_t rows = (uint64_t)H * T;
+    for (uint64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const uint32_t t = (uint32_t)(r / H), h = (uint32_t)(r % H);
+        float *p = (float *)x.d_data + ((size_t)x.t0 + t) * x.token_stride + (size_t)h * x.head_stride;
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
+            xs[d] = p[d];
+        __syncthreads();
+        kw_wire_butterflies(xs, D);
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
+            p[d] = xs[d] * ((float)kw_wire_hadamard_sign(d) * scale);
+        __syncthreads(); /* the next row's loads overwrite xs */
+    }
+}
+
+/* The sharer's rotated rows (kw_cuda_wire_rotate_gather): one block per (head, token) row, gathered and widened into
+ * shared memory, scaled by the forward factors, then the butterflies as kw_k_wire_unrotate's. */
+__global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
+    kw_k_wire_rotate_gather(kw_cuda_wire_src src, uint32_t H, uint32_t T, uint32_t D, int rotate, float scale,
+                            float *out) {
+    KW_DYNAMIC_SHARED(float, xs);
+    const uint64_t rows = (uint64_t)H * T;
+    for (uint64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const uint32_t h = (uint32_t)(r / T), t = (uint32_t)(r % T);
+        const size_t row = src.d_rows ? src.d_rows[src.t0 + t] : (size_t)src.t0 + t;
+        const size_t base = row * src.token_stride + (size_t)h * src.head_stride;
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+            const float x = kw_wire_load(src.d_data, src.dtype, base + d);
+            xs[d] = rotate ? x * ((float)kw_wire_hadamard_sign(d) * scale) : x;
+        }
+        __syncthreads();
+        if (rotate) kw_wire_butterflies(xs, D); /* rotate is the same in every thread */
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
+            out[r * D + d] = xs[d];
+        __syncthreads();
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Host side
  */
@@ -618,6 +698,57 @@ extern "C" int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec 
     return 0;
 }
 
+extern "C" int kw_cuda_wire_outliers_apply(void *stream, const uint32_t *d_elems, const float *d_values, uint32_t n,
+                                           uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *k,
+                                           const kw_cuda_wire_dst *v) {
+    KW_RETURN_IF(!k || !v || !k->d_data || !v->d_data || (n > 0 && (!d_elems || !d_values)), KW_E_INVALID_ARG,
+                 "wire outliers on the GPU: null argument");
+    KW_RETURN_IF(H < 1 || T < 1 || D < 1, KW_E_INVALID_ARG, "wire outliers on the GPU: bad shape (H %u, T %u, D %u)", H,
+                 T, D);
+    for (const kw_cuda_wire_dst *o = k; o; o = o == k ? v : nullptr)
+        KW_RETURN_IF(o->dtype != KW__WDT_F32 && o->dtype != KW__WDT_BF16, KW_E_INVALID_ARG,
+                     "wire outliers on the GPU: output dtype %u is not f32 or bf16", o->dtype);
+    if (n == 0) return 0;
+    KW_CUDA_LAUNCH(kw_k_wire_out_apply, kw_opm_grid_blocks((int64_t)n, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
+                   (cudaStream_t)stream, d_elems, d_values, n, H, T, D, *k, *v);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+extern "C" int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x) {
+    KW_RETURN_IF(!x || !x->d_data || x->dtype != KW__WDT_F32, KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: an f32 output is needed");
+    KW_RETURN_IF(H < 1 || T < 1 || D < 2 || D > 1024 || (D & (D - 1)) != 0, KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: bad shape (H %u, T %u, D %u; D a power of two in 2..1024)", H, T, D);
+    int m = 0;
+    while ((1u << m) < D)
+        ++m;
+    /* the decoder's factor 2^-ceil(m/2) (kw__wire_rotate_factors with inverse 1): exact */
+    const float scale = 1.0f / (float)(1u << (m - m / 2));
+    KW_CUDA_LAUNCH(kw_k_wire_unrotate, kw_opm_grid_blocks((int64_t)H * T, 1), KW_WIRE_ROT_BLOCK, D * sizeof(float),
+                   (cudaStream_t)stream, *x, H, T, D, scale);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
+extern "C" int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *src, uint32_t H, uint32_t T, uint32_t D,
+                                          int rotate, float *d_out) {
+    KW_RETURN_IF(!src || !src->d_data || !d_out, KW_E_INVALID_ARG, "wire rotation on the GPU: null argument");
+    KW_RETURN_IF(src->dtype < KW__WDT_BF16 || src->dtype > KW__WDT_F32, KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: unknown input dtype %u", src->dtype);
+    KW_RETURN_IF(H < 1 || T < 1 || D < 1 || D > 1024 || (rotate && (D < 2 || (D & (D - 1)) != 0)), KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: bad shape (H %u, T %u, D %u; D a power of two in 2..1024)", H, T, D);
+    int m = 0;
+    while ((1u << m) < D)
+        ++m;
+    /* the encoder's factor 2^-floor(m/2) (kw__wire_rotate_factors with inverse 0): exact */
+    const float scale = 1.0f / (float)(1u << (m / 2));
+    KW_CUDA_LAUNCH(kw_k_wire_rotate_gather, kw_opm_grid_blocks((int64_t)H * T, 1), KW_WIRE_ROT_BLOCK, D * sizeof(float),
+                   (cudaStream_t)stream, *src, H, T, D, rotate, scale, d_out);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * kw_backend.h's sharer ops (validated) on the backend's stream
  */
@@ -669,6 +800,14 @@ int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, con
                                       (unsigned long long *)err->data + err_index);
 }
 
+int kw__cuda_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
+                              uint32_t T, int rotate) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, 0);
+    return kw_cuda_wire_rotate_gather(cu->stream, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], rotate,
+                                      (float *)out->data);
+}
+
 int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,
                                uint64_t *work_bytes) {
     const kw_cuda_wire_spec k = kw_cuda_spec_of(sk), v = kw_cuda_spec_of(sv);
@@ -698,6 +837,40 @@ int kw__cuda_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const
 
 int kw__cuda_wire_status(unsigned long long err) {
     return kw_cuda_wire_encode_status(err);
+}
+
+/* The rows of x (n, H, D) f32 from row t0, as a decoder output. */
+static kw_cuda_wire_dst kw_cuda_rows_dst(kw_tensor *x, uint32_t t0) {
+    kw_cuda_wire_dst d;
+    d.d_data = x->data;
+    d.dtype = KW__WDT_F32;
+    d.head_stride = (size_t)x->ne[2];
+    d.token_stride = (size_t)x->ne[1] * (size_t)x->ne[2];
+    d.t0 = t0;
+    return d;
+}
+
+int kw__cuda_wire_decode(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t T, const kw_wire_op_spec *spec,
+                         const kw_tensor *src, size_t offset, kw_tensor *bad) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    const kw_cuda_wire_dst dst = kw_cuda_rows_dst(out, t0);
+    return kw_cuda_wire_decode_tensor(cu->stream, &s, (const uint8_t *)src->data + offset, (uint32_t)out->ne[1], T,
+                                      (uint32_t)out->ne[2], &dst, (unsigned int *)bad->data);
+}
+
+int kw__cuda_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
+                                 const kw_tensor *values, uint32_t n) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_dst dk = kw_cuda_rows_dst(k, 0), dv = kw_cuda_rows_dst(v, 0);
+    return kw_cuda_wire_outliers_apply(cu->stream, (const uint32_t *)elems->data, (const float *)values->data, n,
+                                       (uint32_t)k->ne[1], (uint32_t)k->ne[0], (uint32_t)k->ne[2], &dk, &dv);
+}
+
+int kw__cuda_wire_unrotate(kw_backend *backend, kw_tensor *x) {
+    KW_CUDA_ENTER(cu, backend);
+    const kw_cuda_wire_dst dx = kw_cuda_rows_dst(x, 0);
+    return kw_cuda_wire_unrotate(cu->stream, (uint32_t)x->ne[1], (uint32_t)x->ne[0], (uint32_t)x->ne[2], &dx);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@
 #define kw_cuda_wire_outlier_select     kw_cuda_emu_wire_outlier_select
 #define kw_cuda_wire_outlier_work_bytes kw_cuda_emu_wire_outlier_work_bytes
 #define kw_cuda_wire_outlier_take       kw_cuda_emu_wire_outlier_take
+#define kw_cuda_wire_outliers_apply     kw_cuda_emu_wire_outliers_apply
+#define kw_cuda_wire_unrotate           kw_cuda_emu_wire_unrotate
+#define kw_cuda_wire_rotate_gather      kw_cuda_emu_wire_rotate_gather
 #endif
 
 #ifdef __cplusplus
@@ -63,9 +66,11 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
  * (bit 7 of the scale byte: the tensor's bytes are scales, zero points, codes), channel scales over runs of L tokens,
  * int3 in groups of 4 and log8 scales. The outlier side table (§5.10) is not a per-tensor feature: the sharer chooses
  * the outliers on the device (kw_cuda_wire_outlier_select, when it applies) and the host writes the table
- * (kw_wire_encoder_begin_section_outliers). Nothing here does the Hadamard rotation of K or V (§5.12): begin_section
- * and begin_section_outliers refuse a rotated policy with KW_E_UNSUPPORTED and the sharer sends such a section
- * through the CPU encoder. Nor the clipped-scale search (§5.13, kw_wire_policy.clip): refused the same way. */
+ * (kw_wire_encoder_begin_section_outliers). A section with the Hadamard rotation of K or V (§5.12) encodes the rows
+ * kw_cuda_wire_rotate_gather rotated (the encoder itself rotates nothing) and the decoder's output is rotated back by
+ * kw_cuda_wire_unrotate. The clipped-scale search (§5.13, kw_wire_policy.clip) does not run here: begin_section and
+ * begin_section_outliers refuse a clipped policy with KW_E_UNSUPPORTED and the sharer sends such a section through
+ * the CPU encoder. */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
 } kw_cuda_wire_spec;
@@ -123,6 +128,27 @@ int kw_cuda_wire_encode_status(unsigned long long err);
  * the caller zeroes it first. */
 int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, const uint8_t *d_src, uint32_t H,
                                uint32_t T, uint32_t D, const kw_cuda_wire_dst *dst, unsigned int *d_bad);
+
+/* The receiver's last two steps of a section's decode (kw_wire_section_dequantize's order: every tensor decoded,
+ * then the outlier table's values written over their elements, then the rotation undone):
+ *
+ * kw_cuda_wire_outliers_apply writes values[i] (f32; rounded to nearest even into a bf16 output) over element
+ * d_elems[i] = kv * H*T*D + (h * T + t) * D + d (kv 0: k, 1: v) for i < n, the decoded tensors of a section of T
+ * tokens starting at their t0. The elements must be distinct (the table's are); one past 2*H*T*D is skipped.
+ *
+ * kw_cuda_wire_unrotate undoes the Hadamard rotation (FORMAT.md §5.12) of the f32 rows of x (T tokens of H heads,
+ * D a power of two up to 1024) in place, bit for bit wire/kw_wire_rotate.c's (the same butterflies in the same
+ * order, the same exact power-of-two factor). */
+int kw_cuda_wire_outliers_apply(void *stream, const uint32_t *d_elems, const float *d_values, uint32_t n, uint32_t H,
+                                uint32_t T, uint32_t D, const kw_cuda_wire_dst *k, const kw_cuda_wire_dst *v);
+int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x);
+
+/* The sharer's side of the rotation: d_out[(h * T + t) * D + d] (f32, H heads of T rows) = row (h, t) of src (the
+ * encoder's input view, its gather and t0; dtype bf16, f16 or f32) widened to f32 and, with rotate 1, rotated forward
+ * as wire/kw_wire_rotate.c's kw__wire_rotate_row with inverse 0 (x[d] * (s_d * 2^-floor(m/2)), then the butterflies),
+ * bit for bit; rotate 0: the widened row itself. D a power of two up to 1024 with rotate 1. src.d_mask is ignored. */
+int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *src, uint32_t H, uint32_t T, uint32_t D,
+                               int rotate, float *d_out);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* The outlier side table's choice (FORMAT.md §5.10) */

@@ -149,6 +149,10 @@ void kwd_start_sharer(uint16_t port, const char *const *extra, kwd_proc *out) {
 }
 
 void kwd_start_receiver(uint16_t sharer_port, const char *const *extra, kwd_proc *out) {
+    kwd_start_receiver_program("receiverd", sharer_port, extra, out);
+}
+
+void kwd_start_receiver_program(const char *program, uint16_t sharer_port, const char *const *extra, kwd_proc *out) {
     char model[600], fuser[600], sport[64];
     snprintf(model, sizeof model, "--model.path=%s/tiny-qwen3", kwd_models_dir());
     snprintf(fuser, sizeof fuser, "--fusers.0.path=%s/tiny-fuser", kwd_models_dir());
@@ -168,7 +172,7 @@ void kwd_start_receiver(uint16_t sharer_port, const char *const *extra, kwd_proc
     for (int i = 0; extra && extra[i] && n < 46; ++i)
         args[n++] = extra[i];
     args[n] = NULL;
-    kwd_start("receiverd", args, out);
+    kwd_start(program, args, out);
 }
 
 static int kwd_wait(pid_t pid, int ms, int *status) {

@@ -38,6 +38,8 @@ void kwd_start_sharer(uint16_t port, const char *const *extra, kwd_proc *out);
 
 /* receiverd of tiny-qwen3 with the tiny fuser for a sharer named "local" at sharer_port, plus extra args. */
 void kwd_start_receiver(uint16_t sharer_port, const char *const *extra, kwd_proc *out);
+/* The same with another program (a receiverd built otherwise, e.g. tests/gpu_emu/receiverd_emu). */
+void kwd_start_receiver_program(const char *program, uint16_t sharer_port, const char *const *extra, kwd_proc *out);
 
 /* The usual pair: sharerd, then receiverd connected to it (both with default args), waiting until it is healthy. */
 void kwd_start_pair(kwd_proc *sharer, kwd_proc *receiver);

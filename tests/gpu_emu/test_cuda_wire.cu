@@ -12,7 +12,10 @@
  *    and copied into a pinned host buffer (kw_wire_encoder_begin_section / finish_section) equals the CPU's;
  *  - decoding: the device's f32 and bf16 outputs equal kw_wire_section_dequantize's, for those sections and for
  *    copies whose codes were overwritten with random bytes (reserved codes, then flagged by both) and re-sealed with
- *    valid checksums.
+ *    valid checksums;
+ *  - the rotation (FORMAT.md §5.12): the sharer's forward rotation of gathered bf16 cache rows and the receiver's
+ *    inverse one equal kw_wire_rotate_rows bit for bit (every head_dim 2..1024), and the receiver's outlier values
+ *    land on exactly their elements (f32 and bf16 outputs).
  *
  * Built twice: as host C++ against the CUDA emulator (test_cuda_wire_emu, label gpu-emu, always runs) and by nvcc
  * (test_gpu_wire, label gpu, exits 77 without a device).
@@ -900,6 +903,101 @@ static void test_outlier_select(void **state) {
 
 /* A whole blob: the CPU encoder's, and the same blob with every tensor encoded on the device (begin_section, the
  * device's bytes copied into the section in pinned host memory, finish_section); zstd on for some sections. */
+/* The receiver's last steps: kw_cuda_wire_unrotate equals kw_wire_rotate_rows (inverse) bit for bit for every head_dim
+ * 2..1024 (one block per row: the larger ones spread each butterfly stage over the block, with barriers between
+ * stages), rows at a token offset t0 of a padded view; kw_cuda_wire_outliers_apply writes exactly the listed elements
+ * of K and V (f32, and rounded into bf16), nothing else. */
+static void test_decode_rotate_outliers(void **state) {
+    (void)state;
+    rng r{20251206};
+    for (uint32_t Dr = 2; Dr <= 1024; Dr <<= 1) {
+        const uint32_t Hh = 3, T = Dr >= 512 ? 2 : 5, t0 = 1, pad = 8;
+        const size_t ts = (size_t)Hh * (Dr + pad), n = (size_t)(t0 + T) * ts;
+        std::vector<float> x(n);
+        for (float &v : x)
+            v = r.uniform() * 8.0f;
+        std::vector<float> want = x;
+        for (uint32_t t = 0; t < T; ++t)
+            for (uint32_t h = 0; h < Hh; ++h)
+                assert_int_equal(
+                    kw_wire_rotate_rows(want.data() + (t0 + t) * ts + (size_t)h * (Dr + pad), 1, Dr, Dr, 1), 0);
+        dev_buf<float> d(x.data(), n);
+        const kw_cuda_wire_dst dst = {d.p, 3u, (size_t)(Dr + pad), ts, t0};
+        assert_int_equal(kw_cuda_wire_unrotate(nullptr, Hh, T, Dr, &dst), 0);
+        const std::vector<float> got = d.get();
+        for (size_t i = 0; i < n; ++i)
+            if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+                fail_msg("unrotate Dr %u: value %zu: device %.9g, CPU %.9g", Dr, i, got[i], want[i]);
+    }
+    /* the sharer's side: kw_cuda_wire_rotate_gather from a bf16 (H, cap, D) cache through a row gather equals the
+     * rows widened and rotated forward by kw_wire_rotate_rows; rotate 0 the widened rows */
+    for (uint32_t Dr = 2; Dr <= 1024; Dr <<= 1) {
+        const uint32_t Hh = 2, cap = 9, T = 4;
+        const uint32_t gather[T] = {7, 2, 3, 8};
+        std::vector<uint16_t> c((size_t)Hh * cap * Dr);
+        for (uint16_t &v : c)
+            v = kw_f32_to_bf16(r.uniform() * 4.0f);
+        dev_buf<uint16_t> dc(c.data(), c.size());
+        dev_buf<uint32_t> dg(gather, T);
+        dev_buf<float> out((size_t)Hh * T * Dr);
+        kw_cuda_wire_src src{};
+        src.d_data = dc.p, src.dtype = 1u, src.head_stride = (size_t)cap * Dr, src.token_stride = Dr;
+        src.d_rows = dg.p;
+        for (int rot = 0; rot < 2; ++rot) {
+            std::vector<float> want((size_t)Hh * T * Dr);
+            for (uint32_t h = 0; h < Hh; ++h)
+                for (uint32_t t = 0; t < T; ++t) {
+                    float *w = want.data() + ((size_t)h * T + t) * Dr;
+                    for (uint32_t d = 0; d < Dr; ++d)
+                        w[d] = kw_bf16_to_f32(c[((size_t)h * cap + gather[t]) * Dr + d]);
+                    if (rot) assert_int_equal(kw_wire_rotate_rows(w, 1, Dr, Dr, 0), 0);
+                }
+            assert_int_equal(kw_cuda_wire_rotate_gather(nullptr, &src, Hh, T, Dr, rot, out.p), 0);
+            const std::vector<float> got = out.get();
+            for (size_t i = 0; i < want.size(); ++i)
+                if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+                    fail_msg("rotate_gather D %u rotate %d: value %zu: device %.9g, CPU %.9g", Dr, rot, i, got[i],
+                             want[i]);
+        }
+    }
+    const kw_cuda_wire_dst bad = {nullptr, 3u, 12, 12, 0};
+    assert_int_equal(kw_cuda_wire_unrotate(nullptr, 1, 1, 12, &bad), KW_E_INVALID_ARG);
+
+    const uint32_t Hh = 2, T = 7, Dd = 16, nh = Hh * T * Dd;
+    for (int bf16 = 0; bf16 < 2; ++bf16) {
+        const size_t es = bf16 ? 2 : 4, n = (size_t)nh * es;
+        std::vector<uint8_t> k0(n), v0(n);
+        for (size_t i = 0; i < n; ++i)
+            k0[i] = (uint8_t)r.next(), v0[i] = (uint8_t)r.next();
+        std::vector<uint32_t> elems{2 * nh + 3}; /* past the section: skipped */
+        std::vector<float> vals{1.0f};
+        for (uint32_t e = r.below(5); e < 2 * nh; e += 1 + r.below(9)) {
+            elems.push_back(e);
+            vals.push_back(r.uniform() * 1000.0f);
+        }
+        std::vector<uint8_t> kw = k0, vw = v0;
+        for (size_t i = 1; i < elems.size(); ++i) {
+            const uint32_t e = elems[i] % nh, d = e % Dd, t = e / Dd % T, h = e / Dd / T;
+            uint8_t *o = (elems[i] < nh ? kw.data() : vw.data()) + ((size_t)t * Hh * Dd + (size_t)h * Dd + d) * es;
+            if (bf16) {
+                const uint16_t b = kw_f32_to_bf16(vals[i]);
+                memcpy(o, &b, 2);
+            } else {
+                memcpy(o, &vals[i], 4);
+            }
+        }
+        dev_buf<uint8_t> dk(k0.data(), n), dv(v0.data(), n);
+        dev_buf<uint32_t> de(elems.data(), elems.size());
+        dev_buf<float> dvals(vals.data(), vals.size());
+        const uint32_t dt = bf16 ? 1u : 3u;
+        const kw_cuda_wire_dst ok = {dk.p, dt, Dd, (size_t)Hh * Dd, 0}, ov = {dv.p, dt, Dd, (size_t)Hh * Dd, 0};
+        assert_int_equal(
+            kw_cuda_wire_outliers_apply(nullptr, de.p, dvals.p, (uint32_t)elems.size(), Hh, T, Dd, &ok, &ov), 0);
+        assert_memory_equal(dk.get().data(), kw.data(), n);
+        assert_memory_equal(dv.get().data(), vw.data(), n);
+    }
+}
+
 static void test_blob_byte_identical(void **state) {
     (void)state;
     const kw_wire_codec_spec i4g = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3);
@@ -986,6 +1084,7 @@ int main(void) {
         cmocka_unit_test(test_outlier_select),
         cmocka_unit_test(test_encode_outliers),
         cmocka_unit_test(test_blob_byte_identical),
+        cmocka_unit_test(test_decode_rotate_outliers),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

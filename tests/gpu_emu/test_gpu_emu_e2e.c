@@ -654,13 +654,7 @@ static int keep_rows(void *user, const kw_share_layer *l) {
     const int32_t i = kr->n++;
     kr->layer[i] = l->layer;
     kr->rows[i] = l->n_rows;
-    kr->pos[i] = malloc((size_t)l->n_rows * sizeof(int64_t));
-    kr->k[i] = malloc(vals * sizeof(float));
-    kr->v[i] = malloc(vals * sizeof(float));
-    assert_true(kr->pos[i] && kr->k[i] && kr->v[i]);
-    memcpy(kr->pos[i], l->positions, (size_t)l->n_rows * sizeof(int64_t));
-    memcpy(kr->k[i], l->k, vals * sizeof(float));
-    memcpy(kr->v[i], l->v, vals * sizeof(float));
+    kwfx_copy_share_layer(l, &kr->k[i], &kr->v[i], &kr->pos[i]);
     kr->host_bytes = kw_backend_host_bytes(kr->be);
     if (vals * sizeof(float) > kr->largest_layer) kr->largest_layer = vals * sizeof(float);
     return 0;

@@ -12,6 +12,7 @@
 
 #include "common/kw_file.h"
 #include "common/kw_status.h"
+#include "c2c/kw_share.h"
 
 static int rd_u32(const kwfx *fx, size_t *off, uint32_t *v) {
     if (fx->size - *off < 4) return KW_E_TRUNCATED;
@@ -127,6 +128,20 @@ void kwfx_expect_same_file(const char *a, const char *b) {
     assert_memory_equal(x, y, nx);
     free(x);
     free(y);
+}
+
+void kwfx_copy_share_layer(const struct kw_share_layer *l, float **k, float **v, int64_t **pos) {
+    const size_t vals = (size_t)(l->n_rows * l->n_heads * l->head_dim);
+    *k = malloc(vals * sizeof(float));
+    *v = malloc(vals * sizeof(float));
+    assert_true(*k && *v);
+    memcpy(*k, l->k, vals * sizeof(float));
+    memcpy(*v, l->v, vals * sizeof(float));
+    if (pos) {
+        *pos = malloc((size_t)l->n_rows * sizeof **pos);
+        assert_non_null(*pos);
+        memcpy(*pos, l->positions, (size_t)l->n_rows * sizeof **pos);
+    }
 }
 
 float *kwfx_prompt_logits(kw_model *m, const int32_t *ids, int64_t n) {

@@ -55,4 +55,10 @@ float *kwfx_prompt_logits(kw_model *m, const int32_t *ids, int64_t n);
 float *kwfx_model_logits(kw_backend *be, const char *path, const kw_model_options *opts, const int32_t *ids, int64_t n,
                          int64_t *vocab, size_t *bytes_per_token);
 
+/* For cmocka tests: copies of the K and V rows of one layer kw_share_run hands over (c2c/kw_share.h kw_share_layer:
+ * n_rows * heads * head_dim f32 each) into new arrays *k, *v (malloc'ed, freed by the caller), and of its positions
+ * into *pos (n_rows, malloc'ed) when pos is not NULL. Fails the test when out of memory. */
+struct kw_share_layer;
+void kwfx_copy_share_layer(const struct kw_share_layer *l, float **k, float **v, int64_t **pos);
+
 #endif
