@@ -462,16 +462,20 @@ int kw_cmd_kvstats(int argc, char **argv) {
            (long long)n_prompts, (long long)max_new);
     /* bits per element: the whole blob (headers, indices, scales, zero points, checksums) over every K and V value */
     const double elems_per_row = 2.0 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim;
-    printf("%-34s %11s %9s %10s %10s %9s %10s %10s\n", "codec", "bytes/token", "bits/elem", "K rel.err", "V rel.err",
-           "TF agree", "mean KL", "free agree");
+    int width = 34; /* the codec column: as wide as the longest name (schedules are long) */
+    for (int32_t c = 0; c < n_codecs + n_sens; ++c)
+        if ((int)strlen(codecs[c].name) > width) width = (int)strlen(codecs[c].name);
+    printf("%-*s %11s %9s %10s %10s %9s %10s %10s\n", width, "codec", "bytes/token", "bits/elem", "K rel.err",
+           "V rel.err", "TF agree", "mean KL", "free agree");
     for (int32_t c = 0; c < n_codecs + n_sens; ++c) {
         const kw_kvstats_result *r = kw_kvstats_result_get(s, c);
         if (r->status < 0) {
-            printf("%-34s refused: %s (%s)\n", codecs[c].name, kw_strerror(r->status), "the codec cannot carry it");
+            printf("%-*s refused: %s (%s)\n", width, codecs[c].name, kw_strerror(r->status),
+                   "the codec cannot carry it");
             continue;
         }
         const double per_row = (double)r->blob_bytes / (double)kw_kvstats_rows(s);
-        printf("%-34s %11.1f %9.3f %10.2e %10.2e %9.4f %10.2e %10.4f\n", codecs[c].name, per_row,
+        printf("%-*s %11.1f %9.3f %10.2e %10.2e %9.4f %10.2e %10.4f\n", width, codecs[c].name, per_row,
                per_row * 8.0 / elems_per_row, r->k_norm2 > 0 ? sqrt(r->k_err2 / r->k_norm2) : 0.0,
                r->v_norm2 > 0 ? sqrt(r->v_err2 / r->v_norm2) : 0.0, (double)r->tf_agree / (double)r->tf_steps,
                r->kl_sum / (double)r->tf_steps, (double)r->free_agree / (double)r->free_steps);

@@ -3,7 +3,8 @@
 # (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
 # KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
 # (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope and @rotv options and a
-# per-codec scale dtype (:log8) run; usage errors
+# per-codec scale dtype (:log8) run; per-layer schedules (BASE;L..=CODEC) count each layer's bytes and bad ones are
+# refused with a reason; --layer-sensitivity gives a row per layer and ranks every layer once; usage errors
 # exit 2,
 # a bad codec and an empty prompt file exit 1 with a reason.
 set -u
