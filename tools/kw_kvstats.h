@@ -14,6 +14,8 @@
  * The magnitudes are per (layer, KV head) over every prompt row: mean and largest |x|, the outlier ratio (the largest
  * per-channel mean |x| over the median channel's) and its channel, the mean per-token range (max - min over a row's
  * channels) and the mean per-channel range (max - min of a channel over the rows).
+ * A codec row may give layers their own codec (a per-layer schedule, kw_kvstats_codec.overrides): each layer is one
+ * section of the row's blob with its own policy, or, lossless, its rows as they are, counted at f32.
  * Not here: the wire transport, selection of tokens, C2C.
  */
 #ifndef KW_KVSTATS_H
