@@ -36,7 +36,7 @@ static void kw_kvstats_usage(FILE *f) {
         "usage: kvwire kvstats --model DIR|FILE.gguf --prompts FILE [--chat] [--max-new-tokens N]\n"
         "                      [--max-prompts N] [--codec CODEC:GRAN]... [--scale f32|f16|bf16|e8m0|log8]\n"
         "                      [--threads N]\n"
-        "                      [--tokenizer DIR|FILE] [--no-heads]\n"
+        "                      [--tokenizer DIR|FILE] [--no-heads] [--layer-sensitivity CODEC]\n"
         "  --prompts         one prompt per line (empty lines skipped)\n"
         "  --chat            render each prompt as one user turn of the model's chat template\n"
         "  --max-new-tokens  tokens decoded per prompt and codec (default 64)\n"
@@ -53,6 +53,13 @@ static void kw_kvstats_usage(FILE *f) {
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
+        "                    per-layer schedule: BASE;L3,7=CODEC;L0-2=CODEC gives the layers listed (numbers\n"
+        "                    and ranges, each named once, at most 4 overrides) their own codec, options and all\n"
+        "                    (nothing inherited from BASE; none = that layer's rows as they are, counted at f32),\n"
+        "                    e.g. 'int4:token@rot@clip;L0,5=int8:token' (quote the ;)\n"
+        "  --layer-sensitivity  a row per layer with only that layer through CODEC (none;L<l>=CODEC), after\n"
+        "                    the --codec rows (default: none), then the layers ranked by mean KL, most\n"
+        "                    sensitive first, for a schedule\n"
         "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd); log8 (KVWire\n"
         "                    v1.1) carries the integer codecs only: an e4m3/e5m2/nf4 --codec is an error\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
@@ -160,10 +167,77 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     return 0;
 }
 
+/* "BASE;L3,7=CODEC;L0-2=CODEC": the row's codec for every layer (parse_codec's syntax, "none" for the rows as they
+ * are), then per-layer overrides, each a list of layers and ranges, '=', and a codec of the same syntax with its own
+ * options (nothing is inherited from BASE). A layer may be named once; at most KW_KVSTATS_MAX_OVERRIDES overrides. */
+static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvstats_codec *out) {
+    const char *semi = strchr(arg, ';');
+    char part[256];
+    if (!semi) return kw_kvstats_parse_codec(arg, scale, out);
+    KW_RETURN_IF((size_t)(semi - arg) >= sizeof part, KW_E_INVALID_ARG, "--codec %s: the base codec is too long", arg);
+    memcpy(part, arg, (size_t)(semi - arg));
+    part[semi - arg] = '\0';
+    KW_FORWARD(kw_kvstats_parse_codec(part, scale, out));
+    size_t name_len = strlen(out->name);
+    while (semi) {
+        const char *seg = semi + 1, *next = strchr(seg, ';');
+        const size_t seg_len = next ? (size_t)(next - seg) : strlen(seg);
+        const char *eq = memchr(seg, '=', seg_len);
+        KW_RETURN_IF(seg_len == 0 || seg[0] != 'L' || !eq || eq == seg + 1 || (size_t)(seg + seg_len - eq) < 2 ||
+                         (size_t)(seg + seg_len - eq) > sizeof part,
+                     KW_E_INVALID_ARG, "--codec %s: a layer override is L<layers>=CODEC (L3,7=int8:token, L0-2=...)",
+                     arg);
+        KW_RETURN_IF(out->n_overrides == KW_KVSTATS_MAX_OVERRIDES, KW_E_INVALID_ARG,
+                     "--codec %s: at most %d layer overrides", arg, KW_KVSTATS_MAX_OVERRIDES);
+        const uint8_t slot = (uint8_t)(out->n_overrides + 1);
+        for (const char *p = seg + 1; p < eq;) { /* "3,7", "0-2,5" */
+            char *end = NULL;
+            const long lo = strtol(p, &end, 10);
+            long hi = lo;
+            if (end < eq && *end == '-') hi = strtol(end + 1, &end, 10);
+            KW_RETURN_IF(end == p || end > eq || (end < eq && *end != ',') || lo < 0 || hi < lo ||
+                             hi >= KW_KVSTATS_MAX_LAYERS || (*end == ',' && end + 1 == eq),
+                         KW_E_INVALID_ARG, "--codec %s: layers are numbers 0..%d and ranges a-b, by commas", arg,
+                         KW_KVSTATS_MAX_LAYERS - 1);
+            for (long l = lo; l <= hi; ++l) {
+                KW_RETURN_IF(out->layer_codec[l], KW_E_INVALID_ARG, "--codec %s: layer %ld is named twice", arg, l);
+                out->layer_codec[l] = slot;
+            }
+            p = end < eq ? end + 1 : eq;
+        }
+        const size_t codec_len = (size_t)(seg + seg_len - eq - 1);
+        memcpy(part, eq + 1, codec_len);
+        part[codec_len] = '\0';
+        kw_kvstats_codec one;
+        KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
+        out->overrides[out->n_overrides++] = (kw_kvstats_layer_codec){.lossless = one.lossless,
+                                                                      .spec = one.spec,
+                                                                      .spec_v = one.spec_v,
+                                                                      .outlier_fraction = one.outlier_fraction,
+                                                                      .pre_rope = one.pre_rope,
+                                                                      .rotate = one.rotate,
+                                                                      .clip = one.clip};
+        const int w = snprintf(out->name + name_len, sizeof out->name - name_len, ";%.*s=%s", (int)(eq - seg), seg,
+                               one.lossless ? "none" : one.name);
+        KW_RETURN_IF(w < 0 || (size_t)w >= sizeof out->name - name_len, KW_E_INVALID_ARG,
+                     "--codec %s: the schedule is too long", arg);
+        name_len += (size_t)w;
+        semi = next;
+    }
+    return 0;
+}
+
 /* Whether log8 scales can carry a codec: K's and V's each an integer codec or one without scales (none, bf16, f16). */
+static int kw_kvstats_log8_carries_spec(int lossless, const kw_wire_codec_spec *k, const kw_wire_codec_spec *v) {
+    return lossless || ((k->scale_dtype == KW_WIRE_SCALE_NONE || kw_wire_codec_is_int(k->codec)) &&
+                        (v->scale_dtype == KW_WIRE_SCALE_NONE || kw_wire_codec_is_int(v->codec)));
+}
+
 static int kw_kvstats_log8_carries(const kw_kvstats_codec *c) {
-    return c->lossless || ((c->spec.scale_dtype == KW_WIRE_SCALE_NONE || kw_wire_codec_is_int(c->spec.codec)) &&
-                           (c->spec_v.scale_dtype == KW_WIRE_SCALE_NONE || kw_wire_codec_is_int(c->spec_v.codec)));
+    int ok = kw_kvstats_log8_carries_spec(c->lossless, &c->spec, &c->spec_v);
+    for (int32_t i = 0; i < c->n_overrides; ++i)
+        ok &= kw_kvstats_log8_carries_spec(c->overrides[i].lossless, &c->overrides[i].spec, &c->overrides[i].spec_v);
+    return ok;
 }
 
 /* The token ids of one prompt line, BOS first as `kvwire generate` adds it. *ids owned by the caller. */
@@ -234,8 +308,40 @@ static void kw_kvstats_print_heads(const kw_kvstats *s, const kw_model_config *c
     }
 }
 
+/* The --layer-sensitivity rows first..first+n (row first+l quantizes layer l only), most sensitive first: by mean KL,
+ * the smoother measure (agreement moves in steps of one token), then the layer list a schedule can take. */
+static int kw_kvstats_print_sensitivity(const kw_kvstats *s, int32_t first, int32_t n, const char *name) {
+    int32_t *order = malloc((size_t)n * sizeof *order);
+    KW_RETURN_IF(!order, KW_E_NOMEM, "out of memory");
+    int32_t m = 0;
+    for (int32_t l = 0; l < n; ++l)
+        if (kw_kvstats_result_get(s, first + l)->status == 0) order[m++] = l;
+    for (int32_t i = 1; i < m; ++i) /* insertion sort by mean KL, largest first; ties by layer */
+        for (int32_t j = i; j > 0; --j) {
+            const double a = kw_kvstats_result_get(s, first + order[j - 1])->kl_sum,
+                         b = kw_kvstats_result_get(s, first + order[j])->kl_sum;
+            if (b <= a) break;
+            const int32_t t = order[j];
+            order[j] = order[j - 1], order[j - 1] = t;
+        }
+    printf("\n== layer sensitivity: %s on one layer, the others as they are; most sensitive (mean KL) first ==\n",
+           name);
+    printf("%5s %9s %10s %10s\n", "layer", "TF loss", "mean KL", "free loss");
+    for (int32_t i = 0; i < m; ++i) {
+        const kw_kvstats_result *r = kw_kvstats_result_get(s, first + order[i]);
+        printf("%5d %9.4f %10.2e %10.4f\n", (int)order[i], 1.0 - (double)r->tf_agree / (double)r->tf_steps,
+               r->kl_sum / (double)r->tf_steps, 1.0 - (double)r->free_agree / (double)r->free_steps);
+    }
+    printf("by sensitivity: L");
+    for (int32_t i = 0; i < m; ++i)
+        printf("%s%d", i ? "," : "", (int)order[i]);
+    printf("\n");
+    free(order);
+    return 0;
+}
+
 int kw_cmd_kvstats(int argc, char **argv) {
-    const char *model_path = NULL, *prompts_path = NULL, *scale = "f32", *tok_path = NULL;
+    const char *model_path = NULL, *prompts_path = NULL, *scale = "f32", *tok_path = NULL, *sens_arg = NULL;
     const char *codec_args[KW_KVSTATS_MAX_CODECS];
     int n_codec_args = 0, chat_on = 0, no_heads = 0;
     int64_t max_new = 64, max_prompts = 1 << 20, threads = 0;
@@ -250,6 +356,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
         KW_CLI_STR("--tokenizer", &tok_path),
         KW_CLI_INT("--threads", &threads, 0, 1024),
         KW_CLI_FLAG("--no-heads", &no_heads),
+        KW_CLI_STR("--layer-sensitivity", &sens_arg),
     };
     const int st = KW_CLI_PARSE("kvwire kvstats", argc, argv, opts, kw_kvstats_usage);
     if (st != KW_CLI_RUN) return st;
@@ -262,9 +369,17 @@ int kw_cmd_kvstats(int argc, char **argv) {
     char *file = NULL;
     size_t file_len = 0;
     int32_t *ids = NULL, *ref_ids = NULL;
-    kw_kvstats_codec codecs[KW_KVSTATS_MAX_CODECS];
+    kw_kvstats_codec sens; /* --layer-sensitivity's codec */
     const char *stage = "codecs";
-    int32_t n_codecs = 0;
+    int32_t n_codecs = 0, n_sens = 0;
+    /* owned: the --codec rows, then with --layer-sensitivity one row per layer */
+    kw_kvstats_codec *codecs = calloc(KW_KVSTATS_MAX_CODECS + KW_KVSTATS_MAX_LAYERS, sizeof *codecs);
+    KW_CHECK_IF(!codecs, KW_E_NOMEM, "out of memory");
+    if (sens_arg) {
+        KW_CHECK(kw_kvstats_parse_codec(sens_arg, scale, &sens));
+        KW_CHECK_IF(sens.lossless, KW_E_INVALID_ARG, "--layer-sensitivity needs a quantizing codec, not none");
+        if (n_codec_args == 0) codec_args[n_codec_args++] = "none";
+    }
     const int defaults = n_codec_args == 0;
     if (defaults) {
         n_codec_args = (int)(sizeof kw_kvstats_default_codecs / sizeof kw_kvstats_default_codecs[0]);
@@ -273,7 +388,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
     const int log8 = strcmp(scale, "log8") == 0;
     for (int i = 0; i < n_codec_args; ++i) {
         if (log8) { /* parsed with f32 scales first, to tell the codecs log8 cannot carry */
-            KW_CHECK(kw_kvstats_parse_codec(codec_args[i], "f32", &codecs[n_codecs]));
+            KW_CHECK(kw_kvstats_parse_schedule(codec_args[i], "f32", &codecs[n_codecs]));
             if (!kw_kvstats_log8_carries(&codecs[n_codecs])) {
                 KW_CHECK_IF(!defaults, KW_E_INVALID_ARG,
                             "--codec %s: --scale log8 carries the integer codecs only (int2, int3, int4, int6, int8; "
@@ -283,7 +398,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
                 continue;
             }
         }
-        KW_CHECK(kw_kvstats_parse_codec(codec_args[i], scale, &codecs[n_codecs++]));
+        KW_CHECK(kw_kvstats_parse_schedule(codec_args[i], scale, &codecs[n_codecs++]));
     }
     stage = "prompts";
     KW_CHECK(kw_file_read_all(prompts_path, (size_t)64 << 20, &file, &file_len));
@@ -294,7 +409,25 @@ int kw_cmd_kvstats(int argc, char **argv) {
     KW_CHECK(kw_tokenizer_load(tok_path ? tok_path : model_path, &tok));
     enum kw_chat_family family = KW_CHAT_QWEN3;
     if (chat_on) KW_CHECK(kw_chat_family_for_model(model_path, cfg->arch, &family));
-    KW_CHECK(kw_kvstats_create(model, codecs, n_codecs, (int32_t)max_new, &s));
+    if (sens_arg) { /* "none;L<l>=CODEC": layer l through the codec, every other layer as it is */
+        KW_CHECK_IF(cfg->n_layers > KW_KVSTATS_MAX_LAYERS, KW_E_INVALID_ARG,
+                    "--layer-sensitivity: %d layers, at most %d", (int)cfg->n_layers, KW_KVSTATS_MAX_LAYERS);
+        for (int32_t l = 0; l < cfg->n_layers; ++l) {
+            kw_kvstats_codec *c = &codecs[n_codecs + l];
+            c->lossless = 1;
+            c->n_overrides = 1;
+            c->overrides[0] = (kw_kvstats_layer_codec){.spec = sens.spec,
+                                                       .spec_v = sens.spec_v,
+                                                       .outlier_fraction = sens.outlier_fraction,
+                                                       .pre_rope = sens.pre_rope,
+                                                       .rotate = sens.rotate,
+                                                       .clip = sens.clip};
+            c->layer_codec[l] = 1;
+            snprintf(c->name, sizeof c->name, "none;L%d=%.200s", (int)l, sens.name);
+        }
+        n_sens = cfg->n_layers;
+    }
+    KW_CHECK(kw_kvstats_create(model, codecs, n_codecs + n_sens, (int32_t)max_new, &s));
     ref_ids = malloc((size_t)max_new * sizeof *ref_ids);
     KW_CHECK_IF(!ref_ids, KW_E_NOMEM, "out of memory");
     printf("kvstats: %s (%s, %d layers, %d KV heads x %d), prompts %s%s, %lld new tokens per prompt and codec, f32 "
@@ -329,22 +462,28 @@ int kw_cmd_kvstats(int argc, char **argv) {
            (long long)n_prompts, (long long)max_new);
     /* bits per element: the whole blob (headers, indices, scales, zero points, checksums) over every K and V value */
     const double elems_per_row = 2.0 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim;
-    printf("%-34s %11s %9s %10s %10s %9s %10s %10s\n", "codec", "bytes/token", "bits/elem", "K rel.err", "V rel.err",
-           "TF agree", "mean KL", "free agree");
-    for (int32_t c = 0; c < n_codecs; ++c) {
+    int width = 34; /* the codec column: as wide as the longest name (schedules are long) */
+    for (int32_t c = 0; c < n_codecs + n_sens; ++c)
+        if ((int)strlen(codecs[c].name) > width) width = (int)strlen(codecs[c].name);
+    printf("%-*s %11s %9s %10s %10s %9s %10s %10s\n", width, "codec", "bytes/token", "bits/elem", "K rel.err",
+           "V rel.err", "TF agree", "mean KL", "free agree");
+    for (int32_t c = 0; c < n_codecs + n_sens; ++c) {
         const kw_kvstats_result *r = kw_kvstats_result_get(s, c);
         if (r->status < 0) {
-            printf("%-34s refused: %s (%s)\n", codecs[c].name, kw_strerror(r->status), "the codec cannot carry it");
+            printf("%-*s refused: %s (%s)\n", width, codecs[c].name, kw_strerror(r->status),
+                   "the codec cannot carry it");
             continue;
         }
         const double per_row = (double)r->blob_bytes / (double)kw_kvstats_rows(s);
-        printf("%-34s %11.1f %9.3f %10.2e %10.2e %9.4f %10.2e %10.4f\n", codecs[c].name, per_row,
+        printf("%-*s %11.1f %9.3f %10.2e %10.2e %9.4f %10.2e %10.4f\n", width, codecs[c].name, per_row,
                per_row * 8.0 / elems_per_row, r->k_norm2 > 0 ? sqrt(r->k_err2 / r->k_norm2) : 0.0,
                r->v_norm2 > 0 ? sqrt(r->v_err2 / r->v_norm2) : 0.0, (double)r->tf_agree / (double)r->tf_steps,
                r->kl_sum / (double)r->tf_steps, (double)r->free_agree / (double)r->free_steps);
     }
+    if (n_sens) KW_CHECK(kw_kvstats_print_sensitivity(s, n_codecs, n_sens, sens.name));
 out:
     if (rc < 0) fprintf(stderr, "kvwire kvstats: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
+    free(codecs);
     free(ids);
     free(ref_ids);
     free(file);

@@ -60,6 +60,19 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
                  "kw_kvstats_create: bad argument");
     *out = NULL;
     const kw_model_config *cfg = kw_model_get_config(model);
+    for (int32_t c = 0; c < n_codecs; ++c) {
+        const kw_kvstats_codec *co = &codecs[c];
+        KW_RETURN_IF(co->n_overrides < 0 || co->n_overrides > KW_KVSTATS_MAX_OVERRIDES, KW_E_INVALID_ARG,
+                     "codec %s: %d per-layer overrides", co->name, (int)co->n_overrides);
+        for (int32_t l = 0; l < KW_KVSTATS_MAX_LAYERS; ++l) {
+            KW_RETURN_IF(co->layer_codec[l] > co->n_overrides, KW_E_INVALID_ARG,
+                         "codec %s: layer %d takes override %d of %d", co->name, (int)l, (int)co->layer_codec[l],
+                         (int)co->n_overrides);
+            KW_RETURN_IF(co->layer_codec[l] && l >= cfg->n_layers, KW_E_INVALID_ARG,
+                         "codec %s: the schedule names layer %d, the model has %d layers", co->name, (int)l,
+                         (int)cfg->n_layers);
+        }
+    }
     int rc = 0;
     kw_kvstats *s = calloc(1, sizeof *s);
     KW_RETURN_IF(!s, KW_E_NOMEM, "out of memory");
@@ -220,22 +233,58 @@ static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, i
     return 0;
 }
 
-/* Sends k and v (each (T, H, D) f32) through one KVWire blob with the codec's K and V specs (a v1.1 blob when they
- * need it) and writes the decoded values to kq, vq. *bytes gets the blob's size. */
+/* Layer l's codec in row c: the base's fields, or the override the schedule gives it. */
+static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_t l) {
+    if (l < KW_KVSTATS_MAX_LAYERS && c->layer_codec[l]) return c->overrides[c->layer_codec[l] - 1];
+    return (kw_kvstats_layer_codec){.lossless = c->lossless,
+                                    .spec = c->spec,
+                                    .spec_v = c->spec_v,
+                                    .outlier_fraction = c->outlier_fraction,
+                                    .pre_rope = c->pre_rope,
+                                    .rotate = c->rotate,
+                                    .clip = c->clip};
+}
+
+/* The section policy of one layer codec for sections of T rows. */
+static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_layer_codec *lc, int64_t T) {
+    const double elems = 2.0 * (double)s->n_heads * (double)T * (double)s->head_dim;
+    return (kw_wire_policy){.k = lc->spec,
+                            .v = lc->spec_v,
+                            .outliers = (uint32_t)floor(lc->outlier_fraction * elems + 0.5),
+                            .outlier_dtype = KW_WIRE_DTYPE_BF16,
+                            .pre_rope = (uint8_t)(lc->pre_rope != 0),
+                            .rotate = (uint8_t)lc->rotate,
+                            .clip = (uint8_t)lc->clip};
+}
+
+/* Sends k and v (each (T, H, D) f32) through one KVWire blob, every layer with its codec's K and V specs (a v1.1 blob
+ * when any layer needs it), and writes the decoded values to kq, vq. Lossless layers get no section: their rows are
+ * copied and counted at f32. *bytes gets the blob's size plus those rows. */
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
                                 int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
     const int32_t H = s->n_heads, D = s->head_dim;
-    const double elems = 2.0 * (double)H * (double)T * (double)D;
-    const kw_wire_policy pol = {.k = codec->spec,
-                                .v = codec->spec_v,
-                                .outliers = (uint32_t)floor(codec->outlier_fraction * elems + 0.5),
-                                .outlier_dtype = KW_WIRE_DTYPE_BF16,
-                                .pre_rope = (uint8_t)(codec->pre_rope != 0),
-                                .rotate = (uint8_t)codec->rotate,
-                                .clip = (uint8_t)codec->clip};
-    const kw_wire_header hdr = {.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
+    const size_t rows = (size_t)T * (size_t)H * (size_t)D;
+    kw_kvstats_layer_codec lc;
+    kw_wire_policy pol;
+    int v11 = 0, any_pre_rope = 0;
+    uint16_t n_sections = 0;
+    int64_t exact_bytes = 0;
+    for (int32_t l = 0; l < s->n_layers; ++l) {
+        lc = kw_kvstats_layer(codec, l);
+        if (lc.lossless) {
+            memcpy(kq[l], k[l], rows * sizeof **kq);
+            memcpy(vq[l], v[l], rows * sizeof **vq);
+            exact_bytes += (int64_t)(2 * rows * sizeof(float));
+            continue;
+        }
+        pol = kw_kvstats_policy(s, &lc, T);
+        v11 |= kw_wire_policy_needs_v11(&pol);
+        any_pre_rope |= lc.pre_rope;
+        ++n_sections;
+    }
+    const kw_wire_header hdr = {.version = v11 ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
                                 .n_layers = (uint16_t)s->n_layers,
-                                .n_sections = (uint16_t)s->n_layers,
+                                .n_sections = n_sections,
                                 .n_kv_heads = (uint16_t)H,
                                 .head_dim = (uint16_t)D,
                                 .n_positions = (uint32_t)T,
@@ -247,9 +296,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     int64_t *pos = NULL;
     const kw_model_config *cfg = kw_model_get_config(s->model);
     int rc = 0;
-    size_t cap = 0, used = 0, n = 0;
-    const size_t rows = (size_t)T * (size_t)H * (size_t)D;
-    if (codec->pre_rope) { /* the keys before RoPE: each row rotated back by its position */
+    size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES, used = 0, n = 0;
+    if (any_pre_rope) { /* the keys before RoPE: each row rotated back by its position */
         unrotated = malloc(rows * sizeof *unrotated);
         pos = malloc((size_t)T * sizeof *pos);
         KW_CHECK_IF(!unrotated || !pos, KW_E_NOMEM, "out of memory for %zu pre-RoPE key values", rows);
@@ -258,16 +306,24 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     }
     KW_CHECK_IF(T > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG, "a prompt of %lld rows is too long for one blob",
                 (long long)T);
-    KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &cap));
-    cap = cap * (size_t)s->n_layers + KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES;
+    for (int32_t l = 0; l < s->n_layers; ++l) {
+        lc = kw_kvstats_layer(codec, l);
+        if (lc.lossless) continue;
+        pol = kw_kvstats_policy(s, &lc, T);
+        KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &n));
+        cap += n;
+    }
     blob = malloc(cap);
     KW_CHECK_IF(!blob, KW_E_NOMEM, "out of memory for a %zu-byte blob", cap);
     KW_CHECK(kw_wire_encoder_create(&hdr, NULL, &enc));
     KW_CHECK(kw_wire_encoder_write_header(enc, blob, cap, &n));
     used += n;
     for (int32_t l = 0; l < s->n_layers; ++l) {
+        lc = kw_kvstats_layer(codec, l);
+        if (lc.lossless) continue;
+        pol = kw_kvstats_policy(s, &lc, T);
         const float *k_in = k[l];
-        if (codec->pre_rope) {
+        if (lc.pre_rope) {
             memcpy(unrotated, k[l], rows * sizeof *unrotated);
             KW_CHECK(kw_config_rope_rows(cfg, l, pos, T, 1, unrotated));
             k_in = unrotated;
@@ -281,14 +337,15 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     }
     KW_CHECK(kw_wire_encoder_write_trailer(enc, blob + used, cap - used, &n));
     used += n;
-    *bytes = (int64_t)used;
+    *bytes = (int64_t)used + exact_bytes;
     const kw_wire_header *got = NULL;
     KW_CHECK(kw_wire_reader_open(blob, used, NULL, &reader, &got));
     const kw_wire_section *sec = NULL;
     int32_t seen = 0;
     while ((rc = kw_wire_reader_next(reader, &sec)) == 1) {
-        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)T, KW_E_WIRE_CORRUPT,
-                    "kvstats: section for layer %u of %u tokens", sec->layer, sec->n_tokens);
+        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)T ||
+                        kw_kvstats_layer(codec, (int32_t)sec->layer).lossless,
+                    KW_E_WIRE_CORRUPT, "kvstats: section for layer %u of %u tokens", sec->layer, sec->n_tokens);
         const kw_wire_tensor_out ko = {.data = kq[sec->layer],
                                        .dtype = KW_WIRE_DTYPE_F32,
                                        .head_stride = (size_t)D,
@@ -297,13 +354,14 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         vo.data = vq[sec->layer];
         KW_CHECK(kw_wire_section_dequantize(sec, &ko, &vo));
         if (sec->pre_rope) { /* what a kv_direct receiver does: rotate the decoded keys by their positions */
+            KW_CHECK_IF(!pos, KW_E_WIRE_CORRUPT, "kvstats: a pre-RoPE section for layer %u", sec->layer);
             KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos, T, 0, kq[sec->layer]));
         }
         ++seen;
     }
     KW_CHECK(rc);
-    KW_CHECK_IF(seen != s->n_layers, KW_E_WIRE_CORRUPT, "kvstats: %d sections decoded, %d layers", (int)seen,
-                (int)s->n_layers);
+    KW_CHECK_IF(seen != n_sections, KW_E_WIRE_CORRUPT, "kvstats: %d sections decoded, %d sent", (int)seen,
+                (int)n_sections);
 out:
     kw_wire_reader_close(reader);
     kw_wire_encoder_destroy(enc);
@@ -408,7 +466,7 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
         kw_kvstats_result *r = &s->results[c];
         if (r->status < 0) continue;
         int64_t bytes = (int64_t)(2 * per_layer * sizeof(float)) * L;
-        if (s->codecs[c].lossless) {
+        if (s->codecs[c].lossless && s->codecs[c].n_overrides == 0) {
             for (int32_t l = 0; l < L; ++l) {
                 memcpy(kq[l], k[l], per_layer * sizeof **kq);
                 memcpy(vq[l], v[l], per_layer * sizeof **vq);

@@ -14,6 +14,8 @@
  * The magnitudes are per (layer, KV head) over every prompt row: mean and largest |x|, the outlier ratio (the largest
  * per-channel mean |x| over the median channel's) and its channel, the mean per-token range (max - min over a row's
  * channels) and the mean per-channel range (max - min of a channel over the rows).
+ * A codec row may give layers their own codec (a per-layer schedule, kw_kvstats_codec.overrides): each layer is one
+ * section of the row's blob with its own policy, or, lossless, its rows as they are, counted at f32.
  * Not here: the wire transport, selection of tokens, C2C.
  */
 #ifndef KW_KVSTATS_H
@@ -24,7 +26,21 @@
 #include "model/kw_model.h"
 #include "wire/kw_wire.h"
 
-/* One codec configuration. */
+#define KW_KVSTATS_MAX_LAYERS    256 /* layers a schedule can name */
+#define KW_KVSTATS_MAX_OVERRIDES 4   /* distinct per-layer codecs in one schedule besides the base */
+
+/* The codec of one layer in a schedule: what kw_kvstats_codec's fields of the same names mean, for that layer only
+ * (nothing is inherited from the base). lossless: the layer's rows go as they are (f32, counted at 4 bytes per
+ * element, outside the blob). */
+typedef struct kw_kvstats_layer_codec {
+    int lossless;
+    kw_wire_codec_spec spec, spec_v;
+    double outlier_fraction;
+    int pre_rope, rotate, clip;
+} kw_kvstats_layer_codec;
+
+/* One codec configuration: the fields below for every layer, unless a per-layer schedule gives a layer one of the
+ * overrides. */
 typedef struct kw_kvstats_codec {
     int lossless;              /* 1: the cache as it is, no blob (the control row: agreement 1, KL 0, error 0) */
     kw_wire_codec_spec spec;   /* K's codec */
@@ -36,7 +52,12 @@ typedef struct kw_kvstats_codec {
     int rotate;                /* v1.1: bit 0 K, bit 1 V sent rotated by the randomized Hadamard transform (the
                                   section flags of FORMAT.md §5.12: the encoder rotates, the dequantizer rotates back) */
     int clip;                  /* bit 0 K, bit 1 V: the encoder's clipped-scale search (FORMAT.md §5.13) */
-    char name[128];            /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, for printing */
+    int32_t n_overrides;       /* per-layer schedule: overrides[0 .. n_overrides) */
+    kw_kvstats_layer_codec overrides[KW_KVSTATS_MAX_OVERRIDES];
+    uint8_t layer_codec[KW_KVSTATS_MAX_LAYERS]; /* 0: layer l takes the fields above; i: overrides[i - 1]. A layer
+                                                   at or past the model's layer count must be 0 */
+    char name[256]; /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, "...;L3,7=int8/token" with a
+                       schedule, for printing */
 } kw_kvstats_codec;
 
 /* The magnitudes of one (layer, KV head) of K or V. */
@@ -53,7 +74,7 @@ typedef struct kw_kvstats_result {
     int status;             /* 0, or the negative kw_status the codec failed with (KW_E_WIRE_RANGE ...) */
     double k_err2, k_norm2; /* sums of (x' - x)^2 and x^2 over K */
     double v_err2, v_norm2;
-    int64_t blob_bytes;         /* the blobs' sizes (lossless: the rows at f32) */
+    int64_t blob_bytes;         /* the blobs' sizes, plus the rows of lossless layers at f32 */
     int64_t tf_agree, tf_steps; /* teacher-forced steps whose argmax is the reference's token */
     double kl_sum;              /* KL(reference || codec) summed over those steps, nats */
     int64_t free_agree, free_steps;
@@ -62,7 +83,8 @@ typedef struct kw_kvstats_result {
 typedef struct kw_kvstats kw_kvstats; /* opaque */
 
 /* Creates the accumulators for model (borrowed; it must outlive *out) and the codecs (copied), n_new >= 1 tokens per
- * prompt. *out is owned by the caller (kw_kvstats_free). */
+ * prompt. A schedule that names a layer the model lacks or an override that does not exist is KW_E_INVALID_ARG.
+ * *out is owned by the caller (kw_kvstats_free). */
 int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n_codecs, int32_t n_new,
                       kw_kvstats **out);
 /* Releases everything. NULL is a no-op. */

@@ -3,7 +3,8 @@
 # (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
 # KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
 # (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope and @rotv options and a
-# per-codec scale dtype (:log8) run; usage errors
+# per-codec scale dtype (:log8) run; per-layer schedules (BASE;L..=CODEC) count each layer's bytes and bad ones are
+# refused with a reason; --layer-sensitivity gives a row per layer and ranks every layer once; usage errors
 # exit 2,
 # a bad codec and an empty prompt file exit 1 with a reason.
 set -u
@@ -56,6 +57,37 @@ grep -q '^int3/token@rot@clipk ' "$tmp/out" || fail "clip row"
 for bad in 'int4:token@' 'int4:token@2' 'int4:token@0%' 'int4:token@1%@1%' 'int4:token@rope'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec "$bad" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q "options are @P%" "$tmp/err" || fail "bad option $bad"
+done
+# per-layer schedules: every layer overridden to int8 costs what the int8 row costs; one layer changes the row's
+# bytes; the name carries the schedule; --layer-sensitivity gives a row per layer and a ranking of every layer
+last=$((n_layers - 1))
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
+    --codec int8:token --codec "int4:token;L0-$last=int8:token" --codec 'int4:token;L0=int8:token' \
+    --codec 'int4:token@clip;L0=none' >"$tmp/out" 2>"$tmp/err" || fail "schedule exit $?"
+b8=$(awk '$1 == "int8/token" {print $2}' "$tmp/out")
+ball=$(awk -v n="int4/token;L0-$last=int8/token" '$1 == n {print $2}' "$tmp/out")
+b40=$(awk '$1 == "int4/token;L0=int8/token" {print $2}' "$tmp/out")
+bnone=$(awk '$1 == "int4/token@clip;L0=none" {print $2}' "$tmp/out")
+[ -n "$b8" ] && [ "$b8" = "$ball" ] || fail "every layer int8: $ball bytes/token, int8 row $b8"
+awk -v a="$b40" -v b="$b8" 'BEGIN { exit !(a > 0 && a < b) }' || fail "one int8 layer: $b40 against $b8"
+[ -n "$bnone" ] || fail "a none override row"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
+    --layer-sensitivity int4:token@clip >"$tmp/out" 2>"$tmp/err" || fail "sensitivity exit $?"
+[ "$(grep -c '^none;L[0-9]*=int4/token@clip ' "$tmp/out")" -eq "$n_layers" ] || fail "a sensitivity row per layer"
+grep -q '^none (f32 rows)' "$tmp/out" || fail "sensitivity control row"
+order=$(sed -n 's/^by sensitivity: L//p' "$tmp/out")
+[ "$(echo "$order" | tr ',' '\n' | sort -n | tr '\n' ' ')" = "$(seq 0 "$last" | tr '\n' ' ')" ] ||
+    fail "the ranking names every layer once: $order"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --layer-sensitivity none >/dev/null 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "needs a quantizing codec" "$tmp/err" || fail "sensitivity of none"
+for bad in 'int4:token;L0=int8:token;L0=int4:token|named twice' 'int4:token;L0,0=int8:token|named twice' \
+    'int4:token;3=int8:token|L<layers>=CODEC' 'int4:token;L0=|L<layers>=CODEC' 'int4:token;L=int8:token|L<layers>=CODEC' \
+    'int4:token;L2-1=int8:token|ranges a-b' 'int4:token;L1,=int8:token|ranges a-b' 'int4:token;Lx=int8:token|ranges a-b' \
+    "int4:token;L$n_layers=int8:token|the model has $n_layers layers" 'int4:token;L0=int5:token|unknown codec' \
+    'int4:token;L0=int8;L1=int8;L2=int8;L3=int8;L4=int8|at most 4' 'int4:token;L0=bf16@rot|quantizing codec'; do
+    "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
+        --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
+    [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad schedule ${bad%%|*}"
 done
 : >"$tmp/empty.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/empty.txt" >/dev/null 2>"$tmp/err"

@@ -273,12 +273,69 @@ static void test_kvstats_clip(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Per-layer schedules: an int4 row with layer 0 at int8 costs exactly one int8 section in place of one int4 section
+ * (every section of a codec has the same size here: same rows, heads, head_dim); a row with only layer 1 quantized
+ * (the rest as they are) and the int4 row with layer 1 left as it is split the int4 row's error between them and
+ * count the untouched layers at f32 beside one blob of header and trailer. Bad schedules are refused. */
+static void test_kvstats_schedule(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
+    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    const int32_t L = kw_model_get_config(m)->n_layers;
+    assert_true(L >= 2);
+    kw_kvstats_codec codecs[6] = {codec(NULL, NULL),      codec("int4", "token"), codec("int8", "token"),
+                                  codec("int4", "token"), codec(NULL, NULL),      codec("int4", "token")};
+    const kw_kvstats_layer_codec i8 = {.spec = codecs[2].spec, .spec_v = codecs[2].spec_v},
+                                 i4 = {.spec = codecs[1].spec, .spec_v = codecs[1].spec_v}, exact = {.lossless = 1};
+    codecs[3].n_overrides = 1, codecs[3].overrides[0] = i8, codecs[3].layer_codec[0] = 1;    /* int4, layer 0 int8 */
+    codecs[4].n_overrides = 1, codecs[4].overrides[0] = i4, codecs[4].layer_codec[1] = 1;    /* only layer 1, int4 */
+    codecs[5].n_overrides = 1, codecs[5].overrides[0] = exact, codecs[5].layer_codec[1] = 1; /* int4 but layer 1 */
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 6, N_NEW, &s), 0);
+    for (int p = 0; p < 2; ++p)
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+    const kw_kvstats_result *none = kw_kvstats_result_get(s, 0), *a4 = kw_kvstats_result_get(s, 1),
+                            *a8 = kw_kvstats_result_get(s, 2), *mix = kw_kvstats_result_get(s, 3),
+                            *only1 = kw_kvstats_result_get(s, 4), *but1 = kw_kvstats_result_get(s, 5);
+    for (int c = 0; c < 6; ++c)
+        assert_int_equal(kw_kvstats_result_get(s, c)->status, 0);
+    assert_true((int64_t)L * mix->blob_bytes == (int64_t)(L - 1) * a4->blob_bytes + a8->blob_bytes);
+    const int64_t blob = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES, /* section checksums are in the sections */
+        f32_layer = none->blob_bytes / L;
+    assert_int_equal((a4->blob_bytes - 2 * blob) % L, 0);
+    const int64_t sec4 = (a4->blob_bytes - 2 * blob) / L; /* one int4 section per prompt, both prompts */
+    assert_int_equal(only1->blob_bytes, 2 * blob + sec4 + (L - 1) * f32_layer);
+    assert_int_equal(but1->blob_bytes, 2 * blob + (L - 1) * sec4 + f32_layer);
+    assert_true(mix->k_err2 < a4->k_err2 && mix->k_err2 > a8->k_err2);
+    assert_true(only1->k_err2 > 0.0 && but1->k_err2 > 0.0);
+    assert_float_equal(only1->k_err2 + but1->k_err2, a4->k_err2, 1e-9 * a4->k_err2);
+    assert_float_equal(only1->v_err2 + but1->v_err2, a4->v_err2, 1e-9 * a4->v_err2);
+    assert_true(only1->k_norm2 == none->k_norm2);
+    kw_kvstats_free(s);
+
+    /* refused: a layer the model lacks, an override that does not exist, too many overrides */
+    kw_kvstats_codec bad = codec("int4", "token");
+    bad.n_overrides = 1, bad.overrides[0] = i8, bad.layer_codec[L] = 1;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    assert_null(s);
+    bad.layer_codec[L] = 0, bad.layer_codec[0] = 2;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.layer_codec[0] = 1, bad.n_overrides = KW_KVSTATS_MAX_OVERRIDES + 1;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.n_overrides = 1;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), 0);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kvstats_tiny),
-        cmocka_unit_test(test_kvstats_v11_options),
-        cmocka_unit_test(test_kvstats_rotate),
-        cmocka_unit_test(test_kvstats_clip),
+        cmocka_unit_test(test_kvstats_tiny),     cmocka_unit_test(test_kvstats_v11_options),
+        cmocka_unit_test(test_kvstats_rotate),   cmocka_unit_test(test_kvstats_clip),
+        cmocka_unit_test(test_kvstats_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
