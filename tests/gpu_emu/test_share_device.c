@@ -316,7 +316,7 @@ static const share_case CASES[] = {
      0,
      0,
      0},
-    {"rotated K and V", {"int4", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 3},
+    {"rotated K and V", {"int4", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 3, 0},
     {"rotated V, outliers 2%, zstd",
      {"int8", "token", "f16"},
      {"int4-asym", "channel4", "f16"},
