@@ -65,6 +65,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
         *out = (kw_quant_layout){.code_bits = 4, .group = 32, .has_offset = 0, .code_min = -8, .code_max = 7};
         return 1;
     case KW_LAYOUT_QPANELS_U4:
+    case KW_LAYOUT_QPANELS_U4_X8:
         *out = (kw_quant_layout){.code_bits = 4, .group = 32, .has_offset = 1, .code_min = 0, .code_max = 15};
         return 1;
     case KW_LAYOUT_QPANELS_S8:
@@ -256,6 +257,7 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
     if (backend == NULL) return 0;
     if (layout == KW_LAYOUT_ROWS) return 1;
     if (layout == KW_LAYOUT_PANELS) return backend->iface->pack_weight != NULL;
+    if (layout == KW_LAYOUT_QPANELS_U4_X8 && !backend->iface->int8_activations) return 0;
     return kw_layout_quant(layout, &q) && backend->iface->pack_quantized != NULL &&
            backend->iface->supports(backend, KW_OP_MATMUL, KW_DTYPE_F32);
 }

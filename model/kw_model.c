@@ -128,6 +128,11 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     kw_quant_rows q;
     const int found = kw_weights_get_quantized(m->weights, name, &q);
     if (found <= 0) return found;
+    /* 4-bit codes with offsets (Q4_K, Q4_1) run with int8 activations where the backend has that layout: a few times
+     * fewer instructions per weight than rebuilding each f32 weight, same bytes, a result within the activation
+     * rounding of the f32 weight's (kernels/kw_backend.h) */
+    if (q.layout == KW_LAYOUT_QPANELS_U4 && kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_U4_X8))
+        q.layout = KW_LAYOUT_QPANELS_U4_X8;
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
     KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));
     KW_FORWARD(kw_tensor_pack_quantized(m->backend, &q, t));

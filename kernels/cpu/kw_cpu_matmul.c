@@ -268,6 +268,10 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
             if (ql->has_offset) offsets[r] = q->offsets[n * groups + g];
             const int8_t *src = q->codes + n * K + g * G;
             for (int64_t kk = 0; kk < G; ++kk) {
+                if (q->layout == KW_LAYOUT_QPANELS_U4_X8) {
+                    kw__cpu_x8_pack_code(codes, r, kk, src[kk]);
+                    continue;
+                }
                 if (ql->code_bits == 8) {
                     codes[kk * KW_PANEL_ROWS + r] = (uint8_t)src[kk];
                     continue;
@@ -309,7 +313,9 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
         const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + ql.has_offset);
         for (int64_t kk = 0; kk < G; ++kk) {
             int code;
-            if (ql.code_bits == 8) {
+            if (w->layout == KW_LAYOUT_QPANELS_U4_X8) {
+                code = kw__cpu_x8_get_code(codes, r, kk);
+            } else if (ql.code_bits == 8) {
                 code = (int8_t)codes[kk * KW_PANEL_ROWS + r];
             } else {
                 const uint8_t byte = codes[kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + (r % 16) % 8];
@@ -344,10 +350,20 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const int64_t row_blocks = (M + row_block - 1) / row_block, items = panels * row_blocks;
     if (items < nt) nt = (int)items;
 
-    /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices) */
+    /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
+     * activations (QPANELS_U4_X8) the scratch holds x quantized instead: xd, xsum (M * K / 32 floats each), then xq */
     char *scratch = NULL;
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
-    if (!packed) {
+    const int x8 = w->layout == KW_LAYOUT_QPANELS_U4_X8;
+    int8_t *xq = NULL;
+    float *xd = NULL, *xsum = NULL;
+    if (x8) {
+        const size_t groups = (size_t)M * (size_t)(K / 32);
+        KW_FORWARD(kw__cpu_scratch(cpu, 2 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+        xsum = xd + groups;
+        xq = (int8_t *)(xsum + groups);
+        kw__cpu_x8_quantize(x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xq, xd, xsum);
+    } else if (!packed) {
         float *s;
         KW_FORWARD(kw__cpu_scratch(cpu, slice / sizeof(float) * (size_t)nt, &s));
         scratch = (char *)s;
@@ -366,7 +382,10 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
             kw_pack_panel(mine, w->data, w->dtype, N, K, p);
             wp = mine;
         }
-        kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
+        if (x8)
+            kw__cpu_x8_panel(cpu->isa, y, N, xq, xd, xsum, K, wp, n0, ncols, m0, m1);
+        else
+            kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
         if (bias) {
             for (int64_t n = n0; n < n0 + ncols; ++n) {
                 const float b = kw_opm_load(bias->data, bias->dtype, n);

@@ -77,6 +77,40 @@ void kw_ref_quant_dequant(float *w, const kw_quant_rows *q) {
         }
 }
 
+void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quant_rows *q) {
+    const int64_t K = q->k, G = K / 32;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < q->n; ++n) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < G; ++g) {
+                const float *xg = x + m * K + g * 32;
+                float amax = 0.0f;
+                int bad = 0;
+                for (int k = 0; k < 32; ++k) {
+                    bad |= isnan(xg[k]) || isinf(xg[k]);
+                    amax = fmaxf(amax, fabsf(xg[k]));
+                }
+                float d = 0.0f;
+                int32_t isum = 0, qsum = 0;
+                if (bad) {
+                    d = NAN;
+                } else if (amax >= 1e-30f) {
+                    d = amax / 127.0f;
+                    for (int k = 0; k < 32; ++k) {
+                        const long r = lrintf(xg[k] * (127.0f / amax));
+                        const int32_t qk = r > 127 ? 127 : r < -127 ? -127 : (int32_t)r;
+                        qsum += qk;
+                        isum += qk * q->codes[n * K + g * 32 + k];
+                    }
+                }
+                const float t = (float)isum * d, s = d * (float)qsum;
+                acc = fmaf(q->scales[n * G + g], t, acc);
+                acc = fmaf(q->offsets[n * G + g], s, acc);
+            }
+            out[m * q->n + n] = acc;
+        }
+}
+
 void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,
                      int flags) {
     for (int64_t r = 0; r < R; ++r) {

@@ -1,0 +1,329 @@
+/* kw_cpu_matmul_x8.c: matmul with a KW_LAYOUT_QPANELS_U4_X8 weight (4-bit codes, f32 scale and offset per 32 k:
+ * ggml Q4_K and Q4_1) and int8 activations, the way llama.cpp runs its k-quants: integer dot products per group and
+ * a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k).
+ *
+ * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
+ *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize, scalar C on every ISA: amax = the largest
+ *     |x|; d = amax / 127, q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
+ *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
+ *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
+ *  2. isum(n, g) = sum over the 32 k of code(n, k) * q(k), an exact int32 (|isum| <= 32 * 15 * 127).
+ *  3. y[m][n] = the chain over g = 0, 1, ..., K/32 - 1 from +0 of
+ *         acc = fma(scale(n, g), fl((float)isum * d(g)), acc); acc = fma(offset(n, g), xs(g), acc)
+ *     and then bias added once by the caller, as for every other layout.
+ * Integer sums are exact whatever the instructions (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw + vpmaddwd, which cannot
+ * saturate: 2 * 15 * 127 < 32767, or scalar), and the epilogue is the same IEEE operations in the same order, so the
+ * ISAs agree bit for bit with kw_ref_quant_matmul_x8 (kernels/ref). The result is the f32-weight matmul's up to the
+ * activation rounding: |y - y_f32| <= sum_g d(g) / 2 * sum_k |w(n, k)| plus f32 roundings.
+ *
+ * Weight groups (kernels/kw_backend.h): 64 f32 scales, 64 f32 offsets, then 1024 code bytes, strip s of 16 rows at
+ * 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (low nibble) and k = 16 + 4 t
+ * + b (high nibble). A 32-bit lane of a vector is one row's 4 consecutive k: one vpdpbusd step.
+ */
+#include "kernels/cpu/kw_cpu.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#if KW_CPU_X86
+#include <immintrin.h>
+#endif
+
+#define KW_X8_G          32                   /* k per group */
+#define KW_X8_CODE_BYTES (KW_PANEL_ROWS * 16) /* 64 rows x 32 nibbles */
+#define KW_X8_GROUP      (KW_PANEL_ROWS * 8 + KW_X8_CODE_BYTES)
+#define KW_X8_PF         4 /* groups prefetched ahead by a decode row (as kw_cpu_matmul.c, KW_QMM_PF) */
+#define KW_X8_MAX_MR     4
+/* Up to this many rows, each row streams the panel on its own (as KW_MM_ROW_MAX). */
+#define KW_X8_ROW_MAX 4
+
+void kw__cpu_x8_quantize(const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd, float *xs) {
+    const int64_t G = K / KW_X8_G;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t g = 0; g < G; ++g) {
+            const float *v = x + m * K + g * KW_X8_G;
+            int8_t *q = xq + m * K + g * KW_X8_G;
+            float amax = 0.0f;
+            int finite = 1;
+            for (int k = 0; k < KW_X8_G; ++k) {
+                const float a = fabsf(v[k]);
+                finite &= isfinite(a) != 0;
+                amax = a > amax ? a : amax;
+            }
+            if (!finite || amax < 1e-30f) {
+                memset(q, 0, KW_X8_G);
+                xd[m * G + g] = xs[m * G + g] = finite ? 0.0f : NAN;
+                continue;
+            }
+            const float inv = 127.0f / amax, d = amax / 127.0f;
+            int sum = 0;
+            for (int k = 0; k < KW_X8_G; ++k) {
+                long r = lrintf(v[k] * inv);
+                r = r > 127 ? 127 : r < -127 ? -127 : r;
+                q[k] = (int8_t)r;
+                sum += (int)r;
+            }
+            xd[m * G + g] = d;
+            xs[m * G + g] = d * (float)sum;
+        }
+    }
+}
+
+/* The code of row r (0..63) of a panel group at k kk (0..31). */
+static inline int kw_x8_code(const uint8_t *codes, int64_t r, int64_t kk) {
+    const uint8_t byte = codes[(r / 16) * 256 + ((kk % 16) / 4) * 64 + 4 * (r % 16) + kk % 4];
+    return kk < 16 ? byte & 0x0F : byte >> 4;
+}
+
+void kw__cpu_x8_pack_code(uint8_t *codes, int64_t r, int64_t kk, int code) {
+    uint8_t *byte = codes + (r / 16) * 256 + ((kk % 16) / 4) * 64 + 4 * (r % 16) + kk % 4;
+    *byte |= (uint8_t)(kk < 16 ? code : code << 4);
+}
+
+int kw__cpu_x8_get_code(const uint8_t *codes, int64_t r, int64_t kk) {
+    return kw_x8_code(codes, r, kk);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Scalar
+ */
+
+static void kw_x8_panel_scalar(float *y, int64_t N, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                               const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+    const int64_t G = K / KW_X8_G;
+    for (int64_t m = m0; m < m1; ++m) {
+        for (int64_t c = 0; c < ncols; ++c) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < G; ++g) {
+                const char *gp = wp + (size_t)g * KW_X8_GROUP;
+                const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+                const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 8;
+                const int8_t *q = xq + m * K + g * KW_X8_G;
+                int32_t isum = 0;
+                for (int kk = 0; kk < KW_X8_G; ++kk)
+                    isum += kw_x8_code(codes, c, kk) * q[kk];
+                const float t = (float)isum * xd[m * G + g];
+                acc = fmaf(scales[c], t, acc);
+                acc = fmaf(offsets[c], xs[m * G + g], acc);
+            }
+            y[m * N + n0 + c] = acc;
+        }
+    }
+}
+
+#if KW_CPU_X86
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX2: vectors of 8 rows (half a 16-row strip: bytes 0..31 or 32..63 of each 64-byte code vector); the 4-byte dot
+ * product is vpmaddubsw (u8 codes x s8 activations, pairs summed in int16, at most 3810) then vpmaddwd with ones.
+ */
+
+KW_TARGET_AVX2 static inline __m256i kw_x8_dp_avx2(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+/* Rows [0, MR) of xq against NH half-strips starting at half-strip h0 of the panel. */
+KW_TARGET_AVX2 static inline __attribute__((always_inline)) void
+kw_x8_tile_avx2(const int MR, const int NH, float *y, int64_t ldy, const int8_t *xq, const float *xd, const float *xs,
+                int64_t K, const char *wp, int64_t h0, int64_t ncols, int pf) {
+    const int64_t G = K / KW_X8_G;
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[KW_X8_MAX_MR][4];
+    for (int m = 0; m < MR; ++m)
+        for (int h = 0; h < NH; ++h)
+            acc[m][h] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+        const char *gp = wp + (size_t)g * KW_X8_GROUP;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 8;
+        __m256i is[KW_X8_MAX_MR][4];
+        for (int m = 0; m < MR; ++m)
+            for (int h = 0; h < NH; ++h)
+                is[m][h] = _mm256_setzero_si256();
+        for (int t = 0; t < 4; ++t) {
+            if (pf)
+                for (int l = 0; l < 6; ++l)
+                    __builtin_prefetch(gp + KW_X8_PF * KW_X8_GROUP + (t * 6 + l) * 64);
+            for (int h = 0; h < NH; ++h) {
+                const int64_t hs = h0 + h;
+                const __m256i c =
+                    _mm256_loadu_si256((const __m256i *)(codes + (hs / 2) * 256 + t * 64 + (hs % 2) * 32));
+                const __m256i lo = _mm256_and_si256(c, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), lo4);
+                for (int m = 0; m < MR; ++m) {
+                    int32_t a, b;
+                    memcpy(&a, xq + m * K + g * KW_X8_G + 4 * t, 4);
+                    memcpy(&b, xq + m * K + g * KW_X8_G + 16 + 4 * t, 4);
+                    is[m][h] = kw_x8_dp_avx2(is[m][h], lo, _mm256_set1_epi32(a));
+                    is[m][h] = kw_x8_dp_avx2(is[m][h], hi, _mm256_set1_epi32(b));
+                }
+            }
+        }
+        for (int m = 0; m < MR; ++m) {
+            const __m256 d = _mm256_set1_ps(xd[m * G + g]), s = _mm256_set1_ps(xs[m * G + g]);
+            for (int h = 0; h < NH; ++h) {
+                const int64_t hs = h0 + h;
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(is[m][h]), d);
+                acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(scales + hs * 8), f, acc[m][h]);
+                acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(offsets + hs * 8), s, acc[m][h]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int h = 0; h < NH; ++h) {
+            const int64_t n = ncols - (h0 + h) * 8;
+            float tmp[8];
+            if (n >= 8) {
+                _mm256_storeu_ps(y + m * ldy + (h0 + h) * 8, acc[m][h]);
+            } else if (n > 0) {
+                _mm256_storeu_ps(tmp, acc[m][h]);
+                memcpy(y + m * ldy + (h0 + h) * 8, tmp, (size_t)n * sizeof(float));
+            }
+        }
+}
+
+KW_TARGET_AVX2 static void kw_x8_panel_avx2(float *y, int64_t N, const int8_t *xq, const float *xd, const float *xs,
+                                            int64_t K, const char *wp, int64_t n0, int64_t ncols, int64_t m0,
+                                            int64_t m1) {
+    const int64_t G = K / KW_X8_G, halves = (ncols + 7) / 8;
+    if (m1 - m0 <= KW_X8_ROW_MAX) {
+        for (int64_t m = m0; m < m1; ++m)
+            for (int64_t h = 0; h < halves; h += 4)
+                kw_x8_tile_avx2(1, 4, y + m * N + n0, N, xq + m * K, xd + m * G, xs + m * G, K, wp, h, ncols, h == 0);
+        return;
+    }
+    for (int64_t m = m0; m < m1; m += 3) {
+        const int mr = (int)(m1 - m < 3 ? m1 - m : 3);
+        for (int64_t h = 0; h < halves; h += 2) {
+            float *yt = y + m * N + n0;
+            const int8_t *q = xq + m * K;
+            if (mr == 3)
+                kw_x8_tile_avx2(3, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, h, ncols, 0);
+            else if (mr == 2)
+                kw_x8_tile_avx2(2, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, h, ncols, 0);
+            else
+                kw_x8_tile_avx2(1, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, h, ncols, 0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX-512 with VNNI: vectors of one 16-row strip, vpdpbusd for the 4-byte dot product.
+ */
+#define KW_TARGET_X8_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+/* Rows [0, MR) of xq against NV strips starting at strip s0 of the panel. */
+KW_TARGET_X8_VNNI static inline __attribute__((always_inline)) void
+kw_x8_tile_vnni(const int MR, const int NV, float *y, int64_t ldy, const int8_t *xq, const float *xd, const float *xs,
+                int64_t K, const char *wp, int64_t s0, int64_t ncols, int pf) {
+    const int64_t G = K / KW_X8_G;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[KW_X8_MAX_MR][4];
+    for (int m = 0; m < MR; ++m)
+        for (int v = 0; v < NV; ++v)
+            acc[m][v] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+        const char *gp = wp + (size_t)g * KW_X8_GROUP;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 8;
+        __m512i is[KW_X8_MAX_MR][4];
+        for (int m = 0; m < MR; ++m)
+            for (int v = 0; v < NV; ++v)
+                is[m][v] = _mm512_setzero_si512();
+        for (int t = 0; t < 4; ++t) {
+            if (pf)
+                for (int l = 0; l < 6; ++l)
+                    __builtin_prefetch(gp + KW_X8_PF * KW_X8_GROUP + (t * 6 + l) * 64);
+            for (int v = 0; v < NV; ++v) {
+                const __m512i c = _mm512_loadu_si512(codes + (s0 + v) * 256 + t * 64);
+                const __m512i lo = _mm512_and_si512(c, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), lo4);
+                for (int m = 0; m < MR; ++m) {
+                    int32_t a, b;
+                    memcpy(&a, xq + m * K + g * KW_X8_G + 4 * t, 4);
+                    memcpy(&b, xq + m * K + g * KW_X8_G + 16 + 4 * t, 4);
+                    is[m][v] = _mm512_dpbusd_epi32(is[m][v], lo, _mm512_set1_epi32(a));
+                    is[m][v] = _mm512_dpbusd_epi32(is[m][v], hi, _mm512_set1_epi32(b));
+                }
+            }
+        }
+        for (int m = 0; m < MR; ++m) {
+            const __m512 d = _mm512_set1_ps(xd[m * G + g]), s = _mm512_set1_ps(xs[m * G + g]);
+            for (int v = 0; v < NV; ++v) {
+                const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(is[m][v]), d);
+                acc[m][v] = _mm512_fmadd_ps(_mm512_loadu_ps(scales + (s0 + v) * 16), f, acc[m][v]);
+                acc[m][v] = _mm512_fmadd_ps(_mm512_loadu_ps(offsets + (s0 + v) * 16), s, acc[m][v]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int v = 0; v < NV; ++v) {
+            const int64_t n = ncols - (s0 + v) * 16;
+            if (n >= 16)
+                _mm512_storeu_ps(y + m * ldy + (s0 + v) * 16, acc[m][v]);
+            else if (n > 0)
+                _mm512_mask_storeu_ps(y + m * ldy + (s0 + v) * 16, (__mmask16)((1u << n) - 1), acc[m][v]);
+        }
+}
+
+KW_TARGET_X8_VNNI static void kw_x8_panel_vnni(float *y, int64_t N, const int8_t *xq, const float *xd, const float *xs,
+                                               int64_t K, const char *wp, int64_t n0, int64_t ncols, int64_t m0,
+                                               int64_t m1) {
+    const int64_t G = K / KW_X8_G, strips = (ncols + 15) / 16;
+    if (m1 - m0 <= KW_X8_ROW_MAX) {
+        for (int64_t m = m0; m < m1; ++m)
+            kw_x8_tile_vnni(1, 4, y + m * N + n0, N, xq + m * K, xd + m * G, xs + m * G, K, wp, 0, ncols, 1);
+        return;
+    }
+    for (int64_t m = m0; m < m1; m += 4) {
+        const int mr = (int)(m1 - m < 4 ? m1 - m : 4);
+        for (int64_t s = 0; s < strips; s += 2) {
+            float *yt = y + m * N + n0;
+            const int8_t *q = xq + m * K;
+            switch (mr) {
+            case 4:
+                kw_x8_tile_vnni(4, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, s, ncols, 0);
+                break;
+            case 3:
+                kw_x8_tile_vnni(3, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, s, ncols, 0);
+                break;
+            case 2:
+                kw_x8_tile_vnni(2, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, s, ncols, 0);
+                break;
+            default:
+                kw_x8_tile_vnni(1, 2, yt, N, q, xd + m * G, xs + m * G, K, wp, s, ncols, 0);
+            }
+        }
+    }
+}
+
+/* 1 if the CPU has AVX-512 VNNI. */
+static int kw_x8_vnni(void) {
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#endif
+
+void kw__cpu_x8_panel(enum kw_cpu_isa isa, float *y, int64_t N, const int8_t *xq, const float *xd, const float *xs,
+                      int64_t K, const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+    const int64_t G = K / KW_X8_G;
+    xq += m0 * K, xd += m0 * G, xs += m0 * G, y += m0 * N;
+    m1 -= m0, m0 = 0;
+#if KW_CPU_X86
+    if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
+        kw_x8_panel_vnni(y, N, xq, xd, xs, K, wp, n0, ncols, m0, m1);
+        return;
+    }
+    if (isa >= KW_CPU_ISA_AVX2) { /* AVX-512 without VNNI too: the same integer sums */
+        kw_x8_panel_avx2(y, N, xq, xd, xs, K, wp, n0, ncols, m0, m1);
+        return;
+    }
+#endif
+    (void)isa;
+    kw_x8_panel_scalar(y, N, xq, xd, xs, K, wp, n0, ncols, m0, m1);
+}
