@@ -130,7 +130,9 @@ kw_x8_tile_avx2(const int MR, const int NH, float *y, int64_t ldy, const int8_t 
     const int64_t G = K / KW_X8_G;
     const __m256i lo4 = _mm256_set1_epi8(0x0F);
     __m256 acc[KW_X8_MAX_MR][4];
+#pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
         for (int h = 0; h < NH; ++h)
             acc[m][h] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; ++g) {
@@ -138,18 +140,24 @@ kw_x8_tile_avx2(const int MR, const int NH, float *y, int64_t ldy, const int8_t 
         const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
         const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 8;
         __m256i is[KW_X8_MAX_MR][4];
+#pragma GCC unroll 4
         for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
             for (int h = 0; h < NH; ++h)
                 is[m][h] = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int t = 0; t < 4; ++t) {
             if (pf)
+#pragma GCC unroll 4
                 for (int l = 0; l < 6; ++l)
                     __builtin_prefetch(gp + KW_X8_PF * KW_X8_GROUP + (t * 6 + l) * 64);
+#pragma GCC unroll 4
             for (int h = 0; h < NH; ++h) {
                 const int64_t hs = h0 + h;
                 const __m256i c =
                     _mm256_loadu_si256((const __m256i *)(codes + (hs / 2) * 256 + t * 64 + (hs % 2) * 32));
                 const __m256i lo = _mm256_and_si256(c, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), lo4);
+#pragma GCC unroll 4
                 for (int m = 0; m < MR; ++m) {
                     int32_t a, b;
                     memcpy(&a, xq + m * K + g * KW_X8_G + 4 * t, 4);
@@ -159,8 +167,10 @@ kw_x8_tile_avx2(const int MR, const int NH, float *y, int64_t ldy, const int8_t 
                 }
             }
         }
+#pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
             const __m256 d = _mm256_set1_ps(xd[m * G + g]), s = _mm256_set1_ps(xs[m * G + g]);
+#pragma GCC unroll 4
             for (int h = 0; h < NH; ++h) {
                 const int64_t hs = h0 + h;
                 const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(is[m][h]), d);
@@ -169,7 +179,9 @@ kw_x8_tile_avx2(const int MR, const int NH, float *y, int64_t ldy, const int8_t 
             }
         }
     }
+#pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
         for (int h = 0; h < NH; ++h) {
             const int64_t n = ncols - (h0 + h) * 8;
             float tmp[8];
@@ -219,7 +231,9 @@ kw_x8_tile_vnni(const int MR, const int NV, float *y, int64_t ldy, const int8_t 
     const int64_t G = K / KW_X8_G;
     const __m512i lo4 = _mm512_set1_epi8(0x0F);
     __m512 acc[KW_X8_MAX_MR][4];
+#pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
             acc[m][v] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; ++g) {
@@ -227,16 +241,22 @@ kw_x8_tile_vnni(const int MR, const int NV, float *y, int64_t ldy, const int8_t 
         const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
         const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 8;
         __m512i is[KW_X8_MAX_MR][4];
+#pragma GCC unroll 4
         for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
             for (int v = 0; v < NV; ++v)
                 is[m][v] = _mm512_setzero_si512();
+#pragma GCC unroll 4
         for (int t = 0; t < 4; ++t) {
             if (pf)
+#pragma GCC unroll 4
                 for (int l = 0; l < 6; ++l)
                     __builtin_prefetch(gp + KW_X8_PF * KW_X8_GROUP + (t * 6 + l) * 64);
+#pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const __m512i c = _mm512_loadu_si512(codes + (s0 + v) * 256 + t * 64);
                 const __m512i lo = _mm512_and_si512(c, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), lo4);
+#pragma GCC unroll 4
                 for (int m = 0; m < MR; ++m) {
                     int32_t a, b;
                     memcpy(&a, xq + m * K + g * KW_X8_G + 4 * t, 4);
@@ -246,8 +266,10 @@ kw_x8_tile_vnni(const int MR, const int NV, float *y, int64_t ldy, const int8_t 
                 }
             }
         }
+#pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
             const __m512 d = _mm512_set1_ps(xd[m * G + g]), s = _mm512_set1_ps(xs[m * G + g]);
+#pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(is[m][v]), d);
                 acc[m][v] = _mm512_fmadd_ps(_mm512_loadu_ps(scales + (s0 + v) * 16), f, acc[m][v]);
@@ -255,7 +277,9 @@ kw_x8_tile_vnni(const int MR, const int NV, float *y, int64_t ldy, const int8_t 
             }
         }
     }
+#pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
             const int64_t n = ncols - (s0 + v) * 16;
             if (n >= 16)
