@@ -103,7 +103,11 @@ enum kw_layout {
      * 4 t + b in its low nibble and k = 16 + 4 t + b in its high nibble. The CPU backend only
      * (kw_backend_supports_layout); get_rows on it returns fl(fl(scale * code) + offset) like QPANELS_U4. */
     KW_LAYOUT_QPANELS_U4_X8 = 7,
-    KW_LAYOUT_COUNT = 8,
+    /* QPANELS_S8_G16_X8: QPANELS_S8_G16 (Q6_K) with int8 activations the same way: the codes of a group of 16 k as
+     * code + 128 in one byte each, strip s at byte 256 s as four 64-byte vectors t, byte 4 i + b = row 16 s + i, k =
+     * 4 t + b. CPU only, like U4_X8. */
+    KW_LAYOUT_QPANELS_S8_G16_X8 = 8,
+    KW_LAYOUT_COUNT = 9,
 };
 
 #define KW_PANEL_ROWS 64

@@ -260,12 +260,15 @@ static void test_quantized_contract(void **state) {
  * group and a NaN in x follow the rule; one changed code changes exactly its column. */
 static void test_x8_matmul_is_its_oracle(void **state) {
     (void)state;
-    static const int64_t cases[][3] = {{1, 1, 32}, {7, 64, 64}, {50, 200, 160}, {9, 130, 256}, {3, 37, 96}};
+    static const int64_t cases[][4] = {{1, 1, 32, 4},    {7, 64, 64, 4},    {50, 200, 160, 4},
+                                       {9, 130, 256, 4}, {3, 37, 96, 4},    {1, 1, 32, 8},
+                                       {6, 70, 64, 8},   {45, 129, 192, 8}, {4, 300, 256, 8}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
         const int64_t M = cases[ci][0], N = cases[ci][1], K = cases[ci][2], G = K / 32;
-        kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_U4_X8, N, K);
+        const enum kw_layout layout = cases[ci][3] == 4 ? KW_LAYOUT_QPANELS_U4_X8 : KW_LAYOUT_QPANELS_S8_G16_X8;
+        kw_qcase_data d = kw_qcase_make(layout, N, K);
         float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(M * K) * sizeof(float));
         float *bias = malloc((size_t)N * sizeof(float));
         const size_t ybytes = (size_t)(M * N) * sizeof(float);
@@ -309,12 +312,12 @@ static void test_x8_matmul_is_its_oracle(void **state) {
         for (int i = 0; i < n_isa; ++i) {
             for (int threads = 1; threads <= 2; ++threads) {
                 kw_backend *b = kw_cpu(isas[i], threads);
-                assert_int_equal(kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_U4_X8), 1);
+                assert_int_equal(kw_backend_supports_layout(b, layout), 1);
                 kw_tensor tq;
                 assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tq), 0);
-                assert_int_equal(tq.layout, KW_LAYOUT_QPANELS_U4_X8);
-                snprintf(what, sizeof what, "x8 M=%lld N=%lld K=%lld, %s, %d threads", (long long)M, (long long)N,
-                         (long long)K, isas[i], threads);
+                assert_int_equal(tq.layout, layout);
+                snprintf(what, sizeof what, "x8 layout %d M=%lld N=%lld K=%lld, %s, %d threads", (int)layout,
+                         (long long)M, (long long)N, (long long)K, isas[i], threads);
                 memset(got, 0xff, ybytes);
                 kw_mm(b, got, x, &tq, bias, 0, M);
                 kw_same_bits(got, want, M * N, what);
@@ -341,7 +344,7 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                 if (N > 1 && M >= 1) { /* one code of the last row: its column changes in a row of x, nothing else */
                     const int64_t at = (N - 1) * K + K - 3;
                     const int8_t keep = d.codes[at];
-                    d.codes[at] = (int8_t)(keep == 15 ? 14 : keep + 1);
+                    d.codes[at] = (int8_t)(keep == 15 || keep == 127 ? keep - 1 : keep + 1);
                     kw_tensor tc;
                     assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tc), 0);
                     kw_mm(b, got, x, &tc, bias, 0, M);
