@@ -140,129 +140,84 @@ static inline int32_t kw_x8_q4(const kw_x8_act *a, int64_t K, int m, int64_t k0)
     return v;
 }
 
-/* ------------------------------------------------------------------------------------------------------------
- * AVX2: vectors of 8 rows (half a 16-row strip: bytes 0..31 or 32..63 of each 64-byte code vector); the 4-byte dot
- * product is vpmaddubsw (u8 x s8, pairs summed in int16) then vpmaddwd with ones. 8-bit codes: |code| times q with
- * the code's sign (vpsignb), so no pair exceeds 2 * 128 * 127.
- */
-
-KW_TARGET_AVX2 static inline __m256i kw_x8_dp_avx2(__m256i acc, __m256i u, __m256i s) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-}
-
-/* Rows [0, MR) of a against NH half-strips starting at half-strip h0 of the panel. */
-KW_TARGET_AVX2 static inline __attribute__((always_inline)) void
-kw_x8_tile_avx2(const int BITS, const int MR, const int NH, float *y, int64_t ldy, const kw_x8_act *a, int64_t K,
-                const char *wp, int64_t h0, int64_t ncols, int pf) {
-    const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
-    const int OFS = BITS == 4;
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
-    const __m256i lo4 = _mm256_set1_epi8(0x0F), bias = _mm256_set1_epi8((char)0x80);
-    __m256 acc[KW_X8_MAX_MR][4];
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-        for (int h = 0; h < NH; ++h)
-            acc[m][h] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < K / WG; ++j) {
-        const char *gp = wp + (size_t)j * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
-        const int64_t g = j * WG / KW_X8_G;
-        __m256i is[KW_X8_MAX_MR][4];
-#pragma GCC unroll 4
-        for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h)
-                is[m][h] = _mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; ++t) {
-            if (pf)
-                for (size_t l = 0; l < group_bytes / 256; ++l)
-                    __builtin_prefetch(gp + KW_X8_PF * group_bytes + t * (group_bytes / 4) + l * 64);
-#pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h) {
-                const int64_t hs = h0 + h;
-                const __m256i c =
-                    _mm256_loadu_si256((const __m256i *)(codes + (hs / 2) * 256 + t * 64 + (hs % 2) * 32));
-                if (BITS == 4) {
-                    const __m256i lo = _mm256_and_si256(c, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), lo4);
-#pragma GCC unroll 4
-                    for (int m = 0; m < MR; ++m) {
-                        is[m][h] = kw_x8_dp_avx2(is[m][h], lo, _mm256_set1_epi32(kw_x8_q4(a, K, m, j * 32 + 4 * t)));
-                        is[m][h] =
-                            kw_x8_dp_avx2(is[m][h], hi, _mm256_set1_epi32(kw_x8_q4(a, K, m, j * 32 + 16 + 4 * t)));
-                    }
-                } else {
-                    const __m256i cs = _mm256_xor_si256(c, bias), u = _mm256_abs_epi8(cs);
-#pragma GCC unroll 4
-                    for (int m = 0; m < MR; ++m) {
-                        const __m256i q = _mm256_set1_epi32(kw_x8_q4(a, K, m, j * 16 + 4 * t));
-                        is[m][h] = kw_x8_dp_avx2(is[m][h], u, _mm256_sign_epi8(q, cs));
-                    }
-                }
-            }
-        }
-#pragma GCC unroll 4
-        for (int m = 0; m < MR; ++m) {
-            const __m256 d = _mm256_set1_ps(a->d[m * G + g]);
-#pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h) {
-                const int64_t hs = h0 + h;
-                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(is[m][h]), d);
-                acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(scales + hs * 8), f, acc[m][h]);
-                if (OFS)
-                    acc[m][h] =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(offsets + hs * 8), _mm256_set1_ps(a->s[m * G + g]), acc[m][h]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-        for (int h = 0; h < NH; ++h) {
-            const int64_t n = ncols - (h0 + h) * 8;
-            float tmp[8];
-            if (n >= 8) {
-                _mm256_storeu_ps(y + m * ldy + (h0 + h) * 8, acc[m][h]);
-            } else if (n > 0) {
-                _mm256_storeu_ps(tmp, acc[m][h]);
-                memcpy(y + m * ldy + (h0 + h) * 8, tmp, (size_t)n * sizeof(float));
-            }
-        }
-}
-
 /* a's arrays from row m on. */
 static inline kw_x8_act kw_x8_rows(const kw_x8_act *a, int64_t K, int64_t m) {
     const int64_t G = K / KW_X8_G;
     return (kw_x8_act){a->q + m * K, a->d + m * G, a->s + m * G, a->s16 + m * 2 * G};
 }
 
-KW_TARGET_AVX2 static void kw_x8_panel_avx2(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                                            const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-    const int64_t halves = (ncols + 7) / 8;
-    if (m1 - m0 <= KW_X8_ROW_MAX) {
-        for (int64_t m = m0; m < m1; ++m) {
-            const kw_x8_act r = kw_x8_rows(a, K, m);
-            for (int64_t h = 0; h < halves; h += 4)
-                kw_x8_tile_avx2(BITS, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
-        }
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX2: vectors of 8 rows (half a 16-row strip); the 4-byte dot product is vpmaddubsw (u8 x s8, pairs summed in
+ * int16) then vpmaddwd with ones. 8-bit codes: |code| times q with the code's sign (vpsignb), so no pair exceeds
+ * 2 * 128 * 127.
+ */
+
+KW_TARGET_AVX2 static inline __m256i kw_x8_dp_avx2(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+/* acc + the dot products of the biased 8-bit codes c (code + 128) with q, by the signed codes. */
+KW_TARGET_AVX2 static inline __m256i kw_x8_dp8_avx2(__m256i acc, __m256i c, __m256i q) {
+    const __m256i cs = _mm256_xor_si256(c, _mm256_set1_epi8((char)0x80));
+    return kw_x8_dp_avx2(acc, _mm256_abs_epi8(cs), _mm256_sign_epi8(q, cs));
+}
+
+/* Stores the first n (1..8) lanes of v at y. */
+KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) {
+    float tmp[8];
+    if (n == 8) {
+        _mm256_storeu_ps(y, v);
         return;
     }
-    for (int64_t m = m0; m < m1; m += 3) {
-        const int mr = (int)(m1 - m < 3 ? m1 - m : 3);
-        const kw_x8_act r = kw_x8_rows(a, K, m);
-        for (int64_t h = 0; h < halves; h += 2) {
-            float *yt = y + m * N + n0;
-            if (mr == 3)
-                kw_x8_tile_avx2(BITS, 3, 2, yt, N, &r, K, wp, h, ncols, 0);
-            else if (mr == 2)
-                kw_x8_tile_avx2(BITS, 2, 2, yt, N, &r, K, wp, h, ncols, 0);
-            else
-                kw_x8_tile_avx2(BITS, 1, 2, yt, N, &r, K, wp, h, ncols, 0);
-        }
-    }
+    _mm256_storeu_ps(tmp, v);
+    memcpy(y, tmp, (size_t)n * sizeof(float));
 }
+
+#define X8_SFX              avx2
+#define X8_TARGET           KW_TARGET_AVX2
+#define X8_LANES            8
+#define X8_MR               3
+#define X8_BIASED           0
+#define X8_VI               __m256i
+#define X8_VF               __m256
+#define X8_ZEROI()          _mm256_setzero_si256()
+#define X8_ZEROF()          _mm256_setzero_ps()
+#define X8_LOADI(p)         _mm256_loadu_si256((const __m256i *)(p))
+#define X8_LOW4(c)          _mm256_and_si256((c), _mm256_set1_epi8(0x0F))
+#define X8_HIGH4(c)         _mm256_and_si256(_mm256_srli_epi16((c), 4), _mm256_set1_epi8(0x0F))
+#define X8_SET1I(v)         _mm256_set1_epi32(v)
+#define X8_SET1F(v)         _mm256_set1_ps(v)
+#define X8_DP4(acc, u, q)   kw_x8_dp_avx2((acc), (u), (q))
+#define X8_DP8(acc, c, q)   kw_x8_dp8_avx2((acc), (c), (q))
+#define X8_SUBI(a, b)       _mm256_sub_epi32((a), (b))
+#define X8_CVT(v)           _mm256_cvtepi32_ps(v)
+#define X8_MULF(a, b)       _mm256_mul_ps((a), (b))
+#define X8_FMA(a, b, c)     _mm256_fmadd_ps((a), (b), (c))
+#define X8_LOADF(p)         _mm256_loadu_ps(p)
+#define X8_STORE_N(p, v, n) kw_x8_store_n_avx2((p), (v), (n))
+#include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
+#undef X8_SFX
+#undef X8_TARGET
+#undef X8_LANES
+#undef X8_MR
+#undef X8_BIASED
+#undef X8_VI
+#undef X8_VF
+#undef X8_ZEROI
+#undef X8_ZEROF
+#undef X8_LOADI
+#undef X8_LOW4
+#undef X8_HIGH4
+#undef X8_SET1I
+#undef X8_SET1F
+#undef X8_DP4
+#undef X8_DP8
+#undef X8_SUBI
+#undef X8_CVT
+#undef X8_MULF
+#undef X8_FMA
+#undef X8_LOADF
+#undef X8_STORE_N
 
 /* ------------------------------------------------------------------------------------------------------------
  * AVX-512 with VNNI: vectors of one 16-row strip, vpdpbusd for the 4-byte dot product (8-bit codes as code + 128,
@@ -270,114 +225,51 @@ KW_TARGET_AVX2 static void kw_x8_panel_avx2(const int BITS, float *y, int64_t N,
  */
 #define KW_TARGET_X8_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
-/* Rows [0, MR) of a against NV strips starting at strip s0 of the panel. */
-KW_TARGET_X8_VNNI static inline __attribute__((always_inline)) void
-kw_x8_tile_vnni(const int BITS, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a, int64_t K,
-                const char *wp, int64_t s0, int64_t ncols, int pf) {
-    const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
-    const int OFS = BITS == 4;
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
-    const __m512i lo4 = _mm512_set1_epi8(0x0F);
-    __m512 acc[KW_X8_MAX_MR][4];
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v)
-            acc[m][v] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < K / WG; ++j) {
-        const char *gp = wp + (size_t)j * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
-        const int64_t g = j * WG / KW_X8_G;
-        __m512i is[KW_X8_MAX_MR][4];
-#pragma GCC unroll 4
-        for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v)
-                is[m][v] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; ++t) {
-            if (pf)
-                for (size_t l = 0; l < group_bytes / 256; ++l)
-                    __builtin_prefetch(gp + KW_X8_PF * group_bytes + t * (group_bytes / 4) + l * 64);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-                const __m512i c = _mm512_loadu_si512(codes + (s0 + v) * 256 + t * 64);
-                if (BITS == 4) {
-                    const __m512i lo = _mm512_and_si512(c, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), lo4);
-#pragma GCC unroll 4
-                    for (int m = 0; m < MR; ++m) {
-                        is[m][v] =
-                            _mm512_dpbusd_epi32(is[m][v], lo, _mm512_set1_epi32(kw_x8_q4(a, K, m, j * 32 + 4 * t)));
-                        is[m][v] = _mm512_dpbusd_epi32(is[m][v], hi,
-                                                       _mm512_set1_epi32(kw_x8_q4(a, K, m, j * 32 + 16 + 4 * t)));
-                    }
-                } else {
-#pragma GCC unroll 4
-                    for (int m = 0; m < MR; ++m)
-                        is[m][v] =
-                            _mm512_dpbusd_epi32(is[m][v], c, _mm512_set1_epi32(kw_x8_q4(a, K, m, j * 16 + 4 * t)));
-                }
-            }
-        }
-#pragma GCC unroll 4
-        for (int m = 0; m < MR; ++m) {
-            const __m512 d = _mm512_set1_ps(a->d[m * G + g]);
-            const __m512i back = _mm512_set1_epi32(BITS == 4 ? 0 : 128 * a->s16[m * 2 * G + j]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-                const __m512i isum = BITS == 4 ? is[m][v] : _mm512_sub_epi32(is[m][v], back);
-                const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), d);
-                acc[m][v] = _mm512_fmadd_ps(_mm512_loadu_ps(scales + (s0 + v) * 16), f, acc[m][v]);
-                if (OFS)
-                    acc[m][v] = _mm512_fmadd_ps(_mm512_loadu_ps(offsets + (s0 + v) * 16),
-                                                _mm512_set1_ps(a->s[m * G + g]), acc[m][v]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-            const int64_t n = ncols - (s0 + v) * 16;
-            if (n >= 16)
-                _mm512_storeu_ps(y + m * ldy + (s0 + v) * 16, acc[m][v]);
-            else if (n > 0)
-                _mm512_mask_storeu_ps(y + m * ldy + (s0 + v) * 16, (__mmask16)((1u << n) - 1), acc[m][v]);
-        }
-}
-
-KW_TARGET_X8_VNNI static void kw_x8_panel_vnni(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                                               const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-    const int64_t strips = (ncols + 15) / 16;
-    if (m1 - m0 <= KW_X8_ROW_MAX) {
-        for (int64_t m = m0; m < m1; ++m) {
-            const kw_x8_act r = kw_x8_rows(a, K, m);
-            kw_x8_tile_vnni(BITS, 1, 4, y + m * N + n0, N, &r, K, wp, 0, ncols, 1);
-        }
-        return;
-    }
-    for (int64_t m = m0; m < m1; m += 4) {
-        const int mr = (int)(m1 - m < 4 ? m1 - m : 4);
-        const kw_x8_act r = kw_x8_rows(a, K, m);
-        for (int64_t s = 0; s < strips; s += 2) {
-            float *yt = y + m * N + n0;
-            switch (mr) {
-            case 4:
-                kw_x8_tile_vnni(BITS, 4, 2, yt, N, &r, K, wp, s, ncols, 0);
-                break;
-            case 3:
-                kw_x8_tile_vnni(BITS, 3, 2, yt, N, &r, K, wp, s, ncols, 0);
-                break;
-            case 2:
-                kw_x8_tile_vnni(BITS, 2, 2, yt, N, &r, K, wp, s, ncols, 0);
-                break;
-            default:
-                kw_x8_tile_vnni(BITS, 1, 2, yt, N, &r, K, wp, s, ncols, 0);
-            }
-        }
-    }
-}
+#define X8_SFX              vnni
+#define X8_TARGET           KW_TARGET_X8_VNNI
+#define X8_LANES            16
+#define X8_MR               4
+#define X8_BIASED           1
+#define X8_VI               __m512i
+#define X8_VF               __m512
+#define X8_ZEROI()          _mm512_setzero_si512()
+#define X8_ZEROF()          _mm512_setzero_ps()
+#define X8_LOADI(p)         _mm512_loadu_si512(p)
+#define X8_LOW4(c)          _mm512_and_si512((c), _mm512_set1_epi8(0x0F))
+#define X8_HIGH4(c)         _mm512_and_si512(_mm512_srli_epi16((c), 4), _mm512_set1_epi8(0x0F))
+#define X8_SET1I(v)         _mm512_set1_epi32(v)
+#define X8_SET1F(v)         _mm512_set1_ps(v)
+#define X8_DP4(acc, u, q)   _mm512_dpbusd_epi32((acc), (u), (q))
+#define X8_DP8(acc, c, q)   _mm512_dpbusd_epi32((acc), (c), (q))
+#define X8_SUBI(a, b)       _mm512_sub_epi32((a), (b))
+#define X8_CVT(v)           _mm512_cvtepi32_ps(v)
+#define X8_MULF(a, b)       _mm512_mul_ps((a), (b))
+#define X8_FMA(a, b, c)     _mm512_fmadd_ps((a), (b), (c))
+#define X8_LOADF(p)         _mm512_loadu_ps(p)
+#define X8_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
+#include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
+#undef X8_SFX
+#undef X8_TARGET
+#undef X8_LANES
+#undef X8_MR
+#undef X8_BIASED
+#undef X8_VI
+#undef X8_VF
+#undef X8_ZEROI
+#undef X8_ZEROF
+#undef X8_LOADI
+#undef X8_LOW4
+#undef X8_HIGH4
+#undef X8_SET1I
+#undef X8_SET1F
+#undef X8_DP4
+#undef X8_DP8
+#undef X8_SUBI
+#undef X8_CVT
+#undef X8_MULF
+#undef X8_FMA
+#undef X8_LOADF
+#undef X8_STORE_N
 
 /* 1 if the CPU has AVX-512 VNNI. */
 static int kw_x8_vnni(void) {
