@@ -196,28 +196,6 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOADF(p)         _mm256_loadu_ps(p)
 #define X8_STORE_N(p, v, n) kw_x8_store_n_avx2((p), (v), (n))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
-#undef X8_SFX
-#undef X8_TARGET
-#undef X8_LANES
-#undef X8_MR
-#undef X8_BIASED
-#undef X8_VI
-#undef X8_VF
-#undef X8_ZEROI
-#undef X8_ZEROF
-#undef X8_LOADI
-#undef X8_LOW4
-#undef X8_HIGH4
-#undef X8_SET1I
-#undef X8_SET1F
-#undef X8_DP4
-#undef X8_DP8
-#undef X8_SUBI
-#undef X8_CVT
-#undef X8_MULF
-#undef X8_FMA
-#undef X8_LOADF
-#undef X8_STORE_N
 
 /* ------------------------------------------------------------------------------------------------------------
  * AVX-512 with VNNI: vectors of one 16-row strip, vpdpbusd for the 4-byte dot product (8-bit codes as code + 128,
@@ -248,28 +226,6 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOADF(p)         _mm512_loadu_ps(p)
 #define X8_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
-#undef X8_SFX
-#undef X8_TARGET
-#undef X8_LANES
-#undef X8_MR
-#undef X8_BIASED
-#undef X8_VI
-#undef X8_VF
-#undef X8_ZEROI
-#undef X8_ZEROF
-#undef X8_LOADI
-#undef X8_LOW4
-#undef X8_HIGH4
-#undef X8_SET1I
-#undef X8_SET1F
-#undef X8_DP4
-#undef X8_DP8
-#undef X8_SUBI
-#undef X8_CVT
-#undef X8_MULF
-#undef X8_FMA
-#undef X8_LOADF
-#undef X8_STORE_N
 
 /* 1 if the CPU has AVX-512 VNNI. */
 static int kw_x8_vnni(void) {

@@ -5,9 +5,9 @@
  * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
- * and 8-bit codes, and the loads, stores and arithmetic below), and undefines them afterwards. A vector holds X8_LANES
- * consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES % 16) * 4
- * of each 64-byte code block and at scale hs * X8_LANES.
+ * and 8-bit codes, and the loads, stores and arithmetic below); it undefines them all at its end. A vector holds
+ * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
+ * 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
  */
 
 #define X8_CAT2(a, b) a##_##b
@@ -115,5 +115,28 @@ X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, co
 }
 
 #undef X8_FN
+/* the parameters, so that the next ISA defines its own */
+#undef X8_SFX
+#undef X8_TARGET
+#undef X8_LANES
+#undef X8_MR
+#undef X8_BIASED
+#undef X8_VI
+#undef X8_VF
+#undef X8_ZEROI
+#undef X8_ZEROF
+#undef X8_LOADI
+#undef X8_LOW4
+#undef X8_HIGH4
+#undef X8_SET1I
+#undef X8_SET1F
+#undef X8_DP4
+#undef X8_DP8
+#undef X8_SUBI
+#undef X8_CVT
+#undef X8_MULF
+#undef X8_FMA
+#undef X8_LOADF
+#undef X8_STORE_N
 #undef X8_CAT
 #undef X8_CAT2
