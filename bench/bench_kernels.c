@@ -9,7 +9,8 @@
  * Prefill (M = 128) is compute-bound: reported in GFLOP/s (2 M N K per call) with, as baseline, OpenBLAS sgemm on
  * the same shape with f32 weights (the bf16 path widens W and then runs sgemm, so this is its ceiling).
  *
- * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers).
+ * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers),
+ * --quantized (instead: the kept-quantized layouts, exact f32 rebuild against int8 activations, A B A B).
  */
 #include "kw_benches.h"
 
@@ -206,17 +207,98 @@ static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int re
     return best;
 }
 
+/* Times an exact quantized layout a against its int8-activation twin b (the same codes, scales and offsets, each
+ * packed in copies totalling at least min_bytes), A B A B within each rep. Seconds per call of each in sec[2]. */
+static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const enum kw_layout lay[2], size_t min_bytes,
+                         int reps, double sec[2], size_t *w_bytes) {
+    int rc = 0;
+    kw_quant_layout ql;
+    kw_layout_quant(lay[0], &ql);
+    const int64_t groups = N * (K / ql.group);
+    int8_t *codes = malloc((size_t)(N * K));
+    float *scales = malloc((size_t)groups * sizeof(float)), *offsets = malloc((size_t)groups * sizeof(float));
+    const size_t wb = (size_t)groups * (size_t)(ql.group * ql.code_bits / 8 + 4 * (1 + ql.has_offset));
+    int copies = (int)((min_bytes + wb - 1) / wb);
+    copies = copies < 1 ? 1 : copies > 256 ? 256 : copies;
+    kw_tensor *ws = calloc((size_t)(2 * copies), sizeof *ws);
+    kw_tensor x = {0}, y = {0};
+    if (!codes || !scales || !offsets || !ws) {
+        rc = KW_E_NOMEM;
+        goto out;
+    }
+    uint32_t r = 12345u;
+    for (int64_t i = 0; i < N * K; ++i) {
+        r = r * 1664525u + 1013904223u;
+        codes[i] = (int8_t)(ql.code_min + (int)((r >> 8) % (uint32_t)(ql.code_max - ql.code_min + 1)));
+    }
+    kw_fill_random(scales, KW_DTYPE_F32, (size_t)groups, 3);
+    kw_fill_random(offsets, KW_DTYPE_F32, (size_t)groups, 4);
+    for (int c = 0; c < 2 * copies; ++c) {
+        const kw_quant_rows q = {lay[c % 2], N, K, codes, scales, ql.has_offset ? offsets : NULL};
+        KW_CHECK(kw_tensor_pack_quantized(b, &q, &ws[c]));
+    }
+    KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){M, K}));
+    KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){M, N}));
+    kw_fill_random(x.data, KW_DTYPE_F32, (size_t)(M * K), 99);
+    KW_CHECK(kw_op_matmul(b, &y, &x, &ws[0], NULL)); /* warm-up */
+    KW_CHECK(kw_op_matmul(b, &y, &x, &ws[1], NULL));
+    sec[0] = sec[1] = 1e30;
+    for (int rep = 0; rep < reps; ++rep)
+        for (int l = 0; l < 2; ++l) {
+            const uint64_t t0 = kw_time_now_ns();
+            for (int c = 0; c < copies; ++c)
+                KW_CHECK(kw_op_matmul(b, &y, &x, &ws[2 * c + l], NULL));
+            KW_CHECK(kw_backend_synchronize(b));
+            const double t = kw_time_seconds(t0, kw_time_now_ns()) / copies;
+            sec[l] = t < sec[l] ? t : sec[l];
+        }
+    *w_bytes = wb;
+out:
+    for (int c = 0; ws && c < 2 * copies; ++c)
+        kw_tensor_free(&ws[c]);
+    free(ws), free(codes), free(scales), free(offsets);
+    kw_tensor_free(&x);
+    kw_tensor_free(&y);
+    return rc;
+}
+
+/* --quantized: kept-quantized weights (Q4_K's U4, Q6_K's S8_G16) rebuilt in f32 against the int8-activation layouts,
+ * decode (out of cache) and prefill M = 128. */
+static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, int reps) {
+    static const enum kw_layout pairs[2][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
+                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8}};
+    static const char *const names[2] = {"U4 (Q4_K)", "S8_G16 (Q6_K)"};
+    printf("== %d thread%s: kept quantized, f32 weights rebuilt (exact) vs int8 activations (x8)\n", threads,
+           threads > 1 ? "s" : "");
+    printf("%-22s %-14s %6s %11s %11s %8s %9s\n", "shape", "layout", "M", "exact us", "x8 us", "x8 gain", "x8 GB/s");
+    for (size_t s = 3; s < 5; ++s)
+        for (int p = 0; p < 2; ++p)
+            for (int64_t M = 1; M <= 128; M *= 128) {
+                double sec[2];
+                size_t wb = 0;
+                if (kw_time_qpair(b, M, kw_decode_shapes[s].N, kw_decode_shapes[s].K, pairs[p],
+                                  M == 1 ? min_w_bytes : 0, reps, sec, &wb) != 0) {
+                    fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+                    continue;
+                }
+                printf("%-22s %-14s %6lld %11.1f %11.1f %7.2fx %9.2f\n", kw_decode_shapes[s].name, names[p],
+                       (long long)M, sec[0] * 1e6, sec[1] * 1e6, sec[0] / sec[1], (double)wb / sec[1] / 1e9);
+            }
+}
+
 static void kw_bench_kernels_usage(FILE *f) {
-    fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick]\n");
+    fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick] [--quantized]\n"
+               "  --quantized  only the kept-quantized layouts: exact against int8 activations, A B A B\n");
 }
 
 int kw_bench_kernels(int argc, char **argv) {
-    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0;
+    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0, quantized = 0;
     int64_t threads_opt = -1, reps_opt = 5;
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads_opt, 0, 1024),
         KW_CLI_INT("--reps", &reps_opt, 0, 1000),
         KW_CLI_FLAG("--quick", &quick),
+        KW_CLI_FLAG("--quantized", &quantized),
     };
     const int st = KW_CLI_PARSE("kvwire bench kernels", argc, argv, opts, kw_bench_kernels_usage);
     if (st != KW_CLI_RUN) return st;
@@ -225,7 +307,7 @@ int kw_bench_kernels(int argc, char **argv) {
         n_thread_list = 1;
     }
     const int reps = reps_opt < 1 ? 1 : (int)reps_opt;
-    const size_t big_bytes = quick ? ((size_t)128 << 20) : ((size_t)1 << 30);
+    const size_t big_bytes = quick || quantized ? ((size_t)128 << 20) : ((size_t)1 << 30);
     const size_t min_w_bytes = quick ? ((size_t)64 << 20) : ((size_t)512 << 20);
     const size_t n = big_bytes / sizeof(float);
     float *buf = malloc(big_bytes);
@@ -243,6 +325,11 @@ int kw_bench_kernels(int argc, char **argv) {
             fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
             free(buf);
             return 1;
+        }
+        if (quantized) {
+            kw_bench_quantized(b, threads, min_w_bytes, reps);
+            kw_backend_destroy(b);
+            continue;
         }
         /* the bound: the best read pattern (bench_bandwidth.c), or the float sum below if it reads faster */
         printf("== %d thread%s: read patterns\n", threads, threads > 1 ? "s" : "");

@@ -65,6 +65,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
         *out = (kw_quant_layout){.code_bits = 4, .group = 32, .has_offset = 0, .code_min = -8, .code_max = 7};
         return 1;
     case KW_LAYOUT_QPANELS_U4:
+    case KW_LAYOUT_QPANELS_U4_X8:
         *out = (kw_quant_layout){.code_bits = 4, .group = 32, .has_offset = 1, .code_min = 0, .code_max = 15};
         return 1;
     case KW_LAYOUT_QPANELS_S8:
@@ -74,6 +75,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
         *out = (kw_quant_layout){.code_bits = 8, .group = 32, .has_offset = 1, .code_min = -128, .code_max = 127};
         return 1;
     case KW_LAYOUT_QPANELS_S8_G16:
+    case KW_LAYOUT_QPANELS_S8_G16_X8:
         *out = (kw_quant_layout){.code_bits = 8, .group = 16, .has_offset = 0, .code_min = -128, .code_max = 127};
         return 1;
     case KW_LAYOUT_ROWS:
@@ -256,6 +258,9 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
     if (backend == NULL) return 0;
     if (layout == KW_LAYOUT_ROWS) return 1;
     if (layout == KW_LAYOUT_PANELS) return backend->iface->pack_weight != NULL;
+    if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8) &&
+        !backend->iface->int8_activations)
+        return 0;
     return kw_layout_quant(layout, &q) && backend->iface->pack_quantized != NULL &&
            backend->iface->supports(backend, KW_OP_MATMUL, KW_DTYPE_F32);
 }
@@ -283,6 +288,8 @@ int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_ten
     KW_RETURN_IF(q->n < 1 || q->k < 1 || q->k % ql.group != 0, KW_E_SHAPE,
                  "%s: (%lld, %lld): K must be a positive multiple of the group of %d", op, (long long)q->n,
                  (long long)q->k, (int)ql.group);
+    KW_RETURN_IF(q->layout == KW_LAYOUT_QPANELS_S8_G16_X8 && q->k % 32 != 0, KW_E_SHAPE,
+                 "%s: K %lld is not a multiple of 32, the int8 activations' group", op, (long long)q->k);
     const int64_t ne[2] = {q->n, q->k};
     KW_FORWARD(kw_check_layout_shape(KW_DTYPE_F32, 2, ne, q->layout, NULL)); /* sizes that overflow */
     KW_RETURN_IF(q->codes == NULL || q->scales == NULL, KW_E_INVALID_ARG, "%s: NULL codes or scales", op);

@@ -94,7 +94,20 @@ enum kw_layout {
     KW_LAYOUT_QPANELS_S8 = 4,
     KW_LAYOUT_QPANELS_S8_OFS = 5,
     KW_LAYOUT_QPANELS_S8_G16 = 6,
-    KW_LAYOUT_COUNT = 7,
+    /* QPANELS_U4_X8: the codes, scales and offsets of QPANELS_U4 (Q4_K, Q4_1), but a different matmul: the activations
+     * are quantized to int8 per group of 32 k and every group's code sums are exact integers (kw_cpu_matmul_x8.c
+     * states the rule), so a row's result is the same on every ISA and in any batch, yet NOT the bits of the f32
+     * weight's matmul: it is within the activation rounding of it (|y - y_f32| <= sum_g d_g / 2 * sum |w| plus the
+     * f32 roundings). Storage as QPANELS_U4 but the codes of a group are arranged for 4-byte integer dot products:
+     * strip s of 16 rows at byte 256 s, as four 64-byte vectors t = 0..3 whose byte 4 i + b holds row 16 s + i, k =
+     * 4 t + b in its low nibble and k = 16 + 4 t + b in its high nibble. The CPU backend only
+     * (kw_backend_supports_layout); get_rows on it returns fl(fl(scale * code) + offset) like QPANELS_U4. */
+    KW_LAYOUT_QPANELS_U4_X8 = 7,
+    /* QPANELS_S8_G16_X8: QPANELS_S8_G16 (Q6_K) with int8 activations the same way: the codes of a group of 16 k as
+     * code + 128 in one byte each, strip s at byte 256 s as four 64-byte vectors t, byte 4 i + b = row 16 s + i, k =
+     * 4 t + b. CPU only, like U4_X8. */
+    KW_LAYOUT_QPANELS_S8_G16_X8 = 8,
+    KW_LAYOUT_COUNT = 9,
 };
 
 #define KW_PANEL_ROWS 64
@@ -305,7 +318,7 @@ typedef struct kw_quant_rows {
 } kw_quant_rows;
 
 /* 1 if the backend keeps matmul weights in the quantized layout (kw_tensor_pack_quantized works), else 0 (a model then
- * dequantizes at load): the CPU and the CUDA backend have them all. */
+ * dequantizes at load): the CPU and the CUDA backend have them all but QPANELS_U4_X8, which only the CPU has. */
 int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout);
 
 /* Packs q into *packed, a new tensor (N, K) f32 in layout q->layout owned by the caller (kw_tensor_free). matmul with

@@ -51,6 +51,8 @@ struct kw_backend_i {
     /* (optional) Packs validated quantized rows (kw_tensor_pack_quantized) into a new tensor in q->layout. NULL: the
      * backend keeps no weight quantized (kw_backend_supports_layout answers 0). */
     int (*pack_quantized)(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
+    /* 1 if pack_quantized and matmul also take the int8-activation layouts (KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8). */
+    int int8_activations;
 
     /* (optional) Creates a stream context of parent (kw_backend_create_stream; parent is a backend made by a create
      * function, never itself a stream context): a new backend state of this iface, set up with kw__backend_init, that

@@ -81,9 +81,10 @@ struct kw_model {
     double prof_ms[KW_OP_COUNT];
     int64_t prof_calls[KW_OP_COUNT];
 
-    uint64_t serial;    /* unique per model in the process: part of a cache's graph key */
-    int graphs_off;     /* the backend has no step graphs (or they are off): decode runs the ops one by one */
-    int keep_quantized; /* GGUF matmul weights of the types kept quantized go to the backend's quantized panels */
+    uint64_t serial;      /* unique per model in the process: part of a cache's graph key */
+    int graphs_off;       /* the backend has no step graphs (or they are off): decode runs the ops one by one */
+    int keep_quantized;   /* GGUF matmul weights of the types kept quantized go to the backend's quantized panels */
+    int int8_activations; /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: the U4 and S8_G16 ones in their int8-activation layouts */
     int64_t graph_recordings, graph_launches; /* kw_model_graph_counts */
 };
 
@@ -128,6 +129,14 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     kw_quant_rows q;
     const int found = kw_weights_get_quantized(m->weights, name, &q);
     if (found <= 0) return found;
+    /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: 4-bit codes with offsets (Q4_K, Q4_1) and 8-bit codes per 16 (Q6_K) run with
+     * int8 activations where the backend has those layouts (the same bytes, a few times fewer instructions) */
+    const int x8 = m->int8_activations;
+    if (x8 && q.layout == KW_LAYOUT_QPANELS_U4 && kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_U4_X8))
+        q.layout = KW_LAYOUT_QPANELS_U4_X8;
+    if (x8 && q.layout == KW_LAYOUT_QPANELS_S8_G16 &&
+        kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_S8_G16_X8))
+        q.layout = KW_LAYOUT_QPANELS_S8_G16_X8;
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
     KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));
     KW_FORWARD(kw_tensor_pack_quantized(m->backend, &q, t));
@@ -289,8 +298,9 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     m->serial = __atomic_add_fetch(&kw_model_serials, 1, __ATOMIC_RELAXED);
     KW_CHECK(kw_weights_open(dir, opts ? &opts->weights : NULL, &m->weights));
     const enum kw_gguf_weights gw = opts ? opts->gguf_weights : KW_GGUF_WEIGHTS_DEFAULT;
-    KW_CHECK_IF((unsigned)gw > KW_GGUF_WEIGHTS_DEQUANTIZED, KW_E_INVALID_ARG, "model: gguf_weights %d", (int)gw);
-    const int quantized = gw == KW_GGUF_WEIGHTS_QUANTIZED ||
+    KW_CHECK_IF((unsigned)gw > KW_GGUF_WEIGHTS_QUANTIZED_INT8, KW_E_INVALID_ARG, "model: gguf_weights %d", (int)gw);
+    m->int8_activations = gw == KW_GGUF_WEIGHTS_QUANTIZED_INT8;
+    const int quantized = gw == KW_GGUF_WEIGHTS_QUANTIZED || gw == KW_GGUF_WEIGHTS_QUANTIZED_INT8 ||
                           (gw == KW_GGUF_WEIGHTS_DEFAULT && (!opts || opts->weights.gguf_dtype == KW_DTYPE_F32));
     for (int l = KW_LAYOUT_QPANELS_S4; quantized && l < KW_LAYOUT_COUNT; ++l)
         m->keep_quantized |= kw_backend_supports_layout(backend, (enum kw_layout)l); /* else: dequantized, as before */

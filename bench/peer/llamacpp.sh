@@ -23,7 +23,8 @@
 #    must be the one llama.cpp's RoPE expects, or the random model's continuation differs at once. And kvwire on the
 #    SmolLM2 Q8_0 file against llama.cpp on that file's weights written as F32 (see below).
 # Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE,
-# FORMATS (the formats of step 3, default "bf16 q8_0 q4_k_m").
+# FORMATS (the formats of step 3, default "bf16 q8_0 q4_k_m"), KVWIRE_WEIGHTS (kvwire's --weights for the quantized
+# files: quantized, the default, the f32 weights' logits; quantized-int8, Q4_K/Q6_K with int8 activations as llama.cpp).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 kvwire=${KVWIRE:-$here/build/tools/kvwire}
@@ -89,7 +90,7 @@ make_files() { # model -> the three GGUF files in $mdir/<model>-<format>.gguf
 
 # ---- one round of each tool ----------------------------------------------------------------------------------------
 kvwire_run() { # file format prompt_len -> "prefill decode bound_ratio"
-    local w=quantized out
+    local w=${KVWIRE_WEIGHTS:-quantized} out
     [ "$2" = bf16 ] && w=bf16
     out=$("$kvwire" bench model --model "$1" --weights "$w" --threads "$threads" --prompt-len "$3" --decode 128 \
         --reps 1)

@@ -50,6 +50,23 @@ int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tenso
 /* Writes row n (K values) of the quantized-panel weight w to dst, each value as the matmul kernels rebuild it. */
 void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst);
 
+/* The int8-activation layouts KW_LAYOUT_QPANELS_U4_X8 and S8_G16_X8 (kw_cpu_matmul_x8.c, which states the numerics).
+ * x (M, K) quantized per group of 32 k: q (M, K), d and s (M, K / 32 each: the step, and step * sum of q), s16
+ * (M, K / 16: the sum of q per 16 k). All four belong to the caller. */
+typedef struct kw_x8_act {
+    const int8_t *q;
+    const float *d, *s;
+    const int32_t *s16;
+} kw_x8_act;
+/* Fills xq, xd, xs, xs16 (the arrays of a kw_x8_act) from x, nt threads. */
+void kw__cpu_x8_quantize(const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd, float *xs, int32_t *xs16);
+/* Rows [m0, m1) of y (row stride N) against one panel wp of an x8 layout, columns n0 .. n0 + ncols. */
+void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
+                      const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1);
+/* The code of row r (0..63) at k kk (0..group-1) of a group's code bytes: ored in (the bytes zeroed first) / read. */
+void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code);
+int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk);
+
 /* Op kernels (arguments validated by the generic layer). */
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
 int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,

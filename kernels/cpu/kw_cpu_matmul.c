@@ -257,6 +257,7 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
     const int64_t G = ql->group, groups = q->k / G, K = q->k;
     const int64_t rows = q->n - p * KW_PANEL_ROWS < KW_PANEL_ROWS ? q->n - p * KW_PANEL_ROWS : KW_PANEL_ROWS;
     const size_t group_bytes = kw__quant_group_bytes(ql);
+    const int x8 = q->layout == KW_LAYOUT_QPANELS_U4_X8 || q->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
     memset(dst, 0, (size_t)groups * group_bytes);
     for (int64_t g = 0; g < groups; ++g) {
         char *gp = dst + (size_t)g * group_bytes;
@@ -268,6 +269,10 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
             if (ql->has_offset) offsets[r] = q->offsets[n * groups + g];
             const int8_t *src = q->codes + n * K + g * G;
             for (int64_t kk = 0; kk < G; ++kk) {
+                if (x8) {
+                    kw__cpu_x8_pack_code(q->layout, codes, r, kk, src[kk]);
+                    continue;
+                }
                 if (ql->code_bits == 8) {
                     codes[kk * KW_PANEL_ROWS + r] = (uint8_t)src[kk];
                     continue;
@@ -309,7 +314,9 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
         const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + ql.has_offset);
         for (int64_t kk = 0; kk < G; ++kk) {
             int code;
-            if (ql.code_bits == 8) {
+            if (w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8) {
+                code = kw__cpu_x8_get_code(w->layout, codes, r, kk);
+            } else if (ql.code_bits == 8) {
                 code = (int8_t)codes[kk * KW_PANEL_ROWS + r];
             } else {
                 const uint8_t byte = codes[kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + (r % 16) % 8];
@@ -344,10 +351,22 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const int64_t row_blocks = (M + row_block - 1) / row_block, items = panels * row_blocks;
     if (items < nt) nt = (int)items;
 
-    /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices) */
+    /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
+     * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q) */
     char *scratch = NULL;
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
-    if (!packed) {
+    const int x8 = w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
+    kw_x8_act act = {0};
+    if (x8) {
+        const size_t groups = (size_t)M * (size_t)(K / 32);
+        float *xd;
+        KW_FORWARD(kw__cpu_scratch(cpu, 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+        float *xsum = xd + groups;
+        int32_t *xs16 = (int32_t *)(xsum + groups);
+        int8_t *xq = (int8_t *)(xs16 + 2 * groups);
+        kw__cpu_x8_quantize(x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xq, xd, xsum, xs16);
+        act = (kw_x8_act){xq, xd, xsum, xs16};
+    } else if (!packed) {
         float *s;
         KW_FORWARD(kw__cpu_scratch(cpu, slice / sizeof(float) * (size_t)nt, &s));
         scratch = (char *)s;
@@ -366,7 +385,10 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
             kw_pack_panel(mine, w->data, w->dtype, N, K, p);
             wp = mine;
         }
-        kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
+        if (x8)
+            kw__cpu_x8_panel(cpu->isa, w->layout, y, N, &act, K, wp, n0, ncols, m0, m1);
+        else
+            kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
         if (bias) {
             for (int64_t n = n0; n < n0 + ncols; ++n) {
                 const float b = kw_opm_load(bias->data, bias->dtype, n);

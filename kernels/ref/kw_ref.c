@@ -77,6 +77,43 @@ void kw_ref_quant_dequant(float *w, const kw_quant_rows *q) {
         }
 }
 
+void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quant_rows *q) {
+    kw_quant_layout ql;
+    kw_layout_quant(q->layout, &ql);
+    const int64_t K = q->k, WG = ql.group, J = K / WG;
+    int8_t xq[32];
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < q->n; ++n) {
+            float acc = 0.0f, d = 0.0f;
+            int32_t qsum = 0;
+            for (int64_t j = 0; j < J; ++j) {
+                const int64_t k0 = j * WG;
+                if (k0 % 32 == 0) { /* a new activation group: quantize it */
+                    const float *xg = x + m * K + k0;
+                    float amax = 0.0f;
+                    int bad = 0;
+                    for (int k = 0; k < 32; ++k) {
+                        bad |= isnan(xg[k]) || isinf(xg[k]);
+                        amax = fmaxf(amax, fabsf(xg[k]));
+                    }
+                    d = bad ? NAN : amax >= 1e-30f ? amax / 127.0f : 0.0f;
+                    qsum = 0;
+                    for (int k = 0; k < 32; ++k) {
+                        const long r = bad || amax < 1e-30f ? 0 : lrintf(xg[k] * (127.0f / amax));
+                        xq[k] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+                        qsum += xq[k];
+                    }
+                }
+                int32_t isum = 0;
+                for (int64_t k = k0; k < k0 + WG; ++k)
+                    isum += xq[k % 32] * q->codes[n * K + k];
+                acc = fmaf(q->scales[n * J + j], (float)isum * d, acc);
+                if (ql.has_offset) acc = fmaf(q->offsets[n * J + j], d * (float)qsum, acc);
+            }
+            out[m * q->n + n] = acc;
+        }
+}
+
 void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,
                      int flags) {
     for (int64_t r = 0; r < R; ++r) {

@@ -32,6 +32,13 @@ void kw_ref_matmul(float *out, const float *x, const void *w, enum kw_dtype w_dt
  * A kept-quantized matmul must give the bits of the CPU backend's matmul on this weight. */
 void kw_ref_quant_dequant(float *w, const kw_quant_rows *q);
 
+/* out (M, N) = x (M, K) times the weight of q (layout KW_LAYOUT_QPANELS_U4_X8 or S8_G16_X8) with int8 activations,
+ * written out plainly from the rule in kernels/cpu/kw_cpu_matmul_x8.c: x per 32 k to d = amax / 127 and q =
+ * lrintf(x * (127 / amax)) in [-127, 127] (amax < 1e-30: all zero; a NaN or infinity: d = NaN), per weight group the
+ * exact integer sum, then acc = fma(scale, fl(isum * d), acc) and, with offsets, acc = fma(offset, fl(d * sum q),
+ * acc). No bias. out is caller-owned. */
+void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quant_rows *q);
+
 /* out (R, D) = x * (1 / sqrt(mean(x^2) + eps)) * w (or * (1 + w) with KW_RMS_NORM_UNIT_OFFSET), as HF writes it:
  * the normalized row is formed in fp32 first, then multiplied by the weight. out may equal x. */
 void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,

@@ -236,7 +236,7 @@ int main(void) {
     }
     kw_check(rc, "create the gpu backend");
     kw_check(kw_backend_create_cpu(1, &cpu), "create the cpu backend");
-    for (int l = KW_LAYOUT_QPANELS_S4; l < KW_LAYOUT_COUNT; ++l) {
+    for (int l = KW_LAYOUT_QPANELS_S4; l <= KW_LAYOUT_QPANELS_S8_G16; ++l) { /* the X8 layouts are the CPU's */
         kw_quant_layout ql;
         kw_layout_quant((enum kw_layout)l, &ql);
         const int64_t K = ql.group == 16 ? 48 : 96;

@@ -254,11 +254,127 @@ static void test_quantized_contract(void **state) {
     kw_backend_destroy(b);
 }
 
+/* QPANELS_U4_X8 (int8 activations): on every ISA, 1 and 2 threads, all rows at once, row by row and in sections,
+ * the bits of kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
+ * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|); get_rows gives the dequantized rows; a zero
+ * group and a NaN in x follow the rule; one changed code changes exactly its column. */
+static void test_x8_matmul_is_its_oracle(void **state) {
+    (void)state;
+    static const int64_t cases[][4] = {{1, 1, 32, 4},    {7, 64, 64, 4},    {50, 200, 160, 4},
+                                       {9, 130, 256, 4}, {3, 37, 96, 4},    {1, 1, 32, 8},
+                                       {6, 70, 64, 8},   {45, 129, 192, 8}, {4, 300, 256, 8}};
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
+        const int64_t M = cases[ci][0], N = cases[ci][1], K = cases[ci][2], G = K / 32;
+        const enum kw_layout layout = cases[ci][3] == 4 ? KW_LAYOUT_QPANELS_U4_X8 : KW_LAYOUT_QPANELS_S8_G16_X8;
+        kw_qcase_data d = kw_qcase_make(layout, N, K);
+        float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(M * K) * sizeof(float));
+        float *bias = malloc((size_t)N * sizeof(float));
+        const size_t ybytes = (size_t)(M * N) * sizeof(float);
+        float *want = malloc(ybytes), *got = malloc(ybytes), *f32 = malloc(ybytes);
+        assert_true(w && x && bias && want && got && f32);
+        kw_ref_quant_dequant(w, &d.q);
+        for (int64_t i = 0; i < M * K; ++i)
+            x[i] = kw_rand() * 2.0f;
+        if (K >= 64) memset(x + 32, 0, 32 * sizeof(float)); /* row 0, group 1: all zero */
+        if (M >= 3) x[2 * K + K - 1] = NAN;                 /* row 2: NaN everywhere */
+        for (int64_t i = 0; i < N; ++i)
+            bias[i] = kw_rand();
+        kw_ref_quant_matmul_x8(want, x, M, &d.q);
+        kw_ref_matmul(f32, x, w, KW_DTYPE_F32, NULL, KW_DTYPE_F32, M, N, K);
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+                double err = 0.0, mag = 0.0;
+                for (int64_t g = 0; g < G; ++g) {
+                    float amax = 0.0f, wsum = 0.0f;
+                    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
+                        amax = fmaxf(amax, fabsf(x[m * K + k]));
+                        wsum += fabsf(w[n * K + k]);
+                        mag += fabs((double)x[m * K + k] * w[n * K + k]);
+                    }
+                    err += amax / 127.0 / 2.0 * wsum;
+                }
+                const double diff = fabs((double)want[m * N + n] - f32[m * N + n]);
+                if (m == 2 && M >= 3) {
+                    assert_true(isnan(want[m * N + n]));
+                    continue;
+                }
+                if (!(diff <= err * 1.001 + (double)(K + 8) * 0x1p-23 * mag))
+                    fail_msg("x8 (%lld, %lld): %g from the f32 matmul, bound %g", (long long)m, (long long)n, diff,
+                             err);
+                want[m * N + n] += bias[n];
+            }
+        for (int64_t n = 0; M >= 3 && n < N; ++n)
+            want[2 * N + n] += bias[n];
+
+        char what[200];
+        for (int i = 0; i < n_isa; ++i) {
+            for (int threads = 1; threads <= 2; ++threads) {
+                kw_backend *b = kw_cpu(isas[i], threads);
+                assert_int_equal(kw_backend_supports_layout(b, layout), 1);
+                kw_tensor tq;
+                assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tq), 0);
+                assert_int_equal(tq.layout, layout);
+                snprintf(what, sizeof what, "x8 layout %d M=%lld N=%lld K=%lld, %s, %d threads", (int)layout,
+                         (long long)M, (long long)N, (long long)K, isas[i], threads);
+                memset(got, 0xff, ybytes);
+                kw_mm(b, got, x, &tq, bias, 0, M);
+                kw_same_bits(got, want, M * N, what);
+                memset(got, 0xff, ybytes);
+                for (int64_t m = 0; m < M; ++m)
+                    kw_mm(b, got, x, &tq, bias, m, m + 1);
+                kw_same_bits(got, want, M * N, "x8 row by row");
+                memset(got, 0xff, ybytes);
+                for (int64_t m = 0, step = 5; m < M; m += step, step += 3)
+                    kw_mm(b, got, x, &tq, bias, m, m + step < M ? m + step : M);
+                kw_same_bits(got, want, M * N, "x8 in sections");
+
+                int32_t ids[2] = {0, (int32_t)(N - 1)};
+                float *rows = malloc((size_t)(2 * K) * sizeof(float));
+                assert_non_null(rows);
+                kw_tensor tid = kw_wrap(b, KW_DTYPE_I32, 1, (int64_t[]){2}, ids);
+                kw_tensor tr = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){2, K}, rows);
+                assert_int_equal(kw_op_get_rows(b, &tr, &tq, &tid), 0);
+                assert_int_equal(kw_backend_synchronize(b), 0);
+                for (int t = 0; t < 2; ++t)
+                    kw_same_bits(rows + t * K, w + ids[t] * K, K, "x8 get_rows");
+                free(rows);
+
+                if (N > 1 && M >= 1) { /* one code of the last row: its column changes in a row of x, nothing else */
+                    const int64_t at = (N - 1) * K + K - 3;
+                    const int8_t keep = d.codes[at];
+                    d.codes[at] = (int8_t)(keep == 15 || keep == 127 ? keep - 1 : keep + 1);
+                    kw_tensor tc;
+                    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tc), 0);
+                    kw_mm(b, got, x, &tc, bias, 0, M);
+                    d.codes[at] = keep;
+                    int differ = 0;
+                    for (int64_t m = 0; m < M; ++m)
+                        for (int64_t n = 0; n < N; ++n)
+                            if (!isnan(want[m * N + n]) &&
+                                kw_f32_bits(got[m * N + n]) != kw_f32_bits(want[m * N + n])) {
+                                assert_int_equal(n, N - 1);
+                                ++differ;
+                            }
+                    assert_true(differ >= 1);
+                    kw_tensor_free(&tc);
+                }
+                kw_tensor_free(&tq);
+                kw_backend_destroy(b);
+            }
+        }
+        kw_qcase_free(&d);
+        free(w), free(x), free(bias), free(want), free(got), free(f32);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
         cmocka_unit_test(test_changed_code_is_caught),
         cmocka_unit_test(test_quantized_contract),
+        cmocka_unit_test(test_x8_matmul_is_its_oracle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,8 @@
  *   eps of its size, independently, so the logits move by about sqrt(7 L + 1) * eps relative (RMS); the bound is
  *   twice that. And greedy: wherever the reference's top logit leads the runner-up by more than twice the largest
  *   logit change, the quantized model picks the same token (otherwise it cannot).
+ * - Q4_K and Q4_K_M again with int8 activations (KW_GGUF_WEIGHTS_QUANTIZED_INT8): the bound with the activations'
+ *   rounding added (check_int8_activations).
  * - Determinism: two runs write the same bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -65,6 +67,39 @@ static double weight_error(const char *a_path, const char *ref_path) {
     kw_gguf_close(a);
     kw_gguf_close(ref);
     return sqrt(se / ss);
+}
+
+/* The same file with KW_GGUF_WEIGHTS_QUANTIZED_INT8 (Q4_K and Q6_K matmuls with int8 activations per 32): other
+ * logits than the exact kept-quantized ones (the option acts), within the bound with the activations' rounding added
+ * to the weights': a group's step is amax / 127 and amax <= sqrt(32) RMS of the group, so the relative RMS rounding
+ * error of an activation vector is at most sqrt(32) / (127 sqrt(12)) = 0.0129, and the two errors add in quadrature. */
+static void check_int8_activations(kw_backend *be, const char *path, const int32_t *ids, const float *want,
+                                   const float *exact, int64_t V, int32_t L, double eps) {
+    const kw_model_options o = {.gguf_weights = KW_GGUF_WEIGHTS_QUANTIZED_INT8};
+    int64_t V2 = 0;
+    float *got = kwfx_model_logits(be, path, &o, ids, N_IDS, &V2, NULL);
+    assert_int_equal(V2, V);
+    double se = 0, ss = 0, sx = 0, ssx = 0;
+    int64_t moved = 0;
+    for (int64_t i = 0; i < N_IDS * V; ++i) {
+        const double d = (double)got[i] - want[i], dx = (double)got[i] - exact[i];
+        se += d * d;
+        ss += (double)want[i] * want[i];
+        sx += dx * dx;
+        ssx += (double)exact[i] * exact[i];
+        moved += got[i] != exact[i];
+    }
+    const double eps_a = sqrt(32.0) / (127.0 * sqrt(12.0)), rel = sqrt(se / ss), rel_x = sqrt(sx / ssx);
+    const double bound = 2.0 * sqrt(7.0 * L + 1.0) * sqrt(eps * eps + eps_a * eps_a);
+    const double bound_x = 2.0 * sqrt(7.0 * L + 1.0) * eps_a; /* against the same weights without int8 activations */
+    print_message(
+        "    int8 activations: logits relative RMS %.3g (bound %.3g); against the exact kept-quantized ones %.3g"
+        " (bound %.3g); %lld of %lld logits moved\n",
+        rel, bound, rel_x, bound_x, (long long)moved, (long long)(N_IDS * V));
+    assert_true(moved > 0);
+    assert_true(rel <= bound);
+    assert_true(rel_x <= bound_x);
+    free(got);
 }
 
 static void run_arch(enum kw_arch arch, int tied) {
@@ -147,6 +182,7 @@ static void run_arch(enum kw_arch arch, int tied) {
         print_message("  %s %-6s: weight error %.4f, logits relative RMS %.3g (bound %.3g), greedy checked at %d/%d\n",
                       kw_arch_name(arch), names[s], eps, rel, bound, checked, N_IDS);
         assert_true(rel <= bound);
+        if (s >= KW_QUANT_Q4_K) check_int8_activations(be, path, ids, want, got, V, L, eps);
         free(got);
     }
     free(want);

@@ -1,0 +1,265 @@
+/* kw_cpu_matmul_x8.c: matmul with int8 activations, the way llama.cpp runs its k-quants: integer dot products per
+ * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two weight layouts:
+ * KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1) and
+ * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K).
+ *
+ * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
+ *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize, scalar C on every ISA: amax = the largest
+ *     |x|; d = amax / 127, q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
+ *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
+ *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
+ *  2. isum(n, j) = sum over the k of weight group j (32 k for U4, 16 for S8_G16) of code(n, k) * q(k), an exact
+ *     int32 (|isum| <= 32 * 128 * 127).
+ *  3. y[m][n] = the chain over the weight groups j = 0, 1, ... from +0 of
+ *         acc = fma(scale(n, j), fl((float)isum * d(j's activation group)), acc)
+ *     and for U4 (j = g) then acc = fma(offset(n, g), xs(g), acc); bias added once by the caller, as for every other
+ *     layout.
+ * Integer sums are exact whatever the instructions (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd, which cannot
+ * saturate: 2 * 15 * 127 and, with the 8-bit codes' signs moved onto q, 2 * 128 * 127 < 32767; or scalar), and the
+ * epilogue is the same IEEE operations in the same order, so the ISAs agree bit for bit with kw_ref_quant_matmul_x8
+ * (kernels/ref). The result is the f32-weight matmul's up to the activation rounding: |y - y_f32| <= sum_g d(g) / 2 *
+ * sum_k |w(n, k)| plus f32 roundings.
+ *
+ * Weight groups (kernels/kw_backend.h): 64 f32 scales, (U4) 64 f32 offsets, then 1024 code bytes, strip s of 16 rows
+ * at 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (U4: low nibble, and k = 16
+ * + 4 t + b the high nibble; S8_G16: the code + 128 as an unsigned byte, which vpdpbusd multiplies directly and
+ * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k.
+ */
+#include "kernels/cpu/kw_cpu.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#if KW_CPU_X86
+#include <immintrin.h>
+#endif
+
+#define KW_X8_G          32                   /* k per group */
+#define KW_X8_CODE_BYTES (KW_PANEL_ROWS * 16) /* 64 rows x 32 nibbles */
+#define KW_X8_GROUP      (KW_PANEL_ROWS * 8 + KW_X8_CODE_BYTES)
+#define KW_X8_PF         4 /* groups prefetched ahead by a decode row (as kw_cpu_matmul.c, KW_QMM_PF) */
+#define KW_X8_MAX_MR     4
+/* Up to this many rows, each row streams the panel on its own (as KW_MM_ROW_MAX). */
+#define KW_X8_ROW_MAX 4
+
+void kw__cpu_x8_quantize(const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd, float *xs,
+                         int32_t *xs16) {
+    const int64_t G = K / KW_X8_G;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t g = 0; g < G; ++g) {
+            const float *v = x + m * K + g * KW_X8_G;
+            int8_t *q = xq + m * K + g * KW_X8_G;
+            float amax = 0.0f;
+            int finite = 1;
+            for (int k = 0; k < KW_X8_G; ++k) {
+                const float a = fabsf(v[k]);
+                finite &= isfinite(a) != 0;
+                amax = a > amax ? a : amax;
+            }
+            xs16[m * 2 * G + 2 * g] = xs16[m * 2 * G + 2 * g + 1] = 0;
+            if (!finite || amax < 1e-30f) {
+                memset(q, 0, KW_X8_G);
+                xd[m * G + g] = xs[m * G + g] = finite ? 0.0f : NAN;
+                continue;
+            }
+            const float inv = 127.0f / amax, d = amax / 127.0f;
+            int sum = 0;
+            for (int k = 0; k < KW_X8_G; ++k) {
+                long r = lrintf(v[k] * inv);
+                r = r > 127 ? 127 : r < -127 ? -127 : r;
+                q[k] = (int8_t)r;
+                sum += (int)r;
+                xs16[m * 2 * G + 2 * g + k / 16] += (int32_t)r;
+            }
+            xd[m * G + g] = d;
+            xs[m * G + g] = d * (float)sum;
+        }
+    }
+}
+
+/* The byte of row r (0..63) at k kk of a group's codes. */
+static inline size_t kw_x8_byte(int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * 256 + ((kk % 16) / 4) * 64 + 4 * (r % 16) + kk % 4);
+}
+
+/* The code of row r at k kk: 4-bit (U4_X8) or 8-bit stored + 128 (S8_G16_X8). */
+static inline int kw_x8_code(int bits, const uint8_t *codes, int64_t r, int64_t kk) {
+    const uint8_t byte = codes[kw_x8_byte(r, kk)];
+    if (bits == 8) return (int)byte - 128;
+    return kk < 16 ? byte & 0x0F : byte >> 4;
+}
+
+void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code) {
+    uint8_t *byte = codes + kw_x8_byte(r, kk);
+    if (layout == KW_LAYOUT_QPANELS_S8_G16_X8)
+        *byte = (uint8_t)(code + 128);
+    else
+        *byte |= (uint8_t)(kk < 16 ? code : code << 4);
+}
+
+int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk) {
+    return kw_x8_code(layout == KW_LAYOUT_QPANELS_S8_G16_X8 ? 8 : 4, codes, r, kk);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Scalar
+ */
+
+static void kw_x8_panel_scalar(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K, const char *wp,
+                               int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+    const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16, OFS = BITS == 4;
+    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
+    for (int64_t m = m0; m < m1; ++m) {
+        for (int64_t c = 0; c < ncols; ++c) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < K / WG; ++j) {
+                const char *gp = wp + (size_t)j * group_bytes;
+                const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+                const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+                const int8_t *q = a->q + m * K + j * WG;
+                const int64_t g = j * WG / KW_X8_G;
+                int32_t isum = 0;
+                for (int kk = 0; kk < WG; ++kk)
+                    isum += kw_x8_code(BITS, codes, c, kk) * q[kk];
+                const float t = (float)isum * a->d[m * G + g];
+                acc = fmaf(scales[c], t, acc);
+                if (OFS) acc = fmaf(offsets[c], a->s[m * G + g], acc);
+            }
+            y[m * N + n0 + c] = acc;
+        }
+    }
+}
+
+#if KW_CPU_X86
+/* The activation broadcast for 4 k of row m at k0 (a 32-bit lane of 4 int8). */
+static inline int32_t kw_x8_q4(const kw_x8_act *a, int64_t K, int m, int64_t k0) {
+    int32_t v;
+    memcpy(&v, a->q + m * K + k0, 4);
+    return v;
+}
+
+/* a's arrays from row m on. */
+static inline kw_x8_act kw_x8_rows(const kw_x8_act *a, int64_t K, int64_t m) {
+    const int64_t G = K / KW_X8_G;
+    return (kw_x8_act){a->q + m * K, a->d + m * G, a->s + m * G, a->s16 + m * 2 * G};
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX2: vectors of 8 rows (half a 16-row strip); the 4-byte dot product is vpmaddubsw (u8 x s8, pairs summed in
+ * int16) then vpmaddwd with ones. 8-bit codes: |code| times q with the code's sign (vpsignb), so no pair exceeds
+ * 2 * 128 * 127.
+ */
+
+KW_TARGET_AVX2 static inline __m256i kw_x8_dp_avx2(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+/* acc + the dot products of the biased 8-bit codes c (code + 128) with q, by the signed codes. */
+KW_TARGET_AVX2 static inline __m256i kw_x8_dp8_avx2(__m256i acc, __m256i c, __m256i q) {
+    const __m256i cs = _mm256_xor_si256(c, _mm256_set1_epi8((char)0x80));
+    return kw_x8_dp_avx2(acc, _mm256_abs_epi8(cs), _mm256_sign_epi8(q, cs));
+}
+
+/* Stores the first n (1..8) lanes of v at y. */
+KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) {
+    float tmp[8];
+    if (n == 8) {
+        _mm256_storeu_ps(y, v);
+        return;
+    }
+    _mm256_storeu_ps(tmp, v);
+    memcpy(y, tmp, (size_t)n * sizeof(float));
+}
+
+#define X8_SFX              avx2
+#define X8_TARGET           KW_TARGET_AVX2
+#define X8_LANES            8
+#define X8_MR               3
+#define X8_BIASED           0
+#define X8_VI               __m256i
+#define X8_VF               __m256
+#define X8_ZEROI()          _mm256_setzero_si256()
+#define X8_ZEROF()          _mm256_setzero_ps()
+#define X8_LOADI(p)         _mm256_loadu_si256((const __m256i *)(p))
+#define X8_LOW4(c)          _mm256_and_si256((c), _mm256_set1_epi8(0x0F))
+#define X8_HIGH4(c)         _mm256_and_si256(_mm256_srli_epi16((c), 4), _mm256_set1_epi8(0x0F))
+#define X8_SET1I(v)         _mm256_set1_epi32(v)
+#define X8_SET1F(v)         _mm256_set1_ps(v)
+#define X8_DP4(acc, u, q)   kw_x8_dp_avx2((acc), (u), (q))
+#define X8_DP8(acc, c, q)   kw_x8_dp8_avx2((acc), (c), (q))
+#define X8_SUBI(a, b)       _mm256_sub_epi32((a), (b))
+#define X8_CVT(v)           _mm256_cvtepi32_ps(v)
+#define X8_MULF(a, b)       _mm256_mul_ps((a), (b))
+#define X8_FMA(a, b, c)     _mm256_fmadd_ps((a), (b), (c))
+#define X8_LOADF(p)         _mm256_loadu_ps(p)
+#define X8_STORE_N(p, v, n) kw_x8_store_n_avx2((p), (v), (n))
+#include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
+
+/* ------------------------------------------------------------------------------------------------------------
+ * AVX-512 with VNNI: vectors of one 16-row strip, vpdpbusd for the 4-byte dot product (8-bit codes as code + 128,
+ * then 128 * sum q subtracted).
+ */
+#define KW_TARGET_X8_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+#define X8_SFX              vnni
+#define X8_TARGET           KW_TARGET_X8_VNNI
+#define X8_LANES            16
+#define X8_MR               4
+#define X8_BIASED           1
+#define X8_VI               __m512i
+#define X8_VF               __m512
+#define X8_ZEROI()          _mm512_setzero_si512()
+#define X8_ZEROF()          _mm512_setzero_ps()
+#define X8_LOADI(p)         _mm512_loadu_si512(p)
+#define X8_LOW4(c)          _mm512_and_si512((c), _mm512_set1_epi8(0x0F))
+#define X8_HIGH4(c)         _mm512_and_si512(_mm512_srli_epi16((c), 4), _mm512_set1_epi8(0x0F))
+#define X8_SET1I(v)         _mm512_set1_epi32(v)
+#define X8_SET1F(v)         _mm512_set1_ps(v)
+#define X8_DP4(acc, u, q)   _mm512_dpbusd_epi32((acc), (u), (q))
+#define X8_DP8(acc, c, q)   _mm512_dpbusd_epi32((acc), (c), (q))
+#define X8_SUBI(a, b)       _mm512_sub_epi32((a), (b))
+#define X8_CVT(v)           _mm512_cvtepi32_ps(v)
+#define X8_MULF(a, b)       _mm512_mul_ps((a), (b))
+#define X8_FMA(a, b, c)     _mm512_fmadd_ps((a), (b), (c))
+#define X8_LOADF(p)         _mm512_loadu_ps(p)
+#define X8_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
+#include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
+
+/* 1 if the CPU has AVX-512 VNNI. */
+static int kw_x8_vnni(void) {
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#endif
+
+void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
+                      const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+    const int bits = layout == KW_LAYOUT_QPANELS_S8_G16_X8 ? 8 : 4;
+#if KW_CPU_X86
+    /* the bits as constants, so that the tiles specialize */
+    if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
+        if (bits == 4)
+            kw_x8_panel_vnni(4, y, N, a, K, wp, n0, ncols, m0, m1);
+        else
+            kw_x8_panel_vnni(8, y, N, a, K, wp, n0, ncols, m0, m1);
+        return;
+    }
+    if (isa >= KW_CPU_ISA_AVX2) { /* AVX-512 without VNNI too: the same integer sums */
+        if (bits == 4)
+            kw_x8_panel_avx2(4, y, N, a, K, wp, n0, ncols, m0, m1);
+        else
+            kw_x8_panel_avx2(8, y, N, a, K, wp, n0, ncols, m0, m1);
+        return;
+    }
+#endif
+    (void)isa;
+    kw_x8_panel_scalar(bits, y, N, a, K, wp, n0, ncols, m0, m1);
+}

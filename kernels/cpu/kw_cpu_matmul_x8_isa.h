@@ -1,0 +1,142 @@
+/* kw_cpu_matmul_x8_isa.h: the int8-activation tiles and panel loop (kw_cpu_matmul_x8.c), written once against a few
+ * vector macros and compiled once per x86 ISA.
+ *
+ * No include guard on purpose: kw_cpu_matmul_x8.c includes this file with X8_SFX (avx2, vnni), X8_TARGET, X8_LANES
+ * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
+ * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
+ * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
+ * and 8-bit codes, and the loads, stores and arithmetic below); it undefines them all at its end. A vector holds
+ * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
+ * 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
+ */
+
+#define X8_CAT2(a, b) a##_##b
+#define X8_CAT(a, b)  X8_CAT2(a, b)
+#define X8_FN(name)   X8_CAT(name, X8_SFX)
+
+/* Rows [0, MR) of a against NV vectors of rows starting at vector h0 of the panel. */
+X8_TARGET static inline __attribute__((always_inline)) void
+X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a, int64_t K,
+                  const char *wp, int64_t h0, int64_t ncols, int pf) {
+    const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
+    const int OFS = BITS == 4;
+    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
+    X8_VF acc[KW_X8_MAX_MR][4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+            acc[m][v] = X8_ZEROF();
+    for (int64_t j = 0; j < K / WG; ++j) {
+        const char *gp = wp + (size_t)j * group_bytes;
+        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        const int64_t g = j * WG / KW_X8_G;
+        X8_VI is[KW_X8_MAX_MR][4];
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v)
+                is[m][v] = X8_ZEROI();
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+            if (pf)
+#pragma GCC unroll 6
+                for (size_t l = 0; l < group_bytes / 256; ++l)
+                    __builtin_prefetch(gp + KW_X8_PF * group_bytes + t * (group_bytes / 4) + l * 64);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                const int64_t hs = h0 + v;
+                const X8_VI c = X8_LOADI(codes + (hs * X8_LANES / 16) * 256 + t * 64 + (hs * X8_LANES % 16) * 4);
+                if (BITS == 4) {
+                    const X8_VI lo = X8_LOW4(c), hi = X8_HIGH4(c);
+#pragma GCC unroll 4
+                    for (int m = 0; m < MR; ++m) {
+                        is[m][v] = X8_DP4(is[m][v], lo, X8_SET1I(kw_x8_q4(a, K, m, j * 32 + 4 * t)));
+                        is[m][v] = X8_DP4(is[m][v], hi, X8_SET1I(kw_x8_q4(a, K, m, j * 32 + 16 + 4 * t)));
+                    }
+                } else {
+#pragma GCC unroll 4
+                    for (int m = 0; m < MR; ++m)
+                        is[m][v] = X8_DP8(is[m][v], c, X8_SET1I(kw_x8_q4(a, K, m, j * 16 + 4 * t)));
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) {
+            const X8_VF d = X8_SET1F(a->d[m * G + g]);
+            const X8_VI back = X8_SET1I(BITS == 8 && X8_BIASED ? 128 * a->s16[m * 2 * G + j] : 0);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                const int64_t hs = h0 + v;
+                const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
+                acc[m][v] = X8_FMA(X8_LOADF(scales + hs * X8_LANES), f, acc[m][v]);
+                if (OFS) acc[m][v] = X8_FMA(X8_LOADF(offsets + hs * X8_LANES), X8_SET1F(a->s[m * G + g]), acc[m][v]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const int64_t n = ncols - (h0 + v) * X8_LANES;
+            if (n > 0) X8_STORE_N(y + m * ldy + (h0 + v) * X8_LANES, acc[m][v], n < X8_LANES ? (int)n : X8_LANES);
+        }
+}
+
+/* Rows [m0, m1) of a panel: each row streams it alone (decode, prefetching) up to KW_X8_ROW_MAX rows, else tiles of
+ * X8_MR rows x 2 vectors. */
+X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K,
+                                         const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+    const int64_t nvec = (ncols + X8_LANES - 1) / X8_LANES;
+    if (m1 - m0 <= KW_X8_ROW_MAX) {
+        for (int64_t m = m0; m < m1; ++m) {
+            const kw_x8_act r = kw_x8_rows(a, K, m);
+            for (int64_t h = 0; h < nvec; h += 4)
+                X8_FN(kw_x8_tile)(BITS, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
+        }
+        return;
+    }
+    for (int64_t m = m0; m < m1; m += X8_MR) {
+        const int mr = (int)(m1 - m < X8_MR ? m1 - m : X8_MR);
+        const kw_x8_act r = kw_x8_rows(a, K, m);
+        float *yt = y + m * N + n0;
+        for (int64_t h = 0; h < nvec; h += 2) {
+            if (mr >= 4)
+                X8_FN(kw_x8_tile)(BITS, X8_MR >= 4 ? 4 : 1, 2, yt, N, &r, K, wp, h, ncols, 0);
+            else if (mr == 3)
+                X8_FN(kw_x8_tile)(BITS, 3, 2, yt, N, &r, K, wp, h, ncols, 0);
+            else if (mr == 2)
+                X8_FN(kw_x8_tile)(BITS, 2, 2, yt, N, &r, K, wp, h, ncols, 0);
+            else
+                X8_FN(kw_x8_tile)(BITS, 1, 2, yt, N, &r, K, wp, h, ncols, 0);
+        }
+    }
+}
+
+#undef X8_FN
+/* the parameters, so that the next ISA defines its own */
+#undef X8_SFX
+#undef X8_TARGET
+#undef X8_LANES
+#undef X8_MR
+#undef X8_BIASED
+#undef X8_VI
+#undef X8_VF
+#undef X8_ZEROI
+#undef X8_ZEROF
+#undef X8_LOADI
+#undef X8_LOW4
+#undef X8_HIGH4
+#undef X8_SET1I
+#undef X8_SET1F
+#undef X8_DP4
+#undef X8_DP8
+#undef X8_SUBI
+#undef X8_CVT
+#undef X8_MULF
+#undef X8_FMA
+#undef X8_LOADF
+#undef X8_STORE_N
+#undef X8_CAT
+#undef X8_CAT2
