@@ -25,6 +25,22 @@ typedef struct kw__bench_cfg {
     uint8_t rotate;       /* KVWire v1.1 Hadamard rotation (kw_wire_policy.rotate: bit 0 K, bit 1 V) */
 } kw__bench_cfg;
 
+/* Which goal a row counts for: 0 int8/int4 per token with f16 scales, 1 another v1 row, -1 none (passthrough, zero
+ * points, log8 scales, channel runs, int3/int2, zstd, outliers, rotation). */
+static int kw__bench_goal_of(const kw__bench_cfg *cfg) {
+    const kw_wire_codec_spec *sp = &cfg->spec;
+    const int v1_codec = sp->codec == KW_WIRE_CODEC_INT8 || sp->codec == KW_WIRE_CODEC_INT4 ||
+                         sp->codec == KW_WIRE_CODEC_INT6 || sp->codec == KW_WIRE_CODEC_NF4 ||
+                         sp->codec == KW_WIRE_CODEC_E4M3 || sp->codec == KW_WIRE_CODEC_E5M2;
+    if (!v1_codec || cfg->zstd || cfg->outlier_ppm || cfg->rotate || sp->granularity == KW_WIRE_GRAN_CHANNEL ||
+        (sp->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) || sp->scale_dtype == KW_WIRE_SCALE_LOG8)
+        return -1;
+    return (sp->codec == KW_WIRE_CODEC_INT8 || sp->codec == KW_WIRE_CODEC_INT4) &&
+                   sp->granularity == KW_WIRE_GRAN_TOKEN && sp->scale_dtype == KW_WIRE_SCALE_F16
+               ? 0
+               : 1;
+}
+
 #define Q(c, g, s, l)                                                                                                  \
     { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s, l }
 #define QZ(c, g, s, l)                                                                                                 \
@@ -91,6 +107,23 @@ static void kw__bench_fill(uint16_t *x, uint32_t H, uint32_t T, uint32_t D, uint
 
 static double kw__best(double a, double b) {
     return a < b ? a : b;
+}
+
+/* One of issue 10 item 5's goals and the worst row measured against it. */
+typedef struct kw__bench_goal {
+    const char *what; /* static */
+    double at_least;  /* the ratio to memcpy asked for */
+    double worst;     /* the lowest ratio seen (1e30: no row) */
+    const char *row;  /* static: that row's name */
+    const char *way;  /* static: "encode" or "decode" */
+} kw__bench_goal;
+
+static void kw__bench_goal_row(kw__bench_goal *g, const char *row, const char *way, double ratio) {
+    if (ratio < g->worst) {
+        g->worst = ratio;
+        g->row = row;
+        g->way = way;
+    }
 }
 
 typedef struct kw__bench_ctx {
@@ -215,7 +248,11 @@ int kw_bench_codec(int argc, char **argv) {
     uint8_t *blob = NULL;
     size_t blob_cap = 0;
     int rc = 0;
-    double worst_goal = 1e30;
+    /* issue 10 item 5's goals, on encode and decode to bf16 (decode to f32 writes twice the bytes): int8 and int4
+     * per token with f16 scales >= 1.0x memcpy; every other v1 row (no zero points, log8, channel runs, zstd,
+     * outliers or rotation) >= 0.5x. The worst row of each and which way it ran. */
+    kw__bench_goal goals[2] = {{"int8 and int4 per token (f16 scales)", 1.0, 1e30, "", ""},
+                               {"every other v1 codec row", 0.5, 1e30, "", ""}};
     for (size_t c = 0; c < sizeof kw__bench_cfgs / sizeof kw__bench_cfgs[0] && rc == 0; ++c) {
         const kw__bench_cfg *cfg = &kw__bench_cfgs[c];
         if ((only && !strstr(cfg->name, only)) || (cfg->rotate && kw_wire_rotate_log2(D) < 0)) continue;
@@ -259,10 +296,10 @@ int kw_bench_codec(int argc, char **argv) {
         printf("%-22s %6.2f %9.2f %6.2f %9.2f %6.2f %9.2f %6.2f %11zu %8.4f %7.4f %7.3f%%\n", cfg->name, gbs_memcpy,
                enc_gbs, enc_gbs / gbs_memcpy, d16, d16 / gbs_memcpy, d32, d32 / gbs_memcpy, size, (double)size / elems,
                ideal, 100.0 * (double)(bd.header + bd.indices + bd.checksums) / (double)size);
-        if ((cfg->spec.codec == KW_WIRE_CODEC_INT8 || cfg->spec.codec == KW_WIRE_CODEC_INT4) && !cfg->zstd &&
-            cfg->spec.granularity == KW_WIRE_GRAN_TOKEN && cfg->spec.scale_dtype == KW_WIRE_SCALE_F16 &&
-            !cfg->outlier_ppm) { /* the goal's rows: f16 scales, no zero points (the log8 rows are v1.1's) */
-            worst_goal = kw__best(worst_goal, kw__best(enc_gbs, d16) / gbs_memcpy);
+        const int goal = kw__bench_goal_of(cfg);
+        if (goal >= 0) {
+            kw__bench_goal_row(&goals[goal], cfg->name, "encode", enc_gbs / gbs_memcpy);
+            kw__bench_goal_row(&goals[goal], cfg->name, "decode", d16 / gbs_memcpy);
         }
     }
     /* Overhead with a sparse selection: a quarter of the positions, scattered, int4 per token: real blobs, measured */
@@ -301,13 +338,16 @@ int kw_bench_codec(int argc, char **argv) {
     }
     if (rc < 0) {
         fprintf(stderr, "kvwire bench codec: %s: %s\n", kw_status_name(rc), kw_error_detail());
-    } else if (worst_goal < 1e29) {
+    } else if (goals[0].worst < 1e29 || goals[1].worst < 1e29) {
         printf(
             "\nGB/s count bf16 input bytes (2 per KV element) for encode and decode alike. B/elem = blob bytes per K "
             "or V element\n(payload + scales + indices + headers + checksums); ideal = payload only. hdr+idx = "
             "header, section heads,\ngroup tables, index blocks and checksums as a share of the blob.\n");
-        printf("goal: int8 and int4 (per-token f16 scales) encode and decode >= 0.5x memcpy: worst %.2fx, %s\n",
-               worst_goal, worst_goal >= 0.5 ? "met" : "NOT met");
+        for (int g = 0; g < 2; ++g)
+            if (goals[g].worst < 1e29)
+                printf("goal: %s, encode and decode to bf16 >= %.1fx memcpy: worst %.2fx (%s, %s), %s\n", goals[g].what,
+                       goals[g].at_least, goals[g].worst, goals[g].row, goals[g].way,
+                       goals[g].worst >= goals[g].at_least ? "met" : "NOT met");
     }
     free(kv);
     free(out_bf16);
