@@ -94,13 +94,12 @@ underway() {
 }
 
 outcomes() {
-    local sent during
+    local sent
     cat client-0.txt client-1.txt | cut -d' ' -f3- >outcomes.txt
     total=$(wc -l <outcomes.txt)
     sent=$(($(cat client-0.count) + $(cat client-1.count)))
     [ "$total" = "$sent" ] || fail "$1: $total of $sent requests accounted for"
-    during=$(cat client-0.txt client-1.txt | awk -v a="$2" -v b="$3" '$1 <= b && $2 >= a' | wc -l)
-    [ "$during" -gt 0 ] || fail "$1: no request was under way during the fault"
+    underway "$2" "$3" || fail "$1: no request was under way during the fault"
     ok=$(grep -cx ok outcomes.txt || true)
     errors=$({ grep -v '^ok$' outcomes.txt || true; } | sort | uniq -c | awk '{printf "%s %s x%d, ", $2, $3, $1}')
 }
