@@ -8,7 +8,7 @@ out=$("$kvwire" bench loadgen --requests 300 --rounds 1 --concurrency 4 --rate 2
 echo "$out"
 for row in "bare libcurl multi (baseline)" "kvload closed, whole responses" "kvload closed, streamed (SSE)" \
     "kvload open loop at 2000 req/s"; do
-    echo "$out" | grep -q "$row" || { echo "missing: $row" >&2; exit 1; }
+    grep -qF -- "$row" <<<"$out" || { echo "missing: $row" >&2; exit 1; }
 done
 set +e
 "$kvwire" bench loadgen --requests 5 >/dev/null 2>&1
