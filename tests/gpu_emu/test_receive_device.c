@@ -242,8 +242,8 @@ static uint8_t *encode_blob(const recv_case *c, const kept_rows *kr, size_t *len
 }
 
 /* c2c with subsets: for every sharer layer sent, each receiver layer it feeds (kw_fusion_layer_targets) fuses the
- * section positions p with (p + target + layer) % 3 != 0 only (kw_receive_targets). */
-static int set_subsets(kw_receive *r, kw_fusion *f) {
+ * section positions p with (p + target + layer) % 3 != 0 only (kw_receive_targets); full: every position. */
+static int set_subsets(kw_receive *r, kw_fusion *f, int full) {
     const int64_t len = E.sec[0].length, mask_bytes = (len + 7) / 8;
     uint8_t masks[KW_RECEIVE_MAX_TARGETS][64];
     const uint8_t *mp[KW_RECEIVE_MAX_TARGETS];
@@ -255,7 +255,7 @@ static int set_subsets(kw_receive *r, kw_fusion *f) {
         for (int32_t j = 0; j < n; ++j) {
             memset(masks[j], 0, sizeof masks[j]);
             for (int64_t p = 0; p < len; ++p)
-                if ((p + targets[j] + E.ks.layer[i]) % 3 != 0) masks[j][p >> 3] |= (uint8_t)(1u << (p & 7));
+                if (full || (p + targets[j] + E.ks.layer[i]) % 3 != 0) masks[j][p >> 3] |= (uint8_t)(1u << (p & 7));
             mp[j] = masks[j];
         }
         if (n > 0) KW_FORWARD(kw_receive_targets(r, 0, E.ks.layer[i], n, targets, mp, mask_bytes));
@@ -264,8 +264,9 @@ static int set_subsets(kw_receive *r, kw_fusion *f) {
     return any > 0 ? 0 : KW_E_STATE; /* the fixture's fuser maps every sharer layer it uses onto some target */
 }
 
-/* One request on model m fed the blob (in 3 pieces): kv_direct (f NULL) or c2c through the fusion f (subsets: with
- * set_subsets'); its cache (owned by the caller), stats and result. Returns the first failing status (0: generated). */
+/* One request on model m fed the blob (in 3 pieces): kv_direct (f NULL) or c2c through the fusion f (subsets 1: with
+ * set_subsets', 2: with full ones); its cache (owned by the caller), stats and result. Returns the first failing status
+ * (0: generated). */
 static int receive(kw_model *m, kw_fusion *f, int subsets, const uint8_t *blob, size_t len, int host_decode,
                    kw_kvcache **cache, kw_receive_stats *st, kw_fusion_result *res) {
     int rc = kw_model_create_cache(m, E.L + STEPS + 4, KW_DTYPE_F32, cache);
@@ -281,7 +282,7 @@ static int receive(kw_model *m, kw_fusion *f, int subsets, const uint8_t *blob, 
     kw_receive *r = NULL;
     if (rc == 0) rc = kw_receive_begin(m, f, *cache, E.prompt, E.L, &ro, &r);
     if (rc == 0) rc = kw_receive_prefill(r, 0);
-    if (rc == 0 && subsets) rc = set_subsets(r, f);
+    if (rc == 0 && subsets) rc = set_subsets(r, f, subsets == 2);
     const size_t cut[4] = {0, len / 3, 2 * len / 3, len};
     int done = 0;
     for (int i = 0; rc == 0 && i < 3; ++i)
@@ -433,10 +434,35 @@ static void test_c2c(void **state) {
     run_c2c(&CASES[12], 0); /* rotated V, outliers, two groups */
 }
 
+/* Subsets that hold every row are no subsets: the device-decoded rows gathered for each target (the identity gather)
+ * give the receiver cache of the request without subsets, bit for bit. The pattern subsets themselves are checked
+ * against a fusion sent only each target's rows in tests/c2c/test_rscore.c (test_fusion_per_target, CPU backend). */
+static void run_c2c_full(const recv_case *c) {
+    size_t len = 0;
+    uint8_t *blob = encode_blob(c, &E.ks, &len);
+    const kw_fusion_sharer sh = {
+        .fuser = E.fuser, .n_layers = E.ks.n_model_layers, .n_kv_heads = E.ks.H, .head_dim = E.ks.D};
+    kw_fusion *fg = NULL;
+    assert_int_equal(kw_fusion_create(E.mg, &sh, 1, 0, &fg), 0);
+    kw_kvcache *ca = NULL, *cb = NULL;
+    kw_receive_stats sa, sb;
+    kw_fusion_result ra, rb;
+    memset(&ra, 0, sizeof ra), memset(&rb, 0, sizeof rb);
+    assert_int_equal(receive(E.mg, fg, 2, blob, len, 0, &ca, &sa, &ra), 0);
+    assert_int_equal(receive(E.mg, fg, 0, blob, len, 0, &cb, &sb, &rb), 0);
+    assert_int_equal(sa.device_sections, E.ks.n);
+    compare_rows("c2c full subsets", ca, cb, NULL, E.L - 1);
+    kw_fusion_result_free(&ra), kw_fusion_result_free(&rb);
+    kw_kvcache_free(ca), kw_kvcache_free(cb);
+    kw_fusion_free(fg);
+    free(blob);
+}
+
 static void test_c2c_subsets(void **state) {
     (void)state;
     run_c2c(&CASES[0], 1);
     run_c2c(&CASES[12], 1);
+    run_c2c_full(&CASES[12]);
 }
 
 /* A blob whose tensors are written here (kw_wire_encoder_begin_section, so the checksums are right) with int8 K and
