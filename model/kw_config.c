@@ -53,11 +53,11 @@ const kw_rope_params *kw_config_layer_rope(const kw_model_config *cfg, int32_t l
     return kw_config_layer_window(cfg, layer) > 0 ? &cfg->rope_local : &cfg->rope;
 }
 
-/* positions as kw_ref_rope's (negated for inverse) into a malloc'ed array *out, after checking the arguments. */
-static int kw_config_rope_positions(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n,
-                                    int inverse, const void *dst, const kw_rope_params **rope, int32_t **out) {
-    *rope = kw_config_layer_rope(cfg, layer);
-    KW_RETURN_IF(!*rope || !positions || !dst || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
+/* kw_config_rope_rows (table 0: dst the rows) or kw_config_rope_table (table 1: dst the table), after checking. */
+static int kw_config_rope(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                          float *dst, int table) {
+    const kw_rope_params *rope = kw_config_layer_rope(cfg, layer);
+    KW_RETURN_IF(!rope || !positions || !dst || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
                  (int)layer);
     int32_t *pos = malloc((size_t)n * sizeof *pos);
     KW_RETURN_IF(!pos, KW_E_NOMEM, "RoPE rows: %lld positions", (long long)n);
@@ -68,28 +68,22 @@ static int kw_config_rope_positions(const kw_model_config *cfg, int32_t layer, c
         }
         pos[i] = inverse ? -(int32_t)positions[i] : (int32_t)positions[i];
     }
-    *out = pos;
+    if (table)
+        kw_ref_rope_table(dst, pos, n, rope);
+    else
+        kw_ref_rope(dst, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
+    free(pos);
     return 0;
 }
 
 int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
                         float *rows) {
-    const kw_rope_params *rope = NULL;
-    int32_t *pos = NULL;
-    KW_FORWARD(kw_config_rope_positions(cfg, layer, positions, n, inverse, rows, &rope, &pos));
-    kw_ref_rope(rows, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
-    free(pos);
-    return 0;
+    return kw_config_rope(cfg, layer, positions, n, inverse, rows, 0);
 }
 
 int kw_config_rope_table(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
                          float *table) {
-    const kw_rope_params *rope = NULL;
-    int32_t *pos = NULL;
-    KW_FORWARD(kw_config_rope_positions(cfg, layer, positions, n, inverse, table, &rope, &pos));
-    kw_ref_rope_table(table, pos, n, rope);
-    free(pos);
-    return 0;
+    return kw_config_rope(cfg, layer, positions, n, inverse, table, 1);
 }
 
 int32_t kw_config_rope_half(const kw_model_config *cfg, int32_t layer) {
