@@ -538,9 +538,9 @@ static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, con
         KW_FORWARD(kw_backend_upload(be, &r->d_elems, 0, elems, (size_t)n_out * sizeof *elems));
         KW_FORWARD(kw_backend_upload(be, &r->d_values, 0, values, (size_t)n_out * sizeof *values));
     }
-    kw_tensor rope;
-    if (half >
-        0) { /* KVWire v1.1 pre-RoPE keys (FORMAT.md §5.11): the receiver's own RoPE, as the CPU path applies it */
+    kw_tensor rope = {0};
+    /* KVWire v1.1 pre-RoPE keys (FORMAT.md §5.11): the receiver's own RoPE, as the CPU path applies it */
+    if (half > 0) {
         float *table = (float *)(r->stage + rope_at);
         KW_FORWARD(kw_config_rope_table(kw_model_get_config(r->model), (int32_t)sec->layer, r->pos, T, 0, table));
         KW_FORWARD(kw_tensor_view_rows(&r->d_rope, 0, T, &rope));
