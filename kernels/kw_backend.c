@@ -726,6 +726,21 @@ int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw
     return backend->iface->rope(backend, x, pos, params);
 }
 
+int kw_op_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table) {
+    static const char op[] = "rope_table";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
+    KW_FORWARD(kw_check_tensor(backend, table, op, "table"));
+    KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
+    KW_FORWARD(kw_check_dtype(table, KW_DTYPE_F32, op, "table"));
+    KW_RETURN_IF(x->ndim != 3 || table->ndim != 3 || table->ne[0] != x->ne[0] || table->ne[2] != 2 ||
+                     table->ne[1] < 1 || 2 * table->ne[1] > x->ne[2],
+                 KW_E_SHAPE, "%s: table %s must be (T, half, 2) with 2 half <= D for x %s (T, H, D)", op,
+                 KW_SHAPE(table), KW_SHAPE(x));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_ROPE, KW_DTYPE_F32, backend->iface->rope_table != NULL));
+    return backend->iface->rope_table(backend, x, table);
+}
+
 /* The shape and parameter checks of attention over a cache of Hkv heads, cap rows of cache_D dims. */
 static int kw_check_attention_shape(const kw_backend *backend, const char *op, const kw_tensor *q, int64_t Hkv,
                                     int64_t cap, int64_t cache_D, const kw_attention_params *params) {

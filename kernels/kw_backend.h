@@ -397,6 +397,13 @@ typedef struct kw_rope_params {
  * "half" layout: x' = x*cos + rotate_half(x)*sin with rotate_half(x) = cat(-x[D/2:], x[:D/2]). */
 int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
 
+/* In place on x (T, H, D) f32: kw_op_rope's rotation with the angles' cos and sin given, table (T, half, 2) f32 =
+ * {cos, sin} per token and frequency (kernels/ref's kw_ref_rope_table, model/'s kw_config_rope_table), 2 * half <= D:
+ * x'[i] = x[i] c - x[i + half] s, x'[i + half] = x[i + half] c + x[i] s, each product and sum rounded to f32 (no
+ * FMA). Every backend gives kw_ref_rope_apply's bits, so a table computed on the host makes device rows equal to the
+ * host's kw_config_rope_rows bit for bit (the receiver's pre-RoPE keys; the inverse table takes keys back). */
+int kw_op_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
+
 typedef struct kw_attention_params {
     int64_t q_pos0;           /* cache position of the first query row; query t sits at q_pos0 + t */
     int64_t n_kv;             /* number of valid cache rows (>= q_pos0 + T) */

@@ -71,6 +71,7 @@ struct kw_backend_i {
     int (*matmul)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
     int (*rms_norm)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
     int (*rope)(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+    int (*rope_table)(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
     int (*attention)(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                      const kw_tensor *v_cache, const kw_attention_params *params);
     int (*kv_store)(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);

@@ -53,10 +53,11 @@ const kw_rope_params *kw_config_layer_rope(const kw_model_config *cfg, int32_t l
     return kw_config_layer_window(cfg, layer) > 0 ? &cfg->rope_local : &cfg->rope;
 }
 
-int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
-                        float *rows) {
+/* kw_config_rope_rows (table 0: dst the rows) or kw_config_rope_table (table 1: dst the table), after checking. */
+static int kw_config_rope(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                          float *dst, int table) {
     const kw_rope_params *rope = kw_config_layer_rope(cfg, layer);
-    KW_RETURN_IF(!rope || !positions || !rows || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
+    KW_RETURN_IF(!rope || !positions || !dst || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
                  (int)layer);
     int32_t *pos = malloc((size_t)n * sizeof *pos);
     KW_RETURN_IF(!pos, KW_E_NOMEM, "RoPE rows: %lld positions", (long long)n);
@@ -67,9 +68,27 @@ int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t
         }
         pos[i] = inverse ? -(int32_t)positions[i] : (int32_t)positions[i];
     }
-    kw_ref_rope(rows, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
+    if (table)
+        kw_ref_rope_table(dst, pos, n, rope);
+    else
+        kw_ref_rope(dst, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
     free(pos);
     return 0;
+}
+
+int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                        float *rows) {
+    return kw_config_rope(cfg, layer, positions, n, inverse, rows, 0);
+}
+
+int kw_config_rope_table(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                         float *table) {
+    return kw_config_rope(cfg, layer, positions, n, inverse, table, 1);
+}
+
+int32_t kw_config_rope_half(const kw_model_config *cfg, int32_t layer) {
+    const kw_rope_params *rope = kw_config_layer_rope(cfg, layer);
+    return rope ? rope->rotary_dim / 2 : 0;
 }
 
 int kw_config_set_sliding_pattern(kw_model_config *cfg, int32_t pattern) {

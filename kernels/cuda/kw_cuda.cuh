@@ -213,6 +213,7 @@ int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *tabl
 int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
                       int flags);
 int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+int kw__cuda_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
 int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                        const kw_tensor *v_cache, const kw_attention_params *params);
 int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);

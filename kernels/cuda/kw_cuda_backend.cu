@@ -412,6 +412,7 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->matmul = kw_cuda_matmul;
     i->rms_norm = kw__cuda_rms_norm;
     i->rope = kw__cuda_rope;
+    i->rope_table = kw__cuda_rope_table;
     i->attention = kw__cuda_attention;
     i->kv_store = kw__cuda_kv_store;
     i->kv_load = kw__cuda_kv_load;
