@@ -60,7 +60,9 @@ static void kw_kvstats_usage(FILE *f) {
         "                    per-token schedule: ;T0-3,7=CODEC:GRAN (prompt positions) and ;Tlast4=CODEC:GRAN (the\n"
         "                    last 4 rows of each prompt) put those rows of every quantized layer in token groups\n"
         "                    of their own with that codec (no options: the section's are its layer's; the first\n"
-        "                    rule covering a row wins; at most 8 ranges), e.g. 'int2-asym:token@rot;T0=int8:token'\n"
+        "                    rule covering a row wins; at most 8 ranges), e.g. 'int2-asym:token@rot;T0=int8:token';\n"
+        "                    T0-N=recompute: that prefix is not sent (a kv_direct receiver can prefill it itself:\n"
+        "                    row 0 depends on token 0 only), kept exact at 0 bytes\n"
         "  --layer-sensitivity  a row per layer with only that layer through CODEC (none;L<l>=CODEC), after\n"
         "                    the --codec rows (default: none), then the layers ranked by mean KL, most\n"
         "                    sensitive first, for a schedule\n"
@@ -185,14 +187,15 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
                  arg);
     memcpy(part, eq + 1, codec_len);
     part[codec_len] = '\0';
-    kw_kvstats_codec one;
-    KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
+    kw_kvstats_codec one = {.name = "recompute"};
+    const int omit = strcmp(part, "recompute") == 0; /* a prefix the kv_direct receiver prefills itself */
+    if (!omit) KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
     KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip, KW_E_INVALID_ARG,
                  "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot and @clip are its layer's",
                  arg);
-    const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v};
+    const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int last = (size_t)(eq - seg) > 5 && strncmp(seg + 1, "last", 4) == 0;
     for (const char *p = seg + (last ? 5 : 1); p < eq;) {
         char *stop = NULL;
@@ -204,6 +207,8 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
                      KW_E_INVALID_ARG,
                      "--codec %s: token positions are numbers 0..%u and ranges a-b, by commas; Tlast<N> takes N >= 1",
                      arg, KW_WIRE_MAX_POSITIONS - 1);
+        KW_RETURN_IF(omit && (last || lo != 0), KW_E_INVALID_ARG,
+                     "--codec %s: recompute takes a prefix of the prompt, T0 or T0-N", arg);
         KW_RETURN_IF(out->n_token_rules == KW_KVSTATS_MAX_TOKEN_RULES, KW_E_INVALID_ARG,
                      "--codec %s: at most %d token ranges", arg, KW_KVSTATS_MAX_TOKEN_RULES);
         for (int32_t i = 0; i < out->n_token_rules; ++i) {

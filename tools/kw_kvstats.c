@@ -84,6 +84,8 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
             const kw_kvstats_token_rule *tr = &co->token_rules[i];
             KW_RETURN_IF(tr->from_end ? tr->first == 0 : tr->first > tr->last, KW_E_INVALID_ARG,
                          "codec %s: token rule %d covers no position", co->name, (int)i);
+            KW_RETURN_IF(tr->omit && (tr->from_end || tr->first != 0), KW_E_INVALID_ARG,
+                         "codec %s: token rule %d omits rows that are not a prefix", co->name, (int)i);
         }
     }
     int rc = 0;
@@ -283,11 +285,20 @@ static int32_t kw_kvstats_token_rule_of(const kw_kvstats_codec *c, int64_t t, in
     return -1;
 }
 
-/* The section policy of one layer codec of row c for sections of T rows. With token rules, groups (T entries, owned
- * by the caller, valid while the policy is used) gets one token group per run of rows taking the same rule. */
+/* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */
+static int64_t kw_kvstats_omitted(const kw_kvstats_codec *c, int64_t T) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < c->n_token_rules; ++i)
+        if (c->token_rules[i].omit && (int64_t)c->token_rules[i].last + 1 > n) n = (int64_t)c->token_rules[i].last + 1;
+    return n < T ? n : T;
+}
+
+/* The section policy of one layer codec of row c for sections of rows [t0, T). With token rules, groups (T entries,
+ * owned by the caller, valid while the policy is used) gets one token group per run of rows taking the same rule. */
 static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c,
-                                        const kw_kvstats_layer_codec *lc, int64_t T, kw_wire_token_group *groups) {
-    const double elems = 2.0 * (double)s->n_heads * (double)T * (double)s->head_dim;
+                                        const kw_kvstats_layer_codec *lc, int64_t t0, int64_t T,
+                                        kw_wire_token_group *groups) {
+    const double elems = 2.0 * (double)s->n_heads * (double)(T - t0) * (double)s->head_dim;
     kw_wire_policy pol = {.k = lc->spec,
                           .v = lc->spec_v,
                           .outliers = (uint32_t)floor(lc->outlier_fraction * elems + 0.5),
@@ -297,7 +308,7 @@ static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_co
                           .clip = (uint8_t)lc->clip};
     if (c->n_token_rules == 0) return pol;
     int32_t prev = -2;
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = t0; t < T; ++t) {
         const int32_t rule = kw_kvstats_token_rule_of(c, t, T);
         if (rule != prev) {
             const kw_kvstats_token_rule *tr = rule < 0 ? NULL : &c->token_rules[rule];
@@ -313,11 +324,15 @@ static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_co
 
 /* Sends k and v (each (T, H, D) f32) through one KVWire blob, every layer with its codec's K and V specs (a v1.1 blob
  * when any layer needs it), and writes the decoded values to kq, vq. Lossless layers get no section: their rows are
- * copied and counted at f32. *bytes gets the blob's size plus those rows. */
+ * copied and counted at f32. Omitted rows (a prefix, kw_kvstats_token_rule.omit) are copied and counted at 0 bytes;
+ * the sections carry the rows after them. *bytes gets the blob's size plus the f32 rows (no blob when every row is
+ * omitted). */
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
                                 int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
     const int32_t H = s->n_heads, D = s->head_dim;
     const size_t rows = (size_t)T * (size_t)H * (size_t)D;
+    const int64_t t0 = kw_kvstats_omitted(codec, T), Tk = T - t0; /* rows [t0, T) are sent */
+    const size_t skip = (size_t)t0 * (size_t)H * (size_t)D;
     kw_kvstats_layer_codec lc;
     kw_wire_policy pol;
     int v11 = 0, any_pre_rope = 0;
@@ -333,7 +348,10 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             exact_bytes += (int64_t)(2 * rows * sizeof(float));
             continue;
         }
-        pol = kw_kvstats_policy(s, codec, &lc, T, groups);
+        memcpy(kq[l], k[l], skip * sizeof **kq); /* the omitted prefix: the receiver's own rows */
+        memcpy(vq[l], v[l], skip * sizeof **vq);
+        if (Tk == 0) continue;
+        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
         v11 |= kw_wire_policy_needs_v11(&pol);
         any_pre_rope |= lc.pre_rope;
         ++n_sections;
@@ -350,9 +368,20 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     uint8_t *blob = NULL;
     float *unrotated = NULL;
     int64_t *pos = NULL;
+    uint32_t *sent = NULL; /* the positions the sections carry when a prefix is omitted */
     const kw_model_config *cfg = kw_model_get_config(s->model);
     int rc = 0;
     size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES, used = 0, n = 0;
+    if (n_sections == 0 && t0 > 0) { /* every quantized layer's rows omitted: nothing is sent */
+        *bytes = exact_bytes;
+        goto out;
+    }
+    if (t0 > 0) {
+        sent = malloc((size_t)Tk * sizeof *sent);
+        KW_CHECK_IF(!sent, KW_E_NOMEM, "out of memory for %lld positions", (long long)Tk);
+        for (int64_t t = 0; t < Tk; ++t)
+            sent[t] = (uint32_t)(t0 + t);
+    }
     if (any_pre_rope) { /* the keys before RoPE: each row rotated back by its position */
         unrotated = malloc(rows * sizeof *unrotated);
         pos = malloc((size_t)T * sizeof *pos);
@@ -365,8 +394,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) continue;
-        pol = kw_kvstats_policy(s, codec, &lc, T, groups);
-        KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &n));
+        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
+        KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)Tk, &n));
         cap += n;
     }
     blob = malloc(cap);
@@ -377,17 +406,19 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) continue;
-        pol = kw_kvstats_policy(s, codec, &lc, T, groups);
+        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
         const float *k_in = k[l];
         if (lc.pre_rope) {
             memcpy(unrotated, k[l], rows * sizeof *unrotated);
             KW_CHECK(kw_config_rope_rows(cfg, l, pos, T, 1, unrotated));
             k_in = unrotated;
         }
-        const kw_wire_layer_in in = {.layer = (uint32_t)l,
-                                     .n_tokens = (uint32_t)T,
-                                     .k = {.data = k_in, .head_stride = (size_t)D, .token_stride = (size_t)H * D},
-                                     .v = {.data = v[l], .head_stride = (size_t)D, .token_stride = (size_t)H * D}};
+        const kw_wire_layer_in in = {
+            .layer = (uint32_t)l,
+            .n_tokens = (uint32_t)Tk,
+            .positions = sent,
+            .k = {.data = k_in + skip, .head_stride = (size_t)D, .token_stride = (size_t)H * D},
+            .v = {.data = v[l] + skip, .head_stride = (size_t)D, .token_stride = (size_t)H * D}};
         KW_CHECK(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &n));
         used += n;
     }
@@ -399,19 +430,19 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     const kw_wire_section *sec = NULL;
     int32_t seen = 0;
     while ((rc = kw_wire_reader_next(reader, &sec)) == 1) {
-        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)T ||
+        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)Tk ||
                         kw_kvstats_layer(codec, (int32_t)sec->layer).lossless,
                     KW_E_WIRE_CORRUPT, "kvstats: section for layer %u of %u tokens", sec->layer, sec->n_tokens);
-        const kw_wire_tensor_out ko = {.data = kq[sec->layer],
+        const kw_wire_tensor_out ko = {.data = kq[sec->layer] + skip,
                                        .dtype = KW_WIRE_DTYPE_F32,
                                        .head_stride = (size_t)D,
                                        .token_stride = (size_t)H * D};
         kw_wire_tensor_out vo = ko;
-        vo.data = vq[sec->layer];
+        vo.data = vq[sec->layer] + skip;
         KW_CHECK(kw_wire_section_dequantize(sec, &ko, &vo));
         if (sec->pre_rope) { /* what a kv_direct receiver does: rotate the decoded keys by their positions */
             KW_CHECK_IF(!pos, KW_E_WIRE_CORRUPT, "kvstats: a pre-RoPE section for layer %u", sec->layer);
-            KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos, T, 0, kq[sec->layer]));
+            KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos + t0, Tk, 0, kq[sec->layer] + skip));
         }
         ++seen;
     }
@@ -425,6 +456,7 @@ out:
     free(unrotated);
     free(pos);
     free(groups);
+    free(sent);
     return rc;
 }
 

@@ -48,11 +48,14 @@ typedef struct kw_kvstats_layer_codec {
 } kw_kvstats_layer_codec;
 
 /* Prompt rows with their own K and V codecs in every quantized layer: positions first..last (inclusive), or with
- * from_end the last `first` rows of each prompt (last unused). A row takes the first rule that covers it. */
+ * from_end the last `first` rows of each prompt (last unused). A row takes the first rule that covers it.
+ * omit: a prefix (first 0, not from_end) that is not sent at all, kept exact at 0 bytes: in kv_direct the receiver
+ * runs the sharer's model and has the prompt's ids, so it can prefill a prefix itself (position 0 depends on token 0
+ * only); the sections then carry positions last+1.. . Omitted rows win over every other rule. */
 typedef struct kw_kvstats_token_rule {
     uint32_t first, last;
-    int from_end;
-    kw_wire_codec_spec spec, spec_v;
+    int from_end, omit;
+    kw_wire_codec_spec spec, spec_v; /* unused with omit */
 } kw_kvstats_token_rule;
 
 /* One codec configuration: the fields below for every layer, unless a per-layer schedule gives a layer one of the
@@ -102,8 +105,8 @@ typedef struct kw_kvstats kw_kvstats; /* opaque */
 
 /* Creates the accumulators for model (borrowed; it must outlive *out) and the codecs (copied), n_new >= 1 tokens per
  * prompt. A schedule that names a layer the model lacks or an override that does not exist, a token rule with
- * first > last (or from_end with first 0), or token rules on a row with no quantized layer is KW_E_INVALID_ARG.
- * *out is owned by the caller (kw_kvstats_free). */
+ * first > last (or from_end with first 0, or omit on anything but a prefix), or token rules on a row with no quantized
+ * layer is KW_E_INVALID_ARG. *out is owned by the caller (kw_kvstats_free). */
 int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n_codecs, int32_t n_new,
                       kw_kvstats **out);
 /* Releases everything. NULL is a no-op. */

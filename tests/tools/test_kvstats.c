@@ -350,7 +350,7 @@ static void test_kvstats_tokens(void **state) {
     assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
-    enum { A4, A8, SINK8, SINK8_AS_BASE, REST8, REST8_AS_BASE, FIRST_WINS, ALL8, N_ROWS };
+    enum { A4, A8, SINK8, SINK8_AS_BASE, REST8, REST8_AS_BASE, FIRST_WINS, ALL8, OMIT0, OMIT_ALL, N_ROWS };
     kw_kvstats_codec c[N_ROWS];
     for (int i = 0; i < N_ROWS; ++i)
         c[i] = codec("int4", "token");
@@ -366,6 +366,11 @@ static void test_kvstats_tokens(void **state) {
     add_rule(&c[FIRST_WINS], 0, 0, 0, &i4);
     add_rule(&c[FIRST_WINS], 8, 0, 1, &i8); /* covers position 0 too, after the first rule */
     add_rule(&c[ALL8], 0, 1000, 0, &i8);
+    add_rule(&c[OMIT0], 1, 1, 0, &i8); /* position 1 int8, position 0 not sent (the omitted prefix wins) */
+    add_rule(&c[OMIT0], 0, 1, 0, &i8);
+    c[OMIT0].token_rules[1].omit = 1, c[OMIT0].token_rules[1].last = 0;
+    add_rule(&c[OMIT_ALL], 0, 100, 0, &i8);
+    c[OMIT_ALL].token_rules[0].omit = 1;
     kw_kvstats *s = NULL;
     assert_int_equal(kw_kvstats_create(m, c, N_ROWS, N_NEW, &s), 0);
     float **k[2], **v[2];
@@ -410,6 +415,12 @@ static void test_kvstats_tokens(void **state) {
     for (int i = SINK8; i <= REST8; i += REST8 - SINK8)
         assert_true(r[i]->k_err2 < r[A4]->k_err2 && r[i]->k_err2 > r[A8]->k_err2 && r[i]->v_err2 < r[A4]->v_err2);
     assert_true(r[SINK8]->k_err2 > r[REST8]->k_err2); /* one int8 row against seven */
+    /* position 0 not sent: exact, fewer bytes than int4; every row omitted: the reference itself at 0 bytes */
+    assert_true(r[OMIT0]->k_err2 > 0.0 && r[OMIT0]->k_err2 < r[A4]->k_err2 && r[OMIT0]->v_err2 < r[A4]->v_err2);
+    assert_true(r[OMIT0]->blob_bytes < r[A4]->blob_bytes);
+    assert_true(r[OMIT_ALL]->k_err2 == 0.0 && r[OMIT_ALL]->v_err2 == 0.0 && r[OMIT_ALL]->kl_sum == 0.0);
+    assert_int_equal(r[OMIT_ALL]->blob_bytes, 0);
+    assert_int_equal(r[OMIT_ALL]->tf_agree, r[OMIT_ALL]->tf_steps);
     /* the per-position norms of the last layer */
     for (int kind = 0; kind < 2; ++kind) {
         double norm = 0.0;
@@ -446,6 +457,14 @@ static void test_kvstats_tokens(void **state) {
     bad.lossless = 1;
     assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
     bad.lossless = 0;
+    bad.token_rules[0].omit = 1; /* omitting the last row: not a prefix */
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.token_rules[0] = (kw_kvstats_token_rule){.first = 1, .last = 2, .omit = 1};
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.token_rules[0].first = 0;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), 0);
+    kw_kvstats_free(s);
+    bad.token_rules[0] = (kw_kvstats_token_rule){.first = 1, .from_end = 1, .spec = i8, .spec_v = i8};
     assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), 0);
     kw_kvstats_free(s);
     kw_model_free(m);
