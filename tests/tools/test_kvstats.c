@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,6 +55,16 @@ static void read_prompt_rows(kw_model *m, const int32_t *ids, int64_t n, float *
     kw_kvcache_free(cache);
 }
 
+/* A one-thread CPU backend (*be, owned by the caller) and the tiny model tests/data/model/hf/<name> on it (owned). */
+static kw_model *load_model(const char *name, kw_backend **be) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/model/hf/%s", KW_TEST_DATA_DIR, name);
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, be), 0);
+    assert_int_equal(kw_model_load(*be, path, NULL, &m), 0);
+    return m;
+}
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -62,9 +73,7 @@ static int cmp_double(const void *a, const void *b) {
 static void test_kvstats_tiny(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
     const kw_kvstats_codec codecs[] = {codec(NULL, NULL), codec("int8", "token"), codec("int4", "token"),
@@ -188,9 +197,7 @@ static void test_kvstats_tiny(void **state) {
 static void test_kvstats_v11_options(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     kw_kvstats_codec codecs[5] = {codec("bf16", "token"), codec("bf16", "token"), codec("int4", "token"),
                                   codec("int4", "token"), codec("int4", "token")};
     codecs[1].pre_rope = 1;
@@ -224,9 +231,7 @@ static void test_kvstats_v11_options(void **state) {
 static void test_kvstats_rotate(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_bf16", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_bf16", &be);
     kw_kvstats_codec codecs[2] = {codec("int4", "token"), codec("int4", "token")};
     codecs[1].rotate = 3, codecs[1].pre_rope = 1;
     kw_kvstats *s = NULL;
@@ -252,9 +257,7 @@ static void test_kvstats_rotate(void **state) {
 static void test_kvstats_clip(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_bf16", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_bf16", &be);
     kw_kvstats_codec codecs[3] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token")};
     codecs[1].clip = 1, codecs[2].clip = 3;
     kw_kvstats *s = NULL;
@@ -280,9 +283,7 @@ static void test_kvstats_clip(void **state) {
 static void test_kvstats_schedule(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     const int32_t L = kw_model_get_config(m)->n_layers;
     assert_true(L >= 2);
     kw_kvstats_codec codecs[6] = {codec(NULL, NULL),      codec("int4", "token"), codec("int8", "token"),
@@ -345,9 +346,7 @@ static void add_rule(kw_kvstats_codec *c, uint32_t first, uint32_t last, int fro
 static void test_kvstats_tokens(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
     enum { A4, A8, SINK8, SINK8_AS_BASE, REST8, REST8_AS_BASE, FIRST_WINS, ALL8, OMIT0, OMIT_ALL, N_ROWS };
