@@ -86,6 +86,16 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
                          "codec %s: token rule %d covers no position", co->name, (int)i);
             KW_RETURN_IF(tr->omit && (tr->from_end || tr->first != 0), KW_E_INVALID_ARG,
                          "codec %s: token rule %d omits rows that are not a prefix", co->name, (int)i);
+            for (int32_t o = -1; o < co->n_overrides && !tr->omit; ++o) { /* FORMAT.md §5.12 */
+                const int rot =
+                    o < 0 ? (co->lossless ? 0 : co->rotate) : (co->overrides[o].lossless ? 0 : co->overrides[o].rotate);
+                KW_RETURN_IF(((rot & 1) && kw_wire_codec_is_passthrough(tr->spec.codec)) ||
+                                 ((rot & 2) && kw_wire_codec_is_passthrough(tr->spec_v.codec)),
+                             KW_E_INVALID_ARG,
+                             "codec %s: token rule %d puts a passthrough codec in a rotated layer, which needs a "
+                             "quantizing codec",
+                             co->name, (int)i);
+            }
         }
     }
     int rc = 0;

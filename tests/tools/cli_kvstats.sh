@@ -119,7 +119,7 @@ for bad in 'int4:token;T3-1=int8:token|token positions are' 'int4:token;T0-3=int
     'int4:token;T0=none|needs a wire codec' 'int4:token;T0=int8:token@rot|CODEC:GRAN only' \
     'int4:token;T=int8:token|a token rule is' 'none;T0=int8:token|quantizes no layer' 'int4:token;Tx=int8:token|token positions' \
     'int4:token;T0=int5:token|unknown codec' 'int4:token;T0,1,2,3,4,5,6,7,8=int8:token|at most 8' \
-    'int4:token;T0=|a token rule is' 'int4:token;T1=recompute|recompute takes a prefix' 'int4:token;Tlast1=recompute|recompute takes a prefix'; do
+    'int4:token;T0=|a token rule is' 'int4:token@rotv;T0=int8:token,bf16|passthrough codec in a rotated layer' 'int4:token;L0=int4:token@rotv;T0=bf16|passthrough codec in a rotated layer' 'int4:token;T1=recompute|recompute takes a prefix' 'int4:token;Tlast1=recompute|recompute takes a prefix'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
         --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad token schedule ${bad%%|*}"
