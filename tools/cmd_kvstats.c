@@ -72,7 +72,8 @@ static void kw_kvstats_usage(FILE *f) {
         "  --no-heads        leave out the per-(layer, head) table\n"
         "Each prompt's tokens but the last are prefilled into an f32 cache; those rows go through a KVWire blob per\n"
         "codec and back; the model then runs the last token and decodes from them. stdout: the K/V magnitudes per\n"
-        "layer and KV head, their summary, and per codec: bytes per prompt token (all layers, K and V), the\n"
+        "layer and KV head, the mean K and V head-vector L2 norm per layer at positions 0-3 and over the rest\n"
+        "(attention sinks), the magnitudes' summary, and per codec: bytes per prompt token (all layers, K and V), the\n"
         "relative reconstruction error of K and V, teacher-forced top-1 agreement with the unquantized run, mean\n"
         "KL(unquantized || codec) of the next-token distribution (nats), free-running greedy agreement.\n");
 }
