@@ -349,7 +349,7 @@ static void test_kvstats_tokens(void **state) {
     kw_model *m = load_model("qwen3_gqa3", &be);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
-    enum { A4, A8, SINK8, SINK8_AS_BASE, REST8, REST8_AS_BASE, FIRST_WINS, ALL8, OMIT0, OMIT_ALL, N_ROWS };
+    enum { A4, A8, SINK8, SINK8_AS_BASE, REST8, REST8_AS_BASE, FIRST_WINS, ALL8, OMIT0, OMIT_ALL, OMIT_ROPE, N_ROWS };
     kw_kvstats_codec c[N_ROWS];
     for (int i = 0; i < N_ROWS; ++i)
         c[i] = codec("int4", "token");
@@ -370,6 +370,11 @@ static void test_kvstats_tokens(void **state) {
     c[OMIT0].token_rules[1].omit = 1, c[OMIT0].token_rules[1].last = 0;
     add_rule(&c[OMIT_ALL], 0, 100, 0, &i8);
     c[OMIT_ALL].token_rules[0].omit = 1;
+    c[OMIT_ROPE] =
+        codec("bf16", "token"); /* bf16 keys before RoPE, rows 0-1 omitted, 2.. re-rotated by their own positions */
+    c[OMIT_ROPE].pre_rope = 1;
+    add_rule(&c[OMIT_ROPE], 0, 1, 0, &i8);
+    c[OMIT_ROPE].token_rules[0].omit = 1;
     kw_kvstats *s = NULL;
     assert_int_equal(kw_kvstats_create(m, c, N_ROWS, N_NEW, &s), 0);
     float **k[2], **v[2];
@@ -420,6 +425,7 @@ static void test_kvstats_tokens(void **state) {
     assert_true(r[OMIT_ALL]->k_err2 == 0.0 && r[OMIT_ALL]->v_err2 == 0.0 && r[OMIT_ALL]->kl_sum == 0.0);
     assert_int_equal(r[OMIT_ALL]->blob_bytes, 0);
     assert_int_equal(r[OMIT_ALL]->tf_agree, r[OMIT_ALL]->tf_steps);
+    assert_true(r[OMIT_ROPE]->k_err2 > 0.0 && sqrt(r[OMIT_ROPE]->k_err2 / r[OMIT_ROPE]->k_norm2) < 4e-3);
     /* the per-position norms of the last layer */
     for (int kind = 0; kind < 2; ++kind) {
         double norm = 0.0;
