@@ -342,7 +342,9 @@ static void add_rule(kw_kvstats_codec *c, uint32_t first, uint32_t last, int fro
  * with position 0 at int8 costs the int4 row plus, per section, one group descriptor (12 bytes) and one row's
  * difference between int8 and int4 (measured from the two plain rows); groups that give the same rows the same codecs
  * read the same bytes and errors whatever way the rules name them (positions, Tlast, the first rule winning); a rule
- * over every row is the int8 row. The per-position norms against the prompt rows read here. Bad rules are refused. */
+ * over every row is the int8 row. A prefix not sent (omit) is exact and costs fewer bytes; every row omitted is the
+ * reference at 0 bytes; with pre-RoPE keys the rows after it are rotated back by their own positions. The per-position
+ * norms against the prompt rows read here. Bad rules are refused. */
 static void test_kvstats_tokens(void **state) {
     (void)state;
     kw_backend *be = NULL;
