@@ -57,6 +57,12 @@ static void kw_kvstats_usage(FILE *f) {
         "                    and ranges, each named once, at most 4 overrides) their own codec, options and all\n"
         "                    (nothing inherited from BASE; none = that layer's rows as they are, counted at f32),\n"
         "                    e.g. 'int4:token@rot@clip;L0,5=int8:token' (quote the ;)\n"
+        "                    per-token schedule: ;T0-3,7=CODEC:GRAN (prompt positions) and ;Tlast4=CODEC:GRAN (the\n"
+        "                    last 4 rows of each prompt) put those rows of every quantized layer in token groups\n"
+        "                    of their own with that codec (no options: the section's are its layer's; the first\n"
+        "                    rule covering a row wins; at most 8 ranges), e.g. 'int2-asym:token@rot;T0=int8:token';\n"
+        "                    T0-N=recompute: that prefix is not sent (a kv_direct receiver can prefill it itself:\n"
+        "                    row 0 depends on token 0 only), kept exact at 0 bytes\n"
         "  --layer-sensitivity  a row per layer with only that layer through CODEC (none;L<l>=CODEC), after\n"
         "                    the --codec rows (default: none), then the layers ranked by mean KL, most\n"
         "                    sensitive first, for a schedule\n"
@@ -66,7 +72,8 @@ static void kw_kvstats_usage(FILE *f) {
         "  --no-heads        leave out the per-(layer, head) table\n"
         "Each prompt's tokens but the last are prefilled into an f32 cache; those rows go through a KVWire blob per\n"
         "codec and back; the model then runs the last token and decodes from them. stdout: the K/V magnitudes per\n"
-        "layer and KV head, their summary, and per codec: bytes per prompt token (all layers, K and V), the\n"
+        "layer and KV head, the mean K and V head-vector L2 norm per layer at positions 0-3 and over the rest\n"
+        "(attention sinks), the magnitudes' summary, and per codec: bytes per prompt token (all layers, K and V), the\n"
         "relative reconstruction error of K and V, teacher-forced top-1 agreement with the unquantized run, mean\n"
         "KL(unquantized || codec) of the next-token distribution (nats), free-running greedy agreement.\n");
 }
@@ -167,9 +174,69 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     return 0;
 }
 
-/* "BASE;L3,7=CODEC;L0-2=CODEC": the row's codec for every layer (parse_codec's syntax, "none" for the rows as they
- * are), then per-layer overrides, each a list of layers and ranges, '=', and a codec of the same syntax with its own
- * options (nothing is inherited from BASE). A layer may be named once; at most KW_KVSTATS_MAX_OVERRIDES overrides. */
+/* One token rule segment of a schedule, "T0-3,7=CODEC" (prompt positions and ranges) or "Tlast4=CODEC" (the last 4
+ * rows of each prompt), eq at its '=', end past its codec: rules appended to out, ";T0-3,7=int8/token" to its name
+ * (*name_len long). The codec is a wire codec without options (the section's options are its layer's); a position
+ * may be named once, Tlast given once. */
+static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const char *eq, const char *end,
+                                       const char *scale, kw_kvstats_codec *out, size_t *name_len) {
+    char part[256];
+    const size_t codec_len = (size_t)(end - eq - 1);
+    KW_RETURN_IF(eq == seg + 1 || codec_len == 0 || codec_len >= sizeof part, KW_E_INVALID_ARG,
+                 "--codec %s: a token rule is T<positions>=CODEC or Tlast<N>=CODEC (T0=int8:token, T0-3,7=..., "
+                 "Tlast4=...)",
+                 arg);
+    memcpy(part, eq + 1, codec_len);
+    part[codec_len] = '\0';
+    kw_kvstats_codec one = {.name = "recompute"};
+    const int omit = strcmp(part, "recompute") == 0; /* a prefix the kv_direct receiver prefills itself */
+    if (!omit) KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
+    KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
+                 "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
+    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip, KW_E_INVALID_ARG,
+                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot and @clip are its layer's",
+                 arg);
+    const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
+    const int last = (size_t)(eq - seg) > 5 && strncmp(seg + 1, "last", 4) == 0;
+    for (const char *p = seg + (last ? 5 : 1); p < eq;) {
+        char *stop = NULL;
+        const long lo = strtol(p, &stop, 10);
+        long hi = lo;
+        if (!last && stop < eq && *stop == '-') hi = strtol(stop + 1, &stop, 10);
+        KW_RETURN_IF(stop == p || stop > eq || (stop < eq && (last || *stop != ',')) || lo < 0 || hi < lo ||
+                         hi >= (long)KW_WIRE_MAX_POSITIONS || (last && lo == 0) || (*stop == ',' && stop + 1 == eq),
+                     KW_E_INVALID_ARG,
+                     "--codec %s: token positions are numbers 0..%u and ranges a-b, by commas; Tlast<N> takes N >= 1",
+                     arg, KW_WIRE_MAX_POSITIONS - 1);
+        KW_RETURN_IF(omit && (last || lo != 0), KW_E_INVALID_ARG,
+                     "--codec %s: recompute takes a prefix of the prompt, T0 or T0-N", arg);
+        KW_RETURN_IF(out->n_token_rules == KW_KVSTATS_MAX_TOKEN_RULES, KW_E_INVALID_ARG,
+                     "--codec %s: at most %d token ranges", arg, KW_KVSTATS_MAX_TOKEN_RULES);
+        for (int32_t i = 0; i < out->n_token_rules; ++i) {
+            const kw_kvstats_token_rule *o = &out->token_rules[i];
+            KW_RETURN_IF(last && o->from_end, KW_E_INVALID_ARG, "--codec %s: Tlast is given twice", arg);
+            KW_RETURN_IF(!last && !o->from_end && lo <= (long)o->last && hi >= (long)o->first, KW_E_INVALID_ARG,
+                         "--codec %s: a token position is named twice", arg);
+        }
+        kw_kvstats_token_rule *tr = &out->token_rules[out->n_token_rules++];
+        *tr = base;
+        tr->first = (uint32_t)lo;
+        tr->last = (uint32_t)hi;
+        tr->from_end = last;
+        p = stop < eq ? stop + 1 : eq;
+    }
+    const int w =
+        snprintf(out->name + *name_len, sizeof out->name - *name_len, ";%.*s=%s", (int)(eq - seg), seg, one.name);
+    KW_RETURN_IF(w < 0 || (size_t)w >= sizeof out->name - *name_len, KW_E_INVALID_ARG,
+                 "--codec %s: the schedule is too long", arg);
+    *name_len += (size_t)w;
+    return 0;
+}
+
+/* "BASE;L3,7=CODEC;L0-2=CODEC;T0=CODEC": the row's codec for every layer (parse_codec's syntax, "none" for the rows
+ * as they are), then per-layer overrides, each a list of layers and ranges, '=', and a codec of the same syntax with
+ * its own options (nothing is inherited from BASE), and per-token rules (kw_kvstats_parse_token_rule). A layer may be
+ * named once; at most KW_KVSTATS_MAX_OVERRIDES overrides. */
 static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvstats_codec *out) {
     const char *semi = strchr(arg, ';');
     char part[256];
@@ -183,9 +250,16 @@ static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvst
         const char *seg = semi + 1, *next = strchr(seg, ';');
         const size_t seg_len = next ? (size_t)(next - seg) : strlen(seg);
         const char *eq = memchr(seg, '=', seg_len);
+        if (seg_len > 0 && seg[0] == 'T' && eq) {
+            KW_FORWARD(kw_kvstats_parse_token_rule(arg, seg, eq, seg + seg_len, scale, out, &name_len));
+            semi = next;
+            continue;
+        }
         KW_RETURN_IF(seg_len == 0 || seg[0] != 'L' || !eq || eq == seg + 1 || (size_t)(seg + seg_len - eq) < 2 ||
                          (size_t)(seg + seg_len - eq) > sizeof part,
-                     KW_E_INVALID_ARG, "--codec %s: a layer override is L<layers>=CODEC (L3,7=int8:token, L0-2=...)",
+                     KW_E_INVALID_ARG,
+                     "--codec %s: a layer override is L<layers>=CODEC (L3,7=int8:token, L0-2=...), a token rule "
+                     "T<positions>=CODEC",
                      arg);
         KW_RETURN_IF(out->n_overrides == KW_KVSTATS_MAX_OVERRIDES, KW_E_INVALID_ARG,
                      "--codec %s: at most %d layer overrides", arg, KW_KVSTATS_MAX_OVERRIDES);
@@ -282,6 +356,25 @@ static void kw_kvstats_print_heads(const kw_kvstats *s, const kw_model_config *c
                                st.mean_abs, st.max_abs, st.outlier_ratio, (int)st.outlier_channel, st.token_range,
                                st.channel_range);
                 }
+    }
+    printf("\n== mean L2 norm of a head vector at the first positions (the sink?) and over the rest ==\n");
+    printf("%5s", "layer");
+    for (int kind = 0; kind < 2; ++kind) {
+        for (int32_t p = 0; p < KW_KVSTATS_POSITIONS; ++p)
+            printf(" %6s%d", kind ? "V@" : "K@", (int)p);
+        printf(" %8s", kind ? "V rest" : "K rest");
+    }
+    printf("\n");
+    for (int32_t l = 0; l < cfg->n_layers; ++l) {
+        printf("%5d", (int)l);
+        for (int kind = 0; kind < 2; ++kind)
+            for (int32_t p = 0; p <= KW_KVSTATS_POSITIONS; ++p) {
+                double norm = 0.0;
+                int64_t count = 0;
+                kw_kvstats_position_get(s, kind, l, p, &norm, &count);
+                printf(p < KW_KVSTATS_POSITIONS ? " %7.2f" : " %8.2f", norm);
+            }
+        printf("\n");
     }
     printf("\n== summary: outlier ratio = the largest channel mean |x| over the median channel's ==\n");
     for (int kind = 0; kind < 2; ++kind) {

@@ -16,6 +16,8 @@ typedef struct kw_kvstats_acc {
     double *sum_abs;         /* [head_index] */
     double *max_abs;         /* [head_index] */
     double *sum_token_range; /* [head_index] */
+    double *pos_norm;        /* [layer * (KW_KVSTATS_POSITIONS + 1) + p] sum of head vectors' L2 norms at position p
+                                (the last slot: every later position) */
 } kw_kvstats_acc;
 
 struct kw_kvstats {
@@ -24,11 +26,12 @@ struct kw_kvstats {
     kw_kvstats_codec *codecs;   /* owned, n_codecs */
     kw_kvstats_result *results; /* owned, n_codecs */
     int32_t n_codecs;
-    kw_kvstats_acc acc[2];                /* K, V */
-    int64_t rows;                         /* prompt rows so far */
-    float *ref_logits;                    /* owned (n_new, vocab): the reference's logits at each step */
-    double *ref_lse;                      /* owned (n_new): their log-sum-exp */
-    int32_t *ref_ids, *argmax, *free_ids; /* owned, n_new each */
+    kw_kvstats_acc acc[2];                       /* K, V */
+    int64_t rows;                                /* prompt rows so far */
+    int64_t pos_count[KW_KVSTATS_POSITIONS + 1]; /* head vectors summed into each pos_norm slot of one layer */
+    float *ref_logits;                           /* owned (n_new, vocab): the reference's logits at each step */
+    double *ref_lse;                             /* owned (n_new): their log-sum-exp */
+    int32_t *ref_ids, *argmax, *free_ids;        /* owned, n_new each */
 };
 
 static void kw_kvstats_acc_free(kw_kvstats_acc *a) {
@@ -38,6 +41,7 @@ static void kw_kvstats_acc_free(kw_kvstats_acc *a) {
     free(a->sum_abs);
     free(a->max_abs);
     free(a->sum_token_range);
+    free(a->pos_norm);
 }
 
 void kw_kvstats_free(kw_kvstats *s) {
@@ -72,6 +76,27 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
                          "codec %s: the schedule names layer %d, the model has %d layers", co->name, (int)l,
                          (int)cfg->n_layers);
         }
+        KW_RETURN_IF(co->n_token_rules < 0 || co->n_token_rules > KW_KVSTATS_MAX_TOKEN_RULES, KW_E_INVALID_ARG,
+                     "codec %s: %d token rules", co->name, (int)co->n_token_rules);
+        KW_RETURN_IF(co->n_token_rules && co->lossless && co->n_overrides == 0, KW_E_INVALID_ARG,
+                     "codec %s: token rules on a row that quantizes no layer", co->name);
+        for (int32_t i = 0; i < co->n_token_rules; ++i) {
+            const kw_kvstats_token_rule *tr = &co->token_rules[i];
+            KW_RETURN_IF(tr->from_end ? tr->first == 0 : tr->first > tr->last, KW_E_INVALID_ARG,
+                         "codec %s: token rule %d covers no position", co->name, (int)i);
+            KW_RETURN_IF(tr->omit && (tr->from_end || tr->first != 0), KW_E_INVALID_ARG,
+                         "codec %s: token rule %d omits rows that are not a prefix", co->name, (int)i);
+            for (int32_t o = -1; o < co->n_overrides && !tr->omit; ++o) { /* FORMAT.md §5.12 */
+                const int rot =
+                    o < 0 ? (co->lossless ? 0 : co->rotate) : (co->overrides[o].lossless ? 0 : co->overrides[o].rotate);
+                KW_RETURN_IF(((rot & 1) && kw_wire_codec_is_passthrough(tr->spec.codec)) ||
+                                 ((rot & 2) && kw_wire_codec_is_passthrough(tr->spec_v.codec)),
+                             KW_E_INVALID_ARG,
+                             "codec %s: token rule %d puts a passthrough codec in a rotated layer, which needs a "
+                             "quantizing codec",
+                             co->name, (int)i);
+            }
+        }
     }
     int rc = 0;
     kw_kvstats *s = calloc(1, sizeof *s);
@@ -102,7 +127,9 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
         a->sum_abs = calloc(heads, sizeof *a->sum_abs);
         a->max_abs = calloc(heads, sizeof *a->max_abs);
         a->sum_token_range = calloc(heads, sizeof *a->sum_token_range);
-        KW_CHECK_IF(!a->ch_abs || !a->ch_min || !a->ch_max || !a->sum_abs || !a->max_abs || !a->sum_token_range,
+        a->pos_norm = calloc((size_t)s->n_layers * (KW_KVSTATS_POSITIONS + 1), sizeof *a->pos_norm);
+        KW_CHECK_IF(!a->ch_abs || !a->ch_min || !a->ch_max || !a->sum_abs || !a->max_abs || !a->sum_token_range ||
+                        !a->pos_norm,
                     KW_E_NOMEM, "out of memory");
         for (size_t i = 0; i < chans; ++i) {
             a->ch_min[i] = INFINITY;
@@ -121,12 +148,15 @@ static void kw_kvstats_accumulate(kw_kvstats *s, int kind, int32_t layer, const 
     kw_kvstats_acc *a = &s->acc[kind];
     const int32_t H = s->n_heads, D = s->head_dim;
     for (int64_t t = 0; t < T; ++t) {
+        const int64_t slot = t < KW_KVSTATS_POSITIONS ? t : KW_KVSTATS_POSITIONS;
         for (int32_t h = 0; h < H; ++h) {
             const size_t hi = (size_t)layer * (size_t)H + (size_t)h;
             const float *row = x + ((size_t)t * (size_t)H + (size_t)h) * (size_t)D;
             float lo = row[0], hi_v = row[0];
+            double sq = 0.0;
             for (int32_t d = 0; d < D; ++d) {
                 const float v = row[d];
+                sq += (double)v * (double)v;
                 const size_t c = hi * (size_t)D + (size_t)d;
                 a->ch_abs[c] += fabs((double)v);
                 a->sum_abs[hi] += fabs((double)v);
@@ -137,8 +167,19 @@ static void kw_kvstats_accumulate(kw_kvstats *s, int kind, int32_t layer, const 
                 if (v > hi_v) hi_v = v;
             }
             a->sum_token_range[hi] += (double)hi_v - (double)lo;
+            a->pos_norm[(size_t)layer * (KW_KVSTATS_POSITIONS + 1) + (size_t)slot] += sqrt(sq);
         }
     }
+}
+
+int kw_kvstats_position_get(const kw_kvstats *s, int kind, int32_t layer, int32_t p, double *norm, int64_t *count) {
+    KW_RETURN_IF(!s || !norm || !count || kind < 0 || kind > 1 || layer < 0 || layer >= s->n_layers || p < 0 ||
+                     p > KW_KVSTATS_POSITIONS,
+                 KW_E_INVALID_ARG, "kw_kvstats_position_get: bad argument");
+    *count = s->pos_count[p];
+    *norm =
+        *count ? s->acc[kind].pos_norm[(size_t)layer * (KW_KVSTATS_POSITIONS + 1) + (size_t)p] / (double)*count : 0.0;
+    return 0;
 }
 
 static int kw_kvstats_cmp_double(const void *a, const void *b) {
@@ -245,30 +286,70 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
                                     .clip = c->clip};
 }
 
-/* The section policy of one layer codec for sections of T rows. */
-static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_layer_codec *lc, int64_t T) {
-    const double elems = 2.0 * (double)s->n_heads * (double)T * (double)s->head_dim;
-    return (kw_wire_policy){.k = lc->spec,
-                            .v = lc->spec_v,
-                            .outliers = (uint32_t)floor(lc->outlier_fraction * elems + 0.5),
-                            .outlier_dtype = KW_WIRE_DTYPE_BF16,
-                            .pre_rope = (uint8_t)(lc->pre_rope != 0),
-                            .rotate = (uint8_t)lc->rotate,
-                            .clip = (uint8_t)lc->clip};
+/* The rule of row c's token schedule that row t of T takes (the first covering it), or -1: the layer's codec. */
+static int32_t kw_kvstats_token_rule_of(const kw_kvstats_codec *c, int64_t t, int64_t T) {
+    for (int32_t i = 0; i < c->n_token_rules; ++i) {
+        const kw_kvstats_token_rule *tr = &c->token_rules[i];
+        if (tr->from_end ? t >= T - (int64_t)tr->first : t >= (int64_t)tr->first && t <= (int64_t)tr->last) return i;
+    }
+    return -1;
+}
+
+/* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */
+static int64_t kw_kvstats_omitted(const kw_kvstats_codec *c, int64_t T) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < c->n_token_rules; ++i)
+        if (c->token_rules[i].omit && (int64_t)c->token_rules[i].last + 1 > n) n = (int64_t)c->token_rules[i].last + 1;
+    return n < T ? n : T;
+}
+
+/* The section policy of one layer codec of row c for sections of rows [t0, T). With token rules, groups (T entries,
+ * owned by the caller, valid while the policy is used) gets one token group per run of rows taking the same rule. */
+static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c,
+                                        const kw_kvstats_layer_codec *lc, int64_t t0, int64_t T,
+                                        kw_wire_token_group *groups) {
+    const double elems = 2.0 * (double)s->n_heads * (double)(T - t0) * (double)s->head_dim;
+    kw_wire_policy pol = {.k = lc->spec,
+                          .v = lc->spec_v,
+                          .outliers = (uint32_t)floor(lc->outlier_fraction * elems + 0.5),
+                          .outlier_dtype = KW_WIRE_DTYPE_BF16,
+                          .pre_rope = (uint8_t)(lc->pre_rope != 0),
+                          .rotate = (uint8_t)lc->rotate,
+                          .clip = (uint8_t)lc->clip};
+    if (c->n_token_rules == 0) return pol;
+    int32_t prev = -2;
+    for (int64_t t = t0; t < T; ++t) {
+        const int32_t rule = kw_kvstats_token_rule_of(c, t, T);
+        if (rule != prev) {
+            const kw_kvstats_token_rule *tr = rule < 0 ? NULL : &c->token_rules[rule];
+            groups[pol.n_groups++] =
+                (kw_wire_token_group){.k = tr ? tr->spec : lc->spec, .v = tr ? tr->spec_v : lc->spec_v};
+            prev = rule;
+        }
+        groups[pol.n_groups - 1].n_tokens++;
+    }
+    pol.groups = groups;
+    return pol;
 }
 
 /* Sends k and v (each (T, H, D) f32) through one KVWire blob, every layer with its codec's K and V specs (a v1.1 blob
  * when any layer needs it), and writes the decoded values to kq, vq. Lossless layers get no section: their rows are
- * copied and counted at f32. *bytes gets the blob's size plus those rows. */
+ * copied and counted at f32. Omitted rows (a prefix, kw_kvstats_token_rule.omit) are copied and counted at 0 bytes;
+ * the sections carry the rows after them. *bytes gets the blob's size plus the f32 rows (no blob when every row is
+ * omitted). */
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
                                 int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
     const int32_t H = s->n_heads, D = s->head_dim;
     const size_t rows = (size_t)T * (size_t)H * (size_t)D;
+    const int64_t t0 = kw_kvstats_omitted(codec, T), Tk = T - t0; /* rows [t0, T) are sent */
+    const size_t skip = (size_t)t0 * (size_t)H * (size_t)D;
     kw_kvstats_layer_codec lc;
     kw_wire_policy pol;
     int v11 = 0, any_pre_rope = 0;
     uint16_t n_sections = 0;
     int64_t exact_bytes = 0;
+    kw_wire_token_group *groups = codec->n_token_rules ? malloc((size_t)T * sizeof *groups) : NULL; /* owned */
+    KW_RETURN_IF(codec->n_token_rules && !groups, KW_E_NOMEM, "out of memory for %lld token groups", (long long)T);
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) {
@@ -277,7 +358,10 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             exact_bytes += (int64_t)(2 * rows * sizeof(float));
             continue;
         }
-        pol = kw_kvstats_policy(s, &lc, T);
+        memcpy(kq[l], k[l], skip * sizeof **kq); /* the omitted prefix: the receiver's own rows */
+        memcpy(vq[l], v[l], skip * sizeof **vq);
+        if (Tk == 0) continue;
+        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
         v11 |= kw_wire_policy_needs_v11(&pol);
         any_pre_rope |= lc.pre_rope;
         ++n_sections;
@@ -294,9 +378,20 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     uint8_t *blob = NULL;
     float *unrotated = NULL;
     int64_t *pos = NULL;
+    uint32_t *sent = NULL; /* the positions the sections carry when a prefix is omitted */
     const kw_model_config *cfg = kw_model_get_config(s->model);
     int rc = 0;
     size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES, used = 0, n = 0;
+    if (n_sections == 0 && t0 > 0) { /* every quantized layer's rows omitted: nothing is sent */
+        *bytes = exact_bytes;
+        goto out;
+    }
+    if (t0 > 0) {
+        sent = malloc((size_t)Tk * sizeof *sent);
+        KW_CHECK_IF(!sent, KW_E_NOMEM, "out of memory for %lld positions", (long long)Tk);
+        for (int64_t t = 0; t < Tk; ++t)
+            sent[t] = (uint32_t)(t0 + t);
+    }
     if (any_pre_rope) { /* the keys before RoPE: each row rotated back by its position */
         unrotated = malloc(rows * sizeof *unrotated);
         pos = malloc((size_t)T * sizeof *pos);
@@ -309,8 +404,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) continue;
-        pol = kw_kvstats_policy(s, &lc, T);
-        KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &n));
+        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
+        KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)Tk, &n));
         cap += n;
     }
     blob = malloc(cap);
@@ -321,17 +416,19 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) continue;
-        pol = kw_kvstats_policy(s, &lc, T);
+        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
         const float *k_in = k[l];
         if (lc.pre_rope) {
             memcpy(unrotated, k[l], rows * sizeof *unrotated);
             KW_CHECK(kw_config_rope_rows(cfg, l, pos, T, 1, unrotated));
             k_in = unrotated;
         }
-        const kw_wire_layer_in in = {.layer = (uint32_t)l,
-                                     .n_tokens = (uint32_t)T,
-                                     .k = {.data = k_in, .head_stride = (size_t)D, .token_stride = (size_t)H * D},
-                                     .v = {.data = v[l], .head_stride = (size_t)D, .token_stride = (size_t)H * D}};
+        const kw_wire_layer_in in = {
+            .layer = (uint32_t)l,
+            .n_tokens = (uint32_t)Tk,
+            .positions = sent,
+            .k = {.data = k_in + skip, .head_stride = (size_t)D, .token_stride = (size_t)H * D},
+            .v = {.data = v[l] + skip, .head_stride = (size_t)D, .token_stride = (size_t)H * D}};
         KW_CHECK(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &n));
         used += n;
     }
@@ -343,19 +440,19 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     const kw_wire_section *sec = NULL;
     int32_t seen = 0;
     while ((rc = kw_wire_reader_next(reader, &sec)) == 1) {
-        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)T ||
+        KW_CHECK_IF(sec->layer >= (uint32_t)s->n_layers || sec->n_tokens != (uint32_t)Tk ||
                         kw_kvstats_layer(codec, (int32_t)sec->layer).lossless,
                     KW_E_WIRE_CORRUPT, "kvstats: section for layer %u of %u tokens", sec->layer, sec->n_tokens);
-        const kw_wire_tensor_out ko = {.data = kq[sec->layer],
+        const kw_wire_tensor_out ko = {.data = kq[sec->layer] + skip,
                                        .dtype = KW_WIRE_DTYPE_F32,
                                        .head_stride = (size_t)D,
                                        .token_stride = (size_t)H * D};
         kw_wire_tensor_out vo = ko;
-        vo.data = vq[sec->layer];
+        vo.data = vq[sec->layer] + skip;
         KW_CHECK(kw_wire_section_dequantize(sec, &ko, &vo));
         if (sec->pre_rope) { /* what a kv_direct receiver does: rotate the decoded keys by their positions */
             KW_CHECK_IF(!pos, KW_E_WIRE_CORRUPT, "kvstats: a pre-RoPE section for layer %u", sec->layer);
-            KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos, T, 0, kq[sec->layer]));
+            KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos + t0, Tk, 0, kq[sec->layer] + skip));
         }
         ++seen;
     }
@@ -368,6 +465,8 @@ out:
     free(blob);
     free(unrotated);
     free(pos);
+    free(groups);
+    free(sent);
     return rc;
 }
 
@@ -451,6 +550,8 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
         kw_kvstats_accumulate(s, 1, l, v[l], T);
     }
     s->rows += T;
+    for (int64_t t = 0; t < T; ++t)
+        s->pos_count[t < KW_KVSTATS_POSITIONS ? t : KW_KVSTATS_POSITIONS] += s->n_heads;
     static const int32_t no_eos = -1;
     const kw_generate_options ref = {.max_new_tokens = n_new,
                                      .round = KW_LOGITS_ROUND_NONE,
@@ -466,7 +567,7 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
         kw_kvstats_result *r = &s->results[c];
         if (r->status < 0) continue;
         int64_t bytes = (int64_t)(2 * per_layer * sizeof(float)) * L;
-        if (s->codecs[c].lossless && s->codecs[c].n_overrides == 0) {
+        if (s->codecs[c].lossless && s->codecs[c].n_overrides == 0) { /* create refused token rules here */
             for (int32_t l = 0; l < L; ++l) {
                 memcpy(kq[l], k[l], per_layer * sizeof **kq);
                 memcpy(vq[l], v[l], per_layer * sizeof **vq);

@@ -16,6 +16,12 @@
  * channels) and the mean per-channel range (max - min of a channel over the rows).
  * A codec row may give layers their own codec (a per-layer schedule, kw_kvstats_codec.overrides): each layer is one
  * section of the row's blob with its own policy, or, lossless, its rows as they are, counted at f32.
+ * A codec row may also give tokens their own codec (a per-token schedule, kw_kvstats_codec.token_rules: the first
+ * positions, attention sinks, or the last ones): in every quantized layer's section those rows form token groups of
+ * their own (FORMAT.md §4.2) with the rule's K and V specs; the section's options (outliers, rotation, pre-RoPE keys,
+ * clipping) stay the layer's. The bytes counted are the blob's, group tables included.
+ * Besides the per-head table, the mean L2 norm of a head vector of K and of V per layer at each of the first
+ * KW_KVSTATS_POSITIONS positions and over the rest (kw_kvstats_position_get): whether position 0 stands out.
  * Not here: the wire transport, selection of tokens, C2C.
  */
 #ifndef KW_KVSTATS_H
@@ -26,8 +32,10 @@
 #include "model/kw_model.h"
 #include "wire/kw_wire.h"
 
-#define KW_KVSTATS_MAX_LAYERS    256 /* layers a schedule can name */
-#define KW_KVSTATS_MAX_OVERRIDES 4   /* distinct per-layer codecs in one schedule besides the base */
+#define KW_KVSTATS_MAX_LAYERS      256 /* layers a schedule can name */
+#define KW_KVSTATS_MAX_OVERRIDES   4   /* distinct per-layer codecs in one schedule besides the base */
+#define KW_KVSTATS_MAX_TOKEN_RULES 8   /* token ranges of one row with their own codec */
+#define KW_KVSTATS_POSITIONS       4   /* leading positions whose norms are kept apart */
 
 /* The codec of one layer in a schedule: what kw_kvstats_codec's fields of the same names mean, for that layer only
  * (nothing is inherited from the base). lossless: the layer's rows go as they are (f32, counted at 4 bytes per
@@ -39,8 +47,19 @@ typedef struct kw_kvstats_layer_codec {
     int pre_rope, rotate, clip;
 } kw_kvstats_layer_codec;
 
+/* Prompt rows with their own K and V codecs in every quantized layer: positions first..last (inclusive), or with
+ * from_end the last `first` rows of each prompt (last unused). A row takes the first rule that covers it.
+ * omit: a prefix (first 0, not from_end) that is not sent at all, kept exact at 0 bytes: in kv_direct the receiver
+ * runs the sharer's model and has the prompt's ids, so it can prefill a prefix itself (position 0 depends on token 0
+ * only); the sections then carry positions last+1.. . Omitted rows win over every other rule. */
+typedef struct kw_kvstats_token_rule {
+    uint32_t first, last;
+    int from_end, omit;
+    kw_wire_codec_spec spec, spec_v; /* unused with omit */
+} kw_kvstats_token_rule;
+
 /* One codec configuration: the fields below for every layer, unless a per-layer schedule gives a layer one of the
- * overrides. */
+ * overrides; the token rules split every quantized layer's rows into token groups. */
 typedef struct kw_kvstats_codec {
     int lossless;              /* 1: the cache as it is, no blob (the control row: agreement 1, KL 0, error 0) */
     kw_wire_codec_spec spec;   /* K's codec */
@@ -56,6 +75,8 @@ typedef struct kw_kvstats_codec {
     kw_kvstats_layer_codec overrides[KW_KVSTATS_MAX_OVERRIDES];
     uint8_t layer_codec[KW_KVSTATS_MAX_LAYERS]; /* 0: layer l takes the fields above; i: overrides[i - 1]. A layer
                                                    at or past the model's layer count must be 0 */
+    int32_t n_token_rules; /* per-token schedule: token_rules[0 .. n_token_rules), lossless layers excepted */
+    kw_kvstats_token_rule token_rules[KW_KVSTATS_MAX_TOKEN_RULES];
     char name[256]; /* "int4/group32", or "int2-asym/channel32+int2-asym/token" for K+V, "...;L3,7=int8/token" with a
                        schedule, for printing */
 } kw_kvstats_codec;
@@ -83,8 +104,9 @@ typedef struct kw_kvstats_result {
 typedef struct kw_kvstats kw_kvstats; /* opaque */
 
 /* Creates the accumulators for model (borrowed; it must outlive *out) and the codecs (copied), n_new >= 1 tokens per
- * prompt. A schedule that names a layer the model lacks or an override that does not exist is KW_E_INVALID_ARG.
- * *out is owned by the caller (kw_kvstats_free). */
+ * prompt. A schedule that names a layer the model lacks or an override that does not exist, a token rule with
+ * first > last (or from_end with first 0, or omit on anything but a prefix), or token rules on a row with no quantized
+ * layer is KW_E_INVALID_ARG. *out is owned by the caller (kw_kvstats_free). */
 int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n_codecs, int32_t n_new,
                       kw_kvstats **out);
 /* Releases everything. NULL is a no-op. */
@@ -99,6 +121,11 @@ int kw_kvstats_head_get(const kw_kvstats *s, int kind, int32_t layer, int32_t he
 
 /* The results so far of codec c (borrowed, valid until the next add_prompt or free), or NULL if c is out of range. */
 const kw_kvstats_result *kw_kvstats_result_get(const kw_kvstats *s, int32_t c);
+
+/* The mean L2 norm of one head vector of layer's K (kind 0) or V (kind 1) at position p < KW_KVSTATS_POSITIONS, or
+ * over every later position (p == KW_KVSTATS_POSITIONS), over the heads and prompts so far; *count: the head vectors
+ * averaged (0: no prompt reached that position, *norm 0). */
+int kw_kvstats_position_get(const kw_kvstats *s, int kind, int32_t layer, int32_t p, double *norm, int64_t *count);
 
 /* Prompt rows measured so far (sum of n - 1). */
 int64_t kw_kvstats_rows(const kw_kvstats *s);

@@ -4,8 +4,9 @@
 # KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
 # (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope and @rotv options and a
 # per-codec scale dtype (:log8) run; per-layer schedules (BASE;L..=CODEC) count each layer's bytes and bad ones are
-# refused with a reason; --layer-sensitivity gives a row per layer and ranks every layer once; usage errors
-# exit 2,
+# refused with a reason; per-token schedules (;T..=CODEC, ;Tlast<N>=CODEC) count their token groups' bytes and bad ones
+# are refused with a reason; the per-position norm table has a row per layer; --layer-sensitivity gives a row per
+# layer and ranks every layer once; usage errors exit 2,
 # a bad codec and an empty prompt file exit 1 with a reason.
 set -u
 kvwire=$1 src=$2
@@ -88,6 +89,40 @@ for bad in 'int4:token;L0=int8:token;L0=int4:token|named twice' 'int4:token;L0,0
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
         --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad schedule ${bad%%|*}"
+done
+# per-token schedules: a rule over every row costs the int8 row; position 0 at int8 lies between int4 and int8 and
+# costs more than int4 by at least a group descriptor per layer; the name carries the rules; combined with a layer
+# override
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
+    --codec int8:token --codec int4:token --codec 'int4:token;T0-4095=int8:token' --codec 'int4:token;T0=int8:token' \
+    --codec 'int4:token@rot;L0=int8:token;Tlast2=int8:token,int4:token' --codec 'int4:token;T0=recompute' \
+    --codec 'int4:token;T0-4095=recompute' >"$tmp/out" 2>"$tmp/err" || fail "tokens exit $?"
+[ "$(grep -c '^ *[0-9]\+ \+[0-9.]\+ \+[0-9.]\+ \+[0-9.]\+ \+[0-9.]\+ \+[0-9.]\+ \+[0-9.]\+ ' "$tmp/out")" -eq "$n_layers" ] ||
+    fail "a per-position norm row per layer"
+b8=$(awk '$1 == "int8/token" {print $2}' "$tmp/out")
+b4=$(awk '$1 == "int4/token" {print $2}' "$tmp/out")
+ball=$(awk '$1 == "int4/token;T0-4095=int8/token" {print $2}' "$tmp/out")
+bsink=$(awk '$1 == "int4/token;T0=int8/token" {print $2}' "$tmp/out")
+[ -n "$b8" ] && [ "$b8" = "$ball" ] || fail "every row int8: $ball bytes/token, int8 row $b8"
+rows=$(sed -n 's/^1 prompts, \([0-9]*\) prompt rows/\1/p' "$tmp/out")
+awk -v a="$bsink" -v b4="$b4" -v b8="$b8" -v l="$n_layers" -v r="$rows" \
+    'BEGIN { exit !(a >= b4 + 12 * l / r && a < b8) }' || fail "position 0 at int8: $bsink, int4 $b4, int8 $b8"
+grep -q '^int4/token@rot;L0=int8/token;Tlast2=int8/token+int4/token ' "$tmp/out" || fail "layer and token schedule row"
+# a prefix not sent (the receiver prefills it): fewer bytes than int4; every row omitted: nothing sent, the reference
+brec=$(awk '$1 == "int4/token;T0=recompute" {print $2}' "$tmp/out")
+awk -v a="$brec" -v b4="$b4" 'BEGIN { exit !(a > 0 && a < b4) }' || fail "position 0 recomputed: $brec, int4 $b4"
+row=$(grep '^int4/token;T0-4095=recompute ' "$tmp/out") || fail "every row recomputed"
+read -r _ bytes bits kerr verr tf kl _ <<<"$row"
+[ "$bytes $bits $kerr $verr $tf $kl" = "0.0 0.000 0.00e+00 0.00e+00 1.0000 0.00e+00" ] || fail "every row recomputed: $row"
+for bad in 'int4:token;T3-1=int8:token|token positions are' 'int4:token;T0-3=int8:token;T2=int4:token|named twice' \
+    'int4:token;Tlast0=int8:token|Tlast<N> takes N >= 1' 'int4:token;Tlast2=int8:token;Tlast1=int8:token|given twice' \
+    'int4:token;T0=none|needs a wire codec' 'int4:token;T0=int8:token@rot|CODEC:GRAN only' \
+    'int4:token;T=int8:token|a token rule is' 'none;T0=int8:token|quantizes no layer' 'int4:token;Tx=int8:token|token positions' \
+    'int4:token;T0=int5:token|unknown codec' 'int4:token;T0,1,2,3,4,5,6,7,8=int8:token|at most 8' \
+    'int4:token;T0=|a token rule is' 'int4:token@rotv;T0=int8:token,bf16|passthrough codec in a rotated layer' 'int4:token;L0=int4:token@rotv;T0=bf16|passthrough codec in a rotated layer' 'int4:token;T1=recompute|recompute takes a prefix' 'int4:token;Tlast1=recompute|recompute takes a prefix'; do
+    "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
+        --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
+    [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad token schedule ${bad%%|*}"
 done
 : >"$tmp/empty.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/empty.txt" >/dev/null 2>"$tmp/err"

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,6 +55,16 @@ static void read_prompt_rows(kw_model *m, const int32_t *ids, int64_t n, float *
     kw_kvcache_free(cache);
 }
 
+/* A one-thread CPU backend (*be, owned by the caller) and the tiny model tests/data/model/hf/<name> on it (owned). */
+static kw_model *load_model(const char *name, kw_backend **be) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/model/hf/%s", KW_TEST_DATA_DIR, name);
+    kw_model *m = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, be), 0);
+    assert_int_equal(kw_model_load(*be, path, NULL, &m), 0);
+    return m;
+}
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -62,9 +73,7 @@ static int cmp_double(const void *a, const void *b) {
 static void test_kvstats_tiny(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
     const kw_kvstats_codec codecs[] = {codec(NULL, NULL), codec("int8", "token"), codec("int4", "token"),
@@ -188,9 +197,7 @@ static void test_kvstats_tiny(void **state) {
 static void test_kvstats_v11_options(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     kw_kvstats_codec codecs[5] = {codec("bf16", "token"), codec("bf16", "token"), codec("int4", "token"),
                                   codec("int4", "token"), codec("int4", "token")};
     codecs[1].pre_rope = 1;
@@ -224,9 +231,7 @@ static void test_kvstats_v11_options(void **state) {
 static void test_kvstats_rotate(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_bf16", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_bf16", &be);
     kw_kvstats_codec codecs[2] = {codec("int4", "token"), codec("int4", "token")};
     codecs[1].rotate = 3, codecs[1].pre_rope = 1;
     kw_kvstats *s = NULL;
@@ -252,9 +257,7 @@ static void test_kvstats_rotate(void **state) {
 static void test_kvstats_clip(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_bf16", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_bf16", &be);
     kw_kvstats_codec codecs[3] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token")};
     codecs[1].clip = 1, codecs[2].clip = 3;
     kw_kvstats *s = NULL;
@@ -280,9 +283,7 @@ static void test_kvstats_clip(void **state) {
 static void test_kvstats_schedule(void **state) {
     (void)state;
     kw_backend *be = NULL;
-    kw_model *m = NULL;
-    assert_int_equal(kw_backend_create_cpu(1, &be), 0);
-    assert_int_equal(kw_model_load(be, KW_TEST_DATA_DIR "/model/hf/qwen3_gqa3", NULL, &m), 0);
+    kw_model *m = load_model("qwen3_gqa3", &be);
     const int32_t L = kw_model_get_config(m)->n_layers;
     assert_true(L >= 2);
     kw_kvstats_codec codecs[6] = {codec(NULL, NULL),      codec("int4", "token"), codec("int8", "token"),
@@ -331,11 +332,157 @@ static void test_kvstats_schedule(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Row c of codecs with one token rule appended: positions first..last (from_end: the last `first` rows) at spec. */
+static void add_rule(kw_kvstats_codec *c, uint32_t first, uint32_t last, int from_end, const kw_wire_codec_spec *spec) {
+    c->token_rules[c->n_token_rules++] =
+        (kw_kvstats_token_rule){.first = first, .last = last, .from_end = from_end, .spec = *spec, .spec_v = *spec};
+}
+
+/* Per-token schedules on prompts of 8 rows: each rule's rows are a token group of their own in every section, so a row
+ * with position 0 at int8 costs the int4 row plus, per section, one group descriptor (12 bytes) and one row's
+ * difference between int8 and int4 (measured from the two plain rows); groups that give the same rows the same codecs
+ * read the same bytes and errors whatever way the rules name them (positions, Tlast, the first rule winning); a rule
+ * over every row is the int8 row. A prefix not sent (omit) is exact and costs fewer bytes; every row omitted is the
+ * reference at 0 bytes; with pre-RoPE keys the rows after it are rotated back by their own positions. The per-position
+ * norms against the prompt rows read here. Bad rules are refused. */
+static void test_kvstats_tokens(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_gqa3", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
+    enum { A4, A8, SINK8, SINK8_AS_BASE, REST8, REST8_AS_BASE, FIRST_WINS, ALL8, OMIT0, OMIT_ALL, OMIT_ROPE, N_ROWS };
+    kw_kvstats_codec c[N_ROWS];
+    for (int i = 0; i < N_ROWS; ++i)
+        c[i] = codec("int4", "token");
+    const kw_wire_codec_spec i4 = c[A4].spec, i8 = codec("int8", "token").spec;
+    c[A8].spec = c[A8].spec_v = i8;
+    add_rule(&c[SINK8], 0, 0, 0, &i8); /* int4, position 0 int8 */
+    c[SINK8_AS_BASE].spec = c[SINK8_AS_BASE].spec_v = i8;
+    add_rule(&c[SINK8_AS_BASE], 1, 7, 0, &i4); /* int8, positions 1-7 int4: the same groups */
+    add_rule(&c[REST8], 7, 0, 1, &i8);         /* int4, the last 7 rows int8 */
+    c[REST8_AS_BASE].spec = c[REST8_AS_BASE].spec_v = i8;
+    add_rule(&c[REST8_AS_BASE], 0, 0, 0, &i4); /* int8, position 0 int4: the same groups */
+    c[FIRST_WINS].spec = c[FIRST_WINS].spec_v = i8;
+    add_rule(&c[FIRST_WINS], 0, 0, 0, &i4);
+    add_rule(&c[FIRST_WINS], 8, 0, 1, &i8); /* covers position 0 too, after the first rule */
+    add_rule(&c[ALL8], 0, 1000, 0, &i8);
+    add_rule(&c[OMIT0], 1, 1, 0, &i8); /* position 1 int8, position 0 not sent (the omitted prefix wins) */
+    add_rule(&c[OMIT0], 0, 1, 0, &i8);
+    c[OMIT0].token_rules[1].omit = 1, c[OMIT0].token_rules[1].last = 0;
+    add_rule(&c[OMIT_ALL], 0, 100, 0, &i8);
+    c[OMIT_ALL].token_rules[0].omit = 1;
+    c[OMIT_ROPE] =
+        codec("bf16", "token"); /* bf16 keys before RoPE, rows 0-1 omitted, 2.. re-rotated by their own positions */
+    c[OMIT_ROPE].pre_rope = 1;
+    add_rule(&c[OMIT_ROPE], 0, 1, 0, &i8);
+    c[OMIT_ROPE].token_rules[0].omit = 1;
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, c, N_ROWS, N_NEW, &s), 0);
+    float **k[2], **v[2];
+    double norm0[2] = {0}, rest[2] = {0}; /* K, V: sums of head-vector norms at position 0 and at 4.. */
+    for (int p = 0; p < 2; ++p) {
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+        k[p] = calloc((size_t)L, sizeof *k[p]);
+        v[p] = calloc((size_t)L, sizeof *v[p]);
+        assert_true(k[p] && v[p]);
+        read_prompt_rows(m, g_prompts[p], 9, k[p], v[p]);
+        for (int kind = 0; kind < 2; ++kind)
+            for (int64_t t = 0; t < 8; ++t)
+                for (int32_t h = 0; h < H; ++h) {
+                    double sq = 0.0;
+                    for (int32_t d = 0; d < D; ++d) {
+                        const double x = (kind ? v : k)[p][L - 1][(t * H + h) * D + d];
+                        sq += x * x;
+                    }
+                    if (t == 0) norm0[kind] += sqrt(sq);
+                    if (t >= KW_KVSTATS_POSITIONS) rest[kind] += sqrt(sq);
+                }
+    }
+    const kw_kvstats_result *r[N_ROWS];
+    for (int i = 0; i < N_ROWS; ++i) {
+        r[i] = kw_kvstats_result_get(s, i);
+        assert_int_equal(r[i]->status, 0);
+    }
+    const int64_t sections = 2 * (int64_t)L, rows = 8 * sections; /* two prompts of 8 rows */
+    assert_int_equal((r[A8]->blob_bytes - r[A4]->blob_bytes) % rows, 0);
+    const int64_t row_diff = (r[A8]->blob_bytes - r[A4]->blob_bytes) / rows; /* one row: int8 minus int4 */
+    assert_true(row_diff > 0);
+    assert_int_equal(r[SINK8]->blob_bytes, r[A4]->blob_bytes + sections * (12 + row_diff));
+    assert_int_equal(r[REST8]->blob_bytes, r[A4]->blob_bytes + sections * (12 + 7 * row_diff));
+    assert_int_equal(r[ALL8]->blob_bytes, r[A8]->blob_bytes);
+    assert_true(r[ALL8]->k_err2 == r[A8]->k_err2 && r[ALL8]->v_err2 == r[A8]->v_err2);
+    const int same[][2] = {{SINK8, SINK8_AS_BASE}, {REST8, REST8_AS_BASE}, {REST8_AS_BASE, FIRST_WINS}};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; ++i) {
+        const kw_kvstats_result *x = r[same[i][0]], *y = r[same[i][1]];
+        assert_int_equal(x->blob_bytes, y->blob_bytes);
+        assert_true(x->k_err2 == y->k_err2 && x->v_err2 == y->v_err2 && x->kl_sum == y->kl_sum);
+    }
+    for (int i = SINK8; i <= REST8; i += REST8 - SINK8)
+        assert_true(r[i]->k_err2 < r[A4]->k_err2 && r[i]->k_err2 > r[A8]->k_err2 && r[i]->v_err2 < r[A4]->v_err2);
+    assert_true(r[SINK8]->k_err2 > r[REST8]->k_err2); /* one int8 row against seven */
+    /* position 0 not sent: exact, fewer bytes than int4; every row omitted: the reference itself at 0 bytes */
+    assert_true(r[OMIT0]->k_err2 > 0.0 && r[OMIT0]->k_err2 < r[A4]->k_err2 && r[OMIT0]->v_err2 < r[A4]->v_err2);
+    assert_true(r[OMIT0]->blob_bytes < r[A4]->blob_bytes);
+    assert_true(r[OMIT_ALL]->k_err2 == 0.0 && r[OMIT_ALL]->v_err2 == 0.0 && r[OMIT_ALL]->kl_sum == 0.0);
+    assert_int_equal(r[OMIT_ALL]->blob_bytes, 0);
+    assert_int_equal(r[OMIT_ALL]->tf_agree, r[OMIT_ALL]->tf_steps);
+    assert_true(r[OMIT_ROPE]->k_err2 > 0.0 && sqrt(r[OMIT_ROPE]->k_err2 / r[OMIT_ROPE]->k_norm2) < 4e-3);
+    /* the per-position norms of the last layer */
+    for (int kind = 0; kind < 2; ++kind) {
+        double norm = 0.0;
+        int64_t count = 0;
+        assert_int_equal(kw_kvstats_position_get(s, kind, L - 1, 0, &norm, &count), 0);
+        assert_int_equal(count, 2 * H);
+        assert_float_equal(norm, norm0[kind] / (2.0 * H), 1e-9 * norm);
+        assert_int_equal(kw_kvstats_position_get(s, kind, L - 1, KW_KVSTATS_POSITIONS, &norm, &count), 0);
+        assert_int_equal(count, 2 * H * (8 - KW_KVSTATS_POSITIONS));
+        assert_float_equal(norm, rest[kind] / (double)count, 1e-9 * norm);
+    }
+    double norm = 0.0;
+    int64_t count = 0;
+    assert_int_equal(kw_kvstats_position_get(s, 0, L, 0, &norm, &count), KW_E_INVALID_ARG);
+    assert_int_equal(kw_kvstats_position_get(s, 0, 0, KW_KVSTATS_POSITIONS + 1, &norm, &count), KW_E_INVALID_ARG);
+    kw_kvstats_free(s);
+    for (int p = 0; p < 2; ++p) {
+        for (int32_t l = 0; l < L; ++l)
+            free(k[p][l]), free(v[p][l]);
+        free(k[p]), free(v[p]);
+    }
+
+    /* refused: a range backwards, Tlast0, too many rules, rules on a row that quantizes nothing */
+    kw_kvstats_codec bad = codec("int4", "token");
+    add_rule(&bad, 3, 2, 0, &i8);
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    assert_null(s);
+    bad.token_rules[0] = (kw_kvstats_token_rule){.first = 0, .from_end = 1, .spec = i8, .spec_v = i8};
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.token_rules[0].first = 1;
+    bad.n_token_rules = KW_KVSTATS_MAX_TOKEN_RULES + 1;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.n_token_rules = 1;
+    bad.lossless = 1;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.lossless = 0;
+    bad.token_rules[0].omit = 1; /* omitting the last row: not a prefix */
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.token_rules[0] = (kw_kvstats_token_rule){.first = 1, .last = 2, .omit = 1};
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), KW_E_INVALID_ARG);
+    bad.token_rules[0].first = 0;
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), 0);
+    kw_kvstats_free(s);
+    bad.token_rules[0] = (kw_kvstats_token_rule){.first = 1, .from_end = 1, .spec = i8, .spec_v = i8};
+    assert_int_equal(kw_kvstats_create(m, &bad, 1, N_NEW, &s), 0);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),     cmocka_unit_test(test_kvstats_v11_options),
         cmocka_unit_test(test_kvstats_rotate),   cmocka_unit_test(test_kvstats_clip),
-        cmocka_unit_test(test_kvstats_schedule),
+        cmocka_unit_test(test_kvstats_schedule), cmocka_unit_test(test_kvstats_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
