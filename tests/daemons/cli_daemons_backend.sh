@@ -2,7 +2,8 @@
 # cli_daemons_backend.sh: the compute.* keys that choose where a daemon's models run. compute.backend cuda on a
 # machine without a usable GPU (or a build without CUDA) stops the daemon at start with the reason; a
 # compute.memory_limit_mb too small for the model stops it naming the budget; a sufficient limit serves (ready file
-# written, clean SIGTERM). Uses the tiny models of the fixture test_daemons_models.
+# written, clean SIGTERM), and a request that does not fit it gets HTTP 500 naming the limit while the daemon goes on
+# serving. Uses the tiny models of the fixture test_daemons_models.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 models=$build/tests/daemons/models
 [ -d "$models/tiny-fuser" ] || fail "the tiny models of test_daemons_models are missing"
@@ -42,4 +43,26 @@ for d in sharer receiver; do
     kill -TERM $pid
     wait $pid || fail "$d with a 4 GiB limit exited $? after SIGTERM: $(cat log.txt)"
 done
+# a request that does not fit the memory limit gets a clear error, and the daemon serves the next one: the tiny model
+# needs about 54 MiB; a 30,000-token prompt's cache alone takes 30 MiB more
+rm -f ready
+"${receiver[@]}" --compute.memory_limit_mb 64 --runtime.ready_file ready 2>log.txt &
+pid=$!
+for _ in $(seq 600); do
+    [ -s ready ] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+done
+[ -s ready ] || fail "receiverd with a 64 MiB limit did not start: $(cat log.txt)"
+port=$(sed -n 's/^port=//p' ready)
+url=http://127.0.0.1:$port/v1/completions
+printf '{"prompt": "%s", "max_tokens": 2, "kvwire": {"mode": "receiver_only"}}' "$(yes word | head -n 30000 | tr '\n' ' ')" \
+    >big.json
+code=$(curl -s -o reply.json -w '%{http_code}' "$url" -d @big.json)
+[ "$code" = 500 ] && jq -e '.error.code == "KW_E_NOMEM" and (.error.message | test("does not fit its memory limit"))' \
+    reply.json >/dev/null || fail "a request over the memory limit: HTTP $code $(cat reply.json)"
+code=$(curl -s -o reply.json -w '%{http_code}' "$url" -d '{"prompt": "hi", "max_tokens": 2, "kvwire": {"mode": "receiver_only"}}')
+[ "$code" = 200 ] || fail "after a request over the memory limit: HTTP $code $(cat reply.json)"
+kill -TERM $pid
+wait $pid || fail "receiverd with a 64 MiB limit exited $? after SIGTERM: $(cat log.txt)"
 echo "daemon backends and memory limits: ok"
