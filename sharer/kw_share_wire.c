@@ -396,12 +396,12 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
     return kw_share_wire_reserve(w, cap);
 }
 
-/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys, clipped scales or token groups; a rotation
- * of a head_dim the device rotates; codecs and outlier counts it encodes), with each tensor's bytes and scratch; 0 for
- * the CPU encoder. */
+/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys or token groups; a rotation of a head_dim
+ * the device rotates; codecs and outlier counts it encodes; clipped scales are searched there), with each tensor's
+ * bytes and scratch; 0 for the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->clip || pol->n_groups != 0) return 0;
+    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->n_groups != 0) return 0;
     if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     *work = 0;
@@ -409,8 +409,8 @@ static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer 
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
                                    specs[kv]->group_log2};
         uint64_t scratch = 0;
-        if (kw_backend_wire_sizes(l->device->backend, &s, (uint32_t)l->n_heads, T, (uint32_t)l->head_dim, &bytes[kv],
-                                  &scratch) < 0) {
+        if (kw_backend_wire_sizes_clip(l->device->backend, &s, (pol->clip >> kv) & 1, (uint32_t)l->n_heads, T,
+                                       (uint32_t)l->head_dim, &bytes[kv], &scratch) < 0) {
             kw_error_clear();
             return 0;
         }
@@ -525,8 +525,8 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
                                    specs[kv]->group_log2};
-        KW_CHECK(kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], src.rows, 0, T, &work, &err, kv,
-                                   pol->outliers ? &mask : NULL, kv ? half : 0));
+        KW_CHECK(kw_op_wire_encode_clip(be, &dst, kv ? (size_t)bytes[0] : 0, &s, (pol->clip >> kv) & 1, rows[kv],
+                                        src.rows, 0, T, &work, &err, kv, pol->outliers ? &mask : NULL, kv ? half : 0));
     }
     KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)nb));
     KW_CHECK(kw_backend_wire_status(be, &err, 2)); /* synchronizes */

@@ -9,10 +9,10 @@
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
  * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (pre-RoPE keys, clipped scales, a byte cap); rotated K and V are rotated and encoded on the
- * device. Both cache dtypes (f32, bf16: the device encoder reads bf16 rows, the CPU their exact f32 widening). The
- * blobs of the CPU backend are not compared: its prefill rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds
- * that difference), so its rows are other numbers.
+ * section that falls back (pre-RoPE keys, a byte cap); rotated K and V are rotated and encoded on the device, and
+ * clipped scales (FORMAT.md §5.13) searched there. Both cache dtypes (f32, bf16: the device encoder reads bf16 rows,
+ * the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its prefill rounds differently
+ * (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
  * Built twice: against the emulator (label gpu-emu) and, with KW_TEST_REAL_CUDA, against a real device (tests/gpu,
  * label gpu), which exits 77 without one.
@@ -119,7 +119,7 @@ typedef struct share_case {
     double outliers;
     int device_encodes; /* 1: every section is encoded on the device */
     uint8_t rotate;     /* kw_wire_policy.rotate: rotated on the device (kw_op_wire_rotate_rows), then encoded there */
-    uint8_t clip;       /* kw_wire_policy.clip: sections with clipped scales go through the CPU encoder (§5.13) */
+    uint8_t clip;       /* kw_wire_policy.clip: clipped scales (§5.13), searched on the device */
 } share_case;
 
 static void policy_of(const share_case *c, kw_wire_policy *pol) {
@@ -328,17 +328,41 @@ static const share_case CASES[] = {
      1,
      2,
      0},
-    {"clipped K scales (CPU encoder)",
-     {"int3-asym", "token", "f16"},
-     {"int4", "group8", "f16"},
+    /* clipped scales (FORMAT.md §5.13): the candidate search on the device */
+    {"clipped K scales", {"int3-asym", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0, 1},
+    {"clipped K and V, channel, log8",
+     {"int4-asym", "channel4", "bf16"},
+     {"int2", "group8", "log8"},
+     VNORM(0.6),
+     3,
+     0,
+     0,
+     0.0,
+     1,
+     0,
+     3},
+    {"clipped V, rotated, outliers 2%",
+     {"int8", "token", "f16"},
+     {"int3", "head", "f16"},
      KNORM(0.5),
      0,
      0,
      0,
+     0.02,
+     1,
+     3,
+     2},
+    {"kv_direct clipped, layer",
+     {"int2-asym", "layer", "f32"},
+     {"int4", "token", "e8m0"},
+     KNORM(0.6),
+     0,
+     1,
+     0,
      0.0,
+     1,
      0,
-     0,
-     1},
+     3},
 };
 
 static void test_cases_f32(void **state) {
