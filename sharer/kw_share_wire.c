@@ -396,13 +396,14 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
     return kw_share_wire_reserve(w, cap);
 }
 
-/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys or token groups; a rotation of a head_dim
- * the device rotates; codecs and outlier counts it encodes; clipped scales are searched there), with each tensor's
- * bytes and scratch; 0 for the CPU encoder. */
+/* 1 if the device encoder takes the section (no byte cap or token groups; a rotation of a head_dim the device
+ * rotates; codecs and outlier counts it encodes; clipped scales are searched and pre-RoPE keys rotated back there),
+ * with each tensor's bytes and scratch; 0 for the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->n_groups != 0) return 0;
+    if (l->device == NULL || w->opt.budget.bytes > 0 || pol->n_groups != 0) return 0;
     if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
+    if (w->opt.pre_rope && l->head_dim > 1024) return 0; /* the rotated-back copies are kw_op_wire_rotate_rows's */
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     *work = 0;
     for (int kv = 0; kv < 2; ++kv) {
@@ -481,20 +482,42 @@ out:
     return rc;
 }
 
+/* The section's keys rotated back by their positions (FORMAT.md §5.11) into uk (H, T, D) f32, as kw_config_rope_rows
+ * rotates the host's rows: the cosines and sines from the host (kw_config_rope_table, uploaded into tab), the rotation
+ * on the device (kw_op_rope_unrotate_table). The table is freed by the caller after its synchronize. */
+static int kw_share_wire_device_unrope(const kw_share_wire *w, const kw_share_layer *l, kw_tensor *uk, kw_tensor *tab,
+                                       float **h_tab) {
+    const kw_share_device *dev = l->device;
+    kw_backend *be = dev->backend;
+    const int64_t T = l->n_rows, ne[3] = {l->n_heads, T, l->head_dim};
+    int32_t half = 0;
+    *h_tab = malloc((size_t)T * (size_t)l->head_dim * sizeof **h_tab);
+    KW_RETURN_IF(*h_tab == NULL, KW_E_NOMEM, "share wire: out of memory for the RoPE table of %lld rows", (long long)T);
+    KW_FORWARD(kw_config_rope_table(w->opt.pre_rope, l->layer, l->positions, T, 1, *h_tab, &half));
+    const int64_t nt[3] = {T, half, 2};
+    KW_FORWARD(kw_tensor_alloc(be, tab, KW_DTYPE_F32, 3, nt));
+    KW_FORWARD(kw_backend_upload(be, tab, 0, *h_tab, (size_t)T * (size_t)half * 2 * sizeof **h_tab));
+    KW_FORWARD(kw_tensor_alloc(be, uk, KW_DTYPE_F32, 3, ne));
+    return kw_op_rope_unrotate_table(be, uk, dev->k, dev->rows, (uint32_t)T, tab);
+}
+
 /* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. A
  * rotated section (FORMAT.md §5.12) encodes the selected rows rotated on the device (kw_op_wire_rotate_rows: K and V
- * gathered into (H, T, D) f32 copies, the tensors pol->rotate names rotated), as the CPU encoder does. */
+ * gathered into (H, T, D) f32 copies, the tensors pol->rotate names rotated), as the CPU encoder does; pre-RoPE keys
+ * (§5.11) are rotated back first (kw_share_wire_device_unrope), V then gathered likewise. */
 static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                         const uint64_t bytes[2], uint64_t work_bytes, size_t *written) {
     const kw_share_device *dev = l->device;
     kw_backend *be = dev->backend;
     const uint32_t T = (uint32_t)l->n_rows;
     size_t at = 0;
-    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0}, rk = {0}, rv = {0}, seq = {0};
+    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0}, rk = {0}, rv = {0}, seq = {0}, uk = {0}, tab = {0};
     int32_t *h_seq = NULL;
+    float *h_tab = NULL;
     kw_share_wire_src src = {dev->k, dev->v, dev->rows};
     int rc = 0;
-    if (pol->rotate) {
+    if (pol->pre_rope) KW_CHECK(kw_share_wire_device_unrope(w, l, &uk, &tab, &h_tab));
+    if (pol->rotate || pol->pre_rope) {
         const int64_t ne[3] = {l->n_heads, T, l->head_dim}, nt = T;
         h_seq = malloc((size_t)T * sizeof *h_seq);
         KW_CHECK_IF(h_seq == NULL, KW_E_NOMEM, "share wire: out of memory");
@@ -504,7 +527,10 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
         KW_CHECK(kw_tensor_alloc(be, &rv, KW_DTYPE_F32, 3, ne));
         KW_CHECK(kw_tensor_alloc(be, &seq, KW_DTYPE_I32, 1, &nt));
         KW_CHECK(kw_backend_upload(be, &seq, 0, h_seq, (size_t)T * sizeof *h_seq));
-        KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
+        if (pol->pre_rope) /* the rotated-back keys, a cache of T rows */
+            KW_CHECK(kw_op_wire_rotate_rows(be, &rk, &uk, &seq, T, pol->rotate & 1));
+        else
+            KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
         KW_CHECK(kw_op_wire_rotate_rows(be, &rv, dev->v, dev->rows, T, (pol->rotate >> 1) & 1));
         src = (kw_share_wire_src){&rk, &rv, &seq};
     }
@@ -542,7 +568,10 @@ out:;
     kw_tensor_free(&rk);
     kw_tensor_free(&rv);
     kw_tensor_free(&seq);
+    kw_tensor_free(&uk);
+    kw_tensor_free(&tab);
     free(h_seq); /* uploaded from: after the synchronize above */
+    free(h_tab);
     return rc;
 }
 
@@ -626,7 +655,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.v.rows = res->rows;
     }
     if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
-    if (w->opt.pre_rope) { /* the keys before RoPE: each row rotated back by its position (FORMAT.md §5.11) */
+    if (w->opt.pre_rope) pol.pre_rope = 1;
+    if (w->opt.pre_rope && !on_device) { /* the keys before RoPE: each row rotated back by its position (§5.11) */
         const size_t n = (size_t)l->n_rows * row;
         if (n > w->unroped_cap) {
             float *p = realloc(w->unroped, n * sizeof *p);
@@ -637,7 +667,6 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         memcpy(w->unroped, lk, n * sizeof *w->unroped);
         KW_FORWARD(kw_config_rope_rows(w->opt.pre_rope, l->layer, l->positions, l->n_rows, 1, w->unroped));
         in.k.data = w->unroped;
-        pol.pre_rope = 1;
     }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));

@@ -132,15 +132,30 @@ void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_
     }
 }
 
+/* The cosine and sine at position pos for frequency inv_freq: fp32 of the double cos and sin of the fp32 angle. */
+static void kw_ref_rope_factors(int32_t pos, float inv_freq, float *c, float *s) {
+    const float angle = (float)pos * inv_freq;
+    *c = (float)cos((double)angle);
+    *s = (float)sin((double)angle);
+}
+
+void kw_ref_rope_table(float *table, const int32_t *pos, int64_t T, const kw_rope_params *params) {
+    float inv_freq[KW_ROPE_MAX_DIM / 2];
+    kw__rope_inv_freq(params, inv_freq);
+    const int64_t half = params->rotary_dim / 2;
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < half; ++i)
+            kw_ref_rope_factors(pos[t], inv_freq[i], &table[(t * half + i) * 2], &table[(t * half + i) * 2 + 1]);
+}
+
 void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params) {
     float inv_freq[KW_ROPE_MAX_DIM / 2];
     kw__rope_inv_freq(params, inv_freq);
     const int64_t half = params->rotary_dim / 2;
     for (int64_t t = 0; t < T; ++t) {
         for (int64_t i = 0; i < half; ++i) {
-            const float angle = (float)pos[t] * inv_freq[i];
-            const float c = (float)cos((double)angle);
-            const float s = (float)sin((double)angle);
+            float c, s;
+            kw_ref_rope_factors(pos[t], inv_freq[i], &c, &s);
             for (int64_t h = 0; h < H; ++h) {
                 float *xh = x + (t * H + h) * D;
                 const float x0 = xh[i], x1 = xh[i + half];

@@ -49,6 +49,10 @@ void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_
  * each product rounded to fp32 as torch does. Dimensions past rotary_dim are unchanged. */
 void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params);
 
+/* The factors kw_ref_rope multiplies by, table (T, rotary_dim / 2, 2): the cosine and sine of row t's pair i, so a
+ * device given the table rounds as kw_ref_rope does (model/kw_config.h kw_config_rope_table). */
+void kw_ref_rope_table(float *table, const int32_t *pos, int64_t T, const kw_rope_params *params);
+
 /* Causal GQA attention, out (T, Hq, D), q (T, Hq, D), caches (Hkv, cap, D) f32/bf16; kv_mask (cap) u8 or NULL.
  * Semantics of kw_op_attention. */
 void kw_ref_attention(float *out, const float *q, const void *k_cache, const void *v_cache, enum kw_dtype cache_dtype,

@@ -9,10 +9,10 @@
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
  * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (pre-RoPE keys, a byte cap); rotated K and V are rotated and encoded on the device, and
- * clipped scales (FORMAT.md §5.13) searched there. Both cache dtypes (f32, bf16: the device encoder reads bf16 rows,
- * the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its prefill rounds differently
- * (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
+ * section that falls back (a byte cap); rotated K and V are rotated and encoded on the device, clipped scales
+ * (FORMAT.md §5.13) searched there and pre-RoPE keys (§5.11) rotated back there. Both cache dtypes (f32, bf16: the
+ * device encoder reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its
+ * prefill rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
  * Built twice: against the emulator (label gpu-emu) and, with KW_TEST_REAL_CUDA, against a real device (tests/gpu,
  * label gpu), which exits 77 without one.
@@ -279,7 +279,6 @@ static const share_case CASES[] = {
      0},
     /* kv_direct: one selection per section, on the device, the same rows for every layer */
     {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1, 0, 0},
-    /* sections the device does not encode: the CPU encoder on the downloaded rows */
     /* outlier tables: chosen on the device, the tensors encoded without them there, the table written on the host */
     {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1, 0, 0},
     {"outliers 5%, asym channel",
@@ -305,7 +304,8 @@ static const share_case CASES[] = {
      0,
      0},
 
-    {"pre-RoPE (CPU encoder)",
+    /* pre-RoPE keys (FORMAT.md §5.11): rotated back on the device with the host's table (kw_op_rope_unrotate_table) */
+    {"pre-RoPE, kv_direct",
      {"int8", "token", "f16"},
      {"int8", "token", "f16"},
      {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1},
@@ -313,9 +313,31 @@ static const share_case CASES[] = {
      1,
      1,
      0.0,
-     0,
+     1,
      0,
      0},
+    {"pre-RoPE, knorm, outliers 2%",
+     {"int4-asym", "channel4", "f16"},
+     {"int4", "group8", "bf16"},
+     KNORM(0.5),
+     3,
+     0,
+     1,
+     0.02,
+     1,
+     0,
+     0},
+    {"pre-RoPE, rotated K, clipped",
+     {"int3", "token", "f16"},
+     {"int4", "token", "f16"},
+     VNORM(0.6),
+     0,
+     0,
+     1,
+     0.0,
+     1,
+     1,
+     3},
     {"rotated K and V", {"int4", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 3, 0},
     {"rotated V, outliers 2%, zstd",
      {"int8", "token", "f16"},
