@@ -396,12 +396,13 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
     return kw_share_wire_reserve(w, cap);
 }
 
-/* 1 if the device encoder takes the section (no byte cap or token groups; a rotation of a head_dim the device
+/* 1 if the device encoder takes the section (no per-token byte cap, whose allocator reads the rows, and so no token
+ * groups, which only it makes; a whole-layer plan's layers are plain policies; a rotation of a head_dim the device
  * rotates; codecs and outlier counts it encodes; clipped scales are searched and pre-RoPE keys rotated back there),
  * with each tensor's bytes and scratch; 0 for the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || pol->n_groups != 0) return 0;
+    if (l->device == NULL || w->alloc != NULL || pol->n_groups != 0) return 0; /* the allocator reads the rows */
     if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
     if (w->opt.pre_rope && l->head_dim > 1024) return 0; /* the rotated-back copies are kw_op_wire_rotate_rows's */
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};

@@ -418,8 +418,57 @@ static void test_skip_ranked(void **state) {
     free(out[0].data), free(out[1].data);
 }
 
-/* A byte cap: the allocator reads each layer's rows, so every section falls back to the CPU encoder (downloaded rows)
- * while the selection stays on the device; the blobs are the host path's (kw_share_request_options.host_rows). */
+/* A per-token byte cap: the allocator reads each layer's rows, so every section falls back to the CPU encoder
+ * (downloaded rows) while the selection stays on the device; the blobs are the host path's
+ * (kw_share_request_options.host_rows). */
+/* A byte cap with a whole-layer plan (kvcomm_like, qkvcomm_like): no allocator reads the rows, each layer is a plain
+ * policy (the plan's codec or not sent), so every section is encoded on the device; the blobs are the host path's. */
+static void test_budget_plan_on_device(void **state) {
+    (void)state;
+    kw_wire_codec_spec codecs[2];
+    assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[0]), 0);
+    assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[1]), 0);
+    const share_case c = {"plan", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0,
+                          0};
+    kw_wire_policy pol;
+    policy_of(&c, &pol);
+    const enum kw_wire_budget_mode modes[2] = {KW_WIRE_BUDGET_KVCOMM_LIKE, KW_WIRE_BUDGET_QKVCOMM_LIKE};
+    const uint64_t caps[2] = {1400, 1700}; /* qkvcomm_like: some layers at int8 */
+    for (int m = 0; m < 2; ++m) {
+        sink out[2] = {{0}, {0}};
+        kw_share_request_stats rs[2];
+        for (int host = 0; host < 2; ++host) {
+            const kw_share_request_options ro = {.sections = E.sec,
+                                                 .n_sections = E.n_sec,
+                                                 .layers = E.layers,
+                                                 .n_layers = E.n_layers,
+                                                 .select = c.select,
+                                                 .cache_dtype = KW_DTYPE_BF16,
+                                                 .host_rows = host,
+                                                 .wire = &pol,
+                                                 .write = sink_write,
+                                                 .budget_bytes = caps[m],
+                                                 .budget_codecs = codecs,
+                                                 .n_budget_codecs = m == 0 ? 1 : 2,
+                                                 .budget_mode = modes[m],
+                                                 .user = &out[host]};
+            const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
+            if (rc < 0) fail_msg("plan: %s (%s)", kw_status_name(rc), kw_error_detail());
+        }
+        printf("%s %llu: %zu bytes, %d sections, %d on the device, rows per codec %llu %llu\n",
+               kw_wire_budget_mode_name(modes[m]), (unsigned long long)caps[m], out[0].len, (int)rs[0].wire.sections,
+               (int)rs[0].wire.device_sections, (unsigned long long)rs[0].wire.tokens_per_codec[0],
+               (unsigned long long)rs[0].wire.tokens_per_codec[1]);
+        assert_true(out[0].len <= caps[m] && rs[0].wire.sections > 0);
+        if (m == 1) assert_true(rs[0].wire.tokens_per_codec[0] > 0 && rs[0].wire.tokens_per_codec[1] > 0);
+        assert_int_equal(out[0].len, out[1].len);
+        assert_memory_equal(out[0].data, out[1].data, out[1].len);
+        assert_int_equal(rs[0].wire.device_sections, rs[0].wire.sections);
+        assert_int_equal(rs[1].wire.device_sections, 0);
+        free(out[0].data), free(out[1].data);
+    }
+}
+
 static void test_budget_falls_back(void **state) {
     (void)state;
     kw_wire_codec_spec codecs[2];
@@ -478,8 +527,11 @@ static void test_cpu_has_none(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases_f32),    cmocka_unit_test(test_cases_bf16),
-        cmocka_unit_test(test_skip_ranked),  cmocka_unit_test(test_budget_falls_back),
+        cmocka_unit_test(test_cases_f32),
+        cmocka_unit_test(test_cases_bf16),
+        cmocka_unit_test(test_skip_ranked),
+        cmocka_unit_test(test_budget_falls_back),
+        cmocka_unit_test(test_budget_plan_on_device),
         cmocka_unit_test(test_cpu_has_none),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
