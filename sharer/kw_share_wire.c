@@ -576,6 +576,80 @@ out:;
     return rc;
 }
 
+/* A per-token byte cap's section on the device: the allocator chose the kept rows and their codecs on the host rows
+ * (downloaded for it), and the kept rows' tensors are encoded group by group from the device cache through their
+ * cache positions (kw_op_wire_encode; kv_direct: the candidates of the blob's kept set), the framing on the CPU as in
+ * kw_share_wire_device_section. *done 0 (and nothing written) when the device does not take a group's codec. */
+static int kw_share_wire_device_groups(kw_share_wire *w, const kw_share_layer *l, const kw_share_device *dev,
+                                       const kw_wire_alloc_result *res, const kw_wire_policy *pol, size_t *written,
+                                       int *done) {
+    kw_backend *be = dev->backend;
+    const uint32_t n = res->n_kept, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim, G = pol->n_groups;
+    *done = 0;
+    if (n == 0 || G == 0) return 0;
+    uint64_t total = 0, scratch = 0;
+    for (uint32_t g = 0; g < G; ++g)
+        for (int kv = 0; kv < 2; ++kv) {
+            const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
+            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
+            uint64_t b = 0, sc = 0;
+            if (kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &b, &sc) < 0) {
+                kw_error_clear(); /* the CPU's */
+                return 0;
+            }
+            total += b;
+            scratch = sc > scratch ? sc : scratch;
+        }
+    kw_tensor dst = {0}, work = {0}, err = {0}, rows = {0};
+    int32_t *h_rows = malloc((size_t)l->n_rows * sizeof *h_rows), *h_kept = malloc((size_t)n * sizeof *h_kept);
+    size_t at = 0;
+    int rc = 0;
+    KW_CHECK_IF(!h_rows || !h_kept, KW_E_NOMEM, "share wire: out of memory for %u kept rows", n);
+    KW_CHECK(kw_backend_download(be, h_rows, dev->rows, 0, (size_t)l->n_rows * sizeof *h_rows));
+    KW_CHECK(kw_backend_synchronize(be));
+    for (uint32_t i = 0; i < n; ++i) { /* the kept row's candidate, then its cache position */
+        const uint32_t c = w->opt.budget.same_positions ? w->kept_rows[res->rows[i]] : res->rows[i];
+        KW_CHECK_IF(c >= (uint64_t)l->n_rows, KW_E_INTERNAL, "share wire: kept row %u of %lld", c,
+                    (long long)l->n_rows);
+        h_kept[i] = h_rows[c];
+    }
+    const int64_t nn = n, nb = (int64_t)total, nw = (int64_t)(scratch ? scratch : 1), ne = 16 * (int64_t)G;
+    KW_CHECK(kw_tensor_alloc(be, &rows, KW_DTYPE_I32, 1, &nn));
+    KW_CHECK(kw_backend_upload(be, &rows, 0, h_kept, (size_t)n * sizeof *h_kept));
+    KW_CHECK(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, n, res->positions, pol, w->buf, w->cap, &at));
+    KW_CHECK_IF(at + total > w->cap, KW_E_INTERNAL, "share wire: the device's tensors (%llu bytes at %zu) overrun %zu",
+                (unsigned long long)total, at, w->cap);
+    KW_CHECK(kw_tensor_alloc(be, &dst, KW_DTYPE_U8, 1, &nb));
+    KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
+    KW_CHECK(kw_tensor_alloc(be, &err, KW_DTYPE_U8, 1, &ne));
+    size_t off = 0;
+    for (uint32_t g = 0, t0 = 0; g < G; t0 += pol->groups[g].n_tokens, ++g)
+        for (int kv = 0; kv < 2; ++kv) { /* the section's order: each group's K, then its V */
+            const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
+            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
+            uint64_t b = 0, sc = 0;
+            KW_CHECK(kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &b, &sc));
+            KW_CHECK(kw_op_wire_encode(be, &dst, off, &s, kv ? dev->v : dev->k, &rows, t0, pol->groups[g].n_tokens,
+                                       &work, &err, 2 * (int64_t)g + kv, NULL, 0));
+            off += (size_t)b;
+        }
+    KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)total));
+    KW_CHECK(kw_backend_wire_status(be, &err, 2 * (int64_t)G)); /* synchronizes */
+    KW_CHECK(kw_wire_encoder_finish_section(w->enc, written));
+    ++w->stats.device_sections;
+    *done = 1;
+out:;
+    const int sync = kw_backend_synchronize(be); /* nothing may still write buf or read h_kept */
+    if (rc == 0) rc = sync;
+    kw_tensor_free(&dst);
+    kw_tensor_free(&work);
+    kw_tensor_free(&err);
+    kw_tensor_free(&rows);
+    free(h_rows);
+    free(h_kept);
+    return rc;
+}
+
 int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     KW_RETURN_IF(w == NULL || l == NULL, KW_E_INVALID_ARG, "share wire: NULL argument");
     KW_RETURN_IF(l->n_rows < 1 || l->n_rows > UINT32_MAX || l->n_positions > KW_WIRE_MAX_POSITIONS ||
@@ -628,7 +702,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     }
     uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
     const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);
-    kw_share_layer host; /* a layer on the device that the CPU encodes: its rows downloaded */
+    const kw_share_device *dev = l->device; /* a per-token cap: the allocator's choice encoded there if it can */
+    kw_share_layer host;                    /* a layer on the device that the CPU encodes: its rows downloaded */
     if (l->device && !on_device) {
         host = *l;
         KW_FORWARD(l->device->host_rows(l->device->ctx, &host.k, &host.v));
@@ -641,8 +716,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
                            .positions = w->positions,
                            .k = {.data = lk, .head_stride = hd, .token_stride = row},
                            .v = {.data = lv, .head_stride = hd, .token_stride = row}};
+    const kw_wire_alloc_result *res = NULL;
     if (w->alloc) { /* a byte cap: the allocator's rows and token groups */
-        const kw_wire_alloc_result *res = NULL;
         const float *k = NULL, *v = NULL;
         KW_FORWARD(kw_share_wire_budget_layer(w, l, &res, &k, &v));
         in.k.data = k;
@@ -671,12 +746,16 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
-    if (on_device) KW_FORWARD(kw_share_wire_pin(w, l->device->backend));
+    if (dev) KW_FORWARD(kw_share_wire_pin(w, dev->backend));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
-    if (on_device)
+    int done = 0;
+    if (on_device) {
         KW_FORWARD(kw_share_wire_device_section(w, l, &pol, dev_bytes, dev_work, &written));
-    else
-        KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
+        done = 1;
+    } else if (dev && res) {
+        KW_FORWARD(kw_share_wire_device_groups(w, l, dev, res, &pol, &written, &done));
+    }
+    if (!done) KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
     w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
     KW_FORWARD(kw_share_wire_emit(w, written));
     ++w->stats.sections;

@@ -716,8 +716,8 @@ static void test_encode_clip(void **state) {
             for (uint32_t zp = 0; zp < 2; ++zp) {
                 if (!kw_wire_codec_is_int(codec)) continue;
                 const uint32_t scales[] = {KW_WIRE_SCALE_F16, KW_WIRE_SCALE_BF16, KW_WIRE_SCALE_F32,
-                                           zp ? KW_WIRE_SCALE_F16 : KW_WIRE_SCALE_E8M0,
-                                           zp ? KW_WIRE_SCALE_BF16 : KW_WIRE_SCALE_LOG8};
+                                           (uint32_t)(zp ? KW_WIRE_SCALE_F16 : KW_WIRE_SCALE_E8M0),
+                                           (uint32_t)(zp ? KW_WIRE_SCALE_BF16 : KW_WIRE_SCALE_LOG8)};
                 const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 4)
                                        : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 3)
                                                                     : 0u;

@@ -8,8 +8,8 @@
  *  - device, rows on the host: kw_share_run with device_rows and kw_share_wire directly (the same blobs, and the
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
- * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (a byte cap); rotated K and V are rotated and encoded on the device, clipped scales
+ * norm selections without a skip, device_sections for every section whose codecs the device encodes (every section
+ * here: none falls back to the CPU encoder); rotated K and V are rotated and encoded on the device, clipped scales
  * (FORMAT.md §5.13) searched there and pre-RoPE keys (§5.11) rotated back there. Both cache dtypes (f32, bf16: the
  * device encoder reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its
  * prefill rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
@@ -418,9 +418,6 @@ static void test_skip_ranked(void **state) {
     free(out[0].data), free(out[1].data);
 }
 
-/* A per-token byte cap: the allocator reads each layer's rows, so every section falls back to the CPU encoder
- * (downloaded rows) while the selection stays on the device; the blobs are the host path's
- * (kw_share_request_options.host_rows). */
 /* A byte cap with a whole-layer plan (kvcomm_like, qkvcomm_like): no allocator reads the rows, each layer is a plain
  * policy (the plan's codec or not sent), so every section is encoded on the device; the blobs are the host path's. */
 static void test_budget_plan_on_device(void **state) {
@@ -469,45 +466,61 @@ static void test_budget_plan_on_device(void **state) {
     }
 }
 
-static void test_budget_falls_back(void **state) {
+/* A per-token byte cap: the allocator reads each layer's rows (downloaded for it) and chooses the kept rows and their
+ * codecs, whose tensors are then encoded on the device group by group from the cache; the selection stays on the
+ * device. The blobs are the host path's (kw_share_request_options.host_rows): a cap that only lowers codecs, one that
+ * drops rows, and kv_direct (the blob's first layer fixes the kept rows of every layer). */
+static void test_budget_tokens_on_device(void **state) {
     (void)state;
     kw_wire_codec_spec codecs[2];
     assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[0]), 0);
-    assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[1]), 0);
+    assert_int_equal(kw_wire_spec_parse("int4", "group8", "bf16", &codecs[1]), 0);
     const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0, 0};
     kw_wire_policy pol;
     policy_of(&c, &pol);
-    sink out[2] = {{0}, {0}};
-    kw_share_request_stats rs[2];
-    for (int host = 0; host < 2; ++host) {
-        const kw_share_request_options ro = {.sections = E.sec,
-                                             .n_sections = E.n_sec,
-                                             .layers = E.layers,
-                                             .n_layers = E.n_layers,
-                                             .select = c.select,
-                                             .cache_dtype = KW_DTYPE_F32,
-                                             .host_rows = host,
-                                             .wire = &pol,
-                                             .write = sink_write,
-                                             .budget_bytes = 1400,
-                                             .budget_codecs = codecs,
-                                             .n_budget_codecs = 2,
-                                             .budget_mode = KW_WIRE_BUDGET_TOKENS,
-                                             .user = &out[host]};
-        const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
-        if (rc < 0) fail_msg("cap: %s (%s)", kw_status_name(rc), kw_error_detail());
+    const struct {
+        uint64_t cap;
+        int same_positions;
+        enum kw_dtype cache;
+    } runs[] = {{1400, 0, KW_DTYPE_F32}, {1000, 0, KW_DTYPE_BF16}, {1200, 1, KW_DTYPE_F32}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; ++i) {
+        sink out[2] = {{0}, {0}};
+        kw_share_request_stats rs[2];
+        for (int host = 0; host < 2; ++host) {
+            const kw_share_request_options ro = {.sections = E.sec,
+                                                 .n_sections = E.n_sec,
+                                                 .layers = E.layers,
+                                                 .n_layers = E.n_layers,
+                                                 .select = c.select,
+                                                 .same_positions = runs[i].same_positions,
+                                                 .cache_dtype = runs[i].cache,
+                                                 .host_rows = host,
+                                                 .wire = &pol,
+                                                 .write = sink_write,
+                                                 .budget_bytes = runs[i].cap,
+                                                 .budget_codecs = codecs,
+                                                 .n_budget_codecs = 2,
+                                                 .budget_mode = KW_WIRE_BUDGET_TOKENS,
+                                                 .user = &out[host]};
+            const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
+            if (rc < 0) fail_msg("cap: %s (%s)", kw_status_name(rc), kw_error_detail());
+        }
+        printf("cap %llu%s: %zu bytes, %llu of %llu rows dropped, %llu int4, %d of %d sections on the device, %d "
+               "device selections\n",
+               (unsigned long long)runs[i].cap, runs[i].same_positions ? " kv_direct" : "", out[0].len,
+               (unsigned long long)rs[0].wire.tokens_dropped, (unsigned long long)rs[0].wire.tokens_candidate,
+               (unsigned long long)rs[0].wire.tokens_per_codec[1], (int)rs[0].wire.device_sections,
+               (int)rs[0].wire.sections, (int)rs[0].share.device_selections);
+        assert_true(out[0].len <= runs[i].cap);
+        assert_true(rs[0].wire.tokens_dropped > 0 || rs[0].wire.tokens_per_codec[1] > 0); /* the cap bites */
+        assert_int_equal(out[0].len, out[1].len);
+        assert_memory_equal(out[0].data, out[1].data, out[1].len);
+        assert_int_equal(rs[0].wire.device_sections, rs[0].wire.sections);
+        assert_int_equal(rs[1].wire.device_sections, 0);
+        assert_true(rs[0].share.device_selections > 0);
+        assert_int_equal(rs[1].share.device_selections, 0);
+        free(out[0].data), free(out[1].data);
     }
-    printf("cap 1400: %zu bytes, %llu of %llu rows dropped, %d sections on the device, %d device selections\n",
-           out[0].len, (unsigned long long)rs[0].wire.tokens_dropped, (unsigned long long)rs[0].wire.tokens_candidate,
-           (int)rs[0].wire.device_sections, (int)rs[0].share.device_selections);
-    assert_true(out[0].len <= 1400);
-    assert_true(rs[0].wire.tokens_dropped > 0 || rs[0].wire.tokens_per_codec[1] > 0); /* the cap bites */
-    assert_int_equal(out[0].len, out[1].len);
-    assert_memory_equal(out[0].data, out[1].data, out[1].len);
-    assert_int_equal(rs[0].wire.device_sections, 0);
-    assert_int_equal(rs[0].share.device_selections, rs[0].share.layers_sent);
-    assert_int_equal(rs[1].share.device_selections, 0);
-    free(out[0].data), free(out[1].data);
 }
 
 /* The CPU backend has none of the sharer's device ops: the host path is the only one there. */
@@ -530,7 +543,7 @@ int main(void) {
         cmocka_unit_test(test_cases_f32),
         cmocka_unit_test(test_cases_bf16),
         cmocka_unit_test(test_skip_ranked),
-        cmocka_unit_test(test_budget_falls_back),
+        cmocka_unit_test(test_budget_tokens_on_device),
         cmocka_unit_test(test_budget_plan_on_device),
         cmocka_unit_test(test_cpu_has_none),
     };
