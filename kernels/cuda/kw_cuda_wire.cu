@@ -247,46 +247,52 @@ __device__ __forceinline__ void kw_wire_clip_range(uint32_t asym, uint32_t k, fl
     }
 }
 
-/* Block b of the CPU's search: heads [h0, h1), tokens [t0, t1), its units base .. base + nu - 1, channel d in unit
- * base + (d >> shift) (shift 31: one unit). The layer is one block; a head, a token row (token, channel groups) or a
- * run of L rows of a head (channel scales) is one. */
-__device__ __forceinline__ void kw_wire_clip_block(const kw_wire_geom &g, uint64_t b, uint32_t *h0, uint32_t *h1,
-                                                   uint32_t *t0, uint32_t *t1, uint32_t *shift, uint32_t *nu,
-                                                   uint64_t *base) {
-    *h0 = 0, *h1 = g.H, *t0 = 0, *t1 = g.T, *shift = 31u, *nu = 1, *base = b;
+/* The first element (h, t, d) of unit u and the unit's extent: heads [h, h + nh), tokens [t, t + nt), channels
+ * [d, d + nd), in the order kw_wire_scale_index numbers units. */
+__device__ __forceinline__ void kw_out_unit_box(const kw_wire_geom &g, uint64_t u, uint32_t *h, uint32_t *nh,
+                                                uint32_t *t, uint32_t *nt, uint32_t *d, uint32_t *nd) {
+    *h = 0, *nh = 1, *t = 0, *nt = 1, *d = 0, *nd = g.D;
     switch (g.gran) {
     case KW_WIRE_GRAN_LAYER:
+        *nh = g.H, *nt = g.T;
         return;
     case KW_WIRE_GRAN_HEAD:
-        *h0 = (uint32_t)b, *h1 = *h0 + 1;
+        *h = (uint32_t)u, *nt = g.T;
         return;
     case KW_WIRE_GRAN_TOKEN:
-    case KW_WIRE_GRAN_GROUP:
-        *h0 = (uint32_t)(b / g.T), *h1 = *h0 + 1, *t0 = (uint32_t)(b % g.T), *t1 = *t0 + 1;
-        if (g.gran == KW_WIRE_GRAN_GROUP) *shift = g.group_log2, *nu = g.D >> g.group_log2, *base = b * *nu;
+        *h = (uint32_t)(u / g.T), *t = (uint32_t)(u % g.T);
         return;
-    default: { /* channel: (head, run) */
-        const uint32_t runs = (g.T + (1u << g.group_log2) - 1) >> g.group_log2;
-        *h0 = (uint32_t)(b / runs), *h1 = *h0 + 1, *t0 = (uint32_t)(b % runs) << g.group_log2;
-        *t1 = g.T - *t0 < (1u << g.group_log2) ? g.T : *t0 + (1u << g.group_log2);
-        *shift = 0, *nu = g.D, *base = b * g.D;
+    case KW_WIRE_GRAN_GROUP: {
+        const uint32_t groups = g.D >> g.group_log2;
+        const uint64_t row = u / groups;
+        *h = (uint32_t)(row / g.T), *t = (uint32_t)(row % g.T);
+        *d = (uint32_t)(u % groups) << g.group_log2, *nd = 1u << g.group_log2;
+        return;
+    }
+    default: { /* channel: (h, run, d) */
+        const uint32_t L = 1u << g.group_log2, runs = (g.T + L - 1) >> g.group_log2;
+        const uint64_t hr = u / g.D;
+        *d = (uint32_t)(u % g.D), *nd = 1;
+        *h = (uint32_t)(hr / runs), *t = (uint32_t)(hr % runs) << g.group_log2;
+        *nt = g.T - *t < L ? g.T - *t : L;
         return;
     }
     }
 }
 
-__device__ __forceinline__ uint64_t kw_wire_clip_blocks(const kw_wire_geom &g) {
-    switch (g.gran) {
-    case KW_WIRE_GRAN_LAYER:
-        return 1;
-    case KW_WIRE_GRAN_HEAD:
-        return g.H;
-    case KW_WIRE_GRAN_TOKEN:
-    case KW_WIRE_GRAN_GROUP:
-        return (uint64_t)g.H * g.T;
-    default:
-        return (uint64_t)g.H * ((g.T + (1u << g.group_log2) - 1) >> g.group_log2);
-    }
+/* Block b of the CPU's search: heads [h0, h1), tokens [t0, t1) (its first unit's), its units base .. base + nu - 1,
+ * channel d in unit base + (d >> shift) (shift 31: one unit). The layer is one block; a head, a token row (token,
+ * channel groups) or a run of L rows of a head (channel scales) is one: g.units / nu blocks. */
+__device__ __forceinline__ void kw_wire_clip_block(const kw_wire_geom &g, uint64_t b, uint32_t *h0, uint32_t *h1,
+                                                   uint32_t *t0, uint32_t *t1, uint32_t *shift, uint32_t *nu,
+                                                   uint64_t *base) {
+    *nu = g.gran == KW_WIRE_GRAN_GROUP ? g.D >> g.group_log2 : g.gran == KW_WIRE_GRAN_CHANNEL ? g.D : 1u;
+    *shift = g.gran == KW_WIRE_GRAN_GROUP ? g.group_log2 : g.gran == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
+    *base = b * *nu;
+    uint32_t nh, nt, d, nd;
+    kw_out_unit_box(g, *base, h0, &nh, t0, &nt, &d, &nd);
+    *h1 = *h0 + nh;
+    *t1 = *t0 + nt;
 }
 
 /* (1'') the clipped-scale search, one thread per block (kw_wire_clip_block), wire/kw_wire_encode.c's kw__enc_clip
@@ -298,7 +304,9 @@ __device__ __forceinline__ uint64_t kw_wire_clip_blocks(const kw_wire_geom &g) {
 __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     kw_k_wire_clip(kw_cuda_wire_src src, kw_wire_geom g, const unsigned int *amax, const unsigned int *mn,
                    const unsigned int *mx, const unsigned long long *fz, kw_wire_clip_work cw) {
-    const uint64_t blocks = kw_wire_clip_blocks(g);
+    const uint64_t blocks = g.units / (g.gran == KW_WIRE_GRAN_GROUP     ? g.D >> g.group_log2
+                                       : g.gran == KW_WIRE_GRAN_CHANNEL ? g.D
+                                                                        : 1u);
     const float qmax = g.asym ? kw_wire_codec_qmax_asym(g.codec) : kw_wire_codec_qmax(g.codec);
     for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks;
          b += (uint64_t)gridDim.x * blockDim.x) {
@@ -531,39 +539,6 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
  * order; then one thread per element for its score, with the CPU's expression order; the top-k kernel of
  * kw_cuda_select.cu (larger score, ties to the lower element number) is the CPU's threshold-and-ties rule.
  */
-
-/* The first element (h, t, d) of unit u and the unit's extent: heads [h, h + nh), tokens [t, t + nt), channels
- * [d, d + nd), in the order kw_wire_scale_index numbers units. */
-__device__ __forceinline__ void kw_out_unit_box(const kw_wire_geom &g, uint64_t u, uint32_t *h, uint32_t *nh,
-                                                uint32_t *t, uint32_t *nt, uint32_t *d, uint32_t *nd) {
-    *h = 0, *nh = 1, *t = 0, *nt = 1, *d = 0, *nd = g.D;
-    switch (g.gran) {
-    case KW_WIRE_GRAN_LAYER:
-        *nh = g.H, *nt = g.T;
-        return;
-    case KW_WIRE_GRAN_HEAD:
-        *h = (uint32_t)u, *nt = g.T;
-        return;
-    case KW_WIRE_GRAN_TOKEN:
-        *h = (uint32_t)(u / g.T), *t = (uint32_t)(u % g.T);
-        return;
-    case KW_WIRE_GRAN_GROUP: {
-        const uint32_t groups = g.D >> g.group_log2;
-        const uint64_t row = u / groups;
-        *h = (uint32_t)(row / g.T), *t = (uint32_t)(row % g.T);
-        *d = (uint32_t)(u % groups) << g.group_log2, *nd = 1u << g.group_log2;
-        return;
-    }
-    default: { /* channel: (h, run, d) */
-        const uint32_t L = 1u << g.group_log2, runs = (g.T + L - 1) >> g.group_log2;
-        const uint64_t hr = u / g.D;
-        *d = (uint32_t)(u % g.D), *nd = 1;
-        *h = (uint32_t)(hr / runs), *t = (uint32_t)(hr % runs) << g.group_log2;
-        *nt = g.T - *t < L ? g.T - *t : L;
-        return;
-    }
-    }
-}
 
 /* Per unit: acc[3u] count, acc[3u + 1] sum (zero points: of the values, else 0), acc[3u + 2] squared deviations
  * from the mean (or from 0). A NaN or Inf sets *bad. */
