@@ -15,7 +15,11 @@
  *    valid checksums;
  *  - the rotation (FORMAT.md §5.12): the sharer's forward rotation of gathered bf16 cache rows and the receiver's
  *    inverse one equal kw_wire_rotate_rows bit for bit (every head_dim 2..1024), and the receiver's outlier values
- *    land on exactly their elements (f32 and bf16 outputs).
+ *    land on exactly their elements (f32 and bf16 outputs);
+ *  - clipped scales (§5.13): the device's candidate search gives the CPU encoder's bytes for every integer codec,
+ *    granularity and scale dtype (test_encode_clip);
+ *  - pre-RoPE keys (§5.11): the sharer's rows rotated back with the host's cosine and sine table equal kw_ref_rope's
+ *    bit for bit (test_rope_gather).
  *
  * Built twice: as host C++ against the CUDA emulator (test_cuda_wire_emu, label gpu-emu, always runs) and by nvcc
  * (test_gpu_wire, label gpu, exits 77 without a device).
