@@ -292,9 +292,8 @@ typedef struct kw_fusion_staged {
     int64_t *positions; /* n_rows cache positions (owned) */
     kw_tensor k, v;     /* (n_rows, sharer heads, sharer head_dim) f32, owned */
     /* per-target subsets (kw_fusion_rows.target_masks), or NULL: per receiver layer, NULL (every row) or a bitmap
-     * over the section's positions; then the rows are also kept on the host to gather a target's subset (owned) */
+     * over the section's positions; a target's subset is gathered from k, v on the backend (owned) */
     uint8_t **tmask;
-    float *hk, *hv;
 } kw_fusion_staged;
 
 struct kw_fusion_session {
@@ -326,7 +325,7 @@ static void kw_fusion_drop_staged(kw_fusion_session *s) {
             free(st->positions);
             for (int32_t t = 0; st->tmask && t < s->f->n_layers; ++t)
                 free(st->tmask[t]);
-            free(st->tmask), free(st->hk), free(st->hv);
+            free(st->tmask);
         }
         free(s->staged[i]);
         s->staged[i] = NULL;
@@ -528,31 +527,36 @@ static int kw_fusion_apply_subset(kw_fusion_session *s, int32_t i, int32_t t, co
     const kw_fusion_sh *sh = &f->sh[i];
     const int64_t row = (int64_t)sh->n_heads * sh->head_dim;
     int64_t *pos = malloc((size_t)st->n_rows * sizeof *pos);
-    float *k = malloc((size_t)(st->n_rows * row) * sizeof *k), *v = malloc((size_t)(st->n_rows * row) * sizeof *v);
-    kw_tensor tk = {0}, tv = {0};
+    int32_t *ids = malloc((size_t)st->n_rows * sizeof *ids);
+    kw_tensor tk = {0}, tv = {0}, tid = {0};
     int rc = 0;
-    KW_CHECK_IF(!pos || !k || !v, KW_E_NOMEM, "fusion: out of memory");
+    KW_CHECK_IF(!pos || !ids, KW_E_NOMEM, "fusion: out of memory");
     int64_t n = 0;
     for (int64_t r = 0; r < st->n_rows; ++r) {
         const int64_t o = st->positions[r] - s->cur_start;
         if (!(mask[o >> 3] & (1u << (o & 7)))) continue;
         pos[n] = st->positions[r];
-        memcpy(k + n * row, st->hk + r * row, (size_t)row * sizeof *k);
-        memcpy(v + n * row, st->hv + r * row, (size_t)row * sizeof *v);
-        ++n;
+        ids[n++] = (int32_t)r; /* r < n_rows <= the section's length, an int64 of at most a prompt's length */
     }
-    if (n > 0) {
-        const int64_t ne[3] = {n, sh->n_heads, sh->head_dim};
+    if (n > 0) { /* the subset's rows gathered on the backend from the staged rows (a copy: the same bits) */
+        const int64_t ne[3] = {n, sh->n_heads, sh->head_dim}, ne2[2] = {n, row}, src2[2] = {st->n_rows, row};
+        kw_tensor k2, v2, sk2, sv2;
         KW_CHECK(kw_tensor_alloc(f->backend, &tk, KW_DTYPE_F32, 3, ne));
         KW_CHECK(kw_tensor_alloc(f->backend, &tv, KW_DTYPE_F32, 3, ne));
-        KW_CHECK(kw_backend_upload(f->backend, &tk, 0, k, kw_tensor_nbytes(&tk)));
-        KW_CHECK(kw_backend_upload(f->backend, &tv, 0, v, kw_tensor_nbytes(&tv)));
+        KW_CHECK(kw_tensor_alloc(f->backend, &tid, KW_DTYPE_I32, 1, &n));
+        KW_CHECK(kw_backend_upload(f->backend, &tid, 0, ids, (size_t)n * sizeof *ids));
+        KW_CHECK(kw_tensor_view_reshape(&tk, 2, ne2, &k2));
+        KW_CHECK(kw_tensor_view_reshape(&tv, 2, ne2, &v2));
+        KW_CHECK(kw_tensor_view_reshape(&st->k, 2, src2, &sk2));
+        KW_CHECK(kw_tensor_view_reshape(&st->v, 2, src2, &sv2));
+        KW_CHECK(kw_op_get_rows(f->backend, &k2, &sk2, &tid));
+        KW_CHECK(kw_op_get_rows(f->backend, &v2, &sv2, &tid));
         KW_CHECK(kw_fusion_project_rows(s, i, t, pos, n, &tk, &tv));
-        KW_CHECK(kw_backend_synchronize(f->backend)); /* before the host rows and tensors go */
+        KW_CHECK(kw_backend_synchronize(f->backend)); /* before the ids and tensors go */
     }
 out:
-    kw_tensor_free(&tk), kw_tensor_free(&tv);
-    free(pos), free(k), free(v);
+    kw_tensor_free(&tk), kw_tensor_free(&tv), kw_tensor_free(&tid);
+    free(pos), free(ids);
     return rc;
 }
 
@@ -673,7 +677,7 @@ static int kw_fusion_progress(kw_fusion_session *s, int final) {
     return 0;
 }
 
-/* Keeps the rows' per-target subsets and a host copy of the rows (kw_fusion_apply_subset gathers from it). */
+/* Keeps the rows' per-target subsets (kw_fusion_apply_subset gathers each from the staged rows). */
 static int kw_fusion_stage_masks(kw_fusion_session *s, const kw_fusion_rows *rows, kw_fusion_staged *st) {
     kw_fusion *f = s->f;
     const kw_fusion_sh *sh = &f->sh[rows->sharer];
@@ -682,13 +686,8 @@ static int kw_fusion_stage_masks(kw_fusion_session *s, const kw_fusion_rows *row
     KW_RETURN_IF(rows->target_layers == NULL || rows->target_masks == NULL, KW_E_INVALID_ARG,
                  "kw_fusion_put: %d target subsets without their layers or masks", (int)rows->n_targets);
     const size_t mask_bytes = (size_t)((s->cur_len + 7) / 8);
-    const size_t floats = (size_t)(rows->n_rows * sh->n_heads * sh->head_dim);
     st->tmask = calloc((size_t)f->n_layers, sizeof *st->tmask);
-    st->hk = malloc(floats * sizeof *st->hk);
-    st->hv = malloc(floats * sizeof *st->hv);
-    KW_RETURN_IF(!st->tmask || !st->hk || !st->hv, KW_E_NOMEM, "kw_fusion_put: out of memory");
-    memcpy(st->hk, rows->k, floats * sizeof *st->hk);
-    memcpy(st->hv, rows->v, floats * sizeof *st->hv);
+    KW_RETURN_IF(!st->tmask, KW_E_NOMEM, "kw_fusion_put: out of memory");
     for (int32_t j = 0; j < rows->n_targets; ++j) {
         const int32_t t = rows->target_layers[j];
         KW_RETURN_IF(t < 0 || t >= f->n_layers || sh->tgt_src[t] != rows->source_layer || st->tmask[t] != NULL ||
@@ -738,8 +737,6 @@ int kw_fusion_put(kw_fusion_session *s, const kw_fusion_rows *rows) {
     KW_FORWARD(kw_tensor_alloc(f->backend, &st->k, KW_DTYPE_F32, 3, ne));
     KW_FORWARD(kw_tensor_alloc(f->backend, &st->v, KW_DTYPE_F32, 3, ne));
     if (rows->dk) { /* device rows: copied on the backend's stream, in order before any later use of the caller's */
-        KW_RETURN_IF(rows->n_targets > 0, KW_E_UNSUPPORTED,
-                     "kw_fusion_put: per-target subsets gather from host rows, not device rows");
         KW_RETURN_IF(rows->dk->ndim != 3 || memcmp(rows->dk->ne, ne, sizeof ne) != 0 || rows->dv->ndim != 3 ||
                          memcmp(rows->dv->ne, ne, sizeof ne) != 0,
                      KW_E_INVALID_ARG, "kw_fusion_put: device rows of another shape than (%lld, %lld, %lld)",

@@ -199,8 +199,8 @@ typedef struct kw_fusion_rows {
     const int64_t *positions; /* n_rows strictly increasing cache positions inside the section; NULL: all of it */
     const float *k, *v;       /* (n_rows, sharer kv heads, sharer head_dim) f32 host arrays, borrowed for the call */
     /* or, with k and v NULL: the rows already on the fusion's backend (n_rows, heads, head_dim) f32 tensors (the
-     * receiver's device decode), copied there without a host round trip; borrowed for the call; not with target
-     * subsets below (KW_E_UNSUPPORTED: they gather from host rows) */
+     * receiver's device decode), copied there without a host round trip; borrowed for the call (target subsets below
+     * gather from the staged copy there, either way) */
     const kw_tensor *dk, *dv;
     /* a selection per (sharer layer, receiver layer) pair (the receiver-aware selections): receiver layer
      * target_layers[j] fuses only the rows whose position p has bit p - (section start) of target_masks[j] set (LSB

@@ -726,6 +726,21 @@ int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw
     return backend->iface->rope(backend, x, pos, params);
 }
 
+int kw_op_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table) {
+    static const char op[] = "rope_table";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
+    KW_FORWARD(kw_check_tensor(backend, table, op, "table"));
+    KW_FORWARD(kw_check_dtype(x, KW_DTYPE_F32, op, "x"));
+    KW_FORWARD(kw_check_dtype(table, KW_DTYPE_F32, op, "table"));
+    KW_RETURN_IF(x->ndim != 3 || table->ndim != 3 || table->ne[0] != x->ne[0] || table->ne[2] != 2 ||
+                     table->ne[1] < 1 || 2 * table->ne[1] > x->ne[2],
+                 KW_E_SHAPE, "%s: table %s must be (T, half, 2) with 2 half <= D for x %s (T, H, D)", op,
+                 KW_SHAPE(table), KW_SHAPE(x));
+    KW_FORWARD(kw_check_supported(backend, KW_OP_ROPE, KW_DTYPE_F32, backend->iface->rope_table != NULL));
+    return backend->iface->rope_table(backend, x, table);
+}
+
 /* The shape and parameter checks of attention over a cache of Hkv heads, cap rows of cache_D dims. */
 static int kw_check_attention_shape(const kw_backend *backend, const char *op, const kw_tensor *q, int64_t Hkv,
                                     int64_t cap, int64_t cache_D, const kw_attention_params *params) {
@@ -1213,43 +1228,19 @@ int kw_op_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw
                                          mask, bad);
 }
 
-/* out (H, T, D) f32 for T rows (rows: >= T i32) of a dense share cache (H, cap, D). */
-static int kw_check_share_rows_out(const kw_backend *backend, const kw_tensor *out, const kw_tensor *cache,
-                                   const kw_tensor *rows, uint32_t T, const char *op) {
-    KW_FORWARD(kw_check_share_cache(backend, cache, op));
-    KW_FORWARD(kw_check_typed(backend, out, KW_DTYPE_F32, op, "out"));
-    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
-    KW_RETURN_IF(out->ndim != 3 || out->ne[0] != cache->ne[0] || out->ne[1] != (int64_t)T ||
-                     out->ne[2] != cache->ne[2] || T < 1 || (int64_t)T > kw_tensor_nelem(rows),
-                 KW_E_SHAPE, "%s: out %s for %u rows of cache %s (rows %s)", op, KW_SHAPE(out), T, KW_SHAPE(cache),
-                 KW_SHAPE(rows));
-    return 0;
-}
-
 int kw_op_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
                            uint32_t T, int rotate) {
     static const char op[] = "wire_rotate_rows";
     KW_CHECK_SHARE(op);
-    KW_FORWARD(kw_check_share_rows_out(backend, out, cache, rows, T, op));
+    KW_FORWARD(kw_check_share_cache(backend, cache, op));
+    KW_FORWARD(kw_check_typed(backend, out, KW_DTYPE_F32, op, "out"));
+    KW_FORWARD(kw_check_typed(backend, rows, KW_DTYPE_I32, op, "rows"));
     const int64_t D = cache->ne[2];
-    KW_RETURN_IF(D > 1024 || (rotate && (D < 2 || (D & (D - 1)) != 0)), KW_E_SHAPE,
-                 "%s: head_dim %lld of cache %s (up to 1024, a power of two to rotate)", op, (long long)D,
-                 KW_SHAPE(cache));
+    KW_RETURN_IF(out->ndim != 3 || out->ne[0] != cache->ne[0] || out->ne[1] != (int64_t)T || out->ne[2] != D || T < 1 ||
+                     (int64_t)T > kw_tensor_nelem(rows) || D > 1024 || (rotate && (D < 2 || (D & (D - 1)) != 0)),
+                 KW_E_SHAPE, "%s: out %s for %u rows of cache %s (rows %s; head_dim a power of two up to 1024)", op,
+                 KW_SHAPE(out), T, KW_SHAPE(cache), KW_SHAPE(rows));
     return backend->iface->wire_rotate_rows(backend, out, cache, rows, T, rotate ? 1 : 0);
-}
-
-int kw_op_rope_unrotate_table(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
-                              uint32_t T, const kw_tensor *table) {
-    static const char op[] = "rope_unrotate_table";
-    KW_CHECK_SHARE(op);
-    KW_FORWARD(kw_check_share_rows_out(backend, out, cache, rows, T, op));
-    KW_FORWARD(kw_check_typed(backend, table, KW_DTYPE_F32, op, "table"));
-    const int64_t D = cache->ne[2];
-    KW_RETURN_IF(table->ndim != 3 || table->ne[0] != (int64_t)T || table->ne[1] < 1 || 2 * table->ne[1] > D ||
-                     table->ne[2] != 2,
-                 KW_E_SHAPE, "%s: table %s for %u rows of cache %s ((T, half, 2), 2 half <= head_dim)", op,
-                 KW_SHAPE(table), T, KW_SHAPE(cache));
-    return backend->iface->rope_unrotate_table(backend, out, cache, rows, T, table);
 }
 
 int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n) {

@@ -397,6 +397,13 @@ typedef struct kw_rope_params {
  * "half" layout: x' = x*cos + rotate_half(x)*sin with rotate_half(x) = cat(-x[D/2:], x[:D/2]). */
 int kw_op_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
 
+/* In place on x (T, H, D) f32: kw_op_rope's rotation with the angles' cos and sin given, table (T, half, 2) f32 =
+ * {cos, sin} per token and frequency (kernels/ref's kw_ref_rope_table, model/'s kw_config_rope_table), 2 * half <= D:
+ * x'[i] = x[i] c - x[i + half] s, x'[i + half] = x[i + half] c + x[i] s, each product and sum rounded to f32 (no
+ * FMA). Every backend gives kw_ref_rope_apply's bits, so a table computed on the host makes device rows equal to the
+ * host's kw_config_rope_rows bit for bit (the receiver's pre-RoPE keys; the inverse table takes keys back). */
+int kw_op_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
+
 typedef struct kw_attention_params {
     int64_t q_pos0;           /* cache position of the first query row; query t sits at q_pos0 + t */
     int64_t n_kv;             /* number of valid cache rows (>= q_pos0 + T) */
@@ -536,15 +543,6 @@ int kw_backend_wire_status(kw_backend *backend, const kw_tensor *err, int64_t n)
  * rotate 1, rotated forward by the Hadamard rotation of a rotated section (FORMAT.md §5.12; wire/kw_wire.h
  * kw_wire_rotate_rows with inverse 0, bit for bit; D a power of two up to 1024), for kw_op_wire_encode and
  * kw_op_wire_outliers to read as a cache of T rows (with the rows 0..T-1). */
-/* The sharer's pre-RoPE keys (FORMAT.md §5.11) on the device: out (H, T, D) f32 = cache rows rows[0..T) (cache (H,
- * cap, D) f32/bf16, rows (>= T) i32) widened to f32 and rotated by table (T, half, 2) f32, the cosines and sines of
- * model/kw_config.h kw_config_rope_table (inverse 1 for the sharer: the RoPE rotation undone): for i < half,
- * x'[i] = x[i] c - x[i + half] s and x'[i + half] = x[i + half] c + x[i] s, each product and sum rounded to f32 (no
- * fused multiply-add), channels from 2 * half on unchanged; bit for bit kw_config_rope_rows on the same rows. For
- * kw_op_wire_encode, kw_op_wire_outliers and kw_op_wire_rotate_rows to read as a cache of T rows (rows 0..T-1). */
-int kw_op_rope_unrotate_table(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
-                              uint32_t T, const kw_tensor *table);
-
 int kw_op_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
                            uint32_t T, int rotate);
 

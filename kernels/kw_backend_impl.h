@@ -71,6 +71,7 @@ struct kw_backend_i {
     int (*matmul)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
     int (*rms_norm)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
     int (*rope)(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+    int (*rope_table)(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
     int (*attention)(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                      const kw_tensor *v_cache, const kw_attention_params *params);
     int (*kv_store)(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
@@ -91,7 +92,7 @@ struct kw_backend_i {
     int (*attention_kvq)(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
                          const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
                          const kw_attention_params *params, int64_t n_rows);
-    /* (optional, all nine or none) The sharer's device work of kw_backend.h (validated; kw_cuda_wire.h's kernels). */
+    /* (optional, all eight or none) The sharer's device work of kw_backend.h (validated; kw_cuda_wire.h's kernels). */
     int (*select_scores)(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0);
     int (*select_topk)(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
     int (*wire_sizes)(const kw_wire_op_spec *spec, int clip, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
@@ -109,8 +110,6 @@ struct kw_backend_i {
     int (*wire_status)(unsigned long long err);
     int (*wire_rotate_rows)(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
                             uint32_t T, int rotate);
-    int (*rope_unrotate_table)(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
-                               uint32_t T, const kw_tensor *table);
     /* (optional, all three or none) The receiver's device decode of kw_backend.h (validated; kw_cuda_wire.h). */
     int (*wire_decode)(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t T, const kw_wire_op_spec *spec,
                        const kw_tensor *src, size_t offset, kw_tensor *bad);

@@ -53,50 +53,42 @@ const kw_rope_params *kw_config_layer_rope(const kw_model_config *cfg, int32_t l
     return kw_config_layer_window(cfg, layer) > 0 ? &cfg->rope_local : &cfg->rope;
 }
 
-/* The layer's RoPE and the kernels' positions (negated with inverse) of positions[0..n), *pos owned by the caller. */
-static int kw_config_rope_positions(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n,
-                                    int inverse, const void *out, const kw_rope_params **rope, int32_t **pos) {
-    *rope = kw_config_layer_rope(cfg, layer);
-    KW_RETURN_IF(!*rope || !positions || !out || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
+/* kw_config_rope_rows (table 0: dst the rows) or kw_config_rope_table (table 1: dst the table), after checking. */
+static int kw_config_rope(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
+                          float *dst, int table) {
+    const kw_rope_params *rope = kw_config_layer_rope(cfg, layer);
+    KW_RETURN_IF(!rope || !positions || !dst || n < 1, KW_E_INVALID_ARG, "RoPE rows: bad arguments (layer %d)",
                  (int)layer);
-    int32_t *p = malloc((size_t)n * sizeof *p);
-    KW_RETURN_IF(!p, KW_E_NOMEM, "RoPE rows: %lld positions", (long long)n);
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    KW_RETURN_IF(!pos, KW_E_NOMEM, "RoPE rows: %lld positions", (long long)n);
     for (int64_t i = 0; i < n; ++i) {
         if (positions[i] < 0 || positions[i] > INT32_MAX) {
-            free(p);
+            free(pos);
             KW_FAIL(KW_E_INVALID_ARG, "RoPE rows: position %lld", (long long)positions[i]);
         }
-        p[i] = inverse ? -(int32_t)positions[i] : (int32_t)positions[i];
+        pos[i] = inverse ? -(int32_t)positions[i] : (int32_t)positions[i];
     }
-    *pos = p;
+    if (table)
+        kw_ref_rope_table(dst, pos, n, rope);
+    else
+        kw_ref_rope(dst, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
+    free(pos);
     return 0;
 }
 
 int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
                         float *rows) {
-    const kw_rope_params *rope = NULL;
-    int32_t *pos = NULL;
-    KW_FORWARD(kw_config_rope_positions(cfg, layer, positions, n, inverse, rows, &rope, &pos));
-    kw_ref_rope(rows, pos, n, cfg->n_kv_heads, cfg->head_dim, rope);
-    free(pos);
-    return 0;
+    return kw_config_rope(cfg, layer, positions, n, inverse, rows, 0);
 }
 
 int kw_config_rope_table(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
-                         float *table, int32_t *half) {
-    const kw_rope_params *rope = NULL;
-    int32_t *pos = NULL;
-    KW_RETURN_IF(!half, KW_E_INVALID_ARG, "RoPE table: NULL half");
-    KW_FORWARD(kw_config_rope_positions(cfg, layer, positions, n, inverse, table, &rope, &pos));
-    if (rope->rotary_dim > cfg->head_dim) {
-        free(pos);
-        KW_FAIL(KW_E_INVALID_ARG, "RoPE table: rotary_dim %d past head_dim %d", (int)rope->rotary_dim,
-                (int)cfg->head_dim);
-    }
-    kw_ref_rope_table(table, pos, n, rope);
-    *half = rope->rotary_dim / 2;
-    free(pos);
-    return 0;
+                         float *table) {
+    return kw_config_rope(cfg, layer, positions, n, inverse, table, 1);
+}
+
+int32_t kw_config_rope_half(const kw_model_config *cfg, int32_t layer) {
+    const kw_rope_params *rope = kw_config_layer_rope(cfg, layer);
+    return rope ? rope->rotary_dim / 2 : 0;
 }
 
 int kw_config_set_sliding_pattern(kw_model_config *cfg, int32_t pattern) {

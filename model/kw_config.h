@@ -97,12 +97,13 @@ const kw_rope_params *kw_config_layer_rope(const kw_model_config *cfg, int32_t l
 int kw_config_rope_rows(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
                         float *rows);
 
-/* The factors kw_config_rope_rows multiplies by, for a device to apply them (kw_op_rope_unrotate_table): table[(i *
- * half + j) * 2] and [.. + 1] the cosine and sine of row i's position (negated with inverse) for frequency j < half,
- * half = rotary_dim / 2 (in *half). table: n * head_dim floats (n * half * 2 are written). Errors as
- * kw_config_rope_rows's. */
+/* kw_config_rope_rows in two steps for a device: table (n, kw_config_rope_half, 2) f32 gets the {cos, sin} of each
+ * position's angles (kernels/ref's kw_ref_rope_table); kw_op_rope_table with it on rows (n, n_kv_heads, head_dim)
+ * gives kw_config_rope_rows' bits on any backend. Same errors. kw_config_rope_half: rotary_dim / 2 of layer l (0 for
+ * a bad layer). */
 int kw_config_rope_table(const kw_model_config *cfg, int32_t layer, const int64_t *positions, int64_t n, int inverse,
-                         float *table, int32_t *half);
+                         float *table);
+int32_t kw_config_rope_half(const kw_model_config *cfg, int32_t layer);
 
 /* Marks layer l sliding iff (l + 1) % pattern != 0 (HF's sliding_window_pattern: pattern 6 makes every sixth layer
  * global); pattern 1 makes every layer global. KW_E_MODEL_CONFIG for pattern < 1. */

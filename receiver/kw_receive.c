@@ -53,11 +53,13 @@ struct kw_receive {
     int host_decode; /* kw_receive_options.host_decode */
     /* the device decode (kw_receive_decode_device): the section's tensor bytes and outlier table staged in pinned
      * memory (stage, kw_backend_host_alloc), uploaded once into d_src (and the table into d_elems, d_values), decoded
-     * into rows [0, T) of d_k, d_v (d_rows rows each); d_bad the decoder's flag. All owned. */
+     * into rows [0, T) of d_k, d_v (d_rows rows each); d_bad the decoder's flag; pre-RoPE keys: their positions' RoPE
+     * table (kw_config_rope_table) staged after the outlier table, uploaded into d_rope (d_rope_rows, half, 2). All
+     * owned. */
     uint8_t *stage;
     size_t stage_cap;
-    kw_tensor d_src, d_k, d_v, d_elems, d_values, d_bad;
-    int64_t d_rows;
+    kw_tensor d_src, d_k, d_v, d_elems, d_values, d_bad, d_rope;
+    int64_t d_rows, d_rope_rows;
     kw_kv_pages pages; /* kv_direct: the current section as cache pages */
     kw_receive_stats stats;
 };
@@ -88,6 +90,7 @@ void kw_receive_free(kw_receive *r) {
     }
     kw_tensor_free(&r->d_src), kw_tensor_free(&r->d_k), kw_tensor_free(&r->d_v);
     kw_tensor_free(&r->d_elems), kw_tensor_free(&r->d_values), kw_tensor_free(&r->d_bad);
+    kw_tensor_free(&r->d_rope);
     free(r->pos32), free(r->pos);
     free(r->layer_seen), free(r->direct_pos);
     kw_kv_pages_free(&r->pages);
@@ -410,9 +413,10 @@ static int kw_receive_apply(kw_receive *r, int32_t sharer, int32_t layer, int64_
     return 0;
 }
 
-/* Grows the device decode's buffers for a section of T rows of `row` values, `bytes` of tensors and n outliers. */
+/* Grows the device decode's buffers for a section of T rows of `row` values, `bytes` staged, n outliers and a RoPE
+ * table of half frequencies (0: none). */
 static int kw_receive_device_reserve(kw_receive *r, kw_backend *be, int64_t T, int64_t heads, int64_t dim, size_t bytes,
-                                     uint32_t n) {
+                                     uint32_t n, int64_t half) {
     if (bytes > r->stage_cap) {
         kw_backend_host_free(be, r->stage);
         r->stage = NULL, r->stage_cap = 0;
@@ -442,6 +446,13 @@ static int kw_receive_device_reserve(kw_receive *r, kw_backend *be, int64_t T, i
         const int64_t ne[1] = {1};
         KW_FORWARD(kw_tensor_alloc(be, &r->d_bad, KW_DTYPE_I32, 1, ne));
     }
+    if (half > 0 && (r->d_rope_rows < T || r->d_rope.ne[1] != half)) {
+        kw_tensor_free(&r->d_rope);
+        r->d_rope_rows = 0;
+        const int64_t ne[3] = {T, half, 2};
+        KW_FORWARD(kw_tensor_alloc(be, &r->d_rope, KW_DTYPE_F32, 3, ne));
+        r->d_rope_rows = T;
+    }
     return 0;
 }
 
@@ -451,15 +462,19 @@ static kw_wire_op_spec kw_receive_op_spec(const kw_wire_tensor_view *tv) {
     return sp;
 }
 
-/* Whether the device decodes the verified section sec (1) or the CPU decoder does (0), and its tensors' bytes. A
- * section the device cannot take: pre-RoPE keys (kv_direct rotates them on the host), a c2c layer with per-target
- * subsets (the fuser gathers them from host rows), a rotation of a head_dim the device kernel does not take, an
- * outlier table past 32-bit element numbers, a codec the device decoder refuses or a tensor whose bytes are not the
- * ones the device decoder reads. */
+/* Whether the device decodes the verified section sec (1) or the CPU decoder does (0), and its tensors' bytes. Pre-RoPE
+ * keys are rotated there too (kv_direct; kw_op_rope_table with the host's table, bit for bit kw_config_rope_rows) and
+ * a c2c layer with per-target subsets goes to the fuser as device rows (it gathers each target's rows there). A
+ * section the device cannot take: pre-RoPE keys in c2c (the CPU path refuses them), a rotation of a head_dim the
+ * device kernel does not take, an outlier table past 32-bit element numbers, a codec the device decoder refuses or a
+ * tensor whose bytes are not the ones the device decoder reads. */
 static int kw_receive_device_ok(const kw_receive *r, const kw_receive_peer *p, const kw_wire_section *sec,
                                 kw_backend *be, uint64_t *bytes) {
-    if (r->host_decode || !kw_backend_supports_wire_decode(be) || sec->pre_rope) return 0;
-    if (sec->layer >= (uint32_t)p->n_layers || (p->tg_n && p->tg_n[sec->layer] > 0)) return 0;
+    if (r->host_decode || !kw_backend_supports_wire_decode(be)) return 0;
+    if (sec->pre_rope && (r->mode != KW_RECEIVE_KV_DIRECT ||
+                          kw_config_rope_half(kw_model_get_config(r->model), (int32_t)sec->layer) < 1))
+        return 0;
+    if (sec->layer >= (uint32_t)p->n_layers) return 0;
     const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim;
     if (sec->rotated && (D > 1024 || kw_wire_rotate_log2(D) < 0)) return 0;
     if (sec->outlier_table && 2ull * H * T * D > UINT32_MAX) return 0;
@@ -480,7 +495,8 @@ static int kw_receive_device_ok(const kw_receive *r, const kw_receive_peer *p, c
 
 /* The device decode of a verified section (*done 1), bit for bit kw_wire_section_dequantize: its tensors' scales,
  * zero points and codes (and its outlier table as numbers) copied into the pinned staging buffer, uploaded once,
- * decoded into rows [0, T) of r->d_k, r->d_v, the outliers written over them and the rotation undone there. Nothing
+ * decoded into rows [0, T) of r->d_k, r->d_v, the outliers written over them and the rotation undone there; pre-RoPE
+ * keys then rotated by their positions (the table computed here, r->pos, as kw_config_rope_rows would). Nothing
  * decoded comes back to the host: only the decoder's flag (a reserved code: KW_E_WIRE_VALUE, as the CPU decoder).
  * *done 0: the section is for the CPU decoder (kw_receive_device_ok). */
 static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, const kw_wire_section *sec, int *done) {
@@ -490,8 +506,10 @@ static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, con
     if (!kw_receive_device_ok(r, p, sec, be, &tensor_bytes)) return 0;
     const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim, n_out = sec->n_outliers;
     const size_t table_at = ((size_t)tensor_bytes + 7) & ~(size_t)7;
-    const size_t total = table_at + (size_t)n_out * (sizeof(uint32_t) + sizeof(float));
-    KW_FORWARD(kw_receive_device_reserve(r, be, T, H, D, total > 0 ? total : 1, n_out));
+    const size_t rope_at = table_at + (size_t)n_out * (sizeof(uint32_t) + sizeof(float));
+    const int64_t half = sec->pre_rope ? kw_config_rope_half(kw_model_get_config(r->model), (int32_t)sec->layer) : 0;
+    const size_t total = rope_at + (size_t)T * (size_t)half * 2 * sizeof(float);
+    KW_FORWARD(kw_receive_device_reserve(r, be, T, H, D, total > 0 ? total : 1, n_out, half));
     size_t at = 0;
     for (uint32_t g = 0; g < sec->n_groups; ++g) {
         const kw_wire_tensor_view *tv[2] = {&sec->groups[g].k, &sec->groups[g].v};
@@ -520,6 +538,14 @@ static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, con
         KW_FORWARD(kw_backend_upload(be, &r->d_elems, 0, elems, (size_t)n_out * sizeof *elems));
         KW_FORWARD(kw_backend_upload(be, &r->d_values, 0, values, (size_t)n_out * sizeof *values));
     }
+    kw_tensor rope = {0};
+    /* KVWire v1.1 pre-RoPE keys (FORMAT.md §5.11): the receiver's own RoPE, as the CPU path applies it */
+    if (half > 0) {
+        float *table = (float *)(r->stage + rope_at);
+        KW_FORWARD(kw_config_rope_table(kw_model_get_config(r->model), (int32_t)sec->layer, r->pos, T, 0, table));
+        KW_FORWARD(kw_tensor_view_rows(&r->d_rope, 0, T, &rope));
+        KW_FORWARD(kw_backend_upload(be, &rope, 0, table, (size_t)T * (size_t)half * 2 * sizeof *table));
+    }
     KW_FORWARD(kw_backend_memset_zero(be, &r->d_bad));
     kw_tensor k, v;
     KW_FORWARD(kw_tensor_view_rows(&r->d_k, 0, T, &k));
@@ -538,6 +564,7 @@ static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, con
     if (n_out > 0) KW_FORWARD(kw_op_wire_outliers_apply(be, &k, &v, &r->d_elems, &r->d_values, n_out));
     for (int kv = 0; kv < 2; ++kv)
         if (sec->rotated & (1u << kv)) KW_FORWARD(kw_op_wire_unrotate(be, kv ? &v : &k));
+    if (half > 0) KW_FORWARD(kw_op_rope_table(be, &k, &rope));
     int32_t bad = 0;
     KW_FORWARD(kw_backend_download(be, &bad, &r->d_bad, 0, sizeof bad));
     KW_FORWARD(kw_backend_synchronize(be)); /* the staging buffer is reused by the next section */

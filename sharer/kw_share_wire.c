@@ -484,22 +484,32 @@ out:
 }
 
 /* The section's keys rotated back by their positions (FORMAT.md §5.11) into uk (H, T, D) f32, as kw_config_rope_rows
- * rotates the host's rows: the cosines and sines from the host (kw_config_rope_table, uploaded into tab), the rotation
- * on the device (kw_op_rope_unrotate_table). The table is freed by the caller after its synchronize. */
+ * rotates the host's rows: the rows gathered and widened (kw_op_wire_rotate_rows without rotation), the cosines and
+ * sines from the host (kw_config_rope_table, inverse), repeated for each head so that uk's H * T rows take
+ * kw_op_rope_table as (H * T, 1, D) with their token's factors. *h_tab (uploaded from) is freed by the caller after its
+ * synchronize. */
 static int kw_share_wire_device_unrope(const kw_share_wire *w, const kw_share_layer *l, kw_tensor *uk, kw_tensor *tab,
                                        float **h_tab) {
     const kw_share_device *dev = l->device;
     kw_backend *be = dev->backend;
-    const int64_t T = l->n_rows, ne[3] = {l->n_heads, T, l->head_dim};
-    int32_t half = 0;
-    *h_tab = malloc((size_t)T * (size_t)l->head_dim * sizeof **h_tab);
+    const int64_t T = l->n_rows, H = l->n_heads, ne[3] = {H, T, l->head_dim}, rows[3] = {H * T, 1, l->head_dim};
+    const int32_t half = kw_config_rope_half(w->opt.pre_rope, l->layer);
+    KW_RETURN_IF(half < 1 || 2 * half > l->head_dim, KW_E_INVALID_ARG,
+                 "share wire: layer %d has no RoPE of head_dim %d", (int)l->layer, (int)l->head_dim);
+    const size_t per_head = (size_t)T * (size_t)half * 2;
+    *h_tab = malloc(per_head * (size_t)H * sizeof **h_tab);
     KW_RETURN_IF(*h_tab == NULL, KW_E_NOMEM, "share wire: out of memory for the RoPE table of %lld rows", (long long)T);
-    KW_FORWARD(kw_config_rope_table(w->opt.pre_rope, l->layer, l->positions, T, 1, *h_tab, &half));
-    const int64_t nt[3] = {T, half, 2};
+    KW_FORWARD(kw_config_rope_table(w->opt.pre_rope, l->layer, l->positions, T, 1, *h_tab));
+    for (int64_t h = 1; h < H; ++h)
+        memcpy(*h_tab + (size_t)h * per_head, *h_tab, per_head * sizeof **h_tab);
+    const int64_t nt[3] = {H * T, half, 2};
     KW_FORWARD(kw_tensor_alloc(be, tab, KW_DTYPE_F32, 3, nt));
-    KW_FORWARD(kw_backend_upload(be, tab, 0, *h_tab, (size_t)T * (size_t)half * 2 * sizeof **h_tab));
+    KW_FORWARD(kw_backend_upload(be, tab, 0, *h_tab, per_head * (size_t)H * sizeof **h_tab));
     KW_FORWARD(kw_tensor_alloc(be, uk, KW_DTYPE_F32, 3, ne));
-    return kw_op_rope_unrotate_table(be, uk, dev->k, dev->rows, (uint32_t)T, tab);
+    KW_FORWARD(kw_op_wire_rotate_rows(be, uk, dev->k, dev->rows, (uint32_t)T, 0));
+    kw_tensor view;
+    KW_FORWARD(kw_tensor_view_reshape(uk, 3, rows, &view));
+    return kw_op_rope_table(be, &view, tab);
 }
 
 /* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. A

@@ -1,4 +1,5 @@
-/* cmd_version.c: `kvwire version` prints the version and the build configuration. */
+/* cmd_version.c: `kvwire version` prints the version, the build configuration and how OpenMP threads wait. */
+#include "common/kw_omp_wait.h"
 #include "kw_commands.h"
 
 #include <stdio.h>
@@ -13,6 +14,6 @@ int kw_cmd_version(int argc, char **argv) {
 #else
     const char *cuda = "no";
 #endif
-    printf("kvwire %s (CUDA backend: %s)\n", KW_VERSION, cuda);
+    printf("kvwire %s (CUDA backend: %s)\nOpenMP waiting: %s\n", KW_VERSION, cuda, kw_omp_wait_origin());
     return 0;
 }

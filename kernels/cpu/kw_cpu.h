@@ -74,6 +74,7 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
 int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
 int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
 int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+int kw__cpu_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
 int kw__cpu_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
 int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, int64_t pos0);
 

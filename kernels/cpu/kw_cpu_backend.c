@@ -173,6 +173,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .matmul = kw__cpu_matmul,
     .rms_norm = kw__cpu_rms_norm,
     .rope = kw__cpu_rope,
+    .rope_table = kw__cpu_rope_table,
     .attention = kw__cpu_attention,
     .kv_store = kw__cpu_kv_store,
     .kv_load = kw__cpu_kv_load,

@@ -103,6 +103,21 @@ int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const 
     return 0;
 }
 
+int kw__cpu_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2], half = table->ne[1];
+    const float *tab = table->data;
+    float *xs = x->data;
+#pragma omp parallel for num_threads(kw_threads_for(cpu, T *H *D)) schedule(static)
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+            float *xh = xs + (t * H + h) * D;
+            for (int64_t i = 0; i < half; ++i)
+                kw_opm_rope_rotate(&xh[i], &xh[i + half], tab[(t * half + i) * 2], tab[(t * half + i) * 2 + 1]);
+        }
+    return 0;
+}
+
 int kw__cpu_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t T = src->ne[0], H = src->ne[1], D = src->ne[2], cap = cache->ne[1];

@@ -213,6 +213,7 @@ int kw__cuda_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *tabl
 int kw__cuda_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
                       int flags);
 int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
+int kw__cuda_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table);
 int kw__cuda_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                        const kw_tensor *v_cache, const kw_attention_params *params);
 int kw__cuda_kv_store(kw_backend *backend, kw_tensor *cache, const kw_tensor *src, int64_t pos0);
@@ -245,8 +246,6 @@ int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, int clip, uint32_t H, uint3
 int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec, int clip,
                          const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
                          kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
-int kw__cuda_rope_unrotate_table(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
-                                 uint32_t T, const kw_tensor *table);
 int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,
                                uint64_t *work_bytes);
 int kw__cuda_wire_outliers(kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,

@@ -412,6 +412,7 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->matmul = kw_cuda_matmul;
     i->rms_norm = kw__cuda_rms_norm;
     i->rope = kw__cuda_rope;
+    i->rope_table = kw__cuda_rope_table;
     i->attention = kw__cuda_attention;
     i->kv_store = kw__cuda_kv_store;
     i->kv_load = kw__cuda_kv_load;
@@ -435,7 +436,6 @@ static struct kw_backend_i kw_cuda_make_iface(void) {
     i->wire_outlier_work = kw__cuda_wire_outlier_work;
     i->wire_outliers = kw__cuda_wire_outliers;
     i->wire_rotate_rows = kw__cuda_wire_rotate_rows;
-    i->rope_unrotate_table = kw__cuda_rope_unrotate_table;
     i->wire_decode = kw__cuda_wire_decode;
     i->wire_outliers_apply = kw__cuda_wire_outliers_apply;
     i->wire_unrotate = kw__cuda_wire_unrotate;

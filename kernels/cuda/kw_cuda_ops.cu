@@ -313,6 +313,29 @@ int kw__cuda_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const
     return 0;
 }
 
+/* rope_table: one block per (token, head), the cos and sin read from the table. The products and sums are the
+ * correctly rounded intrinsics, so that nvcc's default --fmad=true fuses none of them: kw_ref_rope_apply's bits. */
+__global__ void kw_k_rope_table(float *x, const float *table, int64_t H, int64_t D, int64_t half) {
+    const int64_t t = blockIdx.x / H;
+    float *xh = x + blockIdx.x * D;
+    const float *row = table + t * half * 2;
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+        const float c = row[2 * i], s = row[2 * i + 1], x0 = xh[i], x1 = xh[i + half];
+        xh[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+        xh[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+    }
+}
+
+int kw__cuda_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table) {
+    KW_CUDA_ENTER(cu, backend);
+    const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2];
+    KW_RETURN_IF(T * H > INT32_MAX, KW_E_UNSUPPORTED, "cuda rope_table: too many rows");
+    KW_CUDA_LAUNCH(kw_k_rope_table, (unsigned)(T * H), 64, 0, cu->stream, (float *)x->data, (const float *)table->data,
+                   H, D, table->ne[1]);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * attention: a two-pass softmax. Pass 1 finds the maximum score m of the query's visible rows, pass 2 sums
  * exp(score - m) and the weighted V rows, recomputing the scores, so that no rescaling error accumulates. Warps of

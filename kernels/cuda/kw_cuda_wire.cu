@@ -703,31 +703,6 @@ __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
     }
 }
 
-/* The sharer's pre-RoPE keys (kw_cuda_wire_rope_gather): one thread per output value, its pair's two inputs read
- * from the gathered row, the products and the sum or difference rounded one by one as kw_ref_rope's (the f32 math is
- * written with the _rn intrinsics, so no compiler contracts it into an FMA whatever the flags). */
-__global__ void __launch_bounds__(KW_WIRE_BLOCK)
-    kw_k_wire_rope_gather(kw_cuda_wire_src src, uint32_t H, uint32_t T, uint32_t D, const float *table, uint32_t half,
-                          float *out) {
-    const uint64_t n = (uint64_t)H * T * D;
-    for (uint64_t e = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; e < n; e += (uint64_t)gridDim.x * blockDim.x) {
-        const uint64_t r = e / D;
-        const uint32_t d = (uint32_t)(e % D), h = (uint32_t)(r / T), t = (uint32_t)(r % T);
-        const size_t row = src.d_rows ? src.d_rows[src.t0 + t] : (size_t)src.t0 + t;
-        const size_t base = row * src.token_stride + (size_t)h * src.head_stride;
-        if (d >= 2 * half) {
-            out[e] = kw_wire_load(src.d_data, src.dtype, base + d);
-            continue;
-        }
-        const uint32_t i = d < half ? d : d - half;
-        const float x0 = kw_wire_load(src.d_data, src.dtype, base + i);
-        const float x1 = kw_wire_load(src.d_data, src.dtype, base + i + half);
-        const float c = table[((size_t)t * half + i) * 2], s = table[((size_t)t * half + i) * 2 + 1];
-        out[e] =
-            d < half ? __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)) : __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
-    }
-}
-
 /* ------------------------------------------------------------------------------------------------------------
  * Host side
  */
@@ -947,19 +922,6 @@ extern "C" int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *
     return 0;
 }
 
-extern "C" int kw_cuda_wire_rope_gather(void *stream, const kw_cuda_wire_src *src, uint32_t H, uint32_t T, uint32_t D,
-                                        const float *d_table, uint32_t half, float *d_out) {
-    KW_RETURN_IF(!src || !src->d_data || !d_table || !d_out, KW_E_INVALID_ARG, "RoPE rows on the GPU: null argument");
-    KW_RETURN_IF(src->dtype < KW__WDT_BF16 || src->dtype > KW__WDT_F32, KW_E_INVALID_ARG,
-                 "RoPE rows on the GPU: unknown input dtype %u", src->dtype);
-    KW_RETURN_IF(H < 1 || T < 1 || half < 1 || 2ull * half > D, KW_E_INVALID_ARG,
-                 "RoPE rows on the GPU: bad shape (H %u, T %u, D %u, half %u)", H, T, D, half);
-    KW_CUDA_LAUNCH(kw_k_wire_rope_gather, kw_opm_grid_blocks((int64_t)H * T * D, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
-                   (cudaStream_t)stream, *src, H, T, D, d_table, half, d_out);
-    KW_CUDA_LAUNCHED();
-    return 0;
-}
-
 /* ------------------------------------------------------------------------------------------------------------
  * kw_backend.h's sharer ops (validated) on the backend's stream
  */
@@ -1019,14 +981,6 @@ int kw__cuda_wire_rotate_rows(kw_backend *backend, kw_tensor *out, const kw_tens
     const kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, 0);
     return kw_cuda_wire_rotate_gather(cu->stream, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], rotate,
                                       (float *)out->data);
-}
-
-int kw__cuda_rope_unrotate_table(kw_backend *backend, kw_tensor *out, const kw_tensor *cache, const kw_tensor *rows,
-                                 uint32_t T, const kw_tensor *table) {
-    KW_CUDA_ENTER(cu, backend);
-    const kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, 0);
-    return kw_cuda_wire_rope_gather(cu->stream, &src, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2],
-                                    (const float *)table->data, (uint32_t)table->ne[1], (float *)out->data);
 }
 
 int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,

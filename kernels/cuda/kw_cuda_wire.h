@@ -35,7 +35,6 @@
 #define kw_cuda_wire_outliers_apply     kw_cuda_emu_wire_outliers_apply
 #define kw_cuda_wire_unrotate           kw_cuda_emu_wire_unrotate
 #define kw_cuda_wire_rotate_gather      kw_cuda_emu_wire_rotate_gather
-#define kw_cuda_wire_rope_gather        kw_cuda_emu_wire_rope_gather
 #endif
 
 #ifdef __cplusplus
@@ -152,15 +151,6 @@ int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, cons
  * bit for bit; rotate 0: the widened row itself. D a power of two up to 1024 with rotate 1. src.d_mask is ignored. */
 int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *src, uint32_t H, uint32_t T, uint32_t D,
                                int rotate, float *d_out);
-
-/* The sharer's pre-RoPE keys (FORMAT.md §5.11): d_out[(h * T + t) * D + d] (f32) = row (h, t) of src (as
- * kw_cuda_wire_rotate_gather reads it) widened to f32 and rotated by row t of d_table (T rows of half (cos, sin)
- * pairs, model/kw_config.h kw_config_rope_table's; the inverse rotation for the sharer): for i < half,
- * x'[i] = fl(fl(x[i] c) - fl(x[i + half] s)), x'[i + half] = fl(fl(x[i + half] c) + fl(x[i] s)), as kernels/ref's
- * kw_ref_rope rounds (explicit round-to-nearest products and sums: nothing fused); channels from 2 * half on are
- * copied. 1 <= half, 2 * half <= D. src.d_mask is ignored. */
-int kw_cuda_wire_rope_gather(void *stream, const kw_cuda_wire_src *src, uint32_t H, uint32_t T, uint32_t D,
-                             const float *d_table, uint32_t half, float *d_out);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* The outlier side table's choice (FORMAT.md §5.10) */

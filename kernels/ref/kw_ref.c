@@ -132,11 +132,13 @@ void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_
     }
 }
 
-/* The cosine and sine at position pos for frequency inv_freq: fp32 of the double cos and sin of the fp32 angle. */
-static void kw_ref_rope_factors(int32_t pos, float inv_freq, float *c, float *s) {
-    const float angle = (float)pos * inv_freq;
-    *c = (float)cos((double)angle);
-    *s = (float)sin((double)angle);
+/* Row t's cos and sin per frequency i < half: table[2i] = fp32 cos, table[2i + 1] = fp32 sin of the fp32 angle. */
+static void kw_ref_rope_row(float *table, int32_t pos, int64_t half, const float *inv_freq) {
+    for (int64_t i = 0; i < half; ++i) {
+        const float angle = (float)pos * inv_freq[i];
+        table[2 * i] = (float)cos((double)angle);
+        table[2 * i + 1] = (float)sin((double)angle);
+    }
 }
 
 void kw_ref_rope_table(float *table, const int32_t *pos, int64_t T, const kw_rope_params *params) {
@@ -144,18 +146,13 @@ void kw_ref_rope_table(float *table, const int32_t *pos, int64_t T, const kw_rop
     kw__rope_inv_freq(params, inv_freq);
     const int64_t half = params->rotary_dim / 2;
     for (int64_t t = 0; t < T; ++t)
-        for (int64_t i = 0; i < half; ++i)
-            kw_ref_rope_factors(pos[t], inv_freq[i], &table[(t * half + i) * 2], &table[(t * half + i) * 2 + 1]);
+        kw_ref_rope_row(table + t * 2 * half, pos[t], half, inv_freq);
 }
 
-void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params) {
-    float inv_freq[KW_ROPE_MAX_DIM / 2];
-    kw__rope_inv_freq(params, inv_freq);
-    const int64_t half = params->rotary_dim / 2;
+void kw_ref_rope_apply(float *x, const float *table, int64_t T, int64_t H, int64_t D, int64_t half) {
     for (int64_t t = 0; t < T; ++t) {
         for (int64_t i = 0; i < half; ++i) {
-            float c, s;
-            kw_ref_rope_factors(pos[t], inv_freq[i], &c, &s);
+            const float c = table[(t * half + i) * 2], s = table[(t * half + i) * 2 + 1];
             for (int64_t h = 0; h < H; ++h) {
                 float *xh = x + (t * H + h) * D;
                 const float x0 = xh[i], x1 = xh[i + half];
@@ -165,6 +162,16 @@ void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, 
                 xh[i + half] = a1 + b1;
             }
         }
+    }
+}
+
+void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params) {
+    float inv_freq[KW_ROPE_MAX_DIM / 2], table[KW_ROPE_MAX_DIM];
+    kw__rope_inv_freq(params, inv_freq);
+    const int64_t half = params->rotary_dim / 2;
+    for (int64_t t = 0; t < T; ++t) { /* one token's table at a time: the rows of kw_ref_rope_table */
+        kw_ref_rope_row(table, pos[t], half, inv_freq);
+        kw_ref_rope_apply(x + t * H * D, table, 1, H, D, half);
     }
 }
 

@@ -49,9 +49,11 @@ void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_
  * each product rounded to fp32 as torch does. Dimensions past rotary_dim are unchanged. */
 void kw_ref_rope(float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, const kw_rope_params *params);
 
-/* The factors kw_ref_rope multiplies by, table (T, rotary_dim / 2, 2): the cosine and sine of row t's pair i, so a
- * device given the table rounds as kw_ref_rope does (model/kw_config.h kw_config_rope_table). */
+/* kw_ref_rope split in two: table (T, rotary_dim/2, 2) f32 = {cos, sin} of each token's angles, computed as
+ * kw_ref_rope computes them; kw_ref_rope_apply rotates x (T, H, D) in place by such a table (half = rotary_dim/2), the
+ * products and sums of kw_ref_rope. Applying the table of pos is kw_ref_rope with pos, bit for bit. */
 void kw_ref_rope_table(float *table, const int32_t *pos, int64_t T, const kw_rope_params *params);
+void kw_ref_rope_apply(float *x, const float *table, int64_t T, int64_t H, int64_t D, int64_t half);
 
 /* Causal GQA attention, out (T, Hq, D), q (T, Hq, D), caches (Hkv, cap, D) f32/bf16; kv_mask (cap) u8 or NULL.
  * Semantics of kw_op_attention. */

@@ -14,7 +14,7 @@ cd "$tmp"
 "$kvwire" gen-model --arch llama --out llama --layers 5 --vocab 1000 --seed 3 >/dev/null 2>&1
 
 out=$("$kvwire" gen-fuser --receiver recv --sharer shar --out f1 --seed 7 --hidden 32 --intermediate 24)
-echo "$out" | grep -q "gates: 0:open 1:open 2:closed 3:k-only"
+grep -q "gates: 0:open 1:open 2:closed 3:k-only" <<<"$out"
 "$kvwire" gen-fuser --receiver recv --sharer shar --out f2 --seed 7 --hidden 32 --intermediate 24 >/dev/null
 diff -r f1 f2 # same inputs and seed: same bytes
 "$kvwire" gen-fuser --receiver recv --sharer shar --out f3 --seed 8 --hidden 32 --intermediate 24 >/dev/null
@@ -27,7 +27,7 @@ grep -q '"is_do_alignment": false' f1/config.json
 
 out=$("$kvwire" gen-fuser --receiver recv --sharer llama --out fl --seed 1 --hidden 32 --intermediate 24 \
     --closed-layers 0,2 --k-only-layers 1 --v-only-layers "" --dtype f32 --num-layers 4)
-echo "$out" | grep -q "gates: 0:closed 1:k-only 2:closed 3:open"
+grep -q "gates: 0:closed 1:k-only 2:closed 3:open" <<<"$out"
 grep -q '"is_do_alignment": true' fl/config.json
 grep -q '"value": "float32"' fl/final/projector_1.json
 

@@ -17,9 +17,7 @@
  *    inverse one equal kw_wire_rotate_rows bit for bit (every head_dim 2..1024), and the receiver's outlier values
  *    land on exactly their elements (f32 and bf16 outputs);
  *  - clipped scales (§5.13): the device's candidate search gives the CPU encoder's bytes for every integer codec,
- *    granularity and scale dtype (test_encode_clip);
- *  - pre-RoPE keys (§5.11): the sharer's rows rotated back with the host's cosine and sine table equal kw_ref_rope's
- *    bit for bit (test_rope_gather).
+ *    granularity and scale dtype (test_encode_clip).
  *
  * Built twice: as host C++ against the CUDA emulator (test_cuda_wire_emu, label gpu-emu, always runs) and by nvcc
  * (test_gpu_wire, label gpu, exits 77 without a device).
@@ -34,7 +32,6 @@ extern "C" {
 #include "c2c/kw_select.h"
 #include "common/kw_half.h"
 #include "common/kw_status.h"
-#include "kernels/ref/kw_ref.h"
 #include "wire/kw_wire.h"
 #include "wire/kw_wire_internal.h"
 }
@@ -971,81 +968,6 @@ static void test_outlier_select(void **state) {
  * 2..1024 (one block per row: the larger ones spread each butterfly stage over the block, with barriers between
  * stages), rows at a token offset t0 of a padded view; kw_cuda_wire_outliers_apply writes exactly the listed elements
  * of K and V (f32, and rounded into bf16), nothing else. */
-/* The sharer's pre-RoPE keys (FORMAT.md §5.11): kw_cuda_wire_rope_gather with the table of kw_ref_rope_table (inverse:
- * negated positions, as kw_config_rope_table gives the sharer) equals kw_ref_rope on the gathered rows widened to f32,
- * bit for bit: head dims 8..256 with full and partial rotary dims, no scaling, llama3 and linear scaling, positions
- * from 0 to 2^31 - 1 (inverse and forward), bf16, f16 and f32 sources in both layouts, values from tiny to large
- * (products that round differently when fused). */
-static void test_rope_gather(void **state) {
-    (void)state;
-    uint64_t seed = 31000;
-    const uint32_t Ds[] = {8, 16, 64, 128, 256};
-    const kw_rope_params ropes[] = {
-        {10000.0, 0, KW_ROPE_SCALING_NONE, 1.0, 1.0, 1.0, 0.0},
-        {500000.0, 0, KW_ROPE_SCALING_LLAMA3, 8.0, 1.0, 4.0, 8192.0},
-        {1000000.0, 0, KW_ROPE_SCALING_LINEAR, 4.0, 1.0, 1.0, 0.0},
-    };
-    uint32_t n = 0;
-    for (uint32_t Dr : Ds)
-        for (const kw_rope_params &base : ropes)
-            for (int partial = 0; partial < 2; ++partial) {
-                rng r{seed++};
-                kw_rope_params rp = base;
-                rp.rotary_dim = (int32_t)(partial ? Dr / 2 : Dr);
-                const uint32_t Hh = 1 + r.below(3), T = 1 + r.below(9), rows = T + 5, hd = (uint32_t)rp.rotary_dim / 2;
-                const uint32_t dt = 1 + (uint32_t)(seed % 3);
-                const int head_major = (int)(seed & 1), inverse = (int)((seed >> 1) & 1);
-                tensor_src src;
-                src.head_stride = head_major ? (size_t)rows * Dr : Dr;
-                src.token_stride = head_major ? Dr : (size_t)Hh * Dr;
-                src.values.assign((size_t)rows * Hh * Dr, 0.0f);
-                for (float &v : src.values)
-                    v = r.uniform() * ldexpf(1.0f, (int)r.below(40) - 20);
-                set_bytes(dt, &src);
-                std::vector<uint32_t> gather(T);
-                std::vector<int32_t> pos(T);
-                for (uint32_t t = 0; t < T; ++t) {
-                    gather[t] = r.below(rows);
-                    const int32_t p = t == 0 ? 0x7fffffff : t == 1 ? 0 : (int32_t)(r.next() >> (33 + r.below(31)));
-                    pos[t] = inverse ? -p : p;
-                }
-                /* the CPU: kw_ref_rope on the gathered rows, (T, H, Dr) */
-                std::vector<float> want((size_t)T * Hh * Dr), table((size_t)T * hd * 2);
-                for (uint32_t t = 0; t < T; ++t)
-                    for (uint32_t h = 0; h < Hh; ++h)
-                        for (uint32_t d = 0; d < Dr; ++d)
-                            want[((size_t)t * Hh + h) * Dr + d] =
-                                src.values[gather[t] * src.token_stride + h * src.head_stride + d];
-                kw_ref_rope(want.data(), pos.data(), T, Hh, Dr, &rp);
-                kw_ref_rope_table(table.data(), pos.data(), T, &rp);
-                /* the device's, (H, T, Dr) */
-                dev_buf<uint8_t> dsrc(src.bytes.data(), src.bytes.size());
-                dev_buf<uint32_t> drows(gather.data(), gather.size());
-                dev_buf<float> dtab(table.data(), table.size()), out((size_t)Hh * T * Dr);
-                const kw_cuda_wire_src ws = {dsrc.p, dt, src.head_stride, src.token_stride, drows.p, 0, nullptr, 0, 0};
-                assert_int_equal(kw_cuda_wire_rope_gather(nullptr, &ws, Hh, T, Dr, dtab.p, hd, out.p), 0);
-                CK(cudaDeviceSynchronize());
-                const std::vector<float> got = out.get();
-                for (uint32_t h = 0; h < Hh; ++h)
-                    for (uint32_t t = 0; t < T; ++t)
-                        for (uint32_t d = 0; d < Dr; ++d) {
-                            const float a = got[((size_t)h * T + t) * Dr + d], b = want[((size_t)t * Hh + h) * Dr + d];
-                            if (memcmp(&a, &b, 4) != 0)
-                                fail_msg(
-                                    "RoPE Dr %u rotary %d scaling %d pos %d (h %u t %u d %u): %a on the device, %a "
-                                    "on the CPU",
-                                    Dr, rp.rotary_dim, (int)rp.scaling, pos[t], h, t, d, (double)a, (double)b);
-                        }
-                ++n;
-            }
-    assert_int_equal(n, 5 * 3 * 2);
-    /* bad shapes */
-    dev_buf<float> x(64), tab(16), out(64);
-    const kw_cuda_wire_src ws = {x.p, KW_WIRE_DTYPE_F32, 8, 8, nullptr, 0, nullptr, 0, 0};
-    assert_int_equal(kw_cuda_wire_rope_gather(nullptr, &ws, 1, 2, 8, tab.p, 5, out.p), KW_E_INVALID_ARG);
-    assert_int_equal(kw_cuda_wire_rope_gather(nullptr, &ws, 1, 2, 8, tab.p, 0, out.p), KW_E_INVALID_ARG);
-}
-
 static void test_decode_rotate_outliers(void **state) {
     (void)state;
     rng r{20251206};
@@ -1225,7 +1147,6 @@ int main(void) {
         cmocka_unit_test(test_encode_outliers),
         cmocka_unit_test(test_blob_byte_identical),
         cmocka_unit_test(test_decode_rotate_outliers),
-        cmocka_unit_test(test_rope_gather),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

@@ -10,11 +10,12 @@
  * that difference.
  *
  * The receiver: receiverd on the device decodes the CPU sharerd's sections there ("The receiver on a CUDA backend"),
- * c2c and kv_direct, an outlier table and rotated K and V among the policies, and answers as the CPU receiverd: the
- * same text, sections and bytes, every section counted in the record's codec.device_decoded_sections. The text is a
- * weak check in c2c: the tiny fuser's answers barely depend on the fused rows (V fused as K left them unchanged when
- * tried), so there this checks the path and the counters, and test_receive_device.c the rows bit for bit; in
- * kv_direct the rows are the receiver's cache and a wrong row changes the text (tried: V stored as K).
+ * c2c and kv_direct, an outlier table, rotated K and V and pre-RoPE keys (rotated on the device) among the policies,
+ * and answers as the CPU receiverd: the same text, sections and bytes, every section counted in the record's
+ * codec.device_decoded_sections. The text is a weak check in c2c: the tiny fuser's answers barely depend on the fused
+ * rows (V fused as K left them unchanged when tried), so there this checks the path and the counters, and
+ * test_receive_device.c the rows bit for bit; in kv_direct the rows are the receiver's cache and a wrong row changes
+ * the text (tried: V stored as K).
  *
  * Built twice: with the emulator's daemons (test_daemons_share_emu, label gpu-emu) and, with KW_TEST_REAL_CUDA, with
  * sharerd and receiverd themselves on a device (tests/gpu, test_gpu_daemons_share), which exits 77 where none exists.
@@ -132,6 +133,7 @@ static void test_device_receiver_answers_as_cpu(void **state) {
                 "\"outliers\":0.02}"},
         {"c2c", "{\"codec\":\"int4\",\"selection\":\"full\",\"rotate\":\"kv\"}"},
         {"kv_direct", "{\"codec\":\"int8\",\"selection\":\"knorm_topk\",\"proportion\":0.7}"},
+        {"kv_direct", "{\"codec\":\"int8\",\"selection\":\"knorm_topk\",\"proportion\":0.7,\"pre_rope_keys\":true}"},
     };
     const pair cpu_pair = {"sharerd", "--compute.backend=cpu", "receiverd", "--compute.backend=cpu"};
     const pair gpu_pair = {"sharerd", "--compute.backend=cpu", GPU_RECEIVERD, "--compute.backend=cuda"};

@@ -9,15 +9,17 @@
  * three ways: on the emulated CUDA backend with the device decode, on the same backend with host_decode (the CPU
  * decoder, rows uploaded: the reference), and on the CPU backend. Checked:
  *  - the cache rows of every layer at the sent positions: device decode == host decode, bit for bit;
- *  - the counters: device_sections = every section for the device decode (none for a pre-RoPE blob, which the host
- *    decodes and rotates), 0 with host_decode and on the CPU backend;
+ *  - the counters: device_sections = every section for the device decode (a pre-RoPE blob's keys rotated there by
+ *    kw_op_rope_table), 0 with host_decode and on the CPU backend;
  *  - greedy tokens: device decode == host decode (same rows, same backend), and == the CPU backend's (the fixture's
  *    steps are decisive at f32: tests/gpu_emu/test_gpu_emu_e2e.c).
  * C2C likewise (test_c2c): the sharer model (sharer_qwen2, on the CPU backend) sends the layers its fuser uses, a
  * key-norm selection per layer, and the receiver fuses them (kw_fusion_put with the device rows); the receiver caches
- * over the prompt are compared bit for bit, the tokens as above.
- * Two more blobs carry a value only a decoder sees (a reserved int8 code, an f16 NaN; their tensors written around
- * kw_wire_encoder_begin_section so the checksums hold): both paths refuse them with KW_E_WIRE_VALUE.
+ * over the prompt are compared bit for bit, the tokens as above; and once more with per-target subsets
+ * (test_c2c_subsets: kw_receive_targets for every sharer layer, each receiver layer it feeds a different
+ * every-few-positions mask, so the fuser gathers each target's rows from the device rows). Two more blobs carry a value
+ * only a decoder sees (a reserved int8 code, an f16 NaN; their tensors written around kw_wire_encoder_begin_section so
+ * the checksums hold): both paths refuse them with KW_E_WIRE_VALUE.
  *
  * Built twice: against the emulator (label gpu-emu) and, with KW_TEST_REAL_CUDA, against a real device (tests/gpu,
  * label gpu), which exits 77 without one.
@@ -239,10 +241,34 @@ static uint8_t *encode_blob(const recv_case *c, const kept_rows *kr, size_t *len
     return blob;
 }
 
-/* One request on model m fed the blob (in 3 pieces): kv_direct (f NULL) or c2c through the fusion f; its cache
- * (owned by the caller), stats and result. Returns the first failing status (0: generated). */
-static int receive(kw_model *m, kw_fusion *f, const uint8_t *blob, size_t len, int host_decode, kw_kvcache **cache,
-                   kw_receive_stats *st, kw_fusion_result *res) {
+/* c2c with subsets: for every sharer layer sent, each receiver layer it feeds (kw_fusion_layer_targets) fuses the
+ * section positions p with (p + target + layer) % 3 != 0 only (kw_receive_targets); full: every position. */
+static int set_subsets(kw_receive *r, kw_fusion *f, int full) {
+    const int64_t len = E.sec[0].length, mask_bytes = (len + 7) / 8;
+    uint8_t masks[KW_RECEIVE_MAX_TARGETS][64];
+    const uint8_t *mp[KW_RECEIVE_MAX_TARGETS];
+    int32_t any = 0;
+    if (mask_bytes > 64) return KW_E_LIMIT;
+    for (int32_t i = 0; i < E.ks.n; ++i) {
+        int32_t targets[KW_RECEIVE_MAX_TARGETS], n = 0;
+        KW_FORWARD(kw_fusion_layer_targets(f, 0, E.ks.layer[i], targets, KW_RECEIVE_MAX_TARGETS, &n));
+        for (int32_t j = 0; j < n; ++j) {
+            memset(masks[j], 0, sizeof masks[j]);
+            for (int64_t p = 0; p < len; ++p)
+                if (full || (p + targets[j] + E.ks.layer[i]) % 3 != 0) masks[j][p >> 3] |= (uint8_t)(1u << (p & 7));
+            mp[j] = masks[j];
+        }
+        if (n > 0) KW_FORWARD(kw_receive_targets(r, 0, E.ks.layer[i], n, targets, mp, mask_bytes));
+        any += n;
+    }
+    return any > 0 ? 0 : KW_E_STATE; /* the fixture's fuser maps every sharer layer it uses onto some target */
+}
+
+/* One request on model m fed the blob (in 3 pieces): kv_direct (f NULL) or c2c through the fusion f (subsets 1: with
+ * set_subsets', 2: with full ones); its cache (owned by the caller), stats and result. Returns the first failing status
+ * (0: generated). */
+static int receive(kw_model *m, kw_fusion *f, int subsets, const uint8_t *blob, size_t len, int host_decode,
+                   kw_kvcache **cache, kw_receive_stats *st, kw_fusion_result *res) {
     int rc = kw_model_create_cache(m, E.L + STEPS + 4, KW_DTYPE_F32, cache);
     const kw_receive_options ro = {
         .mode = f ? KW_RECEIVE_C2C : KW_RECEIVE_KV_DIRECT,
@@ -256,6 +282,7 @@ static int receive(kw_model *m, kw_fusion *f, const uint8_t *blob, size_t len, i
     kw_receive *r = NULL;
     if (rc == 0) rc = kw_receive_begin(m, f, *cache, E.prompt, E.L, &ro, &r);
     if (rc == 0) rc = kw_receive_prefill(r, 0);
+    if (rc == 0 && subsets) rc = set_subsets(r, f, subsets == 2);
     const size_t cut[4] = {0, len / 3, 2 * len / 3, len};
     int done = 0;
     for (int i = 0; rc == 0 && i < 3; ++i)
@@ -290,17 +317,17 @@ static void compare_rows(const char *what, kw_kvcache *a, kw_kvcache *b, const u
 /* The blob received three ways (device decode, host decode on the emulated backend, the CPU backend): kv_direct (fg,
  * fc NULL) or c2c through fg (on E.mg) and fc (on E.mc). Checks the counters (device_sections: expect_device), the
  * caches (device == host decode at pos, n) and the tokens (all three equal). */
-static void receive_three(const char *name, const uint8_t *blob, size_t len, kw_fusion *fg, kw_fusion *fc,
+static void receive_three(const char *name, const uint8_t *blob, size_t len, kw_fusion *fg, kw_fusion *fc, int subsets,
                           int32_t n_sections, int32_t expect_device, const uint32_t *pos, int64_t n) {
     kw_kvcache *cd = NULL, *ch = NULL, *cc = NULL;
     kw_receive_stats sd, sh, sc;
     kw_fusion_result rd, rh, rcpu;
     memset(&rd, 0, sizeof rd), memset(&rh, 0, sizeof rh), memset(&rcpu, 0, sizeof rcpu);
-    int rc = receive(E.mg, fg, blob, len, 0, &cd, &sd, &rd);
+    int rc = receive(E.mg, fg, subsets, blob, len, 0, &cd, &sd, &rd);
     if (rc < 0) fail_msg("%s: device decode: %s (%s)", name, kw_status_name(rc), kw_error_detail());
-    rc = receive(E.mg, fg, blob, len, 1, &ch, &sh, &rh);
+    rc = receive(E.mg, fg, subsets, blob, len, 1, &ch, &sh, &rh);
     if (rc < 0) fail_msg("%s: host decode: %s (%s)", name, kw_status_name(rc), kw_error_detail());
-    rc = receive(E.mc, fc, blob, len, 0, &cc, &sc, &rcpu);
+    rc = receive(E.mc, fc, subsets, blob, len, 0, &cc, &sc, &rcpu);
     if (rc < 0) fail_msg("%s: CPU backend: %s (%s)", name, kw_status_name(rc), kw_error_detail());
     printf("  %-38s %6zu bytes, %d sections, %d on the device, %lld tokens\n", name, len, (int)sd.sections,
            (int)sd.device_sections, (long long)rd.gen.n);
@@ -321,13 +348,13 @@ static void receive_three(const char *name, const uint8_t *blob, size_t len, kw_
 static void run_case(const recv_case *c) {
     size_t len = 0;
     uint8_t *blob = encode_blob(c, &E.kr, &len);
-    receive_three(c->name, blob, len, NULL, NULL, E.n_layers, c->pre_rope ? 0 : E.n_layers, E.kr.pos[0], E.kr.rows[0]);
+    receive_three(c->name, blob, len, NULL, NULL, 0, E.n_layers, E.n_layers, E.kr.pos[0], E.kr.rows[0]);
     free(blob);
 }
 
-/* c2c: the sharer's blob fused into the receiver (kw_fusion_put with the device rows); the receiver cache over the
- * prompt but its last token compared. */
-static void run_c2c(const recv_case *c) {
+/* c2c: the sharer's blob fused into the receiver (kw_fusion_put with the device rows; subsets: with set_subsets'); the
+ * receiver cache over the prompt but its last token compared. */
+static void run_c2c(const recv_case *c, int subsets) {
     size_t len = 0;
     uint8_t *blob = encode_blob(c, &E.ks, &len);
     const kw_fusion_sharer sh = {
@@ -336,8 +363,8 @@ static void run_c2c(const recv_case *c) {
     assert_int_equal(kw_fusion_create(E.mg, &sh, 1, 0, &fg), 0);
     assert_int_equal(kw_fusion_create(E.mc, &sh, 1, 0, &fc), 0);
     char name[96];
-    snprintf(name, sizeof name, "c2c %s", c->name);
-    receive_three(name, blob, len, fg, fc, E.ks.n, E.ks.n, NULL, E.L - 1);
+    snprintf(name, sizeof name, "c2c%s %s", subsets ? " subsets" : "", c->name);
+    receive_three(name, blob, len, fg, fc, subsets, E.ks.n, E.ks.n, NULL, E.L - 1);
     kw_fusion_free(fg);
     kw_fusion_free(fc);
     free(blob);
@@ -391,7 +418,8 @@ static const recv_case CASES[] = {
      2,
      0,
      0},
-    {"pre-RoPE keys (host decode)", {"int8", "token", "f16"}, {"int8", "token", "f16"}, ONE, 0, 0, 1, 0},
+    {"pre-RoPE keys", {"int8", "token", "f16"}, {"int8", "token", "f16"}, ONE, 0, 0, 1, 0},
+    {"pre-RoPE keys, rotated, outliers 40", {"int4", "token", "f16"}, {"int4", "group8", "f16"}, ONE, 40, 3, 1, 0},
 };
 
 static void test_cases(void **state) {
@@ -402,8 +430,39 @@ static void test_cases(void **state) {
 
 static void test_c2c(void **state) {
     (void)state;
-    run_c2c(&CASES[0]);                                /* int8 token */
-    run_c2c(&CASES[sizeof CASES / sizeof *CASES - 2]); /* rotated V, outliers, two groups */
+    run_c2c(&CASES[0], 0);  /* int8 token */
+    run_c2c(&CASES[12], 0); /* rotated V, outliers, two groups */
+}
+
+/* Subsets that hold every row are no subsets: the device-decoded rows gathered for each target (the identity gather)
+ * give the receiver cache of the request without subsets, bit for bit. The pattern subsets themselves are checked
+ * against a fusion sent only each target's rows in tests/c2c/test_rscore.c (test_fusion_per_target, CPU backend). */
+static void run_c2c_full(const recv_case *c) {
+    size_t len = 0;
+    uint8_t *blob = encode_blob(c, &E.ks, &len);
+    const kw_fusion_sharer sh = {
+        .fuser = E.fuser, .n_layers = E.ks.n_model_layers, .n_kv_heads = E.ks.H, .head_dim = E.ks.D};
+    kw_fusion *fg = NULL;
+    assert_int_equal(kw_fusion_create(E.mg, &sh, 1, 0, &fg), 0);
+    kw_kvcache *ca = NULL, *cb = NULL;
+    kw_receive_stats sa, sb;
+    kw_fusion_result ra, rb;
+    memset(&ra, 0, sizeof ra), memset(&rb, 0, sizeof rb);
+    assert_int_equal(receive(E.mg, fg, 2, blob, len, 0, &ca, &sa, &ra), 0);
+    assert_int_equal(receive(E.mg, fg, 0, blob, len, 0, &cb, &sb, &rb), 0);
+    assert_int_equal(sa.device_sections, E.ks.n);
+    compare_rows("c2c full subsets", ca, cb, NULL, E.L - 1);
+    kw_fusion_result_free(&ra), kw_fusion_result_free(&rb);
+    kw_kvcache_free(ca), kw_kvcache_free(cb);
+    kw_fusion_free(fg);
+    free(blob);
+}
+
+static void test_c2c_subsets(void **state) {
+    (void)state;
+    run_c2c(&CASES[0], 1);
+    run_c2c(&CASES[12], 1);
+    run_c2c_full(&CASES[12]);
 }
 
 /* A blob whose tensors are written here (kw_wire_encoder_begin_section, so the checksums are right) with int8 K and
@@ -473,7 +532,7 @@ static void test_bad_value(void **state) {
             kw_receive_stats st;
             kw_fusion_result res;
             memset(&st, 0, sizeof st), memset(&res, 0, sizeof res);
-            const int rc = receive(E.mg, NULL, blob, len, host, &cache, &st, &res);
+            const int rc = receive(E.mg, NULL, 0, blob, len, host, &cache, &st, &res);
             printf("  %s, %s decode: %s, %d sections on the device\n", nan ? "f16 NaN" : "int8 -128",
                    host ? "host" : "device", kw_status_name(rc), (int)st.device_sections);
             assert_int_equal(rc, KW_E_WIRE_VALUE);
@@ -489,6 +548,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases),
         cmocka_unit_test(test_c2c),
+        cmocka_unit_test(test_c2c_subsets),
         cmocka_unit_test(test_bad_value),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -304,7 +304,7 @@ static const share_case CASES[] = {
      0,
      0},
 
-    /* pre-RoPE keys (FORMAT.md §5.11): rotated back on the device with the host's table (kw_op_rope_unrotate_table) */
+    /* pre-RoPE keys (FORMAT.md §5.11): rotated back on the device with the host's table (kw_op_rope_table) */
     {"pre-RoPE, kv_direct",
      {"int8", "token", "f16"},
      {"int8", "token", "f16"},

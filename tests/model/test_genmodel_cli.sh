@@ -10,7 +10,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-"$kvwire" gen-model --help | grep -q '^usage: kvwire gen-model' || fail "--help"
+grep -q '^usage: kvwire gen-model' <<<"$("$kvwire" gen-model --help)" || fail "--help"
 
 small=(--arch qwen3 --vocab 256 --layers 3 --hidden 32 --heads 4 --kv-heads 1 --head-dim 16 --intermediate 40)
 "$kvwire" gen-model "${small[@]}" --seed 9 --out "$tmp/a" >/dev/null 2>&1

@@ -9,7 +9,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 
-"$kvwire" gen-certs --out pki/site --san "DNS:sharer1.cluster,IP:10.0.0.5" --days 30 | grep -q "wrote pki/site"
+grep -q "wrote pki/site" <<<"$("$kvwire" gen-certs --out pki/site --san "DNS:sharer1.cluster,IP:10.0.0.5" --days 30)"
 for f in ca.pem ca.key server.pem server.key client.pem client.key; do
     test -s "pki/site/$f"
 done

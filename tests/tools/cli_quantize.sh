@@ -10,7 +10,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-"$kvwire" quantize --help | grep -q '^usage: kvwire quantize' || fail "--help"
+grep -q '^usage: kvwire quantize' <<<"$("$kvwire" quantize --help)" || fail "--help"
 "$kvwire" gen-model --arch qwen3 --hidden 256 --head-dim 64 --intermediate 512 --vocab 151936 --seed 3 \
     --tokenizer "$src/models/tokenizers/qwen3" --out "$tmp/m" >/dev/null 2>&1
 for t in f32 bf16 q8_0 q4_k q4_k_m; do
@@ -24,7 +24,7 @@ q8=$(stat -c %s "$tmp/q8_0.gguf")
 q4=$(stat -c %s "$tmp/q4_k.gguf")
 [ "$q8" -lt "$bf16" ] && [ "$q4" -lt "$q8" ] || fail "sizes bf16 $bf16, q8_0 $q8, q4_k $q4"
 out=$("$kvwire" generate --model "$tmp/q8_0.gguf" --tokenizer "$tmp/m" --prompt "Hello" --max-new-tokens 4 2>/dev/null)
-echo "$out" | grep -q "^prompt_ids: \[" || fail "generate on the Q8_0 file: $out"
+grep -q "^prompt_ids: \[" <<<"$out" || fail "generate on the Q8_0 file: $out"
 # GGUF in: the Q8_0 file re-quantized to Q4_K keeps the metadata and is deterministic too
 "$kvwire" quantize --model "$tmp/q8_0.gguf" --out "$tmp/r1.gguf" --type q4_k 2>/dev/null
 "$kvwire" quantize --model "$tmp/q8_0.gguf" --out "$tmp/r2.gguf" --type q4_k 2>/dev/null
