@@ -1140,17 +1140,29 @@ int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, con
     return backend->iface->select_topk(backend, out, count, score, k);
 }
 
-int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
-                          uint64_t *tensor_bytes, uint64_t *work_bytes) {
+int kw_backend_wire_sizes_clip(const kw_backend *backend, const kw_wire_op_spec *spec, int clip, uint32_t H, uint32_t T,
+                               uint32_t D, uint64_t *tensor_bytes, uint64_t *work_bytes) {
     static const char op[] = "wire_sizes";
     KW_CHECK_SHARE(op);
     KW_RETURN_IF(spec == NULL || tensor_bytes == NULL || work_bytes == NULL, KW_E_INVALID_ARG, "%s: NULL argument", op);
-    return backend->iface->wire_sizes(spec, H, T, D, tensor_bytes, work_bytes);
+    return backend->iface->wire_sizes(spec, clip ? 1 : 0, H, T, D, tensor_bytes, work_bytes);
+}
+
+int kw_backend_wire_sizes(const kw_backend *backend, const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D,
+                          uint64_t *tensor_bytes, uint64_t *work_bytes) {
+    return kw_backend_wire_sizes_clip(backend, spec, 0, H, T, D, tensor_bytes, work_bytes);
 }
 
 int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
                       const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
                       kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
+    return kw_op_wire_encode_clip(backend, dst, offset, spec, 0, cache, rows, t0, T, work, err, err_index, mask,
+                                  mask_base);
+}
+
+int kw_op_wire_encode_clip(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec, int clip,
+                           const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                           kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
     static const char op[] = "wire_encode";
     KW_CHECK_SHARE(op);
     KW_FORWARD(kw_check_share_cache(backend, cache, op));
@@ -1159,8 +1171,8 @@ int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const 
     KW_FORWARD(kw_check_typed(backend, work, KW_DTYPE_U8, op, "work"));
     KW_FORWARD(kw_check_typed(backend, err, KW_DTYPE_U8, op, "err"));
     uint64_t bytes = 0, scratch = 0;
-    KW_FORWARD(
-        kw_backend_wire_sizes(backend, spec, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2], &bytes, &scratch));
+    KW_FORWARD(kw_backend_wire_sizes_clip(backend, spec, clip, (uint32_t)cache->ne[0], T, (uint32_t)cache->ne[2],
+                                          &bytes, &scratch));
     KW_FORWARD(kw_check_range(dst, offset, (size_t)bytes, op));
     KW_RETURN_IF(scratch > kw_tensor_nbytes(work) || T < 1 || (int64_t)t0 + T > kw_tensor_nelem(rows) ||
                      err_index < 0 || (uint64_t)err_index >= kw_tensor_nbytes(err) / 8,
@@ -1175,8 +1187,8 @@ int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const 
         KW_RETURN_IF(kw_tensor_nbytes(mask) < (2 * half + 7) / 8, KW_E_SHAPE, "%s: mask %s for %llu elements", op,
                      KW_SHAPE(mask), (unsigned long long)(2 * half));
     }
-    return backend->iface->wire_encode(backend, dst, offset, spec, cache, rows, t0, T, work, err, err_index, mask,
-                                       mask_base);
+    return backend->iface->wire_encode(backend, dst, offset, spec, clip ? 1 : 0, cache, rows, t0, T, work, err,
+                                       err_index, mask, mask_base);
 }
 
 int kw_backend_wire_outlier_work(const kw_backend *backend, const kw_wire_op_spec *sk, const kw_wire_op_spec *sv,
@@ -1277,7 +1289,7 @@ int kw_op_wire_decode(kw_backend *backend, kw_tensor *out, uint32_t t0, uint32_t
     KW_RETURN_IF(T < 1 || (int64_t)t0 + T > out->ne[0] || kw_tensor_nelem(bad) != 1, KW_E_SHAPE,
                  "%s: rows [%u, +%u) of out %s, bad %s", op, t0, T, KW_SHAPE(out), KW_SHAPE(bad));
     uint64_t bytes = 0, scratch = 0;
-    KW_FORWARD(backend->iface->wire_sizes(spec, (uint32_t)out->ne[1], T, (uint32_t)out->ne[2], &bytes, &scratch));
+    KW_FORWARD(backend->iface->wire_sizes(spec, 0, (uint32_t)out->ne[1], T, (uint32_t)out->ne[2], &bytes, &scratch));
     KW_FORWARD(kw_check_range(src, offset, (size_t)bytes, op));
     return backend->iface->wire_decode(backend, out, t0, T, spec, src, offset, bad);
 }

@@ -513,6 +513,15 @@ int kw_op_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const 
                       const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
                       kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
 
+/* The same two with clipped scales when clip is non-zero (kw_wire_policy.clip's bit for this tensor, FORMAT.md
+ * §5.13; integer codecs, the others ignore it): the per-unit candidate search of the CPU encoder on the device, the
+ * bytes the CPU encoder writes with that policy; the work is larger (kw_backend_wire_sizes_clip). */
+int kw_backend_wire_sizes_clip(const kw_backend *backend, const kw_wire_op_spec *spec, int clip, uint32_t H, uint32_t T,
+                               uint32_t D, uint64_t *tensor_bytes, uint64_t *work_bytes);
+int kw_op_wire_encode_clip(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec, int clip,
+                           const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
+                           kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
+
 /* The outlier table's choice for a one-group section (FORMAT.md §5.10) of T rows of cache_k and cache_v (rows as
  * kw_op_wire_encode's, t0 0) with codecs sk and sv: the min(count, 2 * H * T * D) elements kw_wire_outlier_select
  * chooses, ascending in elems (i32, >= count entries), their number in n (1) i32, their values in values (f32,

@@ -95,9 +95,9 @@ struct kw_backend_i {
     /* (optional, all eight or none) The sharer's device work of kw_backend.h (validated; kw_cuda_wire.h's kernels). */
     int (*select_scores)(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0);
     int (*select_topk)(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
-    int (*wire_sizes)(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
+    int (*wire_sizes)(const kw_wire_op_spec *spec, int clip, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
                       uint64_t *work_bytes);
-    int (*wire_encode)(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+    int (*wire_encode)(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec, int clip,
                        const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
                        kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
     int (*wire_outlier_work)(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,

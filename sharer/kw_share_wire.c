@@ -396,21 +396,23 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
     return kw_share_wire_reserve(w, cap);
 }
 
-/* 1 if the device encoder takes the section (no byte cap, pre-RoPE keys, clipped scales or token groups; a rotation
- * of a head_dim the device rotates; codecs and outlier counts it encodes), with each tensor's bytes and scratch; 0 for
- * the CPU encoder. */
+/* 1 if the device encoder takes the section (no per-token byte cap, whose allocator reads the rows, and so no token
+ * groups, which only it makes; a whole-layer plan's layers are plain policies; a rotation of a head_dim the device
+ * rotates; codecs and outlier counts it encodes; clipped scales are searched and pre-RoPE keys rotated back there),
+ * with each tensor's bytes and scratch; 0 for the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
-    if (l->device == NULL || w->opt.budget.bytes > 0 || w->opt.pre_rope || pol->clip || pol->n_groups != 0) return 0;
+    if (l->device == NULL || w->alloc != NULL || pol->n_groups != 0) return 0; /* the allocator reads the rows */
     if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
+    if (w->opt.pre_rope && l->head_dim > 1024) return 0; /* the rotated-back copies are kw_op_wire_rotate_rows's */
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};
     *work = 0;
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
                                    specs[kv]->group_log2};
         uint64_t scratch = 0;
-        if (kw_backend_wire_sizes(l->device->backend, &s, (uint32_t)l->n_heads, T, (uint32_t)l->head_dim, &bytes[kv],
-                                  &scratch) < 0) {
+        if (kw_backend_wire_sizes_clip(l->device->backend, &s, (pol->clip >> kv) & 1, (uint32_t)l->n_heads, T,
+                                       (uint32_t)l->head_dim, &bytes[kv], &scratch) < 0) {
             kw_error_clear();
             return 0;
         }
@@ -481,20 +483,52 @@ out:
     return rc;
 }
 
+/* The section's keys rotated back by their positions (FORMAT.md §5.11) into uk (H, T, D) f32, as kw_config_rope_rows
+ * rotates the host's rows: the rows gathered and widened (kw_op_wire_rotate_rows without rotation), the cosines and
+ * sines from the host (kw_config_rope_table, inverse), repeated for each head so that uk's H * T rows take
+ * kw_op_rope_table as (H * T, 1, D) with their token's factors. *h_tab (uploaded from) is freed by the caller after its
+ * synchronize. */
+static int kw_share_wire_device_unrope(const kw_share_wire *w, const kw_share_layer *l, kw_tensor *uk, kw_tensor *tab,
+                                       float **h_tab) {
+    const kw_share_device *dev = l->device;
+    kw_backend *be = dev->backend;
+    const int64_t T = l->n_rows, H = l->n_heads, ne[3] = {H, T, l->head_dim}, rows[3] = {H * T, 1, l->head_dim};
+    const int32_t half = kw_config_rope_half(w->opt.pre_rope, l->layer);
+    KW_RETURN_IF(half < 1 || 2 * half > l->head_dim, KW_E_INVALID_ARG,
+                 "share wire: layer %d has no RoPE of head_dim %d", (int)l->layer, (int)l->head_dim);
+    const size_t per_head = (size_t)T * (size_t)half * 2;
+    *h_tab = malloc(per_head * (size_t)H * sizeof **h_tab);
+    KW_RETURN_IF(*h_tab == NULL, KW_E_NOMEM, "share wire: out of memory for the RoPE table of %lld rows", (long long)T);
+    KW_FORWARD(kw_config_rope_table(w->opt.pre_rope, l->layer, l->positions, T, 1, *h_tab));
+    for (int64_t h = 1; h < H; ++h)
+        memcpy(*h_tab + (size_t)h * per_head, *h_tab, per_head * sizeof **h_tab);
+    const int64_t nt[3] = {H * T, half, 2};
+    KW_FORWARD(kw_tensor_alloc(be, tab, KW_DTYPE_F32, 3, nt));
+    KW_FORWARD(kw_backend_upload(be, tab, 0, *h_tab, per_head * (size_t)H * sizeof **h_tab));
+    KW_FORWARD(kw_tensor_alloc(be, uk, KW_DTYPE_F32, 3, ne));
+    KW_FORWARD(kw_op_wire_rotate_rows(be, uk, dev->k, dev->rows, (uint32_t)T, 0));
+    kw_tensor view;
+    KW_FORWARD(kw_tensor_view_reshape(uk, 3, rows, &view));
+    return kw_op_rope_table(be, &view, tab);
+}
+
 /* The section's K and V encoded on the device into buf at the place begin_section gives, the framing on the CPU. A
  * rotated section (FORMAT.md §5.12) encodes the selected rows rotated on the device (kw_op_wire_rotate_rows: K and V
- * gathered into (H, T, D) f32 copies, the tensors pol->rotate names rotated), as the CPU encoder does. */
+ * gathered into (H, T, D) f32 copies, the tensors pol->rotate names rotated), as the CPU encoder does; pre-RoPE keys
+ * (§5.11) are rotated back first (kw_share_wire_device_unrope), V then gathered likewise. */
 static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                         const uint64_t bytes[2], uint64_t work_bytes, size_t *written) {
     const kw_share_device *dev = l->device;
     kw_backend *be = dev->backend;
     const uint32_t T = (uint32_t)l->n_rows;
     size_t at = 0;
-    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0}, rk = {0}, rv = {0}, seq = {0};
+    kw_tensor dst = {0}, work = {0}, err = {0}, mask = {0}, rk = {0}, rv = {0}, seq = {0}, uk = {0}, tab = {0};
     int32_t *h_seq = NULL;
+    float *h_tab = NULL;
     kw_share_wire_src src = {dev->k, dev->v, dev->rows};
     int rc = 0;
-    if (pol->rotate) {
+    if (pol->pre_rope) KW_CHECK(kw_share_wire_device_unrope(w, l, &uk, &tab, &h_tab));
+    if (pol->rotate || pol->pre_rope) {
         const int64_t ne[3] = {l->n_heads, T, l->head_dim}, nt = T;
         h_seq = malloc((size_t)T * sizeof *h_seq);
         KW_CHECK_IF(h_seq == NULL, KW_E_NOMEM, "share wire: out of memory");
@@ -504,7 +538,10 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
         KW_CHECK(kw_tensor_alloc(be, &rv, KW_DTYPE_F32, 3, ne));
         KW_CHECK(kw_tensor_alloc(be, &seq, KW_DTYPE_I32, 1, &nt));
         KW_CHECK(kw_backend_upload(be, &seq, 0, h_seq, (size_t)T * sizeof *h_seq));
-        KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
+        if (pol->pre_rope) /* the rotated-back keys, a cache of T rows */
+            KW_CHECK(kw_op_wire_rotate_rows(be, &rk, &uk, &seq, T, pol->rotate & 1));
+        else
+            KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
         KW_CHECK(kw_op_wire_rotate_rows(be, &rv, dev->v, dev->rows, T, (pol->rotate >> 1) & 1));
         src = (kw_share_wire_src){&rk, &rv, &seq};
     }
@@ -525,8 +562,8 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
                                    specs[kv]->group_log2};
-        KW_CHECK(kw_op_wire_encode(be, &dst, kv ? (size_t)bytes[0] : 0, &s, rows[kv], src.rows, 0, T, &work, &err, kv,
-                                   pol->outliers ? &mask : NULL, kv ? half : 0));
+        KW_CHECK(kw_op_wire_encode_clip(be, &dst, kv ? (size_t)bytes[0] : 0, &s, (pol->clip >> kv) & 1, rows[kv],
+                                        src.rows, 0, T, &work, &err, kv, pol->outliers ? &mask : NULL, kv ? half : 0));
     }
     KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)nb));
     KW_CHECK(kw_backend_wire_status(be, &err, 2)); /* synchronizes */
@@ -542,7 +579,84 @@ out:;
     kw_tensor_free(&rk);
     kw_tensor_free(&rv);
     kw_tensor_free(&seq);
+    kw_tensor_free(&uk);
+    kw_tensor_free(&tab);
     free(h_seq); /* uploaded from: after the synchronize above */
+    free(h_tab);
+    return rc;
+}
+
+/* A per-token byte cap's section on the device: the allocator chose the kept rows and their codecs on the host rows
+ * (downloaded for it), and the kept rows' tensors are encoded group by group from the device cache through their
+ * cache positions (kw_op_wire_encode; kv_direct: the candidates of the blob's kept set), the framing on the CPU as in
+ * kw_share_wire_device_section. *done 0 (and nothing written) when the device does not take a group's codec. */
+static int kw_share_wire_device_groups(kw_share_wire *w, const kw_share_layer *l, const kw_share_device *dev,
+                                       const kw_wire_alloc_result *res, const kw_wire_policy *pol, size_t *written,
+                                       int *done) {
+    kw_backend *be = dev->backend;
+    const uint32_t n = res->n_kept, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim, G = pol->n_groups;
+    *done = 0;
+    if (n == 0 || G == 0) return 0;
+    uint64_t total = 0, scratch = 0;
+    for (uint32_t g = 0; g < G; ++g)
+        for (int kv = 0; kv < 2; ++kv) {
+            const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
+            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
+            uint64_t b = 0, sc = 0;
+            if (kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &b, &sc) < 0) {
+                kw_error_clear(); /* the CPU's */
+                return 0;
+            }
+            total += b;
+            scratch = sc > scratch ? sc : scratch;
+        }
+    kw_tensor dst = {0}, work = {0}, err = {0}, rows = {0};
+    int32_t *h_rows = malloc((size_t)l->n_rows * sizeof *h_rows), *h_kept = malloc((size_t)n * sizeof *h_kept);
+    size_t at = 0;
+    int rc = 0;
+    KW_CHECK_IF(!h_rows || !h_kept, KW_E_NOMEM, "share wire: out of memory for %u kept rows", n);
+    KW_CHECK(kw_backend_download(be, h_rows, dev->rows, 0, (size_t)l->n_rows * sizeof *h_rows));
+    KW_CHECK(kw_backend_synchronize(be));
+    for (uint32_t i = 0; i < n; ++i) { /* the kept row's candidate, then its cache position */
+        const uint32_t c = w->opt.budget.same_positions ? w->kept_rows[res->rows[i]] : res->rows[i];
+        KW_CHECK_IF(c >= (uint64_t)l->n_rows, KW_E_INTERNAL, "share wire: kept row %u of %lld", c,
+                    (long long)l->n_rows);
+        h_kept[i] = h_rows[c];
+    }
+    const int64_t nn = n, nb = (int64_t)total, nw = (int64_t)(scratch ? scratch : 1), ne = 16 * (int64_t)G;
+    KW_CHECK(kw_tensor_alloc(be, &rows, KW_DTYPE_I32, 1, &nn));
+    KW_CHECK(kw_backend_upload(be, &rows, 0, h_kept, (size_t)n * sizeof *h_kept));
+    KW_CHECK(kw_wire_encoder_begin_section(w->enc, (uint32_t)l->layer, n, res->positions, pol, w->buf, w->cap, &at));
+    KW_CHECK_IF(at + total > w->cap, KW_E_INTERNAL, "share wire: the device's tensors (%llu bytes at %zu) overrun %zu",
+                (unsigned long long)total, at, w->cap);
+    KW_CHECK(kw_tensor_alloc(be, &dst, KW_DTYPE_U8, 1, &nb));
+    KW_CHECK(kw_tensor_alloc(be, &work, KW_DTYPE_U8, 1, &nw));
+    KW_CHECK(kw_tensor_alloc(be, &err, KW_DTYPE_U8, 1, &ne));
+    size_t off = 0;
+    for (uint32_t g = 0, t0 = 0; g < G; t0 += pol->groups[g].n_tokens, ++g)
+        for (int kv = 0; kv < 2; ++kv) { /* the section's order: each group's K, then its V */
+            const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
+            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
+            uint64_t b = 0, sc = 0;
+            KW_CHECK(kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &b, &sc));
+            KW_CHECK(kw_op_wire_encode(be, &dst, off, &s, kv ? dev->v : dev->k, &rows, t0, pol->groups[g].n_tokens,
+                                       &work, &err, 2 * (int64_t)g + kv, NULL, 0));
+            off += (size_t)b;
+        }
+    KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)total));
+    KW_CHECK(kw_backend_wire_status(be, &err, 2 * (int64_t)G)); /* synchronizes */
+    KW_CHECK(kw_wire_encoder_finish_section(w->enc, written));
+    ++w->stats.device_sections;
+    *done = 1;
+out:;
+    const int sync = kw_backend_synchronize(be); /* nothing may still write buf or read h_kept */
+    if (rc == 0) rc = sync;
+    kw_tensor_free(&dst);
+    kw_tensor_free(&work);
+    kw_tensor_free(&err);
+    kw_tensor_free(&rows);
+    free(h_rows);
+    free(h_kept);
     return rc;
 }
 
@@ -598,7 +712,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     }
     uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
     const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);
-    kw_share_layer host; /* a layer on the device that the CPU encodes: its rows downloaded */
+    const kw_share_device *dev = l->device; /* a per-token cap: the allocator's choice encoded there if it can */
+    kw_share_layer host;                    /* a layer on the device that the CPU encodes: its rows downloaded */
     if (l->device && !on_device) {
         host = *l;
         KW_FORWARD(l->device->host_rows(l->device->ctx, &host.k, &host.v));
@@ -611,8 +726,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
                            .positions = w->positions,
                            .k = {.data = lk, .head_stride = hd, .token_stride = row},
                            .v = {.data = lv, .head_stride = hd, .token_stride = row}};
+    const kw_wire_alloc_result *res = NULL;
     if (w->alloc) { /* a byte cap: the allocator's rows and token groups */
-        const kw_wire_alloc_result *res = NULL;
         const float *k = NULL, *v = NULL;
         KW_FORWARD(kw_share_wire_budget_layer(w, l, &res, &k, &v));
         in.k.data = k;
@@ -626,7 +741,8 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         in.v.rows = res->rows;
     }
     if (w->opt.budget.bytes > 0 && w->alloc == NULL) KW_FORWARD(kw_share_wire_planned_layer(w, l, &pol));
-    if (w->opt.pre_rope) { /* the keys before RoPE: each row rotated back by its position (FORMAT.md §5.11) */
+    if (w->opt.pre_rope) pol.pre_rope = 1;
+    if (w->opt.pre_rope && !on_device) { /* the keys before RoPE: each row rotated back by its position (§5.11) */
         const size_t n = (size_t)l->n_rows * row;
         if (n > w->unroped_cap) {
             float *p = realloc(w->unroped, n * sizeof *p);
@@ -637,16 +753,19 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         memcpy(w->unroped, lk, n * sizeof *w->unroped);
         KW_FORWARD(kw_config_rope_rows(w->opt.pre_rope, l->layer, l->positions, l->n_rows, 1, w->unroped));
         in.k.data = w->unroped;
-        pol.pre_rope = 1;
     }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
-    if (on_device) KW_FORWARD(kw_share_wire_pin(w, l->device->backend));
+    if (dev) KW_FORWARD(kw_share_wire_pin(w, dev->backend));
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
-    if (on_device)
+    int done = 0;
+    if (on_device) {
         KW_FORWARD(kw_share_wire_device_section(w, l, &pol, dev_bytes, dev_work, &written));
-    else
-        KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
+        done = 1;
+    } else if (dev && res) {
+        KW_FORWARD(kw_share_wire_device_groups(w, l, dev, res, &pol, &written, &done));
+    }
+    if (!done) KW_FORWARD(kw_wire_encoder_write_section(w->enc, &in, &pol, w->buf, w->cap, &written));
     w->stats.encode_ms += kw_time_ms(t0, kw_time_now_ns());
     KW_FORWARD(kw_share_wire_emit(w, written));
     ++w->stats.sections;

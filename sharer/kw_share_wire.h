@@ -12,10 +12,14 @@
  * A layer whose rows are on the device (kw_share_layer.device) is encoded there when the section allows it: its K
  * and V tensors by kw_op_wire_encode straight from the cache rows, the section framing (head, index block, zstd,
  * checksums) by the CPU encoder around them (kw_wire_encoder_begin_section / finish_section), and only the encoded
- * tensor bytes are downloaded, into pinned memory (kw_backend_host_alloc). The bytes are the CPU encoder's. Every
- * section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a byte
- * cap (the allocator reads the rows), pre-RoPE keys, a codec the device refuses, an outlier choice past the device's
- * 2^32 - 1 elements. Outlier tables are chosen on the device, the table written on the host from the chosen list.
+ * tensor bytes are downloaded, into pinned memory (kw_backend_host_alloc). The bytes are the CPU encoder's. Outlier
+ * tables are chosen on the device, the table written on the host from the chosen list; clipped scales are searched
+ * there (kw_op_wire_encode_clip); pre-RoPE keys are rotated back there from the host's cosine and sine table
+ * (kw_config_rope_table, kw_op_rope_table); a whole-layer plan's layers are plain policies. A per-token byte
+ * cap downloads the rows for its allocator, then encodes the kept rows' token groups on the device from the cache.
+ * Every section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a
+ * codec the device refuses, an outlier choice past the device's 2^32 - 1 elements, a rotation or pre-RoPE keys with a
+ * head_dim above 1024.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H

@@ -152,7 +152,9 @@ typedef struct kw_wire_policy {
     uint8_t clip;          /* an encoder choice, not on the wire (FORMAT.md §5.13): bit 0 K, bit 1 V take, for the
                               integer codecs, per scale unit the clipped scale (and zero point) of least squared
                               reconstruction error among the absmax (min/max) range times 1, 0.95, ..., 0.5; codes
-                              saturate. Other codecs are unchanged. Only kw_wire_encoder_write_section can clip. */
+                              saturate. Other codecs are unchanged. kw_wire_encoder_write_section clips; the
+                              begin_section calls take the flag as given (it changes no framing byte): a caller
+                              writing the tensors itself (the device encoder, kw_op_wire_encode_clip) clips them. */
 } kw_wire_policy;
 
 /* The randomized Hadamard rotation of head vectors (FORMAT.md §5.12, kw_wire_rotate.c). kw_wire_rotate_log2: m with

@@ -1088,9 +1088,6 @@ int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n
     KW_RETURN_IF(!e || !tensors_offset, KW_E_INVALID_ARG, "null argument");
     KW_RETURN_IF(pol && pol->outliers, KW_E_INVALID_ARG,
                  "a section written by someone else cannot have outliers: use kw_wire_encoder_write_section");
-    KW_RETURN_IF(pol && pol->clip, KW_E_UNSUPPORTED,
-                 "a section written by someone else cannot take clipped scales (FORMAT.md §5.13): use "
-                 "kw_wire_encoder_write_section");
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
     KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, 0, dst, cap, &groups, &single));
@@ -1104,9 +1101,6 @@ int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *e, uint32_t layer, u
                                            size_t *tensors_offset) {
     KW_RETURN_IF(!e || !tensors_offset || !pol || !pol->outliers || !elems || !values, KW_E_INVALID_ARG,
                  "begin_section_outliers: null argument or no outliers");
-    KW_RETURN_IF(pol->clip, KW_E_UNSUPPORTED,
-                 "a section written by someone else cannot take clipped scales (FORMAT.md §5.13): use "
-                 "kw_wire_encoder_write_section");
     const uint64_t elems_total = 2ull * e->hdr.n_kv_heads * n_tokens * e->hdr.head_dim;
     const uint64_t want = pol->outliers < elems_total ? pol->outliers : elems_total;
     KW_RETURN_IF(n != want, KW_E_INVALID_ARG, "%u outliers given, the policy chooses %llu", n,

@@ -241,9 +241,9 @@ int kw__cuda_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor 
 /* The sharer's device work of kw_backend.h (kw_cuda_select.cu and kw_cuda_wire.cu: kw_cuda_wire.h on cu->stream). */
 int kw__cuda_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *cache, int64_t pos0);
 int kw__cuda_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
-int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
-                        uint64_t *work_bytes);
-int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, int clip, uint32_t H, uint32_t T, uint32_t D,
+                        uint64_t *tensor_bytes, uint64_t *work_bytes);
+int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec, int clip,
                          const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
                          kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base);
 int kw__cuda_wire_outlier_work(const kw_wire_op_spec *sk, const kw_wire_op_spec *sv, uint32_t H, uint32_t T, uint32_t D,

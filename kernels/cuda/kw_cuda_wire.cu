@@ -14,6 +14,11 @@
  * swaps launch (1) for kw_k_wire_stats (one thread per 8 values, atomics per unit: absmax, and with zero points the
  * minimum, maximum and first zero of §5.9), keys failures by the CPU's block (kw_wire_err_block), and quantizes and
  * dequantizes value by value with each value's own unit, as kw__enc_tensor_blocks and kw__dec_tensor_blocks do.
+ *
+ * Clipped scales (FORMAT.md §5.13, kw_cuda_wire_spec.clip) take the general path with one more launch between the
+ * statistics and the scales: kw_k_wire_clip, one thread per block of units the CPU's kw__enc_clip searches together,
+ * running its loop as written (candidates, the block's live units, the squared errors summed in double in the
+ * [h][t][d] order), so each unit's chosen range is the CPU's; the scales kernel then reads those ranges.
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
@@ -51,6 +56,7 @@ struct kw_wire_geom {
     uint32_t ss;        /* bytes per scale (0: passthrough) */
     uint32_t asym;      /* 1: zero points (FORMAT.md §5.9) */
     uint32_t general;   /* 1: the CPU's general path (kw__wire_general_path): a scale unit per element below */
+    uint32_t clip;      /* 1: clipped scales (an integer codec with kw_cuda_wire_spec.clip; general then) */
     uint64_t units;     /* scale units (rows for passthrough) */
     uint64_t zeros_off; /* where the zero points start in the tensor's bytes (asym) */
     uint64_t codes_off; /* where the codes start in the tensor's bytes */
@@ -196,12 +202,183 @@ __device__ __forceinline__ float kw_wire_signed_extreme(uint32_t key, unsigned l
     return v == 0.0f && (fz & 1u) ? -0.0f : v;
 }
 
+/* Unit u's statistics as the CPU's general path holds them: [lo, hi] = [min, max] with zero points (0 and 0 for a
+ * unit whose every value is an outlier, *seen 0 then), else lo = 0 and hi = the absmax. */
+__device__ __forceinline__ void kw_wire_unit_range(const kw_wire_geom &g, const unsigned int *amax,
+                                                   const unsigned int *mn, const unsigned int *mx,
+                                                   const unsigned long long *fz, uint64_t u, float *lo, float *hi,
+                                                   int *seen) {
+    *seen = 1;
+    if (!g.asym) {
+        *lo = 0.0f;
+        *hi = kw_f32_from_bits(amax[u]);
+        return;
+    }
+    *seen = mn[u] != ~0u;
+    *lo = *seen ? kw_wire_signed_extreme(mn[u], fz[u]) : 0.0f;
+    *hi = *seen ? kw_wire_signed_extreme(mx[u], fz[u]) : 0.0f;
+}
+
+/* The clipped-scale search's scratch, per unit (kw__enc_clip_scratch): the candidate's and the best squared error,
+ * the candidate's scale, zero point and 1/s (s < 0: no candidate), and the chosen range, which the scales read. */
+struct kw_wire_clip_work {
+    double *err, *best;
+    float *s, *z, *inv;
+    float *lo, *hi;
+};
+
+#define KW_WIRE_CLIP_STEPS 11u
+
+/* Candidate k's range (wire/kw_wire_encode.c kw__enc_clip_range): c = fl32(20 - k) / 20, the absmax times c, or
+ * [min, max] narrowed about its midpoint to the width fl32(fl32(max - min) * c); k = 0 the range itself. */
+__device__ __forceinline__ void kw_wire_clip_range(uint32_t asym, uint32_t k, float lo, float hi, float *clo,
+                                                   float *chi) {
+    const float c = __fdiv_rn((float)(20u - k), 20.0f);
+    if (k == 0) {
+        *clo = lo;
+        *chi = hi;
+    } else if (!asym) {
+        *clo = 0.0f;
+        *chi = __fmul_rn(hi, c);
+    } else {
+        const float span = __fsub_rn(hi, lo), w = __fmul_rn(span, c);
+        *clo = __fadd_rn(lo, __fmul_rn(__fsub_rn(span, w), 0.5f));
+        *chi = __fadd_rn(*clo, w);
+    }
+}
+
+/* The first element (h, t, d) of unit u and the unit's extent: heads [h, h + nh), tokens [t, t + nt), channels
+ * [d, d + nd), in the order kw_wire_scale_index numbers units. */
+__device__ __forceinline__ void kw_out_unit_box(const kw_wire_geom &g, uint64_t u, uint32_t *h, uint32_t *nh,
+                                                uint32_t *t, uint32_t *nt, uint32_t *d, uint32_t *nd) {
+    *h = 0, *nh = 1, *t = 0, *nt = 1, *d = 0, *nd = g.D;
+    switch (g.gran) {
+    case KW_WIRE_GRAN_LAYER:
+        *nh = g.H, *nt = g.T;
+        return;
+    case KW_WIRE_GRAN_HEAD:
+        *h = (uint32_t)u, *nt = g.T;
+        return;
+    case KW_WIRE_GRAN_TOKEN:
+        *h = (uint32_t)(u / g.T), *t = (uint32_t)(u % g.T);
+        return;
+    case KW_WIRE_GRAN_GROUP: {
+        const uint32_t groups = g.D >> g.group_log2;
+        const uint64_t row = u / groups;
+        *h = (uint32_t)(row / g.T), *t = (uint32_t)(row % g.T);
+        *d = (uint32_t)(u % groups) << g.group_log2, *nd = 1u << g.group_log2;
+        return;
+    }
+    default: { /* channel: (h, run, d) */
+        const uint32_t L = 1u << g.group_log2, runs = (g.T + L - 1) >> g.group_log2;
+        const uint64_t hr = u / g.D;
+        *d = (uint32_t)(u % g.D), *nd = 1;
+        *h = (uint32_t)(hr / runs), *t = (uint32_t)(hr % runs) << g.group_log2;
+        *nt = g.T - *t < L ? g.T - *t : L;
+        return;
+    }
+    }
+}
+
+/* Block b of the CPU's search: heads [h0, h1), tokens [t0, t1) (its first unit's), its units base .. base + nu - 1,
+ * channel d in unit base + (d >> shift) (shift 31: one unit). The layer is one block; a head, a token row (token,
+ * channel groups) or a run of L rows of a head (channel scales) is one: g.units / nu blocks. */
+__device__ __forceinline__ void kw_wire_clip_block(const kw_wire_geom &g, uint64_t b, uint32_t *h0, uint32_t *h1,
+                                                   uint32_t *t0, uint32_t *t1, uint32_t *shift, uint32_t *nu,
+                                                   uint64_t *base) {
+    *nu = g.gran == KW_WIRE_GRAN_GROUP ? g.D >> g.group_log2 : g.gran == KW_WIRE_GRAN_CHANNEL ? g.D : 1u;
+    *shift = g.gran == KW_WIRE_GRAN_GROUP ? g.group_log2 : g.gran == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
+    *base = b * *nu;
+    uint32_t nh, nt, d, nd;
+    kw_out_unit_box(g, *base, h0, &nh, t0, &nt, &d, &nd);
+    *h1 = *h0 + nh;
+    *t1 = *t0 + nt;
+}
+
+/* (1'') the clipped-scale search, one thread per block (kw_wire_clip_block), wire/kw_wire_encode.c's kw__enc_clip
+ * step for step: for each candidate k every unit of the block gets its range and stored scale (a unit without values,
+ * with a zero range, whose k = 0 is refused, or whose candidate is refused, none), the search stops when no unit of
+ * the block has one, the squared errors fl64(x - x^)^2 of the unit's values (outliers left out) are summed in double
+ * in the block's [h][t][d] order, and a strictly smaller sum replaces the best (ties keep the wider range). A block
+ * with a NaN or Inf is left unclipped: the scales kernel reports it. */
+__global__ void __launch_bounds__(KW_WIRE_BLOCK)
+    kw_k_wire_clip(kw_cuda_wire_src src, kw_wire_geom g, const unsigned int *amax, const unsigned int *mn,
+                   const unsigned int *mx, const unsigned long long *fz, kw_wire_clip_work cw) {
+    const uint64_t blocks = g.units / (g.gran == KW_WIRE_GRAN_GROUP     ? g.D >> g.group_log2
+                                       : g.gran == KW_WIRE_GRAN_CHANNEL ? g.D
+                                                                        : 1u);
+    const float qmax = g.asym ? kw_wire_codec_qmax_asym(g.codec) : kw_wire_codec_qmax(g.codec);
+    for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks;
+         b += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t h0, h1, t0, t1, shift, nu;
+        uint64_t base;
+        kw_wire_clip_block(g, b, &h0, &h1, &t0, &t1, &shift, &nu, &base);
+        int finite = 1, seen;
+        float lo, hi;
+        for (uint32_t j = 0; j < nu; ++j) {
+            const uint64_t u = base + j;
+            finite &= amax[u] < 0x7f800000u;
+            kw_wire_unit_range(g, amax, mn, mx, fz, u, &cw.lo[u], &cw.hi[u], &seen);
+            cw.best[u] = INFINITY;
+        }
+        if (!finite) continue;
+        for (uint32_t k = 0; k < KW_WIRE_CLIP_STEPS; ++k) {
+            uint32_t live = 0;
+            for (uint32_t j = 0; j < nu; ++j) {
+                const uint64_t u = base + j;
+                uint32_t sc, zc;
+                float l, m, s = 0.0f, z = 0.0f;
+                cw.err[u] = 0.0;
+                cw.s[u] = -1.0f; /* skipped */
+                kw_wire_unit_range(g, amax, mn, mx, fz, u, &lo, &hi, &seen);
+                if ((g.asym && !seen) || hi == lo || (k > 0 && cw.best[u] == INFINITY)) continue;
+                kw_wire_clip_range(g.asym, k, lo, hi, &l, &m);
+                const int rc = g.asym ? kw_wire_asym_choose(l, m, qmax, g.scale_dtype, &sc, &s, &zc, &z)
+                                      : kw_wire_scale_choose(m, qmax, g.scale_dtype, &sc, &s);
+                if (rc < 0) continue;
+                cw.s[u] = s;
+                cw.z[u] = z;
+                cw.inv[u] = s != 0.0f ? __fdiv_rn(1.0f, s) : 0.0f;
+                ++live;
+            }
+            if (live == 0) break; /* narrower candidates are not tried either */
+            for (uint32_t h = h0; h < h1; ++h)
+                for (uint32_t t = t0; t < t1; ++t) {
+                    const uint64_t r = (uint64_t)h * g.T + t;
+                    const size_t row = kw_wire_src_row(src, g, r);
+                    for (uint32_t d = 0; d < g.D; ++d) {
+                        const uint64_t u = base + (shift >= 31u ? 0u : d >> shift);
+                        const float s = cw.s[u];
+                        if (s < 0.0f || kw_wire_masked(src, g, r, d)) continue;
+                        const float x = kw_wire_load(src.d_data, src.dtype, row + d);
+                        float y;
+                        if (g.asym)
+                            y = kw_wire_dequantize_asym(
+                                s != 0.0f ? kw_wire_quantize_asym(x, cw.z[u], cw.inv[u], qmax) : 0u, s, cw.z[u]);
+                        else
+                            y = s != 0.0f ? __fmul_rn((float)kw_wire_quantize_value(g.codec, x, cw.inv[u]), s) : 0.0f;
+                        const double e = __dadd_rn((double)x, -(double)y); /* x - y */
+                        cw.err[u] = __dadd_rn(cw.err[u], __dmul_rn(e, e));
+                    }
+                }
+            for (uint32_t j = 0; j < nu; ++j) {
+                const uint64_t u = base + j;
+                if (cw.s[u] >= 0.0f && cw.err[u] < cw.best[u]) {
+                    cw.best[u] = cw.err[u];
+                    kw_wire_unit_range(g, amax, mn, mx, fz, u, &lo, &hi, &seen);
+                    kw_wire_clip_range(g.asym, k, lo, hi, &cw.lo[u], &cw.hi[u]);
+                }
+            }
+        }
+    }
+}
+
 /* (2) one thread per unit: the scale (stored little-endian at dst + unit * ss), its value and inverse; or the
  * failure. Passthrough units are rows: only the checks. */
 __global__ void __launch_bounds__(KW_WIRE_BLOCK)
     kw_k_wire_scales(kw_wire_geom g, const unsigned int *amax, const unsigned int *mn, const unsigned int *mx,
-                     const unsigned long long *fz, float *sv, float *iv, float *zv, uint8_t *dst,
-                     unsigned long long *err) {
+                     const unsigned long long *fz, const float *clo, const float *chi, float *sv, float *iv, float *zv,
+                     uint8_t *dst, unsigned long long *err) {
     for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < g.units;
          u += (uint64_t)gridDim.x * blockDim.x) {
         const uint32_t m = amax[u];
@@ -216,10 +393,12 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
         if (g.asym) { /* kw__enc_general_scales: s and z, and with s = 0 the code 0 (z = 0, 1/s = 0 as the CPU) */
             uint32_t sc = 0, zc = 0;
             float s = 0.0f, z = 0.0f;
-            /* a unit whose every value is an outlier has none: minimum and maximum +0, as the CPU starts them */
-            const int empty = mn[u] == ~0u;
-            const float lo = empty ? 0.0f : kw_wire_signed_extreme(mn[u], fz[u]);
-            const float hi = empty ? 0.0f : kw_wire_signed_extreme(mx[u], fz[u]);
+            /* a unit whose every value is an outlier has none: minimum and maximum +0, as the CPU starts them; with
+             * clipped scales the range kw_k_wire_clip chose */
+            int seen;
+            float lo, hi;
+            kw_wire_unit_range(g, amax, mn, mx, fz, u, &lo, &hi, &seen);
+            if (g.clip) lo = clo[u], hi = chi[u];
             if (kw_wire_asym_choose(lo, hi, kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
                 atomicMin(err, (unsigned long long)(blk << 1 | 1u));
                 continue;
@@ -239,7 +418,8 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
         }
         uint32_t code = 0;
         float s = 0.0f;
-        if (kw_wire_scale_choose(kw_f32_from_bits(m), kw_wire_codec_qmax(g.codec), g.scale_dtype, &code, &s) < 0) {
+        const float am = g.clip ? chi[u] : kw_f32_from_bits(m); /* clipped: kw_k_wire_clip's absmax */
+        if (kw_wire_scale_choose(am, kw_wire_codec_qmax(g.codec), g.scale_dtype, &code, &s) < 0) {
             atomicMin(err, (unsigned long long)(blk << 1 | 1u));
             continue;
         }
@@ -359,39 +539,6 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
  * order; then one thread per element for its score, with the CPU's expression order; the top-k kernel of
  * kw_cuda_select.cu (larger score, ties to the lower element number) is the CPU's threshold-and-ties rule.
  */
-
-/* The first element (h, t, d) of unit u and the unit's extent: heads [h, h + nh), tokens [t, t + nt), channels
- * [d, d + nd), in the order kw_wire_scale_index numbers units. */
-__device__ __forceinline__ void kw_out_unit_box(const kw_wire_geom &g, uint64_t u, uint32_t *h, uint32_t *nh,
-                                                uint32_t *t, uint32_t *nt, uint32_t *d, uint32_t *nd) {
-    *h = 0, *nh = 1, *t = 0, *nt = 1, *d = 0, *nd = g.D;
-    switch (g.gran) {
-    case KW_WIRE_GRAN_LAYER:
-        *nh = g.H, *nt = g.T;
-        return;
-    case KW_WIRE_GRAN_HEAD:
-        *h = (uint32_t)u, *nt = g.T;
-        return;
-    case KW_WIRE_GRAN_TOKEN:
-        *h = (uint32_t)(u / g.T), *t = (uint32_t)(u % g.T);
-        return;
-    case KW_WIRE_GRAN_GROUP: {
-        const uint32_t groups = g.D >> g.group_log2;
-        const uint64_t row = u / groups;
-        *h = (uint32_t)(row / g.T), *t = (uint32_t)(row % g.T);
-        *d = (uint32_t)(u % groups) << g.group_log2, *nd = 1u << g.group_log2;
-        return;
-    }
-    default: { /* channel: (h, run, d) */
-        const uint32_t L = 1u << g.group_log2, runs = (g.T + L - 1) >> g.group_log2;
-        const uint64_t hr = u / g.D;
-        *d = (uint32_t)(u % g.D), *nd = 1;
-        *h = (uint32_t)(hr / runs), *t = (uint32_t)(hr % runs) << g.group_log2;
-        *nt = g.T - *t < L ? g.T - *t : L;
-        return;
-    }
-    }
-}
 
 /* Per unit: acc[3u] count, acc[3u + 1] sum (zero points: of the values, else 0), acc[3u + 2] squared deviations
  * from the mean (or from 0). A NaN or Inf sets *bad. */
@@ -599,6 +746,8 @@ static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t
     /* kw__wire_general_path: zero points, channel scales, channel groups of a fractional byte (int3 in 4s) */
     g->general = asym || spec->granularity == KW_WIRE_GRAN_CHANNEL ||
                  (spec->granularity == KW_WIRE_GRAN_GROUP && ((bits << spec->group_log2) & 7u));
+    g->clip = spec->clip && kw_wire_codec_is_int(spec->codec) ? 1u : 0u; /* §5.13: the integer codecs */
+    g->general |= g->clip;                                               /* as kw__enc_tensor */
     g->group_log2 = spec->group_log2;
     g->H = H;
     g->T = T;
@@ -616,6 +765,11 @@ static uint64_t kw_wire_round256(uint64_t n) {
     return (n + 255) & ~(uint64_t)255;
 }
 
+/* Where the clipped-scale search's scratch starts in the encoder's work (after the statistics and scales). */
+static uint64_t kw_wire_clip_off(const kw_wire_geom &g) {
+    return (g.asym ? 6 : 3) * kw_wire_round256(g.units * 4) + (g.asym ? kw_wire_round256(g.units * 8) : 0);
+}
+
 extern "C" uint64_t kw_cuda_wire_tensor_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D) {
     kw_wire_geom g;
     if (kw_wire_geom_make(spec, H, T, D, &g) < 0) return 0;
@@ -625,8 +779,9 @@ extern "C" uint64_t kw_cuda_wire_tensor_bytes(const kw_cuda_wire_spec *spec, uin
 extern "C" uint64_t kw_cuda_wire_work_bytes(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t T, uint32_t D) {
     kw_wire_geom g;
     if (kw_wire_geom_make(spec, H, T, D, &g) < 0) return 0;
-    /* absmax, scale, 1/s; with zero points also the minimum and maximum keys, z and the first zeros */
-    return (g.asym ? 6 : 3) * kw_wire_round256(g.units * 4) + (g.asym ? kw_wire_round256(g.units * 8) : 0);
+    /* absmax, scale, 1/s; with zero points also the minimum and maximum keys, z and the first zeros; clipped: the
+     * search's two sums and five floats (kw_wire_clip_work) */
+    return kw_wire_clip_off(g) + (g.clip ? 2 * kw_wire_round256(g.units * 8) + 5 * kw_wire_round256(g.units * 4) : 0);
 }
 
 extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec *spec, const kw_cuda_wire_src *src,
@@ -653,6 +808,7 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
     KW_CUDA_TRY(cudaMemsetAsync(amax, 0, g.units * 4, st));
     KW_CUDA_TRY(cudaMemsetAsync(d_err, 0xff, sizeof *d_err, st));
     const uint64_t rows = (uint64_t)H * T;
+    kw_wire_clip_work cw = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     if (g.general) {
         if (g.asym) {
             KW_CUDA_TRY(cudaMemsetAsync(mn, 0xff, g.units * 4, st));
@@ -661,6 +817,22 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
         }
         KW_CUDA_LAUNCH(kw_k_wire_stats, kw_opm_grid_blocks((int64_t)(rows * (D / 8)), KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0,
                        st, *src, g, amax, mn, mx, fz);
+        if (g.clip) {
+            KW_CUDA_LAUNCHED();
+            uint8_t *c = w + kw_wire_clip_off(g);
+            const uint64_t u8 = kw_wire_round256(g.units * 8), u4 = kw_wire_round256(g.units * 4);
+            cw.err = (double *)c;
+            cw.best = (double *)(c + u8);
+            cw.s = (float *)(c + 2 * u8);
+            cw.z = (float *)(c + 2 * u8 + u4);
+            cw.inv = (float *)(c + 2 * u8 + 2 * u4);
+            cw.lo = (float *)(c + 2 * u8 + 3 * u4);
+            cw.hi = (float *)(c + 2 * u8 + 4 * u4);
+            /* the CPU searches (h, b0) blocks: as many threads */
+            KW_CUDA_LAUNCH(kw_k_wire_clip, kw_opm_grid_blocks((int64_t)g.units, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st,
+                           *src, g, (const unsigned int *)amax, (const unsigned int *)mn, (const unsigned int *)mx,
+                           (const unsigned long long *)fz, cw);
+        }
     } else {
         KW_CUDA_LAUNCH(kw_k_wire_amax, kw_opm_grid_blocks((int64_t)rows, KW_WIRE_BLOCK / 32), KW_WIRE_BLOCK, 0, st,
                        *src, g, amax);
@@ -668,7 +840,8 @@ extern "C" int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec 
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_wire_scales, kw_opm_grid_blocks((int64_t)g.units, KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st, g,
                    (const unsigned int *)amax, (const unsigned int *)mn, (const unsigned int *)mx,
-                   (const unsigned long long *)fz, sv, iv, zv, d_dst, d_err);
+                   (const unsigned long long *)fz, (const float *)cw.lo, (const float *)cw.hi, sv, iv, zv, d_dst,
+                   d_err);
     KW_CUDA_LAUNCHED();
     KW_CUDA_LAUNCH(kw_k_wire_pack, kw_opm_grid_blocks((int64_t)(rows * (D / 8)), KW_WIRE_BLOCK), KW_WIRE_BLOCK, 0, st,
                    *src, g, (const float *)sv, (const float *)iv, (const float *)zv, d_dst);
@@ -754,13 +927,14 @@ extern "C" int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *
  */
 
 static kw_cuda_wire_spec kw_cuda_spec_of(const kw_wire_op_spec *s) {
-    const kw_cuda_wire_spec c = {s->codec, s->granularity, s->scale_dtype, s->group_log2};
+    const kw_cuda_wire_spec c = {s->codec, s->granularity, s->scale_dtype, s->group_log2, 0};
     return c;
 }
 
-int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, uint32_t H, uint32_t T, uint32_t D, uint64_t *tensor_bytes,
-                        uint64_t *work_bytes) {
-    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+int kw__cuda_wire_sizes(const kw_wire_op_spec *spec, int clip, uint32_t H, uint32_t T, uint32_t D,
+                        uint64_t *tensor_bytes, uint64_t *work_bytes) {
+    kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    s.clip = clip ? 1 : 0;
     kw_wire_geom g;
     KW_FORWARD(kw_wire_geom_make(&s, H, T, D, &g));
     *tensor_bytes = kw_cuda_wire_tensor_bytes(&s, H, T, D);
@@ -784,11 +958,12 @@ static kw_cuda_wire_src kw_cuda_cache_src(const kw_tensor *cache, const kw_tenso
     return src;
 }
 
-int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec,
+int kw__cuda_wire_encode(kw_backend *backend, kw_tensor *dst, size_t offset, const kw_wire_op_spec *spec, int clip,
                          const kw_tensor *cache, const kw_tensor *rows, uint32_t t0, uint32_t T, kw_tensor *work,
                          kw_tensor *err, int64_t err_index, const kw_tensor *mask, uint64_t mask_base) {
     KW_CUDA_ENTER(cu, backend);
-    const kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    kw_cuda_wire_spec s = kw_cuda_spec_of(spec);
+    s.clip = clip ? 1 : 0;
     kw_cuda_wire_src src = kw_cuda_cache_src(cache, rows, t0);
     if (mask) {
         src.d_mask = (const uint8_t *)mask->data;

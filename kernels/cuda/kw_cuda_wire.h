@@ -68,11 +68,13 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
  * the outliers on the device (kw_cuda_wire_outlier_select, when it applies) and the host writes the table
  * (kw_wire_encoder_begin_section_outliers). A section with the Hadamard rotation of K or V (§5.12) encodes the rows
  * kw_cuda_wire_rotate_gather rotated (the encoder itself rotates nothing) and the decoder's output is rotated back by
- * kw_cuda_wire_unrotate. The clipped-scale search (§5.13, kw_wire_policy.clip) does not run here: begin_section and
- * begin_section_outliers refuse a clipped policy with KW_E_UNSUPPORTED and the sharer sends such a section through
- * the CPU encoder. */
+ * kw_cuda_wire_unrotate. The clipped-scale search (§5.13, kw_wire_policy.clip) runs here when clip is set: each
+ * scale unit's candidate ranges are tried by one thread per block of units the CPU encoder searches together (a row,
+ * a run of rows, a head, the layer), summing the squared errors in the CPU's order in double, so the choice and the
+ * bytes are the CPU's. */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
+    uint8_t clip; /* 1: clipped scales (FORMAT.md §5.13; integer codecs, ignored by the others) */
 } kw_cuda_wire_spec;
 
 /* The encoder's input: element (h, t, d) of the group's token t (0-based in the group) is at d_data[row *

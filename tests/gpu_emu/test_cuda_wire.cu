@@ -15,7 +15,9 @@
  *    valid checksums;
  *  - the rotation (FORMAT.md §5.12): the sharer's forward rotation of gathered bf16 cache rows and the receiver's
  *    inverse one equal kw_wire_rotate_rows bit for bit (every head_dim 2..1024), and the receiver's outlier values
- *    land on exactly their elements (f32 and bf16 outputs).
+ *    land on exactly their elements (f32 and bf16 outputs);
+ *  - clipped scales (§5.13): the device's candidate search gives the CPU encoder's bytes for every integer codec,
+ *    granularity and scale dtype (test_encode_clip).
  *
  * Built twice: as host C++ against the CUDA emulator (test_cuda_wire_emu, label gpu-emu, always runs) and by nvcc
  * (test_gpu_wire, label gpu, exits 77 without a device).
@@ -170,6 +172,8 @@ struct wire_case {
     int columns; /* 1: channel 3 a zero of one sign in every row, channel 5 one constant (channel scales' units) */
     uint32_t outliers = 0; /* > 0: the section sends that many outliers (FORMAT.md §5.10; the device encodes with the
                           CPU's choice and the tensors are compared, not the decode, which applies the table) */
+    uint8_t clip = 0;      /* kw_wire_policy.clip: bit 0 K, bit 1 V take clipped scales (FORMAT.md §5.13) */
+    int tails = 0;         /* 1: one value of most rows 4 to 12 times the row's spread (clipping then pays) */
 };
 
 /* The input of one tensor in the case's layout, as f32 values, plus its dtype bytes. */
@@ -216,6 +220,13 @@ static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out)
                 out->values[row * out->token_stride + h * out->head_stride + d] = v;
             }
         }
+    if (c.tails) /* a spike in most rows: near-Gaussian rows' tails, which the absmax scale spends levels on */
+        for (uint32_t row = 0; row < rows; ++row)
+            for (uint32_t h = 0; h < H; ++h) {
+                float &v = out->values[row * out->token_stride + h * out->head_stride + r.below(D)];
+                const float spike = v * (float)(4 + r.below(9)); /* rounded to the dtype by set_bytes below */
+                if (r.below(4) != 0) v = spike;
+            }
     if (c.columns) {
         const float zero = r.below(2) ? -0.0f : 0.0f;
         for (uint32_t row = 0; row < rows; ++row)
@@ -242,7 +253,7 @@ static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out)
 }
 
 static kw_cuda_wire_spec dev_spec(const kw_wire_codec_spec &s) {
-    return kw_cuda_wire_spec{s.codec, s.granularity, s.scale_dtype, s.group_log2};
+    return kw_cuda_wire_spec{s.codec, s.granularity, s.scale_dtype, s.group_log2, 0};
 }
 
 /* A case's token groups, policy and layer input (pol.groups points into groups: keep the object in place). */
@@ -264,6 +275,7 @@ static void case_section_make(const wire_case &c, uint32_t layer, const tensor_s
     cs->pol.v = c.b;
     cs->pol.n_groups = c.split ? 2 : 0;
     cs->pol.groups = cs->groups;
+    cs->pol.clip = c.clip;
     cs->in.layer = layer;
     cs->in.n_tokens = c.T;
     cs->in.positions = positions.data();
@@ -288,7 +300,8 @@ static int device_encode_section(const wire_case &c, const case_section &cs, con
         const dev_buf<uint8_t> *data[2] = {&dks, &dvs};
         const tensor_src *hs[2] = {&ks, &vs};
         for (int kv = 0; kv < 2; ++kv) {
-            const kw_cuda_wire_spec ds = dev_spec(*specs[kv]);
+            kw_cuda_wire_spec ds = dev_spec(*specs[kv]);
+            ds.clip = (uint8_t)((c.clip >> kv) & 1u); /* the policy's bit for K or V, in every token group */
             const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, tg, D);
             assert_true(bytes > 0);
             dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, tg, D));
@@ -421,13 +434,13 @@ static void check_outlier_section(const wire_case &c, const kw_wire_header &hdr,
 static int check_case(const wire_case &c, uint64_t seed) {
     rng r{seed};
     char what[160];
-    snprintf(what, sizeof what, "K %s/%s/%s%s/G%u V %s/%s/%s%s/G%u src %s T %u split %u%s%s poison %d",
+    snprintf(what, sizeof what, "K %s/%s/%s%s/G%u V %s/%s/%s%s/G%u src %s T %u split %u%s%s poison %d clip %u",
              kw_wire_codec_name(c.a.codec), kw_wire_gran_name(c.a.granularity),
              kw_wire_scale_name(kw_wire_spec_scale(&c.a)), kw_wire_spec_asym(&c.a) ? "-asym" : "", 1u << c.a.group_log2,
              kw_wire_codec_name(c.b.codec), kw_wire_gran_name(c.b.granularity),
              kw_wire_scale_name(kw_wire_spec_scale(&c.b)), kw_wire_spec_asym(&c.b) ? "-asym" : "", 1u << c.b.group_log2,
              kw_wire_dtype_name(c.src_dtype), c.T, c.split, c.head_major ? " head-major" : "",
-             c.gather ? " gather" : "", c.poison);
+             c.gather ? " gather" : "", c.poison, c.clip);
     const uint32_t rows = c.gather ? c.T + 7 : c.T;
     tensor_src ks, vs;
     make_src(r, c, rows, &ks);
@@ -691,17 +704,65 @@ static void expect_refused(const kw_cuda_wire_spec *refused, size_t n, int statu
 
 /* Specs the format forbids are refused before anything runs, as the CPU refuses them (KW_E_INVALID_ARG here), and
  * the size functions report 0. */
+/* Clipped scales (FORMAT.md §5.13): every integer codec at every granularity, symmetric and with zero points, every
+ * scale dtype the codec takes, K, V or both clipped, one- and two-group sections, gathers, outliers; the inputs hold
+ * tails (a spike per row) so that narrower candidates win, constant and zero rows, rounding ties. The device's bytes
+ * are the CPU encoder's with that policy, and so is the status of inputs the search must leave alone (a NaN). */
+static void test_encode_clip(void **state) {
+    (void)state;
+    uint64_t seed = 21000;
+    uint32_t n = 0;
+    for (uint32_t codec = KW_WIRE_CODEC_INT8; codec <= KW_WIRE_CODEC_INT2; ++codec)
+        for (uint32_t gran = KW_WIRE_GRAN_LAYER; gran <= KW_WIRE_GRAN_CHANNEL; ++gran)
+            for (uint32_t zp = 0; zp < 2; ++zp) {
+                if (!kw_wire_codec_is_int(codec)) continue;
+                const uint32_t scales[] = {KW_WIRE_SCALE_F16, KW_WIRE_SCALE_BF16, KW_WIRE_SCALE_F32,
+                                           (uint32_t)(zp ? KW_WIRE_SCALE_F16 : KW_WIRE_SCALE_E8M0),
+                                           (uint32_t)(zp ? KW_WIRE_SCALE_BF16 : KW_WIRE_SCALE_LOG8)};
+                const uint32_t glog2 = gran == KW_WIRE_GRAN_CHANNEL ? (uint32_t)(seed % 4)
+                                       : gran == KW_WIRE_GRAN_GROUP ? 2 + (uint32_t)(seed % 3)
+                                                                    : 0u;
+                wire_case c = {};
+                c.a = spec_of(codec, gran, scales[seed % 5] | (zp ? KW_WIRE_SCALE_ZERO_POINTS : 0u), glog2);
+                c.b = (seed % 3) == 0   ? spec_of(KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_GROUP,
+                                                  KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 3)
+                      : (seed % 3) == 1 ? spec_of(KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0)
+                                        : k_bf16;
+                c.src_dtype = 1 + (uint32_t)(seed % 3);
+                c.T = 3 + (uint32_t)(seed % 11);
+                c.split = (seed % 4) == 1 ? 2 : 0;
+                c.head_major = (int)(seed & 1);
+                c.gather = (int)((seed >> 1) & 1);
+                c.columns = (int)((seed >> 2) & 1);
+                c.clip = (uint8_t)(1 + seed % 3);
+                c.outliers = (seed % 5) == 2 ? 1 + (uint32_t)(seed % 30) : 0;
+                c.tails = 1;
+                assert_int_equal(check_case(c, seed++), 0);
+                ++n;
+            }
+    assert_int_equal(n, 5 * 5 * 2);
+    /* a NaN in a clipped tensor: the CPU's status, the search skipped */
+    wire_case c = {};
+    c.a = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3);
+    c.b = k_bf16;
+    c.src_dtype = KW_WIRE_DTYPE_F32;
+    c.T = 6;
+    c.poison = 1;
+    c.clip = 1;
+    assert_int_equal(check_case(c, seed++), KW_E_WIRE_NONFINITE);
+}
+
 static void test_encode_refuses_bad_specs(void **state) {
     (void)state;
     const kw_cuda_wire_spec refused[] = {
-        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0},   /* not integer */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0 | KW_WIRE_SCALE_ZERO_POINTS, 0}, /* e8m0 zero */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | 0x10u, 0},                      /* reserved bit */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, KW_WIRE_MAX_RUN_LOG2 + 1},     /* run too long */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0},                        /* no such gran */
-        {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0}, /* passthrough with a zero point */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8 | KW_WIRE_SCALE_ZERO_POINTS, 0}, /* log8 zero */
-        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0},                              /* log8 float */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* not integer */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* e8m0 zero */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | 0x10u, 0, 0},                  /* reserved bit */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, KW_WIRE_MAX_RUN_LOG2 + 1, 0}, /* run too long */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0, 0},                    /* no such gran */
+        {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* passthrough with a zero point */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* log8 zero */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0, 0},                              /* log8 float */
     };
     expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_INVALID_ARG);
 }
@@ -1080,6 +1141,7 @@ int main(void) {
         cmocka_unit_test(test_encode_v11),
         cmocka_unit_test(test_encode_v11_errors),
         cmocka_unit_test(test_encode_refuses_bad_specs),
+        cmocka_unit_test(test_encode_clip),
         cmocka_unit_test(test_encode_log8),
         cmocka_unit_test(test_outlier_select),
         cmocka_unit_test(test_encode_outliers),

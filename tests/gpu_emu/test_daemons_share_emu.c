@@ -98,19 +98,23 @@ static void ask(const pair *d, const char *mode, const char *policy, answer *out
 
 static void test_device_sharer_answers_as_cpu(void **state) {
     (void)state;
-    static const char *const policies[] = {
-        "{\"codec\":\"int8\",\"selection\":\"vnorm_topk\",\"proportion\":0.5}",
-        "{\"codec\":\"int4\",\"granularity\":\"group8\",\"selection\":\"knorm_topk\",\"proportion\":0.6}",
-        "{\"codec\":\"int4\",\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"outliers\":0.02}",
+    static const char *const cases[][2] = {
+        {"c2c", "{\"codec\":\"int8\",\"selection\":\"vnorm_topk\",\"proportion\":0.5}"},
+        {"c2c", "{\"codec\":\"int4\",\"granularity\":\"group8\",\"selection\":\"knorm_topk\",\"proportion\":0.6}"},
+        {"c2c", "{\"codec\":\"int4\",\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"outliers\":0.02}"},
+        /* clipped scales, a per-token byte cap, pre-RoPE keys: encoded on the device too */
+        {"c2c", "{\"codec\":\"int3\",\"selection\":\"knorm_topk\",\"proportion\":0.6,\"clip\":\"kv\"}"},
+        {"c2c", "{\"codec\":\"int8\",\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"budget_bytes\":1600}"},
+        {"kv_direct", "{\"codec\":\"int8\",\"selection\":\"knorm_topk\",\"proportion\":0.7,\"pre_rope_keys\":true}"},
     };
     const pair cpu_pair = {"sharerd", "--compute.backend=cpu", "receiverd", "--compute.backend=cpu"};
     const pair gpu_pair = {GPU_SHARERD, "--compute.backend=cuda", "receiverd", "--compute.backend=cpu"};
-    for (size_t i = 0; i < sizeof policies / sizeof policies[0]; ++i) {
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
         answer cpu, gpu;
-        ask(&cpu_pair, "c2c", policies[i], &cpu);
-        ask(&gpu_pair, "c2c", policies[i], &gpu);
-        printf("%s: \"%s\", %g sections (%g on the device), %g blob bytes, %g rows\n", policies[i], gpu.text,
-               gpu.sections, gpu.device_sections, gpu.blob, gpu.rows);
+        ask(&cpu_pair, cases[i][0], cases[i][1], &cpu);
+        ask(&gpu_pair, cases[i][0], cases[i][1], &gpu);
+        printf("%s %s: \"%s\", %g sections (%g on the device), %g blob bytes, %g rows\n", cases[i][0], cases[i][1],
+               gpu.text, gpu.sections, gpu.device_sections, gpu.blob, gpu.rows);
         assert_string_equal(gpu.text, cpu.text);
         assert_true(cpu.sections > 0);
         assert_true(gpu.sections == cpu.sections);

@@ -8,11 +8,11 @@
  *  - device, rows on the host: kw_share_run with device_rows and kw_share_wire directly (the same blobs, and the
  *    stats counted here).
  * The blobs must be equal byte for byte, and the counters must say where each part ran: device_selections for the
- * norm selections without a skip, device_sections for every section whose codecs the device encodes, none for a
- * section that falls back (pre-RoPE keys, clipped scales, a byte cap); rotated K and V are rotated and encoded on the
- * device. Both cache dtypes (f32, bf16: the device encoder reads bf16 rows, the CPU their exact f32 widening). The
- * blobs of the CPU backend are not compared: its prefill rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds
- * that difference), so its rows are other numbers.
+ * norm selections without a skip, device_sections for every section whose codecs the device encodes (every section
+ * here: none falls back to the CPU encoder); rotated K and V are rotated and encoded on the device, clipped scales
+ * (FORMAT.md §5.13) searched there and pre-RoPE keys (§5.11) rotated back there. Both cache dtypes (f32, bf16: the
+ * device encoder reads bf16 rows, the CPU their exact f32 widening). The blobs of the CPU backend are not compared: its
+ * prefill rounds differently (tests/gpu_emu/test_gpu_emu_e2e.c bounds that difference), so its rows are other numbers.
  *
  * Built twice: against the emulator (label gpu-emu) and, with KW_TEST_REAL_CUDA, against a real device (tests/gpu,
  * label gpu), which exits 77 without one.
@@ -119,7 +119,7 @@ typedef struct share_case {
     double outliers;
     int device_encodes; /* 1: every section is encoded on the device */
     uint8_t rotate;     /* kw_wire_policy.rotate: rotated on the device (kw_op_wire_rotate_rows), then encoded there */
-    uint8_t clip;       /* kw_wire_policy.clip: sections with clipped scales go through the CPU encoder (§5.13) */
+    uint8_t clip;       /* kw_wire_policy.clip: clipped scales (§5.13), searched on the device */
 } share_case;
 
 static void policy_of(const share_case *c, kw_wire_policy *pol) {
@@ -279,7 +279,6 @@ static const share_case CASES[] = {
      0},
     /* kv_direct: one selection per section, on the device, the same rows for every layer */
     {"kv_direct int8, knorm", {"int8", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 1, 0, 0.0, 1, 0, 0},
-    /* sections the device does not encode: the CPU encoder on the downloaded rows */
     /* outlier tables: chosen on the device, the tensors encoded without them there, the table written on the host */
     {"outliers 1%", {"int4", "token", "f16"}, {"int4", "token", "f16"}, KNORM(0.5), 0, 0, 0, 0.01, 1, 0, 0},
     {"outliers 5%, asym channel",
@@ -305,7 +304,8 @@ static const share_case CASES[] = {
      0,
      0},
 
-    {"pre-RoPE (CPU encoder)",
+    /* pre-RoPE keys (FORMAT.md §5.11): rotated back on the device with the host's table (kw_op_rope_table) */
+    {"pre-RoPE, kv_direct",
      {"int8", "token", "f16"},
      {"int8", "token", "f16"},
      {.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1},
@@ -313,9 +313,31 @@ static const share_case CASES[] = {
      1,
      1,
      0.0,
-     0,
+     1,
      0,
      0},
+    {"pre-RoPE, knorm, outliers 2%",
+     {"int4-asym", "channel4", "f16"},
+     {"int4", "group8", "bf16"},
+     KNORM(0.5),
+     3,
+     0,
+     1,
+     0.02,
+     1,
+     0,
+     0},
+    {"pre-RoPE, rotated K, clipped",
+     {"int3", "token", "f16"},
+     {"int4", "token", "f16"},
+     VNORM(0.6),
+     0,
+     0,
+     1,
+     0.0,
+     1,
+     1,
+     3},
     {"rotated K and V", {"int4", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 3, 0},
     {"rotated V, outliers 2%, zstd",
      {"int8", "token", "f16"},
@@ -328,17 +350,41 @@ static const share_case CASES[] = {
      1,
      2,
      0},
-    {"clipped K scales (CPU encoder)",
-     {"int3-asym", "token", "f16"},
-     {"int4", "group8", "f16"},
+    /* clipped scales (FORMAT.md §5.13): the candidate search on the device */
+    {"clipped K scales", {"int3-asym", "token", "f16"}, {"int4", "group8", "f16"}, KNORM(0.5), 0, 0, 0, 0.0, 1, 0, 1},
+    {"clipped K and V, channel, log8",
+     {"int4-asym", "channel4", "bf16"},
+     {"int2", "group8", "log8"},
+     VNORM(0.6),
+     3,
+     0,
+     0,
+     0.0,
+     1,
+     0,
+     3},
+    {"clipped V, rotated, outliers 2%",
+     {"int8", "token", "f16"},
+     {"int3", "head", "f16"},
      KNORM(0.5),
      0,
      0,
      0,
+     0.02,
+     1,
+     3,
+     2},
+    {"kv_direct clipped, layer",
+     {"int2-asym", "layer", "f32"},
+     {"int4", "token", "e8m0"},
+     KNORM(0.6),
+     0,
+     1,
+     0,
      0.0,
+     1,
      0,
-     0,
-     1},
+     3},
 };
 
 static void test_cases_f32(void **state) {
@@ -372,47 +418,109 @@ static void test_skip_ranked(void **state) {
     free(out[0].data), free(out[1].data);
 }
 
-/* A byte cap: the allocator reads each layer's rows, so every section falls back to the CPU encoder (downloaded rows)
- * while the selection stays on the device; the blobs are the host path's (kw_share_request_options.host_rows). */
-static void test_budget_falls_back(void **state) {
+/* A byte cap with a whole-layer plan (kvcomm_like, qkvcomm_like): no allocator reads the rows, each layer is a plain
+ * policy (the plan's codec or not sent), so every section is encoded on the device; the blobs are the host path's. */
+static void test_budget_plan_on_device(void **state) {
+    (void)state;
+    kw_wire_codec_spec codecs[2];
+    assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[0]), 0);
+    assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[1]), 0);
+    const share_case c = {"plan", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0,
+                          0};
+    kw_wire_policy pol;
+    policy_of(&c, &pol);
+    const enum kw_wire_budget_mode modes[2] = {KW_WIRE_BUDGET_KVCOMM_LIKE, KW_WIRE_BUDGET_QKVCOMM_LIKE};
+    const uint64_t caps[2] = {1400, 1700}; /* qkvcomm_like: some layers at int8 */
+    for (int m = 0; m < 2; ++m) {
+        sink out[2] = {{0}, {0}};
+        kw_share_request_stats rs[2];
+        for (int host = 0; host < 2; ++host) {
+            const kw_share_request_options ro = {.sections = E.sec,
+                                                 .n_sections = E.n_sec,
+                                                 .layers = E.layers,
+                                                 .n_layers = E.n_layers,
+                                                 .select = c.select,
+                                                 .cache_dtype = KW_DTYPE_BF16,
+                                                 .host_rows = host,
+                                                 .wire = &pol,
+                                                 .write = sink_write,
+                                                 .budget_bytes = caps[m],
+                                                 .budget_codecs = codecs,
+                                                 .n_budget_codecs = m == 0 ? 1 : 2,
+                                                 .budget_mode = modes[m],
+                                                 .user = &out[host]};
+            const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
+            if (rc < 0) fail_msg("plan: %s (%s)", kw_status_name(rc), kw_error_detail());
+        }
+        printf("%s %llu: %zu bytes, %d sections, %d on the device, rows per codec %llu %llu\n",
+               kw_wire_budget_mode_name(modes[m]), (unsigned long long)caps[m], out[0].len, (int)rs[0].wire.sections,
+               (int)rs[0].wire.device_sections, (unsigned long long)rs[0].wire.tokens_per_codec[0],
+               (unsigned long long)rs[0].wire.tokens_per_codec[1]);
+        assert_true(out[0].len <= caps[m] && rs[0].wire.sections > 0);
+        if (m == 1) assert_true(rs[0].wire.tokens_per_codec[0] > 0 && rs[0].wire.tokens_per_codec[1] > 0);
+        assert_int_equal(out[0].len, out[1].len);
+        assert_memory_equal(out[0].data, out[1].data, out[1].len);
+        assert_int_equal(rs[0].wire.device_sections, rs[0].wire.sections);
+        assert_int_equal(rs[1].wire.device_sections, 0);
+        free(out[0].data), free(out[1].data);
+    }
+}
+
+/* A per-token byte cap: the allocator reads each layer's rows (downloaded for it) and chooses the kept rows and their
+ * codecs, whose tensors are then encoded on the device group by group from the cache; the selection stays on the
+ * device. The blobs are the host path's (kw_share_request_options.host_rows): a cap that only lowers codecs, one that
+ * drops rows, and kv_direct (the blob's first layer fixes the kept rows of every layer). */
+static void test_budget_tokens_on_device(void **state) {
     (void)state;
     kw_wire_codec_spec codecs[2];
     assert_int_equal(kw_wire_spec_parse("int8", "token", "f16", &codecs[0]), 0);
-    assert_int_equal(kw_wire_spec_parse("int4", "token", "f16", &codecs[1]), 0);
+    assert_int_equal(kw_wire_spec_parse("int4", "group8", "bf16", &codecs[1]), 0);
     const share_case c = {"cap", {"int8", "token", "f16"}, {"int8", "token", "f16"}, KNORM(0.8), 0, 0, 0, 0.0, 0, 0, 0};
     kw_wire_policy pol;
     policy_of(&c, &pol);
-    sink out[2] = {{0}, {0}};
-    kw_share_request_stats rs[2];
-    for (int host = 0; host < 2; ++host) {
-        const kw_share_request_options ro = {.sections = E.sec,
-                                             .n_sections = E.n_sec,
-                                             .layers = E.layers,
-                                             .n_layers = E.n_layers,
-                                             .select = c.select,
-                                             .cache_dtype = KW_DTYPE_F32,
-                                             .host_rows = host,
-                                             .wire = &pol,
-                                             .write = sink_write,
-                                             .budget_bytes = 1400,
-                                             .budget_codecs = codecs,
-                                             .n_budget_codecs = 2,
-                                             .budget_mode = KW_WIRE_BUDGET_TOKENS,
-                                             .user = &out[host]};
-        const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
-        if (rc < 0) fail_msg("cap: %s (%s)", kw_status_name(rc), kw_error_detail());
+    const struct {
+        uint64_t cap;
+        int same_positions;
+        enum kw_dtype cache;
+    } runs[] = {{1400, 0, KW_DTYPE_F32}, {1000, 0, KW_DTYPE_BF16}, {1200, 1, KW_DTYPE_F32}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; ++i) {
+        sink out[2] = {{0}, {0}};
+        kw_share_request_stats rs[2];
+        for (int host = 0; host < 2; ++host) {
+            const kw_share_request_options ro = {.sections = E.sec,
+                                                 .n_sections = E.n_sec,
+                                                 .layers = E.layers,
+                                                 .n_layers = E.n_layers,
+                                                 .select = c.select,
+                                                 .same_positions = runs[i].same_positions,
+                                                 .cache_dtype = runs[i].cache,
+                                                 .host_rows = host,
+                                                 .wire = &pol,
+                                                 .write = sink_write,
+                                                 .budget_bytes = runs[i].cap,
+                                                 .budget_codecs = codecs,
+                                                 .n_budget_codecs = 2,
+                                                 .budget_mode = KW_WIRE_BUDGET_TOKENS,
+                                                 .user = &out[host]};
+            const int rc = kw_share_request_run(E.m, E.prompt, E.L - 1, &ro, &rs[host]);
+            if (rc < 0) fail_msg("cap: %s (%s)", kw_status_name(rc), kw_error_detail());
+        }
+        printf("cap %llu%s: %zu bytes, %llu of %llu rows dropped, %llu int4, %d of %d sections on the device, %d "
+               "device selections\n",
+               (unsigned long long)runs[i].cap, runs[i].same_positions ? " kv_direct" : "", out[0].len,
+               (unsigned long long)rs[0].wire.tokens_dropped, (unsigned long long)rs[0].wire.tokens_candidate,
+               (unsigned long long)rs[0].wire.tokens_per_codec[1], (int)rs[0].wire.device_sections,
+               (int)rs[0].wire.sections, (int)rs[0].share.device_selections);
+        assert_true(out[0].len <= runs[i].cap);
+        assert_true(rs[0].wire.tokens_dropped > 0 || rs[0].wire.tokens_per_codec[1] > 0); /* the cap bites */
+        assert_int_equal(out[0].len, out[1].len);
+        assert_memory_equal(out[0].data, out[1].data, out[1].len);
+        assert_int_equal(rs[0].wire.device_sections, rs[0].wire.sections);
+        assert_int_equal(rs[1].wire.device_sections, 0);
+        assert_true(rs[0].share.device_selections > 0);
+        assert_int_equal(rs[1].share.device_selections, 0);
+        free(out[0].data), free(out[1].data);
     }
-    printf("cap 1400: %zu bytes, %llu of %llu rows dropped, %d sections on the device, %d device selections\n",
-           out[0].len, (unsigned long long)rs[0].wire.tokens_dropped, (unsigned long long)rs[0].wire.tokens_candidate,
-           (int)rs[0].wire.device_sections, (int)rs[0].share.device_selections);
-    assert_true(out[0].len <= 1400);
-    assert_true(rs[0].wire.tokens_dropped > 0 || rs[0].wire.tokens_per_codec[1] > 0); /* the cap bites */
-    assert_int_equal(out[0].len, out[1].len);
-    assert_memory_equal(out[0].data, out[1].data, out[1].len);
-    assert_int_equal(rs[0].wire.device_sections, 0);
-    assert_int_equal(rs[0].share.device_selections, rs[0].share.layers_sent);
-    assert_int_equal(rs[1].share.device_selections, 0);
-    free(out[0].data), free(out[1].data);
 }
 
 /* The CPU backend has none of the sharer's device ops: the host path is the only one there. */
@@ -432,8 +540,11 @@ static void test_cpu_has_none(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases_f32),    cmocka_unit_test(test_cases_bf16),
-        cmocka_unit_test(test_skip_ranked),  cmocka_unit_test(test_budget_falls_back),
+        cmocka_unit_test(test_cases_f32),
+        cmocka_unit_test(test_cases_bf16),
+        cmocka_unit_test(test_skip_ranked),
+        cmocka_unit_test(test_budget_tokens_on_device),
+        cmocka_unit_test(test_budget_plan_on_device),
         cmocka_unit_test(test_cpu_has_none),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
