@@ -727,6 +727,46 @@ KW_AVX2 static void kw__rotate_finish_avx2(float *x, uint32_t D, uint32_t len, c
     kw__rotate_store_avx2(x, dst, dst_dtype, D);
 }
 
+/* The 3 butterfly stages len = 1, 2, 4 inside one 8-lane vector: the partner t of each lane permuted in, a + b = v + t
+ * in the low lanes of each 2 len block and a - b = t - v in the high ones. */
+KW_AVX2 static inline __m256 kw__rotate_in8_avx2(__m256 v) {
+    __m256 t = _mm256_permute_ps(v, 0xb1);
+    v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xaa);
+    t = _mm256_permute_ps(v, 0x4e);
+    v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xcc);
+    t = _mm256_permute2f128_ps(v, v, 0x01);
+    return _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
+}
+
+/* A whole row of D = 8 nv values (nv a constant 1..16 where this is inlined) in registers: the in-vector stages per
+ * vector, the longer ones between vectors (stage len = 8 l pairs vector j with j + l), the inverse's factors and the
+ * store to f32 or bf16 (dst may be src); each output the same single f32 operation as kw__wire_rotate_row's. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__rotate_regs_avx2(const void *src, uint32_t src_dtype,
+                                                                               void *dst, uint32_t dst_dtype,
+                                                                               const float *sx, int inverse,
+                                                                               uint32_t nv) {
+    __m256 v[16];
+    for (uint32_t k = 0; k < nv; ++k) {
+        __m256 a = kw__load8_avx2(src, src_dtype, 8 * k);
+        if (!inverse) a = _mm256_mul_ps(a, _mm256_loadu_ps(sx + 8 * k));
+        v[k] = kw__rotate_in8_avx2(a);
+    }
+    for (uint32_t len = 1; len < nv; len <<= 1)
+        for (uint32_t i = 0; i < nv; i += len << 1)
+            for (uint32_t j = i; j < i + len; ++j) {
+                const __m256 a = v[j], b = v[j + len];
+                v[j] = _mm256_add_ps(a, b);
+                v[j + len] = _mm256_sub_ps(a, b);
+            }
+    for (uint32_t k = 0; k < nv; ++k) {
+        const __m256 a = inverse ? _mm256_mul_ps(v[k], _mm256_loadu_ps(sx + 8 * k)) : v[k];
+        if (dst_dtype == KW_WIRE_DTYPE_F32)
+            _mm256_storeu_ps((float *)dst + 8 * k, a);
+        else
+            _mm_storeu_si128((__m128i *)((uint16_t *)dst + 8 * k), kw__bf16_8_avx2(a));
+    }
+}
+
 /* kw__wire_kernels.rotate: the butterflies of kw__wire_rotate_row in the same stages, each output the same single f32
  * addition a + b or subtraction a - b of the same two values (so the same bits in any order within a stage). Stages
  * len = 1, 2, 4 inside a vector: the partner t of each lane permuted in, a + b = v + t in the low lanes of each 2 len
@@ -738,18 +778,31 @@ KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *d
         kw__wire_rotate_scalar(src, src_dtype, dst, dst_dtype, D, sx, inverse);
         return;
     }
+    if (D <= 128 && dst_dtype != KW_WIRE_DTYPE_F16) { /* the row fits in the 16 registers: no pass through memory */
+        switch (D) {
+        case 8:
+            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 1);
+            return;
+        case 16:
+            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 2);
+            return;
+        case 32:
+            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 4);
+            return;
+        case 64:
+            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 8);
+            return;
+        default:
+            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 16);
+            return;
+        }
+    }
     float buf[4096];
     float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
     for (uint32_t i = 0; i < D; i += 8) {
         __m256 v = kw__load8_avx2(src, src_dtype, i);
         if (!inverse) v = _mm256_mul_ps(v, _mm256_loadu_ps(sx + i));
-        __m256 t = _mm256_permute_ps(v, 0xb1);
-        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xaa);
-        t = _mm256_permute_ps(v, 0x4e);
-        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xcc);
-        t = _mm256_permute2f128_ps(v, v, 0x01);
-        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
-        _mm256_storeu_ps(x + i, v);
+        _mm256_storeu_ps(x + i, kw__rotate_in8_avx2(v));
     }
     kw__rotate_finish_avx2(x, D, 8, sx, inverse, dst, dst_dtype);
 }
@@ -1020,6 +1073,59 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     return bad ? KW_E_WIRE_VALUE : 0;
 }
 
+/* 16 f32 values as bf16, exactly kw_f32_to_bf16 (kw__bf16_8_avx2 16 lanes wide). */
+KW_AVX512 static inline __m256i kw__bf16_16_avx512(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan =
+        _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+/* The 4 butterfly stages len = 1, 2, 4, 8 inside one 16-lane vector (a - b = t - v under a lane mask). */
+KW_AVX512 static inline __m512 kw__rotate_in16_avx512(__m512 v) {
+    __m512 t = _mm512_permute_ps(v, 0xb1);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xaaaa, t, v);
+    t = _mm512_permute_ps(v, 0x4e);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xcccc, t, v);
+    t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xf0f0, t, v);
+    t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
+}
+
+/* A whole row of D = 16 nv values (nv a constant 1..16 where this is inlined) held in registers: the in-vector
+ * stages per vector, the longer ones between vectors (stage len = 16 l pairs vector j with j + l), each output the
+ * same single f32 addition or subtraction as kw__wire_rotate_row's, then the inverse's factors and the store to f32
+ * or bf16 (dst may be src). */
+KW_AVX512 static inline __attribute__((always_inline)) void kw__rotate_regs_avx512(const void *src, uint32_t src_dtype,
+                                                                                   void *dst, uint32_t dst_dtype,
+                                                                                   const float *sx, int inverse,
+                                                                                   uint32_t nv) {
+    __m512 v[16];
+    for (uint32_t k = 0; k < nv; ++k) {
+        __m512 a = kw__load16_avx512(src, src_dtype, 16 * k);
+        if (!inverse) a = _mm512_mul_ps(a, _mm512_loadu_ps(sx + 16 * k));
+        v[k] = kw__rotate_in16_avx512(a);
+    }
+    for (uint32_t len = 1; len < nv; len <<= 1)
+        for (uint32_t i = 0; i < nv; i += len << 1)
+            for (uint32_t j = i; j < i + len; ++j) {
+                const __m512 a = v[j], b = v[j + len];
+                v[j] = _mm512_add_ps(a, b);
+                v[j + len] = _mm512_sub_ps(a, b);
+            }
+    for (uint32_t k = 0; k < nv; ++k) {
+        const __m512 a = inverse ? _mm512_mul_ps(v[k], _mm512_loadu_ps(sx + 16 * k)) : v[k];
+        if (dst_dtype == KW_WIRE_DTYPE_F32)
+            _mm512_storeu_ps((float *)dst + 16 * k, a);
+        else
+            _mm256_storeu_si256((__m256i *)((uint16_t *)dst + 16 * k), kw__bf16_16_avx512(a));
+    }
+}
+
 /* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask); the
  * longer ones 8 lanes wide (Zen 4 splits 16-lane operations in two anyway). */
 KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
@@ -1028,20 +1134,31 @@ KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, voi
         kw__rotate_avx2(src, src_dtype, dst, dst_dtype, D, sx, inverse);
         return;
     }
+    if (D <= 256 && dst_dtype != KW_WIRE_DTYPE_F16) { /* the row fits in registers: no pass through memory */
+        switch (D) {
+        case 16:
+            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 1);
+            return;
+        case 32:
+            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 2);
+            return;
+        case 64:
+            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 4);
+            return;
+        case 128:
+            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 8);
+            return;
+        default:
+            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 16);
+            return;
+        }
+    }
     float buf[4096];
     float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
     for (uint32_t i = 0; i < D; i += 16) {
         __m512 v = kw__load16_avx512(src, src_dtype, i);
         if (!inverse) v = _mm512_mul_ps(v, _mm512_loadu_ps(sx + i));
-        __m512 t = _mm512_permute_ps(v, 0xb1);
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xaaaa, t, v);
-        t = _mm512_permute_ps(v, 0x4e);
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xcccc, t, v);
-        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xf0f0, t, v);
-        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
-        _mm512_storeu_ps(x + i, v);
+        _mm512_storeu_ps(x + i, kw__rotate_in16_avx512(v));
     }
     kw__rotate_finish_avx2(x, D, 16, sx, inverse, dst, dst_dtype);
 }
