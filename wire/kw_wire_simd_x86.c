@@ -746,18 +746,22 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__rotate_regs_avx2(c
                                                                                const float *sx, int inverse,
                                                                                uint32_t nv) {
     __m256 v[16];
+#pragma GCC unroll 16
     for (uint32_t k = 0; k < nv; ++k) {
         __m256 a = kw__load8_avx2(src, src_dtype, 8 * k);
         if (!inverse) a = _mm256_mul_ps(a, _mm256_loadu_ps(sx + 8 * k));
         v[k] = kw__rotate_in8_avx2(a);
     }
+#pragma GCC unroll 4
     for (uint32_t len = 1; len < nv; len <<= 1)
-        for (uint32_t i = 0; i < nv; i += len << 1)
-            for (uint32_t j = i; j < i + len; ++j) {
-                const __m256 a = v[j], b = v[j + len];
-                v[j] = _mm256_add_ps(a, b);
-                v[j + len] = _mm256_sub_ps(a, b);
-            }
+#pragma GCC unroll 16
+        for (uint32_t j = 0; j < nv; ++j) {
+            if (j & len) continue; /* j: the low half of a pair; & 15 changes nothing (j + len < nv) but quiets GCC */
+            const __m256 a = v[j], b = v[(j + len) & 15];
+            v[j] = _mm256_add_ps(a, b);
+            v[(j + len) & 15] = _mm256_sub_ps(a, b);
+        }
+#pragma GCC unroll 16
     for (uint32_t k = 0; k < nv; ++k) {
         const __m256 a = inverse ? _mm256_mul_ps(v[k], _mm256_loadu_ps(sx + 8 * k)) : v[k];
         if (dst_dtype == KW_WIRE_DTYPE_F32)
@@ -1105,18 +1109,22 @@ KW_AVX512 static inline __attribute__((always_inline)) void kw__rotate_regs_avx5
                                                                                    const float *sx, int inverse,
                                                                                    uint32_t nv) {
     __m512 v[16];
+#pragma GCC unroll 16
     for (uint32_t k = 0; k < nv; ++k) {
         __m512 a = kw__load16_avx512(src, src_dtype, 16 * k);
         if (!inverse) a = _mm512_mul_ps(a, _mm512_loadu_ps(sx + 16 * k));
         v[k] = kw__rotate_in16_avx512(a);
     }
+#pragma GCC unroll 4
     for (uint32_t len = 1; len < nv; len <<= 1)
-        for (uint32_t i = 0; i < nv; i += len << 1)
-            for (uint32_t j = i; j < i + len; ++j) {
-                const __m512 a = v[j], b = v[j + len];
-                v[j] = _mm512_add_ps(a, b);
-                v[j + len] = _mm512_sub_ps(a, b);
-            }
+#pragma GCC unroll 16
+        for (uint32_t j = 0; j < nv; ++j) {
+            if (j & len) continue; /* j: the low half of a pair; & 15 changes nothing (j + len < nv) but quiets GCC */
+            const __m512 a = v[j], b = v[(j + len) & 15];
+            v[j] = _mm512_add_ps(a, b);
+            v[(j + len) & 15] = _mm512_sub_ps(a, b);
+        }
+#pragma GCC unroll 16
     for (uint32_t k = 0; k < nv; ++k) {
         const __m512 a = inverse ? _mm512_mul_ps(v[k], _mm512_loadu_ps(sx + 16 * k)) : v[k];
         if (dst_dtype == KW_WIRE_DTYPE_F32)
