@@ -833,8 +833,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
                 const size_t r0 = (size_t)h * tg + tb;
                 kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, rbuf, rp);
-                for (uint32_t i = 0; i < nb; ++i)
-                    am[i] = k->amax(rp[i], dt, D);
+                k->amax_groups(rp, nb, dt, D, D, am); /* one group per row */
                 const uint32_t ok =
                     k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */
@@ -862,9 +861,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 const uint32_t nb = tg - tb < B ? tg - tb : B, ng = nb * per_row;
                 const size_t r0 = (size_t)h * tg + tb;
                 kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, rbuf, rp);
-                for (uint32_t i = 0; i < nb; ++i)
-                    for (uint32_t c = 0; c < per_row; ++c)
-                        am[i * per_row + c] = k->amax(rp[i] + (size_t)c * G * es, dt, G);
+                k->amax_groups(rp, nb, dt, D, G, am);
                 const uint32_t ok =
                     k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
                 if (ok < ng) {
@@ -873,11 +870,11 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                                              t0 + t));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
                 }
-                for (uint32_t i = 0; i < nb; ++i) {
-                    const uint8_t *row = rp[i];
+                for (uint32_t i = 0; i < nb; ++i) { /* a row's groups in one call, then its zero scales' codes */
+                    uint8_t *crow = codes + (r0 + i) * row_bytes;
+                    k->quantize_groups(codec, rp[i], dt, D, G, iv + i * per_row, crow);
                     for (uint32_t c = 0; c < per_row; ++c)
-                        kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[i * per_row + c],
-                                     iv[i * per_row + c], codes + (r0 + i) * row_bytes + c * chunk_bytes);
+                        if (sv[i * per_row + c] == 0.0f) kw_wire_zero_row(codec, G, crow + c * chunk_bytes);
                 }
             }
         return 0;

@@ -279,18 +279,20 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
     return _mm256_cvtps_epi32(y);
 }
 
-/* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32): unpacking a bf16 vector
+/* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse scale
+ * inv[i >> gshift] (gshift 31: inv[0] for the row; 5 or more: groups of 2^gshift values): unpacking a bf16 vector
  * against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
  * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
  * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
  * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
-KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
-                                                 uint8_t *dst) {
+KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, const float *inv,
+                                                 uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
+    const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
     const __m256i z = _mm256_setzero_si256();
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
     for (uint32_t i = 0; i < n; i += 32) {
+        const __m256 vinv = _mm256_set1_ps(inv[gshift >= 31 ? 0 : i >> gshift]);
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
 #define KW__Q(v) kw__code8_avx2(codec, kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
@@ -321,7 +323,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
          codec == KW_WIRE_CODEC_E5M2) &&
         dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
-        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, dst);
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, &inv, 31, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
@@ -811,6 +813,67 @@ KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *d
     kw__rotate_finish_avx2(x, D, 8, sx, inverse, dst, dst_dtype);
 }
 
+/* 8 groups' folded |x| (16 u16 maxima each, f[j] for group j) reduced to their 8 maxima as f32 bit patterns, in
+ * group order: a transposing tree of u16 maxima (128-bit halves of pairs, then 64-bit words, then 32-bit ones) leaves
+ * group j's maximum in dword 4 (j % 2) + {0, 2, 1, 3}[j / 2], which one permute puts back in order. */
+KW_AVX2 static inline __m256i kw__amax_tree8_avx2(const __m256i *f) {
+    __m256i p[4];
+    for (int i = 0; i < 4; ++i) /* lane L of p[i]: group 2i + L */
+        p[i] = _mm256_max_epu16(_mm256_permute2x128_si256(f[2 * i], f[2 * i + 1], 0x20),
+                                _mm256_permute2x128_si256(f[2 * i], f[2 * i + 1], 0x31));
+    /* lane L: word 0 group L (q0) or 4 + L (q1), word 1 group 2 + L or 6 + L */
+    const __m256i q0 = _mm256_max_epu16(_mm256_unpacklo_epi64(p[0], p[1]), _mm256_unpackhi_epi64(p[0], p[1]));
+    const __m256i q1 = _mm256_max_epu16(_mm256_unpacklo_epi64(p[2], p[3]), _mm256_unpackhi_epi64(p[2], p[3]));
+    const __m256i t0 = _mm256_max_epu16(q0, _mm256_shuffle_epi32(q0, 0xb1));
+    const __m256i t1 = _mm256_max_epu16(q1, _mm256_shuffle_epi32(q1, 0xb1));
+    const __m256i b = _mm256_blend_epi32(t0, t1, 0xaa); /* lane L: groups L, 4 + L, 2 + L, 6 + L */
+    const __m256i m = _mm256_max_epu32(_mm256_and_si256(b, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(b, 16));
+    return _mm256_slli_epi32(_mm256_permutevar8x32_epi32(m, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7)), 16);
+}
+
+/* kw__wire_kernels.amax_groups: bf16 groups of a multiple of 16 values 8 at a time (kw__amax_tree8_avx2), the rest one
+ * group at a time. */
+KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D,
+                                         uint32_t G, uint32_t *out) {
+    const uint32_t per_row = D / G, total = n_rows * per_row;
+    const size_t es = kw__wire_dtype_size(dtype);
+    uint32_t q = 0, r = 0, c = 0; /* group q is chunk c of row r */
+    if (dtype == KW_WIRE_DTYPE_BF16 && G % 16 == 0) {
+        const __m256i mask = _mm256_set1_epi16(0x7fff);
+        __m256i f[8];
+        for (; q + 8 <= total; q += 8) {
+            for (int j = 0; j < 8; ++j) {
+                const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * G;
+                __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);
+                for (uint32_t i = 16; i < G; i += 16)
+                    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
+                f[j] = m;
+                if (++c == per_row) c = 0, ++r;
+            }
+            _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));
+        }
+    }
+    for (; q < total; ++q) {
+        out[q] = kw__amax_avx2(rows[r] + (size_t)c * G * es, dtype, G);
+        if (++c == per_row) c = 0, ++r;
+    }
+}
+
+/* kw__wire_kernels.quantize_groups: bf16 int8, int4 and fp8 groups of a multiple of 32 values in one pass of
+ * kw__quantize_bytes_bf16_avx2, the rest a group at a time (quantize). */
+KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
+                                             const float *inv, uint8_t *dst) {
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
+         codec == KW_WIRE_CODEC_E5M2) &&
+        dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, (uint32_t)__builtin_ctz(G), dst);
+        return;
+    }
+    const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t c = 0; c < n / G; ++c)
+        kw__quantize_avx2(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
+}
+
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
     .amax = kw__amax_avx2,
@@ -821,6 +884,8 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
     .rotate = kw__rotate_avx2,
+    .amax_groups = kw__amax_groups_avx2,
+    .quantize_groups = kw__quantize_groups_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -934,16 +999,22 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
 
 /* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
  * lane's 8 codes of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
-KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
-                                                     uint8_t *dst) {
+KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, const float *inv,
+                                                     uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    const __m512 lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
     const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
     for (uint32_t i = 0; i < n; i += 64) {
         const __m512i x0 = _mm512_loadu_si512(x + i), x1 = _mm512_loadu_si512(x + i + 32);
-#define KW__Q(v) _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
-        const __m512i p0 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x0)), KW__Q(_mm512_unpackhi_epi16(z, x0)));
-        const __m512i p1 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x1)), KW__Q(_mm512_unpackhi_epi16(z, x1)));
+        /* the inverse scales of values i.. and i + 32.. (the same one unless groups of 32) */
+        const __m512 v0 = _mm512_set1_ps(inv[gshift >= 31 ? 0 : i >> gshift]);
+        const __m512 v1 = _mm512_set1_ps(inv[gshift >= 31 ? 0 : (i + 32) >> gshift]);
+#define KW__Q(v, vinv)                                                                                                 \
+    _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
+        const __m512i p0 =
+            _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x0), v0), KW__Q(_mm512_unpackhi_epi16(z, x0), v0));
+        const __m512i p1 =
+            _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x1), v1), KW__Q(_mm512_unpackhi_epi16(z, x1), v1));
 #undef KW__Q
         const __m512i q = _mm512_permutexvar_epi64(order, _mm512_packs_epi16(p0, p1)); /* 64 codes in order */
         if (codec == KW_WIRE_CODEC_INT8) {
@@ -965,9 +1036,9 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
     }
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
         const uint32_t n64 = n & ~63u; /* a last 32 values (groups of 32) take the AVX2 step */
-        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, dst);
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, &inv, 31, dst);
         if (n64 < n)
-            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv,
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, &inv, 31,
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
@@ -1171,6 +1242,71 @@ KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, voi
     kw__rotate_finish_avx2(x, D, 16, sx, inverse, dst, dst_dtype);
 }
 
+/* kw__amax_tree8_avx2 for 16 groups (f[j]: group j's 32 u16 maxima): 256-bit halves of pairs, 128-bit quarters,
+ * 64-bit and 32-bit words; group j's maximum ends in dword 4 (j % 4) + {0, 2, 1, 3}[j / 4]. */
+KW_AVX512 static inline __m512i kw__amax_tree16_avx512(const __m512i *f) {
+    __m512i p[8], q[4];
+    for (int i = 0; i < 8; ++i) /* quarters 0-1 of p[i]: group 2i, 2-3: group 2i + 1 */
+        p[i] = _mm512_max_epu16(_mm512_shuffle_i64x2(f[2 * i], f[2 * i + 1], 0x44),
+                                _mm512_shuffle_i64x2(f[2 * i], f[2 * i + 1], 0xee));
+    for (int k = 0; k < 4; ++k) /* quarter L of q[k]: group 4k + L */
+        q[k] = _mm512_max_epu16(_mm512_shuffle_i64x2(p[2 * k], p[2 * k + 1], 0x88),
+                                _mm512_shuffle_i64x2(p[2 * k], p[2 * k + 1], 0xdd));
+    const __m512i r0 = _mm512_max_epu16(_mm512_unpacklo_epi64(q[0], q[1]), _mm512_unpackhi_epi64(q[0], q[1]));
+    const __m512i r1 = _mm512_max_epu16(_mm512_unpacklo_epi64(q[2], q[3]), _mm512_unpackhi_epi64(q[2], q[3]));
+    const __m512i t0 = _mm512_max_epu16(r0, _mm512_shuffle_epi32(r0, (_MM_PERM_ENUM)0xb1));
+    const __m512i t1 = _mm512_max_epu16(r1, _mm512_shuffle_epi32(r1, (_MM_PERM_ENUM)0xb1));
+    const __m512i b = _mm512_mask_blend_epi32(0xaaaa, t0, t1); /* quarter L: groups L, 8 + L, 4 + L, 12 + L */
+    const __m512i m = _mm512_max_epu32(_mm512_and_si512(b, _mm512_set1_epi32(0xffff)), _mm512_srli_epi32(b, 16));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15);
+    return _mm512_slli_epi32(_mm512_permutexvar_epi32(order, m), 16);
+}
+
+/* kw__wire_kernels.amax_groups: bf16 groups of a multiple of 32 values 16 at a time, others as the AVX2 kernel. */
+KW_AVX512 static void kw__amax_groups_avx512(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D,
+                                             uint32_t G, uint32_t *out) {
+    if (dtype != KW_WIRE_DTYPE_BF16 || G % 32 != 0) {
+        kw__amax_groups_avx2(rows, n_rows, dtype, D, G, out);
+        return;
+    }
+    const uint32_t per_row = D / G, total = n_rows * per_row;
+    const __m512i mask = _mm512_set1_epi16(0x7fff);
+    __m512i f[16];
+    uint32_t q = 0, r = 0, c = 0; /* group q is chunk c of row r */
+    for (; q + 16 <= total; q += 16) {
+        for (int j = 0; j < 16; ++j) {
+            const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * G;
+            __m512i m = _mm512_and_si512(_mm512_loadu_si512(x), mask);
+            for (uint32_t i = 32; i < G; i += 32)
+                m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_loadu_si512(x + i), mask));
+            f[j] = m;
+            if (++c == per_row) c = 0, ++r;
+        }
+        _mm512_storeu_si512(out + q, kw__amax_tree16_avx512(f));
+    }
+    for (; q < total; ++q) {
+        out[q] = kw__amax_avx512(rows[r] + (size_t)c * G * 2, dtype, G);
+        if (++c == per_row) c = 0, ++r;
+    }
+}
+
+/* kw__wire_kernels.quantize_groups: bf16 int8 and int4 groups of a multiple of 32 values in one pass of
+ * kw__quantize_int84_bf16_avx512, the rest a group at a time (quantize). */
+KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
+                                                 const float *inv, uint8_t *dst) {
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
+        const uint32_t n64 = n & ~63u, gshift = (uint32_t)__builtin_ctz(G);
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, gshift, dst);
+        if (n64 < n) /* a last 32 values: one group */
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv + (n64 >> gshift), 31,
+                                         dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
+        return;
+    }
+    const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t c = 0; c < n / G; ++c)
+        kw__quantize_avx512(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
+}
+
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
     .amax = kw__amax_avx512,
@@ -1181,6 +1317,8 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
     .rotate = kw__rotate_avx512,
+    .amax_groups = kw__amax_groups_avx512,
+    .quantize_groups = kw__quantize_groups_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {
