@@ -871,19 +871,39 @@ static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_grou
     return 0;
 }
 
+/* What decoding a row of one tensor of a group on the row kernels' path takes (kw__dec_row_setup), worked out once:
+ * the kernels are called through pointers, so the compiler cannot keep values read through tv across the calls. */
+typedef struct kw__dec_rows {
+    const uint8_t *codes, *scales; /* borrowed from the section */
+    uint32_t codec, gran, sdt, D, tg, G, per_row;
+    size_t ss, row_bytes, chunk_bytes;
+} kw__dec_rows;
+
+static inline kw__dec_rows kw__dec_row_setup(const kw_wire_section *sec, const kw_wire_group_view *gv,
+                                             const kw_wire_tensor_view *tv) {
+    kw__dec_rows r = {.codes = tv->codes,
+                      .scales = tv->scales,
+                      .codec = tv->spec.codec,
+                      .gran = tv->spec.granularity,
+                      .sdt = tv->spec.scale_dtype,
+                      .D = sec->head_dim,
+                      .tg = gv->n_tokens};
+    r.G = r.gran == KW_WIRE_GRAN_GROUP ? 1u << tv->spec.group_log2 : r.D;
+    r.per_row = r.D / r.G;
+    r.ss = kw_wire_scale_size(r.sdt);
+    r.row_bytes = (size_t)r.D * kw_wire_codec_bits(r.codec) / 8;
+    r.chunk_bytes = (size_t)r.G * kw_wire_codec_bits(r.codec) / 8;
+    return r;
+}
+
 /* Row (head h, token t of the group) of a tensor on the row kernels' path (not kw__wire_general_path) into o, in
  * out_dtype: 1 if it holds a reserved code, else 0. */
-static inline int kw__dec_row(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
-                              const kw_wire_tensor_view *tv, uint32_t h, uint32_t t, uint8_t *o, uint32_t out_dtype) {
-    const uint32_t D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
-    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
-    const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;
-    const uint32_t gran = tv->spec.granularity, sdt = tv->spec.scale_dtype;
-    const size_t ss = kw_wire_scale_size(sdt);
-    const uint32_t G = gran == KW_WIRE_GRAN_GROUP ? 1u << tv->spec.group_log2 : D, per_row = D / G;
-    const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
-    const size_t r = (size_t)h * tg + t;
-    const uint8_t *codes = tv->codes + r * row_bytes;
+static inline int kw__dec_row(const kw__wire_kernels *k, const kw__dec_rows *rw, uint32_t h, uint32_t t, uint8_t *o,
+                              uint32_t out_dtype) {
+    const uint32_t D = rw->D, codec = rw->codec, gran = rw->gran, sdt = rw->sdt, G = rw->G, per_row = rw->per_row;
+    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, ss = rw->ss, chunk_bytes = rw->chunk_bytes;
+    const size_t r = (size_t)h * rw->tg + t;
+    const uint8_t *codes = rw->codes + r * rw->row_bytes, *scales = rw->scales;
     if (gran == KW_WIRE_GRAN_NONE) return kw__dec_passthrough_row(codec, codes, D, o, out_dtype) < 0;
     int bad = 0;
     for (uint32_t c = 0; c < per_row; ++c) {
@@ -902,7 +922,7 @@ static inline int kw__dec_row(const kw__wire_kernels *k, const kw_wire_section *
             si = r * per_row + c;
             break;
         }
-        const float s = kw_wire_scale_load(sdt, tv->scales + si * ss);
+        const float s = kw_wire_scale_load(sdt, scales + si * ss);
         bad |= k->dequantize(codec, codes + c * chunk_bytes, G, s, o + (size_t)c * G * es, out_dtype) < 0;
     }
     return bad;
@@ -915,11 +935,12 @@ static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec,
                                                           : kw__dec_tensor_blocks(k, sec, gv, tv, out);
     const uint32_t H = sec->n_kv_heads, tg = gv->n_tokens;
     const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    const kw__dec_rows rw = kw__dec_row_setup(sec, gv, tv);
     int bad = 0;
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t t = 0; t < tg; ++t)
             bad |=
-                kw__dec_row(k, sec, gv, tv, h, t,
+                kw__dec_row(k, &rw, h, t,
                             (uint8_t *)out->data +
                                 ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es,
                             out->dtype);
@@ -944,10 +965,11 @@ static int kw__dec_rotated_rows(const kw__wire_kernels *k, const kw_wire_section
     for (uint32_t g = 0; g < sec->n_groups; ++g) {
         const kw_wire_group_view *gv = &sec->groups[g];
         const kw_wire_tensor_view *tv = kv ? &gv->v : &gv->k;
+        const kw__dec_rows rw = kw__dec_row_setup(sec, gv, tv);
         int bad = 0;
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < gv->n_tokens; ++t) {
-                bad |= kw__dec_row(k, sec, gv, tv, h, t, (uint8_t *)y, KW_WIRE_DTYPE_F32);
+                bad |= kw__dec_row(k, &rw, h, t, (uint8_t *)y, KW_WIRE_DTYPE_F32);
                 k->rotate(y, KW_WIRE_DTYPE_F32,
                           (uint8_t *)out->data +
                               ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es,

@@ -32,6 +32,8 @@ struct kw_wire_encoder {
     size_t outlier_mask_cap;
     uint8_t *rotated; /* the section's rotated K and V (FORMAT.md §5.12), (T, H, D) each in src_dtype */
     size_t rotated_cap;
+    uint8_t *rot_block; /* KW__ENC_ROT_BYTES: a block of rows kw__enc_tensor rotates itself (NULL until needed) */
+    float rot_sx[KW_WIRE_MAX_HEAD_DIM]; /* the forward rotation factors (kw__wire_rotate_factors) */
     kw_wire_breakdown bd;
     struct kw__enc_pending { /* a section begun and not yet finished (dst NULL: none) */
         uint8_t *dst;
@@ -219,6 +221,7 @@ void kw_wire_encoder_destroy(kw_wire_encoder *e) {
     free(e->outlier_scratch);
     free(e->outlier_mask);
     free(e->rotated);
+    free(e->rot_block);
     free(e);
 }
 
@@ -826,14 +829,14 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         uint32_t am[B];
         float sv[B], iv[B];
         const uint8_t *rp[B];
-        _Alignas(64) uint8_t rbuf[KW__ENC_ROT_BYTES];
         const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !rot || fit >= B ? B : fit;
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
                 const size_t r0 = (size_t)h * tg + tb;
-                kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, rbuf, rp);
-                k->amax_groups(rp, nb, dt, D, D, am); /* one group per row */
+                if (rot) kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, e->rot_block, rp);
+                for (uint32_t i = 0; i < nb; ++i)
+                    am[i] = k->amax(rot ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D);
                 const uint32_t ok =
                     k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */
@@ -842,7 +845,8 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
                 }
                 for (uint32_t i = 0; i < nb; ++i)
-                    kw__enc_emit(k, codec, rp[i], dt, D, sv[i], iv[i], codes + (r0 + i) * row_bytes);
+                    kw__enc_emit(k, codec, rot ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
+                                 codes + (r0 + i) * row_bytes);
             }
         return 0;
     }
@@ -855,12 +859,11 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         uint32_t am[256]; /* B * per_row <= max(64, D / G) <= 1024 / 4 */
         float sv[256], iv[256];
         const uint8_t *rp[64];
-        _Alignas(64) uint8_t rbuf[KW__ENC_ROT_BYTES];
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += B) {
                 const uint32_t nb = tg - tb < B ? tg - tb : B, ng = nb * per_row;
                 const size_t r0 = (size_t)h * tg + tb;
-                kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, rbuf, rp);
+                kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, e->rot_block, rp);
                 k->amax_groups(rp, nb, dt, D, G, am);
                 const uint32_t ok =
                     k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
@@ -1062,8 +1065,7 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
                  in->layer);
     kw_wire_layer_in rotated_in; /* in, with the tensors rotated through a copy (FORMAT.md §5.12) */
     uint8_t fused = 0;           /* the rotated tensors kw__enc_tensor rotates block by block instead */
-    float rot_sx[KW_WIRE_MAX_HEAD_DIM];
-    if (pol->rotate) { /* the policy is checked first: the rotation needs a power-of-two head_dim */
+    if (pol->rotate) {           /* the policy is checked first: the rotation needs a power-of-two head_dim */
         kw_wire_token_group one;
         const kw_wire_token_group *g0 = NULL;
         uint32_t n_g0 = 0;
@@ -1074,7 +1076,11 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
                 all = kw__enc_fusable(kv ? &g0[g].v : &g0[g].k, (pol->clip >> kv) & 1);
             fused |= (uint8_t)(all << kv);
         }
-        if (fused) kw__wire_rotate_factors(e->hdr.head_dim, 0, rot_sx);
+        if (fused && !e->rot_block) {
+            e->rot_block = malloc(KW__ENC_ROT_BYTES);
+            KW_RETURN_IF(!e->rot_block, KW_E_NOMEM, "rotation block of %u bytes", KW__ENC_ROT_BYTES);
+        }
+        if (fused) kw__wire_rotate_factors(e->hdr.head_dim, 0, e->rot_sx);
         KW_FORWARD(kw__enc_rotate(e, in, (uint8_t)(pol->rotate & ~fused), &rotated_in));
         in = &rotated_in;
     }
@@ -1115,7 +1121,7 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
             const kw__enc_outliers o = {mask, kv ? (uint64_t)e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim : 0,
                                         in->n_tokens};
             KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL,
-                                    (pol->clip >> kv) & 1, ((fused >> kv) & 1) ? rot_sx : NULL, body + at,
+                                    (pol->clip >> kv) & 1, ((fused >> kv) & 1) ? e->rot_sx : NULL, body + at,
                                     kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }

@@ -280,19 +280,21 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
 }
 
 /* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse scale
- * inv[i >> gshift] (gshift 31: inv[0] for the row; 5 or more: groups of 2^gshift values): unpacking a bf16 vector
+ * inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16 vector
  * against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
  * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
  * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
  * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
-KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, const float *inv,
-                                                 uint32_t gshift, uint8_t *dst) {
+KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf16_avx2(uint32_t codec,
+                                                                                       const uint16_t *x, uint32_t n,
+                                                                                       float inv0, const float *inv,
+                                                                                       uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
+    const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
     const __m256i z = _mm256_setzero_si256();
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
     for (uint32_t i = 0; i < n; i += 32) {
-        const __m256 vinv = _mm256_set1_ps(inv[gshift >= 31 ? 0 : i >> gshift]);
+        const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
 #define KW__Q(v) kw__code8_avx2(codec, kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
@@ -323,7 +325,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
          codec == KW_WIRE_CODEC_E5M2) &&
         dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
-        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, &inv, 31, dst);
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, NULL, 0, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
@@ -866,7 +868,7 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
          codec == KW_WIRE_CODEC_E5M2) &&
         dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
-        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, (uint32_t)__builtin_ctz(G), dst);
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, 0.0f, inv, (uint32_t)__builtin_ctz(G), dst);
         return;
     }
     const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
@@ -999,16 +1001,17 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
 
 /* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
  * lane's 8 codes of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
-KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, const float *inv,
-                                                     uint32_t gshift, uint8_t *dst) {
+KW_AVX512 static inline __attribute__((always_inline)) void
+kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv0, const float *inv,
+                               uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m512 lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    const __m512 lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax), row_inv = _mm512_set1_ps(inv0);
     const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
     for (uint32_t i = 0; i < n; i += 64) {
         const __m512i x0 = _mm512_loadu_si512(x + i), x1 = _mm512_loadu_si512(x + i + 32);
-        /* the inverse scales of values i.. and i + 32.. (the same one unless groups of 32) */
-        const __m512 v0 = _mm512_set1_ps(inv[gshift >= 31 ? 0 : i >> gshift]);
-        const __m512 v1 = _mm512_set1_ps(inv[gshift >= 31 ? 0 : (i + 32) >> gshift]);
+        /* the inverse scales of values i.. and i + 32.. (the row's one, or two groups' of 32) */
+        const __m512 v0 = inv ? _mm512_set1_ps(inv[i >> gshift]) : row_inv;
+        const __m512 v1 = inv ? _mm512_set1_ps(inv[(i + 32) >> gshift]) : row_inv;
 #define KW__Q(v, vinv)                                                                                                 \
     _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
         const __m512i p0 =
@@ -1036,9 +1039,9 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
     }
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
         const uint32_t n64 = n & ~63u; /* a last 32 values (groups of 32) take the AVX2 step */
-        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, &inv, 31, dst);
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, NULL, 0, dst);
         if (n64 < n)
-            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, &inv, 31,
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv, NULL, 0,
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
@@ -1296,9 +1299,9 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
                                                  const float *inv, uint8_t *dst) {
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
         const uint32_t n64 = n & ~63u, gshift = (uint32_t)__builtin_ctz(G);
-        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, gshift, dst);
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, 0.0f, inv, gshift, dst);
         if (n64 < n) /* a last 32 values: one group */
-            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv + (n64 >> gshift), 31,
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv[n64 >> gshift], NULL, 0,
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
