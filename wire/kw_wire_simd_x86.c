@@ -279,9 +279,9 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
     return _mm256_cvtps_epi32(y);
 }
 
-/* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse scale
- * inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16 vector
- * against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
+/* int8, int4, int6, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse
+ * scale inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16
+ * vector against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
  * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
  * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
  * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
@@ -303,6 +303,21 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
 #undef KW__Q
         const __m256i q = _mm256_permute4x64_epi64(fp8 ? _mm256_packus_epi16(p0, p1) : _mm256_packs_epi16(p0, p1),
                                                    0xd8); /* 32 codes in order */
+        if (codec == KW_WIRE_CODEC_INT6) {                /* 32 sextets in 24 bytes, four per 3 (FORMAT.md §5.3) */
+            const __m256i c = _mm256_and_si256(q, _mm256_set1_epi8(63));
+            /* 16-bit lanes c[2j] + 64 c[2j+1], then 32-bit lanes of 24 bits: the low word + 4096 the high one */
+            const __m256i w12 = _mm256_maddubs_epi16(c, _mm256_set1_epi16(64 << 8 | 1));
+            const __m256i w24 = _mm256_madd_epi16(w12, _mm256_set1_epi32(4096 << 16 | 1));
+            /* the 3 low bytes of each dword, 12 per 128-bit lane, then the two lanes' 12 joined */
+            const __m256i b =
+                _mm256_shuffle_epi8(w24, _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1,
+                                                          2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1));
+            const __m256i joined = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7));
+            uint8_t *o = dst + (size_t)i / 4 * 3;
+            _mm_storeu_si128((__m128i *)o, _mm256_castsi256_si128(joined));
+            _mm_storel_epi64((__m128i *)(o + 16), _mm256_extracti128_si256(joined, 1));
+            continue;
+        }
         if (codec != KW_WIRE_CODEC_INT4) {
             _mm256_storeu_si256((__m256i *)(dst + i), q);
             continue;
@@ -323,7 +338,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
         return;
     }
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
-         codec == KW_WIRE_CODEC_E5M2) &&
+         codec == KW_WIRE_CODEC_E5M2 || codec == KW_WIRE_CODEC_INT6) &&
         dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
         kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, NULL, 0, dst);
         return;
@@ -861,12 +876,12 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
     }
 }
 
-/* kw__wire_kernels.quantize_groups: bf16 int8, int4 and fp8 groups of a multiple of 32 values in one pass of
+/* kw__wire_kernels.quantize_groups: bf16 int8, int4, int6 and fp8 groups of a multiple of 32 values in one pass of
  * kw__quantize_bytes_bf16_avx2, the rest a group at a time (quantize). */
 KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
                                              const float *inv, uint8_t *dst) {
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
-         codec == KW_WIRE_CODEC_E5M2) &&
+         codec == KW_WIRE_CODEC_E5M2 || codec == KW_WIRE_CODEC_INT6) &&
         dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
         kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, 0.0f, inv, (uint32_t)__builtin_ctz(G), dst);
         return;
