@@ -287,6 +287,52 @@ static void test_quantize_groups(void **state) {
         }
 }
 
+/* A group whose values are all zeros (here -0) has a zero scale and the codes of +0 (kw_wire_zero_row), whatever
+ * x * 0 codes to in the row kernels: decoded, every value of it is +0 (an fp8 -0 code would give -0), on every ISA,
+ * through the groups kernels (bf16, groups of 32) and the per-group ones (f32, groups of 16). */
+static void test_zero_groups(void **state) {
+    (void)state;
+    static const uint8_t codecs[] = {KW_WIRE_CODEC_E4M3, KW_WIRE_CODEC_E5M2, KW_WIRE_CODEC_NF4,
+                                     KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6};
+    enum { T = 3, D = 64 };
+    wt_rng r = {12};
+    for (int f32 = 0; f32 < 2; ++f32)
+        for (size_t c = 0; c < sizeof codecs / sizeof codecs[0]; ++c) {
+            const uint8_t dtype = f32 ? KW_WIRE_DTYPE_F32 : KW_WIRE_DTYPE_BF16;
+            const uint8_t log2 = f32 ? 4 : 5, G = (uint8_t)(1u << log2);
+            uint8_t data[T * D * 4];
+            float x[T * D];
+            for (uint32_t e = 0; e < T * D; ++e) /* row 0: group 0 zeros; row 2: all zeros */
+                x[e] = (e < G || e >= 2 * D) ? -0.0f : wt_bell(&r);
+            for (uint32_t e = 0; e < T * D; ++e) {
+                const uint16_t h = kw_f32_to_bf16(x[e]);
+                if (f32)
+                    memcpy(data + 4 * e, &x[e], 4);
+                else
+                    memcpy(data + 2 * e, &h, 2);
+            }
+            const kw_wire_header hdr = {
+                .n_layers = 1, .n_sections = 1, .n_kv_heads = 1, .head_dim = D, .n_positions = T, .src_dtype = dtype};
+            const kw_wire_codec_spec sp = {codecs[c], KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, log2};
+            const kw_wire_policy pol = {.k = sp, .v = sp};
+            kw_wire_layer_in in = {.layer = 0, .n_tokens = T};
+            in.k = in.v = (kw_wire_tensor_in){data, (size_t)T * D, D, NULL};
+            for (uint8_t isa = KW_WIRE_ISA_SCALAR; isa <= KW_WIRE_ISA_AVX512; ++isa) {
+                uint8_t *blob = NULL;
+                size_t size = 0;
+                assert_int_equal(wt_encode_blob(&hdr, &in, &pol, 1, isa, &blob, &size), 0);
+                wt_blob_out o;
+                assert_int_equal(wt_decode_oneshot(blob, size, NULL, &o), 0);
+                for (uint32_t e = 0; e < T * D; ++e)
+                    if ((e < G || e >= 2 * D) && (kw_f32_bits(o.layers[0].k[e]) || kw_f32_bits(o.layers[0].v[e])))
+                        fail_msg("%s %s dtype %u: element %u of a zero group decodes to %a", kw_wire_isa_name(isa),
+                                 kw_wire_codec_name(codecs[c]), dtype, e, (double)o.layers[0].k[e]);
+                wt_blob_out_free(&o);
+                free(blob);
+            }
+        }
+}
+
 /* quantize_affine and dequantize_affine (the v1.1 general path's integer rows): zero points with exact rounding ties
  * (z and x - z integers + 0.5 when inv = 1), clamping at 0 and qmax, zero scales (inv = 0), the symmetric form
  * (z = 0, lo = -qmax), every field width; the decoded values of arbitrary bytes to f32 and bf16. */
@@ -572,10 +618,19 @@ static void test_env_cap(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),        cmocka_unit_test(test_minmax),          cmocka_unit_test(test_quantize),
-        cmocka_unit_test(test_amax_groups), cmocka_unit_test(test_quantize_groups), cmocka_unit_test(test_dequantize),
-        cmocka_unit_test(test_affine),      cmocka_unit_test(test_scales),          cmocka_unit_test(test_rotate),
-        cmocka_unit_test(test_blobs),       cmocka_unit_test(test_hash_variants),   cmocka_unit_test(test_env_cap),
+        cmocka_unit_test(test_amax),
+        cmocka_unit_test(test_minmax),
+        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_amax_groups),
+        cmocka_unit_test(test_quantize_groups),
+        cmocka_unit_test(test_zero_groups),
+        cmocka_unit_test(test_dequantize),
+        cmocka_unit_test(test_affine),
+        cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_rotate),
+        cmocka_unit_test(test_blobs),
+        cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_env_cap),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
