@@ -1121,6 +1121,26 @@ KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mm
 
 KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                            uint32_t out_dtype) {
+    if (codec == KW_WIRE_CODEC_INT6 && n % 16 == 0) {
+        /* 12 bytes -> 16 codes: the bytes in every 128-bit lane, lane k takes the 3-byte word of codes 4k..4k+3 into
+         * each of its dwords, shifted by 6j for code 4k + j (a masked load reads exactly the 12 bytes) */
+        const __m512i spread = _mm512_setr_epi32(
+            (int)0x80020100u, (int)0x80020100u, (int)0x80020100u, (int)0x80020100u, (int)0x80050403u, (int)0x80050403u,
+            (int)0x80050403u, (int)0x80050403u, (int)0x80080706u, (int)0x80080706u, (int)0x80080706u, (int)0x80080706u,
+            (int)0x800b0a09u, (int)0x800b0a09u, (int)0x800b0a09u, (int)0x800b0a09u);
+        const __m512i shifts = _mm512_setr_epi32(0, 6, 12, 18, 0, 6, 12, 18, 0, 6, 12, 18, 0, 6, 12, 18);
+        const __m512i m6 = _mm512_set1_epi32(63), k32 = _mm512_set1_epi32(32);
+        const __m512 vs = _mm512_set1_ps(s);
+        __mmask16 bad6 = 0;
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512i b = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(0x0fff, src + i / 16 * 12));
+            const __m512i c = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(b, spread), shifts), m6);
+            bad6 |= _mm512_cmpeq_epi32_mask(c, k32); /* the field of -32 is reserved */
+            const __m512i q = _mm512_sub_epi32(_mm512_xor_si512(c, k32), k32);
+            kw__store16_avx512(out, out_dtype, i, _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs));
+        }
+        return bad6 ? KW_E_WIRE_VALUE : 0;
+    }
     if ((codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) && n % 16 == 0) {
         const __m512 vs = _mm512_set1_ps(s);
         __mmask16 bad16 = 0;
