@@ -757,38 +757,43 @@ KW_AVX2 static inline __m256 kw__rotate_in8_avx2(__m256 v) {
     return _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
 }
 
-/* A whole row of D = 8 nv values (nv a constant 1..16 where this is inlined) in registers: the in-vector stages per
- * vector, the longer ones between vectors (stage len = 8 l pairs vector j with j + l), the inverse's factors and the
- * store to f32 or bf16 (dst may be src); each output the same single f32 operation as kw__wire_rotate_row's. */
-KW_AVX2 static inline __attribute__((always_inline)) void kw__rotate_regs_avx2(const void *src, uint32_t src_dtype,
-                                                                               void *dst, uint32_t dst_dtype,
-                                                                               const float *sx, int inverse,
-                                                                               uint32_t nv) {
-    __m256 v[16];
-#pragma GCC unroll 16
-    for (uint32_t k = 0; k < nv; ++k) {
-        __m256 a = kw__load8_avx2(src, src_dtype, 8 * k);
-        if (!inverse) a = _mm256_mul_ps(a, _mm256_loadu_ps(sx + 8 * k));
-        v[k] = kw__rotate_in8_avx2(a);
+/* kw__rotate_regs_avx2 and kw__rotate_regs_avx512: a whole row of D = W nv values (nv a constant 1..16 where they
+ * are inlined) in registers: the in-vector stages per vector (IN), the longer ones between vectors (stage len = W l
+ * pairs vector j with j + l), the inverse's factors and the store to f32 or bf16 (dst may be src); each output the same
+ * single f32 operation as kw__wire_rotate_row's. One body for both ISAs: VEC has W lanes, LOAD widens W inputs,
+ * STORE_BF16 rounds W values to bf16 at a uint16_t pointer. */
+#define KW__ROTATE_REGS(NAME, ATTR, VEC, W, LOAD, IN, STORE_BF16, SFX)                                                 \
+    ATTR static inline __attribute__((always_inline)) void NAME(const void *src, uint32_t src_dtype, void *dst,        \
+                                                                uint32_t dst_dtype, const float *sx, int inverse,      \
+                                                                uint32_t nv) {                                         \
+        VEC v[16];                                                                                                     \
+        _Pragma("GCC unroll 16") for (uint32_t k = 0; k < nv; ++k) {                                                   \
+            VEC a = LOAD(src, src_dtype, W * k);                                                                       \
+            if (!inverse) a = _mm##SFX##_mul_ps(a, _mm##SFX##_loadu_ps(sx + W * k));                                   \
+            v[k] = IN(a);                                                                                              \
+        }                                                                                                              \
+        _Pragma("GCC unroll 4") for (uint32_t len = 1; len < nv; len <<= 1)                                            \
+            _Pragma("GCC unroll 16") for (uint32_t j = 0; j < nv; ++j) {                                               \
+            if (j & len) continue; /* j: the low half of a pair; & 15 changes nothing (j + len < nv) but quiets GCC */ \
+            const VEC a = v[j], b = v[(j + len) & 15];                                                                 \
+            v[j] = _mm##SFX##_add_ps(a, b);                                                                            \
+            v[(j + len) & 15] = _mm##SFX##_sub_ps(a, b);                                                               \
+        }                                                                                                              \
+        _Pragma("GCC unroll 16") for (uint32_t k = 0; k < nv; ++k) {                                                   \
+            const VEC a = inverse ? _mm##SFX##_mul_ps(v[k], _mm##SFX##_loadu_ps(sx + W * k)) : v[k];                   \
+            if (dst_dtype == KW_WIRE_DTYPE_F32)                                                                        \
+                _mm##SFX##_storeu_ps((float *)dst + W * k, a);                                                         \
+            else                                                                                                       \
+                STORE_BF16((uint16_t *)dst + W * k, a);                                                                \
+        }                                                                                                              \
     }
-#pragma GCC unroll 4
-    for (uint32_t len = 1; len < nv; len <<= 1)
-#pragma GCC unroll 16
-        for (uint32_t j = 0; j < nv; ++j) {
-            if (j & len) continue; /* j: the low half of a pair; & 15 changes nothing (j + len < nv) but quiets GCC */
-            const __m256 a = v[j], b = v[(j + len) & 15];
-            v[j] = _mm256_add_ps(a, b);
-            v[(j + len) & 15] = _mm256_sub_ps(a, b);
-        }
-#pragma GCC unroll 16
-    for (uint32_t k = 0; k < nv; ++k) {
-        const __m256 a = inverse ? _mm256_mul_ps(v[k], _mm256_loadu_ps(sx + 8 * k)) : v[k];
-        if (dst_dtype == KW_WIRE_DTYPE_F32)
-            _mm256_storeu_ps((float *)dst + 8 * k, a);
-        else
-            _mm_storeu_si128((__m128i *)((uint16_t *)dst + 8 * k), kw__bf16_8_avx2(a));
-    }
+
+KW_AVX2 static inline void kw__store_bf16_8_avx2(uint16_t *dst, __m256 v) {
+    _mm_storeu_si128((__m128i *)dst, kw__bf16_8_avx2(v));
 }
+
+KW__ROTATE_REGS(kw__rotate_regs_avx2, KW_AVX2, __m256, 8, kw__load8_avx2, kw__rotate_in8_avx2, kw__store_bf16_8_avx2,
+                256)
 
 /* kw__wire_kernels.rotate: the butterflies of kw__wire_rotate_row in the same stages, each output the same single f32
  * addition a + b or subtraction a - b of the same two values (so the same bits in any order within a stage). Stages
@@ -1209,39 +1214,13 @@ KW_AVX512 static inline __m512 kw__rotate_in16_avx512(__m512 v) {
     return _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
 }
 
-/* A whole row of D = 16 nv values (nv a constant 1..16 where this is inlined) held in registers: the in-vector
- * stages per vector, the longer ones between vectors (stage len = 16 l pairs vector j with j + l), each output the
- * same single f32 addition or subtraction as kw__wire_rotate_row's, then the inverse's factors and the store to f32
- * or bf16 (dst may be src). */
-KW_AVX512 static inline __attribute__((always_inline)) void kw__rotate_regs_avx512(const void *src, uint32_t src_dtype,
-                                                                                   void *dst, uint32_t dst_dtype,
-                                                                                   const float *sx, int inverse,
-                                                                                   uint32_t nv) {
-    __m512 v[16];
-#pragma GCC unroll 16
-    for (uint32_t k = 0; k < nv; ++k) {
-        __m512 a = kw__load16_avx512(src, src_dtype, 16 * k);
-        if (!inverse) a = _mm512_mul_ps(a, _mm512_loadu_ps(sx + 16 * k));
-        v[k] = kw__rotate_in16_avx512(a);
-    }
-#pragma GCC unroll 4
-    for (uint32_t len = 1; len < nv; len <<= 1)
-#pragma GCC unroll 16
-        for (uint32_t j = 0; j < nv; ++j) {
-            if (j & len) continue; /* j: the low half of a pair; & 15 changes nothing (j + len < nv) but quiets GCC */
-            const __m512 a = v[j], b = v[(j + len) & 15];
-            v[j] = _mm512_add_ps(a, b);
-            v[(j + len) & 15] = _mm512_sub_ps(a, b);
-        }
-#pragma GCC unroll 16
-    for (uint32_t k = 0; k < nv; ++k) {
-        const __m512 a = inverse ? _mm512_mul_ps(v[k], _mm512_loadu_ps(sx + 16 * k)) : v[k];
-        if (dst_dtype == KW_WIRE_DTYPE_F32)
-            _mm512_storeu_ps((float *)dst + 16 * k, a);
-        else
-            _mm256_storeu_si256((__m256i *)((uint16_t *)dst + 16 * k), kw__bf16_16_avx512(a));
-    }
+KW_AVX512 static inline void kw__store_bf16_16_avx512(uint16_t *dst, __m512 v) {
+    _mm256_storeu_si256((__m256i *)dst, kw__bf16_16_avx512(v));
 }
+
+KW__ROTATE_REGS(kw__rotate_regs_avx512, KW_AVX512, __m512, 16, kw__load16_avx512, kw__rotate_in16_avx512,
+                kw__store_bf16_16_avx512, 512)
+#undef KW__ROTATE_REGS
 
 /* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask); the
  * longer ones 8 lanes wide (Zen 4 splits 16-lane operations in two anyway). */
