@@ -786,6 +786,27 @@ KW_AVX2 static inline __m256 kw__rotate_in8_avx2(__m256 v) {
             else                                                                                                       \
                 STORE_BF16((uint16_t *)dst + W * k, a);                                                                \
         }                                                                                                              \
+    }                                                                                                                  \
+    /* the row of D = W, 2 W, 4 W, 8 W or 16 W values, each with its constant nv */                                    \
+    ATTR static void NAME##_row(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, const float *sx,   \
+                                int inverse, uint32_t D) {                                                             \
+        switch (D / W) {                                                                                               \
+        case 1:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 1);                                                      \
+            return;                                                                                                    \
+        case 2:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 2);                                                      \
+            return;                                                                                                    \
+        case 4:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 4);                                                      \
+            return;                                                                                                    \
+        case 8:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 8);                                                      \
+            return;                                                                                                    \
+        default:                                                                                                       \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 16);                                                     \
+            return;                                                                                                    \
+        }                                                                                                              \
     }
 
 KW_AVX2 static inline void kw__store_bf16_8_avx2(uint16_t *dst, __m256 v) {
@@ -807,23 +828,8 @@ KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *d
         return;
     }
     if (D <= 128 && dst_dtype != KW_WIRE_DTYPE_F16) { /* the row fits in the 16 registers: no pass through memory */
-        switch (D) {
-        case 8:
-            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 1);
-            return;
-        case 16:
-            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 2);
-            return;
-        case 32:
-            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 4);
-            return;
-        case 64:
-            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 8);
-            return;
-        default:
-            kw__rotate_regs_avx2(src, src_dtype, dst, dst_dtype, sx, inverse, 16);
-            return;
-        }
+        kw__rotate_regs_avx2_row(src, src_dtype, dst, dst_dtype, sx, inverse, D);
+        return;
     }
     float buf[4096];
     float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
@@ -1231,23 +1237,8 @@ KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, voi
         return;
     }
     if (D <= 256 && dst_dtype != KW_WIRE_DTYPE_F16) { /* the row fits in registers: no pass through memory */
-        switch (D) {
-        case 16:
-            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 1);
-            return;
-        case 32:
-            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 2);
-            return;
-        case 64:
-            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 4);
-            return;
-        case 128:
-            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 8);
-            return;
-        default:
-            kw__rotate_regs_avx512(src, src_dtype, dst, dst_dtype, sx, inverse, 16);
-            return;
-        }
+        kw__rotate_regs_avx512_row(src, src_dtype, dst, dst_dtype, sx, inverse, D);
+        return;
     }
     float buf[4096];
     float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
