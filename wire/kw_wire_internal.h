@@ -125,6 +125,10 @@ typedef struct kw__wire_kernels {
      * another. A zero scale's group (inv 0) gets whatever x * 0 codes to: the caller writes kw_wire_zero_row there. */
     void (*quantize_groups)(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G, const float *inv,
                             uint8_t *dst);
+    /* dequantize of every group of G values of a packed row of n elements (G a divisor of n, G * bits a multiple of
+     * 8) with its own scale s[c], into out (F32 or BF16): the same values and status as dequantize group by group. */
+    int (*dequantize_groups)(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s, void *out,
+                             uint32_t out_dtype);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -144,6 +148,8 @@ float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n);
 void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
 void kw__wire_amax_groups_scalar(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D, uint32_t G,
                                  uint32_t *out);
+int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s,
+                                      void *out, uint32_t out_dtype);
 void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
                                      const float *inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);

@@ -163,6 +163,18 @@ int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, f
     return rc;
 }
 
+int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s,
+                                      void *out, uint32_t out_dtype) {
+    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    int rc = 0;
+    for (uint32_t c = 0; c < n / G; ++c) {
+        const int r =
+            kw__wire_dequantize_scalar(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype);
+        rc = r ? r : rc;
+    }
+    return rc;
+}
+
 static const kw__wire_kernels kw__wire_scalar_kernels = {
     .isa = KW_WIRE_ISA_SCALAR,
     .amax = kw__wire_amax_scalar,
@@ -175,6 +187,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .rotate = kw__wire_rotate_scalar,
     .amax_groups = kw__wire_amax_groups_scalar,
     .quantize_groups = kw__wire_quantize_groups_scalar,
+    .dequantize_groups = kw__wire_dequantize_groups_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

@@ -902,6 +902,16 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         kw__quantize_avx2(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
 }
 
+/* kw__wire_kernels.dequantize_groups: the row kernel group by group, called directly. */
+KW_AVX2 static int kw__dequantize_groups_avx2(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
+                                              const float *s, void *out, uint32_t out_dtype) {
+    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    int bad = 0;
+    for (uint32_t c = 0; c < n / G; ++c)
+        bad |= kw__dequantize_avx2(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype) < 0;
+    return bad ? KW_E_WIRE_VALUE : 0;
+}
+
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
     .amax = kw__amax_avx2,
@@ -914,6 +924,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .rotate = kw__rotate_avx2,
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
+    .dequantize_groups = kw__dequantize_groups_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -1315,6 +1326,32 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
         kw__quantize_avx512(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
 }
 
+/* kw__wire_kernels.dequantize_groups: int8 groups of a multiple of 32 values in one loop (kw__dequantize_avx512's int8
+ * step with each group's scale), the rest group by group. */
+KW_AVX512 static int kw__dequantize_groups_avx512(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
+                                                  const float *s, void *out, uint32_t out_dtype) {
+    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    if (codec == KW_WIRE_CODEC_INT8 && G % 32 == 0) {
+        const __m256i invalid = _mm256_set1_epi8((char)0x80);
+        __mmask32 bad = 0;
+        for (uint32_t i = 0; i < n; i += 32) {
+            const __m512 vs = _mm512_set1_ps(s[i / G]);
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
+            bad |= _mm256_cmpeq_epi8_mask(b, invalid);
+            kw__store16_avx512(out, out_dtype, i,
+                               _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
+            kw__store16_avx512(
+                out, out_dtype, i + 16,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs));
+        }
+        return bad ? KW_E_WIRE_VALUE : 0;
+    }
+    int bad = 0;
+    for (uint32_t c = 0; c < n / G; ++c)
+        bad |= kw__dequantize_avx512(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype) < 0;
+    return bad ? KW_E_WIRE_VALUE : 0;
+}
+
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
     .amax = kw__amax_avx512,
@@ -1327,6 +1364,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .rotate = kw__rotate_avx512,
     .amax_groups = kw__amax_groups_avx512,
     .quantize_groups = kw__quantize_groups_avx512,
+    .dequantize_groups = kw__dequantize_groups_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

@@ -287,6 +287,50 @@ static void test_quantize_groups(void **state) {
         }
 }
 
+/* dequantize_groups: arbitrary bytes (reserved codes included half the time) of every codec in groups of G values,
+ * each with its own scale, to f32 and bf16: the values and the status of dequantize group by group, nothing written
+ * past the row. */
+static void test_dequantize_groups(void **state) {
+    (void)state;
+    wt_rng r = {13};
+    static const uint32_t dims[] = {32, 64, 96, 128, 256, 1024};
+    uint8_t src[1024 + 1];
+    float sc[256], want[1024], got[1024 + 1];
+    uint16_t wantb[1024], gotb[1024 + 1];
+    for (int it = 0; it < 1500; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t D = dims[wt_below(&r, 6)], bits = kw_wire_codec_bits(codec);
+            uint32_t G = 8u << wt_below(&r, 8);
+            while (D % G)
+                G >>= 1;
+            for (size_t i = 0; i < sizeof src; ++i) {
+                src[i] = (uint8_t)wt_next(&r);
+                if (it % 2 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1;
+            }
+            for (uint32_t c = 0; c < D / G; ++c)
+                sc[c] = c % 7 == 6 ? 0.0f : ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 40) - 20);
+            const size_t chunk = (size_t)G * bits / 8;
+            int rc = 0;
+            for (uint32_t c = 0; c < D / G; ++c) {
+                const int a = g_isas[0]->dequantize(codec, src + c * chunk, G, sc[c], want + c * G, KW_WIRE_DTYPE_F32);
+                const int b =
+                    g_isas[0]->dequantize(codec, src + c * chunk, G, sc[c], wantb + c * G, KW_WIRE_DTYPE_BF16);
+                assert_int_equal(a, b);
+                rc = a ? a : rc;
+            }
+            for (int k = 0; k < g_n_isas; ++k) {
+                got[D] = 42.0f;
+                gotb[D] = 42;
+                assert_int_equal(g_isas[k]->dequantize_groups(codec, src, D, G, sc, got, KW_WIRE_DTYPE_F32), rc);
+                assert_int_equal(g_isas[k]->dequantize_groups(codec, src, D, G, sc, gotb, KW_WIRE_DTYPE_BF16), rc);
+                if (memcmp(got, want, (size_t)D * 4) || memcmp(gotb, wantb, (size_t)D * 2))
+                    fail_msg("%s dequantize_groups %s D=%u G=%u: values differ from dequantize per group",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), D, G);
+                assert_true(got[D] == 42.0f && gotb[D] == 42);
+            }
+        }
+}
+
 /* A group whose values are all zeros (here -0) has a zero scale and the codes of +0 (kw_wire_zero_row), whatever
  * x * 0 codes to in the row kernels: decoded, every value of it is +0 (an fp8 -0 code would give -0), on every ISA,
  * through the groups kernels (bf16, groups of 32) and the per-group ones (f32, groups of 16). */
@@ -624,6 +668,7 @@ int main(void) {
         cmocka_unit_test(test_amax_groups),
         cmocka_unit_test(test_quantize_groups),
         cmocka_unit_test(test_zero_groups),
+        cmocka_unit_test(test_dequantize_groups),
         cmocka_unit_test(test_dequantize),
         cmocka_unit_test(test_affine),
         cmocka_unit_test(test_scales),
