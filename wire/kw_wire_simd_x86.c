@@ -887,6 +887,26 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
     }
 }
 
+/* An ISA's quantize_groups and dequantize_groups for the cases without a kernel of their own: its row kernels QUANTIZE
+ * and DEQUANTIZE called group by group (kw__quantize_each_<isa>, kw__dequantize_each_<isa>). */
+#define KW__EACH_GROUP(ISA, ATTR, QUANTIZE, DEQUANTIZE)                                                                \
+    ATTR static void kw__quantize_each_##ISA(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,    \
+                                             const float *inv, uint8_t *dst) {                                         \
+        const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;               \
+        for (uint32_t c = 0; c < n / G; ++c)                                                                           \
+            QUANTIZE(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);               \
+    }                                                                                                                  \
+    ATTR static int kw__dequantize_each_##ISA(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,              \
+                                              const float *s, void *out, uint32_t out_dtype) {                         \
+        const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;   \
+        int bad = 0;                                                                                                   \
+        for (uint32_t c = 0; c < n / G; ++c)                                                                           \
+            bad |= DEQUANTIZE(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype) < 0;            \
+        return bad ? KW_E_WIRE_VALUE : 0;                                                                              \
+    }
+
+KW__EACH_GROUP(avx2, KW_AVX2, kw__quantize_avx2, kw__dequantize_avx2)
+
 /* kw__wire_kernels.quantize_groups: bf16 int8, int4, int6 and fp8 groups of a multiple of 32 values in one pass of
  * kw__quantize_bytes_bf16_avx2, the rest a group at a time (quantize). */
 KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
@@ -897,19 +917,7 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, 0.0f, inv, (uint32_t)__builtin_ctz(G), dst);
         return;
     }
-    const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
-    for (uint32_t c = 0; c < n / G; ++c)
-        kw__quantize_avx2(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
-}
-
-/* kw__wire_kernels.dequantize_groups: the row kernel group by group, called directly. */
-KW_AVX2 static int kw__dequantize_groups_avx2(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
-                                              const float *s, void *out, uint32_t out_dtype) {
-    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
-    int bad = 0;
-    for (uint32_t c = 0; c < n / G; ++c)
-        bad |= kw__dequantize_avx2(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype) < 0;
-    return bad ? KW_E_WIRE_VALUE : 0;
+    kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
 }
 
 static const kw__wire_kernels kw__avx2_kernels = {
@@ -924,7 +932,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .rotate = kw__rotate_avx2,
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
-    .dequantize_groups = kw__dequantize_groups_avx2,
+    .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -1141,6 +1149,26 @@ KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mm
     return _mm512_castsi512_ps(_mm512_or_si512(v, sign));
 }
 
+/* int8 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for the
+ * whole row when s is NULL; returns a nonzero mask if a reserved code (-128) was seen. */
+KW_AVX512 static inline __attribute__((always_inline)) __mmask32
+kw__dequantize_int8_avx512(const uint8_t *src, uint32_t n, float s0, const float *s, uint32_t G, void *out,
+                           uint32_t out_dtype) {
+    const __m256i invalid = _mm256_set1_epi8((char)0x80);
+    const __m512 row = _mm512_set1_ps(s0);
+    __mmask32 bad = 0;
+    for (uint32_t i = 0; i < n; i += 32) {
+        const __m512 vs = s ? _mm512_set1_ps(s[i / G]) : row;
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
+        bad |= _mm256_cmpeq_epi8_mask(b, invalid);
+        kw__store16_avx512(out, out_dtype, i,
+                           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
+        kw__store16_avx512(out, out_dtype, i + 16,
+                           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs));
+    }
+    return bad;
+}
+
 KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                            uint32_t out_dtype) {
     if (codec == KW_WIRE_CODEC_INT6 && n % 16 == 0) {
@@ -1179,16 +1207,7 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     const __m512 vs = _mm512_set1_ps(s);
     __mmask32 bad = 0;
     if (codec == KW_WIRE_CODEC_INT8) {
-        const __m256i invalid = _mm256_set1_epi8((char)0x80);
-        for (uint32_t i = 0; i < n; i += 32) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
-            bad |= _mm256_cmpeq_epi8_mask(b, invalid);
-            kw__store16_avx512(out, out_dtype, i,
-                               _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
-            kw__store16_avx512(
-                out, out_dtype, i + 16,
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs));
-        }
+        bad = kw__dequantize_int8_avx512(src, n, s, NULL, 32, out, out_dtype);
     } else {
         const __m256i lo4 = _mm256_set1_epi16(0x000f), hi4 = _mm256_set1_epi16(0x00f0), eight = _mm256_set1_epi8(8);
         for (uint32_t i = 0; i < n; i += 32) {
@@ -1309,6 +1328,9 @@ KW_AVX512 static void kw__amax_groups_avx512(const uint8_t *const *rows, uint32_
     }
 }
 
+KW__EACH_GROUP(avx512, KW_AVX512, kw__quantize_avx512, kw__dequantize_avx512)
+#undef KW__EACH_GROUP
+
 /* kw__wire_kernels.quantize_groups: bf16 int8 and int4 groups of a multiple of 32 values in one pass of
  * kw__quantize_int84_bf16_avx512, the rest a group at a time (quantize). */
 KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
@@ -1321,35 +1343,16 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
-    const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
-    for (uint32_t c = 0; c < n / G; ++c)
-        kw__quantize_avx512(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
+    kw__quantize_each_avx512(codec, x, dtype, n, G, inv, dst);
 }
 
 /* kw__wire_kernels.dequantize_groups: int8 groups of a multiple of 32 values in one loop (kw__dequantize_avx512's int8
  * step with each group's scale), the rest group by group. */
 KW_AVX512 static int kw__dequantize_groups_avx512(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
                                                   const float *s, void *out, uint32_t out_dtype) {
-    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
-    if (codec == KW_WIRE_CODEC_INT8 && G % 32 == 0) {
-        const __m256i invalid = _mm256_set1_epi8((char)0x80);
-        __mmask32 bad = 0;
-        for (uint32_t i = 0; i < n; i += 32) {
-            const __m512 vs = _mm512_set1_ps(s[i / G]);
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
-            bad |= _mm256_cmpeq_epi8_mask(b, invalid);
-            kw__store16_avx512(out, out_dtype, i,
-                               _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
-            kw__store16_avx512(
-                out, out_dtype, i + 16,
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs));
-        }
-        return bad ? KW_E_WIRE_VALUE : 0;
-    }
-    int bad = 0;
-    for (uint32_t c = 0; c < n / G; ++c)
-        bad |= kw__dequantize_avx512(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype) < 0;
-    return bad ? KW_E_WIRE_VALUE : 0;
+    if (codec == KW_WIRE_CODEC_INT8 && G % 32 == 0)
+        return kw__dequantize_int8_avx512(src, n, 0.0f, s, G, out, out_dtype) ? KW_E_WIRE_VALUE : 0;
+    return kw__dequantize_each_avx512(codec, src, n, G, s, out, out_dtype);
 }
 
 static const kw__wire_kernels kw__avx512_kernels = {
