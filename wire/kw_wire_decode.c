@@ -871,53 +871,123 @@ static int kw__dec_tensor_general(const kw_wire_section *sec, const kw_wire_grou
     return 0;
 }
 
+/* What decoding a row of one tensor of a group on the row kernels' path takes (kw__dec_row_setup), worked out once:
+ * the kernels are called through pointers, so the compiler cannot keep values read through tv across the calls. */
+typedef struct kw__dec_rows {
+    const uint8_t *codes, *scales; /* borrowed from the section */
+    uint32_t codec, gran, sdt, D, tg, G, per_row;
+    size_t ss, row_bytes, chunk_bytes;
+} kw__dec_rows;
+
+static inline kw__dec_rows kw__dec_row_setup(const kw_wire_section *sec, const kw_wire_group_view *gv,
+                                             const kw_wire_tensor_view *tv) {
+    kw__dec_rows r = {.codes = tv->codes,
+                      .scales = tv->scales,
+                      .codec = tv->spec.codec,
+                      .gran = tv->spec.granularity,
+                      .sdt = tv->spec.scale_dtype,
+                      .D = sec->head_dim,
+                      .tg = gv->n_tokens};
+    r.G = r.gran == KW_WIRE_GRAN_GROUP ? 1u << tv->spec.group_log2 : r.D;
+    r.per_row = r.D / r.G;
+    r.ss = kw_wire_scale_size(r.sdt);
+    r.row_bytes = (size_t)r.D * kw_wire_codec_bits(r.codec) / 8;
+    r.chunk_bytes = (size_t)r.G * kw_wire_codec_bits(r.codec) / 8;
+    return r;
+}
+
+/* Row (head h, token t of the group) of a tensor on the row kernels' path (not kw__wire_general_path) into o, in
+ * out_dtype: 1 if it holds a reserved code, else 0. */
+static inline int kw__dec_row(const kw__wire_kernels *k, const kw__dec_rows *rw, uint32_t h, uint32_t t, uint8_t *o,
+                              uint32_t out_dtype) {
+    const uint32_t D = rw->D, codec = rw->codec, gran = rw->gran, sdt = rw->sdt, G = rw->G, per_row = rw->per_row;
+    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, ss = rw->ss, chunk_bytes = rw->chunk_bytes;
+    const size_t r = (size_t)h * rw->tg + t;
+    const uint8_t *codes = rw->codes + r * rw->row_bytes, *scales = rw->scales;
+    if (gran == KW_WIRE_GRAN_NONE) return kw__dec_passthrough_row(codec, codes, D, o, out_dtype) < 0;
+    if (gran == KW_WIRE_GRAN_GROUP && codec == KW_WIRE_CODEC_INT8) {
+        /* the row's scales, then one call for its groups (int8 has a groups kernel of its own on AVX-512; the other
+         * codecs measured faster group by group below) */
+        float sv[KW_WIRE_MAX_HEAD_DIM / 4];
+        for (uint32_t c = 0; c < per_row; ++c)
+            sv[c] = kw_wire_scale_load(sdt, scales + (r * per_row + c) * ss);
+        return k->dequantize_groups(codec, codes, D, G, sv, o, out_dtype) < 0;
+    }
+    int bad = 0;
+    for (uint32_t c = 0; c < per_row; ++c) {
+        size_t si;
+        switch (gran) {
+        case KW_WIRE_GRAN_LAYER:
+            si = 0;
+            break;
+        case KW_WIRE_GRAN_HEAD:
+            si = h;
+            break;
+        case KW_WIRE_GRAN_TOKEN:
+            si = r;
+            break;
+        default:
+            si = r * per_row + c;
+            break;
+        }
+        const float s = kw_wire_scale_load(sdt, scales + si * ss);
+        bad |= k->dequantize(codec, codes + c * chunk_bytes, G, s, o + (size_t)c * G * es, out_dtype) < 0;
+    }
+    return bad;
+}
+
 static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
                           const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     if (kw__wire_general_path(&tv->spec))
         return tv->spec.granularity == KW_WIRE_GRAN_LAYER ? kw__dec_tensor_general(sec, gv, tv, out)
                                                           : kw__dec_tensor_blocks(k, sec, gv, tv, out);
-    const uint32_t H = sec->n_kv_heads, D = sec->head_dim, tg = gv->n_tokens, codec = tv->spec.codec;
+    const uint32_t H = sec->n_kv_heads, tg = gv->n_tokens;
     const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
-    const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;
-    const uint32_t gran = tv->spec.granularity, sdt = tv->spec.scale_dtype;
-    const size_t ss = kw_wire_scale_size(sdt);
-    const uint32_t G = gran == KW_WIRE_GRAN_GROUP ? 1u << tv->spec.group_log2 : D, per_row = D / G;
-    const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    const kw__dec_rows rw = kw__dec_row_setup(sec, gv, tv);
     int bad = 0;
-    for (uint32_t h = 0; h < H; ++h) {
-        for (uint32_t t = 0; t < tg; ++t) {
-            const size_t r = (size_t)h * tg + t;
-            const uint8_t *codes = tv->codes + r * row_bytes;
-            uint8_t *o = (uint8_t *)out->data +
-                         ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
-            if (gran == KW_WIRE_GRAN_NONE) {
-                bad |= kw__dec_passthrough_row(codec, codes, D, o, out->dtype) < 0;
-                continue;
-            }
-            for (uint32_t c = 0; c < per_row; ++c) {
-                size_t si;
-                switch (gran) {
-                case KW_WIRE_GRAN_LAYER:
-                    si = 0;
-                    break;
-                case KW_WIRE_GRAN_HEAD:
-                    si = h;
-                    break;
-                case KW_WIRE_GRAN_TOKEN:
-                    si = r;
-                    break;
-                default:
-                    si = r * per_row + c;
-                    break;
-                }
-                const float s = kw_wire_scale_load(sdt, tv->scales + si * ss);
-                bad |= k->dequantize(codec, codes + c * chunk_bytes, G, s, o + (size_t)c * G * es, out->dtype) < 0;
-            }
-        }
-    }
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t t = 0; t < tg; ++t)
+            bad |=
+                kw__dec_row(k, &rw, h, t,
+                            (uint8_t *)out->data +
+                                ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es,
+                            out->dtype);
     KW_RETURN_IF(bad, KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
-                 sec->layer, kw_wire_codec_name(codec));
+                 sec->layer, kw_wire_codec_name(tv->spec.codec));
     return 0;
+}
+
+/* A rotated tensor without outliers on the row kernels' path (kw__dec_row for every group), a row at a time: the row
+ * dequantized to f32 in a stack buffer, then rotated back into the output (f32 or bf16), the same values as
+ * dequantizing the whole tensor to f32 and rotating it back. Returns 1 if it took the tensor (*rc its status), else
+ * 0 and the caller takes the general route. sx: the inverse factors. */
+static int kw__dec_rotated_rows(const kw__wire_kernels *k, const kw_wire_section *sec, int kv,
+                                const kw_wire_tensor_out *out, const float *sx, int *rc) {
+    if (sec->outlier_table) return 0;
+    for (uint32_t g = 0; g < sec->n_groups; ++g)
+        if (kw__wire_general_path(kv ? &sec->groups[g].v.spec : &sec->groups[g].k.spec)) return 0;
+    const uint32_t H = sec->n_kv_heads, D = sec->head_dim;
+    const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    _Alignas(64) float y[KW_WIRE_MAX_HEAD_DIM];
+    *rc = 0;
+    for (uint32_t g = 0; g < sec->n_groups; ++g) {
+        const kw_wire_group_view *gv = &sec->groups[g];
+        const kw_wire_tensor_view *tv = kv ? &gv->v : &gv->k;
+        const kw__dec_rows rw = kw__dec_row_setup(sec, gv, tv);
+        int bad = 0;
+        for (uint32_t h = 0; h < H; ++h)
+            for (uint32_t t = 0; t < gv->n_tokens; ++t) {
+                bad |= kw__dec_row(k, &rw, h, t, (uint8_t *)y, KW_WIRE_DTYPE_F32);
+                k->rotate(y, KW_WIRE_DTYPE_F32,
+                          (uint8_t *)out->data +
+                              ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es,
+                          out->dtype, D, sx, 1);
+            }
+        if (bad && *rc == 0)
+            *rc = kw_error_set(KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
+                               sec->layer, kw_wire_codec_name(tv->spec.codec));
+    }
+    return 1;
 }
 
 int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v) {
@@ -930,15 +1000,26 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
                          KW_E_INVALID_ARG, "output %c needs data and dtype f32 or bf16", kv ? 'V' : 'K');
     const kw__wire_kernels *kern = kw__wire_kernels_get((enum kw_wire_isa)sec->isa);
     int rc = 0;
-    /* a rotated tensor (FORMAT.md §5.12) decodes to f32 (into the output itself, else into scratch), gets its
-     * outliers, then rotates back in f32; a bf16 output is rounded from that */
+    /* a rotated tensor (FORMAT.md §5.12) decodes to f32, gets its outliers, then rotates back in f32; a bf16 output
+     * is rounded from that. Without outliers on the row kernels' path that is a row at a time (kw__dec_rotated_rows),
+     * else the whole tensor goes through the output itself (f32) or a scratch copy (bf16) */
     const uint32_t H = sec->n_kv_heads, T = sec->n_tokens, D = sec->head_dim;
     const size_t per = (size_t)T * H * D;
     float *scratch[2] = {NULL, NULL};
     kw_wire_tensor_out f32_out[2];
     const kw_wire_tensor_out *use[2] = {k, v};
+    float sx[KW_WIRE_MAX_HEAD_DIM];
+    if (sec->rotated) kw__wire_rotate_factors(D, 1, sx);
+    for (int kv = 0; kv < 2; ++kv) { /* first the rotated tensors that can go a row at a time: no scratch */
+        if (!outs[kv] || !(sec->rotated & (1u << kv))) continue;
+        int r = 0;
+        if (kw__dec_rotated_rows(kern, sec, kv, outs[kv], sx, &r)) {
+            use[kv] = NULL; /* done */
+            rc = rc ? rc : r;
+        }
+    }
     for (int kv = 0; kv < 2; ++kv) {
-        if (!outs[kv] || !(sec->rotated & (1u << kv)) || outs[kv]->dtype == KW_WIRE_DTYPE_F32) continue;
+        if (!use[kv] || !(sec->rotated & (1u << kv)) || outs[kv]->dtype == KW_WIRE_DTYPE_F32) continue;
         scratch[kv] = malloc(per * sizeof(float));
         KW_CHECK_IF(!scratch[kv], KW_E_NOMEM, "%zu values to rotate back", per);
         f32_out[kv] = (kw_wire_tensor_out){
@@ -956,8 +1037,6 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
     }
     KW_CHECK(rc);
     KW_CHECK(kw__wire_outlier_table_apply(sec, use[0], use[1]));
-    float sx[KW_WIRE_MAX_HEAD_DIM];
-    if (sec->rotated) kw__wire_rotate_factors(D, 1, sx);
     for (int kv = 0; kv < 2; ++kv) {
         if (!use[kv] || !(sec->rotated & (1u << kv))) continue;
         float *base = use[kv]->data;

@@ -32,6 +32,8 @@ struct kw_wire_encoder {
     size_t outlier_mask_cap;
     uint8_t *rotated; /* the section's rotated K and V (FORMAT.md §5.12), (T, H, D) each in src_dtype */
     size_t rotated_cap;
+    uint8_t *rot_block; /* KW__ENC_ROT_BYTES: a block of rows kw__enc_tensor rotates itself (NULL until needed) */
+    float rot_sx[KW_WIRE_MAX_HEAD_DIM]; /* the forward rotation factors (kw__wire_rotate_factors) */
     kw_wire_breakdown bd;
     struct kw__enc_pending { /* a section begun and not yet finished (dst NULL: none) */
         uint8_t *dst;
@@ -219,6 +221,7 @@ void kw_wire_encoder_destroy(kw_wire_encoder *e) {
     free(e->outlier_scratch);
     free(e->outlier_mask);
     free(e->rotated);
+    free(e->rot_block);
     free(e);
 }
 
@@ -752,12 +755,41 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
     return rc;
 }
 
-/* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). */
+/* 1 if kw__enc_tensor can rotate this tensor's rows itself, a block at a time (kw__enc_rotate_block): per-token and
+ * per-group scales on the row kernels' path, no outliers and no clipped scales (those read the rows more than once
+ * or the whole section: they take the rotated copy of kw__enc_rotate). */
+static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip) {
+    return (sp->granularity == KW_WIRE_GRAN_TOKEN || sp->granularity == KW_WIRE_GRAN_GROUP) &&
+           !kw__wire_general_path(sp) && !(clip && kw_wire_codec_is_int(sp->codec));
+}
+
+/* The rows of a block rotated on the fly fit in this many bytes (L1-resident). */
+#define KW__ENC_ROT_BYTES 16384u
+
+/* Points rp[i] at the rows of head h, tokens t .. t + n - 1 of the tensor: with sx (the forward factors of a tensor
+ * kw__enc_tensor rotates itself) each row is rotated into buf (n * D elements of src_dtype, the bits kw__enc_rotate
+ * would store), else the input rows. */
+static void kw__enc_rotate_block(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const float *sx, uint32_t h,
+                                 uint32_t t, uint32_t n, uint8_t *buf, const uint8_t **rp) {
+    const uint32_t D = e->hdr.head_dim, dt = e->hdr.src_dtype;
+    const size_t es = kw__wire_dtype_size(dt);
+    for (uint32_t i = 0; i < n; ++i) {
+        rp[i] = kw__enc_row(in, es, h, t + i);
+        if (!sx) continue;
+        e->kernels->rotate(rp[i], dt, buf + (size_t)i * D * es, dt, D, sx, 0);
+        rp[i] = buf + (size_t)i * D * es;
+    }
+}
+
+/* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). rot: the forward rotation
+ * factors when this call rotates the rows itself (kw__enc_fusable), else NULL. */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint8_t *dst,
-                          const char *what) {
+                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, const float *rot,
+                          uint8_t *dst, const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
     clip = clip && kw_wire_codec_is_int(sp->codec); /* FORMAT.md §5.13: the integer codecs; the others as they are */
+    KW_RETURN_IF(rot && (out || clip || !kw__enc_fusable(sp, clip)), KW_E_INTERNAL,
+                 "%s: a rotation fused into a path that reads rows twice", what);
     if (out || clip || kw__wire_general_path(sp))
         return sp->granularity == KW_WIRE_GRAN_LAYER ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, dst, what)
                                                      : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, dst, what);
@@ -796,12 +828,15 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         enum { B = 64 };
         uint32_t am[B];
         float sv[B], iv[B];
+        const uint8_t *rp[B];
+        const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !rot || fit >= B ? B : fit;
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t tb = 0; tb < tg; tb += B) {
-                const uint32_t nb = tg - tb < B ? tg - tb : B;
+            for (uint32_t tb = 0; tb < tg; tb += bmax) {
+                const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
                 const size_t r0 = (size_t)h * tg + tb;
+                if (rot) kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, e->rot_block, rp);
                 for (uint32_t i = 0; i < nb; ++i)
-                    am[i] = k->amax(kw__enc_row(in, es, h, t0 + tb + i), dt, D);
+                    am[i] = k->amax(rot ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D);
                 const uint32_t ok =
                     k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */
@@ -810,24 +845,26 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
                 }
                 for (uint32_t i = 0; i < nb; ++i)
-                    kw__enc_emit(k, codec, kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
+                    kw__enc_emit(k, codec, rot ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
                                  codes + (r0 + i) * row_bytes);
             }
         return 0;
     }
     case KW_WIRE_GRAN_GROUP: {
         /* rows in blocks of about 64 groups, as the token case: the absmaxes, one scales call, then the codes */
-        const uint32_t G = 1u << sp->group_log2, per_row = D / G, B = per_row >= 64 ? 1u : 64u / per_row;
+        const uint32_t G = 1u << sp->group_log2, per_row = D / G, fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es);
+        uint32_t B = per_row >= 64 ? 1u : 64u / per_row;
+        B = rot && fit < B ? fit : B;
         const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
         uint32_t am[256]; /* B * per_row <= max(64, D / G) <= 1024 / 4 */
         float sv[256], iv[256];
+        const uint8_t *rp[64];
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += B) {
                 const uint32_t nb = tg - tb < B ? tg - tb : B, ng = nb * per_row;
                 const size_t r0 = (size_t)h * tg + tb;
-                for (uint32_t i = 0; i < nb; ++i)
-                    for (uint32_t c = 0; c < per_row; ++c)
-                        am[i * per_row + c] = k->amax(kw__enc_row(in, es, h, t0 + tb + i) + (size_t)c * G * es, dt, G);
+                kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, e->rot_block, rp);
+                k->amax_groups(rp, nb, dt, D, G, am);
                 const uint32_t ok =
                     k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
                 if (ok < ng) {
@@ -836,11 +873,11 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                                              t0 + t));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
                 }
-                for (uint32_t i = 0; i < nb; ++i) {
-                    const uint8_t *row = kw__enc_row(in, es, h, t0 + tb + i);
+                for (uint32_t i = 0; i < nb; ++i) { /* a row's groups in one call, then its zero scales' codes */
+                    uint8_t *crow = codes + (r0 + i) * row_bytes;
+                    k->quantize_groups(codec, rp[i], dt, D, G, iv + i * per_row, crow);
                     for (uint32_t c = 0; c < per_row; ++c)
-                        kw__enc_emit(k, codec, row + (size_t)c * G * es, dt, G, sv[i * per_row + c],
-                                     iv[i * per_row + c], codes + (r0 + i) * row_bytes + c * chunk_bytes);
+                        if (sv[i * per_row + c] == 0.0f) kw_wire_zero_row(codec, G, crow + c * chunk_bytes);
                 }
             }
         return 0;
@@ -986,10 +1023,11 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
     return 0;
 }
 
-/* The rotated copy of the tensors that pol->rotate names (FORMAT.md §5.12): each selected row loaded to f32,
- * rotated forward, and stored back in src_dtype (RNE; f32 exactly) into e->rotated as (T, H, D); *rin is in with
- * those tensors' views replaced. The rows stay in the section's token order, so the rest of the encoder (outliers,
- * scales, codes) works on them as on any input. */
+/* The rotated copy of the tensors that rotate names (FORMAT.md §5.12; bit 0 K, bit 1 V): each selected row loaded
+ * to f32, rotated forward, and stored back in src_dtype (RNE; f32 exactly) into e->rotated as (T, H, D); *rin is in
+ * with those tensors' views replaced. The rows stay in the section's token order, so the rest of the encoder
+ * (outliers, scales, codes) works on them as on any input. Tensors kw__enc_tensor can rotate a block of rows at a
+ * time (kw__enc_fusable) are left out by the caller: they never take this copy. */
 static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_t rotate, kw_wire_layer_in *rin) {
     *rin = *in;
     if (!rotate || e->stage != 1) return 0;
@@ -1025,13 +1063,25 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
     e->pending.dst = NULL;
     KW_RETURN_IF(e->stage == 1 && (!in->k.data || !in->v.data), KW_E_INVALID_ARG, "layer %u: K or V has no data",
                  in->layer);
-    kw_wire_layer_in rotated_in; /* in, with the tensors pol->rotate names rotated (FORMAT.md §5.12) */
+    kw_wire_layer_in rotated_in; /* in, with the tensors rotated through a copy (FORMAT.md §5.12) */
+    uint8_t fused = 0;           /* the rotated tensors kw__enc_tensor rotates block by block instead */
     if (pol->rotate) {           /* the policy is checked first: the rotation needs a power-of-two head_dim */
         kw_wire_token_group one;
         const kw_wire_token_group *g0 = NULL;
         uint32_t n_g0 = 0;
         KW_FORWARD(kw__enc_policy(&e->hdr, pol, in->n_tokens, &one, &g0, &n_g0));
-        KW_FORWARD(kw__enc_rotate(e, in, pol->rotate, &rotated_in));
+        for (int kv = 0; kv < 2 && !pol->outliers; ++kv) {
+            int all = (pol->rotate >> kv) & 1;
+            for (uint32_t g = 0; g < n_g0 && all; ++g)
+                all = kw__enc_fusable(kv ? &g0[g].v : &g0[g].k, (pol->clip >> kv) & 1);
+            fused |= (uint8_t)(all << kv);
+        }
+        if (fused && !e->rot_block) {
+            e->rot_block = malloc(KW__ENC_ROT_BYTES);
+            KW_RETURN_IF(!e->rot_block, KW_E_NOMEM, "rotation block of %u bytes", KW__ENC_ROT_BYTES);
+        }
+        if (fused) kw__wire_rotate_factors(e->hdr.head_dim, 0, e->rot_sx);
+        KW_FORWARD(kw__enc_rotate(e, in, (uint8_t)(pol->rotate & ~fused), &rotated_in));
         in = &rotated_in;
     }
     /* the outliers first: the section's size depends on where they are */
@@ -1071,7 +1121,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
             const kw__enc_outliers o = {mask, kv ? (uint64_t)e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim : 0,
                                         in->n_tokens};
             KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL,
-                                    (pol->clip >> kv) & 1, body + at, kv ? "V" : "K"));
+                                    (pol->clip >> kv) & 1, ((fused >> kv) & 1) ? e->rot_sx : NULL, body + at,
+                                    kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }
         t0 += tg->n_tokens;

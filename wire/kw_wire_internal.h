@@ -116,6 +116,19 @@ typedef struct kw__wire_kernels {
      * kw_f32_to_bf16 / kw_f32_to_f16). src and dst may be the same f32 row. */
     void (*rotate)(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t head_dim,
                    const float *sx, int inverse);
+    /* amax of every group of G values (G a divisor of D) of n_rows rows of D elements in dtype: out[r * (D / G) + c]
+     * is amax(rows[r] + c * G elements, dtype, G), bit for bit. The vector kernels reduce many groups at once. */
+    void (*amax_groups)(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D, uint32_t G,
+                        uint32_t *out);
+    /* quantize of every group of G values of a row of n elements (G a divisor of n) with its own inverse scale:
+     * group c's codes are those of quantize(codec, x + c * G elements, dtype, G, inv[c], ...), packed one after
+     * another. A zero scale's group (inv 0) gets whatever x * 0 codes to: the caller writes kw_wire_zero_row there. */
+    void (*quantize_groups)(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G, const float *inv,
+                            uint8_t *dst);
+    /* dequantize of every group of G values of a packed row of n elements (G a divisor of n, G * bits a multiple of
+     * 8) with its own scale s[c], into out (F32 or BF16): the same values and status as dequantize group by group. */
+    int (*dequantize_groups)(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s, void *out,
+                             uint32_t out_dtype);
 } kw__wire_kernels;
 
 /* The kernels for an ISA (resolved first: never NULL). */
@@ -133,6 +146,12 @@ void kw__wire_dequantize_affine_scalar(const uint8_t *src, uint32_t bits, uint32
 /* The signed zero of the first element of x that is +0 or -0 (the fix-up of a vector minmax whose result is 0). */
 float kw__wire_first_zero(const void *x, uint32_t dtype, uint32_t n);
 void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, uint8_t *dst);
+void kw__wire_amax_groups_scalar(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D, uint32_t G,
+                                 uint32_t *out);
+int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s,
+                                      void *out, uint32_t out_dtype);
+void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
+                                     const float *inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
 
 /* Converts n input elements of dtype (enum kw_wire_dtype) to f32, exactly. */

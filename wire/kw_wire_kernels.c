@@ -133,6 +133,21 @@ void kw__wire_quantize_scalar(uint32_t codec, const void *x, uint32_t dtype, uin
     }
 }
 
+void kw__wire_amax_groups_scalar(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D, uint32_t G,
+                                 uint32_t *out) {
+    const size_t es = kw__wire_dtype_size(dtype);
+    for (uint32_t r = 0; r < n_rows; ++r)
+        for (uint32_t c = 0; c < D / G; ++c)
+            *out++ = kw__wire_amax_scalar(rows[r] + (size_t)c * G * es, dtype, G);
+}
+
+void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
+                                     const float *inv, uint8_t *dst) {
+    const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t c = 0; c < n / G; ++c)
+        kw__wire_quantize_scalar(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
+}
+
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
     if (out_dtype == KW_WIRE_DTYPE_F32) return kw_wire_dequantize_row(codec, src, n, s, (float *)out);
     float tmp[256];
@@ -148,6 +163,18 @@ int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, f
     return rc;
 }
 
+int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s,
+                                      void *out, uint32_t out_dtype) {
+    const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
+    int rc = 0;
+    for (uint32_t c = 0; c < n / G; ++c) {
+        const int r =
+            kw__wire_dequantize_scalar(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype);
+        rc = r ? r : rc;
+    }
+    return rc;
+}
+
 static const kw__wire_kernels kw__wire_scalar_kernels = {
     .isa = KW_WIRE_ISA_SCALAR,
     .amax = kw__wire_amax_scalar,
@@ -158,6 +185,9 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .dequantize_affine = kw__wire_dequantize_affine_scalar,
     .scales = kw__wire_scales_scalar,
     .rotate = kw__wire_rotate_scalar,
+    .amax_groups = kw__wire_amax_groups_scalar,
+    .quantize_groups = kw__wire_quantize_groups_scalar,
+    .dequantize_groups = kw__wire_dequantize_groups_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

@@ -279,18 +279,22 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
     return _mm256_cvtps_epi32(y);
 }
 
-/* int8, int4, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32): unpacking a bf16 vector
- * against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
+/* int8, int4, int6, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse
+ * scale inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16
+ * vector against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
  * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
  * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
  * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
-KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
-                                                 uint8_t *dst) {
+KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf16_avx2(uint32_t codec,
+                                                                                       const uint16_t *x, uint32_t n,
+                                                                                       float inv0, const float *inv,
+                                                                                       uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
+    const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
     const __m256i z = _mm256_setzero_si256();
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
     for (uint32_t i = 0; i < n; i += 32) {
+        const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
 #define KW__Q(v) kw__code8_avx2(codec, kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
@@ -299,6 +303,21 @@ KW_AVX2 static void kw__quantize_bytes_bf16_avx2(uint32_t codec, const uint16_t 
 #undef KW__Q
         const __m256i q = _mm256_permute4x64_epi64(fp8 ? _mm256_packus_epi16(p0, p1) : _mm256_packs_epi16(p0, p1),
                                                    0xd8); /* 32 codes in order */
+        if (codec == KW_WIRE_CODEC_INT6) {                /* 32 sextets in 24 bytes, four per 3 (FORMAT.md §5.3) */
+            const __m256i c = _mm256_and_si256(q, _mm256_set1_epi8(63));
+            /* 16-bit lanes c[2j] + 64 c[2j+1], then 32-bit lanes of 24 bits: the low word + 4096 the high one */
+            const __m256i w12 = _mm256_maddubs_epi16(c, _mm256_set1_epi16(64 << 8 | 1));
+            const __m256i w24 = _mm256_madd_epi16(w12, _mm256_set1_epi32(4096 << 16 | 1));
+            /* the 3 low bytes of each dword, 12 per 128-bit lane, then the two lanes' 12 joined */
+            const __m256i b =
+                _mm256_shuffle_epi8(w24, _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1,
+                                                          2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1));
+            const __m256i joined = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7));
+            uint8_t *o = dst + (size_t)i / 4 * 3;
+            _mm_storeu_si128((__m128i *)o, _mm256_castsi256_si128(joined));
+            _mm_storel_epi64((__m128i *)(o + 16), _mm256_extracti128_si256(joined, 1));
+            continue;
+        }
         if (codec != KW_WIRE_CODEC_INT4) {
             _mm256_storeu_si256((__m256i *)(dst + i), q);
             continue;
@@ -319,9 +338,9 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
         return;
     }
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
-         codec == KW_WIRE_CODEC_E5M2) &&
+         codec == KW_WIRE_CODEC_E5M2 || codec == KW_WIRE_CODEC_INT6) &&
         dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
-        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, dst);
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, inv, NULL, 0, dst);
         return;
     }
     const float qmax = kw_wire_codec_qmax(codec);
@@ -727,6 +746,76 @@ KW_AVX2 static void kw__rotate_finish_avx2(float *x, uint32_t D, uint32_t len, c
     kw__rotate_store_avx2(x, dst, dst_dtype, D);
 }
 
+/* The 3 butterfly stages len = 1, 2, 4 inside one 8-lane vector: the partner t of each lane permuted in, a + b = v + t
+ * in the low lanes of each 2 len block and a - b = t - v in the high ones. */
+KW_AVX2 static inline __m256 kw__rotate_in8_avx2(__m256 v) {
+    __m256 t = _mm256_permute_ps(v, 0xb1);
+    v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xaa);
+    t = _mm256_permute_ps(v, 0x4e);
+    v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xcc);
+    t = _mm256_permute2f128_ps(v, v, 0x01);
+    return _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
+}
+
+/* kw__rotate_regs_avx2 and kw__rotate_regs_avx512: a whole row of D = W nv values (nv a constant 1..16 where they
+ * are inlined) in registers: the in-vector stages per vector (IN), the longer ones between vectors (stage len = W l
+ * pairs vector j with j + l), the inverse's factors and the store to f32 or bf16 (dst may be src); each output the same
+ * single f32 operation as kw__wire_rotate_row's. One body for both ISAs: VEC has W lanes, LOAD widens W inputs,
+ * STORE_BF16 rounds W values to bf16 at a uint16_t pointer. */
+#define KW__ROTATE_REGS(NAME, ATTR, VEC, W, LOAD, IN, STORE_BF16, SFX)                                                 \
+    ATTR static inline __attribute__((always_inline)) void NAME(const void *src, uint32_t src_dtype, void *dst,        \
+                                                                uint32_t dst_dtype, const float *sx, int inverse,      \
+                                                                uint32_t nv) {                                         \
+        VEC v[16];                                                                                                     \
+        _Pragma("GCC unroll 16") for (uint32_t k = 0; k < nv; ++k) {                                                   \
+            VEC a = LOAD(src, src_dtype, W * k);                                                                       \
+            if (!inverse) a = _mm##SFX##_mul_ps(a, _mm##SFX##_loadu_ps(sx + W * k));                                   \
+            v[k] = IN(a);                                                                                              \
+        }                                                                                                              \
+        _Pragma("GCC unroll 4") for (uint32_t len = 1; len < nv; len <<= 1)                                            \
+            _Pragma("GCC unroll 16") for (uint32_t j = 0; j < nv; ++j) {                                               \
+            if (j & len) continue; /* j: the low half of a pair; & 15 changes nothing (j + len < nv) but quiets GCC */ \
+            const VEC a = v[j], b = v[(j + len) & 15];                                                                 \
+            v[j] = _mm##SFX##_add_ps(a, b);                                                                            \
+            v[(j + len) & 15] = _mm##SFX##_sub_ps(a, b);                                                               \
+        }                                                                                                              \
+        _Pragma("GCC unroll 16") for (uint32_t k = 0; k < nv; ++k) {                                                   \
+            const VEC a = inverse ? _mm##SFX##_mul_ps(v[k], _mm##SFX##_loadu_ps(sx + W * k)) : v[k];                   \
+            if (dst_dtype == KW_WIRE_DTYPE_F32)                                                                        \
+                _mm##SFX##_storeu_ps((float *)dst + W * k, a);                                                         \
+            else                                                                                                       \
+                STORE_BF16((uint16_t *)dst + W * k, a);                                                                \
+        }                                                                                                              \
+    }                                                                                                                  \
+    /* the row of D = W, 2 W, 4 W, 8 W or 16 W values, each with its constant nv */                                    \
+    ATTR static void NAME##_row(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, const float *sx,   \
+                                int inverse, uint32_t D) {                                                             \
+        switch (D / W) {                                                                                               \
+        case 1:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 1);                                                      \
+            return;                                                                                                    \
+        case 2:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 2);                                                      \
+            return;                                                                                                    \
+        case 4:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 4);                                                      \
+            return;                                                                                                    \
+        case 8:                                                                                                        \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 8);                                                      \
+            return;                                                                                                    \
+        default:                                                                                                       \
+            NAME(src, src_dtype, dst, dst_dtype, sx, inverse, 16);                                                     \
+            return;                                                                                                    \
+        }                                                                                                              \
+    }
+
+KW_AVX2 static inline void kw__store_bf16_8_avx2(uint16_t *dst, __m256 v) {
+    _mm_storeu_si128((__m128i *)dst, kw__bf16_8_avx2(v));
+}
+
+KW__ROTATE_REGS(kw__rotate_regs_avx2, KW_AVX2, __m256, 8, kw__load8_avx2, kw__rotate_in8_avx2, kw__store_bf16_8_avx2,
+                256)
+
 /* kw__wire_kernels.rotate: the butterflies of kw__wire_rotate_row in the same stages, each output the same single f32
  * addition a + b or subtraction a - b of the same two values (so the same bits in any order within a stage). Stages
  * len = 1, 2, 4 inside a vector: the partner t of each lane permuted in, a + b = v + t in the low lanes of each 2 len
@@ -738,20 +827,97 @@ KW_AVX2 static void kw__rotate_avx2(const void *src, uint32_t src_dtype, void *d
         kw__wire_rotate_scalar(src, src_dtype, dst, dst_dtype, D, sx, inverse);
         return;
     }
+    if (D <= 128 && dst_dtype != KW_WIRE_DTYPE_F16) { /* the row fits in the 16 registers: no pass through memory */
+        kw__rotate_regs_avx2_row(src, src_dtype, dst, dst_dtype, sx, inverse, D);
+        return;
+    }
     float buf[4096];
     float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
     for (uint32_t i = 0; i < D; i += 8) {
         __m256 v = kw__load8_avx2(src, src_dtype, i);
         if (!inverse) v = _mm256_mul_ps(v, _mm256_loadu_ps(sx + i));
-        __m256 t = _mm256_permute_ps(v, 0xb1);
-        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xaa);
-        t = _mm256_permute_ps(v, 0x4e);
-        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xcc);
-        t = _mm256_permute2f128_ps(v, v, 0x01);
-        v = _mm256_blend_ps(_mm256_add_ps(v, t), _mm256_sub_ps(t, v), 0xf0);
-        _mm256_storeu_ps(x + i, v);
+        _mm256_storeu_ps(x + i, kw__rotate_in8_avx2(v));
     }
     kw__rotate_finish_avx2(x, D, 8, sx, inverse, dst, dst_dtype);
+}
+
+/* 8 groups' folded |x| (16 u16 maxima each, f[j] for group j) reduced to their 8 maxima as f32 bit patterns, in
+ * group order: a transposing tree of u16 maxima (128-bit halves of pairs, then 64-bit words, then 32-bit ones) leaves
+ * group j's maximum in dword 4 (j % 2) + {0, 2, 1, 3}[j / 2], which one permute puts back in order. */
+KW_AVX2 static inline __m256i kw__amax_tree8_avx2(const __m256i *f) {
+    __m256i p[4];
+    for (int i = 0; i < 4; ++i) /* lane L of p[i]: group 2i + L */
+        p[i] = _mm256_max_epu16(_mm256_permute2x128_si256(f[2 * i], f[2 * i + 1], 0x20),
+                                _mm256_permute2x128_si256(f[2 * i], f[2 * i + 1], 0x31));
+    /* lane L: word 0 group L (q0) or 4 + L (q1), word 1 group 2 + L or 6 + L */
+    const __m256i q0 = _mm256_max_epu16(_mm256_unpacklo_epi64(p[0], p[1]), _mm256_unpackhi_epi64(p[0], p[1]));
+    const __m256i q1 = _mm256_max_epu16(_mm256_unpacklo_epi64(p[2], p[3]), _mm256_unpackhi_epi64(p[2], p[3]));
+    const __m256i t0 = _mm256_max_epu16(q0, _mm256_shuffle_epi32(q0, 0xb1));
+    const __m256i t1 = _mm256_max_epu16(q1, _mm256_shuffle_epi32(q1, 0xb1));
+    const __m256i b = _mm256_blend_epi32(t0, t1, 0xaa); /* lane L: groups L, 4 + L, 2 + L, 6 + L */
+    const __m256i m = _mm256_max_epu32(_mm256_and_si256(b, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(b, 16));
+    return _mm256_slli_epi32(_mm256_permutevar8x32_epi32(m, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7)), 16);
+}
+
+/* kw__wire_kernels.amax_groups: bf16 groups of a multiple of 16 values 8 at a time (kw__amax_tree8_avx2), the rest one
+ * group at a time. */
+KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D,
+                                         uint32_t G, uint32_t *out) {
+    const uint32_t per_row = D / G, total = n_rows * per_row;
+    const size_t es = kw__wire_dtype_size(dtype);
+    uint32_t q = 0, r = 0, c = 0; /* group q is chunk c of row r */
+    if (dtype == KW_WIRE_DTYPE_BF16 && G % 16 == 0) {
+        const __m256i mask = _mm256_set1_epi16(0x7fff);
+        __m256i f[8];
+        for (; q + 8 <= total; q += 8) {
+            for (int j = 0; j < 8; ++j) {
+                const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * G;
+                __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);
+                for (uint32_t i = 16; i < G; i += 16)
+                    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
+                f[j] = m;
+                if (++c == per_row) c = 0, ++r;
+            }
+            _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));
+        }
+    }
+    for (; q < total; ++q) {
+        out[q] = kw__amax_avx2(rows[r] + (size_t)c * G * es, dtype, G);
+        if (++c == per_row) c = 0, ++r;
+    }
+}
+
+/* An ISA's quantize_groups and dequantize_groups for the cases without a kernel of their own: its row kernels QUANTIZE
+ * and DEQUANTIZE called group by group (kw__quantize_each_<isa>, kw__dequantize_each_<isa>). */
+#define KW__EACH_GROUP(ISA, ATTR, QUANTIZE, DEQUANTIZE)                                                                \
+    ATTR static void kw__quantize_each_##ISA(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,    \
+                                             const float *inv, uint8_t *dst) {                                         \
+        const size_t es = kw__wire_dtype_size(dtype), chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;               \
+        for (uint32_t c = 0; c < n / G; ++c)                                                                           \
+            QUANTIZE(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);               \
+    }                                                                                                                  \
+    ATTR static int kw__dequantize_each_##ISA(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,              \
+                                              const float *s, void *out, uint32_t out_dtype) {                         \
+        const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;   \
+        int bad = 0;                                                                                                   \
+        for (uint32_t c = 0; c < n / G; ++c)                                                                           \
+            bad |= DEQUANTIZE(codec, src + c * chunk, G, s[c], (uint8_t *)out + c * G * es, out_dtype) < 0;            \
+        return bad ? KW_E_WIRE_VALUE : 0;                                                                              \
+    }
+
+KW__EACH_GROUP(avx2, KW_AVX2, kw__quantize_avx2, kw__dequantize_avx2)
+
+/* kw__wire_kernels.quantize_groups: bf16 int8, int4, int6 and fp8 groups of a multiple of 32 values in one pass of
+ * kw__quantize_bytes_bf16_avx2, the rest a group at a time (quantize). */
+KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
+                                             const float *inv, uint8_t *dst) {
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
+         codec == KW_WIRE_CODEC_E5M2 || codec == KW_WIRE_CODEC_INT6) &&
+        dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
+        kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, 0.0f, inv, (uint32_t)__builtin_ctz(G), dst);
+        return;
+    }
+    kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
 }
 
 static const kw__wire_kernels kw__avx2_kernels = {
@@ -764,6 +930,9 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
     .rotate = kw__rotate_avx2,
+    .amax_groups = kw__amax_groups_avx2,
+    .quantize_groups = kw__quantize_groups_avx2,
+    .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -877,16 +1046,23 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
 
 /* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
  * lane's 8 codes of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
-KW_AVX512 static void kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv,
-                                                     uint8_t *dst) {
+KW_AVX512 static inline __attribute__((always_inline)) void
+kw__quantize_int84_bf16_avx512(uint32_t codec, const uint16_t *x, uint32_t n, float inv0, const float *inv,
+                               uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
+    const __m512 lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax), row_inv = _mm512_set1_ps(inv0);
     const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
     for (uint32_t i = 0; i < n; i += 64) {
         const __m512i x0 = _mm512_loadu_si512(x + i), x1 = _mm512_loadu_si512(x + i + 32);
-#define KW__Q(v) _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
-        const __m512i p0 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x0)), KW__Q(_mm512_unpackhi_epi16(z, x0)));
-        const __m512i p1 = _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x1)), KW__Q(_mm512_unpackhi_epi16(z, x1)));
+        /* the inverse scales of values i.. and i + 32.. (the row's one, or two groups' of 32) */
+        const __m512 v0 = inv ? _mm512_set1_ps(inv[i >> gshift]) : row_inv;
+        const __m512 v1 = inv ? _mm512_set1_ps(inv[(i + 32) >> gshift]) : row_inv;
+#define KW__Q(v, vinv)                                                                                                 \
+    _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_castsi512_ps(v), vinv), lo), hi))
+        const __m512i p0 =
+            _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x0), v0), KW__Q(_mm512_unpackhi_epi16(z, x0), v0));
+        const __m512i p1 =
+            _mm512_packs_epi32(KW__Q(_mm512_unpacklo_epi16(z, x1), v1), KW__Q(_mm512_unpackhi_epi16(z, x1), v1));
 #undef KW__Q
         const __m512i q = _mm512_permutexvar_epi64(order, _mm512_packs_epi16(p0, p1)); /* 64 codes in order */
         if (codec == KW_WIRE_CODEC_INT8) {
@@ -908,9 +1084,9 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
     }
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
         const uint32_t n64 = n & ~63u; /* a last 32 values (groups of 32) take the AVX2 step */
-        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, dst);
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, inv, NULL, 0, dst);
         if (n64 < n)
-            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv,
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv, NULL, 0,
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
@@ -973,8 +1149,48 @@ KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mm
     return _mm512_castsi512_ps(_mm512_or_si512(v, sign));
 }
 
+/* int8 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for the
+ * whole row when s is NULL; returns a nonzero mask if a reserved code (-128) was seen. */
+KW_AVX512 static inline __attribute__((always_inline)) __mmask32
+kw__dequantize_int8_avx512(const uint8_t *src, uint32_t n, float s0, const float *s, uint32_t G, void *out,
+                           uint32_t out_dtype) {
+    const __m256i invalid = _mm256_set1_epi8((char)0x80);
+    const __m512 row = _mm512_set1_ps(s0);
+    __mmask32 bad = 0;
+    for (uint32_t i = 0; i < n; i += 32) {
+        const __m512 vs = s ? _mm512_set1_ps(s[i / G]) : row;
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
+        bad |= _mm256_cmpeq_epi8_mask(b, invalid);
+        kw__store16_avx512(out, out_dtype, i,
+                           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
+        kw__store16_avx512(out, out_dtype, i + 16,
+                           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs));
+    }
+    return bad;
+}
+
 KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                            uint32_t out_dtype) {
+    if (codec == KW_WIRE_CODEC_INT6 && n % 16 == 0) {
+        /* 12 bytes -> 16 codes: the bytes in every 128-bit lane, lane k takes the 3-byte word of codes 4k..4k+3 into
+         * each of its dwords, shifted by 6j for code 4k + j (a masked load reads exactly the 12 bytes) */
+        const __m512i spread = _mm512_setr_epi32(
+            (int)0x80020100u, (int)0x80020100u, (int)0x80020100u, (int)0x80020100u, (int)0x80050403u, (int)0x80050403u,
+            (int)0x80050403u, (int)0x80050403u, (int)0x80080706u, (int)0x80080706u, (int)0x80080706u, (int)0x80080706u,
+            (int)0x800b0a09u, (int)0x800b0a09u, (int)0x800b0a09u, (int)0x800b0a09u);
+        const __m512i shifts = _mm512_setr_epi32(0, 6, 12, 18, 0, 6, 12, 18, 0, 6, 12, 18, 0, 6, 12, 18);
+        const __m512i m6 = _mm512_set1_epi32(63), k32 = _mm512_set1_epi32(32);
+        const __m512 vs = _mm512_set1_ps(s);
+        __mmask16 bad6 = 0;
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512i b = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(0x0fff, src + i / 16 * 12));
+            const __m512i c = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(b, spread), shifts), m6);
+            bad6 |= _mm512_cmpeq_epi32_mask(c, k32); /* the field of -32 is reserved */
+            const __m512i q = _mm512_sub_epi32(_mm512_xor_si512(c, k32), k32);
+            kw__store16_avx512(out, out_dtype, i, _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs));
+        }
+        return bad6 ? KW_E_WIRE_VALUE : 0;
+    }
     if ((codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) && n % 16 == 0) {
         const __m512 vs = _mm512_set1_ps(s);
         __mmask16 bad16 = 0;
@@ -991,16 +1207,7 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     const __m512 vs = _mm512_set1_ps(s);
     __mmask32 bad = 0;
     if (codec == KW_WIRE_CODEC_INT8) {
-        const __m256i invalid = _mm256_set1_epi8((char)0x80);
-        for (uint32_t i = 0; i < n; i += 32) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
-            bad |= _mm256_cmpeq_epi8_mask(b, invalid);
-            kw__store16_avx512(out, out_dtype, i,
-                               _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
-            kw__store16_avx512(
-                out, out_dtype, i + 16,
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs));
-        }
+        bad = kw__dequantize_int8_avx512(src, n, s, NULL, 32, out, out_dtype);
     } else {
         const __m256i lo4 = _mm256_set1_epi16(0x000f), hi4 = _mm256_set1_epi16(0x00f0), eight = _mm256_set1_epi8(8);
         for (uint32_t i = 0; i < n; i += 32) {
@@ -1020,6 +1227,37 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     return bad ? KW_E_WIRE_VALUE : 0;
 }
 
+/* 16 f32 values as bf16, exactly kw_f32_to_bf16 (kw__bf16_8_avx2 16 lanes wide). */
+KW_AVX512 static inline __m256i kw__bf16_16_avx512(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan =
+        _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+/* The 4 butterfly stages len = 1, 2, 4, 8 inside one 16-lane vector (a - b = t - v under a lane mask). */
+KW_AVX512 static inline __m512 kw__rotate_in16_avx512(__m512 v) {
+    __m512 t = _mm512_permute_ps(v, 0xb1);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xaaaa, t, v);
+    t = _mm512_permute_ps(v, 0x4e);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xcccc, t, v);
+    t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xf0f0, t, v);
+    t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
+}
+
+KW_AVX512 static inline void kw__store_bf16_16_avx512(uint16_t *dst, __m512 v) {
+    _mm256_storeu_si256((__m256i *)dst, kw__bf16_16_avx512(v));
+}
+
+KW__ROTATE_REGS(kw__rotate_regs_avx512, KW_AVX512, __m512, 16, kw__load16_avx512, kw__rotate_in16_avx512,
+                kw__store_bf16_16_avx512, 512)
+#undef KW__ROTATE_REGS
+
 /* kw__rotate_avx2 16 lanes wide: stages len = 1, 2, 4, 8 inside a vector (a - b = t - v under a lane mask); the
  * longer ones 8 lanes wide (Zen 4 splits 16-lane operations in two anyway). */
 KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, void *dst, uint32_t dst_dtype, uint32_t D,
@@ -1028,22 +1266,93 @@ KW_AVX512 static void kw__rotate_avx512(const void *src, uint32_t src_dtype, voi
         kw__rotate_avx2(src, src_dtype, dst, dst_dtype, D, sx, inverse);
         return;
     }
+    if (D <= 256 && dst_dtype != KW_WIRE_DTYPE_F16) { /* the row fits in registers: no pass through memory */
+        kw__rotate_regs_avx512_row(src, src_dtype, dst, dst_dtype, sx, inverse, D);
+        return;
+    }
     float buf[4096];
     float *x = dst_dtype == KW_WIRE_DTYPE_F32 ? (float *)dst : buf;
     for (uint32_t i = 0; i < D; i += 16) {
         __m512 v = kw__load16_avx512(src, src_dtype, i);
         if (!inverse) v = _mm512_mul_ps(v, _mm512_loadu_ps(sx + i));
-        __m512 t = _mm512_permute_ps(v, 0xb1);
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xaaaa, t, v);
-        t = _mm512_permute_ps(v, 0x4e);
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xcccc, t, v);
-        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xf0f0, t, v);
-        t = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
-        v = _mm512_mask_sub_ps(_mm512_add_ps(v, t), 0xff00, t, v);
-        _mm512_storeu_ps(x + i, v);
+        _mm512_storeu_ps(x + i, kw__rotate_in16_avx512(v));
     }
     kw__rotate_finish_avx2(x, D, 16, sx, inverse, dst, dst_dtype);
+}
+
+/* kw__amax_tree8_avx2 for 16 groups (f[j]: group j's 32 u16 maxima): 256-bit halves of pairs, 128-bit quarters,
+ * 64-bit and 32-bit words; group j's maximum ends in dword 4 (j % 4) + {0, 2, 1, 3}[j / 4]. */
+KW_AVX512 static inline __m512i kw__amax_tree16_avx512(const __m512i *f) {
+    __m512i p[8], q[4];
+    for (int i = 0; i < 8; ++i) /* quarters 0-1 of p[i]: group 2i, 2-3: group 2i + 1 */
+        p[i] = _mm512_max_epu16(_mm512_shuffle_i64x2(f[2 * i], f[2 * i + 1], 0x44),
+                                _mm512_shuffle_i64x2(f[2 * i], f[2 * i + 1], 0xee));
+    for (int k = 0; k < 4; ++k) /* quarter L of q[k]: group 4k + L */
+        q[k] = _mm512_max_epu16(_mm512_shuffle_i64x2(p[2 * k], p[2 * k + 1], 0x88),
+                                _mm512_shuffle_i64x2(p[2 * k], p[2 * k + 1], 0xdd));
+    const __m512i r0 = _mm512_max_epu16(_mm512_unpacklo_epi64(q[0], q[1]), _mm512_unpackhi_epi64(q[0], q[1]));
+    const __m512i r1 = _mm512_max_epu16(_mm512_unpacklo_epi64(q[2], q[3]), _mm512_unpackhi_epi64(q[2], q[3]));
+    const __m512i t0 = _mm512_max_epu16(r0, _mm512_shuffle_epi32(r0, (_MM_PERM_ENUM)0xb1));
+    const __m512i t1 = _mm512_max_epu16(r1, _mm512_shuffle_epi32(r1, (_MM_PERM_ENUM)0xb1));
+    const __m512i b = _mm512_mask_blend_epi32(0xaaaa, t0, t1); /* quarter L: groups L, 8 + L, 4 + L, 12 + L */
+    const __m512i m = _mm512_max_epu32(_mm512_and_si512(b, _mm512_set1_epi32(0xffff)), _mm512_srli_epi32(b, 16));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15);
+    return _mm512_slli_epi32(_mm512_permutexvar_epi32(order, m), 16);
+}
+
+/* kw__wire_kernels.amax_groups: bf16 groups of a multiple of 32 values 16 at a time, others as the AVX2 kernel. */
+KW_AVX512 static void kw__amax_groups_avx512(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D,
+                                             uint32_t G, uint32_t *out) {
+    if (dtype != KW_WIRE_DTYPE_BF16 || G % 32 != 0) {
+        kw__amax_groups_avx2(rows, n_rows, dtype, D, G, out);
+        return;
+    }
+    const uint32_t per_row = D / G, total = n_rows * per_row;
+    const __m512i mask = _mm512_set1_epi16(0x7fff);
+    __m512i f[16];
+    uint32_t q = 0, r = 0, c = 0; /* group q is chunk c of row r */
+    for (; q + 16 <= total; q += 16) {
+        for (int j = 0; j < 16; ++j) {
+            const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * G;
+            __m512i m = _mm512_and_si512(_mm512_loadu_si512(x), mask);
+            for (uint32_t i = 32; i < G; i += 32)
+                m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_loadu_si512(x + i), mask));
+            f[j] = m;
+            if (++c == per_row) c = 0, ++r;
+        }
+        _mm512_storeu_si512(out + q, kw__amax_tree16_avx512(f));
+    }
+    for (; q < total; ++q) {
+        out[q] = kw__amax_avx512(rows[r] + (size_t)c * G * 2, dtype, G);
+        if (++c == per_row) c = 0, ++r;
+    }
+}
+
+KW__EACH_GROUP(avx512, KW_AVX512, kw__quantize_avx512, kw__dequantize_avx512)
+#undef KW__EACH_GROUP
+
+/* kw__wire_kernels.quantize_groups: bf16 int8 and int4 groups of a multiple of 32 values in one pass of
+ * kw__quantize_int84_bf16_avx512, the rest a group at a time (quantize). */
+KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
+                                                 const float *inv, uint8_t *dst) {
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
+        const uint32_t n64 = n & ~63u, gshift = (uint32_t)__builtin_ctz(G);
+        kw__quantize_int84_bf16_avx512(codec, (const uint16_t *)x, n64, 0.0f, inv, gshift, dst);
+        if (n64 < n) /* a last 32 values: one group */
+            kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv[n64 >> gshift], NULL, 0,
+                                         dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
+        return;
+    }
+    kw__quantize_each_avx512(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.dequantize_groups: int8 groups of a multiple of 32 values in one loop (kw__dequantize_avx512's int8
+ * step with each group's scale), the rest group by group. */
+KW_AVX512 static int kw__dequantize_groups_avx512(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
+                                                  const float *s, void *out, uint32_t out_dtype) {
+    if (codec == KW_WIRE_CODEC_INT8 && G % 32 == 0)
+        return kw__dequantize_int8_avx512(src, n, 0.0f, s, G, out, out_dtype) ? KW_E_WIRE_VALUE : 0;
+    return kw__dequantize_each_avx512(codec, src, n, G, s, out, out_dtype);
 }
 
 static const kw__wire_kernels kw__avx512_kernels = {
@@ -1056,6 +1365,9 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
     .rotate = kw__rotate_avx512,
+    .amax_groups = kw__amax_groups_avx512,
+    .quantize_groups = kw__quantize_groups_avx512,
+    .dequantize_groups = kw__dequantize_groups_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {

@@ -2,8 +2,8 @@
 # cli_bench_codec.sh KVWIRE SOURCE_DIR BUILD_DIR: `kvwire bench codec` on tiny shapes. It reports the codec kernels'
 # ISA: KW_CPU_ISA=scalar (what scripts/test.sh sets for its scalar rerun) makes the default (auto) choice the scalar
 # path, KW_CPU_ISA=avx2 at most AVX2; --isa still forces a path whatever KW_CPU_ISA says. Its int8 and int4 per-token
-# rows with log8 scales run and take fewer bytes than the f16 ones (one scale byte per row instead of two), and its
-# rotated (@rot) rows run.
+# rows with log8 scales run and take fewer bytes than the f16 ones (one scale byte per row instead of two), its
+# rotated (@rot) rows run, and --clock cpu (thread CPU time, for a shared machine) says so in its header.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 # isa [ARGS]: the ISA a tiny `bench codec` run names in its header line
 isa() {
@@ -28,4 +28,9 @@ for c in int8 int4; do
     [ -n "$rot" ] || fail "no $c token f16 @rot row: $(cat rows.txt)"
     [ "$rot" -ge "$f16" ] && [ "$rot" -le $((f16 + 64)) ] || fail "$c @rot blob $rot bytes, f16 $f16"
 done
+"$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --only "int8 token f16" --clock cpu |
+    grep -q "best of 1, thread CPU time" || fail "--clock cpu: the header does not say thread CPU time"
+if "$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --clock sundial >/dev/null 2>&1; then
+    fail "--clock sundial accepted"
+fi
 echo ok

@@ -152,6 +152,94 @@ static void test_oracle(void **state) {
         check_oracle(&pols[i], 0x0a0 + i);
 }
 
+/* The oracle at a larger shape, f32 or bf16 source: (h, t, d) K and V rotated by hand (a bf16 source widened, rotated
+ * in f32 and rounded back, as the encoder does), sent without the flag, decoded and rotated back. With d = 256 the
+ * encoder's blocks of rows rotated on the fly hold 16 (f32) or 32 (bf16) rows and the decoder's row at a time path
+ * runs without a scratch copy, so t = 45 takes several blocks and a short last one. */
+static void check_oracle_at(const kw_wire_policy *pol, uint32_t h, uint32_t t, uint32_t d, uint8_t dtype,
+                            uint64_t seed) {
+    const size_t n = (size_t)h * t * d, es = dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+    float *x[2], *xr[2];
+    uint8_t *in[2], *inr[2];
+    wt_rng r = {seed};
+    for (int kv = 0; kv < 2; ++kv) {
+        x[kv] = wt_xmalloc(n * 4), xr[kv] = wt_xmalloc(n * 4);
+        in[kv] = wt_xmalloc(n * es), inr[kv] = wt_xmalloc(n * es);
+        for (size_t e = 0; e < n; ++e) { /* an outlier channel, as in fill() */
+            x[kv][e] = wt_bell(&r) * (e % d == (kv ? 11u : 5u) ? 16.0f : 1.0f);
+            if (dtype == KW_WIRE_DTYPE_BF16) x[kv][e] = kw_bf16_to_f32(kw_f32_to_bf16(x[kv][e]));
+        }
+        memcpy(xr[kv], x[kv], n * 4);
+        if ((pol->rotate >> kv) & 1) assert_int_equal(kw_wire_rotate_rows(xr[kv], (size_t)h * t, d, d, 0), 0);
+        for (size_t e = 0; e < n; ++e) {
+            if (dtype == KW_WIRE_DTYPE_F32) {
+                memcpy(in[kv] + 4 * e, &x[kv][e], 4);
+                memcpy(inr[kv] + 4 * e, &xr[kv][e], 4);
+            } else {
+                const uint16_t a = kw_f32_to_bf16(x[kv][e]), b = kw_f32_to_bf16(xr[kv][e]);
+                memcpy(in[kv] + 2 * e, &a, 2);
+                memcpy(inr[kv] + 2 * e, &b, 2);
+            }
+        }
+    }
+    kw_wire_header hdr = header(dtype);
+    hdr.n_kv_heads = (uint16_t)h, hdr.head_dim = (uint16_t)d, hdr.n_positions = t;
+    kw_wire_policy plain = *pol;
+    plain.rotate = 0;
+    wt_blob_out got, want;
+    for (int side = 0; side < 2; ++side) {
+        kw_wire_layer_in li = {.layer = 1, .n_tokens = t};
+        li.k = (kw_wire_tensor_in){side ? inr[0] : in[0], (size_t)t * d, d, NULL};
+        li.v = (kw_wire_tensor_in){side ? inr[1] : in[1], (size_t)t * d, d, NULL};
+        uint8_t *blob = NULL;
+        size_t size = 0;
+        assert_int_equal(wt_encode_blob(&hdr, &li, side ? &plain : pol, 1, 0, &blob, &size), 0);
+        assert_int_equal(wt_decode_oneshot(blob, size, NULL, side ? &want : &got), 0);
+        free(blob);
+    }
+    float *w[2] = {want.layers[0].k, want.layers[0].v}, *g[2] = {got.layers[0].k, got.layers[0].v};
+    uint16_t *gb[2] = {got.layers[0].kb, got.layers[0].vb};
+    for (int kv = 0; kv < 2; ++kv) {
+        if ((pol->rotate >> kv) & 1) assert_int_equal(kw_wire_rotate_rows(w[kv], (size_t)h * t, d, d, 1), 0);
+        for (size_t e = 0; e < n; ++e)
+            if (kw_f32_bits(g[kv][e]) != kw_f32_bits(w[kv][e]) || gb[kv][e] != kw_f32_to_bf16(w[kv][e]))
+                fail_msg("%s %s/%s rotate %u dtype %u: %c element %zu: %a (bf16 0x%04x), oracle %a",
+                         kw_wire_codec_name((kv ? pol->v : pol->k).codec), kw_wire_gran_name(pol->k.granularity),
+                         kw_wire_gran_name(pol->v.granularity), pol->rotate, dtype, kv ? 'V' : 'K', e, (double)g[kv][e],
+                         gb[kv][e], (double)w[kv][e]);
+        free(x[kv]), free(xr[kv]), free(in[kv]), free(inr[kv]);
+    }
+    wt_blob_out_free(&got);
+    wt_blob_out_free(&want);
+}
+
+static void test_oracle_blocks(void **state) {
+    (void)state;
+#define S(c, g, s, l)                                                                                                  \
+    (kw_wire_codec_spec) {                                                                                             \
+        KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s, l                                                      \
+    }
+    const kw_wire_codec_spec i8 = S(INT8, TOKEN, F16, 0), i4g = S(INT4, GROUP, F16, 5), nf4 = S(NF4, GROUP, F16, 6);
+    const kw_wire_codec_spec e4 = S(E4M3, TOKEN, F16, 0), i6 = S(INT6, TOKEN, BF16, 0), i4l = S(INT4, TOKEN, LOG8, 0);
+    const kw_wire_codec_spec i3 = S(INT3, TOKEN, F16, 0), i8h = S(INT8, HEAD, F32, 0), e5g = S(E5M2, GROUP, F16, 4);
+#undef S
+    const kw_wire_token_group groups[3] = {{7, i8, i4g}, {33, i4l, nf4}, {5, e4, i6}};
+    const kw_wire_policy pols[] = {
+        {.k = i8, .v = i4g, .rotate = 3},
+        {.k = nf4, .v = e4, .rotate = 3},
+        {.k = i6, .v = i4l, .rotate = 3},
+        {.k = i3, .v = e5g, .rotate = 3},
+        {.k = i8h, .v = i8, .rotate = 3},            /* K per head: the rotated copy; V on the fly */
+        {.k = i4g, .v = i8, .rotate = 3, .clip = 2}, /* V clipped: the copy */
+        {.k = i8, .v = i4g, .rotate = 1},
+        {.n_groups = 3, .groups = groups, .rotate = 3},
+    };
+    for (size_t i = 0; i < sizeof pols / sizeof pols[0]; ++i)
+        for (uint8_t dtype = KW_WIRE_DTYPE_BF16; dtype <= KW_WIRE_DTYPE_F32; dtype += 2)
+            check_oracle_at(&pols[i], 3, 45, 256, dtype, 0x0b0 + i);
+    check_oracle_at(&pols[0], 2, 70, 64, KW_WIRE_DTYPE_BF16, 0x0c0); /* blocks of 64 rows and a tail of 6 */
+}
+
 /* A bf16 source: the encoder rounds the rotated values to bf16 (RNE) before quantizing them. */
 static void test_bf16_source(void **state) {
     (void)state;
@@ -241,8 +329,8 @@ static void test_refusals(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_transform),   cmocka_unit_test(test_oracle),   cmocka_unit_test(test_bf16_source),
-        cmocka_unit_test(test_error_drops), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_transform),   cmocka_unit_test(test_oracle),      cmocka_unit_test(test_oracle_blocks),
+        cmocka_unit_test(test_bf16_source), cmocka_unit_test(test_error_drops), cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

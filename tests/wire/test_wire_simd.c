@@ -200,6 +200,183 @@ static void test_dequantize(void **state) {
         }
 }
 
+/* amax_groups: every group of G values of rows at scattered, misaligned addresses (bf16, f16, f32; with NaN, Inf and
+ * the edge values of fill()), G from 4 to the whole row, row counts that leave partial batches of 8 and 16 groups;
+ * the same absmax bits as the scalar kernel, and nothing written past the last group. */
+static void test_amax_groups(void **state) {
+    (void)state;
+    wt_rng r = {10};
+    static uint8_t buf[48 * 1024 * 4 + 64];
+    static const uint32_t dims[] = {16, 32, 64, 128, 256, 1024};
+    const uint8_t *rows[48];
+    uint32_t want[48 * 256 + 1], got[48 * 256 + 1];
+    for (int it = 0; it < 1500; ++it) {
+        const uint32_t dtype = 1 + wt_below(&r, 3), D = dims[wt_below(&r, 6)], n_rows = 1 + wt_below(&r, 48);
+        uint32_t G = 4u << wt_below(&r, 9);
+        G = G > D ? D : G;
+        const size_t es = kw__wire_dtype_size(dtype), row_bytes = (size_t)D * es;
+        for (uint32_t i = 0; i < n_rows; ++i) { /* rows in shuffled slots, at an odd element offset half the time */
+            const size_t slot = (i * 7u + (uint32_t)it) % 48u;
+            rows[i] = buf + slot * row_bytes + (wt_below(&r, 2) ? es : 0);
+            fill(&r, (uint8_t *)rows[i], dtype, D, it % 2, ldexpf(1.0f, (int)wt_below(&r, 20) - 10));
+            if (it % 7 == 0 && wt_below(&r, 3) == 0) { /* a NaN or Inf in this row */
+                const float bad = wt_below(&r, 2) ? INFINITY : -NAN;
+                const uint32_t at = wt_below(&r, D);
+                if (dtype == KW_WIRE_DTYPE_F32) {
+                    memcpy((uint8_t *)rows[i] + 4 * at, &bad, 4);
+                } else {
+                    const uint16_t h = dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(bad) : kw_f32_to_f16(bad);
+                    memcpy((uint8_t *)rows[i] + 2 * at, &h, 2);
+                }
+            }
+        }
+        const uint32_t n = n_rows * (D / G);
+        g_isas[0]->amax_groups(rows, n_rows, dtype, D, G, want);
+        for (uint32_t q = 0; q < n; ++q) /* the reference is the row kernel on each group */
+            assert_int_equal(want[q], g_isas[0]->amax(rows[q / (D / G)] + (size_t)(q % (D / G)) * G * es, dtype, G));
+        for (int k = 1; k < g_n_isas; ++k) {
+            got[n] = 0xa5a5a5a5u;
+            g_isas[k]->amax_groups(rows, n_rows, dtype, D, G, got);
+            for (uint32_t q = 0; q < n; ++q)
+                if (got[q] != want[q])
+                    fail_msg("%s amax_groups dtype %u D=%u G=%u rows %u: group %u is 0x%08x, scalar 0x%08x",
+                             kw_wire_isa_name(g_isas[k]->isa), dtype, D, G, n_rows, q, got[q], want[q]);
+            assert_int_equal(got[n], 0xa5a5a5a5u);
+        }
+    }
+}
+
+/* quantize_groups: a row of every codec in groups of G values, each with its own inverse scale (from its absmax, or 1
+ * for the exact ties of fill(), or 0 for a zero scale): the same bytes as quantize group by group, none past the row.
+ */
+static void test_quantize_groups(void **state) {
+    (void)state;
+    wt_rng r = {11};
+    static const uint32_t dims[] = {32, 64, 96, 128, 256, 1024};
+    uint8_t buf[1024 * 4 + 4], want[1024 + 16], got[1024 + 16];
+    float inv[256];
+    for (int it = 0; it < 1500; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t dtype = 1 + wt_below(&r, 3), D = dims[wt_below(&r, 6)], bits = kw_wire_codec_bits(codec);
+            uint32_t G = 8u << wt_below(&r, 8);
+            while (D % G)
+                G >>= 1;
+            const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+            const size_t es = kw__wire_dtype_size(dtype);
+            fill(&r, buf + off, dtype, D, it % 3 == 0, ldexpf(1.0f, (int)wt_below(&r, 10) - 5));
+            for (uint32_t c = 0; c < D / G; ++c) {
+                uint32_t code;
+                float sc;
+                const float amax = kw_f32_from_bits(g_isas[0]->amax(buf + off + (size_t)c * G * es, dtype, G));
+                inv[c] = it % 3 == 0 ? 1.0f : 0.0f;
+                if (it % 3 && wt_below(&r, 8) && amax > 0 &&
+                    kw_wire_scale_choose(amax, kw_wire_codec_qmax(codec), KW_WIRE_SCALE_F16, &code, &sc) == 0)
+                    inv[c] = 1.0f / sc;
+            }
+            const size_t bytes = (size_t)D * bits / 8, chunk = (size_t)G * bits / 8;
+            for (uint32_t c = 0; c < D / G; ++c)
+                g_isas[0]->quantize(codec, buf + off + (size_t)c * G * es, dtype, G, inv[c], want + c * chunk);
+            for (int k = 0; k < g_n_isas; ++k) {
+                memset(got, 0xa5, sizeof got);
+                g_isas[k]->quantize_groups(codec, buf + off, dtype, D, G, inv, got);
+                if (memcmp(got, want, bytes) != 0)
+                    fail_msg("%s quantize_groups %s dtype %u D=%u G=%u: bytes differ from quantize per group",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), dtype, D, G);
+                assert_int_equal(got[bytes], 0xa5);
+            }
+        }
+}
+
+/* dequantize_groups: arbitrary bytes (reserved codes included half the time) of every codec in groups of G values,
+ * each with its own scale, to f32 and bf16: the values and the status of dequantize group by group, nothing written
+ * past the row. */
+static void test_dequantize_groups(void **state) {
+    (void)state;
+    wt_rng r = {13};
+    static const uint32_t dims[] = {32, 64, 96, 128, 256, 1024};
+    uint8_t src[1024 + 1];
+    float sc[256], want[1024], got[1024 + 1];
+    uint16_t wantb[1024], gotb[1024 + 1];
+    for (int it = 0; it < 1500; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t D = dims[wt_below(&r, 6)], bits = kw_wire_codec_bits(codec);
+            uint32_t G = 8u << wt_below(&r, 8);
+            while (D % G)
+                G >>= 1;
+            for (size_t i = 0; i < sizeof src; ++i) {
+                src[i] = (uint8_t)wt_next(&r);
+                if (it % 2 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1;
+            }
+            for (uint32_t c = 0; c < D / G; ++c)
+                sc[c] = c % 7 == 6 ? 0.0f : ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 40) - 20);
+            const size_t chunk = (size_t)G * bits / 8;
+            int rc = 0;
+            for (uint32_t c = 0; c < D / G; ++c) {
+                const int a = g_isas[0]->dequantize(codec, src + c * chunk, G, sc[c], want + c * G, KW_WIRE_DTYPE_F32);
+                const int b =
+                    g_isas[0]->dequantize(codec, src + c * chunk, G, sc[c], wantb + c * G, KW_WIRE_DTYPE_BF16);
+                assert_int_equal(a, b);
+                rc = a ? a : rc;
+            }
+            for (int k = 0; k < g_n_isas; ++k) {
+                got[D] = 42.0f;
+                gotb[D] = 42;
+                assert_int_equal(g_isas[k]->dequantize_groups(codec, src, D, G, sc, got, KW_WIRE_DTYPE_F32), rc);
+                assert_int_equal(g_isas[k]->dequantize_groups(codec, src, D, G, sc, gotb, KW_WIRE_DTYPE_BF16), rc);
+                if (memcmp(got, want, (size_t)D * 4) || memcmp(gotb, wantb, (size_t)D * 2))
+                    fail_msg("%s dequantize_groups %s D=%u G=%u: values differ from dequantize per group",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), D, G);
+                assert_true(got[D] == 42.0f && gotb[D] == 42);
+            }
+        }
+}
+
+/* A group whose values are all zeros (here -0) has a zero scale and the codes of +0 (kw_wire_zero_row), whatever
+ * x * 0 codes to in the row kernels: decoded, every value of it is +0 (an fp8 -0 code would give -0), on every ISA,
+ * through the groups kernels (bf16, groups of 32) and the per-group ones (f32, groups of 16). */
+static void test_zero_groups(void **state) {
+    (void)state;
+    static const uint8_t codecs[] = {KW_WIRE_CODEC_E4M3, KW_WIRE_CODEC_E5M2, KW_WIRE_CODEC_NF4,
+                                     KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6};
+    enum { T = 3, D = 64 };
+    wt_rng r = {12};
+    for (int f32 = 0; f32 < 2; ++f32)
+        for (size_t c = 0; c < sizeof codecs / sizeof codecs[0]; ++c) {
+            const uint8_t dtype = f32 ? KW_WIRE_DTYPE_F32 : KW_WIRE_DTYPE_BF16;
+            const uint8_t log2 = f32 ? 4 : 5, G = (uint8_t)(1u << log2);
+            uint8_t data[T * D * 4];
+            float x[T * D];
+            for (uint32_t e = 0; e < T * D; ++e) /* row 0: group 0 zeros; row 2: all zeros */
+                x[e] = (e < G || e >= 2 * D) ? -0.0f : wt_bell(&r);
+            for (uint32_t e = 0; e < T * D; ++e) {
+                const uint16_t h = kw_f32_to_bf16(x[e]);
+                if (f32)
+                    memcpy(data + 4 * e, &x[e], 4);
+                else
+                    memcpy(data + 2 * e, &h, 2);
+            }
+            const kw_wire_header hdr = {
+                .n_layers = 1, .n_sections = 1, .n_kv_heads = 1, .head_dim = D, .n_positions = T, .src_dtype = dtype};
+            const kw_wire_codec_spec sp = {codecs[c], KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, log2};
+            const kw_wire_policy pol = {.k = sp, .v = sp};
+            kw_wire_layer_in in = {.layer = 0, .n_tokens = T};
+            in.k = in.v = (kw_wire_tensor_in){data, (size_t)T * D, D, NULL};
+            for (uint8_t isa = KW_WIRE_ISA_SCALAR; isa <= KW_WIRE_ISA_AVX512; ++isa) {
+                uint8_t *blob = NULL;
+                size_t size = 0;
+                assert_int_equal(wt_encode_blob(&hdr, &in, &pol, 1, isa, &blob, &size), 0);
+                wt_blob_out o;
+                assert_int_equal(wt_decode_oneshot(blob, size, NULL, &o), 0);
+                for (uint32_t e = 0; e < T * D; ++e)
+                    if ((e < G || e >= 2 * D) && (kw_f32_bits(o.layers[0].k[e]) || kw_f32_bits(o.layers[0].v[e])))
+                        fail_msg("%s %s dtype %u: element %u of a zero group decodes to %a", kw_wire_isa_name(isa),
+                                 kw_wire_codec_name(codecs[c]), dtype, e, (double)o.layers[0].k[e]);
+                wt_blob_out_free(&o);
+                free(blob);
+            }
+        }
+}
+
 /* quantize_affine and dequantize_affine (the v1.1 general path's integer rows): zero points with exact rounding ties
  * (z and x - z integers + 0.5 when inv = 1), clamping at 0 and qmax, zero scales (inv = 0), the symmetric form
  * (z = 0, lo = -qmax), every field width; the decoded values of arbitrary bytes to f32 and bf16. */
@@ -485,9 +662,19 @@ static void test_env_cap(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_amax),       cmocka_unit_test(test_minmax), cmocka_unit_test(test_quantize),
-        cmocka_unit_test(test_dequantize), cmocka_unit_test(test_affine), cmocka_unit_test(test_scales),
-        cmocka_unit_test(test_rotate),     cmocka_unit_test(test_blobs),  cmocka_unit_test(test_hash_variants),
+        cmocka_unit_test(test_amax),
+        cmocka_unit_test(test_minmax),
+        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_amax_groups),
+        cmocka_unit_test(test_quantize_groups),
+        cmocka_unit_test(test_zero_groups),
+        cmocka_unit_test(test_dequantize_groups),
+        cmocka_unit_test(test_dequantize),
+        cmocka_unit_test(test_affine),
+        cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_rotate),
+        cmocka_unit_test(test_blobs),
+        cmocka_unit_test(test_hash_variants),
         cmocka_unit_test(test_env_cap),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
