@@ -215,11 +215,8 @@ static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int re
 static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const enum kw_layout lay[2], size_t min_bytes,
                          int reps, double sec[2], size_t *w_bytes) {
     int rc = 0;
-    kw_quant_layout ql, q1;
+    kw_quant_layout ql;
     kw_layout_quant(lay[0], &ql);
-    kw_layout_quant(lay[1], &q1); /* codes in the range both layouts take (S6_G16_SB: 6 bits) */
-    const int code_min = ql.code_min > q1.code_min ? ql.code_min : q1.code_min;
-    const int code_max = ql.code_max < q1.code_max ? ql.code_max : q1.code_max;
     const int64_t groups = N * (K / ql.group);
     int8_t *codes = malloc((size_t)(N * K));
     float *scales = malloc((size_t)groups * sizeof(float)), *offsets = malloc((size_t)groups * sizeof(float));
@@ -237,7 +234,7 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
     uint32_t r = 12345u;
     for (int64_t i = 0; i < N * K; ++i) {
         r = r * 1664525u + 1013904223u;
-        codes[i] = (int8_t)(code_min + (int)((r >> 8) % (uint32_t)(code_max - code_min + 1)));
+        codes[i] = (int8_t)(ql.code_min + (int)((r >> 8) % (uint32_t)(ql.code_max - ql.code_min + 1)));
     }
     kw_fill_random(sb, KW_DTYPE_F32, (size_t)(2 * sbs), 3);
     for (int64_t g = 0; g < groups; ++g) { /* s in 0..63 with offsets (Q4_K), else -128..127 (Q6_K); o in 0..63 */
@@ -299,7 +296,7 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
     static const enum kw_layout pairs[4][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
                                                {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8},
                                                {KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_SB},
-                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S6_G16_SB}};
+                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB}};
     static const char *const names[2] = {"U4 (Q4_K)", "S8_G16 (Q6_K)"};
     for (int half = 0; half < 2; ++half) {
         const char *t = half ? "sb" : "x8";

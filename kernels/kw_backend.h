@@ -111,18 +111,13 @@ enum kw_layout {
      * same matmul bits. A group's scale and offset are not stored as f32 but as small integers s, o (int8) with one
      * f32 d and m per super-block of 256 k of a row: scale = fl(d * s), offset = fl(m * o) (for Q4_K d is the f16 d
      * and m the negated dmin, so both products are exact, as ggml's). The kernel rebuilds them per group and then runs
-     * QPANELS_U4 / QPANELS_S8_G16 unchanged. S6_G16_SB also keeps Q6_K's codes in 6 bits (-32..31).
-     *   QPANELS_U4_SB:     4-bit codes in 0..15,   scale and offset per 32, d and m per 256 (Q4_K)
-     *   QPANELS_S6_G16_SB: 6-bit codes in -32..31, scale per 16, d per 256                    (Q6_K)
-     * Storage: panels of 64 rows, a panel K / 256 super-blocks one after the other, a super-block 64 f32 d (one per
-     * row), 64 f32 m (U4_SB only), then per group j of the super-block 64 bytes of s (byte r: row r), then (U4_SB) per
-     * group 64 bytes of o, then the super-block's groups' codes k-major: per k, 4-bit as QPANELS_U4 (32 bytes), 6-bit
-     * 48 bytes: 12 per strip of 16 rows, bytes 0..7 the low nibbles as the 4-bit strips hold them, then the two high
-     * bits of row 16s + j at bit 2 (j / 4) of byte 8 + j % 4, the code plus 32. Q4_K reads 0.59 bytes per weight
-     * instead of 0.75, Q6_K 0.83 instead of 1.25 (ggml: 0.5625 and 0.82). K a multiple of 256; the CPU backend only
-     * (kw_backend_supports_layout). */
+     * QPANELS_U4 / QPANELS_S8_G16 unchanged. Storage: panels of 64 rows, a panel K / 256 super-blocks one after the
+     * other, a super-block 64 f32 d (one per row), 64 f32 m (U4_SB only), then per group j of the super-block 64 bytes
+     * of s (byte r: row r), then (U4_SB) per group 64 bytes of o, then the super-block's groups' codes as the plain
+     * layout stores them (4-bit: 32 bytes per k; 8-bit: 64). Q4_K reads 0.59 bytes per weight instead of 0.75, Q6_K
+     * 1.08 instead of 1.25. K a multiple of 256; the CPU backend only (kw_backend_supports_layout). */
     KW_LAYOUT_QPANELS_U4_SB = 9,
-    KW_LAYOUT_QPANELS_S6_G16_SB = 10,
+    KW_LAYOUT_QPANELS_S8_G16_SB = 10,
     KW_LAYOUT_COUNT = 11,
 };
 
@@ -130,7 +125,7 @@ enum kw_layout {
 
 /* What a quantized layout holds (all zero for KW_LAYOUT_ROWS and KW_LAYOUT_PANELS). */
 typedef struct kw_quant_layout {
-    int32_t code_bits;          /* 4, 6 (QPANELS_S6_G16_SB) or 8 */
+    int32_t code_bits;          /* 4 or 8 */
     int32_t group;              /* consecutive k sharing a scale (and offset): 16 or 32 */
     int32_t has_offset;         /* 1: value = fl(fl(scale * code) + offset); 0: value = fl(scale * code) */
     int32_t code_min, code_max; /* the codes' range */

@@ -53,7 +53,7 @@ struct kw_backend_i {
     int (*pack_quantized)(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
     /* 1 if pack_quantized and matmul also take the int8-activation layouts (KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8). */
     int int8_activations;
-    /* 1 if pack_quantized and matmul also take the super-block layouts (KW_LAYOUT_QPANELS_U4_SB, S6_G16_SB). */
+    /* 1 if pack_quantized and matmul also take the super-block layouts (KW_LAYOUT_QPANELS_U4_SB, S8_G16_SB). */
     int superblocks;
 
     /* (optional) Creates a stream context of parent (kw_backend_create_stream; parent is a backend made by a create

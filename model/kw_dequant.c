@@ -310,7 +310,7 @@ int kw_ggml_codes_row(uint32_t type, const void *src, int64_t n, int8_t *codes, 
 
 enum kw_layout kw_ggml_superblock_layout(uint32_t type) {
     if (type == KW_GGML_Q4_K) return KW_LAYOUT_QPANELS_U4_SB;
-    if (type == KW_GGML_Q6_K) return KW_LAYOUT_QPANELS_S6_G16_SB;
+    if (type == KW_GGML_Q6_K) return KW_LAYOUT_QPANELS_S8_G16_SB;
     return KW_LAYOUT_ROWS;
 }
 

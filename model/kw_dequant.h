@@ -75,7 +75,7 @@ enum kw_layout kw_ggml_quant_layout(uint32_t type);
 int kw_ggml_codes_row(uint32_t type, const void *src, int64_t n, int8_t *codes, float *scales, float *offsets);
 
 /* The super-block layout a type can also be kept in (kernels/kw_backend.h): Q4_K KW_LAYOUT_QPANELS_U4_SB, Q6_K
- * KW_LAYOUT_QPANELS_S6_G16_SB; KW_LAYOUT_ROWS for every other type. */
+ * KW_LAYOUT_QPANELS_S8_G16_SB; KW_LAYOUT_ROWS for every other type. */
 enum kw_layout kw_ggml_superblock_layout(uint32_t type);
 
 /* The super-blocks' f32 d and m of n values (whole 256-value super-blocks) of such a type, n / 256 each (m only for

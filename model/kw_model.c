@@ -140,7 +140,7 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     /* else the super-block layouts where the reader gave the super-blocks' d and m (Q4_K, Q6_K with K a multiple of
      * 256) and the backend has them (the CPU): the same weights and bits in fewer bytes per token */
     const enum kw_layout sb = q.layout == KW_LAYOUT_QPANELS_U4       ? KW_LAYOUT_QPANELS_U4_SB
-                              : q.layout == KW_LAYOUT_QPANELS_S8_G16 ? KW_LAYOUT_QPANELS_S6_G16_SB
+                              : q.layout == KW_LAYOUT_QPANELS_S8_G16 ? KW_LAYOUT_QPANELS_S8_G16_SB
                                                                      : KW_LAYOUT_ROWS;
     if (q.sb_scales && sb != KW_LAYOUT_ROWS && kw_backend_supports_layout(m->backend, sb)) q.layout = sb;
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;

@@ -294,8 +294,7 @@ static kw_qgroup kw_qgroup_at(const char *panel, const kw_quant_layout *ql, int6
 
 /* Writes panel p of the quantized rows q into dst (kernels/kw_backend.h, the quantized panels): per group, the 64 rows'
  * scales, offsets (if any), or their int8 s, o and the super-block's d, m, then the codes k-major (nibbles: strip s of
- * 16 rows in 8 bytes, row 16s + j low and 16s + 8 + j high in byte j; 6 bits: those 8 bytes, then 4 bytes of the rows'
- * two high bits). Rows past N are zero. */
+ * 16 rows in 8 bytes, row 16s + j low and 16s + 8 + j high in byte j). Rows past N are zero. */
 static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_layout *ql, int64_t p) {
     const int64_t G = ql->group, groups = q->k / G, K = q->k;
     const int64_t rows = q->n - p * KW_PANEL_ROWS < KW_PANEL_ROWS ? q->n - p * KW_PANEL_ROWS : KW_PANEL_ROWS;
@@ -329,11 +328,10 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
                     codes[kk * KW_PANEL_ROWS + r] = (uint8_t)src[kk];
                     continue;
                 }
-                const int64_t in_strip = r % 16, strip_bytes = 2 * ql->code_bits;
-                const uint8_t u = (uint8_t)(src[kk] - ql->code_min), nibble = u & 0x0F;
-                uint8_t *strip = codes + kk * (KW_PANEL_ROWS / 16) * strip_bytes + (r / 16) * strip_bytes;
-                strip[in_strip % 8] |= in_strip < 8 ? nibble : (uint8_t)(nibble << 4);
-                if (ql->code_bits == 6) strip[8 + in_strip % 4] |= (uint8_t)((u >> 4) << (2 * (in_strip / 4)));
+                const int64_t in_strip = r % 16;
+                const uint8_t nibble = (uint8_t)(src[kk] - ql->code_min);
+                uint8_t *byte = codes + kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + in_strip % 8;
+                *byte |= in_strip < 8 ? nibble : (uint8_t)(nibble << 4);
             }
         }
     }
@@ -377,12 +375,9 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
                 code = kw__cpu_x8_get_code(w->layout, codes, r, kk);
             } else if (ql.code_bits == 8) {
                 code = (int8_t)codes[kk * KW_PANEL_ROWS + r];
-            } else { /* 4 or 6 bits: strips of 16 rows in 8 or 12 bytes */
-                const int64_t strip_bytes = 2 * ql.code_bits, j = r % 16;
-                const uint8_t *strip = codes + kk * (KW_PANEL_ROWS / 16) * strip_bytes + (r / 16) * strip_bytes;
-                code = j < 8 ? strip[j] & 0x0F : strip[j - 8] >> 4;
-                if (ql.code_bits == 6) code |= ((strip[8 + j % 4] >> (2 * (j / 4))) & 3) << 4;
-                code += ql.code_min;
+            } else {
+                const uint8_t byte = codes[kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + (r % 16) % 8];
+                code = (r % 16 < 8 ? byte & 0x0F : byte >> 4) + ql.code_min;
             }
             float v = (float)code * scale;
             if (ql.has_offset) v = v + offset;

@@ -186,9 +186,8 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const in
             KW_VT w[KW_MM_MAX_NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                const KW_VT c = BITS == 4   ? KW_V(load_u4)(codes + kk * 32 + (s0 + v) * 8, ZERO)
-                                : BITS == 6 ? KW_V(load_u6)(codes + kk * 48 + (s0 + v) * 12, ZERO)
-                                            : KW_V(load_i8)((const int8_t *)codes + kk * 64 + (s0 + v) * 16);
+                const KW_VT c = BITS == 4 ? KW_V(load_u4)(codes + kk * 32 + (s0 + v) * 8, ZERO)
+                                          : KW_V(load_i8)((const int8_t *)codes + kk * 64 + (s0 + v) * 16);
                 w[v] = KW_V(mul)(c, a[v]);
                 if (OFS) w[v] = KW_V(add)(w[v], b[v]);
             }
@@ -224,7 +223,7 @@ KW_QMM_LAYOUT(s8, 8, 0, 0, 32, 0)
 KW_QMM_LAYOUT(s8_ofs, 8, 0, 1, 32, 0)
 KW_QMM_LAYOUT(s8_g16, 8, 0, 0, 16, 0)
 KW_QMM_LAYOUT(u4_sb, 4, 0, 1, 32, 1)
-KW_QMM_LAYOUT(s6_g16_sb, 6, 32, 0, 16, 1)
+KW_QMM_LAYOUT(s8_g16_sb, 8, 0, 0, 16, 1)
 
 /* kw_mm_panel for a quantized panel: the same split into decode rows and prefill tiles. */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const float *x, int64_t K,
@@ -267,8 +266,8 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const fl
             case KW_LAYOUT_QPANELS_U4_SB:
                 KW_QMM_FAST(u4_sb)
                 KW_QMM_CALL(u4_sb)
-            case KW_LAYOUT_QPANELS_S6_G16_SB:
-                KW_QMM_CALL(s6_g16_sb)
+            case KW_LAYOUT_QPANELS_S8_G16_SB:
+                KW_QMM_CALL(s8_g16_sb)
             default:
                 KW_QMM_CALL(s8_g16)
             }

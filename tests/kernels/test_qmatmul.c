@@ -120,8 +120,8 @@ static const kw_qmm_case kw_qmm_cases[] = {
     {KW_LAYOUT_QPANELS_U4_SB, 1, 1, 256, 0},
     {KW_LAYOUT_QPANELS_U4_SB, 7, 64, 512, 0},
     {KW_LAYOUT_QPANELS_U4_SB, 50, 200, 768, 1},
-    {KW_LAYOUT_QPANELS_S6_G16_SB, 5, 20, 256, 0},
-    {KW_LAYOUT_QPANELS_S6_G16_SB, 33, 129, 512, 1},
+    {KW_LAYOUT_QPANELS_S8_G16_SB, 5, 20, 256, 0},
+    {KW_LAYOUT_QPANELS_S8_G16_SB, 33, 129, 512, 1},
 };
 
 static void test_quantized_matmul_is_the_f32_matmul(void **state) {
@@ -204,7 +204,7 @@ static void test_changed_code_is_caught(void **state) {
     (void)state;
     static const enum kw_layout layouts[] = {
         KW_LAYOUT_QPANELS_S4,     KW_LAYOUT_QPANELS_U4,    KW_LAYOUT_QPANELS_S8,       KW_LAYOUT_QPANELS_S8_OFS,
-        KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S6_G16_SB};
+        KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB};
     const int64_t M = 3, N = 70;
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; ++li) {
         kw_quant_layout ql;
@@ -296,12 +296,12 @@ static void test_quantized_contract(void **state) {
 }
 
 /* The super-block layouts against the plain ones they compress: the same rows packed both ways give the same bits on
- * every ISA, for decode (1..4 rows) and prefill shapes, in 0.59375 (U4_SB) and 0.828125 (S6_G16_SB) bytes per weight;
+ * every ISA, for decode (1..4 rows) and prefill shapes, in 0.59375 (U4_SB) and 1.078125 (S8_G16_SB) bytes per weight;
  * scales that are not int8 multiples of d, missing d or m, and K not whole super-blocks are refused. */
 static void test_superblock_is_the_plain_layout(void **state) {
     (void)state;
     static const enum kw_layout pairs[2][2] = {{KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_U4},
-                                               {KW_LAYOUT_QPANELS_S6_G16_SB, KW_LAYOUT_QPANELS_S8_G16}};
+                                               {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S8_G16}};
     static const int64_t shapes[][3] = {{1, 64, 256}, {2, 130, 1024}, {4, 70, 512}, {5, 64, 256}, {29, 200, 768}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
@@ -323,7 +323,7 @@ static void test_superblock_is_the_plain_layout(void **state) {
                 assert_int_equal(kw_tensor_pack_quantized(b, &plain, &tp), 0);
                 assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &ts), 0);
                 const size_t weights = (size_t)((N + 63) / 64 * 64 * K);
-                assert_int_equal(kw_tensor_nbytes(&ts) * 128, weights * (p == 0 ? 76 : 106));
+                assert_int_equal(kw_tensor_nbytes(&ts) * 128, weights * (p == 0 ? 76 : 138));
                 kw_mm(b, want, x, &tp, NULL, 0, M);
                 memset(got, 0xff, ybytes);
                 kw_mm(b, got, x, &ts, NULL, 0, M);

@@ -162,7 +162,7 @@ static void test_superblocks(void **state) {
     for (size_t i = 0; i < 2; ++i) {
         const int q4 = types[i] == KW_GGML_Q4_K, G = q4 ? 32 : 16, lo = q4 ? 0 : -128, hi = q4 ? 63 : 127;
         assert_int_equal(kw_ggml_superblock_layout(types[i]),
-                         q4 ? KW_LAYOUT_QPANELS_U4_SB : KW_LAYOUT_QPANELS_S6_G16_SB);
+                         q4 ? KW_LAYOUT_QPANELS_U4_SB : KW_LAYOUT_QPANELS_S8_G16_SB);
         kw_ggml_type_info info;
         assert_int_equal(kw_ggml_type_info_get(types[i], &info), 0);
         enum { NB = 6 };
