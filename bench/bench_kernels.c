@@ -10,7 +10,8 @@
  * the same shape with f32 weights (the bf16 path widens W and then runs sgemm, so this is its ceiling).
  *
  * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers),
- * --quantized (instead: the kept-quantized layouts, exact f32 rebuild against int8 activations, A B A B).
+ * --quantized (instead: the kept-quantized layouts, exact f32 rebuild against int8 activations and against the
+ * super-block layouts, A B A B).
  */
 #include "kw_benches.h"
 
@@ -207,8 +208,10 @@ static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int re
     return best;
 }
 
-/* Times an exact quantized layout a against its int8-activation twin b (the same codes, scales and offsets, each
- * packed in copies totalling at least min_bytes), A B A B within each rep. Seconds per call of each in sec[2]. */
+/* Times an exact quantized layout a against its int8-activation or super-block twin b (the same codes, scales and
+ * offsets, each packed in copies totalling at least min_bytes), A B A B within each rep. Seconds per call of each in
+ * sec[2], b's weight bytes in *w_bytes. The scales and offsets are int multiples of a d and m per 256 k, as Q4_K's and
+ * Q6_K's, so that the super-block layouts take them. */
 static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const enum kw_layout lay[2], size_t min_bytes,
                          int reps, double sec[2], size_t *w_bytes) {
     int rc = 0;
@@ -217,12 +220,14 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
     const int64_t groups = N * (K / ql.group);
     int8_t *codes = malloc((size_t)(N * K));
     float *scales = malloc((size_t)groups * sizeof(float)), *offsets = malloc((size_t)groups * sizeof(float));
+    const int64_t sbs = N * (K / KW_QUANT_SUPERBLOCK), per = KW_QUANT_SUPERBLOCK / ql.group;
+    float *sb = malloc((size_t)(2 * sbs) * sizeof(float));
     const size_t wb = (size_t)groups * (size_t)(ql.group * ql.code_bits / 8 + 4 * (1 + ql.has_offset));
     int copies = (int)((min_bytes + wb - 1) / wb);
     copies = copies < 1 ? 1 : copies > 256 ? 256 : copies;
     kw_tensor *ws = calloc((size_t)(2 * copies), sizeof *ws);
     kw_tensor x = {0}, y = {0};
-    if (!codes || !scales || !offsets || !ws) {
+    if (!codes || !scales || !offsets || !ws || !sb || K % KW_QUANT_SUPERBLOCK != 0) {
         rc = KW_E_NOMEM;
         goto out;
     }
@@ -231,10 +236,15 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
         r = r * 1664525u + 1013904223u;
         codes[i] = (int8_t)(ql.code_min + (int)((r >> 8) % (uint32_t)(ql.code_max - ql.code_min + 1)));
     }
-    kw_fill_random(scales, KW_DTYPE_F32, (size_t)groups, 3);
-    kw_fill_random(offsets, KW_DTYPE_F32, (size_t)groups, 4);
+    kw_fill_random(sb, KW_DTYPE_F32, (size_t)(2 * sbs), 3);
+    for (int64_t g = 0; g < groups; ++g) { /* s in 0..63 with offsets (Q4_K), else -128..127 (Q6_K); o in 0..63 */
+        r = r * 1664525u + 1013904223u;
+        const int sub = ql.has_offset ? (int)(r >> 26) : (int)(r >> 24) - 128;
+        scales[g] = sb[g / per] * (float)sub;
+        offsets[g] = sb[sbs + g / per] * (float)((r >> 10) % 64);
+    }
     for (int c = 0; c < 2 * copies; ++c) {
-        const kw_quant_rows q = {lay[c % 2], N, K, codes, scales, ql.has_offset ? offsets : NULL};
+        const kw_quant_rows q = {lay[c % 2], N, K, codes, scales, ql.has_offset ? offsets : NULL, sb, sb + sbs};
         KW_CHECK(kw_tensor_pack_quantized(b, &q, &ws[c]));
     }
     KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){M, K}));
@@ -252,25 +262,19 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
             const double t = kw_time_seconds(t0, kw_time_now_ns()) / copies;
             sec[l] = t < sec[l] ? t : sec[l];
         }
-    *w_bytes = wb;
+    *w_bytes = kw_tensor_nbytes(&ws[1]);
 out:
     for (int c = 0; ws && c < 2 * copies; ++c)
         kw_tensor_free(&ws[c]);
-    free(ws), free(codes), free(scales), free(offsets);
+    free(ws), free(codes), free(scales), free(offsets), free(sb);
     kw_tensor_free(&x);
     kw_tensor_free(&y);
     return rc;
 }
 
-/* --quantized: kept-quantized weights (Q4_K's U4, Q6_K's S8_G16) rebuilt in f32 against the int8-activation layouts,
- * decode (out of cache) and prefill M = 128. */
-static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, int reps) {
-    static const enum kw_layout pairs[2][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
-                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8}};
-    static const char *const names[2] = {"U4 (Q4_K)", "S8_G16 (Q6_K)"};
-    printf("== %d thread%s: kept quantized, f32 weights rebuilt (exact) vs int8 activations (x8)\n", threads,
-           threads > 1 ? "s" : "");
-    printf("%-22s %-14s %6s %11s %11s %8s %9s\n", "shape", "layout", "M", "exact us", "x8 us", "x8 gain", "x8 GB/s");
+/* Rows of kw_bench_quantized: each of two pairs of layouts (exact, twin), decode (out of cache) and prefill M = 128. */
+static void kw_bench_qpairs(kw_backend *b, const enum kw_layout pairs[2][2], const char *const names[2],
+                            size_t min_w_bytes, int reps) {
     for (size_t s = 3; s < 5; ++s)
         for (int p = 0; p < 2; ++p)
             for (int64_t M = 1; M <= 128; M *= 128) {
@@ -286,9 +290,27 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
             }
 }
 
+/* --quantized: kept-quantized weights (Q4_K's U4, Q6_K's S8_G16) rebuilt in f32 against the int8-activation layouts
+ * (x8), then against the super-block layouts (sb: the same bits in fewer bytes). */
+static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, int reps) {
+    static const enum kw_layout pairs[4][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
+                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8},
+                                               {KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_SB},
+                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB}};
+    static const char *const names[2] = {"U4 (Q4_K)", "S8_G16 (Q6_K)"};
+    for (int half = 0; half < 2; ++half) {
+        const char *t = half ? "sb" : "x8";
+        printf("== %d thread%s: kept quantized, f32 weights rebuilt (exact) vs %s\n", threads, threads > 1 ? "s" : "",
+               half ? "the super-block layouts (sb: the same bits, fewer bytes)" : "int8 activations (x8)");
+        printf("%-22s %-14s %6s %11s %8s us %3s gain %4s GB/s\n", "shape", "layout", "M", "exact us", t, t, t);
+        kw_bench_qpairs(b, pairs + 2 * half, names, min_w_bytes, reps);
+    }
+}
+
 static void kw_bench_kernels_usage(FILE *f) {
     fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick] [--quantized]\n"
-               "  --quantized  only the kept-quantized layouts: exact against int8 activations, A B A B\n");
+               "  --quantized  only the kept-quantized layouts: exact against int8 activations and against the\n"
+               "               super-block layouts, A B A B\n");
 }
 
 int kw_bench_kernels(int argc, char **argv) {

@@ -78,6 +78,22 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
     case KW_LAYOUT_QPANELS_S8_G16_X8:
         *out = (kw_quant_layout){.code_bits = 8, .group = 16, .has_offset = 0, .code_min = -128, .code_max = 127};
         return 1;
+    case KW_LAYOUT_QPANELS_U4_SB:
+        *out = (kw_quant_layout){.code_bits = 4,
+                                 .group = 32,
+                                 .has_offset = 1,
+                                 .code_min = 0,
+                                 .code_max = 15,
+                                 .superblock = KW_QUANT_SUPERBLOCK};
+        return 1;
+    case KW_LAYOUT_QPANELS_S8_G16_SB:
+        *out = (kw_quant_layout){.code_bits = 8,
+                                 .group = 16,
+                                 .has_offset = 0,
+                                 .code_min = -128,
+                                 .code_max = 127,
+                                 .superblock = KW_QUANT_SUPERBLOCK};
+        return 1;
     case KW_LAYOUT_ROWS:
     case KW_LAYOUT_PANELS:
     case KW_LAYOUT_COUNT:
@@ -92,6 +108,35 @@ size_t kw__quant_group_bytes(const kw_quant_layout *q) {
            (size_t)(q->group * KW_PANEL_ROWS * q->code_bits / 8);
 }
 
+size_t kw__quant_sb_bytes(const kw_quant_layout *q) {
+    const size_t per = (size_t)(1 + q->has_offset), groups = (size_t)(q->superblock / q->group);
+    return (size_t)KW_PANEL_ROWS * (per * sizeof(float) + per * groups) +
+           (size_t)(q->superblock * KW_PANEL_ROWS * q->code_bits / 8);
+}
+
+size_t kw__quant_panel_bytes(const kw_quant_layout *q, int64_t K) {
+    if (q->superblock) return (size_t)(K / q->superblock) * kw__quant_sb_bytes(q);
+    return (size_t)(K / q->group) * kw__quant_group_bytes(q);
+}
+
+int kw__quant_sb_int(float value, float d, int8_t *s) {
+    const double guess = d != 0.0f && isfinite(d) ? rint((double)value / (double)d) : 0.0;
+    const int first = guess >= -128.0 && guess <= 127.0 ? (int)guess : 0;
+    const int tries[4] = {first, 0, 1, -1}; /* the last three: d zero, infinite or NaN, and signed zeros */
+    uint32_t want;
+    memcpy(&want, &value, 4);
+    for (int i = 0; i < 4; ++i) {
+        const float v = d * (float)tries[i];
+        uint32_t got;
+        memcpy(&got, &v, 4);
+        if (got == want) {
+            *s = (int8_t)tries[i];
+            return 0;
+        }
+    }
+    return KW_E_INVALID_ARG;
+}
+
 /* Rows a tensor occupies in memory: ne[0], rounded up to whole panels for the panel layouts. */
 static int64_t kw_tensor_stored_rows(enum kw_layout layout, int64_t rows) {
     return layout != KW_LAYOUT_ROWS ? (rows + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS * KW_PANEL_ROWS : rows;
@@ -100,8 +145,8 @@ static int64_t kw_tensor_stored_rows(enum kw_layout layout, int64_t rows) {
 size_t kw_tensor_nbytes(const kw_tensor *t) {
     kw_quant_layout q;
     if (kw_layout_quant(t->layout, &q))
-        return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) / KW_PANEL_ROWS) * (size_t)(t->ne[1] / q.group) *
-               kw__quant_group_bytes(&q);
+        return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) / KW_PANEL_ROWS) *
+               kw__quant_panel_bytes(&q, t->ne[1]);
     if (t->layout == KW_LAYOUT_PANELS)
         return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) * t->ne[1]) * kw_dtype_size(t->dtype);
     return (size_t)kw_tensor_nelem(t) * kw_dtype_size(t->dtype);
@@ -142,14 +187,16 @@ static int kw_check_layout_shape(enum kw_dtype dtype, int32_t ndim, const int64_
     if (kw_layout_quant(layout, &q)) {
         KW_RETURN_IF(dtype != KW_DTYPE_F32, KW_E_INVALID_ARG, "a quantized weight holds f32 values, not %s",
                      kw_dtype_name(dtype));
-        KW_RETURN_IF(ne[0] < 1 || ne[1] < 1 || ne[1] % q.group != 0, KW_E_SHAPE,
+        const int32_t unit = q.superblock ? q.superblock : q.group;
+        KW_RETURN_IF(ne[0] < 1 || ne[1] < 1 || ne[1] % unit != 0, KW_E_SHAPE,
                      "a quantized weight (%lld, %lld) needs K a positive multiple of its group of %d", (long long)ne[0],
-                     (long long)ne[1], (int)q.group);
+                     (long long)ne[1], (int)unit);
         KW_RETURN_IF(ne[0] > INT64_MAX - KW_PANEL_ROWS, KW_E_OVERFLOW, "tensor size overflows");
         size_t n = 0;
         const int64_t panels = (ne[0] + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
-        KW_RETURN_IF(kw_size_mul((size_t)panels, (size_t)(ne[1] / q.group), &n) < 0 ||
-                         kw_size_mul(n, kw__quant_group_bytes(&q), &n) < 0 || n > (size_t)INT64_MAX,
+        const size_t unit_bytes = q.superblock ? kw__quant_sb_bytes(&q) : kw__quant_group_bytes(&q);
+        KW_RETURN_IF(kw_size_mul((size_t)panels, (size_t)(ne[1] / unit), &n) < 0 ||
+                         kw_size_mul(n, unit_bytes, &n) < 0 || n > (size_t)INT64_MAX,
                      KW_E_OVERFLOW, "tensor size overflows");
         if (nbytes) *nbytes = n;
         return 0;
@@ -261,6 +308,8 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
     if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8) &&
         !backend->iface->int8_activations)
         return 0;
+    if ((layout == KW_LAYOUT_QPANELS_U4_SB || layout == KW_LAYOUT_QPANELS_S8_G16_SB) && !backend->iface->superblocks)
+        return 0;
     return kw_layout_quant(layout, &q) && backend->iface->pack_quantized != NULL &&
            backend->iface->supports(backend, KW_OP_MATMUL, KW_DTYPE_F32);
 }
@@ -274,6 +323,25 @@ static int kw_check_quant_codes(const kw_quant_rows *q, const kw_quant_layout *q
                          "kw_tensor_pack_quantized: code %d at (%lld, %lld) is outside %d..%d", (int)row[k],
                          (long long)n, (long long)k, (int)ql->code_min, (int)ql->code_max);
     }
+    return 0;
+}
+
+/* For a super-block layout: checks that every scale (offset) of q is fl(d * s) (fl(m * o)) for an int8 s (o) and the
+ * super-block's d (m), kw__quant_sb_int. */
+static int kw_check_quant_sb(const kw_quant_rows *q, const kw_quant_layout *ql) {
+    static const char op[] = "kw_tensor_pack_quantized";
+    KW_RETURN_IF(q->sb_scales == NULL || (ql->has_offset && q->sb_offsets == NULL), KW_E_INVALID_ARG,
+                 "%s: a super-block layout needs the super-blocks' d%s", op, ql->has_offset ? " and m" : "");
+    const int64_t groups = q->k / ql->group, per = ql->superblock / ql->group, sbs = q->k / ql->superblock;
+    int8_t s;
+    for (int64_t n = 0; n < q->n; ++n)
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t sb = n * sbs + g / per, at = n * groups + g;
+            KW_RETURN_IF(kw__quant_sb_int(q->scales[at], q->sb_scales[sb], &s) < 0 ||
+                             (ql->has_offset && kw__quant_sb_int(q->offsets[at], q->sb_offsets[sb], &s) < 0),
+                         KW_E_INVALID_ARG, "%s: group %lld of row %lld is not an int8 multiple of its super-block's %s",
+                         op, (long long)g, (long long)n, ql->has_offset ? "d and m" : "d");
+        }
     return 0;
 }
 
@@ -296,6 +364,7 @@ int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_ten
     KW_RETURN_IF((q->offsets != NULL) != (ql.has_offset != 0), KW_E_INVALID_ARG, "%s: the layout %s offsets", op,
                  ql.has_offset ? "needs" : "has no");
     KW_FORWARD(kw_check_quant_codes(q, &ql));
+    if (ql.superblock) KW_FORWARD(kw_check_quant_sb(q, &ql));
     return backend->iface->pack_quantized(backend, q, packed);
 }
 

@@ -107,7 +107,18 @@ enum kw_layout {
      * code + 128 in one byte each, strip s at byte 256 s as four 64-byte vectors t, byte 4 i + b = row 16 s + i, k =
      * 4 t + b. CPU only, like U4_X8. */
     KW_LAYOUT_QPANELS_S8_G16_X8 = 8,
-    KW_LAYOUT_COUNT = 9,
+    /* The super-block layouts: QPANELS_U4 (Q4_K) and QPANELS_S8_G16 (Q6_K) in fewer bytes, the same weights and the
+     * same matmul bits. A group's scale and offset are not stored as f32 but as small integers s, o (int8) with one
+     * f32 d and m per super-block of 256 k of a row: scale = fl(d * s), offset = fl(m * o) (for Q4_K d is the f16 d
+     * and m the negated dmin, so both products are exact, as ggml's). The kernel rebuilds them per group and then runs
+     * QPANELS_U4 / QPANELS_S8_G16 unchanged. Storage: panels of 64 rows, a panel K / 256 super-blocks one after the
+     * other, a super-block 64 f32 d (one per row), 64 f32 m (U4_SB only), then per group j of the super-block 64 bytes
+     * of s (byte r: row r), then (U4_SB) per group 64 bytes of o, then the super-block's groups' codes as the plain
+     * layout stores them (4-bit: 32 bytes per k; 8-bit: 64). Q4_K reads 0.59 bytes per weight instead of 0.75, Q6_K
+     * 1.08 instead of 1.25. K a multiple of 256; the CPU backend only (kw_backend_supports_layout). */
+    KW_LAYOUT_QPANELS_U4_SB = 9,
+    KW_LAYOUT_QPANELS_S8_G16_SB = 10,
+    KW_LAYOUT_COUNT = 11,
 };
 
 #define KW_PANEL_ROWS 64
@@ -118,7 +129,10 @@ typedef struct kw_quant_layout {
     int32_t group;              /* consecutive k sharing a scale (and offset): 16 or 32 */
     int32_t has_offset;         /* 1: value = fl(fl(scale * code) + offset); 0: value = fl(scale * code) */
     int32_t code_min, code_max; /* the codes' range */
+    int32_t superblock;         /* 0, or 256: the super-block layouts (k sharing one f32 d and m; s, o in int8) */
 } kw_quant_layout;
+
+#define KW_QUANT_SUPERBLOCK 256
 
 /* Fills *out for layout and returns 1 if it is a quantized layout (KW_LAYOUT_QPANELS_*), else zeroes *out and
  * returns 0. */
@@ -315,17 +329,23 @@ typedef struct kw_quant_rows {
     const int8_t *codes;   /* n * k codes, each in the layout's range */
     const float *scales;   /* n * (k / group) */
     const float *offsets;  /* n * (k / group), or NULL for a layout without offsets */
+    /* The super-block layouts only (ignored by the others): n * (k / 256) f32 d, and m (for a layout with offsets),
+     * such that every scale of the super-block is fl(d * s) and every offset fl(m * o) for integers s, o in -128..127;
+     * the packer finds s and o and refuses (KW_E_INVALID_ARG) a group where no integer gives the same bits. */
+    const float *sb_scales, *sb_offsets;
 } kw_quant_rows;
 
 /* 1 if the backend keeps matmul weights in the quantized layout (kw_tensor_pack_quantized works), else 0 (a model then
- * dequantizes at load): the CPU and the CUDA backend have them all but QPANELS_U4_X8, which only the CPU has. */
+ * dequantizes at load): the CPU and the CUDA backend have them all but the X8 and SB layouts, which only the CPU has.
+ */
 int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout);
 
 /* Packs q into *packed, a new tensor (N, K) f32 in layout q->layout owned by the caller (kw_tensor_free). matmul with
  * it gives the same bits as with the f32 weight the formula above describes, on the same backend. Errors:
  * KW_E_OP_UNSUPPORTED (the backend has no such layout: kw_backend_supports_layout), KW_E_SHAPE (K not a multiple of the
  * group, a non-positive size), KW_E_INVALID_ARG (a NULL array, offsets missing or given where the layout has none, a
- * code out of range), KW_E_OVERFLOW (a size too large), KW_E_NOMEM. */
+ * code out of range, super-block values missing or that do not give the scales' and offsets' bits), KW_E_OVERFLOW (a
+ * size too large), KW_E_NOMEM. */
 int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
 
 /* A view of rows [row0, row0+nrows) of the outermost dimension of src: same memory, no ownership. */

@@ -53,6 +53,8 @@ struct kw_backend_i {
     int (*pack_quantized)(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
     /* 1 if pack_quantized and matmul also take the int8-activation layouts (KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8). */
     int int8_activations;
+    /* 1 if pack_quantized and matmul also take the super-block layouts (KW_LAYOUT_QPANELS_U4_SB, S8_G16_SB). */
+    int superblocks;
 
     /* (optional) Creates a stream context of parent (kw_backend_create_stream; parent is a backend made by a create
      * function, never itself a stream context): a new backend state of this iface, set up with kw__backend_init, that
@@ -152,6 +154,13 @@ void kw__backend_uncharge(kw_backend *backend, uint64_t bytes);
 
 /* Bytes of one group of a quantized layout within a panel (64 scales, 64 offsets if any, group * 64 codes). */
 size_t kw__quant_group_bytes(const kw_quant_layout *q);
+/* Bytes of one super-block of a super-block layout within a panel (kernels/kw_backend.h, KW_LAYOUT_QPANELS_U4_SB). */
+size_t kw__quant_sb_bytes(const kw_quant_layout *q);
+/* Bytes of one panel (64 rows, K columns) of a quantized layout. */
+size_t kw__quant_panel_bytes(const kw_quant_layout *q, int64_t K);
+/* The int8 s with fl(d * s) of the same bits as value (the super-block layouts' scales and offsets): 0 and *s, or
+ * KW_E_INVALID_ARG if there is none. */
+int kw__quant_sb_int(float value, float d, int8_t *s);
 
 /* kw_tensor_alloc with a layout: the byte size follows kw_tensor_nbytes for that layout (KW_LAYOUT_PANELS and the
  * quantized panels: ndim 2). */

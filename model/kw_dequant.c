@@ -308,6 +308,32 @@ int kw_ggml_codes_row(uint32_t type, const void *src, int64_t n, int8_t *codes, 
     return 0;
 }
 
+enum kw_layout kw_ggml_superblock_layout(uint32_t type) {
+    if (type == KW_GGML_Q4_K) return KW_LAYOUT_QPANELS_U4_SB;
+    if (type == KW_GGML_Q6_K) return KW_LAYOUT_QPANELS_S8_G16_SB;
+    return KW_LAYOUT_ROWS;
+}
+
+int kw_ggml_superblock_row(uint32_t type, const void *src, int64_t n, float *d, float *m) {
+    const int q4 = type == KW_GGML_Q4_K;
+    KW_RETURN_IF(!src || !d || (q4 && !m), KW_E_INVALID_ARG, "kw_ggml_superblock_row: NULL buffer");
+    KW_RETURN_IF(!q4 && type != KW_GGML_Q6_K, KW_E_MODEL_DTYPE, "ggml type %s has no super-block layout",
+                 kw_ggml_type_name(type));
+    size_t bytes = 0;
+    KW_FORWARD(kw_ggml_row_bytes(type, n, &bytes));
+    const kw_ggml_type_row *r = kw_ggml_row(type);
+    for (int64_t i = 0; i < n / KW_QK_K; ++i) {
+        const uint8_t *b = (const uint8_t *)src + (size_t)i * (size_t)r->block_bytes;
+        if (q4) {
+            d[i] = kw_dq_f16(b); /* kw_cq_k4_scales: scale = d * sc, offset = -(dmin * m) = (-dmin) * m */
+            m[i] = -kw_dq_f16(b + 2);
+        } else {
+            d[i] = kw_dq_f16(b + 208); /* kw_cq_q6_k: scale = d * scales[i] */
+        }
+    }
+    return 0;
+}
+
 int kw_dequant_row(uint32_t type, const void *src, int64_t n, enum kw_dtype out_dtype, void *dst) {
     KW_RETURN_IF(!src || !dst, KW_E_INVALID_ARG, "kw_dequant_row: NULL buffer");
     KW_RETURN_IF(out_dtype != KW_DTYPE_F32 && out_dtype != KW_DTYPE_BF16, KW_E_INVALID_ARG,

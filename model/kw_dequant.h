@@ -74,4 +74,14 @@ enum kw_layout kw_ggml_quant_layout(uint32_t type);
  * KW_E_INVALID_ARG (a NULL buffer). */
 int kw_ggml_codes_row(uint32_t type, const void *src, int64_t n, int8_t *codes, float *scales, float *offsets);
 
+/* The super-block layout a type can also be kept in (kernels/kw_backend.h): Q4_K KW_LAYOUT_QPANELS_U4_SB, Q6_K
+ * KW_LAYOUT_QPANELS_S8_G16_SB; KW_LAYOUT_ROWS for every other type. */
+enum kw_layout kw_ggml_superblock_layout(uint32_t type);
+
+/* The super-blocks' f32 d and m of n values (whole 256-value super-blocks) of such a type, n / 256 each (m only for
+ * Q4_K: the negated dmin; may be NULL for Q6_K), such that kw_ggml_codes_row's scale of each group is fl(d * s) and its
+ * offset fl(m * o) for the block's 6-bit (Q4_K) or int8 (Q6_K) sub-scales s and sub-mins o. Errors: KW_E_MODEL_DTYPE
+ * (another type), KW_E_MODEL_SHAPE (n not whole super-blocks), KW_E_INVALID_ARG (a NULL buffer). */
+int kw_ggml_superblock_row(uint32_t type, const void *src, int64_t n, float *d, float *m);
+
 #endif /* KW_DEQUANT_H */

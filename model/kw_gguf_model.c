@@ -381,6 +381,8 @@ void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf) {
     free(buf->codes);
     free(buf->scales);
     free(buf->offsets);
+    free(buf->sb_scales);
+    free(buf->sb_offsets);
     memset(buf, 0, sizeof *buf);
 }
 
@@ -415,18 +417,33 @@ int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg
     const size_t n = (size_t)rows * (size_t)cols, groups = n / (size_t)ql.group; /* bounded at open */
     KW_FORWARD(kw_gguf_codes_buf_reserve(buf, n, groups, ql.has_offset ? groups : 0));
     const int64_t row_groups = cols / ql.group;
+    const enum kw_layout sb_layout = kw_ggml_superblock_layout(t->type);
+    const int sb = sb_layout != KW_LAYOUT_ROWS && cols % KW_QUANT_SUPERBLOCK == 0;
+    const int64_t row_sbs = cols / KW_QUANT_SUPERBLOCK;
+    if (sb) {
+        void *d = buf->sb_scales, *m = buf->sb_offsets;
+        KW_FORWARD(kw_gguf_grow(&d, &buf->sb_caps[0], n / KW_QUANT_SUPERBLOCK, sizeof(float)));
+        buf->sb_scales = d;
+        KW_FORWARD(kw_gguf_grow(&m, &buf->sb_caps[1], ql.has_offset ? n / KW_QUANT_SUPERBLOCK : 0, sizeof(float)));
+        buf->sb_offsets = m;
+    }
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t to = permute ? kw_gguf_unpermute(r, hd) : r;
-        KW_FORWARD(kw_ggml_codes_row(t->type, (const uint8_t *)t->data + (size_t)r * row_bytes, cols,
-                                     buf->codes + to * cols, buf->scales + to * row_groups,
+        const uint8_t *src = (const uint8_t *)t->data + (size_t)r * row_bytes;
+        KW_FORWARD(kw_ggml_codes_row(t->type, src, cols, buf->codes + to * cols, buf->scales + to * row_groups,
                                      ql.has_offset ? buf->offsets + to * row_groups : NULL));
+        if (sb)
+            KW_FORWARD(kw_ggml_superblock_row(t->type, src, cols, buf->sb_scales + to * row_sbs,
+                                              ql.has_offset ? buf->sb_offsets + to * row_sbs : NULL));
     }
     *out = (kw_quant_rows){.layout = layout,
                            .n = rows,
                            .k = cols,
                            .codes = buf->codes,
                            .scales = buf->scales,
-                           .offsets = ql.has_offset ? buf->offsets : NULL};
+                           .offsets = ql.has_offset ? buf->offsets : NULL,
+                           .sb_scales = sb ? buf->sb_scales : NULL,
+                           .sb_offsets = sb && ql.has_offset ? buf->sb_offsets : NULL};
     return 0;
 }
 

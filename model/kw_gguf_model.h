@@ -52,7 +52,8 @@ int kw_gguf_model_read(const kw_gguf_tensor *t, const kw_model_config *cfg, cons
 typedef struct kw_gguf_codes_buf {
     int8_t *codes;
     float *scales, *offsets;
-    size_t codes_cap, scales_cap, offsets_cap; /* elements */
+    float *sb_scales, *sb_offsets;                         /* the super-blocks' d and m (Q4_K, Q6_K) */
+    size_t codes_cap, scales_cap, offsets_cap, sb_caps[2]; /* elements */
 } kw_gguf_codes_buf;
 
 void kw_gguf_codes_buf_free(kw_gguf_codes_buf *buf);
@@ -63,7 +64,9 @@ int kw_gguf_codes_buf_reserve(kw_gguf_codes_buf *buf, size_t n_codes, size_t n_s
 
 /* Reads the 2-D GGUF tensor t, of a type kvwire keeps quantized (kw_ggml_quant_layout), as HF matmul weight hf_name:
  * its codes, scales and offsets row by row in HF order (llama q/k rows un-permuted) into *buf, and *out describing
- * them (pointing into buf: valid until the next read into buf), ready for kw_tensor_pack_quantized. The f32 weight
+ * them (pointing into buf: valid until the next read into buf), ready for kw_tensor_pack_quantized. For a type with a
+ * super-block layout (kw_ggml_superblock_layout) whose rows are whole super-blocks, *out also carries the super-blocks'
+ * d and m (sb_scales, sb_offsets), so the caller may pack it in that layout instead. The f32 weight
  * *out stands for is exactly what kw_gguf_model_read would give in f32. Errors: KW_E_MODEL_DTYPE (a type not kept
  * quantized), KW_E_MODEL_SHAPE (not 2-D, a row not whole blocks, q/k rows that do not split into heads), KW_E_NOMEM. */
 int kw_gguf_model_read_codes(const kw_gguf_tensor *t, const kw_model_config *cfg, const char *hf_name,

@@ -137,6 +137,12 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     if (x8 && q.layout == KW_LAYOUT_QPANELS_S8_G16 &&
         kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_S8_G16_X8))
         q.layout = KW_LAYOUT_QPANELS_S8_G16_X8;
+    /* else the super-block layouts where the reader gave the super-blocks' d and m (Q4_K, Q6_K with K a multiple of
+     * 256) and the backend has them (the CPU): the same weights and bits in fewer bytes per token */
+    const enum kw_layout sb = q.layout == KW_LAYOUT_QPANELS_U4       ? KW_LAYOUT_QPANELS_U4_SB
+                              : q.layout == KW_LAYOUT_QPANELS_S8_G16 ? KW_LAYOUT_QPANELS_S8_G16_SB
+                                                                     : KW_LAYOUT_ROWS;
+    if (q.sb_scales && sb != KW_LAYOUT_ROWS && kw_backend_supports_layout(m->backend, sb)) q.layout = sb;
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
     KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));
     KW_FORWARD(kw_tensor_pack_quantized(m->backend, &q, t));

@@ -168,6 +168,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .pack_weight = kw__cpu_pack_weight,
     .pack_quantized = kw__cpu_pack_quantized,
     .int8_activations = 1,
+    .superblocks = 1,
     .create_stream = kw_cpu_create_stream,
     .get_rows = kw__cpu_get_rows,
     .matmul = kw__cpu_matmul,

@@ -86,9 +86,14 @@
  */
 #define KW_TARGET_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")))
 
-KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const int OFS, const int G, float *y,
-                                                          const float *x, int64_t K, const char *wp, int64_t ncols) {
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + (size_t)(G * KW_PANEL_ROWS / 2);
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const int OFS, const int G, const int SB,
+                                                          float *y, const float *x, int64_t K, const char *wp,
+                                                          int64_t ncols) {
+    /* the group's place as in kw_qmm_tile (kw_cpu_matmul_isa.h) */
+    const size_t code_bytes = (size_t)(G * KW_PANEL_ROWS / 2);
+    const int PER = SB ? KW_QUANT_SUPERBLOCK / G : 1;
+    const size_t head_bytes = (size_t)KW_PANEL_ROWS * (4 + (size_t)(SB ? PER : 0)) * (size_t)(1 + OFS);
+    const size_t unit_bytes = head_bytes + code_bytes * (size_t)PER, group_bytes = unit_bytes / (size_t)PER;
     const float C = 128.0f + (float)ZERO;
     const __m512i P = _mm512_set1_epi32(0x43000000);
     /* nibbles: byte 2 of lane i takes the 8 bits at the nibble's offset in the strip's 8 bytes (low nibbles of bytes
@@ -103,15 +108,21 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
     for (int v = 0; v < 4; ++v)
         acc[v] = _mm512_setzero_ps();
     for (int64_t g = 0; g < K / G; ++g) {
-        const char *gp = wp + (size_t)g * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        const char *up = wp + (size_t)(g / PER) * unit_bytes, *gp = wp + (size_t)g * group_bytes;
+        const int64_t j = g % PER;
+        const float *scales = (const float *)up, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)up + head_bytes + (size_t)j * code_bytes;
+        const int8_t *sub = (const int8_t *)up + KW_PANEL_ROWS * 4 * (1 + OFS) + j * KW_PANEL_ROWS;
         __m512 a[4], b[4], nc[4];
         __mmask16 exact = 0xFFFF;
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
             a[v] = _mm512_loadu_ps(scales + v * 16);
             b[v] = OFS ? _mm512_loadu_ps(offsets + v * 16) : _mm512_setzero_ps();
+            if (SB) {
+                a[v] = _mm512_mul_ps(a[v], kw_v16_load_i8_avx512(sub + v * 16));
+                if (OFS) b[v] = _mm512_mul_ps(b[v], kw_v16_load_i8_avx512(sub + PER * KW_PANEL_ROWS + v * 16));
+            }
             const __m512 cs = _mm512_mul_ps(a[v], _mm512_set1_ps(C));
             exact &= _mm512_cmp_ps_mask(_mm512_fmsub_ps(a[v], _mm512_set1_ps(C), cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
             nc[v] = _mm512_sub_ps(_mm512_setzero_ps(), cs);
@@ -153,13 +164,14 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
 }
 
 /* kw_qmm_row_vbmi_<name>: kw_qmm_row_vbmi for one 4-bit layout (the parameters of KW_QMM_LAYOUT but the bits). */
-#define KW_QMM_VBMI(NAME, Z, O, GR)                                                                                    \
+#define KW_QMM_VBMI(NAME, Z, O, GR, S)                                                                                 \
     KW_TARGET_AVX512_VBMI static void kw_qmm_row_vbmi_##NAME(float *y, const float *x, int64_t K, const char *wp,      \
                                                              int64_t ncols) {                                          \
-        kw_qmm_row_vbmi(Z, O, GR, y, x, K, wp, ncols);                                                                 \
+        kw_qmm_row_vbmi(Z, O, GR, S, y, x, K, wp, ncols);                                                              \
     }
-KW_QMM_VBMI(s4, 8, 0, 32)
-KW_QMM_VBMI(u4, 0, 1, 32)
+KW_QMM_VBMI(s4, 8, 0, 32, 0)
+KW_QMM_VBMI(u4, 0, 1, 32, 0)
+KW_QMM_VBMI(u4_sb, 0, 1, 32, 1)
 #undef KW_QMM_VBMI
 
 /* 1 if the CPU has AVX-512 VBMI (the AVX-512 instantiation's decode rows then use kw_qmm_row_vbmi_*). */
@@ -250,23 +262,62 @@ int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *pack
     return 0;
 }
 
+/* Where group g of a quantized panel keeps its numbers (kernels/kw_backend.h): the plain layouts' f32 scales and
+ * offsets, or the super-block layouts' int8 s and o and their super-block's f32 d and m; then its codes. */
+typedef struct kw_qgroup {
+    float *scales, *offsets; /* plain layouts (offsets: with offsets only) */
+    float *d, *m;            /* super-block layouts (m: with offsets only) */
+    int8_t *s, *o;
+    uint8_t *codes;
+} kw_qgroup;
+
+static kw_qgroup kw_qgroup_at(const char *panel, const kw_quant_layout *ql, int64_t g) {
+    kw_qgroup q = {0};
+    const size_t ofs = (size_t)(1 + ql->has_offset);
+    if (!ql->superblock) {
+        char *gp = (char *)panel + (size_t)g * kw__quant_group_bytes(ql);
+        q.scales = (float *)gp;
+        q.offsets = q.scales + KW_PANEL_ROWS;
+        q.codes = (uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * ofs;
+        return q;
+    }
+    const int64_t per = ql->superblock / ql->group, j = g % per;
+    char *sbp = (char *)panel + (size_t)(g / per) * kw__quant_sb_bytes(ql);
+    q.d = (float *)sbp;
+    q.m = q.d + KW_PANEL_ROWS;
+    q.s = (int8_t *)(sbp + KW_PANEL_ROWS * sizeof(float) * ofs) + j * KW_PANEL_ROWS;
+    q.o = q.s + per * KW_PANEL_ROWS;
+    q.codes = (uint8_t *)sbp + (size_t)KW_PANEL_ROWS * (sizeof(float) + (size_t)per) * ofs +
+              (size_t)(j * ql->group * KW_PANEL_ROWS * ql->code_bits / 8);
+    return q;
+}
+
 /* Writes panel p of the quantized rows q into dst (kernels/kw_backend.h, the quantized panels): per group, the 64 rows'
- * scales, offsets (if any), then the codes k-major (nibbles: strip s of 16 rows in 8 bytes, row 16s + j low and
- * 16s + 8 + j high in byte j). Rows past N are zero. */
+ * scales, offsets (if any), or their int8 s, o and the super-block's d, m, then the codes k-major (nibbles: strip s of
+ * 16 rows in 8 bytes, row 16s + j low and 16s + 8 + j high in byte j). Rows past N are zero. */
 static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_layout *ql, int64_t p) {
     const int64_t G = ql->group, groups = q->k / G, K = q->k;
     const int64_t rows = q->n - p * KW_PANEL_ROWS < KW_PANEL_ROWS ? q->n - p * KW_PANEL_ROWS : KW_PANEL_ROWS;
-    const size_t group_bytes = kw__quant_group_bytes(ql);
     const int x8 = q->layout == KW_LAYOUT_QPANELS_U4_X8 || q->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
-    memset(dst, 0, (size_t)groups * group_bytes);
+    const int64_t per = ql->superblock / G, sbs = ql->superblock ? K / ql->superblock : 0;
+    memset(dst, 0, kw__quant_panel_bytes(ql, K));
     for (int64_t g = 0; g < groups; ++g) {
-        char *gp = dst + (size_t)g * group_bytes;
-        float *scales = (float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        uint8_t *codes = (uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + ql->has_offset);
+        const kw_qgroup qg = kw_qgroup_at(dst, ql, g);
+        uint8_t *codes = qg.codes;
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t n = p * KW_PANEL_ROWS + r;
-            scales[r] = q->scales[n * groups + g];
-            if (ql->has_offset) offsets[r] = q->offsets[n * groups + g];
+            if (ql->superblock) {
+                const int64_t sb = n * sbs + g / per;
+                qg.d[r] = q->sb_scales[sb];
+                (void)kw__quant_sb_int(q->scales[n * groups + g], qg.d[r], &qg.s[r]); /* checked by the caller */
+                if (ql->has_offset) {
+                    qg.m[r] = q->sb_offsets[sb];
+                    (void)kw__quant_sb_int(q->offsets[n * groups + g], qg.m[r], &qg.o[r]);
+                }
+            } else {
+                qg.scales[r] = q->scales[n * groups + g];
+                if (ql->has_offset) qg.offsets[r] = q->offsets[n * groups + g];
+            }
             const int8_t *src = q->codes + n * K + g * G;
             for (int64_t kk = 0; kk < G; ++kk) {
                 if (x8) {
@@ -293,7 +344,7 @@ int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tenso
     const int64_t ne[2] = {q->n, q->k}, panels = (q->n + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
     kw_tensor t;
     KW_FORWARD(kw__tensor_alloc_layout(backend, &t, KW_DTYPE_F32, 2, ne, q->layout));
-    const size_t panel_bytes = (size_t)(q->k / ql.group) * kw__quant_group_bytes(&ql);
+    const size_t panel_bytes = kw__quant_panel_bytes(&ql, q->k);
     const int nt = q->n * q->k >= KW_CPU_PARALLEL_MIN * 8 ? cpu->n_threads : 1;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t p = 0; p < panels; ++p)
@@ -306,12 +357,18 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
     kw_quant_layout ql;
     kw_layout_quant(w->layout, &ql);
     const int64_t K = w->ne[1], G = ql.group, p = n / KW_PANEL_ROWS, r = n % KW_PANEL_ROWS;
-    const size_t group_bytes = kw__quant_group_bytes(&ql);
-    const char *panel = (const char *)w->data + (size_t)p * (size_t)(K / G) * group_bytes;
+    const char *panel = (const char *)w->data + (size_t)p * kw__quant_panel_bytes(&ql, K);
     for (int64_t g = 0; g < K / G; ++g) {
-        const char *gp = panel + (size_t)g * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + ql.has_offset);
+        const kw_qgroup qg = kw_qgroup_at(panel, &ql, g);
+        const uint8_t *codes = qg.codes;
+        float scale, offset = 0.0f;
+        if (ql.superblock) {
+            scale = qg.d[r] * (float)qg.s[r];
+            if (ql.has_offset) offset = qg.m[r] * (float)qg.o[r];
+        } else {
+            scale = qg.scales[r];
+            if (ql.has_offset) offset = qg.offsets[r];
+        }
         for (int64_t kk = 0; kk < G; ++kk) {
             int code;
             if (w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8) {
@@ -322,8 +379,8 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
                 const uint8_t byte = codes[kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + (r % 16) % 8];
                 code = (r % 16 < 8 ? byte & 0x0F : byte >> 4) + ql.code_min;
             }
-            float v = (float)code * scales[r];
-            if (ql.has_offset) v = v + offsets[r];
+            float v = (float)code * scale;
+            if (ql.has_offset) v = v + offset;
             dst[g * G + kk] = v;
         }
     }
@@ -339,8 +396,8 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const int64_t panels = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
     kw_quant_layout ql;
     const int quantized = kw_layout_quant(w->layout, &ql);
-    const size_t panel_bytes = quantized ? (size_t)(K / ql.group) * kw__quant_group_bytes(&ql)
-                                         : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
+    const size_t panel_bytes =
+        quantized ? kw__quant_panel_bytes(&ql, K) : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
     const int packed = w->layout != KW_LAYOUT_ROWS;
     const float *xs = x->data;
     float *y = out->data;

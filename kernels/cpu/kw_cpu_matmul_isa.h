@@ -150,25 +150,36 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_mm_panel)(float *y, int64_t N, const flo
  * Quantized panels (kernels/kw_backend.h, KW_LAYOUT_QPANELS_*): the same tiles and the same fma chains, the weight
  * vector of a strip rebuilt at each k from its codes as fl(fl(code * scale) + offset) (two roundings, as the
  * dequantizer does), scale and offset loaded once per group. So the bits equal those of the f32 panels of the
- * dequantized weight. BITS, ZERO (subtracted from a nibble), OFS and G are constants after inlining. wp is the panel
- * base and s0 the first strip of the tile: the strips of a group are interleaved, not one contiguous slice each.
+ * dequantized weight. BITS, ZERO (subtracted from a nibble), OFS, G and SB (1: a super-block layout, whose scale and
+ * offset are rebuilt per group as fl(d * s), fl(m * o): the same f32 values) are constants after inlining. wp is the
+ * panel base and s0 the first strip of the tile: the strips of a group are interleaved, not one contiguous slice each.
  */
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const int NV, const int BITS, const int ZERO,
-                                                          const int OFS, const int G, float *y, int64_t ldy,
-                                                          const float *x, int64_t K, const char *wp, int64_t s0,
-                                                          int64_t ncols) {
+                                                          const int OFS, const int G, const int SB, float *y,
+                                                          int64_t ldy, const float *x, int64_t K, const char *wp,
+                                                          int64_t s0, int64_t ncols) {
     KW_VT acc[KW_MM_MAX_MR][KW_MM_MAX_NV];
     KW_ISA_FN(kw_mm_tile_zero)(MR, NV, acc);
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + (size_t)(G * KW_PANEL_ROWS * BITS / 8);
+    const size_t code_bytes = (size_t)(G * KW_PANEL_ROWS * BITS / 8);
+    const int PER = SB ? KW_QUANT_SUPERBLOCK / G : 1; /* groups per super-block */
+    const size_t head_bytes = (size_t)KW_PANEL_ROWS * (4 + (size_t)(SB ? PER : 0)) * (size_t)(1 + OFS);
+    /* plain: one group; super-block: one super-block, and group_bytes its share per group (for the prefetch) */
+    const size_t unit_bytes = head_bytes + code_bytes * (size_t)PER, group_bytes = unit_bytes / (size_t)PER;
     for (int64_t g = 0; g < K / G; ++g) {
-        const char *gp = wp + (size_t)g * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        const char *up = wp + (size_t)(g / PER) * unit_bytes, *gp = wp + (size_t)g * group_bytes;
+        const int64_t j = g % PER;
+        const float *scales = (const float *)up, *offsets = scales + KW_PANEL_ROWS;
+        const uint8_t *codes = (const uint8_t *)up + head_bytes + (size_t)j * code_bytes;
+        const int8_t *sub = (const int8_t *)up + KW_PANEL_ROWS * 4 * (1 + OFS) + j * KW_PANEL_ROWS;
         KW_VT a[KW_MM_MAX_NV], b[KW_MM_MAX_NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
             a[v] = KW_V(load)(scales + (s0 + v) * 16);
             b[v] = OFS ? KW_V(load)(offsets + (s0 + v) * 16) : KW_V(zero)();
+            if (SB) {
+                a[v] = KW_V(mul)(a[v], KW_V(load_i8)(sub + (s0 + v) * 16));
+                if (OFS) b[v] = KW_V(mul)(b[v], KW_V(load_i8)(sub + PER * KW_PANEL_ROWS + (s0 + v) * 16));
+            }
         }
         for (int kk = 0; kk < G; ++kk) {
             if (MR == 1) KW_QMM_PREFETCH(gp, group_bytes, G, kk); /* decode: memory-bound; prefill tiles are not */
@@ -191,26 +202,28 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const in
 #undef KW_MM_TILE_CASE
 #define KW_MM_TILE_CASE(R)                                                                                             \
     case R:                                                                                                            \
-        KW_ISA_FN(kw_qmm_tile)(R, KW_MM_NV, BITS, ZERO, OFS, G, y, ldy, x, K, wp, s0, ncols);                          \
+        KW_ISA_FN(kw_qmm_tile)(R, KW_MM_NV, BITS, ZERO, OFS, G, SB, y, ldy, x, K, wp, s0, ncols);                      \
         break;
 
 /* kw_qmm_tiles_<isa>_<name> and kw_qmm_row_<isa>_<name>: one quantized layout's tile dispatch and decode row. */
-#define KW_QMM_LAYOUT(NAME, B, Z, O, GR)                                                                               \
+#define KW_QMM_LAYOUT(NAME, B, Z, O, GR, S)                                                                            \
     KW_SIMD_TARGET static void KW_SIMD_CAT(KW_ISA_FN(kw_qmm_tiles), NAME)(                                             \
         int mr, float *y, int64_t ldy, const float *x, int64_t K, const char *wp, int64_t s0, int64_t ncols) {         \
-        const int BITS = B, ZERO = Z, OFS = O, G = GR;                                                                 \
+        const int BITS = B, ZERO = Z, OFS = O, G = GR, SB = S;                                                         \
         KW_MM_TILE_SWITCH(mr)                                                                                          \
     }                                                                                                                  \
     KW_SIMD_TARGET static void KW_SIMD_CAT(KW_ISA_FN(kw_qmm_row), NAME)(float *y, const float *x, int64_t K,           \
                                                                         const char *wp, int64_t ncols) {               \
-        KW_ISA_FN(kw_qmm_tile)(1, 4, B, Z, O, GR, y, 0, x, K, wp, 0, ncols);                                           \
+        KW_ISA_FN(kw_qmm_tile)(1, 4, B, Z, O, GR, S, y, 0, x, K, wp, 0, ncols);                                        \
     }
 
-KW_QMM_LAYOUT(s4, 4, 8, 0, 32)
-KW_QMM_LAYOUT(u4, 4, 0, 1, 32)
-KW_QMM_LAYOUT(s8, 8, 0, 0, 32)
-KW_QMM_LAYOUT(s8_ofs, 8, 0, 1, 32)
-KW_QMM_LAYOUT(s8_g16, 8, 0, 0, 16)
+KW_QMM_LAYOUT(s4, 4, 8, 0, 32, 0)
+KW_QMM_LAYOUT(u4, 4, 0, 1, 32, 0)
+KW_QMM_LAYOUT(s8, 8, 0, 0, 32, 0)
+KW_QMM_LAYOUT(s8_ofs, 8, 0, 1, 32, 0)
+KW_QMM_LAYOUT(s8_g16, 8, 0, 0, 16, 0)
+KW_QMM_LAYOUT(u4_sb, 4, 0, 1, 32, 1)
+KW_QMM_LAYOUT(s8_g16_sb, 8, 0, 0, 16, 1)
 
 /* kw_mm_panel for a quantized panel: the same split into decode rows and prefill tiles. */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const float *x, int64_t K,
@@ -250,6 +263,11 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const fl
                 KW_QMM_CALL(s8)
             case KW_LAYOUT_QPANELS_S8_OFS:
                 KW_QMM_CALL(s8_ofs)
+            case KW_LAYOUT_QPANELS_U4_SB:
+                KW_QMM_FAST(u4_sb)
+                KW_QMM_CALL(u4_sb)
+            case KW_LAYOUT_QPANELS_S8_G16_SB:
+                KW_QMM_CALL(s8_g16_sb)
             default:
                 KW_QMM_CALL(s8_g16)
             }

@@ -96,7 +96,7 @@ static kw_qdata kw_qdata_make(enum kw_layout layout, int64_t N, int64_t K) {
         d.scales[g] = g % 2 ? kw_uniform() * 0.3f : f16 * (float)(1 + kw_next() % 63);
         if (d.offsets) d.offsets[g] = -kw_f16_to_f32(kw_f32_to_f16(kw_uniform() * 0.02f)) * (float)(kw_next() % 64);
     }
-    d.q = (kw_quant_rows){layout, N, K, d.codes, d.scales, d.offsets};
+    d.q = (kw_quant_rows){layout, N, K, d.codes, d.scales, d.offsets, NULL, NULL};
     return d;
 }
 
@@ -236,7 +236,12 @@ int main(void) {
     }
     kw_check(rc, "create the gpu backend");
     kw_check(kw_backend_create_cpu(1, &cpu), "create the cpu backend");
-    for (int l = KW_LAYOUT_QPANELS_S4; l <= KW_LAYOUT_QPANELS_S8_G16; ++l) { /* the X8 layouts are the CPU's */
+    /* the X8 and super-block layouts are the CPU's: a model on the GPU keeps Q4_K and Q6_K in U4 and S8_G16 */
+    if (kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_U4_SB) ||
+        kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_S8_G16_SB) ||
+        !kw_backend_supports_layout(cpu, KW_LAYOUT_QPANELS_U4_SB))
+        kw_check(KW_E_INTERNAL, "the super-block layouts are the CPU backend's only");
+    for (int l = KW_LAYOUT_QPANELS_S4; l <= KW_LAYOUT_QPANELS_S8_G16; ++l) {
         kw_quant_layout ql;
         kw_layout_quant((enum kw_layout)l, &ql);
         const int64_t K = ql.group == 16 ? 48 : 96;

@@ -35,12 +35,32 @@ static float kw_rand(void) {
 
 /* Random quantized rows of a layout: in even groups as a GGUF file holds them, scales f16 values times a small integer
  * (the k-quants' d * sc), offsets f16-derived, so fl(code * scale) + offset really rounds; in odd groups any f32
- * scale. */
+ * scale. For a super-block layout the scales and offsets are fl(d * s) and fl(m * o) of each super-block's d and m:
+ * in even super-blocks f16 values (exact products, as Q4_K and Q6_K), in odd ones any f32 (the products round). */
 typedef struct kw_qcase_data {
     kw_quant_rows q;
     int8_t *codes;
-    float *scales, *offsets;
+    float *scales, *offsets, *sb_scales, *sb_offsets;
 } kw_qcase_data;
+
+/* Fills d's super-block numbers and rebuilds its scales and offsets from them (kw_qcase_make). */
+static void kw_qcase_superblocks(kw_qcase_data *d, const kw_quant_layout *ql, int64_t N, int64_t K) {
+    const int64_t sbs = N * (K / ql->superblock), per = ql->superblock / ql->group;
+    d->sb_scales = malloc((size_t)sbs * sizeof(float));
+    d->sb_offsets = ql->has_offset ? malloc((size_t)sbs * sizeof(float)) : NULL;
+    assert_true(d->sb_scales && (d->sb_offsets || !ql->has_offset));
+    for (int64_t b = 0; b < sbs; ++b) {
+        const float f16 = kw_f16_to_f32(kw_f32_to_f16(kw_rand() * 0.01f));
+        d->sb_scales[b] = b % 2 ? kw_rand() * 0.01f : f16;
+        if (d->sb_offsets) d->sb_offsets[b] = -fabsf(b % 2 ? kw_rand() * 0.02f : kw_f16_to_f32(kw_f32_to_f16(f16 * 2)));
+        for (int64_t g = b * per; g < (b + 1) * per; ++g) {
+            /* Q4_K: 6-bit s and o; Q6_K: any int8 s */
+            const int s = ql->has_offset ? (int)(kw_next() % 64) : (int)(kw_next() % 256) - 128;
+            d->scales[g] = d->sb_scales[b] * (float)s;
+            if (d->offsets) d->offsets[g] = d->sb_offsets[b] * (float)(kw_next() % 64);
+        }
+    }
+}
 
 static kw_qcase_data kw_qcase_make(enum kw_layout layout, int64_t N, int64_t K) {
     kw_quant_layout ql;
@@ -60,12 +80,13 @@ static kw_qcase_data kw_qcase_make(enum kw_layout layout, int64_t N, int64_t K) 
         d.scales[g] = g % 2 ? kw_rand() * 0.3f : half * (float)(1 + kw_next() % 63);
         if (d.offsets) d.offsets[g] = -(kw_f16_to_f32(kw_f32_to_f16(kw_rand() * 0.02f)) * (float)(kw_next() % 64));
     }
-    d.q = (kw_quant_rows){layout, N, K, d.codes, d.scales, d.offsets};
+    if (ql.superblock) kw_qcase_superblocks(&d, &ql, N, K);
+    d.q = (kw_quant_rows){layout, N, K, d.codes, d.scales, d.offsets, d.sb_scales, d.sb_offsets};
     return d;
 }
 
 static void kw_qcase_free(kw_qcase_data *d) {
-    free(d->codes), free(d->scales), free(d->offsets);
+    free(d->codes), free(d->scales), free(d->offsets), free(d->sb_scales), free(d->sb_offsets);
 }
 
 /* y = rows [m0, m1) of x times w^T (+ bias) in one call; w a tensor already on b. */
@@ -86,11 +107,21 @@ typedef struct kw_qmm_case {
 } kw_qmm_case;
 
 static const kw_qmm_case kw_qmm_cases[] = {
-    {KW_LAYOUT_QPANELS_S4, 1, 1, 32, 0},       {KW_LAYOUT_QPANELS_S4, 13, 130, 96, 1},
-    {KW_LAYOUT_QPANELS_U4, 7, 64, 64, 0},      {KW_LAYOUT_QPANELS_U4, 50, 200, 160, 1},
-    {KW_LAYOUT_QPANELS_S8, 3, 37, 32, 0},      {KW_LAYOUT_QPANELS_S8, 70, 65, 128, 1},
-    {KW_LAYOUT_QPANELS_S8_OFS, 9, 100, 64, 0}, {KW_LAYOUT_QPANELS_S8_OFS, 2, 300, 256, 1},
-    {KW_LAYOUT_QPANELS_S8_G16, 5, 20, 16, 0},  {KW_LAYOUT_QPANELS_S8_G16, 33, 129, 272, 1},
+    {KW_LAYOUT_QPANELS_S4, 1, 1, 32, 0},
+    {KW_LAYOUT_QPANELS_S4, 13, 130, 96, 1},
+    {KW_LAYOUT_QPANELS_U4, 7, 64, 64, 0},
+    {KW_LAYOUT_QPANELS_U4, 50, 200, 160, 1},
+    {KW_LAYOUT_QPANELS_S8, 3, 37, 32, 0},
+    {KW_LAYOUT_QPANELS_S8, 70, 65, 128, 1},
+    {KW_LAYOUT_QPANELS_S8_OFS, 9, 100, 64, 0},
+    {KW_LAYOUT_QPANELS_S8_OFS, 2, 300, 256, 1},
+    {KW_LAYOUT_QPANELS_S8_G16, 5, 20, 16, 0},
+    {KW_LAYOUT_QPANELS_S8_G16, 33, 129, 272, 1},
+    {KW_LAYOUT_QPANELS_U4_SB, 1, 1, 256, 0},
+    {KW_LAYOUT_QPANELS_U4_SB, 7, 64, 512, 0},
+    {KW_LAYOUT_QPANELS_U4_SB, 50, 200, 768, 1},
+    {KW_LAYOUT_QPANELS_S8_G16_SB, 5, 20, 256, 0},
+    {KW_LAYOUT_QPANELS_S8_G16_SB, 33, 129, 512, 1},
 };
 
 static void test_quantized_matmul_is_the_f32_matmul(void **state) {
@@ -171,16 +202,26 @@ static void test_quantized_matmul_is_the_f32_matmul(void **state) {
 /* The comparison can fail: one changed code (the smallest step, +-1) changes some output. */
 static void test_changed_code_is_caught(void **state) {
     (void)state;
-    static const enum kw_layout layouts[] = {KW_LAYOUT_QPANELS_S4, KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_S8,
-                                             KW_LAYOUT_QPANELS_S8_OFS, KW_LAYOUT_QPANELS_S8_G16};
-    const int64_t M = 3, N = 70, K = 64;
+    static const enum kw_layout layouts[] = {
+        KW_LAYOUT_QPANELS_S4,     KW_LAYOUT_QPANELS_U4,    KW_LAYOUT_QPANELS_S8,       KW_LAYOUT_QPANELS_S8_OFS,
+        KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB};
+    const int64_t M = 3, N = 70;
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; ++li) {
         kw_quant_layout ql;
         kw_layout_quant(layouts[li], &ql);
+        const int64_t K = ql.superblock ? 512 : 64;
         kw_qcase_data d = kw_qcase_make(layouts[li], N, K);
-        float w[70 * 64], x[3 * 64], want[3 * 70], got[3 * 70];
-        const int64_t at = 67 * K + 45; /* row 67: the second panel; k 45: the second group of 32 */
-        d.scales[67 * (K / ql.group) + 45 / ql.group] = 0.5f; /* a step of one code is not lost to rounding */
+        float w[70 * 512], x[3 * 512], want[3 * 70], got[3 * 70];
+        /* row 67: the second panel; k 45 (plain) or 301 (super-block): the second group of 32 (super-block) */
+        const int64_t at = 67 * K + (ql.superblock ? 301 : 45), g = at % K / ql.group;
+        if (ql.superblock) { /* a step of one code is not lost to rounding: d = 0.5, s = 1 */
+            d.sb_scales[67 * (K / ql.superblock) + g * ql.group / ql.superblock] = 0.5f;
+            const int64_t per = ql.superblock / ql.group, first = g - g % per;
+            for (int64_t j = first; j < first + per; ++j) /* the super-block's other groups: s = 0 */
+                d.scales[67 * (K / ql.group) + j] = j == g ? 0.5f : 0.0f;
+        } else {
+            d.scales[67 * (K / ql.group) + g] = 0.5f;
+        }
         kw_ref_quant_dequant(w, &d.q);
         for (int64_t i = 0; i < M * K; ++i)
             x[i] = 1.0f + kw_rand() * 0.5f; /* no zero: every weight counts */
@@ -250,6 +291,73 @@ static void test_quantized_contract(void **state) {
     q.layout = KW_LAYOUT_QPANELS_U4;
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
     assert_int_equal(kw_tensor_pack_quantized(b, NULL, &bad), KW_E_INVALID_ARG);
+    kw_qcase_free(&d);
+    kw_backend_destroy(b);
+}
+
+/* The super-block layouts against the plain ones they compress: the same rows packed both ways give the same bits on
+ * every ISA, for decode (1..4 rows) and prefill shapes, in 0.59375 (U4_SB) and 1.078125 (S8_G16_SB) bytes per weight;
+ * scales that are not int8 multiples of d, missing d or m, and K not whole super-blocks are refused. */
+static void test_superblock_is_the_plain_layout(void **state) {
+    (void)state;
+    static const enum kw_layout pairs[2][2] = {{KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_U4},
+                                               {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S8_G16}};
+    static const int64_t shapes[][3] = {{1, 64, 256}, {2, 130, 1024}, {4, 70, 512}, {5, 64, 256}, {29, 200, 768}};
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    for (int p = 0; p < 2; ++p)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
+            const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            kw_qcase_data d = kw_qcase_make(pairs[p][0], N, K);
+            kw_quant_rows plain = d.q;
+            plain.layout = pairs[p][1];
+            float *x = malloc((size_t)(M * K) * sizeof(float));
+            const size_t ybytes = (size_t)(M * N) * sizeof(float);
+            float *want = malloc(ybytes), *got = malloc(ybytes);
+            assert_true(x && want && got);
+            for (int64_t i = 0; i < M * K; ++i)
+                x[i] = kw_rand() * 2.0f;
+            for (int i = 0; i < n_isa; ++i) {
+                kw_backend *b = kw_cpu(isas[i], 2);
+                kw_tensor tp, ts;
+                assert_int_equal(kw_tensor_pack_quantized(b, &plain, &tp), 0);
+                assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &ts), 0);
+                const size_t weights = (size_t)((N + 63) / 64 * 64 * K);
+                assert_int_equal(kw_tensor_nbytes(&ts) * 128, weights * (p == 0 ? 76 : 138));
+                kw_mm(b, want, x, &tp, NULL, 0, M);
+                memset(got, 0xff, ybytes);
+                kw_mm(b, got, x, &ts, NULL, 0, M);
+                char what[160];
+                snprintf(what, sizeof what, "layout %d M=%lld N=%lld K=%lld on %s", (int)pairs[p][0], (long long)M,
+                         (long long)N, (long long)K, isas[i]);
+                kw_same_bits(got, want, M * N, what);
+                kw_tensor_free(&tp);
+                kw_tensor_free(&ts);
+                kw_backend_destroy(b);
+            }
+            free(x), free(want), free(got);
+            kw_qcase_free(&d);
+        }
+
+    kw_backend *b = kw_cpu("avx512", 1);
+    kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_U4_SB, 65, 512);
+    kw_tensor bad;
+    kw_quant_rows q = d.q;
+    q.k = 288; /* whole groups of 32, not whole super-blocks */
+    assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_SHAPE);
+    q = d.q;
+    q.sb_offsets = NULL;
+    assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
+    q = d.q;
+    q.sb_scales = NULL;
+    assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
+    const float keep = d.scales[13];
+    d.scales[13] = nextafterf(keep, INFINITY); /* one ulp off d * s */
+    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &bad), KW_E_INVALID_ARG);
+    assert_non_null(strstr(kw_error_detail(), "group 13 of row 0"));
+    d.scales[13] = keep;
+    d.offsets[64 * 16 + 3] = d.sb_offsets[64 * 2] * 200.0f; /* o beyond int8 */
+    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &bad), KW_E_INVALID_ARG);
     kw_qcase_free(&d);
     kw_backend_destroy(b);
 }
@@ -374,6 +482,7 @@ int main(void) {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
         cmocka_unit_test(test_changed_code_is_caught),
         cmocka_unit_test(test_quantized_contract),
+        cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

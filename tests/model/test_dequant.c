@@ -152,11 +152,61 @@ static void test_codes(void **state) {
     assert_int_equal(kw_ggml_codes_row(KW_GGML_Q8_0, block, 32, codes, scales, NULL), 0); /* no offsets needed */
 }
 
+/* The super-block numbers of Q4_K and Q6_K: on random blocks (each with its own d and dmin), every group's scale is
+ * fl(d * s) and its offset fl(m * o) for the block's d (and m = -dmin) and integers in the block's range (6-bit for
+ * Q4_K, int8 for Q6_K), the same bits; the other types have no super-block layout; the argument checks. */
+static void test_superblocks(void **state) {
+    (void)state;
+    static const uint32_t types[] = {KW_GGML_Q4_K, KW_GGML_Q6_K};
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < 2; ++i) {
+        const int q4 = types[i] == KW_GGML_Q4_K, G = q4 ? 32 : 16, lo = q4 ? 0 : -128, hi = q4 ? 63 : 127;
+        assert_int_equal(kw_ggml_superblock_layout(types[i]),
+                         q4 ? KW_LAYOUT_QPANELS_U4_SB : KW_LAYOUT_QPANELS_S8_G16_SB);
+        kw_ggml_type_info info;
+        assert_int_equal(kw_ggml_type_info_get(types[i], &info), 0);
+        enum { NB = 6 };
+        uint8_t blocks[NB * 210];
+        for (int b = 0; b < NB * info.block_bytes; ++b) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            blocks[b] = (uint8_t)(rng >> 32) & 0xbf; /* finite f16 fields, as test_codes */
+        }
+        int8_t codes[NB * 256];
+        float scales[NB * 16], offsets[NB * 16], d[NB], m[NB];
+        assert_int_equal(kw_ggml_codes_row(types[i], blocks, NB * 256, codes, scales, offsets), 0);
+        assert_int_equal(kw_ggml_superblock_row(types[i], blocks, NB * 256, d, q4 ? m : NULL), 0);
+        for (int g = 0; g < NB * 256 / G; ++g) {
+            int found_s = 0, found_o = !q4;
+            for (int v = lo; v <= hi; ++v) {
+                const float sv = d[g * G / 256] * (float)v;
+                found_s |= memcmp(&sv, &scales[g], 4) == 0;
+                if (q4) {
+                    const float ov = m[g * G / 256] * (float)v;
+                    found_o |= memcmp(&ov, &offsets[g], 4) == 0;
+                }
+            }
+            if (!found_s || !found_o)
+                fail_msg("%s group %d: scale %.9g (offset %.9g) is not d %.9g (m %.9g) times an integer", info.name, g,
+                         (double)scales[g], (double)offsets[g], (double)d[g * G / 256], (double)m[g * G / 256]);
+        }
+    }
+    float d[2], m[2];
+    uint8_t block[512] = {0};
+    assert_int_equal(kw_ggml_superblock_layout(KW_GGML_Q4_1), KW_LAYOUT_ROWS);
+    assert_int_equal(kw_ggml_superblock_layout(KW_GGML_Q5_K), KW_LAYOUT_ROWS);
+    assert_int_equal(kw_ggml_superblock_row(KW_GGML_Q5_K, block, 256, d, m), KW_E_MODEL_DTYPE);
+    assert_int_equal(kw_ggml_superblock_row(KW_GGML_Q4_K, block, 255, d, m), KW_E_MODEL_SHAPE);
+    assert_int_equal(kw_ggml_superblock_row(KW_GGML_Q4_K, block, 256, d, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_ggml_superblock_row(KW_GGML_Q6_K, NULL, 256, d, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_ggml_superblock_row(KW_GGML_Q6_K, block, 512, d, NULL), 0); /* no m needed */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_gguf_py),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_codes),
+        cmocka_unit_test(test_superblocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

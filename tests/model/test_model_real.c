@@ -197,6 +197,9 @@ static void test_quantized_tensors(void **state) {
     void *buf = NULL;
     size_t cap = 0, checked = 0, seen[64] = {0};
     float *w = NULL;
+    kw_backend *cpu = NULL;
+    assert_int_equal(kw_backend_create_cpu(1, &cpu), 0);
+    size_t superblocks = 0;
     for (size_t i = 0; i < kw_gguf_tensor_count(g); ++i) {
         const kw_gguf_tensor *t = kw_gguf_tensor_at(g, i);
         if (t->n_dims != 2 || kw_ggml_quant_layout(t->type) == KW_LAYOUT_ROWS) continue;
@@ -220,13 +223,39 @@ static void test_quantized_tensors(void **state) {
         kw_ref_quant_dequant(w, &q);
         if (memcmp(w, buf, nbytes) != 0)
             fail_msg("%s (%s): kept-quantized values differ", t->name, kw_ggml_type_name(t->type));
+        const enum kw_layout sb = kw_ggml_superblock_layout(t->type);
+        assert_true((q.sb_scales != NULL) == (sb != KW_LAYOUT_ROWS && q.k % KW_QUANT_SUPERBLOCK == 0));
+        if (q.sb_scales) { /* packed in its super-block layout: get_rows gives the f32 dequantization's rows */
+            q.layout = sb;
+            kw_tensor tq;
+            if (kw_tensor_pack_quantized(cpu, &q, &tq) < 0) fail_msg("%s: %s", t->name, kw_error_detail());
+            const int32_t ids[3] = {0, (int32_t)(q.n / 2), (int32_t)(q.n - 1)};
+            float *rows = malloc((size_t)(3 * q.k) * sizeof(float));
+            assert_non_null(rows);
+            kw_tensor tid, tr;
+            assert_int_equal(kw_tensor_from_host(cpu, &tid, KW_DTYPE_I32, 1, (int64_t[]){3}, ids), 0);
+            assert_int_equal(kw_tensor_from_host(cpu, &tr, KW_DTYPE_F32, 2, (int64_t[]){3, q.k}, rows), 0);
+            assert_int_equal(kw_op_get_rows(cpu, &tr, &tq, &tid), 0);
+            assert_int_equal(kw_backend_synchronize(cpu), 0);
+            for (int r = 0; r < 3; ++r)
+                if (memcmp(rows + r * q.k, (const float *)buf + ids[r] * q.k, (size_t)q.k * sizeof(float)) != 0)
+                    fail_msg("%s (%s): row %d in the super-block layout differs", t->name, kw_ggml_type_name(t->type),
+                             (int)ids[r]);
+            free(rows);
+            kw_tensor_free(&tq);
+            ++superblocks;
+        }
         ++checked;
         ++seen[t->type];
     }
-    print_message("%zu quantized tensors equal their f32 dequantization bit for bit\n", checked);
+    print_message(
+        "%zu quantized tensors equal their f32 dequantization bit for bit, %zu also in a super-block layout\n", checked,
+        superblocks);
     assert_true(checked > 0);
+    kw_backend_destroy(cpu);
     if (g_real->arch == KW_ARCH_GEMMA3) /* Q4_K_M: the four types it holds */
-        assert_true(seen[KW_GGML_Q4_K] && seen[KW_GGML_Q6_K] && seen[KW_GGML_Q5_0] && seen[KW_GGML_Q8_0]);
+        assert_true(seen[KW_GGML_Q4_K] && seen[KW_GGML_Q6_K] && seen[KW_GGML_Q5_0] && seen[KW_GGML_Q8_0] &&
+                    superblocks > 0);
     else
         assert_true(seen[KW_GGML_Q4_1] && seen[KW_GGML_Q8_0]);
     free(w);
