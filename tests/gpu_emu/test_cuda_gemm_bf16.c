@@ -16,38 +16,13 @@
  * (tests/gpu, test_gpu_gemm_bf16), which exits 77 without one.
  */
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/kw_half.h"
-#include "common/kw_status.h"
-#include "kernels/kw_backend.h"
-#ifndef KW_TEST_REAL_CUDA
-#include "kernels/cuda/emu/kw_cuda_emu_api.h"
-#define kw_create_gpu kw_backend_create_cuda_emu
-#else
-#define kw_create_gpu kw_backend_create_cuda
-#endif
-
-static size_t failed = 0, run = 0;
-
-static void kw_expect(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void kw_expect(int ok, const char *fmt, ...) {
-    ++run;
-    if (!ok) {
-        va_list ap;
-        va_start(ap, fmt);
-        fprintf(stderr, "FAIL ");
-        vfprintf(stderr, fmt, ap);
-        fprintf(stderr, "\n");
-        va_end(ap);
-        ++failed;
-    }
-}
+#include "tests/gpu_emu/gpu_mm_test.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
@@ -55,33 +30,6 @@ static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static float kw_uniform(void) {
     g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
     return (float)((double)(g_rng >> 11) / (double)(1ull << 52) - 1.0);
-}
-
-static void kw_check(int rc, const char *what) {
-    if (rc < 0) {
-        fprintf(stderr, "%s: %s (%s)\n", what, kw_status_name(rc), kw_error_detail());
-        exit(1);
-    }
-}
-
-/* A device tensor holding host values. */
-static kw_tensor kw_dev(kw_backend *b, int32_t ndim, const int64_t *ne, const void *host, enum kw_dtype dtype) {
-    kw_tensor t;
-    kw_check(kw_tensor_alloc(b, &t, dtype, ndim, ne), "alloc");
-    kw_check(kw_backend_upload(b, &t, 0, host, kw_tensor_nbytes(&t)), "upload");
-    return t;
-}
-
-/* y (M, N) = x w^T (+ bias) on b, w already there; x and bias host arrays. */
-static void kw_mm(kw_backend *b, float *y, const float *x, const kw_tensor *w, const float *bias, int64_t M) {
-    const int64_t N = w->ne[0], K = w->ne[1];
-    kw_tensor tx = kw_dev(b, 2, (int64_t[]){M, K}, x, KW_DTYPE_F32), ty, tb = {0};
-    if (bias) tb = kw_dev(b, 1, (int64_t[]){N}, bias, KW_DTYPE_F32);
-    kw_check(kw_tensor_alloc(b, &ty, KW_DTYPE_F32, 2, (int64_t[]){M, N}), "y");
-    kw_check(kw_op_matmul(b, &ty, &tx, w, bias ? &tb : NULL), "matmul");
-    kw_check(kw_backend_download(b, y, &ty, 0, (size_t)(M * N) * sizeof(float)), "download");
-    kw_check(kw_backend_synchronize(b), "synchronize");
-    kw_tensor_free(&tx), kw_tensor_free(&ty), kw_tensor_free(&tb);
 }
 
 /* One shape on the opt-in backend bf and the default one ex; M > 8 takes cuBLAS. */

@@ -297,9 +297,8 @@ static void test_cache_over_memory_limit(void **state) {
 }
 
 /* A bf16 tiny Qwen3 (2 layers, hidden 64) with a 1024-token vocabulary, generated for the test. */
-static void test_receiver_only_bf16(void **state) {
-    (void)state;
-    char dir[] = "/tmp/kw_gpu_emu_e2e_XXXXXX";
+/* Writes the bf16 tiny Qwen3 (1024-token vocabulary, untied embeddings, seed 11) into the new folder dir. */
+static void write_bf16_tiny(char *dir) {
     assert_non_null(mkdtemp(dir));
     kw_genmodel_options go;
     memset(&go, 0, sizeof go);
@@ -312,6 +311,12 @@ static void test_receiver_only_bf16(void **state) {
     go.seed = 11;
     const int rc = kw_genmodel_write(&go, dir);
     if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
+}
+
+static void test_receiver_only_bf16(void **state) {
+    (void)state;
+    char dir[] = "/tmp/kw_gpu_emu_e2e_XXXXXX";
+    write_bf16_tiny(dir);
     receiver_only(dir, KW_DTYPE_F32, 0, TOL);
     kw_test_remove_tree(dir);
 }
@@ -326,17 +331,7 @@ static void test_receiver_only_bf16(void **state) {
 static void test_receiver_only_bf16_gemm(void **state) {
     (void)state;
     char dir[] = "/tmp/kw_gpu_emu_bf16g_XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    kw_genmodel_options go;
-    memset(&go, 0, sizeof go);
-    const enum kw_arch arch = KW_ARCH_QWEN3;
-    assert_int_equal(kw_genmodel_preset("tiny", &arch, &go.cfg), 0);
-    go.cfg.vocab = 1024;
-    go.cfg.tie_embeddings = 0;
-    kw_genmodel_fit_special_ids(&go.cfg);
-    go.dtype = KW_DTYPE_BF16;
-    go.seed = 11;
-    if (kw_genmodel_write(&go, dir) < 0) fail_msg("gen-model: %s", kw_error_detail());
+    write_bf16_tiny(dir);
     kw_backend *bf = NULL;
     assert_int_equal(setenv("KW_CUDA_GEMM", "bf16", 1), 0);
     const int brc = kw_create_gpu(0, &bf);
