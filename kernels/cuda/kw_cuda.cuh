@@ -46,6 +46,7 @@ struct kw_cuda_backend {
     /* Step graphs (kw_cuda_backend.cu). */
     int64_t *d_step;   /* device: the step's position, read by the position arguments of a recorded graph */
     int graphs_off;    /* KW_CUDA_GRAPHS=0 in the environment at creation */
+    int gemm_bf16;     /* KW_CUDA_GEMM=bf16 at creation: cuBLAS on bf16 weights and bf16-rounded x (opt-in) */
     int recording;     /* between graph_begin and graph_end: cu->stream is capturing */
     int64_t rec_base;  /* the step's position given to graph_begin */
     int rec_failed;    /* an op could not be recorded (graph_end fails) */
@@ -202,6 +203,9 @@ int kw__cuda_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tens
 /* Writes rows [n0, n0 + rows) of the weight w (row-major f32/bf16/f16, or kept quantized) as f32 rows into dst, on the
  * stream: the panel a cuBLAS GEMM then reads. */
 int kw__cuda_widen_rows(kw_cuda_backend *cu, float *dst, const kw_tensor *w, int64_t n0, int64_t rows);
+
+/* dst[i] = x[i] rounded to bf16 (to nearest even), i < n, on the stream: the bf16 GEMM's activations. */
+int kw__cuda_round_bf16(kw_cuda_backend *cu, uint16_t *dst, const float *x, int64_t n);
 
 /* The streaming matmul for small M (one warp per output row, weights read once), w row-major or kept quantized. */
 int kw__cuda_gemv(kw_cuda_backend *cu, float *y, const float *x, const kw_tensor *w, int64_t M, int64_t N, int64_t K);

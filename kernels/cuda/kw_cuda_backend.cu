@@ -14,6 +14,14 @@
  * panel into an f32 workspace and calls cublasGemmEx with f32 operands and CUBLAS_COMPUTE_32F (no TF32). With f32
  * weights GemmEx runs on W directly. A weight kept quantized (KW_LAYOUT_QPANELS_*, kw_cuda.cuh) takes the same two
  * paths, dequantized in registers by the streaming kernel and into the f32 panel for cuBLAS.
+ *
+ * Opt-in (KW_CUDA_GEMM=bf16 in the environment when the backend or stream context is created): for M > 8 and a
+ * row-major bf16 weight, x is rounded to bf16 (to nearest even, one kernel into the workspace) and cublasGemmEx runs
+ * on W's bf16 bytes as stored and the rounded x (CUDA_R_16BF A and B, f32 C, CUBLAS_COMPUTE_32F, the handle's math
+ * mode switched from pedantic to default for the call so that tensor cores may serve it). The products of two bf16
+ * values are exact in fp32, so the result differs from the exact path by x's rounding (relative 2^-9 per element)
+ * plus the summation order; tokens may then differ from the CPU backend's. Other weights, and M <= 8 (decode), keep
+ * the exact path.
  */
 #include "kernels/cuda/kw_cuda.cuh"
 
@@ -218,16 +226,32 @@ static int kw_cuda_memset_zero(kw_backend *backend, void *dst, size_t size) {
     return 0;
 }
 
-/* cublasGemmEx over rows of W given as fp32 A (already offset by g->a_offset), with the arguments of kw_opm_gemm_rows
- * (tests/kernels/test_op_math.c runs them through a column-major reference GEMM on the CPU). */
-static int kw_cuda_gemm(kw_cuda_backend *cu, const kw_opm_gemm *g, const void *a, cudaDataType_t a_type, const float *x,
+/* cublasGemmEx over rows of W given as A (already offset by g->a_offset) and x as B, both of type ab_type, with the
+ * arguments of kw_opm_gemm_rows (tests/kernels/test_op_math.c runs them through a column-major reference GEMM on the
+ * CPU). */
+static int kw_cuda_gemm(kw_cuda_backend *cu, const kw_opm_gemm *g, const void *a, const void *x, cudaDataType_t ab_type,
                         float *y) {
     const float alpha = 1.0f, beta = 0.0f;
     KW_CUBLAS_TRY(cublasGemmEx(cu->cublas, g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n, (int)g->k, &alpha, a,
-                               a_type, (int)g->lda, x, CUDA_R_32F, (int)g->ldb, &beta, y + g->c_offset, CUDA_R_32F,
+                               ab_type, (int)g->lda, x, ab_type, (int)g->ldb, &beta, y + g->c_offset, CUDA_R_32F,
                                (int)g->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
+}
+
+/* The opt-in bf16 GEMM (see the file comment): x rounded into the workspace, then one GemmEx on W's bf16 rows, under
+ * the default math mode (the handle is pedantic otherwise: the f32 GEMMs stay exact). */
+static int kw_cuda_gemm_bf16(kw_cuda_backend *cu, float *y, const float *x, const kw_tensor *w, int64_t M, int64_t N,
+                             int64_t K) {
+    float *work = NULL;
+    KW_FORWARD(kw__cuda_workspace(cu, (size_t)((M * K + 1) / 2), &work));
+    uint16_t *xb = (uint16_t *)work;
+    KW_FORWARD(kw__cuda_round_bf16(cu, xb, x, M * K));
+    const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, 0, N);
+    KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_DEFAULT_MATH));
+    const int rc = kw_cuda_gemm(cu, &g, (const uint16_t *)w->data + g.a_offset, xb, CUDA_R_16BF, y);
+    KW_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_PEDANTIC_MATH));
+    return rc;
 }
 
 /* y (M, N) = x (M, K) w (N, K)^T (+ bias): the streaming kernel for small M, else cuBLAS (see the file comment). */
@@ -242,10 +266,12 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
     const int cublas_sizes = M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX;
     if (M <= KW_CUDA_GEMV_MAX_M || !cublas_sizes) {
         KW_FORWARD(kw__cuda_gemv(cu, y, xs, w, M, N, K));
+    } else if (cu->gemm_bf16 && w->dtype == KW_DTYPE_BF16 && w->layout == KW_LAYOUT_ROWS) {
+        KW_FORWARD(kw_cuda_gemm_bf16(cu, y, xs, w, M, N, K));
     } else {
         if (w->dtype == KW_DTYPE_F32 && w->layout == KW_LAYOUT_ROWS) {
             const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, 0, N);
-            KW_FORWARD(kw_cuda_gemm(cu, &g, (const float *)w->data + g.a_offset, CUDA_R_32F, xs, y));
+            KW_FORWARD(kw_cuda_gemm(cu, &g, (const float *)w->data + g.a_offset, xs, CUDA_R_32F, y));
         } else {
             const int64_t nb = kw_opm_panel_rows(N, K, KW_CUDA_PANEL_FLOATS);
             float *panel = NULL;
@@ -255,7 +281,7 @@ static int kw_cuda_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *
                 const kw_opm_gemm g = kw_opm_gemm_rows(M, N, K, n0, rows);
                 /* the panel holds W's rows [n0, n0 + rows) widened (or dequantized): it is A itself, no offset */
                 KW_FORWARD(kw__cuda_widen_rows(cu, panel, w, n0, rows));
-                KW_FORWARD(kw_cuda_gemm(cu, &g, panel, CUDA_R_32F, xs, y));
+                KW_FORWARD(kw_cuda_gemm(cu, &g, panel, xs, CUDA_R_32F, y));
             }
         }
     }
@@ -458,6 +484,10 @@ static int kw_cuda_init_stream(kw_cuda_backend *cu) {
     KW_FORWARD(kw__cuda_malloc(cu, sizeof *cu->d_step, (void **)&cu->d_step));
     const char *graphs = getenv("KW_CUDA_GRAPHS");
     cu->graphs_off = graphs != NULL && strcmp(graphs, "0") == 0;
+    const char *gemm = getenv("KW_CUDA_GEMM");
+    KW_RETURN_IF(gemm != NULL && *gemm != '\0' && strcmp(gemm, "bf16") != 0 && strcmp(gemm, "f32") != 0,
+                 KW_E_INVALID_ARG, "KW_CUDA_GEMM=%s: expected bf16 or f32", gemm);
+    cu->gemm_bf16 = gemm != NULL && strcmp(gemm, "bf16") == 0;
     KW_CUDA_TRY(cudaMemsetAsync(cu->d_err, 0, sizeof *cu->d_err, cu->stream));
     KW_CUDA_TRY(cudaStreamSynchronize(cu->stream));
     return 0;

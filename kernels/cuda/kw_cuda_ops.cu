@@ -88,6 +88,17 @@ int kw__cuda_widen_rows(kw_cuda_backend *cu, float *dst, const kw_tensor *w, int
     return 0;
 }
 
+__global__ void kw_k_round_bf16(uint16_t *dst, const float *x, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = kw_f32_to_bf16(x[i]);
+}
+
+int kw__cuda_round_bf16(kw_cuda_backend *cu, uint16_t *dst, const float *x, int64_t n) {
+    KW_CUDA_LAUNCH(kw_k_round_bf16, kw_opm_grid_blocks(n, KW_BLOCK), KW_BLOCK, 0, cu->stream, dst, x, n);
+    KW_CUDA_LAUNCHED();
+    return 0;
+}
+
 /* One warp per output row n: lanes stride over K (lane l sums k = l, l + 32, ... in ascending order), then a warp
  * reduction; each x row is reread from L1/L2. */
 template <typename W> __global__ void kw_k_gemv(float *y, const float *x, W w, int64_t M, int64_t N, int64_t K) {

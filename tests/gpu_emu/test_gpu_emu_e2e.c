@@ -4,8 +4,9 @@
  * kernels), Cache-to-Cache (kw_fusion_run, receiver Qwen3 + sharer Qwen2 + fuser of the same fixtures, standard
  * L-1/1 split) and kv_direct (the receiver's own model as the sharer: kw_share_run's layer-by-layer prefill, the rows
  * handed to kw_receive exactly, then generation). With the argument "gguf" (its own ctest entry): Q8_0 and Q4_K_M GGUF
- * files from kw_quantize_file, their weights kept quantized on both backends, receiver-only. The prompt is long enough
- * (24+ tokens) that prefill takes the cuBLAS path of the matmul and decode the streaming kernel.
+ * files from kw_quantize_file, their weights kept quantized on both backends, receiver-only. With "bf16-gemm": the
+ * opt-in bf16 GEMM (KW_CUDA_GEMM=bf16), checked within a looser bound (test_receiver_only_bf16_gemm). The prompt is
+ * long enough (24+ tokens) that prefill takes the cuBLAS path of the matmul and decode the streaming kernel.
  *
  * Tolerance. Both backends compute in fp32 from the same weights and differ only in summation order (blocked, tree,
  * FMA or not); that is the situation of tests/model/test_model_parity.c (CPU vs HF torch, two fp32 implementations),
@@ -296,9 +297,8 @@ static void test_cache_over_memory_limit(void **state) {
 }
 
 /* A bf16 tiny Qwen3 (2 layers, hidden 64) with a 1024-token vocabulary, generated for the test. */
-static void test_receiver_only_bf16(void **state) {
-    (void)state;
-    char dir[] = "/tmp/kw_gpu_emu_e2e_XXXXXX";
+/* Writes the bf16 tiny Qwen3 (1024-token vocabulary, untied embeddings, seed 11) into the new folder dir. */
+static void write_bf16_tiny(char *dir) {
     assert_non_null(mkdtemp(dir));
     kw_genmodel_options go;
     memset(&go, 0, sizeof go);
@@ -311,7 +311,82 @@ static void test_receiver_only_bf16(void **state) {
     go.seed = 11;
     const int rc = kw_genmodel_write(&go, dir);
     if (rc < 0) fail_msg("gen-model: %s", kw_error_detail());
+}
+
+static void test_receiver_only_bf16(void **state) {
+    (void)state;
+    char dir[] = "/tmp/kw_gpu_emu_e2e_XXXXXX";
+    write_bf16_tiny(dir);
     receiver_only(dir, KW_DTYPE_F32, 0, TOL);
+    kw_test_remove_tree(dir);
+}
+
+/* The opt-in bf16 GEMM (KW_CUDA_GEMM=bf16, its own ctest entry): the bf16 tiny Qwen3 on a GPU backend created with
+ * the option, whose prefill (M = L > 8) runs cuBLAS on bf16-rounded activations. Its tokens may differ from the CPU's
+ * (x's rounding, relative 2^-8, moves the logits well beyond TOL), so this checks what must hold: greedy generation
+ * completes with STEPS tokens inside the vocabulary, the prefill logits differ from the default GPU path's (the option
+ * took effect) but stay within BF16_TOL max |cpu| of the CPU's (a wrong GEMM gives O(1) differences; measured on
+ * this fixture: 1.4e-3, printed below), and the default GPU backend's logits stay within TOL of the CPU's. */
+#define BF16_TOL 1e-2
+static void test_receiver_only_bf16_gemm(void **state) {
+    (void)state;
+    char dir[] = "/tmp/kw_gpu_emu_bf16g_XXXXXX";
+    write_bf16_tiny(dir);
+    kw_backend *bf = NULL;
+    assert_int_equal(setenv("KW_CUDA_GEMM", "bf16", 1), 0);
+    const int brc = kw_create_gpu(0, &bf);
+    unsetenv("KW_CUDA_GEMM");
+    if (brc < 0) fail_msg("bf16 GEMM backend: %s (%s)", kw_status_name(brc), kw_error_detail());
+    kw_model *mc = load(E.cpu, dir), *mg = load(E.gpu, dir), *mb = load(bf, dir);
+    const int64_t V = kw_model_get_config(mc)->vocab, L = E.L, cap = L + STEPS + 4;
+    int32_t *ids = malloc((size_t)L * sizeof *ids);
+    float *lc = malloc((size_t)V * sizeof *lc), *lg = malloc((size_t)V * sizeof *lg),
+          *lb = malloc((size_t)V * sizeof *lb);
+    assert_true(ids && lc && lg && lb);
+    for (int64_t i = 0; i < L; ++i)
+        ids[i] = (int32_t)(E.prompt[i] % V);
+    kw_kvcache *cc = make_cache(mc, cap, KW_DTYPE_F32, 0), *cg = make_cache(mg, cap, KW_DTYPE_F32, 0);
+    kw_kvcache *cb = make_cache(mb, cap, KW_DTYPE_F32, 0);
+    kw_forward_args pre = {.ids = ids, .n = L, .mode = KW_LOGITS_LAST, .logits = lc};
+    assert_int_equal(kw_model_forward(mc, cc, &pre), 0);
+    pre.logits = lg;
+    assert_int_equal(kw_model_forward(mg, cg, &pre), 0);
+    pre.logits = lb;
+    const int frc = kw_model_forward(mb, cb, &pre);
+    if (frc < 0) fail_msg("bf16 GEMM prefill: %s (%s)", kw_status_name(frc), kw_error_detail());
+    double dg = 0, db = 0;
+    for (int64_t i = 0; i < V; ++i) {
+        dg = fmax(dg, fabs((double)lg[i] - (double)lc[i]));
+        db = fmax(db, fabs((double)lb[i] - (double)lc[i]));
+    }
+    const double scale = max_abs(lc, V);
+    print_message("  bf16 GEMM prefill: max |logit diff| / max |cpu logit| = %.3g (default GPU path: %.3g)\n",
+                  db / scale, dg / scale);
+    assert_true(dg <= TOL * scale);
+    assert_true(db <= BF16_TOL * scale);
+    assert_true(memcmp(lb, lg, (size_t)V * sizeof *lb) != 0);
+
+    kw_generate_options o = {.max_new_tokens = STEPS, .round = KW_LOGITS_ROUND_NONE, .eos_ids = ids, .n_eos = 0};
+    kw_generate_result gc, gb;
+    assert_int_equal(kw_kvcache_reset(cc), 0);
+    assert_int_equal(kw_kvcache_reset(cb), 0);
+    assert_int_equal(kw_generate_greedy(mc, cc, ids, L, &o, &gc), 0);
+    const int grc = kw_generate_greedy(mb, cb, ids, L, &o, &gb);
+    if (grc < 0) fail_msg("bf16 GEMM generate: %s (%s)", kw_status_name(grc), kw_error_detail());
+    assert_int_equal(gb.n, STEPS);
+    int same = 0;
+    while (same < STEPS && gb.ids[same] == gc.ids[same])
+        ++same;
+    for (int s = 0; s < STEPS; ++s)
+        assert_true(gb.ids[s] >= 0 && gb.ids[s] < V);
+    print_message("  bf16 GEMM greedy: %d of %d leading tokens equal to the CPU's (not required)\n", same, STEPS);
+
+    kw_generate_result_free(&gc);
+    kw_generate_result_free(&gb);
+    kw_kvcache_free(cc), kw_kvcache_free(cg), kw_kvcache_free(cb);
+    free(ids), free(lc), free(lg), free(lb);
+    kw_model_free(mc), kw_model_free(mg), kw_model_free(mb);
+    kw_backend_destroy(bf);
     kw_test_remove_tree(dir);
 }
 
@@ -758,11 +833,15 @@ int main(int argc, char **argv) {
     const struct CMUnitTest gguf[] = {
         cmocka_unit_test(test_receiver_only_gguf_quantized),
     };
+    const struct CMUnitTest bf16_gemm[] = {
+        cmocka_unit_test(test_receiver_only_bf16_gemm),
+    };
     const struct CMUnitTest kvq[] = {
         cmocka_unit_test(test_receiver_only_int8),
         cmocka_unit_test(test_receiver_only_int4),
     };
     if (argc > 1 && strcmp(argv[1], "gguf") == 0) return cmocka_run_group_tests(gguf, setup, teardown);
+    if (argc > 1 && strcmp(argv[1], "bf16-gemm") == 0) return cmocka_run_group_tests(bf16_gemm, setup, teardown);
     if (argc > 1 && strcmp(argv[1], "kvq") == 0) return cmocka_run_group_tests(kvq, setup, teardown);
     return cmocka_run_group_tests(tests, setup, teardown);
 }
