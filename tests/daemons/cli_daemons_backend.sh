@@ -22,6 +22,25 @@ expect_start_failure() {
     [ $rc != 0 ] && [ $rc != 124 ] || fail "$name: exit $rc, expected a failure at start"
     grep -qE "$pattern" err.txt || fail "$name: the reason ($pattern) is not in its errors: $(cat err.txt)"
 }
+# start_with_limit NAME MIB CMD...: starts CMD with compute.memory_limit_mb MIB and waits for its ready file (pid in $pid)
+start_with_limit() {
+    local name=$1 mib=$2
+    shift 2
+    rm -f ready
+    "$@" --compute.memory_limit_mb "$mib" --runtime.ready_file ready 2>log.txt &
+    pid=$!
+    for _ in $(seq 600); do
+        [ -s ready ] && break
+        kill -0 $pid 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -s ready ] || fail "$name with a $mib MiB limit did not start: $(cat log.txt)"
+}
+# stop_with_limit NAME MIB: SIGTERM to $pid, which must exit 0
+stop_with_limit() {
+    kill -TERM $pid
+    wait $pid || fail "$1 with a $2 MiB limit exited $? after SIGTERM: $(cat log.txt)"
+}
 for d in sharer receiver; do
     declare -n cmd=$d
     if ls /dev/nvidia[0-9]* >/dev/null 2>&1; then
@@ -31,29 +50,12 @@ for d in sharer receiver; do
     fi
     expect_start_failure "$d 1 MiB" "does not fit its memory limit.*KW_E_NOMEM" "${cmd[@]}" \
         --compute.memory_limit_mb 1
-    rm -f ready
-    "${cmd[@]}" --compute.memory_limit_mb 4096 --runtime.ready_file ready 2>log.txt &
-    pid=$!
-    for _ in $(seq 600); do
-        [ -s ready ] && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -s ready ] || fail "$d with a 4 GiB limit did not start: $(cat log.txt)"
-    kill -TERM $pid
-    wait $pid || fail "$d with a 4 GiB limit exited $? after SIGTERM: $(cat log.txt)"
+    start_with_limit "$d" 4096 "${cmd[@]}"
+    stop_with_limit "$d" 4096
 done
 # a request that does not fit the memory limit gets a clear error, and the daemon serves the next one: the tiny model
 # needs about 54 MiB; a 30,000-token prompt's cache alone takes 30 MiB more
-rm -f ready
-"${receiver[@]}" --compute.memory_limit_mb 64 --runtime.ready_file ready 2>log.txt &
-pid=$!
-for _ in $(seq 600); do
-    [ -s ready ] && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.1
-done
-[ -s ready ] || fail "receiverd with a 64 MiB limit did not start: $(cat log.txt)"
+start_with_limit receiver 64 "${receiver[@]}"
 port=$(sed -n 's/^port=//p' ready)
 url=http://127.0.0.1:$port/v1/completions
 printf '{"prompt": "%s", "max_tokens": 2, "kvwire": {"mode": "receiver_only"}}' "$(yes word | head -n 30000 | tr '\n' ' ')" \
@@ -63,6 +65,5 @@ code=$(curl -s -o reply.json -w '%{http_code}' "$url" -d @big.json)
     reply.json >/dev/null || fail "a request over the memory limit: HTTP $code $(cat reply.json)"
 code=$(curl -s -o reply.json -w '%{http_code}' "$url" -d '{"prompt": "hi", "max_tokens": 2, "kvwire": {"mode": "receiver_only"}}')
 [ "$code" = 200 ] || fail "after a request over the memory limit: HTTP $code $(cat reply.json)"
-kill -TERM $pid
-wait $pid || fail "receiverd with a 64 MiB limit exited $? after SIGTERM: $(cat log.txt)"
+stop_with_limit receiver 64
 echo "daemon backends and memory limits: ok"
