@@ -7,10 +7,11 @@
  * dynamic); every warp collective against a reference written from the CUDA programming guide's wording (not from the
  * emulator's PTX-based code), including widths, partial masks and 8-byte values; atomics; kernel parameters being
  * per-thread copies; a race (a missing barrier) that the in-order schedule hides and the randomized schedule must
- * expose, and a race between blocks; each kind of kernel fault (divergent barrier, exit before a barrier, deadlock,
- * bad masks, mismatched collectives, a bad shuffle width, a write past an allocation, a host pointer argument,
- * __trap) reported as a sticky error with a diagnosis; launch configuration errors; the copy, free and pool checks;
- * streams, events, the legacy stream, host functions and graphs; cuBLAS GemmEx against a double-precision reference
+ * expose, and a race between blocks; the backend's block reductions (kw_cuda_reduce.cuh) twice in one kernel; each kind
+ * of kernel fault (divergent barrier, exit before a barrier, deadlock, bad masks, mismatched collectives, a bad shuffle
+ * width, a write past an allocation, a host pointer argument, __trap) reported as a sticky error with a diagnosis;
+ * launch configuration errors; the copy, free and pool checks; streams, events, the legacy stream, host functions and
+ * graphs; cuBLAS GemmEx against a double-precision reference
  * with its documented rounding modes; the ucontext fiber switch; concurrent host threads.
  *
  * tests/gpu builds this file with nvcc too (test_gpu_emu_semantics, label gpu): the portable checks then run on a real

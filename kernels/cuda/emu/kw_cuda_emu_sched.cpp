@@ -5,12 +5,15 @@
  * Scheduling: a block keeps a run queue of thread indices. A fiber that blocks (or exits) takes the next runnable
  * thread from the queue and switches straight to it; the host thread's own context is resumed only when the block is
  * done, faulted or deadlocked (no runnable thread while some have not exited). In order (seed 0) the queue is FIFO:
- * threads start in thread order and a completed rendezvous requeues its threads in thread order, so warps advance
- * roughly together. With a seed, blocks run in a random (affine) permutation of the grid, atomics and fences yield
- * with probability 1/2, and each block draws one of three policies: a uniformly random queued thread at every pick;
- * or fixed random priorities per warp, or per thread, the highest-priority runnable thread always running first (as
- * in probabilistic concurrency testing: the lowest-priority warp lags as far behind as the barriers allow, which is
- * what exposes a missing barrier between two uses of the same shared memory).
+ * threads start in thread order and a completed block barrier requeues them in thread order, but a completed warp
+ * collective puts its lanes at the front, so the warp runs on, as one warp does on a GPU: warp 0 reaches the next
+ * block barrier before warp 1 starts. A missing barrier before a write (warp 0 overwriting shared memory that higher
+ * warps have yet to read) then shows without a seed, as does one before a read. With a seed, blocks run in a random
+ * (affine) permutation of the grid, atomics and fences yield with probability 1/2, and each block draws one of three
+ * policies: a uniformly random queued thread at every pick; or fixed random priorities per warp, or per thread, the
+ * highest-priority runnable thread always running first (as in probabilistic concurrency testing: the lowest-priority
+ * warp lags as far behind as the barriers allow, which is what exposes a missing barrier between two uses of the same
+ * shared memory).
  *
  * Warp collectives: a lane arriving with mask m waits until every lane of m is waiting with mask m; the last to
  * arrive computes every lane's result (PTX shfl.sync semantics for the shuffles: b[4:0], segment mask from the width,
@@ -179,6 +182,19 @@ void insert(emu_block *b, int i) {
 void push(emu_block *b, int i) {
     b->fibers[(size_t)i].st = ST_READY;
     insert(b, i);
+}
+
+/* In order: queues a thread to run before every queued one (the priority policies order by priority anyway). */
+void push_front(emu_block *b, int i) {
+    if (b->random) {
+        push(b, i);
+        return;
+    }
+    b->fibers[(size_t)i].st = ST_READY;
+    if (b->head > 0)
+        b->runq[--b->head] = i;
+    else
+        b->runq.insert(b->runq.begin(), i);
 }
 
 int pick(emu_block *b) {
@@ -469,8 +485,8 @@ void complete(emu_block *b, emu_fiber *self, unsigned int w, unsigned int mask) 
         }
     }
     b->waiting[w] &= ~mask;
-    for (unsigned int l = 0; l < 32; ++l)
-        if (mask >> l & 1u) push(b, (int)(w * 32 + l));
+    for (unsigned int l = 32; l-- > 0;) /* lane order, ahead of the other warps */
+        if (mask >> l & 1u) push_front(b, (int)(w * 32 + l));
 }
 
 } // namespace
