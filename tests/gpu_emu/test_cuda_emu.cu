@@ -582,6 +582,9 @@ static void test_race_exposed_by_random_schedule(void **state) {
     assert_int_equal(wrong_with_barrier, 0);
     assert_true(wrong_random > 0);
     assert_true(two_random > 0);
+    /* in order, both show: one in the odd blocks (warps advance together), one in the even ones (warp 0 runs on) */
+    assert_int_equal(wrong_inorder, 1);
+    assert_int_equal(two_inorder, 1);
     assert_true(block_race > 0);
 }
 

@@ -5,15 +5,16 @@
  * Scheduling: a block keeps a run queue of thread indices. A fiber that blocks (or exits) takes the next runnable
  * thread from the queue and switches straight to it; the host thread's own context is resumed only when the block is
  * done, faulted or deadlocked (no runnable thread while some have not exited). In order (seed 0) the queue is FIFO:
- * threads start in thread order and a completed block barrier requeues them in thread order, but a completed warp
- * collective puts its lanes at the front, so the warp runs on, as one warp does on a GPU: warp 0 reaches the next
- * block barrier before warp 1 starts. A missing barrier before a write (warp 0 overwriting shared memory that higher
- * warps have yet to read) then shows without a seed, as does one before a read. With a seed, blocks run in a random
- * (affine) permutation of the grid, atomics and fences yield with probability 1/2, and each block draws one of three
- * policies: a uniformly random queued thread at every pick; or fixed random priorities per warp, or per thread, the
- * highest-priority runnable thread always running first (as in probabilistic concurrency testing: the lowest-priority
- * warp lags as far behind as the barriers allow, which is what exposes a missing barrier between two uses of the same
- * shared memory).
+ * threads start in thread order and a completed rendezvous requeues its threads in thread order, so warps advance
+ * roughly together. In the even blocks of the grid
+ * (all of a one-block grid) a completed warp collective puts its lanes at the front instead, so the warp runs on, as
+ * one warp does on a GPU: warp 0 reaches the next block barrier before warp 1 starts, and a barrier missing before a
+ * write (warp 0 overwriting shared memory that higher warps have yet to read) shows too. With a seed, blocks run in a
+ * random (affine) permutation of the grid, atomics and fences yield with probability 1/2, and each block draws one of
+ * three policies: a uniformly random queued thread at every pick; or fixed random priorities per warp, or per thread,
+ * the highest-priority runnable thread always running first (as in probabilistic concurrency testing: the
+ * lowest-priority warp lags as far behind as the barriers allow, which is what exposes a missing barrier between two
+ * uses of the same shared memory).
  *
  * Warp collectives: a lane arriving with mask m waits until every lane of m is waiting with mask m; the last to
  * arrive computes every lane's result (PTX shfl.sync semantics for the shuffles: b[4:0], segment mask from the width,
@@ -65,6 +66,7 @@ struct emu_block {
     size_t head;
     unsigned int live, exited;
     int random;                 /* 1: the randomized schedule */
+    int ahead;                  /* in order: a warp runs on after its collectives (even blocks of the grid) */
     int policy;                 /* with it, for this block: POLICY_* */
     std::vector<uint64_t> prio; /* POLICY_WARP_PRIORITY / POLICY_THREAD_PRIORITY: per thread, unique */
     /* the block barrier */
@@ -184,9 +186,9 @@ void push(emu_block *b, int i) {
     insert(b, i);
 }
 
-/* In order: queues a thread to run before every queued one (the priority policies order by priority anyway). */
+/* In order, in a block that runs warps ahead: queues a thread to run before every queued one; else push. */
 void push_front(emu_block *b, int i) {
-    if (b->random) {
+    if (!b->ahead) {
         push(b, i);
         return;
     }
@@ -708,6 +710,7 @@ void run_grid(const kernel_launch &k) {
         const unsigned int bx = (unsigned int)(lin % k.grid.x);
         const unsigned int by = (unsigned int)((lin / k.grid.x) % k.grid.y);
         const unsigned int bz = (unsigned int)(lin / ((uint64_t)k.grid.x * k.grid.y));
+        b.ahead = !b.random && (i & 1) == 0;
         run_block(&b, bx, by, bz);
         ++counters().blocks;
         counters().threads += b.nthreads;
