@@ -682,6 +682,7 @@ void run_grid(const kernel_launch &k) {
     b.nthreads = k.block.x * k.block.y * k.block.z;
     b.nwarps = (b.nthreads + 31) / 32;
     b.random = config().seed != 0;
+    b.ahead = 0;
     b.policy = POLICY_UNIFORM;
     b.prio.assign(b.nthreads, 0);
     b.bar_kind = BAR_SYNC;
