@@ -7,10 +7,11 @@
  * dynamic); every warp collective against a reference written from the CUDA programming guide's wording (not from the
  * emulator's PTX-based code), including widths, partial masks and 8-byte values; atomics; kernel parameters being
  * per-thread copies; a race (a missing barrier) that the in-order schedule hides and the randomized schedule must
- * expose, and a race between blocks; each kind of kernel fault (divergent barrier, exit before a barrier, deadlock,
- * bad masks, mismatched collectives, a bad shuffle width, a write past an allocation, a host pointer argument,
- * __trap) reported as a sticky error with a diagnosis; launch configuration errors; the copy, free and pool checks;
- * streams, events, the legacy stream, host functions and graphs; cuBLAS GemmEx against a double-precision reference
+ * expose, and a race between blocks; the backend's block reductions (kw_cuda_reduce.cuh) twice in one kernel; each kind
+ * of kernel fault (divergent barrier, exit before a barrier, deadlock, bad masks, mismatched collectives, a bad shuffle
+ * width, a write past an allocation, a host pointer argument, __trap) reported as a sticky error with a diagnosis;
+ * launch configuration errors; the copy, free and pool checks; streams, events, the legacy stream, host functions and
+ * graphs; cuBLAS GemmEx against a double-precision reference
  * with its documented rounding modes; the ucontext fiber switch; concurrent host threads.
  *
  * tests/gpu builds this file with nvcc too (test_gpu_emu_semantics, label gpu): the portable checks then run on a real
@@ -33,6 +34,7 @@ extern "C" {
 #include <vector>
 
 #include "kernels/cuda/kw_cuda_launch.cuh"
+#include "kernels/cuda/kw_cuda_reduce.cuh"
 #ifdef KW_CUDA_EMU
 #include "kernels/cuda/emu/kw_cuda_emu_api.h"
 #else
@@ -580,7 +582,58 @@ static void test_race_exposed_by_random_schedule(void **state) {
     assert_int_equal(wrong_with_barrier, 0);
     assert_true(wrong_random > 0);
     assert_true(two_random > 0);
+    /* in order, both show: one in the odd blocks (warps advance together), one in the even ones (warp 0 runs on) */
+    assert_int_equal(wrong_inorder, 1);
+    assert_int_equal(two_inorder, 1);
     assert_true(block_race > 0);
+}
+
+/* The backend's block reductions (kernels/cuda/kw_cuda_reduce.cuh), each called twice in one kernel as no backend
+ * kernel does: the second call reuses the first's part[], and its values differ from the first's (1000 per thread, x +
+ * 100), so a warp that reads a slot the second call has already overwritten gets a wrong first result. */
+__global__ void k_reduce_twice(const float *x, float *out) {
+    const unsigned int g = blockIdx.x * blockDim.x + threadIdx.x;
+    const float s1 = kw_block_sum(x[g]);
+    const float s2 = kw_block_sum(1000.0f);
+    const float m1 = kw_block_max(x[g]);
+    const float m2 = kw_block_max(x[g] + 100.0f);
+    out[4 * g] = s1, out[4 * g + 1] = s2, out[4 * g + 2] = m1, out[4 * g + 3] = m2;
+}
+
+/* The number of threads (of 8 blocks of 256) that saw a wrong result from k_reduce_twice. */
+static int reduce_twice_wrong(dbuf<float> &x) {
+    dbuf<float> out(4 * x.h.size());
+    KW_CUDA_LAUNCH(k_reduce_twice, 8, 256, 0, 0, x.d, out.d);
+    CK(cudaGetLastError());
+    out.down();
+    int wrong = 0;
+    for (int b = 0; b < 8; ++b) {
+        float s = 0.0f, m = -INFINITY; /* small integers: every summation order gives the same sum */
+        for (int t = 0; t < 256; ++t)
+            s += x.h[b * 256 + t], m = fmaxf(m, x.h[b * 256 + t]);
+        for (int t = 0; t < 256; ++t) {
+            const float *o = &out.h[4 * (b * 256 + t)];
+            wrong += o[0] != s || o[1] != 256000.0f || o[2] != m || o[3] != m + 100.0f;
+        }
+    }
+    return wrong;
+}
+
+static void test_block_reduce_twice(void **state) {
+    (void)state;
+    const int seeds = 16; /* the randomized schedule draws the per-warp priority policy for about 1 block in 3 */
+    int wrong = 0;
+    for (int seed = 0; seed <= seeds; ++seed) {
+        reset((uint64_t)seed);
+        dbuf<float> x(8 * 256);
+        for (size_t i = 0; i < x.h.size(); ++i)
+            x.h[i] = (float)((i * 37) % 11); /* each block's maximum in several warps, not in all lanes */
+        x.up();
+        const int w = reduce_twice_wrong(x);
+        if (w > 0) print_message("  seed %d: %d threads saw a wrong block sum or max\n", seed, w);
+        wrong += w;
+    }
+    assert_int_equal(wrong, 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1216,6 +1269,7 @@ int main(void) {
         cmocka_unit_test(test_atomics),
 #ifdef KW_CUDA_EMU
         cmocka_unit_test(test_race_exposed_by_random_schedule),
+        cmocka_unit_test(test_block_reduce_twice),
         cmocka_unit_test(test_faults),
         cmocka_unit_test(test_guard_bytes),
         cmocka_unit_test(test_host_pointer_argument),

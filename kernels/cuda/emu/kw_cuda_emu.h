@@ -9,7 +9,8 @@
  * own stack. A fiber runs until it reaches a rendezvous: __syncthreads (the block's barrier) or a warp collective
  * (__shfl*_sync, __ballot_sync, __any/__all_sync, __syncwarp, __reduce_*_sync, __match_*_sync: a rendezvous of the
  * lanes named in the mask, distinct from the block's barrier), or it exits. The scheduler then resumes another
- * runnable fiber: in thread order (FIFO) by default, or in a seeded random order (KW_CUDA_EMU_SEED, kw_cuda_emu_api.h)
+ * runnable fiber: in thread order (FIFO) by default (in the even blocks of a grid a warp runs on after each of its
+ * collectives, to the next block barrier), or in a seeded random order (KW_CUDA_EMU_SEED, kw_cuda_emu_api.h)
  * that also shuffles the block order and yields at atomics and fences, so that code which is only correct for one
  * order shows it. Memory is sequentially consistent; interleavings between rendezvous points (a plain
  * read-modify-write race between two threads with no barrier in between) are not explored.

@@ -6,11 +6,15 @@
  * thread from the queue and switches straight to it; the host thread's own context is resumed only when the block is
  * done, faulted or deadlocked (no runnable thread while some have not exited). In order (seed 0) the queue is FIFO:
  * threads start in thread order and a completed rendezvous requeues its threads in thread order, so warps advance
- * roughly together. With a seed, blocks run in a random (affine) permutation of the grid, atomics and fences yield
- * with probability 1/2, and each block draws one of three policies: a uniformly random queued thread at every pick;
- * or fixed random priorities per warp, or per thread, the highest-priority runnable thread always running first (as
- * in probabilistic concurrency testing: the lowest-priority warp lags as far behind as the barriers allow, which is
- * what exposes a missing barrier between two uses of the same shared memory).
+ * roughly together. In the even blocks of the grid
+ * (all of a one-block grid) a completed warp collective puts its lanes at the front instead, so the warp runs on, as
+ * one warp does on a GPU: warp 0 reaches the next block barrier before warp 1 starts, and a barrier missing before a
+ * write (warp 0 overwriting shared memory that higher warps have yet to read) shows too. With a seed, blocks run in a
+ * random (affine) permutation of the grid, atomics and fences yield with probability 1/2, and each block draws one of
+ * three policies: a uniformly random queued thread at every pick; or fixed random priorities per warp, or per thread,
+ * the highest-priority runnable thread always running first (as in probabilistic concurrency testing: the
+ * lowest-priority warp lags as far behind as the barriers allow, which is what exposes a missing barrier between two
+ * uses of the same shared memory).
  *
  * Warp collectives: a lane arriving with mask m waits until every lane of m is waiting with mask m; the last to
  * arrive computes every lane's result (PTX shfl.sync semantics for the shuffles: b[4:0], segment mask from the width,
@@ -62,6 +66,7 @@ struct emu_block {
     size_t head;
     unsigned int live, exited;
     int random;                 /* 1: the randomized schedule */
+    int ahead;                  /* in order: a warp runs on after its collectives (even blocks of the grid) */
     int policy;                 /* with it, for this block: POLICY_* */
     std::vector<uint64_t> prio; /* POLICY_WARP_PRIORITY / POLICY_THREAD_PRIORITY: per thread, unique */
     /* the block barrier */
@@ -179,6 +184,19 @@ void insert(emu_block *b, int i) {
 void push(emu_block *b, int i) {
     b->fibers[(size_t)i].st = ST_READY;
     insert(b, i);
+}
+
+/* In order, in a block that runs warps ahead: queues a thread to run before every queued one; else push. */
+void push_front(emu_block *b, int i) {
+    if (!b->ahead) {
+        push(b, i);
+        return;
+    }
+    b->fibers[(size_t)i].st = ST_READY;
+    if (b->head > 0)
+        b->runq[--b->head] = i;
+    else
+        b->runq.insert(b->runq.begin(), i);
 }
 
 int pick(emu_block *b) {
@@ -469,8 +487,8 @@ void complete(emu_block *b, emu_fiber *self, unsigned int w, unsigned int mask) 
         }
     }
     b->waiting[w] &= ~mask;
-    for (unsigned int l = 0; l < 32; ++l)
-        if (mask >> l & 1u) push(b, (int)(w * 32 + l));
+    for (unsigned int l = 32; l-- > 0;) /* lane order, ahead of the other warps */
+        if (mask >> l & 1u) push_front(b, (int)(w * 32 + l));
 }
 
 } // namespace
@@ -664,6 +682,7 @@ void run_grid(const kernel_launch &k) {
     b.nthreads = k.block.x * k.block.y * k.block.z;
     b.nwarps = (b.nthreads + 31) / 32;
     b.random = config().seed != 0;
+    b.ahead = 0;
     b.policy = POLICY_UNIFORM;
     b.prio.assign(b.nthreads, 0);
     b.bar_kind = BAR_SYNC;
@@ -692,6 +711,7 @@ void run_grid(const kernel_launch &k) {
         const unsigned int bx = (unsigned int)(lin % k.grid.x);
         const unsigned int by = (unsigned int)((lin / k.grid.x) % k.grid.y);
         const unsigned int bz = (unsigned int)(lin / ((uint64_t)k.grid.x * k.grid.y));
+        b.ahead = !b.random && (i & 1) == 0;
         run_block(&b, bx, by, bz);
         ++counters().blocks;
         counters().threads += b.nthreads;
