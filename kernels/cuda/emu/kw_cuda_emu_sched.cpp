@@ -6,10 +6,10 @@
  * thread from the queue and switches straight to it; the host thread's own context is resumed only when the block is
  * done, faulted or deadlocked (no runnable thread while some have not exited). In order (seed 0) the queue is FIFO:
  * threads start in thread order and a completed rendezvous requeues its threads in thread order, so warps advance
- * roughly together. In the even blocks of the grid
- * (all of a one-block grid) a completed warp collective puts its lanes at the front instead, so the warp runs on, as
- * one warp does on a GPU: warp 0 reaches the next block barrier before warp 1 starts, and a barrier missing before a
- * write (warp 0 overwriting shared memory that higher warps have yet to read) shows too. With a seed, blocks run in a
+ * roughly together. In the even blocks of the grid (all of a one-block grid) a completed warp collective puts its
+ * lanes at the front instead, so the warp runs on, as one warp does on a GPU: warp 0 reaches the next block barrier
+ * before warp 1 starts, and a barrier missing before a write (warp 0 overwriting shared memory that higher warps have
+ * yet to read) shows too. With a seed, blocks run in a
  * random (affine) permutation of the grid, atomics and fences yield with probability 1/2, and each block draws one of
  * three policies: a uniformly random queued thread at every pick; or fixed random priorities per warp, or per thread,
  * the highest-priority runnable thread always running first (as in probabilistic concurrency testing: the
