@@ -534,16 +534,20 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
         KW_CHECK_IF(h_seq == NULL, KW_E_NOMEM, "share wire: out of memory");
         for (uint32_t t = 0; t < T; ++t)
             h_seq[t] = (int32_t)t;
-        KW_CHECK(kw_tensor_alloc(be, &rk, KW_DTYPE_F32, 3, ne));
         KW_CHECK(kw_tensor_alloc(be, &rv, KW_DTYPE_F32, 3, ne));
         KW_CHECK(kw_tensor_alloc(be, &seq, KW_DTYPE_I32, 1, &nt));
         KW_CHECK(kw_backend_upload(be, &seq, 0, h_seq, (size_t)T * sizeof *h_seq));
-        if (pol->pre_rope) /* the rotated-back keys, a cache of T rows */
-            KW_CHECK(kw_op_wire_rotate_rows(be, &rk, &uk, &seq, T, pol->rotate & 1));
-        else
-            KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
+        const kw_tensor *keys = &uk; /* the rotated-back keys are already the section's (H, T, D) rows */
+        if (!pol->pre_rope || (pol->rotate & 1)) {
+            KW_CHECK(kw_tensor_alloc(be, &rk, KW_DTYPE_F32, 3, ne));
+            if (pol->pre_rope) /* the rotated-back keys, a cache of T rows */
+                KW_CHECK(kw_op_wire_rotate_rows(be, &rk, &uk, &seq, T, 1));
+            else
+                KW_CHECK(kw_op_wire_rotate_rows(be, &rk, dev->k, dev->rows, T, pol->rotate & 1));
+            keys = &rk;
+        }
         KW_CHECK(kw_op_wire_rotate_rows(be, &rv, dev->v, dev->rows, T, (pol->rotate >> 1) & 1));
-        src = (kw_share_wire_src){&rk, &rv, &seq};
+        src = (kw_share_wire_src){keys, &rv, &seq};
     }
     if (pol->outliers)
         KW_CHECK(kw_share_wire_device_outliers(w, l, &src, pol, &mask, &at));
@@ -756,7 +760,7 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
     }
     size_t bound = 0;
     KW_FORWARD(kw_wire_section_bound(&w->hdr, &pol, in.n_tokens, &bound));
-    if (dev) KW_FORWARD(kw_share_wire_pin(w, dev->backend));
+    if (on_device || (dev && res)) KW_FORWARD(kw_share_wire_pin(w, dev->backend)); /* the device's bytes land in buf */
     KW_FORWARD(kw_share_wire_reserve(w, bound > KW_WIRE_TRAILER_BYTES ? bound : KW_WIRE_TRAILER_BYTES));
     int done = 0;
     if (on_device) {
