@@ -174,6 +174,19 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     return 0;
 }
 
+/* The item at *p of a list of numbers and ranges a-b by commas that ends at end ("3,7,0-2"; with ranges 0 a number
+ * only): *lo and *hi (equal for a number), *p moved past it and its comma. 1 for an item inside [0, limit), else 0. */
+static int kw_kvstats_list_item(const char **p, const char *end, int ranges, long limit, long *lo, long *hi) {
+    char *stop = NULL;
+    *lo = strtol(*p, &stop, 10);
+    *hi = *lo;
+    if (ranges && stop < end && *stop == '-') *hi = strtol(stop + 1, &stop, 10);
+    const int ok = stop != *p && stop <= end && (stop == end || *stop == ',') && *lo >= 0 && *hi >= *lo &&
+                   *hi < limit && !(*stop == ',' && stop + 1 == end);
+    *p = stop < end ? stop + 1 : end;
+    return ok;
+}
+
 /* One token rule segment of a schedule, "T0-3,7=CODEC" (prompt positions and ranges) or "Tlast4=CODEC" (the last 4
  * rows of each prompt), eq at its '=', end past its codec: rules appended to out, ";T0-3,7=int8/token" to its name
  * (*name_len long). The codec is a wire codec without options (the section's options are its layer's); a position
@@ -199,13 +212,9 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int last = (size_t)(eq - seg) > 5 && strncmp(seg + 1, "last", 4) == 0;
     for (const char *p = seg + (last ? 5 : 1); p < eq;) {
-        char *stop = NULL;
-        const long lo = strtol(p, &stop, 10);
-        long hi = lo;
-        if (!last && stop < eq && *stop == '-') hi = strtol(stop + 1, &stop, 10);
-        KW_RETURN_IF(stop == p || stop > eq || (stop < eq && (last || *stop != ',')) || lo < 0 || hi < lo ||
-                         hi >= (long)KW_WIRE_MAX_POSITIONS || (last && lo == 0) || (*stop == ',' && stop + 1 == eq),
-                     KW_E_INVALID_ARG,
+        long lo = 0, hi = 0;
+        const int ok = kw_kvstats_list_item(&p, eq, !last, (long)KW_WIRE_MAX_POSITIONS, &lo, &hi);
+        KW_RETURN_IF(!ok || (last && (lo == 0 || p != eq)), KW_E_INVALID_ARG,
                      "--codec %s: token positions are numbers 0..%u and ranges a-b, by commas; Tlast<N> takes N >= 1",
                      arg, KW_WIRE_MAX_POSITIONS - 1);
         KW_RETURN_IF(omit && (last || lo != 0), KW_E_INVALID_ARG,
@@ -223,7 +232,6 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
         tr->first = (uint32_t)lo;
         tr->last = (uint32_t)hi;
         tr->from_end = last;
-        p = stop < eq ? stop + 1 : eq;
     }
     const int w =
         snprintf(out->name + *name_len, sizeof out->name - *name_len, ";%.*s=%s", (int)(eq - seg), seg, one.name);
@@ -265,19 +273,14 @@ static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvst
                      "--codec %s: at most %d layer overrides", arg, KW_KVSTATS_MAX_OVERRIDES);
         const uint8_t slot = (uint8_t)(out->n_overrides + 1);
         for (const char *p = seg + 1; p < eq;) { /* "3,7", "0-2,5" */
-            char *end = NULL;
-            const long lo = strtol(p, &end, 10);
-            long hi = lo;
-            if (end < eq && *end == '-') hi = strtol(end + 1, &end, 10);
-            KW_RETURN_IF(end == p || end > eq || (end < eq && *end != ',') || lo < 0 || hi < lo ||
-                             hi >= KW_KVSTATS_MAX_LAYERS || (*end == ',' && end + 1 == eq),
-                         KW_E_INVALID_ARG, "--codec %s: layers are numbers 0..%d and ranges a-b, by commas", arg,
+            long lo = 0, hi = 0;
+            KW_RETURN_IF(!kw_kvstats_list_item(&p, eq, 1, KW_KVSTATS_MAX_LAYERS, &lo, &hi), KW_E_INVALID_ARG,
+                         "--codec %s: layers are numbers 0..%d and ranges a-b, by commas", arg,
                          KW_KVSTATS_MAX_LAYERS - 1);
             for (long l = lo; l <= hi; ++l) {
                 KW_RETURN_IF(out->layer_codec[l], KW_E_INVALID_ARG, "--codec %s: layer %ld is named twice", arg, l);
                 out->layer_codec[l] = slot;
             }
-            p = end < eq ? end + 1 : eq;
         }
         const size_t codec_len = (size_t)(seg + seg_len - eq - 1);
         memcpy(part, eq + 1, codec_len);
