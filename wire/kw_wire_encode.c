@@ -1103,8 +1103,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
             e->outlier_mask_cap = (size_t)((elems + 7) / 8);
         }
         mask = e->outlier_mask;
-        KW_CHECK(kw__wire_outlier_select_scratch(&e->hdr, in, pol, pol->outliers, mask, &n_out, &e->outlier_scratch,
-                                                 &e->outlier_scratch_cap));
+        KW_CHECK(kw__wire_outlier_select_scratch(e->kernels, &e->hdr, in, pol, pol->outliers, mask, &n_out,
+                                                 &e->outlier_scratch, &e->outlier_scratch_cap));
         out_bytes = kw__wire_outlier_table_bytes(mask, elems, n_out, out_dtype);
     }
     kw_wire_token_group single;

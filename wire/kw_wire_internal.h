@@ -5,6 +5,7 @@
 #ifndef KW_WIRE_INTERNAL_H
 #define KW_WIRE_INTERNAL_H
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -129,12 +130,36 @@ typedef struct kw__wire_kernels {
      * 8) with its own scale s[c], into out (F32 or BF16): the same values and status as dequantize group by group. */
     int (*dequantize_groups)(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s, void *out,
                              uint32_t out_dtype);
+    /* The outlier scores (kw__wire_outlier_score) of n values x of one scale of m > 1 values centred at c whose
+     * squared deviations from c sum to S, with (asym) or without zero points, into out: the bits of the scalar rule. */
+    void (*outlier_scores)(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
 } kw__wire_kernels;
+
+/* The outlier score of value x (FORMAT.md §5.10's encoder choice, kw_wire_outliers.c) in a scale of m > 1 values
+ * centred at c whose squared deviations from c sum to S: x is compared with the other m - 1 values, their centre c'
+ * (x - c' = dev * m/(m-1) with zero points, x without) and mean square deviation from it, msd (their squared
+ * deviations about c' sum to S - dev^2 * m/(m-1); about 0, S - x^2): (x - c')^2 / msd, FLT_MAX if that overflows or
+ * msd <= 0 (a spike among equal values; 0 for a value equal to them). Each step one double operation, so the vector
+ * kernels give the same bits. */
+static inline float kw__wire_outlier_score(int asym, double x, double m, double c, double S) {
+    double off, msd;
+    if (asym) {
+        const double dev = x - c;
+        off = dev * m / (m - 1.0);
+        msd = (S - dev * dev * m / (m - 1.0)) / (m - 1.0);
+    } else {
+        off = x;
+        msd = (S - x * x) / (m - 1.0);
+    }
+    const double score = msd > 0.0 ? off * off / msd : off != 0.0 ? FLT_MAX : 0.0;
+    return score < FLT_MAX ? (float)score : FLT_MAX;
+}
 
 /* The kernels for an ISA (resolved first: never NULL). */
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
 
 /* Scalar implementations, also the fallback of the vector ones for cases they do not cover. */
+void kw__wire_outlier_scores_scalar(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
 uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
 uint32_t kw__wire_scales_scalar(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst,
@@ -302,10 +327,12 @@ static inline void kw__wire_unpack_fields(uint32_t bits, const uint8_t *row, uin
 
 #define KW__OUTLIER_HEAD_BYTES 8 /* u32 count, u8 value dtype, 3 reserved */
 
-/* kw_wire_outlier_select with its scores in *scratch (*cap bytes, grown with realloc as needed; owned by the caller,
- * who frees it), so an encoder reuses one buffer for every section. */
-int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
-                                    uint32_t count, uint8_t *mask, uint32_t *n_chosen, void **scratch, size_t *cap);
+/* kw_wire_outlier_select with the scores from kr's kernel (every ISA gives the same bits) and in *scratch (*cap bytes,
+ * grown with realloc as needed; owned by the caller, who frees it), so an encoder reuses one buffer for every
+ * section. */
+int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_header *hdr, const kw_wire_layer_in *in,
+                                    const kw_wire_policy *pol, uint32_t count, uint8_t *mask, uint32_t *n_chosen,
+                                    void **scratch, size_t *cap);
 
 /* Bytes per value of an outlier value dtype (enum kw_wire_dtype), 0 if unknown. */
 size_t kw__wire_outlier_value_size(uint32_t dtype);

@@ -175,6 +175,11 @@ int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32
     return rc;
 }
 
+void kw__wire_outlier_scores_scalar(const float *x, uint32_t n, int asym, double m, double c, double S, float *out) {
+    for (uint32_t i = 0; i < n; ++i)
+        out[i] = kw__wire_outlier_score(asym, x[i], m, c, S);
+}
+
 static const kw__wire_kernels kw__wire_scalar_kernels = {
     .isa = KW_WIRE_ISA_SCALAR,
     .amax = kw__wire_amax_scalar,
@@ -188,6 +193,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .amax_groups = kw__wire_amax_groups_scalar,
     .quantize_groups = kw__wire_quantize_groups_scalar,
     .dequantize_groups = kw__wire_dequantize_groups_scalar,
+    .outlier_scores = kw__wire_outlier_scores_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

@@ -71,7 +71,6 @@ uint64_t kw__wire_outlier_table_bound(const kw_wire_header *hdr, uint32_t n_toke
 // ---------------------------------------------------------------------------------------------------------------
 // Selection
 
-/* The f32 value of element (h, t, d) of a view. */
 /* The first value of row (h, t) of a view. */
 static const void *kw__out_row(const kw_wire_tensor_in *in, uint32_t dtype, uint32_t h, uint32_t t) {
     const size_t row = in->rows ? in->rows[t] : t;
@@ -79,6 +78,7 @@ static const void *kw__out_row(const kw_wire_tensor_in *in, uint32_t dtype, uint
            (row * in->token_stride + (size_t)h * in->head_stride) * kw__wire_dtype_size(dtype);
 }
 
+/* The f32 value of element (h, t, d) of a view. */
 static float kw__out_value(const kw_wire_tensor_in *in, uint32_t dtype, uint32_t h, uint32_t t, uint32_t d) {
     const size_t row = in->rows ? in->rows[t] : t;
     const size_t at = row * in->token_stride + (size_t)h * in->head_stride + d;
@@ -87,33 +87,105 @@ static float kw__out_value(const kw_wire_tensor_in *in, uint32_t dtype, uint32_t
     return x;
 }
 
+/* A float's bits as an unsigned key in the float's order (-0 just below +0; no NaN here). */
+static inline uint32_t kw__out_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+/* Counts the keys' high halves of n scores into hist (65536 counters), for the selection's first radix level. */
+static void kw__out_count(const float *sc, size_t n, uint32_t *hist) {
+    for (size_t i = 0; i < n; ++i)
+        ++hist[kw__out_key(sc[i]) >> 16];
+}
+
+/* kw__out_scores for scales that each lie inside one row (token and group granularities): a batch of rows of one
+ * head at a time, and the sums of the batch's scales as independent chains (element k of every scale, then k + 1),
+ * each chain in its scale's element order, so the sums are the bits of the element-by-element passes while the
+ * additions overlap instead of waiting on each other. */
+static int kw__out_scores_rows(const kw__wire_kernels *kr, const kw_wire_header *hdr, const kw_wire_tensor_in *in,
+                               const kw_wire_codec_spec *sp, uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores,
+                               uint32_t *hist) {
+    const uint32_t H = hdr->n_kv_heads, D = hdr->head_dim, dt = hdr->src_dtype;
+    const int asym = kw_wire_spec_asym(sp);
+    const uint32_t run = sp->granularity == KW_WIRE_GRAN_GROUP ? 1u << sp->group_log2 : D, upr = D / run;
+    /* rows per batch: up to 8, at most 2048 values and, unless a row alone has more, 64 scales */
+    uint32_t R = 2048u / D < 8u ? 2048u / D : 8u;
+    R = R * upr > 64u ? (upr >= 64u ? 1u : 64u / upr) : R;
+    R = R ? R : 1u;
+    float x[2048 > KW_WIRE_MAX_HEAD_DIM ? 2048 : KW_WIRE_MAX_HEAD_DIM];
+    double c[KW_WIRE_MAX_HEAD_DIM], S[KW_WIRE_MAX_HEAD_DIM]; /* per scale of the batch: at most max(64, upr) */
+    const double n = (double)run;
+    for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t tb = 0; tb < tg; tb += R) {
+            const uint32_t nb = tg - tb < R ? tg - tb : R, nu = nb * upr;
+            for (uint32_t i = 0; i < nb; ++i) {
+                float *xr = x + (size_t)i * D;
+                kw__wire_load_f32(kw__out_row(in, dt, h, t0 + tb + i), dt, D, xr);
+                uint32_t bad = 0;
+                for (uint32_t d = 0; d < D; ++d)
+                    bad |= !(xr[d] - xr[d] == 0.0f);
+                KW_RETURN_IF(bad, KW_E_WIRE_NONFINITE, "head %u token %u holds NaN or Inf", h, t0 + tb + i);
+            }
+            /* the scales' rows are consecutive in scores (row (h, t) at (h*T + t)*D), as in x */
+            float *sc = scores + ((size_t)h * n_tokens + t0 + tb) * D;
+            if (run < 2) { /* scales of one value */
+                memset(sc, 0, (size_t)nb * D * sizeof(float));
+            } else {
+                for (uint32_t j = 0; j < nu; ++j) /* the centres: the means with zero points, else 0 / n = 0 */
+                    c[j] = S[j] = 0.0;
+                if (asym) {
+                    for (uint32_t k = 0; k < run; ++k)
+                        for (uint32_t j = 0; j < nu; ++j)
+                            c[j] += (double)x[(size_t)j * run + k];
+                    for (uint32_t j = 0; j < nu; ++j)
+                        c[j] /= n;
+                }
+                for (uint32_t k = 0; k < run; ++k)
+                    for (uint32_t j = 0; j < nu; ++j) {
+                        const double v = (double)x[(size_t)j * run + k] - c[j];
+                        S[j] += v * v;
+                    }
+                for (uint32_t j = 0; j < nu; ++j)
+                    kr->outlier_scores(x + (size_t)j * run, run, asym, n, c[j], S[j], sc + (size_t)j * run);
+            }
+            kw__out_count(sc, (size_t)nb * D, hist);
+        }
+    return 0;
+}
+
 /* Writes the squared scores (same order as the scores) of one tensor of one token group (tokens [t0, t0 + tg) of
- * the section) at scores + (h*T + t)*D + d, t the section's token index. An element's score compares it with the
- * other values of its scale: (x - c')^2 / m', c' their centre (the mean with zero points, else 0), m' their mean
- * square deviation from c'. Leaving x out is what makes a spike stand out whatever the number of values a scale
- * covers (with x in, a lone spike among n values scores at most n - 1). Three passes: centres, sums of squared
- * deviations, scores; a spike among equal values scores FLT_MAX, a scale of one value 0. */
-static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                          uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores) {
+ * the section) at scores + (h*T + t)*D + d, t the section's token index, and counts their keys' high halves into
+ * hist. An element's score compares it with the other values of its scale: (x - c')^2 / m', c' their centre (the
+ * mean with zero points, else 0), m' their mean square deviation from c'. Leaving x out is what makes a spike stand
+ * out whatever the number of values a scale covers (with x in, a lone spike among n values scores at most n - 1).
+ * Three passes: centres, sums of squared deviations, scores; each sum in the scale's element order ([h][t][d]), in
+ * double; a spike among equal values scores FLT_MAX, a scale of one value 0. */
+static int kw__out_scores(const kw__wire_kernels *kr, const kw_wire_header *hdr, const kw_wire_tensor_in *in,
+                          const kw_wire_codec_spec *sp, uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores,
+                          uint32_t *hist) {
     const uint32_t H = hdr->n_kv_heads, D = hdr->head_dim, dt = hdr->src_dtype;
     if (kw_wire_codec_is_passthrough(sp->codec)) {
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t)
                 memset(scores + ((size_t)h * n_tokens + t0 + t) * D, 0, (size_t)D * sizeof(float));
+        hist[kw__out_key(0.0f) >> 16] += (uint32_t)((uint64_t)H * tg * D);
         return 0;
     }
+    if (sp->granularity == KW_WIRE_GRAN_TOKEN || sp->granularity == KW_WIRE_GRAN_GROUP)
+        return kw__out_scores_rows(kr, hdr, in, sp, n_tokens, t0, tg, scores, hist);
+    /* head, layer and channel scales span rows: element by element, each scale's sums kept in acc */
     const int asym = kw_wire_spec_asym(sp);
     const uint64_t units = kw__wire_scale_count(sp, H, tg, D);
     double *acc = calloc((size_t)units * 3, sizeof(double)); /* count, centre, mean square deviation per scale */
     KW_RETURN_IF(!acc, KW_E_NOMEM, "outlier scores of %llu scales", (unsigned long long)units);
-    /* an element's scale is base(h, t) + (d >> shift): the row's first, plus its group or channel */
-    const uint32_t shift = sp->granularity == KW_WIRE_GRAN_GROUP     ? sp->group_log2
-                           : sp->granularity == KW_WIRE_GRAN_CHANNEL ? 0u
-                                                                     : 31u;
+    /* an element's scale is base(h, t) + (d >> shift): the row's first, plus its channel */
+    const uint32_t shift = sp->granularity == KW_WIRE_GRAN_CHANNEL ? 0u : 31u;
     float row[KW_WIRE_MAX_HEAD_DIM];
-    /* a row's elements come in runs that share a scale (the whole row for token, head and layer scales): each run's
-     * sums are carried in registers, added in the same order as element by element */
-    const uint32_t run = shift >= 31u ? D : 1u << shift;
+    /* a row's elements come in runs that share a scale (the whole row for head and layer scales): each run's sums are
+     * carried in registers, added in the same order as element by element */
+    const uint32_t run = shift >= 31u ? D : 1u;
     for (int pass = 0; pass < 3; ++pass)
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t) {
@@ -147,65 +219,91 @@ static int kw__out_scores(const kw_wire_header *hdr, const kw_wire_tensor_in *in
                         for (uint32_t d = d0; d < d0 + run; ++d)
                             sc[d] = 0.0f;
                     } else {
-                        /* without x: centre c' (x - c' = dev * n/(n-1) with zero points, x without), and the squared
-                         * deviations about c' sum to S - dev^2 * n/(n-1) (about 0: S - x^2). Branch-free so that it
-                         * vectorizes: the quotient is computed even where msd <= 0 and then not used. */
-                        const double n = a[0], c = a[1] / a[0], S = a[2];
-                        if (asym)
-                            for (uint32_t d = d0; d < d0 + run; ++d) {
-                                const double x = row[d], dev = x - c;
-                                const double off = dev * n / (n - 1.0), rest = S - dev * dev * n / (n - 1.0);
-                                const double msd = rest / (n - 1.0), q = off * off / msd;
-                                const double score = msd > 0.0 ? q : off != 0.0 ? FLT_MAX : 0.0;
-                                sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
-                            }
-                        else
-                            for (uint32_t d = d0; d < d0 + run; ++d) {
-                                const double x = row[d];
-                                const double msd = (S - x * x) / (n - 1.0), q = x * x / msd;
-                                const double score = msd > 0.0 ? q : x != 0.0 ? FLT_MAX : 0.0;
-                                sc[d] = score < FLT_MAX ? (float)score : FLT_MAX;
-                            }
+                        kr->outlier_scores(row + d0, run, asym, a[0], a[1] / a[0], a[2], sc + d0);
                     }
                 }
+                if (pass == 2) kw__out_count(sc, D, hist);
             }
     free(acc);
     return 0;
 }
 
-/* A float's bits as an unsigned key in the float's order (-0 just below +0; no NaN here). */
-static inline uint32_t kw__out_key(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u & 0x80000000u ? ~u : u | 0x80000000u;
+/* Elements of the bin that holds the threshold a selection keeps as a list (kw__out_choose); with more it takes a
+ * second pass over the scores instead. */
+#define KW__OUT_LIST 16384u
+
+/* The walk of a radix selection over counters count[0..top]: the largest index i with *above + the counts from i up
+ * to top >= k; *above grows by the counts above i. */
+static uint32_t kw__out_walk(const uint32_t *count, uint32_t top, uint64_t k, uint64_t *above) {
+    uint32_t i = top;
+    while (*above + count[i] < k)
+        *above += count[i--];
+    return i;
 }
 
-/* The value of the k-th largest (1 <= k <= n) of v[0..n): a radix selection on the keys, the high 16 bits then the
- * low 16 bits of the bin that holds it (two histogram passes, v untouched). hist: 65536 counters of scratch. */
-static float kw__out_kth_largest(const float *v, int64_t n, int64_t k, uint32_t *hist) {
-    memset(hist, 0, 65536 * sizeof(uint32_t));
-    for (int64_t i = 0; i < n; ++i)
-        ++hist[kw__out_key(v[i]) >> 16];
-    int64_t above = 0; /* values in the bins above the one walked */
-    uint32_t bin = 65535;
-    while (above + hist[bin] < k)
-        above += hist[bin--];
-    memset(hist, 0, 65536 * sizeof(uint32_t));
-    for (int64_t i = 0; i < n; ++i) {
-        const uint32_t key = kw__out_key(v[i]);
-        if (key >> 16 == bin) ++hist[key & 0xffffu];
+/* Sets in mask (cleared) the n elements of the highest scores, ties at the threshold (the n-th highest score) to the
+ * lower element numbers; hist holds the counts of the scores' keys' high halves (kw__out_count) and is scratch
+ * afterwards; list: KW__OUT_LIST element numbers of scratch. One pass over the scores sets the elements above the
+ * threshold's high half and lists those that share it; the low half comes from the list (or, when the bin holds more,
+ * a histogram and one more pass). */
+static void kw__out_choose(const float *scores, uint64_t elems, uint64_t n, uint32_t *hist, uint64_t *list,
+                           uint8_t *mask) {
+    uint64_t above = 0; /* elements whose key's high half is above bin */
+    const uint32_t bin = kw__out_walk(hist, 65535u, n, &above);
+    const int listed = hist[bin] <= KW__OUT_LIST;
+    uint64_t nl = 0;
+    if (!listed) memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (uint64_t e = 0; e < elems; e += 8) { /* a mask byte at a time, without branches but for the bin */
+        const uint32_t m = elems - e < 8 ? (uint32_t)(elems - e) : 8u;
+        uint32_t byte = 0, in_bin = 0;
+        for (uint32_t j = 0; j < m; ++j) {
+            const uint32_t hi = kw__out_key(scores[e + j]) >> 16;
+            byte |= (uint32_t)(hi > bin) << j;
+            in_bin |= (uint32_t)(hi == bin) << j;
+        }
+        mask[e / 8] = (uint8_t)byte;
+        for (; in_bin; in_bin &= in_bin - 1u) {
+            const uint64_t at = e + (uint32_t)__builtin_ctz(in_bin);
+            if (listed)
+                list[nl++] = at;
+            else
+                ++hist[kw__out_key(scores[at]) & 0xffffu];
+        }
     }
-    uint32_t low = 65535;
-    while (above + hist[low] < k)
-        above += hist[low--];
-    const uint32_t key = bin << 16 | low, u = key & 0x80000000u ? key & 0x7fffffffu : ~key;
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
+    /* the threshold's low half: two 256-counter levels over the list, or the 65536 counters just filled */
+    uint32_t low;
+    if (listed) {
+        uint32_t c8[256] = {0};
+        for (uint64_t i = 0; i < nl; ++i)
+            ++c8[(kw__out_key(scores[list[i]]) >> 8) & 0xffu];
+        uint64_t a2 = above;
+        const uint32_t l1 = kw__out_walk(c8, 255u, n, &a2);
+        memset(c8, 0, sizeof c8);
+        for (uint64_t i = 0; i < nl; ++i) {
+            const uint32_t key = kw__out_key(scores[list[i]]);
+            if (((key >> 8) & 0xffu) == l1) ++c8[key & 0xffu];
+        }
+        low = l1 << 8 | kw__out_walk(c8, 255u, n, &a2);
+        above = a2;
+    } else {
+        low = kw__out_walk(hist, 65535u, n, &above);
+    }
+    /* above: the elements above the threshold; the rest of n are ties at it, taken in element order */
+    const uint32_t thr = bin << 16 | low;
+    uint64_t ties = n - above;
+    const uint64_t end = listed ? nl : elems;
+    for (uint64_t i = 0; i < end; ++i) {
+        const uint64_t e = listed ? list[i] : i;
+        const uint32_t key = kw__out_key(scores[e]);
+        if (key >> 16 != bin || key < thr || (key == thr && ties == 0)) continue;
+        ties -= key == thr;
+        mask[e / 8] |= (uint8_t)(1u << (e % 8));
+    }
 }
 
-int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_layer_in *in, const kw_wire_policy *pol,
-                                    uint32_t count, uint8_t *mask, uint32_t *n_chosen, void **scratch, size_t *cap) {
+int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_header *hdr, const kw_wire_layer_in *in,
+                                    const kw_wire_policy *pol, uint32_t count, uint8_t *mask, uint32_t *n_chosen,
+                                    void **scratch, size_t *cap) {
     KW_RETURN_IF(!hdr || !in || !pol || !mask || !n_chosen || !in->k.data || !in->v.data || in->n_tokens < 1,
                  KW_E_INVALID_ARG, "outlier selection: bad arguments");
     KW_RETURN_IF(kw__wire_dtype_size(hdr->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", hdr->src_dtype);
@@ -220,7 +318,8 @@ int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_lay
     const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
     const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
     KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
-    const size_t need = (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t);
+    const size_t need =
+        (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t) + (size_t)KW__OUT_LIST * sizeof(uint64_t);
     if (*cap < need) {
         void *p = realloc(*scratch, need);
         KW_RETURN_IF(!p, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
@@ -229,32 +328,21 @@ int kw__wire_outlier_select_scratch(const kw_wire_header *hdr, const kw_wire_lay
     }
     float *scores = *scratch;
     uint32_t *hist = (uint32_t *)(scores + elems);
+    uint64_t *list = (uint64_t *)(hist + 65536);
+    memset(hist, 0, 65536 * sizeof(uint32_t));
     int rc = 0;
     uint32_t t0 = 0;
     for (uint32_t g = 0; g < n_groups && rc == 0; ++g) {
         KW_CHECK_IF(groups[g].n_tokens < 1 || (uint64_t)t0 + groups[g].n_tokens > in->n_tokens, KW_E_INVALID_ARG,
                     "token group %u does not fit the section's %u tokens", g, in->n_tokens);
-        KW_CHECK(kw__out_scores(hdr, &in->k, &groups[g].k, in->n_tokens, t0, groups[g].n_tokens, scores));
-        KW_CHECK(kw__out_scores(hdr, &in->v, &groups[g].v, in->n_tokens, t0, groups[g].n_tokens, scores + half));
+        KW_CHECK(kw__out_scores(kr, hdr, &in->k, &groups[g].k, in->n_tokens, t0, groups[g].n_tokens, scores, hist));
+        KW_CHECK(
+            kw__out_scores(kr, hdr, &in->v, &groups[g].v, in->n_tokens, t0, groups[g].n_tokens, scores + half, hist));
         t0 += groups[g].n_tokens;
     }
     KW_CHECK_IF(t0 != in->n_tokens, KW_E_INVALID_ARG, "token groups cover %u of %u tokens", t0, in->n_tokens);
-    const float thr = kw__out_kth_largest(scores, (int64_t)elems, (int64_t)n, hist);
-    uint64_t taken = 0;
-    for (uint64_t e = 0; e < elems; e += 8) { /* a mask byte at a time, without branches */
-        const uint32_t m = elems - e < 8 ? (uint32_t)(elems - e) : 8u;
-        uint32_t byte = 0;
-        for (uint32_t j = 0; j < m; ++j)
-            byte |= (uint32_t)(scores[e + j] > thr) << j;
-        mask[e / 8] = (uint8_t)byte;
-        taken += (uint64_t)__builtin_popcount(byte);
-    }
-    for (uint64_t e = 0; e < elems && taken < n; ++e) /* ties at the threshold: the lower element numbers */
-        if (scores[e] == thr) {
-            mask[e / 8] |= (uint8_t)(1u << (e % 8));
-            ++taken;
-        }
-    *n_chosen = (uint32_t)taken;
+    kw__out_choose(scores, elems, n, hist, list, mask);
+    *n_chosen = (uint32_t)n;
     rc = 0;
 out:
     return rc;
@@ -264,7 +352,8 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
                            uint32_t count, uint8_t *mask, uint32_t *n_chosen) {
     void *scratch = NULL;
     size_t cap = 0;
-    const int rc = kw__wire_outlier_select_scratch(hdr, in, pol, count, mask, n_chosen, &scratch, &cap);
+    const int rc = kw__wire_outlier_select_scratch(kw__wire_kernels_get(KW_WIRE_ISA_AUTO), hdr, in, pol, count, mask,
+                                                   n_chosen, &scratch, &cap);
     free(scratch);
     return rc;
 }
@@ -272,15 +361,32 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
 // ---------------------------------------------------------------------------------------------------------------
 // The table
 
+/* The first element at or after e whose bit is set in mask (elems bits), or elems: whole zero words skipped. */
+static uint64_t kw__out_next(const uint8_t *mask, uint64_t elems, uint64_t e) {
+    while (e < elems) {
+        if (e % 64 == 0 && elems - e >= 64) {
+            uint64_t w;
+            memcpy(&w, mask + e / 8, 8);
+            if (w == 0) {
+                e += 64;
+                continue;
+            }
+        }
+        const uint32_t b = (uint32_t)mask[e / 8] >> (e % 8);
+        if (b) return e + (uint32_t)__builtin_ctz(b) < elems ? e + (uint32_t)__builtin_ctz(b) : elems;
+        e = (e | 7u) + 1;
+    }
+    return elems;
+}
+
 uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint32_t n, uint32_t dtype) {
     uint64_t bytes = KW__OUTLIER_HEAD_BYTES + (uint64_t)n * kw__wire_outlier_value_size(dtype), prev = 0;
     int first = 1;
-    for (uint64_t e = 0; e < elems; ++e)
-        if (mask[e / 8] & (1u << (e % 8))) {
-            bytes += kw__out_varint_len64(first ? e : e - prev - 1);
-            prev = e;
-            first = 0;
-        }
+    for (uint64_t e = kw__out_next(mask, elems, 0); e < elems; e = kw__out_next(mask, elems, e + 1)) {
+        bytes += kw__out_varint_len64(first ? e : e - prev - 1);
+        prev = e;
+        first = 0;
+    }
     return bytes;
 }
 
@@ -319,17 +425,16 @@ int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_
     uint8_t *p = dst + KW__OUTLIER_HEAD_BYTES, *values = dst + bytes - (uint64_t)n * vs;
     uint64_t prev = 0;
     int first = 1;
-    for (uint64_t e = 0; e < elems; ++e)
-        if (mask[e / 8] & (1u << (e % 8))) {
-            p = kw__out_varint_put64(p, first ? e : e - prev - 1);
-            prev = e;
-            first = 0;
-            const uint64_t r = e % half;
-            const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
-            const float x = kw__out_value(e < half ? &in->k : &in->v, hdr->src_dtype, h, t, d);
-            KW_FORWARD(kw__out_store(x, dtype, values, e));
-            values += vs;
-        }
+    for (uint64_t e = kw__out_next(mask, elems, 0); e < elems; e = kw__out_next(mask, elems, e + 1)) {
+        p = kw__out_varint_put64(p, first ? e : e - prev - 1);
+        prev = e;
+        first = 0;
+        const uint64_t r = e % half;
+        const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
+        const float x = kw__out_value(e < half ? &in->k : &in->v, hdr->src_dtype, h, t, d);
+        KW_FORWARD(kw__out_store(x, dtype, values, e));
+        values += vs;
+    }
     KW_RETURN_IF(p != dst + bytes - (uint64_t)n * vs, KW_E_INTERNAL, "outlier table size mismatch");
     return 0;
 }

@@ -920,6 +920,34 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
 }
 
+/* kw__wire_kernels.outlier_scores, 4 values a step in double: kw__wire_outlier_score's operations lane by lane, its
+ * choices as blends (the quotient computed everywhere and kept where msd > 0). */
+KW_AVX2 static void kw__outlier_scores_avx2(const float *x, uint32_t n, int asym, double m, double c, double S,
+                                            float *out) {
+    const __m256d vm = _mm256_set1_pd(m), vm1 = _mm256_set1_pd(m - 1.0), vc = _mm256_set1_pd(c);
+    const __m256d vs = _mm256_set1_pd(S), zero = _mm256_setzero_pd(), big = _mm256_set1_pd(FLT_MAX);
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+        __m256d off, msd;
+        if (asym) {
+            const __m256d dev = _mm256_sub_pd(v, vc);
+            off = _mm256_div_pd(_mm256_mul_pd(dev, vm), vm1);
+            const __m256d t = _mm256_div_pd(_mm256_mul_pd(_mm256_mul_pd(dev, dev), vm), vm1);
+            msd = _mm256_div_pd(_mm256_sub_pd(vs, t), vm1);
+        } else {
+            off = v;
+            msd = _mm256_div_pd(_mm256_sub_pd(vs, _mm256_mul_pd(v, v)), vm1);
+        }
+        const __m256d q = _mm256_div_pd(_mm256_mul_pd(off, off), msd);
+        const __m256d spike = _mm256_and_pd(_mm256_cmp_pd(off, zero, _CMP_NEQ_OQ), big);
+        const __m256d score = _mm256_blendv_pd(spike, q, _mm256_cmp_pd(msd, zero, _CMP_GT_OQ));
+        /* FLT_MAX converts to itself */
+        _mm_storeu_ps(out + i, _mm256_cvtpd_ps(_mm256_blendv_pd(big, score, _mm256_cmp_pd(score, big, _CMP_LT_OQ))));
+    }
+    kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);
+}
+
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
     .amax = kw__amax_avx2,
@@ -933,6 +961,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
     .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
+    .outlier_scores = kw__outlier_scores_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -1355,6 +1384,33 @@ KW_AVX512 static int kw__dequantize_groups_avx512(uint32_t codec, const uint8_t 
     return kw__dequantize_each_avx512(codec, src, n, G, s, out, out_dtype);
 }
 
+/* kw__wire_kernels.outlier_scores, 8 values a step (kw__outlier_scores_avx2 with masks). */
+KW_AVX512 static void kw__outlier_scores_avx512(const float *x, uint32_t n, int asym, double m, double c, double S,
+                                                float *out) {
+    const __m512d vm = _mm512_set1_pd(m), vm1 = _mm512_set1_pd(m - 1.0), vc = _mm512_set1_pd(c);
+    const __m512d vs = _mm512_set1_pd(S), zero = _mm512_setzero_pd(), big = _mm512_set1_pd(FLT_MAX);
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+        __m512d off, msd;
+        if (asym) {
+            const __m512d dev = _mm512_sub_pd(v, vc);
+            off = _mm512_div_pd(_mm512_mul_pd(dev, vm), vm1);
+            const __m512d t = _mm512_div_pd(_mm512_mul_pd(_mm512_mul_pd(dev, dev), vm), vm1);
+            msd = _mm512_div_pd(_mm512_sub_pd(vs, t), vm1);
+        } else {
+            off = v;
+            msd = _mm512_div_pd(_mm512_sub_pd(vs, _mm512_mul_pd(v, v)), vm1);
+        }
+        const __m512d q = _mm512_div_pd(_mm512_mul_pd(off, off), msd);
+        const __m512d spike = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(off, zero, _CMP_NEQ_OQ), big);
+        const __m512d score = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(msd, zero, _CMP_GT_OQ), spike, q);
+        const __mmask8 fits = _mm512_cmp_pd_mask(score, big, _CMP_LT_OQ);
+        _mm256_storeu_ps(out + i, _mm512_cvtpd_ps(_mm512_mask_blend_pd(fits, big, score)));
+    }
+    kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);
+}
+
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
     .amax = kw__amax_avx512,
@@ -1368,6 +1424,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .amax_groups = kw__amax_groups_avx512,
     .quantize_groups = kw__quantize_groups_avx512,
     .dequantize_groups = kw__dequantize_groups_avx512,
+    .outlier_scores = kw__outlier_scores_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {
