@@ -133,7 +133,17 @@ typedef struct kw__wire_kernels {
     /* The outlier scores (kw__wire_outlier_score) of n values x of one scale of m > 1 values centred at c whose
      * squared deviations from c sum to S, with (asym) or without zero points, into out: the bits of the scalar rule. */
     void (*outlier_scores)(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
+    /* Two bit masks over n scores (bit i of byte i / 8, the last byte's bits past n cleared) by their keys k =
+     * kw__wire_score_key: above[i] = k > hi, in[i] = lo <= k <= hi. */
+    void (*outlier_bits)(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above, uint8_t *in);
 } kw__wire_kernels;
+
+/* A float's bits as a signed key in the float's order (-0 just below +0; NaN never asked). */
+static inline int32_t kw__wire_score_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (int32_t)(u ^ ((uint32_t)((int32_t)u >> 31) >> 1));
+}
 
 /* The outlier score of value x (FORMAT.md §5.10's encoder choice, kw_wire_outliers.c) in a scale of m > 1 values
  * centred at c whose squared deviations from c sum to S: x is compared with the other m - 1 values, their centre c'
@@ -159,6 +169,7 @@ static inline float kw__wire_outlier_score(int asym, double x, double m, double 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa);
 
 /* Scalar implementations, also the fallback of the vector ones for cases they do not cover. */
+void kw__wire_outlier_bits_scalar(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above, uint8_t *in);
 void kw__wire_outlier_scores_scalar(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
 uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);

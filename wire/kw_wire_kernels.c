@@ -180,6 +180,20 @@ void kw__wire_outlier_scores_scalar(const float *x, uint32_t n, int asym, double
         out[i] = kw__wire_outlier_score(asym, x[i], m, c, S);
 }
 
+void kw__wire_outlier_bits_scalar(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above, uint8_t *in) {
+    for (uint64_t e = 0; e < n; e += 8) {
+        const uint32_t m = n - e < 8 ? (uint32_t)(n - e) : 8u;
+        uint32_t a = 0, b = 0;
+        for (uint32_t j = 0; j < m; ++j) {
+            const int32_t k = kw__wire_score_key(sc[e + j]);
+            a |= (uint32_t)(k > hi) << j;
+            b |= (uint32_t)(k >= lo && k <= hi) << j;
+        }
+        above[e / 8] = (uint8_t)a;
+        in[e / 8] = (uint8_t)b;
+    }
+}
+
 static const kw__wire_kernels kw__wire_scalar_kernels = {
     .isa = KW_WIRE_ISA_SCALAR,
     .amax = kw__wire_amax_scalar,
@@ -194,6 +208,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .quantize_groups = kw__wire_quantize_groups_scalar,
     .dequantize_groups = kw__wire_dequantize_groups_scalar,
     .outlier_scores = kw__wire_outlier_scores_scalar,
+    .outlier_bits = kw__wire_outlier_bits_scalar,
 };
 
 const kw__wire_kernels *kw__wire_kernels_get(enum kw_wire_isa isa) {

@@ -228,6 +228,24 @@ static int kw__out_scores(const kw__wire_kernels *kr, const kw_wire_header *hdr,
     return 0;
 }
 
+/* The first element at or after e whose bit is set in mask (elems bits), or elems: whole zero words skipped. */
+static uint64_t kw__out_next(const uint8_t *mask, uint64_t elems, uint64_t e) {
+    while (e < elems) {
+        if (e % 64 == 0 && elems - e >= 64) {
+            uint64_t w;
+            memcpy(&w, mask + e / 8, 8);
+            if (w == 0) {
+                e += 64;
+                continue;
+            }
+        }
+        const uint32_t b = (uint32_t)mask[e / 8] >> (e % 8);
+        if (b) return e + (uint32_t)__builtin_ctz(b) < elems ? e + (uint32_t)__builtin_ctz(b) : elems;
+        e = (e | 7u) + 1;
+    }
+    return elems;
+}
+
 /* Elements of the bin that holds the threshold a selection keeps as a list (kw__out_choose); with more it takes a
  * second pass over the scores instead. */
 #define KW__OUT_LIST 16384u
@@ -241,35 +259,25 @@ static uint32_t kw__out_walk(const uint32_t *count, uint32_t top, uint64_t k, ui
     return i;
 }
 
-/* Sets in mask (cleared) the n elements of the highest scores, ties at the threshold (the n-th highest score) to the
- * lower element numbers; hist holds the counts of the scores' keys' high halves (kw__out_count) and is scratch
- * afterwards; list: KW__OUT_LIST element numbers of scratch. One pass over the scores sets the elements above the
- * threshold's high half and lists those that share it; the low half comes from the list (or, when the bin holds more,
- * a histogram and one more pass). */
-static void kw__out_choose(const float *scores, uint64_t elems, uint64_t n, uint32_t *hist, uint64_t *list,
-                           uint8_t *mask) {
+/* Sets in mask the n elements of the highest scores, ties at the threshold (the n-th highest score) to the lower
+ * element numbers; hist holds the counts of the scores' keys' high halves (kw__out_count) and is scratch afterwards;
+ * list: KW__OUT_LIST element numbers and in: elems bits of scratch. One pass over the scores (kr->outlier_bits) sets
+ * the elements above the threshold's high half and marks those that share it; the low half comes from a list of
+ * those (or, when the bin holds more, a histogram of them). */
+static void kw__out_choose(const kw__wire_kernels *kr, const float *scores, uint64_t elems, uint64_t n, uint32_t *hist,
+                           uint64_t *list, uint8_t *in, uint8_t *mask) {
     uint64_t above = 0; /* elements whose key's high half is above bin */
     const uint32_t bin = kw__out_walk(hist, 65535u, n, &above);
+    const int32_t lo = (int32_t)((bin << 16) ^ 0x80000000u), hi = (int32_t)((bin << 16 | 0xffffu) ^ 0x80000000u);
+    kr->outlier_bits(scores, elems, lo, hi, mask, in);
     const int listed = hist[bin] <= KW__OUT_LIST;
     uint64_t nl = 0;
     if (!listed) memset(hist, 0, 65536 * sizeof(uint32_t));
-    for (uint64_t e = 0; e < elems; e += 8) { /* a mask byte at a time, without branches but for the bin */
-        const uint32_t m = elems - e < 8 ? (uint32_t)(elems - e) : 8u;
-        uint32_t byte = 0, in_bin = 0;
-        for (uint32_t j = 0; j < m; ++j) {
-            const uint32_t hi = kw__out_key(scores[e + j]) >> 16;
-            byte |= (uint32_t)(hi > bin) << j;
-            in_bin |= (uint32_t)(hi == bin) << j;
-        }
-        mask[e / 8] = (uint8_t)byte;
-        for (; in_bin; in_bin &= in_bin - 1u) {
-            const uint64_t at = e + (uint32_t)__builtin_ctz(in_bin);
-            if (listed)
-                list[nl++] = at;
-            else
-                ++hist[kw__out_key(scores[at]) & 0xffffu];
-        }
-    }
+    for (uint64_t e = kw__out_next(in, elems, 0); e < elems; e = kw__out_next(in, elems, e + 1))
+        if (listed)
+            list[nl++] = e;
+        else
+            ++hist[kw__out_key(scores[e]) & 0xffffu];
     /* the threshold's low half: two 256-counter levels over the list, or the 65536 counters just filled */
     uint32_t low;
     if (listed) {
@@ -292,10 +300,11 @@ static void kw__out_choose(const float *scores, uint64_t elems, uint64_t n, uint
     const uint32_t thr = bin << 16 | low;
     uint64_t ties = n - above;
     const uint64_t end = listed ? nl : elems;
-    for (uint64_t i = 0; i < end; ++i) {
+    for (uint64_t i = listed ? 0 : kw__out_next(in, elems, 0); i < end;
+         i = listed ? i + 1 : kw__out_next(in, elems, i + 1)) {
         const uint64_t e = listed ? list[i] : i;
         const uint32_t key = kw__out_key(scores[e]);
-        if (key >> 16 != bin || key < thr || (key == thr && ties == 0)) continue;
+        if (key < thr || (key == thr && ties == 0)) continue;
         ties -= key == thr;
         mask[e / 8] |= (uint8_t)(1u << (e % 8));
     }
@@ -318,8 +327,8 @@ int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_he
     const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
     const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
     KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
-    const size_t need =
-        (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t) + (size_t)KW__OUT_LIST * sizeof(uint64_t);
+    const size_t need = (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t) +
+                        (size_t)KW__OUT_LIST * sizeof(uint64_t) + (size_t)(elems + 7) / 8;
     if (*cap < need) {
         void *p = realloc(*scratch, need);
         KW_RETURN_IF(!p, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
@@ -341,7 +350,7 @@ int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_he
         t0 += groups[g].n_tokens;
     }
     KW_CHECK_IF(t0 != in->n_tokens, KW_E_INVALID_ARG, "token groups cover %u of %u tokens", t0, in->n_tokens);
-    kw__out_choose(scores, elems, n, hist, list, mask);
+    kw__out_choose(kr, scores, elems, n, hist, list, (uint8_t *)(list + KW__OUT_LIST), mask);
     *n_chosen = (uint32_t)n;
     rc = 0;
 out:
@@ -360,24 +369,6 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
 
 // ---------------------------------------------------------------------------------------------------------------
 // The table
-
-/* The first element at or after e whose bit is set in mask (elems bits), or elems: whole zero words skipped. */
-static uint64_t kw__out_next(const uint8_t *mask, uint64_t elems, uint64_t e) {
-    while (e < elems) {
-        if (e % 64 == 0 && elems - e >= 64) {
-            uint64_t w;
-            memcpy(&w, mask + e / 8, 8);
-            if (w == 0) {
-                e += 64;
-                continue;
-            }
-        }
-        const uint32_t b = (uint32_t)mask[e / 8] >> (e % 8);
-        if (b) return e + (uint32_t)__builtin_ctz(b) < elems ? e + (uint32_t)__builtin_ctz(b) : elems;
-        e = (e | 7u) + 1;
-    }
-    return elems;
-}
 
 uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint32_t n, uint32_t dtype) {
     uint64_t bytes = KW__OUTLIER_HEAD_BYTES + (uint64_t)n * kw__wire_outlier_value_size(dtype), prev = 0;

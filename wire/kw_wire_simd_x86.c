@@ -948,6 +948,21 @@ KW_AVX2 static void kw__outlier_scores_avx2(const float *x, uint32_t n, int asym
     kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);
 }
 
+/* kw__wire_kernels.outlier_bits, 8 scores a step: the signed keys by integer shifts, compared, one byte each. */
+KW_AVX2 static void kw__outlier_bits_avx2(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above,
+                                          uint8_t *in) {
+    const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+    uint64_t e = 0;
+    for (; e + 8 <= n; e += 8) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(sc + e));
+        const __m256i k = _mm256_xor_si256(u, _mm256_srli_epi32(_mm256_srai_epi32(u, 31), 1));
+        const __m256i gt = _mm256_cmpgt_epi32(k, vhi), lt = _mm256_cmpgt_epi32(vlo, k);
+        above[e / 8] = (uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
+        in[e / 8] = (uint8_t)~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(gt, lt)));
+    }
+    kw__wire_outlier_bits_scalar(sc + e, n - e, lo, hi, above + e / 8, in + e / 8);
+}
+
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
     .amax = kw__amax_avx2,
@@ -962,6 +977,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize_groups = kw__quantize_groups_avx2,
     .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
     .outlier_scores = kw__outlier_scores_avx2,
+    .outlier_bits = kw__outlier_bits_avx2,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx2(void) {
@@ -1411,6 +1427,22 @@ KW_AVX512 static void kw__outlier_scores_avx512(const float *x, uint32_t n, int 
     kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);
 }
 
+/* kw__wire_kernels.outlier_bits, 16 scores a step into mask registers. */
+KW_AVX512 static void kw__outlier_bits_avx512(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above,
+                                              uint8_t *in) {
+    const __m512i vlo = _mm512_set1_epi32(lo), vhi = _mm512_set1_epi32(hi);
+    uint64_t e = 0;
+    for (; e + 16 <= n; e += 16) {
+        const __m512i u = _mm512_loadu_si512(sc + e);
+        const __m512i k = _mm512_xor_si512(u, _mm512_srli_epi32(_mm512_srai_epi32(u, 31), 1));
+        const __mmask16 gt = _mm512_cmpgt_epi32_mask(k, vhi);
+        const __mmask16 ib = _mm512_mask_cmpge_epi32_mask(_mm512_cmple_epi32_mask(k, vhi), k, vlo);
+        memcpy(above + e / 8, &gt, 2); /* x86 is little-endian: bit i of the mask is bit i % 8 of byte i / 8 */
+        memcpy(in + e / 8, &ib, 2);
+    }
+    kw__wire_outlier_bits_scalar(sc + e, n - e, lo, hi, above + e / 8, in + e / 8);
+}
+
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
     .amax = kw__amax_avx512,
@@ -1425,6 +1457,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize_groups = kw__quantize_groups_avx512,
     .dequantize_groups = kw__dequantize_groups_avx512,
     .outlier_scores = kw__outlier_scores_avx512,
+    .outlier_bits = kw__outlier_bits_avx512,
 };
 
 const kw__wire_kernels *kw__wire_kernels_avx512(void) {
