@@ -768,21 +768,39 @@ static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip) {
 
 /* Points rp[i] at the rows of head h, tokens t .. t + n - 1 of the tensor: with sx (the forward factors of a tensor
  * kw__enc_tensor rotates itself) each row is rotated into buf (n * D elements of src_dtype, the bits kw__enc_rotate
- * would store), else the input rows. */
-static void kw__enc_rotate_block(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const float *sx, uint32_t h,
-                                 uint32_t t, uint32_t n, uint8_t *buf, const uint8_t **rp) {
+ * would store); with out (never with sx) a row with outliers is copied into buf with those values set to +0; else
+ * the input rows. */
+static void kw__enc_rotate_block(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const float *sx,
+                                 const kw__enc_outliers *out, uint32_t h, uint32_t t, uint32_t n, uint8_t *buf,
+                                 const uint8_t **rp) {
     const uint32_t D = e->hdr.head_dim, dt = e->hdr.src_dtype;
     const size_t es = kw__wire_dtype_size(dt);
     for (uint32_t i = 0; i < n; ++i) {
         rp[i] = kw__enc_row(in, es, h, t + i);
-        if (!sx) continue;
-        e->kernels->rotate(rp[i], dt, buf + (size_t)i * D * es, dt, D, sx, 0);
-        rp[i] = buf + (size_t)i * D * es;
+        uint8_t *dst = buf + (size_t)i * D * es;
+        if (sx) {
+            e->kernels->rotate(rp[i], dt, dst, dt, D, sx, 0);
+            rp[i] = dst;
+        }
+        const uint8_t *skip = kw__enc_row_outliers(out, D, h, t + i);
+        uint32_t any = 0;
+        for (uint32_t b = 0; skip && b < D / 8; ++b)
+            any |= skip[b];
+        if (!any) continue;
+        memcpy(dst, rp[i], (size_t)D * es);
+        for (uint32_t b = 0; b < D / 8; ++b)
+            for (uint32_t m = skip[b]; m; m &= m - 1u)
+                memset(dst + (8 * b + (uint32_t)__builtin_ctz(m)) * es, 0, es); /* +0 in every src dtype */
+        rp[i] = dst;
     }
 }
 
 /* Encodes one tensor of one token group: scales, then codes (FORMAT.md §5.3, §5.4). rot: the forward rotation
- * factors when this call rotates the rows itself (kw__enc_fusable), else NULL. */
+ * factors when this call rotates the rows itself (kw__enc_fusable), else NULL. Outliers with symmetric per-token or
+ * per-group scales (the ones kw__enc_fusable takes) stay on the row kernels' path: their rows are read through a copy
+ * with the outliers set to +0, which widens no symmetric scale and codes to the code of +0, what the general path
+ * (the outliers left out of the statistics, their fields given the code of +0) writes, byte for byte; the selection
+ * has refused NaN and Inf in every value of the section. */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                           uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, const float *rot,
                           uint8_t *dst, const char *what) {
@@ -790,9 +808,10 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
     clip = clip && kw_wire_codec_is_int(sp->codec); /* FORMAT.md §5.13: the integer codecs; the others as they are */
     KW_RETURN_IF(rot && (out || clip || !kw__enc_fusable(sp, clip)), KW_E_INTERNAL,
                  "%s: a rotation fused into a path that reads rows twice", what);
-    if (out || clip || kw__wire_general_path(sp))
+    if ((out && !kw__enc_fusable(sp, clip)) || clip || kw__wire_general_path(sp))
         return sp->granularity == KW_WIRE_GRAN_LAYER ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, dst, what)
                                                      : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, dst, what);
+    const int block = rot || out; /* rows through e->rot_block (kw__enc_rotate_block) */
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const size_t es = kw__wire_dtype_size(dt);
@@ -829,14 +848,14 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         uint32_t am[B];
         float sv[B], iv[B];
         const uint8_t *rp[B];
-        const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !rot || fit >= B ? B : fit;
+        const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !block || fit >= B ? B : fit;
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
                 const size_t r0 = (size_t)h * tg + tb;
-                if (rot) kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, e->rot_block, rp);
+                if (block) kw__enc_rotate_block(e, in, rot, out, h, t0 + tb, nb, e->rot_block, rp);
                 for (uint32_t i = 0; i < nb; ++i)
-                    am[i] = k->amax(rot ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D);
+                    am[i] = k->amax(block ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D);
                 const uint32_t ok =
                     k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */
@@ -845,7 +864,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
                 }
                 for (uint32_t i = 0; i < nb; ++i)
-                    kw__enc_emit(k, codec, rot ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
+                    kw__enc_emit(k, codec, block ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
                                  codes + (r0 + i) * row_bytes);
             }
         return 0;
@@ -854,7 +873,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         /* rows in blocks of about 64 groups, as the token case: the absmaxes, one scales call, then the codes */
         const uint32_t G = 1u << sp->group_log2, per_row = D / G, fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es);
         uint32_t B = per_row >= 64 ? 1u : 64u / per_row;
-        B = rot && fit < B ? fit : B;
+        B = block && fit < B ? fit : B;
         const size_t chunk_bytes = (size_t)G * kw_wire_codec_bits(codec) / 8;
         uint32_t am[256]; /* B * per_row <= max(64, D / G) <= 1024 / 4 */
         float sv[256], iv[256];
@@ -863,7 +882,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
             for (uint32_t tb = 0; tb < tg; tb += B) {
                 const uint32_t nb = tg - tb < B ? tg - tb : B, ng = nb * per_row;
                 const size_t r0 = (size_t)h * tg + tb;
-                kw__enc_rotate_block(e, in, rot, h, t0 + tb, nb, e->rot_block, rp);
+                kw__enc_rotate_block(e, in, rot, out, h, t0 + tb, nb, e->rot_block, rp);
                 k->amax_groups(rp, nb, dt, D, G, am);
                 const uint32_t ok =
                     k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
@@ -1103,6 +1122,10 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
             e->outlier_mask_cap = (size_t)((elems + 7) / 8);
         }
         mask = e->outlier_mask;
+        if (!e->rot_block) { /* kw__enc_tensor copies rows with outliers there */
+            e->rot_block = malloc(KW__ENC_ROT_BYTES);
+            KW_RETURN_IF(!e->rot_block, KW_E_NOMEM, "row block of %u bytes", KW__ENC_ROT_BYTES);
+        }
         KW_CHECK(kw__wire_outlier_select_scratch(e->kernels, &e->hdr, in, pol, pol->outliers, mask, &n_out,
                                                  &e->outlier_scratch, &e->outlier_scratch_cap));
         out_bytes = kw__wire_outlier_table_bytes(mask, elems, n_out, out_dtype);
