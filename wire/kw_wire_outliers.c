@@ -94,19 +94,13 @@ static inline uint32_t kw__out_key(float x) {
     return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
-/* Counts the keys' high halves of n scores into hist (65536 counters), for the selection's first radix level. */
-static void kw__out_count(const float *sc, size_t n, uint32_t *hist) {
-    for (size_t i = 0; i < n; ++i)
-        ++hist[kw__out_key(sc[i]) >> 16];
-}
-
 /* kw__out_scores for scales that each lie inside one row (token and group granularities): a batch of rows of one
  * head at a time, and the sums of the batch's scales as independent chains (element k of every scale, then k + 1),
  * each chain in its scale's element order, so the sums are the bits of the element-by-element passes while the
  * additions overlap instead of waiting on each other. */
 static int kw__out_scores_rows(const kw__wire_kernels *kr, const kw_wire_header *hdr, const kw_wire_tensor_in *in,
-                               const kw_wire_codec_spec *sp, uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores,
-                               uint32_t *hist) {
+                               const kw_wire_codec_spec *sp, uint32_t n_tokens, uint32_t t0, uint32_t tg,
+                               float *scores) {
     const uint32_t H = hdr->n_kv_heads, D = hdr->head_dim, dt = hdr->src_dtype;
     const int asym = kw_wire_spec_asym(sp);
     const uint32_t run = sp->granularity == KW_WIRE_GRAN_GROUP ? 1u << sp->group_log2 : D, upr = D / run;
@@ -150,31 +144,28 @@ static int kw__out_scores_rows(const kw__wire_kernels *kr, const kw_wire_header 
                 for (uint32_t j = 0; j < nu; ++j)
                     kr->outlier_scores(x + (size_t)j * run, run, asym, n, c[j], S[j], sc + (size_t)j * run);
             }
-            kw__out_count(sc, (size_t)nb * D, hist);
         }
     return 0;
 }
 
 /* Writes the squared scores (same order as the scores) of one tensor of one token group (tokens [t0, t0 + tg) of
- * the section) at scores + (h*T + t)*D + d, t the section's token index, and counts their keys' high halves into
- * hist. An element's score compares it with the other values of its scale: (x - c')^2 / m', c' their centre (the
- * mean with zero points, else 0), m' their mean square deviation from c'. Leaving x out is what makes a spike stand
- * out whatever the number of values a scale covers (with x in, a lone spike among n values scores at most n - 1).
- * Three passes: centres, sums of squared deviations, scores; each sum in the scale's element order ([h][t][d]), in
- * double; a spike among equal values scores FLT_MAX, a scale of one value 0. */
+ * the section) at scores + (h*T + t)*D + d, t the section's token index. An element's score compares it with the other
+ * values of its scale: (x - c')^2 / m', c' their centre (the mean with zero points, else 0), m' their mean square
+ * deviation from c'. Leaving x out is what makes a spike stand out whatever the number of values a scale covers (with x
+ * in, a lone spike among n values scores at most n - 1). Three passes: centres, sums of squared deviations, scores;
+ * each sum in the scale's element order ([h][t][d]), in double; a spike among equal values scores FLT_MAX, a scale of
+ * one value 0. */
 static int kw__out_scores(const kw__wire_kernels *kr, const kw_wire_header *hdr, const kw_wire_tensor_in *in,
-                          const kw_wire_codec_spec *sp, uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores,
-                          uint32_t *hist) {
+                          const kw_wire_codec_spec *sp, uint32_t n_tokens, uint32_t t0, uint32_t tg, float *scores) {
     const uint32_t H = hdr->n_kv_heads, D = hdr->head_dim, dt = hdr->src_dtype;
     if (kw_wire_codec_is_passthrough(sp->codec)) {
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < tg; ++t)
                 memset(scores + ((size_t)h * n_tokens + t0 + t) * D, 0, (size_t)D * sizeof(float));
-        hist[kw__out_key(0.0f) >> 16] += (uint32_t)((uint64_t)H * tg * D);
         return 0;
     }
     if (sp->granularity == KW_WIRE_GRAN_TOKEN || sp->granularity == KW_WIRE_GRAN_GROUP)
-        return kw__out_scores_rows(kr, hdr, in, sp, n_tokens, t0, tg, scores, hist);
+        return kw__out_scores_rows(kr, hdr, in, sp, n_tokens, t0, tg, scores);
     /* head, layer and channel scales span rows: element by element, each scale's sums kept in acc */
     const int asym = kw_wire_spec_asym(sp);
     const uint64_t units = kw__wire_scale_count(sp, H, tg, D);
@@ -222,7 +213,6 @@ static int kw__out_scores(const kw__wire_kernels *kr, const kw_wire_header *hdr,
                         kr->outlier_scores(row + d0, run, asym, a[0], a[1] / a[0], a[2], sc + d0);
                     }
                 }
-                if (pass == 2) kw__out_count(sc, D, hist);
             }
     free(acc);
     return 0;
@@ -246,63 +236,108 @@ static uint64_t kw__out_next(const uint8_t *mask, uint64_t elems, uint64_t e) {
     return elems;
 }
 
-/* Elements of the bin that holds the threshold a selection keeps as a list (kw__out_choose); with more it takes a
- * second pass over the scores instead. */
-#define KW__OUT_LIST 16384u
-
 /* The walk of a radix selection over counters count[0..top]: the largest index i with *above + the counts from i up
- * to top >= k; *above grows by the counts above i. */
+ * to top >= k (0 if there is none); *above grows by the counts above i. */
 static uint32_t kw__out_walk(const uint32_t *count, uint32_t top, uint64_t k, uint64_t *above) {
     uint32_t i = top;
-    while (*above + count[i] < k)
+    while (i > 0 && *above + count[i] < k)
         *above += count[i--];
     return i;
 }
 
-/* Sets in mask the n elements of the highest scores, ties at the threshold (the n-th highest score) to the lower
- * element numbers; hist holds the counts of the scores' keys' high halves (kw__out_count) and is scratch afterwards;
- * list: KW__OUT_LIST element numbers and in: elems bits of scratch. One pass over the scores (kr->outlier_bits) sets
- * the elements above the threshold's high half and marks those that share it; the low half comes from a list of
- * those (or, when the bin holds more, a histogram of them). */
-static void kw__out_choose(const kw__wire_kernels *kr, const float *scores, uint64_t elems, uint64_t n, uint32_t *hist,
-                           uint64_t *list, uint8_t *in, uint8_t *mask) {
-    uint64_t above = 0; /* elements whose key's high half is above bin */
-    const uint32_t bin = kw__out_walk(hist, 65535u, n, &above);
-    const int32_t lo = (int32_t)((bin << 16) ^ 0x80000000u), hi = (int32_t)((bin << 16 | 0xffffu) ^ 0x80000000u);
-    kr->outlier_bits(scores, elems, lo, hi, mask, in);
-    const int listed = hist[bin] <= KW__OUT_LIST;
+/* Every score's key's high half is counted in the 65536 counters of hist, or (sample) those of one score in each
+ * run of 16, at an offset that a hash of the run's number picks (a fixed stride would see the same channels of every
+ * row, and outlier channels are what the selection is after). */
+static void kw__out_count(const float *sc, uint64_t n, int sample, uint32_t *hist) {
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    if (!sample) {
+        for (uint64_t i = 0; i < n; ++i)
+            ++hist[kw__out_key(sc[i]) >> 16];
+        return;
+    }
+    for (uint64_t b = 0; b < n / 16; ++b)
+        ++hist[kw__out_key(sc[16 * b + ((uint32_t)b * 0x9e3779b1u >> 28)]) >> 16];
+}
+
+/* The candidates of a selection: the elements whose bit is set in in (elems bits), in element order, into list (at
+ * most cap of them); the count, or cap + 1 if there are more. */
+static uint64_t kw__out_list(const uint8_t *in, uint64_t elems, uint64_t *list, uint64_t cap) {
     uint64_t nl = 0;
-    if (!listed) memset(hist, 0, 65536 * sizeof(uint32_t));
-    for (uint64_t e = kw__out_next(in, elems, 0); e < elems; e = kw__out_next(in, elems, e + 1))
-        if (listed)
-            list[nl++] = e;
+    for (uint64_t w = 0; w < (elems + 63) / 64; ++w) {
+        const uint64_t left = (elems + 7) / 8 - w * 8;
+        uint64_t bits = 0;
+        if (left >= 8)
+            bits = kw_load_le64(in + w * 8);
         else
-            ++hist[kw__out_key(scores[e]) & 0xffffu];
-    /* the threshold's low half: two 256-counter levels over the list, or the 65536 counters just filled */
-    uint32_t low;
-    if (listed) {
-        uint32_t c8[256] = {0};
-        for (uint64_t i = 0; i < nl; ++i)
-            ++c8[(kw__out_key(scores[list[i]]) >> 8) & 0xffu];
-        uint64_t a2 = above;
-        const uint32_t l1 = kw__out_walk(c8, 255u, n, &a2);
+            for (uint64_t b = 0; b < left; ++b)
+                bits |= (uint64_t)in[w * 8 + b] << (8 * b);
+        for (; bits; bits &= bits - 1) {
+            if (nl == cap) return cap + 1;
+            list[nl++] = w * 64 + (uint64_t)__builtin_ctzll(bits);
+        }
+    }
+    return nl;
+}
+
+/* Sets in mask the elements of the list (nl element numbers in ascending order) that complete a selection of n: above
+ * elements outside the list are chosen already, every other element scores below the list's n - above highest; the
+ * list's scores above the threshold (the (n - above)-th highest of them) and, in element order, as many at it as
+ * make n. The threshold's key by four 8-bit levels of counts over the list. */
+static void kw__out_pick(const float *scores, const uint64_t *list, uint64_t nl, uint64_t above, uint64_t n,
+                         uint8_t *mask) {
+    uint32_t thr = 0, c8[256];
+    for (int level = 3; level >= 0; --level) {
+        const uint32_t shift = 8u * (uint32_t)level, hi_shift = shift + 8u; /* the key's bits above: thr's so far */
         memset(c8, 0, sizeof c8);
         for (uint64_t i = 0; i < nl; ++i) {
             const uint32_t key = kw__out_key(scores[list[i]]);
-            if (((key >> 8) & 0xffu) == l1) ++c8[key & 0xffu];
+            if (level == 3 || key >> hi_shift == thr >> hi_shift) ++c8[(key >> shift) & 0xffu];
         }
-        low = l1 << 8 | kw__out_walk(c8, 255u, n, &a2);
-        above = a2;
-    } else {
-        low = kw__out_walk(hist, 65535u, n, &above);
+        thr |= kw__out_walk(c8, 255u, n, &above) << shift;
     }
-    /* above: the elements above the threshold; the rest of n are ties at it, taken in element order */
-    const uint32_t thr = bin << 16 | low;
+    uint64_t ties = n - above; /* above: the elements chosen above the threshold */
+    for (uint64_t i = 0; i < nl; ++i) {
+        const uint32_t key = kw__out_key(scores[list[i]]);
+        if (key < thr || (key == thr && ties == 0)) continue;
+        ties -= key == thr;
+        mask[list[i] / 8] |= (uint8_t)(1u << (list[i] % 8));
+    }
+}
+
+/* Sets in mask (cleared) the n (1 <= n <= elems) elements of the highest scores, ties at the threshold (the n-th
+ * highest score) to the lower element numbers. A sample of one score in 16 gives a pivot below which about a fifth
+ * more than n of them lie; one pass (kr->outlier_bits) marks the candidates at or above it, and if there are at least
+ * n of them and they fit the list, the threshold is found among them. Otherwise the counts of every score's key's
+ * high half give the threshold's bin: the elements above it are set in that pass, the bin's members listed (or, if
+ * they do not fit, found through the counts of their low halves and one more pass). hist: 65536 counters, list: cap
+ * element numbers, in: elems bits, all scratch. */
+static void kw__out_choose(const kw__wire_kernels *kr, const float *scores, uint64_t elems, uint64_t n, uint32_t *hist,
+                           uint64_t *list, uint64_t cap, uint8_t *in, uint8_t *mask) {
+    uint64_t above = 0;
+    kw__out_count(scores, elems, 1, hist);
+    const uint32_t pivot = kw__out_walk(hist, 65535u, (n + 15) / 16 * 5 / 4 + 8, &above);
+    kr->outlier_bits(scores, elems, (int32_t)((pivot << 16) ^ 0x80000000u), INT32_MAX, mask, in);
+    uint64_t nl = kw__out_list(in, elems, list, cap);
+    if (nl >= n && nl <= cap) {
+        kw__out_pick(scores, list, nl, 0, n, mask);
+        return;
+    }
+    above = 0;
+    kw__out_count(scores, elems, 0, hist);
+    const uint32_t bin = kw__out_walk(hist, 65535u, n, &above);
+    kr->outlier_bits(scores, elems, (int32_t)((bin << 16) ^ 0x80000000u),
+                     (int32_t)((bin << 16 | 0xffffu) ^ 0x80000000u), mask, in);
+    nl = kw__out_list(in, elems, list, cap);
+    if (nl <= cap) {
+        kw__out_pick(scores, list, nl, above, n, mask);
+        return;
+    }
+    memset(hist, 0, 65536 * sizeof(uint32_t)); /* the bin's low halves */
+    for (uint64_t e = kw__out_next(in, elems, 0); e < elems; e = kw__out_next(in, elems, e + 1))
+        ++hist[kw__out_key(scores[e]) & 0xffffu];
+    const uint32_t thr = bin << 16 | kw__out_walk(hist, 65535u, n, &above);
     uint64_t ties = n - above;
-    const uint64_t end = listed ? nl : elems;
-    for (uint64_t i = listed ? 0 : kw__out_next(in, elems, 0); i < end;
-         i = listed ? i + 1 : kw__out_next(in, elems, i + 1)) {
-        const uint64_t e = listed ? list[i] : i;
+    for (uint64_t e = kw__out_next(in, elems, 0); e < elems; e = kw__out_next(in, elems, e + 1)) {
         const uint32_t key = kw__out_key(scores[e]);
         if (key < thr || (key == thr && ties == 0)) continue;
         ties -= key == thr;
@@ -327,8 +362,10 @@ int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_he
     const kw_wire_token_group *groups = pol->n_groups ? pol->groups : &single;
     const uint32_t n_groups = pol->n_groups ? pol->n_groups : 1;
     KW_RETURN_IF(!groups, KW_E_INVALID_ARG, "n_groups %u without groups", n_groups);
-    const size_t need = (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t) +
-                        (size_t)KW__OUT_LIST * sizeof(uint64_t) + (size_t)(elems + 7) / 8;
+    /* scores, hist, the list of candidates (room for a few more than n), their bits */
+    const uint64_t room = 2 * n + 16384 < elems ? 2 * n + 16384 : elems;
+    const size_t need = (size_t)elems * sizeof(float) + 65536 * sizeof(uint32_t) + (size_t)room * sizeof(uint64_t) +
+                        (size_t)(elems + 7) / 8;
     if (*cap < need) {
         void *p = realloc(*scratch, need);
         KW_RETURN_IF(!p, KW_E_NOMEM, "outlier scores of %llu elements", (unsigned long long)elems);
@@ -338,19 +375,17 @@ int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_he
     float *scores = *scratch;
     uint32_t *hist = (uint32_t *)(scores + elems);
     uint64_t *list = (uint64_t *)(hist + 65536);
-    memset(hist, 0, 65536 * sizeof(uint32_t));
     int rc = 0;
     uint32_t t0 = 0;
     for (uint32_t g = 0; g < n_groups && rc == 0; ++g) {
         KW_CHECK_IF(groups[g].n_tokens < 1 || (uint64_t)t0 + groups[g].n_tokens > in->n_tokens, KW_E_INVALID_ARG,
                     "token group %u does not fit the section's %u tokens", g, in->n_tokens);
-        KW_CHECK(kw__out_scores(kr, hdr, &in->k, &groups[g].k, in->n_tokens, t0, groups[g].n_tokens, scores, hist));
-        KW_CHECK(
-            kw__out_scores(kr, hdr, &in->v, &groups[g].v, in->n_tokens, t0, groups[g].n_tokens, scores + half, hist));
+        KW_CHECK(kw__out_scores(kr, hdr, &in->k, &groups[g].k, in->n_tokens, t0, groups[g].n_tokens, scores));
+        KW_CHECK(kw__out_scores(kr, hdr, &in->v, &groups[g].v, in->n_tokens, t0, groups[g].n_tokens, scores + half));
         t0 += groups[g].n_tokens;
     }
     KW_CHECK_IF(t0 != in->n_tokens, KW_E_INVALID_ARG, "token groups cover %u of %u tokens", t0, in->n_tokens);
-    kw__out_choose(kr, scores, elems, n, hist, list, (uint8_t *)(list + KW__OUT_LIST), mask);
+    kw__out_choose(kr, scores, elems, n, hist, list, room, (uint8_t *)(list + room), mask);
     *n_chosen = (uint32_t)n;
     rc = 0;
 out:

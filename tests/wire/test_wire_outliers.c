@@ -97,6 +97,135 @@ static void test_select(void **state) {
     assert_int_equal(kw_wire_outlier_select(&hdr, &x.in, &pol, 5, mask, &n), KW_E_WIRE_NONFINITE);
 }
 
+/* The selection by its definition (kw_wire_outliers.c): each scale's count, centre and sum of squared deviations in
+ * element order ([h][t][d]), in double; each element's score kw__wire_outlier_score (0 for passthrough tensors and
+ * scales of one value); then a sort: the count highest scores, ties to the lower element numbers. */
+typedef struct scored {
+    float score;
+    uint32_t e;
+} scored;
+
+static int scored_cmp(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return x->e < y->e ? -1 : 1;
+}
+
+static void oracle_scores(uint32_t nh, uint32_t nt, uint32_t nd, const float *x, const kw_wire_codec_spec *sp,
+                          scored *out) {
+    const uint32_t n = nh * nt * nd;
+    if (kw_wire_codec_is_passthrough(sp->codec)) {
+        for (uint32_t e = 0; e < n; ++e)
+            out[e].score = 0.0f;
+        return;
+    }
+    const int asym = kw_wire_spec_asym(sp);
+    const uint64_t units = kw_wire_scale_units(sp->granularity, sp->group_log2, nh, nt, nd);
+    double *cnt = wt_xmalloc(units * sizeof(double)), *c = wt_xmalloc(units * sizeof(double));
+    double *S = wt_xmalloc(units * sizeof(double));
+    for (int pass = 0; pass < 3; ++pass)
+        for (uint32_t e = 0; e < n; ++e) {
+            const uint32_t h = e / (nt * nd), t = e / nd % nt, d = e % nd;
+            const uint64_t u = kw_wire_scale_index(sp->granularity, sp->group_log2, nt, nd, h, t, d);
+            if (pass == 0) {
+                cnt[u] += 1.0;
+                c[u] += asym ? (double)x[e] : 0.0;
+            } else if (pass == 1) {
+                const double dv = (double)x[e] - c[u] / cnt[u];
+                S[u] += dv * dv;
+            } else {
+                out[e].score = cnt[u] > 1.0 ? kw__wire_outlier_score(asym, x[e], cnt[u], c[u] / cnt[u], S[u]) : 0.0f;
+            }
+        }
+    free(cnt);
+    free(c);
+    free(S);
+}
+
+/* kw_wire_outlier_select against the oracle on (H, T, D) f32 tensors k and v with one spec each. */
+static void check_select(uint32_t nh, uint32_t nt, uint32_t nd, const float *k, const float *v,
+                         const kw_wire_codec_spec *sk, const kw_wire_codec_spec *sv, uint32_t count, const char *what) {
+    const uint32_t half = nh * nt * nd, elems = 2 * half;
+    scored *sc = wt_xmalloc(elems * sizeof(scored));
+    oracle_scores(nh, nt, nd, k, sk, sc);
+    oracle_scores(nh, nt, nd, v, sv, sc + half);
+    for (uint32_t e = 0; e < elems; ++e)
+        sc[e].e = e;
+    qsort(sc, elems, sizeof(scored), scored_cmp);
+    uint8_t *want = wt_xmalloc(elems / 8 + 1), *got = wt_xmalloc(elems / 8 + 1);
+    for (uint32_t i = 0; i < count && i < elems; ++i)
+        want[sc[i].e / 8] |= (uint8_t)(1u << (sc[i].e % 8));
+    const kw_wire_header hdr = {.n_layers = 1,
+                                .n_sections = 1,
+                                .n_kv_heads = (uint16_t)nh,
+                                .head_dim = (uint16_t)nd,
+                                .n_positions = nt,
+                                .src_dtype = KW_WIRE_DTYPE_F32,
+                                .version = KW_WIRE_VERSION_1_1};
+    kw_wire_layer_in in = {.layer = 0, .n_tokens = nt};
+    in.k = (kw_wire_tensor_in){k, (size_t)nt * nd, nd, NULL};
+    in.v = (kw_wire_tensor_in){v, (size_t)nt * nd, nd, NULL};
+    const kw_wire_policy pol = {.k = *sk, .v = *sv};
+    uint32_t n = 0;
+    assert_int_equal(kw_wire_outlier_select(&hdr, &in, &pol, count, got, &n), 0);
+    assert_int_equal(n, count < elems ? count : elems);
+    for (uint32_t e = 0; e < elems; ++e)
+        if (bit(got, e) != bit(want, e))
+            fail_msg("%s, count %u: element %u is %s", what, count, e,
+                     bit(got, e) ? "chosen, the oracle does not choose it" : "not chosen, the oracle chooses it");
+    free(sc);
+    free(want);
+    free(got);
+}
+
+/* The selection element for element against the oracle, on sections large enough that the candidates' list does not
+ * hold every element: each granularity with and without zero points over bell-shaped values with spikes; equal
+ * values (every score tied: the tie rule, and more tied candidates than the list holds); and values that put the
+ * scores the selection samples (one in each run of 16, at kw__out_count's hashed offset) far above the rest, so the
+ * sample's pivot leaves fewer than count candidates and the full counts decide. */
+static void test_select_oracle(void **state) {
+    (void)state;
+    enum { NH = 2, NT = 64, ND = 128, HALF = NH * NT * ND };
+    static const kw_wire_codec_spec specs[] = {
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
+        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 5},
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0},
+        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_F32, 0},
+        {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 2},
+        {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_F32 | KW_WIRE_SCALE_ZERO_POINTS, 0},
+        {KW_WIRE_CODEC_BF16, 0, 0, 0},
+    };
+    const size_t n_specs = sizeof specs / sizeof specs[0];
+    float *k = wt_xmalloc(HALF * sizeof(float)), *v = wt_xmalloc(HALF * sizeof(float));
+    wt_rng r = {74};
+    for (size_t c = 0; c < n_specs; ++c) {
+        for (uint32_t e = 0; e < HALF; ++e) {
+            k[e] = wt_bell(&r) * (e % 37 == 5 ? 8.0f : 1.0f);
+            v[e] = wt_bell(&r) + (wt_below(&r, 300) == 0 ? 40.0f : 0.0f);
+        }
+        const uint32_t counts[] = {1, 7, 2 * HALF / 100, 2 * HALF / 3};
+        for (size_t i = 0; i < sizeof counts / sizeof counts[0]; ++i)
+            check_select(NH, NT, ND, k, v, &specs[c], &specs[(c + 3) % n_specs], counts[i], "bell with spikes");
+    }
+    for (uint32_t e = 0; e < HALF; ++e)
+        k[e] = v[e] = 1.5f;
+    for (size_t c = 0; c < n_specs; ++c)
+        check_select(NH, NT, ND, k, v, &specs[c], &specs[c], 5, "equal values");
+    for (uint32_t e = 0; e < HALF; ++e) {
+        k[e] = wt_bell(&r);
+        v[e] = wt_bell(&r);
+    }
+    for (uint32_t b = 0; b < 2 * HALF / 16; ++b) { /* the sampled elements, made spikes */
+        const uint32_t e = 16 * b + ((uint32_t)b * 0x9e3779b1u >> 28);
+        (e < HALF ? k : v)[e % HALF] = 30.0f + (float)(b % 7);
+    }
+    check_select(NH, NT, ND, k, v, &specs[0], &specs[0], 2 * HALF / 10, "sampled spikes");
+    check_select(NH, NT, ND, k, v, &specs[1], &specs[3], 2 * HALF / 10, "sampled spikes");
+    free(k);
+    free(v);
+}
+
 /* Encodes x with pol, decodes it; *out gets the decoded K and V. */
 static void encode_decode(const kw_wire_header *hdr, const kv *x, const kw_wire_policy *pol, wt_blob_out *out,
                           size_t *size_out) {
@@ -329,8 +458,11 @@ static void test_table_check(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_select),           cmocka_unit_test(test_symmetric_oracle),
-        cmocka_unit_test(test_asymmetric_bound), cmocka_unit_test(test_value_dtypes_and_refusals),
+        cmocka_unit_test(test_select),
+        cmocka_unit_test(test_select_oracle),
+        cmocka_unit_test(test_symmetric_oracle),
+        cmocka_unit_test(test_asymmetric_bound),
+        cmocka_unit_test(test_value_dtypes_and_refusals),
         cmocka_unit_test(test_table_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
