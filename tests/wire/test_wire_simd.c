@@ -533,6 +533,67 @@ static void test_rotate(void **state) {
 }
 
 /* Whole blobs: every ISA encodes the same bytes and decodes the same values. */
+/* The outlier kernels: scores (every ISA the scalar rule's bits; scales whose sums leave msd > 0, = 0 and < 0, so
+ * spikes at FLT_MAX and equal values at 0, quotients past FLT_MAX, lengths that are not a multiple of the vector width)
+ * and the key masks (random keys against bins at random, at the lowest and highest keys, negative zeros). */
+static void test_outlier_kernels(void **state) {
+    (void)state;
+    wt_rng r = {17};
+    float x[1031], want[1031], got[1031], sc[1031];
+    uint8_t wa[130], wi[130], ga[130], gi[130];
+    for (int it = 0; it < 3000; ++it) {
+        const uint32_t n = 1 + wt_below(&r, 1031), mode = (uint32_t)it % 5;
+        const int asym = it & 1;
+        double sum = 0.0, S = 0.0;
+        for (uint32_t i = 0; i < n; ++i) {
+            x[i] = mode == 0 ? 1.5f : wt_bell(&r) * ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
+            if (mode == 1 && wt_below(&r, 50) == 0) x[i] = 1e30f; /* quotients past FLT_MAX */
+            if (mode == 2 && i > 0) x[i] = 0.0f;                  /* one spike among zeros: msd 0 */
+            sum += asym ? (double)x[i] : 0.0;
+        }
+        const double m = (double)(n > 1 ? n : 2), c = sum / m;
+        for (uint32_t i = 0; i < n; ++i)
+            S += ((double)x[i] - c) * ((double)x[i] - c);
+        if (mode == 3) S *= 0.5; /* sums below what the values give: msd < 0 for the largest */
+        g_isas[0]->outlier_scores(x, n, asym, m, c, S, want);
+        for (uint32_t i = 0; i < n; ++i)
+            assert_int_equal(kw_f32_bits(want[i]), kw_f32_bits(kw__wire_outlier_score(asym, x[i], m, c, S)));
+        for (int k = 1; k < g_n_isas; ++k) {
+            g_isas[k]->outlier_scores(x, n, asym, m, c, S, got);
+            for (uint32_t i = 0; i < n; ++i)
+                if (kw_f32_bits(got[i]) != kw_f32_bits(want[i]))
+                    fail_msg("%s outlier_scores n=%u mode %u asym %d: [%u] %a, scalar %a",
+                             kw_wire_isa_name(g_isas[k]->isa), n, mode, asym, i, got[i], want[i]);
+        }
+        for (uint32_t i = 0; i < n; ++i) /* keys: scores of every sign, zeros of both signs */
+            sc[i] = wt_below(&r, 8) == 0 ? (wt_below(&r, 2) ? -0.0f : 0.0f) : x[i] * (wt_below(&r, 2) ? -1.0f : 1.0f);
+        int32_t lo = kw__wire_score_key(sc[wt_below(&r, n)]), hi = kw__wire_score_key(sc[wt_below(&r, n)]);
+        if (lo > hi) {
+            const int32_t t = lo;
+            lo = hi;
+            hi = t;
+        }
+        if (mode == 4) lo = INT32_MIN, hi = it % 4 == 0 ? INT32_MAX : hi;
+        memset(wa, 0xa5, sizeof wa);
+        memset(wi, 0xa5, sizeof wi);
+        g_isas[0]->outlier_bits(sc, n, lo, hi, wa, wi);
+        for (uint32_t i = 0; i < n; ++i) {
+            const int32_t key = kw__wire_score_key(sc[i]);
+            assert_int_equal((wa[i / 8] >> (i % 8)) & 1, key > hi);
+            assert_int_equal((wi[i / 8] >> (i % 8)) & 1, key >= lo && key <= hi);
+        }
+        if (n % 8) assert_int_equal(wa[n / 8] >> (n % 8), 0);
+        for (int k = 1; k < g_n_isas; ++k) {
+            memset(ga, 0x5a, sizeof ga);
+            memset(gi, 0x5a, sizeof gi);
+            g_isas[k]->outlier_bits(sc, n, lo, hi, ga, gi);
+            if (memcmp(ga, wa, (n + 7) / 8) || memcmp(gi, wi, (n + 7) / 8))
+                fail_msg("%s outlier_bits n=%u: masks differ from the scalar kernel's",
+                         kw_wire_isa_name(g_isas[k]->isa), n);
+        }
+    }
+}
+
 static void test_blobs(void **state) {
     (void)state;
     wt_rng r = {4};
@@ -673,6 +734,7 @@ int main(void) {
         cmocka_unit_test(test_affine),
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_rotate),
+        cmocka_unit_test(test_outlier_kernels),
         cmocka_unit_test(test_blobs),
         cmocka_unit_test(test_hash_variants),
         cmocka_unit_test(test_env_cap),
