@@ -920,48 +920,59 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
 }
 
-/* kw__wire_kernels.outlier_scores, 4 values a step in double: kw__wire_outlier_score's operations lane by lane, its
- * choices as blends (the quotient computed everywhere and kept where msd > 0). */
-KW_AVX2 static void kw__outlier_scores_avx2(const float *x, uint32_t n, int asym, double m, double c, double S,
-                                            float *out) {
-    const __m256d vm = _mm256_set1_pd(m), vm1 = _mm256_set1_pd(m - 1.0), vc = _mm256_set1_pd(c);
-    const __m256d vs = _mm256_set1_pd(S), zero = _mm256_setzero_pd(), big = _mm256_set1_pd(FLT_MAX);
-    uint32_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
-        __m256d off, msd;
-        if (asym) {
-            const __m256d dev = _mm256_sub_pd(v, vc);
-            off = _mm256_div_pd(_mm256_mul_pd(dev, vm), vm1);
-            const __m256d t = _mm256_div_pd(_mm256_mul_pd(_mm256_mul_pd(dev, dev), vm), vm1);
-            msd = _mm256_div_pd(_mm256_sub_pd(vs, t), vm1);
-        } else {
-            off = v;
-            msd = _mm256_div_pd(_mm256_sub_pd(vs, _mm256_mul_pd(v, v)), vm1);
-        }
-        const __m256d q = _mm256_div_pd(_mm256_mul_pd(off, off), msd);
-        const __m256d spike = _mm256_and_pd(_mm256_cmp_pd(off, zero, _CMP_NEQ_OQ), big);
-        const __m256d score = _mm256_blendv_pd(spike, q, _mm256_cmp_pd(msd, zero, _CMP_GT_OQ));
-        /* FLT_MAX converts to itself */
-        _mm_storeu_ps(out + i, _mm256_cvtpd_ps(_mm256_blendv_pd(big, score, _mm256_cmp_pd(score, big, _CMP_LT_OQ))));
+/* kw__wire_kernels.outlier_scores, W doubles a step (4: AVX2, 8: AVX-512), one body for both: kw__wire_outlier_score's
+ * operations lane by lane, its choices as blends (the quotient computed everywhere and kept where msd > 0). VEC has W
+ * double lanes, SFX names its intrinsics, LOAD widens W floats, SEL(a, b, pred, t, f) is a pred b ? t : f lane by lane,
+ * STORE narrows W values to floats (FLT_MAX converts to itself). */
+#define KW__OUTLIER_SCORES(NAME, ATTR, VEC, W, SFX, LOAD, SEL, STORE)                                                  \
+    ATTR static void NAME(const float *x, uint32_t n, int asym, double m, double c, double S, float *out) {            \
+        const VEC vm = _mm##SFX##_set1_pd(m), vm1 = _mm##SFX##_set1_pd(m - 1.0), vc = _mm##SFX##_set1_pd(c);           \
+        const VEC vs = _mm##SFX##_set1_pd(S), zero = _mm##SFX##_setzero_pd(), big = _mm##SFX##_set1_pd(FLT_MAX);       \
+        uint32_t i = 0;                                                                                                \
+        for (; i + W <= n; i += W) {                                                                                   \
+            const VEC v = LOAD(x + i);                                                                                 \
+            VEC off = v, msd;                                                                                          \
+            if (asym) {                                                                                                \
+                const VEC dev = _mm##SFX##_sub_pd(v, vc);                                                              \
+                off = _mm##SFX##_div_pd(_mm##SFX##_mul_pd(dev, vm), vm1);                                              \
+                const VEC t = _mm##SFX##_div_pd(_mm##SFX##_mul_pd(_mm##SFX##_mul_pd(dev, dev), vm), vm1);              \
+                msd = _mm##SFX##_div_pd(_mm##SFX##_sub_pd(vs, t), vm1);                                                \
+            } else {                                                                                                   \
+                msd = _mm##SFX##_div_pd(_mm##SFX##_sub_pd(vs, _mm##SFX##_mul_pd(v, v)), vm1);                          \
+            }                                                                                                          \
+            const VEC q = _mm##SFX##_div_pd(_mm##SFX##_mul_pd(off, off), msd);                                         \
+            const VEC score = SEL(msd, zero, _CMP_GT_OQ, q, SEL(off, zero, _CMP_NEQ_OQ, big, zero));                   \
+            STORE(out + i, SEL(score, big, _CMP_LT_OQ, score, big));                                                   \
+        }                                                                                                              \
+        kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);                                          \
     }
-    kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);
-}
 
-/* kw__wire_kernels.outlier_bits, 8 scores a step: the signed keys by integer shifts, compared, one byte each. */
-KW_AVX2 static void kw__outlier_bits_avx2(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above,
-                                          uint8_t *in) {
-    const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
-    uint64_t e = 0;
-    for (; e + 8 <= n; e += 8) {
-        const __m256i u = _mm256_loadu_si256((const __m256i *)(sc + e));
-        const __m256i k = _mm256_xor_si256(u, _mm256_srli_epi32(_mm256_srai_epi32(u, 31), 1));
-        const __m256i gt = _mm256_cmpgt_epi32(k, vhi), lt = _mm256_cmpgt_epi32(vlo, k);
-        above[e / 8] = (uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
-        in[e / 8] = (uint8_t)~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(gt, lt)));
+#define KW__LOAD4_PD(p)               _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define KW__SEL4_PD(a, b, pred, t, f) _mm256_blendv_pd(f, t, _mm256_cmp_pd(a, b, pred))
+#define KW__STORE4_PD(p, v)           _mm_storeu_ps(p, _mm256_cvtpd_ps(v))
+KW__OUTLIER_SCORES(kw__outlier_scores_avx2, KW_AVX2, __m256d, 4, 256, KW__LOAD4_PD, KW__SEL4_PD, KW__STORE4_PD)
+
+/* kw__wire_kernels.outlier_bits, W scores a step (8: AVX2, 16: AVX-512), one body for both: the signed keys by
+ * integer shifts, then MASKS(k, vlo, vhi, above, in) compares them and stores the W bits of each mask. */
+#define KW__OUTLIER_BITS(NAME, ATTR, VEC, W, SFX, MASKS)                                                               \
+    ATTR static void NAME(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above, uint8_t *in) {          \
+        const VEC vlo = _mm##SFX##_set1_epi32(lo), vhi = _mm##SFX##_set1_epi32(hi);                                    \
+        uint64_t e = 0;                                                                                                \
+        for (; e + W <= n; e += W) {                                                                                   \
+            const VEC u = _mm##SFX##_loadu_si##SFX((const void *)(sc + e));                                            \
+            const VEC k = _mm##SFX##_xor_si##SFX(u, _mm##SFX##_srli_epi32(_mm##SFX##_srai_epi32(u, 31), 1));           \
+            MASKS(k, vlo, vhi, above + e / 8, in + e / 8);                                                             \
+        }                                                                                                              \
+        kw__wire_outlier_bits_scalar(sc + e, n - e, lo, hi, above + e / 8, in + e / 8);                                \
     }
-    kw__wire_outlier_bits_scalar(sc + e, n - e, lo, hi, above + e / 8, in + e / 8);
-}
+
+#define KW__MASKS8(k, vlo, vhi, a, i)                                                                                  \
+    do {                                                                                                               \
+        const __m256i gt = _mm256_cmpgt_epi32(k, vhi), lt = _mm256_cmpgt_epi32(vlo, k);                                \
+        *(a) = (uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(gt));                                                   \
+        *(i) = (uint8_t)~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(gt, lt)));                             \
+    } while (0)
+KW__OUTLIER_BITS(kw__outlier_bits_avx2, KW_AVX2, __m256i, 8, 256, KW__MASKS8)
 
 static const kw__wire_kernels kw__avx2_kernels = {
     .isa = KW_WIRE_ISA_AVX2,
@@ -1400,48 +1411,20 @@ KW_AVX512 static int kw__dequantize_groups_avx512(uint32_t codec, const uint8_t 
     return kw__dequantize_each_avx512(codec, src, n, G, s, out, out_dtype);
 }
 
-/* kw__wire_kernels.outlier_scores, 8 values a step (kw__outlier_scores_avx2 with masks). */
-KW_AVX512 static void kw__outlier_scores_avx512(const float *x, uint32_t n, int asym, double m, double c, double S,
-                                                float *out) {
-    const __m512d vm = _mm512_set1_pd(m), vm1 = _mm512_set1_pd(m - 1.0), vc = _mm512_set1_pd(c);
-    const __m512d vs = _mm512_set1_pd(S), zero = _mm512_setzero_pd(), big = _mm512_set1_pd(FLT_MAX);
-    uint32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
-        __m512d off, msd;
-        if (asym) {
-            const __m512d dev = _mm512_sub_pd(v, vc);
-            off = _mm512_div_pd(_mm512_mul_pd(dev, vm), vm1);
-            const __m512d t = _mm512_div_pd(_mm512_mul_pd(_mm512_mul_pd(dev, dev), vm), vm1);
-            msd = _mm512_div_pd(_mm512_sub_pd(vs, t), vm1);
-        } else {
-            off = v;
-            msd = _mm512_div_pd(_mm512_sub_pd(vs, _mm512_mul_pd(v, v)), vm1);
-        }
-        const __m512d q = _mm512_div_pd(_mm512_mul_pd(off, off), msd);
-        const __m512d spike = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(off, zero, _CMP_NEQ_OQ), big);
-        const __m512d score = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(msd, zero, _CMP_GT_OQ), spike, q);
-        const __mmask8 fits = _mm512_cmp_pd_mask(score, big, _CMP_LT_OQ);
-        _mm256_storeu_ps(out + i, _mm512_cvtpd_ps(_mm512_mask_blend_pd(fits, big, score)));
-    }
-    kw__wire_outlier_scores_scalar(x + i, n - i, asym, m, c, S, out + i);
-}
+#define KW__LOAD8_PD(p)               _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define KW__SEL8_PD(a, b, pred, t, f) _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, pred), f, t)
+#define KW__STORE8_PD(p, v)           _mm256_storeu_ps(p, _mm512_cvtpd_ps(v))
+KW__OUTLIER_SCORES(kw__outlier_scores_avx512, KW_AVX512, __m512d, 8, 512, KW__LOAD8_PD, KW__SEL8_PD, KW__STORE8_PD)
 
-/* kw__wire_kernels.outlier_bits, 16 scores a step into mask registers. */
-KW_AVX512 static void kw__outlier_bits_avx512(const float *sc, uint64_t n, int32_t lo, int32_t hi, uint8_t *above,
-                                              uint8_t *in) {
-    const __m512i vlo = _mm512_set1_epi32(lo), vhi = _mm512_set1_epi32(hi);
-    uint64_t e = 0;
-    for (; e + 16 <= n; e += 16) {
-        const __m512i u = _mm512_loadu_si512(sc + e);
-        const __m512i k = _mm512_xor_si512(u, _mm512_srli_epi32(_mm512_srai_epi32(u, 31), 1));
-        const __mmask16 gt = _mm512_cmpgt_epi32_mask(k, vhi);
-        const __mmask16 ib = _mm512_mask_cmpge_epi32_mask(_mm512_cmple_epi32_mask(k, vhi), k, vlo);
-        memcpy(above + e / 8, &gt, 2); /* x86 is little-endian: bit i of the mask is bit i % 8 of byte i / 8 */
-        memcpy(in + e / 8, &ib, 2);
-    }
-    kw__wire_outlier_bits_scalar(sc + e, n - e, lo, hi, above + e / 8, in + e / 8);
-}
+/* x86 is little-endian: bit i of a mask register is bit i % 8 of byte i / 8 */
+#define KW__MASKS16(k, vlo, vhi, a, i)                                                                                 \
+    do {                                                                                                               \
+        const __mmask16 gt = _mm512_cmpgt_epi32_mask(k, vhi);                                                          \
+        const __mmask16 ib = _mm512_mask_cmpge_epi32_mask(_mm512_cmple_epi32_mask(k, vhi), k, vlo);                    \
+        memcpy(a, &gt, 2);                                                                                             \
+        memcpy(i, &ib, 2);                                                                                             \
+    } while (0)
+KW__OUTLIER_BITS(kw__outlier_bits_avx512, KW_AVX512, __m512i, 16, 512, KW__MASKS16)
 
 static const kw__wire_kernels kw__avx512_kernels = {
     .isa = KW_WIRE_ISA_AVX512,
