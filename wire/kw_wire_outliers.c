@@ -218,22 +218,32 @@ static int kw__out_scores(const kw__wire_kernels *kr, const kw_wire_header *hdr,
     return 0;
 }
 
-/* The first element at or after e whose bit is set in mask (elems bits), or elems: whole zero words skipped. */
-static uint64_t kw__out_next(const uint8_t *mask, uint64_t elems, uint64_t e) {
-    while (e < elems) {
-        if (e % 64 == 0 && elems - e >= 64) {
-            uint64_t w;
-            memcpy(&w, mask + e / 8, 8);
-            if (w == 0) {
-                e += 64;
-                continue;
-            }
+/* The set bits of a mask of elems bits (bit e of byte e / 8), in ascending order, a 64-bit word at a time. */
+typedef struct kw__out_bits {
+    const uint8_t *mask;        /* borrowed */
+    uint64_t elems, word, bits; /* the word being walked and its bits not yet returned */
+} kw__out_bits;
+
+static kw__out_bits kw__out_bits_of(const uint8_t *mask, uint64_t elems) {
+    return (kw__out_bits){mask, elems, UINT64_MAX, 0};
+}
+
+/* The next set bit's element number into *e: 1, or 0 when there are no more. */
+static int kw__out_bits_next(kw__out_bits *it, uint64_t *e) {
+    while (!it->bits) {
+        if (++it->word >= (it->elems + 63) / 64) return 0;
+        const uint64_t left = (it->elems + 7) / 8 - it->word * 8;
+        const uint8_t *p = it->mask + it->word * 8;
+        if (left >= 8) {
+            it->bits = kw_load_le64(p);
+        } else {
+            for (uint64_t b = 0; b < left; ++b)
+                it->bits |= (uint64_t)p[b] << (8 * b);
         }
-        const uint32_t b = (uint32_t)mask[e / 8] >> (e % 8);
-        if (b) return e + (uint32_t)__builtin_ctz(b) < elems ? e + (uint32_t)__builtin_ctz(b) : elems;
-        e = (e | 7u) + 1;
     }
-    return elems;
+    *e = it->word * 64 + (uint64_t)__builtin_ctzll(it->bits);
+    it->bits &= it->bits - 1;
+    return 1;
 }
 
 /* The walk of a radix selection over counters count[0..top]: the largest index i with *above + the counts from i up
@@ -262,19 +272,11 @@ static void kw__out_count(const float *sc, uint64_t n, int sample, uint32_t *his
 /* The candidates of a selection: the elements whose bit is set in in (elems bits), in element order, into list (at
  * most cap of them); the count, or cap + 1 if there are more. */
 static uint64_t kw__out_list(const uint8_t *in, uint64_t elems, uint64_t *list, uint64_t cap) {
-    uint64_t nl = 0;
-    for (uint64_t w = 0; w < (elems + 63) / 64; ++w) {
-        const uint64_t left = (elems + 7) / 8 - w * 8;
-        uint64_t bits = 0;
-        if (left >= 8)
-            bits = kw_load_le64(in + w * 8);
-        else
-            for (uint64_t b = 0; b < left; ++b)
-                bits |= (uint64_t)in[w * 8 + b] << (8 * b);
-        for (; bits; bits &= bits - 1) {
-            if (nl == cap) return cap + 1;
-            list[nl++] = w * 64 + (uint64_t)__builtin_ctzll(bits);
-        }
+    kw__out_bits it = kw__out_bits_of(in, elems);
+    uint64_t nl = 0, e;
+    while (kw__out_bits_next(&it, &e)) {
+        if (nl == cap) return cap + 1;
+        list[nl++] = e;
     }
     return nl;
 }
@@ -333,11 +335,13 @@ static void kw__out_choose(const kw__wire_kernels *kr, const float *scores, uint
         return;
     }
     memset(hist, 0, 65536 * sizeof(uint32_t)); /* the bin's low halves */
-    for (uint64_t e = kw__out_next(in, elems, 0); e < elems; e = kw__out_next(in, elems, e + 1))
+    kw__out_bits it = kw__out_bits_of(in, elems);
+    uint64_t e;
+    while (kw__out_bits_next(&it, &e))
         ++hist[kw__out_key(scores[e]) & 0xffffu];
     const uint32_t thr = bin << 16 | kw__out_walk(hist, 65535u, n, &above);
     uint64_t ties = n - above;
-    for (uint64_t e = kw__out_next(in, elems, 0); e < elems; e = kw__out_next(in, elems, e + 1)) {
+    for (it = kw__out_bits_of(in, elems); kw__out_bits_next(&it, &e);) {
         const uint32_t key = kw__out_key(scores[e]);
         if (key < thr || (key == thr && ties == 0)) continue;
         ties -= key == thr;
@@ -408,7 +412,8 @@ int kw_wire_outlier_select(const kw_wire_header *hdr, const kw_wire_layer_in *in
 uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint32_t n, uint32_t dtype) {
     uint64_t bytes = KW__OUTLIER_HEAD_BYTES + (uint64_t)n * kw__wire_outlier_value_size(dtype), prev = 0;
     int first = 1;
-    for (uint64_t e = kw__out_next(mask, elems, 0); e < elems; e = kw__out_next(mask, elems, e + 1)) {
+    kw__out_bits it = kw__out_bits_of(mask, elems);
+    for (uint64_t e; kw__out_bits_next(&it, &e);) {
         bytes += kw__out_varint_len64(first ? e : e - prev - 1);
         prev = e;
         first = 0;
@@ -451,7 +456,8 @@ int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_
     uint8_t *p = dst + KW__OUTLIER_HEAD_BYTES, *values = dst + bytes - (uint64_t)n * vs;
     uint64_t prev = 0;
     int first = 1;
-    for (uint64_t e = kw__out_next(mask, elems, 0); e < elems; e = kw__out_next(mask, elems, e + 1)) {
+    kw__out_bits it = kw__out_bits_of(mask, elems);
+    for (uint64_t e; kw__out_bits_next(&it, &e);) {
         p = kw__out_varint_put64(p, first ? e : e - prev - 1);
         prev = e;
         first = 0;
