@@ -182,7 +182,7 @@ static void check_select(uint32_t nh, uint32_t nt, uint32_t nd, const float *k, 
  * hold every element: each granularity with and without zero points over bell-shaped values with spikes; equal
  * values (every score tied: the tie rule, and more tied candidates than the list holds); and values that put the
  * scores the selection samples (one in each run of 16, at kw__out_count's hashed offset) far above the rest, so the
- * sample's pivot leaves fewer than count candidates and the full counts decide. */
+ * sample's pivot leaves fewer than count candidates and the full counts decide; and small sections. */
 static void test_select_oracle(void **state) {
     (void)state;
     enum { NH = 2, NT = 64, ND = 128, HALF = NH * NT * ND };
@@ -222,6 +222,18 @@ static void test_select_oracle(void **state) {
     }
     check_select(NH, NT, ND, k, v, &specs[0], &specs[0], 2 * HALF / 10, "sampled spikes");
     check_select(NH, NT, ND, k, v, &specs[1], &specs[3], 2 * HALF / 10, "sampled spikes");
+    /* small sections whose element count is not a multiple of 64: the masks' last words are partial */
+    static const uint32_t shapes[][3] = {{1, 3, 8}, {3, 5, 24}, {2, 7, 40}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+        const uint32_t nh = shapes[i][0], nt = shapes[i][1], nd = shapes[i][2], elems = 2 * nh * nt * nd;
+        for (uint32_t e = 0; e < elems / 2; ++e) {
+            k[e] = wt_bell(&r);
+            v[e] = wt_bell(&r);
+        }
+        check_select(nh, nt, nd, k, v, &specs[0], &specs[3], 1, "small");
+        check_select(nh, nt, nd, k, v, &specs[0], &specs[3], elems / 2, "small");
+        check_select(nh, nt, nd, k, v, &specs[1], &specs[0], elems - 1, "small");
+    }
     free(k);
     free(v);
 }
