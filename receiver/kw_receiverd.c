@@ -348,6 +348,25 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
             e, "scale", s->schedule[i].spec.scale_dtype ? kw_wire_scale_name(s->schedule[i].spec.scale_dtype) : "none");
         cJSON_AddItemToArray(sch, e);
     }
+    if (s->n_token_schedule) {
+        cJSON *ts = cJSON_AddArrayToObject(p, "token_schedule");
+        for (int i = 0; i < s->n_token_schedule; ++i) {
+            const kw_rd_token_schedule *t = &s->token_schedule[i];
+            cJSON *e = cJSON_CreateObject();
+            if (t->first) cJSON_AddNumberToObject(e, "first", t->first);
+            if (t->last) cJSON_AddNumberToObject(e, "last", t->last);
+            if (t->n_positions) {
+                cJSON *a = cJSON_AddArrayToObject(e, "positions");
+                for (int q = 0; q < t->n_positions; ++q)
+                    cJSON_AddItemToArray(a, cJSON_CreateNumber(t->positions[q]));
+            }
+            cJSON_AddStringToObject(e, "codec", kw_wire_codec_name(t->spec.codec));
+            kw_wire_spec_gran_format(&t->spec, gran, sizeof gran);
+            cJSON_AddStringToObject(e, "granularity", gran);
+            cJSON_AddStringToObject(e, "scale", t->spec.scale_dtype ? kw_wire_scale_name(t->spec.scale_dtype) : "none");
+            cJSON_AddItemToArray(ts, e);
+        }
+    }
     cJSON_AddNumberToObject(p, "cache_proportion", s->cache_proportion);
     cJSON_AddStringToObject(p, "order", s->order == KW_FUSION_BACK ? "back" : "front");
     if (s->budget_bytes)

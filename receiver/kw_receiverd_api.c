@@ -204,6 +204,71 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     return 0;
 }
 
+/* token_schedule (HTTP_API.md §5.1): entries {"first": N | "last": N | "positions": [...], "codec", "granularity",
+ * "scale"}, the codec fields defaulting to the policy's; overlaps are the protocol's check (SharePolicy). */
+static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
+    if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: an array is expected");
+    if (cJSON_GetArraySize(v) > KW_PROTO_MAX_TOKEN_POLICIES)
+        return KW__RD_BAD(e, "kvwire.policy.token_schedule: at most %d entries", KW_PROTO_MAX_TOKEN_POLICIES);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v) {
+        if (!cJSON_IsObject(it)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: objects are expected");
+        kw_rd_token_schedule *r = &s->token_schedule[s->n_token_schedule++];
+        memset(r, 0, sizeof *r);
+        const char *codec = s->codec, *gran = s->granularity, *scale = s->scale;
+        int selectors = 0;
+        const cJSON *f;
+        cJSON_ArrayForEach(f, it) {
+            int64_t x = 0;
+            if (strcmp(f->string, "first") == 0 || strcmp(f->string, "last") == 0) {
+                KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.token_schedule.first/last", 1, KW_RD_MAX_MAX_TOKENS, &x));
+                *(f->string[0] == 'f' ? &r->first : &r->last) = (uint32_t)x;
+                ++selectors;
+            } else if (strcmp(f->string, "positions") == 0) {
+                if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) < 1 ||
+                    cJSON_GetArraySize(f) > KW_RD_MAX_TOKEN_POSITIONS)
+                    return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: 1..%d positions are expected",
+                                      KW_RD_MAX_TOKEN_POSITIONS);
+                const cJSON *pos;
+                cJSON_ArrayForEach(pos, f) {
+                    KW_FORWARD(kw__rd_int(e, pos, "kvwire.policy.token_schedule.positions[]", 0,
+                                          KW_RD_MAX_MAX_TOKENS - 1, &x));
+                    if (r->n_positions > 0 && (uint32_t)x <= r->positions[r->n_positions - 1])
+                        return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: strictly increasing positions "
+                                             "are expected");
+                    r->positions[r->n_positions++] = (uint32_t)x;
+                }
+                ++selectors;
+            } else if (strcmp(f->string, "codec") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.codec", &codec));
+            } else if (strcmp(f->string, "granularity") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.granularity", &gran));
+            } else if (strcmp(f->string, "scale") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.scale", &scale));
+            } else {
+                return KW__RD_BAD(e, "kvwire.policy.token_schedule: unknown field \"%s\"", f->string);
+            }
+        }
+        if (selectors != 1)
+            return KW__RD_BAD(e, "kvwire.policy.token_schedule: each entry needs exactly one of first, last and "
+                                 "positions");
+        if (kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, &r->spec) < 0)
+            return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
+    }
+    Kwctl__TokenPolicy t[KW_PROTO_MAX_TOKEN_POLICIES], *ptrs[KW_PROTO_MAX_TOKEN_POLICIES]; /* the protocol's check */
+    for (int i = 0; i < s->n_token_schedule; ++i) {
+        kwctl__token_policy__init(&t[i]);
+        t[i].first = s->token_schedule[i].first;
+        t[i].last = s->token_schedule[i].last;
+        t[i].positions = s->token_schedule[i].positions;
+        t[i].n_positions = (size_t)s->token_schedule[i].n_positions;
+        ptrs[i] = &t[i];
+    }
+    if (kw_proto_token_schedule_check(ptrs, (size_t)s->n_token_schedule) < 0)
+        return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
+    return 0;
+}
+
 /* budget_codecs (an array of codec names; NULL: the budget mode's default set) with the policy's granularity and
  * scale. */
 static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
@@ -239,7 +304,7 @@ static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
 
 static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (!cJSON_IsObject(p)) return KW__RD_BAD(e, "kvwire.policy: an object is expected");
-    const cJSON *f, *schedule = NULL, *budget_codecs = NULL;
+    const cJSON *f, *schedule = NULL, *token_schedule = NULL, *budget_codecs = NULL;
     bool scoring_given = false;
     const char *preview = NULL;
     cJSON_ArrayForEach(f, p) {
@@ -300,6 +365,8 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             if (s->n_layers == 0) return KW__RD_BAD(e, "kvwire.policy.layers: empty");
         } else if (strcmp(k, "schedule") == 0) {
             schedule = f; /* after the codec fields, whatever their order */
+        } else if (strcmp(k, "token_schedule") == 0) {
+            token_schedule = f; /* after the codec fields, whatever their order */
         } else if (strcmp(k, "budget_bytes") == 0) {
             if (!cJSON_IsNull(f))
                 KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.budget_bytes", 1, INT64_MAX / 2, &s->budget_bytes));
@@ -323,11 +390,11 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     }
     s->cache_layout = s->codec && strcmp(s->codec, "cache") == 0;
     if (s->cache_layout) { /* the receiver's cache layout: the specs come with the request's resolution */
-        if (s->value_codec || s->value_granularity || schedule || s->budget_bytes || s->outliers > 0 ||
-            s->pre_rope_keys || s->rotate || s->clip)
+        if (s->value_codec || s->value_granularity || schedule || token_schedule || s->budget_bytes ||
+            s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip)
             return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" sets both codecs and their layout: not with "
-                                 "value_codec, value_granularity, schedule, budget_bytes, outliers, pre_rope_keys, "
-                                 "rotate or clip");
+                                 "value_codec, value_granularity, schedule, token_schedule, budget_bytes, outliers, "
+                                 "pre_rope_keys, rotate or clip");
     } else {
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
     }
@@ -362,6 +429,9 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     }
     if (s->budget_bytes && schedule)
         return KW__RD_BAD(e, "kvwire.policy.schedule: not with budget_bytes (the allocator chooses the codecs)");
+    if (s->budget_bytes && token_schedule)
+        return KW__RD_BAD(e, "kvwire.policy.token_schedule: not with budget_bytes (the allocator chooses the codecs)");
+    if (token_schedule) KW_FORWARD(kw__rd_token_schedule(e, token_schedule, s));
     if (s->budget_bytes) KW_FORWARD(kw__rd_budget_codecs(e, budget_codecs, s));
     return 0;
 }

@@ -258,6 +258,8 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     uint32_t *ulayers = malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof *ulayers);
     Kwctl__LayerPolicy *sched = NULL, **sched_ptrs = NULL;
     Kwctl__CodecSpec *sched_codecs = NULL;
+    Kwctl__TokenPolicy tok[KW_PROTO_MAX_TOKEN_POLICIES], *tok_ptrs[KW_PROTO_MAX_TOKEN_POLICIES];
+    Kwctl__CodecSpec tok_codecs[KW_PROTO_MAX_TOKEN_POLICIES];
     Kwctl__CodecSpec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS], *budget_ptrs[KW_WIRE_ALLOC_MAX_CODECS];
     size_t n_sched = 0;
     int rc = 0;
@@ -345,6 +347,19 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
             p.schedule = sched_ptrs;
             p.n_schedule = n_sched;
         }
+        for (int i = 0; i < s->n_token_schedule; ++i) { /* the API's entries as they are: one codec for K and V */
+            const kw_rd_token_schedule *t = &s->token_schedule[i];
+            kwctl__token_policy__init(&tok[i]);
+            tok_codecs[i] = kw__rd_codec(&t->spec);
+            tok[i].first = t->first;
+            tok[i].last = t->last;
+            tok[i].positions = (uint32_t *)t->positions; /* not written: packing only reads it */
+            tok[i].n_positions = (size_t)t->n_positions;
+            tok[i].k = tok[i].v = &tok_codecs[i];
+            tok_ptrs[i] = &tok[i];
+        }
+        p.token_schedule = tok_ptrs;
+        p.n_token_schedule = (size_t)s->n_token_schedule;
         r.policy = &p;
     }
     KW_CHECK(kw_proto_message_check(NULL, &r.base));

@@ -52,6 +52,16 @@ typedef struct kw_rd_schedule {
     char *codec, *granularity, *scale; /* as given (owned), for the response's policy */
 } kw_rd_schedule;
 
+/* A token schedule entry (HTTP_API.md §5.1 token_schedule, SharePolicy.token_schedule): one of first (a count),
+ * last (a count) and positions, with one codec for K and V. */
+#define KW_RD_MAX_TOKEN_POSITIONS 64
+typedef struct kw_rd_token_schedule {
+    uint32_t first, last;
+    uint32_t positions[KW_RD_MAX_TOKEN_POSITIONS]; /* strictly increasing */
+    int n_positions;
+    kw_wire_codec_spec spec;
+} kw_rd_token_schedule;
+
 /* A request with every default filled in. Owned strings and arrays: kw_rd_spec_free. */
 typedef struct kw_rd_spec {
     bool chat;
@@ -92,6 +102,8 @@ typedef struct kw_rd_spec {
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];
     int n_schedule;
+    kw_rd_token_schedule token_schedule[KW_PROTO_MAX_TOKEN_POLICIES];
+    int n_token_schedule;
     double cache_proportion;
     enum kw_fusion_order order;
     enum kw_fusion_mode fusion;

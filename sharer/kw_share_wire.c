@@ -24,6 +24,7 @@ struct kw_share_wire {
     /* with a byte cap */
     kw_wire_alloc *alloc;
     float *weights;       /* positions_cap entries */
+    kw_wire_token_group *groups; /* positions_cap entries: the token schedule's groups of the current layer */
     uint64_t min_section; /* the smallest section of any layer */
     int64_t lengths_left; /* sum of the section lengths of the layers not yet encoded */
     int32_t layers_left;  /* layers not yet encoded, over every blob */
@@ -275,6 +276,19 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
     KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate || opt->policy.clip) &&
                      opt->budget.bytes > 0,
                  KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys, rotation and clipping are not for a byte cap");
+    KW_RETURN_IF(opt->n_token_rules > 0 && (opt->token_rules == NULL || opt->budget.bytes > 0), KW_E_INVALID_ARG,
+                 "share wire: a token schedule is not for a byte cap (the allocator makes the groups)");
+    for (uint32_t i = 0; i < opt->n_token_rules; ++i) {
+        const kw_wire_token_rule *r = &opt->token_rules[i];
+        KW_RETURN_IF(r->from_end ? r->first == 0 : r->first > r->last, KW_E_INVALID_ARG,
+                     "share wire: token schedule entry %u covers no position", i);
+        KW_RETURN_IF(((opt->policy.rotate & 1) && kw_wire_codec_is_passthrough(r->k.codec)) ||
+                         ((opt->policy.rotate & 2) && kw_wire_codec_is_passthrough(r->v.codec)),
+                     KW_E_INVALID_ARG,
+                     "share wire: token schedule entry %u sends a rotated tensor with a passthrough codec (rotation "
+                     "needs a quantizing codec)",
+                     i);
+    }
     *out = NULL;
     kw_share_wire *w = calloc(1, sizeof *w);
     KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
@@ -285,6 +299,8 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
         v11 |= kw_wire_spec_needs_v11(&opt->overrides[i].k) || kw_wire_spec_needs_v11(&opt->overrides[i].v);
     for (uint32_t i = 0; opt->budget.bytes > 0 && i < opt->budget.n_codecs; ++i)
         v11 |= kw_wire_spec_needs_v11(&opt->budget.codecs[i]);
+    for (uint32_t i = 0; i < opt->n_token_rules; ++i)
+        v11 |= kw_wire_spec_needs_v11(&opt->token_rules[i].k) || kw_wire_spec_needs_v11(&opt->token_rules[i].v);
     w->version = v11 ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
     if (opt->budget.bytes > 0) {
         const int rc = kw_share_wire_budget_init(w);
@@ -301,6 +317,7 @@ void kw_share_wire_free(kw_share_wire *w) {
     if (w == NULL) return;
     kw_wire_alloc_free(w->alloc);
     free(w->weights);
+    free(w->groups);
     free(w->kept_rows);
     free(w->kept_positions);
     free(w->kept_k);
@@ -701,6 +718,9 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         float *f = realloc(w->weights, (size_t)l->n_rows * sizeof *f);
         KW_RETURN_IF(f == NULL, KW_E_NOMEM, "share wire: out of memory");
         w->weights = f;
+        kw_wire_token_group *g = realloc(w->groups, (size_t)l->n_rows * sizeof *g);
+        KW_RETURN_IF(g == NULL, KW_E_NOMEM, "share wire: out of memory");
+        w->groups = g;
         if (w->alloc && w->opt.budget.same_positions) KW_FORWARD(kw_share_wire_kept_reserve(w, l));
         w->positions_cap = (size_t)l->n_rows;
     }
@@ -713,6 +733,13 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
                                             outliers */
         pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)l->n_rows * (double)row + 0.5);
         pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+    }
+    if (w->opt.n_token_rules > 0 && !(kw_wire_codec_is_passthrough(pol.k.codec) &&
+                                      kw_wire_codec_is_passthrough(pol.v.codec))) { /* quantized layers only */
+        KW_FORWARD(kw_wire_token_split(w->opt.token_rules, w->opt.n_token_rules, 1, w->positions, 0,
+                                       (uint32_t)l->n_rows, (uint32_t)l->n_positions, &pol.k, &pol.v, w->groups,
+                                       &pol.n_groups));
+        pol.groups = w->groups; /* the device encoder takes no groups: the CPU's (kw_share_wire_device_ok) */
     }
     uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
     const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);

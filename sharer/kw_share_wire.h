@@ -19,7 +19,7 @@
  * cap downloads the rows for its allocator, then encodes the kept rows' token groups on the device from the cache.
  * Every section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a
  * codec the device refuses, an outlier choice past the device's 2^32 - 1 elements, a rotation or pre-RoPE keys with a
- * head_dim above 1024.
+ * head_dim above 1024, or token groups of a token schedule.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
@@ -90,6 +90,12 @@ typedef struct kw_share_wire_options {
                                         values with a bf16 cache (pre-RoPE keys rounded to it), else f32 */
     const kw_model_config *pre_rope; /* borrowed, non-NULL: K sent before RoPE, each row rotated back by its
                                         position with this model's rotation (kv_direct: the receiver runs it) */
+    /* A per-token schedule (SharePolicy.token_schedule; not with a byte cap): in every layer whose K or V codec
+     * quantizes, the selected rows a rule covers (by position; from_end counts from kw_share_layer.n_positions) form
+     * token groups of their own with its codecs (kw_wire_token_split). A row two rules cover fails the layer with
+     * KW_E_INVALID_ARG. Those sections are encoded by the CPU (the device encoder takes no groups). */
+    const kw_wire_token_rule *token_rules; /* borrowed */
+    uint32_t n_token_rules;
     uint64_t model_id;               /* the blob header's opaque identities */
     uint32_t policy_id;
     kw_share_bytes_fn write;
@@ -116,7 +122,7 @@ typedef struct kw_share_wire_stats {
 
 typedef struct kw_share_wire kw_share_wire;
 
-/* opt is copied (overrides, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the caller
+/* opt is copied (overrides, token_rules, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the caller
  * (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum,
  * naming it). */
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
