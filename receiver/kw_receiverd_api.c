@@ -225,8 +225,7 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                 *(f->string[0] == 'f' ? &r->first : &r->last) = (uint32_t)x;
                 ++selectors;
             } else if (strcmp(f->string, "positions") == 0) {
-                if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) < 1 ||
-                    cJSON_GetArraySize(f) > KW_RD_MAX_TOKEN_POSITIONS)
+                if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) < 1 || cJSON_GetArraySize(f) > KW_RD_MAX_TOKEN_POSITIONS)
                     return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: 1..%d positions are expected",
                                       KW_RD_MAX_TOKEN_POSITIONS);
                 const cJSON *pos;

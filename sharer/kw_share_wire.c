@@ -23,11 +23,11 @@ struct kw_share_wire {
     size_t unroped_cap;
     /* with a byte cap */
     kw_wire_alloc *alloc;
-    float *weights;       /* positions_cap entries */
+    float *weights;              /* positions_cap entries */
     kw_wire_token_group *groups; /* positions_cap entries: the token schedule's groups of the current layer */
-    uint64_t min_section; /* the smallest section of any layer */
-    int64_t lengths_left; /* sum of the section lengths of the layers not yet encoded */
-    int32_t layers_left;  /* layers not yet encoded, over every blob */
+    uint64_t min_section;        /* the smallest section of any layer */
+    int64_t lengths_left;        /* sum of the section lengths of the layers not yet encoded */
+    int32_t layers_left;         /* layers not yet encoded, over every blob */
     /* kv_direct (budget.same_positions): the current blob's kept rows, fixed by its first layer */
     uint64_t kept_floor;           /* their section at the cheapest codec: the reservation of each later layer */
     uint32_t n_kept, n_candidates; /* kept rows; candidate rows of every layer of the blob */

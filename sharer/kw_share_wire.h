@@ -96,7 +96,7 @@ typedef struct kw_share_wire_options {
      * KW_E_INVALID_ARG. Those sections are encoded by the CPU (the device encoder takes no groups). */
     const kw_wire_token_rule *token_rules; /* borrowed */
     uint32_t n_token_rules;
-    uint64_t model_id;               /* the blob header's opaque identities */
+    uint64_t model_id; /* the blob header's opaque identities */
     uint32_t policy_id;
     kw_share_bytes_fn write;
     void *user;
@@ -122,9 +122,9 @@ typedef struct kw_share_wire_stats {
 
 typedef struct kw_share_wire kw_share_wire;
 
-/* opt is copied (overrides, token_rules, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the caller
- * (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum,
- * naming it). */
+/* opt is copied (overrides, token_rules, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the
+ * caller (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's
+ * minimum, naming it). */
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
 
 /* Frees it; NULL is a no-op. */

@@ -314,8 +314,8 @@ static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_co
         rules[i] = (kw_wire_token_rule){tr->first, tr->last, tr->from_end, tr->spec, tr->spec_v};
     }
     /* not strict (the first rule wins), groups has room for every row: it cannot fail */
-    (void)kw_wire_token_split(rules, (uint32_t)c->n_token_rules, 0, NULL, (uint32_t)t0, (uint32_t)(T - t0),
-                              (uint32_t)T, &lc->spec, &lc->spec_v, groups, &pol.n_groups);
+    (void)kw_wire_token_split(rules, (uint32_t)c->n_token_rules, 0, NULL, (uint32_t)t0, (uint32_t)(T - t0), (uint32_t)T,
+                              &lc->spec, &lc->spec_v, groups, &pol.n_groups);
     pol.groups = groups;
     return pol;
 }

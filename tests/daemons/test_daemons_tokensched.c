@@ -45,9 +45,9 @@ static int row_elems(void) {
     assert_non_null(c);
     const int heads = cJSON_GetObjectItem(c, "num_key_value_heads")->valueint;
     const cJSON *hd = cJSON_GetObjectItem(c, "head_dim");
-    const int dim = hd ? hd->valueint
-                       : cJSON_GetObjectItem(c, "hidden_size")->valueint /
-                             cJSON_GetObjectItem(c, "num_attention_heads")->valueint;
+    const int dim =
+        hd ? hd->valueint
+           : cJSON_GetObjectItem(c, "hidden_size")->valueint / cJSON_GetObjectItem(c, "num_attention_heads")->valueint;
     cJSON_Delete(c);
     assert_true(heads > 0 && dim > 0);
     return heads * dim;
@@ -109,32 +109,26 @@ static void test_rule_bytes(void **state) {
 static void test_refusals(void **state) {
     (void)state;
     static const char *const bodies[] = {
-        "\"token_schedule\":[{\"first\":2,\"codec\":\"int8\"},{\"positions\":[1],\"codec\":\"int4\"}]",
-        "\"token_schedule\":[{\"first\":2,\"last\":1,\"codec\":\"int8\"}]",
-        "\"token_schedule\":[{\"codec\":\"int8\"}]",
-        "\"token_schedule\":[{\"first\":1,\"codec\":\"int8\",\"layers\":[0,1]}]",
-        "\"token_schedule\":[{\"positions\":[3,2],\"codec\":\"int8\"}]",
-        "\"token_schedule\":[{\"first\":1,\"codec\":\"int9\"}]",
-        "\"token_schedule\":{\"first\":1}",
-        "\"budget_bytes\":50000,\"token_schedule\":[{\"first\":1,\"codec\":\"int8\"}]",
+#define KV(policy) "{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\"," policy "}}"
+        KV("\"token_schedule\":[{\"first\":2,\"codec\":\"int8\"},{\"positions\":[1],\"codec\":\"int4\"}]"),
+        KV("\"token_schedule\":[{\"positions\":[0,1],\"codec\":\"int8\"},{\"first\":1,\"codec\":\"int4\"}]"),
+        KV("\"token_schedule\":[{\"first\":2,\"last\":1,\"codec\":\"int8\"}]"),
+        KV("\"token_schedule\":[{\"codec\":\"int8\"}]"),
+        KV("\"token_schedule\":[{\"first\":1,\"codec\":\"int8\",\"layers\":[0,1]}]"),
+        KV("\"token_schedule\":[{\"positions\":[3,2],\"codec\":\"int8\"}]"),
+        KV("\"token_schedule\":[{\"first\":1,\"codec\":\"int9\"}]"),
+        KV("\"token_schedule\":{\"first\":1}"),
+        KV("\"budget_bytes\":50000,\"token_schedule\":[{\"first\":1,\"codec\":\"int8\"}]"),
+#undef KV
     };
-    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; ++i) {
-        char body[1024];
-        snprintf(body, sizeof body,
-                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,"
-                 "\"kvwire\":{\"mode\":\"kv_direct\",\"policy\":{%s}}}",
-                 bodies[i]);
-        kwd_response r;
-        kwd_http(kwd_receiver.port, "/v1/chat/completions", body, &r);
-        if (r.status != 400) fail_msg("%s: HTTP %ld: %s", bodies[i], r.status, r.body);
-        kwd_response_free(&r);
-    }
+    kwd_expect_400(kwd_receiver.port, bodies, sizeof bodies / sizeof bodies[0]);
     /* first and last meet only on a prompt shorter than both: the sharer refuses, naming a position (a quantized
      * base codec: a layer sent bf16 is exact and takes no token rules) */
     kwd_response r;
     kwd_http(kwd_receiver.port, "/v1/chat/completions",
              "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"kvwire\":{\"mode\":"
-             "\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"token_schedule\":[{\"first\":60,\"codec\":\"int8\"},{\"last\":60,"
+             "\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"token_schedule\":[{\"first\":60,\"codec\":\"int8\"},{"
+             "\"last\":60,"
              "\"codec\":\"int4\"}]}}}",
              &r);
     if (r.status == 200 || !strstr(r.body, "both cover position")) fail_msg("HTTP %ld: %s", r.status, r.body);

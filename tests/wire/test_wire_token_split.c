@@ -1,7 +1,8 @@
 /* test_wire_token_split.c: kw_wire_token_split, the per-token schedule's split of a section's rows into token groups
  * (kvwire kvstats' T rules and SharePolicy.token_schedule): groups by position (given or consecutive), first/last
  * rules, the first covering rule winning when not strict and a refusal naming both entries when strict, no groups
- * when no row takes a rule; and the section bound of its groups grows by exactly their codecs' bytes and descriptors. */
+ * when no row takes a rule; and the section bound of its groups grows by exactly their codecs' bytes and descriptors.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -76,8 +77,13 @@ static void test_split_overlap(void **state) {
 static void test_split_section(void **state) {
     (void)state;
     enum { H = 2, D = 16, T = 6 };
-    const kw_wire_header hdr = {.n_layers = 1, .n_sections = 1, .n_kv_heads = H, .head_dim = D, .n_positions = T,
-                                .src_dtype = KW_WIRE_DTYPE_F32, .version = KW_WIRE_VERSION};
+    const kw_wire_header hdr = {.n_layers = 1,
+                                .n_sections = 1,
+                                .n_kv_heads = H,
+                                .head_dim = D,
+                                .n_positions = T,
+                                .src_dtype = KW_WIRE_DTYPE_F32,
+                                .version = KW_WIRE_VERSION};
     const kw_wire_token_rule rules[] = {{0, 0, 0, BF16, INT8}}; /* position 0 */
     kw_wire_token_group g[T];
     kw_wire_policy pol = {.k = INT4, .v = INT4};
