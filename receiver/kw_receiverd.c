@@ -367,6 +367,7 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
             cJSON_AddItemToArray(ts, e);
         }
     }
+    if (s->recompute_prefix) cJSON_AddNumberToObject(p, "recompute_prefix", (double)s->recompute_prefix);
     cJSON_AddNumberToObject(p, "cache_proportion", s->cache_proportion);
     cJSON_AddStringToObject(p, "order", s->order == KW_FUSION_BACK ? "back" : "front");
     if (s->budget_bytes)

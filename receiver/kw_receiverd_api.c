@@ -378,6 +378,9 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.budget_mode", kw__rd_budget_modes, &s->budget_mode));
         } else if (strcmp(k, "budget_codecs") == 0) {
             budget_codecs = f; /* with the granularity and scale, whatever their order */
+        } else if (strcmp(k, "recompute_prefix") == 0) {
+            KW_FORWARD(
+                kw__rd_int(e, f, "kvwire.policy.recompute_prefix", 0, KW_RD_MAX_MAX_TOKENS, &s->recompute_prefix));
         } else if (strcmp(k, "cache_proportion") == 0) {
             KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.cache_proportion", 0, 1, &s->cache_proportion));
         } else if (strcmp(k, "order") == 0) {
@@ -783,6 +786,9 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
     if (s->pre_rope_keys && s->mode != KW_RD_MODE_KV_DIRECT)
         return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: only for mode kv_direct (the receiver runs the sharer's "
                              "model, which rotates the keys back)");
+    if (s->recompute_prefix && s->mode != KW_RD_MODE_KV_DIRECT)
+        return KW__RD_BAD(e, "kvwire.policy.recompute_prefix: only for mode kv_direct (the receiver prefills the "
+                             "prefix with the sharer's model, which only kv_direct runs)");
     if (s->echo && s->logprobs >= 0)
         return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
                            "echo with logprobs (scoring the prompt) is not implemented by this server");

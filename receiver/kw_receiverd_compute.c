@@ -796,6 +796,9 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
             KW_CHECK(kw__rd_fusion(w, j->fuser_index, j->sharer_layers, j->sharer_heads, j->sharer_dim, &fusion));
         const double proportion = s->cache_proportion >= 1.0 ? -1.0 : s->cache_proportion;
         KW_CHECK(kw_request_sections(n, 1, proportion, s->order, j->sections, &j->n_sections));
+        rc = kw_request_recompute_prefix(j->sections, &j->n_sections, KW_RD_MAX_SECTIONS, s->recompute_prefix);
+        if (rc < 0) j->http_status = 400;
+        KW_CHECK(rc);
         const int32_t cap = kv_direct ? kw_model_get_config(d->model)->n_layers : j->sharer_layers;
         layers = malloc((size_t)(cap > 0 ? cap : 1) * sizeof *layers);
         KW_CHECK_IF(!layers, KW_E_NOMEM, "out of memory");
@@ -804,7 +807,7 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
                                       layers, cap, &n_layers);
         if (rc < 0) j->http_status = 400;
         KW_CHECK(rc);
-        kw_fusion_section mine[3];
+        kw_fusion_section mine[KW_RD_MAX_SECTIONS];
         int32_t n_sent = 0;
         KW_CHECK(
             kw_request_sharer_sections(j->sections, j->n_sections, 0, kv_direct, mine, &j->shared_tokens, &n_sent));

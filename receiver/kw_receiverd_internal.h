@@ -37,6 +37,7 @@
 #define KW_RD_MAX_STOP       4
 #define KW_RD_MAX_TOP        20
 #define KW_RD_MAX_SCHEDULE   64
+#define KW_RD_MAX_SECTIONS   4 /* the standard or cache-length split (3), one more cut by recompute_prefix */
 #define KW_RD_MAX_MAX_TOKENS (1 << 20)
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -104,6 +105,7 @@ typedef struct kw_rd_spec {
     int n_schedule;
     kw_rd_token_schedule token_schedule[KW_PROTO_MAX_TOKEN_POLICIES];
     int n_token_schedule;
+    int64_t recompute_prefix; /* kv_direct: the prompt's first positions the receiver prefills itself (0: none) */
     double cache_proportion;
     enum kw_fusion_order order;
     enum kw_fusion_mode fusion;
@@ -265,7 +267,7 @@ struct kw_rd_job {
     int64_t n_lp;
     double *scored; /* score_ids: per forced token, its n_score values (owned) */
     int64_t scored_len, top1_agree;
-    kw_fusion_section sections[3];
+    kw_fusion_section sections[KW_RD_MAX_SECTIONS];
     int32_t n_sections;
     int64_t shared_tokens;
     int32_t *layers_sent; /* the sharer layers asked for (owned) */

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,17 @@ static void request(const char *codec, const char *extra_policy, kwd_response *r
              "\"kvwire\":{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"full\",\"zstd\":0,%s%s}}}",
              codec, extra_policy);
     kwd_http(kwd_receiver.port, "/v1/chat/completions", body, r);
+    if (r->status != 200) fail_msg("%s%s: HTTP %ld: %s", codec, extra_policy, r->status, r->body);
+}
+
+/* request with logprobs (top 1) of every generated token. */
+static void request_lp(const char *codec, const char *extra_policy, kwd_response *r) {
+    char body[2048];
+    snprintf(body, sizeof body,
+             "{\"prompt\":\"" PROMPT "\",\"max_tokens\":6,\"logprobs\":1,"
+             "\"kvwire\":{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"full\",\"zstd\":0,%s%s}}}",
+             codec, extra_policy);
+    kwd_http(kwd_receiver.port, "/v1/completions", body, r);
     if (r->status != 200) fail_msg("%s%s: HTTP %ld: %s", codec, extra_policy, r->status, r->body);
 }
 
@@ -135,11 +147,74 @@ static void test_refusals(void **state) {
     kwd_response_free(&r);
 }
 
+/* The logprobs of every generated token (top 1), bit for bit. */
+static void same_logprobs(const kwd_response *a, const kwd_response *b) {
+    const cJSON *x = kwd_json_get(cJSON_GetArrayItem(kwd_json_get(a->json, "choices"), 0), "logprobs.token_logprobs"),
+                *y = kwd_json_get(cJSON_GetArrayItem(kwd_json_get(b->json, "choices"), 0), "logprobs.token_logprobs");
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_true(cJSON_GetArraySize(x) > 0);
+    assert_int_equal(cJSON_GetArraySize(x), cJSON_GetArraySize(y));
+    for (int i = 0; i < cJSON_GetArraySize(x); ++i) {
+        const double p = cJSON_GetArrayItem(x, i)->valuedouble, q = cJSON_GetArrayItem(y, i)->valuedouble;
+        if (p != q) fail_msg("token %d: logprob %.17g vs %.17g", i, p, q);
+    }
+}
+
+/* recompute_prefix N (kv_direct): the receiver prefills the first N positions itself, exact, and the sharer sends
+ * none of their rows. Against the same int8 policy with those rows sent exact (a token_schedule entry at bf16, the
+ * sharer's bf16 cache values): the same tokens and logprobs bit for bit; against the plain int8 policy: N rows fewer
+ * per layer on the wire. The sections show the prefix unsent. */
+static void recompute(int n) {
+    char ts[256], rp[64];
+    snprintf(ts, sizeof ts, ",\"token_schedule\":[{\"first\":%d,\"codec\":\"bf16\"}]", n);
+    snprintf(rp, sizeof rp, ",\"recompute_prefix\":%d", n);
+    const char *base = "\"codec\":\"int8\",\"granularity\":\"token\",\"scale\":\"f16\"";
+    kwd_response exact, recomputed, plain;
+    request_lp(base, ts, &exact);
+    request_lp(base, rp, &recomputed);
+    request_lp(base, "", &plain);
+    same_ids(&exact, &recomputed);
+    same_logprobs(&exact, &recomputed);
+    const cJSON *sec = kwd_json_get(recomputed.json, "kvwire.sections");
+    assert_int_equal(cJSON_GetArraySize(sec), 3);
+    assert_true(cJSON_GetObjectItem(cJSON_GetArrayItem(sec, 0), "length")->valuedouble == n);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItem(cJSON_GetArrayItem(sec, 0), "sent")));
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetArrayItem(sec, 1), "sent")));
+    assert_true(kwd_json_num(recomputed.json, "kvwire.policy.recompute_prefix") == n);
+    const double layers = cJSON_GetArraySize(kwd_json_get(plain.json, "kvwire.policy.layers"));
+    const double row = row_elems(), heads = row / 32; /* tiny-qwen3: head_dim 32 */
+    const double saved =
+        kwd_json_num(plain.json, "kvwire.bytes.blob") - kwd_json_num(recomputed.json, "kvwire.bytes.blob");
+    /* an int8 row of K and of V: a byte a value and an f16 scale per head; positions N.. are no longer the full index
+     * (0 bytes) but a bitmap (ceil(shared / 8) bytes) or a range (4 bytes), FORMAT.md §6 */
+    const double shared = kwd_json_num(plain.json, "kvwire.shared_tokens"), bitmap = ceil(shared / 8);
+    const double want = layers * (n * 2 * (row + 2 * heads) - (bitmap < 4 ? bitmap : 4));
+    if (saved != want) fail_msg("recompute_prefix %d saved %.0f bytes, %.0f expected", n, saved, want);
+    kwd_response_free(&exact);
+    kwd_response_free(&recomputed);
+    kwd_response_free(&plain);
+}
+
+static void test_recompute_prefix(void **state) {
+    (void)state;
+    recompute(1);
+    recompute(3);
+    static const char *const bodies[] = {
+        "{\"mode\":\"c2c\",\"policy\":{\"recompute_prefix\":1}}",
+        "{\"mode\":\"receiver_only\",\"policy\":{\"recompute_prefix\":1}}",
+        "{\"mode\":\"kv_direct\",\"policy\":{\"recompute_prefix\":-1}}",
+        "{\"mode\":\"kv_direct\",\"policy\":{\"recompute_prefix\":40}}", /* "Hi" shares fewer tokens */
+    };
+    kwd_expect_400(kwd_receiver.port, bodies, sizeof bodies / sizeof bodies[0]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rule_covering_all),
         cmocka_unit_test(test_rule_bytes),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_recompute_prefix),
     };
     return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }
