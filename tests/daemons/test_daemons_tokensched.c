@@ -21,19 +21,9 @@
 
 #define PROMPT "Which planet is known as the red planet? Answer in one word."
 
-/* A kv_direct request with full selection, no zstd, the base codec and the policy's extra fields. */
+/* A kv_direct completion with full selection, no zstd, the base codec and the policy's extra fields, and the
+ * logprobs (top 1) of every generated token. */
 static void request(const char *codec, const char *extra_policy, kwd_response *r) {
-    char body[2048];
-    snprintf(body, sizeof body,
-             "{\"messages\":[{\"role\":\"user\",\"content\":\"" PROMPT "\"}],\"max_tokens\":6,"
-             "\"kvwire\":{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"full\",\"zstd\":0,%s%s}}}",
-             codec, extra_policy);
-    kwd_http(kwd_receiver.port, "/v1/chat/completions", body, r);
-    if (r->status != 200) fail_msg("%s%s: HTTP %ld: %s", codec, extra_policy, r->status, r->body);
-}
-
-/* request with logprobs (top 1) of every generated token. */
-static void request_lp(const char *codec, const char *extra_policy, kwd_response *r) {
     char body[2048];
     snprintf(body, sizeof body,
              "{\"prompt\":\"" PROMPT "\",\"max_tokens\":6,\"logprobs\":1,"
@@ -171,9 +161,9 @@ static void recompute(int n) {
     snprintf(rp, sizeof rp, ",\"recompute_prefix\":%d", n);
     const char *base = "\"codec\":\"int8\",\"granularity\":\"token\",\"scale\":\"f16\"";
     kwd_response exact, recomputed, plain;
-    request_lp(base, ts, &exact);
-    request_lp(base, rp, &recomputed);
-    request_lp(base, "", &plain);
+    request(base, ts, &exact);
+    request(base, rp, &recomputed);
+    request(base, "", &plain);
     same_ids(&exact, &recomputed);
     same_logprobs(&exact, &recomputed);
     const cJSON *sec = kwd_json_get(recomputed.json, "kvwire.sections");
