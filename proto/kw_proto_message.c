@@ -343,6 +343,11 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
                      p->schedule[i - 1]->layer);
         KW_FORWARD(kw__proto_check_codec("SharePolicy.schedule.k", l->k, true));
         KW_FORWARD(kw__proto_check_codec("SharePolicy.schedule.v", l->v, true));
+        KW__FIELD_IF(l->hadamard_rotate > 3 || l->clip_scales > 3,
+                     "SharePolicy.schedule[%zu]: hadamard_rotate %u, clip_scales %u (bit 0 K, bit 1 V, no others)", i,
+                     l->hadamard_rotate, l->clip_scales);
+        KW__FIELD_IF(!l->own_options && (l->hadamard_rotate || l->clip_scales),
+                     "SharePolicy.schedule[%zu]: hadamard_rotate or clip_scales without own_options", i);
     }
     KW__FIELD_IF(p->n_schedule > KW__PROTO_MAX_LAYERS, "SharePolicy.schedule: %zu entries", p->n_schedule);
     KW__FIELD_IF(p->min_tokens > KW_PROTO_DEFAULT_MAX_TOKENS, "SharePolicy.min_tokens: %u is over %u", p->min_tokens,

@@ -346,6 +346,18 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
         cJSON_AddStringToObject(e, "granularity", gran);
         cJSON_AddStringToObject(
             e, "scale", s->schedule[i].spec.scale_dtype ? kw_wire_scale_name(s->schedule[i].spec.scale_dtype) : "none");
+        if (memcmp(&s->schedule[i].spec_v, &s->schedule[i].spec, sizeof s->schedule[i].spec) != 0) {
+            const kw_wire_codec_spec *sv = &s->schedule[i].spec_v;
+            cJSON_AddStringToObject(e, "value_codec", kw_wire_codec_name(sv->codec));
+            kw_wire_spec_gran_format(sv, gran, sizeof gran);
+            cJSON_AddStringToObject(e, "value_granularity", gran);
+            cJSON_AddStringToObject(e, "value_scale", sv->scale_dtype ? kw_wire_scale_name(sv->scale_dtype) : "none");
+        }
+        if (s->schedule[i].own_options) {
+            static const char *const bits[] = {"none", "k", "v", "kv"};
+            cJSON_AddStringToObject(e, "rotate", bits[s->schedule[i].rotate & 3]);
+            cJSON_AddStringToObject(e, "clip", bits[s->schedule[i].clip & 3]);
+        }
         cJSON_AddItemToArray(sch, e);
     }
     if (s->n_token_schedule) {

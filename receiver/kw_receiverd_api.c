@@ -162,6 +162,16 @@ static int kw__rd_codec(kw__rd_err *e, const char *where, char **codec, char **g
     return 0;
 }
 
+/* "k", "v", "kv" or "none" as K/V bits (rotate, clip). */
+static int kw__rd_kv_bits(kw__rd_err *e, const cJSON *f, const char *name, uint8_t *out) {
+    const char *str = NULL;
+    KW_FORWARD(kw__rd_string(e, f, name, &str));
+    if (strcmp(str, "none") != 0 && strcmp(str, "k") != 0 && strcmp(str, "v") != 0 && strcmp(str, "kv") != 0)
+        return KW__RD_BAD(e, "%s: \"k\", \"v\", \"kv\" or \"none\" is expected", name);
+    *out = (uint8_t)((strchr(str, 'k') ? 1 : 0) | (strchr(str, 'v') ? 2 : 0));
+    return 0;
+}
+
 static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.schedule: an array is expected");
     if (cJSON_GetArraySize(v) > KW_RD_MAX_SCHEDULE)
@@ -175,10 +185,21 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         KW_FORWARD(kw__rd_strdup(e, s->codec, &r->codec));
         KW_FORWARD(kw__rd_strdup(e, s->granularity, &r->granularity));
         KW_FORWARD(kw__rd_strdup(e, s->scale, &r->scale));
+        const char *vcodec = NULL, *vgran = NULL, *vscale = NULL;
         const cJSON *f;
         cJSON_ArrayForEach(f, it) {
             const char *str = NULL;
-            if (strcmp(f->string, "layers") == 0) {
+            if (strcmp(f->string, "value_codec") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.value_codec", &vcodec));
+            } else if (strcmp(f->string, "value_granularity") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.value_granularity", &vgran));
+            } else if (strcmp(f->string, "value_scale") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.value_scale", &vscale));
+            } else if (strcmp(f->string, "rotate") == 0 || strcmp(f->string, "clip") == 0) {
+                KW_FORWARD(kw__rd_kv_bits(e, f, f->string[0] == 'r' ? "schedule.rotate" : "schedule.clip",
+                                          f->string[0] == 'r' ? &r->rotate : &r->clip));
+                r->own_options = true;
+            } else if (strcmp(f->string, "layers") == 0) {
                 int64_t a = 0, b = 0;
                 if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) != 2 ||
                     kw__rd_int(e, cJSON_GetArrayItem(f, 0), "schedule.layers", 0, 1023, &a) < 0 ||
@@ -200,6 +221,12 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         }
         if (r->first < 0) return KW__RD_BAD(e, "kvwire.policy.schedule: every entry needs layers [first, last]");
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule", &r->codec, &r->granularity, &r->scale, &r->spec));
+        r->spec_v = r->spec;
+        if (vcodec || vgran || vscale) { /* V's codec apart, its missing fields the entry's */
+            char *c = (char *)(vcodec ? vcodec : r->codec), *g = (char *)(vgran ? vgran : r->granularity),
+                 *sc = (char *)(vscale ? vscale : r->scale);
+            KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule.value_codec", &c, &g, &sc, &r->spec_v));
+        }
     }
     return 0;
 }
@@ -337,13 +364,10 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             KW_FORWARD(kw__rd_strdup(e, str, &s->value_granularity));
         } else if (strcmp(k, "outliers") == 0) {
             KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.outliers", 0, 1, &s->outliers));
-        } else if (strcmp(k, "rotate") == 0 || strcmp(k, "clip") == 0) { /* "k", "v", "kv" or "none": K/V bits */
+        } else if (strcmp(k, "rotate") == 0 || strcmp(k, "clip") == 0) {
             const int rot = k[0] == 'r';
-            KW_FORWARD(kw__rd_string(e, f, rot ? "kvwire.policy.rotate" : "kvwire.policy.clip", &str));
-            if (strcmp(str, "none") != 0 && strcmp(str, "k") != 0 && strcmp(str, "v") != 0 && strcmp(str, "kv") != 0)
-                return KW__RD_BAD(e, rot ? "kvwire.policy.rotate: \"k\", \"v\", \"kv\" or \"none\" is expected"
-                                         : "kvwire.policy.clip: \"k\", \"v\", \"kv\" or \"none\" is expected");
-            *(rot ? &s->rotate : &s->clip) = (uint8_t)((strchr(str, 'k') ? 1 : 0) | (strchr(str, 'v') ? 2 : 0));
+            KW_FORWARD(
+                kw__rd_kv_bits(e, f, rot ? "kvwire.policy.rotate" : "kvwire.policy.clip", rot ? &s->rotate : &s->clip));
         } else if (strcmp(k, "pre_rope_keys") == 0) {
             if (!cJSON_IsBool(f)) return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: a boolean is expected");
             s->pre_rope_keys = cJSON_IsTrue(f);

@@ -330,7 +330,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         if (s->n_schedule) {
             sched = calloc((size_t)n_layers, sizeof *sched);
             sched_ptrs = calloc((size_t)n_layers, sizeof *sched_ptrs);
-            sched_codecs = calloc((size_t)n_layers, sizeof *sched_codecs);
+            sched_codecs = calloc(2 * (size_t)n_layers, sizeof *sched_codecs); /* K, V */
             KW_CHECK_IF(!sched || !sched_ptrs || !sched_codecs, KW_E_NOMEM, "out of memory");
             for (int32_t i = 0; i < n_layers; ++i) {
                 int hit = -1;
@@ -338,9 +338,15 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
                     if (layers[i] >= s->schedule[k].first && layers[i] <= s->schedule[k].last) hit = k;
                 if (hit < 0) continue;
                 kwctl__layer_policy__init(&sched[n_sched]);
-                sched_codecs[n_sched] = kw__rd_codec(&s->schedule[hit].spec);
+                const kw_rd_schedule *e = &s->schedule[hit];
+                sched_codecs[2 * n_sched] = kw__rd_codec(&e->spec);
+                sched_codecs[2 * n_sched + 1] = kw__rd_codec(&e->spec_v);
                 sched[n_sched].layer = (uint32_t)layers[i];
-                sched[n_sched].k = sched[n_sched].v = &sched_codecs[n_sched];
+                sched[n_sched].k = &sched_codecs[2 * n_sched];
+                sched[n_sched].v = &sched_codecs[2 * n_sched + 1];
+                sched[n_sched].own_options = e->own_options;
+                sched[n_sched].hadamard_rotate = e->own_options ? e->rotate : 0;
+                sched[n_sched].clip_scales = e->own_options ? e->clip : 0;
                 sched_ptrs[n_sched] = &sched[n_sched];
                 ++n_sched;
             }

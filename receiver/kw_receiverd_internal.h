@@ -49,8 +49,11 @@ typedef struct kw_rd_message {
 
 typedef struct kw_rd_schedule {
     int32_t first, last;
-    kw_wire_codec_spec spec;
+    kw_wire_codec_spec spec;           /* K's, and V's unless a value_* field is given */
+    kw_wire_codec_spec spec_v;         /* V's */
     char *codec, *granularity, *scale; /* as given (owned), for the response's policy */
+    bool own_options;                  /* "rotate" or "clip" given: these layers take rotate and clip below */
+    uint8_t rotate, clip;              /* bit 0 K, bit 1 V */
 } kw_rd_schedule;
 
 /* A token schedule entry (HTTP_API.md §5.1 token_schedule, SharePolicy.token_schedule): one of first (a count),

@@ -45,6 +45,8 @@ void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, 
         if (opt->overrides[i].layer == layer) {
             out->k = opt->overrides[i].k;
             out->v = opt->overrides[i].v;
+            if (opt->overrides[i].own_options)
+                out->rotate = opt->overrides[i].rotate, out->clip = opt->overrides[i].clip;
         }
 }
 
@@ -273,6 +275,9 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
                      "share wire: override layers must increase (entry %d)", (int)i);
     KW_RETURN_IF(!(opt->outlier_fraction >= 0.0 && opt->outlier_fraction <= 1.0), KW_E_INVALID_ARG,
                  "share wire: outlier fraction %g not in [0, 1]", opt->outlier_fraction);
+    for (int32_t i = 0; i < opt->n_overrides; ++i)
+        KW_RETURN_IF(opt->overrides[i].own_options && (opt->overrides[i].rotate > 3 || opt->overrides[i].clip > 3),
+                     KW_E_INVALID_ARG, "share wire: override %d's rotation or clipping bits", (int)i);
     KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate || opt->policy.clip) &&
                      opt->budget.bytes > 0,
                  KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys, rotation and clipping are not for a byte cap");
@@ -296,7 +301,8 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
     w->blob = -1;
     int v11 = kw_wire_policy_needs_v11(&opt->policy) || opt->outlier_fraction > 0.0 || opt->pre_rope != NULL;
     for (int32_t i = 0; i < opt->n_overrides; ++i)
-        v11 |= kw_wire_spec_needs_v11(&opt->overrides[i].k) || kw_wire_spec_needs_v11(&opt->overrides[i].v);
+        v11 |= kw_wire_spec_needs_v11(&opt->overrides[i].k) || kw_wire_spec_needs_v11(&opt->overrides[i].v) ||
+               (opt->overrides[i].own_options && opt->overrides[i].rotate);
     for (uint32_t i = 0; opt->budget.bytes > 0 && i < opt->budget.n_codecs; ++i)
         v11 |= kw_wire_spec_needs_v11(&opt->budget.codecs[i]);
     for (uint32_t i = 0; i < opt->n_token_rules; ++i)

@@ -381,11 +381,13 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
     wire->v = kw__sd_spec(p->v);
     wire->index_encoding = KW_WIRE_INDEX_AUTO;
     wire->zstd_level = p->zstd ? (p->zstd_level ? p->zstd_level : (int)d->cfg->zstd_level) : 0;
-    wire->rotate = (uint8_t)p->hadamard_rotate; /* checked: 0..3 */
-    wire->clip = (uint8_t)p->clip_scales;       /* checked: 0..3 */
-    for (size_t i = 0; i < p->n_schedule; ++i)
-        overrides[i] = (kw_share_layer_codec){p->schedule[i]->layer, kw__sd_spec(p->schedule[i]->k),
-                                              kw__sd_spec(p->schedule[i]->v)};
+    wire->rotate = (uint8_t)p->hadamard_rotate;  /* checked: 0..3 */
+    wire->clip = (uint8_t)p->clip_scales;        /* checked: 0..3 */
+    for (size_t i = 0; i < p->n_schedule; ++i) { /* the protocol checked the bits: 0..3 */
+        const Kwctl__LayerPolicy *l = p->schedule[i];
+        overrides[i] = (kw_share_layer_codec){l->layer,       kw__sd_spec(l->k),           kw__sd_spec(l->v),
+                                              l->own_options, (uint8_t)l->hadamard_rotate, (uint8_t)l->clip_scales};
+    }
     *o = (kw_share_request_options){
         .sections = mine,
         .n_sections = (int32_t)req->n_sections + 1,
@@ -1104,6 +1106,9 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                 if (p->schedule[k]->layer == layers[i]) {
                     pol.k = kw__sd_spec(p->schedule[k]->k);
                     pol.v = kw__sd_spec(p->schedule[k]->v);
+                    if (p->schedule[k]->own_options)
+                        pol.rotate = (uint8_t)p->schedule[k]->hadamard_rotate,
+                        pol.clip = (uint8_t)p->schedule[k]->clip_scales;
                 }
             size_t bound = 0;
             for (uint32_t bc = 0; bc < (n_budget ? n_budget : 1); ++bc) { /* a cap: the largest of its codecs */

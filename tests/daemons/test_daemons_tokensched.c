@@ -5,6 +5,8 @@
  *    12-byte group descriptors per layer; the response echoes the schedule;
  *  - refusals: overlapping entries, two selectors, unknown fields, with budget_bytes (400), and first/last entries
  *    that meet on a short prompt (the sharer's refusal naming the position).
+ * recompute_prefix (kv_direct): the tokens and logprobs of the same rows sent exact, N rows fewer on the wire; and the
+ * layer schedule's own options (rotate, clip, a V codec apart).
  * Both daemons must then exit cleanly on SIGTERM. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -199,12 +201,50 @@ static void test_recompute_prefix(void **state) {
     kwd_expect_400(kwd_receiver.port, bodies, sizeof bodies / sizeof bodies[0]);
 }
 
+/* Per-layer options in the layer schedule: a layer's own rotation (here layer 0 rotated, layer 1 not, given from
+ * either side) gives the same blob and logprobs either way, and differs from no rotation; a layer's own V codec
+ * (value_codec int8 in an int4 schedule) adds half a byte per V value of every row. */
+static void test_layer_options(void **state) {
+    (void)state;
+    const char *base = "\"codec\":\"int4\",\"granularity\":\"token\",\"scale\":\"f16\"";
+    kwd_response a, b, none, vals;
+    request(base, ",\"schedule\":[{\"layers\":[0,0],\"codec\":\"int4\",\"rotate\":\"kv\"}]", &a);
+    request(base, ",\"rotate\":\"kv\",\"schedule\":[{\"layers\":[1,1],\"codec\":\"int4\",\"rotate\":\"none\"}]", &b);
+    request(base, "", &none);
+    request(base, ",\"schedule\":[{\"layers\":[0,1],\"codec\":\"int4\",\"value_codec\":\"int8\"}]", &vals);
+    same_ids(&a, &b);
+    same_logprobs(&a, &b);
+    assert_true(kwd_json_num(a.json, "kvwire.bytes.blob") == kwd_json_num(b.json, "kvwire.bytes.blob"));
+    const cJSON *la = kwd_json_get(cJSON_GetArrayItem(kwd_json_get(a.json, "choices"), 0), "logprobs.token_logprobs"),
+                *ln =
+                    kwd_json_get(cJSON_GetArrayItem(kwd_json_get(none.json, "choices"), 0), "logprobs.token_logprobs");
+    bool differ = false;
+    for (int i = 0; i < cJSON_GetArraySize(la) && i < cJSON_GetArraySize(ln); ++i)
+        differ |= cJSON_GetArrayItem(la, i)->valuedouble != cJSON_GetArrayItem(ln, i)->valuedouble;
+    assert_true(differ);
+    const double rows = kwd_json_num(none.json, "kvwire.shared_tokens"), layers = 2;
+    assert_true(kwd_json_num(vals.json, "kvwire.bytes.blob") - kwd_json_num(none.json, "kvwire.bytes.blob") ==
+                layers * rows * row_elems() / 2);
+    const cJSON *echo = cJSON_GetArrayItem(kwd_json_get(a.json, "kvwire.policy.schedule"), 0);
+    assert_string_equal(cJSON_GetObjectItem(echo, "rotate")->valuestring, "kv");
+    echo = cJSON_GetArrayItem(kwd_json_get(vals.json, "kvwire.policy.schedule"), 0);
+    assert_string_equal(cJSON_GetObjectItem(echo, "value_codec")->valuestring, "int8");
+    kwd_response_free(&a);
+    kwd_response_free(&b);
+    kwd_response_free(&none);
+    kwd_response_free(&vals);
+    static const char *const bodies[] = {
+        "{\"mode\":\"kv_direct\",\"policy\":{\"schedule\":[{\"layers\":[0,0],\"codec\":\"int4\",\"rotate\":\"q\"}]}}",
+        "{\"mode\":\"kv_direct\",\"policy\":{\"schedule\":[{\"layers\":[0,0],\"codec\":\"int4\",\"value_codec\":"
+        "\"int9\"}]}}",
+    };
+    kwd_expect_400(kwd_receiver.port, bodies, sizeof bodies / sizeof bodies[0]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rule_covering_all),
-        cmocka_unit_test(test_rule_bytes),
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_recompute_prefix),
+        cmocka_unit_test(test_rule_covering_all), cmocka_unit_test(test_rule_bytes),    cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_recompute_prefix),  cmocka_unit_test(test_layer_options),
     };
     return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }

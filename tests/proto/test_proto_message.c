@@ -278,6 +278,19 @@ static void test_share_request(void **state) {
     p.clip_scales = 4;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.clip_scales = 0;
+    /* a layer's own rotation and clipping: bits 0 and 1, and only with own_options */
+    lp.hadamard_rotate = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    lp.own_options = true;
+    lp.clip_scales = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->schedule[0]->own_options);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->schedule[0]->hadamard_rotate, 2);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->schedule[0]->clip_scales, 3);
+    kw_proto_message_free(m);
+    lp.clip_scales = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    lp.own_options = false, lp.hadamard_rotate = 0, lp.clip_scales = 0;
     /* the token schedule: one of first, last, positions per entry; no entries that always overlap; codecs needed */
     Kwctl__TokenPolicy t0 = KWCTL__TOKEN_POLICY__INIT, t1 = KWCTL__TOKEN_POLICY__INIT, t2 = KWCTL__TOKEN_POLICY__INIT;
     uint32_t tpos[] = {4, 5, 9};
