@@ -33,6 +33,38 @@ int kw_request_sharer_sections(const kw_fusion_section *sections, int32_t n, int
     return 0;
 }
 
+/* Appends a section before the last to out, merged into an unsent neighbour when it is unsent too. */
+static void kw__request_push(kw_fusion_section *out, int32_t *m, kw_fusion_section s) {
+    if (s.index <= 0 && *m > 0 && out[*m - 1].index <= 0)
+        out[*m - 1].length += s.length;
+    else
+        out[(*m)++] = s;
+}
+
+int kw_request_recompute_prefix(kw_fusion_section *sections, int32_t *n, int32_t cap, int64_t prefix) {
+    KW_RETURN_IF(sections == NULL || n == NULL || *n < 1 || *n > KW_REQUEST_MAX_SECTIONS || cap < *n || prefix < 0,
+                 KW_E_INVALID_ARG, "request: bad sections for recompute_prefix");
+    if (prefix == 0) return 0;
+    kw_fusion_section out[KW_REQUEST_MAX_SECTIONS + 1];
+    int32_t m = 0;
+    int64_t pos = 0, sent = 0;
+    for (int32_t j = 0; j + 1 < *n; pos += sections[j++].length) {
+        const kw_fusion_section s = sections[j];
+        const int64_t cut = pos >= prefix ? 0 : prefix - pos < s.length ? prefix - pos : s.length;
+        if (cut > 0) kw__request_push(out, &m, (kw_fusion_section){cut, -1});
+        if (cut < s.length) kw__request_push(out, &m, (kw_fusion_section){s.length - cut, s.index});
+        if (s.index > 0) sent += s.length - cut;
+    }
+    KW_RETURN_IF(sent == 0, KW_E_INVALID_ARG,
+                 "recompute_prefix %lld: leaves no shared token to send (the prompt shares %lld)", (long long)prefix,
+                 (long long)pos);
+    out[m++] = sections[*n - 1]; /* the final token's, never merged */
+    KW_RETURN_IF(m > cap, KW_E_INVALID_ARG, "request: %d sections, room for %d", (int)m, (int)cap);
+    memcpy(sections, out, (size_t)m * sizeof *out);
+    *n = m;
+    return 0;
+}
+
 int kw_request_sharer_layers(const kw_fusion *f, int32_t sharer, int32_t n_model_layers, const int32_t *subset,
                              int32_t n_subset, int32_t *out, int32_t cap, int32_t *n_out) {
     KW_RETURN_IF(out == NULL || n_out == NULL || n_subset < 0 || (n_subset > 0 && subset == NULL), KW_E_INVALID_ARG,

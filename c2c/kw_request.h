@@ -34,6 +34,14 @@ int kw_request_sections(int64_t n, int32_t mask, double proportion, enum kw_fusi
 int kw_request_sharer_sections(const kw_fusion_section *sections, int32_t n, int32_t sharer, int kv_direct,
                                kw_fusion_section *out, int64_t *prefix, int32_t *n_sent);
 
+/* kv_direct's recompute_prefix (docs/HTTP_API.md; issue 15): the prompt's first `prefix` positions leave the sent
+ * sections (index -1): the sharer still prefills them but sends no rows for them, and the receiver, which runs the
+ * same model and has the ids, prefills them itself (kw_receive_prefill of an unsent section: exact rows, no bytes).
+ * A sent section the prefix cuts is split; neighbouring unsent sections before the last are merged. sections (*n
+ * entries, room for cap; the last one the final token's) is rewritten in place; prefix 0 changes nothing. Errors:
+ * KW_E_INVALID_ARG when the prefix leaves no sent position (naming the prompt's shared length) or cap is too small. */
+int kw_request_recompute_prefix(kw_fusion_section *sections, int32_t *n, int32_t cap, int64_t prefix);
+
 /* The sharer layers a request sends. c2c (f not NULL): the layers sharer i's fuser uses (kw_fusion_needed_layers),
  * kept only where they appear in subset[0..n_subset) when subset is not NULL; kv_direct (f NULL): every one of the
  * n_model_layers layers (a subset is refused: the receiver needs every layer of its own cache). Writes at most cap

@@ -39,6 +39,11 @@
 #define KW_PROTO_DEFAULT_MAX_UNPACKED_BYTES ((uint64_t)64 << 20)
 #define KW_PROTO_DEFAULT_MAX_TOKENS         (1u << 20)
 
+/* SharePolicy.token_schedule: at most this many entries, and an entry's positions at most this many runs of
+ * consecutive positions (each run is one rule of the sharer's token split, wire/kw_wire.h kw_wire_token_rule). */
+#define KW_PROTO_MAX_TOKEN_POLICIES 8
+#define KW_PROTO_MAX_TOKEN_RUNS     64
+
 /* Frame types. Numbers are on the wire and never change; 0 and 17..255 are invalid (KW_E_PROTO_FRAME_TYPE). */
 enum kw_proto_frame_type {
     KW_PROTO_FRAME_HELLO = 1,            /* Hello */
@@ -129,6 +134,16 @@ int kw_proto_message_unpack_body(const kw_proto_limits *lim, uint32_t type, cons
 /* Runs the validation of kw_proto_message_unpack on a message built in memory (a sender checks what it is about to
  * send with the same rules its peer applies). @return 0 or KW_E_PROTO_FIELD. */
 int kw_proto_message_check(const kw_proto_limits *lim, const ProtobufCMessage *msg);
+
+/* The runs of consecutive positions of a token schedule entry (1 for first or last). */
+size_t kw_proto_token_runs(const Kwctl__TokenPolicy *t);
+
+/* SharePolicy.token_schedule's entries without their codecs (kw_proto_message_check checks those): exactly one of
+ * first, last and positions each, positions strictly increasing in at most KW_PROTO_MAX_TOKEN_RUNS runs, at most
+ * KW_PROTO_MAX_TOKEN_POLICIES entries, and no two entries that overlap on every prompt (two first entries, two last
+ * entries, a position under a first entry or in another entry's positions; a first and a last entry meet only on a
+ * prompt shorter than both, which the sharer refuses). KW_E_PROTO_FIELD naming the entries. */
+int kw_proto_token_schedule_check(Kwctl__TokenPolicy *const *entries, size_t n);
 
 /* Frees a message returned by kw_proto_message_unpack; NULL is a no-op. */
 void kw_proto_message_free(ProtobufCMessage *msg);

@@ -236,6 +236,28 @@ static int kw__proto_check_increasing(const char *what, const uint32_t *v, size_
     return 0;
 }
 
+/* 1 if the strictly increasing v[0 .. n) holds x. */
+static bool kw__proto_has(const uint32_t *v, size_t n, uint32_t x) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] == x) return true;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+size_t kw_proto_token_runs(const Kwctl__TokenPolicy *t) {
+    if (t->n_positions == 0) return 1;
+    size_t runs = 1;
+    for (size_t i = 1; i < t->n_positions; ++i)
+        runs += t->positions[i] != t->positions[i - 1] + 1;
+    return runs;
+}
+
 /* KVWire's channel granularity (v1.1, docs/FORMAT.md §5.8), whose group_size is a run of tokens. */
 #define KW__PROTO_GRAN_CHANNEL 5u
 
@@ -261,6 +283,45 @@ static bool kw__proto_receiver_aware(Kwctl__Selection s) {
     return s == KWCTL__SELECTION__SELECTION_PROJ_VNORM_TOPK || s == KWCTL__SELECTION__SELECTION_DELTA_PROJ_VNORM_TOPK;
 }
 
+int kw_proto_token_schedule_check(Kwctl__TokenPolicy *const *entries, size_t n) {
+    KW__FIELD_IF(n > KW_PROTO_MAX_TOKEN_POLICIES, "SharePolicy.token_schedule: %zu entries, at most %d", n,
+                 KW_PROTO_MAX_TOKEN_POLICIES);
+    for (size_t i = 0; i < n; ++i) {
+        const Kwctl__TokenPolicy *t = entries[i];
+        KW__FIELD_IF((t->first > 0) + (t->last > 0) + (t->n_positions > 0) != 1,
+                     "SharePolicy.token_schedule[%zu]: exactly one of first, last and positions is expected", i);
+        KW_FORWARD(kw__proto_check_increasing("SharePolicy.token_schedule.positions", t->positions, t->n_positions,
+                                              KW_PROTO_DEFAULT_MAX_TOKENS));
+        KW__FIELD_IF(t->first > KW_PROTO_DEFAULT_MAX_TOKENS || t->last > KW_PROTO_DEFAULT_MAX_TOKENS,
+                     "SharePolicy.token_schedule[%zu]: more than %u positions", i, KW_PROTO_DEFAULT_MAX_TOKENS);
+        KW__FIELD_IF(kw_proto_token_runs(t) > KW_PROTO_MAX_TOKEN_RUNS,
+                     "SharePolicy.token_schedule[%zu].positions: %zu runs of consecutive positions, at most %d", i,
+                     kw_proto_token_runs(t), KW_PROTO_MAX_TOKEN_RUNS);
+        for (size_t j = 0; j < i; ++j) {
+            const Kwctl__TokenPolicy *u = entries[j];
+            bool overlap = (t->first && u->first) || (t->last && u->last);
+            for (size_t a = 0; a < t->n_positions && !overlap; ++a) /* t's positions against u's first or positions */
+                overlap = t->positions[a] < u->first || kw__proto_has(u->positions, u->n_positions, t->positions[a]);
+            for (size_t a = 0; a < u->n_positions && !overlap; ++a)
+                overlap = u->positions[a] < t->first;
+            KW__FIELD_IF(overlap, "SharePolicy.token_schedule[%zu]: overlaps entry %zu", i, j);
+        }
+    }
+    return 0;
+}
+
+/* The token schedule of a policy: kw_proto_token_schedule_check, codecs, and not with a byte cap. */
+static int kw__proto_check_token_schedule(const Kwctl__SharePolicy *p) {
+    KW__FIELD_IF(p->n_token_schedule > 0 && p->budget_bytes > 0,
+                 "SharePolicy.token_schedule: not with budget_bytes (the allocator chooses the codecs)");
+    KW_FORWARD(kw_proto_token_schedule_check(p->token_schedule, p->n_token_schedule));
+    for (size_t i = 0; i < p->n_token_schedule; ++i) {
+        KW_FORWARD(kw__proto_check_codec("SharePolicy.token_schedule.k", p->token_schedule[i]->k, true));
+        KW_FORWARD(kw__proto_check_codec("SharePolicy.token_schedule.v", p->token_schedule[i]->v, true));
+    }
+    return 0;
+}
+
 static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW_FORWARD(kw__proto_check_codec("SharePolicy.k", p->k, true));
     KW_FORWARD(kw__proto_check_codec("SharePolicy.v", p->v, true));
@@ -282,6 +343,11 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
                      p->schedule[i - 1]->layer);
         KW_FORWARD(kw__proto_check_codec("SharePolicy.schedule.k", l->k, true));
         KW_FORWARD(kw__proto_check_codec("SharePolicy.schedule.v", l->v, true));
+        KW__FIELD_IF(l->hadamard_rotate > 3 || l->clip_scales > 3,
+                     "SharePolicy.schedule[%zu]: hadamard_rotate %u, clip_scales %u (bit 0 K, bit 1 V, no others)", i,
+                     l->hadamard_rotate, l->clip_scales);
+        KW__FIELD_IF(!l->own_options && (l->hadamard_rotate || l->clip_scales),
+                     "SharePolicy.schedule[%zu]: hadamard_rotate or clip_scales without own_options", i);
     }
     KW__FIELD_IF(p->n_schedule > KW__PROTO_MAX_LAYERS, "SharePolicy.schedule: %zu entries", p->n_schedule);
     KW__FIELD_IF(p->min_tokens > KW_PROTO_DEFAULT_MAX_TOKENS, "SharePolicy.min_tokens: %u is over %u", p->min_tokens,
@@ -315,6 +381,7 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->hadamard_rotate && p->budget_bytes > 0, "SharePolicy.hadamard_rotate: not with budget_bytes");
     KW__FIELD_IF(p->clip_scales > 3, "SharePolicy.clip_scales: %u (bit 0 K, bit 1 V, no others)", p->clip_scales);
     KW__FIELD_IF(p->clip_scales && p->budget_bytes > 0, "SharePolicy.clip_scales: not with budget_bytes");
+    KW_FORWARD(kw__proto_check_token_schedule(p));
     return 0;
 }
 

@@ -346,8 +346,40 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
         cJSON_AddStringToObject(e, "granularity", gran);
         cJSON_AddStringToObject(
             e, "scale", s->schedule[i].spec.scale_dtype ? kw_wire_scale_name(s->schedule[i].spec.scale_dtype) : "none");
+        if (memcmp(&s->schedule[i].spec_v, &s->schedule[i].spec, sizeof s->schedule[i].spec) != 0) {
+            const kw_wire_codec_spec *sv = &s->schedule[i].spec_v;
+            cJSON_AddStringToObject(e, "value_codec", kw_wire_codec_name(sv->codec));
+            kw_wire_spec_gran_format(sv, gran, sizeof gran);
+            cJSON_AddStringToObject(e, "value_granularity", gran);
+            cJSON_AddStringToObject(e, "value_scale", sv->scale_dtype ? kw_wire_scale_name(sv->scale_dtype) : "none");
+        }
+        if (s->schedule[i].own_options) {
+            static const char *const bits[] = {"none", "k", "v", "kv"};
+            cJSON_AddStringToObject(e, "rotate", bits[s->schedule[i].rotate & 3]);
+            cJSON_AddStringToObject(e, "clip", bits[s->schedule[i].clip & 3]);
+        }
         cJSON_AddItemToArray(sch, e);
     }
+    if (s->n_token_schedule) {
+        cJSON *ts = cJSON_AddArrayToObject(p, "token_schedule");
+        for (int i = 0; i < s->n_token_schedule; ++i) {
+            const kw_rd_token_schedule *t = &s->token_schedule[i];
+            cJSON *e = cJSON_CreateObject();
+            if (t->first) cJSON_AddNumberToObject(e, "first", t->first);
+            if (t->last) cJSON_AddNumberToObject(e, "last", t->last);
+            if (t->n_positions) {
+                cJSON *a = cJSON_AddArrayToObject(e, "positions");
+                for (int q = 0; q < t->n_positions; ++q)
+                    cJSON_AddItemToArray(a, cJSON_CreateNumber(t->positions[q]));
+            }
+            cJSON_AddStringToObject(e, "codec", kw_wire_codec_name(t->spec.codec));
+            kw_wire_spec_gran_format(&t->spec, gran, sizeof gran);
+            cJSON_AddStringToObject(e, "granularity", gran);
+            cJSON_AddStringToObject(e, "scale", t->spec.scale_dtype ? kw_wire_scale_name(t->spec.scale_dtype) : "none");
+            cJSON_AddItemToArray(ts, e);
+        }
+    }
+    if (s->recompute_prefix) cJSON_AddNumberToObject(p, "recompute_prefix", (double)s->recompute_prefix);
     cJSON_AddNumberToObject(p, "cache_proportion", s->cache_proportion);
     cJSON_AddStringToObject(p, "order", s->order == KW_FUSION_BACK ? "back" : "front");
     if (s->budget_bytes)

@@ -162,6 +162,16 @@ static int kw__rd_codec(kw__rd_err *e, const char *where, char **codec, char **g
     return 0;
 }
 
+/* "k", "v", "kv" or "none" as K/V bits (rotate, clip). */
+static int kw__rd_kv_bits(kw__rd_err *e, const cJSON *f, const char *name, uint8_t *out) {
+    const char *str = NULL;
+    KW_FORWARD(kw__rd_string(e, f, name, &str));
+    if (strcmp(str, "none") != 0 && strcmp(str, "k") != 0 && strcmp(str, "v") != 0 && strcmp(str, "kv") != 0)
+        return KW__RD_BAD(e, "%s: \"k\", \"v\", \"kv\" or \"none\" is expected", name);
+    *out = (uint8_t)((strchr(str, 'k') ? 1 : 0) | (strchr(str, 'v') ? 2 : 0));
+    return 0;
+}
+
 static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.schedule: an array is expected");
     if (cJSON_GetArraySize(v) > KW_RD_MAX_SCHEDULE)
@@ -175,10 +185,21 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         KW_FORWARD(kw__rd_strdup(e, s->codec, &r->codec));
         KW_FORWARD(kw__rd_strdup(e, s->granularity, &r->granularity));
         KW_FORWARD(kw__rd_strdup(e, s->scale, &r->scale));
+        const char *vcodec = NULL, *vgran = NULL, *vscale = NULL;
         const cJSON *f;
         cJSON_ArrayForEach(f, it) {
             const char *str = NULL;
-            if (strcmp(f->string, "layers") == 0) {
+            if (strcmp(f->string, "value_codec") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.value_codec", &vcodec));
+            } else if (strcmp(f->string, "value_granularity") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.value_granularity", &vgran));
+            } else if (strcmp(f->string, "value_scale") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "schedule.value_scale", &vscale));
+            } else if (strcmp(f->string, "rotate") == 0 || strcmp(f->string, "clip") == 0) {
+                KW_FORWARD(kw__rd_kv_bits(e, f, f->string[0] == 'r' ? "schedule.rotate" : "schedule.clip",
+                                          f->string[0] == 'r' ? &r->rotate : &r->clip));
+                r->own_options = true;
+            } else if (strcmp(f->string, "layers") == 0) {
                 int64_t a = 0, b = 0;
                 if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) != 2 ||
                     kw__rd_int(e, cJSON_GetArrayItem(f, 0), "schedule.layers", 0, 1023, &a) < 0 ||
@@ -200,7 +221,77 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         }
         if (r->first < 0) return KW__RD_BAD(e, "kvwire.policy.schedule: every entry needs layers [first, last]");
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule", &r->codec, &r->granularity, &r->scale, &r->spec));
+        r->spec_v = r->spec;
+        if (vcodec || vgran || vscale) { /* V's codec apart, its missing fields the entry's */
+            char *c = (char *)(vcodec ? vcodec : r->codec), *g = (char *)(vgran ? vgran : r->granularity),
+                 *sc = (char *)(vscale ? vscale : r->scale);
+            KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule.value_codec", &c, &g, &sc, &r->spec_v));
+        }
     }
+    return 0;
+}
+
+/* token_schedule (HTTP_API.md §5.1): entries {"first": N | "last": N | "positions": [...], "codec", "granularity",
+ * "scale"}, the codec fields defaulting to the policy's; overlaps are the protocol's check (SharePolicy). */
+static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
+    if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: an array is expected");
+    if (cJSON_GetArraySize(v) > KW_PROTO_MAX_TOKEN_POLICIES)
+        return KW__RD_BAD(e, "kvwire.policy.token_schedule: at most %d entries", KW_PROTO_MAX_TOKEN_POLICIES);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v) {
+        if (!cJSON_IsObject(it)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: objects are expected");
+        kw_rd_token_schedule *r = &s->token_schedule[s->n_token_schedule++];
+        memset(r, 0, sizeof *r);
+        const char *codec = s->codec, *gran = s->granularity, *scale = s->scale;
+        int selectors = 0;
+        const cJSON *f;
+        cJSON_ArrayForEach(f, it) {
+            int64_t x = 0;
+            if (strcmp(f->string, "first") == 0 || strcmp(f->string, "last") == 0) {
+                KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.token_schedule.first/last", 1, KW_RD_MAX_MAX_TOKENS, &x));
+                *(f->string[0] == 'f' ? &r->first : &r->last) = (uint32_t)x;
+                ++selectors;
+            } else if (strcmp(f->string, "positions") == 0) {
+                if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) < 1 || cJSON_GetArraySize(f) > KW_RD_MAX_TOKEN_POSITIONS)
+                    return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: 1..%d positions are expected",
+                                      KW_RD_MAX_TOKEN_POSITIONS);
+                const cJSON *pos;
+                cJSON_ArrayForEach(pos, f) {
+                    KW_FORWARD(kw__rd_int(e, pos, "kvwire.policy.token_schedule.positions[]", 0,
+                                          KW_RD_MAX_MAX_TOKENS - 1, &x));
+                    if (r->n_positions > 0 && (uint32_t)x <= r->positions[r->n_positions - 1])
+                        return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: strictly increasing positions "
+                                             "are expected");
+                    r->positions[r->n_positions++] = (uint32_t)x;
+                }
+                ++selectors;
+            } else if (strcmp(f->string, "codec") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.codec", &codec));
+            } else if (strcmp(f->string, "granularity") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.granularity", &gran));
+            } else if (strcmp(f->string, "scale") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.scale", &scale));
+            } else {
+                return KW__RD_BAD(e, "kvwire.policy.token_schedule: unknown field \"%s\"", f->string);
+            }
+        }
+        if (selectors != 1)
+            return KW__RD_BAD(e, "kvwire.policy.token_schedule: each entry needs exactly one of first, last and "
+                                 "positions");
+        if (kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, &r->spec) < 0)
+            return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
+    }
+    Kwctl__TokenPolicy t[KW_PROTO_MAX_TOKEN_POLICIES], *ptrs[KW_PROTO_MAX_TOKEN_POLICIES]; /* the protocol's check */
+    for (int i = 0; i < s->n_token_schedule; ++i) {
+        kwctl__token_policy__init(&t[i]);
+        t[i].first = s->token_schedule[i].first;
+        t[i].last = s->token_schedule[i].last;
+        t[i].positions = s->token_schedule[i].positions;
+        t[i].n_positions = (size_t)s->token_schedule[i].n_positions;
+        ptrs[i] = &t[i];
+    }
+    if (kw_proto_token_schedule_check(ptrs, (size_t)s->n_token_schedule) < 0)
+        return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
     return 0;
 }
 
@@ -239,7 +330,7 @@ static int kw__rd_budget_codecs(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
 
 static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     if (!cJSON_IsObject(p)) return KW__RD_BAD(e, "kvwire.policy: an object is expected");
-    const cJSON *f, *schedule = NULL, *budget_codecs = NULL;
+    const cJSON *f, *schedule = NULL, *token_schedule = NULL, *budget_codecs = NULL;
     bool scoring_given = false;
     const char *preview = NULL;
     cJSON_ArrayForEach(f, p) {
@@ -273,13 +364,10 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             KW_FORWARD(kw__rd_strdup(e, str, &s->value_granularity));
         } else if (strcmp(k, "outliers") == 0) {
             KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.outliers", 0, 1, &s->outliers));
-        } else if (strcmp(k, "rotate") == 0 || strcmp(k, "clip") == 0) { /* "k", "v", "kv" or "none": K/V bits */
+        } else if (strcmp(k, "rotate") == 0 || strcmp(k, "clip") == 0) {
             const int rot = k[0] == 'r';
-            KW_FORWARD(kw__rd_string(e, f, rot ? "kvwire.policy.rotate" : "kvwire.policy.clip", &str));
-            if (strcmp(str, "none") != 0 && strcmp(str, "k") != 0 && strcmp(str, "v") != 0 && strcmp(str, "kv") != 0)
-                return KW__RD_BAD(e, rot ? "kvwire.policy.rotate: \"k\", \"v\", \"kv\" or \"none\" is expected"
-                                         : "kvwire.policy.clip: \"k\", \"v\", \"kv\" or \"none\" is expected");
-            *(rot ? &s->rotate : &s->clip) = (uint8_t)((strchr(str, 'k') ? 1 : 0) | (strchr(str, 'v') ? 2 : 0));
+            KW_FORWARD(
+                kw__rd_kv_bits(e, f, rot ? "kvwire.policy.rotate" : "kvwire.policy.clip", rot ? &s->rotate : &s->clip));
         } else if (strcmp(k, "pre_rope_keys") == 0) {
             if (!cJSON_IsBool(f)) return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: a boolean is expected");
             s->pre_rope_keys = cJSON_IsTrue(f);
@@ -300,6 +388,8 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             if (s->n_layers == 0) return KW__RD_BAD(e, "kvwire.policy.layers: empty");
         } else if (strcmp(k, "schedule") == 0) {
             schedule = f; /* after the codec fields, whatever their order */
+        } else if (strcmp(k, "token_schedule") == 0) {
+            token_schedule = f; /* after the codec fields, whatever their order */
         } else if (strcmp(k, "budget_bytes") == 0) {
             if (!cJSON_IsNull(f))
                 KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.budget_bytes", 1, INT64_MAX / 2, &s->budget_bytes));
@@ -312,6 +402,9 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             KW_FORWARD(kw__rd_choice(e, f, "kvwire.policy.budget_mode", kw__rd_budget_modes, &s->budget_mode));
         } else if (strcmp(k, "budget_codecs") == 0) {
             budget_codecs = f; /* with the granularity and scale, whatever their order */
+        } else if (strcmp(k, "recompute_prefix") == 0) {
+            KW_FORWARD(
+                kw__rd_int(e, f, "kvwire.policy.recompute_prefix", 0, KW_RD_MAX_MAX_TOKENS, &s->recompute_prefix));
         } else if (strcmp(k, "cache_proportion") == 0) {
             KW_FORWARD(kw__rd_number(e, f, "kvwire.policy.cache_proportion", 0, 1, &s->cache_proportion));
         } else if (strcmp(k, "order") == 0) {
@@ -323,11 +416,11 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     }
     s->cache_layout = s->codec && strcmp(s->codec, "cache") == 0;
     if (s->cache_layout) { /* the receiver's cache layout: the specs come with the request's resolution */
-        if (s->value_codec || s->value_granularity || schedule || s->budget_bytes || s->outliers > 0 ||
-            s->pre_rope_keys || s->rotate || s->clip)
+        if (s->value_codec || s->value_granularity || schedule || token_schedule || s->budget_bytes ||
+            s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip)
             return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" sets both codecs and their layout: not with "
-                                 "value_codec, value_granularity, schedule, budget_bytes, outliers, pre_rope_keys, "
-                                 "rotate or clip");
+                                 "value_codec, value_granularity, schedule, token_schedule, budget_bytes, outliers, "
+                                 "pre_rope_keys, rotate or clip");
     } else {
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
     }
@@ -362,6 +455,9 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     }
     if (s->budget_bytes && schedule)
         return KW__RD_BAD(e, "kvwire.policy.schedule: not with budget_bytes (the allocator chooses the codecs)");
+    if (s->budget_bytes && token_schedule)
+        return KW__RD_BAD(e, "kvwire.policy.token_schedule: not with budget_bytes (the allocator chooses the codecs)");
+    if (token_schedule) KW_FORWARD(kw__rd_token_schedule(e, token_schedule, s));
     if (s->budget_bytes) KW_FORWARD(kw__rd_budget_codecs(e, budget_codecs, s));
     return 0;
 }
@@ -714,6 +810,9 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
     if (s->pre_rope_keys && s->mode != KW_RD_MODE_KV_DIRECT)
         return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: only for mode kv_direct (the receiver runs the sharer's "
                              "model, which rotates the keys back)");
+    if (s->recompute_prefix && s->mode != KW_RD_MODE_KV_DIRECT)
+        return KW__RD_BAD(e, "kvwire.policy.recompute_prefix: only for mode kv_direct (the receiver prefills the "
+                             "prefix with the sharer's model, which only kv_direct runs)");
     if (s->echo && s->logprobs >= 0)
         return kw__rd_fail(e, KW_E_UNSUPPORTED, 400, "unsupported_parameter",
                            "echo with logprobs (scoring the prompt) is not implemented by this server");

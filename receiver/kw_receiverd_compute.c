@@ -258,6 +258,8 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     uint32_t *ulayers = malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof *ulayers);
     Kwctl__LayerPolicy *sched = NULL, **sched_ptrs = NULL;
     Kwctl__CodecSpec *sched_codecs = NULL;
+    Kwctl__TokenPolicy tok[KW_PROTO_MAX_TOKEN_POLICIES], *tok_ptrs[KW_PROTO_MAX_TOKEN_POLICIES];
+    Kwctl__CodecSpec tok_codecs[KW_PROTO_MAX_TOKEN_POLICIES];
     Kwctl__CodecSpec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS], *budget_ptrs[KW_WIRE_ALLOC_MAX_CODECS];
     size_t n_sched = 0;
     int rc = 0;
@@ -328,7 +330,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         if (s->n_schedule) {
             sched = calloc((size_t)n_layers, sizeof *sched);
             sched_ptrs = calloc((size_t)n_layers, sizeof *sched_ptrs);
-            sched_codecs = calloc((size_t)n_layers, sizeof *sched_codecs);
+            sched_codecs = calloc(2 * (size_t)n_layers, sizeof *sched_codecs); /* K, V */
             KW_CHECK_IF(!sched || !sched_ptrs || !sched_codecs, KW_E_NOMEM, "out of memory");
             for (int32_t i = 0; i < n_layers; ++i) {
                 int hit = -1;
@@ -336,15 +338,34 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
                     if (layers[i] >= s->schedule[k].first && layers[i] <= s->schedule[k].last) hit = k;
                 if (hit < 0) continue;
                 kwctl__layer_policy__init(&sched[n_sched]);
-                sched_codecs[n_sched] = kw__rd_codec(&s->schedule[hit].spec);
+                const kw_rd_schedule *e = &s->schedule[hit];
+                sched_codecs[2 * n_sched] = kw__rd_codec(&e->spec);
+                sched_codecs[2 * n_sched + 1] = kw__rd_codec(&e->spec_v);
                 sched[n_sched].layer = (uint32_t)layers[i];
-                sched[n_sched].k = sched[n_sched].v = &sched_codecs[n_sched];
+                sched[n_sched].k = &sched_codecs[2 * n_sched];
+                sched[n_sched].v = &sched_codecs[2 * n_sched + 1];
+                sched[n_sched].own_options = e->own_options;
+                sched[n_sched].hadamard_rotate = e->own_options ? e->rotate : 0;
+                sched[n_sched].clip_scales = e->own_options ? e->clip : 0;
                 sched_ptrs[n_sched] = &sched[n_sched];
                 ++n_sched;
             }
             p.schedule = sched_ptrs;
             p.n_schedule = n_sched;
         }
+        for (int i = 0; i < s->n_token_schedule; ++i) { /* the API's entries as they are: one codec for K and V */
+            const kw_rd_token_schedule *t = &s->token_schedule[i];
+            kwctl__token_policy__init(&tok[i]);
+            tok_codecs[i] = kw__rd_codec(&t->spec);
+            tok[i].first = t->first;
+            tok[i].last = t->last;
+            tok[i].positions = (uint32_t *)t->positions; /* not written: packing only reads it */
+            tok[i].n_positions = (size_t)t->n_positions;
+            tok[i].k = tok[i].v = &tok_codecs[i];
+            tok_ptrs[i] = &tok[i];
+        }
+        p.token_schedule = tok_ptrs;
+        p.n_token_schedule = (size_t)s->n_token_schedule;
         r.policy = &p;
     }
     KW_CHECK(kw_proto_message_check(NULL, &r.base));
@@ -781,6 +802,9 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
             KW_CHECK(kw__rd_fusion(w, j->fuser_index, j->sharer_layers, j->sharer_heads, j->sharer_dim, &fusion));
         const double proportion = s->cache_proportion >= 1.0 ? -1.0 : s->cache_proportion;
         KW_CHECK(kw_request_sections(n, 1, proportion, s->order, j->sections, &j->n_sections));
+        rc = kw_request_recompute_prefix(j->sections, &j->n_sections, KW_RD_MAX_SECTIONS, s->recompute_prefix);
+        if (rc < 0) j->http_status = 400;
+        KW_CHECK(rc);
         const int32_t cap = kv_direct ? kw_model_get_config(d->model)->n_layers : j->sharer_layers;
         layers = malloc((size_t)(cap > 0 ? cap : 1) * sizeof *layers);
         KW_CHECK_IF(!layers, KW_E_NOMEM, "out of memory");
@@ -789,7 +813,7 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
                                       layers, cap, &n_layers);
         if (rc < 0) j->http_status = 400;
         KW_CHECK(rc);
-        kw_fusion_section mine[3];
+        kw_fusion_section mine[KW_RD_MAX_SECTIONS];
         int32_t n_sent = 0;
         KW_CHECK(
             kw_request_sharer_sections(j->sections, j->n_sections, 0, kv_direct, mine, &j->shared_tokens, &n_sent));

@@ -37,6 +37,7 @@
 #define KW_RD_MAX_STOP       4
 #define KW_RD_MAX_TOP        20
 #define KW_RD_MAX_SCHEDULE   64
+#define KW_RD_MAX_SECTIONS   4 /* the standard or cache-length split (3), one more cut by recompute_prefix */
 #define KW_RD_MAX_MAX_TOKENS (1 << 20)
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -48,9 +49,22 @@ typedef struct kw_rd_message {
 
 typedef struct kw_rd_schedule {
     int32_t first, last;
-    kw_wire_codec_spec spec;
+    kw_wire_codec_spec spec;           /* K's, and V's unless a value_* field is given */
+    kw_wire_codec_spec spec_v;         /* V's */
     char *codec, *granularity, *scale; /* as given (owned), for the response's policy */
+    bool own_options;                  /* "rotate" or "clip" given: these layers take rotate and clip below */
+    uint8_t rotate, clip;              /* bit 0 K, bit 1 V */
 } kw_rd_schedule;
+
+/* A token schedule entry (HTTP_API.md §5.1 token_schedule, SharePolicy.token_schedule): one of first (a count),
+ * last (a count) and positions, with one codec for K and V. */
+#define KW_RD_MAX_TOKEN_POSITIONS 64
+typedef struct kw_rd_token_schedule {
+    uint32_t first, last;
+    uint32_t positions[KW_RD_MAX_TOKEN_POSITIONS]; /* strictly increasing */
+    int n_positions;
+    kw_wire_codec_spec spec;
+} kw_rd_token_schedule;
 
 /* A request with every default filled in. Owned strings and arrays: kw_rd_spec_free. */
 typedef struct kw_rd_spec {
@@ -92,6 +106,9 @@ typedef struct kw_rd_spec {
     int32_t n_layers;
     kw_rd_schedule schedule[KW_RD_MAX_SCHEDULE];
     int n_schedule;
+    kw_rd_token_schedule token_schedule[KW_PROTO_MAX_TOKEN_POLICIES];
+    int n_token_schedule;
+    int64_t recompute_prefix; /* kv_direct: the prompt's first positions the receiver prefills itself (0: none) */
     double cache_proportion;
     enum kw_fusion_order order;
     enum kw_fusion_mode fusion;
@@ -253,7 +270,7 @@ struct kw_rd_job {
     int64_t n_lp;
     double *scored; /* score_ids: per forced token, its n_score values (owned) */
     int64_t scored_len, top1_agree;
-    kw_fusion_section sections[3];
+    kw_fusion_section sections[KW_RD_MAX_SECTIONS];
     int32_t n_sections;
     int64_t shared_tokens;
     int32_t *layers_sent; /* the sharer layers asked for (owned) */

@@ -91,6 +91,8 @@ int kw_share_request_run(kw_model *model, const int32_t *ids, int64_t n, const k
         kw_share_wire_options wo = {.policy = *opt->wire,
                                     .overrides = opt->overrides,
                                     .n_overrides = opt->n_overrides,
+                                    .token_rules = opt->token_rules,
+                                    .n_token_rules = opt->n_token_rules,
                                     .outlier_fraction = opt->outlier_fraction,
                                     .pre_rope = opt->pre_rope_keys ? kw_model_get_config(model) : NULL,
                                     .write = opt->write,

@@ -31,6 +31,9 @@ typedef struct kw_share_request_options {
     const kw_wire_policy *wire;
     const kw_share_layer_codec *overrides; /* borrowed; strictly increasing layers */
     int32_t n_overrides;
+    const kw_wire_token_rule
+        *token_rules; /* borrowed: the per-token schedule (kw_share_wire_options); not with a cap */
+    uint32_t n_token_rules;
     kw_share_bytes_fn write;
     double outlier_fraction; /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
     int pre_rope_keys;       /* KVWire v1.1, kv_direct: K sent before RoPE (the receiver rotates it back) */

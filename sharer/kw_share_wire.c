@@ -23,10 +23,11 @@ struct kw_share_wire {
     size_t unroped_cap;
     /* with a byte cap */
     kw_wire_alloc *alloc;
-    float *weights;       /* positions_cap entries */
-    uint64_t min_section; /* the smallest section of any layer */
-    int64_t lengths_left; /* sum of the section lengths of the layers not yet encoded */
-    int32_t layers_left;  /* layers not yet encoded, over every blob */
+    float *weights;              /* positions_cap entries */
+    kw_wire_token_group *groups; /* positions_cap entries: the token schedule's groups of the current layer */
+    uint64_t min_section;        /* the smallest section of any layer */
+    int64_t lengths_left;        /* sum of the section lengths of the layers not yet encoded */
+    int32_t layers_left;         /* layers not yet encoded, over every blob */
     /* kv_direct (budget.same_positions): the current blob's kept rows, fixed by its first layer */
     uint64_t kept_floor;           /* their section at the cheapest codec: the reservation of each later layer */
     uint32_t n_kept, n_candidates; /* kept rows; candidate rows of every layer of the blob */
@@ -44,6 +45,8 @@ void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, 
         if (opt->overrides[i].layer == layer) {
             out->k = opt->overrides[i].k;
             out->v = opt->overrides[i].v;
+            if (opt->overrides[i].own_options)
+                out->rotate = opt->overrides[i].rotate, out->clip = opt->overrides[i].clip;
         }
 }
 
@@ -272,9 +275,25 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
                      "share wire: override layers must increase (entry %d)", (int)i);
     KW_RETURN_IF(!(opt->outlier_fraction >= 0.0 && opt->outlier_fraction <= 1.0), KW_E_INVALID_ARG,
                  "share wire: outlier fraction %g not in [0, 1]", opt->outlier_fraction);
+    for (int32_t i = 0; i < opt->n_overrides; ++i)
+        KW_RETURN_IF(opt->overrides[i].own_options && (opt->overrides[i].rotate > 3 || opt->overrides[i].clip > 3),
+                     KW_E_INVALID_ARG, "share wire: override %d's rotation or clipping bits", (int)i);
     KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate || opt->policy.clip) &&
                      opt->budget.bytes > 0,
                  KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys, rotation and clipping are not for a byte cap");
+    KW_RETURN_IF(opt->n_token_rules > 0 && (opt->token_rules == NULL || opt->budget.bytes > 0), KW_E_INVALID_ARG,
+                 "share wire: a token schedule is not for a byte cap (the allocator makes the groups)");
+    for (uint32_t i = 0; i < opt->n_token_rules; ++i) {
+        const kw_wire_token_rule *r = &opt->token_rules[i];
+        KW_RETURN_IF(r->from_end ? r->first == 0 : r->first > r->last, KW_E_INVALID_ARG,
+                     "share wire: token schedule entry %u covers no position", i);
+        KW_RETURN_IF(((opt->policy.rotate & 1) && kw_wire_codec_is_passthrough(r->k.codec)) ||
+                         ((opt->policy.rotate & 2) && kw_wire_codec_is_passthrough(r->v.codec)),
+                     KW_E_INVALID_ARG,
+                     "share wire: token schedule entry %u sends a rotated tensor with a passthrough codec (rotation "
+                     "needs a quantizing codec)",
+                     i);
+    }
     *out = NULL;
     kw_share_wire *w = calloc(1, sizeof *w);
     KW_RETURN_IF(w == NULL, KW_E_NOMEM, "share wire: out of memory");
@@ -282,9 +301,12 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
     w->blob = -1;
     int v11 = kw_wire_policy_needs_v11(&opt->policy) || opt->outlier_fraction > 0.0 || opt->pre_rope != NULL;
     for (int32_t i = 0; i < opt->n_overrides; ++i)
-        v11 |= kw_wire_spec_needs_v11(&opt->overrides[i].k) || kw_wire_spec_needs_v11(&opt->overrides[i].v);
+        v11 |= kw_wire_spec_needs_v11(&opt->overrides[i].k) || kw_wire_spec_needs_v11(&opt->overrides[i].v) ||
+               (opt->overrides[i].own_options && opt->overrides[i].rotate);
     for (uint32_t i = 0; opt->budget.bytes > 0 && i < opt->budget.n_codecs; ++i)
         v11 |= kw_wire_spec_needs_v11(&opt->budget.codecs[i]);
+    for (uint32_t i = 0; i < opt->n_token_rules; ++i)
+        v11 |= kw_wire_spec_needs_v11(&opt->token_rules[i].k) || kw_wire_spec_needs_v11(&opt->token_rules[i].v);
     w->version = v11 ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
     if (opt->budget.bytes > 0) {
         const int rc = kw_share_wire_budget_init(w);
@@ -301,6 +323,7 @@ void kw_share_wire_free(kw_share_wire *w) {
     if (w == NULL) return;
     kw_wire_alloc_free(w->alloc);
     free(w->weights);
+    free(w->groups);
     free(w->kept_rows);
     free(w->kept_positions);
     free(w->kept_k);
@@ -701,6 +724,9 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         float *f = realloc(w->weights, (size_t)l->n_rows * sizeof *f);
         KW_RETURN_IF(f == NULL, KW_E_NOMEM, "share wire: out of memory");
         w->weights = f;
+        kw_wire_token_group *g = realloc(w->groups, (size_t)l->n_rows * sizeof *g);
+        KW_RETURN_IF(g == NULL, KW_E_NOMEM, "share wire: out of memory");
+        w->groups = g;
         if (w->alloc && w->opt.budget.same_positions) KW_FORWARD(kw_share_wire_kept_reserve(w, l));
         w->positions_cap = (size_t)l->n_rows;
     }
@@ -713,6 +739,13 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
                                             outliers */
         pol.outliers = (uint32_t)floor(w->opt.outlier_fraction * 2.0 * (double)l->n_rows * (double)row + 0.5);
         pol.outlier_dtype = l->cache_dtype == KW_DTYPE_BF16 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+    }
+    if (w->opt.n_token_rules > 0 && !(kw_wire_codec_is_passthrough(pol.k.codec) &&
+                                      kw_wire_codec_is_passthrough(pol.v.codec))) { /* quantized layers only */
+        KW_FORWARD(kw_wire_token_split(w->opt.token_rules, w->opt.n_token_rules, 1, w->positions, 0,
+                                       (uint32_t)l->n_rows, (uint32_t)l->n_positions, &pol.k, &pol.v, w->groups,
+                                       &pol.n_groups));
+        pol.groups = w->groups; /* the device encoder takes no groups: the CPU's (kw_share_wire_device_ok) */
     }
     uint64_t dev_bytes[2] = {0, 0}, dev_work = 0;
     const int on_device = kw_share_wire_device_ok(w, l, &pol, (uint32_t)l->n_rows, dev_bytes, &dev_work);

@@ -19,7 +19,7 @@
  * cap downloads the rows for its allocator, then encodes the kept rows' token groups on the device from the cache.
  * Every section the device cannot encode falls back to the CPU encoder on the downloaded rows, section by section: a
  * codec the device refuses, an outlier choice past the device's 2^32 - 1 elements, a rotation or pre-RoPE keys with a
- * head_dim above 1024.
+ * head_dim above 1024, or token groups of a token schedule.
  */
 #ifndef KW_SHARE_WIRE_H
 #define KW_SHARE_WIRE_H
@@ -35,10 +35,13 @@
 /* Receives consecutive bytes of the blobs, in order (blob is the sent section's ordinal). A negative return stops. */
 typedef int (*kw_share_bytes_fn)(void *user, int32_t blob, const void *data, size_t n);
 
-/* A codec override for one sharer layer. */
+/* A codec override for one sharer layer; with own_options also its rotation and clipping bits (kw_wire_policy's
+ * rotate and clip) instead of the policy's. */
 typedef struct kw_share_layer_codec {
     uint32_t layer;
     kw_wire_codec_spec k, v;
+    int own_options;
+    uint8_t rotate, clip;
 } kw_share_layer_codec;
 
 /* A byte cap on all the blobs of one request (docs/HTTP_API.md "budget_bytes"). Every layer's candidate rows go
@@ -90,7 +93,13 @@ typedef struct kw_share_wire_options {
                                         values with a bf16 cache (pre-RoPE keys rounded to it), else f32 */
     const kw_model_config *pre_rope; /* borrowed, non-NULL: K sent before RoPE, each row rotated back by its
                                         position with this model's rotation (kv_direct: the receiver runs it) */
-    uint64_t model_id;               /* the blob header's opaque identities */
+    /* A per-token schedule (SharePolicy.token_schedule; not with a byte cap): in every layer whose K or V codec
+     * quantizes, the selected rows a rule covers (by position; from_end counts from kw_share_layer.n_positions) form
+     * token groups of their own with its codecs (kw_wire_token_split). A row two rules cover fails the layer with
+     * KW_E_INVALID_ARG. Those sections are encoded by the CPU (the device encoder takes no groups). */
+    const kw_wire_token_rule *token_rules; /* borrowed */
+    uint32_t n_token_rules;
+    uint64_t model_id; /* the blob header's opaque identities */
     uint32_t policy_id;
     kw_share_bytes_fn write;
     void *user;
@@ -116,9 +125,9 @@ typedef struct kw_share_wire_stats {
 
 typedef struct kw_share_wire kw_share_wire;
 
-/* opt is copied (overrides, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the caller
- * (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's minimum,
- * naming it). */
+/* opt is copied (overrides, token_rules, budget.blob_lengths and budget.blob_rows stay borrowed). *out is owned by the
+ * caller (kw_share_wire_free). Errors: KW_E_INVALID_ARG (policy, overrides, budget codecs, a cap below the request's
+ * minimum, naming it). */
 int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out);
 
 /* Frees it; NULL is a no-op. */

@@ -314,12 +314,57 @@ static uint32_t kw__sd_budget_codecs(const Kwctl__SharePolicy *p, kw_wire_codec_
     return n;
 }
 
-/* The request as the sharer half's options. layers, mine (n_sections + 1), overrides and budget_codecs
- * (KW_WIRE_ALLOC_MAX_CODECS) are the caller's buffers. */
+/* The token schedule of a policy as the share wire's rules (KW__SD_MAX_TOKEN_RULES entries, the caller's): one rule
+ * per first or last entry, one per run of consecutive positions (the protocol checked the counts). */
+#define KW__SD_MAX_TOKEN_RULES (KW_PROTO_MAX_TOKEN_POLICIES * KW_PROTO_MAX_TOKEN_RUNS)
+static uint32_t kw__sd_token_rules(const Kwctl__SharePolicy *p, kw_wire_token_rule *rules) {
+    uint32_t n = 0;
+    for (size_t i = 0; i < p->n_token_schedule && i < KW_PROTO_MAX_TOKEN_POLICIES; ++i) {
+        const Kwctl__TokenPolicy *t = p->token_schedule[i];
+        const kw_wire_codec_spec k = kw__sd_spec(t->k), v = kw__sd_spec(t->v);
+        if (t->first || t->last) {
+            rules[n++] = (kw_wire_token_rule){t->first ? 0 : t->last, t->first ? t->first - 1 : 0, t->last != 0, k, v};
+            continue;
+        }
+        for (size_t a = 0; a < t->n_positions && n < KW__SD_MAX_TOKEN_RULES; ++a) {
+            if (a > 0 && t->positions[a] == t->positions[a - 1] + 1) {
+                rules[n - 1].last = t->positions[a];
+                continue;
+            }
+            rules[n++] = (kw_wire_token_rule){t->positions[a], t->positions[a], 0, k, v};
+        }
+    }
+    return n;
+}
+
+/* A section bound (*bound, raised) that holds whatever token groups the rules make: every row at the largest of
+ * the layer's and the rules' codec pairs, plus, per group, the bound of a one-row section of that pair (a group's
+ * partial scale runs and descriptor). The groups: at most two per rule and one more. */
+static int kw__sd_token_bound(const kw_wire_header *hdr, const kw_wire_policy *layer, const kw_wire_token_rule *rules,
+                              uint32_t n_rules, uint32_t rows, size_t *bound) {
+    if (n_rules == 0) return 0;
+    size_t all = 0, one = 0;
+    for (uint32_t r = 0; r <= n_rules; ++r) {
+        kw_wire_policy pol = *layer;
+        if (r < n_rules) pol.k = rules[r].k, pol.v = rules[r].v;
+        size_t b = 0, b1 = 0;
+        int rc = kw_wire_section_bound(hdr, &pol, rows, &b);
+        if (rc >= 0) rc = kw_wire_section_bound(hdr, &pol, 1, &b1);
+        if (rc < 0) KW_FAIL(rc, "SharePolicy.token_schedule's codecs: %s", kw_error_detail());
+        all = b > all ? b : all;
+        one = b1 > one ? b1 : one;
+    }
+    const size_t total = all + (2u * n_rules + 1u) * one;
+    *bound = total > *bound ? total : *bound;
+    return 0;
+}
+
+/* The request as the sharer half's options. layers, mine (n_sections + 1), overrides, budget_codecs
+ * (KW_WIRE_ALLOC_MAX_CODECS) and token_rules (KW__SD_MAX_TOKEN_RULES) are the caller's buffers. */
 static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, const kw__sd_model *m, int32_t *layers,
                            int32_t *n_layers, kw_fusion_section *mine, kw_wire_policy *wire,
                            kw_share_layer_codec *overrides, kw_wire_codec_spec *budget_codecs,
-                           kw_share_request_options *o) {
+                           kw_wire_token_rule *token_rules, kw_share_request_options *o) {
     const Kwctl__SharePolicy *p = req->policy;
     *n_layers = 0;
     if (p->n_layers == 0)
@@ -336,11 +381,13 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
     wire->v = kw__sd_spec(p->v);
     wire->index_encoding = KW_WIRE_INDEX_AUTO;
     wire->zstd_level = p->zstd ? (p->zstd_level ? p->zstd_level : (int)d->cfg->zstd_level) : 0;
-    wire->rotate = (uint8_t)p->hadamard_rotate; /* checked: 0..3 */
-    wire->clip = (uint8_t)p->clip_scales;       /* checked: 0..3 */
-    for (size_t i = 0; i < p->n_schedule; ++i)
-        overrides[i] = (kw_share_layer_codec){p->schedule[i]->layer, kw__sd_spec(p->schedule[i]->k),
-                                              kw__sd_spec(p->schedule[i]->v)};
+    wire->rotate = (uint8_t)p->hadamard_rotate;  /* checked: 0..3 */
+    wire->clip = (uint8_t)p->clip_scales;        /* checked: 0..3 */
+    for (size_t i = 0; i < p->n_schedule; ++i) { /* the protocol checked the bits: 0..3 */
+        const Kwctl__LayerPolicy *l = p->schedule[i];
+        overrides[i] = (kw_share_layer_codec){l->layer,       kw__sd_spec(l->k),           kw__sd_spec(l->v),
+                                              l->own_options, (uint8_t)l->hadamard_rotate, (uint8_t)l->clip_scales};
+    }
     *o = (kw_share_request_options){
         .sections = mine,
         .n_sections = (int32_t)req->n_sections + 1,
@@ -356,6 +403,8 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
         .wire = wire,
         .overrides = overrides,
         .n_overrides = p->budget_bytes ? 0 : (int32_t)p->n_schedule, /* a cap: the allocator chooses the codecs */
+        .token_rules = token_rules,
+        .n_token_rules = kw__sd_token_rules(p, token_rules), /* the protocol refused them with a cap */
         .budget_bytes = p->budget_bytes,
         .budget_codecs = budget_codecs,
         .n_budget_codecs = kw__sd_budget_codecs(p, budget_codecs),
@@ -507,7 +556,8 @@ static int kw__sd_share(kw__sd_run *r) {
     kw_wire_policy wire;
     kw_share_request_options o;
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS];
-    kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, budget_codecs, &o);
+    kw_wire_token_rule token_rules[KW__SD_MAX_TOKEN_RULES];
+    kw__sd_options(r->d, req, m, layers, &n_layers, mine, &wire, overrides, budget_codecs, token_rules, &o);
     o.write = kw__sd_write;
     o.user = r;
     for (size_t i = 0; i < req->policy->n_skip_ranked; ++i) /* validated: one per sent section, below its count */
@@ -1003,6 +1053,8 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
     uint64_t kept = 0, blob_max = 0, section_max = 0;
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS];
     const uint32_t n_budget = kw__sd_budget_codecs(p, budget_codecs);
+    kw_wire_token_rule token_rules[KW__SD_MAX_TOKEN_RULES];
+    const uint32_t n_token_rules = kw__sd_token_rules(p, token_rules);
     const kw_wire_header hdr = {.n_layers = (uint16_t)m->n_layers,
                                 .n_sections = (uint16_t)n_layers,
                                 .n_kv_heads = (uint16_t)m->n_kv_heads,
@@ -1054,6 +1106,9 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                 if (p->schedule[k]->layer == layers[i]) {
                     pol.k = kw__sd_spec(p->schedule[k]->k);
                     pol.v = kw__sd_spec(p->schedule[k]->v);
+                    if (p->schedule[k]->own_options)
+                        pol.rotate = (uint8_t)p->schedule[k]->hadamard_rotate,
+                        pol.clip = (uint8_t)p->schedule[k]->clip_scales;
                 }
             size_t bound = 0;
             for (uint32_t bc = 0; bc < (n_budget ? n_budget : 1); ++bc) { /* a cap: the largest of its codecs */
@@ -1063,6 +1118,7 @@ static int kw__sd_validate(kw__sd_conn *c, const Kwctl__ShareRequest *req, const
                 if (rc < 0) KW_FAIL(rc, "layer %u's codecs: %s", layers[i], kw_error_detail());
                 bound = b > bound ? b : bound;
             }
+            KW_FORWARD(kw__sd_token_bound(&hdr, &pol, token_rules, n_token_rules, (uint32_t)layer_rows, &bound));
             blob_max += bound;
             if (bound > section_max) section_max = bound;
         }

@@ -286,15 +286,6 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
                                     .clip = c->clip};
 }
 
-/* The rule of row c's token schedule that row t of T takes (the first covering it), or -1: the layer's codec. */
-static int32_t kw_kvstats_token_rule_of(const kw_kvstats_codec *c, int64_t t, int64_t T) {
-    for (int32_t i = 0; i < c->n_token_rules; ++i) {
-        const kw_kvstats_token_rule *tr = &c->token_rules[i];
-        if (tr->from_end ? t >= T - (int64_t)tr->first : t >= (int64_t)tr->first && t <= (int64_t)tr->last) return i;
-    }
-    return -1;
-}
-
 /* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */
 static int64_t kw_kvstats_omitted(const kw_kvstats_codec *c, int64_t T) {
     int64_t n = 0;
@@ -317,17 +308,14 @@ static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_co
                           .rotate = (uint8_t)lc->rotate,
                           .clip = (uint8_t)lc->clip};
     if (c->n_token_rules == 0) return pol;
-    int32_t prev = -2;
-    for (int64_t t = t0; t < T; ++t) {
-        const int32_t rule = kw_kvstats_token_rule_of(c, t, T);
-        if (rule != prev) {
-            const kw_kvstats_token_rule *tr = rule < 0 ? NULL : &c->token_rules[rule];
-            groups[pol.n_groups++] =
-                (kw_wire_token_group){.k = tr ? tr->spec : lc->spec, .v = tr ? tr->spec_v : lc->spec_v};
-            prev = rule;
-        }
-        groups[pol.n_groups - 1].n_tokens++;
+    kw_wire_token_rule rules[KW_KVSTATS_MAX_TOKEN_RULES]; /* omitted prefixes end before t0: never taken */
+    for (int32_t i = 0; i < c->n_token_rules; ++i) {
+        const kw_kvstats_token_rule *tr = &c->token_rules[i];
+        rules[i] = (kw_wire_token_rule){tr->first, tr->last, tr->from_end, tr->spec, tr->spec_v};
     }
+    /* not strict (the first rule wins), groups has room for every row: it cannot fail */
+    (void)kw_wire_token_split(rules, (uint32_t)c->n_token_rules, 0, NULL, (uint32_t)t0, (uint32_t)(T - t0), (uint32_t)T,
+                              &lc->spec, &lc->spec_v, groups, &pol.n_groups);
     pol.groups = groups;
     return pol;
 }

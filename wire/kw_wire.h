@@ -131,6 +131,24 @@ typedef struct kw_wire_token_group {
     kw_wire_codec_spec k, v;
 } kw_wire_token_group;
 
+/* A per-token schedule entry (issue 15; kvwire kvstats' T rules, SharePolicy.token_schedule): the rows at positions
+ * first..last (inclusive), or with from_end the rows at the last `first` positions of the prompt (last unused), take
+ * K codec k and V codec v in every quantized section, as token groups of their own (FORMAT.md §4.2). */
+typedef struct kw_wire_token_rule {
+    uint32_t first, last;
+    int from_end;
+    kw_wire_codec_spec k, v;
+} kw_wire_token_rule;
+
+/* Splits a section's n rows into token groups: row i (position positions[i], or p0 + i when positions is NULL) takes
+ * the first of rules[0 .. n_rules) that covers it, else k and v (the layer's codecs); each run of consecutive rows
+ * taking the same entry is one group. n_positions is the prompt's length (what from_end counts from). groups (n
+ * entries, owned by the caller) receives *n_groups groups; *n_groups 0 when no row takes a rule (the section is then
+ * one plain group: k and v). strict: a row that two rules cover is KW_E_INVALID_ARG, naming both. */
+int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int strict, const uint32_t *positions,
+                        uint32_t p0, uint32_t n, uint32_t n_positions, const kw_wire_codec_spec *k,
+                        const kw_wire_codec_spec *v, kw_wire_token_group *groups, uint32_t *n_groups);
+
 /* How one section is encoded. */
 typedef struct kw_wire_policy {
     kw_wire_codec_spec k, v;           /* the codecs of the single token group when n_groups == 0 */

@@ -87,3 +87,38 @@ void kw_wire_spec_gran_format(const kw_wire_codec_spec *spec, char *buf, size_t 
     else
         snprintf(buf, cap, "%s", spec->granularity ? kw_wire_gran_name(spec->granularity) : "none");
 }
+
+/* 1 if rule r covers position p of a prompt of n_positions. */
+static int kw__wire_rule_covers(const kw_wire_token_rule *r, uint32_t p, uint32_t n_positions) {
+    if (r->from_end) return (uint64_t)p + r->first >= n_positions;
+    return p >= r->first && p <= r->last;
+}
+
+int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int strict, const uint32_t *positions,
+                        uint32_t p0, uint32_t n, uint32_t n_positions, const kw_wire_codec_spec *k,
+                        const kw_wire_codec_spec *v, kw_wire_token_group *groups, uint32_t *n_groups) {
+    KW_RETURN_IF((n_rules && !rules) || !k || !v || !n_groups || (n && !groups), KW_E_INVALID_ARG,
+                 "token split: NULL argument");
+    uint32_t g = 0, any = 0;
+    int64_t prev = -2;
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint32_t p = positions ? positions[i] : p0 + i;
+        int64_t rule = -1;
+        for (uint32_t r = 0; r < n_rules; ++r) {
+            if (!kw__wire_rule_covers(&rules[r], p, n_positions)) continue;
+            KW_RETURN_IF(strict && rule >= 0, KW_E_INVALID_ARG,
+                         "token schedule: entries %lld and %u both cover position %u (of %u)", (long long)rule, r, p,
+                         n_positions);
+            if (rule < 0) rule = r;
+            if (!strict) break;
+        }
+        if (rule != prev) {
+            groups[g++] = (kw_wire_token_group){.k = rule < 0 ? *k : rules[rule].k, .v = rule < 0 ? *v : rules[rule].v};
+            prev = rule;
+        }
+        any |= rule >= 0;
+        groups[g - 1].n_tokens++;
+    }
+    *n_groups = any ? g : 0;
+    return 0;
+}

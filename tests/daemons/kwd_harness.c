@@ -330,6 +330,19 @@ int kwd_json_ids(const cJSON *arr, int32_t *out, int cap) {
     return n;
 }
 
+void kwd_expect_400(uint16_t port, const char *const *kvwire_objects, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+        char body[2048];
+        snprintf(body, sizeof body,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"kvwire\":%s}",
+                 kvwire_objects[i]);
+        kwd_response r;
+        kwd_http(port, "/v1/chat/completions", body, &r);
+        if (r.status != 400) fail_msg("%s: HTTP %ld: %s", kvwire_objects[i], r.status, r.body);
+        kwd_response_free(&r);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // kvwire
 

@@ -91,6 +91,10 @@ const cJSON *kwd_json_get(const cJSON *root, const char *path);
 /* The ids of a JSON array into out, count returned. */
 int kwd_json_ids(const cJSON *arr, int32_t *out, int cap);
 
+/* Posts a short chat completion ("Hi", 2 tokens) with each of the n kvwire objects to the receiver on port and fails
+ * the test unless every answer is a 400. */
+void kwd_expect_400(uint16_t port, const char *const *kvwire_objects, size_t n);
+
 /* A listening TCP socket on 127.0.0.1 (port 0: ephemeral); *port receives the port. */
 int kwd_listen(uint16_t *port);
 

@@ -214,15 +214,7 @@ static void test_refusals(void **state) {
         "{\"policy\":{\"budget_bytes\":50000,\"budget_mode\":\"qkvcomm_like\",\"budget_codecs\":[\"int8\"]}}",
         "{\"policy\":{\"budget_bytes\":50000,\"budget_mode\":\"whole\"}}",
     };
-    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; ++i) {
-        char body[1024];
-        snprintf(body, sizeof body,
-                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"kvwire\":%s}", bodies[i]);
-        kwd_response r;
-        kwd_http(kwd_receiver.port, "/v1/chat/completions", body, &r);
-        if (r.status != 400) fail_msg("%s: HTTP %ld: %s", bodies[i], r.status, r.body);
-        kwd_response_free(&r);
-    }
+    kwd_expect_400(kwd_receiver.port, bodies, sizeof bodies / sizeof bodies[0]);
     /* no cap: no budget block, budget_bytes null */
     kwd_response r;
     kwd_http(kwd_receiver.port, "/v1/chat/completions",

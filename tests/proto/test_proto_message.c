@@ -278,6 +278,56 @@ static void test_share_request(void **state) {
     p.clip_scales = 4;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.clip_scales = 0;
+    /* a layer's own rotation and clipping: bits 0 and 1, and only with own_options */
+    lp.hadamard_rotate = 2;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    lp.own_options = true;
+    lp.clip_scales = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->schedule[0]->own_options);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->schedule[0]->hadamard_rotate, 2);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->schedule[0]->clip_scales, 3);
+    kw_proto_message_free(m);
+    lp.clip_scales = 4;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    lp.own_options = false, lp.hadamard_rotate = 0, lp.clip_scales = 0;
+    /* the token schedule: one of first, last, positions per entry; no entries that always overlap; codecs needed */
+    Kwctl__TokenPolicy t0 = KWCTL__TOKEN_POLICY__INIT, t1 = KWCTL__TOKEN_POLICY__INIT, t2 = KWCTL__TOKEN_POLICY__INIT;
+    uint32_t tpos[] = {4, 5, 9};
+    t0.first = 2, t0.k = &k, t0.v = &v;
+    t1.last = 3, t1.k = &k, t1.v = &k;
+    t2.positions = tpos, t2.n_positions = 3, t2.k = &v, t2.v = &v;
+    Kwctl__TokenPolicy *ts[] = {&t0, &t1, &t2};
+    p.token_schedule = ts;
+    p.n_token_schedule = 3;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    const Kwctl__SharePolicy *gp = ((Kwctl__ShareRequest *)m)->policy;
+    assert_int_equal(gp->n_token_schedule, 3);
+    assert_int_equal(gp->token_schedule[0]->first, 2);
+    assert_int_equal(gp->token_schedule[1]->last, 3);
+    assert_int_equal(gp->token_schedule[2]->positions[2], 9);
+    assert_int_equal(gp->token_schedule[2]->k->group_size, v.group_size);
+    assert_int_equal(kw_proto_token_runs(gp->token_schedule[2]), 2);
+    kw_proto_message_free(m);
+    t0.first = 5; /* position 4 is both entries' */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    assert_non_null(strstr(kw_error_detail(), "token_schedule[2]: overlaps entry 0"));
+    t0.first = 4;
+    tpos[0] = 5; /* positions 5, 5: not increasing */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    tpos[0] = 4;
+    t1.first = 1; /* two selectors */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    t1.first = 0, t1.last = 0; /* none */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    t1.last = 3;
+    t1.v = NULL; /* a codec missing */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    t1.v = &k;
+    ts[1] = &t0; /* two "first" entries always overlap */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    ts[1] = &t1;
+    p.n_token_schedule = 0;
     v.zero_points = false;
     v.granularity = 4;
     v.group_size = 32;
@@ -294,6 +344,9 @@ static void test_share_request(void **state) {
     p.clip_scales = 1; /* clipped scales are not for a byte cap */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.clip_scales = 0;
+    p.n_token_schedule = 1; /* nor a token schedule */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.n_token_schedule = 0;
     p.n_budget_codecs = 9;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.n_budget_codecs = 2;

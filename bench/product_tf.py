@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""product_tf.py PORT IDS POLICIES: kvwire kvstats' teacher-forced agreement and bytes, through the product path.
+
+For each prompt of IDS (one JSON array of token ids a line, BOS included) the receiverd on 127.0.0.1:PORT decodes 64
+greedy tokens in receiver_only mode (the unquantized reference: the receiver's own prefill); then, for each policy of
+POLICIES (a JSON object: row name -> kvwire.policy object), the same prompt in kv_direct with those tokens forced
+(kvwire.force_tokens): a step agrees when the distribution that predicted the forced token has it as its argmax. The
+prompt cache is the first n - 1 rows and the last prompt token is the receiver's (as in kvstats); the bits per element
+divide the blob bytes by every prompt row's K and V elements (n_layers, kv heads and head_dim from the server's
+policy echo are not reported, so they are arguments: KW_LAYERS, KW_ROW_ELEMS in the environment, Gemma 3 270M's
+18 and 256 by default). Prints one line per row, in kvstats' units."""
+import json
+import os
+import sys
+import urllib.request
+
+port, ids_path, policies = int(sys.argv[1]), sys.argv[2], json.loads(open(sys.argv[3]).read())
+layers, row_elems = int(os.environ.get("KW_LAYERS", 18)), int(os.environ.get("KW_ROW_ELEMS", 256))
+
+
+def post(body):
+    req = urllib.request.Request("http://127.0.0.1:%d/v1/completions" % port, json.dumps(body).encode())
+    return json.load(urllib.request.urlopen(req, timeout=600))
+
+
+prompts = [json.loads(line) for line in open(ids_path) if line.strip()]
+refs = [post({"prompt": p, "max_tokens": 64, "kvwire": {"mode": "receiver_only"}})["kvwire"]["completion_ids"]
+        for p in prompts]
+n_rows = sum(len(p) - 1 for p in prompts)
+for name, policy in policies.items():
+    agree = steps = blob = 0
+    for p, ref in zip(prompts, refs):
+        r = post({"prompt": p, "logprobs": 1, "kvwire": {"mode": "kv_direct", "force_tokens": ref, "policy": policy}})
+        blob += r["kvwire"]["bytes"]["blob"]
+        lp = r["choices"][0]["logprobs"]
+        for top, tok in zip(lp["top_logprobs"], lp["tokens"]):
+            agree += max(top.items(), key=lambda kv: kv[1])[0] == tok
+            steps += 1
+    print("%-22s bytes/row %8.1f bits/elem %.3f TF agree %.4f (%d/%d)" %
+          (name, blob / n_rows, blob * 8 / (n_rows * layers * 2 * row_elems), agree / steps, agree, steps))
