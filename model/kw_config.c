@@ -43,6 +43,12 @@ int kw_config_is_eos(const kw_model_config *cfg, int32_t id) {
     return 0;
 }
 
+int kw_config_raw_prompt_bos(const kw_model_config *cfg) {
+    if (!cfg || cfg->bos_id < 0) return 0;
+    if (cfg->add_bos >= 0) return cfg->add_bos != 0;
+    return cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
+}
+
 int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer) {
     if (!cfg || layer < 0 || layer >= cfg->n_layers || layer >= KW_CONFIG_MAX_LAYERS) return 0;
     return cfg->layer_sliding[layer] ? cfg->sliding_window : 0;

@@ -84,6 +84,11 @@ int kw_arch_parse(const char *name, enum kw_arch *out);
 /* 1 if id is one of cfg's EOS ids. */
 int kw_config_is_eos(const kw_model_config *cfg, int32_t id);
 
+/* 1 if a prompt tokenized as raw text (no chat template) starts with cfg's BOS, as HF's tokenizer(text) or
+ * llama.cpp give it: a GGUF file's tokenizer.ggml.add_bos_token decides; HF folders: Llama-3's and Gemma 3's
+ * tokenizers add it (add_special_tokens), Qwen's has none. The chat templates write BOS themselves. */
+int kw_config_raw_prompt_bos(const kw_model_config *cfg);
+
 /* The window layer l attends over (0: global attention), from sliding_window and layer_sliding. */
 int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer);
 

@@ -142,10 +142,7 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    /* A GGUF file says whether its tokenizer adds BOS; HF folders: Llama-3's and Gemma 3's do (add_special_tokens),
-     * Qwen's has none. The chat templates write it themselves. */
-    const int hf_bos = cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
-    const int add_bos = !chat && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : hf_bos);
+    const int add_bos = !chat && kw_config_raw_prompt_bos(cfg);
     const int64_t n_prompt = (int64_t)n_ids + add_bos;
     KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
     all = malloc((size_t)n_prompt * sizeof *all);

@@ -332,8 +332,7 @@ static int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer 
         input = text;
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &raw, &n_ids));
-    const int hf_bos = cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
-    const int add_bos = !chat_on && cfg->bos_id >= 0 && (cfg->add_bos >= 0 ? cfg->add_bos : hf_bos);
+    const int add_bos = !chat_on && kw_config_raw_prompt_bos(cfg);
     *n = (int64_t)n_ids + add_bos;
     *ids = malloc((size_t)(*n > 0 ? *n : 1) * sizeof **ids);
     KW_CHECK_IF(!*ids, KW_E_NOMEM, "out of memory");

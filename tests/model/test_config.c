@@ -543,14 +543,32 @@ static void test_arch_names(void **state) {
     assert_string_equal(kw_arch_name((enum kw_arch)42), "?");
 }
 
+/* Raw-text prompts: the GGUF flag decides when present, else the family (HF: Llama and Gemma add BOS, Qwen not). */
+static void test_raw_prompt_bos(void **state) {
+    (void)state;
+    kw_model_config c = {.arch = KW_ARCH_LLAMA, .bos_id = 128000, .add_bos = -1};
+    assert_int_equal(kw_config_raw_prompt_bos(&c), 1);
+    c.arch = KW_ARCH_GEMMA3;
+    assert_int_equal(kw_config_raw_prompt_bos(&c), 1);
+    c.arch = KW_ARCH_QWEN3;
+    assert_int_equal(kw_config_raw_prompt_bos(&c), 0);
+    c.add_bos = 1; /* a GGUF Qwen file that asks for it */
+    assert_int_equal(kw_config_raw_prompt_bos(&c), 1);
+    c.arch = KW_ARCH_GEMMA3, c.add_bos = 0; /* a GGUF Gemma file that does not */
+    assert_int_equal(kw_config_raw_prompt_bos(&c), 0);
+    c.add_bos = 1, c.bos_id = -1; /* no BOS token at all */
+    assert_int_equal(kw_config_raw_prompt_bos(&c), 0);
+    assert_int_equal(kw_config_raw_prompt_bos(NULL), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_qwen3_0_6b),       cmocka_unit_test(test_qwen2_5_0_5b),
-        cmocka_unit_test(test_llama_3_2_1b),     cmocka_unit_test(test_gemma_3_270m),
-        cmocka_unit_test(test_gemma_multimodal), cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_rope_scaling),     cmocka_unit_test(test_invalid),
-        cmocka_unit_test(test_gemma_fields),     cmocka_unit_test(test_load_errors),
-        cmocka_unit_test(test_arch_names),
+        cmocka_unit_test(test_raw_prompt_bos), cmocka_unit_test(test_qwen3_0_6b),
+        cmocka_unit_test(test_qwen2_5_0_5b),   cmocka_unit_test(test_llama_3_2_1b),
+        cmocka_unit_test(test_gemma_3_270m),   cmocka_unit_test(test_gemma_multimodal),
+        cmocka_unit_test(test_defaults),       cmocka_unit_test(test_rope_scaling),
+        cmocka_unit_test(test_invalid),        cmocka_unit_test(test_gemma_fields),
+        cmocka_unit_test(test_load_errors),    cmocka_unit_test(test_arch_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

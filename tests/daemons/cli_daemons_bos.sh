@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# cli_daemons_bos.sh: a raw-text completion on receiverd starts with the model's BOS where the model's tokenizer adds
+# one (Llama-3 and Gemma 3 folders: HF add_special_tokens; a Qwen3 folder has none), so receiverd, `kvwire generate`
+# and `kvwire kvstats` see the same prompt ids: the prompt's token count and the generated ids of a receiver_only
+# request equal `kvwire generate`'s. Tiny random models made here with the shipped tokenizers.
+. "$(dirname "$0")/../cli_lib.sh" "$@"
+kvwire=$build/tools/kvwire
+prompt="The capital of France is"
+for arch in llama gemma3 qwen3; do
+    case $arch in llama) tokdir=llama3 ;; *) tokdir=$arch ;; esac
+    "$kvwire" gen-model --arch $arch --preset tiny --seed 7 --tokenizer "$src/models/tokenizers/$tokdir" \
+        --out "m-$arch" >/dev/null
+    "$kvwire" generate --model "m-$arch" --prompt "$prompt" --max-new-tokens 6 --threads 1 >gen.txt 2>/dev/null ||
+        fail "$arch: kvwire generate failed"
+    want_prompt=$(sed -n 's/^prompt_ids: \[\(.*\)\]$/\1/p' gen.txt | tr -d ' ')
+    want_gen=$(sed -n 's/^generated_ids: \[\(.*\)\]$/\1/p' gen.txt | tr -d ' ')
+    [ -n "$want_prompt" ] && [ -n "$want_gen" ] || fail "$arch: no ids in kvwire generate's output: $(cat gen.txt)"
+    n_want=$(awk -F, '{print NF}' <<<"$want_prompt")
+    n_text=$(echo "\"$prompt\"" | "$kvwire" tokenize --tokenizer "$src/models/tokenizers/$tokdir" |
+        tr -d '[] ' | awk -F, 'NF {print NF; exit}')
+    case $arch in qwen3) [ "$n_want" = "$n_text" ] || fail "$arch: $n_want prompt ids, the text has $n_text" ;;
+    *) [ "$n_want" = $((n_text + 1)) ] || fail "$arch: $n_want prompt ids, expected the text's $n_text and BOS" ;; esac
+    rm -f ready
+    "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --http.port 0 \
+        --model.path "m-$arch" --model.name "m-$arch" --fusers.0.path "" --sharers.0.port 1 \
+        --defaults.mode receiver_only --runtime.ready_file ready 2>log.txt &
+    pid=$!
+    for _ in $(seq 600); do
+        [ -s ready ] && break
+        kill -0 $pid 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -s ready ] || fail "$arch: receiverd did not start: $(cat log.txt)"
+    port=$(sed -n 's/^port=//p' ready)
+    curl -sS -o resp.json "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+        -d "{\"prompt\":\"$prompt\",\"max_tokens\":6,\"temperature\":0,\"kvwire\":{\"mode\":\"receiver_only\"}}" ||
+        fail "$arch: the request failed"
+    kill -TERM $pid
+    wait $pid || fail "$arch: receiverd exited $? after SIGTERM: $(cat log.txt)"
+    got_prompt=$(grep -o '"prompt_tokens": *[0-9]*' resp.json | grep -o '[0-9]*$')
+    got_gen=$(grep -o '"completion_ids": *\[[0-9, ]*\]' resp.json | sed 's/.*\[//; s/\]//' | tr -d ' ')
+    [ "$got_prompt" = "$n_want" ] || fail "$arch: receiverd counted $got_prompt prompt tokens, generate $n_want: $(cat resp.json)"
+    [ "$got_gen" = "$want_gen" ] || fail "$arch: receiverd generated [$got_gen], generate [$want_gen]"
+    echo "$arch: $n_want prompt ids, generated [$got_gen] on both"
+done
+echo "raw prompts: BOS as kvwire generate adds it: ok"
