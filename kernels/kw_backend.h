@@ -175,8 +175,15 @@ int kw_backend_create_cpu(int n_threads, kw_backend **out);
  * 1). */
 int kw_backend_threads_per_worker(int n_threads, int n_workers);
 
-/* The threads of a CPU backend's OpenMP teams (a stream context has its parent's); 0 for a backend of another kind. */
+/* The threads a CPU backend computes on, the caller's included (a stream context has its parent's); 0 for a backend
+ * of another kind. */
 int kw_backend_cpu_threads(const kw_backend *backend);
+
+/* How the threads of a CPU backend created now wait between ops: "KW_CPU_SPIN_US=50" when the environment sets the
+ * spin (microseconds of spinning before a worker sleeps; 0: sleep at once), else "default spin 200 us" (with a note
+ * when KW_CPU_SPIN_US is set but not a number in 0..1000000). The daemons log it and receiverd's /health has it. A
+ * string valid until the calling thread's next call (borrowed). */
+const char *kw_backend_cpu_wait(void);
 
 /* The SIMD flavour a CPU backend runs: "scalar", "avx2" or "avx512" (results are the same bits on each; only the
  * speed differs). NULL for a backend of another kind. */

@@ -248,6 +248,10 @@ int kw_backend_threads_per_worker(int n_threads, int n_workers) {
     return per > 1 ? per : 1;
 }
 
+const char *kw_backend_cpu_wait(void) {
+    return kw_cpu_pool_wait_origin();
+}
+
 int kw_backend_cpu_threads(const kw_backend *backend) {
     if (backend == NULL || kw_backend_kind(backend) != KW_BACKEND_CPU) return 0;
     return kw__cpu((kw_backend *)(uintptr_t)backend)->n_threads;

@@ -146,10 +146,14 @@ static int kw_pool_env_spin(void) {
 const char *kw_cpu_pool_wait_origin(void) {
     static _Thread_local char text[96];
     const int env = kw_pool_env_spin();
+    const char *set = getenv("KW_CPU_SPIN_US");
     if (env >= 0)
-        snprintf(text, sizeof text, "KW_CPU_SPIN_US=%d (spin %d us, then sleep)", env, env);
+        snprintf(text, sizeof text, "KW_CPU_SPIN_US=%d", env);
+    else if (set != NULL && *set != '\0')
+        snprintf(text, sizeof text, "default spin %d us (KW_CPU_SPIN_US ignored: not 0..%d)", KW_CPU_POOL_SPIN_US,
+                 KW_POOL_SPIN_MAX);
     else
-        snprintf(text, sizeof text, "default (spin %d us, then sleep)", KW_CPU_POOL_SPIN_US);
+        snprintf(text, sizeof text, "default spin %d us", KW_CPU_POOL_SPIN_US);
     return text;
 }
 

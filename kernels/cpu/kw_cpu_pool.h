@@ -37,8 +37,8 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
 /* The spin the pool was created with, in microseconds. */
 int kw_cpu_pool_spin_us(const kw_cpu_pool *pool);
 
-/* The waiting policy a pool created now would have, e.g. "KW_CPU_SPIN_US=50" or "default spin 200 us": a static
- * string (borrowed). */
+/* The waiting policy a pool created now would have (kw_backend_cpu_wait, kernels/kw_backend.h): valid until the
+ * calling thread's next call (borrowed). */
 const char *kw_cpu_pool_wait_origin(void);
 
 /* Splits n items into `parts` contiguous ranges; range `part` is [*begin, *end) (schedule(static)'s cut). */
