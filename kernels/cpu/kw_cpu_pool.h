@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* The default spin, in microseconds (docs/BENCHMARKS.md "A thread pool instead of OpenMP"). */
-#define KW_CPU_POOL_SPIN_US 200
+#define KW_CPU_POOL_SPIN_US 5
 
 typedef struct kw_cpu_pool kw_cpu_pool;
 

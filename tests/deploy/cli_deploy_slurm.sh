@@ -42,7 +42,7 @@ expect_done() {
         { cat "$out/daemons.txt"; fail "$2: the daemons of job $1 did not exit cleanly"; }
     grep -q "$2: done" "jobs/kvwire-pair-$1.out" || fail "$2: job $1's output does not end with done"
     # the daemons' CPU threads waited as the job set it: the submitter's KW_CPU_SPIN_US, else kw-pair.sh's default
-    local wait=KW_CPU_SPIN_US=${KW_CPU_SPIN_US:-200}
+    local wait=KW_CPU_SPIN_US=${KW_CPU_SPIN_US:-5}
     grep -q "CPU threads wait $wait$" "$out/receiverd.log" && grep -q "CPU threads wait $wait$" "$out/sharerd.log" ||
         fail "$2: the daemons of job $1 do not report CPU threads wait $wait"
 }
