@@ -253,8 +253,8 @@ int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit);
  * record: a context can never take the total past the limit, and an allocation that does not fit fails with
  * KW_E_NOMEM as on the parent) and its kw_backend_host_bytes count. A context has its own queue and its own scratch:
  * on the CUDA backend its own stream, cuBLAS handle, workspace, bad-id record, step position and graph recording; on
- * the CPU backend its own scratch, and its ops run on an OpenMP team of the calling thread with the parent's thread
- * count (so two contexts driven by two threads compute at once). Ops, transfers and synchronize of a context order
+ * the CPU backend its own scratch and its own thread pool (the calling thread and workers, the parent's thread count),
+ * so two contexts driven by two threads compute at once. Ops, transfers and synchronize of a context order
  * only against that context: kw_backend_synchronize(context) waits for the context's work, not the parent's.
  *
  * Rules:

@@ -15,9 +15,9 @@
  * its code, scale and offset (kw_cpu_matmul_isa.h), so they give the bits of the f32 panels of the dequantized weight.
  * Their decode rows prefetch the panel stream, and the 4-bit ones have a cheaper AVX-512 VBMI form (kw_qmm_row_vbmi).
  *
- * Work is split into (panel, block of rows) items handed to the OpenMP team dynamically. Few rows (decode): each row
- * streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x KW_MM_NV strips
- * reuse each loaded weight vector for every row of the tile.
+ * Work is split into (panel, block of rows) items handed to the backend's thread pool one at a time. Few rows
+ * (decode): each row streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x
+ * KW_MM_NV strips reuse each loaded weight vector for every row of the tile.
  */
 #include "kernels/cpu/kw_cpu.h"
 
