@@ -12,7 +12,6 @@
 #include "kw_benches.h"
 
 #include <errno.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

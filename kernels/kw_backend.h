@@ -175,8 +175,15 @@ int kw_backend_create_cpu(int n_threads, kw_backend **out);
  * 1). */
 int kw_backend_threads_per_worker(int n_threads, int n_workers);
 
-/* The threads of a CPU backend's OpenMP teams (a stream context has its parent's); 0 for a backend of another kind. */
+/* The threads a CPU backend computes on, the caller's included (a stream context has its parent's); 0 for a backend
+ * of another kind. */
 int kw_backend_cpu_threads(const kw_backend *backend);
+
+/* How the threads of a CPU backend created now wait between ops: "KW_CPU_SPIN_US=50" when the environment sets the
+ * spin (microseconds of spinning before a worker sleeps; 0: sleep at once), else "default spin 5 us" (with a note
+ * when KW_CPU_SPIN_US is set but not a number in 0..1000000). The daemons log it and receiverd's /health has it. A
+ * string valid until the calling thread's next call (borrowed). */
+const char *kw_backend_cpu_wait(void);
 
 /* The SIMD flavour a CPU backend runs: "scalar", "avx2" or "avx512" (results are the same bits on each; only the
  * speed differs). NULL for a backend of another kind. */
@@ -246,8 +253,8 @@ int kw_backend_set_memory_limit(kw_backend *backend, uint64_t limit);
  * record: a context can never take the total past the limit, and an allocation that does not fit fails with
  * KW_E_NOMEM as on the parent) and its kw_backend_host_bytes count. A context has its own queue and its own scratch:
  * on the CUDA backend its own stream, cuBLAS handle, workspace, bad-id record, step position and graph recording; on
- * the CPU backend its own scratch, and its ops run on an OpenMP team of the calling thread with the parent's thread
- * count (so two contexts driven by two threads compute at once). Ops, transfers and synchronize of a context order
+ * the CPU backend its own scratch and its own thread pool (the calling thread and workers, the parent's thread count),
+ * so two contexts driven by two threads compute at once. Ops, transfers and synchronize of a context order
  * only against that context: kw_backend_synchronize(context) waits for the context's work, not the parent's.
  *
  * Rules:

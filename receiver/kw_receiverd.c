@@ -18,7 +18,6 @@
 #include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_log.h"
-#include "common/kw_omp_wait.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
@@ -1039,7 +1038,7 @@ static void kw__rd_health(kw_receiverd *d, kw_http_request *req) {
     cJSON_AddNumberToObject(root, "in_flight", atomic_load(&d->in_flight));
     cJSON_AddNumberToObject(root, "workers", d->n_workers);
     cJSON_AddNumberToObject(root, "cpu_threads", kw_backend_cpu_threads(d->be)); /* each worker's; 0: not the CPU */
-    cJSON_AddStringToObject(root, "omp_wait", kw_omp_wait_origin());
+    cJSON_AddStringToObject(root, "cpu_wait", kw_backend_cpu_wait());
     kw__rd_respond_json(req, ok ? 200 : 503, root);
 }
 
@@ -1335,9 +1334,9 @@ int kw_receiverd_run(kw_receiverd *d) {
     for (int32_t i = 0; i < d->n_links; ++i)
         kw_rd_link_start(d->links[i]);
     KW_LOG_INFO("receiverd: serving %s on http://%s:%u with %d sharer(s), %d fuser(s), %d compute thread(s) of %d CPU "
-                "thread(s) each, OpenMP waiting %s",
+                "thread(s) each, CPU threads wait %s",
                 d->cfg->model_name, d->cfg->http_host, (unsigned)d->port, (int)d->n_links, (int)d->n_fusers,
-                (int)d->n_workers, kw_backend_cpu_threads(d->be), kw_omp_wait_origin());
+                (int)d->n_workers, kw_backend_cpu_threads(d->be), kw_backend_cpu_wait());
     int rc = 0;
     if (d->cfg->ready_file) {
         char text[64];

@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 
 exclude=slow
-# ctest -j runs several test processes, each with an OpenMP team, on few cores: with libgomp's default waiting (spin
-# for a long time at every barrier) a thread whose partner is descheduled burns its time slice, and the model tests
-# ran 5x slower here (docs/BENCHMARKS.md "OpenMP waiting under CPU contention"). Results do not depend on it.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+# ctest -j runs several test processes, each with its CPU threads, on few cores: a thread that spins while its partner
+# is descheduled burns its time slice (docs/BENCHMARKS.md "OpenMP waiting under CPU contention"), so the CPU backend's
+# threads sleep at once between ops and the benchmarks' OpenMP teams wait passively. Results do not depend on it.
+export KW_CPU_SPIN_US=${KW_CPU_SPIN_US:-0} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 if [ "${KW_TEST_SLOW:-0}" = 1 ]; then exclude='^$'; fi
 jobs=$(nproc 2>/dev/null || echo 2)
 

@@ -27,7 +27,6 @@
 #include "c2c/kw_rselect.h"
 #include "common/kw_file.h"
 #include "common/kw_log.h"
-#include "common/kw_omp_wait.h"
 #include "common/kw_queue.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
@@ -1674,9 +1673,9 @@ int kw_sharerd_run(kw_sharerd *d) {
     }
     d->threads_started = true;
     KW_LOG_INFO("sharerd: listening on %s:%u (%s), %d model(s), queue %lld, %d compute thread(s) of %d CPU thread(s) "
-                "each, OpenMP waiting %s",
+                "each, CPU threads wait %s",
                 d->cfg->listen_host, (unsigned)d->port, d->tls ? "tls" : "tcp", (int)d->n_models,
-                (long long)d->cfg->queue_max, (int)d->n_workers, kw_backend_cpu_threads(d->be), kw_omp_wait_origin());
+                (long long)d->cfg->queue_max, (int)d->n_workers, kw_backend_cpu_threads(d->be), kw_backend_cpu_wait());
     int rc = kw__sd_write_ready(d);
     if (rc < 0) {
         kw__sd_on_signal(0, d); /* cannot tell anyone we are up: stop */

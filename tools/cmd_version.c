@@ -1,5 +1,6 @@
-/* cmd_version.c: `kvwire version` prints the version, the build configuration and how OpenMP threads wait. */
-#include "common/kw_omp_wait.h"
+/* cmd_version.c: `kvwire version` prints the version, the build configuration and how the CPU backend's threads
+ * wait between ops. */
+#include "kernels/kw_backend.h"
 #include "kw_commands.h"
 
 #include <stdio.h>
@@ -14,6 +15,6 @@ int kw_cmd_version(int argc, char **argv) {
 #else
     const char *cuda = "no";
 #endif
-    printf("kvwire %s (CUDA backend: %s)\nOpenMP waiting: %s\n", KW_VERSION, cuda, kw_omp_wait_origin());
+    printf("kvwire %s (CUDA backend: %s)\nCPU threads wait: %s\n", KW_VERSION, cuda, kw_backend_cpu_wait());
     return 0;
 }

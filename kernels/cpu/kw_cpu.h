@@ -1,6 +1,7 @@
 /* kw_cpu.h: internals of the CPU backend (kernels/cpu only).
  *
- * The backend runs every op synchronously on the calling thread plus an OpenMP team of n_threads. Kernels come in
+ * The backend runs every op synchronously on the calling thread plus the n_threads - 1 workers of its thread pool
+ * (kw_cpu_pool.h), which the backend starts at creation and joins at destroy. Kernels come in
  * up to three flavours chosen once per backend from the CPU's features: AVX-512 (F, BW, VL, DQ with FMA and F16C),
  * AVX2 (with FMA and F16C) and portable scalar C. The build never uses -march=native: each SIMD function carries
  * its own __attribute__((target)), so the library runs on any x86-64 and picks the fastest path at run time.
@@ -17,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cpu/kw_cpu_pool.h"
 #include "kernels/kw_backend_impl.h"
 
 enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 = 2 };
@@ -35,7 +37,13 @@ typedef struct kw_cpu_backend {
     enum kw_cpu_isa isa;
     float *scratch; /* grows on demand; per-op temporary space (owned) */
     size_t scratch_floats;
+    kw_cpu_pool *pool; /* n_threads in all (owned) */
 } kw_cpu_backend;
+
+/* fn(ctx, begin, end, worker) over [0, n) cut into min(nt, n) contiguous ranges (schedule(static)'s cut), one per
+ * task of the backend's pool; returns when all have run. */
+typedef void (*kw_cpu_range_fn)(void *ctx, int64_t begin, int64_t end, int worker);
+void kw__cpu_parallel_for(kw_cpu_backend *cpu, int nt, int64_t n, kw_cpu_range_fn fn, void *ctx);
 
 /* The backend's scratch buffer, at least n floats (64-byte aligned); valid until the next call. */
 int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out);
@@ -58,8 +66,9 @@ typedef struct kw_x8_act {
     const float *d, *s;
     const int32_t *s16;
 } kw_x8_act;
-/* Fills xq, xd, xs, xs16 (the arrays of a kw_x8_act) from x, nt threads. */
-void kw__cpu_x8_quantize(const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd, float *xs, int32_t *xs16);
+/* Fills xq, xd, xs, xs16 (the arrays of a kw_x8_act) from x, nt threads of cpu's pool. */
+void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
+                         float *xs, int32_t *xs16);
 /* Rows [m0, m1) of y (row stride N) against one panel wp of an x8 layout, columns n0 .. n0 + ncols. */
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1);

@@ -17,7 +17,6 @@
 #include "kernels/cpu/kw_cpu.h"
 
 #include <math.h>
-#include <omp.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -76,13 +75,43 @@ static void kw_attn_item(enum kw_cpu_isa isa, float *out, const float *q, int64_
  * Entry point
  */
 
+typedef struct kw_attn_job {
+    enum kw_cpu_isa isa;
+    float *os, *scratch;
+    const float *qs;
+    const kw_tensor *k_cache, *v_cache;
+    const uint8_t *mask;
+    size_t per_thread, esize;
+    int64_t Hq, D, Hkv, cap, group, chunk, n_kv, window, q_pos0;
+    float scale;
+} kw_attn_job;
+
+static void kw_attn_task(void *arg, int64_t it, int worker) {
+    const kw_attn_job *j = arg;
+    const int64_t Hkv = j->Hkv, D = j->D, Hq = j->Hq, group = j->group, chunk = j->chunk, cap = j->cap;
+    const int64_t t = it / Hkv, kvh = it % Hkv, p = j->q_pos0 + t;
+    float *scores = j->scratch + j->per_thread * (size_t)worker;
+    int64_t lo, hi; /* the rows the query sees before the mask, as the GPU computes them */
+    kw_opm_attn_span(p, j->n_kv, j->window, &lo, &hi);
+    const char *kbase = (const char *)j->k_cache->data + (size_t)(kvh * cap * D) * j->esize;
+    const char *vbase = (const char *)j->v_cache->data + (size_t)(kvh * cap * D) * j->esize;
+    for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
+        const int64_t nh = (kvh + 1) * group - h0 < chunk ? (kvh + 1) * group - h0 : chunk;
+        float *o = j->os + (t * Hq + h0) * D;
+        if (lo > hi)
+            memset(o, 0, (size_t)(nh * D) * sizeof(float));
+        else
+            kw_attn_item(j->isa, o, j->qs + (t * Hq + h0) * D, nh, kbase, vbase, j->k_cache->dtype, D, lo, hi, j->mask,
+                         j->scale, scores, j->n_kv);
+    }
+}
+
 int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                       const kw_tensor *v_cache, const kw_attention_params *params) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t T = q->ne[0], Hq = q->ne[1], D = q->ne[2], Hkv = k_cache->ne[0], cap = k_cache->ne[1];
     const int64_t group = Hq / Hkv, chunk = group < KW_ATTN_MAX_GROUP ? group : KW_ATTN_MAX_GROUP;
-    const enum kw_dtype dtype = k_cache->dtype;
-    const size_t esize = kw_dtype_size(dtype);
+    const size_t esize = kw_dtype_size(k_cache->dtype);
     const uint8_t *mask = params->kv_mask ? params->kv_mask->data : NULL;
     const int64_t n_kv = params->n_kv, window = params->sliding_window, q_pos0 = params->q_pos0;
     const float scale = params->scale;
@@ -98,24 +127,9 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
     float *scratch;
     KW_FORWARD(kw__cpu_scratch(cpu, per_thread * (size_t)nt, &scratch));
 
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t t = it / Hkv, kvh = it % Hkv, p = q_pos0 + t;
-        float *scores = scratch + per_thread * (size_t)omp_get_thread_num();
-        int64_t lo, hi; /* the rows the query sees before the mask, as the GPU computes them */
-        kw_opm_attn_span(p, n_kv, window, &lo, &hi);
-        const char *kbase = (const char *)k_cache->data + (size_t)(kvh * cap * D) * esize;
-        const char *vbase = (const char *)v_cache->data + (size_t)(kvh * cap * D) * esize;
-        for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
-            const int64_t nh = (kvh + 1) * group - h0 < chunk ? (kvh + 1) * group - h0 : chunk;
-            float *o = os + (t * Hq + h0) * D;
-            if (lo > hi)
-                memset(o, 0, (size_t)(nh * D) * sizeof(float));
-            else
-                kw_attn_item(cpu->isa, o, qs + (t * Hq + h0) * D, nh, kbase, vbase, dtype, D, lo, hi, mask, scale,
-                             scores, n_kv);
-        }
-    }
+    kw_attn_job job = {cpu->isa, os,  scratch, qs,    k_cache, v_cache, mask,   per_thread, esize, Hq,
+                       D,        Hkv, cap,     group, chunk,   n_kv,    window, q_pos0,     scale};
+    kw_cpu_pool_run(cpu->pool, nt, items, kw_attn_task, &job);
     return 0;
 }
 
@@ -145,6 +159,38 @@ static void kw_attnq_item(enum kw_cpu_isa isa, float *out, const float *q, int64
     kw_attnq_item_scalar(out, q, nh, khead, kg, vhead, vg, full, lo, hi, mask, scale, scores, n_kv, ksc, scale_of);
 }
 
+typedef struct kw_attnq_job {
+    enum kw_cpu_isa isa;
+    float *os, *scratch;
+    const float *qs, *scale_of;
+    const kw_tensor *k_store, *v_store;
+    const kw_kvq_geom *kg, *vg;
+    const uint8_t *mask;
+    size_t per_thread, kbytes, vbytes;
+    int64_t Hq, D, Hkv, group, chunk, full, n_kv, window, q_pos0;
+    float scale;
+} kw_attnq_job;
+
+static void kw_attnq_task(void *arg, int64_t it, int worker) {
+    const kw_attnq_job *j = arg;
+    const int64_t Hkv = j->Hkv, D = j->D, Hq = j->Hq, group = j->group, chunk = j->chunk;
+    const int64_t t = it / Hkv, kvh = it % Hkv, p = j->q_pos0 + t;
+    float *scores = j->scratch + j->per_thread * (size_t)worker, *ksc = scores + chunk * j->n_kv + 16;
+    int64_t lo, hi;
+    kw_opm_attn_span(p, j->n_kv, j->window, &lo, &hi);
+    const uint8_t *khead = (const uint8_t *)j->k_store->data + (size_t)kvh * j->kbytes;
+    const uint8_t *vhead = (const uint8_t *)j->v_store->data + (size_t)kvh * j->vbytes;
+    for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
+        const int64_t nh = (kvh + 1) * group - h0 < chunk ? (kvh + 1) * group - h0 : chunk;
+        float *o = j->os + (t * Hq + h0) * D;
+        if (lo > hi)
+            memset(o, 0, (size_t)(nh * D) * sizeof(float));
+        else
+            kw_attnq_item(j->isa, o, j->qs + (t * Hq + h0) * D, nh, khead, j->kg, vhead, j->vg, j->full, lo, hi,
+                          j->mask, j->scale, scores, j->n_kv, ksc, j->scale_of);
+    }
+}
+
 int kw__cpu_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_store,
                           const kw_kvq_geom *kg, const kw_tensor *v_store, const kw_kvq_geom *vg,
                           const kw_attention_params *params, int64_t n_rows) {
@@ -170,23 +216,9 @@ int kw__cpu_attention_kvq(kw_backend *backend, kw_tensor *out, const kw_tensor *
     float *scratch;
     KW_FORWARD(kw__cpu_scratch(cpu, per_thread * (size_t)nt, &scratch));
 
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t t = it / Hkv, kvh = it % Hkv, p = q_pos0 + t;
-        float *scores = scratch + per_thread * (size_t)omp_get_thread_num(), *ksc = scores + chunk * n_kv + 16;
-        int64_t lo, hi;
-        kw_opm_attn_span(p, n_kv, window, &lo, &hi);
-        const uint8_t *khead = (const uint8_t *)k_store->data + (size_t)kvh * kbytes;
-        const uint8_t *vhead = (const uint8_t *)v_store->data + (size_t)kvh * vbytes;
-        for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += chunk) {
-            const int64_t nh = (kvh + 1) * group - h0 < chunk ? (kvh + 1) * group - h0 : chunk;
-            float *o = os + (t * Hq + h0) * D;
-            if (lo > hi)
-                memset(o, 0, (size_t)(nh * D) * sizeof(float));
-            else
-                kw_attnq_item(cpu->isa, o, qs + (t * Hq + h0) * D, nh, khead, kg, vhead, vg, full, lo, hi, mask, scale,
-                              scores, n_kv, ksc, scale_of);
-        }
-    }
+    kw_attnq_job job = {cpu->isa, os,    scratch,    qs,     scale_of, k_store, v_store, kg,
+                        vg,       mask,  per_thread, kbytes, vbytes,   Hq,      D,       Hkv,
+                        group,    chunk, full,       n_kv,   window,   q_pos0,  scale};
+    kw_cpu_pool_run(cpu->pool, nt, items, kw_attnq_task, &job);
     return 0;
 }

@@ -6,7 +6,6 @@
 #if KW_CPU_X86
 #include <cpuid.h>
 #endif
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -83,8 +82,29 @@ int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out) {
     return 0;
 }
 
+/* One task of kw__cpu_parallel_for: range `task` of the cut. */
+typedef struct kw_cpu_range_job {
+    kw_cpu_range_fn fn;
+    void *ctx;
+    int64_t n, parts;
+} kw_cpu_range_job;
+
+static void kw_cpu_range_task(void *arg, int64_t task, int worker) {
+    const kw_cpu_range_job *job = arg;
+    int64_t begin, end;
+    kw_cpu_pool_range(job->n, job->parts, task, &begin, &end);
+    job->fn(job->ctx, begin, end, worker);
+}
+
+void kw__cpu_parallel_for(kw_cpu_backend *cpu, int nt, int64_t n, kw_cpu_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    kw_cpu_range_job job = {fn, ctx, n, nt < n ? (nt > 1 ? nt : 1) : n};
+    kw_cpu_pool_run(cpu->pool, nt, job.parts, kw_cpu_range_task, &job);
+}
+
 static void kw_cpu_destroy(kw_backend *backend) {
     kw_cpu_backend *cpu = kw__cpu(backend);
+    kw_cpu_pool_free(cpu->pool);
     free(cpu->scratch);
     free(cpu);
 }
@@ -192,13 +212,18 @@ static const struct kw_backend_i kw_cpu_iface = {
     .head_scale_add = kw__cpu_head_scale_add,
 };
 
-/* A stream context: the parent's thread count and ISA, its own scratch. Its ops open OpenMP parallel regions from the
- * thread that drives it, and each such host thread leads a team of its own, so two contexts compute at once over the
- * same read-only weights (the kernels keep no mutable global state: kw_cpu_attention.c's table is built once). */
+/* A stream context: the parent's thread count and ISA, its own scratch and its own thread pool, so two contexts
+ * driven by two threads compute at once over the same read-only weights (the kernels keep no mutable global state:
+ * kw_cpu_attention.c's table is built once). */
 static int kw_cpu_create_stream(kw_backend *parent, kw_backend **out) {
     const kw_cpu_backend *p = kw__cpu(parent);
     kw_cpu_backend *cpu = calloc(1, sizeof *cpu);
     KW_RETURN_IF(cpu == NULL, KW_E_NOMEM, "kw_backend_create_stream: out of memory");
+    const int rc = kw_cpu_pool_create(p->n_threads, kw_cpu_pool_spin_us(p->pool), &cpu->pool);
+    if (rc < 0) {
+        free(cpu);
+        return rc;
+    }
     kw__backend_init(&cpu->base, &kw_cpu_iface);
     cpu->n_threads = p->n_threads;
     cpu->isa = p->isa;
@@ -223,6 +248,10 @@ int kw_backend_threads_per_worker(int n_threads, int n_workers) {
     return per > 1 ? per : 1;
 }
 
+const char *kw_backend_cpu_wait(void) {
+    return kw_cpu_pool_wait_origin();
+}
+
 int kw_backend_cpu_threads(const kw_backend *backend) {
     if (backend == NULL || kw_backend_kind(backend) != KW_BACKEND_CPU) return 0;
     return kw__cpu((kw_backend *)(uintptr_t)backend)->n_threads;
@@ -234,10 +263,16 @@ int kw_backend_create_cpu(int n_threads, kw_backend **out) {
     if (n_threads == 0) n_threads = kw_cpu_online_cores();
     kw_cpu_backend *cpu = calloc(1, sizeof *cpu);
     KW_RETURN_IF(cpu == NULL, KW_E_NOMEM, "kw_backend_create_cpu: out of memory");
+    const int rc = kw_cpu_pool_create(n_threads, -1, &cpu->pool);
+    if (rc < 0) {
+        free(cpu);
+        return rc;
+    }
     kw__backend_init(&cpu->base, &kw_cpu_iface);
     cpu->n_threads = n_threads;
     cpu->isa = kw_cpu_detect_isa();
-    KW_LOG_DEBUG("cpu backend: %d threads, %s kernels", n_threads, kw__cpu_isa_name(cpu->isa));
+    KW_LOG_DEBUG("cpu backend: %d threads (pool spin %d us), %s kernels", n_threads, kw_cpu_pool_spin_us(cpu->pool),
+                 kw__cpu_isa_name(cpu->isa));
     *out = &cpu->base;
     return 0;
 }

@@ -5,7 +5,6 @@
  */
 #include "kernels/cpu/kw_cpu.h"
 
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,6 +114,23 @@ static void kvq_store_key_head(uint8_t *head, const kw_kvq_geom *g, const float 
             tail[(row - new_tail * P) * D + d] = kw_f32_to_bf16(buf[(row - first) * D + d]);
 }
 
+typedef struct kw_kvq_store_job {
+    uint8_t *base;
+    const kw_kvq_geom *g;
+    const float *s;
+    float *buf;
+    size_t head_bytes, per_head;
+    int64_t T, pos0, n_rows;
+} kw_kvq_store_job;
+
+static void kw_kvq_store_head_task(void *arg, int64_t h, int worker) {
+    (void)worker;
+    const kw_kvq_store_job *j = arg;
+    const int64_t D = j->g->D, H = j->g->H;
+    kvq_store_key_head(j->base + (size_t)h * j->head_bytes, j->g, j->s + h * D, j->T, H * D, j->pos0, j->n_rows,
+                       j->buf + j->per_head * (size_t)h);
+}
+
 int kw__cpu_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *g, const kw_tensor *src, int64_t pos0,
                       int64_t n_rows) {
     kw_cpu_backend *cpu = kw__cpu(backend);
@@ -143,10 +159,8 @@ int kw__cpu_kvq_store(kw_backend *backend, kw_tensor *store, const kw_kvq_geom *
     float *buf = malloc(per_head * (size_t)H * sizeof(float));
     KW_RETURN_IF(!buf, KW_E_NOMEM, "kvq_store: out of memory");
     const int nt = (int)(H < cpu->n_threads ? H : cpu->n_threads);
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-    for (int64_t h = 0; h < H; ++h)
-        kvq_store_key_head(base + (size_t)h * head_bytes, g, s + h * D, T, H * D, pos0, n_rows,
-                           buf + per_head * (size_t)h);
+    kw_kvq_store_job job = {base, g, s, buf, head_bytes, per_head, T, pos0, n_rows};
+    kw_cpu_pool_run(cpu->pool, nt, H, kw_kvq_store_head_task, &job);
     free(buf);
     return 0;
 }

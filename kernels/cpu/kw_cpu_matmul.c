@@ -15,13 +15,12 @@
  * its code, scale and offset (kw_cpu_matmul_isa.h), so they give the bits of the f32 panels of the dequantized weight.
  * Their decode rows prefetch the panel stream, and the 4-bit ones have a cheaper AVX-512 VBMI form (kw_qmm_row_vbmi).
  *
- * Work is split into (panel, block of rows) items handed to the OpenMP team dynamically. Few rows (decode): each row
- * streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x KW_MM_NV strips
- * reuse each loaded weight vector for every row of the tile.
+ * Work is split into (panel, block of rows) items handed to the backend's thread pool one at a time. Few rows
+ * (decode): each row streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x
+ * KW_MM_NV strips reuse each loaded weight vector for every row of the tile.
  */
 #include "kernels/cpu/kw_cpu.h"
 
-#include <omp.h>
 #include <string.h>
 
 #include "common/kw_status.h"
@@ -248,6 +247,21 @@ static void kw_pack_panel(void *dst, const void *w, enum kw_dtype dtype, int64_t
     }
 }
 
+typedef struct kw_pack_job {
+    char *dst;
+    size_t panel_bytes;
+    const kw_tensor *w;     /* kw_pack_panels */
+    const kw_quant_rows *q; /* kw_pack_qpanels */
+    const kw_quant_layout *ql;
+} kw_pack_job;
+
+static void kw_pack_panels(void *arg, int64_t p0, int64_t p1, int worker) {
+    (void)worker;
+    const kw_pack_job *j = arg;
+    for (int64_t p = p0; p < p1; ++p)
+        kw_pack_panel(j->dst + (size_t)p * j->panel_bytes, j->w->data, j->w->dtype, j->w->ne[0], j->w->ne[1], p);
+}
+
 int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t N = w->ne[0], K = w->ne[1], panels = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
@@ -255,9 +269,8 @@ int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *pack
     KW_FORWARD(kw__tensor_alloc_layout(backend, &t, w->dtype, 2, w->ne, KW_LAYOUT_PANELS));
     const size_t panel_bytes = (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
     const int nt = N * K >= KW_CPU_PARALLEL_MIN * 8 ? cpu->n_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t p = 0; p < panels; ++p)
-        kw_pack_panel((char *)t.data + (size_t)p * panel_bytes, w->data, w->dtype, N, K, p);
+    kw_pack_job job = {t.data, panel_bytes, w, NULL, NULL};
+    kw__cpu_parallel_for(cpu, nt, panels, kw_pack_panels, &job);
     *packed = t;
     return 0;
 }
@@ -337,6 +350,13 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
     }
 }
 
+static void kw_pack_qpanels(void *arg, int64_t p0, int64_t p1, int worker) {
+    (void)worker;
+    const kw_pack_job *j = arg;
+    for (int64_t p = p0; p < p1; ++p)
+        kw_pack_qpanel(j->dst + (size_t)p * j->panel_bytes, j->q, j->ql, p);
+}
+
 int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     kw_quant_layout ql;
@@ -346,9 +366,8 @@ int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tenso
     KW_FORWARD(kw__tensor_alloc_layout(backend, &t, KW_DTYPE_F32, 2, ne, q->layout));
     const size_t panel_bytes = kw__quant_panel_bytes(&ql, q->k);
     const int nt = q->n * q->k >= KW_CPU_PARALLEL_MIN * 8 ? cpu->n_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t p = 0; p < panels; ++p)
-        kw_pack_qpanel((char *)t.data + (size_t)p * panel_bytes, q, &ql, p);
+    kw_pack_job job = {t.data, panel_bytes, NULL, q, &ql};
+    kw__cpu_parallel_for(cpu, nt, panels, kw_pack_qpanels, &job);
     *packed = t;
     return 0;
 }
@@ -390,6 +409,46 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
  * Entry point
  */
 
+/* One matmul call's work items: (panel, row block) pairs, handed out one at a time. */
+typedef struct kw_mm_job {
+    enum kw_cpu_isa isa;
+    float *y;
+    const float *xs;
+    const kw_tensor *w, *bias;
+    const kw_x8_act *act; /* the X8 layouts, else NULL */
+    char *scratch;        /* a row-major weight: one slice per worker */
+    size_t slice, panel_bytes;
+    int64_t M, N, K, row_block, row_blocks;
+} kw_mm_job;
+
+static void kw_mm_item(void *arg, int64_t it, int worker) {
+    const kw_mm_job *j = arg;
+    const kw_tensor *w = j->w;
+    const int64_t M = j->M, N = j->N, K = j->K;
+    const int64_t p = it / j->row_blocks, m0 = (it % j->row_blocks) * j->row_block;
+    const int64_t m1 = M - m0 < j->row_block ? M : m0 + j->row_block;
+    const int64_t n0 = p * KW_PANEL_ROWS, ncols = N - n0 < KW_PANEL_ROWS ? N - n0 : KW_PANEL_ROWS;
+    const char *wp;
+    if (j->scratch == NULL) {
+        wp = (const char *)w->data + (size_t)p * j->panel_bytes;
+    } else {
+        char *mine = j->scratch + j->slice * (size_t)worker;
+        kw_pack_panel(mine, w->data, w->dtype, N, K, p);
+        wp = mine;
+    }
+    if (j->act)
+        kw__cpu_x8_panel(j->isa, w->layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
+    else
+        kw_mm_panel(j->isa, j->y, N, j->xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
+    if (j->bias) {
+        for (int64_t n = n0; n < n0 + ncols; ++n) {
+            const float b = kw_opm_load(j->bias->data, j->bias->dtype, n);
+            for (int64_t m = m0; m < m1; ++m)
+                j->y[m * N + n] += b;
+        }
+    }
+}
+
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t M = kw_tensor_nrows(x), K = w->ne[1], N = w->ne[0];
@@ -399,8 +458,6 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const size_t panel_bytes =
         quantized ? kw__quant_panel_bytes(&ql, K) : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
     const int packed = w->layout != KW_LAYOUT_ROWS;
-    const float *xs = x->data;
-    float *y = out->data;
 
     int nt = (M * N * K >= KW_CPU_PARALLEL_MIN * 4 && N >= 8) ? cpu->n_threads : 1;
     /* with few panels, also split the rows (into blocks of whole prefill tiles) so that every thread has work */
@@ -421,7 +478,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
         float *xsum = xd + groups;
         int32_t *xs16 = (int32_t *)(xsum + groups);
         int8_t *xq = (int8_t *)(xs16 + 2 * groups);
-        kw__cpu_x8_quantize(x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xq, xd, xsum, xs16);
+        kw__cpu_x8_quantize(cpu, x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xq, xd, xsum, xs16);
         act = (kw_x8_act){xq, xd, xsum, xs16};
     } else if (!packed) {
         float *s;
@@ -429,30 +486,8 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
         scratch = (char *)s;
     }
 
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t p = it / row_blocks, m0 = (it % row_blocks) * row_block;
-        const int64_t m1 = M - m0 < row_block ? M : m0 + row_block;
-        const int64_t n0 = p * KW_PANEL_ROWS, ncols = N - n0 < KW_PANEL_ROWS ? N - n0 : KW_PANEL_ROWS;
-        const char *wp;
-        if (packed) {
-            wp = (const char *)w->data + (size_t)p * panel_bytes;
-        } else {
-            char *mine = scratch + slice * (size_t)omp_get_thread_num();
-            kw_pack_panel(mine, w->data, w->dtype, N, K, p);
-            wp = mine;
-        }
-        if (x8)
-            kw__cpu_x8_panel(cpu->isa, w->layout, y, N, &act, K, wp, n0, ncols, m0, m1);
-        else
-            kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
-        if (bias) {
-            for (int64_t n = n0; n < n0 + ncols; ++n) {
-                const float b = kw_opm_load(bias->data, bias->dtype, n);
-                for (int64_t m = m0; m < m1; ++m)
-                    y[m * N + n] += b;
-            }
-        }
-    }
+    kw_mm_job job = {cpu->isa, out->data,   x->data, w, bias, x8 ? &act : NULL, scratch,
+                     slice,    panel_bytes, M,       N, K,    row_block,        row_blocks};
+    kw_cpu_pool_run(cpu->pool, nt, items, kw_mm_item, &job);
     return 0;
 }

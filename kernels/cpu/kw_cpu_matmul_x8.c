@@ -28,7 +28,6 @@
 #include "kernels/cpu/kw_cpu.h"
 
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #if KW_CPU_X86
@@ -43,11 +42,23 @@
 /* Up to this many rows, each row streams the panel on its own (as KW_MM_ROW_MAX). */
 #define KW_X8_ROW_MAX 4
 
-void kw__cpu_x8_quantize(const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd, float *xs,
-                         int32_t *xs16) {
-    const int64_t G = K / KW_X8_G;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
+typedef struct kw_x8q_job {
+    const float *x;
+    int64_t K;
+    int8_t *xq;
+    float *xd, *xs;
+    int32_t *xs16;
+} kw_x8q_job;
+
+static void kw_x8_quantize_rows(void *arg, int64_t m0, int64_t m1, int worker) {
+    (void)worker;
+    const kw_x8q_job *j = arg;
+    const float *x = j->x;
+    const int64_t K = j->K, G = K / KW_X8_G;
+    int8_t *xq = j->xq;
+    float *xd = j->xd, *xs = j->xs;
+    int32_t *xs16 = j->xs16;
+    for (int64_t m = m0; m < m1; ++m) {
         for (int64_t g = 0; g < G; ++g) {
             const float *v = x + m * K + g * KW_X8_G;
             int8_t *q = xq + m * K + g * KW_X8_G;
@@ -77,6 +88,12 @@ void kw__cpu_x8_quantize(const float *x, int64_t M, int64_t K, int nt, int8_t *x
             xs[m * G + g] = d * (float)sum;
         }
     }
+}
+
+void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
+                         float *xs, int32_t *xs16) {
+    kw_x8q_job job = {x, K, xq, xd, xs, xs16};
+    kw__cpu_parallel_for(cpu, nt, M, kw_x8_quantize_rows, &job);
 }
 
 /* The byte of row r (0..63) at k kk of a group's codes. */

@@ -1,7 +1,8 @@
 /* kw_cpu_ops.c: the CPU backend's small ops: embedding lookup, RMSNorm, RoPE, KV cache store/load, activations,
  * add, scale, softmax, argmax and copy. They are memory-bound and cheap next to matmul and attention, so they are
- * plain C that follows HF's fp32 rounding steps (see kw_ref.h), with OpenMP over rows when a call is large and the
- * bulk dtype conversions of kw_cpu_convert.c. Not here: matmul (kw_cpu_matmul.c), attention (kw_cpu_attention.c). */
+ * plain C that follows HF's fp32 rounding steps (see kw_ref.h), spread over the backend's thread pool by rows when a
+ * call is large and the bulk dtype conversions of kw_cpu_convert.c. Not here: matmul (kw_cpu_matmul.c), attention
+ * (kw_cpu_attention.c). */
 #include "kernels/cpu/kw_cpu.h"
 
 #include <math.h>
@@ -46,6 +47,35 @@ int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table
     return 0;
 }
 
+typedef struct kw_rms_job {
+    const float *xs, *wf;
+    float *ys;
+    int64_t D;
+    float eps;
+} kw_rms_job;
+
+static void kw_rms_rows(void *arg, int64_t r0, int64_t r1, int worker) {
+    (void)worker;
+    const kw_rms_job *j = arg;
+    const int64_t D = j->D;
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = j->xs + r * D;
+        float *yr = j->ys + r * D;
+        /* 8 partial sums: order-independent within the fp32 bound the tests derive, and vectorizable */
+        float part[8] = {0};
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+            for (int i = 0; i < 8; ++i)
+                part[i] += xr[d + i] * xr[d + i];
+        for (; d < D; ++d)
+            part[0] += xr[d] * xr[d];
+        const float ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        const float inv_rms = kw_opm_rms_scale(ss, D, j->eps);
+        for (d = 0; d < D; ++d)
+            yr[d] = (xr[d] * inv_rms) * j->wf[d];
+    }
+}
+
 int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps,
                      int flags) {
     kw_cpu_backend *cpu = kw__cpu(backend);
@@ -56,26 +86,49 @@ int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, co
     if (flags & KW_RMS_NORM_UNIT_OFFSET)
         for (int64_t d = 0; d < D; ++d)
             wf[d] = 1.0f + wf[d];
-    const float *xs = x->data;
-    float *ys = out->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, R *D)) schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-        const float *xr = xs + r * D;
-        float *yr = ys + r * D;
-        /* 8 partial sums: order-independent within the fp32 bound the tests derive, and vectorizable */
-        float part[8] = {0};
-        int64_t d = 0;
-        for (; d + 8 <= D; d += 8)
-            for (int j = 0; j < 8; ++j)
-                part[j] += xr[d + j] * xr[d + j];
-        for (; d < D; ++d)
-            part[0] += xr[d] * xr[d];
-        const float ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-        const float inv_rms = kw_opm_rms_scale(ss, D, eps);
-        for (d = 0; d < D; ++d)
-            yr[d] = (xr[d] * inv_rms) * wf[d];
-    }
+    kw_rms_job job = {x->data, wf, out->data, D, eps};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, R * D), R, kw_rms_rows, &job);
     return 0;
+}
+
+typedef struct kw_rope_job {
+    float *xs;
+    const int32_t *pos;
+    const float *inv_freq, *tab; /* rope: inv_freq; rope_table: tab */
+    int64_t H, D, half;
+} kw_rope_job;
+
+static void kw_rope_rows(void *arg, int64_t t0, int64_t t1, int worker) {
+    (void)worker;
+    const kw_rope_job *j = arg;
+    const int64_t H = j->H, D = j->D, half = j->half;
+    for (int64_t t = t0; t < t1; ++t) {
+        float cs[KW_ROPE_MAX_DIM / 2], sn[KW_ROPE_MAX_DIM / 2];
+        for (int64_t i = 0; i < half; ++i) {
+            /* the fp32 angle as HF forms it; cos/sin rounded once from double (HF's fp32 cos is within 1 ulp) */
+            const float angle = kw_opm_rope_angle(j->pos[t], j->inv_freq[i]);
+            cs[i] = (float)cos((double)angle);
+            sn[i] = (float)sin((double)angle);
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            float *xh = j->xs + (t * H + h) * D;
+            for (int64_t i = 0; i < half; ++i)
+                kw_opm_rope_rotate(&xh[i], &xh[i + half], cs[i], sn[i]);
+        }
+    }
+}
+
+static void kw_rope_table_rows(void *arg, int64_t t0, int64_t t1, int worker) {
+    (void)worker;
+    const kw_rope_job *j = arg;
+    const int64_t H = j->H, D = j->D, half = j->half;
+    const float *tab = j->tab;
+    for (int64_t t = t0; t < t1; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+            float *xh = j->xs + (t * H + h) * D;
+            for (int64_t i = 0; i < half; ++i)
+                kw_opm_rope_rotate(&xh[i], &xh[i + half], tab[(t * half + i) * 2], tab[(t * half + i) * 2 + 1]);
+        }
 }
 
 int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
@@ -83,38 +136,16 @@ int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const 
     const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2], half = params->rotary_dim / 2;
     float inv_freq[KW_ROPE_MAX_DIM / 2];
     kw__rope_inv_freq(params, inv_freq);
-    const int32_t *p = pos->data;
-    float *xs = x->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, T *H *D)) schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
-        float cs[KW_ROPE_MAX_DIM / 2], sn[KW_ROPE_MAX_DIM / 2];
-        for (int64_t i = 0; i < half; ++i) {
-            /* the fp32 angle as HF forms it; cos/sin rounded once from double (HF's fp32 cos is within 1 ulp) */
-            const float angle = kw_opm_rope_angle(p[t], inv_freq[i]);
-            cs[i] = (float)cos((double)angle);
-            sn[i] = (float)sin((double)angle);
-        }
-        for (int64_t h = 0; h < H; ++h) {
-            float *xh = xs + (t * H + h) * D;
-            for (int64_t i = 0; i < half; ++i)
-                kw_opm_rope_rotate(&xh[i], &xh[i + half], cs[i], sn[i]);
-        }
-    }
+    kw_rope_job job = {x->data, pos->data, inv_freq, NULL, H, D, half};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * H * D), T, kw_rope_rows, &job);
     return 0;
 }
 
 int kw__cpu_rope_table(kw_backend *backend, kw_tensor *x, const kw_tensor *table) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2], half = table->ne[1];
-    const float *tab = table->data;
-    float *xs = x->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, T *H *D)) schedule(static)
-    for (int64_t t = 0; t < T; ++t)
-        for (int64_t h = 0; h < H; ++h) {
-            float *xh = xs + (t * H + h) * D;
-            for (int64_t i = 0; i < half; ++i)
-                kw_opm_rope_rotate(&xh[i], &xh[i + half], tab[(t * half + i) * 2], tab[(t * half + i) * 2 + 1]);
-        }
+    kw_rope_job job = {x->data, NULL, NULL, table->data, H, D, half};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * H * D), T, kw_rope_table_rows, &job);
     return 0;
 }
 
@@ -168,24 +199,43 @@ static kw_cpu_bulk_act kw_cpu_bulk_act_for(enum kw_act act) {
     return NULL;
 }
 
+typedef struct kw_act_job {
+    float *y;
+    const float *x, *up;
+    int64_t n;
+    enum kw_act act;
+    kw_cpu_bulk_act bulk;
+    enum kw_cpu_isa isa;
+} kw_act_job;
+
+static void kw_act_values(void *arg, int64_t i0, int64_t i1, int worker) {
+    (void)worker;
+    const kw_act_job *j = arg;
+    for (int64_t i = i0; i < i1; ++i)
+        j->y[i] = j->up ? kw_opm_act(j->x[i], j->act) * j->up[i] : kw_opm_act(j->x[i], j->act);
+}
+
+static void kw_act_blocks(void *arg, int64_t b0, int64_t b1, int worker) {
+    (void)worker;
+    const kw_act_job *j = arg;
+    for (int64_t b = b0; b < b1; ++b) {
+        float buf[KW_CPU_ACT_BLOCK];
+        const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = j->n - i0 < KW_CPU_ACT_BLOCK ? j->n - i0 : KW_CPU_ACT_BLOCK;
+        j->bulk(j->isa, buf, j->x + i0, m);
+        for (int64_t i = 0; i < m; ++i)
+            j->y[i0 + i] = j->up ? buf[i] * j->up[i0 + i] : buf[i];
+    }
+}
+
 /* out = act(x) (* up when up is not NULL) over n values; out may equal x or up. */
 static void kw_cpu_act(kw_cpu_backend *cpu, float *y, const float *x, const float *up, int64_t n, enum kw_act act) {
-    const kw_cpu_bulk_act bulk = kw_cpu_bulk_act_for(act);
-    if (bulk == NULL) {
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n / 8)) schedule(static)
-        for (int64_t i = 0; i < n; ++i)
-            y[i] = up ? kw_opm_act(x[i], act) * up[i] : kw_opm_act(x[i], act);
+    kw_act_job job = {y, x, up, n, act, kw_cpu_bulk_act_for(act), cpu->isa};
+    if (job.bulk == NULL) {
+        kw__cpu_parallel_for(cpu, kw_threads_for(cpu, n / 8), n, kw_act_values, &job);
         return;
     }
     const int64_t n_blocks = (n + KW_CPU_ACT_BLOCK - 1) / KW_CPU_ACT_BLOCK;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
-    for (int64_t b = 0; b < n_blocks; ++b) {
-        float buf[KW_CPU_ACT_BLOCK];
-        const int64_t i0 = b * KW_CPU_ACT_BLOCK, m = n - i0 < KW_CPU_ACT_BLOCK ? n - i0 : KW_CPU_ACT_BLOCK;
-        bulk(cpu->isa, buf, x + i0, m);
-        for (int64_t i = 0; i < m; ++i)
-            y[i0 + i] = up ? buf[i] * up[i0 + i] : buf[i];
-    }
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, n), n_blocks, kw_act_blocks, &job);
 }
 
 int kw__cpu_glu(kw_backend *backend, kw_tensor *out, const kw_tensor *gate, const kw_tensor *up, enum kw_act act) {
@@ -198,43 +248,61 @@ int kw__cpu_unary(kw_backend *backend, kw_tensor *out, const kw_tensor *x, enum 
     return 0;
 }
 
+/* y = a + b, or y = a * s when b is NULL. */
+typedef struct kw_axpy_job {
+    float *y;
+    const float *a, *b;
+    float s;
+} kw_axpy_job;
+
+static void kw_axpy_values(void *arg, int64_t i0, int64_t i1, int worker) {
+    (void)worker;
+    const kw_axpy_job *j = arg;
+    if (j->b)
+        for (int64_t i = i0; i < i1; ++i)
+            j->y[i] = j->a[i] + j->b[i];
+    else
+        for (int64_t i = i0; i < i1; ++i)
+            j->y[i] = j->a[i] * j->s;
+}
+
 int kw__cpu_add(kw_backend *backend, kw_tensor *out, const kw_tensor *a, const kw_tensor *b) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t n = kw_tensor_nelem(out);
-    const float *as = a->data, *bs = b->data;
-    float *y = out->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = as[i] + bs[i];
+    kw_axpy_job job = {out->data, a->data, b->data, 0.0f};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, n), n, kw_axpy_values, &job);
     return 0;
 }
 
 int kw__cpu_scale(kw_backend *backend, kw_tensor *out, const kw_tensor *x, float s) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t n = kw_tensor_nelem(out);
-    const float *xs = x->data;
-    float *y = out->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, n)) schedule(static)
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = xs[i] * s;
+    kw_axpy_job job = {out->data, x->data, NULL, s};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, n), n, kw_axpy_values, &job);
     return 0;
 }
 
-int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
-    kw_cpu_backend *cpu = kw__cpu(backend);
-    const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
-    const float *xs = x->data;
-    float *ys = out->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, R *N / 8)) schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-        const float *xr = xs + r * N;
-        float *yr = ys + r * N;
+typedef struct kw_rows_job {
+    const float *xs;
+    void *ys;
+    int64_t N;
+    int flags;
+    enum kw_cpu_isa isa;
+} kw_rows_job;
+
+static void kw_softmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
+    (void)worker;
+    const kw_rows_job *j = arg;
+    const int64_t N = j->N;
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = j->xs + r * N;
+        float *yr = (float *)j->ys + r * N;
         float max = -INFINITY;
         for (int64_t i = 0; i < N; ++i)
             max = xr[i] > max ? xr[i] : max;
         for (int64_t i = 0; i < N; ++i)
             yr[i] = xr[i] - max;
-        kw__cpu_exp_f32(cpu->isa, yr, yr, N);
+        kw__cpu_exp_f32(j->isa, yr, yr, N);
         float sum = 0.0f; /* in index order, the same on every ISA */
         for (int64_t i = 0; i < N; ++i)
             sum += yr[i];
@@ -242,28 +310,40 @@ int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
         for (int64_t i = 0; i < N; ++i)
             yr[i] *= inv;
     }
+}
+
+static void kw_argmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
+    (void)worker;
+    const kw_rows_job *j = arg;
+    const int64_t N = j->N;
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = j->xs + r * N;
+        int64_t best = -1;
+        float best_v = 0.0f;
+        for (int64_t i = 0; i < N; ++i) {
+            const float v = kw_opm_argmax_value(xr[i], j->flags);
+            if (kw_opm_argmax_wins(v, i, best_v, best)) { /* NaN never wins, the first maximum does */
+                best = i;
+                best_v = v;
+            }
+        }
+        ((int32_t *)j->ys)[r] = best < 0 ? 0 : (int32_t)best;
+    }
+}
+
+int kw__cpu_softmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
+    kw_rows_job job = {x->data, out->data, N, 0, cpu->isa};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, R * N / 8), R, kw_softmax_rows, &job);
     return 0;
 }
 
 int kw__cpu_argmax(kw_backend *backend, kw_tensor *out, const kw_tensor *x, int flags) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t N = x->ne[x->ndim - 1], R = kw_tensor_nrows(x);
-    const float *xs = x->data;
-    int32_t *ys = out->data;
-#pragma omp parallel for num_threads(kw_threads_for(cpu, R *N)) schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-        const float *xr = xs + r * N;
-        int64_t best = -1;
-        float best_v = 0.0f;
-        for (int64_t i = 0; i < N; ++i) {
-            const float v = kw_opm_argmax_value(xr[i], flags);
-            if (kw_opm_argmax_wins(v, i, best_v, best)) { /* NaN never wins, the first maximum does */
-                best = i;
-                best_v = v;
-            }
-        }
-        ys[r] = best < 0 ? 0 : (int32_t)best;
-    }
+    kw_rows_job job = {x->data, out->data, N, flags, cpu->isa};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, R * N), R, kw_argmax_rows, &job);
     return 0;
 }
 

@@ -41,14 +41,10 @@ expect_done() {
     grep -qx 'receiverd exit 0' "$out/daemons.txt" && grep -qx 'sharerd exit 0' "$out/daemons.txt" ||
         { cat "$out/daemons.txt"; fail "$2: the daemons of job $1 did not exit cleanly"; }
     grep -q "$2: done" "jobs/kvwire-pair-$1.out" || fail "$2: job $1's output does not end with done"
-    # the daemons waited at OpenMP barriers as the job set it: the submitter's choice, else kw-pair.sh's default
-    local wait=GOMP_SPINCOUNT=10000
-    if [ -n "${GOMP_SPINCOUNT+set}${OMP_WAIT_POLICY+set}" ]; then
-        wait="${OMP_WAIT_POLICY+OMP_WAIT_POLICY=$OMP_WAIT_POLICY}"
-        [ -z "${GOMP_SPINCOUNT+set}" ] || wait="${wait:+$wait }GOMP_SPINCOUNT=$GOMP_SPINCOUNT"
-    fi
-    grep -q "OpenMP waiting $wait$" "$out/receiverd.log" && grep -q "OpenMP waiting $wait$" "$out/sharerd.log" ||
-        fail "$2: the daemons of job $1 do not report OpenMP waiting $wait"
+    # the daemons' CPU threads waited as the job set it: the submitter's KW_CPU_SPIN_US, else kw-pair.sh's default
+    local wait=KW_CPU_SPIN_US=${KW_CPU_SPIN_US:-5}
+    grep -q "CPU threads wait $wait$" "$out/receiverd.log" && grep -q "CPU threads wait $wait$" "$out/sharerd.log" ||
+        fail "$2: the daemons of job $1 do not report CPU threads wait $wait"
 }
 
 # wait_serving JOB NAME: until the job's daemons serve (its url file)

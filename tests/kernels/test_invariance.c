@@ -1,7 +1,7 @@
 /* test_invariance.c: the CPU backend gives the same bits however it runs. For matmul (row-major and packed weights,
  * every weight dtype, with and without bias), attention (f32 and bf16 caches, GQA, masks, windows, head dims that are
  * not multiples of 16), the activations, softmax, RMSNorm, RoPE and get_rows, every ISA this machine has (scalar,
- * AVX2, AVX-512; KW_CPU_ISA lowers the choice), 1 and 2 threads, and every way of cutting the rows of a call (all at
+ * AVX2, AVX-512; KW_CPU_ISA lowers the choice), 1, 2 and 3 threads, and every way of cutting the rows of a call (all at
  * once, one by one, uneven sections) produce bit-identical outputs; so do the bulk exp/erf/GELU/sigmoid/SiLU over
  * sweeps of the whole float range. NaN outputs compare equal to NaN (payloads are not part of the contract).
  *
@@ -95,7 +95,7 @@ static void test_matmul_same_bits_everywhere(void **state) {
         kw_backend_destroy(ref);
         char what[160];
         for (int i = 0; i < n_isa; ++i) {
-            for (int threads = 1; threads <= 2; ++threads) {
+            for (int threads = 1; threads <= 3; ++threads) {
                 kw_backend *b = kw_cpu(isas[i], threads);
                 for (int pack = 0; pack <= 1; ++pack) {
                     snprintf(what, sizeof what, "matmul M=%lld N=%lld K=%lld %s, %s, %d threads, %s, all rows",
@@ -185,7 +185,7 @@ static void test_attention_same_bits_everywhere(void **state) {
         kw_attn(ref, want, q, kc, vc, mask, c, cap, 0, c->T);
         kw_backend_destroy(ref);
         for (int i = 0; i < n_isa; ++i) {
-            for (int threads = 1; threads <= 2; ++threads) {
+            for (int threads = 1; threads <= 3; ++threads) {
                 kw_backend *b = kw_cpu(isas[i], threads);
                 char what[160];
                 snprintf(what, sizeof what, "attention case %zu, %s, %d threads", ci, isas[i], threads);
@@ -310,7 +310,7 @@ static void test_small_ops_same_bits_everywhere(void **state) {
     kw_small_ops(ref, want, x, u, table, N);
     kw_backend_destroy(ref);
     for (int i = 0; i < n_isa; ++i)
-        for (int threads = 1; threads <= 2; ++threads) {
+        for (int threads = 1; threads <= 3; ++threads) {
             kw_backend *b = kw_cpu(isas[i], threads);
             kw_small_ops(b, got, x, u, table, N);
             char what[64];

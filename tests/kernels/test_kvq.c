@@ -273,7 +273,7 @@ static void kvq_check_attention(enum kw_kvq_codec codec, int64_t D, int64_t wind
     const char *isas[3];
     const int n_isas = kw_backend_cpu_isas(isas);
     for (int i = 0; i < n_isas; ++i)
-        for (int threads = 1; threads <= 2; ++threads) {
+        for (int threads = 1; threads <= 3; ++threads) {
             kw_backend *b = kw_cpu(isas[i], threads);
             kvq_pair s = kvq_alloc(b, codec, Hkv, cap, D, P);
             /* appended in another cut: the storage must hold the same values */

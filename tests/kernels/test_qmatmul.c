@@ -150,7 +150,7 @@ static void test_quantized_matmul_is_the_f32_matmul(void **state) {
 
         char what[200];
         for (int i = 0; i < n_isa; ++i) {
-            for (int threads = 1; threads <= 2; ++threads) {
+            for (int threads = 1; threads <= 3; ++threads) {
                 kw_backend *b = kw_cpu(isas[i], threads);
                 kw_tensor tq;
                 assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tq), 0);
@@ -418,7 +418,7 @@ static void test_x8_matmul_is_its_oracle(void **state) {
 
         char what[200];
         for (int i = 0; i < n_isa; ++i) {
-            for (int threads = 1; threads <= 2; ++threads) {
+            for (int threads = 1; threads <= 3; ++threads) {
                 kw_backend *b = kw_cpu(isas[i], threads);
                 assert_int_equal(kw_backend_supports_layout(b, layout), 1);
                 kw_tensor tq;

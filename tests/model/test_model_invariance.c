@@ -141,7 +141,7 @@ static void kw_check_model(enum kw_arch arch, int tied, enum kw_dtype wdtype, en
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (int i = 0; i < n_isa; ++i) {
-        for (int threads = 1; threads <= 2; ++threads) {
+        for (int threads = 1; threads <= 3; ++threads) {
             struct {
                 const int64_t *calls;
                 int32_t max_batch;

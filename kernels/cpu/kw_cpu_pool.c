@@ -1,0 +1,240 @@
+/* kw_cpu_pool.c: the CPU backend's spin-then-sleep thread pool; see kw_cpu_pool.h.
+ *
+ * Each worker has its own `go` word (its cache line): a run stores the new job number into the go words of the
+ * workers it uses only, so an idle worker never reads a job it is not part of, and the caller may rewrite the job as
+ * soon as its own workers have finished. A worker waits for go to change (spin, then futex), takes tasks from the
+ * shared counter, and decrements `pending`; the caller waits for pending to reach 0 the same way. The sleeping flags
+ * spare the futex_wake system call when nobody sleeps: the waker stores the word then reads the flag, the sleeper
+ * sets the flag then reads the word (both sequentially consistent), so one of them sees the other. */
+#include "kernels/cpu/kw_cpu_pool.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/kw_status.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define kw_pool_pause() _mm_pause()
+#elif defined(__aarch64__)
+#define kw_pool_pause() __asm__ __volatile__("yield")
+#else
+#define kw_pool_pause() ((void)0)
+#endif
+
+#define KW_POOL_SPIN_MAX 1000000 /* 1 s */
+
+typedef struct kw_pool_worker {
+    _Alignas(64) _Atomic uint32_t go; /* the last job number handed to this worker */
+    _Atomic int sleeping;
+    int id;
+    kw_cpu_pool *pool;
+    pthread_t thread;
+} kw_pool_worker;
+
+struct kw_cpu_pool {
+    int n_threads; /* workers + the caller */
+    int spin_us;
+    int started;             /* workers whose thread runs */
+    kw_pool_worker *workers; /* n_threads - 1 (owned) */
+    _Atomic int busy;        /* a run is in progress */
+    _Atomic int stop;
+    uint32_t job; /* the last job number (the caller's) */
+    /* the job: written by the caller before the go stores, read by its workers after */
+    kw_cpu_pool_fn fn;
+    void *ctx;
+    int64_t n_tasks;
+    _Alignas(64) _Atomic int64_t next;     /* the next task to hand out */
+    _Alignas(64) _Atomic uint32_t pending; /* workers of the current job still running */
+    _Atomic int caller_sleeping;
+};
+
+/* The pool and worker id of the task this thread is running (NULL outside a run). */
+static _Thread_local kw_cpu_pool *kw_pool_current;
+static _Thread_local int kw_pool_current_id;
+
+static void kw_pool_futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void kw_pool_futex_wake(_Atomic uint32_t *word, int n) {
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+static int64_t kw_pool_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Waits until *word != old: spins for up to spin_us, then sleeps on the futex with *sleeping set. */
+static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *sleeping, int spin_us) {
+    uint32_t v = atomic_load_explicit(word, memory_order_acquire);
+    if (v != old) return v;
+    if (spin_us > 0) {
+        const int64_t until = kw_pool_now_ns() + (int64_t)spin_us * 1000;
+        for (unsigned i = 1;; ++i) {
+            kw_pool_pause();
+            v = atomic_load_explicit(word, memory_order_acquire);
+            if (v != old) return v;
+            if (i % 64 == 0 && kw_pool_now_ns() >= until) break;
+        }
+    }
+    for (;;) {
+        atomic_store(sleeping, 1);
+        v = atomic_load(word);
+        if (v == old) kw_pool_futex_wait(word, old);
+        atomic_store(sleeping, 0);
+        v = atomic_load_explicit(word, memory_order_acquire);
+        if (v != old) return v;
+    }
+}
+
+static void kw_pool_wake(_Atomic uint32_t *word, _Atomic int *sleeping) {
+    if (atomic_load(sleeping)) kw_pool_futex_wake(word, 1);
+}
+
+/* Takes tasks from the shared counter until none are left. */
+static void kw_pool_work(kw_cpu_pool *pool, int id) {
+    kw_cpu_pool *const outer = kw_pool_current;
+    const int outer_id = kw_pool_current_id;
+    kw_pool_current = pool;
+    kw_pool_current_id = id;
+    const kw_cpu_pool_fn fn = pool->fn;
+    void *const ctx = pool->ctx;
+    const int64_t n = pool->n_tasks;
+    for (int64_t t; (t = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed)) < n;)
+        fn(ctx, t, id);
+    kw_pool_current = outer;
+    kw_pool_current_id = outer_id;
+}
+
+static void *kw_pool_worker_main(void *arg) {
+    kw_pool_worker *w = arg;
+    kw_cpu_pool *pool = w->pool;
+    uint32_t seen = 0;
+    for (;;) {
+        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us);
+        if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
+        kw_pool_work(pool, w->id);
+        if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1)
+            kw_pool_wake(&pool->pending, &pool->caller_sleeping);
+    }
+    return NULL;
+}
+
+/* KW_CPU_SPIN_US when set to a number in 0 .. KW_POOL_SPIN_MAX, else -1. */
+static int kw_pool_env_spin(void) {
+    const char *s = getenv("KW_CPU_SPIN_US");
+    if (s == NULL || *s == '\0') return -1;
+    char *end;
+    errno = 0;
+    const long v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < 0 || v > KW_POOL_SPIN_MAX) return -1;
+    return (int)v;
+}
+
+const char *kw_cpu_pool_wait_origin(void) {
+    static _Thread_local char text[96];
+    const int env = kw_pool_env_spin();
+    const char *set = getenv("KW_CPU_SPIN_US");
+    if (env >= 0)
+        snprintf(text, sizeof text, "KW_CPU_SPIN_US=%d", env);
+    else if (set != NULL && *set != '\0')
+        snprintf(text, sizeof text, "default spin %d us (KW_CPU_SPIN_US ignored: not 0..%d)", KW_CPU_POOL_SPIN_US,
+                 KW_POOL_SPIN_MAX);
+    else
+        snprintf(text, sizeof text, "default spin %d us", KW_CPU_POOL_SPIN_US);
+    return text;
+}
+
+int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
+    KW_RETURN_IF(out == NULL || n_threads < 1 || n_threads > 1024 || spin_us > KW_POOL_SPIN_MAX, KW_E_INVALID_ARG,
+                 "kw_cpu_pool_create: %d threads, spin %d us", n_threads, spin_us);
+    if (spin_us < 0) {
+        spin_us = kw_pool_env_spin();
+        if (spin_us < 0) spin_us = KW_CPU_POOL_SPIN_US;
+    }
+    kw_cpu_pool *pool = calloc(1, sizeof *pool);
+    KW_RETURN_IF(pool == NULL, KW_E_NOMEM, "kw_cpu_pool_create: out of memory");
+    pool->n_threads = n_threads;
+    pool->spin_us = spin_us;
+    if (n_threads > 1) {
+        pool->workers = aligned_alloc(64, sizeof(kw_pool_worker) * (size_t)(n_threads - 1));
+        if (pool->workers == NULL) {
+            free(pool);
+            KW_RETURN_IF(1, KW_E_NOMEM, "kw_cpu_pool_create: out of memory");
+        }
+        memset(pool->workers, 0, sizeof(kw_pool_worker) * (size_t)(n_threads - 1));
+    }
+    for (int i = 0; i < n_threads - 1; ++i) {
+        kw_pool_worker *w = &pool->workers[i];
+        w->id = i + 1;
+        w->pool = pool;
+        const int rc = pthread_create(&w->thread, NULL, kw_pool_worker_main, w);
+        if (rc != 0) {
+            kw_cpu_pool_free(pool);
+            KW_RETURN_IF(1, KW_E_NOMEM, "kw_cpu_pool_create: thread %d of %d: %s", i + 1, n_threads, strerror(rc));
+        }
+        pool->started = i + 1;
+    }
+    *out = pool;
+    return 0;
+}
+
+void kw_cpu_pool_free(kw_cpu_pool *pool) {
+    if (pool == NULL) return;
+    atomic_store_explicit(&pool->stop, 1, memory_order_release);
+    ++pool->job;
+    for (int i = 0; i < pool->started; ++i) {
+        atomic_store(&pool->workers[i].go, pool->job);
+        kw_pool_wake(&pool->workers[i].go, &pool->workers[i].sleeping);
+    }
+    for (int i = 0; i < pool->started; ++i)
+        pthread_join(pool->workers[i].thread, NULL);
+    free(pool->workers);
+    free(pool);
+}
+
+int kw_cpu_pool_spin_us(const kw_cpu_pool *pool) {
+    return pool->spin_us;
+}
+
+void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_pool_fn fn, void *ctx) {
+    if (n_tasks <= 0) return;
+    int nt = n_threads < pool->n_threads ? n_threads : pool->n_threads;
+    if (n_tasks < nt) nt = (int)n_tasks;
+    if (nt <= 1 || atomic_exchange_explicit(&pool->busy, 1, memory_order_acquire)) {
+        /* alone, nested or beside another caller: inline, as the thread's worker id in this pool (0 outside it) */
+        const int id = kw_pool_current == pool ? kw_pool_current_id : 0;
+        for (int64_t t = 0; t < n_tasks; ++t)
+            fn(ctx, t, id);
+        return;
+    }
+    pool->fn = fn;
+    pool->ctx = ctx;
+    pool->n_tasks = n_tasks;
+    atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->pending, (uint32_t)(nt - 1), memory_order_relaxed);
+    const uint32_t job = ++pool->job;
+    for (int i = 0; i < nt - 1; ++i) { /* seq_cst: orders the job above before it, and it before the sleeping read */
+        atomic_store(&pool->workers[i].go, job);
+        kw_pool_wake(&pool->workers[i].go, &pool->workers[i].sleeping);
+    }
+    kw_pool_work(pool, 0);
+    uint32_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
+    while (left != 0) {
+        kw_pool_wait_change(&pool->pending, left, &pool->caller_sleeping, pool->spin_us);
+        left = atomic_load_explicit(&pool->pending, memory_order_acquire);
+    }
+    atomic_store_explicit(&pool->busy, 0, memory_order_release);
+}

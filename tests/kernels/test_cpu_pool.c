@@ -1,0 +1,253 @@
+/* test_cpu_pool.c: the CPU backend's thread pool (kernels/cpu/kw_cpu_pool.h). Every task of a run runs exactly once
+ * (n_tasks 0 .. 1000, pools of 1 .. 4 threads, every thread count asked), its writes are seen by the caller, worker
+ * ids stay below the run's thread count and no id is used by two threads at once; a run from inside a task runs
+ * inline on that thread's id; workers that went to sleep wake for the next run; pools are created and freed 100
+ * times, with no spin and with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation.
+ * The counters the tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/cpu/kw_cpu_pool.h"
+
+#define MAX_TASKS 1000
+#define MAX_IDS   8
+
+/* What the tasks of one run record. */
+typedef struct run_log {
+    int count[MAX_TASKS];      /* runs of each task (plain: the pool must order them) */
+    int id_of[MAX_TASKS];      /* the worker that ran it */
+    _Atomic int busy[MAX_IDS]; /* 1 while a thread runs a task as that id */
+    _Atomic int bad;           /* an id out of range or used twice at once */
+    int max_id;                /* ids must be below this */
+} run_log;
+
+static void log_task(void *arg, int64_t task, int worker) {
+    run_log *log = arg;
+    if (worker < 0 || worker >= log->max_id || worker >= MAX_IDS) {
+        atomic_store(&log->bad, 1);
+        return;
+    }
+    if (atomic_exchange(&log->busy[worker], 1) != 0) atomic_store(&log->bad, 1);
+    for (volatile int spin = 0; spin < (int)(task % 7) * 50; ++spin) /* uneven tasks */
+        ;
+    log->count[task] += 1;
+    log->id_of[task] = worker;
+    atomic_store(&log->busy[worker], 0);
+}
+
+/* One run of n tasks on nt threads of pool (which has pool_threads), checked. */
+static void check_run(kw_cpu_pool *pool, int pool_threads, int nt, int64_t n, run_log *log) {
+    memset(log, 0, sizeof *log);
+    int expect = nt < pool_threads ? nt : pool_threads;
+    if (n < expect) expect = (int)n;
+    log->max_id = expect > 1 ? expect : 1;
+    kw_cpu_pool_run(pool, nt, n, log_task, log);
+    if (atomic_load(&log->bad))
+        fail_msg("bad worker id: pool %d threads, run on %d, %lld tasks", pool_threads, nt, (long long)n);
+    for (int64_t t = 0; t < n; ++t)
+        if (log->count[t] != 1)
+            fail_msg("task %lld of %lld ran %d times (pool %d threads, run on %d)", (long long)t, (long long)n,
+                     log->count[t], pool_threads, nt);
+    for (int64_t t = n; t < MAX_TASKS; ++t)
+        assert_int_equal(log->count[t], 0);
+}
+
+static void test_every_task_once(void **state) {
+    (void)state;
+    static run_log log;
+    const int spins[] = {0, 50, -1};
+    for (int threads = 1; threads <= 4; ++threads)
+        for (size_t s = 0; s < sizeof spins / sizeof spins[0]; ++s) {
+            kw_cpu_pool *pool = NULL;
+            assert_int_equal(kw_cpu_pool_create(threads, spins[s], &pool), 0);
+            for (int64_t n = 0; n <= MAX_TASKS; n += (n < 40 ? 1 : 37))
+                for (int nt = 1; nt <= threads + 1; ++nt)
+                    check_run(pool, threads, nt, n, &log);
+            check_run(pool, threads, threads, MAX_TASKS, &log);
+            kw_cpu_pool_free(pool);
+        }
+}
+
+/* With 4 threads and enough work, more than one thread takes tasks (the pool is not the caller alone). */
+static void test_workers_take_part(void **state) {
+    (void)state;
+    static run_log log;
+    kw_cpu_pool *pool = NULL;
+    assert_int_equal(kw_cpu_pool_create(4, -1, &pool), 0);
+    int seen[MAX_IDS] = {0};
+    for (int rep = 0; rep < 200; ++rep) {
+        check_run(pool, 4, 4, MAX_TASKS, &log);
+        for (int t = 0; t < MAX_TASKS; ++t)
+            seen[log.id_of[t]] = 1;
+    }
+    assert_int_equal(seen[0], 1);
+    assert_true(seen[1] + seen[2] + seen[3] >= 1);
+    kw_cpu_pool_free(pool);
+}
+
+/* Nested runs: each outer task runs an inner run on the same pool; it must run inline, on the outer task's id. */
+typedef struct nested {
+    kw_cpu_pool *pool;
+    int inner_count[64][64];
+    int inner_id[64][64];
+    int outer_id[64];
+} nested;
+
+typedef struct inner_ctx {
+    nested *n;
+    int64_t outer;
+} inner_ctx;
+
+static void inner_task(void *arg, int64_t task, int worker) {
+    inner_ctx *c = arg;
+    c->n->inner_count[c->outer][task] += 1;
+    c->n->inner_id[c->outer][task] = worker;
+}
+
+static void outer_task(void *arg, int64_t task, int worker) {
+    nested *n = arg;
+    n->outer_id[task] = worker;
+    inner_ctx c = {n, task};
+    kw_cpu_pool_run(n->pool, 4, 64, inner_task, &c);
+}
+
+static void test_nested_inline(void **state) {
+    (void)state;
+    static nested n;
+    memset(&n, 0, sizeof n);
+    assert_int_equal(kw_cpu_pool_create(4, -1, &n.pool), 0);
+    kw_cpu_pool_run(n.pool, 4, 64, outer_task, &n);
+    for (int o = 0; o < 64; ++o)
+        for (int i = 0; i < 64; ++i) {
+            assert_int_equal(n.inner_count[o][i], 1);
+            assert_int_equal(n.inner_id[o][i], n.outer_id[o]);
+        }
+    kw_cpu_pool_free(n.pool);
+}
+
+/* Workers asleep (spin 0, and a short spin that runs out) wake for every run; no wake-up is lost. */
+static void test_sleep_and_wake(void **state) {
+    (void)state;
+    static run_log log;
+    const int spins[] = {0, 20};
+    for (size_t s = 0; s < 2; ++s) {
+        kw_cpu_pool *pool = NULL;
+        assert_int_equal(kw_cpu_pool_create(3, spins[s], &pool), 0);
+        for (int rep = 0; rep < 300; ++rep) {
+            if (rep % 3 == 0) usleep((useconds_t)(rep % 7) * 100);
+            check_run(pool, 3, 3, 1 + rep % 50, &log);
+        }
+        kw_cpu_pool_free(pool);
+    }
+}
+
+static void test_create_free(void **state) {
+    (void)state;
+    static run_log log;
+    for (int i = 0; i < 100; ++i) {
+        kw_cpu_pool *pool = NULL;
+        const int threads = 1 + i % 4, spin = i % 2 ? 0 : 1000000; /* no spin; a 1 s spin */
+        assert_int_equal(kw_cpu_pool_create(threads, spin, &pool), 0);
+        assert_int_equal(kw_cpu_pool_spin_us(pool), spin);
+        if (i % 3) check_run(pool, threads, threads, 1 + i * 7, &log);
+        kw_cpu_pool_free(pool); /* joins at once, also while the workers spin */
+    }
+    kw_cpu_pool_free(NULL);
+    kw_cpu_pool *pool = NULL;
+    assert_true(kw_cpu_pool_create(0, 0, &pool) < 0);
+    assert_true(kw_cpu_pool_create(1025, 0, &pool) < 0);
+    assert_true(kw_cpu_pool_create(2, 1000001, &pool) < 0);
+    assert_true(kw_cpu_pool_create(2, 0, NULL) < 0);
+    assert_null(pool);
+}
+
+/* Two threads, each driving a pool of its own at the same time. */
+static void *drive_pool(void *arg) {
+    run_log *log = arg;
+    kw_cpu_pool *pool = NULL;
+    if (kw_cpu_pool_create(2, -1, &pool) < 0) return (void *)1;
+    for (int rep = 0; rep < 400; ++rep) {
+        const int64_t n = 1 + (rep * 13) % MAX_TASKS;
+        memset(log, 0, sizeof *log);
+        log->max_id = 2;
+        kw_cpu_pool_run(pool, 2, n, log_task, log);
+        if (atomic_load(&log->bad)) return (void *)1;
+        for (int64_t t = 0; t < n; ++t)
+            if (log->count[t] != 1) return (void *)1;
+    }
+    kw_cpu_pool_free(pool);
+    return NULL;
+}
+
+static void test_concurrent_pools(void **state) {
+    (void)state;
+    static run_log logs[2];
+    pthread_t th[2];
+    for (int i = 0; i < 2; ++i)
+        assert_int_equal(pthread_create(&th[i], NULL, drive_pool, &logs[i]), 0);
+    for (int i = 0; i < 2; ++i) {
+        void *rc;
+        assert_int_equal(pthread_join(th[i], &rc), 0);
+        assert_null(rc);
+    }
+}
+
+static void test_spin_env(void **state) {
+    (void)state;
+    kw_cpu_pool *pool = NULL;
+    setenv("KW_CPU_SPIN_US", "37", 1);
+    assert_int_equal(kw_cpu_pool_create(2, -1, &pool), 0);
+    assert_int_equal(kw_cpu_pool_spin_us(pool), 37);
+    assert_string_equal(kw_cpu_pool_wait_origin(), "KW_CPU_SPIN_US=37");
+    kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(2, 5, &pool), 0); /* an explicit spin wins */
+    assert_int_equal(kw_cpu_pool_spin_us(pool), 5);
+    kw_cpu_pool_free(pool);
+    const char *bad[] = {"", "-1", "12x", "1000001", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) { /* ignored: the default */
+        setenv("KW_CPU_SPIN_US", bad[i], 1);
+        assert_int_equal(kw_cpu_pool_create(2, -1, &pool), 0);
+        assert_int_equal(kw_cpu_pool_spin_us(pool), KW_CPU_POOL_SPIN_US);
+        kw_cpu_pool_free(pool);
+        if (*bad[i]) assert_non_null(strstr(kw_cpu_pool_wait_origin(), "ignored"));
+    }
+    unsetenv("KW_CPU_SPIN_US");
+    char expect[64];
+    snprintf(expect, sizeof expect, "default spin %d us", KW_CPU_POOL_SPIN_US);
+    assert_string_equal(kw_cpu_pool_wait_origin(), expect);
+}
+
+static void test_range(void **state) {
+    (void)state;
+    for (int64_t n = 0; n < 50; ++n)
+        for (int64_t parts = 1; parts <= 9; ++parts) {
+            int64_t next = 0;
+            for (int64_t p = 0; p < parts; ++p) {
+                int64_t b, e;
+                kw_cpu_pool_range(n, parts, p, &b, &e);
+                assert_int_equal(b, next);
+                assert_true(e >= b && e - b <= n / parts + 1 && e - b >= n / parts);
+                next = e;
+            }
+            assert_int_equal(next, n);
+        }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_task_once), cmocka_unit_test(test_workers_take_part),
+        cmocka_unit_test(test_nested_inline),   cmocka_unit_test(test_sleep_and_wake),
+        cmocka_unit_test(test_create_free),     cmocka_unit_test(test_concurrent_pools),
+        cmocka_unit_test(test_spin_env),        cmocka_unit_test(test_range),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
