@@ -7,8 +7,9 @@
 kvwire=$build/tools/kvwire
 prompt="The capital of France is"
 for arch in llama gemma3 qwen3; do
-    case $arch in llama) tokdir=llama3 ;; *) tokdir=$arch ;; esac
-    "$kvwire" gen-model --arch $arch --preset tiny --seed 7 --tokenizer "$src/models/tokenizers/$tokdir" \
+    extra=()
+    case $arch in llama) tokdir=llama3 ;; gemma3) tokdir=gemma3 extra=(--vocab 262208) ;; *) tokdir=$arch ;; esac
+    "$kvwire" gen-model --arch $arch --preset tiny --seed 7 "${extra[@]}" --tokenizer "$src/models/tokenizers/$tokdir" \
         --out "m-$arch" >/dev/null
     "$kvwire" generate --model "m-$arch" --prompt "$prompt" --max-new-tokens 6 --threads 1 >gen.txt 2>/dev/null ||
         fail "$arch: kvwire generate failed"
@@ -21,9 +22,9 @@ for arch in llama gemma3 qwen3; do
     case $arch in qwen3) [ "$n_want" = "$n_text" ] || fail "$arch: $n_want prompt ids, the text has $n_text" ;;
     *) [ "$n_want" = $((n_text + 1)) ] || fail "$arch: $n_want prompt ids, expected the text's $n_text and BOS" ;; esac
     rm -f ready
-    "$build/receiver/receiverd" --config "$src/deploy/config/receiverd.tiny.yaml" --http.port 0 \
-        --model.path "m-$arch" --model.name "m-$arch" --fusers.0.path "" --sharers.0.port 1 \
-        --defaults.mode receiver_only --runtime.ready_file ready 2>log.txt &
+    printf 'http:\n  host: 127.0.0.1\n  port: 0\nmodel:\n  name: m-%s\n  path: m-%s\ncompute:\n  threads: 1\n' \
+        $arch $arch >rd.yaml
+    "$build/receiver/receiverd" --config rd.yaml --runtime.ready_file ready 2>log.txt &
     pid=$!
     for _ in $(seq 600); do
         [ -s ready ] && break
@@ -37,7 +38,7 @@ for arch in llama gemma3 qwen3; do
         fail "$arch: the request failed"
     kill -TERM $pid
     wait $pid || fail "$arch: receiverd exited $? after SIGTERM: $(cat log.txt)"
-    got_prompt=$(grep -o '"prompt_tokens": *[0-9]*' resp.json | grep -o '[0-9]*$')
+    got_prompt=$(grep -o '"prompt_tokens": *[0-9]*' resp.json | head -1 | grep -o '[0-9]*$')
     got_gen=$(grep -o '"completion_ids": *\[[0-9, ]*\]' resp.json | sed 's/.*\[//; s/\]//' | tr -d ' ')
     [ "$got_prompt" = "$n_want" ] || fail "$arch: receiverd counted $got_prompt prompt tokens, generate $n_want: $(cat resp.json)"
     [ "$got_gen" = "$want_gen" ] || fail "$arch: receiverd generated [$got_gen], generate [$want_gen]"
