@@ -187,6 +187,11 @@ int kw_backend_cpu_threads(const kw_backend *backend);
  * speed differs). NULL for a backend of another kind. */
 const char *kw_backend_cpu_isa(const kw_backend *backend);
 
+/* 1 if a CPU backend has layout and its decode on it is not slower than on the layout it compresses (a choice of
+ * speed only: the bits are the same). 0 for KW_LAYOUT_QPANELS_S6_G16_SB unless the backend runs AVX-512 on a CPU with
+ * VBMI (without it the 6-bit unpack made decode 0.59x S8_G16_SB: docs/BENCHMARKS.md); 0 for another backend kind. */
+int kw_backend_cpu_layout_fast(const kw_backend *backend, enum kw_layout layout);
+
 /* The SIMD flavours the CPU backend can run on this machine, slowest first ("scalar", then "avx2", "avx512" as the
  * CPU allows), in names; returns how many (1..3). KW_CPU_ISA=<name> selects one of them for new backends. */
 int kw_backend_cpu_isas(const char *names[3]);

@@ -288,6 +288,14 @@ static int kw_mm_vbmi(void) {
 #undef KW_MM_QROW_FAST
 #endif
 
+int kw__cpu_has_vbmi(void) {
+#if KW_CPU_X86
+    return kw_mm_vbmi();
+#else
+    return 0;
+#endif
+}
+
 /* Rows [m0, m1) of y against one panel (the row-major weight's panel packed into scratch, or a packed one of any
  * layout), on the backend's ISA. */
 static void kw_mm_panel(enum kw_cpu_isa isa, float *y, int64_t N, const float *x, int64_t K, enum kw_dtype dt,
