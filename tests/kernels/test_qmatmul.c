@@ -376,6 +376,25 @@ static void test_superblock_is_the_plain_layout(void **state) {
     kw_backend_destroy(b);
 }
 
+/* kw_backend_cpu_layout_fast: QPANELS_S6_G16_SB only on AVX-512 with VBMI (the model then keeps Q6_K in it), every
+ * other supported layout always, nothing for a NULL backend. */
+static void test_s6_is_chosen_with_vbmi(void **state) {
+    (void)state;
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    __builtin_cpu_init();
+    const int vbmi = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        assert_int_equal(kw_backend_cpu_layout_fast(b, KW_LAYOUT_QPANELS_S6_G16_SB),
+                         strcmp(isas[i], "avx512") == 0 && vbmi);
+        assert_int_equal(kw_backend_cpu_layout_fast(b, KW_LAYOUT_QPANELS_S8_G16_SB), 1);
+        assert_int_equal(kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S6_G16_SB), 1);
+        kw_backend_destroy(b);
+    }
+    assert_int_equal(kw_backend_cpu_layout_fast(NULL, KW_LAYOUT_QPANELS_S6_G16_SB), 0);
+}
+
 /* QPANELS_U4_X8 (int8 activations): on every ISA, 1 and 2 threads, all rows at once, row by row and in sections,
  * the bits of kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
  * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|); get_rows gives the dequantized rows; a zero
@@ -498,6 +517,7 @@ int main(void) {
         cmocka_unit_test(test_quantized_contract),
         cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
+        cmocka_unit_test(test_s6_is_chosen_with_vbmi),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
