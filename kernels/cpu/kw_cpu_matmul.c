@@ -87,6 +87,25 @@
  */
 #define KW_TARGET_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")))
 
+/* The VBMI decode rows' helpers. kw_qmm_row_store_vbmi stores a row's 64 accumulators, only the first ncols.
+ * kw_qmm_scale_exact gives -fl(C * a) in *neg and the lanes where C * a is exact (fma(a, C, -fl(C * a)) == 0, which
+ * also rejects overflow and NaN): there fma(f, a, -C * a) = fl((f - C) * a) for f - C an integer. */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_store_vbmi(float *y, const __m512 acc[4], int64_t ncols) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        const int64_t n = ncols - v * 16;
+        if (n >= 16)
+            kw_v16_store_avx512(y + v * 16, acc[v]);
+        else if (n > 0)
+            kw_v16_store_n_avx512(y + v * 16, acc[v], (int)n);
+    }
+}
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __mmask16 kw_qmm_scale_exact(__m512 a, __m512 C, __m512 *neg) {
+    const __m512 cs = _mm512_mul_ps(a, C);
+    *neg = _mm512_sub_ps(_mm512_setzero_ps(), cs);
+    return _mm512_cmp_ps_mask(_mm512_fmsub_ps(a, C, cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
+}
+
 KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const int OFS, const int G, const int SB,
                                                           float *y, const float *x, int64_t K, const char *wp,
                                                           int64_t ncols) {
@@ -124,9 +143,7 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
                 a[v] = _mm512_mul_ps(a[v], kw_v16_load_i8_avx512(sub + v * 16));
                 if (OFS) b[v] = _mm512_mul_ps(b[v], kw_v16_load_i8_avx512(sub + PER * KW_PANEL_ROWS + v * 16));
             }
-            const __m512 cs = _mm512_mul_ps(a[v], _mm512_set1_ps(C));
-            exact &= _mm512_cmp_ps_mask(_mm512_fmsub_ps(a[v], _mm512_set1_ps(C), cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
-            nc[v] = _mm512_sub_ps(_mm512_setzero_ps(), cs);
+            exact &= kw_qmm_scale_exact(a[v], _mm512_set1_ps(C), &nc[v]);
         }
         for (int kk = 0; kk < G; ++kk) {
             const float *xk = x + g * G + kk;
@@ -154,14 +171,7 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
             }
         }
     }
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-        const int64_t n = ncols - v * 16;
-        if (n >= 16)
-            kw_v16_store_avx512(y + v * 16, acc[v]);
-        else if (n > 0)
-            kw_v16_store_n_avx512(y + v * 16, acc[v], (int)n);
-    }
+    kw_qmm_row_store_vbmi(y, acc, ncols);
 }
 
 /* kw_qmm_row_vbmi_<name>: kw_qmm_row_vbmi for one 4-bit layout (the parameters of KW_QMM_LAYOUT but the bits). */
@@ -213,11 +223,8 @@ KW_TARGET_AVX512_VBMI static void kw_qmm_row_vbmi_s6_g16_sb(float *y, const floa
     enum { G = 16, PER = KW_QUANT_SUPERBLOCK / G, CODE_BYTES = G * KW_PANEL_ROWS * 6 / 8 };
     const size_t head_bytes = (size_t)KW_PANEL_ROWS * (4 + PER);
     const size_t unit_bytes = head_bytes + (size_t)CODE_BYTES * PER, group_bytes = unit_bytes / PER;
-    const __m512 C = _mm512_set1_ps(160.0f);
-    __m512 acc[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v)
-        acc[v] = _mm512_setzero_ps();
+    const __m512 C = _mm512_set1_ps(160.0f), zero = _mm512_setzero_ps();
+    __m512 acc[4] = {zero, zero, zero, zero};
     for (int64_t g = 0; g < K / G; ++g) {
         const char *up = wp + (size_t)(g / PER) * unit_bytes, *gp = wp + (size_t)g * group_bytes;
         const int64_t j = g % PER;
@@ -228,9 +235,7 @@ KW_TARGET_AVX512_VBMI static void kw_qmm_row_vbmi_s6_g16_sb(float *y, const floa
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
             a[v] = _mm512_mul_ps(_mm512_loadu_ps((const float *)up + v * 16), kw_v16_load_i8_avx512(sub + v * 16));
-            const __m512 cs = _mm512_mul_ps(a[v], C);
-            exact &= _mm512_cmp_ps_mask(_mm512_fmsub_ps(a[v], C, cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
-            nc[v] = _mm512_sub_ps(_mm512_setzero_ps(), cs);
+            exact &= kw_qmm_scale_exact(a[v], C, &nc[v]);
         }
         for (int kk = 0; kk < G; ++kk) {
             KW_QMM_PREFETCH(gp, group_bytes, G, kk);
@@ -251,14 +256,7 @@ KW_TARGET_AVX512_VBMI static void kw_qmm_row_vbmi_s6_g16_sb(float *y, const floa
                 acc[v] = _mm512_fmadd_ps(xb, w[v], acc[v]);
         }
     }
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-        const int64_t n = ncols - v * 16;
-        if (n >= 16)
-            kw_v16_store_avx512(y + v * 16, acc[v]);
-        else if (n > 0)
-            kw_v16_store_n_avx512(y + v * 16, acc[v], (int)n);
-    }
+    kw_qmm_row_store_vbmi(y, acc, ncols);
 }
 
 /* 1 if the CPU has AVX-512 VBMI (the AVX-512 instantiation's decode rows then use kw_qmm_row_vbmi_*). */
