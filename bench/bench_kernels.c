@@ -210,13 +210,16 @@ static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int re
 
 /* Times an exact quantized layout a against its int8-activation or super-block twin b (the same codes, scales and
  * offsets, each packed in copies totalling at least min_bytes), A B A B within each rep. Seconds per call of each in
- * sec[2], b's weight bytes in *w_bytes. The scales and offsets are int multiples of a d and m per 256 k, as Q4_K's and
- * Q6_K's, so that the super-block layouts take them. */
+ * sec[2], b's weight bytes in *w_bytes. The scales and offsets are int multiples of an f16 d and m per 256 k, as
+ * Q4_K's and Q6_K's, so that the super-block layouts take them. */
 static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const enum kw_layout lay[2], size_t min_bytes,
                          int reps, double sec[2], size_t *w_bytes) {
     int rc = 0;
-    kw_quant_layout ql;
+    kw_quant_layout ql, twin;
     kw_layout_quant(lay[0], &ql);
+    kw_layout_quant(lay[1], &twin); /* the codes: in both layouts' ranges (S6_G16_SB: 6 bits) */
+    ql.code_min = ql.code_min > twin.code_min ? ql.code_min : twin.code_min;
+    ql.code_max = ql.code_max < twin.code_max ? ql.code_max : twin.code_max;
     const int64_t groups = N * (K / ql.group);
     int8_t *codes = malloc((size_t)(N * K));
     float *scales = malloc((size_t)groups * sizeof(float)), *offsets = malloc((size_t)groups * sizeof(float));
@@ -237,6 +240,8 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
         codes[i] = (int8_t)(ql.code_min + (int)((r >> 8) % (uint32_t)(ql.code_max - ql.code_min + 1)));
     }
     kw_fill_random(sb, KW_DTYPE_F32, (size_t)(2 * sbs), 3);
+    for (int64_t i = 0; i < 2 * sbs; ++i) /* f16 values, as the files' d and dmin */
+        sb[i] = kw_round_f16(sb[i]);
     for (int64_t g = 0; g < groups; ++g) { /* s in 0..63 with offsets (Q4_K), else -128..127 (Q6_K); o in 0..63 */
         r = r * 1664525u + 1013904223u;
         const int sub = ql.has_offset ? (int)(r >> 26) : (int)(r >> 24) - 128;
@@ -291,19 +296,27 @@ static void kw_bench_qpairs(kw_backend *b, const enum kw_layout pairs[2][2], con
 }
 
 /* --quantized: kept-quantized weights (Q4_K's U4, Q6_K's S8_G16) rebuilt in f32 against the int8-activation layouts
- * (x8), then against the super-block layouts (sb: the same bits in fewer bytes). */
+ * (x8), then against the super-block layouts (sb: the same bits in fewer bytes), then Q6_K's plain and super-block
+ * int8 codes against its 6-bit codes (s6: QPANELS_S6_G16_SB, the same bits). */
 static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, int reps) {
-    static const enum kw_layout pairs[4][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
+    static const enum kw_layout pairs[6][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
                                                {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8},
                                                {KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_SB},
-                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB}};
-    static const char *const names[2] = {"U4 (Q4_K)", "S8_G16 (Q6_K)"};
-    for (int half = 0; half < 2; ++half) {
-        const char *t = half ? "sb" : "x8";
+                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB},
+                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S6_G16_SB},
+                                               {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S6_G16_SB}};
+    static const char *const names[3][2] = {
+        {"U4 (Q4_K)", "S8_G16 (Q6_K)"}, {"U4 (Q4_K)", "S8_G16 (Q6_K)"}, {"S8_G16 (Q6_K)", "S8_G16_SB"}};
+    static const char *const what[3] = {"int8 activations (x8)",
+                                        "the super-block layouts (sb: the same bits, fewer bytes)",
+                                        "Q6_K's 6-bit super-block layout (s6: the same bits, fewer bytes)"};
+    static const char *const tag[3] = {"x8", "sb", "s6"};
+    for (int part = 0; part < 3; ++part) {
+        const char *t = tag[part];
         printf("== %d thread%s: kept quantized, f32 weights rebuilt (exact) vs %s\n", threads, threads > 1 ? "s" : "",
-               half ? "the super-block layouts (sb: the same bits, fewer bytes)" : "int8 activations (x8)");
+               what[part]);
         printf("%-22s %-14s %6s %11s %8s us %3s gain %4s GB/s\n", "shape", "layout", "M", "exact us", t, t, t);
-        kw_bench_qpairs(b, pairs + 2 * half, names, min_w_bytes, reps);
+        kw_bench_qpairs(b, pairs + 2 * part, names[part], min_w_bytes, reps);
     }
 }
 

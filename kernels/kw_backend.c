@@ -94,6 +94,14 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
                                  .code_max = 127,
                                  .superblock = KW_QUANT_SUPERBLOCK};
         return 1;
+    case KW_LAYOUT_QPANELS_S6_G16_SB:
+        *out = (kw_quant_layout){.code_bits = 6,
+                                 .group = 16,
+                                 .has_offset = 0,
+                                 .code_min = -32,
+                                 .code_max = 31,
+                                 .superblock = KW_QUANT_SUPERBLOCK};
+        return 1;
     case KW_LAYOUT_ROWS:
     case KW_LAYOUT_PANELS:
     case KW_LAYOUT_COUNT:
@@ -308,7 +316,9 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
     if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8) &&
         !backend->iface->int8_activations)
         return 0;
-    if ((layout == KW_LAYOUT_QPANELS_U4_SB || layout == KW_LAYOUT_QPANELS_S8_G16_SB) && !backend->iface->superblocks)
+    if ((layout == KW_LAYOUT_QPANELS_U4_SB || layout == KW_LAYOUT_QPANELS_S8_G16_SB ||
+         layout == KW_LAYOUT_QPANELS_S6_G16_SB) &&
+        !backend->iface->superblocks)
         return 0;
     return kw_layout_quant(layout, &q) && backend->iface->pack_quantized != NULL &&
            backend->iface->supports(backend, KW_OP_MATMUL, KW_DTYPE_F32);

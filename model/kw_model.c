@@ -123,6 +123,13 @@ static int model_check_shape(const char *name, int32_t have_ndim, const int64_t 
     KW_FAIL(KW_E_MODEL_SHAPE, "model: tensor %s has shape (%s), the config implies (%s)", name, have, want);
 }
 
+/* 1 if every code of q is in lo..hi. */
+static int model_codes_fit(const kw_quant_rows *q, int lo, int hi) {
+    for (int64_t i = 0; i < q->n * q->k; ++i)
+        if (q->codes[i] < lo || q->codes[i] > hi) return 0;
+    return 1;
+}
+
 /* Binds the 2-D weight name (shape ne) kept quantized (kw_tensor_pack_quantized) if the file holds it in a type kept
  * quantized and the backend has that layout: 1 if bound, 0 if not (the caller dequantizes it), or a negative status. */
 static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, const int64_t *ne) {
@@ -139,9 +146,13 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
         q.layout = KW_LAYOUT_QPANELS_S8_G16_X8;
     /* else the super-block layouts where the reader gave the super-blocks' d and m (Q4_K, Q6_K with K a multiple of
      * 256) and the backend has them (the CPU): the same weights and bits in fewer bytes per token */
-    const enum kw_layout sb = q.layout == KW_LAYOUT_QPANELS_U4       ? KW_LAYOUT_QPANELS_U4_SB
-                              : q.layout == KW_LAYOUT_QPANELS_S8_G16 ? KW_LAYOUT_QPANELS_S8_G16_SB
-                                                                     : KW_LAYOUT_ROWS;
+    enum kw_layout sb = q.layout == KW_LAYOUT_QPANELS_U4       ? KW_LAYOUT_QPANELS_U4_SB
+                        : q.layout == KW_LAYOUT_QPANELS_S8_G16 ? KW_LAYOUT_QPANELS_S8_G16_SB
+                                                               : KW_LAYOUT_ROWS;
+    /* Q6_K's codes (-32..31) in 6 bits where that decodes fast (AVX-512 VBMI): 0.83 bytes per weight, not 1.08 */
+    if (sb == KW_LAYOUT_QPANELS_S8_G16_SB && model_codes_fit(&q, -32, 31) &&
+        kw_backend_cpu_layout_fast(m->backend, KW_LAYOUT_QPANELS_S6_G16_SB))
+        sb = KW_LAYOUT_QPANELS_S6_G16_SB;
     if (q.sb_scales && sb != KW_LAYOUT_ROWS && kw_backend_supports_layout(m->backend, sb)) q.layout = sb;
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
     KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));

@@ -50,6 +50,9 @@ int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out);
 
 const char *kw__cpu_isa_name(enum kw_cpu_isa isa);
 
+/* 1 if the CPU has AVX-512 VBMI (kw_cpu_matmul.c: the AVX-512 kernels' decode rows then use it); 0 elsewhere. */
+int kw__cpu_has_vbmi(void);
+
 /* Packs a row-major matmul weight into KW_LAYOUT_PANELS (kw_cpu_matmul.c; arguments validated). */
 int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
 

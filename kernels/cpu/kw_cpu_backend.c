@@ -236,6 +236,12 @@ const char *kw_backend_cpu_isa(const kw_backend *backend) {
     return kw__cpu_isa_name(kw__cpu((kw_backend *)(uintptr_t)backend)->isa);
 }
 
+int kw_backend_cpu_layout_fast(const kw_backend *backend, enum kw_layout layout) {
+    if (!kw_backend_supports_layout(backend, layout) || kw_backend_kind(backend) != KW_BACKEND_CPU) return 0;
+    if (layout != KW_LAYOUT_QPANELS_S6_G16_SB) return 1;
+    return kw__cpu((kw_backend *)(uintptr_t)backend)->isa == KW_CPU_ISA_AVX512 && kw__cpu_has_vbmi();
+}
+
 /* Online cores, 1..1024. */
 static int kw_cpu_online_cores(void) {
     const long online = sysconf(_SC_NPROCESSORS_ONLN);

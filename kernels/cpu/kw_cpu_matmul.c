@@ -13,7 +13,8 @@
  *
  * The quantized panels (KW_LAYOUT_QPANELS_*) run the same tiles and chains with each weight rebuilt in registers from
  * its code, scale and offset (kw_cpu_matmul_isa.h), so they give the bits of the f32 panels of the dequantized weight.
- * Their decode rows prefetch the panel stream, and the 4-bit ones have a cheaper AVX-512 VBMI form (kw_qmm_row_vbmi).
+ * Their decode rows prefetch the panel stream, and the 4-bit and 6-bit ones have a cheaper AVX-512 VBMI form
+ * (kw_qmm_row_vbmi, kw_qmm_row_vbmi_s6_g16_sb).
  *
  * Work is split into (panel, block of rows) items handed to the backend's thread pool one at a time. Few rows
  * (decode): each row streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x
@@ -85,6 +86,25 @@
  */
 #define KW_TARGET_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")))
 
+/* The VBMI decode rows' helpers. kw_qmm_row_store_vbmi stores a row's 64 accumulators, only the first ncols.
+ * kw_qmm_scale_exact gives -fl(C * a) in *neg and the lanes where C * a is exact (fma(a, C, -fl(C * a)) == 0, which
+ * also rejects overflow and NaN): there fma(f, a, -C * a) = fl((f - C) * a) for f - C an integer. */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_store_vbmi(float *y, const __m512 acc[4], int64_t ncols) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        const int64_t n = ncols - v * 16;
+        if (n >= 16)
+            kw_v16_store_avx512(y + v * 16, acc[v]);
+        else if (n > 0)
+            kw_v16_store_n_avx512(y + v * 16, acc[v], (int)n);
+    }
+}
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __mmask16 kw_qmm_scale_exact(__m512 a, __m512 C, __m512 *neg) {
+    const __m512 cs = _mm512_mul_ps(a, C);
+    *neg = _mm512_sub_ps(_mm512_setzero_ps(), cs);
+    return _mm512_cmp_ps_mask(_mm512_fmsub_ps(a, C, cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
+}
+
 KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const int OFS, const int G, const int SB,
                                                           float *y, const float *x, int64_t K, const char *wp,
                                                           int64_t ncols) {
@@ -122,9 +142,7 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
                 a[v] = _mm512_mul_ps(a[v], kw_v16_load_i8_avx512(sub + v * 16));
                 if (OFS) b[v] = _mm512_mul_ps(b[v], kw_v16_load_i8_avx512(sub + PER * KW_PANEL_ROWS + v * 16));
             }
-            const __m512 cs = _mm512_mul_ps(a[v], _mm512_set1_ps(C));
-            exact &= _mm512_cmp_ps_mask(_mm512_fmsub_ps(a[v], _mm512_set1_ps(C), cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
-            nc[v] = _mm512_sub_ps(_mm512_setzero_ps(), cs);
+            exact &= kw_qmm_scale_exact(a[v], _mm512_set1_ps(C), &nc[v]);
         }
         for (int kk = 0; kk < G; ++kk) {
             const float *xk = x + g * G + kk;
@@ -152,14 +170,7 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
             }
         }
     }
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-        const int64_t n = ncols - v * 16;
-        if (n >= 16)
-            kw_v16_store_avx512(y + v * 16, acc[v]);
-        else if (n > 0)
-            kw_v16_store_n_avx512(y + v * 16, acc[v], (int)n);
-    }
+    kw_qmm_row_store_vbmi(y, acc, ncols);
 }
 
 /* kw_qmm_row_vbmi_<name>: kw_qmm_row_vbmi for one 4-bit layout (the parameters of KW_QMM_LAYOUT but the bits). */
@@ -172,6 +183,80 @@ KW_QMM_VBMI(s4, 8, 0, 32, 0)
 KW_QMM_VBMI(u4, 0, 1, 32, 0)
 KW_QMM_VBMI(u4_sb, 0, 1, 32, 1)
 #undef KW_QMM_VBMI
+
+/* QPANELS_S6_G16_SB (Q6_K in 6 bits) with AVX-512 VBMI. kw_s6_unpack_vbmi turns the 48 code bytes of one k into the
+ * 64 codes plus 32 (0..63), one byte per row, in four instructions: a masked load, a byte permute that gives qword i
+ * the 6 bytes of rows 8i..8i+7, a multishift that puts row r's code in the low 6 bits of byte r, and a ternary op that
+ * clears the top 2 bits and flips bit 5 (two's complement -> code + 32). kw_s6_strip_vbmi then moves byte 16 v + i of
+ * that to byte 2 of lane i over the bytes of 2^7 (one merge-masked byte permute), so lane i is exactly the f32
+ * 128 + 32 + code. */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __m512i kw_s6_unpack_vbmi(const uint8_t *k_codes) {
+    static const uint8_t spread[64] = {0,  1,  2,  3,  4,  5,  5,  5,  6,  7,  8,  9,  10, 11, 11, 11,
+                                       12, 13, 14, 15, 16, 17, 17, 17, 18, 19, 20, 21, 22, 23, 23, 23,
+                                       24, 25, 26, 27, 28, 29, 29, 29, 30, 31, 32, 33, 34, 35, 35, 35,
+                                       36, 37, 38, 39, 40, 41, 41, 41, 42, 43, 44, 45, 46, 47, 47, 47};
+    const __m512i shifts = _mm512_set1_epi64(0x2A241E18120C0600ll); /* byte b of a qword: its bits 6b..6b+7 */
+    const __m512i t = _mm512_multishift_epi64_epi8(
+        shifts, _mm512_permutexvar_epi8(_mm512_loadu_si512(spread),
+                                        _mm512_maskz_loadu_epi8((__mmask64)((1ull << 48) - 1), k_codes)));
+    return _mm512_ternarylogic_epi32(t, _mm512_set1_epi8(0x3F), _mm512_set1_epi8(0x20), 0x6A); /* (t & B) ^ C */
+}
+
+/* Lane i: the f32 160 + code of row 16 v + i, from kw_s6_unpack_vbmi's bytes u. */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __m512 kw_s6_strip_vbmi(__m512i u, int v) {
+    static const uint8_t lane[64] = {0,  0,  0,  0,  1,  1,  1,  1,  2,  2,  2,  2,  3,  3,  3,  3,
+                                     4,  4,  4,  4,  5,  5,  5,  5,  6,  6,  6,  6,  7,  7,  7,  7,
+                                     8,  8,  8,  8,  9,  9,  9,  9,  10, 10, 10, 10, 11, 11, 11, 11,
+                                     12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15};
+    const __m512i at = _mm512_add_epi8(_mm512_loadu_si512(lane), _mm512_set1_epi8((char)(16 * v)));
+    return _mm512_castsi512_ps(
+        _mm512_mask_permutexvar_epi8(_mm512_set1_epi32(0x43000000), (__mmask64)0x4444444444444444ull, at, u));
+}
+
+/* The decode row of QPANELS_S6_G16_SB with VBMI: the same chains and bits as kw_qmm_row_avx512_s6_g16_sb. With f =
+ * 160 + code from kw_s6_strip_vbmi, w = fma(f, scale, -160 * scale) is fl(code * scale) whenever 160 * scale is exact
+ * (always for Q6_K, whose scale is an f16 d times an int8), checked per group as in kw_qmm_row_vbmi; a group that
+ * fails takes w = fl((f - 160) * scale), one subtraction more. */
+KW_TARGET_AVX512_VBMI static void kw_qmm_row_vbmi_s6_g16_sb(float *y, const float *x, int64_t K, const char *wp,
+                                                            int64_t ncols) {
+    enum { G = 16, PER = KW_QUANT_SUPERBLOCK / G, CODE_BYTES = G * KW_PANEL_ROWS * 6 / 8 };
+    const size_t head_bytes = (size_t)KW_PANEL_ROWS * (4 + PER);
+    const size_t unit_bytes = head_bytes + (size_t)CODE_BYTES * PER, group_bytes = unit_bytes / PER;
+    const __m512 C = _mm512_set1_ps(160.0f), zero = _mm512_setzero_ps();
+    __m512 acc[4] = {zero, zero, zero, zero};
+    for (int64_t g = 0; g < K / G; ++g) {
+        const char *up = wp + (size_t)(g / PER) * unit_bytes, *gp = wp + (size_t)g * group_bytes;
+        const int64_t j = g % PER;
+        const uint8_t *codes = (const uint8_t *)up + head_bytes + (size_t)j * CODE_BYTES;
+        const int8_t *sub = (const int8_t *)up + KW_PANEL_ROWS * 4 + j * KW_PANEL_ROWS;
+        __m512 a[4], nc[4];
+        __mmask16 exact = 0xFFFF;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            a[v] = _mm512_mul_ps(_mm512_loadu_ps((const float *)up + v * 16), kw_v16_load_i8_avx512(sub + v * 16));
+            exact &= kw_qmm_scale_exact(a[v], C, &nc[v]);
+        }
+        for (int kk = 0; kk < G; ++kk) {
+            KW_QMM_PREFETCH(gp, group_bytes, G, kk);
+            const __m512i u = kw_s6_unpack_vbmi(codes + kk * (CODE_BYTES / G));
+            __m512 w[4];
+            if (exact == 0xFFFF) {
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; ++v)
+                    w[v] = _mm512_fmadd_ps(kw_s6_strip_vbmi(u, v), a[v], nc[v]);
+            } else {
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; ++v)
+                    w[v] = _mm512_mul_ps(_mm512_sub_ps(kw_s6_strip_vbmi(u, v), C), a[v]);
+            }
+            const __m512 xb = _mm512_set1_ps(x[g * G + kk]);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v)
+                acc[v] = _mm512_fmadd_ps(xb, w[v], acc[v]);
+        }
+    }
+    kw_qmm_row_store_vbmi(y, acc, ncols);
+}
 
 /* 1 if the CPU has AVX-512 VBMI (the AVX-512 instantiation's decode rows then use kw_qmm_row_vbmi_*). */
 static int kw_mm_vbmi(void) {
@@ -199,6 +284,14 @@ static int kw_mm_vbmi(void) {
 #undef KW_MM_TILE_MORE_CASES
 #undef KW_MM_QROW_FAST
 #endif
+
+int kw__cpu_has_vbmi(void) {
+#if KW_CPU_X86
+    return kw_mm_vbmi();
+#else
+    return 0;
+#endif
+}
 
 /* Rows [m0, m1) of y against one panel (the row-major weight's panel packed into scratch, or a packed one of any
  * layout), on the backend's ISA. */
@@ -341,6 +434,13 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
                     codes[kk * KW_PANEL_ROWS + r] = (uint8_t)src[kk];
                     continue;
                 }
+                if (ql->code_bits == 6) { /* row r in bits 6r..6r+5 of the k's 48 bytes */
+                    const unsigned u = (unsigned)src[kk] & 63u, bit = (unsigned)r * 6u;
+                    uint8_t *at = codes + kk * (KW_PANEL_ROWS * 6 / 8) + bit / 8;
+                    at[0] |= (uint8_t)(u << (bit % 8));
+                    if (bit % 8 > 2) at[1] |= (uint8_t)(u >> (8 - bit % 8));
+                    continue;
+                }
                 const int64_t in_strip = r % 16;
                 const uint8_t nibble = (uint8_t)(src[kk] - ql->code_min);
                 uint8_t *byte = codes + kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + in_strip % 8;
@@ -394,6 +494,8 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
                 code = kw__cpu_x8_get_code(w->layout, codes, r, kk);
             } else if (ql.code_bits == 8) {
                 code = (int8_t)codes[kk * KW_PANEL_ROWS + r];
+            } else if (ql.code_bits == 6) {
+                code = kw_s6_code(codes + kk * (KW_PANEL_ROWS * 6 / 8) + (r / 16) * 12, (int)(r % 16));
             } else {
                 const uint8_t byte = codes[kk * (KW_PANEL_ROWS / 2) + (r / 16) * 8 + (r % 16) % 8];
                 code = (r % 16 < 8 ? byte & 0x0F : byte >> 4) + ql.code_min;
@@ -402,6 +504,52 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
             if (ql.has_offset) v = v + offset;
             dst[g * G + kk] = v;
         }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Prefill on QPANELS_S6_G16_SB: each work item first widens its panel into the QPANELS_S8_G16_SB panel of the same d,
+ * s and codes (per-thread scratch), then runs the S8_G16_SB tiles on it: the same bits, and the 6-bit unpack is paid
+ * once per panel instead of once per tile (unpacking in every tile made prefill 0.77x S8_G16_SB at one thread:
+ * docs/BENCHMARKS.md). The super-block's head (64 d, 16 x 64 s) is the same in both layouts; a k's 48 code bytes
+ * become 64 int8.
+ */
+
+enum { KW_S6_HEAD = KW_PANEL_ROWS * (4 + KW_QUANT_SUPERBLOCK / 16), KW_S6_K_BYTES = KW_PANEL_ROWS * 6 / 8 };
+
+static void kw_s6_widen_scalar(int8_t *dst, const uint8_t *src) {
+    for (int r = 0; r < KW_PANEL_ROWS; ++r)
+        dst[r] = (int8_t)kw_s6_code(src + r / 16 * 12, r % 16);
+}
+
+#if KW_CPU_X86
+KW_TARGET_AVX2 static void kw_s6_widen_avx2(int8_t *dst, const uint8_t *src) {
+    for (int v = 0; v < 4; ++v)
+        _mm_storeu_si128((__m128i *)(dst + 16 * v), kw_avx2_s6x16(src + 12 * v));
+}
+
+KW_TARGET_AVX512_VBMI static void kw_s6_widen_vbmi(int8_t *dst, const uint8_t *src) {
+    _mm512_storeu_si512(dst, _mm512_sub_epi8(kw_s6_unpack_vbmi(src), _mm512_set1_epi8(32)));
+}
+#endif
+
+static void kw_s6_widen_panel(enum kw_cpu_isa isa, char *dst, const char *src, int64_t K) {
+    void (*widen)(int8_t *, const uint8_t *) = kw_s6_widen_scalar;
+#if KW_CPU_X86
+    if (isa == KW_CPU_ISA_AVX512 && kw_mm_vbmi())
+        widen = kw_s6_widen_vbmi;
+    else if (isa != KW_CPU_ISA_SCALAR)
+        widen = kw_s6_widen_avx2;
+#endif
+    (void)isa;
+    for (int64_t sb = 0; sb < K / KW_QUANT_SUPERBLOCK; ++sb) {
+        memcpy(dst, src, KW_S6_HEAD);
+        int8_t *d = (int8_t *)dst + KW_S6_HEAD;
+        const uint8_t *c = (const uint8_t *)src + KW_S6_HEAD;
+        for (int k = 0; k < KW_QUANT_SUPERBLOCK; ++k)
+            widen(d + k * KW_PANEL_ROWS, c + k * KW_S6_K_BYTES);
+        dst += KW_S6_HEAD + KW_QUANT_SUPERBLOCK * KW_PANEL_ROWS;
+        src += KW_S6_HEAD + KW_QUANT_SUPERBLOCK * KW_S6_K_BYTES;
     }
 }
 
@@ -416,8 +564,9 @@ typedef struct kw_mm_job {
     const float *xs;
     const kw_tensor *w, *bias;
     const kw_x8_act *act; /* the X8 layouts, else NULL */
-    char *scratch;        /* a row-major weight: one slice per worker */
-    size_t slice, panel_bytes;
+    char *scratch;        /* a row-major weight, or widened S6 panels: one slice per worker */
+    int packed, widen;    /* widen: QPANELS_S6_G16_SB with prefill rows, widened to S8_G16_SB per item */
+    size_t slice, wide_slice, panel_bytes;
     int64_t M, N, K, row_block, row_blocks;
 } kw_mm_job;
 
@@ -429,17 +578,24 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
     const int64_t m1 = M - m0 < j->row_block ? M : m0 + j->row_block;
     const int64_t n0 = p * KW_PANEL_ROWS, ncols = N - n0 < KW_PANEL_ROWS ? N - n0 : KW_PANEL_ROWS;
     const char *wp;
-    if (j->scratch == NULL) {
+    if (j->packed) {
         wp = (const char *)w->data + (size_t)p * j->panel_bytes;
     } else {
         char *mine = j->scratch + j->slice * (size_t)worker;
         kw_pack_panel(mine, w->data, w->dtype, N, K, p);
         wp = mine;
     }
+    enum kw_layout layout = w->layout;
+    if (j->widen && m1 - m0 > KW_MM_ROW_MAX) {
+        char *mine = j->scratch + j->wide_slice * (size_t)worker;
+        kw_s6_widen_panel(j->isa, mine, wp, K);
+        wp = mine;
+        layout = KW_LAYOUT_QPANELS_S8_G16_SB;
+    }
     if (j->act)
         kw__cpu_x8_panel(j->isa, w->layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
     else
-        kw_mm_panel(j->isa, j->y, N, j->xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
+        kw_mm_panel(j->isa, j->y, N, j->xs, K, w->dtype, layout, wp, n0, ncols, m0, m1);
     if (j->bias) {
         for (int64_t n = n0; n < n0 + ncols; ++n) {
             const float b = kw_opm_load(j->bias->data, j->bias->dtype, n);
@@ -485,9 +641,34 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
         KW_FORWARD(kw__cpu_scratch(cpu, slice / sizeof(float) * (size_t)nt, &s));
         scratch = (char *)s;
     }
+    /* QPANELS_S6_G16_SB with prefill rows: the scratch holds each thread's widened panel (kw_s6_widen_panel) */
+    const int widen = w->layout == KW_LAYOUT_QPANELS_S6_G16_SB && M > KW_MM_ROW_MAX;
+    kw_quant_layout wide;
+    kw_layout_quant(KW_LAYOUT_QPANELS_S8_G16_SB, &wide);
+    const size_t wide_slice = (kw__quant_panel_bytes(&wide, K) + 63) & ~(size_t)63;
+    if (widen) {
+        float *s;
+        KW_FORWARD(kw__cpu_scratch(cpu, wide_slice / sizeof(float) * (size_t)nt, &s));
+        scratch = (char *)s;
+    }
 
-    kw_mm_job job = {cpu->isa, out->data,   x->data, w, bias, x8 ? &act : NULL, scratch,
-                     slice,    panel_bytes, M,       N, K,    row_block,        row_blocks};
+    kw_mm_job job = {.isa = cpu->isa,
+                     .y = out->data,
+                     .xs = x->data,
+                     .w = w,
+                     .bias = bias,
+                     .act = x8 ? &act : NULL,
+                     .scratch = scratch,
+                     .packed = packed,
+                     .widen = widen,
+                     .slice = slice,
+                     .wide_slice = wide_slice,
+                     .panel_bytes = panel_bytes,
+                     .M = M,
+                     .N = N,
+                     .K = K,
+                     .row_block = row_block,
+                     .row_blocks = row_blocks};
     kw_cpu_pool_run(cpu->pool, nt, items, kw_mm_item, &job);
     return 0;
 }

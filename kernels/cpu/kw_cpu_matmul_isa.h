@@ -150,9 +150,10 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_mm_panel)(float *y, int64_t N, const flo
  * Quantized panels (kernels/kw_backend.h, KW_LAYOUT_QPANELS_*): the same tiles and the same fma chains, the weight
  * vector of a strip rebuilt at each k from its codes as fl(fl(code * scale) + offset) (two roundings, as the
  * dequantizer does), scale and offset loaded once per group. So the bits equal those of the f32 panels of the
- * dequantized weight. BITS, ZERO (subtracted from a nibble), OFS, G and SB (1: a super-block layout, whose scale and
- * offset are rebuilt per group as fl(d * s), fl(m * o): the same f32 values) are constants after inlining. wp is the
- * panel base and s0 the first strip of the tile: the strips of a group are interleaved, not one contiguous slice each.
+ * dequantized weight. BITS (4, 6 or 8), ZERO (subtracted from a nibble), OFS, G and SB (1: a super-block layout, whose
+ * scale and offset are rebuilt per group as fl(d * s), fl(m * o): the same f32 values) are constants after inlining. wp
+ * is the panel base and s0 the first strip of the tile: the strips of a group are interleaved, not one contiguous slice
+ * each.
  */
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const int NV, const int BITS, const int ZERO,
                                                           const int OFS, const int G, const int SB, float *y,
@@ -186,8 +187,9 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_qmm_tile)(const int MR, const in
             KW_VT w[KW_MM_MAX_NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                const KW_VT c = BITS == 4 ? KW_V(load_u4)(codes + kk * 32 + (s0 + v) * 8, ZERO)
-                                          : KW_V(load_i8)((const int8_t *)codes + kk * 64 + (s0 + v) * 16);
+                const KW_VT c = BITS == 4   ? KW_V(load_u4)(codes + kk * 32 + (s0 + v) * 8, ZERO)
+                                : BITS == 6 ? KW_V(load_s6)(codes + kk * 48 + (s0 + v) * 12)
+                                            : KW_V(load_i8)((const int8_t *)codes + kk * 64 + (s0 + v) * 16);
                 w[v] = KW_V(mul)(c, a[v]);
                 if (OFS) w[v] = KW_V(add)(w[v], b[v]);
             }
@@ -224,6 +226,7 @@ KW_QMM_LAYOUT(s8_ofs, 8, 0, 1, 32, 0)
 KW_QMM_LAYOUT(s8_g16, 8, 0, 0, 16, 0)
 KW_QMM_LAYOUT(u4_sb, 4, 0, 1, 32, 1)
 KW_QMM_LAYOUT(s8_g16_sb, 8, 0, 0, 16, 1)
+KW_QMM_LAYOUT(s6_g16_sb, 6, 0, 0, 16, 1)
 
 /* kw_mm_panel for a quantized panel: the same split into decode rows and prefill tiles. */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const float *x, int64_t K,
@@ -268,6 +271,9 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_qmm_panel)(float *y, int64_t N, const fl
                 KW_QMM_CALL(u4_sb)
             case KW_LAYOUT_QPANELS_S8_G16_SB:
                 KW_QMM_CALL(s8_g16_sb)
+            case KW_LAYOUT_QPANELS_S6_G16_SB:
+                KW_QMM_FAST(s6_g16_sb)
+                KW_QMM_CALL(s6_g16_sb)
             default:
                 KW_QMM_CALL(s8_g16)
             }

@@ -105,6 +105,19 @@ KW_SIMD_INLINE kw_v16_scalar kw_v16_load_u6_scalar(const uint8_t *p, int zero) {
     }
     return r;
 }
+/* 16 signed 6-bit codes from a 96-bit strip (kernels/kw_backend.h, QPANELS_S6_G16_SB): lane i in bits 6i..6i+5 of
+ * the little-endian bit string of p[0..11], two's complement, widened exactly. */
+KW_SIMD_INLINE int kw_s6_code(const uint8_t *p, int i) {
+    const int bit = 6 * i, pair = p[bit / 8] | (bit / 8 + 1 < 12 ? p[bit / 8 + 1] << 8 : 0);
+    const int u = (pair >> (bit % 8)) & 63;
+    return u < 32 ? u : u - 64;
+}
+KW_SIMD_INLINE kw_v16_scalar kw_v16_load_s6_scalar(const uint8_t *p) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = (float)kw_s6_code(p, i);
+    return r;
+}
 KW_SIMD_INLINE void kw_v16_store_scalar(float *p, kw_v16_scalar v) {
     memcpy(p, v.l, sizeof v.l);
 }
@@ -205,6 +218,25 @@ KW_AVX2_INLINE __m128i kw_avx2_u6x16(const uint8_t *p, int zero) {
 KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_u6_avx2(const uint8_t *p, int zero) {
     return kw_avx2_i8x16_to_f32(kw_avx2_u6x16(p, zero));
 }
+/* The 16 codes of a 6-bit strip (kw_v16_load_s6_scalar) as signed bytes: each code's two bytes into a 16-bit lane
+ * (code i starts at bit 6i % 8 of byte 6i / 8), a multiply shifting its top to bit 15 and an arithmetic shift right
+ * by 10 (the sign extension), then packed. Reads exactly the 12 bytes. */
+KW_AVX2_INLINE __m128i kw_avx2_s6x16(const uint8_t *p) {
+    int64_t q;
+    int32_t t;
+    memcpy(&q, p, 8);
+    memcpy(&t, p + 8, 4);
+    const __m128i v = _mm_insert_epi32(_mm_cvtsi64_si128(q), t, 2);
+    const __m128i pairs_lo = _mm_setr_epi8(0, 1, 0, 1, 1, 2, 2, 3, 3, 4, 3, 4, 4, 5, 5, 6);
+    const __m128i pairs_hi = _mm_add_epi8(pairs_lo, _mm_set1_epi8(6));
+    const __m128i up = _mm_setr_epi16(1024, 16, 64, 256, 1024, 16, 64, 256);
+    const __m128i lo = _mm_srai_epi16(_mm_mullo_epi16(_mm_shuffle_epi8(v, pairs_lo), up), 10);
+    const __m128i hi = _mm_srai_epi16(_mm_mullo_epi16(_mm_shuffle_epi8(v, pairs_hi), up), 10);
+    return _mm_packs_epi16(lo, hi);
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_s6_avx2(const uint8_t *p) {
+    return kw_avx2_i8x16_to_f32(kw_avx2_s6x16(p));
+}
 KW_AVX2_INLINE kw_v16_avx2 kw_v16_load_i8_avx2(const int8_t *p) {
     return kw_avx2_i8x16_to_f32(_mm_loadu_si128((const __m128i *)p));
 }
@@ -276,6 +308,9 @@ KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_u4_avx512(const uint8_t *p, int zero)
 }
 KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_u6_avx512(const uint8_t *p, int zero) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(kw_avx2_u6x16(p, zero)));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_load_s6_avx512(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(kw_avx2_s6x16(p)));
 }
 KW_AVX512_INLINE void kw_v16_store_avx512(float *p, kw_v16_avx512 v) {
     _mm512_storeu_ps(p, v);

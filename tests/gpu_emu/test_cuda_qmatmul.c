@@ -181,6 +181,8 @@ int main(void) {
     /* the X8 and super-block layouts are the CPU's: a model on the GPU keeps Q4_K and Q6_K in U4 and S8_G16 */
     if (kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_U4_SB) ||
         kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_S8_G16_SB) ||
+        kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_S6_G16_SB) ||
+        kw_backend_cpu_layout_fast(gpu, KW_LAYOUT_QPANELS_S8_G16_SB) ||
         !kw_backend_supports_layout(cpu, KW_LAYOUT_QPANELS_U4_SB))
         kw_check(KW_E_INTERNAL, "the super-block layouts are the CPU backend's only");
     for (int l = KW_LAYOUT_QPANELS_S4; l <= KW_LAYOUT_QPANELS_S8_G16; ++l) {

@@ -122,6 +122,9 @@ static const kw_qmm_case kw_qmm_cases[] = {
     {KW_LAYOUT_QPANELS_U4_SB, 50, 200, 768, 1},
     {KW_LAYOUT_QPANELS_S8_G16_SB, 5, 20, 256, 0},
     {KW_LAYOUT_QPANELS_S8_G16_SB, 33, 129, 512, 1},
+    {KW_LAYOUT_QPANELS_S6_G16_SB, 1, 1, 256, 0},
+    {KW_LAYOUT_QPANELS_S6_G16_SB, 3, 64, 512, 1},
+    {KW_LAYOUT_QPANELS_S6_G16_SB, 33, 129, 768, 1},
 };
 
 static void test_quantized_matmul_is_the_f32_matmul(void **state) {
@@ -203,8 +206,8 @@ static void test_quantized_matmul_is_the_f32_matmul(void **state) {
 static void test_changed_code_is_caught(void **state) {
     (void)state;
     static const enum kw_layout layouts[] = {
-        KW_LAYOUT_QPANELS_S4,     KW_LAYOUT_QPANELS_U4,    KW_LAYOUT_QPANELS_S8,       KW_LAYOUT_QPANELS_S8_OFS,
-        KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB};
+        KW_LAYOUT_QPANELS_S4,     KW_LAYOUT_QPANELS_U4,    KW_LAYOUT_QPANELS_S8,        KW_LAYOUT_QPANELS_S8_OFS,
+        KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S6_G16_SB};
     const int64_t M = 3, N = 70;
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; ++li) {
         kw_quant_layout ql;
@@ -296,16 +299,19 @@ static void test_quantized_contract(void **state) {
 }
 
 /* The super-block layouts against the plain ones they compress: the same rows packed both ways give the same bits on
- * every ISA, for decode (1..4 rows) and prefill shapes, in 0.59375 (U4_SB) and 1.078125 (S8_G16_SB) bytes per weight;
- * scales that are not int8 multiples of d, missing d or m, and K not whole super-blocks are refused. */
+ * every ISA, for decode (1..4 rows) and prefill shapes, in 0.59375 (U4_SB), 1.078125 (S8_G16_SB) and 0.828125
+ * (S6_G16_SB) bytes per weight; scales that are not int8 multiples of d, missing d or m, K not whole super-blocks and
+ * (S6_G16_SB) codes beyond 6 bits are refused. */
 static void test_superblock_is_the_plain_layout(void **state) {
     (void)state;
-    static const enum kw_layout pairs[2][2] = {{KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_U4},
-                                               {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S8_G16}};
+    static const enum kw_layout pairs[3][2] = {{KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_U4},
+                                               {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S8_G16},
+                                               {KW_LAYOUT_QPANELS_S6_G16_SB, KW_LAYOUT_QPANELS_S8_G16}};
+    static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
     static const int64_t shapes[][3] = {{1, 64, 256}, {2, 130, 1024}, {4, 70, 512}, {5, 64, 256}, {29, 200, 768}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
-    for (int p = 0; p < 2; ++p)
+    for (int p = 0; p < 3; ++p)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
             const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
             kw_qcase_data d = kw_qcase_make(pairs[p][0], N, K);
@@ -323,7 +329,7 @@ static void test_superblock_is_the_plain_layout(void **state) {
                 assert_int_equal(kw_tensor_pack_quantized(b, &plain, &tp), 0);
                 assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &ts), 0);
                 const size_t weights = (size_t)((N + 63) / 64 * 64 * K);
-                assert_int_equal(kw_tensor_nbytes(&ts) * 128, weights * (p == 0 ? 76 : 138));
+                assert_int_equal(kw_tensor_nbytes(&ts) * 128, weights * (size_t)per128[p]);
                 kw_mm(b, want, x, &tp, NULL, 0, M);
                 memset(got, 0xff, ybytes);
                 kw_mm(b, got, x, &ts, NULL, 0, M);
@@ -359,7 +365,34 @@ static void test_superblock_is_the_plain_layout(void **state) {
     d.offsets[64 * 16 + 3] = d.sb_offsets[64 * 2] * 200.0f; /* o beyond int8 */
     assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &bad), KW_E_INVALID_ARG);
     kw_qcase_free(&d);
+    d = kw_qcase_make(KW_LAYOUT_QPANELS_S6_G16_SB, 65, 512);
+    q = d.q;
+    q.k = 272; /* whole groups of 16, not whole super-blocks */
+    assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_SHAPE);
+    d.codes[7] = 32; /* a Q6_K code (S8_G16) that 6 bits do not hold */
+    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &bad), KW_E_INVALID_ARG);
+    assert_non_null(strstr(kw_error_detail(), "outside -32..31"));
+    kw_qcase_free(&d);
     kw_backend_destroy(b);
+}
+
+/* kw_backend_cpu_layout_fast: QPANELS_S6_G16_SB only on AVX-512 with VBMI (the model then keeps Q6_K in it), every
+ * other supported layout always, nothing for a NULL backend. */
+static void test_s6_is_chosen_with_vbmi(void **state) {
+    (void)state;
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    __builtin_cpu_init();
+    const int vbmi = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        assert_int_equal(kw_backend_cpu_layout_fast(b, KW_LAYOUT_QPANELS_S6_G16_SB),
+                         strcmp(isas[i], "avx512") == 0 && vbmi);
+        assert_int_equal(kw_backend_cpu_layout_fast(b, KW_LAYOUT_QPANELS_S8_G16_SB), 1);
+        assert_int_equal(kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S6_G16_SB), 1);
+        kw_backend_destroy(b);
+    }
+    assert_int_equal(kw_backend_cpu_layout_fast(NULL, KW_LAYOUT_QPANELS_S6_G16_SB), 0);
 }
 
 /* QPANELS_U4_X8 (int8 activations): on every ISA, 1 and 2 threads, all rows at once, row by row and in sections,
@@ -484,6 +517,7 @@ int main(void) {
         cmocka_unit_test(test_quantized_contract),
         cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
+        cmocka_unit_test(test_s6_is_chosen_with_vbmi),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -225,8 +225,9 @@ static void test_quantized_tensors(void **state) {
             fail_msg("%s (%s): kept-quantized values differ", t->name, kw_ggml_type_name(t->type));
         const enum kw_layout sb = kw_ggml_superblock_layout(t->type);
         assert_true((q.sb_scales != NULL) == (sb != KW_LAYOUT_ROWS && q.k % KW_QUANT_SUPERBLOCK == 0));
-        if (q.sb_scales) { /* packed in its super-block layout: get_rows gives the f32 dequantization's rows */
-            q.layout = sb;
+        /* packed in its super-block layout (Q6_K: also in 6 bits): get_rows gives the f32 dequantization's rows */
+        for (int six = 0; q.sb_scales && six <= (sb == KW_LAYOUT_QPANELS_S8_G16_SB); ++six) {
+            q.layout = six ? KW_LAYOUT_QPANELS_S6_G16_SB : sb;
             kw_tensor tq;
             if (kw_tensor_pack_quantized(cpu, &q, &tq) < 0) fail_msg("%s: %s", t->name, kw_error_detail());
             const int32_t ids[3] = {0, (int32_t)(q.n / 2), (int32_t)(q.n - 1)};
@@ -239,8 +240,8 @@ static void test_quantized_tensors(void **state) {
             assert_int_equal(kw_backend_synchronize(cpu), 0);
             for (int r = 0; r < 3; ++r)
                 if (memcmp(rows + r * q.k, (const float *)buf + ids[r] * q.k, (size_t)q.k * sizeof(float)) != 0)
-                    fail_msg("%s (%s): row %d in the super-block layout differs", t->name, kw_ggml_type_name(t->type),
-                             (int)ids[r]);
+                    fail_msg("%s (%s): row %d in the super-block layout %d differs", t->name,
+                             kw_ggml_type_name(t->type), (int)ids[r], (int)q.layout);
             free(rows);
             kw_tensor_free(&tq);
             ++superblocks;
