@@ -426,11 +426,14 @@ static int kw__enc_row_stats(const kw__wire_kernels *k, const uint8_t *row, uint
             any |= skip[i];
         if (!any) skip = NULL;
     }
-    /* every value is checked, skipped ones too; zero points per token or group on a row without skipped values: by
-     * the absmax that minmax returns for each unit below, the units covering the row (one pass over it, not two) */
-    const int by_minmax = asym && !skip && gran != KW_WIRE_GRAN_CHANNEL;
-    const uint32_t am = by_minmax ? 0u : k->amax(row, dt, D);
+    /* every value is checked, skipped ones too; zero points on a row without skipped values: by the absmax that
+     * minmax (each unit's, the units covering the row) or minmax_fold returns (one pass over the row, not two) */
+    const int by_minmax = asym && !skip;
+    const uint32_t am = by_minmax && gran == KW_WIRE_GRAN_CHANNEL ? k->minmax_fold(row, dt, D, lo, hi, seen)
+                        : by_minmax                               ? 0u
+                                                                  : k->amax(row, dt, D);
     KW_RETURN_IF(am >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
+    if (by_minmax && gran == KW_WIRE_GRAN_CHANNEL) return 0;
 #define KW__SKIPPED(d) (skip && ((skip[(d) >> 3] >> ((d)&7u)) & 1u))
     if (gran == KW_WIRE_GRAN_CHANNEL) {
         kw__wire_load_f32(row, dt, D, x);

@@ -88,6 +88,29 @@ KW_AVX2 static uint32_t kw__minmax_avx2(const void *x, uint32_t dtype, uint32_t 
     return (uint32_t)_mm_cvtsi128_si32(a4);
 }
 
+/* kw__wire_kernels.minmax_fold 8 elements a step: blends on the strict compares, then on seen. */
+KW_AVX2 static uint32_t kw__minmax_fold_avx2(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi,
+                                             float *seen) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0)
+        return kw__wire_minmax_fold_scalar(x, dtype, n, lo, hi, seen);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i a = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256 v = kw__load8_avx2(x, dtype, i), l = _mm256_loadu_ps(lo + i), h = _mm256_loadu_ps(hi + i);
+        const __m256 had = _mm256_cmp_ps(_mm256_loadu_ps(seen + i), _mm256_setzero_ps(), _CMP_NEQ_UQ);
+        const __m256 nl = _mm256_blendv_ps(l, v, _mm256_cmp_ps(v, l, _CMP_LT_OQ));
+        const __m256 nh = _mm256_blendv_ps(h, v, _mm256_cmp_ps(v, h, _CMP_GT_OQ));
+        _mm256_storeu_ps(lo + i, _mm256_blendv_ps(v, nl, had));
+        _mm256_storeu_ps(hi + i, _mm256_blendv_ps(v, nh, had));
+        _mm256_storeu_ps(seen + i, _mm256_set1_ps(1.0f));
+        a = _mm256_max_epu32(a, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+    }
+    __m128i a4 = _mm_max_epu32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 8));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 4));
+    return (uint32_t)_mm_cvtsi128_si32(a4);
+}
+
 /* y = clamp(fl32(v * inv), lo, hi) (min/max of an ordered value: the encoder has refused NaN and Inf already). */
 KW_AVX2 static inline __m256 kw__scaled8_avx2(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
     return _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
@@ -980,6 +1003,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize = kw__quantize_avx2,
     .dequantize = kw__dequantize_avx2,
     .minmax = kw__minmax_avx2,
+    .minmax_fold = kw__minmax_fold_avx2,
     .quantize_affine = kw__quantize_affine_avx2,
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
@@ -1042,6 +1066,27 @@ KW_AVX512 static uint32_t kw__minmax_avx512(const void *x, uint32_t dtype, uint3
     const float fl = _mm512_reduce_min_ps(l), fh = _mm512_reduce_max_ps(h);
     *lo = fl == 0.0f ? kw__wire_first_zero(x, dtype, n) : fl;
     *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
+    return (uint32_t)_mm512_reduce_max_epu32(a);
+}
+
+/* kw__minmax_fold_avx2 16 lanes wide. */
+KW_AVX512 static uint32_t kw__minmax_fold_avx512(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi,
+                                                 float *seen) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 16 != 0)
+        return kw__minmax_fold_avx2(x, dtype, n, lo, hi, seen);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512i a = _mm512_setzero_si512();
+    for (uint32_t i = 0; i < n; i += 16) {
+        const __m512 v = kw__load16_avx512(x, dtype, i), l = _mm512_loadu_ps(lo + i), h = _mm512_loadu_ps(hi + i);
+        const __mmask16 had = _mm512_cmp_ps_mask(_mm512_loadu_ps(seen + i), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        /* v where not seen or strictly beyond, else the old value */
+        const __mmask16 tl = (__mmask16)(~had | _mm512_cmp_ps_mask(v, l, _CMP_LT_OQ));
+        const __mmask16 th = (__mmask16)(~had | _mm512_cmp_ps_mask(v, h, _CMP_GT_OQ));
+        _mm512_storeu_ps(lo + i, _mm512_mask_blend_ps(tl, l, v));
+        _mm512_storeu_ps(hi + i, _mm512_mask_blend_ps(th, h, v));
+        _mm512_storeu_ps(seen + i, _mm512_set1_ps(1.0f));
+        a = _mm512_max_epu32(a, _mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+    }
     return (uint32_t)_mm512_reduce_max_epu32(a);
 }
 
@@ -1497,6 +1542,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize = kw__quantize_avx512,
     .dequantize = kw__dequantize_avx512,
     .minmax = kw__minmax_avx512,
+    .minmax_fold = kw__minmax_fold_avx512,
     .quantize_affine = kw__quantize_affine_avx512,
     .dequantize_affine = kw__dequantize_affine_avx2, /* the AVX2 kernel: no 16-wide one yet */
     .scales = kw__scales_avx2,
