@@ -88,28 +88,42 @@ KW_AVX2 static uint32_t kw__minmax_avx2(const void *x, uint32_t dtype, uint32_t 
     return (uint32_t)_mm_cvtsi128_si32(a4);
 }
 
-/* kw__wire_kernels.minmax_fold 8 elements a step: blends on the strict compares, then on seen. */
-KW_AVX2 static uint32_t kw__minmax_fold_avx2(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi,
-                                             float *seen) {
-    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0)
-        return kw__wire_minmax_fold_scalar(x, dtype, n, lo, hi, seen);
-    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
-    __m256i a = _mm256_setzero_si256();
-    for (uint32_t i = 0; i < n; i += 8) {
-        const __m256 v = kw__load8_avx2(x, dtype, i), l = _mm256_loadu_ps(lo + i), h = _mm256_loadu_ps(hi + i);
-        const __m256 had = _mm256_cmp_ps(_mm256_loadu_ps(seen + i), _mm256_setzero_ps(), _CMP_NEQ_UQ);
-        const __m256 nl = _mm256_blendv_ps(l, v, _mm256_cmp_ps(v, l, _CMP_LT_OQ));
-        const __m256 nh = _mm256_blendv_ps(h, v, _mm256_cmp_ps(v, h, _CMP_GT_OQ));
-        _mm256_storeu_ps(lo + i, _mm256_blendv_ps(v, nl, had));
-        _mm256_storeu_ps(hi + i, _mm256_blendv_ps(v, nh, had));
-        _mm256_storeu_ps(seen + i, _mm256_set1_ps(1.0f));
-        a = _mm256_max_epu32(a, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+/* kw__wire_kernels.minmax_fold W elements a step (W = 8, 16): FOLD(v, lo, hi, seen, new lo, new hi) picks v where seen
+ * is 0 or v is strictly beyond, else the old value; the absmax as the bit patterns' unsigned maximum. */
+#define KW__MINMAX_FOLD(name, attr, narrower, W, vec, veci, LOAD, LOADU, STOREU, SET1, FOLD, ABSMAX, REDUCE)           \
+    attr static uint32_t name(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi, float *seen) {          \
+        if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % W != 0)                                     \
+            return narrower(x, dtype, n, lo, hi, seen);                                                                \
+        veci a = (veci){0};                                                                                            \
+        for (uint32_t i = 0; i < n; i += W) {                                                                          \
+            const vec v = LOAD(x, dtype, i);                                                                           \
+            vec nl, nh;                                                                                                \
+            FOLD(v, LOADU(lo + i), LOADU(hi + i), LOADU(seen + i), nl, nh);                                            \
+            STOREU(lo + i, nl);                                                                                        \
+            STOREU(hi + i, nh);                                                                                        \
+            STOREU(seen + i, SET1(1.0f));                                                                              \
+            a = ABSMAX(a, v);                                                                                          \
+        }                                                                                                              \
+        return REDUCE(a);                                                                                              \
     }
+
+/* The unsigned maximum of 8 uint32 lanes. */
+KW_AVX2 static inline uint32_t kw__max_epu32_avx2(__m256i a) {
     __m128i a4 = _mm_max_epu32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
     a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 8));
     a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 4));
     return (uint32_t)_mm_cvtsi128_si32(a4);
 }
+
+#define KW__FOLD8(v, l, h, s, nl, nh)                                                                                  \
+    do {                                                                                                               \
+        const __m256 had = _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_NEQ_UQ);                                         \
+        nl = _mm256_blendv_ps(v, _mm256_blendv_ps(l, v, _mm256_cmp_ps(v, l, _CMP_LT_OQ)), had);                        \
+        nh = _mm256_blendv_ps(v, _mm256_blendv_ps(h, v, _mm256_cmp_ps(v, h, _CMP_GT_OQ)), had);                        \
+    } while (0)
+#define KW__ABSMAX8(a, v) _mm256_max_epu32(a, _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)))
+KW__MINMAX_FOLD(kw__minmax_fold_avx2, KW_AVX2, kw__wire_minmax_fold_scalar, 8, __m256, __m256i, kw__load8_avx2,
+                _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, KW__FOLD8, KW__ABSMAX8, kw__max_epu32_avx2)
 
 /* y = clamp(fl32(v * inv), lo, hi) (min/max of an ordered value: the encoder has refused NaN and Inf already). */
 KW_AVX2 static inline __m256 kw__scaled8_avx2(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
@@ -261,6 +275,21 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__affine_row_avx2(co
     }
 }
 
+/* The call of an affine row loop with a constant field width (the shifts, multipliers and store sizes fold). */
+#define KW__AFFINE_BY_BITS(row)                                                                                        \
+    do {                                                                                                               \
+        if (bits == 2)                                                                                                 \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);                                                         \
+        else if (bits == 3)                                                                                            \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);                                                         \
+        else if (bits == 4)                                                                                            \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);                                                         \
+        else if (bits == 6)                                                                                            \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);                                                         \
+        else                                                                                                           \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);                                                         \
+    } while (0)
+
 /* kw__wire_kernels.quantize_affine: the clamp by max/min may turn a -0 into +0, which rounds to the same code. */
 KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint32_t n, const float *z,
                                              const float *inv, uint32_t shift, float lo, float hi, uint32_t bits,
@@ -270,23 +299,7 @@ KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint
         return;
     }
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-    switch (bits) { /* a constant width per loop: the shifts and the store size fold */
-    case 2:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);
-        break;
-    case 3:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);
-        break;
-    case 4:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);
-        break;
-    case 6:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);
-        break;
-    default:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);
-        break;
-    }
+    KW__AFFINE_BY_BITS(kw__affine_row_avx2);
 }
 
 /* Stores 8 int32 values 0..255 as bytes. */
@@ -1069,26 +1082,16 @@ KW_AVX512 static uint32_t kw__minmax_avx512(const void *x, uint32_t dtype, uint3
     return (uint32_t)_mm512_reduce_max_epu32(a);
 }
 
-/* kw__minmax_fold_avx2 16 lanes wide. */
-KW_AVX512 static uint32_t kw__minmax_fold_avx512(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi,
-                                                 float *seen) {
-    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 16 != 0)
-        return kw__minmax_fold_avx2(x, dtype, n, lo, hi, seen);
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-    __m512i a = _mm512_setzero_si512();
-    for (uint32_t i = 0; i < n; i += 16) {
-        const __m512 v = kw__load16_avx512(x, dtype, i), l = _mm512_loadu_ps(lo + i), h = _mm512_loadu_ps(hi + i);
-        const __mmask16 had = _mm512_cmp_ps_mask(_mm512_loadu_ps(seen + i), _mm512_setzero_ps(), _CMP_NEQ_UQ);
-        /* v where not seen or strictly beyond, else the old value */
-        const __mmask16 tl = (__mmask16)(~had | _mm512_cmp_ps_mask(v, l, _CMP_LT_OQ));
-        const __mmask16 th = (__mmask16)(~had | _mm512_cmp_ps_mask(v, h, _CMP_GT_OQ));
-        _mm512_storeu_ps(lo + i, _mm512_mask_blend_ps(tl, l, v));
-        _mm512_storeu_ps(hi + i, _mm512_mask_blend_ps(th, h, v));
-        _mm512_storeu_ps(seen + i, _mm512_set1_ps(1.0f));
-        a = _mm512_max_epu32(a, _mm512_and_si512(_mm512_castps_si512(v), abs_mask));
-    }
-    return (uint32_t)_mm512_reduce_max_epu32(a);
-}
+#define KW__FOLD16(v, l, h, s, nl, nh)                                                                                 \
+    do {                                                                                                               \
+        const __mmask16 had = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_NEQ_UQ);                                 \
+        nl = _mm512_mask_blend_ps((__mmask16)(~had | _mm512_cmp_ps_mask(v, l, _CMP_LT_OQ)), l, v);                     \
+        nh = _mm512_mask_blend_ps((__mmask16)(~had | _mm512_cmp_ps_mask(v, h, _CMP_GT_OQ)), h, v);                     \
+    } while (0)
+#define KW__ABSMAX16(a, v) _mm512_max_epu32(a, _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)))
+KW__MINMAX_FOLD(kw__minmax_fold_avx512, KW_AVX512, kw__minmax_fold_avx2, 16, __m512, __m512i, kw__load16_avx512,
+                _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, KW__FOLD16, KW__ABSMAX16,
+                (uint32_t)_mm512_reduce_max_epu32)
 
 /* kw__fp8_codes8_avx2 16 lanes wide. */
 KW_AVX512 static inline __m512i kw__fp8_codes16_avx512(__m512 y, int mbits, int bias, int max_code) {
@@ -1258,23 +1261,7 @@ KW_AVX512 static void kw__quantize_affine_avx512(const void *x, uint32_t dtype, 
         return;
     }
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-    switch (bits) { /* a constant width per loop: the multipliers, shifts and store sizes fold */
-    case 2:
-        kw__affine_row_avx512(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);
-        break;
-    case 3:
-        kw__affine_row_avx512(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);
-        break;
-    case 4:
-        kw__affine_row_avx512(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);
-        break;
-    case 6:
-        kw__affine_row_avx512(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);
-        break;
-    default:
-        kw__affine_row_avx512(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);
-        break;
-    }
+    KW__AFFINE_BY_BITS(kw__affine_row_avx512);
 }
 
 KW_AVX512 static inline void kw__store16_avx512(void *out, uint32_t out_dtype, uint32_t i, __m512 v) {
