@@ -420,14 +420,20 @@ static inline int kw__enc_is_outlier(const kw__enc_outliers *o, uint32_t D, uint
 static int kw__enc_row_stats(const kw__wire_kernels *k, const uint8_t *row, uint32_t dt, uint32_t D, uint32_t gran,
                              uint32_t shift, int asym, const uint8_t *skip, float *x, float *lo, float *hi, float *seen,
                              const char *what, uint32_t h, uint32_t t) {
-    const uint32_t am = k->amax(row, dt, D); /* every value is checked, skipped ones too */
-    KW_RETURN_IF(am >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
     if (skip) {
         uint32_t any = 0;
         for (uint32_t i = 0; i < D / 8; ++i)
             any |= skip[i];
         if (!any) skip = NULL;
     }
+    /* every value is checked, skipped ones too; zero points on a row without skipped values: by the absmax that
+     * minmax (each unit's, the units covering the row) or minmax_fold returns (one pass over the row, not two) */
+    const int by_minmax = asym && !skip;
+    const uint32_t am = by_minmax && gran == KW_WIRE_GRAN_CHANNEL ? k->minmax_fold(row, dt, D, lo, hi, seen)
+                        : by_minmax                               ? 0u
+                                                                  : k->amax(row, dt, D);
+    KW_RETURN_IF(am >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
+    if (by_minmax && gran == KW_WIRE_GRAN_CHANNEL) return 0;
 #define KW__SKIPPED(d) (skip && ((skip[(d) >> 3] >> ((d)&7u)) & 1u))
     if (gran == KW_WIRE_GRAN_CHANNEL) {
         kw__wire_load_f32(row, dt, D, x);
@@ -466,6 +472,8 @@ static int kw__enc_row_stats(const kw__wire_kernels *k, const uint8_t *row, uint
         }
         float l = 0.0f, m = 0.0f;
         const uint32_t a = asym ? k->minmax(p, pdt, n, &l, &m) : k->amax(p, pdt, n);
+        KW_RETURN_IF(by_minmax && a >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what,
+                     h, t);
         if (!asym) {
             const float v = kw_f32_from_bits(a);
             hi[u] = v > hi[u] ? v : hi[u];

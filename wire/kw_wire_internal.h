@@ -94,6 +94,11 @@ typedef struct kw__wire_kernels {
      * the first zero. Writes them to *lo and *hi and returns what amax returns for the same elements (>= 0x7f800000:
      * a NaN or Inf is present, and *lo and *hi are unspecified). */
     uint32_t (*minmax)(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
+    /* Folds n elements of x in dtype into per-element statistics (channel zero points, FORMAT.md §5.9): element i
+     * sets lo[i] = hi[i] = x[i] when seen[i] is 0, else lowers lo[i] / raises hi[i] only on a strict compare (an equal
+     * value never replaces the earlier one); seen[i] becomes 1. Returns what amax returns for the same elements
+     * (>= 0x7f800000: a NaN or Inf is present, and the arrays are unspecified). */
+    uint32_t (*minmax_fold)(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi, float *seen);
     /* The integer rows of the v1.1 general path (zero points, channel scales; FORMAT.md §5.8, §5.9): n elements (n a
      * multiple of 8) of x in dtype, element i with the zero point z[u] (0 when symmetric) and inverse scale inv[u] of
      * its unit u = i >> shift (shift 0: one per element; 31: one for the row), to the b-bit fields
@@ -173,6 +178,7 @@ void kw__wire_outlier_bits_scalar(const float *sc, uint64_t n, int32_t lo, int32
 void kw__wire_outlier_scores_scalar(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
 uint32_t kw__wire_amax_scalar(const void *x, uint32_t dtype, uint32_t n);
 uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi);
+uint32_t kw__wire_minmax_fold_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi, float *seen);
 uint32_t kw__wire_scales_scalar(const uint32_t *amax, uint32_t n, float qmax, uint32_t scale_dtype, uint8_t *dst,
                                 float *s, float *inv);
 void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,

@@ -44,6 +44,25 @@ uint32_t kw__wire_minmax_scalar(const void *x, uint32_t dtype, uint32_t n, float
     return kw__wire_amax_scalar(x, dtype, n);
 }
 
+uint32_t kw__wire_minmax_fold_scalar(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi, float *seen) {
+    float tmp[256];
+    uint32_t am = 0;
+    for (uint32_t i = 0; i < n; i += 256) {
+        const uint32_t m = n - i < 256 ? n - i : 256;
+        kw__wire_load_f32((const uint8_t *)x + (size_t)i * kw__wire_dtype_size(dtype), dtype, m, tmp);
+        for (uint32_t k = 0; k < m; ++k) {
+            const float v = tmp[k];
+            const uint32_t a = kw_f32_bits(v) & 0x7fffffffu;
+            const int had = seen[i + k] != 0.0f;
+            lo[i + k] = had && !(v < lo[i + k]) ? lo[i + k] : v;
+            hi[i + k] = had && !(v > hi[i + k]) ? hi[i + k] : v;
+            seen[i + k] = 1.0f;
+            am = a > am ? a : am;
+        }
+    }
+    return am;
+}
+
 void kw__wire_quantize_affine_scalar(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv,
                                      uint32_t shift, float lo, float hi, uint32_t bits, uint8_t *dst) {
     float tmp[256];
@@ -200,6 +219,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .quantize = kw__wire_quantize_scalar,
     .dequantize = kw__wire_dequantize_scalar,
     .minmax = kw__wire_minmax_scalar,
+    .minmax_fold = kw__wire_minmax_fold_scalar,
     .quantize_affine = kw__wire_quantize_affine_scalar,
     .dequantize_affine = kw__wire_dequantize_affine_scalar,
     .scales = kw__wire_scales_scalar,

@@ -2,10 +2,10 @@
  * row in element order; per-token and per-group f16 and log8 scales; quantization of bf16/f16/f32 rows to every
  * quantizing codec, int3 and int2 included; dequantization of every quantizing codec to f32/bf16; the v1.1 affine
  * rows, zero points and channel scales, both ways; the Hadamard rotation of head vectors). AVX-512 has its own int8,
- * int4, nf4 and fp8 kernels, minmax and rotation, and takes the AVX2 ones for the rest. Passthrough codecs, f16 absmax
- * and row lengths that are not a multiple of the vector width fall back to the scalar kernels. The functions are
- * compiled for their ISA with target attributes and chosen at run time (kw_wire_isa_resolve), so the library runs on
- * any x86-64 and is never built with -march=native.
+ * int4, nf4 and fp8 kernels, minmax, affine quantization and rotation, and takes the AVX2 ones for the rest.
+ * Passthrough codecs, f16 absmax and row lengths that are not a multiple of the vector width fall back to the scalar
+ * kernels. The functions are compiled for their ISA with target attributes and chosen at run time
+ * (kw_wire_isa_resolve), so the library runs on any x86-64 and is never built with -march=native.
  *
  * They compute exactly what kw_wire_quant.h defines, bit for bit (tests/wire/test_wire_simd.c compares them over
  * random and edge-case rows): y = fl32(x * inv) with one rounding (no FMA), clamp to [-qmax, qmax], round half to even
@@ -87,6 +87,43 @@ KW_AVX2 static uint32_t kw__minmax_avx2(const void *x, uint32_t dtype, uint32_t 
     *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
     return (uint32_t)_mm_cvtsi128_si32(a4);
 }
+
+/* kw__wire_kernels.minmax_fold W elements a step (W = 8, 16): FOLD(v, lo, hi, seen, new lo, new hi) picks v where seen
+ * is 0 or v is strictly beyond, else the old value; the absmax as the bit patterns' unsigned maximum. */
+#define KW__MINMAX_FOLD(name, attr, narrower, W, vec, veci, LOAD, LOADU, STOREU, SET1, FOLD, ABSMAX, REDUCE)           \
+    attr static uint32_t name(const void *x, uint32_t dtype, uint32_t n, float *lo, float *hi, float *seen) {          \
+        if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % W != 0)                                     \
+            return narrower(x, dtype, n, lo, hi, seen);                                                                \
+        veci a = (veci){0};                                                                                            \
+        for (uint32_t i = 0; i < n; i += W) {                                                                          \
+            const vec v = LOAD(x, dtype, i);                                                                           \
+            vec nl, nh;                                                                                                \
+            FOLD(v, LOADU(lo + i), LOADU(hi + i), LOADU(seen + i), nl, nh);                                            \
+            STOREU(lo + i, nl);                                                                                        \
+            STOREU(hi + i, nh);                                                                                        \
+            STOREU(seen + i, SET1(1.0f));                                                                              \
+            a = ABSMAX(a, v);                                                                                          \
+        }                                                                                                              \
+        return REDUCE(a);                                                                                              \
+    }
+
+/* The unsigned maximum of 8 uint32 lanes. */
+KW_AVX2 static inline uint32_t kw__max_epu32_avx2(__m256i a) {
+    __m128i a4 = _mm_max_epu32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 8));
+    a4 = _mm_max_epu32(a4, _mm_srli_si128(a4, 4));
+    return (uint32_t)_mm_cvtsi128_si32(a4);
+}
+
+#define KW__FOLD8(v, l, h, s, nl, nh)                                                                                  \
+    do {                                                                                                               \
+        const __m256 had = _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_NEQ_UQ);                                         \
+        nl = _mm256_blendv_ps(v, _mm256_blendv_ps(l, v, _mm256_cmp_ps(v, l, _CMP_LT_OQ)), had);                        \
+        nh = _mm256_blendv_ps(v, _mm256_blendv_ps(h, v, _mm256_cmp_ps(v, h, _CMP_GT_OQ)), had);                        \
+    } while (0)
+#define KW__ABSMAX8(a, v) _mm256_max_epu32(a, _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)))
+KW__MINMAX_FOLD(kw__minmax_fold_avx2, KW_AVX2, kw__wire_minmax_fold_scalar, 8, __m256, __m256i, kw__load8_avx2,
+                _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, KW__FOLD8, KW__ABSMAX8, kw__max_epu32_avx2)
 
 /* y = clamp(fl32(v * inv), lo, hi) (min/max of an ordered value: the encoder has refused NaN and Inf already). */
 KW_AVX2 static inline __m256 kw__scaled8_avx2(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
@@ -238,6 +275,21 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__affine_row_avx2(co
     }
 }
 
+/* The call of an affine row loop with a constant field width (the shifts, multipliers and store sizes fold). */
+#define KW__AFFINE_BY_BITS(row)                                                                                        \
+    do {                                                                                                               \
+        if (bits == 2)                                                                                                 \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);                                                         \
+        else if (bits == 3)                                                                                            \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);                                                         \
+        else if (bits == 4)                                                                                            \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);                                                         \
+        else if (bits == 6)                                                                                            \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);                                                         \
+        else                                                                                                           \
+            row(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);                                                         \
+    } while (0)
+
 /* kw__wire_kernels.quantize_affine: the clamp by max/min may turn a -0 into +0, which rounds to the same code. */
 KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint32_t n, const float *z,
                                              const float *inv, uint32_t shift, float lo, float hi, uint32_t bits,
@@ -247,23 +299,7 @@ KW_AVX2 static void kw__quantize_affine_avx2(const void *x, uint32_t dtype, uint
         return;
     }
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-    switch (bits) { /* a constant width per loop: the shifts and the store size fold */
-    case 2:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 2, dst);
-        break;
-    case 3:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 3, dst);
-        break;
-    case 4:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 4, dst);
-        break;
-    case 6:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 6, dst);
-        break;
-    default:
-        kw__affine_row_avx2(x, dtype, n, z, inv, shift, vlo, vhi, 8, dst);
-        break;
-    }
+    KW__AFFINE_BY_BITS(kw__affine_row_avx2);
 }
 
 /* Stores 8 int32 values 0..255 as bytes. */
@@ -980,6 +1016,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize = kw__quantize_avx2,
     .dequantize = kw__dequantize_avx2,
     .minmax = kw__minmax_avx2,
+    .minmax_fold = kw__minmax_fold_avx2,
     .quantize_affine = kw__quantize_affine_avx2,
     .dequantize_affine = kw__dequantize_affine_avx2,
     .scales = kw__scales_avx2,
@@ -1044,6 +1081,17 @@ KW_AVX512 static uint32_t kw__minmax_avx512(const void *x, uint32_t dtype, uint3
     *hi = fh == 0.0f ? kw__wire_first_zero(x, dtype, n) : fh;
     return (uint32_t)_mm512_reduce_max_epu32(a);
 }
+
+#define KW__FOLD16(v, l, h, s, nl, nh)                                                                                 \
+    do {                                                                                                               \
+        const __mmask16 had = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_NEQ_UQ);                                 \
+        nl = _mm512_mask_blend_ps((__mmask16)(~had | _mm512_cmp_ps_mask(v, l, _CMP_LT_OQ)), l, v);                     \
+        nh = _mm512_mask_blend_ps((__mmask16)(~had | _mm512_cmp_ps_mask(v, h, _CMP_GT_OQ)), h, v);                     \
+    } while (0)
+#define KW__ABSMAX16(a, v) _mm512_max_epu32(a, _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)))
+KW__MINMAX_FOLD(kw__minmax_fold_avx512, KW_AVX512, kw__minmax_fold_avx2, 16, __m512, __m512i, kw__load16_avx512,
+                _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, KW__FOLD16, KW__ABSMAX16,
+                (uint32_t)_mm512_reduce_max_epu32)
 
 /* kw__fp8_codes8_avx2 16 lanes wide. */
 KW_AVX512 static inline __m512i kw__fp8_codes16_avx512(__m512 y, int mbits, int bias, int max_code) {
@@ -1165,6 +1213,55 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
             _mm_storel_epi64((__m128i *)(dst + i / 2), _mm_packus_epi16(b, b));
         }
     }
+}
+
+/* Packs the low b bits of 16 int32 values into 2b bytes at dst (FORMAT.md §5.3), b in {2, 3, 4, 6}: the codes as
+ * bytes, then pairs joined by a multiply-add (q0 + q1 << b in 16 bits), pairs of pairs (4 fields in 32 bits), and the
+ * two 32-bit words of each 64-bit half (8 fields, b bytes). bits is a constant where this is inlined. */
+KW_AVX512 static inline __attribute__((always_inline)) void kw__fields16_put_avx512(__m512i c, uint32_t bits,
+                                                                                    uint8_t *dst) {
+    const int b = (int)bits;
+    const __m128i q = _mm_and_si128(_mm512_cvtepi32_epi8(c), _mm_set1_epi8((char)((1 << b) - 1)));
+    const __m128i p = _mm_maddubs_epi16(q, _mm_set1_epi16((short)(1 | (1 << (8 + b)))));
+    const __m128i w = _mm_madd_epi16(p, _mm_set1_epi32(1 | (1 << (16 + 2 * b))));
+    const uint64_t e0 = (uint64_t)_mm_cvtsi128_si64(w), e1 = (uint64_t)_mm_extract_epi64(w, 1);
+    const uint64_t r0 = (e0 & 0xffffffffu) | (e0 >> 32) << (4 * b), r1 = (e1 & 0xffffffffu) | (e1 >> 32) << (4 * b);
+    memcpy(dst, &r0, bits); /* little-endian: the field stream's first bytes */
+    memcpy(dst + bits, &r1, bits);
+}
+
+/* 16 per-unit values of elements i..i+15, unit i >> shift: one per element (shift 0) or one for all 16 (shift >= 4). */
+KW_AVX512 static inline __attribute__((always_inline)) __m512 kw__unit16_avx512(const float *v, uint32_t i,
+                                                                                uint32_t shift) {
+    return shift == 0 ? _mm512_loadu_ps(v + i) : _mm512_set1_ps(v[i >> shift]);
+}
+
+/* kw__affine_row_avx2 16 lanes wide. */
+KW_AVX512 static inline __attribute__((always_inline)) void
+kw__affine_row_avx512(const void *x, uint32_t dtype, uint32_t n, const float *z, const float *inv, uint32_t shift,
+                      __m512 lo, __m512 hi, uint32_t bits, uint8_t *dst) {
+    for (uint32_t i = 0; i < n; i += 16) {
+        const __m512 d = _mm512_sub_ps(kw__load16_avx512(x, dtype, i), kw__unit16_avx512(z, i, shift));
+        const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(d, kw__unit16_avx512(inv, i, shift)), lo), hi);
+        const __m512i c = _mm512_cvtps_epi32(y);
+        if (bits == 8)
+            _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(c));
+        else
+            kw__fields16_put_avx512(c, bits, dst + (size_t)i / 8 * bits);
+    }
+}
+
+/* kw__wire_kernels.quantize_affine 16 values a step (kw__quantize_affine_avx2's rule); groups of 2 to 8 values and
+ * rows of other lengths take the AVX2 kernel. */
+KW_AVX512 static void kw__quantize_affine_avx512(const void *x, uint32_t dtype, uint32_t n, const float *z,
+                                                 const float *inv, uint32_t shift, float lo, float hi, uint32_t bits,
+                                                 uint8_t *dst) {
+    if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 16 != 0 || (shift >= 1 && shift <= 3)) {
+        kw__quantize_affine_avx2(x, dtype, n, z, inv, shift, lo, hi, bits, dst);
+        return;
+    }
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    KW__AFFINE_BY_BITS(kw__affine_row_avx512);
 }
 
 KW_AVX512 static inline void kw__store16_avx512(void *out, uint32_t out_dtype, uint32_t i, __m512 v) {
@@ -1432,8 +1529,9 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize = kw__quantize_avx512,
     .dequantize = kw__dequantize_avx512,
     .minmax = kw__minmax_avx512,
-    .quantize_affine = kw__quantize_affine_avx2, /* the AVX2 kernels: no 16-wide ones yet */
-    .dequantize_affine = kw__dequantize_affine_avx2,
+    .minmax_fold = kw__minmax_fold_avx512,
+    .quantize_affine = kw__quantize_affine_avx512,
+    .dequantize_affine = kw__dequantize_affine_avx2, /* the AVX2 kernel: no 16-wide one yet */
     .scales = kw__scales_avx2,
     .rotate = kw__rotate_avx512,
     .amax_groups = kw__amax_groups_avx512,

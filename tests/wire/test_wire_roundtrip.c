@@ -512,27 +512,34 @@ static void test_adversarial(void **state) {
                 }
 }
 
-/* NaN and Inf are refused with KW_E_WIRE_NONFINITE; the encoder is unchanged and can continue. */
+/* NaN and Inf are refused with KW_E_WIRE_NONFINITE; the encoder is unchanged and can continue. Zero points per token
+ * and group (the check by the minmax kernel's absmax) with the value in the first or the second group of 8. */
 static void test_nonfinite(void **state) {
     (void)state;
     const float bad[] = {NAN, INFINITY, -INFINITY};
+    const uint8_t zp = KW_WIRE_SCALE_ZERO_POINTS;
     static const kw_wire_codec_spec specs[] = {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0},
                                                {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_BF16, 0},
                                                {KW_WIRE_CODEC_E4M3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_E8M0, 3},
                                                {KW_WIRE_CODEC_BF16, 0, 0, 0},
-                                               {KW_WIRE_CODEC_F16, 0, 0, 0}};
+                                               {KW_WIRE_CODEC_F16, 0, 0, 0},
+                                               {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | zp, 0},
+                                               {KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16 | zp, 3},
+                                               {KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_BF16 | zp, 1}};
     wt_rng r = {5};
-    for (size_t b = 0; b < 3; ++b)
+    for (size_t b = 0; b < 6; ++b)
         for (size_t si = 0; si < sizeof specs / sizeof specs[0]; ++si)
             for (int dt = 0; dt < 2; ++dt) {
                 const uint8_t dtype = dt ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+                const uint32_t d = b < 3 ? 7 : 12;
                 layer l;
                 layer_alloc(&l, 2, 4, 16, dtype, LAYOUT_THD);
                 gen_random(&l, &r);
-                const kw_wire_header hdr = make_header(2, 16, 4, dtype, 1);
+                kw_wire_header hdr = make_header(2, 16, 4, dtype, 1);
+                if (kw_wire_spec_needs_v11(&specs[si])) hdr.version = KW_WIRE_VERSION_1_1;
                 kw_wire_policy pol = {.k = specs[si], .v = specs[si], .index_encoding = KW_WIRE_INDEX_AUTO};
-                const float keep = l.val[1][idx(&l, 1, 3, 7)];
-                l.val[1][idx(&l, 1, 3, 7)] = bad[b]; /* in V, last head, last token */
+                const float keep = l.val[1][idx(&l, 1, 3, d)];
+                l.val[1][idx(&l, 1, 3, d)] = bad[b % 3]; /* in V, last head, last token */
                 layer_store(&l, 1);
                 kw_wire_encoder *enc;
                 assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &enc), 0);
@@ -542,7 +549,7 @@ static void test_nonfinite(void **state) {
                 at += w;
                 assert_int_equal(kw_wire_encoder_write_section(enc, &l.in, &pol, buf + at, sizeof buf - at, &w),
                                  KW_E_WIRE_NONFINITE);
-                l.val[1][idx(&l, 1, 3, 7)] = keep;
+                l.val[1][idx(&l, 1, 3, d)] = keep;
                 layer_store(&l, 1);
                 assert_int_equal(kw_wire_encoder_write_section(enc, &l.in, &pol, buf + at, sizeof buf - at, &w), 0);
                 at += w;

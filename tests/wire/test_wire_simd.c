@@ -99,6 +99,57 @@ static void test_amax(void **state) {
         }
 }
 
+/* minmax_fold: per element, the value itself where seen is 0, else the old minimum / maximum unless the value is
+ * strictly beyond it (zeros of both signs make the strictness visible), seen set to 1, and amax's result; the scalar
+ * kernel against that rule on the f32 values, every ISA against the scalar kernel bit for bit. */
+static void test_minmax_fold(void **state) {
+    (void)state;
+    wt_rng r = {17};
+    uint8_t buf[1024 * 4 + 4];
+    float x[1024], l0[1024], h0[1024], s0[1024], lw[1024], hw[1024], sw[1024], lg[1024], hg[1024], sg[1024];
+    for (int it = 0; it < 3000; ++it)
+        for (uint32_t dtype = 1; dtype <= 3; ++dtype) {
+            const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
+            const uint32_t off = wt_below(&r, 2) * (uint32_t)kw__wire_dtype_size(dtype);
+            const int zeros = it % 3 == 0;
+            fill(&r, buf + off, dtype, n, it % 2, ldexpf(1.0f, (int)wt_below(&r, 20) - 10));
+            for (uint32_t i = 0; i < n && zeros; ++i) /* some elements +0 or -0 against old zeros of either sign */
+                if (wt_below(&r, 2)) {
+                    const float v = wt_below(&r, 2) ? -0.0f : 0.0f;
+                    const uint16_t hv = dtype == KW_WIRE_DTYPE_BF16 ? kw_f32_to_bf16(v) : kw_f32_to_f16(v);
+                    memcpy(buf + off + kw__wire_dtype_size(dtype) * i, dtype == KW_WIRE_DTYPE_F32 ? (void *)&v : &hv,
+                           kw__wire_dtype_size(dtype));
+                }
+            kw__wire_load_f32(buf + off, dtype, n, x);
+            for (uint32_t i = 0; i < n; ++i) {
+                s0[i] = wt_below(&r, 3) ? 1.0f : 0.0f;
+                l0[i] = zeros ? (wt_below(&r, 2) ? -0.0f : 0.0f) : wt_bell(&r);
+                h0[i] = zeros ? (wt_below(&r, 2) ? -0.0f : 0.0f) : wt_bell(&r);
+            }
+            memcpy(lw, l0, n * 4);
+            memcpy(hw, h0, n * 4);
+            memcpy(sw, s0, n * 4);
+            const uint32_t want = g_isas[0]->minmax_fold(buf + off, dtype, n, lw, hw, sw);
+            assert_int_equal(want, g_isas[0]->amax(buf + off, dtype, n));
+            for (uint32_t i = 0; i < n; ++i) {
+                const float el = s0[i] == 0.0f || x[i] < l0[i] ? x[i] : l0[i];
+                const float eh = s0[i] == 0.0f || x[i] > h0[i] ? x[i] : h0[i];
+                assert_int_equal(kw_f32_bits(lw[i]), kw_f32_bits(el));
+                assert_int_equal(kw_f32_bits(hw[i]), kw_f32_bits(eh));
+                assert_true(sw[i] == 1.0f);
+            }
+            for (int k = 1; k < g_n_isas; ++k) {
+                memcpy(lg, l0, n * 4);
+                memcpy(hg, h0, n * 4);
+                memcpy(sg, s0, n * 4);
+                assert_int_equal(g_isas[k]->minmax_fold(buf + off, dtype, n, lg, hg, sg), want);
+                if (memcmp(lg, lw, n * 4) != 0 || memcmp(hg, hw, n * 4) != 0 || memcmp(sg, sw, n * 4) != 0)
+                    fail_msg("%s minmax_fold dtype %u n=%u: differs from scalar", kw_wire_isa_name(g_isas[k]->isa),
+                             dtype, n);
+            }
+        }
+}
+
 /* minmax: the minimum and maximum in element order, each the first value that attains it (a zero result keeps the
  * sign of the first zero), and amax's result, on rows built to make zero the minimum or maximum. */
 static void test_minmax(void **state) {
@@ -725,6 +776,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_amax),
         cmocka_unit_test(test_minmax),
+        cmocka_unit_test(test_minmax_fold),
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_amax_groups),
         cmocka_unit_test(test_quantize_groups),
