@@ -396,8 +396,10 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const int64_t panels = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
     kw_quant_layout ql;
     const int quantized = kw_layout_quant(w->layout, &ql);
-    const size_t panel_bytes =
-        quantized ? kw__quant_panel_bytes(&ql, K) : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
+    const int bf16_act = w->layout == KW_LAYOUT_PANELS_BF16_PAIRS; /* K padded to even */
+    const size_t panel_bytes = quantized  ? kw__quant_panel_bytes(&ql, K)
+                               : bf16_act ? (size_t)(((K + 1) & ~(int64_t)1) * KW_PANEL_ROWS) * kw_dtype_size(w->dtype)
+                                          : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
     const int packed = w->layout != KW_LAYOUT_ROWS;
     const float *xs = x->data;
     float *y = out->data;
@@ -414,7 +416,13 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
     const int x8 = w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
     kw_x8_act act = {0};
-    if (x8) {
+    uint16_t *xb = NULL; /* bf16_act: x rounded to bf16, rows of K rounded up to even */
+    if (bf16_act) {
+        float *s;
+        KW_FORWARD(kw__cpu_scratch(cpu, (size_t)M * (size_t)((K + 1) / 2), &s));
+        xb = (uint16_t *)s;
+        kw__cpu_bf16_round_x(x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xb);
+    } else if (x8) {
         const size_t groups = (size_t)M * (size_t)(K / 32);
         float *xd;
         KW_FORWARD(kw__cpu_scratch(cpu, 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
@@ -442,7 +450,9 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
             kw_pack_panel(mine, w->data, w->dtype, N, K, p);
             wp = mine;
         }
-        if (x8)
+        if (bf16_act)
+            kw__cpu_bf16_panel(cpu->isa, y, N, xb, K, (const uint16_t *)wp, n0, ncols, m0, m1);
+        else if (x8)
             kw__cpu_x8_panel(cpu->isa, w->layout, y, N, &act, K, wp, n0, ncols, m0, m1);
         else
             kw_mm_panel(cpu->isa, y, N, xs, K, w->dtype, w->layout, wp, n0, ncols, m0, m1);
