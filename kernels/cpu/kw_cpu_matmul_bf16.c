@@ -127,6 +127,7 @@ KW_TARGET_AVX2 static inline __attribute__((always_inline)) void kw_bf16_tile_av
                                                                                    const uint32_t *wp, int64_t c0,
                                                                                    int64_t ncols) {
     __m256 acc[KW_BF16_AVX2_MR][2];
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
         acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
@@ -137,6 +138,7 @@ KW_TARGET_AVX2 static inline __attribute__((always_inline)) void kw_bf16_tile_av
         const __m256 wo1 = _mm256_castsi256_ps(_mm256_and_si256(w1, hi));
         const __m256 we0 = _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16));
         const __m256 we1 = _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16));
+#pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
             const uint32_t xp = x[i * P + p];
             const __m256 xo = _mm256_set1_ps(kw_f32_from_bits(xp & 0xffff0000u));
@@ -146,8 +148,10 @@ KW_TARGET_AVX2 static inline __attribute__((always_inline)) void kw_bf16_tile_av
         }
     }
     const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
         float out[16];
+#pragma GCC unroll 8
         for (int v = 0; v < 2; ++v) {
             const __m256 nan = _mm256_cmp_ps(acc[i][v], acc[i][v], _CMP_UNORD_Q);
             _mm256_storeu_ps(out + 8 * v, _mm256_blendv_ps(acc[i][v], qnan, nan));
@@ -197,22 +201,29 @@ KW_TARGET_AVX512_BF16 static inline __attribute__((always_inline)) void
 kw_bf16_tile_avx512(const int MR, float *y, int64_t N, const uint32_t *x, int64_t P, const uint32_t *wp,
                     int64_t ncols) {
     __m512 acc[KW_BF16_512_MR][4];
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
         for (int v = 0; v < 4; ++v)
             acc[i][v] = _mm512_setzero_ps();
     for (int64_t p = 0; p < P; ++p) {
         const uint32_t *wr = wp + p * KW_PANEL_ROWS;
         __m512bh w[4];
+#pragma GCC unroll 8
         for (int v = 0; v < 4; ++v)
             w[v] = (__m512bh)_mm512_loadu_si512(wr + 16 * v);
+#pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
             const __m512bh xp = (__m512bh)_mm512_set1_epi32((int)x[i * P + p]);
+#pragma GCC unroll 8
             for (int v = 0; v < 4; ++v)
                 acc[i][v] = _mm512_dpbf16_ps(acc[i][v], xp, w[v]);
         }
     }
     const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000));
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
         for (int v = 0; v < 4; ++v) {
             const int64_t n = ncols - 16 * v;
             if (n <= 0) break;
