@@ -171,20 +171,14 @@ KW_TARGET_AVX2 static void kw_bf16_panel_avx2(float *y, int64_t N, const uint16_
         const int64_t mr = m1 - m < KW_BF16_AVX2_MR ? m1 - m : KW_BF16_AVX2_MR;
         const uint32_t *x = (const uint32_t *)(xb + m * K2);
         for (int64_t c0 = 0; c0 < ncols; c0 += 16) {
+            /* clang-format off */
+#define KW_BF16_CASE(R) case R: kw_bf16_tile_avx2(R, y + m * N, N, x, P, w, c0, ncols); break;
             switch (mr) {
-            case 1:
-                kw_bf16_tile_avx2(1, y + m * N, N, x, P, w, c0, ncols);
-                break;
-            case 2:
-                kw_bf16_tile_avx2(2, y + m * N, N, x, P, w, c0, ncols);
-                break;
-            case 3:
-                kw_bf16_tile_avx2(3, y + m * N, N, x, P, w, c0, ncols);
-                break;
-            default:
-                kw_bf16_tile_avx2(4, y + m * N, N, x, P, w, c0, ncols);
-                break;
+            KW_BF16_CASE(1) KW_BF16_CASE(2) KW_BF16_CASE(3)
+            default: kw_bf16_tile_avx2(4, y + m * N, N, x, P, w, c0, ncols); break;
             }
+#undef KW_BF16_CASE
+            /* clang-format on */
         }
     }
     _mm_setcsr(csr);
@@ -242,26 +236,15 @@ KW_TARGET_AVX512_BF16 static void kw_bf16_panel_avx512(float *y, int64_t N, cons
     for (int64_t m = m0; m < m1; m += KW_BF16_512_MR) {
         const int64_t mr = m1 - m < KW_BF16_512_MR ? m1 - m : KW_BF16_512_MR;
         const uint32_t *x = (const uint32_t *)(xb + m * K2);
+        /* the tile's row count as a constant, so that its loops unroll into registers */
+        /* clang-format off */
+#define KW_BF16_CASE(R) case R: kw_bf16_tile_avx512(R, y + m * N, N, x, P, w, ncols); break;
         switch (mr) {
-        case 1:
-            kw_bf16_tile_avx512(1, y + m * N, N, x, P, w, ncols);
-            break;
-        case 2:
-            kw_bf16_tile_avx512(2, y + m * N, N, x, P, w, ncols);
-            break;
-        case 3:
-            kw_bf16_tile_avx512(3, y + m * N, N, x, P, w, ncols);
-            break;
-        case 4:
-            kw_bf16_tile_avx512(4, y + m * N, N, x, P, w, ncols);
-            break;
-        case 5:
-            kw_bf16_tile_avx512(5, y + m * N, N, x, P, w, ncols);
-            break;
-        default:
-            kw_bf16_tile_avx512(6, y + m * N, N, x, P, w, ncols);
-            break;
+        KW_BF16_CASE(1) KW_BF16_CASE(2) KW_BF16_CASE(3) KW_BF16_CASE(4) KW_BF16_CASE(5)
+        default: kw_bf16_tile_avx512(6, y + m * N, N, x, P, w, ncols); break;
         }
+#undef KW_BF16_CASE
+        /* clang-format on */
     }
 }
 
