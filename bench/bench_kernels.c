@@ -7,7 +7,8 @@
  * Reported: GB/s of weights streamed and the ratio to the read baseline.
  *
  * Prefill (M = 128) is compute-bound: reported in GFLOP/s (2 M N K per call) with, as baseline, OpenBLAS sgemm on
- * the same shape with f32 weights (the bf16 path widens W and then runs sgemm, so this is its ceiling).
+ * the same shape with f32 weights (the bf16 path widens W and then runs sgemm, so this is its ceiling); a third row,
+ * bf16a, runs the bf16 weights with bf16 activations (KW_LAYOUT_PANELS_BF16_PAIRS: vdpbf16ps on AVX-512 BF16).
  *
  * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers),
  * --quantized (instead: the kept-quantized layouts, exact f32 rebuild against int8 activations and against the
@@ -143,8 +144,8 @@ static void kw_fill_random(void *p, enum kw_dtype dtype, size_t n, uint32_t seed
 }
 
 /* Times M x (N, K) matmuls cycling over copies of W totalling at least min_bytes. Returns seconds per call. */
-static int kw_time_matmul(kw_backend *b, int64_t M, int64_t N, int64_t K, enum kw_dtype dtype, size_t min_bytes,
-                          int reps, double *sec_per_call, size_t *w_bytes) {
+static int kw_time_matmul(kw_backend *b, int64_t M, int64_t N, int64_t K, enum kw_dtype dtype, int bf16_act,
+                          size_t min_bytes, int reps, double *sec_per_call, size_t *w_bytes) {
     int rc = 0;
     const size_t wb = (size_t)(N * K) * kw_dtype_size(dtype);
     int copies = (int)((min_bytes + wb - 1) / wb);
@@ -156,9 +157,13 @@ static int kw_time_matmul(kw_backend *b, int64_t M, int64_t N, int64_t K, enum k
         KW_CHECK(kw_tensor_alloc(b, &ws[c], dtype, 2, (int64_t[]){N, K}));
         /* the backend is the CPU: tensor memory is host memory, filled in place to avoid a second copy */
         kw_fill_random(ws[c].data, dtype, (size_t)(N * K), (uint32_t)c + 1);
-        /* packed as the model packs its weights at load (kw_tensor_pack_weight) */
+        /* packed as the model packs its weights at load (kw_tensor_pack_weight; with bf16 activations,
+         * kw_tensor_pack_weight_bf16_pairs) */
         kw_tensor packed;
-        KW_CHECK(kw_tensor_pack_weight(b, &ws[c], &packed));
+        if (bf16_act)
+            KW_CHECK(kw_tensor_pack_weight_bf16_pairs(b, &ws[c], &packed));
+        else
+            KW_CHECK(kw_tensor_pack_weight(b, &ws[c], &packed));
         kw_tensor_free(&ws[c]);
         ws[c] = packed;
     }
@@ -384,8 +389,8 @@ int kw_bench_kernels(int argc, char **argv) {
                 if (dtype == KW_DTYPE_F32 && s != 3) continue; /* one f32 shape for comparison */
                 double sec = 0.0;
                 size_t wb = 0;
-                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, min_w_bytes, reps, &sec,
-                                   &wb) != 0) {
+                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, 0, min_w_bytes, reps,
+                                   &sec, &wb) != 0) {
                     fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
                     continue;
                 }
@@ -400,16 +405,17 @@ int kw_bench_kernels(int argc, char **argv) {
             const int64_t M = 128, N = kw_decode_shapes[s].N, K = kw_decode_shapes[s].K;
             const double flops = 2.0 * (double)M * (double)N * (double)K;
             const double base = kw_time_sgemm(M, N, K, threads, reps);
-            for (int d = 0; d < 2; ++d) {
-                const enum kw_dtype dtype = d == 0 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+            for (int d = 0; d < 3; ++d) { /* bf16, f32, bf16 weights with bf16 activations (bf16a) */
+                const enum kw_dtype dtype = d == 1 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
                 double sec = 0.0;
                 size_t wb = 0;
-                if (kw_time_matmul(b, M, N, K, dtype, 0, reps, &sec, &wb) != 0) {
+                if (kw_time_matmul(b, M, N, K, dtype, d == 2, 0, reps, &sec, &wb) != 0) {
                     fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
                     continue;
                 }
                 printf("%-24s %6s %12.3f %10.1f %11.0f%%   (sgemm f32 %.1f GFLOP/s)\n", kw_decode_shapes[s].name,
-                       kw_dtype_name(dtype), sec * 1e3, flops / sec / 1e9, 100.0 * base / sec, flops / base / 1e9);
+                       d == 2 ? "bf16a" : kw_dtype_name(dtype), sec * 1e3, flops / sec / 1e9, 100.0 * base / sec,
+                       flops / base / 1e9);
             }
         }
         kw_backend_destroy(b);

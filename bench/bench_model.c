@@ -34,15 +34,17 @@ const char kw_bench_model_summary[] = "prefill/decode tok/s of a model (a GGUF f
 static void kw_bench_model_usage(FILE *f) {
     fprintf(f,
             "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
-            "                          [--model-dir DIR | --model PATH [--weights f32|bf16|quantized|quantized-int8]]\n"
+            "                          [--model-dir DIR | --model PATH [--weights "
+            "f32|bf16|quantized|quantized-int8|bf16-act]]\n"
             "                          [--reps N]\n"
             "                          [--profile]\n"
             "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
             "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
             "               dequantize every weight at load; quantized-int8 also runs Q4_K, Q4_1 and Q6_K weights with "
             "int8\n"
-            "               activations, llama.cpp's way, not the f32 logits); otherwise a random model of the --arch "
-            "shape\n"
+            "               activations, llama.cpp's way, not the f32 logits; bf16-act: bf16 weights (also an HF\n"
+            "               folder's) with bf16 activations, llama.cpp's AVX-512 BF16 way, not the exact logits);\n"
+            "               otherwise a random model of the --arch shape\n"
             "               is generated\n"
             "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
             "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
@@ -76,7 +78,7 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
-    static const char *const weight_names[] = {"f32", "bf16", "quantized", "quantized-int8", NULL};
+    static const char *const weight_names[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
     int arch = 0, profile = 0, weights = 2; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads, 1, 256),
@@ -131,10 +133,11 @@ int kw_bench_model(int argc, char **argv) {
     stage = "load";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512),
-                                 .weights = {.gguf_dtype = weights == 1 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
+                                 .weights = {.gguf_dtype = weights == 1 || weights == 4 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
                                  .gguf_weights = weights == 3   ? KW_GGUF_WEIGHTS_QUANTIZED_INT8
                                                  : weights == 2 ? KW_GGUF_WEIGHTS_QUANTIZED
-                                                                : KW_GGUF_WEIGHTS_DEQUANTIZED};
+                                                                : KW_GGUF_WEIGHTS_DEQUANTIZED,
+                                 .bf16_activations = weights == 4};
     uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_model_load(be, dir, &mo, &model));
     const double load_ms = kw_time_ms(t0, kw_time_now_ns());
@@ -182,13 +185,13 @@ int kw_bench_model(int argc, char **argv) {
            model_path ? model_path : preset, model_path ? kw_arch_name(cfg->arch) : "shape", (int)cfg->n_layers,
            (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
            (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
-    printf("load (%s, matmul weights packed, %s kernels): %.1f ms\n",
+    printf("load (%s, matmul weights packed, %s kernels%s): %.1f ms\n",
            !gguf ? "mmap"
            : weights == 3
                ? "GGUF, matmul weights kept quantized (Q4_K/Q4_1/Q6_K with int8 activations), the rest dequantized"
            : weights == 2 ? "GGUF, matmul weights kept quantized, the rest dequantized"
                           : "GGUF, dequantized into model-owned tensors",
-           kw_backend_cpu_isa(be), load_ms);
+           kw_backend_cpu_isa(be), weights == 4 ? ", bf16 weights with bf16 activations" : "", load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

@@ -104,6 +104,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
         return 1;
     case KW_LAYOUT_ROWS:
     case KW_LAYOUT_PANELS:
+    case KW_LAYOUT_PANELS_BF16_PAIRS:
     case KW_LAYOUT_COUNT:
         break;
     }
@@ -157,6 +158,9 @@ size_t kw_tensor_nbytes(const kw_tensor *t) {
                kw__quant_panel_bytes(&q, t->ne[1]);
     if (t->layout == KW_LAYOUT_PANELS)
         return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) * t->ne[1]) * kw_dtype_size(t->dtype);
+    if (t->layout == KW_LAYOUT_PANELS_BF16_PAIRS) /* K padded to even */
+        return (size_t)(kw_tensor_stored_rows(t->layout, t->ne[0]) * ((t->ne[1] + 1) & ~(int64_t)1)) *
+               kw_dtype_size(t->dtype);
     return (size_t)kw_tensor_nelem(t) * kw_dtype_size(t->dtype);
 }
 
@@ -215,7 +219,8 @@ static int kw_check_layout_shape(enum kw_dtype dtype, int32_t ndim, const int64_
         KW_RETURN_IF(ne[i] < 1, KW_E_SHAPE, "dimension %d of a tensor is %lld (must be >= 1)", (int)i,
                      (long long)ne[i]);
         KW_RETURN_IF(ne[i] > INT64_MAX - KW_PANEL_ROWS, KW_E_OVERFLOW, "tensor size overflows");
-        const int64_t stored = i == 0 ? kw_tensor_stored_rows(layout, ne[0]) : ne[i];
+        int64_t stored = i == 0 ? kw_tensor_stored_rows(layout, ne[0]) : ne[i];
+        if (i == 1 && layout == KW_LAYOUT_PANELS_BF16_PAIRS) stored += stored & 1; /* K padded to even */
         KW_RETURN_IF(kw_size_from_i64(stored, &d) < 0 || kw_size_mul(n, d, &n) < 0, KW_E_OVERFLOW,
                      "tensor size overflows");
     }
@@ -308,11 +313,23 @@ int kw_tensor_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *pa
     return backend->iface->pack_weight(backend, w, packed);
 }
 
+int kw_tensor_pack_weight_bf16_pairs(kw_backend *backend, const kw_tensor *w, kw_tensor *packed) {
+    static const char op[] = "kw_tensor_pack_weight_bf16_pairs";
+    KW_RETURN_IF(backend == NULL || packed == NULL, KW_E_INVALID_ARG, "%s: NULL argument", op);
+    KW_FORWARD(kw_check_tensor(backend, w, op, "w"));
+    KW_RETURN_IF(w->ndim != 2 || w->dtype != KW_DTYPE_BF16, KW_E_SHAPE, "%s: w %s must be (N, K) bf16", op,
+                 KW_SHAPE(w));
+    KW_RETURN_IF(backend->iface->pack_bf16_pairs == NULL, KW_E_OP_UNSUPPORTED, "%s: backend %s has no such layout", op,
+                 kw_backend_name(backend));
+    return backend->iface->pack_bf16_pairs(backend, w, packed);
+}
+
 int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout) {
     kw_quant_layout q;
     if (backend == NULL) return 0;
     if (layout == KW_LAYOUT_ROWS) return 1;
     if (layout == KW_LAYOUT_PANELS) return backend->iface->pack_weight != NULL;
+    if (layout == KW_LAYOUT_PANELS_BF16_PAIRS) return backend->iface->pack_bf16_pairs != NULL;
     if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8) &&
         !backend->iface->int8_activations)
         return 0;

@@ -123,7 +123,15 @@ enum kw_layout {
      * 16 rows is 12 contiguous bytes and 8 rows are 6 bytes (what one AVX-512 VBMI byte permute and one multishift
      * unpack). The rest (d, s, group order) as S8_G16_SB; 0.828 bytes per weight instead of 1.078. CPU only. */
     KW_LAYOUT_QPANELS_S6_G16_SB = 11,
-    KW_LAYOUT_COUNT = 12,
+    /* PANELS_BF16_PAIRS: a bf16 matmul weight (kw_tensor_pack_weight_bf16_pairs) run with bf16 activations, the way
+     * llama.cpp runs BF16 weights with AVX-512 BF16 (vdpbf16ps): x rounded to bf16, products of k pairs summed in f32
+     * (kernels/cpu/kw_cpu_matmul_bf16.c states the rule). The same bits on every ISA and batch, but NOT those of the
+     * exact path: within the activation rounding of it. Storage: panels of 64 rows, a panel K2 / 2 pair rows (K2 = K
+     * rounded up to even) of 64 x 2 bf16: element (n, k) at ((n / 64) * K2 + (k & ~1)) * 64 + (n % 64) * 2 + (k & 1),
+     * the padding k and rows past N zero, a denormal weight stored as the zero of its sign. dtype KW_DTYPE_BF16. The
+     * CPU backend only (kw_backend_supports_layout); get_rows on it returns the stored values. */
+    KW_LAYOUT_PANELS_BF16_PAIRS = 12,
+    KW_LAYOUT_COUNT = 13,
 };
 
 #define KW_PANEL_ROWS 64
@@ -335,6 +343,11 @@ int kw_tensor_from_host(kw_backend *backend, kw_tensor *t, enum kw_dtype dtype, 
  * its own returns a view of w in *packed (owns_data = 0: w must outlive it). Errors: KW_E_SHAPE (not a 2-D float
  * tensor), KW_E_NOMEM. */
 int kw_tensor_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
+
+/* Packs w (N, K) bf16 (row-major) into *packed, a new tensor in KW_LAYOUT_PANELS_BF16_PAIRS owned by the caller
+ * (kw_tensor_free); w may be released afterwards. Errors: KW_E_OP_UNSUPPORTED (the backend has no such layout),
+ * KW_E_SHAPE (not a 2-D row-major bf16 tensor), KW_E_NOMEM. */
+int kw_tensor_pack_weight_bf16_pairs(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
 
 /* A matmul weight (N, K) in quantized form, row-major host memory, as the model hands it to kw_tensor_pack_quantized:
  * value (n, k) = fl(fl(scales[n * (K / G) + k / G] * codes[n * K + k]) + offsets[same]) in f32, G the layout's group

@@ -51,6 +51,9 @@ struct kw_backend_i {
     /* (optional) Packs validated quantized rows (kw_tensor_pack_quantized) into a new tensor in q->layout. NULL: the
      * backend keeps no weight quantized (kw_backend_supports_layout answers 0). */
     int (*pack_quantized)(kw_backend *backend, const kw_quant_rows *q, kw_tensor *packed);
+    /* (optional) Packs a validated row-major bf16 weight into KW_LAYOUT_PANELS_BF16_PAIRS, which matmul then takes.
+     * NULL: the backend has no such layout. */
+    int (*pack_bf16_pairs)(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
     /* 1 if pack_quantized and matmul also take the int8-activation layouts (KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8). */
     int int8_activations;
     /* 1 if pack_quantized and matmul also take the super-block layouts (KW_LAYOUT_QPANELS_U4_SB, S8_G16_SB). */

@@ -85,6 +85,7 @@ struct kw_model {
     int graphs_off;       /* the backend has no step graphs (or they are off): decode runs the ops one by one */
     int keep_quantized;   /* GGUF matmul weights of the types kept quantized go to the backend's quantized panels */
     int int8_activations; /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: the U4 and S8_G16 ones in their int8-activation layouts */
+    int bf16_activations; /* kw_model_options.bf16_activations: bf16 matmul weights in KW_LAYOUT_PANELS_BF16_PAIRS */
     int64_t graph_recordings, graph_launches; /* kw_model_graph_counts */
 };
 
@@ -100,7 +101,11 @@ static uint64_t kw_model_serials;
 static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
     if (t->layout != KW_LAYOUT_ROWS) return 0; /* kept quantized: already in the backend's layout */
     kw_tensor packed;
-    KW_FORWARD(kw_tensor_pack_weight(m->backend, t, &packed));
+    if (m->bf16_activations && t->dtype == KW_DTYPE_BF16 && t != &m->embed &&
+        kw_backend_supports_layout(m->backend, KW_LAYOUT_PANELS_BF16_PAIRS))
+        KW_FORWARD(kw_tensor_pack_weight_bf16_pairs(m->backend, t, &packed));
+    else
+        KW_FORWARD(kw_tensor_pack_weight(m->backend, t, &packed));
     if (packed.data == t->data) return 0; /* a view: the backend reads the row-major weight itself */
     kw_tensor_free(t);
     *t = packed;
@@ -317,10 +322,13 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
     const enum kw_gguf_weights gw = opts ? opts->gguf_weights : KW_GGUF_WEIGHTS_DEFAULT;
     KW_CHECK_IF((unsigned)gw > KW_GGUF_WEIGHTS_QUANTIZED_INT8, KW_E_INVALID_ARG, "model: gguf_weights %d", (int)gw);
     m->int8_activations = gw == KW_GGUF_WEIGHTS_QUANTIZED_INT8;
+    m->bf16_activations = opts && opts->bf16_activations;
     const int quantized = gw == KW_GGUF_WEIGHTS_QUANTIZED || gw == KW_GGUF_WEIGHTS_QUANTIZED_INT8 ||
                           (gw == KW_GGUF_WEIGHTS_DEFAULT && (!opts || opts->weights.gguf_dtype == KW_DTYPE_F32));
-    for (int l = KW_LAYOUT_QPANELS_S4; quantized && l < KW_LAYOUT_COUNT; ++l)
-        m->keep_quantized |= kw_backend_supports_layout(backend, (enum kw_layout)l); /* else: dequantized, as before */
+    kw_quant_layout ql;
+    for (int l = KW_LAYOUT_QPANELS_S4; quantized && l < KW_LAYOUT_COUNT; ++l) /* else: dequantized, as before */
+        m->keep_quantized |=
+            kw_layout_quant((enum kw_layout)l, &ql) && kw_backend_supports_layout(backend, (enum kw_layout)l);
     m->cfg = *kw_weights_config(m->weights);
     kw_model_config *c = &m->cfg;
     KW_CHECK_IF(c->arch != KW_ARCH_QWEN2 && c->arch != KW_ARCH_QWEN3 && c->arch != KW_ARCH_LLAMA &&

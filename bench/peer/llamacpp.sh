@@ -25,6 +25,8 @@
 # Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE,
 # FORMATS (the formats of step 3, default "bf16 q8_0 q4_k_m"), KVWIRE_WEIGHTS (kvwire's --weights for the quantized
 # files: quantized, the default, the f32 weights' logits; quantized-int8, Q4_K/Q6_K with int8 activations as llama.cpp).
+# KVWIRE_BF16_WEIGHTS (kvwire's --weights for the BF16 file: bf16, the default, exact; bf16-act, bf16 activations and
+# vdpbf16ps as llama.cpp on AVX-512 BF16).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 kvwire=${KVWIRE:-$here/build/tools/kvwire}
@@ -91,7 +93,7 @@ make_files() { # model -> the three GGUF files in $mdir/<model>-<format>.gguf
 # ---- one round of each tool ----------------------------------------------------------------------------------------
 kvwire_run() { # file format prompt_len -> "prefill decode bound_ratio"
     local w=${KVWIRE_WEIGHTS:-quantized} out
-    [ "$2" = bf16 ] && w=bf16
+    [ "$2" = bf16 ] && w=${KVWIRE_BF16_WEIGHTS:-bf16}
     out=$("$kvwire" bench model --model "$1" --weights "$w" --threads "$threads" --prompt-len "$3" --decode 128 \
         --reps 1)
     echo "$(echo "$out" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p')" \

@@ -79,6 +79,17 @@ void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int6
 void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code);
 int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk);
 
+/* The bf16-activation layout KW_LAYOUT_PANELS_BF16_PAIRS (kw_cpu_matmul_bf16.c, which states the numerics). */
+/* Packs the row-major bf16 weight w (validated) into the layout. */
+int kw__cpu_pack_bf16_pairs(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
+/* Value (n, k) of a weight in the layout. */
+float kw__cpu_bf16_pairs_get(const kw_tensor *w, int64_t n, int64_t k);
+/* Rounds x (M, K) to bf16 into xb (M rows of K rounded up to even, caller-owned), nt threads. */
+void kw__cpu_bf16_round_x(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, uint16_t *xb);
+/* Rows [m0, m1) of y (row stride N) against one panel wp of the layout, columns n0 .. n0 + ncols. */
+void kw__cpu_bf16_panel(enum kw_cpu_isa isa, float *y, int64_t N, const uint16_t *xb, int64_t K, const uint16_t *wp,
+                        int64_t n0, int64_t ncols, int64_t m0, int64_t m1);
+
 /* Op kernels (arguments validated by the generic layer). */
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
 int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,

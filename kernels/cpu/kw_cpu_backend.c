@@ -187,6 +187,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .memset_zero = kw_cpu_memset_zero,
     .pack_weight = kw__cpu_pack_weight,
     .pack_quantized = kw__cpu_pack_quantized,
+    .pack_bf16_pairs = kw__cpu_pack_bf16_pairs,
     .int8_activations = 1,
     .superblocks = 1,
     .create_stream = kw_cpu_create_stream,

@@ -564,6 +564,7 @@ typedef struct kw_mm_job {
     const float *xs;
     const kw_tensor *w, *bias;
     const kw_x8_act *act; /* the X8 layouts, else NULL */
+    const uint16_t *xb;   /* PANELS_BF16_PAIRS: x rounded to bf16 (kw__cpu_bf16_round_x), else NULL */
     char *scratch;        /* a row-major weight, or widened S6 panels: one slice per worker */
     int packed, widen;    /* widen: QPANELS_S6_G16_SB with prefill rows, widened to S8_G16_SB per item */
     size_t slice, wide_slice, panel_bytes;
@@ -592,7 +593,9 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
         wp = mine;
         layout = KW_LAYOUT_QPANELS_S8_G16_SB;
     }
-    if (j->act)
+    if (j->xb)
+        kw__cpu_bf16_panel(j->isa, j->y, N, j->xb, K, (const uint16_t *)wp, n0, ncols, m0, m1);
+    else if (j->act)
         kw__cpu_x8_panel(j->isa, w->layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
     else
         kw_mm_panel(j->isa, j->y, N, j->xs, K, w->dtype, layout, wp, n0, ncols, m0, m1);
@@ -611,8 +614,10 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const int64_t panels = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
     kw_quant_layout ql;
     const int quantized = kw_layout_quant(w->layout, &ql);
-    const size_t panel_bytes =
-        quantized ? kw__quant_panel_bytes(&ql, K) : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
+    const int bf16_act = w->layout == KW_LAYOUT_PANELS_BF16_PAIRS; /* K padded to even */
+    const size_t panel_bytes = quantized  ? kw__quant_panel_bytes(&ql, K)
+                               : bf16_act ? (size_t)(((K + 1) & ~(int64_t)1) * KW_PANEL_ROWS) * kw_dtype_size(w->dtype)
+                                          : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
     const int packed = w->layout != KW_LAYOUT_ROWS;
 
     int nt = (M * N * K >= KW_CPU_PARALLEL_MIN * 4 && N >= 8) ? cpu->n_threads : 1;
@@ -627,7 +632,13 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
     const int x8 = w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
     kw_x8_act act = {0};
-    if (x8) {
+    uint16_t *xb = NULL; /* bf16_act: x rounded to bf16, rows of K rounded up to even */
+    if (bf16_act) {
+        float *s;
+        KW_FORWARD(kw__cpu_scratch(cpu, (size_t)M * (size_t)((K + 1) / 2), &s));
+        xb = (uint16_t *)s;
+        kw__cpu_bf16_round_x(cpu, x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xb);
+    } else if (x8) {
         const size_t groups = (size_t)M * (size_t)(K / 32);
         float *xd;
         KW_FORWARD(kw__cpu_scratch(cpu, 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
@@ -655,6 +666,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     kw_mm_job job = {.isa = cpu->isa,
                      .y = out->data,
                      .xs = x->data,
+                     .xb = xb,
                      .w = w,
                      .bias = bias,
                      .act = x8 ? &act : NULL,

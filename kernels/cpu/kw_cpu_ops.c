@@ -29,6 +29,11 @@ int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table
             if (bad < 0) bad = t;
             continue;
         }
+        if (table->layout == KW_LAYOUT_PANELS_BF16_PAIRS) {
+            for (int64_t k = 0; k < D; ++k)
+                y[t * D + k] = kw__cpu_bf16_pairs_get(table, id[t], k);
+            continue;
+        }
         if (table->layout != KW_LAYOUT_ROWS && table->layout != KW_LAYOUT_PANELS) { /* quantized panels */
             kw__cpu_qpanel_row(table, id[t], y + t * D);
             continue;

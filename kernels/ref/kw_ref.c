@@ -375,3 +375,37 @@ void kw_ref_kvq_values(float *out, const kw_kvq_geom *g, const float *rows, int6
         }
     }
 }
+
+/* A bf16 input as the instruction reads it: widened, a denormal as the zero of its sign. */
+static float kw_ref_bf16_in(uint16_t h) {
+    const float v = kw_bf16_to_f32(h);
+    return fpclassify(v) == FP_SUBNORMAL ? copysignf(0.0f, v) : v;
+}
+
+/* fl(a * b + c) rounded to nearest even with x86 FTZ: zero (of the result's sign) when the exact value rounded to 24
+ * bits with an unbounded exponent lies below 2^-126. Of the exact values that fmaf rounds to a normal number, only
+ * those in [2^-126 - 2^-150, 2^-126 - 2^-151) round below 2^-126 in 24 bits (they give fmaf's +-2^-126); the double
+ * fma sees them (a * b is exact in double, and the sums that can land there need far fewer than 53 bits). */
+static float kw_ref_fma_ftz(float a, float b, float c) {
+    const float r = fmaf(a, b, c);
+    if (isnan(r) || isinf(r)) return r;
+    const double exact = fma((double)a, (double)b, (double)c);
+    const int tiny = fpclassify(r) == FP_SUBNORMAL || fabs(exact) < 0x1p-126 - 0x1p-151;
+    return tiny ? copysignf(0.0f, r) : r;
+}
+
+void kw_ref_matmul_bf16act(float *out, const float *x, const uint16_t *w, int64_t M, int64_t N, int64_t K) {
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < K; k += 2) {
+                const int two = k + 1 < K; /* an odd K's last pair: the missing k is a zero pair */
+                const float xo = two ? kw_ref_bf16_in(kw_f32_to_bf16(x[m * K + k + 1])) : 0.0f;
+                const float wo = two ? kw_ref_bf16_in(w[n * K + k + 1]) : 0.0f;
+                acc = kw_ref_fma_ftz(xo, wo, acc);
+                acc = kw_ref_fma_ftz(kw_ref_bf16_in(kw_f32_to_bf16(x[m * K + k])), kw_ref_bf16_in(w[n * K + k]), acc);
+            }
+            out[m * N + n] = isnan(acc) ? kw_f32_from_bits(0x7fc00000u) : acc;
+        }
+    }
+}

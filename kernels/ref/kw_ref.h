@@ -39,6 +39,13 @@ void kw_ref_quant_dequant(float *w, const kw_quant_rows *q);
  * acc). No bias. out is caller-owned. */
 void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quant_rows *q);
 
+/* out (M, N) = x (M, K) times the bf16 weight w (N, K, row-major) with bf16 activations, written out plainly from the
+ * rule in kernels/cpu/kw_cpu_matmul_bf16.c (VDPBF16PS): x rounded to bf16 (nearest even), denormal bf16 inputs read
+ * as zeros of their sign, per pair of k (the odd one first) one fused multiply-add each, a result below 2^-126 after
+ * rounding to 24 bits flushed to the zero of its sign, a NaN result stored as 0x7fc00000. No bias. out is
+ * caller-owned. */
+void kw_ref_matmul_bf16act(float *out, const float *x, const uint16_t *w, int64_t M, int64_t N, int64_t K);
+
 /* out (R, D) = x * (1 / sqrt(mean(x^2) + eps)) * w (or * (1 + w) with KW_RMS_NORM_UNIT_OFFSET), as HF writes it:
  * the normalized row is formed in fp32 first, then multiplied by the weight. out may equal x. */
 void kw_ref_rms_norm(float *out, const float *x, const void *w, enum kw_dtype w_dtype, int64_t R, int64_t D, float eps,

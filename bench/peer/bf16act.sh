@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bf16act.sh [MODELS] [ROUNDS]: kvwire's BF16 prefill, exact (--weights bf16) and with bf16 activations (--weights
+# bf16-act), against llama.cpp's BF16, interleaved (exact, bf16-act, llama.cpp per round) on the BF16 GGUF files that
+# llamacpp.sh made (run it first). Not part of CI. MODELS comma-separated (default "qwen3-0.6b,smollm2"), ROUNDS
+# (default 3); THREADS (2), KVWIRE (build/tools/kvwire), PEER_CACHE and LLAMACPP_PY_VERSION as llamacpp.sh.
+# Per round: prefill of 512 tokens and decode of 128 at context 0, in tok/s; then the medians and their ratios.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+kvwire=${KVWIRE:-$here/build/tools/kvwire}
+threads=${THREADS:-2}
+cache=${PEER_CACHE:-$HOME/.cache/kvwire/peer}
+lbench=$cache/build-${LLAMACPP_PY_VERSION:-0.3.36}/bin/llama-bench
+[ -x "$kvwire" ] && [ -x "$lbench" ] || { echo "need $kvwire and $lbench (run llamacpp.sh first)" >&2; exit 1; }
+kw() { # file weights -> "prefill decode"
+    local out
+    out=$("$kvwire" bench model --model "$1" --weights "$2" --threads "$threads" --prompt-len 512 --decode 128 --reps 1)
+    echo "$(echo "$out" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p')" \
+        "$(echo "$out" | sed -n 's/^decode: .* = \([0-9.]*\) tok\/s.*/\1/p')"
+}
+lc() { # file -> "prefill decode"
+    "$lbench" -m "$1" -t "$threads" -p 512 -n 128 -r 1 -o csv 2>/dev/null | python3 -c '
+import csv, sys
+pp = tg = None
+for row in csv.DictReader(sys.stdin):
+    if int(row["n_prompt"]) > 0: pp = row["avg_ts"]
+    else: tg = row["avg_ts"]
+print(pp, tg)'
+}
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), avx512_bf16: $(grep -qw avx512_bf16 /proc/cpuinfo &&
+    echo yes || echo no), $threads threads, $(date -u '+%F %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+IFS=, read -r -a models <<<"${1:-qwen3-0.6b,smollm2}"
+for m in "${models[@]}"; do
+    file=$cache/models/$m-bf16.gguf
+    echo "## $m bf16: round, prefill512 exact / bf16-act / llama.cpp, decode@0 exact / bf16-act / llama.cpp (tok/s)"
+    pe=() pa=() pl=() de=() da=() dl=()
+    for i in $(seq 1 "${2:-3}"); do
+        read -r a b <<<"$(kw "$file" bf16)"
+        pe+=("$a") de+=("$b")
+        read -r a b <<<"$(kw "$file" bf16-act)"
+        pa+=("$a") da+=("$b")
+        read -r a b <<<"$(lc "$file")"
+        pl+=("$a") dl+=("$b")
+        echo "$i ${pe[-1]} ${pa[-1]} ${pl[-1]} ${de[-1]} ${da[-1]} ${dl[-1]}"
+    done
+    read -r e a l <<<"$(printf '%s\n' "${pe[@]}" | median) $(printf '%s\n' "${pa[@]}" | median) $(printf '%s\n' "${pl[@]}" | median)"
+    read -r f b d <<<"$(printf '%s\n' "${de[@]}" | median) $(printf '%s\n' "${da[@]}" | median) $(printf '%s\n' "${dl[@]}" | median)"
+    awk -v e="$e" -v a="$a" -v l="$l" -v f="$f" -v b="$b" -v d="$d" 'BEGIN {printf "median: prefill exact/llama.cpp %.2f, " \
+        "bf16-act/llama.cpp %.2f, bf16-act/exact %.2f; decode exact/llama.cpp %.2f, bf16-act/llama.cpp %.2f\n",
+        e / l, a / l, a / e, f / d, b / d}'
+    echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+done
