@@ -11,11 +11,12 @@ threads=${THREADS:-2}
 cache=${PEER_CACHE:-$HOME/.cache/kvwire/peer}
 lbench=$cache/build-${LLAMACPP_PY_VERSION:-0.3.36}/bin/llama-bench
 [ -x "$kvwire" ] && [ -x "$lbench" ] || { echo "need $kvwire and $lbench (run llamacpp.sh first)" >&2; exit 1; }
-kw() { # file weights -> "prefill decode"
-    local out
-    out=$("$kvwire" bench model --model "$1" --weights "$2" --threads "$threads" --prompt-len 512 --decode 128 --reps 1)
-    echo "$(echo "$out" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p')" \
-        "$(echo "$out" | sed -n 's/^decode: .* = \([0-9.]*\) tok\/s.*/\1/p')"
+kw() { # file weights -> "prefill decode": prefill of 512, then decode of 128 at context 0 (as llama-bench's tg128)
+    local pp tg
+    pp=$("$kvwire" bench model --model "$1" --weights "$2" --threads "$threads" --prompt-len 512 --decode 1 --reps 1)
+    tg=$("$kvwire" bench model --model "$1" --weights "$2" --threads "$threads" --prompt-len 1 --decode 128 --reps 1)
+    echo "$(echo "$pp" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p')" \
+        "$(echo "$tg" | sed -n 's/^decode: .* = \([0-9.]*\) tok\/s.*/\1/p')"
 }
 lc() { # file -> "prefill decode"
     "$lbench" -m "$1" -t "$threads" -p 512 -n 128 -r 1 -o csv 2>/dev/null | python3 -c '
