@@ -223,6 +223,14 @@ static void test_bf16act_contract(void **state) {
             const uint32_t want = ids[t] == 0 && k == 4 ? 0x80000000u : (uint32_t)h << 16;
             assert_int_equal(kw_f32_bits(rows[t * 5 + k]), want);
         }
+    /* the layout holds bf16 only: a tensor that claims f32 in it is refused, not read at the wrong stride */
+    kw_tensor bad = tp;
+    bad.dtype = KW_DTYPE_F32;
+    float x5[5] = {1, 2, 3, 4, 5}, y3[3];
+    kw_tensor tx = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 5}, x5);
+    kw_tensor ty = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 3}, y3);
+    assert_int_equal(kw_op_matmul(b, &ty, &tx, &bad, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_op_matmul(b, &ty, &tx, &tp, NULL), 0);
     kw_tensor_free(&tp);
     kw_backend_destroy(b);
 }
