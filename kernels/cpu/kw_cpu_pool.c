@@ -163,8 +163,12 @@ int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
         spin_us = kw_pool_env_spin();
         if (spin_us < 0) spin_us = KW_CPU_POOL_SPIN_US;
     }
-    kw_cpu_pool *pool = calloc(1, sizeof *pool);
+    /* its counters sit on cache lines of their own (_Alignas(64)), so the struct needs 64-byte alignment: calloc's
+     * 16 bytes are not enough (clang's UBSan: misaligned member access) */
+    const size_t pool_bytes = (sizeof(kw_cpu_pool) + 63) & ~(size_t)63;
+    kw_cpu_pool *pool = aligned_alloc(64, pool_bytes);
     KW_RETURN_IF(pool == NULL, KW_E_NOMEM, "kw_cpu_pool_create: out of memory");
+    memset(pool, 0, pool_bytes);
     pool->n_threads = n_threads;
     pool->spin_us = spin_us;
     if (n_threads > 1) {
