@@ -213,6 +213,8 @@ static int kw_check_layout_shape(enum kw_dtype dtype, int32_t ndim, const int64_
         if (nbytes) *nbytes = n;
         return 0;
     }
+    KW_RETURN_IF(layout == KW_LAYOUT_PANELS_BF16_PAIRS && dtype != KW_DTYPE_BF16, KW_E_INVALID_ARG,
+                 "a PANELS_BF16_PAIRS weight holds bf16 values, not %s", kw_dtype_name(dtype));
     size_t n = kw_dtype_size(dtype);
     for (int32_t i = 0; i < ndim; ++i) {
         size_t d;

@@ -141,8 +141,9 @@ size_t kw_proto_token_runs(const Kwctl__TokenPolicy *t);
 /* SharePolicy.token_schedule's entries without their codecs (kw_proto_message_check checks those): exactly one of
  * first, last and positions each, positions strictly increasing in at most KW_PROTO_MAX_TOKEN_RUNS runs, at most
  * KW_PROTO_MAX_TOKEN_POLICIES entries, and no two entries that overlap on every prompt (two first entries, two last
- * entries, a position under a first entry or in another entry's positions; a first and a last entry meet only on a
- * prompt shorter than both, which the sharer refuses). KW_E_PROTO_FIELD naming the entries. */
+ * entries, a position under a first entry or in another entry's positions; a first N and a last M entry meet only on
+ * a prompt shorter than N + M, and positions inside a last M only on a short prompt: the sharer refuses such a
+ * request). KW_E_PROTO_FIELD naming the entries. */
 int kw_proto_token_schedule_check(Kwctl__TokenPolicy *const *entries, size_t n);
 
 /* Frees a message returned by kw_proto_message_unpack; NULL is a no-op. */

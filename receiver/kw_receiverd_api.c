@@ -196,6 +196,8 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
             } else if (strcmp(f->string, "value_scale") == 0) {
                 KW_FORWARD(kw__rd_string(e, f, "schedule.value_scale", &vscale));
             } else if (strcmp(f->string, "rotate") == 0 || strcmp(f->string, "clip") == 0) {
+                if (!r->own_options) /* the one not given stays the policy's (parsed before the schedule) */
+                    r->rotate = s->rotate, r->clip = s->clip;
                 KW_FORWARD(kw__rd_kv_bits(e, f, f->string[0] == 'r' ? "schedule.rotate" : "schedule.clip",
                                           f->string[0] == 'r' ? &r->rotate : &r->clip));
                 r->own_options = true;
@@ -252,6 +254,8 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                 *(f->string[0] == 'f' ? &r->first : &r->last) = (uint32_t)x;
                 ++selectors;
             } else if (strcmp(f->string, "positions") == 0) {
+                if (r->n_positions > 0) /* a repeated key (the JSON parser keeps both): never append past the array */
+                    return KW__RD_BAD(e, "kvwire.policy.token_schedule: \"positions\" given twice in one entry");
                 if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) < 1 || cJSON_GetArraySize(f) > KW_RD_MAX_TOKEN_POSITIONS)
                     return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: 1..%d positions are expected",
                                       KW_RD_MAX_TOKEN_POSITIONS);
@@ -262,6 +266,9 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                     if (r->n_positions > 0 && (uint32_t)x <= r->positions[r->n_positions - 1])
                         return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: strictly increasing positions "
                                              "are expected");
+                    if (r->n_positions >= KW_RD_MAX_TOKEN_POSITIONS)
+                        return KW__RD_BAD(e, "kvwire.policy.token_schedule.positions: at most %d positions",
+                                          KW_RD_MAX_TOKEN_POSITIONS);
                     r->positions[r->n_positions++] = (uint32_t)x;
                 }
                 ++selectors;

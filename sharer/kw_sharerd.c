@@ -508,6 +508,7 @@ static int kw__sd_share_receiver_scored(kw__sd_run *r, const kw__sd_model *m, co
     po.select_rows = NULL, po.select_user = NULL, po.on_targets = NULL;
     po.wire = &pw;
     po.overrides = NULL, po.n_overrides = 0;
+    po.token_rules = NULL, po.n_token_rules = 0; /* every row at the preview codec, the token schedule's too */
     po.write = kw__sd_preview_write;
     po.user = &pv;
     kw_share_request_stats st;

@@ -785,7 +785,7 @@ static void kw__enc_rotate_block(const kw_wire_encoder *e, const kw_wire_tensor_
     const size_t es = kw__wire_dtype_size(dt);
     for (uint32_t i = 0; i < n; ++i) {
         rp[i] = kw__enc_row(in, es, h, t + i);
-        uint8_t *dst = buf + (size_t)i * D * es;
+        uint8_t *dst = buf ? buf + (size_t)i * D * es : NULL; /* no buffer without sx or outliers (no NULL + offset) */
         if (sx) {
             e->kernels->rotate(rp[i], dt, dst, dt, D, sx, 0);
             rp[i] = dst;

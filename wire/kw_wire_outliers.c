@@ -356,8 +356,9 @@ int kw__wire_outlier_select_scratch(const kw__wire_kernels *kr, const kw_wire_he
                  KW_E_INVALID_ARG, "outlier selection: bad arguments");
     KW_RETURN_IF(kw__wire_dtype_size(hdr->src_dtype) == 0, KW_E_INVALID_ARG, "unknown src_dtype %u", hdr->src_dtype);
     const uint64_t elems = kw__out_elems(hdr, in->n_tokens), half = elems / 2;
-    KW_RETURN_IF(elems > SIZE_MAX / (2 * sizeof(float)), KW_E_OVERFLOW, "outlier selection over %llu elements",
-                 (unsigned long long)elems);
+    /* the scratch below: 4 + 8 + 1/8 bytes per element at most, plus the 256 KiB histogram */
+    KW_RETURN_IF(elems > (SIZE_MAX - 65536 * sizeof(uint32_t) - 8) / 13, KW_E_OVERFLOW,
+                 "outlier selection over %llu elements", (unsigned long long)elems);
     memset(mask, 0, (size_t)((elems + 7) / 8));
     *n_chosen = 0;
     const uint64_t n = count < elems ? count : elems;

@@ -1,11 +1,11 @@
 /* kw_cpu_pool.c: the CPU backend's spin-then-sleep thread pool; see kw_cpu_pool.h.
  *
- * Each worker has its own `go` word (its cache line): a run stores the new job number into the go words of the
- * workers it uses only, so an idle worker never reads a job it is not part of, and the caller may rewrite the job as
- * soon as its own workers have finished. A worker waits for go to change (spin, then futex), takes tasks from the
- * shared counter, and decrements `pending`; the caller waits for pending to reach 0 the same way. The sleeping flags
- * spare the futex_wake system call when nobody sleeps: the waker stores the word then reads the flag, the sleeper
- * sets the flag then reads the word (both sequentially consistent), so one of them sees the other. */
+ * Each worker has its own `go` word (its cache line): a run increments the go words of the workers it uses only, so an
+ * idle worker never reads a job it is not part of, and the caller may rewrite the job as soon as its own workers have
+ * finished. A worker waits for go to change (spin, then futex), takes tasks from the shared counter, and decrements
+ * `pending`; the caller waits for pending to reach 0 the same way. The sleeping flags spare the futex_wake system call
+ * when nobody sleeps: the waker stores the word then reads the flag, the sleeper sets the flag then reads the word
+ * (both sequentially consistent), so one of them sees the other. */
 #include "kernels/cpu/kw_cpu_pool.h"
 
 #include <errno.h>
@@ -34,7 +34,7 @@
 #define KW_POOL_SPIN_MAX 1000000 /* 1 s */
 
 typedef struct kw_pool_worker {
-    _Alignas(64) _Atomic uint32_t go; /* the last job number handed to this worker */
+    _Alignas(64) _Atomic uint32_t go; /* jobs handed to this worker so far (mod 2^32): +1 per job, never skipped */
     _Atomic int sleeping;
     int id;
     kw_cpu_pool *pool;
@@ -48,7 +48,6 @@ struct kw_cpu_pool {
     kw_pool_worker *workers; /* n_threads - 1 (owned) */
     _Atomic int busy;        /* a run is in progress */
     _Atomic int stop;
-    uint32_t job; /* the last job number (the caller's) */
     /* the job: written by the caller before the go stores, read by its workers after */
     kw_cpu_pool_fn fn;
     void *ctx;
@@ -126,7 +125,7 @@ static void *kw_pool_worker_main(void *arg) {
         seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us);
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
         kw_pool_work(pool, w->id);
-        if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1)
+        if (atomic_fetch_sub(&pool->pending, 1) == 1) /* seq_cst: the store-then-read handshake with the caller */
             kw_pool_wake(&pool->pending, &pool->caller_sleeping);
     }
     return NULL;
@@ -164,8 +163,12 @@ int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
         spin_us = kw_pool_env_spin();
         if (spin_us < 0) spin_us = KW_CPU_POOL_SPIN_US;
     }
-    kw_cpu_pool *pool = calloc(1, sizeof *pool);
+    /* its counters sit on cache lines of their own (_Alignas(64)), so the struct needs 64-byte alignment: calloc's
+     * 16 bytes are not enough (clang's UBSan: misaligned member access) */
+    const size_t pool_bytes = (sizeof(kw_cpu_pool) + 63) & ~(size_t)63;
+    kw_cpu_pool *pool = aligned_alloc(64, pool_bytes);
     KW_RETURN_IF(pool == NULL, KW_E_NOMEM, "kw_cpu_pool_create: out of memory");
+    memset(pool, 0, pool_bytes);
     pool->n_threads = n_threads;
     pool->spin_us = spin_us;
     if (n_threads > 1) {
@@ -194,9 +197,8 @@ int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
 void kw_cpu_pool_free(kw_cpu_pool *pool) {
     if (pool == NULL) return;
     atomic_store_explicit(&pool->stop, 1, memory_order_release);
-    ++pool->job;
     for (int i = 0; i < pool->started; ++i) {
-        atomic_store(&pool->workers[i].go, pool->job);
+        atomic_fetch_add(&pool->workers[i].go, 1);
         kw_pool_wake(&pool->workers[i].go, &pool->workers[i].sleeping);
     }
     for (int i = 0; i < pool->started; ++i)
@@ -225,9 +227,10 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     pool->n_tasks = n_tasks;
     atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->pending, (uint32_t)(nt - 1), memory_order_relaxed);
-    const uint32_t job = ++pool->job;
+    /* each worker's own count, one more: it has finished its previous job (pending reached 0), so its go cannot
+     * come back to the value it last saw however long it idles (a shared job number could, after 2^32 runs) */
     for (int i = 0; i < nt - 1; ++i) { /* seq_cst: orders the job above before it, and it before the sleeping read */
-        atomic_store(&pool->workers[i].go, job);
+        atomic_fetch_add(&pool->workers[i].go, 1);
         kw_pool_wake(&pool->workers[i].go, &pool->workers[i].sleeping);
     }
     kw_pool_work(pool, 0);

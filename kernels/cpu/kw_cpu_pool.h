@@ -18,8 +18,11 @@
 
 typedef struct kw_cpu_pool kw_cpu_pool;
 
-/* Runs task `task` (0 .. n_tasks - 1) on worker `worker` (0 .. the run's thread count - 1; distinct threads that
- * run at once have distinct ids, so a worker may use per-thread scratch indexed by it). */
+/* Runs task `task` (0 .. n_tasks - 1) on worker `worker` (0 .. the run's thread count - 1; the threads of one run
+ * have distinct ids, so a worker may use per-thread scratch indexed by it). The ids are unique only while one thread
+ * drives the pool, the backend's contract (kw_backend.h: one calling thread per backend or stream): a second thread
+ * calling run during a run computes inline as id 0 beside the caller's own id 0. A nested run (from inside a task)
+ * reuses the task's id, so its scratch must be sized for the outer run's thread count. */
 typedef void (*kw_cpu_pool_fn)(void *ctx, int64_t task, int worker);
 
 /* A pool for n_threads (1 .. 1024) threads in all: n_threads - 1 workers are started; *out is owned by the caller

@@ -110,6 +110,13 @@ static void test_rule_bytes(void **state) {
     kwd_response_free(&mid);
 }
 
+#define P64A                                                                                                           \
+    "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,"   \
+    "40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63"
+#define P64B                                                                                                           \
+    "64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100," \
+    "101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127"
+
 static void test_refusals(void **state) {
     (void)state;
     static const char *const bodies[] = {
@@ -123,6 +130,8 @@ static void test_refusals(void **state) {
         KV("\"token_schedule\":[{\"first\":1,\"codec\":\"int9\"}]"),
         KV("\"token_schedule\":{\"first\":1}"),
         KV("\"budget_bytes\":50000,\"token_schedule\":[{\"first\":1,\"codec\":\"int8\"}]"),
+        /* "positions" twice, 64 each (the JSON parser keeps both keys): refused, never appended past 64 */
+        KV("\"token_schedule\":[{\"positions\":[" P64A "],\"positions\":[" P64B "],\"codec\":\"int8\"}]"),
 #undef KV
     };
     kwd_expect_400(kwd_receiver.port, bodies, sizeof bodies / sizeof bodies[0]);
@@ -212,6 +221,15 @@ static void test_layer_options(void **state) {
     request(base, ",\"rotate\":\"kv\",\"schedule\":[{\"layers\":[1,1],\"codec\":\"int4\",\"rotate\":\"none\"}]", &b);
     request(base, "", &none);
     request(base, ",\"schedule\":[{\"layers\":[0,1],\"codec\":\"int4\",\"value_codec\":\"int8\"}]", &vals);
+    /* an entry that gives only clip keeps the policy's rotation: the same as the policy's rotation everywhere */
+    kwd_response clip_only, all_rotated;
+    request(base, ",\"rotate\":\"kv\",\"schedule\":[{\"layers\":[1,1],\"codec\":\"int4\",\"clip\":\"none\"}]",
+            &clip_only);
+    request(base, ",\"rotate\":\"kv\"", &all_rotated);
+    same_ids(&clip_only, &all_rotated);
+    same_logprobs(&clip_only, &all_rotated);
+    kwd_response_free(&clip_only);
+    kwd_response_free(&all_rotated);
     same_ids(&a, &b);
     same_logprobs(&a, &b);
     assert_true(kwd_json_num(a.json, "kvwire.bytes.blob") == kwd_json_num(b.json, "kvwire.bytes.blob"));

@@ -120,6 +120,7 @@ static void test_bf16act_ftz_boundary(void **state) {
     static const struct {
         float x0, w0;
         uint32_t want;
+        float x1, w1; /* the odd k, added first (0: 2^-63 each, a product of 2^-126) */
     } cases[] = {
         {0x1p-75f, -0x1p-75f, 0x00000000u},   /* 2^-126 - 2^-150: a 24-bit value below 2^-126, flushed */
         {0x1p-75f, -0x1p-76f, 0x00800000u},   /* 2^-126 - 2^-151: the tie rounds to even, 2^-126 */
@@ -127,12 +128,16 @@ static void test_bf16act_ftz_boundary(void **state) {
         {0x1.8p-75f, -0x1p-75f, 0x00000000u}, /* fmaf gives a denormal: flushed */
         {-0x1p-63f, 0x1p-63f, 0x00000000u},   /* exactly zero: +0 */
         {0x1p-100f, 0x1p-100f, 0x00800000u},  /* a product far below 2^-126 leaves 2^-126 as it is */
+        /* the overflow side: 2^128 (above FLT_MAX) plus the odd k's -2^127 is 2^127 when the step is fused; a
+         * product rounded to f32 first would give +inf */
+        {0x1p64f, 0x1p64f, 0x7f000000u, -0x1p64f, 0x1p63f},
     };
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
-        const float x[2] = {cases[ci].x0, 0x1p-63f};
-        const uint16_t w[2] = {kw_f32_to_bf16(cases[ci].w0), kw_f32_to_bf16(0x1p-63f)};
+        const float x1 = cases[ci].x1 != 0 ? cases[ci].x1 : 0x1p-63f, w1 = cases[ci].w1 != 0 ? cases[ci].w1 : 0x1p-63f;
+        const float x[2] = {cases[ci].x0, x1};
+        const uint16_t w[2] = {kw_f32_to_bf16(cases[ci].w0), kw_f32_to_bf16(w1)};
         float want;
         kw_ref_matmul_bf16act(&want, x, w, 1, 1, 2);
         if (kw_f32_bits(want) != cases[ci].want)
@@ -223,6 +228,14 @@ static void test_bf16act_contract(void **state) {
             const uint32_t want = ids[t] == 0 && k == 4 ? 0x80000000u : (uint32_t)h << 16;
             assert_int_equal(kw_f32_bits(rows[t * 5 + k]), want);
         }
+    /* the layout holds bf16 only: a tensor that claims f32 in it is refused, not read at the wrong stride */
+    kw_tensor bad = tp;
+    bad.dtype = KW_DTYPE_F32;
+    float x5[5] = {1, 2, 3, 4, 5}, y3[3];
+    kw_tensor tx = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 5}, x5);
+    kw_tensor ty = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 3}, y3);
+    assert_int_equal(kw_op_matmul(b, &ty, &tx, &bad, NULL), KW_E_INVALID_ARG);
+    assert_int_equal(kw_op_matmul(b, &ty, &tx, &tp, NULL), 0);
     kw_tensor_free(&tp);
     kw_backend_destroy(b);
 }
