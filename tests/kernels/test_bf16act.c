@@ -120,14 +120,14 @@ static void test_bf16act_ftz_boundary(void **state) {
     static const struct {
         float x0, w0;
         uint32_t want;
-        float x1, w1; /* the odd k, added first (0: 2^-63 each, a product of 2^-126) */
+        float x1, w1; /* the odd k, added first (2^-63 each: a product of 2^-126) */
     } cases[] = {
-        {0x1p-75f, -0x1p-75f, 0x00000000u},   /* 2^-126 - 2^-150: a 24-bit value below 2^-126, flushed */
-        {0x1p-75f, -0x1p-76f, 0x00800000u},   /* 2^-126 - 2^-151: the tie rounds to even, 2^-126 */
-        {0x1p-75f, -0x1.8p-76f, 0x00000000u}, /* just below the tie: flushed */
-        {0x1.8p-75f, -0x1p-75f, 0x00000000u}, /* fmaf gives a denormal: flushed */
-        {-0x1p-63f, 0x1p-63f, 0x00000000u},   /* exactly zero: +0 */
-        {0x1p-100f, 0x1p-100f, 0x00800000u},  /* a product far below 2^-126 leaves 2^-126 as it is */
+        {0x1p-75f, -0x1p-75f, 0x00000000u, 0x1p-63f, 0x1p-63f},   /* 2^-126 - 2^-150: below 2^-126 in 24 bits: 0 */
+        {0x1p-75f, -0x1p-76f, 0x00800000u, 0x1p-63f, 0x1p-63f},   /* 2^-126 - 2^-151: the tie rounds to even, 2^-126 */
+        {0x1p-75f, -0x1.8p-76f, 0x00000000u, 0x1p-63f, 0x1p-63f}, /* just below the tie: flushed */
+        {0x1.8p-75f, -0x1p-75f, 0x00000000u, 0x1p-63f, 0x1p-63f}, /* fmaf gives a denormal: flushed */
+        {-0x1p-63f, 0x1p-63f, 0x00000000u, 0x1p-63f, 0x1p-63f},   /* exactly zero: +0 */
+        {0x1p-100f, 0x1p-100f, 0x00800000u, 0x1p-63f, 0x1p-63f}, /* a product far below 2^-126 leaves 2^-126 as it is */
         /* the overflow side: 2^128 (above FLT_MAX) plus the odd k's -2^127 is 2^127 when the step is fused; a
          * product rounded to f32 first would give +inf */
         {0x1p64f, 0x1p64f, 0x7f000000u, -0x1p64f, 0x1p63f},
@@ -135,9 +135,8 @@ static void test_bf16act_ftz_boundary(void **state) {
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
-        const float x1 = cases[ci].x1 != 0 ? cases[ci].x1 : 0x1p-63f, w1 = cases[ci].w1 != 0 ? cases[ci].w1 : 0x1p-63f;
-        const float x[2] = {cases[ci].x0, x1};
-        const uint16_t w[2] = {kw_f32_to_bf16(cases[ci].w0), kw_f32_to_bf16(w1)};
+        const float x[2] = {cases[ci].x0, cases[ci].x1};
+        const uint16_t w[2] = {kw_f32_to_bf16(cases[ci].w0), kw_f32_to_bf16(cases[ci].w1)};
         float want;
         kw_ref_matmul_bf16act(&want, x, w, 1, 1, 2);
         if (kw_f32_bits(want) != cases[ci].want)
