@@ -49,6 +49,17 @@ int kw_config_raw_prompt_bos(const kw_model_config *cfg) {
     return cfg->arch == KW_ARCH_LLAMA || cfg->arch == KW_ARCH_GEMMA3;
 }
 
+int kw_config_prepend_bos(const kw_model_config *cfg, int32_t **ids, size_t *n) {
+    if (!kw_config_raw_prompt_bos(cfg)) return 0;
+    int32_t *with_bos = realloc(*ids, (*n + 1) * sizeof *with_bos);
+    KW_RETURN_IF(!with_bos, KW_E_NOMEM, "out of memory");
+    memmove(with_bos + 1, with_bos, *n * sizeof *with_bos);
+    with_bos[0] = cfg->bos_id;
+    *ids = with_bos;
+    ++*n;
+    return 0;
+}
+
 int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer) {
     if (!cfg || layer < 0 || layer >= cfg->n_layers || layer >= KW_CONFIG_MAX_LAYERS) return 0;
     return cfg->layer_sliding[layer] ? cfg->sliding_window : 0;

@@ -88,6 +88,9 @@ int kw_config_is_eos(const kw_model_config *cfg, int32_t id);
  * llama.cpp give it: a GGUF file's tokenizer.ggml.add_bos_token decides; HF folders: Llama-3's and Gemma 3's
  * tokenizers add it (add_special_tokens), Qwen's has none. The chat templates write BOS themselves. */
 int kw_config_raw_prompt_bos(const kw_model_config *cfg);
+/* Prepends cfg's BOS to the raw-text prompt *ids (n ids, malloc'ed, owned by the caller; reallocated) when
+ * kw_config_raw_prompt_bos says so. KW_E_NOMEM leaves *ids and *n as they were. */
+int kw_config_prepend_bos(const kw_model_config *cfg, int32_t **ids, size_t *n);
 
 /* The window layer l attends over (0: global attention), from sliding_window and layer_sliding. */
 int64_t kw_config_layer_window(const kw_model_config *cfg, int32_t layer);

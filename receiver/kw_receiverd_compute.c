@@ -671,15 +671,8 @@ static int kw__rd_prompt(kw_receiverd *d, kw_rd_job *j, const kw_chat_message *m
     }
     KW_CHECK(kw_tokenizer_encode(d->tok, input, strlen(input), &j->prompt_ids, &n));
     KW_CHECK_IF(n == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
-    const kw_model_config *mc = kw_model_get_config(d->model);
-    if (!s->chat && kw_config_raw_prompt_bos(mc)) { /* raw text: BOS first, as `kvwire generate` and HF give it */
-        int32_t *with_bos = realloc(j->prompt_ids, (n + 1) * sizeof *with_bos);
-        KW_CHECK_IF(!with_bos, KW_E_NOMEM, "out of memory");
-        memmove(with_bos + 1, with_bos, n * sizeof *with_bos);
-        with_bos[0] = mc->bos_id;
-        j->prompt_ids = with_bos;
-        ++n;
-    }
+    if (!s->chat) /* raw text: BOS first, as `kvwire generate` and HF give it */
+        KW_CHECK(kw_config_prepend_bos(kw_model_get_config(d->model), &j->prompt_ids, &n));
     j->n_prompt = (int64_t)n;
     if (s->echo) {
         j->prompt_text = strdup(s->prompt);

@@ -2,7 +2,7 @@
 #   . "$(dirname "$0")/../cli_lib.sh" "$@"
 # with the script's arguments (kvwire binary, source dir, build dir). Sets kvwire, src and build, works in a fresh
 # temporary folder removed on exit, stops at the first failing command, and defines fail MESSAGE and
-# field KEY FILE (the value of the first "KEY: value" line of FILE), tiny_c2c_models, rscore_models (rscore_run,
+# field KEY FILE (the value of the first "KEY: value" line of FILE), wait_ready FILE PID, tiny_c2c_models, rscore_models (rscore_run,
 # stable) and the byte-cap helpers budget_word, budget_kept, dumped, budget_check_ends and budget_check_minimum
 # (below).
 set -euo pipefail
@@ -14,6 +14,16 @@ trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 fail() { echo "FAIL: $*"; exit 1; }
 field() { grep "^$1: " "$2" | head -1 | sed "s/^$1: //"; }
+# wait_ready FILE PID: waits up to 60 s for a daemon's --runtime.ready_file FILE, or until PID exits; 0 if FILE was
+# written
+wait_ready() {
+    for _ in $(seq 600); do
+        [ -s "$1" ] && return 0
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -s "$1" ]
+}
 # tiny_c2c_models: a tiny C2C trio in ./recv (qwen3, 3 layers), ./shar (qwen2, 2 layers) and ./fuser (sharer layer 1's
 # receiver layer closed); gen-fuser's report goes to ./gates.txt.
 tiny_c2c_models() {

@@ -1216,15 +1216,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         }
         KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
         KW_CHECK_IF(n_ids == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
-        const kw_model_config *rc_cfg = kw_model_get_config(recv);
-        if (raw && kw_config_raw_prompt_bos(rc_cfg)) { /* raw text: BOS first, as receiverd and HF give it */
-            int32_t *with_bos = realloc(ids, (n_ids + 1) * sizeof *with_bos);
-            KW_CHECK_IF(!with_bos, KW_E_NOMEM, "out of memory");
-            memmove(with_bos + 1, with_bos, n_ids * sizeof *with_bos);
-            with_bos[0] = rc_cfg->bos_id;
-            ids = with_bos;
-            ++n_ids;
-        }
+        if (raw) KW_CHECK(kw_config_prepend_bos(kw_model_get_config(recv), &ids, &n_ids)); /* as receiverd, HF */
     }
 
     stage = xfer_modes[xfer_i];

@@ -29,12 +29,7 @@ start_with_limit() {
     rm -f ready
     "$@" --compute.memory_limit_mb "$mib" --runtime.ready_file ready 2>log.txt &
     pid=$!
-    for _ in $(seq 600); do
-        [ -s ready ] && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -s ready ] || fail "$name with a $mib MiB limit did not start: $(cat log.txt)"
+    wait_ready ready $pid || fail "$name with a $mib MiB limit did not start: $(cat log.txt)"
 }
 # stop_with_limit NAME MIB: SIGTERM to $pid, which must exit 0
 stop_with_limit() {

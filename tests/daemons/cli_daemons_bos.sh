@@ -26,12 +26,7 @@ for arch in llama gemma3 qwen3; do
         $arch $arch >rd.yaml
     "$build/receiver/receiverd" --config rd.yaml --runtime.ready_file ready 2>log.txt &
     pid=$!
-    for _ in $(seq 600); do
-        [ -s ready ] && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -s ready ] || fail "$arch: receiverd did not start: $(cat log.txt)"
+    wait_ready ready $pid || fail "$arch: receiverd did not start: $(cat log.txt)"
     port=$(sed -n 's/^port=//p' ready)
     curl -sS -o resp.json "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
         -d "{\"prompt\":\"$prompt\",\"max_tokens\":6,\"temperature\":0,\"kvwire\":{\"mode\":\"receiver_only\"}}" ||
