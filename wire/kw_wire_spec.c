@@ -1,5 +1,6 @@
 /* kw_wire_spec.c: codec specs from and to their names (the command line, the HTTP API, configs), one parser for all
- * of them. Pure string work over the name tables of kw_wire_common.c. */
+ * of them, pure string work over the name tables of kw_wire_common.c; and the per-token schedule's split of a
+ * section's rows into token groups (kw_wire_token_split), on the rules' sorted intervals. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,10 +89,75 @@ void kw_wire_spec_gran_format(const kw_wire_codec_spec *spec, char *buf, size_t 
         snprintf(buf, cap, "%s", spec->granularity ? kw_wire_gran_name(spec->granularity) : "none");
 }
 
-/* 1 if rule r covers position p of a prompt of n_positions. */
-static int kw__wire_rule_covers(const kw_wire_token_rule *r, uint32_t p, uint32_t n_positions) {
-    if (r->from_end) return (uint64_t)p + r->first >= n_positions;
-    return p >= r->first && p <= r->last;
+/* The rules as the sorted segments of positions they cover. A rule covers the half-open interval [lo, hi) of
+ * positions (hi up to 2^32, so 64-bit): first..last, or with from_end every position from n_positions - first on
+ * (the old test (uint64_t)p + first >= n_positions). An edge is where a rule's interval starts or ends. */
+typedef struct kw__wire_edge {
+    uint64_t at;
+    uint32_t rule;
+} kw__wire_edge;
+
+/* A segment [at, the next segment's at) of positions and the two lowest rules covering it (-1: none). */
+typedef struct kw__wire_segment {
+    uint64_t at;
+    int64_t first, second;
+} kw__wire_segment;
+
+static int kw__wire_edge_cmp(const void *a, const void *b) {
+    const uint64_t x = ((const kw__wire_edge *)a)->at, y = ((const kw__wire_edge *)b)->at;
+    return (x > y) - (x < y);
+}
+
+/* The segments of rules[0 .. n_rules) on a prompt of n_positions into seg (2 * n_rules entries, the caller's): a
+ * sweep over the sorted edges toggling each rule's bit in active (one bit per rule, the caller's zeroed words),
+ * O(R log R + R^2 / 64) for R rules, whatever the positions' values. @return the number of segments. */
+static uint32_t kw__wire_segments(const kw_wire_token_rule *rules, uint32_t n_rules, uint32_t n_positions,
+                                  kw__wire_edge *edges, uint64_t *active, kw__wire_segment *seg) {
+    uint32_t n_edges = 0, m = 0;
+    for (uint32_t r = 0; r < n_rules; ++r) {
+        const kw_wire_token_rule *x = &rules[r];
+        const uint64_t lo = !x->from_end ? x->first : x->first >= n_positions ? 0 : n_positions - x->first;
+        const uint64_t hi = x->from_end ? (uint64_t)UINT32_MAX + 1 : (uint64_t)x->last + 1;
+        if (lo >= hi) continue; /* first > last: no position */
+        edges[n_edges++] = (kw__wire_edge){lo, r};
+        edges[n_edges++] = (kw__wire_edge){hi, r};
+    }
+    qsort(edges, n_edges, sizeof *edges, kw__wire_edge_cmp);
+    const uint32_t words = (n_rules + 63) / 64;
+    for (uint32_t e = 0; e < n_edges;) {
+        const uint64_t at = edges[e].at;
+        for (; e < n_edges && edges[e].at == at; ++e) /* a rule starts and ends at different edges */
+            active[edges[e].rule / 64] ^= (uint64_t)1 << (edges[e].rule % 64);
+        kw__wire_segment s = {at, -1, -1};
+        for (uint32_t w = 0; w < words && s.second < 0; ++w)
+            for (uint64_t bits = active[w]; bits && s.second < 0; bits &= bits - 1) {
+                const int64_t r = (int64_t)w * 64 + __builtin_ctzll(bits);
+                *(s.first < 0 ? &s.first : &s.second) = r;
+            }
+        seg[m++] = s;
+    }
+    return m;
+}
+
+/* The segment holding position p among seg[0 .. m) (sorted by at), starting from the guess *hint (rows mostly
+ * ascend); NULL before the first. */
+static const kw__wire_segment *kw__wire_segment_of(const kw__wire_segment *seg, uint32_t m, uint32_t *hint,
+                                                   uint32_t p) {
+    uint32_t j = *hint;
+    if (!(j < m && seg[j].at <= p && (j + 1 == m || p < seg[j + 1].at))) {
+        uint32_t lo = 0, hi = m; /* the first segment starting after p */
+        while (lo < hi) {
+            const uint32_t mid = lo + (hi - lo) / 2;
+            if (seg[mid].at <= p)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo == 0) return NULL;
+        j = lo - 1;
+    }
+    *hint = j;
+    return &seg[j];
 }
 
 int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int strict, const uint32_t *positions,
@@ -99,19 +165,28 @@ int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int s
                         const kw_wire_codec_spec *v, kw_wire_token_group *groups, uint32_t *n_groups) {
     KW_RETURN_IF((n_rules && !rules) || !k || !v || !n_groups || (n && !groups), KW_E_INVALID_ARG,
                  "token split: NULL argument");
+    const size_t words = ((size_t)n_rules + 63) / 64;
+    void *mem = NULL; /* owned: the edges, segments and active bits of the rules */
+    kw__wire_edge *edges = NULL;
+    kw__wire_segment *seg = NULL;
+    uint32_t m = 0, hint = 0;
+    if (n_rules > 0) {
+        mem = calloc(1, 2 * (size_t)n_rules * (sizeof *edges + sizeof *seg) + words * sizeof(uint64_t));
+        KW_RETURN_IF(mem == NULL, KW_E_NOMEM, "token split: out of memory for %u rules", n_rules);
+        seg = mem;
+        edges = (kw__wire_edge *)(seg + 2 * (size_t)n_rules);
+        m = kw__wire_segments(rules, n_rules, n_positions, edges, (uint64_t *)(edges + 2 * (size_t)n_rules), seg);
+    }
     uint32_t g = 0, any = 0;
     int64_t prev = -2;
+    int rc = 0;
     for (uint32_t i = 0; i < n; ++i) {
         const uint32_t p = positions ? positions[i] : p0 + i;
-        int64_t rule = -1;
-        for (uint32_t r = 0; r < n_rules; ++r) {
-            if (!kw__wire_rule_covers(&rules[r], p, n_positions)) continue;
-            KW_RETURN_IF(strict && rule >= 0, KW_E_INVALID_ARG,
-                         "token schedule: entries %lld and %u both cover position %u (of %u)", (long long)rule, r, p,
-                         n_positions);
-            if (rule < 0) rule = r;
-            if (!strict) break;
-        }
+        const kw__wire_segment *s = kw__wire_segment_of(seg, m, &hint, p);
+        const int64_t rule = s ? s->first : -1;
+        KW_CHECK_IF(strict && s && s->second >= 0, KW_E_INVALID_ARG,
+                    "token schedule: entries %lld and %lld both cover position %u (of %u)", (long long)rule,
+                    (long long)s->second, p, n_positions);
         if (rule != prev) {
             groups[g++] = (kw_wire_token_group){.k = rule < 0 ? *k : rules[rule].k, .v = rule < 0 ? *v : rules[rule].v};
             prev = rule;
@@ -120,5 +195,7 @@ int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int s
         groups[g - 1].n_tokens++;
     }
     *n_groups = any ? g : 0;
-    return 0;
+out:
+    free(mem);
+    return rc;
 }
