@@ -143,7 +143,8 @@ size_t kw_proto_token_runs(const Kwctl__TokenPolicy *t);
  * KW_PROTO_MAX_TOKEN_POLICIES entries, and no two entries that overlap on every prompt (two first entries, two last
  * entries, a position under a first entry or in another entry's positions; a first N and a last M entry meet only on
  * a prompt shorter than N + M, and positions inside a last M only on a short prompt: the sharer refuses such a
- * request). KW_E_PROTO_FIELD naming the entries. */
+ * request). KW_E_PROTO_FIELD naming the entries. The overlaps are checked on the entries' runs: one pass over the
+ * positions, then O(runs) per pair of entries, whatever the positions' values. */
 int kw_proto_token_schedule_check(Kwctl__TokenPolicy *const *entries, size_t n);
 
 /* Frees a message returned by kw_proto_message_unpack; NULL is a no-op. */

@@ -236,26 +236,41 @@ static int kw__proto_check_increasing(const char *what, const uint32_t *v, size_
     return 0;
 }
 
-/* 1 if the strictly increasing v[0 .. n) holds x. */
-static bool kw__proto_has(const uint32_t *v, size_t n, uint32_t x) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        const size_t mid = lo + (hi - lo) / 2;
-        if (v[mid] == x) return true;
-        if (v[mid] < x)
-            lo = mid + 1;
+/* A run of consecutive positions lo..hi (inclusive) of a token schedule entry. */
+typedef struct kw__proto_run {
+    uint32_t lo, hi;
+} kw__proto_run;
+
+/* The runs of consecutive positions of the strictly increasing v[0 .. n), the first cap of them into runs (may be
+ * NULL when cap is 0). @return how many there are. */
+static size_t kw__proto_runs(const uint32_t *v, size_t n, kw__proto_run *runs, size_t cap) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (i > 0 && v[i] == v[i - 1] + 1) {
+            if (m <= cap) runs[m - 1].hi = v[i];
+            continue;
+        }
+        if (m < cap) runs[m] = (kw__proto_run){v[i], v[i]};
+        ++m;
+    }
+    return m;
+}
+
+/* 1 if the sorted, disjoint runs a[0 .. na) and b[0 .. nb) share a position: a merge, O(na + nb). */
+static bool kw__proto_runs_meet(const kw__proto_run *a, size_t na, const kw__proto_run *b, size_t nb) {
+    for (size_t i = 0, j = 0; i < na && j < nb;) {
+        if (a[i].hi < b[j].lo)
+            ++i;
+        else if (b[j].hi < a[i].lo)
+            ++j;
         else
-            hi = mid;
+            return true;
     }
     return false;
 }
 
 size_t kw_proto_token_runs(const Kwctl__TokenPolicy *t) {
-    if (t->n_positions == 0) return 1;
-    size_t runs = 1;
-    for (size_t i = 1; i < t->n_positions; ++i)
-        runs += t->positions[i] != t->positions[i - 1] + 1;
-    return runs;
+    return t->n_positions == 0 ? 1 : kw__proto_runs(t->positions, t->n_positions, NULL, 0);
 }
 
 /* KVWire's channel granularity (v1.1, docs/FORMAT.md §5.8), whose group_size is a run of tokens. */
@@ -286,6 +301,8 @@ static bool kw__proto_receiver_aware(Kwctl__Selection s) {
 int kw_proto_token_schedule_check(Kwctl__TokenPolicy *const *entries, size_t n) {
     KW__FIELD_IF(n > KW_PROTO_MAX_TOKEN_POLICIES, "SharePolicy.token_schedule: %zu entries, at most %d", n,
                  KW_PROTO_MAX_TOKEN_POLICIES);
+    kw__proto_run runs[KW_PROTO_MAX_TOKEN_POLICIES][KW_PROTO_MAX_TOKEN_RUNS]; /* each entry's positions as runs */
+    size_t n_runs[KW_PROTO_MAX_TOKEN_POLICIES];
     for (size_t i = 0; i < n; ++i) {
         const Kwctl__TokenPolicy *t = entries[i];
         KW__FIELD_IF((t->first > 0) + (t->last > 0) + (t->n_positions > 0) != 1,
@@ -294,16 +311,16 @@ int kw_proto_token_schedule_check(Kwctl__TokenPolicy *const *entries, size_t n) 
                                               KW_PROTO_DEFAULT_MAX_TOKENS));
         KW__FIELD_IF(t->first > KW_PROTO_DEFAULT_MAX_TOKENS || t->last > KW_PROTO_DEFAULT_MAX_TOKENS,
                      "SharePolicy.token_schedule[%zu]: more than %u positions", i, KW_PROTO_DEFAULT_MAX_TOKENS);
-        KW__FIELD_IF(kw_proto_token_runs(t) > KW_PROTO_MAX_TOKEN_RUNS,
+        n_runs[i] = kw__proto_runs(t->positions, t->n_positions, runs[i], KW_PROTO_MAX_TOKEN_RUNS);
+        KW__FIELD_IF(n_runs[i] > KW_PROTO_MAX_TOKEN_RUNS,
                      "SharePolicy.token_schedule[%zu].positions: %zu runs of consecutive positions, at most %d", i,
-                     kw_proto_token_runs(t), KW_PROTO_MAX_TOKEN_RUNS);
-        for (size_t j = 0; j < i; ++j) {
+                     n_runs[i], KW_PROTO_MAX_TOKEN_RUNS);
+        for (size_t j = 0; j < i; ++j) { /* on runs: O(runs), whatever the positions (a peer's request) */
             const Kwctl__TokenPolicy *u = entries[j];
-            bool overlap = (t->first && u->first) || (t->last && u->last);
-            for (size_t a = 0; a < t->n_positions && !overlap; ++a) /* t's positions against u's first or positions */
-                overlap = t->positions[a] < u->first || kw__proto_has(u->positions, u->n_positions, t->positions[a]);
-            for (size_t a = 0; a < u->n_positions && !overlap; ++a)
-                overlap = u->positions[a] < t->first;
+            const bool overlap = (t->first && u->first) || (t->last && u->last) ||
+                                 (t->n_positions && t->positions[0] < u->first) || /* increasing: the least */
+                                 (u->n_positions && u->positions[0] < t->first) ||
+                                 kw__proto_runs_meet(runs[i], n_runs[i], runs[j], n_runs[j]);
             KW__FIELD_IF(overlap, "SharePolicy.token_schedule[%zu]: overlaps entry %zu", i, j);
         }
     }
