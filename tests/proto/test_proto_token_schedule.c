@@ -146,7 +146,7 @@ static void test_schedule_differential(void **state) {
 /* Hand-picked edges: runs of two entries adjacent or sharing one end, a first entry ending just before or at an
  * entry's least position, first and last that would meet only on a short prompt, a last entry over positions,
  * exactly 64 and 65 runs, the largest position, and the largest schedule (8 entries of 64 runs interleaved, 2^20
- * positions): accepted, then one position moved into another entry's run. */
+ * positions): accepted, then one entry's single position inside another entry's first run, or its last run's tail. */
 static void test_schedule_edges(void **state) {
     (void)state;
     Kwctl__TokenPolicy a = KWCTL__TOKEN_POLICY__INIT, b = KWCTL__TOKEN_POLICY__INIT;
@@ -191,6 +191,9 @@ static void test_schedule_edges(void **state) {
     big[5][0] = 6 * run + 3;
     assert_int_equal(check_both(ep, KW_PROTO_MAX_TOKEN_POLICIES), KW_E_PROTO_FIELD);
     assert_non_null(strstr(kw_error_detail(), "token_schedule[6]: overlaps entry 5"));
+    big[5][0] = KW_PROTO_DEFAULT_MAX_TOKENS - 2; /* ... in the tail of entry 7's 64th run */
+    assert_int_equal(check_both(ep, KW_PROTO_MAX_TOKEN_POLICIES), KW_E_PROTO_FIELD);
+    assert_non_null(strstr(kw_error_detail(), "token_schedule[7]: overlaps entry 5"));
     big[5][0] = 5 * run;
     e[5].n_positions = KW_PROTO_MAX_TOKEN_RUNS * run;
     big[2][1] = big[2][0] + 2; /* entry 2: 65 runs */
