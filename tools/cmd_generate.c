@@ -97,7 +97,7 @@ int kw_cmd_generate(int argc, char **argv) {
     kw_tokenizer *tok = NULL;
     kw_kvcache *cache = NULL;
     char *text = NULL, *completion = NULL;
-    int32_t *ids = NULL, *all = NULL;
+    int32_t *ids = NULL; /* the prompt's ids, BOS first for a raw-text prompt */
     size_t n_ids = 0, text_len = 0, completion_len = 0;
     kw_generate_result res = {0};
     const char *stage = "backend";
@@ -142,13 +142,9 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK_IF(1, KW_E_INVALID_ARG, "--system needs --chat");
     }
     KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &ids, &n_ids));
-    const int add_bos = !chat && kw_config_raw_prompt_bos(cfg);
-    const int64_t n_prompt = (int64_t)n_ids + add_bos;
+    if (!chat) KW_CHECK(kw_config_prepend_bos(cfg, &ids, &n_ids)); /* the chat templates write BOS themselves */
+    const int64_t n_prompt = (int64_t)n_ids;
     KW_CHECK_IF(n_prompt == 0, KW_E_INVALID_ARG, "the prompt encodes to no tokens");
-    all = malloc((size_t)n_prompt * sizeof *all);
-    KW_CHECK_IF(!all, KW_E_NOMEM, "out of memory");
-    if (add_bos) all[0] = cfg->bos_id;
-    if (n_ids) memcpy(all + add_bos, ids, n_ids * sizeof *ids);
 
     stage = "generate";
     const int64_t capacity = n_prompt + (max_new > 0 ? max_new : 1);
@@ -169,12 +165,12 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CHECK(kw_model_create_cache(model, capacity, cache_dtype, &cache));
     }
     const kw_generate_options go = {.max_new_tokens = (int32_t)max_new, .round = round};
-    KW_CHECK(kw_generate_greedy(model, cache, all, n_prompt, &go, &res));
+    KW_CHECK(kw_generate_greedy(model, cache, ids, n_prompt, &go, &res));
     KW_CHECK(kw_tokenizer_decode(tok, res.ids, (size_t)res.n, 1, &completion, &completion_len));
 
     fwrite(completion, 1, completion_len, stdout);
     printf("\n");
-    kw_generate_print_ids("prompt_ids", all, n_prompt);
+    kw_generate_print_ids("prompt_ids", ids, n_prompt);
     kw_generate_print_ids("generated_ids", res.ids, res.n);
     fprintf(stderr, "prefill: %lld tokens in %.2f ms (%.1f tok/s)\n", (long long)n_prompt, res.prefill_ms,
             res.prefill_ms > 0 ? (double)n_prompt / (res.prefill_ms * 1e-3) : 0.0);
@@ -185,7 +181,6 @@ out:
     if (rc < 0) fprintf(stderr, "kvwire generate: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
     kw_generate_result_free(&res);
     free(completion);
-    free(all);
     free(ids);
     free(text);
     kw_kvcache_free(cache);

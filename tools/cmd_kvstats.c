@@ -322,7 +322,6 @@ static int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer 
                                  enum kw_chat_family family, const char *line, int32_t **ids, int64_t *n) {
     char *text = NULL;
     size_t text_len = 0, n_ids = 0;
-    int32_t *raw = NULL;
     int rc = 0;
     const char *input = line;
     if (chat_on) {
@@ -331,15 +330,10 @@ static int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer 
         KW_CHECK(kw_chat_render(family, &msg, 1, &co, &text, &text_len));
         input = text;
     }
-    KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), &raw, &n_ids));
-    const int add_bos = !chat_on && kw_config_raw_prompt_bos(cfg);
-    *n = (int64_t)n_ids + add_bos;
-    *ids = malloc((size_t)(*n > 0 ? *n : 1) * sizeof **ids);
-    KW_CHECK_IF(!*ids, KW_E_NOMEM, "out of memory");
-    if (add_bos) (*ids)[0] = cfg->bos_id;
-    if (n_ids) memcpy(*ids + add_bos, raw, n_ids * sizeof *raw);
+    KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), ids, &n_ids));
+    if (!chat_on) KW_CHECK(kw_config_prepend_bos(cfg, ids, &n_ids)); /* the chat templates write BOS themselves */
+    *n = (int64_t)n_ids;
 out:
-    free(raw);
     free(text);
     return rc;
 }
