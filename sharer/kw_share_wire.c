@@ -624,17 +624,20 @@ static int kw_share_wire_device_groups(kw_share_wire *w, const kw_share_layer *l
     const uint32_t n = res->n_kept, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim, G = pol->n_groups;
     *done = 0;
     if (n == 0 || G == 0) return 0;
+    uint64_t *bytes = malloc(2 * (size_t)G * sizeof *bytes); /* owned: each group's K then V tensor bytes */
+    KW_RETURN_IF(!bytes, KW_E_NOMEM, "share wire: out of memory for %u token groups", G);
     uint64_t total = 0, scratch = 0;
     for (uint32_t g = 0; g < G; ++g)
         for (int kv = 0; kv < 2; ++kv) {
             const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
             const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
-            uint64_t b = 0, sc = 0;
-            if (kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &b, &sc) < 0) {
+            uint64_t sc = 0;
+            if (kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &bytes[2 * (size_t)g + kv], &sc) < 0) {
                 kw_error_clear(); /* the CPU's */
+                free(bytes);
                 return 0;
             }
-            total += b;
+            total += bytes[2 * (size_t)g + kv];
             scratch = sc > scratch ? sc : scratch;
         }
     kw_tensor dst = {0}, work = {0}, err = {0}, rows = {0};
@@ -664,11 +667,9 @@ static int kw_share_wire_device_groups(kw_share_wire *w, const kw_share_layer *l
         for (int kv = 0; kv < 2; ++kv) { /* the section's order: each group's K, then its V */
             const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
             const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
-            uint64_t b = 0, sc = 0;
-            KW_CHECK(kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &b, &sc));
             KW_CHECK(kw_op_wire_encode(be, &dst, off, &s, kv ? dev->v : dev->k, &rows, t0, pol->groups[g].n_tokens,
                                        &work, &err, 2 * (int64_t)g + kv, NULL, 0));
-            off += (size_t)b;
+            off += (size_t)bytes[2 * (size_t)g + kv]; /* asked above (a function of its arguments) */
         }
     KW_CHECK(kw_backend_download(be, w->buf + at, &dst, 0, (size_t)total));
     KW_CHECK(kw_backend_wire_status(be, &err, 2 * (int64_t)G)); /* synchronizes */
@@ -684,6 +685,7 @@ out:;
     kw_tensor_free(&rows);
     free(h_rows);
     free(h_kept);
+    free(bytes);
     return rc;
 }
 
