@@ -21,6 +21,11 @@ for arch in llama gemma3 qwen3; do
         tr -d '[] ' | awk -F, 'NF {print NF; exit}')
     case $arch in qwen3) [ "$n_want" = "$n_text" ] || fail "$arch: $n_want prompt ids, the text has $n_text" ;;
     *) [ "$n_want" = $((n_text + 1)) ] || fail "$arch: $n_want prompt ids, expected the text's $n_text and BOS" ;; esac
+    echo "$prompt" >p.txt # kvstats' prompt rows: its progress line counts them
+    "$kvwire" kvstats --model "m-$arch" --prompts p.txt --codec none --max-new-tokens 1 --threads 1 >/dev/null 2>ks.txt ||
+        fail "$arch: kvwire kvstats failed: $(cat ks.txt)"
+    n_stats=$(sed -n 's/^kvstats: prompt 1 (\([0-9]*\) tokens) done$/\1/p' ks.txt)
+    [ "$n_stats" = "$n_want" ] || fail "$arch: kvwire kvstats saw ${n_stats:-no} prompt ids, generate $n_want"
     rm -f ready
     printf 'http:\n  host: 127.0.0.1\n  port: 0\nmodel:\n  name: m-%s\n  path: m-%s\ncompute:\n  threads: 1\n' \
         $arch $arch >rd.yaml
