@@ -1,7 +1,10 @@
 /* kw_cpu_matmul_x8.c: matmul with int8 activations, the way llama.cpp runs its k-quants: integer dot products per
  * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two weight layouts:
  * KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1) and
- * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K).
+ * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K), each also in super-blocks
+ * (KW_LAYOUT_QPANELS_U4_SB_X8, S8_G16_SB_X8: the scale and offset rebuilt per group as fl(d * s) and fl(m * o) from
+ * int8 s, o and the super-block's f32 d, m, which are the bits the plain layouts store, so the four layouts follow
+ * one rule and give the same bits on the same rows).
  *
  * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
  *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize, scalar C on every ISA: amax = the largest
@@ -101,6 +104,52 @@ static inline size_t kw_x8_byte(int64_t r, int64_t kk) {
     return (size_t)((r / 16) * 256 + ((kk % 16) / 4) * 64 + 4 * (r % 16) + kk % 4);
 }
 
+int kw__cpu_layout_x8(enum kw_layout layout) {
+    return layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 ||
+           layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8;
+}
+
+/* 8 for the layouts of 8-bit codes (Q6_K), else 4. */
+static inline int kw_x8_bits(enum kw_layout layout) {
+    return layout == KW_LAYOUT_QPANELS_S8_G16_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ? 8 : 4;
+}
+
+/* Where weight group j (WG k) of a panel keeps its numbers (kernels/kw_backend.h): the plain layouts' f32 scales and
+ * offsets (SB 0), or the super-block layouts' int8 s, o and their super-block's f32 d, m (SB 1); then its 1024 code
+ * bytes. at and bytes: the group's share of the panel's byte stream (its start, and the panel bytes per group), for
+ * prefetching. */
+typedef struct kw_x8_grp {
+    const float *scales, *offsets, *d, *m;
+    const int8_t *s, *o;
+    const uint8_t *codes;
+    size_t at, bytes;
+} kw_x8_grp;
+
+static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BITS, const int SB, const char *wp,
+                                                                   int64_t j) {
+    const size_t ofs = BITS == 4 ? 2 : 1, per = BITS == 4 ? 8 : 16; /* per: groups per super-block */
+    kw_x8_grp g = {0};
+    if (!SB) {
+        g.bytes = KW_PANEL_ROWS * 4 * ofs + KW_X8_CODE_BYTES;
+        g.at = (size_t)j * g.bytes;
+        g.scales = (const float *)(wp + g.at);
+        g.offsets = g.scales + KW_PANEL_ROWS;
+        g.codes = (const uint8_t *)(wp + g.at) + KW_PANEL_ROWS * 4 * ofs;
+        return g;
+    }
+    const size_t head = KW_PANEL_ROWS * (4 + per) * ofs, sb_bytes = head + per * KW_X8_CODE_BYTES;
+    const size_t jj = (size_t)j % per;
+    const char *sbp = wp + (size_t)j / per * sb_bytes;
+    g.bytes = sb_bytes / per;
+    g.at = (size_t)(sbp - wp) + jj * g.bytes;
+    g.d = (const float *)sbp;
+    g.m = g.d + KW_PANEL_ROWS;
+    g.s = (const int8_t *)(sbp + KW_PANEL_ROWS * 4 * ofs) + jj * KW_PANEL_ROWS;
+    g.o = g.s + per * KW_PANEL_ROWS;
+    g.codes = (const uint8_t *)sbp + head + jj * KW_X8_CODE_BYTES;
+    return g;
+}
+
 /* The code of row r at k kk: 4-bit (U4_X8) or 8-bit stored + 128 (S8_G16_X8). */
 static inline int kw_x8_code(int bits, const uint8_t *codes, int64_t r, int64_t kk) {
     const uint8_t byte = codes[kw_x8_byte(r, kk)];
@@ -110,39 +159,37 @@ static inline int kw_x8_code(int bits, const uint8_t *codes, int64_t r, int64_t 
 
 void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code) {
     uint8_t *byte = codes + kw_x8_byte(r, kk);
-    if (layout == KW_LAYOUT_QPANELS_S8_G16_X8)
+    if (kw_x8_bits(layout) == 8)
         *byte = (uint8_t)(code + 128);
     else
         *byte |= (uint8_t)(kk < 16 ? code : code << 4);
 }
 
 int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk) {
-    return kw_x8_code(layout == KW_LAYOUT_QPANELS_S8_G16_X8 ? 8 : 4, codes, r, kk);
+    return kw_x8_code(kw_x8_bits(layout), codes, r, kk);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
  * Scalar
  */
 
-static void kw_x8_panel_scalar(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K, const char *wp,
-                               int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N, const kw_x8_act *a, int64_t K,
+                               const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16, OFS = BITS == 4;
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
     for (int64_t m = m0; m < m1; ++m) {
         for (int64_t c = 0; c < ncols; ++c) {
             float acc = 0.0f;
             for (int64_t j = 0; j < K / WG; ++j) {
-                const char *gp = wp + (size_t)j * group_bytes;
-                const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-                const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+                const kw_x8_grp gr = kw_x8_group(BITS, SB, wp, j);
                 const int8_t *q = a->q + m * K + j * WG;
                 const int64_t g = j * WG / KW_X8_G;
                 int32_t isum = 0;
                 for (int kk = 0; kk < WG; ++kk)
-                    isum += kw_x8_code(BITS, codes, c, kk) * q[kk];
+                    isum += kw_x8_code(BITS, gr.codes, c, kk) * q[kk];
                 const float t = (float)isum * a->d[m * G + g];
-                acc = fmaf(scales[c], t, acc);
-                if (OFS) acc = fmaf(offsets[c], a->s[m * G + g], acc);
+                const float scale = SB ? gr.d[c] * (float)gr.s[c] : gr.scales[c];
+                acc = fmaf(scale, t, acc);
+                if (OFS) acc = fmaf(SB ? gr.m[c] * (float)gr.o[c] : gr.offsets[c], a->s[m * G + g], acc);
             }
             y[m * N + n0 + c] = acc;
         }
@@ -211,6 +258,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_MULF(a, b)       _mm256_mul_ps((a), (b))
 #define X8_FMA(a, b, c)     _mm256_fmadd_ps((a), (b), (c))
 #define X8_LOADF(p)         _mm256_loadu_ps(p)
+#define X8_LOADS8F(p)       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define X8_STORE_N(p, v, n) kw_x8_store_n_avx2((p), (v), (n))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
 
@@ -241,6 +289,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_MULF(a, b)       _mm512_mul_ps((a), (b))
 #define X8_FMA(a, b, c)     _mm512_fmadd_ps((a), (b), (c))
 #define X8_LOADF(p)         _mm512_loadu_ps(p)
+#define X8_LOADS8F(p)       _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define X8_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
 
@@ -257,26 +306,49 @@ static int kw_x8_vnni(void) {
 }
 #endif
 
+#if KW_CPU_X86
+/* The panel functions with the code width and the storage as constants, so that the tiles specialize. */
+#define KW_X8_SPECIALIZE(sfx, target, bits, sb)                                                                        \
+    target static void kw_x8_panel_##sfx##_##bits##_##sb(float *y, int64_t N, const kw_x8_act *a, int64_t K,           \
+                                                         const char *wp, int64_t n0, int64_t ncols, int64_t m0,        \
+                                                         int64_t m1) {                                                 \
+        kw_x8_panel_##sfx(bits, sb, y, N, a, K, wp, n0, ncols, m0, m1);                                                \
+    }
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 0)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 0)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 1)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 0)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 0)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 1)
+#undef KW_X8_SPECIALIZE
+#endif
+
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-    const int bits = layout == KW_LAYOUT_QPANELS_S8_G16_X8 ? 8 : 4;
+    const int bits = kw_x8_bits(layout);
+    const int sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8;
 #if KW_CPU_X86
-    /* the bits as constants, so that the tiles specialize */
+    typedef void (*panel_fn)(float *, int64_t, const kw_x8_act *, int64_t, const char *, int64_t, int64_t, int64_t,
+                             int64_t);
+    /* [sb][bits == 8] */
+    static const panel_fn vnni[2][2] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0},
+                                        {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1}};
+    static const panel_fn avx2[2][2] = {{kw_x8_panel_avx2_4_0, kw_x8_panel_avx2_8_0},
+                                        {kw_x8_panel_avx2_4_1, kw_x8_panel_avx2_8_1}};
     if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
-        if (bits == 4)
-            kw_x8_panel_vnni(4, y, N, a, K, wp, n0, ncols, m0, m1);
-        else
-            kw_x8_panel_vnni(8, y, N, a, K, wp, n0, ncols, m0, m1);
+        vnni[sb][bits == 8](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
     if (isa >= KW_CPU_ISA_AVX2) { /* AVX-512 without VNNI too: the same integer sums */
-        if (bits == 4)
-            kw_x8_panel_avx2(4, y, N, a, K, wp, n0, ncols, m0, m1);
-        else
-            kw_x8_panel_avx2(8, y, N, a, K, wp, n0, ncols, m0, m1);
+        avx2[sb][bits == 8](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
 #endif
     (void)isa;
-    kw_x8_panel_scalar(bits, y, N, a, K, wp, n0, ncols, m0, m1);
+    if (bits == 4)
+        kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, ncols, m0, m1);
+    else
+        kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, ncols, m0, m1);
 }

@@ -5,7 +5,8 @@
  * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
- * and 8-bit codes, and the loads, stores and arithmetic below); it undefines them all at its end. A vector holds
+ * and 8-bit codes, X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it
+ * undefines them all at its end. A vector holds
  * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
  * 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
  */
@@ -14,13 +15,13 @@
 #define X8_CAT(a, b)  X8_CAT2(a, b)
 #define X8_FN(name)   X8_CAT(name, X8_SFX)
 
-/* Rows [0, MR) of a against NV vectors of rows starting at vector h0 of the panel. */
+/* Rows [0, MR) of a against NV vectors of rows starting at vector h0 of the panel (SB: a super-block layout, the
+ * scales and offsets rebuilt as fl(d * s), fl(m * o)). */
 X8_TARGET static inline __attribute__((always_inline)) void
-X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a, int64_t K,
-                  const char *wp, int64_t h0, int64_t ncols, int pf) {
+X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a,
+                  int64_t K, const char *wp, int64_t h0, int64_t ncols, int pf) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
     const int OFS = BITS == 4;
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
     X8_VF acc[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
@@ -28,9 +29,8 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
         for (int v = 0; v < NV; ++v)
             acc[m][v] = X8_ZEROF();
     for (int64_t j = 0; j < K / WG; ++j) {
-        const char *gp = wp + (size_t)j * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        const kw_x8_grp gr = kw_x8_group(BITS, SB, wp, j);
+        const uint8_t *codes = gr.codes;
         const int64_t g = j * WG / KW_X8_G;
         X8_VI is[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
@@ -40,10 +40,10 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
                 is[m][v] = X8_ZEROI();
 #pragma GCC unroll 4
         for (int t = 0; t < 4; ++t) {
-            if (pf)
+            if (pf) /* the panel's bytes KW_X8_PF groups ahead, a quarter group per t */
 #pragma GCC unroll 6
-                for (size_t l = 0; l < group_bytes / 256; ++l)
-                    __builtin_prefetch(gp + KW_X8_PF * group_bytes + t * (group_bytes / 4) + l * 64);
+                for (size_t l = 0; l < (gr.bytes + 255) / 256; ++l)
+                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + t * (gr.bytes / 4) + l * 64);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const int64_t hs = h0 + v;
@@ -68,10 +68,14 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
             const X8_VI back = X8_SET1I(BITS == 8 && X8_BIASED ? 128 * a->s16[m * 2 * G + j] : 0);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                const int64_t hs = h0 + v;
+                const int64_t r = (h0 + v) * X8_LANES;
                 const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
-                acc[m][v] = X8_FMA(X8_LOADF(scales + hs * X8_LANES), f, acc[m][v]);
-                if (OFS) acc[m][v] = X8_FMA(X8_LOADF(offsets + hs * X8_LANES), X8_SET1F(a->s[m * G + g]), acc[m][v]);
+                const X8_VF scale = SB ? X8_MULF(X8_LOADF(gr.d + r), X8_LOADS8F(gr.s + r)) : X8_LOADF(gr.scales + r);
+                acc[m][v] = X8_FMA(scale, f, acc[m][v]);
+                if (OFS) {
+                    const X8_VF ofs = SB ? X8_MULF(X8_LOADF(gr.m + r), X8_LOADS8F(gr.o + r)) : X8_LOADF(gr.offsets + r);
+                    acc[m][v] = X8_FMA(ofs, X8_SET1F(a->s[m * G + g]), acc[m][v]);
+                }
             }
         }
     }
@@ -86,14 +90,16 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
 
 /* Rows [m0, m1) of a panel: each row streams it alone (decode, prefetching) up to KW_X8_ROW_MAX rows, else tiles of
  * X8_MR rows x 2 vectors. */
-X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                                         const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(const int BITS, const int SB, float *y,
+                                                                               int64_t N, const kw_x8_act *a, int64_t K,
+                                                                               const char *wp, int64_t n0,
+                                                                               int64_t ncols, int64_t m0, int64_t m1) {
     const int64_t nvec = (ncols + X8_LANES - 1) / X8_LANES;
     if (m1 - m0 <= KW_X8_ROW_MAX) {
         for (int64_t m = m0; m < m1; ++m) {
             const kw_x8_act r = kw_x8_rows(a, K, m);
             for (int64_t h = 0; h < nvec; h += 4)
-                X8_FN(kw_x8_tile)(BITS, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
         }
         return;
     }
@@ -103,13 +109,13 @@ X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, co
         float *yt = y + m * N + n0;
         for (int64_t h = 0; h < nvec; h += 2) {
             if (mr >= 4)
-                X8_FN(kw_x8_tile)(BITS, X8_MR >= 4 ? 4 : 1, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, X8_MR >= 4 ? 4 : 1, 2, yt, N, &r, K, wp, h, ncols, 0);
             else if (mr == 3)
-                X8_FN(kw_x8_tile)(BITS, 3, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 3, 2, yt, N, &r, K, wp, h, ncols, 0);
             else if (mr == 2)
-                X8_FN(kw_x8_tile)(BITS, 2, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 2, 2, yt, N, &r, K, wp, h, ncols, 0);
             else
-                X8_FN(kw_x8_tile)(BITS, 1, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 1, 2, yt, N, &r, K, wp, h, ncols, 0);
         }
     }
 }
@@ -137,6 +143,7 @@ X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, co
 #undef X8_MULF
 #undef X8_FMA
 #undef X8_LOADF
+#undef X8_LOADS8F
 #undef X8_STORE_N
 #undef X8_CAT
 #undef X8_CAT2
