@@ -62,20 +62,23 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
                 }
             }
         }
+        /* the group's scales and offsets, once for all MR rows */
+        X8_VF scale[4], ofs[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const int64_t r = (h0 + v) * X8_LANES;
+            scale[v] = SB ? X8_MULF(X8_LOADF(gr.d + r), X8_LOADS8F(gr.s + r)) : X8_LOADF(gr.scales + r);
+            if (OFS) ofs[v] = SB ? X8_MULF(X8_LOADF(gr.m + r), X8_LOADS8F(gr.o + r)) : X8_LOADF(gr.offsets + r);
+        }
 #pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
             const X8_VF d = X8_SET1F(a->d[m * G + g]);
             const X8_VI back = X8_SET1I(BITS == 8 && X8_BIASED ? 128 * a->s16[m * 2 * G + j] : 0);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                const int64_t r = (h0 + v) * X8_LANES;
                 const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
-                const X8_VF scale = SB ? X8_MULF(X8_LOADF(gr.d + r), X8_LOADS8F(gr.s + r)) : X8_LOADF(gr.scales + r);
-                acc[m][v] = X8_FMA(scale, f, acc[m][v]);
-                if (OFS) {
-                    const X8_VF ofs = SB ? X8_MULF(X8_LOADF(gr.m + r), X8_LOADS8F(gr.o + r)) : X8_LOADF(gr.offsets + r);
-                    acc[m][v] = X8_FMA(ofs, X8_SET1F(a->s[m * G + g]), acc[m][v]);
-                }
+                acc[m][v] = X8_FMA(scale[v], f, acc[m][v]);
+                if (OFS) acc[m][v] = X8_FMA(ofs[v], X8_SET1F(a->s[m * G + g]), acc[m][v]);
             }
         }
     }
