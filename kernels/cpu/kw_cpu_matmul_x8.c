@@ -26,7 +26,9 @@
  * Weight groups (kernels/kw_backend.h): 64 f32 scales, (U4) 64 f32 offsets, then 1024 code bytes, strip s of 16 rows
  * at 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (U4: low nibble, and k = 16
  * + 4 t + b the high nibble; S8_G16: the code + 128 as an unsigned byte, which vpdpbusd multiplies directly and
- * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k.
+ * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k. The
+ * super-block layouts keep the same 1024-byte code blocks, after their super-block's head of d, m, s and o
+ * (kw_x8_group).
  */
 #include "kernels/cpu/kw_cpu.h"
 
