@@ -141,7 +141,13 @@ enum kw_layout {
      * X8 code blocks in order. K a multiple of 256; the CPU backend only (kw_backend_supports_layout). */
     KW_LAYOUT_QPANELS_U4_SB_X8 = 13,
     KW_LAYOUT_QPANELS_S8_G16_SB_X8 = 14,
-    KW_LAYOUT_COUNT = 15,
+    /* QPANELS_S6_G16_SB_X8: QPANELS_S8_G16_SB_X8 (Q6_K) with the codes (-32..31) as code + 32 in 6 bits, 768 bytes per
+     * group instead of 1024: strip s of 16 rows at byte 192 s, as two 64-byte nibble vectors t = 0, 1 (byte 4 i + b:
+     * row 16 s + i, k = 4 t + b in the low nibble, k = 8 + 4 t + b in the high one) and one 64-byte vector of the top
+     * two bits (byte 4 i + b, bits 2 t .. 2 t + 1: k = 4 t + b, t = 0..3). The same matmul and bits as S8_G16_X8;
+     * 0.828 bytes per weight. CPU only. */
+    KW_LAYOUT_QPANELS_S6_G16_SB_X8 = 15,
+    KW_LAYOUT_COUNT = 16,
 };
 
 #define KW_PANEL_ROWS 64

@@ -39,11 +39,12 @@
 #include <immintrin.h>
 #endif
 
-#define KW_X8_G          32                   /* k per group */
-#define KW_X8_CODE_BYTES (KW_PANEL_ROWS * 16) /* 64 rows x 32 nibbles */
-#define KW_X8_GROUP      (KW_PANEL_ROWS * 8 + KW_X8_CODE_BYTES)
-#define KW_X8_PF         4 /* groups prefetched ahead by a decode row (as kw_cpu_matmul.c, KW_QMM_PF) */
-#define KW_X8_MAX_MR     4
+#define KW_X8_G           32                   /* k per group */
+#define KW_X8_CODE_BYTES  (KW_PANEL_ROWS * 16) /* 64 rows x 32 nibbles */
+#define KW_X8_CODE_BYTES6 (KW_PANEL_ROWS * 12) /* 64 rows x 16 six-bit codes */
+#define KW_X8_GROUP       (KW_PANEL_ROWS * 8 + KW_X8_CODE_BYTES)
+#define KW_X8_PF          4 /* groups prefetched ahead by a decode row (as kw_cpu_matmul.c, KW_QMM_PF) */
+#define KW_X8_MAX_MR      4
 /* Up to this many rows, each row streams the panel on its own (as KW_MM_ROW_MAX). */
 #define KW_X8_ROW_MAX 4
 
@@ -108,18 +109,20 @@ static inline size_t kw_x8_byte(int64_t r, int64_t kk) {
 
 int kw__cpu_layout_x8(enum kw_layout layout) {
     return layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 ||
-           layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8;
+           layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+           layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
 }
 
-/* 8 for the layouts of 8-bit codes (Q6_K), else 4. */
+/* The code width: 8 or 6 for the layouts of Q6_K, else 4. */
 static inline int kw_x8_bits(enum kw_layout layout) {
+    if (layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8) return 6;
     return layout == KW_LAYOUT_QPANELS_S8_G16_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ? 8 : 4;
 }
 
 /* Where weight group j (WG k) of a panel keeps its numbers (kernels/kw_backend.h): the plain layouts' f32 scales and
  * offsets (SB 0), or the super-block layouts' int8 s, o and their super-block's f32 d, m (SB 1); then its 1024 code
- * bytes. at and bytes: the group's share of the panel's byte stream (its start, and the panel bytes per group), for
- * prefetching. */
+ * bytes (768 for 6-bit codes). at and bytes: the group's share of the panel's byte stream (its start, and the panel
+ * bytes per group), for prefetching. */
 typedef struct kw_x8_grp {
     const float *scales, *offsets, *d, *m;
     const int8_t *s, *o;
@@ -130,6 +133,7 @@ typedef struct kw_x8_grp {
 static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BITS, const int SB, const char *wp,
                                                                    int64_t j) {
     const size_t ofs = BITS == 4 ? 2 : 1, per = BITS == 4 ? 8 : 16; /* per: groups per super-block */
+    const size_t code_bytes = BITS == 6 ? KW_X8_CODE_BYTES6 : KW_X8_CODE_BYTES;
     kw_x8_grp g = {0};
     if (!SB) {
         g.bytes = KW_PANEL_ROWS * 4 * ofs + KW_X8_CODE_BYTES;
@@ -139,7 +143,7 @@ static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BIT
         g.codes = (const uint8_t *)(wp + g.at) + KW_PANEL_ROWS * 4 * ofs;
         return g;
     }
-    const size_t head = KW_PANEL_ROWS * (4 + per) * ofs, sb_bytes = head + per * KW_X8_CODE_BYTES;
+    const size_t head = KW_PANEL_ROWS * (4 + per) * ofs, sb_bytes = head + per * code_bytes;
     const size_t jj = (size_t)j % per;
     const char *sbp = wp + (size_t)j / per * sb_bytes;
     g.bytes = sb_bytes / per;
@@ -148,18 +152,38 @@ static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BIT
     g.m = g.d + KW_PANEL_ROWS;
     g.s = (const int8_t *)(sbp + KW_PANEL_ROWS * 4 * ofs) + jj * KW_PANEL_ROWS;
     g.o = g.s + per * KW_PANEL_ROWS;
-    g.codes = (const uint8_t *)sbp + head + jj * KW_X8_CODE_BYTES;
+    g.codes = (const uint8_t *)sbp + head + jj * code_bytes;
     return g;
 }
 
-/* The code of row r at k kk: 4-bit (U4_X8) or 8-bit stored + 128 (S8_G16_X8). */
+/* The 6-bit codes' bytes of row r at k kk (0..15): its nibble's byte (the low nibble for kk < 8) and the byte of
+ * its top two bits (bits 2 (kk / 4) .. + 1). */
+static inline size_t kw_x8_nibble6(int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * 192 + ((kk / 4) % 2) * 64 + 4 * (r % 16) + kk % 4);
+}
+static inline size_t kw_x8_top6(int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * 192 + 128 + 4 * (r % 16) + kk % 4);
+}
+
+/* The code of row r at k kk: 4-bit (U4_X8), 8-bit stored + 128 (S8_G16_X8) or 6-bit stored + 32 (S6_G16_SB_X8). */
 static inline int kw_x8_code(int bits, const uint8_t *codes, int64_t r, int64_t kk) {
+    if (bits == 6) {
+        const uint8_t nib = codes[kw_x8_nibble6(r, kk)], top = codes[kw_x8_top6(r, kk)];
+        const int lo = kk < 8 ? nib & 0x0F : nib >> 4, hi = (top >> (2 * (kk / 4))) & 3;
+        return (lo | hi << 4) - 32;
+    }
     const uint8_t byte = codes[kw_x8_byte(r, kk)];
     if (bits == 8) return (int)byte - 128;
     return kk < 16 ? byte & 0x0F : byte >> 4;
 }
 
 void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code) {
+    if (kw_x8_bits(layout) == 6) {
+        const unsigned u = (unsigned)(code + 32);
+        codes[kw_x8_nibble6(r, kk)] |= (uint8_t)(kk < 8 ? u & 15u : (u & 15u) << 4);
+        codes[kw_x8_top6(r, kk)] |= (uint8_t)((u >> 4) << (2 * (kk / 4)));
+        return;
+    }
     uint8_t *byte = codes + kw_x8_byte(r, kk);
     if (kw_x8_bits(layout) == 8)
         *byte = (uint8_t)(code + 128);
@@ -228,6 +252,15 @@ KW_TARGET_AVX2 static inline __m256i kw_x8_dp8_avx2(__m256i acc, __m256i c, __m2
     return kw_x8_dp_avx2(acc, _mm256_abs_epi8(cs), _mm256_sign_epi8(q, cs));
 }
 
+/* Bits 2 t, 2 t + 1 of every byte of h moved to bits 4, 5 (the 6-bit codes' top bits of vector t), t 0..3. */
+KW_TARGET_AVX2 static inline __m256i kw_x8_top2_avx2(__m256i h, int t) {
+    const __m256i h2 = t == 0   ? _mm256_slli_epi16(h, 4)
+                       : t == 1 ? _mm256_slli_epi16(h, 2)
+                       : t == 2 ? h
+                                : _mm256_srli_epi16(h, 2);
+    return _mm256_and_si256(h2, _mm256_set1_epi8(0x30));
+}
+
 /* Stores the first n (1..8) lanes of v at y. */
 KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) {
     float tmp[8];
@@ -251,6 +284,8 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOADI(p)         _mm256_loadu_si256((const __m256i *)(p))
 #define X8_LOW4(c)          _mm256_and_si256((c), _mm256_set1_epi8(0x0F))
 #define X8_HIGH4(c)         _mm256_and_si256(_mm256_srli_epi16((c), 4), _mm256_set1_epi8(0x0F))
+#define X8_OR(a, b)         _mm256_or_si256((a), (b))
+#define X8_TOP2(h, t)       kw_x8_top2_avx2((h), (t))
 #define X8_SET1I(v)         _mm256_set1_epi32(v)
 #define X8_SET1F(v)         _mm256_set1_ps(v)
 #define X8_DP4(acc, u, q)   kw_x8_dp_avx2((acc), (u), (q))
@@ -270,6 +305,15 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
  */
 #define KW_TARGET_X8_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
+/* kw_x8_top2_avx2 on 64 bytes. */
+KW_TARGET_X8_VNNI static inline __m512i kw_x8_top2_vnni(__m512i h, int t) {
+    const __m512i h2 = t == 0   ? _mm512_slli_epi16(h, 4)
+                       : t == 1 ? _mm512_slli_epi16(h, 2)
+                       : t == 2 ? h
+                                : _mm512_srli_epi16(h, 2);
+    return _mm512_and_si512(h2, _mm512_set1_epi8(0x30));
+}
+
 #define X8_SFX              vnni
 #define X8_TARGET           KW_TARGET_X8_VNNI
 #define X8_LANES            16
@@ -282,6 +326,8 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOADI(p)         _mm512_loadu_si512(p)
 #define X8_LOW4(c)          _mm512_and_si512((c), _mm512_set1_epi8(0x0F))
 #define X8_HIGH4(c)         _mm512_and_si512(_mm512_srli_epi16((c), 4), _mm512_set1_epi8(0x0F))
+#define X8_OR(a, b)         _mm512_or_si512((a), (b))
+#define X8_TOP2(h, t)       kw_x8_top2_vnni((h), (t))
 #define X8_SET1I(v)         _mm512_set1_epi32(v)
 #define X8_SET1F(v)         _mm512_set1_ps(v)
 #define X8_DP4(acc, u, q)   _mm512_dpbusd_epi32((acc), (u), (q))
@@ -320,37 +366,43 @@ KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 0)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 0)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 1)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 1)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 6, 1)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 0)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 0)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 1)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 6, 1)
 #undef KW_X8_SPECIALIZE
 #endif
 
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
     const int bits = kw_x8_bits(layout);
-    const int sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8;
+    const int sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+                   layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
 #if KW_CPU_X86
     typedef void (*panel_fn)(float *, int64_t, const kw_x8_act *, int64_t, const char *, int64_t, int64_t, int64_t,
                              int64_t);
-    /* [sb][bits == 8] */
-    static const panel_fn vnni[2][2] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0},
-                                        {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1}};
-    static const panel_fn avx2[2][2] = {{kw_x8_panel_avx2_4_0, kw_x8_panel_avx2_8_0},
-                                        {kw_x8_panel_avx2_4_1, kw_x8_panel_avx2_8_1}};
+    /* [sb][bits 4, 8, 6] (6-bit codes: super-blocks only) */
+    static const panel_fn vnni[2][3] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0, NULL},
+                                        {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1, kw_x8_panel_vnni_6_1}};
+    static const panel_fn avx2[2][3] = {{kw_x8_panel_avx2_4_0, kw_x8_panel_avx2_8_0, NULL},
+                                        {kw_x8_panel_avx2_4_1, kw_x8_panel_avx2_8_1, kw_x8_panel_avx2_6_1}};
+    const int w = bits == 4 ? 0 : bits == 8 ? 1 : 2;
     if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
-        vnni[sb][bits == 8](y, N, a, K, wp, n0, ncols, m0, m1);
+        vnni[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
     if (isa >= KW_CPU_ISA_AVX2) { /* AVX-512 without VNNI too: the same integer sums */
-        avx2[sb][bits == 8](y, N, a, K, wp, n0, ncols, m0, m1);
+        avx2[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
 #endif
     (void)isa;
     if (bits == 4)
         kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, ncols, m0, m1);
-    else
+    else if (bits == 8)
         kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, ncols, m0, m1);
+    else
+        kw_x8_panel_scalar(6, 1, y, N, a, K, wp, n0, ncols, m0, m1);
 }

@@ -5,7 +5,8 @@
  * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
- * and 8-bit codes, X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it
+ * and 8-bit codes, X8_OR and X8_TOP2(h, t) (the 6-bit codes' top two bits of k = 4 t + b, moved to bits 4..5),
+ * X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it
  * undefines them all at its end. A vector holds
  * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
  * 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
@@ -22,6 +23,7 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
                   int64_t K, const char *wp, int64_t h0, int64_t ncols, int pf) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
     const int OFS = BITS == 4;
+    const int64_t strip_bytes = BITS == 6 ? 192 : 256; /* a 16-row strip of a group's codes */
     X8_VF acc[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
@@ -47,7 +49,16 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const int64_t hs = h0 + v;
-                const X8_VI c = X8_LOADI(codes + (hs * X8_LANES / 16) * 256 + t * 64 + (hs * X8_LANES % 16) * 4);
+                const uint8_t *lane = codes + (hs * X8_LANES / 16) * strip_bytes + (hs * X8_LANES % 16) * 4;
+                if (BITS == 6) { /* code + 32: the nibble of vector t % 2 (low for t < 2) and the top two bits */
+                    const X8_VI n = X8_LOADI(lane + (t % 2) * 64);
+                    const X8_VI u = X8_OR(t < 2 ? X8_LOW4(n) : X8_HIGH4(n), X8_TOP2(X8_LOADI(lane + 128), t));
+#pragma GCC unroll 4
+                    for (int m = 0; m < MR; ++m)
+                        is[m][v] = X8_DP4(is[m][v], u, X8_SET1I(kw_x8_q4(a, K, m, j * 16 + 4 * t)));
+                    continue;
+                }
+                const X8_VI c = X8_LOADI(lane + t * 64);
                 if (BITS == 4) {
                     const X8_VI lo = X8_LOW4(c), hi = X8_HIGH4(c);
 #pragma GCC unroll 4
@@ -73,7 +84,8 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
 #pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
             const X8_VF d = X8_SET1F(a->d[m * G + g]);
-            const X8_VI back = X8_SET1I(BITS == 8 && X8_BIASED ? 128 * a->s16[m * 2 * G + j] : 0);
+            const int32_t bias = BITS == 6 ? 32 : BITS == 8 && X8_BIASED ? 128 : 0; /* the codes' bias */
+            const X8_VI back = X8_SET1I(bias * a->s16[m * 2 * G + j]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
@@ -137,6 +149,8 @@ X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(c
 #undef X8_LOADI
 #undef X8_LOW4
 #undef X8_HIGH4
+#undef X8_OR
+#undef X8_TOP2
 #undef X8_SET1I
 #undef X8_SET1F
 #undef X8_DP4

@@ -517,14 +517,15 @@ static void test_x8_matmul_is_its_oracle(void **state) {
  * column; K not whole super-blocks and a missing d or m are refused. */
 static void test_x8_superblock_is_x8(void **state) {
     (void)state;
-    static const enum kw_layout pairs[2][2] = {{KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_X8},
-                                               {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
-    static const int per128[2] = {76, 138}; /* bytes per 128 weights */
+    static const enum kw_layout pairs[3][2] = {{KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_X8},
+                                               {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8},
+                                               {KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
+    static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
     static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512}, {3, 37, 768},
                                         {4, 70, 512}, {5, 64, 256},  {9, 193, 512}, {29, 200, 768}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
-    for (int p = 0; p < 2; ++p)
+    for (int p = 0; p < 3; ++p)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
             const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
             kw_qcase_data d = kw_qcase_make(pairs[p][0], N, K);
@@ -585,7 +586,7 @@ static void test_x8_superblock_is_x8(void **state) {
 
     /* a changed scale (one more s in an even, f16, super-block) of the last row: only its column moves */
     kw_backend *b = kw_cpu("avx512", 2);
-    for (int p = 0; p < 2; ++p) {
+    for (int p = 0; p < 3; ++p) {
         const int64_t M = 3, N = 70, K = 512, per = 256 / (p == 0 ? 32 : 16), J = K / (p == 0 ? 32 : 16);
         kw_qcase_data d = kw_qcase_make(pairs[p][0], N, K);
         float *x = malloc((size_t)(M * K) * sizeof(float)), *want = malloc((size_t)(M * N) * sizeof(float));
