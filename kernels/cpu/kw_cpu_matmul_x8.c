@@ -252,15 +252,6 @@ KW_TARGET_AVX2 static inline __m256i kw_x8_dp8_avx2(__m256i acc, __m256i c, __m2
     return kw_x8_dp_avx2(acc, _mm256_abs_epi8(cs), _mm256_sign_epi8(q, cs));
 }
 
-/* Bits 2 t, 2 t + 1 of every byte of h moved to bits 4, 5 (the 6-bit codes' top bits of vector t), t 0..3. */
-KW_TARGET_AVX2 static inline __m256i kw_x8_top2_avx2(__m256i h, int t) {
-    const __m256i h2 = t == 0   ? _mm256_slli_epi16(h, 4)
-                       : t == 1 ? _mm256_slli_epi16(h, 2)
-                       : t == 2 ? h
-                                : _mm256_srli_epi16(h, 2);
-    return _mm256_and_si256(h2, _mm256_set1_epi8(0x30));
-}
-
 /* Stores the first n (1..8) lanes of v at y. */
 KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) {
     float tmp[8];
@@ -285,7 +276,10 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOW4(c)          _mm256_and_si256((c), _mm256_set1_epi8(0x0F))
 #define X8_HIGH4(c)         _mm256_and_si256(_mm256_srli_epi16((c), 4), _mm256_set1_epi8(0x0F))
 #define X8_OR(a, b)         _mm256_or_si256((a), (b))
-#define X8_TOP2(h, t)       kw_x8_top2_avx2((h), (t))
+#define X8_AND(a, b)        _mm256_and_si256((a), (b))
+#define X8_SLLI16(v, n)     _mm256_slli_epi16((v), (n))
+#define X8_SRLI16(v, n)     _mm256_srli_epi16((v), (n))
+#define X8_SET1B(b)         _mm256_set1_epi8(b)
 #define X8_SET1I(v)         _mm256_set1_epi32(v)
 #define X8_SET1F(v)         _mm256_set1_ps(v)
 #define X8_DP4(acc, u, q)   kw_x8_dp_avx2((acc), (u), (q))
@@ -305,15 +299,6 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
  */
 #define KW_TARGET_X8_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
-/* kw_x8_top2_avx2 on 64 bytes. */
-KW_TARGET_X8_VNNI static inline __m512i kw_x8_top2_vnni(__m512i h, int t) {
-    const __m512i h2 = t == 0   ? _mm512_slli_epi16(h, 4)
-                       : t == 1 ? _mm512_slli_epi16(h, 2)
-                       : t == 2 ? h
-                                : _mm512_srli_epi16(h, 2);
-    return _mm512_and_si512(h2, _mm512_set1_epi8(0x30));
-}
-
 #define X8_SFX              vnni
 #define X8_TARGET           KW_TARGET_X8_VNNI
 #define X8_LANES            16
@@ -327,7 +312,10 @@ KW_TARGET_X8_VNNI static inline __m512i kw_x8_top2_vnni(__m512i h, int t) {
 #define X8_LOW4(c)          _mm512_and_si512((c), _mm512_set1_epi8(0x0F))
 #define X8_HIGH4(c)         _mm512_and_si512(_mm512_srli_epi16((c), 4), _mm512_set1_epi8(0x0F))
 #define X8_OR(a, b)         _mm512_or_si512((a), (b))
-#define X8_TOP2(h, t)       kw_x8_top2_vnni((h), (t))
+#define X8_AND(a, b)        _mm512_and_si512((a), (b))
+#define X8_SLLI16(v, n)     _mm512_slli_epi16((v), (n))
+#define X8_SRLI16(v, n)     _mm512_srli_epi16((v), (n))
+#define X8_SET1B(b)         _mm512_set1_epi8(b)
 #define X8_SET1I(v)         _mm512_set1_epi32(v)
 #define X8_SET1F(v)         _mm512_set1_ps(v)
 #define X8_DP4(acc, u, q)   _mm512_dpbusd_epi32((acc), (u), (q))

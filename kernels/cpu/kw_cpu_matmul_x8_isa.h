@@ -5,7 +5,7 @@
  * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
- * and 8-bit codes, X8_OR and X8_TOP2(h, t) (the 6-bit codes' top two bits of k = 4 t + b, moved to bits 4..5),
+ * and 8-bit codes, X8_OR, X8_AND, X8_SLLI16, X8_SRLI16 (16-bit lanes) and X8_SET1B for the 6-bit codes,
  * X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it
  * undefines them all at its end. A vector holds
  * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
@@ -15,6 +15,12 @@
 #define X8_CAT2(a, b) a##_##b
 #define X8_CAT(a, b)  X8_CAT2(a, b)
 #define X8_FN(name)   X8_CAT(name, X8_SFX)
+
+/* Bits 2 t, 2 t + 1 of every byte of h moved to bits 4, 5 (the 6-bit codes' top bits of vector t), t 0..3. */
+X8_TARGET static inline __attribute__((always_inline)) X8_VI X8_FN(kw_x8_top2)(X8_VI h, int t) {
+    const X8_VI h2 = t == 0 ? X8_SLLI16(h, 4) : t == 1 ? X8_SLLI16(h, 2) : t == 2 ? h : X8_SRLI16(h, 2);
+    return X8_AND(h2, X8_SET1B(0x30));
+}
 
 /* Rows [0, MR) of a against NV vectors of rows starting at vector h0 of the panel (SB: a super-block layout, the
  * scales and offsets rebuilt as fl(d * s), fl(m * o)). */
@@ -52,7 +58,7 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
                 const uint8_t *lane = codes + (hs * X8_LANES / 16) * strip_bytes + (hs * X8_LANES % 16) * 4;
                 if (BITS == 6) { /* code + 32: the nibble of vector t % 2 (low for t < 2) and the top two bits */
                     const X8_VI n = X8_LOADI(lane + (t % 2) * 64);
-                    const X8_VI u = X8_OR(t < 2 ? X8_LOW4(n) : X8_HIGH4(n), X8_TOP2(X8_LOADI(lane + 128), t));
+                    const X8_VI u = X8_OR(t < 2 ? X8_LOW4(n) : X8_HIGH4(n), X8_FN(kw_x8_top2)(X8_LOADI(lane + 128), t));
 #pragma GCC unroll 4
                     for (int m = 0; m < MR; ++m)
                         is[m][v] = X8_DP4(is[m][v], u, X8_SET1I(kw_x8_q4(a, K, m, j * 16 + 4 * t)));
@@ -150,7 +156,10 @@ X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(c
 #undef X8_LOW4
 #undef X8_HIGH4
 #undef X8_OR
-#undef X8_TOP2
+#undef X8_AND
+#undef X8_SLLI16
+#undef X8_SRLI16
+#undef X8_SET1B
 #undef X8_SET1I
 #undef X8_SET1F
 #undef X8_DP4

@@ -395,6 +395,37 @@ static void test_s6_is_chosen_with_vbmi(void **state) {
     assert_int_equal(kw_backend_cpu_layout_fast(NULL, KW_LAYOUT_QPANELS_S6_G16_SB), 0);
 }
 
+/* The int8-activation matmul of tq (on b) over x (M rows): all rows at once, row by row and in uneven sections, each
+ * the bits of want (which holds the bias when bias is not NULL); get_rows of rows 0 and N - 1 gives w's rows. got: M x
+ * N floats of scratch. */
+static void kw_x8_expect(kw_backend *b, const kw_tensor *tq, const float *x, const float *bias, const float *want,
+                         const float *w, float *got, int64_t M, const char *what) {
+    const int64_t N = tq->ne[0], K = tq->ne[1];
+    const size_t ybytes = (size_t)(M * N) * sizeof(float);
+    memset(got, 0xff, ybytes);
+    kw_mm(b, got, x, tq, bias, 0, M);
+    kw_same_bits(got, want, M * N, what);
+    memset(got, 0xff, ybytes);
+    for (int64_t m = 0; m < M; ++m)
+        kw_mm(b, got, x, tq, bias, m, m + 1);
+    kw_same_bits(got, want, M * N, "x8 row by row");
+    memset(got, 0xff, ybytes);
+    for (int64_t m = 0, step = 5; m < M; m += step, step += 3)
+        kw_mm(b, got, x, tq, bias, m, m + step < M ? m + step : M);
+    kw_same_bits(got, want, M * N, "x8 in sections");
+
+    int32_t ids[2] = {0, (int32_t)(N - 1)};
+    float *rows = malloc((size_t)(2 * K) * sizeof(float));
+    assert_non_null(rows);
+    kw_tensor tid = kw_wrap(b, KW_DTYPE_I32, 1, (int64_t[]){2}, ids);
+    kw_tensor tr = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){2, K}, rows);
+    assert_int_equal(kw_op_get_rows(b, &tr, tq, &tid), 0);
+    assert_int_equal(kw_backend_synchronize(b), 0);
+    for (int t = 0; t < 2; ++t)
+        kw_same_bits(rows + t * K, w + ids[t] * K, K, "x8 get_rows");
+    free(rows);
+}
+
 /* QPANELS_U4_X8 (int8 activations): on every ISA, 1 and 2 threads, all rows at once, row by row and in sections,
  * the bits of kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
  * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|); get_rows gives the dequantized rows; a zero
@@ -459,28 +490,7 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                 assert_int_equal(tq.layout, layout);
                 snprintf(what, sizeof what, "x8 layout %d M=%lld N=%lld K=%lld, %s, %d threads", (int)layout,
                          (long long)M, (long long)N, (long long)K, isas[i], threads);
-                memset(got, 0xff, ybytes);
-                kw_mm(b, got, x, &tq, bias, 0, M);
-                kw_same_bits(got, want, M * N, what);
-                memset(got, 0xff, ybytes);
-                for (int64_t m = 0; m < M; ++m)
-                    kw_mm(b, got, x, &tq, bias, m, m + 1);
-                kw_same_bits(got, want, M * N, "x8 row by row");
-                memset(got, 0xff, ybytes);
-                for (int64_t m = 0, step = 5; m < M; m += step, step += 3)
-                    kw_mm(b, got, x, &tq, bias, m, m + step < M ? m + step : M);
-                kw_same_bits(got, want, M * N, "x8 in sections");
-
-                int32_t ids[2] = {0, (int32_t)(N - 1)};
-                float *rows = malloc((size_t)(2 * K) * sizeof(float));
-                assert_non_null(rows);
-                kw_tensor tid = kw_wrap(b, KW_DTYPE_I32, 1, (int64_t[]){2}, ids);
-                kw_tensor tr = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){2, K}, rows);
-                assert_int_equal(kw_op_get_rows(b, &tr, &tq, &tid), 0);
-                assert_int_equal(kw_backend_synchronize(b), 0);
-                for (int t = 0; t < 2; ++t)
-                    kw_same_bits(rows + t * K, w + ids[t] * K, K, "x8 get_rows");
-                free(rows);
+                kw_x8_expect(b, &tq, x, bias, want, w, got, M, what);
 
                 if (N > 1 && M >= 1) { /* one code of the last row: its column changes in a row of x, nothing else */
                     const int64_t at = (N - 1) * K + K - 3;
@@ -534,8 +544,7 @@ static void test_x8_superblock_is_x8(void **state) {
             float *x = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(N * K) * sizeof(float));
             const size_t ybytes = (size_t)(M * N) * sizeof(float);
             float *want = malloc(ybytes), *got = malloc(ybytes), *old = malloc(ybytes);
-            float *rows = malloc((size_t)(2 * K) * sizeof(float));
-            assert_true(x && w && want && got && old && rows);
+            assert_true(x && w && want && got && old);
             for (int64_t i = 0; i < M * K; ++i)
                 x[i] = kw_rand() * 2.0f;
             if (K >= 512) memset(x + 256, 0, 32 * sizeof(float)); /* row 0: a zero activation group */
@@ -557,30 +566,12 @@ static void test_x8_superblock_is_x8(void **state) {
                     memset(old, 0xff, ybytes);
                     kw_mm(b, old, x, &tp, NULL, 0, M);
                     kw_same_bits(old, want, M * N, "x8 sb: the plain layout");
-                    memset(got, 0xff, ybytes);
-                    kw_mm(b, got, x, &ts, NULL, 0, M);
-                    kw_same_bits(got, want, M * N, what);
-                    memset(got, 0xff, ybytes);
-                    for (int64_t m = 0; m < M; ++m)
-                        kw_mm(b, got, x, &ts, NULL, m, m + 1);
-                    kw_same_bits(got, want, M * N, "x8 sb row by row");
-                    memset(got, 0xff, ybytes);
-                    for (int64_t m = 0, step = 5; m < M; m += step, step += 3)
-                        kw_mm(b, got, x, &ts, NULL, m, m + step < M ? m + step : M);
-                    kw_same_bits(got, want, M * N, "x8 sb in sections");
-
-                    int32_t ids[2] = {0, (int32_t)(N - 1)};
-                    kw_tensor tid = kw_wrap(b, KW_DTYPE_I32, 1, (int64_t[]){2}, ids);
-                    kw_tensor tr = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){2, K}, rows);
-                    assert_int_equal(kw_op_get_rows(b, &tr, &ts, &tid), 0);
-                    assert_int_equal(kw_backend_synchronize(b), 0);
-                    for (int t = 0; t < 2; ++t)
-                        kw_same_bits(rows + t * K, w + ids[t] * K, K, "x8 sb get_rows");
+                    kw_x8_expect(b, &ts, x, NULL, want, w, got, M, what);
                     kw_tensor_free(&tp);
                     kw_tensor_free(&ts);
                     kw_backend_destroy(b);
                 }
-            free(x), free(w), free(want), free(got), free(old), free(rows);
+            free(x), free(w), free(want), free(got), free(old);
             kw_qcase_free(&d);
         }
 
