@@ -6,10 +6,9 @@
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
  * and 8-bit codes, X8_OR, X8_AND, X8_SLLI16, X8_SRLI16 (16-bit lanes) and X8_SET1B for the 6-bit codes,
- * X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it
- * undefines them all at its end. A vector holds
- * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
- * 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
+ * X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it undefines them all at
+ * its end. A vector holds X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) *
+ * 256 (192 for 6-bit codes) + (hs * X8_LANES % 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
  */
 
 #define X8_CAT2(a, b) a##_##b
