@@ -7,7 +7,8 @@
  * one rule and give the same bits on the same rows).
  *
  * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
- *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize, scalar C on every ISA: amax = the largest
+ *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize (scalar C, or AVX2 / AVX-512 doing the
+ *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest
  *     |x|; d = amax / 127, q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
  *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
  *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
@@ -49,6 +50,7 @@
 #define KW_X8_ROW_MAX 4
 
 typedef struct kw_x8q_job {
+    enum kw_cpu_isa isa;
     const float *x;
     int64_t K;
     int8_t *xq;
@@ -56,49 +58,119 @@ typedef struct kw_x8q_job {
     int32_t *xs16;
 } kw_x8q_job;
 
+/* One activation group v (32 k) by rule 1 of the header: its q, d (*xd), d * sum q (*xs) and the sums of q over its two
+ * halves (s16). */
+static void kw_x8_qgroup_scalar(const float *v, int8_t *q, float *xd, float *xs, int32_t *s16) {
+    float amax = 0.0f;
+    int finite = 1;
+    for (int k = 0; k < KW_X8_G; ++k) {
+        const float a = fabsf(v[k]);
+        finite &= isfinite(a) != 0;
+        amax = a > amax ? a : amax;
+    }
+    s16[0] = s16[1] = 0;
+    if (!finite || amax < 1e-30f) {
+        memset(q, 0, KW_X8_G);
+        *xd = *xs = finite ? 0.0f : NAN;
+        return;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    for (int k = 0; k < KW_X8_G; ++k) {
+        long r = lrintf(v[k] * inv);
+        r = r > 127 ? 127 : r < -127 ? -127 : r;
+        q[k] = (int8_t)r;
+        s16[k / 16] += (int32_t)r;
+    }
+    *xd = d;
+    *xs = d * (float)(s16[0] + s16[1]);
+}
+
+#if KW_CPU_X86
+/* kw_x8_qgroup_scalar with the same IEEE operations on vectors: |v| and its maximum are exact, fl(v * inv) is the same
+ * product, and vcvtps2dq rounds to nearest even as lrintf does in the default rounding mode; a group that is not all
+ * finite, or below 1e-30, goes to the scalar code. */
+KW_TARGET_AVX512 static void kw_x8_qgroup_avx512(const float *v, int8_t *q, float *xd, float *xs, int32_t *s16) {
+    const __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16);
+    const __m512 a0 = _mm512_abs_ps(x0), a1 = _mm512_abs_ps(x1), inf = _mm512_set1_ps(INFINITY);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    if ((_mm512_cmp_ps_mask(a0, inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(a1, inf, _CMP_LT_OQ)) != 0xFFFF ||
+        amax < 1e-30f) {
+        kw_x8_qgroup_scalar(v, q, xd, xs, s16);
+        return;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    const __m512i r0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, vi)), lo), hi);
+    const __m512i r1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, vi)), lo), hi);
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(r0));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(r1));
+    s16[0] = _mm512_reduce_add_epi32(r0);
+    s16[1] = _mm512_reduce_add_epi32(r1);
+    *xd = d;
+    *xs = d * (float)(s16[0] + s16[1]);
+}
+
+/* The 8 int32 of r (each in -127..127) as int8 at q, and their sum. */
+KW_TARGET_AVX2 static inline int32_t kw_x8_store8_avx2(int8_t *q, __m256i r) {
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storel_epi64((__m128i *)q, _mm_packs_epi16(w, w));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    t = _mm_hadd_epi32(t, t);
+    return _mm_cvtsi128_si32(_mm_hadd_epi32(t, t));
+}
+
+/* kw_x8_qgroup_avx512 on 8-lane vectors. */
+KW_TARGET_AVX2 static void kw_x8_qgroup_avx2(const float *v, int8_t *q, float *xd, float *xs, int32_t *s16) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
+    __m256 x[4], m = _mm256_setzero_ps();
+    int finite = 1;
+    for (int i = 0; i < 4; ++i) {
+        x[i] = _mm256_loadu_ps(v + 8 * i);
+        const __m256 a = _mm256_andnot_ps(sign, x[i]);
+        finite &= _mm256_movemask_ps(_mm256_cmp_ps(a, inf, _CMP_LT_OQ)) == 0xFF;
+        m = _mm256_max_ps(m, a);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+    if (!finite || amax < 1e-30f) {
+        kw_x8_qgroup_scalar(v, q, xd, xs, s16);
+        return;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    const __m256 vi = _mm256_set1_ps(inv);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    s16[0] = s16[1] = 0;
+    for (int i = 0; i < 4; ++i) {
+        const __m256i r = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x[i], vi)), lo), hi);
+        s16[i / 2] += kw_x8_store8_avx2(q + 8 * i, r);
+    }
+    *xd = d;
+    *xs = d * (float)(s16[0] + s16[1]);
+}
+#endif
+
 static void kw_x8_quantize_rows(void *arg, int64_t m0, int64_t m1, int worker) {
     (void)worker;
     const kw_x8q_job *j = arg;
-    const float *x = j->x;
     const int64_t K = j->K, G = K / KW_X8_G;
-    int8_t *xq = j->xq;
-    float *xd = j->xd, *xs = j->xs;
-    int32_t *xs16 = j->xs16;
-    for (int64_t m = m0; m < m1; ++m) {
-        for (int64_t g = 0; g < G; ++g) {
-            const float *v = x + m * K + g * KW_X8_G;
-            int8_t *q = xq + m * K + g * KW_X8_G;
-            float amax = 0.0f;
-            int finite = 1;
-            for (int k = 0; k < KW_X8_G; ++k) {
-                const float a = fabsf(v[k]);
-                finite &= isfinite(a) != 0;
-                amax = a > amax ? a : amax;
-            }
-            xs16[m * 2 * G + 2 * g] = xs16[m * 2 * G + 2 * g + 1] = 0;
-            if (!finite || amax < 1e-30f) {
-                memset(q, 0, KW_X8_G);
-                xd[m * G + g] = xs[m * G + g] = finite ? 0.0f : NAN;
-                continue;
-            }
-            const float inv = 127.0f / amax, d = amax / 127.0f;
-            int sum = 0;
-            for (int k = 0; k < KW_X8_G; ++k) {
-                long r = lrintf(v[k] * inv);
-                r = r > 127 ? 127 : r < -127 ? -127 : r;
-                q[k] = (int8_t)r;
-                sum += (int)r;
-                xs16[m * 2 * G + 2 * g + k / 16] += (int32_t)r;
-            }
-            xd[m * G + g] = d;
-            xs[m * G + g] = d * (float)sum;
-        }
-    }
+    void (*group)(const float *, int8_t *, float *, float *, int32_t *) = kw_x8_qgroup_scalar;
+#if KW_CPU_X86
+    if (j->isa == KW_CPU_ISA_AVX512)
+        group = kw_x8_qgroup_avx512;
+    else if (j->isa == KW_CPU_ISA_AVX2)
+        group = kw_x8_qgroup_avx2;
+#endif
+    for (int64_t m = m0; m < m1; ++m)
+        for (int64_t g = 0; g < G; ++g)
+            group(j->x + m * K + g * KW_X8_G, j->xq + m * K + g * KW_X8_G, &j->xd[m * G + g], &j->xs[m * G + g],
+                  &j->xs16[m * 2 * G + 2 * g]);
 }
 
 void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
                          float *xs, int32_t *xs16) {
-    kw_x8q_job job = {x, K, xq, xd, xs, xs16};
+    kw_x8q_job job = {cpu->isa, x, K, xq, xd, xs, xs16};
     kw__cpu_parallel_for(cpu, nt, M, kw_x8_quantize_rows, &job);
 }
 

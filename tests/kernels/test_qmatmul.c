@@ -451,6 +451,13 @@ static void test_x8_matmul_is_its_oracle(void **state) {
             x[i] = kw_rand() * 2.0f;
         if (K >= 64) memset(x + 32, 0, 32 * sizeof(float)); /* row 0, group 1: all zero */
         if (M >= 3) x[2 * K + K - 1] = NAN;                 /* row 2: NaN everywhere */
+        if (M >= 3) x[2 * K + 3] = INFINITY;                /* and an infinity in its group 0 */
+        if (K >= 96)                                        /* row 0, group 2: below 1e-30, all zero */
+            for (int k = 0; k < 32; ++k)
+                x[64 + k] = 1e-32f * (float)(k - 7);
+        if (M >= 2) /* row 1, group 0: amax 127, so x * (127 / amax) = x: ties, rounded to even */
+            for (int k = 0; k < 32; ++k)
+                x[K + k] = k == 0 ? -127.0f : (float)(k - 16) + 0.5f;
         for (int64_t i = 0; i < N; ++i)
             bias[i] = kw_rand();
         kw_ref_quant_matmul_x8(want, x, M, &d.q);
@@ -548,6 +555,9 @@ static void test_x8_superblock_is_x8(void **state) {
             for (int64_t i = 0; i < M * K; ++i)
                 x[i] = kw_rand() * 2.0f;
             if (K >= 512) memset(x + 256, 0, 32 * sizeof(float)); /* row 0: a zero activation group */
+            for (int64_t k = 0; M >= 2 && k < K; ++k) /* row 1: every group below 1e-30, so its outputs are +0 */
+                x[K + k] = 1e-32f * (float)(k % 13 - 6);
+            if (M >= 3) x[2 * K + 5] = INFINITY; /* row 2: one infinity, so NaN outputs (no NaN in x) */
             kw_ref_quant_matmul_x8(want, x, M, &plain);
             kw_ref_quant_dequant(w, &plain);
             for (int i = 0; i < n_isa; ++i)
