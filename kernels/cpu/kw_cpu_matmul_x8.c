@@ -2,16 +2,15 @@
  * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two weight layouts:
  * KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1) and
  * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K), each also in super-blocks
- * (KW_LAYOUT_QPANELS_U4_SB_X8, S8_G16_SB_X8: the scale and offset rebuilt per group as fl(d * s) and fl(m * o) from
- * int8 s, o and the super-block's f32 d, m, which are the bits the plain layouts store, so the four layouts follow
- * one rule and give the same bits on the same rows).
+ * (KW_LAYOUT_QPANELS_U4_SB_X8, S8_G16_SB_X8, and S6_G16_SB_X8 with Q6_K's codes in 6 bits: the scale and offset
+ * rebuilt per group as fl(d * s) and fl(m * o) from int8 s, o and the super-block's f32 d, m, which are the bits the
+ * plain layouts store, so the five layouts follow one rule and give the same bits on the same rows).
  *
  * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
  *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize (scalar C, or AVX2 / AVX-512 doing the
- *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest
- *     |x|; d = amax / 127, q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
- *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
- *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
+ *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest |x|; d = amax / 127, q = lrintf(x * (127 / amax))
+ * clamped to [-127, 127], and xs = d * (float)(sum of q). A group with amax below 1e-30 (or zero) has d = xs = 0 and q
+ * = 0; a group with a NaN or infinite x has d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
  *  2. isum(n, j) = sum over the k of weight group j (32 k for U4, 16 for S8_G16) of code(n, k) * q(k), an exact
  *     int32 (|isum| <= 32 * 128 * 127).
  *  3. y[m][n] = the chain over the weight groups j = 0, 1, ... from +0 of
