@@ -8,9 +8,10 @@
  *
  * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
  *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize (scalar C, or AVX2 / AVX-512 doing the
- *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest |x|; d = amax / 127, q = lrintf(x * (127 / amax))
- * clamped to [-127, 127], and xs = d * (float)(sum of q). A group with amax below 1e-30 (or zero) has d = xs = 0 and q
- * = 0; a group with a NaN or infinite x has d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
+ *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest |x|; d = amax / 127,
+ *     q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
+ *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
+ *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
  *  2. isum(n, j) = sum over the k of weight group j (32 k for U4, 16 for S8_G16) of code(n, k) * q(k), an exact
  *     int32 (|isum| <= 32 * 128 * 127).
  *  3. y[m][n] = the chain over the weight groups j = 0, 1, ... from +0 of
