@@ -302,25 +302,40 @@ static void kw_bench_qpairs(kw_backend *b, const enum kw_layout pairs[2][2], con
 
 /* --quantized: kept-quantized weights (Q4_K's U4, Q6_K's S8_G16) rebuilt in f32 against the int8-activation layouts
  * (x8), then against the super-block layouts (sb: the same bits in fewer bytes), then Q6_K's plain and super-block
- * int8 codes against its 6-bit codes (s6: QPANELS_S6_G16_SB, the same bits). */
+ * int8 codes against its 6-bit codes (s6: QPANELS_S6_G16_SB, the same bits), then the int8-activation layouts against
+ * their super-block forms (x8sb: the same bits), and Q6_K's against its 6-bit one (x8s6). */
 static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, int reps) {
-    static const enum kw_layout pairs[6][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
-                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8},
-                                               {KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_SB},
-                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB},
-                                               {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S6_G16_SB},
-                                               {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S6_G16_SB}};
-    static const char *const names[3][2] = {
-        {"U4 (Q4_K)", "S8_G16 (Q6_K)"}, {"U4 (Q4_K)", "S8_G16 (Q6_K)"}, {"S8_G16 (Q6_K)", "S8_G16_SB"}};
-    static const char *const what[3] = {"int8 activations (x8)",
-                                        "the super-block layouts (sb: the same bits, fewer bytes)",
-                                        "Q6_K's 6-bit super-block layout (s6: the same bits, fewer bytes)"};
-    static const char *const tag[3] = {"x8", "sb", "s6"};
-    for (int part = 0; part < 3; ++part) {
+    static const enum kw_layout pairs[10][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
+                                                {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8},
+                                                {KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_SB},
+                                                {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB},
+                                                {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S6_G16_SB},
+                                                {KW_LAYOUT_QPANELS_S8_G16_SB, KW_LAYOUT_QPANELS_S6_G16_SB},
+                                                {KW_LAYOUT_QPANELS_U4_X8, KW_LAYOUT_QPANELS_U4_SB_X8},
+                                                {KW_LAYOUT_QPANELS_S8_G16_X8, KW_LAYOUT_QPANELS_S8_G16_SB_X8},
+                                                {KW_LAYOUT_QPANELS_S8_G16_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
+                                                {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8}};
+    static const char *const names[5][2] = {{"U4 (Q4_K)", "S8_G16 (Q6_K)"},
+                                            {"U4 (Q4_K)", "S8_G16 (Q6_K)"},
+                                            {"S8_G16 (Q6_K)", "S8_G16_SB"},
+                                            {"U4_X8 (Q4_K)", "S8_G16_X8"},
+                                            {"S8_G16_X8", "S8_G16_SB_X8"}};
+    static const char *const what[5] = {
+        "f32 weights rebuilt (exact) vs int8 activations (x8)",
+        "f32 weights rebuilt (exact) vs the super-block layouts (sb: the same bits, "
+        "fewer bytes)",
+        "f32 weights rebuilt (exact) vs Q6_K's 6-bit super-block layout (s6: the same "
+        "bits, fewer bytes)",
+        "int8 activations (x8) vs their super-block layouts (x8sb: the same bits, "
+        "fewer bytes)",
+        "int8 activations (x8) vs Q6_K's 6-bit super-block layout (x8s6: the same bits, "
+        "fewer bytes)"};
+    static const char *const tag[5] = {"x8", "sb", "s6", "x8sb", "x8s6"}, *const base[5] = {"exact", "exact", "exact",
+                                                                                            "x8", "x8"};
+    for (int part = 0; part < 5; ++part) {
         const char *t = tag[part];
-        printf("== %d thread%s: kept quantized, f32 weights rebuilt (exact) vs %s\n", threads, threads > 1 ? "s" : "",
-               what[part]);
-        printf("%-22s %-14s %6s %11s %8s us %3s gain %4s GB/s\n", "shape", "layout", "M", "exact us", t, t, t);
+        printf("== %d thread%s: kept quantized, %s\n", threads, threads > 1 ? "s" : "", what[part]);
+        printf("%-22s %-14s %6s %8s us %8s us %3s gain %4s GB/s\n", "shape", "layout", "M", base[part], t, t, t);
         kw_bench_qpairs(b, pairs + 2 * part, names[part], min_w_bytes, reps);
     }
 }

@@ -79,6 +79,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
         *out = (kw_quant_layout){.code_bits = 8, .group = 16, .has_offset = 0, .code_min = -128, .code_max = 127};
         return 1;
     case KW_LAYOUT_QPANELS_U4_SB:
+    case KW_LAYOUT_QPANELS_U4_SB_X8:
         *out = (kw_quant_layout){.code_bits = 4,
                                  .group = 32,
                                  .has_offset = 1,
@@ -87,6 +88,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
                                  .superblock = KW_QUANT_SUPERBLOCK};
         return 1;
     case KW_LAYOUT_QPANELS_S8_G16_SB:
+    case KW_LAYOUT_QPANELS_S8_G16_SB_X8:
         *out = (kw_quant_layout){.code_bits = 8,
                                  .group = 16,
                                  .has_offset = 0,
@@ -95,6 +97,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
                                  .superblock = KW_QUANT_SUPERBLOCK};
         return 1;
     case KW_LAYOUT_QPANELS_S6_G16_SB:
+    case KW_LAYOUT_QPANELS_S6_G16_SB_X8:
         *out = (kw_quant_layout){.code_bits = 6,
                                  .group = 16,
                                  .has_offset = 0,
@@ -332,11 +335,13 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
     if (layout == KW_LAYOUT_ROWS) return 1;
     if (layout == KW_LAYOUT_PANELS) return backend->iface->pack_weight != NULL;
     if (layout == KW_LAYOUT_PANELS_BF16_PAIRS) return backend->iface->pack_bf16_pairs != NULL;
-    if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8) &&
+    const int x8_sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+                      layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
+    if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 || x8_sb) &&
         !backend->iface->int8_activations)
         return 0;
     if ((layout == KW_LAYOUT_QPANELS_U4_SB || layout == KW_LAYOUT_QPANELS_S8_G16_SB ||
-         layout == KW_LAYOUT_QPANELS_S6_G16_SB) &&
+         layout == KW_LAYOUT_QPANELS_S6_G16_SB || x8_sb) &&
         !backend->iface->superblocks)
         return 0;
     return kw_layout_quant(layout, &q) && backend->iface->pack_quantized != NULL &&

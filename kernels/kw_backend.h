@@ -131,7 +131,23 @@ enum kw_layout {
      * the padding k and rows past N zero, a denormal weight stored as the zero of its sign. dtype KW_DTYPE_BF16. The
      * CPU backend only (kw_backend_supports_layout); get_rows on it returns the stored values. */
     KW_LAYOUT_PANELS_BF16_PAIRS = 12,
-    KW_LAYOUT_COUNT = 13,
+    /* The int8-activation layouts in super-blocks: QPANELS_U4_X8 (Q4_K) and QPANELS_S8_G16_X8 (Q6_K) with their
+     * scales and offsets kept as QPANELS_U4_SB / S8_G16_SB keep them (int8 s, o per group, f32 d, m per 256 k of a row;
+     * scale = fl(d * s), offset = fl(m * o), rebuilt in the kernel) and each group's codes arranged as the X8 layout
+     * arranges them. The matmul is the X8 layouts' (the same rule and the same bits as U4_X8 / S8_G16_X8 on the same
+     * rows: kw_ref_quant_matmul_x8 is the oracle of all four), in 0.59 bytes per weight instead of 0.75 (U4) and 1.08
+     * instead of 1.25 (S8_G16). Storage: a panel K / 256 super-blocks, a super-block the head of U4_SB / S8_G16_SB (64
+     * f32 d, 64 f32 m (U4 only), per group 64 bytes of s, (U4) per group 64 bytes of o), then its groups' 1024-byte
+     * X8 code blocks in order. K a multiple of 256; the CPU backend only (kw_backend_supports_layout). */
+    KW_LAYOUT_QPANELS_U4_SB_X8 = 13,
+    KW_LAYOUT_QPANELS_S8_G16_SB_X8 = 14,
+    /* QPANELS_S6_G16_SB_X8: QPANELS_S8_G16_SB_X8 (Q6_K) with the codes (-32..31) as code + 32 in 6 bits, 768 bytes per
+     * group instead of 1024: strip s of 16 rows at byte 192 s, as two 64-byte nibble vectors t = 0, 1 (byte 4 i + b:
+     * row 16 s + i, k = 4 t + b in the low nibble, k = 8 + 4 t + b in the high one) and one 64-byte vector of the top
+     * two bits (byte 4 i + b, bits 2 t .. 2 t + 1: k = 4 t + b, t = 0..3). The same matmul and bits as S8_G16_X8;
+     * 0.828 bytes per weight. CPU only. */
+    KW_LAYOUT_QPANELS_S6_G16_SB_X8 = 15,
+    KW_LAYOUT_COUNT = 16,
 };
 
 #define KW_PANEL_ROWS 64

@@ -404,7 +404,7 @@ static kw_qgroup kw_qgroup_at(const char *panel, const kw_quant_layout *ql, int6
 static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_layout *ql, int64_t p) {
     const int64_t G = ql->group, groups = q->k / G, K = q->k;
     const int64_t rows = q->n - p * KW_PANEL_ROWS < KW_PANEL_ROWS ? q->n - p * KW_PANEL_ROWS : KW_PANEL_ROWS;
-    const int x8 = q->layout == KW_LAYOUT_QPANELS_U4_X8 || q->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
+    const int x8 = kw__cpu_layout_x8(q->layout);
     const int64_t per = ql->superblock / G, sbs = ql->superblock ? K / ql->superblock : 0;
     memset(dst, 0, kw__quant_panel_bytes(ql, K));
     for (int64_t g = 0; g < groups; ++g) {
@@ -490,7 +490,7 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
         }
         for (int64_t kk = 0; kk < G; ++kk) {
             int code;
-            if (w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8) {
+            if (kw__cpu_layout_x8(w->layout)) {
                 code = kw__cpu_x8_get_code(w->layout, codes, r, kk);
             } else if (ql.code_bits == 8) {
                 code = (int8_t)codes[kk * KW_PANEL_ROWS + r];
@@ -630,7 +630,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
      * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q) */
     char *scratch = NULL;
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
-    const int x8 = w->layout == KW_LAYOUT_QPANELS_U4_X8 || w->layout == KW_LAYOUT_QPANELS_S8_G16_X8;
+    const int x8 = kw__cpu_layout_x8(w->layout);
     kw_x8_act act = {0};
     uint16_t *xb = NULL; /* bf16_act: x rounded to bf16, rows of K rounded up to even */
     if (bf16_act) {

@@ -1,11 +1,15 @@
 /* kw_cpu_matmul_x8.c: matmul with int8 activations, the way llama.cpp runs its k-quants: integer dot products per
  * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two weight layouts:
  * KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1) and
- * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K).
+ * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K), each also in super-blocks
+ * (KW_LAYOUT_QPANELS_U4_SB_X8, S8_G16_SB_X8, and S6_G16_SB_X8 with Q6_K's codes in 6 bits: the scale and offset
+ * rebuilt per group as fl(d * s) and fl(m * o) from int8 s, o and the super-block's f32 d, m, which are the bits the
+ * plain layouts store, so the five layouts follow one rule and give the same bits on the same rows).
  *
  * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
- *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize, scalar C on every ISA: amax = the largest
- *     |x|; d = amax / 127, q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
+ *  1. Each row of x is quantized per group of 32 k by kw__cpu_x8_quantize (scalar C, or AVX2 / AVX-512 doing the
+ *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest |x|; d = amax / 127,
+ *     q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
  *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
  *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
  *  2. isum(n, j) = sum over the k of weight group j (32 k for U4, 16 for S8_G16) of code(n, k) * q(k), an exact
@@ -23,7 +27,9 @@
  * Weight groups (kernels/kw_backend.h): 64 f32 scales, (U4) 64 f32 offsets, then 1024 code bytes, strip s of 16 rows
  * at 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (U4: low nibble, and k = 16
  * + 4 t + b the high nibble; S8_G16: the code + 128 as an unsigned byte, which vpdpbusd multiplies directly and
- * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k.
+ * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k. The
+ * super-block layouts keep the same 1024-byte code blocks, after their super-block's head of d, m, s and o
+ * (kw_x8_group).
  */
 #include "kernels/cpu/kw_cpu.h"
 
@@ -34,15 +40,17 @@
 #include <immintrin.h>
 #endif
 
-#define KW_X8_G          32                   /* k per group */
-#define KW_X8_CODE_BYTES (KW_PANEL_ROWS * 16) /* 64 rows x 32 nibbles */
-#define KW_X8_GROUP      (KW_PANEL_ROWS * 8 + KW_X8_CODE_BYTES)
-#define KW_X8_PF         4 /* groups prefetched ahead by a decode row (as kw_cpu_matmul.c, KW_QMM_PF) */
-#define KW_X8_MAX_MR     4
+#define KW_X8_G           32                   /* k per group */
+#define KW_X8_CODE_BYTES  (KW_PANEL_ROWS * 16) /* 64 rows x 32 nibbles */
+#define KW_X8_CODE_BYTES6 (KW_PANEL_ROWS * 12) /* 64 rows x 16 six-bit codes */
+#define KW_X8_GROUP       (KW_PANEL_ROWS * 8 + KW_X8_CODE_BYTES)
+#define KW_X8_PF          4 /* groups prefetched ahead by a decode row (as kw_cpu_matmul.c, KW_QMM_PF) */
+#define KW_X8_MAX_MR      4
 /* Up to this many rows, each row streams the panel on its own (as KW_MM_ROW_MAX). */
 #define KW_X8_ROW_MAX 4
 
 typedef struct kw_x8q_job {
+    enum kw_cpu_isa isa;
     const float *x;
     int64_t K;
     int8_t *xq;
@@ -50,49 +58,119 @@ typedef struct kw_x8q_job {
     int32_t *xs16;
 } kw_x8q_job;
 
+/* One activation group v (32 k) by rule 1 of the header: its q, d (*xd), d * sum q (*xs) and the sums of q over its two
+ * halves (s16). */
+static void kw_x8_qgroup_scalar(const float *v, int8_t *q, float *xd, float *xs, int32_t *s16) {
+    float amax = 0.0f;
+    int finite = 1;
+    for (int k = 0; k < KW_X8_G; ++k) {
+        const float a = fabsf(v[k]);
+        finite &= isfinite(a) != 0;
+        amax = a > amax ? a : amax;
+    }
+    s16[0] = s16[1] = 0;
+    if (!finite || amax < 1e-30f) {
+        memset(q, 0, KW_X8_G);
+        *xd = *xs = finite ? 0.0f : NAN;
+        return;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    for (int k = 0; k < KW_X8_G; ++k) {
+        long r = lrintf(v[k] * inv);
+        r = r > 127 ? 127 : r < -127 ? -127 : r;
+        q[k] = (int8_t)r;
+        s16[k / 16] += (int32_t)r;
+    }
+    *xd = d;
+    *xs = d * (float)(s16[0] + s16[1]);
+}
+
+#if KW_CPU_X86
+/* kw_x8_qgroup_scalar with the same IEEE operations on vectors: |v| and its maximum are exact, fl(v * inv) is the same
+ * product, and vcvtps2dq rounds to nearest even as lrintf does in the default rounding mode; a group that is not all
+ * finite, or below 1e-30, goes to the scalar code. */
+KW_TARGET_AVX512 static void kw_x8_qgroup_avx512(const float *v, int8_t *q, float *xd, float *xs, int32_t *s16) {
+    const __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16);
+    const __m512 a0 = _mm512_abs_ps(x0), a1 = _mm512_abs_ps(x1), inf = _mm512_set1_ps(INFINITY);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    if ((_mm512_cmp_ps_mask(a0, inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(a1, inf, _CMP_LT_OQ)) != 0xFFFF ||
+        amax < 1e-30f) {
+        kw_x8_qgroup_scalar(v, q, xd, xs, s16);
+        return;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    const __m512i r0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, vi)), lo), hi);
+    const __m512i r1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, vi)), lo), hi);
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(r0));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(r1));
+    s16[0] = _mm512_reduce_add_epi32(r0);
+    s16[1] = _mm512_reduce_add_epi32(r1);
+    *xd = d;
+    *xs = d * (float)(s16[0] + s16[1]);
+}
+
+/* The 8 int32 of r (each in -127..127) as int8 at q, and their sum. */
+KW_TARGET_AVX2 static inline int32_t kw_x8_store8_avx2(int8_t *q, __m256i r) {
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storel_epi64((__m128i *)q, _mm_packs_epi16(w, w));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    t = _mm_hadd_epi32(t, t);
+    return _mm_cvtsi128_si32(_mm_hadd_epi32(t, t));
+}
+
+/* kw_x8_qgroup_avx512 on 8-lane vectors. */
+KW_TARGET_AVX2 static void kw_x8_qgroup_avx2(const float *v, int8_t *q, float *xd, float *xs, int32_t *s16) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
+    __m256 x[4], m = _mm256_setzero_ps();
+    int finite = 1;
+    for (int i = 0; i < 4; ++i) {
+        x[i] = _mm256_loadu_ps(v + 8 * i);
+        const __m256 a = _mm256_andnot_ps(sign, x[i]);
+        finite &= _mm256_movemask_ps(_mm256_cmp_ps(a, inf, _CMP_LT_OQ)) == 0xFF;
+        m = _mm256_max_ps(m, a);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+    if (!finite || amax < 1e-30f) {
+        kw_x8_qgroup_scalar(v, q, xd, xs, s16);
+        return;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    const __m256 vi = _mm256_set1_ps(inv);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    s16[0] = s16[1] = 0;
+    for (int i = 0; i < 4; ++i) {
+        const __m256i r = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x[i], vi)), lo), hi);
+        s16[i / 2] += kw_x8_store8_avx2(q + 8 * i, r);
+    }
+    *xd = d;
+    *xs = d * (float)(s16[0] + s16[1]);
+}
+#endif
+
 static void kw_x8_quantize_rows(void *arg, int64_t m0, int64_t m1, int worker) {
     (void)worker;
     const kw_x8q_job *j = arg;
-    const float *x = j->x;
     const int64_t K = j->K, G = K / KW_X8_G;
-    int8_t *xq = j->xq;
-    float *xd = j->xd, *xs = j->xs;
-    int32_t *xs16 = j->xs16;
-    for (int64_t m = m0; m < m1; ++m) {
-        for (int64_t g = 0; g < G; ++g) {
-            const float *v = x + m * K + g * KW_X8_G;
-            int8_t *q = xq + m * K + g * KW_X8_G;
-            float amax = 0.0f;
-            int finite = 1;
-            for (int k = 0; k < KW_X8_G; ++k) {
-                const float a = fabsf(v[k]);
-                finite &= isfinite(a) != 0;
-                amax = a > amax ? a : amax;
-            }
-            xs16[m * 2 * G + 2 * g] = xs16[m * 2 * G + 2 * g + 1] = 0;
-            if (!finite || amax < 1e-30f) {
-                memset(q, 0, KW_X8_G);
-                xd[m * G + g] = xs[m * G + g] = finite ? 0.0f : NAN;
-                continue;
-            }
-            const float inv = 127.0f / amax, d = amax / 127.0f;
-            int sum = 0;
-            for (int k = 0; k < KW_X8_G; ++k) {
-                long r = lrintf(v[k] * inv);
-                r = r > 127 ? 127 : r < -127 ? -127 : r;
-                q[k] = (int8_t)r;
-                sum += (int)r;
-                xs16[m * 2 * G + 2 * g + k / 16] += (int32_t)r;
-            }
-            xd[m * G + g] = d;
-            xs[m * G + g] = d * (float)sum;
-        }
-    }
+    void (*group)(const float *, int8_t *, float *, float *, int32_t *) = kw_x8_qgroup_scalar;
+#if KW_CPU_X86
+    if (j->isa == KW_CPU_ISA_AVX512)
+        group = kw_x8_qgroup_avx512;
+    else if (j->isa == KW_CPU_ISA_AVX2)
+        group = kw_x8_qgroup_avx2;
+#endif
+    for (int64_t m = m0; m < m1; ++m)
+        for (int64_t g = 0; g < G; ++g)
+            group(j->x + m * K + g * KW_X8_G, j->xq + m * K + g * KW_X8_G, &j->xd[m * G + g], &j->xs[m * G + g],
+                  &j->xs16[m * 2 * G + 2 * g]);
 }
 
 void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
                          float *xs, int32_t *xs16) {
-    kw_x8q_job job = {x, K, xq, xd, xs, xs16};
+    kw_x8q_job job = {cpu->isa, x, K, xq, xd, xs, xs16};
     kw__cpu_parallel_for(cpu, nt, M, kw_x8_quantize_rows, &job);
 }
 
@@ -101,48 +179,115 @@ static inline size_t kw_x8_byte(int64_t r, int64_t kk) {
     return (size_t)((r / 16) * 256 + ((kk % 16) / 4) * 64 + 4 * (r % 16) + kk % 4);
 }
 
-/* The code of row r at k kk: 4-bit (U4_X8) or 8-bit stored + 128 (S8_G16_X8). */
+int kw__cpu_layout_x8(enum kw_layout layout) {
+    return layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 ||
+           layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+           layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
+}
+
+/* The code width: 8 or 6 for the layouts of Q6_K, else 4. */
+static inline int kw_x8_bits(enum kw_layout layout) {
+    if (layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8) return 6;
+    return layout == KW_LAYOUT_QPANELS_S8_G16_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ? 8 : 4;
+}
+
+/* Where weight group j (WG k) of a panel keeps its numbers (kernels/kw_backend.h): the plain layouts' f32 scales and
+ * offsets (SB 0), or the super-block layouts' int8 s, o and their super-block's f32 d, m (SB 1); then its 1024 code
+ * bytes (768 for 6-bit codes). at and bytes: the group's share of the panel's byte stream (its start, and the panel
+ * bytes per group), for prefetching. */
+typedef struct kw_x8_grp {
+    const float *scales, *offsets, *d, *m;
+    const int8_t *s, *o;
+    const uint8_t *codes;
+    size_t at, bytes;
+} kw_x8_grp;
+
+static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BITS, const int SB, const char *wp,
+                                                                   int64_t j) {
+    const size_t ofs = BITS == 4 ? 2 : 1, per = BITS == 4 ? 8 : 16; /* per: groups per super-block */
+    const size_t code_bytes = BITS == 6 ? KW_X8_CODE_BYTES6 : KW_X8_CODE_BYTES;
+    kw_x8_grp g = {0};
+    if (!SB) {
+        g.bytes = KW_PANEL_ROWS * 4 * ofs + KW_X8_CODE_BYTES;
+        g.at = (size_t)j * g.bytes;
+        g.scales = (const float *)(wp + g.at);
+        g.offsets = g.scales + KW_PANEL_ROWS;
+        g.codes = (const uint8_t *)(wp + g.at) + KW_PANEL_ROWS * 4 * ofs;
+        return g;
+    }
+    const size_t head = KW_PANEL_ROWS * (4 + per) * ofs, sb_bytes = head + per * code_bytes;
+    const size_t jj = (size_t)j % per;
+    const char *sbp = wp + (size_t)j / per * sb_bytes;
+    g.bytes = sb_bytes / per;
+    g.at = (size_t)(sbp - wp) + jj * g.bytes;
+    g.d = (const float *)sbp;
+    g.m = g.d + KW_PANEL_ROWS;
+    g.s = (const int8_t *)(sbp + KW_PANEL_ROWS * 4 * ofs) + jj * KW_PANEL_ROWS;
+    g.o = g.s + per * KW_PANEL_ROWS;
+    g.codes = (const uint8_t *)sbp + head + jj * code_bytes;
+    return g;
+}
+
+/* The 6-bit codes' bytes of row r at k kk (0..15): its nibble's byte (the low nibble for kk < 8) and the byte of
+ * its top two bits (bits 2 (kk / 4) .. + 1). */
+static inline size_t kw_x8_nibble6(int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * 192 + ((kk / 4) % 2) * 64 + 4 * (r % 16) + kk % 4);
+}
+static inline size_t kw_x8_top6(int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * 192 + 128 + 4 * (r % 16) + kk % 4);
+}
+
+/* The code of row r at k kk: 4-bit (U4_X8), 8-bit stored + 128 (S8_G16_X8) or 6-bit stored + 32 (S6_G16_SB_X8). */
 static inline int kw_x8_code(int bits, const uint8_t *codes, int64_t r, int64_t kk) {
+    if (bits == 6) {
+        const uint8_t nib = codes[kw_x8_nibble6(r, kk)], top = codes[kw_x8_top6(r, kk)];
+        const int lo = kk < 8 ? nib & 0x0F : nib >> 4, hi = (top >> (2 * (kk / 4))) & 3;
+        return (lo | hi << 4) - 32;
+    }
     const uint8_t byte = codes[kw_x8_byte(r, kk)];
     if (bits == 8) return (int)byte - 128;
     return kk < 16 ? byte & 0x0F : byte >> 4;
 }
 
 void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code) {
+    if (kw_x8_bits(layout) == 6) {
+        const unsigned u = (unsigned)(code + 32);
+        codes[kw_x8_nibble6(r, kk)] |= (uint8_t)(kk < 8 ? u & 15u : (u & 15u) << 4);
+        codes[kw_x8_top6(r, kk)] |= (uint8_t)((u >> 4) << (2 * (kk / 4)));
+        return;
+    }
     uint8_t *byte = codes + kw_x8_byte(r, kk);
-    if (layout == KW_LAYOUT_QPANELS_S8_G16_X8)
+    if (kw_x8_bits(layout) == 8)
         *byte = (uint8_t)(code + 128);
     else
         *byte |= (uint8_t)(kk < 16 ? code : code << 4);
 }
 
 int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk) {
-    return kw_x8_code(layout == KW_LAYOUT_QPANELS_S8_G16_X8 ? 8 : 4, codes, r, kk);
+    return kw_x8_code(kw_x8_bits(layout), codes, r, kk);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
  * Scalar
  */
 
-static void kw_x8_panel_scalar(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K, const char *wp,
-                               int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N, const kw_x8_act *a, int64_t K,
+                               const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16, OFS = BITS == 4;
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
     for (int64_t m = m0; m < m1; ++m) {
         for (int64_t c = 0; c < ncols; ++c) {
             float acc = 0.0f;
             for (int64_t j = 0; j < K / WG; ++j) {
-                const char *gp = wp + (size_t)j * group_bytes;
-                const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-                const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+                const kw_x8_grp gr = kw_x8_group(BITS, SB, wp, j);
                 const int8_t *q = a->q + m * K + j * WG;
                 const int64_t g = j * WG / KW_X8_G;
                 int32_t isum = 0;
                 for (int kk = 0; kk < WG; ++kk)
-                    isum += kw_x8_code(BITS, codes, c, kk) * q[kk];
+                    isum += kw_x8_code(BITS, gr.codes, c, kk) * q[kk];
                 const float t = (float)isum * a->d[m * G + g];
-                acc = fmaf(scales[c], t, acc);
-                if (OFS) acc = fmaf(offsets[c], a->s[m * G + g], acc);
+                const float scale = SB ? gr.d[c] * (float)gr.s[c] : gr.scales[c];
+                acc = fmaf(scale, t, acc);
+                if (OFS) acc = fmaf(SB ? gr.m[c] * (float)gr.o[c] : gr.offsets[c], a->s[m * G + g], acc);
             }
             y[m * N + n0 + c] = acc;
         }
@@ -202,6 +347,11 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOADI(p)         _mm256_loadu_si256((const __m256i *)(p))
 #define X8_LOW4(c)          _mm256_and_si256((c), _mm256_set1_epi8(0x0F))
 #define X8_HIGH4(c)         _mm256_and_si256(_mm256_srli_epi16((c), 4), _mm256_set1_epi8(0x0F))
+#define X8_OR(a, b)         _mm256_or_si256((a), (b))
+#define X8_AND(a, b)        _mm256_and_si256((a), (b))
+#define X8_SLLI16(v, n)     _mm256_slli_epi16((v), (n))
+#define X8_SRLI16(v, n)     _mm256_srli_epi16((v), (n))
+#define X8_SET1B(b)         _mm256_set1_epi8(b)
 #define X8_SET1I(v)         _mm256_set1_epi32(v)
 #define X8_SET1F(v)         _mm256_set1_ps(v)
 #define X8_DP4(acc, u, q)   kw_x8_dp_avx2((acc), (u), (q))
@@ -211,6 +361,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_MULF(a, b)       _mm256_mul_ps((a), (b))
 #define X8_FMA(a, b, c)     _mm256_fmadd_ps((a), (b), (c))
 #define X8_LOADF(p)         _mm256_loadu_ps(p)
+#define X8_LOADS8F(p)       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define X8_STORE_N(p, v, n) kw_x8_store_n_avx2((p), (v), (n))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
 
@@ -232,6 +383,11 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LOADI(p)         _mm512_loadu_si512(p)
 #define X8_LOW4(c)          _mm512_and_si512((c), _mm512_set1_epi8(0x0F))
 #define X8_HIGH4(c)         _mm512_and_si512(_mm512_srli_epi16((c), 4), _mm512_set1_epi8(0x0F))
+#define X8_OR(a, b)         _mm512_or_si512((a), (b))
+#define X8_AND(a, b)        _mm512_and_si512((a), (b))
+#define X8_SLLI16(v, n)     _mm512_slli_epi16((v), (n))
+#define X8_SRLI16(v, n)     _mm512_srli_epi16((v), (n))
+#define X8_SET1B(b)         _mm512_set1_epi8(b)
 #define X8_SET1I(v)         _mm512_set1_epi32(v)
 #define X8_SET1F(v)         _mm512_set1_ps(v)
 #define X8_DP4(acc, u, q)   _mm512_dpbusd_epi32((acc), (u), (q))
@@ -241,6 +397,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_MULF(a, b)       _mm512_mul_ps((a), (b))
 #define X8_FMA(a, b, c)     _mm512_fmadd_ps((a), (b), (c))
 #define X8_LOADF(p)         _mm512_loadu_ps(p)
+#define X8_LOADS8F(p)       _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define X8_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
 
@@ -257,26 +414,55 @@ static int kw_x8_vnni(void) {
 }
 #endif
 
+#if KW_CPU_X86
+/* The panel functions with the code width and the storage as constants, so that the tiles specialize. */
+#define KW_X8_SPECIALIZE(sfx, target, bits, sb)                                                                        \
+    target static void kw_x8_panel_##sfx##_##bits##_##sb(float *y, int64_t N, const kw_x8_act *a, int64_t K,           \
+                                                         const char *wp, int64_t n0, int64_t ncols, int64_t m0,        \
+                                                         int64_t m1) {                                                 \
+        kw_x8_panel_##sfx(bits, sb, y, N, a, K, wp, n0, ncols, m0, m1);                                                \
+    }
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 0)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 0)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 1)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 1)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 6, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 0)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 0)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 6, 1)
+#undef KW_X8_SPECIALIZE
+#endif
+
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-    const int bits = layout == KW_LAYOUT_QPANELS_S8_G16_X8 ? 8 : 4;
+    const int bits = kw_x8_bits(layout);
+    const int sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+                   layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
 #if KW_CPU_X86
-    /* the bits as constants, so that the tiles specialize */
+    typedef void (*panel_fn)(float *, int64_t, const kw_x8_act *, int64_t, const char *, int64_t, int64_t, int64_t,
+                             int64_t);
+    /* [sb][bits 4, 8, 6] (6-bit codes: super-blocks only) */
+    static const panel_fn vnni[2][3] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0, NULL},
+                                        {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1, kw_x8_panel_vnni_6_1}};
+    static const panel_fn avx2[2][3] = {{kw_x8_panel_avx2_4_0, kw_x8_panel_avx2_8_0, NULL},
+                                        {kw_x8_panel_avx2_4_1, kw_x8_panel_avx2_8_1, kw_x8_panel_avx2_6_1}};
+    const int w = bits == 4 ? 0 : bits == 8 ? 1 : 2;
     if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
-        if (bits == 4)
-            kw_x8_panel_vnni(4, y, N, a, K, wp, n0, ncols, m0, m1);
-        else
-            kw_x8_panel_vnni(8, y, N, a, K, wp, n0, ncols, m0, m1);
+        vnni[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
     if (isa >= KW_CPU_ISA_AVX2) { /* AVX-512 without VNNI too: the same integer sums */
-        if (bits == 4)
-            kw_x8_panel_avx2(4, y, N, a, K, wp, n0, ncols, m0, m1);
-        else
-            kw_x8_panel_avx2(8, y, N, a, K, wp, n0, ncols, m0, m1);
+        avx2[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
 #endif
     (void)isa;
-    kw_x8_panel_scalar(bits, y, N, a, K, wp, n0, ncols, m0, m1);
+    if (bits == 4)
+        kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, ncols, m0, m1);
+    else if (bits == 8)
+        kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, ncols, m0, m1);
+    else
+        kw_x8_panel_scalar(6, 1, y, N, a, K, wp, n0, ncols, m0, m1);
 }

@@ -5,22 +5,30 @@
  * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
- * and 8-bit codes, and the loads, stores and arithmetic below); it undefines them all at its end. A vector holds
- * X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) * 256 + (hs * X8_LANES %
- * 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
+ * and 8-bit codes, X8_OR, X8_AND, X8_SLLI16, X8_SRLI16 (16-bit lanes) and X8_SET1B for the 6-bit codes,
+ * X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it undefines them all at
+ * its end. A vector holds X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) *
+ * 256 (192 for 6-bit codes) + (hs * X8_LANES % 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
  */
 
 #define X8_CAT2(a, b) a##_##b
 #define X8_CAT(a, b)  X8_CAT2(a, b)
 #define X8_FN(name)   X8_CAT(name, X8_SFX)
 
-/* Rows [0, MR) of a against NV vectors of rows starting at vector h0 of the panel. */
+/* Bits 2 t, 2 t + 1 of every byte of h moved to bits 4, 5 (the 6-bit codes' top bits of vector t), t 0..3. */
+X8_TARGET static inline __attribute__((always_inline)) X8_VI X8_FN(kw_x8_top2)(X8_VI h, int t) {
+    const X8_VI h2 = t == 0 ? X8_SLLI16(h, 4) : t == 1 ? X8_SLLI16(h, 2) : t == 2 ? h : X8_SRLI16(h, 2);
+    return X8_AND(h2, X8_SET1B(0x30));
+}
+
+/* Rows [0, MR) of a against NV vectors of rows starting at vector h0 of the panel (SB: a super-block layout, the
+ * scales and offsets rebuilt as fl(d * s), fl(m * o)). */
 X8_TARGET static inline __attribute__((always_inline)) void
-X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a, int64_t K,
-                  const char *wp, int64_t h0, int64_t ncols, int pf) {
+X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a,
+                  int64_t K, const char *wp, int64_t h0, int64_t ncols, int pf) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
     const int OFS = BITS == 4;
-    const size_t group_bytes = (size_t)KW_PANEL_ROWS * 4 * (size_t)(1 + OFS) + KW_X8_CODE_BYTES;
+    const int64_t strip_bytes = BITS == 6 ? 192 : 256; /* a 16-row strip of a group's codes */
     X8_VF acc[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
@@ -28,9 +36,8 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
         for (int v = 0; v < NV; ++v)
             acc[m][v] = X8_ZEROF();
     for (int64_t j = 0; j < K / WG; ++j) {
-        const char *gp = wp + (size_t)j * group_bytes;
-        const float *scales = (const float *)gp, *offsets = scales + KW_PANEL_ROWS;
-        const uint8_t *codes = (const uint8_t *)gp + KW_PANEL_ROWS * 4 * (1 + OFS);
+        const kw_x8_grp gr = kw_x8_group(BITS, SB, wp, j);
+        const uint8_t *codes = gr.codes;
         const int64_t g = j * WG / KW_X8_G;
         X8_VI is[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
@@ -40,14 +47,23 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
                 is[m][v] = X8_ZEROI();
 #pragma GCC unroll 4
         for (int t = 0; t < 4; ++t) {
-            if (pf)
+            if (pf) /* the panel's bytes KW_X8_PF groups ahead, a quarter group per t */
 #pragma GCC unroll 6
-                for (size_t l = 0; l < group_bytes / 256; ++l)
-                    __builtin_prefetch(gp + KW_X8_PF * group_bytes + t * (group_bytes / 4) + l * 64);
+                for (size_t l = 0; l < (gr.bytes + 255) / 256; ++l)
+                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + t * (gr.bytes / 4) + l * 64);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const int64_t hs = h0 + v;
-                const X8_VI c = X8_LOADI(codes + (hs * X8_LANES / 16) * 256 + t * 64 + (hs * X8_LANES % 16) * 4);
+                const uint8_t *lane = codes + (hs * X8_LANES / 16) * strip_bytes + (hs * X8_LANES % 16) * 4;
+                if (BITS == 6) { /* code + 32: the nibble of vector t % 2 (low for t < 2) and the top two bits */
+                    const X8_VI n = X8_LOADI(lane + (t % 2) * 64);
+                    const X8_VI u = X8_OR(t < 2 ? X8_LOW4(n) : X8_HIGH4(n), X8_FN(kw_x8_top2)(X8_LOADI(lane + 128), t));
+#pragma GCC unroll 4
+                    for (int m = 0; m < MR; ++m)
+                        is[m][v] = X8_DP4(is[m][v], u, X8_SET1I(kw_x8_q4(a, K, m, j * 16 + 4 * t)));
+                    continue;
+                }
+                const X8_VI c = X8_LOADI(lane + t * 64);
                 if (BITS == 4) {
                     const X8_VI lo = X8_LOW4(c), hi = X8_HIGH4(c);
 #pragma GCC unroll 4
@@ -62,16 +78,24 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
                 }
             }
         }
+        /* the group's scales and offsets, once for all MR rows */
+        X8_VF scale[4], ofs[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const int64_t r = (h0 + v) * X8_LANES;
+            scale[v] = SB ? X8_MULF(X8_LOADF(gr.d + r), X8_LOADS8F(gr.s + r)) : X8_LOADF(gr.scales + r);
+            if (OFS) ofs[v] = SB ? X8_MULF(X8_LOADF(gr.m + r), X8_LOADS8F(gr.o + r)) : X8_LOADF(gr.offsets + r);
+        }
 #pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
             const X8_VF d = X8_SET1F(a->d[m * G + g]);
-            const X8_VI back = X8_SET1I(BITS == 8 && X8_BIASED ? 128 * a->s16[m * 2 * G + j] : 0);
+            const int32_t bias = BITS == 6 ? 32 : BITS == 8 && X8_BIASED ? 128 : 0; /* the codes' bias */
+            const X8_VI back = X8_SET1I(bias * a->s16[m * 2 * G + j]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                const int64_t hs = h0 + v;
                 const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
-                acc[m][v] = X8_FMA(X8_LOADF(scales + hs * X8_LANES), f, acc[m][v]);
-                if (OFS) acc[m][v] = X8_FMA(X8_LOADF(offsets + hs * X8_LANES), X8_SET1F(a->s[m * G + g]), acc[m][v]);
+                acc[m][v] = X8_FMA(scale[v], f, acc[m][v]);
+                if (OFS) acc[m][v] = X8_FMA(ofs[v], X8_SET1F(a->s[m * G + g]), acc[m][v]);
             }
         }
     }
@@ -86,14 +110,16 @@ X8_FN(kw_x8_tile)(const int BITS, const int MR, const int NV, float *y, int64_t 
 
 /* Rows [m0, m1) of a panel: each row streams it alone (decode, prefetching) up to KW_X8_ROW_MAX rows, else tiles of
  * X8_MR rows x 2 vectors. */
-X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                                         const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
+X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(const int BITS, const int SB, float *y,
+                                                                               int64_t N, const kw_x8_act *a, int64_t K,
+                                                                               const char *wp, int64_t n0,
+                                                                               int64_t ncols, int64_t m0, int64_t m1) {
     const int64_t nvec = (ncols + X8_LANES - 1) / X8_LANES;
     if (m1 - m0 <= KW_X8_ROW_MAX) {
         for (int64_t m = m0; m < m1; ++m) {
             const kw_x8_act r = kw_x8_rows(a, K, m);
             for (int64_t h = 0; h < nvec; h += 4)
-                X8_FN(kw_x8_tile)(BITS, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
         }
         return;
     }
@@ -103,13 +129,13 @@ X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, co
         float *yt = y + m * N + n0;
         for (int64_t h = 0; h < nvec; h += 2) {
             if (mr >= 4)
-                X8_FN(kw_x8_tile)(BITS, X8_MR >= 4 ? 4 : 1, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, X8_MR >= 4 ? 4 : 1, 2, yt, N, &r, K, wp, h, ncols, 0);
             else if (mr == 3)
-                X8_FN(kw_x8_tile)(BITS, 3, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 3, 2, yt, N, &r, K, wp, h, ncols, 0);
             else if (mr == 2)
-                X8_FN(kw_x8_tile)(BITS, 2, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 2, 2, yt, N, &r, K, wp, h, ncols, 0);
             else
-                X8_FN(kw_x8_tile)(BITS, 1, 2, yt, N, &r, K, wp, h, ncols, 0);
+                X8_FN(kw_x8_tile)(BITS, SB, 1, 2, yt, N, &r, K, wp, h, ncols, 0);
         }
     }
 }
@@ -128,6 +154,11 @@ X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, co
 #undef X8_LOADI
 #undef X8_LOW4
 #undef X8_HIGH4
+#undef X8_OR
+#undef X8_AND
+#undef X8_SLLI16
+#undef X8_SRLI16
+#undef X8_SET1B
 #undef X8_SET1I
 #undef X8_SET1F
 #undef X8_DP4
@@ -137,6 +168,7 @@ X8_TARGET static void X8_FN(kw_x8_panel)(const int BITS, float *y, int64_t N, co
 #undef X8_MULF
 #undef X8_FMA
 #undef X8_LOADF
+#undef X8_LOADS8F
 #undef X8_STORE_N
 #undef X8_CAT
 #undef X8_CAT2

@@ -395,6 +395,37 @@ static void test_s6_is_chosen_with_vbmi(void **state) {
     assert_int_equal(kw_backend_cpu_layout_fast(NULL, KW_LAYOUT_QPANELS_S6_G16_SB), 0);
 }
 
+/* The int8-activation matmul of tq (on b) over x (M rows): all rows at once, row by row and in uneven sections, each
+ * the bits of want (which holds the bias when bias is not NULL); get_rows of rows 0 and N - 1 gives w's rows. got: M x
+ * N floats of scratch. */
+static void kw_x8_expect(kw_backend *b, const kw_tensor *tq, const float *x, const float *bias, const float *want,
+                         const float *w, float *got, int64_t M, const char *what) {
+    const int64_t N = tq->ne[0], K = tq->ne[1];
+    const size_t ybytes = (size_t)(M * N) * sizeof(float);
+    memset(got, 0xff, ybytes);
+    kw_mm(b, got, x, tq, bias, 0, M);
+    kw_same_bits(got, want, M * N, what);
+    memset(got, 0xff, ybytes);
+    for (int64_t m = 0; m < M; ++m)
+        kw_mm(b, got, x, tq, bias, m, m + 1);
+    kw_same_bits(got, want, M * N, "x8 row by row");
+    memset(got, 0xff, ybytes);
+    for (int64_t m = 0, step = 5; m < M; m += step, step += 3)
+        kw_mm(b, got, x, tq, bias, m, m + step < M ? m + step : M);
+    kw_same_bits(got, want, M * N, "x8 in sections");
+
+    int32_t ids[2] = {0, (int32_t)(N - 1)};
+    float *rows = malloc((size_t)(2 * K) * sizeof(float));
+    assert_non_null(rows);
+    kw_tensor tid = kw_wrap(b, KW_DTYPE_I32, 1, (int64_t[]){2}, ids);
+    kw_tensor tr = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){2, K}, rows);
+    assert_int_equal(kw_op_get_rows(b, &tr, tq, &tid), 0);
+    assert_int_equal(kw_backend_synchronize(b), 0);
+    for (int t = 0; t < 2; ++t)
+        kw_same_bits(rows + t * K, w + ids[t] * K, K, "x8 get_rows");
+    free(rows);
+}
+
 /* QPANELS_U4_X8 (int8 activations): on every ISA, 1 and 2 threads, all rows at once, row by row and in sections,
  * the bits of kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
  * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|); get_rows gives the dequantized rows; a zero
@@ -420,6 +451,13 @@ static void test_x8_matmul_is_its_oracle(void **state) {
             x[i] = kw_rand() * 2.0f;
         if (K >= 64) memset(x + 32, 0, 32 * sizeof(float)); /* row 0, group 1: all zero */
         if (M >= 3) x[2 * K + K - 1] = NAN;                 /* row 2: NaN everywhere */
+        if (M >= 3) x[2 * K + 3] = INFINITY;                /* and an infinity in its group 0 */
+        if (K >= 96)                                        /* row 0, group 2: below 1e-30, all zero */
+            for (int k = 0; k < 32; ++k)
+                x[64 + k] = 1e-32f * (float)(k - 7);
+        if (M >= 2) /* row 1, group 0: amax 127, so x * (127 / amax) = x: ties, rounded to even */
+            for (int k = 0; k < 32; ++k)
+                x[K + k] = k == 0 ? -127.0f : (float)(k - 16) + 0.5f;
         for (int64_t i = 0; i < N; ++i)
             bias[i] = kw_rand();
         kw_ref_quant_matmul_x8(want, x, M, &d.q);
@@ -459,28 +497,7 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                 assert_int_equal(tq.layout, layout);
                 snprintf(what, sizeof what, "x8 layout %d M=%lld N=%lld K=%lld, %s, %d threads", (int)layout,
                          (long long)M, (long long)N, (long long)K, isas[i], threads);
-                memset(got, 0xff, ybytes);
-                kw_mm(b, got, x, &tq, bias, 0, M);
-                kw_same_bits(got, want, M * N, what);
-                memset(got, 0xff, ybytes);
-                for (int64_t m = 0; m < M; ++m)
-                    kw_mm(b, got, x, &tq, bias, m, m + 1);
-                kw_same_bits(got, want, M * N, "x8 row by row");
-                memset(got, 0xff, ybytes);
-                for (int64_t m = 0, step = 5; m < M; m += step, step += 3)
-                    kw_mm(b, got, x, &tq, bias, m, m + step < M ? m + step : M);
-                kw_same_bits(got, want, M * N, "x8 in sections");
-
-                int32_t ids[2] = {0, (int32_t)(N - 1)};
-                float *rows = malloc((size_t)(2 * K) * sizeof(float));
-                assert_non_null(rows);
-                kw_tensor tid = kw_wrap(b, KW_DTYPE_I32, 1, (int64_t[]){2}, ids);
-                kw_tensor tr = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){2, K}, rows);
-                assert_int_equal(kw_op_get_rows(b, &tr, &tq, &tid), 0);
-                assert_int_equal(kw_backend_synchronize(b), 0);
-                for (int t = 0; t < 2; ++t)
-                    kw_same_bits(rows + t * K, w + ids[t] * K, K, "x8 get_rows");
-                free(rows);
+                kw_x8_expect(b, &tq, x, bias, want, w, got, M, what);
 
                 if (N > 1 && M >= 1) { /* one code of the last row: its column changes in a row of x, nothing else */
                     const int64_t at = (N - 1) * K + K - 3;
@@ -510,6 +527,101 @@ static void test_x8_matmul_is_its_oracle(void **state) {
     }
 }
 
+/* The int8-activation layouts in super-blocks (QPANELS_U4_SB_X8, S8_G16_SB_X8) against the X8 layouts they compress
+ * and kw_ref_quant_matmul_x8: the same rows packed both ways give the same bits as the oracle on every ISA, 1 to 3
+ * threads, all rows at once (decode up to 4 rows, prefill tiles beyond), row by row and in sections, odd N; in 0.59375
+ * and 1.078125 bytes per weight; get_rows gives the dequantized rows; a changed s (o) changes exactly its row's
+ * column; K not whole super-blocks and a missing d or m are refused. */
+static void test_x8_superblock_is_x8(void **state) {
+    (void)state;
+    static const enum kw_layout pairs[3][2] = {{KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_X8},
+                                               {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8},
+                                               {KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
+    static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
+    static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512}, {3, 37, 768},
+                                        {4, 70, 512}, {5, 64, 256},  {9, 193, 512}, {29, 200, 768}};
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    for (int p = 0; p < 3; ++p)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
+            const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            kw_qcase_data d = kw_qcase_make(pairs[p][0], N, K);
+            kw_quant_rows plain = d.q;
+            plain.layout = pairs[p][1];
+            float *x = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(N * K) * sizeof(float));
+            const size_t ybytes = (size_t)(M * N) * sizeof(float);
+            float *want = malloc(ybytes), *got = malloc(ybytes), *old = malloc(ybytes);
+            assert_true(x && w && want && got && old);
+            for (int64_t i = 0; i < M * K; ++i)
+                x[i] = kw_rand() * 2.0f;
+            if (K >= 512) memset(x + 256, 0, 32 * sizeof(float)); /* row 0: a zero activation group */
+            for (int64_t k = 0; M >= 2 && k < K; ++k) /* row 1: every group below 1e-30, so its outputs are +0 */
+                x[K + k] = 1e-32f * (float)(k % 13 - 6);
+            if (M >= 3) x[2 * K + 5] = INFINITY; /* row 2: one infinity, so NaN outputs (no NaN in x) */
+            kw_ref_quant_matmul_x8(want, x, M, &plain);
+            kw_ref_quant_dequant(w, &plain);
+            for (int i = 0; i < n_isa; ++i)
+                for (int threads = 1; threads <= 3; ++threads) {
+                    kw_backend *b = kw_cpu(isas[i], threads);
+                    assert_int_equal(kw_backend_supports_layout(b, pairs[p][0]), 1);
+                    kw_tensor tp, ts;
+                    assert_int_equal(kw_tensor_pack_quantized(b, &plain, &tp), 0);
+                    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &ts), 0);
+                    assert_int_equal(ts.layout, pairs[p][0]);
+                    const size_t weights = (size_t)((N + 63) / 64 * 64 * K);
+                    assert_int_equal(kw_tensor_nbytes(&ts) * 128, weights * (size_t)per128[p]);
+                    char what[160];
+                    snprintf(what, sizeof what, "x8 sb layout %d M=%lld N=%lld K=%lld on %s, %d threads",
+                             (int)pairs[p][0], (long long)M, (long long)N, (long long)K, isas[i], threads);
+                    memset(old, 0xff, ybytes);
+                    kw_mm(b, old, x, &tp, NULL, 0, M);
+                    kw_same_bits(old, want, M * N, "x8 sb: the plain layout");
+                    kw_x8_expect(b, &ts, x, NULL, want, w, got, M, what);
+                    kw_tensor_free(&tp);
+                    kw_tensor_free(&ts);
+                    kw_backend_destroy(b);
+                }
+            free(x), free(w), free(want), free(got), free(old);
+            kw_qcase_free(&d);
+        }
+
+    /* a changed scale (one more s in an even, f16, super-block) of the last row: only its column moves */
+    kw_backend *b = kw_cpu("avx512", 2);
+    for (int p = 0; p < 3; ++p) {
+        const int64_t M = 3, N = 70, K = 512, per = 256 / (p == 0 ? 32 : 16), J = K / (p == 0 ? 32 : 16);
+        kw_qcase_data d = kw_qcase_make(pairs[p][0], N, K);
+        float *x = malloc((size_t)(M * K) * sizeof(float)), *want = malloc((size_t)(M * N) * sizeof(float));
+        float *got = malloc((size_t)(M * N) * sizeof(float));
+        assert_true(x && want && got);
+        for (int64_t i = 0; i < M * K; ++i)
+            x[i] = kw_rand() * 2.0f;
+        kw_tensor t;
+        assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), 0);
+        kw_mm(b, want, x, &t, NULL, 0, M);
+        kw_tensor_free(&t);
+        const int64_t g = (N - 1) * J + 3, sb = (N - 1) * (K / 256) + 3 / per;
+        float *moved = p == 0 ? &d.offsets[g] : &d.scales[g];
+        const float keep = *moved, base = p == 0 ? d.sb_offsets[sb] : d.sb_scales[sb];
+        *moved = keep == base * 127.0f ? keep - base : keep + base; /* o (s) one off: still an int8 multiple */
+        assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), 0);
+        kw_mm(b, got, x, &t, NULL, 0, M);
+        kw_tensor_free(&t);
+        *moved = keep;
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n)
+                assert_true((kw_f32_bits(got[m * N + n]) != kw_f32_bits(want[m * N + n])) == (n == N - 1));
+        kw_quant_rows q = d.q;
+        q.k = 288; /* whole groups of 32 (16), not whole super-blocks */
+        assert_int_equal(kw_tensor_pack_quantized(b, &q, &t), KW_E_SHAPE);
+        q = d.q;
+        q.sb_scales = NULL;
+        assert_int_equal(kw_tensor_pack_quantized(b, &q, &t), KW_E_INVALID_ARG);
+        free(x), free(want), free(got);
+        kw_qcase_free(&d);
+    }
+    kw_backend_destroy(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
@@ -517,6 +629,7 @@ int main(void) {
         cmocka_unit_test(test_quantized_contract),
         cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
+        cmocka_unit_test(test_x8_superblock_is_x8),
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

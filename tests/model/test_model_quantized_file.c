@@ -11,7 +11,8 @@
  *   twice that. And greedy: wherever the reference's top logit leads the runner-up by more than twice the largest
  *   logit change, the quantized model picks the same token (otherwise it cannot).
  * - Q4_K and Q4_K_M again with int8 activations (KW_GGUF_WEIGHTS_QUANTIZED_INT8): the bound with the activations'
- *   rounding added (check_int8_activations).
+ *   rounding added (check_int8_activations); the Q4_K file with int8 activations reads as many weight bytes per token
+ * as without (QPANELS_U4_SB_X8 and U4_SB).
  * - Determinism: two runs write the same bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -74,10 +75,15 @@ static double weight_error(const char *a_path, const char *ref_path) {
  * to the weights': a group's step is amax / 127 and amax <= sqrt(32) RMS of the group, so the relative RMS rounding
  * error of an activation vector is at most sqrt(32) / (127 sqrt(12)) = 0.0129, and the two errors add in quadrature. */
 static void check_int8_activations(kw_backend *be, const char *path, const int32_t *ids, const float *want,
-                                   const float *exact, int64_t V, int32_t L, double eps) {
+                                   const float *exact, int64_t V, int32_t L, double eps, int all_q4_k,
+                                   size_t exact_bytes) {
     const kw_model_options o = {.gguf_weights = KW_GGUF_WEIGHTS_QUANTIZED_INT8};
     int64_t V2 = 0;
-    float *got = kwfx_model_logits(be, path, &o, ids, N_IDS, &V2, NULL);
+    size_t bytes = 0;
+    float *got = kwfx_model_logits(be, path, &o, ids, N_IDS, &V2, &bytes);
+    /* every matmul weight Q4_K with K a multiple of 256: kept in QPANELS_U4_SB_X8, as many bytes as the exact path's
+     * QPANELS_U4_SB (0.59 per weight, not U4_X8's 0.75) */
+    if (all_q4_k) assert_int_equal(bytes, exact_bytes);
     assert_int_equal(V2, V);
     double se = 0, ss = 0, sx = 0, ssx = 0;
     int64_t moved = 0;
@@ -148,7 +154,8 @@ static void run_arch(enum kw_arch arch, int tied) {
         unlink(again);
 
         int64_t V2 = 0;
-        float *got = kwfx_model_logits(be, path, NULL, ids, N_IDS, &V2, NULL);
+        size_t exact_bytes = 0;
+        float *got = kwfx_model_logits(be, path, NULL, ids, N_IDS, &V2, &exact_bytes);
         assert_int_equal(V2, V);
         double se = 0, ss = 0, max_d = 0;
         for (int64_t i = 0; i < N_IDS * V; ++i) {
@@ -182,7 +189,8 @@ static void run_arch(enum kw_arch arch, int tied) {
         print_message("  %s %-6s: weight error %.4f, logits relative RMS %.3g (bound %.3g), greedy checked at %d/%d\n",
                       kw_arch_name(arch), names[s], eps, rel, bound, checked, N_IDS);
         assert_true(rel <= bound);
-        if (s >= KW_QUANT_Q4_K) check_int8_activations(be, path, ids, want, got, V, L, eps);
+        if (s >= KW_QUANT_Q4_K)
+            check_int8_activations(be, path, ids, want, got, V, L, eps, s == KW_QUANT_Q4_K, exact_bytes);
         free(got);
     }
     free(want);
