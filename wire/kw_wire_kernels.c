@@ -167,6 +167,13 @@ void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dty
         kw__wire_quantize_scalar(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
 }
 
+void kw__wire_quantize_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                   uint32_t n, const float *inv, uint8_t *dst) {
+    const size_t row_bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__wire_quantize_scalar(codec, rows[r], dtype, n, inv[r], dst + r * row_bytes);
+}
+
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
     if (out_dtype == KW_WIRE_DTYPE_F32) return kw_wire_dequantize_row(codec, src, n, s, (float *)out);
     float tmp[256];
@@ -226,6 +233,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .rotate = kw__wire_rotate_scalar,
     .amax_groups = kw__wire_amax_groups_scalar,
     .quantize_groups = kw__wire_quantize_groups_scalar,
+    .quantize_rows = kw__wire_quantize_rows_scalar,
     .dequantize_groups = kw__wire_dequantize_groups_scalar,
     .outlier_scores = kw__wire_outlier_scores_scalar,
     .outlier_bits = kw__wire_outlier_bits_scalar,

@@ -366,6 +366,16 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     }
 }
 
+/* NF4 codes of n values (n a multiple of 8) with the thresholds t made once by the caller. */
+KW_AVX2 static inline __attribute__((always_inline)) void
+kw__quantize_nf4_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, const kw__nf4_avx2 *t, uint8_t *dst) {
+    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
+    for (uint32_t i = 0; i < n; i += 8) {
+        const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), t);
+        kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
+    }
+}
+
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                                       uint8_t *dst) {
     if (dtype < KW_WIRE_DTYPE_BF16 || dtype > KW_WIRE_DTYPE_F32 || n % 8 != 0 || kw_wire_codec_is_passthrough(codec) ||
@@ -408,10 +418,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
         break;
     case KW_WIRE_CODEC_NF4: {
         const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        for (uint32_t i = 0; i < n; i += 8) {
-            const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), &t);
-            kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
-        }
+        kw__quantize_nf4_avx2(x, dtype, n, inv, &t, dst);
         break;
     }
     case KW_WIRE_CODEC_E4M3:
@@ -944,7 +951,7 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
 KW__EACH_GROUP(avx2, KW_AVX2, kw__quantize_avx2, kw__dequantize_avx2)
 
 /* kw__wire_kernels.quantize_groups: bf16 int8, int4, int6 and fp8 groups of a multiple of 32 values in one pass of
- * kw__quantize_bytes_bf16_avx2, the rest a group at a time (quantize). */
+ * kw__quantize_bytes_bf16_avx2, NF4 groups with the thresholds made once, the rest a group at a time (quantize). */
 KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
                                              const float *inv, uint8_t *dst) {
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4 || codec == KW_WIRE_CODEC_E4M3 ||
@@ -953,7 +960,52 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x, n, 0.0f, inv, (uint32_t)__builtin_ctz(G), dst);
         return;
     }
+    if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
+        const kw__nf4_avx2 t = kw__nf4_avx2_make();
+        const size_t es = kw__wire_dtype_size(dtype);
+        for (uint32_t c = 0; c < n / G; ++c)
+            kw__quantize_nf4_avx2((const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], &t,
+                                  dst + (size_t)c * G / 2);
+        return;
+    }
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.quantize_rows: bf16 int8, int4, int6 and fp8 rows of a multiple of 32 values by
+ * kw__quantize_bytes_bf16_avx2 inlined for each codec, NF4 rows with the thresholds made once, the rest a row at a
+ * time (quantize). */
+KW_AVX2 static void kw__quantize_rows_avx2(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                           uint32_t n, const float *inv, uint8_t *dst) {
+    const size_t rb = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    if (dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+#define KW__ROWS(C)                                                                                                    \
+    for (uint32_t r = 0; r < n_rows; ++r)                                                                              \
+        kw__quantize_bytes_bf16_avx2(C, (const uint16_t *)rows[r], n, inv[r], NULL, 0, dst + r * rb);                  \
+    return
+        switch (codec) {
+        case KW_WIRE_CODEC_INT8:
+            KW__ROWS(KW_WIRE_CODEC_INT8);
+        case KW_WIRE_CODEC_INT4:
+            KW__ROWS(KW_WIRE_CODEC_INT4);
+        case KW_WIRE_CODEC_INT6:
+            KW__ROWS(KW_WIRE_CODEC_INT6);
+        case KW_WIRE_CODEC_E4M3:
+            KW__ROWS(KW_WIRE_CODEC_E4M3);
+        case KW_WIRE_CODEC_E5M2:
+            KW__ROWS(KW_WIRE_CODEC_E5M2);
+        default:
+            break;
+        }
+#undef KW__ROWS
+    }
+    if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 8 == 0) {
+        const kw__nf4_avx2 t = kw__nf4_avx2_make();
+        for (uint32_t r = 0; r < n_rows; ++r)
+            kw__quantize_nf4_avx2(rows[r], dtype, n, inv[r], &t, dst + r * rb);
+        return;
+    }
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__quantize_avx2(codec, rows[r], dtype, n, inv[r], dst + r * rb);
 }
 
 /* kw__wire_kernels.outlier_scores, W doubles a step (4: AVX2, 8: AVX-512), one body for both: kw__wire_outlier_score's
@@ -1023,6 +1075,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .rotate = kw__rotate_avx2,
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
+    .quantize_rows = kw__quantize_rows_avx2,
     .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
     .outlier_scores = kw__outlier_scores_avx2,
     .outlier_bits = kw__outlier_bits_avx2,
@@ -1109,42 +1162,69 @@ KW_AVX512 static inline __m512i kw__fp8_codes16_avx512(__m512 y, int mbits, int 
     return _mm512_or_si512(code, sign);
 }
 
-/* 16 codes 0..15 (int32) as 8 bytes of nibbles, element 2j in the low nibble. */
-KW_AVX512 static inline void kw__nibbles16_avx512(__m512i c, uint8_t *dst) {
-    const __m128i q8 = _mm512_cvtepi32_epi8(c);
-    const __m128i b = _mm_or_si128(_mm_and_si128(q8, _mm_set1_epi16(0x000f)),
-                                   _mm_and_si128(_mm_srli_epi16(q8, 4), _mm_set1_epi16(0x00f0)));
-    _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(b, b));
+/* NF4 by a coarse index: cell c = floor(16 y) (-16..15) covers [c / 16, (c + 1) / 16), and the thresholds
+ * (kw__nf4_threshold) lie at least 0.08 apart, so a cell holds at most one: the code is the number of thresholds below
+ * the cell plus 1 when y is above the cell's own threshold (2.0, above every y, in a cell without one). Indexed by
+ * c mod 32; tests/wire/test_wire_simd.c derives both tables from the thresholds and checks them. y is clamped to the
+ * float below 1 so the cell stays below 16: every threshold is below 0.87, so the code is that of y = 1. */
+static const uint32_t kw__nf4_cell_thr[32] = {
+    0x3d22fafeu, 0x3df64862u, 0x40000000u, 0x3e5067dfu, 0x3e9582d4u, 0x40000000u, 0x3ec753f8u, 0x40000000u,
+    0x3f006d04u, 0x40000000u, 0x3f248daeu, 0x40000000u, 0x40000000u, 0x3f5c89dau, 0x40000000u, 0x40000000u,
+    0x40000000u, 0x40000000u, 0xbf591cd8u, 0x40000000u, 0x40000000u, 0x40000000u, 0xbf1c5271u, 0x40000000u,
+    0xbeeb8480u, 0x40000000u, 0xbeadea77u, 0x40000000u, 0xbe703cecu, 0xbe0d38bdu, 0x40000000u, 0xbd3a7871u};
+static const int32_t kw__nf4_cell_base[32] = {7, 8, 9, 9, 10, 11, 11, 12, 12, 13, 13, 14, 14, 14, 15, 15,
+                                              0, 0, 0, 1, 1,  1,  1,  2,  2,  3,  3,  4,  4,  5,  6,  6};
+
+/* The tables of kw__nf4_cell_thr / kw__nf4_cell_base, for the tests. */
+void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base) {
+    *thr = kw__nf4_cell_thr;
+    *base = kw__nf4_cell_base;
 }
 
-/* NF4 and FP8 rows 16 values at a time (the AVX2 kernels' rules: see kw__nf4_codes8_avx2, kw__fp8_codes8_avx2). */
-KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
+/* NF4 and FP8 codes of n_units units of n values (n a multiple of 16), 16 values a step: unit u at rows[u], or at x
+ * + u n elements when rows is NULL, with the inverse scale inv[u]; its codes at dst + u n bits / 8. NF4 by the cells
+ * above (one permute for the threshold, one for the count, one compare), FP8 by kw__fp8_codes16_avx512. */
+KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x, const uint8_t *const *rows,
+                                                  uint32_t n_units, uint32_t dtype, uint32_t n, const float *inv,
                                                   uint8_t *dst) {
-    const float qmax = kw_wire_codec_qmax(codec);
-    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
-    if (codec == KW_WIRE_CODEC_NF4) { /* the binary search of kw__nf4_codes8_avx2 over one 16-entry table */
-        const __m512 tab =
-            _mm512_setr_ps(kw__nf4_threshold(0), kw__nf4_threshold(1), kw__nf4_threshold(2), kw__nf4_threshold(3),
-                           kw__nf4_threshold(4), kw__nf4_threshold(5), kw__nf4_threshold(6), kw__nf4_threshold(7),
-                           kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10), kw__nf4_threshold(11),
-                           kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14), 0.0f);
-        const __m512 t7 = _mm512_set1_ps(kw__nf4_threshold(7));
-        for (uint32_t i = 0; i < n; i += 16) {
-            const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
-            __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(y, t7, _CMP_GT_OQ), _mm512_set1_epi32(8));
-            for (int step = 4; step; step >>= 1) {
-                const __m512 t = _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), tab);
-                c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(y, t, _CMP_GT_OQ), c, _mm512_set1_epi32(step));
+    const size_t es = kw__wire_dtype_size(dtype);
+    if (codec == KW_WIRE_CODEC_NF4) {
+        const __m512 t0 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr));
+        const __m512 t1 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16));
+        const __m512i b0 = _mm512_loadu_si512(kw__nf4_cell_base), b1 = _mm512_loadu_si512(kw__nf4_cell_base + 16);
+        const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(0x1.fffffep-1f), k16 = _mm512_set1_ps(16.0f);
+        const __m512i one = _mm512_set1_epi32(1);
+        for (uint32_t u = 0; u < n_units; ++u) {
+            const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
+            const __m512 vinv = _mm512_set1_ps(inv[u]);
+            uint8_t *o = dst + (size_t)u * n / 2;
+            for (uint32_t i = 0; i < n; i += 16) {
+                const __m512 y =
+                    _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(xu, dtype, i), vinv), lo), hi);
+                const __m512i cell =
+                    _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, k16), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                const __m512i b = _mm512_permutex2var_epi32(b0, cell, b1);
+                const __m512 t = _mm512_permutex2var_ps(t0, cell, t1);
+                const __m512i c = _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(y, t, _CMP_GT_OQ), b, one);
+                /* 64-bit lanes c[2j] | c[2j+1] << 32: the low byte of lane | lane >> 28 is c[2j] | c[2j+1] << 4 */
+                _mm_storel_epi64((__m128i *)(o + i / 2),
+                                 _mm512_cvtepi64_epi8(_mm512_or_si512(c, _mm512_srli_epi64(c, 28))));
             }
-            kw__nibbles16_avx512(c, dst + i / 2);
         }
         return;
     }
+    const float qmax = kw_wire_codec_qmax(codec);
+    const __m512 lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
     const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
-    for (uint32_t i = 0; i < n; i += 16) {
-        const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(x, dtype, i), vinv), lo), hi);
-        const __m512i c = e4m3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
-        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(c));
+    for (uint32_t u = 0; u < n_units; ++u) {
+        const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
+        const __m512 vinv = _mm512_set1_ps(inv[u]);
+        uint8_t *o = dst + (size_t)u * n;
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(xu, dtype, i), vinv), lo), hi);
+            const __m512i c = e4m3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
+            _mm_storeu_si128((__m128i *)(o + i), _mm512_cvtepi32_epi8(c));
+        }
     }
 }
 
@@ -1183,7 +1263,7 @@ KW_AVX512 static void kw__quantize_avx512(uint32_t codec, const void *x, uint32_
                                           uint8_t *dst) {
     const int wide = (codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2);
     if (wide && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 16 == 0) {
-        kw__quantize_nf4_fp8_avx512(codec, x, dtype, n, inv, dst);
+        kw__quantize_nf4_fp8_avx512(codec, x, NULL, 1, dtype, n, &inv, dst);
         return;
     }
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
@@ -1485,7 +1565,8 @@ KW__EACH_GROUP(avx512, KW_AVX512, kw__quantize_avx512, kw__dequantize_avx512)
 #undef KW__EACH_GROUP
 
 /* kw__wire_kernels.quantize_groups: bf16 int8 and int4 groups of a multiple of 32 values in one pass of
- * kw__quantize_int84_bf16_avx512, the rest a group at a time (quantize). */
+ * kw__quantize_int84_bf16_avx512, NF4 and FP8 groups of a multiple of 16 in one call of kw__quantize_nf4_fp8_avx512,
+ * int6 as the AVX2 kernel, the rest a group at a time (quantize). */
 KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
                                                  const float *inv, uint8_t *dst) {
     if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && G % 32 == 0) {
@@ -1496,7 +1577,47 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
+    if ((codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) &&
+        dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 16 == 0) {
+        kw__quantize_nf4_fp8_avx512(codec, x, NULL, n / G, dtype, G, inv, dst);
+        return;
+    }
+    if (codec == KW_WIRE_CODEC_INT6) {
+        kw__quantize_groups_avx2(codec, x, dtype, n, G, inv, dst);
+        return;
+    }
     kw__quantize_each_avx512(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.quantize_rows: bf16 int8 and int4 rows of a multiple of 64 values by kw__quantize_int84_bf16_avx512
+ * inlined for each, NF4 and FP8 rows of a multiple of 16 by kw__quantize_nf4_fp8_avx512, the rest as the AVX2 kernel.
+ */
+KW_AVX512 static void kw__quantize_rows_avx512(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows,
+                                               uint32_t dtype, uint32_t n, const float *inv, uint8_t *dst) {
+    const size_t rb = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    if (dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0 && codec == KW_WIRE_CODEC_INT8) {
+        for (uint32_t r = 0; r < n_rows; ++r)
+            kw__quantize_int84_bf16_avx512(KW_WIRE_CODEC_INT8, (const uint16_t *)rows[r], n, inv[r], NULL, 0,
+                                           dst + r * rb);
+        return;
+    }
+    if (dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0 && codec == KW_WIRE_CODEC_INT4) {
+        for (uint32_t r = 0; r < n_rows; ++r)
+            kw__quantize_int84_bf16_avx512(KW_WIRE_CODEC_INT4, (const uint16_t *)rows[r], n, inv[r], NULL, 0,
+                                           dst + r * rb);
+        return;
+    }
+    if ((codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) &&
+        dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 16 == 0) {
+        kw__quantize_nf4_fp8_avx512(codec, NULL, rows, n_rows, dtype, n, inv, dst);
+        return;
+    }
+    if ((codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4) && dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0) {
+        for (uint32_t r = 0; r < n_rows; ++r)
+            kw__quantize_avx512(codec, rows[r], dtype, n, inv[r], dst + r * rb);
+        return;
+    }
+    kw__quantize_rows_avx2(codec, rows, n_rows, dtype, n, inv, dst);
 }
 
 /* kw__wire_kernels.dequantize_groups: int8 groups of a multiple of 32 values in one loop (kw__dequantize_avx512's int8
@@ -1536,6 +1657,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .rotate = kw__rotate_avx512,
     .amax_groups = kw__amax_groups_avx512,
     .quantize_groups = kw__quantize_groups_avx512,
+    .quantize_rows = kw__quantize_rows_avx512,
     .dequantize_groups = kw__dequantize_groups_avx512,
     .outlier_scores = kw__outlier_scores_avx512,
     .outlier_bits = kw__outlier_bits_avx512,
