@@ -141,6 +141,11 @@ typedef struct kw__wire_kernels {
      * 8) with its own scale s[c], into out (F32 or BF16): the same values and status as dequantize group by group. */
     int (*dequantize_groups)(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s, void *out,
                              uint32_t out_dtype);
+    /* dequantize of n_rows packed rows of n elements (row r at src + r * n * bits / 8) with their own scales s[r]
+     * into out[r] (F32 or BF16): the same values as dequantize row by row; KW_E_WIRE_VALUE if any row holds a
+     * reserved code, else 0. */
+    int (*dequantize_rows)(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                           void *const *out, uint32_t out_dtype);
     /* The outlier scores (kw__wire_outlier_score) of n values x of one scale of m > 1 values centred at c whose
      * squared deviations from c sum to S, with (asym) or without zero points, into out: the bits of the scalar rule. */
     void (*outlier_scores)(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
@@ -202,6 +207,8 @@ void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dty
                                      const float *inv, uint8_t *dst);
 /* x86-64 only: the AVX-512 NF4 kernel's cell tables (32 threshold bit patterns, 32 counts; kw_wire_simd_x86.c). */
 void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base);
+int kw__wire_dequantize_rows_scalar(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                                    void *const *out, uint32_t out_dtype);
 void kw__wire_quantize_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
                                    uint32_t n, const float *inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);

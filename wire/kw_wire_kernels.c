@@ -189,6 +189,15 @@ int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, f
     return rc;
 }
 
+int kw__wire_dequantize_rows_scalar(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                                    void *const *out, uint32_t out_dtype) {
+    const size_t rb = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    int bad = 0;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        bad |= kw__wire_dequantize_scalar(codec, src + r * rb, n, s[r], out[r], out_dtype) < 0;
+    return bad ? KW_E_WIRE_VALUE : 0;
+}
+
 int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s,
                                       void *out, uint32_t out_dtype) {
     const size_t es = out_dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, chunk = (size_t)G * kw_wire_codec_bits(codec) / 8;
@@ -235,6 +244,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .quantize_groups = kw__wire_quantize_groups_scalar,
     .quantize_rows = kw__wire_quantize_rows_scalar,
     .dequantize_groups = kw__wire_dequantize_groups_scalar,
+    .dequantize_rows = kw__wire_dequantize_rows_scalar,
     .outlier_scores = kw__wire_outlier_scores_scalar,
     .outlier_bits = kw__wire_outlier_bits_scalar,
 };

@@ -195,18 +195,20 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
     return _mm256_sub_epi32(c, _mm256_castps_si256(g));
 }
 
-/* FP8 codes of 8 values already clamped to the format's range (kw__f32_to_minifloat: round half to even on the
- * value, subnormals included), as int32 0..255. */
+/* FP8 codes of 8 values y = fl32(x * inv), unclamped (finite or infinite, never NaN), as int32 0..255: exactly
+ * kw__f32_to_minifloat of clamp(y), round half to even on the value, subnormals included. Normal: the significand
+ * rounded by integer arithmetic with the exponent rebased in the same addition; subnormal: y / quantum is exact and
+ * cvtps2dq rounds half to even. A magnitude beyond the largest finite code rounds to a code above it (Inf too), and
+ * the minimum with max_code is then the clamp's code: the clamp itself is not needed. */
 KW_AVX2 static inline __m256i kw__fp8_codes8_avx2(__m256 y, int mbits, int bias, int max_code) {
     const __m256i u = _mm256_castps_si256(y);
     const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
     const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
     const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
-    /* normal: integer round half to even of the significand, then rebias */
-    __m256i r = _mm256_add_epi32(a, _mm256_set1_epi32((1 << (22 - mbits)) - 1));
-    r = _mm256_add_epi32(r, _mm256_and_si256(_mm256_srl_epi32(a, shift), _mm256_set1_epi32(1)));
-    const __m256i normal = _mm256_sub_epi32(_mm256_srl_epi32(r, shift), _mm256_set1_epi32((127 - bias) << mbits));
-    /* subnormal: value / quantum is exact; cvtps2dq rounds half to even */
+    /* (a - rebias + half - 1 + lsb) >> shift; a >= the smallest normal keeps the sum positive */
+    const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(a, shift), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_add_epi32(a, _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23)));
+    const __m256i normal = _mm256_srl_epi32(_mm256_add_epi32(r, lsb), shift);
     const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
     const __m256i sub = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), quanta));
     const __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32((128 - bias) << 23), a);
@@ -333,7 +335,9 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
         const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
-#define KW__Q(v) kw__code8_avx2(codec, kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
+#define KW__Q(v)                                                                                                       \
+    kw__code8_avx2(codec, fp8 ? _mm256_mul_ps(_mm256_castsi256_ps(v), vinv)                                            \
+                              : kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
         const __m256i p0 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x0)), KW__Q(_mm256_unpackhi_epi16(z, x0)));
         const __m256i p1 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x1)), KW__Q(_mm256_unpackhi_epi16(z, x1)));
 #undef KW__Q
@@ -425,7 +429,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
     case KW_WIRE_CODEC_E5M2: {
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
         for (uint32_t i = 0; i < n; i += 8) {
-            const __m256 y = kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi);
+            const __m256 y = _mm256_mul_ps(kw__load8_avx2(x, dtype, i), vinv); /* the codes clamp */
             kw__bytes8_avx2(e4m3 ? kw__fp8_codes8_avx2(y, 3, 7, 0x7e) : kw__fp8_codes8_avx2(y, 2, 15, 0x7b), dst + i);
         }
         break;
@@ -527,30 +531,27 @@ KW_AVX2 static inline void kw__store8_avx2(void *out, uint32_t out_dtype, uint32
 }
 
 /* 8 FP8 codes (int32 0..255) as f32, exactly kw_e4m3_to_f32 / kw_e5m2_to_f32 (NaN and Inf codes too); *bad gets
- * all ones in the lanes of codes that are not finite. */
+ * all ones in the lanes of codes that are not finite. The code goes to the top byte and an arithmetic shift puts its
+ * exponent and mantissa fields where an f32's low exponent bits and top mantissa bits are (the sign's copies between
+ * masked off): that f32 is the value times 2^(bias - 127), a subnormal code an f32 subnormal, so one exact multiply
+ * by 2^(127 - bias) gives the value (no FTZ/DAZ, as everywhere here). */
 KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *bad) {
-    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
-    const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi32(0x7f));
-    const __m256i e = _mm256_srl_epi32(mag, _mm_cvtsi32_si128(mbits));
-    const __m256i m = _mm256_and_si256(mag, _mm256_set1_epi32((1 << mbits) - 1));
-    const __m256i normal = _mm256_or_si256(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127 - bias)), 23),
-                                           _mm256_sll_epi32(m, _mm_cvtsi32_si128(23 - mbits)));
-    const __m256 quantum = _mm256_castsi256_ps(_mm256_set1_epi32((127 + 1 - bias - mbits) << 23));
-    const __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(m), quantum)); /* exact */
-    __m256i v = _mm256_blendv_epi8(normal, sub, _mm256_cmpeq_epi32(e, _mm256_setzero_si256()));
-    __m256i special, special_bits;
-    if (e4m3) { /* 0x7f: NaN */
-        special = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f));
-        special_bits = _mm256_set1_epi32(0x7fc00000);
-    } else { /* exponent 31: Inf (mantissa 0) or NaN */
-        special = _mm256_cmpeq_epi32(_mm256_and_si256(mag, _mm256_set1_epi32(0x7c)), _mm256_set1_epi32(0x7c));
-        special_bits = _mm256_blendv_epi8(_mm256_set1_epi32(0x7fc00000), _mm256_set1_epi32(0x7f800000),
-                                          _mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+    const __m256i t = _mm256_slli_epi32(c, 24);
+    __m256i v, special, special_bits;
+    if (e4m3) { /* 0x7f: NaN; t | 0x7fc00000 is the sign and 0x7fc00000 (the magnitude's bits lie inside) */
+        v = _mm256_and_si256(_mm256_srai_epi32(t, 4), _mm256_set1_epi32((int)0x87f00000u));
+        special = _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
+        special_bits = _mm256_or_si256(t, _mm256_set1_epi32(0x7fc00000));
+    } else { /* exponent 31: Inf (mantissa 0) or NaN: the sign and 0x7f800000, 0x00400000 added for a NaN */
+        v = _mm256_and_si256(_mm256_srai_epi32(t, 3), _mm256_set1_epi32((int)0x8fe00000u));
+        special = _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x7c)), _mm256_set1_epi32(0x7c));
+        const __m256i m = _mm256_and_si256(c, _mm256_set1_epi32(3));
+        special_bits = _mm256_or_si256(_mm256_or_si256(t, _mm256_set1_epi32(0x7f800000)),
+                                       _mm256_slli_epi32(_mm256_min_epu32(m, _mm256_set1_epi32(1)), 22));
     }
     v = _mm256_blendv_epi8(v, special_bits, special);
     *bad = _mm256_or_si256(*bad, special);
-    return _mm256_castsi256_ps(_mm256_or_si256(v, sign));
+    return _mm256_mul_ps(_mm256_castsi256_ps(v), _mm256_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
 }
 
 /* Symmetric int3 or int2 rows: sign-extended fields times s; the field 2^(b-1) (the code -2^(b-1)) is reserved. */
@@ -654,8 +655,9 @@ KW_AVX2 static int kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *s
     return codec == KW_WIRE_CODEC_INT4 && !_mm256_testz_si256(bad, bad) ? KW_E_WIRE_VALUE : 0;
 }
 
-KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
-                                       uint32_t out_dtype) {
+/* kw__wire_kernels.dequantize; inlined with a constant codec and output dtype by kw__dequantize_rows_avx2. */
+KW_AVX2 static inline __attribute__((always_inline)) int
+kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
     if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT3) return kw__dequantize_small_avx2(src, 3, n, s, out, out_dtype);
     if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT2) return kw__dequantize_small_avx2(src, 2, n, s, out, out_dtype);
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
@@ -746,6 +748,47 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     }
     }
     return _mm_movemask_epi8(bad) || _mm256_movemask_epi8(bad8) ? KW_E_WIRE_VALUE : 0;
+}
+
+KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
+                                       uint32_t out_dtype) {
+    return kw__dequantize_avx2_inl(codec, src, n, s, out, out_dtype);
+}
+
+/* One body per v1 codec and output dtype of a rows kernel (kw__dequantize_rows_avx2 and _avx512): DEQ(codec, src, n,
+ * s, out, out_dtype) inlined with constants, row r's codes at src + r rb, its output at out[r]. */
+#define KW__DEQUANTIZE_ROWS(DEQ, FALLBACK)                                                                             \
+    const size_t rb = (size_t)n * kw_wire_codec_bits(codec) / 8;                                                       \
+    int bad = 0;                                                                                                       \
+    const int f32 = out_dtype == KW_WIRE_DTYPE_F32;                                                                    \
+    switch (codec * 2 + (uint32_t)f32) {                                                                               \
+        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_INT8)                                                                          \
+        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_INT4)                                                                          \
+        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_INT6)                                                                          \
+        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_NF4)                                                                           \
+        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_E4M3)                                                                          \
+        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_E5M2)                                                                          \
+    default:                                                                                                           \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= FALLBACK(codec, src + r * rb, n, s[r], out[r], out_dtype);                                          \
+        break;                                                                                                         \
+    }                                                                                                                  \
+    return bad ? KW_E_WIRE_VALUE : 0
+#define KW__DEQ_CASE(DEQ, C)                                                                                           \
+    case (C)*2:                                                                                                        \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_BF16);                                          \
+        break;                                                                                                         \
+    case (C)*2 + 1:                                                                                                    \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_F32);                                           \
+        break;
+
+/* kw__wire_kernels.dequantize_rows: kw__dequantize_avx2 row by row, its body inlined for each v1 codec and output
+ * dtype (the constants and the dispatch out of the rows' loop). */
+KW_AVX2 static int kw__dequantize_rows_avx2(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n,
+                                            const float *s, void *const *out, uint32_t out_dtype) {
+    KW__DEQUANTIZE_ROWS(kw__dequantize_avx2_inl, kw__dequantize_avx2);
 }
 
 /* 8 f32 values as bf16, exactly kw_f32_to_bf16: integer round to nearest even, a NaN quieted with its sign kept. */
@@ -1077,6 +1120,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .quantize_groups = kw__quantize_groups_avx2,
     .quantize_rows = kw__quantize_rows_avx2,
     .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
+    .dequantize_rows = kw__dequantize_rows_avx2,
     .outlier_scores = kw__outlier_scores_avx2,
     .outlier_bits = kw__outlier_bits_avx2,
 };
@@ -1146,20 +1190,21 @@ KW__MINMAX_FOLD(kw__minmax_fold_avx512, KW_AVX512, kw__minmax_fold_avx2, 16, __m
                 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, KW__FOLD16, KW__ABSMAX16,
                 (uint32_t)_mm512_reduce_max_epu32)
 
-/* kw__fp8_codes8_avx2 16 lanes wide. */
+/* kw__fp8_codes8_avx2 16 lanes wide (unclamped y): the significand's last bit by a test, the subnormal lanes by a
+ * merging conversion, the sign by one ternary-logic OR. */
 KW_AVX512 static inline __m512i kw__fp8_codes16_avx512(__m512 y, int mbits, int bias, int max_code) {
     const __m512i u = _mm512_castps_si512(y);
-    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
     const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
     const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
-    __m512i r = _mm512_add_epi32(a, _mm512_set1_epi32((1 << (22 - mbits)) - 1));
-    r = _mm512_add_epi32(r, _mm512_and_si512(_mm512_srl_epi32(a, shift), _mm512_set1_epi32(1)));
-    const __m512i normal = _mm512_sub_epi32(_mm512_srl_epi32(r, shift), _mm512_set1_epi32((127 - bias) << mbits));
+    const __mmask16 odd = _mm512_test_epi32_mask(a, _mm512_set1_epi32(1 << (23 - mbits)));
+    __m512i r = _mm512_add_epi32(a, _mm512_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23)));
+    r = _mm512_srl_epi32(_mm512_mask_add_epi32(r, odd, r, _mm512_set1_epi32(1)), shift);
     const __m512 quanta = _mm512_castsi512_ps(_mm512_set1_epi32((127 + bias + mbits - 1) << 23));
-    const __m512i sub = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(a), quanta));
     const __mmask16 is_sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32((128 - bias) << 23));
-    const __m512i code = _mm512_min_epu32(_mm512_mask_blend_epi32(is_sub, normal, sub), _mm512_set1_epi32(max_code));
-    return _mm512_or_si512(code, sign);
+    r = _mm512_mask_cvtps_epi32(r, is_sub, _mm512_mul_ps(_mm512_castsi512_ps(a), quanta));
+    /* min(code, max_code) | (sign byte & 0x80): A | (B & C) */
+    return _mm512_ternarylogic_epi32(_mm512_min_epu32(r, _mm512_set1_epi32(max_code)), _mm512_srli_epi32(u, 24),
+                                     _mm512_set1_epi32(0x80), 0xf8);
 }
 
 /* NF4 by a coarse index: cell c = floor(16 y) (-16..15) covers [c / 16, (c + 1) / 16), and the thresholds
@@ -1213,15 +1258,13 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
         }
         return;
     }
-    const float qmax = kw_wire_codec_qmax(codec);
-    const __m512 lo = _mm512_set1_ps(-qmax), hi = _mm512_set1_ps(qmax);
     const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
     for (uint32_t u = 0; u < n_units; ++u) {
         const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
         const __m512 vinv = _mm512_set1_ps(inv[u]);
         uint8_t *o = dst + (size_t)u * n;
         for (uint32_t i = 0; i < n; i += 16) {
-            const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(xu, dtype, i), vinv), lo), hi);
+            const __m512 y = _mm512_mul_ps(kw__load16_avx512(xu, dtype, i), vinv); /* the codes clamp */
             const __m512i c = e4m3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
             _mm_storeu_si128((__m128i *)(o + i), _mm512_cvtepi32_epi8(c));
         }
@@ -1357,29 +1400,22 @@ KW_AVX512 static inline void kw__store16_avx512(void *out, uint32_t out_dtype, u
 
 /* kw__fp8_values8_avx2 16 lanes wide: *bad gets the lanes of codes that are not finite. */
 KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mmask16 *bad) {
-    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
-    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
-    const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
-    const __m512i e = _mm512_srl_epi32(mag, _mm_cvtsi32_si128(mbits));
-    const __m512i m = _mm512_and_si512(mag, _mm512_set1_epi32((1 << mbits) - 1));
-    const __m512i normal = _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127 - bias)), 23),
-                                           _mm512_sll_epi32(m, _mm_cvtsi32_si128(23 - mbits)));
-    const __m512 quantum = _mm512_castsi512_ps(_mm512_set1_epi32((127 + 1 - bias - mbits) << 23));
-    const __m512i sub = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(m), quantum)); /* exact */
-    __m512i v = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), normal, sub);
+    const __m512i t = _mm512_slli_epi32(c, 24);
+    __m512i v;
     __mmask16 special;
-    __m512i special_bits;
-    if (e4m3) { /* 0x7f: NaN */
-        special = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
-        special_bits = _mm512_set1_epi32(0x7fc00000);
-    } else { /* exponent 31: Inf (mantissa 0) or NaN */
-        special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(mag, _mm512_set1_epi32(0x7c)), _mm512_set1_epi32(0x7c));
-        special_bits = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(m, _mm512_setzero_si512()),
-                                               _mm512_set1_epi32(0x7fc00000), _mm512_set1_epi32(0x7f800000));
+    if (e4m3) {
+        v = _mm512_and_si512(_mm512_srai_epi32(t, 4), _mm512_set1_epi32((int)0x87f00000u));
+        special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(c, _mm512_set1_epi32(0x7f)), _mm512_set1_epi32(0x7f));
+        v = _mm512_mask_or_epi32(v, special, t, _mm512_set1_epi32(0x7fc00000));
+    } else {
+        v = _mm512_and_si512(_mm512_srai_epi32(t, 3), _mm512_set1_epi32((int)0x8fe00000u));
+        special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(c, _mm512_set1_epi32(0x7c)), _mm512_set1_epi32(0x7c));
+        v = _mm512_mask_or_epi32(v, special, t, _mm512_set1_epi32(0x7f800000));
+        v = _mm512_mask_or_epi32(v, special & _mm512_test_epi32_mask(c, _mm512_set1_epi32(3)), v,
+                                 _mm512_set1_epi32(0x00400000));
     }
-    v = _mm512_mask_blend_epi32(special, v, special_bits);
     *bad |= special;
-    return _mm512_castsi512_ps(_mm512_or_si512(v, sign));
+    return _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
 }
 
 /* int8 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for the
@@ -1402,8 +1438,9 @@ kw__dequantize_int8_avx512(const uint8_t *src, uint32_t n, float s0, const float
     return bad;
 }
 
-KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
-                                           uint32_t out_dtype) {
+/* kw__wire_kernels.dequantize; inlined with a constant codec and output dtype by kw__dequantize_rows_avx512. */
+KW_AVX512 static inline __attribute__((always_inline)) int
+kw__dequantize_avx512_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
     if (codec == KW_WIRE_CODEC_INT6 && n % 16 == 0) {
         /* 12 bytes -> 16 codes: the bytes in every 128-bit lane, lane k takes the 3-byte word of codes 4k..4k+3 into
          * each of its dwords, shifted by 6j for code 4k + j (a masked load reads exactly the 12 bytes) */
@@ -1459,6 +1496,19 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
     }
     return bad ? KW_E_WIRE_VALUE : 0;
 }
+
+KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
+                                           uint32_t out_dtype) {
+    return kw__dequantize_avx512_inl(codec, src, n, s, out, out_dtype);
+}
+
+/* kw__wire_kernels.dequantize_rows: kw__dequantize_avx512 row by row, inlined for each v1 codec and output dtype. */
+KW_AVX512 static int kw__dequantize_rows_avx512(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n,
+                                                const float *s, void *const *out, uint32_t out_dtype) {
+    KW__DEQUANTIZE_ROWS(kw__dequantize_avx512_inl, kw__dequantize_avx512);
+}
+#undef KW__DEQ_CASE
+#undef KW__DEQUANTIZE_ROWS
 
 /* 16 f32 values as bf16, exactly kw_f32_to_bf16 (kw__bf16_8_avx2 16 lanes wide). */
 KW_AVX512 static inline __m256i kw__bf16_16_avx512(__m512 v) {
@@ -1659,6 +1709,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .quantize_groups = kw__quantize_groups_avx512,
     .quantize_rows = kw__quantize_rows_avx512,
     .dequantize_groups = kw__dequantize_groups_avx512,
+    .dequantize_rows = kw__dequantize_rows_avx512,
     .outlier_scores = kw__outlier_scores_avx512,
     .outlier_bits = kw__outlier_bits_avx512,
 };

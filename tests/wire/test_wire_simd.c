@@ -310,7 +310,8 @@ static void test_nf4_edges(void **state) {
         for (int d = -24; d <= 24; ++d) {
             const float b = (float)c / 16.0f;
             v[n++] = kw_f32_from_bits((uint32_t)((int32_t)kw_f32_bits(b) + d));
-            if (b == 0.0f) v[n - 1] = kw_f32_from_bits(d < 0 ? 0x80000000u + (uint32_t)-d : (uint32_t)d); /* both signs */
+            if (b == 0.0f)
+                v[n - 1] = kw_f32_from_bits(d < 0 ? 0x80000000u + (uint32_t)-d : (uint32_t)d); /* both signs */
         }
     for (uint32_t k = 0; k < 15; ++k)
         for (int d = -24; d <= 24; ++d)
@@ -390,6 +391,49 @@ static void test_fp8_edges(void **state) {
         check_exact_codes(codec, v, n, "specials");
     }
     free(v);
+}
+
+/* dequantize_rows: blocks of arbitrary rows (reserved codes in some) of every codec, each with its own scale, to
+ * f32 and bf16 rows at scattered, misaligned addresses: the values and status of dequantize row by row, nothing
+ * written between or past the rows. */
+static void test_dequantize_rows(void **state) {
+    (void)state;
+    wt_rng r = {31};
+    static const uint32_t dims[] = {8, 16, 32, 48, 64, 96, 128, 256};
+    enum { R = 9, W = 256 * 4 + 16 };
+    uint8_t src[R * 256], want[R][W], got[R][W];
+    void *out[R];
+    float sc[R];
+    for (int it = 0; it < 1500; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t D = dims[wt_below(&r, 8)], n_rows = 1 + wt_below(&r, R);
+            const uint32_t dtype = wt_below(&r, 2) ? KW_WIRE_DTYPE_F32 : KW_WIRE_DTYPE_BF16;
+            const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8, es = dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+            for (size_t i = 0; i < sizeof src; ++i) {
+                src[i] = (uint8_t)wt_next(&r);
+                if (it % 4 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1; /* valid */
+            }
+            int rc = 0;
+            size_t off[R];
+            for (uint32_t i = 0; i < n_rows; ++i) {
+                sc[i] = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+                off[i] = wt_below(&r, 3) * es;
+                rc |= g_isas[0]->dequantize(codec, src + i * rb, D, sc[i], want[i] + off[i], dtype);
+            }
+            for (int k = 0; k < g_n_isas; ++k) {
+                memset(got, 0xa5, sizeof got);
+                for (uint32_t i = 0; i < n_rows; ++i)
+                    out[i] = got[i] + off[i];
+                assert_int_equal(g_isas[k]->dequantize_rows(codec, src, n_rows, D, sc, out, dtype), rc);
+                for (uint32_t i = 0; i < n_rows; ++i) {
+                    if (memcmp(got[i] + off[i], want[i] + off[i], D * es) != 0)
+                        fail_msg("%s dequantize_rows %s D=%u dtype %u: row %u differs from dequantize",
+                                 kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), D, dtype, i);
+                    assert_int_equal(got[i][off[i] + D * es], 0xa5);
+                    assert_int_equal(got[i][0], off[i] ? 0xa5 : got[i][0]);
+                }
+            }
+        }
 }
 
 static void test_dequantize(void **state) {
@@ -957,6 +1001,7 @@ int main(void) {
         cmocka_unit_test(test_zero_groups),
         cmocka_unit_test(test_dequantize_groups),
         cmocka_unit_test(test_dequantize),
+        cmocka_unit_test(test_dequantize_rows),
         cmocka_unit_test(test_affine),
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_rotate),
