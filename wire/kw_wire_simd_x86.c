@@ -452,7 +452,7 @@ KW_AVX2 static inline __m256 kw__log8_values8_avx2(__m256i c) {
     return _mm256_castsi256_ps(_mm256_add_epi32(root, _mm256_slli_epi32(_mm256_srai_epi32(e, 3), 23)));
 }
 
-/* kw__wire_kernels.scales: f16 and log8 scales 8 at a time. log8: the scalar rule's binary search in every lane.
+/* kw__wire_kernels.scales: f16, e8m0 and log8 scales 8 at a time. log8: the scalar rule's binary search in every lane.
  * f16: r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
  * even is exactly kw_f32_to_f16 for the finite non-negative r there can be (subnormal results and overflow to Inf
  * included); then the rule's range checks, the floor at the smallest subnormal, and qmax * s <= BF16_MAX. A block
@@ -479,6 +479,35 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
                 (__m128i *)(dst + 2 * (size_t)i),
                 _mm_andnot_si128(_mm_packs_epi32(_mm256_castsi256_si128(zero), _mm256_extracti128_si256(zero, 1)),
                                  c16));
+            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
+            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+        }
+    }
+    if (scale_dtype == KW_WIRE_SCALE_E8M0) { /* kw_e8m0_ceil of r = fl32(amax / qmax), in every lane */
+        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        const __m256i zero32 = _mm256_setzero_si256();
+        for (; i + 8 <= n; i += 8) {
+            const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
+            const __m256i zero = _mm256_cmpeq_epi32(ab, zero32);
+            const __m256i a = _mm256_castps_si256(_mm256_div_ps(_mm256_castsi256_ps(ab), vq));
+            const __m256i e = _mm256_srli_epi32(a, 23), m = _mm256_and_si256(a, _mm256_set1_epi32(0x7fffff));
+            /* normal r: e, plus 1 unless r is a power of two (cmpeq gives -1 there); subnormal r: code 0 (2^-127) up
+             * to 2^-127 itself, else 1 */
+            const __m256i normal =
+                _mm256_add_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(1)), _mm256_cmpeq_epi32(m, zero32));
+            const __m256i sub = _mm256_srli_epi32(_mm256_cmpgt_epi32(m, _mm256_set1_epi32(0x400000)), 31);
+            const __m256i c = _mm256_blendv_epi8(normal, sub, _mm256_cmpeq_epi32(e, zero32));
+            /* 2^(c - 127), or 2^-127 (an f32 subnormal) for code 0 */
+            const __m256 v = _mm256_castsi256_ps(_mm256_blendv_epi8(
+                _mm256_slli_epi32(c, 23), _mm256_set1_epi32(0x00400000), _mm256_cmpeq_epi32(c, zero32)));
+            /* code 255 (r above 2^127) has v = Inf, which the bound qmax * v <= BF16_MAX refuses */
+            __m256i bad = _mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff));
+            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
+            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
+            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
+            const __m256i cz = _mm256_andnot_si256(zero, c);
+            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(cz), _mm256_extracti128_si256(cz, 1));
+            _mm_storel_epi64((__m128i *)(dst + i), _mm_packus_epi16(c16, c16));
             _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
             _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
         }

@@ -727,6 +727,10 @@ static void test_scales(void **state) {
                 am[i] = (uint32_t)wt_below(&r, 0x800000u);
             else if (pick == 16) /* a log8 scale's reach fl32(log8(c) * qmax), or one ulp either side of it */
                 am[i] = kw_f32_bits(kw_wire_log8_to_f32(1 + wt_below(&r, 255)) * qmax) + wt_below(&r, 3) - 1u;
+            else if (pick == 17) /* r = amax / qmax near 2^-127, e8m0's smallest scale (an f32 subnormal) */
+                am[i] = kw_f32_bits(kw_f32_from_bits(0x400000u + wt_below(&r, 5) - 2u) * qmax) + wt_below(&r, 3) - 1u;
+            else if (pick == 18) /* r an exact power of two, or one ulp off */
+                am[i] = kw_f32_bits(ldexpf(1.0f, (int)wt_below(&r, 60) - 40) * qmax) + wt_below(&r, 3) - 1u;
             else /* KV-like magnitudes */
                 am[i] = kw_f32_bits(ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 30) - 15));
         }
