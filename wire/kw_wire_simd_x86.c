@@ -19,8 +19,9 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define KW_AVX2   __attribute__((target("avx2,fma,f16c,bmi2")))
-#define KW_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2")))
+#define KW_AVX2       __attribute__((target("avx2,fma,f16c,bmi2")))
+#define KW_AVX512     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2")))
+#define KW_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,bmi2")))
 
 // ---------------------------------------------------------------------------------------------------------------
 // AVX2
@@ -1532,8 +1533,40 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
 }
 
 /* kw__wire_kernels.dequantize_rows: kw__dequantize_avx512 row by row, inlined for each v1 codec and output dtype. */
+/* int8 rows (n a multiple of 32) to bf16 with AVX512_BF16's vcvtne2ps2bf16, 32 values per instruction: round to
+ * nearest even as kw__store16_avx512 does, for every value but an f32 subnormal (it flushes those to zero). With
+ * s >= 2^-126 no fl32(q * s) is subnormal (|q| >= 1, or q = 0 and the result a zero), so such rows take it and any
+ * other row takes kw__dequantize_avx512. Returns a nonzero value if a reserved code (-128) was seen. */
+KW_AVX512BF16 static int kw__dequantize_int8_bf16_rows(const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                                                       void *const *out) {
+    const __m256i invalid = _mm256_set1_epi8((char)0x80);
+    int bad = 0;
+    for (uint32_t r = 0; r < n_rows; ++r) {
+        const uint8_t *row = src + (size_t)r * n;
+        if (!(s[r] >= 0x1p-126f)) {
+            bad |= kw__dequantize_avx512(KW_WIRE_CODEC_INT8, row, n, s[r], out[r], KW_WIRE_DTYPE_BF16);
+            continue;
+        }
+        const __m512 vs = _mm512_set1_ps(s[r]);
+        __mmask32 b8 = 0;
+        for (uint32_t i = 0; i < n; i += 32) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(row + i));
+            b8 |= _mm256_cmpeq_epi8_mask(b, invalid);
+            const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs);
+            const __m512 hi =
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs);
+            _mm512_storeu_si512((uint16_t *)out[r] + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+        bad |= b8 != 0;
+    }
+    return bad;
+}
+
 KW_AVX512 static int kw__dequantize_rows_avx512(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n,
                                                 const float *s, void *const *out, uint32_t out_dtype) {
+    if (codec == KW_WIRE_CODEC_INT8 && out_dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0 &&
+        __builtin_cpu_supports("avx512bf16"))
+        return kw__dequantize_int8_bf16_rows(src, n_rows, n, s, out) ? KW_E_WIRE_VALUE : 0;
     KW__DEQUANTIZE_ROWS(kw__dequantize_avx512_inl, kw__dequantize_avx512);
 }
 #undef KW__DEQ_CASE
