@@ -453,6 +453,24 @@ KW_AVX2 static inline __m256 kw__log8_values8_avx2(__m256i c) {
     return _mm256_castsi256_ps(_mm256_add_epi32(root, _mm256_slli_epi32(_mm256_srai_epi32(e, 3), 23)));
 }
 
+/* The end of a step of kw__scales_avx2 for the byte scales (e8m0, log8), given the codes c and values v of 8 absmaxes
+ * (zero: the lanes of absmax 0; bad: the lanes the rule refuses before its bound qmax * v <= BF16_MAX, checked here):
+ * 0 if a lane with a nonzero absmax fails, else 1 with the 8 code bytes, the scales and their inverses stored (code,
+ * scale and inverse 0 for absmax 0). */
+KW_AVX2 static inline int kw__scales8_bytes_avx2(__m256i zero, __m256i bad, __m256i c, __m256 v, __m256 vq,
+                                                 uint8_t *dst, float *s, float *inv) {
+    const __m256 top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+    bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
+    if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) return 0;
+    const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
+    const __m256i cz = _mm256_andnot_si256(zero, c);
+    const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(cz), _mm256_extracti128_si256(cz, 1));
+    _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(c16, c16));
+    _mm256_storeu_ps(s, _mm256_and_ps(v, keep));
+    _mm256_storeu_ps(inv, _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), v), keep));
+    return 1;
+}
+
 /* kw__wire_kernels.scales: f16, e8m0 and log8 scales 8 at a time. log8: the scalar rule's binary search in every lane.
  * f16: r = fl32(amax / qmax) by divps; vcvtps2ph with round to nearest
  * even is exactly kw_f32_to_f16 for the finite non-negative r there can be (subnormal results and overflow to Inf
@@ -485,7 +503,7 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
         }
     }
     if (scale_dtype == KW_WIRE_SCALE_E8M0) { /* kw_e8m0_ceil of r = fl32(amax / qmax), in every lane */
-        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        const __m256 vq = _mm256_set1_ps(qmax);
         const __m256i zero32 = _mm256_setzero_si256();
         for (; i + 8 <= n; i += 8) {
             const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
@@ -502,19 +520,12 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
             const __m256 v = _mm256_castsi256_ps(_mm256_blendv_epi8(
                 _mm256_slli_epi32(c, 23), _mm256_set1_epi32(0x00400000), _mm256_cmpeq_epi32(c, zero32)));
             /* code 255 (r above 2^127) has v = Inf, which the bound qmax * v <= BF16_MAX refuses */
-            __m256i bad = _mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff));
-            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
-            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
-            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
-            const __m256i cz = _mm256_andnot_si256(zero, c);
-            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(cz), _mm256_extracti128_si256(cz, 1));
-            _mm_storel_epi64((__m128i *)(dst + i), _mm_packus_epi16(c16, c16));
-            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
-            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+            const __m256i bad = _mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff));
+            if (!kw__scales8_bytes_avx2(zero, bad, c, v, vq, dst + i, s + i, inv + i)) break;
         }
     }
     if (scale_dtype == KW_WIRE_SCALE_LOG8) {
-        const __m256 vq = _mm256_set1_ps(qmax), one = _mm256_set1_ps(1.0f), top = _mm256_set1_ps(KW_WIRE_BF16_MAX);
+        const __m256 vq = _mm256_set1_ps(qmax);
         const __m256 ceiling = _mm256_mul_ps(_mm256_set1_ps(kw_wire_log8_to_f32(255)), vq);
         for (; i + 8 <= n; i += 8) {
             const __m256i ab = _mm256_loadu_si256((const __m256i *)(amax + i));
@@ -530,16 +541,9 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
                 lo = _mm256_blendv_epi8(_mm256_add_epi32(mid, _mm256_set1_epi32(1)), lo, ge);
             }
             const __m256 v = kw__log8_values8_avx2(lo);
-            __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff)),
-                                          _mm256_castps_si256(_mm256_cmp_ps(ceiling, a, _CMP_NGE_UQ)));
-            bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(vq, v), top, _CMP_NLE_UQ)));
-            if (_mm256_movemask_epi8(_mm256_andnot_si256(zero, bad))) break;
-            const __m256 keep = _mm256_castsi256_ps(_mm256_xor_si256(zero, _mm256_set1_epi32(-1)));
-            const __m256i c = _mm256_andnot_si256(zero, lo);
-            const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-            _mm_storel_epi64((__m128i *)(dst + i), _mm_packus_epi16(c16, c16));
-            _mm256_storeu_ps(s + i, _mm256_and_ps(v, keep));
-            _mm256_storeu_ps(inv + i, _mm256_and_ps(_mm256_div_ps(one, v), keep));
+            const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(ab, _mm256_set1_epi32(0x7f7fffff)),
+                                                _mm256_castps_si256(_mm256_cmp_ps(ceiling, a, _CMP_NGE_UQ)));
+            if (!kw__scales8_bytes_avx2(zero, bad, lo, v, vq, dst + i, s + i, inv + i)) break;
         }
     }
     if (i == n) return n;
