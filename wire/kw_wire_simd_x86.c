@@ -551,17 +551,34 @@ KW_AVX2 static uint32_t kw__scales_avx2(const uint32_t *amax, uint32_t n, float 
     return i + kw__wire_scales_scalar(amax + i, n - i, qmax, scale_dtype, dst + i * size, s + i, inv + i);
 }
 
-/* Stores 8 f32 values as f32 or as bf16 (integer round to nearest even, finite inputs). */
+/* 8 f32 values rounded to bf16 (integer round to nearest even, finite inputs), each in the low half of its lane. */
+KW_AVX2 static inline __m256i kw__bf16_round8_avx2(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+}
+
+/* Stores 8 f32 values as f32 or as bf16 (kw__bf16_round8_avx2). */
 KW_AVX2 static inline void kw__store8_avx2(void *out, uint32_t out_dtype, uint32_t i, __m256 v) {
     if (out_dtype == KW_WIRE_DTYPE_F32) {
         _mm256_storeu_ps((float *)out + i, v);
         return;
     }
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i r = kw__bf16_round8_avx2(v);
     _mm_storeu_si128((__m128i *)((uint16_t *)out + i),
                      _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
+/* kw__store8_avx2 of 16 values (v0: elements i..i+7, v1: i+8..i+15): to bf16 by one pack and one 64-bit permute for
+ * both vectors, one 32-byte store. */
+KW_AVX2 static inline void kw__store16_avx2(void *out, uint32_t out_dtype, uint32_t i, __m256 v0, __m256 v1) {
+    if (out_dtype == KW_WIRE_DTYPE_F32) {
+        _mm256_storeu_ps((float *)out + i, v0);
+        _mm256_storeu_ps((float *)out + i + 8, v1);
+        return;
+    }
+    const __m256i p = _mm256_packus_epi32(kw__bf16_round8_avx2(v0), kw__bf16_round8_avx2(v1));
+    _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm256_permute4x64_epi64(p, 0xd8));
 }
 
 /* 8 FP8 codes (int32 0..255) as f32, exactly kw_e4m3_to_f32 / kw_e5m2_to_f32 (NaN and Inf codes too); *bad gets
@@ -708,9 +725,8 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
         for (uint32_t i = 0; i < n; i += 16) {
             const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
             bad = _mm_or_si128(bad, _mm_cmpeq_epi8(b, invalid));
-            kw__store8_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), vs));
-            kw__store8_avx2(out, out_dtype, i + 8,
-                            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), vs));
+            kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), vs),
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), vs));
         }
         break;
     }
@@ -762,21 +778,25 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
                 w12 = _mm_loadu_si128((const __m128i *)tail);
             }
             const __m256i b = _mm256_broadcastsi128_si256(w12);
+            __m256 v[2];
             for (uint32_t half = 0; half < 2; ++half) {
                 const __m256i lanes = _mm256_shuffle_epi8(b, half ? spread_hi : spread_lo);
                 const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(lanes, shifts), m6);
                 bad8 = _mm256_or_si256(bad8, _mm256_cmpeq_epi32(c, k32));
                 const __m256i q = _mm256_sub_epi32(_mm256_xor_si256(c, k32), k32);
-                kw__store8_avx2(out, out_dtype, i + 8 * half, _mm256_mul_ps(_mm256_cvtepi32_ps(q), vs));
+                v[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), vs);
             }
+            kw__store16_avx2(out, out_dtype, i, v[0], v[1]);
         }
         break;
     }
     default: { /* E4M3, E5M2 */
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
-        for (uint32_t i = 0; i < n; i += 8) {
-            const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + i)));
-            kw__store8_avx2(out, out_dtype, i, _mm256_mul_ps(kw__fp8_values8_avx2(c, e4m3, &bad8), vs));
+        for (uint32_t i = 0; i < n; i += 16) {
+            const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
+            const __m256 v0 = kw__fp8_values8_avx2(_mm256_cvtepu8_epi32(b), e4m3, &bad8);
+            const __m256 v1 = kw__fp8_values8_avx2(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), e4m3, &bad8);
+            kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(v0, vs), _mm256_mul_ps(v1, vs));
         }
         break;
     }
