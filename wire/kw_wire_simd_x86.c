@@ -1047,6 +1047,52 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
 
 KW__EACH_GROUP(avx2, KW_AVX2, kw__quantize_avx2, kw__dequantize_avx2)
 
+/* int8 or int4 groups (G a multiple of 16) of a packed row in one loop, 16 values a step with their group's scale:
+ * the steps of kw__dequantize_avx2's int8 and nibble cases (int4 by sign extension, not the bf16 table, which would be
+ * rebuilt for every group). codec and out_dtype are constants where this is inlined. */
+KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_groups84_avx2(uint32_t codec,
+                                                                                      const uint8_t *src, uint32_t n,
+                                                                                      uint32_t G, const float *s,
+                                                                                      void *out, uint32_t out_dtype) {
+    const __m128i lo4 = _mm_set1_epi16(0x000f), hi4 = _mm_set1_epi16(0x00f0), eight = _mm_set1_epi8(8);
+    const __m128i invalid = codec == KW_WIRE_CODEC_INT8 ? _mm_set1_epi8((char)0x80) : eight;
+    __m128i bad = _mm_setzero_si128();
+    __m256 vs = _mm256_set1_ps(s[0]);
+    for (uint32_t i = 0, c = 0, k = 0; i < n; i += 16) {
+        if (k == G) { /* the next group */
+            k = 0;
+            vs = _mm256_set1_ps(s[++c]);
+        }
+        k += 16;
+        __m128i q;
+        if (codec == KW_WIRE_CODEC_INT8) {
+            q = _mm_loadu_si128((const __m128i *)(src + i));
+        } else { /* 8 bytes -> 16 nibbles in element order, one per byte, then sign-extended */
+            const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(src + i / 2)));
+            q = _mm_or_si128(_mm_and_si128(w, lo4), _mm_slli_epi16(_mm_and_si128(w, hi4), 4));
+        }
+        bad = _mm_or_si128(bad, _mm_cmpeq_epi8(q, invalid));
+        if (codec == KW_WIRE_CODEC_INT4) q = _mm_sub_epi8(_mm_xor_si128(q, eight), eight);
+        kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), vs),
+                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), vs));
+    }
+    return _mm_movemask_epi8(bad) ? KW_E_WIRE_VALUE : 0;
+}
+
+/* kw__wire_kernels.dequantize_groups: int8 and int4 groups of a multiple of 16 values by kw__dequantize_groups84_avx2,
+ * the rest group by group. */
+KW_AVX2 static int kw__dequantize_groups_avx2(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
+                                              const float *s, void *out, uint32_t out_dtype) {
+    if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || G % 16 != 0)
+        return kw__dequantize_each_avx2(codec, src, n, G, s, out, out_dtype);
+    const int f32 = out_dtype == KW_WIRE_DTYPE_F32;
+    if (codec == KW_WIRE_CODEC_INT8)
+        return f32 ? kw__dequantize_groups84_avx2(KW_WIRE_CODEC_INT8, src, n, G, s, out, KW_WIRE_DTYPE_F32)
+                   : kw__dequantize_groups84_avx2(KW_WIRE_CODEC_INT8, src, n, G, s, out, KW_WIRE_DTYPE_BF16);
+    return f32 ? kw__dequantize_groups84_avx2(KW_WIRE_CODEC_INT4, src, n, G, s, out, KW_WIRE_DTYPE_F32)
+               : kw__dequantize_groups84_avx2(KW_WIRE_CODEC_INT4, src, n, G, s, out, KW_WIRE_DTYPE_BF16);
+}
+
 /* kw__wire_kernels.quantize_groups: bf16 int8, int4, int6 and fp8 groups of a multiple of 32 values in one pass of
  * kw__quantize_bytes_bf16_avx2, NF4 groups with the thresholds made once, the rest a group at a time (quantize). */
 KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
@@ -1173,7 +1219,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
     .quantize_rows = kw__quantize_rows_avx2,
-    .dequantize_groups = kw__dequantize_each_avx2, /* no groups kernel of its own */
+    .dequantize_groups = kw__dequantize_groups_avx2,
     .dequantize_rows = kw__dequantize_rows_avx2,
     .outlier_scores = kw__outlier_scores_avx2,
     .outlier_bits = kw__outlier_bits_avx2,
@@ -1472,18 +1518,28 @@ KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mm
     return _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
 }
 
-/* int8 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for the
- * whole row when s is NULL; returns a nonzero mask if a reserved code (-128) was seen. */
+/* int8 or int4 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for
+ * the whole row when s is NULL; returns a nonzero mask if a reserved code (-128, -8) was seen. int4: 16 bytes to 32
+ * nibbles in element order, one per byte, then sign-extended. codec is a constant where this is inlined. */
 KW_AVX512 static inline __attribute__((always_inline)) __mmask32
-kw__dequantize_int8_avx512(const uint8_t *src, uint32_t n, float s0, const float *s, uint32_t G, void *out,
-                           uint32_t out_dtype) {
-    const __m256i invalid = _mm256_set1_epi8((char)0x80);
+kw__dequantize_int84_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s0, const float *s, uint32_t G,
+                            void *out, uint32_t out_dtype) {
+    const __m256i eight = _mm256_set1_epi8(8);
+    const __m256i invalid = codec == KW_WIRE_CODEC_INT8 ? _mm256_set1_epi8((char)0x80) : eight;
     const __m512 row = _mm512_set1_ps(s0);
     __mmask32 bad = 0;
     for (uint32_t i = 0; i < n; i += 32) {
         const __m512 vs = s ? _mm512_set1_ps(s[i / G]) : row;
-        const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i b;
+        if (codec == KW_WIRE_CODEC_INT8) {
+            b = _mm256_loadu_si256((const __m256i *)(src + i));
+        } else {
+            const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + i / 2)));
+            b = _mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi16(0x000f)),
+                                _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x00f0)), 4));
+        }
         bad |= _mm256_cmpeq_epi8_mask(b, invalid);
+        if (codec == KW_WIRE_CODEC_INT4) b = _mm256_sub_epi8(_mm256_xor_si256(b, eight), eight);
         kw__store16_avx512(out, out_dtype, i,
                            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs));
         kw__store16_avx512(out, out_dtype, i + 16,
@@ -1531,7 +1587,7 @@ kw__dequantize_avx512_inl(uint32_t codec, const uint8_t *src, uint32_t n, float 
     const __m512 vs = _mm512_set1_ps(s);
     __mmask32 bad = 0;
     if (codec == KW_WIRE_CODEC_INT8) {
-        bad = kw__dequantize_int8_avx512(src, n, s, NULL, 32, out, out_dtype);
+        bad = kw__dequantize_int84_avx512(KW_WIRE_CODEC_INT8, src, n, s, NULL, 32, out, out_dtype);
     } else {
         const __m256i lo4 = _mm256_set1_epi16(0x000f), hi4 = _mm256_set1_epi16(0x00f0), eight = _mm256_set1_epi8(8);
         for (uint32_t i = 0; i < n; i += 32) {
@@ -1756,12 +1812,16 @@ KW_AVX512 static void kw__quantize_rows_avx512(uint32_t codec, const uint8_t *co
     kw__quantize_rows_avx2(codec, rows, n_rows, dtype, n, inv, dst);
 }
 
-/* kw__wire_kernels.dequantize_groups: int8 groups of a multiple of 32 values in one loop (kw__dequantize_avx512's int8
- * step with each group's scale), the rest group by group. */
+/* kw__wire_kernels.dequantize_groups: int8 and int4 groups of a multiple of 32 values in one loop
+ * (kw__dequantize_int84_avx512 with each group's scale), the rest group by group. */
 KW_AVX512 static int kw__dequantize_groups_avx512(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
                                                   const float *s, void *out, uint32_t out_dtype) {
     if (codec == KW_WIRE_CODEC_INT8 && G % 32 == 0)
-        return kw__dequantize_int8_avx512(src, n, 0.0f, s, G, out, out_dtype) ? KW_E_WIRE_VALUE : 0;
+        return kw__dequantize_int84_avx512(KW_WIRE_CODEC_INT8, src, n, 0.0f, s, G, out, out_dtype) ? KW_E_WIRE_VALUE
+                                                                                                   : 0;
+    if (codec == KW_WIRE_CODEC_INT4 && G % 32 == 0)
+        return kw__dequantize_int84_avx512(KW_WIRE_CODEC_INT4, src, n, 0.0f, s, G, out, out_dtype) ? KW_E_WIRE_VALUE
+                                                                                                   : 0;
     return kw__dequantize_each_avx512(codec, src, n, G, s, out, out_dtype);
 }
 
