@@ -1326,48 +1326,99 @@ void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base) {
     *base = kw__nf4_cell_base;
 }
 
-/* NF4 and FP8 codes of n_units units of n values (n a multiple of 16), 16 values a step: unit u at rows[u], or at x
- * + u n elements when rows is NULL, with the inverse scale inv[u]; its codes at dst + u n bits / 8. NF4 by the cells
- * above (one permute for the threshold, one for the count, one compare), FP8 by kw__fp8_codes16_avx512. */
-KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x, const uint8_t *const *rows,
-                                                  uint32_t n_units, uint32_t dtype, uint32_t n, const float *inv,
-                                                  uint8_t *dst) {
-    const size_t es = kw__wire_dtype_size(dtype);
-    if (codec == KW_WIRE_CODEC_NF4) {
-        const __m512 t0 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr));
-        const __m512 t1 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16));
-        const __m512i b0 = _mm512_loadu_si512(kw__nf4_cell_base), b1 = _mm512_loadu_si512(kw__nf4_cell_base + 16);
-        const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(0x1.fffffep-1f), k16 = _mm512_set1_ps(16.0f);
-        const __m512i one = _mm512_set1_epi32(1);
-        for (uint32_t u = 0; u < n_units; ++u) {
-            const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
-            const __m512 vinv = _mm512_set1_ps(inv[u]);
-            uint8_t *o = dst + (size_t)u * n / 2;
-            for (uint32_t i = 0; i < n; i += 16) {
-                const __m512 y =
-                    _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(kw__load16_avx512(xu, dtype, i), vinv), lo), hi);
-                const __m512i cell =
-                    _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, k16), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-                const __m512i b = _mm512_permutex2var_epi32(b0, cell, b1);
-                const __m512 t = _mm512_permutex2var_ps(t0, cell, t1);
-                const __m512i c = _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(y, t, _CMP_GT_OQ), b, one);
-                /* 64-bit lanes c[2j] | c[2j+1] << 32: the low byte of lane | lane >> 28 is c[2j] | c[2j+1] << 4 */
-                _mm_storel_epi64((__m128i *)(o + i / 2),
-                                 _mm512_cvtepi64_epi8(_mm512_or_si512(c, _mm512_srli_epi64(c, 28))));
+/* The cell tables of kw__nf4_cell_thr / kw__nf4_cell_base in registers, and the clamp. */
+typedef struct kw__nf4_avx512 {
+    __m512 t0, t1, lo, hi;
+    __m512i b0, b1;
+} kw__nf4_avx512;
+
+KW_AVX512 static inline kw__nf4_avx512 kw__nf4_avx512_make(void) {
+    kw__nf4_avx512 t;
+    t.t0 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr));
+    t.t1 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16));
+    t.b0 = _mm512_loadu_si512(kw__nf4_cell_base);
+    t.b1 = _mm512_loadu_si512(kw__nf4_cell_base + 16);
+    t.lo = _mm512_set1_ps(-1.0f);
+    t.hi = _mm512_set1_ps(0x1.fffffep-1f);
+    return t;
+}
+
+/* NF4 codes (int32) of 16 values x * inv by the cells above: one permute for the count, one for the threshold, one
+ * compare. */
+KW_AVX512 static inline __m512i kw__nf4_codes16_avx512(__m512 v, __m512 vinv, const kw__nf4_avx512 *t) {
+    const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), t->lo), t->hi);
+    const __m512i cell =
+        _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(16.0f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512i b = _mm512_permutex2var_epi32(t->b0, cell, t->b1);
+    const __m512 thr = _mm512_permutex2var_ps(t->t0, cell, t->t1);
+    return _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(y, thr, _CMP_GT_OQ), b, _mm512_set1_epi32(1));
+}
+
+/* The code (int32) of 16 values for NF4, E4M3 or E5M2 (a constant where inlined). */
+KW_AVX512 static inline __attribute__((always_inline)) __m512i kw__code16_avx512(uint32_t codec, __m512 v, __m512 vinv,
+                                                                                 const kw__nf4_avx512 *t) {
+    if (codec == KW_WIRE_CODEC_NF4) return kw__nf4_codes16_avx512(v, vinv, t);
+    const __m512 y = _mm512_mul_ps(v, vinv); /* the codes clamp */
+    return codec == KW_WIRE_CODEC_E4M3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
+}
+
+/* One unit of n values (a multiple of 16) in dtype: 16 values a step; for bf16 and n a multiple of 64, 64 a step, the
+ * values widened by unpacking against zeros and the codes packed to bytes in the order kw__quantize_int84_bf16_avx512
+ * puts back (two unsigned packs, one 64-bit permute), NF4 bytes then joined in nibble pairs. */
+KW_AVX512 static inline __attribute__((always_inline)) void
+kw__quantize_unit16_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
+                           const kw__nf4_avx512 *t, uint8_t *dst) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const int nf4 = codec == KW_WIRE_CODEC_NF4;
+    uint32_t i = 0;
+    if (dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0) {
+        const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+        for (; i < n; i += 64) {
+            const __m512i x0 = _mm512_loadu_si512((const uint16_t *)x + i);
+            const __m512i x1 = _mm512_loadu_si512((const uint16_t *)x + i + 32);
+#define KW__C(v) kw__code16_avx512(codec, _mm512_castsi512_ps(v), vinv, t)
+            const __m512i p0 =
+                _mm512_packus_epi32(KW__C(_mm512_unpacklo_epi16(z, x0)), KW__C(_mm512_unpackhi_epi16(z, x0)));
+            const __m512i p1 =
+                _mm512_packus_epi32(KW__C(_mm512_unpacklo_epi16(z, x1)), KW__C(_mm512_unpackhi_epi16(z, x1)));
+#undef KW__C
+            const __m512i q = _mm512_permutexvar_epi64(order, _mm512_packus_epi16(p0, p1)); /* 64 codes in order */
+            if (!nf4) {
+                _mm512_storeu_si512(dst + i, q);
+                continue;
             }
+            const __m512i b = _mm512_or_si512(_mm512_and_si512(q, _mm512_set1_epi16(0x000f)),
+                                              _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi16(0x00f0)));
+            _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm512_cvtepi16_epi8(b));
         }
         return;
     }
-    const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
+    for (; i < n; i += 16) {
+        const __m512i c = kw__code16_avx512(codec, kw__load16_avx512(x, dtype, i), vinv, t);
+        if (nf4) /* 64-bit lanes c[2j] | c[2j+1] << 32: the low byte of lane | lane >> 28 is c[2j] | c[2j+1] << 4 */
+            _mm_storel_epi64((__m128i *)(dst + i / 2),
+                             _mm512_cvtepi64_epi8(_mm512_or_si512(c, _mm512_srli_epi64(c, 28))));
+        else
+            _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(c));
+    }
+}
+
+/* NF4 and FP8 codes of n_units units of n values (n a multiple of 16): unit u at rows[u], or at x + u n elements when
+ * rows is NULL, with the inverse scale inv[u]; its codes at dst + u n bits / 8 (kw__quantize_unit16_avx512 inlined for
+ * each codec). */
+KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x, const uint8_t *const *rows,
+                                                  uint32_t n_units, uint32_t dtype, uint32_t n, const float *inv,
+                                                  uint8_t *dst) {
+    const size_t es = kw__wire_dtype_size(dtype), ub = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    const kw__nf4_avx512 t = kw__nf4_avx512_make();
     for (uint32_t u = 0; u < n_units; ++u) {
         const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
-        const __m512 vinv = _mm512_set1_ps(inv[u]);
-        uint8_t *o = dst + (size_t)u * n;
-        for (uint32_t i = 0; i < n; i += 16) {
-            const __m512 y = _mm512_mul_ps(kw__load16_avx512(xu, dtype, i), vinv); /* the codes clamp */
-            const __m512i c = e4m3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
-            _mm_storeu_si128((__m128i *)(o + i), _mm512_cvtepi32_epi8(c));
-        }
+        if (codec == KW_WIRE_CODEC_NF4)
+            kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, xu, dtype, n, inv[u], &t, dst + u * ub);
+        else if (codec == KW_WIRE_CODEC_E4M3)
+            kw__quantize_unit16_avx512(KW_WIRE_CODEC_E4M3, xu, dtype, n, inv[u], &t, dst + u * ub);
+        else
+            kw__quantize_unit16_avx512(KW_WIRE_CODEC_E5M2, xu, dtype, n, inv[u], &t, dst + u * ub);
     }
 }
 
