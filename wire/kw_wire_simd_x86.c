@@ -766,24 +766,25 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
         const __m256i spread_lo = _mm256_setr_epi8(0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 3, 4, 5, -1, 3,
                                                    4, 5, -1, 3, 4, 5, -1, 3, 4, 5, -1);
         const __m256i spread_hi = _mm256_add_epi8(spread_lo, _mm256_set1_epi32(0x00060606)); /* bytes 6..11 */
-        const __m256i shifts = _mm256_setr_epi32(0, 6, 12, 18, 0, 6, 12, 18);
-        const __m256i m6 = _mm256_set1_epi32(63), k32 = _mm256_set1_epi32(32);
+        /* code k of a lane to the top 6 bits, then an arithmetic shift: the signed code */
+        const __m256i shifts = _mm256_setr_epi32(26, 20, 14, 8, 26, 20, 14, 8);
+        const __m256i reserved = _mm256_set1_epi32(-32);
         for (uint32_t i = 0; i < n; i += 16) {
+            const uint8_t *p = src + i / 8 * 6;
             __m128i w12; /* 16 bytes are read while at least 8 more codes follow in the row, else exactly 12 */
             if (i + 16 < n) {
-                w12 = _mm_loadu_si128((const __m128i *)(src + i / 8 * 6));
+                w12 = _mm_loadu_si128((const __m128i *)p);
             } else {
-                uint8_t tail[16] = {0};
-                memcpy(tail, src + i / 8 * 6, 12);
-                w12 = _mm_loadu_si128((const __m128i *)tail);
+                int32_t last;
+                memcpy(&last, p + 8, 4);
+                w12 = _mm_insert_epi32(_mm_loadl_epi64((const __m128i *)p), last, 2);
             }
             const __m256i b = _mm256_broadcastsi128_si256(w12);
             __m256 v[2];
             for (uint32_t half = 0; half < 2; ++half) {
                 const __m256i lanes = _mm256_shuffle_epi8(b, half ? spread_hi : spread_lo);
-                const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(lanes, shifts), m6);
-                bad8 = _mm256_or_si256(bad8, _mm256_cmpeq_epi32(c, k32));
-                const __m256i q = _mm256_sub_epi32(_mm256_xor_si256(c, k32), k32);
+                const __m256i q = _mm256_srai_epi32(_mm256_sllv_epi32(lanes, shifts), 26);
+                bad8 = _mm256_or_si256(bad8, _mm256_cmpeq_epi32(q, reserved));
                 v[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), vs);
             }
             kw__store16_avx2(out, out_dtype, i, v[0], v[1]);
