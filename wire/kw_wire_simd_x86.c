@@ -793,6 +793,26 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
     }
     default: { /* E4M3, E5M2 */
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
+        if (s < (e4m3 ? 0x1p8f : 0x1p16f)) {
+            /* kw__fp8_values8_avx2 without its NaN/Inf lanes, and one multiply: s 2^(127 - bias) is exact and finite
+             * here, and the shifted code (the value times 2^(bias - 127), exact) times it is the product's one
+             * rounding, as fl32(value * s). A row with a NaN or Inf code is done again below. */
+            const __m256 vk = _mm256_set1_ps(s * (e4m3 ? 0x1p120f : 0x1p112f));
+            const __m256i mask = _mm256_set1_epi32(e4m3 ? (int)0x87f00000u : (int)0x8fe00000u);
+            const __m128i sm = _mm_set1_epi8(e4m3 ? 0x7f : 0x7c);
+            __m128i special = _mm_setzero_si128();
+#define KW__FP8(c)                                                                                                     \
+    _mm256_mul_ps(                                                                                                     \
+        _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(c, 24), e4m3 ? 4 : 3), mask)), vk)
+            for (uint32_t i = 0; i < n; i += 16) {
+                const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
+                special = _mm_or_si128(special, _mm_cmpeq_epi8(_mm_and_si128(b, sm), sm));
+                kw__store16_avx2(out, out_dtype, i, KW__FP8(_mm256_cvtepu8_epi32(b)),
+                                 KW__FP8(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))));
+            }
+#undef KW__FP8
+            if (_mm_testz_si128(special, special)) break;
+        }
         for (uint32_t i = 0; i < n; i += 16) {
             const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
             const __m256 v0 = kw__fp8_values8_avx2(_mm256_cvtepu8_epi32(b), e4m3, &bad8);
