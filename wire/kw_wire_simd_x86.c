@@ -659,8 +659,8 @@ KW_AVX2 static void kw__dequantize_affine_avx2(const uint8_t *src, uint32_t bits
  * 16 values of the codes 0..15 are computed as the 8-wide path computes them (fl32(q * s) or fl32(nf4[c] * s), rounded
  * like kw__store8_avx2) into a table whose low and high bytes two pshufb look up per nibble; byte unpacks then
  * interleave the even (low nibble) and odd elements' words, and 128-bit lane permutes put the 64 words in order. */
-KW_AVX2 static int kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s,
-                                                uint16_t *out) {
+KW_AVX2 static inline __attribute__((always_inline)) int
+kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, uint16_t *out) {
     const __m256 vs = _mm256_set1_ps(s);
     __m256 v0, v1;
     if (codec == KW_WIRE_CODEC_NF4) {
@@ -1107,6 +1107,13 @@ KW_AVX2 static int kw__dequantize_groups_avx2(uint32_t codec, const uint8_t *src
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || G % 16 != 0)
         return kw__dequantize_each_avx2(codec, src, n, G, s, out, out_dtype);
     const int f32 = out_dtype == KW_WIRE_DTYPE_F32;
+    if (codec == KW_WIRE_CODEC_INT4 && !f32 && G % 32 == 0) { /* the bf16 table of each group's 16 values */
+        int bad = 0;
+        for (uint32_t c = 0; c < n / G; ++c)
+            bad |= kw__dequantize_nib_bf16_avx2(KW_WIRE_CODEC_INT4, src + (size_t)c * G / 2, G, s[c],
+                                                (uint16_t *)out + (size_t)c * G);
+        return bad ? KW_E_WIRE_VALUE : 0;
+    }
     if (codec == KW_WIRE_CODEC_INT8)
         return f32 ? kw__dequantize_groups84_avx2(KW_WIRE_CODEC_INT8, src, n, G, s, out, KW_WIRE_DTYPE_F32)
                    : kw__dequantize_groups84_avx2(KW_WIRE_CODEC_INT8, src, n, G, s, out, KW_WIRE_DTYPE_BF16);
