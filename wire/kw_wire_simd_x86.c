@@ -1726,6 +1726,13 @@ KW_AVX512 static int kw__dequantize_rows_avx512(uint32_t codec, const uint8_t *s
     if (codec == KW_WIRE_CODEC_INT8 && out_dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0 &&
         __builtin_cpu_supports("avx512bf16"))
         return kw__dequantize_int8_bf16_rows(src, n_rows, n, s, out) ? KW_E_WIRE_VALUE : 0;
+    /* int8 to f32 a call per row: measured faster than the inlined loop (0.45 against 0.41 of memcpy) */
+    if (codec == KW_WIRE_CODEC_INT8 && out_dtype == KW_WIRE_DTYPE_F32) {
+        int bad = 0;
+        for (uint32_t r = 0; r < n_rows; ++r)
+            bad |= kw__dequantize_avx512(codec, src + (size_t)r * n, n, s[r], out[r], out_dtype);
+        return bad ? KW_E_WIRE_VALUE : 0;
+    }
     KW__DEQUANTIZE_ROWS(kw__dequantize_avx512_inl, kw__dequantize_avx512);
 }
 #undef KW__DEQ_CASE
