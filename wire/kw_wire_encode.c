@@ -861,9 +861,13 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
                 const size_t r0 = (size_t)h * tg + tb;
-                if (block) kw__enc_rotate_block(e, in, rot, out, h, t0 + tb, nb, e->rot_block, rp);
+                if (block)
+                    kw__enc_rotate_block(e, in, rot, out, h, t0 + tb, nb, e->rot_block, rp);
+                else
+                    for (uint32_t i = 0; i < nb; ++i)
+                        rp[i] = kw__enc_row(in, es, h, t0 + tb + i);
                 for (uint32_t i = 0; i < nb; ++i)
-                    am[i] = k->amax(block ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D);
+                    am[i] = k->amax(rp[i], dt, D);
                 const uint32_t ok =
                     k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */
@@ -871,9 +875,9 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                         kw__enc_scale(sp, am[ok], scales + (r0 + ok) * ss, &sv[ok], &iv[ok], what, h, t0 + tb + ok));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
                 }
+                k->quantize_rows(codec, rp, nb, dt, D, iv, codes + r0 * row_bytes); /* then the zero scales' rows */
                 for (uint32_t i = 0; i < nb; ++i)
-                    kw__enc_emit(k, codec, block ? rp[i] : kw__enc_row(in, es, h, t0 + tb + i), dt, D, sv[i], iv[i],
-                                 codes + (r0 + i) * row_bytes);
+                    if (sv[i] == 0.0f) kw_wire_zero_row(codec, D, codes + (r0 + i) * row_bytes);
             }
         return 0;
     }

@@ -131,10 +131,21 @@ typedef struct kw__wire_kernels {
      * another. A zero scale's group (inv 0) gets whatever x * 0 codes to: the caller writes kw_wire_zero_row there. */
     void (*quantize_groups)(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G, const float *inv,
                             uint8_t *dst);
+    /* quantize of n_rows rows of n elements each (n a multiple of 8; rows[r] in dtype, anywhere) with their own
+     * inverse scales inv[r], row r's codes at dst + r * n * bits / 8: one call per block of rows (per-token scales),
+     * the constants and the dispatch once. A zero scale's row (inv 0) gets whatever x * 0 codes to: the caller writes
+     * kw_wire_zero_row there. */
+    void (*quantize_rows)(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t n,
+                          const float *inv, uint8_t *dst);
     /* dequantize of every group of G values of a packed row of n elements (G a divisor of n, G * bits a multiple of
      * 8) with its own scale s[c], into out (F32 or BF16): the same values and status as dequantize group by group. */
     int (*dequantize_groups)(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s, void *out,
                              uint32_t out_dtype);
+    /* dequantize of n_rows packed rows of n elements (row r at src + r * n * bits / 8) with their own scales s[r]
+     * into out[r] (F32 or BF16): the same values as dequantize row by row; KW_E_WIRE_VALUE if any row holds a
+     * reserved code, else 0. */
+    int (*dequantize_rows)(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                           void *const *out, uint32_t out_dtype);
     /* The outlier scores (kw__wire_outlier_score) of n values x of one scale of m > 1 values centred at c whose
      * squared deviations from c sum to S, with (asym) or without zero points, into out: the bits of the scalar rule. */
     void (*outlier_scores)(const float *x, uint32_t n, int asym, double m, double c, double S, float *out);
@@ -194,6 +205,12 @@ int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32
                                       void *out, uint32_t out_dtype);
 void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
                                      const float *inv, uint8_t *dst);
+/* x86-64 only: the AVX-512 NF4 kernel's cell tables (32 threshold bit patterns, 32 counts; kw_wire_simd_x86.c). */
+void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base);
+int kw__wire_dequantize_rows_scalar(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                                    void *const *out, uint32_t out_dtype);
+void kw__wire_quantize_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                   uint32_t n, const float *inv, uint8_t *dst);
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype);
 
 /* Converts n input elements of dtype (enum kw_wire_dtype) to f32, exactly. */

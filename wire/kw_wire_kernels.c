@@ -167,6 +167,13 @@ void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dty
         kw__wire_quantize_scalar(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
 }
 
+void kw__wire_quantize_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                   uint32_t n, const float *inv, uint8_t *dst) {
+    const size_t row_bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__wire_quantize_scalar(codec, rows[r], dtype, n, inv[r], dst + r * row_bytes);
+}
+
 int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
     if (out_dtype == KW_WIRE_DTYPE_F32) return kw_wire_dequantize_row(codec, src, n, s, (float *)out);
     float tmp[256];
@@ -180,6 +187,15 @@ int kw__wire_dequantize_scalar(uint32_t codec, const uint8_t *src, uint32_t n, f
             o[i + k] = kw_f32_to_bf16(tmp[k]);
     }
     return rc;
+}
+
+int kw__wire_dequantize_rows_scalar(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
+                                    void *const *out, uint32_t out_dtype) {
+    const size_t rb = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    int bad = 0;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        bad |= kw__wire_dequantize_scalar(codec, src + r * rb, n, s[r], out[r], out_dtype) < 0;
+    return bad ? KW_E_WIRE_VALUE : 0;
 }
 
 int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G, const float *s,
@@ -226,7 +242,9 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .rotate = kw__wire_rotate_scalar,
     .amax_groups = kw__wire_amax_groups_scalar,
     .quantize_groups = kw__wire_quantize_groups_scalar,
+    .quantize_rows = kw__wire_quantize_rows_scalar,
     .dequantize_groups = kw__wire_dequantize_groups_scalar,
+    .dequantize_rows = kw__wire_dequantize_rows_scalar,
     .outlier_scores = kw__wire_outlier_scores_scalar,
     .outlier_bits = kw__wire_outlier_bits_scalar,
 };

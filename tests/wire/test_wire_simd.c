@@ -221,6 +221,223 @@ static void test_quantize(void **state) {
             }
 }
 
+/* quantize_rows: blocks of rows of every codec at scattered, misaligned addresses, each with its own inverse scale
+ * (from its absmax, 1 for the exact ties of fill(), or 0 for a zero scale): the same bytes as quantize row by row,
+ * none past the block. */
+static void test_quantize_rows(void **state) {
+    (void)state;
+    wt_rng r = {23};
+    static const uint32_t dims[] = {8, 32, 48, 64, 96, 128, 256};
+    enum { R = 9 };
+    uint8_t buf[R][256 * 4 + 8], want[R * 256 + 16], got[R * 256 + 16];
+    const uint8_t *rows[R];
+    float inv[R];
+    for (int it = 0; it < 800; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t dtype = 1 + wt_below(&r, 3), D = dims[wt_below(&r, 7)], n_rows = 1 + wt_below(&r, R);
+            const size_t es = kw__wire_dtype_size(dtype), rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
+            for (uint32_t i = 0; i < n_rows; ++i) {
+                rows[i] = buf[i] + wt_below(&r, 3) * es;
+                fill(&r, (uint8_t *)rows[i], dtype, D, it % 3 == 0, ldexpf(1.0f, (int)wt_below(&r, 10) - 5));
+                uint32_t code;
+                float sc;
+                const float amax = kw_f32_from_bits(g_isas[0]->amax(rows[i], dtype, D));
+                inv[i] = it % 3 == 0 ? 1.0f : 0.0f;
+                if (it % 3 && wt_below(&r, 8) && amax > 0 &&
+                    kw_wire_scale_choose(amax, kw_wire_codec_qmax(codec), KW_WIRE_SCALE_F16, &code, &sc) == 0)
+                    inv[i] = 1.0f / sc;
+                g_isas[0]->quantize(codec, rows[i], dtype, D, inv[i], want + i * rb);
+            }
+            for (int k = 0; k < g_n_isas; ++k) {
+                memset(got, 0xa5, sizeof got);
+                g_isas[k]->quantize_rows(codec, rows, n_rows, dtype, D, inv, got);
+                if (memcmp(got, want, n_rows * rb) != 0)
+                    fail_msg("%s quantize_rows %s dtype %u D=%u rows %u: bytes differ from quantize per row",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), dtype, D, n_rows);
+                assert_int_equal(got[n_rows * rb], 0xa5);
+            }
+        }
+}
+
+/* Every ISA's quantize, quantize_rows and quantize_groups of the f32 values v[0..n) (n a multiple of 64) with inv = 1
+ * (so y = x exactly) against the scalar kernel. */
+static void check_exact_codes(uint32_t codec, const float *v, uint32_t n, const char *what) {
+    const size_t bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    uint8_t *want = malloc(bytes + 1), *got = malloc(bytes + 1);
+    float *inv = malloc(n / 16 * sizeof *inv);
+    const uint8_t **rows = malloc(n / 64 * sizeof *rows);
+    assert_non_null(want);
+    assert_non_null(got);
+    assert_non_null(inv);
+    assert_non_null(rows);
+    for (uint32_t i = 0; i < n / 16; ++i)
+        inv[i] = 1.0f;
+    for (uint32_t i = 0; i < n / 64; ++i)
+        rows[i] = (const uint8_t *)(v + 64 * (size_t)i);
+    g_isas[0]->quantize(codec, v, KW_WIRE_DTYPE_F32, n, 1.0f, want);
+    for (int k = 1; k < g_n_isas; ++k) {
+        for (int way = 0; way < 3; ++way) {
+            memset(got, 0xa5, bytes + 1);
+            if (way == 0) g_isas[k]->quantize(codec, v, KW_WIRE_DTYPE_F32, n, 1.0f, got);
+            if (way == 1) g_isas[k]->quantize_rows(codec, rows, n / 64, KW_WIRE_DTYPE_F32, 64, inv, got);
+            if (way == 2) g_isas[k]->quantize_groups(codec, v, KW_WIRE_DTYPE_F32, n, 16, inv, got);
+            for (size_t b = 0; b < bytes; ++b)
+                if (got[b] != want[b]) {
+                    const size_t e = b * 8 / kw_wire_codec_bits(codec);
+                    fail_msg("%s %s (%s, way %d): byte %zu (value %zu = %a) is 0x%02x, scalar 0x%02x",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), what, way, b, e, (double)v[e],
+                             got[b], want[b]);
+                }
+            assert_int_equal(got[bytes], 0xa5);
+        }
+    }
+    free(want);
+    free(got);
+    free(inv);
+    free(rows);
+}
+
+/* The NF4 kernels at every decision point: each midpoint and each 1/16 step of [-1, 1] (the AVX-512 kernel's cells,
+ * whose tables are checked against the thresholds) with 24 floats either side, -0, +-1 and beyond, f32 subnormals,
+ * then every 2^11-th float in [-1, 1]. */
+static void test_nf4_edges(void **state) {
+    (void)state;
+    enum { N = 1u << 20 };
+    float *v = malloc(N * sizeof *v);
+    assert_non_null(v);
+    uint32_t n = 0;
+    for (int c = -16; c <= 16; ++c)
+        for (int d = -24; d <= 24; ++d) {
+            const float b = (float)c / 16.0f;
+            v[n++] = kw_f32_from_bits((uint32_t)((int32_t)kw_f32_bits(b) + d));
+            if (b == 0.0f)
+                v[n - 1] = kw_f32_from_bits(d < 0 ? 0x80000000u + (uint32_t)-d : (uint32_t)d); /* both signs */
+        }
+    for (uint32_t k = 0; k < 15; ++k)
+        for (int d = -24; d <= 24; ++d)
+            v[n++] = kw_f32_from_bits((uint32_t)((int32_t)kw_f32_bits(kw_wire_nf4_mid(k)) + d));
+    const float special[] = {-0.0f, 0.0f, 1.0f, -1.0f, 1.5f, -1.5f, 0x1p-149f, -0x1p-149f, 0x1p-126f, 1e30f, -1e30f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; ++i)
+        v[n++] = special[i];
+    while (n % 64)
+        v[n++] = 0.5f;
+    check_exact_codes(KW_WIRE_CODEC_NF4, v, n, "decision points");
+    /* every 2^11-th float of [0, 1] with both signs: 2^20 values a call */
+    uint32_t u = 0;
+    while (u <= 0x3f800000u) {
+        for (n = 0; n < N && u <= 0x3f800000u; u += 1u << 11) {
+            v[n++] = kw_f32_from_bits(u);
+            v[n++] = -kw_f32_from_bits(u + (1u << 10));
+        }
+        while (n % 64)
+            v[n++] = 0.0f;
+        check_exact_codes(KW_WIRE_CODEC_NF4, v, n, "sweep");
+    }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    /* the AVX-512 cell tables from the thresholds: base = how many lie below the cell, thr = the one inside or 2.0 */
+    const uint32_t *thr;
+    const int32_t *base;
+    kw__wire_nf4_cells(&thr, &base);
+    for (int c = -16; c < 16; ++c) {
+        const float lo = (float)c / 16.0f, hi = (float)(c + 1) / 16.0f;
+        int32_t below = 0;
+        uint32_t inside = 0x40000000u, count = 0;
+        for (uint32_t k = 0; k < 15; ++k) {
+            const float m = kw_wire_nf4_mid(k); /* odd k: the float below (kw_wire_nf4_code's tie rule) */
+            const float t = k & 1 ? kw_f32_from_bits(m > 0.0f ? kw_f32_bits(m) - 1u : kw_f32_bits(m) + 1u) : m;
+            below += t < lo;
+            if (t >= lo && t < hi) inside = kw_f32_bits(t), ++count;
+        }
+        assert_true(count <= 1);
+        assert_int_equal(base[c & 31], below);
+        assert_int_equal(thr[c & 31], inside);
+    }
+#endif
+    free(v);
+}
+
+/* The FP8 kernels at every rounding decision: for every f32 exponent from the smallest subnormal to beyond the
+ * largest code, mantissas at each rounding position's tie, one ulp either side, the steps between codes and a few
+ * random ones, both signs; then +-0, +-Inf and the saturation boundary. inv = 1, so y is the value itself. */
+static void test_fp8_edges(void **state) {
+    (void)state;
+    wt_rng r = {29};
+    enum { N = 1u << 16 };
+    float *v = malloc(N * sizeof *v);
+    assert_non_null(v);
+    for (uint32_t codec = KW_WIRE_CODEC_E4M3; codec <= KW_WIRE_CODEC_E5M2; ++codec) {
+        const uint32_t lsb = codec == KW_WIRE_CODEC_E4M3 ? 20 : 21; /* the mantissa bit of the code's last bit */
+        for (uint32_t e = 0; e < 160; ++e) {
+            uint32_t n = 0;
+            for (uint32_t k = 0; k < (1u << (23 - lsb)); ++k) {
+                const uint32_t m = k << lsb, half = 1u << (lsb - 1);
+                const uint32_t ms[] = {m, m + 1, m + half - 1, m + half, m + half + 1, m + (1u << lsb) - 1};
+                for (size_t i = 0; i < sizeof ms / sizeof ms[0]; ++i)
+                    for (uint32_t sign = 0; sign < 2; ++sign)
+                        v[n++] = kw_f32_from_bits(sign << 31 | e << 23 | (ms[i] & 0x7fffffu));
+            }
+            /* the ties of the subnormal codes at every shift: exponents below e only reach them through the sweep */
+            while (n % 64 || n < 128)
+                v[n++] = kw_f32_from_bits(e << 23 | (uint32_t)(wt_next(&r) & 0x807fffffu));
+            check_exact_codes(codec, v, n, "exponent sweep");
+        }
+        const float special[] = {0.0f,    -0.0f,    INFINITY, -INFINITY,  448.0f,    464.0f, 464.00003f, 480.0f,
+                                 -480.0f, 57344.0f, 61440.0f, 61439.996f, -61440.0f, 1e38f,  0x1p-149f,  -0x1p-149f};
+        uint32_t n = 0;
+        for (size_t i = 0; i < sizeof special / sizeof special[0]; ++i)
+            v[n++] = special[i];
+        while (n % 64)
+            v[n++] = 1.0f;
+        check_exact_codes(codec, v, n, "specials");
+    }
+    free(v);
+}
+
+/* dequantize_rows: blocks of arbitrary rows (reserved codes in some) of every codec, each with its own scale, to
+ * f32 and bf16 rows at scattered, misaligned addresses: the values and status of dequantize row by row, nothing
+ * written between or past the rows. */
+static void test_dequantize_rows(void **state) {
+    (void)state;
+    wt_rng r = {31};
+    static const uint32_t dims[] = {8, 16, 32, 48, 64, 96, 128, 256};
+    enum { R = 9, W = 256 * 4 + 16 };
+    uint8_t src[R * 256], want[R][W], got[R][W];
+    void *out[R];
+    float sc[R];
+    for (int it = 0; it < 1500; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t D = dims[wt_below(&r, 8)], n_rows = 1 + wt_below(&r, R);
+            const uint32_t dtype = wt_below(&r, 2) ? KW_WIRE_DTYPE_F32 : KW_WIRE_DTYPE_BF16;
+            const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8, es = dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
+            for (size_t i = 0; i < sizeof src; ++i) {
+                src[i] = (uint8_t)wt_next(&r);
+                if (it % 4 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1; /* valid */
+            }
+            int rc = 0;
+            size_t off[R];
+            for (uint32_t i = 0; i < n_rows; ++i) {
+                sc[i] = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+                if (wt_below(&r, 8) == 0) /* around 2^-126: subnormal products, which bf16 conversion must keep */
+                    sc[i] = wt_below(&r, 4) ? ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 8) - 131) : 0.0f;
+                off[i] = wt_below(&r, 3) * es;
+                rc |= g_isas[0]->dequantize(codec, src + i * rb, D, sc[i], want[i] + off[i], dtype);
+            }
+            for (int k = 0; k < g_n_isas; ++k) {
+                memset(got, 0xa5, sizeof got);
+                for (uint32_t i = 0; i < n_rows; ++i)
+                    out[i] = got[i] + off[i];
+                assert_int_equal(g_isas[k]->dequantize_rows(codec, src, n_rows, D, sc, out, dtype), rc);
+                for (uint32_t i = 0; i < n_rows; ++i) {
+                    if (memcmp(got[i] + off[i], want[i] + off[i], D * es) != 0)
+                        fail_msg("%s dequantize_rows %s D=%u dtype %u: row %u differs from dequantize",
+                                 kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), D, dtype, i);
+                    assert_int_equal(got[i][off[i] + D * es], 0xa5);
+                    assert_int_equal(got[i][0], off[i] ? 0xa5 : got[i][0]);
+                }
+            }
+        }
+}
+
 static void test_dequantize(void **state) {
     (void)state;
     wt_rng r = {3};
@@ -512,6 +729,10 @@ static void test_scales(void **state) {
                 am[i] = (uint32_t)wt_below(&r, 0x800000u);
             else if (pick == 16) /* a log8 scale's reach fl32(log8(c) * qmax), or one ulp either side of it */
                 am[i] = kw_f32_bits(kw_wire_log8_to_f32(1 + wt_below(&r, 255)) * qmax) + wt_below(&r, 3) - 1u;
+            else if (pick == 17) /* r = amax / qmax near 2^-127, e8m0's smallest scale (an f32 subnormal) */
+                am[i] = kw_f32_bits(kw_f32_from_bits(0x400000u + wt_below(&r, 5) - 2u) * qmax) + wt_below(&r, 3) - 1u;
+            else if (pick == 18) /* r an exact power of two, or one ulp off */
+                am[i] = kw_f32_bits(ldexpf(1.0f, (int)wt_below(&r, 60) - 40) * qmax) + wt_below(&r, 3) - 1u;
             else /* KV-like magnitudes */
                 am[i] = kw_f32_bits(ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 30) - 15));
         }
@@ -780,9 +1001,13 @@ int main(void) {
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_amax_groups),
         cmocka_unit_test(test_quantize_groups),
+        cmocka_unit_test(test_quantize_rows),
+        cmocka_unit_test(test_nf4_edges),
+        cmocka_unit_test(test_fp8_edges),
         cmocka_unit_test(test_zero_groups),
         cmocka_unit_test(test_dequantize_groups),
         cmocka_unit_test(test_dequantize),
+        cmocka_unit_test(test_dequantize_rows),
         cmocka_unit_test(test_affine),
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_rotate),
