@@ -1,5 +1,5 @@
 /* kw_cpu_matmul_x8.c: matmul with int8 activations, the way llama.cpp runs its k-quants: integer dot products per
- * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two weight layouts:
+ * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two plain weight layouts:
  * KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1) and
  * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K), each also in super-blocks
  * (KW_LAYOUT_QPANELS_U4_SB_X8, S8_G16_SB_X8, and S6_G16_SB_X8 with Q6_K's codes in 6 bits: the scale and offset
@@ -28,7 +28,8 @@
  * at 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (U4: low nibble, and k = 16
  * + 4 t + b the high nibble; S8_G16: the code + 128 as an unsigned byte, which vpdpbusd multiplies directly and
  * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k. The
- * super-block layouts keep the same 1024-byte code blocks, after their super-block's head of d, m, s and o
+ * super-block layouts keep the same 1024-byte code blocks (S6_G16_SB_X8: 768 bytes, strips of 192: two nibble
+ * vectors and one of the top two bits, each code stored as code + 32 and 32 * sum q taken back), after their super-block's head of d, m, s and o
  * (kw_x8_group).
  */
 #include "kernels/cpu/kw_cpu.h"
