@@ -61,6 +61,82 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const 
     }
 }
 
+/* The output of m heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of nc full 16-wide chunks
+ * from d0: each value row's chunks are loaded once and feed every head's fma chain over the rows, a head skipping the
+ * rows whose weight is 0: per output the chain of kw_attn_out_block, so the same bits, with the value rows read once
+ * per group of heads instead of once per head and m x nc independent chains instead of nc (decode at short context
+ * was bound by the latency of nc = 4 chains). m and nc are constants at every call (kw_attn_out_heads' switch). */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_fixed)(float *const *o, const float *const *e,
+                                                                const float *inv, const char *vbase, size_t row_bytes,
+                                                                enum kw_dtype dt, int64_t lo, int64_t n, int64_t d0,
+                                                                const int m, const int nc) {
+    KW_VT acc[4][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < m; ++g)
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c)
+            acc[g][c] = KW_V(zero)();
+    for (int64_t j = 0; j < n; ++j) {
+        int any = 0;
+#pragma GCC unroll 4
+        for (int g = 0; g < m; ++g)
+            any |= e[g][j] != 0.0f;
+        if (!any) continue;
+        const char *vrow = vbase + (size_t)(lo + j) * row_bytes;
+        KW_VT v[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c)
+            v[c] = KW_ISA_FN(kw_attn_ld)(vrow, dt, d0 + c * 16);
+#pragma GCC unroll 4
+        for (int g = 0; g < m; ++g) {
+            const float w = e[g][j];
+            if (w == 0.0f) continue;
+            const KW_VT ev = KW_V(set1)(w);
+#pragma GCC unroll 4
+            for (int c = 0; c < nc; ++c)
+                acc[g][c] = KW_V(fma)(ev, v[c], acc[g][c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < m; ++g) {
+        const KW_VT iv = KW_V(set1)(inv[g]);
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c)
+            KW_V(store)(o[g] + d0 + c * 16, KW_V(mul)(acc[g][c], iv));
+    }
+}
+
+/* kw_attn_out_fixed for 1..4 heads (m) and the dims of up to four full chunks from d0 (nc = 1..4), as constants. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_out_heads)(float *const *o, const float *const *e, const float *inv, int m,
+                                                        const char *vbase, size_t row_bytes, enum kw_dtype dt,
+                                                        int64_t lo, int64_t n, int64_t d0, int nc) {
+#define KW_ATTN_OUT_CASE(M, NC)                                                                                        \
+    case (M)*8 + (NC):                                                                                                 \
+        KW_ISA_FN(kw_attn_out_fixed)(o, e, inv, vbase, row_bytes, dt, lo, n, d0, M, NC);                               \
+        return
+    switch (m * 8 + nc) {
+        KW_ATTN_OUT_CASE(1, 1);
+        KW_ATTN_OUT_CASE(1, 2);
+        KW_ATTN_OUT_CASE(1, 3);
+        KW_ATTN_OUT_CASE(1, 4);
+        KW_ATTN_OUT_CASE(2, 1);
+        KW_ATTN_OUT_CASE(2, 2);
+        KW_ATTN_OUT_CASE(2, 3);
+        KW_ATTN_OUT_CASE(2, 4);
+        KW_ATTN_OUT_CASE(3, 1);
+        KW_ATTN_OUT_CASE(3, 2);
+        KW_ATTN_OUT_CASE(3, 3);
+        KW_ATTN_OUT_CASE(3, 4);
+        KW_ATTN_OUT_CASE(4, 1);
+        KW_ATTN_OUT_CASE(4, 2);
+        KW_ATTN_OUT_CASE(4, 3);
+        KW_ATTN_OUT_CASE(4, 4);
+    default:
+        return; /* m is 1..4 and nc 1..4 (the caller's loops) */
+    }
+#undef KW_ATTN_OUT_CASE
+}
+
 /* The softmax numerators of one head's visible scores e_row[0, n) in place (exp(s - max), the fixed exp of
  * kw__cpu_exp_f32), returning 1 / their sum (16 lanes, then the fixed tree of hsum). */
 KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_exp_row)(float *e_row, int64_t n, float max) {
@@ -96,16 +172,28 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
             if (s > maxs[g]) maxs[g] = s;
         }
     }
+    float *os[KW_ATTN_MAX_GROUP], inv[KW_ATTN_MAX_GROUP];
+    const float *es[KW_ATTN_MAX_GROUP];
+    int m = 0;
     for (int64_t g = 0; g < nh; ++g) {
         float *o = out + g * D, *e_row = scores + g * n_kv + lo;
         if (maxs[g] == -INFINITY) { /* nothing visible */
             memset(o, 0, (size_t)D * sizeof(float));
             continue;
         }
-        const float inv = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
-        for (int64_t d0 = 0; d0 < D; d0 += 64)
-            KW_ISA_FN(kw_attn_out_block)(o, e_row, vbase, row_bytes, dt, lo, n, D, d0, inv);
+        os[m] = o, es[m] = e_row, inv[m] = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
+        ++m;
     }
+    /* the whole 16-wide chunks for up to four heads at once; a partial last chunk per head as before */
+    const int64_t Dfull = D / 16 * 16;
+    for (int g0 = 0; g0 < m; g0 += 4)
+        for (int64_t d0 = 0; d0 < Dfull; d0 += 64)
+            KW_ISA_FN(kw_attn_out_heads)
+    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, vbase, row_bytes, dt, lo, n, d0,
+     (int)((Dfull - d0) / 16 < 4 ? (Dfull - d0) / 16 : 4));
+    if (Dfull < D)
+        for (int g = 0; g < m; ++g)
+            KW_ISA_FN(kw_attn_out_block)(os[g], es[g], vbase, row_bytes, dt, lo, n, D, Dfull, inv[g]);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
