@@ -28,6 +28,29 @@ KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_dot)(const float *q, const
     return KW_V(hsum)(acc);
 }
 
+/* kw_attn_dot of q with four consecutive cache rows (k, k + row_bytes, ...) into s[0..4): the same four chains, run
+ * side by side (one chain's fma latency bound the score loop) and sharing q's loads. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_dot4)(float s[4], const float *q, const char *k, size_t row_bytes,
+                                                           enum kw_dtype dt, int64_t D) {
+    KW_VT acc[4] = {KW_V(zero)(), KW_V(zero)(), KW_V(zero)(), KW_V(zero)()};
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        const KW_VT qv = KW_V(load)(q + d);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld)(k + (size_t)r * row_bytes, dt, d), acc[r]);
+    }
+    if (d < D) {
+        const KW_VT qv = KW_V(load_n)(q + d, (int)(D - d));
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld_n)(k + (size_t)r * row_bytes, dt, d, (int)(D - d)), acc[r]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r)
+        s[r] = KW_V(hsum)(acc[r]);
+}
+
 /* o[d] for the dims of up to four 16-wide chunks starting at d0: the fma chain over the rows with a nonzero weight,
  * times inv. Rows whose weight is 0 (masked, or exp underflowed) are skipped on every ISA. */
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const float *e_row, const char *vbase,
@@ -182,8 +205,21 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     float maxs[KW_ATTN_MAX_GROUP];
     for (int64_t g = 0; g < nh; ++g)
         maxs[g] = -INFINITY;
-    /* scores: each K row once for the nh heads; the running max in row order (NaN never wins) */
-    for (int64_t j = lo; j <= hi; ++j) {
+    /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
+    int64_t j = lo;
+    for (; j + 3 <= hi; j += 4) {
+        const char *krow = kbase + (size_t)j * row_bytes;
+        for (int64_t g = 0; g < nh; ++g) {
+            float s4[4];
+            KW_ISA_FN(kw_attn_dot4)(s4, q + g * D, krow, row_bytes, dt, D);
+            for (int r = 0; r < 4; ++r) {
+                const float s = kw_opm_attn_masked(mask, j + r) ? -INFINITY : s4[r] * scale;
+                scores[g * n_kv + j + r] = s;
+                if (s > maxs[g]) maxs[g] = s;
+            }
+        }
+    }
+    for (; j <= hi; ++j) {
         const int masked = kw_opm_attn_masked(mask, j);
         const char *krow = kbase + (size_t)j * row_bytes;
         for (int64_t g = 0; g < nh; ++g) {
@@ -210,8 +246,8 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     for (int g0 = 0; g0 < m; g0 += 4)
         for (int64_t d0 = 0; d0 < Dfull; d0 += 64)
             KW_ISA_FN(kw_attn_out_heads)
-            (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, &src, lo, n, d0,
-             (int)((Dfull - d0) / 16 < 4 ? (Dfull - d0) / 16 : 4));
+    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, &src, lo, n, d0,
+     (int)((Dfull - d0) / 16 < 4 ? (Dfull - d0) / 16 : 4));
     if (Dfull < D)
         for (int g = 0; g < m; ++g)
             KW_ISA_FN(kw_attn_out_block)(os[g], es[g], vbase, row_bytes, dt, lo, n, D, Dfull, inv[g]);
@@ -336,6 +372,6 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
     for (int g0 = 0; g0 < m; g0 += 4)
         for (int64_t d0 = 0; d0 < D; d0 += 64)
             KW_ISA_FN(kw_attn_out_heads)
-            (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, &src, lo, n, d0,
-             (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4));
+    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, &src, lo, n, d0,
+     (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4));
 }
