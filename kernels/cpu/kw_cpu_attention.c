@@ -28,6 +28,18 @@
 /* Group sizes above this run in chunks (scores for every head of a chunk live in scratch together). */
 #define KW_ATTN_MAX_GROUP 16
 
+/* The value rows an output pass reads (kw_attn_out_fixed): an f32/bf16 cache (vscales NULL), or a paged quantized
+ * cache's codes (base, row_bytes) with their scale bytes and the 256 scale values. All borrowed. */
+typedef struct kw_attn_values {
+    const char *base;
+    size_t row_bytes;
+    enum kw_dtype dt;
+    const uint8_t *vscales;
+    const float *scale_of;
+    enum kw_kvq_codec codec;
+    int64_t D;
+} kw_attn_values;
+
 #define KW_SIMD_SFX    scalar
 #define KW_SIMD_TARGET /* portable */
 #define KW_SIMD_ISA    KW_CPU_ISA_SCALAR

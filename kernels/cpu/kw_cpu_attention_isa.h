@@ -28,6 +28,29 @@ KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_dot)(const float *q, const
     return KW_V(hsum)(acc);
 }
 
+/* kw_attn_dot of q with four consecutive cache rows (k, k + row_bytes, ...) into s[0..4): the same four chains, run
+ * side by side (one chain's fma latency bound the score loop) and sharing q's loads. */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_dot4)(float s[4], const float *q, const char *k, size_t row_bytes,
+                                                           enum kw_dtype dt, int64_t D) {
+    KW_VT acc[4] = {KW_V(zero)(), KW_V(zero)(), KW_V(zero)(), KW_V(zero)()};
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        const KW_VT qv = KW_V(load)(q + d);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld)(k + (size_t)r * row_bytes, dt, d), acc[r]);
+    }
+    if (d < D) {
+        const KW_VT qv = KW_V(load_n)(q + d, (int)(D - d));
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld_n)(k + (size_t)r * row_bytes, dt, d, (int)(D - d)), acc[r]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r)
+        s[r] = KW_V(hsum)(acc[r]);
+}
+
 /* o[d] for the dims of up to four 16-wide chunks starting at d0: the fma chain over the rows with a nonzero weight,
  * times inv. Rows whose weight is 0 (masked, or exp underflowed) are skipped on every ISA. */
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const float *e_row, const char *vbase,
@@ -61,6 +84,102 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const 
     }
 }
 
+/* 16 codes of a row at d, widened exactly. */
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attnq_codes)(const uint8_t *row, enum kw_kvq_codec codec, int64_t d) {
+    if (codec == KW_KVQ_INT8) return KW_V(load_i8)((const int8_t *)row + d);
+    if (codec == KW_KVQ_INT6) return KW_V(load_u6)(row + d / 16 * 12, 32);
+    return KW_V(load_u4)(row + d / 2, 8);
+}
+
+/* The output of m heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of nc full 16-wide chunks
+ * from d0: each value row's chunks are loaded (QUANT: rebuilt as fl(code * scale), one scale per group of G = 16 or 32
+ * channels, so a chunk lies in one group) once and feed every head's fma chain over the rows, a head skipping the rows
+ * whose weight is 0: per output the chain of kw_attn_out_block, so the same bits, with the value rows read once per
+ * group of heads and m x nc independent chains (one head's nc = 4 chains bound decode at short context by their
+ * latency). QUANT, m and nc are constants at every call (kw_attn_out_heads' switch), so the loops unroll and the
+ * accumulators live in registers (with run-time bounds the compiler kept them in memory). */
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_fixed)(const int QUANT, float *const *o, const float *const *e,
+                                                                const float *inv, const kw_attn_values *src, int64_t lo,
+                                                                int64_t n, int64_t d0, const int m, const int nc) {
+    KW_VT acc[4][4];
+    const int64_t G = QUANT ? kw_kvq_value_group(src->D) : 1;
+#pragma GCC unroll 4
+    for (int g = 0; g < m; ++g)
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c)
+            acc[g][c] = KW_V(zero)();
+    for (int64_t j = 0; j < n; ++j) {
+        int any = 0;
+#pragma GCC unroll 4
+        for (int g = 0; g < m; ++g)
+            any |= e[g][j] != 0.0f;
+        if (!any) continue;
+        const char *vrow = src->base + (size_t)(lo + j) * src->row_bytes;
+        KW_VT v[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c) {
+            const int64_t d = d0 + c * 16;
+            if (QUANT) {
+                const float sc = src->scale_of[src->vscales[(lo + j) * (src->D / G) + d / G]];
+                v[c] = KW_V(mul)(KW_ISA_FN(kw_attnq_codes)((const uint8_t *)vrow, src->codec, d), KW_V(set1)(sc));
+            } else {
+                v[c] = KW_ISA_FN(kw_attn_ld)(vrow, src->dt, d);
+            }
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < m; ++g) {
+            const float w = e[g][j];
+            if (w == 0.0f) continue;
+            const KW_VT ev = KW_V(set1)(w);
+#pragma GCC unroll 4
+            for (int c = 0; c < nc; ++c)
+                acc[g][c] = KW_V(fma)(ev, v[c], acc[g][c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < m; ++g) {
+        const KW_VT iv = KW_V(set1)(inv[g]);
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; ++c)
+            KW_V(store)(o[g] + d0 + c * 16, KW_V(mul)(acc[g][c], iv));
+    }
+}
+
+/* kw_attn_out_fixed for 1..4 heads (m) and the dims of 1..4 full chunks from d0 (nc), with them and QUANT (src has
+ * scales) as constants. */
+KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_out_heads)(float *const *o, const float *const *e, const float *inv, int m,
+                                                        const kw_attn_values *src, int64_t lo, int64_t n, int64_t d0,
+                                                        int nc) {
+#define KW_ATTN_OUT_CASE(M, NC)                                                                                        \
+    case (M)*8 + (NC):                                                                                                 \
+        if (src->vscales)                                                                                              \
+            KW_ISA_FN(kw_attn_out_fixed)(1, o, e, inv, src, lo, n, d0, M, NC);                                         \
+        else                                                                                                           \
+            KW_ISA_FN(kw_attn_out_fixed)(0, o, e, inv, src, lo, n, d0, M, NC);                                         \
+        return
+    switch (m * 8 + nc) {
+        KW_ATTN_OUT_CASE(1, 1);
+        KW_ATTN_OUT_CASE(1, 2);
+        KW_ATTN_OUT_CASE(1, 3);
+        KW_ATTN_OUT_CASE(1, 4);
+        KW_ATTN_OUT_CASE(2, 1);
+        KW_ATTN_OUT_CASE(2, 2);
+        KW_ATTN_OUT_CASE(2, 3);
+        KW_ATTN_OUT_CASE(2, 4);
+        KW_ATTN_OUT_CASE(3, 1);
+        KW_ATTN_OUT_CASE(3, 2);
+        KW_ATTN_OUT_CASE(3, 3);
+        KW_ATTN_OUT_CASE(3, 4);
+        KW_ATTN_OUT_CASE(4, 1);
+        KW_ATTN_OUT_CASE(4, 2);
+        KW_ATTN_OUT_CASE(4, 3);
+        KW_ATTN_OUT_CASE(4, 4);
+    default:
+        return; /* m is 1..4 and nc 1..4 (the callers' loops) */
+    }
+#undef KW_ATTN_OUT_CASE
+}
+
 /* The softmax numerators of one head's visible scores e_row[0, n) in place (exp(s - max), the fixed exp of
  * kw__cpu_exp_f32), returning 1 / their sum (16 lanes, then the fixed tree of hsum). */
 KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_exp_row)(float *e_row, int64_t n, float max) {
@@ -86,8 +205,21 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     float maxs[KW_ATTN_MAX_GROUP];
     for (int64_t g = 0; g < nh; ++g)
         maxs[g] = -INFINITY;
-    /* scores: each K row once for the nh heads; the running max in row order (NaN never wins) */
-    for (int64_t j = lo; j <= hi; ++j) {
+    /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
+    int64_t j = lo;
+    for (; j + 3 <= hi; j += 4) {
+        const char *krow = kbase + (size_t)j * row_bytes;
+        for (int64_t g = 0; g < nh; ++g) {
+            float s4[4];
+            KW_ISA_FN(kw_attn_dot4)(s4, q + g * D, krow, row_bytes, dt, D);
+            for (int r = 0; r < 4; ++r) {
+                const float s = kw_opm_attn_masked(mask, j + r) ? -INFINITY : s4[r] * scale;
+                scores[g * n_kv + j + r] = s;
+                if (s > maxs[g]) maxs[g] = s;
+            }
+        }
+    }
+    for (; j <= hi; ++j) {
         const int masked = kw_opm_attn_masked(mask, j);
         const char *krow = kbase + (size_t)j * row_bytes;
         for (int64_t g = 0; g < nh; ++g) {
@@ -96,16 +228,29 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
             if (s > maxs[g]) maxs[g] = s;
         }
     }
+    float *os[KW_ATTN_MAX_GROUP], inv[KW_ATTN_MAX_GROUP];
+    const float *es[KW_ATTN_MAX_GROUP];
+    int m = 0;
     for (int64_t g = 0; g < nh; ++g) {
         float *o = out + g * D, *e_row = scores + g * n_kv + lo;
         if (maxs[g] == -INFINITY) { /* nothing visible */
             memset(o, 0, (size_t)D * sizeof(float));
             continue;
         }
-        const float inv = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
-        for (int64_t d0 = 0; d0 < D; d0 += 64)
-            KW_ISA_FN(kw_attn_out_block)(o, e_row, vbase, row_bytes, dt, lo, n, D, d0, inv);
+        os[m] = o, es[m] = e_row, inv[m] = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
+        ++m;
     }
+    /* the whole 16-wide chunks for up to four heads at once; a partial last chunk per head as before */
+    const int64_t Dfull = D / 16 * 16;
+    const kw_attn_values src = {vbase, row_bytes, dt, NULL, NULL, (enum kw_kvq_codec)0, D};
+    for (int g0 = 0; g0 < m; g0 += 4)
+        for (int64_t d0 = 0; d0 < Dfull; d0 += 64)
+            KW_ISA_FN(kw_attn_out_heads)
+    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, &src, lo, n, d0,
+     (int)((Dfull - d0) / 16 < 4 ? (Dfull - d0) / 16 : 4));
+    if (Dfull < D)
+        for (int g = 0; g < m; ++g)
+            KW_ISA_FN(kw_attn_out_block)(os[g], es[g], vbase, row_bytes, dt, lo, n, D, Dfull, inv[g]);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -113,13 +258,6 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
  * as fl(code * scale) (a widened code times the scale, one rounding) where the loops above load it, so the result is
  * that of the f32 kernel on a cache holding those values. D is a multiple of 16 here.
  */
-
-/* 16 codes of a row at d, widened exactly. */
-KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attnq_codes)(const uint8_t *row, enum kw_kvq_codec codec, int64_t d) {
-    if (codec == KW_KVQ_INT8) return KW_V(load_i8)((const int8_t *)row + d);
-    if (codec == KW_KVQ_INT6) return KW_V(load_u6)(row + d / 16 * 12, 32);
-    return KW_V(load_u4)(row + d / 2, 8);
-}
 
 /* A key row of a full page rebuilt once into kbuf (D floats): fl(code * scale) per value, the page's channel scales sc.
  * Every query head of the item then takes the f32 kernel's dot product on it. */
@@ -177,88 +315,6 @@ KW_SIMD_TARGET KW_SIMD_INLINE int KW_ISA_FN(kw_attnq_key_scores)(float *scores, 
 #undef KW_ATTNQ_KEY_CASE
 }
 
-/* The output of m heads (e rows e[0..m), 1 / sum inv[0..m), outputs o[0..m)) for the dims of nc 16-wide chunks from d0:
- * each value row's chunks are rebuilt once (one scale per group of G = 16 or 32 channels, so a chunk lies in one group)
- * and feed every head's fma chain over the rows, a head skipping the rows whose weight is 0, as kw_attn_out_block does.
- * m and nc are constants at every call (kw_attnq_out_block's switch), so the loops unroll and the m x nc accumulators
- * live in registers (with run-time bounds the compiler kept them in memory: a load and a store around every fma). */
-KW_SIMD_TARGET KW_SIMD_INLINE void
-KW_ISA_FN(kw_attnq_out_fixed)(float *const *o, const float *const *e, const float *inv, const uint8_t *vbase,
-                              const uint8_t *vscales, const float *scale_of, size_t row_bytes, enum kw_kvq_codec codec,
-                              int64_t lo, int64_t n, int64_t D, int64_t d0, const int m, const int nc) {
-    KW_VT acc[4][4];
-    const int64_t G = kw_kvq_value_group(D);
-#pragma GCC unroll 4
-    for (int g = 0; g < m; ++g)
-#pragma GCC unroll 4
-        for (int c = 0; c < nc; ++c)
-            acc[g][c] = KW_V(zero)();
-    for (int64_t j = 0; j < n; ++j) {
-        int any = 0;
-#pragma GCC unroll 4
-        for (int g = 0; g < m; ++g)
-            any |= e[g][j] != 0.0f;
-        if (!any) continue;
-        const uint8_t *vrow = vbase + (size_t)(lo + j) * row_bytes, *vs = vscales + (lo + j) * (D / G);
-        KW_VT v[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < nc; ++c) {
-            const int64_t d = d0 + c * 16;
-            v[c] = KW_V(mul)(KW_ISA_FN(kw_attnq_codes)(vrow, codec, d), KW_V(set1)(scale_of[vs[d / G]]));
-        }
-#pragma GCC unroll 4
-        for (int g = 0; g < m; ++g) {
-            const float w = e[g][j];
-            if (w == 0.0f) continue;
-            const KW_VT ev = KW_V(set1)(w);
-#pragma GCC unroll 4
-            for (int c = 0; c < nc; ++c)
-                acc[g][c] = KW_V(fma)(ev, v[c], acc[g][c]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int g = 0; g < m; ++g) {
-        const KW_VT iv = KW_V(set1)(inv[g]);
-#pragma GCC unroll 4
-        for (int c = 0; c < nc; ++c)
-            KW_V(store)(o[g] + d0 + c * 16, KW_V(mul)(acc[g][c], iv));
-    }
-}
-
-/* kw_attnq_out_fixed for up to four heads (m) and the dims of up to four chunks from d0, with m and nc as constants. */
-KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_out_block)(float *const *o, const float *const *e, const float *inv,
-                                                         int m, const uint8_t *vbase, const uint8_t *vscales,
-                                                         const float *scale_of, size_t row_bytes,
-                                                         enum kw_kvq_codec codec, int64_t lo, int64_t n, int64_t D,
-                                                         int64_t d0) {
-    const int nc = (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4);
-#define KW_ATTNQ_OUT_CASE(M, NC)                                                                                       \
-    case (M)*8 + (NC):                                                                                                 \
-        KW_ISA_FN(kw_attnq_out_fixed)(o, e, inv, vbase, vscales, scale_of, row_bytes, codec, lo, n, D, d0, M, NC);     \
-        return
-    switch (m * 8 + nc) {
-        KW_ATTNQ_OUT_CASE(1, 1);
-        KW_ATTNQ_OUT_CASE(1, 2);
-        KW_ATTNQ_OUT_CASE(1, 3);
-        KW_ATTNQ_OUT_CASE(1, 4);
-        KW_ATTNQ_OUT_CASE(2, 1);
-        KW_ATTNQ_OUT_CASE(2, 2);
-        KW_ATTNQ_OUT_CASE(2, 3);
-        KW_ATTNQ_OUT_CASE(2, 4);
-        KW_ATTNQ_OUT_CASE(3, 1);
-        KW_ATTNQ_OUT_CASE(3, 2);
-        KW_ATTNQ_OUT_CASE(3, 3);
-        KW_ATTNQ_OUT_CASE(3, 4);
-        KW_ATTNQ_OUT_CASE(4, 1);
-        KW_ATTNQ_OUT_CASE(4, 2);
-        KW_ATTNQ_OUT_CASE(4, 3);
-        KW_ATTNQ_OUT_CASE(4, 4);
-    default:
-        return; /* m is 1..4 and D a multiple of 16 (the caller's loops) */
-    }
-#undef KW_ATTNQ_OUT_CASE
-}
-
 /* kw_attn_item over one kv head's key storage khead (geometry kg, full pages up to row full) and value storage vhead.
  * ksc: 2 D floats of scratch (a page's decoded channel scales, a rebuilt key row); scale_of: the 256 scale values. */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, int64_t nh, const uint8_t *khead,
@@ -311,9 +367,11 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attnq_item)(float *out, const float *q, 
         os[m] = o, es[m] = e_row, inv[m] = KW_ISA_FN(kw_attn_exp_row)(e_row, n, maxs[g]);
         ++m;
     }
+    const kw_attn_values src = {
+        (const char *)vhead, vrow_bytes, KW_DTYPE_F32, vhead + kw_kvq_scales_offset(vg), scale_of, vg->codec, D};
     for (int g0 = 0; g0 < m; g0 += 4)
         for (int64_t d0 = 0; d0 < D; d0 += 64)
-            KW_ISA_FN(kw_attnq_out_block)
-    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, vhead, vhead + kw_kvq_scales_offset(vg), scale_of, vrow_bytes,
-     vg->codec, lo, n, D, d0);
+            KW_ISA_FN(kw_attn_out_heads)
+    (os + g0, es + g0, inv + g0, m - g0 < 4 ? m - g0 : 4, &src, lo, n, d0,
+     (int)((D - d0) / 16 < 4 ? (D - d0) / 16 : 4));
 }

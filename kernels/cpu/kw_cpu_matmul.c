@@ -77,18 +77,28 @@
 #undef KW_MM_TILE_MORE_CASES
 
 /* The decode row of a 4-bit quantized panel with AVX-512 VBMI (taken when the CPU has it): the same chains and the
- * same bits as kw_qmm_row_avx512_s4/u4, about half the instructions per weight. One multishift puts the nibble u of
- * lane i into bits 16..19 and a ternary op masks it and ors in the exponent of 2^7, so f = 128 + u exactly; then
- * w = fma(f, scale, -C * scale) with C = 128 + ZERO equals (u - ZERO) * scale rounded once, fl(code * scale), whenever
- * C * scale is exact. That is checked per group (fma(scale, C, -C * scale) == 0 in every lane, which also rejects
- * overflow and NaN), and a group that fails takes the convert-and-multiply path. The offset is added as before. (For
- * 8-bit codes the same trick needs a shuffle and an xor per 16 weights, no fewer than the convert: measured no gain.)
- */
+ * same bits as kw_qmm_row_avx512_s4/u4, about half the instructions per weight. Per k, kw_u4_unpack_vbmi gives
+ * f = 128 + u exactly for the 64 rows (u the nibble) in one byte permute, four shifts and four ternary ops; a
+ * multishift per 16 rows did it before, but on Zen 5 it runs on the two ports of the fmas, which bound the loop
+ * (docs/BENCHMARKS.md). Then, per group, the cheapest rebuild whose condition holds in all 64 lanes:
+ *   fold (layouts with offsets): w = fma(f, a, c) with c = b - 128 a, when u * a is exact for every nibble (the low
+ *     4 bits of a's significand are 0) and c is exact (its Fast2Sum error is 0): then f * a + c = u * a + b exactly,
+ *     rounded once, which is fl(fl(u * a) + b). For Q4_K (a = f16 d times a 6-bit s, b = f16 dmin times a 6-bit o)
+ *     u * a is always exact, and c was in every group of a Qwen3-0.6B Q4_K_M file. (A zero weight's sign can differ
+ *     from the reference's and never reaches y: the chain starts at +0, so acc is never -0.)
+ *   exact: w = fma(f, a, -C a) with C = 128 + ZERO, when C a is exact: fl((u - ZERO) * a), then + b if offsets.
+ *   else: w = fl((f - C) * a) (+ b), f - C the code exactly.
+ * (For 8-bit codes the same trick needs a shuffle and an xor per 16 weights, no fewer than the convert: measured no
+ * gain.) */
 #define KW_TARGET_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")))
 
 /* The VBMI decode rows' helpers. kw_qmm_row_store_vbmi stores a row's 64 accumulators, only the first ncols.
  * kw_qmm_scale_exact gives -fl(C * a) in *neg and the lanes where C * a is exact (fma(a, C, -fl(C * a)) == 0, which
- * also rejects overflow and NaN): there fma(f, a, -C * a) = fl((f - C) * a) for f - C an integer. */
+ * also rejects overflow and NaN): there fma(f, a, -C * a) = fl((f - C) * a) for f - C an integer. kw_qmm_fold_exact
+ * gives c = fl(b - 128 a) in *c and the lanes where the fold holds: a's low 4 significand bits 0 (so u * a, u <= 15,
+ * has at most 24 bits) and c exact: Fast2Sum on the operands ordered by magnitude (vrangeps), hi + lo = c, error
+ * lo - (c - hi) == 0 (overflow and NaN fail, and a > 2^120 overflows 128 a; when |b| = |128 a| the range ops may
+ * return one operand twice, and then c is 0 or 2b, exact, or the error is not 0). */
 KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_store_vbmi(float *y, const __m512 acc[4], int64_t ncols) {
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
@@ -104,6 +114,95 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __mmask16 kw_qmm_scale_exact(__m512 a, __m5
     *neg = _mm512_sub_ps(_mm512_setzero_ps(), cs);
     return _mm512_cmp_ps_mask(_mm512_fmsub_ps(a, C, cs), _mm512_setzero_ps(), _CMP_EQ_OQ);
 }
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __mmask16 kw_qmm_fold_exact(__m512 a, __m512 b, __m512 m128, __m512 *c) {
+    const __m512 y = _mm512_mul_ps(a, m128), s = _mm512_add_ps(b, y);
+    const __m512 hi = _mm512_range_ps(b, y, 7), lo = _mm512_range_ps(b, y, 6); /* larger, smaller magnitude */
+    const __m512 err = _mm512_sub_ps(lo, _mm512_sub_ps(s, hi));
+    *c = s;
+    const __mmask16 low4 = _mm512_testn_epi32_mask(_mm512_castps_si512(a), _mm512_set1_epi32(15));
+    return _mm512_mask_cmp_ps_mask(low4, err, _mm512_setzero_ps(), _CMP_EQ_OQ);
+}
+
+/* kw_u4_unpack_vbmi's constants. One byte permute gives lane i the four code bytes that hold the nibbles of rows i,
+ * 16 + i, 32 + i, 48 + i (byte 8 v + i % 8 for row 16 v + i), at bytes 2, 3, 1, 0; then per strip v one variable
+ * shift moves its nibble (the low one for i < 8, the high one above) to bits 16..19. */
+typedef struct kw_u4_unpack {
+    __m512i idx, right[2], left[2], ctrl;
+} kw_u4_unpack;
+
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE kw_u4_unpack kw_u4_unpack_init(void) {
+    static const int at[4] = {2, 3, 1, 0}; /* strip v's byte in the lane */
+    uint8_t b[64];
+    int32_t sh[4][16];
+    for (int i = 0; i < 16; ++i)
+        for (int v = 0; v < 4; ++v) {
+            b[4 * i + at[v]] = (uint8_t)(8 * v + i % 8);
+            sh[v][i] = 8 * at[v] + (i < 8 ? 0 : 4) - 16; /* the nibble's bit minus 16 */
+        }
+    kw_u4_unpack p;
+    p.idx = _mm512_loadu_si512(b);
+    for (int v = 0; v < 4; ++v)
+        for (int i = 0; i < 16; ++i)
+            sh[v][i] = sh[v][i] < 0 ? -sh[v][i] : sh[v][i];
+    p.right[0] = _mm512_loadu_si512(sh[0]), p.right[1] = _mm512_loadu_si512(sh[1]);
+    p.left[0] = _mm512_loadu_si512(sh[2]), p.left[1] = _mm512_loadu_si512(sh[3]);
+    memset(b, 0, sizeof b); /* kw_u4_unpack_ms: byte 2 of lane i takes the 8 bits at the nibble's offset */
+    for (int i = 0; i < 16; ++i)
+        b[4 * i + 2] = (uint8_t)(i < 8 ? 8 * i : 8 * (i - 8) + 4);
+    p.ctrl = _mm512_loadu_si512(b);
+    return p;
+}
+
+/* f[v] lane i = 128 + the nibble of row 16 v + i at this k (its 32 code bytes at k_codes), exactly: the shifted
+ * nibble kept and the bits of 128.0f ored in (one ternary op). */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_u4_unpack_vbmi(const kw_u4_unpack *p, const uint8_t *k_codes,
+                                                            __m512 f[4]) {
+    const __m512i x =
+        _mm512_permutexvar_epi8(p->idx, _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)k_codes)));
+    const __m512i t[4] = {_mm512_srlv_epi32(x, p->right[0]), _mm512_srlv_epi32(x, p->right[1]),
+                          _mm512_sllv_epi32(x, p->left[0]), _mm512_sllv_epi32(x, p->left[1])};
+    const __m512i nib = _mm512_set1_epi32(0x000F0000), P = _mm512_set1_epi32(0x43000000);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v)
+        f[v] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(t[v], nib, P, 0xEA)); /* (t & nib) | P */
+}
+
+/* kw_u4_unpack_vbmi's f with one multishift per strip instead (the form before it): fewer instructions, but the
+ * multishifts share the fmas' ports; faster where each w also takes an add (the exact and the slow rebuilds). */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_u4_unpack_ms(const kw_u4_unpack *p, const uint8_t *k_codes, __m512 f[4]) {
+    const __m512i nib = _mm512_set1_epi32(0x000F0000), P = _mm512_set1_epi32(0x43000000);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        uint64_t q;
+        memcpy(&q, k_codes + v * 8, 8);
+        const __m512i t = _mm512_multishift_epi64_epi8(p->ctrl, _mm512_set1_epi64((long long)q));
+        f[v] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(t, nib, P, 0xEA));
+    }
+}
+
+/* One group's G steps of the VBMI row: w = fma(f, a, c) (+ b when ADD), or (SLOW) fl((f - C) * a) (+ b). */
+KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_group_vbmi(const int G, const int ADD, const int SLOW, __m512 acc[4],
+                                                            const float *xg, const uint8_t *codes, const char *gp,
+                                                            size_t group_bytes, const __m512 a[4], const __m512 b[4],
+                                                            const __m512 c[4], __m512 C, const kw_u4_unpack *p) {
+    for (int kk = 0; kk < G; ++kk) {
+        KW_QMM_PREFETCH(gp, group_bytes, G, kk);
+        __m512 w[4];
+        if (ADD || SLOW)
+            kw_u4_unpack_ms(p, codes + kk * 32, w);
+        else
+            kw_u4_unpack_vbmi(p, codes + kk * 32, w);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            w[v] = SLOW ? _mm512_mul_ps(_mm512_sub_ps(w[v], C), a[v]) : _mm512_fmadd_ps(w[v], a[v], c[v]);
+            if (ADD) w[v] = _mm512_add_ps(w[v], b[v]);
+        }
+        const __m512 xb = _mm512_set1_ps(xg[kk]);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+            acc[v] = _mm512_fmadd_ps(xb, w[v], acc[v]);
+    }
+}
 
 KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const int OFS, const int G, const int SB,
                                                           float *y, const float *x, int64_t K, const char *wp,
@@ -113,15 +212,8 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
     const int PER = SB ? KW_QUANT_SUPERBLOCK / G : 1;
     const size_t head_bytes = (size_t)KW_PANEL_ROWS * (4 + (size_t)(SB ? PER : 0)) * (size_t)(1 + OFS);
     const size_t unit_bytes = head_bytes + code_bytes * (size_t)PER, group_bytes = unit_bytes / (size_t)PER;
-    const float C = 128.0f + (float)ZERO;
-    const __m512i P = _mm512_set1_epi32(0x43000000);
-    /* nibbles: byte 2 of lane i takes the 8 bits at the nibble's offset in the strip's 8 bytes (low nibbles of bytes
-     * 0..7 for lanes 0..7, high nibbles for 8..15); the ternary keeps its low 4 bits and ors in P */
-    uint8_t ctl[64] = {0};
-    for (int i = 0; i < 16; ++i) {
-        ctl[4 * i + 2] = (uint8_t)(i < 8 ? 8 * i : 8 * (i - 8) + 4);
-    }
-    const __m512i ctrl = _mm512_loadu_si512(ctl), nib = _mm512_set1_epi32(0x000F0000);
+    const kw_u4_unpack unpack = kw_u4_unpack_init();
+    const __m512 C = _mm512_set1_ps(128.0f + (float)ZERO), M128 = _mm512_set1_ps(-128.0f);
     __m512 acc[4];
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v)
@@ -132,8 +224,8 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
         const float *scales = (const float *)up, *offsets = scales + KW_PANEL_ROWS;
         const uint8_t *codes = (const uint8_t *)up + head_bytes + (size_t)j * code_bytes;
         const int8_t *sub = (const int8_t *)up + KW_PANEL_ROWS * 4 * (1 + OFS) + j * KW_PANEL_ROWS;
-        __m512 a[4], b[4], nc[4];
-        __mmask16 exact = 0xFFFF;
+        __m512 a[4], b[4], c[4];
+        __mmask16 fold = OFS ? 0xFFFF : 0;
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
             a[v] = _mm512_loadu_ps(scales + v * 16);
@@ -142,33 +234,21 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_vbmi(const int ZERO, const 
                 a[v] = _mm512_mul_ps(a[v], kw_v16_load_i8_avx512(sub + v * 16));
                 if (OFS) b[v] = _mm512_mul_ps(b[v], kw_v16_load_i8_avx512(sub + PER * KW_PANEL_ROWS + v * 16));
             }
-            exact &= kw_qmm_scale_exact(a[v], _mm512_set1_ps(C), &nc[v]);
+            if (OFS) fold &= kw_qmm_fold_exact(a[v], b[v], M128, &c[v]);
         }
-        for (int kk = 0; kk < G; ++kk) {
-            const float *xk = x + g * G + kk;
-            KW_QMM_PREFETCH(gp, group_bytes, G, kk);
-            __m512 w[4];
-            if (exact == 0xFFFF) {
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; ++v) {
-                    uint64_t q;
-                    memcpy(&q, codes + kk * 32 + v * 8, 8);
-                    const __m512i t = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64((long long)q));
-                    w[v] =
-                        _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32(t, nib, P, 0xEA)), a[v], nc[v]);
-                }
-            } else {
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; ++v)
-                    w[v] = _mm512_mul_ps(kw_v16_load_u4_avx512(codes + kk * 32 + v * 8, ZERO), a[v]);
-            }
-            const __m512 xb = _mm512_set1_ps(*xk);
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; ++v) {
-                if (OFS) w[v] = _mm512_add_ps(w[v], b[v]);
-                acc[v] = _mm512_fmadd_ps(xb, w[v], acc[v]);
-            }
+        const float *xg = x + g * G;
+        if (fold == 0xFFFF) {
+            kw_qmm_group_vbmi(G, 0, 0, acc, xg, codes, gp, group_bytes, a, b, c, C, &unpack);
+            continue;
         }
+        __mmask16 exact = 0xFFFF;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+            exact &= kw_qmm_scale_exact(a[v], C, &c[v]);
+        if (exact == 0xFFFF)
+            kw_qmm_group_vbmi(G, OFS, 0, acc, xg, codes, gp, group_bytes, a, b, c, C, &unpack);
+        else
+            kw_qmm_group_vbmi(G, OFS, 1, acc, xg, codes, gp, group_bytes, a, b, c, C, &unpack);
     }
     kw_qmm_row_store_vbmi(y, acc, ncols);
 }

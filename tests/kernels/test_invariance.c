@@ -206,6 +206,49 @@ static void test_attention_same_bits_everywhere(void **state) {
         free(q), free(kc), free(vc), free(mask), free(want), free(got);
     }
 }
+/* The heads of a GQA group share each value row's loads (kw_attn_out_fixed), yet every head keeps its own chain: a
+ * group of 2 query heads gives the bits of the same heads each with its own copy of the kv head (group 1), also when
+ * one head's weights underflow to 0 on rows where the other's do not (head 0 sees only row 3: its other weights are
+ * exp(-2000) = 0, so head 1 must still add those rows, and an infinite value there must not reach head 0 as 0 * inf);
+ * and a masked row whose K and V hold NaN changes nothing. */
+static void test_attention_group_heads_own_chains(void **state) {
+    (void)state;
+    const int64_t D = 128, Hq = 4, cap = 24, q_pos0 = 20, n_kv = 21;
+    float *q = kw_rand_array(KW_DTYPE_F32, Hq * D, 1.0f);
+    float *kc = kw_rand_array(KW_DTYPE_F32, 2 * cap * D, 2.0f), *vc = kw_rand_array(KW_DTYPE_F32, 2 * cap * D, 1.0f);
+    float *k4 = malloc((size_t)(Hq * cap * D) * sizeof(float)), *v4 = malloc((size_t)(Hq * cap * D) * sizeof(float));
+    float want[4 * 128], got[4 * 128];
+    uint8_t mask[24];
+    assert_true(k4 && v4);
+    for (int64_t j = 0; j < cap; ++j)
+        mask[j] = j != 7;
+    for (int64_t h = 0; h < 2; ++h)
+        for (int64_t d = 0; d < D; ++d) {
+            kc[(h * cap + 7) * D + d] = NAN, vc[(h * cap + 7) * D + d] = NAN;
+            if (h == 0) q[d] = 200.0f * kc[3 * D + d]; /* head 0: row 3 outscores every other by far */
+        }
+    vc[5 * D] = INFINITY;            /* a visible row head 0 gives weight 0: it must skip it, not add 0 * inf */
+    for (int64_t h = 0; h < Hq; ++h) /* q head h's own copy of kv head h / 2 */
+        memcpy(k4 + h * cap * D, kc + h / 2 * cap * D, (size_t)(cap * D) * sizeof(float)),
+            memcpy(v4 + h * cap * D, vc + h / 2 * cap * D, (size_t)(cap * D) * sizeof(float));
+    const kw_attn_case split = {1, Hq, Hq, D, q_pos0, n_kv - q_pos0 - 1, 0, KW_DTYPE_F32, 1};
+    const kw_attn_case group = {1, Hq, 2, D, q_pos0, n_kv - q_pos0 - 1, 0, KW_DTYPE_F32, 1};
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        kw_attn(b, want, q, k4, v4, mask, &split, cap, 0, 1);
+        memset(got, 0xff, sizeof got);
+        kw_attn(b, got, q, kc, vc, mask, &group, cap, 0, 1);
+        kw_same_bits(got, want, Hq * D, isas[i]);
+        for (int64_t e = 0; e < Hq * D; ++e) /* head 1 adds the infinity in its dim 0 */
+            assert_true(isfinite(got[e]) || e == D);
+        for (int64_t d = 0; d < D; ++d) /* head 0 is row 3's value, to rounding */
+            assert_true(fabsf(got[d] - vc[3 * D + d]) <= 1e-6f * (1.0f + fabsf(vc[3 * D + d])));
+        kw_backend_destroy(b);
+    }
+    free(q), free(kc), free(vc), free(k4), free(v4);
+}
 
 /* ------------------------------------------------------------------------------------------------------------
  * Bulk math over the float range, and the small ops
@@ -347,9 +390,9 @@ static void test_packed_weight_contract(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matmul_same_bits_everywhere), cmocka_unit_test(test_attention_same_bits_everywhere),
-        cmocka_unit_test(test_math_same_bits_everywhere),   cmocka_unit_test(test_small_ops_same_bits_everywhere),
-        cmocka_unit_test(test_packed_weight_contract),
+        cmocka_unit_test(test_matmul_same_bits_everywhere),      cmocka_unit_test(test_attention_same_bits_everywhere),
+        cmocka_unit_test(test_attention_group_heads_own_chains), cmocka_unit_test(test_math_same_bits_everywhere),
+        cmocka_unit_test(test_small_ops_same_bits_everywhere),   cmocka_unit_test(test_packed_weight_contract),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -376,6 +376,100 @@ static void test_superblock_is_the_plain_layout(void **state) {
     kw_backend_destroy(b);
 }
 
+/* The 4-bit decode rows' per-group rebuilds (kernels/cpu/kw_cpu_matmul.c, kw_qmm_row_vbmi): rows of groups built to
+ * take each one, in turn along k, give the f32 matmul's bits on every ISA, for U4 and U4_SB, with x zero outside one
+ * kind's groups (so no kind's rounding hides another's). Kind 0: a = d * s, b = -d * o (f16 d): the fold
+ * (w = fma(128 + u, a, b - 128 a)) holds. Kind 1: the same a, b any 24-bit value: b - 128 a rounds, the fold must not
+ * be taken. Kind 2 (U4 only, x = 1 at one k so y = w): a any 24-bit value in [1, 1.5) 2^-8 and b near -8 a on the
+ * grid of 128 ulp(a): b - 128 a is exact, but u * a rounds and u * a + b does not for u near 8, so a fold would differ
+ * from fl(u * a) + b. Kind 3: a up to 2^122, so 128 a overflows: only the convert-and-multiply rebuild is exact. */
+static void kw_u4_kind(int kind, uint64_t *rng, float *d, float *m) {
+    const float f16 = kw_f16_to_f32(kw_f32_to_f16(0.001f + fabsf(kw_rand_from(rng)) * 0.01f));
+    const float any = 0.001f + fabsf(kw_rand_from(rng)) * 0.01f; /* a full 24-bit significand, almost surely */
+    switch (kind) {
+    case 0:
+        *d = f16, *m = -f16;
+        break;
+    case 1:
+        *d = f16, *m = -any;
+        break;
+    case 2: /* a in [1, 1.5) 2^-8, m a multiple of 128 ulp(a) (set by the caller, b = m with o = 1) */
+        *d = 0x1p-8f * (1.0f + fabsf(kw_rand_from(rng)) * 0.5f), *m = 0.0f;
+        break;
+    default:
+        *d = 0x1p116f, *m = -f16;
+        break;
+    }
+}
+
+static void test_u4_rebuild_paths(void **state) {
+    (void)state;
+    const int64_t N = 130, K = 1024, G = 32, groups = K / G, sbs = K / 256;
+    uint64_t rng = 0x51ed2701ull;
+    int8_t *codes = malloc((size_t)(N * K));
+    float *scales = malloc((size_t)(N * groups) * sizeof(float)),
+          *offsets = malloc((size_t)(N * groups) * sizeof(float));
+    float *sb_d = malloc((size_t)(N * sbs) * sizeof(float)), *sb_m = malloc((size_t)(N * sbs) * sizeof(float));
+    float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)K * sizeof(float));
+    float want[130], got[130];
+    assert_true(codes && scales && offsets && sb_d && sb_m && w && x);
+    for (int64_t i = 0; i < N * K; ++i)
+        codes[i] = (int8_t)(kw_next() % 16);
+    for (int sb_layout = 0; sb_layout < 2; ++sb_layout) {
+        /* U4: the kind of group g is g % 4; U4_SB: of super-block b, b % 4 (one d, m per super-block; kind 2 needs a
+         * free b, so it is kind 1 there) */
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t b = 0; b < sbs; ++b) {
+                float d, m;
+                kw_u4_kind(b % 4 == 2 ? 1 : (int)(b % 4), &rng, &d, &m);
+                sb_d[n * sbs + b] = d, sb_m[n * sbs + b] = m;
+                for (int64_t g = b * 8; g < b * 8 + 8; ++g) {
+                    const int kind = (int)(g % 4);
+                    float gd = d, gm = m;
+                    if (!sb_layout) kw_u4_kind(kind, &rng, &gd, &gm);
+                    int s = 1 + (int)(kw_next() % 63), o = (int)(kw_next() % 64);
+                    if (!sb_layout && kind == 2) /* b near -8 a on the grid of 128 ulp(a) = 2^-24 */
+                        s = 1, o = 1, gm = -floorf(8.0f * gd * 0x1p24f) * 0x1p-24f;
+                    scales[n * groups + g] = gd * (float)s;
+                    offsets[n * groups + g] = gm * (float)o;
+                }
+            }
+        const kw_quant_rows q = {
+            sb_layout ? KW_LAYOUT_QPANELS_U4_SB : KW_LAYOUT_QPANELS_U4, N, K, codes, scales, offsets, sb_d, sb_m};
+        kw_ref_quant_dequant(w, &q);
+        /* one x per kind, zero outside its groups, so no kind's rounding hides another's */
+        for (int kind = 0; kind < 4; ++kind) {
+            for (int64_t k = 0; k < K; ++k) {
+                const int at = sb_layout ? ((k / 256) % 4 == 2 ? 1 : (int)((k / 256) % 4)) : (int)((k / G) % 4);
+                x[k] = at == kind ? kw_rand_from(&rng) * (kind == 3 ? 0x1p-20f : 1.0f) : 0.0f; /* kind 3: finite sums */
+            }
+            if (kind == 2 && !sb_layout) { /* y = w at one k of a kind-2 group: a wrong fold's few ulps stay visible */
+                memset(x, 0, (size_t)K * sizeof(float));
+                x[2 * G + 5] = 1.0f;
+            }
+            kw_backend *ref = kw_cpu("scalar", 1);
+            kw_tensor tw = kw_wrap(ref, KW_DTYPE_F32, 2, (int64_t[]){N, K}, w);
+            kw_mm(ref, want, x, &tw, NULL, 0, 1);
+            kw_backend_destroy(ref);
+            const char *isas[3];
+            const int n_isa = kw_backend_cpu_isas(isas);
+            for (int i = 0; i < n_isa; ++i) {
+                kw_backend *b = kw_cpu(isas[i], 1);
+                kw_tensor tq;
+                assert_int_equal(kw_tensor_pack_quantized(b, &q, &tq), 0);
+                memset(got, 0xff, sizeof got);
+                kw_mm(b, got, x, &tq, NULL, 0, 1);
+                char what[80];
+                snprintf(what, sizeof what, "%s rebuild kind %d on %s", sb_layout ? "U4_SB" : "U4", kind, isas[i]);
+                kw_same_bits(got, want, N, what);
+                kw_tensor_free(&tq);
+                kw_backend_destroy(b);
+            }
+        }
+    }
+    free(codes), free(scales), free(offsets), free(sb_d), free(sb_m), free(w), free(x);
+}
+
 /* kw_backend_cpu_layout_fast: QPANELS_S6_G16_SB only on AVX-512 with VBMI (the model then keeps Q6_K in it), every
  * other supported layout always, nothing for a NULL backend. */
 static void test_s6_is_chosen_with_vbmi(void **state) {
@@ -631,6 +725,7 @@ int main(void) {
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
         cmocka_unit_test(test_x8_superblock_is_x8),
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
+        cmocka_unit_test(test_u4_rebuild_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
