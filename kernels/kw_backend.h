@@ -135,10 +135,11 @@ enum kw_layout {
      * scales and offsets kept as QPANELS_U4_SB / S8_G16_SB keep them (int8 s, o per group, f32 d, m per 256 k of a row;
      * scale = fl(d * s), offset = fl(m * o), rebuilt in the kernel) and each group's codes arranged as the X8 layout
      * arranges them. The matmul is the X8 layouts' (the same rule and the same bits as U4_X8 / S8_G16_X8 on the same
-     * rows: kw_ref_quant_matmul_x8 is the oracle of all five, S6_G16_SB_X8 below included), in 0.59 bytes per weight instead of 0.75 (U4) and 1.08
-     * instead of 1.25 (S8_G16). Storage: a panel K / 256 super-blocks, a super-block the head of U4_SB / S8_G16_SB (64
-     * f32 d, 64 f32 m (U4 only), per group 64 bytes of s, (U4) per group 64 bytes of o), then its groups' 1024-byte
-     * X8 code blocks in order. K a multiple of 256; the CPU backend only (kw_backend_supports_layout). */
+     * rows: kw_ref_quant_matmul_x8 is the oracle of all five, S6_G16_SB_X8 below included), in 0.59 bytes per weight
+     * instead of 0.75 (U4) and 1.08 instead of 1.25 (S8_G16). Storage: a panel K / 256 super-blocks, a super-block the
+     * head of U4_SB / S8_G16_SB (64 f32 d, 64 f32 m (U4 only), per group 64 bytes of s, (U4) per group 64 bytes of o),
+     * then its groups' 1024-byte X8 code blocks in order. K a multiple of 256; the CPU backend only
+     * (kw_backend_supports_layout). */
     KW_LAYOUT_QPANELS_U4_SB_X8 = 13,
     KW_LAYOUT_QPANELS_S8_G16_SB_X8 = 14,
     /* QPANELS_S6_G16_SB_X8: QPANELS_S8_G16_SB_X8 (Q6_K) with the codes (-32..31) as code + 32 in 6 bits, 768 bytes per

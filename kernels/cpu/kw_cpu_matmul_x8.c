@@ -29,8 +29,8 @@
  * + 4 t + b the high nibble; S8_G16: the code + 128 as an unsigned byte, which vpdpbusd multiplies directly and
  * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k. The
  * super-block layouts keep the same 1024-byte code blocks (S6_G16_SB_X8: 768 bytes, strips of 192: two nibble
- * vectors and one of the top two bits, each code stored as code + 32 and 32 * sum q taken back), after their super-block's head of d, m, s and o
- * (kw_x8_group).
+ * vectors and one of the top two bits, each code stored as code + 32 and 32 * sum q taken back), after their
+ * super-block's head of d, m, s and o (kw_x8_group).
  */
 #include "kernels/cpu/kw_cpu.h"
 
