@@ -11,10 +11,13 @@
  * random and edge-case rows): y = fl32(x * inv) with one rounding (no FMA), clamp to [-qmax, qmax], round half to even
  * with cvtps2dq under the default MXCSR (the same rounding as the scalar 1.5*2^23 trick), two's complement packing with
  * element 2j in the low nibble; dequantization fl32(q * s); bf16 output by integer round-to-nearest-even (not
- * vcvtneps2bf16, which flushes subnormals). Like the scalar code they assume the default MXCSR (round to nearest, no
- * FTZ/DAZ).
+ * vcvtneps2bf16, which flushes subnormals). Like the scalar code they assume MXCSR's round to nearest; with FTZ and
+ * DAZ set (a host built with -ffast-math) the decoders still give the scalar code's bits (test_wire_simd's
+ * test_daz_ftz), the fp8 ones by not making a subnormal code an f32 subnormal.
  */
 #include "wire/kw_wire_internal.h"
+
+#include <math.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -584,8 +587,9 @@ KW_AVX2 static inline void kw__store16_avx2(void *out, uint32_t out_dtype, uint3
 /* 8 FP8 codes (int32 0..255) as f32, exactly kw_e4m3_to_f32 / kw_e5m2_to_f32 (NaN and Inf codes too); *bad gets
  * all ones in the lanes of codes that are not finite. The code goes to the top byte and an arithmetic shift puts its
  * exponent and mantissa fields where an f32's low exponent bits and top mantissa bits are (the sign's copies between
- * masked off): that f32 is the value times 2^(bias - 127), a subnormal code an f32 subnormal, so one exact multiply
- * by 2^(127 - bias) gives the value (no FTZ/DAZ, as everywhere here). */
+ * masked off): that f32 is the value times 2^(bias - 127), so one exact multiply by 2^(127 - bias) gives the value.
+ * A subnormal code would be an f32 subnormal there, which MXCSR.DAZ reads as 0: exponent-0 lanes are converted from
+ * their mantissa field instead. */
 KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *bad) {
     const __m256i t = _mm256_slli_epi32(c, 24);
     __m256i v, special, special_bits;
@@ -602,7 +606,15 @@ KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *
     }
     v = _mm256_blendv_epi8(v, special_bits, special);
     *bad = _mm256_or_si256(*bad, special);
-    return _mm256_mul_ps(_mm256_castsi256_ps(v), _mm256_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
+    /* exponent-0 codes are f32 subnormals above, which DAZ would read as zeros: their lanes are the sign ORed into the
+     * mantissa field m times 2^(1 - bias - mbits) (exact) */
+    const __m256i sub =
+        _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(e4m3 ? 0x78 : 0x7c)), _mm256_setzero_si256());
+    const __m256 mag = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(e4m3 ? 7 : 3))),
+                                     _mm256_set1_ps(e4m3 ? 0x1p-9f : 0x1p-16f));
+    const __m256 subv = _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_and_si256(t, _mm256_set1_epi32(INT32_MIN))));
+    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_castsi256_ps(v), _mm256_set1_ps(e4m3 ? 0x1p120f : 0x1p112f)), subv,
+                            _mm256_castsi256_ps(sub));
 }
 
 /* Symmetric int3 or int2 rows: sign-extended fields times s; the field 2^(b-1) (the code -2^(b-1)) is reserved. */
@@ -793,10 +805,11 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
     }
     default: { /* E4M3, E5M2 */
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
-        if (s < (e4m3 ? 0x1p8f : 0x1p16f)) {
+        if (fabsf(s) < (e4m3 ? 0x1p8f : 0x1p16f) && !(_mm_getcsr() & 0x40)) {
             /* kw__fp8_values8_avx2 without its NaN/Inf lanes, and one multiply: s 2^(127 - bias) is exact and finite
              * here, and the shifted code (the value times 2^(bias - 127), exact) times it is the product's one
-             * rounding, as fl32(value * s). A row with a NaN or Inf code is done again below. */
+             * rounding, as fl32(value * s). A row with a NaN or Inf code is done again below. A subnormal code is an
+             * f32 subnormal here: with MXCSR.DAZ (bit 6, set by -ffast-math hosts) the loop below does the row. */
             const __m256 vk = _mm256_set1_ps(s * (e4m3 ? 0x1p120f : 0x1p112f));
             const __m256i mask = _mm256_set1_epi32(e4m3 ? (int)0x87f00000u : (int)0x8fe00000u);
             const __m128i sm = _mm_set1_epi8(e4m3 ? 0x7f : 0x7c);
@@ -1594,7 +1607,13 @@ KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mm
                                  _mm512_set1_epi32(0x00400000));
     }
     *bad |= special;
-    return _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
+    /* the exponent-0 lanes without f32 subnormals (DAZ), as in kw__fp8_values8_avx2 */
+    const __mmask16 sub = _mm512_testn_epi32_mask(c, _mm512_set1_epi32(e4m3 ? 0x78 : 0x7c));
+    const __m512 mag = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(e4m3 ? 7 : 3))),
+                                     _mm512_set1_ps(e4m3 ? 0x1p-9f : 0x1p-16f));
+    v = _mm512_mask_or_epi32(v, sub, _mm512_castps_si512(mag), _mm512_and_si512(t, _mm512_set1_epi32(INT32_MIN)));
+    const __m512 r = _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
+    return _mm512_mask_mov_ps(r, sub, _mm512_castsi512_ps(v));
 }
 
 /* int8 or int4 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for
