@@ -1082,8 +1082,9 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
 KW__EACH_GROUP(avx2, KW_AVX2, kw__quantize_avx2, kw__dequantize_avx2)
 
 /* int8 or int4 groups (G a multiple of 16) of a packed row in one loop, 16 values a step with their group's scale:
- * the steps of kw__dequantize_avx2's int8 and nibble cases (int4 by sign extension, not the bf16 table, which would be
- * rebuilt for every group). codec and out_dtype are constants where this is inlined. */
+ * the steps of kw__dequantize_avx2's int8 and nibble cases (int4 by sign extension). int4 to bf16 with G % 32 == 0
+ * does not come here: kw__dequantize_groups_avx2 builds the bf16 table of each group instead. codec and out_dtype are
+ * constants where this is inlined. */
 KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_groups84_avx2(uint32_t codec,
                                                                                       const uint8_t *src, uint32_t n,
                                                                                       uint32_t G, const float *s,
@@ -1113,8 +1114,9 @@ KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_groups84
     return _mm_movemask_epi8(bad) ? KW_E_WIRE_VALUE : 0;
 }
 
-/* kw__wire_kernels.dequantize_groups: int8 and int4 groups of a multiple of 16 values by kw__dequantize_groups84_avx2,
- * the rest group by group. */
+/* kw__wire_kernels.dequantize_groups: int4 groups of a multiple of 32 values to bf16 by the per-group bf16 table
+ * (kw__dequantize_nib_bf16_avx2), other int8 and int4 groups of a multiple of 16 values by
+ * kw__dequantize_groups84_avx2, the rest group by group. */
 KW_AVX2 static int kw__dequantize_groups_avx2(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
                                               const float *s, void *out, uint32_t out_dtype) {
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || G % 16 != 0)
