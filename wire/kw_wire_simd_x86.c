@@ -12,8 +12,8 @@
  * with cvtps2dq under the default MXCSR (the same rounding as the scalar 1.5*2^23 trick), two's complement packing with
  * element 2j in the low nibble; dequantization fl32(q * s); bf16 output by integer round-to-nearest-even (not
  * vcvtneps2bf16, which flushes subnormals). Like the scalar code they assume MXCSR's round to nearest; with FTZ and
- * DAZ set (a host built with -ffast-math) the decoders still give the scalar code's bits (test_wire_simd's
- * test_daz_ftz), the fp8 ones by not making a subnormal code an f32 subnormal.
+ * DAZ set (a host built with -ffast-math) dequantization, quantization and absmax still give the scalar code's bits
+ * (test_wire_simd's test_daz_ftz), fp8 decode by redoing the lanes of subnormal codes (kw__fp8_subnormals8_avx2).
  */
 #include "wire/kw_wire_internal.h"
 
