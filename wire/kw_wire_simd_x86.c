@@ -902,21 +902,17 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
  * exact), or with it. */
 #define KW__DEQ_CASE_FP8(DEQ, C)                                                                                       \
     case (C)*2:                                                                                                        \
-        if (daz)                                                                                                       \
-            for (uint32_t r = 0; r < n_rows; ++r)                                                                      \
-                bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_BF16, 1);                                   \
-        else                                                                                                           \
-            for (uint32_t r = 0; r < n_rows; ++r)                                                                      \
-                bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_BF16, 0);                                   \
-        break;                                                                                                         \
+        KW__DEQ_ROWS_DAZ(DEQ, C, KW_WIRE_DTYPE_BF16)                                                                   \
     case (C)*2 + 1:                                                                                                    \
-        if (daz)                                                                                                       \
-            for (uint32_t r = 0; r < n_rows; ++r)                                                                      \
-                bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_F32, 1);                                    \
-        else                                                                                                           \
-            for (uint32_t r = 0; r < n_rows; ++r)                                                                      \
-                bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_F32, 0);                                    \
-        break;
+        KW__DEQ_ROWS_DAZ(DEQ, C, KW_WIRE_DTYPE_F32)
+#define KW__DEQ_ROWS_DAZ(DEQ, C, DT)                                                                                   \
+    if (daz)                                                                                                           \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], DT, 1);                                                       \
+    else                                                                                                               \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], DT, 0);                                                       \
+    break;
 
 /* kw__wire_kernels.dequantize_rows: kw__dequantize_avx2 row by row, its body inlined for each v1 codec and output
  * dtype (the constants and the dispatch out of the rows' loop). */
@@ -1811,6 +1807,7 @@ KW_AVX512 static int kw__dequantize_rows_avx512(uint32_t codec, const uint8_t *s
 }
 #undef KW__DEQ_CASE
 #undef KW__DEQ_CASE_FP8
+#undef KW__DEQ_ROWS_DAZ
 #undef KW__DEQUANTIZE_ROWS
 
 /* 16 f32 values as bf16, exactly kw_f32_to_bf16 (kw__bf16_8_avx2 16 lanes wide). */
