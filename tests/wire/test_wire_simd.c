@@ -1,7 +1,8 @@
 /* test_wire_simd.c: the AVX2 and AVX-512 row kernels must equal the scalar reference of kw_wire_quant.h bit for bit:
  * absmax (with NaN, Inf, -0 and subnormals), quantization (random rows, exact rounding ties, clamping, every row
  * length and alignment), dequantization of arbitrary bytes (reserved codes included) to f32 and bf16, scales, the
- * Hadamard rotation, and whole blobs encoded and decoded through each ISA. ISAs the CPU lacks are reported and skipped.
+ * Hadamard rotation, and whole blobs encoded and decoded through each ISA; the decoders, quantize and absmax also under
+ * MXCSR.FTZ and DAZ. ISAs the CPU lacks are reported and skipped.
  */
 #include <setjmp.h>
 #include <stdarg.h>
