@@ -145,8 +145,9 @@ typedef struct kw_wire_token_rule {
  * taking the same entry is one group. n_positions is the prompt's length (what from_end counts from). groups (n
  * entries, owned by the caller) receives *n_groups groups; *n_groups 0 when no row takes a rule (the section is then
  * one plain group: k and v). strict: a row that two rules cover is KW_E_INVALID_ARG, naming both (the two lowest
- * entries covering the first such row). The rules become sorted intervals once: O(R log R + n log R) for R rules,
- * whatever the prompt's length and the positions' values (a peer's schedule); KW_E_NOMEM for their 80 bytes each. */
+ * entries covering the first such row). The rules become sorted intervals once: O(R log R + R^2 / 64 + n log R) for R
+ * rules (the R^2 / 64 a sweep over the sorted edges with one bit per rule), whatever the prompt's length and the
+ * positions' values (a peer's schedule); KW_E_NOMEM for their 80 bytes each. */
 int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int strict, const uint32_t *positions,
                         uint32_t p0, uint32_t n, uint32_t n_positions, const kw_wire_codec_spec *k,
                         const kw_wire_codec_spec *v, kw_wire_token_group *groups, uint32_t *n_groups);

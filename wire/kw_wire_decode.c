@@ -906,8 +906,8 @@ static inline int kw__dec_row(const kw__wire_kernels *k, const kw__dec_rows *rw,
     const uint8_t *codes = rw->codes + r * rw->row_bytes, *scales = rw->scales;
     if (gran == KW_WIRE_GRAN_NONE) return kw__dec_passthrough_row(codec, codes, D, o, out_dtype) < 0;
     if (gran == KW_WIRE_GRAN_GROUP && (codec == KW_WIRE_CODEC_INT8 || codec == KW_WIRE_CODEC_INT4)) {
-        /* the row's scales, then one call for its groups (int8 has a groups kernel of its own on AVX2 and AVX-512,
-         * int4 on AVX2; the other codecs measured faster group by group below) */
+        /* the row's scales, then one call for its groups (int8 and int4 have groups kernels of their own on AVX2 and
+         * AVX-512; the other codecs measured faster group by group below) */
         float sv[KW_WIRE_MAX_HEAD_DIM / 4];
         for (uint32_t c = 0; c < per_row; ++c)
             sv[c] = kw_wire_scale_load(sdt, scales + (r * per_row + c) * ss);

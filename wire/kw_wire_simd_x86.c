@@ -11,10 +11,13 @@
  * random and edge-case rows): y = fl32(x * inv) with one rounding (no FMA), clamp to [-qmax, qmax], round half to even
  * with cvtps2dq under the default MXCSR (the same rounding as the scalar 1.5*2^23 trick), two's complement packing with
  * element 2j in the low nibble; dequantization fl32(q * s); bf16 output by integer round-to-nearest-even (not
- * vcvtneps2bf16, which flushes subnormals). Like the scalar code they assume the default MXCSR (round to nearest, no
- * FTZ/DAZ).
+ * vcvtneps2bf16, which flushes subnormals). Like the scalar code they assume MXCSR's round to nearest; with FTZ and
+ * DAZ set (a host built with -ffast-math) dequantization, quantization and absmax still give the scalar code's bits
+ * (test_wire_simd's test_daz_ftz), fp8 decode by redoing the lanes of subnormal codes (kw__fp8_subnormals8_avx2).
  */
 #include "wire/kw_wire_internal.h"
+
+#include <math.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -584,8 +587,10 @@ KW_AVX2 static inline void kw__store16_avx2(void *out, uint32_t out_dtype, uint3
 /* 8 FP8 codes (int32 0..255) as f32, exactly kw_e4m3_to_f32 / kw_e5m2_to_f32 (NaN and Inf codes too); *bad gets
  * all ones in the lanes of codes that are not finite. The code goes to the top byte and an arithmetic shift puts its
  * exponent and mantissa fields where an f32's low exponent bits and top mantissa bits are (the sign's copies between
- * masked off): that f32 is the value times 2^(bias - 127), a subnormal code an f32 subnormal, so one exact multiply
- * by 2^(127 - bias) gives the value (no FTZ/DAZ, as everywhere here). */
+ * masked off): that f32 is the value times 2^(bias - 127), so one exact multiply by 2^(127 - bias) gives the value.
+ * A subnormal code is an f32 subnormal there, which MXCSR.DAZ (a host built with -ffast-math) reads as 0: the callers
+ * redo such lanes by kw__fp8_subnormals8_avx2 when kw__fp8_has_subnormal16 finds one among 16 codes (rare in real rows:
+ * below 2^-6 of the largest code's 448, e4m3). */
 KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *bad) {
     const __m256i t = _mm256_slli_epi32(c, 24);
     __m256i v, special, special_bits;
@@ -603,6 +608,25 @@ KW_AVX2 static inline __m256 kw__fp8_values8_avx2(__m256i c, int e4m3, __m256i *
     v = _mm256_blendv_epi8(v, special_bits, special);
     *bad = _mm256_or_si256(*bad, special);
     return _mm256_mul_ps(_mm256_castsi256_ps(v), _mm256_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
+}
+
+/* Nonzero if one of 16 FP8 codes is subnormal (exponent 0, mantissa not 0): exponent-0 bytes all zero bytes
+ * (sign aside) is ptest's carry flag. */
+KW_AVX2 static inline int kw__fp8_has_subnormal16(__m128i b, int e4m3) {
+    const __m128i z = _mm_setzero_si128();
+    const __m128i e0 = _mm_cmpeq_epi8(_mm_and_si128(b, _mm_set1_epi8(e4m3 ? 0x78 : 0x7c)), z);
+    return !_mm_testc_si128(_mm_cmpeq_epi8(_mm_and_si128(b, _mm_set1_epi8(0x7f)), z), e0);
+}
+
+/* v (kw__fp8_values8_avx2 of the codes c) with its exponent-0 lanes the sign ORed into the mantissa field m times
+ * 2^(1 - bias - mbits), exact, and never an f32 subnormal on the way (what DAZ would read as 0). */
+KW_AVX2 static inline __m256 kw__fp8_subnormals8_avx2(__m256i c, int e4m3, __m256 v) {
+    const __m256i sub =
+        _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(e4m3 ? 0x78 : 0x7c)), _mm256_setzero_si256());
+    const __m256 mag = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(e4m3 ? 7 : 3))),
+                                     _mm256_set1_ps(e4m3 ? 0x1p-9f : 0x1p-16f));
+    const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(c, 24), _mm256_set1_epi32(INT32_MIN));
+    return _mm256_blendv_ps(v, _mm256_or_ps(mag, _mm256_castsi256_ps(sign)), _mm256_castsi256_ps(sub));
 }
 
 /* Symmetric int3 or int2 rows: sign-extended fields times s; the field 2^(b-1) (the code -2^(b-1)) is reserved. */
@@ -706,9 +730,13 @@ kw__dequantize_nib_bf16_avx2(uint32_t codec, const uint8_t *src, uint32_t n, flo
     return codec == KW_WIRE_CODEC_INT4 && !_mm256_testz_si256(bad, bad) ? KW_E_WIRE_VALUE : 0;
 }
 
-/* kw__wire_kernels.dequantize; inlined with a constant codec and output dtype by kw__dequantize_rows_avx2. */
-KW_AVX2 static inline __attribute__((always_inline)) int
-kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
+/* kw__wire_kernels.dequantize; inlined with a constant codec and output dtype by kw__dequantize_rows_avx2. daz:
+ * MXCSR.DAZ may be set, so fp8 codes are checked for subnormal ones (kw__fp8_has_subnormal16); 0 only where the caller
+ * read MXCSR (stmxcsr costs about as much as a short row's decode, so the rows kernels read it once per call and the
+ * one-row kernel checks the codes instead). */
+KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src,
+                                                                                 uint32_t n, float s, void *out,
+                                                                                 uint32_t out_dtype, int daz) {
     if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT3) return kw__dequantize_small_avx2(src, 3, n, s, out, out_dtype);
     if (n % 8 == 0 && codec == KW_WIRE_CODEC_INT2) return kw__dequantize_small_avx2(src, 2, n, s, out, out_dtype);
     if (n % 16 != 0 || kw_wire_codec_is_passthrough(codec) || kw_wire_codec_bits(codec) == 0 ||
@@ -793,10 +821,11 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
     }
     default: { /* E4M3, E5M2 */
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
-        if (s < (e4m3 ? 0x1p8f : 0x1p16f)) {
+        if (fabsf(s) < (e4m3 ? 0x1p8f : 0x1p16f)) {
             /* kw__fp8_values8_avx2 without its NaN/Inf lanes, and one multiply: s 2^(127 - bias) is exact and finite
              * here, and the shifted code (the value times 2^(bias - 127), exact) times it is the product's one
-             * rounding, as fl32(value * s). A row with a NaN or Inf code is done again below. */
+             * rounding, as fl32(value * s). A row with a NaN or Inf code is done again below; 16 codes with a
+             * subnormal one are done the exact way (kw__fp8_subnormals8_avx2, for DAZ). */
             const __m256 vk = _mm256_set1_ps(s * (e4m3 ? 0x1p120f : 0x1p112f));
             const __m256i mask = _mm256_set1_epi32(e4m3 ? (int)0x87f00000u : (int)0x8fe00000u);
             const __m128i sm = _mm_set1_epi8(e4m3 ? 0x7f : 0x7c);
@@ -807,16 +836,26 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
             for (uint32_t i = 0; i < n; i += 16) {
                 const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
                 special = _mm_or_si128(special, _mm_cmpeq_epi8(_mm_and_si128(b, sm), sm));
-                kw__store16_avx2(out, out_dtype, i, KW__FP8(_mm256_cvtepu8_epi32(b)),
-                                 KW__FP8(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))));
+                const __m256i c0 = _mm256_cvtepu8_epi32(b), c1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
+                if (daz && kw__fp8_has_subnormal16(b, e4m3)) {
+                    const __m256 v0 = kw__fp8_subnormals8_avx2(c0, e4m3, kw__fp8_values8_avx2(c0, e4m3, &bad8));
+                    const __m256 v1 = kw__fp8_subnormals8_avx2(c1, e4m3, kw__fp8_values8_avx2(c1, e4m3, &bad8));
+                    kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(v0, vs), _mm256_mul_ps(v1, vs));
+                } else {
+                    kw__store16_avx2(out, out_dtype, i, KW__FP8(c0), KW__FP8(c1));
+                }
             }
 #undef KW__FP8
             if (_mm_testz_si128(special, special)) break;
         }
         for (uint32_t i = 0; i < n; i += 16) {
             const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
-            const __m256 v0 = kw__fp8_values8_avx2(_mm256_cvtepu8_epi32(b), e4m3, &bad8);
-            const __m256 v1 = kw__fp8_values8_avx2(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), e4m3, &bad8);
+            const __m256i c0 = _mm256_cvtepu8_epi32(b), c1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
+            __m256 v0 = kw__fp8_values8_avx2(c0, e4m3, &bad8), v1 = kw__fp8_values8_avx2(c1, e4m3, &bad8);
+            if (daz && kw__fp8_has_subnormal16(b, e4m3)) {
+                v0 = kw__fp8_subnormals8_avx2(c0, e4m3, v0);
+                v1 = kw__fp8_subnormals8_avx2(c1, e4m3, v1);
+            }
             kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(v0, vs), _mm256_mul_ps(v1, vs));
         }
         break;
@@ -827,7 +866,7 @@ kw__dequantize_avx2_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s,
 
 KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                        uint32_t out_dtype) {
-    return kw__dequantize_avx2_inl(codec, src, n, s, out, out_dtype);
+    return kw__dequantize_avx2_inl(codec, src, n, s, out, out_dtype, 1);
 }
 
 /* One body per v1 codec and output dtype of a rows kernel (kw__dequantize_rows_avx2 and _avx512): DEQ(codec, src, n,
@@ -836,13 +875,14 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
     const size_t rb = (size_t)n * kw_wire_codec_bits(codec) / 8;                                                       \
     int bad = 0;                                                                                                       \
     const int f32 = out_dtype == KW_WIRE_DTYPE_F32;                                                                    \
+    const int daz = (codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) && (_mm_getcsr() & 0x40);             \
     switch (codec * 2 + (uint32_t)f32) {                                                                               \
         KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_INT8)                                                                          \
         KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_INT4)                                                                          \
         KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_INT6)                                                                          \
         KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_NF4)                                                                           \
-        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_E4M3)                                                                          \
-        KW__DEQ_CASE(DEQ, KW_WIRE_CODEC_E5M2)                                                                          \
+        KW__DEQ_CASE_FP8(DEQ, KW_WIRE_CODEC_E4M3)                                                                      \
+        KW__DEQ_CASE_FP8(DEQ, KW_WIRE_CODEC_E5M2)                                                                      \
     default:                                                                                                           \
         for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
             bad |= FALLBACK(codec, src + r * rb, n, s[r], out[r], out_dtype);                                          \
@@ -852,12 +892,27 @@ KW_AVX2 static int kw__dequantize_avx2(uint32_t codec, const uint8_t *src, uint3
 #define KW__DEQ_CASE(DEQ, C)                                                                                           \
     case (C)*2:                                                                                                        \
         for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
-            bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_BF16);                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_BF16, 0);                                       \
         break;                                                                                                         \
     case (C)*2 + 1:                                                                                                    \
         for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
-            bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_F32);                                           \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], KW_WIRE_DTYPE_F32, 0);                                        \
         break;
+/* KW__DEQ_CASE for the fp8 codecs: the rows' loop without the subnormal-code check (DAZ clear: the shift trick is
+ * exact), or with it. */
+#define KW__DEQ_CASE_FP8(DEQ, C)                                                                                       \
+    case (C)*2:                                                                                                        \
+        KW__DEQ_ROWS_DAZ(DEQ, C, KW_WIRE_DTYPE_BF16)                                                                   \
+    case (C)*2 + 1:                                                                                                    \
+        KW__DEQ_ROWS_DAZ(DEQ, C, KW_WIRE_DTYPE_F32)
+#define KW__DEQ_ROWS_DAZ(DEQ, C, DT)                                                                                   \
+    if (daz)                                                                                                           \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], DT, 1);                                                       \
+    else                                                                                                               \
+        for (uint32_t r = 0; r < n_rows; ++r)                                                                          \
+            bad |= DEQ(C, src + r * rb, n, s[r], out[r], DT, 0);                                                       \
+    break;
 
 /* kw__wire_kernels.dequantize_rows: kw__dequantize_avx2 row by row, its body inlined for each v1 codec and output
  * dtype (the constants and the dispatch out of the rows' loop). */
@@ -1069,8 +1124,9 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
 KW__EACH_GROUP(avx2, KW_AVX2, kw__quantize_avx2, kw__dequantize_avx2)
 
 /* int8 or int4 groups (G a multiple of 16) of a packed row in one loop, 16 values a step with their group's scale:
- * the steps of kw__dequantize_avx2's int8 and nibble cases (int4 by sign extension, not the bf16 table, which would be
- * rebuilt for every group). codec and out_dtype are constants where this is inlined. */
+ * the steps of kw__dequantize_avx2's int8 and nibble cases (int4 by sign extension). int4 to bf16 with G % 32 == 0
+ * does not come here: kw__dequantize_groups_avx2 builds the bf16 table of each group instead. codec and out_dtype are
+ * constants where this is inlined. */
 KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_groups84_avx2(uint32_t codec,
                                                                                       const uint8_t *src, uint32_t n,
                                                                                       uint32_t G, const float *s,
@@ -1100,8 +1156,9 @@ KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_groups84
     return _mm_movemask_epi8(bad) ? KW_E_WIRE_VALUE : 0;
 }
 
-/* kw__wire_kernels.dequantize_groups: int8 and int4 groups of a multiple of 16 values by kw__dequantize_groups84_avx2,
- * the rest group by group. */
+/* kw__wire_kernels.dequantize_groups: int4 groups of a multiple of 32 values to bf16 by the per-group bf16 table
+ * (kw__dequantize_nib_bf16_avx2), other int8 and int4 groups of a multiple of 16 values by
+ * kw__dequantize_groups84_avx2, the rest group by group. */
 KW_AVX2 static int kw__dequantize_groups_avx2(uint32_t codec, const uint8_t *src, uint32_t n, uint32_t G,
                                               const float *s, void *out, uint32_t out_dtype) {
     if ((codec != KW_WIRE_CODEC_INT8 && codec != KW_WIRE_CODEC_INT4) || G % 16 != 0)
@@ -1577,8 +1634,9 @@ KW_AVX512 static inline void kw__store16_avx512(void *out, uint32_t out_dtype, u
     _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(r));
 }
 
-/* kw__fp8_values8_avx2 16 lanes wide: *bad gets the lanes of codes that are not finite. */
-KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mmask16 *bad) {
+/* kw__fp8_values8_avx2 16 lanes wide: *bad gets the lanes of codes that are not finite; with daz, subnormal codes'
+ * lanes as kw__fp8_subnormals8_avx2 gives them. */
+KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, int daz, __mmask16 *bad) {
     const __m512i t = _mm512_slli_epi32(c, 24);
     __m512i v;
     __mmask16 special;
@@ -1594,7 +1652,16 @@ KW_AVX512 static inline __m512 kw__fp8_values16_avx512(__m512i c, int e4m3, __mm
                                  _mm512_set1_epi32(0x00400000));
     }
     *bad |= special;
-    return _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
+    const __m512 r = _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(e4m3 ? 0x1p120f : 0x1p112f));
+    /* subnormal codes (rare): as kw__fp8_subnormals8_avx2, no f32 subnormal on the way (DAZ) */
+    if (!daz) return r;
+    const __mmask16 sub = _mm512_testn_epi32_mask(c, _mm512_set1_epi32(e4m3 ? 0x78 : 0x7c)) &
+                          _mm512_test_epi32_mask(c, _mm512_set1_epi32(0x7f));
+    if (!sub) return r;
+    const __m512 mag = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(e4m3 ? 7 : 3))),
+                                     _mm512_set1_ps(e4m3 ? 0x1p-9f : 0x1p-16f));
+    return _mm512_castsi512_ps(_mm512_mask_or_epi32(_mm512_castps_si512(r), sub, _mm512_castps_si512(mag),
+                                                    _mm512_and_si512(t, _mm512_set1_epi32(INT32_MIN))));
 }
 
 /* int8 or int4 rows to f32 or bf16, 32 values per step, value i with the scale s[i / G] (G a multiple of 32), or s0 for
@@ -1627,9 +1694,11 @@ kw__dequantize_int84_avx512(uint32_t codec, const uint8_t *src, uint32_t n, floa
     return bad;
 }
 
-/* kw__wire_kernels.dequantize; inlined with a constant codec and output dtype by kw__dequantize_rows_avx512. */
-KW_AVX512 static inline __attribute__((always_inline)) int
-kw__dequantize_avx512_inl(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out, uint32_t out_dtype) {
+/* kw__wire_kernels.dequantize; inlined with a constant codec and output dtype by kw__dequantize_rows_avx512; daz as in
+ * kw__dequantize_avx2_inl. */
+KW_AVX512 static inline __attribute__((always_inline)) int kw__dequantize_avx512_inl(uint32_t codec, const uint8_t *src,
+                                                                                     uint32_t n, float s, void *out,
+                                                                                     uint32_t out_dtype, int daz) {
     if (codec == KW_WIRE_CODEC_INT6 && n % 16 == 0) {
         /* 12 bytes -> 16 codes: the bytes in every 128-bit lane, lane k takes the 3-byte word of codes 4k..4k+3 into
          * each of its dwords, shifted by 6j for code 4k + j (a masked load reads exactly the 12 bytes) */
@@ -1656,7 +1725,7 @@ kw__dequantize_avx512_inl(uint32_t codec, const uint8_t *src, uint32_t n, float 
         for (uint32_t i = 0; i < n; i += 16) {
             const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
             kw__store16_avx512(out, out_dtype, i,
-                               _mm512_mul_ps(kw__fp8_values16_avx512(c, codec == KW_WIRE_CODEC_E4M3, &bad16), vs));
+                               _mm512_mul_ps(kw__fp8_values16_avx512(c, codec == KW_WIRE_CODEC_E4M3, daz, &bad16), vs));
         }
         return bad16 ? KW_E_WIRE_VALUE : 0;
     }
@@ -1688,10 +1757,11 @@ kw__dequantize_avx512_inl(uint32_t codec, const uint8_t *src, uint32_t n, float 
 
 KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, uint32_t n, float s, void *out,
                                            uint32_t out_dtype) {
-    return kw__dequantize_avx512_inl(codec, src, n, s, out, out_dtype);
+    return kw__dequantize_avx512_inl(codec, src, n, s, out, out_dtype, 1);
 }
 
-/* kw__wire_kernels.dequantize_rows: kw__dequantize_avx512 row by row, inlined for each v1 codec and output dtype. */
+/* kw__wire_kernels.dequantize_rows: kw__dequantize_avx512 row by row, inlined for each v1 codec and output dtype (fp8
+ * with daz as MXCSR says once per call). */
 /* int8 rows (n a multiple of 32) to bf16 with AVX512_BF16's vcvtne2ps2bf16, 32 values per instruction: round to
  * nearest even as kw__store16_avx512 does, for every value but an f32 subnormal (it flushes those to zero). With
  * s >= 2^-126 no fl32(q * s) is subnormal (|q| >= 1, or q = 0 and the result a zero), so such rows take it and any
@@ -1736,6 +1806,8 @@ KW_AVX512 static int kw__dequantize_rows_avx512(uint32_t codec, const uint8_t *s
     KW__DEQUANTIZE_ROWS(kw__dequantize_avx512_inl, kw__dequantize_avx512);
 }
 #undef KW__DEQ_CASE
+#undef KW__DEQ_CASE_FP8
+#undef KW__DEQ_ROWS_DAZ
 #undef KW__DEQUANTIZE_ROWS
 
 /* 16 f32 values as bf16, exactly kw_f32_to_bf16 (kw__bf16_8_avx2 16 lanes wide). */

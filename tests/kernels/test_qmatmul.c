@@ -51,13 +51,24 @@ static void kw_qcase_superblocks(kw_qcase_data *d, const kw_quant_layout *ql, in
     assert_true(d->sb_scales && (d->sb_offsets || !ql->has_offset));
     for (int64_t b = 0; b < sbs; ++b) {
         const float f16 = kw_f16_to_f32(kw_f32_to_f16(kw_rand() * 0.01f));
+        /* with offsets, every third super-block has any int8 s and o (-128 and 127 in its first two groups) and m > 0,
+         * so negative o times positive m too; the others Q4_K's 6-bit s and o and m < 0 */
+        const int wide = ql->has_offset && b % 3 == 2;
         d->sb_scales[b] = b % 2 ? kw_rand() * 0.01f : f16;
-        if (d->sb_offsets) d->sb_offsets[b] = -fabsf(b % 2 ? kw_rand() * 0.02f : kw_f16_to_f32(kw_f32_to_f16(f16 * 2)));
+        if (d->sb_offsets) {
+            d->sb_offsets[b] = fabsf(b % 2 ? kw_rand() * 0.02f : kw_f16_to_f32(kw_f32_to_f16(f16 * 2)));
+            if (!wide) d->sb_offsets[b] = -d->sb_offsets[b];
+        }
         for (int64_t g = b * per; g < (b + 1) * per; ++g) {
             /* Q4_K: 6-bit s and o; Q6_K: any int8 s */
-            const int s = ql->has_offset ? (int)(kw_next() % 64) : (int)(kw_next() % 256) - 128;
+            int s = ql->has_offset && !wide ? (int)(kw_next() % 64) : (int)(kw_next() % 256) - 128;
+            int o = !ql->has_offset ? 0 : wide ? (int)(kw_next() % 256) - 128 : (int)(kw_next() % 64);
+            if (wide && g - b * per < 2) {
+                s = g == b * per ? -128 : 127;
+                o = g == b * per ? 127 : -128;
+            }
             d->scales[g] = d->sb_scales[b] * (float)s;
-            if (d->offsets) d->offsets[g] = d->sb_offsets[b] * (float)(kw_next() % 64);
+            if (d->offsets) d->offsets[g] = d->sb_offsets[b] * (float)o;
         }
     }
 }
@@ -621,11 +632,12 @@ static void test_x8_matmul_is_its_oracle(void **state) {
     }
 }
 
-/* The int8-activation layouts in super-blocks (QPANELS_U4_SB_X8, S8_G16_SB_X8) against the X8 layouts they compress
- * and kw_ref_quant_matmul_x8: the same rows packed both ways give the same bits as the oracle on every ISA, 1 to 3
- * threads, all rows at once (decode up to 4 rows, prefill tiles beyond), row by row and in sections, odd N; in 0.59375
- * and 1.078125 bytes per weight; get_rows gives the dequantized rows; a changed s (o) changes exactly its row's
- * column; K not whole super-blocks and a missing d or m are refused. */
+/* The three int8-activation layouts in super-blocks (QPANELS_U4_SB_X8, S8_G16_SB_X8, S6_G16_SB_X8) against the X8
+ * layouts they compress (U4_X8, S8_G16_X8 for both others) and kw_ref_quant_matmul_x8: the same rows packed both ways
+ * give the same bits as the oracle on every ISA, 1 to 3 threads, all rows at once (decode up to 4 rows, prefill tiles
+ * beyond), row by row and in sections, odd N; in 0.59375, 1.078125 and 0.828125 bytes per weight; get_rows gives the
+ * dequantized rows; a changed s (o) changes exactly its row's column; K not whole super-blocks and a missing d or m
+ * are refused. */
 static void test_x8_superblock_is_x8(void **state) {
     (void)state;
     static const enum kw_layout pairs[3][2] = {{KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_X8},

@@ -1,7 +1,8 @@
 /* test_wire_simd.c: the AVX2 and AVX-512 row kernels must equal the scalar reference of kw_wire_quant.h bit for bit:
  * absmax (with NaN, Inf, -0 and subnormals), quantization (random rows, exact rounding ties, clamping, every row
  * length and alignment), dequantization of arbitrary bytes (reserved codes included) to f32 and bf16, scales, the
- * Hadamard rotation, and whole blobs encoded and decoded through each ISA. ISAs the CPU lacks are reported and skipped.
+ * Hadamard rotation, and whole blobs encoded and decoded through each ISA; the decoders, quantize and absmax also under
+ * MXCSR.FTZ and DAZ. ISAs the CPU lacks are reported and skipped.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,10 @@
 
 #include "tests/wire/wire_test_util.h"
 #include "wire/kw_wire_internal.h"
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 static const kw__wire_kernels *g_isas[3];
 static int g_n_isas;
@@ -33,6 +38,28 @@ static int setup(void **state) {
 }
 
 static const uint32_t kLens[] = {8, 16, 24, 32, 48, 64, 96, 128, 136, 256, 1024};
+
+/* Makes every code of a packed row of n elements valid: a reserved integer field 2^(b-1) becomes 2^(b-1) + 1, an e4m3
+ * NaN 0x7f/0xff becomes 0x7e/0xfe, an e5m2 Inf or NaN (exponent 31) gets exponent 27. */
+static void make_valid(uint32_t codec, uint8_t *row, uint32_t n) {
+    const uint32_t bits = kw_wire_codec_bits(codec);
+    for (uint32_t i = 0; i < n; ++i) {
+        int ok = 1;
+        (void)kw_wire_code_value(codec, kw_wire_unpack_code(codec, row, i), &ok);
+        if (ok) continue;
+        const uint32_t f = kw_wire_field_get(bits, row, i);
+        kw_wire_field_clear(bits, row, i);
+        kw_wire_field_put(bits, row, i, f ^ (codec == KW_WIRE_CODEC_E5M2 ? 0x10u : 1u));
+    }
+}
+
+/* A dequantization scale: s 2^k (k in -30..29) with s in [1, 1.5), negated one time in four; one time in sixteen
+ * +-1e30 (s 2^(127 - bias) overflows: no fp8 fast path). */
+static float deq_scale(wt_rng *r) {
+    float s = ldexpf(1.0f + wt_uniform(r) / 2, (int)wt_below(r, 60) - 30);
+    if (wt_below(r, 16) == 0) s = 1e30f;
+    return wt_below(r, 4) ? s : -s;
+}
 
 /* Fills n elements of dtype; special != 0 mixes in edge values. */
 static void fill(wt_rng *r, uint8_t *buf, uint32_t dtype, uint32_t n, int special, float scale) {
@@ -409,19 +436,20 @@ static void test_dequantize_rows(void **state) {
             const uint32_t D = dims[wt_below(&r, 8)], n_rows = 1 + wt_below(&r, R);
             const uint32_t dtype = wt_below(&r, 2) ? KW_WIRE_DTYPE_F32 : KW_WIRE_DTYPE_BF16;
             const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8, es = dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
-            for (size_t i = 0; i < sizeof src; ++i) {
+            for (size_t i = 0; i < sizeof src; ++i)
                 src[i] = (uint8_t)wt_next(&r);
-                if (it % 4 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1; /* valid */
-            }
+            for (uint32_t i = 0; it % 4 && i < n_rows; ++i) /* valid rows three times in four */
+                make_valid(codec, src + i * rb, D);
             int rc = 0;
             size_t off[R];
             for (uint32_t i = 0; i < n_rows; ++i) {
-                sc[i] = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+                sc[i] = deq_scale(&r);
                 if (wt_below(&r, 8) == 0) /* around 2^-126: subnormal products, which bf16 conversion must keep */
                     sc[i] = wt_below(&r, 4) ? ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 8) - 131) : 0.0f;
                 off[i] = wt_below(&r, 3) * es;
                 rc |= g_isas[0]->dequantize(codec, src + i * rb, D, sc[i], want[i] + off[i], dtype);
             }
+            if (it % 4) assert_int_equal(rc, 0);
             for (int k = 0; k < g_n_isas; ++k) {
                 memset(got, 0xa5, sizeof got);
                 for (uint32_t i = 0; i < n_rows; ++i)
@@ -448,12 +476,12 @@ static void test_dequantize(void **state) {
         for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
             const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])];
             const uint32_t off = wt_below(&r, 2);
-            for (size_t i = 0; i < sizeof src; ++i) {
+            for (size_t i = 0; i < sizeof src; ++i)
                 src[i] = (uint8_t)wt_next(&r);
-                if (it % 2 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1; /* valid */
-            }
-            const float s = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+            if (it % 2) make_valid(codec, src + off, n);
+            const float s = deq_scale(&r);
             const int rc = g_isas[0]->dequantize(codec, src + off, n, s, want, KW_WIRE_DTYPE_F32);
+            if (it % 2) assert_int_equal(rc, 0);
             const int rcb = g_isas[0]->dequantize(codec, src + off, n, s, wantb, KW_WIRE_DTYPE_BF16);
             assert_int_equal(rc, rcb);
             for (int k = 1; k < g_n_isas; ++k) {
@@ -571,12 +599,11 @@ static void test_dequantize_groups(void **state) {
             uint32_t G = 8u << wt_below(&r, 8);
             while (D % G)
                 G >>= 1;
-            for (size_t i = 0; i < sizeof src; ++i) {
+            for (size_t i = 0; i < sizeof src; ++i)
                 src[i] = (uint8_t)wt_next(&r);
-                if (it % 2 && (src[i] == 0x80 || (src[i] & 15) == 8 || (src[i] >> 4) == 8)) src[i] ^= 1;
-            }
+            if (it % 2) make_valid(codec, src, D);
             for (uint32_t c = 0; c < D / G; ++c)
-                sc[c] = c % 7 == 6 ? 0.0f : ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 40) - 20);
+                sc[c] = c % 7 == 6 ? 0.0f : deq_scale(&r);
             const size_t chunk = (size_t)G * bits / 8;
             int rc = 0;
             for (uint32_t c = 0; c < D / G; ++c) {
@@ -586,6 +613,7 @@ static void test_dequantize_groups(void **state) {
                 assert_int_equal(a, b);
                 rc = a ? a : rc;
             }
+            if (it % 2) assert_int_equal(rc, 0);
             for (int k = 0; k < g_n_isas; ++k) {
                 got[D] = 42.0f;
                 gotb[D] = 42;
@@ -993,6 +1021,99 @@ static void test_env_cap(void **state) {
     free(saved);
 }
 
+/* MXCSR.FTZ and DAZ set (as a host built with -ffast-math runs): every ISA's dequantize, dequantize_rows,
+ * dequantize_groups, quantize and amax give the scalar kernels' bits under the same MXCSR (fp8 subnormal codes, which
+ * the AVX2/AVX-512 shift trick would make f32 subnormals, decode to their values, e4m3 0x01 to 2^-9), on random rows,
+ * reserved codes included, with normal scales whose products are subnormal (a subnormal scale is not compared: the
+ * compiler folds the scalar nf4 1.0f * s to s, which DAZ would have made 0). MXCSR is restored before any assert. */
+static void test_daz_ftz(void **state) {
+    (void)state;
+#if defined(__x86_64__)
+    wt_rng r = {41};
+    const unsigned csr = _mm_getcsr();
+    static uint8_t src[1024 * 4 + 8], buf[1024 * 4 + 8];
+    static float want[1024], got[1024], sc[1024];
+    static uint16_t wantb[1024], gotb[1024];
+    void *outs[8];
+    for (int it = 0; it < 1500; ++it)
+        for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
+            const uint32_t n = kLens[wt_below(&r, sizeof kLens / sizeof kLens[0])], bits = kw_wire_codec_bits(codec);
+            const uint32_t dtype = 1 + wt_below(&r, 3), G = n % 32 == 0 && wt_below(&r, 2) ? 32 : 8;
+            for (size_t i = 0; i < (size_t)n * bits / 8; ++i) /* subnormal fp8 codes half the time */
+                src[i] = (uint8_t)(it % 2 ? wt_next(&r) : wt_next(&r) & (codec == KW_WIRE_CODEC_E5M2 ? 0x83 : 0x87));
+            if (it % 3) make_valid(codec, src, n);
+            for (uint32_t c = 0; c < n / G; ++c)
+                sc[c] = it % 4 ? ldexpf(1.0f + fabsf(wt_uniform(&r)), (int)wt_below(&r, 30) - 126) : deq_scale(&r);
+            if (it % 8 == 0) sc[0] = 1.0f;
+            fill(&r, buf, dtype, n, 1, ldexpf(1.0f, -(int)wt_below(&r, 30) - 110));
+            const float inv = ldexpf(1.0f, 100 + (int)wt_below(&r, 27));
+            const uint32_t n_rows = n % 64 ? 1 : 8, L = n / n_rows; /* dequantize_rows: rows of L values */
+            const size_t rb = (size_t)L * bits / 8;
+            for (uint32_t i = 0; i < n_rows; ++i)
+                outs[i] = got + (size_t)i * L;
+            uint8_t qwant[1024], qgot[1024];
+            for (int k = 0; k < g_n_isas; ++k) {
+                const kw__wire_kernels *K = g_isas[k];
+                _mm_setcsr(csr | 0x8040); /* FTZ (bit 15) and DAZ (bit 6) */
+                const int rc = g_isas[0]->dequantize(codec, src, n, sc[0], want, KW_WIRE_DTYPE_F32);
+                const int rcb = g_isas[0]->dequantize(codec, src, n, sc[0], wantb, KW_WIRE_DTYPE_BF16);
+                const int a = K->dequantize(codec, src, n, sc[0], got, KW_WIRE_DTYPE_F32);
+                const int b = K->dequantize(codec, src, n, sc[0], gotb, KW_WIRE_DTYPE_BF16);
+                _mm_setcsr(csr);
+                uint32_t at = 0; /* the first value that differs */
+                while (at < n && !memcmp(got + at, want + at, 4) && gotb[at] == wantb[at])
+                    ++at;
+                if (a != rc || b != rcb || at < n)
+                    fail_msg("%s dequantize %s n=%u s=%a under FTZ/DAZ: value %u is %a (bf16 %04x), scalar %a (%04x)",
+                             kw_wire_isa_name(K->isa), kw_wire_codec_name(codec), n, (double)sc[0], at,
+                             (double)got[at % n], gotb[at % n], (double)want[at % n], wantb[at % n]);
+                _mm_setcsr(csr | 0x8040);
+                const int rg = g_isas[0]->dequantize_groups(codec, src, n, G, sc, want, KW_WIRE_DTYPE_F32);
+                const int ag = K->dequantize_groups(codec, src, n, G, sc, got, KW_WIRE_DTYPE_F32);
+                _mm_setcsr(csr);
+                if (ag != rg || memcmp(got, want, n * 4u))
+                    fail_msg("%s dequantize_groups %s n=%u G=%u under FTZ/DAZ: differs from scalar",
+                             kw_wire_isa_name(K->isa), kw_wire_codec_name(codec), n, G);
+                _mm_setcsr(csr | 0x8040);
+                int rr = 0;
+                float srows[8];
+                for (uint32_t i = 0; i < n_rows; ++i) {
+                    srows[i] = sc[i % (n / G)];
+                    rr |= g_isas[0]->dequantize(codec, src + i * rb, L, srows[i], want + (size_t)i * L,
+                                                KW_WIRE_DTYPE_F32);
+                }
+                const int ar = K->dequantize_rows(codec, src, n_rows, L, srows, outs, KW_WIRE_DTYPE_F32);
+                _mm_setcsr(csr);
+                assert_int_equal(ar != 0, rr != 0);
+                if (memcmp(got, want, n * 4u))
+                    fail_msg("%s dequantize_rows %s %u x %u under FTZ/DAZ: differs from scalar",
+                             kw_wire_isa_name(K->isa), kw_wire_codec_name(codec), n_rows, L);
+                _mm_setcsr(csr | 0x8040);
+                const uint32_t am = g_isas[0]->amax(buf, dtype, n), am_k = K->amax(buf, dtype, n);
+                g_isas[0]->quantize(codec, buf, dtype, n, inv, qwant);
+                K->quantize(codec, buf, dtype, n, inv, qgot);
+                _mm_setcsr(csr);
+                assert_int_equal(am_k, am);
+                if (memcmp(qgot, qwant, (size_t)n * bits / 8))
+                    fail_msg("%s quantize %s dtype %u n=%u under FTZ/DAZ: differs from scalar",
+                             kw_wire_isa_name(K->isa), kw_wire_codec_name(codec), dtype, n);
+            }
+        }
+    for (int k = 0; k < g_n_isas; ++k) /* the first fp8 subnormal code of each format, scale 1 */
+        for (uint32_t codec = KW_WIRE_CODEC_E4M3; codec <= KW_WIRE_CODEC_E5M2; ++codec) {
+            memset(src, 0x01, 64);
+            _mm_setcsr(csr | 0x8040);
+            const int rc = g_isas[k]->dequantize(codec, src, 64, 1.0f, got, KW_WIRE_DTYPE_F32);
+            _mm_setcsr(csr);
+            assert_int_equal(rc, 0);
+            for (uint32_t i = 0; i < 64; ++i)
+                assert_true(got[i] == (codec == KW_WIRE_CODEC_E4M3 ? 0x1p-9f : 0x1p-16f));
+        }
+#else
+    skip();
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_amax),
@@ -1008,6 +1129,7 @@ int main(void) {
         cmocka_unit_test(test_dequantize_groups),
         cmocka_unit_test(test_dequantize),
         cmocka_unit_test(test_dequantize_rows),
+        cmocka_unit_test(test_daz_ftz),
         cmocka_unit_test(test_affine),
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_rotate),
