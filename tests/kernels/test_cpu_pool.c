@@ -77,7 +77,9 @@ static void test_every_task_once(void **state) {
         }
 }
 
-/* With 4 threads and enough work, more than one thread takes tasks (the pool is not the caller alone). */
+/* With 4 threads and enough work, more than one thread takes tasks (the pool is not the caller alone). Which
+ * threads take part is the scheduler's choice: the caller may take none in a run (or in all 200, seen under TSan on a
+ * loaded machine), so only the workers' part is asserted. */
 static void test_workers_take_part(void **state) {
     (void)state;
     static run_log log;
@@ -89,7 +91,6 @@ static void test_workers_take_part(void **state) {
         for (int t = 0; t < MAX_TASKS; ++t)
             seen[log.id_of[t]] = 1;
     }
-    assert_int_equal(seen[0], 1);
     assert_true(seen[1] + seen[2] + seen[3] >= 1);
     kw_cpu_pool_free(pool);
 }
