@@ -97,8 +97,10 @@
  * also rejects overflow and NaN): there fma(f, a, -C * a) = fl((f - C) * a) for f - C an integer. kw_qmm_fold_exact
  * gives c = fl(b - 128 a) in *c and the lanes where the fold holds: a's low 4 significand bits 0 (so u * a, u <= 15,
  * has at most 24 bits) and c exact: Fast2Sum on the operands ordered by magnitude (vrangeps), hi + lo = c, error
- * lo - (c - hi) == 0 (overflow and NaN fail, and a > 2^120 overflows 128 a; when |b| = |128 a| the range ops may
- * return one operand twice, and then c is 0 or 2b, exact, or the error is not 0). */
+ * lo - (c - hi) == 0 (overflow and NaN fail, and |a| > FLT_MAX / 128, about 2^121, overflows 128 a; when |b| =
+ * |128 a| the range ops may return one operand twice, and then c is 0 or 2b, exact, or the error is not 0); and a, b
+ * each 0 or of magnitude >= 2^-100, so every nonzero c and error is a multiple of 2^-123 and normal: a host that
+ * leaves MXCSR.FTZ set (-ffast-math) cannot flush a wrong c's error to 0 (the other rebuilds and ISAs flush alike). */
 KW_TARGET_AVX512_VBMI KW_SIMD_INLINE void kw_qmm_row_store_vbmi(float *y, const __m512 acc[4], int64_t ncols) {
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
@@ -119,8 +121,13 @@ KW_TARGET_AVX512_VBMI KW_SIMD_INLINE __mmask16 kw_qmm_fold_exact(__m512 a, __m51
     const __m512 hi = _mm512_range_ps(b, y, 7), lo = _mm512_range_ps(b, y, 6); /* larger, smaller magnitude */
     const __m512 err = _mm512_sub_ps(lo, _mm512_sub_ps(s, hi));
     *c = s;
+    const __m512i abs_bits = _mm512_set1_epi32(0x7fffffff), tiny = _mm512_set1_epi32(0x0d800000); /* 2^-100 */
+    const __m512i a_abs = _mm512_and_si512(_mm512_castps_si512(a), abs_bits),
+                  b_abs = _mm512_and_si512(_mm512_castps_si512(b), abs_bits);
     const __mmask16 low4 = _mm512_testn_epi32_mask(_mm512_castps_si512(a), _mm512_set1_epi32(15));
-    return _mm512_mask_cmp_ps_mask(low4, err, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    const __mmask16 big = (_mm512_cmpge_epu32_mask(a_abs, tiny) | _mm512_testn_epi32_mask(a_abs, a_abs)) &
+                          (_mm512_cmpge_epu32_mask(b_abs, tiny) | _mm512_testn_epi32_mask(b_abs, b_abs));
+    return _mm512_mask_cmp_ps_mask(low4 & big, err, _mm512_setzero_ps(), _CMP_EQ_OQ);
 }
 
 /* kw_u4_unpack_vbmi's constants. One byte permute gives lane i the four code bytes that hold the nibbles of rows i,

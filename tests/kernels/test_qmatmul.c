@@ -15,6 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include "common/kw_half.h"
 #include "common/kw_status.h"
@@ -481,6 +484,56 @@ static void test_u4_rebuild_paths(void **state) {
     free(codes), free(scales), free(offsets), free(sb_d), free(sb_m), free(w), free(x);
 }
 
+/* The U4 rebuilds under MXCSR.FTZ (a host built with -ffast-math may leave it set): scale a = 2^-115 and offset b =
+ * 2^-108 + 2^-131 make b - 128 a = 2^-131, a subnormal that FTZ flushes, with its Fast2Sum error flushed too, so a fold
+ * taken there gives (128 + u) 2^-115 where fl(fl(u a) + b) is that + 2^-131 (representable): every ISA must give the
+ * scalar backend's bits under FTZ and under FTZ + DAZ, as without them. One thread: MXCSR is the caller's. */
+static void test_u4_rebuild_under_ftz(void **state) {
+    (void)state;
+#if defined(__x86_64__) || defined(__i386__)
+    const int64_t N = 64, K = 256, groups = K / 32;
+    int8_t codes[64 * 256];
+    float scales[64 * 8], offsets[64 * 8], x[256], want[64], got[64];
+    for (int64_t i = 0; i < N * K; ++i)
+        codes[i] = (int8_t)(kw_next() % 16);
+    for (int64_t i = 0; i < N * groups; ++i) {
+        scales[i] = i % 3 ? 0x1p-115f : 0x1p-20f; /* some groups fold without FTZ trouble */
+        offsets[i] = i % 3 ? 0x1p-108f + 0x1p-131f : -0x1p-14f;
+    }
+    for (int64_t k = 0; k < K; ++k)
+        x[k] = k % 32 == 3 ? 1.0f : 0.0f; /* y = the sum of one weight per group: each wrong ulp stays visible */
+    const kw_quant_rows q = {KW_LAYOUT_QPANELS_U4, N, K, codes, scales, offsets, NULL, NULL};
+    const unsigned csr = _mm_getcsr();
+    for (int mode = 0; mode < 3; ++mode) {
+        const unsigned bits = mode == 0 ? 0 : mode == 1 ? 0x8000 : 0x8040; /* none, FTZ, FTZ + DAZ */
+        kw_backend *ref = kw_cpu("scalar", 1);
+        kw_tensor rq;
+        assert_int_equal(kw_tensor_pack_quantized(ref, &q, &rq), 0);
+        _mm_setcsr(csr | bits);
+        kw_mm(ref, want, x, &rq, NULL, 0, 1);
+        _mm_setcsr(csr);
+        kw_tensor_free(&rq);
+        kw_backend_destroy(ref);
+        const char *isas[3];
+        const int n_isa = kw_backend_cpu_isas(isas);
+        for (int i = 0; i < n_isa; ++i) {
+            kw_backend *b = kw_cpu(isas[i], 1);
+            kw_tensor tq;
+            assert_int_equal(kw_tensor_pack_quantized(b, &q, &tq), 0);
+            memset(got, 0xff, sizeof got);
+            _mm_setcsr(csr | bits);
+            kw_mm(b, got, x, &tq, NULL, 0, 1);
+            _mm_setcsr(csr);
+            char what[80];
+            snprintf(what, sizeof what, "U4 rebuild, MXCSR mode %d, on %s", mode, isas[i]);
+            kw_same_bits(got, want, N, what);
+            kw_tensor_free(&tq);
+            kw_backend_destroy(b);
+        }
+    }
+#endif
+}
+
 /* kw_backend_cpu_layout_fast: QPANELS_S6_G16_SB only on AVX-512 with VBMI (the model then keeps Q6_K in it), every
  * other supported layout always, nothing for a NULL backend. */
 static void test_s6_is_chosen_with_vbmi(void **state) {
@@ -738,6 +791,7 @@ int main(void) {
         cmocka_unit_test(test_x8_superblock_is_x8),
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
         cmocka_unit_test(test_u4_rebuild_paths),
+        cmocka_unit_test(test_u4_rebuild_under_ftz),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
