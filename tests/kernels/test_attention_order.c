@@ -1,0 +1,217 @@
+/* test_attention_order.c: the CPU attention scores a cache row with the same bits whichever of its loops scores it.
+ *
+ * kw_cpu_attention_isa.h scores the visible span [lo, hi] four rows at a time (kw_attn_dot4) and the last
+ * (hi - lo + 1) % 4 rows one at a time (kw_attn_dot); both must be the one dot16 of kw_cpu_attention.c's header. Which
+ * loop takes a row, and in which of dot4's four slots, depends only on the row's offset from lo and on the span's
+ * length, so the ISA-invariance tests (which run dot4 on both sides of every comparison) cannot see a difference.
+ *
+ * Here one decode query sees the same n rows [L, L + n) in sixteen calls whose span is widened by s = 0..3 masked rows
+ * in front (a longer sliding window) and r = 0..3 masked rows behind (a later query position): each visible row is
+ * scored in every slot of dot4 and, where the span leaves it in the tail, by dot. Every call must give the bits of the
+ * unpadded one (test_attention_row_order_free), and that call the bits of a reference written here from the header's
+ * rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed by kw_v16_hsum's tree, the row-order
+ * max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows. Every ISA this machine has, f32 and
+ * bf16 caches, head dims that are and are not multiples of 16, n = 4k .. 4k + 3. The padding rows hold NaN keys and
+ * values: a masked row that dot4 scores and drops must not reach a visible row.
+ *
+ * The inputs make a one-ulp change of any score show in the output: q and k in [1, 2) put every score near one large
+ * value (well within a factor 2 of the max m, so s - m is exact) and a power-of-two scale (exact) keeps s - m within
+ * about ten units, so every row keeps a weight, and that weight moves by about ulp(s) relative when s moves one ulp.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/kw_cpu.h"
+#include "kernels/kw_backend.h"
+#include "kernels/kw_op_math.h"
+#include "kw_cpu_test_util.h"
+
+#define ORD_L    3 /* rows before the visible ones: room for the front padding */
+#define ORD_HQ   4
+#define ORD_HKV  2 /* GQA groups of 2: dot4 runs per head of a group */
+#define ORD_NMAX 32
+
+static const int64_t ord_dims[] = {8, 24, 33, 64, 72, 128};
+static const int64_t ord_rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 29, 30, 31, 32};
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+/* One decode query (ORD_HQ heads) over rows [ORD_L, ORD_L + n) of (ORD_HKV, cap, D) caches; every other row NaN and
+ * masked. All arrays owned. */
+typedef struct ord_case {
+    int64_t D, n, cap;
+    enum kw_dtype dt;
+    float scale;
+    float *q;
+    void *kc, *vc;
+    uint8_t *mask;
+} ord_case;
+
+static ord_case ord_case_make(int64_t D, int64_t n, enum kw_dtype dt) {
+    ord_case c = {.D = D, .n = n, .cap = ORD_L + n + 3, .dt = dt};
+    c.scale = ldexpf(1.0f, -(int)floorf(log2f(0.62f * sqrtf((float)D)))); /* the spread of q . k is ~0.62 sqrt(D) */
+    const size_t cells = (size_t)(ORD_HKV * c.cap * D);
+    c.q = malloc((size_t)(ORD_HQ * D) * sizeof(float));
+    c.kc = malloc(cells * kw_dtype_size(dt) + 64), c.vc = malloc(cells * kw_dtype_size(dt) + 64);
+    c.mask = malloc((size_t)c.cap);
+    assert_true(c.q && c.kc && c.vc && c.mask);
+    for (int64_t i = 0; i < ORD_HQ * D; ++i)
+        c.q[i] = 1.5f + 0.5f * kw_rand_from(&g_rng);
+    for (int64_t j = 0; j < c.cap; ++j)
+        c.mask[j] = (uint8_t)(j >= ORD_L && j < ORD_L + n);
+    for (int64_t h = 0; h < ORD_HKV; ++h)
+        for (int64_t j = 0; j < c.cap; ++j)
+            for (int64_t d = 0; d < D; ++d) {
+                const int64_t i = (h * c.cap + j) * D + d;
+                kw_opm_store(c.kc, dt, i, c.mask[j] ? 1.5f + 0.5f * kw_rand_from(&g_rng) : NAN);
+                kw_opm_store(c.vc, dt, i, c.mask[j] ? kw_rand_from(&g_rng) : NAN);
+            }
+    return c;
+}
+
+static void ord_case_free(ord_case *c) {
+    free(c->q), free(c->kc), free(c->vc), free(c->mask);
+}
+
+/* out (ORD_HQ, D): the query on b with s masked rows before the visible ones and r after them in its span. */
+static void ord_run(kw_backend *b, const ord_case *c, int s, int r, float *out) {
+    const int64_t D = c->D, hi = ORD_L + c->n - 1 + r;
+    kw_tensor tq = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){1, ORD_HQ, D}, c->q);
+    kw_tensor to = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){1, ORD_HQ, D}, out);
+    kw_tensor tk = kw_wrap(b, c->dt, 3, (int64_t[]){ORD_HKV, c->cap, D}, c->kc);
+    kw_tensor tv = kw_wrap(b, c->dt, 3, (int64_t[]){ORD_HKV, c->cap, D}, c->vc);
+    kw_tensor tm = kw_wrap(b, KW_DTYPE_U8, 1, (int64_t[]){c->cap}, c->mask);
+    const kw_attention_params ap = {
+        .q_pos0 = hi, .n_kv = hi + 1, .scale = c->scale, .sliding_window = c->n + s + r, .kv_mask = &tm};
+    assert_int_equal(kw_op_attention(b, &to, &tq, &tk, &tv, &ap), 0);
+    assert_int_equal(kw_backend_synchronize(b), 0);
+}
+
+/* kw_v16_hsum's tree: u[i] = l[i] + l[i+8], v[i] = u[i] + u[i+4], w[i] = v[i] + v[i+2], w[0] + w[1]. */
+static float ord_hsum(const float l[16]) {
+    float u[8], v[4];
+    for (int i = 0; i < 8; ++i)
+        u[i] = l[i] + l[i + 8];
+    for (int i = 0; i < 4; ++i)
+        v[i] = u[i] + u[i + 4];
+    const float w0 = v[0] + v[2], w1 = v[1] + v[3];
+    return w0 + w1;
+}
+
+/* The unpadded call's output from the rule of kw_cpu_attention.c's header. */
+static void ord_reference(const ord_case *c, float *out) {
+    const int64_t D = c->D, n = c->n;
+    for (int64_t g = 0; g < ORD_HQ; ++g) {
+        const int64_t base = g / (ORD_HQ / ORD_HKV) * c->cap + ORD_L; /* row ORD_L of the group's kv head */
+        const float *q = c->q + g * D;
+        float e[ORD_NMAX], m = -INFINITY, lane[16];
+        for (int64_t i = 0; i < n; ++i) { /* s_i: lane l an fma chain over d = l, l + 16, ..., zero past D */
+            memset(lane, 0, sizeof lane);
+            for (int64_t d0 = 0; d0 < D; d0 += 16)
+                for (int64_t d = d0; d < d0 + 16; ++d) {
+                    const float qd = d < D ? q[d] : 0.0f,
+                                kd = d < D ? kw_opm_load(c->kc, c->dt, (base + i) * D + d) : 0.0f;
+                    lane[d - d0] = fmaf(qd, kd, lane[d - d0]);
+                }
+            e[i] = ord_hsum(lane) * c->scale;
+            if (e[i] > m) m = e[i];
+        }
+        for (int64_t i = 0; i < n; ++i)
+            e[i] -= m;
+        kw__cpu_exp_f32(KW_CPU_ISA_SCALAR, e, e, n);
+        memset(lane, 0, sizeof lane);
+        for (int64_t i = 0; i < n; ++i)
+            lane[i % 16] += e[i];
+        const float inv = 1.0f / ord_hsum(lane);
+        for (int64_t d = 0; d < D; ++d) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < n; ++i)
+                if (e[i] != 0.0f) acc = fmaf(e[i], kw_opm_load(c->vc, c->dt, (base + i) * D + d), acc);
+            out[g * D + d] = acc * inv;
+        }
+    }
+}
+
+/* 1 if a and b (n floats) differ in any bit (NaN equals NaN); the first difference is printed under what. */
+static int ord_differ(const float *a, const float *b, int64_t n, const char *what) {
+    for (int64_t i = 0; i < n; ++i)
+        if (!(isnan(a[i]) && isnan(b[i])) && kw_f32_bits(a[i]) != kw_f32_bits(b[i])) {
+            print_message("%s: element %lld %.9g (0x%08x) vs %.9g (0x%08x)\n", what, (long long)i, (double)a[i],
+                          kw_f32_bits(a[i]), (double)b[i], kw_f32_bits(b[i]));
+            return 1;
+        }
+    return 0;
+}
+
+/* Every case on every ISA; against_rule: the unpadded call vs ord_reference, else every padded call vs the unpadded
+ * one. Counts the failing cases per ISA, prints the counts, then fails if any. */
+static void ord_sweep(int against_rule) {
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    static const enum kw_dtype dts[] = {KW_DTYPE_F32, KW_DTYPE_BF16};
+    int bad[3] = {0}, cases = 0;
+    float want[ORD_HQ * 128], base[ORD_HQ * 128], got[ORD_HQ * 128];
+    char what[200];
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        for (size_t t = 0; t < sizeof dts / sizeof dts[0]; ++t)
+            for (size_t di = 0; di < sizeof ord_dims / sizeof ord_dims[0]; ++di)
+                for (size_t ni = 0; ni < sizeof ord_rows / sizeof ord_rows[0]; ++ni) {
+                    ord_case c = ord_case_make(ord_dims[di], ord_rows[ni], dts[t]);
+                    const int64_t nout = ORD_HQ * c.D;
+                    int differs = 0;
+                    memset(base, 0xff, sizeof base);
+                    ord_run(b, &c, 0, 0, base);
+                    if (against_rule) {
+                        ord_reference(&c, want);
+                        snprintf(what, sizeof what, "%s %s D=%lld n=%lld: kernel vs the rule", isas[i],
+                                 kw_dtype_name(c.dt), (long long)c.D, (long long)c.n);
+                        differs = ord_differ(base, want, nout, what);
+                    } else {
+                        for (int s = 0; s < 4 && !differs; ++s)
+                            for (int r = s == 0; r < 4 && !differs; ++r) {
+                                memset(got, 0xff, sizeof got);
+                                ord_run(b, &c, s, r, got);
+                                snprintf(what, sizeof what,
+                                         "%s %s D=%lld n=%lld: %d masked rows before, %d after vs none", isas[i],
+                                         kw_dtype_name(c.dt), (long long)c.D, (long long)c.n, s, r);
+                                differs = ord_differ(got, base, nout, what);
+                            }
+                    }
+                    bad[i] += differs, cases += i == 0;
+                    ord_case_free(&c);
+                }
+        kw_backend_destroy(b);
+    }
+    int total = 0;
+    for (int i = 0; i < n_isa; ++i) {
+        print_message("%s: %d of %d cases differ\n", isas[i], bad[i], cases);
+        total += bad[i];
+    }
+    assert_int_equal(total, 0);
+}
+
+static void test_attention_row_order_free(void **state) {
+    (void)state;
+    ord_sweep(0);
+}
+
+static void test_attention_follows_the_rule(void **state) {
+    (void)state;
+    ord_sweep(1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attention_row_order_free),
+        cmocka_unit_test(test_attention_follows_the_rule),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
