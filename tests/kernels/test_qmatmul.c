@@ -390,6 +390,36 @@ static void test_superblock_is_the_plain_layout(void **state) {
     kw_backend_destroy(b);
 }
 
+/* One row x (q->k values) times q on every ISA's CPU backend (one thread, so MXCSR is the caller's; csr_bits set in
+ * it around the matmul on x86): each result must be want's bits (q->n values, at most 130). */
+static void kw_every_isa_same_bits(const kw_quant_rows *q, const float *x, const float *want, unsigned csr_bits,
+                                   const char *what) {
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    float got[130];
+    assert_true(q->n <= 130);
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        kw_tensor tq;
+        assert_int_equal(kw_tensor_pack_quantized(b, q, &tq), 0);
+        memset(got, 0xff, sizeof got);
+#if defined(__x86_64__) || defined(__i386__)
+        const unsigned csr = _mm_getcsr();
+        _mm_setcsr(csr | csr_bits);
+        kw_mm(b, got, x, &tq, NULL, 0, 1);
+        _mm_setcsr(csr);
+#else
+        (void)csr_bits;
+        kw_mm(b, got, x, &tq, NULL, 0, 1);
+#endif
+        char label[128];
+        snprintf(label, sizeof label, "%s on %s", what, isas[i]);
+        kw_same_bits(got, want, q->n, label);
+        kw_tensor_free(&tq);
+        kw_backend_destroy(b);
+    }
+}
+
 /* The 4-bit decode rows' per-group rebuilds (kernels/cpu/kw_cpu_matmul.c, kw_qmm_row_vbmi): rows of groups built to
  * take each one, in turn along k, give the f32 matmul's bits on every ISA, for U4 and U4_SB, with x zero outside one
  * kind's groups (so no kind's rounding hides another's). Kind 0: a = d * s, b = -d * o (f16 d): the fold
@@ -425,7 +455,7 @@ static void test_u4_rebuild_paths(void **state) {
           *offsets = malloc((size_t)(N * groups) * sizeof(float));
     float *sb_d = malloc((size_t)(N * sbs) * sizeof(float)), *sb_m = malloc((size_t)(N * sbs) * sizeof(float));
     float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)K * sizeof(float));
-    float want[130], got[130];
+    float want[130];
     assert_true(codes && scales && offsets && sb_d && sb_m && w && x);
     for (int64_t i = 0; i < N * K; ++i)
         codes[i] = (int8_t)(kw_next() % 16);
@@ -465,20 +495,9 @@ static void test_u4_rebuild_paths(void **state) {
             kw_tensor tw = kw_wrap(ref, KW_DTYPE_F32, 2, (int64_t[]){N, K}, w);
             kw_mm(ref, want, x, &tw, NULL, 0, 1);
             kw_backend_destroy(ref);
-            const char *isas[3];
-            const int n_isa = kw_backend_cpu_isas(isas);
-            for (int i = 0; i < n_isa; ++i) {
-                kw_backend *b = kw_cpu(isas[i], 1);
-                kw_tensor tq;
-                assert_int_equal(kw_tensor_pack_quantized(b, &q, &tq), 0);
-                memset(got, 0xff, sizeof got);
-                kw_mm(b, got, x, &tq, NULL, 0, 1);
-                char what[80];
-                snprintf(what, sizeof what, "%s rebuild kind %d on %s", sb_layout ? "U4_SB" : "U4", kind, isas[i]);
-                kw_same_bits(got, want, N, what);
-                kw_tensor_free(&tq);
-                kw_backend_destroy(b);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "%s rebuild kind %d", sb_layout ? "U4_SB" : "U4", kind);
+            kw_every_isa_same_bits(&q, x, want, 0, what);
         }
     }
     free(codes), free(scales), free(offsets), free(sb_d), free(sb_m), free(w), free(x);
@@ -493,7 +512,7 @@ static void test_u4_rebuild_under_ftz(void **state) {
 #if defined(__x86_64__) || defined(__i386__)
     const int64_t N = 64, K = 256, groups = K / 32;
     int8_t codes[64 * 256];
-    float scales[64 * 8], offsets[64 * 8], x[256], want[64], got[64];
+    float scales[64 * 8], offsets[64 * 8], x[256], want[64];
     for (int64_t i = 0; i < N * K; ++i)
         codes[i] = (int8_t)(kw_next() % 16);
     for (int64_t i = 0; i < N * groups; ++i) {
@@ -514,22 +533,9 @@ static void test_u4_rebuild_under_ftz(void **state) {
         _mm_setcsr(csr);
         kw_tensor_free(&rq);
         kw_backend_destroy(ref);
-        const char *isas[3];
-        const int n_isa = kw_backend_cpu_isas(isas);
-        for (int i = 0; i < n_isa; ++i) {
-            kw_backend *b = kw_cpu(isas[i], 1);
-            kw_tensor tq;
-            assert_int_equal(kw_tensor_pack_quantized(b, &q, &tq), 0);
-            memset(got, 0xff, sizeof got);
-            _mm_setcsr(csr | bits);
-            kw_mm(b, got, x, &tq, NULL, 0, 1);
-            _mm_setcsr(csr);
-            char what[80];
-            snprintf(what, sizeof what, "U4 rebuild, MXCSR mode %d, on %s", mode, isas[i]);
-            kw_same_bits(got, want, N, what);
-            kw_tensor_free(&tq);
-            kw_backend_destroy(b);
-        }
+        char what[64];
+        snprintf(what, sizeof what, "U4 rebuild, MXCSR mode %d", mode);
+        kw_every_isa_same_bits(&q, x, want, bits, what);
     }
 #endif
 }
