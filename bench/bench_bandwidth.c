@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/kw_status.h"
 #include "common/kw_time.h"
 #include "tools/kw_cli.h"
 
@@ -89,14 +90,36 @@ static double kw_bw_pass(const uint64_t *buf, size_t n, int threads, int streams
     return (double)(n * sizeof *buf) / sec * 1e-9;
 }
 
-double kw_bench_read_bandwidth(int threads, size_t bytes, int reps, FILE *report) {
+struct kw_bench_bw {
+    uint64_t *buf; /* owned: n words, 64-byte aligned */
+    size_t n;
+    int threads;
+    uint64_t sink;
+};
+
+int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out) {
+    *out = NULL;
     const size_t n = bytes / sizeof(uint64_t) / 65536 * 65536;
-    if (threads < 1 || reps < 1 || n == 0) return 0.0;
-    uint64_t *buf = aligned_alloc(64, n * sizeof *buf);
-    if (!buf) return 0.0;
+    if (threads < 1 || n == 0) return KW_E_INVALID_ARG;
+    kw_bench_bw *bw = calloc(1, sizeof *bw);
+    if (!bw) return KW_E_NOMEM;
+    bw->buf = aligned_alloc(64, n * sizeof *bw->buf);
+    if (!bw->buf) {
+        free(bw);
+        return KW_E_NOMEM;
+    }
+    bw->n = n;
+    bw->threads = threads;
+    uint64_t *buf = bw->buf;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (size_t i = 0; i < n; ++i)
         buf[i] = i * 0x9e3779b97f4a7c15ull;
+    *out = bw;
+    return 0;
+}
+
+double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
+    if (!bw || reps < 1) return 0.0;
     int kinds = 1;
 #ifdef KW_BW_X86
     __builtin_cpu_init();
@@ -105,13 +128,12 @@ double kw_bench_read_bandwidth(int threads, size_t bytes, int reps, FILE *report
     static const char *const kind_names[] = {"u64 sums", "avx2 loads", "avx2 non-temporal loads"};
     static const int stream_counts[] = {1, 4};
     double best = 0.0;
-    uint64_t sink = 0;
-    for (int t = 1; t <= threads; ++t)
+    for (int t = 1; t <= bw->threads; ++t)
         for (int k = 0; k < kinds; ++k)
             for (size_t s = 0; s < sizeof stream_counts / sizeof stream_counts[0]; ++s) {
                 double gbs = 0.0;
                 for (int r = 0; r < reps; ++r) {
-                    const double g = kw_bw_pass(buf, n, t, stream_counts[s], k, &sink);
+                    const double g = kw_bw_pass(bw->buf, bw->n, t, stream_counts[s], k, &bw->sink);
                     gbs = g > gbs ? g : gbs;
                 }
                 if (report)
@@ -119,8 +141,21 @@ double kw_bench_read_bandwidth(int threads, size_t bytes, int reps, FILE *report
                             t > 1 ? "s" : " ", stream_counts[s], stream_counts[s] > 1 ? "s" : " ", gbs);
                 best = gbs > best ? gbs : best;
             }
-    if (sink == 42 && report) fputc(' ', report); /* keeps the sums alive */
-    free(buf);
+    if (bw->sink == 42 && report) fputc(' ', report); /* keeps the sums alive */
+    return best;
+}
+
+void kw_bench_bw_free(kw_bench_bw *bw) {
+    if (!bw) return;
+    free(bw->buf);
+    free(bw);
+}
+
+double kw_bench_read_bandwidth(int threads, size_t bytes, int reps, FILE *report) {
+    kw_bench_bw *bw = NULL;
+    if (reps < 1 || kw_bench_bw_create(threads, bytes, &bw) != 0) return 0.0;
+    const double best = kw_bench_bw_measure(bw, reps, report);
+    kw_bench_bw_free(bw);
     return best;
 }
 

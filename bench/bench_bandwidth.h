@@ -11,4 +11,18 @@
  * report unless it is NULL. 0 if the buffer cannot be allocated. */
 double kw_bench_read_bandwidth(int threads, size_t bytes, int reps, FILE *report);
 
+/* The same measurement, repeated over one buffer kept between calls (a bracket around each timed run costs no
+ * allocation or page faults). */
+typedef struct kw_bench_bw kw_bench_bw;
+
+/* A buffer of `bytes` (rounded down to 512 KiB; make it far larger than the caches) filled by `threads` threads.
+ * 0, KW_E_INVALID_ARG (threads < 1 or bytes < 512 KiB) or KW_E_NOMEM. *out is owned by the caller: kw_bench_bw_free. */
+int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out);
+
+/* kw_bench_read_bandwidth's figure over bw's buffer (borrowed): GB/s, 0 if bw is NULL or reps < 1. */
+double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report);
+
+/* Frees bw (owned); NULL is a no-op. */
+void kw_bench_bw_free(kw_bench_bw *bw);
+
 #endif /* KW_BENCH_BANDWIDTH_H */

@@ -6,8 +6,10 @@
  * by default: 28 layers, hidden 1024, bf16, 151936 vocab; or Qwen2.5-0.5B, Llama-3.2-1B, Gemma 3 270M) written by the
  * gen-model library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like
  * any HF folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill
- * tok/s, decode tok/s, peak RSS, and the baseline from the same run: streaming-read memory bandwidth with the same
- * thread count, which bounds decode at bandwidth / (weight bytes read per token). --profile adds a per-op time
+ * tok/s, decode tok/s, peak RSS of the model phase, and the baseline from the same run: streaming-read memory
+ * bandwidth with the same thread count (every pattern of bench_bandwidth.c, read before the load and around every
+ * rep), which bounds decode at bandwidth / (weight bytes read per token): reported against the best read of the run,
+ * and per rep against the reads just before and after it. --profile adds a per-op time
  * breakdown (ops synchronized one by one). Not a correctness check: tests/model does that. */
 #include "kw_benches.h"
 
@@ -36,7 +38,7 @@ static void kw_bench_model_usage(FILE *f) {
             "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
             "                          [--model-dir DIR | --model PATH [--weights "
             "f32|bf16|quantized|quantized-int8|bf16-act]]\n"
-            "                          [--reps N]\n"
+            "                          [--reps N] [--bw-mib N]\n"
             "                          [--profile]\n"
             "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
             "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
@@ -51,14 +53,24 @@ static void kw_bench_model_usage(FILE *f) {
             "  --threads    CPU threads (default 2)\n"
             "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
             "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
-            "  --reps       measured repetitions, best is reported (default 3)\n"
+            "  --reps       measured repetitions, best is reported (default 3); each is bracketed by bandwidth reads\n"
+            "  --bw-mib     the bandwidth reads' buffer in MiB (default 512: make it far larger than the last-level "
+            "cache)\n"
             "  --profile    also print per-op times of one prefill and one decode run\n");
 }
 
-/* The read bandwidth in bytes/s: the best pattern of bench/bench_bandwidth.c over a 512 MiB buffer (far larger than
- * the caches, below the model's RSS). */
-static double kw_bench_model_bandwidth(int threads, FILE *report) {
-    return kw_bench_read_bandwidth(threads, (size_t)512 << 20, 3, report) * 1e9;
+/* Resets the process's peak RSS (VmHWM) to its current RSS, so the bandwidth buffer freed before the model loads does
+ * not count as the model's. 0, or -1 where /proc/self/clear_refs cannot be written (then the peak includes it). */
+static int kw_bench_reset_peak_rss(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return -1;
+    const int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static int kw_cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 static void kw_bench_print_profile(const char *what, const double *ms, const int64_t *calls) {
@@ -74,22 +86,18 @@ static void kw_bench_print_profile(const char *what, const double *ms, const int
 }
 
 int kw_bench_model(int argc, char **argv) {
-    int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3;
+    int64_t threads = 2, prompt_len = 128, n_decode = 64, reps = 3, bw_mib = 512;
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
     static const char *const weight_names[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
     int arch = 0, profile = 0, weights = 2; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
-        KW_CLI_INT("--threads", &threads, 1, 256),
-        KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
-        KW_CLI_INT("--decode", &n_decode, 1, 8192),
-        KW_CLI_INT("--reps", &reps, 1, 100),
-        KW_CLI_CHOICE("--arch", &arch, archs),
-        KW_CLI_STR("--model-dir", &model_dir),
-        KW_CLI_FLAG("--profile", &profile),
-        KW_CLI_STR("--model", &model_path),
-        KW_CLI_CHOICE("--weights", &weights, weight_names),
+        KW_CLI_INT("--threads", &threads, 1, 256),   KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
+        KW_CLI_INT("--decode", &n_decode, 1, 8192),  KW_CLI_INT("--reps", &reps, 1, 100),
+        KW_CLI_INT("--bw-mib", &bw_mib, 1, 1 << 20), KW_CLI_CHOICE("--arch", &arch, archs),
+        KW_CLI_STR("--model-dir", &model_dir),       KW_CLI_FLAG("--profile", &profile),
+        KW_CLI_STR("--model", &model_path),          KW_CLI_CHOICE("--weights", &weights, weight_names),
     };
     const int st = KW_CLI_PARSE("kvwire bench model", argc, argv, opts, kw_bench_model_usage);
     if (st != KW_CLI_RUN) return st;
@@ -100,6 +108,9 @@ int kw_bench_model(int argc, char **argv) {
     kw_model *model = NULL;
     kw_kvcache *cache = NULL;
     int32_t *ids = NULL;
+    kw_bench_bw *bracket = NULL; /* owned: the bandwidth reads around each rep */
+    double *brackets = NULL;     /* owned: reps + 1 reads, bytes/s */
+    double *rep_ratios = NULL;   /* owned: each rep's decode against the better read around it */
     char tmpl[] = "/tmp/kw_bench_model_XXXXXX";
     const char *dir = model_dir;
     int temp = 0;
@@ -127,8 +138,9 @@ int kw_bench_model(int argc, char **argv) {
 
     stage = "bandwidth";
     printf("read patterns (the bound is the best of them):\n");
-    double bw = kw_bench_model_bandwidth((int)threads, stdout);
-    KW_CHECK_IF(bw <= 0, KW_E_NOMEM, "no memory for the bandwidth buffer");
+    double bw = kw_bench_read_bandwidth((int)threads, (size_t)bw_mib << 20, 3, stdout) * 1e9;
+    KW_CHECK_IF(bw <= 0, KW_E_NOMEM, "no memory for the %lld MiB bandwidth buffer", (long long)bw_mib);
+    const int rss_reset = kw_bench_reset_peak_rss();
 
     stage = "load";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
@@ -157,8 +169,20 @@ int kw_bench_model(int argc, char **argv) {
     for (int64_t i = 0; i < warm_steps; ++i)
         KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, KW_ARGMAX_ROUND_BF16));
 
+    /* the model phase's peak RSS, before the bracket buffer below exists */
+    const double rss = (double)kw_time_peak_rss_bytes();
+
+    /* The machine may be shared and its bandwidth may change from one second to the next: every rep is bracketed by
+     * a bandwidth read just before and just after it (every pattern, one pass each), and its decode is also set
+     * against the better of those two. */
     stage = "measure";
+    KW_CHECK(kw_bench_bw_create((int)threads, (size_t)bw_mib << 20, &bracket));
+    brackets = calloc((size_t)reps + 1, sizeof *brackets);
+    rep_ratios = calloc((size_t)reps, sizeof *rep_ratios);
+    KW_CHECK_IF(!brackets || !rep_ratios, KW_E_NOMEM, "out of memory");
+    const size_t wbytes = kw_model_weight_bytes_per_token(model);
     double best_prefill = 1e30, best_decode = 1e30;
+    brackets[0] = kw_bench_bw_measure(bracket, 1, NULL) * 1e9;
     for (int64_t r = 0; r < reps; ++r) {
         KW_CHECK(kw_kvcache_reset(cache));
         const kw_forward_args a = {
@@ -170,14 +194,21 @@ int kw_bench_model(int argc, char **argv) {
         for (int64_t i = 0; i < n_decode; ++i)
             KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, KW_ARGMAX_ROUND_BF16));
         const double dec = kw_time_seconds(t0, kw_time_now_ns());
+        brackets[r + 1] = kw_bench_bw_measure(bracket, 1, NULL) * 1e9;
+        const double around = brackets[r] > brackets[r + 1] ? brackets[r] : brackets[r + 1];
+        rep_ratios[r] = (double)n_decode / dec / (around / (double)wbytes);
         if (pre < best_prefill) best_prefill = pre;
         if (dec < best_decode) best_decode = dec;
     }
-    const size_t wbytes = kw_model_weight_bytes_per_token(model);
-    const double rss = (double)kw_time_peak_rss_bytes();
-    /* the machine may be shared: measure the bandwidth again after the runs and keep the best of both */
-    const double bw2 = kw_bench_model_bandwidth((int)threads, NULL);
-    if (bw2 > bw) bw = bw2;
+    double bw_lo = brackets[0], bw_hi = brackets[0];
+    for (int64_t r = 0; r <= reps; ++r) {
+        bw_lo = brackets[r] < bw_lo ? brackets[r] : bw_lo;
+        bw_hi = brackets[r] > bw_hi ? brackets[r] : bw_hi;
+    }
+    if (bw_hi > bw) bw = bw_hi;
+    qsort(rep_ratios, (size_t)reps, sizeof *rep_ratios, kw_cmp_double);
+    const double ratio_median =
+        reps % 2 ? rep_ratios[reps / 2] : 0.5 * (rep_ratios[reps / 2 - 1] + rep_ratios[reps / 2]);
     const double decode_tps = (double)n_decode / best_decode, bound_tps = bw / (double)wbytes;
     const int gguf = model_path && kw_gguf_is_gguf(model_path);
     printf("model: %s %s (%d layers, hidden %d, %d/%d heads x %d, intermediate %d, vocab %d), %s weights, "
@@ -196,12 +227,17 @@ int kw_bench_model(int argc, char **argv) {
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,
            best_decode * 1e3, decode_tps, best_decode * 1e3 / (double)n_decode, (long)reps);
-    printf("baseline: read %.2f GB/s (the best read pattern of 1..%ld threads, best of before/after the runs); weights "
-           "read per token %.1f MB (this weight format's)\n",
+    printf("baseline: read %.2f GB/s (the best read pattern of 1..%ld threads, the best of the reads before the load "
+           "and around every rep); weights read per token %.1f MB (this weight format's)\n",
            bw * 1e-9, (long)threads, (double)wbytes * 1e-6);
     printf("decode bound = bandwidth / bytes per token = %.2f tok/s; achieved/bound = %.2f\n", bound_tps,
            decode_tps / bound_tps);
-    printf("peak RSS: %.1f MB (model phase; the bandwidth buffer is smaller)\n", rss * 1e-6);
+    printf("decode against the reads around each rep (the better of just before and just after): achieved/bound "
+           "median %.2f, min %.2f, max %.2f over %ld rep%s; those reads %.2f-%.2f GB/s\n",
+           ratio_median, rep_ratios[0], rep_ratios[reps - 1], (long)reps, reps > 1 ? "s" : "", bw_lo * 1e-9,
+           bw_hi * 1e-9);
+    printf("peak RSS: %.1f MB (model phase%s)\n", rss * 1e-6,
+           rss_reset == 0 ? "" : "; /proc/self/clear_refs not writable: includes the bandwidth buffer");
 
     if (profile) {
         stage = "profile";
@@ -224,6 +260,9 @@ int kw_bench_model(int argc, char **argv) {
 out:
     if (rc < 0) fprintf(stderr, "kvwire bench model: %s: %s (%s)\n", stage, kw_strerror(rc), kw_error_detail());
     free(ids);
+    free(brackets);
+    free(rep_ratios);
+    kw_bench_bw_free(bracket);
     kw_kvcache_free(cache);
     kw_model_free(model);
     kw_backend_destroy(be);

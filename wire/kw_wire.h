@@ -147,7 +147,7 @@ typedef struct kw_wire_token_rule {
  * one plain group: k and v). strict: a row that two rules cover is KW_E_INVALID_ARG, naming both (the two lowest
  * entries covering the first such row). The rules become sorted intervals once: O(R log R + R^2 / 64 + n log R) for R
  * rules (the R^2 / 64 a sweep over the sorted edges with one bit per rule), whatever the prompt's length and the
- * positions' values (a peer's schedule); KW_E_NOMEM for their 80 bytes each. */
+ * positions' values (a peer's schedule); KW_E_NOMEM for their 80 bytes each, KW_E_INVALID_ARG beyond 2^31 - 1 rules. */
 int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int strict, const uint32_t *positions,
                         uint32_t p0, uint32_t n, uint32_t n_positions, const kw_wire_codec_spec *k,
                         const kw_wire_codec_spec *v, kw_wire_token_group *groups, uint32_t *n_groups);

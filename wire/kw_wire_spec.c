@@ -165,6 +165,9 @@ int kw_wire_token_split(const kw_wire_token_rule *rules, uint32_t n_rules, int s
                         const kw_wire_codec_spec *v, kw_wire_token_group *groups, uint32_t *n_groups) {
     KW_RETURN_IF((n_rules && !rules) || !k || !v || !n_groups || (n && !groups), KW_E_INVALID_ARG,
                  "token split: NULL argument");
+    /* the sweep counts 2 edges per rule in 32 bits (peers send at most 512 rules) */
+    KW_RETURN_IF(n_rules > UINT32_MAX / 2, KW_E_INVALID_ARG, "token split: %u rules, at most %u", n_rules,
+                 UINT32_MAX / 2);
     const size_t words = ((size_t)n_rules + 63) / 64;
     void *mem = NULL; /* owned: the edges, segments and active bits of the rules */
     kw__wire_edge *edges = NULL;

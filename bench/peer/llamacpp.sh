@@ -15,7 +15,8 @@
 #    model` (--weights bf16 for the BF16 file, the weights kept quantized otherwise); llama.cpp: llama-bench -p 512
 #    -n 128 (depth 0) and -p 0 -n 128 -d 512. Prints each pair's kvwire/llama.cpp ratio and the median per metric,
 #    and kvwire's decode against its bandwidth bound (`kvwire bench model` measures the bound, the best read
-#    pattern of `kvwire bench bandwidth`, around every run).
+#    pattern of `kvwire bench bandwidth`, just before and just after the timed run, and keeps the better of the two:
+#    a shared host's bandwidth moves from second to second).
 # 4. Greedy: kvwire generate and llama-simple (greedy sampler) on the SmolLM2 Q8_0 file made by kvwire quantize, a
 #    few prompts, 24 new tokens each; the continuations must be the same text. The same on an F32 file that kvwire
 #    quantize made from a tiny random HF Llama folder (gen-model, SmolLM2's vocabulary; its llama3 RoPE scaling
@@ -98,7 +99,7 @@ kvwire_run() { # file format prompt_len -> "prefill decode bound_ratio"
         --reps 1)
     echo "$(echo "$out" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p')" \
         "$(echo "$out" | sed -n 's/^decode: .* = \([0-9.]*\) tok\/s.*/\1/p')" \
-        "$(echo "$out" | sed -n 's/.*achieved\/bound = \([0-9.]*\).*/\1/p')"
+        "$(echo "$out" | sed -n 's/.*achieved\/bound median \([0-9.]*\),.*/\1/p')"
 }
 llama_run() { # file -> "prefill decode0 decode512" (tok/s, llama-bench's averages)
     local a b

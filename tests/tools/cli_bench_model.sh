@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# cli_bench_model.sh KVWIRE SRC BUILD: `kvwire bench model` on a tiny random model: every rep is bracketed by bandwidth
+# reads (the per-rep ratio's median lies between its min and max, the reads around the reps lie below the run's best
+# bandwidth), and the peak RSS of the model phase does not count the bandwidth buffer freed before the load (the
+# buffer here is 64 MiB, far above the tiny model's RSS; where /proc/self/clear_refs is not writable the line says
+# so instead).
+set -u
+kvwire=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+out=
+fail() { echo "FAIL: $*"; echo "$out"; exit 1; }
+"$kvwire" gen-model --arch qwen3 --preset tiny --seed 4 --tokenizer "$src/models/tokenizers/qwen3" --out "$tmp/m" \
+    >/dev/null || fail "gen-model"
+out=$("$kvwire" bench model --model "$tmp/m" --threads 2 --prompt-len 4 --decode 4 --reps 3 --bw-mib 64) ||
+    fail "exit $?"
+line=$(grep '^decode against the reads around each rep' <<<"$out") || fail "no per-rep line"
+read -r med lo hi blo bhi < <(sed -n 's/.*median \([0-9.]*\), min \([0-9.]*\), max \([0-9.]*\) over 3 reps; those reads \([0-9.]*\)-\([0-9.]*\) GB\/s$/\1 \2 \3 \4 \5/p' <<<"$line")
+[ -n "${bhi:-}" ] || fail "per-rep line unreadable"
+bw=$(sed -n 's/^baseline: read \([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
+[ -n "$bw" ] || fail "no baseline"
+awk -v m="$med" -v l="$lo" -v h="$hi" -v bl="$blo" -v bh="$bhi" -v b="$bw" \
+    'BEGIN {exit !(l > 0 && l <= m && m <= h && bl > 0 && bl <= bh && bh <= b + 0.005)}' ||
+    fail "per-rep figures out of order: median $med min $lo max $hi, reads $blo-$bhi, best $bw"
+rss=$(sed -n 's/^peak RSS: \([0-9.]*\) MB (model phase)$/\1/p' <<<"$out")
+if [ -n "$rss" ]; then
+    awk -v r="$rss" 'BEGIN {exit !(r > 0 && r < 64)}' || fail "peak RSS $rss MB counts the 64 MiB bandwidth buffer"
+else
+    grep -q '^peak RSS: .*clear_refs not writable' <<<"$out" || fail "no peak RSS line"
+fi
+"$kvwire" bench model --model "$tmp/m" --bw-mib 0 >/dev/null 2>&1; [ $? -eq 2 ] || fail "--bw-mib 0 is a usage error"
+echo ok
