@@ -7,10 +7,10 @@
  *  - the hook changes nothing: the cache and logits of a forward with it are bit-identical to one without, its
  *    queries do not depend on the chunking, and a failing callback stops the forward with its status;
  *  - in kvstats on the tiny random Qwen3: rows without a picking rule give bit-identical results whether or not a
- *    picking row (and so the hook) runs beside them; a rule picking every row is the high codec's row, byte for byte; a
- * partial one lands between the two codecs, and its reconstruction error is the sum, row by row, of the two codecs'
- * errors at the rows the ranking (recomputed here from the hook's queries) chooses in each layer; bad rules are
- * refused. */
+ *    picking row (and so the hook) runs beside them; a rule picking every row is the high codec's row, byte for
+ *    byte; a partial one lands between the two codecs, and its reconstruction error is the sum, row by row, of the
+ *    two codecs' errors at the rows the ranking (recomputed here from the hook's queries) chooses in each layer, the
+ *    rows of a positional rule beside it left out of the ranking. (The parser's refusals: cli_kvstats_attn.sh.) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,13 +51,13 @@ static void test_attention_by_hand(void **state) {
     assert_int_equal(kw_kvstats_attention_received(q1, k1, 3, 2, 1, 1, 1.0f, 1, 0, mass), 0);
     for (int t = 0; t < 3; ++t)
         assert_float_equal(mass[t], 2.0, 0.0);
-    /* GQA: query heads 0, 1 read KV head 0, heads 2, 3 KV head 1. Query 1 (q = 1 in every head), from it only: KV
-     * head 0 has k_0 = ln 3, k_1 = 0 (weights 3/4, 1/4), KV head 1 k_0 = 0, k_1 = ln 7 (1/8, 7/8). */
-    const float q2[2 * 4] = {0, 0, 0, 0, 1, 1, 1, 1};
+    /* GQA: query heads 0, 1 read KV head 0, heads 2, 3 KV head 1. Query 1, from it only: heads 0, 1 have q = 1 and
+     * KV head 0 k_0 = ln 3, k_1 = 0 (weights 3/4, 1/4); heads 2, 3 have q = 0 (1/2, 1/2 whatever KV head 1 holds). */
+    const float q2[2 * 4] = {0, 0, 0, 0, 1, 1, 0, 0};
     const float k2[2 * 2] = {(float)log(3.0), 0.0f, 0.0f, (float)log(7.0)}; /* (T 2, Hkv 2, D 1) */
     assert_int_equal(kw_kvstats_attention_received(q2, k2, 2, 4, 2, 1, 1.0f, 0, 1, mass), 0);
-    assert_float_equal(mass[0], 2.0 * 0.75 + 2.0 * 0.125, 1e-6);
-    assert_float_equal(mass[1], 2.0 * 0.25 + 2.0 * 0.875, 1e-6);
+    assert_float_equal(mass[0], 2.0 * 0.75 + 2.0 * 0.5, 1e-6);
+    assert_float_equal(mass[1], 2.0 * 0.25 + 2.0 * 0.5, 1e-6);
     assert_int_equal(kw_kvstats_attention_received(q2, k2, 2, 3, 2, 1, 1.0f, 0, 0, mass), KW_E_INVALID_ARG);
 }
 
@@ -226,13 +226,18 @@ static void test_kvstats_picks(void **state) {
     kw_model *m = load_model(0, &be);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers;
-    enum { A4, A8, ATTN, ATTN_ALL, RAND_ALL, LEAST, ATTN_LAST, N_ROWS };
+    enum { A4, A8, ATTN, ATTN_ALL, RAND_ALL, LEAST, ATTN_LAST, ATTN_POS, N_ROWS };
     kw_kvstats_codec c[N_ROWS] = {[A4] = codec("int4"), [A8] = codec("int8")};
     c[ATTN] = picking(KW_KVSTATS_PICK_ATTN, 0.3, 0);
     c[ATTN_ALL] = picking(KW_KVSTATS_PICK_ATTN, 1.0, 0);
     c[RAND_ALL] = picking(KW_KVSTATS_PICK_RAND, 1.0, 0);
     c[LEAST] = picking(KW_KVSTATS_PICK_LEAST, 0.3, 0);
     c[ATTN_LAST] = picking(KW_KVSTATS_PICK_ATTN, 0.3, 2);
+    c[ATTN_POS] = picking(KW_KVSTATS_PICK_ATTN, 0.3, 0); /* after positions 2-3 at int8: picks among the others */
+    c[ATTN_POS].token_rules[1] = c[ATTN_POS].token_rules[0];
+    c[ATTN_POS].token_rules[0] =
+        (kw_kvstats_token_rule){.first = 2, .last = 3, .spec = c[A8].spec, .spec_v = c[A8].spec};
+    c[ATTN_POS].n_token_rules = 2;
     kw_kvstats *plain = NULL, *s = NULL;
     assert_int_equal(kw_kvstats_create(m, c, 2, N_NEW, &plain), 0); /* A4 and A8 alone: no queries asked for */
     assert_int_equal(kw_kvstats_create(m, c, N_ROWS, N_NEW, &s), 0);
@@ -280,10 +285,12 @@ static void test_kvstats_picks(void **state) {
     }
     free(vt);
     const double scale = 1.0 / sqrt(cfg->query_pre_attn_scalar > 0 ? cfg->query_pre_attn_scalar : (double)D);
-    const int rows_checked[] = {ATTN, LEAST, ATTN_LAST};
-    double want[3] = {0};
-    for (int w = 0; w < 3; ++w) {
-        const kw_kvstats_token_rule *tr = &c[rows_checked[w]].token_rules[0];
+    const int rows_checked[] = {ATTN, LEAST, ATTN_LAST, ATTN_POS};
+    double want[4] = {0};
+    for (int w = 0; w < 4; ++w) {
+        const int pos = rows_checked[w] == ATTN_POS; /* rows 2 and 3 are the positional rule's */
+        const kw_kvstats_token_rule *tr = &c[rows_checked[w]].token_rules[pos];
+        const uint8_t taken[T_ROWS] = {0, 0, pos, pos};
         for (int32_t l = 0; l < L; ++l) {
             double score[T_ROWS];
             uint8_t chosen[T_ROWS];
@@ -293,14 +300,16 @@ static void test_kvstats_picks(void **state) {
                              0);
             for (int t = 0; t < T_ROWS && tr->pick == KW_KVSTATS_PICK_LEAST; ++t)
                 score[t] = -score[t];
-            assert_int_equal(kw_kvstats_pick_rows(score, 0, T_ROWS, NULL, tr->fraction, chosen, NULL), 0);
+            int64_t n = 0;
+            assert_int_equal(kw_kvstats_pick_rows(score, 0, T_ROWS, taken, tr->fraction, chosen, &n), 0);
+            assert_int_equal(n, 3); /* round(0.3 x 10) */
             for (int t = 0; t < T_ROWS; ++t)
-                want[w] += row_err2(k + l * per, (chosen[t] ? k8 : k4) + l * per, t, row);
+                want[w] += row_err2(k + l * per, (chosen[t] || taken[t] ? k8 : k4) + l * per, t, row);
         }
         const double got = r[rows_checked[w]]->k_err2;
         assert_float_equal(got, want[w], 1e-9 * want[w]);
     }
-    assert_true(want[0] != want[1] && want[0] != want[2]); /* the three rankings choose differently */
+    assert_true(want[0] != want[1] && want[0] != want[2]); /* the rankings choose differently */
     free(buf);
     kw_kvstats_free(plain);
     kw_kvstats_free(s);
