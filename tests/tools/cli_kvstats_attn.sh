@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # cli_kvstats_attn.sh KVWIRE SRC: `kvwire kvstats`'s token rules that pick rows per prompt and layer (;Tattn<P>%,
 # ;Tattn<P>%:last<M>, ;Tleast<P>%, ;Trand<P>%) on a tiny random Qwen3: a rule over every row is the high codec's row
-# (one group: the plain one), a partial rule lands between the two codecs, the names carry the rules, the row
-# beside them is unchanged by their presence, and bad rules are refused with a reason (0%, over 100%, twice, with
-# recompute, a bad :last).
+# (one group: the plain one), a partial rule lands between the two codecs, the names carry the rules, :last<M> ranks
+# by other queries, the rows beside them are unchanged by their presence, and bad rules are refused with a reason
+# (0%, over 100%, twice, with recompute, a bad :last).
 set -u
 kvwire=$1 src=$2
 tmp=$(mktemp -d)
@@ -37,6 +37,9 @@ for part in 'int4/token;Tattn25%=int8/token' 'int4/token;Tattn25%:last4=int8/tok
     awk -v a="$(field "$part" 2)" -v b4="$b4" -v b8="$b8" 'BEGIN { exit !(a > b4 && a < b8) }' ||
         fail "$part: bytes $(field "$part" 2), int4 $b4, int8 $b8"
 done
+# :last4 ranks by other queries than every query's (on this model and prompt they choose other rows)
+[ "$(field 'int4/token;Tattn25%:last4=int8/token' 4)" != "$(field 'int4/token;Tattn25%=int8/token' 4)" ] ||
+    fail ":last4 chose the rows of every query"
 for bad in 'int4:token;Tattn0%=int8:token|percentage of the rows sent in (0, 100]' \
     'int4:token;Tattn101%=int8:token|percentage of the rows sent' 'int4:token;Tattn%=int8:token|percentage' \
     'int4:token;Tattn10=int8:token|percentage' 'int4:token;Trand-5%=int8:token|percentage' \
