@@ -76,33 +76,31 @@ static void test_pick_by_hand(void **state) {
     double score[T] = {0};
     for (int i = 0; i < T; ++i)
         for (int j = 0; j <= i; ++j)
-            score[j] += p[i][j]; /* 3.0, 0.9, 0.9, 0.5, 0.6, 0.1 */
+            score[j] += p[i][j];                        /* 3.0, 0.9, 0.9, 0.5, 0.6, 0.1 */
+    static const uint8_t taken[T] = {0, 1, 0, 0, 1, 0}; /* rows 1 and 4: a positional rule's */
+    static const struct {
+        int64_t t0;
+        int taken;
+        double fraction;
+        int64_t n;
+        uint8_t want[T];
+    } cases[] = {
+        {0, 0, 0.5, 3, {1, 1, 1, 0, 0, 0}},  /* rows 1 and 2 tie at 0.9: both in */
+        {0, 0, 0.25, 2, {1, 1, 0, 0, 0, 0}}, /* round(1.5) = 2: row 1, the lower of the tie */
+        {1, 0, 0.25, 1, {0, 1, 0, 0, 0, 0}}, /* row 0 not sent: 5 rows, round(1.25) = 1 */
+        {1, 1, 0.4, 2, {0, 0, 1, 1, 0, 0}},  /* of rows 2, 3, 5, round(5 x 0.4) = 2: 2 (0.9) and 3 (0.5) */
+        {0, 0, 0.01, 1, {1, 0, 0, 0, 0, 0}}, /* at least one row */
+        {1, 1, 1.0, 3, {0, 0, 1, 1, 0, 1}},  /* at most the rows left */
+    };
     uint8_t chosen[T];
     int64_t n = 0;
-    /* 3 of 6 (50%): rows 0, 1, 2 (rows 1 and 2 tie at 0.9: both in) */
-    assert_int_equal(kw_kvstats_pick_rows(score, 0, T, NULL, 0.5, chosen, &n), 0);
-    assert_int_equal(n, 3);
-    assert_memory_equal(chosen, ((uint8_t[T]){1, 1, 1, 0, 0, 0}), T);
-    /* 2 of 6 (round(1.5) = 2 from 25%): rows 0 and 1, the lower of the tie */
-    assert_int_equal(kw_kvstats_pick_rows(score, 0, T, NULL, 0.25, chosen, &n), 0);
-    assert_int_equal(n, 2);
-    assert_memory_equal(chosen, ((uint8_t[T]){1, 1, 0, 0, 0, 0}), T);
-    /* row 0 not sent (t0 1), 5 rows: round(1.25) = 1, row 1 */
-    assert_int_equal(kw_kvstats_pick_rows(score, 1, T, NULL, 0.25, chosen, &n), 0);
-    assert_int_equal(n, 1);
-    assert_memory_equal(chosen, ((uint8_t[T]){0, 1, 0, 0, 0, 0}), T);
-    /* rows 1 and 4 taken by positional rules: of rows 2, 3, 5, round(5 x 0.4) = 2: rows 2 (0.9) and 3 (0.5) */
-    const uint8_t taken[T] = {0, 1, 0, 0, 1, 0};
-    assert_int_equal(kw_kvstats_pick_rows(score, 1, T, taken, 0.4, chosen, &n), 0);
-    assert_int_equal(n, 2);
-    assert_memory_equal(chosen, ((uint8_t[T]){0, 0, 1, 1, 0, 0}), T);
-    /* at least one row; at most the rows left */
-    assert_int_equal(kw_kvstats_pick_rows(score, 0, T, NULL, 0.01, chosen, &n), 0);
-    assert_int_equal(n, 1);
-    assert_memory_equal(chosen, ((uint8_t[T]){1, 0, 0, 0, 0, 0}), T);
-    assert_int_equal(kw_kvstats_pick_rows(score, 1, T, taken, 1.0, chosen, &n), 0);
-    assert_int_equal(n, 3);
-    assert_memory_equal(chosen, ((uint8_t[T]){0, 0, 1, 1, 0, 1}), T);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        assert_int_equal(
+            kw_kvstats_pick_rows(score, cases[i].t0, T, cases[i].taken ? taken : NULL, cases[i].fraction, chosen, &n),
+            0);
+        assert_int_equal(n, cases[i].n);
+        assert_memory_equal(chosen, cases[i].want, T);
+    }
     /* the least attended (scores negated): 2 rows, 5 (0.1) and 3 (0.5) */
     double neg[T];
     for (int t = 0; t < T; ++t)
