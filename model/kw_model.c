@@ -788,6 +788,21 @@ static int model_step_graph(kw_model *m, kw_kvcache *cache, const kw_forward_arg
     return 1;
 }
 
+/* Hands layer l's queries of the chunk's T rows (the q scratch model_layer left) to a->on_queries. */
+static int model_pass_queries(kw_model *m, const kw_forward_args *a, int32_t l, int64_t row0, int64_t T) {
+    const size_t bytes = (size_t)T * (size_t)m->cfg.n_heads * (size_t)m->cfg.head_dim * sizeof(float);
+    float *q = malloc(bytes); /* owned */
+    KW_RETURN_IF(!q, KW_E_NOMEM, "model: out of memory for %lld query rows", (long long)T);
+    int rc = kw_backend_download(m->backend, q, &m->s.q, 0, bytes);
+    if (rc == 0) rc = kw_backend_synchronize(m->backend);
+    if (rc == 0) {
+        rc = a->on_queries(a->user, l, row0, T, q);
+        if (rc < 0 && kw_error_detail()[0] == '\0') kw_error_set(rc, "model: the query callback failed at layer %d", l);
+    }
+    free(q);
+    return rc < 0 ? rc : 0;
+}
+
 /* One chunk of T <= max_batch tokens starting at token index t0 of the call. */
 static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a, int64_t t0, int64_t T) {
     kw_backend *be = m->backend;
@@ -801,14 +816,16 @@ static int model_chunk(kw_model *m, kw_kvcache *cache, const kw_forward_args *a,
     KW_FORWARD(kw_tensor_view_rows(&m->s.x, 0, T, &x));
     KW_FORWARD(kw_backend_upload(be, &ids, 0, a->ids + t0, (size_t)T * sizeof(int32_t)));
     KW_FORWARD(kw_backend_upload(be, &pos, 0, m->pos_host, (size_t)T * sizeof(int32_t)));
-    if (a->n == 1) {
+    if (a->n == 1 && !a->on_queries) {
         const int graph = model_step_graph(m, cache, a, row0);
         if (graph < 0) return graph;
         if (graph == 1) return kw_backend_synchronize(be);
     }
     KW_FORWARD(model_embed(m, &x, &ids));
-    for (int32_t l = 0; l < m->cfg.n_layers; ++l)
+    for (int32_t l = 0; l < m->cfg.n_layers; ++l) {
         KW_FORWARD(model_layer(m, &m->layers[l], l, cache, T, row0, &x, &pos));
+        if (a->on_queries) KW_FORWARD(model_pass_queries(m, a, l, row0, T));
+    }
     if (a->mode == KW_LOGITS_ALL) {
         KW_FORWARD(model_head(m, a, 0, T, t0));
     } else if (a->mode == KW_LOGITS_LAST && t0 + T == a->n) {

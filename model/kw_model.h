@@ -127,15 +127,24 @@ enum kw_logits_mode {
     KW_LOGITS_ALL = 2,  /* one row per token */
 };
 
+/* Called by kw_model_forward after each layer of each chunk when kw_forward_args.on_queries is set: q holds that
+ * layer's queries of the chunk's n tokens at cache rows [row0, row0 + n), (n, n_heads, head_dim) f32 as the attention
+ * took them (after the q-norm and RoPE), in host memory borrowed for the call. For measurements (kvwire kvstats'
+ * attention-ranked token rules): it costs a download and a synchronize per layer. A negative return stops the forward
+ * with that status. */
+typedef int (*kw_model_query_fn)(void *user, int32_t layer, int64_t row0, int64_t n, const float *q);
+
 /* One forward call. The tokens are appended to the cache at rows [length, length + n). */
 typedef struct kw_forward_args {
-    const int32_t *ids;       /* n token ids in [0, vocab), borrowed */
-    int64_t n;                /* >= 1 */
-    const int32_t *positions; /* n RoPE positions >= 0, borrowed; NULL: position = cache row */
-    enum kw_logits_mode mode; /* which rows produce logits */
-    float *logits;            /* NULL, or caller-owned (rows, vocab) f32 receiving the logits rows */
-    int32_t *argmax;          /* NULL, or caller-owned (rows) receiving each row's argmax (lowest id on ties) */
-    int argmax_flags;         /* KW_ARGMAX_PLAIN or KW_ARGMAX_ROUND_BF16 */
+    const int32_t *ids;           /* n token ids in [0, vocab), borrowed */
+    int64_t n;                    /* >= 1 */
+    const int32_t *positions;     /* n RoPE positions >= 0, borrowed; NULL: position = cache row */
+    enum kw_logits_mode mode;     /* which rows produce logits */
+    float *logits;                /* NULL, or caller-owned (rows, vocab) f32 receiving the logits rows */
+    int32_t *argmax;              /* NULL, or caller-owned (rows) receiving each row's argmax (lowest id on ties) */
+    int argmax_flags;             /* KW_ARGMAX_PLAIN or KW_ARGMAX_ROUND_BF16 */
+    kw_model_query_fn on_queries; /* NULL (the results do not depend on it), or each layer's queries (above) */
+    void *user;                   /* on_queries' first argument */
 } kw_forward_args;
 
 /* Runs the tokens through every layer in chunks of at most max_batch, appending their K/V to cache (created by

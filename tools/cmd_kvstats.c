@@ -62,7 +62,13 @@ static void kw_kvstats_usage(FILE *f) {
         "                    of their own with that codec (no options: the section's are its layer's; the first\n"
         "                    rule covering a row wins; at most 8 ranges), e.g. 'int2-asym:token@rot;T0=int8:token';\n"
         "                    T0-N=recompute: that prefix is not sent (a kv_direct receiver can prefill it itself:\n"
-        "                    row 0 depends on token 0 only), kept exact at 0 bytes\n"
+        "                    row 0 depends on token 0 only), kept exact at 0 bytes;\n"
+        "                    ;Tattn10%%=CODEC:GRAN: in each prompt and quantized layer, the 10%% of the rows sent\n"
+        "                    (rounded, at least 1) that received the most attention in the unquantized prefill\n"
+        "                    (per query and head normalised, summed over the layer's heads and the prompt's\n"
+        "                    queries; Tattn10%%:last8: the last 8 queries' only), among the rows no positional\n"
+        "                    rule takes, ties to the lower position; controls: Tleast10%% (the least attended),\n"
+        "                    Trand10%% (at random, a fixed seed); one such rule per row\n"
         "  --layer-sensitivity  a row per layer with only that layer through CODEC (none;L<l>=CODEC), after\n"
         "                    the --codec rows (default: none), then the layers ranked by mean KL, most\n"
         "                    sensitive first, for a schedule\n"
@@ -187,6 +193,47 @@ static int kw_kvstats_list_item(const char **p, const char *end, int ranges, lon
     return ok;
 }
 
+static const char *const kw_kvstats_pick_names[] = {"", "attn", "least", "rand"}; /* by enum kw_kvstats_pick */
+
+/* The enum kw_kvstats_pick a token rule segment seg (up to its '=' at eq) names: "Tattn10%..." PICK_ATTN, "Tleast"
+ * PICK_LEAST, "Trand" PICK_RAND, else 0 (positions). */
+static int kw_kvstats_pick_kind(const char *seg, const char *eq) {
+    for (int k = KW_KVSTATS_PICK_ATTN; k <= KW_KVSTATS_PICK_RAND; ++k) {
+        const size_t n = strlen(kw_kvstats_pick_names[k]);
+        if ((size_t)(eq - seg) > n + 1 && strncmp(seg + 1, kw_kvstats_pick_names[k], n) == 0) return k;
+    }
+    return 0;
+}
+
+/* A picking rule's segment up to eq, "Tattn10%", "Tattn10%:last8", "Tleast10%[:last<M>]" or "Trand10%" (pick: its
+ * kind), appended to out's token rules without its codecs. One per row. */
+static int kw_kvstats_parse_pick(const char *arg, const char *seg, const char *eq, int pick, kw_kvstats_codec *out) {
+    const char *p = seg + 1 + strlen(kw_kvstats_pick_names[pick]);
+    char *end = NULL;
+    const double pct = strtod(p, &end);
+    KW_RETURN_IF(end == p || end >= eq || *end != '%' || !(pct > 0.0 && pct <= 100.0), KW_E_INVALID_ARG,
+                 "--codec %s: T%s takes a percentage of the rows sent in (0, 100], e.g. T%s10%%=int8:token", arg,
+                 kw_kvstats_pick_names[pick], kw_kvstats_pick_names[pick]);
+    long queries = 0;
+    if (end + 1 < eq) { /* ":last<M>": the attention of the prompt's last M queries only */
+        const char *m = end + 1;
+        KW_RETURN_IF(pick == KW_KVSTATS_PICK_RAND || (size_t)(eq - m) < 6 || strncmp(m, ":last", 5) != 0,
+                     KW_E_INVALID_ARG, "--codec %s: after T%s<P>%% only :last<M> (Tattn, Tleast: the last M queries)",
+                     arg, kw_kvstats_pick_names[pick]);
+        queries = strtol(m + 5, &end, 10);
+        KW_RETURN_IF(end != eq || queries < 1 || queries >= (long)KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG,
+                     "--codec %s: :last<M> takes M in 1..%u", arg, KW_WIRE_MAX_POSITIONS - 1);
+    }
+    for (int32_t i = 0; i < out->n_token_rules; ++i)
+        KW_RETURN_IF(out->token_rules[i].pick, KW_E_INVALID_ARG,
+                     "--codec %s: one Tattn, Tleast or Trand rule per row (the rows it picks are given once)", arg);
+    KW_RETURN_IF(out->n_token_rules == KW_KVSTATS_MAX_TOKEN_RULES, KW_E_INVALID_ARG,
+                 "--codec %s: at most %d token ranges", arg, KW_KVSTATS_MAX_TOKEN_RULES);
+    out->token_rules[out->n_token_rules++] =
+        (kw_kvstats_token_rule){.pick = pick, .fraction = pct / 100.0, .queries = (uint32_t)queries};
+    return 0;
+}
+
 /* One token rule segment of a schedule, "T0-3,7=CODEC" (prompt positions and ranges) or "Tlast4=CODEC" (the last 4
  * rows of each prompt), eq at its '=', end past its codec: rules appended to out, ";T0-3,7=int8/token" to its name
  * (*name_len long). The codec is a wire codec without options (the section's options are its layer's); a position
@@ -210,8 +257,15 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
                  "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot and @clip are its layer's",
                  arg);
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
-    const int last = (size_t)(eq - seg) > 5 && strncmp(seg + 1, "last", 4) == 0;
-    for (const char *p = seg + (last ? 5 : 1); p < eq;) {
+    const int pick = kw_kvstats_pick_kind(seg, eq);
+    if (pick) {
+        KW_RETURN_IF(omit, KW_E_INVALID_ARG, "--codec %s: recompute takes a prefix of the prompt, T0 or T0-N", arg);
+        KW_FORWARD(kw_kvstats_parse_pick(arg, seg, eq, pick, out));
+        out->token_rules[out->n_token_rules - 1].spec = one.spec;
+        out->token_rules[out->n_token_rules - 1].spec_v = one.spec_v;
+    }
+    const int last = !pick && (size_t)(eq - seg) > 5 && strncmp(seg + 1, "last", 4) == 0;
+    for (const char *p = seg + (last ? 5 : 1); !pick && p < eq;) {
         long lo = 0, hi = 0;
         const int ok = kw_kvstats_list_item(&p, eq, !last, (long)KW_WIRE_MAX_POSITIONS, &lo, &hi);
         KW_RETURN_IF(!ok || (last && (lo == 0 || p != eq)), KW_E_INVALID_ARG,
@@ -224,8 +278,8 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
         for (int32_t i = 0; i < out->n_token_rules; ++i) {
             const kw_kvstats_token_rule *o = &out->token_rules[i];
             KW_RETURN_IF(last && o->from_end, KW_E_INVALID_ARG, "--codec %s: Tlast is given twice", arg);
-            KW_RETURN_IF(!last && !o->from_end && lo <= (long)o->last && hi >= (long)o->first, KW_E_INVALID_ARG,
-                         "--codec %s: a token position is named twice", arg);
+            KW_RETURN_IF(!last && !o->from_end && !o->pick && lo <= (long)o->last && hi >= (long)o->first,
+                         KW_E_INVALID_ARG, "--codec %s: a token position is named twice", arg);
         }
         kw_kvstats_token_rule *tr = &out->token_rules[out->n_token_rules++];
         *tr = base;

@@ -28,6 +28,8 @@ struct kw_kvstats {
     int32_t n_codecs;
     kw_kvstats_acc acc[2];                       /* K, V */
     int64_t rows;                                /* prompt rows so far */
+    int64_t n_prompts;                           /* prompts so far (PICK_RAND's seed) */
+    int need_queries;                            /* some codec ranks rows by attention: keep the prefill's queries */
     int64_t pos_count[KW_KVSTATS_POSITIONS + 1]; /* head vectors summed into each pos_norm slot of one layer */
     float *ref_logits;                           /* owned (n_new, vocab): the reference's logits at each step */
     double *ref_lse;                             /* owned (n_new): their log-sum-exp */
@@ -80,9 +82,18 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
                      "codec %s: %d token rules", co->name, (int)co->n_token_rules);
         KW_RETURN_IF(co->n_token_rules && co->lossless && co->n_overrides == 0, KW_E_INVALID_ARG,
                      "codec %s: token rules on a row that quantizes no layer", co->name);
+        int32_t n_pick = 0;
         for (int32_t i = 0; i < co->n_token_rules; ++i) {
             const kw_kvstats_token_rule *tr = &co->token_rules[i];
-            KW_RETURN_IF(tr->from_end ? tr->first == 0 : tr->first > tr->last, KW_E_INVALID_ARG,
+            KW_RETURN_IF(tr->pick < KW_KVSTATS_PICK_POSITIONS || tr->pick > KW_KVSTATS_PICK_RAND, KW_E_INVALID_ARG,
+                         "codec %s: token rule %d picks rows by %d", co->name, (int)i, tr->pick);
+            n_pick += tr->pick != KW_KVSTATS_PICK_POSITIONS;
+            KW_RETURN_IF(
+                tr->pick && (!(tr->fraction > 0.0 && tr->fraction <= 1.0) || tr->omit || n_pick > 1), KW_E_INVALID_ARG,
+                "codec %s: token rule %d: a picking rule takes a fraction in (0, 1], sends its rows (no omit), "
+                "one per row",
+                co->name, (int)i);
+            KW_RETURN_IF(!tr->pick && (tr->from_end ? tr->first == 0 : tr->first > tr->last), KW_E_INVALID_ARG,
                          "codec %s: token rule %d covers no position", co->name, (int)i);
             KW_RETURN_IF(tr->omit && (tr->from_end || tr->first != 0), KW_E_INVALID_ARG,
                          "codec %s: token rule %d omits rows that are not a prefix", co->name, (int)i);
@@ -108,6 +119,10 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
     s->vocab = cfg->vocab;
     s->n_new = n_new;
     s->n_codecs = n_codecs;
+    for (int32_t c = 0; c < n_codecs; ++c)
+        for (int32_t i = 0; i < codecs[c].n_token_rules; ++i)
+            s->need_queries |= codecs[c].token_rules[i].pick == KW_KVSTATS_PICK_ATTN ||
+                               codecs[c].token_rules[i].pick == KW_KVSTATS_PICK_LEAST;
     const size_t heads = (size_t)s->n_layers * (size_t)s->n_heads, chans = heads * (size_t)s->head_dim;
     s->codecs = calloc((size_t)n_codecs + 1, sizeof *s->codecs);
     s->results = calloc((size_t)n_codecs + 1, sizeof *s->results);
@@ -274,6 +289,74 @@ static int kw_kvstats_on_forced(void *user, int64_t step, const float *logits, i
     return 0;
 }
 
+int kw_kvstats_attention_received(const float *q, const float *k, int64_t T, int32_t n_heads, int32_t n_kv_heads,
+                                  int32_t D, float scale, int64_t window, int64_t from, double *mass) {
+    KW_RETURN_IF(!q || !k || !mass || T < 0 || n_kv_heads < 1 || n_heads % n_kv_heads != 0 || D < 1, KW_E_INVALID_ARG,
+                 "kw_kvstats_attention_received: bad argument");
+    for (int64_t t = 0; t < T; ++t)
+        mass[t] = 0.0;
+    double *p = malloc((size_t)(T > 0 ? T : 1) * sizeof *p); /* one query's scores, then probabilities */
+    KW_RETURN_IF(!p, KW_E_NOMEM, "out of memory for %lld attention scores", (long long)T);
+    const int32_t group = n_heads / n_kv_heads;
+    for (int64_t i = from < 0 ? 0 : from; i < T; ++i) {
+        const int64_t j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+        for (int32_t h = 0; h < n_heads; ++h) {
+            const float *qi = q + ((size_t)i * (size_t)n_heads + (size_t)h) * (size_t)D;
+            double mx = -INFINITY, sum = 0.0;
+            for (int64_t j = j0; j <= i; ++j) {
+                const float *kj = k + ((size_t)j * (size_t)n_kv_heads + (size_t)(h / group)) * (size_t)D;
+                double dot = 0.0;
+                for (int32_t d = 0; d < D; ++d)
+                    dot += (double)qi[d] * (double)kj[d];
+                p[j] = dot * (double)scale;
+                if (p[j] > mx) mx = p[j];
+            }
+            for (int64_t j = j0; j <= i; ++j) {
+                p[j] = exp(p[j] - mx);
+                sum += p[j];
+            }
+            for (int64_t j = j0; j <= i; ++j)
+                mass[j] += p[j] / sum;
+        }
+    }
+    free(p);
+    return 0;
+}
+
+typedef struct kw_kvstats_ranked {
+    double score;
+    int64_t t;
+} kw_kvstats_ranked;
+
+/* Highest score first, then the lower position. */
+static int kw_kvstats_cmp_ranked(const void *a, const void *b) {
+    const kw_kvstats_ranked *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return (x->t > y->t) - (x->t < y->t);
+}
+
+int kw_kvstats_pick_rows(const double *score, int64_t t0, int64_t T, const uint8_t *taken, double fraction,
+                         uint8_t *chosen, int64_t *n_chosen) {
+    KW_RETURN_IF(!score || !chosen || t0 < 0 || T < t0 || !(fraction > 0.0 && fraction <= 1.0), KW_E_INVALID_ARG,
+                 "kw_kvstats_pick_rows: bad argument");
+    kw_kvstats_ranked *r = malloc((size_t)(T > 0 ? T : 1) * sizeof *r); /* the rows no positional rule takes */
+    KW_RETURN_IF(!r, KW_E_NOMEM, "out of memory for %lld rows' ranks", (long long)T);
+    int64_t m = 0;
+    for (int64_t t = 0; t < T; ++t) {
+        chosen[t] = 0;
+        if (t >= t0 && !(taken && taken[t])) r[m++] = (kw_kvstats_ranked){score[t], t};
+    }
+    int64_t n = (int64_t)floor(fraction * (double)(T - t0) + 0.5);
+    if (n < 1) n = 1;
+    if (n > m) n = m;
+    qsort(r, (size_t)m, sizeof *r, kw_kvstats_cmp_ranked);
+    for (int64_t i = 0; i < n; ++i)
+        chosen[r[i].t] = 1;
+    free(r);
+    if (n_chosen) *n_chosen = n;
+    return 0;
+}
+
 /* Layer l's codec in row c: the base's fields, or the override the schedule gives it. */
 static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_t l) {
     if (l < KW_KVSTATS_MAX_LAYERS && c->layer_codec[l]) return c->overrides[c->layer_codec[l] - 1];
@@ -290,15 +373,19 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
 static int64_t kw_kvstats_omitted(const kw_kvstats_codec *c, int64_t T) {
     int64_t n = 0;
     for (int32_t i = 0; i < c->n_token_rules; ++i)
-        if (c->token_rules[i].omit && (int64_t)c->token_rules[i].last + 1 > n) n = (int64_t)c->token_rules[i].last + 1;
+        if (c->token_rules[i].omit && !c->token_rules[i].pick && (int64_t)c->token_rules[i].last + 1 > n)
+            n = (int64_t)c->token_rules[i].last + 1;
     return n < T ? n : T;
 }
 
 /* The section policy of one layer codec of row c for sections of rows [t0, T). With token rules, groups (T entries,
- * owned by the caller, valid while the policy is used) gets one token group per run of rows taking the same rule. */
-static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c,
-                                        const kw_kvstats_layer_codec *lc, int64_t t0, int64_t T,
-                                        kw_wire_token_group *groups) {
+ * owned by the caller, valid while the policy is used) gets one token group per run of rows taking the same rule;
+ * chosen (T entries, or NULL): the rows c's picking rule takes in this layer, each run of them one more wire rule in
+ * rules (n_token_rules + T entries, caller-owned scratch). More groups than a section holds (FORMAT.md §4.2) is
+ * KW_E_LIMIT, never a blob. */
+static int kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c, const kw_kvstats_layer_codec *lc,
+                             int32_t l, int64_t t0, int64_t T, const uint8_t *chosen, kw_wire_token_rule *rules,
+                             kw_wire_token_group *groups, kw_wire_policy *out) {
     const double elems = 2.0 * (double)s->n_heads * (double)(T - t0) * (double)s->head_dim;
     kw_wire_policy pol = {.k = lc->spec,
                           .v = lc->spec_v,
@@ -307,37 +394,136 @@ static kw_wire_policy kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_co
                           .pre_rope = (uint8_t)(lc->pre_rope != 0),
                           .rotate = (uint8_t)lc->rotate,
                           .clip = (uint8_t)lc->clip};
-    if (c->n_token_rules == 0) return pol;
-    kw_wire_token_rule rules[KW_KVSTATS_MAX_TOKEN_RULES]; /* omitted prefixes end before t0: never taken */
-    for (int32_t i = 0; i < c->n_token_rules; ++i) {
+    *out = pol;
+    if (c->n_token_rules == 0) return 0;
+    uint32_t n_rules = 0;
+    const kw_kvstats_token_rule *picker = NULL;
+    for (int32_t i = 0; i < c->n_token_rules; ++i) { /* omitted prefixes end before t0: never taken */
         const kw_kvstats_token_rule *tr = &c->token_rules[i];
-        rules[i] = (kw_wire_token_rule){tr->first, tr->last, tr->from_end, tr->spec, tr->spec_v};
+        if (tr->pick)
+            picker = tr;
+        else
+            rules[n_rules++] = (kw_wire_token_rule){tr->first, tr->last, tr->from_end, tr->spec, tr->spec_v};
     }
-    /* not strict (the first rule wins), groups has room for every row: it cannot fail */
-    (void)kw_wire_token_split(rules, (uint32_t)c->n_token_rules, 0, NULL, (uint32_t)t0, (uint32_t)(T - t0), (uint32_t)T,
-                              &lc->spec, &lc->spec_v, groups, &pol.n_groups);
+    for (int64_t t = t0; picker && chosen && t < T; ++t) { /* the chosen rows, a rule per run (none are taken above) */
+        if (!chosen[t]) continue;
+        int64_t e = t;
+        while (e + 1 < T && chosen[e + 1])
+            ++e;
+        rules[n_rules++] = (kw_wire_token_rule){(uint32_t)t, (uint32_t)e, 0, picker->spec, picker->spec_v};
+        t = e;
+    }
+    /* not strict (the first rule wins), groups has room for every row */
+    KW_FORWARD(kw_wire_token_split(rules, n_rules, 0, NULL, (uint32_t)t0, (uint32_t)(T - t0), (uint32_t)T, &lc->spec,
+                                   &lc->spec_v, groups, &pol.n_groups));
+    KW_RETURN_IF(pol.n_groups > KW_WIRE_MAX_GROUPS, KW_E_LIMIT,
+                 "kvstats: %s: layer %d's token rules make %u token groups, a section holds at most %u (FORMAT.md "
+                 "§4.2); choose fewer rows",
+                 c->name, (int)l, pol.n_groups, KW_WIRE_MAX_GROUPS);
     pol.groups = groups;
-    return pol;
+    *out = pol;
+    return 0;
+}
+
+/* Layer l's T flags of chosen (L x T), or NULL without. */
+static const uint8_t *kw_kvstats_layer_rows(const uint8_t *chosen, int32_t l, int64_t T) {
+    return chosen ? chosen + (size_t)l * (size_t)T : NULL;
+}
+
+/* The picking rule of row c (its only one), or NULL. */
+static const kw_kvstats_token_rule *kw_kvstats_picker(const kw_kvstats_codec *c) {
+    for (int32_t i = 0; i < c->n_token_rules; ++i)
+        if (c->token_rules[i].pick) return &c->token_rules[i];
+    return NULL;
+}
+
+/* A hash of (prompt, layer, position) in [0, 1): PICK_RAND's score, the same in every run (splitmix64's finalizer). */
+static double kw_kvstats_rand_score(int64_t prompt, int32_t layer, int64_t t) {
+    uint64_t x = (uint64_t)prompt * 0x9e3779b97f4a7c15u + (uint64_t)layer * 0xbf58476d1ce4e5b9u + (uint64_t)t + 1u;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+    x ^= x >> 31;
+    return (double)(x >> 11) * 0x1.0p-53;
+}
+
+/* The rows the picking rule pr of row c takes in layer l of a prompt of T rows whose rows before t0 are not sent:
+ * chosen (T entries). k: the layer's (T, H, D) keys; q: its (T, Hq, D) prefill queries (PICK_ATTN, PICK_LEAST);
+ * score (T) and taken (T): scratch. */
+static int kw_kvstats_choose(const kw_kvstats *s, const kw_kvstats_codec *c, const kw_kvstats_token_rule *pr, int32_t l,
+                             int64_t t0, int64_t T, const float *k, const float *q, double *score, uint8_t *taken,
+                             uint8_t *chosen) {
+    for (int64_t t = 0; t < T; ++t) { /* the positional rules' rows are theirs */
+        taken[t] = 0;
+        for (int32_t i = 0; i < c->n_token_rules && !taken[t]; ++i) {
+            const kw_kvstats_token_rule *tr = &c->token_rules[i];
+            if (tr->pick || tr->omit) continue;
+            taken[t] = tr->from_end ? t >= T - (int64_t)tr->first : t >= (int64_t)tr->first && t <= (int64_t)tr->last;
+        }
+    }
+    if (pr->pick == KW_KVSTATS_PICK_RAND) {
+        for (int64_t t = 0; t < T; ++t)
+            score[t] = kw_kvstats_rand_score(s->n_prompts, l, t);
+    } else {
+        const kw_model_config *cfg = kw_model_get_config(s->model);
+        const double scalar = cfg->query_pre_attn_scalar > 0 ? cfg->query_pre_attn_scalar : (double)cfg->head_dim;
+        const int64_t from = pr->queries && (int64_t)pr->queries < T ? T - (int64_t)pr->queries : 0;
+        KW_FORWARD(kw_kvstats_attention_received(q, k, T, cfg->n_heads, s->n_heads, s->head_dim,
+                                                 (float)(1.0 / sqrt(scalar)), kw_config_layer_window(cfg, l), from,
+                                                 score));
+        if (pr->pick == KW_KVSTATS_PICK_LEAST)
+            for (int64_t t = 0; t < T; ++t)
+                score[t] = -score[t];
+    }
+    return kw_kvstats_pick_rows(score, t0, T, taken, pr->fraction, chosen, NULL);
 }
 
 /* Sends k and v (each (T, H, D) f32) through one KVWire blob, every layer with its codec's K and V specs (a v1.1 blob
  * when any layer needs it), and writes the decoded values to kq, vq. Lossless layers get no section: their rows are
  * copied and counted at f32. Omitted rows (a prefix, kw_kvstats_token_rule.omit) are copied and counted at 0 bytes;
- * the sections carry the rows after them. *bytes gets the blob's size plus the f32 rows (no blob when every row is
- * omitted). */
+ * the sections carry the rows after them. A picking rule chooses its rows per layer (q: the prefill's queries per
+ * layer, (T, Hq, D) each, when it ranks by attention). *bytes gets the blob's size plus the f32 rows (no blob when
+ * every row is omitted). */
 static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *codec, float *const *k, float *const *v,
-                                int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
+                                float *const *q, int64_t T, float *const *kq, float *const *vq, int64_t *bytes) {
     const int32_t H = s->n_heads, D = s->head_dim;
     const size_t rows = (size_t)T * (size_t)H * (size_t)D;
     const int64_t t0 = kw_kvstats_omitted(codec, T), Tk = T - t0; /* rows [t0, T) are sent */
     const size_t skip = (size_t)t0 * (size_t)H * (size_t)D;
+    const kw_kvstats_token_rule *picker = kw_kvstats_picker(codec);
     kw_kvstats_layer_codec lc;
     kw_wire_policy pol;
     int v11 = 0, any_pre_rope = 0;
     uint16_t n_sections = 0;
     int64_t exact_bytes = 0;
-    kw_wire_token_group *groups = codec->n_token_rules ? malloc((size_t)T * sizeof *groups) : NULL; /* owned */
-    KW_RETURN_IF(codec->n_token_rules && !groups, KW_E_NOMEM, "out of memory for %lld token groups", (long long)T);
+    kw_wire_encoder *enc = NULL;
+    kw_wire_reader *reader = NULL;
+    uint8_t *blob = NULL;
+    float *unrotated = NULL;
+    int64_t *pos = NULL;
+    uint32_t *sent = NULL; /* the positions the sections carry when a prefix is omitted */
+    int rc = 0;
+    /* owned: token groups (T), wire rules (n_token_rules + T), and with a picking rule the rows it takes per layer
+     * (L x T), a score and a taken flag per row */
+    kw_wire_token_group *groups = NULL;
+    kw_wire_token_rule *wrules = NULL;
+    uint8_t *chosen = NULL, *taken = NULL;
+    double *score = NULL;
+    if (codec->n_token_rules) {
+        groups = malloc((size_t)T * sizeof *groups);
+        wrules = malloc(((size_t)codec->n_token_rules + (size_t)T) * sizeof *wrules);
+        KW_CHECK_IF(!groups || !wrules, KW_E_NOMEM, "out of memory for %lld token groups", (long long)T);
+    }
+    if (picker) {
+        chosen = calloc((size_t)s->n_layers * (size_t)T, 1);
+        taken = malloc((size_t)T);
+        score = malloc((size_t)T * sizeof *score);
+        KW_CHECK_IF(!chosen || !taken || !score, KW_E_NOMEM, "out of memory for %lld rows' scores", (long long)T);
+        KW_CHECK_IF(picker->pick != KW_KVSTATS_PICK_RAND && !q, KW_E_INTERNAL, "kvstats: %s: no queries", codec->name);
+        for (int32_t l = 0; l < s->n_layers && Tk > 0; ++l)
+            if (!kw_kvstats_layer(codec, l).lossless)
+                KW_CHECK(kw_kvstats_choose(s, codec, picker, l, t0, T, k[l], q ? q[l] : NULL, score, taken,
+                                           chosen + (size_t)l * (size_t)T));
+    }
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) {
@@ -349,7 +535,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         memcpy(kq[l], k[l], skip * sizeof **kq); /* the omitted prefix: the receiver's own rows */
         memcpy(vq[l], v[l], skip * sizeof **vq);
         if (Tk == 0) continue;
-        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
+        KW_CHECK(kw_kvstats_policy(s, codec, &lc, l, t0, T, kw_kvstats_layer_rows(chosen, l, T), wrules, groups, &pol));
         v11 |= kw_wire_policy_needs_v11(&pol);
         any_pre_rope |= lc.pre_rope;
         ++n_sections;
@@ -361,14 +547,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
                                 .head_dim = (uint16_t)D,
                                 .n_positions = (uint32_t)T,
                                 .src_dtype = KW_WIRE_DTYPE_F32};
-    kw_wire_encoder *enc = NULL;
-    kw_wire_reader *reader = NULL;
-    uint8_t *blob = NULL;
-    float *unrotated = NULL;
-    int64_t *pos = NULL;
-    uint32_t *sent = NULL; /* the positions the sections carry when a prefix is omitted */
     const kw_model_config *cfg = kw_model_get_config(s->model);
-    int rc = 0;
     size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES, used = 0, n = 0;
     if (n_sections == 0 && t0 > 0) { /* every quantized layer's rows omitted: nothing is sent */
         *bytes = exact_bytes;
@@ -392,7 +571,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) continue;
-        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
+        KW_CHECK(kw_kvstats_policy(s, codec, &lc, l, t0, T, kw_kvstats_layer_rows(chosen, l, T), wrules, groups, &pol));
         KW_CHECK(kw_wire_section_bound(&hdr, &pol, (uint32_t)Tk, &n));
         cap += n;
     }
@@ -404,7 +583,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     for (int32_t l = 0; l < s->n_layers; ++l) {
         lc = kw_kvstats_layer(codec, l);
         if (lc.lossless) continue;
-        pol = kw_kvstats_policy(s, codec, &lc, t0, T, groups);
+        KW_CHECK(kw_kvstats_policy(s, codec, &lc, l, t0, T, kw_kvstats_layer_rows(chosen, l, T), wrules, groups, &pol));
         const float *k_in = k[l];
         if (lc.pre_rope) {
             memcpy(unrotated, k[l], rows * sizeof *unrotated);
@@ -454,6 +633,10 @@ out:
     free(unrotated);
     free(pos);
     free(groups);
+    free(wrules);
+    free(chosen);
+    free(taken);
+    free(score);
     free(sent);
     return rc;
 }
@@ -514,6 +697,21 @@ out:
     return rc;
 }
 
+/* on_queries of the prefill: layer's query rows into q[layer] (T, Hq, D) at their rows. */
+typedef struct kw_kvstats_queries {
+    float *const *q;
+    int64_t T;
+    size_t row; /* floats per query row */
+} kw_kvstats_queries;
+
+static int kw_kvstats_on_queries(void *user, int32_t layer, int64_t row0, int64_t n, const float *q) {
+    const kw_kvstats_queries *qs = user;
+    KW_RETURN_IF(row0 < 0 || n < 0 || row0 + n > qs->T, KW_E_INTERNAL, "kvstats: query rows %lld+%lld of %lld",
+                 (long long)row0, (long long)n, (long long)qs->T);
+    memcpy(qs->q[layer] + (size_t)row0 * qs->row, q, (size_t)n * qs->row * sizeof *q);
+    return 0;
+}
+
 int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t *ref_ids) {
     KW_RETURN_IF(!s || !ids || n < 2, KW_E_INVALID_ARG, "kw_kvstats_add_prompt: a prompt of at least 2 tokens");
     const int64_t T = n - 1;
@@ -522,15 +720,21 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
     int rc = 0;
     kw_kvcache *cache = NULL;
     kw_generate_result res = {0};
-    float **bufs = calloc(4 * (size_t)L, sizeof *bufs); /* k, v, kq, vq per layer */
+    const int32_t n_bufs = s->need_queries ? 5 * L : 4 * L;
+    float **bufs = calloc((size_t)n_bufs, sizeof *bufs); /* k, v, kq, vq per layer, and the prefill's queries */
     KW_RETURN_IF(!bufs, KW_E_NOMEM, "out of memory");
     float **k = bufs, **v = bufs + L, **kq = bufs + 2 * L, **vq = bufs + 3 * L;
-    for (int32_t i = 0; i < 4 * L; ++i) {
-        bufs[i] = malloc(per_layer * sizeof **bufs);
+    float **q = s->need_queries ? bufs + 4 * L : NULL;
+    const kw_model_config *cfg = kw_model_get_config(s->model);
+    const size_t q_row = (size_t)cfg->n_heads * (size_t)s->head_dim;
+    for (int32_t i = 0; i < n_bufs; ++i) {
+        bufs[i] = malloc((i < 4 * L ? per_layer : (size_t)T * q_row) * sizeof **bufs);
         KW_CHECK_IF(!bufs[i], KW_E_NOMEM, "out of memory for the prompt cache (%lld rows)", (long long)T);
     }
     KW_CHECK(kw_model_create_cache(s->model, n + n_new, KW_DTYPE_F32, &cache));
-    const kw_forward_args prefill = {.ids = ids, .n = T, .mode = KW_LOGITS_NONE};
+    kw_kvstats_queries qs = {.q = q, .T = T, .row = q_row};
+    const kw_forward_args prefill = {
+        .ids = ids, .n = T, .mode = KW_LOGITS_NONE, .on_queries = q ? kw_kvstats_on_queries : NULL, .user = &qs};
     KW_CHECK(kw_model_forward(s->model, cache, &prefill));
     for (int32_t l = 0; l < L; ++l) {
         KW_CHECK(kw_kvcache_read_rows(cache, l, 0, T, k[l], v[l]));
@@ -561,7 +765,7 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
                 memcpy(vq[l], v[l], per_layer * sizeof **vq);
             }
         } else {
-            const int qrc = kw_kvstats_roundtrip(s, &s->codecs[c], k, v, T, kq, vq, &bytes);
+            const int qrc = kw_kvstats_roundtrip(s, &s->codecs[c], k, v, q, T, kq, vq, &bytes);
             if (qrc == KW_E_WIRE_RANGE || qrc == KW_E_WIRE_NONFINITE) { /* this codec cannot carry this cache */
                 r->status = qrc;
                 continue;
@@ -575,10 +779,11 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
         }
         KW_CHECK(kw_kvstats_codec_run(s, cache, r, kq, vq, T, ids[T]));
     }
+    s->n_prompts += 1;
 out:
     kw_generate_result_free(&res);
     kw_kvcache_free(cache);
-    for (int32_t i = 0; i < 4 * L; ++i)
+    for (int32_t i = 0; i < n_bufs; ++i)
         free(bufs[i]);
     free(bufs);
     return rc;

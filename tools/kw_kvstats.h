@@ -19,7 +19,9 @@
  * A codec row may also give tokens their own codec (a per-token schedule, kw_kvstats_codec.token_rules: the first
  * positions, attention sinks, or the last ones): in every quantized layer's section those rows form token groups of
  * their own (FORMAT.md §4.2) with the rule's K and V specs; the section's options (outliers, rotation, pre-RoPE keys,
- * clipping) stay the layer's. The bytes counted are the blob's, group tables included.
+ * clipping) stay the layer's. The bytes counted are the blob's, group tables included. A rule may also pick its rows
+ * per prompt and layer by the attention they received in the unquantized prefill (the model's queries through
+ * kw_forward_args.on_queries, asked for only when a row has such a rule), or at random as a control.
  * Besides the per-head table, the mean L2 norm of a head vector of K and of V per layer at each of the first
  * KW_KVSTATS_POSITIONS positions and over the rest (kw_kvstats_position_get): whether position 0 stands out.
  * Not here: the wire transport, selection of tokens, C2C.
@@ -47,14 +49,31 @@ typedef struct kw_kvstats_layer_codec {
     int pre_rope, rotate, clip;
 } kw_kvstats_layer_codec;
 
+/* How a token rule picks its rows (kw_kvstats_token_rule.pick). The data-dependent ones choose, in each prompt and
+ * quantized layer apart, round(fraction x the rows sent) rows (at least 1) among the sent rows no positional rule
+ * takes, by a score per row, highest first, ties to the lower position (kw_kvstats_pick_rows). */
+enum kw_kvstats_pick {
+    KW_KVSTATS_PICK_POSITIONS = 0, /* the positions first..last, or the last `first` rows (from_end) */
+    KW_KVSTATS_PICK_ATTN = 1,      /* the rows that received the most attention in the unquantized prefill: the
+                                      layer's kw_kvstats_attention_received over its query heads, from every prompt
+                                      query, or from the last `queries` ones */
+    KW_KVSTATS_PICK_LEAST = 2,     /* the rows that received the least attention (a control), the same score negated */
+    KW_KVSTATS_PICK_RAND = 3,      /* rows at random (a control): a fixed hash of (prompt, layer, position) */
+};
+
 /* Prompt rows with their own K and V codecs in every quantized layer: positions first..last (inclusive), or with
- * from_end the last `first` rows of each prompt (last unused). A row takes the first rule that covers it.
- * omit: a prefix (first 0, not from_end) that is not sent at all, kept exact at 0 bytes: in kv_direct the receiver
- * runs the sharer's model and has the prompt's ids, so it can prefill a prefix itself (position 0 depends on token 0
- * only); the sections then carry positions last+1.. . Omitted rows win over every other rule. */
+ * from_end the last `first` rows of each prompt (last unused), or with pick a data-dependent choice (enum
+ * kw_kvstats_pick; at most one such rule per row: its rows never overlap the positional rules'). A row takes the
+ * first rule that covers it. omit: a prefix (first 0, not from_end, no pick) that is not sent at all, kept exact at 0
+ * bytes: in kv_direct the receiver runs the sharer's model and has the prompt's ids, so it can prefill a prefix
+ * itself (position 0 depends on token 0 only); the sections then carry positions last+1.. . Omitted rows win over
+ * every other rule. */
 typedef struct kw_kvstats_token_rule {
     uint32_t first, last;
     int from_end, omit;
+    int pick;                        /* enum kw_kvstats_pick; not POSITIONS: first, last, from_end and omit unused */
+    double fraction;                 /* pick: the fraction of the sent rows chosen, in (0, 1] */
+    uint32_t queries;                /* PICK_ATTN, PICK_LEAST: 0 every prompt query's attention, else the last N's */
     kw_wire_codec_spec spec, spec_v; /* unused with omit */
 } kw_kvstats_token_rule;
 
@@ -129,5 +148,20 @@ int kw_kvstats_position_get(const kw_kvstats *s, int kind, int32_t layer, int32_
 
 /* Prompt rows measured so far (sum of n - 1). */
 int64_t kw_kvstats_rows(const kw_kvstats *s);
+
+/* The attention each key row of one layer received from the queries [from, T) of a prefill: mass[t] (T entries,
+ * caller-owned) = the sum over those queries i >= t and the n_heads query heads of softmax_j(scale q_i . k_j)[t], j
+ * over the rows query i sees (j <= i, and j > i - window when window > 0), in double. q (T, n_heads, D) and k (T,
+ * n_kv_heads, D) f32 rows; query head h reads KV head h / (n_heads / n_kv_heads), as kw_op_attention. Errors:
+ * KW_E_INVALID_ARG, KW_E_NOMEM. */
+int kw_kvstats_attention_received(const float *q, const float *k, int64_t T, int32_t n_heads, int32_t n_kv_heads,
+                                  int32_t D, float scale, int64_t window, int64_t from, double *mass);
+
+/* The rows a data-dependent token rule takes among rows [t0, T): n = round(fraction (T - t0)) (halves up), at least
+ * 1, at most the rows not taken (taken[t] != 0: a positional rule's, T entries, or NULL), those of highest score[t]
+ * (T entries), ties to the lower position. chosen (T entries, caller-owned) gets 1 at the chosen rows and 0
+ * elsewhere; *n_chosen (may be NULL) the count. fraction outside (0, 1] is KW_E_INVALID_ARG; KW_E_NOMEM. */
+int kw_kvstats_pick_rows(const double *score, int64_t t0, int64_t T, const uint8_t *taken, double fraction,
+                         uint8_t *chosen, int64_t *n_chosen);
 
 #endif /* KW_KVSTATS_H */
