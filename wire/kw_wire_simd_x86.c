@@ -321,6 +321,50 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
     return _mm256_cvtps_epi32(y);
 }
 
+/* 32 FP8 codes of bf16 values x[0..32) times inv >= +0 (not NaN), as kw__fp8_codes8_avx2 gives them, into dst[0..32).
+ * With inv >= +0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
+ * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
+ * negative). The magnitudes are packed to bytes by two unsigned saturating packs (beyond the largest code stays beyond
+ * it) and clamped there by one byte minimum; the subnormal conversion runs only when one of the 32 |y| lies below the
+ * smallest normal (zeros included). */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(int e4m3, const uint16_t *x, __m256 vinv,
+                                                                               uint8_t *dst) {
+    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
+    const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
+    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+    const __m256i min_normal = _mm256_set1_epi32((128 - bias) << 23);
+    const __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 16));
+    const __m256i a0 = _mm256_and_si256(x0, _mm256_set1_epi16(0x7fff)),
+                  a1 = _mm256_and_si256(x1, _mm256_set1_epi16(0x7fff));
+    /* (|y| - rebias + half - 1 + lsb) >> shift, as kw__fp8_codes8_avx2 */
+#define KW__Y(a, unpack) _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(unpack(z, a)), vinv))
+#define KW__N(v)                                                                                                       \
+    _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)),    \
+                     shift)
+    const __m256i y0 = KW__Y(a0, _mm256_unpacklo_epi16), y1 = KW__Y(a0, _mm256_unpackhi_epi16);
+    const __m256i y2 = KW__Y(a1, _mm256_unpacklo_epi16), y3 = KW__Y(a1, _mm256_unpackhi_epi16);
+    __m256i c0 = KW__N(y0), c1 = KW__N(y1), c2 = KW__N(y2), c3 = KW__N(y3);
+#undef KW__N
+#undef KW__Y
+    const __m256i lo = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
+    if (!_mm256_testz_si256(_mm256_cmpgt_epi32(min_normal, lo), _mm256_cmpgt_epi32(min_normal, lo))) {
+        const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
+#define KW__S(c, v)                                                                                                    \
+    c = _mm256_blendv_epi8(c, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)),                       \
+                           _mm256_cmpgt_epi32(min_normal, v))
+        KW__S(c0, y0);
+        KW__S(c1, y1);
+        KW__S(c2, y2);
+        KW__S(c3, y3);
+#undef KW__S
+    }
+    const __m256i q = _mm256_min_epu8(_mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3)),
+                                      _mm256_set1_epi8(e4m3 ? 0x7e : 0x7b));
+    const __m256i sign = _mm256_and_si256(_mm256_packs_epi16(x0, x1), _mm256_set1_epi8((char)0x80));
+    _mm256_storeu_si256((__m256i *)dst, _mm256_permute4x64_epi64(_mm256_or_si256(q, sign), 0xd8));
+}
+
 /* int8, int4, int6, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse
  * scale inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16
  * vector against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
@@ -337,6 +381,10 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
     for (uint32_t i = 0; i < n; i += 32) {
         const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
+        if (fp8 && (inv ? inv[i >> gshift] : inv0) >= 0.0f) {
+            kw__fp8_bf16_32_avx2(codec == KW_WIRE_CODEC_E4M3, x + i, vinv, dst + i);
+            continue;
+        }
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
 #define KW__Q(v)                                                                                                       \
