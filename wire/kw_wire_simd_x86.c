@@ -199,6 +199,94 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
     return _mm256_sub_epi32(c, _mm256_castps_si256(g));
 }
 
+/* NF4 of bf16 values by their keys: with 2^-100 <= inv <= 2^100 the 15 thresholds move from y = fl32(x * inv) to x.
+ * x -> fl32(x * inv) does not decrease, so y > t_k (kw__nf4_threshold) exactly when x > X_k, X_k the largest bf16
+ * with fl32(X_k * inv) <= t_k; X_k is the bf16 R nearest to t_k / inv, or the one below it when fl32(R * inv) > t_k
+ * (t_k / inv is within a few f32 ulps of the true boundary, far less than half a bf16 step). For the negative t_k the
+ * same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its magnitude
+ * bits with its sign (int16, in value order; -0 and +0 both 0), a NaN's minus its magnitude (code 0, as the scalar
+ * rule's NaN, which no comparison holds for); the code is the number of thresholds below the key, found by a
+ * four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte tables of the
+ * four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both bytes of each
+ * lane (low: n, high: n + the table's half). */
+typedef struct kw__nf4k_avx2 {
+    __m256i t3, t7, t11, tab3, tab4;
+} kw__nf4k_avx2;
+
+/* The keys' tables for inv, 0 when inv is outside [2^-100, 2^100] (then every bound above may fail: the caller takes
+ * the thresholds on y instead). */
+KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
+    if (!(inv >= 0x1p-100f && inv <= 0x1p100f)) return 0;
+    const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_rcp_ps(vinv); /* 1.5 2^-12 relative error is enough */
+    const __m256i half = _mm256_set1_epi32(0x8000), hi16 = _mm256_set1_epi32((int)0xffff0000u);
+    const __m256 tp =
+        _mm256_setr_ps(kw__nf4_threshold(7), kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10),
+                       kw__nf4_threshold(11), kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14));
+    const __m256 tn =
+        _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(1), -kw__nf4_threshold(2), -kw__nf4_threshold(3),
+                       -kw__nf4_threshold(4), -kw__nf4_threshold(5), -kw__nf4_threshold(6), -kw__nf4_threshold(6));
+    /* the nearest bf16 magnitudes R (all normal: t / inv lies in [2^-105, 2^100]) */
+    const __m256i rp = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tp, vs)), half), hi16);
+    const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tn, vs)), half), hi16);
+    const __m256i p = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rp), vinv), tp, _CMP_LE_OQ));
+    const __m256i q = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rn), vinv), tn, _CMP_GE_OQ));
+    /* X = R - 1 + p; -M = -(R + 1 - q) (masks are -1 where true) */
+    const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
+    const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
+    /* words 0-3: t0-t3, 4-7: t7-t10 (half a); 8-11: t4-t6 and t6 again, 12-15: t11-t14 (half b) */
+    const __m256i w = _mm256_packs_epi32(xn, xp);
+    const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
+    t->t3 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(7 << 8 | 6));
+    t->t7 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(9 << 8 | 8));
+    t->t11 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(9 << 8 | 8));
+    /* tab3: low bytes of t1, t5, t9, t13 then their high bytes; tab4: t0, t2, ..., t14 the same way */
+    t->tab3 = _mm256_or_si256(
+        _mm256_shuffle_epi8(a, _mm256_setr_epi8(2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1, 12,
+                                                -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1)),
+        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, 2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1,
+                                                12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1)));
+    t->tab4 = _mm256_or_si256(
+        _mm256_shuffle_epi8(a, _mm256_setr_epi8(0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0, 4, -1,
+                                                -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1)),
+        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, -1, 0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0,
+                                                4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15)));
+    return 1;
+}
+
+/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
+KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
+    const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
+    const __m256i nan = _mm256_cmpgt_epi16(mag, _mm256_set1_epi16(0x7f80));
+    const __m256i k = _mm256_sign_epi16(mag, _mm256_or_si256(raw, nan));
+    const __m256i g1 = _mm256_cmpgt_epi16(k, t->t7);
+    const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_blendv_epi8(t->t3, t->t11, g1));
+    const __m256i n2 = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi16(0x0400), _mm256_add_epi8(g1, g1)), g2);
+    const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab3, n2));
+    const __m256i n3 = _mm256_sub_epi8(_mm256_add_epi8(n2, n2), g3);
+    const __m256i g4 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab4, n3));
+    return _mm256_sub_epi8(_mm256_add_epi8(n3, n3), g4);
+}
+
+/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 32 a step: pairs of lanes joined by a
+ * multiply-add (the low byte of (257 c0 + 4096) + 16 (257 c1 + 4096) is c0 + 16 c1), the low bytes gathered. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_nf4k_avx2(const uint16_t *x, uint32_t n,
+                                                                                 const kw__nf4k_avx2 *t, uint8_t *dst) {
+    const __m256i m = _mm256_set1_epi32(1 | 16 << 16);
+    const __m256i s0 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i s1 = _mm256_setr_epi8(-1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0,
+                                        4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
+    for (uint32_t i = 0; i < n; i += 32) {
+        const __m256i p0 = _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t), m);
+        const __m256i p1 =
+            _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t), m);
+        const __m256i b = _mm256_permutevar8x32_epi32(
+            _mm256_or_si256(_mm256_shuffle_epi8(p0, s0), _mm256_shuffle_epi8(p1, s1)), order);
+        _mm_storeu_si128((__m128i *)(dst + i / 2), _mm256_castsi256_si128(b));
+    }
+}
+
 /* FP8 codes of 8 values y = fl32(x * inv), unclamped (finite or infinite, never NaN), as int32 0..255: exactly
  * kw__f32_to_minifloat of clamp(y), round half to even on the value, subnormals included. Normal: the significand
  * rounded by integer arithmetic with the exponent rebased in the same addition; subnormal: y / quantum is exact and
@@ -422,9 +510,15 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     }
 }
 
-/* NF4 codes of n values (n a multiple of 8) with the thresholds t made once by the caller. */
+/* NF4 codes of n values (n a multiple of 8) with the thresholds t made once by the caller; bf16 units of a multiple of
+ * 32 values by their keys (kw__quantize_nf4k_avx2) when inv allows. */
 KW_AVX2 static inline __attribute__((always_inline)) void
 kw__quantize_nf4_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, const kw__nf4_avx2 *t, uint8_t *dst) {
+    kw__nf4k_avx2 k;
+    if (dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0 && kw__nf4k_avx2_make(inv, &k)) {
+        kw__quantize_nf4k_avx2((const uint16_t *)x, n, &k, dst);
+        return;
+    }
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
     for (uint32_t i = 0; i < n; i += 8) {
         const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), t);

@@ -420,6 +420,94 @@ static void test_fp8_edges(void **state) {
     free(v);
 }
 
+/* Every ISA's quantize, quantize_rows (rows of 64) and quantize_groups (G 32 and 64) of the bf16 words x[0..n) (n a
+ * multiple of 64) with one inverse scale inv, against the scalar kernel, with MXCSR's FTZ and DAZ bits set to csr. */
+static void check_bf16_codes(uint32_t codec, const uint16_t *x, uint32_t n, float inv, unsigned csr) {
+    const size_t bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
+    uint8_t *want = malloc(bytes + 1), *got = malloc(bytes + 1);
+    float *invs = malloc(n / 32 * sizeof *invs);
+    const uint8_t **rows = malloc(n / 64 * sizeof *rows);
+    assert_non_null(want);
+    assert_non_null(got);
+    assert_non_null(invs);
+    assert_non_null(rows);
+    for (uint32_t i = 0; i < n / 32; ++i)
+        invs[i] = inv;
+    for (uint32_t i = 0; i < n / 64; ++i)
+        rows[i] = (const uint8_t *)(x + 64 * (size_t)i);
+#if defined(__x86_64__)
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr((saved & ~0x8040u) | csr);
+#endif
+    g_isas[0]->quantize(codec, x, KW_WIRE_DTYPE_BF16, n, inv, want);
+    for (int k = 1; k < g_n_isas; ++k)
+        for (int way = 0; way < 4; ++way) {
+            memset(got, 0xa5, bytes + 1);
+            if (way == 0) g_isas[k]->quantize(codec, x, KW_WIRE_DTYPE_BF16, n, inv, got);
+            if (way == 1) g_isas[k]->quantize_rows(codec, rows, n / 64, KW_WIRE_DTYPE_BF16, 64, invs, got);
+            if (way >= 2) g_isas[k]->quantize_groups(codec, x, KW_WIRE_DTYPE_BF16, n, 32u << (way - 2), invs, got);
+            for (size_t b = 0; b < bytes; ++b)
+                if (got[b] != want[b]) {
+#if defined(__x86_64__)
+                    _mm_setcsr(saved);
+#endif
+                    const size_t e = b * 8 / kw_wire_codec_bits(codec);
+                    fail_msg("%s %s bf16 (inv %a, csr %#x, way %d): byte %zu (value %zu = 0x%04x) is 0x%02x, scalar "
+                             "0x%02x",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), (double)inv, csr, way, b, e,
+                             x[e], got[b], want[b]);
+                }
+            assert_int_equal(got[bytes], 0xa5);
+        }
+#if defined(__x86_64__)
+    _mm_setcsr(saved);
+#endif
+    free(want);
+    free(got);
+    free(invs);
+    free(rows);
+}
+
+/* The bf16 paths of NF4 (thresholds moved to the input's keys) and FP8 (signs from the input words, the subnormal
+ * conversion only in steps that hold one): every bf16 word (NaN too for NF4; FP8 assumes none, as the encoder) at
+ * inverse scales that put a threshold just on, above and below a bf16 value (t_k / g for a bf16 g, and the floats
+ * either side), at the bounds of the key path (2^-100, 2^100 and just outside, where the thresholds on y take over),
+ * at powers of two (exact FP8 ties) and at random ones, with and without FTZ/DAZ. */
+static void test_bf16_codes(void **state) {
+    (void)state;
+    wt_rng r = {43};
+    enum { N = 65536 };
+    uint16_t *x = malloc(N * sizeof *x);
+    assert_non_null(x);
+    for (uint32_t codec = KW_WIRE_CODEC_NF4; codec <= KW_WIRE_CODEC_E5M2; ++codec) {
+        for (uint32_t i = 0; i < N; ++i) { /* the words in order: runs of subnormals, normals, Inf, NaN */
+            x[i] = (uint16_t)i;
+            if (codec != KW_WIRE_CODEC_NF4 && (i & 0x7fffu) > 0x7f80u) x[i] = (uint16_t)(i & 0x8000u); /* NaN -> 0 */
+        }
+        for (int it = 0; it < 96; ++it) {
+            float inv;
+            if (it < 48) { /* a threshold on a bf16 value g, then one f32 either side */
+                const uint32_t k = wt_below(&r, 15);
+                const float m = kw_wire_nf4_mid(k), t = k & 1 ? kw_f32_from_bits(kw_f32_bits(m) + (m > 0 ? -1 : 1)) : m;
+                const float g = kw_bf16_to_f32((uint16_t)(0x3f80u + wt_below(&r, 0x600u) - 0x300u));
+                inv = fabsf(t / g);
+                if (it % 3) inv = kw_f32_from_bits(kw_f32_bits(inv) + (it % 3 == 1 ? 1u : -1u));
+                if (codec != KW_WIRE_CODEC_NF4) inv *= 448.0f;
+            } else if (it < 56) {
+                static const float bounds[] = {0x1p-100f,        0x1p100f,        0x1.000002p-100f, 0x1.fffffep99f,
+                                               0x1.fffffep-101f, 0x1.000002p100f, 0x1p-126f,        0x1p127f};
+                inv = bounds[it - 48];
+            } else if (it < 72) {
+                inv = ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
+            } else {
+                inv = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+            }
+            check_bf16_codes(codec, x, N, inv, it % 4 == 3 ? 0x8040u : 0);
+        }
+    }
+    free(x);
+}
+
 /* dequantize_rows: blocks of arbitrary rows (reserved codes in some) of every codec, each with its own scale, to
  * f32 and bf16 rows at scattered, misaligned addresses: the values and status of dequantize row by row, nothing
  * written between or past the rows. */
@@ -1125,6 +1213,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_nf4_edges),
         cmocka_unit_test(test_fp8_edges),
+        cmocka_unit_test(test_bf16_codes),
         cmocka_unit_test(test_zero_groups),
         cmocka_unit_test(test_dequantize_groups),
         cmocka_unit_test(test_dequantize),
