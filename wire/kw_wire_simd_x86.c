@@ -413,43 +413,51 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
  * With inv >= +0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
  * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
  * negative). The magnitudes are packed to bytes by two unsigned saturating packs (beyond the largest code stays beyond
- * it) and clamped there by one byte minimum; the subnormal conversion runs only when one of the 32 |y| lies below the
- * smallest normal (zeros included). */
+ * it) and clamped there by one byte minimum. Steps whose 32 |y| are all normal and none has its low 16 bits zero (no
+ * rounding tie) round half up; the others (zeros, subnormals, ties: rare in real rows, every step with e8m0 scales)
+ * take kw__fp8_codes8_avx2's round half to even and subnormal conversion. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(int e4m3, const uint16_t *x, __m256 vinv,
                                                                                uint8_t *dst) {
     const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
     const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
-    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
-    const __m256i rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+    const __m256i z = _mm256_setzero_si256();
     const __m256i min_normal = _mm256_set1_epi32((128 - bias) << 23);
     const __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 16));
     const __m256i a0 = _mm256_and_si256(x0, _mm256_set1_epi16(0x7fff)),
                   a1 = _mm256_and_si256(x1, _mm256_set1_epi16(0x7fff));
-    /* (|y| - rebias + half - 1 + lsb) >> shift, as kw__fp8_codes8_avx2 */
+    const __m256i sign = _mm256_and_si256(_mm256_packs_epi16(x0, x1), _mm256_set1_epi8((char)0x80));
 #define KW__Y(a, unpack) _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(unpack(z, a)), vinv))
-#define KW__N(v)                                                                                                       \
-    _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)),    \
-                     shift)
     const __m256i y0 = KW__Y(a0, _mm256_unpacklo_epi16), y1 = KW__Y(a0, _mm256_unpackhi_epi16);
     const __m256i y2 = KW__Y(a1, _mm256_unpacklo_epi16), y3 = KW__Y(a1, _mm256_unpackhi_epi16);
-    __m256i c0 = KW__N(y0), c1 = KW__N(y1), c2 = KW__N(y2), c3 = KW__N(y3);
-#undef KW__N
 #undef KW__Y
-    const __m256i lo = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
-    if (!_mm256_testz_si256(_mm256_cmpgt_epi32(min_normal, lo), _mm256_cmpgt_epi32(min_normal, lo))) {
+    /* a rounding tie needs the low 16 bits of |y| zero (shift - 1 >= 19 bits below the kept ones hold exactly half) */
+    const __m256i lo32 = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
+    const __m256i lo16 = _mm256_min_epu16(_mm256_min_epu16(y0, y1), _mm256_min_epu16(y2, y3));
+    const __m256i slow = _mm256_or_si256(_mm256_cmpgt_epi32(min_normal, lo32), _mm256_cmpeq_epi16(lo16, z));
+    __m256i c0, c1, c2, c3;
+    if (_mm256_testz_si256(slow, slow)) { /* no tie, no subnormal: (|y| - rebias + half) >> shift */
+        const __m256i up = _mm256_set1_epi32((1 << (22 - mbits)) - ((127 - bias) << 23));
+        c0 = _mm256_srl_epi32(_mm256_add_epi32(y0, up), shift);
+        c1 = _mm256_srl_epi32(_mm256_add_epi32(y1, up), shift);
+        c2 = _mm256_srl_epi32(_mm256_add_epi32(y2, up), shift);
+        c3 = _mm256_srl_epi32(_mm256_add_epi32(y3, up), shift);
+    } else { /* (|y| - rebias + half - 1 + lsb) >> shift, the subnormal lanes converted: kw__fp8_codes8_avx2 */
+        const __m256i one = _mm256_set1_epi32(1),
+                      rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
         const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
-#define KW__S(c, v)                                                                                                    \
-    c = _mm256_blendv_epi8(c, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)),                       \
-                           _mm256_cmpgt_epi32(min_normal, v))
-        KW__S(c0, y0);
-        KW__S(c1, y1);
-        KW__S(c2, y2);
-        KW__S(c3, y3);
-#undef KW__S
+#define KW__N(v)                                                                                                       \
+    _mm256_blendv_epi8(                                                                                                \
+        _mm256_srl_epi32(                                                                                              \
+            _mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)), shift),     \
+        _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)), _mm256_cmpgt_epi32(min_normal, v))
+        c0 = KW__N(y0);
+        c1 = KW__N(y1);
+        c2 = KW__N(y2);
+        c3 = KW__N(y3);
+#undef KW__N
     }
     const __m256i q = _mm256_min_epu8(_mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3)),
                                       _mm256_set1_epi8(e4m3 ? 0x7e : 0x7b));
-    const __m256i sign = _mm256_and_si256(_mm256_packs_epi16(x0, x1), _mm256_set1_epi8((char)0x80));
     _mm256_storeu_si256((__m256i *)dst, _mm256_permute4x64_epi64(_mm256_or_si256(q, sign), 0xd8));
 }
 
@@ -467,6 +475,11 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
     const __m256i z = _mm256_setzero_si256();
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
+    if (fp8 && !inv && inv0 >= 0.0f) { /* the row's steps without the check */
+        for (uint32_t i = 0; i < n; i += 32)
+            kw__fp8_bf16_32_avx2(codec == KW_WIRE_CODEC_E4M3, x + i, row_inv, dst + i);
+        return;
+    }
     for (uint32_t i = 0; i < n; i += 32) {
         const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
         if (fp8 && (inv ? inv[i >> gshift] : inv0) >= 0.0f) {
