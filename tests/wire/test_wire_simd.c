@@ -472,7 +472,8 @@ static void check_bf16_codes(uint32_t codec, const uint16_t *x, uint32_t n, floa
  * conversion only in steps that hold one): every bf16 word (NaN too for NF4; FP8 assumes none, as the encoder) at
  * inverse scales that put a threshold just on, above and below a bf16 value (t_k / g for a bf16 g, and the floats
  * either side), at the bounds of the key path (2^-100, 2^100 and just outside, where the thresholds on y take over),
- * at powers of two (exact FP8 ties) and at random ones, some negated, with and without FTZ/DAZ. */
+ * at powers of two (exact FP8 ties), at FP8 ties and one f32 either side (y = inv at x = 1), and at random ones, some
+ * negated, with and without FTZ/DAZ. */
 static void test_bf16_codes(void **state) {
     (void)state;
     wt_rng r = {43};
@@ -497,6 +498,10 @@ static void test_bf16_codes(void **state) {
                 static const float bounds[] = {0x1p-100f,        0x1p100f,        0x1.000002p-100f, 0x1.fffffep99f,
                                                0x1.fffffep-101f, 0x1.000002p100f, 0x1p-126f,        0x1p127f};
                 inv = bounds[it - 48];
+            } else if (it < 64) { /* FP8: y = inv at x = 1 one below, at and one above a rounding tie */
+                const uint32_t lsb = codec == KW_WIRE_CODEC_E4M3 ? 20 : 21;
+                inv = kw_f32_from_bits((117u + wt_below(&r, 20)) << 23 | wt_below(&r, 1u << (23 - lsb)) << lsb |
+                                       ((1u << (lsb - 1)) + (uint32_t)(it % 3) - 1u));
             } else if (it < 72) {
                 inv = ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
             } else {
