@@ -523,20 +523,44 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     }
 }
 
-/* NF4 codes of n values (n a multiple of 8) with the thresholds t made once by the caller; bf16 units of a multiple of
- * 32 values by their keys (kw__quantize_nf4k_avx2) when inv allows. */
+/* NF4 codes of n values (n a multiple of 8) with the thresholds on y, t, made once by the caller. */
 KW_AVX2 static inline __attribute__((always_inline)) void
-kw__quantize_nf4_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, const kw__nf4_avx2 *t, uint8_t *dst) {
-    kw__nf4k_avx2 k;
-    if (dtype == KW_WIRE_DTYPE_BF16 && n % 32 == 0 && kw__nf4k_avx2_make(inv, &k)) {
-        kw__quantize_nf4k_avx2((const uint16_t *)x, n, &k, dst);
-        return;
-    }
+kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, const kw__nf4_avx2 *t, uint8_t *dst) {
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
     for (uint32_t i = 0; i < n; i += 8) {
         const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), t);
         kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
     }
+}
+
+/* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u] or, when rows is NULL, at x + u n
+ * elements, with the inverse scale inv[u], its codes at dst + u n / 2. bf16 units of a multiple of 32 values go by
+ * their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u + 1 made before unit u's codes so that
+ * their latency (about 25 cycles, a chain of products, compares and shuffles) runs under unit u's search instead of
+ * between the two; the other units by the thresholds on y. */
+KW_AVX2 static inline __attribute__((always_inline)) void
+kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t dtype, uint32_t n,
+                            const float *inv, uint8_t *dst) {
+    const kw__nf4_avx2 t = kw__nf4_avx2_make();
+    const size_t es = kw__wire_dtype_size(dtype);
+#define KW__UNIT(u) (rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
+    if (dtype != KW_WIRE_DTYPE_BF16 || n % 32 != 0) {
+        for (uint32_t u = 0; u < n_units; ++u)
+            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
+        return;
+    }
+    kw__nf4k_avx2 cur, next;
+    int ok = n_units > 0 && kw__nf4k_avx2_make(inv[0], &cur);
+    for (uint32_t u = 0; u < n_units; ++u) {
+        const int ok_next = u + 1 < n_units && kw__nf4k_avx2_make(inv[u + 1], &next);
+        if (ok)
+            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), n, &cur, dst + (size_t)u * n / 2);
+        else
+            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
+        cur = next;
+        ok = ok_next;
+    }
+#undef KW__UNIT
 }
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
@@ -579,11 +603,9 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
             kw__fields8_put_avx2(_mm256_cvtps_epi32(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi)), 2,
                                  dst + i / 8 * 2);
         break;
-    case KW_WIRE_CODEC_NF4: {
-        const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        kw__quantize_nf4_avx2(x, dtype, n, inv, &t, dst);
+    case KW_WIRE_CODEC_NF4:
+        kw__quantize_nf4_units_avx2(x, NULL, 1, dtype, n, &inv, dst);
         break;
-    }
     case KW_WIRE_CODEC_E4M3:
     case KW_WIRE_CODEC_E5M2: {
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
@@ -1344,11 +1366,7 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         return;
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
-        const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        const size_t es = kw__wire_dtype_size(dtype);
-        for (uint32_t c = 0; c < n / G; ++c)
-            kw__quantize_nf4_avx2((const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], &t,
-                                  dst + (size_t)c * G / 2);
+        kw__quantize_nf4_units_avx2(x, NULL, n / G, dtype, G, inv, dst);
         return;
     }
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
@@ -1382,9 +1400,7 @@ KW_AVX2 static void kw__quantize_rows_avx2(uint32_t codec, const uint8_t *const 
 #undef KW__ROWS
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 8 == 0) {
-        const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        for (uint32_t r = 0; r < n_rows; ++r)
-            kw__quantize_nf4_avx2(rows[r], dtype, n, inv[r], &t, dst + r * rb);
+        kw__quantize_nf4_units_avx2(NULL, rows, n_rows, dtype, n, inv, dst);
         return;
     }
     for (uint32_t r = 0; r < n_rows; ++r)
