@@ -461,6 +461,32 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
     _mm256_storeu_si256((__m256i *)dst, _mm256_permute4x64_epi64(_mm256_or_si256(q, sign), 0xd8));
 }
 
+/* kw__quantize_bytes_bf16_avx2 for e4m3 and e5m2: kw__fp8_bf16_32_avx2 per step (a row's loop without the sign check
+ * of inv), a step whose inv is negative or NaN 8 values at a time by kw__fp8_codes8_avx2. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_fp8_bf16_avx2(int e4m3, const uint16_t *x,
+                                                                                     uint32_t n, float inv0,
+                                                                                     const float *inv, uint32_t gshift,
+                                                                                     uint8_t *dst) {
+    if (!inv && inv0 >= 0.0f) {
+        const __m256 vinv = _mm256_set1_ps(inv0);
+        for (uint32_t i = 0; i < n; i += 32)
+            kw__fp8_bf16_32_avx2(e4m3, x + i, vinv, dst + i);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i += 32) {
+        const float v = inv ? inv[i >> gshift] : inv0;
+        const __m256 vinv = _mm256_set1_ps(v);
+        if (v >= 0.0f) {
+            kw__fp8_bf16_32_avx2(e4m3, x + i, vinv, dst + i);
+            continue;
+        }
+        for (uint32_t j = i; j < i + 32; j += 8) {
+            const __m256 y = _mm256_mul_ps(kw__load8_avx2(x, KW_WIRE_DTYPE_BF16, j), vinv);
+            kw__bytes8_avx2(e4m3 ? kw__fp8_codes8_avx2(y, 3, 7, 0x7e) : kw__fp8_codes8_avx2(y, 2, 15, 0x7b), dst + j);
+        }
+    }
+}
+
 /* int8, int4, int6, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse
  * scale inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16
  * vector against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
@@ -475,17 +501,12 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
     const __m256i z = _mm256_setzero_si256();
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
-    if (fp8 && !inv && inv0 >= 0.0f) { /* the row's steps without the check */
-        for (uint32_t i = 0; i < n; i += 32)
-            kw__fp8_bf16_32_avx2(codec == KW_WIRE_CODEC_E4M3, x + i, row_inv, dst + i);
+    if (fp8) {
+        kw__quantize_fp8_bf16_avx2(codec == KW_WIRE_CODEC_E4M3, x, n, inv0, inv, gshift, dst);
         return;
     }
     for (uint32_t i = 0; i < n; i += 32) {
         const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
-        if (fp8 && (inv ? inv[i >> gshift] : inv0) >= 0.0f) {
-            kw__fp8_bf16_32_avx2(codec == KW_WIRE_CODEC_E4M3, x + i, vinv, dst + i);
-            continue;
-        }
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
 #define KW__Q(v)                                                                                                       \
