@@ -430,10 +430,13 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
     const __m256i y0 = KW__Y(a0, _mm256_unpacklo_epi16), y1 = KW__Y(a0, _mm256_unpackhi_epi16);
     const __m256i y2 = KW__Y(a1, _mm256_unpacklo_epi16), y3 = KW__Y(a1, _mm256_unpackhi_epi16);
 #undef KW__Y
-    /* a rounding tie needs the low 16 bits of |y| zero (shift - 1 >= 19 bits below the kept ones hold exactly half) */
-    const __m256i lo32 = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
+    /* A rounding tie needs the low 16 bits of |y| zero (shift - 1 >= 19 bits below the kept ones hold exactly half); a
+     * subnormal |y| has its high 16 bits below those of the smallest normal, T. Both at once: the 16-bit minima over
+     * the four vectors minus (low halves 0, high halves T - 1), saturating, hold a zero (the subtraction is monotone,
+     * so it may come after the minima). */
     const __m256i lo16 = _mm256_min_epu16(_mm256_min_epu16(y0, y1), _mm256_min_epu16(y2, y3));
-    const __m256i slow = _mm256_or_si256(_mm256_cmpgt_epi32(min_normal, lo32), _mm256_cmpeq_epi16(lo16, z));
+    const __m256i slow =
+        _mm256_cmpeq_epi16(_mm256_subs_epu16(lo16, _mm256_set1_epi32((((128 - bias) << 7) - 1) << 16)), z);
     __m256i c0, c1, c2, c3;
     if (_mm256_testz_si256(slow, slow)) { /* no tie, no subnormal: (|y| - rebias + half) >> shift */
         const __m256i up = _mm256_set1_epi32((1 << (22 - mbits)) - ((127 - bias) << 23));
