@@ -199,6 +199,94 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
     return _mm256_sub_epi32(c, _mm256_castps_si256(g));
 }
 
+/* NF4 of bf16 values by their keys: with 2^-100 <= inv <= 2^100 the 15 thresholds move from y = fl32(x * inv) to x.
+ * x -> fl32(x * inv) does not decrease, so y > t_k (kw__nf4_threshold) exactly when x > X_k, X_k the largest bf16
+ * with fl32(X_k * inv) <= t_k; X_k is the bf16 R nearest to t_k / inv, or the one below it when fl32(R * inv) > t_k
+ * (t_k / inv is within a few f32 ulps of the true boundary, far less than half a bf16 step). For the negative t_k the
+ * same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its magnitude
+ * bits with its sign (int16, in value order; -0 and +0 both 0), a NaN's minus its magnitude (code 0, as the scalar
+ * rule's NaN, which no comparison holds for); the code is the number of thresholds below the key, found by a
+ * four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte tables of the
+ * four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both bytes of each
+ * lane (low: n, high: n + the table's half). */
+typedef struct kw__nf4k_avx2 {
+    __m256i t3, t7, t11, tab3, tab4;
+} kw__nf4k_avx2;
+
+/* The keys' tables for inv, 0 when inv is outside [2^-100, 2^100] (then every bound above may fail: the caller takes
+ * the thresholds on y instead). */
+KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
+    if (!(inv >= 0x1p-100f && inv <= 0x1p100f)) return 0;
+    const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_rcp_ps(vinv); /* 1.5 2^-12 relative error is enough */
+    const __m256i half = _mm256_set1_epi32(0x8000), hi16 = _mm256_set1_epi32((int)0xffff0000u);
+    const __m256 tp =
+        _mm256_setr_ps(kw__nf4_threshold(7), kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10),
+                       kw__nf4_threshold(11), kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14));
+    const __m256 tn =
+        _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(1), -kw__nf4_threshold(2), -kw__nf4_threshold(3),
+                       -kw__nf4_threshold(4), -kw__nf4_threshold(5), -kw__nf4_threshold(6), -kw__nf4_threshold(6));
+    /* the nearest bf16 magnitudes R (all normal: t / inv lies in [2^-105, 2^100]) */
+    const __m256i rp = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tp, vs)), half), hi16);
+    const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tn, vs)), half), hi16);
+    const __m256i p = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rp), vinv), tp, _CMP_LE_OQ));
+    const __m256i q = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rn), vinv), tn, _CMP_GE_OQ));
+    /* X = R - 1 + p; -M = -(R + 1 - q) (masks are -1 where true) */
+    const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
+    const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
+    /* words 0-3: t0-t3, 4-7: t7-t10 (half a); 8-11: t4-t6 and t6 again, 12-15: t11-t14 (half b) */
+    const __m256i w = _mm256_packs_epi32(xn, xp);
+    const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
+    t->t3 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(7 << 8 | 6));
+    t->t7 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(9 << 8 | 8));
+    t->t11 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(9 << 8 | 8));
+    /* tab3: low bytes of t1, t5, t9, t13 then their high bytes; tab4: t0, t2, ..., t14 the same way */
+    t->tab3 = _mm256_or_si256(
+        _mm256_shuffle_epi8(a, _mm256_setr_epi8(2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1, 12,
+                                                -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1)),
+        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, 2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1,
+                                                12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1)));
+    t->tab4 = _mm256_or_si256(
+        _mm256_shuffle_epi8(a, _mm256_setr_epi8(0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0, 4, -1,
+                                                -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1)),
+        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, -1, 0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0,
+                                                4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15)));
+    return 1;
+}
+
+/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
+KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
+    const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
+    const __m256i nan = _mm256_cmpgt_epi16(mag, _mm256_set1_epi16(0x7f80));
+    const __m256i k = _mm256_sign_epi16(mag, _mm256_or_si256(raw, nan));
+    const __m256i g1 = _mm256_cmpgt_epi16(k, t->t7);
+    const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_blendv_epi8(t->t3, t->t11, g1));
+    const __m256i n2 = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi16(0x0400), _mm256_add_epi8(g1, g1)), g2);
+    const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab3, n2));
+    const __m256i n3 = _mm256_sub_epi8(_mm256_add_epi8(n2, n2), g3);
+    const __m256i g4 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab4, n3));
+    return _mm256_sub_epi8(_mm256_add_epi8(n3, n3), g4);
+}
+
+/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 32 a step: pairs of lanes joined by a
+ * multiply-add (the low byte of (257 c0 + 4096) + 16 (257 c1 + 4096) is c0 + 16 c1), the low bytes gathered. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_nf4k_avx2(const uint16_t *x, uint32_t n,
+                                                                                 const kw__nf4k_avx2 *t, uint8_t *dst) {
+    const __m256i m = _mm256_set1_epi32(1 | 16 << 16);
+    const __m256i s0 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i s1 = _mm256_setr_epi8(-1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0,
+                                        4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
+    for (uint32_t i = 0; i < n; i += 32) {
+        const __m256i p0 = _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t), m);
+        const __m256i p1 =
+            _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t), m);
+        const __m256i b = _mm256_permutevar8x32_epi32(
+            _mm256_or_si256(_mm256_shuffle_epi8(p0, s0), _mm256_shuffle_epi8(p1, s1)), order);
+        _mm_storeu_si128((__m128i *)(dst + i / 2), _mm256_castsi256_si128(b));
+    }
+}
+
 /* FP8 codes of 8 values y = fl32(x * inv), unclamped (finite or infinite, never NaN), as int32 0..255: exactly
  * kw__f32_to_minifloat of clamp(y), round half to even on the value, subnormals included. Normal: the significand
  * rounded by integer arithmetic with the exponent rebased in the same addition; subnormal: y / quantum is exact and
@@ -321,6 +409,87 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
     return _mm256_cvtps_epi32(y);
 }
 
+/* 32 FP8 codes of bf16 values x[0..32) times inv >= +0 (not NaN), as kw__fp8_codes8_avx2 gives them, into dst[0..32).
+ * With inv >= +0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
+ * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
+ * negative). The magnitudes are packed to bytes by two unsigned saturating packs (beyond the largest code stays beyond
+ * it) and clamped there by one byte minimum. Steps whose 32 |y| are all normal and none has its low 16 bits zero (no
+ * rounding tie) round half up; the others (zeros, subnormals, ties: rare in real rows, every step with e8m0 scales)
+ * take kw__fp8_codes8_avx2's round half to even and subnormal conversion. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(int e4m3, const uint16_t *x, __m256 vinv,
+                                                                               uint8_t *dst) {
+    const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
+    const __m128i shift = _mm_cvtsi32_si128(23 - mbits);
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i min_normal = _mm256_set1_epi32((128 - bias) << 23);
+    const __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 16));
+    const __m256i a0 = _mm256_and_si256(x0, _mm256_set1_epi16(0x7fff)),
+                  a1 = _mm256_and_si256(x1, _mm256_set1_epi16(0x7fff));
+    const __m256i sign = _mm256_and_si256(_mm256_packs_epi16(x0, x1), _mm256_set1_epi8((char)0x80));
+#define KW__Y(a, unpack) _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(unpack(z, a)), vinv))
+    const __m256i y0 = KW__Y(a0, _mm256_unpacklo_epi16), y1 = KW__Y(a0, _mm256_unpackhi_epi16);
+    const __m256i y2 = KW__Y(a1, _mm256_unpacklo_epi16), y3 = KW__Y(a1, _mm256_unpackhi_epi16);
+#undef KW__Y
+    /* A rounding tie needs the low 16 bits of |y| zero (shift - 1 >= 19 bits below the kept ones hold exactly half); a
+     * subnormal |y| has its high 16 bits below those of the smallest normal, T. Both at once: the 16-bit minima over
+     * the four vectors minus (low halves 0, high halves T - 1), saturating, hold a zero (the subtraction is monotone,
+     * so it may come after the minima). */
+    const __m256i lo16 = _mm256_min_epu16(_mm256_min_epu16(y0, y1), _mm256_min_epu16(y2, y3));
+    const __m256i slow =
+        _mm256_cmpeq_epi16(_mm256_subs_epu16(lo16, _mm256_set1_epi32((((128 - bias) << 7) - 1) << 16)), z);
+    __m256i c0, c1, c2, c3;
+    if (_mm256_testz_si256(slow, slow)) { /* no tie, no subnormal: (|y| - rebias + half) >> shift */
+        const __m256i up = _mm256_set1_epi32((1 << (22 - mbits)) - ((127 - bias) << 23));
+        c0 = _mm256_srl_epi32(_mm256_add_epi32(y0, up), shift);
+        c1 = _mm256_srl_epi32(_mm256_add_epi32(y1, up), shift);
+        c2 = _mm256_srl_epi32(_mm256_add_epi32(y2, up), shift);
+        c3 = _mm256_srl_epi32(_mm256_add_epi32(y3, up), shift);
+    } else { /* (|y| - rebias + half - 1 + lsb) >> shift, the subnormal lanes converted: kw__fp8_codes8_avx2 */
+        const __m256i one = _mm256_set1_epi32(1),
+                      rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+        const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
+#define KW__N(v)                                                                                                       \
+    _mm256_blendv_epi8(                                                                                                \
+        _mm256_srl_epi32(                                                                                              \
+            _mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)), shift),     \
+        _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)), _mm256_cmpgt_epi32(min_normal, v))
+        c0 = KW__N(y0);
+        c1 = KW__N(y1);
+        c2 = KW__N(y2);
+        c3 = KW__N(y3);
+#undef KW__N
+    }
+    const __m256i q = _mm256_min_epu8(_mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3)),
+                                      _mm256_set1_epi8(e4m3 ? 0x7e : 0x7b));
+    _mm256_storeu_si256((__m256i *)dst, _mm256_permute4x64_epi64(_mm256_or_si256(q, sign), 0xd8));
+}
+
+/* kw__quantize_bytes_bf16_avx2 for e4m3 and e5m2: kw__fp8_bf16_32_avx2 per step (a row's loop without the sign check
+ * of inv), a step whose inv is negative or NaN 8 values at a time by kw__fp8_codes8_avx2. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_fp8_bf16_avx2(int e4m3, const uint16_t *x,
+                                                                                     uint32_t n, float inv0,
+                                                                                     const float *inv, uint32_t gshift,
+                                                                                     uint8_t *dst) {
+    if (!inv && inv0 >= 0.0f) {
+        const __m256 vinv = _mm256_set1_ps(inv0);
+        for (uint32_t i = 0; i < n; i += 32)
+            kw__fp8_bf16_32_avx2(e4m3, x + i, vinv, dst + i);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i += 32) {
+        const float v = inv ? inv[i >> gshift] : inv0;
+        const __m256 vinv = _mm256_set1_ps(v);
+        if (v >= 0.0f) {
+            kw__fp8_bf16_32_avx2(e4m3, x + i, vinv, dst + i);
+            continue;
+        }
+        for (uint32_t j = i; j < i + 32; j += 8) {
+            const __m256 y = _mm256_mul_ps(kw__load8_avx2(x, KW_WIRE_DTYPE_BF16, j), vinv);
+            kw__bytes8_avx2(e4m3 ? kw__fp8_codes8_avx2(y, 3, 7, 0x7e) : kw__fp8_codes8_avx2(y, 2, 15, 0x7b), dst + j);
+        }
+    }
+}
+
 /* int8, int4, int6, e4m3 and e5m2 codes of bf16 rows, 32 values per step (n a multiple of 32), value i with the inverse
  * scale inv[i >> gshift] (groups of 2^gshift >= 32 values), or inv0 for the row when inv is NULL: unpacking a bf16
  * vector against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
@@ -335,6 +504,10 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
     const __m256i z = _mm256_setzero_si256();
     const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
+    if (fp8) {
+        kw__quantize_fp8_bf16_avx2(codec == KW_WIRE_CODEC_E4M3, x, n, inv0, inv, gshift, dst);
+        return;
+    }
     for (uint32_t i = 0; i < n; i += 32) {
         const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
@@ -374,14 +547,44 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
     }
 }
 
-/* NF4 codes of n values (n a multiple of 8) with the thresholds t made once by the caller. */
+/* NF4 codes of n values (n a multiple of 8) with the thresholds on y, t, made once by the caller. */
 KW_AVX2 static inline __attribute__((always_inline)) void
-kw__quantize_nf4_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, const kw__nf4_avx2 *t, uint8_t *dst) {
+kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, const kw__nf4_avx2 *t, uint8_t *dst) {
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
     for (uint32_t i = 0; i < n; i += 8) {
         const __m256i c = kw__nf4_codes8_avx2(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi), t);
         kw__nibbles8_avx2(_mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)), dst + i / 2);
     }
+}
+
+/* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u] or, when rows is NULL, at x + u n
+ * elements, with the inverse scale inv[u], its codes at dst + u n / 2. bf16 units of a multiple of 32 values go by
+ * their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u + 1 made before unit u's codes so that
+ * their latency (about 25 cycles, a chain of products, compares and shuffles) runs under unit u's search instead of
+ * between the two; the other units by the thresholds on y. */
+KW_AVX2 static inline __attribute__((always_inline)) void
+kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t dtype, uint32_t n,
+                            const float *inv, uint8_t *dst) {
+    const kw__nf4_avx2 t = kw__nf4_avx2_make();
+    const size_t es = kw__wire_dtype_size(dtype);
+#define KW__UNIT(u) (rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
+    if (dtype != KW_WIRE_DTYPE_BF16 || n % 32 != 0) {
+        for (uint32_t u = 0; u < n_units; ++u)
+            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
+        return;
+    }
+    kw__nf4k_avx2 cur, next;
+    int ok = n_units > 0 && kw__nf4k_avx2_make(inv[0], &cur);
+    for (uint32_t u = 0; u < n_units; ++u) {
+        const int ok_next = u + 1 < n_units && kw__nf4k_avx2_make(inv[u + 1], &next);
+        if (ok)
+            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), n, &cur, dst + (size_t)u * n / 2);
+        else
+            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
+        cur = next;
+        ok = ok_next;
+    }
+#undef KW__UNIT
 }
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
@@ -424,11 +627,9 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
             kw__fields8_put_avx2(_mm256_cvtps_epi32(kw__scaled8_avx2(kw__load8_avx2(x, dtype, i), vinv, lo, hi)), 2,
                                  dst + i / 8 * 2);
         break;
-    case KW_WIRE_CODEC_NF4: {
-        const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        kw__quantize_nf4_avx2(x, dtype, n, inv, &t, dst);
+    case KW_WIRE_CODEC_NF4:
+        kw__quantize_nf4_units_avx2(x, NULL, 1, dtype, n, &inv, dst);
         break;
-    }
     case KW_WIRE_CODEC_E4M3:
     case KW_WIRE_CODEC_E5M2: {
         const int e4m3 = codec == KW_WIRE_CODEC_E4M3;
@@ -1189,11 +1390,7 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         return;
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
-        const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        const size_t es = kw__wire_dtype_size(dtype);
-        for (uint32_t c = 0; c < n / G; ++c)
-            kw__quantize_nf4_avx2((const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], &t,
-                                  dst + (size_t)c * G / 2);
+        kw__quantize_nf4_units_avx2(x, NULL, n / G, dtype, G, inv, dst);
         return;
     }
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
@@ -1227,9 +1424,7 @@ KW_AVX2 static void kw__quantize_rows_avx2(uint32_t codec, const uint8_t *const 
 #undef KW__ROWS
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 8 == 0) {
-        const kw__nf4_avx2 t = kw__nf4_avx2_make();
-        for (uint32_t r = 0; r < n_rows; ++r)
-            kw__quantize_nf4_avx2(rows[r], dtype, n, inv[r], &t, dst + r * rb);
+        kw__quantize_nf4_units_avx2(NULL, rows, n_rows, dtype, n, inv, dst);
         return;
     }
     for (uint32_t r = 0; r < n_rows; ++r)

@@ -286,42 +286,60 @@ static void test_quantize_rows(void **state) {
         }
 }
 
-/* Every ISA's quantize, quantize_rows and quantize_groups of the f32 values v[0..n) (n a multiple of 64) with inv = 1
- * (so y = x exactly) against the scalar kernel. */
-static void check_exact_codes(uint32_t codec, const float *v, uint32_t n, const char *what) {
-    const size_t bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
+/* Every ISA's quantize, quantize_rows (rows of 64) and quantize_groups (G 16, 32 and 64) of n values x of dtype (f32 or
+ * bf16, n a multiple of 64) with one inverse scale inv against the scalar kernel, MXCSR's FTZ and DAZ bits set to csr.
+ */
+static void check_codes(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, unsigned csr,
+                        const char *what) {
+    const size_t bytes = (size_t)n * kw_wire_codec_bits(codec) / 8, es = kw__wire_dtype_size(dtype);
     uint8_t *want = malloc(bytes + 1), *got = malloc(bytes + 1);
-    float *inv = malloc(n / 16 * sizeof *inv);
+    float *invs = malloc(n / 16 * sizeof *invs);
     const uint8_t **rows = malloc(n / 64 * sizeof *rows);
     assert_non_null(want);
     assert_non_null(got);
-    assert_non_null(inv);
+    assert_non_null(invs);
     assert_non_null(rows);
     for (uint32_t i = 0; i < n / 16; ++i)
-        inv[i] = 1.0f;
+        invs[i] = inv;
     for (uint32_t i = 0; i < n / 64; ++i)
-        rows[i] = (const uint8_t *)(v + 64 * (size_t)i);
-    g_isas[0]->quantize(codec, v, KW_WIRE_DTYPE_F32, n, 1.0f, want);
-    for (int k = 1; k < g_n_isas; ++k) {
-        for (int way = 0; way < 3; ++way) {
+        rows[i] = (const uint8_t *)x + 64 * es * i;
+#if defined(__x86_64__)
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr((saved & ~0x8040u) | csr);
+#endif
+    g_isas[0]->quantize(codec, x, dtype, n, inv, want);
+    for (int k = 1; k < g_n_isas; ++k)
+        for (int way = 0; way < 5; ++way) {
             memset(got, 0xa5, bytes + 1);
-            if (way == 0) g_isas[k]->quantize(codec, v, KW_WIRE_DTYPE_F32, n, 1.0f, got);
-            if (way == 1) g_isas[k]->quantize_rows(codec, rows, n / 64, KW_WIRE_DTYPE_F32, 64, inv, got);
-            if (way == 2) g_isas[k]->quantize_groups(codec, v, KW_WIRE_DTYPE_F32, n, 16, inv, got);
+            if (way == 0) g_isas[k]->quantize(codec, x, dtype, n, inv, got);
+            if (way == 1) g_isas[k]->quantize_rows(codec, rows, n / 64, dtype, 64, invs, got);
+            if (way >= 2) g_isas[k]->quantize_groups(codec, x, dtype, n, 16u << (way - 2), invs, got);
             for (size_t b = 0; b < bytes; ++b)
                 if (got[b] != want[b]) {
+#if defined(__x86_64__)
+                    _mm_setcsr(saved);
+#endif
                     const size_t e = b * 8 / kw_wire_codec_bits(codec);
-                    fail_msg("%s %s (%s, way %d): byte %zu (value %zu = %a) is 0x%02x, scalar 0x%02x",
-                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), what, way, b, e, (double)v[e],
-                             got[b], want[b]);
+                    float v;
+                    kw__wire_load_f32((const uint8_t *)x + e * es, dtype, 1, &v);
+                    fail_msg("%s %s (%s, inv %a, csr %#x, way %d): byte %zu (value %zu = %a) is 0x%02x, scalar 0x%02x",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), what, (double)inv, csr, way,
+                             b, e, (double)v, got[b], want[b]);
                 }
             assert_int_equal(got[bytes], 0xa5);
         }
-    }
+#if defined(__x86_64__)
+    _mm_setcsr(saved);
+#endif
     free(want);
     free(got);
-    free(inv);
+    free(invs);
     free(rows);
+}
+
+/* check_codes of f32 values with inv = 1 (so y = x exactly). */
+static void check_exact_codes(uint32_t codec, const float *v, uint32_t n, const char *what) {
+    check_codes(codec, v, KW_WIRE_DTYPE_F32, n, 1.0f, 0, what);
 }
 
 /* The NF4 kernels at every decision point: each midpoint and each 1/16 step of [-1, 1] (the AVX-512 kernel's cells,
@@ -418,6 +436,52 @@ static void test_fp8_edges(void **state) {
         check_exact_codes(codec, v, n, "specials");
     }
     free(v);
+}
+
+/* The bf16 paths of NF4 (thresholds moved to the input's keys) and FP8 (signs from the input words, the subnormal
+ * conversion only in steps that hold one): every bf16 word (NaN too for NF4; FP8 assumes none, as the encoder) at
+ * inverse scales that put a threshold just on, above and below a bf16 value (t_k / g for a bf16 g, and the floats
+ * either side), at the bounds of the key path (2^-100, 2^100 and just outside, where the thresholds on y take over),
+ * at powers of two (exact FP8 ties), at FP8 ties and one f32 either side (y = inv at x = 1), and at random ones, some
+ * negated, with and without FTZ/DAZ. */
+static void test_bf16_codes(void **state) {
+    (void)state;
+    wt_rng r = {43};
+    enum { N = 65536 };
+    uint16_t *x = malloc(N * sizeof *x);
+    assert_non_null(x);
+    for (uint32_t codec = KW_WIRE_CODEC_NF4; codec <= KW_WIRE_CODEC_E5M2; ++codec) {
+        for (uint32_t i = 0; i < N; ++i) { /* the words in order: runs of subnormals, normals, Inf, NaN */
+            x[i] = (uint16_t)i;
+            if (codec != KW_WIRE_CODEC_NF4 && (i & 0x7fffu) > 0x7f80u) x[i] = (uint16_t)(i & 0x8000u); /* NaN -> 0 */
+        }
+        for (int it = 0; it < 96; ++it) {
+            float inv;
+            if (it < 48) { /* a threshold on a bf16 value g, then one f32 either side */
+                const uint32_t k = wt_below(&r, 15);
+                const float m = kw_wire_nf4_mid(k), t = k & 1 ? kw_f32_from_bits(kw_f32_bits(m) + (m > 0 ? -1 : 1)) : m;
+                const float g = kw_bf16_to_f32((uint16_t)(0x3f80u + wt_below(&r, 0x600u) - 0x300u));
+                inv = fabsf(t / g);
+                if (it % 3) inv = kw_f32_from_bits(kw_f32_bits(inv) + (it % 3 == 1 ? 1u : -1u));
+                if (codec != KW_WIRE_CODEC_NF4) inv *= 448.0f;
+            } else if (it < 56) {
+                static const float bounds[] = {0x1p-100f,        0x1p100f,        0x1.000002p-100f, 0x1.fffffep99f,
+                                               0x1.fffffep-101f, 0x1.000002p100f, 0x1p-126f,        0x1p127f};
+                inv = bounds[it - 48];
+            } else if (it < 64) { /* FP8: y = inv at x = 1 one below, at and one above a rounding tie */
+                const uint32_t lsb = codec == KW_WIRE_CODEC_E4M3 ? 20 : 21;
+                inv = kw_f32_from_bits((117u + wt_below(&r, 20)) << 23 | wt_below(&r, 1u << (23 - lsb)) << lsb |
+                                       ((1u << (lsb - 1)) + (uint32_t)(it % 3) - 1u));
+            } else if (it < 72) {
+                inv = ldexpf(1.0f, (int)wt_below(&r, 40) - 20);
+            } else {
+                inv = ldexpf(1.0f + wt_uniform(&r) / 2, (int)wt_below(&r, 60) - 30);
+            }
+            if (it % 8 == 5) inv = -inv; /* not the encoder's, but the kernels' rule holds for any inv */
+            check_codes(codec, x, KW_WIRE_DTYPE_BF16, N, inv, it % 4 == 3 ? 0x8040u : 0, "bf16 words");
+        }
+    }
+    free(x);
 }
 
 /* dequantize_rows: blocks of arbitrary rows (reserved codes in some) of every codec, each with its own scale, to
@@ -1125,6 +1189,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_nf4_edges),
         cmocka_unit_test(test_fp8_edges),
+        cmocka_unit_test(test_bf16_codes),
         cmocka_unit_test(test_zero_groups),
         cmocka_unit_test(test_dequantize_groups),
         cmocka_unit_test(test_dequantize),
