@@ -21,6 +21,7 @@
 
 #include "common/kw_half.h"
 #include "common/kw_status.h"
+#include "kernels/cpu/kw_cpu.h"
 #include "kernels/kw_backend.h"
 #include "kernels/ref/kw_ref.h"
 #include "kw_cpu_test_util.h"
@@ -787,6 +788,83 @@ static void test_x8_superblock_is_x8(void **state) {
     kw_backend_destroy(b);
 }
 
+/* The panel row whose byte is at of an S8_G16_SB_X8 panel's (1280 head bytes and 16 groups of 1024 code bytes per
+ * super-block), or -1 for a head byte. */
+static int64_t kw_x8_code_row(size_t at) {
+    const size_t in_sb = at % (1280 + 16 * 1024);
+    if (in_sb < 1280) return -1;
+    const size_t in_group = (in_sb - 1280) % 1024;
+    return (int64_t)(in_group / 256 * 16 + in_group % 64 / 4);
+}
+
+/* The loader's group packer (kw__cpu_x8_pack_group) against the per-code packer it replaced (kw__cpu_x8_pack_code),
+ * byte for byte, on the five int8-activation layouts: random codes with each layout's extremes, every strip and
+ * lane position, panels of 64 rows and partial ones (63, 17, 16, 1 row: the other rows' bytes stay zero), codes read
+ * at a row stride past the group. */
+static void test_x8_pack_group_is_per_code(void **state) {
+    (void)state;
+    static const enum kw_layout layouts[] = {KW_LAYOUT_QPANELS_U4_X8, KW_LAYOUT_QPANELS_S8_G16_X8,
+                                             KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_S8_G16_SB_X8,
+                                             KW_LAYOUT_QPANELS_S6_G16_SB_X8};
+    static const int64_t row_counts[] = {64, 63, 17, 16, 1};
+    enum { BLOCK = 64 * 16 };
+    for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; ++li) {
+        kw_quant_layout ql;
+        assert_int_equal(kw_layout_quant(layouts[li], &ql), 1);
+        const int64_t G = ql.group, stride = 3 * G, span = ql.code_max - ql.code_min + 1;
+        int8_t *src = malloc((size_t)(64 * stride));
+        assert_non_null(src);
+        for (int64_t i = 0; i < 64 * stride; ++i) /* rows 0 and 1: the range's ends in every position */
+            src[i] = (int8_t)(i < stride       ? ql.code_min
+                              : i < 2 * stride ? ql.code_max
+                                               : ql.code_min + (int)(kw_next() % (uint64_t)span));
+        for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ++ri) {
+            const int64_t rows = row_counts[ri];
+            uint8_t want[BLOCK] = {0}, got[BLOCK] = {0};
+            const int8_t *group = src + G; /* the middle group of each row */
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t kk = 0; kk < G; ++kk)
+                    kw__cpu_x8_pack_code(layouts[li], want, r, kk, group[r * stride + kk]);
+            kw__cpu_x8_pack_group(layouts[li], got, group, stride, rows);
+            for (int i = 0; i < BLOCK; ++i)
+                if (got[i] != want[i])
+                    fail_msg("layout %d, %lld rows: byte %d is 0x%02x, the per-code packer's 0x%02x", (int)layouts[li],
+                             (long long)rows, i, got[i], want[i]);
+        }
+        free(src);
+    }
+
+    /* the prefill widening of S6_G16_SB_X8 (kw__cpu_x8_widen6_panel) gives the S8_G16_SB_X8 panel of the same rows
+     * byte for byte, on every ISA; a partial panel (37 rows: the code bytes of rows 37..63 are not compared, zero in
+     * one layout and 32 in the other), 3 super-blocks */
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    const int64_t N = 37, K = 768;
+    kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_S6_G16_SB_X8, N, K);
+    kw_quant_rows q8 = d.q;
+    q8.layout = KW_LAYOUT_QPANELS_S8_G16_SB_X8;
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        kw_tensor t6, t8;
+        assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t6), 0);
+        assert_int_equal(kw_tensor_pack_quantized(b, &q8, &t8), 0);
+        const size_t bytes = kw_tensor_nbytes(&t8);
+        char *wide = malloc(bytes);
+        assert_non_null(wide);
+        memset(wide, 0x5a, bytes);
+        kw__cpu_x8_widen6_panel(kw__cpu(b)->isa, wide, t6.data, K);
+        for (size_t at = 0; at < bytes; ++at)
+            if (wide[at] != ((const char *)t8.data)[at] && kw_x8_code_row(at) < N)
+                fail_msg("widened S6_G16_SB_X8 on %s: byte %zu is 0x%02x, S8_G16_SB_X8's 0x%02x", isas[i], at,
+                         (uint8_t)wide[at], ((const uint8_t *)t8.data)[at]);
+        free(wide);
+        kw_tensor_free(&t6);
+        kw_tensor_free(&t8);
+        kw_backend_destroy(b);
+    }
+    kw_qcase_free(&d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
@@ -795,6 +873,7 @@ int main(void) {
         cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
         cmocka_unit_test(test_x8_superblock_is_x8),
+        cmocka_unit_test(test_x8_pack_group_is_per_code),
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
         cmocka_unit_test(test_u4_rebuild_paths),
         cmocka_unit_test(test_u4_rebuild_under_ftz),
