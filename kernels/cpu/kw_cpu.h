@@ -80,10 +80,10 @@ void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1);
 /* 1 if a work item of rows x rows on a panel of layout runs on its panel widened (kw__cpu_x8_widen6_panel) into
- * KW_LAYOUT_QPANELS_S8_G16_SB_X8: S6_G16_SB_X8 with prefill rows. */
+ * KW_LAYOUT_QPANELS_S8_G16_X8: S6_G16_SB_X8 with prefill rows. */
 int kw__cpu_x8_widens(enum kw_layout layout, int64_t rows);
-/* Writes the S8_G16_SB_X8 panel of the S6_G16_SB_X8 panel src (K a multiple of 256) to dst (caller-owned, its
- * panel bytes): the same d, s and codes, so kw__cpu_x8_panel on it gives src's bits. */
+/* Writes the S8_G16_X8 panel of the S6_G16_SB_X8 panel src (K a multiple of 256) to dst (caller-owned, its panel
+ * bytes): the same codes, and scales fl(d * s), so kw__cpu_x8_panel on it gives src's bits. */
 void kw__cpu_x8_widen6_panel(enum kw_cpu_isa isa, char *dst, const char *src, int64_t K);
 /* The code of row r (0..63) at k kk (0..group-1) of a group's code bytes: ored in (the bytes zeroed first) / read. */
 void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code);

@@ -681,7 +681,7 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
         char *mine = j->scratch + j->wide_slice * (size_t)worker;
         kw__cpu_x8_widen6_panel(j->isa, mine, wp, K);
         wp = mine;
-        layout = KW_LAYOUT_QPANELS_S8_G16_SB_X8;
+        layout = KW_LAYOUT_QPANELS_S8_G16_X8;
     }
     if (j->xb)
         kw__cpu_bf16_panel(j->isa, j->y, N, j->xb, K, (const uint16_t *)wp, n0, ncols, m0, m1);
@@ -722,11 +722,11 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
     const int x8 = kw__cpu_layout_x8(w->layout);
     /* QPANELS_S6_G16_SB (S6_G16_SB_X8) with prefill rows: the scratch holds each thread's panel widened to
-     * S8_G16_SB (S8_G16_SB_X8): kw_s6_widen_panel, kw__cpu_x8_widen6_panel */
+     * S8_G16_SB (S8_G16_X8): kw_s6_widen_panel, kw__cpu_x8_widen6_panel */
     const int widen =
         (w->layout == KW_LAYOUT_QPANELS_S6_G16_SB && M > KW_MM_ROW_MAX) || kw__cpu_x8_widens(w->layout, M);
     kw_quant_layout wide;
-    kw_layout_quant(x8 ? KW_LAYOUT_QPANELS_S8_G16_SB_X8 : KW_LAYOUT_QPANELS_S8_G16_SB, &wide);
+    kw_layout_quant(x8 ? KW_LAYOUT_QPANELS_S8_G16_X8 : KW_LAYOUT_QPANELS_S8_G16_SB, &wide);
     const size_t wide_slice = (kw__quant_panel_bytes(&wide, K) + 63) & ~(size_t)63;
     const size_t wide_floats = widen ? wide_slice / sizeof(float) * (size_t)nt : 0;
     kw_x8_act act = {0};

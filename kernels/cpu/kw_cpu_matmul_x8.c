@@ -484,74 +484,112 @@ KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 6, 1)
 #endif
 
 /* ------------------------------------------------------------------------------------------------------------
- * Prefill on S6_G16_SB_X8: a work item of more than KW_X8_ROW_MAX rows first widens its panel into the S8_G16_SB_X8
- * panel of the same d, s and codes (kw__cpu_x8_widen6_panel, the caller's per-thread scratch), then runs the
- * S8_G16_SB_X8 tiles on it. The integer sums are the same exact int32 (the S8 tiles take back 128 * sum q where the
- * S6 ones take back 32 * sum q), so are the bits; the unpack is paid once per panel and work item instead of once per
- * tile (per-tile unpacking put S6 prefill at 0.84-0.92x S8_G16_X8: docs/BENCHMARKS.md). A super-block's head (64 f32
- * d, 16 x 64 int8 s) is the same in both layouts; a group's 768 code bytes become 1024: byte i of 8-bit vector t of
- * a strip is code + 128 = (code + 32) + 96, the nibble of byte i of 6-bit vector t % 2 (low for t < 2) ored with
- * bits 2 t, 2 t + 1 of byte i of the strip's top vector moved to bits 4, 5.
+ * Prefill on S6_G16_SB_X8: a work item of more than KW_X8_ROW_MAX rows first widens its panel into the plain
+ * S8_G16_X8 panel of the same rows (kw__cpu_x8_widen6_panel, the caller's per-thread scratch), then runs the
+ * S8_G16_X8 tiles on it. Each group's 64 f32 scales are fl(d * s), the value the S6 tiles rebuild (and the plain
+ * layout stores for these rows), and the integer sums are the same exact int32 (the S8 tiles take back 128 * sum q
+ * where the S6 ones take back 32 * sum q), so the bits are the same; the unpack and the scale rebuild are paid once
+ * per panel and work item instead of once per tile (per-tile, S6 prefill ran at 0.84-0.92x S8_G16_X8:
+ * docs/BENCHMARKS.md). A group's 768 code bytes become 1024: byte i of 8-bit vector t of a strip is code + 128 =
+ * (code + 32) + 96, the nibble of byte i of 6-bit vector t % 2 (low for t < 2) ored with bits 2 t, 2 t + 1 of byte i
+ * of the strip's top vector moved to bits 4, 5.
  */
-
-enum { KW_X8_SB_HEAD = KW_PANEL_ROWS * (4 + 16), KW_X8_SB_GROUPS = 16 };
 
 int kw__cpu_x8_widens(enum kw_layout layout, int64_t rows) {
     return layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8 && rows > KW_X8_ROW_MAX;
 }
 
-/* One 16-row strip: 192 bytes of 6-bit codes at src to 256 bytes of 8-bit codes at dst, 8 bytes at a time (a code
- * + 32 is at most 63, so + 96 carries into no other byte). */
-static void kw_x8_widen6_strip_scalar(uint8_t *dst, const uint8_t *src) {
+/* One group g of an S6_G16_SB_X8 panel into dst, one group of S8_G16_X8: 64 f32 scales fl(d * s), then 1024 code
+ * bytes, each 16-row strip's 192 bytes of 6-bit codes to 256, 8 bytes at a time (a code + 32 is at most 63, so + 96
+ * carries into no other byte). */
+static void kw_x8_widen6_group_scalar(char *dst, const kw_x8_grp *g) {
+    float *scales = (float *)dst;
+    for (int r = 0; r < KW_PANEL_ROWS; ++r)
+        scales[r] = g->d[r] * (float)g->s[r];
+    uint8_t *codes = (uint8_t *)(scales + KW_PANEL_ROWS);
     const uint64_t low = 0x0F0F0F0F0F0F0F0Full, two = 0x0303030303030303ull, bias = 0x6060606060606060ull;
-    for (int i = 0; i < 64; i += 8) {
-        uint64_t n0, n1, top;
-        memcpy(&n0, src + i, 8);
-        memcpy(&n1, src + 64 + i, 8);
-        memcpy(&top, src + 128 + i, 8);
-        const uint64_t v[4] = {(n0 & low) | (top & two) << 4, (n1 & low) | (top >> 2 & two) << 4,
-                               (n0 >> 4 & low) | (top >> 4 & two) << 4, (n1 >> 4 & low) | (top >> 6 & two) << 4};
-        for (int t = 0; t < 4; ++t) {
-            const uint64_t b = v[t] + bias;
-            memcpy(dst + 64 * t + i, &b, 8);
+    for (int st = 0; st < KW_PANEL_ROWS / 16; ++st)
+        for (int i = 0; i < 64; i += 8) {
+            const uint8_t *src = g->codes + 192 * st + i;
+            uint64_t n0, n1, top;
+            memcpy(&n0, src, 8);
+            memcpy(&n1, src + 64, 8);
+            memcpy(&top, src + 128, 8);
+            const uint64_t v[4] = {(n0 & low) | (top & two) << 4, (n1 & low) | (top >> 2 & two) << 4,
+                                   (n0 >> 4 & low) | (top >> 4 & two) << 4, (n1 >> 4 & low) | (top >> 6 & two) << 4};
+            for (int t = 0; t < 4; ++t) {
+                const uint64_t w = v[t] + bias;
+                memcpy(codes + 256 * st + 64 * t + i, &w, 8);
+            }
         }
-    }
 }
 
 #if KW_CPU_X86
-/* kw_x8_widen6_strip_scalar on 32-byte vectors. */
-KW_TARGET_AVX2 static void kw_x8_widen6_strip_avx2(uint8_t *dst, const uint8_t *src) {
+/* kw_x8_widen6_group_scalar on 32-byte vectors. */
+KW_TARGET_AVX2 static void kw_x8_widen6_group_avx2(char *dst, const kw_x8_grp *g) {
+    float *scales = (float *)dst;
+    for (int r = 0; r < KW_PANEL_ROWS; r += 8) {
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(g->s + r))));
+        _mm256_storeu_ps(scales + r, _mm256_mul_ps(_mm256_loadu_ps(g->d + r), s));
+    }
+    uint8_t *codes = (uint8_t *)(scales + KW_PANEL_ROWS);
     const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(0x60);
-    for (int i = 0; i < 64; i += 32) {
-        const __m256i n0 = _mm256_loadu_si256((const __m256i *)(src + i));
-        const __m256i n1 = _mm256_loadu_si256((const __m256i *)(src + 64 + i));
-        const __m256i top = _mm256_loadu_si256((const __m256i *)(src + 128 + i));
-        const __m256i v[4] = {
-            _mm256_or_si256(_mm256_and_si256(n0, low), _mm256_and_si256(_mm256_slli_epi16(top, 4), two)),
-            _mm256_or_si256(_mm256_and_si256(n1, low), _mm256_and_si256(_mm256_slli_epi16(top, 2), two)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), low), _mm256_and_si256(top, two)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), low),
-                            _mm256_and_si256(_mm256_srli_epi16(top, 2), two))};
+    for (int st = 0; st < KW_PANEL_ROWS / 16; ++st)
+        for (int i = 0; i < 64; i += 32) {
+            const uint8_t *src = g->codes + 192 * st + i;
+            const __m256i n0 = _mm256_loadu_si256((const __m256i *)src);
+            const __m256i n1 = _mm256_loadu_si256((const __m256i *)(src + 64));
+            const __m256i top = _mm256_loadu_si256((const __m256i *)(src + 128));
+            const __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(n0, low), _mm256_and_si256(_mm256_slli_epi16(top, 4), two)),
+                _mm256_or_si256(_mm256_and_si256(n1, low), _mm256_and_si256(_mm256_slli_epi16(top, 2), two)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), low), _mm256_and_si256(top, two)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), low),
+                                _mm256_and_si256(_mm256_srli_epi16(top, 2), two))};
+            for (int t = 0; t < 4; ++t)
+                _mm256_storeu_si256((__m256i *)(codes + 256 * st + 64 * t + i), _mm256_add_epi8(v[t], bias));
+        }
+}
+
+/* kw_x8_widen6_group_scalar on 64-byte vectors. */
+KW_TARGET_AVX512 static void kw_x8_widen6_group_avx512(char *dst, const kw_x8_grp *g) {
+    float *scales = (float *)dst;
+    for (int r = 0; r < KW_PANEL_ROWS; r += 16) {
+        const __m512 s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g->s + r))));
+        _mm512_storeu_ps(scales + r, _mm512_mul_ps(_mm512_loadu_ps(g->d + r), s));
+    }
+    uint8_t *codes = (uint8_t *)(scales + KW_PANEL_ROWS);
+    const __m512i low = _mm512_set1_epi8(0x0F), two = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(0x60);
+    for (int st = 0; st < KW_PANEL_ROWS / 16; ++st) {
+        const uint8_t *src = g->codes + 192 * st;
+        const __m512i n0 = _mm512_loadu_si512(src), n1 = _mm512_loadu_si512(src + 64);
+        const __m512i top = _mm512_loadu_si512(src + 128);
+        const __m512i v[4] = {
+            _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(top, 4), two)),
+            _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(_mm512_slli_epi16(top, 2), two)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low), _mm512_and_si512(top, two)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low),
+                            _mm512_and_si512(_mm512_srli_epi16(top, 2), two))};
         for (int t = 0; t < 4; ++t)
-            _mm256_storeu_si256((__m256i *)(dst + 64 * t + i), _mm256_add_epi8(v[t], bias));
+            _mm512_storeu_si512(codes + 256 * st + 64 * t, _mm512_add_epi8(v[t], bias));
     }
 }
 #endif
 
 void kw__cpu_x8_widen6_panel(enum kw_cpu_isa isa, char *dst, const char *src, int64_t K) {
-    void (*strip)(uint8_t *, const uint8_t *) = kw_x8_widen6_strip_scalar;
+    void (*group)(char *, const kw_x8_grp *) = kw_x8_widen6_group_scalar;
 #if KW_CPU_X86
-    if (isa >= KW_CPU_ISA_AVX2) strip = kw_x8_widen6_strip_avx2;
+    if (isa == KW_CPU_ISA_AVX512)
+        group = kw_x8_widen6_group_avx512;
+    else if (isa == KW_CPU_ISA_AVX2)
+        group = kw_x8_widen6_group_avx2;
 #endif
     (void)isa;
-    for (int64_t sb = 0; sb < K / 256; ++sb) {
-        memcpy(dst, src, KW_X8_SB_HEAD);
-        uint8_t *d = (uint8_t *)dst + KW_X8_SB_HEAD;
-        const uint8_t *c = (const uint8_t *)src + KW_X8_SB_HEAD;
-        for (int st = 0; st < KW_X8_SB_GROUPS * KW_PANEL_ROWS / 16; ++st)
-            strip(d + 256 * st, c + 192 * st);
-        dst += KW_X8_SB_HEAD + KW_X8_SB_GROUPS * KW_X8_CODE_BYTES;
-        src += KW_X8_SB_HEAD + KW_X8_SB_GROUPS * KW_X8_CODE_BYTES6;
+    for (int64_t j = 0; j < K / 16; ++j) {
+        const kw_x8_grp g = kw_x8_group(6, 1, src, j);
+        for (size_t l = 0; l < g.bytes; l += 64)
+            __builtin_prefetch(src + g.at + KW_X8_PF * g.bytes + l);
+        group(dst + (size_t)j * (KW_PANEL_ROWS * sizeof(float) + KW_X8_CODE_BYTES), &g);
     }
 }
 

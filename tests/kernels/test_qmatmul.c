@@ -788,13 +788,12 @@ static void test_x8_superblock_is_x8(void **state) {
     kw_backend_destroy(b);
 }
 
-/* The panel row whose byte is at of an S8_G16_SB_X8 panel's (1280 head bytes and 16 groups of 1024 code bytes per
- * super-block), or -1 for a head byte. */
+/* The panel row whose byte is at of an S8_G16_X8 panel's (groups of 64 f32 scales and 1024 code bytes), or -1 for a
+ * scale's byte. */
 static int64_t kw_x8_code_row(size_t at) {
-    const size_t in_sb = at % (1280 + 16 * 1024);
-    if (in_sb < 1280) return -1;
-    const size_t in_group = (in_sb - 1280) % 1024;
-    return (int64_t)(in_group / 256 * 16 + in_group % 64 / 4);
+    const size_t in_group = at % (256 + 1024);
+    if (in_group < 256) return -1;
+    return (int64_t)((in_group - 256) / 256 * 16 + (in_group - 256) % 64 / 4);
 }
 
 /* The loader's group packer (kw__cpu_x8_pack_group) against the per-code packer it replaced (kw__cpu_x8_pack_code),
@@ -834,15 +833,15 @@ static void test_x8_pack_group_is_per_code(void **state) {
         free(src);
     }
 
-    /* the prefill widening of S6_G16_SB_X8 (kw__cpu_x8_widen6_panel) gives the S8_G16_SB_X8 panel of the same rows
-     * byte for byte, on every ISA; a partial panel (37 rows: the code bytes of rows 37..63 are not compared, zero in
-     * one layout and 32 in the other), 3 super-blocks */
+    /* the prefill widening of S6_G16_SB_X8 (kw__cpu_x8_widen6_panel) gives the S8_G16_X8 panel of the same rows
+     * byte for byte, on every ISA; a partial panel (37 rows: the code bytes of rows 37..63 are not compared, 0 in the
+     * packed layout and 0x60, zero bytes widened, in the other; their scales are +0 in both), 3 super-blocks */
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     const int64_t N = 37, K = 768;
     kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_S6_G16_SB_X8, N, K);
     kw_quant_rows q8 = d.q;
-    q8.layout = KW_LAYOUT_QPANELS_S8_G16_SB_X8;
+    q8.layout = KW_LAYOUT_QPANELS_S8_G16_X8; /* the scales fl(d * s) as kw_qcase_make gives them */
     for (int i = 0; i < n_isa; ++i) {
         kw_backend *b = kw_cpu(isas[i], 1);
         kw_tensor t6, t8;
@@ -855,7 +854,7 @@ static void test_x8_pack_group_is_per_code(void **state) {
         kw__cpu_x8_widen6_panel(kw__cpu(b)->isa, wide, t6.data, K);
         for (size_t at = 0; at < bytes; ++at)
             if (wide[at] != ((const char *)t8.data)[at] && kw_x8_code_row(at) < N)
-                fail_msg("widened S6_G16_SB_X8 on %s: byte %zu is 0x%02x, S8_G16_SB_X8's 0x%02x", isas[i], at,
+                fail_msg("widened S6_G16_SB_X8 on %s: byte %zu is 0x%02x, S8_G16_X8's 0x%02x", isas[i], at,
                          (uint8_t)wide[at], ((const uint8_t *)t8.data)[at]);
         free(wide);
         kw_tensor_free(&t6);
