@@ -704,8 +704,10 @@ static void test_x8_superblock_is_x8(void **state) {
                                                {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8},
                                                {KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
     static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
-    static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512}, {3, 37, 768},
-                                        {4, 70, 512}, {5, 64, 256},  {9, 193, 512}, {29, 200, 768}};
+    /* {50, 70, 256}: two panels, so with 2 and 3 threads blocks of 48 rows and 2 rows (S6_G16_SB_X8: items with and
+     * without the prefill widening in one call) */
+    static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512},  {3, 37, 768}, {4, 70, 512},
+                                        {5, 64, 256}, {9, 193, 512}, {29, 200, 768}, {50, 70, 256}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (int p = 0; p < 3; ++p)
