@@ -302,6 +302,20 @@ static void test_quantized_contract(void **state) {
     d.codes[5] = 8;
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
     assert_non_null(strstr(kw_error_detail(), "outside -8..7"));
+    { /* K = 96: a code out of range in a row's first 64 (the range check's vector blocks) and in its last 32 */
+        kw_qcase_data t = kw_qcase_make(KW_LAYOUT_QPANELS_U4, 65, 96);
+        t.codes[64 * 96 + 95] = 16;
+        assert_int_equal(kw_tensor_pack_quantized(b, &t.q, &bad), KW_E_INVALID_ARG);
+        assert_non_null(strstr(kw_error_detail(), "code 16 at (64, 95)"));
+        t.codes[64 * 96 + 95] = 15;
+        t.codes[3 * 96 + 10] = -1;
+        assert_int_equal(kw_tensor_pack_quantized(b, &t.q, &bad), KW_E_INVALID_ARG);
+        assert_non_null(strstr(kw_error_detail(), "code -1 at (3, 10)"));
+        t.codes[3 * 96 + 10] = 0;
+        assert_int_equal(kw_tensor_pack_quantized(b, &t.q, &bad), 0);
+        kw_tensor_free(&bad);
+        kw_qcase_free(&t);
+    }
     q = d.q;
     q.layout = KW_LAYOUT_PANELS;
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
