@@ -372,11 +372,16 @@ static int kw_check_quant_sb(const kw_quant_rows *q, const kw_quant_layout *ql) 
                  "%s: a super-block layout needs the super-blocks' d%s", op, ql->has_offset ? " and m" : "");
     const int64_t groups = q->k / ql->group, per = ql->superblock / ql->group, sbs = q->k / ql->superblock;
     int8_t s;
+    float d = 0.0f, m = 0.0f, di = 0.0f, mi = 0.0f; /* the super-block's, and their reciprocals */
     for (int64_t n = 0; n < q->n; ++n)
         for (int64_t g = 0; g < groups; ++g) {
             const int64_t sb = n * sbs + g / per, at = n * groups + g;
-            KW_RETURN_IF(kw__quant_sb_int(q->scales[at], q->sb_scales[sb], &s) < 0 ||
-                             (ql->has_offset && kw__quant_sb_int(q->offsets[at], q->sb_offsets[sb], &s) < 0),
+            if (g % per == 0) {
+                d = q->sb_scales[sb], di = 1.0f / d;
+                if (ql->has_offset) m = q->sb_offsets[sb], mi = 1.0f / m;
+            }
+            KW_RETURN_IF(kw__quant_sb_int_inv(q->scales[at], d, di, &s) < 0 ||
+                             (ql->has_offset && kw__quant_sb_int_inv(q->offsets[at], m, mi, &s) < 0),
                          KW_E_INVALID_ARG, "%s: group %lld of row %lld is not an int8 multiple of its super-block's %s",
                          op, (long long)g, (long long)n, ql->has_offset ? "d and m" : "d");
         }

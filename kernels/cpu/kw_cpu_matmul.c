@@ -494,6 +494,7 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
     const int x8 = kw__cpu_layout_x8(q->layout);
     const int64_t per = ql->superblock / G, sbs = ql->superblock ? K / ql->superblock : 0;
     memset(dst, 0, kw__quant_panel_bytes(ql, K));
+    float di[KW_PANEL_ROWS], mi[KW_PANEL_ROWS]; /* 1 / d and 1 / m of the rows' current super-block */
     for (int64_t g = 0; g < groups; ++g) {
         const kw_qgroup qg = kw_qgroup_at(dst, ql, g);
         uint8_t *codes = qg.codes;
@@ -502,10 +503,13 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
             if (ql->superblock) {
                 const int64_t sb = n * sbs + g / per;
                 qg.d[r] = q->sb_scales[sb];
-                (void)kw__quant_sb_int(q->scales[n * groups + g], qg.d[r], &qg.s[r]); /* checked by the caller */
+                if (g % per == 0) di[r] = 1.0f / qg.d[r];
+                /* checked by the caller */
+                (void)kw__quant_sb_int_inv(q->scales[n * groups + g], qg.d[r], di[r], &qg.s[r]);
                 if (ql->has_offset) {
                     qg.m[r] = q->sb_offsets[sb];
-                    (void)kw__quant_sb_int(q->offsets[n * groups + g], qg.m[r], &qg.o[r]);
+                    if (g % per == 0) mi[r] = 1.0f / qg.m[r];
+                    (void)kw__quant_sb_int_inv(q->offsets[n * groups + g], qg.m[r], mi[r], &qg.o[r]);
                 }
             } else {
                 qg.scales[r] = q->scales[n * groups + g];

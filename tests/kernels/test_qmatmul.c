@@ -23,6 +23,7 @@
 #include "common/kw_status.h"
 #include "kernels/cpu/kw_cpu.h"
 #include "kernels/kw_backend.h"
+#include "kernels/kw_backend_impl.h"
 #include "kernels/ref/kw_ref.h"
 #include "kw_cpu_test_util.h"
 
@@ -880,6 +881,41 @@ static void test_x8_pack_group_is_per_code(void **state) {
     kw_qcase_free(&d);
 }
 
+/* The loader's super-block int search with the reciprocal (kw__quant_sb_int_inv) gives kw__quant_sb_int's status
+ * and s for every int multiple of d from -130 to 130, one ulp either side of it, and the special values, over normal,
+ * subnormal, huge (products overflow), zero, infinite and NaN d. */
+static void test_quant_sb_int_inv(void **state) {
+    (void)state;
+    const float nan_x86 = -NAN; /* inf * 0's bits on x86, so d = inf gives s = 0 for it */
+    float ds[64] = {0.0f,  -0.0f, INFINITY, -INFINITY, NAN,      0x1p-126f, 0x1p-130f, 0x1p-149f,
+                    3e38f, -2.5f, 1e-30f,   -7e-20f,   0x1p+60f, 1.0f,      -1.0f,     0x1.fffffep+127f};
+    int nd = 16;
+    while (nd < 64) {
+        const float f16 = kw_f16_to_f32(kw_f32_to_f16(kw_rand() * 0.05f));
+        ds[nd++] = f16;
+        ds[nd++] = kw_rand() * 0.01f;
+    }
+    for (int i = 0; i < nd; ++i) {
+        const float d = ds[i], inv = 1.0f / d;
+        float values[261 * 3 + 6] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, nan_x86};
+        int nv = 6;
+        for (int t = -130; t <= 130; ++t) { /* and the ints just outside int8 */
+            const float v = d * (float)t;
+            values[nv++] = v;
+            values[nv++] = nextafterf(v, INFINITY);
+            values[nv++] = nextafterf(v, -INFINITY);
+        }
+        for (int k = 0; k < nv; ++k) {
+            int8_t want = 99, got = 99;
+            const int rc_want = kw__quant_sb_int(values[k], d, &want);
+            const int rc_got = kw__quant_sb_int_inv(values[k], d, inv, &got);
+            if (rc_want != rc_got || want != got)
+                fail_msg("d %a, value %a: %d, s %d with the reciprocal; %d, s %d without", (double)d, (double)values[k],
+                         rc_got, got, rc_want, want);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
@@ -889,6 +925,7 @@ int main(void) {
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
         cmocka_unit_test(test_x8_superblock_is_x8),
         cmocka_unit_test(test_x8_pack_group_is_per_code),
+        cmocka_unit_test(test_quant_sb_int_inv),
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
         cmocka_unit_test(test_u4_rebuild_paths),
         cmocka_unit_test(test_u4_rebuild_under_ftz),
