@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_bytes.h"
 #include "common/kw_log.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
@@ -352,6 +353,9 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
 static int kw_check_quant_codes(const kw_quant_rows *q, const kw_quant_layout *ql) {
     for (int64_t n = 0; n < q->n; ++n) {
         const int8_t *row = q->codes + n * q->k;
+        int8_t lo, hi;
+        kw_i8_range(row, q->k, &lo, &hi); /* vectorized; the loop below only finds the code to report */
+        if (lo >= ql->code_min && hi <= ql->code_max) continue;
         for (int64_t k = 0; k < q->k; ++k)
             KW_RETURN_IF(row[k] < ql->code_min || row[k] > ql->code_max, KW_E_INVALID_ARG,
                          "kw_tensor_pack_quantized: code %d at (%lld, %lld) is outside %d..%d", (int)row[k],
@@ -368,11 +372,16 @@ static int kw_check_quant_sb(const kw_quant_rows *q, const kw_quant_layout *ql) 
                  "%s: a super-block layout needs the super-blocks' d%s", op, ql->has_offset ? " and m" : "");
     const int64_t groups = q->k / ql->group, per = ql->superblock / ql->group, sbs = q->k / ql->superblock;
     int8_t s;
+    float d = 0.0f, m = 0.0f, di = 0.0f, mi = 0.0f; /* the super-block's, and their reciprocals */
     for (int64_t n = 0; n < q->n; ++n)
         for (int64_t g = 0; g < groups; ++g) {
             const int64_t sb = n * sbs + g / per, at = n * groups + g;
-            KW_RETURN_IF(kw__quant_sb_int(q->scales[at], q->sb_scales[sb], &s) < 0 ||
-                             (ql->has_offset && kw__quant_sb_int(q->offsets[at], q->sb_offsets[sb], &s) < 0),
+            if (g % per == 0) {
+                d = q->sb_scales[sb], di = 1.0f / d;
+                if (ql->has_offset) m = q->sb_offsets[sb], mi = 1.0f / m;
+            }
+            KW_RETURN_IF(kw__quant_sb_int_inv(q->scales[at], d, di, &s) < 0 ||
+                             (ql->has_offset && kw__quant_sb_int_inv(q->offsets[at], m, mi, &s) < 0),
                          KW_E_INVALID_ARG, "%s: group %lld of row %lld is not an int8 multiple of its super-block's %s",
                          op, (long long)g, (long long)n, ql->has_offset ? "d and m" : "d");
         }

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_bytes.h"
 #include "common/kw_half.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
@@ -130,9 +131,9 @@ static int model_check_shape(const char *name, int32_t have_ndim, const int64_t 
 
 /* 1 if every code of q is in lo..hi. */
 static int model_codes_fit(const kw_quant_rows *q, int lo, int hi) {
-    for (int64_t i = 0; i < q->n * q->k; ++i)
-        if (q->codes[i] < lo || q->codes[i] > hi) return 0;
-    return 1;
+    int8_t min, max;
+    kw_i8_range(q->codes, q->n * q->k, &min, &max);
+    return min >= lo && max <= hi;
 }
 
 /* Binds the 2-D weight name (shape ne) kept quantized (kw_tensor_pack_quantized) if the file holds it in a type kept

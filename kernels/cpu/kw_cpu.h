@@ -79,9 +79,20 @@ void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t
 /* Rows [m0, m1) of y (row stride N) against one panel wp of an x8 layout, columns n0 .. n0 + ncols. */
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1);
+/* 1 if a work item of rows x rows on a panel of layout runs on its panel widened (kw__cpu_x8_widen6_panel) into
+ * KW_LAYOUT_QPANELS_S8_G16_X8: S6_G16_SB_X8 with prefill rows. */
+int kw__cpu_x8_widens(enum kw_layout layout, int64_t rows);
+/* Writes the S8_G16_X8 panel of the S6_G16_SB_X8 panel src (K a multiple of 256) to dst (caller-owned, its panel
+ * bytes): the same codes, and scales fl(d * s), so kw__cpu_x8_panel on it gives src's bits. */
+void kw__cpu_x8_widen6_panel(enum kw_cpu_isa isa, char *dst, const char *src, int64_t K);
 /* The code of row r (0..63) at k kk (0..group-1) of a group's code bytes: ored in (the bytes zeroed first) / read. */
 void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int64_t kk, int code);
 int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk);
+/* Rows [0, rows) (rows <= 64) of a group's codes at once, row r's group codes (its k's in order; 32 for the 4-bit
+ * layouts, else 16) at src + r * stride: the bytes kw__cpu_x8_pack_code gives the zeroed block, every byte of those
+ * rows' lanes written (the other rows' bytes are left as they are). The loader's packer; kw__cpu_x8_pack_code stays its
+ * test oracle. */
+void kw__cpu_x8_pack_group(enum kw_layout layout, uint8_t *codes, const int8_t *src, int64_t stride, int64_t rows);
 
 /* The bf16-activation layout KW_LAYOUT_PANELS_BF16_PAIRS (kw_cpu_matmul_bf16.c, which states the numerics). */
 /* Packs the row-major bf16 weight w (validated) into the layout. */

@@ -494,6 +494,7 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
     const int x8 = kw__cpu_layout_x8(q->layout);
     const int64_t per = ql->superblock / G, sbs = ql->superblock ? K / ql->superblock : 0;
     memset(dst, 0, kw__quant_panel_bytes(ql, K));
+    float di[KW_PANEL_ROWS], mi[KW_PANEL_ROWS]; /* 1 / d and 1 / m of the rows' current super-block */
     for (int64_t g = 0; g < groups; ++g) {
         const kw_qgroup qg = kw_qgroup_at(dst, ql, g);
         uint8_t *codes = qg.codes;
@@ -502,21 +503,21 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
             if (ql->superblock) {
                 const int64_t sb = n * sbs + g / per;
                 qg.d[r] = q->sb_scales[sb];
-                (void)kw__quant_sb_int(q->scales[n * groups + g], qg.d[r], &qg.s[r]); /* checked by the caller */
+                if (g % per == 0) di[r] = 1.0f / qg.d[r];
+                /* checked by the caller */
+                (void)kw__quant_sb_int_inv(q->scales[n * groups + g], qg.d[r], di[r], &qg.s[r]);
                 if (ql->has_offset) {
                     qg.m[r] = q->sb_offsets[sb];
-                    (void)kw__quant_sb_int(q->offsets[n * groups + g], qg.m[r], &qg.o[r]);
+                    if (g % per == 0) mi[r] = 1.0f / qg.m[r];
+                    (void)kw__quant_sb_int_inv(q->offsets[n * groups + g], qg.m[r], mi[r], &qg.o[r]);
                 }
             } else {
                 qg.scales[r] = q->scales[n * groups + g];
                 if (ql->has_offset) qg.offsets[r] = q->offsets[n * groups + g];
             }
+            if (x8) continue; /* the codes below, the group's rows at once */
             const int8_t *src = q->codes + n * K + g * G;
             for (int64_t kk = 0; kk < G; ++kk) {
-                if (x8) {
-                    kw__cpu_x8_pack_code(q->layout, codes, r, kk, src[kk]);
-                    continue;
-                }
                 if (ql->code_bits == 8) {
                     codes[kk * KW_PANEL_ROWS + r] = (uint8_t)src[kk];
                     continue;
@@ -534,6 +535,7 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
                 *byte |= in_strip < 8 ? nibble : (uint8_t)(nibble << 4);
             }
         }
+        if (x8) kw__cpu_x8_pack_group(q->layout, codes, q->codes + p * KW_PANEL_ROWS * K + g * G, K, rows);
     }
 }
 
@@ -674,16 +676,21 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
         wp = mine;
     }
     enum kw_layout layout = w->layout;
-    if (j->widen && m1 - m0 > KW_MM_ROW_MAX) {
+    if (j->widen && layout == KW_LAYOUT_QPANELS_S6_G16_SB && m1 - m0 > KW_MM_ROW_MAX) {
         char *mine = j->scratch + j->wide_slice * (size_t)worker;
         kw_s6_widen_panel(j->isa, mine, wp, K);
         wp = mine;
         layout = KW_LAYOUT_QPANELS_S8_G16_SB;
+    } else if (j->widen && kw__cpu_x8_widens(layout, m1 - m0)) {
+        char *mine = j->scratch + j->wide_slice * (size_t)worker;
+        kw__cpu_x8_widen6_panel(j->isa, mine, wp, K);
+        wp = mine;
+        layout = KW_LAYOUT_QPANELS_S8_G16_X8;
     }
     if (j->xb)
         kw__cpu_bf16_panel(j->isa, j->y, N, j->xb, K, (const uint16_t *)wp, n0, ncols, m0, m1);
     else if (j->act)
-        kw__cpu_x8_panel(j->isa, w->layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
+        kw__cpu_x8_panel(j->isa, layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
     else
         kw_mm_panel(j->isa, j->y, N, j->xs, K, w->dtype, layout, wp, n0, ncols, m0, m1);
     if (j->bias) {
@@ -718,6 +725,14 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     char *scratch = NULL;
     const size_t slice = (panel_bytes + 63) & ~(size_t)63;
     const int x8 = kw__cpu_layout_x8(w->layout);
+    /* QPANELS_S6_G16_SB (S6_G16_SB_X8) with prefill rows: the scratch holds each thread's panel widened to
+     * S8_G16_SB (S8_G16_X8): kw_s6_widen_panel, kw__cpu_x8_widen6_panel */
+    const int widen =
+        (w->layout == KW_LAYOUT_QPANELS_S6_G16_SB && M > KW_MM_ROW_MAX) || kw__cpu_x8_widens(w->layout, M);
+    kw_quant_layout wide;
+    kw_layout_quant(x8 ? KW_LAYOUT_QPANELS_S8_G16_X8 : KW_LAYOUT_QPANELS_S8_G16_SB, &wide);
+    const size_t wide_slice = (kw__quant_panel_bytes(&wide, K) + 63) & ~(size_t)63;
+    const size_t wide_floats = widen ? wide_slice / sizeof(float) * (size_t)nt : 0;
     kw_x8_act act = {0};
     uint16_t *xb = NULL; /* bf16_act: x rounded to bf16, rows of K rounded up to even */
     if (bf16_act) {
@@ -727,8 +742,10 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
         kw__cpu_bf16_round_x(cpu, x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xb);
     } else if (x8) {
         const size_t groups = (size_t)M * (size_t)(K / 32);
-        float *xd;
-        KW_FORWARD(kw__cpu_scratch(cpu, 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+        float *xd; /* after the widened panels, if any (one scratch: a second call may move the first) */
+        KW_FORWARD(kw__cpu_scratch(cpu, wide_floats + 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+        scratch = (char *)xd;
+        xd += wide_floats;
         float *xsum = xd + groups;
         int32_t *xs16 = (int32_t *)(xsum + groups);
         int8_t *xq = (int8_t *)(xs16 + 2 * groups);
@@ -739,14 +756,9 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
         KW_FORWARD(kw__cpu_scratch(cpu, slice / sizeof(float) * (size_t)nt, &s));
         scratch = (char *)s;
     }
-    /* QPANELS_S6_G16_SB with prefill rows: the scratch holds each thread's widened panel (kw_s6_widen_panel) */
-    const int widen = w->layout == KW_LAYOUT_QPANELS_S6_G16_SB && M > KW_MM_ROW_MAX;
-    kw_quant_layout wide;
-    kw_layout_quant(KW_LAYOUT_QPANELS_S8_G16_SB, &wide);
-    const size_t wide_slice = (kw__quant_panel_bytes(&wide, K) + 63) & ~(size_t)63;
-    if (widen) {
+    if (widen && !x8) {
         float *s;
-        KW_FORWARD(kw__cpu_scratch(cpu, wide_slice / sizeof(float) * (size_t)nt, &s));
+        KW_FORWARD(kw__cpu_scratch(cpu, wide_floats, &s));
         scratch = (char *)s;
     }
 

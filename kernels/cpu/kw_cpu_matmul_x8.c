@@ -268,6 +268,53 @@ int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, 
     return kw_x8_code(kw_x8_bits(layout), codes, r, kk);
 }
 
+/* 4 consecutive int8 codes at p as one little-endian word (byte b: code b). */
+static inline uint32_t kw_x8_word(const int8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* One row's codes of a group (kw__cpu_x8_pack_group) into its strip: kw__cpu_x8_pack_code's bytes, 4 k per word. A
+ * 32-bit lane holds the row's 4 consecutive k, so each lane is one word store. Bytes of 4-bit codes: k and k + 16 as
+ * low and high nibble; 8-bit: code + 128 (the sign bit flipped); 6-bit: code + 32 = (code & 63) ^ 32, its low nibbles
+ * in vectors 0 (k 0..3, 8..11) and 1 (k 4..7, 12..15), its top two bits of k 4 t + b at bits 2 t of lane byte b. */
+static inline void kw_x8_pack_row(const int bits, uint8_t *lane, const int8_t *src) {
+    uint32_t out[4];
+    if (bits == 4) {
+        for (int t = 0; t < 4; ++t)
+            out[t] = kw_x8_word(src + 4 * t) | kw_x8_word(src + 16 + 4 * t) << 4;
+    } else if (bits == 8) {
+        for (int t = 0; t < 4; ++t)
+            out[t] = kw_x8_word(src + 4 * t) ^ 0x80808080u;
+    } else {
+        uint32_t u[4];
+        for (int t = 0; t < 4; ++t)
+            u[t] = (kw_x8_word(src + 4 * t) & 0x3F3F3F3Fu) ^ 0x20202020u;
+        out[0] = (u[0] & 0x0F0F0F0Fu) | (u[2] & 0x0F0F0F0Fu) << 4;
+        out[1] = (u[1] & 0x0F0F0F0Fu) | (u[3] & 0x0F0F0F0Fu) << 4;
+        out[2] = 0;
+        for (int t = 0; t < 4; ++t)
+            out[2] |= (u[t] >> 4 & 0x03030303u) << (2 * t);
+    }
+    for (int t = 0; t < (bits == 6 ? 3 : 4); ++t)
+        memcpy(lane + 64 * t, &out[t], 4);
+}
+
+void kw__cpu_x8_pack_group(enum kw_layout layout, uint8_t *codes, const int8_t *src, int64_t stride, int64_t rows) {
+    const int bits = kw_x8_bits(layout);
+    const int64_t strip = bits == 6 ? 192 : 256;
+    for (int64_t r = 0; r < rows; ++r) {
+        uint8_t *lane = codes + (r / 16) * strip + 4 * (r % 16);
+        if (bits == 4)
+            kw_x8_pack_row(4, lane, src + r * stride);
+        else if (bits == 8)
+            kw_x8_pack_row(8, lane, src + r * stride);
+        else
+            kw_x8_pack_row(6, lane, src + r * stride);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Scalar
  */
@@ -435,6 +482,89 @@ KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 1)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 6, 1)
 #undef KW_X8_SPECIALIZE
 #endif
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Prefill on S6_G16_SB_X8: a work item of more than KW_X8_ROW_MAX rows first widens its panel into the plain
+ * S8_G16_X8 panel of the same rows (kw__cpu_x8_widen6_panel, the caller's per-thread scratch), then runs the
+ * S8_G16_X8 tiles on it. Each group's 64 f32 scales are fl(d * s), the value the S6 tiles rebuild (and the plain
+ * layout stores for these rows), and the integer sums are the same exact int32 (the S8 tiles take back 128 * sum q
+ * where the S6 ones take back 32 * sum q), so the bits are the same; the unpack and the scale rebuild are paid once
+ * per panel and work item instead of once per tile (per-tile, S6 prefill ran at 0.84-0.92x S8_G16_X8:
+ * docs/BENCHMARKS.md). A group's 768 code bytes become 1024: byte i of 8-bit vector t of a strip is code + 128 =
+ * (code + 32) + 96, the nibble of byte i of 6-bit vector t % 2 (low for t < 2) ored with bits 2 t, 2 t + 1 of byte i
+ * of the strip's top vector moved to bits 4, 5.
+ */
+
+int kw__cpu_x8_widens(enum kw_layout layout, int64_t rows) {
+    return layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8 && rows > KW_X8_ROW_MAX;
+}
+
+/* One group g of an S6_G16_SB_X8 panel into dst, one group of S8_G16_X8: 64 f32 scales fl(d * s), then 1024 code
+ * bytes, each 16-row strip's 192 bytes of 6-bit codes to 256, 8 bytes at a time (a code + 32 is at most 63, so + 96
+ * carries into no other byte). */
+static void kw_x8_widen6_group_scalar(char *dst, const kw_x8_grp *g) {
+    float *scales = (float *)dst;
+    for (int r = 0; r < KW_PANEL_ROWS; ++r)
+        scales[r] = g->d[r] * (float)g->s[r];
+    uint8_t *codes = (uint8_t *)(scales + KW_PANEL_ROWS);
+    const uint64_t low = 0x0F0F0F0F0F0F0F0Full, two = 0x0303030303030303ull, bias = 0x6060606060606060ull;
+    for (int st = 0; st < KW_PANEL_ROWS / 16; ++st)
+        for (int i = 0; i < 64; i += 8) {
+            const uint8_t *src = g->codes + 192 * st + i;
+            uint64_t n0, n1, top;
+            memcpy(&n0, src, 8);
+            memcpy(&n1, src + 64, 8);
+            memcpy(&top, src + 128, 8);
+            const uint64_t v[4] = {(n0 & low) | (top & two) << 4, (n1 & low) | (top >> 2 & two) << 4,
+                                   (n0 >> 4 & low) | (top >> 4 & two) << 4, (n1 >> 4 & low) | (top >> 6 & two) << 4};
+            for (int t = 0; t < 4; ++t) {
+                const uint64_t w = v[t] + bias;
+                memcpy(codes + 256 * st + 64 * t + i, &w, 8);
+            }
+        }
+}
+
+#if KW_CPU_X86
+/* kw_x8_widen6_group_scalar on 32-byte vectors (for AVX-512 too: the widening is a small part of a work item). */
+KW_TARGET_AVX2 static void kw_x8_widen6_group_avx2(char *dst, const kw_x8_grp *g) {
+    float *scales = (float *)dst;
+    for (int r = 0; r < KW_PANEL_ROWS; r += 8) {
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(g->s + r))));
+        _mm256_storeu_ps(scales + r, _mm256_mul_ps(_mm256_loadu_ps(g->d + r), s));
+    }
+    uint8_t *codes = (uint8_t *)(scales + KW_PANEL_ROWS);
+    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(0x60);
+    for (int st = 0; st < KW_PANEL_ROWS / 16; ++st)
+        for (int i = 0; i < 64; i += 32) {
+            const uint8_t *src = g->codes + 192 * st + i;
+            const __m256i n0 = _mm256_loadu_si256((const __m256i *)src);
+            const __m256i n1 = _mm256_loadu_si256((const __m256i *)(src + 64));
+            const __m256i top = _mm256_loadu_si256((const __m256i *)(src + 128));
+            const __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(n0, low), _mm256_and_si256(_mm256_slli_epi16(top, 4), two)),
+                _mm256_or_si256(_mm256_and_si256(n1, low), _mm256_and_si256(_mm256_slli_epi16(top, 2), two)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), low), _mm256_and_si256(top, two)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), low),
+                                _mm256_and_si256(_mm256_srli_epi16(top, 2), two))};
+            for (int t = 0; t < 4; ++t)
+                _mm256_storeu_si256((__m256i *)(codes + 256 * st + 64 * t + i), _mm256_add_epi8(v[t], bias));
+        }
+}
+#endif
+
+void kw__cpu_x8_widen6_panel(enum kw_cpu_isa isa, char *dst, const char *src, int64_t K) {
+    void (*group)(char *, const kw_x8_grp *) = kw_x8_widen6_group_scalar;
+#if KW_CPU_X86
+    if (isa >= KW_CPU_ISA_AVX2) group = kw_x8_widen6_group_avx2; /* AVX-512 too: a few % of a work item either way */
+#endif
+    (void)isa;
+    for (int64_t j = 0; j < K / 16; ++j) {
+        const kw_x8_grp g = kw_x8_group(6, 1, src, j);
+        for (size_t l = 0; l < g.bytes; l += 64)
+            __builtin_prefetch(src + g.at + KW_X8_PF * g.bytes + l);
+        group(dst + (size_t)j * (KW_PANEL_ROWS * sizeof(float) + KW_X8_CODE_BYTES), &g);
+    }
+}
 
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {

@@ -21,7 +21,9 @@
 
 #include "common/kw_half.h"
 #include "common/kw_status.h"
+#include "kernels/cpu/kw_cpu.h"
 #include "kernels/kw_backend.h"
+#include "kernels/kw_backend_impl.h"
 #include "kernels/ref/kw_ref.h"
 #include "kw_cpu_test_util.h"
 
@@ -301,6 +303,20 @@ static void test_quantized_contract(void **state) {
     d.codes[5] = 8;
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
     assert_non_null(strstr(kw_error_detail(), "outside -8..7"));
+    { /* K = 96: a code out of range in a row's first 64 (the range check's vector blocks) and in its last 32 */
+        kw_qcase_data t = kw_qcase_make(KW_LAYOUT_QPANELS_U4, 65, 96);
+        t.codes[64 * 96 + 95] = 16;
+        assert_int_equal(kw_tensor_pack_quantized(b, &t.q, &bad), KW_E_INVALID_ARG);
+        assert_non_null(strstr(kw_error_detail(), "code 16 at (64, 95)"));
+        t.codes[64 * 96 + 95] = 15;
+        t.codes[3 * 96 + 10] = -1;
+        assert_int_equal(kw_tensor_pack_quantized(b, &t.q, &bad), KW_E_INVALID_ARG);
+        assert_non_null(strstr(kw_error_detail(), "code -1 at (3, 10)"));
+        t.codes[3 * 96 + 10] = 0;
+        assert_int_equal(kw_tensor_pack_quantized(b, &t.q, &bad), 0);
+        kw_tensor_free(&bad);
+        kw_qcase_free(&t);
+    }
     q = d.q;
     q.layout = KW_LAYOUT_PANELS;
     assert_int_equal(kw_tensor_pack_quantized(b, &q, &bad), KW_E_INVALID_ARG);
@@ -703,8 +719,10 @@ static void test_x8_superblock_is_x8(void **state) {
                                                {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8},
                                                {KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
     static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
-    static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512}, {3, 37, 768},
-                                        {4, 70, 512}, {5, 64, 256},  {9, 193, 512}, {29, 200, 768}};
+    /* {50, 70, 256}: two panels, so with 2 and 3 threads blocks of 48 rows and 2 rows (S6_G16_SB_X8: items with and
+     * without the prefill widening in one call) */
+    static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512},  {3, 37, 768}, {4, 70, 512},
+                                        {5, 64, 256}, {9, 193, 512}, {29, 200, 768}, {50, 70, 256}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (int p = 0; p < 3; ++p)
@@ -787,6 +805,117 @@ static void test_x8_superblock_is_x8(void **state) {
     kw_backend_destroy(b);
 }
 
+/* The panel row whose byte is at of an S8_G16_X8 panel's (groups of 64 f32 scales and 1024 code bytes), or -1 for a
+ * scale's byte. */
+static int64_t kw_x8_code_row(size_t at) {
+    const size_t in_group = at % (256 + 1024);
+    if (in_group < 256) return -1;
+    return (int64_t)((in_group - 256) / 256 * 16 + (in_group - 256) % 64 / 4);
+}
+
+/* The loader's group packer (kw__cpu_x8_pack_group) against the per-code packer it replaced (kw__cpu_x8_pack_code),
+ * byte for byte, on the five int8-activation layouts: random codes with each layout's extremes, every strip and
+ * lane position, panels of 64 rows and partial ones (63, 17, 16, 1 row: the other rows' bytes stay zero), codes read
+ * at a row stride past the group. */
+static void test_x8_pack_group_is_per_code(void **state) {
+    (void)state;
+    static const enum kw_layout layouts[] = {KW_LAYOUT_QPANELS_U4_X8, KW_LAYOUT_QPANELS_S8_G16_X8,
+                                             KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_S8_G16_SB_X8,
+                                             KW_LAYOUT_QPANELS_S6_G16_SB_X8};
+    static const int64_t row_counts[] = {64, 63, 17, 16, 1};
+    enum { BLOCK = 64 * 16 };
+    for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; ++li) {
+        kw_quant_layout ql;
+        assert_int_equal(kw_layout_quant(layouts[li], &ql), 1);
+        const int64_t G = ql.group, stride = 3 * G, span = ql.code_max - ql.code_min + 1;
+        int8_t *src = malloc((size_t)(64 * stride));
+        assert_non_null(src);
+        for (int64_t i = 0; i < 64 * stride; ++i) /* rows 0 and 1: the range's ends in every position */
+            src[i] = (int8_t)(i < stride       ? ql.code_min
+                              : i < 2 * stride ? ql.code_max
+                                               : ql.code_min + (int)(kw_next() % (uint64_t)span));
+        for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ++ri) {
+            const int64_t rows = row_counts[ri];
+            uint8_t want[BLOCK] = {0}, got[BLOCK] = {0};
+            const int8_t *group = src + G; /* the middle group of each row */
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t kk = 0; kk < G; ++kk)
+                    kw__cpu_x8_pack_code(layouts[li], want, r, kk, group[r * stride + kk]);
+            kw__cpu_x8_pack_group(layouts[li], got, group, stride, rows);
+            for (int i = 0; i < BLOCK; ++i)
+                if (got[i] != want[i])
+                    fail_msg("layout %d, %lld rows: byte %d is 0x%02x, the per-code packer's 0x%02x", (int)layouts[li],
+                             (long long)rows, i, got[i], want[i]);
+        }
+        free(src);
+    }
+
+    /* the prefill widening of S6_G16_SB_X8 (kw__cpu_x8_widen6_panel) gives the S8_G16_X8 panel of the same rows
+     * byte for byte, on every ISA; a partial panel (37 rows: the code bytes of rows 37..63 are not compared, 0 in the
+     * packed layout and 0x60, zero bytes widened, in the other; their scales are +0 in both), 3 super-blocks */
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    const int64_t N = 37, K = 768;
+    kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_S6_G16_SB_X8, N, K);
+    kw_quant_rows q8 = d.q;
+    q8.layout = KW_LAYOUT_QPANELS_S8_G16_X8; /* the scales fl(d * s) as kw_qcase_make gives them */
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        kw_tensor t6, t8;
+        assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t6), 0);
+        assert_int_equal(kw_tensor_pack_quantized(b, &q8, &t8), 0);
+        const size_t bytes = kw_tensor_nbytes(&t8);
+        char *wide = malloc(bytes);
+        assert_non_null(wide);
+        memset(wide, 0x5a, bytes);
+        kw__cpu_x8_widen6_panel(kw__cpu(b)->isa, wide, t6.data, K);
+        for (size_t at = 0; at < bytes; ++at)
+            if (wide[at] != ((const char *)t8.data)[at] && kw_x8_code_row(at) < N)
+                fail_msg("widened S6_G16_SB_X8 on %s: byte %zu is 0x%02x, S8_G16_X8's 0x%02x", isas[i], at,
+                         (uint8_t)wide[at], ((const uint8_t *)t8.data)[at]);
+        free(wide);
+        kw_tensor_free(&t6);
+        kw_tensor_free(&t8);
+        kw_backend_destroy(b);
+    }
+    kw_qcase_free(&d);
+}
+
+/* The loader's super-block int search with the reciprocal (kw__quant_sb_int_inv) gives kw__quant_sb_int's status
+ * and s for every int multiple of d from -130 to 130, one ulp either side of it, and the special values, over normal,
+ * subnormal, huge (products overflow), zero, infinite and NaN d. */
+static void test_quant_sb_int_inv(void **state) {
+    (void)state;
+    const float nan_x86 = -NAN; /* inf * 0's bits on x86, so d = inf gives s = 0 for it */
+    float ds[64] = {0.0f,  -0.0f, INFINITY, -INFINITY, NAN,      0x1p-126f, 0x1p-130f, 0x1p-149f,
+                    3e38f, -2.5f, 1e-30f,   -7e-20f,   0x1p+60f, 1.0f,      -1.0f,     0x1.fffffep+127f};
+    int nd = 16;
+    while (nd < 64) {
+        const float f16 = kw_f16_to_f32(kw_f32_to_f16(kw_rand() * 0.05f));
+        ds[nd++] = f16;
+        ds[nd++] = kw_rand() * 0.01f;
+    }
+    for (int i = 0; i < nd; ++i) {
+        const float d = ds[i], inv = 1.0f / d;
+        float values[261 * 3 + 6] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, nan_x86};
+        int nv = 6;
+        for (int t = -130; t <= 130; ++t) { /* and the ints just outside int8 */
+            const float v = d * (float)t;
+            values[nv++] = v;
+            values[nv++] = nextafterf(v, INFINITY);
+            values[nv++] = nextafterf(v, -INFINITY);
+        }
+        for (int k = 0; k < nv; ++k) {
+            int8_t want = 99, got = 99;
+            const int rc_want = kw__quant_sb_int(values[k], d, &want);
+            const int rc_got = kw__quant_sb_int_inv(values[k], d, inv, &got);
+            if (rc_want != rc_got || want != got)
+                fail_msg("d %a, value %a: %d, s %d with the reciprocal; %d, s %d without", (double)d, (double)values[k],
+                         rc_got, got, rc_want, want);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
@@ -795,6 +924,8 @@ int main(void) {
         cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
         cmocka_unit_test(test_x8_superblock_is_x8),
+        cmocka_unit_test(test_x8_pack_group_is_per_code),
+        cmocka_unit_test(test_quant_sb_int_inv),
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
         cmocka_unit_test(test_u4_rebuild_paths),
         cmocka_unit_test(test_u4_rebuild_under_ftz),
