@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""product_tf.py PORT IDS POLICIES: kvwire kvstats' teacher-forced agreement and bytes, through the product path.
+"""product_tf.py PORT IDS POLICIES [ROW...]: kvwire kvstats' teacher-forced agreement and bytes, through the product path.
 
 For each prompt of IDS (one JSON array of token ids a line, BOS included) the receiverd on 127.0.0.1:PORT decodes 64
 greedy tokens in receiver_only mode (the unquantized reference: the receiver's own prefill); then, for each policy of
-POLICIES (a JSON object: row name -> kvwire.policy object), the same prompt in kv_direct with those tokens forced
+POLICIES (a JSON object: row name -> kvwire.policy object; only the ROWs named, if any), the same prompt in kv_direct with those tokens forced
 (kvwire.force_tokens): a step agrees when the distribution that predicted the forced token has it as its argmax. The
 prompt cache is the first n - 1 rows and the last prompt token is the receiver's (as in kvstats); the bits per element
-divide the blob bytes by every prompt row's K and V elements (n_layers, kv heads and head_dim from the server's
-policy echo are not reported, so they are arguments: KW_LAYERS, KW_ROW_ELEMS in the environment, Gemma 3 270M's
-18 and 256 by default). Prints one line per row, in kvstats' units."""
+divide the blob bytes by every prompt row's K and V elements (the server reports neither the layer count nor a row's
+elements, so product_tf.sh passes them: KW_LAYERS, and KW_ROW_ELEMS = KV heads x head_dim, in the environment).
+Prints one line per row, in kvstats' units."""
 import json
 import os
 import sys
 import urllib.request
 
 port, ids_path, policies = int(sys.argv[1]), sys.argv[2], json.loads(open(sys.argv[3]).read())
-layers, row_elems = int(os.environ.get("KW_LAYERS", 18)), int(os.environ.get("KW_ROW_ELEMS", 256))
+layers, row_elems = int(os.environ["KW_LAYERS"]), int(os.environ["KW_ROW_ELEMS"])
+unknown = [r for r in sys.argv[4:] if r not in policies]
+if unknown:
+    sys.exit("product_tf.py: no row %s in %s" % (", ".join(unknown), sys.argv[3]))
+if sys.argv[4:]:
+    policies = {r: policies[r] for r in sys.argv[4:]}
 
 
 def post(body):
