@@ -17,7 +17,8 @@ trap 'kill $spid $rpid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$t
 # The model's shape from kvstats' header line: "(ARCH, L layers, H KV heads x D)", one prompt, one token.
 grep -m1 . "$prompts" >"$tmp/p1"
 shape=$(build/tools/kvwire kvstats --model "$model" --prompts "$tmp/p1" --max-new-tokens 1 --codec none --no-heads \
-    --threads 1 2>/dev/null | sed -n 's/^kvstats: .*, \([0-9]*\) layers, \([0-9]*\) KV heads x \([0-9]*\)).*/\1 \2 \3/p')
+    --threads 1 2>/dev/null |
+    sed -n 's/^kvstats: .*, \([0-9]*\) layers, \([0-9]*\) KV heads x \([0-9]*\)).*/\1 \2 \3/p')
 read -r layers kv_heads head_dim <<<"$shape"
 [ -n "${head_dim:-}" ] || { echo "product_tf.sh: no model shape from kvwire kvstats" >&2; exit 1; }
 build/sharer/sharerd --models.0.name=m --models.0.path="$model" --listen.host=127.0.0.1 --listen.port=0 \
