@@ -51,5 +51,7 @@ printf '"a\\u0000b"\n' | ids m-qwen3 --chat >/dev/null 2>err2.txt
 rc2=$?
 set -e
 [ "$rc1" -eq 1 ] || fail "--bos with a bare tokenizer folder: exit $rc1, expected 1"
-[ "$rc2" -eq 1 ] && grep -q "line 1" err2.txt || fail "--chat with U+0000: exit $rc2, expected 1: $(cat err2.txt)"
+if [ "$rc2" -ne 1 ] || ! grep -q "line 1" err2.txt; then
+    fail "--chat with U+0000: exit $rc2, expected 1: $(cat err2.txt)"
+fi
 echo "tokenize --bos and --chat: kvstats' prompt ids: ok"
