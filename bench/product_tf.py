@@ -1,31 +1,53 @@
 #!/usr/bin/env python3
-"""product_tf.py PORT IDS POLICIES: kvwire kvstats' teacher-forced agreement and bytes, through the product path.
+"""product_tf.py PORT IDS POLICIES [ROW...]: kvwire kvstats' teacher-forced agreement and bytes, through the product
+path.
 
 For each prompt of IDS (one JSON array of token ids a line, BOS included) the receiverd on 127.0.0.1:PORT decodes 64
-greedy tokens in receiver_only mode (the unquantized reference: the receiver's own prefill); then, for each policy of
-POLICIES (a JSON object: row name -> kvwire.policy object), the same prompt in kv_direct with those tokens forced
-(kvwire.force_tokens): a step agrees when the distribution that predicted the forced token has it as its argmax. The
-prompt cache is the first n - 1 rows and the last prompt token is the receiver's (as in kvstats); the bits per element
-divide the blob bytes by every prompt row's K and V elements (n_layers, kv heads and head_dim from the server's
-policy echo are not reported, so they are arguments: KW_LAYERS, KW_ROW_ELEMS in the environment, Gemma 3 270M's
-18 and 256 by default). Prints one line per row, in kvstats' units."""
+greedy tokens in receiver_only mode (the unquantized reference: the receiver's own prefill; past an EOS, as kvstats);
+then, for each policy of POLICIES (a JSON object: row name -> kvwire.policy object; only the ROWs named, if any), the
+same prompt in kv_direct with those tokens forced (kvwire.force_tokens): a step agrees when the distribution that
+predicted the forced token has it as its argmax. The prompt cache is the first n - 1 rows and the last prompt token is
+the receiver's (as in kvstats); the bits per element divide the blob bytes by every prompt row's K and V elements (the
+server reports neither the layer count nor a row's elements, so product_tf.sh passes them: KW_LAYERS, and
+KW_ROW_ELEMS = KV heads x head_dim, in the environment). Prints one line per row, in kvstats' units."""
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 
 port, ids_path, policies = int(sys.argv[1]), sys.argv[2], json.loads(open(sys.argv[3]).read())
-layers, row_elems = int(os.environ.get("KW_LAYERS", 18)), int(os.environ.get("KW_ROW_ELEMS", 256))
+layers, row_elems = int(os.environ["KW_LAYERS"]), int(os.environ["KW_ROW_ELEMS"])
+unknown = [r for r in sys.argv[4:] if r not in policies]
+if unknown:
+    sys.exit("product_tf.py: no row %s in %s" % (", ".join(unknown), sys.argv[3]))
+if sys.argv[4:]:
+    policies = {r: policies[r] for r in sys.argv[4:]}
 
 
 def post(body):
     req = urllib.request.Request("http://127.0.0.1:%d/v1/completions" % port, json.dumps(body).encode())
-    return json.load(urllib.request.urlopen(req, timeout=600))
+    try:
+        return json.load(urllib.request.urlopen(req, timeout=600))
+    except urllib.error.HTTPError as err:
+        sys.exit("product_tf.py: HTTP %d: %s" % (err.code, err.read().decode()))
+
+
+def reference(p, n=64):
+    """n greedy tokens past any EOS, as kvstats decodes its reference: receiverd stops at an EOS (kept as the last
+    id), so a run that stopped early goes on from the prompt with the tokens so far appended."""
+    ref = []
+    while len(ref) < n:
+        ids = post({"prompt": p + ref, "max_tokens": n - len(ref), "kvwire": {"mode": "receiver_only"}})["kvwire"][
+            "completion_ids"]
+        if not ids:
+            sys.exit("product_tf.py: receiver_only generated nothing after %d tokens" % len(ref))
+        ref += ids
+    return ref
 
 
 prompts = [json.loads(line) for line in open(ids_path) if line.strip()]
-refs = [post({"prompt": p, "max_tokens": 64, "kvwire": {"mode": "receiver_only"}})["kvwire"]["completion_ids"]
-        for p in prompts]
+refs = [reference(p) for p in prompts]
 n_rows = sum(len(p) - 1 for p in prompts)
 for name, policy in policies.items():
     agree = steps = blob = 0

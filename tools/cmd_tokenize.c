@@ -1,7 +1,11 @@
-/* cmd_tokenize.c: `kvwire tokenize --tokenizer DIR [--decode] [--skip-special]`.
+/* cmd_tokenize.c: `kvwire tokenize --tokenizer DIR [--decode] [--skip-special] [--bos | --chat]`.
  *
  * Encode mode reads one JSON string per line on stdin and writes one JSON array of ids per line (no BOS/EOS); with
  * --pieces it writes the pre-tokenized pieces instead (a debugging aid, compared with HF by the fixture script).
+ * --bos and --chat give a model's prompt ids as `kvwire kvstats` and `kvwire generate` build them: BOS first where
+ * the model's raw-text prompts have it (kw_config_prepend_bos), or the string as one user turn of the model's chat
+ * template with the generation prompt (kvstats --chat: the template writes BOS itself); both read the model's
+ * configuration from the --tokenizer path, which must then be a model folder or a GGUF file.
  * Decode mode reads one JSON array of ids per line and writes one JSON string per line. The first bad line stops the
  * run with an error naming its number and a non-zero exit status; lines before it have been written.
  * Input strings are decoded with kw_json_decode_string, so texts holding U+0000 survive (cJSON strings end at the
@@ -10,19 +14,26 @@
 
 #include "common/kw_json.h"
 #include "common/kw_status.h"
+#include "model/kw_chat.h"
+#include "model/kw_config.h"
 #include "model/kw_tokenizer.h"
+#include "model/kw_weights.h"
 #include "tools/kw_cli.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char kw_cmd_tokenize_summary[] =
     "encode JSON strings to token ids (or --decode ids) with a tokenizer.json or a GGUF file's tokenizer";
 
 static void kw_tokenize_usage(FILE *f) {
-    fprintf(f, "usage: kvwire tokenize --tokenizer DIR|FILE [--decode] [--skip-special]\n"
+    fprintf(f, "usage: kvwire tokenize --tokenizer DIR|FILE [--decode] [--skip-special] [--bos | --chat]\n"
                "  encode: stdin has one JSON string per line; stdout gets one JSON array of ids per line (no BOS)\n"
+               "  --bos: prepend BOS where the model's raw-text prompts start with it (as kvwire generate does)\n"
+               "  --chat: encode each string as one user turn of the model's chat template, generation prompt\n"
+               "          appended (as kvwire kvstats --chat); --bos and --chat need a model folder or GGUF file\n"
                "  --decode: stdin has one JSON array of ids per line; stdout gets one JSON string per line\n"
                "  --skip-special: with --decode, drop special added tokens\n"
                "  --pieces: instead of ids, write the pre-tokenized pieces (normalized text) as a JSON array\n");
@@ -32,23 +43,36 @@ static void kw_tokenize_usage(FILE *f) {
 typedef struct kw_tokenize_run {
     const kw_tokenizer *tok;
     int skip_special;
+    const kw_model_config *cfg; /* --bos or --chat: the model's configuration; NULL: the text's ids alone */
+    int chat;                   /* render the text as a user turn of family's template first */
+    enum kw_chat_family family;
 } kw_tokenize_run;
 
 static int kw_tokenize_encode_line(void *user, const char *line, size_t len) {
-    const kw_tokenizer *tok = ((const kw_tokenize_run *)user)->tok;
+    const kw_tokenize_run *r = user;
     FILE *out = stdout;
     int rc = 0;
     int32_t *ids = NULL;
-    size_t n = 0, text_len = 0;
-    char *text = NULL;
+    size_t n = 0, text_len = 0, chat_len = 0;
+    char *text = NULL, *chat = NULL;
     KW_CHECK(kw_json_decode_string(line, len, &text, &text_len));
-    KW_CHECK(kw_tokenizer_encode(tok, text, text_len, &ids, &n));
+    if (r->chat) { /* the renderer takes a NUL-terminated content: a string holding U+0000 would be cut there */
+        KW_CHECK_IF(strlen(text) != text_len, KW_E_INVALID_ARG, "--chat: the string holds U+0000");
+        const kw_chat_message msg = {.role = "user", .content = text};
+        const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = "03 Dec 2026"};
+        KW_CHECK(kw_chat_render(r->family, &msg, 1, &co, &chat, &chat_len));
+        KW_CHECK(kw_tokenizer_encode(r->tok, chat, chat_len, &ids, &n));
+    } else {
+        KW_CHECK(kw_tokenizer_encode(r->tok, text, text_len, &ids, &n));
+        if (r->cfg) KW_CHECK(kw_config_prepend_bos(r->cfg, &ids, &n));
+    }
     fputc('[', out);
     for (size_t i = 0; i < n; ++i)
         fprintf(out, i ? ",%d" : "%d", ids[i]);
     fputs("]\n", out);
 out:
     free(ids);
+    free(chat);
     free(text);
     return rc;
 }
@@ -115,12 +139,14 @@ out:
 
 int kw_cmd_tokenize(int argc, char **argv) {
     const char *dir = NULL;
-    int decode = 0, skip_special = 0, pieces = 0;
+    int decode = 0, skip_special = 0, pieces = 0, bos = 0, chat = 0;
     const kw_cli_option opts[] = {
         KW_CLI_STR_REQUIRED("--tokenizer", &dir),
         KW_CLI_FLAG("--decode", &decode),
         KW_CLI_FLAG("--pieces", &pieces),
         KW_CLI_FLAG("--skip-special", &skip_special),
+        KW_CLI_FLAG("--bos", &bos),
+        KW_CLI_FLAG("--chat", &chat),
     };
     const int st = KW_CLI_PARSE("kvwire tokenize", argc, argv, opts, kw_tokenize_usage);
     if (st != KW_CLI_RUN) return st;
@@ -132,18 +158,30 @@ int kw_cmd_tokenize(int argc, char **argv) {
         fprintf(stderr, "kvwire tokenize: --skip-special only applies to --decode\n");
         return 2;
     }
+    if ((bos || chat) && (decode || pieces || (bos && chat))) {
+        fprintf(stderr, "kvwire tokenize: --bos and --chat exclude each other, --decode and --pieces\n");
+        return 2;
+    }
     kw_tokenizer *tok = NULL;
-    const int rc = kw_tokenizer_load(dir, &tok);
+    kw_weights *model = NULL; /* --bos, --chat: the configuration's owner */
+    kw_tokenize_run run = {.skip_special = skip_special, .chat = chat};
+    int rc = kw_tokenizer_load(dir, &tok);
+    if (rc == 0 && (bos || chat)) rc = kw_weights_open(dir, NULL, &model);
+    if (rc == 0 && model) run.cfg = kw_weights_config(model);
+    if (rc == 0 && chat) rc = kw_chat_family_for_model(dir, run.cfg->arch, &run.family);
     if (rc < 0) {
         fprintf(stderr, "kvwire tokenize: %s: %s\n", kw_status_name(rc), kw_error_detail());
+        kw_weights_close(model);
+        kw_tokenizer_free(tok);
         return 1;
     }
-    kw_tokenize_run run = {.tok = tok, .skip_special = skip_special};
+    run.tok = tok;
     const int status = kw_cli_each_line("kvwire tokenize", stdin,
                                         decode   ? kw_tokenize_decode_line
                                         : pieces ? kw_tokenize_pieces_line
                                                  : kw_tokenize_encode_line,
                                         &run);
+    kw_weights_close(model);
     kw_tokenizer_free(tok);
     return status;
 }
