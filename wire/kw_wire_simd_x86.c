@@ -464,13 +464,19 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
     _mm256_storeu_si256((__m256i *)dst, _mm256_permute4x64_epi64(_mm256_or_si256(q, sign), 0xd8));
 }
 
+/* 1 when inv > 0: the fast steps take each code's sign from the bf16 word (a -0 would flip it) and map Inf to the
+ * largest code (Inf * +0 is the scalar rule's NaN); NaN, zeros and negative inv take the exact way. */
+static inline int kw__inv_plus(float inv) {
+    return inv > 0.0f;
+}
+
 /* kw__quantize_bytes_bf16_avx2 for e4m3 and e5m2: kw__fp8_bf16_32_avx2 per step (a row's loop without the sign check
- * of inv), a step whose inv is negative or NaN 8 values at a time by kw__fp8_codes8_avx2. */
+ * of inv), a step whose inv is not > 0 (zeros, negative, NaN) 8 values at a time by kw__fp8_codes8_avx2. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_fp8_bf16_avx2(int e4m3, const uint16_t *x,
                                                                                      uint32_t n, float inv0,
                                                                                      const float *inv, uint32_t gshift,
                                                                                      uint8_t *dst) {
-    if (!inv && inv0 >= 0.0f) {
+    if (!inv && kw__inv_plus(inv0)) {
         const __m256 vinv = _mm256_set1_ps(inv0);
         for (uint32_t i = 0; i < n; i += 32)
             kw__fp8_bf16_32_avx2(e4m3, x + i, vinv, dst + i);
@@ -479,7 +485,7 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_fp8_bf16_
     for (uint32_t i = 0; i < n; i += 32) {
         const float v = inv ? inv[i >> gshift] : inv0;
         const __m256 vinv = _mm256_set1_ps(v);
-        if (v >= 0.0f) {
+        if (kw__inv_plus(v)) {
             kw__fp8_bf16_32_avx2(e4m3, x + i, vinv, dst + i);
             continue;
         }
