@@ -409,8 +409,8 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
     return _mm256_cvtps_epi32(y);
 }
 
-/* 32 FP8 codes of bf16 values x[0..32) times inv >= +0 (not NaN), as kw__fp8_codes8_avx2 gives them, into dst[0..32).
- * With inv >= +0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
+/* 32 FP8 codes of bf16 values x[0..32) times inv > 0, as kw__fp8_codes8_avx2 gives them, into dst[0..32).
+ * With inv > 0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
  * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
  * negative). The magnitudes are packed to bytes by two unsigned saturating packs (beyond the largest code stays beyond
  * it) and clamped there by one byte minimum. Steps whose 32 |y| are all normal and none has its low 16 bits zero (no
