@@ -124,6 +124,27 @@ for bad in 'int4:token;T3-1=int8:token|token positions are' 'int4:token;T0-3=int
         --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad token schedule ${bad%%|*}"
 done
+# centred keys (issue 15): @center and @centerpost run and count mu (H x D f16 per layer, 2 bytes per value over the
+# prompt's rows) above the plain row; --qk-gain prints its four distributions; misuse is refused with a reason
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads --qk-gain \
+    --codec int4:token --codec 'int4:token@center' --codec 'int4:token@centerpost@rotv' >"$tmp/out" 2>"$tmp/err" ||
+    fail "centred keys exit $?"
+b4=$(awk '$1 == "int4/token" {print $2}' "$tmp/out")
+bc=$(awk '$1 == "int4/token@center" {print $2}' "$tmp/out")
+bp=$(awk '$1 == "int4/token@centerpost@rotv" {print $2}' "$tmp/out")
+rows=$(sed -n 's/^1 prompts, \([0-9]*\) prompt rows/\1/p' "$tmp/out")
+awk -v a="$bc" -v b="$b4" -v l="$n_layers" -v h="$n_heads" -v d="$head_dim" -v r="$rows" \
+    'BEGIN { x = b + l * h * d * 2 / r; exit !(a - x < 0.06 && x - a < 0.06) }' || fail "@center bytes $bc, int4 $b4"
+[ "$bp" = "$bc" ] || fail "@centerpost bytes $bp, @center $bc"
+[ "$(grep -cE '^(raw|centred) +(channel|RoPE pairs) +[0-9.]+ ' "$tmp/out")" -eq 4 ] || fail "--qk-gain rows"
+for bad in 'int4:token@centerv|centres keys only' 'int4:token@center@centerpost|named twice' \
+    'int4:token@center@prerope|with @prerope' 'int4:token@centerq|centring options are' \
+    'int4:token;T0=int8:token@center|CODEC:GRAN only' \
+    'int4:token;L0=int4:token@prerope@center|with @prerope'; do
+    "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
+        --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
+    [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad centring ${bad%%|*}"
+done
 : >"$tmp/empty.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/empty.txt" >/dev/null 2>"$tmp/err"
 [ $? -eq 1 ] && grep -q "holds no prompt" "$tmp/err" || fail "empty prompt file"

@@ -16,9 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_generate.h"
+#include "model/kw_config.h"
 #include "model/kw_kvcache.h"
 #include "model/kw_model.h"
 #include "tools/kw_kvstats.h"
@@ -478,11 +480,147 @@ static void test_kvstats_tokens(void **state) {
     kw_backend_destroy(be);
 }
 
+/* The codec's own round trip of one layer's rows (T, H, D) of K and V in a blob of one section, written to kq, vq. */
+static void wire_roundtrip(const kw_model_config *cfg, int32_t l, const kw_wire_codec_spec *spec, const float *k,
+                           const float *v, int64_t T, float *kq, float *vq) {
+    const size_t H = (size_t)cfg->n_kv_heads, D = (size_t)cfg->head_dim;
+    const kw_wire_header hdr = {.version = KW_WIRE_VERSION,
+                                .n_layers = (uint16_t)cfg->n_layers,
+                                .n_sections = 1,
+                                .n_kv_heads = (uint16_t)H,
+                                .head_dim = (uint16_t)D,
+                                .n_positions = (uint32_t)T,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_policy pol = {.k = *spec, .v = *spec};
+    size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES, n = 0, used = 0;
+    assert_int_equal(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &n), 0);
+    cap += n;
+    uint8_t *blob = malloc(cap);
+    assert_non_null(blob);
+    kw_wire_encoder *enc = NULL;
+    assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &enc), 0);
+    assert_int_equal(kw_wire_encoder_write_header(enc, blob, cap, &n), 0);
+    used += n;
+    const kw_wire_layer_in in = {.layer = (uint32_t)l,
+                                 .n_tokens = (uint32_t)T,
+                                 .k = {.data = k, .head_stride = D, .token_stride = H * D},
+                                 .v = {.data = v, .head_stride = D, .token_stride = H * D}};
+    assert_int_equal(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &n), 0);
+    used += n;
+    assert_int_equal(kw_wire_encoder_write_trailer(enc, blob + used, cap - used, &n), 0);
+    used += n;
+    kw_wire_encoder_destroy(enc);
+    kw_wire_reader *r = NULL;
+    const kw_wire_header *got = NULL;
+    const kw_wire_section *sec = NULL;
+    assert_int_equal(kw_wire_reader_open(blob, used, NULL, &r, &got), 0);
+    assert_int_equal(kw_wire_reader_next(r, &sec), 1);
+    const kw_wire_tensor_out ko = {.data = kq, .dtype = KW_WIRE_DTYPE_F32, .head_stride = D, .token_stride = H * D};
+    kw_wire_tensor_out vo = ko;
+    vo.data = vq;
+    assert_int_equal(kw_wire_section_dequantize(sec, &ko, &vo), 0);
+    assert_int_equal(kw_wire_reader_next(r, &sec), 0);
+    kw_wire_reader_close(r);
+    free(blob);
+}
+
+/* Centred keys (issue 15): the K error of int4 per token with @center (mu of the pre-RoPE keys) and @centerpost
+ * equals, to the last bit, that of R(p) mu + the codec's own round trip of the residual computed here (mu: the mean
+ * in double rounded to f16, rebuilt at each position); V's error is the plain row's, the bytes the plain row's plus
+ * H x D f16 per layer and prompt; the plain row is bit-identical beside centred rows and the query-gain sums. */
+static void test_kvstats_center(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_bf16", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
+    kw_kvstats_codec codecs[3] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token")};
+    codecs[1].center = KW_KVSTATS_CENTER_PRE;
+    codecs[2].center = KW_KVSTATS_CENTER_POST;
+    kw_kvstats *s = NULL, *plain = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 3, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_qk_gain_enable(s), 0);
+    assert_int_equal(kw_kvstats_create(m, codecs, 1, N_NEW, &plain), 0);
+    double k_err2[2] = {0, 0}, k_norm2 = 0;
+    for (int p = 0; p < 2; ++p) {
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+        assert_int_equal(kw_kvstats_add_prompt(plain, g_prompts[p], 9, NULL), 0);
+        float *k[64], *v[64];
+        assert_true(L <= 64);
+        read_prompt_rows(m, g_prompts[p], 9, k, v);
+        const int64_t T = 8;
+        const size_t hd = (size_t)H * (size_t)D, rows = (size_t)T * hd;
+        float *tmp = malloc(rows * sizeof *tmp), *off = malloc(rows * sizeof *off), *res = malloc(rows * sizeof *res),
+              *kq = malloc(rows * sizeof *kq), *vq = malloc(rows * sizeof *vq), *mu = malloc(hd * sizeof *mu);
+        assert_true(tmp && off && res && kq && vq && mu);
+        int64_t pos[8];
+        for (int64_t t = 0; t < T; ++t)
+            pos[t] = t;
+        for (int mode = 0; mode < 2; ++mode)
+            for (int32_t l = 0; l < L; ++l) {
+                memcpy(tmp, k[l], rows * sizeof *tmp);
+                if (mode == 0) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 1, tmp), 0);
+                for (size_t i = 0; i < hd; ++i) {
+                    double sum = 0.0;
+                    for (int64_t t = 0; t < T; ++t)
+                        sum += (double)tmp[(size_t)t * hd + i];
+                    mu[i] = kw_round_f16((float)(sum / (double)T));
+                }
+                for (int64_t t = 0; t < T; ++t)
+                    memcpy(off + (size_t)t * hd, mu, hd * sizeof *off);
+                if (mode == 0) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 0, off), 0);
+                for (size_t i = 0; i < rows; ++i)
+                    res[i] = k[l][i] - off[i];
+                wire_roundtrip(cfg, l, &codecs[0].spec, res, v[l], T, kq, vq);
+                for (size_t i = 0; i < rows; ++i) {
+                    const double d = (double)(kq[i] + off[i]) - (double)k[l][i];
+                    k_err2[mode] += d * d;
+                    if (mode == 0) k_norm2 += (double)k[l][i] * (double)k[l][i];
+                }
+            }
+        for (int32_t l = 0; l < L; ++l) {
+            free(k[l]);
+            free(v[l]);
+        }
+        free(tmp), free(off), free(res), free(kq), free(vq), free(mu);
+    }
+    const kw_kvstats_result *r0 = kw_kvstats_result_get(s, 0), *rp = kw_kvstats_result_get(plain, 0);
+    assert_memory_equal(r0, rp, sizeof *r0);
+    for (int mode = 0; mode < 2; ++mode) {
+        const kw_kvstats_result *rc = kw_kvstats_result_get(s, 1 + mode);
+        assert_int_equal(rc->status, 0);
+        assert_true(rc->k_err2 == k_err2[mode] && rc->k_norm2 == k_norm2);
+        assert_true(rc->k_err2 != r0->k_err2 && rc->v_err2 == r0->v_err2);
+        assert_true(rc->blob_bytes == r0->blob_bytes + 2 * (int64_t)L * H * D * 2);
+    }
+    /* the gain: at least 1 (Cauchy-Schwarz), and the pair-symmetric scaling, a constrained one, never above the
+     * per-channel one */
+    for (int32_t l = 0; l < L; ++l)
+        for (int32_t h = 0; h < H; ++h)
+            for (int c = 0; c < 2; ++c) {
+                double g_ch = 0, g_pair = 0;
+                assert_int_equal(kw_kvstats_qk_gain_get(s, l, h, c, 0, &g_ch), 0);
+                assert_int_equal(kw_kvstats_qk_gain_get(s, l, h, c, 1, &g_pair), 0);
+                assert_true(g_pair >= 1.0 - 1e-12 && g_ch >= g_pair - 1e-12 && g_ch < 100.0);
+            }
+    double g = 0;
+    assert_int_equal(kw_kvstats_qk_gain_get(plain, 0, 0, 0, 0, &g), KW_E_INVALID_ARG); /* not enabled */
+    kw_kvstats_free(plain);
+    kw_kvstats_free(s);
+    codecs[1].pre_rope = 1; /* centring pre-RoPE keys: refused */
+    assert_int_equal(kw_kvstats_create(m, codecs, 2, N_NEW, &s), KW_E_INVALID_ARG);
+    codecs[1].pre_rope = 0, codecs[1].lossless = 1;
+    assert_int_equal(kw_kvstats_create(m, codecs, 2, N_NEW, &s), KW_E_INVALID_ARG);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),     cmocka_unit_test(test_kvstats_v11_options),
         cmocka_unit_test(test_kvstats_rotate),   cmocka_unit_test(test_kvstats_clip),
         cmocka_unit_test(test_kvstats_schedule), cmocka_unit_test(test_kvstats_tokens),
+        cmocka_unit_test(test_kvstats_center),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
