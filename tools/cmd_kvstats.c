@@ -53,6 +53,9 @@ static void kw_kvstats_usage(FILE *f) {
         "                    @center sends K - R(p) mu, mu the mean of the layer's pre-RoPE keys per head and\n"
         "                    channel (f16, counted; simulated, not a wire field), the receiver adding R(p) mu back;\n"
         "                    @centerpost: mu the mean of the post-RoPE keys, sent K - mu (not with @prerope);\n"
+        "                    @qscale scales K per head and channel pair by a power of two from the prompt's\n"
+        "                    queries and keys ((E q^2 / E k^2)^(1/4), a byte per channel, counted; simulated)\n"
+        "                    before encoding, undone after decoding (not with @prerope);\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
@@ -129,12 +132,17 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     }
     const char *at = strchr(arg, '@');
     const size_t len = at ? (size_t)(at - arg) : strlen(arg);
-    char opts[48] = "";
+    char opts[64] = "";
     for (const char *o = at; o; o = strchr(o + 1, '@')) { /* "@1%": outliers; "@prerope": K before RoPE */
         const char *end_opt = strchr(o + 1, '@');
         const size_t olen = end_opt ? (size_t)(end_opt - o - 1) : strlen(o + 1);
         if (olen == 7 && strncmp(o + 1, "prerope", 7) == 0) {
             out->pre_rope = 1;
+            continue;
+        }
+        if (olen == 6 && strncmp(o + 1, "qscale", 6) == 0) {
+            KW_RETURN_IF(out->qscale, KW_E_INVALID_ARG, "--codec %s: @qscale named twice", arg);
+            out->qscale = 1;
             continue;
         }
         if (olen >= 6 && strncmp(o + 1, "center", 6) == 0) { /* "@center" ("@centerk"), "@centerpost" */
@@ -175,9 +183,12 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
                  "--codec %s: @center rebuilds R(p) mu on post-RoPE keys; with @prerope the keys are sent before "
                  "RoPE (a zero point per channel is the asym codecs')",
                  arg);
+    KW_RETURN_IF(out->qscale && out->pre_rope, KW_E_INVALID_ARG,
+                 "--codec %s: @qscale scales post-RoPE keys by RoPE's channel pairs; not with @prerope", arg);
     if (out->center)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
                  out->center == KW_KVSTATS_CENTER_POST ? "@centerpost" : "@center");
+    if (out->qscale) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@qscale");
     if (out->rotate) {
         static const char *const rot_names[] = {"", "@rotk", "@rotv", "@rot"};
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", rot_names[out->rotate]);
@@ -275,7 +286,8 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     if (!omit) KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
-    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center, KW_E_INVALID_ARG,
+    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale,
+                 KW_E_INVALID_ARG,
                  "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip and @center are its "
                  "layer's",
                  arg);
@@ -371,7 +383,8 @@ static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvst
                                                                       .pre_rope = one.pre_rope,
                                                                       .rotate = one.rotate,
                                                                       .clip = one.clip,
-                                                                      .center = one.center};
+                                                                      .center = one.center,
+                                                                      .qscale = one.qscale};
         const int w = snprintf(out->name + name_len, sizeof out->name - name_len, ";%.*s=%s", (int)(eq - seg), seg,
                                one.lossless ? "none" : one.name);
         KW_RETURN_IF(w < 0 || (size_t)w >= sizeof out->name - name_len, KW_E_INVALID_ARG,
@@ -617,7 +630,8 @@ int kw_cmd_kvstats(int argc, char **argv) {
                                                        .pre_rope = sens.pre_rope,
                                                        .rotate = sens.rotate,
                                                        .clip = sens.clip,
-                                                       .center = sens.center};
+                                                       .center = sens.center,
+                                                       .qscale = sens.qscale};
             c->layer_codec[l] = 1;
             snprintf(c->name, sizeof c->name, "none;L%d=%.200s", (int)l, sens.name);
         }

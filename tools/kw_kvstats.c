@@ -92,6 +92,10 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
             const int lossless = o < 0 ? co->lossless : co->overrides[o].lossless;
             const int center = o < 0 ? co->center : co->overrides[o].center;
             const int pre_rope = o < 0 ? co->pre_rope : co->overrides[o].pre_rope;
+            const int qscale = o < 0 ? co->qscale : co->overrides[o].qscale;
+            KW_RETURN_IF(qscale && (lossless || pre_rope), KW_E_INVALID_ARG,
+                         "codec %s: query-weighted keys need a quantized layer whose keys are sent after RoPE",
+                         co->name);
             KW_RETURN_IF(center < KW_KVSTATS_CENTER_NONE || center > KW_KVSTATS_CENTER_POST ||
                              (center && (lossless || pre_rope)),
                          KW_E_INVALID_ARG,
@@ -135,6 +139,11 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
     s->vocab = cfg->vocab;
     s->n_new = n_new;
     s->n_codecs = n_codecs;
+    for (int32_t c = 0; c < n_codecs; ++c) {
+        s->need_queries |= codecs[c].qscale && !codecs[c].lossless;
+        for (int32_t o = 0; o < codecs[c].n_overrides; ++o)
+            s->need_queries |= codecs[c].overrides[o].qscale && !codecs[c].overrides[o].lossless;
+    }
     for (int32_t c = 0; c < n_codecs; ++c)
         for (int32_t i = 0; i < codecs[c].n_token_rules; ++i)
             s->need_queries |= codecs[c].token_rules[i].pick == KW_KVSTATS_PICK_ATTN ||
@@ -383,7 +392,8 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
                                     .pre_rope = c->pre_rope,
                                     .rotate = c->rotate,
                                     .clip = c->clip,
-                                    .center = c->center};
+                                    .center = c->center,
+                                    .qscale = c->qscale};
 }
 
 /* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */
@@ -438,6 +448,43 @@ static int kw_kvstats_center_mu(const kw_model_config *cfg, int32_t layer, int m
         mu[i] = kw_round_f16(n > 0 ? (float)(sum / (double)n) : 0.0f);
     }
     return 0;
+}
+
+/* The exponents e (H x D) of a query-weighted layer (kw_kvstats_codec.qscale): q (T, Hq, D) the prefill's queries,
+ * k (T, H, D) the keys as they will be encoded, rows [t0, T) sent. */
+static void kw_kvstats_qscale_exps(const kw_model_config *cfg, int32_t layer, const float *q, const float *k,
+                                   int64_t t0, int64_t T, int8_t *e) {
+    const int32_t H = cfg->n_kv_heads, D = cfg->head_dim, Hq = cfg->n_heads, group = Hq / H;
+    const int32_t half = kw_config_rope_half(cfg, layer);
+    for (int32_t h = 0; h < H; ++h) {
+        int le[1024];
+        double sum_e = 0.0;
+        for (int32_t d = 0; d < D && d < 1024; ++d) {
+            if (d >= half && d < 2 * half) continue; /* a pair's second channel takes its first's */
+            double A = 0.0, B = 0.0;
+            for (int32_t j = 0; j < (d < half ? 2 : 1); ++j) {
+                const int32_t c = d + j * half;
+                for (int64_t t = 0; t < T; ++t)
+                    for (int32_t g = 0; g < group; ++g) {
+                        const double x = (double)q[((size_t)t * (size_t)Hq + (size_t)(h * group + g)) * (size_t)D + c];
+                        A += x * x;
+                    }
+                for (int64_t t = t0; t < T; ++t) {
+                    const double x = (double)k[((size_t)t * (size_t)H + (size_t)h) * (size_t)D + c];
+                    B += x * x;
+                }
+            }
+            le[d] = A > 0.0 && B > 0.0 ? (int)lround(0.25 * log2(A / B)) : 0;
+            if (d < half) le[d + half] = le[d];
+        }
+        for (int32_t d = 0; d < D; ++d)
+            sum_e += le[d];
+        const int mean = (int)lround(sum_e / (double)D);
+        for (int32_t d = 0; d < D; ++d) {
+            const int x = le[d] - mean;
+            e[(size_t)h * (size_t)D + (size_t)d] = (int8_t)(x < -24 ? -24 : x > 24 ? 24 : x);
+        }
+    }
 }
 
 /* The section policy of one layer codec of row c for sections of rows [t0, T). With token rules, groups (T entries,
@@ -554,7 +601,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     const kw_kvstats_token_rule *picker = kw_kvstats_picker(codec);
     kw_kvstats_layer_codec lc;
     kw_wire_policy pol;
-    int v11 = 0, any_pre_rope = 0, any_center = 0;
+    int v11 = 0, any_pre_rope = 0, any_center = 0, any_qscale = 0;
     uint16_t n_sections = 0;
     int64_t exact_bytes = 0;
     kw_wire_encoder *enc = NULL;
@@ -566,6 +613,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     /* owned with centred layers: the residual keys (T rows), the offsets (T rows), pre-RoPE scratch (T rows), and
      * each layer's mu (L x H x D), what the receiver would get */
     float *resid = NULL, *offs = NULL, *ctmp = NULL, *mus = NULL;
+    float *scaled = NULL; /* owned with query-weighted layers: the scaled keys (T rows), and each layer's exponents */
+    int8_t *qexp = NULL;
     const size_t hd = (size_t)H * (size_t)D;
     int rc = 0;
     /* owned: token groups (T), wire rules (n_token_rules + T), and with a picking rule the rows it takes per layer
@@ -605,6 +654,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         v11 |= kw_wire_policy_needs_v11(&pol);
         any_pre_rope |= lc.pre_rope;
         any_center |= lc.center != 0;
+        any_qscale |= lc.qscale != 0;
         ++n_sections;
     }
     const kw_wire_header hdr = {.version = v11 ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
@@ -640,6 +690,13 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         mus = malloc((size_t)s->n_layers * hd * sizeof *mus);
         KW_CHECK_IF(!resid || !offs || !ctmp || !mus, KW_E_NOMEM, "out of memory for %zu centred key values", rows);
     }
+    if (any_qscale) {
+        KW_CHECK_IF(!q, KW_E_INTERNAL, "kvstats: %s: no queries", codec->name);
+        KW_CHECK_IF(D > 1024, KW_E_LIMIT, "kvstats: query-weighted keys of %d values per head", (int)D);
+        scaled = malloc(rows * sizeof *scaled);
+        qexp = malloc((size_t)s->n_layers * hd);
+        KW_CHECK_IF(!scaled || !qexp, KW_E_NOMEM, "out of memory for %zu scaled key values", rows);
+    }
     KW_CHECK_IF(T > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG, "a prompt of %lld rows is too long for one blob",
                 (long long)T);
     for (int32_t l = 0; l < s->n_layers; ++l) {
@@ -673,6 +730,14 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             k_in = resid;
             exact_bytes += (int64_t)(hd * sizeof(uint16_t));
         }
+        if (lc.qscale) { /* each channel times 2^e: exact, the codec sees the query-weighted keys */
+            int8_t *e = qexp + (size_t)l * hd;
+            kw_kvstats_qscale_exps(cfg, l, q[l], k_in, t0, T, e);
+            for (size_t i = skip; i < rows; ++i)
+                scaled[i] = ldexpf(k_in[i], e[i % hd]);
+            k_in = scaled;
+            exact_bytes += (int64_t)hd;
+        }
         const kw_wire_layer_in in = {
             .layer = (uint32_t)l,
             .n_tokens = (uint32_t)Tk,
@@ -704,7 +769,14 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             KW_CHECK_IF(!pos, KW_E_WIRE_CORRUPT, "kvstats: a pre-RoPE section for layer %u", sec->layer);
             KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos + t0, Tk, 0, kq[sec->layer] + skip));
         }
-        const int center = kw_kvstats_layer(codec, (int32_t)sec->layer).center;
+        const kw_kvstats_layer_codec dec = kw_kvstats_layer(codec, (int32_t)sec->layer);
+        if (dec.qscale) {
+            const int8_t *e = qexp + (size_t)sec->layer * hd;
+            float *out_k = kq[sec->layer] + skip;
+            for (size_t i = 0; i < (size_t)Tk * hd; ++i)
+                out_k[i] = ldexpf(out_k[i], -e[i % hd]);
+        }
+        const int center = dec.center;
         if (center) { /* the receiver adds the offset back, rebuilt from mu and the rows' positions */
             KW_CHECK(kw_kvstats_center_offsets(cfg, (int32_t)sec->layer, center, mus + (size_t)sec->layer * hd, t0, Tk,
                                                offs));
@@ -733,6 +805,8 @@ out:
     free(offs);
     free(ctmp);
     free(mus);
+    free(scaled);
+    free(qexp);
     return rc;
 }
 

@@ -127,7 +127,7 @@ done
 # centred keys (issue 15): @center and @centerpost run and count mu (H x D f16 per layer, 2 bytes per value over the
 # prompt's rows) above the plain row; --qk-gain prints its four distributions; misuse is refused with a reason
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads --qk-gain \
-    --codec int4:token --codec 'int4:token@center' --codec 'int4:token@centerpost@rotv' >"$tmp/out" 2>"$tmp/err" ||
+    --codec int4:token --codec 'int4:token@center' --codec 'int4:token@centerpost@rotv' --codec 'int4:token@center@qscale' >"$tmp/out" 2>"$tmp/err" ||
     fail "centred keys exit $?"
 b4=$(awk '$1 == "int4/token" {print $2}' "$tmp/out")
 bc=$(awk '$1 == "int4/token@center" {print $2}' "$tmp/out")
@@ -136,11 +136,15 @@ rows=$(sed -n 's/^1 prompts, \([0-9]*\) prompt rows/\1/p' "$tmp/out")
 awk -v a="$bc" -v b="$b4" -v l="$n_layers" -v h="$n_heads" -v d="$head_dim" -v r="$rows" \
     'BEGIN { x = b + l * h * d * 2 / r; exit !(a - x < 0.06 && x - a < 0.06) }' || fail "@center bytes $bc, int4 $b4"
 [ "$bp" = "$bc" ] || fail "@centerpost bytes $bp, @center $bc"
+bq=$(awk '$1 == "int4/token@center@qscale" {print $2}' "$tmp/out")
+awk -v a="$bq" -v b="$bc" -v l="$n_layers" -v h="$n_heads" -v d="$head_dim" -v r="$rows" \
+    'BEGIN { x = b + l * h * d / r; exit !(a - x < 0.06 && x - a < 0.06) }' || fail "@qscale bytes $bq, @center $bc"
 [ "$(grep -cE '^(raw|centred) +(channel|RoPE pairs) +[0-9.]+ ' "$tmp/out")" -eq 4 ] || fail "--qk-gain rows"
 for bad in 'int4:token@centerv|centres keys only' 'int4:token@center@centerpost|named twice' \
     'int4:token@center@prerope|with @prerope' 'int4:token@centerq|centring options are' \
     'int4:token;T0=int8:token@center|CODEC:GRAN only' \
-    'int4:token;L0=int4:token@prerope@center|with @prerope'; do
+    'int4:token;L0=int4:token@prerope@center|with @prerope' 'int4:token@qscale@qscale|@qscale named twice' \
+    'int4:token@qscale@prerope|not with @prerope' 'int4:token;T0=int8:token@qscale|CODEC:GRAN only'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
         --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad centring ${bad%%|*}"

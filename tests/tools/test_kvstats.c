@@ -615,12 +615,40 @@ static void test_kvstats_center(void **state) {
     kw_backend_destroy(be);
 }
 
+/* Query-weighted keys (@qscale): a power of two per channel commutes with bf16's rounding, so bf16 keys scaled and
+ * scaled back carry bf16's own error to the bit (an exponent not undone, or undone with the wrong sign or channel,
+ * would not), plus one byte per (layer, KV head, channel) and prompt; int4 per token sees other keys. */
+static void test_kvstats_qscale(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_bf16", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    kw_kvstats_codec codecs[4] = {codec("bf16", "token"), codec("bf16", "token"), codec("int4", "token"),
+                                  codec("int4", "token")};
+    codecs[1].qscale = 1, codecs[3].qscale = 1;
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), 0);
+    for (int p = 0; p < 2; ++p)
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+    const kw_kvstats_result *b = kw_kvstats_result_get(s, 0), *bq = kw_kvstats_result_get(s, 1),
+                            *i4 = kw_kvstats_result_get(s, 2), *i4q = kw_kvstats_result_get(s, 3);
+    const int64_t extra = 2 * (int64_t)cfg->n_layers * cfg->n_kv_heads * cfg->head_dim;
+    assert_true(bq->status == 0 && bq->k_err2 == b->k_err2 && bq->v_err2 == b->v_err2);
+    assert_true(bq->blob_bytes == b->blob_bytes + extra && i4q->blob_bytes == i4->blob_bytes + extra);
+    assert_true(i4q->k_err2 != i4->k_err2 && i4q->v_err2 == i4->v_err2 && sqrt(i4q->k_err2 / i4q->k_norm2) < 0.5);
+    kw_kvstats_free(s);
+    codecs[3].pre_rope = 1;
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), KW_E_INVALID_ARG);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),     cmocka_unit_test(test_kvstats_v11_options),
         cmocka_unit_test(test_kvstats_rotate),   cmocka_unit_test(test_kvstats_clip),
         cmocka_unit_test(test_kvstats_schedule), cmocka_unit_test(test_kvstats_tokens),
-        cmocka_unit_test(test_kvstats_center),
+        cmocka_unit_test(test_kvstats_center),   cmocka_unit_test(test_kvstats_qscale),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
