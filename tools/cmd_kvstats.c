@@ -55,7 +55,7 @@ static void kw_kvstats_usage(FILE *f) {
         "                    @centerpost: mu the mean of the post-RoPE keys, sent K - mu (not with @prerope);\n"
         "                    @qscale scales K per head and channel pair by a power of two from the prompt's\n"
         "                    queries and keys ((E q^2 / E k^2)^(1/4), a byte per channel, counted; simulated)\n"
-        "                    before encoding, undone after decoding (not with @prerope);\n"
+        "                    before encoding, undone after decoding (not with @prerope); @qscalech: per channel\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
@@ -140,9 +140,11 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->pre_rope = 1;
             continue;
         }
-        if (olen == 6 && strncmp(o + 1, "qscale", 6) == 0) {
+        if ((olen == 6 || olen == 8) && strncmp(o + 1, "qscale", 6) == 0) { /* "@qscale" pairs, "@qscalech" */
+            KW_RETURN_IF(olen == 8 && strncmp(o + 7, "ch", 2) != 0, KW_E_INVALID_ARG,
+                         "--codec %s: the query-weighted options are @qscale and @qscalech", arg);
             KW_RETURN_IF(out->qscale, KW_E_INVALID_ARG, "--codec %s: @qscale named twice", arg);
-            out->qscale = 1;
+            out->qscale = olen == 8 ? KW_KVSTATS_QSCALE_CHANNELS : KW_KVSTATS_QSCALE_PAIRS;
             continue;
         }
         if (olen >= 6 && strncmp(o + 1, "center", 6) == 0) { /* "@center" ("@centerk"), "@centerpost" */
@@ -188,7 +190,9 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     if (out->center)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
                  out->center == KW_KVSTATS_CENTER_POST ? "@centerpost" : "@center");
-    if (out->qscale) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@qscale");
+    if (out->qscale)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
+                 out->qscale == KW_KVSTATS_QSCALE_CHANNELS ? "@qscalech" : "@qscale");
     if (out->rotate) {
         static const char *const rot_names[] = {"", "@rotk", "@rotv", "@rot"};
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", rot_names[out->rotate]);

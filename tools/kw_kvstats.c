@@ -93,7 +93,8 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
             const int center = o < 0 ? co->center : co->overrides[o].center;
             const int pre_rope = o < 0 ? co->pre_rope : co->overrides[o].pre_rope;
             const int qscale = o < 0 ? co->qscale : co->overrides[o].qscale;
-            KW_RETURN_IF(qscale && (lossless || pre_rope), KW_E_INVALID_ARG,
+            KW_RETURN_IF(qscale < 0 || qscale > KW_KVSTATS_QSCALE_CHANNELS || (qscale && (lossless || pre_rope)),
+                         KW_E_INVALID_ARG,
                          "codec %s: query-weighted keys need a quantized layer whose keys are sent after RoPE",
                          co->name);
             KW_RETURN_IF(center < KW_KVSTATS_CENTER_NONE || center > KW_KVSTATS_CENTER_POST ||
@@ -452,10 +453,10 @@ static int kw_kvstats_center_mu(const kw_model_config *cfg, int32_t layer, int m
 
 /* The exponents e (H x D) of a query-weighted layer (kw_kvstats_codec.qscale): q (T, Hq, D) the prefill's queries,
  * k (T, H, D) the keys as they will be encoded, rows [t0, T) sent. */
-static void kw_kvstats_qscale_exps(const kw_model_config *cfg, int32_t layer, const float *q, const float *k,
+static void kw_kvstats_qscale_exps(const kw_model_config *cfg, int32_t layer, int mode, const float *q, const float *k,
                                    int64_t t0, int64_t T, int8_t *e) {
     const int32_t H = cfg->n_kv_heads, D = cfg->head_dim, Hq = cfg->n_heads, group = Hq / H;
-    const int32_t half = kw_config_rope_half(cfg, layer);
+    const int32_t half = mode == KW_KVSTATS_QSCALE_PAIRS ? kw_config_rope_half(cfg, layer) : 0;
     for (int32_t h = 0; h < H; ++h) {
         int le[1024];
         double sum_e = 0.0;
@@ -732,7 +733,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         }
         if (lc.qscale) { /* each channel times 2^e: exact, the codec sees the query-weighted keys */
             int8_t *e = qexp + (size_t)l * hd;
-            kw_kvstats_qscale_exps(cfg, l, q[l], k_in, t0, T, e);
+            kw_kvstats_qscale_exps(cfg, l, lc.qscale, q[l], k_in, t0, T, e);
             for (size_t i = skip; i < rows; ++i)
                 scaled[i] = ldexpf(k_in[i], e[i % hd]);
             k_in = scaled;

@@ -52,6 +52,13 @@ typedef struct kw_kvstats_layer_codec {
     int qscale;
 } kw_kvstats_layer_codec;
 
+/* Query-weighted keys (kw_kvstats_codec.qscale). */
+enum kw_kvstats_qscale {
+    KW_KVSTATS_QSCALE_NONE = 0,
+    KW_KVSTATS_QSCALE_PAIRS = 1,    /* A and B summed over RoPE's channel pairs: a scaling that commutes with RoPE */
+    KW_KVSTATS_QSCALE_CHANNELS = 2, /* per channel of the post-RoPE keys as sent */
+};
+
 /* Centred keys (issue 15, simulated: not a wire field yet). Per (layer, KV head) the sharer takes mu, the mean over
  * the rows it sends of the key, rounded to f16, and encodes the residual; the receiver adds the offset back after
  * decoding. bits/elem counts mu as n_kv_heads x head_dim f16 per centred layer per prompt. */
@@ -110,11 +117,11 @@ typedef struct kw_kvstats_codec {
     int clip;                  /* bit 0 K, bit 1 V: the encoder's clipped-scale search (FORMAT.md §5.13) */
     int center;                /* enum kw_kvstats_center: K centred by its mean before encoding (not with pre_rope,
                                   nor on a lossless row) */
-    int qscale;                /* K scaled per (KV head, channel) by 2^e before encoding, e = round(log2 of
-                                  (A / B)^(1/4)) minus the head's mean, A and B the sums of q^2 over the prompt's
-                                  queries of the head's query heads and of k^2 over the rows sent (after centring),
-                                  both summed over RoPE's channel pairs so the scaling commutes with RoPE; decoded
-                                  keys scaled back. e counted as one byte per channel (simulated, issue 15) */
+    int qscale;                /* enum kw_kvstats_qscale: K scaled per (KV head, channel) by 2^e before encoding,
+                                  e = round(log2 of (A / B)^(1/4)) minus the head's mean, A and B the sums of q^2
+                                  over the prompt's queries of the head's query heads and of k^2 over the rows sent
+                                  (after centring); decoded keys scaled back. e counted as one byte per channel
+                                  (simulated, issue 15) */
     int32_t n_overrides;       /* per-layer schedule: overrides[0 .. n_overrides) */
     kw_kvstats_layer_codec overrides[KW_KVSTATS_MAX_OVERRIDES];
     uint8_t layer_codec[KW_KVSTATS_MAX_LAYERS]; /* 0: layer l takes the fields above; i: overrides[i - 1]. A layer
