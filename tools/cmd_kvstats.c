@@ -52,7 +52,8 @@ static void kw_kvstats_usage(FILE *f) {
         "                    clip the integer codecs' scales to the least squared error (FORMAT.md §5.13);\n"
         "                    @center sends K - R(p) mu, mu the mean of the layer's pre-RoPE keys per head and\n"
         "                    channel (f16, counted; simulated, not a wire field), the receiver adding R(p) mu back;\n"
-        "                    @centerpost: mu the mean of the post-RoPE keys, sent K - mu (not with @prerope);\n"
+        "                    @center8: mu as int8 with an f16 scale per head; @centerpost: mu the mean of the\n"
+        "                    post-RoPE keys, sent K - mu (not with @prerope);\n"
         "                    @qscale scales K per head and channel pair by a power of two from the prompt's\n"
         "                    queries and keys ((E q^2 / E k^2)^(1/4), a byte per channel, counted; simulated)\n"
         "                    before encoding, undone after decoding (not with @prerope); @qscalech: per channel\n"
@@ -147,14 +148,14 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->qscale = olen == 8 ? KW_KVSTATS_QSCALE_CHANNELS : KW_KVSTATS_QSCALE_PAIRS;
             continue;
         }
-        if (olen >= 6 && strncmp(o + 1, "center", 6) == 0) { /* "@center" ("@centerk"), "@centerpost" */
-            const int post = olen == 10 && strncmp(o + 7, "post", 4) == 0;
+        if (olen >= 6 && strncmp(o + 1, "center", 6) == 0) { /* "@center" ("@centerk"), "@centerpost", "@center8" */
+            const int post = olen == 10 && strncmp(o + 7, "post", 4) == 0, i8 = olen == 7 && o[7] == '8';
             KW_RETURN_IF(olen == 7 && o[7] == 'v', KW_E_INVALID_ARG,
                          "--codec %s: @center centres keys only (their channel offsets); values have no @centerv", arg);
-            KW_RETURN_IF(!post && olen != 6 && !(olen == 7 && o[7] == 'k'), KW_E_INVALID_ARG,
-                         "--codec %s: the centring options are @center (@centerk) and @centerpost", arg);
+            KW_RETURN_IF(!post && !i8 && olen != 6 && !(olen == 7 && o[7] == 'k'), KW_E_INVALID_ARG,
+                         "--codec %s: the centring options are @center (@centerk), @center8 and @centerpost", arg);
             KW_RETURN_IF(out->center, KW_E_INVALID_ARG, "--codec %s: centred keys named twice", arg);
-            out->center = post ? KW_KVSTATS_CENTER_POST : KW_KVSTATS_CENTER_PRE;
+            out->center = post ? KW_KVSTATS_CENTER_POST : i8 ? KW_KVSTATS_CENTER_PRE8 : KW_KVSTATS_CENTER_PRE;
             continue;
         }
         if (olen >= 3 && olen <= 4 && strncmp(o + 1, "rot", 3) == 0) { /* "@rot" K and V, "@rotk", "@rotv" */
@@ -189,7 +190,9 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
                  "--codec %s: @qscale scales post-RoPE keys by RoPE's channel pairs; not with @prerope", arg);
     if (out->center)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
-                 out->center == KW_KVSTATS_CENTER_POST ? "@centerpost" : "@center");
+                 out->center == KW_KVSTATS_CENTER_POST   ? "@centerpost"
+                 : out->center == KW_KVSTATS_CENTER_PRE8 ? "@center8"
+                                                         : "@center");
     if (out->qscale)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
                  out->qscale == KW_KVSTATS_QSCALE_CHANNELS ? "@qscalech" : "@qscale");

@@ -97,7 +97,7 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
                          KW_E_INVALID_ARG,
                          "codec %s: query-weighted keys need a quantized layer whose keys are sent after RoPE",
                          co->name);
-            KW_RETURN_IF(center < KW_KVSTATS_CENTER_NONE || center > KW_KVSTATS_CENTER_POST ||
+            KW_RETURN_IF(center < KW_KVSTATS_CENTER_NONE || center > KW_KVSTATS_CENTER_PRE8 ||
                              (center && (lossless || pre_rope)),
                          KW_E_INVALID_ARG,
                          "codec %s: centred keys (%d) need a quantized layer whose keys are sent after RoPE", co->name,
@@ -408,8 +408,8 @@ static int64_t kw_kvstats_omitted(const kw_kvstats_codec *c, int64_t T) {
 
 int kw_kvstats_center_offsets(const kw_model_config *cfg, int32_t layer, int mode, const float *mu, int64_t p0,
                               int64_t n, float *out) {
-    KW_RETURN_IF(!cfg || !mu || !out || n < 0 || p0 < 0 ||
-                     (mode != KW_KVSTATS_CENTER_PRE && mode != KW_KVSTATS_CENTER_POST),
+    KW_RETURN_IF(!cfg || !mu || !out || n < 0 || p0 < 0 || mode < KW_KVSTATS_CENTER_PRE ||
+                     mode > KW_KVSTATS_CENTER_PRE8,
                  KW_E_INVALID_ARG, "kw_kvstats_center_offsets: bad argument");
     const size_t row = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
     for (int64_t t = 0; t < n; ++t)
@@ -424,6 +424,10 @@ int kw_kvstats_center_offsets(const kw_model_config *cfg, int32_t layer, int mod
     return rc;
 }
 
+int64_t kw_kvstats_center_bytes(int mode, int32_t n_kv_heads, int32_t head_dim) {
+    return mode == KW_KVSTATS_CENTER_PRE8 ? (int64_t)n_kv_heads * (head_dim + 2) : (int64_t)n_kv_heads * head_dim * 2;
+}
+
 /* mu (H, D) of a centred layer: the mean of the keys k (T, H, D) over rows [t0, T), before RoPE with
  * KW_KVSTATS_CENTER_PRE (tmp: (T - t0) rows of scratch), rounded to f16 as it would be sent. */
 static int kw_kvstats_center_mu(const kw_model_config *cfg, int32_t layer, int mode, const float *k, int64_t t0,
@@ -431,7 +435,7 @@ static int kw_kvstats_center_mu(const kw_model_config *cfg, int32_t layer, int m
     const size_t row = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
     const int64_t n = T - t0;
     const float *src = k + (size_t)t0 * row;
-    if (mode == KW_KVSTATS_CENTER_PRE && n > 0) {
+    if (mode != KW_KVSTATS_CENTER_POST && n > 0) {
         int64_t *pos = malloc((size_t)n * sizeof *pos);
         KW_RETURN_IF(!pos, KW_E_NOMEM, "out of memory for %lld positions", (long long)n);
         for (int64_t t = 0; t < n; ++t)
@@ -447,6 +451,17 @@ static int kw_kvstats_center_mu(const kw_model_config *cfg, int32_t layer, int m
         for (int64_t t = 0; t < n; ++t)
             sum += (double)src[(size_t)t * row + i];
         mu[i] = kw_round_f16(n > 0 ? (float)(sum / (double)n) : 0.0f);
+    }
+    if (mode != KW_KVSTATS_CENTER_PRE8) return 0;
+    for (int32_t h = 0; h < cfg->n_kv_heads; ++h) { /* int8 codes times an f16 scale, absmax / 127 */
+        float *m = mu + (size_t)h * (size_t)cfg->head_dim, amax = 0.0f;
+        for (int32_t d = 0; d < cfg->head_dim; ++d)
+            amax = fabsf(m[d]) > amax ? fabsf(m[d]) : amax;
+        const float scale = kw_round_f16(amax / 127.0f);
+        for (int32_t d = 0; d < cfg->head_dim; ++d) {
+            const float c = scale > 0.0f ? nearbyintf(m[d] / scale) : 0.0f;
+            m[d] = (c > 127.0f ? 127.0f : c < -127.0f ? -127.0f : c) * scale;
+        }
     }
     return 0;
 }
@@ -729,7 +744,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             for (size_t i = 0; i < (size_t)Tk * hd; ++i)
                 resid[skip + i] = k[l][skip + i] - offs[i];
             k_in = resid;
-            exact_bytes += (int64_t)(hd * sizeof(uint16_t));
+            exact_bytes += kw_kvstats_center_bytes(lc.center, H, D);
         }
         if (lc.qscale) { /* each channel times 2^e: exact, the codec sees the query-weighted keys */
             int8_t *e = qexp + (size_t)l * hd;

@@ -67,10 +67,15 @@ enum kw_kvstats_center {
     KW_KVSTATS_CENTER_PRE = 1,  /* mu of the pre-RoPE keys; the residual k(p) - R(p) mu = R(p)(k_pre(p) - mu), the
                                    offset R(p) mu rebuilt at each row's position p (kv_direct) */
     KW_KVSTATS_CENTER_POST = 2, /* mu of the post-RoPE keys as they are; the residual k(p) - mu */
+    KW_KVSTATS_CENTER_PRE8 = 3, /* as PRE, mu sent as int8 per (layer, KV head) with an f16 absmax scale: D + 2 bytes
+                                   per head instead of 2 D */
 };
 
 /* The offsets a centred layer's keys carry: out (n, H, D) gets mu (H, D) at every row, rotated by RoPE at positions
  * p0 .. p0 + n - 1 with KW_KVSTATS_CENTER_PRE (layer l's RoPE). Errors: KW_E_INVALID_ARG, KW_E_NOMEM. */
+/* The bytes of one centred layer's mu: H x D f16, or H x (D int8 + an f16 scale) with KW_KVSTATS_CENTER_PRE8. */
+int64_t kw_kvstats_center_bytes(int mode, int32_t n_kv_heads, int32_t head_dim);
+
 int kw_kvstats_center_offsets(const kw_model_config *cfg, int32_t layer, int mode, const float *mu, int64_t p0,
                               int64_t n, float *out);
 
