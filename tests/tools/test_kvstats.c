@@ -524,24 +524,27 @@ static void wire_roundtrip(const kw_model_config *cfg, int32_t l, const kw_wire_
     free(blob);
 }
 
-/* Centred keys (issue 15): the K error of int4 per token with @center (mu of the pre-RoPE keys) and @centerpost
- * equals, to the last bit, that of R(p) mu + the codec's own round trip of the residual computed here (mu: the mean
- * in double rounded to f16, rebuilt at each position); V's error is the plain row's, the bytes the plain row's plus
- * H x D f16 per layer and prompt; the plain row is bit-identical beside centred rows and the query-gain sums. */
+/* Centred keys (issue 15): the K error of int4 per token with @center (mu of the pre-RoPE keys), @centerpost and
+ * @center8 (mu as int8 codes times an f16 scale) equals, to the last bit, that of R(p) mu + the codec's own round trip
+ * of the residual computed here (mu: the mean in double rounded to f16, rebuilt at each position); V's error is the
+ * plain row's, the bytes the plain row's plus mu's (H x D f16, or H x (D + 2) bytes) per layer and prompt; the plain
+ * row is bit-identical beside centred rows and the query-gain sums. */
 static void test_kvstats_center(void **state) {
     (void)state;
     kw_backend *be = NULL;
     kw_model *m = load_model("qwen3_bf16", &be);
     const kw_model_config *cfg = kw_model_get_config(m);
     const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
-    kw_kvstats_codec codecs[3] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token")};
+    kw_kvstats_codec codecs[4] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token"),
+                                  codec("int4", "token")};
     codecs[1].center = KW_KVSTATS_CENTER_PRE;
     codecs[2].center = KW_KVSTATS_CENTER_POST;
+    codecs[3].center = KW_KVSTATS_CENTER_PRE8;
     kw_kvstats *s = NULL, *plain = NULL;
-    assert_int_equal(kw_kvstats_create(m, codecs, 3, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), 0);
     assert_int_equal(kw_kvstats_qk_gain_enable(s), 0);
     assert_int_equal(kw_kvstats_create(m, codecs, 1, N_NEW, &plain), 0);
-    double k_err2[2] = {0, 0}, k_norm2 = 0;
+    double k_err2[3] = {0, 0, 0}, k_norm2 = 0; /* PRE, POST, PRE8 */
     for (int p = 0; p < 2; ++p) {
         assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
         assert_int_equal(kw_kvstats_add_prompt(plain, g_prompts[p], 9, NULL), 0);
@@ -556,19 +559,27 @@ static void test_kvstats_center(void **state) {
         int64_t pos[8];
         for (int64_t t = 0; t < T; ++t)
             pos[t] = t;
-        for (int mode = 0; mode < 2; ++mode)
+        for (int mode = 0; mode < 3; ++mode)
             for (int32_t l = 0; l < L; ++l) {
                 memcpy(tmp, k[l], rows * sizeof *tmp);
-                if (mode == 0) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 1, tmp), 0);
+                if (mode != 1) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 1, tmp), 0);
                 for (size_t i = 0; i < hd; ++i) {
                     double sum = 0.0;
                     for (int64_t t = 0; t < T; ++t)
                         sum += (double)tmp[(size_t)t * hd + i];
                     mu[i] = kw_round_f16((float)(sum / (double)T));
                 }
+                for (int32_t h = 0; h < H && mode == 2; ++h) { /* int8 codes, f16 scale absmax / 127 */
+                    float amax = 0.0f, *mh = mu + (size_t)h * (size_t)D;
+                    for (int32_t d = 0; d < D; ++d)
+                        amax = fmaxf(amax, fabsf(mh[d]));
+                    const float sc = kw_round_f16(amax / 127.0f);
+                    for (int32_t d = 0; d < D; ++d)
+                        mh[d] = sc > 0.0f ? fminf(fmaxf(rintf(mh[d] / sc), -127.0f), 127.0f) * sc : 0.0f;
+                }
                 for (int64_t t = 0; t < T; ++t)
                     memcpy(off + (size_t)t * hd, mu, hd * sizeof *off);
-                if (mode == 0) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 0, off), 0);
+                if (mode != 1) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 0, off), 0);
                 for (size_t i = 0; i < rows; ++i)
                     res[i] = k[l][i] - off[i];
                 wire_roundtrip(cfg, l, &codecs[0].spec, res, v[l], T, kq, vq);
@@ -586,12 +597,12 @@ static void test_kvstats_center(void **state) {
     }
     const kw_kvstats_result *r0 = kw_kvstats_result_get(s, 0), *rp = kw_kvstats_result_get(plain, 0);
     assert_memory_equal(r0, rp, sizeof *r0);
-    for (int mode = 0; mode < 2; ++mode) {
+    for (int mode = 0; mode < 3; ++mode) {
         const kw_kvstats_result *rc = kw_kvstats_result_get(s, 1 + mode);
         assert_int_equal(rc->status, 0);
         assert_true(rc->k_err2 == k_err2[mode] && rc->k_norm2 == k_norm2);
         assert_true(rc->k_err2 != r0->k_err2 && rc->v_err2 == r0->v_err2);
-        assert_true(rc->blob_bytes == r0->blob_bytes + 2 * (int64_t)L * H * D * 2);
+        assert_true(rc->blob_bytes == r0->blob_bytes + 2 * (int64_t)L * H * (mode == 2 ? D + 2 : 2 * D));
     }
     /* the gain: at least 1 (Cauchy-Schwarz), and the pair-symmetric scaling, a constrained one, never above the
      * per-channel one */
