@@ -654,12 +654,117 @@ static void test_kvstats_qscale(void **state) {
     kw_backend_destroy(be);
 }
 
+/* The prefill's queries of every layer, (T, Hq, D) each: on_queries' target. */
+typedef struct test_queries {
+    float *q[64];
+    int64_t T;
+    size_t row;
+} test_queries;
+
+static int test_on_queries(void *user, int32_t layer, int64_t row0, int64_t n, const float *q) {
+    test_queries *tq = user;
+    memcpy(tq->q[layer] + (size_t)row0 * tq->row, q, (size_t)n * tq->row * sizeof *q);
+    return 0;
+}
+
+/* --qk-gain's G per (layer, KV head), keys raw and centred, per channel and per RoPE pair, against sums recomputed here
+ * from the prefill's queries (the model's hook) and keys over both prompts. */
+static void test_kvstats_qk_gain(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_gqa3", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim, Hq = cfg->n_heads;
+    assert_true(L <= 64 && Hq > H);
+    kw_kvstats_codec none = codec(NULL, NULL);
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, &none, 1, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_qk_gain_enable(s), 0);
+    const size_t n_ch = (size_t)L * (size_t)H * (size_t)D;
+    double *a = calloc(n_ch, sizeof *a), *b = calloc(n_ch, sizeof *b), *bc = calloc(n_ch, sizeof *bc);
+    assert_true(a && b && bc);
+    for (int p = 0; p < 2; ++p) {
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+        const int64_t T = 8;
+        test_queries tq = {.T = T, .row = (size_t)Hq * (size_t)D};
+        for (int32_t l = 0; l < L; ++l) {
+            tq.q[l] = malloc((size_t)T * tq.row * sizeof(float));
+            assert_non_null(tq.q[l]);
+        }
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(m, 9, KW_DTYPE_F32, &cache), 0);
+        const kw_forward_args fa = {
+            .ids = g_prompts[p], .n = T, .mode = KW_LOGITS_NONE, .on_queries = test_on_queries, .user = &tq};
+        assert_int_equal(kw_model_forward(m, cache, &fa), 0);
+        const size_t hd = (size_t)H * (size_t)D;
+        float *k = malloc((size_t)T * hd * sizeof *k), *v = malloc((size_t)T * hd * sizeof *v),
+              *pre = malloc((size_t)T * hd * sizeof *pre);
+        assert_true(k && v && pre);
+        int64_t pos[8];
+        for (int64_t t = 0; t < T; ++t)
+            pos[t] = t;
+        for (int32_t l = 0; l < L; ++l) {
+            assert_int_equal(kw_kvcache_read_rows(cache, l, 0, T, k, v), 0);
+            memcpy(pre, k, (size_t)T * hd * sizeof *pre);
+            assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 1, pre), 0);
+            for (size_t i = 0; i < hd; ++i) { /* pre-RoPE mean (f16), its rotation subtracted row by row */
+                double sum = 0.0;
+                for (int64_t t = 0; t < T; ++t)
+                    sum += pre[(size_t)t * hd + i];
+                const float mu = kw_round_f16((float)(sum / (double)T));
+                for (int64_t t = 0; t < T; ++t)
+                    pre[(size_t)t * hd + i] = mu;
+            }
+            assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 0, pre), 0);
+            for (int64_t t = 0; t < T; ++t)
+                for (size_t i = 0; i < hd; ++i) {
+                    const double x = k[(size_t)t * hd + i], c = x - (double)pre[(size_t)t * hd + i];
+                    b[(size_t)l * hd + i] += x * x;
+                    bc[(size_t)l * hd + i] += c * c;
+                }
+            for (int64_t t = 0; t < T; ++t)
+                for (int32_t h = 0; h < Hq; ++h)
+                    for (int32_t d = 0; d < D; ++d) {
+                        const double x = tq.q[l][(size_t)t * tq.row + (size_t)h * D + d];
+                        a[(size_t)l * hd + (size_t)(h / (Hq / H)) * D + d] += x * x;
+                    }
+        }
+        free(k), free(v), free(pre);
+        kw_kvcache_free(cache);
+        for (int32_t l = 0; l < L; ++l)
+            free(tq.q[l]);
+    }
+    for (int32_t l = 0; l < L; ++l) {
+        const int32_t half = kw_config_rope_half(cfg, l);
+        for (int32_t h = 0; h < H; ++h)
+            for (int c = 0; c < 4; ++c) {
+                const double *A = a + ((size_t)l * H + h) * D, *B = (c & 1 ? bc : b) + ((size_t)l * H + h) * D;
+                const int pairs = c >> 1;
+                double sa = 0, sb = 0, sab = 0, g = 0;
+                for (int32_t d = 0; d < D; ++d) {
+                    double x = A[d], y = B[d];
+                    if (pairs && d >= half && d < 2 * half) continue;
+                    if (pairs && d < half) x += A[d + half], y += B[d + half];
+                    sa += x, sb += y, sab += sqrt(x * y);
+                }
+                assert_int_equal(kw_kvstats_qk_gain_get(s, l, h, c & 1, pairs, &g), 0);
+                const double want = sa * sb / (sab * sab);
+                assert_true(fabs(g - want) <= 1e-9 * want && g >= 1.0);
+            }
+    }
+    free(a), free(b), free(bc);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),     cmocka_unit_test(test_kvstats_v11_options),
         cmocka_unit_test(test_kvstats_rotate),   cmocka_unit_test(test_kvstats_clip),
         cmocka_unit_test(test_kvstats_schedule), cmocka_unit_test(test_kvstats_tokens),
         cmocka_unit_test(test_kvstats_center),   cmocka_unit_test(test_kvstats_qscale),
+        cmocka_unit_test(test_kvstats_qk_gain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
