@@ -22,7 +22,9 @@
  * clipping) stay the layer's. The bytes counted are the blob's, group tables included. A rule may also pick its rows
  * per prompt and layer by the attention they received in the unquantized prefill (the model's queries through
  * kw_forward_args.on_queries, asked for only when a row has such a rule), or at random as a control.
- * Besides the per-head table, the mean L2 norm of a head vector of K and of V per layer at each of the first
+ * A layer's keys may also be centred (mu per KV head, kw_kvstats_codec.center) or scaled per channel from the prompt's
+ * queries (qscale) before encoding, undone after decoding, their side data counted (issue 15; simulated, no wire
+ * field). Besides the per-head table, the mean L2 norm of a head vector of K and of V per layer at each of the first
  * KW_KVSTATS_POSITIONS positions and over the rest (kw_kvstats_position_get): whether position 0 stands out.
  * Not here: the wire transport, selection of tokens, C2C.
  */

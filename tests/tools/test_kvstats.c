@@ -5,7 +5,8 @@
  *  - int8 per token: the reconstruction error within the bound its scale allows (|x' - x| <= amax(row) / 254 per
  *    value), above 0; int4 per token: a larger error in fewer bytes;
  *  - the reference tokens: the same as an independent greedy run of the whole prompt;
- *  - teacher-forced agreement 1 implies free-running agreement 1, for every codec. */
+ *  - teacher-forced agreement 1 implies free-running agreement 1, for every codec;
+ *  - centred keys, query-weighted keys and --qk-gain's G against their definitions recomputed here. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
