@@ -36,7 +36,7 @@ static void kw_kvstats_usage(FILE *f) {
         "usage: kvwire kvstats --model DIR|FILE.gguf --prompts FILE [--chat] [--max-new-tokens N]\n"
         "                      [--max-prompts N] [--codec CODEC:GRAN]... [--scale f32|f16|bf16|e8m0|log8]\n"
         "                      [--threads N]\n"
-        "                      [--tokenizer DIR|FILE] [--no-heads] [--layer-sensitivity CODEC]\n"
+        "                      [--tokenizer DIR|FILE] [--no-heads] [--layer-sensitivity CODEC] [--qk-gain]\n"
         "  --prompts         one prompt per line (empty lines skipped)\n"
         "  --chat            render each prompt as one user turn of the model's chat template\n"
         "  --max-new-tokens  tokens decoded per prompt and codec (default 64)\n"
@@ -50,6 +50,13 @@ static void kw_kvstats_usage(FILE *f) {
         "                    @rot rotates K and V (@rotk, @rotv: one) by the randomized Hadamard transform\n"
         "                    before encoding (undone after decoding); @clip (@clipk, @clipv) lets the encoder\n"
         "                    clip the integer codecs' scales to the least squared error (FORMAT.md §5.13);\n"
+        "                    @center sends K - R(p) mu, mu the mean of the layer's pre-RoPE keys per head and\n"
+        "                    channel (f16, counted; simulated, not a wire field), the receiver adding R(p) mu back;\n"
+        "                    @center8: mu as int8 with an f16 scale per head; @centerpost: mu the mean of the\n"
+        "                    post-RoPE keys, sent K - mu (not with @prerope);\n"
+        "                    @qscale scales K per head and channel pair by a power of two from the prompt's\n"
+        "                    queries and keys ((E q^2 / E k^2)^(1/4), a byte per channel, counted; simulated)\n"
+        "                    before encoding, undone after decoding (not with @prerope); @qscalech: per channel\n"
         "                    repeatable; default: none bf16 int8/e4m3/int6/int4/nf4 per token, int8\n"
         "                    int4 nf4 per 32 values, int8 int4 per head (with --scale log8 without e4m3\n"
         "                    and nf4)\n"
@@ -72,6 +79,8 @@ static void kw_kvstats_usage(FILE *f) {
         "  --layer-sensitivity  a row per layer with only that layer through CODEC (none;L<l>=CODEC), after\n"
         "                    the --codec rows (default: none), then the layers ranked by mean KL, most\n"
         "                    sensitive first, for a schedule\n"
+        "  --qk-gain         print the predicted gain of query-weighted key scaling per (layer, KV head) from\n"
+        "                    the prefill's queries and keys (min, p10, median, p90, max; issue 15)\n"
         "  --scale           scale dtype of the quantizing codecs (default f32, as receiverd); log8 (KVWire\n"
         "                    v1.1) carries the integer codecs only: an e4m3/e5m2/nf4 --codec is an error\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
@@ -124,12 +133,29 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     }
     const char *at = strchr(arg, '@');
     const size_t len = at ? (size_t)(at - arg) : strlen(arg);
-    char opts[32] = "";
+    char opts[64] = "";
     for (const char *o = at; o; o = strchr(o + 1, '@')) { /* "@1%": outliers; "@prerope": K before RoPE */
         const char *end_opt = strchr(o + 1, '@');
         const size_t olen = end_opt ? (size_t)(end_opt - o - 1) : strlen(o + 1);
         if (olen == 7 && strncmp(o + 1, "prerope", 7) == 0) {
             out->pre_rope = 1;
+            continue;
+        }
+        if ((olen == 6 || olen == 8) && strncmp(o + 1, "qscale", 6) == 0) { /* "@qscale" pairs, "@qscalech" */
+            KW_RETURN_IF(olen == 8 && strncmp(o + 7, "ch", 2) != 0, KW_E_INVALID_ARG,
+                         "--codec %s: the query-weighted options are @qscale and @qscalech", arg);
+            KW_RETURN_IF(out->qscale, KW_E_INVALID_ARG, "--codec %s: @qscale named twice", arg);
+            out->qscale = olen == 8 ? KW_KVSTATS_QSCALE_CHANNELS : KW_KVSTATS_QSCALE_PAIRS;
+            continue;
+        }
+        if (olen >= 6 && strncmp(o + 1, "center", 6) == 0) { /* "@center" ("@centerk"), "@centerpost", "@center8" */
+            const int post = olen == 10 && strncmp(o + 7, "post", 4) == 0, i8 = olen == 7 && o[7] == '8';
+            KW_RETURN_IF(olen == 7 && o[7] == 'v', KW_E_INVALID_ARG,
+                         "--codec %s: @center centres keys only (their channel offsets); values have no @centerv", arg);
+            KW_RETURN_IF(!post && !i8 && olen != 6 && !(olen == 7 && o[7] == 'k'), KW_E_INVALID_ARG,
+                         "--codec %s: the centring options are @center (@centerk), @center8 and @centerpost", arg);
+            KW_RETURN_IF(out->center, KW_E_INVALID_ARG, "--codec %s: centred keys named twice", arg);
+            out->center = post ? KW_KVSTATS_CENTER_POST : i8 ? KW_KVSTATS_CENTER_PRE8 : KW_KVSTATS_CENTER_PRE;
             continue;
         }
         if (olen >= 3 && olen <= 4 && strncmp(o + 1, "rot", 3) == 0) { /* "@rot" K and V, "@rotk", "@rotv" */
@@ -156,6 +182,20 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     }
     if (out->outlier_fraction > 0.0) snprintf(opts, sizeof opts, "@%g%%", out->outlier_fraction * 100.0);
     if (out->pre_rope) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@prerope");
+    KW_RETURN_IF(out->center && out->pre_rope, KW_E_INVALID_ARG,
+                 "--codec %s: @center rebuilds R(p) mu on post-RoPE keys; with @prerope the keys are sent before "
+                 "RoPE (a zero point per channel is the asym codecs')",
+                 arg);
+    KW_RETURN_IF(out->qscale && out->pre_rope, KW_E_INVALID_ARG,
+                 "--codec %s: @qscale scales post-RoPE keys by RoPE's channel pairs; not with @prerope", arg);
+    if (out->center)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
+                 out->center == KW_KVSTATS_CENTER_POST   ? "@centerpost"
+                 : out->center == KW_KVSTATS_CENTER_PRE8 ? "@center8"
+                                                         : "@center");
+    if (out->qscale)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s",
+                 out->qscale == KW_KVSTATS_QSCALE_CHANNELS ? "@qscalech" : "@qscale");
     if (out->rotate) {
         static const char *const rot_names[] = {"", "@rotk", "@rotv", "@rot"};
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", rot_names[out->rotate]);
@@ -253,8 +293,10 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     if (!omit) KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
-    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip, KW_E_INVALID_ARG,
-                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot and @clip are its layer's",
+    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale,
+                 KW_E_INVALID_ARG,
+                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip and @center are its "
+                 "layer's",
                  arg);
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int pick = kw_kvstats_pick_kind(seg, eq);
@@ -347,7 +389,9 @@ static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvst
                                                                       .outlier_fraction = one.outlier_fraction,
                                                                       .pre_rope = one.pre_rope,
                                                                       .rotate = one.rotate,
-                                                                      .clip = one.clip};
+                                                                      .clip = one.clip,
+                                                                      .center = one.center,
+                                                                      .qscale = one.qscale};
         const int w = snprintf(out->name + name_len, sizeof out->name - name_len, ";%.*s=%s", (int)(eq - seg), seg,
                                one.lossless ? "none" : one.name);
         KW_RETURN_IF(w < 0 || (size_t)w >= sizeof out->name - name_len, KW_E_INVALID_ARG,
@@ -483,10 +527,37 @@ static int kw_kvstats_print_sensitivity(const kw_kvstats *s, int32_t first, int3
     return 0;
 }
 
+static int kw_kvstats_cmp_gain(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* --qk-gain: the distribution over (layer, KV head) of the query-weighted key-scaling gain (kw_kvstats_qk_gain_get),
+ * keys as they are and centred, per channel and pair-symmetric. */
+static int kw_kvstats_print_qk_gain(const kw_kvstats *s, const kw_model_config *cfg) {
+    const int32_t n = cfg->n_layers * cfg->n_kv_heads;
+    double *g = malloc((size_t)n * sizeof *g);
+    KW_RETURN_IF(!g, KW_E_NOMEM, "out of memory");
+    int rc = 0;
+    printf("\n== query-weighted key scaling: predicted gain G over %d (layer, KV head) ==\n", (int)n);
+    printf("%-8s %-10s %8s %8s %8s %8s %8s\n", "keys", "scaling", "min", "p10", "median", "p90", "max");
+    for (int centred = 0; centred < 2; ++centred)
+        for (int pairs = 0; pairs < 2; ++pairs) {
+            for (int32_t i = 0; i < n; ++i)
+                KW_CHECK(kw_kvstats_qk_gain_get(s, i / cfg->n_kv_heads, i % cfg->n_kv_heads, centred, pairs, &g[i]));
+            qsort(g, (size_t)n, sizeof *g, kw_kvstats_cmp_gain);
+            printf("%-8s %-10s %8.3f %8.3f %8.3f %8.3f %8.3f\n", centred ? "centred" : "raw",
+                   pairs ? "RoPE pairs" : "channel", g[0], g[n / 10], g[n / 2], g[(n * 9) / 10], g[n - 1]);
+        }
+out:
+    free(g);
+    return rc;
+}
+
 int kw_cmd_kvstats(int argc, char **argv) {
     const char *model_path = NULL, *prompts_path = NULL, *scale = "f32", *tok_path = NULL, *sens_arg = NULL;
     const char *codec_args[KW_KVSTATS_MAX_CODECS];
-    int n_codec_args = 0, chat_on = 0, no_heads = 0;
+    int n_codec_args = 0, chat_on = 0, no_heads = 0, qk_gain = 0;
     int64_t max_new = 64, max_prompts = 1 << 20, threads = 0;
     const kw_cli_option opts[] = {
         KW_CLI_STR_REQUIRED("--model", &model_path),
@@ -500,6 +571,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
         KW_CLI_INT("--threads", &threads, 0, 1024),
         KW_CLI_FLAG("--no-heads", &no_heads),
         KW_CLI_STR("--layer-sensitivity", &sens_arg),
+        KW_CLI_FLAG("--qk-gain", &qk_gain),
     };
     const int st = KW_CLI_PARSE("kvwire kvstats", argc, argv, opts, kw_kvstats_usage);
     if (st != KW_CLI_RUN) return st;
@@ -564,13 +636,16 @@ int kw_cmd_kvstats(int argc, char **argv) {
                                                        .outlier_fraction = sens.outlier_fraction,
                                                        .pre_rope = sens.pre_rope,
                                                        .rotate = sens.rotate,
-                                                       .clip = sens.clip};
+                                                       .clip = sens.clip,
+                                                       .center = sens.center,
+                                                       .qscale = sens.qscale};
             c->layer_codec[l] = 1;
             snprintf(c->name, sizeof c->name, "none;L%d=%.200s", (int)l, sens.name);
         }
         n_sens = cfg->n_layers;
     }
     KW_CHECK(kw_kvstats_create(model, codecs, n_codecs + n_sens, (int32_t)max_new, &s));
+    if (qk_gain) KW_CHECK(kw_kvstats_qk_gain_enable(s));
     ref_ids = malloc((size_t)max_new * sizeof *ref_ids);
     KW_CHECK_IF(!ref_ids, KW_E_NOMEM, "out of memory");
     printf("kvstats: %s (%s, %d layers, %d KV heads x %d), prompts %s%s, %lld new tokens per prompt and codec, f32 "
@@ -601,6 +676,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
 
     printf("%lld prompts, %lld prompt rows\n", (long long)n_prompts, (long long)kw_kvstats_rows(s));
     kw_kvstats_print_heads(s, cfg, !no_heads);
+    if (qk_gain) KW_CHECK(kw_kvstats_print_qk_gain(s, cfg));
     printf("\n== codecs: the prompt cache through a KVWire blob, then decoding (%lld prompts x %lld tokens) ==\n",
            (long long)n_prompts, (long long)max_new);
     /* bits per element: the whole blob (headers, indices, scales, zero points, checksums) over every K and V value */

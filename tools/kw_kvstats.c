@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "model/kw_generate.h"
 #include "model/kw_kvcache.h"
@@ -34,6 +35,8 @@ struct kw_kvstats {
     float *ref_logits;                           /* owned (n_new, vocab): the reference's logits at each step */
     double *ref_lse;                             /* owned (n_new): their log-sum-exp */
     int32_t *ref_ids, *argmax, *free_ids;        /* owned, n_new each */
+    double *qk_a, *qk_b, *qk_bc; /* owned with kw_kvstats_qk_gain_enable, [(layer * H + head) * D + d]: sums of q^2
+                                    over the head's query heads, of k^2, of the centred k^2 */
 };
 
 static void kw_kvstats_acc_free(kw_kvstats_acc *a) {
@@ -57,6 +60,9 @@ void kw_kvstats_free(kw_kvstats *s) {
     free(s->ref_ids);
     free(s->argmax);
     free(s->free_ids);
+    free(s->qk_a);
+    free(s->qk_b);
+    free(s->qk_bc);
     free(s);
 }
 
@@ -82,6 +88,21 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
                      "codec %s: %d token rules", co->name, (int)co->n_token_rules);
         KW_RETURN_IF(co->n_token_rules && co->lossless && co->n_overrides == 0, KW_E_INVALID_ARG,
                      "codec %s: token rules on a row that quantizes no layer", co->name);
+        for (int32_t o = -1; o < co->n_overrides; ++o) {
+            const int lossless = o < 0 ? co->lossless : co->overrides[o].lossless;
+            const int center = o < 0 ? co->center : co->overrides[o].center;
+            const int pre_rope = o < 0 ? co->pre_rope : co->overrides[o].pre_rope;
+            const int qscale = o < 0 ? co->qscale : co->overrides[o].qscale;
+            KW_RETURN_IF(qscale < 0 || qscale > KW_KVSTATS_QSCALE_CHANNELS || (qscale && (lossless || pre_rope)),
+                         KW_E_INVALID_ARG,
+                         "codec %s: query-weighted keys need a quantized layer whose keys are sent after RoPE",
+                         co->name);
+            KW_RETURN_IF(center < KW_KVSTATS_CENTER_NONE || center > KW_KVSTATS_CENTER_PRE8 ||
+                             (center && (lossless || pre_rope)),
+                         KW_E_INVALID_ARG,
+                         "codec %s: centred keys (%d) need a quantized layer whose keys are sent after RoPE", co->name,
+                         center);
+        }
         int32_t n_pick = 0;
         for (int32_t i = 0; i < co->n_token_rules; ++i) {
             const kw_kvstats_token_rule *tr = &co->token_rules[i];
@@ -119,6 +140,11 @@ int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n
     s->vocab = cfg->vocab;
     s->n_new = n_new;
     s->n_codecs = n_codecs;
+    for (int32_t c = 0; c < n_codecs; ++c) {
+        s->need_queries |= codecs[c].qscale && !codecs[c].lossless;
+        for (int32_t o = 0; o < codecs[c].n_overrides; ++o)
+            s->need_queries |= codecs[c].overrides[o].qscale && !codecs[c].overrides[o].lossless;
+    }
     for (int32_t c = 0; c < n_codecs; ++c)
         for (int32_t i = 0; i < codecs[c].n_token_rules; ++i)
             s->need_queries |= codecs[c].token_rules[i].pick == KW_KVSTATS_PICK_ATTN ||
@@ -366,7 +392,9 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
                                     .outlier_fraction = c->outlier_fraction,
                                     .pre_rope = c->pre_rope,
                                     .rotate = c->rotate,
-                                    .clip = c->clip};
+                                    .clip = c->clip,
+                                    .center = c->center,
+                                    .qscale = c->qscale};
 }
 
 /* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */
@@ -376,6 +404,103 @@ static int64_t kw_kvstats_omitted(const kw_kvstats_codec *c, int64_t T) {
         if (c->token_rules[i].omit && !c->token_rules[i].pick && (int64_t)c->token_rules[i].last + 1 > n)
             n = (int64_t)c->token_rules[i].last + 1;
     return n < T ? n : T;
+}
+
+int kw_kvstats_center_offsets(const kw_model_config *cfg, int32_t layer, int mode, const float *mu, int64_t p0,
+                              int64_t n, float *out) {
+    KW_RETURN_IF(!cfg || !mu || !out || n < 0 || p0 < 0 || mode < KW_KVSTATS_CENTER_PRE ||
+                     mode > KW_KVSTATS_CENTER_PRE8,
+                 KW_E_INVALID_ARG, "kw_kvstats_center_offsets: bad argument");
+    const size_t row = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    for (int64_t t = 0; t < n; ++t)
+        memcpy(out + (size_t)t * row, mu, row * sizeof *out);
+    if (mode == KW_KVSTATS_CENTER_POST || n == 0) return 0;
+    int64_t *pos = malloc((size_t)n * sizeof *pos);
+    KW_RETURN_IF(!pos, KW_E_NOMEM, "out of memory for %lld positions", (long long)n);
+    for (int64_t t = 0; t < n; ++t)
+        pos[t] = p0 + t;
+    const int rc = kw_config_rope_rows(cfg, layer, pos, n, 0, out);
+    free(pos);
+    return rc;
+}
+
+int64_t kw_kvstats_center_bytes(int mode, int32_t n_kv_heads, int32_t head_dim) {
+    return mode == KW_KVSTATS_CENTER_PRE8 ? (int64_t)n_kv_heads * (head_dim + 2) : (int64_t)n_kv_heads * head_dim * 2;
+}
+
+/* mu (H, D) of a centred layer: the mean of the keys k (T, H, D) over rows [t0, T), before RoPE with
+ * KW_KVSTATS_CENTER_PRE (tmp: (T - t0) rows of scratch), rounded to f16 as it would be sent. */
+static int kw_kvstats_center_mu(const kw_model_config *cfg, int32_t layer, int mode, const float *k, int64_t t0,
+                                int64_t T, float *tmp, float *mu) {
+    const size_t row = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    const int64_t n = T - t0;
+    const float *src = k + (size_t)t0 * row;
+    if (mode != KW_KVSTATS_CENTER_POST && n > 0) {
+        int64_t *pos = malloc((size_t)n * sizeof *pos);
+        KW_RETURN_IF(!pos, KW_E_NOMEM, "out of memory for %lld positions", (long long)n);
+        for (int64_t t = 0; t < n; ++t)
+            pos[t] = t0 + t;
+        memcpy(tmp, src, (size_t)n * row * sizeof *tmp);
+        const int rc = kw_config_rope_rows(cfg, layer, pos, n, 1, tmp);
+        free(pos);
+        KW_FORWARD(rc);
+        src = tmp;
+    }
+    for (size_t i = 0; i < row; ++i) {
+        double sum = 0.0;
+        for (int64_t t = 0; t < n; ++t)
+            sum += (double)src[(size_t)t * row + i];
+        mu[i] = kw_round_f16(n > 0 ? (float)(sum / (double)n) : 0.0f);
+    }
+    if (mode != KW_KVSTATS_CENTER_PRE8) return 0;
+    for (int32_t h = 0; h < cfg->n_kv_heads; ++h) { /* int8 codes times an f16 scale, absmax / 127 */
+        float *m = mu + (size_t)h * (size_t)cfg->head_dim, amax = 0.0f;
+        for (int32_t d = 0; d < cfg->head_dim; ++d)
+            amax = fabsf(m[d]) > amax ? fabsf(m[d]) : amax;
+        const float scale = kw_round_f16(amax / 127.0f);
+        for (int32_t d = 0; d < cfg->head_dim; ++d) {
+            const float c = scale > 0.0f ? nearbyintf(m[d] / scale) : 0.0f;
+            m[d] = (c > 127.0f ? 127.0f : c < -127.0f ? -127.0f : c) * scale;
+        }
+    }
+    return 0;
+}
+
+/* The exponents e (H x D) of a query-weighted layer (kw_kvstats_codec.qscale): q (T, Hq, D) the prefill's queries,
+ * k (T, H, D) the keys as they will be encoded, rows [t0, T) sent. */
+static void kw_kvstats_qscale_exps(const kw_model_config *cfg, int32_t layer, int mode, const float *q, const float *k,
+                                   int64_t t0, int64_t T, int8_t *e) {
+    const int32_t H = cfg->n_kv_heads, D = cfg->head_dim, Hq = cfg->n_heads, group = Hq / H;
+    const int32_t half = mode == KW_KVSTATS_QSCALE_PAIRS ? kw_config_rope_half(cfg, layer) : 0;
+    for (int32_t h = 0; h < H; ++h) {
+        int le[1024];
+        double sum_e = 0.0;
+        for (int32_t d = 0; d < D && d < 1024; ++d) {
+            if (d >= half && d < 2 * half) continue; /* a pair's second channel takes its first's */
+            double A = 0.0, B = 0.0;
+            for (int32_t j = 0; j < (d < half ? 2 : 1); ++j) {
+                const int32_t c = d + j * half;
+                for (int64_t t = 0; t < T; ++t)
+                    for (int32_t g = 0; g < group; ++g) {
+                        const double x = (double)q[((size_t)t * (size_t)Hq + (size_t)(h * group + g)) * (size_t)D + c];
+                        A += x * x;
+                    }
+                for (int64_t t = t0; t < T; ++t) {
+                    const double x = (double)k[((size_t)t * (size_t)H + (size_t)h) * (size_t)D + c];
+                    B += x * x;
+                }
+            }
+            le[d] = A > 0.0 && B > 0.0 ? (int)lround(0.25 * log2(A / B)) : 0;
+            if (d < half) le[d + half] = le[d];
+        }
+        for (int32_t d = 0; d < D; ++d)
+            sum_e += le[d];
+        const int mean = (int)lround(sum_e / (double)D);
+        for (int32_t d = 0; d < D; ++d) {
+            const int x = le[d] - mean;
+            e[(size_t)h * (size_t)D + (size_t)d] = (int8_t)(x < -24 ? -24 : x > 24 ? 24 : x);
+        }
+    }
 }
 
 /* The section policy of one layer codec of row c for sections of rows [t0, T). With token rules, groups (T entries,
@@ -492,7 +617,7 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     const kw_kvstats_token_rule *picker = kw_kvstats_picker(codec);
     kw_kvstats_layer_codec lc;
     kw_wire_policy pol;
-    int v11 = 0, any_pre_rope = 0;
+    int v11 = 0, any_pre_rope = 0, any_center = 0, any_qscale = 0;
     uint16_t n_sections = 0;
     int64_t exact_bytes = 0;
     kw_wire_encoder *enc = NULL;
@@ -501,6 +626,12 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
     float *unrotated = NULL;
     int64_t *pos = NULL;
     uint32_t *sent = NULL; /* the positions the sections carry when a prefix is omitted */
+    /* owned with centred layers: the residual keys (T rows), the offsets (T rows), pre-RoPE scratch (T rows), and
+     * each layer's mu (L x H x D), what the receiver would get */
+    float *resid = NULL, *offs = NULL, *ctmp = NULL, *mus = NULL;
+    float *scaled = NULL; /* owned with query-weighted layers: the scaled keys (T rows), and each layer's exponents */
+    int8_t *qexp = NULL;
+    const size_t hd = (size_t)H * (size_t)D;
     int rc = 0;
     /* owned: token groups (T), wire rules (n_token_rules + T), and with a picking rule the rows it takes per layer
      * (L x T), a score and a taken flag per row */
@@ -538,6 +669,8 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         KW_CHECK(kw_kvstats_policy(s, codec, &lc, l, t0, T, kw_kvstats_layer_rows(chosen, l, T), wrules, groups, &pol));
         v11 |= kw_wire_policy_needs_v11(&pol);
         any_pre_rope |= lc.pre_rope;
+        any_center |= lc.center != 0;
+        any_qscale |= lc.qscale != 0;
         ++n_sections;
     }
     const kw_wire_header hdr = {.version = v11 ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION,
@@ -566,6 +699,20 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
         for (int64_t t = 0; t < T; ++t) /* the prompt cache's rows are its positions */
             pos[t] = t;
     }
+    if (any_center) {
+        resid = malloc(rows * sizeof *resid);
+        offs = malloc(rows * sizeof *offs);
+        ctmp = malloc(rows * sizeof *ctmp);
+        mus = malloc((size_t)s->n_layers * hd * sizeof *mus);
+        KW_CHECK_IF(!resid || !offs || !ctmp || !mus, KW_E_NOMEM, "out of memory for %zu centred key values", rows);
+    }
+    if (any_qscale) {
+        KW_CHECK_IF(!q, KW_E_INTERNAL, "kvstats: %s: no queries", codec->name);
+        KW_CHECK_IF(D > 1024, KW_E_LIMIT, "kvstats: query-weighted keys of %d values per head", (int)D);
+        scaled = malloc(rows * sizeof *scaled);
+        qexp = malloc((size_t)s->n_layers * hd);
+        KW_CHECK_IF(!scaled || !qexp, KW_E_NOMEM, "out of memory for %zu scaled key values", rows);
+    }
     KW_CHECK_IF(T > KW_WIRE_MAX_POSITIONS, KW_E_INVALID_ARG, "a prompt of %lld rows is too long for one blob",
                 (long long)T);
     for (int32_t l = 0; l < s->n_layers; ++l) {
@@ -589,6 +736,23 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             memcpy(unrotated, k[l], rows * sizeof *unrotated);
             KW_CHECK(kw_config_rope_rows(cfg, l, pos, T, 1, unrotated));
             k_in = unrotated;
+        }
+        if (lc.center) { /* the residual k - offset; mu (f16) counted as a field of its own */
+            float *mu = mus + (size_t)l * hd;
+            KW_CHECK(kw_kvstats_center_mu(cfg, l, lc.center, k[l], t0, T, ctmp, mu));
+            KW_CHECK(kw_kvstats_center_offsets(cfg, l, lc.center, mu, t0, Tk, offs));
+            for (size_t i = 0; i < (size_t)Tk * hd; ++i)
+                resid[skip + i] = k[l][skip + i] - offs[i];
+            k_in = resid;
+            exact_bytes += kw_kvstats_center_bytes(lc.center, H, D);
+        }
+        if (lc.qscale) { /* each channel times 2^e: exact, the codec sees the query-weighted keys */
+            int8_t *e = qexp + (size_t)l * hd;
+            kw_kvstats_qscale_exps(cfg, l, lc.qscale, q[l], k_in, t0, T, e);
+            for (size_t i = skip; i < rows; ++i)
+                scaled[i] = ldexpf(k_in[i], e[i % hd]);
+            k_in = scaled;
+            exact_bytes += (int64_t)hd;
         }
         const kw_wire_layer_in in = {
             .layer = (uint32_t)l,
@@ -621,6 +785,21 @@ static int kw_kvstats_roundtrip(const kw_kvstats *s, const kw_kvstats_codec *cod
             KW_CHECK_IF(!pos, KW_E_WIRE_CORRUPT, "kvstats: a pre-RoPE section for layer %u", sec->layer);
             KW_CHECK(kw_config_rope_rows(cfg, (int32_t)sec->layer, pos + t0, Tk, 0, kq[sec->layer] + skip));
         }
+        const kw_kvstats_layer_codec dec = kw_kvstats_layer(codec, (int32_t)sec->layer);
+        if (dec.qscale) {
+            const int8_t *e = qexp + (size_t)sec->layer * hd;
+            float *out_k = kq[sec->layer] + skip;
+            for (size_t i = 0; i < (size_t)Tk * hd; ++i)
+                out_k[i] = ldexpf(out_k[i], -e[i % hd]);
+        }
+        const int center = dec.center;
+        if (center) { /* the receiver adds the offset back, rebuilt from mu and the rows' positions */
+            KW_CHECK(kw_kvstats_center_offsets(cfg, (int32_t)sec->layer, center, mus + (size_t)sec->layer * hd, t0, Tk,
+                                               offs));
+            float *out_k = kq[sec->layer] + skip;
+            for (size_t i = 0; i < (size_t)Tk * hd; ++i)
+                out_k[i] += offs[i];
+        }
         ++seen;
     }
     KW_CHECK(rc);
@@ -638,6 +817,12 @@ out:
     free(taken);
     free(score);
     free(sent);
+    free(resid);
+    free(offs);
+    free(ctmp);
+    free(mus);
+    free(scaled);
+    free(qexp);
     return rc;
 }
 
@@ -697,6 +882,65 @@ out:
     return rc;
 }
 
+int kw_kvstats_qk_gain_enable(kw_kvstats *s) {
+    KW_RETURN_IF(!s || s->n_prompts > 0, KW_E_INVALID_ARG, "kw_kvstats_qk_gain_enable: before the first prompt");
+    if (s->qk_a) return 0;
+    const size_t n = (size_t)s->n_layers * (size_t)s->n_heads * (size_t)s->head_dim;
+    s->qk_a = calloc(n, sizeof *s->qk_a);
+    s->qk_b = calloc(n, sizeof *s->qk_b);
+    s->qk_bc = calloc(n, sizeof *s->qk_bc);
+    KW_RETURN_IF(!s->qk_a || !s->qk_b || !s->qk_bc, KW_E_NOMEM, "out of memory");
+    s->need_queries = 1;
+    return 0;
+}
+
+/* Adds one prompt's layer l to the query-weighted gain's sums: q (T, Hq, D) prefill queries, k (T, H, D) keys;
+ * scratch, offs: T rows of keys each. */
+static int kw_kvstats_qk_accumulate(kw_kvstats *s, int32_t l, const float *q, const float *k, int64_t T, float *scratch,
+                                    float *offs) {
+    const kw_model_config *cfg = kw_model_get_config(s->model);
+    const int32_t H = s->n_heads, D = s->head_dim, Hq = cfg->n_heads, group = Hq / H;
+    const size_t hd = (size_t)H * (size_t)D, base = (size_t)l * hd;
+    float mu[KW_KVSTATS_MAX_HEAD_VALUES];
+    KW_RETURN_IF(hd > KW_KVSTATS_MAX_HEAD_VALUES, KW_E_LIMIT, "kvstats: %zu key values per row", hd);
+    KW_FORWARD(kw_kvstats_center_mu(cfg, l, KW_KVSTATS_CENTER_PRE, k, 0, T, scratch, mu));
+    KW_FORWARD(kw_kvstats_center_offsets(cfg, l, KW_KVSTATS_CENTER_PRE, mu, 0, T, offs));
+    for (int64_t t = 0; t < T; ++t)
+        for (size_t i = 0; i < hd; ++i) {
+            const double x = (double)k[(size_t)t * hd + i], c = x - (double)offs[(size_t)t * hd + i];
+            s->qk_b[base + i] += x * x;
+            s->qk_bc[base + i] += c * c;
+        }
+    for (int64_t t = 0; t < T; ++t)
+        for (int32_t hq = 0; hq < Hq; ++hq) {
+            const float *row = q + ((size_t)t * (size_t)Hq + (size_t)hq) * (size_t)D;
+            double *a = s->qk_a + base + (size_t)(hq / group) * (size_t)D;
+            for (int32_t d = 0; d < D; ++d)
+                a[d] += (double)row[d] * (double)row[d];
+        }
+    return 0;
+}
+
+int kw_kvstats_qk_gain_get(const kw_kvstats *s, int32_t layer, int32_t head, int centred, int pairs, double *g) {
+    KW_RETURN_IF(!s || !g || !s->qk_a || layer < 0 || layer >= s->n_layers || head < 0 || head >= s->n_heads ||
+                     s->n_prompts == 0,
+                 KW_E_INVALID_ARG, "kw_kvstats_qk_gain_get: bad argument (enabled, a prompt added?)");
+    const int32_t D = s->head_dim;
+    const int32_t half = pairs ? kw_config_rope_half(kw_model_get_config(s->model), layer) : 0;
+    const size_t base = ((size_t)layer * (size_t)s->n_heads + (size_t)head) * (size_t)D;
+    const double *a = s->qk_a + base, *b = (centred ? s->qk_bc : s->qk_b) + base;
+    double sa = 0.0, sb = 0.0, sab = 0.0;
+    for (int32_t d = 0; d < D; ++d) {
+        if (d >= half && d < 2 * half) continue; /* a pair's second channel: counted with its first */
+        const double ad = a[d] + (d < half ? a[d + half] : 0.0), bd = b[d] + (d < half ? b[d + half] : 0.0);
+        sa += ad;
+        sb += bd;
+        sab += sqrt(ad * bd);
+    }
+    *g = sab > 0.0 ? sa * sb / (sab * sab) : 1.0;
+    return 0;
+}
+
 /* on_queries of the prefill: layer's query rows into q[layer] (T, Hq, D) at their rows. */
 typedef struct kw_kvstats_queries {
     float *const *q;
@@ -742,6 +986,8 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
         kw_kvstats_accumulate(s, 1, l, v[l], T);
     }
     s->rows += T;
+    for (int32_t l = 0; l < L && s->qk_a; ++l) /* kq, vq are free until the codecs run */
+        KW_CHECK(kw_kvstats_qk_accumulate(s, l, q[l], k[l], T, kq[l], vq[l]));
     for (int64_t t = 0; t < T; ++t)
         s->pos_count[t < KW_KVSTATS_POSITIONS ? t : KW_KVSTATS_POSITIONS] += s->n_heads;
     static const int32_t no_eos = -1;

@@ -22,7 +22,9 @@
  * clipping) stay the layer's. The bytes counted are the blob's, group tables included. A rule may also pick its rows
  * per prompt and layer by the attention they received in the unquantized prefill (the model's queries through
  * kw_forward_args.on_queries, asked for only when a row has such a rule), or at random as a control.
- * Besides the per-head table, the mean L2 norm of a head vector of K and of V per layer at each of the first
+ * A layer's keys may also be centred (mu per KV head, kw_kvstats_codec.center) or scaled per channel from the prompt's
+ * queries (qscale) before encoding, undone after decoding, their side data counted (issue 15; simulated, no wire
+ * field). Besides the per-head table, the mean L2 norm of a head vector of K and of V per layer at each of the first
  * KW_KVSTATS_POSITIONS positions and over the rest (kw_kvstats_position_get): whether position 0 stands out.
  * Not here: the wire transport, selection of tokens, C2C.
  */
@@ -34,10 +36,11 @@
 #include "model/kw_model.h"
 #include "wire/kw_wire.h"
 
-#define KW_KVSTATS_MAX_LAYERS      256 /* layers a schedule can name */
-#define KW_KVSTATS_MAX_OVERRIDES   4   /* distinct per-layer codecs in one schedule besides the base */
-#define KW_KVSTATS_MAX_TOKEN_RULES 8   /* token ranges of one row with their own codec */
-#define KW_KVSTATS_POSITIONS       4   /* leading positions whose norms are kept apart */
+#define KW_KVSTATS_MAX_LAYERS      256  /* layers a schedule can name */
+#define KW_KVSTATS_MAX_OVERRIDES   4    /* distinct per-layer codecs in one schedule besides the base */
+#define KW_KVSTATS_MAX_TOKEN_RULES 8    /* token ranges of one row with their own codec */
+#define KW_KVSTATS_POSITIONS       4    /* leading positions whose norms are kept apart */
+#define KW_KVSTATS_MAX_HEAD_VALUES 4096 /* n_kv_heads x head_dim of a model whose key gain is measured */
 
 /* The codec of one layer in a schedule: what kw_kvstats_codec's fields of the same names mean, for that layer only
  * (nothing is inherited from the base). lossless: the layer's rows go as they are (f32, counted at 4 bytes per
@@ -47,7 +50,36 @@ typedef struct kw_kvstats_layer_codec {
     kw_wire_codec_spec spec, spec_v;
     double outlier_fraction;
     int pre_rope, rotate, clip;
+    int center; /* enum kw_kvstats_center */
+    int qscale;
 } kw_kvstats_layer_codec;
+
+/* Query-weighted keys (kw_kvstats_codec.qscale). */
+enum kw_kvstats_qscale {
+    KW_KVSTATS_QSCALE_NONE = 0,
+    KW_KVSTATS_QSCALE_PAIRS = 1,    /* A and B summed over RoPE's channel pairs: a scaling that commutes with RoPE */
+    KW_KVSTATS_QSCALE_CHANNELS = 2, /* per channel of the post-RoPE keys as sent */
+};
+
+/* Centred keys (issue 15, simulated: not a wire field yet). Per (layer, KV head) the sharer takes mu, the mean over
+ * the rows it sends of the key, rounded to f16, and encodes the residual; the receiver adds the offset back after
+ * decoding. bits/elem counts mu as n_kv_heads x head_dim f16 per centred layer per prompt. */
+enum kw_kvstats_center {
+    KW_KVSTATS_CENTER_NONE = 0,
+    KW_KVSTATS_CENTER_PRE = 1,  /* mu of the pre-RoPE keys; the residual k(p) - R(p) mu = R(p)(k_pre(p) - mu), the
+                                   offset R(p) mu rebuilt at each row's position p (kv_direct) */
+    KW_KVSTATS_CENTER_POST = 2, /* mu of the post-RoPE keys as they are; the residual k(p) - mu */
+    KW_KVSTATS_CENTER_PRE8 = 3, /* as PRE, mu sent as int8 per (layer, KV head) with an f16 absmax scale: D + 2 bytes
+                                   per head instead of 2 D */
+};
+
+/* The offsets a centred layer's keys carry: out (n, H, D) gets mu (H, D) at every row, rotated by RoPE at positions
+ * p0 .. p0 + n - 1 with KW_KVSTATS_CENTER_PRE (layer l's RoPE). Errors: KW_E_INVALID_ARG, KW_E_NOMEM. */
+/* The bytes of one centred layer's mu: H x D f16, or H x (D int8 + an f16 scale) with KW_KVSTATS_CENTER_PRE8. */
+int64_t kw_kvstats_center_bytes(int mode, int32_t n_kv_heads, int32_t head_dim);
+
+int kw_kvstats_center_offsets(const kw_model_config *cfg, int32_t layer, int mode, const float *mu, int64_t p0,
+                              int64_t n, float *out);
 
 /* How a token rule picks its rows (kw_kvstats_token_rule.pick). The data-dependent ones choose, in each prompt and
  * quantized layer apart, round(fraction x the rows sent) rows (at least 1) among the sent rows no positional rule
@@ -90,6 +122,13 @@ typedef struct kw_kvstats_codec {
     int rotate;                /* v1.1: bit 0 K, bit 1 V sent rotated by the randomized Hadamard transform (the
                                   section flags of FORMAT.md §5.12: the encoder rotates, the dequantizer rotates back) */
     int clip;                  /* bit 0 K, bit 1 V: the encoder's clipped-scale search (FORMAT.md §5.13) */
+    int center;                /* enum kw_kvstats_center: K centred by its mean before encoding (not with pre_rope,
+                                  nor on a lossless row) */
+    int qscale;                /* enum kw_kvstats_qscale: K scaled per (KV head, channel) by 2^e before encoding,
+                                  e = round(log2 of (A / B)^(1/4)) minus the head's mean, A and B the sums of q^2
+                                  over the prompt's queries of the head's query heads and of k^2 over the rows sent
+                                  (after centring); decoded keys scaled back. e counted as one byte per channel
+                                  (simulated, issue 15) */
     int32_t n_overrides;       /* per-layer schedule: overrides[0 .. n_overrides) */
     kw_kvstats_layer_codec overrides[KW_KVSTATS_MAX_OVERRIDES];
     uint8_t layer_codec[KW_KVSTATS_MAX_LAYERS]; /* 0: layer l takes the fields above; i: overrides[i - 1]. A layer
@@ -121,6 +160,15 @@ typedef struct kw_kvstats_result {
 } kw_kvstats_result;
 
 typedef struct kw_kvstats kw_kvstats; /* opaque */
+
+/* The query-weighted key-scaling gain of issue 15 on one (layer, KV head): with a_i = the sum of q_i^2 over the
+ * prompt queries of the head's query heads and b_i = the sum of k_i^2 over the keys, G = (sum a)(sum b) /
+ * (sum sqrt(a_i b_i))^2 >= 1, the factor by which a diagonal scaling before the rotation (d_i^2 = sqrt(a_i / b_i))
+ * lowers the expected logit error q . dk (Cauchy-Schwarz). centred: the keys centred by their pre-RoPE mean per
+ * prompt (KW_KVSTATS_CENTER_PRE); pairs: d equal on RoPE's channel pairs (i, i + rotary_dim / 2), as a scaling that
+ * commutes with RoPE must be. Needs kw_kvstats_qk_gain_enable before the first prompt. */
+int kw_kvstats_qk_gain_enable(kw_kvstats *s);
+int kw_kvstats_qk_gain_get(const kw_kvstats *s, int32_t layer, int32_t head, int centred, int pairs, double *g);
 
 /* Creates the accumulators for model (borrowed; it must outlive *out) and the codecs (copied), n_new >= 1 tokens per
  * prompt. A schedule that names a layer the model lacks or an override that does not exist, a token rule with

@@ -13,6 +13,16 @@ kvwire=$1 src=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; cat "$tmp/out" "$tmp/err" 2>/dev/null; exit 1; }
+# refused WHAT 'CODEC|REASON'...: each codec exits 1 naming the reason
+refused() {
+    local what=$1 bad
+    shift
+    for bad in "$@"; do
+        "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
+            --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
+        [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "$what ${bad%%|*}"
+    done
+}
 
 "$kvwire" gen-model --arch qwen3 --preset tiny --seed 4 --tokenizer "$src/models/tokenizers/qwen3" --out "$tmp/m" \
     >/dev/null || fail "gen-model"
@@ -81,15 +91,11 @@ order=$(sed -n 's/^by sensitivity: L//p' "$tmp/out")
     fail "the ranking names every layer once: $order"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --layer-sensitivity none >/dev/null 2>"$tmp/err"
 [ $? -eq 1 ] && grep -q "needs a quantizing codec" "$tmp/err" || fail "sensitivity of none"
-for bad in 'int4:token;L0=int8:token;L0=int4:token|named twice' 'int4:token;L0,0=int8:token|named twice' \
+refused "bad schedule" 'int4:token;L0=int8:token;L0=int4:token|named twice' 'int4:token;L0,0=int8:token|named twice' \
     'int4:token;3=int8:token|L<layers>=CODEC' 'int4:token;L0=|L<layers>=CODEC' 'int4:token;L=int8:token|L<layers>=CODEC' \
     'int4:token;L2-1=int8:token|ranges a-b' 'int4:token;L1,=int8:token|ranges a-b' 'int4:token;Lx=int8:token|ranges a-b' \
     "int4:token;L$n_layers=int8:token|the model has $n_layers layers" 'int4:token;L0=int5:token|unknown codec' \
-    'int4:token;L0=int8;L1=int8;L2=int8;L3=int8;L4=int8|at most 4' 'int4:token;L0=bf16@rot|quantizing codec'; do
-    "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
-        --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
-    [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad schedule ${bad%%|*}"
-done
+    'int4:token;L0=int8;L1=int8;L2=int8;L3=int8;L4=int8|at most 4' 'int4:token;L0=bf16@rot|quantizing codec'
 # per-token schedules: a rule over every row costs the int8 row; position 0 at int8 lies between int4 and int8 and
 # costs more than int4 by at least a group descriptor per layer; the name carries the rules; combined with a layer
 # override
@@ -114,16 +120,33 @@ awk -v a="$brec" -v b4="$b4" 'BEGIN { exit !(a > 0 && a < b4) }' || fail "positi
 row=$(grep '^int4/token;T0-4095=recompute ' "$tmp/out") || fail "every row recomputed"
 read -r _ bytes bits kerr verr tf kl _ <<<"$row"
 [ "$bytes $bits $kerr $verr $tf $kl" = "0.0 0.000 0.00e+00 0.00e+00 1.0000 0.00e+00" ] || fail "every row recomputed: $row"
-for bad in 'int4:token;T3-1=int8:token|token positions are' 'int4:token;T0-3=int8:token;T2=int4:token|named twice' \
+refused "bad token schedule" 'int4:token;T3-1=int8:token|token positions are' 'int4:token;T0-3=int8:token;T2=int4:token|named twice' \
     'int4:token;Tlast0=int8:token|Tlast<N> takes N >= 1' 'int4:token;Tlast2=int8:token;Tlast1=int8:token|given twice' \
     'int4:token;T0=none|needs a wire codec' 'int4:token;T0=int8:token@rot|CODEC:GRAN only' \
     'int4:token;T=int8:token|a token rule is' 'none;T0=int8:token|quantizes no layer' 'int4:token;Tx=int8:token|token positions' \
     'int4:token;T0=int5:token|unknown codec' 'int4:token;T0,1,2,3,4,5,6,7,8=int8:token|at most 8' \
-    'int4:token;T0=|a token rule is' 'int4:token@rotv;T0=int8:token,bf16|passthrough codec in a rotated layer' 'int4:token;L0=int4:token@rotv;T0=bf16|passthrough codec in a rotated layer' 'int4:token;T1=recompute|recompute takes a prefix' 'int4:token;Tlast1=recompute|recompute takes a prefix'; do
-    "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 1 --max-prompts 1 --no-heads \
-        --codec "${bad%%|*}" >/dev/null 2>"$tmp/err"
-    [ $? -eq 1 ] && grep -q -- "${bad#*|}" "$tmp/err" || fail "bad token schedule ${bad%%|*}"
-done
+    'int4:token;T0=|a token rule is' 'int4:token@rotv;T0=int8:token,bf16|passthrough codec in a rotated layer' 'int4:token;L0=int4:token@rotv;T0=bf16|passthrough codec in a rotated layer' 'int4:token;T1=recompute|recompute takes a prefix' 'int4:token;Tlast1=recompute|recompute takes a prefix'
+# centred keys (issue 15): @center and @centerpost run and count mu (H x D f16 per layer, 2 bytes per value over the
+# prompt's rows) above the plain row; --qk-gain prints its four distributions; misuse is refused with a reason
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads --qk-gain \
+    --codec int4:token --codec 'int4:token@center' --codec 'int4:token@centerpost@rotv' --codec 'int4:token@center@qscale' >"$tmp/out" 2>"$tmp/err" ||
+    fail "centred keys exit $?"
+b4=$(awk '$1 == "int4/token" {print $2}' "$tmp/out")
+bc=$(awk '$1 == "int4/token@center" {print $2}' "$tmp/out")
+bp=$(awk '$1 == "int4/token@centerpost@rotv" {print $2}' "$tmp/out")
+rows=$(sed -n 's/^1 prompts, \([0-9]*\) prompt rows/\1/p' "$tmp/out")
+awk -v a="$bc" -v b="$b4" -v l="$n_layers" -v h="$n_heads" -v d="$head_dim" -v r="$rows" \
+    'BEGIN { x = b + l * h * d * 2 / r; exit !(a - x < 0.06 && x - a < 0.06) }' || fail "@center bytes $bc, int4 $b4"
+[ "$bp" = "$bc" ] || fail "@centerpost bytes $bp, @center $bc"
+bq=$(awk '$1 == "int4/token@center@qscale" {print $2}' "$tmp/out")
+awk -v a="$bq" -v b="$bc" -v l="$n_layers" -v h="$n_heads" -v d="$head_dim" -v r="$rows" \
+    'BEGIN { x = b + l * h * d / r; exit !(a - x < 0.06 && x - a < 0.06) }' || fail "@qscale bytes $bq, @center $bc"
+[ "$(grep -cE '^(raw|centred) +(channel|RoPE pairs) +[0-9.]+ ' "$tmp/out")" -eq 4 ] || fail "--qk-gain rows"
+refused "bad centring" 'int4:token@centerv|centres keys only' 'int4:token@center@centerpost|named twice' \
+    'int4:token@center@prerope|with @prerope' 'int4:token@centerq|centring options are' \
+    'int4:token;T0=int8:token@center|CODEC:GRAN only' \
+    'int4:token;L0=int4:token@prerope@center|with @prerope' 'int4:token@qscale@qscale|@qscale named twice' \
+    'int4:token@qscale@prerope|not with @prerope' 'int4:token;T0=int8:token@qscale|CODEC:GRAN only'
 : >"$tmp/empty.txt"
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/empty.txt" >/dev/null 2>"$tmp/err"
 [ $? -eq 1 ] && grep -q "holds no prompt" "$tmp/err" || fail "empty prompt file"

@@ -5,7 +5,8 @@
  *  - int8 per token: the reconstruction error within the bound its scale allows (|x' - x| <= amax(row) / 254 per
  *    value), above 0; int4 per token: a larger error in fewer bytes;
  *  - the reference tokens: the same as an independent greedy run of the whole prompt;
- *  - teacher-forced agreement 1 implies free-running agreement 1, for every codec. */
+ *  - teacher-forced agreement 1 implies free-running agreement 1, for every codec;
+ *  - centred keys, query-weighted keys and --qk-gain's G against their definitions recomputed here. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,9 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_generate.h"
+#include "model/kw_config.h"
 #include "model/kw_kvcache.h"
 #include "model/kw_model.h"
 #include "tools/kw_kvstats.h"
@@ -478,11 +481,291 @@ static void test_kvstats_tokens(void **state) {
     kw_backend_destroy(be);
 }
 
+/* The codec's own round trip of one layer's rows (T, H, D) of K and V in a blob of one section, written to kq, vq. */
+static void wire_roundtrip(const kw_model_config *cfg, int32_t l, const kw_wire_codec_spec *spec, const float *k,
+                           const float *v, int64_t T, float *kq, float *vq) {
+    const size_t H = (size_t)cfg->n_kv_heads, D = (size_t)cfg->head_dim;
+    const kw_wire_header hdr = {.version = KW_WIRE_VERSION,
+                                .n_layers = (uint16_t)cfg->n_layers,
+                                .n_sections = 1,
+                                .n_kv_heads = (uint16_t)H,
+                                .head_dim = (uint16_t)D,
+                                .n_positions = (uint32_t)T,
+                                .src_dtype = KW_WIRE_DTYPE_F32};
+    const kw_wire_policy pol = {.k = *spec, .v = *spec};
+    size_t cap = KW_WIRE_HEADER_BYTES + KW_WIRE_TRAILER_BYTES + KW_WIRE_CHECKSUM_BYTES, n = 0, used = 0;
+    assert_int_equal(kw_wire_section_bound(&hdr, &pol, (uint32_t)T, &n), 0);
+    cap += n;
+    uint8_t *blob = malloc(cap);
+    assert_non_null(blob);
+    kw_wire_encoder *enc = NULL;
+    assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &enc), 0);
+    assert_int_equal(kw_wire_encoder_write_header(enc, blob, cap, &n), 0);
+    used += n;
+    const kw_wire_layer_in in = {.layer = (uint32_t)l,
+                                 .n_tokens = (uint32_t)T,
+                                 .k = {.data = k, .head_stride = D, .token_stride = H * D},
+                                 .v = {.data = v, .head_stride = D, .token_stride = H * D}};
+    assert_int_equal(kw_wire_encoder_write_section(enc, &in, &pol, blob + used, cap - used, &n), 0);
+    used += n;
+    assert_int_equal(kw_wire_encoder_write_trailer(enc, blob + used, cap - used, &n), 0);
+    used += n;
+    kw_wire_encoder_destroy(enc);
+    kw_wire_reader *r = NULL;
+    const kw_wire_header *got = NULL;
+    const kw_wire_section *sec = NULL;
+    assert_int_equal(kw_wire_reader_open(blob, used, NULL, &r, &got), 0);
+    assert_int_equal(kw_wire_reader_next(r, &sec), 1);
+    const kw_wire_tensor_out ko = {.data = kq, .dtype = KW_WIRE_DTYPE_F32, .head_stride = D, .token_stride = H * D};
+    kw_wire_tensor_out vo = ko;
+    vo.data = vq;
+    assert_int_equal(kw_wire_section_dequantize(sec, &ko, &vo), 0);
+    assert_int_equal(kw_wire_reader_next(r, &sec), 0);
+    kw_wire_reader_close(r);
+    free(blob);
+}
+
+/* Centred keys (issue 15): the K error of int4 per token with @center (mu of the pre-RoPE keys), @centerpost and
+ * @center8 (mu as int8 codes times an f16 scale) equals, to the last bit, that of R(p) mu + the codec's own round trip
+ * of the residual computed here (mu: the mean in double rounded to f16, rebuilt at each position); V's error is the
+ * plain row's, the bytes the plain row's plus mu's (H x D f16, or H x (D + 2) bytes) per layer and prompt; the plain
+ * row is bit-identical beside centred rows and the query-gain sums. */
+static void test_kvstats_center(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_bf16", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim;
+    kw_kvstats_codec codecs[4] = {codec("int4", "token"), codec("int4", "token"), codec("int4", "token"),
+                                  codec("int4", "token")};
+    codecs[1].center = KW_KVSTATS_CENTER_PRE;
+    codecs[2].center = KW_KVSTATS_CENTER_POST;
+    codecs[3].center = KW_KVSTATS_CENTER_PRE8;
+    kw_kvstats *s = NULL, *plain = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_qk_gain_enable(s), 0);
+    assert_int_equal(kw_kvstats_create(m, codecs, 1, N_NEW, &plain), 0);
+    double k_err2[3] = {0, 0, 0}, k_norm2 = 0; /* PRE, POST, PRE8 */
+    for (int p = 0; p < 2; ++p) {
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+        assert_int_equal(kw_kvstats_add_prompt(plain, g_prompts[p], 9, NULL), 0);
+        float *k[64], *v[64];
+        assert_true(L <= 64);
+        read_prompt_rows(m, g_prompts[p], 9, k, v);
+        const int64_t T = 8;
+        const size_t hd = (size_t)H * (size_t)D, rows = (size_t)T * hd;
+        float *tmp = malloc(rows * sizeof *tmp), *off = malloc(rows * sizeof *off), *res = malloc(rows * sizeof *res),
+              *kq = malloc(rows * sizeof *kq), *vq = malloc(rows * sizeof *vq), *mu = malloc(hd * sizeof *mu);
+        assert_true(tmp && off && res && kq && vq && mu);
+        int64_t pos[8];
+        for (int64_t t = 0; t < T; ++t)
+            pos[t] = t;
+        for (int mode = 0; mode < 3; ++mode)
+            for (int32_t l = 0; l < L; ++l) {
+                memcpy(tmp, k[l], rows * sizeof *tmp);
+                if (mode != 1) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 1, tmp), 0);
+                for (size_t i = 0; i < hd; ++i) {
+                    double sum = 0.0;
+                    for (int64_t t = 0; t < T; ++t)
+                        sum += (double)tmp[(size_t)t * hd + i];
+                    mu[i] = kw_round_f16((float)(sum / (double)T));
+                }
+                for (int32_t h = 0; h < H && mode == 2; ++h) { /* int8 codes, f16 scale absmax / 127 */
+                    float amax = 0.0f, *mh = mu + (size_t)h * (size_t)D;
+                    for (int32_t d = 0; d < D; ++d)
+                        amax = fmaxf(amax, fabsf(mh[d]));
+                    const float sc = kw_round_f16(amax / 127.0f);
+                    for (int32_t d = 0; d < D; ++d)
+                        mh[d] = sc > 0.0f ? fminf(fmaxf(rintf(mh[d] / sc), -127.0f), 127.0f) * sc : 0.0f;
+                }
+                for (int64_t t = 0; t < T; ++t)
+                    memcpy(off + (size_t)t * hd, mu, hd * sizeof *off);
+                if (mode != 1) assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 0, off), 0);
+                for (size_t i = 0; i < rows; ++i)
+                    res[i] = k[l][i] - off[i];
+                wire_roundtrip(cfg, l, &codecs[0].spec, res, v[l], T, kq, vq);
+                for (size_t i = 0; i < rows; ++i) {
+                    const double d = (double)(kq[i] + off[i]) - (double)k[l][i];
+                    k_err2[mode] += d * d;
+                    if (mode == 0) k_norm2 += (double)k[l][i] * (double)k[l][i];
+                }
+            }
+        for (int32_t l = 0; l < L; ++l) {
+            free(k[l]);
+            free(v[l]);
+        }
+        free(tmp), free(off), free(res), free(kq), free(vq), free(mu);
+    }
+    const kw_kvstats_result *r0 = kw_kvstats_result_get(s, 0), *rp = kw_kvstats_result_get(plain, 0);
+    assert_memory_equal(r0, rp, sizeof *r0);
+    for (int mode = 0; mode < 3; ++mode) {
+        const kw_kvstats_result *rc = kw_kvstats_result_get(s, 1 + mode);
+        assert_int_equal(rc->status, 0);
+        assert_true(rc->k_err2 == k_err2[mode] && rc->k_norm2 == k_norm2);
+        assert_true(rc->k_err2 != r0->k_err2 && rc->v_err2 == r0->v_err2);
+        assert_true(rc->blob_bytes == r0->blob_bytes + 2 * (int64_t)L * H * (mode == 2 ? D + 2 : 2 * D));
+    }
+    /* the gain: at least 1 (Cauchy-Schwarz), and the pair-symmetric scaling, a constrained one, never above the
+     * per-channel one */
+    for (int32_t l = 0; l < L; ++l)
+        for (int32_t h = 0; h < H; ++h)
+            for (int c = 0; c < 2; ++c) {
+                double g_ch = 0, g_pair = 0;
+                assert_int_equal(kw_kvstats_qk_gain_get(s, l, h, c, 0, &g_ch), 0);
+                assert_int_equal(kw_kvstats_qk_gain_get(s, l, h, c, 1, &g_pair), 0);
+                assert_true(g_pair >= 1.0 - 1e-12 && g_ch >= g_pair - 1e-12 && g_ch < 100.0);
+            }
+    double g = 0;
+    assert_int_equal(kw_kvstats_qk_gain_get(plain, 0, 0, 0, 0, &g), KW_E_INVALID_ARG); /* not enabled */
+    kw_kvstats_free(plain);
+    kw_kvstats_free(s);
+    codecs[1].pre_rope = 1; /* centring pre-RoPE keys: refused */
+    assert_int_equal(kw_kvstats_create(m, codecs, 2, N_NEW, &s), KW_E_INVALID_ARG);
+    codecs[1].pre_rope = 0, codecs[1].lossless = 1;
+    assert_int_equal(kw_kvstats_create(m, codecs, 2, N_NEW, &s), KW_E_INVALID_ARG);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
+/* Query-weighted keys (@qscale): a power of two per channel commutes with bf16's rounding, so bf16 keys scaled and
+ * scaled back carry bf16's own error to the bit (an exponent not undone, or undone with the wrong sign or channel,
+ * would not), plus one byte per (layer, KV head, channel) and prompt; int4 per token sees other keys. */
+static void test_kvstats_qscale(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_bf16", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    kw_kvstats_codec codecs[4] = {codec("bf16", "token"), codec("bf16", "token"), codec("int4", "token"),
+                                  codec("int4", "token")};
+    codecs[1].qscale = 1, codecs[3].qscale = 1;
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), 0);
+    for (int p = 0; p < 2; ++p)
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+    const kw_kvstats_result *b = kw_kvstats_result_get(s, 0), *bq = kw_kvstats_result_get(s, 1),
+                            *i4 = kw_kvstats_result_get(s, 2), *i4q = kw_kvstats_result_get(s, 3);
+    const int64_t extra = 2 * (int64_t)cfg->n_layers * cfg->n_kv_heads * cfg->head_dim;
+    assert_true(bq->status == 0 && bq->k_err2 == b->k_err2 && bq->v_err2 == b->v_err2);
+    assert_true(bq->blob_bytes == b->blob_bytes + extra && i4q->blob_bytes == i4->blob_bytes + extra);
+    assert_true(i4q->k_err2 != i4->k_err2 && i4q->v_err2 == i4->v_err2 && sqrt(i4q->k_err2 / i4q->k_norm2) < 0.5);
+    kw_kvstats_free(s);
+    codecs[3].pre_rope = 1;
+    assert_int_equal(kw_kvstats_create(m, codecs, 4, N_NEW, &s), KW_E_INVALID_ARG);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
+/* The prefill's queries of every layer, (T, Hq, D) each: on_queries' target. */
+typedef struct test_queries {
+    float *q[64];
+    int64_t T;
+    size_t row;
+} test_queries;
+
+static int test_on_queries(void *user, int32_t layer, int64_t row0, int64_t n, const float *q) {
+    test_queries *tq = user;
+    memcpy(tq->q[layer] + (size_t)row0 * tq->row, q, (size_t)n * tq->row * sizeof *q);
+    return 0;
+}
+
+/* --qk-gain's G per (layer, KV head), keys raw and centred, per channel and per RoPE pair, against sums recomputed here
+ * from the prefill's queries (the model's hook) and keys over both prompts. */
+static void test_kvstats_qk_gain(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model("qwen3_gqa3", &be);
+    const kw_model_config *cfg = kw_model_get_config(m);
+    const int32_t L = cfg->n_layers, H = cfg->n_kv_heads, D = cfg->head_dim, Hq = cfg->n_heads;
+    assert_true(L <= 64 && Hq > H);
+    kw_kvstats_codec none = codec(NULL, NULL);
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, &none, 1, N_NEW, &s), 0);
+    assert_int_equal(kw_kvstats_qk_gain_enable(s), 0);
+    const size_t n_ch = (size_t)L * (size_t)H * (size_t)D;
+    double *a = calloc(n_ch, sizeof *a), *b = calloc(n_ch, sizeof *b), *bc = calloc(n_ch, sizeof *bc);
+    assert_true(a && b && bc);
+    for (int p = 0; p < 2; ++p) {
+        assert_int_equal(kw_kvstats_add_prompt(s, g_prompts[p], 9, NULL), 0);
+        const int64_t T = 8;
+        test_queries tq = {.T = T, .row = (size_t)Hq * (size_t)D};
+        for (int32_t l = 0; l < L; ++l) {
+            tq.q[l] = malloc((size_t)T * tq.row * sizeof(float));
+            assert_non_null(tq.q[l]);
+        }
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(m, 9, KW_DTYPE_F32, &cache), 0);
+        const kw_forward_args fa = {
+            .ids = g_prompts[p], .n = T, .mode = KW_LOGITS_NONE, .on_queries = test_on_queries, .user = &tq};
+        assert_int_equal(kw_model_forward(m, cache, &fa), 0);
+        const size_t hd = (size_t)H * (size_t)D;
+        float *k = malloc((size_t)T * hd * sizeof *k), *v = malloc((size_t)T * hd * sizeof *v),
+              *pre = malloc((size_t)T * hd * sizeof *pre);
+        assert_true(k && v && pre);
+        int64_t pos[8];
+        for (int64_t t = 0; t < T; ++t)
+            pos[t] = t;
+        for (int32_t l = 0; l < L; ++l) {
+            assert_int_equal(kw_kvcache_read_rows(cache, l, 0, T, k, v), 0);
+            memcpy(pre, k, (size_t)T * hd * sizeof *pre);
+            assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 1, pre), 0);
+            for (size_t i = 0; i < hd; ++i) { /* pre-RoPE mean (f16), its rotation subtracted row by row */
+                double sum = 0.0;
+                for (int64_t t = 0; t < T; ++t)
+                    sum += pre[(size_t)t * hd + i];
+                const float mu = kw_round_f16((float)(sum / (double)T));
+                for (int64_t t = 0; t < T; ++t)
+                    pre[(size_t)t * hd + i] = mu;
+            }
+            assert_int_equal(kw_config_rope_rows(cfg, l, pos, T, 0, pre), 0);
+            for (int64_t t = 0; t < T; ++t)
+                for (size_t i = 0; i < hd; ++i) {
+                    const double x = k[(size_t)t * hd + i], c = x - (double)pre[(size_t)t * hd + i];
+                    b[(size_t)l * hd + i] += x * x;
+                    bc[(size_t)l * hd + i] += c * c;
+                }
+            for (int64_t t = 0; t < T; ++t)
+                for (int32_t h = 0; h < Hq; ++h)
+                    for (int32_t d = 0; d < D; ++d) {
+                        const double x = tq.q[l][(size_t)t * tq.row + (size_t)h * D + d];
+                        a[(size_t)l * hd + (size_t)(h / (Hq / H)) * D + d] += x * x;
+                    }
+        }
+        free(k), free(v), free(pre);
+        kw_kvcache_free(cache);
+        for (int32_t l = 0; l < L; ++l)
+            free(tq.q[l]);
+    }
+    for (int32_t l = 0; l < L; ++l) {
+        const int32_t half = kw_config_rope_half(cfg, l);
+        for (int32_t h = 0; h < H; ++h)
+            for (int c = 0; c < 4; ++c) {
+                const double *A = a + ((size_t)l * H + h) * D, *B = (c & 1 ? bc : b) + ((size_t)l * H + h) * D;
+                const int pairs = c >> 1;
+                double sa = 0, sb = 0, sab = 0, g = 0;
+                for (int32_t d = 0; d < D; ++d) {
+                    double x = A[d], y = B[d];
+                    if (pairs && d >= half && d < 2 * half) continue;
+                    if (pairs && d < half) x += A[d + half], y += B[d + half];
+                    sa += x, sb += y, sab += sqrt(x * y);
+                }
+                assert_int_equal(kw_kvstats_qk_gain_get(s, l, h, c & 1, pairs, &g), 0);
+                const double want = sa * sb / (sab * sab);
+                assert_true(fabs(g - want) <= 1e-9 * want && g >= 1.0);
+            }
+    }
+    free(a), free(b), free(bc);
+    kw_kvstats_free(s);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kvstats_tiny),     cmocka_unit_test(test_kvstats_v11_options),
         cmocka_unit_test(test_kvstats_rotate),   cmocka_unit_test(test_kvstats_clip),
         cmocka_unit_test(test_kvstats_schedule), cmocka_unit_test(test_kvstats_tokens),
+        cmocka_unit_test(test_kvstats_center),   cmocka_unit_test(test_kvstats_qscale),
+        cmocka_unit_test(test_kvstats_qk_gain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
