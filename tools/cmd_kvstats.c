@@ -689,8 +689,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
     for (int32_t c = 0; c < n_codecs + n_sens; ++c) {
         const kw_kvstats_result *r = kw_kvstats_result_get(s, c);
         if (r->status < 0) {
-            printf("%-*s refused: %s (%s)\n", width, codecs[c].name, kw_strerror(r->status),
-                   "the codec cannot carry it");
+            printf("%-*s refused: %s (%s)\n", width, codecs[c].name, kw_strerror(r->status), r->why);
             continue;
         }
         const double per_row = (double)r->blob_bytes / (double)kw_kvstats_rows(s);

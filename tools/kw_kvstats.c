@@ -2,6 +2,7 @@
 #include "tools/kw_kvstats.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -357,7 +358,9 @@ typedef struct kw_kvstats_ranked {
 /* Highest score first, then the lower position. */
 static int kw_kvstats_cmp_ranked(const void *a, const void *b) {
     const kw_kvstats_ranked *x = a, *y = b;
-    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    const int xn = isnan(x->score), yn = isnan(y->score); /* NaN scores last, so the order is total */
+    if (xn != yn) return xn - yn;
+    if (!xn && x->score != y->score) return x->score > y->score ? -1 : 1;
     return (x->t > y->t) - (x->t < y->t);
 }
 
@@ -1012,8 +1015,12 @@ int kw_kvstats_add_prompt(kw_kvstats *s, const int32_t *ids, int64_t n, int32_t 
             }
         } else {
             const int qrc = kw_kvstats_roundtrip(s, &s->codecs[c], k, v, q, T, kq, vq, &bytes);
-            if (qrc == KW_E_WIRE_RANGE || qrc == KW_E_WIRE_NONFINITE) { /* this codec cannot carry this cache */
+            /* this codec cannot carry this cache, or its token rules make more groups than a section holds: the row
+             * is refused, the others go on */
+            if (qrc == KW_E_WIRE_RANGE || qrc == KW_E_WIRE_NONFINITE || qrc == KW_E_LIMIT) {
                 r->status = qrc;
+                snprintf(r->why, sizeof r->why, "%s",
+                         qrc == KW_E_LIMIT ? kw_error_detail() : "the codec cannot carry this cache");
                 continue;
             }
             KW_CHECK(qrc);

@@ -151,6 +151,7 @@ typedef struct kw_kvstats_head {
 /* What one codec did, summed over the prompts. */
 typedef struct kw_kvstats_result {
     int status;             /* 0, or the negative kw_status the codec failed with (KW_E_WIRE_RANGE ...) */
+    char why[160];          /* with status < 0: why the row was refused (kw_error_detail at the time) */
     double k_err2, k_norm2; /* sums of (x' - x)^2 and x^2 over K */
     double v_err2, v_norm2;
     int64_t blob_bytes;         /* the blobs' sizes, plus the rows of lossless layers at f32 */

@@ -107,6 +107,19 @@ static void test_pick_by_hand(void **state) {
         neg[t] = -score[t];
     assert_int_equal(kw_kvstats_pick_rows(neg, 0, T, NULL, 0.3, chosen, &n), 0);
     assert_memory_equal(chosen, ((uint8_t[T]){0, 0, 0, 1, 0, 1}), T);
+    /* NaN scores (a NaN in the prefill) rank last wherever they stand, so the order stays total */
+    for (int at = 0; at < T; ++at) {
+        double with_nan[T] = {3.0, 0.9, 0.8, 0.5, 0.6, 0.1};
+        with_nan[at] = NAN;
+        assert_int_equal(kw_kvstats_pick_rows(with_nan, 0, T, NULL, 0.5, chosen, &n), 0);
+        uint8_t want[T] = {0};
+        for (int k = 0, got = 0; k < T && got < 3; ++k) /* the three best of the others, by score */
+            for (int t = 0; t < T && got < 3; ++t) {
+                static const int order[T] = {0, 1, 2, 4, 3, 5};
+                if (t == order[k] && t != at) want[t] = 1, ++got;
+            }
+        assert_memory_equal(chosen, want, T);
+    }
     assert_int_equal(kw_kvstats_pick_rows(score, 0, T, NULL, 0.0, chosen, &n), KW_E_INVALID_ARG);
     assert_int_equal(kw_kvstats_pick_rows(score, 0, T, NULL, 1.01, chosen, &n), KW_E_INVALID_ARG);
     assert_int_equal(kw_kvstats_pick_rows(score, 0, T, NULL, NAN, chosen, &n), KW_E_INVALID_ARG);
@@ -315,12 +328,40 @@ static void test_kvstats_picks(void **state) {
     kw_backend_destroy(be);
 }
 
+/* A picking rule whose rows make more token groups than a section holds (FORMAT.md §4.2): that row is refused with
+ * KW_E_LIMIT and a reason naming the groups; the plain row beside it is measured as usual. Every other row of a
+ * 8,400-row prompt at random (Trand 50%) makes about 4,200 runs, 8,400 groups, over KW_WIRE_MAX_GROUPS. */
+static void test_kvstats_group_limit_refuses_the_row(void **state) {
+    (void)state;
+    kw_backend *be = NULL;
+    kw_model *m = load_model(512, &be);
+    enum { N = 8401 };
+    int32_t *ids = malloc(N * sizeof *ids);
+    assert_non_null(ids);
+    for (int i = 0; i < N; ++i)
+        ids[i] = (int32_t)((7u + 2654435761u * (uint32_t)i) % 500u);
+    kw_kvstats_codec c[2] = {codec("int4"), picking(KW_KVSTATS_PICK_RAND, 0.5, 0)};
+    kw_kvstats *s = NULL;
+    assert_int_equal(kw_kvstats_create(m, c, 2, 1, &s), 0);
+    assert_int_equal(kw_kvstats_add_prompt(s, ids, N, NULL), 0);
+    const kw_kvstats_result *plain = kw_kvstats_result_get(s, 0), *picked = kw_kvstats_result_get(s, 1);
+    assert_int_equal(plain->status, 0);
+    assert_true(plain->blob_bytes > 0 && plain->tf_steps == 1);
+    assert_int_equal(picked->status, KW_E_LIMIT);
+    assert_non_null(strstr(picked->why, "token groups"));
+    kw_kvstats_free(s);
+    free(ids);
+    kw_model_free(m);
+    kw_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_by_hand),
         cmocka_unit_test(test_pick_by_hand),
         cmocka_unit_test(test_query_hook),
         cmocka_unit_test(test_kvstats_picks),
+        cmocka_unit_test(test_kvstats_group_limit_refuses_the_row),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
