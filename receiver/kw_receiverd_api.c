@@ -234,7 +234,8 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
 }
 
 /* token_schedule (HTTP_API.md §5.1): entries {"first": N | "last": N | "positions": [...], "codec", "granularity",
- * "scale"}, the codec fields defaulting to the policy's; overlaps are the protocol's check (SharePolicy). */
+ * "scale", "value_codec", "value_granularity", "value_scale"}, the K fields defaulting to the policy's, V's missing
+ * fields to the entry's K fields (as a schedule entry's); overlaps are the protocol's check (SharePolicy). */
 static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: an array is expected");
     if (cJSON_GetArraySize(v) > KW_PROTO_MAX_TOKEN_POLICIES)
@@ -245,6 +246,7 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         kw_rd_token_schedule *r = &s->token_schedule[s->n_token_schedule++];
         memset(r, 0, sizeof *r);
         const char *codec = s->codec, *gran = s->granularity, *scale = s->scale;
+        const char *vcodec = NULL, *vgran = NULL, *vscale = NULL;
         int selectors = 0;
         const cJSON *f;
         cJSON_ArrayForEach(f, it) {
@@ -278,6 +280,12 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                 KW_FORWARD(kw__rd_string(e, f, "token_schedule.granularity", &gran));
             } else if (strcmp(f->string, "scale") == 0) {
                 KW_FORWARD(kw__rd_string(e, f, "token_schedule.scale", &scale));
+            } else if (strcmp(f->string, "value_codec") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.value_codec", &vcodec));
+            } else if (strcmp(f->string, "value_granularity") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.value_granularity", &vgran));
+            } else if (strcmp(f->string, "value_scale") == 0) {
+                KW_FORWARD(kw__rd_string(e, f, "token_schedule.value_scale", &vscale));
             } else {
                 return KW__RD_BAD(e, "kvwire.policy.token_schedule: unknown field \"%s\"", f->string);
             }
@@ -287,6 +295,11 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                                  "positions");
         if (kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, &r->spec) < 0)
             return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
+        r->spec_v = r->spec;
+        if ((vcodec || vgran || vscale) && /* V's codec apart, its missing fields the entry's */
+            kw_wire_spec_parse_v(vcodec ? vcodec : codec, vgran ? vgran : gran, vscale ? vscale : scale,
+                                 KW_WIRE_VERSION_1_1, &r->spec_v) < 0)
+            return KW__RD_BAD(e, "kvwire.policy.token_schedule.value_codec: %s", kw_error_detail());
     }
     Kwctl__TokenPolicy t[KW_PROTO_MAX_TOKEN_POLICIES], *ptrs[KW_PROTO_MAX_TOKEN_POLICIES]; /* the protocol's check */
     for (int i = 0; i < s->n_token_schedule; ++i) {
@@ -771,6 +784,8 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
             KW_FORWARD(kw__rd_stop(e, f, s));
         } else if (strcmp(k, "stream") == 0) {
             KW_FORWARD(kw__rd_bool(e, f, "stream", &s->stream));
+        } else if (strcmp(k, "ignore_eos") == 0) {
+            if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_bool(e, f, "ignore_eos", &s->ignore_eos));
         } else if (!chat && strcmp(k, "echo") == 0) {
             KW_FORWARD(kw__rd_bool(e, f, "echo", &s->echo));
         } else if (!chat && strcmp(k, "logprobs") == 0) {
