@@ -42,22 +42,25 @@ static int complete(uint16_t port, const char *mode, const char *ignore_eos, int
     return n;
 }
 
+/* snprintf that fails the test when the path does not fit. */
+#define PATH(buf, ...) assert_true(snprintf((buf), sizeof(buf), __VA_ARGS__) < (int)sizeof(buf))
+
 /* A folder of links to tiny-qwen3's files but generation_config.json, which names eos as the only EOS id. */
 static void model_with_eos(const char *dir, int32_t eos) {
     char src[1024], dst[1024];
-    snprintf(src, sizeof src, "%s/tiny-qwen3", kwd_models_dir());
+    PATH(src, "%s/tiny-qwen3", kwd_models_dir());
     assert_int_equal(mkdir(dir, 0755), 0);
     DIR *d = opendir(src);
     assert_non_null(d);
     const struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.' || strcmp(e->d_name, "generation_config.json") == 0) continue;
-        snprintf(src, sizeof src, "%s/tiny-qwen3/%s", kwd_models_dir(), e->d_name);
-        snprintf(dst, sizeof dst, "%s/%s", dir, e->d_name);
+        PATH(src, "%s/tiny-qwen3/%s", kwd_models_dir(), e->d_name);
+        PATH(dst, "%s/%s", dir, e->d_name);
         assert_int_equal(symlink(src, dst), 0);
     }
     closedir(d);
-    snprintf(dst, sizeof dst, "%s/generation_config.json", dir);
+    PATH(dst, "%s/generation_config.json", dir);
     FILE *f = fopen(dst, "w");
     assert_non_null(f);
     fprintf(f, "{\"eos_token_id\": [%d], \"do_sample\": false}\n", (int)eos);
@@ -80,9 +83,9 @@ static void test_ignore_eos(void **state) {
     }
     if (k >= N_TOKENS - 1) skip(); /* a run of one repeated token: no step to stop at */
     char dir[1024], path[1100];
-    snprintf(dir, sizeof dir, "%s/eos-model", kwd_scratch_dir());
+    PATH(dir, "%s/eos-model", kwd_scratch_dir());
     model_with_eos(dir, plain[k]);
-    snprintf(path, sizeof path, "--model.path=%s", dir);
+    PATH(path, "--model.path=%s", dir);
     const char *const extra[] = {path, NULL};
     kwd_proc r;
     kwd_start_receiver(kwd_sharer.port, extra, &r);

@@ -59,6 +59,13 @@ static int row_elems(void) {
 
 static void same_logprobs(const kwd_response *a, const kwd_response *b);
 
+/* A string field of an echoed entry equal to want (a missing field fails the test). */
+static void echoed(const cJSON *entry, const char *key, const char *want) {
+    const cJSON *v = cJSON_GetObjectItem(entry, key);
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, want) != 0)
+        fail_msg("echoed %s: %s, \"%s\" expected", key, cJSON_IsString(v) ? v->valuestring : "(none)", want);
+}
+
 static void same_ids(const kwd_response *a, const kwd_response *b) {
     int32_t x[16], y[16];
     const int n = kwd_json_ids(kwd_json_get(a->json, "kvwire.completion_ids"), x, 16);
@@ -195,14 +202,14 @@ static void test_rule_kv_pair(void **state) {
     if (got != b - layers * (row / 2 - 12))
         fail_msg("blob %.0f; first row K int8 V int4 %.0f (want %.0f)", b, got, b - layers * (row / 2 - 12));
     const cJSON *echo = cJSON_GetArrayItem(kwd_json_get(first.json, "kvwire.policy.token_schedule"), 0);
-    assert_string_equal(cJSON_GetObjectItem(echo, "codec")->valuestring, "int8");
-    assert_string_equal(cJSON_GetObjectItem(echo, "value_codec")->valuestring, "int4");
-    assert_string_equal(cJSON_GetObjectItem(echo, "value_granularity")->valuestring, "token");
-    assert_string_equal(cJSON_GetObjectItem(echo, "value_scale")->valuestring, "f16");
+    echoed(echo, "codec", "int8");
+    echoed(echo, "value_codec", "int4");
+    echoed(echo, "value_granularity", "token");
+    echoed(echo, "value_scale", "f16");
     echo = cJSON_GetArrayItem(kwd_json_get(asym.json, "kvwire.policy.token_schedule"), 0);
-    assert_string_equal(cJSON_GetObjectItem(echo, "codec")->valuestring, "int2-asym");
-    assert_string_equal(cJSON_GetObjectItem(echo, "value_codec")->valuestring, "int2");
-    assert_string_equal(cJSON_GetObjectItem(echo, "value_scale")->valuestring, "bf16");
+    echoed(echo, "codec", "int2-asym");
+    echoed(echo, "value_codec", "int2");
+    echoed(echo, "value_scale", "bf16");
     echo = cJSON_GetArrayItem(kwd_json_get(plain.json, "kvwire.policy.token_schedule"), 0);
     assert_null(echo);
     kwd_response_free(&plain);
