@@ -3,7 +3,8 @@
 path.
 
 For each prompt of IDS (one JSON array of token ids a line, BOS included) the receiverd on 127.0.0.1:PORT decodes 64
-greedy tokens in receiver_only mode (the unquantized reference: the receiver's own prefill; past an EOS, as kvstats);
+greedy tokens in receiver_only mode (the unquantized reference: the receiver's own prefill; past an EOS with
+ignore_eos, as kvstats);
 then, for each policy of POLICIES (a JSON object: row name -> kvwire.policy object; only the ROWs named, if any), the
 same prompt in kv_direct with those tokens forced (kvwire.force_tokens): a step agrees when the distribution that
 predicted the forced token has it as its argmax. The prompt cache is the first n - 1 rows and the last prompt token is
@@ -34,16 +35,12 @@ def post(body):
 
 
 def reference(p, n=64):
-    """n greedy tokens past any EOS, as kvstats decodes its reference: receiverd stops at an EOS (kept as the last
-    id), so a run that stopped early goes on from the prompt with the tokens so far appended."""
-    ref = []
-    while len(ref) < n:
-        ids = post({"prompt": p + ref, "max_tokens": n - len(ref), "kvwire": {"mode": "receiver_only"}})["kvwire"][
-            "completion_ids"]
-        if not ids:
-            sys.exit("product_tf.py: receiver_only generated nothing after %d tokens" % len(ref))
-        ref += ids
-    return ref
+    """n greedy tokens past any EOS (ignore_eos), as kvstats decodes its reference."""
+    ids = post({"prompt": p, "max_tokens": n, "ignore_eos": True, "kvwire": {"mode": "receiver_only"}})["kvwire"][
+        "completion_ids"]
+    if len(ids) != n:
+        sys.exit("product_tf.py: receiver_only gave %d tokens, %d asked" % (len(ids), n))
+    return ids
 
 
 prompts = [json.loads(line) for line in open(ids_path) if line.strip()]

@@ -347,7 +347,9 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
             e, "scale", s->schedule[i].spec.scale_dtype ? kw_wire_scale_name(s->schedule[i].spec.scale_dtype) : "none");
         if (memcmp(&s->schedule[i].spec_v, &s->schedule[i].spec, sizeof s->schedule[i].spec) != 0) {
             const kw_wire_codec_spec *sv = &s->schedule[i].spec_v;
-            cJSON_AddStringToObject(e, "value_codec", kw_wire_codec_name(sv->codec));
+            char vcodec[32];
+            kw_wire_spec_codec_format(sv, vcodec, sizeof vcodec);
+            cJSON_AddStringToObject(e, "value_codec", vcodec);
             kw_wire_spec_gran_format(sv, gran, sizeof gran);
             cJSON_AddStringToObject(e, "value_granularity", gran);
             cJSON_AddStringToObject(e, "value_scale", sv->scale_dtype ? kw_wire_scale_name(sv->scale_dtype) : "none");
@@ -371,10 +373,20 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
                 for (int q = 0; q < t->n_positions; ++q)
                     cJSON_AddItemToArray(a, cJSON_CreateNumber(t->positions[q]));
             }
-            cJSON_AddStringToObject(e, "codec", kw_wire_codec_name(t->spec.codec));
+            char codec[32];
+            kw_wire_spec_codec_format(&t->spec, codec, sizeof codec);
+            cJSON_AddStringToObject(e, "codec", codec);
             kw_wire_spec_gran_format(&t->spec, gran, sizeof gran);
             cJSON_AddStringToObject(e, "granularity", gran);
             cJSON_AddStringToObject(e, "scale", t->spec.scale_dtype ? kw_wire_scale_name(t->spec.scale_dtype) : "none");
+            if (memcmp(&t->spec_v, &t->spec, sizeof t->spec) != 0) { /* V's codec apart (the value_* fields) */
+                kw_wire_spec_codec_format(&t->spec_v, codec, sizeof codec);
+                cJSON_AddStringToObject(e, "value_codec", codec);
+                kw_wire_spec_gran_format(&t->spec_v, gran, sizeof gran);
+                cJSON_AddStringToObject(e, "value_granularity", gran);
+                cJSON_AddStringToObject(e, "value_scale",
+                                        t->spec_v.scale_dtype ? kw_wire_scale_name(t->spec_v.scale_dtype) : "none");
+            }
             cJSON_AddItemToArray(ts, e);
         }
     }

@@ -109,10 +109,15 @@ static int kw__rd_choice(kw__rd_err *e, const cJSON *v, const char *name, const 
     return KW__RD_BAD(e, "%s: \"%s\" is not one of %s", name, s, list);
 }
 
-static bool kw__rd_in(const char *s, const char *const *names) {
+/* The index of s in names (NULL-terminated), or -1. */
+static int kw__rd_index(const char *s, const char *const *names) {
     for (int i = 0; names[i]; ++i)
-        if (strcmp(s, names[i]) == 0) return true;
-    return false;
+        if (strcmp(s, names[i]) == 0) return i;
+    return -1;
+}
+
+static bool kw__rd_in(const char *s, const char *const *names) {
+    return kw__rd_index(s, names) >= 0;
 }
 
 /* An array of token ids in [0, vocab) (at most max entries). *out is malloc'ed (NULL for an empty array). */
@@ -151,6 +156,8 @@ static const char *const kw__rd_orders[] = {"front", "back", NULL};
 static const char *const kw__rd_budget_modes[] = {"tokens", "kvcomm_like", "qkvcomm_like",
                                                   NULL}; /* kw_wire_budget_mode */
 static const char *const kw__rd_fusions[] = {"sequential", "parallel", NULL};
+static const char *const kw__rd_codec_fields[] = {
+    "codec", "granularity", "scale", "value_codec", "value_granularity", "value_scale", NULL};
 static const char *const kw__rd_relay_styles[] = {"generated", "raw", "extractive", NULL}; /* enum kw_relay_style */
 
 /* codec/granularity/scale as given (or the defaults), into spec; the KVWire v1.1 names too (int3, int2, -asym zero
@@ -234,7 +241,8 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
 }
 
 /* token_schedule (HTTP_API.md §5.1): entries {"first": N | "last": N | "positions": [...], "codec", "granularity",
- * "scale"}, the codec fields defaulting to the policy's; overlaps are the protocol's check (SharePolicy). */
+ * "scale", "value_codec", "value_granularity", "value_scale"}, the K fields defaulting to the policy's, V's missing
+ * fields to the entry's K fields (as a schedule entry's); overlaps are the protocol's check (SharePolicy). */
 static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: an array is expected");
     if (cJSON_GetArraySize(v) > KW_PROTO_MAX_TOKEN_POLICIES)
@@ -244,11 +252,13 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         if (!cJSON_IsObject(it)) return KW__RD_BAD(e, "kvwire.policy.token_schedule: objects are expected");
         kw_rd_token_schedule *r = &s->token_schedule[s->n_token_schedule++];
         memset(r, 0, sizeof *r);
-        const char *codec = s->codec, *gran = s->granularity, *scale = s->scale;
+        /* codec, granularity, scale (default: the policy's), then V's (NULL: the entry's) */
+        const char *cf[6] = {s->codec, s->granularity, s->scale, NULL, NULL, NULL};
         int selectors = 0;
         const cJSON *f;
         cJSON_ArrayForEach(f, it) {
             int64_t x = 0;
+            int c = 0;
             if (strcmp(f->string, "first") == 0 || strcmp(f->string, "last") == 0) {
                 KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.token_schedule.first/last", 1, KW_RD_MAX_MAX_TOKENS, &x));
                 *(f->string[0] == 'f' ? &r->first : &r->last) = (uint32_t)x;
@@ -272,12 +282,10 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                     r->positions[r->n_positions++] = (uint32_t)x;
                 }
                 ++selectors;
-            } else if (strcmp(f->string, "codec") == 0) {
-                KW_FORWARD(kw__rd_string(e, f, "token_schedule.codec", &codec));
-            } else if (strcmp(f->string, "granularity") == 0) {
-                KW_FORWARD(kw__rd_string(e, f, "token_schedule.granularity", &gran));
-            } else if (strcmp(f->string, "scale") == 0) {
-                KW_FORWARD(kw__rd_string(e, f, "token_schedule.scale", &scale));
+            } else if ((c = kw__rd_index(f->string, kw__rd_codec_fields)) >= 0) {
+                char name[48];
+                snprintf(name, sizeof name, "token_schedule.%s", f->string);
+                KW_FORWARD(kw__rd_string(e, f, name, &cf[c]));
             } else {
                 return KW__RD_BAD(e, "kvwire.policy.token_schedule: unknown field \"%s\"", f->string);
             }
@@ -285,8 +293,13 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         if (selectors != 1)
             return KW__RD_BAD(e, "kvwire.policy.token_schedule: each entry needs exactly one of first, last and "
                                  "positions");
-        if (kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, &r->spec) < 0)
+        if (kw_wire_spec_parse_v(cf[0], cf[1], cf[2], KW_WIRE_VERSION_1_1, &r->spec) < 0)
             return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
+        r->spec_v = r->spec;
+        if ((cf[3] || cf[4] || cf[5]) && /* V's codec apart, its missing fields the entry's */
+            kw_wire_spec_parse_v(cf[3] ? cf[3] : cf[0], cf[4] ? cf[4] : cf[1], cf[5] ? cf[5] : cf[2],
+                                 KW_WIRE_VERSION_1_1, &r->spec_v) < 0)
+            return KW__RD_BAD(e, "kvwire.policy.token_schedule.value_codec: %s", kw_error_detail());
     }
     Kwctl__TokenPolicy t[KW_PROTO_MAX_TOKEN_POLICIES], *ptrs[KW_PROTO_MAX_TOKEN_POLICIES]; /* the protocol's check */
     for (int i = 0; i < s->n_token_schedule; ++i) {
@@ -771,6 +784,8 @@ static int kw__rd_parse_top(kw__rd_err *e, const cJSON *root, bool chat, const k
             KW_FORWARD(kw__rd_stop(e, f, s));
         } else if (strcmp(k, "stream") == 0) {
             KW_FORWARD(kw__rd_bool(e, f, "stream", &s->stream));
+        } else if (strcmp(k, "ignore_eos") == 0) {
+            if (!cJSON_IsNull(f)) KW_FORWARD(kw__rd_bool(e, f, "ignore_eos", &s->ignore_eos));
         } else if (!chat && strcmp(k, "echo") == 0) {
             KW_FORWARD(kw__rd_bool(e, f, "echo", &s->echo));
         } else if (!chat && strcmp(k, "logprobs") == 0) {

@@ -259,7 +259,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
     Kwctl__LayerPolicy *sched = NULL, **sched_ptrs = NULL;
     Kwctl__CodecSpec *sched_codecs = NULL;
     Kwctl__TokenPolicy tok[KW_PROTO_MAX_TOKEN_POLICIES], *tok_ptrs[KW_PROTO_MAX_TOKEN_POLICIES];
-    Kwctl__CodecSpec tok_codecs[KW_PROTO_MAX_TOKEN_POLICIES];
+    Kwctl__CodecSpec tok_codecs[2 * KW_PROTO_MAX_TOKEN_POLICIES];
     Kwctl__CodecSpec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS], *budget_ptrs[KW_WIRE_ALLOC_MAX_CODECS];
     size_t n_sched = 0;
     int rc = 0;
@@ -353,15 +353,17 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
             p.schedule = sched_ptrs;
             p.n_schedule = n_sched;
         }
-        for (int i = 0; i < s->n_token_schedule; ++i) { /* the API's entries as they are: one codec for K and V */
+        for (int i = 0; i < s->n_token_schedule; ++i) { /* the API's entries as they are */
             const kw_rd_token_schedule *t = &s->token_schedule[i];
             kwctl__token_policy__init(&tok[i]);
-            tok_codecs[i] = kw__rd_codec(&t->spec);
+            tok_codecs[2 * i] = kw__rd_codec(&t->spec);
+            tok_codecs[2 * i + 1] = kw__rd_codec(&t->spec_v);
             tok[i].first = t->first;
             tok[i].last = t->last;
             tok[i].positions = (uint32_t *)t->positions; /* not written: packing only reads it */
             tok[i].n_positions = (size_t)t->n_positions;
-            tok[i].k = tok[i].v = &tok_codecs[i];
+            tok[i].k = &tok_codecs[2 * i];
+            tok[i].v = &tok_codecs[2 * i + 1];
             tok_ptrs[i] = &tok[i];
         }
         p.token_schedule = tok_ptrs;
@@ -774,6 +776,8 @@ static int kw__rd_run(kw_rd_worker *w, kw_rd_job *j) {
                                .user = &g,
                                .force_ids = s->force_ids,
                                .n_force = s->n_force};
+    static const int32_t no_eos[1] = {0};
+    if (s->ignore_eos) gen.eos_ids = no_eos, gen.n_eos = 0; /* non-NULL and empty: no id ends it early */
     if (s->logprobs >= 0 || s->force_ids) {
         gen.on_logits = kw__rd_on_logits;
         g.rounded = malloc((size_t)d->vocab * sizeof *g.rounded);

@@ -57,13 +57,14 @@ typedef struct kw_rd_schedule {
 } kw_rd_schedule;
 
 /* A token schedule entry (HTTP_API.md §5.1 token_schedule, SharePolicy.token_schedule): one of first (a count),
- * last (a count) and positions, with one codec for K and V. */
+ * last (a count) and positions, with K's codec and V's (the same unless a value_* field is given). */
 #define KW_RD_MAX_TOKEN_POSITIONS 64
 typedef struct kw_rd_token_schedule {
     uint32_t first, last;
     uint32_t positions[KW_RD_MAX_TOKEN_POSITIONS]; /* strictly increasing */
     int n_positions;
-    kw_wire_codec_spec spec;
+    kw_wire_codec_spec spec;   /* K's, and V's unless a value_* field is given */
+    kw_wire_codec_spec spec_v; /* V's */
 } kw_rd_token_schedule;
 
 /* A request with every default filled in. Owned strings and arrays: kw_rd_spec_free. */
@@ -79,8 +80,9 @@ typedef struct kw_rd_spec {
     char *stop[KW_RD_MAX_STOP];
     int n_stop;
     bool stream, echo;
-    int logprobs;   /* -1: none; else the top-k (0..20) */
-    bool token_ids; /* return_tokens_as_token_ids: logprobs tokens written "token_id:<id>" (HTTP_API.md §8) */
+    bool ignore_eos; /* decode past an EOS id: exactly max_tokens tokens unless a stop string ends it */
+    int logprobs;    /* -1: none; else the top-k (0..20) */
+    bool token_ids;  /* return_tokens_as_token_ids: logprobs tokens written "token_id:<id>" (HTTP_API.md §8) */
     /* kvwire */
     enum kw_rd_mode mode;
     char *sharer, *sharer_model; /* NULL: the defaults (first sharer, its first model) */

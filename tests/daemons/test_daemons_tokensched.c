@@ -6,7 +6,7 @@
  *  - refusals: overlapping entries, two selectors, unknown fields, with budget_bytes (400), and first/last entries
  *    that meet on a short prompt (the sharer's refusal naming the position).
  * recompute_prefix (kv_direct): the tokens and logprobs of the same rows sent exact, N rows fewer on the wire; and the
- * layer schedule's own options (rotate, clip, a V codec apart).
+ * layer schedule's own options (rotate, clip, a V codec apart); a token rule's own V codec (value_*).
  * Both daemons must then exit cleanly on SIGTERM. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -55,6 +55,15 @@ static int row_elems(void) {
     cJSON_Delete(c);
     assert_true(heads > 0 && dim > 0);
     return heads * dim;
+}
+
+static void same_logprobs(const kwd_response *a, const kwd_response *b);
+
+/* A string field of an echoed entry equal to want (a missing field fails the test). */
+static void echoed(const cJSON *entry, const char *key, const char *want) {
+    const cJSON *v = cJSON_GetObjectItem(entry, key);
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, want) != 0)
+        fail_msg("echoed %s: %s, \"%s\" expected", key, cJSON_IsString(v) ? v->valuestring : "(none)", want);
 }
 
 static void same_ids(const kwd_response *a, const kwd_response *b) {
@@ -146,6 +155,85 @@ static void test_refusals(void **state) {
              &r);
     if (r.status == 200 || !strstr(r.body, "both cover position")) fail_msg("HTTP %ld: %s", r.status, r.body);
     kwd_response_free(&r);
+}
+
+/* A K/V pair in a token rule (value_codec, value_granularity, value_scale; V's missing fields the entry's K fields):
+ *  - a rule covering every row with K int8 and V int4 gives the blob, tokens and logprobs of the request-wide pair
+ *    (K int8, V int4) bit for bit, and logprobs other than the swapped pair's (K int4, V int8): V took value_codec;
+ *  - on the first row of an int8 section, K int8 and V int4 save half a byte per V value and add a group descriptor
+ *    per layer; the echo names V's codec, granularity and scale (defaulted from the entry's), -asym kept;
+ *  - refusals name the field. */
+static void test_rule_kv_pair(void **state) {
+    (void)state;
+    const char *tok = "\"granularity\":\"token\",\"scale\":\"f16\"";
+    char base[256];
+    snprintf(base, sizeof base, "\"codec\":\"int4\",%s", tok);
+    kwd_response ruled, pair, swapped;
+    request(base, ",\"token_schedule\":[{\"first\":100000,\"codec\":\"int8\",\"value_codec\":\"int4\"}]", &ruled);
+    snprintf(base, sizeof base, "\"codec\":\"int8\",\"value_codec\":\"int4\",%s", tok);
+    request(base, "", &pair);
+    snprintf(base, sizeof base, "\"codec\":\"int4\",\"value_codec\":\"int8\",%s", tok);
+    request(base, "", &swapped);
+    assert_true(kwd_json_num(ruled.json, "kvwire.bytes.blob") == kwd_json_num(pair.json, "kvwire.bytes.blob"));
+    same_ids(&ruled, &pair);
+    same_logprobs(&ruled, &pair);
+    const cJSON *lr =
+                    kwd_json_get(cJSON_GetArrayItem(kwd_json_get(ruled.json, "choices"), 0), "logprobs.token_logprobs"),
+                *ls = kwd_json_get(cJSON_GetArrayItem(kwd_json_get(swapped.json, "choices"), 0),
+                                   "logprobs.token_logprobs");
+    bool differ = false;
+    for (int i = 0; i < cJSON_GetArraySize(lr) && i < cJSON_GetArraySize(ls); ++i)
+        differ |= cJSON_GetArrayItem(lr, i)->valuedouble != cJSON_GetArrayItem(ls, i)->valuedouble;
+    assert_true(differ);
+    kwd_response_free(&ruled);
+    kwd_response_free(&pair);
+    kwd_response_free(&swapped);
+
+    snprintf(base, sizeof base, "\"codec\":\"int8\",%s", tok);
+    kwd_response plain, first, asym;
+    request(base, "", &plain);
+    request(base, ",\"token_schedule\":[{\"first\":1,\"codec\":\"int8\",\"value_codec\":\"int4\"}]", &first);
+    request(base,
+            ",\"token_schedule\":[{\"last\":2,\"codec\":\"int2-asym\",\"value_codec\":\"int2\",\"value_scale\":"
+            "\"bf16\"}]",
+            &asym);
+    const double layers = cJSON_GetArraySize(kwd_json_get(plain.json, "kvwire.policy.layers")), row = row_elems(),
+                 b = kwd_json_num(plain.json, "kvwire.bytes.blob"), got = kwd_json_num(first.json, "kvwire.bytes.blob");
+    if (got != b - layers * (row / 2 - 12))
+        fail_msg("blob %.0f; first row K int8 V int4 %.0f (want %.0f)", b, got, b - layers * (row / 2 - 12));
+    const cJSON *echo = cJSON_GetArrayItem(kwd_json_get(first.json, "kvwire.policy.token_schedule"), 0);
+    echoed(echo, "codec", "int8");
+    echoed(echo, "value_codec", "int4");
+    echoed(echo, "value_granularity", "token");
+    echoed(echo, "value_scale", "f16");
+    echo = cJSON_GetArrayItem(kwd_json_get(asym.json, "kvwire.policy.token_schedule"), 0);
+    echoed(echo, "codec", "int2-asym");
+    echoed(echo, "value_codec", "int2");
+    echoed(echo, "value_scale", "bf16");
+    echo = cJSON_GetArrayItem(kwd_json_get(plain.json, "kvwire.policy.token_schedule"), 0);
+    assert_null(echo);
+    kwd_response_free(&plain);
+    kwd_response_free(&first);
+    kwd_response_free(&asym);
+
+    static const char *const bad[][2] = {
+        {"\"value_codec\":\"int9\"", "token_schedule.value_codec"},
+        {"\"value_codec\":4", "token_schedule.value_codec: a string"},
+        {"\"value_granularity\":\"rows\"", "token_schedule.value_codec"},
+        {"\"value_scale\":\"f64\"", "token_schedule.value_codec"},
+        {"\"value_codec\":\"int4\",\"value_granularity\":7", "token_schedule.value_granularity: a string"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+        char body[512];
+        snprintf(body, sizeof body,
+                 "{\"prompt\":\"Hi\",\"max_tokens\":1,\"kvwire\":{\"mode\":\"kv_direct\",\"policy\":{\"codec\":"
+                 "\"int8\",\"token_schedule\":[{\"first\":1,\"codec\":\"int8\",%s}]}}}",
+                 bad[i][0]);
+        kwd_response r;
+        kwd_http(kwd_receiver.port, "/v1/completions", body, &r);
+        if (r.status != 400 || !strstr(r.body, bad[i][1])) fail_msg("%s: HTTP %ld: %s", bad[i][0], r.status, r.body);
+        kwd_response_free(&r);
+    }
 }
 
 /* The logprobs of every generated token (top 1), bit for bit. */
@@ -261,8 +349,9 @@ static void test_layer_options(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rule_covering_all), cmocka_unit_test(test_rule_bytes),    cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_recompute_prefix),  cmocka_unit_test(test_layer_options),
+        cmocka_unit_test(test_rule_covering_all), cmocka_unit_test(test_rule_bytes),
+        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_recompute_prefix),
+        cmocka_unit_test(test_layer_options),     cmocka_unit_test(test_rule_kv_pair),
     };
     return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }
