@@ -628,9 +628,12 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
 
     /* attention block */
     KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->attn_norm, eps, nf));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &q, &h, &L->wq, opt_bias(&L->bq)));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &k, &h, &L->wk, opt_bias(&L->bk)));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &v, &h, &L->wv, opt_bias(&L->bv)));
+    { /* q, k and v from one h: one job (kw_op_matmul_shared) */
+        kw_tensor *qkv[3] = {&q, &k, &v};
+        const kw_tensor *w[3] = {&L->wq, &L->wk, &L->wv};
+        const kw_tensor *b[3] = {opt_bias(&L->bq), opt_bias(&L->bk), opt_bias(&L->bv)};
+        KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul_shared(be, 3, qkv, &h, w, b));
+    }
     if (c->qk_norm) {
         KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &q3, &q3, &L->q_norm, eps, nf));
         KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &k3, &k3, &L->k_norm, eps, nf));
@@ -662,8 +665,11 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
 
     /* MLP block */
     KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->ffn_norm, eps, nf));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &gate, &h, &L->w_gate, opt_bias(&L->b_gate)));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &up, &h, &L->w_up, opt_bias(&L->b_up)));
+    {
+        kw_tensor *gu[2] = {&gate, &up};
+        const kw_tensor *w[2] = {&L->w_gate, &L->w_up}, *b[2] = {opt_bias(&L->b_gate), opt_bias(&L->b_up)};
+        KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul_shared(be, 2, gu, &h, w, b));
+    }
     KW_MODEL_OP(m, KW_OP_GLU, kw_op_glu(be, &act, &gate, &up, c->act));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &act, &L->w_down, opt_bias(&L->b_down)));
     if (L->ffn_out_norm.data) KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &o, &o, &L->ffn_out_norm, eps, nf));
