@@ -782,7 +782,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
 /* The work items of n jobs as one run: item it is item it - first[i] of job i for first[i] <= it < first[i + 1]. */
 typedef struct kw_mm_jobs {
     int n;
-    const kw_mm_job *job;
+    kw_mm_job *job; /* n jobs (borrowed) */
     int64_t first[KW_MATMUL_SHARED_MAX + 1];
 } kw_mm_jobs;
 
@@ -791,7 +791,7 @@ static void kw_mm_items(void *arg, int64_t it, int worker) {
     int i = 0;
     while (it >= js->first[i + 1])
         ++i;
-    kw_mm_item((void *)&js->job[i], it - js->first[i], worker);
+    kw_mm_item(&js->job[i], it - js->first[i], worker);
 }
 
 int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, const kw_tensor *x,
