@@ -39,7 +39,7 @@ static void kw_bench_model_usage(FILE *f) {
             "                          [--model-dir DIR | --model PATH [--weights "
             "f32|bf16|quantized|quantized-int8|bf16-act]]\n"
             "                          [--reps N] [--bw-mib N]\n"
-            "                          [--profile]\n"
+            "                          [--profile] [--interleave-shared]\n"
             "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
             "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
             "               dequantize every weight at load; quantized-int8 also runs Q4_K, Q4_1 and Q6_K weights with "
@@ -56,7 +56,9 @@ static void kw_bench_model_usage(FILE *f) {
             "  --reps       measured repetitions, best is reported (default 3); each is bracketed by bandwidth reads\n"
             "  --bw-mib     the bandwidth reads' buffer in MiB (default 512: make it far larger than the last-level "
             "cache)\n"
-            "  --profile    also print per-op times of one prefill and one decode run\n");
+            "  --profile    also print per-op times of one prefill and one decode run\n"
+            "  --interleave-shared  also time 2 x --decode steps alternating (A B B A) a layer's q/k/v and gate/up\n"
+            "               as one shared matmul each (the default) and as separate matmuls\n");
 }
 
 /* Resets the process's peak RSS (VmHWM) to its current RSS, so the bandwidth buffer freed before the model loads does
@@ -91,13 +93,19 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
     static const char *const weight_names[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
-    int arch = 0, profile = 0, weights = 2; /* weights: GGUF kept quantized by default */
+    int arch = 0, profile = 0, interleave = 0, weights = 2; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
-        KW_CLI_INT("--threads", &threads, 1, 256),   KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
-        KW_CLI_INT("--decode", &n_decode, 1, 8192),  KW_CLI_INT("--reps", &reps, 1, 100),
-        KW_CLI_INT("--bw-mib", &bw_mib, 1, 1 << 20), KW_CLI_CHOICE("--arch", &arch, archs),
-        KW_CLI_STR("--model-dir", &model_dir),       KW_CLI_FLAG("--profile", &profile),
-        KW_CLI_STR("--model", &model_path),          KW_CLI_CHOICE("--weights", &weights, weight_names),
+        KW_CLI_INT("--threads", &threads, 1, 256),
+        KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
+        KW_CLI_INT("--decode", &n_decode, 1, 8192),
+        KW_CLI_INT("--reps", &reps, 1, 100),
+        KW_CLI_INT("--bw-mib", &bw_mib, 1, 1 << 20),
+        KW_CLI_CHOICE("--arch", &arch, archs),
+        KW_CLI_STR("--model-dir", &model_dir),
+        KW_CLI_FLAG("--profile", &profile),
+        KW_CLI_FLAG("--interleave-shared", &interleave),
+        KW_CLI_STR("--model", &model_path),
+        KW_CLI_CHOICE("--weights", &weights, weight_names),
     };
     const int st = KW_CLI_PARSE("kvwire bench model", argc, argv, opts, kw_bench_model_usage);
     if (st != KW_CLI_RUN) return st;
@@ -159,7 +167,7 @@ int kw_bench_model(int argc, char **argv) {
     for (int64_t i = 0; i < prompt_len; ++i)
         ids[i] = (int32_t)(((uint64_t)i * 2654435761u) % (uint64_t)cfg->vocab);
     const int64_t warm_steps = 4; /* the cache holds the warm-up's steps too when --decode is shorter */
-    KW_CHECK(kw_model_create_cache(model, prompt_len + (n_decode > warm_steps ? n_decode : warm_steps) + 1,
+    KW_CHECK(kw_model_create_cache(model, prompt_len + (n_decode > warm_steps ? n_decode : warm_steps) * 2 + 1,
                                    KW_DTYPE_BF16, &cache));
 
     /* warm-up: faults the mapped weights in and sizes the CPU backend's scratch */
@@ -238,6 +246,26 @@ int kw_bench_model(int argc, char **argv) {
            bw_hi * 1e-9);
     printf("peak RSS: %.1f MB (model phase%s)\n", rss * 1e-6,
            rss_reset == 0 ? "" : "; /proc/self/clear_refs not writable: includes the bandwidth buffer");
+
+    if (interleave) { /* steps alternating A B B A ..., so that both see the same machine and contexts */
+        stage = "interleave";
+        double ms[2] = {0, 0};
+        KW_CHECK(kw_kvcache_reset(cache));
+        const kw_forward_args a = {
+            .ids = ids, .n = prompt_len, .mode = KW_LOGITS_LAST, .argmax = &next, .argmax_flags = 1};
+        KW_CHECK(kw_model_forward(model, cache, &a));
+        for (int64_t i = 0; i < 2 * n_decode; ++i) {
+            const int separate = (int)((i + i / 2) % 2);
+            kw_model_set_shared_matmuls(model, !separate);
+            t0 = kw_time_now_ns();
+            KW_CHECK(kw_model_decode_step(model, cache, next, NULL, &next, KW_ARGMAX_ROUND_BF16));
+            ms[separate] += kw_time_ms(t0, kw_time_now_ns());
+        }
+        kw_model_set_shared_matmuls(model, 1);
+        printf("decode, steps interleaved: shared matmuls %.3f ms/token, separate %.3f ms/token, speed-up %.4f "
+               "(%ld steps each)\n",
+               ms[0] / (double)n_decode, ms[1] / (double)n_decode, ms[1] / ms[0], (long)n_decode);
+    }
 
     if (profile) {
         stage = "profile";

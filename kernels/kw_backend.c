@@ -749,9 +749,9 @@ int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, 
     return backend->iface->get_rows(backend, out, table, ids);
 }
 
-int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
-    static const char op[] = "matmul";
-    KW_CHECK_BACKEND(op);
+/* The checks of kw_op_matmul (and of each weight of kw_op_matmul_shared). */
+static int kw_check_matmul(kw_backend *backend, const kw_tensor *out, const kw_tensor *x, const kw_tensor *w,
+                           const kw_tensor *bias, const char *op) {
     KW_FORWARD(kw_check_tensor(backend, out, op, "out"));
     KW_FORWARD(kw_check_tensor(backend, x, op, "x"));
     KW_FORWARD(kw_check_tensor_any_layout(backend, w, op, "w"));
@@ -771,7 +771,33 @@ int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const 
                      "%s: bias %s must be (%lld) f32/bf16/f16", op, KW_SHAPE(bias), (long long)w->ne[0]);
         KW_FORWARD(kw_check_supported(backend, KW_OP_MATMUL, bias->dtype, 1));
     }
+    return 0;
+}
+
+int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
+    static const char op[] = "matmul";
+    KW_CHECK_BACKEND(op);
+    KW_FORWARD(kw_check_matmul(backend, out, x, w, bias, op));
     return backend->iface->matmul(backend, out, x, w, bias);
+}
+
+int kw_op_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, const kw_tensor *x,
+                        const kw_tensor *const *w, const kw_tensor *const *bias) {
+    static const char op[] = "matmul_shared";
+    KW_CHECK_BACKEND(op);
+    KW_RETURN_IF(n < 1 || n > KW_MATMUL_SHARED_MAX || out == NULL || w == NULL, KW_E_INVALID_ARG,
+                 "%s: %d weights (1..%d) or NULL arrays", op, n, KW_MATMUL_SHARED_MAX);
+    for (int i = 0; i < n; ++i) {
+        KW_FORWARD(kw_check_matmul(backend, out[i], x, w[i], bias ? bias[i] : NULL, op));
+        for (int j = 0; j < i; ++j) /* each output written once: no two may share bytes */
+            KW_RETURN_IF((const char *)out[i]->data < (const char *)out[j]->data + kw_tensor_nbytes(out[j]) &&
+                             (const char *)out[j]->data < (const char *)out[i]->data + kw_tensor_nbytes(out[i]),
+                         KW_E_INVALID_ARG, "%s: out %d and out %d overlap", op, j, i);
+    }
+    if (backend->iface->matmul_shared) return backend->iface->matmul_shared(backend, n, out, x, w, bias);
+    for (int i = 0; i < n; ++i)
+        KW_FORWARD(backend->iface->matmul(backend, out[i], x, w[i], bias ? bias[i] : NULL));
+    return 0;
 }
 
 int kw_op_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags) {

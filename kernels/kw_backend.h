@@ -439,6 +439,16 @@ int kw_op_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, 
  * other rows, on the thread count or on the ISA (docs/ARCHITECTURE.md, "Same bits however it runs"). */
 int kw_op_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
 
+/* The most weights one kw_op_matmul_shared takes. */
+#define KW_MATMUL_SHARED_MAX 4
+
+/* kw_op_matmul of n (1..KW_MATMUL_SHARED_MAX) weights w[i] over the same x: out[i] = x w[i]^T (+ bias[i]; bias may be
+ * NULL for none, or hold NULLs), each out[i] the bits kw_op_matmul(out[i], x, w[i], bias[i]) gives; the outputs may
+ * not overlap. A backend may run them as one job: the CPU backend hands out the panels of all n weights in one pool
+ * run, and quantizes x once for the int8-activation layouts (a decode step's q, k, v and gate, up). */
+int kw_op_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, const kw_tensor *x,
+                        const kw_tensor *const *w, const kw_tensor *const *bias);
+
 enum kw_rms_norm_flags {
     KW_RMS_NORM_PLAIN = 0,
     KW_RMS_NORM_UNIT_OFFSET = 1, /* multiply by (1 + w) as Gemma does, instead of w */

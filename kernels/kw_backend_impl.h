@@ -75,6 +75,9 @@ struct kw_backend_i {
     /* Ops, with the argument lists of kw_backend.h (validated). All (optional). */
     int (*get_rows)(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);
     int (*matmul)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
+    /* (optional) kw_op_matmul_shared (validated, n >= 1); NULL: the generic layer calls matmul n times. */
+    int (*matmul_shared)(kw_backend *backend, int n, kw_tensor *const *out, const kw_tensor *x,
+                         const kw_tensor *const *w, const kw_tensor *const *bias);
     int (*rms_norm)(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, float eps, int flags);
     int (*rope)(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params);
     int (*rope_table)(kw_backend *backend, kw_tensor *x, const kw_tensor *table);

@@ -79,6 +79,7 @@ struct kw_model {
     } s;
 
     int profiling;
+    int separate_matmuls; /* kw_model_set_shared_matmuls(0): q/k/v and gate/up as separate matmuls */
     double prof_ms[KW_OP_COUNT];
     int64_t prof_calls[KW_OP_COUNT];
 
@@ -558,6 +559,20 @@ void kw_model_profile(kw_model *model, double *ms, int64_t *calls, int reset) {
         }                                                                                                              \
     } while (0)
 
+void kw_model_set_shared_matmuls(kw_model *model, int on) {
+    model->separate_matmuls = !on;
+}
+
+/* out[i] = x w[i]^T (+ b[i]) for the n weights of one input: one kw_op_matmul_shared, or n kw_op_matmul calls when
+ * the model is set so (the same bits either way). */
+static int model_matmuls(kw_model *m, int n, kw_tensor *const *out, const kw_tensor *x, const kw_tensor *const *w,
+                         const kw_tensor *const *b) {
+    if (!m->separate_matmuls) return kw_op_matmul_shared(m->backend, n, out, x, w, b);
+    for (int i = 0; i < n; ++i)
+        KW_FORWARD(kw_op_matmul(m->backend, out[i], x, w[i], b[i]));
+    return 0;
+}
+
 static const kw_tensor *opt_bias(const kw_tensor *b) {
     return b->data ? b : NULL;
 }
@@ -629,9 +644,12 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
 
     /* attention block */
     KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->attn_norm, eps, nf));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &q, &h, &L->wq, opt_bias(&L->bq)));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &k, &h, &L->wk, opt_bias(&L->bk)));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &v, &h, &L->wv, opt_bias(&L->bv)));
+    { /* q, k and v from one h: one job (model_matmuls) */
+        kw_tensor *qkv[3] = {&q, &k, &v};
+        const kw_tensor *w[3] = {&L->wq, &L->wk, &L->wv};
+        const kw_tensor *b[3] = {opt_bias(&L->bq), opt_bias(&L->bk), opt_bias(&L->bv)};
+        KW_MODEL_OP(m, KW_OP_MATMUL, model_matmuls(m, 3, qkv, &h, w, b));
+    }
     if (c->qk_norm) {
         KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &q3, &q3, &L->q_norm, eps, nf));
         KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &k3, &k3, &L->k_norm, eps, nf));
@@ -663,8 +681,11 @@ static int model_layer(kw_model *m, const kw_layer *L, int32_t l, kw_kvcache *ca
 
     /* MLP block */
     KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &h, &x, &L->ffn_norm, eps, nf));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &gate, &h, &L->w_gate, opt_bias(&L->b_gate)));
-    KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &up, &h, &L->w_up, opt_bias(&L->b_up)));
+    {
+        kw_tensor *gu[2] = {&gate, &up};
+        const kw_tensor *w[2] = {&L->w_gate, &L->w_up}, *b[2] = {opt_bias(&L->b_gate), opt_bias(&L->b_up)};
+        KW_MODEL_OP(m, KW_OP_MATMUL, model_matmuls(m, 2, gu, &h, w, b));
+    }
     KW_MODEL_OP(m, KW_OP_GLU, kw_op_glu(be, &act, &gate, &up, c->act));
     KW_MODEL_OP(m, KW_OP_MATMUL, kw_op_matmul(be, &o, &act, &L->w_down, opt_bias(&L->b_down)));
     if (L->ffn_out_norm.data) KW_MODEL_OP(m, KW_OP_RMS_NORM, kw_op_rms_norm(be, &o, &o, &L->ffn_out_norm, eps, nf));

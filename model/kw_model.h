@@ -186,4 +186,8 @@ void kw_model_graph_counts(const kw_model *model, int64_t *recordings, int64_t *
 void kw_model_set_profiling(kw_model *model, int on);
 void kw_model_profile(kw_model *model, double *ms, int64_t *calls, int reset);
 
+/* 1 (the default): a layer's q, k, v and its gate, up run as one kw_op_matmul_shared each; 0: as separate
+ * kw_op_matmul calls (the same bits; `kvwire bench model --interleave-shared` times both). */
+void kw_model_set_shared_matmuls(kw_model *model, int on);
+
 #endif /* KW_MODEL_H */

@@ -107,6 +107,8 @@ void kw__cpu_bf16_panel(enum kw_cpu_isa isa, float *y, int64_t N, const uint16_t
 
 /* Op kernels (arguments validated by the generic layer). */
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias);
+int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, const kw_tensor *x,
+                          const kw_tensor *const *w, const kw_tensor *const *bias);
 int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                       const kw_tensor *v_cache, const kw_attention_params *params);
 int kw__cpu_get_rows(kw_backend *backend, kw_tensor *out, const kw_tensor *table, const kw_tensor *ids);

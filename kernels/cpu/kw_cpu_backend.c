@@ -193,6 +193,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .create_stream = kw_cpu_create_stream,
     .get_rows = kw__cpu_get_rows,
     .matmul = kw__cpu_matmul,
+    .matmul_shared = kw__cpu_matmul_shared,
     .rms_norm = kw__cpu_rms_norm,
     .rope = kw__cpu_rope,
     .rope_table = kw__cpu_rope_table,

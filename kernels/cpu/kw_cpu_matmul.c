@@ -657,7 +657,7 @@ typedef struct kw_mm_job {
     char *scratch;        /* a row-major weight, or widened S6 panels: one slice per worker */
     int packed, widen;    /* widen: QPANELS_S6_G16_SB with prefill rows, widened to S8_G16_SB per item */
     size_t slice, wide_slice, panel_bytes;
-    int64_t M, N, K, row_block, row_blocks;
+    int64_t M, N, K, row_block, row_blocks, items; /* items: (panel, row block) pairs */
 } kw_mm_job;
 
 static void kw_mm_item(void *arg, int64_t it, int worker) {
@@ -702,8 +702,10 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
     }
 }
 
-int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
-    kw_cpu_backend *cpu = kw__cpu(backend);
+/* Fills j's shape, panel and work-item fields for out = x w^T + bias, and returns the threads the matmul alone would
+ * use (the x and scratch fields are left to the caller). */
+static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, const kw_tensor *x, const kw_tensor *w,
+                       const kw_tensor *bias) {
     const int64_t M = kw_tensor_nrows(x), K = w->ne[1], N = w->ne[0];
     const int64_t panels = (N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
     kw_quant_layout ql;
@@ -712,74 +714,136 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     const size_t panel_bytes = quantized  ? kw__quant_panel_bytes(&ql, K)
                                : bf16_act ? (size_t)(((K + 1) & ~(int64_t)1) * KW_PANEL_ROWS) * kw_dtype_size(w->dtype)
                                           : (size_t)(K * KW_PANEL_ROWS) * kw_dtype_size(w->dtype);
-    const int packed = w->layout != KW_LAYOUT_ROWS;
-
     int nt = (M * N * K >= KW_CPU_PARALLEL_MIN * 4 && N >= 8) ? cpu->n_threads : 1;
     /* with few panels, also split the rows (into blocks of whole prefill tiles) so that every thread has work */
     const int64_t row_block = panels >= 2 * (int64_t)nt || M <= KW_MM_ROW_BLOCK ? M : KW_MM_ROW_BLOCK;
     const int64_t row_blocks = (M + row_block - 1) / row_block, items = panels * row_blocks;
     if (items < nt) nt = (int)items;
-
-    /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
-     * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q) */
-    char *scratch = NULL;
-    const size_t slice = (panel_bytes + 63) & ~(size_t)63;
-    const int x8 = kw__cpu_layout_x8(w->layout);
-    /* QPANELS_S6_G16_SB (S6_G16_SB_X8) with prefill rows: the scratch holds each thread's panel widened to
-     * S8_G16_SB (S8_G16_X8): kw_s6_widen_panel, kw__cpu_x8_widen6_panel */
-    const int widen =
-        (w->layout == KW_LAYOUT_QPANELS_S6_G16_SB && M > KW_MM_ROW_MAX) || kw__cpu_x8_widens(w->layout, M);
-    kw_quant_layout wide;
-    kw_layout_quant(x8 ? KW_LAYOUT_QPANELS_S8_G16_X8 : KW_LAYOUT_QPANELS_S8_G16_SB, &wide);
-    const size_t wide_slice = (kw__quant_panel_bytes(&wide, K) + 63) & ~(size_t)63;
-    const size_t wide_floats = widen ? wide_slice / sizeof(float) * (size_t)nt : 0;
-    kw_x8_act act = {0};
-    uint16_t *xb = NULL; /* bf16_act: x rounded to bf16, rows of K rounded up to even */
-    if (bf16_act) {
-        float *s;
-        KW_FORWARD(kw__cpu_scratch(cpu, (size_t)M * (size_t)((K + 1) / 2), &s));
-        xb = (uint16_t *)s;
-        kw__cpu_bf16_round_x(cpu, x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xb);
-    } else if (x8) {
-        const size_t groups = (size_t)M * (size_t)(K / 32);
-        float *xd; /* after the widened panels, if any (one scratch: a second call may move the first) */
-        KW_FORWARD(kw__cpu_scratch(cpu, wide_floats + 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
-        scratch = (char *)xd;
-        xd += wide_floats;
-        float *xsum = xd + groups;
-        int32_t *xs16 = (int32_t *)(xsum + groups);
-        int8_t *xq = (int8_t *)(xs16 + 2 * groups);
-        kw__cpu_x8_quantize(cpu, x->data, M, K, M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1, xq, xd, xsum, xs16);
-        act = (kw_x8_act){xq, xd, xsum, xs16};
-    } else if (!packed) {
-        float *s;
-        KW_FORWARD(kw__cpu_scratch(cpu, slice / sizeof(float) * (size_t)nt, &s));
-        scratch = (char *)s;
-    }
-    if (widen && !x8) {
-        float *s;
-        KW_FORWARD(kw__cpu_scratch(cpu, wide_floats, &s));
-        scratch = (char *)s;
-    }
-
-    kw_mm_job job = {.isa = cpu->isa,
+    *j = (kw_mm_job){.isa = cpu->isa,
                      .y = out->data,
                      .xs = x->data,
-                     .xb = xb,
                      .w = w,
                      .bias = bias,
-                     .act = x8 ? &act : NULL,
-                     .scratch = scratch,
-                     .packed = packed,
-                     .widen = widen,
-                     .slice = slice,
-                     .wide_slice = wide_slice,
+                     .packed = w->layout != KW_LAYOUT_ROWS,
+                     /* QPANELS_S6_G16_SB (S6_G16_SB_X8) with prefill rows: each thread's panel widened in the
+                      * scratch to S8_G16_SB (S8_G16_X8): kw_s6_widen_panel, kw__cpu_x8_widen6_panel */
+                     .widen = (w->layout == KW_LAYOUT_QPANELS_S6_G16_SB && M > KW_MM_ROW_MAX) ||
+                              kw__cpu_x8_widens(w->layout, M),
+                     .slice = (panel_bytes + 63) & ~(size_t)63,
                      .panel_bytes = panel_bytes,
                      .M = M,
                      .N = N,
                      .K = K,
                      .row_block = row_block,
-                     .row_blocks = row_blocks};
-    kw_cpu_pool_run(cpu->pool, nt, items, kw_mm_item, &job);
+                     .row_blocks = row_blocks,
+                     .items = items};
+    if (j->widen) {
+        kw_quant_layout wide;
+        kw_layout_quant(kw__cpu_layout_x8(w->layout) ? KW_LAYOUT_QPANELS_S8_G16_X8 : KW_LAYOUT_QPANELS_S8_G16_SB,
+                        &wide);
+        j->wide_slice = (kw__quant_panel_bytes(&wide, K) + 63) & ~(size_t)63;
+    }
+    return nt;
+}
+
+/* x rounded to bf16 for PANELS_BF16_PAIRS (*xb) or quantized for the X8 layouts (*act), in the backend's scratch;
+ * for X8, after lead_floats floats kept for the caller at *lead (the widened panels: one scratch, as a second call
+ * may move the first). */
+static int kw_mm_prepare_x(kw_cpu_backend *cpu, const kw_tensor *x, int64_t K, int x8, size_t lead_floats, char **lead,
+                           uint16_t **xb, kw_x8_act *act) {
+    const int64_t M = kw_tensor_nrows(x);
+    const int nt = M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1;
+    if (!x8) {
+        float *s;
+        KW_FORWARD(kw__cpu_scratch(cpu, (size_t)M * (size_t)((K + 1) / 2), &s));
+        *xb = (uint16_t *)s;
+        kw__cpu_bf16_round_x(cpu, x->data, M, K, nt, *xb);
+        return 0;
+    }
+    const size_t groups = (size_t)M * (size_t)(K / 32);
+    float *xd;
+    KW_FORWARD(kw__cpu_scratch(cpu, lead_floats + 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+    *lead = (char *)xd;
+    xd += lead_floats;
+    float *xsum = xd + groups;
+    int32_t *xs16 = (int32_t *)(xsum + groups);
+    int8_t *xq = (int8_t *)(xs16 + 2 * groups);
+    kw__cpu_x8_quantize(cpu, x->data, M, K, nt, xq, xd, xsum, xs16);
+    *act = (kw_x8_act){xq, xd, xsum, xs16};
+    return 0;
+}
+
+int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    kw_mm_job job;
+    const int nt = kw_mm_setup(cpu, &job, out, x, w, bias);
+    /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
+     * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q), with bf16
+     * activations x rounded; a widened S6 weight, each thread's widened panel */
+    const int x8 = kw__cpu_layout_x8(w->layout);
+    kw_x8_act act = {0};
+    if (x8 || w->layout == KW_LAYOUT_PANELS_BF16_PAIRS) {
+        uint16_t *xb = NULL;
+        char *lead = NULL;
+        KW_FORWARD(kw_mm_prepare_x(cpu, x, job.K, x8, job.widen ? job.wide_slice / sizeof(float) * (size_t)nt : 0,
+                                   &lead, &xb, &act));
+        job.xb = xb;
+        job.act = x8 ? &act : NULL;
+        if (job.widen) job.scratch = lead;
+    } else if (!job.packed || job.widen) {
+        float *s;
+        KW_FORWARD(kw__cpu_scratch(cpu, (job.widen ? job.wide_slice : job.slice) / sizeof(float) * (size_t)nt, &s));
+        job.scratch = (char *)s;
+    }
+    kw_cpu_pool_run(cpu->pool, nt, job.items, kw_mm_item, &job);
+    return 0;
+}
+
+/* The work items of n jobs as one run: item it is item it - first[i] of job i for first[i] <= it < first[i + 1]. */
+typedef struct kw_mm_jobs {
+    int n;
+    kw_mm_job *job; /* n jobs (borrowed) */
+    int64_t first[KW_MATMUL_SHARED_MAX + 1];
+} kw_mm_jobs;
+
+static void kw_mm_items(void *arg, int64_t it, int worker) {
+    const kw_mm_jobs *js = arg;
+    int i = 0;
+    while (it >= js->first[i + 1])
+        ++i;
+    kw_mm_item(&js->job[i], it - js->first[i], worker);
+}
+
+int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, const kw_tensor *x,
+                          const kw_tensor *const *w, const kw_tensor *const *bias) {
+    kw_cpu_backend *cpu = kw__cpu(backend);
+    /* one run when every weight takes x the same way (all X8 layouts: quantized once; all BF16_PAIRS: rounded once;
+     * all packed f32 or exact quantized panels: as it is) and needs no per-thread scratch */
+    const int x8 = kw__cpu_layout_x8(w[0]->layout), bf16 = w[0]->layout == KW_LAYOUT_PANELS_BF16_PAIRS;
+    int one_run = n > 1;
+    kw_mm_job job[KW_MATMUL_SHARED_MAX];
+    kw_mm_jobs js = {.n = n, .job = job};
+    int nt = 1;
+    for (int i = 0; i < n && one_run; ++i) {
+        const int t = kw_mm_setup(cpu, &job[i], out[i], x, w[i], bias ? bias[i] : NULL);
+        nt = t > nt ? t : nt;
+        one_run = kw__cpu_layout_x8(w[i]->layout) == x8 && (w[i]->layout == KW_LAYOUT_PANELS_BF16_PAIRS) == bf16 &&
+                  job[i].packed && !job[i].widen;
+        js.first[i + 1] = js.first[i] + job[i].items;
+    }
+    if (!one_run) {
+        for (int i = 0; i < n; ++i)
+            KW_FORWARD(kw__cpu_matmul(backend, out[i], x, w[i], bias ? bias[i] : NULL));
+        return 0;
+    }
+    kw_x8_act act = {0};
+    uint16_t *xb = NULL;
+    char *lead = NULL; /* no job widens here */
+    if (x8 || bf16) KW_FORWARD(kw_mm_prepare_x(cpu, x, job[0].K, x8, 0, &lead, &xb, &act));
+    for (int i = 0; i < n; ++i) {
+        job[i].act = x8 ? &act : NULL;
+        job[i].xb = xb;
+    }
+    kw_cpu_pool_run(cpu->pool, nt, js.first[n], kw_mm_items, &js);
     return 0;
 }

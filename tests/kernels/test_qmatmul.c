@@ -916,6 +916,111 @@ static void test_quant_sb_int_inv(void **state) {
     }
 }
 
+/* kw_op_matmul_shared: n weights over one x give each weight's kw_op_matmul bits, on every ISA, 1 to 3 threads,
+ * decode and prefill rows, with and without biases: int8-activation weights of mixed layouts (one job, x quantized
+ * once), exact quantized panels beside an f32 packed weight (one job), and mixes that take x differently or need
+ * per-thread scratch (run one by one). Bad calls are refused. */
+static void test_shared_matmul_is_each_matmul(void **state) {
+    (void)state;
+    enum { SETS = 3, PER = 3 };
+    static const enum kw_layout sets[SETS][PER] = {
+        {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
+        {KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_PANELS,
+         KW_LAYOUT_QPANELS_S6_G16_SB}, /* S6: widened (own scratch) at M > 4 */
+        {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB_X8}};
+    static const int64_t Ns[PER] = {130, 64, 70}, Ms[3] = {1, 3, 6}, K = 512;
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    float *x = malloc((size_t)(6 * K) * sizeof(float)), *bias = malloc(130 * sizeof(float));
+    float *want[PER], *got[PER];
+    assert_true(x && bias);
+    for (int i = 0; i < PER; ++i) {
+        want[i] = malloc((size_t)(6 * Ns[i]) * sizeof(float));
+        got[i] = malloc((size_t)(6 * Ns[i]) * sizeof(float));
+        assert_true(want[i] && got[i]);
+    }
+    for (int64_t i = 0; i < 6 * K; ++i)
+        x[i] = kw_rand() * 2.0f;
+    for (int i = 0; i < 130; ++i)
+        bias[i] = kw_rand();
+    for (int set = 0; set < SETS; ++set) {
+        kw_qcase_data d[PER];
+        float *wf[PER];
+        for (int i = 0; i < PER; ++i) {
+            d[i] = kw_qcase_make(sets[set][i] == KW_LAYOUT_PANELS ? KW_LAYOUT_QPANELS_U4_SB : sets[set][i], Ns[i], K);
+            wf[i] = malloc((size_t)(Ns[i] * K) * sizeof(float));
+            assert_non_null(wf[i]);
+            kw_ref_quant_dequant(wf[i], &d[i].q);
+        }
+        for (int is = 0; is < n_isa; ++is)
+            for (int threads = 1; threads <= 3; ++threads) {
+                kw_backend *b = kw_cpu(isas[is], threads);
+                kw_tensor tw[PER];
+                for (int i = 0; i < PER; ++i) {
+                    if (sets[set][i] == KW_LAYOUT_PANELS) {
+                        const kw_tensor rows = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){Ns[i], K}, wf[i]);
+                        assert_int_equal(kw_tensor_pack_weight(b, &rows, &tw[i]), 0);
+                    } else {
+                        assert_int_equal(kw_tensor_pack_quantized(b, &d[i].q, &tw[i]), 0);
+                    }
+                    assert_int_equal(tw[i].layout, sets[set][i]);
+                }
+                for (int mi = 0; mi < 3; ++mi)
+                    for (int with_bias = 0; with_bias < 2; ++with_bias) {
+                        const int64_t M = Ms[mi];
+                        kw_tensor tx = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){M, K}, x), ty[PER], tb[PER];
+                        kw_tensor *outs[PER];
+                        const kw_tensor *ws[PER], *bs[PER];
+                        for (int i = 0; i < PER; ++i) {
+                            const float *bi = with_bias && i != 1 ? bias : NULL; /* weight 1: never a bias */
+                            kw_mm(b, want[i], x, &tw[i], bi, 0, M);
+                            memset(got[i], 0xff, (size_t)(M * Ns[i]) * sizeof(float));
+                            ty[i] = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){M, Ns[i]}, got[i]);
+                            if (bi) tb[i] = kw_wrap(b, KW_DTYPE_F32, 1, (int64_t[]){Ns[i]}, bi);
+                            outs[i] = &ty[i], ws[i] = &tw[i], bs[i] = bi ? &tb[i] : NULL;
+                        }
+                        assert_int_equal(kw_op_matmul_shared(b, PER, outs, &tx, ws, with_bias ? bs : NULL), 0);
+                        assert_int_equal(kw_backend_synchronize(b), 0);
+                        char what[160];
+                        for (int i = 0; i < PER; ++i) {
+                            snprintf(what, sizeof what,
+                                     "shared matmul set %d weight %d M=%lld bias %d on %s, %d threads", set, i,
+                                     (long long)M, with_bias, isas[is], threads);
+                            kw_same_bits(got[i], want[i], M * Ns[i], what);
+                        }
+                    }
+                if (set == 0) { /* refused: no weights, too many, overlapping outputs, a wrong out shape, another K */
+                    kw_tensor tx = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, K}, x);
+                    kw_tensor t0 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 130}, got[0]);
+                    kw_tensor t1 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 64}, got[0] + 129);
+                    kw_tensor *outs[5] = {&t0, &t1, &t1, &t1, &t1};
+                    const kw_tensor *ws[5] = {&tw[0], &tw[1], &tw[1], &tw[1], &tw[1]};
+                    assert_int_equal(kw_op_matmul_shared(b, 0, outs, &tx, ws, NULL), KW_E_INVALID_ARG);
+                    assert_int_equal(kw_op_matmul_shared(b, KW_MATMUL_SHARED_MAX + 1, outs, &tx, ws, NULL),
+                                     KW_E_INVALID_ARG);
+                    assert_int_equal(kw_op_matmul_shared(b, 2, outs, &tx, ws, NULL), KW_E_INVALID_ARG);
+                    t1 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 64}, got[0] + 130);
+                    assert_int_equal(kw_op_matmul_shared(b, 2, outs, &tx, ws, NULL), 0);
+                    ws[1] = &tw[0];
+                    assert_int_equal(kw_op_matmul_shared(b, 2, outs, &tx, ws, NULL), KW_E_SHAPE);
+                    kw_tensor tx2 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, K / 2}, x);
+                    assert_int_equal(kw_op_matmul_shared(b, 1, outs, &tx2, ws, NULL), KW_E_SHAPE);
+                    assert_int_equal(kw_backend_synchronize(b), 0);
+                }
+                for (int i = 0; i < PER; ++i)
+                    kw_tensor_free(&tw[i]);
+                kw_backend_destroy(b);
+            }
+        for (int i = 0; i < PER; ++i) {
+            kw_qcase_free(&d[i]);
+            free(wf[i]);
+        }
+    }
+    for (int i = 0; i < PER; ++i)
+        free(want[i]), free(got[i]);
+    free(x), free(bias);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantized_matmul_is_the_f32_matmul),
@@ -929,6 +1034,7 @@ int main(void) {
         cmocka_unit_test(test_s6_is_chosen_with_vbmi),
         cmocka_unit_test(test_u4_rebuild_paths),
         cmocka_unit_test(test_u4_rebuild_under_ftz),
+        cmocka_unit_test(test_shared_matmul_is_each_matmul),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

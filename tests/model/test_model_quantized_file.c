@@ -106,6 +106,30 @@ static void check_int8_activations(kw_backend *be, const char *path, const int32
     assert_true(rel <= bound);
     assert_true(rel_x <= bound_x);
     free(got);
+
+    /* decode steps with a layer's q/k/v and gate/up as one kw_op_matmul_shared each (the default) and as separate
+     * matmuls (kw_model_set_shared_matmuls(0)): the same logits, bit for bit */
+    kw_model *m = NULL;
+    assert_int_equal(kw_model_load(be, path, &o, &m), 0);
+    float *steps[2];
+    for (int shared = 0; shared < 2; ++shared) {
+        steps[shared] = malloc((size_t)(N_IDS * V) * sizeof(float));
+        assert_non_null(steps[shared]);
+        kw_model_set_shared_matmuls(m, shared);
+        kw_kvcache *cache = NULL;
+        assert_int_equal(kw_model_create_cache(m, N_IDS, KW_DTYPE_BF16, &cache), 0);
+        for (int64_t t = 0; t < N_IDS; ++t) {
+            int32_t next;
+            assert_int_equal(kw_model_decode_step(m, cache, ids[t], steps[shared] + t * V, &next, 0), 0);
+        }
+        kw_kvcache_free(cache);
+    }
+    for (int64_t i = 0; i < N_IDS * V; ++i)
+        if (memcmp(&steps[0][i], &steps[1][i], sizeof(float)) != 0)
+            fail_msg("decode logit %lld: %.9g with separate matmuls, %.9g shared", (long long)i, steps[0][i],
+                     steps[1][i]);
+    free(steps[0]), free(steps[1]);
+    kw_model_free(m);
 }
 
 static void run_arch(enum kw_arch arch, int tied) {
