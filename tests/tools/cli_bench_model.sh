@@ -25,7 +25,7 @@ awk -v m="$med" -v l="$lo" -v h="$hi" -v bl="$blo" -v bh="$bhi" -v b="$bw" \
     fail "per-rep figures out of order: median $med min $lo max $hi, reads $blo-$bhi, best $bw"
 rss=$(sed -n 's/^peak RSS: \([0-9.]*\) MB (model phase)$/\1/p' <<<"$out")
 if [ -n "$rss" ]; then
-    out=$("$kvwire" bench model --model "$tmp/m" --threads 2 --prompt-len 4 --decode 4 --reps 1 --bw-mib 320) ||
+    out=$("$kvwire" bench model --model "$tmp/m" --threads 2 --prompt-len 4 --decode 4 --reps 3 --bw-mib 320) ||
         fail "exit $? (--bw-mib 320)"
     rss2=$(sed -n 's/^peak RSS: \([0-9.]*\) MB (model phase)$/\1/p' <<<"$out")
     awk -v a="$rss" -v b="$rss2" 'BEGIN {exit !(a > 0 && b > 0 && b - a < 64 && a - b < 64)}' ||
