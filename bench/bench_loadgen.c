@@ -23,6 +23,7 @@
 
 #include <curl/curl.h>
 
+#include "bench/bench_median.h"
 #include "common/kw_file.h"
 #include "common/kw_json.h"
 #include "common/kw_status.h"
@@ -49,16 +50,6 @@ static double kw__bl_thread_cpu(void) {
     if (getrusage(RUSAGE_THREAD, &ru) != 0) return 0;
     return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
            1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-static int kw__bl_cmp(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double kw__bl_median(double *v, size_t n) {
-    qsort(v, n, sizeof(*v), kw__bl_cmp);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static size_t kw__bl_discard(char *p, size_t s, size_t n, void *u) {
@@ -254,7 +245,7 @@ int kw_bench_loadgen(int argc, char **argv) {
     for (int k = 0; k < 11; ++k) {
         for (size_t r = 0; r < R; ++r)
             col[r] = v[r * 11 + (size_t)k];
-        med[k] = kw__bl_median(col, R);
+        med[k] = kw_bench_median(col, R);
     }
     printf("\nmedians over %zu rounds          req/s (kvload's summary)  req/s (wall, with files)  client CPU us/req\n",
            R);

@@ -23,6 +23,7 @@
 #include "common/kw_file.h"
 #include "common/kw_status.h"
 #include "bench/bench_bandwidth.h"
+#include "bench/bench_median.h"
 #include "common/kw_time.h"
 #include "kernels/kw_backend.h"
 #include "model/kw_genmodel.h"
@@ -68,11 +69,6 @@ static int kw_bench_reset_peak_rss(void) {
     if (!f) return -1;
     const int ok = fputs("5", f) >= 0;
     return fclose(f) == 0 && ok ? 0 : -1;
-}
-
-static int kw_cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 static void kw_bench_print_profile(const char *what, const double *ms, const int64_t *calls) {
@@ -214,9 +210,7 @@ int kw_bench_model(int argc, char **argv) {
         bw_hi = brackets[r] > bw_hi ? brackets[r] : bw_hi;
     }
     if (bw_hi > bw) bw = bw_hi;
-    qsort(rep_ratios, (size_t)reps, sizeof *rep_ratios, kw_cmp_double);
-    const double ratio_median =
-        reps % 2 ? rep_ratios[reps / 2] : 0.5 * (rep_ratios[reps / 2 - 1] + rep_ratios[reps / 2]);
+    const double ratio_median = kw_bench_median(rep_ratios, (size_t)reps); /* sorted: [0] min, [reps - 1] max */
     const double decode_tps = (double)n_decode / best_decode, bound_tps = bw / (double)wbytes;
     const int gguf = model_path && kw_gguf_is_gguf(model_path);
     printf("model: %s %s (%d layers, hidden %d, %d/%d heads x %d, intermediate %d, vocab %d), %s weights, "

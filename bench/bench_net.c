@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bench/bench_median.h"
 #include "common/kw_half.h"
 #include "common/kw_status.h"
 #include "common/kw_time.h"
@@ -51,11 +52,6 @@ static void kw__bench_net_usage(FILE *out) {
             "the raw TCP rate of the same round; the CPU time of each thread is reported per byte. --only TEXT runs\n"
             "raw TCP and the variants whose name contains TEXT. Overhead (unless --throughput-only): one share of\n"
             "--layers (28) sections of --prompt (128) tokens, bytes and round trips on the socket, TCP and TLS.\n");
-}
-
-static int kw__bn_cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* CPU time of the calling thread, in seconds (user + system). */
@@ -863,8 +859,7 @@ int kw_bench_net(int argc, char **argv) {
         const char *target = v == KW__BN_FRAMED ? ">= 80%" : v == KW__BN_FRAMED_TLS ? ">= 60%" : "";
         const double bound = payload_total / (cpu_send[v] > cpu_recv[v] ? cpu_send[v] : cpu_recv[v]);
         double *r = ratios + (size_t)v * (size_t)reps;
-        qsort(r, (size_t)reps, sizeof *r, kw__bn_cmp_double);
-        const double median = reps % 2 ? r[reps / 2] : 0.5 * (r[reps / 2 - 1] + r[reps / 2]);
+        const double median = kw_bench_median(r, (size_t)reps);
         printf("%-26s %10.1f %8.1f%% %9s %12.3f %12.3f %13.1f%%\n", kw__bn_names[v], best[v] * 1e-6, 100.0 * median,
                target, 1e9 * cpu_send[v] / payload_total, 1e9 * cpu_recv[v] / payload_total, 100.0 * bound / raw_bound);
     }
