@@ -415,27 +415,6 @@ static int kw_kvstats_log8_carries(const kw_kvstats_codec *c) {
     return ok;
 }
 
-/* The token ids of one prompt line, BOS first as `kvwire generate` adds it. *ids owned by the caller. */
-static int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer *tok, int chat_on,
-                                 enum kw_chat_family family, const char *line, int32_t **ids, int64_t *n) {
-    char *text = NULL;
-    size_t text_len = 0, n_ids = 0;
-    int rc = 0;
-    const char *input = line;
-    if (chat_on) {
-        const kw_chat_message msg = {.role = "user", .content = line};
-        const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = "03 Dec 2026"};
-        KW_CHECK(kw_chat_render(family, &msg, 1, &co, &text, &text_len));
-        input = text;
-    }
-    KW_CHECK(kw_tokenizer_encode(tok, input, strlen(input), ids, &n_ids));
-    if (!chat_on) KW_CHECK(kw_config_prepend_bos(cfg, ids, &n_ids)); /* the chat templates write BOS themselves */
-    *n = (int64_t)n_ids;
-out:
-    free(text);
-    return rc;
-}
-
 static void kw_kvstats_print_heads(const kw_kvstats *s, const kw_model_config *cfg, int per_head) {
     if (per_head) {
         printf("\n== K and V magnitudes per layer and KV head (every prompt row) ==\n");
@@ -661,7 +640,9 @@ int kw_cmd_kvstats(int argc, char **argv) {
         if (nl && nl > line && nl[-1] == '\r') nl[-1] = '\0';
         if (line[0]) {
             int64_t n = 0;
-            KW_CHECK(kw_kvstats_prompt_ids(cfg, tok, chat_on, family, line, &ids, &n));
+            size_t n_ids = 0;
+            KW_CHECK(kw_kvstats_prompt_ids(cfg, tok, chat_on, family, line, strlen(line), &ids, &n_ids));
+            n = (int64_t)n_ids;
             KW_CHECK_IF(n < 2, KW_E_INVALID_ARG, "prompt %lld encodes to %lld token(s); 2 or more are needed",
                         (long long)n_prompts + 1, (long long)n);
             KW_CHECK(kw_kvstats_add_prompt(s, ids, n, ref_ids));

@@ -19,6 +19,7 @@
 #include "model/kw_tokenizer.h"
 #include "model/kw_weights.h"
 #include "tools/kw_cli.h"
+#include "tools/kw_kvstats.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -53,26 +54,16 @@ static int kw_tokenize_encode_line(void *user, const char *line, size_t len) {
     FILE *out = stdout;
     int rc = 0;
     int32_t *ids = NULL;
-    size_t n = 0, text_len = 0, chat_len = 0;
-    char *text = NULL, *chat = NULL;
+    size_t n = 0, text_len = 0;
+    char *text = NULL;
     KW_CHECK(kw_json_decode_string(line, len, &text, &text_len));
-    if (r->chat) { /* the renderer takes a NUL-terminated content: a string holding U+0000 would be cut there */
-        KW_CHECK_IF(strlen(text) != text_len, KW_E_INVALID_ARG, "--chat: the string holds U+0000");
-        const kw_chat_message msg = {.role = "user", .content = text};
-        const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = "03 Dec 2026"};
-        KW_CHECK(kw_chat_render(r->family, &msg, 1, &co, &chat, &chat_len));
-        KW_CHECK(kw_tokenizer_encode(r->tok, chat, chat_len, &ids, &n));
-    } else {
-        KW_CHECK(kw_tokenizer_encode(r->tok, text, text_len, &ids, &n));
-        if (r->cfg) KW_CHECK(kw_config_prepend_bos(r->cfg, &ids, &n));
-    }
+    KW_CHECK(kw_kvstats_prompt_ids(r->cfg, r->tok, r->chat, r->family, text, text_len, &ids, &n));
     fputc('[', out);
     for (size_t i = 0; i < n; ++i)
         fprintf(out, i ? ",%d" : "%d", ids[i]);
     fputs("]\n", out);
 out:
     free(ids);
-    free(chat);
     free(text);
     return rc;
 }

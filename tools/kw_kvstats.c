@@ -1041,3 +1041,22 @@ out:
     free(bufs);
     return rc;
 }
+
+int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer *tok, int chat, enum kw_chat_family family,
+                          const char *text, size_t len, int32_t **ids, size_t *n) {
+    *ids = NULL;
+    *n = 0;
+    if (!chat) {
+        KW_FORWARD(kw_tokenizer_encode(tok, text, len, ids, n));
+        return cfg ? kw_config_prepend_bos(cfg, ids, n) : 0;
+    }
+    KW_RETURN_IF(strlen(text) != len, KW_E_INVALID_ARG, "chat prompt: the string holds U+0000");
+    const kw_chat_message msg = {.role = "user", .content = text};
+    const kw_chat_options co = {.add_generation_prompt = 1, .enable_thinking = 0, .date_string = "03 Dec 2026"};
+    char *rendered = NULL; /* owned */
+    size_t rendered_len = 0;
+    KW_FORWARD(kw_chat_render(family, &msg, 1, &co, &rendered, &rendered_len));
+    const int rc = kw_tokenizer_encode(tok, rendered, rendered_len, ids, n);
+    free(rendered);
+    return rc;
+}

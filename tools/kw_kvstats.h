@@ -33,7 +33,10 @@
 
 #include <stdint.h>
 
+#include "model/kw_chat.h"
+#include "model/kw_config.h"
 #include "model/kw_model.h"
+#include "model/kw_tokenizer.h"
 #include "wire/kw_wire.h"
 
 #define KW_KVSTATS_MAX_LAYERS      256  /* layers a schedule can name */
@@ -175,6 +178,14 @@ int kw_kvstats_qk_gain_get(const kw_kvstats *s, int32_t layer, int32_t head, int
  * prompt. A schedule that names a layer the model lacks or an override that does not exist, a token rule with
  * first > last (or from_end with first 0, or omit on anything but a prefix), or token rules on a row with no quantized
  * layer is KW_E_INVALID_ARG. *out is owned by the caller (kw_kvstats_free). */
+/* The token ids of one prompt as kvstats runs it (`kvwire tokenize --bos|--chat` prints the same): with chat, text as
+ * one user turn of family's chat template with the generation prompt appended (the template writes BOS itself; its
+ * date fixed, so runs repeat); else text's ids, BOS first where cfg's raw-text prompts have it (kw_config_prepend_bos;
+ * cfg NULL: the ids alone). text: len bytes, NUL-terminated after them; with chat it may hold no U+0000 before len
+ * (the renderer stops there: KW_E_INVALID_ARG). *ids (*n of them) owned by the caller. */
+int kw_kvstats_prompt_ids(const kw_model_config *cfg, const kw_tokenizer *tok, int chat, enum kw_chat_family family,
+                          const char *text, size_t len, int32_t **ids, size_t *n);
+
 int kw_kvstats_create(kw_model *model, const kw_kvstats_codec *codecs, int32_t n_codecs, int32_t n_new,
                       kw_kvstats **out);
 /* Releases everything. NULL is a no-op. */
