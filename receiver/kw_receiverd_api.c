@@ -179,6 +179,19 @@ static int kw__rd_kv_bits(kw__rd_err *e, const cJSON *f, const char *name, uint8
     return 0;
 }
 
+/* An entry's K spec from k[] = {codec, granularity, scale}, and its V spec: K's unless a V field is given in v[]
+ * (NULL: not given), V's missing fields then K's. Errors name where ("kvwire.policy.schedule", ...). */
+static int kw__rd_kv_specs(kw__rd_err *e, const char *where, const char *const k[3], const char *const v[3],
+                           kw_wire_codec_spec *spec, kw_wire_codec_spec *spec_v) {
+    if (kw_wire_spec_parse_v(k[0], k[1], k[2], KW_WIRE_VERSION_1_1, spec) < 0)
+        return KW__RD_BAD(e, "%s: %s", where, kw_error_detail());
+    *spec_v = *spec;
+    if ((v[0] || v[1] || v[2]) && kw_wire_spec_parse_v(v[0] ? v[0] : k[0], v[1] ? v[1] : k[1], v[2] ? v[2] : k[2],
+                                                       KW_WIRE_VERSION_1_1, spec_v) < 0)
+        return KW__RD_BAD(e, "%s.value_codec: %s", where, kw_error_detail());
+    return 0;
+}
+
 static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
     if (!cJSON_IsArray(v)) return KW__RD_BAD(e, "kvwire.policy.schedule: an array is expected");
     if (cJSON_GetArraySize(v) > KW_RD_MAX_SCHEDULE)
@@ -229,13 +242,8 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
             }
         }
         if (r->first < 0) return KW__RD_BAD(e, "kvwire.policy.schedule: every entry needs layers [first, last]");
-        KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule", &r->codec, &r->granularity, &r->scale, &r->spec));
-        r->spec_v = r->spec;
-        if (vcodec || vgran || vscale) { /* V's codec apart, its missing fields the entry's */
-            char *c = (char *)(vcodec ? vcodec : r->codec), *g = (char *)(vgran ? vgran : r->granularity),
-                 *sc = (char *)(vscale ? vscale : r->scale);
-            KW_FORWARD(kw__rd_codec(e, "kvwire.policy.schedule.value_codec", &c, &g, &sc, &r->spec_v));
-        }
+        const char *const kf[3] = {r->codec, r->granularity, r->scale}, *const vf[3] = {vcodec, vgran, vscale};
+        KW_FORWARD(kw__rd_kv_specs(e, "kvwire.policy.schedule", kf, vf, &r->spec, &r->spec_v));
     }
     return 0;
 }
@@ -293,13 +301,7 @@ static int kw__rd_token_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
         if (selectors != 1)
             return KW__RD_BAD(e, "kvwire.policy.token_schedule: each entry needs exactly one of first, last and "
                                  "positions");
-        if (kw_wire_spec_parse_v(cf[0], cf[1], cf[2], KW_WIRE_VERSION_1_1, &r->spec) < 0)
-            return KW__RD_BAD(e, "kvwire.policy.token_schedule: %s", kw_error_detail());
-        r->spec_v = r->spec;
-        if ((cf[3] || cf[4] || cf[5]) && /* V's codec apart, its missing fields the entry's */
-            kw_wire_spec_parse_v(cf[3] ? cf[3] : cf[0], cf[4] ? cf[4] : cf[1], cf[5] ? cf[5] : cf[2],
-                                 KW_WIRE_VERSION_1_1, &r->spec_v) < 0)
-            return KW__RD_BAD(e, "kvwire.policy.token_schedule.value_codec: %s", kw_error_detail());
+        KW_FORWARD(kw__rd_kv_specs(e, "kvwire.policy.token_schedule", cf, cf + 3, &r->spec, &r->spec_v));
     }
     Kwctl__TokenPolicy t[KW_PROTO_MAX_TOKEN_POLICIES], *ptrs[KW_PROTO_MAX_TOKEN_POLICIES]; /* the protocol's check */
     for (int i = 0; i < s->n_token_schedule; ++i) {
