@@ -1612,7 +1612,7 @@ void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base) {
     *base = kw__nf4_cell_base;
 }
 
-/* The cell tables of kw__nf4_cell_thr / kw__nf4_cell_base in registers, and the clamp. */
+/* The cell tables of kw__nf4_cell_thr / kw__nf4_cell_base in registers, and the clamp, all on z = 16 y. */
 typedef struct kw__nf4_avx512 {
     __m512 t0, t1, lo, hi;
     __m512i b0, b1;
@@ -1620,30 +1620,44 @@ typedef struct kw__nf4_avx512 {
 
 KW_AVX512 static inline kw__nf4_avx512 kw__nf4_avx512_make(void) {
     kw__nf4_avx512 t;
-    t.t0 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr));
-    t.t1 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16));
+    const __m512 sixteen = _mm512_set1_ps(16.0f); /* the tables on z = 16 y (exact: 2.0 is the largest) */
+    t.t0 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr)), sixteen);
+    t.t1 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16)), sixteen);
     t.b0 = _mm512_loadu_si512(kw__nf4_cell_base);
     t.b1 = _mm512_loadu_si512(kw__nf4_cell_base + 16);
-    t.lo = _mm512_set1_ps(-1.0f);
-    t.hi = _mm512_set1_ps(0x1.fffffep-1f);
+    t.lo = _mm512_set1_ps(-16.0f);
+    t.hi = _mm512_set1_ps(0x1.fffffep3f);
     return t;
 }
 
-/* NF4 codes (int32) of 16 values x * inv by the cells above: one permute for the count, one for the threshold, one
- * compare. */
-KW_AVX512 static inline __m512i kw__nf4_codes16_avx512(__m512 v, __m512 vinv, const kw__nf4_avx512 *t) {
-    const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), t->lo), t->hi);
-    const __m512i cell =
-        _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(16.0f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+/* NF4 codes (int32) of 16 values by the cells above, from z = 16 y (y = fl32(x * inv)): one permute for the count,
+ * one for the threshold, one compare. z is fl32(x * 16 inv) when 16 inv is finite (kw__nf4_fold16): that is 16 y
+ * exactly where y is normal, and where y is subnormal or 0 both lie in cell 0 or -1, whose thresholds (+-0.04) are far
+ * from them, so the code (7) is the same; otherwise z is fl32(16 fl32(x * inv)) (an overflow to Inf clamps as y does).
+ */
+KW_AVX512 static inline __m512i kw__nf4_codes16_avx512(__m512 z, const kw__nf4_avx512 *t) {
+    z = _mm512_min_ps(_mm512_max_ps(z, t->lo), t->hi); /* a NaN becomes -16: code 0, as the scalar rule's */
+    const __m512i cell = _mm512_cvt_roundps_epi32(z, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     const __m512i b = _mm512_permutex2var_epi32(t->b0, cell, t->b1);
     const __m512 thr = _mm512_permutex2var_ps(t->t0, cell, t->t1);
-    return _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(y, thr, _CMP_GT_OQ), b, _mm512_set1_epi32(1));
+    return _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(z, thr, _CMP_GT_OQ), b, _mm512_set1_epi32(1));
 }
 
-/* The code (int32) of 16 values for NF4, E4M3 or E5M2 (a constant where inlined). */
+/* 1 when inv and 16 inv are both normal (or 0), so that the NF4 codes may take z = fl32(x * 16 inv)
+ * (kw__nf4_codes16_avx512): one multiply per 16 values less. The others (NaN, |inv| beyond 2^123 where 16 inv would be
+ * Inf and 0 * 16 inv NaN, subnormal inv whose 16 inv FTZ or DAZ would treat unlike inv) multiply by 16 after inv. */
+static inline int kw__nf4_fold16(float inv) {
+    return (inv >= 0x1p-126f && inv <= 0x1p123f) || (inv <= -0x1p-126f && inv >= -0x1p123f) || inv == 0.0f;
+}
+
+/* The code (int32) of 16 values for NF4, E4M3 or E5M2 (a constant where inlined); for NF4 vinv is 16 inv when the
+ * NF4_Z pseudo-codec is asked for (kw__nf4_fold16), else inv. */
+#define KW__NF4_Z 0x100u
 KW_AVX512 static inline __attribute__((always_inline)) __m512i kw__code16_avx512(uint32_t codec, __m512 v, __m512 vinv,
                                                                                  const kw__nf4_avx512 *t) {
-    if (codec == KW_WIRE_CODEC_NF4) return kw__nf4_codes16_avx512(v, vinv, t);
+    if (codec == KW__NF4_Z) return kw__nf4_codes16_avx512(_mm512_mul_ps(v, vinv), t);
+    if (codec == KW_WIRE_CODEC_NF4)
+        return kw__nf4_codes16_avx512(_mm512_mul_ps(_mm512_mul_ps(v, vinv), _mm512_set1_ps(16.0f)), t);
     const __m512 y = _mm512_mul_ps(v, vinv); /* the codes clamp */
     return codec == KW_WIRE_CODEC_E4M3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
 }
@@ -1654,8 +1668,8 @@ KW_AVX512 static inline __attribute__((always_inline)) __m512i kw__code16_avx512
 KW_AVX512 static inline __attribute__((always_inline)) void
 kw__quantize_unit16_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                            const kw__nf4_avx512 *t, uint8_t *dst) {
-    const __m512 vinv = _mm512_set1_ps(inv);
-    const int nf4 = codec == KW_WIRE_CODEC_NF4;
+    const __m512 vinv = _mm512_set1_ps(codec == KW__NF4_Z ? 16.0f * inv : inv);
+    const int nf4 = codec == KW_WIRE_CODEC_NF4 || codec == KW__NF4_Z;
     uint32_t i = 0;
     if (dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0) {
         const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
@@ -1699,7 +1713,9 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     const kw__nf4_avx512 t = kw__nf4_avx512_make();
     for (uint32_t u = 0; u < n_units; ++u) {
         const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
-        if (codec == KW_WIRE_CODEC_NF4)
+        if (codec == KW_WIRE_CODEC_NF4 && kw__nf4_fold16(inv[u]))
+            kw__quantize_unit16_avx512(KW__NF4_Z, xu, dtype, n, inv[u], &t, dst + u * ub);
+        else if (codec == KW_WIRE_CODEC_NF4)
             kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, xu, dtype, n, inv[u], &t, dst + u * ub);
         else if (codec == KW_WIRE_CODEC_E4M3)
             kw__quantize_unit16_avx512(KW_WIRE_CODEC_E4M3, xu, dtype, n, inv[u], &t, dst + u * ub);

@@ -486,6 +486,18 @@ static void test_bf16_codes(void **state) {
             check_codes(codec, x, KW_WIRE_DTYPE_BF16, N, inv, it % 4 == 3 ? 0x8040u : 0, "bf16 words");
         }
     }
+    /* NF4's bounds of the AVX-512 kernel's z = fl32(x * 16 inv) (normal inv and 16 inv): 2^123 and the floats either
+     * side (16 inv Inf above it, 0 * Inf a NaN), 2^-126 and the subnormals below (16 inv flushed by FTZ or not), both
+     * signs, under no flag, FTZ, DAZ and both */
+    for (uint32_t i = 0; i < N; ++i)
+        x[i] = (uint16_t)i;
+    static const float fold[] = {0x1p123f,  0x1.fffffep122f,  0x1.000002p123f,  0x1p124f,  0x1p127f, 0x1p-126f,
+                                 0x1p-127f, 0x1.fffffcp-127f, 0x1.000002p-126f, 0x1p-149f, 0x1p-140f};
+    for (size_t i = 0; i < sizeof fold / sizeof fold[0]; ++i)
+        for (int sign = 0; sign < 2; ++sign)
+            for (unsigned csr = 0; csr < 4; ++csr)
+                check_codes(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, N, sign ? -fold[i] : fold[i],
+                            (csr & 1 ? 0x8000u : 0) | (csr & 2 ? 0x0040u : 0), "bf16 words, fold bounds");
     free(x);
 }
 
