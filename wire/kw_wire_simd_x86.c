@@ -1724,6 +1724,19 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     }
 }
 
+/* NF4 codes of n_units bf16 groups of G values (G a multiple of 64) at x, inverse scale inv[u], as
+ * kw__quantize_nf4_fp8_avx512 gives them: the encoder calls quantize_groups once per row (two groups of 64 in a row of
+ * 128), so the dtype, codec and size dispatch of that function are left out. */
+KW_AVX512 static inline __attribute__((always_inline)) void
+kw__quantize_nf4_bf16_avx512(const uint16_t *x, uint32_t n_units, uint32_t G, const float *inv, uint8_t *dst) {
+    const kw__nf4_avx512 t = kw__nf4_avx512_make();
+    for (uint32_t u = 0; u < n_units; ++u, x += G, dst += G / 2)
+        if (kw__nf4_fold16(inv[u]))
+            kw__quantize_unit16_avx512(KW__NF4_Z, x, KW_WIRE_DTYPE_BF16, G, inv[u], &t, dst);
+        else
+            kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, G, inv[u], &t, dst);
+}
+
 /* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
  * lane's 8 codes of the two 32-value halves side by side, and one 64-bit lane permute puts them in element order. */
 KW_AVX512 static inline __attribute__((always_inline)) void
@@ -2142,6 +2155,10 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
         if (n64 < n) /* a last 32 values: one group */
             kw__quantize_bytes_bf16_avx2(codec, (const uint16_t *)x + n64, 32, inv[n64 >> gshift], NULL, 0,
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
+        return;
+    }
+    if (codec == KW_WIRE_CODEC_NF4 && dtype == KW_WIRE_DTYPE_BF16 && G % 64 == 0) {
+        kw__quantize_nf4_bf16_avx512((const uint16_t *)x, n / G, G, inv, dst);
         return;
     }
     if ((codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) &&
