@@ -563,17 +563,19 @@ kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, con
     }
 }
 
-/* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u] or, when rows is NULL, at x + u n
- * elements, with the inverse scale inv[u], its codes at dst + u n / 2. bf16 units of a multiple of 32 values go by
- * their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u + 1 made before unit u's codes so that
- * their latency (about 25 cycles, a chain of products, compares and shuffles) runs under unit u's search instead of
- * between the two; the other units by the thresholds on y. */
+/* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u / upr] + (u % upr) n elements (upr
+ * units a row) or, when rows is NULL, at x + u n elements, with the inverse scale inv[u], its codes at dst + u n / 2.
+ * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u
+ * + 1 made before unit u's codes so that their latency (about 25 cycles, a chain of products, compares and shuffles)
+ * runs under unit u's search instead of between the two; the other units by the thresholds on y. */
 KW_AVX2 static inline __attribute__((always_inline)) void
-kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t dtype, uint32_t n,
-                            const float *inv, uint8_t *dst) {
+kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t upr, uint32_t dtype,
+                            uint32_t n, const float *inv, uint8_t *dst) {
     const kw__nf4_avx2 t = kw__nf4_avx2_make();
     const size_t es = kw__wire_dtype_size(dtype);
-#define KW__UNIT(u) (rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
+#define KW__UNIT(u)                                                                                                    \
+    (rows ? (const void *)(rows[(u) / upr] + (size_t)((u) % upr) * n * es)                                             \
+          : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
     if (dtype != KW_WIRE_DTYPE_BF16 || n % 32 != 0) {
         for (uint32_t u = 0; u < n_units; ++u)
             kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
@@ -634,7 +636,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
                                  dst + i / 8 * 2);
         break;
     case KW_WIRE_CODEC_NF4:
-        kw__quantize_nf4_units_avx2(x, NULL, 1, dtype, n, &inv, dst);
+        kw__quantize_nf4_units_avx2(x, NULL, 1, 1, dtype, n, &inv, dst);
         break;
     case KW_WIRE_CODEC_E4M3:
     case KW_WIRE_CODEC_E5M2: {
@@ -1396,10 +1398,25 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         return;
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
-        kw__quantize_nf4_units_avx2(x, NULL, n / G, dtype, G, inv, dst);
+        kw__quantize_nf4_units_avx2(x, NULL, n / G, 1, dtype, G, inv, dst);
         return;
     }
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.quantize_group_rows: NF4 groups of all the rows in one kw__quantize_nf4_units_avx2 (the next
+ * group's key tables made under this one's codes across the rows too: a row of 128 has only two groups of 64), the
+ * rest row by row (quantize_groups). */
+KW_AVX2 static void kw__quantize_group_rows_avx2(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows,
+                                                 uint32_t dtype, uint32_t D, uint32_t G, const float *inv,
+                                                 uint8_t *dst) {
+    if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
+        kw__quantize_nf4_units_avx2(NULL, rows, n_rows * (D / G), D / G, dtype, G, inv, dst);
+        return;
+    }
+    const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__quantize_groups_avx2(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * rb);
 }
 
 /* kw__wire_kernels.quantize_rows: bf16 int8, int4, int6 and fp8 rows of a multiple of 32 values by
@@ -1430,7 +1447,7 @@ KW_AVX2 static void kw__quantize_rows_avx2(uint32_t codec, const uint8_t *const 
 #undef KW__ROWS
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 8 == 0) {
-        kw__quantize_nf4_units_avx2(NULL, rows, n_rows, dtype, n, inv, dst);
+        kw__quantize_nf4_units_avx2(NULL, rows, n_rows, 1, dtype, n, inv, dst);
         return;
     }
     for (uint32_t r = 0; r < n_rows; ++r)
@@ -1504,6 +1521,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .rotate = kw__rotate_avx2,
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
+    .quantize_group_rows = kw__quantize_group_rows_avx2,
     .quantize_rows = kw__quantize_rows_avx2,
     .dequantize_groups = kw__dequantize_groups_avx2,
     .dequantize_rows = kw__dequantize_rows_avx2,
@@ -1724,17 +1742,22 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     }
 }
 
-/* NF4 codes of n_units bf16 groups of G values (G a multiple of 64) at x, inverse scale inv[u], as
- * kw__quantize_nf4_fp8_avx512 gives them: the encoder calls quantize_groups once per row (two groups of 64 in a row of
- * 128), so the dtype, codec and size dispatch of that function are left out. */
-KW_AVX512 static inline __attribute__((always_inline)) void
-kw__quantize_nf4_bf16_avx512(const uint16_t *x, uint32_t n_units, uint32_t G, const float *inv, uint8_t *dst) {
+/* NF4 codes of the groups of G values (G a multiple of 64) of n_rows bf16 rows of D values, rows[r]'s with the
+ * inverse scales inv + r D / G, as kw__quantize_nf4_fp8_avx512 gives them (codes one after another from dst), without
+ * that function's codec, dtype and size dispatch: the tables made once a call, a call per block of rows. */
+KW_AVX512 static inline __attribute__((always_inline)) void kw__quantize_nf4_bf16_avx512(const uint8_t *const *rows,
+                                                                                         uint32_t n_rows, uint32_t D,
+                                                                                         uint32_t G, const float *inv,
+                                                                                         uint8_t *dst) {
     const kw__nf4_avx512 t = kw__nf4_avx512_make();
-    for (uint32_t u = 0; u < n_units; ++u, x += G, dst += G / 2)
-        if (kw__nf4_fold16(inv[u]))
-            kw__quantize_unit16_avx512(KW__NF4_Z, x, KW_WIRE_DTYPE_BF16, G, inv[u], &t, dst);
-        else
-            kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, G, inv[u], &t, dst);
+    for (uint32_t r = 0; r < n_rows; ++r)
+        for (uint32_t c = 0; c < D; c += G, ++inv, dst += G / 2) {
+            const uint16_t *x = (const uint16_t *)rows[r] + c;
+            if (kw__nf4_fold16(*inv))
+                kw__quantize_unit16_avx512(KW__NF4_Z, x, KW_WIRE_DTYPE_BF16, G, *inv, &t, dst);
+            else
+                kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, G, *inv, &t, dst);
+        }
 }
 
 /* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
@@ -2158,7 +2181,8 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
         return;
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype == KW_WIRE_DTYPE_BF16 && G % 64 == 0) {
-        kw__quantize_nf4_bf16_avx512((const uint16_t *)x, n / G, G, inv, dst);
+        const uint8_t *row = (const uint8_t *)x;
+        kw__quantize_nf4_bf16_avx512(&row, 1, n, G, inv, dst);
         return;
     }
     if ((codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) &&
@@ -2171,6 +2195,20 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
         return;
     }
     kw__quantize_each_avx512(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.quantize_group_rows: bf16 NF4 groups of a multiple of 64 values of all the rows in one
+ * kw__quantize_nf4_bf16_avx512, the rest row by row (quantize_groups). */
+KW_AVX512 static void kw__quantize_group_rows_avx512(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows,
+                                                     uint32_t dtype, uint32_t D, uint32_t G, const float *inv,
+                                                     uint8_t *dst) {
+    if (codec == KW_WIRE_CODEC_NF4 && dtype == KW_WIRE_DTYPE_BF16 && G % 64 == 0) {
+        kw__quantize_nf4_bf16_avx512(rows, n_rows, D, G, inv, dst);
+        return;
+    }
+    const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__quantize_groups_avx512(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * rb);
 }
 
 /* kw__wire_kernels.quantize_rows: bf16 int8 and int4 rows of a multiple of 64 values by kw__quantize_int84_bf16_avx512
@@ -2245,6 +2283,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .rotate = kw__rotate_avx512,
     .amax_groups = kw__amax_groups_avx512,
     .quantize_groups = kw__quantize_groups_avx512,
+    .quantize_group_rows = kw__quantize_group_rows_avx512,
     .quantize_rows = kw__quantize_rows_avx512,
     .dequantize_groups = kw__dequantize_groups_avx512,
     .dequantize_rows = kw__dequantize_rows_avx512,
