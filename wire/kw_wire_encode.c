@@ -904,12 +904,10 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                                              t0 + t));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
                 }
-                for (uint32_t i = 0; i < nb; ++i) { /* a row's groups in one call, then its zero scales' codes */
-                    uint8_t *crow = codes + (r0 + i) * row_bytes;
-                    k->quantize_groups(codec, rp[i], dt, D, G, iv + i * per_row, crow);
-                    for (uint32_t c = 0; c < per_row; ++c)
-                        if (sv[i * per_row + c] == 0.0f) kw_wire_zero_row(codec, G, crow + c * chunk_bytes);
-                }
+                /* the block's groups in one call, then its zero scales' codes */
+                k->quantize_group_rows(codec, rp, nb, dt, D, G, iv, codes + r0 * row_bytes);
+                for (uint32_t i = 0; i < ng; ++i)
+                    if (sv[i] == 0.0f) kw_wire_zero_row(codec, G, codes + r0 * row_bytes + i * chunk_bytes);
             }
         return 0;
     }

@@ -131,6 +131,11 @@ typedef struct kw__wire_kernels {
      * another. A zero scale's group (inv 0) gets whatever x * 0 codes to: the caller writes kw_wire_zero_row there. */
     void (*quantize_groups)(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G, const float *inv,
                             uint8_t *dst);
+    /* quantize_groups of n_rows rows of D elements (rows[r] in dtype, anywhere), row r with the inverse scales
+     * inv + r * (D / G) and its codes at dst + r * D * bits / 8: one call per block of rows, so that a kernel whose
+     * groups need tables of their own (NF4) makes the next group's while it codes this one across rows too. */
+    void (*quantize_group_rows)(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D,
+                                uint32_t G, const float *inv, uint8_t *dst);
     /* quantize of n_rows rows of n elements each (n a multiple of 8; rows[r] in dtype, anywhere) with their own
      * inverse scales inv[r], row r's codes at dst + r * n * bits / 8: one call per block of rows (per-token scales),
      * the constants and the dispatch once. A zero scale's row (inv 0) gets whatever x * 0 codes to: the caller writes
@@ -205,6 +210,8 @@ int kw__wire_dequantize_groups_scalar(uint32_t codec, const uint8_t *src, uint32
                                       void *out, uint32_t out_dtype);
 void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, uint32_t G,
                                      const float *inv, uint8_t *dst);
+void kw__wire_quantize_group_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                         uint32_t D, uint32_t G, const float *inv, uint8_t *dst);
 /* x86-64 only: the AVX-512 NF4 kernel's cell tables (32 threshold bit patterns, 32 counts; kw_wire_simd_x86.c). */
 void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base);
 int kw__wire_dequantize_rows_scalar(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,

@@ -167,6 +167,13 @@ void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dty
         kw__wire_quantize_scalar(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
 }
 
+void kw__wire_quantize_group_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                         uint32_t D, uint32_t G, const float *inv, uint8_t *dst) {
+    const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__wire_quantize_groups_scalar(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * row_bytes);
+}
+
 void kw__wire_quantize_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
                                    uint32_t n, const float *inv, uint8_t *dst) {
     const size_t row_bytes = (size_t)n * kw_wire_codec_bits(codec) / 8;
@@ -242,6 +249,7 @@ static const kw__wire_kernels kw__wire_scalar_kernels = {
     .rotate = kw__wire_rotate_scalar,
     .amax_groups = kw__wire_amax_groups_scalar,
     .quantize_groups = kw__wire_quantize_groups_scalar,
+    .quantize_group_rows = kw__wire_quantize_group_rows_scalar,
     .quantize_rows = kw__wire_quantize_rows_scalar,
     .dequantize_groups = kw__wire_dequantize_groups_scalar,
     .dequantize_rows = kw__wire_dequantize_rows_scalar,

@@ -563,17 +563,19 @@ kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, con
     }
 }
 
-/* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u] or, when rows is NULL, at x + u n
- * elements, with the inverse scale inv[u], its codes at dst + u n / 2. bf16 units of a multiple of 32 values go by
- * their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u + 1 made before unit u's codes so that
- * their latency (about 25 cycles, a chain of products, compares and shuffles) runs under unit u's search instead of
- * between the two; the other units by the thresholds on y. */
+/* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u / upr] + (u % upr) n elements (upr
+ * units a row) or, when rows is NULL, at x + u n elements, with the inverse scale inv[u], its codes at dst + u n / 2.
+ * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u
+ * + 1 made before unit u's codes so that their latency (about 25 cycles, a chain of products, compares and shuffles)
+ * runs under unit u's search instead of between the two; the other units by the thresholds on y. */
 KW_AVX2 static inline __attribute__((always_inline)) void
-kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t dtype, uint32_t n,
-                            const float *inv, uint8_t *dst) {
+kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t upr, uint32_t dtype,
+                            uint32_t n, const float *inv, uint8_t *dst) {
     const kw__nf4_avx2 t = kw__nf4_avx2_make();
     const size_t es = kw__wire_dtype_size(dtype);
-#define KW__UNIT(u) (rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
+#define KW__UNIT(u)                                                                                                    \
+    (rows ? (const void *)(rows[(u) / upr] + (size_t)((u) % upr) * n * es)                                             \
+          : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
     if (dtype != KW_WIRE_DTYPE_BF16 || n % 32 != 0) {
         for (uint32_t u = 0; u < n_units; ++u)
             kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
@@ -634,7 +636,7 @@ KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dt
                                  dst + i / 8 * 2);
         break;
     case KW_WIRE_CODEC_NF4:
-        kw__quantize_nf4_units_avx2(x, NULL, 1, dtype, n, &inv, dst);
+        kw__quantize_nf4_units_avx2(x, NULL, 1, 1, dtype, n, &inv, dst);
         break;
     case KW_WIRE_CODEC_E4M3:
     case KW_WIRE_CODEC_E5M2: {
@@ -1396,10 +1398,25 @@ KW_AVX2 static void kw__quantize_groups_avx2(uint32_t codec, const void *x, uint
         return;
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
-        kw__quantize_nf4_units_avx2(x, NULL, n / G, dtype, G, inv, dst);
+        kw__quantize_nf4_units_avx2(x, NULL, n / G, 1, dtype, G, inv, dst);
         return;
     }
     kw__quantize_each_avx2(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.quantize_group_rows: NF4 groups of all the rows in one kw__quantize_nf4_units_avx2 (the next
+ * group's key tables made under this one's codes across the rows too: a row of 128 has only two groups of 64), the
+ * rest row by row (quantize_groups). */
+KW_AVX2 static void kw__quantize_group_rows_avx2(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows,
+                                                 uint32_t dtype, uint32_t D, uint32_t G, const float *inv,
+                                                 uint8_t *dst) {
+    if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 8 == 0) {
+        kw__quantize_nf4_units_avx2(NULL, rows, n_rows * (D / G), D / G, dtype, G, inv, dst);
+        return;
+    }
+    const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__quantize_groups_avx2(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * rb);
 }
 
 /* kw__wire_kernels.quantize_rows: bf16 int8, int4, int6 and fp8 rows of a multiple of 32 values by
@@ -1430,7 +1447,7 @@ KW_AVX2 static void kw__quantize_rows_avx2(uint32_t codec, const uint8_t *const 
 #undef KW__ROWS
     }
     if (codec == KW_WIRE_CODEC_NF4 && dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && n % 8 == 0) {
-        kw__quantize_nf4_units_avx2(NULL, rows, n_rows, dtype, n, inv, dst);
+        kw__quantize_nf4_units_avx2(NULL, rows, n_rows, 1, dtype, n, inv, dst);
         return;
     }
     for (uint32_t r = 0; r < n_rows; ++r)
@@ -1504,6 +1521,7 @@ static const kw__wire_kernels kw__avx2_kernels = {
     .rotate = kw__rotate_avx2,
     .amax_groups = kw__amax_groups_avx2,
     .quantize_groups = kw__quantize_groups_avx2,
+    .quantize_group_rows = kw__quantize_group_rows_avx2,
     .quantize_rows = kw__quantize_rows_avx2,
     .dequantize_groups = kw__dequantize_groups_avx2,
     .dequantize_rows = kw__dequantize_rows_avx2,
@@ -1612,7 +1630,7 @@ void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base) {
     *base = kw__nf4_cell_base;
 }
 
-/* The cell tables of kw__nf4_cell_thr / kw__nf4_cell_base in registers, and the clamp. */
+/* The cell tables of kw__nf4_cell_thr / kw__nf4_cell_base in registers, and the clamp, all on z = 16 y. */
 typedef struct kw__nf4_avx512 {
     __m512 t0, t1, lo, hi;
     __m512i b0, b1;
@@ -1620,30 +1638,44 @@ typedef struct kw__nf4_avx512 {
 
 KW_AVX512 static inline kw__nf4_avx512 kw__nf4_avx512_make(void) {
     kw__nf4_avx512 t;
-    t.t0 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr));
-    t.t1 = _mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16));
+    const __m512 sixteen = _mm512_set1_ps(16.0f); /* the tables on z = 16 y (exact: 2.0 is the largest) */
+    t.t0 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr)), sixteen);
+    t.t1 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_loadu_si512(kw__nf4_cell_thr + 16)), sixteen);
     t.b0 = _mm512_loadu_si512(kw__nf4_cell_base);
     t.b1 = _mm512_loadu_si512(kw__nf4_cell_base + 16);
-    t.lo = _mm512_set1_ps(-1.0f);
-    t.hi = _mm512_set1_ps(0x1.fffffep-1f);
+    t.lo = _mm512_set1_ps(-16.0f);
+    t.hi = _mm512_set1_ps(0x1.fffffep3f);
     return t;
 }
 
-/* NF4 codes (int32) of 16 values x * inv by the cells above: one permute for the count, one for the threshold, one
- * compare. */
-KW_AVX512 static inline __m512i kw__nf4_codes16_avx512(__m512 v, __m512 vinv, const kw__nf4_avx512 *t) {
-    const __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), t->lo), t->hi);
-    const __m512i cell =
-        _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(16.0f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+/* NF4 codes (int32) of 16 values by the cells above, from z = 16 y (y = fl32(x * inv)): one permute for the count,
+ * one for the threshold, one compare. z is fl32(x * 16 inv) when 16 inv is finite (kw__nf4_fold16): that is 16 y
+ * exactly where y is normal, and where y is subnormal or 0 both lie in cell 0 or -1, whose thresholds (+-0.04) are far
+ * from them, so the code (7) is the same; otherwise z is fl32(16 fl32(x * inv)) (an overflow to Inf clamps as y does).
+ */
+KW_AVX512 static inline __m512i kw__nf4_codes16_avx512(__m512 z, const kw__nf4_avx512 *t) {
+    z = _mm512_min_ps(_mm512_max_ps(z, t->lo), t->hi); /* a NaN becomes -16: code 0, as the scalar rule's */
+    const __m512i cell = _mm512_cvt_roundps_epi32(z, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     const __m512i b = _mm512_permutex2var_epi32(t->b0, cell, t->b1);
     const __m512 thr = _mm512_permutex2var_ps(t->t0, cell, t->t1);
-    return _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(y, thr, _CMP_GT_OQ), b, _mm512_set1_epi32(1));
+    return _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(z, thr, _CMP_GT_OQ), b, _mm512_set1_epi32(1));
 }
 
-/* The code (int32) of 16 values for NF4, E4M3 or E5M2 (a constant where inlined). */
+/* 1 when inv and 16 inv are both normal (or 0), so that the NF4 codes may take z = fl32(x * 16 inv)
+ * (kw__nf4_codes16_avx512): one multiply per 16 values less. The others (NaN, |inv| beyond 2^123 where 16 inv would be
+ * Inf and 0 * 16 inv NaN, subnormal inv whose 16 inv FTZ or DAZ would treat unlike inv) multiply by 16 after inv. */
+static inline int kw__nf4_fold16(float inv) {
+    return (inv >= 0x1p-126f && inv <= 0x1p123f) || (inv <= -0x1p-126f && inv >= -0x1p123f) || inv == 0.0f;
+}
+
+/* The code (int32) of 16 values for NF4, E4M3 or E5M2 (a constant where inlined); for NF4 vinv is 16 inv when the
+ * NF4_Z pseudo-codec is asked for (kw__nf4_fold16), else inv. */
+#define KW__NF4_Z 0x100u
 KW_AVX512 static inline __attribute__((always_inline)) __m512i kw__code16_avx512(uint32_t codec, __m512 v, __m512 vinv,
                                                                                  const kw__nf4_avx512 *t) {
-    if (codec == KW_WIRE_CODEC_NF4) return kw__nf4_codes16_avx512(v, vinv, t);
+    if (codec == KW__NF4_Z) return kw__nf4_codes16_avx512(_mm512_mul_ps(v, vinv), t);
+    if (codec == KW_WIRE_CODEC_NF4)
+        return kw__nf4_codes16_avx512(_mm512_mul_ps(_mm512_mul_ps(v, vinv), _mm512_set1_ps(16.0f)), t);
     const __m512 y = _mm512_mul_ps(v, vinv); /* the codes clamp */
     return codec == KW_WIRE_CODEC_E4M3 ? kw__fp8_codes16_avx512(y, 3, 7, 0x7e) : kw__fp8_codes16_avx512(y, 2, 15, 0x7b);
 }
@@ -1654,8 +1686,8 @@ KW_AVX512 static inline __attribute__((always_inline)) __m512i kw__code16_avx512
 KW_AVX512 static inline __attribute__((always_inline)) void
 kw__quantize_unit16_avx512(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
                            const kw__nf4_avx512 *t, uint8_t *dst) {
-    const __m512 vinv = _mm512_set1_ps(inv);
-    const int nf4 = codec == KW_WIRE_CODEC_NF4;
+    const __m512 vinv = _mm512_set1_ps(codec == KW__NF4_Z ? 16.0f * inv : inv);
+    const int nf4 = codec == KW_WIRE_CODEC_NF4 || codec == KW__NF4_Z;
     uint32_t i = 0;
     if (dtype == KW_WIRE_DTYPE_BF16 && n % 64 == 0) {
         const __m512i z = _mm512_setzero_si512(), order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
@@ -1699,13 +1731,33 @@ KW_AVX512 static void kw__quantize_nf4_fp8_avx512(uint32_t codec, const void *x,
     const kw__nf4_avx512 t = kw__nf4_avx512_make();
     for (uint32_t u = 0; u < n_units; ++u) {
         const void *xu = rows ? (const void *)rows[u] : (const void *)((const uint8_t *)x + (size_t)u * n * es);
-        if (codec == KW_WIRE_CODEC_NF4)
+        if (codec == KW_WIRE_CODEC_NF4 && kw__nf4_fold16(inv[u]))
+            kw__quantize_unit16_avx512(KW__NF4_Z, xu, dtype, n, inv[u], &t, dst + u * ub);
+        else if (codec == KW_WIRE_CODEC_NF4)
             kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, xu, dtype, n, inv[u], &t, dst + u * ub);
         else if (codec == KW_WIRE_CODEC_E4M3)
             kw__quantize_unit16_avx512(KW_WIRE_CODEC_E4M3, xu, dtype, n, inv[u], &t, dst + u * ub);
         else
             kw__quantize_unit16_avx512(KW_WIRE_CODEC_E5M2, xu, dtype, n, inv[u], &t, dst + u * ub);
     }
+}
+
+/* NF4 codes of the groups of G values (G a multiple of 64) of n_rows bf16 rows of D values, rows[r]'s with the
+ * inverse scales inv + r D / G, as kw__quantize_nf4_fp8_avx512 gives them (codes one after another from dst), without
+ * that function's codec, dtype and size dispatch: the tables made once a call, a call per block of rows. */
+KW_AVX512 static inline __attribute__((always_inline)) void kw__quantize_nf4_bf16_avx512(const uint8_t *const *rows,
+                                                                                         uint32_t n_rows, uint32_t D,
+                                                                                         uint32_t G, const float *inv,
+                                                                                         uint8_t *dst) {
+    const kw__nf4_avx512 t = kw__nf4_avx512_make();
+    for (uint32_t r = 0; r < n_rows; ++r)
+        for (uint32_t c = 0; c < D; c += G, ++inv, dst += G / 2) {
+            const uint16_t *x = (const uint16_t *)rows[r] + c;
+            if (kw__nf4_fold16(*inv))
+                kw__quantize_unit16_avx512(KW__NF4_Z, x, KW_WIRE_DTYPE_BF16, G, *inv, &t, dst);
+            else
+                kw__quantize_unit16_avx512(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, G, *inv, &t, dst);
+        }
 }
 
 /* kw__quantize_bytes_bf16_avx2 for int8 and int4, 64 values per step (n a multiple of 64): the packs leave each 128-bit
@@ -2128,6 +2180,11 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
                                          dst + (size_t)n64 * kw_wire_codec_bits(codec) / 8);
         return;
     }
+    if (codec == KW_WIRE_CODEC_NF4 && dtype == KW_WIRE_DTYPE_BF16 && G % 64 == 0) {
+        const uint8_t *row = (const uint8_t *)x;
+        kw__quantize_nf4_bf16_avx512(&row, 1, n, G, inv, dst);
+        return;
+    }
     if ((codec == KW_WIRE_CODEC_NF4 || codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) &&
         dtype >= KW_WIRE_DTYPE_BF16 && dtype <= KW_WIRE_DTYPE_F32 && G % 16 == 0) {
         kw__quantize_nf4_fp8_avx512(codec, x, NULL, n / G, dtype, G, inv, dst);
@@ -2138,6 +2195,20 @@ KW_AVX512 static void kw__quantize_groups_avx512(uint32_t codec, const void *x, 
         return;
     }
     kw__quantize_each_avx512(codec, x, dtype, n, G, inv, dst);
+}
+
+/* kw__wire_kernels.quantize_group_rows: bf16 NF4 groups of a multiple of 64 values of all the rows in one
+ * kw__quantize_nf4_bf16_avx512, the rest row by row (quantize_groups). */
+KW_AVX512 static void kw__quantize_group_rows_avx512(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows,
+                                                     uint32_t dtype, uint32_t D, uint32_t G, const float *inv,
+                                                     uint8_t *dst) {
+    if (codec == KW_WIRE_CODEC_NF4 && dtype == KW_WIRE_DTYPE_BF16 && G % 64 == 0) {
+        kw__quantize_nf4_bf16_avx512(rows, n_rows, D, G, inv, dst);
+        return;
+    }
+    const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        kw__quantize_groups_avx512(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * rb);
 }
 
 /* kw__wire_kernels.quantize_rows: bf16 int8 and int4 rows of a multiple of 64 values by kw__quantize_int84_bf16_avx512
@@ -2212,6 +2283,7 @@ static const kw__wire_kernels kw__avx512_kernels = {
     .rotate = kw__rotate_avx512,
     .amax_groups = kw__amax_groups_avx512,
     .quantize_groups = kw__quantize_groups_avx512,
+    .quantize_group_rows = kw__quantize_group_rows_avx512,
     .quantize_rows = kw__quantize_rows_avx512,
     .dequantize_groups = kw__dequantize_groups_avx512,
     .dequantize_rows = kw__dequantize_rows_avx512,

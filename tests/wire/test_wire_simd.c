@@ -286,17 +286,18 @@ static void test_quantize_rows(void **state) {
         }
 }
 
-/* Every ISA's quantize, quantize_rows (rows of 64) and quantize_groups (G 16, 32 and 64) of n values x of dtype (f32 or
- * bf16, n a multiple of 64) with one inverse scale inv against the scalar kernel, MXCSR's FTZ and DAZ bits set to csr.
- */
+/* Every ISA's quantize, quantize_rows (rows of 64), quantize_groups (G 16, 32 and 64) and quantize_group_rows (rows
+ * of 64 and 128 in reverse order, G half a row) of n values x of dtype (f32 or bf16, n a multiple of 64) with one
+ * inverse scale inv against the scalar kernel, MXCSR's FTZ and DAZ bits set to csr. */
 static void check_codes(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv, unsigned csr,
                         const char *what) {
     const size_t bytes = (size_t)n * kw_wire_codec_bits(codec) / 8, es = kw__wire_dtype_size(dtype);
-    uint8_t *want = malloc(bytes + 1), *got = malloc(bytes + 1);
+    uint8_t *want = malloc(bytes + 1), *got = malloc(bytes + 1), *tmp = malloc(bytes);
     float *invs = malloc(n / 16 * sizeof *invs);
     const uint8_t **rows = malloc(n / 64 * sizeof *rows);
     assert_non_null(want);
     assert_non_null(got);
+    assert_non_null(tmp);
     assert_non_null(invs);
     assert_non_null(rows);
     for (uint32_t i = 0; i < n / 16; ++i)
@@ -309,11 +310,25 @@ static void check_codes(uint32_t codec, const void *x, uint32_t dtype, uint32_t 
 #endif
     g_isas[0]->quantize(codec, x, dtype, n, inv, want);
     for (int k = 1; k < g_n_isas; ++k)
-        for (int way = 0; way < 5; ++way) {
+        for (int way = 0; way < 7; ++way) {
+            /* ways 5 and 6: quantize_group_rows of rows of 64 (G 32) and 128 (G 64) values in reverse order */
+            const uint32_t len = way == 5 ? 64 : 128, nr = n / len;
+            const size_t rb = (size_t)len * kw_wire_codec_bits(codec) / 8;
+            if (way == 6 && n % 128) continue;
+            for (uint32_t i = 0; way >= 5 && i < nr; ++i)
+                rows[i] = (const uint8_t *)x + (size_t)(nr - 1 - i) * len * es;
             memset(got, 0xa5, bytes + 1);
             if (way == 0) g_isas[k]->quantize(codec, x, dtype, n, inv, got);
             if (way == 1) g_isas[k]->quantize_rows(codec, rows, n / 64, dtype, 64, invs, got);
-            if (way >= 2) g_isas[k]->quantize_groups(codec, x, dtype, n, 16u << (way - 2), invs, got);
+            if (way >= 2 && way < 5) g_isas[k]->quantize_groups(codec, x, dtype, n, 16u << (way - 2), invs, got);
+            if (way >= 5) g_isas[k]->quantize_group_rows(codec, rows, nr, dtype, len, len / 2, invs, got);
+            if (way >= 5) { /* back in element order, and the rows of 64 for way 1 */
+                for (uint32_t i = 0; i < nr; ++i)
+                    memcpy(tmp + (size_t)(nr - 1 - i) * rb, got + (size_t)i * rb, rb);
+                memcpy(got, tmp, bytes);
+                for (uint32_t i = 0; i < n / 64; ++i)
+                    rows[i] = (const uint8_t *)x + 64 * es * i;
+            }
             for (size_t b = 0; b < bytes; ++b)
                 if (got[b] != want[b]) {
 #if defined(__x86_64__)
@@ -333,6 +348,7 @@ static void check_codes(uint32_t codec, const void *x, uint32_t dtype, uint32_t 
 #endif
     free(want);
     free(got);
+    free(tmp);
     free(invs);
     free(rows);
 }
@@ -486,6 +502,18 @@ static void test_bf16_codes(void **state) {
             check_codes(codec, x, KW_WIRE_DTYPE_BF16, N, inv, it % 4 == 3 ? 0x8040u : 0, "bf16 words");
         }
     }
+    /* NF4's bounds of the AVX-512 kernel's z = fl32(x * 16 inv) (normal inv and 16 inv): 2^123 and the floats either
+     * side (16 inv Inf above it, 0 * Inf a NaN), 2^-126 and the subnormals below (16 inv flushed by FTZ or not), both
+     * signs, under no flag, FTZ, DAZ and both */
+    for (uint32_t i = 0; i < N; ++i)
+        x[i] = (uint16_t)i;
+    static const float fold[] = {0x1p123f,  0x1.fffffep122f,  0x1.000002p123f,  0x1p124f,  0x1p127f, 0x1p-126f,
+                                 0x1p-127f, 0x1.fffffcp-127f, 0x1.000002p-126f, 0x1p-149f, 0x1p-140f};
+    for (size_t i = 0; i < sizeof fold / sizeof fold[0]; ++i)
+        for (int sign = 0; sign < 2; ++sign)
+            for (unsigned csr = 0; csr < 4; ++csr)
+                check_codes(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, N, sign ? -fold[i] : fold[i],
+                            (csr & 1 ? 0x8000u : 0) | (csr & 2 ? 0x0040u : 0), "bf16 words, fold bounds");
     free(x);
 }
 
@@ -612,14 +640,14 @@ static void test_amax_groups(void **state) {
 }
 
 /* quantize_groups: a row of every codec in groups of G values, each with its own inverse scale (from its absmax, or 1
- * for the exact ties of fill(), or 0 for a zero scale): the same bytes as quantize group by group, none past the row.
- */
+ * for the exact ties of fill(), or 0 for a zero scale): the same bytes as quantize group by group, none past the row;
+ * quantize_group_rows the same of three rows, their groups' scales rotated. */
 static void test_quantize_groups(void **state) {
     (void)state;
     wt_rng r = {11};
     static const uint32_t dims[] = {32, 64, 96, 128, 256, 1024};
-    uint8_t buf[1024 * 4 + 4], want[1024 + 16], got[1024 + 16];
-    float inv[256];
+    uint8_t buf[1024 * 4 + 4], want[1024 + 16], got[1024 + 16], want3[3 * 1024 + 16], got3[3 * 1024 + 16];
+    float inv[256], inv3[3 * 256];
     for (int it = 0; it < 1500; ++it)
         for (uint32_t codec = KW_WIRE_CODEC_INT8; codec < KW_WIRE_CODEC_COUNT_V11; ++codec) {
             const uint32_t dtype = 1 + wt_below(&r, 3), D = dims[wt_below(&r, 6)], bits = kw_wire_codec_bits(codec);
@@ -641,6 +669,14 @@ static void test_quantize_groups(void **state) {
             const size_t bytes = (size_t)D * bits / 8, chunk = (size_t)G * bits / 8;
             for (uint32_t c = 0; c < D / G; ++c)
                 g_isas[0]->quantize(codec, buf + off + (size_t)c * G * es, dtype, G, inv[c], want + c * chunk);
+            /* quantize_group_rows: three rows, the same row each time, row r with group c's inverse scale that
+             * of group (c + r) mod D / G */
+            const uint32_t ng = D / G;
+            const uint8_t *rows[3] = {buf + off, buf + off, buf + off};
+            for (uint32_t q = 0; q < 3 * ng; ++q)
+                inv3[q] = inv[(q % ng + q / ng) % ng];
+            for (uint32_t q = 0; q < 3 * ng; ++q)
+                g_isas[0]->quantize(codec, buf + off + (size_t)(q % ng) * G * es, dtype, G, inv3[q], want3 + q * chunk);
             for (int k = 0; k < g_n_isas; ++k) {
                 memset(got, 0xa5, sizeof got);
                 g_isas[k]->quantize_groups(codec, buf + off, dtype, D, G, inv, got);
@@ -648,6 +684,12 @@ static void test_quantize_groups(void **state) {
                     fail_msg("%s quantize_groups %s dtype %u D=%u G=%u: bytes differ from quantize per group",
                              kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), dtype, D, G);
                 assert_int_equal(got[bytes], 0xa5);
+                memset(got3, 0xa5, sizeof got3);
+                g_isas[k]->quantize_group_rows(codec, rows, 3, dtype, D, G, inv3, got3);
+                if (memcmp(got3, want3, 3 * bytes) != 0)
+                    fail_msg("%s quantize_group_rows %s dtype %u D=%u G=%u: bytes differ from quantize per group",
+                             kw_wire_isa_name(g_isas[k]->isa), kw_wire_codec_name(codec), dtype, D, G);
+                assert_int_equal(got3[3 * bytes], 0xa5);
             }
         }
 }
