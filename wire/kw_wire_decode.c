@@ -445,7 +445,7 @@ static int kw__dec_check_scales(const kw_wire_decoder *d, const kw_wire_group_vi
 static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     const size_t table = KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups;
     const size_t total = (size_t)d->need;
-    KW_RETURN_IF(!getenv("KWX_NOHASH") && kw__wire_hash_bytes(view, total - KW_WIRE_CHECKSUM_BYTES) !=
+    KW_RETURN_IF(kw__wire_hash_cold(view, total - KW_WIRE_CHECKSUM_BYTES) !=
                      kw_load_le64(view + total - KW_WIRE_CHECKSUM_BYTES),
                  KW_E_WIRE_CHECKSUM, "section %u (layer %u): checksum mismatch", d->sections_done, d->s_layer);
     const uint8_t *stored = view + table;
@@ -936,52 +936,39 @@ static inline int kw__dec_row(const kw__wire_kernels *k, const kw__dec_rows *rw,
     return bad;
 }
 
-/* Bytes of the L1-resident block kw__dec_tensor decodes rows into before streaming them out (at least one row of
- * KW_WIRE_MAX_HEAD_DIM f32 values). */
-#define KW__DEC_STAGE_BYTES 16384u
-
 static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
-                          const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out, uint8_t *stage) {
+                          const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     if (kw__wire_general_path(&tv->spec))
         return tv->spec.granularity == KW_WIRE_GRAN_LAYER ? kw__dec_tensor_general(sec, gv, tv, out)
                                                           : kw__dec_tensor_blocks(k, sec, gv, tv, out);
     const uint32_t H = sec->n_kv_heads, tg = gv->n_tokens;
-    const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2, ob = (size_t)sec->head_dim * es;
+    const size_t es = out->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2;
     const kw__dec_rows rw = kw__dec_row_setup(sec, gv, tv);
     int bad = 0;
-    /* with stage (kw__wire_stream_min): the rows go to stage, then out with non-temporal stores, the same bytes */
     if (rw.gran == KW_WIRE_GRAN_TOKEN) { /* blocks of rows in one kernel call each: the rows' scales, then the codes */
         enum { B = 64 };
-        const uint32_t fit = (uint32_t)(KW__DEC_STAGE_BYTES / ob), bmax = !stage || fit >= B ? B : fit;
         float sv[B];
         void *op[B];
-        uint8_t *dp[B];
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t tb = 0; tb < tg; tb += bmax) {
-                const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
+            for (uint32_t tb = 0; tb < tg; tb += B) {
+                const uint32_t nb = tg - tb < B ? tg - tb : B;
                 const size_t r0 = (size_t)h * tg + tb;
                 for (uint32_t i = 0; i < nb; ++i) {
                     sv[i] = kw_wire_scale_load(rw.sdt, rw.scales + (r0 + i) * rw.ss);
-                    dp[i] =
+                    op[i] =
                         (uint8_t *)out->data +
                         ((size_t)(gv->first_token + tb + i) * out->token_stride + (size_t)h * out->head_stride) * es;
-                    op[i] = stage ? stage + i * ob : dp[i];
                 }
                 bad |= k->dequantize_rows(rw.codec, rw.codes + r0 * rw.row_bytes, nb, rw.D, sv, op, out->dtype) < 0;
-                for (uint32_t i = 0, j; stage && i < nb; i = j) { /* runs of adjacent rows in one copy */
-                    for (j = i + 1; j < nb && dp[j] == dp[j - 1] + ob; ++j) {
-                    }
-                    kw__wire_stream_copy(dp[i], op[i], (j - i) * ob);
-                }
             }
     } else {
         for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t t = 0; t < tg; ++t) {
-                uint8_t *o = (uint8_t *)out->data +
-                             ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es;
-                bad |= kw__dec_row(k, &rw, h, t, stage ? stage : o, out->dtype);
-                if (stage) kw__wire_stream_copy(o, stage, ob);
-            }
+            for (uint32_t t = 0; t < tg; ++t)
+                bad |= kw__dec_row(
+                    k, &rw, h, t,
+                    (uint8_t *)out->data +
+                        ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es,
+                    out->dtype);
     }
     KW_RETURN_IF(bad, KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
                  sec->layer, kw_wire_codec_name(tv->spec.codec));
@@ -1057,22 +1044,15 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
             .data = scratch[kv], .dtype = KW_WIRE_DTYPE_F32, .head_stride = D, .token_stride = (size_t)H * D};
         use[kv] = &f32_out[kv];
     }
-    /* outputs larger than the caches are streamed (kw__wire_stream_min): a plain store would read each line first */
-    size_t out_bytes = 0;
-    for (int kv = 0; kv < 2; ++kv)
-        out_bytes += use[kv] ? per * (use[kv]->dtype == KW_WIRE_DTYPE_F32 ? 4 : 2) : 0;
-    _Alignas(64) uint8_t stage[KW__DEC_STAGE_BYTES];
-    uint8_t *st = out_bytes >= kw__wire_stream_min() ? stage : NULL;
     for (uint32_t g = 0; g < sec->n_groups; ++g) {
         const kw_wire_group_view *gv = &sec->groups[g];
         const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
         for (int kv = 0; kv < 2; ++kv) {
             if (!use[kv]) continue;
-            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], use[kv], st);
+            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], use[kv]);
             rc = rc ? rc : r;
         }
     }
-    if (st) kw__wire_stream_fence();
     KW_CHECK(rc);
     KW_CHECK(kw__wire_outlier_table_apply(sec, use[0], use[1]));
     for (int kv = 0; kv < 2; ++kv) {

@@ -42,10 +42,7 @@ struct kw_wire_encoder {
         uint64_t raw, scale_bytes, zero_bytes, code_bytes; /* scale_bytes includes zero_bytes */
         uint64_t outlier_bytes;
         int zstd_level;
-        int streamed;  /* 1: no compression, so the checksum runs in section_hash as the tensors are written */
-        size_t hashed; /* bytes from dst fed to section_hash so far */
     } pending;
-    kw__wire_hash section_hash; /* the pending section's checksum, streamed (kw__enc_hash_to) */
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1014,12 +1011,6 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
             code_bytes += kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
         }
     }
-    /* uncompressed, the stored body is the raw one: the head is final now and the checksum can follow the writes */
-    const int streamed = pol->zstd_level == 0;
-    if (streamed) {
-        kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)raw);
-        kw__wire_hash_reset(&e->section_hash);
-    }
     e->pending = (struct kw__enc_pending){.dst = p,
                                           .layer = layer,
                                           .n_groups = n_groups,
@@ -1030,27 +1021,15 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
                                           .zero_bytes = zero_bytes,
                                           .code_bytes = code_bytes,
                                           .outlier_bytes = outlier_bytes,
-                                          .zstd_level = pol->zstd_level,
-                                          .streamed = streamed,
-                                          .hashed = 0};
+                                          .zstd_level = pol->zstd_level};
     *groups_out = groups;
     return 0;
 }
 
-/* Feeds the pending (streamed) section's bytes up to dst + end to its checksum: called as each tensor is written,
- * while its bytes are still in the caches, in blob order (the digest equals the one-shot hash of the section). */
-static void kw__enc_hash_to(kw_wire_encoder *e, size_t end) {
-    struct kw__enc_pending *pd = &e->pending;
-    if (getenv("KWX_NOHASH")) return;
-    kw__wire_hash_update(&e->section_hash, pd->dst + pd->hashed, end - pd->hashed);
-    pd->hashed = end;
-}
-
 /* Compresses (if asked and smaller), checksums and commits the pending section. */
 static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
-    KW_RETURN_IF(!e->pending.dst, KW_E_STATE, "no section was begun (or it failed)");
-    if (e->pending.streamed) kw__enc_hash_to(e, e->pending.table + (size_t)e->pending.raw);
     const struct kw__enc_pending pd = e->pending;
+    KW_RETURN_IF(!pd.dst, KW_E_STATE, "no section was begun (or it failed)");
     e->pending.dst = NULL;
     uint8_t *p = pd.dst, *body = p + pd.table;
     size_t stored = (size_t)pd.raw;
@@ -1063,9 +1042,8 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
             p[KW__SEC_FLAGS] |= KW__SEC_FLAG_ZSTD;
         }
     }
-    kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)stored); /* streamed: the value it already held */
-    kw_store_le64(body + stored,
-                  pd.streamed ? kw__wire_hash_digest(&e->section_hash) : kw__wire_hash_bytes(p, pd.table + stored));
+    kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)stored);
+    kw_store_le64(body + stored, kw__wire_hash_bytes(p, pd.table + stored));
     const size_t total = pd.table + stored + KW_WIRE_CHECKSUM_BYTES;
 
     e->bd.header += pd.table;
@@ -1192,7 +1170,6 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
                                     (pol->clip >> kv) & 1, ((fused >> kv) & 1) ? e->rot_sx : NULL, body + at,
                                     kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
-            if (e->pending.streamed) kw__enc_hash_to(e, e->pending.table + at);
         }
         t0 += tg->n_tokens;
     }

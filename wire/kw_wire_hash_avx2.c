@@ -1,6 +1,5 @@
 /* kw_wire_hash_avx2.c: XXH3-64 compiled for AVX2 (this file alone gets the ISA flag, see wire/CMakeLists.txt);
- * kw__wire_hash_bytes and kw__wire_hash_update call it only when the CPU has AVX2. The hash value is the same on every
- * path. */
+ * kw__wire_hash_bytes calls it only when the CPU has AVX2. The hash value is the same on every path. */
 #include "wire/kw_wire_internal.h"
 
 #if defined(KW_WIRE_HASH_AVX2)
@@ -14,18 +13,12 @@
 uint64_t kw__wire_hash_bytes_avx2(const void *data, size_t size) {
     return XXH3_64bits(data, size);
 }
-void kw__wire_hash_update_avx2(void *state, const void *data, size_t size) {
-    XXH3_64bits_update((XXH3_state_t *)state, data, size);
-}
 int kw__wire_hash_has_avx2(void) {
     return 1;
 }
 #else
 uint64_t kw__wire_hash_bytes_avx2(const void *data, size_t size) {
     return kw__wire_hash_bytes_sse2(data, size);
-}
-void kw__wire_hash_update_avx2(void *state, const void *data, size_t size) {
-    kw__wire_hash_update_sse2(state, data, size);
 }
 int kw__wire_hash_has_avx2(void) {
     return 0;

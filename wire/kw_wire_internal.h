@@ -68,29 +68,15 @@ void kw__wire_hash_reset(kw__wire_hash *h);
 void kw__wire_hash_update(kw__wire_hash *h, const void *data, size_t size);
 uint64_t kw__wire_hash_digest(const kw__wire_hash *h);
 uint64_t kw__wire_hash_bytes(const void *data, size_t size);
+/* The same hash for data read from memory rather than the caches (the decoder verifying a section of a blob it has
+ * not read yet): the build that streams fastest from memory, which need not be the widest one. */
+uint64_t kw__wire_hash_cold(const void *data, size_t size);
 /* The same hash built for one ISA each (kw_wire_hash_avx2.c, kw_wire_hash_avx512.c); kw__wire_hash_bytes picks one. */
 uint64_t kw__wire_hash_bytes_sse2(const void *data, size_t size);
 uint64_t kw__wire_hash_bytes_avx2(const void *data, size_t size);
 uint64_t kw__wire_hash_bytes_avx512(const void *data, size_t size);
-/* XXH3_64bits_update of the running state (kw__wire_hash's aligned XXH3_state_t) built for one ISA each;
- * kw__wire_hash_update picks one. Any mix of them gives the same state (the one algorithm on the one layout). */
-void kw__wire_hash_update_sse2(void *state, const void *data, size_t size);
-void kw__wire_hash_update_avx2(void *state, const void *data, size_t size);
-void kw__wire_hash_update_avx512(void *state, const void *data, size_t size);
 int kw__wire_hash_has_avx2(void);   /* 1 if this build has the AVX2 variant */
 int kw__wire_hash_has_avx512(void); /* 1 if this build has the AVX-512 variant */
-
-/* Non-temporal stores (issue 10 item 5): a copy that bypasses the caches for the whole 64-byte lines of dst (plain
- * stores for the partial lines at its edges; memcpy off x86-64), for outputs larger than the caches, where a plain store first
- * reads the line it writes. The bytes are those of memcpy; kw__wire_stream_fence orders them before the caller
- * returns (an sfence). kw__wire_stream_min: a section's outputs of at least this many bytes are written so by
- * kw_wire_section_dequantize (default KW__WIRE_STREAM_MIN_DEFAULT); kw__wire_set_stream_min changes it (tests: 0
- * streams every section, SIZE_MAX none). */
-#define KW__WIRE_STREAM_MIN_DEFAULT ((size_t)1 << 20)
-void kw__wire_stream_copy(void *dst, const void *src, size_t n);
-void kw__wire_stream_fence(void);
-size_t kw__wire_stream_min(void);
-void kw__wire_set_stream_min(size_t bytes);
 
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Row kernels: one implementation per ISA, identical results (tests/wire/test_wire_simd.c). */
