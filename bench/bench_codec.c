@@ -201,11 +201,19 @@ static double kw__bench_decode(const kw__bench_ctx *c, size_t size, int f32, int
     return kw_time_seconds(t0, kw__bench_now(c->cpu_clock));
 }
 
+/* 1 if --only PATTERN keeps the row: PATTERN is a substring of its name, or with a trailing $ the whole name. */
+static int kw__bench_row_selected(const char *name, const char *pattern) {
+    const size_t n = strlen(pattern);
+    if (n > 0 && pattern[n - 1] == '$') return strlen(name) == n - 1 && strncmp(name, pattern, n - 1) == 0;
+    return strstr(name, pattern) != NULL;
+}
+
 static void kw__bench_codec_usage(FILE *f) {
     fprintf(f, "usage: kvwire bench codec [--layers 28] [--heads 8] [--dim 128] [--tokens 512] [--reps 5]\n"
-               "                          [--isa auto|scalar|avx2|avx512] [--only SUBSTRING] [--clock wall|cpu]\n"
+               "                          [--isa auto|scalar|avx2|avx512] [--only SUBSTRING[$]] [--clock wall|cpu]\n"
                "--clock cpu times memcpy and the codecs by this thread's CPU time instead of the wall clock (for a\n"
-               "machine shared with other jobs: the time spent waiting for a core is left out of both)\n");
+               "machine shared with other jobs: the time spent waiting for a core is left out of both)\n"
+               "--only keeps the rows whose name holds SUBSTRING; a trailing $ keeps the row of that exact name\n");
 }
 
 int kw_bench_codec(int argc, char **argv) {
@@ -273,7 +281,7 @@ int kw_bench_codec(int argc, char **argv) {
                                {"every other v1 codec row", 0.5, 1e30, "", ""}};
     for (size_t c = 0; c < sizeof kw__bench_cfgs / sizeof kw__bench_cfgs[0] && rc == 0; ++c) {
         const kw__bench_cfg *cfg = &kw__bench_cfgs[c];
-        if ((only && !strstr(cfg->name, only)) || (cfg->rotate && kw_wire_rotate_log2(D) < 0)) continue;
+        if ((only && !kw__bench_row_selected(cfg->name, only)) || (cfg->rotate && kw_wire_rotate_log2(D) < 0)) continue;
         const kw_wire_policy pol = {.k = cfg->spec,
                                     .v = cfg->spec,
                                     .zstd_level = cfg->zstd,

@@ -445,7 +445,7 @@ static int kw__dec_check_scales(const kw_wire_decoder *d, const kw_wire_group_vi
 static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     const size_t table = KW_WIRE_SECTION_HEAD_BYTES + (size_t)KW_WIRE_GROUP_DESC_BYTES * d->s_groups;
     const size_t total = (size_t)d->need;
-    KW_RETURN_IF(kw__wire_hash_bytes(view, total - KW_WIRE_CHECKSUM_BYTES) !=
+    KW_RETURN_IF(kw__wire_hash_cold(view, total - KW_WIRE_CHECKSUM_BYTES) !=
                      kw_load_le64(view + total - KW_WIRE_CHECKSUM_BYTES),
                  KW_E_WIRE_CHECKSUM, "section %u (layer %u): checksum mismatch", d->sections_done, d->s_layer);
     const uint8_t *stored = view + table;

@@ -3,7 +3,8 @@
 # ISA: KW_CPU_ISA=scalar (what scripts/test.sh sets for its scalar rerun) makes the default (auto) choice the scalar
 # path, KW_CPU_ISA=avx2 at most AVX2; --isa still forces a path whatever KW_CPU_ISA says. Its int8 and int4 per-token
 # rows with log8 scales run and take fewer bytes than the f16 ones (one scale byte per row instead of two), its
-# rotated (@rot) rows run, and --clock cpu (thread CPU time, for a shared machine) says so in its header.
+# rotated (@rot) rows run, --clock cpu (thread CPU time, for a shared machine) says so in its header, and --only with
+# a trailing $ selects one row by its exact name.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 # isa [ARGS]: the ISA a tiny `bench codec` run names in its header line
 isa() {
@@ -30,6 +31,10 @@ for c in int8 int4; do
 done
 "$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --only "int8 token f16" --clock cpu |
     grep -q "best of 1, thread CPU time" || fail "--clock cpu: the header does not say thread CPU time"
+# --only NAME$ keeps that one row; without the $ every row whose name holds it
+rows() { "$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --only "$1" | grep -c '^int8 token f16'; }
+[ "$(rows 'int8 token f16$')" = 1 ] || fail "--only 'int8 token f16\$': $(rows 'int8 token f16$') rows"
+[ "$(rows 'int8 token f16')" -gt 1 ] || fail "--only 'int8 token f16': $(rows 'int8 token f16') rows"
 if "$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --clock sundial >/dev/null 2>&1; then
     fail "--clock sundial accepted"
 fi
