@@ -1662,8 +1662,10 @@ KW_AVX512 static inline __m512i kw__nf4_codes16_avx512(__m512 z, const kw__nf4_a
 }
 
 /* 1 when inv and 16 inv are both normal (or 0), so that the NF4 codes may take z = fl32(x * 16 inv)
- * (kw__nf4_codes16_avx512): one multiply per 16 values less. The others (NaN, |inv| beyond 2^123 where 16 inv would be
- * Inf and 0 * 16 inv NaN, subnormal inv whose 16 inv FTZ or DAZ would treat unlike inv) multiply by 16 after inv. */
+ * (kw__nf4_codes16_avx512): one multiply per 16 values less. The others (NaN, |inv| beyond 2^123, a conservative
+ * bound: 16 inv is Inf from 2^124 on and 0 * 16 inv NaN; subnormal inv, whose 16 inv FTZ would treat unlike inv; under
+ * DAZ a subnormal inv compares equal to 0 and folds, as the scalar x * inv is then x * 0 too) multiply by 16 after
+ * inv. */
 static inline int kw__nf4_fold16(float inv) {
     return (inv >= 0x1p-126f && inv <= 0x1p123f) || (inv <= -0x1p-126f && inv >= -0x1p123f) || inv == 0.0f;
 }

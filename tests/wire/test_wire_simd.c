@@ -694,6 +694,63 @@ static void test_quantize_groups(void **state) {
         }
 }
 
+/* NF4 groups whose inverse scales differ group by group, some inside the AVX-512 kernel's fold (inv and 16 inv
+ * normal) and some outside it (2^123 and up, subnormal, 0, Inf, NaN, both signs), in one call: quantize_groups and
+ * quantize_group_rows (three distinct rows) of every ISA against the scalar quantize per group, bf16 (G 64, 128: the
+ * dispatch-free path) and f32 (G 32, 64), under no flag, FTZ, DAZ and both. A decision taken once per call (from the
+ * first group's inv) instead of per group fails it (review of the eighth pass). */
+static void test_nf4_mixed_fold(void **state) {
+    (void)state;
+    wt_rng r = {41};
+    static const float pool[] = {0x1p123f,  0x1.fffffep122f, 0x1.000002p123f, 0x1p124f, 0x1p127f, 0x1.fffffep127f,
+                                 0x1p-126f, 0x1p-127f,       0x1p-149f,       0.0f,     1.0f,     0x1.5p3f,
+                                 1.0f / 3,  0x1.8p-7f,       INFINITY,        NAN,      0x1p100f, 0x1p-100f};
+    enum { D = 256, NR = 3 };
+    uint8_t buf[NR][D * 4], want[NR * D / 2 + 1], got[NR * D / 2 + 1];
+    float inv[NR * D / 16];
+    for (int it = 0; it < 400; ++it) {
+        const uint32_t dtype = it % 2 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
+        const uint32_t G = dtype == KW_WIRE_DTYPE_BF16 ? 64u << (it / 2 % 2) : 32u << (it / 2 % 2), ng = D / G;
+        const size_t es = kw__wire_dtype_size(dtype), chunk = G / 2;
+        const uint8_t *rows[NR];
+        for (int q = 0; q < NR; ++q) {
+            fill(&r, buf[q], dtype, D, it % 3 == 0, ldexpf(1.0f, (int)wt_below(&r, 12) - 6));
+            rows[q] = buf[q];
+        }
+        for (uint32_t q = 0; q < NR * ng; ++q) {
+            const float v = pool[wt_below(&r, sizeof pool / sizeof pool[0])];
+            inv[q] = wt_below(&r, 2) ? -v : v;
+        }
+        const unsigned csr = (it / 4 % 4 & 1 ? 0x8000u : 0) | (it / 4 % 4 & 2 ? 0x0040u : 0);
+#if defined(__x86_64__)
+        const unsigned saved = _mm_getcsr();
+        _mm_setcsr((saved & ~0x8040u) | csr);
+#endif
+        for (uint32_t q = 0; q < NR * ng; ++q)
+            g_isas[0]->quantize(KW_WIRE_CODEC_NF4, rows[q / ng] + (size_t)(q % ng) * G * es, dtype, G, inv[q],
+                                want + q * chunk);
+        int bad = -1, way = 0;
+        for (int k = 1; k < g_n_isas && bad < 0; ++k)
+            for (way = 0; way < 2 && bad < 0; ++way) {
+                memset(got, 0xa5, sizeof got);
+                if (way == 0)
+                    for (int q = 0; q < NR; ++q)
+                        g_isas[k]->quantize_groups(KW_WIRE_CODEC_NF4, rows[q], dtype, D, G, inv + q * ng,
+                                                   got + (size_t)q * D / 2);
+                else
+                    g_isas[k]->quantize_group_rows(KW_WIRE_CODEC_NF4, rows, NR, dtype, D, G, inv, got);
+                if (memcmp(got, want, NR * D / 2) != 0 || got[NR * D / 2] != 0xa5) bad = k;
+            }
+#if defined(__x86_64__)
+        _mm_setcsr(saved);
+#endif
+        if (bad >= 0)
+            fail_msg("%s nf4 %s (dtype %u, G %u, csr %#x, iteration %d): codes differ from quantize per group",
+                     kw_wire_isa_name(g_isas[bad]->isa), way == 1 ? "quantize_groups" : "quantize_group_rows", dtype, G,
+                     csr, it);
+    }
+}
+
 /* dequantize_groups: arbitrary bytes (reserved codes included half the time) of every codec in groups of G values,
  * each with its own scale, to f32 and bf16: the values and the status of dequantize group by group, nothing written
  * past the row. */
@@ -1234,6 +1291,7 @@ int main(void) {
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_amax_groups),
         cmocka_unit_test(test_quantize_groups),
+        cmocka_unit_test(test_nf4_mixed_fold),
         cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_nf4_edges),
         cmocka_unit_test(test_fp8_edges),
