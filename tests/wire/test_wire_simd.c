@@ -1066,17 +1066,28 @@ static void test_blobs(void **state) {
     (void)state;
     wt_rng r = {4};
     for (int it = 0; it < 160; ++it) {
-        const uint16_t H = (uint16_t)(1 + wt_below(&r, 8)), D = (uint16_t)(16 * (1 + wt_below(&r, 8)));
+        /* it 12, 17, ... 37 (NF4 below): half of them bf16 rows of 64 or 128, the AVX-512 bf16 group path */
+        const int nf4_wide = it >= 8 && it < 40 && it % 5 == 2 && it % 10 == 7;
+        const uint16_t H = (uint16_t)(1 + wt_below(&r, 8)),
+                       D = (uint16_t)(nf4_wide ? 64u << (it / 10 % 2) : 16 * (1 + wt_below(&r, 8)));
         const uint32_t T = 1 + wt_below(&r, 64);
         const uint8_t dtype = it % 2 ? KW_WIRE_DTYPE_BF16 : KW_WIRE_DTYPE_F32;
         kw_wire_header hdr = {
             .n_layers = 2, .n_sections = 1, .n_kv_heads = H, .head_dim = D, .n_positions = T, .src_dtype = dtype};
         uint8_t *data = wt_xmalloc((size_t)H * T * D * 4);
-        fill(&r, data, dtype, H * T * D, it % 3 == 0, 0.1f);
-        const uint8_t codec = it % 4 < 2 ? KW_WIRE_CODEC_INT8 : KW_WIRE_CODEC_INT4;
-        const uint8_t gran = (uint8_t)(1 + wt_below(&r, 4));
-        kw_wire_policy pol = {.k = {codec, gran, (uint8_t)(1 + wt_below(&r, 4)), gran == 4 ? 4 : 0}};
+        /* v1: int8, int4, then NF4 (in groups of 16..64) and FP8 (every fifth from it 8) */
+        static const uint8_t v1_codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_NF4,
+                                            KW_WIRE_CODEC_E4M3, KW_WIRE_CODEC_E5M2};
+        const uint8_t codec = it >= 8 && it % 5 >= 2 ? v1_codecs[it % 5]
+                              : it % 4 < 2           ? KW_WIRE_CODEC_INT8
+                                                     : KW_WIRE_CODEC_INT4;
+        const uint8_t gran = codec == KW_WIRE_CODEC_NF4 ? KW_WIRE_GRAN_GROUP : (uint8_t)(1 + wt_below(&r, 4));
+        const uint8_t log2g = D % 64 == 0 ? 6 : D % 32 == 0 ? 5 : 4;
+        kw_wire_policy pol = {
+            .k = {codec, gran, (uint8_t)(1 + wt_below(&r, 4)), gran == 4 ? (it % 5 >= 2 ? log2g : 4) : 0}};
         pol.v = pol.k;
+        /* specials (1e5 among them) only for the integer codecs: NF4's and FP8's scale of 1e5 is beyond f16 */
+        fill(&r, data, dtype, H * T * D, it % 3 == 0 && codec <= KW_WIRE_CODEC_INT4, 0.1f);
         if (it >= 40) { /* KVWire v1.1: int3/int2, zero points, channel scales, log8 scales, outliers */
             static const uint8_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4, KW_WIRE_CODEC_INT6,
                                              KW_WIRE_CODEC_INT3, KW_WIRE_CODEC_INT2};
