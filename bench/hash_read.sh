@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # hash_read.sh [ROUNDS]: XXH3-64 (xxHash's header, inlined, as wire/kw_wire_hash_*.c build it) compiled for SSE2, AVX2
-# and AVX-512, each timed by thread CPU time on data not in the caches (30 MB at a new place of a 512 MB buffer each
-# time) and on data in them (one buffer of 16 KB to 4 MB hashed again and again), in GB/s. It chose the decoder's
+# and AVX-512, each timed by thread CPU time on data not in the caches (30 MB at one of 16 places of a 512 MB buffer in
+# turn) and on data in them (one buffer of 16 KB to 4 MB hashed again and again), in GB/s. It chose the decoder's
 # section checksum build (kw__wire_hash_cold, issue 10 item 5): the fastest build from memory need not be the widest.
-# Not part of CI; needs cc and xxhash.h. The AVX-512 build is skipped on a CPU without AVX-512.
+# Not part of CI; Linux x86-64, needs cc and xxhash.h. A build is skipped on a CPU without its ISA.
 set -euo pipefail
 rounds=${1:-3}
+case $rounds in '' | *[!0-9]* | 0)
+    echo "hash_read.sh: ROUNDS must be a positive integer" >&2
+    exit 2
+    ;;
+esac
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cat >"$dir/h.c" <<'C'
@@ -53,7 +58,10 @@ int main(int argc, char **argv) {
 C
 for isa in sse2 avx2 avx512; do
     flags=-msse2
-    [ "$isa" = avx2 ] && flags=-mavx2
+    if [ "$isa" = avx2 ]; then
+        grep -qw avx2 /proc/cpuinfo || continue
+        flags=-mavx2
+    fi
     if [ "$isa" = avx512 ]; then
         grep -qw avx512bw /proc/cpuinfo || continue
         flags="-mavx512f -mavx512bw"

@@ -2,6 +2,7 @@
  * codec-spec validation, size arithmetic and the token-position encodings (FORMAT.md §6). It holds no state. */
 #include "wire/kw_wire_internal.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #include "common/kw_bytes.h"
@@ -108,13 +109,25 @@ uint64_t kw__wire_hash_bytes_sse2(const void *data, size_t size) {
     return XXH3_64bits(data, size);
 }
 
+/* KW_CPU_ISA's cap (common/kw_isa.h), read once per process: the hash value is the same on every path, so only the
+ * tests' runs of the lower paths depend on it, and a getenv per section would cost more than a short hash. */
+static enum kw_isa_level kw__wire_hash_cap(void) {
+    static _Atomic int cap = -1;
+    int c = atomic_load_explicit(&cap, memory_order_relaxed);
+    if (c < 0) atomic_store_explicit(&cap, c = (int)kw_isa_env_cap(), memory_order_relaxed);
+    return (enum kw_isa_level)c;
+}
+
 uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
     /* short inputs gain nothing from wide vectors; long ones (section bodies) run 2-3x faster */
     if (size >= 1024) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        if (kw__wire_hash_has_avx512() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+        const enum kw_isa_level cap = kw__wire_hash_cap();
+        if (cap >= KW_ISA_LEVEL_AVX512 && kw__wire_hash_has_avx512() && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw"))
             return kw__wire_hash_bytes_avx512(data, size);
-        if (kw__wire_hash_has_avx2() && __builtin_cpu_supports("avx2")) return kw__wire_hash_bytes_avx2(data, size);
+        if (cap >= KW_ISA_LEVEL_AVX2 && kw__wire_hash_has_avx2() && __builtin_cpu_supports("avx2"))
+            return kw__wire_hash_bytes_avx2(data, size);
 #endif
     }
     return XXH3_64bits(data, size);
@@ -123,9 +136,10 @@ uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
 uint64_t kw__wire_hash_cold(const void *data, size_t size) {
     /* AVX2's build read data from memory faster than AVX-512's on the machine measured (issue 10 item 5, AMD EPYC
      * Zen 4, bench/hash_read.sh: 26-35 against 19-21 GB/s for 30 MB; in the caches AVX-512's is the faster one, 82-98
-     * against 68-79 GB/s; docs/BENCHMARKS.md, "Codec speed, eighth pass") */
+     * against 68-79 GB/s; docs/BENCHMARKS.md, "Codec speed, eighth pass (b)") */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (size >= 1024 && kw__wire_hash_has_avx2() && __builtin_cpu_supports("avx2"))
+    if (size >= 1024 && kw__wire_hash_cap() >= KW_ISA_LEVEL_AVX2 && kw__wire_hash_has_avx2() &&
+        __builtin_cpu_supports("avx2"))
         return kw__wire_hash_bytes_avx2(data, size);
 #endif
     return kw__wire_hash_bytes(data, size);

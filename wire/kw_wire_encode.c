@@ -772,7 +772,8 @@ static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip) {
 }
 
 /* The rows of a block rotated on the fly fit in this many bytes (L1-resident). */
-#define KW__ENC_ROT_BYTES 16384u
+#define KW__ENC_ROT_BYTES      16384u
+#define KW__ENC_PREFETCH_BYTES 16384u /* input rows prefetched a block ahead (bf16 rows of 128: 64) */
 
 /* Points rp[i] at the rows of head h, tokens t .. t + n - 1 of the tensor: with sx (the forward factors of a tensor
  * kw__enc_tensor rotates itself) each row is rotated into buf (n * D elements of src_dtype, the bits kw__enc_rotate
@@ -873,8 +874,11 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                     for (uint32_t i = 0; i < nb; ++i)
                         rp[i] = kw__enc_row(in, es, h, t0 + tb + i);
                 /* the next block's rows are asked for while this one is scanned: more reads in flight than the
-                 * hardware prefetcher keeps on its own (the input is read from memory once, here) */
-                const uint32_t nn = tg - tb - nb < bmax ? tg - tb - nb : bmax;
+                 * hardware prefetcher keeps on its own (the input is read from memory once, here); at most
+                 * KW__ENC_PREFETCH_BYTES of them, so that this block's rows stay in L1 for the code pass */
+                const uint32_t cap = KW__ENC_PREFETCH_BYTES / (D * (uint32_t)es);
+                uint32_t nn = tg - tb - nb < bmax ? tg - tb - nb : bmax;
+                nn = nn < cap ? nn : cap;
                 for (uint32_t i = 0; i < nb; ++i) {
                     if (i < nn) kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + tb + nb + i), (size_t)D * es);
                     am[i] = k->amax(rp[i], dt, D);

@@ -1,5 +1,6 @@
 /* kw_wire_hash_avx512.c: XXH3-64 compiled for AVX512 (this file alone gets the ISA flag, see wire/CMakeLists.txt);
- * kw__wire_hash_bytes calls it only when the CPU has AVX512. The hash value is the same on every path. */
+ * kw__wire_hash_bytes calls it only when the CPU has AVX512 and KW_CPU_ISA allows it. The hash value is the same on
+ * every path. */
 #include "wire/kw_wire_internal.h"
 
 #if defined(KW_WIRE_HASH_AVX512)

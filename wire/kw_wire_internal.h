@@ -71,7 +71,8 @@ uint64_t kw__wire_hash_bytes(const void *data, size_t size);
 /* The same hash for data read from memory rather than the caches (the decoder verifying a section of a blob it has
  * not read yet): the build that streams fastest from memory, which need not be the widest one. */
 uint64_t kw__wire_hash_cold(const void *data, size_t size);
-/* The same hash built for one ISA each (kw_wire_hash_avx2.c, kw_wire_hash_avx512.c); kw__wire_hash_bytes picks one. */
+/* The same hash built for one ISA each (kw_wire_hash_avx2.c, kw_wire_hash_avx512.c); kw__wire_hash_bytes and
+ * kw__wire_hash_cold pick one, within KW_CPU_ISA's cap. */
 uint64_t kw__wire_hash_bytes_sse2(const void *data, size_t size);
 uint64_t kw__wire_hash_bytes_avx2(const void *data, size_t size);
 uint64_t kw__wire_hash_bytes_avx512(const void *data, size_t size);
