@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/kw_hugepage.h"
 #include "common/kw_isa.h"
 #include "common/kw_log.h"
 #include "common/kw_size.h"
@@ -72,7 +73,7 @@ int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out) {
         size_t bytes;
         KW_RETURN_IF(kw_size_mul(n, sizeof(float), &bytes) < 0 || kw_size_align_up(bytes, 64, &bytes) < 0,
                      KW_E_OVERFLOW, "cpu scratch of %zu floats overflows", n);
-        float *p = aligned_alloc(64, bytes);
+        float *p = kw_hugepage_alloc(bytes);
         KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu scratch: cannot allocate %zu bytes", bytes);
         free(cpu->scratch);
         cpu->scratch = p;
@@ -148,7 +149,7 @@ static int kw_cpu_alloc(kw_backend *backend, size_t size, void **data) {
     (void)backend;
     size_t bytes;
     KW_RETURN_IF(kw_size_align_up(size, 64, &bytes) < 0, KW_E_OVERFLOW, "cpu alloc of %zu bytes overflows", size);
-    void *p = aligned_alloc(64, bytes);
+    void *p = kw_hugepage_alloc(bytes);
     KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
     *data = p;
     return 0;
