@@ -1,7 +1,8 @@
 /* test_model_hugepages.c: large host allocations on transparent huge pages (common/kw_hugepage.h).
  *   advice: kw_hugepage_alloc's big blocks are 2 MiB-aligned and, once touched, show AnonHugePages in
- *           /proc/self/smaps; a model's packed weights do too; KW_HUGEPAGES=0 turns both off. Exit 77 (skipped)
- *           where the kernel has no THP (/sys/kernel/mm/transparent_hugepage/enabled missing or "never").
+ *           /proc/self/smaps, as do kw_hugepage_alloc_weight's slabs of small weights (outside ASan builds) and a
+ *           model's packed weights; KW_HUGEPAGES=0 turns them off. Exit 77 (skipped) where the kernel has no THP
+ *           (/sys/kernel/mm/transparent_hugepage/enabled missing or "never").
  *   logits: a model loaded with KW_HUGEPAGES=1 and with KW_HUGEPAGES=0 gives the same logits, bit for bit (runs
  *           everywhere: with or without THP the placement of memory must never change results). */
 #define _DEFAULT_SOURCE
@@ -21,6 +22,18 @@
 #include "model/kw_model.h"
 #include "model_fixture.h"
 #include "tests/kw_test_util.h"
+
+/* kw_hugepage.c cuts small weights from slabs outside ASan builds */
+#if defined(__SANITIZE_ADDRESS__)
+#define KW_TEST_SLABS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KW_TEST_SLABS 0
+#endif
+#endif
+#ifndef KW_TEST_SLABS
+#define KW_TEST_SLABS 1
+#endif
 
 static char g_dir[] = "/tmp/kw_hugepage_test_XXXXXX";
 static int g_madvise_mode; /* THP is "madvise": memory nobody advised must stay on 4 KiB pages */
@@ -105,7 +118,42 @@ static void test_alloc_advice(void **state) {
     p = kw_hugepage_alloc(100);
     assert_non_null(p);
     assert_int_equal((uintptr_t)p % 64, 0);
-    free(p);
+    kw_hugepage_free(p);
+    unsetenv("KW_HUGEPAGES");
+}
+
+/* kw_hugepage_alloc_weight: distinct 64-byte aligned blocks that keep their bytes, on huge pages when cut from slabs
+ * (outside ASan builds), released in any order; with KW_HUGEPAGES=0 never advised. */
+static void test_weight_slabs(void **state) {
+    (void)state;
+    enum { N = 40 };
+    char *b[N];
+    size_t sz[N];
+    setenv("KW_HUGEPAGES", "1", 1);
+    for (int i = 0; i < N; ++i) {
+        sz[i] = ((size_t)1 << 20) - (size_t)i * 64 * 97; /* 40 MiB in all: more than one slab */
+        b[i] = kw_hugepage_alloc_weight(sz[i]);
+        assert_non_null(b[i]);
+        assert_int_equal((uintptr_t)b[i] % 64, 0);
+        memset(b[i], i + 1, sz[i]);
+    }
+    for (int i = 0; i < N; ++i) /* no block overlaps another: each still holds its own byte at both ends */
+        assert_true(b[i][0] == (char)(i + 1) && b[i][sz[i] - 1] == (char)(i + 1));
+    if (KW_TEST_SLABS) assert_true(anon_huge_kb(b[0], sz[0]) >= 2048);
+    for (int i = 0; i < N; i += 2) /* every other block first: slabs stay while any block of theirs lives */
+        kw_hugepage_free(b[i]);
+    for (int i = 1; i < N; i += 2)
+        assert_true(b[i][0] == (char)(i + 1) && b[i][sz[i] - 1] == (char)(i + 1));
+    for (int i = 1; i < N; i += 2)
+        kw_hugepage_free(b[i]);
+    kw_hugepage_free(NULL);
+
+    setenv("KW_HUGEPAGES", "0", 1);
+    char *p = kw_hugepage_alloc_weight((size_t)1 << 20);
+    assert_non_null(p);
+    memset(p, 1, (size_t)1 << 20);
+    if (g_madvise_mode) assert_int_equal(anon_huge_kb(p, (size_t)1 << 20), 0);
+    kw_hugepage_free(p);
     unsetenv("KW_HUGEPAGES");
 }
 
@@ -165,6 +213,7 @@ int main(int argc, char **argv) {
     g_madvise_mode = strcmp(mode, "madvise") == 0;
     const struct CMUnitTest advice_tests[] = {
         cmocka_unit_test(test_alloc_advice),
+        cmocka_unit_test(test_weight_slabs),
         cmocka_unit_test(test_model_advice),
     };
     const struct CMUnitTest logits_tests[] = {
