@@ -26,7 +26,8 @@ void *kw_hugepage_alloc(size_t size);
 
 /* Like kw_hugepage_alloc, for memory that lives as long as a model (a packed weight), size a multiple of 64: blocks
  * below KW_HUGEPAGE_MIN are cut 64-byte aligned from shared slabs of KW_HUGEPAGE_SLAB bytes on huge pages (so small
- * quantized weights get them too, without rounding each up to 2 MiB); a slab is freed when its last block is. Not in
+ * quantized weights get them too, without rounding each up to 2 MiB); a slab is freed when its last block is, and a
+ * freed block's bytes are not reused before that (hence weights only: they come and go with their model). Not in
  * ASan builds (each block is then its own allocation) or with KW_HUGEPAGES=0. Released only with kw_hugepage_free. */
 void *kw_hugepage_alloc_weight(size_t size);
 
