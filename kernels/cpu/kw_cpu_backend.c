@@ -145,25 +145,25 @@ static int kw_cpu_synchronize(kw_backend *backend) {
     return 0;
 }
 
-static int kw_cpu_alloc(kw_backend *backend, size_t size, void **data) {
-    (void)backend;
+/* size bytes rounded up to 64 from allocate (kw_hugepage.h: on huge pages when large), released by kw_cpu_free. */
+static int kw_cpu_alloc_from(void *(*allocate)(size_t), size_t size, void **data) {
     size_t bytes;
     KW_RETURN_IF(kw_size_align_up(size, 64, &bytes) < 0, KW_E_OVERFLOW, "cpu alloc of %zu bytes overflows", size);
-    void *p = kw_hugepage_alloc(bytes);
+    void *p = allocate(bytes);
     KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
     *data = p;
     return 0;
 }
 
-/* Packed weights below KW_HUGEPAGE_MIN share 2 MiB-aligned slabs on huge pages (common/kw_hugepage.h). */
+static int kw_cpu_alloc(kw_backend *backend, size_t size, void **data) {
+    (void)backend;
+    return kw_cpu_alloc_from(kw_hugepage_alloc, size, data);
+}
+
+/* Packed weights below KW_HUGEPAGE_MIN share 2 MiB-aligned slabs on huge pages (kw_hugepage_alloc_weight). */
 static int kw_cpu_alloc_weight(kw_backend *backend, size_t size, void **data) {
     (void)backend;
-    size_t bytes;
-    KW_RETURN_IF(kw_size_align_up(size, 64, &bytes) < 0, KW_E_OVERFLOW, "cpu alloc of %zu bytes overflows", size);
-    void *p = kw_hugepage_alloc_weight(bytes);
-    KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
-    *data = p;
-    return 0;
+    return kw_cpu_alloc_from(kw_hugepage_alloc_weight, size, data);
 }
 
 static void kw_cpu_free(kw_backend *backend, void *data) {
