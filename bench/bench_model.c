@@ -110,15 +110,18 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     kw_model *const ms[2] = {first_huge ? model : m2, first_huge ? m2 : model}; /* [0] huge pages, [1] 4 KiB */
     kw_kvcache *const cs[2] = {first_huge ? cache : c2, first_huge ? c2 : cache};
     int32_t next[2] = {0, 0};
-    double pre_ms[2] = {0, 0};
-    for (int i = 0; i < 4; ++i) { /* prefills A B B A; the last two leave the caches ready for the steps */
+    enum { PREFILLS = 4 };                                       /* each */
+    double pre_ms[2] = {0, 0}, pre_pair[2], pre_ratio[PREFILLS]; /* pre_pair: this pair's two times */
+    for (int i = 0; i < 2 * PREFILLS; ++i) { /* A B B A ...; the last two leave the caches ready for the steps */
         const int s = (i + i / 2) % 2;
         KW_CHECK(kw_kvcache_reset(cs[s]));
         const kw_forward_args a = {
             .ids = ids, .n = prompt_len, .mode = KW_LOGITS_LAST, .argmax = &next[s], .argmax_flags = 1};
         t0 = kw_time_now_ns();
         KW_CHECK(kw_model_forward(ms[s], cs[s], &a));
-        pre_ms[s] += kw_time_ms(t0, kw_time_now_ns());
+        pre_pair[s] = kw_time_ms(t0, kw_time_now_ns());
+        pre_ms[s] += pre_pair[s];
+        if (i % 2 == 1) pre_ratio[i / 2] = pre_pair[1] / pre_pair[0];
     }
     int64_t differ = next[0] != next[1];
     for (int64_t i = 0; i < 2 * n_decode; ++i) {
@@ -140,8 +143,10 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     printf("huge pages: AnonHugePages %ld kB with the first instance (huge pages %s), %ld kB with both (the second, "
            "KW_HUGEPAGES=%d, loaded in %.1f ms)\n",
            huge_kb0, first_huge ? "on" : "off", huge_kb1, !first_huge, load_ms);
-    printf("prefill, interleaved: huge pages %.1f ms, 4 KiB pages %.1f ms (2 each), speed-up %.4f\n", pre_ms[0] / 2,
-           pre_ms[1] / 2, pre_ms[1] / pre_ms[0]);
+    printf("prefill, interleaved: huge pages %.1f ms, 4 KiB pages %.1f ms (%d each), speed-up %.4f (total), %.4f "
+           "(median of pairs)\n",
+           pre_ms[0] / PREFILLS, pre_ms[1] / PREFILLS, PREFILLS, pre_ms[1] / pre_ms[0],
+           kw_bench_median(pre_ratio, PREFILLS));
     printf(
         "decode, steps interleaved: huge pages %.3f ms/token (median %.3f), 4 KiB pages %.3f ms/token (median %.3f), "
         "speed-up %.4f (total), %.4f (median of step pairs) over %ld steps each; tokens %s\n",
