@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/kw_file.h"
+#include "common/kw_hugepage.h"
 #include "common/kw_status.h"
 #include "bench/bench_bandwidth.h"
 #include "bench/bench_median.h"
@@ -35,31 +36,130 @@ const char kw_bench_model_summary[] = "prefill/decode tok/s of a model (a GGUF f
                                       "random one) vs the memory-bandwidth bound";
 
 static void kw_bench_model_usage(FILE *f) {
-    fprintf(f,
-            "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
-            "                          [--model-dir DIR | --model PATH [--weights "
-            "f32|bf16|quantized|quantized-int8|bf16-act]]\n"
-            "                          [--reps N] [--bw-mib N]\n"
-            "                          [--profile] [--interleave-shared]\n"
-            "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
-            "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
-            "               dequantize every weight at load; quantized-int8 also runs Q4_K, Q4_1 and Q6_K weights with "
-            "int8\n"
-            "               activations, llama.cpp's way, not the f32 logits; bf16-act: bf16 weights (also an HF\n"
-            "               folder's) with bf16 activations, llama.cpp's AVX-512 BF16 way, not the exact logits);\n"
-            "               otherwise a random model of the --arch shape\n"
-            "               is generated\n"
-            "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
-            "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
-            "  --threads    CPU threads (default 2)\n"
-            "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
-            "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
-            "  --reps       measured repetitions, best is reported (default 3); each is bracketed by bandwidth reads\n"
-            "  --bw-mib     the bandwidth reads' buffer in MiB (default 512: make it far larger than the last-level "
-            "cache)\n"
-            "  --profile    also print per-op times of one prefill and one decode run\n"
-            "  --interleave-shared  also time 2 x --decode steps alternating (A B B A) a layer's q/k/v and gate/up\n"
-            "               as one shared matmul each (the default) and as separate matmuls\n");
+    fprintf(
+        f, "usage: kvwire bench model [--threads N] [--prompt-len N] [--decode N] [--arch qwen3|qwen2|llama|gemma3]\n"
+           "                          [--model-dir DIR | --model PATH [--weights "
+           "f32|bf16|quantized|quantized-int8|bf16-act]]\n"
+           "                          [--reps N] [--bw-mib N]\n"
+           "                          [--profile] [--interleave-shared] [--interleave-hugepages]\n"
+           "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
+           "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
+           "               dequantize every weight at load; quantized-int8 also runs Q4_K, Q4_1 and Q6_K weights with "
+           "int8\n"
+           "               activations, llama.cpp's way, not the f32 logits; bf16-act: bf16 weights (also an HF\n"
+           "               folder's) with bf16 activations, llama.cpp's AVX-512 BF16 way, not the exact logits);\n"
+           "               otherwise a random model of the --arch shape\n"
+           "               is generated\n"
+           "  --arch       qwen3: Qwen3-0.6B shape (default); qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B;\n"
+           "               gemma3: Gemma 3 270M (window 512, every sixth layer global)\n"
+           "  --threads    CPU threads (default 2)\n"
+           "  --prompt-len prefill tokens (default 128); --decode: decode steps (default 64)\n"
+           "  --model-dir  where to write the model (kept, and reused if it exists); default: a temp dir\n"
+           "  --reps       measured repetitions, best is reported (default 3); each is bracketed by bandwidth reads\n"
+           "  --bw-mib     the bandwidth reads' buffer in MiB (default 512: make it far larger than the last-level "
+           "cache)\n"
+           "  --profile    also print per-op times of one prefill and one decode run\n"
+           "  --interleave-shared  also time 2 x --decode steps alternating (A B B A) a layer's q/k/v and gate/up\n"
+           "               as one shared matmul each (the default) and as separate matmuls\n"
+           "  --interleave-hugepages  also load the model a second time with the other KW_HUGEPAGES setting (0: 4 KiB\n"
+           "               pages for its weights and cache) and time 2 x --decode steps alternating (A B B A) the two\n"
+           "               instances, checking that they pick the same tokens\n");
+}
+
+/* The kB of anonymous memory on transparent huge pages in this process (/proc/self/smaps_rollup), or -1. */
+static long kw_bench_anon_huge_kb(void) {
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) break;
+    fclose(f);
+    return kb;
+}
+
+/* --interleave-hugepages: a second instance of the model at dir loaded with the other KW_HUGEPAGES setting than
+ * `model` (loaded with the environment as it is), their steps alternated (A B B A), each from its own prefilled cache
+ * of `capacity`. The backend's scratch is shared (it is sized by the first model). */
+static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const kw_model_options *mo, kw_model *model,
+                                         kw_kvcache *cache, const int32_t *ids, int64_t prompt_len, int64_t n_decode,
+                                         int64_t capacity) {
+    int rc = 0;
+    kw_model *m2 = NULL;   /* owned */
+    kw_kvcache *c2 = NULL; /* owned */
+    double *steps = NULL;  /* owned: 2 x n_decode step times, ms: [0, n) huge pages, [n, 2n) 4 KiB */
+    double *ratios = NULL; /* owned: n_decode per-pair ratios 4 KiB / huge */
+    const char *old = getenv("KW_HUGEPAGES");
+    char *saved = old ? strdup(old) : NULL; /* owned */
+    const long huge_kb0 = kw_bench_anon_huge_kb();
+    const int first_huge = kw_hugepages_enabled(); /* the second instance gets the other setting */
+    setenv("KW_HUGEPAGES", first_huge ? "0" : "1", 1);
+    uint64_t t0 = kw_time_now_ns();
+    rc = kw_model_load(be, dir, mo, &m2);
+    const double load_ms = kw_time_ms(t0, kw_time_now_ns());
+    if (rc == 0) rc = kw_model_create_cache(m2, capacity, KW_DTYPE_BF16, &c2);
+    if (saved)
+        setenv("KW_HUGEPAGES", saved, 1);
+    else
+        unsetenv("KW_HUGEPAGES");
+    KW_CHECK(rc);
+    const long huge_kb1 = kw_bench_anon_huge_kb();
+    steps = calloc((size_t)n_decode * 2, sizeof *steps);
+    ratios = calloc((size_t)n_decode, sizeof *ratios);
+    KW_CHECK_IF(!steps || !ratios || (!saved && old), KW_E_NOMEM, "out of memory");
+    kw_model *const ms[2] = {first_huge ? model : m2, first_huge ? m2 : model}; /* [0] huge pages, [1] 4 KiB */
+    kw_kvcache *const cs[2] = {first_huge ? cache : c2, first_huge ? c2 : cache};
+    int32_t next[2] = {0, 0};
+    enum { PREFILLS = 4 };                                       /* each */
+    double pre_ms[2] = {0, 0}, pre_pair[2], pre_ratio[PREFILLS]; /* pre_pair: this pair's two times */
+    for (int i = 0; i < 2 * PREFILLS; ++i) { /* A B B A ...; the last two leave the caches ready for the steps */
+        const int s = (i + i / 2) % 2;
+        KW_CHECK(kw_kvcache_reset(cs[s]));
+        const kw_forward_args a = {
+            .ids = ids, .n = prompt_len, .mode = KW_LOGITS_LAST, .argmax = &next[s], .argmax_flags = 1};
+        t0 = kw_time_now_ns();
+        KW_CHECK(kw_model_forward(ms[s], cs[s], &a));
+        pre_pair[s] = kw_time_ms(t0, kw_time_now_ns());
+        pre_ms[s] += pre_pair[s];
+        if (i % 2 == 1) pre_ratio[i / 2] = pre_pair[1] / pre_pair[0];
+    }
+    int64_t differ = next[0] != next[1];
+    for (int64_t i = 0; i < 2 * n_decode; ++i) {
+        const int s = (int)((i + i / 2) % 2);
+        t0 = kw_time_now_ns();
+        KW_CHECK(kw_model_decode_step(ms[s], cs[s], next[s], NULL, &next[s], KW_ARGMAX_ROUND_BF16));
+        steps[s * n_decode + i / 2] = kw_time_ms(t0, kw_time_now_ns());
+        if (i % 2 == 1) differ += next[0] != next[1]; /* both have taken i / 2 + 1 steps */
+    }
+    double sum[2] = {0, 0};
+    for (int64_t i = 0; i < n_decode; ++i) {
+        sum[0] += steps[i];
+        sum[1] += steps[n_decode + i];
+        ratios[i] = steps[n_decode + i] / steps[i];
+    }
+    const double med_ratio = kw_bench_median(ratios, (size_t)n_decode);
+    const double med_huge = kw_bench_median(steps, (size_t)n_decode);
+    const double med_4k = kw_bench_median(steps + n_decode, (size_t)n_decode);
+    printf("huge pages: AnonHugePages %ld kB with the first instance (huge pages %s), %ld kB with both (the second, "
+           "KW_HUGEPAGES=%d, loaded in %.1f ms)\n",
+           huge_kb0, first_huge ? "on" : "off", huge_kb1, !first_huge, load_ms);
+    printf("prefill, interleaved: huge pages %.1f ms, 4 KiB pages %.1f ms (%d each), speed-up %.4f (total), %.4f "
+           "(median of pairs)\n",
+           pre_ms[0] / PREFILLS, pre_ms[1] / PREFILLS, PREFILLS, pre_ms[1] / pre_ms[0],
+           kw_bench_median(pre_ratio, PREFILLS));
+    printf(
+        "decode, steps interleaved: huge pages %.3f ms/token (median %.3f), 4 KiB pages %.3f ms/token (median %.3f), "
+        "speed-up %.4f (total), %.4f (median of step pairs) over %ld steps each; tokens %s\n",
+        sum[0] / (double)n_decode, med_huge, sum[1] / (double)n_decode, med_4k, sum[1] / sum[0], med_ratio,
+        (long)n_decode, differ ? "DIFFER" : "identical");
+    KW_CHECK_IF(differ, KW_E_INTERNAL, "the two instances picked different tokens");
+out:
+    free(saved);
+    free(steps);
+    free(ratios);
+    kw_kvcache_free(c2);
+    kw_model_free(m2);
+    return rc;
 }
 
 /* Resets the process's peak RSS (VmHWM) to its current RSS, so the bandwidth buffer freed before the model loads does
@@ -89,7 +189,8 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
     static const char *const weight_names[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
-    int arch = 0, profile = 0, interleave = 0, weights = 2; /* weights: GGUF kept quantized by default */
+    int arch = 0, profile = 0, interleave = 0, interleave_hp = 0,
+        weights = 2; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads, 1, 256),
         KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
@@ -100,6 +201,7 @@ int kw_bench_model(int argc, char **argv) {
         KW_CLI_STR("--model-dir", &model_dir),
         KW_CLI_FLAG("--profile", &profile),
         KW_CLI_FLAG("--interleave-shared", &interleave),
+        KW_CLI_FLAG("--interleave-hugepages", &interleave_hp),
         KW_CLI_STR("--model", &model_path),
         KW_CLI_CHOICE("--weights", &weights, weight_names),
     };
@@ -259,6 +361,12 @@ int kw_bench_model(int argc, char **argv) {
         printf("decode, steps interleaved: shared matmuls %.3f ms/token, separate %.3f ms/token, speed-up %.4f "
                "(%ld steps each)\n",
                ms[0] / (double)n_decode, ms[1] / (double)n_decode, ms[1] / ms[0], (long)n_decode);
+    }
+
+    if (interleave_hp) {
+        stage = "interleave huge pages";
+        KW_CHECK(kw_bench_interleave_hugepages(be, dir, &mo, model, cache, ids, prompt_len, n_decode,
+                                               prompt_len + (n_decode > warm_steps ? n_decode : warm_steps) * 2 + 1));
     }
 
     if (profile) {

@@ -282,7 +282,8 @@ int kw__tensor_alloc_layout(kw_backend *backend, kw_tensor *t, enum kw_dtype dty
     KW_FORWARD(kw_check_layout_shape(dtype, ndim, ne, layout, &nbytes));
     void *data = NULL;
     KW_FORWARD(kw__backend_charge(backend, nbytes, "a tensor"));
-    const int rc = backend->iface->alloc(backend, nbytes, &data);
+    const int weight = layout != KW_LAYOUT_ROWS && backend->iface->alloc_weight != NULL;
+    const int rc = (weight ? backend->iface->alloc_weight : backend->iface->alloc)(backend, nbytes, &data);
     if (rc < 0) {
         kw__backend_uncharge(backend, nbytes);
         return rc;

@@ -34,6 +34,9 @@ struct kw_backend_i {
 
     /* Allocates size > 0 bytes of backend memory, aligned to at least 64 bytes. */
     int (*alloc)(kw_backend *backend, size_t size, void **data);
+    /* Optional: alloc for a packed matmul weight (any layout but KW_LAYOUT_ROWS), which lives as long as its model;
+     * released by free like alloc's. NULL: alloc. */
+    int (*alloc_weight)(kw_backend *backend, size_t size, void **data);
     /* Releases memory from alloc; data is never NULL. */
     void (*free)(kw_backend *backend, void *data);
     /* Host -> backend and backend -> host copies of size bytes (bounds already checked). */

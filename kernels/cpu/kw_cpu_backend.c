@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/kw_hugepage.h"
 #include "common/kw_isa.h"
 #include "common/kw_log.h"
 #include "common/kw_size.h"
@@ -72,9 +73,9 @@ int kw__cpu_scratch(kw_cpu_backend *cpu, size_t n, float **out) {
         size_t bytes;
         KW_RETURN_IF(kw_size_mul(n, sizeof(float), &bytes) < 0 || kw_size_align_up(bytes, 64, &bytes) < 0,
                      KW_E_OVERFLOW, "cpu scratch of %zu floats overflows", n);
-        float *p = aligned_alloc(64, bytes);
+        float *p = kw_hugepage_alloc(bytes);
         KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu scratch: cannot allocate %zu bytes", bytes);
-        free(cpu->scratch);
+        kw_hugepage_free(cpu->scratch);
         cpu->scratch = p;
         cpu->scratch_floats = n;
     }
@@ -105,7 +106,7 @@ void kw__cpu_parallel_for(kw_cpu_backend *cpu, int nt, int64_t n, kw_cpu_range_f
 static void kw_cpu_destroy(kw_backend *backend) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     kw_cpu_pool_free(cpu->pool);
-    free(cpu->scratch);
+    kw_hugepage_free(cpu->scratch);
     free(cpu);
 }
 
@@ -144,19 +145,30 @@ static int kw_cpu_synchronize(kw_backend *backend) {
     return 0;
 }
 
-static int kw_cpu_alloc(kw_backend *backend, size_t size, void **data) {
-    (void)backend;
+/* size bytes rounded up to 64 from allocate (kw_hugepage.h: on huge pages when large), released by kw_cpu_free. */
+static int kw_cpu_alloc_from(void *(*allocate)(size_t), size_t size, void **data) {
     size_t bytes;
     KW_RETURN_IF(kw_size_align_up(size, 64, &bytes) < 0, KW_E_OVERFLOW, "cpu alloc of %zu bytes overflows", size);
-    void *p = aligned_alloc(64, bytes);
+    void *p = allocate(bytes);
     KW_RETURN_IF(p == NULL, KW_E_NOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
     *data = p;
     return 0;
 }
 
+static int kw_cpu_alloc(kw_backend *backend, size_t size, void **data) {
+    (void)backend;
+    return kw_cpu_alloc_from(kw_hugepage_alloc, size, data);
+}
+
+/* Packed weights below KW_HUGEPAGE_MIN share 2 MiB-aligned slabs on huge pages (kw_hugepage_alloc_weight). */
+static int kw_cpu_alloc_weight(kw_backend *backend, size_t size, void **data) {
+    (void)backend;
+    return kw_cpu_alloc_from(kw_hugepage_alloc_weight, size, data);
+}
+
 static void kw_cpu_free(kw_backend *backend, void *data) {
     (void)backend;
-    free(data);
+    kw_hugepage_free(data);
 }
 
 static int kw_cpu_copy_bytes(kw_backend *backend, void *dst, const void *src, size_t size) {
@@ -181,6 +193,7 @@ static const struct kw_backend_i kw_cpu_iface = {
     .supports = kw_cpu_supports,
     .synchronize = kw_cpu_synchronize,
     .alloc = kw_cpu_alloc,
+    .alloc_weight = kw_cpu_alloc_weight,
     .free = kw_cpu_free,
     .upload = kw_cpu_copy_bytes,
     .download = kw_cpu_copy_bytes,

@@ -3,7 +3,8 @@
 # reads (the per-rep ratio's median lies between its min and max, the reads around the reps lie below the run's best
 # bandwidth), and the peak RSS of the model phase does not count the bandwidth buffer freed before the load: runs with
 # a 64 and a 320 MiB buffer report peak RSS less than 64 MB apart (the process's own RSS, e.g. CUDA's libraries,
-# is in both; where /proc/self/clear_refs is not writable the line says so instead).
+# is in both; where /proc/self/clear_refs is not writable the line says so instead). --interleave-hugepages runs both
+# KW_HUGEPAGES settings and finds the same tokens.
 set -u
 kvwire=$1
 src=$2
@@ -33,5 +34,9 @@ if [ -n "$rss" ]; then
 else
     grep -q '^peak RSS: .*clear_refs not writable' <<<"$out" || fail "no peak RSS line"
 fi
+out=$("$kvwire" bench model --model "$tmp/m" --threads 2 --prompt-len 4 --decode 4 --reps 1 --bw-mib 64 \
+    --interleave-hugepages) || fail "exit $? (--interleave-hugepages)"
+grep -q '^decode, steps interleaved: huge pages .* over 4 steps each; tokens identical$' <<<"$out" ||
+    fail "no interleaved huge-page line"
 "$kvwire" bench model --model "$tmp/m" --bw-mib 0 >/dev/null 2>&1; [ $? -eq 2 ] || fail "--bw-mib 0 is a usage error"
 echo ok
