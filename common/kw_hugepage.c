@@ -86,7 +86,7 @@ void *kw_hugepage_alloc_weight(size_t size) {
         }
     }
     pthread_mutex_unlock(&g_lock);
-    return p;
+    return p ? p : kw_small_alloc(size); /* no new slab (out of memory for 32 MiB at once): a block of its own */
 }
 
 void kw_hugepage_free(void *p) {
