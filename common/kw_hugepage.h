@@ -20,8 +20,9 @@
 int kw_hugepages_enabled(void);
 
 /* size bytes (size > 0), 64-byte aligned; when size >= KW_HUGEPAGE_MIN and kw_hugepages_enabled(), 2 MiB-aligned with
- * its whole 2 MiB blocks advised MADV_HUGEPAGE (Linux; best effort: a refusal is ignored). Returns memory owned by the
- * caller, released with kw_hugepage_free (or free()), or NULL when out of memory. */
+ * its whole 2 MiB blocks advised MADV_HUGEPAGE (Linux; best effort: a refusal is ignored), a mapping of its own (so the
+ * advice leaves with it). Returns memory owned by the caller, released only with kw_hugepage_free, or NULL when out of
+ * memory. */
 void *kw_hugepage_alloc(size_t size);
 
 /* Like kw_hugepage_alloc, for memory that lives as long as a model (a packed weight), size a multiple of 64: blocks
