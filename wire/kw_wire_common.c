@@ -135,7 +135,7 @@ uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
 
 uint64_t kw__wire_hash_cold(const void *data, size_t size) {
     /* AVX2's build read data from memory faster than AVX-512's on the machine measured (issue 10 item 5, AMD EPYC
-     * Zen 4, bench/hash_read.sh: 26-35 against 19-21 GB/s for 30 MB; in the caches AVX-512's is the faster one, 82-98
+     * Zen 5, bench/hash_read.sh: 26-35 against 19-21 GB/s for 30 MB; in the caches AVX-512's is the faster one, 82-98
      * against 68-79 GB/s; docs/BENCHMARKS.md, "Codec speed, eighth pass (b)") */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if (size >= 1024 && kw__wire_hash_cap() >= KW_ISA_LEVEL_AVX2 && kw__wire_hash_has_avx2() &&
