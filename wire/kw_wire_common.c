@@ -118,12 +118,13 @@ static enum kw_isa_level kw__wire_hash_cap(void) {
     return (enum kw_isa_level)c;
 }
 
-uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
-    /* short inputs gain nothing from wide vectors; long ones (section bodies) run 2-3x faster */
+/* XXH3-64 of size bytes by the widest build the CPU and KW_CPU_ISA allow, AVX-512's only when wide (the value is the
+ * same on every path). Short inputs gain nothing from wide vectors; long ones (section bodies) run 2-3x faster. */
+static uint64_t kw__wire_hash_pick(const void *data, size_t size, int wide) {
     if (size >= 1024) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
         const enum kw_isa_level cap = kw__wire_hash_cap();
-        if (cap >= KW_ISA_LEVEL_AVX512 && kw__wire_hash_has_avx512() && __builtin_cpu_supports("avx512f") &&
+        if (wide && cap >= KW_ISA_LEVEL_AVX512 && kw__wire_hash_has_avx512() && __builtin_cpu_supports("avx512f") &&
             __builtin_cpu_supports("avx512bw"))
             return kw__wire_hash_bytes_avx512(data, size);
         if (cap >= KW_ISA_LEVEL_AVX2 && kw__wire_hash_has_avx2() && __builtin_cpu_supports("avx2"))
@@ -133,16 +134,15 @@ uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
     return XXH3_64bits(data, size);
 }
 
+uint64_t kw__wire_hash_bytes(const void *data, size_t size) {
+    return kw__wire_hash_pick(data, size, 1);
+}
+
 uint64_t kw__wire_hash_cold(const void *data, size_t size) {
     /* AVX2's build read data from memory faster than AVX-512's on the machine measured (issue 10 item 5, AMD EPYC
      * Zen 5, bench/hash_read.sh: 26-35 against 19-21 GB/s for 30 MB; in the caches AVX-512's is the faster one, 82-98
      * against 68-79 GB/s; docs/BENCHMARKS.md, "Codec speed, eighth pass (b)") */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (size >= 1024 && kw__wire_hash_cap() >= KW_ISA_LEVEL_AVX2 && kw__wire_hash_has_avx2() &&
-        __builtin_cpu_supports("avx2"))
-        return kw__wire_hash_bytes_avx2(data, size);
-#endif
-    return kw__wire_hash_bytes(data, size);
+    return kw__wire_hash_pick(data, size, 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

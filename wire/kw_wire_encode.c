@@ -864,6 +864,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         float sv[B], iv[B];
         const uint8_t *rp[B];
         const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !block || fit >= B ? B : fit;
+        const uint32_t ahead = KW__ENC_PREFETCH_BYTES / (D * (uint32_t)es); /* rows prefetched a block ahead */
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
@@ -876,9 +877,8 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 /* the next block's rows are asked for while this one is scanned: more reads in flight than the
                  * hardware prefetcher keeps on its own (the input is read from memory once, here); at most
                  * KW__ENC_PREFETCH_BYTES of them, so that this block's rows stay in L1 for the code pass */
-                const uint32_t cap = KW__ENC_PREFETCH_BYTES / (D * (uint32_t)es);
                 uint32_t nn = tg - tb - nb < bmax ? tg - tb - nb : bmax;
-                nn = nn < cap ? nn : cap;
+                nn = nn < ahead ? nn : ahead;
                 for (uint32_t i = 0; i < nb; ++i) {
                     if (i < nn) kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + tb + nb + i), (size_t)D * es);
                     am[i] = k->amax(rp[i], dt, D);

@@ -216,6 +216,11 @@ void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dty
                                      const float *inv, uint8_t *dst);
 void kw__wire_quantize_group_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
                                          uint32_t D, uint32_t G, const float *inv, uint8_t *dst);
+/* quantize_group_rows as one quantize_groups call per row (the scalar kernel, and the vector kernels' other cases). */
+void kw__wire_quantize_group_rows_each(void (*quantize_groups)(uint32_t, const void *, uint32_t, uint32_t, uint32_t,
+                                                               const float *, uint8_t *),
+                                       uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                       uint32_t D, uint32_t G, const float *inv, uint8_t *dst);
 /* x86-64 only: the AVX-512 NF4 kernel's cell tables (32 threshold bit patterns, 32 counts; kw_wire_simd_x86.c). */
 void kw__wire_nf4_cells(const uint32_t **thr, const int32_t **base);
 int kw__wire_dequantize_rows_scalar(uint32_t codec, const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,

@@ -167,11 +167,18 @@ void kw__wire_quantize_groups_scalar(uint32_t codec, const void *x, uint32_t dty
         kw__wire_quantize_scalar(codec, (const uint8_t *)x + (size_t)c * G * es, dtype, G, inv[c], dst + c * chunk);
 }
 
-void kw__wire_quantize_group_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
-                                         uint32_t D, uint32_t G, const float *inv, uint8_t *dst) {
+void kw__wire_quantize_group_rows_each(void (*quantize_groups)(uint32_t, const void *, uint32_t, uint32_t, uint32_t,
+                                                               const float *, uint8_t *),
+                                       uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                       uint32_t D, uint32_t G, const float *inv, uint8_t *dst) {
     const size_t row_bytes = (size_t)D * kw_wire_codec_bits(codec) / 8;
     for (uint32_t r = 0; r < n_rows; ++r)
-        kw__wire_quantize_groups_scalar(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * row_bytes);
+        quantize_groups(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * row_bytes);
+}
+
+void kw__wire_quantize_group_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,
+                                         uint32_t D, uint32_t G, const float *inv, uint8_t *dst) {
+    kw__wire_quantize_group_rows_each(kw__wire_quantize_groups_scalar, codec, rows, n_rows, dtype, D, G, inv, dst);
 }
 
 void kw__wire_quantize_rows_scalar(uint32_t codec, const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype,

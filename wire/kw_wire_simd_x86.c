@@ -1414,9 +1414,7 @@ KW_AVX2 static void kw__quantize_group_rows_avx2(uint32_t codec, const uint8_t *
         kw__quantize_nf4_units_avx2(NULL, rows, n_rows * (D / G), D / G, dtype, G, inv, dst);
         return;
     }
-    const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
-    for (uint32_t r = 0; r < n_rows; ++r)
-        kw__quantize_groups_avx2(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * rb);
+    kw__wire_quantize_group_rows_each(kw__quantize_groups_avx2, codec, rows, n_rows, dtype, D, G, inv, dst);
 }
 
 /* kw__wire_kernels.quantize_rows: bf16 int8, int4, int6 and fp8 rows of a multiple of 32 values by
@@ -2208,9 +2206,7 @@ KW_AVX512 static void kw__quantize_group_rows_avx512(uint32_t codec, const uint8
         kw__quantize_nf4_bf16_avx512(rows, n_rows, D, G, inv, dst);
         return;
     }
-    const size_t rb = (size_t)D * kw_wire_codec_bits(codec) / 8;
-    for (uint32_t r = 0; r < n_rows; ++r)
-        kw__quantize_groups_avx512(codec, rows[r], dtype, D, G, inv + (size_t)r * (D / G), dst + r * rb);
+    kw__wire_quantize_group_rows_each(kw__quantize_groups_avx512, codec, rows, n_rows, dtype, D, G, inv, dst);
 }
 
 /* kw__wire_kernels.quantize_rows: bf16 int8 and int4 rows of a multiple of 64 values by kw__quantize_int84_bf16_avx512
