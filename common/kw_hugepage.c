@@ -9,7 +9,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
+
+#include "common/kw_log.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define KW_HUGEPAGE_SLABS 0
@@ -23,8 +26,17 @@
 #endif
 
 int kw_hugepages_enabled(void) {
+    static int warned; /* a bad value is reported once, not at every allocation */
     const char *v = getenv("KW_HUGEPAGES");
-    return v == NULL || strcmp(v, "0") != 0;
+    if (v == NULL || *v == '\0') return 1;
+    static const char *const off[] = {"0", "off", "no", "false"}, *const on[] = {"1", "on", "yes", "true"};
+    for (size_t i = 0; i < sizeof off / sizeof off[0]; i++) {
+        if (strcasecmp(v, off[i]) == 0) return 0;
+        if (strcasecmp(v, on[i]) == 0) return 1;
+    }
+    if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+        KW_LOG_WARN("KW_HUGEPAGES=%s is not 0/off/no/false or 1/on/yes/true; huge pages stay on", v);
+    return 1;
 }
 
 /* 64-byte aligned, never advised. */

@@ -15,8 +15,9 @@
 /* kw_hugepage_alloc_weight's slabs: smaller weights are cut from these (advised as a whole). */
 #define KW_HUGEPAGE_SLAB ((size_t)32 << 20)
 
-/* 1 unless the environment variable KW_HUGEPAGES is "0" (read at every call, so two models loaded in one process can
- * differ). */
+/* 0 if the environment variable KW_HUGEPAGES is 0, off, no or false (any case), else 1 (unset, empty, 1/on/yes/true;
+ * any other value is reported once as a warning and leaves huge pages on). Read at every call, so two models loaded in
+ * one process can differ. */
 int kw_hugepages_enabled(void);
 
 /* size bytes (size > 0), 64-byte aligned; when size >= KW_HUGEPAGE_MIN and kw_hugepages_enabled(), 2 MiB-aligned with

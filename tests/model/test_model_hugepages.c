@@ -4,7 +4,8 @@
  *           model's packed weights; KW_HUGEPAGES=0 turns them off. Exit 77 (skipped) where the kernel has no THP
  *           (/sys/kernel/mm/transparent_hugepage/enabled missing or "never").
  *   logits: a model loaded with KW_HUGEPAGES=1 and with KW_HUGEPAGES=0 gives the same logits, bit for bit (runs
- *           everywhere: with or without THP the placement of memory must never change results). */
+ *           everywhere: with or without THP the placement of memory must never change results); and the values
+ *           KW_HUGEPAGES takes (0/off/no/false turn it off). */
 #define _DEFAULT_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -54,47 +55,42 @@ static const char *thp_mode(void) {
     return mode;
 }
 
-/* The kB of AnonHugePages of the mappings of /proc/self/smaps that overlap [p, p + size); size 0: of all. */
-static long anon_huge_kb(const void *p, size_t size) {
+/* What smaps_kb sums over the mappings it looks at. */
+enum smaps_field {
+    SMAPS_ANON_HUGE, /* AnonHugePages: what the kernel gave on huge pages */
+    SMAPS_ADVISED,   /* the size of the mappings that carry madvise(MADV_HUGEPAGE) ("hg" in VmFlags): what this
+                        process asked for, whether or not the kernel could supply huge pages at that moment */
+};
+
+/* The kB of field summed over the mappings of /proc/self/smaps that overlap [p, p + size); size 0: over all. */
+static long smaps_kb(enum smaps_field field, const void *p, size_t size) {
     FILE *f = fopen("/proc/self/smaps", "r");
     assert_non_null(f);
     char line[512];
-    long total = 0, kb;
+    long total = 0, kb, mapping_kb = 0;
     int in = 0;
     const uintptr_t lo = (uintptr_t)p, hi = lo + size;
     while (fgets(line, sizeof line, f)) {
         unsigned long a, b;
         char perms[8];
-        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) /* a mapping's first line; then its fields */
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) { /* a mapping's first line; then its fields */
             in = size == 0 || (a < hi && b > lo);
-        else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+            mapping_kb = (long)((b - a) / 1024);
+        } else if (in && field == SMAPS_ANON_HUGE && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
             total += kb;
+        } else if (in && field == SMAPS_ADVISED && strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " hg")) {
+            total += mapping_kb;
+        }
     }
     fclose(f);
     return total;
 }
 
-/* The kB of the mappings of /proc/self/smaps overlapping [p, p + size) (size 0: all) that carry madvise(MADV_HUGEPAGE)
- * ("hg" in VmFlags): what this process asked for, whether or not the kernel could supply huge pages at that moment. */
+static long anon_huge_kb(const void *p, size_t size) {
+    return smaps_kb(SMAPS_ANON_HUGE, p, size);
+}
 static long advised_kb(const void *p, size_t size) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    assert_non_null(f);
-    char line[512];
-    long total = 0, kb = 0;
-    int in = 0;
-    const uintptr_t lo = (uintptr_t)p, hi = lo + size;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long a, b;
-        char perms[8];
-        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) {
-            in = size == 0 || (a < hi && b > lo);
-            kb = (long)((b - a) / 1024);
-        } else if (in && strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " hg")) {
-            total += kb;
-        }
-    }
-    fclose(f);
-    return total;
+    return smaps_kb(SMAPS_ADVISED, p, size);
 }
 
 /* The kernel's huge pages for advised memory: asserted where this process could be given them, but a fragmented host
@@ -253,6 +249,24 @@ static void test_same_logits(void **state) {
     kw_backend_destroy(be);
 }
 
+/* The values KW_HUGEPAGES takes: off for 0/off/no/false in any case, on for unset, empty, 1/on/yes/true and (with a
+ * warning) anything else. */
+static void test_env_values(void **state) {
+    (void)state;
+    static const char *const off[] = {"0", "off", "OFF", "no", "No", "false", "FALSE"};
+    static const char *const on[] = {"", "1", "on", "yes", "TRUE", "2", "maybe"};
+    for (size_t i = 0; i < sizeof off / sizeof off[0]; i++) {
+        setenv("KW_HUGEPAGES", off[i], 1);
+        if (kw_hugepages_enabled() != 0) fail_msg("KW_HUGEPAGES=%s left huge pages on", off[i]);
+    }
+    for (size_t i = 0; i < sizeof on / sizeof on[0]; i++) {
+        setenv("KW_HUGEPAGES", on[i], 1);
+        if (kw_hugepages_enabled() != 1) fail_msg("KW_HUGEPAGES=%s turned huge pages off", on[i]);
+    }
+    unsetenv("KW_HUGEPAGES");
+    assert_int_equal(kw_hugepages_enabled(), 1);
+}
+
 int main(int argc, char **argv) {
     const int advice = argc == 2 && strcmp(argv[1], "advice") == 0;
     if (argc != 2 || (!advice && strcmp(argv[1], "logits") != 0)) {
@@ -271,6 +285,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_advice),
     };
     const struct CMUnitTest logits_tests[] = {
+        cmocka_unit_test(test_env_values),
         cmocka_unit_test(test_same_logits),
     };
     return advice ? cmocka_run_group_tests(advice_tests, setup, teardown)
