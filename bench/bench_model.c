@@ -78,6 +78,24 @@ static long kw_bench_anon_huge_kb(void) {
     return kb;
 }
 
+/* The kB of this process's mappings advised MADV_HUGEPAGE ("hg" in their VmFlags, /proc/self/smaps), or -1. */
+static long kw_bench_advised_kb(void) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    long total = 0, mapping_kb = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) /* a mapping's first line; then its fields */
+            mapping_kb = (long)((b - a) / 1024);
+        else if (strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " hg"))
+            total += mapping_kb;
+    }
+    fclose(f);
+    return total;
+}
+
 /* --interleave-hugepages: a second instance of the model at dir loaded with the other KW_HUGEPAGES setting than
  * `model` (loaded with the environment as it is), their steps alternated (A B B A), each from its own prefilled cache
  * of `capacity`. The backend's scratch is shared (it is sized by the first model). */
@@ -91,7 +109,7 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     double *ratios = NULL; /* owned: n_decode per-pair ratios 4 KiB / huge */
     const char *old = getenv("KW_HUGEPAGES");
     char *saved = old ? strdup(old) : NULL; /* owned */
-    const long huge_kb0 = kw_bench_anon_huge_kb();
+    const long huge_kb0 = kw_bench_anon_huge_kb(), advised_kb0 = kw_bench_advised_kb();
     const int first_huge = kw_hugepages_enabled(); /* the second instance gets the other setting */
     setenv("KW_HUGEPAGES", first_huge ? "0" : "1", 1);
     uint64_t t0 = kw_time_now_ns();
@@ -103,7 +121,7 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     else
         unsetenv("KW_HUGEPAGES");
     KW_CHECK(rc);
-    const long huge_kb1 = kw_bench_anon_huge_kb();
+    const long huge_kb1 = kw_bench_anon_huge_kb(), advised_kb1 = kw_bench_advised_kb();
     steps = calloc((size_t)n_decode * 2, sizeof *steps);
     ratios = calloc((size_t)n_decode, sizeof *ratios);
     KW_CHECK_IF(!steps || !ratios || (!saved && old), KW_E_NOMEM, "out of memory");
@@ -143,6 +161,7 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     printf("huge pages: AnonHugePages %ld kB with the first instance (huge pages %s), %ld kB with both (the second, "
            "KW_HUGEPAGES=%d, loaded in %.1f ms)\n",
            huge_kb0, first_huge ? "on" : "off", huge_kb1, !first_huge, load_ms);
+    printf("huge pages: advised %ld kB with the first instance, %ld kB with both\n", advised_kb0, advised_kb1);
     printf("prefill, interleaved: huge pages %.1f ms, 4 KiB pages %.1f ms (%d each), speed-up %.4f (total), %.4f "
            "(median of pairs)\n",
            pre_ms[0] / PREFILLS, pre_ms[1] / PREFILLS, PREFILLS, pre_ms[1] / pre_ms[0],

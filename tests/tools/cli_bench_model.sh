@@ -4,7 +4,7 @@
 # bandwidth), and the peak RSS of the model phase does not count the bandwidth buffer freed before the load: runs with
 # a 64 and a 320 MiB buffer report peak RSS less than 64 MB apart (the process's own RSS, e.g. CUDA's libraries,
 # is in both; where /proc/self/clear_refs is not writable the line says so instead). --interleave-hugepages runs both
-# KW_HUGEPAGES settings and finds the same tokens.
+# KW_HUGEPAGES settings, finds the same tokens, and the KW_HUGEPAGES=0 instance adds no madvise(MADV_HUGEPAGE)'d memory.
 set -u
 kvwire=$1
 src=$2
@@ -34,9 +34,15 @@ if [ -n "$rss" ]; then
 else
     grep -q '^peak RSS: .*clear_refs not writable' <<<"$out" || fail "no peak RSS line"
 fi
-out=$("$kvwire" bench model --model "$tmp/m" --threads 2 --prompt-len 4 --decode 4 --reps 1 --bw-mib 64 \
-    --interleave-hugepages) || fail "exit $? (--interleave-hugepages)"
+out=$(env -u KW_HUGEPAGES "$kvwire" bench model --model "$tmp/m" --threads 2 --prompt-len 4 --decode 4 --reps 1 \
+    --bw-mib 64 --interleave-hugepages) || fail "exit $? (--interleave-hugepages)"
 grep -q '^decode, steps interleaved: huge pages .* over 4 steps each; tokens identical$' <<<"$out" ||
     fail "no interleaved huge-page line"
+# the second instance runs with KW_HUGEPAGES=0 (the first with it unset: on), so it must add no advised memory
+advised=$(sed -n 's/^huge pages: advised \(-\?[0-9]*\) kB with the first instance, \(-\?[0-9]*\) kB with both$/\1 \2/p' \
+    <<<"$out")
+[ -n "$advised" ] || fail "no advised huge-page line"
+read -r adv0 adv1 <<<"$advised"
+[ "$adv0" = "$adv1" ] || fail "the KW_HUGEPAGES=0 instance added advised memory ($adv0 kB -> $adv1 kB)"
 "$kvwire" bench model --model "$tmp/m" --bw-mib 0 >/dev/null 2>&1; [ $? -eq 2 ] || fail "--bw-mib 0 is a usage error"
 echo ok
