@@ -22,12 +22,12 @@ want=avx2
 for c in int8 int4; do
     log8=$(awk -v n="$c token log8" '$0 ~ "^" n " +[0-9]" { print $(NF - 3) }' rows.txt)
     f16=$(awk -v n="$c token f16" '$0 ~ "^" n " +[0-9]" { print $(NF - 3) }' rows.txt)
-    [ -n "$log8" ] && [ -n "$f16" ] || fail "no $c token log8 / f16 row: $(cat rows.txt)"
+    if [ -z "$log8" ] || [ -z "$f16" ]; then fail "no $c token log8 / f16 row: $(cat rows.txt)"; fi
     [ "$log8" -lt "$f16" ] || fail "$c log8 blob $log8 bytes, not below f16's $f16"
     # the rotated rows (v1.1 Hadamard rotation) run, with the plain row's size give or take the v1.1 header's bytes
     rot=$(awk -v n="$c token f16 @rot" 'index($0, n) == 1 { print $(NF - 3) }' rows.txt)
     [ -n "$rot" ] || fail "no $c token f16 @rot row: $(cat rows.txt)"
-    [ "$rot" -ge "$f16" ] && [ "$rot" -le $((f16 + 64)) ] || fail "$c @rot blob $rot bytes, f16 $f16"
+    if [ "$rot" -lt "$f16" ] || [ "$rot" -gt $((f16 + 64)) ]; then fail "$c @rot blob $rot bytes, f16 $f16"; fi
 done
 "$kvwire" bench codec --layers 1 --heads 1 --dim 32 --tokens 16 --reps 1 --only "int8 token f16" --clock cpu |
     grep -q "best of 1, thread CPU time" || fail "--clock cpu: the header does not say thread CPU time"
