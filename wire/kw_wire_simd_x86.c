@@ -413,9 +413,9 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
  * With inv > 0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
  * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
  * negative). The magnitudes are packed to bytes by two unsigned saturating packs (beyond the largest code stays beyond
- * it) and clamped there by one byte minimum. Steps whose 32 |y| are all normal and none has its low 16 bits zero (no
- * rounding tie) round half up; the others (zeros, subnormals, ties: rare in real rows, every step with e8m0 scales)
- * take kw__fp8_codes8_avx2's round half to even and subnormal conversion. */
+ * it) and clamped there by one byte minimum. Every step rounds half to even by integer arithmetic without a branch
+ * (ties are common: a bf16 value times a short inv is often exactly between two codes); steps holding a subnormal |y|
+ * (zeros too: rare in real rows) also take kw__fp8_codes8_avx2's subnormal conversion. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(int e4m3, const uint16_t *x, __m256 vinv,
                                                                                uint8_t *dst) {
     const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
@@ -430,34 +430,22 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
     const __m256i y0 = KW__Y(a0, _mm256_unpacklo_epi16), y1 = KW__Y(a0, _mm256_unpackhi_epi16);
     const __m256i y2 = KW__Y(a1, _mm256_unpacklo_epi16), y3 = KW__Y(a1, _mm256_unpackhi_epi16);
 #undef KW__Y
-    /* A rounding tie needs the low 16 bits of |y| zero (shift - 1 >= 19 bits below the kept ones hold exactly half); a
-     * subnormal |y| has its high 16 bits below those of the smallest normal, T. Both at once: the 16-bit minima over
-     * the four vectors minus (low halves 0, high halves T - 1), saturating, hold a zero (the subtraction is monotone,
-     * so it may come after the minima). */
-    const __m256i lo16 = _mm256_min_epu16(_mm256_min_epu16(y0, y1), _mm256_min_epu16(y2, y3));
-    const __m256i slow =
-        _mm256_cmpeq_epi16(_mm256_subs_epu16(lo16, _mm256_set1_epi32((((128 - bias) << 7) - 1) << 16)), z);
-    __m256i c0, c1, c2, c3;
-    if (_mm256_testz_si256(slow, slow)) { /* no tie, no subnormal: (|y| - rebias + half) >> shift */
-        const __m256i up = _mm256_set1_epi32((1 << (22 - mbits)) - ((127 - bias) << 23));
-        c0 = _mm256_srl_epi32(_mm256_add_epi32(y0, up), shift);
-        c1 = _mm256_srl_epi32(_mm256_add_epi32(y1, up), shift);
-        c2 = _mm256_srl_epi32(_mm256_add_epi32(y2, up), shift);
-        c3 = _mm256_srl_epi32(_mm256_add_epi32(y3, up), shift);
-    } else { /* (|y| - rebias + half - 1 + lsb) >> shift, the subnormal lanes converted: kw__fp8_codes8_avx2 */
-        const __m256i one = _mm256_set1_epi32(1),
-                      rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+    /* normal |y|: (|y| - rebias + half - 1 + lsb) >> shift, lsb the last kept bit (|y| <= 0x7fffffff: no overflow) */
+    const __m256i one = _mm256_set1_epi32(1), rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+#define KW__RNE(v)                                                                                                         _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)),                        shift)
+    __m256i c0 = KW__RNE(y0), c1 = KW__RNE(y1), c2 = KW__RNE(y2), c3 = KW__RNE(y3);
+#undef KW__RNE
+    /* a subnormal |y| (signed compares: every |y| is below 2^31) */
+    const __m256i low = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
+    const __m256i sub = _mm256_cmpgt_epi32(min_normal, low);
+    if (!_mm256_testz_si256(sub, sub)) { /* the subnormal lanes converted: kw__fp8_codes8_avx2 */
         const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
-#define KW__N(v)                                                                                                       \
-    _mm256_blendv_epi8(                                                                                                \
-        _mm256_srl_epi32(                                                                                              \
-            _mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)), shift),     \
-        _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)), _mm256_cmpgt_epi32(min_normal, v))
-        c0 = KW__N(y0);
-        c1 = KW__N(y1);
-        c2 = KW__N(y2);
-        c3 = KW__N(y3);
-#undef KW__N
+#define KW__S(c, v)                                                                                                        c = _mm256_blendv_epi8(c, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)),                                                 _mm256_cmpgt_epi32(min_normal, v))
+        KW__S(c0, y0);
+        KW__S(c1, y1);
+        KW__S(c2, y2);
+        KW__S(c3, y3);
+#undef KW__S
     }
     const __m256i q = _mm256_min_epu8(_mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3)),
                                       _mm256_set1_epi8(e4m3 ? 0x7e : 0x7b));
