@@ -432,7 +432,9 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
 #undef KW__Y
     /* normal |y|: (|y| - rebias + half - 1 + lsb) >> shift, lsb the last kept bit (|y| <= 0x7fffffff: no overflow) */
     const __m256i one = _mm256_set1_epi32(1), rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
-#define KW__RNE(v)                                                                                                         _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)),                        shift)
+#define KW__RNE(v)                                                                                                     \
+    _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)),    \
+                     shift)
     __m256i c0 = KW__RNE(y0), c1 = KW__RNE(y1), c2 = KW__RNE(y2), c3 = KW__RNE(y3);
 #undef KW__RNE
     /* a subnormal |y| (signed compares: every |y| is below 2^31) */
@@ -440,7 +442,9 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
     const __m256i sub = _mm256_cmpgt_epi32(min_normal, low);
     if (!_mm256_testz_si256(sub, sub)) { /* the subnormal lanes converted: kw__fp8_codes8_avx2 */
         const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
-#define KW__S(c, v)                                                                                                        c = _mm256_blendv_epi8(c, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)),                                                 _mm256_cmpgt_epi32(min_normal, v))
+#define KW__S(c, v)                                                                                                    \
+    c = _mm256_blendv_epi8(c, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)),                       \
+                           _mm256_cmpgt_epi32(min_normal, v))
         KW__S(c0, y0);
         KW__S(c1, y1);
         KW__S(c2, y2);
