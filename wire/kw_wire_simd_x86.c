@@ -204,11 +204,13 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
  * with fl32(X_k * inv) <= t_k; X_k is the bf16 R nearest to t_k / inv, or the one below it when fl32(R * inv) > t_k
  * (t_k / inv is within a few f32 ulps of the true boundary, far less than half a bf16 step). For the negative t_k the
  * same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its magnitude
- * bits with its sign (int16, in value order; -0 and +0 both 0), a NaN's minus its magnitude (code 0, as the scalar
- * rule's NaN, which no comparison holds for); the code is the number of thresholds below the key, found by a
- * four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte tables of the
- * four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both bytes of each
- * lane (low: n, high: n + the table's half). */
+ * bits with its sign plus 127 (int16, in value order; -0 and +0 both 127; the thresholds' keys are moved the same), so
+ * that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN, which no
+ * comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while the
+ * magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below the
+ * key, found by a four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte
+ * tables of the four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both
+ * bytes of each lane (low: n, high: n + the table's half). */
 typedef struct kw__nf4k_avx2 {
     __m256i t3, t7, t11, tab3, tab4;
 } kw__nf4k_avx2;
@@ -234,7 +236,7 @@ KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
     const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
     const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
     /* words 0-3: t0-t3, 4-7: t7-t10 (half a); 8-11: t4-t6 and t6 again, 12-15: t11-t14 (half b) */
-    const __m256i w = _mm256_packs_epi32(xn, xp);
+    const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), _mm256_set1_epi16(127)); /* the keys' offset */
     const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
     t->t3 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(7 << 8 | 6));
     t->t7 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(9 << 8 | 8));
@@ -256,8 +258,7 @@ KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
 /* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
 KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
     const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
-    const __m256i nan = _mm256_cmpgt_epi16(mag, _mm256_set1_epi16(0x7f80));
-    const __m256i k = _mm256_sign_epi16(mag, _mm256_or_si256(raw, nan));
+    const __m256i k = _mm256_add_epi16(_mm256_sign_epi16(mag, raw), _mm256_set1_epi16(127));
     const __m256i g1 = _mm256_cmpgt_epi16(k, t->t7);
     const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_blendv_epi8(t->t3, t->t11, g1));
     const __m256i n2 = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi16(0x0400), _mm256_add_epi8(g1, g1)), g2);
