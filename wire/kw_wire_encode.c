@@ -919,6 +919,15 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                                              t0 + t));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
                 }
+                /* the next block's rows (this head's or the next head's first) are asked for before this block's
+                 * codes: the code pass is arithmetic, so their reads from memory run under it and the next absmax
+                 * pass finds them in the caches */
+                for (uint32_t i = 0, t = tb + nb; i < B; ++i, ++t) {
+                    if (t < tg)
+                        kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + t), (size_t)D * es);
+                    else if (h + 1 < H && t - tg < tg)
+                        kw__enc_prefetch_row(kw__enc_row(in, es, h + 1, t0 + t - tg), (size_t)D * es);
+                }
                 /* the block's groups in one call, then its zero scales' codes */
                 k->quantize_group_rows(codec, rp, nb, dt, D, G, iv, codes + r0 * row_bytes);
                 for (uint32_t i = 0; i < ng; ++i)

@@ -204,11 +204,13 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
  * with fl32(X_k * inv) <= t_k; X_k is the bf16 R nearest to t_k / inv, or the one below it when fl32(R * inv) > t_k
  * (t_k / inv is within a few f32 ulps of the true boundary, far less than half a bf16 step). For the negative t_k the
  * same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its magnitude
- * bits with its sign (int16, in value order; -0 and +0 both 0), a NaN's minus its magnitude (code 0, as the scalar
- * rule's NaN, which no comparison holds for); the code is the number of thresholds below the key, found by a
- * four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte tables of the
- * four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both bytes of each
- * lane (low: n, high: n + the table's half). */
+ * bits with its sign plus 127 (int16, in value order; -0 and +0 both 127; the thresholds' keys are moved the same), so
+ * that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN, which no
+ * comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while the
+ * magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below the
+ * key, found by a four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte
+ * tables of the four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both
+ * bytes of each lane (low: n, high: n + the table's half). */
 typedef struct kw__nf4k_avx2 {
     __m256i t3, t7, t11, tab3, tab4;
 } kw__nf4k_avx2;
@@ -234,7 +236,7 @@ KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
     const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
     const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
     /* words 0-3: t0-t3, 4-7: t7-t10 (half a); 8-11: t4-t6 and t6 again, 12-15: t11-t14 (half b) */
-    const __m256i w = _mm256_packs_epi32(xn, xp);
+    const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), _mm256_set1_epi16(127)); /* the keys' offset */
     const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
     t->t3 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(7 << 8 | 6));
     t->t7 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(9 << 8 | 8));
@@ -256,8 +258,7 @@ KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
 /* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
 KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
     const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
-    const __m256i nan = _mm256_cmpgt_epi16(mag, _mm256_set1_epi16(0x7f80));
-    const __m256i k = _mm256_sign_epi16(mag, _mm256_or_si256(raw, nan));
+    const __m256i k = _mm256_add_epi16(_mm256_sign_epi16(mag, raw), _mm256_set1_epi16(127));
     const __m256i g1 = _mm256_cmpgt_epi16(k, t->t7);
     const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_blendv_epi8(t->t3, t->t11, g1));
     const __m256i n2 = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi16(0x0400), _mm256_add_epi8(g1, g1)), g2);
@@ -413,9 +414,9 @@ KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
  * With inv > 0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
  * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
  * negative). The magnitudes are packed to bytes by two unsigned saturating packs (beyond the largest code stays beyond
- * it) and clamped there by one byte minimum. Steps whose 32 |y| are all normal and none has its low 16 bits zero (no
- * rounding tie) round half up; the others (zeros, subnormals, ties: rare in real rows, every step with e8m0 scales)
- * take kw__fp8_codes8_avx2's round half to even and subnormal conversion. */
+ * it) and clamped there by one byte minimum. Every step rounds half to even by integer arithmetic without a branch
+ * (ties are common: a bf16 value times a short inv is often exactly between two codes); steps holding a subnormal |y|
+ * (zeros too: rare in real rows) also take kw__fp8_codes8_avx2's subnormal conversion. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(int e4m3, const uint16_t *x, __m256 vinv,
                                                                                uint8_t *dst) {
     const int mbits = e4m3 ? 3 : 2, bias = e4m3 ? 7 : 15;
@@ -430,34 +431,26 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
     const __m256i y0 = KW__Y(a0, _mm256_unpacklo_epi16), y1 = KW__Y(a0, _mm256_unpackhi_epi16);
     const __m256i y2 = KW__Y(a1, _mm256_unpacklo_epi16), y3 = KW__Y(a1, _mm256_unpackhi_epi16);
 #undef KW__Y
-    /* A rounding tie needs the low 16 bits of |y| zero (shift - 1 >= 19 bits below the kept ones hold exactly half); a
-     * subnormal |y| has its high 16 bits below those of the smallest normal, T. Both at once: the 16-bit minima over
-     * the four vectors minus (low halves 0, high halves T - 1), saturating, hold a zero (the subtraction is monotone,
-     * so it may come after the minima). */
-    const __m256i lo16 = _mm256_min_epu16(_mm256_min_epu16(y0, y1), _mm256_min_epu16(y2, y3));
-    const __m256i slow =
-        _mm256_cmpeq_epi16(_mm256_subs_epu16(lo16, _mm256_set1_epi32((((128 - bias) << 7) - 1) << 16)), z);
-    __m256i c0, c1, c2, c3;
-    if (_mm256_testz_si256(slow, slow)) { /* no tie, no subnormal: (|y| - rebias + half) >> shift */
-        const __m256i up = _mm256_set1_epi32((1 << (22 - mbits)) - ((127 - bias) << 23));
-        c0 = _mm256_srl_epi32(_mm256_add_epi32(y0, up), shift);
-        c1 = _mm256_srl_epi32(_mm256_add_epi32(y1, up), shift);
-        c2 = _mm256_srl_epi32(_mm256_add_epi32(y2, up), shift);
-        c3 = _mm256_srl_epi32(_mm256_add_epi32(y3, up), shift);
-    } else { /* (|y| - rebias + half - 1 + lsb) >> shift, the subnormal lanes converted: kw__fp8_codes8_avx2 */
-        const __m256i one = _mm256_set1_epi32(1),
-                      rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+    /* normal |y|: (|y| - rebias + half - 1 + lsb) >> shift, lsb the last kept bit (|y| <= 0x7fffffff: no overflow) */
+    const __m256i one = _mm256_set1_epi32(1), rnd = _mm256_set1_epi32((1 << (22 - mbits)) - 1 - ((127 - bias) << 23));
+#define KW__RNE(v)                                                                                                     \
+    _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)),    \
+                     shift)
+    __m256i c0 = KW__RNE(y0), c1 = KW__RNE(y1), c2 = KW__RNE(y2), c3 = KW__RNE(y3);
+#undef KW__RNE
+    /* a subnormal |y| (signed compares: every |y| is below 2^31) */
+    const __m256i low = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
+    const __m256i sub = _mm256_cmpgt_epi32(min_normal, low);
+    if (!_mm256_testz_si256(sub, sub)) { /* the subnormal lanes converted: kw__fp8_codes8_avx2 */
         const __m256 quanta = _mm256_castsi256_ps(_mm256_set1_epi32((127 + bias + mbits - 1) << 23));
-#define KW__N(v)                                                                                                       \
-    _mm256_blendv_epi8(                                                                                                \
-        _mm256_srl_epi32(                                                                                              \
-            _mm256_add_epi32(_mm256_add_epi32(v, rnd), _mm256_and_si256(_mm256_srl_epi32(v, shift), one)), shift),     \
-        _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)), _mm256_cmpgt_epi32(min_normal, v))
-        c0 = KW__N(y0);
-        c1 = KW__N(y1);
-        c2 = KW__N(y2);
-        c3 = KW__N(y3);
-#undef KW__N
+#define KW__S(c, v)                                                                                                    \
+    c = _mm256_blendv_epi8(c, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v), quanta)),                       \
+                           _mm256_cmpgt_epi32(min_normal, v))
+        KW__S(c0, y0);
+        KW__S(c1, y1);
+        KW__S(c2, y2);
+        KW__S(c3, y3);
+#undef KW__S
     }
     const __m256i q = _mm256_min_epu8(_mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3)),
                                       _mm256_set1_epi8(e4m3 ? 0x7e : 0x7b));

@@ -454,6 +454,41 @@ static void test_fp8_edges(void **state) {
     free(v);
 }
 
+/* The AVX2 FP8 step of 32 bf16 values rounds every lane half to even without a branch and converts subnormal lanes
+ * only in steps that hold one: steps of rounding ties (y exactly between two codes, both signs, the largest finite
+ * code's tie with saturation among them) with one lane, at each of the 32 positions in turn, a subnormal y (a tie
+ * between subnormal codes, half the smallest one, or a zero of either sign), at inverse scales that keep the values
+ * exact (powers of two) and at 3 / 4 of them (still exact: two significant bits). */
+static void test_fp8_tie_steps(void **state) {
+    (void)state;
+    wt_rng r = {47};
+    enum { N = 32 * 32 };
+    uint16_t x[N];
+    for (uint32_t codec = KW_WIRE_CODEC_E4M3; codec <= KW_WIRE_CODEC_E5M2; ++codec) {
+        const int mbits = codec == KW_WIRE_CODEC_E4M3 ? 3 : 2, emin = codec == KW_WIRE_CODEC_E4M3 ? -6 : -14;
+        const int emax = codec == KW_WIRE_CODEC_E4M3 ? 8 : 15;
+        for (int round = 0; round < 8; ++round)
+            for (int ie = -2; ie <= 2; ++ie) {
+                const float inv = ldexpf(round % 2 ? 0.75f : 1.0f, ie);
+                for (uint32_t i = 0; i < N; ++i) {
+                    /* a tie at y = x * inv (for inv = 2^ie; 3 / 4 of it moves the tie): code bits, then a half */
+                    const uint32_t k = (uint32_t)wt_next(&r) & ((1u << mbits) - 1u);
+                    const int e = emin + (int)(wt_next(&r) % (uint64_t)(emax - emin + 1)) - ie;
+                    float v = ldexpf(1.0f + (float)k / (float)(1u << mbits) + 1.0f / (float)(2u << mbits), e);
+                    if (i % 32 == i / 32) { /* the step's subnormal lane */
+                        const uint32_t kind = (uint32_t)(wt_next(&r) % 4);
+                        const float q = ldexpf(1.0f, emin - mbits - ie); /* the subnormal quantum before inv */
+                        v = kind == 0 ? 0.0f : kind == 1 ? -0.0f : kind == 2 ? 0.5f * q : q * (1.5f + (float)(k & 1u));
+                    }
+                    if (wt_next(&r) & 1) v = -v;
+                    x[i] = kw_f32_to_bf16(v);
+                }
+                if (round == 6) x[5] = kw_f32_to_bf16((codec == KW_WIRE_CODEC_E4M3 ? 464.0f : 61440.0f) / inv);
+                check_codes(codec, x, KW_WIRE_DTYPE_BF16, N, inv, 0, "tie steps");
+            }
+    }
+}
+
 /* The bf16 paths of NF4 (thresholds moved to the input's keys) and FP8 (signs from the input words, the subnormal
  * conversion only in steps that hold one): every bf16 word (NaN too for NF4; FP8 assumes none, as the encoder) at
  * inverse scales that put a threshold just on, above and below a bf16 value (t_k / g for a bf16 g, and the floats
@@ -1306,6 +1341,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_nf4_edges),
         cmocka_unit_test(test_fp8_edges),
+        cmocka_unit_test(test_fp8_tie_steps),
         cmocka_unit_test(test_bf16_codes),
         cmocka_unit_test(test_zero_groups),
         cmocka_unit_test(test_dequantize_groups),
