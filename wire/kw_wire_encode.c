@@ -835,6 +835,9 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
     uint8_t *scales = dst;
     uint8_t *codes = dst + kw__wire_scale_count(sp, H, tg, D) * ss;
     float s = 0.0f, inv = 0.0f;
+    /* input rows prefetched a block ahead by the token and group paths: at most KW__ENC_PREFETCH_BYTES of them, so
+     * that this block's rows stay in L1 for the code pass */
+    const uint32_t ahead = KW__ENC_PREFETCH_BYTES / (D * (uint32_t)es);
     switch (sp->granularity) {
     case KW_WIRE_GRAN_LAYER:
     case KW_WIRE_GRAN_HEAD: {
@@ -864,7 +867,6 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         float sv[B], iv[B];
         const uint8_t *rp[B];
         const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !block || fit >= B ? B : fit;
-        const uint32_t ahead = KW__ENC_PREFETCH_BYTES / (D * (uint32_t)es); /* rows prefetched a block ahead */
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
@@ -875,8 +877,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                     for (uint32_t i = 0; i < nb; ++i)
                         rp[i] = kw__enc_row(in, es, h, t0 + tb + i);
                 /* the next block's rows are asked for while this one is scanned: more reads in flight than the
-                 * hardware prefetcher keeps on its own (the input is read from memory once, here); at most
-                 * KW__ENC_PREFETCH_BYTES of them, so that this block's rows stay in L1 for the code pass */
+                 * hardware prefetcher keeps on its own (the input is read from memory once, here); at most `ahead` */
                 uint32_t nn = tg - tb - nb < bmax ? tg - tb - nb : bmax;
                 nn = nn < ahead ? nn : ahead;
                 for (uint32_t i = 0; i < nb; ++i) {
@@ -921,8 +922,8 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 }
                 /* the next block's rows (this head's or the next head's first) are asked for before this block's
                  * codes: the code pass is arithmetic, so their reads from memory run under it and the next absmax
-                 * pass finds them in the caches */
-                for (uint32_t i = 0, t = tb + nb; i < B; ++i, ++t) {
+                 * pass finds them in the caches; at most `ahead` rows */
+                for (uint32_t i = 0, t = tb + nb; i < B && i < ahead; ++i, ++t) {
                     if (t < tg)
                         kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + t), (size_t)D * es);
                     else if (h + 1 < H && t - tg < tg)

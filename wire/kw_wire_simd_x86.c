@@ -438,7 +438,8 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__fp8_bf16_32_avx2(i
                      shift)
     __m256i c0 = KW__RNE(y0), c1 = KW__RNE(y1), c2 = KW__RNE(y2), c3 = KW__RNE(y3);
 #undef KW__RNE
-    /* a subnormal |y| (signed compares: every |y| is below 2^31) */
+    /* a subnormal |y| (signed compares: every |y| is below 2^31, since inv is finite: the encoder's 1 / s with
+     * s >= 2^-127; an inv of +Inf, never passed, makes 0 * Inf a NaN whose code then depends on the step) */
     const __m256i low = _mm256_min_epu32(_mm256_min_epu32(y0, y1), _mm256_min_epu32(y2, y3));
     const __m256i sub = _mm256_cmpgt_epi32(min_normal, low);
     if (!_mm256_testz_si256(sub, sub)) { /* the subnormal lanes converted: kw__fp8_codes8_avx2 */
