@@ -399,19 +399,19 @@ int kw_bench_kernels(int argc, char **argv) {
         printf("%-24s %6s %12s %10s %12s\n", "decode M=1", "dtype", "us/call", "GB/s", "vs read bw");
         for (size_t s = 0; s < sizeof kw_decode_shapes / sizeof kw_decode_shapes[0]; ++s) {
             if (quick && s != 3 && s != 4) continue;
-            for (int d = 0; d < 2; ++d) {
-                const enum kw_dtype dtype = d == 0 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+            for (int d = 0; d < 3; ++d) { /* bf16, f32, bf16 weights with bf16 activations (bf16a) */
+                const enum kw_dtype dtype = d == 1 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
                 if (dtype == KW_DTYPE_F32 && s != 3) continue; /* one f32 shape for comparison */
                 double sec = 0.0;
                 size_t wb = 0;
-                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, 0, min_w_bytes, reps,
+                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, d == 2, min_w_bytes, reps,
                                    &sec, &wb) != 0) {
                     fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
                     continue;
                 }
                 const double gbs = (double)wb / sec / 1e9;
-                printf("%-24s %6s %12.1f %10.2f %11.0f%%\n", kw_decode_shapes[s].name, kw_dtype_name(dtype), sec * 1e6,
-                       gbs, 100.0 * gbs / read_bw);
+                printf("%-24s %6s %12.1f %10.2f %11.0f%%\n", kw_decode_shapes[s].name,
+                       d == 2 ? "bf16a" : kw_dtype_name(dtype), sec * 1e6, gbs, 100.0 * gbs / read_bw);
             }
         }
         printf("%-24s %6s %12s %10s %12s\n", "prefill M=128", "dtype", "ms/call", "GFLOP/s", "vs sgemm f32");
