@@ -59,8 +59,10 @@ static float kw_rand_value(int tiny_mix) {
 /* The bits of the oracle on every ISA and cut, with specials in x and w. */
 static void test_bf16act_is_its_oracle(void **state) {
     (void)state;
-    static const int64_t cases[][4] = {{1, 70, 33, 0},  {3, 64, 64, 1},    {8, 129, 257, 0},
-                                       {64, 70, 65, 1}, {130, 130, 96, 0}, {3, 5, 1, 0}};
+    /* {1, 150, 1000} and {2, 40, 2000}: two threads split the last panel (the only one) in 16-column parts */
+    static const int64_t cases[][4] = {{1, 70, 33, 0},    {3, 64, 64, 1},    {8, 129, 257, 0},
+                                       {64, 70, 65, 1},   {130, 130, 96, 0}, {3, 5, 1, 0},
+                                       {1, 150, 1000, 0}, {2, 40, 2000, 1},  {1, 256, 600, 0}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
