@@ -101,9 +101,7 @@ int kw__cpu_pack_bf16_pairs(kw_backend *backend, const kw_tensor *w, kw_tensor *
 float kw__cpu_bf16_pairs_get(const kw_tensor *w, int64_t n, int64_t k);
 /* Rounds x (M, K) to bf16 into xb (M rows of K rounded up to even, caller-owned), nt threads. */
 void kw__cpu_bf16_round_x(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, uint16_t *xb);
-/* Rows [m0, m1) of y (row stride N) against one panel wp of the layout, columns n0 .. n0 + ncols; or against a part
- * of one: wp then points at the part's first column (a multiple of 16) within the panel's first pair row, and the
- * columns read are ncols rounded up to 16, never past the pair row's end. */
+/* Rows [m0, m1) of y (row stride N) against one panel wp of the layout, columns n0 .. n0 + ncols. */
 void kw__cpu_bf16_panel(enum kw_cpu_isa isa, float *y, int64_t N, const uint16_t *xb, int64_t K, const uint16_t *wp,
                         int64_t n0, int64_t ncols, int64_t m0, int64_t m1);
 

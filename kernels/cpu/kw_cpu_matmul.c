@@ -35,9 +35,6 @@
 #define KW_MM_ROW_MAX 4
 /* Rows per work item when the panels alone are too few to feed every thread. */
 #define KW_MM_ROW_BLOCK 48
-/* PANELS_BF16_PAIRS with one row block: the panels past the last whole round of threads are handed out in this many
- * parts of 16 columns, so that the threads finish together (15 panels on 2 threads: 14 whole, then 4 parts). */
-#define KW_MM_PARTS 4
 
 /* The quantized kernels prefetch the panel stream KW_QMM_PF groups ahead, one or two lines per k (a group is at most
  * 2 G lines: 64 scales, 64 offsets and G * 64 code bytes): without it the hardware prefetcher leaves a decode row
@@ -660,21 +657,16 @@ typedef struct kw_mm_job {
     char *scratch;        /* a row-major weight, or widened S6 panels: one slice per worker */
     int packed, widen;    /* widen: QPANELS_S6_G16_SB with prefill rows, widened to S8_G16_SB per item */
     size_t slice, wide_slice, panel_bytes;
-    int64_t M, N, K, row_block, row_blocks, items; /* items: (panel, row block) pairs, then the parts */
-    int64_t whole; /* panels run whole; those after them (one row block) as KW_MM_PARTS column parts each */
+    int64_t M, N, K, row_block, row_blocks, items; /* items: (panel, row block) pairs */
 } kw_mm_job;
 
 static void kw_mm_item(void *arg, int64_t it, int worker) {
     const kw_mm_job *j = arg;
     const kw_tensor *w = j->w;
-    const int64_t M = j->M, N = j->N, K = j->K, part_it = it - j->whole * j->row_blocks;
-    const int64_t p = part_it < 0 ? it / j->row_blocks : j->whole + part_it / KW_MM_PARTS;
-    const int64_t m0 = part_it < 0 ? (it % j->row_blocks) * j->row_block : 0;
+    const int64_t M = j->M, N = j->N, K = j->K;
+    const int64_t p = it / j->row_blocks, m0 = (it % j->row_blocks) * j->row_block;
     const int64_t m1 = M - m0 < j->row_block ? M : m0 + j->row_block;
-    const int64_t c0 = part_it < 0 ? 0 : (part_it % KW_MM_PARTS) * (KW_PANEL_ROWS / KW_MM_PARTS); /* first column */
-    const int64_t n0 = p * KW_PANEL_ROWS + c0, left = N - n0 < KW_PANEL_ROWS - c0 ? N - n0 : KW_PANEL_ROWS - c0;
-    const int64_t ncols = part_it < 0 || left < KW_PANEL_ROWS / KW_MM_PARTS ? left : KW_PANEL_ROWS / KW_MM_PARTS;
-    if (ncols <= 0) return; /* a part past a narrow last panel's columns */
+    const int64_t n0 = p * KW_PANEL_ROWS, ncols = N - n0 < KW_PANEL_ROWS ? N - n0 : KW_PANEL_ROWS;
     const char *wp;
     if (j->packed) {
         wp = (const char *)w->data + (size_t)p * j->panel_bytes;
@@ -695,8 +687,8 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
         wp = mine;
         layout = KW_LAYOUT_QPANELS_S8_G16_X8;
     }
-    if (j->xb) /* a part: its first column's pair in the panel's first pair row */
-        kw__cpu_bf16_panel(j->isa, j->y, N, j->xb, K, (const uint16_t *)wp + 2 * c0, n0, ncols, m0, m1);
+    if (j->xb)
+        kw__cpu_bf16_panel(j->isa, j->y, N, j->xb, K, (const uint16_t *)wp, n0, ncols, m0, m1);
     else if (j->act)
         kw__cpu_x8_panel(j->isa, layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
     else
@@ -725,9 +717,7 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
     int nt = (M * N * K >= KW_CPU_PARALLEL_MIN * 4 && N >= 8) ? cpu->n_threads : 1;
     /* with few panels, also split the rows (into blocks of whole prefill tiles) so that every thread has work */
     const int64_t row_block = panels >= 2 * (int64_t)nt || M <= KW_MM_ROW_BLOCK ? M : KW_MM_ROW_BLOCK;
-    const int64_t row_blocks = (M + row_block - 1) / row_block;
-    const int64_t whole = bf16_act && row_blocks == 1 && nt > 1 ? panels - panels % nt : panels;
-    const int64_t items = whole * row_blocks + (panels - whole) * KW_MM_PARTS;
+    const int64_t row_blocks = (M + row_block - 1) / row_block, items = panels * row_blocks;
     if (items < nt) nt = (int)items;
     *j = (kw_mm_job){.isa = cpu->isa,
                      .y = out->data,
@@ -746,8 +736,7 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
                      .K = K,
                      .row_block = row_block,
                      .row_blocks = row_blocks,
-                     .items = items,
-                     .whole = whole};
+                     .items = items};
     if (j->widen) {
         kw_quant_layout wide;
         kw_layout_quant(kw__cpu_layout_x8(w->layout) ? KW_LAYOUT_QPANELS_S8_G16_X8 : KW_LAYOUT_QPANELS_S8_G16_SB,

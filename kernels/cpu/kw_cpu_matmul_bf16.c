@@ -221,25 +221,25 @@ KW_TARGET_AVX2 static void kw_bf16_panel_avx2(float *y, int64_t N, const uint16_
 #define KW_BF16_512_MR        6
 
 KW_TARGET_AVX512_BF16 static inline __attribute__((always_inline)) void
-kw_bf16_tile_avx512(const int MR, const int NV, float *y, int64_t N, const uint32_t *x, int64_t P, const uint32_t *wp,
+kw_bf16_tile_avx512(const int MR, float *y, int64_t N, const uint32_t *x, int64_t P, const uint32_t *wp,
                     int64_t ncols) {
     __m512 acc[KW_BF16_512_MR][4];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v)
+        for (int v = 0; v < 4; ++v)
             acc[i][v] = _mm512_setzero_ps();
     for (int64_t p = 0; p < P; ++p) {
         const uint32_t *wr = wp + p * KW_PANEL_ROWS;
         __m512bh w[4];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v)
+        for (int v = 0; v < 4; ++v)
             w[v] = (__m512bh)_mm512_loadu_si512(wr + 16 * v);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
             const __m512bh xp = (__m512bh)_mm512_set1_epi32((int)x[i * P + p]);
 #pragma GCC unroll 8
-            for (int v = 0; v < NV; ++v)
+            for (int v = 0; v < 4; ++v)
                 acc[i][v] = _mm512_dpbf16_ps(acc[i][v], xp, w[v]);
         }
     }
@@ -247,7 +247,7 @@ kw_bf16_tile_avx512(const int MR, const int NV, float *y, int64_t N, const uint3
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) {
+        for (int v = 0; v < 4; ++v) {
             const int64_t n = ncols - 16 * v;
             if (n <= 0) break;
             const __mmask16 nan = _mm512_cmp_ps_mask(acc[i][v], acc[i][v], _CMP_UNORD_Q);
@@ -262,23 +262,17 @@ KW_TARGET_AVX512_BF16 static void kw_bf16_panel_avx512(float *y, int64_t N, cons
                                                        const uint16_t *wp, int64_t ncols, int64_t m0, int64_t m1) {
     const int64_t P = K2 / 2;
     const uint32_t *w = (const uint32_t *)wp;
-    /* the vectors of 16 columns read: a panel's part (kw_cpu_matmul.c splits a panel in 16-column parts to balance
-     * the threads) or a last panel's valid columns read no more of each pair row than they need */
-    const int nv = ncols > 48 ? 4 : ncols > 32 ? 3 : ncols > 16 ? 2 : 1;
     for (int64_t m = m0; m < m1; m += KW_BF16_512_MR) {
         const int64_t mr = m1 - m < KW_BF16_512_MR ? m1 - m : KW_BF16_512_MR;
         const uint32_t *x = (const uint32_t *)(xb + m * K2);
-        /* the tile's row and vector counts as constants, so that its loops unroll into registers */
+        /* the tile's row count as a constant, so that its loops unroll into registers */
         /* clang-format off */
-#define KW_BF16_NV(R, V) case V: kw_bf16_tile_avx512(R, V, y + m * N, N, x, P, w, ncols); break;
-#define KW_BF16_CASE(R)                                                                                                \
-    case R: switch (nv) { KW_BF16_NV(R, 1) KW_BF16_NV(R, 2) KW_BF16_NV(R, 3) default: KW_BF16_NV(R, 4) } break;
+#define KW_BF16_CASE(R) case R: kw_bf16_tile_avx512(R, y + m * N, N, x, P, w, ncols); break;
         switch (mr) {
         KW_BF16_CASE(1) KW_BF16_CASE(2) KW_BF16_CASE(3) KW_BF16_CASE(4) KW_BF16_CASE(5)
-        default: switch (nv) { KW_BF16_NV(6, 1) KW_BF16_NV(6, 2) KW_BF16_NV(6, 3) default: KW_BF16_NV(6, 4) } break;
+        default: kw_bf16_tile_avx512(6, y + m * N, N, x, P, w, ncols); break;
         }
 #undef KW_BF16_CASE
-#undef KW_BF16_NV
         /* clang-format on */
     }
 }

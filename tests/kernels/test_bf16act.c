@@ -59,7 +59,8 @@ static float kw_rand_value(int tiny_mix) {
 /* The bits of the oracle on every ISA and cut, with specials in x and w. */
 static void test_bf16act_is_its_oracle(void **state) {
     (void)state;
-    /* {1, 150, 1000} and {2, 40, 2000}: two threads split the last panel (the only one) in 16-column parts */
+    /* {1, 150, 1000}, {2, 40, 2000} and {1, 256, 600}: decode rows on two threads (an odd panel count, one narrow
+     * panel, an even count) */
     static const int64_t cases[][4] = {{1, 70, 33, 0},    {3, 64, 64, 1},    {8, 129, 257, 0},
                                        {64, 70, 65, 1},   {130, 130, 96, 0}, {3, 5, 1, 0},
                                        {1, 150, 1000, 0}, {2, 40, 2000, 1},  {1, 256, 600, 0}};
