@@ -12,7 +12,8 @@
  *
  * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers),
  * --quantized (instead: the kept-quantized layouts, exact f32 rebuild against int8 activations and against the
- * super-block layouts, A B A B).
+ * super-block layouts, A B A B), --bf16-pair (instead: decode of bf16 weights, exact against bf16 activations, call by
+ * call A B A B).
  */
 #include "kw_benches.h"
 
@@ -191,6 +192,61 @@ out:
     return rc;
 }
 
+/* Decode (M = 1) of the same bf16 weights in both CPU layouts, call by call (A B A B, the order swapped every other
+ * call): the exact panels (kw_tensor_pack_weight) in sec[0], bf16 activations (PANELS_BF16_PAIRS) in sec[1], the mean
+ * seconds per call over reps passes through copies totalling at least min_bytes per layout. Alternating single calls
+ * gives both the same machine: on a shared one, separate timings drift apart by more than the layouts differ. */
+static int kw_time_bf16_pair(kw_backend *b, int64_t N, int64_t K, size_t min_bytes, int reps, double sec[2]) {
+    int rc = 0;
+    const size_t wb = (size_t)(N * K) * sizeof(uint16_t);
+    int copies = (int)((min_bytes + wb - 1) / wb);
+    copies = copies < 1 ? 1 : copies > 256 ? 256 : copies;
+    kw_tensor *ws = calloc((size_t)(2 * copies), sizeof *ws); /* [2c]: exact panels, [2c + 1]: pairs */
+    kw_tensor x = {0}, y = {0}, w = {0};
+    if (!ws) return KW_E_NOMEM;
+    for (int c = 0; c < copies; ++c) {
+        KW_CHECK(kw_tensor_alloc(b, &w, KW_DTYPE_BF16, 2, (int64_t[]){N, K}));
+        kw_fill_random(w.data, KW_DTYPE_BF16, (size_t)(N * K), (uint32_t)c + 1);
+        KW_CHECK(kw_tensor_pack_weight(b, &w, &ws[2 * c]));
+        KW_CHECK(kw_tensor_pack_weight_bf16_pairs(b, &w, &ws[2 * c + 1]));
+        kw_tensor_free(&w);
+    }
+    KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){1, K}));
+    KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){1, N}));
+    kw_fill_random(x.data, KW_DTYPE_F32, (size_t)K, 99);
+    for (int h = 0; h < 2; ++h) /* warm-up (page faults, thread team) */
+        KW_CHECK(kw_op_matmul(b, &y, &x, &ws[h], NULL));
+    double total[2] = {0.0, 0.0};
+    for (int r = 0; r < reps; ++r)
+        for (int c = 0; c < copies; ++c)
+            for (int i = 0; i < 2; ++i) {
+                const int h = (r + c) & 1 ? 1 - i : i;
+                const uint64_t t0 = kw_time_now_ns();
+                KW_CHECK(kw_op_matmul(b, &y, &x, &ws[2 * c + h], NULL));
+                KW_CHECK(kw_backend_synchronize(b));
+                total[h] += kw_time_seconds(t0, kw_time_now_ns());
+            }
+    for (int h = 0; h < 2; ++h)
+        sec[h] = total[h] / ((double)reps * copies);
+out:
+    for (int c = 0; c < 2 * copies; ++c)
+        kw_tensor_free(&ws[c]);
+    free(ws);
+    kw_tensor_free(&w);
+    kw_tensor_free(&x);
+    kw_tensor_free(&y);
+    return rc;
+}
+
+/* The decode shapes of --bf16-pair: the Qwen3-0.6B ones, lm_heads of 49152 rows (the vocabulary of the peer
+ * comparison's models) and SmolLM2-135M's, whose 9- and 3-panel matrices leave a panel over on two threads. */
+static const struct kw_shape kw_pair_shapes[] = {
+    {"q_proj 1024->2048", 2048, 1024},  {"kv_proj 1024->1024", 1024, 1024},      {"o_proj 2048->1024", 1024, 2048},
+    {"gate/up 1024->3072", 3072, 1024}, {"down 3072->1024", 1024, 3072},         {"lm_head 1024->49152", 49152, 1024},
+    {"smol q/o 576->576", 576, 576},    {"smol kv 576->192", 192, 576},          {"smol gate/up 576->1536", 1536, 576},
+    {"smol down 1536->576", 576, 1536}, {"smol lm_head 576->49152", 49152, 576}, {"even 576->640", 640, 576},
+};
+
 /* The sgemm baseline for prefill: x (M, K) times an f32 W (N, K)^T, OpenBLAS with `threads` threads. */
 static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int reps) {
     float *x = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(N * K) * sizeof(float));
@@ -341,19 +397,21 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
 }
 
 static void kw_bench_kernels_usage(FILE *f) {
-    fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick] [--quantized]\n"
+    fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick] [--quantized] [--bf16-pair]\n"
                "  --quantized  only the kept-quantized layouts: exact against int8 activations and against the\n"
-               "               super-block layouts, A B A B\n");
+               "               super-block layouts, A B A B\n"
+               "  --bf16-pair  only decode of bf16 weights, exact against bf16 activations, call by call A B A B\n");
 }
 
 int kw_bench_kernels(int argc, char **argv) {
-    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0, quantized = 0;
+    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0, quantized = 0, bf16_pair = 0;
     int64_t threads_opt = -1, reps_opt = 5;
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads_opt, 0, 1024),
         KW_CLI_INT("--reps", &reps_opt, 0, 1000),
         KW_CLI_FLAG("--quick", &quick),
         KW_CLI_FLAG("--quantized", &quantized),
+        KW_CLI_FLAG("--bf16-pair", &bf16_pair),
     };
     const int st = KW_CLI_PARSE("kvwire bench kernels", argc, argv, opts, kw_bench_kernels_usage);
     if (st != KW_CLI_RUN) return st;
@@ -386,6 +444,26 @@ int kw_bench_kernels(int argc, char **argv) {
             kw_backend_destroy(b);
             continue;
         }
+        if (bf16_pair) {
+            printf("== %d thread%s: decode M=1, bf16 weights, exact (bf16) and bf16 activations (bf16a), A B A B\n",
+                   threads, threads > 1 ? "s" : "");
+            printf("%-24s %8s %12s %12s %10s %10s %10s\n", "shape", "panels", "bf16 us", "bf16a us", "bf16 GB/s",
+                   "bf16a GB/s", "bf16/bf16a");
+            for (size_t s = 0; s < sizeof kw_pair_shapes / sizeof kw_pair_shapes[0]; ++s) {
+                const int64_t N = kw_pair_shapes[s].N, K = kw_pair_shapes[s].K;
+                double sec[2] = {0.0, 0.0};
+                if (kw_time_bf16_pair(b, N, K, min_w_bytes, reps, sec) != 0) {
+                    fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+                    continue;
+                }
+                const double gb = (double)(N * K) * 2.0 / 1e9;
+                printf("%-24s %8lld %12.1f %12.1f %10.2f %10.2f %10.3f\n", kw_pair_shapes[s].name,
+                       (long long)((N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS), sec[0] * 1e6, sec[1] * 1e6, gb / sec[0],
+                       gb / sec[1], sec[0] / sec[1]);
+            }
+            kw_backend_destroy(b);
+            continue;
+        }
         /* the bound: the best read pattern (bench_bandwidth.c), or the float sum below if it reads faster */
         printf("== %d thread%s: read patterns\n", threads, threads > 1 ? "s" : "");
         const double pattern_bw = kw_bench_read_bandwidth(threads, big_bytes, reps, stdout);
@@ -399,19 +477,19 @@ int kw_bench_kernels(int argc, char **argv) {
         printf("%-24s %6s %12s %10s %12s\n", "decode M=1", "dtype", "us/call", "GB/s", "vs read bw");
         for (size_t s = 0; s < sizeof kw_decode_shapes / sizeof kw_decode_shapes[0]; ++s) {
             if (quick && s != 3 && s != 4) continue;
-            for (int d = 0; d < 2; ++d) {
-                const enum kw_dtype dtype = d == 0 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+            for (int d = 0; d < 3; ++d) { /* bf16, f32, bf16 weights with bf16 activations (bf16a) */
+                const enum kw_dtype dtype = d == 1 ? KW_DTYPE_F32 : KW_DTYPE_BF16;
                 if (dtype == KW_DTYPE_F32 && s != 3) continue; /* one f32 shape for comparison */
                 double sec = 0.0;
                 size_t wb = 0;
-                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, 0, min_w_bytes, reps,
+                if (kw_time_matmul(b, 1, kw_decode_shapes[s].N, kw_decode_shapes[s].K, dtype, d == 2, min_w_bytes, reps,
                                    &sec, &wb) != 0) {
                     fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
                     continue;
                 }
                 const double gbs = (double)wb / sec / 1e9;
-                printf("%-24s %6s %12.1f %10.2f %11.0f%%\n", kw_decode_shapes[s].name, kw_dtype_name(dtype), sec * 1e6,
-                       gbs, 100.0 * gbs / read_bw);
+                printf("%-24s %6s %12.1f %10.2f %11.0f%%\n", kw_decode_shapes[s].name,
+                       d == 2 ? "bf16a" : kw_dtype_name(dtype), sec * 1e6, gbs, 100.0 * gbs / read_bw);
             }
         }
         printf("%-24s %6s %12s %10s %12s\n", "prefill M=128", "dtype", "ms/call", "GFLOP/s", "vs sgemm f32");

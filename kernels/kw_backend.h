@@ -128,8 +128,9 @@ enum kw_layout {
      * (kernels/cpu/kw_cpu_matmul_bf16.c states the rule). The same bits on every ISA and batch, but NOT those of the
      * exact path: within the activation rounding of it. Storage: panels of 64 rows, a panel K2 / 2 pair rows (K2 = K
      * rounded up to even) of 64 x 2 bf16: element (n, k) at ((n / 64) * K2 + (k & ~1)) * 64 + (n % 64) * 2 + (k & 1),
-     * the padding k and rows past N zero, a denormal weight stored as the zero of its sign. dtype KW_DTYPE_BF16. The
-     * CPU backend only (kw_backend_supports_layout); get_rows on it returns the stored values. */
+     * the padding k and rows past N zero, every weight stored as given (matmul reads a denormal as the zero of its
+     * sign, as the instruction does). dtype KW_DTYPE_BF16. The CPU backend only (kw_backend_supports_layout); get_rows
+     * on it returns the weights' exact values (so a tied embedding table serves get_rows and lm_head in it). */
     KW_LAYOUT_PANELS_BF16_PAIRS = 12,
     /* The int8-activation layouts in super-blocks: QPANELS_U4_X8 (Q4_K) and QPANELS_S8_G16_X8 (Q6_K) with their
      * scales and offsets kept as QPANELS_U4_SB / S8_G16_SB keep them (int8 s, o per group, f32 d, m per 256 k of a row;

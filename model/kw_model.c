@@ -103,7 +103,7 @@ static uint64_t kw_model_serials;
 static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
     if (t->layout != KW_LAYOUT_ROWS) return 0; /* kept quantized: already in the backend's layout */
     kw_tensor packed;
-    if (m->bf16_activations && t->dtype == KW_DTYPE_BF16 && t != &m->embed &&
+    if (m->bf16_activations && t->dtype == KW_DTYPE_BF16 &&
         kw_backend_supports_layout(m->backend, KW_LAYOUT_PANELS_BF16_PAIRS))
         KW_FORWARD(kw_tensor_pack_weight_bf16_pairs(m->backend, t, &packed));
     else

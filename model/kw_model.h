@@ -55,7 +55,7 @@ typedef struct kw_model_options {
      * (weights.gguf_dtype F32) on the same backend; 0.75-1.25 bytes are read per weight instead of 4. Other tensors
      * (norms, biases, F16/F32/Q2_K/Q3_K weights) are dequantized to weights.gguf_dtype. */
     enum kw_gguf_weights gguf_weights;
-    /* 1: the bf16 matmul weights (all but a tied embedding table, which get_rows also reads) run with bf16
+    /* 1: the bf16 matmul weights (a tied embedding table too: get_rows reads its exact values) run with bf16
      * activations where the backend has that layout (KW_LAYOUT_PANELS_BF16_PAIRS: the CPU), the way llama.cpp runs
      * BF16 weights with AVX-512 BF16: x rounded to bf16, pair products summed in f32 (vdpbf16ps). Not the exact
      * path's logits (within the activation rounding of them), still the same on every ISA and batch. 0: exact. */

@@ -4,8 +4,10 @@
  *
  * The numerics contract (the same bits on every ISA, for any batch, chunking and thread count):
  *  1. Each x is rounded to bf16 (to nearest even; a NaN stays a quiet NaN of its sign) and a denormal bf16 becomes the
- *     zero of its sign: the instruction reads its inputs as denormals-are-zero. The weights are flushed the same way
- *     when packed. An odd K is padded with a zero x and a zero weight.
+ *     zero of its sign: the instruction reads its inputs as denormals-are-zero. The weights are read the same way: the
+ *     packed panels keep them as given (so get_rows on a packed tied embedding table returns its exact values), and
+ *     every path flushes a denormal x or weight when it reads it (the instruction itself, MXCSR's DAZ on AVX2,
+ *     kw_bf16_daz in the scalar path). An odd K is padded with a zero x and a zero weight.
  *  2. y[m][n] is the chain over the pairs p = 0 .. K2 / 2 - 1, from +0, of
  *         acc = F(x[2p+1] * w[2p+1] + acc), then acc = F(x[2p] * w[2p] + acc)
  *     (the odd k first, as the Intel SDM writes VDPBF16PS), each step one fused multiply-add rounded to nearest even,
@@ -38,24 +40,26 @@ static uint16_t kw_bf16_daz(uint16_t h) {
 }
 
 typedef struct kw_bf16_round_job {
+    enum kw_cpu_isa isa;
     const float *x;
     int64_t K;
     uint16_t *xb;
 } kw_bf16_round_job;
 
+/* x rounded to bf16 by the bulk conversion (kw__cpu_from_f32: kw_f32_to_bf16's bits on every ISA); a denormal is
+ * kept, as a denormal weight is: the panels read it as zero (rule 1). */
 static void kw_bf16_round_rows(void *ctx, int64_t begin, int64_t end, int worker) {
     const kw_bf16_round_job *j = ctx;
     const int64_t K = j->K, K2 = (K + 1) & ~(int64_t)1;
     (void)worker;
     for (int64_t m = begin; m < end; ++m) {
-        for (int64_t k = 0; k < K; ++k)
-            j->xb[m * K2 + k] = kw_bf16_daz(kw_f32_to_bf16(j->x[m * K + k]));
+        kw__cpu_from_f32(j->isa, j->xb + m * K2, KW_DTYPE_BF16, j->x + m * K, K);
         if (K2 != K) j->xb[m * K2 + K] = 0;
     }
 }
 
 void kw__cpu_bf16_round_x(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, uint16_t *xb) {
-    kw_bf16_round_job job = {x, K, xb};
+    kw_bf16_round_job job = {cpu->isa, x, K, xb};
     kw__cpu_parallel_for(cpu, nt, M, kw_bf16_round_rows, &job);
 }
 
@@ -77,7 +81,7 @@ static void kw_bf16_pack_panels(void *ctx, int64_t begin, int64_t end, int worke
         for (int64_t r = 0; r < rows; ++r) {
             const uint16_t *row = j->src + (p * KW_PANEL_ROWS + r) * K;
             for (int64_t k = 0; k < K; ++k)
-                dst[(k & ~(int64_t)1) * KW_PANEL_ROWS + r * 2 + (k & 1)] = kw_bf16_daz(row[k]);
+                dst[(k & ~(int64_t)1) * KW_PANEL_ROWS + r * 2 + (k & 1)] = row[k];
         }
     }
 }
@@ -131,8 +135,8 @@ static void kw_bf16_panel_scalar(float *y, int64_t N, const uint16_t *xb, int64_
             float acc = 0.0f;
             for (int64_t k = 0; k < K2; k += 2) {
                 const uint16_t *wk = wp + k * KW_PANEL_ROWS + r * 2;
-                acc = kw_bf16_step(kw_bf16_to_f32(xr[k + 1]), kw_bf16_to_f32(wk[1]), acc);
-                acc = kw_bf16_step(kw_bf16_to_f32(xr[k]), kw_bf16_to_f32(wk[0]), acc);
+                acc = kw_bf16_step(kw_bf16_to_f32(kw_bf16_daz(xr[k + 1])), kw_bf16_to_f32(kw_bf16_daz(wk[1])), acc);
+                acc = kw_bf16_step(kw_bf16_to_f32(kw_bf16_daz(xr[k])), kw_bf16_to_f32(kw_bf16_daz(wk[0])), acc);
             }
             y[m * N + r] = kw_bf16_canon(acc);
         }

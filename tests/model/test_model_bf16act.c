@@ -1,6 +1,6 @@
 /* test_model_bf16act.c: a model run with bf16 activations (kw_model_options.bf16_activations: the bf16 matmul weights
  * in KW_LAYOUT_PANELS_BF16_PAIRS) on gen-model bf16 folders (Qwen3 with its own lm_head; Llama with a tied table,
- * which stays on the exact path).
+ * packed in that layout too: get_rows reads its exact values from it, lm_head runs with bf16 activations).
  *
  * - The option acts (logits move) and stays within the bound: each x rounded to bf16 has a relative error of at most
  *   u = 2^-8, RMS at most u / sqrt(3) over a vector; each of the 7 matrices of a layer and lm_head perturbs the
