@@ -86,7 +86,7 @@ struct kw_model {
     uint64_t serial;      /* unique per model in the process: part of a cache's graph key */
     int graphs_off;       /* the backend has no step graphs (or they are off): decode runs the ops one by one */
     int keep_quantized;   /* GGUF matmul weights of the types kept quantized go to the backend's quantized panels */
-    int int8_activations; /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: the U4 and S8_G16 ones in their int8-activation layouts */
+    int int8_activations; /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: the U4, S8_G16, S8 ones in their int8-activation layouts */
     int bf16_activations; /* kw_model_options.bf16_activations: bf16 matmul weights in KW_LAYOUT_PANELS_BF16_PAIRS */
     int64_t graph_recordings, graph_launches; /* kw_model_graph_counts */
 };
