@@ -319,12 +319,9 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
                                                 {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
                                                 {KW_LAYOUT_QPANELS_S8, KW_LAYOUT_QPANELS_S8_X8},
                                                 {KW_LAYOUT_ROWS, KW_LAYOUT_ROWS}};
-    static const char *const names[6][2] = {{"U4 (Q4_K)", "S8_G16 (Q6_K)"},
-                                            {"U4 (Q4_K)", "S8_G16 (Q6_K)"},
-                                            {"S8_G16 (Q6_K)", "S8_G16_SB"},
-                                            {"U4_X8 (Q4_K)", "S8_G16_X8"},
-                                            {"S8_G16_X8", "S8_G16_SB_X8"},
-                                            {"S8 (Q8_0)", ""}};
+    static const char *const names[6][2] = {{"U4 (Q4_K)", "S8_G16 (Q6_K)"}, {"U4 (Q4_K)", "S8_G16 (Q6_K)"},
+                                            {"S8_G16 (Q6_K)", "S8_G16_SB"}, {"U4_X8 (Q4_K)", "S8_G16_X8"},
+                                            {"S8_G16_X8", "S8_G16_SB_X8"},  {"S8 (Q8_0)", ""}};
     static const char *const what[6] = {
         "f32 weights rebuilt (exact) vs int8 activations (x8)",
         "f32 weights rebuilt (exact) vs the super-block layouts (sb: the same bits, "
@@ -337,8 +334,8 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
         "fewer bytes)",
         "f32 weights rebuilt (exact) vs Q8_0 with int8 activations and f16 scales (x8q8: "
         "S8_X8, 1.0625 bytes per weight)"};
-    static const char *const tag[6] = {"x8", "sb", "s6", "x8sb", "x8s6", "x8q8"},
-                             *const base[6] = {"exact", "exact", "exact", "x8", "x8", "exact"};
+    static const char *const tag[6] = {"x8", "sb", "s6", "x8sb", "x8s6", "x8q8"};
+    static const char *const base[6] = {"exact", "exact", "exact", "x8", "x8", "exact"};
     for (int part = 0; part < 6; ++part) {
         const char *t = tag[part];
         printf("== %d thread%s: kept quantized, %s\n", threads, threads > 1 ? "s" : "", what[part]);
