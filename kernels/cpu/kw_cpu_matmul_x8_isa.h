@@ -48,7 +48,11 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
                 is[m][v] = X8_ZEROI();
 #pragma GCC unroll 8
         for (int t = 0; t < TN; ++t) {
-            if (pf) /* the panel's bytes KW_X8_PF groups ahead, 1 / TN of a group per t */
+            if (pf && SB == 2) /* S8_X8: its 34 lines KW_X8_PF groups ahead, lines t, t + 8, ... */
+#pragma GCC unroll 5
+                for (size_t l = (size_t)t; l * 64 < gr.bytes; l += (size_t)TN)
+                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + l * 64);
+            else if (pf) /* the panel's bytes KW_X8_PF groups ahead, 1 / TN of a group per t */
 #pragma GCC unroll 6
                 for (size_t l = 0; l < (gr.bytes + 64 * TN - 1) / (64 * TN); ++l)
                     __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + t * (gr.bytes / TN) + l * 64);
