@@ -307,6 +307,7 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
         r = r * 1664525u + 1013904223u;
         const int sub = ql.has_offset ? (int)(r >> 26) : (int)(r >> 24) - 128;
         scales[g] = sb[g / per] * (float)sub;
+        if (ql.f16_scales || twin.f16_scales) scales[g] = kw_round_f16(scales[g]); /* S8_X8 keeps f16 scales */
         offsets[g] = sb[sbs + g / per] * (float)((r >> 10) % 64);
     }
     for (int c = 0; c < 2 * copies; ++c) {
@@ -342,7 +343,7 @@ out:
 static void kw_bench_qpairs(kw_backend *b, const enum kw_layout pairs[2][2], const char *const names[2],
                             size_t min_w_bytes, int reps) {
     for (size_t s = 3; s < 5; ++s)
-        for (int p = 0; p < 2; ++p)
+        for (int p = 0; p < 2 && pairs[p][0] != KW_LAYOUT_ROWS; ++p) /* KW_LAYOUT_ROWS: no second pair */
             for (int64_t M = 1; M <= 128; M *= 128) {
                 double sec[2];
                 size_t wb = 0;
@@ -359,9 +360,10 @@ static void kw_bench_qpairs(kw_backend *b, const enum kw_layout pairs[2][2], con
 /* --quantized: kept-quantized weights (Q4_K's U4, Q6_K's S8_G16) rebuilt in f32 against the int8-activation layouts
  * (x8), then against the super-block layouts (sb: the same bits in fewer bytes), then Q6_K's plain and super-block
  * int8 codes against its 6-bit codes (s6: QPANELS_S6_G16_SB, the same bits), then the int8-activation layouts against
- * their super-block forms (x8sb: the same bits), and Q6_K's against its 6-bit one (x8s6). */
+ * their super-block forms (x8sb: the same bits), Q6_K's against its 6-bit one (x8s6), and Q8_0's exact S8 against
+ * its int8-activation S8_X8 (x8q8). */
 static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, int reps) {
-    static const enum kw_layout pairs[10][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
+    static const enum kw_layout pairs[12][2] = {{KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_X8},
                                                 {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_X8},
                                                 {KW_LAYOUT_QPANELS_U4, KW_LAYOUT_QPANELS_U4_SB},
                                                 {KW_LAYOUT_QPANELS_S8_G16, KW_LAYOUT_QPANELS_S8_G16_SB},
@@ -370,13 +372,13 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
                                                 {KW_LAYOUT_QPANELS_U4_X8, KW_LAYOUT_QPANELS_U4_SB_X8},
                                                 {KW_LAYOUT_QPANELS_S8_G16_X8, KW_LAYOUT_QPANELS_S8_G16_SB_X8},
                                                 {KW_LAYOUT_QPANELS_S8_G16_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
-                                                {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8}};
-    static const char *const names[5][2] = {{"U4 (Q4_K)", "S8_G16 (Q6_K)"},
-                                            {"U4 (Q4_K)", "S8_G16 (Q6_K)"},
-                                            {"S8_G16 (Q6_K)", "S8_G16_SB"},
-                                            {"U4_X8 (Q4_K)", "S8_G16_X8"},
-                                            {"S8_G16_X8", "S8_G16_SB_X8"}};
-    static const char *const what[5] = {
+                                                {KW_LAYOUT_QPANELS_S8_G16_SB_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
+                                                {KW_LAYOUT_QPANELS_S8, KW_LAYOUT_QPANELS_S8_X8},
+                                                {KW_LAYOUT_ROWS, KW_LAYOUT_ROWS}};
+    static const char *const names[6][2] = {{"U4 (Q4_K)", "S8_G16 (Q6_K)"}, {"U4 (Q4_K)", "S8_G16 (Q6_K)"},
+                                            {"S8_G16 (Q6_K)", "S8_G16_SB"}, {"U4_X8 (Q4_K)", "S8_G16_X8"},
+                                            {"S8_G16_X8", "S8_G16_SB_X8"},  {"S8 (Q8_0)", ""}};
+    static const char *const what[6] = {
         "f32 weights rebuilt (exact) vs int8 activations (x8)",
         "f32 weights rebuilt (exact) vs the super-block layouts (sb: the same bits, "
         "fewer bytes)",
@@ -385,10 +387,12 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
         "int8 activations (x8) vs their super-block layouts (x8sb: the same bits, "
         "fewer bytes)",
         "int8 activations (x8) vs Q6_K's 6-bit super-block layout (x8s6: the same bits, "
-        "fewer bytes)"};
-    static const char *const tag[5] = {"x8", "sb", "s6", "x8sb", "x8s6"}, *const base[5] = {"exact", "exact", "exact",
-                                                                                            "x8", "x8"};
-    for (int part = 0; part < 5; ++part) {
+        "fewer bytes)",
+        "f32 weights rebuilt (exact) vs Q8_0 with int8 activations and f16 scales (x8q8: "
+        "S8_X8, 1.0625 bytes per weight)"};
+    static const char *const tag[6] = {"x8", "sb", "s6", "x8sb", "x8s6", "x8q8"};
+    static const char *const base[6] = {"exact", "exact", "exact", "x8", "x8", "exact"};
+    for (int part = 0; part < 6; ++part) {
         const char *t = tag[part];
         printf("== %d thread%s: kept quantized, %s\n", threads, threads > 1 ? "s" : "", what[part]);
         printf("%-22s %-14s %6s %8s us %8s us %3s gain %4s GB/s\n", "shape", "layout", "M", base[part], t, t, t);

@@ -52,9 +52,9 @@ static void kw_bench_model_usage(FILE *f) {
            "                          [--profile] [--interleave-shared] [--interleave-hugepages]\n"
            "  --model      an existing model: HF folder or GGUF file (GGUF --weights: quantized, the default,\n"
            "               keeps matmul weights of Q4_0..Q6_K types quantized, the same logits as f32; f32 or bf16\n"
-           "               dequantize every weight at load; quantized-int8 also runs Q4_K, Q4_1 and Q6_K weights with "
-           "int8\n"
-           "               activations, llama.cpp's way, not the f32 logits; bf16-act: bf16 weights (also an HF\n"
+           "               dequantize every weight at load; quantized-int8 also runs Q4_K, Q4_1, Q6_K, Q8_0 and Q5_0\n"
+           "               weights with int8 activations, llama.cpp's way (Q8_0 and Q5_0 in 1.0625 bytes per weight\n"
+           "               with their f16 scales, not 1.125), not the f32 logits; bf16-act: bf16 weights (also an HF\n"
            "               folder's) with bf16 activations, llama.cpp's AVX-512 BF16 way, not the exact logits);\n"
            "               otherwise a random model of the --arch shape\n"
            "               is generated\n"
@@ -350,9 +350,9 @@ int kw_bench_model(int argc, char **argv) {
            (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
            (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
     printf("load (%s, matmul weights packed, %s kernels%s): %.1f ms\n",
-           !gguf ? "mmap"
-           : weights == 3
-               ? "GGUF, matmul weights kept quantized (Q4_K/Q4_1/Q6_K with int8 activations), the rest dequantized"
+           !gguf          ? "mmap"
+           : weights == 3 ? "GGUF, matmul weights kept quantized (Q4_K/Q4_1/Q6_K/Q8_0/Q5_0 with int8 activations), the "
+                            "rest dequantized"
            : weights == 2 ? "GGUF, matmul weights kept quantized, the rest dequantized"
                           : "GGUF, dequantized into model-owned tensors",
            kw_backend_cpu_isa(be), weights == 4 ? ", bf16 weights with bf16 activations" : "", load_ms);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "common/kw_bytes.h"
+#include "common/kw_half.h"
 #include "common/kw_log.h"
 #include "common/kw_size.h"
 #include "common/kw_status.h"
@@ -72,6 +73,10 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
     case KW_LAYOUT_QPANELS_S8:
         *out = (kw_quant_layout){.code_bits = 8, .group = 32, .has_offset = 0, .code_min = -128, .code_max = 127};
         return 1;
+    case KW_LAYOUT_QPANELS_S8_X8:
+        *out = (kw_quant_layout){
+            .code_bits = 8, .group = 32, .has_offset = 0, .code_min = -128, .code_max = 127, .f16_scales = 1};
+        return 1;
     case KW_LAYOUT_QPANELS_S8_OFS:
         *out = (kw_quant_layout){.code_bits = 8, .group = 32, .has_offset = 1, .code_min = -128, .code_max = 127};
         return 1;
@@ -117,7 +122,7 @@ int kw_layout_quant(enum kw_layout layout, kw_quant_layout *out) {
 }
 
 size_t kw__quant_group_bytes(const kw_quant_layout *q) {
-    return (size_t)KW_PANEL_ROWS * sizeof(float) * (size_t)(1 + q->has_offset) +
+    return (size_t)KW_PANEL_ROWS * (q->f16_scales ? sizeof(uint16_t) : sizeof(float)) * (size_t)(1 + q->has_offset) +
            (size_t)(q->group * KW_PANEL_ROWS * q->code_bits / 8);
 }
 
@@ -339,7 +344,8 @@ int kw_backend_supports_layout(const kw_backend *backend, enum kw_layout layout)
     if (layout == KW_LAYOUT_PANELS_BF16_PAIRS) return backend->iface->pack_bf16_pairs != NULL;
     const int x8_sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
                       layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
-    if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 || x8_sb) &&
+    if ((layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 ||
+         layout == KW_LAYOUT_QPANELS_S8_X8 || x8_sb) &&
         !backend->iface->int8_activations)
         return 0;
     if ((layout == KW_LAYOUT_QPANELS_U4_SB || layout == KW_LAYOUT_QPANELS_S8_G16_SB ||
@@ -361,6 +367,18 @@ static int kw_check_quant_codes(const kw_quant_rows *q, const kw_quant_layout *q
             KW_RETURN_IF(row[k] < ql->code_min || row[k] > ql->code_max, KW_E_INVALID_ARG,
                          "kw_tensor_pack_quantized: code %d at (%lld, %lld) is outside %d..%d", (int)row[k],
                          (long long)n, (long long)k, (int)ql->code_min, (int)ql->code_max);
+    }
+    return 0;
+}
+
+/* For a layout with f16 scales: checks that every scale of q is an f16 value (a NaN passes: it stays a NaN). */
+static int kw_check_quant_f16(const kw_quant_rows *q, const kw_quant_layout *ql) {
+    const int64_t groups = q->n * (q->k / ql->group);
+    for (int64_t g = 0; g < groups; ++g) {
+        const float s = q->scales[g];
+        KW_RETURN_IF(!isnan(s) && kw_f32_bits(kw_round_f16(s)) != kw_f32_bits(s), KW_E_INVALID_ARG,
+                     "kw_tensor_pack_quantized: scale %a of group %lld (row %lld) is not an f16 value", (double)s,
+                     (long long)(g % (q->k / ql->group)), (long long)(g / (q->k / ql->group)));
     }
     return 0;
 }
@@ -409,6 +427,7 @@ int kw_tensor_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_ten
                  ql.has_offset ? "needs" : "has no");
     KW_FORWARD(kw_check_quant_codes(q, &ql));
     if (ql.superblock) KW_FORWARD(kw_check_quant_sb(q, &ql));
+    if (ql.f16_scales) KW_FORWARD(kw_check_quant_f16(q, &ql));
     return backend->iface->pack_quantized(backend, q, packed);
 }
 

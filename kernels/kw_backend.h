@@ -149,7 +149,15 @@ enum kw_layout {
      * two bits (byte 4 i + b, bits 2 t .. 2 t + 1: k = 4 t + b, t = 0..3). The same matmul and bits as S8_G16_X8;
      * 0.828 bytes per weight. CPU only. */
     KW_LAYOUT_QPANELS_S6_G16_SB_X8 = 15,
-    KW_LAYOUT_COUNT = 16,
+    /* QPANELS_S8_X8: QPANELS_S8 (Q8_0, Q5_0: 8-bit codes, one scale per 32 k, no offset) with int8 activations, the
+     * way llama.cpp runs Q8_0 (the X8 matmul and bits: one weight group per activation group, kw_ref_quant_matmul_x8
+     * the oracle), and the scales kept as the f16 they are in the file: a group is 64 f16 scales (one per row; the
+     * packer refuses a scale that is not an f16 value; the kernels widen them exactly, F16C or kw_f16_to_f32), then
+     * its 2048 code bytes as code + 128, strip s of 16 rows at byte 512 s as eight 64-byte vectors t = 0..7 whose byte
+     * 4 i + b holds row 16 s + i, k = 4 t + b. 1.0625 bytes per weight (llama.cpp's Q8_0: 34 bytes per 32) instead of
+     * QPANELS_S8's 1.125. K a multiple of 32; CPU only; get_rows returns fl(scale * code) like QPANELS_S8. */
+    KW_LAYOUT_QPANELS_S8_X8 = 16,
+    KW_LAYOUT_COUNT = 17,
 };
 
 #define KW_PANEL_ROWS 64
@@ -161,6 +169,7 @@ typedef struct kw_quant_layout {
     int32_t has_offset;         /* 1: value = fl(fl(scale * code) + offset); 0: value = fl(scale * code) */
     int32_t code_min, code_max; /* the codes' range */
     int32_t superblock;         /* 0, or 256: the super-block layouts (k sharing one f32 d and m; s, o in int8) */
+    int32_t f16_scales;         /* 1: the scales stored as f16 (QPANELS_S8_X8), else f32 */
 } kw_quant_layout;
 
 #define KW_QUANT_SUPERBLOCK 256

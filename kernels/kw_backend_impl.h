@@ -57,8 +57,8 @@ struct kw_backend_i {
     /* (optional) Packs a validated row-major bf16 weight into KW_LAYOUT_PANELS_BF16_PAIRS, which matmul then takes.
      * NULL: the backend has no such layout. */
     int (*pack_bf16_pairs)(kw_backend *backend, const kw_tensor *w, kw_tensor *packed);
-    /* 1 if pack_quantized and matmul also take the int8-activation layouts (KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8; with
-     * superblocks also U4_SB_X8, S8_G16_SB_X8, S6_G16_SB_X8). */
+    /* 1 if pack_quantized and matmul also take the int8-activation layouts (KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8,
+     * S8_X8; with superblocks also U4_SB_X8, S8_G16_SB_X8, S6_G16_SB_X8). */
     int int8_activations;
     /* 1 if pack_quantized and matmul also take the super-block layouts (KW_LAYOUT_QPANELS_U4_SB, S8_G16_SB). */
     int superblocks;

@@ -86,7 +86,7 @@ struct kw_model {
     uint64_t serial;      /* unique per model in the process: part of a cache's graph key */
     int graphs_off;       /* the backend has no step graphs (or they are off): decode runs the ops one by one */
     int keep_quantized;   /* GGUF matmul weights of the types kept quantized go to the backend's quantized panels */
-    int int8_activations; /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: the U4 and S8_G16 ones in their int8-activation layouts */
+    int int8_activations; /* KW_GGUF_WEIGHTS_QUANTIZED_INT8: the U4, S8_G16, S8 ones in their int8-activation layouts */
     int bf16_activations; /* kw_model_options.bf16_activations: bf16 matmul weights in KW_LAYOUT_PANELS_BF16_PAIRS */
     int64_t graph_recordings, graph_launches; /* kw_model_graph_counts */
 };
@@ -137,6 +137,15 @@ static int model_codes_fit(const kw_quant_rows *q, int lo, int hi) {
     return min >= lo && max <= hi;
 }
 
+/* 1 if every scale of q (a layout without super-blocks) is an f16 value. */
+static int model_scales_f16(const kw_quant_rows *q) {
+    kw_quant_layout ql;
+    kw_layout_quant(q->layout, &ql);
+    for (int64_t g = 0; g < q->n * (q->k / ql.group); ++g)
+        if (kw_f32_bits(kw_round_f16(q->scales[g])) != kw_f32_bits(q->scales[g])) return 0;
+    return 1;
+}
+
 /* Binds the 2-D weight name (shape ne) kept quantized (kw_tensor_pack_quantized) if the file holds it in a type kept
  * quantized and the backend has that layout: 1 if bound, 0 if not (the caller dequantizes it), or a negative status. */
 static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, const int64_t *ne) {
@@ -151,6 +160,11 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     if (x8 && q.layout == KW_LAYOUT_QPANELS_S8_G16 &&
         kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_S8_G16_X8))
         q.layout = KW_LAYOUT_QPANELS_S8_G16_X8;
+    /* and 8-bit codes per 32 without offsets (Q8_0, Q5_0) whose scales are f16 values (GGUF's are): llama.cpp's Q8_0
+     * path in its bytes, 1.0625 per weight instead of 1.125 */
+    if (x8 && q.layout == KW_LAYOUT_QPANELS_S8 && kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_S8_X8) &&
+        model_scales_f16(&q))
+        q.layout = KW_LAYOUT_QPANELS_S8_X8;
     /* and those in super-blocks where the reader gave the super-blocks' d and m (K a multiple of 256): the same bits
      * in 0.59 / 1.08 bytes per weight instead of 0.75 / 1.25 */
     const enum kw_layout x8_sb = q.layout == KW_LAYOUT_QPANELS_U4_X8       ? KW_LAYOUT_QPANELS_U4_SB_X8

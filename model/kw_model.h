@@ -36,12 +36,13 @@ enum kw_gguf_weights {
     KW_GGUF_WEIGHTS_DEFAULT = 0,
     KW_GGUF_WEIGHTS_QUANTIZED = 1,   /* kept quantized where the backend has the layout, else dequantized */
     KW_GGUF_WEIGHTS_DEQUANTIZED = 2, /* dequantized to weights.gguf_dtype */
-    /* kept quantized as QUANTIZED, and the weights with 4-bit codes and offsets (Q4_K, Q4_1) or 8-bit codes per 16
-     * (Q6_K) run with int8 activations where the backend has those layouts (kernels/kw_backend.h, QPANELS_U4_X8 and
-     * S8_G16_X8, or U4_SB_X8 and S6_G16_SB_X8 where K is whole 256-value super-blocks: the CPU; S6 is the 6-bit form,
-     * which decodes faster and prefills 8-16% slower than S8_G16_SB_X8 on its matmuls, docs/BENCHMARKS.md), the way
-     * llama.cpp runs them: fewer instructions per weight, a result within the activation rounding of the f32 weights'
-     * (not their bits), still the same on every ISA and batch */
+    /* kept quantized as QUANTIZED, and the weights with 4-bit codes and offsets (Q4_K, Q4_1), 8-bit codes per 16
+     * (Q6_K) or 8-bit codes per 32 with f16 scales (Q8_0, Q5_0: QPANELS_S8_X8, 1.0625 bytes per weight) run with int8
+     * activations where the backend has those layouts (kernels/kw_backend.h, QPANELS_U4_X8 and S8_G16_X8, or U4_SB_X8
+     * and S6_G16_SB_X8 where K is whole 256-value super-blocks: the CPU; S6 is the 6-bit form, which decodes faster and
+     * prefills 8-16% slower than S8_G16_SB_X8 on its matmuls, docs/BENCHMARKS.md), the way llama.cpp runs them: fewer
+     * instructions per weight, a result within the activation rounding of the f32 weights' (not their bits), still the
+     * same on every ISA and batch */
     KW_GGUF_WEIGHTS_QUANTIZED_INT8 = 3,
 };
 

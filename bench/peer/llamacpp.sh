@@ -25,7 +25,8 @@
 #    SmolLM2 Q8_0 file against llama.cpp on that file's weights written as F32 (see below).
 # Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE,
 # FORMATS (the formats of step 3, default "bf16 q8_0 q4_k_m"), KVWIRE_WEIGHTS (kvwire's --weights for the quantized
-# files: quantized, the default, the f32 weights' logits; quantized-int8, Q4_K/Q6_K with int8 activations as llama.cpp).
+# files: quantized, the default, the f32 weights' logits; quantized-int8, Q4_K/Q6_K/Q8_0 with int8 activations as
+# llama.cpp, Q8_0 in its 1.0625 bytes per weight).
 # KVWIRE_BF16_WEIGHTS (kvwire's --weights for the BF16 file: bf16, the default, exact; bf16-act, bf16 activations and
 # vdpbf16ps as llama.cpp on AVX-512 BF16).
 set -euo pipefail

@@ -61,9 +61,8 @@ int kw__cpu_pack_quantized(kw_backend *backend, const kw_quant_rows *q, kw_tenso
 /* Writes row n (K values) of the quantized-panel weight w to dst, each value as the matmul kernels rebuild it. */
 void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst);
 
-/* The int8-activation layouts KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8 and their super-block forms U4_SB_X8, S8_G16_SB_X8,
- * S6_G16_SB_X8
- * (kw_cpu_matmul_x8.c, which states the numerics).
+/* The int8-activation layouts KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8, S8_X8 and the super-block forms U4_SB_X8,
+ * S8_G16_SB_X8, S6_G16_SB_X8 (kw_cpu_matmul_x8.c, which states the numerics).
  * x (M, K) quantized per group of 32 k: q (M, K), d and s (M, K / 32 each: the step, and step * sum of q), s16
  * (M, K / 16: the sum of q per 16 k). All four belong to the caller. */
 typedef struct kw_x8_act {
@@ -71,7 +70,7 @@ typedef struct kw_x8_act {
     const float *d, *s;
     const int32_t *s16;
 } kw_x8_act;
-/* 1 if layout is one of the five int8-activation layouts. */
+/* 1 if layout is one of the six int8-activation layouts. */
 int kw__cpu_layout_x8(enum kw_layout layout);
 /* Fills xq, xd, xs, xs16 (the arrays of a kw_x8_act) from x, nt threads of cpu's pool. */
 void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,

@@ -459,6 +459,7 @@ int kw__cpu_pack_weight(kw_backend *backend, const kw_tensor *w, kw_tensor *pack
  * offsets, or the super-block layouts' int8 s and o and their super-block's f32 d and m; then its codes. */
 typedef struct kw_qgroup {
     float *scales, *offsets; /* plain layouts (offsets: with offsets only) */
+    uint16_t *scales16;      /* the layouts with f16 scales (instead of scales) */
     float *d, *m;            /* super-block layouts (m: with offsets only) */
     int8_t *s, *o;
     uint8_t *codes;
@@ -469,6 +470,11 @@ static kw_qgroup kw_qgroup_at(const char *panel, const kw_quant_layout *ql, int6
     const size_t ofs = (size_t)(1 + ql->has_offset);
     if (!ql->superblock) {
         char *gp = (char *)panel + (size_t)g * kw__quant_group_bytes(ql);
+        if (ql->f16_scales) { /* no offsets */
+            q.scales16 = (uint16_t *)gp;
+            q.codes = (uint8_t *)gp + KW_PANEL_ROWS * sizeof(uint16_t);
+            return q;
+        }
         q.scales = (float *)gp;
         q.offsets = q.scales + KW_PANEL_ROWS;
         q.codes = (uint8_t *)gp + KW_PANEL_ROWS * sizeof(float) * ofs;
@@ -511,6 +517,8 @@ static void kw_pack_qpanel(char *dst, const kw_quant_rows *q, const kw_quant_lay
                     if (g % per == 0) mi[r] = 1.0f / qg.m[r];
                     (void)kw__quant_sb_int_inv(q->offsets[n * groups + g], qg.m[r], mi[r], &qg.o[r]);
                 }
+            } else if (ql->f16_scales) { /* checked by the caller: an f16 value */
+                qg.scales16[r] = kw_f32_to_f16(q->scales[n * groups + g]);
             } else {
                 qg.scales[r] = q->scales[n * groups + g];
                 if (ql->has_offset) qg.offsets[r] = q->offsets[n * groups + g];
@@ -573,6 +581,8 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst) {
         if (ql.superblock) {
             scale = qg.d[r] * (float)qg.s[r];
             if (ql.has_offset) offset = qg.m[r] * (float)qg.o[r];
+        } else if (ql.f16_scales) {
+            scale = kw_f16_to_f32(qg.scales16[r]);
         } else {
             scale = qg.scales[r];
             if (ql.has_offset) offset = qg.offsets[r];

@@ -1,7 +1,8 @@
 /* kw_cpu_matmul_x8.c: matmul with int8 activations, the way llama.cpp runs its k-quants: integer dot products per
- * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Two plain weight layouts:
- * KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1) and
- * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K), each also in super-blocks
+ * group and a short float epilogue, instead of one f32 weight rebuilt and fused per (row, k). Three plain weight
+ * layouts: KW_LAYOUT_QPANELS_U4_X8 (4-bit codes, f32 scale and offset per 32 k: ggml Q4_K and Q4_1),
+ * KW_LAYOUT_QPANELS_S8_G16_X8 (8-bit codes, f32 scale per 16 k: Q6_K) and KW_LAYOUT_QPANELS_S8_X8 (8-bit codes, f16
+ * scale per 32 k: Q8_0, Q5_0; the storage form "2" of the functions below), the first two each also in super-blocks
  * (KW_LAYOUT_QPANELS_U4_SB_X8, S8_G16_SB_X8, and S6_G16_SB_X8 with Q6_K's codes in 6 bits: the scale and offset
  * rebuilt per group as fl(d * s) and fl(m * o) from int8 s, o and the super-block's f32 d, m, which are the bits the
  * plain layouts store, so the five layouts follow one rule and give the same bits on the same rows).
@@ -12,8 +13,8 @@
  *     q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
  *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
  *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
- *  2. isum(n, j) = sum over the k of weight group j (32 k for U4, 16 for S8_G16) of code(n, k) * q(k), an exact
- *     int32 (|isum| <= 32 * 128 * 127).
+ *  2. isum(n, j) = sum over the k of weight group j (32 k for U4 and S8, 16 for S8_G16) of code(n, k) * q(k), an exact
+ *     int32 (|isum| <= 32 * 128 * 127). S8_X8's scale is its stored f16 widened exactly (vcvtph2ps, kw_f16_to_f32).
  *  3. y[m][n] = the chain over the weight groups j = 0, 1, ... from +0 of
  *         acc = fma(scale(n, j), fl((float)isum * d(j's activation group)), acc)
  *     and for U4 (j = g) then acc = fma(offset(n, g), xs(g), acc); bias added once by the caller, as for every other
@@ -27,15 +28,18 @@
  * Weight groups (kernels/kw_backend.h): 64 f32 scales, (U4) 64 f32 offsets, then 1024 code bytes, strip s of 16 rows
  * at 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (U4: low nibble, and k = 16
  * + 4 t + b the high nibble; S8_G16: the code + 128 as an unsigned byte, which vpdpbusd multiplies directly and
- * 128 * (sum of q over the 16 k) takes back). A 32-bit lane of a vector is one row's 4 consecutive k. The
- * super-block layouts keep the same 1024-byte code blocks (S6_G16_SB_X8: 768 bytes, strips of 192: two nibble
- * vectors and one of the top two bits, each code stored as code + 32 and 32 * sum q taken back), after their
+ * 128 * (sum of q over the 16 k) takes back). S8_X8: 64 f16 scales, then 2048 code bytes as code + 128, strips of
+ * 512: eight vectors t, k = 4 t + b, 128 * (sum of q over the 32 k) taken back. A 32-bit lane of a vector is one row's
+ * 4 consecutive k. The super-block layouts keep the same 1024-byte code blocks (S6_G16_SB_X8: 768 bytes, strips of 192:
+ * two nibble vectors and one of the top two bits, each code stored as code + 32 and 32 * sum q taken back), after their
  * super-block's head of d, m, s and o (kw_x8_group).
  */
 #include "kernels/cpu/kw_cpu.h"
 
 #include <math.h>
 #include <string.h>
+
+#include "common/kw_half.h"
 
 #if KW_CPU_X86
 #include <immintrin.h>
@@ -175,29 +179,43 @@ void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t
     kw__cpu_parallel_for(cpu, nt, M, kw_x8_quantize_rows, &job);
 }
 
-/* The byte of row r (0..63) at k kk of a group's codes. */
-static inline size_t kw_x8_byte(int64_t r, int64_t kk) {
-    return (size_t)((r / 16) * 256 + ((kk % 16) / 4) * 64 + 4 * (r % 16) + kk % 4);
+/* The byte of row r (0..63) at k kk of a group's codes, strips of strip bytes (256; 512 for S8_X8, whose eight
+ * vectors hold the 32 k of its groups). */
+static inline size_t kw_x8_byte(int64_t strip, int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * strip + ((kk % (strip / 16)) / 4) * 64 + 4 * (r % 16) + kk % 4);
 }
 
 int kw__cpu_layout_x8(enum kw_layout layout) {
     return layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 ||
            layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+           layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_X8;
+}
+
+/* The code width: 8 or 6 for the layouts of Q6_K and Q8_0, else 4. */
+static inline int kw_x8_bits(enum kw_layout layout) {
+    if (layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8) return 6;
+    return layout == KW_LAYOUT_QPANELS_S8_G16_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
+                   layout == KW_LAYOUT_QPANELS_S8_X8
+               ? 8
+               : 4;
+}
+
+/* The storage form of a layout, the SB argument of the group, tile and panel functions: 0 the plain layouts (f32
+ * scales and offsets per weight group), 1 the super-block layouts, 2 QPANELS_S8_X8 (8-bit codes, f16 scales per
+ * 32 k, strips of 512 bytes). */
+static inline int kw_x8_form(enum kw_layout layout) {
+    if (layout == KW_LAYOUT_QPANELS_S8_X8) return 2;
+    return layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
            layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
 }
 
-/* The code width: 8 or 6 for the layouts of Q6_K, else 4. */
-static inline int kw_x8_bits(enum kw_layout layout) {
-    if (layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8) return 6;
-    return layout == KW_LAYOUT_QPANELS_S8_G16_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ? 8 : 4;
-}
-
 /* Where weight group j (WG k) of a panel keeps its numbers (kernels/kw_backend.h): the plain layouts' f32 scales and
- * offsets (SB 0), or the super-block layouts' int8 s, o and their super-block's f32 d, m (SB 1); then its 1024 code
- * bytes (768 for 6-bit codes). at and bytes: the group's share of the panel's byte stream (its start, and the panel
- * bytes per group), for prefetching. */
+ * offsets (SB 0), or the super-block layouts' int8 s, o and their super-block's f32 d, m (SB 1), or S8_X8's f16 scales
+ * (SB 2: kw_x8_form); then its 1024 code bytes (768 for 6-bit codes, 2048 for S8_X8). at and bytes: the group's share
+ * of the panel's byte stream (its start, and the panel bytes per group), for prefetching. */
 typedef struct kw_x8_grp {
     const float *scales, *offsets, *d, *m;
+    const uint16_t *scales16; /* S8_X8 (SB 2): its f16 scales */
     const int8_t *s, *o;
     const uint8_t *codes;
     size_t at, bytes;
@@ -208,6 +226,13 @@ static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BIT
     const size_t ofs = BITS == 4 ? 2 : 1, per = BITS == 4 ? 8 : 16; /* per: groups per super-block */
     const size_t code_bytes = BITS == 6 ? KW_X8_CODE_BYTES6 : KW_X8_CODE_BYTES;
     kw_x8_grp g = {0};
+    if (SB == 2) { /* S8_X8: 64 f16 scales, then 2048 code bytes */
+        g.bytes = KW_PANEL_ROWS * 2 + 2 * KW_X8_CODE_BYTES;
+        g.at = (size_t)j * g.bytes;
+        g.scales16 = (const uint16_t *)(wp + g.at);
+        g.codes = (const uint8_t *)(wp + g.at) + KW_PANEL_ROWS * 2;
+        return g;
+    }
     if (!SB) {
         g.bytes = KW_PANEL_ROWS * 4 * ofs + KW_X8_CODE_BYTES;
         g.at = (size_t)j * g.bytes;
@@ -238,14 +263,15 @@ static inline size_t kw_x8_top6(int64_t r, int64_t kk) {
     return (size_t)((r / 16) * 192 + 128 + 4 * (r % 16) + kk % 4);
 }
 
-/* The code of row r at k kk: 4-bit (U4_X8), 8-bit stored + 128 (S8_G16_X8) or 6-bit stored + 32 (S6_G16_SB_X8). */
-static inline int kw_x8_code(int bits, const uint8_t *codes, int64_t r, int64_t kk) {
+/* The code of row r at k kk: 4-bit (U4_X8), 8-bit stored + 128 (S8_G16_X8; S8_X8, SB 2, in strips of 512 bytes) or
+ * 6-bit stored + 32 (S6_G16_SB_X8). */
+static inline int kw_x8_code(int bits, int sb, const uint8_t *codes, int64_t r, int64_t kk) {
     if (bits == 6) {
         const uint8_t nib = codes[kw_x8_nibble6(r, kk)], top = codes[kw_x8_top6(r, kk)];
         const int lo = kk < 8 ? nib & 0x0F : nib >> 4, hi = (top >> (2 * (kk / 4))) & 3;
         return (lo | hi << 4) - 32;
     }
-    const uint8_t byte = codes[kw_x8_byte(r, kk)];
+    const uint8_t byte = codes[kw_x8_byte(sb == 2 ? 512 : 256, r, kk)];
     if (bits == 8) return (int)byte - 128;
     return kk < 16 ? byte & 0x0F : byte >> 4;
 }
@@ -257,7 +283,7 @@ void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int6
         codes[kw_x8_top6(r, kk)] |= (uint8_t)((u >> 4) << (2 * (kk / 4)));
         return;
     }
-    uint8_t *byte = codes + kw_x8_byte(r, kk);
+    uint8_t *byte = codes + kw_x8_byte(kw_x8_form(layout) == 2 ? 512 : 256, r, kk);
     if (kw_x8_bits(layout) == 8)
         *byte = (uint8_t)(code + 128);
     else
@@ -265,7 +291,7 @@ void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int6
 }
 
 int kw__cpu_x8_get_code(enum kw_layout layout, const uint8_t *codes, int64_t r, int64_t kk) {
-    return kw_x8_code(kw_x8_bits(layout), codes, r, kk);
+    return kw_x8_code(kw_x8_bits(layout), kw_x8_form(layout), codes, r, kk);
 }
 
 /* 4 consecutive int8 codes at p as one little-endian word (byte b: code b). */
@@ -277,11 +303,15 @@ static inline uint32_t kw_x8_word(const int8_t *p) {
 
 /* One row's codes of a group (kw__cpu_x8_pack_group) into its strip: kw__cpu_x8_pack_code's bytes, 4 k per word. A
  * 32-bit lane holds the row's 4 consecutive k, so each lane is one word store. Bytes of 4-bit codes: k and k + 16 as
- * low and high nibble; 8-bit: code + 128 (the sign bit flipped); 6-bit: code + 32 = (code & 63) ^ 32, its low nibbles
- * in vectors 0 (k 0..3, 8..11) and 1 (k 4..7, 12..15), its top two bits of k 4 t + b at bits 2 t of lane byte b. */
+ * low and high nibble; 8-bit: code + 128 (the sign bit flipped; bits 32: S8_X8's 32 k in eight vectors); 6-bit: code +
+ * 32 = (code & 63) ^ 32, its low nibbles in vectors 0 (k 0..3, 8..11) and 1 (k 4..7, 12..15), its top two bits of k 4 t
+ * + b at bits 2 t of lane byte b. */
 static inline void kw_x8_pack_row(const int bits, uint8_t *lane, const int8_t *src) {
-    uint32_t out[4];
-    if (bits == 4) {
+    uint32_t out[8];
+    if (bits == 32) {
+        for (int t = 0; t < 8; ++t)
+            out[t] = kw_x8_word(src + 4 * t) ^ 0x80808080u;
+    } else if (bits == 4) {
         for (int t = 0; t < 4; ++t)
             out[t] = kw_x8_word(src + 4 * t) | kw_x8_word(src + 16 + 4 * t) << 4;
     } else if (bits == 8) {
@@ -297,16 +327,18 @@ static inline void kw_x8_pack_row(const int bits, uint8_t *lane, const int8_t *s
         for (int t = 0; t < 4; ++t)
             out[2] |= (u[t] >> 4 & 0x03030303u) << (2 * t);
     }
-    for (int t = 0; t < (bits == 6 ? 3 : 4); ++t)
+    for (int t = 0; t < (bits == 6 ? 3 : bits == 32 ? 8 : 4); ++t)
         memcpy(lane + 64 * t, &out[t], 4);
 }
 
 void kw__cpu_x8_pack_group(enum kw_layout layout, uint8_t *codes, const int8_t *src, int64_t stride, int64_t rows) {
-    const int bits = kw_x8_bits(layout);
-    const int64_t strip = bits == 6 ? 192 : 256;
+    const int bits = kw_x8_bits(layout), g32 = kw_x8_form(layout) == 2;
+    const int64_t strip = bits == 6 ? 192 : g32 ? 512 : 256;
     for (int64_t r = 0; r < rows; ++r) {
         uint8_t *lane = codes + (r / 16) * strip + 4 * (r % 16);
-        if (bits == 4)
+        if (g32)
+            kw_x8_pack_row(32, lane, src + r * stride);
+        else if (bits == 4)
             kw_x8_pack_row(4, lane, src + r * stride);
         else if (bits == 8)
             kw_x8_pack_row(8, lane, src + r * stride);
@@ -321,7 +353,7 @@ void kw__cpu_x8_pack_group(enum kw_layout layout, uint8_t *codes, const int8_t *
 
 static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                                const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-    const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16, OFS = BITS == 4;
+    const int64_t G = K / KW_X8_G, WG = BITS == 4 || SB == 2 ? 32 : 16, OFS = BITS == 4;
     for (int64_t m = m0; m < m1; ++m) {
         for (int64_t c = 0; c < ncols; ++c) {
             float acc = 0.0f;
@@ -331,9 +363,11 @@ static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N
                 const int64_t g = j * WG / KW_X8_G;
                 int32_t isum = 0;
                 for (int kk = 0; kk < WG; ++kk)
-                    isum += kw_x8_code(BITS, gr.codes, c, kk) * q[kk];
+                    isum += kw_x8_code(BITS, SB, gr.codes, c, kk) * q[kk];
                 const float t = (float)isum * a->d[m * G + g];
-                const float scale = SB ? gr.d[c] * (float)gr.s[c] : gr.scales[c];
+                const float scale = SB == 2 ? kw_f16_to_f32(gr.scales16[c])
+                                    : SB    ? gr.d[c] * (float)gr.s[c]
+                                            : gr.scales[c];
                 acc = fmaf(scale, t, acc);
                 if (OFS) acc = fmaf(SB ? gr.m[c] * (float)gr.o[c] : gr.offsets[c], a->s[m * G + g], acc);
             }
@@ -410,6 +444,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_FMA(a, b, c)     _mm256_fmadd_ps((a), (b), (c))
 #define X8_LOADF(p)         _mm256_loadu_ps(p)
 #define X8_LOADS8F(p)       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define X8_LOADHF(p)        _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define X8_STORE_N(p, v, n) kw_x8_store_n_avx2((p), (v), (n))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
 
@@ -446,6 +481,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_FMA(a, b, c)     _mm512_fmadd_ps((a), (b), (c))
 #define X8_LOADF(p)         _mm512_loadu_ps(p)
 #define X8_LOADS8F(p)       _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define X8_LOADHF(p)        _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 #define X8_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
 #include "kernels/cpu/kw_cpu_matmul_x8_isa.h"
 
@@ -475,11 +511,13 @@ KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 0)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 1)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 1)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 6, 1)
+KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 2)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 0)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 0)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 4, 1)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 1)
 KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 6, 1)
+KW_X8_SPECIALIZE(avx2, KW_TARGET_AVX2, 8, 2)
 #undef KW_X8_SPECIALIZE
 #endif
 
@@ -568,17 +606,17 @@ void kw__cpu_x8_widen6_panel(enum kw_cpu_isa isa, char *dst, const char *src, in
 
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
-    const int bits = kw_x8_bits(layout);
-    const int sb = layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
-                   layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
+    const int bits = kw_x8_bits(layout), sb = kw_x8_form(layout);
 #if KW_CPU_X86
     typedef void (*panel_fn)(float *, int64_t, const kw_x8_act *, int64_t, const char *, int64_t, int64_t, int64_t,
                              int64_t);
-    /* [sb][bits 4, 8, 6] (6-bit codes: super-blocks only) */
-    static const panel_fn vnni[2][3] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0, NULL},
-                                        {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1, kw_x8_panel_vnni_6_1}};
-    static const panel_fn avx2[2][3] = {{kw_x8_panel_avx2_4_0, kw_x8_panel_avx2_8_0, NULL},
-                                        {kw_x8_panel_avx2_4_1, kw_x8_panel_avx2_8_1, kw_x8_panel_avx2_6_1}};
+    /* [sb][bits 4, 8, 6] (6-bit codes: super-blocks only; form 2: 8-bit only) */
+    static const panel_fn vnni[3][3] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0, NULL},
+                                        {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1, kw_x8_panel_vnni_6_1},
+                                        {NULL, kw_x8_panel_vnni_8_2, NULL}};
+    static const panel_fn avx2[3][3] = {{kw_x8_panel_avx2_4_0, kw_x8_panel_avx2_8_0, NULL},
+                                        {kw_x8_panel_avx2_4_1, kw_x8_panel_avx2_8_1, kw_x8_panel_avx2_6_1},
+                                        {NULL, kw_x8_panel_avx2_8_2, NULL}};
     const int w = bits == 4 ? 0 : bits == 8 ? 1 : 2;
     if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
         vnni[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
@@ -592,6 +630,8 @@ void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int6
     (void)isa;
     if (bits == 4)
         kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, ncols, m0, m1);
+    else if (bits == 8 && sb == 2)
+        kw_x8_panel_scalar(8, 2, y, N, a, K, wp, n0, ncols, m0, m1);
     else if (bits == 8)
         kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, ncols, m0, m1);
     else

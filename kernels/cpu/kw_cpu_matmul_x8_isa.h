@@ -6,9 +6,10 @@
  * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
  * and 8-bit codes, X8_OR, X8_AND, X8_SLLI16, X8_SRLI16 (16-bit lanes) and X8_SET1B for the 6-bit codes,
- * X8_LOADS8F the X8_LANES int8 at p as floats, and the loads, stores and arithmetic below); it undefines them all at
- * its end. A vector holds X8_LANES consecutive rows of a 16-row strip; vector hs starts at byte (hs * X8_LANES / 16) *
- * 256 (192 for 6-bit codes) + (hs * X8_LANES % 16) * 4 of each 64-byte code block and at scale hs * X8_LANES.
+ * X8_LOADS8F the X8_LANES int8 at p as floats, X8_LOADHF the X8_LANES f16 at p as floats (exact), and the loads, stores
+ * and arithmetic below); it undefines them all at its end. A vector holds X8_LANES consecutive rows of a 16-row strip;
+ * vector hs starts at byte (hs * X8_LANES / 16) * 256 (192 for 6-bit codes, 512 for S8_X8) + (hs * X8_LANES % 16) * 4
+ * of each 64-byte code block and at scale hs * X8_LANES.
  */
 
 #define X8_CAT2(a, b) a##_##b
@@ -26,9 +27,9 @@ X8_TARGET static inline __attribute__((always_inline)) X8_VI X8_FN(kw_x8_top2)(X
 X8_TARGET static inline __attribute__((always_inline)) void
 X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a,
                   int64_t K, const char *wp, int64_t h0, int64_t ncols, int pf) {
-    const int64_t G = K / KW_X8_G, WG = BITS == 4 ? 32 : 16;
-    const int OFS = BITS == 4;
-    const int64_t strip_bytes = BITS == 6 ? 192 : 256; /* a 16-row strip of a group's codes */
+    const int64_t G = K / KW_X8_G, WG = BITS == 4 || SB == 2 ? 32 : 16;
+    const int OFS = BITS == 4, TN = SB == 2 ? 8 : 4;                   /* TN: code vectors per strip */
+    const int64_t strip_bytes = BITS == 6 ? 192 : SB == 2 ? 512 : 256; /* a 16-row strip of a group's codes */
     X8_VF acc[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
@@ -45,12 +46,16 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v)
                 is[m][v] = X8_ZEROI();
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; ++t) {
-            if (pf) /* the panel's bytes KW_X8_PF groups ahead, a quarter group per t */
+#pragma GCC unroll 8
+        for (int t = 0; t < TN; ++t) {
+            if (pf && SB == 2) /* S8_X8: its 34 lines KW_X8_PF groups ahead, lines t, t + 8, ... */
+#pragma GCC unroll 5
+                for (size_t l = (size_t)t; l * 64 < gr.bytes; l += (size_t)TN)
+                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + l * 64);
+            else if (pf) /* the panel's bytes KW_X8_PF groups ahead, 1 / TN of a group per t */
 #pragma GCC unroll 6
-                for (size_t l = 0; l < (gr.bytes + 255) / 256; ++l)
-                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + t * (gr.bytes / 4) + l * 64);
+                for (size_t l = 0; l < (gr.bytes + 64 * TN - 1) / (64 * TN); ++l)
+                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + t * (gr.bytes / TN) + l * 64);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const int64_t hs = h0 + v;
@@ -74,7 +79,7 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
                 } else {
 #pragma GCC unroll 4
                     for (int m = 0; m < MR; ++m)
-                        is[m][v] = X8_DP8(is[m][v], c, X8_SET1I(kw_x8_q4(a, K, m, j * 16 + 4 * t)));
+                        is[m][v] = X8_DP8(is[m][v], c, X8_SET1I(kw_x8_q4(a, K, m, j * WG + 4 * t)));
                 }
             }
         }
@@ -83,14 +88,19 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
             const int64_t r = (h0 + v) * X8_LANES;
-            scale[v] = SB ? X8_MULF(X8_LOADF(gr.d + r), X8_LOADS8F(gr.s + r)) : X8_LOADF(gr.scales + r);
+            scale[v] = SB == 2 ? X8_LOADHF(gr.scales16 + r)
+                       : SB    ? X8_MULF(X8_LOADF(gr.d + r), X8_LOADS8F(gr.s + r))
+                               : X8_LOADF(gr.scales + r);
             if (OFS) ofs[v] = SB ? X8_MULF(X8_LOADF(gr.m + r), X8_LOADS8F(gr.o + r)) : X8_LOADF(gr.offsets + r);
         }
 #pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
             const X8_VF d = X8_SET1F(a->d[m * G + g]);
             const int32_t bias = BITS == 6 ? 32 : BITS == 8 && X8_BIASED ? 128 : 0; /* the codes' bias */
-            const X8_VI back = X8_SET1I(bias * a->s16[m * 2 * G + j]);
+            /* the sum of q over the weight group: a half activation group, or (S8_X8) all of it */
+            const int32_t qs =
+                SB == 2 ? a->s16[m * 2 * G + 2 * j] + a->s16[m * 2 * G + 2 * j + 1] : a->s16[m * 2 * G + j];
+            const X8_VI back = X8_SET1I(bias * qs);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
@@ -169,6 +179,7 @@ X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(c
 #undef X8_FMA
 #undef X8_LOADF
 #undef X8_LOADS8F
+#undef X8_LOADHF
 #undef X8_STORE_N
 #undef X8_CAT
 #undef X8_CAT2

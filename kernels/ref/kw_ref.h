@@ -32,7 +32,7 @@ void kw_ref_matmul(float *out, const float *x, const void *w, enum kw_dtype w_dt
  * A kept-quantized matmul must give the bits of the CPU backend's matmul on this weight. */
 void kw_ref_quant_dequant(float *w, const kw_quant_rows *q);
 
-/* out (M, N) = x (M, K) times the weight of q (layout KW_LAYOUT_QPANELS_U4_X8 or S8_G16_X8, or their super-block
+/* out (M, N) = x (M, K) times the weight of q (layout KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8 or S8_X8, or the super-block
  * forms U4_SB_X8, S8_G16_SB_X8, S6_G16_SB_X8, whose scales and offsets q also holds as f32) with int8 activations,
  * written out plainly from the rule in kernels/cpu/kw_cpu_matmul_x8.c: x per 32 k to d = amax / 127 and q =
  * lrintf(x * (127 / amax)) in [-127, 127] (amax < 1e-30: all zero; a NaN or infinity: d = NaN), per weight group the

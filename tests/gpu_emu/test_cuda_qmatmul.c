@@ -185,6 +185,7 @@ int main(void) {
         kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_U4_SB_X8) ||
         kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_S8_G16_SB_X8) ||
         kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_S6_G16_SB_X8) ||
+        kw_backend_supports_layout(gpu, KW_LAYOUT_QPANELS_S8_X8) ||
         kw_backend_cpu_layout_fast(gpu, KW_LAYOUT_QPANELS_S8_G16_SB) ||
         !kw_backend_supports_layout(cpu, KW_LAYOUT_QPANELS_U4_SB))
         kw_check(KW_E_INTERNAL, "the super-block layouts are the CPU backend's only");

@@ -103,7 +103,8 @@ static int kw_quantized_layouts(kw_backend *b) {
            !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S8_G16_X8) &&
            !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_U4_SB_X8) &&
            !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S8_G16_SB_X8) &&
-           !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S6_G16_SB_X8);
+           !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S6_G16_SB_X8) &&
+           !kw_backend_supports_layout(b, KW_LAYOUT_QPANELS_S8_X8);
 }
 
 /* A quantized-cache op while a step graph records is refused (KW_E_UNSUPPORTED) and fails the recording. */

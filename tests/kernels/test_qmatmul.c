@@ -97,6 +97,8 @@ static kw_qcase_data kw_qcase_make(enum kw_layout layout, int64_t N, int64_t K) 
         if (d.offsets) d.offsets[g] = -(kw_f16_to_f32(kw_f32_to_f16(kw_rand() * 0.02f)) * (float)(kw_next() % 64));
     }
     if (ql.superblock) kw_qcase_superblocks(&d, &ql, N, K);
+    for (int64_t g = 0; ql.f16_scales && g < groups; ++g) /* f16 scales: the odd groups' rounded to f16 */
+        d.scales[g] = kw_f16_to_f32(kw_f32_to_f16(d.scales[g]));
     d.q = (kw_quant_rows){layout, N, K, d.codes, d.scales, d.offsets, d.sb_scales, d.sb_offsets};
     return d;
 }
@@ -606,20 +608,24 @@ static void kw_x8_expect(kw_backend *b, const kw_tensor *tq, const float *x, con
     free(rows);
 }
 
-/* QPANELS_U4_X8 (int8 activations): on every ISA, 1 and 2 threads, all rows at once, row by row and in sections,
- * the bits of kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
+/* QPANELS_U4_X8, S8_G16_X8 and S8_X8 (int8 activations): on every ISA, 1 to 3 threads, all rows at once, row by row
+ * and in sections (decode rows and prefill tiles; odd N: rows past a panel; K not whole 256s), the bits of
+ * kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
  * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|); get_rows gives the dequantized rows; a zero
  * group and a NaN in x follow the rule; one changed code changes exactly its column. */
 static void test_x8_matmul_is_its_oracle(void **state) {
     (void)state;
-    static const int64_t cases[][4] = {{1, 1, 32, 4},    {7, 64, 64, 4},    {50, 200, 160, 4},
-                                       {9, 130, 256, 4}, {3, 37, 96, 4},    {1, 1, 32, 8},
-                                       {6, 70, 64, 8},   {45, 129, 192, 8}, {4, 300, 256, 8}};
+    static const int64_t cases[][4] = {{1, 1, 32, 4},      {7, 64, 64, 4},   {50, 200, 160, 4}, {9, 130, 256, 4},
+                                       {3, 37, 96, 4},     {1, 1, 32, 8},    {6, 70, 64, 8},    {45, 129, 192, 8},
+                                       {4, 300, 256, 8},   {1, 1, 32, 32},   {2, 37, 96, 32},   {5, 70, 160, 32},
+                                       {13, 129, 288, 32}, {50, 65, 64, 32}, {3, 200, 1024, 32}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
         const int64_t M = cases[ci][0], N = cases[ci][1], K = cases[ci][2], G = K / 32;
-        const enum kw_layout layout = cases[ci][3] == 4 ? KW_LAYOUT_QPANELS_U4_X8 : KW_LAYOUT_QPANELS_S8_G16_X8;
+        const enum kw_layout layout = cases[ci][3] == 4   ? KW_LAYOUT_QPANELS_U4_X8
+                                      : cases[ci][3] == 8 ? KW_LAYOUT_QPANELS_S8_G16_X8
+                                                          : KW_LAYOUT_QPANELS_S8_X8;
         kw_qcase_data d = kw_qcase_make(layout, N, K);
         float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(M * K) * sizeof(float));
         float *bias = malloc((size_t)N * sizeof(float));
@@ -675,6 +681,8 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                 kw_tensor tq;
                 assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tq), 0);
                 assert_int_equal(tq.layout, layout);
+                if (layout == KW_LAYOUT_QPANELS_S8_X8) /* 1.0625 bytes per weight: 136 per 128 */
+                    assert_int_equal(kw_tensor_nbytes(&tq) * 128, (size_t)((N + 63) / 64 * 64 * K) * 136);
                 snprintf(what, sizeof what, "x8 layout %d M=%lld N=%lld K=%lld, %s, %d threads", (int)layout,
                          (long long)M, (long long)N, (long long)K, isas[i], threads);
                 kw_x8_expect(b, &tq, x, bias, want, w, got, M, what);
@@ -705,6 +713,18 @@ static void test_x8_matmul_is_its_oracle(void **state) {
         kw_qcase_free(&d);
         free(w), free(x), free(bias), free(want), free(got), free(f32);
     }
+    /* S8_X8 keeps its scales as f16: a scale that is no f16 value is refused, an f16 subnormal and a NaN are not */
+    kw_backend *b = kw_cpu(isas[n_isa - 1], 1);
+    kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_S8_X8, 3, 64);
+    kw_tensor t;
+    d.scales[5] = 0x1p-24f;
+    d.scales[4] = NAN;
+    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), 0);
+    kw_tensor_free(&t);
+    d.scales[3] = nextafterf(kw_f16_to_f32(kw_f32_to_f16(0.25f)), 1.0f);
+    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), KW_E_INVALID_ARG);
+    kw_qcase_free(&d);
+    kw_backend_destroy(b);
 }
 
 /* The three int8-activation layouts in super-blocks (QPANELS_U4_SB_X8, S8_G16_SB_X8, S6_G16_SB_X8) against the X8
@@ -814,16 +834,16 @@ static int64_t kw_x8_code_row(size_t at) {
 }
 
 /* The loader's group packer (kw__cpu_x8_pack_group) against the per-code packer it replaced (kw__cpu_x8_pack_code),
- * byte for byte, on the five int8-activation layouts: random codes with each layout's extremes, every strip and
+ * byte for byte, on the six int8-activation layouts: random codes with each layout's extremes, every strip and
  * lane position, panels of 64 rows and partial ones (63, 17, 16, 1 row: the other rows' bytes stay zero), codes read
  * at a row stride past the group. */
 static void test_x8_pack_group_is_per_code(void **state) {
     (void)state;
-    static const enum kw_layout layouts[] = {KW_LAYOUT_QPANELS_U4_X8, KW_LAYOUT_QPANELS_S8_G16_X8,
-                                             KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_S8_G16_SB_X8,
-                                             KW_LAYOUT_QPANELS_S6_G16_SB_X8};
+    static const enum kw_layout layouts[] = {KW_LAYOUT_QPANELS_U4_X8,        KW_LAYOUT_QPANELS_S8_G16_X8,
+                                             KW_LAYOUT_QPANELS_U4_SB_X8,     KW_LAYOUT_QPANELS_S8_G16_SB_X8,
+                                             KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_X8};
     static const int64_t row_counts[] = {64, 63, 17, 16, 1};
-    enum { BLOCK = 64 * 16 };
+    enum { BLOCK = 64 * 32 };
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; ++li) {
         kw_quant_layout ql;
         assert_int_equal(kw_layout_quant(layouts[li], &ql), 1);
@@ -924,7 +944,7 @@ static void test_shared_matmul_is_each_matmul(void **state) {
     (void)state;
     enum { SETS = 3, PER = 3 };
     static const enum kw_layout sets[SETS][PER] = {
-        {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
+        {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_S8_X8, KW_LAYOUT_QPANELS_S6_G16_SB_X8},
         {KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_PANELS,
          KW_LAYOUT_QPANELS_S6_G16_SB}, /* S6: widened (own scratch) at M > 4 */
         {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB_X8}};

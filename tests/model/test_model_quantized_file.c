@@ -10,9 +10,10 @@
  *   eps of its size, independently, so the logits move by about sqrt(7 L + 1) * eps relative (RMS); the bound is
  *   twice that. And greedy: wherever the reference's top logit leads the runner-up by more than twice the largest
  *   logit change, the quantized model picks the same token (otherwise it cannot).
- * - Q4_K and Q4_K_M again with int8 activations (KW_GGUF_WEIGHTS_QUANTIZED_INT8): the bound with the activations'
- *   rounding added (check_int8_activations); the Q4_K file with int8 activations reads as many weight bytes per token
- * as without (QPANELS_U4_SB_X8 and U4_SB).
+ * - Q8_0, Q4_K and Q4_K_M again with int8 activations (KW_GGUF_WEIGHTS_QUANTIZED_INT8): the bound with the
+ *   activations' rounding added (check_int8_activations); the Q4_K file with int8 activations reads as many weight
+ *   bytes per token as without (QPANELS_U4_SB_X8 and U4_SB), the Q8_0 file fewer (QPANELS_S8_X8's f16 scales: 1.0625
+ *   bytes per weight, not S8's 1.125), and its logits are the same bits on every CPU ISA (scalar, AVX2, AVX-512).
  * - Determinism: two runs write the same bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -70,12 +71,12 @@ static double weight_error(const char *a_path, const char *ref_path) {
     return sqrt(se / ss);
 }
 
-/* The same file with KW_GGUF_WEIGHTS_QUANTIZED_INT8 (Q4_K and Q6_K matmuls with int8 activations per 32): other
+/* The same file with KW_GGUF_WEIGHTS_QUANTIZED_INT8 (Q8_0, Q4_K and Q6_K matmuls with int8 activations per 32): other
  * logits than the exact kept-quantized ones (the option acts), within the bound with the activations' rounding added
  * to the weights': a group's step is amax / 127 and amax <= sqrt(32) RMS of the group, so the relative RMS rounding
  * error of an activation vector is at most sqrt(32) / (127 sqrt(12)) = 0.0129, and the two errors add in quadrature. */
 static void check_int8_activations(kw_backend *be, const char *path, const int32_t *ids, const float *want,
-                                   const float *exact, int64_t V, int32_t L, double eps, int all_q4_k,
+                                   const float *exact, int64_t V, int32_t L, double eps, int all_q4_k, int q8_0,
                                    size_t exact_bytes) {
     const kw_model_options o = {.gguf_weights = KW_GGUF_WEIGHTS_QUANTIZED_INT8};
     int64_t V2 = 0;
@@ -84,6 +85,24 @@ static void check_int8_activations(kw_backend *be, const char *path, const int32
     /* every matmul weight Q4_K with K a multiple of 256: kept in QPANELS_U4_SB_X8, as many bytes as the exact path's
      * QPANELS_U4_SB (0.59 per weight, not U4_X8's 0.75) */
     if (all_q4_k) assert_int_equal(bytes, exact_bytes);
+    if (q8_0) { /* QPANELS_S8_X8 (f16 scales) instead of S8 (f32): fewer bytes; the same logits on every ISA */
+        assert_true(bytes < exact_bytes);
+        const char *isas[3];
+        const int n_isa = kw_backend_cpu_isas(isas);
+        for (int i = 0; i < n_isa; ++i) {
+            setenv("KW_CPU_ISA", isas[i], 1);
+            kw_backend *b = NULL;
+            assert_int_equal(kw_backend_create_cpu(2, &b), 0);
+            unsetenv("KW_CPU_ISA");
+            float *on = kwfx_model_logits(b, path, &o, ids, N_IDS, &V2, NULL);
+            if (memcmp(on, got, (size_t)(N_IDS * V) * sizeof(float)) != 0)
+                fail_msg("Q8_0 with int8 activations: other logits on %s", isas[i]);
+            free(on);
+            kw_backend_destroy(b);
+        }
+        print_message("    int8 activations: %zu weight bytes per token (exact path %zu); same logits on %d ISAs\n",
+                      bytes, exact_bytes, n_isa);
+    }
     assert_int_equal(V2, V);
     double se = 0, ss = 0, sx = 0, ssx = 0;
     int64_t moved = 0;
@@ -213,8 +232,9 @@ static void run_arch(enum kw_arch arch, int tied) {
         print_message("  %s %-6s: weight error %.4f, logits relative RMS %.3g (bound %.3g), greedy checked at %d/%d\n",
                       kw_arch_name(arch), names[s], eps, rel, bound, checked, N_IDS);
         assert_true(rel <= bound);
-        if (s >= KW_QUANT_Q4_K)
-            check_int8_activations(be, path, ids, want, got, V, L, eps, s == KW_QUANT_Q4_K, exact_bytes);
+        if (s >= KW_QUANT_Q8_0)
+            check_int8_activations(be, path, ids, want, got, V, L, eps, s == KW_QUANT_Q4_K, s == KW_QUANT_Q8_0,
+                                   exact_bytes);
         free(got);
     }
     free(want);
