@@ -10,6 +10,7 @@ set -euo pipefail
 a=$1
 b=$2
 pairs=${3:-5}
+[[ "$pairs" =~ ^[1-9][0-9]*$ ]] || { echo "ab_model.sh: PAIRS must be a positive integer, not '$pairs'" >&2; exit 2; }
 threads=${4:-2}
 dir=${5:-/tmp/kw_ab_qwen3}
 args=(bench model --threads "$threads" --reps "${REPS:-1}" --prompt-len "${PROMPT_LEN:-128}" --decode "${DECODE:-32}")
@@ -19,11 +20,13 @@ else
     args+=(--model-dir "$dir")
     [ -f "$dir/config.json" ] || "$b" "${args[@]}" >/dev/null
 fi
-run() { # binary -> "prefill decode decode-cpu-ms-per-token"
-    local out
-    out=$("$1" "${args[@]}")
-    echo "$(echo "$out" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p') $(echo "$out" | sed -n 's/^decode: .* = \([0-9.]*\) tok\/s.*/\1/p')" \
-        "$(echo "$out" | sed -n 's/^decode CPU time: \([0-9.]*\) ms.*/\1/p')"
+run() { # binary -> "prefill decode decode-cpu-ms-per-token"; a failed run or one without the figures ends the script
+    local out p d
+    out=$("$1" "${args[@]}") || { echo "ab_model.sh: $1 bench model failed" >&2; exit 2; }
+    p=$(echo "$out" | sed -n 's/^prefill: .* = \([0-9.]*\) tok\/s.*/\1/p')
+    d=$(echo "$out" | sed -n 's/^decode: .* = \([0-9.]*\) tok\/s.*/\1/p')
+    if [ -z "$p" ] || [ -z "$d" ]; then echo "ab_model.sh: no prefill/decode figures from $1: $out" >&2; exit 2; fi
+    echo "$p $d $(echo "$out" | sed -n 's/^decode CPU time: \([0-9.]*\) ms.*/\1/p')"
 }
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 rp=()
@@ -33,8 +36,10 @@ rc=()
 printf '%-5s %12s %12s %12s %12s %10s %10s %10s\n' pair "A prefill" "B prefill" "A decode" "B decode" "prefill" "decode" \
     "cpu"
 for i in $(seq 1 "$pairs"); do
-    read -r ap ad ac <<<"$(run "$a")"
-    read -r bp bd bc <<<"$(run "$b")"
+    ra=$(run "$a") || exit 2
+    rb=$(run "$b") || exit 2
+    read -r ap ad ac <<<"$ra"
+    read -r bp bd bc <<<"$rb"
     p=$(awk -v x="$bp" -v y="$ap" 'BEGIN {printf "%.3f", x / y}')
     d=$(awk -v x="$bd" -v y="$ad" 'BEGIN {printf "%.3f", x / y}')
     c=$(awk -v x="${ac:-0}" -v y="${bc:-0}" 'BEGIN {if (x > 0 && y > 0) printf "%.3f", x / y; else printf "-"}')

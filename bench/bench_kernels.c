@@ -203,7 +203,7 @@ static int kw_time_bf16_pair(kw_backend *b, int64_t N, int64_t K, size_t min_byt
     copies = copies < 1 ? 1 : copies > 256 ? 256 : copies;
     kw_tensor *ws = calloc((size_t)(2 * copies), sizeof *ws); /* [2c]: exact panels, [2c + 1]: pairs */
     kw_tensor x = {0}, y = {0}, w = {0};
-    if (!ws) return KW_E_NOMEM;
+    KW_RETURN_IF(!ws, KW_E_NOMEM, "bench kernels: out of memory");
     for (int c = 0; c < copies; ++c) {
         KW_CHECK(kw_tensor_alloc(b, &w, KW_DTYPE_BF16, 2, (int64_t[]){N, K}));
         kw_fill_random(w.data, KW_DTYPE_BF16, (size_t)(N * K), (uint32_t)c + 1);
@@ -419,6 +419,11 @@ int kw_bench_kernels(int argc, char **argv) {
     };
     const int st = KW_CLI_PARSE("kvwire bench kernels", argc, argv, opts, kw_bench_kernels_usage);
     if (st != KW_CLI_RUN) return st;
+    if (quantized && bf16_pair) {
+        fprintf(stderr, "kvwire bench kernels: --quantized and --bf16-pair each run only their own part; give one\n");
+        kw_bench_kernels_usage(stderr);
+        return 2;
+    }
     if (threads_opt >= 0) { /* one thread count instead of 1 and 2 */
         thread_list[0] = (int)threads_opt;
         n_thread_list = 1;

@@ -6,7 +6,8 @@
  *   inputs, and values whose chains cross 2^-126 (FTZ).
  * - Hand-made chains on the FTZ boundary give the results the instruction gave on an AMD Zen 5.
  * - Random normal data: within the bound derived from the activation rounding of the exact matmul.
- * - The packing contract: bf16 only, the byte count, get_rows gives the stored (flushed) weights.
+ * - The packing contract: bf16 only, the byte count, get_rows gives the weights' exact values (-0, denormals, Inf,
+ *   NaN payloads: the layout keeps them as given; the matmul reads a denormal as zero).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -204,7 +205,8 @@ static void test_bf16act_within_the_exact_matmul(void **state) {
 }
 
 /* Only row-major bf16 packs; the byte count pads K to even and N to whole panels; get_rows gives the weights' exact
- * values (a denormal too), the bits get_rows gives on the exact path's packed layout (a tied table serves both). */
+ * values (-0, denormals of both signs, Inf, a NaN's payload), the bits get_rows gives on the exact path's packed layout
+ * (a tied table serves both). */
 static void test_bf16act_contract(void **state) {
     (void)state;
     kw_backend *b = kw_cpu("avx512", 1);
@@ -212,7 +214,12 @@ static void test_bf16act_contract(void **state) {
     uint16_t w[3 * 5];
     for (int i = 0; i < 15; ++i)
         w[i] = kw_f32_to_bf16((float)i - 7.0f);
-    w[4] = 0x8003; /* a negative denormal */
+    w[4] = 0x8003;  /* a negative denormal */
+    w[0] = 0x8000;  /* -0 */
+    w[10] = 0x0001; /* the smallest positive denormal */
+    w[11] = 0x7f80; /* +Inf */
+    w[12] = 0x7fc1; /* a NaN with a payload */
+    w[13] = 0xff80; /* -Inf */
     kw_tensor tf = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){3, 5}, wf), tp;
     assert_int_equal(kw_tensor_pack_weight_bf16_pairs(b, &tf, &tp), KW_E_SHAPE);
     kw_tensor tw = kw_wrap(b, KW_DTYPE_BF16, 2, (int64_t[]){3, 5}, w);
