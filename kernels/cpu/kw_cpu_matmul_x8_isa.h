@@ -48,14 +48,17 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
                 is[m][v] = X8_ZEROI();
 #pragma GCC unroll 8
         for (int t = 0; t < TN; ++t) {
-            if (pf && SB == 2) /* S8_X8: its 34 lines KW_X8_PF groups ahead, lines t, t + 8, ... */
-#pragma GCC unroll 5
-                for (size_t l = (size_t)t; l * 64 < gr.bytes; l += (size_t)TN)
-                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + l * 64);
-            else if (pf) /* the panel's bytes KW_X8_PF groups ahead, 1 / TN of a group per t */
+            if (pf) { /* the group KW_X8_PF groups ahead: S8_X8 its 34 lines as lines t, t + TN, ...; the others
+                       * 1 / TN of the group's bytes per t (one loop for both: a loop that is dead in some of this
+                       * template's instances loses its unroll annotation, which -O0 builds report) */
+                const size_t a0 = SB == 2 ? (size_t)t * 64 : (size_t)t * (gr.bytes / TN);
+                const size_t step = SB == 2 ? (size_t)TN * 64 : 64;
+                const size_t end = SB == 2 ? gr.bytes : a0 + (gr.bytes + 64 * TN - 1) / (64 * TN) * 64;
+                const char *ahead = wp + gr.at + KW_X8_PF * gr.bytes;
 #pragma GCC unroll 6
-                for (size_t l = 0; l < (gr.bytes + 64 * TN - 1) / (64 * TN); ++l)
-                    __builtin_prefetch(wp + gr.at + KW_X8_PF * gr.bytes + t * (gr.bytes / TN) + l * 64);
+                for (size_t o = a0; o < end; o += step)
+                    __builtin_prefetch(ahead + o);
+            }
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
                 const int64_t hs = h0 + v;
