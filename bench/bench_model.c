@@ -215,7 +215,6 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const archs[] = {"qwen3", "qwen2", "llama", "gemma3", NULL};
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
-    static const char *const weight_names[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
     int arch = 0, profile = 0, interleave = 0, interleave_hp = 0,
         weights = 2; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
@@ -230,7 +229,7 @@ int kw_bench_model(int argc, char **argv) {
         KW_CLI_FLAG("--interleave-shared", &interleave),
         KW_CLI_FLAG("--interleave-hugepages", &interleave_hp),
         KW_CLI_STR("--model", &model_path),
-        KW_CLI_CHOICE("--weights", &weights, weight_names),
+        KW_CLI_CHOICE("--weights", &weights, kw_model_weight_modes),
     };
     const int st = KW_CLI_PARSE("kvwire bench model", argc, argv, opts, kw_bench_model_usage);
     if (st != KW_CLI_RUN) return st;
@@ -277,12 +276,8 @@ int kw_bench_model(int argc, char **argv) {
 
     stage = "load";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
-    const kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512),
-                                 .weights = {.gguf_dtype = weights == 1 || weights == 4 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
-                                 .gguf_weights = weights == 3   ? KW_GGUF_WEIGHTS_QUANTIZED_INT8
-                                                 : weights == 2 ? KW_GGUF_WEIGHTS_QUANTIZED
-                                                                : KW_GGUF_WEIGHTS_DEQUANTIZED,
-                                 .bf16_activations = weights == 4};
+    kw_model_options mo = {.max_batch = (int32_t)(prompt_len < 512 ? prompt_len : 512)};
+    kw_model_options_set_weight_mode(&mo, weights);
     uint64_t t0 = kw_time_now_ns();
     KW_CHECK(kw_model_load(be, dir, &mo, &model));
     const double load_ms = kw_time_ms(t0, kw_time_now_ns());

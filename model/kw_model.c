@@ -335,6 +335,16 @@ static float model_embed_scale(const kw_model_config *c, enum kw_dtype table) {
     return s;
 }
 
+const char *const kw_model_weight_modes[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
+
+void kw_model_options_set_weight_mode(kw_model_options *opts, int mode) {
+    opts->weights.gguf_dtype = mode == 1 || mode == 4 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+    opts->gguf_weights = mode == 3   ? KW_GGUF_WEIGHTS_QUANTIZED_INT8
+                         : mode == 2 ? KW_GGUF_WEIGHTS_QUANTIZED
+                                     : KW_GGUF_WEIGHTS_DEQUANTIZED;
+    opts->bf16_activations = mode == 4;
+}
+
 int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out) {
     KW_RETURN_IF(!backend || !dir || !out, KW_E_INVALID_ARG, "model: NULL argument");
     *out = NULL;

@@ -63,6 +63,17 @@ typedef struct kw_model_options {
     int bf16_activations;
 } kw_model_options;
 
+/* The weight modes the command lines offer (`kvwire generate --weights`, `kvwire bench model --weights`), NULL-ended:
+ * "f32" and "bf16" (a GGUF file's weights dequantized at load to that dtype), "quantized" (the default: the types kept
+ * quantized, the f32 weights' logits), "quantized-int8" (KW_GGUF_WEIGHTS_QUANTIZED_INT8: int8 activations, llama.cpp's
+ * way), "bf16-act" (bf16 weights, an HF folder's too, with bf16 activations: bf16_activations). */
+extern const char *const kw_model_weight_modes[];
+#define KW_MODEL_WEIGHT_MODE_QUANTIZED 2 /* the index of "quantized" in kw_model_weight_modes */
+
+/* Sets opts' weights.gguf_dtype, gguf_weights and bf16_activations for kw_model_weight_modes[mode] (0..4; the other
+ * fields are left as they are). */
+void kw_model_options_set_weight_mode(kw_model_options *opts, int mode);
+
 /* Loads the model in folder dir, or the GGUF file dir, onto backend (borrowed: it must outlive the model). opts may
  * be NULL. *out is owned by the caller (kw_model_free). Gemma 3 multimodal checkpoints
  * (Gemma3ForConditionalGeneration) load their text model and ignore the vision tower. Errors: those of

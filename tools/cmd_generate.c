@@ -24,29 +24,34 @@ const char kw_cmd_generate_summary[] =
 
 static void kw_generate_usage(FILE *f) {
     fprintf(
-        f, "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
-           "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache "
-           "bf16|f32|int8|int6|int4]\n"
-           "                       [--cache-page-tokens N] [--cache-layer L=int8|int6|int4|bf16 ...]\n"
-           "                       [--round auto|none|bf16] [--weights f32|bf16|quantized]\n"
-           "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
-           "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
-           "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
-           "                    Gemma 3, --system opens the user turn)\n"
-           "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
-           "  --threads         CPU threads (default: one per core)\n"
-           "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
-           "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32); int8, int6 and int4 keep it\n"
-           "                    quantized in pages (keys per channel per page, values per token; CPU only)\n"
-           "  --cache-page-tokens  rows per page of a quantized cache (default 64; 16..4096, a multiple of 16)\n"
-           "  --cache-layer     layer L's cache codec instead of --cache's (repeatable; L from 0, or -1 for the last\n"
-           "                    layer); needs --cache int8, int6, int4 or bf16\n"
-           "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
-           "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
-           "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16\n"
-           "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
-           "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
-           "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
+        f,
+        "usage: kvwire generate --model DIR|FILE.gguf --prompt TEXT [--chat] [--system TEXT] [--max-new-tokens N]\n"
+        "                       [--threads N] [--tokenizer DIR] [--date \"23 Nov 2026\"] [--cache "
+        "bf16|f32|int8|int6|int4]\n"
+        "                       [--cache-page-tokens N] [--cache-layer L=int8|int6|int4|bf16 ...]\n"
+        "                       [--round auto|none|bf16]\n"
+        "                       [--weights f32|bf16|quantized|quantized-int8|bf16-act]\n"
+        "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
+        "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
+        "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
+        "                    Gemma 3, --system opens the user turn)\n"
+        "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
+        "  --threads         CPU threads (default: one per core)\n"
+        "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
+        "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32); int8, int6 and int4 keep it\n"
+        "                    quantized in pages (keys per channel per page, values per token; CPU only)\n"
+        "  --cache-page-tokens  rows per page of a quantized cache (default 64; 16..4096, a multiple of 16)\n"
+        "  --cache-layer     layer L's cache codec instead of --cache's (repeatable; L from 0, or -1 for the last\n"
+        "                    layer); needs --cache int8, int6, int4 or bf16\n"
+        "  --round           bf16-round the logits before the argmax, as HF does for bf16 models (default auto)\n"
+        "  --weights         GGUF files: keep the matmul weights of Q4_0..Q6_K types quantized (default: the same\n"
+        "                    logits as f32, fewer bytes read), or dequantize every weight at load to f32 or bf16;\n"
+        "                    quantized-int8: Q4_K, Q4_1, Q6_K, Q8_0 and Q5_0 weights with int8 activations, as\n"
+        "                    llama.cpp runs them (faster on the CPU, not the f32 logits); bf16-act: bf16 weights (an\n"
+        "                    HF folder's too) with bf16 activations, as llama.cpp on AVX-512 BF16\n"
+        "Without --chat, Llama and Gemma prompts get their BOS prepended (HF add_special_tokens); Qwen has none;\n"
+        "a GGUF file's tokenizer.ggml.add_bos_token decides for it.\n"
+        "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
 static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t n) {
@@ -67,8 +72,8 @@ int kw_cmd_generate(int argc, char **argv) {
     static const enum kw_dtype cache_values[] = {KW_DTYPE_BF16, KW_DTYPE_F32};
     static const enum kw_kvq_codec cache_codecs[] = {0, 0, KW_KVQ_INT8, KW_KVQ_INT4, KW_KVQ_INT6};
     int64_t page_tokens = KW_KVCACHE_PAGE_TOKENS;
-    static const char *const weight_names[] = {"f32", "bf16", "quantized", NULL};
-    int round_i = 0, cache_i = -1, weights_i = 2; /* cache -1: by the model's logits weight dtype */
+    int round_i = 0, cache_i = -1; /* cache -1: by the model's logits weight dtype */
+    int weights_i = KW_MODEL_WEIGHT_MODE_QUANTIZED;
     const char *layer_args[KW_CLI_MAX_CACHE_LAYERS];
     int n_layer_args = 0;
     char layers[KW_CLI_MAX_CACHE_LAYERS * 24] = "";
@@ -81,7 +86,7 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CLI_STR("--system", &system),
         KW_CLI_CHOICE("--cache", &cache_i, caches),
         KW_CLI_CHOICE("--round", &round_i, rounds),
-        KW_CLI_CHOICE("--weights", &weights_i, weight_names),
+        KW_CLI_CHOICE("--weights", &weights_i, kw_model_weight_modes),
         KW_CLI_INT("--max-new-tokens", &max_new, 0, 1 << 20),
         KW_CLI_INT("--threads", &threads, 0, 1024),
         KW_CLI_INT("--cache-page-tokens", &page_tokens, 16, 4096),
@@ -104,9 +109,8 @@ int kw_cmd_generate(int argc, char **argv) {
 
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     stage = "load model";
-    const kw_model_options mo = {.weights = {.gguf_dtype = weights_i == 1 ? KW_DTYPE_BF16 : KW_DTYPE_F32},
-                                 .gguf_weights =
-                                     weights_i == 2 ? KW_GGUF_WEIGHTS_QUANTIZED : KW_GGUF_WEIGHTS_DEQUANTIZED};
+    kw_model_options mo = {0};
+    kw_model_options_set_weight_mode(&mo, weights_i);
     KW_CHECK(kw_model_load(be, model_dir, &mo, &model));
     const kw_model_config *cfg = kw_model_get_config(model);
     stage = "load tokenizer";
