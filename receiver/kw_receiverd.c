@@ -1240,9 +1240,11 @@ int kw_receiverd_create(const kw_receiverd_config *cfg, kw_receiverd **out) {
                                    .device = (int)cfg->device,
                                    .memory_limit = (uint64_t)cfg->memory_limit_mb << 20};
     KW_CHECK(kw_backend_create_with(&bo, &d->be));
-    KW_LOG_INFO("receiverd: loading model %s from %s", cfg->model_name, cfg->model_path);
+    KW_LOG_INFO("receiverd: loading model %s from %s (weights %s)", cfg->model_name, cfg->model_path,
+                kw_model_weight_modes[cfg->weights]);
     kw_net_service_status(d->service, "loading model %s from %s", cfg->model_name, cfg->model_path);
-    const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
+    kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
+    kw_model_options_set_weight_mode(&mo, cfg->weights);
     KW_CHECK(kw_model_load(d->be, cfg->model_path, &mo, &d->model));
     const kw_model_config *mc = kw_model_get_config(d->model);
     KW_CHECK(kw_rd_workers_create(d, (int32_t)cfg->workers));

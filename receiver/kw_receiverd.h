@@ -52,6 +52,7 @@ typedef struct kw_receiverd_config {
     char *cache_layers; /* cache.layers: per-layer codecs "L:codec,..." (kw_kvcache_parse_layer_codecs), or NULL */
     int backend;        /* compute.backend: 0 cpu, 1 cuda (enum kw_backend_kind) */
     int64_t threads, device, memory_limit_mb, max_batch, queue_max;
+    int weights;     /* compute.weights: an index of kw_model_weight_modes (model/kw_model.h) */
     int64_t workers; /* compute.workers: compute threads, each a stream context and a model fork beyond the first */
     kw_receiverd_sharer_cfg sharers[KW_RECEIVERD_MAX_SHARERS];
     int32_t n_sharers;

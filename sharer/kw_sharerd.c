@@ -1517,9 +1517,11 @@ static int kw__sd_load_model(kw_sharerd *d, const kw_sharerd_model_cfg *mc, kw__
                  "sharerd: every model needs a name of 1..128 bytes");
     KW_RETURN_IF(!mc->path, KW_E_INVALID_ARG, "sharerd: model %s has no path", mc->name);
     m->name = mc->name;
-    KW_LOG_INFO("sharerd: loading model %s from %s", mc->name, mc->path);
+    KW_LOG_INFO("sharerd: loading model %s from %s (weights %s)", mc->name, mc->path,
+                kw_model_weight_modes[d->cfg->weights]);
     kw_net_service_status(d->service, "loading model %s from %s", mc->name, mc->path);
-    const kw_model_options mo = {.max_batch = (int32_t)d->cfg->max_batch};
+    kw_model_options mo = {.max_batch = (int32_t)d->cfg->max_batch};
+    kw_model_options_set_weight_mode(&mo, d->cfg->weights);
     KW_FORWARD(kw_model_load(d->be, mc->path, &mo, &m->model));
     const kw_model_config *cfg = kw_model_get_config(m->model);
     m->n_layers = cfg->n_layers, m->n_kv_heads = cfg->n_kv_heads, m->head_dim = cfg->head_dim, m->vocab = cfg->vocab;
@@ -1557,7 +1559,8 @@ static int kw__sd_load_scoring(kw_sharerd *d) {
     KW_RETURN_IF(!cfg->scoring_model || !cfg->scoring_fuser, KW_E_INVALID_ARG,
                  "sharerd: scoring_receiver needs both model and fuser");
     KW_LOG_INFO("sharerd: loading the scoring receiver %s and fuser %s", cfg->scoring_model, cfg->scoring_fuser);
-    const kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
+    kw_model_options mo = {.max_batch = (int32_t)cfg->max_batch};
+    kw_model_options_set_weight_mode(&mo, cfg->weights);
     KW_FORWARD(kw_model_load(d->be, cfg->scoring_model, &mo, &d->score_model));
     KW_FORWARD(kw_identity_model(cfg->scoring_model, &d->score_id.digest));
     d->score_id.id_digest = (Kwctl__ModelDigest)KWCTL__MODEL_DIGEST__INIT;

@@ -40,6 +40,7 @@ typedef struct kw_sharerd_config {
     int64_t threads, device, memory_limit_mb;
     int64_t workers; /* compute.workers: compute threads, each a stream context with model forks beyond the first */
     int64_t max_batch;
+    int weights; /* compute.weights: an index of kw_model_weight_modes (model/kw_model.h) */
     int64_t queue_max;
     int64_t max_connections;
     int64_t hello_timeout_ms, idle_timeout_ms, handshake_timeout_ms;

@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "kernels/kw_backend_cfg.h"
+#include "model/kw_model.h"
 #include "sharer/kw_sharerd.h"
 
 #define KW__SD_OFF(field) offsetof(kw_sharerd_config, field)
@@ -91,6 +92,15 @@ static const kw_cfg_key kw__sd_keys[] = {
      .min = 0,
      .max = 1024,
      .help = "CPU backend threads of each compute worker; 0: the cores divided among compute.workers (at least 1)"},
+    {.name = "compute.weights",
+     .type = KW_CFG_ENUM,
+     .offset = KW__SD_OFF(weights),
+     .def = "quantized",
+     .choices = kw_model_weight_modes,
+     .help = "the matmul weights' mode (kvwire generate --weights): quantized (GGUF types kept quantized, the f32 "
+             "weights' logits), quantized-int8 (Q4_K/Q4_1/Q6_K/Q8_0/Q5_0 with int8 activations, llama.cpp's way: "
+             "faster on the CPU, not the same bits), bf16-act (bf16 weights with bf16 activations), f32 or bf16 (GGUF "
+             "weights dequantized at load)"},
     {.name = "compute.max_batch",
      .type = KW_CFG_INT,
      .offset = KW__SD_OFF(max_batch),

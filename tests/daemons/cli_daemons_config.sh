@@ -23,6 +23,17 @@ for d in sharer/sharerd receiver/receiverd; do
     rc=$?
     set -e
     [ $rc = 2 ] && grep -q "no.such.key" err.txt || fail "$name: an unknown key gave $rc: $(cat err.txt)"
+    # compute.weights: the modes of kvwire generate --weights, quantized by default
+    grep -q '^compute.weights: "\?quantized"\?$' dump.yaml || fail "$name: compute.weights is not quantized by default"
+    for w in f32 bf16 quantized quantized-int8 bf16-act; do
+        "$bin" --compute.weights=$w --print-config | grep -q "^compute.weights: \"\?$w\"\?$" ||
+            fail "$name: --compute.weights=$w not taken"
+    done
+    set +e
+    "$bin" --compute.weights=int8 2>err.txt
+    rc=$?
+    set -e
+    [ $rc = 2 ] && grep -q "compute.weights" err.txt || fail "$name: --compute.weights=int8 gave $rc: $(cat err.txt)"
 done
 # a start-up error stops the daemon (exit 1) with one line that names it once: its details already begin "NAME: "
 for pair in "sharer/sharerd:no model configured" "receiver/receiverd:model.path is required"; do
