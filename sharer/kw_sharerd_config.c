@@ -4,7 +4,7 @@
 #include <stdint.h>
 
 #include "kernels/kw_backend_cfg.h"
-#include "model/kw_model.h"
+#include "model/kw_model_cfg.h"
 #include "sharer/kw_sharerd.h"
 
 #define KW__SD_OFF(field) offsetof(kw_sharerd_config, field)
@@ -92,22 +92,7 @@ static const kw_cfg_key kw__sd_keys[] = {
      .min = 0,
      .max = 1024,
      .help = "CPU backend threads of each compute worker; 0: the cores divided among compute.workers (at least 1)"},
-    {.name = "compute.weights",
-     .type = KW_CFG_ENUM,
-     .offset = KW__SD_OFF(weights),
-     .def = "quantized",
-     .choices = kw_model_weight_modes,
-     .help = "the matmul weights' mode (kvwire generate --weights): quantized (GGUF types kept quantized, the f32 "
-             "weights' logits), quantized-int8 (Q4_K/Q4_1/Q6_K/Q8_0/Q5_0 with int8 activations, llama.cpp's way: "
-             "faster on the CPU, not the same bits), bf16-act (bf16 weights with bf16 activations), f32 or bf16 (GGUF "
-             "weights dequantized at load)"},
-    {.name = "compute.max_batch",
-     .type = KW_CFG_INT,
-     .offset = KW__SD_OFF(max_batch),
-     .def = "0",
-     .min = 0,
-     .max = 1 << 16,
-     .help = "tokens per forward chunk; 0: the model's default (256)"},
+    KW_MODEL_CFG_KEYS(kw_sharerd_config),
     {.name = "queue.max",
      .type = KW_CFG_INT,
      .offset = KW__SD_OFF(queue_max),
