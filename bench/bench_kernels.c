@@ -192,10 +192,32 @@ out:
     return rc;
 }
 
-/* Decode (M = 1) of the same bf16 weights in both CPU layouts, call by call (A B A B, the order swapped every other
- * call): the exact panels (kw_tensor_pack_weight) in sec[0], bf16 activations (PANELS_BF16_PAIRS) in sec[1], the mean
- * seconds per call over reps passes through copies totalling at least min_bytes per layout. Alternating single calls
- * gives both the same machine: on a shared one, separate timings drift apart by more than the layouts differ. */
+/* Times two packed forms of the same weights against each other on x into y: ws[2c] (A) and ws[2c + 1] (B) for c <
+ * copies, call by call A B A B with the order swapped every other call, after a warm-up call of each (page faults,
+ * thread team). The mean seconds per call of each over reps passes go in sec[2]. Alternating single calls gives both
+ * the same machine: on a shared one, separate timings drift apart by more than the layouts differ. */
+static int kw_time_ab_calls(kw_backend *b, kw_tensor *y, const kw_tensor *x, const kw_tensor *ws, int copies, int reps,
+                            double sec[2]) {
+    for (int h = 0; h < 2; ++h)
+        KW_FORWARD(kw_op_matmul(b, y, x, &ws[h], NULL));
+    double total[2] = {0.0, 0.0};
+    for (int r = 0; r < reps; ++r)
+        for (int c = 0; c < copies; ++c)
+            for (int i = 0; i < 2; ++i) {
+                const int h = (r + c) & 1 ? 1 - i : i;
+                const uint64_t t0 = kw_time_now_ns();
+                KW_FORWARD(kw_op_matmul(b, y, x, &ws[2 * c + h], NULL));
+                KW_FORWARD(kw_backend_synchronize(b));
+                total[h] += kw_time_seconds(t0, kw_time_now_ns());
+            }
+    for (int h = 0; h < 2; ++h)
+        sec[h] = total[h] / ((double)(reps > 0 ? reps : 1) * copies);
+    return 0;
+}
+
+/* Decode (M = 1) of the same bf16 weights in both CPU layouts (kw_time_ab_calls): the exact panels
+ * (kw_tensor_pack_weight) in sec[0], bf16 activations (PANELS_BF16_PAIRS) in sec[1], the mean seconds per call over
+ * reps passes through copies totalling at least min_bytes per layout. */
 static int kw_time_bf16_pair(kw_backend *b, int64_t N, int64_t K, size_t min_bytes, int reps, double sec[2]) {
     int rc = 0;
     const size_t wb = (size_t)(N * K) * sizeof(uint16_t);
@@ -214,20 +236,7 @@ static int kw_time_bf16_pair(kw_backend *b, int64_t N, int64_t K, size_t min_byt
     KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){1, K}));
     KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){1, N}));
     kw_fill_random(x.data, KW_DTYPE_F32, (size_t)K, 99);
-    for (int h = 0; h < 2; ++h) /* warm-up (page faults, thread team) */
-        KW_CHECK(kw_op_matmul(b, &y, &x, &ws[h], NULL));
-    double total[2] = {0.0, 0.0};
-    for (int r = 0; r < reps; ++r)
-        for (int c = 0; c < copies; ++c)
-            for (int i = 0; i < 2; ++i) {
-                const int h = (r + c) & 1 ? 1 - i : i;
-                const uint64_t t0 = kw_time_now_ns();
-                KW_CHECK(kw_op_matmul(b, &y, &x, &ws[2 * c + h], NULL));
-                KW_CHECK(kw_backend_synchronize(b));
-                total[h] += kw_time_seconds(t0, kw_time_now_ns());
-            }
-    for (int h = 0; h < 2; ++h)
-        sec[h] = total[h] / ((double)reps * copies);
+    KW_CHECK(kw_time_ab_calls(b, &y, &x, ws, copies, reps, sec));
 out:
     for (int c = 0; c < 2 * copies; ++c)
         kw_tensor_free(&ws[c]);
@@ -270,9 +279,9 @@ static double kw_time_sgemm(int64_t M, int64_t N, int64_t K, int threads, int re
 }
 
 /* Times an exact quantized layout a against its int8-activation or super-block twin b (the same codes, scales and
- * offsets, each packed in copies totalling at least min_bytes), A B A B within each rep. Seconds per call of each in
- * sec[2], b's weight bytes in *w_bytes. The scales and offsets are int multiples of an f16 d and m per 256 k, as
- * Q4_K's and Q6_K's, so that the super-block layouts take them. */
+ * offsets, each packed in copies totalling at least min_bytes), call by call (kw_time_ab_calls). Mean seconds per call
+ * of each in sec[2], b's weight bytes in *w_bytes. The scales and offsets are int multiples of an f16 d and m per 256
+ * k, as Q4_K's and Q6_K's, so that the super-block layouts take them. */
 static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const enum kw_layout lay[2], size_t min_bytes,
                          int reps, double sec[2], size_t *w_bytes) {
     int rc = 0;
@@ -317,18 +326,7 @@ static int kw_time_qpair(kw_backend *b, int64_t M, int64_t N, int64_t K, const e
     KW_CHECK(kw_tensor_alloc(b, &x, KW_DTYPE_F32, 2, (int64_t[]){M, K}));
     KW_CHECK(kw_tensor_alloc(b, &y, KW_DTYPE_F32, 2, (int64_t[]){M, N}));
     kw_fill_random(x.data, KW_DTYPE_F32, (size_t)(M * K), 99);
-    KW_CHECK(kw_op_matmul(b, &y, &x, &ws[0], NULL)); /* warm-up */
-    KW_CHECK(kw_op_matmul(b, &y, &x, &ws[1], NULL));
-    sec[0] = sec[1] = 1e30;
-    for (int rep = 0; rep < reps; ++rep)
-        for (int l = 0; l < 2; ++l) {
-            const uint64_t t0 = kw_time_now_ns();
-            for (int c = 0; c < copies; ++c)
-                KW_CHECK(kw_op_matmul(b, &y, &x, &ws[2 * c + l], NULL));
-            KW_CHECK(kw_backend_synchronize(b));
-            const double t = kw_time_seconds(t0, kw_time_now_ns()) / copies;
-            sec[l] = t < sec[l] ? t : sec[l];
-        }
+    KW_CHECK(kw_time_ab_calls(b, &y, &x, ws, copies, reps, sec));
     *w_bytes = kw_tensor_nbytes(&ws[1]);
 out:
     for (int c = 0; ws && c < 2 * copies; ++c)

@@ -216,7 +216,7 @@ int kw_bench_model(int argc, char **argv) {
     static const char *const presets[] = {"qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m"};
     const char *model_dir = NULL, *model_path = NULL;
     int arch = 0, profile = 0, interleave = 0, interleave_hp = 0,
-        weights = 2; /* weights: GGUF kept quantized by default */
+        weights = KW_MODEL_WEIGHT_MODE_QUANTIZED; /* weights: GGUF kept quantized by default */
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads, 1, 256),
         KW_CLI_INT("--prompt-len", &prompt_len, 1, 8192),
@@ -345,12 +345,14 @@ int kw_bench_model(int argc, char **argv) {
            (int)cfg->hidden, (int)cfg->n_heads, (int)cfg->n_kv_heads, (int)cfg->head_dim, (int)cfg->intermediate,
            (int)cfg->vocab, kw_dtype_name(kw_model_logits_weight_dtype(model)), (long)threads);
     printf("load (%s, matmul weights packed, %s kernels%s): %.1f ms\n",
-           !gguf          ? "mmap"
-           : weights == 3 ? "GGUF, matmul weights kept quantized (Q4_K/Q4_1/Q6_K/Q8_0/Q5_0 with int8 activations), the "
-                            "rest dequantized"
-           : weights == 2 ? "GGUF, matmul weights kept quantized, the rest dequantized"
-                          : "GGUF, dequantized into model-owned tensors",
-           kw_backend_cpu_isa(be), weights == 4 ? ", bf16 weights with bf16 activations" : "", load_ms);
+           !gguf ? "mmap"
+           : weights == KW_MODEL_WEIGHT_MODE_QUANTIZED_INT8
+               ? "GGUF, matmul weights kept quantized (Q4_K/Q4_1/Q6_K/Q8_0/Q5_0 with int8 activations), the "
+                 "rest dequantized"
+           : weights == KW_MODEL_WEIGHT_MODE_QUANTIZED ? "GGUF, matmul weights kept quantized, the rest dequantized"
+                                                       : "GGUF, dequantized into model-owned tensors",
+           kw_backend_cpu_isa(be),
+           weights == KW_MODEL_WEIGHT_MODE_BF16_ACT ? ", bf16 weights with bf16 activations" : "", load_ms);
     printf("prefill: %ld tokens in %.1f ms = %.1f tok/s (best of %ld)\n", (long)prompt_len, best_prefill * 1e3,
            (double)prompt_len / best_prefill, (long)reps);
     printf("decode:  %ld steps after the prompt in %.1f ms = %.2f tok/s (%.2f ms/token, best of %ld)\n", (long)n_decode,

@@ -371,15 +371,23 @@ static int kw_check_quant_codes(const kw_quant_rows *q, const kw_quant_layout *q
     return 0;
 }
 
-/* For a layout with f16 scales: checks that every scale of q is an f16 value (a NaN passes: it stays a NaN). */
-static int kw_check_quant_f16(const kw_quant_rows *q, const kw_quant_layout *ql) {
-    const int64_t groups = q->n * (q->k / ql->group);
+int64_t kw_quant_rows_first_non_f16_scale(const kw_quant_rows *q) {
+    kw_quant_layout ql;
+    kw_layout_quant(q->layout, &ql);
+    const int64_t groups = q->n * (q->k / ql.group);
     for (int64_t g = 0; g < groups; ++g) {
         const float s = q->scales[g];
-        KW_RETURN_IF(!isnan(s) && kw_f32_bits(kw_round_f16(s)) != kw_f32_bits(s), KW_E_INVALID_ARG,
-                     "kw_tensor_pack_quantized: scale %a of group %lld (row %lld) is not an f16 value", (double)s,
-                     (long long)(g % (q->k / ql->group)), (long long)(g / (q->k / ql->group)));
+        if (!isnan(s) && kw_f32_bits(kw_round_f16(s)) != kw_f32_bits(s)) return g;
     }
+    return -1;
+}
+
+/* For a layout with f16 scales: checks that every scale of q is an f16 value. */
+static int kw_check_quant_f16(const kw_quant_rows *q, const kw_quant_layout *ql) {
+    const int64_t g = kw_quant_rows_first_non_f16_scale(q);
+    KW_RETURN_IF(g >= 0, KW_E_INVALID_ARG,
+                 "kw_tensor_pack_quantized: scale %a of group %lld (row %lld) is not an f16 value",
+                 (double)q->scales[g], (long long)(g % (q->k / ql->group)), (long long)(g / (q->k / ql->group)));
     return 0;
 }
 

@@ -392,6 +392,12 @@ typedef struct kw_quant_rows {
     const float *sb_scales, *sb_offsets;
 } kw_quant_rows;
 
+/* The index (n * (K / G) + k / G) of the first scale of q that is not an f16 value, or -1 if every one is (a NaN
+ * counts as one: it stays a NaN in f16); G is the group of q->layout. The layouts with f16 scales
+ * (kw_quant_layout.f16_scales) need -1 (kw_tensor_pack_quantized refuses anything else); a model asks it to choose
+ * such a layout. */
+int64_t kw_quant_rows_first_non_f16_scale(const kw_quant_rows *q);
+
 /* 1 if the backend keeps matmul weights in the quantized layout (kw_tensor_pack_quantized works), else 0 (a model then
  * dequantizes at load): the CPU and the CUDA backend have them all but the X8 and SB layouts, which only the CPU has.
  */

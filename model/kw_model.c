@@ -137,15 +137,6 @@ static int model_codes_fit(const kw_quant_rows *q, int lo, int hi) {
     return min >= lo && max <= hi;
 }
 
-/* 1 if every scale of q (a layout without super-blocks) is an f16 value. */
-static int model_scales_f16(const kw_quant_rows *q) {
-    kw_quant_layout ql;
-    kw_layout_quant(q->layout, &ql);
-    for (int64_t g = 0; g < q->n * (q->k / ql.group); ++g)
-        if (kw_f32_bits(kw_round_f16(q->scales[g])) != kw_f32_bits(q->scales[g])) return 0;
-    return 1;
-}
-
 /* Binds the 2-D weight name (shape ne) kept quantized (kw_tensor_pack_quantized) if the file holds it in a type kept
  * quantized and the backend has that layout: 1 if bound, 0 if not (the caller dequantizes it), or a negative status. */
 static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, const int64_t *ne) {
@@ -163,7 +154,7 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     /* and 8-bit codes per 32 without offsets (Q8_0, Q5_0) whose scales are f16 values (GGUF's are): llama.cpp's Q8_0
      * path in its bytes, 1.0625 per weight instead of 1.125 */
     if (x8 && q.layout == KW_LAYOUT_QPANELS_S8 && kw_backend_supports_layout(m->backend, KW_LAYOUT_QPANELS_S8_X8) &&
-        model_scales_f16(&q))
+        kw_quant_rows_first_non_f16_scale(&q) < 0)
         q.layout = KW_LAYOUT_QPANELS_S8_X8;
     /* and those in super-blocks where the reader gave the super-blocks' d and m (K a multiple of 256): the same bits
      * in 0.59 / 1.08 bytes per weight instead of 0.75 / 1.25 */
@@ -338,11 +329,12 @@ static float model_embed_scale(const kw_model_config *c, enum kw_dtype table) {
 const char *const kw_model_weight_modes[] = {"f32", "bf16", "quantized", "quantized-int8", "bf16-act", NULL};
 
 void kw_model_options_set_weight_mode(kw_model_options *opts, int mode) {
-    opts->weights.gguf_dtype = mode == 1 || mode == 4 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
-    opts->gguf_weights = mode == 3   ? KW_GGUF_WEIGHTS_QUANTIZED_INT8
-                         : mode == 2 ? KW_GGUF_WEIGHTS_QUANTIZED
-                                     : KW_GGUF_WEIGHTS_DEQUANTIZED;
-    opts->bf16_activations = mode == 4;
+    const int bf16 = mode == KW_MODEL_WEIGHT_MODE_BF16 || mode == KW_MODEL_WEIGHT_MODE_BF16_ACT;
+    opts->weights.gguf_dtype = bf16 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
+    opts->gguf_weights = mode == KW_MODEL_WEIGHT_MODE_QUANTIZED_INT8 ? KW_GGUF_WEIGHTS_QUANTIZED_INT8
+                         : mode == KW_MODEL_WEIGHT_MODE_QUANTIZED    ? KW_GGUF_WEIGHTS_QUANTIZED
+                                                                     : KW_GGUF_WEIGHTS_DEQUANTIZED;
+    opts->bf16_activations = mode == KW_MODEL_WEIGHT_MODE_BF16_ACT;
 }
 
 int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *opts, kw_model **out) {

@@ -68,10 +68,18 @@ typedef struct kw_model_options {
  * quantized, the f32 weights' logits), "quantized-int8" (KW_GGUF_WEIGHTS_QUANTIZED_INT8: int8 activations, llama.cpp's
  * way), "bf16-act" (bf16 weights, an HF folder's too, with bf16 activations: bf16_activations). */
 extern const char *const kw_model_weight_modes[];
-#define KW_MODEL_WEIGHT_MODE_QUANTIZED 2 /* the index of "quantized" in kw_model_weight_modes */
 
-/* Sets opts' weights.gguf_dtype, gguf_weights and bf16_activations for kw_model_weight_modes[mode] (0..4; the other
- * fields are left as they are). */
+/* The indices of kw_model_weight_modes, in its order. */
+enum kw_model_weight_mode {
+    KW_MODEL_WEIGHT_MODE_F32 = 0,
+    KW_MODEL_WEIGHT_MODE_BF16 = 1,
+    KW_MODEL_WEIGHT_MODE_QUANTIZED = 2,
+    KW_MODEL_WEIGHT_MODE_QUANTIZED_INT8 = 3,
+    KW_MODEL_WEIGHT_MODE_BF16_ACT = 4,
+};
+
+/* Sets opts' weights.gguf_dtype, gguf_weights and bf16_activations for kw_model_weight_modes[mode] (an enum
+ * kw_model_weight_mode; the other fields are left as they are). */
 void kw_model_options_set_weight_mode(kw_model_options *opts, int mode);
 
 /* Loads the model in folder dir, or the GGUF file dir, onto backend (borrowed: it must outlive the model). opts may

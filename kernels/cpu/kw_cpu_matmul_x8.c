@@ -179,12 +179,6 @@ void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t
     kw__cpu_parallel_for(cpu, nt, M, kw_x8_quantize_rows, &job);
 }
 
-/* The byte of row r (0..63) at k kk of a group's codes, strips of strip bytes (256; 512 for S8_X8, whose eight
- * vectors hold the 32 k of its groups). */
-static inline size_t kw_x8_byte(int64_t strip, int64_t r, int64_t kk) {
-    return (size_t)((r / 16) * strip + ((kk % (strip / 16)) / 4) * 64 + 4 * (r % 16) + kk % 4);
-}
-
 int kw__cpu_layout_x8(enum kw_layout layout) {
     return layout == KW_LAYOUT_QPANELS_U4_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_X8 ||
            layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
@@ -207,6 +201,13 @@ static inline int kw_x8_form(enum kw_layout layout) {
     if (layout == KW_LAYOUT_QPANELS_S8_X8) return 2;
     return layout == KW_LAYOUT_QPANELS_U4_SB_X8 || layout == KW_LAYOUT_QPANELS_S8_G16_SB_X8 ||
            layout == KW_LAYOUT_QPANELS_S6_G16_SB_X8;
+}
+
+/* The bytes of a 16-row strip of one weight group's codes (code width bits, storage form kw_x8_form), 64 per vector of
+ * 16 rows x 4 bytes: 6-bit codes three vectors (16 k), S8_X8 eight (32 k), the others four (4-bit: 32 k as two
+ * nibbles; 8-bit: 16 k). */
+static inline int64_t kw_x8_strip(int bits, int form) {
+    return bits == 6 ? 192 : form == 2 ? 512 : 256;
 }
 
 /* Where weight group j (WG k) of a panel keeps its numbers (kernels/kw_backend.h): the plain layouts' f32 scales and
@@ -254,6 +255,12 @@ static inline __attribute__((always_inline)) kw_x8_grp kw_x8_group(const int BIT
     return g;
 }
 
+/* The byte of row r (0..63) at k kk of a group's 4- or 8-bit codes, strips of strip bytes (kw_x8_strip: 256; 512 for
+ * S8_X8, whose eight vectors hold the 32 k of its groups). */
+static inline size_t kw_x8_byte(int64_t strip, int64_t r, int64_t kk) {
+    return (size_t)((r / 16) * strip + ((kk % (strip / 16)) / 4) * 64 + 4 * (r % 16) + kk % 4);
+}
+
 /* The 6-bit codes' bytes of row r at k kk (0..15): its nibble's byte (the low nibble for kk < 8) and the byte of
  * its top two bits (bits 2 (kk / 4) .. + 1). */
 static inline size_t kw_x8_nibble6(int64_t r, int64_t kk) {
@@ -271,7 +278,7 @@ static inline int kw_x8_code(int bits, int sb, const uint8_t *codes, int64_t r, 
         const int lo = kk < 8 ? nib & 0x0F : nib >> 4, hi = (top >> (2 * (kk / 4))) & 3;
         return (lo | hi << 4) - 32;
     }
-    const uint8_t byte = codes[kw_x8_byte(sb == 2 ? 512 : 256, r, kk)];
+    const uint8_t byte = codes[kw_x8_byte(kw_x8_strip(bits, sb), r, kk)];
     if (bits == 8) return (int)byte - 128;
     return kk < 16 ? byte & 0x0F : byte >> 4;
 }
@@ -283,7 +290,7 @@ void kw__cpu_x8_pack_code(enum kw_layout layout, uint8_t *codes, int64_t r, int6
         codes[kw_x8_top6(r, kk)] |= (uint8_t)((u >> 4) << (2 * (kk / 4)));
         return;
     }
-    uint8_t *byte = codes + kw_x8_byte(kw_x8_form(layout) == 2 ? 512 : 256, r, kk);
+    uint8_t *byte = codes + kw_x8_byte(kw_x8_strip(kw_x8_bits(layout), kw_x8_form(layout)), r, kk);
     if (kw_x8_bits(layout) == 8)
         *byte = (uint8_t)(code + 128);
     else
@@ -303,20 +310,18 @@ static inline uint32_t kw_x8_word(const int8_t *p) {
 
 /* One row's codes of a group (kw__cpu_x8_pack_group) into its strip: kw__cpu_x8_pack_code's bytes, 4 k per word. A
  * 32-bit lane holds the row's 4 consecutive k, so each lane is one word store. Bytes of 4-bit codes: k and k + 16 as
- * low and high nibble; 8-bit: code + 128 (the sign bit flipped; bits 32: S8_X8's 32 k in eight vectors); 6-bit: code +
+ * low and high nibble; 8-bit: code + 128 (the sign bit flipped; form 2: S8_X8's 32 k in eight vectors); 6-bit: code +
  * 32 = (code & 63) ^ 32, its low nibbles in vectors 0 (k 0..3, 8..11) and 1 (k 4..7, 12..15), its top two bits of k 4 t
  * + b at bits 2 t of lane byte b. */
-static inline void kw_x8_pack_row(const int bits, uint8_t *lane, const int8_t *src) {
+static inline void kw_x8_pack_row(const int bits, const int form, uint8_t *lane, const int8_t *src) {
+    const int vectors = (int)(kw_x8_strip(bits, form) / 64);
     uint32_t out[8];
-    if (bits == 32) {
-        for (int t = 0; t < 8; ++t)
+    if (bits == 8) {
+        for (int t = 0; t < vectors; ++t)
             out[t] = kw_x8_word(src + 4 * t) ^ 0x80808080u;
     } else if (bits == 4) {
         for (int t = 0; t < 4; ++t)
             out[t] = kw_x8_word(src + 4 * t) | kw_x8_word(src + 16 + 4 * t) << 4;
-    } else if (bits == 8) {
-        for (int t = 0; t < 4; ++t)
-            out[t] = kw_x8_word(src + 4 * t) ^ 0x80808080u;
     } else {
         uint32_t u[4];
         for (int t = 0; t < 4; ++t)
@@ -327,24 +332,15 @@ static inline void kw_x8_pack_row(const int bits, uint8_t *lane, const int8_t *s
         for (int t = 0; t < 4; ++t)
             out[2] |= (u[t] >> 4 & 0x03030303u) << (2 * t);
     }
-    for (int t = 0; t < (bits == 6 ? 3 : bits == 32 ? 8 : 4); ++t)
+    for (int t = 0; t < vectors; ++t)
         memcpy(lane + 64 * t, &out[t], 4);
 }
 
 void kw__cpu_x8_pack_group(enum kw_layout layout, uint8_t *codes, const int8_t *src, int64_t stride, int64_t rows) {
-    const int bits = kw_x8_bits(layout), g32 = kw_x8_form(layout) == 2;
-    const int64_t strip = bits == 6 ? 192 : g32 ? 512 : 256;
-    for (int64_t r = 0; r < rows; ++r) {
-        uint8_t *lane = codes + (r / 16) * strip + 4 * (r % 16);
-        if (g32)
-            kw_x8_pack_row(32, lane, src + r * stride);
-        else if (bits == 4)
-            kw_x8_pack_row(4, lane, src + r * stride);
-        else if (bits == 8)
-            kw_x8_pack_row(8, lane, src + r * stride);
-        else
-            kw_x8_pack_row(6, lane, src + r * stride);
-    }
+    const int bits = kw_x8_bits(layout), form = kw_x8_form(layout);
+    const int64_t strip = kw_x8_strip(bits, form);
+    for (int64_t r = 0; r < rows; ++r)
+        kw_x8_pack_row(bits, form, codes + (r / 16) * strip + 4 * (r % 16), src + r * stride);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -630,8 +626,6 @@ void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int6
     (void)isa;
     if (bits == 4)
         kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, ncols, m0, m1);
-    else if (bits == 8 && sb == 2)
-        kw_x8_panel_scalar(8, 2, y, N, a, K, wp, n0, ncols, m0, m1);
     else if (bits == 8)
         kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, ncols, m0, m1);
     else

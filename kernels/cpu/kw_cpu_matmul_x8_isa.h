@@ -28,8 +28,8 @@ X8_TARGET static inline __attribute__((always_inline)) void
 X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, float *y, int64_t ldy, const kw_x8_act *a,
                   int64_t K, const char *wp, int64_t h0, int64_t ncols, int pf) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 || SB == 2 ? 32 : 16;
-    const int OFS = BITS == 4, TN = SB == 2 ? 8 : 4;                   /* TN: code vectors per strip */
-    const int64_t strip_bytes = BITS == 6 ? 192 : SB == 2 ? 512 : 256; /* a 16-row strip of a group's codes */
+    const int OFS = BITS == 4, TN = SB == 2 ? 8 : 4;   /* TN: code vectors per strip */
+    const int64_t strip_bytes = kw_x8_strip(BITS, SB); /* a 16-row strip of a group's codes */
     X8_VF acc[KW_X8_MAX_MR][4];
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)

@@ -719,9 +719,15 @@ static void test_x8_matmul_is_its_oracle(void **state) {
     kw_tensor t;
     d.scales[5] = 0x1p-24f;
     d.scales[4] = NAN;
+    assert_int_equal(kw_quant_rows_first_non_f16_scale(&d.q), -1);
     assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), 0);
     kw_tensor_free(&t);
     d.scales[3] = nextafterf(kw_f16_to_f32(kw_f32_to_f16(0.25f)), 1.0f);
+    d.scales[5] = 0x1p-25f;                                       /* below f16's smallest subnormal */
+    assert_int_equal(kw_quant_rows_first_non_f16_scale(&d.q), 3); /* the first of the two */
+    assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), KW_E_INVALID_ARG);
+    d.scales[3] = 0.25f;
+    assert_int_equal(kw_quant_rows_first_non_f16_scale(&d.q), 5);
     assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &t), KW_E_INVALID_ARG);
     kw_qcase_free(&d);
     kw_backend_destroy(b);
