@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common/kw_log.h"
+
 enum kw_cfg_type {
     KW_CFG_STRING = 1, /* char * (malloc'ed; NULL when unset) */
     KW_CFG_PATH = 2,   /* char *, resolved against the config file's folder */
@@ -104,5 +106,13 @@ int kw_cfg_reload(const kw_cfg_table *t, const void *running, void *next, size_t
 
 /* Frees the strings of obj (list elements included) and zeroes the counts. NULL obj is a no-op. */
 void kw_cfg_free(const kw_cfg_table *t, void *obj);
+
+/* The kw_cfg_key initializer of log.level (live: a reload applies it) for the int field log_level of config_type: an
+ * index of kw_log_level_names, "info" by default. Both daemons declare it with this. */
+#define KW_CFG_LOG_LEVEL_KEY(config_type)                                                                              \
+    {                                                                                                                  \
+        .name = "log.level", .type = KW_CFG_ENUM, .offset = offsetof(config_type, log_level), .def = "info",           \
+        .choices = kw_log_level_names, .help = "the least severe level logged to stderr", .flags = KW_CFG_LIVE         \
+    }
 
 #endif /* KW_CFG_H */

@@ -28,7 +28,7 @@ static kw_log_sink_fn kw_log_sink;
 static void *kw_log_sink_user_data;
 static const char *kw_log_journal_identifier; /* non-NULL: the default sink writes to the journal */
 
-static const char *const kw_log_level_names[] = {"debug", "info", "warn", "error", "off"};
+const char *const kw_log_level_names[] = {"debug", "info", "warn", "error", "off", NULL};
 
 const char *kw_log_level_name(enum kw_log_level level) {
     return (unsigned)level <= KW_LOG_LEVEL_OFF ? kw_log_level_names[level] : "?";

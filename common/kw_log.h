@@ -20,6 +20,9 @@ enum kw_log_level {
     KW_LOG_LEVEL_OFF = 4,
 };
 
+/* The levels' names in enum kw_log_level's order, NULL-ended (the daemons' log.level choices). */
+extern const char *const kw_log_level_names[];
+
 /* A sink receives the level and the formatted message (no trailing newline). user_data is the pointer given to
  * kw_log_set_sink. Sinks may be called from any thread. */
 typedef void (*kw_log_sink_fn)(enum kw_log_level level, const char *message, void *user_data);

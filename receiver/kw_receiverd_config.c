@@ -10,7 +10,6 @@
 
 #define KW__RD_OFF(field) offsetof(kw_receiverd_config, field)
 
-static const char *const kw__rd_log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
 static const char *const kw__rd_modes[] = {"c2c", "kv_direct", "receiver_only", "text_relay", NULL};
 static const char *const kw__rd_selections[] = {
     "full", "front", "back", "random", "knorm_topk", "vnorm_topk", "proj_vnorm_topk", "delta_proj_vnorm_topk", NULL};
@@ -354,13 +353,7 @@ static const kw_cfg_key kw__rd_keys[] = {
      .type = KW_CFG_PATH,
      .offset = KW__RD_OFF(ready_file),
      .help = "once listening, write \"port=N\" here (tests and scripts with http.port 0)"},
-    {.name = "log.level",
-     .type = KW_CFG_ENUM,
-     .offset = KW__RD_OFF(log_level),
-     .def = "info",
-     .choices = kw__rd_log_levels,
-     .help = "the least severe level logged to stderr",
-     .flags = KW_CFG_LIVE},
+    KW_CFG_LOG_LEVEL_KEY(kw_receiverd_config),
 };
 
 const kw_cfg_table kw_receiverd_config_table = {

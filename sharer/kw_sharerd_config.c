@@ -9,8 +9,6 @@
 
 #define KW__SD_OFF(field) offsetof(kw_sharerd_config, field)
 
-static const char *const kw__sd_log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
-
 static const kw_cfg_key kw__sd_model_keys[] = {
     {.name = "name",
      .type = KW_CFG_STRING,
@@ -174,13 +172,7 @@ static const kw_cfg_key kw__sd_keys[] = {
      .type = KW_CFG_PATH,
      .offset = KW__SD_OFF(ready_file),
      .help = "once listening, write \"port=N\" here (tests and scripts with listen.port 0)"},
-    {.name = "log.level",
-     .type = KW_CFG_ENUM,
-     .offset = KW__SD_OFF(log_level),
-     .def = "info",
-     .choices = kw__sd_log_levels,
-     .help = "the least severe level logged to stderr",
-     .flags = KW_CFG_LIVE},
+    KW_CFG_LOG_LEVEL_KEY(kw_sharerd_config),
 };
 
 const kw_cfg_table kw_sharerd_config_table = {
