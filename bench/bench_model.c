@@ -198,6 +198,33 @@ static int kw_bench_reset_peak_rss(void) {
     return fclose(f) == 0 && ok ? 0 : -1;
 }
 
+/* The mean bytes of KV cache one decode step reads, over n steps at positions first, first + 1, ...: every layer's
+ * bf16 K and V rows of the positions the step attends (its own included; a sliding layer's window at most). With the
+ * weights' bytes, what a decode step streams from memory. */
+static double kw_bench_kv_bytes_per_token(const kw_model_config *cfg, int64_t first, int64_t n) {
+    const double row = 2.0 * (double)cfg->n_kv_heads * (double)cfg->head_dim * 2.0; /* K and V, bf16 */
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+        for (int32_t l = 0; l < cfg->n_layers; ++l) {
+            const int64_t window = kw_config_layer_window(cfg, l), seen = first + i + 1;
+            sum += row * (double)(window > 0 && window < seen ? window : seen);
+        }
+    return sum / (double)n;
+}
+
+/* The bytes of last-level cache the threads may hold between them: cpu0's L3 as sysfs gives it, once per thread (two
+ * virtual CPUs may sit on two dies of the host, each with its own L3), or 0 where that is not known. Not sysconf's
+ * figure: in a KVM guest on an AMD EPYC it gives the host's whole L3 (384 MiB) where sysfs says 32 MiB. */
+static double kw_bench_llc_bytes(int64_t threads) {
+    FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+    if (!f) return 0.0;
+    long kib = 0;
+    char unit = 0;
+    const int got = fscanf(f, "%ld%c", &kib, &unit);
+    fclose(f);
+    return got == 2 && unit == 'K' && kib > 0 ? (double)kib * 1024.0 * (double)threads : 0.0;
+}
+
 static void kw_bench_print_profile(const char *what, const double *ms, const int64_t *calls) {
     double total = 0;
     for (int op = 0; op < KW_OP_COUNT; ++op)
@@ -308,7 +335,9 @@ int kw_bench_model(int argc, char **argv) {
     brackets = calloc((size_t)reps + 1, sizeof *brackets);
     rep_ratios = calloc((size_t)reps, sizeof *rep_ratios);
     KW_CHECK_IF(!brackets || !rep_ratios, KW_E_NOMEM, "out of memory");
-    const size_t wbytes = kw_model_weight_bytes_per_token(model);
+    const size_t weight_bytes = kw_model_weight_bytes_per_token(model);
+    const double kv_bytes = kw_bench_kv_bytes_per_token(kw_model_get_config(model), prompt_len, n_decode);
+    const double wbytes = (double)weight_bytes + kv_bytes; /* what a decode step streams */
     double best_prefill = 1e30, best_decode = 1e30, best_decode_cpu = 1e30;
     brackets[0] = kw_bench_bw_measure(bracket, 1, NULL) * 1e9;
     for (int64_t r = 0; r < reps; ++r) {
@@ -326,7 +355,7 @@ int kw_bench_model(int argc, char **argv) {
         if (dec_cpu < best_decode_cpu) best_decode_cpu = dec_cpu;
         brackets[r + 1] = kw_bench_bw_measure(bracket, 1, NULL) * 1e9;
         const double around = brackets[r] > brackets[r + 1] ? brackets[r] : brackets[r + 1];
-        rep_ratios[r] = (double)n_decode / dec / (around / (double)wbytes);
+        rep_ratios[r] = (double)n_decode / dec / (around / wbytes);
         if (pre < best_prefill) best_prefill = pre;
         if (dec < best_decode) best_decode = dec;
     }
@@ -337,7 +366,7 @@ int kw_bench_model(int argc, char **argv) {
     }
     if (bw_hi > bw) bw = bw_hi;
     const double ratio_median = kw_bench_median(rep_ratios, (size_t)reps); /* sorted: [0] min, [reps - 1] max */
-    const double decode_tps = (double)n_decode / best_decode, bound_tps = bw / (double)wbytes;
+    const double decode_tps = (double)n_decode / best_decode, bound_tps = bw / wbytes;
     const int gguf = model_path && kw_gguf_is_gguf(model_path);
     printf("model: %s %s (%d layers, hidden %d, %d/%d heads x %d, intermediate %d, vocab %d), %s weights, "
            "bf16 KV cache, %ld threads\n",
@@ -360,8 +389,14 @@ int kw_bench_model(int argc, char **argv) {
     printf("decode CPU time: %.2f ms/token (the process's, all threads, the least of %ld reps)\n",
            best_decode_cpu * 1e3 / (double)n_decode, (long)reps);
     printf("baseline: read %.2f GB/s (the best read pattern of 1..%ld threads, the best of the reads before the load "
-           "and around every rep); weights read per token %.1f MB (this weight format's)\n",
-           bw * 1e-9, (long)threads, (double)wbytes * 1e-6);
+           "and around every rep); read per decode token %.1f MB: weights %.1f MB (this weight format's packed "
+           "tensors: codes, scales, super-block fields, norms, lm_head) + KV cache %.1f MB (the mean over the steps)\n",
+           bw * 1e-9, (long)threads, wbytes * 1e-6, (double)weight_bytes * 1e-6, kv_bytes * 1e-6);
+    const double llc = kw_bench_llc_bytes(threads);
+    if (wbytes < 2.0 * llc)
+        printf("note: %.1f MB per token is less than twice the last-level cache of %ld core%s (%.0f MiB): the caches "
+               "hold much of it, and decode may beat the memory bound\n",
+               wbytes * 1e-6, (long)threads, threads > 1 ? "s" : "", llc / 1048576.0);
     printf("decode bound = bandwidth / bytes per token = %.2f tok/s; achieved/bound = %.2f\n", bound_tps,
            decode_tps / bound_tps);
     printf("decode against the reads around each rep (the better of just before and just after): achieved/bound "
