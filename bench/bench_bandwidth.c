@@ -90,32 +90,67 @@ static uint64_t kw_bw_sum(const uint64_t *p, size_t n, int kind) {
     return kw_bw_sum_scalar(p, n);
 }
 
-/* One timed pass: threads split the buffer; each reads its share as `streams` interleaved sub-ranges (chunks of 64
- * KiB taken from each in turn), so several hardware prefetch streams run per thread. GB/s. */
-static double kw_bw_pass(const uint64_t *buf, size_t n, int threads, int streams, int kind, uint64_t *sink) {
-    const size_t chunk = 8192; /* uint64 = 64 KiB */
+/* A piece of memory one call of kw_bw_sum reads: n words (a multiple of 32), p 64-byte aligned. */
+typedef struct kw_bw_chunk {
+    const uint64_t *p;
+    size_t n;
+} kw_bw_chunk;
+
+/* One timed pass: threads split the chunks; each reads its share as `streams` interleaved sub-ranges (a chunk taken
+ * from each in turn), so several hardware prefetch streams run per thread. GB/s over the bytes read. */
+static double kw_bw_pass(const kw_bw_chunk *chunks, size_t n_chunks, int threads, int streams, int kind,
+                         uint64_t *sink) {
     uint64_t total = 0;
+    size_t words = 0;
     const uint64_t t0 = kw_time_now_ns();
-#pragma omp parallel num_threads(threads) reduction(+ : total)
+#pragma omp parallel num_threads(threads) reduction(+ : total, words)
     {
         const size_t nth = (size_t)omp_get_num_threads(), tid = (size_t)omp_get_thread_num();
-        const size_t lo = n * tid / nth / chunk * chunk, hi = tid + 1 == nth ? n : n * (tid + 1) / nth / chunk * chunk;
-        const size_t per = (hi - lo) / (size_t)streams / chunk * chunk;
-        for (size_t off = 0; off < per; off += chunk)
-            for (int s = 0; s < streams; ++s)
-                total += kw_bw_sum(buf + lo + (size_t)s * per + off, chunk, kind);
+        const size_t lo = n_chunks * tid / nth, hi = n_chunks * (tid + 1) / nth;
+        const size_t per = (hi - lo + (size_t)streams - 1) / (size_t)streams;
+        for (size_t off = 0; off < per; ++off)
+            for (int s = 0; s < streams; ++s) {
+                const size_t c = lo + (size_t)s * per + off;
+                if (c >= hi) continue;
+                total += kw_bw_sum(chunks[c].p, chunks[c].n, kind);
+                words += chunks[c].n;
+            }
     }
     const double sec = kw_time_seconds(t0, kw_time_now_ns());
     *sink ^= total;
-    return (double)(n * sizeof *buf) / sec * 1e-9;
+    return (double)(words * sizeof(uint64_t)) / sec * 1e-9;
 }
 
 struct kw_bench_bw {
-    uint64_t *buf; /* owned: n words from kw_hugepage_alloc */
-    size_t n;
+    uint64_t *buf;       /* owned: n words from kw_hugepage_alloc; NULL when reading spans of someone else's */
+    kw_bw_chunk *chunks; /* owned: n_chunks pieces of buf or of the spans, 64 KiB at most each */
+    size_t n, n_chunks, bytes;
     int threads;
     uint64_t sink;
 };
+
+/* Cuts [p, p + bytes) into chunks of 64 KiB at most, after aligning its start up to 64 bytes and its length down to 256
+ * (a multiple of every pattern's step); appends them to bw->chunks (capacity cap, grown) and counts their bytes. */
+static int kw_bw_add_span(kw_bench_bw *bw, size_t *cap, const void *p, size_t bytes) {
+    const uintptr_t a = ((uintptr_t)p + 63) & ~(uintptr_t)63;
+    if (bytes < a - (uintptr_t)p + 256) return 0;
+    size_t words = (bytes - (a - (uintptr_t)p)) / 256 * 32;
+    for (const uint64_t *q = (const uint64_t *)a; words > 0;) {
+        const size_t n = words < 8192 ? words : 8192; /* uint64 = 64 KiB */
+        if (bw->n_chunks == *cap) {
+            const size_t grown_cap = *cap ? 2 * *cap : 1024;
+            kw_bw_chunk *grown = realloc(bw->chunks, grown_cap * sizeof *grown);
+            if (!grown) return KW_E_NOMEM;
+            bw->chunks = grown;
+            *cap = grown_cap;
+        }
+        bw->chunks[bw->n_chunks++] = (kw_bw_chunk){q, n};
+        bw->bytes += n * sizeof *q;
+        q += n;
+        words -= n;
+    }
+    return 0;
+}
 
 /* The kB of 2 MiB pages backing the mapping that holds p (AnonHugePages of /proc/self/smaps), or -1 where that file
  * cannot be read or has no such mapping. */
@@ -148,8 +183,9 @@ int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out) {
      * (so no allocator keeps it resident behind the model phase that `bench model` reports the peak RSS of), its 2 MiB
      * blocks advised MADV_HUGEPAGE unless KW_HUGEPAGES=0 */
     bw->buf = kw_hugepage_alloc(n * sizeof *bw->buf);
-    if (!bw->buf) {
-        free(bw);
+    size_t cap = 0;
+    if (!bw->buf || kw_bw_add_span(bw, &cap, bw->buf, n * sizeof *bw->buf) != 0) {
+        kw_bench_bw_free(bw);
         return KW_E_NOMEM;
     }
     bw->n = n;
@@ -160,6 +196,30 @@ int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out) {
         buf[i] = i * 0x9e3779b97f4a7c15ull;
     *out = bw;
     return 0;
+}
+
+int kw_bench_bw_create_spans(int threads, const void *const *data, const size_t *bytes, size_t n, kw_bench_bw **out) {
+    *out = NULL;
+    if (threads < 1 || (n && (!data || !bytes))) return KW_E_INVALID_ARG;
+    kw_bench_bw *bw = calloc(1, sizeof *bw);
+    if (!bw) return KW_E_NOMEM;
+    size_t cap = 0;
+    for (size_t i = 0; i < n; ++i)
+        if (data[i] && kw_bw_add_span(bw, &cap, data[i], bytes[i]) != 0) {
+            kw_bench_bw_free(bw);
+            return KW_E_NOMEM;
+        }
+    if (bw->n_chunks == 0) {
+        kw_bench_bw_free(bw);
+        return KW_E_INVALID_ARG;
+    }
+    bw->threads = threads;
+    *out = bw;
+    return 0;
+}
+
+size_t kw_bench_bw_bytes(const kw_bench_bw *bw) {
+    return bw ? bw->bytes : 0;
 }
 
 double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
@@ -178,7 +238,7 @@ double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
             for (size_t s = 0; s < sizeof stream_counts / sizeof stream_counts[0]; ++s) {
                 double gbs = 0.0;
                 for (int r = 0; r < reps; ++r) {
-                    const double g = kw_bw_pass(bw->buf, bw->n, t, stream_counts[s], k, &bw->sink);
+                    const double g = kw_bw_pass(bw->chunks, bw->n_chunks, t, stream_counts[s], k, &bw->sink);
                     gbs = g > gbs ? g : gbs;
                 }
                 if (report)
@@ -186,7 +246,7 @@ double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
                             t > 1 ? "s" : " ", stream_counts[s], stream_counts[s] > 1 ? "s" : " ", gbs);
                 best = gbs > best ? gbs : best;
             }
-    if (report) {
+    if (report && bw->buf) {
         const long kb = kw_bw_huge_kb(bw->buf);
         if (kb >= 0)
             fprintf(report, "  (buffer %.0f MiB, %.0f MiB of it on 2 MiB pages%s)\n",
@@ -200,6 +260,7 @@ double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
 void kw_bench_bw_free(kw_bench_bw *bw) {
     if (!bw) return;
     kw_hugepage_free(bw->buf);
+    free(bw->chunks);
     free(bw);
 }
 

@@ -171,6 +171,14 @@ static void check_int8_activations(kw_backend *be, const char *path, const int32
      * matmuls (kw_model_set_shared_matmuls(0)): the same logits, bit for bit */
     kw_model *m = NULL;
     assert_int_equal(kw_model_load(be, path, &o, &m), 0);
+    /* the spans bench model reads for the bound are those bytes: non-NULL memory, summing to the count */
+    size_t n_spans = 0, span_sum = 0;
+    const kw_model_span *spans = kw_model_weight_spans(m, &n_spans);
+    for (size_t i = 0; i < n_spans; ++i) {
+        assert_non_null(spans[i].data);
+        span_sum += spans[i].bytes;
+    }
+    assert_int_equal(span_sum, bytes);
     float *steps[2];
     for (int shared = 0; shared < 2; ++shared) {
         steps[shared] = malloc((size_t)(N_IDS * V) * sizeof(float));
