@@ -7,9 +7,10 @@
  * gen-model library into a temporary folder (or --model-dir, reused when it already holds a model) and loaded like
  * any HF folder (norms zero-copy from the mmap, matmul weights packed once for the CPU kernels). Reported: prefill
  * tok/s, decode tok/s, peak RSS of the model phase, and the baseline from the same run: streaming-read memory
- * bandwidth with the same thread count (every pattern of bench_bandwidth.c, read before the load and around every
- * rep), which bounds decode at bandwidth / (weight bytes read per token): reported against the best read of the run,
- * and per rep against the reads just before and after it. --profile adds a per-op time
+ * bandwidth with the same thread count (every pattern of bench_bandwidth.c over a buffer and over the model's own
+ * weights, read before the load, after it and around every rep), which bounds decode at bandwidth / (bytes read per
+ * token: the weights' packed bytes and the KV cache a step attends): reported against the best read of the run, and
+ * per rep against the reads just before and after it. --profile adds a per-op time
  * breakdown (ops synchronized one by one). Not a correctness check: tests/model does that. */
 #include "kw_benches.h"
 
@@ -273,12 +274,12 @@ int kw_bench_model(int argc, char **argv) {
     kw_model *model = NULL;
     kw_kvcache *cache = NULL;
     int32_t *ids = NULL;
-    kw_bench_bw *bracket = NULL; /* owned: the bandwidth reads around each rep */
-    kw_bench_bw *wread = NULL;   /* owned: the same patterns over the model's own weights */
-    const void **span_data = NULL;
-    size_t *span_bytes = NULL;
-    double *brackets = NULL;   /* owned: reps + 1 reads, bytes/s */
-    double *rep_ratios = NULL; /* owned: each rep's decode against the better read around it */
+    kw_bench_bw *bracket = NULL;   /* owned: the bandwidth reads around each rep */
+    kw_bench_bw *wread = NULL;     /* owned: the same patterns over the model's own weights */
+    const void **span_data = NULL; /* owned array (of borrowed pointers): the weights' memory, for wread */
+    size_t *span_bytes = NULL;     /* owned: their sizes */
+    double *brackets = NULL;       /* owned: reps + 1 reads, bytes/s */
+    double *rep_ratios = NULL;     /* owned: each rep's decode against the better read around it */
     char tmpl[] = "/tmp/kw_bench_model_XXXXXX";
     const char *dir = model_dir;
     int temp = 0;
@@ -336,9 +337,6 @@ int kw_bench_model(int argc, char **argv) {
     /* the model phase's peak RSS, before the bracket buffer below exists */
     const double rss = (double)kw_time_peak_rss_bytes();
 
-    /* The machine may be shared and its bandwidth may change from one second to the next: every rep is bracketed by
-     * a bandwidth read just before and just after it (every pattern, one pass each), and its decode is also set
-     * against the better of those two. */
     /* the same read patterns over the weights themselves: the pages decode streams, mapped as they are (huge pages
      * or not, wherever the host backs them), so that no difference between the buffer's memory and the weights'
      * can put decode above its bound */
@@ -359,6 +357,9 @@ int kw_bench_model(int argc, char **argv) {
     const double bw_buffer = bw;
     if (bw_weights > bw) bw = bw_weights;
 
+    /* The machine may be shared and its bandwidth may change from one second to the next: every rep is bracketed by
+     * a bandwidth read just before and just after it (every pattern, one pass each, over the buffer and over the
+     * weights), and its decode is also set against the better of those two. */
     stage = "measure";
     KW_CHECK(kw_bench_bw_create((int)threads, (size_t)bw_mib << 20, &bracket));
     brackets = calloc((size_t)reps + 1, sizeof *brackets);
@@ -419,9 +420,9 @@ int kw_bench_model(int argc, char **argv) {
            best_decode_cpu * 1e3 / (double)n_decode, (long)reps);
     printf("baseline: read %.2f GB/s (the best read pattern of 1..%ld threads over a %lld MiB buffer or the model's "
            "weights, the best of the reads before the load, after it and around every rep: the buffer %.2f GB/s "
-           "and the weights %.2f GB/s at first); read per decode token %.1f MB: weights %.1f MB (this weight format's "
-           "packed "
-           "tensors: codes, scales, super-block fields, norms, lm_head) + KV cache %.1f MB (the mean over the steps)\n",
+           "and the weights %.2f GB/s at first); read per decode token %.1f MB: weights %.1f MB (this weight "
+           "format's packed tensors: codes, scales, super-block fields, norms, lm_head) + KV cache %.1f MB (the mean "
+           "over the steps)\n",
            bw * 1e-9, (long)threads, (long long)bw_mib, bw_buffer * 1e-9, bw_weights * 1e-9, wbytes * 1e-6,
            (double)weight_bytes * 1e-6, kv_bytes * 1e-6);
     const double llc = kw_bench_llc_bytes(threads);
