@@ -19,6 +19,15 @@ typedef struct kw_bench_bw kw_bench_bw;
  * 0, KW_E_INVALID_ARG (threads < 1 or bytes < 512 KiB) or KW_E_NOMEM. *out is owned by the caller: kw_bench_bw_free. */
 int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out);
 
+/* The same patterns over memory someone else owns, e.g. a model's packed weights (so that the bound streams the very
+ * pages a kernel streams, mapped however they are): n spans data[i], bytes[i] (borrowed, and must stay mapped and
+ * unchanged until kw_bench_bw_free; NULL entries skipped), each read from its first 64-byte boundary in whole 256-byte
+ * steps. 0, KW_E_INVALID_ARG (threads < 1, or nothing to read) or KW_E_NOMEM. *out is owned by the caller. */
+int kw_bench_bw_create_spans(int threads, const void *const *data, const size_t *bytes, size_t n, kw_bench_bw **out);
+
+/* The bytes one pass of bw reads (0 for NULL). */
+size_t kw_bench_bw_bytes(const kw_bench_bw *bw);
+
 /* kw_bench_read_bandwidth's figure over bw's buffer (borrowed): GB/s, 0 if bw is NULL or reps < 1. */
 double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report);
 

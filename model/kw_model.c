@@ -63,6 +63,8 @@ struct kw_model {
     float embed_scale; /* Gemma3: sqrt(hidden) rounded to the embedding dtype; 0: no scaling */
     kw_layer *layers;
     size_t bytes_per_token;
+    kw_model_span *spans; /* owned: n_spans, the memory bytes_per_token counts, in the order bound */
+    size_t n_spans, cap_spans;
 
     int32_t max_batch;  /* scratch rows */
     int32_t logit_rows; /* rows per lm_head matmul */
@@ -112,6 +114,20 @@ static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
     kw_tensor_free(t);
     *t = packed;
     kw_weights_release(m->weights, name);
+    return 0;
+}
+
+/* Counts t (bound, in its final layout) among the bytes a decode token reads, and records its memory. */
+static int model_count(kw_model *m, const kw_tensor *t, size_t bytes) {
+    if (m->n_spans == m->cap_spans) {
+        const size_t cap = m->cap_spans ? 2 * m->cap_spans : 64;
+        kw_model_span *grown = realloc(m->spans, cap * sizeof *grown);
+        KW_RETURN_IF(!grown, KW_E_NOMEM, "model: out of memory");
+        m->spans = grown;
+        m->cap_spans = cap;
+    }
+    m->spans[m->n_spans++] = (kw_model_span){t->data, bytes};
+    m->bytes_per_token += bytes;
     return 0;
 }
 
@@ -181,7 +197,7 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
     KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));
     KW_FORWARD(kw_tensor_pack_quantized(m->backend, &q, t));
-    if (t != &m->embed) m->bytes_per_token += kw_tensor_nbytes(t);
+    if (t != &m->embed) KW_FORWARD(model_count(m, t, kw_tensor_nbytes(t)));
     return 1;
 }
 
@@ -216,7 +232,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
                  kw_dtype_name(st->dtype), name);
     KW_FORWARD(kw_weights_bind(m->backend, st, t));
     if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, name));
-    if (t != &m->embed) m->bytes_per_token += st->nbytes;
+    if (t != &m->embed) KW_FORWARD(model_count(m, t, st->nbytes));
     return 0;
 }
 
@@ -396,7 +412,7 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
         m->lm_head = m->embed;
         m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
         m->lm_head_tied = 1;
-        m->bytes_per_token += kw_tensor_nbytes(&m->embed);
+        KW_CHECK(model_count(m, &m->embed, kw_tensor_nbytes(&m->embed)));
     } else {
         /* a multimodal Gemma 3 checkpoint in the published layout keeps lm_head under language_model. */
         const int nested = strcmp(pre, "language_model.model.") == 0;
@@ -447,6 +463,7 @@ void kw_model_free(kw_model *m) {
     kw_tensor_free(&m->embed);
     kw_tensor_free(&m->final_norm);
     free(m->layers);
+    free(m->spans);
     free(m->pos_host);
     kw_weights_close(m->weights);
     free(m);
@@ -496,6 +513,10 @@ enum kw_dtype kw_model_logits_weight_dtype(const kw_model *model) {
 }
 size_t kw_model_weight_bytes_per_token(const kw_model *model) {
     return model->bytes_per_token;
+}
+const kw_model_span *kw_model_weight_spans(const kw_model *model, size_t *n) {
+    *n = model->n_spans;
+    return model->spans;
 }
 
 /* Gives a new cache the model's per-layer attention windows (frees it and clears *out on failure). */

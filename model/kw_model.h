@@ -120,6 +120,16 @@ enum kw_dtype kw_model_logits_weight_dtype(const kw_model *model);
  * it is the tied lm_head). The numerator of the memory-bandwidth bound. */
 size_t kw_model_weight_bytes_per_token(const kw_model *model);
 
+/* The memory those bytes are in: *n spans (each a bound weight: data as the backend holds it, on the CPU backend host
+ * memory the kernels stream; bytes in its layout), in the order they were bound, summing to
+ * kw_model_weight_bytes_per_token. Borrowed from the model (a fork: from its parent). `kvwire bench model` reads them
+ * for the bandwidth bound, so that the bound streams the very pages decode streams. */
+typedef struct kw_model_span {
+    const void *data;
+    size_t bytes;
+} kw_model_span;
+const kw_model_span *kw_model_weight_spans(const kw_model *model, size_t *n);
+
 /* Creates an empty KV cache shaped for this model (layers, kv heads, head_dim, each layer's attention window) on the
  * model's backend. capacity is in positions; dtype KW_DTYPE_BF16 or KW_DTYPE_F32. *out is owned by the caller
  * (kw_kvcache_free). */

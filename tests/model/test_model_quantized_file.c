@@ -14,6 +14,8 @@
  *   activations' rounding added (check_int8_activations); the Q4_K file with int8 activations reads as many weight
  *   bytes per token as without (QPANELS_U4_SB_X8 and U4_SB), the Q8_0 file fewer (QPANELS_S8_X8's f16 scales: 1.0625
  *   bytes per weight, not S8's 1.125), and its logits are the same bits on every CPU ISA (scalar, AVX2, AVX-512).
+ * - The weight bytes a decode token reads (kw_model_weight_bytes_per_token, the bytes `kvwire bench model` divides the
+ *   bandwidth by) equal a count by hand from the file's tensor types and the layouts' definitions, per file and mode.
  * - Determinism: two runs write the same bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -71,6 +73,44 @@ static double weight_error(const char *a_path, const char *ref_path) {
     return sqrt(se / ss);
 }
 
+/* The weight bytes a decode token reads, counted by hand from GGUF file path's tensor types: every 1-D tensor (the
+ * norms, f32 in these files) at 4 bytes per value; every 2-D one (rows padded to whole 64-row panels) at the bytes per
+ * weight of the layout it is kept in, with int8 activations (int8 1) or not, written out here from the layouts'
+ * definitions (kernels/kw_backend.h); token_embd only when no output.weight exists (tied: the table is the lm_head;
+ * else decode reads one row of it). F32: 4 (f32 panels). Q8_0 in QPANELS_S8: 32 codes and an f32 scale per 32
+ * weights; in QPANELS_S8_X8: 32 codes and an f16 scale. Q4_K in QPANELS_U4_SB(_X8): per 256 weights, 128 bytes of
+ * nibbles, f32 d and m, and an int8 scale and offset per 32. Q6_K with int8 activations in QPANELS_S6_G16_SB_X8: per
+ * 256, 192 bytes of 6-bit codes, an f32 d and an int8 scale per 16. 0 when a tensor's type has no count here (Q6_K
+ * without int8 activations: S6_G16_SB or S8_G16_SB by the CPU). */
+static size_t hand_bytes_per_token(const char *path, int int8) {
+    kw_gguf *g = NULL;
+    assert_int_equal(kw_gguf_open(path, &g), 0);
+    const int tied = kw_gguf_find_tensor(g, "output.weight") == NULL;
+    double bytes = 0;
+    for (size_t i = 0; i < kw_gguf_tensor_count(g); ++i) {
+        const kw_gguf_tensor *t = kw_gguf_tensor_at(g, i);
+        if (t->n_dims == 1) {
+            assert_int_equal(t->type, KW_GGML_F32);
+            bytes += 4.0 * (double)t->ne[0];
+            continue;
+        }
+        if (!tied && strcmp(t->name, "token_embd.weight") == 0) continue;
+        const double weights = (double)t->ne[0] * (double)((t->ne[1] + 63) / 64 * 64); /* ne[0]: k, ne[1]: rows */
+        double per = 0;
+        if (t->type == KW_GGML_F32) per = 4.0;
+        if (t->type == KW_GGML_Q8_0) per = int8 ? (32.0 + 2.0) / 32.0 : (32.0 + 4.0) / 32.0;
+        if (t->type == KW_GGML_Q4_K) per = (128.0 + 2.0 * 4.0 + 2.0 * 8.0) / 256.0;
+        if (t->type == KW_GGML_Q6_K && int8) per = (192.0 + 4.0 + 16.0) / 256.0;
+        if (per == 0) {
+            kw_gguf_close(g);
+            return 0;
+        }
+        bytes += weights * per;
+    }
+    kw_gguf_close(g);
+    return (size_t)bytes;
+}
+
 /* The same file with KW_GGUF_WEIGHTS_QUANTIZED_INT8 (Q8_0, Q4_K and Q6_K matmuls with int8 activations per 32): other
  * logits than the exact kept-quantized ones (the option acts), within the bound with the activations' rounding added
  * to the weights': a group's step is amax / 127 and amax <= sqrt(32) RMS of the group, so the relative RMS rounding
@@ -82,6 +122,7 @@ static void check_int8_activations(kw_backend *be, const char *path, const int32
     int64_t V2 = 0;
     size_t bytes = 0;
     float *got = kwfx_model_logits(be, path, &o, ids, N_IDS, &V2, &bytes);
+    assert_int_equal(bytes, hand_bytes_per_token(path, 1)); /* what bench model divides the bandwidth by */
     /* every matmul weight Q4_K with K a multiple of 256: kept in QPANELS_U4_SB_X8, as many bytes as the exact path's
      * QPANELS_U4_SB (0.59 per weight, not U4_X8's 0.75) */
     if (all_q4_k) assert_int_equal(bytes, exact_bytes);
@@ -130,6 +171,14 @@ static void check_int8_activations(kw_backend *be, const char *path, const int32
      * matmuls (kw_model_set_shared_matmuls(0)): the same logits, bit for bit */
     kw_model *m = NULL;
     assert_int_equal(kw_model_load(be, path, &o, &m), 0);
+    /* the spans bench model reads for the bound are those bytes: non-NULL memory, summing to the count */
+    size_t n_spans = 0, span_sum = 0;
+    const kw_model_span *spans = kw_model_weight_spans(m, &n_spans);
+    for (size_t i = 0; i < n_spans; ++i) {
+        assert_non_null(spans[i].data);
+        span_sum += spans[i].bytes;
+    }
+    assert_int_equal(span_sum, bytes);
     float *steps[2];
     for (int shared = 0; shared < 2; ++shared) {
         steps[shared] = malloc((size_t)(N_IDS * V) * sizeof(float));
@@ -200,6 +249,13 @@ static void run_arch(enum kw_arch arch, int tied) {
         size_t exact_bytes = 0;
         float *got = kwfx_model_logits(be, path, NULL, ids, N_IDS, &V2, &exact_bytes);
         assert_int_equal(V2, V);
+        if (s != KW_QUANT_BF16) { /* BF16: dequantized at load */
+            const size_t hand = hand_bytes_per_token(path, 0);
+            if (hand)
+                assert_int_equal(exact_bytes, hand);
+            else
+                assert_int_equal(s, KW_QUANT_Q4_K_M); /* its Q6_K tensors' layout depends on the CPU */
+        }
         double se = 0, ss = 0, max_d = 0;
         for (int64_t i = 0; i < N_IDS * V; ++i) {
             const double d = (double)got[i] - want[i];
