@@ -3,15 +3,16 @@
  * several ways to read a buffer far larger than the caches (1..N threads x 1 or 4 streams per thread x 64-bit integer
  * sums, AVX2 loads, AVX2 non-temporal loads or AVX-512 loads), so that no kernel the benchmarks time can read faster
  * than the bound they report it against. Each pattern keeps independent accumulators, so additions never limit the
- * rate. The buffer is mapped as the CPU backend maps packed weights (kw_hugepage_alloc: 2 MiB pages advised unless
- * KW_HUGEPAGES=0), since huge pages read faster than 4 KiB ones (fewer TLB misses, prefetchers not stopped every 4
- * KiB) and the bound must be the fastest way to stream the weights' memory.
+ * rate. The buffer is mapped as the CPU backend maps packed weights (2 MiB-aligned, its 2 MiB blocks advised
+ * MADV_HUGEPAGE unless KW_HUGEPAGES=0), since huge pages read faster than 4 KiB ones (fewer TLB misses, prefetchers not
+ * stopped every 4 KiB) and the bound must be the fastest way to stream the weights' memory.
  */
 #include "bench/bench_bandwidth.h"
 #include "kw_benches.h"
 
 #include <omp.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +77,14 @@ __attribute__((target("avx512f"))) static uint64_t kw_bw_sum_avx512(const uint64
         c = _mm512_add_epi64(c, _mm512_load_si512(q + 2));
         d = _mm512_add_epi64(d, _mm512_load_si512(q + 3));
     }
-    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
+    /* the lanes added as uint64_t: the sums wrap, and GCC's _mm512_reduce_add_epi64 adds them as signed (undefined on
+     * overflow, which UBSan reports) */
+    uint64_t lanes[8];
+    _mm512_storeu_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
+    uint64_t sum = 0;
+    for (int i = 0; i < 8; ++i)
+        sum += lanes[i];
+    return sum;
 }
 #endif
 
@@ -122,7 +130,9 @@ static double kw_bw_pass(const kw_bw_chunk *chunks, size_t n_chunks, int threads
 }
 
 struct kw_bench_bw {
-    uint64_t *buf;       /* owned: n words from kw_hugepage_alloc; NULL when reading spans of someone else's */
+    uint64_t *buf; /* n words, 2 MiB-aligned inside map; NULL when reading spans of someone else's */
+    void *map;     /* owned: the buffer's own mapping (map_bytes; munmap), or NULL */
+    size_t map_bytes;
     kw_bw_chunk *chunks; /* owned: n_chunks pieces of buf or of the spans, 64 KiB at most each */
     size_t n, n_chunks, bytes;
     int threads;
@@ -179,10 +189,20 @@ int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out) {
     if (threads < 1 || n == 0) return KW_E_INVALID_ARG;
     kw_bench_bw *bw = calloc(1, sizeof *bw);
     if (!bw) return KW_E_NOMEM;
-    /* as the CPU backend maps packed weights: above KW_HUGEPAGE_MIN a mapping of its own, unmapped at once when freed
-     * (so no allocator keeps it resident behind the model phase that `bench model` reports the peak RSS of), its 2 MiB
-     * blocks advised MADV_HUGEPAGE unless KW_HUGEPAGES=0 */
-    bw->buf = kw_hugepage_alloc(n * sizeof *bw->buf);
+    /* as the CPU backend maps packed weights (kw_hugepage_alloc): 2 MiB-aligned, its 2 MiB blocks advised
+     * MADV_HUGEPAGE unless KW_HUGEPAGES=0; but always a mapping of its own, unmapped at once when freed, ASan builds
+     * included (whose kw_hugepage_alloc is posix_memalign, and a freed block of up to 256 MiB would stay resident in
+     * ASan's quarantine behind the model phase that `bench model` reports the peak RSS of) */
+    bw->map_bytes = n * sizeof *bw->buf + KW_HUGEPAGE_SIZE;
+    bw->map = mmap(NULL, bw->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (bw->map == MAP_FAILED) bw->map = NULL;
+    if (bw->map) {
+        const uintptr_t at = ((uintptr_t)bw->map + KW_HUGEPAGE_SIZE - 1) & ~(uintptr_t)(KW_HUGEPAGE_SIZE - 1);
+        bw->buf = (uint64_t *)at;
+#ifdef MADV_HUGEPAGE
+        if (kw_hugepages_enabled()) (void)madvise(bw->buf, n * sizeof *bw->buf, MADV_HUGEPAGE); /* best effort */
+#endif
+    }
     size_t cap = 0;
     if (!bw->buf || kw_bw_add_span(bw, &cap, bw->buf, n * sizeof *bw->buf) != 0) {
         kw_bench_bw_free(bw);
@@ -259,7 +279,7 @@ double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
 
 void kw_bench_bw_free(kw_bench_bw *bw) {
     if (!bw) return;
-    kw_hugepage_free(bw->buf);
+    if (bw->map) munmap(bw->map, bw->map_bytes);
     free(bw->chunks);
     free(bw);
 }

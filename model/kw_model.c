@@ -232,7 +232,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
                  kw_dtype_name(st->dtype), name);
     KW_FORWARD(kw_weights_bind(m->backend, st, t));
     if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, name));
-    if (t != &m->embed) KW_FORWARD(model_count(m, t, st->nbytes));
+    if (t != &m->embed) KW_FORWARD(model_count(m, t, kw_tensor_nbytes(t)));
     return 0;
 }
 

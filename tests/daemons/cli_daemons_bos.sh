@@ -4,6 +4,8 @@
 # and `kvwire kvstats` see the same prompt ids: the prompt's token count and the generated ids of a receiver_only
 # request equal `kvwire generate`'s. Tiny random models made here with the shipped tokenizers.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
+pid=
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT # a failed check stops receiverd too
 kvwire=$build/tools/kvwire
 prompt="The capital of France is"
 for arch in llama gemma3 qwen3; do
@@ -38,6 +40,7 @@ for arch in llama gemma3 qwen3; do
         fail "$arch: the request failed"
     kill -TERM $pid
     wait $pid || fail "$arch: receiverd exited $? after SIGTERM: $(cat log.txt)"
+    pid=
     got_prompt=$(grep -o '"prompt_tokens": *[0-9]*' resp.json | head -1 | grep -o '[0-9]*$')
     got_gen=$(grep -o '"completion_ids": *\[[0-9, ]*\]' resp.json | sed 's/.*\[//; s/\]//' | tr -d ' ')
     [ "$got_prompt" = "$n_want" ] || fail "$arch: receiverd counted $got_prompt prompt tokens, generate $n_want: $(cat resp.json)"

@@ -5,6 +5,8 @@
 # quantized-int8 and bf16-act; and the first two differ (the chat prompt below is one whose answer int8 activations
 # change: "The capital..." against "L'Etoile..."), so a daemon that ignored the key would fail.
 . "$(dirname "$0")/../cli_lib.sh" "$@"
+pid=
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT # a failed check stops receiverd too
 set +e
 model=$("$kvwire" fetch-model smollm2-135m-instruct)
 rc=$?
@@ -36,6 +38,7 @@ for mode in quantized quantized-int8 bf16-act; do
         -d @req.json || fail "$mode: the request failed"
     kill -TERM $pid
     wait $pid || fail "$mode: receiverd exited $? after SIGTERM: $(cat log.txt)"
+    pid=
     got=$(jq -r '.kvwire.completion_ids | map(tostring) | join(",")' resp.json) ||
         fail "$mode: no completion ids: $(cat resp.json)"
     [ "$got" = "$want" ] || fail "$mode: receiverd generated [$got], kvwire generate [$want]"
