@@ -245,8 +245,7 @@ int kw_bench_codec(int argc, char **argv) {
     }
     const size_t per = (size_t)H * T * D;    /* elements of one K or V */
     const size_t in_bytes = 2 * per * 2 * L; /* bf16 K and V of every layer */
-    uint16_t *kv = malloc(in_bytes), *copy = malloc(in_bytes); /* KWX_ALIGN: 64-byte aligned bf16 output (experiment) */
-    uint16_t *out_bf16 = getenv("KWX_ALIGN") ? aligned_alloc(64, in_bytes) : malloc(in_bytes);
+    uint16_t *kv = malloc(in_bytes), *out_bf16 = malloc(in_bytes), *copy = malloc(in_bytes);
     float *out_f32 = malloc(in_bytes * 2);
     if (!kv || !out_bf16 || !copy || !out_f32) {
         fprintf(stderr, "kvwire bench codec: out of memory\n");

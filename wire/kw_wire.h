@@ -403,8 +403,6 @@ typedef struct kw_wire_section {
     uint64_t offset;   /* of the section in the blob */
     uint64_t size;     /* of the section on the wire: head + table + stored body + checksum */
     uint64_t checksum; /* the verified section checksum */
-    const uint8_t *ahead; /* experiment: the bytes after the section in the same feed */
-    size_t ahead_bytes;
 } kw_wire_section;
 
 /* Events returned by kw_wire_decoder_feed (non-negative). */

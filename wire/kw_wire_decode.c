@@ -11,7 +11,6 @@
  * copies nothing but compressed bodies.
  */
 #include "wire/kw_wire_internal.h"
-#include <stdlib.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -620,8 +619,6 @@ int kw_wire_decoder_feed(kw_wire_decoder *d, const void *data, size_t size, size
                 if (rc == 1) {
                     if ((rc = kw__dec_section_finish(d, p + used)) < 0) goto fail;
                     used += d->sec.size;
-                    d->sec.ahead = used < size ? p + used : NULL;
-                    d->sec.ahead_bytes = size - used;
                     *consumed = used;
                     return KW_WIRE_EVENT_SECTION;
                 }
@@ -939,33 +936,8 @@ static inline int kw__dec_row(const kw__wire_kernels *k, const kw__dec_rows *rw,
     return bad;
 }
 
-typedef struct kw__dec_ahead {
-    const uint8_t *p, *end;
-} kw__dec_ahead;
-
-/* KWX_HINT=0..3: prefetch the next section's bytes with that locality while decoding this one, KWX_MUL times as
- * many as this section's rows read (experiment; unset: off) */
-static int kwx_hint = -2, kwx_mul = 1;
-static inline void kw__dec_ahead_step(kw__dec_ahead *a, size_t n) {
-    if (kwx_hint == -2) {
-        kwx_hint = getenv("KWX_HINT") ? atoi(getenv("KWX_HINT")) : -1;
-        kwx_mul = getenv("KWX_MUL") ? atoi(getenv("KWX_MUL")) : 1;
-    }
-    if (kwx_hint < 0 || kwx_hint > 3) return;
-    n *= (size_t)kwx_mul;
-    for (; n >= 64 && a->p < a->end; n -= 64, a->p += 64)
-        if (kwx_hint == 3)
-            __builtin_prefetch(a->p, 0, 3);
-        else if (kwx_hint == 2)
-            __builtin_prefetch(a->p, 0, 2);
-        else if (kwx_hint == 1)
-            __builtin_prefetch(a->p, 0, 1);
-        else
-            __builtin_prefetch(a->p, 0, 0);
-}
-
 static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec, const kw_wire_group_view *gv,
-                          const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out, kw__dec_ahead *ahead) {
+                          const kw_wire_tensor_view *tv, const kw_wire_tensor_out *out) {
     if (kw__wire_general_path(&tv->spec))
         return tv->spec.granularity == KW_WIRE_GRAN_LAYER ? kw__dec_tensor_general(sec, gv, tv, out)
                                                           : kw__dec_tensor_blocks(k, sec, gv, tv, out);
@@ -987,7 +959,6 @@ static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec,
                         (uint8_t *)out->data +
                         ((size_t)(gv->first_token + tb + i) * out->token_stride + (size_t)h * out->head_stride) * es;
                 }
-                kw__dec_ahead_step(ahead, nb * (rw.row_bytes + rw.ss));
                 bad |= k->dequantize_rows(rw.codec, rw.codes + r0 * rw.row_bytes, nb, rw.D, sv, op, out->dtype) < 0;
             }
     } else {
@@ -1073,14 +1044,12 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
             .data = scratch[kv], .dtype = KW_WIRE_DTYPE_F32, .head_stride = D, .token_stride = (size_t)H * D};
         use[kv] = &f32_out[kv];
     }
-    kw__dec_ahead ahead = {NULL, NULL};
-    if (sec->ahead) ahead = (kw__dec_ahead){sec->ahead, sec->ahead + sec->ahead_bytes};
     for (uint32_t g = 0; g < sec->n_groups; ++g) {
         const kw_wire_group_view *gv = &sec->groups[g];
         const kw_wire_tensor_view *tv[2] = {&gv->k, &gv->v};
         for (int kv = 0; kv < 2; ++kv) {
             if (!use[kv]) continue;
-            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], use[kv], &ahead);
+            const int r = kw__dec_tensor(kern, sec, gv, tv[kv], use[kv]);
             rc = rc ? rc : r;
         }
     }

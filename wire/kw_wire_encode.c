@@ -6,7 +6,6 @@
  * Not here: the per-value math (kw_wire_quant.h), the row kernels (kw_wire_kernels.c, kw_wire_simd_x86.c).
  */
 #include "wire/kw_wire_internal.h"
-#include <stdlib.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -875,9 +874,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
         const uint8_t *rp[B];
         const uint32_t row_in = D * (uint32_t)es,
                        fit = (block ? KW__ENC_ROT_BYTES : KW__ENC_TOKEN_BLOCK_BYTES) / row_in;
-        static int kwx_eb = -1; /* KWX_EB=ROWS: rows per block instead (experiment) */
-        if (kwx_eb < 0) kwx_eb = getenv("KWX_EB") ? atoi(getenv("KWX_EB")) : 0;
-        const uint32_t bmax = kwx_eb > 0 && kwx_eb <= B ? (uint32_t)kwx_eb : fit >= B ? B : fit;
+        const uint32_t bmax = fit >= B ? B : fit;
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;
@@ -891,20 +888,10 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                  * hardware prefetcher keeps on its own (the input is read from memory once, here); at most `ahead` */
                 uint32_t nn = tg - tb - nb < bmax ? tg - tb - nb : bmax;
                 nn = nn < ahead ? nn : ahead;
-                static int kwx_ch = -1; /* KWX_CH=ROWS: absmaxes by amax_groups, ROWS a call (experiment) */
-                if (kwx_ch < 0) kwx_ch = getenv("KWX_CH") ? atoi(getenv("KWX_CH")) : 0;
-                if (kwx_ch > 0) {
-                    for (uint32_t i = 0; i < nb; i += (uint32_t)kwx_ch) {
-                        const uint32_t m = nb - i < (uint32_t)kwx_ch ? nb - i : (uint32_t)kwx_ch;
-                        for (uint32_t j = i; j < i + m && j < nn; ++j)
-                            kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + tb + nb + j), (size_t)D * es);
-                        k->amax_groups(rp + i, m, dt, D, D, am + i);
-                    }
-                } else
-                    for (uint32_t i = 0; i < nb; ++i) {
-                        if (i < nn) kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + tb + nb + i), (size_t)D * es);
-                        am[i] = k->amax(rp[i], dt, D);
-                    }
+                for (uint32_t i = 0; i < nb; ++i) {
+                    if (i < nn) kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + tb + nb + i), (size_t)D * es);
+                    am[i] = k->amax(rp[i], dt, D);
+                }
                 const uint32_t ok =
                     k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */

@@ -2013,13 +2013,10 @@ KW_AVX512 static int kw__dequantize_avx512(uint32_t codec, const uint8_t *src, u
  * nearest even as kw__store16_avx512 does, for every value but an f32 subnormal (it flushes those to zero). With
  * s >= 2^-126 no fl32(q * s) is subnormal (|q| >= 1, or q = 0 and the result a zero), so such rows take it and any
  * other row takes kw__dequantize_avx512. Returns a nonzero value if a reserved code (-128) was seen. */
-#include <stdlib.h>
-static int kwx_nt = -1; /* KWX_NT=1: non-temporal stores where a row is 64-byte aligned (experiment) */
 KW_AVX512BF16 static int kw__dequantize_int8_bf16_rows(const uint8_t *src, uint32_t n_rows, uint32_t n, const float *s,
                                                        void *const *out) {
     const __m256i invalid = _mm256_set1_epi8((char)0x80);
     int bad = 0;
-    if (kwx_nt < 0) kwx_nt = getenv("KWX_NT") ? atoi(getenv("KWX_NT")) : 0;
     for (uint32_t r = 0; r < n_rows; ++r) {
         const uint8_t *row = src + (size_t)r * n;
         if (!(s[r] >= 0x1p-126f)) {
@@ -2034,14 +2031,10 @@ KW_AVX512BF16 static int kw__dequantize_int8_bf16_rows(const uint8_t *src, uint3
             const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))), vs);
             const __m512 hi =
                 _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))), vs);
-            if (kwx_nt && !((uintptr_t)out[r] & 63))
-                _mm512_stream_si512((void *)((uint16_t *)out[r] + i), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-            else
-                _mm512_storeu_si512((uint16_t *)out[r] + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512((uint16_t *)out[r] + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         }
         bad |= b8 != 0;
     }
-    if (kwx_nt) _mm_sfence();
     return bad;
 }
 
