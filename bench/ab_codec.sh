@@ -3,7 +3,8 @@
 # with the same arguments (default --reps 5), and per codec row the median over the rounds of each build's ratios to
 # memcpy (encode / decode to bf16 / decode to f32, each measured against memcpy in the same run), then B's smallest
 # ratio over the rounds: a goal is met in every round only if that one meets it. Used for the codec speed sections
-# of docs/BENCHMARKS.md (A: the build before a change, B: after it; --isa avx2 for the AVX2 path).
+# of docs/BENCHMARKS.md (A: the build before a change, B: after it; --isa avx2 for the AVX2 path). A_KVWIRE or B_KVWIRE
+# may start with NAME=VALUE words, run through env, to compare two settings of one build ("KWX_X=1 build/tools/kvwire").
 set -euo pipefail
 a=$1
 b=$2
@@ -18,7 +19,8 @@ for r in $(seq 1 "$rounds"); do
         bin=$a
         [ "$side" = B ] && bin=$b
         # rows: a 22-column name, then memcpy, enc, x, dec->bf16, x, dec->f32, x, ...
-        "$bin" "${args[@]}" | awk -v side="$side" -v r="$r" '
+        # shellcheck disable=SC2086 # word splitting is the point: NAME=VALUE words, then the binary
+        env $bin "${args[@]}" | awk -v side="$side" -v r="$r" '
             NR > 2 && NF >= 12 && substr($0, 24) ~ /^ *[0-9]/ {
                 name = substr($0, 1, 22)
                 sub(/ +$/, "", name)

@@ -774,6 +774,11 @@ static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip) {
 /* The rows of a block rotated on the fly fit in this many bytes (L1-resident). */
 #define KW__ENC_ROT_BYTES      16384u
 #define KW__ENC_PREFETCH_BYTES 16384u /* input rows prefetched a block ahead (bf16 rows of 128: 64) */
+/* Input rows per block of the per-token path without a rotation or outliers (bf16 rows of 128: 32). Issue 10 item 5's
+ * tenth pass (docs/BENCHMARKS.md): 8 KB blocks encoded int8 and int4 per token 0.1-0.3x of memcpy faster than the
+ * 16 KB (rows of 128) or 32 KB (rows of 256) blocks of 64 rows, likely because this block, the next one being
+ * prefetched and the block's codes then fit in L1 together; 4 KB blocks (rows of 64) measured the same as 8 KB. */
+#define KW__ENC_TOKEN_BLOCK_BYTES 8192u
 
 /* Points rp[i] at the rows of head h, tokens t .. t + n - 1 of the tensor: with sx (the forward factors of a tensor
  * kw__enc_tensor rotates itself) each row is rotated into buf (n * D elements of src_dtype, the bits kw__enc_rotate
@@ -861,12 +866,15 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
     }
     case KW_WIRE_GRAN_TOKEN: {
         /* rows in blocks: all absmaxes, then all scales, then all codes, so the scale arithmetic (a division and a
-         * dtype conversion per row) pipelines instead of sitting between the vector loops */
+         * dtype conversion per row) pipelines instead of sitting between the vector loops. A block holds at most
+         * KW__ENC_TOKEN_BLOCK_BYTES of input rows (at most B rows) */
         enum { B = 64 };
         uint32_t am[B];
         float sv[B], iv[B];
         const uint8_t *rp[B];
-        const uint32_t fit = KW__ENC_ROT_BYTES / (D * (uint32_t)es), bmax = !block || fit >= B ? B : fit;
+        const uint32_t row_in = D * (uint32_t)es,
+                       fit = (block ? KW__ENC_ROT_BYTES : KW__ENC_TOKEN_BLOCK_BYTES) / row_in;
+        const uint32_t bmax = fit >= B ? B : fit;
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t tb = 0; tb < tg; tb += bmax) {
                 const uint32_t nb = tg - tb < bmax ? tg - tb : bmax;

@@ -403,13 +403,6 @@ KW_AVX2 static inline void kw__bytes8_avx2(__m256i c, uint8_t *dst) {
     _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(c16, c16));
 }
 
-/* The code of 8 clamped values y as int32 for the byte-aligned codecs of kw__quantize_bytes_bf16_avx2. */
-KW_AVX2 static inline __m256i kw__code8_avx2(uint32_t codec, __m256 y) {
-    if (codec == KW_WIRE_CODEC_E4M3) return kw__fp8_codes8_avx2(y, 3, 7, 0x7e);
-    if (codec == KW_WIRE_CODEC_E5M2) return kw__fp8_codes8_avx2(y, 2, 15, 0x7b);
-    return _mm256_cvtps_epi32(y);
-}
-
 /* 32 FP8 codes of bf16 values x[0..32) times inv > 0, as kw__fp8_codes8_avx2 gives them, into dst[0..32).
  * With inv > 0 the sign of y = fl32(x * inv) is the sign of x, so the codes are those of |y| = fl32(|x| * inv) with
  * the bf16 sign bits ORed in (a signed saturating pack of the raw bf16 words keeps bit 7 exactly where the value is
@@ -495,16 +488,18 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_fp8_bf16_
  * vector against zeros gives f32 values in the order packssdw puts back (values 4k..4k+3 of each 128-bit lane, then
  * 4k+4..4k+7), so two packs (signed for the integer codes, unsigned for the fp8 bytes 0..255) and one 64-bit lane
  * permute give the 32 codes in element order; the values and the rounding are those of kw__codes8_avx2 and
- * kw__fp8_codes8_avx2 (the packs never saturate: the codes are already in range). */
+ * kw__fp8_codes8_avx2. The integer codes clamp only from above in f32 (min(qmax, y)), convert, and clamp from below
+ * on the packed bytes: a y below -qmax (down to -Inf, whose conversion is INT32_MIN) saturates in the packs to at
+ * most -qmax and max(-qmax) makes it -qmax, the code clamp(y) then RNE gives; one byte maximum per 32 values instead
+ * of a float maximum per 8 (NaN never comes here: the encoder refuses it). */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf16_avx2(uint32_t codec,
                                                                                        const uint16_t *x, uint32_t n,
                                                                                        float inv0, const float *inv,
                                                                                        uint32_t gshift, uint8_t *dst) {
     const float qmax = kw_wire_codec_qmax(codec);
-    const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
-    const __m256i z = _mm256_setzero_si256();
-    const int fp8 = codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2;
-    if (fp8) {
+    const __m256 hi = _mm256_set1_ps(qmax), row_inv = _mm256_set1_ps(inv0);
+    const __m256i z = _mm256_setzero_si256(), qlo = _mm256_set1_epi8((char)-(int)qmax);
+    if (codec == KW_WIRE_CODEC_E4M3 || codec == KW_WIRE_CODEC_E5M2) {
         kw__quantize_fp8_bf16_avx2(codec == KW_WIRE_CODEC_E4M3, x, n, inv0, inv, gshift, dst);
         return;
     }
@@ -512,15 +507,13 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_bytes_bf1
         const __m256 vinv = inv ? _mm256_set1_ps(inv[i >> gshift]) : row_inv;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i)),
                       x1 = _mm256_loadu_si256((const __m256i *)(x + i + 16));
-#define KW__Q(v)                                                                                                       \
-    kw__code8_avx2(codec, fp8 ? _mm256_mul_ps(_mm256_castsi256_ps(v), vinv)                                            \
-                              : kw__scaled8_avx2(_mm256_castsi256_ps(v), vinv, lo, hi))
+#define KW__Q(v) _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_mul_ps(_mm256_castsi256_ps(v), vinv)))
         const __m256i p0 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x0)), KW__Q(_mm256_unpackhi_epi16(z, x0)));
         const __m256i p1 = _mm256_packs_epi32(KW__Q(_mm256_unpacklo_epi16(z, x1)), KW__Q(_mm256_unpackhi_epi16(z, x1)));
 #undef KW__Q
-        const __m256i q = _mm256_permute4x64_epi64(fp8 ? _mm256_packus_epi16(p0, p1) : _mm256_packs_epi16(p0, p1),
-                                                   0xd8); /* 32 codes in order */
-        if (codec == KW_WIRE_CODEC_INT6) {                /* 32 sextets in 24 bytes, four per 3 (FORMAT.md §5.3) */
+        const __m256i q =
+            _mm256_max_epi8(_mm256_permute4x64_epi64(_mm256_packs_epi16(p0, p1), 0xd8), qlo); /* 32 codes in order */
+        if (codec == KW_WIRE_CODEC_INT6) { /* 32 sextets in 24 bytes, four per 3 (FORMAT.md §5.3) */
             const __m256i c = _mm256_and_si256(q, _mm256_set1_epi8(63));
             /* 16-bit lanes c[2j] + 64 c[2j+1], then 32-bit lanes of 24 bits: the low word + 4096 the high one */
             const __m256i w12 = _mm256_maddubs_epi16(c, _mm256_set1_epi16(64 << 8 | 1));
@@ -775,16 +768,26 @@ KW_AVX2 static inline void kw__store8_avx2(void *out, uint32_t out_dtype, uint32
                      _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
 }
 
-/* kw__store8_avx2 of 16 values (v0: elements i..i+7, v1: i+8..i+15): to bf16 by one pack and one 64-bit permute for
- * both vectors, one 32-byte store. */
+/* kw__store8_avx2 of 16 values (v0: elements i..i+7, v1: i+8..i+15), one 32-byte store. To bf16 the rounding runs
+ * on 16-bit halves, 16 values a vector: the high halves H and the low halves L of the f32 bits split by one byte
+ * shuffle per vector and two 64-bit unpacks, then H + 1 where L + (H & 1) > 0x8000 (with saturation: the integer
+ * round to nearest even of kw__bf16_round8_avx2, finite inputs), one 64-bit permute into element order: ten
+ * operations per 16 values where two kw__bf16_round8_avx2, a pack and the permute take twelve. */
 KW_AVX2 static inline void kw__store16_avx2(void *out, uint32_t out_dtype, uint32_t i, __m256 v0, __m256 v1) {
     if (out_dtype == KW_WIRE_DTYPE_F32) {
         _mm256_storeu_ps((float *)out + i, v0);
         _mm256_storeu_ps((float *)out + i + 8, v1);
         return;
     }
-    const __m256i p = _mm256_packus_epi32(kw__bf16_round8_avx2(v0), kw__bf16_round8_avx2(v1));
-    _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm256_permute4x64_epi64(p, 0xd8));
+    /* per 128-bit lane: the four high halves, then the four low halves */
+    const __m256i split = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14,
+                                           15, 0, 1, 4, 5, 8, 9, 12, 13);
+    const __m256i a = _mm256_shuffle_epi8(_mm256_castps_si256(v0), split);
+    const __m256i b = _mm256_shuffle_epi8(_mm256_castps_si256(v1), split);
+    const __m256i hi = _mm256_unpacklo_epi64(a, b), lo = _mm256_unpackhi_epi64(a, b); /* values 0-3 8-11 | 4-7 12-15 */
+    const __m256i x = _mm256_adds_epu16(lo, _mm256_and_si256(hi, _mm256_set1_epi16(1)));
+    const __m256i up = _mm256_cmpeq_epi16(_mm256_max_epu16(x, _mm256_set1_epi16((short)0x8001)), x); /* x > 0x8000 */
+    _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm256_permute4x64_epi64(_mm256_sub_epi16(hi, up), 0xd8));
 }
 
 /* 8 FP8 codes (int32 0..255) as f32, exactly kw_e4m3_to_f32 / kw_e5m2_to_f32 (NaN and Inf codes too); *bad gets
@@ -956,8 +959,11 @@ KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_avx2_inl
         for (uint32_t i = 0; i < n; i += 16) {
             const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
             bad = _mm_or_si128(bad, _mm_cmpeq_epi8(b, invalid));
-            kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), vs),
-                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), vs));
+            /* each half widened straight from memory (no byte shift of b) */
+            const __m128i b0 = _mm_loadl_epi64((const __m128i *)(src + i)),
+                          b1 = _mm_loadl_epi64((const __m128i *)(src + i + 8));
+            kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b0)), vs),
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b1)), vs));
         }
         break;
     }

@@ -446,6 +446,37 @@ static void test_matrix(void **state) {
     print_message("%u blobs round-tripped\n", blobs);
 }
 
+/* Per-token int8 and int4 on rows long enough that the encoder's blocks of rows (kw__enc_tensor: at most 8 KB of
+ * input rows, at most 64 rows) hold fewer than 64 rows, and short rows whose blocks stop at 64 rows, with token counts
+ * that leave a partial last block: every scale and value checked as test_matrix checks its smaller rows. */
+static void test_token_blocks(void **state) {
+    (void)state;
+    wt_rng r = {77};
+    static const uint8_t dtypes[] = {KW_WIRE_DTYPE_BF16, KW_WIRE_DTYPE_F32, KW_WIRE_DTYPE_F16};
+    static const uint16_t dims[] = {8, 32, 64, 128, 256, 1024}; /* 8 and 32: 64-row blocks */
+    static const uint32_t tokens[] = {1, 15, 31, 33, 100};
+    static const uint8_t codecs[] = {KW_WIRE_CODEC_INT8, KW_WIRE_CODEC_INT4};
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; ++di)
+        for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ++ti)
+            for (size_t k = 0; k < 3; ++k) {
+                const uint32_t T = tokens[ti], H = 2;
+                const uint8_t dtype = dtypes[k];
+                const kw_wire_codec_spec spec = {codecs[(di + ti + k) % 2], KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+                kw_wire_header hdr = make_header((uint16_t)H, dims[di], 128, dtype, 1);
+                layer l;
+                layer_alloc(&l, H, T, dims[di], dtype, (int)wt_below(&r, LAYOUT_COUNT));
+                positions_for(&r, KW_WIRE_INDEX_RANGE, 128, T, l.positions);
+                gen_random(&l, &r);
+                layer_store(&l, 3);
+                kw_wire_policy pol;
+                memset(&pol, 0, sizeof pol);
+                pol.k = spec;
+                pol.v = spec;
+                roundtrip(&hdr, &l, &pol, 1);
+                layer_free(&l);
+            }
+}
+
 /* Adversarial values for every quantizing codec and scale dtype. */
 static void test_adversarial(void **state) {
     (void)state;
@@ -983,10 +1014,11 @@ static void test_v11(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matrix),     cmocka_unit_test(test_adversarial),    cmocka_unit_test(test_nonfinite),
-        cmocka_unit_test(test_range),      cmocka_unit_test(test_token_groups),   cmocka_unit_test(test_index_choice),
-        cmocka_unit_test(test_sizes),      cmocka_unit_test(test_compression),    cmocka_unit_test(test_determinism),
-        cmocka_unit_test(test_empty_blob), cmocka_unit_test(test_encoder_misuse), cmocka_unit_test(test_v11),
+        cmocka_unit_test(test_matrix),       cmocka_unit_test(test_adversarial),    cmocka_unit_test(test_nonfinite),
+        cmocka_unit_test(test_range),        cmocka_unit_test(test_token_groups),   cmocka_unit_test(test_index_choice),
+        cmocka_unit_test(test_sizes),        cmocka_unit_test(test_compression),    cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_empty_blob),   cmocka_unit_test(test_encoder_misuse), cmocka_unit_test(test_v11),
+        cmocka_unit_test(test_token_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
