@@ -348,21 +348,56 @@ static void kw_softmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
     }
 }
 
+/* Lanes of kw_argmax_row's first pass. */
+#define KW_ARGMAX_LANES 16
+
+/* kw_argmax_row's first pass over the whole lanes of x[0, n) (n < 2^31), ROUND (a constant) the bf16 rounding of
+ * kw_opm_argmax_value: lane l keeps the first best of i = l, l + 16, ... Branch-free, so that the compiler vectorizes
+ * it; the rounding as kw_f32_to_bf16 for every value but a NaN, which never wins anyway. Returns where it stopped. */
+static inline __attribute__((always_inline)) int64_t kw_argmax_lanes(const float *x, int64_t n, const int round,
+                                                                     float *bv, int32_t *bi) {
+    int64_t i = 0;
+    for (; i + KW_ARGMAX_LANES <= n; i += KW_ARGMAX_LANES)
+        for (int l = 0; l < KW_ARGMAX_LANES; ++l) {
+            const float xv = x[i + l];
+            const uint32_t u = kw_f32_bits(xv);
+            const float v = round ? kw_f32_from_bits((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u) : xv;
+            /* a greater value, or the lane's first one; never a NaN (it compares false both ways) */
+            const int win = ((v > bv[l]) | (bi[l] < 0)) & (xv == xv);
+            bv[l] = win ? v : bv[l];
+            bi[l] = win ? (int32_t)(i + l) : bi[l];
+        }
+    return i;
+}
+
+/* The first maximum of x[0, n) under kw_opm_argmax_wins (NaN never wins; -1 if all are NaN), values as
+ * kw_opm_argmax_value gives them: the lanes' bests (kw_argmax_lanes), merged, then the rest in order. The rule is a
+ * total order, so the result is that of one loop over all i. */
+static int64_t kw_argmax_row(const float *x, int64_t n, int flags) {
+    float bv[KW_ARGMAX_LANES];
+    int32_t bi[KW_ARGMAX_LANES];
+    for (int l = 0; l < KW_ARGMAX_LANES; ++l)
+        bv[l] = -INFINITY, bi[l] = -1;
+    int64_t i = 0;
+    if (n <= INT32_MAX)
+        i = (flags & KW_ARGMAX_ROUND_BF16) ? kw_argmax_lanes(x, n, 1, bv, bi) : kw_argmax_lanes(x, n, 0, bv, bi);
+    int64_t best = -1;
+    float best_v = 0.0f;
+    for (int l = 0; l < KW_ARGMAX_LANES; ++l)
+        if (kw_opm_argmax_wins(bv[l], bi[l], best_v, best)) best = bi[l], best_v = bv[l];
+    for (; i < n; ++i) {
+        const float v = kw_opm_argmax_value(x[i], flags);
+        if (kw_opm_argmax_wins(v, i, best_v, best)) best = i, best_v = v;
+    }
+    return best;
+}
+
 static void kw_argmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
     (void)worker;
     const kw_rows_job *j = arg;
     const int64_t N = j->N;
     for (int64_t r = r0; r < r1; ++r) {
-        const float *xr = j->xs + r * N;
-        int64_t best = -1;
-        float best_v = 0.0f;
-        for (int64_t i = 0; i < N; ++i) {
-            const float v = kw_opm_argmax_value(xr[i], j->flags);
-            if (kw_opm_argmax_wins(v, i, best_v, best)) { /* NaN never wins, the first maximum does */
-                best = i;
-                best_v = v;
-            }
-        }
+        const int64_t best = kw_argmax_row(j->xs + r * N, N, j->flags);
         ((int32_t *)j->ys)[r] = best < 0 ? 0 : (int32_t)best;
     }
 }
