@@ -31,6 +31,20 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 #define KW_CPU_X86 0
 #endif
 
+/* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq, and the {cos, sin} table of
+ * the last single position it rotated by. A decode step rotates q and k of every layer at one position, so the
+ * frequencies and angles are computed once per model (Gemma 3: two sets) and step instead of twice per layer; the
+ * same values (one formula). */
+#define KW_CPU_ROPE_MEMOS 2
+typedef struct kw_cpu_rope_memo {
+    int used;    /* params and inv_freq hold a set */
+    int has_pos; /* tab holds position pos */
+    int32_t pos; /* the position of tab */
+    kw_rope_params params;
+    float inv_freq[KW_ROPE_MAX_DIM / 2];
+    float tab[KW_ROPE_MAX_DIM]; /* {cos, sin} per frequency, as kw_op_rope_table's table */
+} kw_cpu_rope_memo;
+
 typedef struct kw_cpu_backend {
     kw_backend base; /* first: a kw_backend * points here */
     int n_threads;
@@ -38,6 +52,8 @@ typedef struct kw_cpu_backend {
     float *scratch; /* grows on demand; per-op temporary space (owned) */
     size_t scratch_floats;
     kw_cpu_pool *pool; /* n_threads in all (owned) */
+    kw_cpu_rope_memo rope[KW_CPU_ROPE_MEMOS];
+    int rope_next; /* the memo a new parameter set replaces */
 } kw_cpu_backend;
 
 /* fn(ctx, begin, end, worker) over [0, n) cut into min(nt, n) contiguous ranges (schedule(static)'s cut), one per

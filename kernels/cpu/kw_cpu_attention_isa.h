@@ -194,6 +194,18 @@ KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_exp_row)(float *e_row, int
     return 1.0f / KW_V(hsum)(sv);
 }
 
+/* The cache rows of a decode step come from memory (the layer's weights have streamed through the caches since they
+ * were written): a few short streams per item that the hardware prefetcher barely ramps up on. So the score loop
+ * prefetches the key rows KW_ATTN_PF_ROWS ahead and the value rows it is at (for the output pass), each line once:
+ * rows [r0, min(r1, end)) of base. */
+#define KW_ATTN_PF_ROWS 16
+KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_prefetch)(const char *base, size_t row_bytes, int64_t r0,
+                                                               int64_t r1, int64_t end) {
+    if (r1 > end) r1 = end;
+    for (size_t o = (size_t)r0 * row_bytes; r0 < r1 && o < (size_t)r1 * row_bytes; o += 64)
+        __builtin_prefetch(base + o);
+}
+
 /* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
  * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, int64_t nh, const char *kbase,
@@ -207,8 +219,11 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
         maxs[g] = -INFINITY;
     /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
     int64_t j = lo;
+    KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
     for (; j + 3 <= hi; j += 4) {
         const char *krow = kbase + (size_t)j * row_bytes;
+        KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 4, hi + 1);
+        KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 4, hi + 1);
         for (int64_t g = 0; g < nh; ++g) {
             float s4[4];
             KW_ISA_FN(kw_attn_dot4)(s4, q + g * D, krow, row_bytes, dt, D);
@@ -219,6 +234,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
             }
         }
     }
+    KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, hi + 1, hi + 1);
     for (; j <= hi; ++j) {
         const int masked = kw_opm_attn_masked(mask, j);
         const char *krow = kbase + (size_t)j * row_bytes;

@@ -103,45 +103,76 @@ typedef struct kw_rope_job {
     int64_t H, D, half;
 } kw_rope_job;
 
+/* tab[2 i], tab[2 i + 1] = cos, sin of position pos's angle at frequency i < half: the fp32 angle as HF forms it,
+ * cos/sin rounded once from double (HF's fp32 cos is within 1 ulp). */
+static void kw_rope_angles(int32_t pos, const float *inv_freq, int64_t half, float *tab) {
+    for (int64_t i = 0; i < half; ++i) {
+        const float angle = kw_opm_rope_angle(pos, inv_freq[i]);
+        tab[2 * i] = (float)cos((double)angle);
+        tab[2 * i + 1] = (float)sin((double)angle);
+    }
+}
+
+/* Rotates the H heads of one token x (H, D) by the {cos, sin} table tab (half frequencies). */
+static void kw_rope_rotate_token(float *x, int64_t H, int64_t D, int64_t half, const float *tab) {
+    for (int64_t h = 0; h < H; ++h) {
+        float *xh = x + h * D;
+        for (int64_t i = 0; i < half; ++i)
+            kw_opm_rope_rotate(&xh[i], &xh[i + half], tab[2 * i], tab[2 * i + 1]);
+    }
+}
+
 static void kw_rope_rows(void *arg, int64_t t0, int64_t t1, int worker) {
     (void)worker;
     const kw_rope_job *j = arg;
-    const int64_t H = j->H, D = j->D, half = j->half;
     for (int64_t t = t0; t < t1; ++t) {
-        float cs[KW_ROPE_MAX_DIM / 2], sn[KW_ROPE_MAX_DIM / 2];
-        for (int64_t i = 0; i < half; ++i) {
-            /* the fp32 angle as HF forms it; cos/sin rounded once from double (HF's fp32 cos is within 1 ulp) */
-            const float angle = kw_opm_rope_angle(j->pos[t], j->inv_freq[i]);
-            cs[i] = (float)cos((double)angle);
-            sn[i] = (float)sin((double)angle);
-        }
-        for (int64_t h = 0; h < H; ++h) {
-            float *xh = j->xs + (t * H + h) * D;
-            for (int64_t i = 0; i < half; ++i)
-                kw_opm_rope_rotate(&xh[i], &xh[i + half], cs[i], sn[i]);
-        }
+        float tab[KW_ROPE_MAX_DIM];
+        kw_rope_angles(j->pos[t], j->inv_freq, j->half, tab);
+        kw_rope_rotate_token(j->xs + t * j->H * j->D, j->H, j->D, j->half, tab);
     }
 }
 
 static void kw_rope_table_rows(void *arg, int64_t t0, int64_t t1, int worker) {
     (void)worker;
     const kw_rope_job *j = arg;
-    const int64_t H = j->H, D = j->D, half = j->half;
-    const float *tab = j->tab;
     for (int64_t t = t0; t < t1; ++t)
-        for (int64_t h = 0; h < H; ++h) {
-            float *xh = j->xs + (t * H + h) * D;
-            for (int64_t i = 0; i < half; ++i)
-                kw_opm_rope_rotate(&xh[i], &xh[i + half], tab[(t * half + i) * 2], tab[(t * half + i) * 2 + 1]);
-        }
+        kw_rope_rotate_token(j->xs + t * j->H * j->D, j->H, j->D, j->half, j->tab + t * j->half * 2);
+}
+
+static int kw_rope_same_params(const kw_rope_params *a, const kw_rope_params *b) {
+    return a->theta == b->theta && a->rotary_dim == b->rotary_dim && a->scaling == b->scaling &&
+           a->factor == b->factor && a->low_freq_factor == b->low_freq_factor &&
+           a->high_freq_factor == b->high_freq_factor && a->original_max_position == b->original_max_position;
+}
+
+/* The memo of params (kw_cpu_rope_memo), its inv_freq computed when the set is new. */
+static kw_cpu_rope_memo *kw_rope_memo(kw_cpu_backend *cpu, const kw_rope_params *params) {
+    for (int i = 0; i < KW_CPU_ROPE_MEMOS; ++i)
+        if (cpu->rope[i].used && kw_rope_same_params(&cpu->rope[i].params, params)) return &cpu->rope[i];
+    kw_cpu_rope_memo *r = &cpu->rope[cpu->rope_next];
+    cpu->rope_next = (cpu->rope_next + 1) % KW_CPU_ROPE_MEMOS;
+    r->used = 1;
+    r->has_pos = 0;
+    r->params = *params;
+    kw__rope_inv_freq(params, r->inv_freq);
+    return r;
 }
 
 int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2], half = params->rotary_dim / 2;
-    float inv_freq[KW_ROPE_MAX_DIM / 2];
-    kw__rope_inv_freq(params, inv_freq);
-    kw_rope_job job = {x->data, pos->data, inv_freq, NULL, H, D, half};
+    kw_cpu_rope_memo *r = kw_rope_memo(cpu, params);
+    const int32_t *p = pos->data;
+    if (T == 1) { /* a decode step: the position's table, computed at its first rotation */
+        if (!r->has_pos || r->pos != p[0]) {
+            kw_rope_angles(p[0], r->inv_freq, half, r->tab);
+            r->pos = p[0];
+            r->has_pos = 1;
+        }
+        kw_rope_rotate_token(x->data, H, D, half, r->tab);
+        return 0;
+    }
+    kw_rope_job job = {x->data, p, r->inv_freq, NULL, H, D, half};
     kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * H * D), T, kw_rope_rows, &job);
     return 0;
 }
@@ -317,21 +348,56 @@ static void kw_softmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
     }
 }
 
+/* Lanes of kw_argmax_row's first pass. */
+#define KW_ARGMAX_LANES 16
+
+/* kw_argmax_row's first pass over the whole lanes of x[0, n) (n < 2^31), ROUND (a constant) the bf16 rounding of
+ * kw_opm_argmax_value: lane l keeps the first best of i = l, l + 16, ... Branch-free, so that the compiler vectorizes
+ * it; the rounding as kw_f32_to_bf16 for every value but a NaN, which never wins anyway. Returns where it stopped. */
+static inline __attribute__((always_inline)) int64_t kw_argmax_lanes(const float *x, int64_t n, const int round,
+                                                                     float *bv, int32_t *bi) {
+    int64_t i = 0;
+    for (; i + KW_ARGMAX_LANES <= n; i += KW_ARGMAX_LANES)
+        for (int l = 0; l < KW_ARGMAX_LANES; ++l) {
+            const float xv = x[i + l];
+            const uint32_t u = kw_f32_bits(xv);
+            const float v = round ? kw_f32_from_bits((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u) : xv;
+            /* a greater value, or the lane's first one; never a NaN (it compares false both ways) */
+            const int win = ((v > bv[l]) | (bi[l] < 0)) & (xv == xv);
+            bv[l] = win ? v : bv[l];
+            bi[l] = win ? (int32_t)(i + l) : bi[l];
+        }
+    return i;
+}
+
+/* The first maximum of x[0, n) under kw_opm_argmax_wins (NaN never wins; -1 if all are NaN), values as
+ * kw_opm_argmax_value gives them: the lanes' bests (kw_argmax_lanes), merged, then the rest in order. The rule is a
+ * total order, so the result is that of one loop over all i. */
+static int64_t kw_argmax_row(const float *x, int64_t n, int flags) {
+    float bv[KW_ARGMAX_LANES];
+    int32_t bi[KW_ARGMAX_LANES];
+    for (int l = 0; l < KW_ARGMAX_LANES; ++l)
+        bv[l] = -INFINITY, bi[l] = -1;
+    int64_t i = 0;
+    if (n <= INT32_MAX)
+        i = (flags & KW_ARGMAX_ROUND_BF16) ? kw_argmax_lanes(x, n, 1, bv, bi) : kw_argmax_lanes(x, n, 0, bv, bi);
+    int64_t best = -1;
+    float best_v = 0.0f;
+    for (int l = 0; l < KW_ARGMAX_LANES; ++l)
+        if (kw_opm_argmax_wins(bv[l], bi[l], best_v, best)) best = bi[l], best_v = bv[l];
+    for (; i < n; ++i) {
+        const float v = kw_opm_argmax_value(x[i], flags);
+        if (kw_opm_argmax_wins(v, i, best_v, best)) best = i, best_v = v;
+    }
+    return best;
+}
+
 static void kw_argmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
     (void)worker;
     const kw_rows_job *j = arg;
     const int64_t N = j->N;
     for (int64_t r = r0; r < r1; ++r) {
-        const float *xr = j->xs + r * N;
-        int64_t best = -1;
-        float best_v = 0.0f;
-        for (int64_t i = 0; i < N; ++i) {
-            const float v = kw_opm_argmax_value(xr[i], j->flags);
-            if (kw_opm_argmax_wins(v, i, best_v, best)) { /* NaN never wins, the first maximum does */
-                best = i;
-                best_v = v;
-            }
-        }
+        const int64_t best = kw_argmax_row(j->xs + r * N, N, j->flags);
         ((int32_t *)j->ys)[r] = best < 0 ? 0 : (int32_t)best;
     }
 }

@@ -12,6 +12,7 @@
  */
 #include "kw_backend_cases.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +128,8 @@ const struct kw_case kw_cases[] = {
     {KW_OP_ARGMAX, F32, {4, 50, 0, 3}, 95},
     {KW_OP_ARGMAX, F32, {4, 50, KW_ARGMAX_ROUND_BF16, 3}, 96},
     {KW_OP_ARGMAX, F32, {1, 151936, KW_ARGMAX_ROUND_BF16, 0}, 97},
+    {KW_OP_ARGMAX, F32, {4, 70, 0, 4}, 98},
+    {KW_OP_ARGMAX, F32, {4, 70, KW_ARGMAX_ROUND_BF16, 4}, 99},
     /* copy: n, src dtype */
     {KW_OP_COPY, B16, {1000, F32}, 100},
     {KW_OP_COPY, F16, {1000, F32}, 101},
@@ -706,6 +709,7 @@ static int kw_run_argmax(kw_backend *b, const struct kw_case *c, kw_rng *r, kw_p
         } else if (data == 2) { /* NaN never wins; +Inf wins; all-NaN row gives 0; -Inf rows tie at index 0 */
             for (int64_t i = 0; i < N; i += 3)
                 xr[i] = NAN;
+            if (row == 0) xr[16] = 1e6f; /* after the NaN at 0 in the CPU's lane 0 */
             if (row == 1) xr[N - 1] = INFINITY;
             if (row == 2)
                 for (int64_t i = 0; i < N; ++i)
@@ -717,6 +721,14 @@ static int kw_run_argmax(kw_backend *b, const struct kw_case *c, kw_rng *r, kw_p
         } else if (data == 3) { /* values equal after bf16 rounding but not before: the flag decides */
             xr[row + 2] = 100.0f;
             xr[row + 9] = 100.25f; /* bf16 spacing at 100 is 0.5: rounds to 100 */
+        } else if (data == 4) {    /* N % 16 != 0: ties between the CPU's 16 lanes and its tail, -0 / +0, overflow */
+            if (row < 2) xr[3 + row] = 50.0f, xr[N - 1 - row] = 50.0f; /* the lane's index wins */
+            if (row == 2) {
+                for (int64_t i = 0; i < N; ++i)
+                    xr[i] = -1.0f;
+                xr[5] = -0.0f, xr[N - 2] = 0.0f; /* equal: the first wins */
+            }
+            if (row == 3) xr[2] = FLT_MAX, xr[9] = INFINITY; /* FLT_MAX rounds to +Inf in bf16: then 2 wins */
         }
     }
     int32_t *want = kw_xmalloc((size_t)R * sizeof(int32_t)), *got = NULL;
@@ -738,8 +750,12 @@ static int kw_run_argmax(kw_backend *b, const struct kw_case *c, kw_rng *r, kw_p
             }
         }
     }
-    if (data == 2 && (want[1] != N - 1 || want[2] != 0 || want[3] != 0 || want[4] != N / 2)) {
-        fprintf(stderr, "  oracle NaN/Inf rows gave %d %d %d %d\n", want[1], want[2], want[3], want[4]);
+    if (data == 4 && (want[0] != 3 || want[1] != 4 || want[2] != 5 || want[3] != (flags ? 2 : 9))) {
+        fprintf(stderr, "  oracle lane/tail rows gave %d %d %d %d\n", want[0], want[1], want[2], want[3]);
+        ok = 0;
+    }
+    if (data == 2 && (want[0] != 16 || want[1] != N - 1 || want[2] != 0 || want[3] != 0 || want[4] != N / 2)) {
+        fprintf(stderr, "  oracle NaN/Inf rows gave %d %d %d %d %d\n", want[0], want[1], want[2], want[3], want[4]);
         ok = 0;
     }
     KW_PERF(perf, b, kw_op_argmax(b, &to, &tx, flags));

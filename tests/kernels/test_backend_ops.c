@@ -24,6 +24,7 @@
 #include "kernels/kw_backend_impl.h"
 #include "kernels/cpu/kw_cpu.h"
 #include "kernels/kw_op_math.h"
+#include "kernels/ref/kw_ref.h"
 #include "kw_backend_cases.h"
 
 /* Creates a CPU backend with the given ISA ceiling ("" = the best available). */
@@ -329,6 +330,43 @@ static void test_rope_inv_freq_matches_transformers(void **state) {
     assert_true(configs >= 4);
 }
 
+/* The CPU rope keeps each parameter set's frequencies and a decode position's table (kw_cpu_rope_memo, two sets):
+ * single-token calls at repeated and new positions, three sets taking turns (so one is dropped and computed again),
+ * then a two-token call, each bit for bit kw_ref_rope. */
+static void test_cpu_rope_decode_steps(void **state) {
+    (void)state;
+    kw_backend *b = kw_make_cpu("", 1);
+    const kw_rope_params sets[3] = {
+        {10000.0, 16, KW_ROPE_SCALING_NONE, 1, 1, 4, 8192},
+        {1000000.0, 16, KW_ROPE_SCALING_NONE, 1, 1, 4, 8192},
+        {500000.0, 16, KW_ROPE_SCALING_LLAMA3, 32, 1, 4, 8192},
+    };
+    const struct {
+        int set;
+        int32_t pos[2];
+        int64_t T;
+    } steps[] = {{0, {5}, 1}, {0, {5}, 1}, {1, {5}, 1},     {0, {9}, 1},    {2, {9}, 1}, {1, {9}, 1},
+                 {0, {9}, 1}, {0, {5}, 1}, {2, {70000}, 1}, {0, {3, 4}, 2}, {0, {4}, 1}, {1, {1, 40000}, 2}};
+    const int64_t H = 3, D = 16;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; ++i) {
+        const int64_t T = steps[i].T;
+        float x[2 * 3 * 16], want[2 * 3 * 16];
+        for (int64_t e = 0; e < T * H * D; ++e)
+            x[e] = want[e] = (float)((e * 37 + (int64_t)i * 11) % 23) / 7.0f - 1.5f;
+        kw_tensor tx, tp;
+        assert_int_equal(kw_tensor_from_host(b, &tx, KW_DTYPE_F32, 3, (int64_t[]){T, H, D}, x), 0);
+        assert_int_equal(kw_tensor_from_host(b, &tp, KW_DTYPE_I32, 1, (int64_t[]){T}, steps[i].pos), 0);
+        assert_int_equal(kw_op_rope(b, &tx, &tp, &sets[steps[i].set]), 0);
+        assert_int_equal(kw_backend_synchronize(b), 0);
+        kw_ref_rope(want, steps[i].pos, T, H, D, &sets[steps[i].set]);
+        if (memcmp(x, want, (size_t)(T * H * D) * sizeof(float)) != 0) fprintf(stderr, "rope step %zu differs\n", i);
+        assert_memory_equal(x, want, (size_t)(T * H * D) * sizeof(float));
+        kw_tensor_free(&tx);
+        kw_tensor_free(&tp);
+    }
+    kw_backend_destroy(b);
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * The CPU backend's vector exp (used by attention) against the correctly rounded exp: a sweep over every 61st fp32
  * bit pattern of [-104, 89] (about 35 million inputs, both signs, subnormal results included) plus the edges. The
@@ -543,6 +581,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_shape_rejections),
         cmocka_unit_test(test_names_and_sizes),
         cmocka_unit_test(test_rope_inv_freq_matches_transformers),
+        cmocka_unit_test(test_cpu_rope_decode_steps),
         cmocka_unit_test(test_cpu_exp_within_2_ulp),
         cmocka_unit_test(test_cpu_erf_within_1_5_ulp),
         cmocka_unit_test(test_cpu_act_blocks),
