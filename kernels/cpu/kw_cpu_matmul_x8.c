@@ -418,6 +418,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LANES            8
 #define X8_MR               3
 #define X8_BIASED           0
+#define X8_PF8              1 /* kept: more work per byte than VNNI; off was no clear gain (docs/BENCHMARKS.md) */
 #define X8_VI               __m256i
 #define X8_VF               __m256
 #define X8_ZEROI()          _mm256_setzero_si256()
@@ -455,6 +456,7 @@ KW_TARGET_AVX2 static inline void kw_x8_store_n_avx2(float *y, __m256 v, int n) 
 #define X8_LANES            16
 #define X8_MR               4
 #define X8_BIASED           1
+#define X8_PF8              0 /* without: x8q8 gain 0.89x -> 0.98-1.00x at M = 1 (docs/BENCHMARKS.md) */
 #define X8_VI               __m512i
 #define X8_VF               __m512
 #define X8_ZEROI()          _mm512_setzero_si512()

@@ -3,7 +3,8 @@
  *
  * No include guard on purpose: kw_cpu_matmul_x8.c includes this file with X8_SFX (avx2, vnni), X8_TARGET, X8_LANES
  * (rows per vector: 8 or 16), X8_MR (x rows per prefill tile, <= KW_X8_MAX_MR), X8_BIASED (1: 8-bit codes are
- * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes) and the vector
+ * multiplied as code + 128 and 128 * sum q is taken back; 0: the dot product takes signed codes), X8_PF8 (1: S8_X8's
+ * decode rows prefetch, as the other layouts' always do) and the vector
  * macros defined (X8_VI / X8_VF the integer and float vector types, X8_DP4 / X8_DP8 the 4-byte dot products on 4-bit
  * and 8-bit codes, X8_OR, X8_AND, X8_SLLI16, X8_SRLI16 (16-bit lanes) and X8_SET1B for the 6-bit codes,
  * X8_LOADS8F the X8_LANES int8 at p as floats, X8_LOADHF the X8_LANES f16 at p as floats (exact), and the loads, stores
@@ -121,8 +122,10 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
         }
 }
 
-/* Rows [m0, m1) of a panel: each row streams it alone (decode, prefetching) up to KW_X8_ROW_MAX rows, else tiles of
- * X8_MR rows x 2 vectors. */
+/* Rows [m0, m1) of a panel: each row streams it alone (decode) up to KW_X8_ROW_MAX rows, else tiles of X8_MR rows x 2
+ * vectors. A decode row prefetches the panel stream, but S8_X8's not where X8_PF8 is 0: its demand loads and the
+ * hardware prefetcher keep up alone, and the prefetches slow it (docs/BENCHMARKS.md, "The x8 decode tile's
+ * streaming"). */
 X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(const int BITS, const int SB, float *y,
                                                                                int64_t N, const kw_x8_act *a, int64_t K,
                                                                                const char *wp, int64_t n0,
@@ -131,8 +134,10 @@ X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(c
     if (m1 - m0 <= KW_X8_ROW_MAX) {
         for (int64_t m = m0; m < m1; ++m) {
             const kw_x8_act r = kw_x8_rows(a, K, m);
-            for (int64_t h = 0; h < nvec; h += 4)
-                X8_FN(kw_x8_tile)(BITS, SB, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, h == 0);
+            for (int64_t h = 0; h < nvec; h += 4) {
+                const int pf = h == 0 && (SB != 2 || X8_PF8);
+                X8_FN(kw_x8_tile)(BITS, SB, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, pf);
+            }
         }
         return;
     }
@@ -160,6 +165,7 @@ X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(c
 #undef X8_LANES
 #undef X8_MR
 #undef X8_BIASED
+#undef X8_PF8
 #undef X8_VI
 #undef X8_VF
 #undef X8_ZEROI
