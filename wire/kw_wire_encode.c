@@ -779,6 +779,9 @@ static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip) {
  * 16 KB (rows of 128) or 32 KB (rows of 256) blocks of 64 rows, likely because this block, the next one being
  * prefetched and the block's codes then fit in L1 together; 4 KB blocks (rows of 64) measured the same as 8 KB. */
 #define KW__ENC_TOKEN_BLOCK_BYTES 8192u
+/* both hold at least one row of the widest input (f32) of the largest head: a block of 0 rows would never advance */
+_Static_assert(KW__ENC_TOKEN_BLOCK_BYTES >= 4u * KW_WIRE_MAX_HEAD_DIM && KW__ENC_ROT_BYTES >= 4u * KW_WIRE_MAX_HEAD_DIM,
+               "an encoder block must hold a row of KW_WIRE_MAX_HEAD_DIM f32 values");
 
 /* Points rp[i] at the rows of head h, tokens t .. t + n - 1 of the tensor: with sx (the forward factors of a tensor
  * kw__enc_tensor rotates itself) each row is rotated into buf (n * D elements of src_dtype, the bits kw__enc_rotate
