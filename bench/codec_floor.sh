@@ -8,14 +8,7 @@
 # (docs/BENCHMARKS.md): the floors, against which the codecs' arithmetic is what is left. Not part of CI; Linux
 # x86-64 with AVX2, needs cc.
 set -euo pipefail
-rounds=${1:-15}
-case $rounds in '' | *[!0-9]* | 0)
-    echo "codec_floor.sh: ROUNDS must be a positive integer" >&2
-    exit 2
-    ;;
-esac
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+. "$(dirname "$0")/bench_lib.sh" codec_floor.sh "${1:-}" 15
 cat >"$dir/f.c" <<'C'
 #include <immintrin.h>
 #include <stdint.h>
@@ -23,11 +16,7 @@ cat >"$dir/f.c" <<'C'
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "thread_clock.h"
 static void store(void *p, __m256i v, int nt) {
     if (nt)
         _mm256_stream_si256((__m256i *)p, v);

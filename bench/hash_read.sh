@@ -6,14 +6,7 @@
 # Not part of CI; Linux x86-64, needs cc and xxhash.h. A build is skipped on a CPU without its ISA. With
 # XXH_PREFETCH_DIST=BYTES in the environment xxHash's loop prefetches that far ahead instead of its default (384 here).
 set -euo pipefail
-rounds=${1:-3}
-case $rounds in '' | *[!0-9]* | 0)
-    echo "hash_read.sh: ROUNDS must be a positive integer" >&2
-    exit 2
-    ;;
-esac
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+. "$(dirname "$0")/bench_lib.sh" hash_read.sh "${1:-}" 3
 cat >"$dir/h.c" <<'C'
 #define XXH_INLINE_ALL
 #include <stdio.h>
@@ -21,11 +14,7 @@ cat >"$dir/h.c" <<'C'
 #include <string.h>
 #include <time.h>
 #include <xxhash.h>
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "thread_clock.h"
 int main(int argc, char **argv) {
     const int rounds = atoi(argv[1]);
     const size_t big = (size_t)512 << 20, n = (size_t)30 << 20;
