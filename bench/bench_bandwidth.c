@@ -162,27 +162,6 @@ static int kw_bw_add_span(kw_bench_bw *bw, size_t *cap, const void *p, size_t by
     return 0;
 }
 
-/* The kB of 2 MiB pages backing the mapping that holds p (AnonHugePages of /proc/self/smaps), or -1 where that file
- * cannot be read or has no such mapping. */
-static long kw_bw_huge_kb(const void *p) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f) return -1;
-    char line[512];
-    long kb = -1;
-    int inside = 0;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) { /* a mapping's first line */
-            if (inside) break;
-            inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
-        } else if (inside && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return kb;
-}
-
 int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out) {
     *out = NULL;
     const size_t n = bytes / sizeof(uint64_t) / 65536 * 65536;
@@ -267,7 +246,7 @@ double kw_bench_bw_measure(kw_bench_bw *bw, int reps, FILE *report) {
                 best = gbs > best ? gbs : best;
             }
     if (report && bw->buf) {
-        const long kb = kw_bw_huge_kb(bw->buf);
+        const long kb = kw_hugepage_smaps_kb(KW_SMAPS_ANON_HUGE, bw->buf, bw->n * sizeof *bw->buf);
         if (kb >= 0)
             fprintf(report, "  (buffer %.0f MiB, %.0f MiB of it on 2 MiB pages%s)\n",
                     (double)(bw->n * sizeof *bw->buf) / 1048576.0, (double)kb / 1024.0,

@@ -75,36 +75,6 @@ static void kw_bench_model_usage(FILE *f) {
            "               instances, checking that they pick the same tokens\n");
 }
 
-/* The kB of anonymous memory on transparent huge pages in this process (/proc/self/smaps_rollup), or -1. */
-static long kw_bench_anon_huge_kb(void) {
-    FILE *f = fopen("/proc/self/smaps_rollup", "r");
-    if (!f) return -1;
-    char line[256];
-    long kb = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) break;
-    fclose(f);
-    return kb;
-}
-
-/* The kB of this process's mappings advised MADV_HUGEPAGE ("hg" in their VmFlags, /proc/self/smaps), or -1. */
-static long kw_bench_advised_kb(void) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f) return -1;
-    char line[512];
-    long total = 0, mapping_kb = 0;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long a, b;
-        char perms[8];
-        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) /* a mapping's first line; then its fields */
-            mapping_kb = (long)((b - a) / 1024);
-        else if (strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " hg"))
-            total += mapping_kb;
-    }
-    fclose(f);
-    return total;
-}
-
 /* --interleave-hugepages: a second instance of the model at dir loaded with the other KW_HUGEPAGES setting than
  * `model` (loaded with the environment as it is), their steps alternated (A B B A), each from its own prefilled cache
  * of `capacity`. The backend's scratch is shared (it is sized by the first model). */
@@ -118,7 +88,8 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     double *ratios = NULL; /* owned: n_decode per-pair ratios 4 KiB / huge */
     const char *old = getenv("KW_HUGEPAGES");
     char *saved = old ? strdup(old) : NULL; /* owned */
-    const long huge_kb0 = kw_bench_anon_huge_kb(), advised_kb0 = kw_bench_advised_kb();
+    const long huge_kb0 = kw_hugepage_smaps_kb(KW_SMAPS_ANON_HUGE, NULL, 0),
+               advised_kb0 = kw_hugepage_smaps_kb(KW_SMAPS_ADVISED, NULL, 0);
     const int first_huge = kw_hugepages_enabled(); /* the second instance gets the other setting */
     setenv("KW_HUGEPAGES", first_huge ? "0" : "1", 1);
     uint64_t t0 = kw_time_now_ns();
@@ -130,7 +101,8 @@ static int kw_bench_interleave_hugepages(kw_backend *be, const char *dir, const 
     else
         unsetenv("KW_HUGEPAGES");
     KW_CHECK(rc);
-    const long huge_kb1 = kw_bench_anon_huge_kb(), advised_kb1 = kw_bench_advised_kb();
+    const long huge_kb1 = kw_hugepage_smaps_kb(KW_SMAPS_ANON_HUGE, NULL, 0),
+               advised_kb1 = kw_hugepage_smaps_kb(KW_SMAPS_ADVISED, NULL, 0);
     steps = calloc((size_t)n_decode * 2, sizeof *steps);
     ratios = calloc((size_t)n_decode, sizeof *ratios);
     KW_CHECK_IF(!steps || !ratios || (!saved && old), KW_E_NOMEM, "out of memory");

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -172,4 +173,27 @@ void kw_hugepage_free(void *p) {
         pthread_mutex_unlock(&g_lock);
     }
     free(p);
+}
+
+long kw_hugepage_smaps_kb(enum kw_smaps_field field, const void *p, size_t size) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (f == NULL) return -1;
+    char line[512];
+    long total = 0, kb, mapping_kb = 0;
+    int in = 0;
+    const uintptr_t lo = (uintptr_t)p, hi = lo + size;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) { /* a mapping's first line; then its fields */
+            in = size == 0 || (a < hi && b > lo);
+            mapping_kb = (long)((b - a) / 1024);
+        } else if (in && field == KW_SMAPS_ANON_HUGE && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
+            total += kb;
+        } else if (in && field == KW_SMAPS_ADVISED && strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " hg")) {
+            total += mapping_kb;
+        }
+    }
+    fclose(f);
+    return total;
 }

@@ -36,4 +36,15 @@ void *kw_hugepage_alloc_weight(size_t size);
 /* Releases memory from kw_hugepage_alloc or kw_hugepage_alloc_weight; NULL is a no-op. Thread-safe. */
 void kw_hugepage_free(void *p);
 
+/* What kw_hugepage_smaps_kb sums over the mappings it looks at. */
+enum kw_smaps_field {
+    KW_SMAPS_ANON_HUGE, /* AnonHugePages: what the kernel gave on huge pages */
+    KW_SMAPS_ADVISED,   /* the size of the mappings that carry madvise(MADV_HUGEPAGE) ("hg" in VmFlags): what this
+                           process asked for, whether or not the kernel could supply huge pages at that moment */
+};
+
+/* The kB of field summed over the mappings of this process (/proc/self/smaps) that overlap [p, p + size); size 0: over
+ * all of them. -1 where that file cannot be read (no procfs). For benchmarks and tests: it reads the whole file. */
+long kw_hugepage_smaps_kb(enum kw_smaps_field field, const void *p, size_t size);
+
 #endif

@@ -55,42 +55,17 @@ static const char *thp_mode(void) {
     return mode;
 }
 
-/* What smaps_kb sums over the mappings it looks at. */
-enum smaps_field {
-    SMAPS_ANON_HUGE, /* AnonHugePages: what the kernel gave on huge pages */
-    SMAPS_ADVISED,   /* the size of the mappings that carry madvise(MADV_HUGEPAGE) ("hg" in VmFlags): what this
-                        process asked for, whether or not the kernel could supply huge pages at that moment */
-};
-
-/* The kB of field summed over the mappings of /proc/self/smaps that overlap [p, p + size); size 0: over all. */
-static long smaps_kb(enum smaps_field field, const void *p, size_t size) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    assert_non_null(f);
-    char line[512];
-    long total = 0, kb, mapping_kb = 0;
-    int in = 0;
-    const uintptr_t lo = (uintptr_t)p, hi = lo + size;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long a, b;
-        char perms[8];
-        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) { /* a mapping's first line; then its fields */
-            in = size == 0 || (a < hi && b > lo);
-            mapping_kb = (long)((b - a) / 1024);
-        } else if (in && field == SMAPS_ANON_HUGE && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
-            total += kb;
-        } else if (in && field == SMAPS_ADVISED && strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " hg")) {
-            total += mapping_kb;
-        }
-    }
-    fclose(f);
-    return total;
+/* kw_hugepage_smaps_kb over [p, p + size) (size 0: the whole process); /proc/self/smaps must be readable. */
+static long smaps_kb(enum kw_smaps_field field, const void *p, size_t size) {
+    const long kb = kw_hugepage_smaps_kb(field, p, size);
+    assert_true(kb >= 0);
+    return kb;
 }
-
 static long anon_huge_kb(const void *p, size_t size) {
-    return smaps_kb(SMAPS_ANON_HUGE, p, size);
+    return smaps_kb(KW_SMAPS_ANON_HUGE, p, size);
 }
 static long advised_kb(const void *p, size_t size) {
-    return smaps_kb(SMAPS_ADVISED, p, size);
+    return smaps_kb(KW_SMAPS_ADVISED, p, size);
 }
 
 /* The kernel's huge pages for advised memory: asserted where this process could be given them, but a fragmented host
