@@ -197,14 +197,14 @@ int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out) {
     return 0;
 }
 
-int kw_bench_bw_create_spans(int threads, const void *const *data, const size_t *bytes, size_t n, kw_bench_bw **out) {
+int kw_bench_bw_create_spans(int threads, const kw_model_span *spans, size_t n, kw_bench_bw **out) {
     *out = NULL;
-    if (threads < 1 || (n && (!data || !bytes))) return KW_E_INVALID_ARG;
+    if (threads < 1 || (n && !spans)) return KW_E_INVALID_ARG;
     kw_bench_bw *bw = calloc(1, sizeof *bw);
     if (!bw) return KW_E_NOMEM;
     size_t cap = 0;
     for (size_t i = 0; i < n; ++i)
-        if (data[i] && kw_bw_add_span(bw, &cap, data[i], bytes[i]) != 0) {
+        if (spans[i].data && kw_bw_add_span(bw, &cap, spans[i].data, spans[i].bytes) != 0) {
             kw_bench_bw_free(bw);
             return KW_E_NOMEM;
         }

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "model/kw_model.h"
+
 /* The best read bandwidth in GB/s over every pattern (1..threads threads, 1 or 4 streams each, 64-bit integer sums,
  * AVX2 loads and AVX2 non-temporal loads where the CPU has AVX2), each the best of reps passes over a buffer of
  * `bytes` bytes (allocated and freed here; make it far larger than the caches). Each pattern's figure is printed to
@@ -19,11 +21,12 @@ typedef struct kw_bench_bw kw_bench_bw;
  * 0, KW_E_INVALID_ARG (threads < 1 or bytes < 512 KiB) or KW_E_NOMEM. *out is owned by the caller: kw_bench_bw_free. */
 int kw_bench_bw_create(int threads, size_t bytes, kw_bench_bw **out);
 
-/* The same patterns over memory someone else owns, e.g. a model's packed weights (so that the bound streams the very
- * pages a kernel streams, mapped however they are): n spans data[i], bytes[i] (borrowed, and must stay mapped and
- * unchanged until kw_bench_bw_free; NULL entries skipped), each read from its first 64-byte boundary in whole 256-byte
- * steps. 0, KW_E_INVALID_ARG (threads < 1, or nothing to read) or KW_E_NOMEM. *out is owned by the caller. */
-int kw_bench_bw_create_spans(int threads, const void *const *data, const size_t *bytes, size_t n, kw_bench_bw **out);
+/* The same patterns over memory someone else owns, e.g. a model's packed weights (kw_model_weight_spans, so that the
+ * bound streams the very pages a kernel streams, mapped however they are): n spans (borrowed; their memory must stay
+ * mapped and unchanged until kw_bench_bw_free; spans with NULL data skipped), each read from its first 64-byte
+ * boundary in whole 256-byte steps. 0, KW_E_INVALID_ARG (threads < 1, or nothing to read) or KW_E_NOMEM. *out is
+ * owned by the caller. */
+int kw_bench_bw_create_spans(int threads, const kw_model_span *spans, size_t n, kw_bench_bw **out);
 
 /* The bytes one pass of bw reads (0 for NULL). */
 size_t kw_bench_bw_bytes(const kw_bench_bw *bw);

@@ -246,12 +246,10 @@ int kw_bench_model(int argc, char **argv) {
     kw_model *model = NULL;
     kw_kvcache *cache = NULL;
     int32_t *ids = NULL;
-    kw_bench_bw *bracket = NULL;   /* owned: the bandwidth reads around each rep */
-    kw_bench_bw *wread = NULL;     /* owned: the same patterns over the model's own weights */
-    const void **span_data = NULL; /* owned array (of borrowed pointers): the weights' memory, for wread */
-    size_t *span_bytes = NULL;     /* owned: their sizes */
-    double *brackets = NULL;       /* owned: reps + 1 reads, bytes/s */
-    double *rep_ratios = NULL;     /* owned: each rep's decode against the better read around it */
+    kw_bench_bw *bracket = NULL; /* owned: the bandwidth reads around each rep */
+    kw_bench_bw *wread = NULL;   /* owned: the same patterns over the model's own weights */
+    double *brackets = NULL;     /* owned: reps + 1 reads, bytes/s */
+    double *rep_ratios = NULL;   /* owned: each rep's decode against the better read around it */
     char tmpl[] = "/tmp/kw_bench_model_XXXXXX";
     const char *dir = model_dir;
     int temp = 0;
@@ -315,14 +313,7 @@ int kw_bench_model(int argc, char **argv) {
     stage = "weights' bandwidth";
     size_t n_spans = 0;
     const kw_model_span *spans = kw_model_weight_spans(model, &n_spans);
-    span_data = malloc((n_spans ? n_spans : 1) * sizeof *span_data);
-    span_bytes = malloc((n_spans ? n_spans : 1) * sizeof *span_bytes);
-    KW_CHECK_IF(!span_data || !span_bytes, KW_E_NOMEM, "out of memory");
-    for (size_t i = 0; i < n_spans; ++i) {
-        span_data[i] = spans[i].data;
-        span_bytes[i] = spans[i].bytes;
-    }
-    KW_CHECK(kw_bench_bw_create_spans((int)threads, span_data, span_bytes, n_spans, &wread));
+    KW_CHECK(kw_bench_bw_create_spans((int)threads, spans, n_spans, &wread));
     printf("read patterns over the model's weights (%zu tensors, %.1f MB read):\n", n_spans,
            (double)kw_bench_bw_bytes(wread) * 1e-6);
     const double bw_weights = kw_bench_bw_measure(wread, 3, stdout) * 1e9;
@@ -464,8 +455,6 @@ out:
     free(rep_ratios);
     kw_bench_bw_free(bracket);
     kw_bench_bw_free(wread);
-    free(span_data);
-    free(span_bytes);
     kw_kvcache_free(cache);
     kw_model_free(model);
     kw_backend_destroy(be);

@@ -28,11 +28,17 @@ KW_HD float kw_bf16_to_f32(uint16_t h) {
     return kw_f32_from_bits((uint32_t)h << 16);
 }
 
+/* The bits of a non-NaN fp32 value (bits u) rounded to the nearest bf16 (ties to even), as fp32 bits: the low 16 bits
+ * zero. Branch-free, so a loop over it vectorizes (kw_argmax_lanes); a NaN's result is meaningless (kw_f32_to_bf16
+ * quiets it instead). */
+KW_HD uint32_t kw_bf16_round_bits(uint32_t u) {
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
 KW_HD uint16_t kw_f32_to_bf16(float f) {
     const uint32_t u = kw_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN, sign kept */
-    const uint32_t rounding_bias = 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)((u + rounding_bias) >> 16);
+    return (uint16_t)(kw_bf16_round_bits(u) >> 16);
 }
 
 /* Rounds an fp32 value to the nearest bf16 and back: the value a bf16 tensor would hold. */

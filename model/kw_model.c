@@ -117,8 +117,10 @@ static int model_pack(kw_model *m, kw_tensor *t, const char *name) {
     return 0;
 }
 
-/* Counts t (bound, in its final layout) among the bytes a decode token reads, and records its memory. */
-static int model_count(kw_model *m, const kw_tensor *t, size_t bytes) {
+/* Counts t (bound, in its final layout: kw_tensor_nbytes) among the bytes a decode token reads, and records its memory.
+ */
+static int model_count(kw_model *m, const kw_tensor *t) {
+    const size_t bytes = kw_tensor_nbytes(t);
     if (m->n_spans == m->cap_spans) {
         const size_t cap = m->cap_spans ? 2 * m->cap_spans : 64;
         kw_model_span *grown = realloc(m->spans, cap * sizeof *grown);
@@ -197,7 +199,7 @@ static int model_bind_quantized(kw_model *m, kw_tensor *t, const char *name, con
     if (!kw_backend_supports_layout(m->backend, q.layout)) return 0;
     KW_FORWARD(model_check_shape(name, 2, (const int64_t[]){q.n, q.k}, 2, ne));
     KW_FORWARD(kw_tensor_pack_quantized(m->backend, &q, t));
-    if (t != &m->embed) KW_FORWARD(model_count(m, t, kw_tensor_nbytes(t)));
+    if (t != &m->embed) KW_FORWARD(model_count(m, t));
     return 1;
 }
 
@@ -232,7 +234,7 @@ static int model_bind(kw_model *m, kw_tensor *t, enum kw_op op, int required, in
                  kw_dtype_name(st->dtype), name);
     KW_FORWARD(kw_weights_bind(m->backend, st, t));
     if (op == KW_OP_MATMUL && ndim == 2) KW_FORWARD(model_pack(m, t, name));
-    if (t != &m->embed) KW_FORWARD(model_count(m, t, kw_tensor_nbytes(t)));
+    if (t != &m->embed) KW_FORWARD(model_count(m, t));
     return 0;
 }
 
@@ -412,7 +414,7 @@ int kw_model_load(kw_backend *backend, const char *dir, const kw_model_options *
         m->lm_head = m->embed;
         m->lm_head.owns_data = 0; /* the same memory; only embed frees it */
         m->lm_head_tied = 1;
-        KW_CHECK(model_count(m, &m->embed, kw_tensor_nbytes(&m->embed)));
+        KW_CHECK(model_count(m, &m->embed));
     } else {
         /* a multimodal Gemma 3 checkpoint in the published layout keeps lm_head under language_model. */
         const int nested = strcmp(pre, "language_model.model.") == 0;

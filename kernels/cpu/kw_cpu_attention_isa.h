@@ -202,7 +202,7 @@ KW_SIMD_TARGET KW_SIMD_INLINE float KW_ISA_FN(kw_attn_exp_row)(float *e_row, int
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_prefetch)(const char *base, size_t row_bytes, int64_t r0,
                                                                int64_t r1, int64_t end) {
     if (r1 > end) r1 = end;
-    for (size_t o = (size_t)r0 * row_bytes; r0 < r1 && o < (size_t)r1 * row_bytes; o += 64)
+    for (size_t o = (size_t)r0 * row_bytes; o < (size_t)r1 * row_bytes; o += 64)
         __builtin_prefetch(base + o);
 }
 

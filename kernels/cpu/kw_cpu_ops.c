@@ -353,7 +353,8 @@ static void kw_softmax_rows(void *arg, int64_t r0, int64_t r1, int worker) {
 
 /* kw_argmax_row's first pass over the whole lanes of x[0, n) (n < 2^31), ROUND (a constant) the bf16 rounding of
  * kw_opm_argmax_value: lane l keeps the first best of i = l, l + 16, ... Branch-free, so that the compiler vectorizes
- * it; the rounding as kw_f32_to_bf16 for every value but a NaN, which never wins anyway. Returns where it stopped. */
+ * it; the rounding kw_f32_to_bf16's (kw_bf16_round_bits) for every value but a NaN, which never wins anyway. Returns
+ * where it stopped. */
 static inline __attribute__((always_inline)) int64_t kw_argmax_lanes(const float *x, int64_t n, const int round,
                                                                      float *bv, int32_t *bi) {
     int64_t i = 0;
@@ -361,7 +362,7 @@ static inline __attribute__((always_inline)) int64_t kw_argmax_lanes(const float
         for (int l = 0; l < KW_ARGMAX_LANES; ++l) {
             const float xv = x[i + l];
             const uint32_t u = kw_f32_bits(xv);
-            const float v = round ? kw_f32_from_bits((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u) : xv;
+            const float v = round ? kw_f32_from_bits(kw_bf16_round_bits(u)) : xv;
             /* a greater value, or the lane's first one; never a NaN (it compares false both ways) */
             const int win = ((v > bv[l]) | (bi[l] < 0)) & (xv == xv);
             bv[l] = win ? v : bv[l];
