@@ -2,9 +2,9 @@
 #   . "$(dirname "$0")/../cli_lib.sh" "$@"
 # with the script's arguments (kvwire binary, source dir, build dir). Sets kvwire, src and build, works in a fresh
 # temporary folder removed on exit, stops at the first failing command, and defines fail MESSAGE and
-# field KEY FILE (the value of the first "KEY: value" line of FILE), wait_ready FILE PID, tiny_c2c_models, rscore_models (rscore_run,
-# stable) and the byte-cap helpers budget_word, budget_kept, dumped, budget_check_ends and budget_check_minimum
-# (below).
+# field KEY FILE (the value of the first "KEY: value" line of FILE), real_model NAME, wait_ready FILE PID,
+# tiny_c2c_models, rscore_models (rscore_run, stable) and the byte-cap helpers budget_word, budget_kept, dumped,
+# budget_check_ends and budget_check_minimum (below).
 set -euo pipefail
 kvwire=$1
 src=$2
@@ -13,6 +13,16 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 fail() { echo "FAIL: $*"; exit 1; }
+# real_model NAME: model = the path `kvwire fetch-model NAME` prints, or exit 77 (skipped) when it cannot be downloaded.
+real_model() {
+    local rc=0
+    model=$("$kvwire" fetch-model "$1") || rc=$?
+    if [ $rc -eq 3 ]; then
+        echo "SKIP: $1 could not be downloaded (offline or no pip)"
+        exit 77
+    fi
+    [ $rc -eq 0 ] || fail "fetch-model $1 exit $rc"
+}
 field() { grep "^$1: " "$2" | head -1 | sed "s/^$1: //"; }
 # wait_ready FILE PID: waits up to 60 s for a daemon's --runtime.ready_file FILE, or until PID exits; 0 if FILE was
 # written

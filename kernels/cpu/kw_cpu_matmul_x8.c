@@ -17,8 +17,13 @@
  *     int32 (|isum| <= 32 * 128 * 127). S8_X8's scale is its stored f16 widened exactly (vcvtph2ps, kw_f16_to_f32).
  *  3. y[m][n] = the chain over the weight groups j = 0, 1, ... from +0 of
  *         acc = fma(scale(n, j), fl((float)isum * d(j's activation group)), acc)
- *     and for U4 (j = g) then acc = fma(offset(n, g), xs(g), acc); bias added once by the caller, as for every other
- *     layout.
+ *     and for U4 (j = g) then acc = fma(offset(n, g), xs(g), acc); but for S8_X8 (Q8_0, Q5_0: the activation rounding
+ *     ggml gives them, whose q8_0 activation blocks store d as f16)
+ *         acc = fma(fl(scale(n, j) * f16(d(g))), (float)isum, acc)
+ *     with f16() rounding to the nearest f16, even on ties (kw_round_f16; vcvtps2ph): the scale product ggml forms
+ *     (ggml_vec_dot_q8_0_q8_0 and sgemm's Q8_0 tiles), within f32 rounding of its matmul on the same x (ggml sums each
+ *     output in 8 lanes of 4 k and adds them at the end; one chain here). Bias added once by the caller, as for every
+ *     other layout.
  * Integer sums are exact whatever the instructions (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd, which cannot
  * saturate: 2 * 15 * 127 and, with the 8-bit codes' signs moved onto q, 2 * 128 * 127 < 32767; or scalar), and the
  * epilogue is the same IEEE operations in the same order, so the ISAs agree bit for bit with kw_ref_quant_matmul_x8
@@ -360,11 +365,13 @@ static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N
                 int32_t isum = 0;
                 for (int kk = 0; kk < WG; ++kk)
                     isum += kw_x8_code(BITS, SB, gr.codes, c, kk) * q[kk];
-                const float t = (float)isum * a->d[m * G + g];
-                const float scale = SB == 2 ? kw_f16_to_f32(gr.scales16[c])
-                                    : SB    ? gr.d[c] * (float)gr.s[c]
-                                            : gr.scales[c];
-                acc = fmaf(scale, t, acc);
+                const float d = a->d[m * G + g];
+                if (SB == 2) { /* rule 3's S8_X8 form: fma(fl(f16 scale * f16(d)), isum, acc) */
+                    acc = fmaf(kw_f16_to_f32(gr.scales16[c]) * kw_round_f16(d), (float)isum, acc);
+                    continue;
+                }
+                const float scale = SB ? gr.d[c] * (float)gr.s[c] : gr.scales[c];
+                acc = fmaf(scale, (float)isum * d, acc);
                 if (OFS) acc = fmaf(SB ? gr.m[c] * (float)gr.o[c] : gr.offsets[c], a->s[m * G + g], acc);
             }
             y[m * N + n0 + c] = acc;
@@ -400,6 +407,11 @@ KW_TARGET_AVX2 static inline __m256i kw_x8_dp_avx2(__m256i acc, __m256i u, __m25
 KW_TARGET_AVX2 static inline __m256i kw_x8_dp8_avx2(__m256i acc, __m256i c, __m256i q) {
     const __m256i cs = _mm256_xor_si256(c, _mm256_set1_epi8((char)0x80));
     return kw_x8_dp_avx2(acc, _mm256_abs_epi8(cs), _mm256_sign_epi8(q, cs));
+}
+
+/* kw_round_f16(d) by vcvtps2ph / vcvtph2ps (round to nearest even, the same bits): S8_X8's activation scale. */
+KW_TARGET_AVX2 static inline float kw_x8_round_f16(float d) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(d), _MM_FROUND_TO_NEAREST_INT)));
 }
 
 /* Stores the first n (1..8) lanes of v at y. */

@@ -99,7 +99,8 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
         }
 #pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
-            const X8_VF d = X8_SET1F(a->d[m * G + g]);
+            const float dm = a->d[m * G + g];
+            const X8_VF d = X8_SET1F(SB == 2 ? kw_x8_round_f16(dm) : dm);           /* S8_X8: the f16 d of rule 3 */
             const int32_t bias = BITS == 6 ? 32 : BITS == 8 && X8_BIASED ? 128 : 0; /* the codes' bias */
             /* the sum of q over the weight group: a half activation group, or (S8_X8) all of it */
             const int32_t qs =
@@ -107,8 +108,11 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
             const X8_VI back = X8_SET1I(bias * qs);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                const X8_VF f = X8_MULF(X8_CVT(X8_SUBI(is[m][v], back)), d);
-                acc[m][v] = X8_FMA(scale[v], f, acc[m][v]);
+                const X8_VF f = X8_CVT(X8_SUBI(is[m][v], back));
+                if (SB == 2) /* fma(fl(scale * d), isum, acc) */
+                    acc[m][v] = X8_FMA(X8_MULF(scale[v], d), f, acc[m][v]);
+                else /* fma(scale, fl(isum * d), acc) */
+                    acc[m][v] = X8_FMA(scale[v], X8_MULF(f, d), acc[m][v]);
                 if (OFS) acc[m][v] = X8_FMA(ofs[v], X8_SET1F(a->s[m * G + g]), acc[m][v]);
             }
         }

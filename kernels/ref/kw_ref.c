@@ -107,7 +107,10 @@ void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quan
                 int32_t isum = 0;
                 for (int64_t k = k0; k < k0 + WG; ++k)
                     isum += xq[k % 32] * q->codes[n * K + k];
-                acc = fmaf(q->scales[n * J + j], (float)isum * d, acc);
+                if (q->layout == KW_LAYOUT_QPANELS_S8_X8) /* its f16 scale times d rounded to f16, then the fma */
+                    acc = fmaf(q->scales[n * J + j] * kw_round_f16(d), (float)isum, acc);
+                else
+                    acc = fmaf(q->scales[n * J + j], (float)isum * d, acc);
                 if (ql.has_offset) acc = fmaf(q->offsets[n * J + j], d * (float)qsum, acc);
             }
             out[m * q->n + n] = acc;

@@ -733,6 +733,42 @@ static void test_x8_matmul_is_its_oracle(void **state) {
     kw_backend_destroy(b);
 }
 
+/* S8_X8's rule by hand (Q8_0's activation scale is ggml's f16 d): K = 32, x = 1 then 31 times 0.5, so amax = 1,
+ * d = 1 / 127 (no f16 value: f16(d) = 1032 * 2^-17), q = 127 then 64 (63.5, even); codes all 1 (isum 2111) under
+ * scales 1 and 0.5. y = fl(scale * f16(d)) * isum = 2111 * 1032 * 2^-17 (exact) and half of it, on every ISA, decode
+ * rows and prefill tiles; the f32-d rule's fl(isum * d) would be another float. */
+static void test_x8_s8_rule_f16_scale(void **state) {
+    (void)state;
+    const int64_t M = 6, N = 2, K = 32;
+    kw_qcase_data d = kw_qcase_make(KW_LAYOUT_QPANELS_S8_X8, N, K);
+    for (int64_t i = 0; i < N * K; ++i)
+        d.codes[i] = 1;
+    d.scales[0] = 1.0f;
+    d.scales[1] = 0.5f;
+    float x[6 * 32], want[6 * 2], w[2 * 32], got[6 * 2];
+    for (int64_t i = 0; i < M * K; ++i)
+        x[i] = i % K == 0 ? 1.0f : 0.5f;
+    const float y = 2178552.0f * 0x1p-17f; /* 2111 * 1032 */
+    assert_true(kw_f32_bits(y) != kw_f32_bits(2111.0f * (1.0f / 127.0f)));
+    for (int64_t m = 0; m < M; ++m)
+        want[m * N] = y, want[m * N + 1] = 0.5f * y;
+    float oracle[6 * 2];
+    kw_ref_quant_matmul_x8(oracle, x, M, &d.q);
+    kw_same_bits(oracle, want, M * N, "x8 s8 rule: the oracle");
+    kw_ref_quant_dequant(w, &d.q);
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 2);
+        kw_tensor tq;
+        assert_int_equal(kw_tensor_pack_quantized(b, &d.q, &tq), 0);
+        kw_x8_expect(b, &tq, x, NULL, want, w, got, M, isas[i]);
+        kw_tensor_free(&tq);
+        kw_backend_destroy(b);
+    }
+    kw_qcase_free(&d);
+}
+
 /* The three int8-activation layouts in super-blocks (QPANELS_U4_SB_X8, S8_G16_SB_X8, S6_G16_SB_X8) against the X8
  * layouts they compress (U4_X8, S8_G16_X8 for both others) and kw_ref_quant_matmul_x8: the same rows packed both ways
  * give the same bits as the oracle on every ISA, 1 to 3 threads, all rows at once (decode up to 4 rows, prefill tiles
@@ -1054,6 +1090,7 @@ int main(void) {
         cmocka_unit_test(test_quantized_contract),
         cmocka_unit_test(test_superblock_is_the_plain_layout),
         cmocka_unit_test(test_x8_matmul_is_its_oracle),
+        cmocka_unit_test(test_x8_s8_rule_f16_scale),
         cmocka_unit_test(test_x8_superblock_is_x8),
         cmocka_unit_test(test_x8_pack_group_is_per_code),
         cmocka_unit_test(test_quant_sb_int_inv),
