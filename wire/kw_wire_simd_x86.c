@@ -221,12 +221,14 @@ KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
     if (!(inv >= 0x1p-100f && inv <= 0x1p100f)) return 0;
     const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_rcp_ps(vinv); /* 1.5 2^-12 relative error is enough */
     const __m256i half = _mm256_set1_epi32(0x8000), hi16 = _mm256_set1_epi32((int)0xffff0000u);
+    /* lanes in the order the tables take them after the pack below: the even thresholds in the low halves, the odd
+     * ones (t5 twice) in the high halves */
     const __m256 tp =
-        _mm256_setr_ps(kw__nf4_threshold(7), kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10),
-                       kw__nf4_threshold(11), kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14));
+        _mm256_setr_ps(kw__nf4_threshold(8), kw__nf4_threshold(10), kw__nf4_threshold(12), kw__nf4_threshold(14),
+                       kw__nf4_threshold(7), kw__nf4_threshold(9), kw__nf4_threshold(11), kw__nf4_threshold(13));
     const __m256 tn =
-        _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(1), -kw__nf4_threshold(2), -kw__nf4_threshold(3),
-                       -kw__nf4_threshold(4), -kw__nf4_threshold(5), -kw__nf4_threshold(6), -kw__nf4_threshold(6));
+        _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(2), -kw__nf4_threshold(4), -kw__nf4_threshold(6),
+                       -kw__nf4_threshold(1), -kw__nf4_threshold(3), -kw__nf4_threshold(5), -kw__nf4_threshold(5));
     /* the nearest bf16 magnitudes R (all normal: t / inv lies in [2^-105, 2^100]) */
     const __m256i rp = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tp, vs)), half), hi16);
     const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tn, vs)), half), hi16);
@@ -235,23 +237,17 @@ KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
     /* X = R - 1 + p; -M = -(R + 1 - q) (masks are -1 where true) */
     const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
     const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
-    /* words 0-3: t0-t3, 4-7: t7-t10 (half a); 8-11: t4-t6 and t6 again, 12-15: t11-t14 (half b) */
+    /* words 0-7: t0, t2, ..., t14 (half a); 8-15: t1, t3, t5, t5, t7, t9, t11, t13 (half b) */
     const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), _mm256_set1_epi16(127)); /* the keys' offset */
     const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
-    t->t3 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(7 << 8 | 6));
-    t->t7 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(9 << 8 | 8));
-    t->t11 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(9 << 8 | 8));
+    t->t3 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(3 << 8 | 2));
+    t->t7 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(9 << 8 | 8));
+    t->t11 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(13 << 8 | 12));
     /* tab3: low bytes of t1, t5, t9, t13 then their high bytes; tab4: t0, t2, ..., t14 the same way */
-    t->tab3 = _mm256_or_si256(
-        _mm256_shuffle_epi8(a, _mm256_setr_epi8(2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1, 12,
-                                                -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1)),
-        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, 2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1,
-                                                12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1)));
-    t->tab4 = _mm256_or_si256(
-        _mm256_shuffle_epi8(a, _mm256_setr_epi8(0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0, 4, -1,
-                                                -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1)),
-        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, -1, 0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0,
-                                                4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15)));
+    t->tab3 = _mm256_shuffle_epi8(b, _mm256_setr_epi8(0, 4, 10, 14, 1, 5, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4,
+                                                      10, 14, 1, 5, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1));
+    t->tab4 = _mm256_shuffle_epi8(a, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6,
+                                                      8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
     return 1;
 }
 
@@ -550,11 +546,16 @@ kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, con
     }
 }
 
+/* Units whose key tables kw__quantize_nf4_units_avx2 makes in one pass before their codes. */
+#define KW__NF4K_CHUNK 16u
+
 /* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u / upr] + (u % upr) n elements (upr
  * units a row) or, when rows is NULL, at x + u n elements, with the inverse scale inv[u], its codes at dst + u n / 2.
- * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u
- * + 1 made before unit u's codes so that their latency (about 25 cycles, a chain of products, compares and shuffles)
- * runs under unit u's search instead of between the two; the other units by the thresholds on y. */
+ * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, KW__NF4K_CHUNK units
+ * at a time: first the tables of all of them (independent chains of products, compares and shuffles that overlap
+ * one another, their constants in registers), stored, then each unit's search with its tables loaded (the search's
+ * own constants stay in registers; making one unit's tables between two searches spilled them); the other units by
+ * the thresholds on y. */
 KW_AVX2 static inline __attribute__((always_inline)) void
 kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t upr, uint32_t dtype,
                             uint32_t n, const float *inv, uint8_t *dst) {
@@ -568,16 +569,19 @@ kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t 
             kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
         return;
     }
-    kw__nf4k_avx2 cur, next;
-    int ok = n_units > 0 && kw__nf4k_avx2_make(inv[0], &cur);
-    for (uint32_t u = 0; u < n_units; ++u) {
-        const int ok_next = u + 1 < n_units && kw__nf4k_avx2_make(inv[u + 1], &next);
-        if (ok)
-            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), n, &cur, dst + (size_t)u * n / 2);
-        else
-            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
-        cur = next;
-        ok = ok_next;
+    kw__nf4k_avx2 tabs[KW__NF4K_CHUNK];
+    int ok[KW__NF4K_CHUNK];
+    for (uint32_t u0 = 0; u0 < n_units; u0 += KW__NF4K_CHUNK) {
+        const uint32_t m = n_units - u0 < KW__NF4K_CHUNK ? n_units - u0 : KW__NF4K_CHUNK;
+        for (uint32_t j = 0; j < m; ++j)
+            ok[j] = kw__nf4k_avx2_make(inv[u0 + j], &tabs[j]);
+        for (uint32_t j = 0; j < m; ++j) {
+            const uint32_t u = u0 + j;
+            if (ok[j])
+                kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), n, &tabs[j], dst + (size_t)u * n / 2);
+            else
+                kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
+        }
     }
 #undef KW__UNIT
 }
