@@ -215,40 +215,55 @@ typedef struct kw__nf4k_avx2 {
     __m256i t3, t7, t11, tab3, tab4;
 } kw__nf4k_avx2;
 
-/* The keys' tables for inv, 0 when inv is outside [2^-100, 2^100] (then every bound above may fail: the caller takes
- * the thresholds on y instead). */
-KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
-    if (!(inv >= 0x1p-100f && inv <= 0x1p100f)) return 0;
-    const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_rcp_ps(vinv); /* 1.5 2^-12 relative error is enough */
-    const __m256i half = _mm256_set1_epi32(0x8000), hi16 = _mm256_set1_epi32((int)0xffff0000u);
+/* The keys' tables of m units with the inverse scales inv[0..m-1] into t[0..m-1]; ok[j] is 0 where inv[j] is outside
+ * [2^-100, 2^100] (then every bound above may fail: the caller takes the thresholds on y instead; t[j] is not written).
+ * A candidate R is the bf16 truncation of t_k (1 + 2^-9) / inv (by rcpps, 1.5 2^-12 relative error): it lies between
+ * 0.15 and 0.6 of a bf16 step above the boundary t_k / inv (a step is 2^-8 to 2^-7 of it), so the largest bf16 at or
+ * below the boundary, X_k, is R or the one below, and for the magnitudes the smallest at or above it, M_k, is R or the
+ * one above: X_k = R - [fl32(R inv) > t_k], M_k = R + [fl32(R inv) < |t_k|]. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__nf4k_avx2_tables(const float *inv, uint32_t m,
+                                                                               kw__nf4k_avx2 *t, int *ok) {
+    const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u), off = _mm256_set1_epi16(127); /* the keys' offset */
     /* lanes in the order the tables take them after the pack below: the even thresholds in the low halves, the odd
-     * ones (t5 twice) in the high halves */
+     * ones (t5 twice) in the high halves; tp, tn on positive and negative thresholds, their magnitudes */
     const __m256 tp =
         _mm256_setr_ps(kw__nf4_threshold(8), kw__nf4_threshold(10), kw__nf4_threshold(12), kw__nf4_threshold(14),
                        kw__nf4_threshold(7), kw__nf4_threshold(9), kw__nf4_threshold(11), kw__nf4_threshold(13));
     const __m256 tn =
         _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(2), -kw__nf4_threshold(4), -kw__nf4_threshold(6),
                        -kw__nf4_threshold(1), -kw__nf4_threshold(3), -kw__nf4_threshold(5), -kw__nf4_threshold(5));
-    /* the nearest bf16 magnitudes R (all normal: t / inv lies in [2^-105, 2^100]) */
-    const __m256i rp = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tp, vs)), half), hi16);
-    const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tn, vs)), half), hi16);
-    const __m256i p = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rp), vinv), tp, _CMP_LE_OQ));
-    const __m256i q = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rn), vinv), tn, _CMP_GE_OQ));
-    /* X = R - 1 + p; -M = -(R + 1 - q) (masks are -1 where true) */
-    const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
-    const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
-    /* words 0-7: t0, t2, ..., t14 (half a); 8-15: t1, t3, t5, t5, t7, t9, t11, t13 (half b) */
-    const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), _mm256_set1_epi16(127)); /* the keys' offset */
-    const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
-    t->t3 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(3 << 8 | 2));
-    t->t7 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(9 << 8 | 8));
-    t->t11 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(13 << 8 | 12));
+    const __m256 bias = _mm256_set1_ps(1.0f + 0x1p-9f);
+    const __m256 tpb = _mm256_mul_ps(tp, bias), tnb = _mm256_mul_ps(tn, bias);
+    const __m256i i3 = _mm256_set1_epi16(3 << 8 | 2), i7 = _mm256_set1_epi16(9 << 8 | 8),
+                  i11 = _mm256_set1_epi16(13 << 8 | 12);
     /* tab3: low bytes of t1, t5, t9, t13 then their high bytes; tab4: t0, t2, ..., t14 the same way */
-    t->tab3 = _mm256_shuffle_epi8(b, _mm256_setr_epi8(0, 4, 10, 14, 1, 5, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4,
-                                                      10, 14, 1, 5, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1));
-    t->tab4 = _mm256_shuffle_epi8(a, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6,
-                                                      8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
-    return 1;
+    const __m256i i3s = _mm256_setr_epi8(0, 4, 10, 14, 1, 5, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 10, 14, 1, 5,
+                                         11, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i i4s = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                         14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (uint32_t j = 0; j < m; ++j) {
+        ok[j] = inv[j] >= 0x1p-100f && inv[j] <= 0x1p100f;
+        if (!ok[j]) continue;
+        const __m256 vinv = _mm256_set1_ps(inv[j]), vs = _mm256_rcp_ps(vinv);
+        /* the candidates R (all normal: t / inv lies in [2^-105, 2^100]) */
+        const __m256i rp = _mm256_and_si256(_mm256_castps_si256(_mm256_mul_ps(tpb, vs)), hi16);
+        const __m256i rn = _mm256_and_si256(_mm256_castps_si256(_mm256_mul_ps(tnb, vs)), hi16);
+        const __m256i gt =
+            _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rp), vinv), tp, _CMP_GT_OQ));
+        const __m256i lt =
+            _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rn), vinv), tn, _CMP_LT_OQ));
+        /* X = R + gt; -M = lt - R (masks are -1 where true) */
+        const __m256i xp = _mm256_add_epi32(_mm256_srli_epi32(rp, 16), gt);
+        const __m256i xn = _mm256_sub_epi32(lt, _mm256_srli_epi32(rn, 16));
+        /* words 0-7: t0, t2, ..., t14 (half a); 8-15: t1, t3, t5, t5, t7, t9, t11, t13 (half b) */
+        const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), off);
+        const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
+        t[j].t3 = _mm256_shuffle_epi8(b, i3);
+        t[j].t7 = _mm256_shuffle_epi8(b, i7);
+        t[j].t11 = _mm256_shuffle_epi8(b, i11);
+        t[j].tab3 = _mm256_shuffle_epi8(b, i3s);
+        t[j].tab4 = _mm256_shuffle_epi8(a, i4s);
+    }
 }
 
 /* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
@@ -573,8 +588,7 @@ kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t 
     int ok[KW__NF4K_CHUNK];
     for (uint32_t u0 = 0; u0 < n_units; u0 += KW__NF4K_CHUNK) {
         const uint32_t m = n_units - u0 < KW__NF4K_CHUNK ? n_units - u0 : KW__NF4K_CHUNK;
-        for (uint32_t j = 0; j < m; ++j)
-            ok[j] = kw__nf4k_avx2_make(inv[u0 + j], &tabs[j]);
+        kw__nf4k_avx2_tables(inv + u0, m, tabs, ok);
         for (uint32_t j = 0; j < m; ++j) {
             const uint32_t u = u0 + j;
             if (ok[j])
