@@ -266,7 +266,8 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__nf4k_avx2_tables(c
     }
 }
 
-/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
+/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes (the last step on the path's low bytes, 2 n3 by
+ * a multiply-add of the bytes with 2 and 0, so the high bytes are zero). */
 KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
     const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
     const __m256i k = _mm256_add_epi16(_mm256_sign_epi16(mag, raw), _mm256_set1_epi16(127));
@@ -276,25 +277,21 @@ KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_
     const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab3, n2));
     const __m256i n3 = _mm256_sub_epi8(_mm256_add_epi8(n2, n2), g3);
     const __m256i g4 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab4, n3));
-    return _mm256_sub_epi8(_mm256_add_epi8(n3, n3), g4);
+    return _mm256_sub_epi16(_mm256_maddubs_epi16(n3, _mm256_set1_epi16(2)), g4);
 }
 
-/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 32 a step: pairs of lanes joined by a
- * multiply-add (the low byte of (257 c0 + 4096) + 16 (257 c1 + 4096) is c0 + 16 c1), the low bytes gathered. */
+/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 32 a step: the codes packed to bytes (values
+ * 0-7, 16-23 | 8-15, 24-31), pairs joined by a multiply-add of the bytes with 1 and 16, packed again, and the 4-byte
+ * groups put in order. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_nf4k_avx2(const uint16_t *x, uint32_t n,
                                                                                  const kw__nf4k_avx2 *t, uint8_t *dst) {
-    const __m256i m = _mm256_set1_epi32(1 | 16 << 16);
-    const __m256i s0 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
-                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i s1 = _mm256_setr_epi8(-1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0,
-                                        4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
+    const __m256i m = _mm256_set1_epi16(1 | 16 << 8);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (uint32_t i = 0; i < n; i += 32) {
-        const __m256i p0 = _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t), m);
-        const __m256i p1 =
-            _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t), m);
-        const __m256i b = _mm256_permutevar8x32_epi32(
-            _mm256_or_si256(_mm256_shuffle_epi8(p0, s0), _mm256_shuffle_epi8(p1, s1)), order);
+        const __m256i c0 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t);
+        const __m256i c1 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_packus_epi16(c0, c1), m);
+        const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, p), order);
         _mm_storeu_si128((__m128i *)(dst + i / 2), _mm256_castsi256_si128(b));
     }
 }
