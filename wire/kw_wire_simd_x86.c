@@ -280,14 +280,24 @@ KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_
     return _mm256_sub_epi16(_mm256_maddubs_epi16(n3, _mm256_set1_epi16(2)), g4);
 }
 
-/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 32 a step: the codes packed to bytes (values
- * 0-7, 16-23 | 8-15, 24-31), pairs joined by a multiply-add of the bytes with 1 and 16, packed again, and the 4-byte
- * groups put in order. */
+/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 64 a step (a last 32): the codes packed to
+ * bytes (values 0-7, 16-23 | 8-15, 24-31), pairs joined by a multiply-add of the bytes with 1 and 16, packed again, and
+ * the 4-byte groups put in order. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_nf4k_avx2(const uint16_t *x, uint32_t n,
                                                                                  const kw__nf4k_avx2 *t, uint8_t *dst) {
     const __m256i m = _mm256_set1_epi16(1 | 16 << 8);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (uint32_t i = 0; i < n; i += 32) {
+    uint32_t i = 0;
+    for (; i + 64 <= n; i += 64) { /* 64 values: the second pack joins two 32-value halves */
+        const __m256i c0 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t);
+        const __m256i c1 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t);
+        const __m256i c2 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 32)), t);
+        const __m256i c3 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 48)), t);
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_packus_epi16(c0, c1), m);
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_packus_epi16(c2, c3), m);
+        _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p0, p1), order));
+    }
+    if (i < n) {
         const __m256i c0 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t);
         const __m256i c1 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t);
         const __m256i p = _mm256_maddubs_epi16(_mm256_packus_epi16(c0, c1), m);
