@@ -208,11 +208,14 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
  * that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN, which no
  * comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while the
  * magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below the
- * key, found by a four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte
- * tables of the four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both
- * bytes of each lane (low: n, high: n + the table's half). */
+ * key, found by a four-step binary search on 16 keys a vector: t7 (broadcast), then one pshufb each on byte tables
+ * (low bytes and high bytes of the thresholds in separate slots) indexed by the path so far kept in both bytes of each
+ * lane: tab23 holds t3 and t11 (low bytes in slots 4-5, high in 6-7) and t1, t5, t9, t13 (8-11, 12-15), tab4 the eight
+ * even ones (0-7, 8-15). The path bytes start at 4 + b1 and 6 + b1 and double at each step (so 8 + n and 12 + n, then
+ * 16 + n and 24 + n, of which pshufb reads the low four bits: n and 8 + n); the code, 2 n3 + b4, comes from the last
+ * path bytes lo and hi as 6 lo - 4 hi + b4 (one byte multiply-add: the offsets cancel, the high bytes are zero). */
 typedef struct kw__nf4k_avx2 {
-    __m256i t3, t7, t11, tab3, tab4;
+    __m256i t7, tab23, tab4;
 } kw__nf4k_avx2;
 
 /* The keys' tables of m units with the inverse scales inv[0..m-1] into t[0..m-1]; ok[j] is 0 where inv[j] is outside
@@ -234,11 +237,10 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__nf4k_avx2_tables(c
                        -kw__nf4_threshold(1), -kw__nf4_threshold(3), -kw__nf4_threshold(5), -kw__nf4_threshold(5));
     const __m256 bias = _mm256_set1_ps(1.0f + 0x1p-9f);
     const __m256 tpb = _mm256_mul_ps(tp, bias), tnb = _mm256_mul_ps(tn, bias);
-    const __m256i i3 = _mm256_set1_epi16(3 << 8 | 2), i7 = _mm256_set1_epi16(9 << 8 | 8),
-                  i11 = _mm256_set1_epi16(13 << 8 | 12);
-    /* tab3: low bytes of t1, t5, t9, t13 then their high bytes; tab4: t0, t2, ..., t14 the same way */
-    const __m256i i3s = _mm256_setr_epi8(0, 4, 10, 14, 1, 5, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 10, 14, 1, 5,
-                                         11, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i i7 = _mm256_set1_epi16(9 << 8 | 8);
+    /* tab23: slots 4-7 t3 and t11, 8-15 t1, t5, t9, t13 (low bytes, then high bytes); tab4: t0, t2, ..., t14 */
+    const __m256i i23 = _mm256_setr_epi8(-1, -1, -1, -1, 2, 12, 3, 13, 0, 4, 10, 14, 1, 5, 11, 15, -1, -1, -1, -1, 2,
+                                         12, 3, 13, 0, 4, 10, 14, 1, 5, 11, 15);
     const __m256i i4s = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
                                          14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (uint32_t j = 0; j < m; ++j) {
@@ -258,26 +260,23 @@ KW_AVX2 static inline __attribute__((always_inline)) void kw__nf4k_avx2_tables(c
         /* words 0-7: t0, t2, ..., t14 (half a); 8-15: t1, t3, t5, t5, t7, t9, t11, t13 (half b) */
         const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), off);
         const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
-        t[j].t3 = _mm256_shuffle_epi8(b, i3);
         t[j].t7 = _mm256_shuffle_epi8(b, i7);
-        t[j].t11 = _mm256_shuffle_epi8(b, i11);
-        t[j].tab3 = _mm256_shuffle_epi8(b, i3s);
+        t[j].tab23 = _mm256_shuffle_epi8(b, i23);
         t[j].tab4 = _mm256_shuffle_epi8(a, i4s);
     }
 }
 
-/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes (the last step on the path's low bytes, 2 n3 by
- * a multiply-add of the bytes with 2 and 0, so the high bytes are zero). */
+/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes (high bytes zero). */
 KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
     const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
     const __m256i k = _mm256_add_epi16(_mm256_sign_epi16(mag, raw), _mm256_set1_epi16(127));
-    const __m256i g1 = _mm256_cmpgt_epi16(k, t->t7);
-    const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_blendv_epi8(t->t3, t->t11, g1));
-    const __m256i n2 = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi16(0x0400), _mm256_add_epi8(g1, g1)), g2);
-    const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab3, n2));
+    const __m256i n1 = _mm256_sub_epi8(_mm256_set1_epi16(6 << 8 | 4), _mm256_cmpgt_epi16(k, t->t7));
+    const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab23, n1));
+    const __m256i n2 = _mm256_sub_epi8(_mm256_add_epi8(n1, n1), g2);
+    const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab23, n2));
     const __m256i n3 = _mm256_sub_epi8(_mm256_add_epi8(n2, n2), g3);
     const __m256i g4 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab4, n3));
-    return _mm256_sub_epi16(_mm256_maddubs_epi16(n3, _mm256_set1_epi16(2)), g4);
+    return _mm256_sub_epi16(_mm256_maddubs_epi16(n3, _mm256_set1_epi16((short)(0xfc << 8 | 6))), g4);
 }
 
 /* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 64 a step (a last 32): the codes packed to
