@@ -201,14 +201,13 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
 
 /* NF4 of bf16 values by their keys: with 2^-100 <= inv <= 2^100 the 15 thresholds move from y = fl32(x * inv) to x.
  * x -> fl32(x * inv) does not decrease, so y > t_k (kw__nf4_threshold) exactly when x > X_k, X_k the largest bf16
- * with fl32(X_k * inv) <= t_k; X_k is the bf16 R nearest to t_k / inv, or the one below it when fl32(R * inv) > t_k
- * (t_k / inv is within a few f32 ulps of the true boundary, far less than half a bf16 step). For the negative t_k the
- * same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its magnitude
- * bits with its sign plus 127 (int16, in value order; -0 and +0 both 127; the thresholds' keys are moved the same), so
- * that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN, which no
- * comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while the
- * magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below the
- * key, found by a four-step binary search on 16 keys a vector: t7 (broadcast), then one pshufb each on byte tables
+ * with fl32(X_k * inv) <= t_k (kw__nf4k_avx2_tables finds it from a candidate and one product). For the negative t_k
+ * the same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its
+ * magnitude bits with its sign plus 127 (int16, in value order; -0 and +0 both 127; the thresholds' keys are moved the
+ * same), so that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN,
+ * which no comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while
+ * the magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below
+ * the key, found by a four-step binary search on 16 keys a vector: t7 (broadcast), then one pshufb each on byte tables
  * (low bytes and high bytes of the thresholds in separate slots) indexed by the path so far kept in both bytes of each
  * lane: tab23 holds t3 and t11 (low bytes in slots 4-5, high in 6-7) and t1, t5, t9, t13 (8-11, 12-15), tab4 the eight
  * even ones (0-7, 8-15). The path bytes start at 4 + b1 and 6 + b1 and double at each step (so 8 + n and 12 + n, then
