@@ -977,17 +977,17 @@ KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_avx2_inl
     __m128i bad = _mm_setzero_si128();
     __m256i bad8 = _mm256_setzero_si256();
     switch (codec) {
-    case KW_WIRE_CODEC_INT8: {
-        const __m128i invalid = _mm_set1_epi8((char)0x80);
+    case KW_WIRE_CODEC_INT8: { /* the reserved code -128 is the only one the byte minimum can reach -128 with */
+        __m128i lo = _mm_set1_epi8(127);
         for (uint32_t i = 0; i < n; i += 16) {
-            const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
-            bad = _mm_or_si128(bad, _mm_cmpeq_epi8(b, invalid));
+            lo = _mm_min_epi8(lo, _mm_loadu_si128((const __m128i *)(src + i)));
             /* each half widened straight from memory (no byte shift of b) */
             const __m128i b0 = _mm_loadl_epi64((const __m128i *)(src + i)),
                           b1 = _mm_loadl_epi64((const __m128i *)(src + i + 8));
             kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b0)), vs),
                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b1)), vs));
         }
+        bad = _mm_cmpeq_epi8(lo, _mm_set1_epi8((char)0x80));
         break;
     }
     case KW_WIRE_CODEC_INT4:
