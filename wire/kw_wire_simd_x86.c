@@ -1317,17 +1317,24 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
     if (dtype == KW_WIRE_DTYPE_BF16 && G % 16 == 0) {
         const __m256i mask = _mm256_set1_epi16(0x7fff);
         __m256i f[8];
-        for (; q + 8 <= total; q += 8) {
-            for (int j = 0; j < 8; ++j) {
-                const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * G;
-                __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);
-                for (uint32_t i = 16; i < G; i += 16)
-                    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
-                f[j] = m;
-                if (++c == per_row) c = 0, ++r;
-            }
-            _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));
-        }
+        /* GL: G, a constant where the loop below is written out for G 64 (NF4's groups) */
+#define KW__AMAX_BF16_GROUPS(GL)                                                                                       \
+    for (; q + 8 <= total; q += 8) {                                                                                   \
+        for (int j = 0; j < 8; ++j) {                                                                                  \
+            const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * (GL);                                          \
+            __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);                                \
+            for (uint32_t i = 16; i < (GL); i += 16)                                                                   \
+                m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));         \
+            f[j] = m;                                                                                                  \
+            if (++c == per_row) c = 0, ++r;                                                                            \
+        }                                                                                                              \
+        _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));                                             \
+    }
+        if (G == 64)
+            KW__AMAX_BF16_GROUPS(64u)
+        else
+            KW__AMAX_BF16_GROUPS(G)
+#undef KW__AMAX_BF16_GROUPS
     }
     for (; q < total; ++q) {
         out[q] = kw__amax_avx2(rows[r] + (size_t)c * G * es, dtype, G);
