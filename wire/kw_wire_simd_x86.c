@@ -594,13 +594,20 @@ kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t 
     for (uint32_t u0 = 0; u0 < n_units; u0 += KW__NF4K_CHUNK) {
         const uint32_t m = n_units - u0 < KW__NF4K_CHUNK ? n_units - u0 : KW__NF4K_CHUNK;
         kw__nf4k_avx2_tables(inv + u0, m, tabs, ok);
-        for (uint32_t j = 0; j < m; ++j) {
-            const uint32_t u = u0 + j;
-            if (ok[j])
-                kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), n, &tabs[j], dst + (size_t)u * n / 2);
-            else
-                kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
-        }
+        /* NL: n, a constant where the loop is written out for units of 64 (NF4's groups) */
+#define KW__NF4K_UNITS(NL)                                                                                             \
+    for (uint32_t j = 0; j < m; ++j) {                                                                                 \
+        const uint32_t u = u0 + j;                                                                                     \
+        if (ok[j])                                                                                                     \
+            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), (NL), &tabs[j], dst + (size_t)u * (NL) / 2);         \
+        else                                                                                                           \
+            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);                        \
+    }
+        if (n == 64)
+            KW__NF4K_UNITS(64u)
+        else
+            KW__NF4K_UNITS(n)
+#undef KW__NF4K_UNITS
     }
 #undef KW__UNIT
 }
