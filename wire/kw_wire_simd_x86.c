@@ -201,89 +201,105 @@ KW_AVX2 static inline __m256i kw__nf4_codes8_avx2(__m256 y, const kw__nf4_avx2 *
 
 /* NF4 of bf16 values by their keys: with 2^-100 <= inv <= 2^100 the 15 thresholds move from y = fl32(x * inv) to x.
  * x -> fl32(x * inv) does not decrease, so y > t_k (kw__nf4_threshold) exactly when x > X_k, X_k the largest bf16
- * with fl32(X_k * inv) <= t_k; X_k is the bf16 R nearest to t_k / inv, or the one below it when fl32(R * inv) > t_k
- * (t_k / inv is within a few f32 ulps of the true boundary, far less than half a bf16 step). For the negative t_k the
- * same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its magnitude
- * bits with its sign plus 127 (int16, in value order; -0 and +0 both 127; the thresholds' keys are moved the same), so
- * that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN, which no
- * comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while the
- * magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below the
- * key, found by a four-step binary search on 16 keys a vector: t7; t3 or t11 by a blend; then one pshufb each on byte
- * tables of the four and eight thresholds left (low bytes then high bytes), indexed by the path so far kept in both
- * bytes of each lane (low: n, high: n + the table's half). */
+ * with fl32(X_k * inv) <= t_k (kw__nf4k_avx2_tables finds it from a candidate and one product). For the negative t_k
+ * the same on magnitudes: -M_k, M_k the smallest magnitude with fl32(M_k * inv) >= |t_k|. A value's key is its
+ * magnitude bits with its sign plus 127 (int16, in value order; -0 and +0 both 127; the thresholds' keys are moved the
+ * same), so that a NaN's key wraps or stays below -32512, under every threshold's (code 0, as the scalar rule's NaN,
+ * which no comparison holds for): +NaN's magnitude plus 127 is 0x8000 or more, -NaN's is at most -0x7f81 + 127, while
+ * the magnitudes of the thresholds lie below 0x7200 (|t_k| / inv < 2^101); the code is the number of thresholds below
+ * the key, found by a four-step binary search on 16 keys a vector: t7 (broadcast), then one pshufb each on byte tables
+ * (low bytes and high bytes of the thresholds in separate slots) indexed by the path so far kept in both bytes of each
+ * lane: tab23 holds t3 and t11 (low bytes in slots 4-5, high in 6-7) and t1, t5, t9, t13 (8-11, 12-15), tab4 the eight
+ * even ones (0-7, 8-15). The path bytes start at 4 + b1 and 6 + b1 and double at each step (so 8 + n and 12 + n, then
+ * 16 + n and 24 + n, of which pshufb reads the low four bits: n and 8 + n); the code, 2 n3 + b4, comes from the last
+ * path bytes lo and hi as 6 lo - 4 hi + b4 (one byte multiply-add: the offsets cancel, the high bytes are zero). */
 typedef struct kw__nf4k_avx2 {
-    __m256i t3, t7, t11, tab3, tab4;
+    __m256i t7, tab23, tab4;
 } kw__nf4k_avx2;
 
-/* The keys' tables for inv, 0 when inv is outside [2^-100, 2^100] (then every bound above may fail: the caller takes
- * the thresholds on y instead). */
-KW_AVX2 static inline int kw__nf4k_avx2_make(float inv, kw__nf4k_avx2 *t) {
-    if (!(inv >= 0x1p-100f && inv <= 0x1p100f)) return 0;
-    const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_rcp_ps(vinv); /* 1.5 2^-12 relative error is enough */
-    const __m256i half = _mm256_set1_epi32(0x8000), hi16 = _mm256_set1_epi32((int)0xffff0000u);
+/* The keys' tables of m units with the inverse scales inv[0..m-1] into t[0..m-1]; ok[j] is 0 where inv[j] is outside
+ * [2^-100, 2^100] (then every bound above may fail: the caller takes the thresholds on y instead; t[j] is not written).
+ * A candidate R is the bf16 truncation of t_k (1 + 2^-9) / inv (by rcpps, 1.5 2^-12 relative error): it lies between
+ * 0.15 and 0.6 of a bf16 step above the boundary t_k / inv (a step is 2^-8 to 2^-7 of it), so the largest bf16 at or
+ * below the boundary, X_k, is R or the one below, and for the magnitudes the smallest at or above it, M_k, is R or the
+ * one above: X_k = R - [fl32(R inv) > t_k], M_k = R + [fl32(R inv) < |t_k|]. */
+KW_AVX2 static inline __attribute__((always_inline)) void kw__nf4k_avx2_tables(const float *inv, uint32_t m,
+                                                                               kw__nf4k_avx2 *t, int *ok) {
+    const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u), off = _mm256_set1_epi16(127); /* the keys' offset */
+    /* lanes in the order the tables take them after the pack below: the even thresholds in the low halves, the odd
+     * ones (t5 twice) in the high halves; tp, tn on positive and negative thresholds, their magnitudes */
     const __m256 tp =
-        _mm256_setr_ps(kw__nf4_threshold(7), kw__nf4_threshold(8), kw__nf4_threshold(9), kw__nf4_threshold(10),
-                       kw__nf4_threshold(11), kw__nf4_threshold(12), kw__nf4_threshold(13), kw__nf4_threshold(14));
+        _mm256_setr_ps(kw__nf4_threshold(8), kw__nf4_threshold(10), kw__nf4_threshold(12), kw__nf4_threshold(14),
+                       kw__nf4_threshold(7), kw__nf4_threshold(9), kw__nf4_threshold(11), kw__nf4_threshold(13));
     const __m256 tn =
-        _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(1), -kw__nf4_threshold(2), -kw__nf4_threshold(3),
-                       -kw__nf4_threshold(4), -kw__nf4_threshold(5), -kw__nf4_threshold(6), -kw__nf4_threshold(6));
-    /* the nearest bf16 magnitudes R (all normal: t / inv lies in [2^-105, 2^100]) */
-    const __m256i rp = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tp, vs)), half), hi16);
-    const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(_mm256_mul_ps(tn, vs)), half), hi16);
-    const __m256i p = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rp), vinv), tp, _CMP_LE_OQ));
-    const __m256i q = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rn), vinv), tn, _CMP_GE_OQ));
-    /* X = R - 1 + p; -M = -(R + 1 - q) (masks are -1 where true) */
-    const __m256i xp = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_sub_epi32(rp, _mm256_set1_epi32(0x10000)), 16), p);
-    const __m256i xn = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(-1), _mm256_srli_epi32(rn, 16)), q);
-    /* words 0-3: t0-t3, 4-7: t7-t10 (half a); 8-11: t4-t6 and t6 again, 12-15: t11-t14 (half b) */
-    const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), _mm256_set1_epi16(127)); /* the keys' offset */
-    const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
-    t->t3 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(7 << 8 | 6));
-    t->t7 = _mm256_shuffle_epi8(a, _mm256_set1_epi16(9 << 8 | 8));
-    t->t11 = _mm256_shuffle_epi8(b, _mm256_set1_epi16(9 << 8 | 8));
-    /* tab3: low bytes of t1, t5, t9, t13 then their high bytes; tab4: t0, t2, ..., t14 the same way */
-    t->tab3 = _mm256_or_si256(
-        _mm256_shuffle_epi8(a, _mm256_setr_epi8(2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1, 12,
-                                                -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1)),
-        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, 2, -1, 12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, -1,
-                                                12, -1, 3, -1, 13, -1, -1, -1, -1, -1, -1, -1, -1)));
-    t->tab4 = _mm256_or_si256(
-        _mm256_shuffle_epi8(a, _mm256_setr_epi8(0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0, 4, -1,
-                                                -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1)),
-        _mm256_shuffle_epi8(b, _mm256_setr_epi8(-1, -1, 0, 4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15, -1, -1, 0,
-                                                4, -1, -1, 10, 14, -1, -1, 1, 5, -1, -1, 11, 15)));
-    return 1;
+        _mm256_setr_ps(-kw__nf4_threshold(0), -kw__nf4_threshold(2), -kw__nf4_threshold(4), -kw__nf4_threshold(6),
+                       -kw__nf4_threshold(1), -kw__nf4_threshold(3), -kw__nf4_threshold(5), -kw__nf4_threshold(5));
+    const __m256 bias = _mm256_set1_ps(1.0f + 0x1p-9f);
+    const __m256 tpb = _mm256_mul_ps(tp, bias), tnb = _mm256_mul_ps(tn, bias);
+    const __m256i i7 = _mm256_set1_epi16(9 << 8 | 8);
+    /* tab23: slots 4-7 t3 and t11, 8-15 t1, t5, t9, t13 (low bytes, then high bytes); tab4: t0, t2, ..., t14 */
+    const __m256i i23 = _mm256_setr_epi8(-1, -1, -1, -1, 2, 12, 3, 13, 0, 4, 10, 14, 1, 5, 11, 15, -1, -1, -1, -1, 2,
+                                         12, 3, 13, 0, 4, 10, 14, 1, 5, 11, 15);
+    const __m256i i4s = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                         14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (uint32_t j = 0; j < m; ++j) {
+        ok[j] = inv[j] >= 0x1p-100f && inv[j] <= 0x1p100f;
+        if (!ok[j]) continue;
+        const __m256 vinv = _mm256_set1_ps(inv[j]), vs = _mm256_rcp_ps(vinv);
+        /* the candidates R (all normal: t / inv lies in [2^-105, 2^100]) */
+        const __m256i rp = _mm256_and_si256(_mm256_castps_si256(_mm256_mul_ps(tpb, vs)), hi16);
+        const __m256i rn = _mm256_and_si256(_mm256_castps_si256(_mm256_mul_ps(tnb, vs)), hi16);
+        const __m256i gt =
+            _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rp), vinv), tp, _CMP_GT_OQ));
+        const __m256i lt =
+            _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(_mm256_castsi256_ps(rn), vinv), tn, _CMP_LT_OQ));
+        /* X = R + gt; -M = lt - R (masks are -1 where true) */
+        const __m256i xp = _mm256_add_epi32(_mm256_srli_epi32(rp, 16), gt);
+        const __m256i xn = _mm256_sub_epi32(lt, _mm256_srli_epi32(rn, 16));
+        /* words 0-7: t0, t2, ..., t14 (half a); 8-15: t1, t3, t5, t5, t7, t9, t11, t13 (half b) */
+        const __m256i w = _mm256_add_epi16(_mm256_packs_epi32(xn, xp), off);
+        const __m256i a = _mm256_permute2x128_si256(w, w, 0x00), b = _mm256_permute2x128_si256(w, w, 0x11);
+        t[j].t7 = _mm256_shuffle_epi8(b, i7);
+        t[j].tab23 = _mm256_shuffle_epi8(b, i23);
+        t[j].tab4 = _mm256_shuffle_epi8(a, i4s);
+    }
 }
 
-/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes: the low byte the code, the high 16 + code. */
+/* The codes of 16 bf16 values (raw words, element order), 16-bit lanes (high bytes zero). */
 KW_AVX2 static inline __m256i kw__nf4k_codes16_avx2(__m256i raw, const kw__nf4k_avx2 *t) {
     const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
     const __m256i k = _mm256_add_epi16(_mm256_sign_epi16(mag, raw), _mm256_set1_epi16(127));
-    const __m256i g1 = _mm256_cmpgt_epi16(k, t->t7);
-    const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_blendv_epi8(t->t3, t->t11, g1));
-    const __m256i n2 = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi16(0x0400), _mm256_add_epi8(g1, g1)), g2);
-    const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab3, n2));
+    const __m256i n1 = _mm256_sub_epi8(_mm256_set1_epi16(6 << 8 | 4), _mm256_cmpgt_epi16(k, t->t7));
+    const __m256i g2 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab23, n1));
+    const __m256i n2 = _mm256_sub_epi8(_mm256_add_epi8(n1, n1), g2);
+    const __m256i g3 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab23, n2));
     const __m256i n3 = _mm256_sub_epi8(_mm256_add_epi8(n2, n2), g3);
     const __m256i g4 = _mm256_cmpgt_epi16(k, _mm256_shuffle_epi8(t->tab4, n3));
-    return _mm256_sub_epi8(_mm256_add_epi8(n3, n3), g4);
+    return _mm256_sub_epi16(_mm256_maddubs_epi16(n3, _mm256_set1_epi16((short)(0xfc << 8 | 6))), g4);
 }
 
-/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 32 a step: pairs of lanes joined by a
- * multiply-add (the low byte of (257 c0 + 4096) + 16 (257 c1 + 4096) is c0 + 16 c1), the low bytes gathered. */
+/* NF4 codes of n bf16 values (n a multiple of 32) with the key tables t, 64 a step (a last 32): the codes packed to
+ * bytes (values 0-7, 16-23 | 8-15, 24-31), pairs joined by a multiply-add of the bytes with 1 and 16, packed again, and
+ * the 4-byte groups put in order. */
 KW_AVX2 static inline __attribute__((always_inline)) void kw__quantize_nf4k_avx2(const uint16_t *x, uint32_t n,
                                                                                  const kw__nf4k_avx2 *t, uint8_t *dst) {
-    const __m256i m = _mm256_set1_epi32(1 | 16 << 16);
-    const __m256i s0 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
-                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i s1 = _mm256_setr_epi8(-1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0,
-                                        4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
-    for (uint32_t i = 0; i < n; i += 32) {
-        const __m256i p0 = _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t), m);
-        const __m256i p1 =
-            _mm256_madd_epi16(kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t), m);
-        const __m256i b = _mm256_permutevar8x32_epi32(
-            _mm256_or_si256(_mm256_shuffle_epi8(p0, s0), _mm256_shuffle_epi8(p1, s1)), order);
+    const __m256i m = _mm256_set1_epi16(1 | 16 << 8);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    uint32_t i = 0;
+    for (; i + 64 <= n; i += 64) { /* 64 values: the second pack joins two 32-value halves */
+        const __m256i c0 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t);
+        const __m256i c1 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t);
+        const __m256i c2 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 32)), t);
+        const __m256i c3 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 48)), t);
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_packus_epi16(c0, c1), m);
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_packus_epi16(c2, c3), m);
+        _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p0, p1), order));
+    }
+    if (i < n) {
+        const __m256i c0 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), t);
+        const __m256i c1 = kw__nf4k_codes16_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 16)), t);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_packus_epi16(c0, c1), m);
+        const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, p), order);
         _mm_storeu_si128((__m128i *)(dst + i / 2), _mm256_castsi256_si128(b));
     }
 }
@@ -550,11 +566,16 @@ kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, con
     }
 }
 
+/* Units whose key tables kw__quantize_nf4_units_avx2 makes in one pass before their codes. */
+#define KW__NF4K_CHUNK 16u
+
 /* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u / upr] + (u % upr) n elements (upr
  * units a row) or, when rows is NULL, at x + u n elements, with the inverse scale inv[u], its codes at dst + u n / 2.
- * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, the tables of unit u
- * + 1 made before unit u's codes so that their latency (about 25 cycles, a chain of products, compares and shuffles)
- * runs under unit u's search instead of between the two; the other units by the thresholds on y. */
+ * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, KW__NF4K_CHUNK units
+ * at a time: first the tables of all of them (independent chains of products, compares and shuffles that overlap
+ * one another, their constants in registers), stored, then each unit's search with its tables loaded (the search's
+ * own constants stay in registers; making one unit's tables between two searches spilled them); the other units by
+ * the thresholds on y. */
 KW_AVX2 static inline __attribute__((always_inline)) void
 kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t upr, uint32_t dtype,
                             uint32_t n, const float *inv, uint8_t *dst) {
@@ -568,16 +589,25 @@ kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t 
             kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
         return;
     }
-    kw__nf4k_avx2 cur, next;
-    int ok = n_units > 0 && kw__nf4k_avx2_make(inv[0], &cur);
-    for (uint32_t u = 0; u < n_units; ++u) {
-        const int ok_next = u + 1 < n_units && kw__nf4k_avx2_make(inv[u + 1], &next);
-        if (ok)
-            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), n, &cur, dst + (size_t)u * n / 2);
+    kw__nf4k_avx2 tabs[KW__NF4K_CHUNK];
+    int ok[KW__NF4K_CHUNK];
+    for (uint32_t u0 = 0; u0 < n_units; u0 += KW__NF4K_CHUNK) {
+        const uint32_t m = n_units - u0 < KW__NF4K_CHUNK ? n_units - u0 : KW__NF4K_CHUNK;
+        kw__nf4k_avx2_tables(inv + u0, m, tabs, ok);
+        /* NL: n, a constant where the loop is written out for units of 64 (NF4's groups) */
+#define KW__NF4K_UNITS(NL)                                                                                             \
+    for (uint32_t j = 0; j < m; ++j) {                                                                                 \
+        const uint32_t u = u0 + j;                                                                                     \
+        if (ok[j])                                                                                                     \
+            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), (NL), &tabs[j], dst + (size_t)u * (NL) / 2);         \
+        else                                                                                                           \
+            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);                        \
+    }
+        if (n == 64)
+            KW__NF4K_UNITS(64u)
         else
-            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
-        cur = next;
-        ok = ok_next;
+            KW__NF4K_UNITS(n)
+#undef KW__NF4K_UNITS
     }
 #undef KW__UNIT
 }
@@ -954,17 +984,17 @@ KW_AVX2 static inline __attribute__((always_inline)) int kw__dequantize_avx2_inl
     __m128i bad = _mm_setzero_si128();
     __m256i bad8 = _mm256_setzero_si256();
     switch (codec) {
-    case KW_WIRE_CODEC_INT8: {
-        const __m128i invalid = _mm_set1_epi8((char)0x80);
+    case KW_WIRE_CODEC_INT8: { /* the reserved code -128 is the only one the byte minimum can reach -128 with */
+        __m128i lo = _mm_set1_epi8(127);
         for (uint32_t i = 0; i < n; i += 16) {
-            const __m128i b = _mm_loadu_si128((const __m128i *)(src + i));
-            bad = _mm_or_si128(bad, _mm_cmpeq_epi8(b, invalid));
+            lo = _mm_min_epi8(lo, _mm_loadu_si128((const __m128i *)(src + i)));
             /* each half widened straight from memory (no byte shift of b) */
             const __m128i b0 = _mm_loadl_epi64((const __m128i *)(src + i)),
                           b1 = _mm_loadl_epi64((const __m128i *)(src + i + 8));
             kw__store16_avx2(out, out_dtype, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b0)), vs),
                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b1)), vs));
         }
+        bad = _mm_cmpeq_epi8(lo, _mm_set1_epi8((char)0x80));
         break;
     }
     case KW_WIRE_CODEC_INT4:
@@ -1294,17 +1324,24 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
     if (dtype == KW_WIRE_DTYPE_BF16 && G % 16 == 0) {
         const __m256i mask = _mm256_set1_epi16(0x7fff);
         __m256i f[8];
-        for (; q + 8 <= total; q += 8) {
-            for (int j = 0; j < 8; ++j) {
-                const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * G;
-                __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);
-                for (uint32_t i = 16; i < G; i += 16)
-                    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
-                f[j] = m;
-                if (++c == per_row) c = 0, ++r;
-            }
-            _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));
-        }
+        /* GL: G, a constant where the loop below is written out for G 64 (NF4's groups) */
+#define KW__AMAX_BF16_GROUPS(GL)                                                                                       \
+    for (; q + 8 <= total; q += 8) {                                                                                   \
+        for (int j = 0; j < 8; ++j) {                                                                                  \
+            const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * (GL);                                          \
+            __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);                                \
+            for (uint32_t i = 16; i < (GL); i += 16)                                                                   \
+                m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));         \
+            f[j] = m;                                                                                                  \
+            if (++c == per_row) c = 0, ++r;                                                                            \
+        }                                                                                                              \
+        _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));                                             \
+    }
+        if (G == 64)
+            KW__AMAX_BF16_GROUPS(64u)
+        else
+            KW__AMAX_BF16_GROUPS(G)
+#undef KW__AMAX_BF16_GROUPS
     }
     for (; q < total; ++q) {
         out[q] = kw__amax_avx2(rows[r] + (size_t)c * G * es, dtype, G);

@@ -552,6 +552,65 @@ static void test_bf16_codes(void **state) {
     free(x);
 }
 
+/* NF4 of bf16 groups near every threshold at the inverse scale of every f16 scale the encoder can make (1 / s for
+ * each positive finite f16 s) and at 2^17 random ones (log-uniform over [2^-110, 2^110], both signs, so past the key
+ * path's bounds too): a group of 64 per inverse scale holding, for each of the 15 thresholds t_k, the four bf16 words
+ * from two below to one above the bf16 nearest t_k / inv (the key tables' X_k and M_k and their neighbours), and +-0,
+ * a NaN and -Inf. quantize_groups and quantize_group_rows (rows of two groups) of every ISA against the scalar
+ * kernel. */
+static void test_nf4_threshold_sweep(void **state) {
+    (void)state;
+    wt_rng r = {47};
+    enum { NF16 = 0x7c00 - 1, NRAND = 1 << 17, NG = NF16 + NRAND + 1 }; /* NG even: whole rows of two groups */
+    uint16_t *x = malloc((size_t)NG * 64 * sizeof *x);
+    float *inv = malloc((size_t)NG * sizeof *inv);
+    uint8_t *want = malloc((size_t)NG * 32), *got = malloc((size_t)NG * 32 + 1);
+    const uint8_t **rows = malloc((size_t)NG / 2 * sizeof *rows);
+    assert_true(x && inv && want && got && rows);
+    for (uint32_t g = 0; g < NG; ++g) {
+        if (g < NF16)
+            inv[g] = 1.0f / kw_f16_to_f32((uint16_t)(g + 1));
+        else if (g < NF16 + NRAND)
+            inv[g] = (wt_below(&r, 2) ? -1.0f : 1.0f) * ldexpf(1.0f + wt_uniform(&r), (int)wt_below(&r, 221) - 110);
+        else
+            inv[g] = 0x1p-100f;
+        uint16_t *v = x + (size_t)g * 64;
+        for (uint32_t k = 0; k < 15; ++k) {
+            const float m = kw_wire_nf4_mid(k);
+            const uint16_t c = kw_f32_to_bf16(m / inv[g]);
+            for (int d = -2; d <= 1; ++d)
+                v[4 * k + (uint32_t)(d + 2)] = (uint16_t)(c + d);
+        }
+        v[60] = 0x0000;
+        v[61] = 0x8000;
+        v[62] = 0x7fc1;
+        v[63] = 0xff80;
+    }
+    for (uint32_t i = 0; i < NG / 2; ++i)
+        rows[i] = (const uint8_t *)(x + (size_t)i * 128);
+    g_isas[0]->quantize_groups(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, NG * 64, 64, inv, want);
+    for (int k = 1; k < g_n_isas; ++k)
+        for (int way = 0; way < 2; ++way) {
+            memset(got, 0xa5, (size_t)NG * 32 + 1);
+            if (way == 0)
+                g_isas[k]->quantize_groups(KW_WIRE_CODEC_NF4, x, KW_WIRE_DTYPE_BF16, NG * 64, 64, inv, got);
+            else
+                g_isas[k]->quantize_group_rows(KW_WIRE_CODEC_NF4, rows, NG / 2, KW_WIRE_DTYPE_BF16, 128, 64, inv, got);
+            for (size_t b = 0; b < (size_t)NG * 32; ++b)
+                if (got[b] != want[b])
+                    fail_msg("%s nf4 way %d: group %zu (inv %a), byte %zu (words 0x%04x 0x%04x) is 0x%02x, scalar "
+                             "0x%02x",
+                             kw_wire_isa_name(g_isas[k]->isa), way, b / 32, (double)inv[b / 32], b % 32, x[2 * b],
+                             x[2 * b + 1], got[b], want[b]);
+            assert_int_equal(got[(size_t)NG * 32], 0xa5);
+        }
+    free(x);
+    free(inv);
+    free(want);
+    free(got);
+    free(rows);
+}
+
 /* dequantize_rows: blocks of arbitrary rows (reserved codes in some) of every codec, each with its own scale, to
  * f32 and bf16 rows at scattered, misaligned addresses: the values and status of dequantize row by row, nothing
  * written between or past the rows. */
@@ -1340,6 +1399,7 @@ int main(void) {
         cmocka_unit_test(test_nf4_mixed_fold),
         cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_nf4_edges),
+        cmocka_unit_test(test_nf4_threshold_sweep),
         cmocka_unit_test(test_fp8_edges),
         cmocka_unit_test(test_fp8_tie_steps),
         cmocka_unit_test(test_bf16_codes),
