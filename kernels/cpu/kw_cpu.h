@@ -91,10 +91,9 @@ int kw__cpu_layout_x8(enum kw_layout layout);
 /* Fills xq, xd, xs, xs16 (the arrays of a kw_x8_act) from x, nt threads of cpu's pool. */
 void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
                          float *xs, int32_t *xs16);
-/* Rows [m0, m1) of y (row stride N) against one panel wp of an x8 layout, columns n0 + c0 .. n0 + ncols (c0 0, or 32
- * for the second half of a panel split in two: each column's bits do not depend on c0). */
+/* Rows [m0, m1) of y (row stride N) against one panel wp of an x8 layout, columns n0 .. n0 + ncols. */
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                      const char *wp, int64_t n0, int64_t c0, int64_t ncols, int64_t m0, int64_t m1);
+                      const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1);
 /* 1 if a work item of rows x rows on a panel of layout runs on its panel widened (kw__cpu_x8_widen6_panel) into
  * KW_LAYOUT_QPANELS_S8_G16_X8: S6_G16_SB_X8 with prefill rows. */
 int kw__cpu_x8_widens(enum kw_layout layout, int64_t rows);

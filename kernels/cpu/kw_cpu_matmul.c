@@ -18,9 +18,7 @@
  *
  * Work is split into (panel, block of rows) items handed to the backend's thread pool one at a time. Few rows
  * (decode): each row streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x
- * KW_MM_NV strips reuse each loaded weight vector for every row of the tile. A decode on the int8-activation (X8)
- * layouts whose panels do not divide among the threads hands out its last panels as two halves of 32 columns each
- * (kw_mm_split), so that no thread is left a whole panel behind: who computes a column changes, not its arithmetic.
+ * KW_MM_NV strips reuse each loaded weight vector for every row of the tile.
  */
 #include "kernels/cpu/kw_cpu.h"
 
@@ -669,32 +667,16 @@ typedef struct kw_mm_job {
     char *scratch;        /* a row-major weight, or widened S6 panels: one slice per worker */
     int packed, widen;    /* widen: QPANELS_S6_G16_SB with prefill rows, widened to S8_G16_SB per item */
     size_t slice, wide_slice, panel_bytes;
-    int64_t M, N, K, row_block, row_blocks, items; /* items: (panel, row block) pairs, a split panel's halves */
-    int64_t split; /* the last `split` panels are handed out as two halves each (kw_mm_split), the rest whole */
+    int64_t M, N, K, row_block, row_blocks, items; /* items: (panel, row block) pairs */
 } kw_mm_job;
-
-/* Hands the last `split` panels of j out as halves (their 32 + up to 32 columns): j's items become the whole panels,
- * then two per split panel. Only for decode rows (one row block) on an X8 layout; a split panel has over 32 columns. */
-static void kw_mm_split(kw_mm_job *j, int64_t split) {
-    const int64_t panels = (j->N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
-    if (!kw__cpu_layout_x8(j->w->layout) || j->row_blocks != 1 || j->M > KW_MM_ROW_MAX) split = 0;
-    if (split > panels) split = panels;
-    if (split > 0 && j->N - (panels - 1) * KW_PANEL_ROWS <= 32) split = 0; /* the last panel is half one already */
-    j->split = split;
-    j->items = panels * j->row_blocks + split;
-}
 
 static void kw_mm_item(void *arg, int64_t it, int worker) {
     const kw_mm_job *j = arg;
     const kw_tensor *w = j->w;
     const int64_t M = j->M, N = j->N, K = j->K;
-    const int64_t whole = j->items - 2 * j->split; /* items handed whole: (panel, row block) pairs */
-    const int64_t half = it < whole ? -1 : (it - whole) % 2;
-    const int64_t p = it < whole ? it / j->row_blocks : whole + (it - whole) / 2;
-    const int64_t m0 = it < whole ? (it % j->row_blocks) * j->row_block : 0;
+    const int64_t p = it / j->row_blocks, m0 = (it % j->row_blocks) * j->row_block;
     const int64_t m1 = M - m0 < j->row_block ? M : m0 + j->row_block;
-    const int64_t n0 = p * KW_PANEL_ROWS, c0 = half == 1 ? 32 : 0;
-    const int64_t ncols = half == 0 ? 32 : N - n0 < KW_PANEL_ROWS ? N - n0 : KW_PANEL_ROWS;
+    const int64_t n0 = p * KW_PANEL_ROWS, ncols = N - n0 < KW_PANEL_ROWS ? N - n0 : KW_PANEL_ROWS;
     const char *wp;
     if (j->packed) {
         wp = (const char *)w->data + (size_t)p * j->panel_bytes;
@@ -718,11 +700,11 @@ static void kw_mm_item(void *arg, int64_t it, int worker) {
     if (j->xb)
         kw__cpu_bf16_panel(j->isa, j->y, N, j->xb, K, (const uint16_t *)wp, n0, ncols, m0, m1);
     else if (j->act)
-        kw__cpu_x8_panel(j->isa, layout, j->y, N, j->act, K, wp, n0, c0, ncols, m0, m1);
+        kw__cpu_x8_panel(j->isa, layout, j->y, N, j->act, K, wp, n0, ncols, m0, m1);
     else
         kw_mm_panel(j->isa, j->y, N, j->xs, K, w->dtype, layout, wp, n0, ncols, m0, m1);
     if (j->bias) {
-        for (int64_t n = n0 + c0; n < n0 + ncols; ++n) {
+        for (int64_t n = n0; n < n0 + ncols; ++n) {
             const float b = kw_opm_load(j->bias->data, j->bias->dtype, n);
             for (int64_t m = m0; m < m1; ++m)
                 j->y[m * N + n] += b;
@@ -765,8 +747,6 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
                      .row_block = row_block,
                      .row_blocks = row_blocks,
                      .items = items};
-    /* decode on an X8 layout: the panels that do not divide among the threads are handed out in halves */
-    if (nt > 1) kw_mm_split(j, panels % nt);
     if (j->widen) {
         kw_quant_layout wide;
         kw_layout_quant(kw__cpu_layout_x8(w->layout) ? KW_LAYOUT_QPANELS_S8_G16_X8 : KW_LAYOUT_QPANELS_S8_G16_SB,
@@ -859,19 +839,12 @@ int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, con
         nt = t > nt ? t : nt;
         one_run = kw__cpu_layout_x8(w[i]->layout) == x8 && (w[i]->layout == KW_LAYOUT_PANELS_BF16_PAIRS) == bf16 &&
                   job[i].packed && !job[i].widen;
+        js.first[i + 1] = js.first[i] + job[i].items;
     }
     if (!one_run) {
         for (int i = 0; i < n; ++i)
             KW_FORWARD(kw__cpu_matmul(backend, out[i], x, w[i], bias ? bias[i] : NULL));
         return 0;
-    }
-    /* the run's panels that do not divide among its threads: the last weight's last ones, handed out in halves */
-    int64_t panels = 0;
-    for (int i = 0; i < n; ++i)
-        panels += (job[i].N + KW_PANEL_ROWS - 1) / KW_PANEL_ROWS;
-    for (int i = 0; i < n; ++i) {
-        kw_mm_split(&job[i], i == n - 1 ? panels % nt : 0);
-        js.first[i + 1] = js.first[i] + job[i].items;
     }
     kw_x8_act act = {0};
     uint16_t *xb = NULL;

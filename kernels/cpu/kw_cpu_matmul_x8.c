@@ -348,10 +348,10 @@ void kw__cpu_x8_pack_group(enum kw_layout layout, uint8_t *codes, const int8_t *
  */
 
 static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                               const char *wp, int64_t n0, int64_t c0, int64_t ncols, int64_t m0, int64_t m1) {
+                               const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
     const int64_t G = K / KW_X8_G, WG = BITS == 4 || SB == 2 ? 32 : 16, OFS = BITS == 4;
     for (int64_t m = m0; m < m1; ++m) {
-        for (int64_t c = c0; c < ncols; ++c) {
+        for (int64_t c = 0; c < ncols; ++c) {
             float acc = 0.0f;
             for (int64_t j = 0; j < K / WG; ++j) {
                 const kw_x8_grp gr = kw_x8_group(BITS, SB, wp, j);
@@ -500,9 +500,9 @@ static int kw_x8_vnni(void) {
 /* The panel functions with the code width and the storage as constants, so that the tiles specialize. */
 #define KW_X8_SPECIALIZE(sfx, target, bits, sb)                                                                        \
     target static void kw_x8_panel_##sfx##_##bits##_##sb(float *y, int64_t N, const kw_x8_act *a, int64_t K,           \
-                                                         const char *wp, int64_t n0, int64_t c0, int64_t ncols,        \
-                                                         int64_t m0, int64_t m1) {                                     \
-        kw_x8_panel_##sfx(bits, sb, y, N, a, K, wp, n0, c0, ncols, m0, m1);                                            \
+                                                         const char *wp, int64_t n0, int64_t ncols, int64_t m0,        \
+                                                         int64_t m1) {                                                 \
+        kw_x8_panel_##sfx(bits, sb, y, N, a, K, wp, n0, ncols, m0, m1);                                                \
     }
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 4, 0)
 KW_X8_SPECIALIZE(vnni, KW_TARGET_X8_VNNI, 8, 0)
@@ -603,11 +603,11 @@ void kw__cpu_x8_widen6_panel(enum kw_cpu_isa isa, char *dst, const char *src, in
 }
 
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
-                      const char *wp, int64_t n0, int64_t c0, int64_t ncols, int64_t m0, int64_t m1) {
+                      const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1) {
     const int bits = kw_x8_bits(layout), sb = kw_x8_form(layout);
 #if KW_CPU_X86
     typedef void (*panel_fn)(float *, int64_t, const kw_x8_act *, int64_t, const char *, int64_t, int64_t, int64_t,
-                             int64_t, int64_t);
+                             int64_t);
     /* [sb][bits 4, 8, 6] (6-bit codes: super-blocks only; form 2: 8-bit only) */
     static const panel_fn vnni[3][3] = {{kw_x8_panel_vnni_4_0, kw_x8_panel_vnni_8_0, NULL},
                                         {kw_x8_panel_vnni_4_1, kw_x8_panel_vnni_8_1, kw_x8_panel_vnni_6_1},
@@ -617,19 +617,19 @@ void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int6
                                         {NULL, kw_x8_panel_avx2_8_2, NULL}};
     const int w = bits == 4 ? 0 : bits == 8 ? 1 : 2;
     if (isa == KW_CPU_ISA_AVX512 && kw_x8_vnni()) {
-        vnni[sb][w](y, N, a, K, wp, n0, c0, ncols, m0, m1);
+        vnni[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
     if (isa >= KW_CPU_ISA_AVX2) { /* AVX-512 without VNNI too: the same integer sums */
-        avx2[sb][w](y, N, a, K, wp, n0, c0, ncols, m0, m1);
+        avx2[sb][w](y, N, a, K, wp, n0, ncols, m0, m1);
         return;
     }
 #endif
     (void)isa;
     if (bits == 4)
-        kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, c0, ncols, m0, m1);
+        kw_x8_panel_scalar(4, sb, y, N, a, K, wp, n0, ncols, m0, m1);
     else if (bits == 8)
-        kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, c0, ncols, m0, m1);
+        kw_x8_panel_scalar(8, sb, y, N, a, K, wp, n0, ncols, m0, m1);
     else
-        kw_x8_panel_scalar(6, 1, y, N, a, K, wp, n0, c0, ncols, m0, m1);
+        kw_x8_panel_scalar(6, 1, y, N, a, K, wp, n0, ncols, m0, m1);
 }

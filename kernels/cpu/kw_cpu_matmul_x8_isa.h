@@ -122,25 +122,21 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
         }
 }
 
-/* Rows [m0, m1) of a panel's columns [c0, ncols) (c0 0 or 32: a half panel): each row streams it alone (decode) up to
- * KW_X8_ROW_MAX rows, 64 columns at a time (32 for the last 32 or fewer), else tiles of X8_MR rows x 2 vectors. A
- * column's arithmetic is the same whichever tile computes it. A decode row prefetches the panel stream (all of each
- * group, a half panel's too), but S8_X8's not where X8_PF8 is 0: its demand loads and the hardware prefetcher keep up
- * alone, and the prefetches slow it (docs/BENCHMARKS.md, "The x8 decode tile's streaming"). */
+/* Rows [m0, m1) of a panel: each row streams it alone (decode) up to KW_X8_ROW_MAX rows, else tiles of X8_MR rows x 2
+ * vectors. A decode row prefetches the panel stream, but S8_X8's not where X8_PF8 is 0: its demand loads and the
+ * hardware prefetcher keep up alone, and the prefetches slow it (docs/BENCHMARKS.md, "The x8 decode tile's
+ * streaming"). */
 X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(const int BITS, const int SB, float *y,
                                                                                int64_t N, const kw_x8_act *a, int64_t K,
-                                                                               const char *wp, int64_t n0, int64_t c0,
+                                                                               const char *wp, int64_t n0,
                                                                                int64_t ncols, int64_t m0, int64_t m1) {
-    const int64_t h0 = c0 / X8_LANES, nvec = (ncols + X8_LANES - 1) / X8_LANES, half = 32 / X8_LANES;
+    const int64_t nvec = (ncols + X8_LANES - 1) / X8_LANES;
     if (m1 - m0 <= KW_X8_ROW_MAX) {
         for (int64_t m = m0; m < m1; ++m) {
             const kw_x8_act r = kw_x8_rows(a, K, m);
-            for (int64_t h = h0; h < nvec; h += 4) {
-                const int pf = h == h0 && (SB != 2 || X8_PF8);
-                if (nvec - h > half)
-                    X8_FN(kw_x8_tile)(BITS, SB, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, pf);
-                else
-                    X8_FN(kw_x8_tile)(BITS, SB, 1, 32 / X8_LANES, y + m * N + n0, N, &r, K, wp, h, ncols, pf);
+            for (int64_t h = 0; h < nvec; h += 4) {
+                const int pf = h == 0 && (SB != 2 || X8_PF8);
+                X8_FN(kw_x8_tile)(BITS, SB, 1, 4, y + m * N + n0, N, &r, K, wp, h, ncols, pf);
             }
         }
         return;
@@ -149,7 +145,7 @@ X8_TARGET static inline __attribute__((always_inline)) void X8_FN(kw_x8_panel)(c
         const int mr = (int)(m1 - m < X8_MR ? m1 - m : X8_MR);
         const kw_x8_act r = kw_x8_rows(a, K, m);
         float *yt = y + m * N + n0;
-        for (int64_t h = h0; h < nvec; h += 2) {
+        for (int64_t h = 0; h < nvec; h += 2) {
             if (mr >= 4)
                 X8_FN(kw_x8_tile)(BITS, SB, X8_MR >= 4 ? 4 : 1, 2, yt, N, &r, K, wp, h, ncols, 0);
             else if (mr == 3)

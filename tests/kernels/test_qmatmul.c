@@ -630,9 +630,8 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                                        {13, 129, 288, 32},
                                        {50, 65, 64, 32},
                                        {3, 200, 1024, 32},
-                                       /* decode with panels that do not divide among 2 or 3 threads, the last ones
-                                        * handed out in halves (kw_mm_split): 3 and 9 panels (SmolLM2's k/v and q/o),
-                                        * a last panel of 40 columns (split at 3 threads) and of 22 (never split) */
+                                       /* decode with panels that do not divide among 2 or 3 threads: 3 and 9 (SmolLM2's
+                                        * k/v and q/o), 4 with a last panel of 40 columns, 3 with one of 22 */
                                        {1, 192, 768, 32},
                                        {2, 576, 256, 32},
                                        {1, 232, 576, 8},
@@ -765,8 +764,8 @@ static void test_x8_superblock_is_x8(void **state) {
                                                {KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
     static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
     /* {50, 70, 256}: two panels, so with 2 and 3 threads blocks of 48 rows and 2 rows (S6_G16_SB_X8: items with and
-     * without the prefill widening in one call); {1, 192, 768} and {2, 232, 768}: decode with the last panel handed
-     * out in halves at 2 and at 3 threads */
+     * without the prefill widening in one call); {1, 192, 768} and {2, 232, 768}: decode on 3 and 4 panels, which do
+     * not divide among 2 and 3 threads */
     static const int64_t shapes[][3] = {{1, 1, 256},   {1, 64, 1024}, {2, 130, 512}, {3, 37, 768},
                                         {4, 70, 512},  {5, 64, 256},  {9, 193, 512}, {29, 200, 768},
                                         {50, 70, 256}, {1, 192, 768}, {2, 232, 768}};
@@ -975,7 +974,7 @@ static void test_shared_matmul_is_each_matmul(void **state) {
         {KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_PANELS,
          KW_LAYOUT_QPANELS_S6_G16_SB}, /* S6: widened (own scratch) at M > 4 */
         {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB_X8}};
-    /* 3 + 2 + 2 panels: at 2 and 3 threads the last weight's last panel (36 columns) is handed out in halves */
+    /* 3 + 2 + 2 panels, which divide neither among 2 nor among 3 threads; a last panel of 36 columns */
     static const int64_t Ns[PER] = {130, 128, 100}, Ms[3] = {1, 3, 6}, K = 512;
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
