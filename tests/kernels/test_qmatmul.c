@@ -636,7 +636,11 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                                        {2, 576, 256, 32},
                                        {1, 232, 576, 8},
                                        {3, 150, 1024, 4},
-                                       {1, 576, 256, 4}};
+                                       {1, 576, 256, 4},
+                                       /* decode on 1.25 MB of weights: on every thread even while the workers sleep
+                                        * (KW_MM_WAKE_MIN_BYTES; the smaller decode cases run on the caller alone
+                                        * then) */
+                                       {1, 576, 2048, 32}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
