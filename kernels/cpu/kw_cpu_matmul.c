@@ -18,7 +18,8 @@
  *
  * Work is split into (panel, block of rows) items handed to the backend's thread pool one at a time. Few rows
  * (decode): each row streams a panel with 4 strips in flight; many rows (prefill): register tiles of KW_MM_MR rows x
- * KW_MM_NV strips reuse each loaded weight vector for every row of the tile.
+ * KW_MM_NV strips reuse each loaded weight vector for every row of the tile. A decode on less than
+ * KW_MM_WAKE_MIN_BYTES of weights does not wake sleeping workers: the caller computes it alone.
  */
 #include "kernels/cpu/kw_cpu.h"
 
@@ -35,6 +36,10 @@
 #define KW_MM_ROW_MAX 4
 /* Rows per work item when the panels alone are too few to feed every thread. */
 #define KW_MM_ROW_BLOCK 48
+/* A decode matmul (or shared run) reading fewer weight bytes than this runs on the caller alone when every worker
+ * of the pool is asleep: waking one costs more than its share saves (docs/BENCHMARKS.md, "SmolLM2 decode: thread
+ * split and dispatches"). An awake (spinning) worker still takes its share. */
+#define KW_MM_WAKE_MIN_BYTES ((size_t)1 << 20)
 
 /* The quantized kernels prefetch the panel stream KW_QMM_PF groups ahead, one or two lines per k (a group is at most
  * 2 G lines: 64 scales, 64 offsets and G * 64 code bytes): without it the hardware prefetcher leaves a decode row
@@ -756,6 +761,14 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
     return nt;
 }
 
+/* The threads a run of nt threads over jobs reading `bytes` of weights gets: 1 for decode rows (at most KW_MM_ROW_MAX)
+ * on fewer than KW_MM_WAKE_MIN_BYTES while every worker sleeps, else nt. Which threads compute an item does not change
+ * its bits. */
+static int kw_mm_threads(kw_cpu_backend *cpu, int nt, int64_t M, size_t bytes) {
+    if (nt <= 1 || M > KW_MM_ROW_MAX || bytes >= KW_MM_WAKE_MIN_BYTES) return nt;
+    return kw_cpu_pool_asleep(cpu->pool) ? 1 : nt;
+}
+
 /* x rounded to bf16 for PANELS_BF16_PAIRS (*xb) or quantized for the X8 layouts (*act), in the backend's scratch;
  * for X8, after lead_floats floats kept for the caller at *lead (the widened panels: one scratch, as a second call
  * may move the first). */
@@ -786,7 +799,8 @@ static int kw_mm_prepare_x(kw_cpu_backend *cpu, const kw_tensor *x, int64_t K, i
 int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, const kw_tensor *w, const kw_tensor *bias) {
     kw_cpu_backend *cpu = kw__cpu(backend);
     kw_mm_job job;
-    const int nt = kw_mm_setup(cpu, &job, out, x, w, bias);
+    int nt = kw_mm_setup(cpu, &job, out, x, w, bias);
+    nt = kw_mm_threads(cpu, nt, job.M, job.panel_bytes * (size_t)(job.items / job.row_blocks));
     /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
      * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q), with bf16
      * activations x rounded; a widened S6 weight, each thread's widened panel */
@@ -846,6 +860,10 @@ int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, con
             KW_FORWARD(kw__cpu_matmul(backend, out[i], x, w[i], bias ? bias[i] : NULL));
         return 0;
     }
+    size_t bytes = 0;
+    for (int i = 0; i < n; ++i)
+        bytes += job[i].panel_bytes * (size_t)(job[i].items / job[i].row_blocks);
+    nt = kw_mm_threads(cpu, nt, job[0].M, bytes);
     kw_x8_act act = {0};
     uint16_t *xb = NULL;
     char *lead = NULL; /* no job widens here */

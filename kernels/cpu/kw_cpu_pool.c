@@ -207,6 +207,12 @@ void kw_cpu_pool_free(kw_cpu_pool *pool) {
     free(pool);
 }
 
+int kw_cpu_pool_asleep(kw_cpu_pool *pool) {
+    for (int i = 0; i < pool->started; ++i)
+        if (!atomic_load_explicit(&pool->workers[i].sleeping, memory_order_relaxed)) return 0;
+    return 1;
+}
+
 int kw_cpu_pool_spin_us(const kw_cpu_pool *pool) {
     return pool->spin_us;
 }

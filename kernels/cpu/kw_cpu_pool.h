@@ -37,6 +37,11 @@ void kw_cpu_pool_free(kw_cpu_pool *pool);
  * thread runs on it) runs its tasks inline on the calling thread, with that thread's worker id. */
 void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_pool_fn fn, void *ctx);
 
+/* 1 when every worker is asleep on its futex (a run would have to wake them: a system call and a wake-up later),
+ * 0 when one is awake (running, or spinning for the next job). A snapshot, for choosing how many threads a small
+ * job is worth; a pool without workers is asleep. */
+int kw_cpu_pool_asleep(kw_cpu_pool *pool);
+
 /* The spin the pool was created with, in microseconds. */
 int kw_cpu_pool_spin_us(const kw_cpu_pool *pool);
 

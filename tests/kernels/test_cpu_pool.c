@@ -2,7 +2,8 @@
  * (n_tasks 0 .. 1000, pools of 1 .. 4 threads, every thread count asked), its writes are seen by the caller, worker
  * ids stay below the run's thread count and no id is used by two threads at once; a run from inside a task runs
  * inline on that thread's id; workers that went to sleep wake for the next run; pools are created and freed 100
- * times, with no spin and with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation.
+ * times, with no spin and with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation;
+ * kw_cpu_pool_asleep tells sleeping workers from spinning ones.
  * The counters the tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -151,6 +152,32 @@ static void test_sleep_and_wake(void **state) {
     }
 }
 
+/* kw_cpu_pool_asleep: a pool without workers is asleep; with spin 0 every worker is asleep soon after a run (polled
+ * for up to 2 s); with a 1 s spin the workers are awake (spinning) just after a run. */
+static void test_asleep(void **state) {
+    (void)state;
+    static run_log log;
+    kw_cpu_pool *pool = NULL;
+    assert_int_equal(kw_cpu_pool_create(1, 0, &pool), 0);
+    assert_int_equal(kw_cpu_pool_asleep(pool), 1);
+    kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(3, 0, &pool), 0);
+    for (int rep = 0; rep < 3; ++rep) {
+        check_run(pool, 3, 3, 100, &log);
+        int asleep = 0;
+        for (int i = 0; i < 2000 && !asleep; ++i) {
+            asleep = kw_cpu_pool_asleep(pool);
+            if (!asleep) usleep(1000);
+        }
+        assert_int_equal(asleep, 1);
+    }
+    kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(3, 1000000, &pool), 0);
+    check_run(pool, 3, 3, 100, &log);
+    assert_int_equal(kw_cpu_pool_asleep(pool), 0);
+    kw_cpu_pool_free(pool);
+}
+
 static void test_create_free(void **state) {
     (void)state;
     static run_log log;
@@ -248,7 +275,8 @@ int main(void) {
         cmocka_unit_test(test_every_task_once), cmocka_unit_test(test_workers_take_part),
         cmocka_unit_test(test_nested_inline),   cmocka_unit_test(test_sleep_and_wake),
         cmocka_unit_test(test_create_free),     cmocka_unit_test(test_concurrent_pools),
-        cmocka_unit_test(test_spin_env),        cmocka_unit_test(test_range),
+        cmocka_unit_test(test_asleep),          cmocka_unit_test(test_spin_env),
+        cmocka_unit_test(test_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -615,10 +615,32 @@ static void kw_x8_expect(kw_backend *b, const kw_tensor *tq, const float *x, con
  * group and a NaN in x follow the rule; one changed code changes exactly its column. */
 static void test_x8_matmul_is_its_oracle(void **state) {
     (void)state;
-    static const int64_t cases[][4] = {{1, 1, 32, 4},      {7, 64, 64, 4},   {50, 200, 160, 4}, {9, 130, 256, 4},
-                                       {3, 37, 96, 4},     {1, 1, 32, 8},    {6, 70, 64, 8},    {45, 129, 192, 8},
-                                       {4, 300, 256, 8},   {1, 1, 32, 32},   {2, 37, 96, 32},   {5, 70, 160, 32},
-                                       {13, 129, 288, 32}, {50, 65, 64, 32}, {3, 200, 1024, 32}};
+    static const int64_t cases[][4] = {{1, 1, 32, 4},
+                                       {7, 64, 64, 4},
+                                       {50, 200, 160, 4},
+                                       {9, 130, 256, 4},
+                                       {3, 37, 96, 4},
+                                       {1, 1, 32, 8},
+                                       {6, 70, 64, 8},
+                                       {45, 129, 192, 8},
+                                       {4, 300, 256, 8},
+                                       {1, 1, 32, 32},
+                                       {2, 37, 96, 32},
+                                       {5, 70, 160, 32},
+                                       {13, 129, 288, 32},
+                                       {50, 65, 64, 32},
+                                       {3, 200, 1024, 32},
+                                       /* decode with panels that do not divide among 2 or 3 threads: 3 and 9 (SmolLM2's
+                                        * k/v and q/o), 4 with a last panel of 40 columns, 3 with one of 22 */
+                                       {1, 192, 768, 32},
+                                       {2, 576, 256, 32},
+                                       {1, 232, 576, 8},
+                                       {3, 150, 1024, 4},
+                                       {1, 576, 256, 4},
+                                       /* decode on 1.25 MB of weights: on every thread even while the workers sleep
+                                        * (KW_MM_WAKE_MIN_BYTES; the smaller decode cases run on the caller alone
+                                        * then) */
+                                       {1, 576, 2048, 32}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
@@ -782,9 +804,11 @@ static void test_x8_superblock_is_x8(void **state) {
                                                {KW_LAYOUT_QPANELS_S6_G16_SB_X8, KW_LAYOUT_QPANELS_S8_G16_X8}};
     static const int per128[3] = {76, 138, 106}; /* bytes per 128 weights */
     /* {50, 70, 256}: two panels, so with 2 and 3 threads blocks of 48 rows and 2 rows (S6_G16_SB_X8: items with and
-     * without the prefill widening in one call) */
-    static const int64_t shapes[][3] = {{1, 1, 256},  {1, 64, 1024}, {2, 130, 512},  {3, 37, 768}, {4, 70, 512},
-                                        {5, 64, 256}, {9, 193, 512}, {29, 200, 768}, {50, 70, 256}};
+     * without the prefill widening in one call); {1, 192, 768} and {2, 232, 768}: decode on 3 and 4 panels, which do
+     * not divide among 2 and 3 threads */
+    static const int64_t shapes[][3] = {{1, 1, 256},   {1, 64, 1024}, {2, 130, 512}, {3, 37, 768},
+                                        {4, 70, 512},  {5, 64, 256},  {9, 193, 512}, {29, 200, 768},
+                                        {50, 70, 256}, {1, 192, 768}, {2, 232, 768}};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     for (int p = 0; p < 3; ++p)
@@ -990,7 +1014,8 @@ static void test_shared_matmul_is_each_matmul(void **state) {
         {KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_PANELS,
          KW_LAYOUT_QPANELS_S6_G16_SB}, /* S6: widened (own scratch) at M > 4 */
         {KW_LAYOUT_QPANELS_U4_SB_X8, KW_LAYOUT_QPANELS_U4_SB, KW_LAYOUT_QPANELS_S8_G16_SB_X8}};
-    static const int64_t Ns[PER] = {130, 64, 70}, Ms[3] = {1, 3, 6}, K = 512;
+    /* 3 + 2 + 2 panels, which divide neither among 2 nor among 3 threads; a last panel of 36 columns */
+    static const int64_t Ns[PER] = {130, 128, 100}, Ms[3] = {1, 3, 6}, K = 512;
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
     float *x = malloc((size_t)(6 * K) * sizeof(float)), *bias = malloc(130 * sizeof(float));
@@ -1054,14 +1079,14 @@ static void test_shared_matmul_is_each_matmul(void **state) {
                 if (set == 0) { /* refused: no weights, too many, overlapping outputs, a wrong out shape, another K */
                     kw_tensor tx = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, K}, x);
                     kw_tensor t0 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 130}, got[0]);
-                    kw_tensor t1 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 64}, got[0] + 129);
+                    kw_tensor t1 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, Ns[1]}, got[0] + 129);
                     kw_tensor *outs[5] = {&t0, &t1, &t1, &t1, &t1};
                     const kw_tensor *ws[5] = {&tw[0], &tw[1], &tw[1], &tw[1], &tw[1]};
                     assert_int_equal(kw_op_matmul_shared(b, 0, outs, &tx, ws, NULL), KW_E_INVALID_ARG);
                     assert_int_equal(kw_op_matmul_shared(b, KW_MATMUL_SHARED_MAX + 1, outs, &tx, ws, NULL),
                                      KW_E_INVALID_ARG);
                     assert_int_equal(kw_op_matmul_shared(b, 2, outs, &tx, ws, NULL), KW_E_INVALID_ARG);
-                    t1 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, 64}, got[0] + 130);
+                    t1 = kw_wrap(b, KW_DTYPE_F32, 2, (int64_t[]){1, Ns[1]}, got[0] + 130);
                     assert_int_equal(kw_op_matmul_shared(b, 2, outs, &tx, ws, NULL), 0);
                     ws[1] = &tw[0];
                     assert_int_equal(kw_op_matmul_shared(b, 2, outs, &tx, ws, NULL), KW_E_SHAPE);
