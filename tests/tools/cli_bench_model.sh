@@ -36,7 +36,7 @@ read -r med lo hi blo bhi < <(sed -n 's/.*median \([0-9.]*\), min \([0-9.]*\), m
 bw=$(sed -n 's/^baseline: read \([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
 [ -n "$bw" ] || fail "no baseline"
 awk -v m="$med" -v l="$lo" -v h="$hi" -v bl="$blo" -v bh="$bhi" -v b="$bw" \
-    'BEGIN {exit !(l > 0 && l <= m && m <= h && bl > 0 && bl <= bh && bh <= b + 0.005)}' ||
+    'BEGIN {exit !(l >= 0 && l <= m && m <= h && bl > 0 && bl <= bh && bh <= b + 0.005)}' ||
     fail "per-rep figures out of order: median $med min $lo max $hi, reads $blo-$bhi, best $bw"
 rss=$(sed -n 's/^peak RSS: \([0-9.]*\) MB (model phase)$/\1/p' <<<"$out")
 if [ -n "$rss" ]; then
