@@ -28,7 +28,10 @@
  * saturate: 2 * 15 * 127 and, with the 8-bit codes' signs moved onto q, 2 * 128 * 127 < 32767; or scalar), and the
  * epilogue is the same IEEE operations in the same order, so the ISAs agree bit for bit with kw_ref_quant_matmul_x8
  * (kernels/ref). The result is the f32-weight matmul's up to the activation rounding: |y - y_f32| <= sum_g d(g) / 2 *
- * sum_k |w(n, k)| plus f32 roundings.
+ * sum_k |w(n, k)| plus f32 roundings, and for S8_X8 plus sum_g 127 |f16(d(g)) - d(g)| * sum_k |w(n, k)| (2^-11 of d
+ * while d is a normal f16, amax >= 127 * 2^-14; more when f16(d) is subnormal; a group with amax < 127 * 2^-25 has
+ * f16(d) = 0 and adds nothing). A finite S8_X8 group with amax >= 65520 * 127 has f16(d) = Inf, so its outputs are
+ * +-Inf or NaN (an isum or weight scale of 0): ggml's q8_0 activations overflow the same way.
  *
  * Weight groups (kernels/kw_backend.h): 64 f32 scales, (U4) 64 f32 offsets, then 1024 code bytes, strip s of 16 rows
  * at 256 s as four 64-byte vectors t whose byte 4 i + b holds row 16 s + i, k = 4 t + b (U4: low nibble, and k = 16

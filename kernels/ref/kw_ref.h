@@ -37,7 +37,8 @@ void kw_ref_quant_dequant(float *w, const kw_quant_rows *q);
  * written out plainly from the rule in kernels/cpu/kw_cpu_matmul_x8.c: x per 32 k to d = amax / 127 and q =
  * lrintf(x * (127 / amax)) in [-127, 127] (amax < 1e-30: all zero; a NaN or infinity: d = NaN), per weight group the
  * exact integer sum, then acc = fma(scale, fl(isum * d), acc) (S8_X8: acc = fma(fl(scale * kw_round_f16(d)), isum,
- * acc)) and, with offsets, acc = fma(offset, fl(d * sum q), acc). No bias. out is caller-owned. */
+ * acc), so a group with amax >= 65520 * 127 gives +-Inf or NaN, as ggml's q8_0) and, with offsets, acc = fma(offset,
+ * fl(d * sum q), acc). No bias. out is caller-owned. */
 void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quant_rows *q);
 
 /* out (M, N) = x (M, K) times the bf16 weight w (N, K, row-major) with bf16 activations, written out plainly from the

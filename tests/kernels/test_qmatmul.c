@@ -611,7 +611,8 @@ static void kw_x8_expect(kw_backend *b, const kw_tensor *tq, const float *x, con
 /* QPANELS_U4_X8, S8_G16_X8 and S8_X8 (int8 activations): on every ISA, 1 to 3 threads, all rows at once, row by row
  * and in sections (decode rows and prefill tiles; odd N: rows past a panel; K not whole 256s), the bits of
  * kw_ref_quant_matmul_x8 plus the bias; within the activation rounding of the f32 weight's matmul
- * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|); get_rows gives the dequantized rows; a zero
+ * (|y - y_f32| <= sum_g d_g / 2 * sum_k |w| + (K + 8) 2^-23 sum |x w|, and for S8_X8 + sum_g 127 |f16(d_g) - d_g| *
+ * sum_k |w|); get_rows gives the dequantized rows; a zero
  * group and a NaN in x follow the rule; one changed code changes exactly its column. */
 static void test_x8_matmul_is_its_oracle(void **state) {
     (void)state;
@@ -680,7 +681,11 @@ static void test_x8_matmul_is_its_oracle(void **state) {
                         wsum += fabsf(w[n * K + k]);
                         mag += fabs((double)x[m * K + k] * w[n * K + k]);
                     }
-                    err += amax / 127.0 / 2.0 * wsum;
+                    const double dg = amax / 127.0f; /* the rule's f32 d */
+                    err += dg / 2.0 * wsum;
+                    /* S8_X8 multiplies by f16(d): each |q| <= 127 code is off by |f16(d) - d| more (2^-11 of d while
+                     * d is a normal f16; the whole group when f16(d) is 0) */
+                    if (layout == KW_LAYOUT_QPANELS_S8_X8) err += 127.0 * fabs(kw_round_f16((float)dg) - dg) * wsum;
                 }
                 const double diff = fabs((double)want[m * N + n] - f32[m * N + n]);
                 if (m == 2 && M >= 3) {

@@ -17,8 +17,9 @@ real_model smollm2-135m-instruct
 fail=0
 check() { # prompt new_tokens ids
     local got
-    got=$("$kvwire" generate --model "$tmp/smollm2-q8_0.gguf" --weights quantized-int8 --prompt "$1" \
-        --max-new-tokens "$2" 2>/dev/null | sed -n 's/^generated_ids: \[\(.*\)\]$/\1/p' | tr -d ',')
+    "$kvwire" generate --model "$tmp/smollm2-q8_0.gguf" --weights quantized-int8 --prompt "$1" \
+        --max-new-tokens "$2" >"$tmp/gen.txt" 2>&1 || fail "kvwire generate exit $? on \"$1\": $(tail -3 "$tmp/gen.txt")"
+    got=$(sed -n 's/^generated_ids: \[\(.*\)\]$/\1/p' "$tmp/gen.txt" | tr -d ',')
     if [ "$got" = "$3" ]; then
         echo "ok: \"$1\""
     else
