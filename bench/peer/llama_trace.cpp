@@ -64,7 +64,8 @@ static void batch_set_tokens(llama_batch_ext *batch, const llama_token *tokens, 
 int main(int argc, char **argv) {
     std::setlocale(LC_NUMERIC, "C");
     if (argc < 4) {
-        fprintf(stderr, "usage: llama_trace MODEL N_PREDICT PROMPT [FA -1|0|1] [THREADS] [DUMPDIR] [FILTER] [FORCE] [IGNORE_EOG]\n");
+        fprintf(stderr, "usage: llama_trace MODEL N_PREDICT PROMPT [FA -1|0|1] [THREADS] [DUMPDIR] [FILTER] [FORCE] "
+                        "[IGNORE_EOG]\n");
         return 1;
     }
     std::string model_path = argv[1];
