@@ -1,10 +1,12 @@
 /* cmd_generate.c: `kvwire generate`: greedy completion of one prompt with a HF model folder on the CPU backend.
  *
  * stdout: the completion text (special tokens skipped), then the labelled lines "prompt_ids: [...]" and
- * "generated_ids: [...]" (JSON arrays). stderr: the timings (prefill ms and tok/s, decode tok/s). Option parsing and
- * printing only; the model, the cache and the generation loop are in model/. */
+ * "generated_ids: [...]" (JSON arrays); with --force-ids (teacher forcing) also "argmax_ids: [...]" and
+ * "forced_logits: [...]". stderr: the timings (prefill ms and tok/s, decode tok/s). Option parsing and printing only;
+ * the model, the cache and the generation loop are in model/. */
 #include "kw_commands.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,12 +32,18 @@ static void kw_generate_usage(FILE *f) {
         "bf16|f32|int8|int6|int4]\n"
         "                       [--cache-page-tokens N] [--cache-layer L=int8|int6|int4|bf16 ...]\n"
         "                       [--round auto|none|bf16]\n"
-        "                       [--weights f32|bf16|quantized|quantized-int8|bf16-act]\n"
+        "                       [--weights f32|bf16|quantized|quantized-int8|bf16-act] [--ignore-eos]\n"
+        "                       [--force-ids \"ID,ID,...\"]\n"
         "  --chat            wrap the prompt in the chat template a GGUF file carries (SmolLM2, Gemma 3), else\n"
         "                    the model family's (qwen3: Qwen3 with thinking disabled; qwen2: Qwen2.5-Instruct;\n"
         "                    llama: Llama-3.2-Instruct, --date sets its \"Today Date\", default today; gemma3:\n"
         "                    Gemma 3, --system opens the user turn)\n"
         "  --max-new-tokens  default 32; generation also stops at the model's EOS ids (generation_config.json)\n"
+        "  --ignore-eos      do not stop at EOS ids: exactly --max-new-tokens new tokens\n"
+        "  --force-ids       teacher forcing: the new tokens are these ids (comma-separated), fed back one after the\n"
+        "                    other whatever the model picks, EOS ids included; prints argmax_ids (the model's argmax\n"
+        "                    at each step, from the prompt and the forced ids before it) and forced_logits (each\n"
+        "                    forced id's f32 logit at its step); --max-new-tokens, if given, must equal their count\n"
         "  --threads         CPU threads (default: one per core)\n"
         "  --tokenizer       folder with tokenizer.json, or a GGUF file (default: the model)\n"
         "  --cache           KV cache dtype (default: bf16 for bf16 models, else f32); int8, int6 and int4 keep it\n"
@@ -54,6 +62,49 @@ static void kw_generate_usage(FILE *f) {
         "stdout: the completion, then prompt_ids: [...] and generated_ids: [...]; timings go to stderr.\n");
 }
 
+/* Parses --force-ids' "ID,ID,..." (spaces allowed around each id) into *ids (malloc'ed, owned by the caller) and *n. */
+static int kw_generate_parse_ids(const char *s, int32_t **ids, int32_t *n) {
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 1;
+    for (const char *p = s; *p; ++p)
+        cap += *p == ',';
+    int32_t *v = malloc(cap * sizeof *v);
+    KW_RETURN_IF(!v, KW_E_NOMEM, "--force-ids: out of memory");
+    int32_t k = 0;
+    for (const char *p = s;;) {
+        char *end = NULL;
+        errno = 0;
+        const long x = strtol(p, &end, 10);
+        while (end && (*end == ' ' || *end == '\t'))
+            ++end;
+        if (errno || end == p || x < 0 || x > INT32_MAX || (*end != ',' && *end != '\0')) {
+            free(v);
+            KW_RETURN_IF(1, KW_E_INVALID_ARG, "--force-ids wants comma-separated ids >= 0, got '%s'", s);
+        }
+        v[k++] = (int32_t)x;
+        if (*end == '\0') break;
+        p = end + 1;
+    }
+    *ids = v;
+    *n = k;
+    return 0;
+}
+
+typedef struct kw_generate_forced {
+    int32_t *argmax;       /* the model's argmax at each step; borrowed */
+    float *forced_logit;   /* the forced id's logit at each step; borrowed */
+    const int32_t *forced; /* the forced ids; borrowed */
+} kw_generate_forced;
+
+static int kw_generate_on_logits(void *user, int64_t step, const float *logits, int32_t vocab, int32_t argmax) {
+    kw_generate_forced *f = user;
+    (void)vocab; /* the forced ids were checked against it by kw_generate_greedy */
+    f->argmax[step] = argmax;
+    f->forced_logit[step] = logits[f->forced[step]];
+    return 0;
+}
+
 static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t n) {
     printf("%s: [", label);
     for (int64_t i = 0; i < n; ++i)
@@ -62,9 +113,9 @@ static void kw_generate_print_ids(const char *label, const int32_t *ids, int64_t
 }
 
 int kw_cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *prompt = NULL, *tok_dir = NULL, *date = NULL, *system = NULL;
-    int64_t max_new = 32, threads = 0;
-    int chat = 0;
+    const char *model_dir = NULL, *prompt = NULL, *tok_dir = NULL, *date = NULL, *system = NULL, *force_arg = NULL;
+    int64_t max_new = -1, threads = 0; /* max_new -1: not given (32, or the forced ids' count) */
+    int chat = 0, ignore_eos = 0;
     static const char *const rounds[] = {"auto", "none", "bf16", NULL};
     static const char *const caches[] = {"bf16", "f32", "int8", "int4", "int6", NULL};
     static const enum kw_logits_round round_values[] = {KW_LOGITS_ROUND_AUTO, KW_LOGITS_ROUND_NONE,
@@ -81,9 +132,11 @@ int kw_cmd_generate(int argc, char **argv) {
         KW_CLI_STR_REQUIRED("--model", &model_dir),
         KW_CLI_STR_REQUIRED("--prompt", &prompt),
         KW_CLI_FLAG("--chat", &chat),
+        KW_CLI_FLAG("--ignore-eos", &ignore_eos),
         KW_CLI_STR("--tokenizer", &tok_dir),
         KW_CLI_STR("--date", &date),
         KW_CLI_STR("--system", &system),
+        KW_CLI_STR("--force-ids", &force_arg),
         KW_CLI_CHOICE("--cache", &cache_i, caches),
         KW_CLI_CHOICE("--round", &round_i, rounds),
         KW_CLI_CHOICE("--weights", &weights_i, kw_model_weight_modes),
@@ -102,11 +155,25 @@ int kw_cmd_generate(int argc, char **argv) {
     kw_tokenizer *tok = NULL;
     kw_kvcache *cache = NULL;
     char *text = NULL, *completion = NULL;
-    int32_t *ids = NULL; /* the prompt's ids, BOS first for a raw-text prompt */
+    int32_t *ids = NULL;                                /* the prompt's ids, BOS first for a raw-text prompt */
+    int32_t *force = NULL, *argmax = NULL, n_force = 0; /* --force-ids, and the model's argmax at each forced step */
+    float *forced_logit = NULL;
     size_t n_ids = 0, text_len = 0, completion_len = 0;
     kw_generate_result res = {0};
-    const char *stage = "backend";
+    const char *stage = "force-ids";
+    if (force_arg) {
+        KW_CHECK(kw_generate_parse_ids(force_arg, &force, &n_force));
+        KW_CHECK_IF(max_new >= 0 && max_new != n_force, KW_E_INVALID_ARG, "--max-new-tokens %lld with %d forced ids",
+                    (long long)max_new, (int)n_force);
+        max_new = n_force;
+        argmax = malloc((size_t)n_force * sizeof *argmax);
+        forced_logit = malloc((size_t)n_force * sizeof *forced_logit);
+        KW_CHECK_IF(!argmax || !forced_logit, KW_E_NOMEM, "out of memory");
+    } else if (max_new < 0) {
+        max_new = 32;
+    }
 
+    stage = "backend";
     KW_CHECK(kw_backend_create_cpu((int)threads, &be));
     stage = "load model";
     kw_model_options mo = {0};
@@ -168,7 +235,15 @@ int kw_cmd_generate(int argc, char **argv) {
                          : (kw_model_logits_weight_dtype(model) == KW_DTYPE_BF16 ? KW_DTYPE_BF16 : KW_DTYPE_F32);
         KW_CHECK(kw_model_create_cache(model, capacity, cache_dtype, &cache));
     }
-    const kw_generate_options go = {.max_new_tokens = (int32_t)max_new, .round = round};
+    static const int32_t no_eos = -1;
+    kw_generate_forced forced = {.argmax = argmax, .forced_logit = forced_logit, .forced = force};
+    const kw_generate_options go = {.max_new_tokens = (int32_t)max_new,
+                                    .round = round,
+                                    .eos_ids = ignore_eos ? &no_eos : NULL, /* with n_eos 0: never stop early */
+                                    .force_ids = force,
+                                    .n_force = n_force,
+                                    .on_logits = force ? kw_generate_on_logits : NULL,
+                                    .user = &forced};
     KW_CHECK(kw_generate_greedy(model, cache, ids, n_prompt, &go, &res));
     KW_CHECK(kw_tokenizer_decode(tok, res.ids, (size_t)res.n, 1, &completion, &completion_len));
 
@@ -176,6 +251,13 @@ int kw_cmd_generate(int argc, char **argv) {
     printf("\n");
     kw_generate_print_ids("prompt_ids", ids, n_prompt);
     kw_generate_print_ids("generated_ids", res.ids, res.n);
+    if (force) {
+        kw_generate_print_ids("argmax_ids", argmax, res.n);
+        printf("forced_logits: [");
+        for (int64_t i = 0; i < res.n; ++i)
+            printf("%s%.6f", i ? ", " : "", (double)forced_logit[i]);
+        printf("]\n");
+    }
     fprintf(stderr, "prefill: %lld tokens in %.2f ms (%.1f tok/s)\n", (long long)n_prompt, res.prefill_ms,
             res.prefill_ms > 0 ? (double)n_prompt / (res.prefill_ms * 1e-3) : 0.0);
     fprintf(stderr, "decode: %lld steps in %.2f ms (%.1f tok/s)%s\n", (long long)res.n_decode, res.decode_ms,
@@ -186,6 +268,9 @@ out:
     kw_generate_result_free(&res);
     free(completion);
     free(ids);
+    free(force);
+    free(argmax);
+    free(forced_logit);
     free(text);
     kw_kvcache_free(cache);
     kw_tokenizer_free(tok);

@@ -3,8 +3,12 @@
 // llama-simple lacks: flash attention on/off, the thread count, and a dump of every f32 graph tensor of every step
 // (ggml's eval callback) as raw little-endian f32 files DUMPDIR/s<step>_<tensor name>.f32. Built by q8parity.sh against
 // the llama.cpp build of llamacpp.sh (issue 10); written against that version's llama.h (llama_batch_ext).
-// usage: llama_trace MODEL N_PREDICT PROMPT [FA: -1 auto, 0 off, 1 on] [THREADS, 0 default] [DUMPDIR] [FILTER]
+// With FORCE (teacher forcing, q8agree.sh): the new tokens are the given ids instead of the argmax, fed back one after
+// the other (EOG ids included); each step's line still gives the argmax, and adds forced=ID flogit=its logit.
+// usage: llama_trace MODEL N_PREDICT PROMPT [FA: -1 auto, 0 off, 1 on] [THREADS, 0 default] [DUMPDIR] [FILTER] [FORCE]
+//        [IGNORE_EOG: 1 = do not stop at an end-of-generation id]
 //        FILTER: dump only tensors whose name contains it ("*" or empty: all)
+//        FORCE: comma-separated ids; N_PREDICT is then their count (empty: none)
 #include "llama.h"
 #include "ggml.h"
 #include "ggml-backend.h"
@@ -60,7 +64,8 @@ static void batch_set_tokens(llama_batch_ext *batch, const llama_token *tokens, 
 int main(int argc, char **argv) {
     std::setlocale(LC_NUMERIC, "C");
     if (argc < 4) {
-        fprintf(stderr, "usage: llama_trace MODEL N_PREDICT PROMPT [FA -1|0|1] [THREADS] [DUMPDIR] [FILTER]\n");
+        fprintf(stderr, "usage: llama_trace MODEL N_PREDICT PROMPT [FA -1|0|1] [THREADS] [DUMPDIR] [FILTER] [FORCE] "
+                        "[IGNORE_EOG]\n");
         return 1;
     }
     std::string model_path = argv[1];
@@ -70,6 +75,23 @@ int main(int argc, char **argv) {
     int nth = argc > 5 ? atoi(argv[5]) : 0;
     g_dumpdir = argc > 6 && argv[6][0] ? argv[6] : nullptr;
     g_filter = argc > 7 && argv[7][0] ? argv[7] : nullptr;
+    const bool ignore_eog = argc > 9 && atoi(argv[9]) != 0;
+    std::vector<llama_token> force;
+    if (argc > 8 && argv[8][0]) {
+        for (const char *p = argv[8];;) {
+            char *end = nullptr;
+            force.push_back((llama_token)strtol(p, &end, 10));
+            if (end == p) {
+                fprintf(stderr, "FORCE: bad id list '%s'\n", argv[8]);
+                return 1;
+            }
+            while (*end == ' ')
+                ++end;
+            if (*end != ',') break;
+            p = end + 1;
+        }
+        n_predict = (int)force.size();
+    }
     llama_backend_init();
     llama_model_params mp = llama_model_default_params();
     llama_model *model = llama_model_load_from_file(model_path.c_str(), mp);
@@ -113,12 +135,19 @@ int main(int argc, char **argv) {
         char buf[128];
         int n = llama_token_to_piece(vocab, b, buf, sizeof buf, 0, true);
         std::string piece(buf, n > 0 ? n : 0);
-        printf("tok %d id=%d logit=%.6f second=%d margin=%.6f piece=[%s]\n", s, b, lg[b], b2, lg[b] - lg[b2],
-               piece.c_str());
+        printf("tok %d id=%d logit=%.6f second=%d margin=%.6f", s, b, lg[b], b2, lg[b] - lg[b2]);
+        if (!force.empty()) {
+            if (force[s] < 0 || force[s] >= n_vocab) {
+                fprintf(stderr, "FORCE: id %d outside the vocabulary\n", force[s]);
+                return 1;
+            }
+            printf(" forced=%d flogit=%.6f", force[s], lg[force[s]]);
+        }
+        printf(" piece=[%s]\n", piece.c_str());
         out += piece;
-        if (llama_vocab_is_eog(vocab, b)) break;
+        if (force.empty() && !ignore_eog && llama_vocab_is_eog(vocab, b)) break;
         g_step++;
-        llama_token t = b;
+        llama_token t = force.empty() ? b : force[s];
         batch_set_tokens(batch, &t, 1, n_pos);
         n_tokens = 1;
     }

@@ -28,12 +28,7 @@ for f in "$build/src/libllama.a" "$mdir/smollm2-q8_0.gguf" "$mdir/smollm2-q8_0-a
     [ -e "$f" ] || { log "missing $f: run bench/peer/llamacpp.sh first"; exit 1; }
 done
 trace="$build/bin/llama_trace"
-if [ ! -x "$trace" ] || [ "$here/bench/peer/llama_trace.cpp" -nt "$trace" ]; then
-    log "building $trace"
-    c++ -O2 -std=c++17 -I"$src/include" -I"$src/ggml/include" "$here/bench/peer/llama_trace.cpp" -o "$trace" \
-        "$build/src/libllama.a" "$build/ggml/src/libggml.a" "$build/ggml/src/libggml-cpu.a" \
-        "$build/ggml/src/libggml-base.a" -ldl -lm "$(c++ -print-file-name=libgomp.so)" -lpthread
-fi
+"$here/bench/peer/build_llama_trace.sh" "$trace"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 ids_lc() { # file fa prompt

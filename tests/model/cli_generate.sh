@@ -85,6 +85,38 @@ for bad in "--cache int6 --cache-layer $n_layers=int8:out of range" "--cache int
 done
 set -e
 
+# Teacher forcing (--force-ids): forced with its own greedy ids, a run prints plain generate's output plus argmax_ids
+# (the same ids) and forced_logits; forced with other ids, the new tokens are those ids and the argmax at step k depends
+# only on the prompt and the forced ids before k (two forcings sharing 4 ids share the first 5 argmaxes, and the
+# argmaxes are not the greedy ones, which feeding back the argmax would give). --ignore-eos: exactly N new tokens.
+f=(--model "$tmp/tiny-qwen3" --prompt "What is the capital of France?" --threads 2)
+"$kvwire" generate "${f[@]}" --max-new-tokens 8 --ignore-eos >"$tmp/t0" 2>/dev/null
+greedy=$(sed -n 's/^generated_ids: \[\(.*\)\]/\1/p' "$tmp/t0")
+[ "$(echo "$greedy" | tr -cd ',' | wc -c)" -eq 7 ] || { echo "--ignore-eos: not 8 ids: $greedy"; exit 1; }
+"$kvwire" generate "${f[@]}" --force-ids "$greedy" >"$tmp/t1" 2>/dev/null
+grep -v '^argmax_ids: \|^forced_logits: ' "$tmp/t1" | diff -u "$tmp/t0" - || { echo "forcing the greedy ids changed"; exit 1; }
+grep -qxF "argmax_ids: [$greedy]" "$tmp/t1" || { echo "argmax under greedy forcing differs: $(cat "$tmp/t1")"; exit 1; }
+[ "$(grep '^forced_logits: \[' "$tmp/t1" | tr -cd ',' | wc -c)" -eq 7 ] || { echo "not 8 forced logits"; exit 1; }
+"$kvwire" generate "${f[@]}" --force-ids "5,6,7,8,9,10,11,12" --max-new-tokens 8 >"$tmp/t2" 2>/dev/null
+"$kvwire" generate "${f[@]}" --force-ids "5, 6, 7, 8, 900, 901, 902, 903" >"$tmp/t3" 2>/dev/null
+grep -qxF "generated_ids: [5, 6, 7, 8, 9, 10, 11, 12]" "$tmp/t2" || { echo "forced ids not followed: $(cat "$tmp/t2")"; exit 1; }
+grep -qxF "generated_ids: [5, 6, 7, 8, 900, 901, 902, 903]" "$tmp/t3" || { echo "forced ids not followed"; exit 1; }
+a2=$(sed -n 's/^argmax_ids: \[\(.*\)\]/\1/p' "$tmp/t2")
+a3=$(sed -n 's/^argmax_ids: \[\(.*\)\]/\1/p' "$tmp/t3")
+[ "${a2%%,*}" = "${greedy%%,*}" ] || { echo "step 0's argmax $a2 is not greedy's first id $greedy"; exit 1; }
+[ "$(echo "$a2" | cut -d, -f1-5)" = "$(echo "$a3" | cut -d, -f1-5)" ] || { echo "argmax before the forcings part: $a2 / $a3"; exit 1; }
+[ "$a2" != "$greedy" ] || { echo "the forced run's argmax is the greedy run's: forcing had no effect"; exit 1; }
+set +e
+for bad in "1,x||comma-separated ids" "||comma-separated ids" "1,-2||comma-separated ids" \
+    "1,2|--max-new-tokens 3|3 with 2 forced" "1,99999999||outside"; do
+    IFS='|' read -r ids extra why <<<"$bad"
+    # shellcheck disable=SC2086
+    "$kvwire" generate "${f[@]}" --force-ids "$ids" $extra >/dev/null 2>"$tmp/te"
+    [ $? -eq 1 ] || { echo "--force-ids '$ids' $extra should exit 1"; exit 1; }
+    grep -q -- "$why" "$tmp/te" || { echo "--force-ids '$ids': no reason \"$why\": $(cat "$tmp/te")"; exit 1; }
+done
+set -e
+
 # Bad invocations: usage errors exit 2, runtime errors exit 1 with a reason.
 set +e
 "$kvwire" generate --prompt x >/dev/null 2>&1

@@ -3,7 +3,7 @@
 # kvwire fetch-model; skipped, exit 77, when it cannot be downloaded) answers "What is the capital of France?" with
 # Paris, through the chat template the file carries, and stops at its end-of-turn token; with the weights kept
 # quantized (the default) and with --weights f32 alike, and with --weights bf16-act; --weights quantized-int8 gives
-# 8 tokens.
+# 8 tokens. Raw (no --chat), the question gets <|im_end|> at once; --ignore-eos goes on past it.
 set -u
 kvwire=$1
 model=$("$kvwire" fetch-model smollm2-135m-instruct)
@@ -41,4 +41,9 @@ o=$("$kvwire" generate --model "$model" --chat --prompt "What is the capital of 
 echo "$o" | grep -q "^generated_ids: \[[0-9]*\(, [0-9]*\)\{7\}\]$" ||
     { echo "FAIL: --weights quantized-int8: not 8 generated ids: $o"; exit 1; }
 "$kvwire" generate --model "$model" --prompt x --weights f16 >/dev/null 2>&1 && { echo "FAIL: --weights f16 taken"; exit 1; }
+o=$("$kvwire" generate --model "$model" --prompt "What is the capital of France?" --max-new-tokens 4 2>/dev/null)
+echo "$o" | grep -qxF "generated_ids: [2]" || { echo "FAIL: raw prompt: not <|im_end|> alone: $o"; exit 1; }
+o=$("$kvwire" generate --model "$model" --prompt "What is the capital of France?" --max-new-tokens 4 --ignore-eos \
+    2>/dev/null)
+echo "$o" | grep -q "^generated_ids: \[2, [0-9]*, [0-9]*, [0-9]*\]$" || { echo "FAIL: --ignore-eos: $o"; exit 1; }
 echo ok
