@@ -761,11 +761,15 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
     return nt;
 }
 
-/* The threads a run of nt threads over jobs reading `bytes` of weights gets: 1 for decode rows (at most KW_MM_ROW_MAX)
- * on fewer than KW_MM_WAKE_MIN_BYTES while every worker sleeps, else nt. Which threads compute an item does not change
- * its bits. */
-static int kw_mm_threads(kw_cpu_backend *cpu, int nt, int64_t M, size_t bytes) {
-    if (nt <= 1 || M > KW_MM_ROW_MAX || bytes >= KW_MM_WAKE_MIN_BYTES) return nt;
+/* The threads a run of nt threads over the n jobs (one x: the same M) gets: 1 for decode rows (at most KW_MM_ROW_MAX)
+ * when the jobs' weights (each panel read once) are fewer than KW_MM_WAKE_MIN_BYTES and every worker sleeps, else nt.
+ * Which threads compute an item does not change its bits. */
+static int kw_mm_threads(kw_cpu_backend *cpu, int nt, const kw_mm_job *job, int n) {
+    if (nt <= 1 || job[0].M > KW_MM_ROW_MAX) return nt;
+    size_t bytes = 0;
+    for (int i = 0; i < n; ++i)
+        bytes += job[i].panel_bytes * (size_t)(job[i].items / job[i].row_blocks);
+    if (bytes >= KW_MM_WAKE_MIN_BYTES) return nt;
     return kw_cpu_pool_asleep(cpu->pool) ? 1 : nt;
 }
 
@@ -800,7 +804,7 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     kw_cpu_backend *cpu = kw__cpu(backend);
     kw_mm_job job;
     int nt = kw_mm_setup(cpu, &job, out, x, w, bias);
-    nt = kw_mm_threads(cpu, nt, job.M, job.panel_bytes * (size_t)(job.items / job.row_blocks));
+    nt = kw_mm_threads(cpu, nt, &job, 1);
     /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
      * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q), with bf16
      * activations x rounded; a widened S6 weight, each thread's widened panel */
@@ -860,10 +864,7 @@ int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, con
             KW_FORWARD(kw__cpu_matmul(backend, out[i], x, w[i], bias ? bias[i] : NULL));
         return 0;
     }
-    size_t bytes = 0;
-    for (int i = 0; i < n; ++i)
-        bytes += job[i].panel_bytes * (size_t)(job[i].items / job[i].row_blocks);
-    nt = kw_mm_threads(cpu, nt, job[0].M, bytes);
+    nt = kw_mm_threads(cpu, nt, job, n);
     kw_x8_act act = {0};
     uint16_t *xb = NULL;
     char *lead = NULL; /* no job widens here */
