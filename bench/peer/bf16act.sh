@@ -5,12 +5,11 @@
 # (default 3); THREADS (2), KVWIRE (build/tools/kvwire), PEER_CACHE and LLAMACPP_PY_VERSION as llamacpp.sh.
 # Per round: prefill of 512 tokens and decode of 128 at context 0, in tok/s; then the medians and their ratios.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-kvwire=${KVWIRE:-$here/build/tools/kvwire}
-threads=${THREADS:-2}
-cache=${PEER_CACHE:-$HOME/.cache/kvwire/peer}
-lbench=$cache/build-${LLAMACPP_PY_VERSION:-0.3.36}/bin/llama-bench
-[ -x "$kvwire" ] && [ -x "$lbench" ] || { echo "need $kvwire and $lbench (run llamacpp.sh first)" >&2; exit 1; }
+peer_name=bf16act.sh
+. "$(dirname "$0")/peer_lib.sh"
+lbench=$build/bin/llama-bench
+peer_need_kvwire
+peer_need "$lbench"
 kw() { # file weights -> "prefill decode": prefill of 512, then decode of 128 at context 0 (as llama-bench's tg128)
     local pp tg
     pp=$("$kvwire" bench model --model "$1" --weights "$2" --threads "$threads" --prompt-len 512 --decode 1 --reps 1)
@@ -27,12 +26,11 @@ for row in csv.DictReader(sys.stdin):
     else: tg = row["avg_ts"]
 print(pp, tg)'
 }
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), avx512_bf16: $(grep -qw avx512_bf16 /proc/cpuinfo &&
     echo yes || echo no), $threads threads, $(date -u '+%F %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 IFS=, read -r -a models <<<"${1:-qwen3-0.6b,smollm2}"
 for m in "${models[@]}"; do
-    file=$cache/models/$m-bf16.gguf
+    file=$mdir/$m-bf16.gguf
     echo "## $m bf16: round, prefill512 exact / bf16-act / llama.cpp, decode@0 exact / bf16-act / llama.cpp (tok/s)"
     pe=() pa=() pl=() de=() da=() dl=()
     for i in $(seq 1 "${2:-3}"); do

@@ -30,16 +30,12 @@
 # KVWIRE_BF16_WEIGHTS (kvwire's --weights for the BF16 file: bf16, the default, exact; bf16-act, bf16 activations and
 # vdpbf16ps as llama.cpp on AVX-512 BF16).
 set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-kvwire=${KVWIRE:-$here/build/tools/kvwire}
+peer_name=llamacpp.sh
+. "$(dirname "$0")/peer_lib.sh"
 models=${1:-qwen3-0.6b,smollm2}
 pairs=${2:-3}
-threads=${THREADS:-2}
-version=${LLAMACPP_PY_VERSION:-0.3.36}
-cache=${PEER_CACHE:-$HOME/.cache/kvwire/peer}
 mkdir -p "$cache"
-log() { echo "[llamacpp.sh] $*" >&2; }
-[ -x "$kvwire" ] || { log "no kvwire binary at $kvwire (build first, or set KVWIRE)"; exit 1; }
+peer_need_kvwire
 
 # ---- llama.cpp from the llama-cpp-python sdist -------------------------------------------------------------------
 sdist=$(ls "$cache"/llama_cpp_python-"$version".tar.gz 2>/dev/null || true)
@@ -51,13 +47,11 @@ if [ -z "$sdist" ]; then
     fi
     sdist=$(ls -t "$cache"/llama_cpp_python-*.tar.gz | head -1)
 fi
-version=$(basename "$sdist" .tar.gz | sed 's/^llama_cpp_python-//')
-src="$cache/llama_cpp_python-$version"
-[ -d "$src/vendor/llama.cpp" ] || tar -xzf "$sdist" -C "$cache"
-build="$cache/build-$version"
+peer_set_version "$(basename "$sdist" .tar.gz | sed 's/^llama_cpp_python-//')"
+[ -d "$llama_src" ] || tar -xzf "$sdist" -C "$cache"
 if [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-simple" ]; then
     log "building llama.cpp (vendored in llama-cpp-python $version): this takes a while on 2 cores"
-    cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=OFF -DGGML_METAL=OFF \
+    cmake -S "$llama_src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=OFF -DGGML_METAL=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON \
         >"$cache/cmake.log" 2>&1
     cmake --build "$build" -j2 --target llama-bench llama-simple >"$cache/build.log" 2>&1
@@ -68,7 +62,6 @@ commit=$(sed -n 's/.*LLAMA_COMMIT = "\(.*\)".*/\1/p' "$build/common/build-info.c
 
 # ---- the weights ---------------------------------------------------------------------------------------------------
 smollm2=$("$kvwire" fetch-model smollm2-135m-instruct)
-mdir="$cache/models"
 mkdir -p "$mdir"
 read -r -a formats <<<"${FORMATS:-bf16 q8_0 q4_k_m}"
 make_files() { # model -> the three GGUF files in $mdir/<model>-<format>.gguf
@@ -118,7 +111,6 @@ for row in csv.DictReader(sys.stdin):
     elif n > 0: tg512 = ts
 print(pp, tg0, tg512)'
 }
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%.3f", x / y}'; }
 
 echo "# kvwire vs llama.cpp (llama-cpp-python $version, llama.cpp ${commit:-?}), $threads threads, $(date -u '+%F %H:%M UTC')"

@@ -15,19 +15,12 @@
 # Environment: KVWIRE (default build/tools/kvwire), THREADS (2), N (32), PROMPTS, OUT (keep the raw runs there),
 # LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE; python3.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-kvwire=${KVWIRE:-$here/build/tools/kvwire}
-threads=${THREADS:-2}
+peer_name=q8agree.sh
+. "$(dirname "$0")/peer_lib.sh"
 n=${N:-32}
 prompts=${PROMPTS:-$here/bench/kvstats_prompts20.txt}
-version=${LLAMACPP_PY_VERSION:-0.3.36}
-cache=${PEER_CACHE:-$HOME/.cache/kvwire/peer}
-mdir="$cache/models"
-log() { echo "[q8agree.sh] $*" >&2; }
-[ -x "$kvwire" ] || { log "no kvwire binary at $kvwire (build first, or set KVWIRE)"; exit 1; }
-for f in "$mdir/smollm2-q8_0.gguf" "$mdir/smollm2-q8_0-as-f32.gguf"; do
-    [ -e "$f" ] || { log "missing $f: run bench/peer/llamacpp.sh first"; exit 1; }
-done
+peer_need_kvwire
+peer_need "$mdir/smollm2-q8_0.gguf" "$mdir/smollm2-q8_0-as-f32.gguf"
 trace="$cache/build-$version/bin/llama_trace_force"
 "$here/bench/peer/build_llama_trace.sh" "$trace"
 if [ -n "${OUT:-}" ]; then
@@ -53,11 +46,10 @@ lc() { # name file fa prompt [force]: llama.cpp's run as "ids: ...", "argmax: ..
         sed -n 's/^tok [0-9]* id=[0-9]* logit=\([-0-9.]*\) .*/\1/p' "$out/$1.raw" | tr '\n' ' ' >"$out/$1.logits"
     fi
 }
-kw() { # name weights prompt [force]
-    local -a f=()
+kw() { # name weights prompt [force]: without forced ids $n new tokens, with them as many as they are
+    local -a f=(--max-new-tokens "$n")
     [ -n "${4:-}" ] && f=(--force-ids "$4")
     "$kvwire" generate --model "$mdir/smollm2-q8_0.gguf" --weights "$2" --prompt "$3" --threads "$threads" --ignore-eos \
-        --max-new-tokens "$(if [ -n "${4:-}" ]; then echo "$4" | tr ',' '\n' | wc -l; else echo "$n"; fi)" \
         "${f[@]}" 2>/dev/null >"$out/$1.raw"
     sed -n 's/^prompt_ids: \[\(.*\)\]/\1/p' "$out/$1.raw" | tr -d ',' >"$out/$1.prompt"
     sed -n 's/^generated_ids: \[\(.*\)\]/\1/p' "$out/$1.raw" | tr -d ',' >"$out/$1.ids"

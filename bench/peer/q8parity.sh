@@ -14,19 +14,10 @@
 # Environment: KVWIRE (default build/tools/kvwire), THREADS (2), LLAMACPP_PY_VERSION (0.3.36), PEER_CACHE; python3
 # with numpy.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-kvwire=${KVWIRE:-$here/build/tools/kvwire}
-threads=${THREADS:-2}
-version=${LLAMACPP_PY_VERSION:-0.3.36}
-cache=${PEER_CACHE:-$HOME/.cache/kvwire/peer}
-src="$cache/llama_cpp_python-$version/vendor/llama.cpp"
-build="$cache/build-$version"
-mdir="$cache/models"
-log() { echo "[q8parity.sh] $*" >&2; }
-[ -x "$kvwire" ] || { log "no kvwire binary at $kvwire (build first, or set KVWIRE)"; exit 1; }
-for f in "$build/src/libllama.a" "$mdir/smollm2-q8_0.gguf" "$mdir/smollm2-q8_0-as-f32.gguf"; do
-    [ -e "$f" ] || { log "missing $f: run bench/peer/llamacpp.sh first"; exit 1; }
-done
+peer_name=q8parity.sh
+. "$(dirname "$0")/peer_lib.sh"
+peer_need_kvwire
+peer_need "$build/src/libllama.a" "$mdir/smollm2-q8_0.gguf" "$mdir/smollm2-q8_0-as-f32.gguf"
 trace="$build/bin/llama_trace"
 "$here/bench/peer/build_llama_trace.sh" "$trace"
 tmp=$(mktemp -d)
@@ -75,5 +66,5 @@ for f in q8_0 q8_0-as-f32; do
 done
 echo
 echo "## the first layer's Q8_0 matmuls and norm, recomputed from llama.cpp's dumped inputs (Q8_0, fa=on)"
-PYTHONPATH="$src/gguf-py${PYTHONPATH:+:$PYTHONPATH}" python3 "$here/bench/peer/q8parity.py" rule "$tmp/q8_0-1" \
+PYTHONPATH="$llama_src/gguf-py${PYTHONPATH:+:$PYTHONPATH}" python3 "$here/bench/peer/q8parity.py" rule "$tmp/q8_0-1" \
     "$mdir/smollm2-q8_0.gguf"
