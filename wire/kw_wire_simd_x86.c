@@ -569,6 +569,32 @@ kw__quantize_nf4y_avx2(const void *x, uint32_t dtype, uint32_t n, float inv, con
 /* Units whose key tables kw__quantize_nf4_units_avx2 makes in one pass before their codes. */
 #define KW__NF4K_CHUNK 16u
 
+/* Unit u of kw__quantize_nf4_units_avx2's input: rows[u / upr] + (u % upr) n elements, or x + u n elements when rows
+ * is NULL (es bytes an element). */
+static inline const void *kw__nf4_unit(const void *x, const uint8_t *const *rows, uint32_t upr, uint32_t n, size_t es,
+                                       uint32_t u) {
+    return rows ? (const void *)(rows[u / upr] + (size_t)(u % upr) * n * es)
+                : (const void *)((const uint8_t *)x + (size_t)u * n * es);
+}
+
+/* The codes of units u0 .. u0 + m - 1 of kw__quantize_nf4_units_avx2 whose tables tabs[j] (ok[j]) were made: by their
+ * keys, else by the thresholds on y. nk is n, passed as a constant where the caller writes the loop out for units of
+ * 64 (NF4's groups). */
+KW_AVX2 static inline __attribute__((always_inline)) void
+kw__nf4k_units_avx2(const void *x, const uint8_t *const *rows, uint32_t upr, uint32_t dtype, uint32_t n, uint32_t nk,
+                    uint32_t u0, uint32_t m, const kw__nf4k_avx2 *tabs, const int *ok, const float *inv,
+                    const kw__nf4_avx2 *t, uint8_t *dst) {
+    const size_t es = kw__wire_dtype_size(dtype);
+    for (uint32_t j = 0; j < m; ++j) {
+        const uint32_t u = u0 + j;
+        const void *unit = kw__nf4_unit(x, rows, upr, nk, es, u);
+        if (ok[j])
+            kw__quantize_nf4k_avx2((const uint16_t *)unit, nk, &tabs[j], dst + (size_t)u * nk / 2);
+        else
+            kw__quantize_nf4y_avx2(unit, dtype, n, inv[u], t, dst + (size_t)u * n / 2);
+    }
+}
+
 /* NF4 codes of n_units units of n values (n a multiple of 8), unit u at rows[u / upr] + (u % upr) n elements (upr
  * units a row) or, when rows is NULL, at x + u n elements, with the inverse scale inv[u], its codes at dst + u n / 2.
  * bf16 units of a multiple of 32 values go by their keys (kw__quantize_nf4k_avx2) when inv allows, KW__NF4K_CHUNK units
@@ -580,13 +606,10 @@ KW_AVX2 static inline __attribute__((always_inline)) void
 kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t n_units, uint32_t upr, uint32_t dtype,
                             uint32_t n, const float *inv, uint8_t *dst) {
     const kw__nf4_avx2 t = kw__nf4_avx2_make();
-    const size_t es = kw__wire_dtype_size(dtype);
-#define KW__UNIT(u)                                                                                                    \
-    (rows ? (const void *)(rows[(u) / upr] + (size_t)((u) % upr) * n * es)                                             \
-          : (const void *)((const uint8_t *)x + (size_t)(u)*n * es))
     if (dtype != KW_WIRE_DTYPE_BF16 || n % 32 != 0) {
+        const size_t es = kw__wire_dtype_size(dtype);
         for (uint32_t u = 0; u < n_units; ++u)
-            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
+            kw__quantize_nf4y_avx2(kw__nf4_unit(x, rows, upr, n, es, u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);
         return;
     }
     kw__nf4k_avx2 tabs[KW__NF4K_CHUNK];
@@ -594,22 +617,11 @@ kw__quantize_nf4_units_avx2(const void *x, const uint8_t *const *rows, uint32_t 
     for (uint32_t u0 = 0; u0 < n_units; u0 += KW__NF4K_CHUNK) {
         const uint32_t m = n_units - u0 < KW__NF4K_CHUNK ? n_units - u0 : KW__NF4K_CHUNK;
         kw__nf4k_avx2_tables(inv + u0, m, tabs, ok);
-        /* NL: n, a constant where the loop is written out for units of 64 (NF4's groups) */
-#define KW__NF4K_UNITS(NL)                                                                                             \
-    for (uint32_t j = 0; j < m; ++j) {                                                                                 \
-        const uint32_t u = u0 + j;                                                                                     \
-        if (ok[j])                                                                                                     \
-            kw__quantize_nf4k_avx2((const uint16_t *)KW__UNIT(u), (NL), &tabs[j], dst + (size_t)u * (NL) / 2);         \
-        else                                                                                                           \
-            kw__quantize_nf4y_avx2(KW__UNIT(u), dtype, n, inv[u], &t, dst + (size_t)u * n / 2);                        \
-    }
         if (n == 64)
-            KW__NF4K_UNITS(64u)
+            kw__nf4k_units_avx2(x, rows, upr, dtype, n, 64u, u0, m, tabs, ok, inv, &t, dst);
         else
-            KW__NF4K_UNITS(n)
-#undef KW__NF4K_UNITS
+            kw__nf4k_units_avx2(x, rows, upr, dtype, n, n, u0, m, tabs, ok, inv, &t, dst);
     }
-#undef KW__UNIT
 }
 
 KW_AVX2 static void kw__quantize_avx2(uint32_t codec, const void *x, uint32_t dtype, uint32_t n, float inv,
@@ -1314,6 +1326,28 @@ KW_AVX2 static inline __m256i kw__amax_tree8_avx2(const __m256i *f) {
     return _mm256_slli_epi32(_mm256_permutevar8x32_epi32(m, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7)), 16);
 }
 
+/* The bf16 groups q .. of kw__amax_groups_avx2 (group q is chunk *c of row *r, per_row a row), 8 at a time while 8
+ * are left, of gl values each: G, passed as a constant where the caller writes the loop out for groups of 64 (NF4's).
+ * Returns the first group left, *r and *c moved on to it. */
+KW_AVX2 static inline __attribute__((always_inline)) uint32_t
+kw__amax_bf16_groups8_avx2(const uint8_t *const *rows, uint32_t per_row, uint32_t total, uint32_t gl, uint32_t q,
+                           uint32_t *r, uint32_t *c, uint32_t *out) {
+    const __m256i mask = _mm256_set1_epi16(0x7fff);
+    __m256i f[8];
+    for (; q + 8 <= total; q += 8) {
+        for (int j = 0; j < 8; ++j) {
+            const uint16_t *x = (const uint16_t *)rows[*r] + (size_t)*c * gl;
+            __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);
+            for (uint32_t i = 16; i < gl; i += 16)
+                m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
+            f[j] = m;
+            if (++*c == per_row) *c = 0, ++*r;
+        }
+        _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));
+    }
+    return q;
+}
+
 /* kw__wire_kernels.amax_groups: bf16 groups of a multiple of 16 values 8 at a time (kw__amax_tree8_avx2), the rest one
  * group at a time. */
 KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_rows, uint32_t dtype, uint32_t D,
@@ -1321,28 +1355,9 @@ KW_AVX2 static void kw__amax_groups_avx2(const uint8_t *const *rows, uint32_t n_
     const uint32_t per_row = D / G, total = n_rows * per_row;
     const size_t es = kw__wire_dtype_size(dtype);
     uint32_t q = 0, r = 0, c = 0; /* group q is chunk c of row r */
-    if (dtype == KW_WIRE_DTYPE_BF16 && G % 16 == 0) {
-        const __m256i mask = _mm256_set1_epi16(0x7fff);
-        __m256i f[8];
-        /* GL: G, a constant where the loop below is written out for G 64 (NF4's groups) */
-#define KW__AMAX_BF16_GROUPS(GL)                                                                                       \
-    for (; q + 8 <= total; q += 8) {                                                                                   \
-        for (int j = 0; j < 8; ++j) {                                                                                  \
-            const uint16_t *x = (const uint16_t *)rows[r] + (size_t)c * (GL);                                          \
-            __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), mask);                                \
-            for (uint32_t i = 16; i < (GL); i += 16)                                                                   \
-                m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));         \
-            f[j] = m;                                                                                                  \
-            if (++c == per_row) c = 0, ++r;                                                                            \
-        }                                                                                                              \
-        _mm256_storeu_si256((__m256i *)(out + q), kw__amax_tree8_avx2(f));                                             \
-    }
-        if (G == 64)
-            KW__AMAX_BF16_GROUPS(64u)
-        else
-            KW__AMAX_BF16_GROUPS(G)
-#undef KW__AMAX_BF16_GROUPS
-    }
+    if (dtype == KW_WIRE_DTYPE_BF16 && G % 16 == 0)
+        q = G == 64 ? kw__amax_bf16_groups8_avx2(rows, per_row, total, 64u, q, &r, &c, out)
+                    : kw__amax_bf16_groups8_avx2(rows, per_row, total, G, q, &r, &c, out);
     for (; q < total; ++q) {
         out[q] = kw__amax_avx2(rows[r] + (size_t)c * G * es, dtype, G);
         if (++c == per_row) c = 0, ++r;
