@@ -80,17 +80,19 @@ void kw__cpu_qpanel_row(const kw_tensor *w, int64_t n, float *dst);
 /* The int8-activation layouts KW_LAYOUT_QPANELS_U4_X8, S8_G16_X8, S8_X8 and the super-block forms U4_SB_X8,
  * S8_G16_SB_X8, S6_G16_SB_X8 (kw_cpu_matmul_x8.c, which states the numerics).
  * x (M, K) quantized per group of 32 k: q (M, K), d and s (M, K / 32 each: the step, and step * sum of q), s16
- * (M, K / 16: the sum of q per 16 k). All four belong to the caller. */
+ * (M, K / 16: the sum of q per 16 k), and dh (M, K / 32: d rounded to f16 once per group, kw_round_f16, the d of
+ * S8_X8's rule 3; NULL when no S8_X8 weight reads x). All five belong to the caller. */
 typedef struct kw_x8_act {
     const int8_t *q;
     const float *d, *s;
     const int32_t *s16;
+    const float *dh;
 } kw_x8_act;
 /* 1 if layout is one of the six int8-activation layouts. */
 int kw__cpu_layout_x8(enum kw_layout layout);
-/* Fills xq, xd, xs, xs16 (the arrays of a kw_x8_act) from x, nt threads of cpu's pool. */
+/* Fills xq, xd, xs, xs16 and, unless it is NULL, xdh (the arrays of a kw_x8_act) from x, nt threads of cpu's pool. */
 void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
-                         float *xs, int32_t *xs16);
+                         float *xs, int32_t *xs16, float *xdh);
 /* Rows [m0, m1) of y (row stride N) against one panel wp of an x8 layout, columns n0 .. n0 + ncols. */
 void kw__cpu_x8_panel(enum kw_cpu_isa isa, enum kw_layout layout, float *y, int64_t N, const kw_x8_act *a, int64_t K,
                       const char *wp, int64_t n0, int64_t ncols, int64_t m0, int64_t m1);

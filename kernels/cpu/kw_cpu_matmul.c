@@ -773,11 +773,11 @@ static int kw_mm_threads(kw_cpu_backend *cpu, int nt, const kw_mm_job *job, int 
     return kw_cpu_pool_asleep(cpu->pool) ? 1 : nt;
 }
 
-/* x rounded to bf16 for PANELS_BF16_PAIRS (*xb) or quantized for the X8 layouts (*act), in the backend's scratch;
- * for X8, after lead_floats floats kept for the caller at *lead (the widened panels: one scratch, as a second call
- * may move the first). */
-static int kw_mm_prepare_x(kw_cpu_backend *cpu, const kw_tensor *x, int64_t K, int x8, size_t lead_floats, char **lead,
-                           uint16_t **xb, kw_x8_act *act) {
+/* x rounded to bf16 for PANELS_BF16_PAIRS (*xb) or quantized for the X8 layouts (*act; f16d: with act->dh, for an
+ * S8_X8 weight), in the backend's scratch; for X8, after lead_floats floats kept for the caller at *lead (the widened
+ * panels: one scratch, as a second call may move the first). */
+static int kw_mm_prepare_x(kw_cpu_backend *cpu, const kw_tensor *x, int64_t K, int x8, int f16d, size_t lead_floats,
+                           char **lead, uint16_t **xb, kw_x8_act *act) {
     const int64_t M = kw_tensor_nrows(x);
     const int nt = M * K >= KW_CPU_PARALLEL_MIN ? cpu->n_threads : 1;
     if (!x8) {
@@ -789,14 +789,15 @@ static int kw_mm_prepare_x(kw_cpu_backend *cpu, const kw_tensor *x, int64_t K, i
     }
     const size_t groups = (size_t)M * (size_t)(K / 32);
     float *xd;
-    KW_FORWARD(kw__cpu_scratch(cpu, lead_floats + 4 * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+    KW_FORWARD(kw__cpu_scratch(cpu, lead_floats + (f16d ? 5 : 4) * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
     *lead = (char *)xd;
     xd += lead_floats;
     float *xsum = xd + groups;
     int32_t *xs16 = (int32_t *)(xsum + groups);
-    int8_t *xq = (int8_t *)(xs16 + 2 * groups);
-    kw__cpu_x8_quantize(cpu, x->data, M, K, nt, xq, xd, xsum, xs16);
-    *act = (kw_x8_act){xq, xd, xsum, xs16};
+    float *xdh = f16d ? (float *)(xs16 + 2 * groups) : NULL;
+    int8_t *xq = (int8_t *)(xs16 + (f16d ? 3 : 2) * groups);
+    kw__cpu_x8_quantize(cpu, x->data, M, K, nt, xq, xd, xsum, xs16, xdh);
+    *act = (kw_x8_act){xq, xd, xsum, xs16, xdh};
     return 0;
 }
 
@@ -806,15 +807,15 @@ int kw__cpu_matmul(kw_backend *backend, kw_tensor *out, const kw_tensor *x, cons
     int nt = kw_mm_setup(cpu, &job, out, x, w, bias);
     nt = kw_mm_threads(cpu, nt, &job, 1);
     /* a row-major weight is packed one panel at a time into per-thread scratch (64-byte aligned slices); with int8
-     * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, q), with bf16
+     * activations (the X8 layouts) the scratch holds x quantized instead (kw_x8_act: d, s, s16, dh, q), with bf16
      * activations x rounded; a widened S6 weight, each thread's widened panel */
     const int x8 = kw__cpu_layout_x8(w->layout);
     kw_x8_act act = {0};
     if (x8 || w->layout == KW_LAYOUT_PANELS_BF16_PAIRS) {
         uint16_t *xb = NULL;
         char *lead = NULL;
-        KW_FORWARD(kw_mm_prepare_x(cpu, x, job.K, x8, job.widen ? job.wide_slice / sizeof(float) * (size_t)nt : 0,
-                                   &lead, &xb, &act));
+        KW_FORWARD(kw_mm_prepare_x(cpu, x, job.K, x8, w->layout == KW_LAYOUT_QPANELS_S8_X8,
+                                   job.widen ? job.wide_slice / sizeof(float) * (size_t)nt : 0, &lead, &xb, &act));
         job.xb = xb;
         job.act = x8 ? &act : NULL;
         if (job.widen) job.scratch = lead;
@@ -848,7 +849,7 @@ int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, con
     /* one run when every weight takes x the same way (all X8 layouts: quantized once; all BF16_PAIRS: rounded once;
      * all packed f32 or exact quantized panels: as it is) and needs no per-thread scratch */
     const int x8 = kw__cpu_layout_x8(w[0]->layout), bf16 = w[0]->layout == KW_LAYOUT_PANELS_BF16_PAIRS;
-    int one_run = n > 1;
+    int one_run = n > 1, f16d = 0; /* f16d: an S8_X8 weight reads act.dh */
     kw_mm_job job[KW_MATMUL_SHARED_MAX];
     kw_mm_jobs js = {.n = n, .job = job};
     int nt = 1;
@@ -858,6 +859,7 @@ int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, con
         one_run = kw__cpu_layout_x8(w[i]->layout) == x8 && (w[i]->layout == KW_LAYOUT_PANELS_BF16_PAIRS) == bf16 &&
                   job[i].packed && !job[i].widen;
         js.first[i + 1] = js.first[i] + job[i].items;
+        f16d |= w[i]->layout == KW_LAYOUT_QPANELS_S8_X8;
     }
     if (!one_run) {
         for (int i = 0; i < n; ++i)
@@ -868,7 +870,7 @@ int kw__cpu_matmul_shared(kw_backend *backend, int n, kw_tensor *const *out, con
     kw_x8_act act = {0};
     uint16_t *xb = NULL;
     char *lead = NULL; /* no job widens here */
-    if (x8 || bf16) KW_FORWARD(kw_mm_prepare_x(cpu, x, job[0].K, x8, 0, &lead, &xb, &act));
+    if (x8 || bf16) KW_FORWARD(kw_mm_prepare_x(cpu, x, job[0].K, x8, f16d, 0, &lead, &xb, &act));
     for (int i = 0; i < n; ++i) {
         job[i].act = x8 ? &act : NULL;
         job[i].xb = xb;

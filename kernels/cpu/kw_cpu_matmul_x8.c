@@ -12,7 +12,7 @@
  *     same IEEE operations: kw_x8_qgroup_avx512): amax = the largest |x|; d = amax / 127,
  *     q = lrintf(x * (127 / amax)) clamped to [-127, 127], and xs = d * (float)(sum of q).
  *     A group with amax below 1e-30 (or zero) has d = xs = 0 and q = 0; a group with a NaN or infinite x has
- *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them).
+ *     d = xs = NaN (so its outputs are NaN, as the f32 chain would make them). For S8_X8 also dh = f16(d) (rule 3).
  *  2. isum(n, j) = sum over the k of weight group j (32 k for U4 and S8, 16 for S8_G16) of code(n, k) * q(k), an exact
  *     int32 (|isum| <= 32 * 128 * 127). S8_X8's scale is its stored f16 widened exactly (vcvtph2ps, kw_f16_to_f32).
  *  3. y[m][n] = the chain over the weight groups j = 0, 1, ... from +0 of
@@ -20,7 +20,8 @@
  *     and for U4 (j = g) then acc = fma(offset(n, g), xs(g), acc); but for S8_X8 (Q8_0, Q5_0: the activation rounding
  *     ggml gives them, whose q8_0 activation blocks store d as f16)
  *         acc = fma(fl(scale(n, j) * f16(d(g))), (float)isum, acc)
- *     with f16() rounding to the nearest f16, even on ties (kw_round_f16; vcvtps2ph): the scale product ggml forms
+ *     with f16() rounding to the nearest f16, even on ties (kw_round_f16, done once per activation group by
+ *     kw__cpu_x8_quantize into kw_x8_act.dh, which every ISA's tiles read): the scale product ggml forms
  *     (ggml_vec_dot_q8_0_q8_0 and sgemm's Q8_0 tiles), within f32 rounding of its matmul on the same x (ggml sums each
  *     output in 8 lanes of 4 k and adds them at the end; one chain here). Bias added once by the caller, as for every
  *     other layout.
@@ -69,6 +70,7 @@ typedef struct kw_x8q_job {
     int8_t *xq;
     float *xd, *xs;
     int32_t *xs16;
+    float *xdh; /* NULL: not wanted */
 } kw_x8q_job;
 
 /* One activation group v (32 k) by rule 1 of the header: its q, d (*xd), d * sum q (*xs) and the sums of q over its two
@@ -176,14 +178,16 @@ static void kw_x8_quantize_rows(void *arg, int64_t m0, int64_t m1, int worker) {
         group = kw_x8_qgroup_avx2;
 #endif
     for (int64_t m = m0; m < m1; ++m)
-        for (int64_t g = 0; g < G; ++g)
+        for (int64_t g = 0; g < G; ++g) {
             group(j->x + m * K + g * KW_X8_G, j->xq + m * K + g * KW_X8_G, &j->xd[m * G + g], &j->xs[m * G + g],
                   &j->xs16[m * 2 * G + 2 * g]);
+            if (j->xdh) j->xdh[m * G + g] = kw_round_f16(j->xd[m * G + g]); /* rule 3's f16(d), once per group */
+        }
 }
 
 void kw__cpu_x8_quantize(kw_cpu_backend *cpu, const float *x, int64_t M, int64_t K, int nt, int8_t *xq, float *xd,
-                         float *xs, int32_t *xs16) {
-    kw_x8q_job job = {cpu->isa, x, K, xq, xd, xs, xs16};
+                         float *xs, int32_t *xs16, float *xdh) {
+    kw_x8q_job job = {cpu->isa, x, K, xq, xd, xs, xs16, xdh};
     kw__cpu_parallel_for(cpu, nt, M, kw_x8_quantize_rows, &job);
 }
 
@@ -368,11 +372,11 @@ static void kw_x8_panel_scalar(const int BITS, const int SB, float *y, int64_t N
                 int32_t isum = 0;
                 for (int kk = 0; kk < WG; ++kk)
                     isum += kw_x8_code(BITS, SB, gr.codes, c, kk) * q[kk];
-                const float d = a->d[m * G + g];
-                if (SB == 2) { /* rule 3's S8_X8 form: fma(fl(f16 scale * f16(d)), isum, acc) */
-                    acc = fmaf(kw_f16_to_f32(gr.scales16[c]) * kw_round_f16(d), (float)isum, acc);
+                if (SB == 2) { /* rule 3's S8_X8 form: fma(fl(f16 scale * f16(d)), isum, acc), f16(d) from dh */
+                    acc = fmaf(kw_f16_to_f32(gr.scales16[c]) * a->dh[m * G + g], (float)isum, acc);
                     continue;
                 }
+                const float d = a->d[m * G + g];
                 const float scale = SB ? gr.d[c] * (float)gr.s[c] : gr.scales[c];
                 acc = fmaf(scale, (float)isum * d, acc);
                 if (OFS) acc = fmaf(SB ? gr.m[c] * (float)gr.o[c] : gr.offsets[c], a->s[m * G + g], acc);
@@ -393,7 +397,7 @@ static inline int32_t kw_x8_q4(const kw_x8_act *a, int64_t K, int m, int64_t k0)
 /* a's arrays from row m on. */
 static inline kw_x8_act kw_x8_rows(const kw_x8_act *a, int64_t K, int64_t m) {
     const int64_t G = K / KW_X8_G;
-    return (kw_x8_act){a->q + m * K, a->d + m * G, a->s + m * G, a->s16 + m * 2 * G};
+    return (kw_x8_act){a->q + m * K, a->d + m * G, a->s + m * G, a->s16 + m * 2 * G, a->dh ? a->dh + m * G : NULL};
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -410,11 +414,6 @@ KW_TARGET_AVX2 static inline __m256i kw_x8_dp_avx2(__m256i acc, __m256i u, __m25
 KW_TARGET_AVX2 static inline __m256i kw_x8_dp8_avx2(__m256i acc, __m256i c, __m256i q) {
     const __m256i cs = _mm256_xor_si256(c, _mm256_set1_epi8((char)0x80));
     return kw_x8_dp_avx2(acc, _mm256_abs_epi8(cs), _mm256_sign_epi8(q, cs));
-}
-
-/* kw_round_f16(d) by vcvtps2ph / vcvtph2ps (round to nearest even, the same bits): S8_X8's activation scale. */
-KW_TARGET_AVX2 static inline float kw_x8_round_f16(float d) {
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(d), _MM_FROUND_TO_NEAREST_INT)));
 }
 
 /* Stores the first n (1..8) lanes of v at y. */

@@ -99,8 +99,7 @@ X8_FN(kw_x8_tile)(const int BITS, const int SB, const int MR, const int NV, floa
         }
 #pragma GCC unroll 4
         for (int m = 0; m < MR; ++m) {
-            const float dm = a->d[m * G + g];
-            const X8_VF d = X8_SET1F(SB == 2 ? kw_x8_round_f16(dm) : dm);           /* S8_X8: the f16 d of rule 3 */
+            const X8_VF d = X8_SET1F(SB == 2 ? a->dh[m * G + g] : a->d[m * G + g]); /* S8_X8: rule 3's f16(d) */
             const int32_t bias = BITS == 6 ? 32 : BITS == 8 && X8_BIASED ? 128 : 0; /* the codes' bias */
             /* the sum of q over the weight group: a half activation group, or (S8_X8) all of it */
             const int32_t qs =

@@ -84,7 +84,7 @@ void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quan
     int8_t xq[32];
     for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < q->n; ++n) {
-            float acc = 0.0f, d = 0.0f;
+            float acc = 0.0f, d = 0.0f, dh = 0.0f; /* dh: d rounded to f16 (S8_X8) */
             int32_t qsum = 0;
             for (int64_t j = 0; j < J; ++j) {
                 const int64_t k0 = j * WG;
@@ -103,12 +103,13 @@ void kw_ref_quant_matmul_x8(float *out, const float *x, int64_t M, const kw_quan
                         xq[k] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
                         qsum += xq[k];
                     }
+                    dh = kw_round_f16(d);
                 }
                 int32_t isum = 0;
                 for (int64_t k = k0; k < k0 + WG; ++k)
                     isum += xq[k % 32] * q->codes[n * K + k];
                 if (q->layout == KW_LAYOUT_QPANELS_S8_X8) /* its f16 scale times d rounded to f16, then the fma */
-                    acc = fmaf(q->scales[n * J + j] * kw_round_f16(d), (float)isum, acc);
+                    acc = fmaf(q->scales[n * J + j] * dh, (float)isum, acc);
                 else
                     acc = fmaf(q->scales[n * J + j], (float)isum * d, acc);
                 if (ql.has_offset) acc = fmaf(q->offsets[n * J + j], d * (float)qsum, acc);
