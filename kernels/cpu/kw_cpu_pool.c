@@ -5,7 +5,8 @@
  * finished. A worker waits for go to change (spin, then futex), takes tasks from the shared counter, and decrements
  * `pending`; the caller waits for pending to reach 0 the same way. The sleeping flags spare the futex_wake system call
  * when nobody sleeps: the waker stores the word then reads the flag, the sleeper sets the flag then reads the word
- * (both sequentially consistent), so one of them sees the other. */
+ * (both sequentially consistent), so one of them sees the other. A worker that slept measures its wake-up: from the
+ * run's start (wake_ns, written with the job) to its first task, averaged into wake_lat_ns. */
 #include "kernels/cpu/kw_cpu_pool.h"
 
 #include <errno.h>
@@ -52,6 +53,9 @@ struct kw_cpu_pool {
     kw_cpu_pool_fn fn;
     void *ctx;
     int64_t n_tasks;
+    int64_t wake_ns;                       /* when the run started (CLOCK_MONOTONIC) */
+    _Atomic int64_t wake_lat_ns;           /* the workers' recent wake-up latency, an average (0: none measured) */
+    _Atomic uint32_t refused;              /* kw_cpu_pool_wake_for's refusals for the latency alone */
     _Alignas(64) _Atomic int64_t next;     /* the next task to hand out */
     _Alignas(64) _Atomic uint32_t pending; /* workers of the current job still running */
     _Atomic int caller_sleeping;
@@ -75,8 +79,11 @@ static int64_t kw_pool_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Waits until *word != old: spins for up to spin_us, then sleeps on the futex with *sleeping set. */
-static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *sleeping, int spin_us) {
+/* Waits until *word != old: spins for up to spin_us, then sleeps on the futex with *sleeping set (*slept = 1 then,
+ * else 0). */
+static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *sleeping, int spin_us,
+                                    int *slept) {
+    *slept = 0;
     uint32_t v = atomic_load_explicit(word, memory_order_acquire);
     if (v != old) return v;
     if (spin_us > 0) {
@@ -88,6 +95,7 @@ static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomi
             if (i % 64 == 0 && kw_pool_now_ns() >= until) break;
         }
     }
+    *slept = 1;
     for (;;) {
         atomic_store(sleeping, 1);
         v = atomic_load(word);
@@ -122,8 +130,15 @@ static void *kw_pool_worker_main(void *arg) {
     kw_cpu_pool *pool = w->pool;
     uint32_t seen = 0;
     for (;;) {
-        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us);
+        int slept;
+        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us, &slept);
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
+        if (slept) { /* an average over the last few wake-ups: 3/4 of the old and 1/4 of this one */
+            int64_t lat = kw_pool_now_ns() - pool->wake_ns;
+            lat = lat < 1 ? 1 : lat > 1000000000 ? 1000000000 : lat;
+            const int64_t old = atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
+            atomic_store_explicit(&pool->wake_lat_ns, old == 0 ? lat : (3 * old + lat) / 4, memory_order_relaxed);
+        }
         kw_pool_work(pool, w->id);
         if (atomic_fetch_sub(&pool->pending, 1) == 1) /* seq_cst: the store-then-read handshake with the caller */
             kw_pool_wake(&pool->pending, &pool->caller_sleeping);
@@ -213,6 +228,17 @@ int kw_cpu_pool_asleep(kw_cpu_pool *pool) {
     return 1;
 }
 
+int64_t kw_cpu_pool_wake_ns(kw_cpu_pool *pool) {
+    return atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
+}
+
+int kw_cpu_pool_wake_for(kw_cpu_pool *pool, size_t bytes, size_t min_bytes, size_t bytes_per_us) {
+    if (bytes < min_bytes) return 0;
+    if (kw_cpu_pool_wake_pays(bytes, min_bytes, kw_cpu_pool_wake_ns(pool), bytes_per_us)) return 1;
+    const uint32_t n = atomic_fetch_add_explicit(&pool->refused, 1, memory_order_relaxed);
+    return n % KW_CPU_POOL_REPROBE == KW_CPU_POOL_REPROBE - 1;
+}
+
 int kw_cpu_pool_spin_us(const kw_cpu_pool *pool) {
     return pool->spin_us;
 }
@@ -231,6 +257,7 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     pool->fn = fn;
     pool->ctx = ctx;
     pool->n_tasks = n_tasks;
+    pool->wake_ns = kw_pool_now_ns();
     atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->pending, (uint32_t)(nt - 1), memory_order_relaxed);
     /* each worker's own count, one more: it has finished its previous job (pending reached 0), so its go cannot
@@ -242,7 +269,8 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     kw_pool_work(pool, 0);
     uint32_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
     while (left != 0) {
-        kw_pool_wait_change(&pool->pending, left, &pool->caller_sleeping, pool->spin_us);
+        int slept;
+        kw_pool_wait_change(&pool->pending, left, &pool->caller_sleeping, pool->spin_us, &slept);
         left = atomic_load_explicit(&pool->pending, memory_order_acquire);
     }
     atomic_store_explicit(&pool->busy, 0, memory_order_release);
