@@ -42,8 +42,8 @@
 #define KW_MM_WAKE_MIN_BYTES ((size_t)1 << 20)
 /* A larger one also stays on the caller when the pool's recent wake-up latency (kw_cpu_pool_wake_ns) is so long that
  * a woken worker would find less than half of it left: at this streaming rate of one thread, bytes per microsecond
- * (~18 GB/s: SmolLM2-135M Q8_0 decode at 260 tok/s on two threads of the idle 2-vCPU guest; docs/BENCHMARKS.md
- * "SmolLM2 decode: wake-up latency (issue 10; 2026-12-06)"). */
+ * (16.8 GB/s, an estimate: about half of what SmolLM2-135M Q8_0's decode at ~260 tok/s on the idle 2-vCPU guest
+ * streams; docs/BENCHMARKS.md "SmolLM2 decode: wake-up latency and late workers (issue 10; 2026-12-06)"). */
 #define KW_MM_STREAM_BYTES_PER_US ((size_t)16 << 10)
 
 /* The quantized kernels prefetch the panel stream KW_QMM_PF groups ahead, one or two lines per k (a group is at most

@@ -4,10 +4,11 @@
  * the kernels' results do not depend on which (kw_cpu.h).
  *
  * Waiting: after a job, a worker spins (atomic loads and pause) for up to spin_us microseconds waiting for the next
- * one, then sleeps on a futex; the caller waits for the workers' last tasks the same way. A decode step is hundreds
- * of short jobs, so the spin keeps the workers awake between them; the bound keeps a worker that has nothing to do
- * from starving the other processes on a shared machine. KW_CPU_SPIN_US (0 .. 1000000, read once at creation)
- * overrides KW_CPU_POOL_SPIN_US; 0 sleeps at once. */
+ * one, then sleeps on a futex; the caller waits for the last tasks of the workers that joined the job the same way
+ * (a worker that arrives after the caller has taken the last task does not join: the caller does not wait for it). A
+ * decode step is hundreds of short jobs, so the spin keeps the workers awake between them; the bound keeps a worker
+ * that has nothing to do from starving the other processes on a shared machine. KW_CPU_SPIN_US (0 .. 1000000, read once
+ * at creation) overrides KW_CPU_POOL_SPIN_US; 0 sleeps at once. */
 #ifndef KW_CPU_POOL_H
 #define KW_CPU_POOL_H
 
