@@ -8,10 +8,10 @@
  * done the job alone, no longer holds the caller up (it finds the gate closed, or joins a later job). The job is
  * rewritten only while the gate is closed and nobody is inside. A worker's go runs at most one ahead of what it has
  * acknowledged (`acked`), so it cannot come back to the value the worker last saw however late the worker is. The
- * sleeping flags spare the futex_wake system call
- * when nobody sleeps: the waker stores the word then reads the flag, the sleeper sets the flag then reads the word
- * (both sequentially consistent), so one of them sees the other. A worker that slept measures its wake-up: from the
- * run's start (wake_ns, written with the job) to its first task, averaged into wake_lat_ns. */
+ * sleeping flags spare the futex_wake system call when nobody sleeps: the waker stores the word then reads the flag,
+ * the sleeper sets the flag then reads the word (both sequentially consistent), so one of them sees the other. A
+ * worker that slept measures its wake-up: from the start of the run that woke it (its wake_ns, written with the go
+ * increment) to its arrival, averaged into the pool's wake_lat_ns. */
 #include "kernels/cpu/kw_cpu_pool.h"
 
 #include <errno.h>
@@ -42,6 +42,7 @@
 typedef struct kw_pool_worker {
     _Alignas(64) _Atomic uint32_t go; /* wake-ups handed to this worker (mod 2^32): at most acked + 1 */
     _Atomic uint32_t acked;           /* the go value the worker last woke for */
+    _Atomic int64_t wake_ns;          /* when the run of the last go increment started (CLOCK_MONOTONIC) */
     _Atomic int sleeping;
     int id;
     kw_cpu_pool *pool;
@@ -59,7 +60,6 @@ struct kw_cpu_pool {
     kw_cpu_pool_fn fn;
     void *ctx;
     int64_t n_tasks;
-    _Atomic int64_t wake_ns;            /* when the last run started (CLOCK_MONOTONIC) */
     _Atomic int64_t wake_lat_ns;        /* the workers' recent wake-up latency, an average (0: none measured) */
     _Atomic uint32_t refused;           /* kw_cpu_pool_wake_for's refusals for the latency alone */
     _Alignas(64) _Atomic int64_t next;  /* the next task to hand out */
@@ -134,8 +134,7 @@ static void kw_pool_work(kw_cpu_pool *pool, int id) {
     kw_pool_current_id = outer_id;
 }
 
-/* Counts worker id into the open job when its thread count admits it; 0 when the gate is closed or the id is too high.
- */
+/* Counts worker id into the open job when its thread count admits it; 0 when the gate is closed or id is too high. */
 static int kw_pool_join(kw_cpu_pool *pool, int id) {
     uint32_t g = atomic_load(&pool->gate);
     while ((g & KW_POOL_GATE_OPEN) && (uint32_t)id < ((g & ~KW_POOL_GATE_OPEN) >> 16))
@@ -153,7 +152,7 @@ static void *kw_pool_worker_main(void *arg) {
         atomic_store(&w->acked, seen); /* seq_cst: before the gate read, against the caller's gate store, acked read */
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
         if (slept) { /* an average over the last few wake-ups: 3/4 of the old and 1/4 of this one */
-            int64_t lat = kw_pool_now_ns() - atomic_load_explicit(&pool->wake_ns, memory_order_relaxed);
+            int64_t lat = kw_pool_now_ns() - atomic_load_explicit(&w->wake_ns, memory_order_relaxed);
             lat = lat < 1 ? 1 : lat > 1000000000 ? 1000000000 : lat;
             const int64_t old = atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
             atomic_store_explicit(&pool->wake_lat_ns, old == 0 ? lat : (3 * old + lat) / 4, memory_order_relaxed);
@@ -277,15 +276,16 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     pool->fn = fn;
     pool->ctx = ctx;
     pool->n_tasks = n_tasks;
-    atomic_store_explicit(&pool->wake_ns, kw_pool_now_ns(), memory_order_relaxed);
     atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
     atomic_store(&pool->gate, KW_POOL_GATE_OPEN | (uint32_t)nt << 16); /* seq_cst: releases the job */
     /* a worker's go one more, unless it has not yet acknowledged the last one (it is on its way and will find the
      * gate open, or a later job's): seq_cst against its acked store and gate read, so one of the two sees the other */
+    const int64_t now = kw_pool_now_ns();
     for (int i = 0; i < nt - 1; ++i) {
         kw_pool_worker *w = &pool->workers[i];
         if (atomic_load(&w->go) != atomic_load(&w->acked)) continue;
-        atomic_fetch_add(&w->go, 1); /* seq_cst: before the sleeping read */
+        atomic_store_explicit(&w->wake_ns, now, memory_order_relaxed);
+        atomic_fetch_add(&w->go, 1); /* seq_cst: after wake_ns, before the sleeping read */
         kw_pool_wake(&w->go, &w->sleeping);
     }
     kw_pool_work(pool, 0);

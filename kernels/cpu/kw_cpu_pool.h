@@ -47,8 +47,8 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
  * job is worth; a pool without workers is asleep. */
 int kw_cpu_pool_asleep(kw_cpu_pool *pool);
 
-/* The recent wake-up latency of a sleeping worker, in nanoseconds: from the start of a run that found it asleep to
- * its first task (the waker's futex_wake and the scheduler's delay; a few microseconds on an idle machine, far more
+/* The recent wake-up latency of a sleeping worker, in nanoseconds: from the start of the run that woke it to its
+ * arrival (the waker's futex_wake and the scheduler's delay; a few microseconds on an idle machine, far more
  * when other processes hold the cores), averaged over the last few such wake-ups; 0 before the first. A snapshot. */
 int64_t kw_cpu_pool_wake_ns(kw_cpu_pool *pool);
 
