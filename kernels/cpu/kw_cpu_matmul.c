@@ -40,6 +40,11 @@
  * of the pool is asleep: waking one costs more than its share saves (docs/BENCHMARKS.md, "SmolLM2 decode: thread
  * split and dispatches"). An awake (spinning) worker still takes its share. */
 #define KW_MM_WAKE_MIN_BYTES ((size_t)1 << 20)
+/* A larger one also stays on the caller when the pool's recent wake-up latency (kw_cpu_pool_wake_ns) is so long that
+ * a woken worker would find less than half of it left: at this streaming rate of one thread, bytes per microsecond
+ * (16.8 GB/s, an estimate: about half of what SmolLM2-135M Q8_0's decode at ~260 tok/s on the idle 2-vCPU guest
+ * streams; docs/BENCHMARKS.md "SmolLM2 decode: wake-up latency and late workers (issue 10; 2026-12-06)"). */
+#define KW_MM_STREAM_BYTES_PER_US ((size_t)16 << 10)
 
 /* The quantized kernels prefetch the panel stream KW_QMM_PF groups ahead, one or two lines per k (a group is at most
  * 2 G lines: 64 scales, 64 offsets and G * 64 code bytes): without it the hardware prefetcher leaves a decode row
@@ -762,15 +767,16 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
 }
 
 /* The threads a run of nt threads over the n jobs (one x: the same M) gets: 1 for decode rows (at most KW_MM_ROW_MAX)
- * when the jobs' weights (each panel read once) are fewer than KW_MM_WAKE_MIN_BYTES and every worker sleeps, else nt.
- * Which threads compute an item does not change its bits. */
+ * when every worker sleeps and waking one does not pay for the jobs' weights (each panel read once; fewer than
+ * KW_MM_WAKE_MIN_BYTES, or too few for the recent wake-up latency: kw_cpu_pool_wake_for), else nt. Which threads
+ * compute an item does not change its bits. */
 static int kw_mm_threads(kw_cpu_backend *cpu, int nt, const kw_mm_job *job, int n) {
     if (nt <= 1 || job[0].M > KW_MM_ROW_MAX) return nt;
     size_t bytes = 0;
     for (int i = 0; i < n; ++i)
         bytes += job[i].panel_bytes * (size_t)(job[i].items / job[i].row_blocks);
-    if (bytes >= KW_MM_WAKE_MIN_BYTES) return nt;
-    return kw_cpu_pool_asleep(cpu->pool) ? 1 : nt;
+    if (!kw_cpu_pool_asleep(cpu->pool)) return nt;
+    return kw_cpu_pool_wake_for(cpu->pool, bytes, KW_MM_WAKE_MIN_BYTES, KW_MM_STREAM_BYTES_PER_US) ? nt : 1;
 }
 
 /* x rounded to bf16 for PANELS_BF16_PAIRS (*xb) or quantized for the X8 layouts (*act; f16d: with act->dh, for an

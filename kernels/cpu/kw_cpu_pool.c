@@ -1,11 +1,17 @@
 /* kw_cpu_pool.c: the CPU backend's spin-then-sleep thread pool; see kw_cpu_pool.h.
  *
  * Each worker has its own `go` word (its cache line): a run increments the go words of the workers it uses only, so an
- * idle worker never reads a job it is not part of, and the caller may rewrite the job as soon as its own workers have
- * finished. A worker waits for go to change (spin, then futex), takes tasks from the shared counter, and decrements
- * `pending`; the caller waits for pending to reach 0 the same way. The sleeping flags spare the futex_wake system call
- * when nobody sleeps: the waker stores the word then reads the flag, the sleeper sets the flag then reads the word
- * (both sequentially consistent), so one of them sees the other. */
+ * idle worker is not woken for a job it is not part of. A worker waits for go to change (spin, then futex), then joins
+ * the job through the `gate` word if it is still open and the worker's id is below the job's thread count (a CAS that
+ * counts it in), takes tasks from the shared counter and leaves (counts itself out). When the caller has no task left
+ * it closes the gate and waits (the same way) only for the workers inside: a worker woken late, after the caller has
+ * done the job alone, no longer holds the caller up (it finds the gate closed, or joins a later job). The job is
+ * rewritten only while the gate is closed and nobody is inside. A worker's go runs at most one ahead of what it has
+ * acknowledged (`acked`), so it cannot come back to the value the worker last saw however late the worker is. The
+ * sleeping flags spare the futex_wake system call when nobody sleeps: the waker stores the word then reads the flag,
+ * the sleeper sets the flag then reads the word (both sequentially consistent), so one of them sees the other. A
+ * worker that slept measures its wake-up: from the start of the run that woke it (its wake_ns, written with the go
+ * increment) to its arrival, averaged into the pool's wake_lat_ns. */
 #include "kernels/cpu/kw_cpu_pool.h"
 
 #include <errno.h>
@@ -34,7 +40,9 @@
 #define KW_POOL_SPIN_MAX 1000000 /* 1 s */
 
 typedef struct kw_pool_worker {
-    _Alignas(64) _Atomic uint32_t go; /* jobs handed to this worker so far (mod 2^32): +1 per job, never skipped */
+    _Alignas(64) _Atomic uint32_t go; /* wake-ups handed to this worker (mod 2^32): at most acked + 1 */
+    _Atomic uint32_t acked;           /* the go value the worker last woke for */
+    _Atomic int64_t wake_ns;          /* when the run of the last go increment started (CLOCK_MONOTONIC) */
     _Atomic int sleeping;
     int id;
     kw_cpu_pool *pool;
@@ -48,14 +56,19 @@ struct kw_cpu_pool {
     kw_pool_worker *workers; /* n_threads - 1 (owned) */
     _Atomic int busy;        /* a run is in progress */
     _Atomic int stop;
-    /* the job: written by the caller before the go stores, read by its workers after */
+    /* the job: written by the caller while the gate is closed and empty, read by the workers that joined it */
     kw_cpu_pool_fn fn;
     void *ctx;
     int64_t n_tasks;
-    _Alignas(64) _Atomic int64_t next;     /* the next task to hand out */
-    _Alignas(64) _Atomic uint32_t pending; /* workers of the current job still running */
+    _Atomic int64_t wake_lat_ns;        /* the workers' recent wake-up latency, an average (0: none measured) */
+    _Atomic uint32_t refused;           /* kw_cpu_pool_wake_for's refusals for the latency alone */
+    _Alignas(64) _Atomic int64_t next;  /* the next task to hand out */
+    _Alignas(64) _Atomic uint32_t gate; /* KW_POOL_GATE_OPEN | thread count << 16 | workers inside */
     _Atomic int caller_sleeping;
 };
+
+#define KW_POOL_GATE_OPEN 0x80000000u
+#define KW_POOL_GATE_IN   0xffffu /* the workers inside (< 1024) */
 
 /* The pool and worker id of the task this thread is running (NULL outside a run). */
 static _Thread_local kw_cpu_pool *kw_pool_current;
@@ -75,8 +88,11 @@ static int64_t kw_pool_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Waits until *word != old: spins for up to spin_us, then sleeps on the futex with *sleeping set. */
-static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *sleeping, int spin_us) {
+/* Waits until *word != old: spins for up to spin_us, then sleeps on the futex with *sleeping set (*slept = 1 then,
+ * else 0). */
+static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *sleeping, int spin_us,
+                                    int *slept) {
+    *slept = 0;
     uint32_t v = atomic_load_explicit(word, memory_order_acquire);
     if (v != old) return v;
     if (spin_us > 0) {
@@ -88,6 +104,7 @@ static uint32_t kw_pool_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomi
             if (i % 64 == 0 && kw_pool_now_ns() >= until) break;
         }
     }
+    *slept = 1;
     for (;;) {
         atomic_store(sleeping, 1);
         v = atomic_load(word);
@@ -117,16 +134,33 @@ static void kw_pool_work(kw_cpu_pool *pool, int id) {
     kw_pool_current_id = outer_id;
 }
 
+/* Counts worker id into the open job when its thread count admits it; 0 when the gate is closed or id is too high. */
+static int kw_pool_join(kw_cpu_pool *pool, int id) {
+    uint32_t g = atomic_load(&pool->gate);
+    while ((g & KW_POOL_GATE_OPEN) && (uint32_t)id < ((g & ~KW_POOL_GATE_OPEN) >> 16))
+        if (atomic_compare_exchange_weak(&pool->gate, &g, g + 1)) return 1; /* seq_cst: acquires the job */
+    return 0;
+}
+
 static void *kw_pool_worker_main(void *arg) {
     kw_pool_worker *w = arg;
     kw_cpu_pool *pool = w->pool;
     uint32_t seen = 0;
     for (;;) {
-        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us);
+        int slept;
+        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us, &slept);
+        atomic_store(&w->acked, seen); /* seq_cst: before the gate read, against the caller's gate store, acked read */
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
+        if (slept) { /* an average over the last few wake-ups: 3/4 of the old and 1/4 of this one */
+            int64_t lat = kw_pool_now_ns() - atomic_load_explicit(&w->wake_ns, memory_order_relaxed);
+            lat = lat < 1 ? 1 : lat > 1000000000 ? 1000000000 : lat;
+            const int64_t old = atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
+            atomic_store_explicit(&pool->wake_lat_ns, old == 0 ? lat : (3 * old + lat) / 4, memory_order_relaxed);
+        }
+        if (!kw_pool_join(pool, w->id)) continue; /* late: the caller has closed the job */
         kw_pool_work(pool, w->id);
-        if (atomic_fetch_sub(&pool->pending, 1) == 1) /* seq_cst: the store-then-read handshake with the caller */
-            kw_pool_wake(&pool->pending, &pool->caller_sleeping);
+        const uint32_t g = atomic_fetch_sub(&pool->gate, 1); /* seq_cst: the store-then-read handshake */
+        if (!(g & KW_POOL_GATE_OPEN) && (g & KW_POOL_GATE_IN) == 1) kw_pool_wake(&pool->gate, &pool->caller_sleeping);
     }
     return NULL;
 }
@@ -213,6 +247,17 @@ int kw_cpu_pool_asleep(kw_cpu_pool *pool) {
     return 1;
 }
 
+int64_t kw_cpu_pool_wake_ns(kw_cpu_pool *pool) {
+    return atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
+}
+
+int kw_cpu_pool_wake_for(kw_cpu_pool *pool, size_t bytes, size_t min_bytes, size_t bytes_per_us) {
+    if (bytes < min_bytes) return 0;
+    if (kw_cpu_pool_wake_pays(bytes, min_bytes, kw_cpu_pool_wake_ns(pool), bytes_per_us)) return 1;
+    const uint32_t n = atomic_fetch_add_explicit(&pool->refused, 1, memory_order_relaxed);
+    return n % KW_CPU_POOL_REPROBE == KW_CPU_POOL_REPROBE - 1;
+}
+
 int kw_cpu_pool_spin_us(const kw_cpu_pool *pool) {
     return pool->spin_us;
 }
@@ -232,18 +277,24 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     pool->ctx = ctx;
     pool->n_tasks = n_tasks;
     atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->pending, (uint32_t)(nt - 1), memory_order_relaxed);
-    /* each worker's own count, one more: it has finished its previous job (pending reached 0), so its go cannot
-     * come back to the value it last saw however long it idles (a shared job number could, after 2^32 runs) */
-    for (int i = 0; i < nt - 1; ++i) { /* seq_cst: orders the job above before it, and it before the sleeping read */
-        atomic_fetch_add(&pool->workers[i].go, 1);
-        kw_pool_wake(&pool->workers[i].go, &pool->workers[i].sleeping);
+    atomic_store(&pool->gate, KW_POOL_GATE_OPEN | (uint32_t)nt << 16); /* seq_cst: releases the job */
+    /* a worker's go one more, unless it has not yet acknowledged the last one (it is on its way and will find the
+     * gate open, or a later job's): seq_cst against its acked store and gate read, so one of the two sees the other */
+    const int64_t now = kw_pool_now_ns();
+    for (int i = 0; i < nt - 1; ++i) {
+        kw_pool_worker *w = &pool->workers[i];
+        if (atomic_load(&w->go) != atomic_load(&w->acked)) continue;
+        atomic_store_explicit(&w->wake_ns, now, memory_order_relaxed);
+        atomic_fetch_add(&w->go, 1); /* seq_cst: after wake_ns, before the sleeping read */
+        kw_pool_wake(&w->go, &w->sleeping);
     }
     kw_pool_work(pool, 0);
-    uint32_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
-    while (left != 0) {
-        kw_pool_wait_change(&pool->pending, left, &pool->caller_sleeping, pool->spin_us);
-        left = atomic_load_explicit(&pool->pending, memory_order_acquire);
+    /* no task left: close, then wait for the workers inside to finish theirs */
+    uint32_t g = atomic_fetch_and(&pool->gate, ~KW_POOL_GATE_OPEN) & ~KW_POOL_GATE_OPEN;
+    while ((g & KW_POOL_GATE_IN) != 0) {
+        int slept;
+        kw_pool_wait_change(&pool->gate, g, &pool->caller_sleeping, pool->spin_us, &slept);
+        g = atomic_load_explicit(&pool->gate, memory_order_acquire);
     }
     atomic_store_explicit(&pool->busy, 0, memory_order_release);
 }

@@ -3,7 +3,9 @@
  * ids stay below the run's thread count and no id is used by two threads at once; a run from inside a task runs
  * inline on that thread's id; workers that went to sleep wake for the next run; pools are created and freed 100
  * times, with no spin and with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation;
- * kw_cpu_pool_asleep tells sleeping workers from spinning ones.
+ * kw_cpu_pool_asleep tells sleeping workers from spinning ones; a worker woken from sleep measures its wake-up latency
+ * (kw_cpu_pool_wake_ns), one that was spinning does not; kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for
+ * waking on exactly one of every KW_CPU_POOL_REPROBE refusals for the latency.
  * The counters the tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -87,10 +89,13 @@ static void test_workers_take_part(void **state) {
     kw_cpu_pool *pool = NULL;
     assert_int_equal(kw_cpu_pool_create(4, -1, &pool), 0);
     int seen[MAX_IDS] = {0};
-    for (int rep = 0; rep < 200; ++rep) {
+    /* the caller does not wait for a worker that has not joined, so on a loaded machine (or with KW_CPU_SPIN_US=0)
+     * it may do many runs alone before a woken worker gets a core: 200 runs, then more for up to 10 s */
+    for (int rep = 0; rep < 200 || (seen[1] + seen[2] + seen[3] == 0 && rep < 20000); ++rep) {
         check_run(pool, 4, 4, MAX_TASKS, &log);
         for (int t = 0; t < MAX_TASKS; ++t)
             seen[log.id_of[t]] = 1;
+        if (rep >= 200) usleep(500);
     }
     assert_true(seen[1] + seen[2] + seen[3] >= 1);
     kw_cpu_pool_free(pool);
@@ -254,6 +259,90 @@ static void test_spin_env(void **state) {
     assert_string_equal(kw_cpu_pool_wait_origin(), expect);
 }
 
+/* Waits (up to 2 s) until every worker of pool sleeps on its futex. */
+static void wait_asleep(kw_cpu_pool *pool) {
+    for (int i = 0; i < 2000 && !kw_cpu_pool_asleep(pool); ++i)
+        usleep(1000);
+    assert_int_equal(kw_cpu_pool_asleep(pool), 1);
+}
+
+/* Waits (up to 2 s) until a worker of pool has measured a wake-up: the run that woke it may have returned before the
+ * worker got there (the caller does not wait for a worker that has not joined). */
+static int64_t wait_measured(kw_cpu_pool *pool) {
+    for (int i = 0; i < 2000 && kw_cpu_pool_wake_ns(pool) == 0; ++i)
+        usleep(1000);
+    return kw_cpu_pool_wake_ns(pool);
+}
+
+static void test_wake_latency(void **state) {
+    (void)state;
+    static run_log log;
+    kw_cpu_pool *pool = NULL;
+    assert_int_equal(kw_cpu_pool_create(1, 0, &pool), 0); /* no worker: nothing to measure */
+    check_run(pool, 1, 1, 10, &log);
+    assert_int_equal(kw_cpu_pool_wake_ns(pool), 0);
+    kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(2, 1000000, &pool), 0); /* a 1 s spin: the worker is awake for the run */
+    assert_int_equal(kw_cpu_pool_wake_ns(pool), 0);
+    check_run(pool, 2, 2, 10, &log);
+    assert_int_equal(kw_cpu_pool_wake_ns(pool), 0);
+    kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(2, 0, &pool), 0); /* no spin: the worker sleeps before every run */
+    assert_int_equal(kw_cpu_pool_wake_ns(pool), 0);
+    wait_asleep(pool);
+    check_run(pool, 2, 2, 10, &log);
+    const int64_t first = wait_measured(pool);
+    assert_true(first > 0 && first <= 1000000000);
+    wait_asleep(pool);
+    check_run(pool, 2, 1, 10, &log); /* a run on the caller alone wakes nobody: the average stays */
+    const int64_t ns = kw_cpu_pool_wake_ns(pool);
+    check_run(pool, 2, 1, 10, &log);
+    assert_int_equal(kw_cpu_pool_wake_ns(pool), ns);
+    kw_cpu_pool_free(pool);
+}
+
+static void test_wake_pays(void **state) {
+    (void)state;
+    const size_t mib = (size_t)1 << 20, rate = (size_t)16 << 10;       /* 16 KiB per microsecond */
+    assert_int_equal(kw_cpu_pool_wake_pays(mib - 1, mib, 0, rate), 0); /* under the floor: never */
+    assert_int_equal(kw_cpu_pool_wake_pays(mib - 1, mib, 1, rate), 0);
+    assert_int_equal(kw_cpu_pool_wake_pays(mib, mib, 0, rate), 1);         /* nothing measured yet: wake */
+    assert_int_equal(kw_cpu_pool_wake_pays(2 * mib, mib, 50000, rate), 1); /* 1 MiB left >= 16 KiB x 50 us */
+    assert_int_equal(kw_cpu_pool_wake_pays(2 * mib, mib, 64000, rate), 1); /* 1 MiB = 16 KiB x 64 us: the edge */
+    assert_int_equal(kw_cpu_pool_wake_pays(2 * mib, mib, 64001, rate), 0);
+    assert_int_equal(kw_cpu_pool_wake_pays(2 * mib, mib, 1000000, rate), 0); /* 1 ms late */
+    assert_int_equal(kw_cpu_pool_wake_pays(64 * mib, mib, 1000000, rate), 1);
+    assert_int_equal(kw_cpu_pool_wake_pays(64 * mib, mib, 1000000000, rate), 0); /* 1 s: no overflow */
+}
+
+static void test_wake_for(void **state) {
+    (void)state;
+    static run_log log;
+    const size_t mib = (size_t)1 << 20, fast = (size_t)1 << 30; /* 1 GiB per microsecond: any latency refuses */
+    kw_cpu_pool *pool = NULL;
+    assert_int_equal(kw_cpu_pool_create(2, 0, &pool), 0);
+    for (int i = 0; i < 3 * KW_CPU_POOL_REPROBE; ++i) {
+        assert_int_equal(kw_cpu_pool_wake_for(pool, mib - 1, mib, fast), 0); /* under the floor: never */
+        assert_int_equal(kw_cpu_pool_wake_for(pool, mib, mib, fast), 1);     /* nothing measured yet */
+    }
+    wait_asleep(pool);
+    check_run(pool, 2, 2, 10, &log);
+    assert_true(wait_measured(pool) > 0);
+    for (int round = 0; round < 3; ++round) {
+        int yes = 0, last = -1;
+        for (int i = 0; i < KW_CPU_POOL_REPROBE; ++i) {
+            assert_int_equal(kw_cpu_pool_wake_for(pool, mib - 1, mib, fast), 0); /* not counted as refusals */
+            if (kw_cpu_pool_wake_for(pool, mib, mib, fast)) {
+                ++yes;
+                last = i;
+            }
+        }
+        assert_int_equal(yes, 1); /* one re-measurement per KW_CPU_POOL_REPROBE refusals */
+        assert_int_equal(last, KW_CPU_POOL_REPROBE - 1);
+    }
+    kw_cpu_pool_free(pool);
+}
+
 static void test_range(void **state) {
     (void)state;
     for (int64_t n = 0; n < 50; ++n)
@@ -276,7 +365,8 @@ int main(void) {
         cmocka_unit_test(test_nested_inline),   cmocka_unit_test(test_sleep_and_wake),
         cmocka_unit_test(test_create_free),     cmocka_unit_test(test_concurrent_pools),
         cmocka_unit_test(test_asleep),          cmocka_unit_test(test_spin_env),
-        cmocka_unit_test(test_range),
+        cmocka_unit_test(test_range),           cmocka_unit_test(test_wake_latency),
+        cmocka_unit_test(test_wake_pays),       cmocka_unit_test(test_wake_for),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
