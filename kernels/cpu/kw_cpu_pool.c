@@ -149,13 +149,15 @@ static void *kw_pool_worker_main(void *arg) {
     for (;;) {
         int slept;
         seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us, &slept);
+        /* the latency of this wake-up, read before the acknowledgement: after it the next run may rewrite wake_ns */
+        const int64_t lat = slept ? kw_pool_now_ns() - atomic_load_explicit(&w->wake_ns, memory_order_relaxed) : 0;
         atomic_store(&w->acked, seen); /* seq_cst: before the gate read, against the caller's gate store, acked read */
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
-        if (slept) { /* an average over the last few wake-ups: 3/4 of the old and 1/4 of this one */
-            int64_t lat = kw_pool_now_ns() - atomic_load_explicit(&w->wake_ns, memory_order_relaxed);
-            lat = lat < 1 ? 1 : lat > 1000000000 ? 1000000000 : lat;
+        if (slept) { /* an average over the last few wake-ups: 3/4 of the old and 1/4 of this one (a load and a store:
+                      * two workers arriving together may lose one sample, harmless for an estimate) */
+            const int64_t sample = lat < 1 ? 1 : lat > 1000000000 ? 1000000000 : lat;
             const int64_t old = atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
-            atomic_store_explicit(&pool->wake_lat_ns, old == 0 ? lat : (3 * old + lat) / 4, memory_order_relaxed);
+            atomic_store_explicit(&pool->wake_lat_ns, old == 0 ? sample : (3 * old + sample) / 4, memory_order_relaxed);
         }
         if (!kw_pool_join(pool, w->id)) continue; /* late: the caller has closed the job */
         kw_pool_work(pool, w->id);
@@ -266,11 +268,17 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     if (n_tasks <= 0) return;
     int nt = n_threads < pool->n_threads ? n_threads : pool->n_threads;
     if (n_tasks < nt) nt = (int)n_tasks;
-    if (nt <= 1 || atomic_exchange_explicit(&pool->busy, 1, memory_order_acquire)) {
-        /* alone, nested or beside another caller: inline, as the thread's worker id in this pool (0 outside it) */
-        const int id = kw_pool_current == pool ? kw_pool_current_id : 0;
+    if (nt <= 1 || kw_pool_current == pool || atomic_exchange_explicit(&pool->busy, 1, memory_order_acquire)) {
+        /* alone, nested or beside another caller: inline, as the thread's worker id in this pool (0 outside it), which
+         * a run nested in these tasks keeps too */
+        kw_cpu_pool *const outer = kw_pool_current;
+        const int outer_id = kw_pool_current_id, id = outer == pool ? outer_id : 0;
+        kw_pool_current = pool;
+        kw_pool_current_id = id;
         for (int64_t t = 0; t < n_tasks; ++t)
             fn(ctx, t, id);
+        kw_pool_current = outer;
+        kw_pool_current_id = outer_id;
         return;
     }
     pool->fn = fn;

@@ -118,6 +118,7 @@ static void inner_task(void *arg, int64_t task, int worker) {
     inner_ctx *c = arg;
     c->n->inner_count[c->outer][task] += 1;
     c->n->inner_id[c->outer][task] = worker;
+    usleep(20); /* long enough for woken workers to take part, were the inner run not inline */
 }
 
 static void outer_task(void *arg, int64_t task, int worker) {
@@ -132,12 +133,16 @@ static void test_nested_inline(void **state) {
     static nested n;
     memset(&n, 0, sizeof n);
     assert_int_equal(kw_cpu_pool_create(4, -1, &n.pool), 0);
-    kw_cpu_pool_run(n.pool, 4, 64, outer_task, &n);
-    for (int o = 0; o < 64; ++o)
-        for (int i = 0; i < 64; ++i) {
-            assert_int_equal(n.inner_count[o][i], 1);
-            assert_int_equal(n.inner_id[o][i], n.outer_id[o]);
-        }
+    /* the outer run on 4 threads, and on 1 (inline: its nested runs must stay inline on id 0 too) */
+    for (int outer_threads = 4; outer_threads >= 1; outer_threads -= 3) {
+        memset(n.inner_count, 0, sizeof n.inner_count);
+        kw_cpu_pool_run(n.pool, outer_threads, 64, outer_task, &n);
+        for (int o = 0; o < 64; ++o)
+            for (int i = 0; i < 64; ++i) {
+                assert_int_equal(n.inner_count[o][i], 1);
+                assert_int_equal(n.inner_id[o][i], n.outer_id[o]);
+            }
+    }
     kw_cpu_pool_free(n.pool);
 }
 
