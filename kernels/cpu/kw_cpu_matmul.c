@@ -793,15 +793,16 @@ static int kw_mm_prepare_x(kw_cpu_backend *cpu, const kw_tensor *x, int64_t K, i
         kw__cpu_bf16_round_x(cpu, x->data, M, K, nt, *xb);
         return 0;
     }
-    const size_t groups = (size_t)M * (size_t)(K / 32);
+    /* per activation group of 32: d, s, two half sums s16 and (f16d) dh, then the codes */
+    const size_t groups = (size_t)M * (size_t)(K / 32), dh_groups = f16d ? groups : 0;
     float *xd;
-    KW_FORWARD(kw__cpu_scratch(cpu, lead_floats + (f16d ? 5 : 4) * groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
+    KW_FORWARD(kw__cpu_scratch(cpu, lead_floats + 4 * groups + dh_groups + ((size_t)M * (size_t)K + 3) / 4, &xd));
     *lead = (char *)xd;
     xd += lead_floats;
     float *xsum = xd + groups;
     int32_t *xs16 = (int32_t *)(xsum + groups);
     float *xdh = f16d ? (float *)(xs16 + 2 * groups) : NULL;
-    int8_t *xq = (int8_t *)(xs16 + (f16d ? 3 : 2) * groups);
+    int8_t *xq = (int8_t *)(xs16 + 2 * groups + dh_groups);
     kw__cpu_x8_quantize(cpu, x->data, M, K, nt, xq, xd, xsum, xs16, xdh);
     *act = (kw_x8_act){xq, xd, xsum, xs16, xdh};
     return 0;
