@@ -30,13 +30,16 @@
 /* A thread samples its involuntary context switches at most once in this many milliseconds (the rate's window). */
 #define KW_CPU_POOL_SAMPLE_MS 10
 /* Contention: at least KW_CPU_POOL_NIVCSW_MIN involuntary switches in a sample, at a rate of at least
- * KW_CPU_POOL_NIVCSW_RATE per second (an idle machine shows a few per second, from kernel threads), or a wake-up
- * latency average of at least KW_CPU_POOL_WAKE_CONTENDED_NS just after a worker measured one (idle: a few us). */
-#define KW_CPU_POOL_NIVCSW_MIN        2
-#define KW_CPU_POOL_NIVCSW_RATE       100
-#define KW_CPU_POOL_WAKE_CONTENDED_NS 200000
+ * KW_CPU_POOL_NIVCSW_RATE per second (an idle machine shows a few per second, from kernel threads, rarely 2 in one
+ * 10 ms sample), or a wake-up latency average of at least KW_CPU_POOL_WAKE_CONTENDED_NS just after a worker measured
+ * one (idle: 20-50 us, with a rare wake-up of 1 ms or more that lifts the average by a quarter of it; loaded: 1-8 ms
+ * often). Looser bars (2 switches at 100/s, 200 us) made the idle machine look contended a few times a second and
+ * lost part of the long spin's gain there (docs/BENCHMARKS.md "The pool's spin, chosen by contention"). */
+#define KW_CPU_POOL_NIVCSW_MIN        3
+#define KW_CPU_POOL_NIVCSW_RATE       300
+#define KW_CPU_POOL_WAKE_CONTENDED_NS 1000000
 /* The pool stays contended (spins KW_CPU_POOL_SPIN_US) for this long after the last sign of contention. */
-#define KW_CPU_POOL_HOLD_MS 200
+#define KW_CPU_POOL_HOLD_MS 100
 
 /* kw_cpu_pool_create's spin_us for the automatic spin whatever the environment says (a pool like another one:
  * kw_cpu_pool_spin_us). */
