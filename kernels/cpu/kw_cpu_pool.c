@@ -13,8 +13,8 @@
  * worker that slept measures its wake-up: from the start of the run that woke it (its wake_ns, written with the go
  * increment) to its arrival, averaged into the pool's wake_lat_ns.
  *
- * The automatic spin: a thread that has finished its part of a job (a worker after leaving the gate, the caller at the
- * start of its next run, off the critical path of the job) reads its own involuntary context switches
+ * The automatic spin: a thread that has finished its part of a job (a worker after leaving the gate, the caller once
+ * no task is left, while the workers finish theirs) reads its own involuntary context switches
  * (getrusage(RUSAGE_THREAD), when KW_CPU_POOL_SAMPLE_MS have passed since its last read: a system call every 10 ms at
  * most) and, a worker that slept, the wake-up latency average; kw_cpu_pool_spin_rule turns that into spin_now, which
  * every wait reads (a relaxed load). */
