@@ -14,10 +14,10 @@
  * increment) to its arrival, averaged into the pool's wake_lat_ns.
  *
  * The automatic spin: a thread that has finished its part of a job (a worker after leaving the gate, the caller once
- * no task is left, while the workers finish theirs) reads its own involuntary context switches
- * (getrusage(RUSAGE_THREAD), when KW_CPU_POOL_SAMPLE_MS have passed since its last read: a system call every 10 ms at
- * most) and, a worker that slept, the wake-up latency average; kw_cpu_pool_spin_rule turns that into spin_now, which
- * every wait reads (a relaxed load). */
+ * no task is left, while the workers finish theirs) reads its own involuntary context switches and time runnable but
+ * not running (getrusage(RUSAGE_THREAD) and /proc/thread-self/schedstat, when KW_CPU_POOL_SAMPLE_MS have passed since
+ * its last read: a few system calls every 10 ms at most) and, a worker that slept, the wake-up latency average;
+ * kw_cpu_pool_spin_rule turns that into spin_now, which every wait reads (a relaxed load). */
 #include "kernels/cpu/kw_cpu_pool.h"
 
 #include <errno.h>
@@ -97,9 +97,22 @@ static int64_t kw_pool_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* This thread's last count of its involuntary context switches, for the automatic spin (last_ns 0: none yet). */
+/* This thread's last count of its involuntary context switches and run-queue wait, for the automatic spin (last_ns
+ * 0: none yet; delay -1: not readable). */
 static _Thread_local int64_t kw_pool_sample_ns;
 static _Thread_local long kw_pool_sample_nivcsw;
+static _Thread_local int64_t kw_pool_sample_delay;
+
+/* The calling thread's time spent runnable but not running, in ns (/proc/thread-self/schedstat's second field: a
+ * scheduler's queue, or a CPU quota's throttling); -1 when the kernel does not say. */
+static int64_t kw_pool_thread_delay(void) {
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (f == NULL) return -1;
+    long long run, delay;
+    const int n = fscanf(f, "%lld %lld", &run, &delay);
+    fclose(f);
+    return n == 2 && delay >= 0 ? (int64_t)delay : -1;
+}
 
 /* Applies the calling thread's sample to an automatic pool's spin: its involuntary switches since its last count
  * (when at least KW_CPU_POOL_SAMPLE_MS ago) and wake_ns (kw_cpu_spin_sample). Cheap unless a count is due. */
@@ -109,12 +122,15 @@ static void kw_pool_sample(kw_cpu_pool *pool, int64_t now, int64_t wake_ns) {
     if (now - kw_pool_sample_ns >= (int64_t)KW_CPU_POOL_SAMPLE_MS * 1000000 || kw_pool_sample_ns == 0) {
         struct rusage ru;
         if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+            const int64_t delay = kw_pool_thread_delay();
             if (kw_pool_sample_ns != 0) {
                 s.interval_ns = now - kw_pool_sample_ns;
                 s.nivcsw = ru.ru_nivcsw - kw_pool_sample_nivcsw;
+                if (delay >= 0 && kw_pool_sample_delay >= 0) s.delay_ns = delay - kw_pool_sample_delay;
             }
             kw_pool_sample_ns = now;
             kw_pool_sample_nivcsw = ru.ru_nivcsw;
+            kw_pool_sample_delay = delay;
         }
     } else if (wake_ns == 0) {
         return; /* nothing new: the rule's answer changes only with time, checked at the next count */

@@ -12,8 +12,9 @@
  * spins KW_CPU_POOL_SPIN_LONG_US while its threads see no contention (on an idle machine a longer spin keeps the
  * workers awake across a decode step's gaps) and KW_CPU_POOL_SPIN_US while they do (a spinning thread then takes a
  * core from a thread that has work: docs/BENCHMARKS.md "The pool's spin, chosen by contention"). Every thread of the
- * pool samples its own involuntary context switches (getrusage, at most once per KW_CPU_POOL_SAMPLE_MS) and the
- * workers their wake-up latency; kw_cpu_pool_spin_rule turns the samples into the spin, which each wait reads. */
+ * pool samples its own involuntary context switches and run-queue wait (getrusage and /proc/thread-self/schedstat, at
+ * most once per KW_CPU_POOL_SAMPLE_MS) and the workers their wake-up latency; kw_cpu_pool_spin_rule turns the samples
+ * into the spin, which each wait reads. */
 #ifndef KW_CPU_POOL_H
 #define KW_CPU_POOL_H
 
@@ -38,6 +39,9 @@
 #define KW_CPU_POOL_NIVCSW_MIN        3
 #define KW_CPU_POOL_NIVCSW_RATE       300
 #define KW_CPU_POOL_WAKE_CONTENDED_NS 1000000
+/* ... or a thread that waited runnable, not running, for at least this share (%) of its sample's interval: in a
+ * scheduler's queue behind other threads, or throttled by a CPU quota (which shows few involuntary switches). */
+#define KW_CPU_POOL_DELAY_PCT 25
 /* The pool stays contended (spins KW_CPU_POOL_SPIN_US) for this long after the last sign of contention. */
 #define KW_CPU_POOL_HOLD_MS 100
 
@@ -104,6 +108,7 @@ typedef struct kw_cpu_spin_sample {
     int64_t now_ns;      /* when it was taken (CLOCK_MONOTONIC) */
     int64_t interval_ns; /* the time the switches were counted over (0: no count in this sample) */
     int64_t nivcsw;      /* the thread's involuntary context switches over interval_ns */
+    int64_t delay_ns;    /* the time the thread was runnable but not running over interval_ns (0: not known) */
     int64_t wake_ns;     /* the pool's wake-up latency average just after this thread measured a wake-up; 0: none */
 } kw_cpu_spin_sample;
 
@@ -114,7 +119,8 @@ typedef struct kw_cpu_spin_sample {
 static inline int kw_cpu_pool_spin_rule(int64_t *last_sign_ns, const kw_cpu_spin_sample *s) {
     const int switches = s->interval_ns > 0 && s->nivcsw >= KW_CPU_POOL_NIVCSW_MIN &&
                          s->nivcsw * 1000000000 >= (int64_t)KW_CPU_POOL_NIVCSW_RATE * s->interval_ns;
-    if (switches || s->wake_ns >= KW_CPU_POOL_WAKE_CONTENDED_NS) *last_sign_ns = s->now_ns;
+    const int waited = s->interval_ns > 0 && s->delay_ns * 100 >= (int64_t)KW_CPU_POOL_DELAY_PCT * s->interval_ns;
+    if (switches || waited || s->wake_ns >= KW_CPU_POOL_WAKE_CONTENDED_NS) *last_sign_ns = s->now_ns;
     const int held = *last_sign_ns != INT64_MIN && s->now_ns - *last_sign_ns < (int64_t)KW_CPU_POOL_HOLD_MS * 1000000;
     return held ? KW_CPU_POOL_SPIN_US : KW_CPU_POOL_SPIN_LONG_US;
 }

@@ -6,7 +6,8 @@
  * kw_cpu_pool_asleep tells sleeping workers from spinning ones; a worker woken from sleep measures its wake-up latency
  * (kw_cpu_pool_wake_ns), one that was spinning does not; kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for
  * waking on exactly one of every KW_CPU_POOL_REPROBE refusals for the latency; the automatic spin's rule
- * (kw_cpu_pool_spin_rule: each sign of contention, the thresholds' edges, the hysteresis), which pools get it (the
+ * (kw_cpu_pool_spin_rule: each sign of contention (switches, run-queue wait, late wake-ups), the thresholds' edges,
+ * the hysteresis), which pools get it (the
  * environment unset or not a number, KW_CPU_POOL_SPIN_AUTO) and which do not (KW_CPU_SPIN_US, spin_us >= 0), and an
  * automatic pool running jobs. No test depends on the machine's load: the rule is a pure function.
  * The counters the tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
@@ -412,11 +413,24 @@ static void test_spin_rule(void **state) {
     assert_int_equal(rule(&last, t2 + hold - 1, 0, 0, 1000), SHORT); /* a prompt wake-up does not end the hold */
     assert_int_equal(rule(&last, t2 + hold, 0, 0, 1000), LONG);
     assert_int_equal(rule(&last, t2 + 2 * hold, win, 0, 8 * ms), SHORT); /* 8 ms: a loaded machine */
+    /* a thread runnable but not running for KW_CPU_POOL_DELAY_PCT % of its interval (a queue, or a CPU quota's
+     * throttling, which shows few switches) */
+    const int64_t t3 = t2 + 10 * hold, pct = KW_CPU_POOL_DELAY_PCT;
+    kw_cpu_spin_sample d = {.now_ns = t3, .interval_ns = 100 * ms, .delay_ns = pct * ms - 1};
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &d), LONG); /* just under the share */
+    d.delay_ns = pct * ms;
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &d), SHORT);
+    assert_int_equal(last, t3);
+    assert_int_equal(rule(&last, t3 + hold, win, 0, 0), LONG);
+    d = (kw_cpu_spin_sample){.now_ns = t3 + 2 * hold, .delay_ns = 1000 * ms}; /* no interval: no share */
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &d), LONG);
     /* large counts and intervals do not overflow */
     last = INT64_MIN;
     assert_int_equal(rule(&last, t0, 3600 * 1000 * ms, 1000000000, 0), SHORT);
     last = INT64_MIN;
     assert_int_equal(rule(&last, t0, 3600 * 1000 * ms, 2, 0), LONG);
+    const kw_cpu_spin_sample big = {.now_ns = t0, .interval_ns = 3600 * 1000 * ms, .delay_ns = 3600 * 1000 * ms};
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &big), SHORT);
 }
 
 /* An automatic pool runs jobs right whatever its spin (the choice is timing; only its range is asserted), and a
