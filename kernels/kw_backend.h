@@ -220,8 +220,9 @@ int kw_backend_threads_per_worker(int n_threads, int n_workers);
 int kw_backend_cpu_threads(const kw_backend *backend);
 
 /* How the threads of a CPU backend created now wait between ops: "KW_CPU_SPIN_US=50" when the environment sets the
- * spin (microseconds of spinning before a worker sleeps; 0: sleep at once), else "default spin 5 us" (with a note
- * when KW_CPU_SPIN_US is set but not a number in 0..1000000). The daemons log it and receiverd's /health has it. A
+ * spin (microseconds of spinning before a worker sleeps; 0: sleep at once), else "auto spin 5..100 us by contention"
+ * (the pool's automatic spin, kernels/cpu/kw_cpu_pool.h; with a note when KW_CPU_SPIN_US is set but not a number in
+ * 0..1000000). The daemons log it and receiverd's /health has it. A
  * string valid until the calling thread's next call (borrowed). */
 const char *kw_backend_cpu_wait(void);
 

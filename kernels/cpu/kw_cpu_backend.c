@@ -292,7 +292,7 @@ int kw_backend_create_cpu(int n_threads, kw_backend **out) {
     kw__backend_init(&cpu->base, &kw_cpu_iface);
     cpu->n_threads = n_threads;
     cpu->isa = kw_cpu_detect_isa();
-    KW_LOG_DEBUG("cpu backend: %d threads (pool spin %d us), %s kernels", n_threads, kw_cpu_pool_spin_us(cpu->pool),
+    KW_LOG_DEBUG("cpu backend: %d threads (pool: %s), %s kernels", n_threads, kw_cpu_pool_wait_origin(),
                  kw__cpu_isa_name(cpu->isa));
     *out = &cpu->base;
     return 0;

@@ -11,7 +11,13 @@
  * sleeping flags spare the futex_wake system call when nobody sleeps: the waker stores the word then reads the flag,
  * the sleeper sets the flag then reads the word (both sequentially consistent), so one of them sees the other. A
  * worker that slept measures its wake-up: from the start of the run that woke it (its wake_ns, written with the go
- * increment) to its arrival, averaged into the pool's wake_lat_ns. */
+ * increment) to its arrival, averaged into the pool's wake_lat_ns.
+ *
+ * The automatic spin: a thread that has finished its part of a job (a worker after leaving the gate, the caller once
+ * no task is left, while the workers finish theirs) reads its own involuntary context switches and time runnable but
+ * not running (getrusage(RUSAGE_THREAD) and /proc/thread-self/schedstat, when KW_CPU_POOL_SAMPLE_MS have passed since
+ * its last read: a few system calls every 10 ms at most) and, a worker that slept, the wake-up latency average;
+ * kw_cpu_pool_spin_rule turns that into spin_now, which every wait reads (a relaxed load). */
 #include "kernels/cpu/kw_cpu_pool.h"
 
 #include <errno.h>
@@ -22,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,8 +57,8 @@ typedef struct kw_pool_worker {
 } kw_pool_worker;
 
 struct kw_cpu_pool {
-    int n_threads; /* workers + the caller */
-    int spin_us;
+    int n_threads;           /* workers + the caller */
+    int spin_us;             /* fixed, or KW_CPU_POOL_SPIN_AUTO */
     int started;             /* workers whose thread runs */
     kw_pool_worker *workers; /* n_threads - 1 (owned) */
     _Atomic int busy;        /* a run is in progress */
@@ -62,6 +69,8 @@ struct kw_cpu_pool {
     int64_t n_tasks;
     _Atomic int64_t wake_lat_ns;        /* the workers' recent wake-up latency, an average (0: none measured) */
     _Atomic uint32_t refused;           /* kw_cpu_pool_wake_for's refusals for the latency alone */
+    _Atomic int spin_now;               /* the spin every wait uses (the fixed one, or the automatic one's choice) */
+    _Atomic int64_t last_sign_ns;       /* the automatic spin's last sign of contention (INT64_MIN: never) */
     _Alignas(64) _Atomic int64_t next;  /* the next task to hand out */
     _Alignas(64) _Atomic uint32_t gate; /* KW_POOL_GATE_OPEN | thread count << 16 | workers inside */
     _Atomic int caller_sleeping;
@@ -86,6 +95,52 @@ static int64_t kw_pool_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* This thread's last count of its involuntary context switches and run-queue wait, for the automatic spin (last_ns
+ * 0: none yet; delay -1: not readable). */
+static _Thread_local int64_t kw_pool_sample_ns;
+static _Thread_local long kw_pool_sample_nivcsw;
+static _Thread_local int64_t kw_pool_sample_delay;
+
+/* The calling thread's time spent runnable but not running, in ns (/proc/thread-self/schedstat's second field: a
+ * scheduler's queue, or a CPU quota's throttling); -1 when the kernel does not say. */
+static int64_t kw_pool_thread_delay(void) {
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (f == NULL) return -1;
+    long long run, delay;
+    const int n = fscanf(f, "%lld %lld", &run, &delay);
+    fclose(f);
+    return n == 2 && delay >= 0 ? (int64_t)delay : -1;
+}
+
+/* Applies the calling thread's sample to an automatic pool's spin: its involuntary switches since its last count
+ * (when at least KW_CPU_POOL_SAMPLE_MS ago) and wake_ns (kw_cpu_spin_sample). Cheap unless a count is due. */
+static void kw_pool_sample(kw_cpu_pool *pool, int64_t now, int64_t wake_ns) {
+    if (pool->spin_us != KW_CPU_POOL_SPIN_AUTO) return;
+    kw_cpu_spin_sample s = {.now_ns = now, .wake_ns = wake_ns};
+    if (now - kw_pool_sample_ns >= (int64_t)KW_CPU_POOL_SAMPLE_MS * 1000000 || kw_pool_sample_ns == 0) {
+        struct rusage ru;
+        if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+            const int64_t delay = kw_pool_thread_delay();
+            if (kw_pool_sample_ns != 0) {
+                s.interval_ns = now - kw_pool_sample_ns;
+                s.nivcsw = ru.ru_nivcsw - kw_pool_sample_nivcsw;
+                if (delay >= 0 && kw_pool_sample_delay >= 0) s.delay_ns = delay - kw_pool_sample_delay;
+            }
+            kw_pool_sample_ns = now;
+            kw_pool_sample_nivcsw = ru.ru_nivcsw;
+            kw_pool_sample_delay = delay;
+        }
+    } else if (wake_ns == 0) {
+        return; /* nothing new: the rule's answer changes only with time, checked at the next count */
+    }
+    int64_t last = atomic_load_explicit(&pool->last_sign_ns, memory_order_relaxed);
+    const int64_t before = last;
+    const int spin = kw_cpu_pool_spin_rule(&last, &s);
+    if (last != before) atomic_store_explicit(&pool->last_sign_ns, last, memory_order_relaxed);
+    if (atomic_load_explicit(&pool->spin_now, memory_order_relaxed) != spin)
+        atomic_store_explicit(&pool->spin_now, spin, memory_order_relaxed);
 }
 
 /* Waits until *word != old: spins for up to spin_us, then sleeps on the futex with *sleeping set (*slept = 1 then,
@@ -148,21 +203,27 @@ static void *kw_pool_worker_main(void *arg) {
     uint32_t seen = 0;
     for (;;) {
         int slept;
-        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping, pool->spin_us, &slept);
+        seen = kw_pool_wait_change(&w->go, seen, &w->sleeping,
+                                   atomic_load_explicit(&pool->spin_now, memory_order_relaxed), &slept);
         /* the latency of this wake-up, read before the acknowledgement: after it the next run may rewrite wake_ns */
         const int64_t lat = slept ? kw_pool_now_ns() - atomic_load_explicit(&w->wake_ns, memory_order_relaxed) : 0;
         atomic_store(&w->acked, seen); /* seq_cst: before the gate read, against the caller's gate store, acked read */
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
+        int64_t wake_avg = 0;
         if (slept) { /* an average over the last few wake-ups: 3/4 of the old and 1/4 of this one (a load and a store:
                       * two workers arriving together may lose one sample, harmless for an estimate) */
             const int64_t sample = lat < 1 ? 1 : lat > 1000000000 ? 1000000000 : lat;
             const int64_t old = atomic_load_explicit(&pool->wake_lat_ns, memory_order_relaxed);
-            atomic_store_explicit(&pool->wake_lat_ns, old == 0 ? sample : (3 * old + sample) / 4, memory_order_relaxed);
+            wake_avg = old == 0 ? sample : (3 * old + sample) / 4;
+            atomic_store_explicit(&pool->wake_lat_ns, wake_avg, memory_order_relaxed);
         }
-        if (!kw_pool_join(pool, w->id)) continue; /* late: the caller has closed the job */
-        kw_pool_work(pool, w->id);
-        const uint32_t g = atomic_fetch_sub(&pool->gate, 1); /* seq_cst: the store-then-read handshake */
-        if (!(g & KW_POOL_GATE_OPEN) && (g & KW_POOL_GATE_IN) == 1) kw_pool_wake(&pool->gate, &pool->caller_sleeping);
+        if (kw_pool_join(pool, w->id)) {
+            kw_pool_work(pool, w->id);
+            const uint32_t g = atomic_fetch_sub(&pool->gate, 1); /* seq_cst: the store-then-read handshake */
+            if (!(g & KW_POOL_GATE_OPEN) && (g & KW_POOL_GATE_IN) == 1)
+                kw_pool_wake(&pool->gate, &pool->caller_sleeping);
+        } /* else late: the caller has closed the job */
+        if (pool->spin_us == KW_CPU_POOL_SPIN_AUTO) kw_pool_sample(pool, kw_pool_now_ns(), wake_avg);
     }
     return NULL;
 }
@@ -179,25 +240,26 @@ static int kw_pool_env_spin(void) {
 }
 
 const char *kw_cpu_pool_wait_origin(void) {
-    static _Thread_local char text[96];
+    static _Thread_local char text[128];
     const int env = kw_pool_env_spin();
     const char *set = getenv("KW_CPU_SPIN_US");
-    if (env >= 0)
+    if (env >= 0) {
         snprintf(text, sizeof text, "KW_CPU_SPIN_US=%d", env);
-    else if (set != NULL && *set != '\0')
-        snprintf(text, sizeof text, "default spin %d us (KW_CPU_SPIN_US ignored: not 0..%d)", KW_CPU_POOL_SPIN_US,
-                 KW_POOL_SPIN_MAX);
-    else
-        snprintf(text, sizeof text, "default spin %d us", KW_CPU_POOL_SPIN_US);
+        return text;
+    }
+    const int n =
+        snprintf(text, sizeof text, "auto spin %d..%d us by contention", KW_CPU_POOL_SPIN_US, KW_CPU_POOL_SPIN_LONG_US);
+    if (set != NULL && *set != '\0')
+        snprintf(text + n, sizeof text - (size_t)n, " (KW_CPU_SPIN_US ignored: not 0..%d)", KW_POOL_SPIN_MAX);
     return text;
 }
 
 int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
     KW_RETURN_IF(out == NULL || n_threads < 1 || n_threads > 1024 || spin_us > KW_POOL_SPIN_MAX, KW_E_INVALID_ARG,
                  "kw_cpu_pool_create: %d threads, spin %d us", n_threads, spin_us);
-    if (spin_us < 0) {
+    if (spin_us < 0 && spin_us != KW_CPU_POOL_SPIN_AUTO) {
         spin_us = kw_pool_env_spin();
-        if (spin_us < 0) spin_us = KW_CPU_POOL_SPIN_US;
+        if (spin_us < 0) spin_us = KW_CPU_POOL_SPIN_AUTO;
     }
     /* its counters sit on cache lines of their own (_Alignas(64)), so the struct needs 64-byte alignment: calloc's
      * 16 bytes are not enough (clang's UBSan: misaligned member access) */
@@ -207,6 +269,9 @@ int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
     memset(pool, 0, pool_bytes);
     pool->n_threads = n_threads;
     pool->spin_us = spin_us;
+    /* automatic: long until a sign of contention */
+    atomic_init(&pool->spin_now, spin_us == KW_CPU_POOL_SPIN_AUTO ? KW_CPU_POOL_SPIN_LONG_US : spin_us);
+    atomic_init(&pool->last_sign_ns, INT64_MIN);
     if (n_threads > 1) {
         pool->workers = aligned_alloc(64, sizeof(kw_pool_worker) * (size_t)(n_threads - 1));
         if (pool->workers == NULL) {
@@ -264,6 +329,10 @@ int kw_cpu_pool_spin_us(const kw_cpu_pool *pool) {
     return pool->spin_us;
 }
 
+int kw_cpu_pool_spin_now(kw_cpu_pool *pool) {
+    return atomic_load_explicit(&pool->spin_now, memory_order_relaxed);
+}
+
 void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_pool_fn fn, void *ctx) {
     if (n_tasks <= 0) return;
     int nt = n_threads < pool->n_threads ? n_threads : pool->n_threads;
@@ -299,9 +368,11 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
     kw_pool_work(pool, 0);
     /* no task left: close, then wait for the workers inside to finish theirs */
     uint32_t g = atomic_fetch_and(&pool->gate, ~KW_POOL_GATE_OPEN) & ~KW_POOL_GATE_OPEN;
+    kw_pool_sample(pool, now, 0); /* the caller's switches, while the workers finish */
     while ((g & KW_POOL_GATE_IN) != 0) {
         int slept;
-        kw_pool_wait_change(&pool->gate, g, &pool->caller_sleeping, pool->spin_us, &slept);
+        kw_pool_wait_change(&pool->gate, g, &pool->caller_sleeping,
+                            atomic_load_explicit(&pool->spin_now, memory_order_relaxed), &slept);
         g = atomic_load_explicit(&pool->gate, memory_order_acquire);
     }
     atomic_store_explicit(&pool->busy, 0, memory_order_release);

@@ -7,8 +7,14 @@
  * one, then sleeps on a futex; the caller waits for the last tasks of the workers that joined the job the same way
  * (a worker that arrives after the caller has taken the last task does not join: the caller does not wait for it). A
  * decode step is hundreds of short jobs, so the spin keeps the workers awake between them; the bound keeps a worker
- * that has nothing to do from starving the other processes on a shared machine. KW_CPU_SPIN_US (0 .. 1000000, read once
- * at creation) overrides KW_CPU_POOL_SPIN_US; 0 sleeps at once. */
+ * that has nothing to do from starving the other processes on a shared machine. How long: KW_CPU_SPIN_US (0 .. 1000000,
+ * read once at creation; 0 sleeps at once) or a spin given at creation fixes it; otherwise it is automatic: the pool
+ * spins KW_CPU_POOL_SPIN_LONG_US while its threads see no contention (on an idle machine a longer spin keeps the
+ * workers awake across a decode step's gaps) and KW_CPU_POOL_SPIN_US while they do (a spinning thread then takes a
+ * core from a thread that has work: docs/BENCHMARKS.md "The pool's spin, chosen by contention"). Every thread of the
+ * pool samples its own involuntary context switches and run-queue wait (getrusage and /proc/thread-self/schedstat, at
+ * most once per KW_CPU_POOL_SAMPLE_MS) and the workers their wake-up latency; kw_cpu_pool_spin_rule turns the samples
+ * into the spin, which each wait reads. */
 #ifndef KW_CPU_POOL_H
 #define KW_CPU_POOL_H
 
@@ -17,6 +23,31 @@
 
 /* The default spin, in microseconds (docs/BENCHMARKS.md "A thread pool instead of OpenMP"). */
 #define KW_CPU_POOL_SPIN_US 5
+
+/* The automatic spin's long value, used while the pool's threads see no contention (docs/BENCHMARKS.md "The pool's
+ * spin, chosen by contention"). */
+#define KW_CPU_POOL_SPIN_LONG_US 100
+
+/* A thread samples its involuntary context switches at most once in this many milliseconds (the rate's window). */
+#define KW_CPU_POOL_SAMPLE_MS 10
+/* Contention: at least KW_CPU_POOL_NIVCSW_MIN involuntary switches in a sample, at a rate of at least
+ * KW_CPU_POOL_NIVCSW_RATE per second (an idle machine shows a few per second, from kernel threads, rarely 2 in one
+ * 10 ms sample), or a wake-up latency average of at least KW_CPU_POOL_WAKE_CONTENDED_NS just after a worker measured
+ * one (idle: 20-50 us, with a rare wake-up of 1 ms or more that lifts the average by a quarter of it; loaded: 1-8 ms
+ * often). Looser bars (2 switches at 100/s, 200 us) made the idle machine look contended a few times a second and
+ * lost part of the long spin's gain there (docs/BENCHMARKS.md "The pool's spin, chosen by contention"). */
+#define KW_CPU_POOL_NIVCSW_MIN        3
+#define KW_CPU_POOL_NIVCSW_RATE       300
+#define KW_CPU_POOL_WAKE_CONTENDED_NS 1000000
+/* ... or a thread that waited runnable, not running, for at least this share (%) of its sample's interval: in a
+ * scheduler's queue behind other threads, or throttled by a CPU quota (which shows few involuntary switches). */
+#define KW_CPU_POOL_DELAY_PCT 25
+/* The pool stays contended (spins KW_CPU_POOL_SPIN_US) for this long after the last sign of contention. */
+#define KW_CPU_POOL_HOLD_MS 100
+
+/* kw_cpu_pool_create's spin_us for the automatic spin whatever the environment says (a pool like another one:
+ * kw_cpu_pool_spin_us). */
+#define KW_CPU_POOL_SPIN_AUTO (-2)
 
 /* kw_cpu_pool_wake_for wakes the workers on every this many refusals for the wake-up latency (a new measurement). */
 #define KW_CPU_POOL_REPROBE 64
@@ -31,7 +62,8 @@ typedef struct kw_cpu_pool kw_cpu_pool;
 typedef void (*kw_cpu_pool_fn)(void *ctx, int64_t task, int worker);
 
 /* A pool for n_threads (1 .. 1024) threads in all: n_threads - 1 workers are started; *out is owned by the caller
- * (kw_cpu_pool_free). spin_us < 0: KW_CPU_SPIN_US from the environment, else KW_CPU_POOL_SPIN_US. */
+ * (kw_cpu_pool_free). spin_us 0 .. 1000000: that spin, fixed; KW_CPU_POOL_SPIN_AUTO: the automatic spin; any other
+ * negative: KW_CPU_SPIN_US from the environment, else the automatic spin. */
 int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out);
 /* Stops and joins the workers and frees the pool; NULL is a no-op. No run may be in progress. */
 void kw_cpu_pool_free(kw_cpu_pool *pool);
@@ -65,8 +97,33 @@ static inline int kw_cpu_pool_wake_pays(size_t bytes, size_t min_bytes, int64_t 
  * that the average follows a machine that has become idle again (a worker that is never woken is never measured). */
 int kw_cpu_pool_wake_for(kw_cpu_pool *pool, size_t bytes, size_t min_bytes, size_t bytes_per_us);
 
-/* The spin the pool was created with, in microseconds. */
+/* The spin the pool was created with, in microseconds, or KW_CPU_POOL_SPIN_AUTO (to create another pool like it). */
 int kw_cpu_pool_spin_us(const kw_cpu_pool *pool);
+
+/* The spin in effect now, in microseconds: the fixed one, or the automatic one's current choice. A snapshot. */
+int kw_cpu_pool_spin_now(kw_cpu_pool *pool);
+
+/* One thread's sample for kw_cpu_pool_spin_rule. */
+typedef struct kw_cpu_spin_sample {
+    int64_t now_ns;      /* when it was taken (CLOCK_MONOTONIC) */
+    int64_t interval_ns; /* the time the switches were counted over (0: no count in this sample) */
+    int64_t nivcsw;      /* the thread's involuntary context switches over interval_ns */
+    int64_t delay_ns;    /* the time the thread was runnable but not running over interval_ns (0: not known) */
+    int64_t wake_ns;     /* the pool's wake-up latency average just after this thread measured a wake-up; 0: none */
+} kw_cpu_spin_sample;
+
+/* The automatic spin after sample s, in microseconds: KW_CPU_POOL_SPIN_US while the last sign of contention
+ * (*last_sign_ns, INT64_MIN: never; s a sign: set to s->now_ns) is less than KW_CPU_POOL_HOLD_MS old, else
+ * KW_CPU_POOL_SPIN_LONG_US. A pure function (tested); the pool keeps *last_sign_ns in an atomic, so two threads
+ * applying it at once may keep the older of two recent signs, harmless. */
+static inline int kw_cpu_pool_spin_rule(int64_t *last_sign_ns, const kw_cpu_spin_sample *s) {
+    const int switches = s->interval_ns > 0 && s->nivcsw >= KW_CPU_POOL_NIVCSW_MIN &&
+                         s->nivcsw * 1000000000 >= (int64_t)KW_CPU_POOL_NIVCSW_RATE * s->interval_ns;
+    const int waited = s->interval_ns > 0 && s->delay_ns * 100 >= (int64_t)KW_CPU_POOL_DELAY_PCT * s->interval_ns;
+    if (switches || waited || s->wake_ns >= KW_CPU_POOL_WAKE_CONTENDED_NS) *last_sign_ns = s->now_ns;
+    const int held = *last_sign_ns != INT64_MIN && s->now_ns - *last_sign_ns < (int64_t)KW_CPU_POOL_HOLD_MS * 1000000;
+    return held ? KW_CPU_POOL_SPIN_US : KW_CPU_POOL_SPIN_LONG_US;
+}
 
 /* The waiting policy a pool created now would have (kw_backend_cpu_wait, kernels/kw_backend.h): valid until the
  * calling thread's next call (borrowed). */

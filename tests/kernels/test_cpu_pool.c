@@ -5,7 +5,11 @@
  * times, with no spin and with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation;
  * kw_cpu_pool_asleep tells sleeping workers from spinning ones; a worker woken from sleep measures its wake-up latency
  * (kw_cpu_pool_wake_ns), one that was spinning does not; kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for
- * waking on exactly one of every KW_CPU_POOL_REPROBE refusals for the latency.
+ * waking on exactly one of every KW_CPU_POOL_REPROBE refusals for the latency; the automatic spin's rule
+ * (kw_cpu_pool_spin_rule: each sign of contention (switches, run-queue wait, late wake-ups), the thresholds' edges,
+ * the hysteresis), which pools get it (the
+ * environment unset or not a number, KW_CPU_POOL_SPIN_AUTO) and which do not (KW_CPU_SPIN_US, spin_us >= 0), and an
+ * automatic pool running jobs. No test depends on the machine's load: the rule is a pure function.
  * The counters the tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -196,6 +200,7 @@ static void test_create_free(void **state) {
         const int threads = 1 + i % 4, spin = i % 2 ? 0 : 1000000; /* no spin; a 1 s spin */
         assert_int_equal(kw_cpu_pool_create(threads, spin, &pool), 0);
         assert_int_equal(kw_cpu_pool_spin_us(pool), spin);
+        assert_int_equal(kw_cpu_pool_spin_now(pool), spin);
         if (i % 3) check_run(pool, threads, threads, 1 + i * 7, &log);
         kw_cpu_pool_free(pool); /* joins at once, also while the workers spin */
     }
@@ -245,23 +250,39 @@ static void test_spin_env(void **state) {
     setenv("KW_CPU_SPIN_US", "37", 1);
     assert_int_equal(kw_cpu_pool_create(2, -1, &pool), 0);
     assert_int_equal(kw_cpu_pool_spin_us(pool), 37);
+    assert_int_equal(kw_cpu_pool_spin_now(pool), 37);
     assert_string_equal(kw_cpu_pool_wait_origin(), "KW_CPU_SPIN_US=37");
     kw_cpu_pool_free(pool);
     assert_int_equal(kw_cpu_pool_create(2, 5, &pool), 0); /* an explicit spin wins */
     assert_int_equal(kw_cpu_pool_spin_us(pool), 5);
+    assert_int_equal(kw_cpu_pool_spin_now(pool), 5);
     kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(2, 0, &pool), 0); /* also 0 */
+    assert_int_equal(kw_cpu_pool_spin_us(pool), 0);
+    assert_int_equal(kw_cpu_pool_spin_now(pool), 0);
+    kw_cpu_pool_free(pool);
+    assert_int_equal(kw_cpu_pool_create(2, KW_CPU_POOL_SPIN_AUTO, &pool), 0); /* automatic whatever the environment */
+    assert_int_equal(kw_cpu_pool_spin_us(pool), KW_CPU_POOL_SPIN_AUTO);
+    kw_cpu_pool_free(pool);
+    char expect[96];
+    snprintf(expect, sizeof expect, "auto spin %d..%d us by contention", KW_CPU_POOL_SPIN_US, KW_CPU_POOL_SPIN_LONG_US);
     const char *bad[] = {"", "-1", "12x", "1000001", "99999999999999999999"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) { /* ignored: the default */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i) { /* ignored: automatic */
         setenv("KW_CPU_SPIN_US", bad[i], 1);
         assert_int_equal(kw_cpu_pool_create(2, -1, &pool), 0);
-        assert_int_equal(kw_cpu_pool_spin_us(pool), KW_CPU_POOL_SPIN_US);
+        assert_int_equal(kw_cpu_pool_spin_us(pool), KW_CPU_POOL_SPIN_AUTO);
+        const int now = kw_cpu_pool_spin_now(pool);
+        assert_true(now == KW_CPU_POOL_SPIN_US || now == KW_CPU_POOL_SPIN_LONG_US);
         kw_cpu_pool_free(pool);
-        if (*bad[i]) assert_non_null(strstr(kw_cpu_pool_wait_origin(), "ignored"));
+        const char *origin = kw_cpu_pool_wait_origin();
+        assert_int_equal(strncmp(origin, expect, strlen(expect)), 0);
+        if (*bad[i]) assert_non_null(strstr(origin, "ignored"));
     }
     unsetenv("KW_CPU_SPIN_US");
-    char expect[64];
-    snprintf(expect, sizeof expect, "default spin %d us", KW_CPU_POOL_SPIN_US);
     assert_string_equal(kw_cpu_pool_wait_origin(), expect);
+    assert_int_equal(kw_cpu_pool_create(2, -1, &pool), 0);
+    assert_int_equal(kw_cpu_pool_spin_us(pool), KW_CPU_POOL_SPIN_AUTO);
+    kw_cpu_pool_free(pool);
 }
 
 /* Waits (up to 2 s) until every worker of pool sleeps on its futex. */
@@ -348,6 +369,93 @@ static void test_wake_for(void **state) {
     kw_cpu_pool_free(pool);
 }
 
+/* The automatic spin's rule, one sample at a time (times in ns from an arbitrary origin t0). */
+static int rule(int64_t *last, int64_t now, int64_t interval, int64_t nivcsw, int64_t wake) {
+    const kw_cpu_spin_sample s = {.now_ns = now, .interval_ns = interval, .nivcsw = nivcsw, .wake_ns = wake};
+    return kw_cpu_pool_spin_rule(last, &s);
+}
+
+static void test_spin_rule(void **state) {
+    (void)state;
+    const int LONG = KW_CPU_POOL_SPIN_LONG_US, SHORT = KW_CPU_POOL_SPIN_US;
+    const int64_t ms = 1000000, t0 = 5000 * ms, hold = (int64_t)KW_CPU_POOL_HOLD_MS * ms;
+    const int64_t win = (int64_t)KW_CPU_POOL_SAMPLE_MS * ms;
+    assert_true(LONG > SHORT);
+    int64_t last = INT64_MIN;
+    /* no contention: long, and the state stays "never" */
+    assert_int_equal(rule(&last, t0, 0, 0, 0), LONG);
+    assert_int_equal(rule(&last, t0, win, 0, 0), LONG);
+    assert_int_equal(rule(&last, t0, win, 1, 0), LONG); /* one switch: a kernel thread */
+    assert_int_equal(rule(&last, t0, 1000 * ms, KW_CPU_POOL_NIVCSW_RATE - 1, 0), LONG); /* a rate under the bar */
+    assert_int_equal(rule(&last, t0, 1, KW_CPU_POOL_NIVCSW_MIN - 1, 0), LONG); /* a high rate, too few switches */
+    assert_int_equal(rule(&last, t0, 0, 1000, 0), LONG);                       /* no interval: no count */
+    assert_int_equal(rule(&last, t0, win, 0, KW_CPU_POOL_WAKE_CONTENDED_NS - 1), LONG);
+    assert_int_equal(last, INT64_MIN);
+    /* a rate of switches at the bar: short, held for KW_CPU_POOL_HOLD_MS after it */
+    assert_int_equal(rule(&last, t0, 1000 * ms, KW_CPU_POOL_NIVCSW_RATE, 0), SHORT);
+    assert_int_equal(last, t0);
+    assert_int_equal(rule(&last, t0 + win, win, 0, 0), SHORT);
+    assert_int_equal(rule(&last, t0 + hold - 1, win, 0, 0), SHORT);
+    assert_int_equal(rule(&last, t0 + hold, win, 0, 0), LONG); /* the hold is over */
+    assert_int_equal(last, t0);
+    /* KW_CPU_POOL_NIVCSW_MIN switches in a window: a sign; a later sign extends the hold */
+    const int64_t t1 = t0 + 10 * hold;
+    assert_int_equal(rule(&last, t1, win, KW_CPU_POOL_NIVCSW_MIN, 0), SHORT);
+    assert_int_equal(rule(&last, t1 + hold / 2, win, KW_CPU_POOL_NIVCSW_MIN, 0), SHORT);
+    assert_int_equal(last, t1 + hold / 2);
+    assert_int_equal(rule(&last, t1 + hold, win, 0, 0), SHORT); /* held from the second sign */
+    assert_int_equal(rule(&last, t1 + hold / 2 + hold - 1, win, 0, 0), SHORT);
+    assert_int_equal(rule(&last, t1 + hold / 2 + hold, win, 0, 0), LONG);
+    /* a late wake-up (the average at the bar), with or without a count of switches */
+    const int64_t t2 = t1 + 10 * hold;
+    assert_int_equal(rule(&last, t2, 0, 0, KW_CPU_POOL_WAKE_CONTENDED_NS), SHORT);
+    assert_int_equal(last, t2);
+    assert_int_equal(rule(&last, t2 + hold - 1, 0, 0, 1000), SHORT); /* a prompt wake-up does not end the hold */
+    assert_int_equal(rule(&last, t2 + hold, 0, 0, 1000), LONG);
+    assert_int_equal(rule(&last, t2 + 2 * hold, win, 0, 8 * ms), SHORT); /* 8 ms: a loaded machine */
+    /* a thread runnable but not running for KW_CPU_POOL_DELAY_PCT % of its interval (a queue, or a CPU quota's
+     * throttling, which shows few switches) */
+    const int64_t t3 = t2 + 10 * hold, pct = KW_CPU_POOL_DELAY_PCT;
+    kw_cpu_spin_sample d = {.now_ns = t3, .interval_ns = 100 * ms, .delay_ns = pct * ms - 1};
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &d), LONG); /* just under the share */
+    d.delay_ns = pct * ms;
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &d), SHORT);
+    assert_int_equal(last, t3);
+    assert_int_equal(rule(&last, t3 + hold, win, 0, 0), LONG);
+    d = (kw_cpu_spin_sample){.now_ns = t3 + 2 * hold, .delay_ns = 1000 * ms}; /* no interval: no share */
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &d), LONG);
+    /* large counts and intervals do not overflow */
+    last = INT64_MIN;
+    assert_int_equal(rule(&last, t0, 3600 * 1000 * ms, 1000000000, 0), SHORT);
+    last = INT64_MIN;
+    assert_int_equal(rule(&last, t0, 3600 * 1000 * ms, 2, 0), LONG);
+    const kw_cpu_spin_sample big = {.now_ns = t0, .interval_ns = 3600 * 1000 * ms, .delay_ns = 3600 * 1000 * ms};
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &big), SHORT);
+}
+
+/* An automatic pool runs jobs right whatever its spin (the choice is timing; only its range is asserted), and a
+ * stream pool made like it (kw_cpu_pool_spin_us) is automatic too. */
+static void test_auto_runs(void **state) {
+    (void)state;
+    static run_log log;
+    kw_cpu_pool *pool = NULL;
+    assert_int_equal(kw_cpu_pool_create(3, KW_CPU_POOL_SPIN_AUTO, &pool), 0);
+    assert_int_equal(kw_cpu_pool_spin_now(pool), KW_CPU_POOL_SPIN_LONG_US); /* no sign yet */
+    for (int rep = 0; rep < 400; ++rep) {
+        if (rep % 50 == 0) usleep((useconds_t)KW_CPU_POOL_SAMPLE_MS * 1000 + 500); /* a count of switches is due */
+        if (rep % 7 == 0) usleep(200);                                             /* past the long spin: asleep */
+        check_run(pool, 3, 1 + rep % 3, 1 + (rep * 11) % MAX_TASKS, &log);
+        const int now = kw_cpu_pool_spin_now(pool);
+        assert_true(now == KW_CPU_POOL_SPIN_US || now == KW_CPU_POOL_SPIN_LONG_US);
+    }
+    kw_cpu_pool *like = NULL;
+    assert_int_equal(kw_cpu_pool_create(3, kw_cpu_pool_spin_us(pool), &like), 0);
+    assert_int_equal(kw_cpu_pool_spin_us(like), KW_CPU_POOL_SPIN_AUTO);
+    check_run(like, 3, 3, MAX_TASKS, &log);
+    kw_cpu_pool_free(like);
+    kw_cpu_pool_free(pool);
+}
+
 static void test_range(void **state) {
     (void)state;
     for (int64_t n = 0; n < 50; ++n)
@@ -372,6 +480,7 @@ int main(void) {
         cmocka_unit_test(test_asleep),          cmocka_unit_test(test_spin_env),
         cmocka_unit_test(test_range),           cmocka_unit_test(test_wake_latency),
         cmocka_unit_test(test_wake_pays),       cmocka_unit_test(test_wake_for),
+        cmocka_unit_test(test_spin_rule),       cmocka_unit_test(test_auto_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
