@@ -15,7 +15,7 @@
 # holding sharerd, receiverd, kvwire and kvload) or KW_BUILD (a build tree, default $KW_SRC/build), KW_OUT,
 # KW_SHARER_CONFIG / KW_RECEIVER_CONFIG (GPU runs), KW_SHARER_MEM_MB / KW_RECEIVER_MEM_MB (compute.memory_limit_mb of
 # each daemon; for two daemons on one GPU the default caps each at 45% of the GPU's memory), KW_SHARER_PORT (default 0:
-# any free port, read back from the daemon's ready file), KW_CPU_SPIN_US (how long the CPU threads spin before they sleep, default 5: docs/DEPLOY.md). The output folder must be visible to every node of the job
+# any free port, read back from the daemon's ready file), KW_CPU_SPIN_US (how long the CPU threads spin before they sleep; unset: automatic, by contention: docs/DEPLOY.md). The output folder must be visible to every node of the job
 # (the submit folder on a shared file system), as SLURM's own output files are.
 
 kw_pair_fail_status() {
@@ -36,9 +36,6 @@ kw_pair_init() {
     shift || true
     kw_sweep_args=("$@")
     kw_out=${KW_OUT:-$PWD/kvwire-pair-${SLURM_JOB_ID:-local}}
-    # the CPU threads spin 5 us after an op, then sleep (docs/DEPLOY.md "CPU threads on a shared node"), unless the
-    # job says otherwise
-    export KW_CPU_SPIN_US=${KW_CPU_SPIN_US:-5}
     mkdir -p "$kw_out" || exit 1
     kw_out=$(cd "$kw_out" && pwd)
     echo running >"$kw_out/status"

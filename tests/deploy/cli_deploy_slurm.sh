@@ -41,9 +41,10 @@ expect_done() {
     grep -qx 'receiverd exit 0' "$out/daemons.txt" && grep -qx 'sharerd exit 0' "$out/daemons.txt" ||
         { cat "$out/daemons.txt"; fail "$2: the daemons of job $1 did not exit cleanly"; }
     grep -q "$2: done" "jobs/kvwire-pair-$1.out" || fail "$2: job $1's output does not end with done"
-    # the daemons' CPU threads waited as the job set it: the submitter's KW_CPU_SPIN_US, else kw-pair.sh's default
-    local wait=KW_CPU_SPIN_US=${KW_CPU_SPIN_US:-5}
-    grep -q "CPU threads wait $wait$" "$out/receiverd.log" && grep -q "CPU threads wait $wait$" "$out/sharerd.log" ||
+    # the daemons' CPU threads waited as the job set it: the submitter's KW_CPU_SPIN_US, else the automatic spin
+    local wait="auto spin"
+    [ -n "${KW_CPU_SPIN_US:-}" ] && wait=KW_CPU_SPIN_US=$KW_CPU_SPIN_US
+    grep -q "CPU threads wait $wait" "$out/receiverd.log" && grep -q "CPU threads wait $wait" "$out/sharerd.log" ||
         fail "$2: the daemons of job $1 do not report CPU threads wait $wait"
 }
 
