@@ -771,11 +771,10 @@ static int kw_mm_setup(const kw_cpu_backend *cpu, kw_mm_job *j, kw_tensor *out, 
  * KW_MM_WAKE_MIN_BYTES, or too few for the recent wake-up latency: kw_cpu_pool_wake_for), else nt. Which threads
  * compute an item does not change its bits. */
 static int kw_mm_threads(kw_cpu_backend *cpu, int nt, const kw_mm_job *job, int n) {
-    if (nt <= 1 || job[0].M > KW_MM_ROW_MAX) return nt;
+    if (nt <= 1 || job[0].M > KW_MM_ROW_MAX || !kw_cpu_pool_asleep(cpu->pool)) return nt;
     size_t bytes = 0;
     for (int i = 0; i < n; ++i)
         bytes += job[i].panel_bytes * (size_t)(job[i].items / job[i].row_blocks);
-    if (!kw_cpu_pool_asleep(cpu->pool)) return nt;
     return kw_cpu_pool_wake_for(cpu->pool, bytes, KW_MM_WAKE_MIN_BYTES, KW_MM_STREAM_BYTES_PER_US) ? nt : 1;
 }
 
