@@ -97,16 +97,13 @@ static int64_t kw_pool_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* This thread's last count of its involuntary context switches and run-queue wait, for the automatic spin (last_ns
- * 0: none yet; delay -1: not readable). */
-static _Thread_local int64_t kw_pool_sample_ns;
-static _Thread_local long kw_pool_sample_nivcsw;
-static _Thread_local int64_t kw_pool_sample_delay;
+/* This thread's last reading for the automatic spin (ns 0: none yet). */
+static _Thread_local kw_cpu_spin_reading kw_pool_last_reading;
 
 /* The calling thread's time spent runnable but not running, in ns (/proc/thread-self/schedstat's second field: a
  * scheduler's queue, or a CPU quota's throttling); -1 when the kernel does not say. */
 static int64_t kw_pool_thread_delay(void) {
-    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    FILE *f = fopen("/proc/thread-self/schedstat", "re");
     if (f == NULL) return -1;
     long long run, delay;
     const int n = fscanf(f, "%lld %lld", &run, &delay);
@@ -114,26 +111,27 @@ static int64_t kw_pool_thread_delay(void) {
     return n == 2 && delay >= 0 ? (int64_t)delay : -1;
 }
 
-/* Applies the calling thread's sample to an automatic pool's spin: its involuntary switches since its last count
- * (when at least KW_CPU_POOL_SAMPLE_MS ago) and wake_ns (kw_cpu_spin_sample). Cheap unless a count is due. */
+int kw_cpu_pool_read_thread(kw_cpu_spin_reading *out) {
+    struct rusage ru;
+    KW_RETURN_IF(getrusage(RUSAGE_THREAD, &ru) != 0, KW_E_IO, "getrusage(RUSAGE_THREAD): %s", strerror(errno));
+    *out = (kw_cpu_spin_reading){.ns = kw_pool_now_ns(), .nivcsw = ru.ru_nivcsw, .delay_ns = kw_pool_thread_delay()};
+    return 0;
+}
+
+/* Applies the calling thread's sample to an automatic pool's spin: a new reading when at least KW_CPU_POOL_SAMPLE_MS
+ * have passed since its last one (`now`, maybe a little old, only decides that), and wake_ns (kw_cpu_spin_sample).
+ * Cheap unless a reading is due. */
 static void kw_pool_sample(kw_cpu_pool *pool, int64_t now, int64_t wake_ns) {
     if (pool->spin_us != KW_CPU_POOL_SPIN_AUTO) return;
     kw_cpu_spin_sample s = {.now_ns = now, .wake_ns = wake_ns};
-    if (now - kw_pool_sample_ns >= (int64_t)KW_CPU_POOL_SAMPLE_MS * 1000000 || kw_pool_sample_ns == 0) {
-        struct rusage ru;
-        if (getrusage(RUSAGE_THREAD, &ru) == 0) {
-            const int64_t delay = kw_pool_thread_delay();
-            if (kw_pool_sample_ns != 0) {
-                s.interval_ns = now - kw_pool_sample_ns;
-                s.nivcsw = ru.ru_nivcsw - kw_pool_sample_nivcsw;
-                if (delay >= 0 && kw_pool_sample_delay >= 0) s.delay_ns = delay - kw_pool_sample_delay;
-            }
-            kw_pool_sample_ns = now;
-            kw_pool_sample_nivcsw = ru.ru_nivcsw;
-            kw_pool_sample_delay = delay;
+    kw_cpu_spin_reading cur;
+    if (kw_pool_last_reading.ns == 0 || now - kw_pool_last_reading.ns >= (int64_t)KW_CPU_POOL_SAMPLE_MS * 1000000) {
+        if (kw_cpu_pool_read_thread(&cur) == 0) {
+            s = kw_cpu_spin_sample_between(&kw_pool_last_reading, &cur, wake_ns);
+            kw_pool_last_reading = cur;
         }
     } else if (wake_ns == 0) {
-        return; /* nothing new: the rule's answer changes only with time, checked at the next count */
+        return; /* nothing new: the rule's answer changes only with time, checked at the next reading */
     }
     int64_t last = atomic_load_explicit(&pool->last_sign_ns, memory_order_relaxed);
     const int64_t before = last;

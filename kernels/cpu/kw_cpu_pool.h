@@ -112,6 +112,30 @@ typedef struct kw_cpu_spin_sample {
     int64_t wake_ns;     /* the pool's wake-up latency average just after this thread measured a wake-up; 0: none */
 } kw_cpu_spin_sample;
 
+/* What a thread reads for the automatic spin, all at one moment. */
+typedef struct kw_cpu_spin_reading {
+    int64_t ns;       /* when (CLOCK_MONOTONIC); 0 in a thread's first "previous" reading: none yet */
+    int64_t nivcsw;   /* the thread's involuntary context switches so far */
+    int64_t delay_ns; /* the thread's time runnable but not running so far; -1: the kernel does not say */
+} kw_cpu_spin_reading;
+
+/* The calling thread's reading now: the clock is read with the counts, so that a sample's interval covers exactly
+ * what it counts. 0, or KW_E_IO when getrusage fails. */
+int kw_cpu_pool_read_thread(kw_cpu_spin_reading *out);
+
+/* The sample between two readings of one thread, prev then cur (no count when prev has none or cur is not later),
+ * with the wake-up average wake_ns. A pure function (tested). */
+static inline kw_cpu_spin_sample kw_cpu_spin_sample_between(const kw_cpu_spin_reading *prev,
+                                                            const kw_cpu_spin_reading *cur, int64_t wake_ns) {
+    kw_cpu_spin_sample s = {.now_ns = cur->ns, .wake_ns = wake_ns};
+    if (prev->ns != 0 && cur->ns > prev->ns) {
+        s.interval_ns = cur->ns - prev->ns;
+        s.nivcsw = cur->nivcsw - prev->nivcsw;
+        if (cur->delay_ns >= 0 && prev->delay_ns >= 0) s.delay_ns = cur->delay_ns - prev->delay_ns;
+    }
+    return s;
+}
+
 /* The automatic spin after sample s, in microseconds: KW_CPU_POOL_SPIN_US while the last sign of contention
  * (*last_sign_ns, INT64_MIN: never; s a sign: set to s->now_ns) is less than KW_CPU_POOL_HOLD_MS old, else
  * KW_CPU_POOL_SPIN_LONG_US. A pure function (tested); the pool keeps *last_sign_ns in an atomic, so two threads

@@ -433,6 +433,67 @@ static void test_spin_rule(void **state) {
     assert_int_equal(kw_cpu_pool_spin_rule(&last, &big), SHORT);
 }
 
+/* A sample between two readings counts over exactly their interval (review rev15: the caller's sample once took its
+ * interval from the run's start and its counts from after its share of the run, inflating the rates after a long
+ * run), and only where both readings say. */
+static void test_spin_sample_between(void **state) {
+    (void)state;
+    const int64_t ms = 1000000;
+    const kw_cpu_spin_reading none = {0}, a = {.ns = 100 * ms, .nivcsw = 7, .delay_ns = 40 * ms},
+                              b = {.ns = 310 * ms, .nivcsw = 23, .delay_ns = 104 * ms},
+                              unknown = {.ns = 330 * ms, .nivcsw = 30, .delay_ns = -1};
+    kw_cpu_spin_sample s = kw_cpu_spin_sample_between(&a, &b, 5);
+    assert_int_equal(s.now_ns, 310 * ms);
+    assert_int_equal(s.interval_ns, 210 * ms);
+    assert_int_equal(s.nivcsw, 16);
+    assert_int_equal(s.delay_ns, 64 * ms);
+    assert_int_equal(s.wake_ns, 5);
+    /* 16 switches over 210 ms (76/s) and 64 ms waited of 210 (30%): the wait is a sign, the switches are not */
+    int64_t last = INT64_MIN;
+    s.delay_ns = 0;
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &s), KW_CPU_POOL_SPIN_LONG_US);
+    s.delay_ns = 64 * ms;
+    assert_int_equal(kw_cpu_pool_spin_rule(&last, &s), KW_CPU_POOL_SPIN_US);
+    /* no previous reading, or one that is not earlier: no count */
+    s = kw_cpu_spin_sample_between(&none, &b, 0);
+    assert_int_equal(s.interval_ns, 0);
+    assert_int_equal(s.nivcsw, 0);
+    assert_int_equal(s.now_ns, 310 * ms);
+    s = kw_cpu_spin_sample_between(&b, &a, 0);
+    assert_int_equal(s.interval_ns, 0);
+    s = kw_cpu_spin_sample_between(&b, &b, 0);
+    assert_int_equal(s.interval_ns, 0);
+    /* the wait unknown on either side: not counted */
+    s = kw_cpu_spin_sample_between(&b, &unknown, 0);
+    assert_int_equal(s.interval_ns, 20 * ms);
+    assert_int_equal(s.nivcsw, 7);
+    assert_int_equal(s.delay_ns, 0);
+    s = kw_cpu_spin_sample_between(&unknown, &(kw_cpu_spin_reading){.ns = 400 * ms, .delay_ns = 5 * ms}, 0);
+    assert_int_equal(s.delay_ns, 0);
+}
+
+/* A thread's reading takes the clock with its counts: two readings around 30 ms of work are at least 30 ms apart (a
+ * lower bound only: a loaded machine stretches it), and the counts never go back. */
+static void test_read_thread(void **state) {
+    (void)state;
+    kw_cpu_spin_reading a, b;
+    assert_int_equal(kw_cpu_pool_read_thread(&a), 0);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    volatile uint64_t sink = 0;
+    do {
+        for (int i = 0; i < 1000; ++i)
+            sink += (uint64_t)i;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000000000LL + (t.tv_nsec - t0.tv_nsec) < 30000000LL);
+    assert_int_equal(kw_cpu_pool_read_thread(&b), 0);
+    assert_true(b.ns - a.ns >= 30000000);
+    assert_true(b.nivcsw >= a.nivcsw && a.nivcsw >= 0);
+    assert_true(a.delay_ns >= -1 && (a.delay_ns < 0 || b.delay_ns >= a.delay_ns));
+    const kw_cpu_spin_sample s = kw_cpu_spin_sample_between(&a, &b, 0);
+    assert_int_equal(s.interval_ns, b.ns - a.ns);
+}
+
 /* An automatic pool runs jobs right whatever its spin (the choice is timing; only its range is asserted), and a
  * stream pool made like it (kw_cpu_pool_spin_us) is automatic too. */
 static void test_auto_runs(void **state) {
@@ -474,13 +535,22 @@ static void test_range(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_every_task_once), cmocka_unit_test(test_workers_take_part),
-        cmocka_unit_test(test_nested_inline),   cmocka_unit_test(test_sleep_and_wake),
-        cmocka_unit_test(test_create_free),     cmocka_unit_test(test_concurrent_pools),
-        cmocka_unit_test(test_asleep),          cmocka_unit_test(test_spin_env),
-        cmocka_unit_test(test_range),           cmocka_unit_test(test_wake_latency),
-        cmocka_unit_test(test_wake_pays),       cmocka_unit_test(test_wake_for),
-        cmocka_unit_test(test_spin_rule),       cmocka_unit_test(test_auto_runs),
+        cmocka_unit_test(test_every_task_once),
+        cmocka_unit_test(test_workers_take_part),
+        cmocka_unit_test(test_nested_inline),
+        cmocka_unit_test(test_sleep_and_wake),
+        cmocka_unit_test(test_create_free),
+        cmocka_unit_test(test_concurrent_pools),
+        cmocka_unit_test(test_asleep),
+        cmocka_unit_test(test_spin_env),
+        cmocka_unit_test(test_range),
+        cmocka_unit_test(test_wake_latency),
+        cmocka_unit_test(test_wake_pays),
+        cmocka_unit_test(test_wake_for),
+        cmocka_unit_test(test_spin_rule),
+        cmocka_unit_test(test_auto_runs),
+        cmocka_unit_test(test_spin_sample_between),
+        cmocka_unit_test(test_read_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
