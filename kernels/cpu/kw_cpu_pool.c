@@ -3,15 +3,15 @@
  * Each worker has its own `go` word (its cache line): a run increments the go words of the workers it uses only, so an
  * idle worker is not woken for a job it is not part of. A worker waits for go to change (spin, then futex), then joins
  * the job through the `gate` word if it is still open and the worker's id is below the job's thread count (a CAS that
- * counts it in), takes tasks from the shared counter and leaves (counts itself out). When the caller has no task left
- * it closes the gate and waits (the same way) only for the workers inside: a worker woken late, after the caller has
- * done the job alone, no longer holds the caller up (it finds the gate closed, or joins a later job). The job is
- * rewritten only while the gate is closed and nobody is inside. A worker's go runs at most one ahead of what it has
- * acknowledged (`acked`), so it cannot come back to the value the worker last saw however late the worker is. The
- * sleeping flags spare the futex_wake system call when nobody sleeps: the waker stores the word then reads the flag,
- * the sleeper sets the flag then reads the word (both sequentially consistent), so one of them sees the other. A
- * worker that slept measures its wake-up: from the start of the run that woke it (its wake_ns, written with the go
- * increment) to its arrival, averaged into the pool's wake_lat_ns.
+ * counts it in), takes tasks (its own share from the front, then the others' from the back) and leaves (counts itself
+ * out). When the caller has no task left it closes the gate and waits (the same way) only for the workers inside: a
+ * worker woken late, after the caller has done the job alone, no longer holds the caller up (it finds the gate closed,
+ * or joins a later job). The job is rewritten only while the gate is closed and nobody is inside. A worker's go runs at
+ * most one ahead of what it has acknowledged (`acked`), so it cannot come back to the value the worker last saw however
+ * late the worker is. The sleeping flags spare the futex_wake system call when nobody sleeps: the waker stores the word
+ * then reads the flag, the sleeper sets the flag then reads the word (both sequentially consistent), so one of them
+ * sees the other. A worker that slept measures its wake-up: from the start of the run that woke it (its wake_ns,
+ * written with the go increment) to its arrival, averaged into the pool's wake_lat_ns.
  *
  * The automatic spin: a thread that has finished its part of a job (a worker after leaving the gate, the caller once
  * no task is left, while the workers finish theirs) reads its own involuntary context switches and time runnable but
@@ -46,6 +46,13 @@
 
 #define KW_POOL_SPIN_MAX 1000000 /* 1 s */
 
+/* One thread's share of a job: tasks [begin, begin + size), on a cache line of its own. */
+typedef struct kw_pool_share {
+    _Alignas(64) _Atomic uint64_t taken; /* kw_cpu_pool_take's word: from the front (owner) and from the back */
+    int64_t begin;
+    int64_t size; /* at most KW_CPU_POOL_SHARE_MAX */
+} kw_pool_share;
+
 typedef struct kw_pool_worker {
     _Alignas(64) _Atomic uint32_t go; /* wake-ups handed to this worker (mod 2^32): at most acked + 1 */
     _Atomic uint32_t acked;           /* the go value the worker last woke for */
@@ -61,17 +68,18 @@ struct kw_cpu_pool {
     int spin_us;             /* fixed, or KW_CPU_POOL_SPIN_AUTO */
     int started;             /* workers whose thread runs */
     kw_pool_worker *workers; /* n_threads - 1 (owned) */
+    kw_pool_share *shares;   /* n_threads (owned): share i is worker id i's */
     _Atomic int busy;        /* a run is in progress */
     _Atomic int stop;
     /* the job: written by the caller while the gate is closed and empty, read by the workers that joined it */
     kw_cpu_pool_fn fn;
     void *ctx;
-    int64_t n_tasks;
+    int64_t first; /* task ids start here (a run of more than n_threads x KW_CPU_POOL_SHARE_MAX tasks: several jobs) */
+    int n_shares;  /* the job's thread count: shares 0 .. n_shares - 1 */
     _Atomic int64_t wake_lat_ns;        /* the workers' recent wake-up latency, an average (0: none measured) */
     _Atomic uint32_t refused;           /* kw_cpu_pool_wake_for's refusals for the latency alone */
     _Atomic int spin_now;               /* the spin every wait uses (the fixed one, or the automatic one's choice) */
     _Atomic int64_t last_sign_ns;       /* the automatic spin's last sign of contention (INT64_MIN: never) */
-    _Alignas(64) _Atomic int64_t next;  /* the next task to hand out */
     _Alignas(64) _Atomic uint32_t gate; /* KW_POOL_GATE_OPEN | thread count << 16 | workers inside */
     _Atomic int caller_sleeping;
 };
@@ -172,7 +180,7 @@ static void kw_pool_wake(_Atomic uint32_t *word, _Atomic int *sleeping) {
     if (atomic_load(sleeping)) kw_pool_futex_wake(word, 1);
 }
 
-/* Takes tasks from the shared counter until none are left. */
+/* Takes tasks until none are left: its own share (id) from the front, then the others' from the back. */
 static void kw_pool_work(kw_cpu_pool *pool, int id) {
     kw_cpu_pool *const outer = kw_pool_current;
     const int outer_id = kw_pool_current_id;
@@ -180,9 +188,17 @@ static void kw_pool_work(kw_cpu_pool *pool, int id) {
     kw_pool_current_id = id;
     const kw_cpu_pool_fn fn = pool->fn;
     void *const ctx = pool->ctx;
-    const int64_t n = pool->n_tasks;
-    for (int64_t t; (t = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed)) < n;)
-        fn(ctx, t, id);
+    const int64_t first = pool->first;
+    const int n = pool->n_shares;
+    /* its own share from the front, then the others' from the back, each share once: contiguous streams of tasks */
+    for (int k = 0; k < n; ++k) {
+        kw_pool_share *sh = &pool->shares[(id + k) % n];
+        const uint64_t step = k == 0 ? 1 : KW_CPU_POOL_TAKE_BACK;
+        int64_t t;
+        while (
+            kw_cpu_pool_take(atomic_fetch_add_explicit(&sh->taken, step, memory_order_relaxed), sh->size, k != 0, &t))
+            fn(ctx, first + sh->begin + t, id);
+    }
     kw_pool_current = outer;
     kw_pool_current_id = outer_id;
 }
@@ -272,11 +288,15 @@ int kw_cpu_pool_create(int n_threads, int spin_us, kw_cpu_pool **out) {
     atomic_init(&pool->last_sign_ns, INT64_MIN);
     if (n_threads > 1) {
         pool->workers = aligned_alloc(64, sizeof(kw_pool_worker) * (size_t)(n_threads - 1));
-        if (pool->workers == NULL) {
+        pool->shares = aligned_alloc(64, sizeof(kw_pool_share) * (size_t)n_threads);
+        if (pool->workers == NULL || pool->shares == NULL) {
+            free(pool->workers);
+            free(pool->shares);
             free(pool);
             KW_RETURN_IF(1, KW_E_NOMEM, "kw_cpu_pool_create: out of memory");
         }
         memset(pool->workers, 0, sizeof(kw_pool_worker) * (size_t)(n_threads - 1));
+        memset(pool->shares, 0, sizeof(kw_pool_share) * (size_t)n_threads);
     }
     for (int i = 0; i < n_threads - 1; ++i) {
         kw_pool_worker *w = &pool->workers[i];
@@ -303,6 +323,7 @@ void kw_cpu_pool_free(kw_cpu_pool *pool) {
     for (int i = 0; i < pool->started; ++i)
         pthread_join(pool->workers[i].thread, NULL);
     free(pool->workers);
+    free(pool->shares);
     free(pool);
 }
 
@@ -331,27 +352,19 @@ int kw_cpu_pool_spin_now(kw_cpu_pool *pool) {
     return atomic_load_explicit(&pool->spin_now, memory_order_relaxed);
 }
 
-void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_pool_fn fn, void *ctx) {
-    if (n_tasks <= 0) return;
-    int nt = n_threads < pool->n_threads ? n_threads : pool->n_threads;
-    if (n_tasks < nt) nt = (int)n_tasks;
-    if (nt <= 1 || kw_pool_current == pool || atomic_exchange_explicit(&pool->busy, 1, memory_order_acquire)) {
-        /* alone, nested or beside another caller: inline, as the thread's worker id in this pool (0 outside it), which
-         * a run nested in these tasks keeps too */
-        kw_cpu_pool *const outer = kw_pool_current;
-        const int outer_id = kw_pool_current_id, id = outer == pool ? outer_id : 0;
-        kw_pool_current = pool;
-        kw_pool_current_id = id;
-        for (int64_t t = 0; t < n_tasks; ++t)
-            fn(ctx, t, id);
-        kw_pool_current = outer;
-        kw_pool_current_id = outer_id;
-        return;
-    }
+/* One job of a run: tasks first .. first + n_tasks - 1 (at most nt x KW_CPU_POOL_SHARE_MAX) on nt threads, the caller
+ * among them; returns when the workers that joined have finished. */
+static void kw_pool_job(kw_cpu_pool *pool, int nt, int64_t first, int64_t n_tasks, kw_cpu_pool_fn fn, void *ctx) {
     pool->fn = fn;
     pool->ctx = ctx;
-    pool->n_tasks = n_tasks;
-    atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
+    pool->first = first;
+    pool->n_shares = nt;
+    for (int i = 0; i < nt; ++i) { /* share i: schedule(static)'s part i */
+        int64_t end;
+        kw_cpu_pool_range(n_tasks, nt, i, &pool->shares[i].begin, &end);
+        pool->shares[i].size = end - pool->shares[i].begin;
+        atomic_store_explicit(&pool->shares[i].taken, 0, memory_order_relaxed);
+    }
     atomic_store(&pool->gate, KW_POOL_GATE_OPEN | (uint32_t)nt << 16); /* seq_cst: releases the job */
     /* a worker's go one more, unless it has not yet acknowledged the last one (it is on its way and will find the
      * gate open, or a later job's): seq_cst against its acked store and gate read, so one of the two sees the other */
@@ -373,5 +386,28 @@ void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_p
                             atomic_load_explicit(&pool->spin_now, memory_order_relaxed), &slept);
         g = atomic_load_explicit(&pool->gate, memory_order_acquire);
     }
+}
+
+void kw_cpu_pool_run(kw_cpu_pool *pool, int n_threads, int64_t n_tasks, kw_cpu_pool_fn fn, void *ctx) {
+    if (n_tasks <= 0) return;
+    int nt = n_threads < pool->n_threads ? n_threads : pool->n_threads;
+    if (n_tasks < nt) nt = (int)n_tasks;
+    if (nt <= 1 || kw_pool_current == pool || atomic_exchange_explicit(&pool->busy, 1, memory_order_acquire)) {
+        /* alone, nested or beside another caller: inline, as the thread's worker id in this pool (0 outside it), which
+         * a run nested in these tasks keeps too */
+        kw_cpu_pool *const outer = kw_pool_current;
+        const int outer_id = kw_pool_current_id, id = outer == pool ? outer_id : 0;
+        kw_pool_current = pool;
+        kw_pool_current_id = id;
+        for (int64_t t = 0; t < n_tasks; ++t)
+            fn(ctx, t, id);
+        kw_pool_current = outer;
+        kw_pool_current_id = outer_id;
+        return;
+    }
+    /* a job per n_threads x KW_CPU_POOL_SHARE_MAX tasks (one, short of billions of tasks) */
+    const int64_t per_job = (int64_t)nt * KW_CPU_POOL_SHARE_MAX;
+    for (int64_t first = 0; first < n_tasks; first += per_job)
+        kw_pool_job(pool, nt, first, n_tasks - first < per_job ? n_tasks - first : per_job, fn, ctx);
     atomic_store_explicit(&pool->busy, 0, memory_order_release);
 }

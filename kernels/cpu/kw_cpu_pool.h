@@ -1,7 +1,10 @@
 /* kw_cpu_pool.h: the CPU backend's thread pool (kernels/cpu only). A backend owns one pool of n_threads - 1 worker
  * threads, started at creation and joined at destroy; an op hands it n tasks and computes tasks itself as worker 0
- * until all are done. Tasks are handed out one at a time by an atomic counter, so any task may run on any worker:
- * the kernels' results do not depend on which (kw_cpu.h).
+ * until all are done. Each thread of a run owns a contiguous share of the tasks (schedule(static)'s cut) and takes
+ * them one at a time from its front; a thread done with its own takes the others' from their back, one at a time,
+ * so the shares balance as a shared counter did while each thread streams through neighbouring tasks (a decode
+ * matmul's panels are neighbours in memory: docs/BENCHMARKS.md "Contiguous shares"). Any task may still run on any
+ * worker: the kernels' results do not depend on which (kw_cpu.h).
  *
  * Waiting: after a job, a worker spins (atomic loads and pause) for up to spin_us microseconds waiting for the next
  * one, then sleeps on a futex; the caller waits for the last tasks of the workers that joined the job the same way
@@ -44,6 +47,12 @@
 #define KW_CPU_POOL_DELAY_PCT 25
 /* The pool stays contended (spins KW_CPU_POOL_SPIN_US) for this long after the last sign of contention. */
 #define KW_CPU_POOL_HOLD_MS 100
+
+/* A thread's share of a run holds at most this many tasks, so that kw_cpu_pool_take's 32-bit counts cannot overflow;
+ * a run of more than n_threads times as many is done as several jobs, one after the other. */
+#define KW_CPU_POOL_SHARE_MAX ((int64_t)1 << 31)
+/* What a take from the back adds to a share's word (kw_cpu_pool_take); a take from the front adds 1. */
+#define KW_CPU_POOL_TAKE_BACK ((uint64_t)1 << 32)
 
 /* kw_cpu_pool_create's spin_us for the automatic spin whatever the environment says (a pool like another one:
  * kw_cpu_pool_spin_us). */
@@ -147,6 +156,21 @@ static inline int kw_cpu_pool_spin_rule(int64_t *last_sign_ns, const kw_cpu_spin
     if (switches || waited || s->wake_ns >= KW_CPU_POOL_WAKE_CONTENDED_NS) *last_sign_ns = s->now_ns;
     const int held = *last_sign_ns != INT64_MIN && s->now_ns - *last_sign_ns < (int64_t)KW_CPU_POOL_HOLD_MS * 1000000;
     return held ? KW_CPU_POOL_SPIN_US : KW_CPU_POOL_SPIN_LONG_US;
+}
+
+/* One take from a share of `size` tasks: a thread adds 1 (from the front: the share's owner) or KW_CPU_POOL_TAKE_BACK
+ * (from the back: another thread, its own share done) to the share's word, whose low 32 bits count the takes from the
+ * front and whose high 32 bits those from the back, and passes the value before its addition as `before`. The take
+ * gets a task (1; *task: the front count, or size - 1 - the back count) while the two counts sum to less than size,
+ * else the share is done (0) and the thread leaves it for good. No task goes twice: two takes that both succeed saw
+ * sums below size, so a front and a back take cannot meet. A failed take adds one too many, once per thread and share
+ * at most, so with size <= KW_CPU_POOL_SHARE_MAX and at most 1024 threads neither count reaches 2^32. A pure function
+ * (tested). */
+static inline int kw_cpu_pool_take(uint64_t before, int64_t size, int back, int64_t *task) {
+    const int64_t front_n = (int64_t)(uint32_t)before, back_n = (int64_t)(before >> 32);
+    if (front_n + back_n >= size) return 0;
+    *task = back ? size - 1 - back_n : front_n;
+    return 1;
 }
 
 /* The waiting policy a pool created now would have (kw_backend_cpu_wait, kernels/kw_backend.h): valid until the

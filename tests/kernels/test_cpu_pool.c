@@ -1,16 +1,17 @@
 /* test_cpu_pool.c: the CPU backend's thread pool (kernels/cpu/kw_cpu_pool.h). Every task of a run runs exactly once
  * (n_tasks 0 .. 1000, pools of 1 .. 4 threads, every thread count asked), its writes are seen by the caller, worker
  * ids stay below the run's thread count and no id is used by two threads at once; a run from inside a task runs
- * inline on that thread's id; workers that went to sleep wake for the next run; pools are created and freed 100
- * times, with no spin and with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation;
- * kw_cpu_pool_asleep tells sleeping workers from spinning ones; a worker woken from sleep measures its wake-up latency
- * (kw_cpu_pool_wake_ns), one that was spinning does not; kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for
- * waking on exactly one of every KW_CPU_POOL_REPROBE refusals for the latency; the automatic spin's rule
- * (kw_cpu_pool_spin_rule: each sign of contention (switches, run-queue wait, late wake-ups), the thresholds' edges,
- * the hysteresis), which pools get it (the
- * environment unset or not a number, KW_CPU_POOL_SPIN_AUTO) and which do not (KW_CPU_SPIN_US, spin_us >= 0), and an
- * automatic pool running jobs. No test depends on the machine's load: the rule is a pure function.
- * The counters the tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
+ * inline on that thread's id; each thread runs its own share (schedule(static)'s part) from the front, in order, then
+ * takes from the others' back, in descending order (kw_cpu_pool_take's arithmetic at its edges); workers that went to
+ * sleep wake for the next run; pools are created and freed 100 times, with no spin and with a long one; two threads
+ * drive two pools at once; KW_CPU_SPIN_US is read at creation; kw_cpu_pool_asleep tells sleeping workers from spinning
+ * ones; a worker woken from sleep measures its wake-up latency (kw_cpu_pool_wake_ns), one that was spinning does not;
+ * kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for waking on exactly one of every KW_CPU_POOL_REPROBE
+ * refusals for the latency; the automatic spin's rule (kw_cpu_pool_spin_rule: each sign of contention (switches,
+ * run-queue wait, late wake-ups), the thresholds' edges, the hysteresis), which pools get it (the environment unset or
+ * not a number, KW_CPU_POOL_SPIN_AUTO) and which do not (KW_CPU_SPIN_US, spin_us >= 0), and an automatic pool running
+ * jobs. No test depends on the machine's load: the rule is a pure function. The counters the tasks bump are plain ints,
+ * so ThreadSanitizer also checks that the pool orders them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -32,6 +33,8 @@
 typedef struct run_log {
     int count[MAX_TASKS];      /* runs of each task (plain: the pool must order them) */
     int id_of[MAX_TASKS];      /* the worker that ran it */
+    int seq_of[MAX_TASKS];     /* its place among that worker's tasks (0, 1, ...) */
+    int next_seq[MAX_IDS];     /* each worker's tasks so far (written by that id only) */
     _Atomic int busy[MAX_IDS]; /* 1 while a thread runs a task as that id */
     _Atomic int bad;           /* an id out of range or used twice at once */
     int max_id;                /* ids must be below this */
@@ -48,7 +51,39 @@ static void log_task(void *arg, int64_t task, int worker) {
         ;
     log->count[task] += 1;
     log->id_of[task] = worker;
+    log->seq_of[task] = log->next_seq[worker]++;
     atomic_store(&log->busy[worker], 0);
+}
+
+/* How a run of n tasks on nt threads was dealt: share i (schedule(static)'s part i) is worker i's, taken from its front
+ * in order, so its owner ran a prefix of it, in ascending order, before any task of another share; the rest of it went
+ * to other threads from its back, each of them taking its part in descending order. */
+static void check_shares(const run_log *log, int64_t n, int nt) {
+    for (int i = 0; i < nt; ++i) {
+        int64_t begin, end;
+        kw_cpu_pool_range(n, nt, i, &begin, &end);
+        int64_t t = begin;
+        for (; t < end && log->id_of[t] == i; ++t) /* the owner's prefix, ascending */
+            if (t > begin && log->seq_of[t] != log->seq_of[t - 1] + 1)
+                fail_msg("share %d of %d (%lld tasks): the owner's task %lld out of order", i, nt, (long long)n,
+                         (long long)t);
+        for (int64_t u = t; u < end; ++u) {
+            const int j = log->id_of[u];
+            if (j == i)
+                fail_msg("share %d of %d (%lld tasks): its owner ran task %lld after another thread's", i, nt,
+                         (long long)n, (long long)u);
+            for (int64_t v = u + 1; v < end; ++v) /* one thread's part of the back: descending */
+                if (log->id_of[v] == j && log->seq_of[v] > log->seq_of[u])
+                    fail_msg("share %d of %d (%lld tasks): worker %d took %lld before %lld", i, nt, (long long)n, j,
+                             (long long)u, (long long)v);
+            int64_t own_begin, own_end; /* and only after its own share */
+            kw_cpu_pool_range(n, nt, j, &own_begin, &own_end);
+            for (int64_t v = own_begin; v < own_end; ++v)
+                if (log->id_of[v] == j && log->seq_of[v] > log->seq_of[u])
+                    fail_msg("share %d of %d (%lld tasks): worker %d ran its own task %lld after task %lld", i, nt,
+                             (long long)n, j, (long long)v, (long long)u);
+        }
+    }
 }
 
 /* One run of n tasks on nt threads of pool (which has pool_threads), checked. */
@@ -66,6 +101,7 @@ static void check_run(kw_cpu_pool *pool, int pool_threads, int nt, int64_t n, ru
                      log->count[t], pool_threads, nt);
     for (int64_t t = n; t < MAX_TASKS; ++t)
         assert_int_equal(log->count[t], 0);
+    check_shares(log, n, log->max_id);
 }
 
 static void test_every_task_once(void **state) {
@@ -369,6 +405,43 @@ static void test_wake_for(void **state) {
     kw_cpu_pool_free(pool);
 }
 
+/* kw_cpu_pool_take: the front and back counts in the word, the edges of a share, the largest share. */
+static void test_take(void **state) {
+    (void)state;
+    const uint64_t B = KW_CPU_POOL_TAKE_BACK;
+    int64_t t = -1;
+    assert_int_equal(kw_cpu_pool_take(0, 0, 0, &t), 0); /* an empty share */
+    assert_int_equal(kw_cpu_pool_take(0, 0, 1, &t), 0);
+    assert_int_equal(t, -1);
+    assert_int_equal(kw_cpu_pool_take(0, 5, 0, &t), 1); /* the owner's first: 0 */
+    assert_int_equal(t, 0);
+    assert_int_equal(kw_cpu_pool_take(0, 5, 1, &t), 1); /* a thief's first: the last */
+    assert_int_equal(t, 4);
+    assert_int_equal(kw_cpu_pool_take(2 + 1 * B, 5, 0, &t), 1); /* 2 from the front, 1 from the back */
+    assert_int_equal(t, 2);
+    assert_int_equal(kw_cpu_pool_take(2 + 1 * B, 5, 1, &t), 1);
+    assert_int_equal(t, 3);
+    assert_int_equal(kw_cpu_pool_take(2 + 2 * B, 5, 0, &t), 1); /* the last one, either way */
+    assert_int_equal(t, 2);
+    assert_int_equal(kw_cpu_pool_take(2 + 2 * B, 5, 1, &t), 1);
+    assert_int_equal(t, 2);
+    t = -1;
+    assert_int_equal(kw_cpu_pool_take(3 + 2 * B, 5, 0, &t), 0); /* done */
+    assert_int_equal(kw_cpu_pool_take(3 + 2 * B, 5, 1, &t), 0);
+    assert_int_equal(kw_cpu_pool_take(5, 5, 1, &t), 0);
+    assert_int_equal(kw_cpu_pool_take(5 * B, 5, 0, &t), 0);
+    assert_int_equal(kw_cpu_pool_take(4 + 3 * B, 5, 0, &t), 0); /* after overshoots */
+    assert_int_equal(t, -1);
+    /* the largest share: the counts' halves do not mix */
+    const int64_t max = KW_CPU_POOL_SHARE_MAX;
+    assert_int_equal(kw_cpu_pool_take((uint64_t)(max - 1), max, 0, &t), 1);
+    assert_int_equal(t, max - 1);
+    assert_int_equal(kw_cpu_pool_take((uint64_t)(max - 1) * B, max, 1, &t), 1);
+    assert_int_equal(t, 0);
+    assert_int_equal(kw_cpu_pool_take((uint64_t)max + 1023 * B, max, 1, &t), 0); /* overshot by 1024 threads */
+    assert_int_equal(kw_cpu_pool_take((uint64_t)(max + 1) + (uint64_t)(max + 1023) * B, max, 0, &t), 0);
+}
+
 /* The automatic spin's rule, one sample at a time (times in ns from an arbitrary origin t0). */
 static int rule(int64_t *last, int64_t now, int64_t interval, int64_t nivcsw, int64_t wake) {
     const kw_cpu_spin_sample s = {.now_ns = now, .interval_ns = interval, .nivcsw = nivcsw, .wake_ns = wake};
@@ -536,21 +609,14 @@ static void test_range(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_every_task_once),
-        cmocka_unit_test(test_workers_take_part),
-        cmocka_unit_test(test_nested_inline),
-        cmocka_unit_test(test_sleep_and_wake),
-        cmocka_unit_test(test_create_free),
-        cmocka_unit_test(test_concurrent_pools),
-        cmocka_unit_test(test_asleep),
-        cmocka_unit_test(test_spin_env),
-        cmocka_unit_test(test_range),
-        cmocka_unit_test(test_wake_latency),
-        cmocka_unit_test(test_wake_pays),
-        cmocka_unit_test(test_wake_for),
-        cmocka_unit_test(test_spin_rule),
-        cmocka_unit_test(test_auto_runs),
-        cmocka_unit_test(test_spin_sample_between),
+        cmocka_unit_test(test_every_task_once),   cmocka_unit_test(test_take),
+        cmocka_unit_test(test_workers_take_part), cmocka_unit_test(test_nested_inline),
+        cmocka_unit_test(test_sleep_and_wake),    cmocka_unit_test(test_create_free),
+        cmocka_unit_test(test_concurrent_pools),  cmocka_unit_test(test_asleep),
+        cmocka_unit_test(test_spin_env),          cmocka_unit_test(test_range),
+        cmocka_unit_test(test_wake_latency),      cmocka_unit_test(test_wake_pays),
+        cmocka_unit_test(test_wake_for),          cmocka_unit_test(test_spin_rule),
+        cmocka_unit_test(test_auto_runs),         cmocka_unit_test(test_spin_sample_between),
         cmocka_unit_test(test_read_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
