@@ -49,8 +49,11 @@
 #define KW_CPU_POOL_HOLD_MS 100
 
 /* A thread's share of a run holds at most this many tasks, so that kw_cpu_pool_take's 32-bit counts cannot overflow;
- * a run of more than n_threads times as many is done as several jobs, one after the other. */
+ * a run of more than n_threads times as many is done as several jobs, one after the other. A build may lower it
+ * (test_kernels_cpu_pool_jobs builds the pool with 3, so that its runs are several jobs); never above 2^31. */
+#ifndef KW_CPU_POOL_SHARE_MAX
 #define KW_CPU_POOL_SHARE_MAX ((int64_t)1 << 31)
+#endif
 /* What a take from the back adds to a share's word (kw_cpu_pool_take); a take from the front adds 1. */
 #define KW_CPU_POOL_TAKE_BACK ((uint64_t)1 << 32)
 

@@ -2,7 +2,9 @@
  * (n_tasks 0 .. 1000, pools of 1 .. 4 threads, every thread count asked), its writes are seen by the caller, worker
  * ids stay below the run's thread count and no id is used by two threads at once; a run from inside a task runs
  * inline on that thread's id; each thread runs its own share (schedule(static)'s part) from the front, in order, then
- * takes from the others' back, in descending order (kw_cpu_pool_take's arithmetic at its edges); workers that went to
+ * takes from the others' back, in descending order (kw_cpu_pool_take's arithmetic at its edges; built with
+ * KW_CPU_POOL_SHARE_MAX 3 as test_kernels_cpu_pool_jobs, every run of more than 3 tasks a thread is several jobs, each
+ * dealt so); workers that went to
  * sleep wake for the next run; pools are created and freed 100 times, with no spin and with a long one; two threads
  * drive two pools at once; KW_CPU_SPIN_US is read at creation; kw_cpu_pool_asleep tells sleeping workers from spinning
  * ones; a worker woken from sleep measures its wake-up latency (kw_cpu_pool_wake_ns), one that was spinning does not;
@@ -55,13 +57,16 @@ static void log_task(void *arg, int64_t task, int worker) {
     atomic_store(&log->busy[worker], 0);
 }
 
-/* How a run of n tasks on nt threads was dealt: share i (schedule(static)'s part i) is worker i's, taken from its front
- * in order, so its owner ran a prefix of it, in ascending order, before any task of another share; the rest of it went
- * to other threads from its back, each of them taking its part in descending order. */
-static void check_shares(const run_log *log, int64_t n, int nt) {
+/* How one job of a run, tasks first .. first + n - 1 on nt threads, was dealt: share i (schedule(static)'s part i) is
+ * worker i's, taken from its front in order, so its owner ran a prefix of it, in ascending order, before any task of
+ * another share; the rest of it went to other threads from its back, each of them taking its part in descending
+ * order. */
+static void check_job_shares(const run_log *log, int64_t first, int64_t n, int nt) {
     for (int i = 0; i < nt; ++i) {
         int64_t begin, end;
         kw_cpu_pool_range(n, nt, i, &begin, &end);
+        begin += first;
+        end += first;
         int64_t t = begin;
         for (; t < end && log->id_of[t] == i; ++t) /* the owner's prefix, ascending */
             if (t > begin && log->seq_of[t] != log->seq_of[t - 1] + 1)
@@ -78,12 +83,20 @@ static void check_shares(const run_log *log, int64_t n, int nt) {
                              (long long)u, (long long)v);
             int64_t own_begin, own_end; /* and only after its own share */
             kw_cpu_pool_range(n, nt, j, &own_begin, &own_end);
-            for (int64_t v = own_begin; v < own_end; ++v)
+            for (int64_t v = first + own_begin; v < first + own_end; ++v)
                 if (log->id_of[v] == j && log->seq_of[v] > log->seq_of[u])
                     fail_msg("share %d of %d (%lld tasks): worker %d ran its own task %lld after task %lld", i, nt,
                              (long long)n, j, (long long)v, (long long)u);
         }
     }
+}
+
+/* A run of n tasks on nt threads: one job, or (past nt x KW_CPU_POOL_SHARE_MAX tasks) several one after the other,
+ * each dealt as check_job_shares says; a run on one thread is inline, in order. */
+static void check_shares(const run_log *log, int64_t n, int nt) {
+    const int64_t per_job = nt > 1 ? (int64_t)nt * KW_CPU_POOL_SHARE_MAX : n;
+    for (int64_t first = 0; first < n; first += per_job)
+        check_job_shares(log, first, n - first < per_job ? n - first : per_job, nt);
 }
 
 /* One run of n tasks on nt threads of pool (which has pool_threads), checked. */
