@@ -4,16 +4,15 @@
  * inline on that thread's id; each thread runs its own share (schedule(static)'s part) from the front, in order, then
  * takes from the others' back, in descending order (kw_cpu_pool_take's arithmetic at its edges; built with
  * KW_CPU_POOL_SHARE_MAX 3 as test_kernels_cpu_pool_jobs, every run of more than 3 tasks a thread is several jobs, each
- * dealt so); workers that went to
- * sleep wake for the next run; pools are created and freed 100 times, with no spin and with a long one; two threads
- * drive two pools at once; KW_CPU_SPIN_US is read at creation; kw_cpu_pool_asleep tells sleeping workers from spinning
- * ones; a worker woken from sleep measures its wake-up latency (kw_cpu_pool_wake_ns), one that was spinning does not;
- * kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for waking on exactly one of every KW_CPU_POOL_REPROBE
- * refusals for the latency; the automatic spin's rule (kw_cpu_pool_spin_rule: each sign of contention (switches,
- * run-queue wait, late wake-ups), the thresholds' edges, the hysteresis), which pools get it (the environment unset or
- * not a number, KW_CPU_POOL_SPIN_AUTO) and which do not (KW_CPU_SPIN_US, spin_us >= 0), and an automatic pool running
- * jobs. No test depends on the machine's load: the rule is a pure function. The counters the tasks bump are plain ints,
- * so ThreadSanitizer also checks that the pool orders them. */
+ * dealt so); workers that went to sleep wake for the next run; pools are created and freed 100 times, with no spin and
+ * with a long one; two threads drive two pools at once; KW_CPU_SPIN_US is read at creation; kw_cpu_pool_asleep tells
+ * sleeping workers from spinning ones; a worker woken from sleep measures its wake-up latency (kw_cpu_pool_wake_ns),
+ * one that was spinning does not; kw_cpu_pool_wake_pays' arithmetic, and kw_cpu_pool_wake_for waking on exactly one of
+ * every KW_CPU_POOL_REPROBE refusals for the latency; the automatic spin's rule (kw_cpu_pool_spin_rule: each sign of
+ * contention (switches, run-queue wait, late wake-ups), the thresholds' edges, the hysteresis), which pools get it (the
+ * environment unset or not a number, KW_CPU_POOL_SPIN_AUTO) and which do not (KW_CPU_SPIN_US, spin_us >= 0), and an
+ * automatic pool running jobs. No test depends on the machine's load: the rule is a pure function. The counters the
+ * tasks bump are plain ints, so ThreadSanitizer also checks that the pool orders them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
