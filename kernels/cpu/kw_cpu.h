@@ -31,11 +31,13 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 #define KW_CPU_X86 0
 #endif
 
-/* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq, and the {cos, sin} table of
- * the last single position it rotated by. A decode step rotates q and k of every layer at one position, so the
- * frequencies and angles are computed once per model (Gemma 3: two sets) and step instead of twice per layer; the
+/* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq, the {cos, sin} table of
+ * the last single position it rotated by, and the tables of the last run of several positions (a prefill, up to
+ * KW_CPU_ROPE_ROWS_MAX {cos, sin} pairs). A forward pass rotates q and k of every layer at the same positions, so the
+ * frequencies and angles are computed once per model (Gemma 3: two sets) and pass instead of twice per layer; the
  * same values (one formula). */
-#define KW_CPU_ROPE_MEMOS 2
+#define KW_CPU_ROPE_MEMOS    2
+#define KW_CPU_ROPE_ROWS_MAX ((int64_t)1 << 21)
 typedef struct kw_cpu_rope_memo {
     int used;    /* params and inv_freq hold a set */
     int has_pos; /* tab holds position pos */
@@ -43,6 +45,10 @@ typedef struct kw_cpu_rope_memo {
     kw_rope_params params;
     float inv_freq[KW_ROPE_MAX_DIM / 2];
     float tab[KW_ROPE_MAX_DIM]; /* {cos, sin} per frequency, as kw_op_rope_table's table */
+    float *rows_tab;            /* n_rows tables like tab (half frequencies each), of the positions rows_pos (owned) */
+    int32_t *rows_pos;          /* (owned) */
+    int64_t n_rows;             /* 0: no tables held */
+    int64_t tab_cap, pos_cap;   /* the floats of rows_tab and the positions of rows_pos allocated */
 } kw_cpu_rope_memo;
 
 typedef struct kw_cpu_backend {
@@ -164,10 +170,13 @@ void kw__cpu_from_f32(enum kw_cpu_isa isa, void *dst, enum kw_dtype dtype, const
  *   exp:      e^x within 2 ulp of the correctly rounded value (+Inf above 88.72, 0 below -103.97, NaN kept)
  *   erf:      within 1.5 ulp of erf (checked by test_kernels_backend_ops' sweep)
  *   gelu_erf: (x * 0.5) * (1 + erf(x * 0.70710678)), kw_opm_act's formula on this erf
+ *   gelu_tanh: torch's tanh GELU as x / (1 + exp(-2 u)), u kw_opm_act's inner polynomial (the same function as its
+ *             0.5 x (1 + tanh(u)), without tanh; within about 1.1 u |x| + 6 u |y|, u = 2^-24)
  *   sigmoid:  1 / (1 + exp(-x)) and silu: x / (1 + exp(-x)), kw_opm_act's formulas on this exp */
 void kw__cpu_exp_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 void kw__cpu_gelu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
+void kw__cpu_gelu_tanh_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 void kw__cpu_silu_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 

@@ -1,5 +1,5 @@
-/* kw_cpu_math.c: bulk fp32 exp, sigmoid, SiLU, erf and exact-erf GELU for the CPU backend's softmax and activation
- * loops, with the same bits on every ISA.
+/* kw_cpu_math.c: bulk fp32 exp, sigmoid, SiLU, erf, exact-erf GELU and tanh GELU for the CPU backend's softmax and
+ * activation loops, with the same bits on every ISA.
  *
  * Each function is one sequence of IEEE fp32 operations (fused multiply-adds rounded once) written three times:
  * scalar C with fmaf, AVX2 and AVX-512. No libm call decides a result, so the scalar fallback, AVX2 and AVX-512 (and
@@ -21,6 +21,14 @@
  * 1 in fp32 from a = 3.92 on), +-Inf gives +-1, NaN gives NaN. The coefficients are least-squares fits on Chebyshev
  * nodes made by tools/fit_erf.py; within 1.5 ulp of double erf (swept by test_kernels_backend_ops). GELU is
  * (x * 0.5) * (1 + erf(x * 0.70710678)), the expression of kw_opm_act.
+ *
+ * The tanh GELU (torch's gelu(approximate="tanh"), Gemma's MLP): 0.5 x (1 + tanh(u)) with u = c (x + 0.044715 x^3),
+ * c = sqrt(2 / pi), is x sigmoid(2 u) exactly, so it is computed as x / (1 + exp(-2 u)) on the exp above, u with
+ * kw_opm_act's float operations ((x * x) * x, times 0.044715, plus x, times c); -2 u is exact. No tanh and no
+ * cancellation: where tanh(u) rounds to -1 (u < -9) torch's form gives -0 and this one x e^(2 u), closer to the true
+ * value. The error is at most about 1.1 u |x| (the five roundings of u, through |v sigmoid'(v)| <= 0.224) plus 6 u |y|
+ * (exp's 2 ulp, the sum and the division), u = 2^-24 (swept by test_kernels_backend_ops). +Inf gives +Inf, -Inf
+ * gives NaN (-Inf / Inf, as torch's -Inf * 0), NaN gives NaN, x >= 10 gives x and x <= -11 gives -0, as torch's form.
  */
 #include "kernels/cpu/kw_cpu.h"
 
@@ -129,7 +137,11 @@ static inline float kw_erf1(float z) {
 }
 
 /* Per-element functions of the scalar ISA. */
-enum kw_math_fn { KW_MATH_EXP, KW_MATH_ERF, KW_MATH_GELU, KW_MATH_SIGMOID, KW_MATH_SILU };
+enum kw_math_fn { KW_MATH_EXP, KW_MATH_ERF, KW_MATH_GELU, KW_MATH_GELU_TANH, KW_MATH_SIGMOID, KW_MATH_SILU };
+
+/* The tanh GELU's constants: kw_opm_act's c = sqrt(2 / pi) and the cubic term's 0.044715, as floats. */
+#define KW_GELU_TANH_C 0.79788456080286535588f
+#define KW_GELU_TANH_A 0.044715f
 
 static inline float kw_math1(enum kw_math_fn fn, float x) {
     switch (fn) {
@@ -139,6 +151,10 @@ static inline float kw_math1(enum kw_math_fn fn, float x) {
         return kw_erf1(x);
     case KW_MATH_GELU:
         return (x * 0.5f) * (1.0f + kw_erf1(x * 0.70710678118654752440f));
+    case KW_MATH_GELU_TANH: {
+        const float u = KW_GELU_TANH_C * (x + KW_GELU_TANH_A * ((x * x) * x));
+        return x / (1.0f + kw_exp1(-2.0f * u));
+    }
     case KW_MATH_SIGMOID:
         return 1.0f / (1.0f + kw_exp1(-x));
     case KW_MATH_SILU:
@@ -208,6 +224,12 @@ KW_TARGET_AVX2 static inline __m256 kw_math8(enum kw_math_fn fn, __m256 x) {
     case KW_MATH_GELU:
         return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)),
                              _mm256_add_ps(one, kw_erf8(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752440f)))));
+    case KW_MATH_GELU_TANH: {
+        const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        const __m256 u = _mm256_mul_ps(_mm256_set1_ps(KW_GELU_TANH_C),
+                                       _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(KW_GELU_TANH_A), x3)));
+        return _mm256_div_ps(x, _mm256_add_ps(one, kw_exp8(_mm256_mul_ps(u, _mm256_set1_ps(-2.0f)))));
+    }
     case KW_MATH_SIGMOID:
         return _mm256_div_ps(one, _mm256_add_ps(one, kw_exp8(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)))));
     case KW_MATH_SILU:
@@ -282,6 +304,12 @@ KW_TARGET_AVX512 static inline __m512 kw_math16(enum kw_math_fn fn, __m512 x) {
     case KW_MATH_GELU:
         return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)),
                              _mm512_add_ps(one, kw_erf16(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752440f)))));
+    case KW_MATH_GELU_TANH: {
+        const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+        const __m512 u = _mm512_mul_ps(_mm512_set1_ps(KW_GELU_TANH_C),
+                                       _mm512_add_ps(x, _mm512_mul_ps(_mm512_set1_ps(KW_GELU_TANH_A), x3)));
+        return _mm512_div_ps(x, _mm512_add_ps(one, kw_exp16(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)))));
+    }
     case KW_MATH_SIGMOID:
         return _mm512_div_ps(one, _mm512_add_ps(one, kw_exp16(_mm512_xor_ps(x, _mm512_set1_ps(-0.0f)))));
     case KW_MATH_SILU:
@@ -326,6 +354,9 @@ void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
 }
 void kw__cpu_gelu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
     kw_math(isa, KW_MATH_GELU, y, x, n);
+}
+void kw__cpu_gelu_tanh_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
+    kw_math(isa, KW_MATH_GELU_TANH, y, x, n);
 }
 void kw__cpu_sigmoid_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n) {
     kw_math(isa, KW_MATH_SIGMOID, y, x, n);

@@ -6,6 +6,7 @@
 #include "kernels/cpu/kw_cpu.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/kw_half.h"
@@ -132,6 +133,15 @@ static void kw_rope_rows(void *arg, int64_t t0, int64_t t1, int worker) {
     }
 }
 
+/* The tables of tokens [t0, t1) into tab (row t at t * half * 2). */
+static void kw_rope_table_build(void *arg, int64_t t0, int64_t t1, int worker) {
+    (void)worker;
+    const kw_rope_job *j = arg;
+    float *tab = (float *)j->tab;
+    for (int64_t t = t0; t < t1; ++t)
+        kw_rope_angles(j->pos[t], j->inv_freq, j->half, tab + t * j->half * 2);
+}
+
 static void kw_rope_table_rows(void *arg, int64_t t0, int64_t t1, int worker) {
     (void)worker;
     const kw_rope_job *j = arg;
@@ -153,9 +163,36 @@ static kw_cpu_rope_memo *kw_rope_memo(kw_cpu_backend *cpu, const kw_rope_params 
     cpu->rope_next = (cpu->rope_next + 1) % KW_CPU_ROPE_MEMOS;
     r->used = 1;
     r->has_pos = 0;
+    r->n_rows = 0; /* its buffers stay for the new set */
     r->params = *params;
     kw__rope_inv_freq(params, r->inv_freq);
     return r;
+}
+
+/* 0 when r->rows_tab holds the tables of the T positions p (half frequencies each): kept from the last call with the
+ * same positions, else computed; negative (nothing held) when they do not fit KW_CPU_ROPE_ROWS_MAX or the buffers
+ * cannot grow, and the caller computes them per token. */
+static int kw_rope_rows_tables(kw_cpu_backend *cpu, kw_cpu_rope_memo *r, const int32_t *p, int64_t T, int64_t half) {
+    if (r->n_rows == T && memcmp(r->rows_pos, p, (size_t)T * sizeof *p) == 0) return 0;
+    r->n_rows = 0;
+    if (T * half > KW_CPU_ROPE_ROWS_MAX) return -1;
+    if (T * half * 2 > r->tab_cap) {
+        float *tab = realloc(r->rows_tab, (size_t)(T * half * 2) * sizeof *tab);
+        if (tab == NULL) return -1;
+        r->rows_tab = tab;
+        r->tab_cap = T * half * 2;
+    }
+    if (T > r->pos_cap) {
+        int32_t *ps = realloc(r->rows_pos, (size_t)T * sizeof *ps);
+        if (ps == NULL) return -1;
+        r->rows_pos = ps;
+        r->pos_cap = T;
+    }
+    kw_rope_job job = {NULL, p, r->inv_freq, r->rows_tab, 0, 0, half};
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 8), T, kw_rope_table_build, &job);
+    memcpy(r->rows_pos, p, (size_t)T * sizeof *p);
+    r->n_rows = T;
+    return 0;
 }
 
 int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const kw_rope_params *params) {
@@ -170,6 +207,11 @@ int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const 
             r->has_pos = 1;
         }
         kw_rope_rotate_token(x->data, H, D, half, r->tab);
+        return 0;
+    }
+    if (kw_rope_rows_tables(cpu, r, p, T, half) == 0) { /* a prefill: the positions' tables, once per pass */
+        kw_rope_job job = {x->data, NULL, NULL, r->rows_tab, H, D, half};
+        kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * H * D), T, kw_rope_table_rows, &job);
         return 0;
     }
     kw_rope_job job = {x->data, p, r->inv_freq, NULL, H, D, half};
@@ -211,7 +253,8 @@ int kw__cpu_kv_load(kw_backend *backend, kw_tensor *out, const kw_tensor *cache,
 /* ------------------------------------------------------------------------------------------------------------
  * Elementwise: the activation formulas are kw_opm_act's (kernels/kw_op_math.h, the lines the GPU runs). SiLU, the
  * sigmoid and the exact-erf GELU go through kw_cpu_math.c's exp and erf (the same bits on every ISA; no libm), in
- * blocks of KW_CPU_ACT_BLOCK values; the tanh GELU, tanh and the identity are kw_opm_act itself, plain C on every ISA.
+ * blocks of KW_CPU_ACT_BLOCK values, and so does the tanh GELU, as x sigmoid(2 u), the same function as kw_opm_act's
+ * 0.5 x (1 + tanh(u)) (kw__cpu_gelu_tanh_f32); tanh and the identity are kw_opm_act itself, plain C on every ISA.
  */
 
 #define KW_CPU_ACT_BLOCK 1024
@@ -228,6 +271,7 @@ static kw_cpu_bulk_act kw_cpu_bulk_act_for(enum kw_act act) {
     case KW_ACT_GELU_ERF:
         return kw__cpu_gelu_erf_f32;
     case KW_ACT_GELU_TANH:
+        return kw__cpu_gelu_tanh_f32;
     case KW_ACT_IDENTITY:
     case KW_ACT_TANH:
         break;

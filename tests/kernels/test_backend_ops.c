@@ -330,9 +330,11 @@ static void test_rope_inv_freq_matches_transformers(void **state) {
     assert_true(configs >= 4);
 }
 
-/* The CPU rope keeps each parameter set's frequencies and a decode position's table (kw_cpu_rope_memo, two sets):
- * single-token calls at repeated and new positions, three sets taking turns (so one is dropped and computed again),
- * then a two-token call, each bit for bit kw_ref_rope. */
+/* The CPU rope keeps each parameter set's frequencies, a decode position's table and the tables of the last
+ * several-token call (kw_cpu_rope_memo, two sets): single-token calls at repeated and new positions, three sets taking
+ * turns (so one is dropped and computed again), then several-token calls at repeated positions, the same count of
+ * other positions, the same positions under each set in turn (a dropped set's tables must not serve the set that
+ * takes its place), more and fewer tokens, each bit for bit kw_ref_rope. */
 static void test_cpu_rope_decode_steps(void **state) {
     (void)state;
     kw_backend *b = kw_make_cpu("", 1);
@@ -343,14 +345,17 @@ static void test_cpu_rope_decode_steps(void **state) {
     };
     const struct {
         int set;
-        int32_t pos[2];
+        int32_t pos[3];
         int64_t T;
-    } steps[] = {{0, {5}, 1}, {0, {5}, 1}, {1, {5}, 1},     {0, {9}, 1},    {2, {9}, 1}, {1, {9}, 1},
-                 {0, {9}, 1}, {0, {5}, 1}, {2, {70000}, 1}, {0, {3, 4}, 2}, {0, {4}, 1}, {1, {1, 40000}, 2}};
+    } steps[] = {{0, {5}, 1},       {0, {5}, 1},        {1, {5}, 1},       {0, {9}, 1},       {2, {9}, 1},
+                 {1, {9}, 1},       {0, {9}, 1},        {0, {5}, 1},       {2, {70000}, 1},   {0, {3, 4}, 2},
+                 {0, {4}, 1},       {1, {1, 40000}, 2}, {0, {3, 4}, 2},    {0, {4, 3}, 2},    {1, {4, 3}, 2},
+                 {2, {4, 3}, 2},    {0, {4, 3}, 2},     {1, {4, 3}, 2},    {0, {7, 8, 9}, 3}, {0, {7, 8}, 2},
+                 {0, {7, 8, 9}, 3}, {0, {7, 8, 10}, 3}, {0, {7, 8, 10}, 3}};
     const int64_t H = 3, D = 16;
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; ++i) {
         const int64_t T = steps[i].T;
-        float x[2 * 3 * 16], want[2 * 3 * 16];
+        float x[3 * 3 * 16], want[3 * 3 * 16];
         for (int64_t e = 0; e < T * H * D; ++e)
             x[e] = want[e] = (float)((e * 37 + (int64_t)i * 11) % 23) / 7.0f - 1.5f;
         kw_tensor tx, tp;
@@ -509,8 +514,94 @@ static void test_cpu_erf_within_1_5_ulp(void **state) {
     kw_erf_sweep_isa("");
 }
 
-/* The ops' blocked vector paths (1024 values per call, 2 threads from 32768 values): unary GELU/sigmoid and GLU on
- * 70001 values (a partial last block, both threads, out == in) equal the vector functions bit for bit. */
+/* ------------------------------------------------------------------------------------------------------------
+ * The CPU backend's tanh GELU, x / (1 + exp(-2 u)) on the vector exp, against the same function in double (u from the
+ * float constants widened, so that only the arithmetic is measured), on every ISA: every 1021st fp32 bit pattern of
+ * the finite range of both signs (about 8.4 million inputs) and every pattern of [-4, -3.5] and [0.5, 0.51]. The error
+ * bound (kw_cpu_math.c): the five roundings of u reach y through |v sigmoid'(v)| <= 0.224 (1.12 u |x|), exp's 2 ulp,
+ * the sum and the division (6 u |y|), u = 2^-24, doubled, plus 2^-147 for subnormal results. The specials equal
+ * kw_opm_act's torch form bit for bit where both are exact: +-0, +Inf, NaN (and -Inf gives NaN, as -Inf * 0 there),
+ * every x >= 10 (x itself) and x <= -11 (-0), in steps of 4099 patterns.
+ */
+
+static double kw_gelu_tanh_exact(float x) {
+    const double xd = (double)x, u = (double)0.79788456080286535588f * (xd + (double)0.044715f * (xd * xd * xd));
+    return xd / (1.0 + exp(-2.0 * u));
+}
+
+static void kw_gelu_tanh_sweep_isa(const char *isa_name) {
+    enum { CHUNK = 4096 };
+    static float x[CHUNK], y[CHUNK];
+    kw_backend *be = kw_make_cpu(isa_name, 1);
+    const enum kw_cpu_isa isa = kw__cpu(be)->isa;
+    kw_backend_destroy(be);
+    double worst = 0.0; /* the largest |error| / bound */
+    float worst_x = 0.0f;
+    int n = 0;
+    const uint32_t ranges[4][3] = {
+        {0x00000000u, 0x7f7fffffu, 1021},
+        {0x80000000u, 0xff7fffffu, 1021}, /* both signs, all finite */
+        {0xc0600000u, 0xc0800000u, 1},    /* -3.5 .. -4: the steep left tail */
+        {0x3f000000u, 0x3f028f5cu, 1},    /* 0.5 .. 0.51 */
+    };
+    for (int r = 0; r < 4; ++r) {
+        for (uint64_t b = ranges[r][0]; b <= ranges[r][1]; b += ranges[r][2]) {
+            x[n++] = kw_f32_from_bits((uint32_t)b);
+            if (n == CHUNK || b + ranges[r][2] > ranges[r][1]) {
+                kw__cpu_gelu_tanh_f32(isa, y, x, n);
+                for (int i = 0; i < n; ++i) {
+                    const double ref = kw_gelu_tanh_exact(x[i]);
+                    const double bound = (2.5 * fabs((double)x[i]) + 14.0 * fabs(ref)) * 0x1p-24 + 0x1p-147;
+                    assert_true(isfinite(y[i]));
+                    const double ratio = fabs((double)y[i] - ref) / bound;
+                    if (ratio > worst) worst = ratio, worst_x = x[i];
+                }
+                n = 0;
+            }
+        }
+    }
+    fprintf(stderr, "cpu gelu tanh (%s): worst error %.3f of the bound at x = %.9g\n", kw__cpu_isa_name(isa), worst,
+            (double)worst_x);
+    assert_true(worst <= 1.0);
+
+    const float specials[] = {0.0f, -0.0f, INFINITY, NAN, -NAN, 10.0f, -11.0f, 1e10f, -1e10f, FLT_MAX, -FLT_MAX};
+    enum { NS = sizeof specials / sizeof specials[0] };
+    float g[NS], minus_inf = -INFINITY, at_minus_inf;
+    kw__cpu_gelu_tanh_f32(isa, g, specials, NS);
+    for (int i = 0; i < NS; ++i) {
+        const float ref = kw_opm_act(specials[i], KW_ACT_GELU_TANH);
+        if (isnan(ref))
+            assert_true(isnan(g[i]));
+        else
+            assert_true(kw_f32_bits(g[i]) == kw_f32_bits(ref));
+    }
+    kw__cpu_gelu_tanh_f32(isa, &at_minus_inf, &minus_inf, 1);
+    assert_true(isnan(at_minus_inf));
+    for (int sign = 0; sign < 2; ++sign) { /* x >= 10: x; x <= -11: -0 */
+        const uint32_t first = sign ? kw_f32_bits(11.0f) : kw_f32_bits(10.0f);
+        for (uint64_t b = first; b <= 0x7f7fffffu; b += 4099) {
+            x[n++] = kw_f32_from_bits((uint32_t)b | (sign ? 0x80000000u : 0u));
+            if (n == CHUNK || b + 4099 > 0x7f7fffffu) {
+                kw__cpu_gelu_tanh_f32(isa, y, x, n);
+                for (int i = 0; i < n; ++i)
+                    assert_true(kw_f32_bits(y[i]) == (sign ? 0x80000000u : kw_f32_bits(x[i])) &&
+                                kw_f32_bits(y[i]) == kw_f32_bits(kw_opm_act(x[i], KW_ACT_GELU_TANH)));
+                n = 0;
+            }
+        }
+    }
+}
+
+static void test_cpu_gelu_tanh_error(void **state) {
+    (void)state;
+    kw_gelu_tanh_sweep_isa("scalar");
+    kw_gelu_tanh_sweep_isa("avx2");
+    kw_gelu_tanh_sweep_isa("");
+}
+
+/* The ops' blocked vector paths (1024 values per call, 2 threads from 32768 values): unary GELU (erf and tanh) and
+ * the sigmoid, and GLU on 70001 values (a partial last block, both threads, out == in) equal the vector functions bit
+ * for bit. */
 static void test_cpu_act_blocks(void **state) {
     (void)state;
     enum { N = 70001 };
@@ -526,23 +617,30 @@ static void test_cpu_act_blocks(void **state) {
     kw_tensor tx, tu;
     assert_int_equal(kw_tensor_from_host(b, &tx, KW_DTYPE_F32, 1, (int64_t[]){N}, got), 0);
     assert_int_equal(kw_tensor_from_host(b, &tu, KW_DTYPE_F32, 1, (int64_t[]){N}, u), 0);
-    const enum kw_act acts[2] = {KW_ACT_GELU_ERF, KW_ACT_SIGMOID};
-    for (int a = 0; a < 2; ++a) {
+    const enum kw_act acts[3] = {KW_ACT_GELU_ERF, KW_ACT_SIGMOID, KW_ACT_GELU_TANH};
+    for (int a = 0; a < 3; ++a) {
         memcpy(got, x, sizeof x);
         assert_int_equal(kw_op_unary(b, &tx, &tx, acts[a]), 0);
         assert_int_equal(kw_backend_synchronize(b), 0);
         if (acts[a] == KW_ACT_GELU_ERF)
             kw__cpu_gelu_erf_f32(isa, want, x, N);
-        else
+        else if (acts[a] == KW_ACT_SIGMOID)
             kw__cpu_sigmoid_f32(isa, want, x, N);
+        else
+            kw__cpu_gelu_tanh_f32(isa, want, x, N);
         assert_memory_equal(got, want, sizeof want);
     }
-    memcpy(got, x, sizeof x);
-    assert_int_equal(kw_op_glu(b, &tx, &tx, &tu, KW_ACT_GELU_ERF), 0);
-    assert_int_equal(kw_backend_synchronize(b), 0);
-    kw__cpu_gelu_erf_f32(isa, want, x, N);
-    for (int i = 0; i < N; ++i)
-        assert_true(kw_f32_bits(got[i]) == kw_f32_bits(want[i] * u[i]));
+    for (int a = 0; a < 2; ++a) { /* GLU: the exact-erf GELU, then the tanh GELU (Gemma's) */
+        memcpy(got, x, sizeof x);
+        assert_int_equal(kw_op_glu(b, &tx, &tx, &tu, a ? KW_ACT_GELU_TANH : KW_ACT_GELU_ERF), 0);
+        assert_int_equal(kw_backend_synchronize(b), 0);
+        if (a)
+            kw__cpu_gelu_tanh_f32(isa, want, x, N);
+        else
+            kw__cpu_gelu_erf_f32(isa, want, x, N);
+        for (int i = 0; i < N; ++i)
+            assert_true(kw_f32_bits(got[i]) == kw_f32_bits(want[i] * u[i]));
+    }
     kw_tensor_free(&tx);
     kw_tensor_free(&tu);
     kw_backend_destroy(b);
@@ -584,6 +682,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_cpu_rope_decode_steps),
         cmocka_unit_test(test_cpu_exp_within_2_ulp),
         cmocka_unit_test(test_cpu_erf_within_1_5_ulp),
+        cmocka_unit_test(test_cpu_gelu_tanh_error),
         cmocka_unit_test(test_cpu_act_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
