@@ -29,17 +29,19 @@ start_load() { # two competitors, each in a process group of its own (stop_load 
     local cmd i
     load_dir=$(mktemp -d)
     echo 'int f(int x) { return 3 * x; }' >"$load_dir/one.c"
+    # shellcheck disable=SC2016 # the single-quoted $1 and $2 below are expanded by sh -c, not here
     case $1 in
     busy) cmd='while :; do :; done' ;;
-    build) cmd="while :; do gcc -O2 -I$here -I$here/include -c $here/kernels/cpu/kw_cpu_matmul.c -o /dev/null; done" ;;
-    burst) cmd="while :; do gcc -O1 -c $load_dir/one.c -o /dev/null; done" ;;
+    # the repository and the temp folder reach sh -c as its $1 and $2, quoted there (paths may hold spaces)
+    build) cmd='while :; do gcc -O2 -I"$1" -I"$1/include" -c "$1/kernels/cpu/kw_cpu_matmul.c" -o /dev/null; done' ;;
+    burst) cmd='while :; do gcc -O1 -c "$2/one.c" -o /dev/null; done' ;;
     *)
         echo "ab_model.sh: LOAD must be busy, build or burst, not '$1'" >&2
         exit 2
         ;;
     esac
     for i in 1 2; do
-        setsid sh -c "$cmd" >/dev/null 2>&1 &
+        setsid sh -c "$cmd" sh "$here" "$load_dir" >/dev/null 2>&1 &
         load_pids+=($!)
     done
     sleep 2
