@@ -2,12 +2,15 @@
  * CUDA launch geometry as plain host functions. Prefix kw_opm_ ("op math").
  *
  * KW_HD functions are static inline in C and __host__ __device__ under nvcc, so the GPU runs exactly the lines the
- * CPU backend runs and tests/kernels/test_op_math.c checks on any machine. What belongs here: rules both backends
- * must apply identically (dtype loads and stores, the activation formulas, RMSNorm's scale, the RoPE rotation,
- * which cache rows a query sees, argmax's NaN and tie rule, the get_rows error key) and the CUDA launch arithmetic
- * (block counts, per-lane widths, cuBLAS arguments and panel heights), which would otherwise only meet a test on a
- * GPU. What does not: loops, SIMD, cross-thread reductions, and the kw_ref oracles, which stay independent so that
- * a mistake here shows up as a parity failure instead of being copied into the reference.
+ * CPU backend runs and tests/kernels/test_op_math.c checks on any machine. The activations are the exception on the
+ * CPU, which computes SiLU, the sigmoid and both GELUs with its own exp and erf (kernels/cpu/kw_cpu_math.c: the same
+ * bits on every ISA, no libm), the tanh GELU as x sigmoid(2u), the same function as the formula below; the GPU runs
+ * kw_opm_act as written. Both are checked against the double oracle within tolerances, not against each other. What
+ * belongs here: rules both backends must apply identically (dtype loads and stores, the activation formulas, RMSNorm's
+ * scale, the RoPE rotation, which cache rows a query sees, argmax's NaN and tie rule, the get_rows error key) and the
+ * CUDA launch arithmetic (block counts, per-lane widths, cuBLAS arguments and panel heights), which would otherwise
+ * only meet a test on a GPU. What does not: loops, SIMD, cross-thread reductions, and the kw_ref oracles, which stay
+ * independent so that a mistake here shows up as a parity failure instead of being copied into the reference.
  *
  * Rounding: the helpers are written as separate fp32 operations. The CPU library is ISO C11 (GCC does not contract
  * a * b + c into an FMA there); nvcc contracts by default, which the parity tolerances allow wherever it can happen

@@ -33,9 +33,9 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 
 /* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq, the {cos, sin} table of
  * the last single position it rotated by, and the tables of the last run of several positions (a prefill, up to
- * KW_CPU_ROPE_ROWS_MAX {cos, sin} pairs). A forward pass rotates q and k of every layer at the same positions, so the
- * frequencies and angles are computed once per model (Gemma 3: two sets) and pass instead of twice per layer; the
- * same values (one formula). */
+ * KW_CPU_ROPE_ROWS_MAX {cos, sin} pairs: 16 MiB, kept until the backend is destroyed). A forward pass rotates q and k
+ * of every layer at the same positions, so the frequencies and angles are computed once per model (Gemma 3: two sets)
+ * and pass instead of twice per layer; the same values (one formula). */
 #define KW_CPU_ROPE_MEMOS    2
 #define KW_CPU_ROPE_ROWS_MAX ((int64_t)1 << 21)
 typedef struct kw_cpu_rope_memo {
@@ -46,7 +46,7 @@ typedef struct kw_cpu_rope_memo {
     float inv_freq[KW_ROPE_MAX_DIM / 2];
     float tab[KW_ROPE_MAX_DIM]; /* {cos, sin} per frequency, as kw_op_rope_table's table */
     float *rows_tab;            /* n_rows tables like tab (half frequencies each), of the positions rows_pos (owned) */
-    int32_t *rows_pos;          /* (owned) */
+    int32_t *rows_pos;          /* the positions of the n_rows tables, in call order (owned) */
     int64_t n_rows;             /* 0: no tables held */
     int64_t tab_cap, pos_cap;   /* the floats of rows_tab and the positions of rows_pos allocated */
 } kw_cpu_rope_memo;
@@ -171,7 +171,7 @@ void kw__cpu_from_f32(enum kw_cpu_isa isa, void *dst, enum kw_dtype dtype, const
  *   erf:      within 1.5 ulp of erf (checked by test_kernels_backend_ops' sweep)
  *   gelu_erf: (x * 0.5) * (1 + erf(x * 0.70710678)), kw_opm_act's formula on this erf
  *   gelu_tanh: torch's tanh GELU as x / (1 + exp(-2 u)), u kw_opm_act's inner polynomial (the same function as its
- *             0.5 x (1 + tanh(u)), without tanh; within about 1.1 u |x| + 6 u |y|, u = 2^-24)
+ *             0.5 x (1 + tanh(u)), without tanh; within about 1.12 eps |x| + 6 eps |y|, eps = 2^-24)
  *   sigmoid:  1 / (1 + exp(-x)) and silu: x / (1 + exp(-x)), kw_opm_act's formulas on this exp */
 void kw__cpu_exp_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);
 void kw__cpu_erf_f32(enum kw_cpu_isa isa, float *y, const float *x, int64_t n);

@@ -26,9 +26,10 @@
  * c = sqrt(2 / pi), is x sigmoid(2 u) exactly, so it is computed as x / (1 + exp(-2 u)) on the exp above, u with
  * kw_opm_act's float operations ((x * x) * x, times 0.044715, plus x, times c); -2 u is exact. No tanh and no
  * cancellation: where tanh(u) rounds to -1 (u < -9) torch's form gives -0 and this one x e^(2 u), closer to the true
- * value. The error is at most about 1.1 u |x| (the five roundings of u, through |v sigmoid'(v)| <= 0.224) plus 6 u |y|
- * (exp's 2 ulp, the sum and the division), u = 2^-24 (swept by test_kernels_backend_ops). +Inf gives +Inf, -Inf
- * gives NaN (-Inf / Inf, as torch's -Inf * 0), NaN gives NaN, x >= 10 gives x and x <= -11 gives -0, as torch's form.
+ * value. With eps = 2^-24, the error is at most about 5 eps |x| |v sigmoid'(v)| <= 1.12 eps |x| (the five roundings of
+ * u, v = 2u) plus 6 eps |y| (exp's 2 ulp, the sum and the division), swept by test_kernels_backend_ops. +Inf gives
+ * +Inf, -Inf gives NaN (-Inf / Inf, as torch's -Inf * 0), NaN gives NaN, x >= 10 gives x and x <= -11 gives -0, as
+ * torch's form.
  */
 #include "kernels/cpu/kw_cpu.h"
 

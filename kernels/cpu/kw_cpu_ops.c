@@ -100,7 +100,8 @@ int kw__cpu_rms_norm(kw_backend *backend, kw_tensor *out, const kw_tensor *x, co
 typedef struct kw_rope_job {
     float *xs;
     const int32_t *pos;
-    const float *inv_freq, *tab; /* rope: inv_freq; rope_table: tab */
+    const float *inv_freq; /* kw_rope_rows and kw_rope_table_build: the frequencies */
+    float *tab; /* kw_rope_table_rows: the tables it reads (a row per token); kw_rope_table_build: those it writes */
     int64_t H, D, half;
 } kw_rope_job;
 
@@ -137,9 +138,8 @@ static void kw_rope_rows(void *arg, int64_t t0, int64_t t1, int worker) {
 static void kw_rope_table_build(void *arg, int64_t t0, int64_t t1, int worker) {
     (void)worker;
     const kw_rope_job *j = arg;
-    float *tab = (float *)j->tab;
     for (int64_t t = t0; t < t1; ++t)
-        kw_rope_angles(j->pos[t], j->inv_freq, j->half, tab + t * j->half * 2);
+        kw_rope_angles(j->pos[t], j->inv_freq, j->half, j->tab + t * j->half * 2);
 }
 
 static void kw_rope_table_rows(void *arg, int64_t t0, int64_t t1, int worker) {
@@ -189,7 +189,8 @@ static int kw_rope_rows_tables(kw_cpu_backend *cpu, kw_cpu_rope_memo *r, const i
         r->pos_cap = T;
     }
     kw_rope_job job = {NULL, p, r->inv_freq, r->rows_tab, 0, 0, half};
-    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 8), T, kw_rope_table_build, &job);
+    /* a cos and a sin in double cost about what 64 of the elementwise values kw_threads_for counts do */
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 64), T, kw_rope_table_build, &job);
     memcpy(r->rows_pos, p, (size_t)T * sizeof *p);
     r->n_rows = T;
     return 0;

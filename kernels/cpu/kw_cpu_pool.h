@@ -176,6 +176,15 @@ static inline int kw_cpu_pool_take(uint64_t before, int64_t size, int back, int6
     return 1;
 }
 
+/* 1 when a share's word (kw_cpu_pool_take) says every one of its `size` tasks has been taken. The counts only grow
+ * during a job, so a thread that reads this from a plain load may skip the share for good: a thief reads each other
+ * share's word before it adds to it, and the shares already done (most of them at the end of a job) cost it a read
+ * each, which can overlap, instead of a read-modify-write each, which cannot (T - 1 of them per thread and job on T
+ * threads). A pure function (tested). */
+static inline int kw_cpu_pool_share_done(uint64_t word, int64_t size) {
+    return (int64_t)(uint32_t)word + (int64_t)(word >> 32) >= size;
+}
+
 /* The waiting policy a pool created now would have (kw_backend_cpu_wait, kernels/kw_backend.h): valid until the
  * calling thread's next call (borrowed). */
 const char *kw_cpu_pool_wait_origin(void);

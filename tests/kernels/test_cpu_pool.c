@@ -452,6 +452,29 @@ static void test_take(void **state) {
     assert_int_equal(t, 0);
     assert_int_equal(kw_cpu_pool_take((uint64_t)max + 1023 * B, max, 1, &t), 0); /* overshot by 1024 threads */
     assert_int_equal(kw_cpu_pool_take((uint64_t)(max + 1) + (uint64_t)(max + 1023) * B, max, 0, &t), 0);
+    /* done exactly when a take would fail: every word above, and the edges */
+    const struct {
+        uint64_t word;
+        int64_t size;
+        int done;
+    } words[] = {{0, 0, 1},
+                 {0, 5, 0},
+                 {2 + 1 * B, 5, 0},
+                 {2 + 2 * B, 5, 0},
+                 {3 + 2 * B, 5, 1},
+                 {5, 5, 1},
+                 {5 * B, 5, 1},
+                 {4 + 3 * B, 5, 1},
+                 {4, 5, 0},
+                 {4 * B, 5, 0},
+                 {(uint64_t)(max - 1), max, 0},
+                 {(uint64_t)max + 1023 * B, max, 1},
+                 {(uint64_t)(max - 1) * B + 1, max, 1}};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; ++i) {
+        assert_int_equal(kw_cpu_pool_share_done(words[i].word, words[i].size), words[i].done);
+        assert_int_equal(kw_cpu_pool_take(words[i].word, words[i].size, 0, &t), !words[i].done);
+        assert_int_equal(kw_cpu_pool_take(words[i].word, words[i].size, 1, &t), !words[i].done);
+    }
 }
 
 /* The automatic spin's rule, one sample at a time (times in ns from an arbitrary origin t0). */
