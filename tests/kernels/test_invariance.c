@@ -260,8 +260,8 @@ static void test_math_same_bits_everywhere(void **state) {
     (void)state;
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
-    static const kw_bulk_fn fns[] = {kw__cpu_exp_f32,     kw__cpu_erf_f32,  kw__cpu_gelu_erf_f32, kw__cpu_gelu_tanh_f32,
-                                     kw__cpu_sigmoid_f32, kw__cpu_silu_f32};
+    static const kw_bulk_fn fns[] = {kw__cpu_exp_f32,       kw__cpu_erf_f32,     kw__cpu_gelu_erf_f32,
+                                     kw__cpu_gelu_tanh_f32, kw__cpu_sigmoid_f32, kw__cpu_silu_f32};
     static const char *const names[] = {"exp", "erf", "gelu", "gelu tanh", "sigmoid", "silu"};
     /* every 4093rd bit pattern of both signs (about a million inputs: every exponent, subnormals, Inf, NaN), every
      * 1021st of [-110, 90] (exp's whole finite range, underflow included), then odd lengths for the vector tails */
