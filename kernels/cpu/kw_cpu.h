@@ -31,24 +31,22 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 #define KW_CPU_X86 0
 #endif
 
-/* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq, the {cos, sin} table of
- * the last single position it rotated by, and the tables of the last run of several positions (a prefill, up to
- * KW_CPU_ROPE_ROWS_MAX {cos, sin} pairs: 16 MiB, kept until the backend is destroyed). A forward pass rotates q and k
+/* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq and the {cos, sin} tables of
+ * the positions of its last call (a prefill's run or a decode step's one position, up to KW_CPU_ROPE_ROWS_MAX
+ * {cos, sin} pairs: 16 MiB, kept until the backend is destroyed). A forward pass rotates q and k
  * of every layer at the same positions, so the frequencies and angles are computed once per model (Gemma 3: two sets)
  * and pass instead of twice per layer; the same values (one formula). */
 #define KW_CPU_ROPE_MEMOS    2
 #define KW_CPU_ROPE_ROWS_MAX ((int64_t)1 << 21)
 typedef struct kw_cpu_rope_memo {
-    int used;    /* params and inv_freq hold a set */
-    int has_pos; /* tab holds position pos */
-    int32_t pos; /* the position of tab */
+    int used; /* params and inv_freq hold a set */
     kw_rope_params params;
     float inv_freq[KW_ROPE_MAX_DIM / 2];
-    float tab[KW_ROPE_MAX_DIM]; /* {cos, sin} per frequency, as kw_op_rope_table's table */
-    float *rows_tab;            /* n_rows tables like tab (half frequencies each), of the positions rows_pos (owned) */
-    int32_t *rows_pos;          /* the positions of the n_rows tables, in call order (owned) */
-    int64_t n_rows;             /* 0: no tables held */
-    int64_t tab_cap, pos_cap;   /* the floats of rows_tab and the positions of rows_pos allocated */
+    float *rows_tab;   /* n_rows {cos, sin} tables (half frequencies each, as kw_op_rope_table's table) of the positions
+                          rows_pos, then room for the positions (owned: one allocation of rows_cap bytes) */
+    int32_t *rows_pos; /* the positions of the n_rows tables, in call order: inside rows_tab's allocation (borrowed) */
+    int64_t n_rows;    /* 0: no tables held */
+    size_t rows_cap;   /* the bytes of rows_tab's allocation */
 } kw_cpu_rope_memo;
 
 typedef struct kw_cpu_backend {

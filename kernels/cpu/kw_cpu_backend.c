@@ -108,7 +108,7 @@ static void kw_cpu_destroy(kw_backend *backend) {
     kw_cpu_pool_free(cpu->pool);
     kw_hugepage_free(cpu->scratch);
     for (int i = 0; i < KW_CPU_ROPE_MEMOS; ++i)
-        free(cpu->rope[i].rows_tab), free(cpu->rope[i].rows_pos);
+        free(cpu->rope[i].rows_tab);
     free(cpu);
 }
 

@@ -162,7 +162,6 @@ static kw_cpu_rope_memo *kw_rope_memo(kw_cpu_backend *cpu, const kw_rope_params 
     kw_cpu_rope_memo *r = &cpu->rope[cpu->rope_next];
     cpu->rope_next = (cpu->rope_next + 1) % KW_CPU_ROPE_MEMOS;
     r->used = 1;
-    r->has_pos = 0;
     r->n_rows = 0; /* its buffers stay for the new set */
     r->params = *params;
     kw__rope_inv_freq(params, r->inv_freq);
@@ -170,27 +169,27 @@ static kw_cpu_rope_memo *kw_rope_memo(kw_cpu_backend *cpu, const kw_rope_params 
 }
 
 /* 0 when r->rows_tab holds the tables of the T positions p (half frequencies each): kept from the last call with the
- * same positions, else computed; negative (nothing held) when they do not fit KW_CPU_ROPE_ROWS_MAX or the buffers
- * cannot grow, and the caller computes them per token. */
+ * same positions (every layer of a pass; a decode step's one position too), else computed; negative (nothing held)
+ * when they do not fit KW_CPU_ROPE_ROWS_MAX or the buffer cannot grow, and the caller computes them per token. */
 static int kw_rope_rows_tables(kw_cpu_backend *cpu, kw_cpu_rope_memo *r, const int32_t *p, int64_t T, int64_t half) {
     if (r->n_rows == T && memcmp(r->rows_pos, p, (size_t)T * sizeof *p) == 0) return 0;
     r->n_rows = 0;
     if (T * half > KW_CPU_ROPE_ROWS_MAX) return -1;
-    if (T * half * 2 > r->tab_cap) {
-        float *tab = realloc(r->rows_tab, (size_t)(T * half * 2) * sizeof *tab);
+    const size_t tab_bytes = (size_t)(T * half * 2) * sizeof(float), bytes = tab_bytes + (size_t)T * sizeof(int32_t);
+    if (bytes > r->rows_cap) {
+        float *tab = realloc(r->rows_tab, bytes);
         if (tab == NULL) return -1;
         r->rows_tab = tab;
-        r->tab_cap = T * half * 2;
+        r->rows_cap = bytes;
     }
-    if (T > r->pos_cap) {
-        int32_t *ps = realloc(r->rows_pos, (size_t)T * sizeof *ps);
-        if (ps == NULL) return -1;
-        r->rows_pos = ps;
-        r->pos_cap = T;
+    r->rows_pos = (int32_t *)((char *)r->rows_tab + tab_bytes); /* floats' bytes: a multiple of int32_t's alignment */
+    if (T == 1) {
+        kw_rope_angles(p[0], r->inv_freq, half, r->rows_tab); /* a decode step: no pool run */
+    } else {
+        kw_rope_job job = {NULL, p, r->inv_freq, r->rows_tab, 0, 0, half};
+        /* a cos and a sin in double cost about what 64 of the elementwise values kw_threads_for counts do */
+        kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 64), T, kw_rope_table_build, &job);
     }
-    kw_rope_job job = {NULL, p, r->inv_freq, r->rows_tab, 0, 0, half};
-    /* a cos and a sin in double cost about what 64 of the elementwise values kw_threads_for counts do */
-    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 64), T, kw_rope_table_build, &job);
     memcpy(r->rows_pos, p, (size_t)T * sizeof *p);
     r->n_rows = T;
     return 0;
@@ -201,16 +200,11 @@ int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const 
     const int64_t T = x->ne[0], H = x->ne[1], D = x->ne[2], half = params->rotary_dim / 2;
     kw_cpu_rope_memo *r = kw_rope_memo(cpu, params);
     const int32_t *p = pos->data;
-    if (T == 1) { /* a decode step: the position's table, computed at its first rotation */
-        if (!r->has_pos || r->pos != p[0]) {
-            kw_rope_angles(p[0], r->inv_freq, half, r->tab);
-            r->pos = p[0];
-            r->has_pos = 1;
+    if (kw_rope_rows_tables(cpu, r, p, T, half) == 0) { /* the positions' tables, once per pass */
+        if (T == 1) {
+            kw_rope_rotate_token(x->data, H, D, half, r->rows_tab);
+            return 0;
         }
-        kw_rope_rotate_token(x->data, H, D, half, r->tab);
-        return 0;
-    }
-    if (kw_rope_rows_tables(cpu, r, p, T, half) == 0) { /* a prefill: the positions' tables, once per pass */
         kw_rope_job job = {x->data, NULL, NULL, r->rows_tab, H, D, half};
         kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * H * D), T, kw_rope_table_rows, &job);
         return 0;

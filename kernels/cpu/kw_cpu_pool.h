@@ -161,6 +161,15 @@ static inline int kw_cpu_pool_spin_rule(int64_t *last_sign_ns, const kw_cpu_spin
     return held ? KW_CPU_POOL_SPIN_US : KW_CPU_POOL_SPIN_LONG_US;
 }
 
+/* 1 when a share's word (kw_cpu_pool_take) says every one of its `size` tasks has been taken. The counts only grow
+ * during a job, so a thread that reads this from a plain load may skip the share for good: a thief reads each other
+ * share's word before it adds to it, and the shares already done (most of them at the end of a job) cost it a read
+ * each, which can overlap, instead of a read-modify-write each, which cannot (T - 1 of them per thread and job on T
+ * threads). A pure function (tested). */
+static inline int kw_cpu_pool_share_done(uint64_t word, int64_t size) {
+    return (int64_t)(uint32_t)word + (int64_t)(word >> 32) >= size;
+}
+
 /* One take from a share of `size` tasks: a thread adds 1 (from the front: the share's owner) or KW_CPU_POOL_TAKE_BACK
  * (from the back: another thread, its own share done) to the share's word, whose low 32 bits count the takes from the
  * front and whose high 32 bits those from the back, and passes the value before its addition as `before`. The take
@@ -170,19 +179,9 @@ static inline int kw_cpu_pool_spin_rule(int64_t *last_sign_ns, const kw_cpu_spin
  * at most, so with size <= KW_CPU_POOL_SHARE_MAX and at most 1024 threads neither count reaches 2^32. A pure function
  * (tested). */
 static inline int kw_cpu_pool_take(uint64_t before, int64_t size, int back, int64_t *task) {
-    const int64_t front_n = (int64_t)(uint32_t)before, back_n = (int64_t)(before >> 32);
-    if (front_n + back_n >= size) return 0;
-    *task = back ? size - 1 - back_n : front_n;
+    if (kw_cpu_pool_share_done(before, size)) return 0;
+    *task = back ? size - 1 - (int64_t)(before >> 32) : (int64_t)(uint32_t)before;
     return 1;
-}
-
-/* 1 when a share's word (kw_cpu_pool_take) says every one of its `size` tasks has been taken. The counts only grow
- * during a job, so a thread that reads this from a plain load may skip the share for good: a thief reads each other
- * share's word before it adds to it, and the shares already done (most of them at the end of a job) cost it a read
- * each, which can overlap, instead of a read-modify-write each, which cannot (T - 1 of them per thread and job on T
- * threads). A pure function (tested). */
-static inline int kw_cpu_pool_share_done(uint64_t word, int64_t size) {
-    return (int64_t)(uint32_t)word + (int64_t)(word >> 32) >= size;
 }
 
 /* The waiting policy a pool created now would have (kw_backend_cpu_wait, kernels/kw_backend.h): valid until the

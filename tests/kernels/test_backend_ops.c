@@ -437,35 +437,61 @@ static void test_cpu_exp_within_2_ulp(void **state) {
  * (AVX-512: on the vector exp) at +-Inf, NaN and |x| > 200.
  */
 
-static void kw_erf_sweep_isa(const char *isa_name) {
+/* Calls fn on the fp32 values of the bit patterns first, first + step, ... <= last, each ORed with or_bits, in chunks
+ * of at most 4096 values. */
+typedef void (*kw_pattern_chunk_fn)(void *ctx, const float *x, int n);
+static void kw_for_patterns(uint32_t first, uint32_t last, uint32_t step, uint32_t or_bits, kw_pattern_chunk_fn fn,
+                            void *ctx) {
     enum { CHUNK = 4096 };
-    static float x[CHUNK], y[CHUNK];
+    static float x[CHUNK];
+    int n = 0;
+    for (uint64_t b = first; b <= last; b += step) {
+        x[n++] = kw_f32_from_bits((uint32_t)b | or_bits);
+        if (n == CHUNK || b + step > last) {
+            fn(ctx, x, n);
+            n = 0;
+        }
+    }
+}
+
+/* A sweep's state: the ISA, the worst error (or error / bound) and where it fell. */
+typedef struct kw_sweep {
+    enum kw_cpu_isa isa;
+    double worst;
+    float worst_x;
+} kw_sweep;
+
+static void kw_erf_chunk(void *ctx, const float *x, int n) {
+    kw_sweep *sw = ctx;
+    static float y[4096];
+    kw__cpu_erf_f32(sw->isa, y, x, n);
+    for (int i = 0; i < n; ++i) {
+        const double err = kw_ulp_error(y[i], erf((double)x[i]));
+        if (err > sw->worst) sw->worst = err, sw->worst_x = x[i];
+    }
+}
+
+/* GELU (erf) exactly as kw_opm_act's scalar form */
+static void kw_gelu_erf_same_chunk(void *ctx, const float *x, int n) {
+    const kw_sweep *sw = ctx;
+    static float y[4096];
+    kw__cpu_gelu_erf_f32(sw->isa, y, x, n);
+    for (int i = 0; i < n; ++i)
+        assert_true(kw_f32_bits(y[i]) == kw_f32_bits(kw_opm_act(x[i], KW_ACT_GELU_ERF)));
+}
+
+static void kw_erf_sweep_isa(const char *isa_name) {
     kw_backend *be = kw_make_cpu(isa_name, 1);
     const enum kw_cpu_isa isa = kw__cpu(be)->isa;
     kw_backend_destroy(be);
     if (isa == KW_CPU_ISA_SCALAR) return; /* no vector erf on this machine: erff itself */
-    double worst = 0.0;
-    float worst_x = 0.0f;
-    int n = 0;
-    const uint32_t ranges[4][3] = {
-        {0x00000000u, 0x7f7fffffu, 127},
-        {0x80000000u, 0xff7fffffu, 127}, /* both signs, all finite */
-        {0x3e800000u, 0x3e810000u, 1},   /* around 0.25, the first boundary */
-        {0x407a0000u, 0x40810000u, 1},   /* 3.90 .. 4.03: saturation */
-    };
-    for (int r = 0; r < 4; ++r) {
-        for (uint64_t b = ranges[r][0]; b <= ranges[r][1]; b += ranges[r][2]) {
-            x[n++] = kw_f32_from_bits((uint32_t)b);
-            if (n == CHUNK || b + ranges[r][2] > ranges[r][1]) {
-                kw__cpu_erf_f32(isa, y, x, n);
-                for (int i = 0; i < n; ++i) {
-                    const double err = kw_ulp_error(y[i], erf((double)x[i]));
-                    if (err > worst) worst = err, worst_x = x[i];
-                }
-                n = 0;
-            }
-        }
-    }
+    kw_sweep sw = {isa, 0.0, 0.0f};
+    kw_for_patterns(0x00000000u, 0x7f7fffffu, 127, 0u, kw_erf_chunk, &sw); /* both signs, all finite */
+    kw_for_patterns(0x80000000u, 0xff7fffffu, 127, 0u, kw_erf_chunk, &sw);
+    kw_for_patterns(0x3e800000u, 0x3e810000u, 1, 0u, kw_erf_chunk, &sw); /* around 0.25, the first boundary */
+    kw_for_patterns(0x407a0000u, 0x40810000u, 1, 0u, kw_erf_chunk, &sw); /* 3.90 .. 4.03: saturation */
+    const double worst = sw.worst;
+    const float worst_x = sw.worst_x;
     fprintf(stderr, "cpu erf (%s): worst error %.3f ulp at x = %.9g\n", kw__cpu_isa_name(isa), worst, (double)worst_x);
     assert_true(worst <= 1.5);
 
@@ -495,17 +521,8 @@ static void kw_erf_sweep_isa(const char *isa_name) {
             assert_true(kw_f32_bits(g[i]) == kw_f32_bits(ref));
     }
     /* every |x| >= 5.7 in steps of 4099 patterns: GELU is exactly x or -0, as on the scalar path */
-    for (int sign = 0; sign < 2; ++sign) {
-        for (uint64_t b = 0x40b66666u; b <= 0x7f7fffffu; b += 4099) {
-            x[n++] = kw_f32_from_bits((uint32_t)b | (sign ? 0x80000000u : 0u));
-            if (n == CHUNK || b + 4099 > 0x7f7fffffu) {
-                kw__cpu_gelu_erf_f32(isa, y, x, n);
-                for (int i = 0; i < n; ++i)
-                    assert_true(kw_f32_bits(y[i]) == kw_f32_bits(kw_opm_act(x[i], KW_ACT_GELU_ERF)));
-                n = 0;
-            }
-        }
-    }
+    kw_for_patterns(0x40b66666u, 0x7f7fffffu, 4099, 0u, kw_gelu_erf_same_chunk, &sw);
+    kw_for_patterns(0x40b66666u, 0x7f7fffffu, 4099, 0x80000000u, kw_gelu_erf_same_chunk, &sw);
 }
 
 static void test_cpu_erf_within_1_5_ulp(void **state) {
@@ -536,37 +553,40 @@ static double kw_gelu_tanh_exact(float x, double *bound) {
     return y;
 }
 
+static void kw_gelu_tanh_chunk(void *ctx, const float *x, int n) {
+    kw_sweep *sw = ctx;
+    static float y[4096];
+    kw__cpu_gelu_tanh_f32(sw->isa, y, x, n);
+    for (int i = 0; i < n; ++i) {
+        double bound;
+        const double ref = kw_gelu_tanh_exact(x[i], &bound);
+        assert_true(isfinite(y[i]));
+        const double ratio = fabs((double)y[i] - ref) / bound;
+        if (ratio > sw->worst) sw->worst = ratio, sw->worst_x = x[i];
+    }
+}
+
+/* x >= 10: x itself; x <= -11: -0; both as kw_opm_act's torch form */
+static void kw_gelu_tanh_tail_chunk(void *ctx, const float *x, int n) {
+    const kw_sweep *sw = ctx;
+    static float y[4096];
+    kw__cpu_gelu_tanh_f32(sw->isa, y, x, n);
+    for (int i = 0; i < n; ++i)
+        assert_true(kw_f32_bits(y[i]) == (signbit(x[i]) ? 0x80000000u : kw_f32_bits(x[i])) &&
+                    kw_f32_bits(y[i]) == kw_f32_bits(kw_opm_act(x[i], KW_ACT_GELU_TANH)));
+}
+
 static void kw_gelu_tanh_sweep_isa(const char *isa_name) {
-    enum { CHUNK = 4096 };
-    static float x[CHUNK], y[CHUNK];
     kw_backend *be = kw_make_cpu(isa_name, 1);
     const enum kw_cpu_isa isa = kw__cpu(be)->isa;
     kw_backend_destroy(be);
-    double worst = 0.0; /* the largest |error| / bound */
-    float worst_x = 0.0f;
-    int n = 0;
-    const uint32_t ranges[4][3] = {
-        {0x00000000u, 0x7f7fffffu, 1021},
-        {0x80000000u, 0xff7fffffu, 1021}, /* both signs, all finite */
-        {0xc0600000u, 0xc0800000u, 1},    /* -3.5 .. -4: the steep left tail */
-        {0x3f000000u, 0x3f028f5cu, 1},    /* 0.5 .. 0.51 */
-    };
-    for (int r = 0; r < 4; ++r) {
-        for (uint64_t b = ranges[r][0]; b <= ranges[r][1]; b += ranges[r][2]) {
-            x[n++] = kw_f32_from_bits((uint32_t)b);
-            if (n == CHUNK || b + ranges[r][2] > ranges[r][1]) {
-                kw__cpu_gelu_tanh_f32(isa, y, x, n);
-                for (int i = 0; i < n; ++i) {
-                    double bound;
-                    const double ref = kw_gelu_tanh_exact(x[i], &bound);
-                    assert_true(isfinite(y[i]));
-                    const double ratio = fabs((double)y[i] - ref) / bound;
-                    if (ratio > worst) worst = ratio, worst_x = x[i];
-                }
-                n = 0;
-            }
-        }
-    }
+    kw_sweep sw = {isa, 0.0, 0.0f}; /* worst: the largest |error| / bound */
+    kw_for_patterns(0x00000000u, 0x7f7fffffu, 1021, 0u, kw_gelu_tanh_chunk, &sw); /* both signs, all finite */
+    kw_for_patterns(0x80000000u, 0xff7fffffu, 1021, 0u, kw_gelu_tanh_chunk, &sw);
+    kw_for_patterns(0xc0600000u, 0xc0800000u, 1, 0u, kw_gelu_tanh_chunk, &sw); /* -3.5 .. -4: the steep left tail */
+    kw_for_patterns(0x3f000000u, 0x3f028f5cu, 1, 0u, kw_gelu_tanh_chunk, &sw); /* 0.5 .. 0.51 */
+    const double worst = sw.worst;
+    const float worst_x = sw.worst_x;
     fprintf(stderr, "cpu gelu tanh (%s): worst error %.3f of the bound at x = %.9g\n", kw__cpu_isa_name(isa), worst,
             (double)worst_x);
     assert_true(worst <= 1.0);
@@ -584,19 +604,8 @@ static void kw_gelu_tanh_sweep_isa(const char *isa_name) {
     }
     kw__cpu_gelu_tanh_f32(isa, &at_minus_inf, &minus_inf, 1);
     assert_true(isnan(at_minus_inf));
-    for (int sign = 0; sign < 2; ++sign) { /* x >= 10: x; x <= -11: -0 */
-        const uint32_t first = sign ? kw_f32_bits(11.0f) : kw_f32_bits(10.0f);
-        for (uint64_t b = first; b <= 0x7f7fffffu; b += 4099) {
-            x[n++] = kw_f32_from_bits((uint32_t)b | (sign ? 0x80000000u : 0u));
-            if (n == CHUNK || b + 4099 > 0x7f7fffffu) {
-                kw__cpu_gelu_tanh_f32(isa, y, x, n);
-                for (int i = 0; i < n; ++i)
-                    assert_true(kw_f32_bits(y[i]) == (sign ? 0x80000000u : kw_f32_bits(x[i])) &&
-                                kw_f32_bits(y[i]) == kw_f32_bits(kw_opm_act(x[i], KW_ACT_GELU_TANH)));
-                n = 0;
-            }
-        }
-    }
+    kw_for_patterns(kw_f32_bits(10.0f), 0x7f7fffffu, 4099, 0u, kw_gelu_tanh_tail_chunk, &sw);
+    kw_for_patterns(kw_f32_bits(11.0f), 0x7f7fffffu, 4099, 0x80000000u, kw_gelu_tanh_tail_chunk, &sw);
 }
 
 static void test_cpu_gelu_tanh_error(void **state) {
