@@ -51,6 +51,31 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_dot4)(float s[4], const flo
         s[r] = KW_V(hsum)(acc[r]);
 }
 
+/* kw_attn_dot of q with 16 consecutive cache rows (k, k + row_bytes, ...) as the lanes of one vector: the 16 chains
+ * side by side sharing q's loads, their trees closed together by kw_v16_hsum16 (the same bits as 16 kw_attn_dot
+ * calls). 16 accumulators fit AVX-512's registers only: the other ISAs score four rows at a time (kw_attn_dot4). */
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16)(const float *q, const char *k, size_t row_bytes,
+                                                             enum kw_dtype dt, int64_t D) {
+    KW_VT acc[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r)
+        acc[r] = KW_V(zero)();
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        const KW_VT qv = KW_V(load)(q + d);
+#pragma GCC unroll 16
+        for (int r = 0; r < 16; ++r)
+            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld)(k + (size_t)r * row_bytes, dt, d), acc[r]);
+    }
+    if (d < D) {
+        const KW_VT qv = KW_V(load_n)(q + d, (int)(D - d));
+#pragma GCC unroll 16
+        for (int r = 0; r < 16; ++r)
+            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld_n)(k + (size_t)r * row_bytes, dt, d, (int)(D - d)), acc[r]);
+    }
+    return KW_V(hsum16)(acc);
+}
+
 /* o[d] for the dims of up to four 16-wide chunks starting at d0: the fma chain over the rows with a nonzero weight,
  * times inv. Rows whose weight is 0 (masked, or exp underflowed) are skipped on every ISA. */
 KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_out_block)(float *o, const float *e_row, const char *vbase,
@@ -220,6 +245,41 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
     int64_t j = lo;
     KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
+    if (KW_SIMD_ISA == KW_CPU_ISA_AVX512) { /* 16 rows at a time, the scores scaled, masked and maxed as vectors */
+        KW_VT mv[KW_ATTN_MAX_GROUP];
+        for (int64_t g = 0; g < nh; ++g)
+            mv[g] = KW_V(set1)(-INFINITY);
+        const KW_VT sv = KW_V(set1)(scale);
+        for (; j + 15 <= hi; j += 16) {
+            const char *krow = kbase + (size_t)j * row_bytes;
+            KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 16, hi + 1);
+            KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 16, hi + 1);
+            int any_masked = 0;
+            for (int r = 0; mask && r < 16; ++r)
+                any_masked |= kw_opm_attn_masked(mask, j + r);
+            for (int64_t g = 0; g < nh; ++g) {
+                float *srow = scores + g * n_kv + j;
+                KW_VT s = KW_V(mul)(KW_ISA_FN(kw_attn_dot16)(q + g * D, krow, row_bytes, dt, D), sv);
+                if (any_masked) {
+                    KW_V(store)(srow, s);
+                    for (int r = 0; r < 16; ++r)
+                        if (kw_opm_attn_masked(mask, j + r)) srow[r] = -INFINITY;
+                    s = KW_V(load)(srow);
+                } else {
+                    KW_V(store)(srow, s);
+                }
+                mv[g] = KW_V(max_gt)(mv[g], s);
+            }
+        }
+        /* the lanes' maxima into the running max: the largest score seen (its value is the row-order max's; only
+         * the sign of a zero maximum may differ, and s - m, so exp(s - m), does not see it) */
+        for (int64_t g = 0; g < nh; ++g) {
+            float lanes[16];
+            KW_V(store)(lanes, mv[g]);
+            for (int r = 0; r < 16; ++r)
+                if (lanes[r] > maxs[g]) maxs[g] = lanes[r];
+        }
+    }
     for (; j + 3 <= hi; j += 4) {
         const char *krow = kbase + (size_t)j * row_bytes;
         KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 4, hi + 1);

@@ -6,7 +6,8 @@
  * implementations agree bit for bit by construction; the only cross-lane operation, kw_v16_hsum, adds the lanes in
  * one fixed tree: u[i] = l[i] + l[i+8], v[i] = u[i] + u[i+4], w[i] = v[i] + v[i+2], sum = w[0] + w[1]. The tree is
  * the natural one for AVX2 (half + half, then 128-bit halves, then movehl, then movehdup) and AVX-512 (extract the
- * upper 256 bits first). Operand order is kept identical in every implementation so that even NaN payloads agree.
+ * upper 256 bits first); kw_v16_hsum16 closes 16 vectors' trees at once (AVX-512: one transposed tree of the same
+ * pairs). Operand order is kept identical in every implementation so that even NaN payloads agree.
  *
  * Names carry the ISA as a suffix (kw_v16_fma_avx2 ...); kernels written once are included by a .c file once per ISA
  * with KW_SIMD_SFX and KW_SIMD_TARGET set (see kw_cpu_matmul.c), and call them through KW_V(op), which pastes the
@@ -153,6 +154,20 @@ KW_SIMD_INLINE float kw_v16_hsum_scalar(kw_v16_scalar v) {
     const float a = w4[0] + w4[2], b = w4[1] + w4[3];
     return a + b;
 }
+/* Lane r: kw_v16_hsum of a[r] (16 trees closed side by side; the same bits as 16 hsum calls). */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_hsum16_scalar(const kw_v16_scalar a[16]) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = kw_v16_hsum_scalar(a[i]);
+    return r;
+}
+/* Per lane s if s > m, else m (an ordered compare: a NaN s never wins; a NaN m stays). */
+KW_SIMD_INLINE kw_v16_scalar kw_v16_max_gt_scalar(kw_v16_scalar m, kw_v16_scalar s) {
+    kw_v16_scalar r;
+    for (int i = 0; i < 16; ++i)
+        r.l[i] = s.l[i] > m.l[i] ? s.l[i] : m.l[i];
+    return r;
+}
 
 #if KW_CPU_X86
 /* ------------------------------------------------------------------------------------------------------------
@@ -269,6 +284,17 @@ KW_AVX2_INLINE float kw_avx2_hsum8_tree(__m256 u) {
 KW_AVX2_INLINE float kw_v16_hsum_avx2(kw_v16_avx2 v) {
     return kw_avx2_hsum8_tree(_mm256_add_ps(v.lo, v.hi));
 }
+/* kw_v16_hsum16_scalar: one tree per row (with 8-lane halves a transposed tree saves little). */
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_hsum16_avx2(const kw_v16_avx2 a[16]) {
+    float t[16];
+    for (int i = 0; i < 16; ++i)
+        t[i] = kw_v16_hsum_avx2(a[i]);
+    return (kw_v16_avx2){_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8)};
+}
+KW_AVX2_INLINE kw_v16_avx2 kw_v16_max_gt_avx2(kw_v16_avx2 m, kw_v16_avx2 s) {
+    return (kw_v16_avx2){_mm256_blendv_ps(m.lo, s.lo, _mm256_cmp_ps(s.lo, m.lo, _CMP_GT_OQ)),
+                         _mm256_blendv_ps(m.hi, s.hi, _mm256_cmp_ps(s.hi, m.hi, _CMP_GT_OQ))};
+}
 
 /* ------------------------------------------------------------------------------------------------------------
  * AVX-512: one register.
@@ -330,6 +356,30 @@ KW_AVX512_INLINE kw_v16_avx512 kw_v16_mul_avx512(kw_v16_avx512 a, kw_v16_avx512 
 KW_AVX512_INLINE float kw_v16_hsum_avx512(kw_v16_avx512 v) {
     /* u[i] = l[i] + l[i+8], then the same 8-lane tree as AVX2 (the AVX-512 target includes AVX2) */
     return kw_avx2_hsum8_tree(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+/* kw_v16_hsum16_scalar as one transposed tree: each level adds the same pairs in the same operand order as
+ * kw_v16_hsum, for all 16 rows at once (31 shuffles and 15 adds instead of 16 trees and 16 extractions). Level 1
+ * puts rows 2i, 2i + 1 (u, 8 lanes each) in one vector, level 2 rows 4i .. 4i + 3 (v, a 128-bit quarter each), level 3
+ * pairs two quarters' v into w, level 4 leaves lane 4 k + p holding the sum of input 4 p + k: so the rows are read in
+ * that transposed order (a[4 (i % 4) + i / 4] as input i) and lane r comes out holding row r. */
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_hsum16_avx512(const kw_v16_avx512 a[16]) {
+    __m512 u[8], v[4], w[2];
+    for (int i = 0; i < 8; ++i) { /* u[k] = l[k] + l[k + 8]: the low 256 bits of each row plus its high 256 */
+        const __m512 x = a[4 * ((2 * i) % 4) + (2 * i) / 4], y = a[4 * ((2 * i + 1) % 4) + (2 * i + 1) / 4];
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    for (int i = 0; i < 4; ++i) /* v[k] = u[k] + u[k + 4] */
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int i = 0; i < 2; ++i) /* w[k] = v[k] + v[k + 2] */
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)), /* w[0] + w[1] */
+                         _mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+KW_AVX512_INLINE kw_v16_avx512 kw_v16_max_gt_avx512(kw_v16_avx512 m, kw_v16_avx512 s) {
+    return _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(s, m, _CMP_GT_OQ), s);
 }
 #endif /* KW_CPU_X86 */
 
