@@ -7,7 +7,8 @@
  * one fixed tree: u[i] = l[i] + l[i+8], v[i] = u[i] + u[i+4], w[i] = v[i] + v[i+2], sum = w[0] + w[1]. The tree is
  * the natural one for AVX2 (half + half, then 128-bit halves, then movehl, then movehdup) and AVX-512 (extract the
  * upper 256 bits first); kw_v16_hsum16 closes 16 vectors' trees at once (AVX-512: one transposed tree of the same
- * pairs). Operand order is kept identical in every implementation so that even NaN payloads agree.
+ * pairs). Operand order is written identically in every implementation, but the compiler may commute an add, so
+ * which NaN's payload survives is not promised (the tests take any NaN as equal to any NaN).
  *
  * Names carry the ISA as a suffix (kw_v16_fma_avx2 ...); kernels written once are included by a .c file once per ISA
  * with KW_SIMD_SFX and KW_SIMD_TARGET set (see kw_cpu_matmul.c), and call them through KW_V(op), which pastes the

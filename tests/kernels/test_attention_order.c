@@ -1,18 +1,20 @@
 /* test_attention_order.c: the CPU attention scores a cache row with the same bits whichever of its loops scores it.
  *
- * kw_cpu_attention_isa.h scores the visible span [lo, hi] four rows at a time (kw_attn_dot4) and the last
- * (hi - lo + 1) % 4 rows one at a time (kw_attn_dot); both must be the one dot16 of kw_cpu_attention.c's header. Which
- * loop takes a row, and in which of dot4's four slots, depends only on the row's offset from lo and on the span's
- * length, so the ISA-invariance tests (which run dot4 on both sides of every comparison) cannot see a difference.
+ * kw_cpu_attention_isa.h scores the visible span [lo, hi] sixteen rows at a time on AVX-512 (kw_attn_dot16, the trees
+ * closed by kw_v16_hsum16), then four at a time (kw_attn_dot4) and the last rows one at a time (kw_attn_dot); all must
+ * be the one dot16 of kw_cpu_attention.c's header. Which loop takes a row, and in which slot, depends only on the row's
+ * offset from lo and on the span's length, so the ISA-invariance tests (which run the same loops on both sides of
+ * every comparison) cannot see a difference.
  *
- * Here one decode query sees the same n rows [L, L + n) in sixteen calls whose span is widened by s = 0..3 masked rows
- * in front (a longer sliding window) and r = 0..3 masked rows behind (a later query position): each visible row is
- * scored in every slot of dot4 and, where the span leaves it in the tail, by dot. Every call must give the bits of the
- * unpadded one (test_attention_row_order_free), and that call the bits of a reference written here from the header's
- * rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed by kw_v16_hsum's tree, the row-order
- * max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows. Every ISA this machine has, f32 and
- * bf16 caches, head dims that are and are not multiples of 16, n = 4k .. 4k + 3. The padding rows hold NaN keys and
- * values: a masked row that dot4 scores and drops must not reach a visible row.
+ * Here one decode query sees the same n rows [L, L + n) in calls whose span is widened by s = 0..15 masked rows in
+ * front (a longer sliding window) and r = 0..15 masked rows behind (a later query position), r = 0..3 and 13..15 for
+ * each s: each visible row is scored in every slot of dot16 and dot4 and, where the span leaves it in the tail, by dot.
+ * Every call must give the bits of the unpadded one (test_attention_row_order_free), and that call the bits of a
+ * reference written here from the header's rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed
+ * by kw_v16_hsum's tree, the row-order max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows.
+ * Every ISA this machine has, f32 and bf16 caches, head dims that are and are not multiples of 16, n = 1 .. 12 and
+ * 29 .. 32. The padding rows hold NaN keys and values: a masked row that a block scores and drops must not reach a
+ * visible row. test_hsum16_trees: kw_v16_hsum16 equals 16 kw_v16_hsum calls bit for bit (any NaN equals any NaN).
  *
  * The inputs make a one-ulp change of any score show in the output: q and k in [1, 2) put every score near one large
  * value (well within a factor 2 of the max m, so s - m is exact) and a power-of-two scale (exact) keeps s - m within
@@ -29,14 +31,16 @@
 #include <string.h>
 
 #include "kernels/cpu/kw_cpu.h"
+#include "kernels/cpu/kw_cpu_simd.h"
 #include "kernels/kw_backend.h"
 #include "kernels/kw_op_math.h"
 #include "kw_cpu_test_util.h"
 
-#define ORD_L    3 /* rows before the visible ones: room for the front padding */
+#define ORD_L    15 /* rows before the visible ones: room for the front padding */
 #define ORD_HQ   4
 #define ORD_HKV  2 /* GQA groups of 2: dot4 runs per head of a group */
 #define ORD_NMAX 32
+#define ORD_PAD  15 /* the most masked rows behind */
 
 static const int64_t ord_dims[] = {8, 24, 33, 64, 72, 128};
 static const int64_t ord_rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 29, 30, 31, 32};
@@ -55,7 +59,7 @@ typedef struct ord_case {
 } ord_case;
 
 static ord_case ord_case_make(int64_t D, int64_t n, enum kw_dtype dt) {
-    ord_case c = {.D = D, .n = n, .cap = ORD_L + n + 3, .dt = dt};
+    ord_case c = {.D = D, .n = n, .cap = ORD_L + n + ORD_PAD, .dt = dt};
     c.scale = ldexpf(1.0f, -(int)floorf(log2f(0.62f * sqrtf((float)D)))); /* the spread of q . k is ~0.62 sqrt(D) */
     const size_t cells = (size_t)(ORD_HKV * c.cap * D);
     c.q = malloc((size_t)(ORD_HQ * D) * sizeof(float));
@@ -175,8 +179,8 @@ static void ord_sweep(int against_rule) {
                                  kw_dtype_name(c.dt), (long long)c.D, (long long)c.n);
                         differs = ord_differ(base, want, nout, what);
                     } else {
-                        for (int s = 0; s < 4 && !differs; ++s)
-                            for (int r = s == 0; r < 4 && !differs; ++r) {
+                        for (int s = 0; s <= ORD_L && !differs; ++s)
+                            for (int r = s == 0; r <= ORD_PAD && !differs; r = r == 3 ? ORD_PAD - 2 : r + 1) {
                                 memset(got, 0xff, sizeof got);
                                 ord_run(b, &c, s, r, got);
                                 snprintf(what, sizeof what,
@@ -208,10 +212,94 @@ static void test_attention_follows_the_rule(void **state) {
     ord_sweep(1);
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * kw_v16_hsum16 against kw_v16_hsum, row by row.
+ */
+
+/* 16 rows of 16 lanes: values of mixed magnitude and sign (so that the order of the adds shows in the rounding), and
+ * in some trials zeros of both signs, infinities and NaNs with distinct payloads. */
+static void hsum_rows(float rows[16][16], int trial) {
+    for (int r = 0; r < 16; ++r)
+        for (int l = 0; l < 16; ++l) {
+            const float x = kw_rand_from(&g_rng);
+            rows[r][l] = ldexpf(x, (int)(kw_rand_from(&g_rng) * 40.0f) - 20);
+            if (trial % 4 != 0) continue;
+            const int pick = (int)(kw_rand_from(&g_rng) * 64.0f + 64.0f) % 64;
+            if (pick == 0) rows[r][l] = 0.0f;
+            if (pick == 1) rows[r][l] = -0.0f;
+            if (pick == 2) rows[r][l] = INFINITY;
+            if (pick == 3) rows[r][l] = -INFINITY;
+            if (pick == 4) rows[r][l] = kw_f32_from_bits(0x7fc00000u | (uint32_t)(r * 16 + l + 1)); /* payload */
+        }
+}
+
+static void hsum16_scalar(const float rows[16][16], float out[16], float one[16]) {
+    kw_v16_scalar a[16];
+    for (int r = 0; r < 16; ++r) {
+        memcpy(a[r].l, rows[r], sizeof a[r].l);
+        one[r] = kw_v16_hsum_scalar(a[r]);
+    }
+    kw_v16_store_scalar(out, kw_v16_hsum16_scalar(a));
+}
+
+#if KW_CPU_X86
+KW_TARGET_AVX2 static void hsum16_avx2(const float rows[16][16], float out[16], float one[16]) {
+    kw_v16_avx2 a[16];
+    for (int r = 0; r < 16; ++r) {
+        a[r] = kw_v16_load_avx2(rows[r]);
+        one[r] = kw_v16_hsum_avx2(a[r]);
+    }
+    kw_v16_store_avx2(out, kw_v16_hsum16_avx2(a));
+}
+
+KW_TARGET_AVX512 static void hsum16_avx512(const float rows[16][16], float out[16], float one[16]) {
+    kw_v16_avx512 a[16];
+    for (int r = 0; r < 16; ++r) {
+        a[r] = kw_v16_load_avx512(rows[r]);
+        one[r] = kw_v16_hsum_avx512(a[r]);
+    }
+    kw_v16_store_avx512(out, kw_v16_hsum16_avx512(a));
+}
+#endif
+
+/* Every ISA this machine has: lane r of hsum16 has the bits of hsum of row r on the same ISA and of the scalar tree,
+ * a NaN as a class (the compiler may commute an add, so which operand's payload survives is not promised). */
+static void test_hsum16_trees(void **state) {
+    (void)state;
+    typedef void (*hsum16_fn)(const float[16][16], float[16], float[16]);
+    hsum16_fn fns[3] = {hsum16_scalar, NULL, NULL};
+    const char *names[3] = {"scalar", "avx2", "avx512"};
+#if KW_CPU_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) fns[1] = hsum16_avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) fns[2] = hsum16_avx512;
+#endif
+    int checked = 0;
+    for (int trial = 0; trial < 2000; ++trial) {
+        float rows[16][16], want[16], ignored[16], got[16], one[16];
+        hsum_rows(rows, trial);
+        hsum16_scalar(rows, ignored, want);
+        for (int i = 0; i < 3; ++i) {
+            if (!fns[i]) continue;
+            fns[i](rows, got, one);
+            for (int r = 0; r < 16; ++r) {
+                if (isnan(want[r])
+                        ? !isnan(got[r]) || !isnan(one[r])
+                        : kw_f32_bits(got[r]) != kw_f32_bits(want[r]) || kw_f32_bits(one[r]) != kw_f32_bits(want[r]))
+                    fail_msg("%s trial %d row %d: hsum16 0x%08x, hsum 0x%08x, scalar tree 0x%08x", names[i], trial, r,
+                             kw_f32_bits(got[r]), kw_f32_bits(one[r]), kw_f32_bits(want[r]));
+            }
+            checked += trial == 0;
+        }
+    }
+    print_message("hsum16 checked on %d ISAs\n", checked);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_row_order_free),
         cmocka_unit_test(test_attention_follows_the_rule),
+        cmocka_unit_test(test_hsum16_trees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
