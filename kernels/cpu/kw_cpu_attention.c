@@ -27,6 +27,10 @@
 
 /* Group sizes above this run in chunks (scores for every head of a chunk live in scratch together). */
 #define KW_ATTN_MAX_GROUP 16
+/* Calls of at most this many query tokens prefetch the cache rows (kw_attn_prefetch: a decode step's rows come from
+ * memory); a longer call's items run kv head by kv head (kw_attn_task), so all but a head's first token find the
+ * rows in the caches, where the prefetches were a fifth of a 512-token prefill's score pass. */
+#define KW_ATTN_PREFETCH_MAX_T 4
 
 /* The value rows an output pass reads (kw_attn_out_fixed): an f32/bf16 cache (vscales NULL), or a paged quantized
  * cache's codes (base, row_bytes) with their scale bytes and the 256 scale values. All borrowed. */
@@ -68,19 +72,19 @@ typedef struct kw_attn_values {
 
 static void kw_attn_item(enum kw_cpu_isa isa, float *out, const float *q, int64_t nh, const char *kbase,
                          const char *vbase, enum kw_dtype dt, int64_t D, int64_t lo, int64_t hi, const uint8_t *mask,
-                         float scale, float *scores, int64_t n_kv) {
+                         float scale, float *scores, int64_t n_kv, int prefetch) {
 #if KW_CPU_X86
     if (isa == KW_CPU_ISA_AVX512) {
-        kw_attn_item_avx512(out, q, nh, kbase, vbase, dt, D, lo, hi, mask, scale, scores, n_kv);
+        kw_attn_item_avx512(out, q, nh, kbase, vbase, dt, D, lo, hi, mask, scale, scores, n_kv, prefetch);
         return;
     }
     if (isa == KW_CPU_ISA_AVX2) {
-        kw_attn_item_avx2(out, q, nh, kbase, vbase, dt, D, lo, hi, mask, scale, scores, n_kv);
+        kw_attn_item_avx2(out, q, nh, kbase, vbase, dt, D, lo, hi, mask, scale, scores, n_kv, prefetch);
         return;
     }
 #endif
     (void)isa;
-    kw_attn_item_scalar(out, q, nh, kbase, vbase, dt, D, lo, hi, mask, scale, scores, n_kv);
+    kw_attn_item_scalar(out, q, nh, kbase, vbase, dt, D, lo, hi, mask, scale, scores, n_kv, prefetch);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -94,14 +98,14 @@ typedef struct kw_attn_job {
     const kw_tensor *k_cache, *v_cache;
     const uint8_t *mask;
     size_t per_thread, esize;
-    int64_t Hq, D, Hkv, cap, group, chunk, n_kv, window, q_pos0;
+    int64_t T, Hq, D, Hkv, cap, group, chunk, n_kv, window, q_pos0;
     float scale;
 } kw_attn_job;
 
 static void kw_attn_task(void *arg, int64_t it, int worker) {
     const kw_attn_job *j = arg;
-    const int64_t Hkv = j->Hkv, D = j->D, Hq = j->Hq, group = j->group, chunk = j->chunk, cap = j->cap;
-    const int64_t t = it / Hkv, kvh = it % Hkv, p = j->q_pos0 + t;
+    const int64_t D = j->D, Hq = j->Hq, group = j->group, chunk = j->chunk, cap = j->cap;
+    const int64_t T = j->T, t = it % T, kvh = it / T, p = j->q_pos0 + t;
     float *scores = j->scratch + j->per_thread * (size_t)worker;
     int64_t lo, hi; /* the rows the query sees before the mask, as the GPU computes them */
     kw_opm_attn_span(p, j->n_kv, j->window, &lo, &hi);
@@ -114,7 +118,7 @@ static void kw_attn_task(void *arg, int64_t it, int worker) {
             memset(o, 0, (size_t)(nh * D) * sizeof(float));
         else
             kw_attn_item(j->isa, o, j->qs + (t * Hq + h0) * D, nh, kbase, vbase, j->k_cache->dtype, D, lo, hi, j->mask,
-                         j->scale, scores, j->n_kv);
+                         j->scale, scores, j->n_kv, T <= KW_ATTN_PREFETCH_MAX_T);
     }
 }
 
@@ -139,8 +143,8 @@ int kw__cpu_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, c
     float *scratch;
     KW_FORWARD(kw__cpu_scratch(cpu, per_thread * (size_t)nt, &scratch));
 
-    kw_attn_job job = {cpu->isa, os,  scratch, qs,    k_cache, v_cache, mask,   per_thread, esize, Hq,
-                       D,        Hkv, cap,     group, chunk,   n_kv,    window, q_pos0,     scale};
+    kw_attn_job job = {cpu->isa, os, scratch, qs,  k_cache, v_cache, mask, per_thread, esize,  T,
+                       Hq,       D,  Hkv,     cap, group,   chunk,   n_kv, window,     q_pos0, scale};
     kw_cpu_pool_run(cpu->pool, nt, items, kw_attn_task, &job);
     return 0;
 }

@@ -51,29 +51,45 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_dot4)(float s[4], const flo
         s[r] = KW_V(hsum)(acc[r]);
 }
 
-/* kw_attn_dot of q with 16 consecutive cache rows (k, k + row_bytes, ...) as the lanes of one vector: the 16 chains
- * side by side sharing q's loads, their trees closed together by kw_v16_hsum16 (the same bits as 16 kw_attn_dot
- * calls). 16 accumulators fit AVX-512's registers only: the other ISAs score four rows at a time (kw_attn_dot4). */
-KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16)(const float *q, const char *k, size_t row_bytes,
-                                                             enum kw_dtype dt, int64_t D) {
-    KW_VT acc[16];
+/* kw_attn_dot of q (D = 16 nc) with 16 consecutive cache rows (k, k + row_bytes, ...) as the lanes of one vector:
+ * q's nc chunks held in registers, each row's chain over them from +0 (kw_attn_dot's order), the 16 trees closed
+ * together by kw_v16_hsum16 (the same bits as 16 kw_attn_dot calls). nc (at most 8: 16 accumulators and 8 q chunks
+ * fit AVX-512's 32 registers) and bf16 are constants at every call (kw_attn_dot16's switch), so the loops unroll and
+ * every load is one base register plus a constant. */
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16_fixed)(const float *q, const char *k, size_t row_bytes,
+                                                                   const int nc, const int bf16) {
+    KW_VT qv[8], acc[16];
+#pragma GCC unroll 8
+    for (int c = 0; c < nc; ++c)
+        qv[c] = KW_V(load)(q + c * 16);
 #pragma GCC unroll 16
-    for (int r = 0; r < 16; ++r)
-        acc[r] = KW_V(zero)();
-    int64_t d = 0;
-    for (; d + 16 <= D; d += 16) {
-        const KW_VT qv = KW_V(load)(q + d);
-#pragma GCC unroll 16
-        for (int r = 0; r < 16; ++r)
-            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld)(k + (size_t)r * row_bytes, dt, d), acc[r]);
-    }
-    if (d < D) {
-        const KW_VT qv = KW_V(load_n)(q + d, (int)(D - d));
-#pragma GCC unroll 16
-        for (int r = 0; r < 16; ++r)
-            acc[r] = KW_V(fma)(qv, KW_ISA_FN(kw_attn_ld_n)(k + (size_t)r * row_bytes, dt, d, (int)(D - d)), acc[r]);
+    for (int r = 0; r < 16; ++r) {
+        const char *kr = k + (size_t)r * row_bytes;
+        KW_VT a = KW_V(zero)();
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; ++c)
+            a = KW_V(fma)(qv[c], KW_ISA_FN(kw_attn_ld)(kr, bf16 ? KW_DTYPE_BF16 : KW_DTYPE_F32, c * 16), a);
+        acc[r] = a;
     }
     return KW_V(hsum16)(acc);
+}
+
+/* kw_attn_dot16_fixed for D = 64 or 128 on an f32 or bf16 cache into *s (returns 1), else 0: the caller scores the
+ * rows four at a time. */
+KW_SIMD_TARGET KW_SIMD_INLINE int KW_ISA_FN(kw_attn_dot16)(KW_VT *s, const float *q, const char *k, size_t row_bytes,
+                                                           enum kw_dtype dt, int64_t D) {
+    const int bf16 = dt == KW_DTYPE_BF16;
+    if (D == 128) {
+        *s = bf16 ? KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 8, 1)
+                  : KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 8, 0);
+        return 1;
+    }
+    if (D == 64) {
+        *s = bf16 ? KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 4, 1)
+                  : KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 4, 0);
+        return 1;
+    }
+    return 0;
 }
 
 /* o[d] for the dims of up to four 16-wide chunks starting at d0: the fma chain over the rows with a nonzero weight,
@@ -232,11 +248,12 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_prefetch)(const char *base,
 }
 
 /* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
- * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). */
+ * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). prefetch: the cache rows
+ * come from memory (a decode step, kw_attn_prefetch), not from the caches (a prefill's other tokens just read them). */
 KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, int64_t nh, const char *kbase,
                                                    const char *vbase, enum kw_dtype dt, int64_t D, int64_t lo,
                                                    int64_t hi, const uint8_t *mask, float scale, float *scores,
-                                                   int64_t n_kv) {
+                                                   int64_t n_kv, int prefetch) {
     const size_t row_bytes = (size_t)D * kw_dtype_size(dt);
     const int64_t n = hi - lo + 1;
     float maxs[KW_ATTN_MAX_GROUP];
@@ -244,22 +261,26 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
         maxs[g] = -INFINITY;
     /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
     int64_t j = lo;
-    KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
-    if (KW_SIMD_ISA == KW_CPU_ISA_AVX512) { /* 16 rows at a time, the scores scaled, masked and maxed as vectors */
+    if (prefetch) KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
+    /* AVX-512 with D = 64 or 128: 16 rows at a time, the scores scaled, masked and maxed as vectors */
+    if (KW_SIMD_ISA == KW_CPU_ISA_AVX512 && (D == 64 || D == 128)) {
         KW_VT mv[KW_ATTN_MAX_GROUP];
         for (int64_t g = 0; g < nh; ++g)
             mv[g] = KW_V(set1)(-INFINITY);
         const KW_VT sv = KW_V(set1)(scale);
         for (; j + 15 <= hi; j += 16) {
             const char *krow = kbase + (size_t)j * row_bytes;
-            KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 16, hi + 1);
-            KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 16, hi + 1);
+            if (prefetch)
+                KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 16, hi + 1);
+            if (prefetch) KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 16, hi + 1);
             int any_masked = 0;
             for (int r = 0; mask && r < 16; ++r)
                 any_masked |= kw_opm_attn_masked(mask, j + r);
             for (int64_t g = 0; g < nh; ++g) {
                 float *srow = scores + g * n_kv + j;
-                KW_VT s = KW_V(mul)(KW_ISA_FN(kw_attn_dot16)(q + g * D, krow, row_bytes, dt, D), sv);
+                KW_VT s;
+                KW_ISA_FN(kw_attn_dot16)(&s, q + g * D, krow, row_bytes, dt, D);
+                s = KW_V(mul)(s, sv);
                 if (any_masked) {
                     KW_V(store)(srow, s);
                     for (int r = 0; r < 16; ++r)
@@ -282,8 +303,9 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     }
     for (; j + 3 <= hi; j += 4) {
         const char *krow = kbase + (size_t)j * row_bytes;
-        KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 4, hi + 1);
-        KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 4, hi + 1);
+        if (prefetch)
+            KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 4, hi + 1);
+        if (prefetch) KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 4, hi + 1);
         for (int64_t g = 0; g < nh; ++g) {
             float s4[4];
             KW_ISA_FN(kw_attn_dot4)(s4, q + g * D, krow, row_bytes, dt, D);
@@ -294,7 +316,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
             }
         }
     }
-    KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, hi + 1, hi + 1);
+    if (prefetch) KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, hi + 1, hi + 1);
     for (; j <= hi; ++j) {
         const int masked = kw_opm_attn_masked(mask, j);
         const char *krow = kbase + (size_t)j * row_bytes;
