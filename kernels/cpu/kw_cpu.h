@@ -31,6 +31,12 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 #define KW_CPU_X86 0
 #endif
 
+/* Attention calls of at most this many query tokens prefetch the cache rows (kw_cpu_attention.c: a decode step's
+ * rows come from memory) and score them four at a time; a longer call's items run kv head by kv head, so all but a
+ * head's first token find the rows in the caches, where the prefetches were a fifth of a 512-token prefill's score
+ * pass, and AVX-512 scores them 16 at a time (kw_attn_dot16). */
+#define KW_ATTN_PREFETCH_MAX_T 4
+
 /* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq and the {cos, sin} tables of
  * the positions of its last call (a prefill's run or a decode step's one position, up to KW_CPU_ROPE_ROWS_MAX
  * {cos, sin} pairs: 16 MiB, kept until the backend is destroyed). A forward pass rotates q and k

@@ -27,10 +27,6 @@
 
 /* Group sizes above this run in chunks (scores for every head of a chunk live in scratch together). */
 #define KW_ATTN_MAX_GROUP 16
-/* Calls of at most this many query tokens prefetch the cache rows (kw_attn_prefetch: a decode step's rows come from
- * memory); a longer call's items run kv head by kv head (kw_attn_task), so all but a head's first token find the
- * rows in the caches, where the prefetches were a fifth of a 512-token prefill's score pass. */
-#define KW_ATTN_PREFETCH_MAX_T 4
 
 /* The value rows an output pass reads (kw_attn_out_fixed): an f32/bf16 cache (vscales NULL), or a paged quantized
  * cache's codes (base, row_bytes) with their scale bytes and the 256 scale values. All borrowed. */

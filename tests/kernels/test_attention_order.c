@@ -6,10 +6,12 @@
  * offset from lo and on the span's length, so the ISA-invariance tests (which run the same loops on both sides of
  * every comparison) cannot see a difference.
  *
- * Here one decode query sees the same n rows [L, L + n) in calls whose span is widened by s = 0..15 masked rows in
- * front (a longer sliding window) and r = 0..15 masked rows behind (a later query position), r = 0..3 and 13..15 for
- * each s: each visible row is scored in every slot of dot16 and dot4 and, where the span leaves it in the tail, by dot.
- * Every call must give the bits of the unpadded one (test_attention_row_order_free), and that call the bits of a
+ * Here one query sees the same n rows [L, L + n) in calls whose span is widened by s = 0..15 masked rows in front (a
+ * longer sliding window) and r = 0..15 masked rows behind (a later query position), r = 0..3 and 13..15 for each s,
+ * each call both as a decode step (four-row loop) and as the last token of a longer call (the prefill loops: dot16 on
+ * AVX-512 with D = 64, 128): each visible row is scored in every slot of dot16 and dot4 and, where the span leaves it
+ * in the tail, by dot. Every call must give the bits of the unpadded decode step (test_attention_row_order_free), and
+ * that step and its prefill twin the bits of a
  * reference written here from the header's rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed
  * by kw_v16_hsum's tree, the row-order max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows.
  * Every ISA this machine has, f32 and bf16 caches, head dims that are and are not multiples of 16, n = 1 .. 12 and
@@ -84,18 +86,31 @@ static void ord_case_free(ord_case *c) {
     free(c->q), free(c->kc), free(c->vc), free(c->mask);
 }
 
-/* out (ORD_HQ, D): the query on b with s masked rows before the visible ones and r after them in its span. */
-static void ord_run(kw_backend *b, const ord_case *c, int s, int r, float *out) {
-    const int64_t D = c->D, hi = ORD_L + c->n - 1 + r;
-    kw_tensor tq = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){1, ORD_HQ, D}, c->q);
-    kw_tensor to = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){1, ORD_HQ, D}, out);
+/* The query tokens of a prefill-sized call (ord_run): more than kw_cpu.h's KW_ATTN_PREFETCH_MAX_T, so the call takes
+ * the prefill loops (AVX-512: kw_attn_dot16). */
+#define ORD_PREFILL_T (KW_ATTN_PREFETCH_MAX_T + 1)
+
+/* out (ORD_HQ, D): the query on b with s masked rows before the visible ones and r after them in its span, as a
+ * decode step (prefill 0) or as the last of ORD_PREFILL_T query tokens at consecutive positions (prefill 1: the
+ * others are the same q, seeing fewer rows; only the last token's output is kept). */
+static void ord_run(kw_backend *b, const ord_case *c, int s, int r, int prefill, float *out) {
+    const int64_t D = c->D, hi = ORD_L + c->n - 1 + r, T = prefill ? ORD_PREFILL_T : 1;
+    float *qs = malloc((size_t)(T * ORD_HQ * D) * sizeof(float)),
+          *os = malloc((size_t)(T * ORD_HQ * D) * sizeof(float));
+    assert_true(qs && os);
+    for (int64_t t = 0; t < T; ++t)
+        memcpy(qs + t * ORD_HQ * D, c->q, (size_t)(ORD_HQ * D) * sizeof(float));
+    kw_tensor tq = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){T, ORD_HQ, D}, qs);
+    kw_tensor to = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){T, ORD_HQ, D}, os);
     kw_tensor tk = kw_wrap(b, c->dt, 3, (int64_t[]){ORD_HKV, c->cap, D}, c->kc);
     kw_tensor tv = kw_wrap(b, c->dt, 3, (int64_t[]){ORD_HKV, c->cap, D}, c->vc);
     kw_tensor tm = kw_wrap(b, KW_DTYPE_U8, 1, (int64_t[]){c->cap}, c->mask);
     const kw_attention_params ap = {
-        .q_pos0 = hi, .n_kv = hi + 1, .scale = c->scale, .sliding_window = c->n + s + r, .kv_mask = &tm};
+        .q_pos0 = hi - (T - 1), .n_kv = hi + 1, .scale = c->scale, .sliding_window = c->n + s + r, .kv_mask = &tm};
     assert_int_equal(kw_op_attention(b, &to, &tq, &tk, &tv, &ap), 0);
     assert_int_equal(kw_backend_synchronize(b), 0);
+    memcpy(out, os + (T - 1) * ORD_HQ * D, (size_t)(ORD_HQ * D) * sizeof(float));
+    free(qs), free(os);
 }
 
 /* kw_v16_hsum's tree: u[i] = l[i] + l[i+8], v[i] = u[i] + u[i+4], w[i] = v[i] + v[i+2], w[0] + w[1]. */
@@ -172,23 +187,27 @@ static void ord_sweep(int against_rule) {
                     const int64_t nout = ORD_HQ * c.D;
                     int differs = 0;
                     memset(base, 0xff, sizeof base);
-                    ord_run(b, &c, 0, 0, base);
+                    ord_run(b, &c, 0, 0, 0, base);
                     if (against_rule) {
                         ord_reference(&c, want);
                         snprintf(what, sizeof what, "%s %s D=%lld n=%lld: kernel vs the rule", isas[i],
                                  kw_dtype_name(c.dt), (long long)c.D, (long long)c.n);
                         differs = ord_differ(base, want, nout, what);
-                    } else {
-                        for (int s = 0; s <= ORD_L && !differs; ++s)
-                            for (int r = s == 0; r <= ORD_PAD && !differs; r = r == 3 ? ORD_PAD - 2 : r + 1) {
+                    }
+                    /* every padding, as a decode step and as a prefill's last token, against the unpadded step */
+                    for (int s = 0; s <= ORD_L && !differs; ++s)
+                        for (int r = 0; r <= ORD_PAD && !differs; r = r == 3 ? ORD_PAD - 2 : r + 1)
+                            for (int prefill = s == 0 && r == 0; prefill < 2 && !differs; ++prefill) {
+                                if (against_rule && (s > 0 || r > 0)) break; /* the rule: the unpadded calls */
                                 memset(got, 0xff, sizeof got);
-                                ord_run(b, &c, s, r, got);
+                                ord_run(b, &c, s, r, prefill, got);
                                 snprintf(what, sizeof what,
-                                         "%s %s D=%lld n=%lld: %d masked rows before, %d after vs none", isas[i],
-                                         kw_dtype_name(c.dt), (long long)c.D, (long long)c.n, s, r);
+                                         "%s %s D=%lld n=%lld: %d masked rows before, %d after, %s vs an unpadded "
+                                         "decode step",
+                                         isas[i], kw_dtype_name(c.dt), (long long)c.D, (long long)c.n, s, r,
+                                         prefill ? "in a prefill" : "a decode step");
                                 differs = ord_differ(got, base, nout, what);
                             }
-                    }
                     bad[i] += differs, cases += i == 0;
                     ord_case_free(&c);
                 }
