@@ -13,10 +13,12 @@
  * Options: --threads N (default: 1 and 2), --reps N (default 5 passes), --quick (fewer shapes, smaller buffers),
  * --quantized (instead: the kept-quantized layouts, exact f32 rebuild against int8 activations and against the
  * super-block layouts, A B A B), --bf16-pair (instead: decode of bf16 weights, exact against bf16 activations, call by
- * call A B A B).
+ * call A B A B), --attention (instead: the attention op on bf16 caches, prefill against OpenBLAS sgemm of the same
+ * products, decode against the read bandwidth).
  */
 #include "kw_benches.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -398,15 +400,103 @@ static void kw_bench_quantized(kw_backend *b, int threads, size_t min_w_bytes, i
     }
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * --attention
+ */
+
+struct kw_attn_shape {
+    const char *name;
+    int64_t Hq, Hkv, D;
+};
+
+static const struct kw_attn_shape kw_attn_shapes[] = {
+    {"Qwen3-0.6B", 16, 8, 128}, {"SmolLM2-135M", 9, 3, 64}, {"Llama-3.2-1B", 32, 8, 64}, {"Gemma-3-270M", 4, 1, 256}};
+
+/* Best-of-reps seconds of one attention call on b: T queries at positions q_pos0 .. q_pos0 + T - 1 over caches[i]
+ * (n_caches (k, v) pairs, cycled through one call each, as a decode step goes through the layers). */
+static int kw_time_attention(kw_backend *b, const struct kw_attn_shape *sh, int64_t T, int64_t q_pos0,
+                             kw_tensor (*caches)[2], int n_caches, int reps, double *sec) {
+    int rc = 0;
+    kw_tensor q = {0}, o = {0};
+    KW_CHECK(kw_tensor_alloc(b, &q, KW_DTYPE_F32, 3, (int64_t[]){T, sh->Hq, sh->D}));
+    KW_CHECK(kw_tensor_alloc(b, &o, KW_DTYPE_F32, 3, (int64_t[]){T, sh->Hq, sh->D}));
+    kw_fill_random(q.data, KW_DTYPE_F32, (size_t)(T * sh->Hq * sh->D), 5);
+    const kw_attention_params ap = {.q_pos0 = q_pos0, .n_kv = q_pos0 + T, .scale = 1.0f / sqrtf((float)sh->D)};
+    double best = 1e30;
+    for (int r = 0; r <= reps; ++r) { /* the first pass warms up */
+        const uint64_t t0 = kw_time_now_ns();
+        for (int c = 0; c < n_caches; ++c)
+            KW_CHECK(kw_op_attention(b, &o, &q, &caches[c][0], &caches[c][1], &ap));
+        KW_CHECK(kw_backend_synchronize(b));
+        const double s = kw_time_seconds(t0, kw_time_now_ns()) / n_caches;
+        if (r > 0) best = s < best ? s : best;
+    }
+    *sec = best;
+out:
+    kw_tensor_free(&q), kw_tensor_free(&o);
+    return rc;
+}
+
+/* The attention op on bf16 caches of four models' shapes. Prefill: 512 queries at positions 0..511 (causal) on one
+ * cache, ms per call and GFLOP/s (4 Hq D T (T + 1) / 2: q . k and the weighted sum of v for every visible pair),
+ * against OpenBLAS sgemm doing the same products densely in f32 per query head (Q K^T and P V, T x T, timed here and
+ * halved for the causal triangle). Decode: one query at position 511 against copies of a layer's caches totalling at
+ * least min_bytes, cycled through as a decode step goes through the layers (each call's K and V come from memory),
+ * us per call and GB/s of K and V read against read_bw. */
+static void kw_bench_attention(kw_backend *b, int threads, size_t min_bytes, int reps, double read_bw) {
+    const int64_t T = 512;
+    printf("== %d thread%s: attention on a bf16 cache, %lld tokens\n", threads, threads > 1 ? "s" : "", (long long)T);
+    printf("%-14s %10s %12s %9s %10s %14s %9s %11s\n", "shape", "Hq/Hkv/D", "prefill ms", "GFLOP/s", "vs sgemm",
+           "decode us/call", "GB/s", "vs read bw");
+    for (size_t s = 0; s < sizeof kw_attn_shapes / sizeof kw_attn_shapes[0]; ++s) {
+        const struct kw_attn_shape *sh = &kw_attn_shapes[s];
+        const size_t layer_bytes = (size_t)(2 * sh->Hkv * T * sh->D) * 2;
+        int copies = (int)((min_bytes + layer_bytes - 1) / layer_bytes);
+        copies = copies < 1 ? 1 : copies > 4096 ? 4096 : copies;
+        kw_tensor(*caches)[2] = calloc((size_t)copies, sizeof *caches);
+        int made = 0, rc = caches ? 0 : KW_E_NOMEM;
+        for (; rc == 0 && made < copies; ++made)
+            for (int kv = 0; kv < 2 && rc == 0; ++kv) {
+                rc = kw_tensor_alloc(b, &caches[made][kv], KW_DTYPE_BF16, 3, (int64_t[]){sh->Hkv, T, sh->D});
+                if (rc == 0)
+                    kw_fill_random(caches[made][kv].data, KW_DTYPE_BF16, (size_t)(sh->Hkv * T * sh->D),
+                                   (uint32_t)(2 * made + kv + 11));
+            }
+        double pre = 0.0, dec = 0.0;
+        if (rc == 0) rc = kw_time_attention(b, sh, T, 0, caches, 1, reps, &pre);
+        if (rc == 0) rc = kw_time_attention(b, sh, 1, T - 1, caches, made, reps, &dec);
+        if (rc != 0) {
+            fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+        } else {
+            const double pairs = (double)T * (double)(T + 1) / 2.0;
+            const double flops = 4.0 * (double)sh->Hq * (double)sh->D * pairs;
+            const double dense = (double)sh->Hq * (kw_time_sgemm(T, T, sh->D, threads, reps) +
+                                                   kw_time_sgemm(T, sh->D, T, threads, reps));
+            const double gbs = (double)layer_bytes / dec / 1e9;
+            char dims[32];
+            snprintf(dims, sizeof dims, "%lld/%lld/%lld", (long long)sh->Hq, (long long)sh->Hkv, (long long)sh->D);
+            printf("%-14s %10s %12.3f %9.1f %9.0f%% %14.1f %9.2f %10.0f%%\n", sh->name, dims, pre * 1e3,
+                   flops / pre / 1e9, 100.0 * dense * pairs / ((double)T * (double)T) / pre, dec * 1e6, gbs,
+                   100.0 * gbs / read_bw);
+        }
+        for (int c = 0; caches && c < made; ++c)
+            kw_tensor_free(&caches[c][0]), kw_tensor_free(&caches[c][1]);
+        free(caches);
+    }
+}
+
 static void kw_bench_kernels_usage(FILE *f) {
-    fprintf(f, "usage: kvwire bench kernels [--threads N] [--reps N] [--quick] [--quantized] [--bf16-pair]\n"
-               "  --quantized  only the kept-quantized layouts: exact against int8 activations and against the\n"
-               "               super-block layouts, A B A B\n"
-               "  --bf16-pair  only decode of bf16 weights, exact against bf16 activations, call by call A B A B\n");
+    fprintf(f,
+            "usage: kvwire bench kernels [--threads N] [--reps N] [--quick] [--quantized] [--bf16-pair] [--attention]\n"
+            "  --quantized  only the kept-quantized layouts: exact against int8 activations and against the\n"
+            "               super-block layouts, A B A B\n"
+            "  --bf16-pair  only decode of bf16 weights, exact against bf16 activations, call by call A B A B\n"
+            "  --attention  only attention on bf16 caches of four models' shapes: a 512-token prefill against\n"
+            "               OpenBLAS sgemm of the same products, decode at 512 tokens against the read bandwidth\n");
 }
 
 int kw_bench_kernels(int argc, char **argv) {
-    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0, quantized = 0, bf16_pair = 0;
+    int thread_list[2] = {1, 2}, n_thread_list = 2, quick = 0, quantized = 0, bf16_pair = 0, attention = 0;
     int64_t threads_opt = -1, reps_opt = 5;
     const kw_cli_option opts[] = {
         KW_CLI_INT("--threads", &threads_opt, 0, 1024),
@@ -414,11 +504,14 @@ int kw_bench_kernels(int argc, char **argv) {
         KW_CLI_FLAG("--quick", &quick),
         KW_CLI_FLAG("--quantized", &quantized),
         KW_CLI_FLAG("--bf16-pair", &bf16_pair),
+        KW_CLI_FLAG("--attention", &attention),
     };
     const int st = KW_CLI_PARSE("kvwire bench kernels", argc, argv, opts, kw_bench_kernels_usage);
     if (st != KW_CLI_RUN) return st;
-    if (quantized && bf16_pair) {
-        fprintf(stderr, "kvwire bench kernels: --quantized and --bf16-pair each run only their own part; give one\n");
+    if (quantized + bf16_pair + attention > 1) {
+        fprintf(stderr,
+                "kvwire bench kernels: --quantized, --bf16-pair and --attention each run only their own part; give "
+                "one\n");
         kw_bench_kernels_usage(stderr);
         return 2;
     }
@@ -427,7 +520,7 @@ int kw_bench_kernels(int argc, char **argv) {
         n_thread_list = 1;
     }
     const int reps = reps_opt < 1 ? 1 : (int)reps_opt;
-    const size_t big_bytes = quick || quantized ? ((size_t)128 << 20) : ((size_t)1 << 30);
+    const size_t big_bytes = quick || quantized || attention ? ((size_t)128 << 20) : ((size_t)1 << 30);
     const size_t min_w_bytes = quick ? ((size_t)64 << 20) : ((size_t)512 << 20);
     const size_t n = big_bytes / sizeof(float);
     float *buf = malloc(big_bytes);
@@ -448,6 +541,11 @@ int kw_bench_kernels(int argc, char **argv) {
         }
         if (quantized) {
             kw_bench_quantized(b, threads, min_w_bytes, reps);
+            kw_backend_destroy(b);
+            continue;
+        }
+        if (attention) {
+            kw_bench_attention(b, threads, min_w_bytes, reps, kw_read_bw(buf, n, threads, reps, &sink));
             kw_backend_destroy(b);
             continue;
         }
