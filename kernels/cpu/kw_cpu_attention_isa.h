@@ -264,7 +264,7 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     if (prefetch) KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
     /* a prefill on AVX-512 with D = 64 or 128: 16 rows at a time from the caches, the scores scaled, masked and
      * maxed as vectors (a decode step's rows stream from memory, where the four-row loop with its prefetches was
-     * faster: 46-52 against 53-57 us per layer of Qwen3-0.6B's shape at 512 rows) */
+     * faster: 60-65 against 76-95 us a call on Qwen3-0.6B's shape at 512 rows, `kvwire bench kernels --attention`) */
     if (KW_SIMD_ISA == KW_CPU_ISA_AVX512 && !prefetch && (D == 64 || D == 128)) {
         KW_VT mv[KW_ATTN_MAX_GROUP];
         for (int64_t g = 0; g < nh; ++g)
