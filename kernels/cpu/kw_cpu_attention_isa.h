@@ -51,45 +51,67 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_dot4)(float s[4], const flo
         s[r] = KW_V(hsum)(acc[r]);
 }
 
-/* kw_attn_dot of q (D = 16 nc) with 16 consecutive cache rows (k, k + row_bytes, ...) as the lanes of one vector:
- * q's nc chunks held in registers, each row's chain over them from +0 (kw_attn_dot's order), the 16 trees closed
- * together by kw_v16_hsum16 (the same bits as 16 kw_attn_dot calls). nc (at most 8: 16 accumulators and 8 q chunks
- * fit AVX-512's 32 registers) and bf16 are constants at every call (kw_attn_dot16's switch), so the loops unroll and
- * every load is one base register plus a constant. */
+/* kw_attn_dot of the H query heads q, q + 16 nc, ... (D = 16 nc each) with R = 16 / H consecutive cache rows (k,
+ * k + row_bytes, ...): lane h R + r of the result is head h's score of row r. Each row's chunk is loaded (and widened)
+ * once for the H heads, each score's chain over the chunks from +0 is kw_attn_dot's, and the 16 trees are closed
+ * together by kw_v16_hsum16 (the same bits as 16 kw_attn_dot calls). With one head its nc chunks (at most 8) stay in
+ * registers beside the 16 accumulators; with more, each fma reads its q chunk from L1 instead (16 accumulators and
+ * 16 q chunks do not fit 32 registers), so D = 256 can take H > 1 too. nc, bf16 and H are constants at every call
+ * (kw_attn_dot16's switch), so the loops unroll and every load is one base register plus a constant. */
 KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16_fixed)(const float *q, const char *k, size_t row_bytes,
-                                                                   const int nc, const int bf16) {
+                                                                   const int nc, const int bf16, const int H) {
+    const int R = 16 / H;
+    const enum kw_dtype dt = bf16 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
     KW_VT qv[8], acc[16];
+    if (H == 1) {
 #pragma GCC unroll 8
-    for (int c = 0; c < nc; ++c)
-        qv[c] = KW_V(load)(q + c * 16);
+        for (int c = 0; c < nc && c < 8; ++c)
+            qv[c] = KW_V(load)(q + c * 16);
+    }
 #pragma GCC unroll 16
-    for (int r = 0; r < 16; ++r) {
+    for (int i = 0; i < 16; ++i)
+        acc[i] = KW_V(zero)();
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
         const char *kr = k + (size_t)r * row_bytes;
-        KW_VT a = KW_V(zero)();
-#pragma GCC unroll 8
-        for (int c = 0; c < nc; ++c)
-            a = KW_V(fma)(qv[c], KW_ISA_FN(kw_attn_ld)(kr, bf16 ? KW_DTYPE_BF16 : KW_DTYPE_F32, c * 16), a);
-        acc[r] = a;
+#pragma GCC unroll 16
+        for (int c = 0; c < nc; ++c) {
+            const KW_VT kv = KW_ISA_FN(kw_attn_ld)(kr, dt, c * 16);
+#pragma GCC unroll 4
+            for (int h = 0; h < H; ++h)
+                acc[h * R + r] = KW_V(fma)(H == 1 ? qv[c & 7] : KW_V(load)(q + (h * nc + c) * 16), kv, acc[h * R + r]);
+        }
     }
     return KW_V(hsum16)(acc);
 }
 
-/* kw_attn_dot16_fixed for D = 64 or 128 on an f32 or bf16 cache into *s (returns 1), else 0: the caller scores the
- * rows four at a time. */
-KW_SIMD_TARGET KW_SIMD_INLINE int KW_ISA_FN(kw_attn_dot16)(KW_VT *s, const float *q, const char *k, size_t row_bytes,
-                                                           enum kw_dtype dt, int64_t D) {
-    const int bf16 = dt == KW_DTYPE_BF16;
-    if (D == 128) {
-        *s = bf16 ? KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 8, 1)
-                  : KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 8, 0);
-        return 1;
+/* The heads kw_attn_dot16 scores together for a group of nh query heads of dimension D: 4 or 2 when they divide nh,
+ * else 1; 0 when no block fits (D other than 64, 128 and 256, or D = 256 with one head: the four-row loop). */
+KW_SIMD_INLINE int KW_ISA_FN(kw_attn_dot16_heads)(int64_t nh, int64_t D) {
+    const int H = nh % 4 == 0 ? 4 : nh % 2 == 0 ? 2 : 1;
+    return (D == 64 || D == 128 || (D == 256 && H > 1)) ? H : 0;
+}
+
+/* kw_attn_dot16_fixed for H = kw_attn_dot16_heads heads of dimension D on an f32 or bf16 cache. */
+KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16)(const float *q, const char *k, size_t row_bytes,
+                                                             enum kw_dtype dt, int64_t D, int H) {
+#define KW_ATTN_DOT16_CASE(NC, HH)                                                                                     \
+    case (NC)*8 + (HH):                                                                                                \
+        return dt == KW_DTYPE_BF16 ? KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, NC, 1, HH)                        \
+                                   : KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, NC, 0, HH)
+    switch (D / 16 * 8 + H) {
+        KW_ATTN_DOT16_CASE(4, 1);
+        KW_ATTN_DOT16_CASE(4, 2);
+        KW_ATTN_DOT16_CASE(4, 4);
+        KW_ATTN_DOT16_CASE(8, 1);
+        KW_ATTN_DOT16_CASE(8, 2);
+        KW_ATTN_DOT16_CASE(8, 4);
+        KW_ATTN_DOT16_CASE(16, 2);
+        KW_ATTN_DOT16_CASE(16, 4);
+    default:
+        return KW_V(zero)(); /* not reached: kw_attn_dot16_heads admits only the cases above */
     }
-    if (D == 64) {
-        *s = bf16 ? KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 4, 1)
-                  : KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, 4, 0);
-        return 1;
-    }
-    return 0;
+#undef KW_ATTN_DOT16_CASE
 }
 
 /* o[d] for the dims of up to four 16-wide chunks starting at d0: the fma chain over the rows with a nonzero weight,
@@ -262,42 +284,42 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
     int64_t j = lo;
     if (prefetch) KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
-    /* a prefill on AVX-512 with D = 64 or 128: 16 rows at a time from the caches, the scores scaled, masked and
-     * maxed as vectors (a decode step's rows stream from memory, where the four-row loop with its prefetches was
-     * faster: 60-65 against 76-95 us a call on Qwen3-0.6B's shape at 512 rows, `kvwire bench kernels --attention`) */
-    if (KW_SIMD_ISA == KW_CPU_ISA_AVX512 && !prefetch && (D == 64 || D == 128)) {
-        KW_VT mv[KW_ATTN_MAX_GROUP];
-        for (int64_t g = 0; g < nh; ++g)
-            mv[g] = KW_V(set1)(-INFINITY);
+    /* a prefill on AVX-512: blocks of H heads x R rows (kw_attn_dot16), the scores scaled, masked and maxed as
+     * vectors (a decode step's rows stream from memory, where the four-row loop with its prefetches was faster: 60-65
+     * against 76-95 us a call on Qwen3-0.6B's shape at 512 rows, `kvwire bench kernels --attention`) */
+    const int H = KW_SIMD_ISA == KW_CPU_ISA_AVX512 && !prefetch ? KW_ISA_FN(kw_attn_dot16_heads)(nh, D) : 0;
+    if (H > 0) {
+        const int R = H == 4 ? 4 : H == 2 ? 8 : 16; /* 16 / H */
+        KW_VT mv[KW_ATTN_MAX_GROUP]; /* per group of H heads: lane h R + r holds head h's max over rows r mod R */
+        for (int i = 0; i < KW_ATTN_MAX_GROUP; ++i)
+            mv[i] = KW_V(set1)(-INFINITY);
         const KW_VT sv = KW_V(set1)(scale);
-        for (; j + 15 <= hi; j += 16) {
+        for (; j + R - 1 <= hi; j += R) {
             const char *krow = kbase + (size_t)j * row_bytes;
             int any_masked = 0;
-            for (int r = 0; mask && r < 16; ++r)
+            for (int r = 0; mask && r < R; ++r)
                 any_masked |= kw_opm_attn_masked(mask, j + r);
-            for (int64_t g = 0; g < nh; ++g) {
-                float *srow = scores + g * n_kv + j;
-                KW_VT s;
-                KW_ISA_FN(kw_attn_dot16)(&s, q + g * D, krow, row_bytes, dt, D);
-                s = KW_V(mul)(s, sv);
+            for (int64_t g0 = 0, gi = 0; g0 < nh; g0 += H, ++gi) {
+                float lanes[16];
+                KW_VT s = KW_V(mul)(KW_ISA_FN(kw_attn_dot16)(q + g0 * D, krow, row_bytes, dt, D, H), sv);
+                KW_V(store)(lanes, s);
                 if (any_masked) {
-                    KW_V(store)(srow, s);
-                    for (int r = 0; r < 16; ++r)
-                        if (kw_opm_attn_masked(mask, j + r)) srow[r] = -INFINITY;
-                    s = KW_V(load)(srow);
-                } else {
-                    KW_V(store)(srow, s);
+                    for (int i = 0; i < 16; ++i)
+                        if (kw_opm_attn_masked(mask, j + i % R)) lanes[i] = -INFINITY;
+                    s = KW_V(load)(lanes);
                 }
-                mv[g] = KW_V(max_gt)(mv[g], s);
+                mv[gi] = KW_V(max_gt)(mv[gi], s);
+                for (int h = 0; h < H; ++h)
+                    memcpy(scores + (g0 + h) * n_kv + j, lanes + h * R, (size_t)R * sizeof(float));
             }
         }
         /* the lanes' maxima into the running max: the largest score seen (its value is the row-order max's; only
          * the sign of a zero maximum may differ, and s - m, so exp(s - m), does not see it) */
-        for (int64_t g = 0; g < nh; ++g) {
+        for (int64_t g0 = 0, gi = 0; g0 < nh; g0 += H, ++gi) {
             float lanes[16];
-            KW_V(store)(lanes, mv[g]);
-            for (int r = 0; r < 16; ++r)
-                if (lanes[r] > maxs[g]) maxs[g] = lanes[r];
+            KW_V(store)(lanes, mv[gi]);
+            for (int i = 0; i < 16; ++i)
+                if (lanes[i] > maxs[g0 + i / R]) maxs[g0 + i / R] = lanes[i];
         }
     }
     for (; j + 3 <= hi; j += 4) {

@@ -8,15 +8,16 @@
  *
  * Here one query sees the same n rows [L, L + n) in calls whose span is widened by s = 0..15 masked rows in front (a
  * longer sliding window) and r = 0..15 masked rows behind (a later query position), r = 0..3 and 13..15 for each s,
- * each call both as a decode step (four-row loop) and as the last token of a longer call (the prefill loops: dot16 on
- * AVX-512 with D = 64, 128): each visible row is scored in every slot of dot16 and dot4 and, where the span leaves it
- * in the tail, by dot. Every call must give the bits of the unpadded decode step (test_attention_row_order_free), and
- * that step and its prefill twin the bits of a
- * reference written here from the header's rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed
+ * each call both as a decode step (four-row loop) and as the last token of a longer call (the prefill loops: on
+ * AVX-512, kw_attn_dot16's blocks of 1, 2 or 4 heads x 16, 8 or 4 rows): each visible row is scored in every slot of
+ * those blocks and of dot4 and, where the span leaves it in the tail, by dot. Every call must give the bits of the
+ * unpadded decode step (test_attention_row_order_free), and that step and its prefill twin the bits of a reference
+ * written here from the header's rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed
  * by kw_v16_hsum's tree, the row-order max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows.
- * Every ISA this machine has, f32 and bf16 caches, head dims that are and are not multiples of 16, n = 1 .. 12 and
- * 29 .. 32. The padding rows hold NaN keys and values: a masked row that a block scores and drops must not reach a
- * visible row. test_hsum16_trees: kw_v16_hsum16 equals 16 kw_v16_hsum calls bit for bit (any NaN equals any NaN).
+ * Every ISA this machine has, f32 and bf16 caches, head dims that are and are not multiples of 16 (up to 256), GQA
+ * groups of 2 and 4 query heads, n = 1 .. 12 and 29 .. 32. The padding rows hold NaN keys and values: a masked row that
+ * a block scores and drops must not reach a visible row. test_hsum16_trees: kw_v16_hsum16 equals 16 kw_v16_hsum calls
+ * bit for bit (any NaN equals any NaN).
  *
  * The inputs make a one-ulp change of any score show in the output: q and k in [1, 2) put every score near one large
  * value (well within a factor 2 of the max m, so s - m is exact) and a power-of-two scale (exact) keeps s - m within
@@ -40,19 +41,21 @@
 
 #define ORD_L    15 /* rows before the visible ones: room for the front padding */
 #define ORD_HQ   4
-#define ORD_HKV  2 /* GQA groups of 2: dot4 runs per head of a group */
+#define ORD_DMAX 256
 #define ORD_NMAX 32
 #define ORD_PAD  15 /* the most masked rows behind */
 
-static const int64_t ord_dims[] = {8, 24, 33, 64, 72, 128};
+static const int64_t ord_dims[] = {8, 24, 33, 64, 72, 128, 256};
+/* kv heads: GQA groups of 2 and 4 query heads (the prefill blocks score 2 or 4 heads x 8 or 4 rows together) */
+static const int64_t ord_hkvs[] = {2, 1};
 static const int64_t ord_rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 29, 30, 31, 32};
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
-/* One decode query (ORD_HQ heads) over rows [ORD_L, ORD_L + n) of (ORD_HKV, cap, D) caches; every other row NaN and
+/* One decode query (ORD_HQ heads) over rows [ORD_L, ORD_L + n) of (hkv, cap, D) caches; every other row NaN and
  * masked. All arrays owned. */
 typedef struct ord_case {
-    int64_t D, n, cap;
+    int64_t D, n, cap, hkv;
     enum kw_dtype dt;
     float scale;
     float *q;
@@ -60,10 +63,10 @@ typedef struct ord_case {
     uint8_t *mask;
 } ord_case;
 
-static ord_case ord_case_make(int64_t D, int64_t n, enum kw_dtype dt) {
-    ord_case c = {.D = D, .n = n, .cap = ORD_L + n + ORD_PAD, .dt = dt};
+static ord_case ord_case_make(int64_t D, int64_t n, int64_t hkv, enum kw_dtype dt) {
+    ord_case c = {.D = D, .n = n, .cap = ORD_L + n + ORD_PAD, .hkv = hkv, .dt = dt};
     c.scale = ldexpf(1.0f, -(int)floorf(log2f(0.62f * sqrtf((float)D)))); /* the spread of q . k is ~0.62 sqrt(D) */
-    const size_t cells = (size_t)(ORD_HKV * c.cap * D);
+    const size_t cells = (size_t)(hkv * c.cap * D);
     c.q = malloc((size_t)(ORD_HQ * D) * sizeof(float));
     c.kc = malloc(cells * kw_dtype_size(dt) + 64), c.vc = malloc(cells * kw_dtype_size(dt) + 64);
     c.mask = malloc((size_t)c.cap);
@@ -72,7 +75,7 @@ static ord_case ord_case_make(int64_t D, int64_t n, enum kw_dtype dt) {
         c.q[i] = 1.5f + 0.5f * kw_rand_from(&g_rng);
     for (int64_t j = 0; j < c.cap; ++j)
         c.mask[j] = (uint8_t)(j >= ORD_L && j < ORD_L + n);
-    for (int64_t h = 0; h < ORD_HKV; ++h)
+    for (int64_t h = 0; h < hkv; ++h)
         for (int64_t j = 0; j < c.cap; ++j)
             for (int64_t d = 0; d < D; ++d) {
                 const int64_t i = (h * c.cap + j) * D + d;
@@ -102,8 +105,8 @@ static void ord_run(kw_backend *b, const ord_case *c, int s, int r, int prefill,
         memcpy(qs + t * ORD_HQ * D, c->q, (size_t)(ORD_HQ * D) * sizeof(float));
     kw_tensor tq = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){T, ORD_HQ, D}, qs);
     kw_tensor to = kw_wrap(b, KW_DTYPE_F32, 3, (int64_t[]){T, ORD_HQ, D}, os);
-    kw_tensor tk = kw_wrap(b, c->dt, 3, (int64_t[]){ORD_HKV, c->cap, D}, c->kc);
-    kw_tensor tv = kw_wrap(b, c->dt, 3, (int64_t[]){ORD_HKV, c->cap, D}, c->vc);
+    kw_tensor tk = kw_wrap(b, c->dt, 3, (int64_t[]){c->hkv, c->cap, D}, c->kc);
+    kw_tensor tv = kw_wrap(b, c->dt, 3, (int64_t[]){c->hkv, c->cap, D}, c->vc);
     kw_tensor tm = kw_wrap(b, KW_DTYPE_U8, 1, (int64_t[]){c->cap}, c->mask);
     const kw_attention_params ap = {
         .q_pos0 = hi - (T - 1), .n_kv = hi + 1, .scale = c->scale, .sliding_window = c->n + s + r, .kv_mask = &tm};
@@ -128,7 +131,7 @@ static float ord_hsum(const float l[16]) {
 static void ord_reference(const ord_case *c, float *out) {
     const int64_t D = c->D, n = c->n;
     for (int64_t g = 0; g < ORD_HQ; ++g) {
-        const int64_t base = g / (ORD_HQ / ORD_HKV) * c->cap + ORD_L; /* row ORD_L of the group's kv head */
+        const int64_t base = g / (ORD_HQ / c->hkv) * c->cap + ORD_L; /* row ORD_L of the group's kv head */
         const float *q = c->q + g * D;
         float e[ORD_NMAX], m = -INFINITY, lane[16];
         for (int64_t i = 0; i < n; ++i) { /* s_i: lane l an fma chain over d = l, l + 16, ..., zero past D */
@@ -176,41 +179,42 @@ static void ord_sweep(int against_rule) {
     const int n_isa = kw_backend_cpu_isas(isas);
     static const enum kw_dtype dts[] = {KW_DTYPE_F32, KW_DTYPE_BF16};
     int bad[3] = {0}, cases = 0;
-    float want[ORD_HQ * 128], base[ORD_HQ * 128], got[ORD_HQ * 128];
+    float want[ORD_HQ * ORD_DMAX], base[ORD_HQ * ORD_DMAX], got[ORD_HQ * ORD_DMAX];
     char what[200];
     for (int i = 0; i < n_isa; ++i) {
         kw_backend *b = kw_cpu(isas[i], 1);
         for (size_t t = 0; t < sizeof dts / sizeof dts[0]; ++t)
             for (size_t di = 0; di < sizeof ord_dims / sizeof ord_dims[0]; ++di)
-                for (size_t ni = 0; ni < sizeof ord_rows / sizeof ord_rows[0]; ++ni) {
-                    ord_case c = ord_case_make(ord_dims[di], ord_rows[ni], dts[t]);
-                    const int64_t nout = ORD_HQ * c.D;
-                    int differs = 0;
-                    memset(base, 0xff, sizeof base);
-                    ord_run(b, &c, 0, 0, 0, base);
-                    if (against_rule) {
-                        ord_reference(&c, want);
-                        snprintf(what, sizeof what, "%s %s D=%lld n=%lld: kernel vs the rule", isas[i],
-                                 kw_dtype_name(c.dt), (long long)c.D, (long long)c.n);
-                        differs = ord_differ(base, want, nout, what);
+                for (size_t hi = 0; hi < sizeof ord_hkvs / sizeof ord_hkvs[0]; ++hi)
+                    for (size_t ni = 0; ni < sizeof ord_rows / sizeof ord_rows[0]; ++ni) {
+                        ord_case c = ord_case_make(ord_dims[di], ord_rows[ni], ord_hkvs[hi], dts[t]);
+                        const int64_t nout = ORD_HQ * c.D;
+                        int differs = 0;
+                        memset(base, 0xff, sizeof base);
+                        ord_run(b, &c, 0, 0, 0, base);
+                        if (against_rule) {
+                            ord_reference(&c, want);
+                            snprintf(what, sizeof what, "%s %s D=%lld n=%lld kv heads %lld: kernel vs the rule",
+                                     isas[i], kw_dtype_name(c.dt), (long long)c.D, (long long)c.n, (long long)c.hkv);
+                            differs = ord_differ(base, want, nout, what);
+                        }
+                        /* every padding, as a decode step and as a prefill's last token, against the unpadded step */
+                        for (int s = 0; s <= ORD_L && !differs; ++s)
+                            for (int r = 0; r <= ORD_PAD && !differs; r = r == 3 ? ORD_PAD - 2 : r + 1)
+                                for (int prefill = s == 0 && r == 0; prefill < 2 && !differs; ++prefill) {
+                                    if (against_rule && (s > 0 || r > 0)) break; /* the rule: the unpadded calls */
+                                    memset(got, 0xff, sizeof got);
+                                    ord_run(b, &c, s, r, prefill, got);
+                                    snprintf(what, sizeof what,
+                                             "%s %s D=%lld n=%lld kv heads %lld: %d masked rows before, %d after, %s "
+                                             "vs an unpadded decode step",
+                                             isas[i], kw_dtype_name(c.dt), (long long)c.D, (long long)c.n,
+                                             (long long)c.hkv, s, r, prefill ? "in a prefill" : "a decode step");
+                                    differs = ord_differ(got, base, nout, what);
+                                }
+                        bad[i] += differs, cases += i == 0;
+                        ord_case_free(&c);
                     }
-                    /* every padding, as a decode step and as a prefill's last token, against the unpadded step */
-                    for (int s = 0; s <= ORD_L && !differs; ++s)
-                        for (int r = 0; r <= ORD_PAD && !differs; r = r == 3 ? ORD_PAD - 2 : r + 1)
-                            for (int prefill = s == 0 && r == 0; prefill < 2 && !differs; ++prefill) {
-                                if (against_rule && (s > 0 || r > 0)) break; /* the rule: the unpadded calls */
-                                memset(got, 0xff, sizeof got);
-                                ord_run(b, &c, s, r, prefill, got);
-                                snprintf(what, sizeof what,
-                                         "%s %s D=%lld n=%lld: %d masked rows before, %d after, %s vs an unpadded "
-                                         "decode step",
-                                         isas[i], kw_dtype_name(c.dt), (long long)c.D, (long long)c.n, s, r,
-                                         prefill ? "in a prefill" : "a decode step");
-                                differs = ord_differ(got, base, nout, what);
-                            }
-                    bad[i] += differs, cases += i == 0;
-                    ord_case_free(&c);
-                }
         kw_backend_destroy(b);
     }
     int total = 0;

@@ -138,16 +138,18 @@ typedef struct kw_attn_case {
     int mask;
 } kw_attn_case;
 
-static const kw_attn_case kw_attn_cases[] = {
-    {9, 4, 2, 64, 0, 0, 0, KW_DTYPE_BF16, 0},
-    {7, 6, 3, 24, 5, 2, 0, KW_DTYPE_F32, 1},
-    {12, 8, 1, 128, 3, 0, 5, KW_DTYPE_BF16, 1},
-    {5, 2, 2, 8, 40, 3, 0, KW_DTYPE_F32, 0},
-    {16, 16, 8, 48, 0, 0, 0, KW_DTYPE_F32, 0},
-    {3, 4, 4, 33, 20, 0, 0, KW_DTYPE_BF16, 1},
-    /* prefill calls long enough for AVX-512's 16-row score blocks (D 64 and 128), and their decode twins */
-    {40, 4, 2, 128, 10, 0, 0, KW_DTYPE_BF16, 1},
-    {24, 6, 2, 64, 30, 3, 0, KW_DTYPE_F32, 0}};
+static const kw_attn_case kw_attn_cases[] = {{9, 4, 2, 64, 0, 0, 0, KW_DTYPE_BF16, 0},
+                                             {7, 6, 3, 24, 5, 2, 0, KW_DTYPE_F32, 1},
+                                             {12, 8, 1, 128, 3, 0, 5, KW_DTYPE_BF16, 1},
+                                             {5, 2, 2, 8, 40, 3, 0, KW_DTYPE_F32, 0},
+                                             {16, 16, 8, 48, 0, 0, 0, KW_DTYPE_F32, 0},
+                                             {3, 4, 4, 33, 20, 0, 0, KW_DTYPE_BF16, 1},
+                                             /* prefill calls long enough for AVX-512's score blocks (groups of 2, 3 and
+                                              * 4 heads; D 64, 128 and 256), and their decode twins */
+                                             {40, 4, 2, 128, 10, 0, 0, KW_DTYPE_BF16, 1},
+                                             {24, 6, 2, 64, 30, 3, 0, KW_DTYPE_F32, 0},
+                                             {20, 8, 2, 256, 0, 0, 0, KW_DTYPE_BF16, 0},
+                                             {36, 8, 2, 64, 4, 0, 0, KW_DTYPE_F32, 1}};
 
 /* out (T, Hq, D) for queries [t0, t1) of the case, each call seeing the cache rows the full call would see. */
 static void kw_attn(kw_backend *b, float *out, const float *q, const void *kc, const void *vc, const uint8_t *mask,
