@@ -269,6 +269,50 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_prefetch)(const char *base,
         __builtin_prefetch(base + o);
 }
 
+/* The scores of rows j, j + 1, ... in blocks of H heads x R = 16 / H rows (kw_attn_dot16) while a whole block fits
+ * in [j, hi], scaled, masked and maxed as vectors, into scores (nh rows of n_kv) and maxs; returns the first row not
+ * scored. H (1, 2 or 4, dividing nh) is a constant at every call, so the block's stores have constant sizes. */
+KW_SIMD_TARGET KW_SIMD_INLINE int64_t KW_ISA_FN(kw_attn_score_blocks)(const int H, float *scores, float *maxs,
+                                                                      const float *q, int64_t nh, const char *kbase,
+                                                                      size_t row_bytes, enum kw_dtype dt, int64_t D,
+                                                                      int64_t j, int64_t hi, const uint8_t *mask,
+                                                                      float scale, int64_t n_kv) {
+    const int R = 16 / H;
+    KW_VT mv[KW_ATTN_MAX_GROUP]; /* per group of H heads: lane h R + r holds head h's max over rows r mod R */
+    for (int64_t g0 = 0; g0 < nh; g0 += H)
+        mv[g0 / H] = KW_V(set1)(-INFINITY);
+    const KW_VT sv = KW_V(set1)(scale);
+    for (; j + R - 1 <= hi; j += R) {
+        const char *krow = kbase + (size_t)j * row_bytes;
+        int any_masked = 0;
+        for (int r = 0; mask && r < R; ++r)
+            any_masked |= kw_opm_attn_masked(mask, j + r);
+        for (int64_t g0 = 0; g0 < nh; g0 += H) {
+            KW_VT s = KW_V(mul)(KW_ISA_FN(kw_attn_dot16)(q + g0 * D, krow, row_bytes, dt, D, H), sv);
+            float lanes[16], *dst = H == 1 ? scores + g0 * n_kv + j : lanes; /* one head: straight into its row */
+            KW_V(store)(dst, s);
+            if (any_masked) {
+                for (int i = 0; i < 16; ++i)
+                    if (kw_opm_attn_masked(mask, j + i % R)) dst[i] = -INFINITY;
+                s = KW_V(load)(dst);
+            }
+            mv[g0 / H] = KW_V(max_gt)(mv[g0 / H], s);
+#pragma GCC unroll 4
+            for (int h = 0; H > 1 && h < H; ++h)
+                memcpy(scores + (g0 + h) * n_kv + j, lanes + h * R, (size_t)R * sizeof(float));
+        }
+    }
+    /* the lanes' maxima into the running max: the largest score seen (its value is the row-order max's; only the sign
+     * of a zero maximum may differ, and s - m, so exp(s - m), does not see it) */
+    for (int64_t g0 = 0; g0 < nh; g0 += H) {
+        float lanes[16];
+        KW_V(store)(lanes, mv[g0 / H]);
+        for (int i = 0; i < 16; ++i)
+            if (lanes[i] > maxs[g0 + i / R]) maxs[g0 + i / R] = lanes[i];
+    }
+    return j;
+}
+
 /* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
  * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). prefetch: the cache rows
  * come from memory (a decode step, kw_attn_prefetch), not from the caches (a prefill's other tokens just read them). */
@@ -284,44 +328,16 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
     int64_t j = lo;
     if (prefetch) KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
-    /* a prefill on AVX-512: blocks of H heads x R rows (kw_attn_dot16), the scores scaled, masked and maxed as
-     * vectors (a decode step's rows stream from memory, where the four-row loop with its prefetches was faster: 60-65
-     * against 76-95 us a call on Qwen3-0.6B's shape at 512 rows, `kvwire bench kernels --attention`) */
+    /* a prefill on AVX-512: blocks of H heads x R rows (kw_attn_score_blocks; a decode step's rows stream from memory,
+     * where the four-row loop with its prefetches was faster: 60-65 against 76-95 us a call on Qwen3-0.6B's shape at
+     * 512 rows, `kvwire bench kernels --attention`) */
     const int H = KW_SIMD_ISA == KW_CPU_ISA_AVX512 && !prefetch ? KW_ISA_FN(kw_attn_dot16_heads)(nh, D) : 0;
-    if (H > 0) {
-        const int R = H == 4 ? 4 : H == 2 ? 8 : 16; /* 16 / H */
-        KW_VT mv[KW_ATTN_MAX_GROUP]; /* per group of H heads: lane h R + r holds head h's max over rows r mod R */
-        for (int i = 0; i < KW_ATTN_MAX_GROUP; ++i)
-            mv[i] = KW_V(set1)(-INFINITY);
-        const KW_VT sv = KW_V(set1)(scale);
-        for (; j + R - 1 <= hi; j += R) {
-            const char *krow = kbase + (size_t)j * row_bytes;
-            int any_masked = 0;
-            for (int r = 0; mask && r < R; ++r)
-                any_masked |= kw_opm_attn_masked(mask, j + r);
-            for (int64_t g0 = 0, gi = 0; g0 < nh; g0 += H, ++gi) {
-                float lanes[16];
-                KW_VT s = KW_V(mul)(KW_ISA_FN(kw_attn_dot16)(q + g0 * D, krow, row_bytes, dt, D, H), sv);
-                KW_V(store)(lanes, s);
-                if (any_masked) {
-                    for (int i = 0; i < 16; ++i)
-                        if (kw_opm_attn_masked(mask, j + i % R)) lanes[i] = -INFINITY;
-                    s = KW_V(load)(lanes);
-                }
-                mv[gi] = KW_V(max_gt)(mv[gi], s);
-                for (int h = 0; h < H; ++h)
-                    memcpy(scores + (g0 + h) * n_kv + j, lanes + h * R, (size_t)R * sizeof(float));
-            }
-        }
-        /* the lanes' maxima into the running max: the largest score seen (its value is the row-order max's; only
-         * the sign of a zero maximum may differ, and s - m, so exp(s - m), does not see it) */
-        for (int64_t g0 = 0, gi = 0; g0 < nh; g0 += H, ++gi) {
-            float lanes[16];
-            KW_V(store)(lanes, mv[gi]);
-            for (int i = 0; i < 16; ++i)
-                if (lanes[i] > maxs[g0 + i / R]) maxs[g0 + i / R] = lanes[i];
-        }
-    }
+    if (H == 1)
+        j = KW_ISA_FN(kw_attn_score_blocks)(1, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
+    else if (H == 2)
+        j = KW_ISA_FN(kw_attn_score_blocks)(2, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
+    else if (H == 4)
+        j = KW_ISA_FN(kw_attn_score_blocks)(4, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
     for (; j + 3 <= hi; j += 4) {
         const char *krow = kbase + (size_t)j * row_bytes;
         if (prefetch)

@@ -15,9 +15,9 @@
  * written here from the header's rule (test_attention_follows_the_rule): per row 16 fmaf lane chains closed
  * by kw_v16_hsum's tree, the row-order max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows.
  * Every ISA this machine has, f32 and bf16 caches, head dims that are and are not multiples of 16 (up to 256), GQA
- * groups of 2 and 4 query heads, n = 1 .. 12 and 29 .. 32. The padding rows hold NaN keys and values: a masked row that
- * a block scores and drops must not reach a visible row. test_hsum16_trees: kw_v16_hsum16 equals 16 kw_v16_hsum calls
- * bit for bit (any NaN equals any NaN).
+ * groups of 1, 2 and 4 query heads, n = 1 .. 12 and 29 .. 32. The padding rows hold NaN keys and values: a masked row
+ * that a block scores and drops must not reach a visible row. test_hsum16_trees: kw_v16_hsum16 equals 16 kw_v16_hsum
+ * calls bit for bit (any NaN equals any NaN).
  *
  * The inputs make a one-ulp change of any score show in the output: q and k in [1, 2) put every score near one large
  * value (well within a factor 2 of the max m, so s - m is exact) and a power-of-two scale (exact) keeps s - m within
@@ -46,8 +46,8 @@
 #define ORD_PAD  15 /* the most masked rows behind */
 
 static const int64_t ord_dims[] = {8, 24, 33, 64, 72, 128, 256};
-/* kv heads: GQA groups of 2 and 4 query heads (the prefill blocks score 2 or 4 heads x 8 or 4 rows together) */
-static const int64_t ord_hkvs[] = {2, 1};
+/* kv heads: GQA groups of 1, 2 and 4 query heads (the prefill blocks score 1, 2 or 4 heads x 16, 8 or 4 rows) */
+static const int64_t ord_hkvs[] = {4, 2, 1};
 static const int64_t ord_rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 29, 30, 31, 32};
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
