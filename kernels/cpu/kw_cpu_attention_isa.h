@@ -313,6 +313,21 @@ KW_SIMD_TARGET KW_SIMD_INLINE int64_t KW_ISA_FN(kw_attn_score_blocks)(const int 
     return j;
 }
 
+/* kw_attn_score_blocks with H (1, 2 or 4) as a constant, out of line: the item's own loops (the decode steps') keep
+ * the code and registers they had without the blocks. */
+KW_SIMD_TARGET __attribute__((noinline)) static int64_t
+KW_ISA_FN(kw_attn_score_blocks_h)(int H, float *scores, float *maxs, const float *q, int64_t nh, const char *kbase,
+                                  size_t row_bytes, enum kw_dtype dt, int64_t D, int64_t j, int64_t hi,
+                                  const uint8_t *mask, float scale, int64_t n_kv) {
+    if (H == 1)
+        return KW_ISA_FN(kw_attn_score_blocks)(1, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale,
+                                               n_kv);
+    if (H == 2)
+        return KW_ISA_FN(kw_attn_score_blocks)(2, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale,
+                                               n_kv);
+    return KW_ISA_FN(kw_attn_score_blocks)(4, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
+}
+
 /* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
  * [lo, hi] minus the mask, into out (nh, D). scores holds nh rows of n_kv floats (scratch). prefetch: the cache rows
  * come from memory (a decode step, kw_attn_prefetch), not from the caches (a prefill's other tokens just read them). */
@@ -332,12 +347,9 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
      * where the four-row loop with its prefetches was faster: 60-65 against 76-95 us a call on Qwen3-0.6B's shape at
      * 512 rows, `kvwire bench kernels --attention`) */
     const int H = KW_SIMD_ISA == KW_CPU_ISA_AVX512 && !prefetch ? KW_ISA_FN(kw_attn_dot16_heads)(nh, D) : 0;
-    if (H == 1)
-        j = KW_ISA_FN(kw_attn_score_blocks)(1, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
-    else if (H == 2)
-        j = KW_ISA_FN(kw_attn_score_blocks)(2, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
-    else if (H == 4)
-        j = KW_ISA_FN(kw_attn_score_blocks)(4, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
+    if (H > 0)
+        j = KW_ISA_FN(kw_attn_score_blocks_h)(H, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale,
+                                              n_kv);
     for (; j + 3 <= hi; j += 4) {
         const char *krow = kbase + (size_t)j * row_bytes;
         if (prefetch)
