@@ -365,14 +365,17 @@ KW_AVX512_INLINE float kw_v16_hsum_avx512(kw_v16_avx512 v) {
  * that transposed order (a[4 (i % 4) + i / 4] as input i) and lane r comes out holding row r. */
 KW_AVX512_INLINE kw_v16_avx512 kw_v16_hsum16_avx512(const kw_v16_avx512 a[16]) {
     __m512 u[8], v[4], w[2];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) { /* u[k] = l[k] + l[k + 8]: the low 256 bits of each row plus its high 256 */
         const __m512 x = a[4 * ((2 * i) % 4) + (2 * i) / 4], y = a[4 * ((2 * i + 1) % 4) + (2 * i + 1) / 4];
         u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
                              _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
     }
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) /* v[k] = u[k] + u[k + 4] */
         v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
                              _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+#pragma GCC unroll 2
     for (int i = 0; i < 2; ++i) /* w[k] = v[k] + v[k + 2] */
         w[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                              _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
