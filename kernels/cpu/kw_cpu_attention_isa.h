@@ -85,15 +85,16 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16_fixed)(const float *
     return KW_V(hsum16)(acc);
 }
 
-/* The heads kw_attn_dot16 scores together for a group of nh query heads of dimension D: 2 for D = 128 and 256 when
- * 2 divides nh, else 1 for D = 64 and 128; 0 when no block fits (other D, or D = 256 with an odd group: the four-row
- * loop). Measured (one thread, a 512-token prefill, docs/BENCHMARKS.md): two heads x 8 rows beat 16 rows a head by
- * 3-10% at D = 128 (Qwen3-0.6B), and at D = 256 (Gemma 3) the four-row loop by 6-10% and four heads x 4 rows by 1-5%;
- * at D = 64 one head's chunks in registers won (Llama-3.2-1B: 15.3-16.1 ms against 16.1-17.7 with two heads and
- * 16.5-16.8 with four). */
+/* The heads kw_attn_dot16 scores together for a group of nh query heads of dimension D: at D = 64 four when 4 divides
+ * nh, else two when 2 does, else one; at D = 128 two when 2 divides nh, else one; at D = 256 two when 2 divides nh,
+ * else 0 (no block: the four-row loop; one head's 16 chunks and 16 accumulators do not fit the registers). Measured on
+ * a 512-token prefill, one thread (docs/BENCHMARKS.md): at D = 64 (Llama-3.2-1B) four heads x 4 rows 10.9-11.2 ms,
+ * two x 8 11.3-12.0, one x 16 12.3-12.9; at D = 128 with groups of 4 two heads 20.8-21.4 ms, four 21.4-24.6; at
+ * D = 256 (Gemma 3) two heads 4.11-4.24 ms, four 4.41-4.67. */
 KW_SIMD_INLINE int KW_ISA_FN(kw_attn_dot16_heads)(int64_t nh, int64_t D) {
-    if ((D == 128 || D == 256) && nh % 2 == 0) return 2;
-    return D == 64 || D == 128 ? 1 : 0;
+    if (D == 64) return nh % 4 == 0 ? 4 : nh % 2 == 0 ? 2 : 1;
+    if (D == 128) return nh % 2 == 0 ? 2 : 1;
+    return D == 256 && nh % 2 == 0 ? 2 : 0;
 }
 
 /* kw_attn_dot16_fixed for H = kw_attn_dot16_heads heads of dimension D on an f32 or bf16 cache. */
@@ -105,6 +106,8 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16)(const float *q, con
                                    : KW_ISA_FN(kw_attn_dot16_fixed)(q, k, row_bytes, NC, 0, HH)
     switch (D / 16 * 8 + H) {
         KW_ATTN_DOT16_CASE(4, 1);
+        KW_ATTN_DOT16_CASE(4, 2);
+        KW_ATTN_DOT16_CASE(4, 4);
         KW_ATTN_DOT16_CASE(8, 1);
         KW_ATTN_DOT16_CASE(8, 2);
         KW_ATTN_DOT16_CASE(16, 2);
@@ -271,7 +274,7 @@ KW_SIMD_TARGET KW_SIMD_INLINE void KW_ISA_FN(kw_attn_prefetch)(const char *base,
 
 /* The scores of rows j, j + 1, ... in blocks of H heads x R = 16 / H rows (kw_attn_dot16) while a whole block fits
  * in [j, hi], scaled, masked and maxed as vectors, into scores (nh rows of n_kv) and maxs; returns the first row not
- * scored. H (1 or 2, dividing nh) is a constant at every call, so the block's stores have constant sizes. */
+ * scored. H (1, 2 or 4, dividing nh) is a constant at every call, so the block's stores have constant sizes. */
 KW_SIMD_TARGET KW_SIMD_INLINE int64_t KW_ISA_FN(kw_attn_score_blocks)(const int H, float *scores, float *maxs,
                                                                       const float *q, int64_t nh, const char *kbase,
                                                                       size_t row_bytes, enum kw_dtype dt, int64_t D,
@@ -313,8 +316,8 @@ KW_SIMD_TARGET KW_SIMD_INLINE int64_t KW_ISA_FN(kw_attn_score_blocks)(const int 
     return j;
 }
 
-/* kw_attn_score_blocks with H (1 or 2) as a constant, out of line: the item's own loops (the decode steps') keep the
- * code and registers they had without the blocks. */
+/* kw_attn_score_blocks with H (1, 2 or 4) as a constant, out of line: the item's own loops (the decode steps') keep
+ * the code and registers they had without the blocks. */
 KW_SIMD_TARGET __attribute__((noinline)) static int64_t
 KW_ISA_FN(kw_attn_score_blocks_h)(int H, float *scores, float *maxs, const float *q, int64_t nh, const char *kbase,
                                   size_t row_bytes, enum kw_dtype dt, int64_t D, int64_t j, int64_t hi,
@@ -322,7 +325,10 @@ KW_ISA_FN(kw_attn_score_blocks_h)(int H, float *scores, float *maxs, const float
     if (H == 1)
         return KW_ISA_FN(kw_attn_score_blocks)(1, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale,
                                                n_kv);
-    return KW_ISA_FN(kw_attn_score_blocks)(2, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
+    if (H == 2)
+        return KW_ISA_FN(kw_attn_score_blocks)(2, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale,
+                                               n_kv);
+    return KW_ISA_FN(kw_attn_score_blocks)(4, scores, maxs, q, nh, kbase, row_bytes, dt, D, j, hi, mask, scale, n_kv);
 }
 
 /* One item: the nh query heads q (nh, D) that share the kv head whose rows start at kbase / vbase, visible rows
