@@ -34,7 +34,7 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 /* Attention calls of at most this many query tokens prefetch the cache rows (kw_cpu_attention.c: a decode step's
  * rows come from memory) and score them four at a time; a longer call's items run kv head by kv head, so all but a
  * head's first token find the rows in the caches, where the prefetches were a fifth of a 512-token prefill's score
- * pass, and AVX-512 scores them 16 at a time (kw_attn_dot16). */
+ * pass, and AVX-512 scores them in blocks of heads x rows, 16 scores a block (kw_attn_score_blocks). */
 #define KW_ATTN_PREFETCH_MAX_T 4
 
 /* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq and the {cos, sin} tables of
