@@ -442,9 +442,11 @@ out:
  * against OpenBLAS sgemm doing the same products densely in f32 per query head (Q K^T and P V, T x T, timed here and
  * halved for the causal triangle). Decode: one query at position 511 against copies of a layer's caches totalling at
  * least min_bytes, cycled through as a decode step goes through the layers (each call's K and V come from memory),
- * us per call and GB/s of K and V read against read_bw. */
-static void kw_bench_attention(kw_backend *b, int threads, size_t min_bytes, int reps, double read_bw) {
+ * us per call and GB/s of K and V read against read_bw. Returns 0, or the status of the first shape that failed (its
+ * row is left out, the others still run). */
+static int kw_bench_attention(kw_backend *b, int threads, size_t min_bytes, int reps, double read_bw) {
     const int64_t T = 512;
+    int first_rc = 0;
     printf("== %d thread%s: attention on a bf16 cache, %lld tokens\n", threads, threads > 1 ? "s" : "", (long long)T);
     printf("%-14s %10s %12s %9s %10s %14s %9s %11s\n", "shape", "Hq/Hkv/D", "prefill ms", "GFLOP/s", "vs sgemm",
            "decode us/call", "GB/s", "vs read bw");
@@ -454,7 +456,7 @@ static void kw_bench_attention(kw_backend *b, int threads, size_t min_bytes, int
         int copies = (int)((min_bytes + layer_bytes - 1) / layer_bytes);
         copies = copies < 1 ? 1 : copies > 4096 ? 4096 : copies;
         kw_tensor(*caches)[2] = calloc((size_t)copies, sizeof *caches);
-        int made = 0, rc = caches ? 0 : KW_E_NOMEM;
+        int made = 0, rc = caches ? 0 : kw_error_set(KW_E_NOMEM, "attention caches: %d copies", copies);
         for (; rc == 0 && made < copies; ++made)
             for (int kv = 0; kv < 2 && rc == 0; ++kv) {
                 rc = kw_tensor_alloc(b, &caches[made][kv], KW_DTYPE_BF16, 3, (int64_t[]){sh->Hkv, T, sh->D});
@@ -465,13 +467,17 @@ static void kw_bench_attention(kw_backend *b, int threads, size_t min_bytes, int
         double pre = 0.0, dec = 0.0;
         if (rc == 0) rc = kw_time_attention(b, sh, T, 0, caches, 1, reps, &pre);
         if (rc == 0) rc = kw_time_attention(b, sh, 1, T - 1, caches, made, reps, &dec);
+        const double dense = rc != 0 ? 0.0
+                                     : (double)sh->Hq * (kw_time_sgemm(T, T, sh->D, threads, reps) +
+                                                         kw_time_sgemm(T, sh->D, T, threads, reps));
+        if (rc == 0 && dense >= 1e29) /* kw_time_sgemm could not allocate its matrices */
+            rc = kw_error_set(KW_E_NOMEM, "the sgemm baseline's matrices (%lld x %lld)", (long long)T, (long long)T);
         if (rc != 0) {
-            fprintf(stderr, "bench kernels: %s\n", kw_error_detail());
+            fprintf(stderr, "bench kernels: %s: %s\n", sh->name, kw_error_detail());
+            first_rc = first_rc != 0 ? first_rc : rc;
         } else {
             const double pairs = (double)T * (double)(T + 1) / 2.0;
             const double flops = 4.0 * (double)sh->Hq * (double)sh->D * pairs;
-            const double dense = (double)sh->Hq * (kw_time_sgemm(T, T, sh->D, threads, reps) +
-                                                   kw_time_sgemm(T, sh->D, T, threads, reps));
             const double gbs = (double)layer_bytes / dec / 1e9;
             char dims[32];
             snprintf(dims, sizeof dims, "%lld/%lld/%lld", (long long)sh->Hq, (long long)sh->Hkv, (long long)sh->D);
@@ -483,6 +489,7 @@ static void kw_bench_attention(kw_backend *b, int threads, size_t min_bytes, int
             kw_tensor_free(&caches[c][0]), kw_tensor_free(&caches[c][1]);
         free(caches);
     }
+    return first_rc;
 }
 
 static void kw_bench_kernels_usage(FILE *f) {
@@ -545,8 +552,12 @@ int kw_bench_kernels(int argc, char **argv) {
             continue;
         }
         if (attention) {
-            kw_bench_attention(b, threads, min_w_bytes, reps, kw_read_bw(buf, n, threads, reps, &sink));
+            const int rc = kw_bench_attention(b, threads, min_w_bytes, reps, kw_read_bw(buf, n, threads, reps, &sink));
             kw_backend_destroy(b);
+            if (rc != 0) {
+                free(buf);
+                return 1;
+            }
             continue;
         }
         if (bf16_pair) {

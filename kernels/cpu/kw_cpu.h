@@ -32,14 +32,15 @@ enum kw_cpu_isa { KW_CPU_ISA_SCALAR = 0, KW_CPU_ISA_AVX2 = 1, KW_CPU_ISA_AVX512 
 #endif
 
 /* Attention calls of at most this many query tokens prefetch the cache rows (kw_cpu_attention.c: a decode step's
- * rows come from memory) and score them four at a time; a longer call's items run kv head by kv head, so all but a
- * head's first token find the rows in the caches, where the prefetches were a fifth of a 512-token prefill's score
- * pass, and AVX-512 scores them in blocks of heads x rows, 16 scores a block (kw_attn_score_blocks). */
+ * rows come from memory) and score them four at a time; a longer call does not: its items run kv head by kv head (as
+ * every call's do), so all but a head's first token find the rows in the caches, where the prefetches were a fifth of a
+ * 512-token prefill's score pass, and AVX-512 scores them in blocks of heads x rows, 16 scores a block
+ * (kw_attn_score_blocks). */
 #define KW_ATTN_PREFETCH_MAX_T 4
 
 /* What kw__cpu_rope keeps of one set of rope parameters (kw_cpu_ops.c): their inv_freq and the {cos, sin} tables of
  * the positions of its last call (a prefill's run or a decode step's one position, up to KW_CPU_ROPE_ROWS_MAX
- * {cos, sin} pairs: 16 MiB, kept until the backend is destroyed). A forward pass rotates q and k
+ * {cos, sin} pairs: 16 MiB, and their positions, kept until the backend is destroyed). A forward pass rotates q and k
  * of every layer at the same positions, so the frequencies and angles are computed once per model (Gemma 3: two sets)
  * and pass instead of twice per layer; the same values (one formula). */
 #define KW_CPU_ROPE_MEMOS    2

@@ -6,7 +6,8 @@
  * p = q_pos0 + t) the visible rows are j <= p, j < n_kv, kv_mask[j] != 0 and, with a sliding window W, j > p - W; a
  * query that sees nothing gets zeros. The arithmetic, identical on every ISA (kw_cpu_attention_isa.h):
  *   s_j = dot16(q, k_j) * scale     dot16: 16 lanes, lane l an fma chain over d = l, l + 16, ..., kw_v16_hsum's tree
- *   m   = max s_j                   in row order (exact)
+ *   m   = max s_j                   exact (AVX-512 prefill blocks: per lane, then across; the same value, up to the
+ *                                   sign of a zero maximum, which exp(s_j - m) does not see)
  *   e_j = exp(s_j - m)              kw_cpu_math.c's exp; masked rows give 0
  *   S   = sum16(e_lo .. e_hi)       lane l adds rows lo + l, lo + l + 16, ... in order, then the same tree
  *   o_d = (fma chain over j of e_j v_j[d], rows with e_j = 0 skipped) * (1 / S)

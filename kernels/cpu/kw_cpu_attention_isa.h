@@ -79,7 +79,8 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16_fixed)(const float *
             const KW_VT kv = KW_ISA_FN(kw_attn_ld)(kr, dt, c * 16);
 #pragma GCC unroll 4
             for (int h = 0; h < H; ++h)
-                acc[h * R + r] = KW_V(fma)(H == 1 ? qv[c & 7] : KW_V(load)(q + (h * nc + c) * 16), kv, acc[h * R + r]);
+                acc[h * R + r] =
+                    KW_V(fma)(H == 1 && nc <= 8 ? qv[c & 7] : KW_V(load)(q + (h * nc + c) * 16), kv, acc[h * R + r]);
         }
     }
     return KW_V(hsum16)(acc);
@@ -111,8 +112,9 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16)(const float *q, con
         KW_ATTN_DOT16_CASE(8, 1);
         KW_ATTN_DOT16_CASE(8, 2);
         KW_ATTN_DOT16_CASE(16, 2);
-    default:
-        return KW_V(zero)(); /* not reached: kw_attn_dot16_heads admits only the cases above */
+    default: /* not reached: kw_attn_dot16_heads admits only the cases above (NaN scores if it ever were, so that
+              * every output of the item is NaN and the tests see it) */
+        return KW_V(set1)(NAN);
     }
 #undef KW_ATTN_DOT16_CASE
 }
@@ -306,7 +308,7 @@ KW_SIMD_TARGET KW_SIMD_INLINE int64_t KW_ISA_FN(kw_attn_score_blocks)(const int 
         }
     }
     /* the lanes' maxima into the running max: the largest score seen (its value is the row-order max's; only the sign
-     * of a zero maximum may differ, and s - m, so exp(s - m), does not see it) */
+     * of a zero maximum may differ, which changes s - m only in the sign of a zero, and exp maps both zeros to 1) */
     for (int64_t g0 = 0; g0 < nh; g0 += H) {
         float lanes[16];
         KW_V(store)(lanes, mv[g0 / H]);
@@ -343,7 +345,8 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
     float maxs[KW_ATTN_MAX_GROUP];
     for (int64_t g = 0; g < nh; ++g)
         maxs[g] = -INFINITY;
-    /* scores: each K row once for the nh heads, four rows at a time; the running max in row order (NaN never wins) */
+    /* scores: each K row once for the nh heads (a prefill on AVX-512: in blocks first), then four rows at a time; the
+     * running max (NaN never wins) */
     int64_t j = lo;
     if (prefetch) KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, lo, lo + KW_ATTN_PF_ROWS, hi + 1);
     /* a prefill on AVX-512: blocks of H heads x R rows (kw_attn_score_blocks; a decode step's rows stream from memory,

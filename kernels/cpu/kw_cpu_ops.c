@@ -172,6 +172,7 @@ static kw_cpu_rope_memo *kw_rope_memo(kw_cpu_backend *cpu, const kw_rope_params 
  * same positions (every layer of a pass; a decode step's one position too), else computed; negative (nothing held)
  * when they do not fit KW_CPU_ROPE_ROWS_MAX or the buffer cannot grow, and the caller computes them per token. */
 static int kw_rope_rows_tables(kw_cpu_backend *cpu, kw_cpu_rope_memo *r, const int32_t *p, int64_t T, int64_t half) {
+    if (T == 0) return -1; /* nothing to hold (and maybe no buffer yet) */
     if (r->n_rows == T && memcmp(r->rows_pos, p, (size_t)T * sizeof *p) == 0) return 0;
     r->n_rows = 0;
     if (T * half > KW_CPU_ROPE_ROWS_MAX) return -1;

@@ -3,7 +3,7 @@
  * ISA. kernels/cpu only.
  *
  * Every primitive is an exact IEEE fp32 operation per lane (fma rounds once, as fmaf does), so the three
- * implementations agree bit for bit by construction; the only cross-lane operation, kw_v16_hsum, adds the lanes in
+ * implementations agree bit for bit by construction; the cross-lane operation, kw_v16_hsum, adds the lanes in
  * one fixed tree: u[i] = l[i] + l[i+8], v[i] = u[i] + u[i+4], w[i] = v[i] + v[i+2], sum = w[0] + w[1]. The tree is
  * the natural one for AVX2 (half + half, then 128-bit halves, then movehl, then movehdup) and AVX-512 (extract the
  * upper 256 bits first); kw_v16_hsum16 closes 16 vectors' trees at once (AVX-512: one transposed tree of the same
@@ -359,7 +359,7 @@ KW_AVX512_INLINE float kw_v16_hsum_avx512(kw_v16_avx512 v) {
     return kw_avx2_hsum8_tree(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 /* kw_v16_hsum16_scalar as one transposed tree: each level adds the same pairs in the same operand order as
- * kw_v16_hsum, for all 16 rows at once (31 shuffles and 15 adds instead of 16 trees and 16 extractions). Level 1
+ * kw_v16_hsum, for all 16 rows at once (30 shuffles and 15 adds instead of 16 trees and 16 extractions). Level 1
  * puts rows 2i, 2i + 1 (u, 8 lanes each) in one vector, level 2 rows 4i .. 4i + 3 (v, a 128-bit quarter each), level 3
  * pairs two quarters' v into w, level 4 leaves lane 4 k + p holding the sum of input 4 p + k: so the rows are read in
  * that transposed order (a[4 (i % 4) + i / 4] as input i) and lane r comes out holding row r. */

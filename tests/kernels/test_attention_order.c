@@ -1,10 +1,10 @@
 /* test_attention_order.c: the CPU attention scores a cache row with the same bits whichever of its loops scores it.
  *
- * kw_cpu_attention_isa.h scores the visible span [lo, hi] sixteen rows at a time on AVX-512 (kw_attn_dot16, the trees
- * closed by kw_v16_hsum16), then four at a time (kw_attn_dot4) and the last rows one at a time (kw_attn_dot); all must
- * be the one dot16 of kw_cpu_attention.c's header. Which loop takes a row, and in which slot, depends only on the row's
- * offset from lo and on the span's length, so the ISA-invariance tests (which run the same loops on both sides of
- * every comparison) cannot see a difference.
+ * kw_cpu_attention_isa.h scores the visible span [lo, hi] of a prefill on AVX-512 in blocks of H heads x 16 / H rows
+ * first (kw_attn_score_blocks, the trees closed by kw_v16_hsum16), then four rows at a time (kw_attn_dot4) and the last
+ * rows one at a time (kw_attn_dot); all must be the one dot16 of kw_cpu_attention.c's header. Which loop takes a row,
+ * and in which slot, depends only on the row's offset from lo and on the span's length, which the ISA-invariance tests
+ * vary little: here every slot is reached on purpose.
  *
  * Here one query sees the same n rows [L, L + n) in calls whose span is widened by s = 0..15 masked rows in front (a
  * longer sliding window) and r = 0..15 masked rows behind (a later query position), r = 0..3 and 13..15 for each s,
@@ -52,7 +52,7 @@ static const int64_t ord_rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 29, 30
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
-/* One decode query (ORD_HQ heads) over rows [ORD_L, ORD_L + n) of (hkv, cap, D) caches; every other row NaN and
+/* One query (ORD_HQ heads) over rows [ORD_L, ORD_L + n) of (hkv, cap, D) caches; every other row NaN and
  * masked. All arrays owned. */
 typedef struct ord_case {
     int64_t D, n, cap, hkv;
@@ -293,9 +293,12 @@ static void test_hsum16_trees(void **state) {
     hsum16_fn fns[3] = {hsum16_scalar, NULL, NULL};
     const char *names[3] = {"scalar", "avx2", "avx512"};
 #if KW_CPU_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) fns[1] = hsum16_avx2;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) fns[2] = hsum16_avx512;
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas); /* the ISAs the backend would run here */
+    for (int i = 0; i < n_isa; ++i) {
+        if (strcmp(isas[i], "avx2") == 0) fns[1] = hsum16_avx2;
+        if (strcmp(isas[i], "avx512") == 0) fns[2] = hsum16_avx512;
+    }
 #endif
     int checked = 0;
     for (int trial = 0; trial < 2000; ++trial) {

@@ -437,17 +437,19 @@ static void test_cpu_exp_within_2_ulp(void **state) {
  * (AVX-512: on the vector exp) at +-Inf, NaN and |x| > 200.
  */
 
+/* The most values kw_for_patterns hands its callback at once (the callbacks' output buffers hold this many). */
+#define KW_PATTERN_CHUNK 4096
+
 /* Calls fn on the fp32 values of the bit patterns first, first + step, ... <= last, each ORed with or_bits, in chunks
- * of at most 4096 values. */
+ * of at most KW_PATTERN_CHUNK values. */
 typedef void (*kw_pattern_chunk_fn)(void *ctx, const float *x, int n);
 static void kw_for_patterns(uint32_t first, uint32_t last, uint32_t step, uint32_t or_bits, kw_pattern_chunk_fn fn,
                             void *ctx) {
-    enum { CHUNK = 4096 };
-    static float x[CHUNK];
+    static float x[KW_PATTERN_CHUNK];
     int n = 0;
     for (uint64_t b = first; b <= last; b += step) {
         x[n++] = kw_f32_from_bits((uint32_t)b | or_bits);
-        if (n == CHUNK || b + step > last) {
+        if (n == KW_PATTERN_CHUNK || b + step > last) {
             fn(ctx, x, n);
             n = 0;
         }
@@ -463,7 +465,7 @@ typedef struct kw_sweep {
 
 static void kw_erf_chunk(void *ctx, const float *x, int n) {
     kw_sweep *sw = ctx;
-    static float y[4096];
+    static float y[KW_PATTERN_CHUNK];
     kw__cpu_erf_f32(sw->isa, y, x, n);
     for (int i = 0; i < n; ++i) {
         const double err = kw_ulp_error(y[i], erf((double)x[i]));
@@ -474,7 +476,7 @@ static void kw_erf_chunk(void *ctx, const float *x, int n) {
 /* GELU (erf) exactly as kw_opm_act's scalar form */
 static void kw_gelu_erf_same_chunk(void *ctx, const float *x, int n) {
     const kw_sweep *sw = ctx;
-    static float y[4096];
+    static float y[KW_PATTERN_CHUNK];
     kw__cpu_gelu_erf_f32(sw->isa, y, x, n);
     for (int i = 0; i < n; ++i)
         assert_true(kw_f32_bits(y[i]) == kw_f32_bits(kw_opm_act(x[i], KW_ACT_GELU_ERF)));
@@ -486,10 +488,10 @@ static void kw_erf_sweep_isa(const char *isa_name) {
     kw_backend_destroy(be);
     if (isa == KW_CPU_ISA_SCALAR) return; /* no vector erf on this machine: erff itself */
     kw_sweep sw = {isa, 0.0, 0.0f};
-    kw_for_patterns(0x00000000u, 0x7f7fffffu, 127, 0u, kw_erf_chunk, &sw); /* both signs, all finite */
-    kw_for_patterns(0x80000000u, 0xff7fffffu, 127, 0u, kw_erf_chunk, &sw);
-    kw_for_patterns(0x3e800000u, 0x3e810000u, 1, 0u, kw_erf_chunk, &sw); /* around 0.25, the first boundary */
-    kw_for_patterns(0x407a0000u, 0x40810000u, 1, 0u, kw_erf_chunk, &sw); /* 3.90 .. 4.03: saturation */
+    kw_for_patterns(0x00000000u, 0x7f7fffffu, 127, 0u, kw_erf_chunk, &sw); /* all finite: positive, */
+    kw_for_patterns(0x80000000u, 0xff7fffffu, 127, 0u, kw_erf_chunk, &sw); /* then negative */
+    kw_for_patterns(0x3e800000u, 0x3e810000u, 1, 0u, kw_erf_chunk, &sw);   /* around 0.25, the first boundary */
+    kw_for_patterns(0x407a0000u, 0x40810000u, 1, 0u, kw_erf_chunk, &sw);   /* 3.90 .. 4.03: saturation */
     const double worst = sw.worst;
     const float worst_x = sw.worst_x;
     fprintf(stderr, "cpu erf (%s): worst error %.3f ulp at x = %.9g\n", kw__cpu_isa_name(isa), worst, (double)worst_x);
@@ -555,7 +557,7 @@ static double kw_gelu_tanh_exact(float x, double *bound) {
 
 static void kw_gelu_tanh_chunk(void *ctx, const float *x, int n) {
     kw_sweep *sw = ctx;
-    static float y[4096];
+    static float y[KW_PATTERN_CHUNK];
     kw__cpu_gelu_tanh_f32(sw->isa, y, x, n);
     for (int i = 0; i < n; ++i) {
         double bound;
@@ -569,7 +571,7 @@ static void kw_gelu_tanh_chunk(void *ctx, const float *x, int n) {
 /* x >= 10: x itself; x <= -11: -0; both as kw_opm_act's torch form */
 static void kw_gelu_tanh_tail_chunk(void *ctx, const float *x, int n) {
     const kw_sweep *sw = ctx;
-    static float y[4096];
+    static float y[KW_PATTERN_CHUNK];
     kw__cpu_gelu_tanh_f32(sw->isa, y, x, n);
     for (int i = 0; i < n; ++i)
         assert_true(kw_f32_bits(y[i]) == (signbit(x[i]) ? 0x80000000u : kw_f32_bits(x[i])) &&
@@ -581,10 +583,10 @@ static void kw_gelu_tanh_sweep_isa(const char *isa_name) {
     const enum kw_cpu_isa isa = kw__cpu(be)->isa;
     kw_backend_destroy(be);
     kw_sweep sw = {isa, 0.0, 0.0f}; /* worst: the largest |error| / bound */
-    kw_for_patterns(0x00000000u, 0x7f7fffffu, 1021, 0u, kw_gelu_tanh_chunk, &sw); /* both signs, all finite */
-    kw_for_patterns(0x80000000u, 0xff7fffffu, 1021, 0u, kw_gelu_tanh_chunk, &sw);
-    kw_for_patterns(0xc0600000u, 0xc0800000u, 1, 0u, kw_gelu_tanh_chunk, &sw); /* -3.5 .. -4: the steep left tail */
-    kw_for_patterns(0x3f000000u, 0x3f028f5cu, 1, 0u, kw_gelu_tanh_chunk, &sw); /* 0.5 .. 0.51 */
+    kw_for_patterns(0x00000000u, 0x7f7fffffu, 1021, 0u, kw_gelu_tanh_chunk, &sw); /* all finite: positive, */
+    kw_for_patterns(0x80000000u, 0xff7fffffu, 1021, 0u, kw_gelu_tanh_chunk, &sw); /* then negative */
+    kw_for_patterns(0xc0600000u, 0xc0800000u, 1, 0u, kw_gelu_tanh_chunk, &sw);    /* -3.5 .. -4: the steep left tail */
+    kw_for_patterns(0x3f000000u, 0x3f028f5cu, 1, 0u, kw_gelu_tanh_chunk, &sw);    /* 0.5 .. 0.51 */
     const double worst = sw.worst;
     const float worst_x = sw.worst_x;
     fprintf(stderr, "cpu gelu tanh (%s): worst error %.3f of the bound at x = %.9g\n", kw__cpu_isa_name(isa), worst,

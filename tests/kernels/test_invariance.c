@@ -221,13 +221,16 @@ static void test_attention_same_bits_everywhere(void **state) {
  * and a masked row whose K and V hold NaN changes nothing. */
 static void test_attention_group_heads_own_chains(void **state) {
     (void)state;
+    enum { TMAX = KW_ATTN_PREFETCH_MAX_T + 2 };
     const int64_t D = 128, Hq = 4, cap = 24, q_pos0 = 20, n_kv = 21;
     float *q = kw_rand_array(KW_DTYPE_F32, Hq * D, 1.0f);
     float *kc = kw_rand_array(KW_DTYPE_F32, 2 * cap * D, 2.0f), *vc = kw_rand_array(KW_DTYPE_F32, 2 * cap * D, 1.0f);
     float *k4 = malloc((size_t)(Hq * cap * D) * sizeof(float)), *v4 = malloc((size_t)(Hq * cap * D) * sizeof(float));
-    float want[4 * 128], got[4 * 128];
+    float *qs = malloc((size_t)(TMAX * Hq * D) * sizeof(float));
+    float *want = malloc((size_t)(TMAX * Hq * D) * sizeof(float)),
+          *got = malloc((size_t)(TMAX * Hq * D) * sizeof(float));
     uint8_t mask[24];
-    assert_true(k4 && v4);
+    assert_true(k4 && v4 && qs && want && got);
     for (int64_t j = 0; j < cap; ++j)
         mask[j] = j != 7;
     for (int64_t h = 0; h < 2; ++h)
@@ -239,23 +242,31 @@ static void test_attention_group_heads_own_chains(void **state) {
     for (int64_t h = 0; h < Hq; ++h) /* q head h's own copy of kv head h / 2 */
         memcpy(k4 + h * cap * D, kc + h / 2 * cap * D, (size_t)(cap * D) * sizeof(float)),
             memcpy(v4 + h * cap * D, vc + h / 2 * cap * D, (size_t)(cap * D) * sizeof(float));
-    const kw_attn_case split = {1, Hq, Hq, D, q_pos0, n_kv - q_pos0 - 1, 0, KW_DTYPE_F32, 1};
-    const kw_attn_case group = {1, Hq, 2, D, q_pos0, n_kv - q_pos0 - 1, 0, KW_DTYPE_F32, 1};
     const char *isas[3];
     const int n_isa = kw_backend_cpu_isas(isas);
-    for (int i = 0; i < n_isa; ++i) {
-        kw_backend *b = kw_cpu(isas[i], 1);
-        kw_attn(b, want, q, k4, v4, mask, &split, cap, 0, 1);
-        memset(got, 0xff, sizeof got);
-        kw_attn(b, got, q, kc, vc, mask, &group, cap, 0, 1);
-        kw_same_bits(got, want, Hq * D, isas[i]);
-        for (int64_t e = 0; e < Hq * D; ++e) /* head 1 adds the infinity in its dim 0 */
-            assert_true(isfinite(got[e]) || e == D);
-        for (int64_t d = 0; d < D; ++d) /* head 0 is row 3's value, to rounding */
-            assert_true(fabsf(got[d] - vc[3 * D + d]) <= 1e-6f * (1.0f + fabsf(vc[3 * D + d])));
-        kw_backend_destroy(b);
+    /* as a decode step, and as the last token of a call long enough for the prefill loops (AVX-512's score blocks:
+     * here two heads x 8 rows, the masked NaN row inside a block); the other tokens are the same q at earlier
+     * positions */
+    for (int64_t T = 1; T <= TMAX; T += TMAX - 1) {
+        for (int64_t t = 0; t < T; ++t)
+            memcpy(qs + t * Hq * D, q, (size_t)(Hq * D) * sizeof(float));
+        const kw_attn_case split = {T, Hq, Hq, D, q_pos0 - (T - 1), n_kv - q_pos0 - 1, 0, KW_DTYPE_F32, 1};
+        const kw_attn_case group = {T, Hq, 2, D, q_pos0 - (T - 1), n_kv - q_pos0 - 1, 0, KW_DTYPE_F32, 1};
+        const float *last = got + (T - 1) * Hq * D;
+        for (int i = 0; i < n_isa; ++i) {
+            kw_backend *b = kw_cpu(isas[i], 1);
+            kw_attn(b, want, qs, k4, v4, mask, &split, cap, 0, T);
+            memset(got, 0xff, (size_t)(T * Hq * D) * sizeof(float));
+            kw_attn(b, got, qs, kc, vc, mask, &group, cap, 0, T);
+            kw_same_bits(got, want, T * Hq * D, isas[i]);
+            for (int64_t e = 0; e < Hq * D; ++e) /* head 1 adds the infinity in its dim 0 */
+                assert_true(isfinite(last[e]) || e == D);
+            for (int64_t d = 0; d < D; ++d) /* head 0 is row 3's value, to rounding */
+                assert_true(fabsf(last[d] - vc[3 * D + d]) <= 1e-6f * (1.0f + fabsf(vc[3 * D + d])));
+            kw_backend_destroy(b);
+        }
     }
-    free(q), free(kc), free(vc), free(k4), free(v4);
+    free(q), free(kc), free(vc), free(k4), free(v4), free(qs), free(want), free(got);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
