@@ -63,11 +63,10 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16_fixed)(const float *
     const int R = 16 / H;
     const enum kw_dtype dt = bf16 ? KW_DTYPE_BF16 : KW_DTYPE_F32;
     KW_VT qv[8], acc[16];
-    if (H == 1) {
+    const int nq = H == 1 ? (nc < 8 ? nc : 8) : 0; /* the q chunks held in registers */
 #pragma GCC unroll 8
-        for (int c = 0; c < nc && c < 8; ++c)
-            qv[c] = KW_V(load)(q + c * 16);
-    }
+    for (int c = 0; c < nq; ++c)
+        qv[c] = KW_V(load)(q + c * 16);
 #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i)
         acc[i] = KW_V(zero)();
@@ -79,8 +78,7 @@ KW_SIMD_TARGET KW_SIMD_INLINE KW_VT KW_ISA_FN(kw_attn_dot16_fixed)(const float *
             const KW_VT kv = KW_ISA_FN(kw_attn_ld)(kr, dt, c * 16);
 #pragma GCC unroll 4
             for (int h = 0; h < H; ++h)
-                acc[h * R + r] =
-                    KW_V(fma)(H == 1 && nc <= 8 ? qv[c & 7] : KW_V(load)(q + (h * nc + c) * 16), kv, acc[h * R + r]);
+                acc[h * R + r] = KW_V(fma)(c < nq ? qv[c & 7] : KW_V(load)(q + (h * nc + c) * 16), kv, acc[h * R + r]);
         }
     }
     return KW_V(hsum16)(acc);
@@ -302,9 +300,10 @@ KW_SIMD_TARGET KW_SIMD_INLINE int64_t KW_ISA_FN(kw_attn_score_blocks)(const int 
                 s = KW_V(load)(dst);
             }
             mv[g0 / H] = KW_V(max_gt)(mv[g0 / H], s);
+            if (H > 1)
 #pragma GCC unroll 4
-            for (int h = 0; H > 1 && h < H; ++h)
-                memcpy(scores + (g0 + h) * n_kv + j, lanes + h * R, (size_t)R * sizeof(float));
+                for (int h = 0; h < H; ++h)
+                    memcpy(scores + (g0 + h) * n_kv + j, lanes + h * R, (size_t)R * sizeof(float));
         }
     }
     /* the lanes' maxima into the running max: the largest score seen (its value is the row-order max's; only the sign
