@@ -3,6 +3,7 @@
  * the method). Option parsing, prompt reading and printing only. */
 #include "kw_commands.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +51,8 @@ static void kw_kvstats_usage(FILE *f) {
         "                    @rot rotates K and V (@rotk, @rotv: one) by the randomized Hadamard transform\n"
         "                    before encoding (undone after decoding); @clip (@clipk, @clipv) lets the encoder\n"
         "                    clip the integer codecs' scales to the least squared error (FORMAT.md §5.13);\n"
+        "                    @zstd (@zstdN, level N, default 3) sends every section body zstd-compressed\n"
+        "                    (stored raw where that is not smaller; bits/elem counts what is stored);\n"
         "                    @center sends K - R(p) mu, mu the mean of the layer's pre-RoPE keys per head and\n"
         "                    channel (f16, counted; simulated, not a wire field), the receiver adding R(p) mu back;\n"
         "                    @center8: mu as int8 with an f16 scale per head; @centerpost: mu the mean of the\n"
@@ -165,6 +168,15 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->rotate |= which == 'k' ? 1 : which == 'v' ? 2 : 3;
             continue;
         }
+        if (olen >= 4 && strncmp(o + 1, "zstd", 4) == 0) { /* "@zstd" (level 3), "@zstd19"; zstd's levels 1..22 */
+            char *zend = NULL;
+            const long level = olen == 4 ? 3 : strtol(o + 5, &zend, 10);
+            KW_RETURN_IF((olen > 4 && (zend != o + 1 + olen || !isdigit((unsigned char)o[5]))) || level < 1 ||
+                             level > 22 || out->zstd,
+                         KW_E_INVALID_ARG, "--codec %s: @zstd or @zstdN, N in 1..22, once", arg);
+            out->zstd = (int)level;
+            continue;
+        }
         if (olen >= 4 && olen <= 5 && strncmp(o + 1, "clip", 4) == 0) { /* "@clip" K and V, "@clipk", "@clipv" */
             const char which = olen == 5 ? o[5] : 0;
             KW_RETURN_IF(which && which != 'k' && which != 'v', KW_E_INVALID_ARG,
@@ -174,10 +186,12 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
         }
         char *end = NULL;
         const double pct = strtod(o + 1, &end);
-        KW_RETURN_IF(end == o + 1 || end != o + olen || *end != '%' || !(pct > 0.0 && pct <= 100.0) ||
-                         out->outlier_fraction > 0.0,
-                     KW_E_INVALID_ARG,
-                     "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope, @rot[k|v] and @clip[k|v]", arg);
+        KW_RETURN_IF(
+            end == o + 1 || end != o + olen || *end != '%' || !(pct > 0.0 && pct <= 100.0) ||
+                out->outlier_fraction > 0.0,
+            KW_E_INVALID_ARG,
+            "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope, @rot[k|v], @clip[k|v] and @zstd[N]",
+            arg);
         out->outlier_fraction = pct / 100.0;
     }
     if (out->outlier_fraction > 0.0) snprintf(opts, sizeof opts, "@%g%%", out->outlier_fraction * 100.0);
@@ -204,6 +218,7 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
         static const char *const clip_names[] = {"", "@clipk", "@clipv", "@clip"};
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", clip_names[out->clip]);
     }
+    if (out->zstd) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@zstd%d", out->zstd);
     const char *outl = opts;
     const char *comma = memchr(arg, ',', len);
     const size_t k_len = comma ? (size_t)(comma - arg) : len;
@@ -293,10 +308,11 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     if (!omit) KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
-    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale,
+    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale ||
+                     one.zstd,
                  KW_E_INVALID_ARG,
-                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip and @center are its "
-                 "layer's",
+                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @center and @zstd "
+                 "are its layer's",
                  arg);
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int pick = kw_kvstats_pick_kind(seg, eq);
@@ -391,7 +407,8 @@ static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvst
                                                                       .rotate = one.rotate,
                                                                       .clip = one.clip,
                                                                       .center = one.center,
-                                                                      .qscale = one.qscale};
+                                                                      .qscale = one.qscale,
+                                                                      .zstd = one.zstd};
         const int w = snprintf(out->name + name_len, sizeof out->name - name_len, ";%.*s=%s", (int)(eq - seg), seg,
                                one.lossless ? "none" : one.name);
         KW_RETURN_IF(w < 0 || (size_t)w >= sizeof out->name - name_len, KW_E_INVALID_ARG,
@@ -617,7 +634,8 @@ int kw_cmd_kvstats(int argc, char **argv) {
                                                        .rotate = sens.rotate,
                                                        .clip = sens.clip,
                                                        .center = sens.center,
-                                                       .qscale = sens.qscale};
+                                                       .qscale = sens.qscale,
+                                                       .zstd = sens.zstd};
             c->layer_codec[l] = 1;
             snprintf(c->name, sizeof c->name, "none;L%d=%.200s", (int)l, sens.name);
         }

@@ -397,7 +397,8 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
                                     .rotate = c->rotate,
                                     .clip = c->clip,
                                     .center = c->center,
-                                    .qscale = c->qscale};
+                                    .qscale = c->qscale,
+                                    .zstd = c->zstd};
 }
 
 /* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */
@@ -521,7 +522,8 @@ static int kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c, con
                           .outlier_dtype = KW_WIRE_DTYPE_BF16,
                           .pre_rope = (uint8_t)(lc->pre_rope != 0),
                           .rotate = (uint8_t)lc->rotate,
-                          .clip = (uint8_t)lc->clip};
+                          .clip = (uint8_t)lc->clip,
+                          .zstd_level = lc->zstd};
     *out = pol;
     if (c->n_token_rules == 0) return 0;
     uint32_t n_rules = 0;

@@ -55,6 +55,7 @@ typedef struct kw_kvstats_layer_codec {
     int pre_rope, rotate, clip;
     int center; /* enum kw_kvstats_center */
     int qscale;
+    int zstd; /* the section body's zstd level, 0 for none */
 } kw_kvstats_layer_codec;
 
 /* Query-weighted keys (kw_kvstats_codec.qscale). */
@@ -132,6 +133,8 @@ typedef struct kw_kvstats_codec {
                                   over the prompt's queries of the head's query heads and of k^2 over the rows sent
                                   (after centring); decoded keys scaled back. e counted as one byte per channel
                                   (simulated, issue 15) */
+    int zstd;                  /* zstd level of every section body (the wire's flag bit 0: stored raw where zstd
+                                  does not shrink it), 0 for none; bits/elem counts the stored bytes */
     int32_t n_overrides;       /* per-layer schedule: overrides[0 .. n_overrides) */
     kw_kvstats_layer_codec overrides[KW_KVSTATS_MAX_OVERRIDES];
     uint8_t layer_codec[KW_KVSTATS_MAX_LAYERS]; /* 0: layer l takes the fields above; i: overrides[i - 1]. A layer

@@ -2,7 +2,7 @@
 # cli_kvstats.sh KVWIRE SRC BUILD: `kvwire kvstats` end to end on a tiny random Qwen3 with the real Qwen tokenizer
 # (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
 # KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
-# (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope and @rotv options and a
+# (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope, @rotv and @zstd options and a
 # per-codec scale dtype (:log8) run; per-layer schedules (BASE;L..=CODEC) count each layer's bytes and bad ones are
 # refused with a reason; per-token schedules (;T..=CODEC, ;Tlast<N>=CODEC) count their token groups' bytes and bad ones
 # are refused with a reason; the per-position norm table has a row per layer; --layer-sensitivity gives a row per
@@ -65,6 +65,23 @@ awk -v a="$bits" 'BEGIN { exit !(a > 2.5 && a < 32) }' || fail "bits per element
 "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
     --codec 'int3:token@rot@clipk' >"$tmp/out" 2>"$tmp/err" || fail "clip exit $?"
 grep -q '^int3/token@rot@clipk ' "$tmp/out" || fail "clip row"
+# zstd-compressed sections (@zstd[N]): lossless, so the same errors, agreement and KL as the row without it; one
+# scale per layer leaves the int8 codes of these bell-shaped rows well under 8 bits of entropy, so fewer bytes; a
+# per-layer override carries its own level (a prompt of some 200 tokens: zstd's frame costs more than a few rows save)
+for i in $(seq 24); do printf 'the river %d ran past the mill and the old stone bridge, ' "$i"; done >"$tmp/long.txt"
+echo >>"$tmp/long.txt"
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/long.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
+    --codec int8:layer --codec 'int8:layer@zstd19' --codec 'int8:layer;L0=int8:layer@zstd' >"$tmp/out" 2>"$tmp/err" ||
+    fail "zstd exit $?"
+read -r _ b_raw _ e_raw <<<"$(awk '$1 == "int8/layer" {print $1, $2, $3, $4, $5, $6, $7, $8}' "$tmp/out")"
+read -r _ b_z _ e_z <<<"$(awk '$1 == "int8/layer@zstd19" {print $1, $2, $3, $4, $5, $6, $7, $8}' "$tmp/out")"
+read -r _ b_l0 _ <<<"$(awk '$1 == "int8/layer;L0=int8/layer@zstd3" {print $1, $2}' "$tmp/out")"
+[ -n "$e_raw" ] && [ "$e_raw" = "$e_z" ] || fail "zstd changed the decoded rows: '$e_raw' against '$e_z'"
+awk -v z="$b_z" -v l="$b_l0" -v r="$b_raw" 'BEGIN { exit !(z > 0 && z < l && l < r) }' ||
+    fail "zstd bytes: every layer $b_z, layer 0 $b_l0, none $b_raw"
+refused "bad zstd option" 'int4:token@zstd0|@zstd or @zstdN' 'int4:token@zstd23|@zstd or @zstdN' \
+    'int4:token@zstdx|@zstd or @zstdN' 'int4:token@zstd3@zstd|@zstd or @zstdN' 'int4:token@zstd-1|@zstd or @zstdN' \
+    'int4:token;T0=int8:token@zstd|takes CODEC:GRAN only'
 for bad in 'int4:token@' 'int4:token@2' 'int4:token@0%' 'int4:token@1%@1%' 'int4:token@rope'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec "$bad" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q "options are @P%" "$tmp/err" || fail "bad option $bad"
