@@ -357,9 +357,10 @@ KW_SIMD_TARGET static void KW_ISA_FN(kw_attn_item)(float *out, const float *q, i
                                               n_kv);
     for (; j + 3 <= hi; j += 4) {
         const char *krow = kbase + (size_t)j * row_bytes;
-        if (prefetch)
+        if (prefetch) { /* K rows ahead, and these rows' V for the output pass */
             KW_ISA_FN(kw_attn_prefetch)(kbase, row_bytes, j + KW_ATTN_PF_ROWS, j + KW_ATTN_PF_ROWS + 4, hi + 1);
-        if (prefetch) KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 4, hi + 1);
+            KW_ISA_FN(kw_attn_prefetch)(vbase, row_bytes, j, j + 4, hi + 1);
+        }
         for (int64_t g = 0; g < nh; ++g) {
             float s4[4];
             KW_ISA_FN(kw_attn_dot4)(s4, q + g * D, krow, row_bytes, dt, D);

@@ -184,13 +184,10 @@ static int kw_rope_rows_tables(kw_cpu_backend *cpu, kw_cpu_rope_memo *r, const i
         r->rows_cap = bytes;
     }
     r->rows_pos = (int32_t *)((char *)r->rows_tab + tab_bytes); /* floats' bytes: a multiple of int32_t's alignment */
-    if (T == 1) {
-        kw_rope_angles(p[0], r->inv_freq, half, r->rows_tab); /* a decode step: no pool run */
-    } else {
-        kw_rope_job job = {NULL, p, r->inv_freq, r->rows_tab, 0, 0, half};
-        /* a cos and a sin in double cost about what 64 of the elementwise values kw_threads_for counts do */
-        kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 64), T, kw_rope_table_build, &job);
-    }
+    kw_rope_job job = {NULL, p, r->inv_freq, r->rows_tab, 0, 0, half};
+    /* a cos and a sin in double cost about what 64 of the elementwise values kw_threads_for counts do; a decode
+     * step's one position is one task, which the pool runs on this thread */
+    kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * half * 64), T, kw_rope_table_build, &job);
     memcpy(r->rows_pos, p, (size_t)T * sizeof *p);
     r->n_rows = T;
     return 0;
@@ -202,10 +199,6 @@ int kw__cpu_rope(kw_backend *backend, kw_tensor *x, const kw_tensor *pos, const 
     kw_cpu_rope_memo *r = kw_rope_memo(cpu, params);
     const int32_t *p = pos->data;
     if (kw_rope_rows_tables(cpu, r, p, T, half) == 0) { /* the positions' tables, once per pass */
-        if (T == 1) {
-            kw_rope_rotate_token(x->data, H, D, half, r->rows_tab);
-            return 0;
-        }
         kw_rope_job job = {x->data, NULL, NULL, r->rows_tab, H, D, half};
         kw__cpu_parallel_for(cpu, kw_threads_for(cpu, T * H * D), T, kw_rope_table_rows, &job);
         return 0;
