@@ -10,7 +10,8 @@ same prompt in kv_direct with those tokens forced (kvwire.force_tokens): a step 
 predicted the forced token has it as its argmax. The prompt cache is the first n - 1 rows and the last prompt token is
 the receiver's (as in kvstats); the bits per element divide the blob bytes by every prompt row's K and V elements (the
 server reports neither the layer count nor a row's elements, so product_tf.sh passes them: KW_LAYERS, and
-KW_ROW_ELEMS = KV heads x head_dim, in the environment). Prints one line per row, in kvstats' units."""
+KW_ROW_ELEMS = KV heads x head_dim, in the environment). Prints one line per row, in kvstats' units, with the mean of
+the sharer's encode time per request (`timings_ms.encode`: quantization, zstd and framing)."""
 import json
 import os
 import sys
@@ -48,12 +49,15 @@ refs = [reference(p) for p in prompts]
 n_rows = sum(len(p) - 1 for p in prompts)
 for name, policy in policies.items():
     agree = steps = blob = 0
+    encode_ms = 0.0
     for p, ref in zip(prompts, refs):
         r = post({"prompt": p, "logprobs": 1, "kvwire": {"mode": "kv_direct", "force_tokens": ref, "policy": policy}})
         blob += r["kvwire"]["bytes"]["blob"]
+        encode_ms += r["kvwire"]["timings_ms"]["encode"]
         lp = r["choices"][0]["logprobs"]
         for top, tok in zip(lp["top_logprobs"], lp["tokens"]):
             agree += max(top.items(), key=lambda kv: kv[1])[0] == tok
             steps += 1
-    print("%-22s bytes/row %8.1f bits/elem %.3f TF agree %.4f (%d/%d)" %
-          (name, blob / n_rows, blob * 8 / (n_rows * layers * 2 * row_elems), agree / steps, agree, steps))
+    print("%-22s bytes/row %8.1f bits/elem %.3f TF agree %.4f (%d/%d) sharer encode %.2f ms/request" %
+          (name, blob / n_rows, blob * 8 / (n_rows * layers * 2 * row_elems), agree / steps, agree, steps,
+           encode_ms / len(prompts)))
