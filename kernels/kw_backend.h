@@ -511,7 +511,8 @@ typedef struct kw_attention_params {
 
 /* Causal GQA attention: out (T, Hq, D) f32; q (T, Hq, D) f32; k_cache, v_cache (Hkv, cap, D) f32/bf16. Query head h
  * uses kv head h / (Hq / Hkv). Query t attends to cache rows [0, q_pos0 + t] (minus masked or out-of-window rows),
- * softmax in f32. A query with no visible row produces zeros. */
+ * softmax in f32. A query with no visible row, or whose visible rows all score -Inf, produces zeros (torch's softmax
+ * would give NaN there); a visible score of +Inf or NaN makes the query's output NaN. */
 int kw_op_attention(kw_backend *backend, kw_tensor *out, const kw_tensor *q, const kw_tensor *k_cache,
                     const kw_tensor *v_cache, const kw_attention_params *params);
 

@@ -95,6 +95,11 @@ const struct kw_case kw_cases[] = {
     {KW_OP_ATTENTION, F32, {5, 2, 1, 32, 900, 800, 0, 0, 0}, 121},
     {KW_OP_ATTENTION, B16, {1, 4, 4, 16, 1200, 1100, 0, 600, 0}, 122},
     {KW_OP_ATTENTION, F32, {2, 2, 1, 24, 800, 700, 0, 0, 2}, 123},
+    /* GQA groups above the CPU's chunk of 16 query heads per kv head (kw_cpu_attention.c, KW_ATTN_MAX_GROUP): 20 =
+     * 16 + 4 and 24 = 16 + 8, prefills (on AVX-512 the score blocks) and a decode step */
+    {KW_OP_ATTENTION, F32, {9, 40, 2, 64, 48, 20, 0, 0, 0}, 124},
+    {KW_OP_ATTENTION, B16, {6, 24, 1, 128, 40, 30, 0, 0, 1}, 125},
+    {KW_OP_ATTENTION, B16, {1, 20, 1, 256, 64, 50, 0, 0, 0}, 126},
     /* kv_store / kv_load: T, H, D, cap, pos0 */
     {KW_OP_KV_STORE, B16, {5, 2, 64, 16, 3}, 60},
     {KW_OP_KV_STORE, F32, {1, 8, 128, 10, 9}, 61},

@@ -16,8 +16,9 @@
  * by kw_v16_hsum's tree, the row-order max, kw__cpu_exp_f32, the 16-lane sum, per dimension the fmaf chain over rows.
  * Every ISA this machine has, f32 and bf16 caches, head dims that are and are not multiples of 16 (up to 256), GQA
  * groups of 1, 2 and 4 query heads, n = 1 .. 12 and 29 .. 32. The padding rows hold NaN keys and values: a masked row
- * that a block scores and drops must not reach a visible row. test_hsum16_trees: kw_v16_hsum16 equals 16 kw_v16_hsum
- * calls bit for bit (any NaN equals any NaN).
+ * that a block scores and drops must not reach a visible row. test_attention_special_scores: visible rows scoring -Inf
+ * (weight 0; all of them: zeros out), +Inf or NaN (NaN out) in every slot kind, against the rule. test_hsum16_trees:
+ * kw_v16_hsum16 equals 16 kw_v16_hsum calls bit for bit (any NaN equals any NaN).
  *
  * The inputs make a one-ulp change of any score show in the output: q and k in [1, 2) put every score near one large
  * value (well within a factor 2 of the max m, so s - m is exact) and a power-of-two scale (exact) keeps s - m within
@@ -145,6 +146,10 @@ static void ord_reference(const ord_case *c, float *out) {
             e[i] = ord_hsum(lane) * c->scale;
             if (e[i] > m) m = e[i];
         }
+        if (m == -INFINITY) { /* every visible row scores -Inf: zeros, as a query with none (kw_backend.h) */
+            memset(out + g * D, 0, (size_t)D * sizeof *out);
+            continue;
+        }
         for (int64_t i = 0; i < n; ++i)
             e[i] -= m;
         kw__cpu_exp_f32(KW_CPU_ISA_SCALAR, e, e, n);
@@ -233,6 +238,96 @@ static void test_attention_row_order_free(void **state) {
 static void test_attention_follows_the_rule(void **state) {
     (void)state;
     ord_sweep(1);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Visible rows whose scores are not finite: -Inf (a row the query cannot attend to, yet not masked), +Inf and NaN.
+ */
+
+enum ord_special {
+    ORD_NEG_INF_FIRST, /* the first visible row's keys -Inf: its score is -Inf (q > 0), its weight 0 */
+    ORD_NEG_INF_MID,
+    ORD_NEG_INF_LAST,
+    ORD_NEG_INF_TWO, /* the second and the second-to-last */
+    ORD_NEG_INF_ALL, /* every visible row: the max stays -Inf, and the query gets zeros, as one with no visible row
+                        (kw_backend.h; torch's softmax would give NaN) */
+    ORD_POS_INF,     /* one row +Inf: the max is +Inf, that row's s - m NaN: NaN out */
+    ORD_NAN_KEY,     /* one key channel NaN: that row's score NaN, NaN out */
+    ORD_SPECIALS
+};
+static const char *const ord_special_names[] = {"-Inf first",     "-Inf middle", "-Inf last", "-Inf two",
+                                                "-Inf every row", "+Inf",        "NaN key"};
+
+/* Plants special kind in every kv head of c (keys only; the values stay finite). */
+static void ord_plant(ord_case *c, int kind) {
+    const int64_t n = c->n, D = c->D;
+    for (int64_t h = 0; h < c->hkv; ++h)
+        for (int64_t i = 0; i < n; ++i) {
+            const int hit = kind == ORD_NEG_INF_ALL || (kind == ORD_NEG_INF_FIRST && i == 0) ||
+                            (kind == ORD_NEG_INF_MID && i == n / 2) || (kind == ORD_NEG_INF_LAST && i == n - 1) ||
+                            (kind == ORD_NEG_INF_TWO && (i == 1 || i == n - 2)) ||
+                            ((kind == ORD_POS_INF || kind == ORD_NAN_KEY) && i == n / 3);
+            if (!hit) continue;
+            const int64_t row = (h * c->cap + ORD_L + i) * D;
+            if (kind == ORD_NAN_KEY) {
+                kw_opm_store(c->kc, c->dt, row + D / 2, NAN);
+                continue;
+            }
+            for (int64_t d = 0; d < D; ++d)
+                kw_opm_store(c->kc, c->dt, row + d, kind == ORD_POS_INF ? INFINITY : -INFINITY);
+        }
+}
+
+/* Every ISA, both cache dtypes, head dims on and off the 16-lane grid, GQA groups of 1, 2 and 4, spans that the
+ * prefill blocks, the four-row loop and the one-row tail each end: every call (unpadded and padded, decode step and
+ * prefill) gives the rule's bits (NaN as a class), finite where the rule is. */
+static void test_attention_special_scores(void **state) {
+    (void)state;
+    static const int64_t dims[] = {33, 64, 256}, rows[] = {5, 17, 32};
+    static const int pads[][2] = {{0, 0}, {5, 2}, {13, 15}};
+    static const enum kw_dtype dts[] = {KW_DTYPE_F32, KW_DTYPE_BF16};
+    const char *isas[3];
+    const int n_isa = kw_backend_cpu_isas(isas);
+    float want[ORD_HQ * ORD_DMAX], got[ORD_HQ * ORD_DMAX];
+    char what[200];
+    int bad = 0, calls = 0, nan_cases = 0;
+    for (int i = 0; i < n_isa; ++i) {
+        kw_backend *b = kw_cpu(isas[i], 1);
+        for (size_t t = 0; t < sizeof dts / sizeof dts[0]; ++t)
+            for (size_t di = 0; di < sizeof dims / sizeof dims[0]; ++di)
+                for (size_t hi = 0; hi < sizeof ord_hkvs / sizeof ord_hkvs[0]; ++hi)
+                    for (size_t ni = 0; ni < sizeof rows / sizeof rows[0]; ++ni)
+                        for (int kind = 0; kind < ORD_SPECIALS; ++kind) {
+                            ord_case c = ord_case_make(dims[di], rows[ni], ord_hkvs[hi], dts[t]);
+                            ord_plant(&c, kind);
+                            ord_reference(&c, want);
+                            const int64_t nout = ORD_HQ * c.D;
+                            nan_cases += i == 0 && isnan(want[0]);
+                            int differs = 0;
+                            for (size_t p = 0; p < sizeof pads / sizeof pads[0] && !differs; ++p)
+                                for (int prefill = 0; prefill < 2 && !differs; ++prefill) {
+                                    memset(got, 0xff, sizeof got);
+                                    ord_run(b, &c, pads[p][0], pads[p][1], prefill, got);
+                                    snprintf(what, sizeof what,
+                                             "%s %s D=%lld n=%lld kv heads %lld, %s: %d masked rows before, %d after, "
+                                             "%s vs the rule",
+                                             isas[i], kw_dtype_name(c.dt), (long long)c.D, (long long)c.n,
+                                             (long long)c.hkv, ord_special_names[kind], pads[p][0], pads[p][1],
+                                             prefill ? "in a prefill" : "a decode step");
+                                    differs = ord_differ(got, want, nout, what);
+                                    ++calls;
+                                }
+                            bad += differs;
+                            ord_case_free(&c);
+                        }
+        kw_backend_destroy(b);
+    }
+    print_message("%d calls on %d ISAs, %d cases differ; %d of the cases are NaN by the rule\n", calls, n_isa, bad,
+                  nan_cases);
+    assert_int_equal(bad, 0);
+    /* exactly the +Inf and NaN kinds are NaN by the rule: the others compare finite bits, not NaN with NaN */
+    assert_int_equal(nan_cases, (int)(sizeof dts / sizeof dts[0] * sizeof dims / sizeof dims[0] * sizeof ord_hkvs /
+                                      sizeof ord_hkvs[0] * sizeof rows / sizeof rows[0] * 2));
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -325,6 +420,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_row_order_free),
         cmocka_unit_test(test_attention_follows_the_rule),
+        cmocka_unit_test(test_attention_special_scores),
         cmocka_unit_test(test_hsum16_trees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
