@@ -399,16 +399,7 @@ static int kw_kvstats_parse_schedule(const char *arg, const char *scale, kw_kvst
         part[codec_len] = '\0';
         kw_kvstats_codec one;
         KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
-        out->overrides[out->n_overrides++] = (kw_kvstats_layer_codec){.lossless = one.lossless,
-                                                                      .spec = one.spec,
-                                                                      .spec_v = one.spec_v,
-                                                                      .outlier_fraction = one.outlier_fraction,
-                                                                      .pre_rope = one.pre_rope,
-                                                                      .rotate = one.rotate,
-                                                                      .clip = one.clip,
-                                                                      .center = one.center,
-                                                                      .qscale = one.qscale,
-                                                                      .zstd = one.zstd};
+        out->overrides[out->n_overrides++] = kw_kvstats_base_layer(&one);
         const int w = snprintf(out->name + name_len, sizeof out->name - name_len, ";%.*s=%s", (int)(eq - seg), seg,
                                one.lossless ? "none" : one.name);
         KW_RETURN_IF(w < 0 || (size_t)w >= sizeof out->name - name_len, KW_E_INVALID_ARG,
@@ -627,15 +618,7 @@ int kw_cmd_kvstats(int argc, char **argv) {
             kw_kvstats_codec *c = &codecs[n_codecs + l];
             c->lossless = 1;
             c->n_overrides = 1;
-            c->overrides[0] = (kw_kvstats_layer_codec){.spec = sens.spec,
-                                                       .spec_v = sens.spec_v,
-                                                       .outlier_fraction = sens.outlier_fraction,
-                                                       .pre_rope = sens.pre_rope,
-                                                       .rotate = sens.rotate,
-                                                       .clip = sens.clip,
-                                                       .center = sens.center,
-                                                       .qscale = sens.qscale,
-                                                       .zstd = sens.zstd};
+            c->overrides[0] = kw_kvstats_base_layer(&sens);
             c->layer_codec[l] = 1;
             snprintf(c->name, sizeof c->name, "none;L%d=%.200s", (int)l, sens.name);
         }

@@ -386,9 +386,7 @@ int kw_kvstats_pick_rows(const double *score, int64_t t0, int64_t T, const uint8
     return 0;
 }
 
-/* Layer l's codec in row c: the base's fields, or the override the schedule gives it. */
-static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_t l) {
-    if (l < KW_KVSTATS_MAX_LAYERS && c->layer_codec[l]) return c->overrides[c->layer_codec[l] - 1];
+kw_kvstats_layer_codec kw_kvstats_base_layer(const kw_kvstats_codec *c) {
     return (kw_kvstats_layer_codec){.lossless = c->lossless,
                                     .spec = c->spec,
                                     .spec_v = c->spec_v,
@@ -399,6 +397,12 @@ static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_
                                     .center = c->center,
                                     .qscale = c->qscale,
                                     .zstd = c->zstd};
+}
+
+/* Layer l's codec in row c: the base's fields, or the override the schedule gives it. */
+static kw_kvstats_layer_codec kw_kvstats_layer(const kw_kvstats_codec *c, int32_t l) {
+    if (l < KW_KVSTATS_MAX_LAYERS && c->layer_codec[l]) return c->overrides[c->layer_codec[l] - 1];
+    return kw_kvstats_base_layer(c);
 }
 
 /* The rows at the start of every prompt of T rows that row c does not send (its omit rules), at most T. */

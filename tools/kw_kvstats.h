@@ -145,6 +145,10 @@ typedef struct kw_kvstats_codec {
                        schedule, for printing */
 } kw_kvstats_codec;
 
+/* The fields of row c that a layer codec also has: what a layer without an override takes, and what a per-layer
+ * override parsed as a whole row contributes. */
+kw_kvstats_layer_codec kw_kvstats_base_layer(const kw_kvstats_codec *c);
+
 /* The magnitudes of one (layer, KV head) of K or V. */
 typedef struct kw_kvstats_head {
     double mean_abs, max_abs;

@@ -257,6 +257,7 @@ enum ord_special {
 };
 static const char *const ord_special_names[] = {"-Inf first",     "-Inf middle", "-Inf last", "-Inf two",
                                                 "-Inf every row", "+Inf",        "NaN key"};
+_Static_assert(sizeof ord_special_names / sizeof ord_special_names[0] == ORD_SPECIALS, "a name for every kind");
 
 /* Plants special kind in every kv head of c (keys only; the values stay finite). */
 static void ord_plant(ord_case *c, int kind) {
