@@ -53,6 +53,9 @@ static void kw_kvstats_usage(FILE *f) {
         "                    clip the integer codecs' scales to the least squared error (FORMAT.md §5.13);\n"
         "                    @zstd (@zstdN, level N, default 3) sends every section body zstd-compressed\n"
         "                    (stored raw where that is not smaller; bits/elem counts what is stored);\n"
+        "                    @qmaxN (@qmaxkN, @qmaxvN) holds the layer codec's integer codes to +-N (zero\n"
+        "                    points: 0..N) with the scale for that range, a coarser step in the same container\n"
+        "                    for @zstd to store in fewer bits (FORMAT.md §5.14; N in 1..255);\n"
         "                    @center sends K - R(p) mu, mu the mean of the layer's pre-RoPE keys per head and\n"
         "                    channel (f16, counted; simulated, not a wire field), the receiver adding R(p) mu back;\n"
         "                    @center8: mu as int8 with an f16 scale per head; @centerpost: mu the mean of the\n"
@@ -136,7 +139,7 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     }
     const char *at = strchr(arg, '@');
     const size_t len = at ? (size_t)(at - arg) : strlen(arg);
-    char opts[64] = "";
+    char opts[96] = "";
     for (const char *o = at; o; o = strchr(o + 1, '@')) { /* "@1%": outliers; "@prerope": K before RoPE */
         const char *end_opt = strchr(o + 1, '@');
         const size_t olen = end_opt ? (size_t)(end_opt - o - 1) : strlen(o + 1);
@@ -177,6 +180,18 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->zstd = (int)level;
             continue;
         }
+        if (olen >= 5 && strncmp(o + 1, "qmax", 4) == 0) { /* "@qmax10" K and V, "@qmaxk10", "@qmaxv10" */
+            const char which = o[5] == 'k' || o[5] == 'v' ? o[5] : 0;
+            const char *num = o + 5 + (which != 0);
+            char *qend = NULL;
+            const long q = isdigit((unsigned char)*num) ? strtol(num, &qend, 10) : 0;
+            KW_RETURN_IF(qend != o + 1 + olen || q < 1 || q > 255 || ((which != 'v') && out->qmax_k) ||
+                             ((which != 'k') && out->qmax_v),
+                         KW_E_INVALID_ARG, "--codec %s: @qmaxN, @qmaxkN or @qmaxvN, N in 1..255, once per tensor", arg);
+            if (which != 'v') out->qmax_k = (int)q;
+            if (which != 'k') out->qmax_v = (int)q;
+            continue;
+        }
         if (olen >= 4 && olen <= 5 && strncmp(o + 1, "clip", 4) == 0) { /* "@clip" K and V, "@clipk", "@clipv" */
             const char which = olen == 5 ? o[5] : 0;
             KW_RETURN_IF(which && which != 'k' && which != 'v', KW_E_INVALID_ARG,
@@ -190,7 +205,8 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             end == o + 1 || end != o + olen || *end != '%' || !(pct > 0.0 && pct <= 100.0) ||
                 out->outlier_fraction > 0.0,
             KW_E_INVALID_ARG,
-            "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope, @rot[k|v], @clip[k|v] and @zstd[N]",
+            "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope, @rot[k|v], @clip[k|v], @qmax[k|v]N "
+            "and @zstd[N]",
             arg);
         out->outlier_fraction = pct / 100.0;
     }
@@ -217,6 +233,12 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
     if (out->clip) {
         static const char *const clip_names[] = {"", "@clipk", "@clipv", "@clip"};
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", clip_names[out->clip]);
+    }
+    if (out->qmax_k && out->qmax_k == out->qmax_v)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@qmax%d", out->qmax_k);
+    else {
+        if (out->qmax_k) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@qmaxk%d", out->qmax_k);
+        if (out->qmax_v) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@qmaxv%d", out->qmax_v);
     }
     if (out->zstd) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@zstd%d", out->zstd);
     const char *outl = opts;
@@ -309,10 +331,10 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
     KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale ||
-                     one.zstd,
+                     one.zstd || one.qmax_k || one.qmax_v,
                  KW_E_INVALID_ARG,
-                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @center and @zstd "
-                 "are its layer's",
+                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @qmax, @center and "
+                 "@zstd are its layer's",
                  arg);
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int pick = kw_kvstats_pick_kind(seg, eq);

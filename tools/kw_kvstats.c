@@ -396,7 +396,9 @@ kw_kvstats_layer_codec kw_kvstats_base_layer(const kw_kvstats_codec *c) {
                                     .clip = c->clip,
                                     .center = c->center,
                                     .qscale = c->qscale,
-                                    .zstd = c->zstd};
+                                    .zstd = c->zstd,
+                                    .qmax_k = c->qmax_k,
+                                    .qmax_v = c->qmax_v};
 }
 
 /* Layer l's codec in row c: the base's fields, or the override the schedule gives it. */
@@ -527,7 +529,9 @@ static int kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c, con
                           .pre_rope = (uint8_t)(lc->pre_rope != 0),
                           .rotate = (uint8_t)lc->rotate,
                           .clip = (uint8_t)lc->clip,
-                          .zstd_level = lc->zstd};
+                          .zstd_level = lc->zstd,
+                          .code_limit_k = (uint8_t)lc->qmax_k,
+                          .code_limit_v = (uint8_t)lc->qmax_v};
     *out = pol;
     if (c->n_token_rules == 0) return 0;
     uint32_t n_rules = 0;

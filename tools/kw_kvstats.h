@@ -56,6 +56,7 @@ typedef struct kw_kvstats_layer_codec {
     int center; /* enum kw_kvstats_center */
     int qscale;
     int zstd; /* the section body's zstd level, 0 for none */
+    int qmax_k, qmax_v;
 } kw_kvstats_layer_codec;
 
 /* Query-weighted keys (kw_kvstats_codec.qscale). */
@@ -135,6 +136,9 @@ typedef struct kw_kvstats_codec {
                                   (simulated, issue 15) */
     int zstd;                  /* zstd level of every section body (the wire's flag bit 0: stored raw where zstd
                                   does not shrink it), 0 for none; bits/elem counts the stored bytes */
+    int qmax_k, qmax_v;        /* the encoder's code limit of K and V (kw_wire_policy.code_limit_k/v, FORMAT.md
+                                  §5.14): 0, or integer codes held to +-qmax (zero points: 0..qmax) in the codec's
+                                  container, for zstd to store in fewer bits; the layer's codec only, 1..255 */
     int32_t n_overrides;       /* per-layer schedule: overrides[0 .. n_overrides) */
     kw_kvstats_layer_codec overrides[KW_KVSTATS_MAX_OVERRIDES];
     uint8_t layer_codec[KW_KVSTATS_MAX_LAYERS]; /* 0: layer l takes the fields above; i: overrides[i - 1]. A layer

@@ -176,6 +176,13 @@ typedef struct kw_wire_policy {
                               saturate. Other codecs are unchanged. kw_wire_encoder_write_section clips; the
                               begin_section calls take the flag as given (it changes no framing byte): a caller
                               writing the tensors itself (the device encoder, kw_op_wire_encode_clip) clips them. */
+    uint8_t code_limit_k;  /* an encoder choice, not on the wire (FORMAT.md §5.14): 0, or K's integer codes held to
+                              at most this magnitude (with zero points: 0 .. code_limit) where that is below the codec's
+                              own qmax, the scale chosen for that range: a coarser step in the same container, which
+                              zstd then stores in fewer bits. It applies to the tensors coded by k (the layer's own
+                              codec), not to token groups of other codecs; nf4, fp8 and passthrough are unchanged.
+                              Only kw_wire_encoder_write_section applies it. */
+    uint8_t code_limit_v;  /* the same for V */
 } kw_wire_policy;
 
 /* The randomized Hadamard rotation of head vectors (FORMAT.md §5.12, kw_wire_rotate.c). kw_wire_rotate_log2: m with

@@ -355,14 +355,34 @@ static inline void kw__enc_emit(const kw__wire_kernels *k, uint32_t codec, const
         k->quantize(codec, x, dt, n, inv, dst);
 }
 
+/* The largest code of the spec's codec (the unsigned one with zero points): what its decoder allows. */
+static float kw__enc_codec_qmax(const kw_wire_codec_spec *sp) {
+    return kw_wire_spec_asym(sp) ? kw_wire_codec_qmax_asym(sp->codec) : kw_wire_codec_qmax(sp->codec);
+}
+
+/* The largest code the encoder writes for the spec under a code limit (kw_wire_policy.code_limit_k/v, 0: none):
+ * min(limit, the codec's), integer codecs only; the codec's own for the others. */
+static float kw__enc_qmax(const kw_wire_codec_spec *sp, uint32_t limit) {
+    const float cq = kw__enc_codec_qmax(sp);
+    return limit && kw_wire_codec_is_int(sp->codec) && (float)limit < cq ? (float)limit : cq;
+}
+
+/* The symmetric code of x with inv = fl32(1/s): kw_wire_quantize_value's, but integer codes clamped at qmax (the
+ * codec's own or a code limit's; the same code when qmax is the codec's). */
+static inline int32_t kw__enc_code(uint32_t codec, float x, float inv, float qmax) {
+    return kw_wire_codec_is_int(codec) ? (int32_t)kw_rne_small(kw_wire_scaled(x, inv, qmax))
+                                       : kw_wire_quantize_value(codec, x, inv);
+}
+
 /* Chooses the scale (and zero point) of every unit of a tensor in the general path, from lo/hi (min and max of the
- * unit's values, or hi = absmax when symmetric); stores them and leaves s, z and 1/s in lo, hi and iv. */
-static int kw__enc_general_scales(const kw_wire_codec_spec *sp, uint64_t units, float *lo, float *hi, float *iv,
-                                  uint8_t *scales, uint8_t *zeros, const char *what) {
+ * unit's values, or hi = absmax when symmetric) for codes up to qmax (kw__enc_qmax); stores them and leaves s, z and
+ * 1/s in lo, hi and iv. */
+static int kw__enc_general_scales(const kw_wire_codec_spec *sp, float qmax, uint64_t units, float *lo, float *hi,
+                                  float *iv, uint8_t *scales, uint8_t *zeros, const char *what) {
     const uint32_t sdt = kw_wire_spec_scale(sp);
     const int asym = kw_wire_spec_asym(sp);
     const size_t ss = kw_wire_scale_size(sdt);
-    const float qmax = asym ? kw_wire_codec_qmax_asym(sp->codec) : kw_wire_codec_qmax(sp->codec);
+    const float cq = kw__enc_codec_qmax(sp); /* what the decoder checks the stored scale against */
     for (uint64_t u = 0; u < units; ++u) {
         uint32_t sc = 0, zc = 0;
         float s = 0.0f, z = 0.0f;
@@ -373,6 +393,13 @@ static int kw__enc_general_scales(const kw_wire_codec_spec *sp, uint64_t units, 
                      asym ? " and zero point" : "", kw_wire_codec_name(sp->codec));
         kw_wire_scale_store(sdt, sc, scales + u * ss);
         if (asym) kw_wire_scale_store(sdt, zc, zeros + u * ss);
+        /* a code limit's larger step must still be a valid scale (and zero point) for the codec's own codes */
+        KW_RETURN_IF(qmax < cq && !(kw_wire_scale_valid(sdt, scales + u * ss, cq) &&
+                                    (!asym || kw_wire_zero_valid(sdt, zeros + u * ss, s, cq))),
+                     KW_E_WIRE_RANGE,
+                     "%s scale %llu: values in [%g, %g] need a step of %g, past %s's range at %g codes", what,
+                     (unsigned long long)u, (double)(asym ? lo[u] : -hi[u]), (double)hi[u], (double)s,
+                     kw_wire_codec_name(sp->codec), (double)cq);
         lo[u] = s;
         hi[u] = z;
         iv[u] = s != 0.0f ? 1.0f / s : 0.0f;
@@ -538,13 +565,12 @@ static void kw__enc_clip_scratch_free(kw__enc_clip_scratch *cs) {
  * range or without a valid unclipped scale are left alone (kw__enc_general_scales reports the last). seen: iv of the
  * statistics pass; x: D floats of scratch. */
 static void kw__enc_clip(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                         uint32_t t0, uint32_t h0, uint32_t h1, uint32_t b0, uint32_t b1, uint32_t shift,
+                         float qmax, uint32_t t0, uint32_t h0, uint32_t h1, uint32_t b0, uint32_t b1, uint32_t shift,
                          uint32_t units, const kw__enc_outliers *out, const float *seen, float *lo, float *hi,
                          const kw__enc_clip_scratch *cs, float *x) {
     const uint32_t D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec, sdt = kw_wire_spec_scale(sp);
     const size_t es = kw__wire_dtype_size(dt);
     const int asym = kw_wire_spec_asym(sp);
-    const float qmax = asym ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
     for (uint32_t u = 0; u < units; ++u) {
         cs->best[u] = INFINITY;
         cs->blo[u] = lo[u];
@@ -580,7 +606,7 @@ static void kw__enc_clip(const kw_wire_encoder *e, const kw_wire_tensor_in *in, 
                         y = kw_wire_dequantize_asym(
                             s != 0.0f ? kw_wire_quantize_asym(x[d], cs->z[u], cs->inv[u], qmax) : 0u, s, cs->z[u]);
                     else
-                        y = s != 0.0f ? (float)kw_wire_quantize_value(codec, x[d], cs->inv[u]) * s : 0.0f;
+                        y = s != 0.0f ? (float)kw__enc_code(codec, x[d], cs->inv[u], qmax) * s : 0.0f;
                     const double r = (double)x[d] - (double)y;
                     cs->err[u] += r * r;
                 }
@@ -609,8 +635,8 @@ static inline const uint8_t *kw__enc_row_outliers(const kw__enc_outliers *o, uin
  * (FORMAT.md §5.8, §5.9). The outliers (out, may be NULL) are left out of the statistics and take the code of +0 (zero
  * points: code 0), §5.10. Without outliers the statistics take the row kernels; the codes stay scalar. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint8_t *dst,
-                                  const char *what) {
+                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, float qmax,
+                                  uint8_t *dst, const char *what) {
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u;
     const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
@@ -618,7 +644,6 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
     const size_t sblock = (size_t)kw__wire_scale_block_bytes(sp, H, tg, D);
     const int asym = kw_wire_spec_asym(sp);
     uint8_t *scales = dst, *zeros = dst + sblock, *codes = dst + sblock * (asym ? 2u : 1u);
-    const float qmax = asym ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
     float *lo = malloc((size_t)units * 3 * sizeof(float) + (size_t)D * sizeof(float));
     KW_RETURN_IF(!lo, KW_E_NOMEM, "%s: statistics of %llu scales", what, (unsigned long long)units);
     float *hi = lo + units, *iv = hi + units, *x = iv + units;
@@ -649,10 +674,10 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
     if (rc == 0 && clip) { /* the layer granularity: one unit, every row of the tensor */
         kw__enc_clip_scratch cs = {0};
         rc = kw__enc_clip_scratch_init(&cs, units);
-        if (rc == 0) kw__enc_clip(e, in, sp, t0, 0, H, 0, tg, 31u, 1u, out, iv, lo, hi, &cs, x);
+        if (rc == 0) kw__enc_clip(e, in, sp, qmax, t0, 0, H, 0, tg, 31u, 1u, out, iv, lo, hi, &cs, x);
         kw__enc_clip_scratch_free(&cs);
     }
-    if (rc == 0) rc = kw__enc_general_scales(sp, units, lo, hi, iv, scales, zeros, what);
+    if (rc == 0) rc = kw__enc_general_scales(sp, qmax, units, lo, hi, iv, scales, zeros, what);
     for (uint32_t h = 0; h < H && rc == 0; ++h)
         for (uint32_t t = 0; t < tg; ++t) {
             kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
@@ -666,7 +691,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
                 if (asym)
                     q = s != 0.0f && !outlier ? kw_wire_quantize_asym(x[d], hi[u], iv[u], qmax) : 0u;
                 else /* a zero scale or an outlier: the code of +0 */
-                    q = (uint32_t)kw_wire_quantize_value(codec, s != 0.0f && !outlier ? x[d] : 0.0f, iv[u]);
+                    q = (uint32_t)kw__enc_code(codec, s != 0.0f && !outlier ? x[d] : 0.0f, iv[u], qmax);
                 kw_wire_field_put(bits, row, d, q & mask);
             }
         }
@@ -679,8 +704,8 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
  * only (unit u = 0, d >> log2 G or d), so each block is two passes over its rows, statistics then codes, with the
  * per-unit arrays on the stack. The same arithmetic as kw__enc_tensor_general, value for value. */
 static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                                 uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint8_t *dst,
-                                 const char *what) {
+                                 uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, float qmax,
+                                 uint8_t *dst, const char *what) {
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u, gran = sp->granularity;
@@ -689,7 +714,6 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
     const size_t ss = kw_wire_scale_size(kw_wire_spec_scale(sp));
     const int asym = kw_wire_spec_asym(sp);
     uint8_t *scales = dst, *zeros = dst + sblock, *codes = dst + sblock * (asym ? 2u : 1u);
-    const float qmax = asym ? kw_wire_codec_qmax_asym(codec) : kw_wire_codec_qmax(codec);
     /* rows per block and units per block; an element's unit is d >> shift (token, head: every d maps to 0) */
     const uint32_t block_rows = gran == KW_WIRE_GRAN_CHANNEL ? 1u << sp->group_log2
                                 : gran == KW_WIRE_GRAN_HEAD  ? tg
@@ -713,10 +737,11 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
             for (uint32_t t = b0; t < b1 && rc == 0; ++t)
                 rc = kw__enc_row_stats(k, kw__enc_row(in, es, h, t0 + t), dt, D, gran, shift, asym,
                                        kw__enc_row_outliers(out, D, h, t0 + t), x, lo, hi, iv, what, h, t0 + t);
-            if (rc == 0 && clip) kw__enc_clip(e, in, sp, t0, h, h + 1, b0, b1, shift, units, out, iv, lo, hi, &cs, x);
+            if (rc == 0 && clip)
+                kw__enc_clip(e, in, sp, qmax, t0, h, h + 1, b0, b1, shift, units, out, iv, lo, hi, &cs, x);
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
             if (rc == 0)
-                rc = kw__enc_general_scales(sp, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what);
+                rc = kw__enc_general_scales(sp, qmax, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what);
             if (rc < 0) break;
             /* each unit's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says;
              * symmetric: z = 0), then each element's for the loops below */
@@ -764,11 +789,12 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
 }
 
 /* 1 if kw__enc_tensor can rotate this tensor's rows itself, a block at a time (kw__enc_rotate_block): per-token and
- * per-group scales on the row kernels' path, no outliers and no clipped scales (those read the rows more than once
- * or the whole section: they take the rotated copy of kw__enc_rotate). */
-static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip) {
+ * per-group scales on the row kernels' path, no outliers, no clipped scales and no code limit below the codec's
+ * (those read the rows more than once or take the general path: they take the rotated copy of kw__enc_rotate). */
+static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip, uint32_t limit) {
     return (sp->granularity == KW_WIRE_GRAN_TOKEN || sp->granularity == KW_WIRE_GRAN_GROUP) &&
-           !kw__wire_general_path(sp) && !(clip && kw_wire_codec_is_int(sp->codec));
+           !kw__wire_general_path(sp) && !(clip && kw_wire_codec_is_int(sp->codec)) &&
+           kw__enc_qmax(sp, limit) == kw__enc_codec_qmax(sp);
 }
 
 /* The rows of a block rotated on the fly fit in this many bytes (L1-resident). */
@@ -837,15 +863,18 @@ static inline void kw__enc_prefetch_row(const uint8_t *p, size_t n) {
  * (the outliers left out of the statistics, their fields given the code of +0) writes, byte for byte; the selection
  * has refused NaN and Inf in every value of the section. */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
-                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, const float *rot,
-                          uint8_t *dst, const char *what) {
+                          uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint32_t limit,
+                          const float *rot, uint8_t *dst, const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
     clip = clip && kw_wire_codec_is_int(sp->codec); /* FORMAT.md §5.13: the integer codecs; the others as they are */
-    KW_RETURN_IF(rot && (out || clip || !kw__enc_fusable(sp, clip)), KW_E_INTERNAL,
+    const float qmax = kw__enc_qmax(sp, limit);     /* §5.14: below the codec's only for a code limit */
+    const int limited = qmax != kw__enc_codec_qmax(sp);
+    KW_RETURN_IF(rot && (out || clip || !kw__enc_fusable(sp, clip, limit)), KW_E_INTERNAL,
                  "%s: a rotation fused into a path that reads rows twice", what);
-    if ((out && !kw__enc_fusable(sp, clip)) || clip || kw__wire_general_path(sp))
-        return sp->granularity == KW_WIRE_GRAN_LAYER ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, dst, what)
-                                                     : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, dst, what);
+    if ((out && !kw__enc_fusable(sp, clip, limit)) || clip || limited || kw__wire_general_path(sp))
+        return sp->granularity == KW_WIRE_GRAN_LAYER
+                   ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, qmax, dst, what)
+                   : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, qmax, dst, what);
     const int block = rot || out; /* rows through e->rot_block (kw__enc_rotate_block) */
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
@@ -1132,6 +1161,13 @@ static int kw__enc_rotate(kw_wire_encoder *e, const kw_wire_layer_in *in, uint8_
     return 0;
 }
 
+/* The code limit (0: none) of a tensor of K (kv 0) or V (1) coded by spec: the policy's, for the layer's own codec
+ * (pol->k or pol->v) only; a token group of another codec is coded as it is (FORMAT.md §5.14). */
+static uint32_t kw__enc_limit(const kw_wire_policy *pol, const kw_wire_codec_spec *spec, int kv) {
+    const kw_wire_codec_spec *own = kv ? &pol->v : &pol->k;
+    return memcmp(spec, own, sizeof *own) == 0 ? (kv ? pol->code_limit_v : pol->code_limit_k) : 0u;
+}
+
 int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in, const kw_wire_policy *pol, void *dst,
                                   size_t cap, size_t *written) {
     KW_RETURN_IF(!e || !in || !dst || !written || !pol, KW_E_INVALID_ARG, "null argument");
@@ -1148,7 +1184,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
         for (int kv = 0; kv < 2 && !pol->outliers; ++kv) {
             int all = (pol->rotate >> kv) & 1;
             for (uint32_t g = 0; g < n_g0 && all; ++g)
-                all = kw__enc_fusable(kv ? &g0[g].v : &g0[g].k, (pol->clip >> kv) & 1);
+                all = kw__enc_fusable(kv ? &g0[g].v : &g0[g].k, (pol->clip >> kv) & 1,
+                                      kw__enc_limit(pol, kv ? &g0[g].v : &g0[g].k, kv));
             fused |= (uint8_t)(all << kv);
         }
         if (fused && !e->rot_block) {
@@ -1200,8 +1237,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
             const kw__enc_outliers o = {mask, kv ? (uint64_t)e->hdr.n_kv_heads * in->n_tokens * e->hdr.head_dim : 0,
                                         in->n_tokens};
             KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL,
-                                    (pol->clip >> kv) & 1, ((fused >> kv) & 1) ? e->rot_sx : NULL, body + at,
-                                    kv ? "V" : "K"));
+                                    (pol->clip >> kv) & 1, kw__enc_limit(pol, kv_specs[kv], kv),
+                                    ((fused >> kv) & 1) ? e->rot_sx : NULL, body + at, kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }
         t0 += tg->n_tokens;

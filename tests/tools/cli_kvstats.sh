@@ -2,8 +2,8 @@
 # cli_kvstats.sh KVWIRE SRC BUILD: `kvwire kvstats` end to end on a tiny random Qwen3 with the real Qwen tokenizer
 # (kvwire gen-model): the per-head table has a row per (K/V, layer, head), the control row reads exact agreement, zero
 # KL and zero error at f32 bytes (32 bits per element), the codecs asked for are there in order, a KVWire v1.1 K+V pair
-# (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope, @rotv and @zstd options and a
-# per-codec scale dtype (:log8) run; per-layer schedules (BASE;L..=CODEC) count each layer's bytes and bad ones are
+# (int2 zero-point keys per channel, int3 values per token), the @P% outlier, @prerope, @rotv, @zstd and @qmax options
+# and a per-codec scale dtype (:log8) run; per-layer schedules (BASE;L..=CODEC) count each layer's bytes and bad ones are
 # refused with a reason; per-token schedules (;T..=CODEC, ;Tlast<N>=CODEC) count their token groups' bytes and bad ones
 # are refused with a reason; the per-position norm table has a row per layer; --layer-sensitivity gives a row per
 # layer and ranks every layer once; usage errors exit 2,
@@ -82,6 +82,23 @@ awk -v z="$b_z" -v l="$b_l0" -v r="$b_raw" 'BEGIN { exit !(z > 0 && z < l && l <
 refused "bad zstd option" 'int4:token@zstd0|@zstd or @zstdN' 'int4:token@zstd23|@zstd or @zstdN' \
     'int4:token@zstdx|@zstd or @zstdN' 'int4:token@zstd3@zstd|@zstd or @zstdN' 'int4:token@zstd-1|@zstd or @zstdN' \
     'int4:token;T0=int8:token@zstd|takes CODEC:GRAN only'
+# a code limit (@qmax[k|v]N, FORMAT.md §5.14): the same container, so without zstd the same bytes; coarser codes, so
+# a larger error on the limited tensor only; with zstd fewer bytes, fewer still with both tensors limited
+"$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/long.txt" --max-new-tokens 2 --max-prompts 1 --no-heads \
+    --codec 'int8:token@zstd19' --codec 'int8:token@qmaxk6@zstd19' --codec 'int8:token@qmax6@zstd19' \
+    --codec 'int8:token' --codec 'int8:token@qmax6' >"$tmp/out" 2>"$tmp/err" || fail "qmax exit $?"
+read -r b_p k_p v_p <<<"$(awk '$1 == "int8/token@zstd19" {print $2, $4, $5}' "$tmp/out")"
+read -r b_k k_k v_k <<<"$(awk '$1 == "int8/token@qmaxk6@zstd19" {print $2, $4, $5}' "$tmp/out")"
+read -r b_b k_b v_b <<<"$(awk '$1 == "int8/token@qmax6@zstd19" {print $2, $4, $5}' "$tmp/out")"
+read -r b_r _ <<<"$(awk '$1 == "int8/token" {print $2}' "$tmp/out")"
+read -r b_q _ <<<"$(awk '$1 == "int8/token@qmax6" {print $2}' "$tmp/out")"
+[ -n "$b_q" ] && [ "$b_q" = "$b_r" ] || fail "qmax without zstd: $b_q bytes against $b_r"
+[ -n "$v_k" ] && [ "$v_k" = "$v_p" ] && [ "$k_k" = "$k_b" ] || fail "qmaxk limited V, or K differs: $k_k $v_k $k_b $v_p"
+awk -v p="$b_p" -v k="$b_k" -v b="$b_b" -v e="$k_p" -v f="$k_k" -v g="$v_b" -v h="$v_p" \
+    'BEGIN { exit !(b < k && k < p && f > e && g > h) }' || fail "qmax bytes $b_b < $b_k < $b_p, errors $k_k > $k_p"
+refused "bad qmax option" 'int8:token@qmax0|@qmaxN, @qmaxkN' 'int8:token@qmax256|@qmaxN, @qmaxkN' \
+    'int8:token@qmaxx|@qmaxN, @qmaxkN' 'int8:token@qmax8@qmaxk9|@qmaxN, @qmaxkN' 'int8:token@qmaxk|@qmaxN, @qmaxkN' \
+    'int8:token;T0=int8:token@qmax4|takes CODEC:GRAN only'
 for bad in 'int4:token@' 'int4:token@2' 'int4:token@0%' 'int4:token@1%@1%' 'int4:token@rope'; do
     "$kvwire" kvstats --model "$tmp/m" --prompts "$tmp/p.txt" --codec "$bad" >/dev/null 2>"$tmp/err"
     [ $? -eq 1 ] && grep -q "options are @P%" "$tmp/err" || fail "bad option $bad"

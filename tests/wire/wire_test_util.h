@@ -211,6 +211,46 @@ static inline int wt_decode_oneshot(const uint8_t *blob, size_t size, const kw_w
     return rc;
 }
 
+/* Encodes a one-section blob whose K and V are both x (f32 [h][t][d], every one of hdr's n_positions rows of each
+ * head) under pol with ISA isa: wt_encode_blob's result; on success *o, if not NULL, gets the blob's one-shot decoding
+ * (a failure there is returned). */
+static inline int wt_encode_same_kv(const kw_wire_header *hdr, const float *x, const kw_wire_policy *pol, uint8_t isa,
+                                    uint8_t **blob, size_t *size, wt_blob_out *o) {
+    kw_wire_layer_in in = {.layer = 0, .n_tokens = hdr->n_positions};
+    in.k = (kw_wire_tensor_in){x, (size_t)hdr->n_positions * hdr->head_dim, hdr->head_dim, NULL};
+    in.v = in.k;
+    const int rc = wt_encode_blob(hdr, &in, pol, 1, isa, blob, size);
+    return rc < 0 || !o ? rc : wt_decode_oneshot(*blob, *size, NULL, o);
+}
+
+/* 1 if policies a and b encode x (as wt_encode_same_kv, default ISA) into the same bytes, 0 if not or if either
+ * fails. */
+static inline int wt_same_blob(const kw_wire_header *hdr, const float *x, const kw_wire_policy *a,
+                               const kw_wire_policy *b) {
+    uint8_t *ba = NULL, *bb = NULL;
+    size_t na = 0, nb = 0;
+    const int ok = wt_encode_same_kv(hdr, x, a, 0, &ba, &na, NULL) == 0 &&
+                   wt_encode_same_kv(hdr, x, b, 0, &bb, &nb, NULL) == 0 && na == nb && memcmp(ba, bb, na) == 0;
+    free(ba);
+    free(bb);
+    return ok;
+}
+
+/* 1 if x under pol (as wt_encode_same_kv) encodes into want (n bytes) with the scalar, AVX2 and AVX-512 kernels
+ * alike (an ISA the CPU lacks runs as the best it has), 0 if not or on a failure. */
+static inline int wt_same_on_every_isa(const kw_wire_header *hdr, const float *x, const kw_wire_policy *pol,
+                                       const uint8_t *want, size_t n) {
+    static const uint8_t isas[] = {KW_WIRE_ISA_SCALAR, KW_WIRE_ISA_AVX2, KW_WIRE_ISA_AVX512};
+    int ok = 1;
+    for (size_t j = 0; j < sizeof isas && ok; ++j) {
+        uint8_t *b = NULL;
+        size_t size = 0;
+        ok = wt_encode_same_kv(hdr, x, pol, isas[j], &b, &size, NULL) == 0 && size == n && memcmp(b, want, n) == 0;
+        free(b);
+    }
+    return ok;
+}
+
 static inline int wt_header_equal(const kw_wire_header *a, const kw_wire_header *b) {
     return a->n_layers == b->n_layers && a->n_sections == b->n_sections && a->n_kv_heads == b->n_kv_heads &&
            a->head_dim == b->head_dim && a->n_positions == b->n_positions && a->src_dtype == b->src_dtype &&
