@@ -363,8 +363,11 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
         KW__FIELD_IF(l->hadamard_rotate > 3 || l->clip_scales > 3,
                      "SharePolicy.schedule[%zu]: hadamard_rotate %u, clip_scales %u (bit 0 K, bit 1 V, no others)", i,
                      l->hadamard_rotate, l->clip_scales);
-        KW__FIELD_IF(!l->own_options && (l->hadamard_rotate || l->clip_scales),
-                     "SharePolicy.schedule[%zu]: hadamard_rotate or clip_scales without own_options", i);
+        KW__FIELD_IF(l->code_limit_k > 255 || l->code_limit_v > 255,
+                     "SharePolicy.schedule[%zu]: code_limit_k %u, code_limit_v %u (0..255)", i, l->code_limit_k,
+                     l->code_limit_v);
+        KW__FIELD_IF(!l->own_options && (l->hadamard_rotate || l->clip_scales || l->code_limit_k || l->code_limit_v),
+                     "SharePolicy.schedule[%zu]: hadamard_rotate, clip_scales or a code limit without own_options", i);
     }
     KW__FIELD_IF(p->n_schedule > KW__PROTO_MAX_LAYERS, "SharePolicy.schedule: %zu entries", p->n_schedule);
     KW__FIELD_IF(p->min_tokens > KW_PROTO_DEFAULT_MAX_TOKENS, "SharePolicy.min_tokens: %u is over %u", p->min_tokens,
@@ -398,6 +401,10 @@ static int kw__proto_check_policy(const Kwctl__SharePolicy *p) {
     KW__FIELD_IF(p->hadamard_rotate && p->budget_bytes > 0, "SharePolicy.hadamard_rotate: not with budget_bytes");
     KW__FIELD_IF(p->clip_scales > 3, "SharePolicy.clip_scales: %u (bit 0 K, bit 1 V, no others)", p->clip_scales);
     KW__FIELD_IF(p->clip_scales && p->budget_bytes > 0, "SharePolicy.clip_scales: not with budget_bytes");
+    KW__FIELD_IF(p->code_limit_k > 255 || p->code_limit_v > 255,
+                 "SharePolicy.code_limit_k %u, code_limit_v %u: 0..255 expected", p->code_limit_k, p->code_limit_v);
+    KW__FIELD_IF((p->code_limit_k || p->code_limit_v) && p->budget_bytes > 0,
+                 "SharePolicy.code_limit_k, code_limit_v: not with budget_bytes");
     KW_FORWARD(kw__proto_check_token_schedule(p));
     return 0;
 }

@@ -330,6 +330,8 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
     if (s->pre_rope_keys) cJSON_AddBoolToObject(p, "pre_rope_keys", 1);
     if (s->rotate) cJSON_AddStringToObject(p, "rotate", s->rotate == 3 ? "kv" : s->rotate == 1 ? "k" : "v");
     if (s->clip) cJSON_AddStringToObject(p, "clip", s->clip == 3 ? "kv" : s->clip == 1 ? "k" : "v");
+    if (s->qmax_k) cJSON_AddNumberToObject(p, "qmax_k", s->qmax_k);
+    if (s->qmax_v) cJSON_AddNumberToObject(p, "qmax_v", s->qmax_v);
     cJSON_AddNumberToObject(p, "zstd", s->zstd_level);
     if (j->layers_sent)
         cJSON_AddItemToObject(p, "layers", kw__rd_ids_json(j->layers_sent, j->n_layers_sent));
@@ -358,6 +360,8 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
             static const char *const bits[] = {"none", "k", "v", "kv"};
             cJSON_AddStringToObject(e, "rotate", bits[s->schedule[i].rotate & 3]);
             cJSON_AddStringToObject(e, "clip", bits[s->schedule[i].clip & 3]);
+            cJSON_AddNumberToObject(e, "qmax_k", s->schedule[i].qmax_k);
+            cJSON_AddNumberToObject(e, "qmax_v", s->schedule[i].qmax_v);
         }
         cJSON_AddItemToArray(sch, e);
     }

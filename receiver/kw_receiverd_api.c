@@ -169,6 +169,14 @@ static int kw__rd_codec(kw__rd_err *e, const char *where, char **codec, char **g
     return 0;
 }
 
+/* A code limit (FORMAT.md §5.14): an integer in 0..255, 0 for none. */
+static int kw__rd_qmax(kw__rd_err *e, const cJSON *f, const char *name, uint8_t *out) {
+    int64_t x = 0;
+    KW_FORWARD(kw__rd_int(e, f, name, 0, 255, &x));
+    *out = (uint8_t)x;
+    return 0;
+}
+
 /* "k", "v", "kv" or "none" as K/V bits (rotate, clip). */
 static int kw__rd_kv_bits(kw__rd_err *e, const cJSON *f, const char *name, uint8_t *out) {
     const char *str = NULL;
@@ -215,11 +223,16 @@ static int kw__rd_schedule(kw__rd_err *e, const cJSON *v, kw_rd_spec *s) {
                 KW_FORWARD(kw__rd_string(e, f, "schedule.value_granularity", &vgran));
             } else if (strcmp(f->string, "value_scale") == 0) {
                 KW_FORWARD(kw__rd_string(e, f, "schedule.value_scale", &vscale));
-            } else if (strcmp(f->string, "rotate") == 0 || strcmp(f->string, "clip") == 0) {
-                if (!r->own_options) /* the one not given stays the policy's (parsed before the schedule) */
-                    r->rotate = s->rotate, r->clip = s->clip;
-                KW_FORWARD(kw__rd_kv_bits(e, f, f->string[0] == 'r' ? "schedule.rotate" : "schedule.clip",
-                                          f->string[0] == 'r' ? &r->rotate : &r->clip));
+            } else if (strcmp(f->string, "rotate") == 0 || strcmp(f->string, "clip") == 0 ||
+                       strcmp(f->string, "qmax_k") == 0 || strcmp(f->string, "qmax_v") == 0) {
+                if (!r->own_options) /* those not given stay the policy's (parsed before the schedule) */
+                    r->rotate = s->rotate, r->clip = s->clip, r->qmax_k = s->qmax_k, r->qmax_v = s->qmax_v;
+                if (f->string[0] == 'q')
+                    KW_FORWARD(kw__rd_qmax(e, f, f->string[5] == 'k' ? "schedule.qmax_k" : "schedule.qmax_v",
+                                           f->string[5] == 'k' ? &r->qmax_k : &r->qmax_v));
+                else
+                    KW_FORWARD(kw__rd_kv_bits(e, f, f->string[0] == 'r' ? "schedule.rotate" : "schedule.clip",
+                                              f->string[0] == 'r' ? &r->rotate : &r->clip));
                 r->own_options = true;
             } else if (strcmp(f->string, "layers") == 0) {
                 int64_t a = 0, b = 0;
@@ -390,6 +403,10 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             const int rot = k[0] == 'r';
             KW_FORWARD(
                 kw__rd_kv_bits(e, f, rot ? "kvwire.policy.rotate" : "kvwire.policy.clip", rot ? &s->rotate : &s->clip));
+        } else if (strcmp(k, "qmax_k") == 0 || strcmp(k, "qmax_v") == 0) {
+            const int key = k[5] == 'k';
+            KW_FORWARD(kw__rd_qmax(e, f, key ? "kvwire.policy.qmax_k" : "kvwire.policy.qmax_v",
+                                   key ? &s->qmax_k : &s->qmax_v));
         } else if (strcmp(k, "pre_rope_keys") == 0) {
             if (!cJSON_IsBool(f)) return KW__RD_BAD(e, "kvwire.policy.pre_rope_keys: a boolean is expected");
             s->pre_rope_keys = cJSON_IsTrue(f);
@@ -439,10 +456,10 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
     s->cache_layout = s->codec && strcmp(s->codec, "cache") == 0;
     if (s->cache_layout) { /* the receiver's cache layout: the specs come with the request's resolution */
         if (s->value_codec || s->value_granularity || schedule || token_schedule || s->budget_bytes ||
-            s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip)
+            s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip || s->qmax_k || s->qmax_v)
             return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" sets both codecs and their layout: not with "
                                  "value_codec, value_granularity, schedule, token_schedule, budget_bytes, outliers, "
-                                 "pre_rope_keys, rotate or clip");
+                                 "pre_rope_keys, rotate, clip or qmax");
     } else {
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy", &s->codec, &s->granularity, &s->scale, &s->spec));
     }
@@ -452,8 +469,8 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
              *vg = s->value_granularity ? s->value_granularity : s->granularity;
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy.value_codec", &vc, &vg, &s->scale, &s->spec_v));
     }
-    if ((s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip) && s->budget_bytes)
-        return KW__RD_BAD(e, "kvwire.policy.outliers, pre_rope_keys, rotate, clip: not with budget_bytes");
+    if ((s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip || s->qmax_k || s->qmax_v) && s->budget_bytes)
+        return KW__RD_BAD(e, "kvwire.policy.outliers, pre_rope_keys, rotate, clip, qmax: not with budget_bytes");
     if ((s->value_codec || s->value_granularity) && (schedule || s->budget_bytes))
         return KW__RD_BAD(e, "kvwire.policy.value_codec: not with a schedule or budget_bytes");
     if (schedule) KW_FORWARD(kw__rd_schedule(e, schedule, s));

@@ -297,6 +297,8 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         p.pre_rope_keys = s->pre_rope_keys;
         p.hadamard_rotate = s->rotate;
         p.clip_scales = s->clip;
+        p.code_limit_k = s->qmax_k;
+        p.code_limit_v = s->qmax_v;
         p.selection = (Kwctl__Selection)(sel->mode + 1);
         p.proportion = sel->mode == KW_SELECT_FULL ? 0 : sel->proportion;
         p.seed = sel->seed;
@@ -347,6 +349,8 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
                 sched[n_sched].own_options = e->own_options;
                 sched[n_sched].hadamard_rotate = e->own_options ? e->rotate : 0;
                 sched[n_sched].clip_scales = e->own_options ? e->clip : 0;
+                sched[n_sched].code_limit_k = e->own_options ? e->qmax_k : 0;
+                sched[n_sched].code_limit_v = e->own_options ? e->qmax_v : 0;
                 sched_ptrs[n_sched] = &sched[n_sched];
                 ++n_sched;
             }

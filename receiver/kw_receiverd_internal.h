@@ -52,8 +52,10 @@ typedef struct kw_rd_schedule {
     kw_wire_codec_spec spec;           /* K's, and V's unless a value_* field is given */
     kw_wire_codec_spec spec_v;         /* V's */
     char *codec, *granularity, *scale; /* as given (owned), for the response's policy */
-    bool own_options;                  /* "rotate" or "clip" given: these layers take rotate and clip below */
+    bool own_options;                  /* "rotate", "clip", "qmax_k" or "qmax_v" given: these layers take the four
+                                          below (those not given: the policy's) */
     uint8_t rotate, clip;              /* bit 0 K, bit 1 V */
+    uint8_t qmax_k, qmax_v;            /* code limits (FORMAT.md §5.14), 0: none */
 } kw_rd_schedule;
 
 /* A token schedule entry (HTTP_API.md §5.1 token_schedule, SharePolicy.token_schedule): one of first (a count),
@@ -91,12 +93,13 @@ typedef struct kw_rd_spec {
     kw_wire_codec_spec spec;               /* K's codec, and V's unless value_codec or value_granularity is given */
     char *value_codec, *value_granularity; /* V's apart (owned), NULL: K's */
     kw_wire_codec_spec spec_v;
-    bool cache_layout;  /* codec "cache" (kv_direct): spec and spec_v are this server's cache layout
-                           (receiver/kw_kv_pages.h kw_kv_pages_specs), filled when the request is resolved */
-    double outliers;    /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
-    bool pre_rope_keys; /* KVWire v1.1, kv_direct: keys sent before RoPE */
-    uint8_t rotate;     /* KVWire v1.1: bit 0 K, bit 1 V sent Hadamard-rotated ("rotate": "k", "v", "kv", "none") */
-    uint8_t clip;       /* bit 0 K, bit 1 V: clipped scales, an encoder choice ("clip": "k", "v", "kv", "none") */
+    bool cache_layout;      /* codec "cache" (kv_direct): spec and spec_v are this server's cache layout
+                               (receiver/kw_kv_pages.h kw_kv_pages_specs), filled when the request is resolved */
+    double outliers;        /* KVWire v1.1: this share of each section's K and V elements sent exact (0: none) */
+    bool pre_rope_keys;     /* KVWire v1.1, kv_direct: keys sent before RoPE */
+    uint8_t rotate;         /* KVWire v1.1: bit 0 K, bit 1 V sent Hadamard-rotated ("rotate": "k", "v", "kv", "none") */
+    uint8_t clip;           /* bit 0 K, bit 1 V: clipped scales, an encoder choice ("clip": "k", "v", "kv", "none") */
+    uint8_t qmax_k, qmax_v; /* code limits of K and V, an encoder choice ("qmax_k", "qmax_v": 1..255; 0: none) */
     int zstd_level;
     int64_t budget_bytes; /* a cap on the request's blobs (HTTP_API.md §5.1 budget_bytes); 0: none */
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */

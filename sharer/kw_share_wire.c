@@ -45,8 +45,10 @@ void kw_share_wire_policy_for(const kw_share_wire_options *opt, uint32_t layer, 
         if (opt->overrides[i].layer == layer) {
             out->k = opt->overrides[i].k;
             out->v = opt->overrides[i].v;
-            if (opt->overrides[i].own_options)
+            if (opt->overrides[i].own_options) {
                 out->rotate = opt->overrides[i].rotate, out->clip = opt->overrides[i].clip;
+                out->code_limit_k = opt->overrides[i].code_limit_k, out->code_limit_v = opt->overrides[i].code_limit_v;
+            }
         }
 }
 
@@ -278,9 +280,11 @@ int kw_share_wire_create(const kw_share_wire_options *opt, kw_share_wire **out) 
     for (int32_t i = 0; i < opt->n_overrides; ++i)
         KW_RETURN_IF(opt->overrides[i].own_options && (opt->overrides[i].rotate > 3 || opt->overrides[i].clip > 3),
                      KW_E_INVALID_ARG, "share wire: override %d's rotation or clipping bits", (int)i);
-    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate || opt->policy.clip) &&
+    KW_RETURN_IF((opt->outlier_fraction > 0.0 || opt->pre_rope || opt->policy.rotate || opt->policy.clip ||
+                  opt->policy.code_limit_k || opt->policy.code_limit_v) &&
                      opt->budget.bytes > 0,
-                 KW_E_INVALID_ARG, "share wire: outliers, pre-RoPE keys, rotation and clipping are not for a byte cap");
+                 KW_E_INVALID_ARG,
+                 "share wire: outliers, pre-RoPE keys, rotation, clipping and code limits are not for a byte cap");
     KW_RETURN_IF(opt->n_token_rules > 0 && (opt->token_rules == NULL || opt->budget.bytes > 0), KW_E_INVALID_ARG,
                  "share wire: a token schedule is not for a byte cap (the allocator makes the groups)");
     for (uint32_t i = 0; i < opt->n_token_rules; ++i) {
@@ -421,11 +425,13 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
 
 /* 1 if the device encoder takes the section (no per-token byte cap, whose allocator reads the rows, and so no token
  * groups, which only it makes; a whole-layer plan's layers are plain policies; a rotation of a head_dim the device
- * rotates; codecs and outlier counts it encodes; clipped scales are searched and pre-RoPE keys rotated back there),
- * with each tensor's bytes and scratch; 0 for the CPU encoder. */
+ * rotates; codecs and outlier counts it encodes; clipped scales are searched and pre-RoPE keys rotated back there;
+ * no code limit, FORMAT.md §5.14, which only the CPU encoder applies), with each tensor's bytes and scratch; 0 for
+ * the CPU encoder. */
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
     if (l->device == NULL || w->alloc != NULL || pol->n_groups != 0) return 0; /* the allocator reads the rows */
+    if (pol->code_limit_k || pol->code_limit_v) return 0;
     if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
     if (w->opt.pre_rope && l->head_dim > 1024) return 0; /* the rotated-back copies are kw_op_wire_rotate_rows's */
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};

@@ -35,13 +35,14 @@
 /* Receives consecutive bytes of the blobs, in order (blob is the sent section's ordinal). A negative return stops. */
 typedef int (*kw_share_bytes_fn)(void *user, int32_t blob, const void *data, size_t n);
 
-/* A codec override for one sharer layer; with own_options also its rotation and clipping bits (kw_wire_policy's
- * rotate and clip) instead of the policy's. */
+/* A codec override for one sharer layer; with own_options also its rotation and clipping bits and code limits
+ * (kw_wire_policy's rotate, clip, code_limit_k and code_limit_v) instead of the policy's. */
 typedef struct kw_share_layer_codec {
     uint32_t layer;
     kw_wire_codec_spec k, v;
     int own_options;
     uint8_t rotate, clip;
+    uint8_t code_limit_k, code_limit_v;
 } kw_share_layer_codec;
 
 /* A byte cap on all the blobs of one request (docs/HTTP_API.md "budget_bytes"). Every layer's candidate rows go

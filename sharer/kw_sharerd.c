@@ -380,12 +380,20 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
     wire->v = kw__sd_spec(p->v);
     wire->index_encoding = KW_WIRE_INDEX_AUTO;
     wire->zstd_level = p->zstd ? (p->zstd_level ? p->zstd_level : (int)d->cfg->zstd_level) : 0;
-    wire->rotate = (uint8_t)p->hadamard_rotate;  /* checked: 0..3 */
-    wire->clip = (uint8_t)p->clip_scales;        /* checked: 0..3 */
-    for (size_t i = 0; i < p->n_schedule; ++i) { /* the protocol checked the bits: 0..3 */
+    wire->rotate = (uint8_t)p->hadamard_rotate;    /* checked: 0..3 */
+    wire->clip = (uint8_t)p->clip_scales;          /* checked: 0..3 */
+    wire->code_limit_k = (uint8_t)p->code_limit_k; /* checked: 0..255 */
+    wire->code_limit_v = (uint8_t)p->code_limit_v;
+    for (size_t i = 0; i < p->n_schedule; ++i) { /* the protocol checked the bits (0..3) and limits (0..255) */
         const Kwctl__LayerPolicy *l = p->schedule[i];
-        overrides[i] = (kw_share_layer_codec){l->layer,       kw__sd_spec(l->k),           kw__sd_spec(l->v),
-                                              l->own_options, (uint8_t)l->hadamard_rotate, (uint8_t)l->clip_scales};
+        overrides[i] = (kw_share_layer_codec){.layer = l->layer,
+                                              .k = kw__sd_spec(l->k),
+                                              .v = kw__sd_spec(l->v),
+                                              .own_options = l->own_options,
+                                              .rotate = (uint8_t)l->hadamard_rotate,
+                                              .clip = (uint8_t)l->clip_scales,
+                                              .code_limit_k = (uint8_t)l->code_limit_k,
+                                              .code_limit_v = (uint8_t)l->code_limit_v};
     }
     *o = (kw_share_request_options){
         .sections = mine,

@@ -131,7 +131,9 @@ static void kw_c2c_usage(FILE *f) {
         "receiver),\n"
         "                    --wire-rotate k|v|kv (those tensors sent Hadamard-rotated, FORMAT.md 5.12; head_dim a\n"
         "                    power of two), --wire-clip k|v|kv (the encoder clips those tensors' integer scales to\n"
-        "                    the least squared error, FORMAT.md 5.13).\n"
+        "                    the least squared error, FORMAT.md 5.13), --wire-qmax-k N, --wire-qmax-v N (the\n"
+        "                    encoder holds K's or V's integer codes to +-N with the scale for that range, a coarser\n"
+        "                    step for --wire-zstd to store in fewer bits, FORMAT.md 5.14).\n"
         "                    Without --wire the rows go across in memory, exactly\n"
         "  --budget-bytes N  c2c, kv_direct: a hard cap on every blob of the request together (headers, indices,\n"
         "                    scales,\n"
@@ -910,6 +912,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     const char *budget_codecs = NULL, *wire_value = NULL;
     double wire_outliers = 0.0;
     int wire_pre_rope = 0, wire_rotate_i = 0, wire_clip_i = 0;
+    int64_t wire_qmax_k = 0, wire_qmax_v = 0;
     static const char *const wire_rotations[] = {"none", "k", "v", "kv", NULL};
     int64_t budget_bytes = 0;
     double proportion = -1.0, select_p = 1.0;        /* proportion < 0: not given */
@@ -963,6 +966,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_FLAG("--wire-pre-rope", &wire_pre_rope),
         KW_CLI_CHOICE("--wire-rotate", &wire_rotate_i, wire_rotations),
         KW_CLI_CHOICE("--wire-clip", &wire_clip_i, wire_rotations),
+        KW_CLI_INT("--wire-qmax-k", &wire_qmax_k, 1, 255),
+        KW_CLI_INT("--wire-qmax-v", &wire_qmax_v, 1, 255),
         KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
         KW_CLI_STR("--budget-codecs", &budget_codecs),
         KW_CLI_CHOICE("--budget-mode", &budget_mode_i, budget_modes),
@@ -995,6 +1000,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && fp32 && norm_i >= 0)
         usage_error = "--rmsnorm-rounding sets the bf16 projector's rule: not with --fp32";
     const int cache_layout = wire_codec && strcmp(wire_codec, "cache") == 0;
+    const int wire_qmax = wire_qmax_k || wire_qmax_v;
     if (!usage_error && (qcache_i >= 0 || requantize || n_layer_args) && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error =
             "--cache, --cache-layer and --requantize are for --mode kv_direct (the receiver stores the sent rows)";
@@ -1003,9 +1009,10 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && (requantize || cache_layout) && qcache_i < 0)
         usage_error = "--requantize and --wire cache need a quantized --cache";
     if (!usage_error && cache_layout &&
-        (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || wire_clip_i || budget_bytes))
+        (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || wire_clip_i || wire_qmax ||
+         budget_bytes))
         usage_error = "--wire cache sets both codecs and their layout: not with --wire-value, --wire-outliers, "
-                      "--wire-pre-rope, --wire-rotate, --wire-clip or --budget-bytes";
+                      "--wire-pre-rope, --wire-rotate, --wire-clip, --wire-qmax-k/v or --budget-bytes";
     if (!usage_error && wire_dump && !wire_codec && !budget_bytes)
         usage_error = "--wire-dump needs --wire CODEC or --budget-bytes";
     if (!usage_error && budget_bytes && wire_codec)
@@ -1013,9 +1020,12 @@ int kw_cmd_c2c(int argc, char **argv) {
     if (!usage_error && budget_bytes && xfer_i != KW_C2C_MODE_C2C && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error = "--budget-bytes is for --mode c2c and kv_direct";
     if (!usage_error && budget_codecs && !budget_bytes) usage_error = "--budget-codecs needs --budget-bytes";
-    if (!usage_error && (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || wire_clip_i) &&
+    if (!usage_error &&
+        (wire_value || wire_outliers > 0.0 || wire_pre_rope || wire_rotate_i || wire_clip_i || wire_qmax) &&
         !wire_codec)
-        usage_error = "--wire-value, --wire-outliers, --wire-pre-rope, --wire-rotate and --wire-clip need --wire CODEC";
+        usage_error =
+            "--wire-value, --wire-outliers, --wire-pre-rope, --wire-rotate, --wire-clip and --wire-qmax-k/v need "
+            "--wire CODEC";
     if (!usage_error && wire_pre_rope && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error = "--wire-pre-rope sends keys before RoPE, which only --mode kv_direct rotates back";
     if (!usage_error && (wire_pre_rope || wire_outliers > 0.0) && scoring_i == 1)
@@ -1089,8 +1099,10 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CHECK(kw_c2c_wire_policy("int8", "token", "f32", (long)wire_zstd, NULL, &wire_pol));
     } else if (wire_codec) {
         KW_CHECK(kw_c2c_wire_policy(wire_codec, wire_gran, wire_scale, (long)wire_zstd, wire_value, &wire_pol));
-        wire_pol.rotate = (uint8_t)wire_rotate_i; /* "none" 0, "k" 1, "v" 2, "kv" 3: the section flag bits */
-        wire_pol.clip = (uint8_t)wire_clip_i;     /* the same bits: an encoder choice (FORMAT.md §5.13) */
+        wire_pol.rotate = (uint8_t)wire_rotate_i;     /* "none" 0, "k" 1, "v" 2, "kv" 3: the section flag bits */
+        wire_pol.clip = (uint8_t)wire_clip_i;         /* the same bits: an encoder choice (FORMAT.md §5.13) */
+        wire_pol.code_limit_k = (uint8_t)wire_qmax_k; /* code limits, an encoder choice (§5.14); 0: none */
+        wire_pol.code_limit_v = (uint8_t)wire_qmax_v;
     }
     if (budget_bytes) {
         static const char *const default_codecs[] = {"int4,int6,int8,bf16", "int8", "int4,int8"};
@@ -1383,6 +1395,7 @@ int kw_cmd_c2c(int argc, char **argv) {
                    wire_pre_rope, wire_rotations[wire_rotate_i]);
         }
         if (wire_clip_i) printf("wire_clip: %s (clipped integer scales)\n", wire_rotations[wire_clip_i]);
+        if (wire_qmax) printf("wire_qmax: k %d v %d (code limits, 0: none)\n", (int)wire_qmax_k, (int)wire_qmax_v);
         printf("wire_blobs: %d\n", (int)tot.wire.blobs);
         printf("wire_device_sections: encoded %d decoded %d (of %d)\n", (int)tot.wire.device_sections,
                (int)tot.recv.device_sections, (int)tot.wire.sections);

@@ -273,6 +273,24 @@ static void test_policy(void **state) {
     refuse_fields("\"kvwire\": {\"policy\": {\"clip\": \"x\"}}", false, "clip");
     refuse_fields("\"kvwire\": {\"policy\": {\"clip\": \"k\", \"budget_bytes\": 5000}}", false, "clip");
     refuse_fields("\"kvwire\": {\"policy\": {\"outliers\": 0.01, \"budget_bytes\": 5000}}", false, "outliers");
+    /* code limits (FORMAT.md §5.14): integers 0..255 per tensor, not with a byte cap; a schedule entry naming one
+     * takes its own options, the others the policy's */
+    accept_fields("\"kvwire\": {\"policy\": {\"codec\": \"int8\", \"clip\": \"v\", \"qmax_k\": 10, \"qmax_v\": 255, "
+                  "\"schedule\": [{\"layers\": [1, 2], \"qmax_k\": 16}]}}",
+                  false, &s);
+    assert_int_equal(s.qmax_k, 10);
+    assert_int_equal(s.qmax_v, 255);
+    assert_true(s.schedule[0].own_options);
+    assert_int_equal(s.schedule[0].qmax_k, 16);
+    assert_int_equal(s.schedule[0].qmax_v, 255);
+    assert_int_equal(s.schedule[0].clip, 2);
+    kw_rd_spec_free(&s);
+    refuse_fields("\"kvwire\": {\"policy\": {\"qmax_k\": 256}}", false, "qmax_k");
+    refuse_fields("\"kvwire\": {\"policy\": {\"qmax_v\": -1}}", false, "qmax_v");
+    refuse_fields("\"kvwire\": {\"policy\": {\"qmax_v\": \"4\"}}", false, "qmax_v");
+    refuse_fields("\"kvwire\": {\"policy\": {\"qmax_k\": 4, \"budget_bytes\": 5000}}", false, "qmax");
+    refuse_fields("\"kvwire\": {\"policy\": {\"schedule\": [{\"layers\": [0, 1], \"qmax_v\": 300}]}}", false,
+                  "schedule.qmax_v");
     refuse_fields("\"kvwire\": {\"policy\": {\"value_codec\": \"int2-asym\", \"value_granularity\": \"channel3\"}}",
                   false, "value_codec");
     refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"int4\", \"granularity\": \"group2\"}}", false,

@@ -149,6 +149,13 @@ static const parity_case cases[] = {
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int3\",\"granularity\":\"token\","
                "\"rotate\":\"kv\",\"clip\":\"kv\"}}"),
      "--mode kv_direct --wire int3 --wire-gran token --wire-rotate kv --wire-clip kv", true, true},
+    {"kv_direct: code limits under zstd, int8 K within +-10, V within +-3", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"token\",\"zstd\":19,"
+               "\"qmax_k\":10,\"qmax_v\":3}}"),
+     "--mode kv_direct --wire int8 --wire-gran token --wire-zstd 19 --wire-qmax-k 10 --wire-qmax-v 3", true, true},
+    {"c2c: a code limit on clipped rotated int8 V under zstd", true,
+     CHAT_BODY("{\"policy\":{\"codec\":\"int8\",\"rotate\":\"v\",\"clip\":\"v\",\"qmax_v\":4,\"zstd\":3}}"),
+     "--wire int8 --wire-rotate v --wire-clip v --wire-qmax-v 4 --wire-zstd 3", true, true},
     {"kv_direct int4 vnorm_topk", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
                "\"int4\"}}"),
@@ -202,6 +209,29 @@ static void test_layers(void **state) {
     assert_true(kwd_json_num(r.json, "kvwire.selection.layers_sent") == 1);
     assert_true(kwd_json_num(r.json, "kvwire.fusion.layers_fused") >= 1);
     kwd_response_free(&r);
+}
+
+/* A code limit (FORMAT.md §5.14) is applied, not only passed along: under zstd the blob is smaller than without it,
+ * and the response's policy names it, in a schedule entry too. */
+static void test_code_limit(void **state) {
+    (void)state;
+    kwd_response plain, limited;
+    kwd_http(kwd_receiver.port, "/v1/chat/completions",
+             CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"zstd\":19}}"), &plain);
+    kwd_http(kwd_receiver.port, "/v1/chat/completions",
+             CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"zstd\":19,\"qmax_k\":6,"
+                       "\"schedule\":[{\"layers\":[0,0],\"qmax_k\":40,\"qmax_v\":2}]}}"),
+             &limited);
+    assert_int_equal(plain.status, 200);
+    if (limited.status != 200) fail_msg("HTTP %ld: %s", limited.status, limited.body);
+    const double b0 = kwd_json_num(plain.json, "kvwire.bytes.blob"),
+                 b1 = kwd_json_num(limited.json, "kvwire.bytes.blob");
+    if (!(b1 > 0 && b1 < b0)) fail_msg("blob of %.0f bytes with code limits, %.0f without", b1, b0);
+    assert_true(kwd_json_num(limited.json, "kvwire.policy.qmax_k") == 6);
+    const cJSON *e = cJSON_GetArrayItem(kwd_json_get(limited.json, "kvwire.policy.schedule"), 0);
+    assert_true(kwd_json_num(e, "qmax_k") == 40 && kwd_json_num(e, "qmax_v") == 2);
+    kwd_response_free(&plain);
+    kwd_response_free(&limited);
 }
 
 /* max_tokens 0 with echo: the prompt comes back, nothing is generated. */
@@ -388,10 +418,15 @@ static void test_small_inbox(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parity),      cmocka_unit_test(test_parity_fp32),
-        cmocka_unit_test(test_layers),      cmocka_unit_test(test_echo_only),
-        cmocka_unit_test(test_stream),      cmocka_unit_test(test_logprobs_and_forcing),
-        cmocka_unit_test(test_small_inbox), cmocka_unit_test(test_logprobs_token_ids),
+        cmocka_unit_test(test_parity),
+        cmocka_unit_test(test_parity_fp32),
+        cmocka_unit_test(test_layers),
+        cmocka_unit_test(test_code_limit),
+        cmocka_unit_test(test_echo_only),
+        cmocka_unit_test(test_stream),
+        cmocka_unit_test(test_logprobs_and_forcing),
+        cmocka_unit_test(test_small_inbox),
+        cmocka_unit_test(test_logprobs_token_ids),
     };
     return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }

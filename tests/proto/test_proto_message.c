@@ -290,7 +290,25 @@ static void test_share_request(void **state) {
     kw_proto_message_free(m);
     lp.clip_scales = 4;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
-    lp.own_options = false, lp.hadamard_rotate = 0, lp.clip_scales = 0;
+    lp.clip_scales = 0, lp.hadamard_rotate = 0;
+    lp.code_limit_k = 10, lp.code_limit_v = 255; /* a layer's own code limits: 0..255 */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->schedule[0]->code_limit_k, 10);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->schedule[0]->code_limit_v, 255);
+    kw_proto_message_free(m);
+    lp.code_limit_v = 256;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    lp.code_limit_v = 0, lp.own_options = false; /* and only with own_options */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    lp.code_limit_k = 0;
+    p.code_limit_k = 12, p.code_limit_v = 3; /* the policy's code limits (FORMAT.md §5.14): 0..255 */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->code_limit_k, 12);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->code_limit_v, 3);
+    kw_proto_message_free(m);
+    p.code_limit_k = 300;
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.code_limit_k = 0, p.code_limit_v = 0;
     /* the token schedule: one of first, last, positions per entry; no entries that always overlap; codecs needed */
     Kwctl__TokenPolicy t0 = KWCTL__TOKEN_POLICY__INIT, t1 = KWCTL__TOKEN_POLICY__INIT, t2 = KWCTL__TOKEN_POLICY__INIT;
     uint32_t tpos[] = {4, 5, 9};
@@ -344,6 +362,9 @@ static void test_share_request(void **state) {
     p.clip_scales = 1; /* clipped scales are not for a byte cap */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.clip_scales = 0;
+    p.code_limit_v = 4; /* nor code limits */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
+    p.code_limit_v = 0;
     p.n_token_schedule = 1; /* nor a token schedule */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.n_token_schedule = 0;
