@@ -431,7 +431,7 @@ static int kw_share_wire_pin(kw_share_wire *w, kw_backend *be) {
 static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer *l, const kw_wire_policy *pol,
                                    uint32_t T, uint64_t bytes[2], uint64_t *work) {
     if (l->device == NULL || w->alloc != NULL || pol->n_groups != 0) return 0; /* the allocator reads the rows */
-    if (pol->code_limit_k || pol->code_limit_v) return 0;
+    if (kw_wire_policy_code_limited(pol)) return 0;
     if (pol->rotate && (l->head_dim > 1024 || kw_wire_rotate_log2((uint32_t)l->head_dim) < 0)) return 0;
     if (w->opt.pre_rope && l->head_dim > 1024) return 0; /* the rotated-back copies are kw_op_wire_rotate_rows's */
     const kw_wire_codec_spec *specs[2] = {&pol->k, &pol->v};

@@ -510,6 +510,7 @@ static int kw__sd_share_receiver_scored(kw__sd_run *r, const kw__sd_model *m, co
     const Kwctl__SharePolicy *p = j->req->policy;
     kw_wire_policy pw = *o->wire;
     pw.k = pw.v = kw__sd_spec(p->preview ? p->preview : &kw__sd_preview_default);
+    pw.code_limit_k = pw.code_limit_v = 0; /* the preview's codec is its own: the request's limits are not for it */
     kw__sd_preview pv = {.run = r, .blob = -1};
     kw_share_request_options po = *o;
     po.select = (kw_select_policy){.mode = KW_SELECT_FULL, .proportion = 1.0, .min_tokens = 1};

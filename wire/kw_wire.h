@@ -195,6 +195,11 @@ int kw_wire_rotate_log2(uint32_t head_dim);
 int kw_wire_rotate_sign(uint32_t i);
 int kw_wire_rotate_rows(float *x, size_t n_rows, size_t row_stride, uint32_t head_dim, int inverse);
 
+/* 1 if the policy's code limits change any tensor (FORMAT.md §5.14): code_limit_k below the largest code of an
+ * integer k codec, or code_limit_v of v. Only kw_wire_encoder_write_section applies them: the begin_section calls
+ * refuse such a policy, and a caller encoding tensors itself (the sharer's device encoder) leaves it to the CPU. */
+int kw_wire_policy_code_limited(const kw_wire_policy *pol);
+
 /* 1 if any token group of the policy (or its outliers or pre-RoPE flag) needs v1.1 (a header for it then needs
  * version KW_WIRE_VERSION_1_1). */
 int kw_wire_policy_needs_v11(const kw_wire_policy *pol);

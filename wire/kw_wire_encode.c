@@ -1250,11 +1250,18 @@ out:
     return rc;
 }
 
+int kw_wire_policy_code_limited(const kw_wire_policy *pol) {
+    return kw__enc_qmax(&pol->k, pol->code_limit_k) != kw__enc_codec_qmax(&pol->k) ||
+           kw__enc_qmax(&pol->v, pol->code_limit_v) != kw__enc_codec_qmax(&pol->v);
+}
+
 int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
                                   const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset) {
     KW_RETURN_IF(!e || !tensors_offset, KW_E_INVALID_ARG, "null argument");
     KW_RETURN_IF(pol && pol->outliers, KW_E_INVALID_ARG,
                  "a section written by someone else cannot have outliers: use kw_wire_encoder_write_section");
+    KW_RETURN_IF(pol && kw_wire_policy_code_limited(pol), KW_E_INVALID_ARG,
+                 "a section written by someone else cannot have code limits: use kw_wire_encoder_write_section");
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
     KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, 0, dst, cap, &groups, &single));
@@ -1268,6 +1275,8 @@ int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *e, uint32_t layer, u
                                            size_t *tensors_offset) {
     KW_RETURN_IF(!e || !tensors_offset || !pol || !pol->outliers || !elems || !values, KW_E_INVALID_ARG,
                  "begin_section_outliers: null argument or no outliers");
+    KW_RETURN_IF(kw_wire_policy_code_limited(pol), KW_E_INVALID_ARG,
+                 "a section written by someone else cannot have code limits: use kw_wire_encoder_write_section");
     const uint64_t elems_total = 2ull * e->hdr.n_kv_heads * n_tokens * e->hdr.head_dim;
     const uint64_t want = pol->outliers < elems_total ? pol->outliers : elems_total;
     KW_RETURN_IF(n != want, KW_E_INVALID_ARG, "%u outliers given, the policy chooses %llu", n,

@@ -230,6 +230,16 @@ static void test_code_limit(void **state) {
     assert_true(kwd_json_num(limited.json, "kvwire.policy.qmax_k") == 6);
     const cJSON *e = cJSON_GetArrayItem(kwd_json_get(limited.json, "kvwire.policy.schedule"), 0);
     assert_true(kwd_json_num(e, "qmax_k") == 40 && kwd_json_num(e, "qmax_v") == 2);
+    /* layer 0's own limits are applied: without them (the policy's +-6 on K, none on V) the blob differs */
+    kwd_response own;
+    kwd_http(kwd_receiver.port, "/v1/chat/completions",
+             CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"zstd\":19,\"qmax_k\":6,"
+                       "\"schedule\":[{\"layers\":[0,0],\"codec\":\"int8\"}]}}"),
+             &own);
+    assert_int_equal(own.status, 200);
+    const double b2 = kwd_json_num(own.json, "kvwire.bytes.blob");
+    if (!(b2 > b1)) fail_msg("layer 0 at +-40 / +-2: %.0f bytes, at the policy's +-6 / none: %.0f", b1, b2);
+    kwd_response_free(&own);
     kwd_response_free(&plain);
     kwd_response_free(&limited);
 }

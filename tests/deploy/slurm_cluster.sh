@@ -43,12 +43,16 @@ slurm_skip() {
     exit 77
 }
 
-# slurm_free_port: an unprivileged TCP port nothing on this host listens on
+# slurm_free_port: an unprivileged TCP port below the kernel's ephemeral range (so no outgoing connection takes it
+# between here and slurmctld's bind) that no socket on this host uses in any state: a port chosen from the whole range
+# once met "Address already in use" from slurmctld after a test suite's many loopback connections
 slurm_free_port() {
-    local p
+    local p lo
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
+    [ "$lo" -gt 10100 ] || lo=32768
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        [ -z "$(ss -Hltn "sport = :$p")" ] && { echo $p; return; }
+        p=$((10000 + RANDOM % (lo - 10000)))
+        [ -z "$(ss -Htan "sport = :$p")" ] && { echo $p; return; }
     done
     fail "no free port"
 }

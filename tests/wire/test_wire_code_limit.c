@@ -2,8 +2,8 @@
  * through the unchanged decoder; the symmetric codes are an oracle's written here from the definition (the scale of
  * the unit's absmax for codes up to L, codes clamped at +-L); zero-point codes stay in 0..L; every ISA writes the same
  * bytes; a limit at or above the codec's qmax, codecs without integer codes and token groups of another codec are
- * unchanged; with zstd the limited codes take fewer bytes; clipping, rotation and outliers compose with it; and a step
- * the codec's own codes could not use is refused. */
+ * unchanged; with zstd the limited codes take fewer bytes; clipping, rotation and outliers compose with it; a step
+ * the codec's own codes could not use is refused, and so is a limit in a section someone else writes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -144,6 +144,22 @@ static void test_zero_points_and_v1(void **state) {
         most = plain_k > most ? plain_k : most;
     }
     assert_true(most > 7);
+    /* and each value is the §5.9 rule's with qmax 6: z and s from the row's min and max, code RNE(clamp(fl32(x - z) *
+     * fl32(1/s), 0, 6)) */
+    for (uint32_t r = 0; r < H * T; ++r) {
+        const float *row = x + (size_t)r * D;
+        float mn = row[0], mx = row[0];
+        for (uint32_t d = 1; d < D; ++d)
+            mn = fminf(mn, row[d]), mx = fmaxf(mx, row[d]);
+        uint32_t sc = 0, zc = 0;
+        float s = 0.0f, z = 0.0f;
+        assert_int_equal(kw_wire_asym_choose(mn, mx, 6.0f, KW_WIRE_SCALE_F16, &sc, &s, &zc, &z), 0);
+        for (uint32_t d = 0; d < D; ++d) {
+            const float want = kw_wire_dequantize_asym(kw_wire_quantize_asym(row[d], z, 1.0f / s, 6.0f), s, z);
+            if (o.layers[0].k[(size_t)r * D + d] != want)
+                fail_msg("row %u channel %u: %a, the rule gives %a", r, d, o.layers[0].k[(size_t)r * D + d], want);
+        }
+    }
     wt_blob_out_free(&p);
     free(c);
     wt_blob_out_free(&o);
@@ -166,6 +182,8 @@ static void test_unchanged(void **state) {
         {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0}, 255},
         {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 4}, 7},
         {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0}, 255},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_F32, 0}, 127},
+        {{KW_WIRE_CODEC_INT3, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, 3}, 3},
         {{KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0}, 3},
         {{KW_WIRE_CODEC_E4M3, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_E8M0, 5}, 3},
         {{KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_NONE, 0}, 3},
@@ -177,6 +195,10 @@ static void test_unchanged(void **state) {
                                  .k = sp, .v = sp, .code_limit_k = cases[i].limit, .code_limit_v = cases[i].limit};
         const kw_wire_header hdr = header(KW_WIRE_VERSION_1_1);
         if (!wt_same_blob(&hdr, x, &plain, &limited)) fail_msg("case %zu: the limit changed the blob", i);
+        kw_wire_policy clipped = plain, clipped_limited = limited; /* the clipped-scale search alike */
+        clipped.clip = clipped_limited.clip = 3;
+        if (!wt_same_blob(&hdr, x, &clipped, &clipped_limited)) fail_msg("case %zu: the limit changed the clip", i);
+        assert_false(kw_wire_policy_code_limited(&limited));
     }
 }
 
@@ -280,11 +302,36 @@ static void test_step_out_of_range(void **state) {
     assert_null(blob);
 }
 
+/* A section whose tensors someone else writes (kw_wire_encoder_begin_section, the GPU encoder's) cannot have a code
+ * limit that changes a tensor: refused; one at or above the codec's qmax changes nothing and is taken. */
+static void test_begin_section(void **state) {
+    (void)state;
+    const kw_wire_header hdr = header(KW_WIRE_VERSION_1_1);
+    const kw_wire_codec_spec i4 = {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    kw_wire_policy pol = {.k = i4, .v = i4, .code_limit_v = 7};
+    static uint8_t buf[1 << 16];
+    size_t n = 0, off = 0;
+    kw_wire_encoder *e = NULL;
+    assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &e), 0);
+    assert_int_equal(kw_wire_encoder_write_header(e, buf, sizeof buf, &n), 0);
+    assert_false(kw_wire_policy_code_limited(&pol));
+    assert_int_equal(kw_wire_encoder_begin_section(e, 0, T, NULL, &pol, buf + n, sizeof buf - n, &off), 0);
+    kw_wire_encoder_destroy(e);
+    pol.code_limit_v = 6;
+    assert_true(kw_wire_policy_code_limited(&pol));
+    assert_int_equal(kw_wire_encoder_create(&hdr, NULL, &e), 0);
+    assert_int_equal(kw_wire_encoder_write_header(e, buf, sizeof buf, &n), 0);
+    assert_int_equal(kw_wire_encoder_begin_section(e, 0, T, NULL, &pol, buf + n, sizeof buf - n, &off),
+                     KW_E_INVALID_ARG);
+    kw_wire_encoder_destroy(e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symmetric_oracle), cmocka_unit_test(test_zero_points_and_v1),
         cmocka_unit_test(test_unchanged),        cmocka_unit_test(test_other_groups_unchanged),
         cmocka_unit_test(test_composes),         cmocka_unit_test(test_step_out_of_range),
+        cmocka_unit_test(test_begin_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
