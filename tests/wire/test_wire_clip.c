@@ -16,13 +16,7 @@
 enum { H = 2, T = 16, D = 64, N = H * T * D };
 
 static kw_wire_header header(void) {
-    return (kw_wire_header){.n_layers = 1,
-                            .n_sections = 1,
-                            .n_kv_heads = H,
-                            .head_dim = D,
-                            .n_positions = T,
-                            .src_dtype = KW_WIRE_DTYPE_F32,
-                            .version = KW_WIRE_VERSION_1_1};
+    return wt_one_section_header(H, D, T, KW_WIRE_VERSION_1_1);
 }
 
 /* kind 0: bell-shaped (wt_bell); 1: heavy-tailed (that over the square root of a uniform in [0.02, 1.02), a

@@ -17,13 +17,7 @@
 enum { H = 2, T = 16, D = 64, N = H * T * D };
 
 static kw_wire_header header(uint16_t version) {
-    return (kw_wire_header){.n_layers = 1,
-                            .n_sections = 1,
-                            .n_kv_heads = H,
-                            .head_dim = D,
-                            .n_positions = T,
-                            .src_dtype = KW_WIRE_DTYPE_F32,
-                            .version = version};
+    return wt_one_section_header(H, D, T, version);
 }
 
 /* Bell-shaped values with a 20x channel (what unrotated keys look like). */

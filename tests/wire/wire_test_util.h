@@ -211,6 +211,18 @@ static inline int wt_decode_oneshot(const uint8_t *blob, size_t size, const kw_w
     return rc;
 }
 
+/* The header of a one-layer, one-section blob of f32 rows: heads x head_dim, positions rows, the given version. */
+static inline kw_wire_header wt_one_section_header(uint32_t heads, uint32_t head_dim, uint32_t positions,
+                                                   uint16_t version) {
+    return (kw_wire_header){.n_layers = 1,
+                            .n_sections = 1,
+                            .n_kv_heads = (uint16_t)heads,
+                            .head_dim = (uint16_t)head_dim,
+                            .n_positions = positions,
+                            .src_dtype = KW_WIRE_DTYPE_F32,
+                            .version = version};
+}
+
 /* Encodes a one-section blob whose K and V are both x (f32 [h][t][d], every one of hdr's n_positions rows of each
  * head) under pol with ISA isa: wt_encode_blob's result; on success *o, if not NULL, gets the blob's one-shot decoding
  * (a failure there is returned). */
