@@ -1,10 +1,12 @@
 /* cmd_inspect.c: `kvwire inspect BLOB [--json]` verifies a KVWire blob completely (header, every section checksum,
  * positions, scales, every code by dequantizing it, the trailer and the blob checksum) and prints the header, every
- * section and token group, and the byte breakdown. A bad blob prints what was verified before the fault, then the
+ * section and token group, the byte breakdown, and the order-0 entropy of the codes (per tensor: what a static entropy
+ * coder could store them in). A bad blob prints what was verified before the fault, then the
  * error name and reason, and exits 1. It reads the file through a read-only mapping and never modifies it. */
 #include "kw_commands.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +24,10 @@ const char kw_cmd_inspect_summary[] = "verify a KVWire blob and print its header
 static void kw__inspect_usage(FILE *out) {
     fprintf(out, "usage: kvwire inspect BLOB [--json]\n\n"
                  "Verifies every checksum, position, scale and code of a KVWire blob (docs/FORMAT.md) and prints\n"
-                 "its header, sections, token groups and byte breakdown. Exit status 0 if the blob is valid, 1 if\n"
-                 "not (the error name is printed), 2 for usage errors.\n");
+                 "its header, sections, token groups and byte breakdown, and the order-0 entropy of its codes (each\n"
+                 "tensor with its own table, the tables not counted: a bound for entropy-coding the codes, not a\n"
+                 "coder). Exit status 0 if the blob is valid, 1 if not (the error name is printed), 2 for usage\n"
+                 "errors.\n");
 }
 
 static void kw__spec_str(char *buf, size_t n, const kw_wire_tensor_view *t) {
@@ -56,6 +60,21 @@ static void kw__pct_line(const char *what, uint64_t bytes, uint64_t total, int n
     snprintf(num, sizeof num, "%s%" PRIu64, negative && bytes ? "-" : "", bytes);
     printf("  %-14s %15s  %8.3f%%\n", what, num,
            total ? 100.0 * (double)bytes / (double)total * (negative ? -1 : 1) : 0.0);
+}
+
+/* The order-0 entropy of every tensor of a section, summed into *bits (bits) and *codes. */
+static int kw__section_entropy(const kw_wire_section *s, double *bits, uint64_t *codes) {
+    *bits = 0.0;
+    *codes = 0;
+    for (uint32_t g = 0; g < s->n_groups; ++g)
+        for (int kv = 0; kv < 2; ++kv) {
+            double b = 0.0;
+            uint64_t n = 0;
+            KW_FORWARD(kw_wire_tensor_code_entropy(kv ? &s->groups[g].v : &s->groups[g].k, &b, &n));
+            *bits += b;
+            *codes += n;
+        }
+    return 0;
 }
 
 /* Dequantizes a section into scratch memory: validates every code. */
@@ -98,7 +117,8 @@ int kw_cmd_inspect(int argc, char **argv) {
     const kw_wire_header *h = NULL;
     float *scratch = NULL;
     size_t scratch_cap = 0;
-    uint64_t elements = 0;
+    uint64_t elements = 0, codes = 0;
+    double entropy_bits = 0.0;
     rc = kw_wire_reader_open(map.data, map.size, NULL, &r, &h);
     if (rc == 0) {
         const uint64_t hsum = kw_load_le64(map.data + 56);
@@ -132,6 +152,11 @@ int kw_cmd_inspect(int argc, char **argv) {
         while ((rc = kw_wire_reader_next(r, &s)) == 1) {
             rc = kw__check_values(s, &scratch, &scratch_cap);
             elements += 2ull * s->n_kv_heads * s->n_tokens * s->head_dim;
+            double sec_bits = 0.0;
+            uint64_t sec_codes = 0;
+            if (rc == 0) rc = kw__section_entropy(s, &sec_bits, &sec_codes);
+            entropy_bits += sec_bits;
+            codes += sec_codes;
             if (json) {
                 cJSON *js = cJSON_CreateObject();
                 cJSON_AddNumberToObject(js, "ordinal", s->ordinal);
@@ -165,6 +190,8 @@ int kw_cmd_inspect(int argc, char **argv) {
                     cJSON_AddItemToObject(o, "v", kw__tensor_json(&s->groups[g].v));
                     cJSON_AddItemToArray(jg, o);
                 }
+                cJSON_AddNumberToObject(js, "codes", (double)sec_codes);
+                cJSON_AddNumberToObject(js, "code_entropy_bits", sec_bits);
                 cJSON_AddBoolToObject(js, "values_ok", rc == 0);
                 cJSON_AddItemToArray(jsections, js);
             } else {
@@ -216,6 +243,8 @@ int kw_cmd_inspect(int argc, char **argv) {
             cJSON_AddNumberToObject(jb, "total", (double)bd->total);
             cJSON_AddNumberToObject(jb, "kv_elements", (double)elements);
             cJSON_AddNumberToObject(jb, "bytes_per_element", per);
+            cJSON_AddNumberToObject(jb, "codes", (double)codes);
+            cJSON_AddNumberToObject(jb, "code_entropy_bits", entropy_bits);
             char buf[32];
             snprintf(buf, sizeof buf, "0x%016" PRIx64, bsum);
             cJSON_AddStringToObject(root, "blob_checksum", buf);
@@ -233,6 +262,10 @@ int kw_cmd_inspect(int argc, char **argv) {
             kw__pct_line("total", bd->total, bd->total, 0);
             printf("  %" PRIu64 " KV elements: %.4f bytes/element (payload alone %.4f; bf16 2.0000)\n", elements, per,
                    payload_only);
+            if (codes)
+                printf("  %" PRIu64 " codes: order-0 entropy %.4f bits/code, %.0f bytes for the codes alone "
+                       "(each tensor's own table, not counted)\n",
+                       codes, entropy_bits / (double)codes, ceil(entropy_bits / 8.0));
         }
     }
     if (json) {

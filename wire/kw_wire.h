@@ -487,6 +487,13 @@ typedef struct kw_wire_tensor_out {
  * output is then partially written). A pre-RoPE section's K comes out as sent: applying RoPE is the caller's. */
 int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);
 
+/* The order-0 entropy of a tensor's codes: *bits = -sum over the distinct code values c of n_c log2(n_c / n), n_c the
+ * number of its n codes (the packed fields of a quantizing codec, n = code_bytes * 8 / its bits) equal to c: what a
+ * static entropy coder with one table per tensor needs for the codes alone, the table not counted (a bound for
+ * entropy-coding the codes, not a coder; `kvwire inspect` prints it). Passthrough tensors give 0 and 0.
+ * @return 0, or KW_E_INVALID_ARG for a NULL argument or a tensor of an unknown codec. */
+int kw_wire_tensor_code_entropy(const kw_wire_tensor_view *t, double *bits, uint64_t *n_codes);
+
 /* The section's outlier table (FORMAT.md §5.10) as numbers, for a decoder elsewhere (the receiver's device path):
  * entry i's element e = kv * H*T*D + (h * T + t) * D + d in elems[i] (strictly increasing, below 2*H*T*D: checked when
  * the section was verified) and its value widened to f32 in values[i], for i < sec->n_outliers (nothing without a

@@ -12,6 +12,8 @@
  */
 #include "wire/kw_wire_internal.h"
 
+#include <math.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -1074,4 +1076,25 @@ out:
     free(scratch[0]);
     free(scratch[1]);
     return rc;
+}
+
+int kw_wire_tensor_code_entropy(const kw_wire_tensor_view *t, double *bits, uint64_t *n_codes) {
+    KW_RETURN_IF(!t || !bits || !n_codes, KW_E_INVALID_ARG, "null argument");
+    *bits = 0.0;
+    *n_codes = 0;
+    if (kw_wire_codec_is_passthrough(t->spec.codec)) return 0;
+    const uint32_t b = kw_wire_codec_bits(t->spec.codec);
+    KW_RETURN_IF(b == 0 || b > 8, KW_E_INVALID_ARG, "codec %u has no packed codes", t->spec.codec);
+    uint64_t count[256] = {0};
+    const uint64_t chunks = t->code_bytes / b; /* 8 codes of b bits fill b bytes: every row is whole chunks */
+    for (uint64_t c = 0; c < chunks; ++c)
+        for (uint32_t j = 0; j < 8; ++j)
+            ++count[kw_wire_field_get(b, t->codes + c * b, j)];
+    const uint64_t n = chunks * 8;
+    double h = 0.0;
+    for (uint32_t v = 0; v < 256; ++v)
+        if (count[v]) h -= (double)count[v] * log2((double)count[v] / (double)n);
+    *bits = h;
+    *n_codes = n;
+    return 0;
 }

@@ -56,6 +56,23 @@ done
     || fail "log8 json: no scale_dtype log8"
 out=$("$kvwire" inspect "$src/tests/golden/wire/int8_zstd.kvw")
 grep -q "KVWire v1," <<<"$out" || fail "a v1 blob is not reported as v1"
+# the codes' order-0 entropy: between 0 and the codec's width per code, the sections' sum in the breakdown; none for a
+# blob of passthrough tensors only
+for blob in int8_token_f16_full int4_head_bf16_range v11_int2z_channel4_f16 mixed_three_sections; do
+    out=$("$kvwire" inspect "$src/tests/golden/wire/$blob.kvw")
+    e=$(sed -n 's/.* codes: order-0 entropy \([0-9.]*\) bits\/code.*/\1/p' <<<"$out")
+    width=$(case $blob in int8*|mixed*) echo 8 ;; int4*) echo 4 ;; *) echo 2 ;; esac)
+    awk -v e="$e" -v w="$width" 'BEGIN { exit !(e != "" && e > 0 && e <= w) }' ||
+        fail "$blob: code entropy '$e' not in (0, $width]"
+    json=$("$kvwire" inspect --json "$src/tests/golden/wire/$blob.kvw")
+    sum=$(grep -o '"code_entropy_bits":[[:space:]]*[0-9.e+-]*' <<<"$json" | sed 's/.*:[[:space:]]*//' |
+        awk '{ v[NR] = $1 } END { s = 0; for (i = 1; i < NR; ++i) s += v[i]; printf "%.6f %.6f\n", s, v[NR] }')
+    read -r parts total <<<"$sum"
+    awk -v a="$parts" -v b="$total" 'BEGIN { d = a - b; exit !(d < 1e-3 && d > -1e-3 && b > 0) }' ||
+        fail "$blob: the sections' code entropy $parts is not the breakdown's $total"
+done
+"$kvwire" inspect "$src/tests/golden/wire/passthrough_bf16_f16.kvw" | grep -q "order-0 entropy" &&
+    fail "passthrough tensors have no codes to entropy-code"
 
 "$kvwire" inspect >/dev/null 2>&1
 [ $? = 2 ] || fail "no argument: expected exit 2"
