@@ -780,6 +780,7 @@ int kw_share_wire_layer(kw_share_wire *w, const kw_share_layer *l) {
         kw_wire_alloc_options ao;
         kw_share_wire_alloc_options(w, &ao);
         kw_wire_alloc_policy(res, &ao, w->opt.policy.zstd_level, &pol);
+        pol.rans = w->opt.policy.rans;
         in.n_tokens = res->n_kept;
         in.positions = res->positions;
         in.k.rows = res->rows;

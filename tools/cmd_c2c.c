@@ -67,7 +67,8 @@ static void kw_c2c_usage(FILE *f) {
         "                  [--proportion P --order front|back]\n"
         "                  [--cache int8|int6|int4 [--cache-page-tokens N] [--requantize]]\n"
         "                  [--cache-layer L=int8|int6|int4|bf16 ...]\n"
-        "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-dump PREFIX]]\n"
+        "                  [--wire CODEC [--wire-gran G] [--wire-scale S] [--wire-zstd L] [--wire-rans] [--wire-dump "
+        "PREFIX]]\n"
         "                  [--budget-bytes N [--budget-codecs LIST] [--budget-mode tokens|kvcomm_like|qkvcomm_like]]\n"
         "                  [--refine-threshold X --refine-proportion P [--refine-metric margin|entropy]]\n"
         "                  [--max-new-tokens N] [--fp32 | --rmsnorm-rounding R] [--dataset NAME] [--raw]\n"
@@ -133,7 +134,9 @@ static void kw_c2c_usage(FILE *f) {
         "                    power of two), --wire-clip k|v|kv (the encoder clips those tensors' integer scales to\n"
         "                    the least squared error, FORMAT.md 5.13), --wire-qmax-k N, --wire-qmax-v N (the\n"
         "                    encoder holds K's or V's integer codes to +-N with the scale for that range, a coarser\n"
-        "                    step for --wire-zstd to store in fewer bits, FORMAT.md 5.14).\n"
+        "                    step for --wire-zstd to store in fewer bits, FORMAT.md 5.14), --wire-rans (each\n"
+        "                    section body coded by the static rANS byte coder, FORMAT.md 5.15, where smaller; with\n"
+        "                    --wire-zstd the smaller of the two).\n"
         "                    Without --wire the rows go across in memory, exactly\n"
         "  --budget-bytes N  c2c, kv_direct: a hard cap on every blob of the request together (headers, indices,\n"
         "                    scales,\n"
@@ -911,7 +914,7 @@ int kw_cmd_c2c(int argc, char **argv) {
     const char *wire_codec = NULL, *wire_gran = "token", *wire_scale = "f32", *wire_dump = NULL;
     const char *budget_codecs = NULL, *wire_value = NULL;
     double wire_outliers = 0.0;
-    int wire_pre_rope = 0, wire_rotate_i = 0, wire_clip_i = 0;
+    int wire_pre_rope = 0, wire_rotate_i = 0, wire_clip_i = 0, wire_rans = 0;
     int64_t wire_qmax_k = 0, wire_qmax_v = 0;
     static const char *const wire_rotations[] = {"none", "k", "v", "kv", NULL};
     int64_t budget_bytes = 0;
@@ -968,6 +971,7 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CLI_CHOICE("--wire-clip", &wire_clip_i, wire_rotations),
         KW_CLI_INT("--wire-qmax-k", &wire_qmax_k, 1, 255),
         KW_CLI_INT("--wire-qmax-v", &wire_qmax_v, 1, 255),
+        KW_CLI_FLAG("--wire-rans", &wire_rans),
         KW_CLI_INT("--budget-bytes", &budget_bytes, 1, INT64_MAX / 2),
         KW_CLI_STR("--budget-codecs", &budget_codecs),
         KW_CLI_CHOICE("--budget-mode", &budget_mode_i, budget_modes),
@@ -1026,6 +1030,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         usage_error =
             "--wire-value, --wire-outliers, --wire-pre-rope, --wire-rotate, --wire-clip and --wire-qmax-k/v need "
             "--wire CODEC";
+    if (!usage_error && wire_rans && !wire_codec && !budget_bytes)
+        usage_error = "--wire-rans needs --wire CODEC or --budget-bytes";
     if (!usage_error && wire_pre_rope && xfer_i != KW_C2C_MODE_KV_DIRECT)
         usage_error = "--wire-pre-rope sends keys before RoPE, which only --mode kv_direct rotates back";
     if (!usage_error && (wire_pre_rope || wire_outliers > 0.0) && scoring_i == 1)
@@ -1111,7 +1117,8 @@ int kw_cmd_c2c(int argc, char **argv) {
         KW_CHECK(kw_c2c_wire_policy(kw_wire_codec_name(budget_specs[0].codec), wire_gran, wire_scale, (long)wire_zstd,
                                     NULL, &wire_pol));
     }
-    if (scoring_i == 1) { /* --preview-codec CODEC[:GRAN], f32 scales, K and V alike */
+    wire_pol.rans = (uint8_t)wire_rans; /* the rANS body coder (FORMAT.md §5.15), beside or instead of zstd */
+    if (scoring_i == 1) {               /* --preview-codec CODEC[:GRAN], f32 scales, K and V alike */
         memset(&preview_pol, 0, sizeof preview_pol);
         KW_CHECK(kw_c2c_codec_gran(preview_codec ? preview_codec : "int4:token", "token", "f32", "--preview-codec",
                                    &preview_pol.k));
@@ -1395,6 +1402,7 @@ int kw_cmd_c2c(int argc, char **argv) {
                    wire_pre_rope, wire_rotations[wire_rotate_i]);
         }
         if (wire_clip_i) printf("wire_clip: %s (clipped integer scales)\n", wire_rotations[wire_clip_i]);
+        if (wire_rans) printf("wire_rans: 1 (the rANS body coder)\n");
         if (wire_qmax) printf("wire_qmax: k %d v %d (code limits, 0: none)\n", (int)wire_qmax_k, (int)wire_qmax_v);
         printf("wire_blobs: %d\n", (int)tot.wire.blobs);
         printf("wire_device_sections: encoded %d decoded %d (of %d)\n", (int)tot.wire.device_sections,

@@ -183,6 +183,9 @@ typedef struct kw_wire_policy {
                               codec), not to token groups of other codecs; nf4, fp8 and passthrough are unchanged.
                               Only kw_wire_encoder_write_section applies it. */
     uint8_t code_limit_v;  /* the same for V */
+    uint8_t rans;          /* v1.1: 1 codes the body with the static rANS byte coder (FORMAT.md §5.15, section flag
+                              bit 5) where that makes it strictly smaller; with zstd_level too, the smaller of the
+                              two is stored */
 } kw_wire_policy;
 
 /* The randomized Hadamard rotation of head vectors (FORMAT.md §5.12, kw_wire_rotate.c). kw_wire_rotate_log2: m with
@@ -398,8 +401,9 @@ typedef struct kw_wire_section {
     uint32_t n_tokens; /* T */
     uint32_t n_groups;
     uint32_t n_kv_heads, head_dim, n_positions;
-    uint8_t index_encoding; /* enum kw_wire_index */
-    bool compressed;
+    uint8_t index_encoding;    /* enum kw_wire_index */
+    bool compressed;           /* the stored body is coded: zstd (flag bit 0) or, with rans_coded, rANS (bit 5) */
+    bool rans_coded;           /* v1.1: by the static rANS byte coder (FORMAT.md §5.15) */
     uint8_t isa;               /* the decoder's enum kw_wire_isa, used by kw_wire_section_dequantize */
     const uint8_t *index_data; /* index block */
     uint32_t index_bytes;

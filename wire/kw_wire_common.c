@@ -185,7 +185,7 @@ int kw_wire_spec_needs_v11(const kw_wire_codec_spec *spec) {
 
 int kw_wire_policy_needs_v11(const kw_wire_policy *pol) {
     if (!pol) return 0;
-    if (pol->outliers || pol->pre_rope || pol->rotate) return 1;
+    if (pol->outliers || pol->pre_rope || pol->rotate || pol->rans) return 1;
     if (pol->n_groups == 0) return kw_wire_spec_needs_v11(&pol->k) || kw_wire_spec_needs_v11(&pol->v);
     for (uint32_t g = 0; pol->groups && g < pol->n_groups; ++g)
         if (kw_wire_spec_needs_v11(&pol->groups[g].k) || kw_wire_spec_needs_v11(&pol->groups[g].v)) return 1;

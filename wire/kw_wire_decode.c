@@ -16,7 +16,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <zstd.h>
+
+#include "wire/kw_wire_rans.h"
 
 #include "common/kw_bytes.h"
 
@@ -260,11 +263,11 @@ static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
     KW_RETURN_IF(memcmp(p, kw__wire_section_marker, 4) != 0, KW_E_WIRE_CORRUPT,
                  "no section marker at offset %llu (section %u)", (unsigned long long)d->offset, d->sections_done);
     d->s_flags = p[KW__SEC_FLAGS];
-    /* v1.1 gives flag bits 1 and 2 and, with bit 2, bytes 28..31 a meaning; in v1 they stay reserved */
-    const uint8_t known = KW__SEC_FLAG_ZSTD |
-                          (kw__wire_is_v11(d->hdr.version)
-                               ? KW__SEC_FLAG_PRE_ROPE | KW__SEC_FLAG_OUTLIERS | KW__SEC_FLAG_ROT_K | KW__SEC_FLAG_ROT_V
-                               : 0u);
+    /* v1.1 gives flag bits 1 to 5 and, with bit 2, bytes 28..31 a meaning; in v1 they stay reserved */
+    const uint8_t known = KW__SEC_FLAG_ZSTD | (kw__wire_is_v11(d->hdr.version)
+                                                   ? KW__SEC_FLAG_PRE_ROPE | KW__SEC_FLAG_OUTLIERS |
+                                                         KW__SEC_FLAG_ROT_K | KW__SEC_FLAG_ROT_V | KW__SEC_FLAG_RANS
+                                                   : 0u);
     d->s_outlier_bytes = kw_load_le32(p + KW__SEC_OUTLIER_BYTES);
     KW_RETURN_IF((d->s_flags & ~known) != 0 || !kw__all_zero(p + KW__SEC_RESERVED, 2) ||
                      (!(d->s_flags & KW__SEC_FLAG_OUTLIERS) && d->s_outlier_bytes != 0),
@@ -309,7 +312,9 @@ static int kw__dec_section_head(kw_wire_decoder *d, const uint8_t *p) {
     d->s_stored = kw_load_le32(p + KW__SEC_STORED_BYTES);
     KW_RETURN_IF(d->s_raw > d->lim.max_section_bytes, KW_E_WIRE_LIMIT, "section %u: body of %u bytes > limit %llu",
                  d->sections_done, d->s_raw, (unsigned long long)d->lim.max_section_bytes);
-    if (d->s_flags & KW__SEC_FLAG_ZSTD)
+    KW_RETURN_IF((d->s_flags & KW__SEC_FLAG_ZSTD) && (d->s_flags & KW__SEC_FLAG_RANS), KW_E_WIRE_CORRUPT,
+                 "section %u: the body is flagged both zstd- and rANS-coded", d->sections_done);
+    if (d->s_flags & (KW__SEC_FLAG_ZSTD | KW__SEC_FLAG_RANS))
         KW_RETURN_IF(d->s_stored >= d->s_raw, KW_E_WIRE_CORRUPT,
                      "section %u: compressed body of %u bytes is not smaller than its %u raw bytes", d->sections_done,
                      d->s_stored, d->s_raw);
@@ -468,6 +473,14 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
         KW_RETURN_IF(ZSTD_isError(r) || r != d->s_raw, KW_E_WIRE_COMPRESSION, "section %u: zstd: %s", d->sections_done,
                      ZSTD_isError(r) ? ZSTD_getErrorName(r) : "short output");
         body = d->raw;
+    } else if (d->s_flags & KW__SEC_FLAG_RANS) {
+        KW_FORWARD(kw__dec_grow(d, (void **)&d->raw, &d->raw_cap, d->s_raw, d->s_raw, "decompression"));
+        if (kw__wire_rans_decode(stored, d->s_stored, d->raw, d->s_raw) != 0) {
+            char why[192];
+            snprintf(why, sizeof why, "%s", kw_error_detail());
+            KW_FAIL(KW_E_WIRE_COMPRESSION, "section %u: %s", d->sections_done, why);
+        }
+        body = d->raw;
     }
     KW_FORWARD(kw__wire_index_decode(d->s_index_enc, body, d->s_index_bytes, d->s_tokens, d->hdr.n_positions, NULL));
     uint64_t scale_bytes = 0, zero_bytes = 0, code_bytes = 0;
@@ -510,7 +523,8 @@ static int kw__dec_section_finish(kw_wire_decoder *d, const uint8_t *view) {
     s->head_dim = d->hdr.head_dim;
     s->n_positions = d->hdr.n_positions;
     s->index_encoding = d->s_index_enc;
-    s->compressed = (d->s_flags & KW__SEC_FLAG_ZSTD) != 0;
+    s->compressed = (d->s_flags & (KW__SEC_FLAG_ZSTD | KW__SEC_FLAG_RANS)) != 0;
+    s->rans_coded = (d->s_flags & KW__SEC_FLAG_RANS) != 0;
     s->isa = d->isa;
     s->index_data = body;
     s->index_bytes = d->s_index_bytes;

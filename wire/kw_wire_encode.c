@@ -12,6 +12,8 @@
 #include <string.h>
 #include <zstd.h>
 
+#include "wire/kw_wire_rans.h"
+
 #include "common/kw_bytes.h"
 #include "common/kw_half.h"
 
@@ -24,8 +26,10 @@ struct kw_wire_encoder {
     uint64_t total; /* bytes written so far */
     kw__wire_hash hash;
     ZSTD_CCtx *zc;
-    uint8_t *scratch;
+    uint8_t *scratch; /* zstd's output */
     size_t scratch_cap;
+    uint8_t *rans_scratch; /* the rANS coder's output */
+    size_t rans_scratch_cap;
     void *outlier_scratch; /* the outlier selection's scores (kw__wire_outlier_select_scratch) */
     size_t outlier_scratch_cap;
     uint8_t *outlier_mask; /* the chosen outliers of the section being written */
@@ -42,6 +46,7 @@ struct kw_wire_encoder {
         uint64_t raw, scale_bytes, zero_bytes, code_bytes; /* scale_bytes includes zero_bytes */
         uint64_t outlier_bytes;
         int zstd_level;
+        uint8_t rans;
     } pending;
 };
 
@@ -115,6 +120,9 @@ static int kw__enc_policy(const kw_wire_header *hdr, const kw_wire_policy *pol, 
     KW_RETURN_IF(pol->pre_rope > 1, KW_E_INVALID_ARG, "pre_rope %u is neither 0 nor 1", pol->pre_rope);
     KW_RETURN_IF(pol->rotate && !kw__wire_is_v11(hdr->version), KW_E_INVALID_ARG,
                  "rotated K or V needs KVWire v1.1: set the header's version to KW_WIRE_VERSION_1_1");
+    KW_RETURN_IF(pol->rans && !kw__wire_is_v11(hdr->version), KW_E_INVALID_ARG,
+                 "the rANS body coder needs KVWire v1.1: set the header's version to KW_WIRE_VERSION_1_1");
+    KW_RETURN_IF(pol->rans > 1, KW_E_INVALID_ARG, "rans %u is neither 0 nor 1", pol->rans);
     KW_RETURN_IF(pol->rotate > 3, KW_E_INVALID_ARG, "rotate %u: bit 0 is K, bit 1 V, no others", pol->rotate);
     KW_RETURN_IF(pol->clip > 3, KW_E_INVALID_ARG, "clip %u: bit 0 is K, bit 1 V, no others", pol->clip);
     KW_RETURN_IF(pol->rotate && kw_wire_rotate_log2(hdr->head_dim) < 0, KW_E_INVALID_ARG,
@@ -218,6 +226,7 @@ void kw_wire_encoder_destroy(kw_wire_encoder *e) {
     if (!e) return;
     ZSTD_freeCCtx(e->zc);
     free(e->scratch);
+    free(e->rans_scratch);
     free(e->outlier_scratch);
     free(e->outlier_mask);
     free(e->rotated);
@@ -994,6 +1003,16 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
 // ---------------------------------------------------------------------------------------------------------------
 // Sections
 
+/* Grows *buf (owned by the encoder) to at least need bytes. */
+static int kw__enc_scratch(uint8_t **buf, size_t *cap, size_t need) {
+    if (*cap >= need && *buf) return 0;
+    uint8_t *p = realloc(*buf, need ? need : 1);
+    KW_RETURN_IF(!p, KW_E_NOMEM, "coding scratch of %zu bytes", need);
+    *buf = p;
+    *cap = need;
+    return 0;
+}
+
 static int kw__enc_compress(kw_wire_encoder *e, const uint8_t *body, size_t raw, int level, size_t *csize) {
     const size_t bound = ZSTD_compressBound(raw);
     if (!e->zc) {
@@ -1083,7 +1102,8 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
                                           .zero_bytes = zero_bytes,
                                           .code_bytes = code_bytes,
                                           .outlier_bytes = outlier_bytes,
-                                          .zstd_level = pol->zstd_level};
+                                          .zstd_level = pol->zstd_level,
+                                          .rans = pol->rans};
     *groups_out = groups;
     return 0;
 }
@@ -1095,14 +1115,29 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
     e->pending.dst = NULL;
     uint8_t *p = pd.dst, *body = p + pd.table;
     size_t stored = (size_t)pd.raw;
+    uint8_t coded_flag = 0;
     if (pd.zstd_level != 0) {
         size_t csize = 0;
         KW_FORWARD(kw__enc_compress(e, body, (size_t)pd.raw, pd.zstd_level, &csize));
-        if (csize < pd.raw) {
-            memcpy(body, e->scratch, csize);
+        if (csize < stored) {
             stored = csize;
-            p[KW__SEC_FLAGS] |= KW__SEC_FLAG_ZSTD;
+            coded_flag = KW__SEC_FLAG_ZSTD;
         }
+    }
+    if (pd.rans && stored > 0) {
+        /* only a body smaller than the best so far is kept: the coder stops once it would not fit */
+        KW_FORWARD(kw__enc_scratch(&e->rans_scratch, &e->rans_scratch_cap, stored - 1));
+        size_t rsize = 0;
+        const int rc = kw__wire_rans_encode(body, (size_t)pd.raw, e->rans_scratch, stored - 1, &rsize);
+        KW_RETURN_IF(rc != 0 && rc != KW_E_BUFFER_TOO_SMALL, rc, "rANS coding failed");
+        if (rc == 0) {
+            stored = rsize;
+            coded_flag = KW__SEC_FLAG_RANS;
+        }
+    }
+    if (coded_flag) {
+        memcpy(body, coded_flag == KW__SEC_FLAG_RANS ? e->rans_scratch : e->scratch, stored);
+        p[KW__SEC_FLAGS] |= coded_flag;
     }
     kw_store_le32(p + KW__SEC_STORED_BYTES, (uint32_t)stored);
     kw_store_le64(body + stored, kw__wire_hash_bytes(p, pd.table + stored));

@@ -53,6 +53,7 @@ enum {
 #define KW__SEC_FLAG_OUTLIERS 0x04u /* v1.1: an outlier table ends the raw body (FORMAT.md §5.10) */
 #define KW__SEC_FLAG_ROT_K    0x08u /* v1.1: K sent Hadamard-rotated (FORMAT.md §5.12) */
 #define KW__SEC_FLAG_ROT_V    0x10u /* v1.1: V sent Hadamard-rotated (FORMAT.md §5.12) */
+#define KW__SEC_FLAG_RANS     0x20u /* v1.1: body coded by the static rANS byte coder (FORMAT.md §5.15) */
 
 /* Trailer field offsets (FORMAT.md §8). */
 enum { KW__TRL_RESERVED = 4, KW__TRL_BLOB_BYTES = 8, KW__TRL_CHECKSUM = 16 };

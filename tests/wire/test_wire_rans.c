@@ -1,0 +1,386 @@
+/* test_wire_rans.c: the static rANS byte coder of section bodies (wire/kw_wire_rans.c, FORMAT.md §5.15) on its own
+ * and in blobs. Round trips of byte streams of many shapes (empty, one value, signed codes, escapes, all 256 values,
+ * uniform noise) with coded sizes near the order-0 entropy; streams built here from the format's definition by an
+ * encoder of this file's own decode as written; every malformed table and stream a decoder must refuse; blobs whose
+ * policy asks for the coder carry flag bit 5, decode to the values of the plain blob, and keep the smaller of zstd
+ * and rANS. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <string.h>
+
+#include "common/kw_bytes.h"
+#include "common/kw_status.h"
+#include "tests/wire/wire_test_util.h"
+#include "wire/kw_wire_internal.h"
+#include "wire/kw_wire_rans.h"
+
+enum { TOTAL = 4096, LOW = 1 << 23 };
+
+static double order0_bits(const uint8_t *b, size_t n) {
+    size_t cnt[256] = {0};
+    for (size_t i = 0; i < n; ++i)
+        ++cnt[b[i]];
+    double h = 0.0;
+    for (int s = 0; s < 256; ++s)
+        if (cnt[s]) h -= (double)cnt[s] * log2((double)cnt[s] / (double)n);
+    return h;
+}
+
+/* Codes src, decodes it back and checks the refusals every coded stream must give: one byte short or long, one
+ * stored byte missing or extra (the first two only for streams of more than one value). Returns the coded size. */
+static size_t round_trip(const uint8_t *src, size_t n, const char *what) {
+    int distinct = 0; /* one value (of probability 1) costs no bits: only the section's raw size says how many */
+    for (size_t i = 1; i < n && !distinct; ++i)
+        distinct = src[i] != src[0];
+    const size_t cap = 3 * n + 1024;
+    uint8_t *coded = wt_xmalloc(cap + 1), *back = wt_xmalloc(n + 2);
+    size_t c = 0;
+    if (kw__wire_rans_encode(src, n, coded, cap, &c) != 0) fail_msg("%s: encode: %s", what, kw_error_detail());
+    if (kw__wire_rans_decode(coded, c, back, n) != 0) fail_msg("%s: decode: %s", what, kw_error_detail());
+    if (n && memcmp(back, src, n) != 0) fail_msg("%s: decoded bytes differ", what);
+    if (distinct) assert_int_equal(kw__wire_rans_decode(coded, c, back, n + 1), KW_E_WIRE_COMPRESSION);
+    if (distinct) assert_int_equal(kw__wire_rans_decode(coded, c, back, n - 1), KW_E_WIRE_COMPRESSION);
+    assert_int_equal(kw__wire_rans_decode(coded, c - 1, back, n), KW_E_WIRE_COMPRESSION);
+    coded[c] = 0;
+    assert_int_equal(kw__wire_rans_decode(coded, c + 1, back, n), KW_E_WIRE_COMPRESSION);
+    /* the same bytes again, and a capacity one short of them is refused */
+    size_t c2 = 0;
+    uint8_t *again = wt_xmalloc(cap);
+    assert_int_equal(kw__wire_rans_encode(src, n, again, cap, &c2), 0);
+    assert_int_equal(c2, c);
+    assert_memory_equal(again, coded, c);
+    assert_int_equal(kw__wire_rans_encode(src, n, again, c - 1, &c2), KW_E_BUFFER_TOO_SMALL);
+    free(again);
+    free(coded);
+    free(back);
+    return c;
+}
+
+static void test_round_trips(void **state) {
+    (void)state;
+    enum { N = 20000 };
+    uint8_t *b = wt_xmalloc(N);
+    wt_rng r = {0x7a05};
+    assert_true(round_trip(b, 0, "empty") <= 8);
+    b[0] = 0x80;
+    round_trip(b, 1, "one byte, -128");
+    memset(b, 0x05, N);
+    assert_true(round_trip(b, N, "one value") <= 16); /* probability 1: no bits per byte */
+    for (size_t i = 0; i < N; ++i)                    /* signed codes, bell-shaped, as int8 codes of a limited range */
+        b[i] = (uint8_t)(int8_t)lrintf(3.0f * wt_bell(&r));
+    size_t c = round_trip(b, N, "bell codes");
+    if ((double)c > order0_bits(b, N) / 8.0 * 1.01 + 64.0)
+        fail_msg("bell codes: %zu bytes against an order-0 entropy of %.0f", c, order0_bits(b, N) / 8.0);
+    for (size_t i = 0; i < N; i += 97) /* rare far values: escaped */
+        b[i] = (uint8_t)(100 + wt_below(&r, 28));
+    c = round_trip(b, N, "codes with escapes");
+    if ((double)c > order0_bits(b, N) / 8.0 * 1.02 + 96.0)
+        fail_msg("codes with escapes: %zu bytes against an order-0 entropy of %.0f", c, order0_bits(b, N) / 8.0);
+    for (size_t i = 0; i < N; ++i) /* all 256 values, skewed */
+        b[i] = (uint8_t)(wt_below(&r, 4) ? wt_below(&r, 8) : wt_below(&r, 256));
+    round_trip(b, N, "every value, skewed");
+    for (size_t i = 0; i < N; ++i)
+        b[i] = (uint8_t)wt_below(&r, 256);
+    assert_true(round_trip(b, N, "uniform") > N); /* noise does not shrink; a caller then stores it raw */
+    for (size_t n = 1; n < 300; n += 7) {         /* short streams of every kind */
+        for (size_t i = 0; i < n; ++i)
+            b[i] = (uint8_t)(n % 3 == 0 ? wt_below(&r, 256) : (uint8_t)(int8_t)lrintf(2.0f * wt_bell(&r)));
+        round_trip(b, n, "short");
+    }
+    free(b);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Streams written here from the definition (FORMAT.md §5.15)
+
+typedef struct {
+    uint8_t b[4096];
+    size_t n;
+    uint64_t acc;
+    unsigned n_acc;
+} bits_out;
+
+static void put_bits(bits_out *w, uint32_t v, unsigned bits) {
+    w->acc |= (uint64_t)v << w->n_acc;
+    w->n_acc += bits;
+    while (w->n_acc >= 8) {
+        w->b[w->n++] = (uint8_t)w->acc;
+        w->acc >>= 8;
+        w->n_acc -= 8;
+    }
+}
+
+/* A frequency as the table codes it: 4-bit length, then the bits below the leading one (at most 3). */
+static void put_freq(bits_out *w, uint32_t f) {
+    unsigned e = 0;
+    while (f >> e)
+        ++e;
+    put_bits(w, e, 4);
+    if (e >= 2 && e <= 4) put_bits(w, f & ((1u << (e - 1)) - 1), e - 1);
+    if (e > 4) put_bits(w, (f >> (e - 4)) & 7u, 3);
+}
+
+static void pad(bits_out *w) {
+    if (w->n_acc) put_bits(w, 0, 8 - w->n_acc);
+}
+
+/* A table of n_entries (frequencies f[0..n_entries), f[mode] left implied) and escape frequency esc. */
+static void put_table(bits_out *w, unsigned n_entries, unsigned mode, uint32_t esc, const uint32_t *f) {
+    put_bits(w, n_entries - 1, 8);
+    put_bits(w, mode, 8);
+    put_freq(w, esc);
+    for (unsigned z = 0; z < n_entries; ++z)
+        if (z != mode) put_freq(w, f[z]);
+    pad(w);
+}
+
+/* rANS symbols (start, freq) coded last to first, appended to w after the table: the stream a decoder reads. */
+static void put_symbols(bits_out *w, const uint32_t (*sym)[2], size_t n) {
+    uint8_t rev[4096];
+    size_t k = 0;
+    uint32_t x = LOW;
+    for (size_t i = n; i-- > 0;) {
+        const uint32_t start = sym[i][0], freq = sym[i][1];
+        while (x >= ((LOW >> 12) << 8) * freq) {
+            rev[k++] = (uint8_t)x;
+            x >>= 8;
+        }
+        x = ((x / freq) << 12) + x % freq + start;
+    }
+    kw_store_le32(w->b + w->n, x);
+    w->n += 4;
+    while (k)
+        w->b[w->n++] = rev[--k];
+}
+
+static void test_definition(void **state) {
+    (void)state;
+    /* table: byte 0 (rank 0) at 2048 (implied), -1 (rank 1) at 1024, 1 (rank 2) at 768, escape 256 */
+    const uint32_t f[3] = {0, 1024, 768};
+    const uint32_t start[3] = {0, 2048, 3072}, esc_start = 3840, esc = 256;
+    wt_rng r = {0xdef};
+    enum { N = 600 };
+    uint8_t want[N], got[N];
+    uint32_t sym[2 * N][2];
+    size_t n_sym = 0;
+    for (size_t i = 0; i < N; ++i) {
+        const uint32_t u = wt_below(&r, 16);
+        const unsigned z = u < 8 ? 0 : u < 12 ? 1 : u < 15 ? 2 : 3;
+        if (z < 3) {
+            want[i] = kw__wire_rans_byte(z);
+            sym[n_sym][0] = start[z];
+            sym[n_sym++][1] = z ? f[z] : 2048;
+        } else { /* an escape: any byte of rank >= 3, 8 raw bits */
+            want[i] = (uint8_t)(2 + wt_below(&r, 250));
+            sym[n_sym][0] = esc_start;
+            sym[n_sym++][1] = esc;
+            sym[n_sym][0] = want[i] * 16u;
+            sym[n_sym++][1] = 16;
+        }
+    }
+    bits_out w = {0};
+    put_table(&w, 3, 0, esc, f);
+    put_symbols(&w, (const uint32_t(*)[2])sym, n_sym);
+    assert_int_equal(kw__wire_rans_decode(w.b, w.n, got, N), 0);
+    assert_memory_equal(got, want, N);
+
+    /* an escape of a byte that has a table entry (1, rank 2) */
+    bits_out e = {0};
+    const uint32_t bad[2][2] = {{esc_start, esc}, {1u * 16u, 16}};
+    put_table(&e, 3, 0, esc, f);
+    put_symbols(&e, bad, 2);
+    assert_int_equal(kw__wire_rans_decode(e.b, e.n, got, 1), KW_E_WIRE_COMPRESSION);
+    /* the same escape of byte 3 (rank 6) decodes */
+    bits_out g = {0};
+    const uint32_t good[2][2] = {{esc_start, esc}, {3u * 16u, 16}};
+    put_table(&g, 3, 0, esc, f);
+    put_symbols(&g, good, 2);
+    assert_int_equal(kw__wire_rans_decode(g.b, g.n, got, 1), 0);
+    assert_int_equal(got[0], 3);
+}
+
+static void expect_refused(const bits_out *w, size_t n, const char *what) {
+    uint8_t out[64];
+    const int rc = kw__wire_rans_decode(w->b, w->n, out, n);
+    if (rc != KW_E_WIRE_COMPRESSION) fail_msg("%s: got %s, expected KW_E_WIRE_COMPRESSION", what, kw_status_name(rc));
+}
+
+static void test_malformed(void **state) {
+    (void)state;
+    const uint32_t f[4] = {0, 1024, 768, 0};
+    const uint32_t ok_sym[1][2] = {{0, 2048}};
+    bits_out w;
+
+    w = (bits_out){0}; /* the implied entry past the table */
+    put_bits(&w, 2, 8);
+    put_bits(&w, 3, 8);
+    put_freq(&w, 0);
+    put_freq(&w, 1024);
+    put_freq(&w, 768);
+    pad(&w);
+    put_symbols(&w, ok_sym, 1);
+    expect_refused(&w, 1, "implied entry 3 of 3");
+
+    w = (bits_out){0}; /* a frequency length of 13 */
+    put_bits(&w, 0, 8);
+    put_bits(&w, 0, 8);
+    put_bits(&w, 13, 4);
+    pad(&w);
+    put_symbols(&w, ok_sym, 1);
+    expect_refused(&w, 1, "frequency length 13");
+
+    w = (bits_out){0}; /* frequencies that leave nothing for the implied entry */
+    const uint32_t full[3] = {0, 3840, 256};
+    put_table(&w, 3, 0, 0, full);
+    put_symbols(&w, (const uint32_t[1][2]){{3840, 256}}, 1);
+    expect_refused(&w, 1, "sum 4096 without the implied entry");
+
+    w = (bits_out){0}; /* an escape with all 256 values in the table */
+    uint32_t all[256] = {0};
+    all[1] = 16;
+    put_table(&w, 256, 0, 16, all);
+    put_symbols(&w, (const uint32_t[1][2]){{0, 4064}}, 1);
+    expect_refused(&w, 1, "escape beside a full table");
+
+    w = (bits_out){0}; /* padding bits set */
+    put_bits(&w, 0, 8);
+    put_bits(&w, 0, 8);
+    put_freq(&w, 0);
+    put_bits(&w, 1, 4);
+    put_symbols(&w, (const uint32_t[1][2]){{0, 4096}}, 1);
+    expect_refused(&w, 1, "padding bits");
+
+    w = (bits_out){0}; /* an initial state below the coder's range */
+    put_table(&w, 3, 0, 256, f);
+    kw_store_le32(w.b + w.n, LOW - 1);
+    w.n += 4;
+    expect_refused(&w, 0, "state below 2^23");
+
+    w = (bits_out){0}; /* the table cut short */
+    put_table(&w, 3, 0, 256, f);
+    w.n = 2;
+    expect_refused(&w, 0, "table cut short");
+
+    w = (bits_out){0}; /* no state */
+    put_table(&w, 3, 0, 256, f);
+    expect_refused(&w, 0, "no state");
+
+    /* a valid stream of 8 symbols: every single-bit flip is refused or decodes to 8 bytes, never more (ASan) */
+    uint8_t src[200], coded[1024], out[200];
+    wt_rng r = {0xf11b};
+    for (size_t i = 0; i < sizeof src; ++i)
+        src[i] = (uint8_t)(int8_t)lrintf(2.0f * wt_bell(&r));
+    size_t c = 0;
+    assert_int_equal(kw__wire_rans_encode(src, sizeof src, coded, sizeof coded, &c), 0);
+    size_t refused = 0;
+    for (size_t bit = 0; bit < 8 * c; ++bit) {
+        coded[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        refused += kw__wire_rans_decode(coded, c, out, sizeof src) == KW_E_WIRE_COMPRESSION;
+        coded[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    }
+    if (refused < 8 * c * 9 / 10) fail_msg("only %zu of %zu bit flips refused", refused, 8 * c);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// In blobs
+
+/* Rows whose int8 codes crowd near 0: bell values with one channel 16x larger. */
+static float *spiky_rows(uint32_t heads, uint32_t T, uint32_t D, uint64_t seed) {
+    wt_rng r = {seed};
+    float *x = wt_xmalloc((size_t)heads * T * D * sizeof *x);
+    for (size_t i = 0; i < (size_t)heads * T * D; ++i)
+        x[i] = wt_bell(&r) * (i % D == 5 ? 16.0f : 1.0f);
+    return x;
+}
+
+static uint8_t section_flags(const uint8_t *blob) {
+    return blob[KW_WIRE_HEADER_BYTES + KW__SEC_FLAGS];
+}
+
+static void test_blobs(void **state) {
+    (void)state;
+    enum { H = 2, T = 40, D = 64 };
+    const kw_wire_header hdr = wt_one_section_header(H, D, T, KW_WIRE_VERSION_1_1);
+    float *x = spiky_rows(H, T, D, 0xb10b);
+    const kw_wire_codec_spec q8 = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    kw_wire_policy plain = {.k = q8, .v = q8};
+    kw_wire_policy rans = plain, zstd = plain, both = plain;
+    rans.rans = 1;
+    zstd.zstd_level = 19;
+    both.rans = 1;
+    both.zstd_level = 19;
+    uint8_t *bp = NULL, *br = NULL, *bz = NULL, *bb = NULL;
+    size_t np = 0, nr = 0, nz = 0, nb = 0;
+    wt_blob_out op = {0}, orr = {0}, ob = {0};
+    assert_int_equal(wt_encode_same_kv(&hdr, x, &plain, 0, &bp, &np, &op), 0);
+    assert_int_equal(wt_encode_same_kv(&hdr, x, &rans, 0, &br, &nr, &orr), 0);
+    assert_int_equal(wt_encode_same_kv(&hdr, x, &zstd, 0, &bz, &nz, NULL), 0);
+    assert_int_equal(wt_encode_same_kv(&hdr, x, &both, 0, &bb, &nb, &ob), 0);
+    assert_int_equal(section_flags(bp), 0);
+    assert_int_equal(section_flags(br), KW__SEC_FLAG_RANS);
+    assert_true(nr < np);
+    assert_int_equal(orr.bd.compressed_sections, 1);
+    assert_int_equal(orr.bd.compression_saved, np - nr);
+    orr.bd = op.bd; /* the breakdowns differ in the bytes stored, and nothing else may */
+    ob.bd = op.bd;
+    assert_true(wt_blob_out_equal(&op, &orr)); /* lossless: the same values as the plain blob */
+    assert_true(wt_blob_out_equal(&op, &ob));
+    assert_int_equal(nb, nr < nz ? nr : nz); /* both asked: the smaller is stored */
+    assert_int_equal(section_flags(bb), nr < nz ? KW__SEC_FLAG_RANS : KW__SEC_FLAG_ZSTD);
+    assert_true(wt_same_on_every_isa(&hdr, x, &rans, br, nr));
+
+    /* the reader says how the body was stored */
+    kw_wire_reader *rd = NULL;
+    const kw_wire_header *h = NULL;
+    const kw_wire_section *s = NULL;
+    assert_int_equal(kw_wire_reader_open(br, nr, NULL, &rd, &h), 0);
+    assert_true(kw_wire_reader_next(rd, &s) > 0);
+    assert_true(s->compressed && s->rans_coded);
+    assert_true(s->stored_body_bytes < s->raw_body_bytes);
+    kw_wire_reader_close(rd);
+
+    /* v1 cannot carry it */
+    const kw_wire_header v1 = wt_one_section_header(H, D, T, KW_WIRE_VERSION);
+    uint8_t *b1 = NULL;
+    size_t n1 = 0;
+    assert_int_equal(wt_encode_same_kv(&v1, x, &rans, 0, &b1, &n1, NULL), KW_E_INVALID_ARG);
+    free(b1);
+    kw_wire_policy two = rans;
+    two.rans = 2;
+    assert_int_equal(wt_encode_same_kv(&hdr, x, &two, 0, &b1, &n1, NULL), KW_E_INVALID_ARG);
+    free(b1);
+
+    /* noise (int8 codes of uniform values, every code about equally likely) does not shrink: stored raw, flag clear */
+    kw_wire_policy raw = {.k = q8, .v = q8, .rans = 1};
+    wt_rng r = {0x4015e};
+    for (size_t i = 0; i < (size_t)H * T * D; ++i)
+        x[i] = wt_uniform(&r);
+    uint8_t *bn = NULL;
+    size_t nn = 0;
+    assert_int_equal(wt_encode_same_kv(&hdr, x, &raw, 0, &bn, &nn, NULL), 0);
+    assert_int_equal(section_flags(bn), 0);
+    free(bn);
+
+    wt_blob_out_free(&op);
+    wt_blob_out_free(&orr);
+    wt_blob_out_free(&ob);
+    free(bp);
+    free(br);
+    free(bz);
+    free(bb);
+    free(x);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trips),
+        cmocka_unit_test(test_definition),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_blobs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
