@@ -453,10 +453,11 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
             return KW__RD_BAD(e, "kvwire.policy: unknown field \"%s\"", k);
         }
     }
+    /* the options of the sharer's encoder: neither the cache layout nor the allocator (budget_bytes) takes them */
+    const bool encoder_options = s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip || s->qmax_k || s->qmax_v;
     s->cache_layout = s->codec && strcmp(s->codec, "cache") == 0;
     if (s->cache_layout) { /* the receiver's cache layout: the specs come with the request's resolution */
-        if (s->value_codec || s->value_granularity || schedule || token_schedule || s->budget_bytes ||
-            s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip || s->qmax_k || s->qmax_v)
+        if (s->value_codec || s->value_granularity || schedule || token_schedule || s->budget_bytes || encoder_options)
             return KW__RD_BAD(e, "kvwire.policy.codec: \"cache\" sets both codecs and their layout: not with "
                                  "value_codec, value_granularity, schedule, token_schedule, budget_bytes, outliers, "
                                  "pre_rope_keys, rotate, clip or qmax");
@@ -469,7 +470,7 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
              *vg = s->value_granularity ? s->value_granularity : s->granularity;
         KW_FORWARD(kw__rd_codec(e, "kvwire.policy.value_codec", &vc, &vg, &s->scale, &s->spec_v));
     }
-    if ((s->outliers > 0 || s->pre_rope_keys || s->rotate || s->clip || s->qmax_k || s->qmax_v) && s->budget_bytes)
+    if (encoder_options && s->budget_bytes)
         return KW__RD_BAD(e, "kvwire.policy.outliers, pre_rope_keys, rotate, clip, qmax: not with budget_bytes");
     if ((s->value_codec || s->value_granularity) && (schedule || s->budget_bytes))
         return KW__RD_BAD(e, "kvwire.policy.value_codec: not with a schedule or budget_bytes");

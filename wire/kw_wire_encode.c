@@ -376,11 +376,15 @@ static float kw__enc_qmax(const kw_wire_codec_spec *sp, uint32_t limit) {
     return limit && kw_wire_codec_is_int(sp->codec) && (float)limit < cq ? (float)limit : cq;
 }
 
+/* 1 if the code limit changes the spec's tensors: kw__enc_qmax below the codec's own (sp is borrowed). */
+static int kw__enc_limited(const kw_wire_codec_spec *sp, uint32_t limit) {
+    return kw__enc_qmax(sp, limit) != kw__enc_codec_qmax(sp);
+}
+
 /* The symmetric code of x with inv = fl32(1/s): kw_wire_quantize_value's, but integer codes clamped at qmax (the
- * codec's own or a code limit's; the same code when qmax is the codec's). */
+ * codec's own or a code limit's; the same code when qmax is the codec's): kw_wire_quantize_value_q. */
 static inline int32_t kw__enc_code(uint32_t codec, float x, float inv, float qmax) {
-    return kw_wire_codec_is_int(codec) ? (int32_t)kw_rne_small(kw_wire_scaled(x, inv, qmax))
-                                       : kw_wire_quantize_value(codec, x, inv);
+    return kw_wire_quantize_value_q(codec, x, inv, qmax);
 }
 
 /* Chooses the scale (and zero point) of every unit of a tensor in the general path, from lo/hi (min and max of the
@@ -802,8 +806,7 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
  * (those read the rows more than once or take the general path: they take the rotated copy of kw__enc_rotate). */
 static int kw__enc_fusable(const kw_wire_codec_spec *sp, int clip, uint32_t limit) {
     return (sp->granularity == KW_WIRE_GRAN_TOKEN || sp->granularity == KW_WIRE_GRAN_GROUP) &&
-           !kw__wire_general_path(sp) && !(clip && kw_wire_codec_is_int(sp->codec)) &&
-           kw__enc_qmax(sp, limit) == kw__enc_codec_qmax(sp);
+           !kw__wire_general_path(sp) && !(clip && kw_wire_codec_is_int(sp->codec)) && !kw__enc_limited(sp, limit);
 }
 
 /* The rows of a block rotated on the fly fit in this many bytes (L1-resident). */
@@ -877,7 +880,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
     clip = clip && kw_wire_codec_is_int(sp->codec); /* FORMAT.md §5.13: the integer codecs; the others as they are */
     const float qmax = kw__enc_qmax(sp, limit);     /* §5.14: below the codec's only for a code limit */
-    const int limited = qmax != kw__enc_codec_qmax(sp);
+    const int limited = kw__enc_limited(sp, limit);
     KW_RETURN_IF(rot && (out || clip || !kw__enc_fusable(sp, clip, limit)), KW_E_INTERNAL,
                  "%s: a rotation fused into a path that reads rows twice", what);
     if ((out && !kw__enc_fusable(sp, clip, limit)) || clip || limited || kw__wire_general_path(sp))
@@ -1286,8 +1289,7 @@ out:
 }
 
 int kw_wire_policy_code_limited(const kw_wire_policy *pol) {
-    return kw__enc_qmax(&pol->k, pol->code_limit_k) != kw__enc_codec_qmax(&pol->k) ||
-           kw__enc_qmax(&pol->v, pol->code_limit_v) != kw__enc_codec_qmax(&pol->v);
+    return kw__enc_limited(&pol->k, pol->code_limit_k) || kw__enc_limited(&pol->v, pol->code_limit_v);
 }
 
 int kw_wire_encoder_begin_section(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,

@@ -481,17 +481,14 @@ KW_HD float kw_wire_scaled(float x, float inv, float qmax) {
     return y;
 }
 
-/* The code of one value x for a quantizing codec, given inv = fl32(1/s). Integer codecs return the signed value;
- * nf4 the table index; fp8 the byte. */
-KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
+/* The code of one value x for a quantizing codec, given inv = fl32(1/s), integer codes clamped at qmax instead of
+ * the codec's own (a code limit, FORMAT.md §5.14: the encoder's choice, at most the codec's qmax). Integer codecs
+ * return the signed value RNE(clamp(fl32(x * inv), -qmax, qmax)); nf4 the table index and fp8 the byte, both at the
+ * codec's own qmax (qmax is not used for them). Pure: no pointers, nothing owned. */
+KW_HD int32_t kw_wire_quantize_value_q(uint32_t codec, float x, float inv, float qmax) {
+    if (kw_wire_codec_is_int(codec)) return (int32_t)kw_rne_small(kw_wire_scaled(x, inv, qmax));
     const float y = kw_wire_scaled(x, inv, kw_wire_codec_qmax(codec));
     switch (codec) {
-    case KW_WIRE_CODEC_INT8:
-    case KW_WIRE_CODEC_INT4:
-    case KW_WIRE_CODEC_INT6:
-    case KW_WIRE_CODEC_INT3:
-    case KW_WIRE_CODEC_INT2:
-        return (int32_t)kw_rne_small(y);
     case KW_WIRE_CODEC_NF4:
         return (int32_t)kw_wire_nf4_code(y);
     case KW_WIRE_CODEC_E4M3:
@@ -501,6 +498,12 @@ KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
     default:
         return 0;
     }
+}
+
+/* The code of one value x for a quantizing codec, given inv = fl32(1/s): kw_wire_quantize_value_q at the codec's own
+ * qmax. Integer codecs return the signed value; nf4 the table index; fp8 the byte. */
+KW_HD int32_t kw_wire_quantize_value(uint32_t codec, float x, float inv) {
+    return kw_wire_quantize_value_q(codec, x, inv, kw_wire_codec_qmax(codec));
 }
 
 /* The unscaled value of a code (the inverse of kw_wire_quantize_value before the scale), and whether the code is
