@@ -146,7 +146,7 @@ int kw_cmd_inspect(int argc, char **argv) {
             printf("         model_id 0x%016" PRIx64 ", policy_id %u, checksum %016" PRIx64 " ok\n", h->model_id,
                    h->policy_id, hsum);
             printf("\n%-4s %10s %10s %5s %8s %-14s %-19s %6s  %s\n", "sec", "offset", "bytes", "layer", "tokens",
-                   "index", "zstd raw->stored", "groups", "checksum");
+                   "index", "coded raw->stored", "groups", "checksum");
         }
         const kw_wire_section *s;
         while ((rc = kw_wire_reader_next(r, &s)) == 1) {
@@ -167,6 +167,7 @@ int kw_cmd_inspect(int argc, char **argv) {
                 cJSON_AddStringToObject(js, "index_encoding", kw_wire_index_name(s->index_encoding));
                 cJSON_AddNumberToObject(js, "index_bytes", s->index_bytes);
                 cJSON_AddBoolToObject(js, "compressed", s->compressed);
+                if (s->compressed) cJSON_AddStringToObject(js, "coder", s->rans_coded ? "rans" : "zstd");
                 cJSON_AddNumberToObject(js, "raw_body_bytes", s->raw_body_bytes);
                 cJSON_AddNumberToObject(js, "stored_body_bytes", s->stored_body_bytes);
                 if (s->pre_rope) cJSON_AddBoolToObject(js, "pre_rope_keys", 1);
@@ -198,7 +199,8 @@ int kw_cmd_inspect(int argc, char **argv) {
                 char idx[32], z[32];
                 snprintf(idx, sizeof idx, "%s(%u)", kw_wire_index_name(s->index_encoding), s->index_bytes);
                 if (s->compressed)
-                    snprintf(z, sizeof z, "%u->%u", s->raw_body_bytes, s->stored_body_bytes);
+                    snprintf(z, sizeof z, "%u->%u%s", s->raw_body_bytes, s->stored_body_bytes,
+                             s->rans_coded ? " rans" : "");
                 else
                     snprintf(z, sizeof z, "-");
                 printf("%-4u %10" PRIu64 " %10" PRIu64 " %5u %8u %-14s %-19s %6u  %016" PRIx64 " ok\n", s->ordinal,

@@ -52,7 +52,9 @@ static void kw_kvstats_usage(FILE *f) {
         "                    before encoding (undone after decoding); @clip (@clipk, @clipv) lets the encoder\n"
         "                    clip the integer codecs' scales to the least squared error (FORMAT.md §5.13);\n"
         "                    @zstd (@zstdN, level N, default 3) sends every section body zstd-compressed\n"
-        "                    (stored raw where that is not smaller; bits/elem counts what is stored);\n"
+        "                    (stored raw where that is not smaller; bits/elem counts what is stored); @rans\n"
+        "                    codes every section body with the static rANS byte coder (FORMAT.md §5.15) where\n"
+        "                    smaller, with @zstd the smaller of the two;\n"
         "                    @qmaxN (@qmaxkN, @qmaxvN) holds the layer codec's integer codes to +-N (zero\n"
         "                    points: 0..N) with the scale for that range, a coarser step in the same container\n"
         "                    for @zstd to store in fewer bits (FORMAT.md §5.14; N in 1..255);\n"
@@ -171,6 +173,11 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
             out->rotate |= which == 'k' ? 1 : which == 'v' ? 2 : 3;
             continue;
         }
+        if (olen == 4 && strncmp(o + 1, "rans", 4) == 0) { /* "@rans": the rANS body coder */
+            KW_RETURN_IF(out->rans, KW_E_INVALID_ARG, "--codec %s: @rans named twice", arg);
+            out->rans = 1;
+            continue;
+        }
         if (olen >= 4 && strncmp(o + 1, "zstd", 4) == 0) { /* "@zstd" (level 3), "@zstd19"; zstd's levels 1..22 */
             char *zend = NULL;
             const long level = olen == 4 ? 3 : strtol(o + 5, &zend, 10);
@@ -206,7 +213,7 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
                 out->outlier_fraction > 0.0,
             KW_E_INVALID_ARG,
             "--codec %s: options are @P%% (outliers, P in (0, 100]), @prerope, @rot[k|v], @clip[k|v], @qmax[k|v]N "
-            "and @zstd[N]",
+            "@zstd[N] and @rans",
             arg);
         out->outlier_fraction = pct / 100.0;
     }
@@ -241,6 +248,7 @@ static int kw_kvstats_parse_codec(const char *arg, const char *scale, kw_kvstats
         if (out->qmax_v) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@qmaxv%d", out->qmax_v);
     }
     if (out->zstd) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@zstd%d", out->zstd);
+    if (out->rans) snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "@rans");
     const char *outl = opts;
     const char *comma = memchr(arg, ',', len);
     const size_t k_len = comma ? (size_t)(comma - arg) : len;
@@ -331,10 +339,10 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
     KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale ||
-                     one.zstd || one.qmax_k || one.qmax_v,
+                     one.zstd || one.rans || one.qmax_k || one.qmax_v,
                  KW_E_INVALID_ARG,
-                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @qmax, @center and "
-                 "@zstd are its layer's",
+                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @qmax, @center, @zstd and "
+                 "@rans are its layer's",
                  arg);
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int pick = kw_kvstats_pick_kind(seg, eq);

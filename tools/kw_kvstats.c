@@ -397,6 +397,7 @@ kw_kvstats_layer_codec kw_kvstats_base_layer(const kw_kvstats_codec *c) {
                                     .center = c->center,
                                     .qscale = c->qscale,
                                     .zstd = c->zstd,
+                                    .rans = c->rans,
                                     .qmax_k = c->qmax_k,
                                     .qmax_v = c->qmax_v};
 }
@@ -530,6 +531,7 @@ static int kw_kvstats_policy(const kw_kvstats *s, const kw_kvstats_codec *c, con
                           .rotate = (uint8_t)lc->rotate,
                           .clip = (uint8_t)lc->clip,
                           .zstd_level = lc->zstd,
+                          .rans = (uint8_t)(lc->rans != 0),
                           .code_limit_k = (uint8_t)lc->qmax_k,
                           .code_limit_v = (uint8_t)lc->qmax_v};
     *out = pol;

@@ -56,6 +56,7 @@ typedef struct kw_kvstats_layer_codec {
     int center; /* enum kw_kvstats_center */
     int qscale;
     int zstd; /* the section body's zstd level, 0 for none */
+    int rans; /* 1: the section body rANS-coded where smaller (with zstd: the smaller of the two) */
     int qmax_k, qmax_v;
 } kw_kvstats_layer_codec;
 
@@ -136,6 +137,8 @@ typedef struct kw_kvstats_codec {
                                   (simulated, issue 15) */
     int zstd;                  /* zstd level of every section body (the wire's flag bit 0: stored raw where zstd
                                   does not shrink it), 0 for none; bits/elem counts the stored bytes */
+    int rans;                  /* 1: every section body coded by the static rANS byte coder (the wire's flag bit 5,
+                                  FORMAT.md §5.15) where that makes it smaller; with zstd the smaller of the two */
     int qmax_k, qmax_v;        /* the encoder's code limit of K and V (kw_wire_policy.code_limit_k/v, FORMAT.md
                                   §5.14): 0, or integer codes held to +-qmax (zero points: 0..qmax) in the codec's
                                   container, for zstd to store in fewer bits; the layer's codec only, 1..255 */

@@ -36,6 +36,9 @@ int main(int argc, char **argv) {
             i < WG_N_VALID        ? wg_valid[i].what
             : i == WG_N_VALID     ? "three sections: bitmap, zstd range, varint with two token groups"
             : i == WG_N_VALID + 1 ? "no sections (header and trailer only)"
+            : i == WG_N_VALID + 5
+                ? "v1.1: one section whose body is coded by the static rANS byte coder (FORMAT.md 5.15), K and V int8 "
+                  "per token"
             : i == WG_N_VALID + 4
                 ? "v1.1: one section with K and V Hadamard-rotated (FORMAT.md 5.12) and pre-RoPE keys, K int4 per "
                   "token, V int8 per 8 channels"
@@ -59,11 +62,12 @@ int main(int argc, char **argv) {
         const int expect = wg_build_error(i, &blob, &size);
         wg_text t = {0};
         const int v11 = strncmp(wg_errors[i], "v11", 3) == 0, v11o = strncmp(wg_errors[i], "v11o_", 5) == 0;
-        const int v11r = strncmp(wg_errors[i], "v11r_", 5) == 0;
+        const int v11r = strncmp(wg_errors[i], "v11r_", 5) == 0, v11z = strncmp(wg_errors[i], "v11z_", 5) == 0;
         wg_printf(&t, "# KVWire %s must-reject blob: %s (a single fault in %s)\nexpect %s\nzstd %u\n",
                   v11 ? "v1.1" : "v1", wg_errors[i],
                   v11o   ? "v11_outliers"
                   : v11r ? "v11_rotated"
+                  : v11z ? "v11_rans"
                   : v11  ? "v11_base"
                          : "mixed_three_sections",
                   kw_status_name(expect), ZSTD_versionNumber());

@@ -47,6 +47,13 @@ json=$("$kvwire" inspect --json "$src/tests/golden/wire/v11_rotated.kvw")
 for want in '"rotated_keys":[[:space:]]*true' '"rotated_values":[[:space:]]*true'; do
     grep -q "$want" <<<"$json" || fail "v11_rotated json: no $want"
 done
+# a rANS-coded body (v11_rans.kvw, FORMAT.md §5.15): the sizes and the coder named; a zstd body names zstd
+out=$("$kvwire" inspect "$src/tests/golden/wire/v11_rans.kvw") || fail "inspect v11_rans exited $?"
+grep -qF "724->687 rans" <<<"$out" || fail "v11_rans: no '724->687 rans' in: $out"
+"$kvwire" inspect --json "$src/tests/golden/wire/v11_rans.kvw" | grep -q '"coder":[[:space:]]*"rans"' \
+    || fail "v11_rans json: no coder rans"
+"$kvwire" inspect --json "$src/tests/golden/wire/int8_zstd.kvw" | grep -q '"coder":[[:space:]]*"zstd"' \
+    || fail "int8_zstd json: no coder zstd"
 # log8 scales (v11_int4_channel4_log8.kvw): one byte per scale
 out=$("$kvwire" inspect "$src/tests/golden/wire/v11_int4_channel4_log8.kvw") || fail "inspect log8 exited $?"
 for want in "KVWire v1.1" "K int4/channel4/log8 (96 + 160 B)" "V int8/group8/log8 (40 + 320 B)"; do

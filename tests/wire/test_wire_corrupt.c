@@ -96,19 +96,17 @@ static void test_catalogue(void **state) {
 }
 
 /* The v1.1 catalogues on their own base blobs (which must themselves decode): the codecs and zero points, the
- * outlier table with the pre-RoPE flag, and the rotation flags. */
+ * outlier table with the pre-RoPE flag, the rotation flags and the rANS-coded body. */
 static void test_catalogue_v11(void **state) {
     (void)state;
-    for (int which = 0; which < 3; ++which) {
+    void (*const bases[4])(wm_blob *) = {wm_base11, wm_base11o, wm_base11r, wm_base11z};
+    const wm_case *const catalogues[4] = {wm_cases11, wm_cases11o, wm_cases11r, wm_cases11z};
+    const size_t n_catalogue[4] = {WM_N_CASES11, WM_N_CASES11O, WM_N_CASES11R, WM_N_CASES11Z};
+    for (int which = 0; which < 4; ++which) {
         wm_blob b;
-        if (which == 0)
-            wm_base11(&b);
-        else if (which == 1)
-            wm_base11o(&b);
-        else
-            wm_base11r(&b);
-        const wm_case *cases = which == 0 ? wm_cases11 : which == 1 ? wm_cases11o : wm_cases11r;
-        const size_t n_cases = which == 0 ? WM_N_CASES11 : which == 1 ? WM_N_CASES11O : WM_N_CASES11R;
+        bases[which](&b);
+        const wm_case *cases = catalogues[which];
+        const size_t n_cases = n_catalogue[which];
         wt_blob_out ok;
         assert_int_equal(wt_decode_oneshot(b.data, b.size, NULL, &ok), 0);
         assert_int_equal(ok.n, 1);

@@ -84,8 +84,9 @@ static const wg_spec wg_valid[] = {
 #define WG_N_VALID (sizeof wg_valid / sizeof wg_valid[0])
 
 /* Extra valid blobs built differently: the three-section base of wire_mutate.h, and a blob with no sections. */
-static const char *const wg_extra[] = {"mixed_three_sections", "empty", "v11_base", "v11_outliers", "v11_rotated"};
-#define WG_N_EXTRA 5
+static const char *const wg_extra[] = {"mixed_three_sections", "empty",       "v11_base",
+                                       "v11_outliers",         "v11_rotated", "v11_rans"};
+#define WG_N_EXTRA 6
 
 /* Builds valid golden i (0..WG_N_VALID + WG_N_EXTRA - 1) into a new buffer. */
 static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
@@ -96,14 +97,10 @@ static inline void wg_build(size_t i, uint8_t **blob, size_t *size) {
         *size = b.size;
         return;
     }
-    if (i == WG_N_VALID + 2 || i == WG_N_VALID + 3 || i == WG_N_VALID + 4) {
+    if (i >= WG_N_VALID + 2) {
+        void (*const bases[4])(wm_blob *) = {wm_base11, wm_base11o, wm_base11r, wm_base11z};
         wm_blob b;
-        if (i == WG_N_VALID + 2)
-            wm_base11(&b);
-        else if (i == WG_N_VALID + 3)
-            wm_base11o(&b);
-        else
-            wm_base11r(&b);
+        bases[i - WG_N_VALID - 2](&b);
         *blob = b.data;
         *size = b.size;
         return;
@@ -256,6 +253,12 @@ static const char *const wg_errors[] = {
     "v11r_head_dim_24",
     "v11r_k_passthrough",
     "v11r_v_passthrough",
+    /* the rANS-coded body: in a v1 blob, with zstd's flag too, the flag dropped, two bad tables */
+    "v11z_as_v1",
+    "v11z_zstd_too",
+    "v11z_flag_dropped",
+    "v11z_implied_entry",
+    "v11z_frequency_length",
 };
 #define WG_N_ERRORS (sizeof wg_errors / sizeof wg_errors[0])
 
@@ -289,10 +292,10 @@ static inline int wg_build_error(size_t i, uint8_t **blob, size_t *size) {
     }
     expect = wg_find_case(&b, wm_cases, WM_N_CASES, name, blob, size);
     free(b.data);
-    void (*const bases[3])(wm_blob *) = {wm_base11, wm_base11o, wm_base11r};
-    const wm_case *const catalogues[3] = {wm_cases11, wm_cases11o, wm_cases11r};
-    const size_t n_cases[3] = {WM_N_CASES11, WM_N_CASES11O, WM_N_CASES11R};
-    for (int k = 0; k < 3 && !expect; ++k) {
+    void (*const bases[4])(wm_blob *) = {wm_base11, wm_base11o, wm_base11r, wm_base11z};
+    const wm_case *const catalogues[4] = {wm_cases11, wm_cases11o, wm_cases11r, wm_cases11z};
+    const size_t n_cases[4] = {WM_N_CASES11, WM_N_CASES11O, WM_N_CASES11R, WM_N_CASES11Z};
+    for (int k = 0; k < 4 && !expect; ++k) {
         bases[k](&b);
         expect = wg_find_case(&b, catalogues[k], n_cases[k], name, blob, size);
         free(b.data);
@@ -380,7 +383,8 @@ static inline int wg_describe(const char *what, const uint8_t *blob, size_t size
         wg_printf(t, "section %u layer=%u tokens=%u index=%s index_bytes=%u raw=%u stored=%u compressed=%d groups=%u\n",
                   s->ordinal, s->layer, s->n_tokens, kw_wire_index_name(s->index_encoding), s->index_bytes,
                   s->raw_body_bytes, s->stored_body_bytes, (int)s->compressed, s->n_groups);
-        compressed |= s->compressed;
+        compressed |= s->compressed && !s->rans_coded; /* zstd's bytes depend on its version, the rANS coder's not */
+        if (s->rans_coded) wg_printf(t, "  rans=1\n");
         if (s->pre_rope || s->n_outliers)
             wg_printf(t, "  pre_rope=%d outliers=%u outlier_dtype=%s outlier_bytes=%u\n", (int)s->pre_rope,
                       s->n_outliers, s->n_outliers ? kw_wire_dtype_name(s->outlier_dtype) : "-", s->outlier_bytes);

@@ -274,6 +274,37 @@ static inline void wm_base11r(wm_blob *b) {
     }
 }
 
+/* The v1.1 base blob with a rANS-coded body (FORMAT.md §5.15): one section, layer 5, 10 tokens (positions 30..39,
+ * range index), K and V int8/token/f16 of bell values with one channel 12x larger (the other codes crowd near 0),
+ * flags 0x20. Raw body: range (4) | K scales (40) | K codes (320) | V scales (40) | V codes (320) = 724 bytes, stored
+ * coded in fewer; the stored body starts with the table (entries - 1, implied entry, ...). */
+static inline void wm_base11z(wm_blob *b) {
+    uint32_t pos[10];
+    uint16_t *kv[2];
+    kw_wire_layer_in in;
+    wm_one_layer10(0x02a5, 1, 5, 30, pos, kv, &in);
+    const kw_wire_codec_spec q8 = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    const kw_wire_policy pol = {.k = q8, .v = q8, .rans = 1};
+    const kw_wire_header hdr = wm_header(1, 14, KW_WIRE_VERSION_1_1);
+    if (wt_encode_blob(&hdr, &in, &pol, 1, 0, &b->data, &b->size) < 0) {
+        fprintf(stderr, "wm_base11z: %s\n", kw_error_detail());
+        abort();
+    }
+    free(kv[0]);
+    free(kv[1]);
+    b->n = 1;
+    b->sec[0] = KW_WIRE_HEADER_BYTES;
+    b->body[0] = b->sec[0] + KW_WIRE_SECTION_HEAD_BYTES + KW_WIRE_GROUP_DESC_BYTES;
+    const uint32_t raw = kw_load_le32(b->data + b->sec[0] + KW__SEC_RAW_BYTES);
+    const uint32_t stored = kw_load_le32(b->data + b->sec[0] + KW__SEC_STORED_BYTES);
+    b->trailer = b->body[0] + stored + KW_WIRE_CHECKSUM_BYTES;
+    if (raw != 724 || stored < 64 || stored >= raw || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x20 ||
+        b->data[b->body[0]] == 0xff || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
+        fprintf(stderr, "wm_base11z: unexpected layout (raw %u, stored %u)\n", raw, stored);
+        abort();
+    }
+}
+
 typedef struct wm_case {
     const char *name;
     int expect; /* status a decoder must return (dequantizing every section) */
@@ -398,7 +429,7 @@ static const wm_case wm_cases11[] = {
  * n (4), dtype (1), reserved (3), varints 05 33 70 a9-01 b3-01 76 at 8..15, six bf16 values at 16..27). */
 static const wm_case wm_cases11o[] = {
     {"v11o_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
-    {"v11o_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x26},
+    {"v11o_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x46},
     {"v11o_table_size_without_flag", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x02},
     {"v11o_table_size_short", KW_E_WIRE_CORRUPT, 1, KW__SEC_OUTLIER_BYTES, WM_SEC(0), 4, 10},
     {"v11o_table_size_wrong", KW_E_WIRE_CORRUPT, 1, KW__SEC_OUTLIER_BYTES, WM_SEC(0), 4, 29},
@@ -419,12 +450,26 @@ static const wm_case wm_cases11o[] = {
  * section offset 36, V's at 40). */
 static const wm_case wm_cases11r[] = {
     {"v11r_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
-    {"v11r_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x3a},
+    {"v11r_flags_reserved", KW_E_WIRE_RESERVED, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x5a},
     {"v11r_head_dim_24", KW_E_WIRE_CODEC, 1, KW__HDR_HEAD_DIM, WM_HDR, 2, 24},
     {"v11r_k_passthrough", KW_E_WIRE_CODEC, 1, KW_WIRE_SECTION_HEAD_BYTES + 4, WM_SEC(0), 4, KW_WIRE_CODEC_BF16},
     {"v11r_v_passthrough", KW_E_WIRE_CODEC, 1, KW_WIRE_SECTION_HEAD_BYTES + 8, WM_SEC(0), 4, KW_WIRE_CODEC_F16},
 };
 #define WM_N_CASES11R (sizeof wm_cases11r / sizeof wm_cases11r[0])
+
+/* Faults in the rANS-coded body (FORMAT.md §5.15), applied to wm_base11z (flags 0x20; the stored body's byte 0 is the
+ * table's entry count - 1, byte 1 its implied entry, which the base checks is below 255, byte 2 starts with the
+ * escape's frequency length). A damaged coded stream under a resealed checksum is no case here: like damaged raw codes
+ * it may decode, to other values (the coder checks lengths and its final state, the checksum catches damage). */
+static const wm_case wm_cases11z[] = {
+    {"v11z_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
+    {"v11z_zstd_too", KW_E_WIRE_CORRUPT, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x21},
+    {"v11z_flag_dropped", KW_E_WIRE_CORRUPT, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x00},
+    {"v11z_implied_entry", KW_E_WIRE_COMPRESSION, 1, 1, WM_BODY(0), 1, 0xff},
+    {"v11z_frequency_length", KW_E_WIRE_COMPRESSION, 1, 2, WM_BODY(0), 1, 0xff}, /* the escape's length nibble 15 */
+    {"v11z_stream_unsealed", KW_E_WIRE_CHECKSUM, 0, 40, WM_BODY(0), 0, 0x10},
+};
+#define WM_N_CASES11Z (sizeof wm_cases11z / sizeof wm_cases11z[0])
 
 /* A copy of the base blob with case c applied (caller frees). */
 static inline uint8_t *wm_apply(const wm_blob *b, const wm_case *c, size_t *size) {
