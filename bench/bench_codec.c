@@ -25,6 +25,8 @@ typedef struct kw__bench_cfg {
     int zstd;
     uint32_t outlier_ppm; /* KVWire v1.1 outliers: millionths of each section's elements */
     uint8_t rotate;       /* KVWire v1.1 Hadamard rotation (kw_wire_policy.rotate: bit 0 K, bit 1 V) */
+    uint8_t rans;         /* KVWire v1.1 rANS-coded bodies (kw_wire_policy.rans) */
+    uint8_t code_limit;   /* K and V integer codes held to +-code_limit (kw_wire_policy.code_limit_k/v), 0: none */
 } kw__bench_cfg;
 
 /* Which goal a row counts for: 0 int8/int4 per token with f16 scales, 1 another v1 row, -1 none (passthrough, zero
@@ -34,8 +36,9 @@ static int kw__bench_goal_of(const kw__bench_cfg *cfg) {
     const int v1_codec = sp->codec == KW_WIRE_CODEC_INT8 || sp->codec == KW_WIRE_CODEC_INT4 ||
                          sp->codec == KW_WIRE_CODEC_INT6 || sp->codec == KW_WIRE_CODEC_NF4 ||
                          sp->codec == KW_WIRE_CODEC_E4M3 || sp->codec == KW_WIRE_CODEC_E5M2;
-    if (!v1_codec || cfg->zstd || cfg->outlier_ppm || cfg->rotate || sp->granularity == KW_WIRE_GRAN_CHANNEL ||
-        (sp->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) || sp->scale_dtype == KW_WIRE_SCALE_LOG8)
+    if (!v1_codec || cfg->zstd || cfg->outlier_ppm || cfg->rotate || cfg->rans || cfg->code_limit ||
+        sp->granularity == KW_WIRE_GRAN_CHANNEL || (sp->scale_dtype & KW_WIRE_SCALE_ZERO_POINTS) ||
+        sp->scale_dtype == KW_WIRE_SCALE_LOG8)
         return -1;
     return (sp->codec == KW_WIRE_CODEC_INT8 || sp->codec == KW_WIRE_CODEC_INT4) &&
                    sp->granularity == KW_WIRE_GRAN_TOKEN && sp->scale_dtype == KW_WIRE_SCALE_F16
@@ -48,38 +51,43 @@ static int kw__bench_goal_of(const kw__bench_cfg *cfg) {
 #define QZ(c, g, s, l)                                                                                                 \
     { KW_WIRE_CODEC_##c, KW_WIRE_GRAN_##g, KW_WIRE_SCALE_##s | KW_WIRE_SCALE_ZERO_POINTS, l }
 static const kw__bench_cfg kw__bench_cfgs[] = {
-    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0, 0, 0},
-    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0, 0, 0},
-    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0, 0, 0},
-    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0, 0, 0},
-    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0, 0, 0},
-    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0, 0, 0},
-    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0, 0, 0},
-    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0, 0, 0},
-    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0, 0, 0},
-    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0, 0, 0},
-    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0, 0, 0},
-    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0, 0, 0},
-    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0, 0, 0},
-    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3, 0, 0},
-    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3, 0, 0},
+    {"bf16 passthrough", {KW_WIRE_CODEC_BF16, 0, 0, 0}, 0, 0, 0, 0, 0},
+    {"int8 token f16", Q(INT8, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int8 head f16", Q(INT8, HEAD, F16, 0), 0, 0, 0, 0, 0},
+    {"int8 layer f32", Q(INT8, LAYER, F32, 0), 0, 0, 0, 0, 0},
+    {"int8 group32 f16", Q(INT8, GROUP, F16, 5), 0, 0, 0, 0, 0},
+    {"int4 token f16", Q(INT4, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int4 head f16", Q(INT4, HEAD, F16, 0), 0, 0, 0, 0, 0},
+    {"int4 group32 f16", Q(INT4, GROUP, F16, 5), 0, 0, 0, 0, 0},
+    {"int4 group32 e8m0", Q(INT4, GROUP, E8M0, 5), 0, 0, 0, 0, 0},
+    {"int6 token f16", Q(INT6, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"nf4 group64 f16", Q(NF4, GROUP, F16, 6), 0, 0, 0, 0, 0},
+    {"e4m3 token f16", Q(E4M3, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"e5m2 token f16", Q(E5M2, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int8 token f16 +zstd3", Q(INT8, TOKEN, F16, 0), 3, 0, 0, 0, 0},
+    {"int4 token f16 +zstd3", Q(INT4, TOKEN, F16, 0), 3, 0, 0, 0, 0},
     /* KVWire v1.1 (blobs of version 0x0101) */
-    {"int3 token f16", Q(INT3, TOKEN, F16, 0), 0, 0, 0},
-    {"int2 group32 f16", Q(INT2, GROUP, F16, 5), 0, 0, 0},
-    {"int4-asym token f16", QZ(INT4, TOKEN, F16, 0), 0, 0, 0},
-    {"int8-asym token f16", QZ(INT8, TOKEN, F16, 0), 0, 0, 0},
-    {"int4-asym chan32 f16", QZ(INT4, CHANNEL, F16, 5), 0, 0, 0},
-    {"int2-asym chan32 f16", QZ(INT2, CHANNEL, F16, 5), 0, 0, 0},
-    {"int4 token f16 +1% out", Q(INT4, TOKEN, F16, 0), 0, 10000, 0},
-    {"int8 token log8", Q(INT8, TOKEN, LOG8, 0), 0, 0, 0},
-    {"int4 token log8", Q(INT4, TOKEN, LOG8, 0), 0, 0, 0},
-    {"int2 token f16", Q(INT2, TOKEN, F16, 0), 0, 0, 0},
-    {"int4-asym group32 f16", QZ(INT4, GROUP, F16, 5), 0, 0, 0},
-    {"int3-asym token f16", QZ(INT3, TOKEN, F16, 0), 0, 0, 0},
-    {"int8 token f16 @rot", Q(INT8, TOKEN, F16, 0), 0, 0, 3},
-    {"int4 token f16 @rot", Q(INT4, TOKEN, F16, 0), 0, 0, 3},
-    {"int3 token f16 @rot", Q(INT3, TOKEN, F16, 0), 0, 0, 3},
-    {"int4 token log8 @rot", Q(INT4, TOKEN, LOG8, 0), 0, 0, 3},
+    {"int3 token f16", Q(INT3, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int2 group32 f16", Q(INT2, GROUP, F16, 5), 0, 0, 0, 0, 0},
+    {"int4-asym token f16", QZ(INT4, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int8-asym token f16", QZ(INT8, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int4-asym chan32 f16", QZ(INT4, CHANNEL, F16, 5), 0, 0, 0, 0, 0},
+    {"int2-asym chan32 f16", QZ(INT2, CHANNEL, F16, 5), 0, 0, 0, 0, 0},
+    {"int4 token f16 +1% out", Q(INT4, TOKEN, F16, 0), 0, 10000, 0, 0, 0},
+    {"int8 token log8", Q(INT8, TOKEN, LOG8, 0), 0, 0, 0, 0, 0},
+    {"int4 token log8", Q(INT4, TOKEN, LOG8, 0), 0, 0, 0, 0, 0},
+    {"int2 token f16", Q(INT2, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int4-asym group32 f16", QZ(INT4, GROUP, F16, 5), 0, 0, 0, 0, 0},
+    {"int3-asym token f16", QZ(INT3, TOKEN, F16, 0), 0, 0, 0, 0, 0},
+    {"int8 token f16 @rot", Q(INT8, TOKEN, F16, 0), 0, 0, 3, 0, 0},
+    {"int4 token f16 @rot", Q(INT4, TOKEN, F16, 0), 0, 0, 3, 0, 0},
+    {"int3 token f16 @rot", Q(INT3, TOKEN, F16, 0), 0, 0, 3, 0, 0},
+    {"int4 token log8 @rot", Q(INT4, TOKEN, LOG8, 0), 0, 0, 3, 0, 0},
+    /* the int8 container with codes held to +-12 (FORMAT.md §5.14) and its body coded: zstd at its fast level
+     * against the rANS byte coder (§5.15), as the Gemma 3 rows of docs/BENCHMARKS.md use them */
+    {"int8 tok log8 q12 +zstd3", Q(INT8, TOKEN, LOG8, 0), 3, 0, 0, 0, 12},
+    {"int8 tok log8 q12 +rans", Q(INT8, TOKEN, LOG8, 0), 0, 0, 0, 1, 12},
+    {"int8 tok log8 q12", Q(INT8, TOKEN, LOG8, 0), 0, 0, 0, 0, 12},
 };
 #undef QZ
 #undef Q
@@ -286,7 +294,10 @@ int kw_bench_codec(int argc, char **argv) {
                                     .v = cfg->spec,
                                     .zstd_level = cfg->zstd,
                                     .outliers = (uint32_t)((uint64_t)cfg->outlier_ppm * 2 * per / 1000000u),
-                                    .rotate = cfg->rotate};
+                                    .rotate = cfg->rotate,
+                                    .rans = cfg->rans,
+                                    .code_limit_k = cfg->code_limit,
+                                    .code_limit_v = cfg->code_limit};
         hdr.version = kw_wire_policy_needs_v11(&pol) ? KW_WIRE_VERSION_1_1 : KW_WIRE_VERSION;
         size_t sec;
         if ((rc = kw_wire_section_size(&hdr, &pol, T, NULL, &sec)) == KW_E_INVALID_ARG) {

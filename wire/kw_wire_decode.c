@@ -991,6 +991,26 @@ static int kw__dec_tensor(const kw__wire_kernels *k, const kw_wire_section *sec,
     return 0;
 }
 
+/* 1 if the D values of a row rotated back are finite and within the largest bf16, as every decoded value must be:
+ * the inverse rotation adds up to D values, so a payload of valid codes and scales can still decode past it. */
+static int kw__dec_rotated_in_range(const float *x, uint32_t D) {
+    int ok = 1;
+    for (uint32_t d = 0; d < D; ++d)
+        ok &= fabsf(x[d]) <= KW_WIRE_BF16_MAX; /* false for NaN */
+    return ok;
+}
+
+/* Writes the D f32 values of x to a row of out (f32 or bf16, RNE). */
+static void kw__dec_store_row(const float *x, uint32_t D, const kw_wire_tensor_out *out, void *dst) {
+    if (out->dtype == KW_WIRE_DTYPE_F32) {
+        memcpy(dst, x, (size_t)D * sizeof *x);
+        return;
+    }
+    uint16_t *o = dst;
+    for (uint32_t d = 0; d < D; ++d)
+        o[d] = kw_f32_to_bf16(x[d]);
+}
+
 /* A rotated tensor without outliers on the row kernels' path (kw__dec_row for every group), a row at a time: the row
  * dequantized to f32 in a stack buffer, then rotated back into the output (f32 or bf16), the same values as
  * dequantizing the whole tensor to f32 and rotating it back. Returns 1 if it took the tensor (*rc its status), else
@@ -1008,18 +1028,23 @@ static int kw__dec_rotated_rows(const kw__wire_kernels *k, const kw_wire_section
         const kw_wire_group_view *gv = &sec->groups[g];
         const kw_wire_tensor_view *tv = kv ? &gv->v : &gv->k;
         const kw__dec_rows rw = kw__dec_row_setup(sec, gv, tv);
-        int bad = 0;
+        int bad = 0, in_range = 1;
         for (uint32_t h = 0; h < H; ++h)
             for (uint32_t t = 0; t < gv->n_tokens; ++t) {
                 bad |= kw__dec_row(k, &rw, h, t, (uint8_t *)y, KW_WIRE_DTYPE_F32);
-                k->rotate(y, KW_WIRE_DTYPE_F32,
-                          (uint8_t *)out->data +
-                              ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es,
-                          out->dtype, D, sx, 1);
+                k->rotate(y, KW_WIRE_DTYPE_F32, y, KW_WIRE_DTYPE_F32, D, sx, 1);
+                in_range &= kw__dec_rotated_in_range(y, D);
+                kw__dec_store_row(
+                    y, D, out,
+                    (uint8_t *)out->data +
+                        ((size_t)(gv->first_token + t) * out->token_stride + (size_t)h * out->head_stride) * es);
             }
         if (bad && *rc == 0)
             *rc = kw_error_set(KW_E_WIRE_VALUE, "section %u (layer %u): reserved %s code in the payload", sec->ordinal,
                                sec->layer, kw_wire_codec_name(tv->spec.codec));
+        if (!in_range && *rc == 0)
+            *rc = kw_error_set(KW_E_WIRE_VALUE, "section %u (layer %u): %c rotated back decodes past the largest bf16",
+                               sec->ordinal, sec->layer, kv ? 'V' : 'K');
     }
     return 1;
 }
@@ -1074,17 +1099,19 @@ int kw_wire_section_dequantize(const kw_wire_section *sec, const kw_wire_tensor_
     for (int kv = 0; kv < 2; ++kv) {
         if (!use[kv] || !(sec->rotated & (1u << kv))) continue;
         float *base = use[kv]->data;
+        int in_range = 1;
         for (uint32_t t = 0; t < T; ++t)
             for (uint32_t h = 0; h < H; ++h) {
                 float *row = base + (size_t)t * use[kv]->token_stride + (size_t)h * use[kv]->head_stride;
-                if (!scratch[kv]) {
-                    kern->rotate(row, KW_WIRE_DTYPE_F32, row, KW_WIRE_DTYPE_F32, D, sx, 1);
-                    continue;
-                }
-                uint16_t *o =
-                    (uint16_t *)outs[kv]->data + (size_t)t * outs[kv]->token_stride + (size_t)h * outs[kv]->head_stride;
-                kern->rotate(row, KW_WIRE_DTYPE_F32, o, KW_WIRE_DTYPE_BF16, D, sx, 1);
+                kern->rotate(row, KW_WIRE_DTYPE_F32, row, KW_WIRE_DTYPE_F32, D, sx, 1);
+                in_range &= kw__dec_rotated_in_range(row, D);
+                if (scratch[kv])
+                    kw__dec_store_row(row, D, outs[kv],
+                                      (uint16_t *)outs[kv]->data + (size_t)t * outs[kv]->token_stride +
+                                          (size_t)h * outs[kv]->head_stride);
             }
+        KW_CHECK_IF(!in_range, KW_E_WIRE_VALUE, "section %u (layer %u): %c rotated back decodes past the largest bf16",
+                    sec->ordinal, sec->layer, kv ? 'V' : 'K');
     }
 out:
     free(scratch[0]);

@@ -1,8 +1,9 @@
 /* kw_wire_rans.c: the static order-0 byte coder of section bodies (docs/FORMAT.md §5.15). The encoder counts the
  * body's bytes, picks how many of the most central signed values get a table entry (the rest are escaped to 8 raw
  * bits), writes the table (each frequency in a 4-bit exponent and up to 3 mantissa bits, the most frequent entry
- * implied so the frequencies sum to exactly 4096) and codes the bytes last to first with a 32-bit rANS state; the
- * decoder reads them first to last. Decoding checks everything it reads: the table, each escape, and that the stream
+ * implied so the frequencies sum to exactly 4096) and codes the bytes last to first with two interleaved 32-bit rANS
+ * states (byte i by state i % 2, one shared byte stream, so the decoder's two dependency chains overlap); the decoder
+ * reads them first to last. Decoding checks everything it reads: the table, each escape, and that the stream
  * ends exactly at the stored size in the encoder's initial state.
  */
 #include "wire/kw_wire_rans.h"
@@ -165,20 +166,20 @@ static void kw__rans_normalize(const uint32_t cnt[256], size_t n, unsigned n_ent
 }
 
 typedef struct {
-    uint8_t *p;   /* borrowed: the last byte written (the stream grows down) */
-    uint8_t *lim; /* where the table ends */
-    uint32_t x;
+    uint8_t *p;    /* borrowed: the last byte written (the stream grows down) */
+    uint8_t *lim;  /* where the table ends */
+    uint32_t x[2]; /* byte i is coded by state i % 2 */
 } kw__rans_state;
 
-static int kw__rans_put(kw__rans_state *s, uint32_t start, uint32_t freq) {
+static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint32_t freq) {
     const uint32_t x_max = ((KW__RANS_LOW >> KW__RANS_PROB_BITS) << 8) * freq;
-    uint32_t x = s->x;
+    uint32_t x = s->x[which];
     while (x >= x_max) {
         if (s->p == s->lim) return KW_E_BUFFER_TOO_SMALL;
         *--s->p = (uint8_t)x;
         x >>= 8;
     }
-    s->x = ((x / freq) << KW__RANS_PROB_BITS) + (x % freq) + start;
+    s->x[which] = ((x / freq) << KW__RANS_PROB_BITS) + (x % freq) + start;
     return 0;
 }
 
@@ -212,20 +213,21 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
         cum += f[z];
     }
     start[256] = cum;
-    kw__rans_state s = {.p = dst + cap, .lim = w.p, .x = KW__RANS_LOW};
+    kw__rans_state s = {.p = dst + cap, .lim = w.p, .x = {KW__RANS_LOW, KW__RANS_LOW}};
     for (size_t i = n; rc == 0 && i-- > 0;) {
-        const unsigned z = kw__wire_rans_rank(src[i]);
+        const unsigned z = kw__wire_rans_rank(src[i]), which = (unsigned)(i & 1u);
         if (z < n_entries) {
-            rc = kw__rans_put(&s, start[z], f[z]);
+            rc = kw__rans_put(&s, which, start[z], f[z]);
         } else {
-            rc = kw__rans_put(&s, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ);
-            if (rc == 0) rc = kw__rans_put(&s, start[256], f[256]);
+            rc = kw__rans_put(&s, which, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ);
+            if (rc == 0) rc = kw__rans_put(&s, which, start[256], f[256]);
         }
     }
-    KW_RETURN_IF(rc != 0 || (size_t)(s.p - s.lim) < 4u, KW_E_BUFFER_TOO_SMALL,
+    KW_RETURN_IF(rc != 0 || (size_t)(s.p - s.lim) < 8u, KW_E_BUFFER_TOO_SMALL,
                  "rANS body: %zu bytes code to more than %zu", n, cap);
-    s.p -= 4;
-    kw_store_le32(s.p, s.x);
+    s.p -= 8;
+    kw_store_le32(s.p, s.x[0]); /* the decoder reads state 0, state 1, then the bytes in the order it needs them */
+    kw_store_le32(s.p + 4, s.x[1]);
     const size_t coded = (size_t)(dst + cap - s.p);
     memmove(w.p, s.p, coded);
     *out = (size_t)(w.p - dst) + coded;
@@ -238,7 +240,7 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
 int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t n) {
     KW_RETURN_IF((!src && stored) || (!dst && n), KW_E_INVALID_ARG, "null argument");
     kw__rans_bit_reader r = {.p = src, .end = src + stored};
-    uint32_t n_entries = 0, mode = 0, f[257] = {0}, start[257];
+    uint32_t n_entries = 0, mode = 0, f[257] = {0};
     KW_FORWARD(kw__rans_get_bits(&r, 8, &n_entries));
     ++n_entries;
     KW_FORWARD(kw__rans_get_bits(&r, 8, &mode));
@@ -257,51 +259,58 @@ int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t
     KW_RETURN_IF(r.acc != 0, KW_E_WIRE_COMPRESSION, "rANS body: the table's padding bits are not zero");
     f[mode] = KW__RANS_TOTAL - sum;
 
-    uint16_t slot_entry[KW__RANS_TOTAL]; /* the table position (256: escape) of each slot */
+    /* per slot: the frequency (bits 0..12), the slot's offset in its entry (bits 13..24), bit 25 for the escape; and
+     * the entry's byte */
+    uint32_t slot_info[KW__RANS_TOTAL];
+    uint8_t slot_byte[KW__RANS_TOTAL];
     uint32_t cum = 0;
     for (uint32_t z = 0; z < n_entries; ++z) {
-        start[z] = cum;
-        for (uint32_t k = 0; k < f[z]; ++k)
-            slot_entry[cum + k] = (uint16_t)z;
+        for (uint32_t k = 0; k < f[z]; ++k) {
+            slot_info[cum + k] = f[z] | k << 13;
+            slot_byte[cum + k] = kw__wire_rans_byte(z);
+        }
         cum += f[z];
     }
-    start[256] = cum;
-    for (uint32_t k = cum; k < KW__RANS_TOTAL; ++k)
-        slot_entry[k] = 256u;
+    for (uint32_t k = 0; cum + k < KW__RANS_TOTAL; ++k) {
+        slot_info[cum + k] = f[256] | k << 13 | 1u << 25;
+        slot_byte[cum + k] = 0;
+    }
 
     const uint8_t *p = r.p, *end = src + stored;
-    KW_RETURN_IF(end - p < 4, KW_E_WIRE_COMPRESSION, "rANS body: no room for the coder state");
-    uint32_t x = kw_load_le32(p);
-    p += 4;
-    KW_RETURN_IF(x < KW__RANS_LOW || x >= KW__RANS_LOW << 8, KW_E_WIRE_COMPRESSION,
-                 "rANS body: initial state %08x out of range", x);
+    KW_RETURN_IF(end - p < 8, KW_E_WIRE_COMPRESSION, "rANS body: no room for the coder's two states");
+    uint32_t x[2] = {kw_load_le32(p), kw_load_le32(p + 4)};
+    p += 8;
+    KW_RETURN_IF(x[0] < KW__RANS_LOW || x[0] >= KW__RANS_LOW << 8 || x[1] < KW__RANS_LOW || x[1] >= KW__RANS_LOW << 8,
+                 KW_E_WIRE_COMPRESSION, "rANS body: initial states %08x %08x out of range", x[0], x[1]);
     for (size_t i = 0; i < n; ++i) {
-        uint32_t slot = x & (KW__RANS_TOTAL - 1u);
-        const unsigned z = slot_entry[slot];
-        const uint32_t fz = f[z];
-        x = fz * (x >> KW__RANS_PROB_BITS) + slot - start[z];
-        while (x < KW__RANS_LOW) {
+        uint32_t *xs = &x[i & 1u], v = *xs;
+        uint32_t slot = v & (KW__RANS_TOTAL - 1u);
+        const uint32_t info = slot_info[slot];
+        v = (info & 0x1fffu) * (v >> KW__RANS_PROB_BITS) + ((info >> 13) & 0xfffu);
+        while (v < KW__RANS_LOW) {
             KW_RETURN_IF(p == end, KW_E_WIRE_COMPRESSION, "rANS body: the stream ends after %zu of %zu bytes", i, n);
-            x = (x << 8) | *p++;
+            v = (v << 8) | *p++;
         }
-        if (z < 256u) {
-            dst[i] = kw__wire_rans_byte(z);
+        if (!(info >> 25)) {
+            *xs = v;
+            dst[i] = slot_byte[slot];
             continue;
         }
-        slot = x & (KW__RANS_TOTAL - 1u);
+        slot = v & (KW__RANS_TOTAL - 1u);
         const uint32_t b = slot / KW__RANS_RAW_FREQ;
         KW_RETURN_IF(kw__wire_rans_rank((uint8_t)b) < n_entries, KW_E_WIRE_COMPRESSION,
                      "rANS body: byte %zu escapes %02x, which has a table entry", i, b);
-        x = KW__RANS_RAW_FREQ * (x >> KW__RANS_PROB_BITS) + slot - b * KW__RANS_RAW_FREQ;
-        while (x < KW__RANS_LOW) {
+        v = KW__RANS_RAW_FREQ * (v >> KW__RANS_PROB_BITS) + slot - b * KW__RANS_RAW_FREQ;
+        while (v < KW__RANS_LOW) {
             KW_RETURN_IF(p == end, KW_E_WIRE_COMPRESSION, "rANS body: the stream ends after %zu of %zu bytes", i, n);
-            x = (x << 8) | *p++;
+            v = (v << 8) | *p++;
         }
+        *xs = v;
         dst[i] = (uint8_t)b;
     }
     KW_RETURN_IF(p != end, KW_E_WIRE_COMPRESSION, "rANS body: %zu stored bytes left after %zu bytes", (size_t)(end - p),
                  n);
-    KW_RETURN_IF(x != KW__RANS_LOW, KW_E_WIRE_COMPRESSION, "rANS body: the coder ends in state %08x, not %08x", x,
-                 KW__RANS_LOW);
+    KW_RETURN_IF(x[0] != KW__RANS_LOW || x[1] != KW__RANS_LOW, KW_E_WIRE_COMPRESSION,
+                 "rANS body: the coder ends in states %08x %08x, not %08x", x[0], x[1], KW__RANS_LOW);
     return 0;
 }

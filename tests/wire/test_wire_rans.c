@@ -65,7 +65,7 @@ static void test_round_trips(void **state) {
     enum { N = 20000 };
     uint8_t *b = wt_xmalloc(N);
     wt_rng r = {0x7a05};
-    assert_true(round_trip(b, 0, "empty") <= 8);
+    assert_true(round_trip(b, 0, "empty") <= 12);
     b[0] = 0x80;
     round_trip(b, 1, "one byte, -128");
     memset(b, 0x05, N);
@@ -138,21 +138,24 @@ static void put_table(bits_out *w, unsigned n_entries, unsigned mode, uint32_t e
     pad(w);
 }
 
-/* rANS symbols (start, freq) coded last to first, appended to w after the table: the stream a decoder reads. */
-static void put_symbols(bits_out *w, const uint32_t (*sym)[2], size_t n) {
+/* rANS symbols (start, freq, state) coded last to first by two states, appended to w after the table: the states
+ * (0, then 1) and the stream a decoder reads. */
+static void put_symbols(bits_out *w, const uint32_t (*sym)[3], size_t n) {
     uint8_t rev[4096];
     size_t k = 0;
-    uint32_t x = LOW;
+    uint32_t x[2] = {LOW, LOW};
     for (size_t i = n; i-- > 0;) {
         const uint32_t start = sym[i][0], freq = sym[i][1];
-        while (x >= ((LOW >> 12) << 8) * freq) {
-            rev[k++] = (uint8_t)x;
-            x >>= 8;
+        uint32_t *xs = &x[sym[i][2]];
+        while (*xs >= ((LOW >> 12) << 8) * freq) {
+            rev[k++] = (uint8_t)*xs;
+            *xs >>= 8;
         }
-        x = ((x / freq) << 12) + x % freq + start;
+        *xs = ((*xs / freq) << 12) + *xs % freq + start;
     }
-    kw_store_le32(w->b + w->n, x);
-    w->n += 4;
+    kw_store_le32(w->b + w->n, x[0]);
+    kw_store_le32(w->b + w->n + 4, x[1]);
+    w->n += 8;
     while (k)
         w->b[w->n++] = rev[--k];
 }
@@ -165,7 +168,7 @@ static void test_definition(void **state) {
     wt_rng r = {0xdef};
     enum { N = 600 };
     uint8_t want[N], got[N];
-    uint32_t sym[2 * N][2];
+    uint32_t sym[2 * N][3];
     size_t n_sym = 0;
     for (size_t i = 0; i < N; ++i) {
         const uint32_t u = wt_below(&r, 16);
@@ -173,30 +176,33 @@ static void test_definition(void **state) {
         if (z < 3) {
             want[i] = kw__wire_rans_byte(z);
             sym[n_sym][0] = start[z];
-            sym[n_sym++][1] = z ? f[z] : 2048;
-        } else { /* an escape: any byte of rank >= 3, 8 raw bits */
+            sym[n_sym][1] = z ? f[z] : 2048;
+            sym[n_sym++][2] = i & 1; /* byte i: state i % 2 */
+        } else {                     /* an escape: any byte of rank >= 3, 8 raw bits */
             want[i] = (uint8_t)(2 + wt_below(&r, 250));
             sym[n_sym][0] = esc_start;
-            sym[n_sym++][1] = esc;
+            sym[n_sym][1] = esc;
+            sym[n_sym++][2] = i & 1;
             sym[n_sym][0] = want[i] * 16u;
-            sym[n_sym++][1] = 16;
+            sym[n_sym][1] = 16;
+            sym[n_sym++][2] = i & 1;
         }
     }
     bits_out w = {0};
     put_table(&w, 3, 0, esc, f);
-    put_symbols(&w, (const uint32_t(*)[2])sym, n_sym);
+    put_symbols(&w, (const uint32_t(*)[3])sym, n_sym);
     assert_int_equal(kw__wire_rans_decode(w.b, w.n, got, N), 0);
     assert_memory_equal(got, want, N);
 
     /* an escape of a byte that has a table entry (1, rank 2) */
     bits_out e = {0};
-    const uint32_t bad[2][2] = {{esc_start, esc}, {1u * 16u, 16}};
+    const uint32_t bad[2][3] = {{esc_start, esc, 0}, {1u * 16u, 16, 0}};
     put_table(&e, 3, 0, esc, f);
     put_symbols(&e, bad, 2);
     assert_int_equal(kw__wire_rans_decode(e.b, e.n, got, 1), KW_E_WIRE_COMPRESSION);
     /* the same escape of byte 3 (rank 6) decodes */
     bits_out g = {0};
-    const uint32_t good[2][2] = {{esc_start, esc}, {3u * 16u, 16}};
+    const uint32_t good[2][3] = {{esc_start, esc, 0}, {3u * 16u, 16, 0}};
     put_table(&g, 3, 0, esc, f);
     put_symbols(&g, good, 2);
     assert_int_equal(kw__wire_rans_decode(g.b, g.n, got, 1), 0);
@@ -212,7 +218,7 @@ static void expect_refused(const bits_out *w, size_t n, const char *what) {
 static void test_malformed(void **state) {
     (void)state;
     const uint32_t f[4] = {0, 1024, 768, 0};
-    const uint32_t ok_sym[1][2] = {{0, 2048}};
+    const uint32_t ok_sym[1][3] = {{0, 2048, 0}};
     bits_out w;
 
     w = (bits_out){0}; /* the implied entry past the table */
@@ -236,14 +242,14 @@ static void test_malformed(void **state) {
     w = (bits_out){0}; /* frequencies that leave nothing for the implied entry */
     const uint32_t full[3] = {0, 3840, 256};
     put_table(&w, 3, 0, 0, full);
-    put_symbols(&w, (const uint32_t[1][2]){{3840, 256}}, 1);
+    put_symbols(&w, (const uint32_t[1][3]){{3840, 256, 0}}, 1);
     expect_refused(&w, 1, "sum 4096 without the implied entry");
 
     w = (bits_out){0}; /* an escape with all 256 values in the table */
     uint32_t all[256] = {0};
     all[1] = 16;
     put_table(&w, 256, 0, 16, all);
-    put_symbols(&w, (const uint32_t[1][2]){{0, 4064}}, 1);
+    put_symbols(&w, (const uint32_t[1][3]){{0, 4064, 0}}, 1);
     expect_refused(&w, 1, "escape beside a full table");
 
     w = (bits_out){0}; /* padding bits set */
@@ -251,14 +257,27 @@ static void test_malformed(void **state) {
     put_bits(&w, 0, 8);
     put_freq(&w, 0);
     put_bits(&w, 1, 4);
-    put_symbols(&w, (const uint32_t[1][2]){{0, 4096}}, 1);
+    put_symbols(&w, (const uint32_t[1][3]){{0, 4096, 0}}, 1);
     expect_refused(&w, 1, "padding bits");
 
-    w = (bits_out){0}; /* an initial state below the coder's range */
+    w = (bits_out){0}; /* an initial state below the coder's range, then one at 2^31 */
     put_table(&w, 3, 0, 256, f);
-    kw_store_le32(w.b + w.n, LOW - 1);
-    w.n += 4;
+    kw_store_le32(w.b + w.n, LOW);
+    kw_store_le32(w.b + w.n + 4, LOW - 1);
+    w.n += 8;
     expect_refused(&w, 0, "state below 2^23");
+    kw_store_le32(w.b + w.n - 8, 0x80000000u);
+    kw_store_le32(w.b + w.n - 4, LOW);
+    expect_refused(&w, 0, "state 2^31");
+    kw_store_le32(w.b + w.n - 8, LOW); /* both in range: an empty body */
+    uint8_t none[1];
+    assert_int_equal(kw__wire_rans_decode(w.b, w.n, none, 0), 0);
+
+    w = (bits_out){0}; /* one state only */
+    put_table(&w, 3, 0, 256, f);
+    kw_store_le32(w.b + w.n, LOW);
+    w.n += 4;
+    expect_refused(&w, 0, "one state");
 
     w = (bits_out){0}; /* the table cut short */
     put_table(&w, 3, 0, 256, f);
@@ -269,7 +288,7 @@ static void test_malformed(void **state) {
     put_table(&w, 3, 0, 256, f);
     expect_refused(&w, 0, "no state");
 
-    /* a valid stream of 8 symbols: every single-bit flip is refused or decodes to 8 bytes, never more (ASan) */
+    /* a valid stream of 200 bytes: every single-bit flip is refused or decodes to 200 bytes, never more (ASan) */
     uint8_t src[200], coded[1024], out[200];
     wt_rng r = {0xf11b};
     for (size_t i = 0; i < sizeof src; ++i)

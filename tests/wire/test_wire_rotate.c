@@ -12,6 +12,7 @@
 #include <math.h>
 
 #include "common/kw_half.h"
+#include "tests/wire/wire_mutate.h"
 #include "tests/wire/wire_test_util.h"
 #include "wire/kw_wire.h"
 
@@ -327,10 +328,63 @@ static void test_refusals(void **state) {
     kw_wire_encoder_destroy(e);
 }
 
+/* Valid codes and scales can still decode past the largest bf16 once rotated back (the inverse adds up D values):
+ * K's int8 codes all 127 under scales of M / 127 decode to y = M in every channel, whose butterflies sum to 16 M at
+ * D = 16 before the factor 2^-2. M = 1e38 overflows f32 there (FORMAT.md §5.12's arithmetic: the result is not finite)
+ * and is refused with KW_E_WIRE_VALUE for f32 and bf16 output, on the row path and the general path (an outlier
+ * table), on every ISA; M = 2e37 (x_0 = 8e37, 7.5e37 with the outlier) decodes. Found by the fuzzer (2026-12-07). */
+static void test_rotated_past_bf16(void **state) {
+    (void)state;
+    enum { OH = 1, OD = 16, OT = 2 };
+    float x[OH * OT * OD];
+    wt_rng r = {0x0ff};
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; ++i)
+        x[i] = wt_bell(&r);
+    const kw_wire_header hdr = wt_one_section_header(OH, OD, OT, KW_WIRE_VERSION_1_1);
+    const kw_wire_codec_spec q8 = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0};
+    for (int outliers = 0; outliers < 2; ++outliers)
+        for (int big = 0; big < 2; ++big) {
+            const kw_wire_policy pol = {.k = q8, .v = q8, .rotate = 3, .outliers = (uint32_t)outliers};
+            uint8_t *blob = NULL;
+            size_t size = 0;
+            assert_int_equal(wt_encode_same_kv(&hdr, x, &pol, 0, &blob, &size, NULL), 0);
+            wm_blob b = {.data = blob, .size = size, .n = 1, .sec = {KW_WIRE_HEADER_BYTES}};
+            b.body[0] = KW_WIRE_HEADER_BYTES + KW_WIRE_SECTION_HEAD_BYTES + KW_WIRE_GROUP_DESC_BYTES;
+            b.trailer = size - KW_WIRE_TRAILER_BYTES;
+            kw_wire_reader *rd = NULL;
+            const kw_wire_header *h = NULL;
+            const kw_wire_section *sec = NULL;
+            assert_int_equal(kw_wire_reader_open(blob, size, NULL, &rd, &h), 0);
+            assert_true(kw_wire_reader_next(rd, &sec) > 0);
+            const size_t scales = (size_t)(sec->groups[0].k.scales - blob),
+                         codes = (size_t)(sec->groups[0].k.codes - blob);
+            kw_wire_reader_close(rd);
+            const float s = (big ? 1e38f : 2e37f) / 127.0f;
+            for (uint32_t t = 0; t < OH * OT; ++t)
+                memcpy(blob + scales + 4 * t, &s, 4);
+            memset(blob + codes, 127, (size_t)OH * OT * OD);
+            wm_seal_all(&b, blob, size);
+            static const uint8_t isas[] = {KW_WIRE_ISA_SCALAR, KW_WIRE_ISA_AVX2, KW_WIRE_ISA_AVX512};
+            for (size_t j = 0; j < sizeof isas; ++j) {
+                const kw_wire_decoder_options opt = {.isa = isas[j]};
+                wt_blob_out o = {0};
+                const int rc = wt_decode_oneshot(blob, size, &opt, &o);
+                if (rc != (big ? KW_E_WIRE_VALUE : 0))
+                    fail_msg("outliers %d, M %s, isa %u: %s (%s)", outliers, big ? "1e38" : "2e37", isas[j],
+                             kw_status_name(rc), kw_error_detail());
+                if (!big) assert_true(fabsf(o.layers[0].k[0]) > 7e37f && fabsf(o.layers[0].k[0]) < 8.1e37f);
+                wt_blob_out_free(&o);
+            }
+            free(blob);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_transform),   cmocka_unit_test(test_oracle),      cmocka_unit_test(test_oracle_blocks),
-        cmocka_unit_test(test_bf16_source), cmocka_unit_test(test_error_drops), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_transform),         cmocka_unit_test(test_oracle),
+        cmocka_unit_test(test_oracle_blocks),     cmocka_unit_test(test_bf16_source),
+        cmocka_unit_test(test_error_drops),       cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_rotated_past_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
