@@ -333,6 +333,7 @@ static void kw__rd_add_policy(cJSON *k, const kw_rd_job *j) {
     if (s->qmax_k) cJSON_AddNumberToObject(p, "qmax_k", s->qmax_k);
     if (s->qmax_v) cJSON_AddNumberToObject(p, "qmax_v", s->qmax_v);
     cJSON_AddNumberToObject(p, "zstd", s->zstd_level);
+    if (s->rans) cJSON_AddBoolToObject(p, "rans", 1);
     if (j->layers_sent)
         cJSON_AddItemToObject(p, "layers", kw__rd_ids_json(j->layers_sent, j->n_layers_sent));
     else

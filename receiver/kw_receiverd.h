@@ -60,7 +60,7 @@ typedef struct kw_receiverd_config {
     int32_t n_fusers;
     int64_t sharer_request_timeout_ms, sharer_connect_timeout_ms, sharer_reconnect_ms, sharer_inbox_bytes;
     /* defaults of the kvwire request object (docs/HTTP_API.md §5.1) */
-    int def_mode, def_selection, def_order, def_fusion;
+    int def_mode, def_selection, def_order, def_fusion, def_rans;
     double def_proportion, def_cache_proportion;
     int64_t def_min_tokens, def_seed, def_zstd;
     char *def_codec, *def_granularity, *def_scale;

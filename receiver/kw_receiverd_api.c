@@ -417,6 +417,9 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
                 KW_FORWARD(kw__rd_int(e, f, "kvwire.policy.zstd", -7, 22, &x));
                 s->zstd_level = (int)x;
             }
+        } else if (strcmp(k, "rans") == 0) {
+            if (!cJSON_IsBool(f)) return KW__RD_BAD(e, "kvwire.policy.rans: a boolean is expected");
+            s->rans = cJSON_IsTrue(f);
         } else if (strcmp(k, "layers") == 0) {
             int64_t n = 0;
             KW_FORWARD(kw__rd_ids(e, f, "kvwire.policy.layers", 1024, 1024, &s->layers, &n));
@@ -744,6 +747,7 @@ static int kw__rd_defaults(kw__rd_err *e, const kw_receiverd_config *cfg, kw_rd_
     KW_FORWARD(kw__rd_strdup(e, cfg->def_granularity ? cfg->def_granularity : "token", &s->granularity));
     KW_FORWARD(kw__rd_strdup(e, cfg->def_scale ? cfg->def_scale : "f32", &s->scale));
     s->zstd_level = (int)cfg->def_zstd;
+    s->rans = cfg->def_rans != 0;
     s->cache_proportion = cfg->def_cache_proportion;
     s->order = cfg->def_order ? KW_FUSION_BACK : KW_FUSION_FRONT;
     s->fusion = cfg->def_fusion ? KW_FUSION_PARALLEL : KW_FUSION_SEQUENTIAL;

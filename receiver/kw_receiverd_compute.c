@@ -307,6 +307,7 @@ static int kw__rd_send_request(kw_receiverd *d, kw_rd_job *j, const char *questi
         p.n_skip_ranked = n_skip;
         p.zstd = s->zstd_level != 0;
         p.zstd_level = s->zstd_level;
+        p.rans = s->rans;
         p.budget_bytes = (uint64_t)s->budget_bytes;
         for (int i = 0; i < s->n_budget_codecs; ++i) {
             budget_codecs[i] = kw__rd_codec(&s->budget_codecs[i]);

@@ -101,6 +101,7 @@ typedef struct kw_rd_spec {
     uint8_t clip;           /* bit 0 K, bit 1 V: clipped scales, an encoder choice ("clip": "k", "v", "kv", "none") */
     uint8_t qmax_k, qmax_v; /* code limits of K and V, an encoder choice ("qmax_k", "qmax_v": 1..255; 0: none) */
     int zstd_level;
+    bool rans; /* KVWire v1.1: section bodies coded by the static rANS byte coder where smaller (FORMAT.md §5.15) */
     int64_t budget_bytes; /* a cap on the request's blobs (HTTP_API.md §5.1 budget_bytes); 0: none */
     kw_wire_codec_spec budget_codecs[KW_WIRE_ALLOC_MAX_CODECS]; /* with a cap: the allocator's choices */
     int n_budget_codecs;

@@ -384,6 +384,7 @@ static void kw__sd_options(const kw_sharerd *d, const Kwctl__ShareRequest *req, 
     wire->clip = (uint8_t)p->clip_scales;          /* checked: 0..3 */
     wire->code_limit_k = (uint8_t)p->code_limit_k; /* checked: 0..255 */
     wire->code_limit_v = (uint8_t)p->code_limit_v;
+    wire->rans = p->rans ? 1 : 0; /* the rANS body coder (FORMAT.md §5.15): v1.1 blobs, the preview's too */
     for (size_t i = 0; i < p->n_schedule; ++i) { /* the protocol checked the bits (0..3) and limits (0..255) */
         const Kwctl__LayerPolicy *l = p->schedule[i];
         overrides[i] = (kw_share_layer_codec){.layer = l->layer,

@@ -250,6 +250,12 @@ static void test_policy(void **state) {
     accept_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\"}}", false, &s);
     assert_true(s.cache_layout);
     kw_rd_spec_free(&s);
+    /* the entropy coders change no codec: zstd and rANS with the cache layout */
+    accept_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\", \"zstd\": 3, \"rans\": "
+                  "true}}",
+                  false, &s);
+    assert_true(s.cache_layout && s.rans && s.zstd_level == 3);
+    kw_rd_spec_free(&s);
     refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"cache\"}}", false, "kv_direct");
     refuse_fields("\"kvwire\": {\"mode\": \"kv_direct\", \"policy\": {\"codec\": \"cache\", \"value_codec\": "
                   "\"int4\"}}",
@@ -291,6 +297,29 @@ static void test_policy(void **state) {
     refuse_fields("\"kvwire\": {\"policy\": {\"qmax_k\": 4, \"budget_bytes\": 5000}}", false, "qmax");
     refuse_fields("\"kvwire\": {\"policy\": {\"schedule\": [{\"layers\": [0, 1], \"qmax_v\": 300}]}}", false,
                   "schedule.qmax_v");
+    /* the rANS body coder (FORMAT.md §5.15): a boolean, beside zstd, with a byte cap too; the server's default
+     * (defaults.rans) until a request says otherwise */
+    accept_fields("\"kvwire\": {\"policy\": {\"codec\": \"int8\", \"zstd\": 19, \"rans\": true}}", false, &s);
+    assert_true(s.rans);
+    assert_int_equal(s.zstd_level, 19);
+    kw_rd_spec_free(&s);
+    accept_fields("\"kvwire\": {\"policy\": {\"rans\": true, \"budget_bytes\": 5000}}", false, &s);
+    assert_true(s.rans && s.budget_bytes == 5000);
+    kw_rd_spec_free(&s);
+    accept_fields("", false, &s);
+    assert_false(s.rans);
+    kw_rd_spec_free(&s);
+    server_config.def_rans = 1;
+    accept_fields("", false, &s);
+    assert_true(s.rans);
+    kw_rd_spec_free(&s);
+    accept_fields("\"kvwire\": {\"policy\": {\"rans\": false}}", false, &s);
+    assert_false(s.rans);
+    kw_rd_spec_free(&s);
+    server_config.def_rans = 0;
+    refuse_fields("\"kvwire\": {\"policy\": {\"rans\": 1}}", false, "kvwire.policy.rans: a boolean");
+    refuse_fields("\"kvwire\": {\"policy\": {\"rans\": \"true\"}}", false, "kvwire.policy.rans: a boolean");
+    refuse_fields("\"kvwire\": {\"policy\": {\"rans\": null}}", false, "kvwire.policy.rans: a boolean");
     refuse_fields("\"kvwire\": {\"policy\": {\"value_codec\": \"int2-asym\", \"value_granularity\": \"channel3\"}}",
                   false, "value_codec");
     refuse_fields("\"kvwire\": {\"policy\": {\"codec\": \"int4\", \"granularity\": \"group2\"}}", false,

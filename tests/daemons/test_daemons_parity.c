@@ -156,6 +156,17 @@ static const parity_case cases[] = {
     {"c2c: a code limit on clipped rotated int8 V under zstd", true,
      CHAT_BODY("{\"policy\":{\"codec\":\"int8\",\"rotate\":\"v\",\"clip\":\"v\",\"qmax_v\":4,\"zstd\":3}}"),
      "--wire int8 --wire-rotate v --wire-clip v --wire-qmax-v 4 --wire-zstd 3", true, true},
+    {"c2c v1.1: rANS-coded int8 bodies within +-12 / +-4", true,
+     CHAT_BODY("{\"policy\":{\"codec\":\"int8\",\"qmax_k\":12,\"qmax_v\":4,\"rans\":true}}"),
+     "--wire int8 --wire-qmax-k 12 --wire-qmax-v 4 --wire-rans", true, true},
+    {"kv_direct: rANS or zstd 3, whichever is smaller, over int8 code limits", true,
+     CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"granularity\":\"token\",\"zstd\":3,"
+               "\"rans\":true,\"qmax_k\":12,\"qmax_v\":4}}"),
+     "--mode kv_direct --wire int8 --wire-gran token --wire-zstd 3 --wire-rans --wire-qmax-k 12 --wire-qmax-v 4", true,
+     true},
+    {"c2c vnorm budget 3000 bytes, rans on (v1.1 blobs; the cap takes it)", true,
+     CHAT_BODY("{\"policy\":{\"selection\":\"vnorm_topk\",\"budget_bytes\":3000,\"rans\":true}}"),
+     "--select vnorm_topk --budget-bytes 3000 --wire-rans", true, true},
     {"kv_direct int4 vnorm_topk", true,
      CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"selection\":\"vnorm_topk\",\"proportion\":0.5,\"codec\":"
                "\"int4\"}}"),
@@ -242,6 +253,48 @@ static void test_code_limit(void **state) {
     kwd_response_free(&own);
     kwd_response_free(&plain);
     kwd_response_free(&limited);
+}
+
+/* The rANS body coder (FORMAT.md §5.15) is applied, not only passed along: the blob of an int8 request with code
+ * limits is smaller with it, its sections count as coded, and the tokens are those of the request without it (the
+ * coder is lossless). With zstd too each section keeps the smaller coding: the blob is at most either coder's alone.
+ * (The limits make the codes worth coding: on the tiny models' full-range int8 codes the coder's table does not pay
+ * for itself and every section is stored as it is.) */
+static void test_rans(void **state) {
+    (void)state;
+#define RANS_BODY(extra)                                                                                               \
+    CHAT_BODY("{\"mode\":\"kv_direct\",\"policy\":{\"codec\":\"int8\",\"qmax_k\":12,\"qmax_v\":4" extra "}}")
+    static const char *const bodies[4] = {RANS_BODY(""), RANS_BODY(",\"rans\":true"), RANS_BODY(",\"zstd\":19"),
+                                          RANS_BODY(",\"zstd\":19,\"rans\":true")};
+#undef RANS_BODY
+    kwd_response r[4];
+    double blob[4];
+    int32_t ids[4][64];
+    int n_ids[4];
+    for (int i = 0; i < 4; ++i) {
+        kwd_http(kwd_receiver.port, "/v1/chat/completions", bodies[i], &r[i]);
+        if (r[i].status != 200) fail_msg("request %d: HTTP %ld: %s", i, r[i].status, r[i].body);
+        blob[i] = kwd_json_num(r[i].json, "kvwire.bytes.blob");
+        n_ids[i] = kwd_json_ids(kwd_json_get(r[i].json, "kvwire.completion_ids"), ids[i], 64);
+        assert_true(n_ids[i] > 0);
+        if (n_ids[i] != n_ids[0] || memcmp(ids[i], ids[0], (size_t)n_ids[0] * sizeof ids[0][0]) != 0)
+            fail_msg("request %d generated other tokens than the one without an entropy coder:\n%s\n%s", i, r[i].body,
+                     r[0].body);
+    }
+    const double sections = kwd_json_num(r[1].json, "kvwire.codec.sections");
+    assert_true(sections >= 1);
+    assert_true(kwd_json_num(r[0].json, "kvwire.codec.compressed_sections") == 0);
+    if (!(blob[1] > 0 && blob[1] < blob[0])) fail_msg("blob of %.0f bytes with rANS, %.0f without", blob[1], blob[0]);
+    if (!(kwd_json_num(r[1].json, "kvwire.codec.compressed_sections") == sections))
+        fail_msg("%.0f of %.0f sections rANS-coded", kwd_json_num(r[1].json, "kvwire.codec.compressed_sections"),
+                 sections);
+    if (!(blob[3] <= blob[1] && blob[3] <= blob[2]))
+        fail_msg("rANS and zstd 19: %.0f bytes; rANS alone %.0f, zstd alone %.0f", blob[3], blob[1], blob[2]);
+    assert_true(cJSON_IsTrue(kwd_json_get(r[1].json, "kvwire.policy.rans")));
+    assert_true(cJSON_IsTrue(kwd_json_get(r[3].json, "kvwire.policy.rans")));
+    assert_null(kwd_json_get(r[0].json, "kvwire.policy.rans"));
+    for (int i = 0; i < 4; ++i)
+        kwd_response_free(&r[i]);
 }
 
 /* max_tokens 0 with echo: the prompt comes back, nothing is generated. */
@@ -428,15 +481,11 @@ static void test_small_inbox(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parity),
-        cmocka_unit_test(test_parity_fp32),
-        cmocka_unit_test(test_layers),
-        cmocka_unit_test(test_code_limit),
-        cmocka_unit_test(test_echo_only),
-        cmocka_unit_test(test_stream),
-        cmocka_unit_test(test_logprobs_and_forcing),
-        cmocka_unit_test(test_small_inbox),
-        cmocka_unit_test(test_logprobs_token_ids),
+        cmocka_unit_test(test_parity),      cmocka_unit_test(test_parity_fp32),
+        cmocka_unit_test(test_layers),      cmocka_unit_test(test_code_limit),
+        cmocka_unit_test(test_rans),        cmocka_unit_test(test_echo_only),
+        cmocka_unit_test(test_stream),      cmocka_unit_test(test_logprobs_and_forcing),
+        cmocka_unit_test(test_small_inbox), cmocka_unit_test(test_logprobs_token_ids),
     };
     return cmocka_run_group_tests(tests, kwd_pair_setup, kwd_pair_teardown);
 }

@@ -185,6 +185,7 @@ static void test_share_request(void **state) {
     assert_int_equal(g->policy->selection, KWCTL__SELECTION__SELECTION_KNORM_TOPK);
     assert_true(g->policy->proportion == 0.5);
     assert_int_equal(g->policy->zstd_level, -3);
+    assert_false(g->policy->rans); /* absent: zstd alone */
     assert_int_equal(g->policy->v->group_size, 32);
     assert_int_equal(g->policy->schedule[0]->layer, 5);
     assert_int_equal(g->policy->min_tokens, 2);
@@ -309,6 +310,16 @@ static void test_share_request(void **state) {
     p.code_limit_k = 300;
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.code_limit_k = 0, p.code_limit_v = 0;
+    p.rans = true; /* the rANS body coder (FORMAT.md §5.15), beside zstd: field 24 */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->rans);
+    assert_int_equal(((Kwctl__ShareRequest *)m)->policy->zstd_level, -3);
+    kw_proto_message_free(m);
+    p.zstd = 0, p.zstd_level = 0; /* or alone */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->rans && !((Kwctl__ShareRequest *)m)->policy->zstd);
+    kw_proto_message_free(m);
+    p.zstd = 1, p.zstd_level = -3, p.rans = false;
     /* the token schedule: one of first, last, positions per entry; no entries that always overlap; codecs needed */
     Kwctl__TokenPolicy t0 = KWCTL__TOKEN_POLICY__INIT, t1 = KWCTL__TOKEN_POLICY__INIT, t2 = KWCTL__TOKEN_POLICY__INIT;
     uint32_t tpos[] = {4, 5, 9};
@@ -365,6 +376,11 @@ static void test_share_request(void **state) {
     p.code_limit_v = 4; /* nor code limits */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.code_limit_v = 0;
+    p.rans = true; /* a byte cap takes the rANS body coder, as it takes zstd: the allocator's bodies are coded */
+    assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), 0);
+    assert_true(((Kwctl__ShareRequest *)m)->policy->rans);
+    kw_proto_message_free(m);
+    p.rans = false;
     p.n_token_schedule = 1; /* nor a token schedule */
     assert_int_equal(roundtrip(KW_PROTO_FRAME_SHARE_REQUEST, &r.base, &m), KW_E_PROTO_FIELD);
     p.n_token_schedule = 0;
