@@ -338,12 +338,13 @@ static int kw_kvstats_parse_token_rule(const char *arg, const char *seg, const c
     if (!omit) KW_FORWARD(kw_kvstats_parse_codec(part, scale, &one));
     KW_RETURN_IF(one.lossless, KW_E_INVALID_ARG,
                  "--codec %s: a token rule needs a wire codec (bf16 for tokens kept at 16 bits), not none", arg);
-    KW_RETURN_IF(one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale ||
-                     one.zstd || one.rans || one.qmax_k || one.qmax_v,
-                 KW_E_INVALID_ARG,
-                 "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @qmax, @center, @zstd and "
-                 "@rans are its layer's",
-                 arg);
+    KW_RETURN_IF(
+        one.outlier_fraction > 0.0 || one.pre_rope || one.rotate || one.clip || one.center || one.qscale || one.zstd ||
+            one.rans || one.qmax_k || one.qmax_v,
+        KW_E_INVALID_ARG,
+        "--codec %s: a token rule takes CODEC:GRAN only; outliers, @prerope, @rot, @clip, @qmax, @center, @zstd and "
+        "@rans are its layer's",
+        arg);
     const kw_kvstats_token_rule base = {.spec = one.spec, .spec_v = one.spec_v, .omit = omit};
     const int pick = kw_kvstats_pick_kind(seg, eq);
     if (pick) {
