@@ -1476,12 +1476,14 @@ int kw_op_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, c
     return backend->iface->wire_outliers_apply(backend, k, v, elems, values, n);
 }
 
-int kw_op_wire_unrotate(kw_backend *backend, kw_tensor *x) {
+int kw_op_wire_unrotate(kw_backend *backend, kw_tensor *x, kw_tensor *bad) {
     static const char op[] = "wire_unrotate";
     KW_CHECK_WIRE_DECODE(op);
     KW_FORWARD(kw_check_rows3(backend, x, op, "x"));
+    KW_FORWARD(kw_check_typed(backend, bad, KW_DTYPE_I32, op, "bad"));
+    KW_RETURN_IF(kw_tensor_nelem(bad) != 1, KW_E_SHAPE, "%s: bad %s is not one value", op, KW_SHAPE(bad));
     const int64_t D = x->ne[2];
     KW_RETURN_IF(D < 2 || D > 1024 || (D & (D - 1)) != 0, KW_E_SHAPE,
                  "%s: x %s: head_dim must be a power of two in 2..1024", op, KW_SHAPE(x));
-    return backend->iface->wire_unrotate(backend, x);
+    return backend->iface->wire_unrotate(backend, x, bad);
 }

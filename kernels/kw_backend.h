@@ -666,8 +666,9 @@ int kw_op_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, c
                               const kw_tensor *values, uint32_t n);
 
 /* Undoes the Hadamard rotation (FORMAT.md §5.12) of every head row of x (T, H, D) f32 in place, D a power of two in
- * 2..1024: wire/kw_wire.h's kw_wire_rotate_rows with inverse 1, bit for bit. */
-int kw_op_wire_unrotate(kw_backend *backend, kw_tensor *x);
+ * 2..1024: wire/kw_wire.h's kw_wire_rotate_rows with inverse 1, bit for bit. bad (one i32, as kw_op_wire_decode's) is
+ * set non-zero if a value comes out not finite or above the largest bf16 (the CPU decoder's KW_E_WIRE_VALUE). */
+int kw_op_wire_unrotate(kw_backend *backend, kw_tensor *x, kw_tensor *bad);
 
 enum kw_act {
     KW_ACT_SILU = 0,      /* x * sigmoid(x) */

@@ -127,7 +127,7 @@ struct kw_backend_i {
                        const kw_tensor *src, size_t offset, kw_tensor *bad);
     int (*wire_outliers_apply)(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
                                const kw_tensor *values, uint32_t n);
-    int (*wire_unrotate)(kw_backend *backend, kw_tensor *x);
+    int (*wire_unrotate)(kw_backend *backend, kw_tensor *x, kw_tensor *bad);
     int (*head_scale_add)(kw_backend *backend, kw_tensor *out, const kw_tensor *base, const kw_tensor *x,
                           const kw_tensor *w, float g);
 };

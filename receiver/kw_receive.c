@@ -563,14 +563,16 @@ static int kw_receive_decode_device(kw_receive *r, const kw_receive_peer *p, con
     }
     if (n_out > 0) KW_FORWARD(kw_op_wire_outliers_apply(be, &k, &v, &r->d_elems, &r->d_values, n_out));
     for (int kv = 0; kv < 2; ++kv)
-        if (sec->rotated & (1u << kv)) KW_FORWARD(kw_op_wire_unrotate(be, kv ? &v : &k));
+        if (sec->rotated & (1u << kv)) KW_FORWARD(kw_op_wire_unrotate(be, kv ? &v : &k, &r->d_bad));
     if (half > 0) KW_FORWARD(kw_op_rope_table(be, &k, &rope));
     int32_t bad = 0;
     KW_FORWARD(kw_backend_download(be, &bad, &r->d_bad, 0, sizeof bad));
     KW_FORWARD(kw_backend_synchronize(be)); /* the staging buffer is reused by the next section */
-    KW_RETURN_IF(bad != 0, KW_E_WIRE_VALUE,
-                 "section %u (layer %u): reserved code or non-finite value in the payload (device decode)",
-                 sec->ordinal, sec->layer);
+    KW_RETURN_IF(
+        bad != 0, KW_E_WIRE_VALUE,
+        "section %u (layer %u): reserved code or non-finite value in the payload, or a value rotated back past "
+        "the largest bf16 (device decode)",
+        sec->ordinal, sec->layer);
     ++r->stats.device_sections;
     *done = 1;
     return 0;

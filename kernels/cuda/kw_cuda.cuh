@@ -264,6 +264,6 @@ int kw__cuda_wire_decode(kw_backend *backend, kw_tensor *out, uint32_t t0, uint3
                          const kw_tensor *src, size_t offset, kw_tensor *bad);
 int kw__cuda_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v, const kw_tensor *elems,
                                  const kw_tensor *values, uint32_t n);
-int kw__cuda_wire_unrotate(kw_backend *backend, kw_tensor *x);
+int kw__cuda_wire_unrotate(kw_backend *backend, kw_tensor *x, kw_tensor *bad);
 
 #endif /* KW_CUDA_CUH */

@@ -661,10 +661,11 @@ __device__ void kw_wire_butterflies(float *xs, uint32_t D) {
 
 /* The inverse Hadamard rotation (FORMAT.md §5.12) of f32 head rows in place, as wire/kw_wire_rotate.c's
  * kw__wire_rotate_row with inverse 1: one block per (token, head) row, the row in shared memory (D floats), the
- * butterflies (kw_wire_butterflies), then x[d] * (s_d * scale), scale = 2^-ceil(m/2). */
+ * butterflies (kw_wire_butterflies), then x[d] * (s_d * scale), scale = 2^-ceil(m/2); *bad set where a value is not
+ * finite or above the largest bf16. */
 #define KW_WIRE_ROT_BLOCK 128
 __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
-    kw_k_wire_unrotate(kw_cuda_wire_dst x, uint32_t H, uint32_t T, uint32_t D, float scale) {
+    kw_k_wire_unrotate(kw_cuda_wire_dst x, uint32_t H, uint32_t T, uint32_t D, float scale, unsigned int *bad) {
     KW_DYNAMIC_SHARED(float, xs);
     const uint64_t rows = (uint64_t)H * T;
     for (uint64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -674,8 +675,11 @@ __global__ void __launch_bounds__(KW_WIRE_ROT_BLOCK)
             xs[d] = p[d];
         __syncthreads();
         kw_wire_butterflies(xs, D);
-        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
-            p[d] = xs[d] * ((float)kw_wire_hadamard_sign(d) * scale);
+        for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+            const float y = xs[d] * ((float)kw_wire_hadamard_sign(d) * scale);
+            p[d] = y;
+            if (!(fabsf(y) <= KW_WIRE_BF16_MAX)) *bad = 1u; /* a race of equal writes */
+        }
         __syncthreads(); /* the next row's loads overwrite xs */
     }
 }
@@ -888,9 +892,10 @@ extern "C" int kw_cuda_wire_outliers_apply(void *stream, const uint32_t *d_elems
     return 0;
 }
 
-extern "C" int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x) {
-    KW_RETURN_IF(!x || !x->d_data || x->dtype != KW__WDT_F32, KW_E_INVALID_ARG,
-                 "wire rotation on the GPU: an f32 output is needed");
+extern "C" int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x,
+                                     unsigned int *d_bad) {
+    KW_RETURN_IF(!x || !x->d_data || x->dtype != KW__WDT_F32 || !d_bad, KW_E_INVALID_ARG,
+                 "wire rotation on the GPU: an f32 output and a flag are needed");
     KW_RETURN_IF(H < 1 || T < 1 || D < 2 || D > 1024 || (D & (D - 1)) != 0, KW_E_INVALID_ARG,
                  "wire rotation on the GPU: bad shape (H %u, T %u, D %u; D a power of two in 2..1024)", H, T, D);
     int m = 0;
@@ -899,7 +904,7 @@ extern "C" int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint3
     /* the decoder's factor 2^-ceil(m/2) (kw__wire_rotate_factors with inverse 1): exact */
     const float scale = 1.0f / (float)(1u << (m - m / 2));
     KW_CUDA_LAUNCH(kw_k_wire_unrotate, kw_opm_grid_blocks((int64_t)H * T, 1), KW_WIRE_ROT_BLOCK, D * sizeof(float),
-                   (cudaStream_t)stream, *x, H, T, D, scale);
+                   (cudaStream_t)stream, *x, H, T, D, scale, d_bad);
     KW_CUDA_LAUNCHED();
     return 0;
 }
@@ -1042,10 +1047,11 @@ int kw__cuda_wire_outliers_apply(kw_backend *backend, kw_tensor *k, kw_tensor *v
                                        (uint32_t)k->ne[1], (uint32_t)k->ne[0], (uint32_t)k->ne[2], &dk, &dv);
 }
 
-int kw__cuda_wire_unrotate(kw_backend *backend, kw_tensor *x) {
+int kw__cuda_wire_unrotate(kw_backend *backend, kw_tensor *x, kw_tensor *bad) {
     KW_CUDA_ENTER(cu, backend);
     const kw_cuda_wire_dst dx = kw_cuda_rows_dst(x, 0);
-    return kw_cuda_wire_unrotate(cu->stream, (uint32_t)x->ne[1], (uint32_t)x->ne[0], (uint32_t)x->ne[2], &dx);
+    return kw_cuda_wire_unrotate(cu->stream, (uint32_t)x->ne[1], (uint32_t)x->ne[0], (uint32_t)x->ne[2], &dx,
+                                 (unsigned int *)bad->data);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

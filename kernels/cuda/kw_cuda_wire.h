@@ -140,10 +140,12 @@ int kw_cuda_wire_decode_tensor(void *stream, const kw_cuda_wire_spec *spec, cons
  *
  * kw_cuda_wire_unrotate undoes the Hadamard rotation (FORMAT.md §5.12) of the f32 rows of x (T tokens of H heads,
  * D a power of two up to 1024) in place, bit for bit wire/kw_wire_rotate.c's (the same butterflies in the same
- * order, the same exact power-of-two factor). */
+ * order, the same exact power-of-two factor), and sets *d_bad (device) non-zero if a value comes out not finite or
+ * above the largest bf16 (the CPU decoder's KW_E_WIRE_VALUE; valid codes can add up past it). */
 int kw_cuda_wire_outliers_apply(void *stream, const uint32_t *d_elems, const float *d_values, uint32_t n, uint32_t H,
                                 uint32_t T, uint32_t D, const kw_cuda_wire_dst *k, const kw_cuda_wire_dst *v);
-int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x);
+int kw_cuda_wire_unrotate(void *stream, uint32_t H, uint32_t T, uint32_t D, const kw_cuda_wire_dst *x,
+                          unsigned int *d_bad);
 
 /* The sharer's side of the rotation: d_out[(h * T + t) * D + d] (f32, H heads of T rows) = row (h, t) of src (the
  * encoder's input view, its gather and t0; dtype bf16, f16 or f32) widened to f32 and, with rotate 1, rotated forward

@@ -966,8 +966,9 @@ static void test_outlier_select(void **state) {
  * device's bytes copied into the section in pinned host memory, finish_section); zstd on for some sections. */
 /* The receiver's last steps: kw_cuda_wire_unrotate equals kw_wire_rotate_rows (inverse) bit for bit for every head_dim
  * 2..1024 (one block per row: the larger ones spread each butterfly stage over the block, with barriers between
- * stages), rows at a token offset t0 of a padded view; kw_cuda_wire_outliers_apply writes exactly the listed elements
- * of K and V (f32, and rounded into bf16), nothing else. */
+ * stages), rows at a token offset t0 of a padded view, its flag left clear; rows whose butterflies add up past f32
+ * (the CPU decoder's KW_E_WIRE_VALUE) set the flag, rows just within it do not; kw_cuda_wire_outliers_apply writes
+ * exactly the listed elements of K and V (f32, and rounded into bf16), nothing else. */
 static void test_decode_rotate_outliers(void **state) {
     (void)state;
     rng r{20251206};
@@ -983,12 +984,25 @@ static void test_decode_rotate_outliers(void **state) {
                 assert_int_equal(
                     kw_wire_rotate_rows(want.data() + (t0 + t) * ts + (size_t)h * (Dr + pad), 1, Dr, Dr, 1), 0);
         dev_buf<float> d(x.data(), n);
+        const unsigned int zero = 0;
+        dev_buf<unsigned int> flag(&zero, 1);
         const kw_cuda_wire_dst dst = {d.p, 3u, (size_t)(Dr + pad), ts, t0};
-        assert_int_equal(kw_cuda_wire_unrotate(nullptr, Hh, T, Dr, &dst), 0);
+        assert_int_equal(kw_cuda_wire_unrotate(nullptr, Hh, T, Dr, &dst, flag.p), 0);
         const std::vector<float> got = d.get();
         for (size_t i = 0; i < n; ++i)
             if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
                 fail_msg("unrotate Dr %u: value %zu: device %.9g, CPU %.9g", Dr, i, got[i], want[i]);
+        assert_int_equal(flag.get()[0], 0);
+    }
+    for (int big = 0; big < 2; ++big) { /* D 16: y = M everywhere sums to 16 M before the factor 2^-2 */
+        const uint32_t Dr = 16;
+        std::vector<float> x(Dr, big ? 1e38f : 2e37f);
+        dev_buf<float> d(x.data(), Dr);
+        const unsigned int zero = 0;
+        dev_buf<unsigned int> flag(&zero, 1);
+        const kw_cuda_wire_dst dst = {d.p, 3u, Dr, Dr, 0};
+        assert_int_equal(kw_cuda_wire_unrotate(nullptr, 1, 1, Dr, &dst, flag.p), 0);
+        assert_int_equal(flag.get()[0] != 0, big);
     }
     /* the sharer's side: kw_cuda_wire_rotate_gather from a bf16 (H, cap, D) cache through a row gather equals the
      * rows widened and rotated forward by kw_wire_rotate_rows; rotate 0 the widened rows */
@@ -1022,7 +1036,8 @@ static void test_decode_rotate_outliers(void **state) {
         }
     }
     const kw_cuda_wire_dst bad = {nullptr, 3u, 12, 12, 0};
-    assert_int_equal(kw_cuda_wire_unrotate(nullptr, 1, 1, 12, &bad), KW_E_INVALID_ARG);
+    unsigned int *no_flag = nullptr;
+    assert_int_equal(kw_cuda_wire_unrotate(nullptr, 1, 1, 12, &bad, no_flag), KW_E_INVALID_ARG);
 
     const uint32_t Hh = 2, T = 7, Dd = 16, nh = Hh * T * Dd;
     for (int bf16 = 0; bf16 < 2; ++bf16) {

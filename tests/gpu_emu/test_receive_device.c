@@ -466,14 +466,21 @@ static void test_c2c_subsets(void **state) {
 }
 
 /* A blob whose tensors are written here (kw_wire_encoder_begin_section, so the checksums are right) with int8 K and
- * V per token (f16 scales 1.0, codes 1) and one reserved code -128 in layer 1's V, or (nan 1) f16 passthrough codes
- * with one f16 NaN there: values only a decoder sees. Both decodes refuse it with KW_E_WIRE_VALUE. */
-static uint8_t *bad_blob(int nan, size_t *len) {
+ * V per token (f16 scales 1.0, codes 1) and one reserved code -128 in layer 1's V; or (kind 1) f16 passthrough codes
+ * with one f16 NaN there; or (kind 2) K and V flagged Hadamard-rotated with f32 scales, layer 1's V all codes 127
+ * under scales of 1e38 / 127, which the inverse butterflies add up past f32 (FORMAT.md §5.12): values only a decoder
+ * sees. Both decodes refuse it with KW_E_WIRE_VALUE. */
+static uint8_t *bad_blob(int kind, size_t *len) {
+    const int nan = kind == 1, rot = kind == 2;
     kw_wire_policy pol;
     memset(&pol, 0, sizeof pol);
-    const char *codec = nan ? "f16" : "int8", *gran = nan ? "none" : "token", *scale = nan ? "none" : "f16";
+    const char *codec = nan ? "f16" : "int8", *gran = nan ? "none" : "token",
+               *scale = nan   ? "none"
+                        : rot ? "f32"
+                              : "f16";
     assert_int_equal(kw_wire_spec_parse_v(codec, gran, scale, KW_WIRE_VERSION_1_1, &pol.k), 0);
     pol.v = pol.k;
+    pol.rotate = rot ? 3 : 0;
     const kw_wire_header hdr = {.n_layers = (uint16_t)E.n_layers,
                                 .n_sections = (uint16_t)E.n_layers,
                                 .n_kv_heads = (uint16_t)E.H,
@@ -503,6 +510,14 @@ static uint8_t *bad_blob(int nan, size_t *len) {
                     p[2 * i] = 0x00, p[2 * i + 1] = 0x3c;
                 if (l == 1 && kv == 1) p[2 * 7] = 0x00, p[2 * 7 + 1] = 0x7e; /* an f16 NaN */
                 p += 2 * vals;
+            } else if (rot) { /* H * T f32 scales (1.0, or 1e38 / 127 in layer 1's V), then the codes */
+                const int big = l == 1 && kv == 1;
+                const float sv = big ? 1e38f / 127.0f : 1.0f;
+                for (size_t i = 0; i < (size_t)E.H * T; ++i)
+                    memcpy(p + 4 * i, &sv, 4);
+                p += 4 * (size_t)E.H * T;
+                memset(p, big ? 127 : 1, vals);
+                p += vals;
             } else { /* H * T f16 scales 1.0, then the codes */
                 for (size_t i = 0; i < (size_t)E.H * T; ++i)
                     p[2 * i] = 0x00, p[2 * i + 1] = 0x3c;
@@ -524,17 +539,19 @@ static uint8_t *bad_blob(int nan, size_t *len) {
 
 static void test_bad_value(void **state) {
     (void)state;
-    for (int nan = 0; nan < 2; ++nan) {
+    if (kw_wire_rotate_log2((uint32_t)E.D) < 0) fail_msg("the test model's head_dim %d is no power of two", E.D);
+    static const char *const kinds[] = {"int8 -128", "f16 NaN", "rotated past f32"};
+    for (int kind = 0; kind < 3; ++kind) {
         size_t len = 0;
-        uint8_t *blob = bad_blob(nan, &len);
+        uint8_t *blob = bad_blob(kind, &len);
         for (int host = 0; host < 2; ++host) {
             kw_kvcache *cache = NULL;
             kw_receive_stats st;
             kw_fusion_result res;
             memset(&st, 0, sizeof st), memset(&res, 0, sizeof res);
             const int rc = receive(E.mg, NULL, 0, blob, len, host, &cache, &st, &res);
-            printf("  %s, %s decode: %s, %d sections on the device\n", nan ? "f16 NaN" : "int8 -128",
-                   host ? "host" : "device", kw_status_name(rc), (int)st.device_sections);
+            printf("  %s, %s decode: %s, %d sections on the device\n", kinds[kind], host ? "host" : "device",
+                   kw_status_name(rc), (int)st.device_sections);
             assert_int_equal(rc, KW_E_WIRE_VALUE);
             assert_int_equal(st.device_sections, host ? 0 : 1); /* layer 0 went through, layer 1 failed */
             kw_fusion_result_free(&res);
