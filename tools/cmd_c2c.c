@@ -1124,6 +1124,8 @@ int kw_cmd_c2c(int argc, char **argv) {
                                    &preview_pol.k));
         preview_pol.v = preview_pol.k;
         preview_pol.index_encoding = KW_WIRE_INDEX_AUTO;
+        preview_pol.zstd_level = wire_pol.zstd_level; /* the body coders, lossless, as sharerd's preview has them */
+        preview_pol.rans = wire_pol.rans;
     }
     const int use_wire = wire_codec || budget_bytes;
     stage = "backend";

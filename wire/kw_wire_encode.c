@@ -1133,6 +1133,7 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
         size_t rsize = 0;
         const int rc = kw__wire_rans_encode(body, (size_t)pd.raw, e->rans_scratch, stored - 1, &rsize);
         KW_RETURN_IF(rc != 0 && rc != KW_E_BUFFER_TOO_SMALL, rc, "rANS coding failed");
+        if (rc != 0) kw_error_clear(); /* not smaller: no failure, so no reason left behind */
         if (rc == 0) {
             stored = rsize;
             coded_flag = KW__SEC_FLAG_RANS;

@@ -8,7 +8,6 @@
  */
 #include "wire/kw_wire_rans.h"
 
-#include <math.h>
 #include <string.h>
 
 #include "common/kw_bytes.h"
@@ -23,6 +22,15 @@
 /* ---------------------------------------------------------------------------------------------------------------
  * The table's frequency code: a 4-bit length e (0 for a zero frequency), then for e <= 4 the e - 1 bits below the
  * leading one (exact), for e > 4 the 3 bits below it (the value (8 | m) << (e - 4)). */
+
+static unsigned kw__rans_bit_length64(uint64_t v) {
+    unsigned e = 0;
+    while (v) {
+        ++e;
+        v >>= 1;
+    }
+    return e;
+}
 
 static unsigned kw__rans_bit_length(uint32_t v) {
     unsigned e = 0;
@@ -112,22 +120,41 @@ static int kw__rans_get_freq(kw__rans_bit_reader *r, uint32_t *f) {
 /* ---------------------------------------------------------------------------------------------------------------
  * Encoder */
 
-/* The table size (entries in rank order) of least estimated total size. */
+/* log2(v) for v >= 1 in units of 2^-16, by integer arithmetic only (the same on every build and libm): the integer
+ * part from the bit length, 16 fraction bits by repeated squaring of the mantissa in [1, 2) held as Q31. */
+static uint64_t kw__rans_log2_q16(uint64_t v) {
+    const unsigned e = kw__rans_bit_length64(v) - 1u;
+    uint64_t m = e >= 31u ? v >> (e - 31u) : v << (31u - e); /* [2^31, 2^32) */
+    uint64_t r = (uint64_t)e << 16;
+    for (unsigned bit = 16; bit-- > 0;) {
+        m = (m * m) >> 31; /* [2^31, 2^33) */
+        if (m >= (1ull << 32)) {
+            m >>= 1;
+            r |= 1ull << bit;
+        }
+    }
+    return r;
+}
+
+/* The table size (entries in rank order) of least estimated total size, in 2^-16 bits: each present byte's count c
+ * at log2(n / c) bits, the escaped bytes at log2(n / escapes) + 8, the table at 7 bits an entry (4 for an absent one)
+ * and 20 more. */
 static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n) {
-    double sym_bits = 0.0, best = INFINITY;
-    uint64_t covered = 0;
-    unsigned table_bits = 16u + 4u, best_z = 256u;
+    const uint64_t log_n = kw__rans_log2_q16(n);
+    uint64_t sym_bits = 0, covered = 0, best = UINT64_MAX;
+    uint64_t table_bits = (uint64_t)(16u + 4u) << 16;
+    unsigned best_z = 256u;
     for (unsigned z = 1; z <= 256u; ++z) {
         const uint32_t c = cnt[z - 1u];
-        table_bits += c ? 7u : 4u;
+        table_bits += (uint64_t)(c ? 7u : 4u) << 16;
         if (c) {
-            sym_bits += (double)c * log2((double)n / (double)c);
+            sym_bits += (uint64_t)c * (log_n - kw__rans_log2_q16(c));
             covered += c;
         }
         if (c == 0 && z < 256u) continue;
         const uint64_t esc = (uint64_t)n - covered;
-        const double esc_bits = esc ? (double)esc * (log2((double)n / (double)esc) + 8.0) : 0.0;
-        const double total = sym_bits + esc_bits + table_bits;
+        const uint64_t esc_bits = esc ? esc * (log_n - kw__rans_log2_q16(esc) + (8ull << 16)) : 0;
+        const uint64_t total = sym_bits + esc_bits + table_bits;
         if (total < best) {
             best = total;
             best_z = z;

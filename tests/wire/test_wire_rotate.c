@@ -331,8 +331,9 @@ static void test_refusals(void **state) {
 /* Valid codes and scales can still decode past the largest bf16 once rotated back (the inverse adds up D values):
  * K's int8 codes all 127 under scales of M / 127 decode to y = M in every channel, whose butterflies sum to 16 M at
  * D = 16 before the factor 2^-2. M = 1e38 overflows f32 there (FORMAT.md §5.12's arithmetic: the result is not finite)
- * and is refused with KW_E_WIRE_VALUE for f32 and bf16 output, on the row path and the general path (an outlier
- * table), on every ISA; M = 2e37 (x_0 = 8e37, 7.5e37 with the outlier) decodes. Found by the fuzzer (2026-12-07). */
+ * and is refused with KW_E_WIRE_VALUE for f32 output and for bf16 output on its own, on the row path and the general
+ * path (an outlier table), on every ISA; M = 2e37 (x_0 = 8e37, 7.5e37 with the outlier) decodes. Found by the fuzzer
+ * (2026-12-07). */
 static void test_rotated_past_bf16(void **state) {
     (void)state;
     enum { OH = 1, OD = 16, OT = 2 };
@@ -374,6 +375,19 @@ static void test_rotated_past_bf16(void **state) {
                              kw_status_name(rc), kw_error_detail());
                 if (!big) assert_true(fabsf(o.layers[0].k[0]) > 7e37f && fabsf(o.layers[0].k[0]) < 8.1e37f);
                 wt_blob_out_free(&o);
+                /* bf16 output on its own (the decode above stops at the f32 output's refusal) */
+                kw_wire_reader *rb = NULL;
+                const kw_wire_header *hb = NULL;
+                const kw_wire_section *sb = NULL;
+                assert_int_equal(kw_wire_reader_open(blob, size, &opt, &rb, &hb), 0);
+                assert_true(kw_wire_reader_next(rb, &sb) > 0);
+                uint16_t kb[OT * OH * OD];
+                const kw_wire_tensor_out ko = {kb, KW_WIRE_DTYPE_BF16, OD, (size_t)OH * OD};
+                const int rcb = kw_wire_section_dequantize(sb, &ko, NULL);
+                kw_wire_reader_close(rb);
+                if (rcb != (big ? KW_E_WIRE_VALUE : 0))
+                    fail_msg("bf16 output, outliers %d, M %s, isa %u: %s", outliers, big ? "1e38" : "2e37", isas[j],
+                             kw_status_name(rcb));
             }
             free(blob);
         }
