@@ -57,14 +57,17 @@ slurm_free_port() {
     fail "no free port"
 }
 
-# slurm_in_node I CMD...: CMD on node I (its namespace and host name when the cluster has several nodes)
+# slurm_in_node I CMD...: CMD on node I (its namespace and host name when the cluster has several nodes), in place of
+# the calling shell (exec), so that the pid of a `slurm_in_node ... &` is the daemon's own and slurm_cluster_stop's
+# TERM reaches it: a one-node cluster's slurmd once outlived its test as the child of a killed subshell. Run it in the
+# background only.
 slurm_in_node() {
     local i=$1
     shift
     if [ ${#slurm_netns[@]} -eq 0 ]; then
-        "$@"
+        exec "$@"
     else
-        ip netns exec "${slurm_netns[$i]}" unshare --uts sh -c 'hostname "$0" && exec "$@"' "${slurm_nodes[$i]}" "$@"
+        exec ip netns exec "${slurm_netns[$i]}" unshare --uts sh -c 'hostname "$0" && exec "$@"' "${slurm_nodes[$i]}" "$@"
     fi
 }
 
