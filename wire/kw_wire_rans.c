@@ -23,16 +23,8 @@
  * The table's frequency code: a 4-bit length e (0 for a zero frequency), then for e <= 4 the e - 1 bits below the
  * leading one (exact), for e > 4 the 3 bits below it (the value (8 | m) << (e - 4)). */
 
-static unsigned kw__rans_bit_length64(uint64_t v) {
-    unsigned e = 0;
-    while (v) {
-        ++e;
-        v >>= 1;
-    }
-    return e;
-}
-
-static unsigned kw__rans_bit_length(uint32_t v) {
+/* The bits v needs (0 for 0). */
+static unsigned kw__rans_bit_length(uint64_t v) {
     unsigned e = 0;
     while (v) {
         ++e;
@@ -123,7 +115,7 @@ static int kw__rans_get_freq(kw__rans_bit_reader *r, uint32_t *f) {
 /* log2(v) for v >= 1 in units of 2^-16, by integer arithmetic only (the same on every build and libm): the integer
  * part from the bit length, 16 fraction bits by repeated squaring of the mantissa in [1, 2) held as Q31. */
 static uint64_t kw__rans_log2_q16(uint64_t v) {
-    const unsigned e = kw__rans_bit_length64(v) - 1u;
+    const unsigned e = kw__rans_bit_length(v) - 1u;
     uint64_t m = e >= 31u ? v >> (e - 31u) : v << (31u - e); /* [2^31, 2^32) */
     uint64_t r = (uint64_t)e << 16;
     for (unsigned bit = 16; bit-- > 0;) {
