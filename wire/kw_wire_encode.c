@@ -30,7 +30,9 @@ struct kw_wire_encoder {
     size_t scratch_cap;
     uint8_t *rans_scratch; /* the rANS coder's output */
     size_t rans_scratch_cap;
-    void *outlier_scratch; /* the outlier selection's scores (kw__wire_outlier_select_scratch) */
+    kw__wire_rans_run *rans_runs; /* the pending section's body as the rANS coder's runs (FORMAT.md §5.15) */
+    size_t rans_runs_cap;         /* bytes */
+    void *outlier_scratch;        /* the outlier selection's scores (kw__wire_outlier_select_scratch) */
     size_t outlier_scratch_cap;
     uint8_t *outlier_mask; /* the chosen outliers of the section being written */
     size_t outlier_mask_cap;
@@ -47,6 +49,7 @@ struct kw_wire_encoder {
         uint64_t outlier_bytes;
         int zstd_level;
         uint8_t rans;
+        size_t n_rans_runs;
     } pending;
 };
 
@@ -227,6 +230,7 @@ void kw_wire_encoder_destroy(kw_wire_encoder *e) {
     ZSTD_freeCCtx(e->zc);
     free(e->scratch);
     free(e->rans_scratch);
+    free(e->rans_runs);
     free(e->outlier_scratch);
     free(e->outlier_mask);
     free(e->rotated);
@@ -1007,9 +1011,9 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
 // Sections
 
 /* Grows *buf (owned by the encoder) to at least need bytes. */
-static int kw__enc_scratch(uint8_t **buf, size_t *cap, size_t need) {
+static int kw__enc_scratch(void **buf, size_t *cap, size_t need) {
     if (*cap >= need && *buf) return 0;
-    uint8_t *p = realloc(*buf, need ? need : 1);
+    void *p = realloc(*buf, need ? need : 1);
     KW_RETURN_IF(!p, KW_E_NOMEM, "coding scratch of %zu bytes", need);
     *buf = p;
     *cap = need;
@@ -1022,12 +1026,7 @@ static int kw__enc_compress(kw_wire_encoder *e, const uint8_t *body, size_t raw,
         e->zc = ZSTD_createCCtx();
         KW_RETURN_IF(!e->zc, KW_E_NOMEM, "ZSTD_createCCtx failed");
     }
-    if (e->scratch_cap < bound) {
-        uint8_t *p = realloc(e->scratch, bound);
-        KW_RETURN_IF(!p, KW_E_NOMEM, "compression scratch of %zu bytes", bound);
-        e->scratch = p;
-        e->scratch_cap = bound;
-    }
+    KW_FORWARD(kw__enc_scratch((void **)&e->scratch, &e->scratch_cap, bound));
     const size_t r = ZSTD_compressCCtx(e->zc, e->scratch, bound, body, raw, level);
     KW_RETURN_IF(ZSTD_isError(r), KW_E_INTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(r));
     *csize = r;
@@ -1077,6 +1076,14 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
     kw_store_le16(p + KW__SEC_N_GROUPS, (uint16_t)n_groups);
     kw__wire_index_write(index_enc, positions, n_tokens, hdr->n_positions, p + table);
 
+    /* the body's runs for the rANS coder: the index block, each tensor's scales, zero points and codes, the
+     * outliers, each its own kind */
+    size_t n_runs = 0;
+    if (pol->rans) {
+        KW_FORWARD(kw__enc_scratch((void **)&e->rans_runs, &e->rans_runs_cap,
+                                   (2u + 6u * (size_t)n_groups) * sizeof *e->rans_runs));
+        e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)index_bytes, .cls = 0};
+    }
     uint64_t scale_bytes = 0, zero_bytes = 0, code_bytes = 0;
     for (uint32_t g = 0; g < n_groups; ++g) {
         const kw_wire_token_group *tg = &groups[g];
@@ -1092,9 +1099,18 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
             const uint64_t sb = kw__wire_scale_block_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
             scale_bytes += sb * (kw_wire_spec_asym(kv_specs[kv]) ? 2u : 1u);
             zero_bytes += kw_wire_spec_asym(kv_specs[kv]) ? sb : 0u;
-            code_bytes += kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
+            const uint64_t cb = kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
+            code_bytes += cb;
+            if (pol->rans) {
+                const uint8_t kind = (uint8_t)(1 + 3 * kv);
+                e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)sb, .cls = kind};
+                e->rans_runs[n_runs++] =
+                    (kw__wire_rans_run){.bytes = kw_wire_spec_asym(kv_specs[kv]) ? (uint32_t)sb : 0u, .cls = kind + 1};
+                e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)cb, .cls = kind + 2};
+            }
         }
     }
+    if (pol->rans) e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)outlier_bytes, .cls = 7};
     e->pending = (struct kw__enc_pending){.dst = p,
                                           .layer = layer,
                                           .n_groups = n_groups,
@@ -1106,7 +1122,8 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
                                           .code_bytes = code_bytes,
                                           .outlier_bytes = outlier_bytes,
                                           .zstd_level = pol->zstd_level,
-                                          .rans = pol->rans};
+                                          .rans = pol->rans,
+                                          .n_rans_runs = n_runs};
     *groups_out = groups;
     return 0;
 }
@@ -1129,9 +1146,10 @@ static int kw__enc_finish(kw_wire_encoder *e, size_t *written) {
     }
     if (pd.rans && stored > 0) {
         /* only a body smaller than the best so far is kept: the coder stops once it would not fit */
-        KW_FORWARD(kw__enc_scratch(&e->rans_scratch, &e->rans_scratch_cap, stored - 1));
+        KW_FORWARD(kw__enc_scratch((void **)&e->rans_scratch, &e->rans_scratch_cap, stored - 1));
         size_t rsize = 0;
-        const int rc = kw__wire_rans_encode(body, (size_t)pd.raw, e->rans_scratch, stored - 1, &rsize);
+        const int rc = kw__wire_rans_encode(body, (size_t)pd.raw, e->rans_runs, pd.n_rans_runs, e->rans_scratch,
+                                            stored - 1, &rsize);
         KW_RETURN_IF(rc != 0 && rc != KW_E_BUFFER_TOO_SMALL, rc, "rANS coding failed");
         if (rc != 0) kw_error_clear(); /* not smaller: no failure, so no reason left behind */
         if (rc == 0) {

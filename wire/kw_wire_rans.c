@@ -1,13 +1,16 @@
-/* kw_wire_rans.c: the static order-0 byte coder of section bodies (docs/FORMAT.md §5.15). The encoder counts the
- * body's bytes, picks how many of the most central signed values get a table entry (the rest are escaped to 8 raw
- * bits), writes the table (each frequency in a 4-bit exponent and up to 3 mantissa bits, the most frequent entry
- * implied so the frequencies sum to exactly 4096) and codes the bytes last to first with two interleaved 32-bit rANS
- * states (byte i by state i % 2, one shared byte stream, so the decoder's two dependency chains overlap); the decoder
- * reads them first to last. Decoding checks everything it reads: the table, each escape, and that the stream
- * ends exactly at the stored size in the encoder's initial state.
+/* kw_wire_rans.c: the static order-0 byte coder of section bodies (docs/FORMAT.md §5.15). The caller names the kind
+ * of each stretch of the body (scales, K codes, V codes, ...); the encoder counts each kind's bytes, merges kinds
+ * while one table costs less than two (and until at most four remain), and for each table picks how many of the
+ * most central signed values get an entry (the rest are escaped to 8 raw bits) and writes it (each frequency in a
+ * 4-bit exponent and up to 3 mantissa bits, the most frequent entry implied so the frequencies sum to exactly 4096).
+ * It codes the bytes last to first with four interleaved 32-bit rANS states (byte i by state i % 4) renormalizing
+ * by 16-bit words into one stream, so the decoder's four dependency chains overlap and each symbol reads at most
+ * one word; the decoder reads them first to last. Decoding checks everything it reads: the run list, the tables,
+ * each escape, and that the stream ends exactly at the stored size in the encoder's initial states.
  */
 #include "wire/kw_wire_rans.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/kw_bytes.h"
@@ -15,7 +18,7 @@
 
 #define KW__RANS_PROB_BITS 12u
 #define KW__RANS_TOTAL     (1u << KW__RANS_PROB_BITS)
-#define KW__RANS_LOW       (1u << 23)              /* the state lives in [LOW, LOW << 8) between symbols */
+#define KW__RANS_LOW       (1u << 16)              /* the state lives in [LOW, 2^32) between symbols */
 #define KW__RANS_RAW_FREQ  (KW__RANS_TOTAL / 256u) /* an escaped byte: 8 bits, uniform */
 #define KW__RANS_FREQ_MAX  3840u /* the largest frequency the table's 4 + 3 bit code holds (15 << 8) */
 
@@ -130,8 +133,8 @@ static uint64_t kw__rans_log2_q16(uint64_t v) {
 
 /* The table size (entries in rank order) of least estimated total size, in 2^-16 bits: each present byte's count c
  * at log2(n / c) bits, the escaped bytes at log2(n / escapes) + 8, the table at 7 bits an entry (4 for an absent one)
- * and 20 more. */
-static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n) {
+ * and 20 more. *cost gets that size. */
+static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n, uint64_t *cost) {
     const uint64_t log_n = kw__rans_log2_q16(n);
     uint64_t sym_bits = 0, covered = 0, best = UINT64_MAX;
     uint64_t table_bits = (uint64_t)(16u + 4u) << 16;
@@ -152,6 +155,7 @@ static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n) {
             best_z = z;
         }
     }
+    *cost = best;
     return best_z;
 }
 
@@ -184,70 +188,239 @@ static void kw__rans_normalize(const uint32_t cnt[256], size_t n, unsigned n_ent
     }
 }
 
+/* ---------------------------------------------------------------------------------------------------------------
+ * The run list: LEB128 varints, at most 5 bytes, no needless continuation byte. */
+
+static int kw__rans_put_varint(uint8_t **p, const uint8_t *end, uint64_t v) {
+    do {
+        if (*p == end) return KW_E_BUFFER_TOO_SMALL;
+        *(*p)++ = (uint8_t)((v & 0x7fu) | (v > 0x7fu ? 0x80u : 0u));
+        v >>= 7;
+    } while (v);
+    return 0;
+}
+
+static int kw__rans_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t r = 0;
+    for (unsigned k = 0;; ++k) {
+        KW_RETURN_IF(*p == end, KW_E_WIRE_COMPRESSION, "rANS body: the run list runs past the stored bytes");
+        KW_RETURN_IF(k == 5u, KW_E_WIRE_COMPRESSION, "rANS body: a run-list number longer than 5 bytes");
+        const uint8_t b = *(*p)++;
+        r |= (uint64_t)(b & 0x7fu) << (7u * k);
+        if (!(b & 0x80u)) {
+            KW_RETURN_IF(k > 0 && b == 0, KW_E_WIRE_COMPRESSION, "rANS body: a run-list number with a needless byte");
+            *v = r;
+            return 0;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Encoder */
+
+typedef struct {
+    uint32_t cnt[256]; /* by rank */
+    uint64_t n;
+    uint64_t cost; /* estimated coded size in 2^-16 bits */
+    unsigned n_entries;
+} kw__rans_hist;
+
+static void kw__rans_hist_cost(kw__rans_hist *h) {
+    h->n_entries = h->n ? kw__rans_choose_entries(h->cnt, (size_t)h->n, &h->cost) : 1u;
+    if (!h->n) h->cost = 0;
+}
+
+/* Merges the classes' histograms into at most KW__WIRE_RANS_MAX_TABLES tables: while more than one is left, the pair
+ * whose merged table is estimated smallest against the two apart is merged if that saves anything (or if there are
+ * still too many tables). table_of[c] gets each class's table, numbered in order of first use by the runs. */
+static unsigned kw__rans_merge(kw__rans_hist *h, unsigned n_cls, const kw__wire_rans_run *runs, size_t n_runs,
+                               unsigned table_of[KW__WIRE_RANS_MAX_CLASSES]) {
+    unsigned owner[KW__WIRE_RANS_MAX_CLASSES]; /* the class whose histogram holds this class's bytes */
+    unsigned alive = 0;
+    for (unsigned c = 0; c < n_cls; ++c) {
+        owner[c] = c;
+        if (h[c].n) {
+            kw__rans_hist_cost(&h[c]);
+            ++alive;
+        }
+    }
+    kw__rans_hist both;
+    while (alive > 1u) {
+        int64_t best_gain = INT64_MIN;
+        unsigned ba = 0, bb = 0;
+        for (unsigned a = 0; a < n_cls; ++a)
+            for (unsigned b = a + 1u; b < n_cls; ++b) {
+                if (!h[a].n || !h[b].n || owner[a] != a || owner[b] != b) continue;
+                for (unsigned z = 0; z < 256u; ++z)
+                    both.cnt[z] = h[a].cnt[z] + h[b].cnt[z];
+                both.n = h[a].n + h[b].n;
+                kw__rans_hist_cost(&both);
+                const int64_t gain = (int64_t)(h[a].cost + h[b].cost) - (int64_t)both.cost;
+                if (gain > best_gain) {
+                    best_gain = gain;
+                    ba = a;
+                    bb = b;
+                }
+            }
+        if (best_gain <= 0 && alive <= KW__WIRE_RANS_MAX_TABLES) break;
+        for (unsigned z = 0; z < 256u; ++z)
+            h[ba].cnt[z] += h[bb].cnt[z];
+        h[ba].n += h[bb].n;
+        kw__rans_hist_cost(&h[ba]);
+        h[bb].n = 0;
+        for (unsigned c = 0; c < n_cls; ++c)
+            if (owner[c] == bb) owner[c] = ba;
+        --alive;
+    }
+    unsigned n_tables = 0, table_of_owner[KW__WIRE_RANS_MAX_CLASSES];
+    for (unsigned c = 0; c < n_cls; ++c)
+        table_of_owner[c] = UINT32_MAX;
+    for (size_t r = 0; r < n_runs; ++r) {
+        const unsigned o = owner[runs[r].cls];
+        if (runs[r].bytes && table_of_owner[o] == UINT32_MAX) table_of_owner[o] = n_tables++;
+    }
+    for (unsigned c = 0; c < n_cls; ++c)
+        table_of[c] = table_of_owner[owner[c]];
+    return n_tables;
+}
+
+typedef struct {
+    uint32_t f[257]; /* by rank; f[256] the escape */
+    uint32_t start[257];
+    unsigned n_entries;
+    unsigned mode;
+} kw__rans_table;
+
+static void kw__rans_table_build(const kw__rans_hist *h, kw__rans_table *t) {
+    t->n_entries = h->n_entries;
+    kw__rans_normalize(h->cnt, (size_t)h->n, t->n_entries, t->f, &t->mode);
+    uint32_t cum = 0;
+    for (unsigned z = 0; z < t->n_entries; ++z) {
+        t->start[z] = cum;
+        cum += t->f[z];
+    }
+    t->start[256] = cum;
+}
+
 typedef struct {
     uint8_t *p;    /* borrowed: the last byte written (the stream grows down) */
-    uint8_t *lim;  /* where the table ends */
-    uint32_t x[2]; /* byte i is coded by state i % 2 */
+    uint8_t *lim;  /* where the tables end */
+    uint32_t x[4]; /* byte i is coded by state i % 4 */
 } kw__rans_state;
 
 static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint32_t freq) {
-    const uint32_t x_max = ((KW__RANS_LOW >> KW__RANS_PROB_BITS) << 8) * freq;
+    const uint64_t x_max = (uint64_t)((KW__RANS_LOW >> KW__RANS_PROB_BITS) << 16) * freq;
     uint32_t x = s->x[which];
-    while (x >= x_max) {
-        if (s->p == s->lim) return KW_E_BUFFER_TOO_SMALL;
-        *--s->p = (uint8_t)x;
-        x >>= 8;
+    if (x >= x_max) { /* one word always brings x below x_max: x < 2^32 and x_max >= 2^20 */
+        if (s->p - s->lim < 2) return KW_E_BUFFER_TOO_SMALL;
+        s->p -= 2;
+        kw_store_le16(s->p, (uint16_t)x);
+        x >>= 16;
     }
     s->x[which] = ((x / freq) << KW__RANS_PROB_BITS) + (x % freq) + start;
     return 0;
 }
 
-int kw__wire_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap, size_t *out) {
-    KW_RETURN_IF((!src && n) || !dst || !out, KW_E_INVALID_ARG, "null argument");
-    uint32_t cnt[256] = {0};
-    for (size_t i = 0; i < n; ++i)
-        cnt[kw__wire_rans_rank(src[i])]++;
-    const unsigned n_entries = n ? kw__rans_choose_entries(cnt, n) : 1u;
-    uint32_t f[257], start[257];
-    unsigned mode = 0;
-    if (n) {
-        kw__rans_normalize(cnt, n, n_entries, f, &mode);
-    } else {
-        memset(f, 0, sizeof f);
-        f[0] = KW__RANS_TOTAL;
+int kw__wire_rans_encode(const uint8_t *src, size_t n, const kw__wire_rans_run *runs, size_t n_runs, uint8_t *dst,
+                         size_t cap, size_t *out) {
+    KW_RETURN_IF((!src && n) || !dst || !out || (!runs && n_runs), KW_E_INVALID_ARG, "null argument");
+    const kw__wire_rans_run whole = {.bytes = (uint32_t)n, .cls = 0};
+    if (!runs) {
+        KW_RETURN_IF(n > UINT32_MAX, KW_E_INVALID_ARG, "a body of %zu bytes", n);
+        runs = &whole;
+        n_runs = 1;
     }
+    kw__rans_hist *h = calloc(KW__WIRE_RANS_MAX_CLASSES, sizeof *h);
+    kw__rans_table *tables = calloc(KW__WIRE_RANS_MAX_TABLES, sizeof *tables);
+    int rc = !h || !tables ? KW_E_NOMEM : 0;
+    size_t covered = 0;
+    for (size_t r = 0; rc == 0 && r < n_runs; ++r) {
+        if (runs[r].cls >= KW__WIRE_RANS_MAX_CLASSES || runs[r].bytes > n - covered) {
+            rc = KW_E_INVALID_ARG;
+            break;
+        }
+        kw__rans_hist *hc = &h[runs[r].cls];
+        for (size_t i = covered; i < covered + runs[r].bytes; ++i)
+            hc->cnt[kw__wire_rans_rank(src[i])]++;
+        hc->n += runs[r].bytes;
+        covered += runs[r].bytes;
+    }
+    if (rc == 0 && covered != n) rc = KW_E_INVALID_ARG;
+    if (rc != 0) {
+        free(h);
+        free(tables);
+        KW_RETURN_IF(rc == KW_E_NOMEM, rc, "rANS coder: out of memory");
+        KW_FAIL(KW_E_INVALID_ARG, "rANS coder: runs that do not cover the %zu bytes, or a class >= %d", n,
+                KW__WIRE_RANS_MAX_CLASSES);
+    }
+    unsigned table_of[KW__WIRE_RANS_MAX_CLASSES];
+    const unsigned n_tables = kw__rans_merge(h, KW__WIRE_RANS_MAX_CLASSES, runs, n_runs, table_of);
+    for (unsigned c = 0; c < KW__WIRE_RANS_MAX_CLASSES; ++c)
+        if (h[c].n) kw__rans_table_build(&h[c], &tables[table_of[c]]);
 
-    kw__rans_bit_writer w = {.p = dst, .end = dst + cap};
-    int rc = kw__rans_put_bits(&w, n_entries - 1u, 8);
-    if (rc == 0) rc = kw__rans_put_bits(&w, mode, 8);
-    if (rc == 0) rc = kw__rans_put_freq(&w, f[256]);
-    for (unsigned z = 0; rc == 0 && z < n_entries; ++z)
-        if (z != mode) rc = kw__rans_put_freq(&w, f[z]);
+    /* the run list: runs of one table merged, empty runs dropped */
+    uint8_t *p = dst, *const end = dst + cap;
+    size_t n_out = 0;
+    unsigned last = UINT32_MAX;
+    for (size_t r = 0; r < n_runs; ++r)
+        if (runs[r].bytes && table_of[runs[r].cls] != last) {
+            last = table_of[runs[r].cls];
+            ++n_out;
+        }
+    if (p == end) rc = KW_E_BUFFER_TOO_SMALL;
+    if (rc == 0) *p++ = (uint8_t)(n_tables ? n_tables - 1u : 0u);
+    if (rc == 0) rc = kw__rans_put_varint(&p, end, n_out);
+    for (size_t r = 0; rc == 0 && r < n_runs;) {
+        if (!runs[r].bytes) {
+            ++r;
+            continue;
+        }
+        const unsigned t = table_of[runs[r].cls];
+        uint64_t len = 0;
+        for (; r < n_runs && (!runs[r].bytes || table_of[runs[r].cls] == t); ++r)
+            len += runs[r].bytes;
+        rc = kw__rans_put_varint(&p, end, ((len - 1u) << 2) | t);
+    }
+    kw__rans_bit_writer w = {.p = p, .end = end};
+    for (unsigned t = 0; rc == 0 && t < (n_tables ? n_tables : 1u); ++t) {
+        kw__rans_table *tb = &tables[t];
+        if (!n_tables) tb->f[0] = KW__RANS_TOTAL, tb->n_entries = 1; /* an empty body: one table of byte 0 */
+        rc = kw__rans_put_bits(&w, tb->n_entries - 1u, 8);
+        if (rc == 0) rc = kw__rans_put_bits(&w, tb->mode, 8);
+        if (rc == 0) rc = kw__rans_put_freq(&w, tb->f[256]);
+        for (unsigned z = 0; rc == 0 && z < tb->n_entries; ++z)
+            if (z != tb->mode) rc = kw__rans_put_freq(&w, tb->f[z]);
+    }
     if (rc == 0 && w.n_acc) rc = kw__rans_put_bits(&w, 0, 8u - w.n_acc);
-    KW_RETURN_IF(rc != 0, KW_E_BUFFER_TOO_SMALL, "rANS body: the table needs more than %zu bytes", cap);
-
-    uint32_t cum = 0;
-    for (unsigned z = 0; z < n_entries; ++z) {
-        start[z] = cum;
-        cum += f[z];
+    if (rc != 0) {
+        free(h);
+        free(tables);
+        KW_FAIL(KW_E_BUFFER_TOO_SMALL, "rANS body: the run list and tables need more than %zu bytes", cap);
     }
-    start[256] = cum;
-    kw__rans_state s = {.p = dst + cap, .lim = w.p, .x = {KW__RANS_LOW, KW__RANS_LOW}};
-    for (size_t i = n; rc == 0 && i-- > 0;) {
-        const unsigned z = kw__wire_rans_rank(src[i]), which = (unsigned)(i & 1u);
-        if (z < n_entries) {
-            rc = kw__rans_put(&s, which, start[z], f[z]);
-        } else {
-            rc = kw__rans_put(&s, which, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ);
-            if (rc == 0) rc = kw__rans_put(&s, which, start[256], f[256]);
+
+    kw__rans_state s = {.p = end, .lim = w.p, .x = {KW__RANS_LOW, KW__RANS_LOW, KW__RANS_LOW, KW__RANS_LOW}};
+    size_t i = n;
+    for (size_t r = n_runs; rc == 0 && r-- > 0;) {
+        if (!runs[r].bytes) continue;
+        const kw__rans_table *tb = &tables[table_of[runs[r].cls]];
+        for (size_t k = runs[r].bytes; rc == 0 && k-- > 0;) {
+            const unsigned z = kw__wire_rans_rank(src[--i]), which = (unsigned)(i & 3u);
+            if (z < tb->n_entries) {
+                rc = kw__rans_put(&s, which, tb->start[z], tb->f[z]);
+            } else {
+                rc = kw__rans_put(&s, which, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ);
+                if (rc == 0) rc = kw__rans_put(&s, which, tb->start[256], tb->f[256]);
+            }
         }
     }
-    KW_RETURN_IF(rc != 0 || (size_t)(s.p - s.lim) < 8u, KW_E_BUFFER_TOO_SMALL,
+    free(h);
+    free(tables);
+    KW_RETURN_IF(rc != 0 || (size_t)(s.p - s.lim) < 16u, KW_E_BUFFER_TOO_SMALL,
                  "rANS body: %zu bytes code to more than %zu", n, cap);
-    s.p -= 8;
-    kw_store_le32(s.p, s.x[0]); /* the decoder reads state 0, state 1, then the bytes in the order it needs them */
-    kw_store_le32(s.p + 4, s.x[1]);
-    const size_t coded = (size_t)(dst + cap - s.p);
+    s.p -= 16;
+    for (unsigned k = 0; k < 4u; ++k) /* the decoder reads states 0..3, then the words in the order it needs them */
+        kw_store_le32(s.p + 4u * k, s.x[k]);
+    const size_t coded = (size_t)(end - s.p);
     memmove(w.p, s.p, coded);
     *out = (size_t)(w.p - dst) + coded;
     return 0;
@@ -256,80 +429,171 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
 /* ---------------------------------------------------------------------------------------------------------------
  * Decoder */
 
-int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t n) {
-    KW_RETURN_IF((!src && stored) || (!dst && n), KW_E_INVALID_ARG, "null argument");
-    kw__rans_bit_reader r = {.p = src, .end = src + stored};
+/* One table as the decoder uses it: per slot, bits 0..11 the frequency minus one, 12..23 the slot's offset in its
+ * entry, 24..31 the entry's byte; slots from esc_start up are the escape's. */
+typedef struct {
+    uint32_t slot[KW__RANS_TOTAL];
+    uint32_t esc_start;
+    uint32_t n_entries;
+} kw__rans_dec_table;
+
+static int kw__rans_read_table(kw__rans_bit_reader *r, kw__rans_dec_table *t) {
     uint32_t n_entries = 0, mode = 0, f[257] = {0};
-    KW_FORWARD(kw__rans_get_bits(&r, 8, &n_entries));
+    KW_FORWARD(kw__rans_get_bits(r, 8, &n_entries));
     ++n_entries;
-    KW_FORWARD(kw__rans_get_bits(&r, 8, &mode));
+    KW_FORWARD(kw__rans_get_bits(r, 8, &mode));
     KW_RETURN_IF(mode >= n_entries, KW_E_WIRE_COMPRESSION, "rANS body: implied entry %u of %u", mode, n_entries);
-    KW_FORWARD(kw__rans_get_freq(&r, &f[256]));
+    KW_FORWARD(kw__rans_get_freq(r, &f[256]));
     uint32_t sum = f[256];
     for (uint32_t z = 0; z < n_entries; ++z)
         if (z != mode) {
-            KW_FORWARD(kw__rans_get_freq(&r, &f[z]));
+            KW_FORWARD(kw__rans_get_freq(r, &f[z]));
             sum += f[z];
         }
     KW_RETURN_IF(sum >= KW__RANS_TOTAL, KW_E_WIRE_COMPRESSION,
-                 "rANS body: the table's frequencies sum to %u, leaving none for the implied entry", sum);
+                 "rANS body: a table's frequencies sum to %u, leaving none for the implied entry", sum);
     KW_RETURN_IF(n_entries == 256u && f[256] != 0, KW_E_WIRE_COMPRESSION,
                  "rANS body: an escape with every byte in the table");
-    KW_RETURN_IF(r.acc != 0, KW_E_WIRE_COMPRESSION, "rANS body: the table's padding bits are not zero");
     f[mode] = KW__RANS_TOTAL - sum;
-
-    /* per slot: the frequency (bits 0..12), the slot's offset in its entry (bits 13..24), bit 25 for the escape; and
-     * the entry's byte */
-    uint32_t slot_info[KW__RANS_TOTAL];
-    uint8_t slot_byte[KW__RANS_TOTAL];
     uint32_t cum = 0;
     for (uint32_t z = 0; z < n_entries; ++z) {
-        for (uint32_t k = 0; k < f[z]; ++k) {
-            slot_info[cum + k] = f[z] | k << 13;
-            slot_byte[cum + k] = kw__wire_rans_byte(z);
-        }
+        for (uint32_t k = 0; k < f[z]; ++k)
+            t->slot[cum + k] = (f[z] - 1u) | k << 12 | (uint32_t)kw__wire_rans_byte(z) << 24;
         cum += f[z];
     }
-    for (uint32_t k = 0; cum + k < KW__RANS_TOTAL; ++k) {
-        slot_info[cum + k] = f[256] | k << 13 | 1u << 25;
-        slot_byte[cum + k] = 0;
-    }
+    t->esc_start = cum;
+    t->n_entries = n_entries;
+    return 0;
+}
 
-    const uint8_t *p = r.p, *end = src + stored;
-    KW_RETURN_IF(end - p < 8, KW_E_WIRE_COMPRESSION, "rANS body: no room for the coder's two states");
-    uint32_t x[2] = {kw_load_le32(p), kw_load_le32(p + 4)};
-    p += 8;
-    KW_RETURN_IF(x[0] < KW__RANS_LOW || x[0] >= KW__RANS_LOW << 8 || x[1] < KW__RANS_LOW || x[1] >= KW__RANS_LOW << 8,
-                 KW_E_WIRE_COMPRESSION, "rANS body: initial states %08x %08x out of range", x[0], x[1]);
-    for (size_t i = 0; i < n; ++i) {
-        uint32_t *xs = &x[i & 1u], v = *xs;
-        uint32_t slot = v & (KW__RANS_TOTAL - 1u);
-        const uint32_t info = slot_info[slot];
-        v = (info & 0x1fffu) * (v >> KW__RANS_PROB_BITS) + ((info >> 13) & 0xfffu);
-        while (v < KW__RANS_LOW) {
-            KW_RETURN_IF(p == end, KW_E_WIRE_COMPRESSION, "rANS body: the stream ends after %zu of %zu bytes", i, n);
-            v = (v << 8) | *p++;
+/* The escape's two symbols from state *x into *byte; *bad is set for an escaped byte that has a table entry or a
+ * stream that ends. Rare: kept out of the loop. */
+static __attribute__((noinline)) void kw__rans_dec_escape(uint32_t *x, const kw__rans_dec_table *t, const uint8_t **p,
+                                                          const uint8_t *end, uint8_t *byte, int *bad) {
+    uint32_t v = *x;
+    v = (KW__RANS_TOTAL - t->esc_start) * (v >> KW__RANS_PROB_BITS) + (v & (KW__RANS_TOTAL - 1u)) - t->esc_start;
+    if (v < KW__RANS_LOW) {
+        if (end - *p < 2) goto fail;
+        v = v << 16 | kw_load_le16(*p);
+        *p += 2;
+    }
+    const uint32_t s = v & (KW__RANS_TOTAL - 1u), b = s / KW__RANS_RAW_FREQ;
+    if (kw__wire_rans_rank((uint8_t)b) < t->n_entries) goto fail;
+    v = KW__RANS_RAW_FREQ * (v >> KW__RANS_PROB_BITS) + s - b * KW__RANS_RAW_FREQ;
+    if (v < KW__RANS_LOW) {
+        if (end - *p < 2) goto fail;
+        v = v << 16 | kw_load_le16(*p);
+        *p += 2;
+    }
+    *x = v;
+    *byte = (uint8_t)b;
+    return;
+fail:
+    *bad = 1;
+}
+
+/* One byte from state *x into *out; *bad is set (and the state left) when the stream has ended or an escape is
+ * invalid. */
+static inline void kw__rans_dec_one(uint32_t *x, const kw__rans_dec_table *t, const uint8_t **p, const uint8_t *end,
+                                    uint8_t *out, int *bad) {
+    uint32_t v = *x;
+    if ((v & (KW__RANS_TOTAL - 1u)) >= t->esc_start) {
+        kw__rans_dec_escape(x, t, p, end, out, bad);
+        return;
+    }
+    const uint32_t e = t->slot[v & (KW__RANS_TOTAL - 1u)];
+    v = ((e & 0xfffu) + 1u) * (v >> KW__RANS_PROB_BITS) + ((e >> 12) & 0xfffu);
+    if (v < KW__RANS_LOW) {
+        if (end - *p < 2) {
+            *bad = 1;
+            return;
         }
-        if (!(info >> 25)) {
-            *xs = v;
-            dst[i] = slot_byte[slot];
-            continue;
+        v = v << 16 | kw_load_le16(*p);
+        *p += 2;
+    }
+    *x = v;
+    *out = (uint8_t)(e >> 24);
+}
+
+int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t n) {
+    KW_RETURN_IF((!src && stored) || (!dst && n), KW_E_INVALID_ARG, "null argument");
+    const uint8_t *p = src, *const end = src + stored;
+    KW_RETURN_IF(p == end, KW_E_WIRE_COMPRESSION, "rANS body: empty");
+    const uint8_t head = *p++;
+    KW_RETURN_IF(head >= KW__WIRE_RANS_MAX_TABLES, KW_E_WIRE_COMPRESSION, "rANS body: %u tables (at most %d)",
+                 head + 1u, KW__WIRE_RANS_MAX_TABLES);
+    const unsigned n_tables = head + 1u;
+    uint64_t n_runs = 0;
+    KW_FORWARD(kw__rans_get_varint(&p, end, &n_runs));
+    KW_RETURN_IF(n_runs > n || (n && !n_runs), KW_E_WIRE_COMPRESSION, "rANS body: %llu runs for %zu bytes",
+                 (unsigned long long)n_runs, n);
+    const uint8_t *run_list = p;
+    uint64_t covered = 0;
+    unsigned used = 0;
+    for (uint64_t r = 0; r < n_runs; ++r) {
+        uint64_t v = 0;
+        KW_FORWARD(kw__rans_get_varint(&p, end, &v));
+        const uint64_t len = (v >> 2) + 1u;
+        KW_RETURN_IF((v & 3u) >= n_tables, KW_E_WIRE_COMPRESSION, "rANS body: run %llu uses table %u of %u",
+                     (unsigned long long)r, (unsigned)(v & 3u), n_tables);
+        KW_RETURN_IF(len > n - covered, KW_E_WIRE_COMPRESSION, "rANS body: the runs cover more than %zu bytes", n);
+        covered += len;
+        used |= 1u << (v & 3u);
+    }
+    KW_RETURN_IF(covered != n, KW_E_WIRE_COMPRESSION, "rANS body: the runs cover %llu of %zu bytes",
+                 (unsigned long long)covered, n);
+    KW_RETURN_IF(n && used != (1u << n_tables) - 1u, KW_E_WIRE_COMPRESSION, "rANS body: a table no run uses");
+
+    kw__rans_dec_table tables[KW__WIRE_RANS_MAX_TABLES];
+    kw__rans_bit_reader br = {.p = p, .end = end};
+    for (unsigned t = 0; t < n_tables; ++t)
+        KW_FORWARD(kw__rans_read_table(&br, &tables[t]));
+    KW_RETURN_IF(br.acc != 0, KW_E_WIRE_COMPRESSION, "rANS body: the tables' padding bits are not zero");
+    p = br.p;
+    KW_RETURN_IF(end - p < 16, KW_E_WIRE_COMPRESSION, "rANS body: no room for the coder's four states");
+    uint32_t x[4];
+    for (unsigned k = 0; k < 4u; ++k) {
+        x[k] = kw_load_le32(p + 4u * k);
+        KW_RETURN_IF(x[k] < KW__RANS_LOW, KW_E_WIRE_COMPRESSION, "rANS body: initial state %u is %08x, below 2^16", k,
+                     x[k]);
+    }
+    p += 16;
+
+    const uint8_t *rl = run_list;
+    size_t i = 0;
+    int bad = 0;
+    for (uint64_t r = 0; r < n_runs; ++r) {
+        uint64_t v = 0;
+        (void)kw__rans_get_varint(&rl, end, &v); /* checked above */
+        const kw__rans_dec_table *t = &tables[v & 3u];
+        const size_t run_end = i + (size_t)(v >> 2) + 1u;
+        while (i < run_end && (i & 3u) && !bad) { /* to a multiple of four */
+            kw__rans_dec_one(&x[i & 3u], t, &p, end, &dst[i], &bad);
+            ++i;
         }
-        slot = v & (KW__RANS_TOTAL - 1u);
-        const uint32_t b = slot / KW__RANS_RAW_FREQ;
-        KW_RETURN_IF(kw__wire_rans_rank((uint8_t)b) < n_entries, KW_E_WIRE_COMPRESSION,
-                     "rANS body: byte %zu escapes %02x, which has a table entry", i, b);
-        v = KW__RANS_RAW_FREQ * (v >> KW__RANS_PROB_BITS) + slot - b * KW__RANS_RAW_FREQ;
-        while (v < KW__RANS_LOW) {
-            KW_RETURN_IF(p == end, KW_E_WIRE_COMPRESSION, "rANS body: the stream ends after %zu of %zu bytes", i, n);
-            v = (v << 8) | *p++;
+        if (run_end - i >= 4u && !bad) { /* four bytes, one per state: the four chains overlap */
+            uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+            do {
+                kw__rans_dec_one(&x0, t, &p, end, &dst[i], &bad);
+                kw__rans_dec_one(&x1, t, &p, end, &dst[i + 1u], &bad);
+                kw__rans_dec_one(&x2, t, &p, end, &dst[i + 2u], &bad);
+                kw__rans_dec_one(&x3, t, &p, end, &dst[i + 3u], &bad);
+                i += 4u;
+            } while (run_end - i >= 4u && !bad);
+            x[0] = x0, x[1] = x1, x[2] = x2, x[3] = x3;
         }
-        *xs = v;
-        dst[i] = (uint8_t)b;
+        while (i < run_end && !bad) {
+            kw__rans_dec_one(&x[i & 3u], t, &p, end, &dst[i], &bad);
+            ++i;
+        }
+        KW_RETURN_IF(bad, KW_E_WIRE_COMPRESSION,
+                     "rANS body: near byte %zu of %zu, the stream ends or an escape names a byte with a table entry", i,
+                     n);
     }
     KW_RETURN_IF(p != end, KW_E_WIRE_COMPRESSION, "rANS body: %zu stored bytes left after %zu bytes", (size_t)(end - p),
                  n);
-    KW_RETURN_IF(x[0] != KW__RANS_LOW || x[1] != KW__RANS_LOW, KW_E_WIRE_COMPRESSION,
-                 "rANS body: the coder ends in states %08x %08x, not %08x", x[0], x[1], KW__RANS_LOW);
+    KW_RETURN_IF(x[0] != KW__RANS_LOW || x[1] != KW__RANS_LOW || x[2] != KW__RANS_LOW || x[3] != KW__RANS_LOW,
+                 KW_E_WIRE_COMPRESSION, "rANS body: the coder ends in states %08x %08x %08x %08x, not %08x", x[0], x[1],
+                 x[2], x[3], KW__RANS_LOW);
     return 0;
 }

@@ -18,7 +18,7 @@
 #include "wire/kw_wire_internal.h"
 #include "wire/kw_wire_rans.h"
 
-enum { TOTAL = 4096, LOW = 1 << 23 };
+enum { TOTAL = 4096, LOW = 1 << 16 };
 
 static double order0_bits(const uint8_t *b, size_t n) {
     size_t cnt[256] = {0};
@@ -39,7 +39,7 @@ static size_t round_trip(const uint8_t *src, size_t n, const char *what) {
     const size_t cap = 3 * n + 1024;
     uint8_t *coded = wt_xmalloc(cap + 1), *back = wt_xmalloc(n + 2);
     size_t c = 0;
-    if (kw__wire_rans_encode(src, n, coded, cap, &c) != 0) fail_msg("%s: encode: %s", what, kw_error_detail());
+    if (kw__wire_rans_encode(src, n, NULL, 0, coded, cap, &c) != 0) fail_msg("%s: encode: %s", what, kw_error_detail());
     if (kw__wire_rans_decode(coded, c, back, n) != 0) fail_msg("%s: decode: %s", what, kw_error_detail());
     if (n && memcmp(back, src, n) != 0) fail_msg("%s: decoded bytes differ", what);
     if (distinct) assert_int_equal(kw__wire_rans_decode(coded, c, back, n + 1), KW_E_WIRE_COMPRESSION);
@@ -50,10 +50,10 @@ static size_t round_trip(const uint8_t *src, size_t n, const char *what) {
     /* the same bytes again, and a capacity one short of them is refused */
     size_t c2 = 0;
     uint8_t *again = wt_xmalloc(cap);
-    assert_int_equal(kw__wire_rans_encode(src, n, again, cap, &c2), 0);
+    assert_int_equal(kw__wire_rans_encode(src, n, NULL, 0, again, cap, &c2), 0);
     assert_int_equal(c2, c);
     assert_memory_equal(again, coded, c);
-    assert_int_equal(kw__wire_rans_encode(src, n, again, c - 1, &c2), KW_E_BUFFER_TOO_SMALL);
+    assert_int_equal(kw__wire_rans_encode(src, n, NULL, 0, again, c - 1, &c2), KW_E_BUFFER_TOO_SMALL);
     free(again);
     free(coded);
     free(back);
@@ -65,11 +65,11 @@ static void test_round_trips(void **state) {
     enum { N = 20000 };
     uint8_t *b = wt_xmalloc(N);
     wt_rng r = {0x7a05};
-    assert_true(round_trip(b, 0, "empty") <= 12);
+    assert_true(round_trip(b, 0, "empty") <= 24);
     b[0] = 0x80;
     round_trip(b, 1, "one byte, -128");
     memset(b, 0x05, N);
-    assert_true(round_trip(b, N, "one value") <= 16); /* probability 1: no bits per byte */
+    assert_true(round_trip(b, N, "one value") <= 32); /* probability 1: no bits per byte */
     for (size_t i = 0; i < N; ++i)                    /* signed codes, bell-shaped, as int8 codes of a limited range */
         b[i] = (uint8_t)(int8_t)lrintf(3.0f * wt_bell(&r));
     size_t c = round_trip(b, N, "bell codes");
@@ -128,36 +128,67 @@ static void pad(bits_out *w) {
     if (w->n_acc) put_bits(w, 0, 8 - w->n_acc);
 }
 
-/* A table of n_entries (frequencies f[0..n_entries), f[mode] left implied) and escape frequency esc. */
-static void put_table(bits_out *w, unsigned n_entries, unsigned mode, uint32_t esc, const uint32_t *f) {
+/* A LEB128 number of the run list. */
+static void put_varint(bits_out *w, uint64_t v) {
+    do {
+        w->b[w->n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+}
+
+/* The run list: the table count, then n_runs runs of (bytes, table). */
+static void put_runs(bits_out *w, unsigned n_tables, size_t n_runs, const uint32_t (*runs)[2]) {
+    w->b[w->n++] = (uint8_t)(n_tables - 1);
+    put_varint(w, n_runs);
+    for (size_t r = 0; r < n_runs; ++r)
+        put_varint(w, (uint64_t)(runs[r][0] - 1) << 2 | runs[r][1]);
+}
+
+/* One run of n bytes by the one table. */
+static void put_one_run(bits_out *w, uint32_t n) {
+    const uint32_t run[1][2] = {{n, 0}};
+    put_runs(w, 1, n ? 1 : 0, run);
+}
+
+/* A table of n_entries (frequencies f[0..n_entries), f[mode] left implied) and escape frequency esc; the last table
+ * of a body is followed by pad(). */
+static void put_table_bits(bits_out *w, unsigned n_entries, unsigned mode, uint32_t esc, const uint32_t *f) {
     put_bits(w, n_entries - 1, 8);
     put_bits(w, mode, 8);
     put_freq(w, esc);
     for (unsigned z = 0; z < n_entries; ++z)
         if (z != mode) put_freq(w, f[z]);
+}
+
+/* A body's only table, its run list (one run of n bytes) before it. */
+static void put_table(bits_out *w, uint32_t n, unsigned n_entries, unsigned mode, uint32_t esc, const uint32_t *f) {
+    put_one_run(w, n);
+    put_table_bits(w, n_entries, mode, esc, f);
     pad(w);
 }
 
-/* rANS symbols (start, freq, state) coded last to first by two states, appended to w after the table: the states
- * (0, then 1) and the stream a decoder reads. */
+/* rANS symbols (start, freq, state) coded last to first by four states, appended to w after the tables: the states
+ * (0 to 3) and the 16-bit words a decoder reads, in its order. */
 static void put_symbols(bits_out *w, const uint32_t (*sym)[3], size_t n) {
-    uint8_t rev[4096];
+    uint16_t rev[2048];
     size_t k = 0;
-    uint32_t x[2] = {LOW, LOW};
+    uint32_t x[4] = {LOW, LOW, LOW, LOW};
     for (size_t i = n; i-- > 0;) {
         const uint32_t start = sym[i][0], freq = sym[i][1];
         uint32_t *xs = &x[sym[i][2]];
-        while (*xs >= ((LOW >> 12) << 8) * freq) {
-            rev[k++] = (uint8_t)*xs;
-            *xs >>= 8;
+        if ((uint64_t)*xs >= (uint64_t)((LOW >> 12) << 16) * freq) {
+            rev[k++] = (uint16_t)*xs;
+            *xs >>= 16;
         }
         *xs = ((*xs / freq) << 12) + *xs % freq + start;
     }
-    kw_store_le32(w->b + w->n, x[0]);
-    kw_store_le32(w->b + w->n + 4, x[1]);
-    w->n += 8;
-    while (k)
-        w->b[w->n++] = rev[--k];
+    for (int j = 0; j < 4; ++j)
+        kw_store_le32(w->b + w->n + 4 * j, x[j]);
+    w->n += 16;
+    while (k) {
+        kw_store_le16(w->b + w->n, rev[--k]);
+        w->n += 2;
+    }
 }
 
 static void test_definition(void **state) {
@@ -177,19 +208,19 @@ static void test_definition(void **state) {
             want[i] = kw__wire_rans_byte(z);
             sym[n_sym][0] = start[z];
             sym[n_sym][1] = z ? f[z] : 2048;
-            sym[n_sym++][2] = i & 1; /* byte i: state i % 2 */
+            sym[n_sym++][2] = i & 3; /* byte i: state i % 4 */
         } else {                     /* an escape: any byte of rank >= 3, 8 raw bits */
             want[i] = (uint8_t)(2 + wt_below(&r, 250));
             sym[n_sym][0] = esc_start;
             sym[n_sym][1] = esc;
-            sym[n_sym++][2] = i & 1;
+            sym[n_sym++][2] = i & 3;
             sym[n_sym][0] = want[i] * 16u;
             sym[n_sym][1] = 16;
-            sym[n_sym++][2] = i & 1;
+            sym[n_sym++][2] = i & 3;
         }
     }
     bits_out w = {0};
-    put_table(&w, 3, 0, esc, f);
+    put_table(&w, N, 3, 0, esc, f);
     put_symbols(&w, (const uint32_t(*)[3])sym, n_sym);
     assert_int_equal(kw__wire_rans_decode(w.b, w.n, got, N), 0);
     assert_memory_equal(got, want, N);
@@ -197,13 +228,13 @@ static void test_definition(void **state) {
     /* an escape of a byte that has a table entry (1, rank 2) */
     bits_out e = {0};
     const uint32_t bad[2][3] = {{esc_start, esc, 0}, {1u * 16u, 16, 0}};
-    put_table(&e, 3, 0, esc, f);
+    put_table(&e, 1, 3, 0, esc, f);
     put_symbols(&e, bad, 2);
     assert_int_equal(kw__wire_rans_decode(e.b, e.n, got, 1), KW_E_WIRE_COMPRESSION);
     /* the same escape of byte 3 (rank 6) decodes */
     bits_out g = {0};
     const uint32_t good[2][3] = {{esc_start, esc, 0}, {3u * 16u, 16, 0}};
-    put_table(&g, 3, 0, esc, f);
+    put_table(&g, 1, 3, 0, esc, f);
     put_symbols(&g, good, 2);
     assert_int_equal(kw__wire_rans_decode(g.b, g.n, got, 1), 0);
     assert_int_equal(got[0], 3);
@@ -215,6 +246,79 @@ static void expect_refused(const bits_out *w, size_t n, const char *what) {
     if (rc != KW_E_WIRE_COMPRESSION) fail_msg("%s: got %s, expected KW_E_WIRE_COMPRESSION", what, kw_status_name(rc));
 }
 
+/* Two tables, runs switching between them: each byte is coded by its run's table. */
+static void test_definition_runs(void **state) {
+    (void)state;
+    /* table 0: bytes 0 (implied, 3072) and -1 (1024); table 1: bytes 0 (1024), -1 (1024), 1 (implied, 2048) */
+    const uint32_t f0[2] = {0, 1024}, f1[3] = {1024, 1024, 0};
+    const uint32_t start0[2] = {0, 3072}, freq0[2] = {3072, 1024};
+    const uint32_t start1[3] = {0, 1024, 2048}, freq1[3] = {1024, 1024, 2048};
+    const uint32_t runs[4][2] = {{5, 0}, {7, 1}, {1, 0}, {11, 1}}; /* 24 bytes */
+    enum { N = 24 };
+    wt_rng r = {0x2ab1e};
+    uint8_t want[N], got[N];
+    uint32_t sym[N][3];
+    size_t i = 0;
+    for (size_t k = 0; k < 4; ++k)
+        for (uint32_t j = 0; j < runs[k][0]; ++j, ++i) {
+            const unsigned z = wt_below(&r, runs[k][1] ? 3 : 2);
+            want[i] = kw__wire_rans_byte(z);
+            sym[i][0] = runs[k][1] ? start1[z] : start0[z];
+            sym[i][1] = runs[k][1] ? freq1[z] : freq0[z];
+            sym[i][2] = i & 3;
+        }
+    bits_out w = {0};
+    put_runs(&w, 2, 4, runs);
+    put_table_bits(&w, 2, 0, 0, f0);
+    put_table_bits(&w, 3, 2, 0, f1);
+    pad(&w);
+    put_symbols(&w, (const uint32_t(*)[3])sym, N);
+    assert_int_equal(kw__wire_rans_decode(w.b, w.n, got, N), 0);
+    assert_memory_equal(got, want, N);
+
+    /* the encoder splits by the caller's classes where two tables cost less than one, and no further */
+    enum { M = 8000 };
+    uint8_t *src = wt_xmalloc(M), *coded = wt_xmalloc(2 * M), *back = wt_xmalloc(M);
+    for (size_t k = 0; k < M; ++k) /* narrow codes, then wide ones */
+        src[k] = (uint8_t)(int8_t)lrintf((k < M / 2 ? 1.0f : 12.0f) * wt_bell(&r));
+    const kw__wire_rans_run halves[2] = {{M / 2, 3}, {M / 2, 6}}, same[2] = {{M / 2, 3}, {M / 2, 3}};
+    size_t c_split = 0, c_one = 0, c_same = 0;
+    assert_int_equal(kw__wire_rans_encode(src, M, halves, 2, coded, 2 * M, &c_split), 0);
+    assert_int_equal(coded[0], 1); /* two tables */
+    assert_int_equal(kw__wire_rans_decode(coded, c_split, back, M), 0);
+    assert_memory_equal(back, src, M);
+    assert_int_equal(kw__wire_rans_encode(src, M, NULL, 0, coded, 2 * M, &c_one), 0);
+    assert_int_equal(coded[0], 0);
+    assert_int_equal(kw__wire_rans_encode(src, M, same, 2, coded, 2 * M, &c_same), 0);
+    assert_int_equal(c_same, c_one); /* one class in two runs: one table, one run */
+    if ((double)c_split > (order0_bits(src, M / 2) + order0_bits(src + M / 2, M / 2)) / 8.0 * 1.01 + 96.0)
+        fail_msg("two tables: %zu bytes against order-0 entropies of %.0f", c_split,
+                 (order0_bits(src, M / 2) + order0_bits(src + M / 2, M / 2)) / 8.0);
+    assert_true(c_split + 200 < c_one);
+    /* alike halves: one table */
+    for (size_t k = 0; k < M; ++k)
+        src[k] = (uint8_t)(int8_t)lrintf(3.0f * wt_bell(&r));
+    assert_int_equal(kw__wire_rans_encode(src, M, halves, 2, coded, 2 * M, &c_split), 0);
+    assert_int_equal(coded[0], 0);
+    /* eight classes of eight different spreads: merged down to four tables */
+    kw__wire_rans_run eight[8];
+    for (size_t k = 0; k < M; ++k)
+        src[k] = (uint8_t)(int8_t)lrintf((float)(1u << (k / (M / 8))) * 0.5f * wt_bell(&r));
+    for (unsigned k = 0; k < 8; ++k)
+        eight[k] = (kw__wire_rans_run){.bytes = M / 8, .cls = (uint8_t)k};
+    assert_int_equal(kw__wire_rans_encode(src, M, eight, 8, coded, 2 * M, &c_split), 0);
+    assert_int_equal(coded[0], 3);
+    assert_int_equal(kw__wire_rans_decode(coded, c_split, back, M), 0);
+    assert_memory_equal(back, src, M);
+    /* runs that do not cover the body, or a class out of range */
+    const kw__wire_rans_run shorter[1] = {{M - 1, 0}}, bad_cls[1] = {{M, 8}};
+    assert_int_equal(kw__wire_rans_encode(src, M, shorter, 1, coded, 2 * M, &c_split), KW_E_INVALID_ARG);
+    assert_int_equal(kw__wire_rans_encode(src, M, bad_cls, 1, coded, 2 * M, &c_split), KW_E_INVALID_ARG);
+    free(src);
+    free(coded);
+    free(back);
+}
+
 static void test_malformed(void **state) {
     (void)state;
     const uint32_t f[4] = {0, 1024, 768, 0};
@@ -222,6 +326,7 @@ static void test_malformed(void **state) {
     bits_out w;
 
     w = (bits_out){0}; /* the implied entry past the table */
+    put_one_run(&w, 1);
     put_bits(&w, 2, 8);
     put_bits(&w, 3, 8);
     put_freq(&w, 0);
@@ -232,6 +337,7 @@ static void test_malformed(void **state) {
     expect_refused(&w, 1, "implied entry 3 of 3");
 
     w = (bits_out){0}; /* a frequency length of 13 */
+    put_one_run(&w, 1);
     put_bits(&w, 0, 8);
     put_bits(&w, 0, 8);
     put_bits(&w, 13, 4);
@@ -241,18 +347,19 @@ static void test_malformed(void **state) {
 
     w = (bits_out){0}; /* frequencies that leave nothing for the implied entry */
     const uint32_t full[3] = {0, 3840, 256};
-    put_table(&w, 3, 0, 0, full);
+    put_table(&w, 1, 3, 0, 0, full);
     put_symbols(&w, (const uint32_t[1][3]){{3840, 256, 0}}, 1);
     expect_refused(&w, 1, "sum 4096 without the implied entry");
 
     w = (bits_out){0}; /* an escape with all 256 values in the table */
     uint32_t all[256] = {0};
     all[1] = 16;
-    put_table(&w, 256, 0, 16, all);
+    put_table(&w, 1, 256, 0, 16, all);
     put_symbols(&w, (const uint32_t[1][3]){{0, 4064, 0}}, 1);
     expect_refused(&w, 1, "escape beside a full table");
 
     w = (bits_out){0}; /* padding bits set */
+    put_one_run(&w, 1);
     put_bits(&w, 0, 8);
     put_bits(&w, 0, 8);
     put_freq(&w, 0);
@@ -260,33 +367,82 @@ static void test_malformed(void **state) {
     put_symbols(&w, (const uint32_t[1][3]){{0, 4096, 0}}, 1);
     expect_refused(&w, 1, "padding bits");
 
-    w = (bits_out){0}; /* an initial state below the coder's range, then one at 2^31 */
-    put_table(&w, 3, 0, 256, f);
-    kw_store_le32(w.b + w.n, LOW);
-    kw_store_le32(w.b + w.n + 4, LOW - 1);
-    w.n += 8;
-    expect_refused(&w, 0, "state below 2^23");
-    kw_store_le32(w.b + w.n - 8, 0x80000000u);
-    kw_store_le32(w.b + w.n - 4, LOW);
-    expect_refused(&w, 0, "state 2^31");
-    kw_store_le32(w.b + w.n - 8, LOW); /* both in range: an empty body */
+    w = (bits_out){0}; /* an initial state below the coder's range; any state from 2^16 up is valid */
+    put_table(&w, 0, 3, 0, 256, f);
+    for (int j = 0; j < 4; ++j)
+        kw_store_le32(w.b + w.n + 4 * j, j == 2 ? LOW - 1 : LOW);
+    w.n += 16;
+    expect_refused(&w, 0, "state below 2^16");
     uint8_t none[1];
+    kw_store_le32(w.b + w.n - 8, 0xffffffffu);
+    expect_refused(&w, 0, "a state other than the initial one at the end");
+    kw_store_le32(w.b + w.n - 8, LOW); /* all four at 2^16: an empty body */
     assert_int_equal(kw__wire_rans_decode(w.b, w.n, none, 0), 0);
+    w.b[w.n++] = 0; /* a byte left over (half a word) */
+    expect_refused(&w, 0, "a byte left over");
 
-    w = (bits_out){0}; /* one state only */
-    put_table(&w, 3, 0, 256, f);
-    kw_store_le32(w.b + w.n, LOW);
-    w.n += 4;
-    expect_refused(&w, 0, "one state");
+    w = (bits_out){0}; /* three states only */
+    put_table(&w, 0, 3, 0, 256, f);
+    for (int j = 0; j < 3; ++j)
+        kw_store_le32(w.b + w.n + 4 * j, LOW);
+    w.n += 12;
+    expect_refused(&w, 0, "three states");
 
     w = (bits_out){0}; /* the table cut short */
-    put_table(&w, 3, 0, 256, f);
-    w.n = 2;
+    put_table(&w, 0, 3, 0, 256, f);
+    w.n = 3;
     expect_refused(&w, 0, "table cut short");
 
     w = (bits_out){0}; /* no state */
-    put_table(&w, 3, 0, 256, f);
+    put_table(&w, 0, 3, 0, 256, f);
     expect_refused(&w, 0, "no state");
+
+    /* the run list: every kind of bad one, each beside a valid table and stream */
+    const uint32_t two_runs[2][2] = {{1, 0}, {1, 1}};
+    const struct {
+        const char *what;
+        uint8_t head[8];
+        size_t n_head, n;
+    } lists[] = {
+        {"five tables", {4, 1, 0}, 3, 1},
+        {"a run of table 1 of 1", {0, 1, 1}, 3, 1},
+        {"runs covering 2 of 3 bytes", {0, 1, 4}, 3, 3},
+        {"runs covering 3 of 2 bytes", {0, 1, 8}, 3, 2},
+        {"two runs for one byte", {0, 2, 0, 0}, 4, 1},
+        {"no run for one byte", {0, 0}, 2, 1},
+        {"a run count with a needless byte", {0, 0x81, 0x00, 0}, 4, 1},
+        {"a run length of 6 bytes", {0, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, 8, 1},
+    };
+    for (size_t k = 0; k < sizeof lists / sizeof lists[0]; ++k) {
+        w = (bits_out){0};
+        memcpy(w.b, lists[k].head, lists[k].n_head);
+        w.n = lists[k].n_head;
+        put_table_bits(&w, 3, 0, 256, f);
+        pad(&w);
+        put_symbols(&w, ok_sym, 1);
+        expect_refused(&w, lists[k].n, lists[k].what);
+    }
+    w = (bits_out){0}; /* the run list cut short: nothing after it */
+    put_runs(&w, 1, 2, two_runs);
+    w.n -= 1;
+    expect_refused(&w, 2, "the run list cut short");
+    w = (bits_out){0}; /* two tables, only one used */
+    put_runs(&w, 2, 1, two_runs);
+    put_table_bits(&w, 3, 0, 256, f);
+    put_table_bits(&w, 3, 0, 256, f);
+    pad(&w);
+    put_symbols(&w, ok_sym, 1);
+    expect_refused(&w, 1, "a table no run uses");
+    w = (bits_out){0}; /* the same with both used: decodes */
+    put_runs(&w, 2, 2, two_runs);
+    put_table_bits(&w, 3, 0, 256, f);
+    put_table_bits(&w, 3, 0, 256, f);
+    pad(&w);
+    put_symbols(&w, (const uint32_t[2][3]){{0, 2048, 0}, {2048, 1024, 1}}, 2);
+    uint8_t two[2];
+    assert_int_equal(kw__wire_rans_decode(w.b, w.n, two, 2), 0);
+    assert_int_equal(two[0], 0);
+    assert_int_equal(two[1], 0xff);
 
     /* a valid stream of 200 bytes: every single-bit flip is refused or decodes to 200 bytes, never more (ASan) */
     uint8_t src[200], coded[1024], out[200];
@@ -294,7 +450,7 @@ static void test_malformed(void **state) {
     for (size_t i = 0; i < sizeof src; ++i)
         src[i] = (uint8_t)(int8_t)lrintf(2.0f * wt_bell(&r));
     size_t c = 0;
-    assert_int_equal(kw__wire_rans_encode(src, sizeof src, coded, sizeof coded, &c), 0);
+    assert_int_equal(kw__wire_rans_encode(src, sizeof src, NULL, 0, coded, sizeof coded, &c), 0);
     size_t refused = 0;
     for (size_t bit = 0; bit < 8 * c; ++bit) {
         coded[bit / 8] ^= (uint8_t)(1u << (bit % 8));
@@ -396,10 +552,8 @@ static void test_blobs(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trips),
-        cmocka_unit_test(test_definition),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_blobs),
+        cmocka_unit_test(test_round_trips), cmocka_unit_test(test_definition), cmocka_unit_test(test_definition_runs),
+        cmocka_unit_test(test_malformed),   cmocka_unit_test(test_blobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
