@@ -49,7 +49,7 @@ for want in '"rotated_keys":[[:space:]]*true' '"rotated_values":[[:space:]]*true
 done
 # a rANS-coded body (v11_rans.kvw, FORMAT.md §5.15): the sizes and the coder named; a zstd body names zstd
 out=$("$kvwire" inspect "$src/tests/golden/wire/v11_rans.kvw") || fail "inspect v11_rans exited $?"
-grep -qF "724->690 rans" <<<"$out" || fail "v11_rans: no '724->690 rans' in: $out"
+grep -qF "724->703 rans" <<<"$out" || fail "v11_rans: no '724->703 rans' in: $out"
 "$kvwire" inspect --json "$src/tests/golden/wire/v11_rans.kvw" | grep -q '"coder":[[:space:]]*"rans"' \
     || fail "v11_rans json: no coder rans"
 "$kvwire" inspect --json "$src/tests/golden/wire/int8_zstd.kvw" | grep -q '"coder":[[:space:]]*"zstd"' \

@@ -253,10 +253,13 @@ static const char *const wg_errors[] = {
     "v11r_head_dim_24",
     "v11r_k_passthrough",
     "v11r_v_passthrough",
-    /* the rANS-coded body: in a v1 blob, with zstd's flag too, the flag dropped, two bad tables */
+    /* the rANS-coded body: in a v1 blob, with zstd's flag too, the flag dropped, bad run lists, two bad tables */
     "v11z_as_v1",
     "v11z_zstd_too",
     "v11z_flag_dropped",
+    "v11z_five_tables",
+    "v11z_run_table",
+    "v11z_runs_short",
     "v11z_implied_entry",
     "v11z_frequency_length",
 };

@@ -277,7 +277,9 @@ static inline void wm_base11r(wm_blob *b) {
 /* The v1.1 base blob with a rANS-coded body (FORMAT.md §5.15): one section, layer 5, 10 tokens (positions 30..39,
  * range index), K and V int8/token/f16 of bell values with one channel 12x larger (the other codes crowd near 0),
  * flags 0x20. Raw body: range (4) | K scales (40) | K codes (320) | V scales (40) | V codes (320) = 724 bytes, stored
- * coded in fewer; the stored body starts with the table (entries - 1, implied entry, ...). */
+ * coded in fewer; the stored body starts with the run list (tables - 1 = 1, four runs: range and K scales by table
+ * 0, K codes by table 1, V scales by 0, V codes by 1, each a two-byte varint), then table 0 at byte 10 (entries - 1,
+ * implied entry, then the escape's frequency length in the low nibble of byte 12). */
 static inline void wm_base11z(wm_blob *b) {
     uint32_t pos[10];
     uint16_t *kv[2];
@@ -299,7 +301,8 @@ static inline void wm_base11z(wm_blob *b) {
     const uint32_t stored = kw_load_le32(b->data + b->sec[0] + KW__SEC_STORED_BYTES);
     b->trailer = b->body[0] + stored + KW_WIRE_CHECKSUM_BYTES;
     if (raw != 724 || stored < 64 || stored >= raw || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x20 ||
-        b->data[b->body[0]] == 0xff || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
+        memcmp(b->data + b->body[0], "\x01\x04\xac\x01\xfd\x09\x9c\x01\xfd\x09", 10) != 0 ||
+        b->data[b->body[0] + 11] == 0xff || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
         fprintf(stderr, "wm_base11z: unexpected layout (raw %u, stored %u)\n", raw, stored);
         abort();
     }
@@ -457,16 +460,19 @@ static const wm_case wm_cases11r[] = {
 };
 #define WM_N_CASES11R (sizeof wm_cases11r / sizeof wm_cases11r[0])
 
-/* Faults in the rANS-coded body (FORMAT.md §5.15), applied to wm_base11z (flags 0x20; the stored body's byte 0 is the
- * table's entry count - 1, byte 1 its implied entry, which the base checks is below 255, byte 2 starts with the
- * escape's frequency length). A damaged coded stream under a resealed checksum is no case here: like damaged raw codes
- * it may decode, to other values (the coder checks lengths and its final state, the checksum catches damage). */
+/* Faults in the rANS-coded body (FORMAT.md §5.15), applied to wm_base11z (flags 0x20; the stored body's run list and
+ * table 0 as its comment says, which the base checks). A damaged coded stream under a resealed checksum is no case
+ * here: like damaged raw codes it may decode, to other values (the coder checks lengths and its final state, the
+ * checksum catches damage). */
 static const wm_case wm_cases11z[] = {
     {"v11z_as_v1", KW_E_WIRE_RESERVED, 1, KW__HDR_VERSION, WM_HDR, 2, KW_WIRE_VERSION},
     {"v11z_zstd_too", KW_E_WIRE_CORRUPT, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x21},
     {"v11z_flag_dropped", KW_E_WIRE_CORRUPT, 1, KW__SEC_FLAGS, WM_SEC(0), 1, 0x00},
-    {"v11z_implied_entry", KW_E_WIRE_COMPRESSION, 1, 1, WM_BODY(0), 1, 0xff},
-    {"v11z_frequency_length", KW_E_WIRE_COMPRESSION, 1, 2, WM_BODY(0), 1, 0xff}, /* the escape's length nibble 15 */
+    {"v11z_five_tables", KW_E_WIRE_COMPRESSION, 1, 0, WM_BODY(0), 1, 0x04},
+    {"v11z_run_table", KW_E_WIRE_COMPRESSION, 1, 2, WM_BODY(0), 1, 0xae},  /* the first run by table 2 of 2 */
+    {"v11z_runs_short", KW_E_WIRE_COMPRESSION, 1, 1, WM_BODY(0), 1, 0x03}, /* three runs: 404 of 724 bytes */
+    {"v11z_implied_entry", KW_E_WIRE_COMPRESSION, 1, 11, WM_BODY(0), 1, 0xff},
+    {"v11z_frequency_length", KW_E_WIRE_COMPRESSION, 1, 12, WM_BODY(0), 1, 0xff}, /* the escape's length nibble 15 */
     {"v11z_stream_unsealed", KW_E_WIRE_CHECKSUM, 0, 40, WM_BODY(0), 0, 0x10},
 };
 #define WM_N_CASES11Z (sizeof wm_cases11z / sizeof wm_cases11z[0])
