@@ -287,9 +287,19 @@ static unsigned kw__rans_merge(kw__rans_hist *h, unsigned n_cls, const kw__wire_
 typedef struct {
     uint32_t f[257]; /* by rank; f[256] the escape */
     uint32_t start[257];
+    uint64_t rcp[257];                        /* kw__rans_rcp(f) */
+    uint32_t byte_start[256], byte_freq[256]; /* by byte value; frequency 0: escaped */
+    uint64_t byte_rcp[256];
     unsigned n_entries;
     unsigned mode;
 } kw__rans_table;
+
+/* The multiplier that divides by f (>= 1) exactly for any 32-bit dividend: floor(x / f) = (x * m) >> 64 with m =
+ * floor((2^64 - 1) / f) + 1 (m overshoots 2^64 / f by less than 1, which moves x / f by less than 2^-32 and never
+ * past the next integer, since its fraction is at most 1 - 1/f); 0 for f = 1, which needs no division. */
+static uint64_t kw__rans_rcp(uint32_t f) {
+    return f > 1u ? UINT64_MAX / f + 1u : 0u;
+}
 
 static void kw__rans_table_build(const kw__rans_hist *h, kw__rans_table *t) {
     t->n_entries = h->n_entries;
@@ -300,6 +310,14 @@ static void kw__rans_table_build(const kw__rans_hist *h, kw__rans_table *t) {
         cum += t->f[z];
     }
     t->start[256] = cum;
+    for (unsigned z = 0; z <= 256u; ++z)
+        t->rcp[z] = kw__rans_rcp(t->f[z]);
+    for (unsigned b = 0; b < 256u; ++b) {
+        const unsigned z = kw__wire_rans_rank((uint8_t)b);
+        t->byte_start[b] = z < t->n_entries ? t->start[z] : 0u;
+        t->byte_freq[b] = z < t->n_entries ? t->f[z] : 0u;
+        t->byte_rcp[b] = z < t->n_entries ? t->rcp[z] : 0u;
+    }
 }
 
 typedef struct {
@@ -308,7 +326,7 @@ typedef struct {
     uint32_t x[4]; /* byte i is coded by state i % 4 */
 } kw__rans_state;
 
-static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint32_t freq) {
+static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint32_t freq, uint64_t rcp) {
     const uint64_t x_max = (uint64_t)((KW__RANS_LOW >> KW__RANS_PROB_BITS) << 16) * freq;
     uint32_t x = s->x[which];
     if (x >= x_max) { /* one word always brings x below x_max: x < 2^32 and x_max >= 2^20 */
@@ -317,7 +335,8 @@ static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint3
         kw_store_le16(s->p, (uint16_t)x);
         x >>= 16;
     }
-    s->x[which] = ((x / freq) << KW__RANS_PROB_BITS) + (x % freq) + start;
+    const uint32_t q = freq > 1u ? (uint32_t)(((unsigned __int128)x * rcp) >> 64) : x; /* x / freq */
+    s->x[which] = (q << KW__RANS_PROB_BITS) + (x - q * freq) + start;
     return 0;
 }
 
@@ -340,8 +359,11 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, const kw__wire_rans_run *
             break;
         }
         kw__rans_hist *hc = &h[runs[r].cls];
+        uint32_t by_byte[256] = {0};
         for (size_t i = covered; i < covered + runs[r].bytes; ++i)
-            hc->cnt[kw__wire_rans_rank(src[i])]++;
+            by_byte[src[i]]++;
+        for (unsigned b = 0; b < 256u; ++b)
+            hc->cnt[kw__wire_rans_rank((uint8_t)b)] += by_byte[b];
         hc->n += runs[r].bytes;
         covered += runs[r].bytes;
     }
@@ -404,12 +426,14 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, const kw__wire_rans_run *
         if (!runs[r].bytes) continue;
         const kw__rans_table *tb = &tables[table_of[runs[r].cls]];
         for (size_t k = runs[r].bytes; rc == 0 && k-- > 0;) {
-            const unsigned z = kw__wire_rans_rank(src[--i]), which = (unsigned)(i & 3u);
-            if (z < tb->n_entries) {
-                rc = kw__rans_put(&s, which, tb->start[z], tb->f[z]);
+            const uint8_t b = src[--i];
+            const unsigned which = (unsigned)(i & 3u);
+            if (tb->byte_freq[b]) {
+                rc = kw__rans_put(&s, which, tb->byte_start[b], tb->byte_freq[b], tb->byte_rcp[b]);
             } else {
-                rc = kw__rans_put(&s, which, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ);
-                if (rc == 0) rc = kw__rans_put(&s, which, tb->start[256], tb->f[256]);
+                rc = kw__rans_put(&s, which, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ,
+                                  UINT64_MAX / KW__RANS_RAW_FREQ + 1u);
+                if (rc == 0) rc = kw__rans_put(&s, which, tb->start[256], tb->f[256], tb->rcp[256]);
             }
         }
     }
@@ -466,53 +490,53 @@ static int kw__rans_read_table(kw__rans_bit_reader *r, kw__rans_dec_table *t) {
     return 0;
 }
 
-/* The escape's two symbols from state *x into *byte; *bad is set for an escaped byte that has a table entry or a
- * stream that ends. Rare: kept out of the loop. */
-static __attribute__((noinline)) void kw__rans_dec_escape(uint32_t *x, const kw__rans_dec_table *t, const uint8_t **p,
-                                                          const uint8_t *end, uint8_t *byte, int *bad) {
-    uint32_t v = *x;
-    v = (KW__RANS_TOTAL - t->esc_start) * (v >> KW__RANS_PROB_BITS) + (v & (KW__RANS_TOTAL - 1u)) - t->esc_start;
-    if (v < KW__RANS_LOW) {
-        if (end - *p < 2) goto fail;
-        v = v << 16 | kw_load_le16(*p);
-        *p += 2;
-    }
-    const uint32_t s = v & (KW__RANS_TOTAL - 1u), b = s / KW__RANS_RAW_FREQ;
-    if (kw__wire_rans_rank((uint8_t)b) < t->n_entries) goto fail;
-    v = KW__RANS_RAW_FREQ * (v >> KW__RANS_PROB_BITS) + s - b * KW__RANS_RAW_FREQ;
-    if (v < KW__RANS_LOW) {
-        if (end - *p < 2) goto fail;
-        v = v << 16 | kw_load_le16(*p);
-        *p += 2;
-    }
-    *x = v;
-    *byte = (uint8_t)b;
-    return;
-fail:
-    *bad = 1;
+/* Renormalizes v from the stream: 0, or -1 when the stream has ended. */
+static inline int kw__rans_refill(uint32_t *v, const uint8_t **p, const uint8_t *end) {
+    if (*v >= KW__RANS_LOW) return 0;
+    if (end - *p < 2) return -1;
+    *v = *v << 16 | kw_load_le16(*p);
+    *p += 2;
+    return 0;
 }
 
-/* One byte from state *x into *out; *bad is set (and the state left) when the stream has ended or an escape is
- * invalid. */
-static inline void kw__rans_dec_one(uint32_t *x, const kw__rans_dec_table *t, const uint8_t **p, const uint8_t *end,
-                                    uint8_t *out, int *bad) {
+/* One byte from state *x into *out, every case checked (an escape's two symbols, the stream's end): 0, or -1 for a
+ * stream that ends or an escaped byte that has a table entry. The careful path: a run's edges, escapes and the
+ * stream's last words. */
+static __attribute__((noinline)) int kw__rans_dec_checked(uint32_t *x, const kw__rans_dec_table *t, const uint8_t **p,
+                                                          const uint8_t *end, uint8_t *out) {
     uint32_t v = *x;
-    if ((v & (KW__RANS_TOTAL - 1u)) >= t->esc_start) {
-        kw__rans_dec_escape(x, t, p, end, out, bad);
-        return;
+    const uint32_t slot = v & (KW__RANS_TOTAL - 1u);
+    if (slot < t->esc_start) {
+        const uint32_t e = t->slot[slot];
+        v = ((e & 0xfffu) + 1u) * (v >> KW__RANS_PROB_BITS) + ((e >> 12) & 0xfffu);
+        if (kw__rans_refill(&v, p, end) != 0) return -1;
+        *x = v;
+        *out = (uint8_t)(e >> 24);
+        return 0;
     }
-    const uint32_t e = t->slot[v & (KW__RANS_TOTAL - 1u)];
-    v = ((e & 0xfffu) + 1u) * (v >> KW__RANS_PROB_BITS) + ((e >> 12) & 0xfffu);
-    if (v < KW__RANS_LOW) {
-        if (end - *p < 2) {
-            *bad = 1;
-            return;
-        }
-        v = v << 16 | kw_load_le16(*p);
-        *p += 2;
-    }
+    v = (KW__RANS_TOTAL - t->esc_start) * (v >> KW__RANS_PROB_BITS) + slot - t->esc_start;
+    if (kw__rans_refill(&v, p, end) != 0) return -1;
+    const uint32_t s = v & (KW__RANS_TOTAL - 1u), b = s / KW__RANS_RAW_FREQ;
+    if (kw__wire_rans_rank((uint8_t)b) < t->n_entries) return -1;
+    v = KW__RANS_RAW_FREQ * (v >> KW__RANS_PROB_BITS) + s - b * KW__RANS_RAW_FREQ;
+    if (kw__rans_refill(&v, p, end) != 0) return -1;
     *x = v;
+    *out = (uint8_t)b;
+    return 0;
+}
+
+/* One byte of a table entry from state x (the caller made sure the slot is no escape's and that a word is left: the
+ * word is read whether or not it is used). */
+static inline uint32_t kw__rans_dec_fast(uint32_t x, const uint32_t *slots, const uint8_t **p, uint8_t *out) {
+    const uint32_t e = slots[x & (KW__RANS_TOTAL - 1u)];
+    x = ((e & 0xfffu) + 1u) * (x >> KW__RANS_PROB_BITS) + ((e >> 12) & 0xfffu);
+    /* branch-free: whether a word is read is a coin toss the branch predictor would lose */
+    const uint32_t refill = x < KW__RANS_LOW, word = kw_load_le16(*p);
+    const uint32_t keep = refill - 1u; /* all ones when no word is read: a select no compiler turns into a branch */
+    x = (x & keep) | ((x << 16 | word) & ~keep);
+    *p += 2u * refill;
     *out = (uint8_t)(e >> 24);
+    return x;
 }
 
 int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t n) {
@@ -567,23 +591,26 @@ int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t
         (void)kw__rans_get_varint(&rl, end, &v); /* checked above */
         const kw__rans_dec_table *t = &tables[v & 3u];
         const size_t run_end = i + (size_t)(v >> 2) + 1u;
-        while (i < run_end && (i & 3u) && !bad) { /* to a multiple of four */
-            kw__rans_dec_one(&x[i & 3u], t, &p, end, &dst[i], &bad);
-            ++i;
-        }
-        if (run_end - i >= 4u && !bad) { /* four bytes, one per state: the four chains overlap */
-            uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-            do {
-                kw__rans_dec_one(&x0, t, &p, end, &dst[i], &bad);
-                kw__rans_dec_one(&x1, t, &p, end, &dst[i + 1u], &bad);
-                kw__rans_dec_one(&x2, t, &p, end, &dst[i + 2u], &bad);
-                kw__rans_dec_one(&x3, t, &p, end, &dst[i + 3u], &bad);
-                i += 4u;
-            } while (run_end - i >= 4u && !bad);
-            x[0] = x0, x[1] = x1, x[2] = x2, x[3] = x3;
-        }
+        const uint32_t *slots = t->slot, esc = t->esc_start;
         while (i < run_end && !bad) {
-            kw__rans_dec_one(&x[i & 3u], t, &p, end, &dst[i], &bad);
+            /* four bytes, one per state, where none is an escape and the stream holds the four words they may read:
+             * the four chains overlap and nothing is checked per byte */
+            if ((i & 3u) == 0 && run_end - i >= 4u && end - p >= 8) {
+                uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+                const uint8_t *q = p;
+                while (run_end - i >= 4u && end - q >= 8 &&
+                       ((x0 & 4095u) < esc) & ((x1 & 4095u) < esc) & ((x2 & 4095u) < esc) & ((x3 & 4095u) < esc)) {
+                    x0 = kw__rans_dec_fast(x0, slots, &q, &dst[i]);
+                    x1 = kw__rans_dec_fast(x1, slots, &q, &dst[i + 1u]);
+                    x2 = kw__rans_dec_fast(x2, slots, &q, &dst[i + 2u]);
+                    x3 = kw__rans_dec_fast(x3, slots, &q, &dst[i + 3u]);
+                    i += 4u;
+                }
+                x[0] = x0, x[1] = x1, x[2] = x2, x[3] = x3;
+                p = q;
+                if (i == run_end) break;
+            }
+            bad = kw__rans_dec_checked(&x[i & 3u], t, &p, end, &dst[i]) != 0;
             ++i;
         }
         KW_RETURN_IF(bad, KW_E_WIRE_COMPRESSION,

@@ -43,7 +43,7 @@ static inline uint8_t kw__wire_rans_byte(unsigned z) {
     return (z & 1u) ? (uint8_t)(256u - (z + 1u) / 2u) : (uint8_t)(z / 2u);
 }
 static inline unsigned kw__wire_rans_rank(uint8_t b) {
-    return b < 128u ? 2u * b : 2u * (256u - b) - 1u;
+    return (uint8_t)(b << 1) ^ (b >> 7 ? 0xffu : 0u); /* zigzag, branch-free: 2v for v >= 0, -2v - 1 below */
 }
 
 #endif
