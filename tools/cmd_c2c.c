@@ -1118,14 +1118,14 @@ int kw_cmd_c2c(int argc, char **argv) {
                                     NULL, &wire_pol));
     }
     wire_pol.rans = (uint8_t)wire_rans; /* the rANS body coder (FORMAT.md §5.15), beside or instead of zstd */
-    if (scoring_i == 1) {               /* --preview-codec CODEC[:GRAN], f32 scales, K and V alike */
-        memset(&preview_pol, 0, sizeof preview_pol);
+    if (scoring_i == 1) { /* --preview-codec CODEC[:GRAN], f32 scales, K and V alike; the rest of the final policy
+                             (rotation, clipping, the body coders) as sharerd's preview has it, but not its code
+                             limits: the preview's codec is its own */
+        preview_pol = wire_pol;
         KW_CHECK(kw_c2c_codec_gran(preview_codec ? preview_codec : "int4:token", "token", "f32", "--preview-codec",
                                    &preview_pol.k));
         preview_pol.v = preview_pol.k;
-        preview_pol.index_encoding = KW_WIRE_INDEX_AUTO;
-        preview_pol.zstd_level = wire_pol.zstd_level; /* the body coders, lossless, as sharerd's preview has them */
-        preview_pol.rans = wire_pol.rans;
+        preview_pol.code_limit_k = preview_pol.code_limit_v = 0;
     }
     const int use_wire = wire_codec || budget_bytes;
     stage = "backend";

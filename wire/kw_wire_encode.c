@@ -385,12 +385,6 @@ static int kw__enc_limited(const kw_wire_codec_spec *sp, uint32_t limit) {
     return kw__enc_qmax(sp, limit) != kw__enc_codec_qmax(sp);
 }
 
-/* The symmetric code of x with inv = fl32(1/s): kw_wire_quantize_value's, but integer codes clamped at qmax (the
- * codec's own or a code limit's; the same code when qmax is the codec's): kw_wire_quantize_value_q. */
-static inline int32_t kw__enc_code(uint32_t codec, float x, float inv, float qmax) {
-    return kw_wire_quantize_value_q(codec, x, inv, qmax);
-}
-
 /* Chooses the scale (and zero point) of every unit of a tensor in the general path, from lo/hi (min and max of the
  * unit's values, or hi = absmax when symmetric) for codes up to qmax (kw__enc_qmax); stores them and leaves s, z and
  * 1/s in lo, hi and iv. */
@@ -623,7 +617,7 @@ static void kw__enc_clip(const kw_wire_encoder *e, const kw_wire_tensor_in *in, 
                         y = kw_wire_dequantize_asym(
                             s != 0.0f ? kw_wire_quantize_asym(x[d], cs->z[u], cs->inv[u], qmax) : 0u, s, cs->z[u]);
                     else
-                        y = s != 0.0f ? (float)kw__enc_code(codec, x[d], cs->inv[u], qmax) * s : 0.0f;
+                        y = s != 0.0f ? (float)kw_wire_quantize_value_q(codec, x[d], cs->inv[u], qmax) * s : 0.0f;
                     const double r = (double)x[d] - (double)y;
                     cs->err[u] += r * r;
                 }
@@ -708,7 +702,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
                 if (asym)
                     q = s != 0.0f && !outlier ? kw_wire_quantize_asym(x[d], hi[u], iv[u], qmax) : 0u;
                 else /* a zero scale or an outlier: the code of +0 */
-                    q = (uint32_t)kw__enc_code(codec, s != 0.0f && !outlier ? x[d] : 0.0f, iv[u], qmax);
+                    q = (uint32_t)kw_wire_quantize_value_q(codec, s != 0.0f && !outlier ? x[d] : 0.0f, iv[u], qmax);
                 kw_wire_field_put(bits, row, d, q & mask);
             }
         }

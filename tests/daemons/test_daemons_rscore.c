@@ -129,15 +129,16 @@ static void test_delta_capped_same_as_cli(void **state) {
 /* "scoring": "receiver" (PROTOCOL.md §5.2): the sharer previews every row at the preview codec, receiverd scores with
  * its own model and fuser, sends SHARE_SELECTION, fuses the final rows: the same tokens, rows and bytes (preview,
  * selection, final) as `kvwire c2c --scoring receiver --preview-codec`; a bf16 preview of proj_vnorm_topk selects
- * exactly what scoring local does (the rows are lossless). *ids_out (16) gets the completion ids, *final_out the
- * final blob bytes. */
-static void receiver_same_as_cli(const char *selection, const char *preview, int32_t *ids_out, int *n_ids,
+ * exactly what scoring local does (the rows are lossless). rotated: the final policy rotates and clips K and V, which
+ * the preview keeps too (its own codec, the rest of the policy). *ids_out (16) gets the completion ids, *final_out
+ * the final blob bytes. */
+static void receiver_same_as_cli(const char *selection, const char *preview, int rotated, int32_t *ids_out, int *n_ids,
                                  double *final_out) {
-    char policy[256];
+    char policy[320];
     snprintf(policy, sizeof policy,
              "\"selection\":\"%s\",\"proportion\":0.4,\"codec\":\"int8\",\"scoring\":\"receiver\","
-             "\"preview\":\"%s\"",
-             selection, preview);
+             "\"preview\":\"%s\"%s",
+             selection, preview, rotated ? ",\"rotate\":\"kv\",\"clip\":\"kv\"" : "");
     kwd_response r;
     request(kwd_receiver.port, "c2c", policy, &r);
     if (r.status != 200) fail_msg("%s: HTTP %ld: %s", selection, r.status, r.body);
@@ -149,8 +150,8 @@ static void receiver_same_as_cli(const char *selection, const char *preview, int
     snprintf(args, sizeof args,
              "c2c --receiver %s/tiny-qwen3-l3 --sharer %s/tiny-qwen2 --fuser %s/tiny-fuser-l3 --prompt '" PROMPT
              "' --max-new-tokens 6 --select %s --select-proportion 0.4 --wire int8 --scoring receiver "
-             "--preview-codec %s",
-             m, m, m, selection, preview);
+             "--preview-codec %s%s",
+             m, m, m, selection, preview, rotated ? " --wire-rotate kv --wire-clip kv" : "");
     char *out = kwd_kvwire(args);
     int32_t want[16];
     const int n_want = kwd_parse_ids(out, "generated_ids", want, 16);
@@ -184,7 +185,7 @@ static void test_receiver_scoring(void **state) {
     int32_t ids[16], local_ids[16];
     int n = 0;
     double fin = 0;
-    receiver_same_as_cli("proj_vnorm_topk", "bf16", ids, &n, &fin);
+    receiver_same_as_cli("proj_vnorm_topk", "bf16", 0, ids, &n, &fin);
     kwd_response r; /* scoring local on the same request */
     request(kwd_receiver.port, "c2c", "\"selection\":\"proj_vnorm_topk\",\"proportion\":0.4,\"codec\":\"int8\"", &r);
     assert_int_equal(r.status, 200);
@@ -192,8 +193,11 @@ static void test_receiver_scoring(void **state) {
     assert_memory_equal(ids, local_ids, (size_t)n * sizeof *ids);
     assert_true(fin == kwd_json_num(r.json, "kvwire.bytes.blob"));
     kwd_response_free(&r);
-    receiver_same_as_cli("delta_proj_vnorm_topk", "int4", ids, &n, &fin);
-    receiver_same_as_cli("proj_vnorm_topk", "int4", ids, &n, &fin);
+    receiver_same_as_cli("delta_proj_vnorm_topk", "int4", 0, ids, &n, &fin);
+    receiver_same_as_cli("proj_vnorm_topk", "int4", 0, ids, &n, &fin);
+    /* rotated and clipped: an nf4 preview selects other rows rotated than not (16 rows against 15 here), so a
+     * preview that dropped the rotation on one side would not match the other */
+    receiver_same_as_cli("delta_proj_vnorm_topk", "nf4", 1, ids, &n, &fin);
 }
 
 static void expect_400(uint16_t port, const char *mode, const char *policy, const char *needle) {
