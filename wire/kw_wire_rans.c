@@ -335,7 +335,10 @@ static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint3
         kw_store_le16(s->p, (uint16_t)x);
         x >>= 16;
     }
-    const uint32_t q = freq > 1u ? (uint32_t)(((unsigned __int128)x * rcp) >> 64) : x; /* x / freq */
+    /* x / freq: the high 64 bits of x * rcp from two 32x32 products (the dropped low part moves the sum by less than
+     * one unit, which never carries into the result's integer part) */
+    const uint64_t mid = (uint64_t)x * (uint32_t)rcp >> 32, hi = (uint64_t)x * (uint32_t)(rcp >> 32) + mid;
+    const uint32_t q = freq > 1u ? (uint32_t)(hi >> 32) : x;
     s->x[which] = (q << KW__RANS_PROB_BITS) + (x - q * freq) + start;
     return 0;
 }
@@ -343,9 +346,10 @@ static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint3
 int kw__wire_rans_encode(const uint8_t *src, size_t n, const kw__wire_rans_run *runs, size_t n_runs, uint8_t *dst,
                          size_t cap, size_t *out) {
     KW_RETURN_IF((!src && n) || !dst || !out || (!runs && n_runs), KW_E_INVALID_ARG, "null argument");
+    /* a section's raw body is a u32 (FORMAT.md §4.1): longer, counts and run lengths would outgrow their fields */
+    KW_RETURN_IF(n > UINT32_MAX, KW_E_INVALID_ARG, "a body of %zu bytes", n);
     const kw__wire_rans_run whole = {.bytes = (uint32_t)n, .cls = 0};
     if (!runs) {
-        KW_RETURN_IF(n > UINT32_MAX, KW_E_INVALID_ARG, "a body of %zu bytes", n);
         runs = &whole;
         n_runs = 1;
     }
@@ -541,12 +545,13 @@ static inline uint32_t kw__rans_dec_fast(uint32_t x, const uint32_t *slots, cons
 
 int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t n) {
     KW_RETURN_IF((!src && stored) || (!dst && n), KW_E_INVALID_ARG, "null argument");
+    KW_RETURN_IF(stored == 0, KW_E_WIRE_COMPRESSION, "rANS body: empty");
     const uint8_t *p = src, *const end = src + stored;
-    KW_RETURN_IF(p == end, KW_E_WIRE_COMPRESSION, "rANS body: empty");
     const uint8_t head = *p++;
     KW_RETURN_IF(head >= KW__WIRE_RANS_MAX_TABLES, KW_E_WIRE_COMPRESSION, "rANS body: %u tables (at most %d)",
                  head + 1u, KW__WIRE_RANS_MAX_TABLES);
     const unsigned n_tables = head + 1u;
+    KW_RETURN_IF(n == 0 && n_tables != 1u, KW_E_WIRE_COMPRESSION, "rANS body: an empty body with %u tables", n_tables);
     uint64_t n_runs = 0;
     KW_FORWARD(kw__rans_get_varint(&p, end, &n_runs));
     KW_RETURN_IF(n_runs > n || (n && !n_runs), KW_E_WIRE_COMPRESSION, "rANS body: %llu runs for %zu bytes",

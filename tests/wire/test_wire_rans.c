@@ -378,6 +378,9 @@ static void test_malformed(void **state) {
     expect_refused(&w, 0, "a state other than the initial one at the end");
     kw_store_le32(w.b + w.n - 8, LOW); /* all four at 2^16: an empty body */
     assert_int_equal(kw__wire_rans_decode(w.b, w.n, none, 0), 0);
+    w.b[0] = 1; /* an empty body with two tables */
+    expect_refused(&w, 0, "an empty body with two tables");
+    w.b[0] = 0;
     w.b[w.n++] = 0; /* a byte left over (half a word) */
     expect_refused(&w, 0, "a byte left over");
 
@@ -421,6 +424,8 @@ static void test_malformed(void **state) {
         pad(&w);
         put_symbols(&w, ok_sym, 1);
         expect_refused(&w, lists[k].n, lists[k].what);
+        if (k == 7 && !strstr(kw_error_detail(), "longer than 5 bytes")) /* any 6-byte number also overflows the body */
+            fail_msg("%s: refused for another reason: %s", lists[k].what, kw_error_detail());
     }
     w = (bits_out){0}; /* the run list cut short: nothing after it */
     put_runs(&w, 1, 2, two_runs);

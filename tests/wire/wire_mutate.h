@@ -302,7 +302,8 @@ static inline void wm_base11z(wm_blob *b) {
     b->trailer = b->body[0] + stored + KW_WIRE_CHECKSUM_BYTES;
     if (raw != 724 || stored < 64 || stored >= raw || b->data[b->sec[0] + KW__SEC_FLAGS] != 0x20 ||
         memcmp(b->data + b->body[0], "\x01\x04\xac\x01\xfd\x09\x9c\x01\xfd\x09", 10) != 0 ||
-        b->data[b->body[0] + 11] == 0xff || b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
+        b->data[b->body[0] + 10] == 0xff || b->data[b->body[0] + 11] == 0xff ||
+        b->trailer + KW_WIRE_TRAILER_BYTES != b->size) {
         fprintf(stderr, "wm_base11z: unexpected layout (raw %u, stored %u)\n", raw, stored);
         abort();
     }
