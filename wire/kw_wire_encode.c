@@ -1070,14 +1070,16 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
     kw_store_le16(p + KW__SEC_N_GROUPS, (uint16_t)n_groups);
     kw__wire_index_write(index_enc, positions, n_tokens, hdr->n_positions, p + table);
 
-    /* the body's runs for the rANS coder: the index block, each tensor's scales, zero points and codes, the
-     * outliers, each its own kind */
+    /* the body's runs for the rANS coder: the index block and the outliers, then each tensor's scales, zero points and
+     * codes, each its own kind, and again apart for token groups of another codec spec than the first group's (a row
+     * at full int8 beside rows held to a code limit: its codes would be escapes in their table) */
     size_t n_runs = 0;
     if (pol->rans) {
         KW_FORWARD(kw__enc_scratch((void **)&e->rans_runs, &e->rans_runs_cap,
                                    (2u + 6u * (size_t)n_groups) * sizeof *e->rans_runs));
         e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)index_bytes, .cls = 0};
     }
+    _Static_assert(KW__WIRE_RANS_MAX_CLASSES >= 14, "rANS kinds: 2, then 2 specs x K/V x scales, zero points, codes");
     uint64_t scale_bytes = 0, zero_bytes = 0, code_bytes = 0;
     for (uint32_t g = 0; g < n_groups; ++g) {
         const kw_wire_token_group *tg = &groups[g];
@@ -1096,7 +1098,8 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
             const uint64_t cb = kw__wire_code_bytes(kv_specs[kv], hdr->n_kv_heads, tg->n_tokens, hdr->head_dim);
             code_bytes += cb;
             if (pol->rans) {
-                const uint8_t kind = (uint8_t)(1 + 3 * kv);
+                const int other = memcmp(kv_specs[kv], kv ? &groups[0].v : &groups[0].k, sizeof *kv_specs[kv]) != 0;
+                const uint8_t kind = (uint8_t)(2 + 3 * kv + 6 * other);
                 e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)sb, .cls = kind};
                 e->rans_runs[n_runs++] =
                     (kw__wire_rans_run){.bytes = kw_wire_spec_asym(kv_specs[kv]) ? (uint32_t)sb : 0u, .cls = kind + 1};
@@ -1104,7 +1107,7 @@ static int kw__enc_begin(kw_wire_encoder *e, uint32_t layer, uint32_t n_tokens, 
             }
         }
     }
-    if (pol->rans) e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)outlier_bytes, .cls = 7};
+    if (pol->rans) e->rans_runs[n_runs++] = (kw__wire_rans_run){.bytes = (uint32_t)outlier_bytes, .cls = 1};
     e->pending = (struct kw__enc_pending){.dst = p,
                                           .layer = layer,
                                           .n_groups = n_groups,

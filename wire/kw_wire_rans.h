@@ -11,8 +11,8 @@
 #include <stdint.h>
 
 enum {
-    KW__WIRE_RANS_MAX_TABLES = 4,  /* tables a coded body may carry */
-    KW__WIRE_RANS_MAX_CLASSES = 8, /* kinds of bytes an encoder's caller may name (merged into at most 4 tables) */
+    KW__WIRE_RANS_MAX_TABLES = 4,   /* tables a coded body may carry */
+    KW__WIRE_RANS_MAX_CLASSES = 16, /* kinds of bytes an encoder's caller may name (merged into at most 4 tables) */
 };
 
 /* A stretch of the body whose bytes are alike (the caller's knowledge of the layout: scales, K codes, ...). */

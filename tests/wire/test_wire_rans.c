@@ -311,7 +311,7 @@ static void test_definition_runs(void **state) {
     assert_int_equal(kw__wire_rans_decode(coded, c_split, back, M), 0);
     assert_memory_equal(back, src, M);
     /* runs that do not cover the body, or a class out of range */
-    const kw__wire_rans_run shorter[1] = {{M - 1, 0}}, bad_cls[1] = {{M, 8}};
+    const kw__wire_rans_run shorter[1] = {{M - 1, 0}}, bad_cls[1] = {{M, KW__WIRE_RANS_MAX_CLASSES}};
     assert_int_equal(kw__wire_rans_encode(src, M, shorter, 1, coded, 2 * M, &c_split), KW_E_INVALID_ARG);
     assert_int_equal(kw__wire_rans_encode(src, M, bad_cls, 1, coded, 2 * M, &c_split), KW_E_INVALID_ARG);
     free(src);
