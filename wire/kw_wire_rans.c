@@ -115,27 +115,42 @@ static int kw__rans_get_freq(kw__rans_bit_reader *r, uint32_t *f) {
 /* ---------------------------------------------------------------------------------------------------------------
  * Encoder */
 
-/* log2(v) for v >= 1 in units of 2^-16, by integer arithmetic only (the same on every build and libm): the integer
- * part from the bit length, 16 fraction bits by repeated squaring of the mantissa in [1, 2) held as Q31. */
-static uint64_t kw__rans_log2_q16(uint64_t v) {
-    const unsigned e = kw__rans_bit_length(v) - 1u;
-    uint64_t m = e >= 31u ? v >> (e - 31u) : v << (31u - e); /* [2^31, 2^32) */
-    uint64_t r = (uint64_t)e << 16;
-    for (unsigned bit = 16; bit-- > 0;) {
-        m = (m * m) >> 31; /* [2^31, 2^33) */
-        if (m >= (1ull << 32)) {
-            m >>= 1;
-            r |= 1ull << bit;
-        }
-    }
-    return r;
+/* log2(1 + i/256) in units of 2^-16, rounded, i = 0..256 (a table, so the estimates below cost a lookup: the encoder
+ * asks for dozens of logarithms per table it sizes, and sizes dozens of candidate tables per section). */
+static const uint32_t kw__rans_log2_table[257] = {
+    0,     369,   736,   1102,  1466,  1829,  2190,  2551,  2909,  3267,  3623,  3978,  4331,  4683,  5034,  5384,
+    5732,  6079,  6425,  6769,  7112,  7454,  7795,  8134,  8473,  8810,  9146,  9480,  9814,  10146, 10477, 10807,
+    11136, 11464, 11791, 12116, 12440, 12764, 13086, 13407, 13727, 14046, 14363, 14680, 14996, 15310, 15624, 15937,
+    16248, 16559, 16868, 17177, 17484, 17791, 18096, 18401, 18704, 19007, 19308, 19609, 19909, 20207, 20505, 20802,
+    21098, 21393, 21687, 21980, 22272, 22564, 22854, 23144, 23433, 23720, 24007, 24293, 24579, 24863, 25146, 25429,
+    25711, 25992, 26272, 26551, 26830, 27108, 27384, 27660, 27936, 28210, 28484, 28757, 29029, 29300, 29571, 29840,
+    30109, 30378, 30645, 30912, 31178, 31443, 31707, 31971, 32234, 32496, 32758, 33019, 33279, 33538, 33797, 34055,
+    34312, 34569, 34825, 35080, 35334, 35588, 35841, 36094, 36346, 36597, 36847, 37097, 37346, 37595, 37842, 38090,
+    38336, 38582, 38827, 39072, 39316, 39559, 39802, 40044, 40286, 40527, 40767, 41006, 41246, 41484, 41722, 41959,
+    42196, 42432, 42667, 42902, 43137, 43370, 43603, 43836, 44068, 44300, 44530, 44761, 44990, 45220, 45448, 45676,
+    45904, 46131, 46357, 46583, 46809, 47034, 47258, 47482, 47705, 47928, 48150, 48372, 48593, 48813, 49034, 49253,
+    49472, 49691, 49909, 50127, 50344, 50560, 50776, 50992, 51207, 51422, 51636, 51850, 52063, 52276, 52488, 52700,
+    52911, 53122, 53332, 53542, 53751, 53960, 54169, 54377, 54584, 54791, 54998, 55204, 55410, 55615, 55820, 56025,
+    56229, 56432, 56635, 56838, 57040, 57242, 57443, 57644, 57845, 58045, 58245, 58444, 58643, 58841, 59039, 59237,
+    59434, 59631, 59827, 60023, 60219, 60414, 60609, 60803, 60997, 61190, 61384, 61576, 61769, 61961, 62152, 62343,
+    62534, 62725, 62915, 63104, 63294, 63483, 63671, 63859, 64047, 64234, 64421, 64608, 64794, 64980, 65166, 65351,
+    65536,
+};
+
+uint32_t kw__wire_rans_log2_q16(uint64_t v) {
+    if (v == 0) return 0;
+    const unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    const uint64_t frac = e ? v << (64u - e) : 0u; /* the bits below the leading one, at the top of 64 */
+    const uint32_t i = (uint32_t)(frac >> 56), lo = (uint32_t)(frac >> 40) & 0xffffu;
+    const uint32_t a = kw__rans_log2_table[i], step = kw__rans_log2_table[i + 1u] - a;
+    return (e << 16) + a + ((step * lo + 0x8000u) >> 16); /* linear between the table's points: within 2 units */
 }
 
 /* The table size (entries in rank order) of least estimated total size, in 2^-16 bits: each present byte's count c
  * at log2(n / c) bits, the escaped bytes at log2(n / escapes) + 8, the table at 7 bits an entry (4 for an absent one)
  * and 20 more. *cost gets that size. */
 static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n, uint64_t *cost) {
-    const uint64_t log_n = kw__rans_log2_q16(n);
+    const uint64_t log_n = kw__wire_rans_log2_q16(n);
     uint64_t sym_bits = 0, covered = 0, best = UINT64_MAX;
     uint64_t table_bits = (uint64_t)(16u + 4u) << 16;
     unsigned best_z = 256u;
@@ -143,12 +158,12 @@ static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n, uint6
         const uint32_t c = cnt[z - 1u];
         table_bits += (uint64_t)(c ? 7u : 4u) << 16;
         if (c) {
-            sym_bits += (uint64_t)c * (log_n - kw__rans_log2_q16(c));
+            sym_bits += (uint64_t)c * (log_n - kw__wire_rans_log2_q16(c));
             covered += c;
         }
         if (c == 0 && z < 256u) continue;
         const uint64_t esc = (uint64_t)n - covered;
-        const uint64_t esc_bits = esc ? esc * (log_n - kw__rans_log2_q16(esc) + (8ull << 16)) : 0;
+        const uint64_t esc_bits = esc ? esc * (log_n - kw__wire_rans_log2_q16(esc) + (8ull << 16)) : 0;
         const uint64_t total = sym_bits + esc_bits + table_bits;
         if (total < best) {
             best = total;
@@ -326,7 +341,8 @@ typedef struct {
     uint32_t x[4]; /* byte i is coded by state i % 4 */
 } kw__rans_state;
 
-static int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start, uint32_t freq, uint64_t rcp) {
+static inline __attribute__((always_inline)) int kw__rans_put(kw__rans_state *s, unsigned which, uint32_t start,
+                                                              uint32_t freq, uint64_t rcp) {
     const uint64_t x_max = (uint64_t)((KW__RANS_LOW >> KW__RANS_PROB_BITS) << 16) * freq;
     uint32_t x = s->x[which];
     if (x >= x_max) { /* one word always brings x below x_max: x < 2^32 and x_max >= 2^20 */

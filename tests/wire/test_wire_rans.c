@@ -94,6 +94,25 @@ static void test_round_trips(void **state) {
     free(b);
 }
 
+/* The encoder's integer log2 is within 2 units of 2^-16 of libm's, and never decreases (its estimates subtract). */
+static void test_log2(void **state) {
+    (void)state;
+    wt_rng r = {0x1062};
+    uint32_t prev = 0;
+    for (uint64_t v = 1; v < 70000; ++v) {
+        const uint32_t got = kw__wire_rans_log2_q16(v);
+        if (fabs((double)got - log2((double)v) * 65536.0) > 2.0 || got < prev)
+            fail_msg("log2(%llu): %u, libm %.2f", (unsigned long long)v, got, log2((double)v) * 65536.0);
+        prev = got;
+    }
+    for (int k = 0; k < 100000; ++k) {
+        const uint64_t v = ((uint64_t)wt_below(&r, 1u << 30) << 30 | wt_below(&r, 1u << 30)) >> wt_below(&r, 58);
+        if (v && fabs((double)kw__wire_rans_log2_q16(v) - log2((double)v) * 65536.0) > 2.0)
+            fail_msg("log2(%llu): %u", (unsigned long long)v, kw__wire_rans_log2_q16(v));
+    }
+    assert_int_equal(kw__wire_rans_log2_q16(0), 0);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Streams written here from the definition (FORMAT.md §5.15)
 
@@ -557,8 +576,8 @@ static void test_blobs(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trips), cmocka_unit_test(test_definition), cmocka_unit_test(test_definition_runs),
-        cmocka_unit_test(test_malformed),   cmocka_unit_test(test_blobs),
+        cmocka_unit_test(test_round_trips),     cmocka_unit_test(test_log2),      cmocka_unit_test(test_definition),
+        cmocka_unit_test(test_definition_runs), cmocka_unit_test(test_malformed), cmocka_unit_test(test_blobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
