@@ -153,8 +153,10 @@ static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n, uint6
     const uint64_t log_n = kw__wire_rans_log2_q16(n);
     uint64_t sym_bits = 0, covered = 0, best = UINT64_MAX;
     uint64_t table_bits = (uint64_t)(16u + 4u) << 16;
-    unsigned best_z = 256u;
-    for (unsigned z = 1; z <= 256u; ++z) {
+    unsigned best_z = 256u, top = 255u;
+    while (top > 0 && cnt[top] == 0) /* entries past the last present rank only add table bits: never the best */
+        --top;
+    for (unsigned z = 1; z <= top + 1u; ++z) {
         const uint32_t c = cnt[z - 1u];
         table_bits += (uint64_t)(c ? 7u : 4u) << 16;
         if (c) {
@@ -259,30 +261,37 @@ static unsigned kw__rans_merge(kw__rans_hist *h, unsigned n_cls, const kw__wire_
             ++alive;
         }
     }
+    /* the saving of merging a and b (a < b), kept between rounds: a merge changes only the pairs of the class that
+     * absorbed the other */
+    int64_t gain[KW__WIRE_RANS_MAX_CLASSES][KW__WIRE_RANS_MAX_CLASSES];
     kw__rans_hist both;
+    unsigned merged = UINT32_MAX; /* the class that absorbed another in the last round (none yet: every pair) */
     while (alive > 1u) {
+        for (unsigned x = 0; x < n_cls; ++x)
+            for (unsigned y = x + 1u; y < n_cls; ++y) {
+                if (!h[x].n || !h[y].n || (merged != UINT32_MAX && x != merged && y != merged)) continue;
+                for (unsigned z = 0; z < 256u; ++z)
+                    both.cnt[z] = h[x].cnt[z] + h[y].cnt[z];
+                both.n = h[x].n + h[y].n;
+                kw__rans_hist_cost(&both);
+                gain[x][y] = (int64_t)(h[x].cost + h[y].cost) - (int64_t)both.cost;
+            }
         int64_t best_gain = INT64_MIN;
         unsigned ba = 0, bb = 0;
-        for (unsigned a = 0; a < n_cls; ++a)
-            for (unsigned b = a + 1u; b < n_cls; ++b) {
-                if (!h[a].n || !h[b].n || owner[a] != a || owner[b] != b) continue;
-                for (unsigned z = 0; z < 256u; ++z)
-                    both.cnt[z] = h[a].cnt[z] + h[b].cnt[z];
-                both.n = h[a].n + h[b].n;
-                kw__rans_hist_cost(&both);
-                const int64_t gain = (int64_t)(h[a].cost + h[b].cost) - (int64_t)both.cost;
-                if (gain > best_gain) {
-                    best_gain = gain;
-                    ba = a;
-                    bb = b;
+        for (unsigned x = 0; x < n_cls; ++x)
+            for (unsigned y = x + 1u; y < n_cls; ++y)
+                if (h[x].n && h[y].n && gain[x][y] > best_gain) {
+                    best_gain = gain[x][y];
+                    ba = x;
+                    bb = y;
                 }
-            }
         if (best_gain <= 0 && alive <= KW__WIRE_RANS_MAX_TABLES) break;
         for (unsigned z = 0; z < 256u; ++z)
             h[ba].cnt[z] += h[bb].cnt[z];
         h[ba].n += h[bb].n;
         kw__rans_hist_cost(&h[ba]);
         h[bb].n = 0;
+        merged = ba;
         for (unsigned c = 0; c < n_cls; ++c)
             if (owner[c] == bb) owner[c] = ba;
         --alive;
