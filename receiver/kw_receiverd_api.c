@@ -492,7 +492,7 @@ static int kw__rd_policy(kw__rd_err *e, const cJSON *p, kw_rd_spec *s) {
         memcpy(codec, spec, n);
         codec[n] = '\0';
         if (colon) snprintf(gran, sizeof gran, "%s", colon + 1);
-        if (kw_wire_spec_parse(codec, gran, "f32", &s->preview) < 0)
+        if (kw_wire_spec_parse_v(codec, gran, "f32", KW_WIRE_VERSION_1_1, &s->preview) < 0) /* v1.1 codecs too */
             return KW__RD_BAD(e, "kvwire.policy.preview: %s", kw_error_detail());
         if (s->budget_bytes) return KW__RD_BAD(e, "kvwire.policy.scoring: receiver takes no budget_bytes");
     }

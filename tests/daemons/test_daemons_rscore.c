@@ -195,9 +195,11 @@ static void test_receiver_scoring(void **state) {
     kwd_response_free(&r);
     receiver_same_as_cli("delta_proj_vnorm_topk", "int4", 0, ids, &n, &fin);
     receiver_same_as_cli("proj_vnorm_topk", "int4", 0, ids, &n, &fin);
-    /* rotated and clipped: an nf4 preview selects other rows rotated than not (16 rows against 15 here), so a
-     * preview that dropped the rotation on one side would not match the other */
+    /* rotated and clipped: an nf4 or int2 (v1.1) preview selects other rows rotated than not (16 rows against 15
+     * here), so a preview that dropped the rotation on one side would not match the other */
     receiver_same_as_cli("delta_proj_vnorm_topk", "nf4", 1, ids, &n, &fin);
+    receiver_same_as_cli("delta_proj_vnorm_topk", "int2", 1, ids, &n, &fin);
+    receiver_same_as_cli("proj_vnorm_topk", "int2", 0, ids, &n, &fin);
 }
 
 static void expect_400(uint16_t port, const char *mode, const char *policy, const char *needle) {
