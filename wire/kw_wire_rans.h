@@ -38,8 +38,8 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, const kw__wire_rans_run *
  *         stream). */
 int kw__wire_rans_decode(const uint8_t *src, size_t stored, uint8_t *dst, size_t n);
 
-/* log2(v) in units of 2^-16 (0 for v = 0), within 2 units of the exact value, by integer arithmetic only (the encoder's size
- * estimates, and so its bytes, must not depend on a platform's libm). */
+/* log2(v) in units of 2^-16 (0 for v = 0), within 2 units of the exact value, by integer arithmetic only (the encoder's
+ * size estimates, and so its bytes, must not depend on a platform's libm). */
 uint32_t kw__wire_rans_log2_q16(uint64_t v);
 
 /* The byte value in table position z (0, -1, 1, -2, 2, ... as two's-complement bytes) and back. */
