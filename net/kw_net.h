@@ -242,13 +242,16 @@ void kw_net_server_free(kw_net_server *s);
 
 typedef struct kw_net_signals kw_net_signals;
 
-/* Calls on_signal(signum, user) on the loop thread when SIGTERM or SIGINT arrives (libuv signal handles: the
- * handler itself only wakes the loop). Also sets SIGPIPE to be ignored, process-wide: a write to a peer that went
- * away must fail with EPIPE instead of killing the daemon (a program that does not call this must do it). Owned by the
- * caller: kw_net_signals_close. @return 0 or KW_E_NOMEM/KW_E_IO. */
+/* Calls on_signal(signum, user) on the loop thread when SIGTERM or SIGINT arrives (the process's own sigaction handler
+ * only marks the signal and wakes the loop). One watcher per process at a time. Also sets SIGPIPE to be ignored,
+ * process-wide: a write to a peer that went away must fail with EPIPE instead of killing the daemon (a program that
+ * does not call this must do it). Owned by the caller: kw_net_signals_close. @return 0, KW_E_STATE while another
+ * watcher is open (or its handle not yet closed: run the loop), or KW_E_IO. */
 int kw_net_signals_watch(uv_loop_t *loop, void (*on_signal)(int signum, void *user), void *user, kw_net_signals **out);
 
-/* Stops watching; the watcher frees itself once its handles are closed. NULL is a no-op. */
+/* Stops watching: SIGTERM and SIGINT are ignored from then on (never the default action: a stopping daemon must not be
+ * killed by a repeated signal; a caller that wants the default back sets it). The handle closes with the loop's next
+ * turn. NULL, or a watcher already closed, is a no-op. */
 void kw_net_signals_close(kw_net_signals *s);
 
 // ---------------------------------------------------------------------------------------------------------------

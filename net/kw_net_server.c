@@ -241,49 +241,84 @@ void kw_net_server_free(kw_net_server *s) {
 // ---------------------------------------------------------------------------------------------------------------
 // Signals
 
+/* The process's one watcher: a sigaction handler of our own that only marks the signal and wakes the loop
+ * (uv_async_send is async-signal-safe), rather than libuv's signal handles, whose close puts back the default action:
+ * a second SIGTERM (scancel and a job script both send one) arriving between that close and the caller's SIG_IGN
+ * killed a stopping daemon (exit 143). Here the action goes from the handler straight to SIG_IGN. The state is static,
+ * so a handler running late on another thread never touches freed memory. */
 struct kw_net_signals {
-    uv_signal_t term, intr;
+    uv_async_t wake;
     void (*on_signal)(int signum, void *user);
     void *user;
-    int handles_open;
 };
 
-static void kw__net_signal_cb(uv_signal_t *h, int signum) {
+static kw_net_signals kw__net_signals;                   /* the watcher (one per process at a time) */
+static volatile sig_atomic_t kw__net_signals_on;         /* 1 while watching: the handler may wake the loop */
+static volatile sig_atomic_t kw__net_term, kw__net_intr; /* pending signals */
+static int kw__net_signals_busy;                         /* watching, or its handle not yet closed */
+
+static void kw__net_signal_handler(int signum) {
+    const int saved = errno;
+    if (signum == SIGTERM) kw__net_term = 1;
+    if (signum == SIGINT) kw__net_intr = 1;
+    if (kw__net_signals_on) uv_async_send(&kw__net_signals.wake);
+    errno = saved;
+}
+
+static void kw__net_signal_cb(uv_async_t *h) {
     kw_net_signals *s = h->data;
-    s->on_signal(signum, s->user);
+    if (kw__net_term) {
+        kw__net_term = 0;
+        if (kw__net_signals_on) s->on_signal(SIGTERM, s->user);
+    }
+    if (kw__net_intr) {
+        kw__net_intr = 0;
+        if (kw__net_signals_on) s->on_signal(SIGINT, s->user);
+    }
 }
 
 static void kw__net_signals_closed(uv_handle_t *h) {
-    kw_net_signals *s = h->data;
-    if (--s->handles_open == 0) free(s);
+    (void)h;
+    kw__net_signals_busy = 0;
+}
+
+static int kw__net_signal_action(void (*handler)(int)) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sa.sa_flags = SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    return sigaction(SIGTERM, &sa, NULL) == 0 && sigaction(SIGINT, &sa, NULL) == 0 ? 0 : -1;
 }
 
 int kw_net_signals_watch(uv_loop_t *loop, void (*on_signal)(int signum, void *user), void *user, kw_net_signals **out) {
-    KW_RETURN_IF(!on_signal, KW_E_INVALID_ARG, "signals: a callback is required");
-    kw_net_signals *s = calloc(1, sizeof *s);
-    KW_RETURN_IF(!s, KW_E_NOMEM, "signals: out of memory");
+    KW_RETURN_IF(!loop || !on_signal || !out, KW_E_INVALID_ARG, "signals: a loop, a callback and out are required");
+    KW_RETURN_IF(kw__net_signals_busy, KW_E_STATE, "signals: one watcher per process, and one is open");
+    kw_net_signals *s = &kw__net_signals;
     s->on_signal = on_signal;
     s->user = user;
-    uv_signal_init(loop, &s->term);
-    uv_signal_init(loop, &s->intr);
-    s->term.data = s->intr.data = s;
-    s->handles_open = 2;
+    const int rc = uv_async_init(loop, &s->wake, kw__net_signal_cb);
+    KW_RETURN_IF(rc < 0, KW_E_IO, "signals: %s", uv_strerror(rc));
+    s->wake.data = s;
+    kw__net_signals_busy = 1;
+    kw__net_term = kw__net_intr = 0;
+    kw__net_signals_on = 1;
     /* libuv writes with write(2): a peer that vanished must give EPIPE, not kill the process */
     signal(SIGPIPE, SIG_IGN);
-    int rc = uv_signal_start(&s->term, kw__net_signal_cb, SIGTERM);
-    if (rc == 0) rc = uv_signal_start(&s->intr, kw__net_signal_cb, SIGINT);
-    if (rc < 0) {
+    if (kw__net_signal_action(kw__net_signal_handler) != 0) {
+        const int e = errno;
         kw_net_signals_close(s);
-        KW_FAIL(KW_E_IO, "signals: %s", uv_strerror(rc));
+        KW_FAIL(KW_E_IO, "signals: sigaction: %s", strerror(e));
     }
     *out = s;
     return 0;
 }
 
 void kw_net_signals_close(kw_net_signals *s) {
-    if (!s) return;
-    uv_close((uv_handle_t *)&s->term, kw__net_signals_closed);
-    uv_close((uv_handle_t *)&s->intr, kw__net_signals_closed);
+    if (!s || !kw__net_signals_on) return;
+    (void)kw__net_signal_action(SIG_IGN); /* from the handler straight to ignoring: no default action in between */
+    kw__net_signals_on = 0;
+    uv_close((uv_handle_t *)&s->wake, kw__net_signals_closed);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -879,12 +879,10 @@ static void kw__rd_on_post(kw_net_async_item *item, void *user) {
     case KW_RD_POST_EXIT:
         kw_net_async_close(d->async);
         d->async = NULL;
+        /* SIGTERM and SIGINT are ignored from here on (kw_net_signals_close): a repeated one (scancel and a job
+         * script both send one) must not kill the process while it frees its models; it is stopping already */
         kw_net_signals_close(d->signals);
         d->signals = NULL;
-        /* closing the watcher restored the default action: a repeated SIGTERM (scancel and a job script both send
-         * one) must not kill the process while it frees its models; it is stopping already */
-        signal(SIGTERM, SIG_IGN);
-        signal(SIGINT, SIG_IGN);
         kw_net_service_close(d->service);
         d->service = NULL;
         break;

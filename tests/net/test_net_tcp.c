@@ -685,6 +685,24 @@ static void run_shutdown(bool by_signal) {
     for (int i = 0; i < 3; ++i)
         nt_client_free(&cl[i]);
     nt_loop_finish(&loop);
+    if (by_signal) { /* a closed watcher leaves SIGTERM ignored, never at its default action: a repeated signal must
+                        not kill a stopping daemon (this raise would end the test with the default action) */
+        struct sigaction now;
+        assert_int_equal(sigaction(SIGTERM, NULL, &now), 0);
+        assert_true(now.sa_handler == SIG_IGN);
+        raise(SIGTERM);
+        /* a second watcher may open once the first one's handle has closed, and a third not beside it */
+        uv_loop_t again;
+        assert_int_equal(uv_loop_init(&again), 0);
+        kw_net_signals *w1 = NULL, *w2 = NULL;
+        assert_int_equal(kw_net_signals_watch(&again, sd_signal, &sc, &w1), 0);
+        assert_int_equal(kw_net_signals_watch(&again, sd_signal, &sc, &w2), KW_E_STATE);
+        kw_net_signals_close(w1);
+        uv_run(&again, UV_RUN_DEFAULT);
+        assert_int_equal(uv_loop_close(&again), 0);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+    }
 }
 
 static void test_graceful_shutdown(void **state) {
