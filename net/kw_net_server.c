@@ -305,9 +305,16 @@ int kw_net_signals_watch(uv_loop_t *loop, void (*on_signal)(int signum, void *us
     kw__net_signals_on = 1;
     /* libuv writes with write(2): a peer that vanished must give EPIPE, not kill the process */
     signal(SIGPIPE, SIG_IGN);
-    if (kw__net_signal_action(kw__net_signal_handler) != 0) {
+    struct sigaction old_term, old_intr; /* put back if the watcher cannot be set up */
+    const bool saved = sigaction(SIGTERM, NULL, &old_term) == 0 && sigaction(SIGINT, NULL, &old_intr) == 0;
+    if (!saved || kw__net_signal_action(kw__net_signal_handler) != 0) {
         const int e = errno;
-        kw_net_signals_close(s);
+        if (saved) {
+            (void)sigaction(SIGTERM, &old_term, NULL);
+            (void)sigaction(SIGINT, &old_intr, NULL);
+        }
+        kw__net_signals_on = 0;
+        uv_close((uv_handle_t *)&s->wake, kw__net_signals_closed);
         KW_FAIL(KW_E_IO, "signals: sigaction: %s", strerror(e));
     }
     *out = s;

@@ -28,12 +28,7 @@
 
 /* The bits v needs (0 for 0). */
 static unsigned kw__rans_bit_length(uint64_t v) {
-    unsigned e = 0;
-    while (v) {
-        ++e;
-        v >>= 1;
-    }
-    return e;
+    return v ? 64u - (unsigned)__builtin_clzll(v) : 0u;
 }
 
 /* The nearest frequency the code holds, at least 1 (v >= 1). */
@@ -139,7 +134,7 @@ static const uint32_t kw__rans_log2_table[257] = {
 
 uint32_t kw__wire_rans_log2_q16(uint64_t v) {
     if (v == 0) return 0;
-    const unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    const unsigned e = kw__rans_bit_length(v) - 1u;
     const uint64_t frac = e ? v << (64u - e) : 0u; /* the bits below the leading one, at the top of 64 */
     const uint32_t i = (uint32_t)(frac >> 56), lo = (uint32_t)(frac >> 40) & 0xffffu;
     const uint32_t a = kw__rans_log2_table[i], step = kw__rans_log2_table[i + 1u] - a;
@@ -163,7 +158,7 @@ static unsigned kw__rans_choose_entries(const uint32_t cnt[256], size_t n, uint6
             sym_bits += (uint64_t)c * (log_n - kw__wire_rans_log2_q16(c));
             covered += c;
         }
-        if (c == 0 && z < 256u) continue;
+        if (c == 0) continue; /* rank top + 1 has a count (unless none has): all entries are always tried */
         const uint64_t esc = (uint64_t)n - covered;
         const uint64_t esc_bits = esc ? esc * (log_n - kw__wire_rans_log2_q16(esc) + (8ull << 16)) : 0;
         const uint64_t total = sym_bits + esc_bits + table_bits;
@@ -311,7 +306,7 @@ static unsigned kw__rans_merge(kw__rans_hist *h, unsigned n_cls, const kw__wire_
 typedef struct {
     uint32_t f[257]; /* by rank; f[256] the escape */
     uint32_t start[257];
-    uint64_t rcp[257];                        /* kw__rans_rcp(f) */
+    uint64_t esc_rcp;                         /* kw__rans_rcp(f[256]) */
     uint32_t byte_start[256], byte_freq[256]; /* by byte value; frequency 0: escaped */
     uint64_t byte_rcp[256];
     unsigned n_entries;
@@ -334,13 +329,12 @@ static void kw__rans_table_build(const kw__rans_hist *h, kw__rans_table *t) {
         cum += t->f[z];
     }
     t->start[256] = cum;
-    for (unsigned z = 0; z <= 256u; ++z)
-        t->rcp[z] = kw__rans_rcp(t->f[z]);
+    t->esc_rcp = kw__rans_rcp(t->f[256]);
     for (unsigned b = 0; b < 256u; ++b) {
         const unsigned z = kw__wire_rans_rank((uint8_t)b);
         t->byte_start[b] = z < t->n_entries ? t->start[z] : 0u;
         t->byte_freq[b] = z < t->n_entries ? t->f[z] : 0u;
-        t->byte_rcp[b] = z < t->n_entries ? t->rcp[z] : 0u;
+        t->byte_rcp[b] = z < t->n_entries ? kw__rans_rcp(t->f[z]) : 0u;
     }
 }
 
@@ -462,7 +456,7 @@ int kw__wire_rans_encode(const uint8_t *src, size_t n, const kw__wire_rans_run *
             } else {
                 rc = kw__rans_put(&s, which, (uint32_t)src[i] * KW__RANS_RAW_FREQ, KW__RANS_RAW_FREQ,
                                   UINT64_MAX / KW__RANS_RAW_FREQ + 1u);
-                if (rc == 0) rc = kw__rans_put(&s, which, tb->start[256], tb->f[256], tb->rcp[256]);
+                if (rc == 0) rc = kw__rans_put(&s, which, tb->start[256], tb->f[256], tb->esc_rcp);
             }
         }
     }
