@@ -588,9 +588,13 @@ int kw_op_select_scores(kw_backend *backend, kw_tensor *score, const kw_tensor *
  * with skip 0: larger score, ties to the lower offset, non-finite never), their number in count (1) i32. */
 int kw_op_select_topk(kw_backend *backend, kw_tensor *out, kw_tensor *count, const kw_tensor *score, int64_t k);
 
-/* The four bytes of a KVWire codec spec (wire/kw_wire.h kw_wire_codec_spec, which kernels/ does not include). */
+/* The four bytes of a KVWire codec spec (wire/kw_wire.h kw_wire_codec_spec, which kernels/ does not include), and
+ * whether the rows kw_op_wire_encode reads are Hadamard-rotated (FORMAT.md §5.12; kw_op_wire_rotate_rows's output):
+ * then a scale unit with a value past wire/kw_wire_quant.h's kw_wire_rotated_max is refused (KW_E_WIRE_RANGE), as the
+ * CPU encoder refuses it. */
 typedef struct kw_wire_op_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
+    uint8_t rotated; /* 1: the rows are rotated */
 } kw_wire_op_spec;
 
 /* The bytes of one tensor of H heads, T tokens, head_dim D on the wire and the device scratch kw_op_wire_encode

@@ -458,7 +458,7 @@ static int kw_receive_device_reserve(kw_receive *r, kw_backend *be, int64_t T, i
 
 /* The op spec of a tensor view. */
 static kw_wire_op_spec kw_receive_op_spec(const kw_wire_tensor_view *tv) {
-    const kw_wire_op_spec sp = {tv->spec.codec, tv->spec.granularity, tv->spec.scale_dtype, tv->spec.group_log2};
+    const kw_wire_op_spec sp = {tv->spec.codec, tv->spec.granularity, tv->spec.scale_dtype, tv->spec.group_log2, 0};
     return sp;
 }
 

@@ -438,7 +438,7 @@ static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer 
     *work = 0;
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
-                                   specs[kv]->group_log2};
+                                   specs[kv]->group_log2, 0};
         uint64_t scratch = 0;
         if (kw_backend_wire_sizes_clip(l->device->backend, &s, (pol->clip >> kv) & 1, (uint32_t)l->n_heads, T,
                                        (uint32_t)l->head_dim, &bytes[kv], &scratch) < 0) {
@@ -448,8 +448,8 @@ static int kw_share_wire_device_ok(const kw_share_wire *w, const kw_share_layer 
         *work = scratch > *work ? scratch : *work;
     }
     uint64_t scratch = 0;
-    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2};
-    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2};
+    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2, 0};
+    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2, 0};
     if (pol->outliers && kw_backend_wire_outlier_work(l->device->backend, &sk, &sv, (uint32_t)l->n_heads, T,
                                                       (uint32_t)l->head_dim, &scratch) < 0) {
         kw_error_clear(); /* past the device's 2^32 elements: the CPU's */
@@ -472,8 +472,8 @@ static int kw_share_wire_device_outliers(kw_share_wire *w, const kw_share_layer 
     const uint32_t T = (uint32_t)l->n_rows, H = (uint32_t)l->n_heads, D = (uint32_t)l->head_dim;
     const uint64_t total = 2ull * H * T * D;
     const uint32_t count = pol->outliers < total ? pol->outliers : (uint32_t)total;
-    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2};
-    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2};
+    const kw_wire_op_spec sk = {pol->k.codec, pol->k.granularity, pol->k.scale_dtype, pol->k.group_log2, 0};
+    const kw_wire_op_spec sv = {pol->v.codec, pol->v.granularity, pol->v.scale_dtype, pol->v.group_log2, 0};
     uint64_t work_bytes = 0;
     KW_FORWARD(kw_backend_wire_outlier_work(be, &sk, &sv, H, T, D, &work_bytes));
     const int64_t nw = (int64_t)work_bytes, nc = count, one = 1, nm = (int64_t)((total + 31) / 32 * 4);
@@ -594,7 +594,7 @@ static int kw_share_wire_device_section(kw_share_wire *w, const kw_share_layer *
     KW_CHECK(kw_tensor_alloc(be, &err, KW_DTYPE_U8, 1, &ne));
     for (int kv = 0; kv < 2; ++kv) {
         const kw_wire_op_spec s = {specs[kv]->codec, specs[kv]->granularity, specs[kv]->scale_dtype,
-                                   specs[kv]->group_log2};
+                                   specs[kv]->group_log2, (uint8_t)((pol->rotate >> kv) & 1)};
         KW_CHECK(kw_op_wire_encode_clip(be, &dst, kv ? (size_t)bytes[0] : 0, &s, (pol->clip >> kv) & 1, rows[kv],
                                         src.rows, 0, T, &work, &err, kv, pol->outliers ? &mask : NULL, kv ? half : 0));
     }
@@ -636,7 +636,7 @@ static int kw_share_wire_device_groups(kw_share_wire *w, const kw_share_layer *l
     for (uint32_t g = 0; g < G; ++g)
         for (int kv = 0; kv < 2; ++kv) {
             const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
-            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
+            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2, 0};
             uint64_t sc = 0;
             if (kw_backend_wire_sizes(be, &s, H, pol->groups[g].n_tokens, D, &bytes[2 * (size_t)g + kv], &sc) < 0) {
                 kw_error_clear(); /* the CPU's */
@@ -672,7 +672,7 @@ static int kw_share_wire_device_groups(kw_share_wire *w, const kw_share_layer *l
     for (uint32_t g = 0, t0 = 0; g < G; t0 += pol->groups[g].n_tokens, ++g)
         for (int kv = 0; kv < 2; ++kv) { /* the section's order: each group's K, then its V */
             const kw_wire_codec_spec *c = kv ? &pol->groups[g].v : &pol->groups[g].k;
-            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2};
+            const kw_wire_op_spec s = {c->codec, c->granularity, c->scale_dtype, c->group_log2, 0};
             KW_CHECK(kw_op_wire_encode(be, &dst, off, &s, kv ? dev->v : dev->k, &rows, t0, pol->groups[g].n_tokens,
                                        &work, &err, 2 * (int64_t)g + kv, NULL, 0));
             off += (size_t)bytes[2 * (size_t)g + kv]; /* asked above (a function of its arguments) */

@@ -309,7 +309,27 @@ static inline const uint8_t *kw__enc_row(const kw_wire_tensor_in *in, size_t es,
     return (const uint8_t *)in->data + (r * in->token_stride + (size_t)h * in->head_stride) * es;
 }
 
-/* Passthrough rows: copy or convert to bf16/f16 (RNE), rejecting values the target cannot hold. */
+/* KW_E_WIRE_RANGE if a rotated tensor's (rmax > 0) scale unit has a value past rmax (kw_wire_rotated_max): amax_bits
+ * is its absmax, finite. */
+static inline int kw__enc_rotated_range(uint32_t amax_bits, float rmax, const char *what, uint32_t h, uint32_t t) {
+    KW_RETURN_IF(rmax > 0.0f && kw_f32_from_bits(amax_bits) > rmax, KW_E_WIRE_RANGE,
+                 "%s head %u token %u: rotated |x| = %g is past %g, the most a rotated value may be (FORMAT.md §5.12)",
+                 what, h, t, (double)kw_f32_from_bits(amax_bits), (double)rmax);
+    return 0;
+}
+
+/* The first of the n absmaxes (bits) that is finite and past rmax (a rotated tensor's limit; 0: none), or n. A NaN
+ * or Inf is the scale rule's to report (kw__enc_scale), so a unit before the first one past rmax still reports it. */
+static inline uint32_t kw__enc_first_past(const uint32_t *am, uint32_t n, float rmax) {
+    if (!(rmax > 0.0f)) return n;
+    const uint32_t lim = kw_f32_bits(rmax);
+    for (uint32_t i = 0; i < n; ++i)
+        if (am[i] > lim && am[i] < 0x7f800000u) return i;
+    return n;
+}
+
+/* Passthrough rows: copy or convert to bf16/f16 (RNE), rejecting values the target cannot hold (never rotated:
+ * FORMAT.md §5.12 forbids it and kw__enc_policy refuses it). */
 static int kw__enc_passthrough(const kw_wire_encoder *e, const kw_wire_tensor_in *in, uint32_t codec, uint32_t t0,
                                uint32_t tg, uint8_t *dst, const char *what) {
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype;
@@ -346,10 +366,11 @@ static int kw__enc_passthrough(const kw_wire_encoder *e, const kw_wire_tensor_in
     return 0;
 }
 
-/* The scale for amax (bits): stores it and returns its value and inverse. */
-static inline int kw__enc_scale(const kw_wire_codec_spec *sp, uint32_t amax_bits, uint8_t *scale_dst, float *s,
-                                float *inv, const char *what, uint32_t h, uint32_t t) {
+/* The scale for amax (bits): stores it and returns its value and inverse. rmax: a rotated tensor's limit (0: none). */
+static inline int kw__enc_scale(const kw_wire_codec_spec *sp, uint32_t amax_bits, float rmax, uint8_t *scale_dst,
+                                float *s, float *inv, const char *what, uint32_t h, uint32_t t) {
     KW_RETURN_IF(amax_bits >= 0x7f800000u, KW_E_WIRE_NONFINITE, "%s head %u token %u holds NaN or Inf", what, h, t);
+    KW_FORWARD(kw__enc_rotated_range(amax_bits, rmax, what, h, t));
     uint32_t code;
     const float amax = kw_f32_from_bits(amax_bits);
     const int rc = kw_wire_scale_choose(amax, kw_wire_codec_qmax(sp->codec), sp->scale_dtype, &code, s);
@@ -387,9 +408,9 @@ static int kw__enc_limited(const kw_wire_codec_spec *sp, uint32_t limit) {
 
 /* Chooses the scale (and zero point) of every unit of a tensor in the general path, from lo/hi (min and max of the
  * unit's values, or hi = absmax when symmetric) for codes up to qmax (kw__enc_qmax); stores them and leaves s, z and
- * 1/s in lo, hi and iv. */
-static int kw__enc_general_scales(const kw_wire_codec_spec *sp, float qmax, uint64_t units, float *lo, float *hi,
-                                  float *iv, uint8_t *scales, uint8_t *zeros, const char *what) {
+ * 1/s in lo, hi and iv. rmax: a rotated tensor's limit on lo/hi (0: none). */
+static int kw__enc_general_scales(const kw_wire_codec_spec *sp, float qmax, float rmax, uint64_t units, float *lo,
+                                  float *hi, float *iv, uint8_t *scales, uint8_t *zeros, const char *what) {
     const uint32_t sdt = kw_wire_spec_scale(sp);
     const int asym = kw_wire_spec_asym(sp);
     const size_t ss = kw_wire_scale_size(sdt);
@@ -397,6 +418,11 @@ static int kw__enc_general_scales(const kw_wire_codec_spec *sp, float qmax, uint
     for (uint64_t u = 0; u < units; ++u) {
         uint32_t sc = 0, zc = 0;
         float s = 0.0f, z = 0.0f;
+        KW_RETURN_IF(
+            rmax > 0.0f && (hi[u] > rmax || (asym && -lo[u] > rmax)), KW_E_WIRE_RANGE,
+            "%s scale %llu: rotated values in [%g, %g] are past %g, the most a rotated value may be (FORMAT.md "
+            "§5.12)",
+            what, (unsigned long long)u, (double)(asym ? lo[u] : -hi[u]), (double)hi[u], (double)rmax);
         const int rc = asym ? kw_wire_asym_choose(lo[u], hi[u], qmax, sdt, &sc, &s, &zc, &z)
                             : kw_wire_scale_choose(hi[u], qmax, sdt, &sc, &s);
         KW_RETURN_IF(rc < 0, rc, "%s scale %llu: values in [%g, %g] have no %s scale%s for %s", what,
@@ -647,7 +673,7 @@ static inline const uint8_t *kw__enc_row_outliers(const kw__enc_outliers *o, uin
  * points: code 0), §5.10. Without outliers the statistics take the row kernels; the codes stay scalar. */
 static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                   uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, float qmax,
-                                  uint8_t *dst, const char *what) {
+                                  float rmax, uint8_t *dst, const char *what) {
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u;
     const size_t es = kw__wire_dtype_size(dt), row_bytes = (size_t)D * bits / 8;
@@ -688,7 +714,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
         if (rc == 0) kw__enc_clip(e, in, sp, qmax, t0, 0, H, 0, tg, 31u, 1u, out, iv, lo, hi, &cs, x);
         kw__enc_clip_scratch_free(&cs);
     }
-    if (rc == 0) rc = kw__enc_general_scales(sp, qmax, units, lo, hi, iv, scales, zeros, what);
+    if (rc == 0) rc = kw__enc_general_scales(sp, qmax, rmax, units, lo, hi, iv, scales, zeros, what);
     for (uint32_t h = 0; h < H && rc == 0; ++h)
         for (uint32_t t = 0; t < tg; ++t) {
             kw__wire_load_f32(kw__enc_row(in, es, h, t0 + t), dt, D, x);
@@ -716,7 +742,7 @@ static int kw__enc_tensor_general(const kw_wire_encoder *e, const kw_wire_tensor
  * per-unit arrays on the stack. The same arithmetic as kw__enc_tensor_general, value for value. */
 static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                                  uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, float qmax,
-                                 uint8_t *dst, const char *what) {
+                                 float rmax, uint8_t *dst, const char *what) {
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
     const uint32_t bits = kw_wire_codec_bits(codec), mask = (1u << bits) - 1u, gran = sp->granularity;
@@ -752,7 +778,8 @@ static int kw__enc_tensor_blocks(const kw_wire_encoder *e, const kw_wire_tensor_
                 kw__enc_clip(e, in, sp, qmax, t0, h, h + 1, b0, b1, shift, units, out, iv, lo, hi, &cs, x);
             const uint64_t base = kw_wire_scale_index(gran, sp->group_log2, tg, D, h, b0, 0);
             if (rc == 0)
-                rc = kw__enc_general_scales(sp, qmax, units, lo, hi, iv, scales + base * ss, zeros + base * ss, what);
+                rc = kw__enc_general_scales(sp, qmax, rmax, units, lo, hi, iv, scales + base * ss, zeros + base * ss,
+                                            what);
             if (rc < 0) break;
             /* each unit's zero point and 1/s (with a zero scale: 0 and 0, which gives code 0 as the rule says;
              * symmetric: z = 0), then each element's for the loops below */
@@ -871,10 +898,11 @@ static inline void kw__enc_prefetch_row(const uint8_t *p, size_t n) {
  * per-group scales (the ones kw__enc_fusable takes) stay on the row kernels' path: their rows are read through a copy
  * with the outliers set to +0, which widens no symmetric scale and codes to the code of +0, what the general path
  * (the outliers left out of the statistics, their fields given the code of +0) writes, byte for byte; the selection
- * has refused NaN and Inf in every value of the section. */
+ * has refused NaN and Inf in every value of the section. rmax: for a rotated tensor (rotated here or by
+ * kw__enc_rotate), kw_wire_rotated_max, which every scale unit's values must stay within; 0 for one not rotated. */
 static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in, const kw_wire_codec_spec *sp,
                           uint32_t t0, uint32_t tg, const kw__enc_outliers *out, int clip, uint32_t limit,
-                          const float *rot, uint8_t *dst, const char *what) {
+                          const float *rot, float rmax, uint8_t *dst, const char *what) {
     if (kw_wire_codec_is_passthrough(sp->codec)) return kw__enc_passthrough(e, in, sp->codec, t0, tg, dst, what);
     clip = clip && kw_wire_codec_is_int(sp->codec); /* FORMAT.md §5.13: the integer codecs; the others as they are */
     const float qmax = kw__enc_qmax(sp, limit);     /* §5.14: below the codec's only for a code limit */
@@ -883,8 +911,8 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                  "%s: a rotation fused into a path that reads rows twice", what);
     if ((out && !kw__enc_fusable(sp, clip, limit)) || clip || limited || kw__wire_general_path(sp))
         return sp->granularity == KW_WIRE_GRAN_LAYER
-                   ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, qmax, dst, what)
-                   : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, qmax, dst, what);
+                   ? kw__enc_tensor_general(e, in, sp, t0, tg, out, clip, qmax, rmax, dst, what)
+                   : kw__enc_tensor_blocks(e, in, sp, t0, tg, out, clip, qmax, rmax, dst, what);
     const int block = rot || out; /* rows through e->rot_block (kw__enc_rotate_block) */
     const kw__wire_kernels *k = e->kernels;
     const uint32_t H = e->hdr.n_kv_heads, D = e->hdr.head_dim, dt = e->hdr.src_dtype, codec = sp->codec;
@@ -910,7 +938,7 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
             }
             if (!per_head && h + 1 < H) continue;
             /* scale of head h (per head), or of all heads once the last one is scanned (per layer) */
-            KW_FORWARD(kw__enc_scale(sp, amax, scales + (per_head ? h : 0) * ss, &s, &inv, what, h, t0));
+            KW_FORWARD(kw__enc_scale(sp, amax, rmax, scales + (per_head ? h : 0) * ss, &s, &inv, what, h, t0));
             for (uint32_t hh = per_head ? h : 0; hh <= h; ++hh)
                 for (uint32_t t = 0; t < tg; ++t)
                     kw__enc_emit(k, codec, kw__enc_row(in, es, hh, t0 + t), dt, D, s, inv,
@@ -946,11 +974,11 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                     if (i < nn) kw__enc_prefetch_row(kw__enc_row(in, es, h, t0 + tb + nb + i), (size_t)D * es);
                     am[i] = k->amax(rp[i], dt, D);
                 }
-                const uint32_t ok =
-                    k->scales(am, nb, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * ss, sv, iv);
+                const uint32_t ok = k->scales(am, kw__enc_first_past(am, nb, rmax), kw_wire_codec_qmax(codec),
+                                              sp->scale_dtype, scales + r0 * ss, sv, iv);
                 if (ok < nb) { /* the scalar rule says what is wrong with that one */
-                    KW_FORWARD(
-                        kw__enc_scale(sp, am[ok], scales + (r0 + ok) * ss, &sv[ok], &iv[ok], what, h, t0 + tb + ok));
+                    KW_FORWARD(kw__enc_scale(sp, am[ok], rmax, scales + (r0 + ok) * ss, &sv[ok], &iv[ok], what, h,
+                                             t0 + tb + ok));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + tb + ok);
                 }
                 k->quantize_rows(codec, rp, nb, dt, D, iv, codes + r0 * row_bytes); /* then the zero scales' rows */
@@ -973,12 +1001,12 @@ static int kw__enc_tensor(const kw_wire_encoder *e, const kw_wire_tensor_in *in,
                 const size_t r0 = (size_t)h * tg + tb;
                 kw__enc_rotate_block(e, in, rot, out, h, t0 + tb, nb, e->rot_block, rp);
                 k->amax_groups(rp, nb, dt, D, G, am);
-                const uint32_t ok =
-                    k->scales(am, ng, kw_wire_codec_qmax(codec), sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
+                const uint32_t ok = k->scales(am, kw__enc_first_past(am, ng, rmax), kw_wire_codec_qmax(codec),
+                                              sp->scale_dtype, scales + r0 * per_row * ss, sv, iv);
                 if (ok < ng) {
                     const uint32_t t = tb + ok / per_row;
-                    KW_FORWARD(kw__enc_scale(sp, am[ok], scales + (r0 * per_row + ok) * ss, &sv[ok], &iv[ok], what, h,
-                                             t0 + t));
+                    KW_FORWARD(kw__enc_scale(sp, am[ok], rmax, scales + (r0 * per_row + ok) * ss, &sv[ok], &iv[ok],
+                                             what, h, t0 + t));
                     KW_FAIL(KW_E_INTERNAL, "%s head %u token %u: the scale kernels disagree", what, h, t0 + t);
                 }
                 /* the next block's rows (this head's or the next head's first) are asked for before this block's
@@ -1280,6 +1308,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
     kw_wire_token_group single;
     const kw_wire_token_group *groups = NULL;
     KW_CHECK(kw__enc_begin(e, in->layer, in->n_tokens, in->positions, pol, out_bytes, dst, cap, &groups, &single));
+    const float rmax[2] = {(pol->rotate & 1) ? kw_wire_rotated_max(e->hdr.head_dim) : 0.0f,
+                           (pol->rotate & 2) ? kw_wire_rotated_max(e->hdr.head_dim) : 0.0f};
     uint8_t *body = (uint8_t *)dst + e->pending.table;
     size_t at = e->pending.index_bytes;
     uint32_t t0 = 0;
@@ -1292,12 +1322,12 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
                                         in->n_tokens};
             KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL,
                                     (pol->clip >> kv) & 1, kw__enc_limit(pol, kv_specs[kv], kv),
-                                    ((fused >> kv) & 1) ? e->rot_sx : NULL, body + at, kv ? "V" : "K"));
+                                    ((fused >> kv) & 1) ? e->rot_sx : NULL, rmax[kv], body + at, kv ? "V" : "K"));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }
         t0 += tg->n_tokens;
     }
-    if (mask) KW_CHECK(kw__wire_outlier_table_write(&e->hdr, in, mask, n_out, out_dtype, body + at, out_bytes));
+    if (mask) KW_CHECK(kw__wire_outlier_table_write(&e->hdr, in, mask, n_out, out_dtype, rmax, body + at, out_bytes));
     return kw__enc_finish(e, written);
 out:
     e->pending.dst = NULL;
@@ -1345,7 +1375,10 @@ int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *e, uint32_t layer, u
     KW_FORWARD(kw__enc_begin(e, layer, n_tokens, positions, pol, out_bytes, dst, cap, &groups, &single));
     const size_t at = e->pending.table + e->pending.index_bytes;
     const uint64_t tensors = kw__enc_tensors_bytes(&e->hdr, groups, e->pending.n_groups);
-    const int rc = kw__wire_outlier_list_write(elems, values, n, dtype, (uint8_t *)dst + at + tensors, out_bytes);
+    const float rmax[2] = {(pol->rotate & 1) ? kw_wire_rotated_max(e->hdr.head_dim) : 0.0f,
+                           (pol->rotate & 2) ? kw_wire_rotated_max(e->hdr.head_dim) : 0.0f};
+    const int rc = kw__wire_outlier_list_write(elems, values, n, dtype, elems_total / 2, rmax,
+                                               (uint8_t *)dst + at + tensors, out_bytes);
     if (rc < 0) {
         e->pending.dst = NULL;
         return rc;

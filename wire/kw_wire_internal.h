@@ -396,9 +396,10 @@ uint64_t kw__wire_outlier_table_bound(const kw_wire_header *hdr, uint32_t n_toke
 uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint32_t n, uint32_t dtype);
 
 /* Writes that table (bytes as kw__wire_outlier_table_bytes gave) with the values of in: KW_E_WIRE_RANGE if a value
- * has no finite representation in dtype within the bf16 range. */
+ * has no finite representation in dtype within the bf16 range, or is past rmax[kv] for an element of K (kv 0) or V
+ * (1) where that is non-zero (a rotated tensor's kw_wire_rotated_max). */
 int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_in *in, const uint8_t *mask, uint32_t n,
-                                 uint32_t dtype, uint8_t *dst, uint64_t bytes);
+                                 uint32_t dtype, const float rmax[2], uint8_t *dst, uint64_t bytes);
 
 /* Validates a table of `bytes` bytes over elems elements (FORMAT.md §9.2): sets its entry count and value dtype.
  * Errors: KW_E_WIRE_CORRUPT (sizes, varints), KW_E_WIRE_RESERVED, KW_E_WIRE_CODEC (dtype), KW_E_WIRE_INDICES (an
@@ -407,10 +408,11 @@ int kw__wire_outlier_table_check(const uint8_t *tab, uint32_t bytes, uint64_t el
                                  uint8_t *dtype_out);
 
 /* The table of n outliers given as ascending element numbers (elems) and their values: its bytes, and its writer
- * (KW_E_WIRE_RANGE for a value dtype cannot hold), as kw__wire_outlier_table_bytes / _write from a mask. */
+ * (KW_E_WIRE_RANGE for a value dtype cannot hold or past rmax, elements below half being K's), as
+ * kw__wire_outlier_table_bytes / _write from a mask. */
 uint64_t kw__wire_outlier_list_bytes(const uint32_t *elems, uint32_t n, uint32_t dtype);
-int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint32_t n, uint32_t dtype, uint8_t *dst,
-                                uint64_t bytes);
+int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint32_t n, uint32_t dtype, uint64_t half,
+                                const float rmax[2], uint8_t *dst, uint64_t bytes);
 
 /* Writes a verified section's outlier values over the decoded K (k) and V (v) views; either may be NULL. */
 int kw__wire_outlier_table_apply(const kw_wire_section *sec, const kw_wire_tensor_out *k, const kw_wire_tensor_out *v);

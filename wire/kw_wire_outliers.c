@@ -422,9 +422,13 @@ uint64_t kw__wire_outlier_table_bytes(const uint8_t *mask, uint64_t elems, uint3
     return bytes;
 }
 
-/* Stores x in dtype; KW_E_WIRE_RANGE if it has no finite value there within the bf16 range. */
-static int kw__out_store(float x, uint32_t dtype, uint8_t *dst, uint64_t e) {
+/* Stores x in dtype; KW_E_WIRE_RANGE if it has no finite value there within the bf16 range, or if it is past rmax
+ * (non-zero: the element is in a rotated tensor, kw_wire_rotated_max). */
+static int kw__out_store(float x, uint32_t dtype, float rmax, uint8_t *dst, uint64_t e) {
     const float bf16_max = 0x1.FEp127f;
+    KW_RETURN_IF(rmax > 0.0f && fabsf(x) > rmax, KW_E_WIRE_RANGE,
+                 "outlier %llu (%g) is past %g, the most a rotated value may be (FORMAT.md §5.12)",
+                 (unsigned long long)e, (double)x, (double)rmax);
     switch (dtype) {
     case KW_WIRE_DTYPE_BF16: {
         const uint16_t b = kw_f32_to_bf16(x);
@@ -447,7 +451,7 @@ static int kw__out_store(float x, uint32_t dtype, uint8_t *dst, uint64_t e) {
 }
 
 int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_in *in, const uint8_t *mask, uint32_t n,
-                                 uint32_t dtype, uint8_t *dst, uint64_t bytes) {
+                                 uint32_t dtype, const float rmax[2], uint8_t *dst, uint64_t bytes) {
     const uint64_t elems = kw__out_elems(hdr, in->n_tokens), half = elems / 2;
     const uint32_t D = hdr->head_dim, T = in->n_tokens;
     const size_t vs = kw__wire_outlier_value_size(dtype);
@@ -465,7 +469,7 @@ int kw__wire_outlier_table_write(const kw_wire_header *hdr, const kw_wire_layer_
         const uint64_t r = e % half;
         const uint32_t d = (uint32_t)(r % D), t = (uint32_t)(r / D % T), h = (uint32_t)(r / D / T);
         const float x = kw__out_value(e < half ? &in->k : &in->v, hdr->src_dtype, h, t, d);
-        KW_FORWARD(kw__out_store(x, dtype, values, e));
+        KW_FORWARD(kw__out_store(x, dtype, rmax[e >= half], values, e));
         values += vs;
     }
     KW_RETURN_IF(p != dst + bytes - (uint64_t)n * vs, KW_E_INTERNAL, "outlier table size mismatch");
@@ -479,8 +483,8 @@ uint64_t kw__wire_outlier_list_bytes(const uint32_t *elems, uint32_t n, uint32_t
     return bytes;
 }
 
-int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint32_t n, uint32_t dtype, uint8_t *dst,
-                                uint64_t bytes) {
+int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint32_t n, uint32_t dtype, uint64_t half,
+                                const float rmax[2], uint8_t *dst, uint64_t bytes) {
     const size_t vs = kw__wire_outlier_value_size(dtype);
     kw_store_le32(dst, n);
     dst[4] = (uint8_t)dtype;
@@ -488,7 +492,7 @@ int kw__wire_outlier_list_write(const uint32_t *elems, const float *values, uint
     uint8_t *p = dst + KW__OUTLIER_HEAD_BYTES, *v = dst + bytes - (uint64_t)n * vs;
     for (uint32_t i = 0; i < n; ++i) {
         p = kw__out_varint_put64(p, i == 0 ? elems[0] : (uint64_t)elems[i] - elems[i - 1] - 1);
-        KW_FORWARD(kw__out_store(values[i], dtype, v + (size_t)i * vs, elems[i]));
+        KW_FORWARD(kw__out_store(values[i], dtype, rmax[elems[i] >= half], v + (size_t)i * vs, elems[i]));
     }
     KW_RETURN_IF(p != dst + bytes - (uint64_t)n * vs, KW_E_INTERNAL, "outlier table size mismatch");
     return 0;

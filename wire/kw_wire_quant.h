@@ -70,6 +70,16 @@ KW_HD int kw_wire_hadamard_sign(uint32_t i) {
     return ((i * 0x9E3779B1u) >> 31) ? -1 : 1;
 }
 
+/* The largest magnitude an encoder sends in a rotated tensor (FORMAT.md §5.12), for head_dim D (a power of two):
+ * BF16_MAX / (4 D), exact. A decoded value is at most twice its scale unit's largest input in magnitude (a scale
+ * rounds up by less than 2x and a code rounds by at most half a step), and an outlier is sent as it is, so the
+ * inverse rotation's butterflies add up D values of at most BF16_MAX / (2 D): no sum overflows f32 and the rotated-back
+ * value stays within BF16_MAX, which the decoder requires. Past it the encoder refuses (KW_E_WIRE_RANGE) rather than
+ * send a blob its peer would refuse. */
+KW_HD float kw_wire_rotated_max(uint32_t head_dim) {
+    return KW_WIRE_BF16_MAX / (4.0f * (float)head_dim);
+}
+
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Codec properties */
 

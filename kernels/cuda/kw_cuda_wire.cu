@@ -57,6 +57,7 @@ struct kw_wire_geom {
     uint32_t asym;      /* 1: zero points (FORMAT.md §5.9) */
     uint32_t general;   /* 1: the CPU's general path (kw__wire_general_path): a scale unit per element below */
     uint32_t clip;      /* 1: clipped scales (an integer codec with kw_cuda_wire_spec.clip; general then) */
+    float rot_max;      /* rotated rows: kw_wire_rotated_max(D), the most a unit's values may reach; 0: not rotated */
     uint64_t units;     /* scale units (rows for passthrough) */
     uint64_t zeros_off; /* where the zero points start in the tensor's bytes (asym) */
     uint64_t codes_off; /* where the codes start in the tensor's bytes */
@@ -399,6 +400,11 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
             float lo, hi;
             kw_wire_unit_range(g, amax, mn, mx, fz, u, &lo, &hi, &seen);
             if (g.clip) lo = clo[u], hi = chi[u];
+            /* a rotated tensor's limit on the range the scale is chosen from (kw__enc_general_scales) */
+            if (g.rot_max > 0.0f && (hi > g.rot_max || -lo > g.rot_max)) {
+                atomicMin(err, (unsigned long long)(blk << 1 | 1u));
+                continue;
+            }
             if (kw_wire_asym_choose(lo, hi, kw_wire_codec_qmax_asym(g.codec), g.scale_dtype, &sc, &s, &zc, &z) < 0) {
                 atomicMin(err, (unsigned long long)(blk << 1 | 1u));
                 continue;
@@ -413,12 +419,16 @@ __global__ void __launch_bounds__(KW_WIRE_BLOCK)
         if (g.ss == 0) {
             /* the magnitude from which RNE to the passthrough dtype gives an infinity */
             const uint32_t limit = g.codec == KW_WIRE_CODEC_BF16 ? 0x7f7f8000u : 0x477ff000u;
-            if (m >= limit) atomicMin(err, (unsigned long long)(u << 1 | 1u));
+            if (m >= limit) atomicMin(err, (unsigned long long)(u << 1 | 1u)); /* never rotated (FORMAT.md §5.12) */
             continue;
         }
         uint32_t code = 0;
         float s = 0.0f;
         const float am = g.clip ? chi[u] : kw_f32_from_bits(m); /* clipped: kw_k_wire_clip's absmax */
+        if (g.rot_max > 0.0f && am > g.rot_max) { /* a rotated tensor's limit (kw__enc_scale, kw__enc_general_scales) */
+            atomicMin(err, (unsigned long long)(blk << 1 | 1u));
+            continue;
+        }
         if (kw_wire_scale_choose(am, kw_wire_codec_qmax(g.codec), g.scale_dtype, &code, &s) < 0) {
             atomicMin(err, (unsigned long long)(blk << 1 | 1u));
             continue;
@@ -752,6 +762,7 @@ static int kw_wire_geom_make(const kw_cuda_wire_spec *spec, uint32_t H, uint32_t
                  (spec->granularity == KW_WIRE_GRAN_GROUP && ((bits << spec->group_log2) & 7u));
     g->clip = spec->clip && kw_wire_codec_is_int(spec->codec) ? 1u : 0u; /* §5.13: the integer codecs */
     g->general |= g->clip;                                               /* as kw__enc_tensor */
+    g->rot_max = spec->rotated ? kw_wire_rotated_max(D) : 0.0f;
     g->group_log2 = spec->group_log2;
     g->H = H;
     g->T = T;
@@ -932,7 +943,7 @@ extern "C" int kw_cuda_wire_rotate_gather(void *stream, const kw_cuda_wire_src *
  */
 
 static kw_cuda_wire_spec kw_cuda_spec_of(const kw_wire_op_spec *s) {
-    const kw_cuda_wire_spec c = {s->codec, s->granularity, s->scale_dtype, s->group_log2, 0};
+    const kw_cuda_wire_spec c = {s->codec, s->granularity, s->scale_dtype, s->group_log2, 0, s->rotated};
     return c;
 }
 

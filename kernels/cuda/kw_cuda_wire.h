@@ -74,7 +74,8 @@ int kw_cuda_select_topk(void *stream, const float *d_score, int64_t T, int64_t k
  * bytes are the CPU's. */
 typedef struct kw_cuda_wire_spec {
     uint8_t codec, granularity, scale_dtype, group_log2;
-    uint8_t clip; /* 1: clipped scales (FORMAT.md §5.13; integer codecs, ignored by the others) */
+    uint8_t clip;    /* 1: clipped scales (FORMAT.md §5.13; integer codecs, ignored by the others) */
+    uint8_t rotated; /* 1: the rows are rotated (§5.12): a unit past kw_wire_rotated_max(D) is KW_E_WIRE_RANGE */
 } kw_cuda_wire_spec;
 
 /* The encoder's input: element (h, t, d) of the group's token t (0-based in the group) is at d_data[row *

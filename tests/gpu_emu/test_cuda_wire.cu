@@ -253,7 +253,7 @@ static void make_src(rng &r, const wire_case &c, uint32_t rows, tensor_src *out)
 }
 
 static kw_cuda_wire_spec dev_spec(const kw_wire_codec_spec &s) {
-    return kw_cuda_wire_spec{s.codec, s.granularity, s.scale_dtype, s.group_log2, 0};
+    return kw_cuda_wire_spec{s.codec, s.granularity, s.scale_dtype, s.group_log2, 0, 0};
 }
 
 /* A case's token groups, policy and layer input (pol.groups points into groups: keep the object in place). */
@@ -755,14 +755,18 @@ static void test_encode_clip(void **state) {
 static void test_encode_refuses_bad_specs(void **state) {
     (void)state;
     const kw_cuda_wire_spec refused[] = {
-        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* not integer */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* e8m0 zero */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | 0x10u, 0, 0},                  /* reserved bit */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, KW_WIRE_MAX_RUN_LOG2 + 1, 0}, /* run too long */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0, 0},                    /* no such gran */
-        {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* passthrough with a zero point */
-        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0}, /* log8 zero */
-        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0, 0},                              /* log8 float */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0,
+         0}, /* not integer */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0,
+         0},                                                                          /* e8m0 zero */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16 | 0x10u, 0, 0, 0}, /* reserved bit */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F16, KW_WIRE_MAX_RUN_LOG2 + 1, 0,
+         0},                                                                         /* run too long */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL + 1, KW_WIRE_SCALE_F16, 0, 0, 0},  /* no such gran */
+        {KW_WIRE_CODEC_BF16, KW_WIRE_GRAN_NONE, KW_WIRE_SCALE_ZERO_POINTS, 0, 0, 0}, /* passthrough with a zero point */
+        {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8 | KW_WIRE_SCALE_ZERO_POINTS, 0, 0,
+         0},                                                                  /* log8 zero */
+        {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_LOG8, 0, 0, 0}, /* log8 float */
     };
     expect_refused(refused, sizeof refused / sizeof refused[0], KW_E_INVALID_ARG);
 }
@@ -1074,6 +1078,110 @@ static void test_decode_rotate_outliers(void **state) {
     }
 }
 
+/* The rotated tensors' limit (FORMAT.md §5.12, kw_wire_rotated_max): rows the sharer rotated on the device
+ * (kw_cuda_wire_spec.rotated) with a unit past the limit are refused with the CPU encoder's status (the CPU given the
+ * same rows unrotated, rotating them itself), and at the limit the device writes the CPU's bytes. The rotated rows
+ * are small integers and one row of A in every channel, so the CPU's forward rotation of their inverse gives them
+ * back exactly. Units: per token, groups, head, layer, zero points, channel runs, clipped scales, e8m0 and int2. */
+static void test_encode_rotated_range(void **state) {
+    (void)state;
+    const uint32_t T = 5;
+    const float rmax = kw_wire_rotated_max(D);
+    const struct {
+        kw_wire_codec_spec s;
+        uint8_t clip;
+    } cases[] = {
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0}, 0},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F32, 3}, 0},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_F32, 0}, 0},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, KW_WIRE_SCALE_F32, 0}, 0},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32 | KW_WIRE_SCALE_ZERO_POINTS, 0}, 0},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, KW_WIRE_SCALE_F32, 1}, 0},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0}, 3},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32 | KW_WIRE_SCALE_ZERO_POINTS, 0}, 3},
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0, 0}, 0},
+        {{KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F32, 0}, 0},
+    };
+    rng r{0x70ad};
+    for (const auto &c : cases)
+        for (int past = 0; past < 2; ++past)
+            for (int big_v = 0; big_v < 2; ++big_v) {
+                /* (t, h, d) rows of K and V in the rotated domain; row (t 2, h 1) of K or V all A */
+                const float A = past ? 0x1p122f : rmax;
+                std::vector<float> y[2], x[2];
+                for (int kv = 0; kv < 2; ++kv) {
+                    y[kv].resize((size_t)T * H * D);
+                    for (float &v : y[kv])
+                        v = (float)((int)r.below(17) - 8);
+                    if (kv == big_v)
+                        for (uint32_t d = 0; d < D; ++d)
+                            y[kv][((size_t)2 * H + 1) * D + d] = A;
+                    x[kv] = y[kv];
+                    assert_int_equal(kw_wire_rotate_rows(x[kv].data(), (size_t)T * H, D, D, 1), 0);
+                }
+                kw_wire_header hdr = {};
+                hdr.n_layers = 1;
+                hdr.n_sections = 1;
+                hdr.n_kv_heads = H;
+                hdr.head_dim = D;
+                hdr.n_positions = T;
+                hdr.src_dtype = KW_WIRE_DTYPE_F32;
+                hdr.version = KW_WIRE_VERSION_1_1;
+                kw_wire_policy pol = {};
+                pol.k = pol.v = c.s;
+                pol.rotate = 3;
+                pol.clip = c.clip;
+                kw_wire_layer_in in = {};
+                in.n_tokens = T;
+                in.k = {x[0].data(), D, (size_t)H * D, nullptr};
+                in.v = {x[1].data(), D, (size_t)H * D, nullptr};
+                kw_wire_encoder *enc = nullptr;
+                assert_int_equal(kw_wire_encoder_create(&hdr, nullptr, &enc), 0);
+                size_t cap = 0, w = 0, sec_len = 0, wt = 0;
+                assert_int_equal(kw_wire_section_size(&hdr, &pol, T, nullptr, &cap), 0);
+                std::vector<uint8_t> blob(KW_WIRE_HEADER_BYTES + cap + KW_WIRE_TRAILER_BYTES);
+                assert_int_equal(kw_wire_encoder_write_header(enc, blob.data(), blob.size(), &w), 0);
+                const int cpu_rc = kw_wire_encoder_write_section(enc, &in, &pol, &blob[w], cap, &sec_len);
+                if (cpu_rc == 0)
+                    assert_int_equal(kw_wire_encoder_write_trailer(enc, &blob[w + sec_len], KW_WIRE_TRAILER_BYTES, &wt),
+                                     0);
+                kw_wire_encoder_destroy(enc);
+                int dev_rc = 0;
+                std::vector<uint8_t> dev_bytes;
+                for (int kv = 0; kv < 2 && dev_rc == 0; ++kv) {
+                    kw_cuda_wire_spec ds = dev_spec(c.s);
+                    ds.clip = (uint8_t)((c.clip >> kv) & 1u);
+                    ds.rotated = 1;
+                    const uint64_t bytes = kw_cuda_wire_tensor_bytes(&ds, H, T, D);
+                    dev_buf<float> dy(y[kv].data(), y[kv].size());
+                    dev_buf<uint8_t> dst(bytes), work(kw_cuda_wire_work_bytes(&ds, H, T, D));
+                    dev_buf<unsigned long long> err(1);
+                    kw_cuda_wire_src src{};
+                    src.d_data = dy.p, src.dtype = KW_WIRE_DTYPE_F32, src.head_stride = D, src.token_stride = H * D;
+                    assert_int_equal(kw_cuda_wire_encode_tensor(nullptr, &ds, &src, H, T, D, dst.p, work.p, err.p), 0);
+                    dev_rc = kw_cuda_wire_encode_status(err.get()[0]);
+                    const std::vector<uint8_t> got = dst.get();
+                    dev_bytes.insert(dev_bytes.end(), got.begin(), got.end());
+                }
+                if (dev_rc != cpu_rc || cpu_rc != (past ? KW_E_WIRE_RANGE : 0))
+                    fail_msg("%s/%s clip %u, A %s in %c: device %s, CPU %s", kw_wire_codec_name(c.s.codec),
+                             kw_wire_gran_name(c.s.granularity), c.clip, past ? "2^122" : "at the limit",
+                             big_v ? 'V' : 'K', kw_status_name(dev_rc), kw_status_name(cpu_rc));
+                if (cpu_rc == 0) { /* the tensors' bytes are the section body's, K then V */
+                    kw_wire_reader *rd = nullptr;
+                    const kw_wire_header *rh = nullptr;
+                    const kw_wire_section *sec = nullptr;
+                    assert_int_equal(kw_wire_reader_open(blob.data(), w + sec_len + wt, nullptr, &rd, &rh), 0);
+                    assert_int_equal(kw_wire_reader_next(rd, &sec), 1);
+                    const uint8_t *body = sec->groups[0].k.scales;
+                    if (memcmp(body, dev_bytes.data(), dev_bytes.size()) != 0)
+                        fail_msg("%s/%s clip %u at the limit: the device's bytes differ from the CPU's",
+                                 kw_wire_codec_name(c.s.codec), kw_wire_gran_name(c.s.granularity), c.clip);
+                    kw_wire_reader_close(rd);
+                }
+            }
+}
+
 static void test_blob_byte_identical(void **state) {
     (void)state;
     const kw_wire_codec_spec i4g = spec_of(KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 3);
@@ -1162,6 +1270,7 @@ int main(void) {
         cmocka_unit_test(test_encode_outliers),
         cmocka_unit_test(test_blob_byte_identical),
         cmocka_unit_test(test_decode_rotate_outliers),
+        cmocka_unit_test(test_encode_rotated_range),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

@@ -530,7 +530,7 @@ static void test_cpu_has_none(void **state) {
     assert_int_equal(kw_backend_create_cpu(1, &cpu), 0);
     assert_int_equal(kw_backend_supports_share(cpu), 0);
     assert_int_equal(kw_backend_supports_share(E.gpu), 1);
-    const kw_wire_op_spec s = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0};
+    const kw_wire_op_spec s = {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0, 0};
     uint64_t bytes = 0, work = 0;
     assert_int_equal(kw_backend_wire_sizes(cpu, &s, 2, 4, 8, &bytes, &work), KW_E_OP_UNSUPPORTED);
     assert_int_equal(kw_backend_wire_sizes(E.gpu, &s, 2, 4, 8, &bytes, &work), 0);

@@ -393,12 +393,103 @@ static void test_rotated_past_bf16(void **state) {
         }
 }
 
+/* The encoder's side of the same limit: in a rotated tensor no scale unit (and no outlier) may hold a value past
+ * kw_wire_rotated_max(D) = BF16_MAX / (4 D) (FORMAT.md §5.12), which keeps every blob it writes decodable. Rows are
+ * made in the rotated domain (every channel of one row A, whose inverse adds them all up: a row (4 A, 0, ...) the
+ * encoder's forward rotation turns back into A everywhere; the other rows small): A = 2^123 (past 0x1.FEp121 at D = 16)
+ * is KW_E_WIRE_RANGE on every path (token and group rows rotated block by block; head and layer scales; zero points;
+ * channel runs; clipped scales; an outlier) and every ISA; A at the limit itself encodes and decodes, also with e8m0
+ * scales (which round up by almost 2x) and 2-bit codes. A NaN in an earlier row than the large one is still
+ * KW_E_WIRE_NONFINITE; in a later row the large one is reported first. */
+enum { RD = 16, RT = 4 }; /* the rows of test_encoder_rotated_range */
+
+static void rotated_rows(float A, int big_row, int nan_row, float *x) {
+    wt_rng r = {0x5ca1e};
+    for (int t = 0; t < RT; ++t) {
+        for (int d = 0; d < RD; ++d)
+            x[t * RD + d] = t == big_row ? A : wt_bell(&r);
+    }
+    assert_int_equal(kw_wire_rotate_rows(x, RT, RD, RD, 1), 0);
+    if (nan_row >= 0) x[nan_row * RD + 3] = NAN;
+}
+
+static void test_encoder_rotated_range(void **state) {
+    (void)state;
+    const kw_wire_header hdr = wt_one_section_header(1, RD, RT, KW_WIRE_VERSION_1_1);
+    const float rmax = kw_wire_rotated_max(RD);
+    assert_true(rmax == 0x1.FEp121f);
+    const uint8_t F32 = KW_WIRE_SCALE_F32, ZP = KW_WIRE_SCALE_ZERO_POINTS;
+    const struct {
+        kw_wire_codec_spec spec;
+        uint32_t clip, outliers;
+        const char *name;
+    } paths[] = {
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, F32, 0}, 0, 0, "int8 per token"},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, F32, 3}, 0, 0, "int4 groups of 8"},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_HEAD, F32, 0}, 0, 0, "int8 per head"},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, F32, 0}, 0, 0, "int8 per layer"},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_TOKEN, F32 | ZP, 0}, 0, 0, "int4 with zero points"},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_CHANNEL, F32, 1}, 0, 0, "int4 channel runs of 2"},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, F32, 0}, 3, 0, "int8 clipped"},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, F32, 0}, 0, 1, "int8 with an outlier"},
+        {{KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, F32, 0}, 0, 0, "nf4 per token"},
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0, 0}, 0, 0, "int2 e8m0"},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0, 0}, 0, 0, "int8 e8m0"},
+        {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_E8M0, 2}, 0, 0, "int2 e8m0 groups of 4"},
+    };
+    static const uint8_t isas[] = {KW_WIRE_ISA_SCALAR, KW_WIRE_ISA_AVX2, KW_WIRE_ISA_AVX512};
+    float x[RT * RD];
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; ++i)
+        for (size_t j = 0; j < sizeof isas; ++j)
+            for (int past = 0; past < 2; ++past) {
+                const kw_wire_policy pol = {.k = paths[i].spec,
+                                            .v = paths[i].spec,
+                                            .rotate = 3,
+                                            .clip = paths[i].clip,
+                                            .outliers = paths[i].outliers};
+                rotated_rows(past ? 0x1p123f : rmax, 2, -1, x);
+                uint8_t *blob = NULL;
+                size_t size = 0;
+                const int rc = wt_encode_same_kv(&hdr, x, &pol, isas[j], &blob, &size, NULL);
+                if (past) {
+                    if (rc != KW_E_WIRE_RANGE || !strstr(kw_error_detail(), "rotated"))
+                        fail_msg("%s, isa %u: A = 2^123 gave %s (%s)", paths[i].name, isas[j], kw_status_name(rc),
+                                 kw_error_detail());
+                } else {
+                    if (rc != 0)
+                        fail_msg("%s, isa %u: A at the limit gave %s (%s)", paths[i].name, isas[j], kw_status_name(rc),
+                                 kw_error_detail());
+                    const kw_wire_decoder_options opt = {.isa = isas[j]};
+                    wt_blob_out o = {0};
+                    const int rd = wt_decode_oneshot(blob, size, &opt, &o);
+                    if (rd != 0)
+                        fail_msg("%s, isa %u: the blob at the limit does not decode: %s (%s)", paths[i].name, isas[j],
+                                 kw_status_name(rd), kw_error_detail());
+                    for (size_t e = 0; e < (size_t)RT * RD; ++e)
+                        assert_true(fabsf(o.layers[0].k[e]) <= KW_WIRE_BF16_MAX);
+                    wt_blob_out_free(&o);
+                }
+                free(blob);
+            }
+    /* a NaN before the large row is reported as NaN; after it, the large row first (the scale units' order) */
+    const kw_wire_policy tok = {.k = paths[0].spec, .v = paths[0].spec, .rotate = 3};
+    for (size_t j = 0; j < sizeof isas; ++j)
+        for (int nan_first = 0; nan_first < 2; ++nan_first) {
+            rotated_rows(0x1p123f, 2, nan_first ? 1 : 3, x);
+            uint8_t *blob = NULL;
+            size_t size = 0;
+            assert_int_equal(wt_encode_same_kv(&hdr, x, &tok, isas[j], &blob, &size, NULL),
+                             nan_first ? KW_E_WIRE_NONFINITE : KW_E_WIRE_RANGE);
+            free(blob);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transform),         cmocka_unit_test(test_oracle),
         cmocka_unit_test(test_oracle_blocks),     cmocka_unit_test(test_bf16_source),
         cmocka_unit_test(test_error_drops),       cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_rotated_past_bf16),
+        cmocka_unit_test(test_rotated_past_bf16), cmocka_unit_test(test_encoder_rotated_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
