@@ -169,7 +169,10 @@ typedef struct kw_wire_policy {
     uint8_t rotate;        /* v1.1: bit 0 K, bit 1 V sent rotated by the randomized Hadamard transform (FORMAT.md
                               §5.12): the encoder rotates each head vector before quantizing, kw_wire_section_dequantize
                               rotates back; head_dim must be a power of two, codecs quantizing. Only
-                              kw_wire_encoder_write_section can rotate. */
+                              kw_wire_encoder_write_section rotates rows itself (begin_section takes rows the caller
+                              rotated). A scale unit or outlier of a rotated tensor past kw_wire_rotated_max
+                              (wire/kw_wire_quant.h) is KW_E_WIRE_RANGE; a finite row whose rotation overflows the
+                              src dtype comes out infinite, KW_E_WIRE_NONFINITE. */
     uint8_t clip;          /* an encoder choice, not on the wire (FORMAT.md §5.13): bit 0 K, bit 1 V take, for the
                               integer codecs, per scale unit the clipped scale (and zero point) of least squared
                               reconstruction error among the absmax (min/max) range times 1, 0.95, ..., 0.5; codes
@@ -282,8 +285,9 @@ void kw_wire_encoder_destroy(kw_wire_encoder *enc);
 int kw_wire_encoder_write_header(kw_wire_encoder *enc, void *dst, size_t cap, size_t *written);
 
 /* Encodes one layer. Errors: KW_E_INVALID_ARG (layer order, positions, policy, views), KW_E_WIRE_NONFINITE (NaN or
- * Inf in K or V), KW_E_WIRE_RANGE (a value or scale the chosen codec cannot represent), KW_E_BUFFER_TOO_SMALL
- * (cap below kw_wire_section_size), KW_E_NOMEM. */
+ * Inf in K or V, or in a rotated row), KW_E_WIRE_RANGE (a value or scale the chosen codec cannot represent; in a
+ * rotated tensor a value past kw_wire_rotated_max), KW_E_BUFFER_TOO_SMALL (cap below kw_wire_section_size),
+ * KW_E_NOMEM. */
 int kw_wire_encoder_write_section(kw_wire_encoder *enc, const kw_wire_layer_in *in, const kw_wire_policy *pol,
                                   void *dst, size_t cap, size_t *written);
 
@@ -297,7 +301,8 @@ int kw_wire_encoder_write_section(kw_wire_encoder *enc, const kw_wire_layer_in *
  * positions are read by begin only; dst must stay valid until finish. A rotated policy (pol->rotate, FORMAT.md §5.12)
  * marks the section rotated: the caller encodes the rotated rows write_section would encode (kw_wire_rotate_rows
  * forward on each row widened to f32, stored back in the header's src_dtype), and with outliers gives their rotated
- * values. */
+ * values; it must refuse a scale unit past kw_wire_rotated_max as write_section does (the GPU encoder does, with
+ * kw_cuda_wire_spec.rotated), or the decoder may refuse the section. */
 int kw_wire_encoder_begin_section(kw_wire_encoder *enc, uint32_t layer, uint32_t n_tokens, const uint32_t *positions,
                                   const kw_wire_policy *pol, void *dst, size_t cap, size_t *tensors_offset);
 int kw_wire_encoder_finish_section(kw_wire_encoder *enc, size_t *written);
@@ -308,7 +313,8 @@ int kw_wire_encoder_finish_section(kw_wire_encoder *enc, size_t *written);
  * values their f32 values in the input. The outlier table is written into dst behind the tensors' place, as
  * write_section writes it (values in pol->outlier_dtype, or the header's src_dtype); the tensors go at
  * *tensors_offset, then finish_section. Errors: begin_section's, KW_E_INVALID_ARG for a list that is not ascending
- * or not that long, KW_E_WIRE_RANGE for a value the table's dtype cannot hold. */
+ * or not that long, KW_E_WIRE_RANGE for a value the table's dtype cannot hold or, in a rotated tensor, past
+ * kw_wire_rotated_max. */
 int kw_wire_encoder_begin_section_outliers(kw_wire_encoder *enc, uint32_t layer, uint32_t n_tokens,
                                            const uint32_t *positions, const kw_wire_policy *pol, const uint32_t *elems,
                                            const float *values, uint32_t n, void *dst, size_t cap,

@@ -313,8 +313,8 @@ static inline const uint8_t *kw__enc_row(const kw_wire_tensor_in *in, size_t es,
  * is its absmax, finite. */
 static inline int kw__enc_rotated_range(uint32_t amax_bits, float rmax, const char *what, uint32_t h, uint32_t t) {
     KW_RETURN_IF(rmax > 0.0f && kw_f32_from_bits(amax_bits) > rmax, KW_E_WIRE_RANGE,
-                 "%s head %u token %u: rotated |x| = %g is past %g, the most a rotated value may be (FORMAT.md §5.12)",
-                 what, h, t, (double)kw_f32_from_bits(amax_bits), (double)rmax);
+                 "%s head %u token %u: |x| = %g is past %g, the most a rotated value may be (FORMAT.md §5.12)", what, h,
+                 t, (double)kw_f32_from_bits(amax_bits), (double)rmax);
     return 0;
 }
 
@@ -418,11 +418,9 @@ static int kw__enc_general_scales(const kw_wire_codec_spec *sp, float qmax, floa
     for (uint64_t u = 0; u < units; ++u) {
         uint32_t sc = 0, zc = 0;
         float s = 0.0f, z = 0.0f;
-        KW_RETURN_IF(
-            rmax > 0.0f && (hi[u] > rmax || (asym && -lo[u] > rmax)), KW_E_WIRE_RANGE,
-            "%s scale %llu: rotated values in [%g, %g] are past %g, the most a rotated value may be (FORMAT.md "
-            "§5.12)",
-            what, (unsigned long long)u, (double)(asym ? lo[u] : -hi[u]), (double)hi[u], (double)rmax);
+        KW_RETURN_IF(rmax > 0.0f && (hi[u] > rmax || (asym && -lo[u] > rmax)), KW_E_WIRE_RANGE,
+                     "%s scale %llu: values in [%g, %g] are past %g, the most a rotated value may be (FORMAT.md §5.12)",
+                     what, (unsigned long long)u, (double)(asym ? lo[u] : -hi[u]), (double)hi[u], (double)rmax);
         const int rc = asym ? kw_wire_asym_choose(lo[u], hi[u], qmax, sdt, &sc, &s, &zc, &z)
                             : kw_wire_scale_choose(hi[u], qmax, sdt, &sc, &s);
         KW_RETURN_IF(rc < 0, rc, "%s scale %llu: values in [%g, %g] have no %s scale%s for %s", what,
@@ -1322,7 +1320,9 @@ int kw_wire_encoder_write_section(kw_wire_encoder *e, const kw_wire_layer_in *in
                                         in->n_tokens};
             KW_CHECK(kw__enc_tensor(e, views[kv], kv_specs[kv], t0, tg->n_tokens, mask ? &o : NULL,
                                     (pol->clip >> kv) & 1, kw__enc_limit(pol, kv_specs[kv], kv),
-                                    ((fused >> kv) & 1) ? e->rot_sx : NULL, rmax[kv], body + at, kv ? "V" : "K"));
+                                    ((fused >> kv) & 1) ? e->rot_sx : NULL, rmax[kv], body + at,
+                                    /* a rotated row's NaN or Inf may be a finite row's rotation overflowing */
+                                    rmax[kv] > 0.0f ? (kv ? "V (rotated)" : "K (rotated)") : (kv ? "V" : "K")));
             at += (size_t)kw__wire_tensor_bytes(kv_specs[kv], e->hdr.n_kv_heads, tg->n_tokens, e->hdr.head_dim);
         }
         t0 += tg->n_tokens;

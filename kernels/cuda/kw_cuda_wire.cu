@@ -868,7 +868,9 @@ extern "C" int kw_cuda_wire_encode_status(unsigned long long err) {
     if (err == ~0ull) return 0;
     KW_RETURN_IF((err & 1u) == 0, KW_E_WIRE_NONFINITE, "wire encode on the GPU: scale unit %llu holds NaN or Inf",
                  err >> 1);
-    KW_FAIL(KW_E_WIRE_RANGE, "wire encode on the GPU: scale unit %llu has a value or scale the codec cannot represent",
+    KW_FAIL(KW_E_WIRE_RANGE,
+            "wire encode on the GPU: scale unit %llu has a value or scale the codec cannot represent (rotated rows: "
+            "or a value past kw_wire_rotated_max, FORMAT.md §5.12)",
             err >> 1);
 }
 

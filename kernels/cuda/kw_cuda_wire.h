@@ -122,7 +122,8 @@ int kw_cuda_wire_encode_tensor(void *stream, const kw_cuda_wire_spec *spec, cons
                                uint32_t T, uint32_t D, uint8_t *d_dst, void *d_work, unsigned long long *d_err);
 
 /* The status of an encode from its error word: 0, KW_E_WIRE_NONFINITE (NaN or Inf in the input) or KW_E_WIRE_RANGE
- * (a value or scale the codec cannot represent), with the scale unit in the error detail. */
+ * (a value or scale the codec cannot represent; with kw_cuda_wire_spec.rotated also a unit past kw_wire_rotated_max),
+ * with the scale unit in the error detail. */
 int kw_cuda_wire_encode_status(unsigned long long err);
 
 /* Decodes the tensor's wire bytes d_src (scales then codes, already validated as the CPU decoder validates a

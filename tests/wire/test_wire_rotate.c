@@ -398,9 +398,11 @@ static void test_rotated_past_bf16(void **state) {
  * made in the rotated domain (every channel of one row A, whose inverse adds them all up: a row (4 A, 0, ...) the
  * encoder's forward rotation turns back into A everywhere; the other rows small): A = 2^123 (past 0x1.FEp121 at D = 16)
  * is KW_E_WIRE_RANGE on every path (token and group rows rotated block by block; head and layer scales; zero points;
- * channel runs; clipped scales; an outlier) and every ISA; A at the limit itself encodes and decodes, also with e8m0
- * scales (which round up by almost 2x) and 2-bit codes. A NaN in an earlier row than the large one is still
- * KW_E_WIRE_NONFINITE; in a later row the large one is reported first. */
+ * channel runs; clipped scales, also per layer; an outlier) and every ISA; A at the limit itself and A just above 2^121
+ * (where an e8m0 scale rounds up almost 2x: int2 decodes 2^122) encode and decode. A NaN in an earlier row than the
+ * large one is still KW_E_WIRE_NONFINITE; in a later row the large one is reported first. Outliers past the limit are
+ * refused by the table's own check (the scale unit keeping only small values); a finite row whose rotation overflows
+ * f32 is KW_E_WIRE_NONFINITE with the tensor named rotated. */
 enum { RD = 16, RT = 4 }; /* the rows of test_encoder_rotated_range */
 
 static void rotated_rows(float A, int big_row, int nan_row, float *x) {
@@ -436,18 +438,23 @@ static void test_encoder_rotated_range(void **state) {
         {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0, 0}, 0, 0, "int2 e8m0"},
         {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_E8M0, 0}, 0, 0, "int8 e8m0"},
         {{KW_WIRE_CODEC_INT2, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_E8M0, 2}, 0, 0, "int2 e8m0 groups of 4"},
+        {{KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_LAYER, F32 | ZP, 0}, 0, 0, "int4 per layer with zero points"},
+        {{KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_LAYER, F32, 0}, 3, 0, "int8 per layer clipped"},
     };
+    /* at the limit; just above 2^121, where an e8m0 scale rounds up almost 2x (int2 decodes 2^122); past it */
+    const float As[3] = {rmax, 0x1.000002p121f, 0x1p123f};
     static const uint8_t isas[] = {KW_WIRE_ISA_SCALAR, KW_WIRE_ISA_AVX2, KW_WIRE_ISA_AVX512};
     float x[RT * RD];
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; ++i)
         for (size_t j = 0; j < sizeof isas; ++j)
-            for (int past = 0; past < 2; ++past) {
+            for (int a = 0; a < 3; ++a) {
+                const int past = a == 2;
                 const kw_wire_policy pol = {.k = paths[i].spec,
                                             .v = paths[i].spec,
                                             .rotate = 3,
                                             .clip = paths[i].clip,
                                             .outliers = paths[i].outliers};
-                rotated_rows(past ? 0x1p123f : rmax, 2, -1, x);
+                rotated_rows(As[a], 2, -1, x);
                 uint8_t *blob = NULL;
                 size_t size = 0;
                 const int rc = wt_encode_same_kv(&hdr, x, &pol, isas[j], &blob, &size, NULL);
@@ -457,14 +464,14 @@ static void test_encoder_rotated_range(void **state) {
                                  kw_error_detail());
                 } else {
                     if (rc != 0)
-                        fail_msg("%s, isa %u: A at the limit gave %s (%s)", paths[i].name, isas[j], kw_status_name(rc),
-                                 kw_error_detail());
+                        fail_msg("%s, isa %u: A = %a within the limit gave %s (%s)", paths[i].name, isas[j],
+                                 (double)As[a], kw_status_name(rc), kw_error_detail());
                     const kw_wire_decoder_options opt = {.isa = isas[j]};
                     wt_blob_out o = {0};
                     const int rd = wt_decode_oneshot(blob, size, &opt, &o);
                     if (rd != 0)
-                        fail_msg("%s, isa %u: the blob at the limit does not decode: %s (%s)", paths[i].name, isas[j],
-                                 kw_status_name(rd), kw_error_detail());
+                        fail_msg("%s, isa %u: the blob of A = %a does not decode: %s (%s)", paths[i].name, isas[j],
+                                 (double)As[a], kw_status_name(rd), kw_error_detail());
                     for (size_t e = 0; e < (size_t)RT * RD; ++e)
                         assert_true(fabsf(o.layers[0].k[e]) <= KW_WIRE_BF16_MAX);
                     wt_blob_out_free(&o);
@@ -482,6 +489,37 @@ static void test_encoder_rotated_range(void **state) {
                              nan_first ? KW_E_WIRE_NONFINITE : KW_E_WIRE_RANGE);
             free(blob);
         }
+    /* the outliers' own check: with per-layer scales and 32 outliers the large row's 2 x 16 values all go to the
+     * outlier table, the scale unit keeps only small ones, and the table refuses them (past) or sends them (at it) */
+    const kw_wire_policy lay = {.k = paths[3].spec, .v = paths[3].spec, .rotate = 3, .outliers = 2 * RD};
+    for (int past = 0; past < 2; ++past) {
+        rotated_rows(past ? 0x1p123f : rmax, 2, -1, x);
+        uint8_t *blob = NULL;
+        size_t size = 0;
+        const int rc = wt_encode_same_kv(&hdr, x, &lay, 0, &blob, &size, NULL);
+        if (past && (rc != KW_E_WIRE_RANGE || !strstr(kw_error_detail(), "outlier")))
+            fail_msg("32 outliers past the limit: %s (%s)", kw_status_name(rc), kw_error_detail());
+        if (!past) {
+            assert_int_equal(rc, 0);
+            wt_blob_out o = {0};
+            assert_int_equal(wt_decode_oneshot(blob, size, NULL, &o), 0);
+            wt_blob_out_free(&o);
+        }
+        free(blob);
+    }
+    /* a finite row whose rotation overflows f32 (x_d = 2^126 s_d: y_0 = 2^128) is NaN or Inf, named as rotated */
+    for (size_t i = 0; i < 7; i += 6) { /* per token (rows rotated block by block), clipped (the rotated copy) */
+        const kw_wire_policy pol = {.k = paths[i].spec, .v = paths[i].spec, .rotate = 3, .clip = paths[i].clip};
+        rotated_rows(1.0f, -1, -1, x);
+        for (uint32_t d = 0; d < RD; ++d)
+            x[2 * RD + d] = ldexpf((float)kw_wire_rotate_sign(d), 126);
+        uint8_t *blob = NULL;
+        size_t size = 0;
+        const int rc = wt_encode_same_kv(&hdr, x, &pol, 0, &blob, &size, NULL);
+        if (rc != KW_E_WIRE_NONFINITE || !strstr(kw_error_detail(), "(rotated)"))
+            fail_msg("%s: a rotation past f32 gave %s (%s)", paths[i].name, kw_status_name(rc), kw_error_detail());
+        free(blob);
+    }
 }
 
 int main(void) {
