@@ -431,6 +431,19 @@ static void check_outlier_section(const wire_case &c, const kw_wire_header &hdr,
     assert_memory_equal(sec.data(), cpu_section, cpu_len);
 }
 
+/* The header of a blob of one section of H heads of D values (layers: the blob's layer count). */
+static kw_wire_header one_section_header(uint16_t layers, uint32_t positions, uint32_t src_dtype, uint16_t version) {
+    kw_wire_header hdr = {};
+    hdr.n_layers = layers;
+    hdr.n_sections = 1;
+    hdr.n_kv_heads = H;
+    hdr.head_dim = D;
+    hdr.n_positions = positions;
+    hdr.src_dtype = (uint8_t)src_dtype;
+    hdr.version = version;
+    return hdr;
+}
+
 static int check_case(const wire_case &c, uint64_t seed) {
     rng r{seed};
     char what[160];
@@ -454,15 +467,10 @@ static int check_case(const wire_case &c, uint64_t seed) {
         positions[t] = p;
 
     /* the CPU section */
-    kw_wire_header hdr = {};
-    hdr.n_layers = 4;
-    hdr.n_sections = 1;
-    hdr.n_kv_heads = H;
-    hdr.head_dim = D;
-    hdr.n_positions = NPOS;
-    hdr.src_dtype = (uint8_t)c.src_dtype;
-    hdr.version = kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) || c.outliers ? KW_WIRE_VERSION_1_1
-                                                                                             : KW_WIRE_VERSION;
+    const kw_wire_header hdr = one_section_header(
+        4, NPOS, c.src_dtype,
+        kw_wire_spec_needs_v11(&c.a) || kw_wire_spec_needs_v11(&c.b) || c.outliers ? KW_WIRE_VERSION_1_1
+                                                                                   : KW_WIRE_VERSION);
     case_section cs;
     case_section_make(c, 2, ks, vs, gather, positions, &cs);
     std::vector<uint8_t> mask; /* the CPU encoder's choice of outliers, which the device encode is given */
@@ -1119,14 +1127,7 @@ static void test_encode_rotated_range(void **state) {
                     x[kv] = y[kv];
                     assert_int_equal(kw_wire_rotate_rows(x[kv].data(), (size_t)T * H, D, D, 1), 0);
                 }
-                kw_wire_header hdr = {};
-                hdr.n_layers = 1;
-                hdr.n_sections = 1;
-                hdr.n_kv_heads = H;
-                hdr.head_dim = D;
-                hdr.n_positions = T;
-                hdr.src_dtype = KW_WIRE_DTYPE_F32;
-                hdr.version = KW_WIRE_VERSION_1_1;
+                const kw_wire_header hdr = one_section_header(1, T, KW_WIRE_DTYPE_F32, KW_WIRE_VERSION_1_1);
                 kw_wire_policy pol = {};
                 pol.k = pol.v = c.s;
                 pol.rotate = 3;
