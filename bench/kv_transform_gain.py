@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """kv_transform_gain.py: how many bits per element a fixed per-(layer, KV head) linear transform of K and V could
-save over today's rotated scalar codes, on a real llama-architecture GGUF model (SmolLM2) and real prompts.
+save over today's rotated scalar codes, on a real GGUF model (llama architecture: SmolLM2; or Gemma 3) and real
+prompts.
 
 Issue 15's open question: SmolLM2's 99% at <= 4.5 bits needs about 1.5 bits/elem less than rotated scalar codes
 with entropy coding give, which no better scalar or vector quantizer can supply (entropy-coded uniform scalar
@@ -22,9 +23,10 @@ transform that whitens the weight (eigenvalues lambda of W^1/2 C W^1/2) gives th
 distortion; R - R' is the saving, also split into its two sources: the covariance alone (KLT of C, unweighted) and
 the weighting. The analysis is idealized (Gaussian values, high-rate error model, the mean assumed known to both
 sides, per-row scale adaptation ignored), an upper estimate of what such a transform buys, not a measurement of a
-codec; the printed table says so.
+codec; the printed table says so. With --simulate it also codes the held-out rows with real per-row codes (symmetric
+absmax, a 16-bit scale a row) and compares the codes' entropy at the same weighted error.
 
-Usage: python3 bench/kv_transform_gain.py KVWIRE MODEL.gguf PROMPTS CALIB [--rate R ...] [--check N]
+Usage: python3 bench/kv_transform_gain.py KVWIRE MODEL.gguf PROMPTS CALIB [--rate R ...] [--simulate] [--check N] [--raw]
   (needs numpy and gguf from pip; KVWIRE is the kvwire binary, which tokenizes)
 """
 import argparse
@@ -43,17 +45,27 @@ except ImportError:
 def load(path):
     r = gguf.GGUFReader(path)
 
-    def field(name):
+    def field(name, default=None):
+        if name not in r.fields:
+            return default
         f = r.fields[name]
         return f.parts[f.data[0]][0]
 
+    f = r.fields["general.architecture"]
+    arch = bytes(f.parts[f.data[0]]).decode()
+    if arch not in ("llama", "gemma3"):
+        sys.exit(f"kv_transform_gain.py: architecture {arch}: only llama (SmolLM2) and gemma3 are written here")
+    heads = int(field(f"{arch}.attention.head_count"))
+    dim = int(field(f"{arch}.embedding_length"))
     cfg = {
-        "layers": int(field("llama.block_count")),
-        "dim": int(field("llama.embedding_length")),
-        "heads": int(field("llama.attention.head_count")),
-        "kv_heads": int(field("llama.attention.head_count_kv")),
-        "base": float(field("llama.rope.freq_base")),
-        "eps": float(field("llama.attention.layer_norm_rms_epsilon")),
+        "arch": arch,
+        "layers": int(field(f"{arch}.block_count")),
+        "dim": dim,
+        "heads": heads,
+        "kv_heads": int(field(f"{arch}.attention.head_count_kv")),
+        "head_dim": int(field(f"{arch}.attention.key_length", dim // heads)),
+        "base": float(field(f"{arch}.rope.freq_base")),
+        "eps": float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
     }
     w = {}
     for t in r.tensors:
@@ -66,25 +78,41 @@ def rms(x, g, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
 
-def rope(x, pos, base):
-    """GGUF llama (llama.cpp NORM mode): channel pairs (2i, 2i + 1) turned by pos * base^(-2i / D)."""
+def pairs(cfg, d):
+    """The channels RoPE turns together: (2i, 2i + 1) for GGUF llama (llama.cpp's NORM mode, the converter permuted
+    the weights), (i, i + d/2) for Gemma 3 (NEOX)."""
+    i = np.arange(d // 2)
+    return (2 * i, 2 * i + 1) if cfg["arch"] == "llama" else (i, i + d // 2)
+
+
+def rope(cfg, x, pos, base):
+    """Pair i turned by pos * base^(-2i / d)."""
     d = x.shape[-1]
     inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
     ang = np.outer(pos, inv)
     c, s = np.cos(ang)[:, None, :].astype(np.float32), np.sin(ang)[:, None, :].astype(np.float32)
-    a, b = x[..., 0::2], x[..., 1::2]
+    ia, ib = pairs(cfg, d)
+    a, b = x[..., ia], x[..., ib]
     y = np.empty_like(x)
-    y[..., 0::2] = a * c - b * s
-    y[..., 1::2] = a * s + b * c
+    y[..., ia] = a * c - b * s
+    y[..., ib] = a * s + b * c
     return y
 
 
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
+
+
 def forward(cfg, w, ids, sink):
-    """One prompt through the model; sink(layer, q_pre, k_pre, v) gets (T, heads, D) arrays. Returns the last logits."""
-    H, Hk, dim = cfg["heads"], cfg["kv_heads"], cfg["dim"]
-    D = dim // H
+    """One prompt through the model; sink(layer, q_pre, k_pre, v) gets (T, heads, D) arrays (Gemma 3: q and k after
+    their norms, as they are before RoPE). Returns the last logits. Gemma 3 as kvwire runs it (model/kw_gguf_model.c):
+    embeddings times sqrt(dim), the file's norm weights as they are (they hold 1 + w), every sixth layer global (RoPE
+    base from the file) and the others local (base 10000; the prompts are shorter than the sliding window), scores
+    times key_length^-0.5, post-attention and post-FFN norms, tanh-GELU."""
+    H, Hk, dim, D = cfg["heads"], cfg["kv_heads"], cfg["dim"], cfg["head_dim"]
+    gemma = cfg["arch"] == "gemma3"
     T = len(ids)
-    h = w["token_embd.weight"][ids]
+    h = w["token_embd.weight"][ids] * (np.float32(np.sqrt(dim)) if gemma else np.float32(1.0))
     pos = np.arange(T)
     mask = np.triu(np.full((T, T), -np.inf, dtype=np.float32), 1)
     for layer in range(cfg["layers"]):
@@ -93,8 +121,13 @@ def forward(cfg, w, ids, sink):
         q = (xn @ w[p + "attn_q.weight"].T).reshape(T, H, D)
         k = (xn @ w[p + "attn_k.weight"].T).reshape(T, Hk, D)
         v = (xn @ w[p + "attn_v.weight"].T).reshape(T, Hk, D)
+        base = cfg["base"]
+        if gemma:
+            q = rms(q, w[p + "attn_q_norm.weight"], cfg["eps"])
+            k = rms(k, w[p + "attn_k_norm.weight"], cfg["eps"])
+            base = cfg["base"] if (layer + 1) % 6 == 0 else 10000.0
         sink(layer, q, k, v)
-        qr, kr = rope(q, pos, cfg["base"]), rope(k, pos, cfg["base"])
+        qr, kr = rope(cfg, q, pos, base), rope(cfg, k, pos, base)
         out = np.empty((T, H, D), dtype=np.float32)
         for hh in range(H):
             g = hh // (H // Hk)
@@ -102,10 +135,13 @@ def forward(cfg, w, ids, sink):
             s = np.exp(s - s.max(axis=1, keepdims=True))
             s /= s.sum(axis=1, keepdims=True)
             out[:, hh] = s @ v[:, g]
-        h = h + out.reshape(T, dim) @ w[p + "attn_output.weight"].T
+        a = out.reshape(T, H * D) @ w[p + "attn_output.weight"].T
+        h = h + (rms(a, w[p + "post_attention_norm.weight"], cfg["eps"]) if gemma else a)
         xn = rms(h, w[p + "ffn_norm.weight"], cfg["eps"])
         gate = xn @ w[p + "ffn_gate.weight"].T
-        h = h + ((gate / (1.0 + np.exp(-gate))) * (xn @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+        act = gelu_tanh(gate) if gemma else gate / (1.0 + np.exp(-gate))
+        m = (act * (xn @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+        h = h + (rms(m, w[p + "post_ffw_norm.weight"], cfg["eps"]) if gemma else m)
     xn = rms(h[-1:], w["output_norm.weight"], cfg["eps"])
     out_w = w.get("output.weight", w["token_embd.weight"])
     return (xn @ out_w.T)[0]
@@ -212,8 +248,7 @@ def tokenize(kvwire, model, texts, mode):
 
 def collect(cfg, w, prompts, skip):
     """Per (layer, KV head): the rows from position skip on of K (pre-RoPE), V and the group's queries (pre-RoPE)."""
-    L, H, Hk = cfg["layers"], cfg["heads"], cfg["kv_heads"]
-    D = cfg["dim"] // H
+    L, H, Hk, D = cfg["layers"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     acc = {n: [[[] for _ in range(Hk)] for _ in range(L)] for n in "kvq"}
 
     def sink(layer, q, k, v):
@@ -238,6 +273,8 @@ def main():
     ap.add_argument("--skip-rows", type=int, default=24, help="evaluation rows before this are left out (the "
                     "system turn SmolLM2's template puts in every prompt)")
     ap.add_argument("--calib-chunks", type=int, default=12)
+    ap.add_argument("--raw", action="store_true", help="the evaluation prompts as raw text with BOS (as kvstats "
+                    "without --chat), not in the chat template")
     ap.add_argument("--simulate", action="store_true", help="also real per-row codes on the held-out rows: bits at "
                     "today's int4 and int6 distortion")
     ap.add_argument("--check", type=int, default=0, help="greedy tokens of the first prompt to print (compare with "
@@ -246,7 +283,7 @@ def main():
     rates = a.rate or [2.0, 4.0, 6.0]
     cfg, w = load(a.model)
     lines = [ln.rstrip("\n") for ln in open(a.prompts, encoding="utf-8") if ln.strip()]
-    prompts = tokenize(a.kvwire, a.model, lines, "--chat")
+    prompts = tokenize(a.kvwire, a.model, lines, "--bos" if a.raw else "--chat")
     if a.check:
         ids = list(prompts[0])
         for _ in range(a.check):
@@ -256,11 +293,11 @@ def main():
     calib = [ids[:256] for ids in tokenize(a.kvwire, a.model, paras[: a.calib_chunks], "--bos")]
     fit = collect(cfg, w, calib, 1)  # row 0 (BOS, the attention sink) left out of the fit
     test = collect(cfg, w, prompts, a.skip_rows)
-    L, H, Hk = cfg["layers"], cfg["heads"], cfg["kv_heads"]
-    D = cfg["dim"] // H
+    L, H, Hk, D = cfg["layers"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+    ia, ib = pairs(cfg, D)
     print(f"# {a.model}: fit on {sum(len(c) - 1 for c in calib)} rows of {len(calib)} paragraphs of {a.calib}, "
           f"tested on {sum(len(p) - a.skip_rows for p in prompts)} rows of {len(prompts)} prompts of {a.prompts} "
-          f"(chat template, rows from {a.skip_rows}); {L} layers x {Hk} KV heads, D {D}")
+          f"({'raw' if a.raw else 'chat template'}, rows from {a.skip_rows}); {L} layers x {Hk} KV heads, D {D}")
     print("# bits per element of K (or V) saved at rate R over every (layer, KV head): mean [min, max]; 'weighted':")
     print("# the fitted transform whitening the loss weight (keys: the queries' per-pair energy; values: W_o), 'KLT':")
     print("# the fitted covariance's eigenbasis; both remove the fitted mean ('mean alone': that part by itself);")
@@ -272,7 +309,10 @@ def main():
             wo = w[f"blk.{layer}.attn_output.weight"]
             for g in range(Hk):
                 qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
-                wk = np.diag(np.repeat(0.5 * (qq[0::2] + qq[1::2]), 2))
+                e = 0.5 * (qq[ia] + qq[ib])
+                wk = np.zeros((D, D))
+                wk[ia, ia] = e
+                wk[ib, ib] = e
                 wv = np.zeros((D, D))
                 for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
                     blk = wo[:, hh * D:(hh + 1) * D].astype(np.float64)
@@ -299,7 +339,10 @@ def main():
             for g in range(Hk):
                 if kv == "k":
                     qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
-                    wm = np.diag(np.repeat(0.5 * (qq[0::2] + qq[1::2]), 2))
+                    e = 0.5 * (qq[ia] + qq[ib])
+                    wm = np.zeros((D, D))
+                    wm[ia, ia] = e
+                    wm[ib, ib] = e
                 else:
                     wm = np.zeros((D, D))
                     for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
