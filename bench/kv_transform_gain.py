@@ -105,7 +105,7 @@ def gelu_tanh(x):
 
 def forward(cfg, w, ids, sink):
     """One prompt through the model; sink(layer, q_pre, k_pre, v) gets (T, heads, D) arrays (Gemma 3: q and k after
-    their norms, as they are before RoPE). Returns the last logits. Gemma 3 as kvwire runs it (model/kw_gguf_model.c):
+    their norms, as they are before RoPE) and may return (k_pre, v) to use instead. Returns every row's logits. Gemma 3 as kvwire runs it (model/kw_gguf_model.c):
     embeddings times sqrt(dim), the file's norm weights as they are (they hold 1 + w), every sixth layer global (RoPE
     base from the file) and the others local (base 10000; the prompts are shorter than the sliding window), scores
     times key_length^-0.5, post-attention and post-FFN norms, tanh-GELU."""
@@ -126,7 +126,9 @@ def forward(cfg, w, ids, sink):
             q = rms(q, w[p + "attn_q_norm.weight"], cfg["eps"])
             k = rms(k, w[p + "attn_k_norm.weight"], cfg["eps"])
             base = cfg["base"] if (layer + 1) % 6 == 0 else 10000.0
-        sink(layer, q, k, v)
+        repl = sink(layer, q, k, v)
+        if repl is not None:  # a quantized cache: the prompt rows' K (before RoPE) and V as the receiver gets them
+            k, v = repl
         qr, kr = rope(cfg, q, pos, base), rope(cfg, k, pos, base)
         out = np.empty((T, H, D), dtype=np.float32)
         for hh in range(H):
@@ -142,9 +144,9 @@ def forward(cfg, w, ids, sink):
         act = gelu_tanh(gate) if gemma else gate / (1.0 + np.exp(-gate))
         m = (act * (xn @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
         h = h + (rms(m, w[p + "post_ffw_norm.weight"], cfg["eps"]) if gemma else m)
-    xn = rms(h[-1:], w["output_norm.weight"], cfg["eps"])
+    xn = rms(h, w["output_norm.weight"], cfg["eps"])
     out_w = w.get("output.weight", w["token_embd.weight"])
-    return (xn @ out_w.T)[0]
+    return xn @ out_w.T
 
 
 def rate_for(lam, dist):
@@ -240,6 +242,84 @@ def rate_at(points, dist):
     return float("nan")
 
 
+def transform_of(fit, W):
+    """The fitted transform (mean, T, T^-1): y = T (x - mean) whitens W and diagonalizes the fit covariance there."""
+    D = fit.shape[1]
+    mu = fit.mean(axis=0)
+    ws = np.linalg.cholesky(W + 1e-9 * np.trace(W) / D * np.eye(D))
+    _, u = np.linalg.eigh(ws.T @ np.cov(fit.T) @ ws)
+    t = u.T @ ws.T
+    return mu, t, np.linalg.inv(t)
+
+
+def teacher_forced(cfg, w, prompts, conts, weights_of, xforms, bits_list, log):
+    """Teacher-forced quality of the prompt cache (rows 1.. of every layer; row 0 exact, as kvstats' T0=recompute)
+    coded per row: 'today' = the Hadamard rotation of the post-RoPE rows (keys) and of the values, symmetric absmax
+    codes of b bits; 'transform' = the fitted transform of the pre-RoPE keys and of the values, the same codes;
+    'transform-k' = the transform for the keys, today's codes for the values.
+    Returns per (scheme, b): K+V bits per element (packed, and the codes' entropy: one table per (layer, KV head,
+    tensor) for today, one per channel for the transform) with a 16-bit scale a row, TF agreement and mean KL
+    against the exact cache, over every continuation step."""
+    Hk, D = cfg["kv_heads"], cfg["head_dim"]
+    hd = hadamard(D)
+    gemma = cfg["arch"] == "gemma3"
+    results = {}
+    refs = []
+    for ids, cont in zip(prompts, conts):
+        full = np.array(ids + cont)
+        refs.append(forward(cfg, w, full, lambda *x: None)[len(ids) - 1:-1])
+    for scheme in ("today", "transform", "transform-k"):
+        for b in bits_list:
+            qm = float(2 ** (b - 1) - 1)
+            codes = {}  # (layer, g, kv) -> list of code arrays (rows, D)
+            agree = kl = steps = 0.0
+            for pi, (ids, cont) in enumerate(zip(prompts, conts)):
+                P = len(ids)
+                full = np.array(ids + cont)
+                pos = np.arange(len(full))
+
+                def hook(layer, q, k, v):
+                    base = cfg["base"] if not gemma or (layer + 1) % 6 == 0 else 10000.0
+                    k2, v2 = k.copy(), v.copy()
+                    for g in range(Hk):
+                        for kv, x in ((0, k2), (1, v2)):
+                            rows = x[1:P, g].astype(np.float64)
+                            if scheme == "today" or (scheme == "transform-k" and kv == 1):
+                                if kv == 0:  # the post-RoPE rows, rotated, then RoPE undone
+                                    rr = rope(cfg, rows[:, None, :].astype(np.float32), pos[1:P], base)[:, 0]
+                                    c, r = quantize_rows(rr.astype(np.float64) @ hd.T, qm)
+                                    back = (r @ hd).astype(np.float32)[:, None, :]
+                                    rec = rope(cfg, back, -pos[1:P], base)[:, 0]
+                                else:
+                                    c, r = quantize_rows(rows @ hd.T, qm)
+                                    rec = r @ hd
+                            else:
+                                mu, t, ti = xforms[layer][g][kv]
+                                c, r = quantize_rows((rows - mu) @ t.T, qm)
+                                rec = r @ ti.T + mu
+                            x[1:P, g] = rec
+                            codes.setdefault((layer, g, kv), []).append(c)
+                    return k2, v2
+
+                logits = forward(cfg, w, full, hook)[P - 1:-1]
+                ref = refs[pi]
+                agree += float(np.sum(np.argmax(logits, axis=1) == np.argmax(ref, axis=1)))
+                lp = ref - ref.max(axis=1, keepdims=True)
+                lp -= np.log(np.exp(lp).sum(axis=1, keepdims=True))
+                lq = logits - logits.max(axis=1, keepdims=True)
+                lq -= np.log(np.exp(lq).sum(axis=1, keepdims=True))
+                kl += float(np.sum(np.exp(lp) * (lp - lq)))
+                steps += len(cont)
+            ent = []
+            for (layer, g, kv), c in codes.items():
+                c = np.concatenate(c)
+                own = scheme == "transform" or (scheme == "transform-k" and kv == 0)
+                ent.append(np.mean([entropy_bits(c[:, j]) for j in range(D)]) if own else entropy_bits(c))
+            results[(scheme, b)] = (b + 16.0 / D, float(np.mean(ent)) + 16.0 / D, agree / steps, kl / steps)
+            log(scheme, b, results[(scheme, b)])
+    return results
+
+
 def tokenize(kvwire, model, texts, mode):
     out = subprocess.run([kvwire, "tokenize", "--tokenizer", model, mode], check=True, capture_output=True, text=True,
                          input="".join(json.dumps(s) + "\n" for s in texts)).stdout.split("\n")
@@ -277,6 +357,9 @@ def main():
                     "without --chat), not in the chat template")
     ap.add_argument("--simulate", action="store_true", help="also real per-row codes on the held-out rows: bits at "
                     "today's int4 and int6 distortion")
+    ap.add_argument("--tf", type=int, default=0, help="also the teacher-forced quality of both schemes over this many "
+                    "tokens of each prompt's continuation (kvwire generate's greedy tokens), codes of --tf-bits bits")
+    ap.add_argument("--tf-bits", type=int, action="append")
     ap.add_argument("--check", type=int, default=0, help="greedy tokens of the first prompt to print (compare with "
                     "kvwire generate --chat)")
     a = ap.parse_args()
@@ -287,7 +370,7 @@ def main():
     if a.check:
         ids = list(prompts[0])
         for _ in range(a.check):
-            ids.append(int(np.argmax(forward(cfg, w, np.array(ids), lambda *x: None))))
+            ids.append(int(np.argmax(forward(cfg, w, np.array(ids), lambda *x: None)[-1])))
         print(f"# greedy ids after the first prompt: {ids[len(prompts[0]):]}")
     paras = [p.strip() for p in open(a.calib, encoding="utf-8").read().split("\n\n") if len(p.strip()) > 200]
     calib = [ids[:256] for ids in tokenize(a.kvwire, a.model, paras[: a.calib_chunks], "--bos")]
@@ -326,6 +409,35 @@ def main():
                   f"{arr[:, 1].max():5.2f}]  mean alone {arr[:, 2].mean():5.2f}")
 
 
+    if a.tf:
+        xf = [[[None, None] for _ in range(Hk)] for _ in range(L)]
+        for layer in range(L):
+            wo = w[f"blk.{layer}.attn_output.weight"]
+            for g in range(Hk):
+                qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
+                e = 0.5 * (qq[ia] + qq[ib])
+                wk = np.zeros((D, D))
+                wk[ia, ia] = e
+                wk[ib, ib] = e
+                wv = np.zeros((D, D))
+                for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
+                    blk = wo[:, hh * D:(hh + 1) * D].astype(np.float64)
+                    wv += blk.T @ blk
+                xf[layer][g][0] = transform_of(fit["k"][layer][g], wk)
+                xf[layer][g][1] = transform_of(fit["v"][layer][g], wv)
+        conts = []
+        for text in lines:
+            cmd = [a.kvwire, "generate", "--model", a.model, "--prompt", text, "--max-new-tokens", str(a.tf),
+                   "--ignore-eos", "--threads", "2"] + ([] if a.raw else ["--chat"])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            conts.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("generated_ids:")).split(":", 1)[1]))
+        print(f"# teacher-forced: {len(prompts)} prompts x {a.tf} tokens (kvwire generate's greedy continuation), the")
+        print("# prompt rows 1.. of every layer coded, row 0 exact; bits per element of K and V together with a 16-bit")
+        print("# scale a row: packed codes, and their entropy (today: a table per tensor; transform: a table per channel)")
+        print("# scheme     bits  packed  entropy  TF agree  mean KL")
+        teacher_forced(cfg, w, prompts, conts, None, xf, a.tf_bits or [4, 5, 6],
+                       lambda sc, b, r: print(f"{sc:10s} {b:5d} {r[0]:7.3f} {r[1]:8.3f} {r[2]:9.4f} {r[3]:9.2e}",
+                                              flush=True))
     if not a.simulate:
         return
     print("# simulated per-row codes (symmetric absmax, 16-bit scales counted), bits per element at the weighted")
