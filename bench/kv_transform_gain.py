@@ -24,9 +24,12 @@ distortion; R - R' is the saving, also split into its two sources: the covarianc
 the weighting. The analysis is idealized (Gaussian values, high-rate error model, the mean assumed known to both
 sides, per-row scale adaptation ignored), an upper estimate of what such a transform buys, not a measurement of a
 codec; the printed table says so. With --simulate it also codes the held-out rows with real per-row codes (symmetric
-absmax, a 16-bit scale a row) and compares the codes' entropy at the same weighted error.
+absmax, a 16-bit scale a row) and compares the codes' entropy at the same weighted error; with --tf N it runs the
+prompts' cache through both schemes' codes in the forward pass and reports teacher-forced agreement and KL over N
+continuation tokens (kvwire generate's greedy ones) against the exact run (a numpy simulation, not wire/'s codec).
 
-Usage: python3 bench/kv_transform_gain.py KVWIRE MODEL.gguf PROMPTS CALIB [--rate R ...] [--simulate] [--check N] [--raw]
+Usage: python3 bench/kv_transform_gain.py KVWIRE MODEL.gguf PROMPTS CALIB [--rate R ...] [--simulate]
+         [--tf N [--tf-bits B ...]] [--check N] [--raw]
   (needs numpy and gguf from pip; KVWIRE is the kvwire binary, which tokenizes)
 """
 import argparse
@@ -105,7 +108,8 @@ def gelu_tanh(x):
 
 def forward(cfg, w, ids, sink):
     """One prompt through the model; sink(layer, q_pre, k_pre, v) gets (T, heads, D) arrays (Gemma 3: q and k after
-    their norms, as they are before RoPE) and may return (k_pre, v) to use instead. Returns every row's logits. Gemma 3 as kvwire runs it (model/kw_gguf_model.c):
+    their norms, as they are before RoPE) and may return (k_pre, v) to use instead. Returns every row's logits.
+    Gemma 3 as kvwire runs it (model/kw_gguf_model.c):
     embeddings times sqrt(dim), the file's norm weights as they are (they hold 1 + w), every sixth layer global (RoPE
     base from the file) and the others local (base 10000; the prompts are shorter than the sliding window), scores
     times key_length^-0.5, post-attention and post-FFN norms, tanh-GELU."""
@@ -252,7 +256,7 @@ def transform_of(fit, W):
     return mu, t, np.linalg.inv(t)
 
 
-def teacher_forced(cfg, w, prompts, conts, weights_of, xforms, bits_list, log):
+def teacher_forced(cfg, w, prompts, conts, xforms, bits_list, log):
     """Teacher-forced quality of the prompt cache (rows 1.. of every layer; row 0 exact, as kvstats' T0=recompute)
     coded per row: 'today' = the Hadamard rotation of the post-RoPE rows (keys) and of the values, symmetric absmax
     codes of b bits; 'transform' = the fitted transform of the pre-RoPE keys and of the values, the same codes;
@@ -430,12 +434,14 @@ def main():
             cmd = [a.kvwire, "generate", "--model", a.model, "--prompt", text, "--max-new-tokens", str(a.tf),
                    "--ignore-eos", "--threads", "2"] + ([] if a.raw else ["--chat"])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            conts.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("generated_ids:")).split(":", 1)[1]))
+            line = next(ln for ln in out.splitlines() if ln.startswith("generated_ids:"))
+            conts.append(json.loads(line.split(":", 1)[1]))
         print(f"# teacher-forced: {len(prompts)} prompts x {a.tf} tokens (kvwire generate's greedy continuation), the")
         print("# prompt rows 1.. of every layer coded, row 0 exact; bits per element of K and V together with a 16-bit")
-        print("# scale a row: packed codes, and their entropy (today: a table per tensor; transform: a table per channel)")
+        print("# scale a row: packed codes, and their entropy (today: a table per tensor; transform: a table per")
+        print("# channel; no table counted)")
         print("# scheme     bits  packed  entropy  TF agree  mean KL")
-        teacher_forced(cfg, w, prompts, conts, None, xf, a.tf_bits or [4, 5, 6],
+        teacher_forced(cfg, w, prompts, conts, xf, a.tf_bits or [4, 5, 6],
                        lambda sc, b, r: print(f"{sc:10s} {b:5d} {r[0]:7.3f} {r[1]:8.3f} {r[2]:9.4f} {r[3]:9.2e}",
                                               flush=True))
     if not a.simulate:
