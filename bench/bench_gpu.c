@@ -71,10 +71,10 @@ struct kw_gpu_codec {
 };
 
 static const struct kw_gpu_codec kw_gpu_codecs[] = {
-    {"int8 token f16", {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0, 0}},
-    {"int4 group32 f16", {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 5, 0}},
-    {"nf4 token bf16", {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0, 0}},
-    {"e4m3 head e8m0", {KW_WIRE_CODEC_E4M3, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_E8M0, 0, 0}},
+    {"int8 token f16", {KW_WIRE_CODEC_INT8, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_F16, 0, 0, 0}},
+    {"int4 group32 f16", {KW_WIRE_CODEC_INT4, KW_WIRE_GRAN_GROUP, KW_WIRE_SCALE_F16, 5, 0, 0}},
+    {"nf4 token bf16", {KW_WIRE_CODEC_NF4, KW_WIRE_GRAN_TOKEN, KW_WIRE_SCALE_BF16, 0, 0, 0}},
+    {"e4m3 head e8m0", {KW_WIRE_CODEC_E4M3, KW_WIRE_GRAN_HEAD, KW_WIRE_SCALE_E8M0, 0, 0, 0}},
 };
 #define KW_GPU_CODECS (sizeof kw_gpu_codecs / sizeof kw_gpu_codecs[0])
 
