@@ -167,22 +167,20 @@ def rate_for(lam, dist):
     return float(np.sum(np.maximum(0.0, 0.5 * np.log2(lam / theta))) / len(lam))
 
 
-def saving(fit, test, W, R):
-    """Bits per element saved at rate R on the test rows by the transform fitted on the fit rows, against today's
-    rotated codes (white error of variance E|x|^2 / D * 2^-2R, no mean removed). Returns (weighted, KLT only): the
-    transform whitening W and the plain eigenbasis of the fit covariance, each with the fit rows' mean removed; the
-    test rows' variances along the fitted axes are what water-filling spends on (held out: no overfit). Third: the
-    fitted mean's part alone (white error around it instead of around 0)."""
+def saving(fit, test, W, xform, R):
+    """Bits per element saved at rate R on the test rows by the transform fitted on the fit rows (xform, from
+    transform_of with W), against today's rotated codes (white error of variance E|x|^2 / D * 2^-2R, no mean
+    removed). Returns (weighted, KLT only): the transform whitening W and the plain eigenbasis of the fit covariance,
+    each with the fit rows' mean removed; the test rows' variances along the fitted axes are what water-filling spends
+    on (held out: no overfit). Third: the fitted mean's part alone (white error around it instead of around 0)."""
     D = fit.shape[1]
-    mu = fit.mean(axis=0)
+    mu, _, t, _ = xform
     cf = np.cov(fit.T)
     xt = test - mu
     ct = xt.T @ xt / len(xt)  # the test rows around the fitted mean
     st = test.T @ test / len(test)  # today's codes see the rows as they are
     base = np.trace(st) / D * 2.0 ** (-2 * R)
-    ws = np.linalg.cholesky(W + 1e-9 * np.trace(W) / D * np.eye(D))  # W = ws ws^T
-    _, u = np.linalg.eigh(ws.T @ cf @ ws)
-    lam = np.clip(np.diag(u.T @ ws.T @ ct @ ws @ u), 1e-30, None)
+    lam = np.clip(np.diag(t @ ct @ t.T), 1e-30, None)
     full = R - rate_for(lam, base * np.trace(W))
     _, uc = np.linalg.eigh(cf)
     lam_c = np.clip(np.diag(uc.T @ ct @ uc), 1e-30, None)
@@ -213,15 +211,13 @@ def quantize_rows(y, qmax):
     return c, c * s
 
 
-def simulated(fit, test, W, qmaxes):
+def simulated(test, xform, qmaxes):
     """Rate-distortion points of real per-row codes on the held-out rows, weighted distortion per element against
     bits per element (the codes' entropy plus a 16-bit scale a row): today's (Hadamard, no mean, one table for all
-    channels) and the fitted transform's (mean removed, whitening W; a table per channel, and one table for all)."""
-    D = fit.shape[1]
-    mu = fit.mean(axis=0)
-    ws = np.linalg.cholesky(W + 1e-9 * np.trace(W) / D * np.eye(D))
-    _, u = np.linalg.eigh(ws.T @ np.cov(fit.T) @ ws)
-    t = u.T @ ws.T  # y = t (x - mu); |dy|^2 is the weighted error of x
+    channels) and the fitted transform's (xform from transform_of: mean removed, whitening the weight; a table per
+    channel, and one table for all)."""
+    D = test.shape[1]
+    mu, ws, t, _ = xform  # y = t (x - mu); |dy|^2 is the weighted error of x
     hd = hadamard(D)
     out = []
     for qm in qmaxes:
@@ -247,13 +243,31 @@ def rate_at(points, dist):
 
 
 def transform_of(fit, W):
-    """The fitted transform (mean, T, T^-1): y = T (x - mean) whitens W and diagonalizes the fit covariance there."""
+    """The fitted transform (mean, ws, T, T^-1): y = T (x - mean) whitens W (= ws ws^T) and diagonalizes the fit
+    covariance there."""
     D = fit.shape[1]
     mu = fit.mean(axis=0)
     ws = np.linalg.cholesky(W + 1e-9 * np.trace(W) / D * np.eye(D))
     _, u = np.linalg.eigh(ws.T @ np.cov(fit.T) @ ws)
     t = u.T @ ws.T
-    return mu, t, np.linalg.inv(t)
+    return mu, ws, t, np.linalg.inv(t)
+
+
+def loss_weights(cfg, w, fit, layer, g, ia, ib):
+    """The loss weights (W_k, W_v) of (layer, KV head g): the queries' energy per RoPE pair on both of its channels
+    (fit's queries), and W_o^T W_o over the head's query heads."""
+    H, Hk, D = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+    qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
+    e = 0.5 * (qq[ia] + qq[ib])
+    wk = np.zeros((D, D))
+    wk[ia, ia] = e
+    wk[ib, ib] = e
+    wo = w[f"blk.{layer}.attn_output.weight"]
+    wv = np.zeros((D, D))
+    for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
+        blk = wo[:, hh * D:(hh + 1) * D].astype(np.float64)
+        wv += blk.T @ blk
+    return wk, wv
 
 
 def teacher_forced(cfg, w, prompts, conts, xforms, bits_list, log):
@@ -298,7 +312,7 @@ def teacher_forced(cfg, w, prompts, conts, xforms, bits_list, log):
                                     c, r = quantize_rows(rows @ hd.T, qm)
                                     rec = r @ hd
                             else:
-                                mu, t, ti = xforms[layer][g][kv]
+                                mu, _, t, ti = xforms[layer][g][kv][1]
                                 c, r = quantize_rows((rows - mu) @ t.T, qm)
                                 rec = r @ ti.T + mu
                             x[1:P, g] = rec
@@ -380,7 +394,7 @@ def main():
     calib = [ids[:256] for ids in tokenize(a.kvwire, a.model, paras[: a.calib_chunks], "--bos")]
     fit = collect(cfg, w, calib, 1)  # row 0 (BOS, the attention sink) left out of the fit
     test = collect(cfg, w, prompts, a.skip_rows)
-    L, H, Hk, D = cfg["layers"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+    L, Hk, D = cfg["layers"], cfg["kv_heads"], cfg["head_dim"]
     ia, ib = pairs(cfg, D)
     print(f"# {a.model}: fit on {sum(len(c) - 1 for c in calib)} rows of {len(calib)} paragraphs of {a.calib}, "
           f"tested on {sum(len(p) - a.skip_rows for p in prompts)} rows of {len(prompts)} prompts of {a.prompts} "
@@ -390,22 +404,19 @@ def main():
     print("# the fitted covariance's eigenbasis; both remove the fitted mean ('mean alone': that part by itself);")
     print("# idealized Gaussian reverse water-filling")
     print("# on the held-out rows: an upper estimate of a fixed per-head transform, not a codec measurement")
+    # per (layer, KV head), K then V: the loss weight and the transform fitted with it
+    xf = [[None] * Hk for _ in range(L)]
+    for layer in range(L):
+        for g in range(Hk):
+            ws = loss_weights(cfg, w, fit, layer, g, ia, ib)
+            xf[layer][g] = [(ws[kv], transform_of(fit["kv"[kv]][layer][g], ws[kv])) for kv in (0, 1)]
     for R in rates:
         res = {"k": [], "v": []}
         for layer in range(L):
-            wo = w[f"blk.{layer}.attn_output.weight"]
             for g in range(Hk):
-                qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
-                e = 0.5 * (qq[ia] + qq[ib])
-                wk = np.zeros((D, D))
-                wk[ia, ia] = e
-                wk[ib, ib] = e
-                wv = np.zeros((D, D))
-                for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
-                    blk = wo[:, hh * D:(hh + 1) * D].astype(np.float64)
-                    wv += blk.T @ blk
-                res["k"].append(saving(fit["k"][layer][g], test["k"][layer][g], wk, R))
-                res["v"].append(saving(fit["v"][layer][g], test["v"][layer][g], wv, R))
+                for kv in (0, 1):
+                    n = "kv"[kv]
+                    res[n].append(saving(fit[n][layer][g], test[n][layer][g], *xf[layer][g][kv], R))
         for kv in ("k", "v"):
             arr = np.array(res[kv])
             print(f"R {R:4.1f} {kv.upper()}: weighted {arr[:, 0].mean():5.2f} [{arr[:, 0].min():5.2f}, "
@@ -414,21 +425,6 @@ def main():
 
 
     if a.tf:
-        xf = [[[None, None] for _ in range(Hk)] for _ in range(L)]
-        for layer in range(L):
-            wo = w[f"blk.{layer}.attn_output.weight"]
-            for g in range(Hk):
-                qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
-                e = 0.5 * (qq[ia] + qq[ib])
-                wk = np.zeros((D, D))
-                wk[ia, ia] = e
-                wk[ib, ib] = e
-                wv = np.zeros((D, D))
-                for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
-                    blk = wo[:, hh * D:(hh + 1) * D].astype(np.float64)
-                    wv += blk.T @ blk
-                xf[layer][g][0] = transform_of(fit["k"][layer][g], wk)
-                xf[layer][g][1] = transform_of(fit["v"][layer][g], wv)
         conts = []
         for text in lines:
             cmd = [a.kvwire, "generate", "--model", a.model, "--prompt", text, "--max-new-tokens", str(a.tf),
@@ -453,20 +449,8 @@ def main():
     for kv in ("k", "v"):
         rows = {7: [], 31: []}
         for layer in range(L):
-            wo = w[f"blk.{layer}.attn_output.weight"]
             for g in range(Hk):
-                if kv == "k":
-                    qq = np.mean(fit["q"][layer][g] ** 2, axis=0)
-                    e = 0.5 * (qq[ia] + qq[ib])
-                    wm = np.zeros((D, D))
-                    wm[ia, ia] = e
-                    wm[ib, ib] = e
-                else:
-                    wm = np.zeros((D, D))
-                    for hh in range(g * (H // Hk), (g + 1) * (H // Hk)):
-                        blk = wo[:, hh * D:(hh + 1) * D].astype(np.float64)
-                        wm += blk.T @ blk
-                pts = simulated(fit[kv][layer][g], test[kv][layer][g], wm, qmaxes)
+                pts = simulated(test[kv][layer][g], xf[layer][g]["kv".index(kv)][1], qmaxes)
                 for qm in rows:
                     d, r = next(p[1] for p in pts if p[0] == qm)
                     rows[qm].append((r, rate_at([p[2] for p in pts], d), rate_at([p[3] for p in pts], d)))
